@@ -1,0 +1,237 @@
+/**
+ * The one libc symbol table of erofs-oci, with thin typed wrappers that turn `-1` + errno into
+ * a SysError. Nothing outside `ffi/` calls `Deno.dlopen`.
+ *
+ * Calls are synchronous unless named `*Async`: errno is only meaningful right after a
+ * synchronous call on the same thread (Deno runs nonblocking calls on a pool thread).
+ */
+import { UserError } from "../lib/errors.ts";
+
+const SYMBOLS = {
+  // int *__errno_location(void);
+  __errno_location: { parameters: [], result: "pointer" },
+  // char *strerror(int errnum);
+  strerror: { parameters: ["i32"], result: "pointer" },
+  // int open(const char *path, int flags, mode_t mode);
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int close(int fd);
+  close: { parameters: ["i32"], result: "i32" },
+  // ssize_t read(int fd, void *buf, size_t count);
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t read(int fd, void *buf, size_t count);  — on a pool thread, for blocking fds
+  read_nonblocking: {
+    name: "read",
+    parameters: ["i32", "buffer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
+  // ssize_t write(int fd, const void *buf, size_t count);
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // int ioctl(int fd, unsigned long request, unsigned long arg);
+  ioctl: { parameters: ["i32", "u64", "u64"], result: "i32" },
+  // int ioctl(int fd, unsigned long request, unsigned long arg);  — blocking ones (NBD_DO_IT)
+  ioctl_nonblocking: {
+    name: "ioctl",
+    parameters: ["i32", "u64", "u64"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int socket(int domain, int type, int protocol);
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int socketpair(int domain, int type, int protocol, int sv[2]);
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  // int bind(int fd, const struct sockaddr *addr, socklen_t len);
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // int connect(int fd, const struct sockaddr *addr, socklen_t len);
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen);
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  // ssize_t recv(int fd, void *buf, size_t len, int flags);
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  // int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen);
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  // int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data);
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  // int mount(...);  — on a pool thread, for mounts whose backing server runs on this thread
+  mount_nonblocking: {
+    name: "mount",
+    parameters: ["buffer", "buffer", "buffer", "u64", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int umount2(const char *target, int flags);
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  // int setsid(void);
+  setsid: { parameters: [], result: "i32" },
+  // int fcntl(int fd, int cmd, int arg);
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let library: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+
+/** The opened libc (lazily, so commands that need no FFI never ask for the permission). */
+export function libc(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
+  library ??= Deno.dlopen("libc.so.6", SYMBOLS);
+  return library.symbols;
+}
+
+/** errno of the last synchronous libc call on this thread. */
+export function errno(): number {
+  const ptr = libc().__errno_location();
+  return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
+}
+
+export function strerror(code: number): string {
+  const ptr = libc().strerror(code);
+  return ptr ? Deno.UnsafePointerView.getCString(ptr) : `errno ${code}`;
+}
+
+/** Well-known errno values (asm-generic/errno-base.h, errno.h). */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  ENOTDIR: 20,
+  EINVAL: 22,
+  ENOSPC: 28,
+  ENOSYS: 38,
+  ENOTEMPTY: 39,
+  ENODATA: 61,
+  ENOTCONN: 107,
+  ETIMEDOUT: 110,
+} as const;
+
+/** A failed system call: `call` names it, `errno` says why. */
+export class SysError extends UserError {
+  readonly errno: number;
+  readonly call: string;
+  constructor(call: string, code: number, context?: string, hint?: string) {
+    super(`${call}${context ? ` ${context}` : ""}: ${strerror(code)}`, hint);
+    this.errno = code;
+    this.call = call;
+  }
+}
+
+/** Throws SysError when a synchronous call returned a negative value; returns the value. */
+export function unwrap<T extends number | bigint>(result: T, call: string, context?: string): T {
+  if (result < 0) throw new SysError(call, errno(), context);
+  return result;
+}
+
+const encoder = new TextEncoder();
+
+/** NUL-terminated C string for `buffer` parameters. */
+export function cstr(value: string): Uint8Array<ArrayBuffer> {
+  const bytes = encoder.encode(value);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000;
+
+export function openFile(path: string, flags: number, mode = 0): number {
+  return unwrap(libc().open(cstr(path), flags | O_CLOEXEC, mode), "open", path);
+}
+
+export function closeFd(fd: number): void {
+  libc().close(fd);
+}
+
+/** Writes all of `data` to a blocking fd. */
+export function writeAll(fd: number, data: Uint8Array<ArrayBuffer>): void {
+  let done = 0;
+  while (done < data.length) {
+    const n = Number(libc().write(fd, data.subarray(done), BigInt(data.length - done)));
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError("write", code);
+    }
+    done += n;
+  }
+}
+
+/** Mount flags (linux/mount.h). */
+export const MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8;
+/** umount2 flags. */
+export const MNT_FORCE = 1, MNT_DETACH = 2, UMOUNT_NOFOLLOW = 8;
+
+/** mount(2); `data` is the comma-separated option string. */
+export function mount(
+  source: string,
+  target: string,
+  fstype: string,
+  flags: number,
+  data = "",
+): void {
+  unwrap(
+    libc().mount(cstr(source), cstr(target), cstr(fstype), BigInt(flags), cstr(data)),
+    "mount",
+    `${fstype} ${source} on ${target}`,
+  );
+}
+
+/** mount(2) on a pool thread, for when this thread must keep serving the backing store. */
+export async function mountAsync(
+  source: string,
+  target: string,
+  fstype: string,
+  flags: number,
+  data = "",
+): Promise<number> {
+  // errno is not readable after a nonblocking call; callers that need the reason retry
+  // synchronously or inspect the result of a follow-up call.
+  return await libc().mount_nonblocking(
+    cstr(source),
+    cstr(target),
+    cstr(fstype),
+    BigInt(flags),
+    cstr(data),
+  );
+}
+
+export function umount(target: string, flags = 0): void {
+  unwrap(libc().umount2(cstr(target), flags), "umount", target);
+}
+
+export const AF_UNIX = 1, AF_NETLINK = 16, SOCK_STREAM = 1, SOCK_RAW = 3, SOCK_CLOEXEC = 0o2000000;
+
+/** socketpair(AF_UNIX, SOCK_STREAM): two connected fds. */
+export function socketPair(): [number, number] {
+  const fds = new Int32Array(2);
+  unwrap(
+    libc().socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, new Uint8Array(fds.buffer)),
+    "socketpair",
+  );
+  return [fds[0], fds[1]];
+}
+
+/** A unix stream socket connected to `path` (the kernel end of an NBD connection). */
+export function connectUnix(path: string): number {
+  const fd = unwrap(libc().socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  const addr = new Uint8Array(110);
+  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  const name = encoder.encode(path);
+  if (name.length >= 108) throw new SysError("connect", Errno.EINVAL, `${path}: path too long`);
+  addr.set(name, 2);
+  if (libc().connect(fd, addr, 2 + name.length + 1) < 0) {
+    const code = errno();
+    closeFd(fd);
+    throw new SysError("connect", code, path);
+  }
+  return fd;
+}

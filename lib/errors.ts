@@ -1,0 +1,40 @@
+/**
+ * Errors a user can act on. Every area throws a subclass carrying a one-line message and an
+ * optional hint; `main.ts` prints them as `erofs-oci: <message>` (+ hint) without a stack trace.
+ *
+ * @example
+ * throw new OciError("manifest unknown: localhost:5000/app:v2", "check the tag with `erofs-oci inspect`");
+ */
+export class UserError extends Error {
+  /** Process exit code: 1 for runtime failures, 2 for usage errors. */
+  readonly exitCode: number;
+  readonly hint?: string;
+  constructor(message: string, hint?: string, options?: { cause?: unknown; exitCode?: number }) {
+    super(message, { cause: options?.cause });
+    this.name = new.target.name;
+    this.hint = hint;
+    this.exitCode = options?.exitCode ?? 1;
+  }
+}
+
+/** Bad command line: exit code 2. */
+export class UsageError extends UserError {
+  constructor(message: string, hint?: string) {
+    super(message, hint, { exitCode: 2 });
+  }
+}
+
+/** Registry, reference, manifest or auth problem. */
+export class OciError extends UserError {
+  /** HTTP status when the error came from a registry reply. */
+  status?: number;
+}
+
+/** NBD protocol or kernel attach problem. */
+export class NbdError extends UserError {}
+
+/** mount(2), overlay or runtime-state problem. */
+export class MountError extends UserError {}
+
+/** Bad or unsupported on-disk format (EROFS, zinfo, tar, recovery file). */
+export class FormatError extends UserError {}

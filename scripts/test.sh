@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test: static checks (fmt, lint, type check), host tests (real registry, FUSE,
+# erofs-utils) and the kernel tests in a QEMU VM. Ends with `N passed, N failed[, N skipped]`.
+# Local runs skip tests whose components are missing (with the reason); CI=true fails them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh >/dev/null 2>&1 || ./scripts/setup.sh || exit 1
+export PATH="$PWD/tools/bin:$PATH"
+results=test-results
+rm -rf "$results" && mkdir -p "$results"
+
+static_passed=0 static_failed=0
+step() {
+  local name=$1; shift
+  echo "== $name"
+  if "$@"; then static_passed=$((static_passed + 1)); else
+    echo "FAILED: $name"; static_failed=$((static_failed + 1)); fi
+}
+step "deno fmt --check" deno fmt --check
+step "deno lint" deno lint
+step "deno check" deno task -q check
+
+echo "== host tests"
+deno test -A --parallel --junit-path="$results/host.xml" tests/ lib/ ${TEST_FILTER:+--filter "$TEST_FILTER"}
+
+if [ "${SKIP_VM:-}" != 1 ]; then
+  echo "== VM tests (QEMU, kernel NBD)"
+  scripts/vm/run-tests.sh "$results/vm.xml" || true
+fi
+
+shopt -s nullglob
+deno run --allow-read scripts/junit-summary.ts --passed=$static_passed --failed=$static_failed "$results"/*.xml
