@@ -1,0 +1,229 @@
+/**
+ * A real CNCF distribution registry (Debian `docker-registry`, 2.8.2) for tests, on a free
+ * loopback port with its own storage directory, with no auth, htpasswd (Basic) auth or token
+ * auth backed by the test token server. Always `stop()` it (or use `await using`).
+ */
+import { startTokenServer, type TokenServer } from "./token_server.ts";
+
+export type RegistryAuth = "none" | "basic" | "token";
+
+export interface RegistryOptions {
+  auth: RegistryAuth;
+  /** Token lifetime at the registry for `auth: "token"` (default 300 s). */
+  tokenTtlSeconds?: number;
+  /** Deadline for the registry to answer `/v2/` (default 15 s). */
+  startTimeoutMs?: number;
+}
+
+export interface TestRegistry {
+  /** `127.0.0.1:PORT`, usable as the registry part of an image reference. */
+  host: string;
+  auth: RegistryAuth;
+  /** Valid credentials for basic and token auth (also set for "none", unused there). */
+  username: string;
+  password: string;
+  /** Temp directory holding config, logs, htpasswd/keys and `storage/`. */
+  dir: string;
+  storageDir: string;
+  /** Present for `auth: "token"`. */
+  tokenServer?: TokenServer;
+  /** The registry's HTTP access log (combined log format lines) so far. */
+  accessLog(): Promise<string[]>;
+  /** Everything the registry printed (access log and app log). */
+  rawLog(): Promise<string>;
+  /** Headers to reach `repository` with `actions` directly (setup steps with plain fetch). */
+  authHeaders(repository: string, actions?: string[]): Promise<Record<string, string>>;
+  stop(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
+const PORT_ATTEMPTS = 5;
+
+export async function startRegistry(options: RegistryOptions): Promise<TestRegistry> {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-registry-" });
+  const username = "tester";
+  const password = `pw-${crypto.randomUUID()}`;
+  let tokenServer: TokenServer | undefined;
+  try {
+    let authConfig = "";
+    if (options.auth === "basic") {
+      const htpasswdPath = `${dir}/htpasswd`;
+      await Deno.writeTextFile(htpasswdPath, await htpasswdLine(username, password));
+      authConfig = `auth:\n  htpasswd:\n    realm: erofs-oci-test\n    path: ${htpasswdPath}\n`;
+    } else if (options.auth === "token") {
+      tokenServer = await startTokenServer({
+        username,
+        password,
+        service: "erofs-oci-test-registry",
+        issuer: "erofs-oci-test-issuer",
+        dir,
+        ttlSeconds: options.tokenTtlSeconds,
+      });
+      authConfig = `auth:
+  token:
+    realm: ${tokenServer.realm}
+    service: ${tokenServer.service}
+    issuer: ${tokenServer.issuer}
+    rootcertbundle: ${tokenServer.certPath}
+`;
+    }
+    const storageDir = `${dir}/storage`;
+    await Deno.mkdir(storageDir);
+    const logPath = `${dir}/registry.log`;
+    for (let attempt = 1;; attempt++) {
+      const port = freePort();
+      const configPath = `${dir}/config.yml`;
+      await Deno.writeTextFile(configPath, registryConfig(port, storageDir, authConfig));
+      // `exec` keeps the registry's PID equal to the child's, so stop() kills the registry.
+      const child = new Deno.Command("sh", {
+        args: ["-c", 'exec docker-registry serve "$1" >>"$2" 2>&1', "sh", configPath, logPath],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const host = `127.0.0.1:${port}`;
+      const ready = await waitUntilAnswering(host, child, options.startTimeoutMs ?? 15_000);
+      if (ready !== "ok") {
+        await killChild(child);
+        const log = await readTextOrEmpty(logPath);
+        if (attempt < PORT_ATTEMPTS && /address already in use/.test(log)) continue;
+        throw new Error(`docker-registry did not start (${ready}):\n${log.slice(-2000)}`);
+      }
+      const ownTokenServer = tokenServer;
+      let stopped = false;
+      const stop = async () => {
+        if (stopped) return;
+        stopped = true;
+        await killChild(child);
+        await ownTokenServer?.stop();
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      };
+      return {
+        host,
+        auth: options.auth,
+        username,
+        password,
+        dir,
+        storageDir,
+        tokenServer,
+        accessLog: async () =>
+          (await readTextOrEmpty(logPath)).split("\n").filter((l) => ACCESS_LOG_LINE.test(l)),
+        rawLog: () => readTextOrEmpty(logPath),
+        authHeaders: async (
+          repository,
+          actions = ["pull", "push"],
+        ): Promise<Record<string, string>> => {
+          if (options.auth === "basic") {
+            return { authorization: `Basic ${btoa(`${username}:${password}`)}` };
+          }
+          if (ownTokenServer) {
+            const token = await ownTokenServer.issue(
+              [`repository:${repository}:${actions.join(",")}`],
+              username,
+            );
+            return { authorization: `Bearer ${token}` };
+          }
+          return {};
+        },
+        stop,
+        [Symbol.asyncDispose]: stop,
+      };
+    }
+  } catch (error) {
+    await tokenServer?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw error;
+  }
+}
+
+function registryConfig(port: number, storageDir: string, authConfig: string): string {
+  return `version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: ${storageDir}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:${port}
+  secret: erofs-oci-test-secret
+health:
+  storagedriver:
+    enabled: false
+${authConfig}`;
+}
+
+/** A port that was free a moment ago (the caller retries if someone takes it meanwhile). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** One htpasswd line with a bcrypt hash (the only hash distribution accepts). */
+async function htpasswdLine(username: string, password: string): Promise<string> {
+  const output = await new Deno.Command("htpasswd", {
+    args: ["-Bbn", username, password],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!output.success) {
+    throw new Error(`htpasswd failed: ${new TextDecoder().decode(output.stderr)}`);
+  }
+  return new TextDecoder().decode(output.stdout).trim() + "\n";
+}
+
+async function waitUntilAnswering(
+  host: string,
+  child: Deno.ChildProcess,
+  timeoutMs: number,
+): Promise<"ok" | "exited" | "timeout"> {
+  let exited = false;
+  child.status.then(() => exited = true);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (exited) return "exited";
+    try {
+      const response = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
+      await response.body?.cancel();
+      // 401 also proves the registry is serving (auth enabled).
+      if (response.status === 200 || response.status === 401) return "ok";
+    } catch { /* not listening yet */ }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return "timeout";
+}
+
+async function killChild(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const killed = await Promise.race([
+    child.status.then(() => true),
+    new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), 3000)),
+  ]);
+  clearTimeout(timer);
+  if (!killed) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await child.status;
+  }
+}
+
+async function readTextOrEmpty(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch {
+    return "";
+  }
+}
