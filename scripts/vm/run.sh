@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Usage: scripts/vm/run.sh GUEST_SCRIPT [TIMEOUT_S]
+# Boots the kernel-test VM (QEMU TCG), runs GUEST_SCRIPT with bash inside it as root, prints
+# the guest console and exits with the script's exit code. Exit 124 = timeout, 125 = the VM
+# did not run the script to the end (boot failure, kernel panic, init failure).
+# Env: VM_OUT_DIR  keep results here (the guest's /run/vm; writable); default: a temp dir
+#                  that is removed afterwards.
+#      VM_ENV      names of host variables to pass into the guest (space-separated);
+#                  CI and TEST_FILTER are always passed when set.
+#      VM_MEM_MB / VM_CPUS  guest size (default 3072 / 2).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${VM_CACHE_DIR:-$repo/.cache/vm}
+
+log() { printf 'vm-run: %s\n' "$*" >&2; }
+
+if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+  echo "usage: $0 GUEST_SCRIPT [TIMEOUT_S]" >&2
+  exit 2
+fi
+script=$1
+timeout_s=${2:-300}
+qemu=$(command -v qemu-system-x86_64) || { log "qemu-system-x86_64 not installed"; exit 125; }
+"$here/build.sh" || { log "VM build failed"; exit 125; }
+
+if [ -n "${VM_OUT_DIR:-}" ]; then
+  out=$VM_OUT_DIR
+  mkdir -p "$out"
+  rm -f "$out/rc"
+else
+  mkdir -p "$cache/runs"
+  out=$(mktemp -d "$cache/runs/run.XXXXXX")
+  trap 'rm -rf "$out"' EXIT
+fi
+
+cp "$script" "$out/guest.sh"
+{
+  echo "# written by scripts/vm/run.sh"
+  for name in CI TEST_FILTER ${VM_ENV:-}; do
+    [ -n "${!name+x}" ] && printf 'export %s=%q\n' "$name" "${!name}"
+  done
+  echo 'exec bash /run/vm/guest.sh'
+} >"$out/main.sh"
+
+# Prints the serial console without CRs, terminal escapes and firmware banners, keeps a copy in
+# console.log, and notes the host-side time when the guest script starts.
+show_console() {
+  local line esc=$'\e'
+  while IFS= read -r line; do
+    line=${line//$'\r'/}
+    line=$(sed -E "s/${esc}(\[[0-9;?]*[A-Za-z]|c)//g" <<<"$line")
+    case $line in
+    "" | SeaBIOS* | "Booting from ROM"*) continue ;;
+    "vm-init: guest ready"*) line+=" (host: $(elapsed) s after qemu start)" ;;
+    esac
+    printf '%s\n' "$line" | tee -a "$out/console.log"
+  done
+}
+elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
+
+start=$(date +%s.%N)
+log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, timeout ${timeout_s} s), out dir $out"
+# stdin from /dev/null: qemu must not put a terminal into raw mode. The serial console uses
+# CRLF line ends; strip the CR.
+timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${VM_MEM_MB:-3072}" -smp "${VM_CPUS:-2}" \
+  -nographic -no-reboot -nic none \
+  -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1" \
+  -device virtio-rng-pci \
+  -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
+  -virtfs "local,path=$out,mount_tag=out,security_model=passthrough,multidevs=remap" \
+  </dev/null 2>&1 | show_console
+qemu_rc=${PIPESTATUS[0]}
+elapsed=$(elapsed)
+
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+  log "TIMEOUT: the VM did not finish within ${timeout_s} s (hung guest script or kernel)"
+  exit 124
+fi
+if [ ! -f "$out/rc" ]; then
+  log "FAILED: the VM stopped after $elapsed s without an exit code (qemu rc $qemu_rc):" \
+    "kernel panic, init failure or qemu error; see the console above"
+  exit 125
+fi
+rc=$(cat "$out/rc")
+log "guest script exited with $rc; VM wall time $elapsed s"
+exit "$rc"
