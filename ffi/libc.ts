@@ -7,7 +7,8 @@
  */
 import { UserError } from "../lib/errors.ts";
 
-const SYMBOLS = {
+/** The symbol table (exported so worker threads can open the same one, see libc_worker.ts). */
+export const LIBC_SYMBOLS = {
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
   // char *strerror(int errnum);
@@ -27,6 +28,8 @@ const SYMBOLS = {
   },
   // ssize_t write(int fd, const void *buf, size_t count);
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // int ioctl(int fd, unsigned long request, unsigned long arg);
@@ -69,13 +72,24 @@ const SYMBOLS = {
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // DIR *opendir(const char *name);
+  opendir: { parameters: ["buffer"], result: "pointer" },
+  // struct dirent *readdir(DIR *dirp);
+  readdir: { parameters: ["pointer"], result: "pointer" },
+  // int closedir(DIR *dirp);
+  closedir: { parameters: ["pointer"], result: "i32" },
+  // int access(const char *path, int mode);
+  access: { parameters: ["buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-let library: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+/** The typed libc symbols, as returned by `libc()` (and handed to libc workers). */
+export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
+
+let library: Deno.DynamicLibrary<typeof LIBC_SYMBOLS> | undefined;
 
 /** The opened libc (lazily, so commands that need no FFI never ask for the permission). */
-export function libc(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
-  library ??= Deno.dlopen("libc.so.6", SYMBOLS);
+export function libc(): LibcSymbols {
+  library ??= Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
   return library.symbols;
 }
 
@@ -101,12 +115,14 @@ export const Errno = {
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
+  ENOTBLK: 15,
   EBUSY: 16,
   EEXIST: 17,
   ENODEV: 19,
   ENOTDIR: 20,
   EINVAL: 22,
   ENOSPC: 28,
+  ERANGE: 34,
   ENOSYS: 38,
   ENOTEMPTY: 39,
   ENODATA: 61,
@@ -234,4 +250,73 @@ export function connectUnix(path: string): number {
     throw new SysError("connect", code, path);
   }
   return fd;
+}
+
+/**
+ * Reads a small file (sysfs, procfs) through libc: Deno's own file APIs demand --allow-all for
+ * /sys, /proc and /dev. Returns undefined when the file does not exist (ENOENT/ENODEV).
+ */
+export function readSmallFile(path: string, maxBytes = 65536): string | undefined {
+  const fd = libc().open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    const code = errno();
+    if (code === Errno.ENOENT || code === Errno.ENODEV || code === Errno.ENOTDIR) return undefined;
+    throw new SysError("open", code, path);
+  }
+  try {
+    const buf = new Uint8Array(maxBytes);
+    let done = 0;
+    while (done < buf.length) {
+      const n = Number(libc().read(fd, buf.subarray(done), BigInt(buf.length - done)));
+      if (n < 0) {
+        const code = errno();
+        if (code === Errno.EINTR) continue;
+        throw new SysError("read", code, path);
+      }
+      if (n === 0) break;
+      done += n;
+    }
+    return new TextDecoder().decode(buf.subarray(0, done));
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** Writes `text` to an existing file with one write(2), as sysfs attributes require. */
+export function writeSmallFile(path: string, text: string): void {
+  const fd = openFile(path, O_WRONLY);
+  try {
+    const data = encoder.encode(text);
+    const n = Number(libc().write(fd, data, BigInt(data.length)));
+    if (n < 0) throw new SysError("write", errno(), path);
+    if (n !== data.length) throw new SysError("write", Errno.EIO, `${path}: short write`);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** True when `path` exists (access(F_OK)); for /sys and /dev, which Deno.statSync refuses. */
+export function pathExists(path: string): boolean {
+  return libc().access(cstr(path), 0) === 0;
+}
+
+/**
+ * Entry names of a directory (without "." and ".."), through opendir/readdir for /sys paths.
+ * struct dirent on 64-bit glibc: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[256].
+ */
+export function listDirectory(path: string): string[] {
+  const dir = libc().opendir(cstr(path));
+  if (dir === null) throw new SysError("opendir", errno(), path);
+  const names: string[] = [];
+  try {
+    for (;;) {
+      const entry = libc().readdir(dir);
+      if (entry === null) break;
+      const name = new Deno.UnsafePointerView(entry).getCString(19);
+      if (name !== "." && name !== "..") names.push(name);
+    }
+  } finally {
+    libc().closedir(dir);
+  }
+  return names;
 }
