@@ -1,0 +1,20 @@
+import { UsageError } from "../errors.ts";
+
+const UNITS: Record<string, number> = { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/**
+ * Parses a size option: `4096`, `512K`, `256M`, `1.5G`, `2GiB`, `64MB`. Suffixes are binary
+ * (K = 1024) whatever their spelling; the result is a whole number of bytes.
+ * Throws UsageError naming `option` on anything else.
+ */
+export function parseSize(text: string, option = "size"): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  if (match) {
+    const bytes = Math.floor(Number(match[1]) * UNITS[match[2].toUpperCase()]);
+    if (Number.isSafeInteger(bytes)) return bytes;
+  }
+  throw new UsageError(
+    `${option}: invalid size '${text}'`,
+    "use a byte count with an optional K, M, G or T suffix, e.g. 256M",
+  );
+}

@@ -1,0 +1,189 @@
+/**
+ * A user-space NBD server: listens on a unix socket or TCP port and gives every connection its
+ * own handshake and transmission phase over ONE shared source (so CAN_MULTI_CONN holds and all
+ * clients share one cache).
+ */
+import { NbdError, UsageError } from "../errors.ts";
+import type { Source } from "../source/source.ts";
+import { type ExportDescription, negotiate } from "./handshake.ts";
+import { type RequestEvent, serveTransmission, type TransmissionEnd } from "./transmission.ts";
+
+export type ListenAddress =
+  | { transport: "unix"; path: string }
+  | { transport: "tcp"; hostname: string; port: number };
+
+/** `unix:PATH` or `tcp:HOST:PORT` (`tcp:[::1]:10809` for IPv6). */
+export function parseListenAddress(spec: string): ListenAddress {
+  const usage = "use unix:PATH or tcp:HOST:PORT, e.g. --listen unix:/run/erofs.sock";
+  if (spec.startsWith("unix:")) {
+    const path = spec.slice(5);
+    if (!path) throw new UsageError(`--listen ${spec}: empty socket path`, usage);
+    return { transport: "unix", path };
+  }
+  if (spec.startsWith("tcp:")) {
+    const rest = spec.slice(4);
+    const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(rest);
+    const port = match ? Number(match[3]) : NaN;
+    if (!match || port > 65535) {
+      throw new UsageError(`--listen ${spec}: expected tcp:HOST:PORT`, usage);
+    }
+    return { transport: "tcp", hostname: match[1] ?? match[2], port };
+  }
+  throw new UsageError(`--listen ${spec}: unknown address kind`, usage);
+}
+
+/** The NBD URI (as libnbd tools take it) of an export at `addr`. */
+export function nbdUri(addr: ListenAddress, exportName: string): string {
+  const name = encodeURIComponent(exportName);
+  if (addr.transport === "unix") {
+    return `nbd+unix:///${name}?socket=${encodeURIComponent(addr.path).replaceAll("%2F", "/")}`;
+  }
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  return `nbd://${host}:${addr.port}/${name}`;
+}
+
+export interface NbdServerOptions {
+  listen: ListenAddress;
+  source: Source;
+  export: ExportDescription;
+  /** A client must finish the handshake within this time. Default 30 s. */
+  handshakeTimeoutMs?: number;
+  /** Per-connection events, for logs. */
+  onConnection?(event: ConnectionEvent): void;
+  onRequest?(event: RequestEvent): void;
+}
+
+export type ConnectionEvent =
+  | { kind: "open"; id: number }
+  | { kind: "handshake-failed"; id: number; reason: string }
+  | { kind: "closed"; id: number; end: TransmissionEnd };
+
+export interface NbdServer {
+  /** Where it listens (the actual port when 0 was asked for). */
+  readonly address: ListenAddress;
+  readonly uri: string;
+  /** Connections open right now. */
+  connectionCount(): number;
+  /** Stops accepting, closes every connection, removes the unix socket. Idempotent. */
+  close(): Promise<void>;
+}
+
+export async function startNbdServer(options: NbdServerOptions): Promise<NbdServer> {
+  const listener = await listen(options.listen);
+  const address: ListenAddress = options.listen.transport === "unix"
+    ? options.listen
+    : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
+  const stop = new AbortController();
+  const active = new Map<number, { conn: Deno.Conn; done: Promise<void> }>();
+  const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
+  let nextId = 1;
+
+  const handle = async (conn: Deno.Conn, id: number) => {
+    options.onConnection?.({ kind: "open", id });
+    if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
+    const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
+    let result;
+    try {
+      result = await negotiate(conn, options.export);
+    } catch (error) {
+      result = {
+        ok: false as const,
+        reason: error instanceof Error ? error.message : String(error),
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!result.ok) {
+      options.onConnection?.({ kind: "handshake-failed", id, reason: result.reason });
+      closeQuietly(conn);
+      return;
+    }
+    const end = await serveTransmission(conn, options.source, {
+      readOnly: true,
+      signal: stop.signal,
+      onRequest: options.onRequest,
+    });
+    options.onConnection?.({ kind: "closed", id, end });
+  };
+
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        const id = nextId++;
+        const done = handle(conn, id).finally(() => active.delete(id));
+        active.set(id, { conn, done });
+      }
+    } catch (error) {
+      if (!stop.signal.aborted) throw error;
+    }
+  })();
+
+  let closing: Promise<void> | undefined;
+  return {
+    address,
+    uri: nbdUri(address, options.export.name),
+    connectionCount: () => active.size,
+    close() {
+      closing ??= (async () => {
+        stop.abort(new Error("server stopping"));
+        closeQuietly(listener);
+        await accepting.catch(() => {});
+        for (const { conn } of active.values()) closeQuietly(conn); // handshakes in progress
+        await Promise.allSettled([...active.values()].map((a) => a.done));
+        if (address.transport === "unix") {
+          try {
+            Deno.removeSync(address.path);
+          } catch { /* already gone */ }
+        }
+      })();
+      return closing;
+    },
+  };
+}
+
+async function listen(addr: ListenAddress): Promise<Deno.Listener> {
+  if (addr.transport === "tcp") {
+    try {
+      return Deno.listen({ transport: "tcp", hostname: addr.hostname, port: addr.port });
+    } catch (error) {
+      throw new NbdError(`cannot listen on ${addr.hostname}:${addr.port}: ${message(error)}`);
+    }
+  }
+  await removeStaleSocket(addr.path);
+  try {
+    return Deno.listen({ transport: "unix", path: addr.path });
+  } catch (error) {
+    throw new NbdError(`cannot listen on ${addr.path}: ${message(error)}`);
+  }
+}
+
+/** A socket file nobody accepts on is left over from a killed server: replace it. */
+async function removeStaleSocket(path: string): Promise<void> {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!info.isSocket) {
+    throw new NbdError(`${path} exists and is not a socket`, "choose another --listen path");
+  }
+  try {
+    const probe = await Deno.connect({ transport: "unix", path });
+    probe.close();
+  } catch {
+    Deno.removeSync(path);
+    return;
+  }
+  throw new NbdError(`${path} is in use by another server`, "stop it or choose another path");
+}
+
+function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch { /* already closed */ }
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,235 @@
+/**
+ * The NBD transmission phase of a read-only export: what the kernel (after a netlink CONNECT)
+ * and user-space clients (after the handshake) send on the socket. READs run concurrently and
+ * are answered as they complete, in any order (the cookie matches them up); the replies of one
+ * connection are written one at a time, each in one piece.
+ */
+import type { Source } from "../source/source.ts";
+import { BufferedReader } from "./buffered_reader.ts";
+import { type NbdConn, SerialWriter, UnexpectedEof } from "./conn_io.ts";
+import {
+  NBD_CMD_DISC,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL,
+  NBD_EIO,
+  NBD_EPERM,
+  NBD_MAX_REQUEST_BYTES,
+  NBD_REPLY_BYTES,
+  NBD_REQUEST_BYTES,
+  NBD_REQUEST_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
+} from "./protocol.ts";
+
+/** A source that can read straight into a caller's buffer (CachedSource can). */
+type IntoSource = Source & {
+  readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
+};
+
+export interface TransmissionOptions {
+  /** Only read-only exports exist: writes and trims are refused with EPERM. */
+  readOnly: true;
+  /** READs longer than this get EINVAL. Default 32 MiB (the protocol's default maximum). */
+  maxRequestBytes?: number;
+  /** Requests served at once; beyond it the socket is not read until one finishes. Default 128. */
+  maxInFlight?: number;
+  /** Bytes of READ replies held at once (same back-pressure). Default 256 MiB. */
+  maxInFlightBytes?: number;
+  /** Called after each reply is written (for stats and debug logs). */
+  onRequest?(event: RequestEvent): void;
+  /** Aborting closes the connection and gives up on requests in flight. */
+  signal?: AbortSignal;
+}
+
+export interface RequestEvent {
+  type: number;
+  offset: number;
+  length: number;
+  /** errno sent back, 0 on success. */
+  error: number;
+  /** Set when the source failed the read. */
+  cause?: unknown;
+}
+
+export interface TransmissionEnd {
+  /**
+   * disconnect: the client sent DISC; eof: it closed the socket; closed: the socket failed or
+   * was closed under us; protocol: it broke the protocol (bad magic, truncated request);
+   * aborted: options.signal.
+   */
+  reason: "disconnect" | "eof" | "closed" | "protocol" | "aborted";
+  requests: number;
+  detail?: string;
+}
+
+const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * Serves NBD requests on `conn` from `source` until the client disconnects, the socket fails or
+ * `signal` aborts; then closes `conn`. Never rejects: how it ended is in the result.
+ */
+export async function serveTransmission(
+  conn: NbdConn,
+  source: IntoSource,
+  options: TransmissionOptions,
+): Promise<TransmissionEnd> {
+  const maxRequestBytes = options.maxRequestBytes ?? NBD_MAX_REQUEST_BYTES;
+  const maxInFlight = options.maxInFlight ?? 128;
+  const maxInFlightBytes = options.maxInFlightBytes ?? 256 * 1024 * 1024;
+  const reader = new BufferedReader(conn);
+  const writer = new SerialWriter(conn);
+  const stop = new AbortController();
+  const onAbort = () => {
+    stop.abort(options.signal?.reason);
+    closeQuietly(conn); // unblocks a pending read
+  };
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+
+  let inFlight = 0;
+  let inFlightBytes = 0;
+  let slotFreed: (() => void) | undefined;
+  const running = new Set<Promise<void>>();
+  let requests = 0;
+
+  const reply = (header: Uint8Array, event: RequestEvent, data?: Uint8Array) =>
+    (data ? writer.write(header, data) : writer.write(header)).then(
+      () => options.onRequest?.(event),
+      () => {}, // the socket is gone; the read loop notices and ends
+    );
+
+  const serveRead = async (header: Uint8Array, offset: number, length: number) => {
+    const buf = new Uint8Array(NBD_REPLY_BYTES + length); // zeroed: the part past the end stays 0
+    buf.set(header);
+    const inRange = Math.max(0, Math.min(length, source.size - offset));
+    const event: RequestEvent = { type: NBD_CMD_READ, offset, length, error: 0 };
+    try {
+      if (inRange > 0) {
+        const dest = buf.subarray(NBD_REPLY_BYTES, NBD_REPLY_BYTES + inRange);
+        if (source.readInto) await source.readInto(offset, dest, stop.signal);
+        else dest.set(await source.read(offset, inRange, stop.signal));
+      }
+    } catch (cause) {
+      if (stop.signal.aborted) return;
+      event.error = NBD_EIO;
+      event.cause = cause;
+      setError(header, NBD_EIO);
+      return reply(header, event);
+    }
+    await reply(buf, event);
+  };
+
+  let end: TransmissionEnd | undefined;
+  try {
+    while (!stop.signal.aborted) {
+      while (inFlight >= maxInFlight || inFlightBytes >= maxInFlightBytes) {
+        await new Promise<void>((resolve) => slotFreed = resolve);
+      }
+      if (!await reader.fill(NBD_REQUEST_BYTES, "a request")) {
+        end = { reason: "eof", requests };
+        break;
+      }
+      const at = reader.start;
+      const view = reader.view;
+      if (view.getUint32(at) !== NBD_REQUEST_MAGIC) {
+        end = {
+          reason: "protocol",
+          requests,
+          detail: `bad request magic 0x${view.getUint32(at).toString(16)}`,
+        };
+        break;
+      }
+      const type = view.getUint16(at + 6);
+      const offsetBig = view.getBigUint64(at + 16);
+      const length = view.getUint32(at + 24);
+      // The reply header, with the cookie copied before the buffer is reused.
+      const header = new Uint8Array(NBD_REPLY_BYTES);
+      const headerView = new DataView(header.buffer);
+      headerView.setUint32(0, NBD_SIMPLE_REPLY_MAGIC);
+      header.set(reader.buf.subarray(at + 8, at + 16), 8);
+      reader.start += NBD_REQUEST_BYTES;
+      requests++;
+      // Offsets beyond 2^53 lie past any real export: zero-fill them like any read past the end.
+      const offset = offsetBig > MAX_SAFE_OFFSET ? Number.MAX_SAFE_INTEGER : Number(offsetBig);
+      const event: RequestEvent = { type, offset, length, error: 0 };
+
+      if (type === NBD_CMD_READ) {
+        if (length > maxRequestBytes) {
+          event.error = NBD_EINVAL;
+          setError(header, NBD_EINVAL);
+          track(reply(header, event), 0);
+        } else {
+          track(serveRead(header, offset, length), length);
+        }
+      } else if (type === NBD_CMD_WRITE) {
+        // The payload follows the request whatever we answer: consume it to stay in sync.
+        await reader.skip(length, "a WRITE payload");
+        event.error = NBD_EPERM;
+        setError(header, NBD_EPERM);
+        track(reply(header, event), 0);
+      } else if (type === NBD_CMD_TRIM || type === NBD_CMD_WRITE_ZEROES) {
+        event.error = NBD_EPERM;
+        setError(header, NBD_EPERM);
+        track(reply(header, event), 0);
+      } else if (type === NBD_CMD_FLUSH) {
+        track(reply(header, event), 0); // nothing is ever dirty
+      } else if (type === NBD_CMD_DISC) {
+        end = { reason: "disconnect", requests };
+        break;
+      } else {
+        event.error = NBD_EINVAL;
+        setError(header, NBD_EINVAL);
+        track(reply(header, event), 0);
+      }
+    }
+  } catch (error) {
+    if (error instanceof UnexpectedEof) {
+      end = { reason: "protocol", requests, detail: error.message };
+    } else {
+      end = {
+        reason: "closed",
+        requests,
+        detail: error instanceof Error ? error.message : String(error),
+      };
+    }
+  }
+  if (stop.signal.aborted) end = { reason: "aborted", requests };
+  end ??= { reason: "aborted", requests };
+
+  // After DISC (or EOF) the requests already received still get their replies; after a
+  // protocol error or an abort nothing more is sent.
+  if (end.reason === "protocol" || end.reason === "aborted" || end.reason === "closed") {
+    stop.abort(new Error(`connection ended: ${end.reason}`));
+  }
+  await Promise.allSettled(running);
+  await writer.drain();
+  options.signal?.removeEventListener("abort", onAbort);
+  closeQuietly(conn);
+  return end;
+
+  function track(work: Promise<void>, bytes: number): void {
+    inFlight++;
+    inFlightBytes += bytes;
+    const done: Promise<void> = work.finally(() => {
+      inFlight--;
+      inFlightBytes -= bytes;
+      running.delete(done);
+      const wake = slotFreed;
+      slotFreed = undefined;
+      wake?.();
+    });
+    running.add(done);
+  }
+}
+
+function setError(header: Uint8Array, errno: number): void {
+  new DataView(header.buffer, header.byteOffset).setUint32(4, errno);
+}
+
+function closeQuietly(conn: NbdConn): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}

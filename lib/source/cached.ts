@@ -1,0 +1,339 @@
+import type { Source } from "./source.ts";
+
+export interface CacheOptions {
+  /** Cache granularity, a power of two. Default 1 MiB. */
+  chunkBytes?: number;
+  /** Upper bound of the bytes the cache holds (whole chunks). Default 64 MiB. */
+  cacheBytes?: number;
+  /**
+   * Largest sequential readahead window fetched as one underlying read. Default 8 MiB; clamped
+   * to a quarter of `cacheBytes` so a window never evicts the one before it unread.
+   */
+  maxReadaheadBytes?: number;
+}
+
+export interface CacheStats {
+  /** Bytes asked of the cache through read()/readInto(). */
+  bytesRequested: number;
+  /** Bytes read from the underlying source. */
+  bytesFetched: number;
+  /** Underlying read() calls. */
+  fetches: number;
+  /** Of those, fetches started by readahead rather than a waiting reader. */
+  readaheadFetches: number;
+  /** Chunk lookups answered from the cache. */
+  hits: number;
+  /** Chunk lookups that had to wait (a new fetch or one already in flight). */
+  misses: number;
+  /** Chunk lookups that joined a fetch already in flight (single-flight). */
+  joined: number;
+  /** Bytes held right now; never above `cacheBytes`. */
+  cachedBytes: number;
+  cachedChunks: number;
+}
+
+export const DEFAULT_CHUNK_BYTES = 1 << 20;
+export const DEFAULT_CACHE_BYTES = 64 << 20;
+export const DEFAULT_MAX_READAHEAD_BYTES = 8 << 20;
+
+type Piece = Uint8Array | Promise<Uint8Array>;
+
+/**
+ * A Source in front of another: aligned chunks in a bounded LRU, one underlying fetch per chunk
+ * however many readers want it (single-flight), and sequential readahead whose window doubles
+ * (1, 2, 4 … chunks up to `maxReadaheadBytes`) while reads stay sequential and drops back to
+ * one chunk on a jump. A window is ONE underlying read (one ranged GET for a registry blob).
+ *
+ * Bytes returned by read() may be shared with the cache: do not modify them.
+ * A failed underlying read rejects every reader waiting on it and caches nothing.
+ */
+export class CachedSource implements Source {
+  readonly size: number;
+  readonly chunkBytes: number;
+  readonly cacheBytes: number;
+  readonly maxReadaheadChunks: number;
+
+  readonly #inner: Source;
+  readonly #chunkCount: number;
+  /** chunk index → bytes; Map order is the LRU order (oldest first). */
+  readonly #chunks = new Map<number, Uint8Array>();
+  readonly #inflight = new Map<number, Promise<Uint8Array>>();
+  readonly #closing = new AbortController();
+  #cachedBytes = 0;
+
+  // Sequential stream state.
+  #nextOffset = 0;
+  #windowChunks = 1;
+  /** Chunk index just past the furthest chunk fetched for the stream. */
+  #aheadEnd = 0;
+  /** Reading chunk >= marker starts the next readahead window in the background. */
+  #marker = Infinity;
+
+  readonly #stats = {
+    bytesRequested: 0,
+    bytesFetched: 0,
+    fetches: 0,
+    readaheadFetches: 0,
+    hits: 0,
+    misses: 0,
+    joined: 0,
+  };
+
+  constructor(inner: Source, options: CacheOptions = {}) {
+    const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    const cacheBytes = options.cacheBytes ?? DEFAULT_CACHE_BYTES;
+    if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 512 || (chunkBytes & (chunkBytes - 1))) {
+      throw new RangeError(`chunk size must be a power of two >= 512, got ${chunkBytes}`);
+    }
+    if (!Number.isSafeInteger(cacheBytes) || cacheBytes < chunkBytes) {
+      throw new RangeError(`cache size ${cacheBytes} is smaller than one chunk (${chunkBytes})`);
+    }
+    this.#inner = inner;
+    this.size = inner.size;
+    this.chunkBytes = chunkBytes;
+    this.cacheBytes = cacheBytes;
+    const readahead = Math.min(
+      options.maxReadaheadBytes ?? DEFAULT_MAX_READAHEAD_BYTES,
+      Math.floor(cacheBytes / 4),
+    );
+    this.maxReadaheadChunks = Math.max(1, Math.floor(readahead / chunkBytes));
+    this.#chunkCount = Math.ceil(this.size / chunkBytes);
+  }
+
+  stats(): CacheStats {
+    return { ...this.#stats, cachedBytes: this.#cachedBytes, cachedChunks: this.#chunks.size };
+  }
+
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    this.#check(offset, length);
+    if (length === 0) return new Uint8Array(0);
+    const first = Math.floor(offset / this.chunkBytes);
+    const last = Math.floor((offset + length - 1) / this.chunkBytes);
+    const pieces = this.#acquire(offset, length, first, last);
+    if (first === last) {
+      const piece = pieces[0];
+      const chunk = piece instanceof Uint8Array ? piece : await abortable(piece, signal);
+      const start = offset - first * this.chunkBytes;
+      return chunk.subarray(start, start + length);
+    }
+    const out = new Uint8Array(length);
+    await this.#assemble(pieces, first, offset, out, signal);
+    return out;
+  }
+
+  /**
+   * Reads `dest.length` bytes at `offset` straight into `dest` (e.g. the data part of an NBD
+   * reply buffer), saving the intermediate buffer of read().
+   */
+  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    this.#check(offset, dest.length);
+    if (dest.length === 0) return;
+    const first = Math.floor(offset / this.chunkBytes);
+    const last = Math.floor((offset + dest.length - 1) / this.chunkBytes);
+    await this.#assemble(
+      this.#acquire(offset, dest.length, first, last),
+      first,
+      offset,
+      dest,
+      signal,
+    );
+  }
+
+  async close(): Promise<void> {
+    this.#closing.abort(new Error("cache closed"));
+    this.#chunks.clear();
+    this.#cachedBytes = 0;
+    await this.#inner.close?.();
+  }
+
+  #check(offset: number, length: number): void {
+    if (this.#closing.signal.aborted) throw new Error("read from a closed CachedSource");
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+      offset + length > this.size
+    ) {
+      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
+    }
+  }
+
+  /** Copies each chunk's part into `out` as soon as that chunk is there. */
+  async #assemble(
+    pieces: Piece[],
+    first: number,
+    offset: number,
+    out: Uint8Array,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const end = offset + out.length;
+    const place = (index: number, chunk: Uint8Array) => {
+      const chunkStart = index * this.chunkBytes;
+      const from = Math.max(offset, chunkStart);
+      const to = Math.min(end, chunkStart + chunk.length);
+      out.set(chunk.subarray(from - chunkStart, to - chunkStart), from - offset);
+    };
+    const waits: Promise<void>[] = [];
+    pieces.forEach((piece, i) => {
+      if (piece instanceof Uint8Array) place(first + i, piece);
+      else waits.push(piece.then((chunk) => place(first + i, chunk)));
+    });
+    if (waits.length) await abortable(Promise.all(waits), signal);
+  }
+
+  /**
+   * Looks up chunks first..last, starts fetches for the missing ones (extended to the readahead
+   * window when the access is sequential) and the next background window when due.
+   */
+  #acquire(offset: number, length: number, first: number, last: number): Piece[] {
+    this.#stats.bytesRequested += length;
+    const sequential = offset >= this.#nextOffset - 2 * this.chunkBytes &&
+      offset <= this.#nextOffset + this.chunkBytes;
+    this.#nextOffset = sequential ? Math.max(this.#nextOffset, offset + length) : offset + length;
+    if (!sequential) {
+      this.#windowChunks = 1;
+      this.#aheadEnd = last + 1;
+      this.#marker = Infinity;
+    }
+
+    const pieces: Piece[] = new Array(last - first + 1);
+    for (let i = first; i <= last;) {
+      const cached = this.#chunks.get(i);
+      if (cached) {
+        this.#chunks.delete(i); // move to the young end of the LRU
+        this.#chunks.set(i, cached);
+        this.#stats.hits++;
+        pieces[i++ - first] = cached;
+        continue;
+      }
+      const pending = this.#inflight.get(i);
+      if (pending) {
+        this.#stats.misses++;
+        this.#stats.joined++;
+        pieces[i++ - first] = pending;
+        continue;
+      }
+      // A run of missing chunks: one underlying read, extended to the window if sequential.
+      let runEnd = i + 1;
+      while (runEnd <= last && !this.#present(runEnd)) runEnd++;
+      const neededEnd = runEnd;
+      if (sequential && runEnd === last + 1) {
+        const windowEnd = Math.min(this.#chunkCount, i + this.#windowChunks);
+        while (runEnd < windowEnd && !this.#present(runEnd)) runEnd++;
+        this.#advanceWindow(i, runEnd);
+      }
+      this.#fetch(i, runEnd, false);
+      for (; i < neededEnd; i++) {
+        this.#stats.misses++;
+        pieces[i - first] = this.#inflight.get(i)!;
+      }
+    }
+
+    if (sequential && last >= this.#marker) this.#readahead(last + 1);
+    return pieces;
+  }
+
+  /** Starts the next sequential window in the background, beyond what is already fetched. */
+  #readahead(from: number): void {
+    let start = Math.max(this.#aheadEnd, from);
+    while (start < this.#chunkCount && this.#present(start)) start++;
+    if (start >= this.#chunkCount) {
+      this.#marker = Infinity;
+      return;
+    }
+    const windowEnd = Math.min(this.#chunkCount, start + this.#windowChunks);
+    let end = start + 1;
+    while (end < windowEnd && !this.#present(end)) end++;
+    this.#advanceWindow(start, end);
+    this.#fetch(start, end, true);
+  }
+
+  /** Records a window [start, end) of the stream and grows the next one. */
+  #advanceWindow(start: number, end: number): void {
+    this.#aheadEnd = Math.max(this.#aheadEnd, end);
+    this.#marker = start + Math.floor((end - start) / 2);
+    this.#windowChunks = Math.min(this.#windowChunks * 2, this.maxReadaheadChunks);
+  }
+
+  #present(index: number): boolean {
+    return this.#chunks.has(index) || this.#inflight.has(index);
+  }
+
+  /** One underlying read for chunks [start, end), split into chunks and cached on success. */
+  #fetch(start: number, end: number, readahead: boolean): void {
+    const byteStart = start * this.chunkBytes;
+    const byteEnd = Math.min(this.size, end * this.chunkBytes);
+    const length = byteEnd - byteStart;
+    this.#stats.fetches++;
+    if (readahead) this.#stats.readaheadFetches++;
+    this.#stats.bytesFetched += length;
+    const split = this.#inner.read(byteStart, length, this.#closing.signal).then((bytes) => {
+      if (bytes.length !== length) {
+        throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
+      }
+      const chunks: Uint8Array[] = [];
+      for (let i = start; i < end; i++) {
+        const from = (i - start) * this.chunkBytes;
+        const to = Math.min(length, from + this.chunkBytes);
+        // A chunk must own its buffer: a view would pin the whole window in memory after its
+        // siblings are evicted and the cache bound would be a lie.
+        const owns = from === 0 && to === length && bytes.byteOffset === 0 &&
+          bytes.byteLength === bytes.buffer.byteLength;
+        chunks.push(owns ? bytes : bytes.slice(from, to));
+      }
+      return chunks;
+    });
+    const settled = split.then(
+      (chunks) => {
+        for (let i = start; i < end; i++) {
+          this.#inflight.delete(i);
+          if (!this.#closing.signal.aborted) this.#insert(i, chunks[i - start]);
+        }
+        return chunks;
+      },
+      (error) => {
+        for (let i = start; i < end; i++) this.#inflight.delete(i);
+        throw error;
+      },
+    );
+    for (let i = start; i < end; i++) {
+      const chunk = settled.then((chunks) => chunks[i - start]);
+      // Readahead nobody waits for must not surface as an unhandled rejection.
+      chunk.catch(() => {});
+      this.#inflight.set(i, chunk);
+    }
+  }
+
+  #insert(index: number, chunk: Uint8Array): void {
+    const old = this.#chunks.get(index);
+    if (old) {
+      this.#chunks.delete(index);
+      this.#cachedBytes -= old.byteLength;
+    }
+    while (this.#cachedBytes + chunk.byteLength > this.cacheBytes && this.#chunks.size) {
+      const [oldest, bytes] = this.#chunks.entries().next().value!;
+      this.#chunks.delete(oldest);
+      this.#cachedBytes -= bytes.byteLength;
+    }
+    this.#chunks.set(index, chunk);
+    this.#cachedBytes += chunk.byteLength;
+  }
+}
+
+/** `promise`, or a rejection as soon as `signal` aborts (the work itself goes on). */
+function abortable<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
