@@ -1,0 +1,113 @@
+/**
+ * Runs `erofs-oci` as a user would (a subprocess of scripts/erofs-oci-dev with the project's
+ * permissions) and captures stdout, stderr and the exit code, with a hard deadline.
+ */
+import assert from "node:assert/strict";
+import { REPO_ROOT } from "./requires.ts";
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** True when the deadline killed the process (code is then the signal's). */
+  timedOut: boolean;
+  /** The command line, for assertion messages. */
+  commandLine: string;
+}
+
+export interface CliOptions {
+  /** Written to stdin, then stdin is closed (e.g. for `--password-stdin`). */
+  stdin?: string;
+  /** Extra environment; DOCKER_CONFIG defaults to an empty location so the user's is unused. */
+  env?: Record<string, string>;
+  /** Kill the process after this long (default 30 s). */
+  timeoutMs?: number;
+  cwd?: string;
+}
+
+const CLI = `${REPO_ROOT}/scripts/erofs-oci-dev`;
+
+export async function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  const child = new Deno.Command(CLI, {
+    args,
+    cwd: options.cwd,
+    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...options.env },
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  }, options.timeoutMs ?? 30_000);
+  try {
+    if (options.stdin !== undefined) {
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
+      await writer.close().catch(() => {});
+    }
+    const output = await child.output();
+    return {
+      code: output.code,
+      stdout: new TextDecoder().decode(output.stdout),
+      stderr: new TextDecoder().decode(output.stderr),
+      timedOut,
+      commandLine: `erofs-oci ${args.join(" ")}`,
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Multi-line description of a result for assertion messages. */
+export function describe(result: CliResult): string {
+  return `${result.commandLine}\n  exit ${result.code}${result.timedOut ? " (timed out)" : ""}\n` +
+    `  stdout: ${result.stdout.trimEnd() || "(empty)"}\n  stderr: ${
+      result.stderr.trimEnd() || "(empty)"
+    }`;
+}
+
+export function assertSuccess(result: CliResult): void {
+  assert.equal(result.code, 0, `expected success:\n${describe(result)}`);
+}
+
+/**
+ * The CLI's error contract: exit `code`, stderr is one `erofs-oci: …` line plus at most one
+ * `  hint: …` line, no stack trace. Returns the message line for further checks.
+ */
+export function assertCliError(result: CliResult, code: number, message?: RegExp): string {
+  assert.ok(!result.timedOut, `timed out:\n${describe(result)}`);
+  assert.equal(result.code, code, `expected exit ${code}:\n${describe(result)}`);
+  const lines = result.stderr.split("\n").filter((l) => l.trim() !== "");
+  assert.ok(lines.length >= 1, `expected an error message:\n${describe(result)}`);
+  assert.match(lines[0], /^erofs-oci: \S/, `first stderr line:\n${describe(result)}`);
+  assert.ok(
+    lines.length === 1 || (lines.length === 2 && /^ {2}hint: \S/.test(lines[1])),
+    `expected one error line and an optional hint:\n${describe(result)}`,
+  );
+  assert.ok(
+    !/^\s+at /m.test(result.stderr),
+    `stack trace printed without --debug:\n${describe(result)}`,
+  );
+  assert.ok(!/internal error/.test(lines[0]), `internal error is a bug:\n${describe(result)}`);
+  if (message) assert.match(lines[0], message, `error message:\n${describe(result)}`);
+  return lines[0];
+}
+
+/** Credential options for a test registry: `--password P`, or `--password-stdin` + stdin. */
+export function loginOptions(
+  registry: { auth: string; username: string; password: string },
+  via: "argument" | "stdin" = "argument",
+): { args: string[]; stdin?: string } {
+  if (registry.auth === "none") return { args: [] };
+  if (via === "stdin") {
+    return {
+      args: ["--username", registry.username, "--password-stdin"],
+      stdin: registry.password,
+    };
+  }
+  return { args: ["--username", registry.username, "--password", registry.password] };
+}

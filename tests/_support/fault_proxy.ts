@@ -1,0 +1,296 @@
+/**
+ * An HTTP proxy on loopback in front of a test registry that injects faults into chosen
+ * requests (server errors, connection resets mid-body, ignored ranges, redirects to another
+ * host, delays, corrupted bytes) and records every request it sees. A rule applies to its first
+ * `times` matching requests, then requests pass through unchanged.
+ */
+
+export interface ProxiedRequestInfo {
+  method: string;
+  /** Path and query, e.g. `/v2/app/blobs/sha256:…`. */
+  path: string;
+  headers: Headers;
+}
+
+export type Fault =
+  /** Answer with this status (JSON error body) without asking the registry. */
+  | { kind: "status"; status: number }
+  /** Send the headers and `afterBytes` body bytes, wait `stallMs`, then abort the connection. */
+  | { kind: "reset"; afterBytes: number; stallMs?: number }
+  /** Drop the Range header upstream, so the client gets 200 with the whole body. */
+  | { kind: "ignore-range" }
+  /** 307 to a second loopback server (another host) that serves the same bytes. */
+  | { kind: "redirect" }
+  /** Wait this long before forwarding. */
+  | { kind: "delay"; ms: number }
+  /** Forward, but flip one byte of the body. */
+  | { kind: "corrupt" };
+
+export interface FaultRule {
+  /** Label used in records. */
+  name?: string;
+  match: (request: ProxiedRequestInfo) => boolean;
+  fault: Fault;
+  /** How many matching requests get the fault (default: all). */
+  times?: number;
+}
+
+export interface ProxyRecord {
+  timeMs: number;
+  method: string;
+  path: string;
+  range: string | null;
+  hasAuthorization: boolean;
+  /** Status sent to the client. */
+  status: number;
+  /** Name (or fault kind) of the rule applied, if any. */
+  fault?: string;
+}
+
+export interface RedirectRecord {
+  timeMs: number;
+  path: string;
+  range: string | null;
+  hasAuthorization: boolean;
+  status: number;
+}
+
+export interface FaultProxy {
+  /** `127.0.0.1:PORT`: use it as the registry in image references. */
+  host: string;
+  /** Host of the redirect target (`127.0.0.2:PORT` when that address works). */
+  redirectHost: string;
+  readonly requests: readonly ProxyRecord[];
+  /** Requests that reached the redirect target. */
+  readonly redirected: readonly RedirectRecord[];
+  /** How often rule `index` has fired. */
+  hits(index: number): number;
+  stop(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const BLOB_PATH = /^\/v2\/.+\/blobs\/sha256:[0-9a-f]{64}$/;
+const MANIFEST_PATH = /^\/v2\/.+\/manifests\/[^/]+$/;
+const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "upgrade", "host"];
+
+export function isBlobGet(request: ProxiedRequestInfo): boolean {
+  return request.method === "GET" && BLOB_PATH.test(request.path.split("?")[0]);
+}
+
+export function isManifestGet(request: ProxiedRequestInfo): boolean {
+  return request.method === "GET" && MANIFEST_PATH.test(request.path.split("?")[0]);
+}
+
+export function startFaultProxy(
+  upstreamHost: string,
+  plan: FaultRule[],
+): Promise<FaultProxy> {
+  const requests: ProxyRecord[] = [];
+  const redirected: RedirectRecord[] = [];
+  const hitCounts = plan.map(() => 0);
+  const redirectBodies = new Map<string, Uint8Array<ArrayBuffer>>();
+  const target = startRedirectTarget(redirectBodies, redirected);
+  const redirectHost = `${target.hostname}:${target.server.addr.port}`;
+  const aborts = new AbortController();
+
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {}, onError: () => new Response(null) },
+    async (request) => {
+      const url = new URL(request.url);
+      const info: ProxiedRequestInfo = {
+        method: request.method,
+        path: url.pathname + url.search,
+        headers: request.headers,
+      };
+      const record: ProxyRecord = {
+        timeMs: Date.now(),
+        method: request.method,
+        path: info.path,
+        range: request.headers.get("range"),
+        hasAuthorization: request.headers.has("authorization"),
+        status: 0,
+      };
+      requests.push(record);
+      const index = plan.findIndex((rule, i) =>
+        hitCounts[i] < (rule.times ?? Infinity) && rule.match(info)
+      );
+      const rule = index >= 0 ? plan[index] : undefined;
+      if (rule) {
+        hitCounts[index]++;
+        record.fault = rule.name ?? rule.fault.kind;
+      }
+      const fault = rule?.fault;
+      const proxyHost = `127.0.0.1:${server.addr.port}`;
+      const response = await answer(fault, request, info, proxyHost);
+      record.status = response.status;
+      return response;
+    },
+  );
+
+  async function answer(
+    fault: Fault | undefined,
+    request: Request,
+    info: ProxiedRequestInfo,
+    proxyHost: string,
+  ): Promise<Response> {
+    if (fault?.kind === "status") {
+      await request.body?.cancel();
+      return Response.json(
+        { errors: [{ code: "UNKNOWN", message: `injected HTTP ${fault.status}` }] },
+        { status: fault.status },
+      );
+    }
+    if (fault?.kind === "delay") await sleep(fault.ms, aborts.signal);
+    const headers = new Headers(request.headers);
+    for (const name of HOP_BY_HOP) headers.delete(name);
+    if (fault?.kind === "ignore-range" || fault?.kind === "redirect") headers.delete("range");
+    const hasBody = request.method !== "GET" && request.method !== "HEAD";
+    const upstream = await fetch(`http://${upstreamHost}${info.path}`, {
+      method: request.method,
+      headers,
+      // Buffered so the registry sees a Content-Length, as from a real client.
+      body: hasBody ? await request.arrayBuffer() : undefined,
+      redirect: "manual",
+      signal: aborts.signal,
+    });
+    const responseHeaders = new Headers(upstream.headers);
+    for (const name of HOP_BY_HOP) responseHeaders.delete(name);
+    const location = responseHeaders.get("location");
+    if (location?.startsWith(`http://${upstreamHost}/`)) {
+      responseHeaders.set(
+        "location",
+        `http://${proxyHost}${location.slice(7 + upstreamHost.length)}`,
+      );
+    }
+    if (request.method === "HEAD" || upstream.body === null) {
+      await upstream.body?.cancel();
+      return new Response(null, { status: upstream.status, headers: responseHeaders });
+    }
+    const body = new Uint8Array(await upstream.arrayBuffer());
+    if (fault?.kind === "redirect" && upstream.status === 200) {
+      const id = crypto.randomUUID();
+      redirectBodies.set(id, body);
+      return new Response(null, {
+        status: 307,
+        headers: { location: `http://${redirectHost}/objects/${id}?signature=test` },
+      });
+    }
+    if (fault?.kind === "corrupt" && body.length > 0) {
+      body[Math.min(body.length - 1, 100)] ^= 0xff;
+    }
+    if (fault?.kind === "reset") {
+      // Keep Content-Length: the client must see a body cut short, not a shorter body.
+      responseHeaders.set("content-length", String(body.length));
+      const partial = body.subarray(0, Math.min(fault.afterBytes, body.length));
+      let sent = false;
+      const stream = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          if (!sent) {
+            sent = true;
+            controller.enqueue(partial);
+            return;
+          }
+          await sleep(fault.stallMs ?? 0, aborts.signal).catch(() => {});
+          controller.error(new InjectedReset());
+        },
+      });
+      return new Response(stream, { status: upstream.status, headers: responseHeaders });
+    }
+    responseHeaders.delete("content-length");
+    return new Response(body, { status: upstream.status, headers: responseHeaders });
+  }
+
+  const stop = async () => {
+    aborts.abort();
+    await Promise.all([server.shutdown(), target.server.shutdown()]);
+  };
+  return Promise.resolve({
+    host: `127.0.0.1:${server.addr.port}`,
+    redirectHost,
+    requests,
+    redirected,
+    hits: (index) => hitCounts[index],
+    stop,
+    [Symbol.asyncDispose]: stop,
+  });
+}
+
+/** The error used to abort a response body (also what Deno logs for it). */
+class InjectedReset extends Error {
+  constructor() {
+    super("fault proxy: injected connection reset");
+  }
+}
+
+/**
+ * The "object storage" a blob redirect points to. Another loopback address than the registry
+ * (127.0.0.2) so it is another host; like S3 it refuses requests that carry Authorization.
+ */
+function startRedirectTarget(
+  bodies: Map<string, Uint8Array<ArrayBuffer>>,
+  records: RedirectRecord[],
+): { server: Deno.HttpServer<Deno.NetAddr>; hostname: string } {
+  const handler = (request: Request): Response => {
+    const url = new URL(request.url);
+    const range = request.headers.get("range");
+    const record: RedirectRecord = {
+      timeMs: Date.now(),
+      path: url.pathname + url.search,
+      range,
+      hasAuthorization: request.headers.has("authorization"),
+      status: 0,
+    };
+    records.push(record);
+    const respond = (response: Response) => {
+      record.status = response.status;
+      return response;
+    };
+    if (record.hasAuthorization) {
+      return respond(new Response("only one auth mechanism allowed\n", { status: 400 }));
+    }
+    const body = bodies.get(url.pathname.replace(/^\/objects\//, ""));
+    if (!body) return respond(new Response("no such object\n", { status: 404 }));
+    const match = range?.match(/^bytes=(\d+)-(\d*)$/);
+    if (!match) return respond(new Response(body, { status: 200 }));
+    const start = Number(match[1]);
+    const end = Math.min(match[2] ? Number(match[2]) : body.length - 1, body.length - 1);
+    if (start > end) {
+      return respond(
+        new Response(null, {
+          status: 416,
+          headers: { "content-range": `bytes */${body.length}` },
+        }),
+      );
+    }
+    return respond(
+      new Response(body.slice(start, end + 1), {
+        status: 206,
+        headers: { "content-range": `bytes ${start}-${end}/${body.length}` },
+      }),
+    );
+  };
+  for (const hostname of ["127.0.0.2", "127.0.0.1"]) {
+    try {
+      const server = Deno.serve({ hostname, port: 0, onListen: () => {} }, handler);
+      return { server, hostname };
+    } catch (error) {
+      if (hostname === "127.0.0.1") throw error;
+    }
+  }
+  throw new Error("unreachable");
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}

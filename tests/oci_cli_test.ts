@@ -1,0 +1,220 @@
+/**
+ * End-to-end tests of `erofs-oci push`, `inspect` and `pull` against a real registry (no auth,
+ * htpasswd Basic, token auth), run as subprocesses the way a user runs them. Every EROFS fixture
+ * goes up and comes back byte for byte; a second push uploads nothing.
+ */
+import assert from "node:assert/strict";
+import { command, requires } from "./_support/requires.ts";
+import { type RegistryAuth, startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./_support/cli.ts";
+import {
+  EROFS_MEDIA_TYPE,
+  type Fixture,
+  hostPlatform,
+  loadFixture,
+  platformManifestDigest,
+} from "./_support/oci_fixtures.ts";
+
+const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
+
+/** All values found anywhere in a JSON document, for checks that do not depend on its shape. */
+function walk(value: unknown, visit: (v: unknown, key?: string) => void, key?: string): void {
+  visit(value, key);
+  if (Array.isArray(value)) value.forEach((v) => walk(v, visit));
+  else if (value && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) walk(v, visit, k);
+  }
+}
+
+/** The first `layers` array of descriptors in an `inspect --json` document. */
+export function jsonLayers(doc: unknown): { digest: string; size: number; mediaType: string }[] {
+  let found: { digest: string; size: number; mediaType: string }[] | undefined;
+  walk(doc, (value, key) => {
+    if (!found && key === "layers" && Array.isArray(value)) found = value;
+  });
+  assert.ok(found, `no "layers" array in inspect --json output: ${JSON.stringify(doc)}`);
+  return found;
+}
+
+function jsonMentionsPlatform(doc: unknown, platform: { os: string; architecture: string }) {
+  let seen = false;
+  walk(doc, (value) => {
+    if (value === `${platform.os}/${platform.architecture}`) seen = true;
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      const o = value as Record<string, unknown>;
+      if (o.os === platform.os && o.architecture === platform.architecture) seen = true;
+    }
+  });
+  return seen;
+}
+
+function jsonMentions(doc: unknown, text: string): boolean {
+  let seen = false;
+  walk(doc, (value) => {
+    if (value === text) seen = true;
+  });
+  return seen;
+}
+
+/** Size as the table may print it: bytes, or `formatBytes`-style KiB/MiB with one decimal. */
+function sizeSpellings(bytes: number): string[] {
+  const spellings = [String(bytes)];
+  let value = bytes;
+  for (const unit of ["KiB", "MiB", "GiB"]) {
+    value /= 1024;
+    if (value < 1) break;
+    spellings.push(`${value.toFixed(1)} ${unit}`);
+  }
+  return spellings;
+}
+
+async function pushAndCheck(
+  registry: TestRegistry,
+  repository: string,
+  fixtures: Fixture[],
+  login: { args: string[]; stdin?: string },
+): Promise<void> {
+  const image = `${registry.host}/${repository}:v1`;
+  const push = await runCli(
+    ["push", image, ...fixtures.map((f) => f.path), "--plain-http", ...login.args],
+    { stdin: login.stdin, timeoutMs: 30_000 },
+  );
+  assertSuccess(push);
+
+  const expectedManifest = await platformManifestDigest(registry, repository, "v1");
+  const json = await runCli(["inspect", image, "--json", "--plain-http", ...login.args], {
+    stdin: login.stdin,
+  });
+  assertSuccess(json);
+  const doc = JSON.parse(json.stdout);
+  assert.deepEqual(
+    jsonLayers(doc).map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
+    fixtures.map((f) => ({ digest: f.digest, size: f.bytes.length, mediaType: EROFS_MEDIA_TYPE })),
+    describe(json),
+  );
+  assert.ok(jsonMentions(doc, expectedManifest), `manifest digest missing:\n${describe(json)}`);
+  assert.ok(jsonMentionsPlatform(doc, hostPlatform()), `platform missing:\n${describe(json)}`);
+
+  const table = await runCli(["inspect", image, "--plain-http", ...login.args], {
+    stdin: login.stdin,
+  });
+  assertSuccess(table);
+  const platform = hostPlatform();
+  assert.ok(table.stdout.includes(`${platform.os}/${platform.architecture}`), describe(table));
+  assert.ok(table.stdout.includes(expectedManifest.slice(0, 19)), describe(table));
+  for (const fixture of fixtures) {
+    const lines = table.stdout.split("\n").filter((l) => l.includes(fixture.digest.slice(7, 19)));
+    assert.ok(lines.length > 0, `layer ${fixture.name} not in table:\n${describe(table)}`);
+    assert.ok(
+      lines.some((l) =>
+        l.includes(EROFS_MEDIA_TYPE) &&
+        sizeSpellings(fixture.bytes.length).some((s) => l.includes(s))
+      ),
+      `layer ${fixture.name} row lacks media type or size:\n${describe(table)}`,
+    );
+  }
+
+  const outDir = await Deno.makeTempDir({ prefix: "erofs-oci-pull-" });
+  try {
+    for (const [index, fixture] of fixtures.entries()) {
+      const out = `${outDir}/layer${index}.erofs`;
+      const pull = await runCli(
+        ["pull", image, "--layer", String(index), "-o", out, "--plain-http", ...login.args],
+        { stdin: login.stdin },
+      );
+      assertSuccess(pull);
+      assert.ok(
+        (await Deno.readFile(out)).every((b, i) => b === fixture.bytes[i]) &&
+          (await Deno.stat(out)).size === fixture.bytes.length,
+        `pulled layer ${index} differs from ${fixture.name}`,
+      );
+    }
+    const last = fixtures[fixtures.length - 1];
+    const byDigest = `${outDir}/by-digest.erofs`;
+    const pull = await runCli(
+      ["pull", image, "--blob", last.digest, "-o", byDigest, "--plain-http", ...login.args],
+      { stdin: login.stdin },
+    );
+    assertSuccess(pull);
+    assert.deepEqual(await Deno.readFile(byDigest), last.bytes, `--blob ${last.name}`);
+  } finally {
+    await Deno.remove(outDir, { recursive: true });
+  }
+}
+
+function blobUploadStarts(log: string[], repository: string): string[] {
+  return log.filter((l) => l.includes(`"POST /v2/${repository}/blobs/uploads/`));
+}
+
+const AUTH_MODES: { auth: RegistryAuth; via: "argument" | "stdin" }[] = [
+  { auth: "none", via: "argument" },
+  { auth: "basic", via: "argument" },
+  { auth: "token", via: "stdin" },
+];
+
+for (const { auth, via } of AUTH_MODES) {
+  Deno.test({
+    name: `oci cli: push, inspect, pull every EROFS fixture (${auth} auth)`,
+    ignore,
+    fn: async () => {
+      await using registry = await startRegistry({ auth });
+      const login = loginOptions(registry, via);
+      const layers = await Promise.all(
+        ["layer1.erofs", "layer2.erofs", "layer3.erofs"].map(loadFixture),
+      );
+      await pushAndCheck(registry, "rt/layers", layers, login);
+      await pushAndCheck(registry, "rt/basic", [await loadFixture("basic.erofs")], login);
+      await pushAndCheck(registry, "rt/basic-lz4", [await loadFixture("basic-lz4.erofs")], login);
+
+      // Pushing the same image again finds every blob and uploads none.
+      const before = blobUploadStarts(await registry.accessLog(), "rt/layers");
+      assert.ok(before.length >= 3, `first push started ${before.length} uploads`);
+      const again = await runCli([
+        "push",
+        `${registry.host}/rt/layers:v1`,
+        ...layers.map((f) => f.path),
+        "--plain-http",
+        ...login.args,
+      ], { stdin: login.stdin });
+      assertSuccess(again);
+      const after = blobUploadStarts(await registry.accessLog(), "rt/layers");
+      assert.deepEqual(after, before, "second push uploaded blobs again");
+      if (auth === "token") assert.ok(registry.tokenServer!.grantedCount() > 0);
+    },
+  });
+}
+
+Deno.test({
+  name: "oci cli: usage errors exit 2",
+  fn: async () => {
+    const image = "127.0.0.1:1/app:v1";
+    const cases: [string[], RegExp?][] = [
+      [["pull", image, "--layer", "0"], /-o|output/],
+      [["pull", image, "-o", "/tmp/never-written.erofs"]],
+      [["inspect", image, "--no-such-option"], /no-such-option/],
+      [["pull", image, "--layer", "0", "-o", "/tmp/never-written.erofs", "--bogus"], /bogus/],
+      [["push", image]],
+      [["inspect"]],
+      [["inspect", image, "--platform", "not-a-platform"], /platform/],
+    ];
+    for (const [args, message] of cases) {
+      const line = assertCliError(await runCli(args, { timeoutMs: 20_000 }), 2, message);
+      // "unknown command" also exits 2: it must not pass for a command that is missing.
+      assert.doesNotMatch(line, /unknown command/);
+    }
+    await assert.rejects(Deno.stat("/tmp/never-written.erofs"));
+  },
+});
+
+Deno.test({
+  name: "oci cli: malformed reference is a usage error naming the reference",
+  fn: async () => {
+    for (const reference of ["127.0.0.1:5000/Upper/Case:v1", "host/app:bad tag", "app@sha256:12"]) {
+      assertCliError(
+        await runCli(["inspect", reference], { timeoutMs: 20_000 }),
+        2,
+        /invalid image reference/,
+      );
+    }
+  },
+});
