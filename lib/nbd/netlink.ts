@@ -444,6 +444,10 @@ export class GenlSocket {
  * registered (the kernel answers ENOENT).
  */
 export function resolveFamily(name: string, socket?: GenlSocket): number | undefined {
+  // GENL_NAMSIZ = 16 including the NUL; longer names fail the kernel's policy (EINVAL).
+  if (new TextEncoder().encode(name).length > 15) {
+    throw new RangeError(`family name too long: ${name}`);
+  }
   const sock = socket ?? GenlSocket.open();
   try {
     const replies = sock.requestSync({
