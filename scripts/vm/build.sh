@@ -3,6 +3,7 @@
 # (vmlinuz) and an initramfs (busybox + the modules below + scripts/vm/init.sh as /init).
 # Idempotent: a second run only checks the stamp. Safe to run concurrently (flock).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # depmod, modprobe
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${VM_CACHE_DIR:-$repo/.cache/vm}

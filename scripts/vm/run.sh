@@ -43,12 +43,15 @@ cp "$script" "$out/guest.sh"
   echo 'exec bash /run/vm/guest.sh'
 } >"$out/main.sh"
 
-# Prints the serial console without CRs, terminal escapes and firmware banners, keeps a copy in
+# Prints the serial console without terminal escapes and firmware banners, keeps a copy in
 # console.log, and notes the host-side time when the guest script starts.
 show_console() {
   local line esc=$'\e'
   while IFS= read -r line; do
-    line=${line//$'\r'/}
+    # CRLF line ends; a bare CR (progress rewrites, e.g. deno test's "name ... ok") means the
+    # terminal would show only what follows it.
+    line=${line%$'\r'}
+    line=${line##*$'\r'}
     line=$(sed -E "s/${esc}(\[[0-9;?]*[A-Za-z]|c)//g" <<<"$line")
     case $line in
     "" | SeaBIOS* | "Booting from ROM"*) continue ;;

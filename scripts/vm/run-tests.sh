@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Usage: scripts/vm/run-tests.sh JUNIT_OUT
+# Runs every tests/vm/*_test.ts inside one boot of the kernel-test VM and writes their JUnit
+# report to JUNIT_OUT. When the VM cannot run (no qemu, build failure, timeout, panic) the
+# report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
+# a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
+# failure everywhere (it may be the code under test hanging the kernel).
+# Env: VM_TEST_TIMEOUT_S (default 1200), TEST_FILTER (passed to deno test --filter).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${VM_CACHE_DIR:-$repo/.cache/vm}
+junit_out=${1:?usage: $0 JUNIT_OUT}
+timeout_s=${VM_TEST_TIMEOUT_S:-1200}
+deno=$repo/tools/bin/deno
+cd "$repo" || exit 1
+mkdir -p "$(dirname "$junit_out")"
+junit_out=$(cd "$(dirname "$junit_out")" && pwd)/$(basename "$junit_out")
+start=$(date +%s.%N)
+
+log() { printf 'vm-tests: %s\n' "$*" >&2; }
+xml_escape() { sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g' -e 's/"/\&quot;/g' <<<"$1"; }
+
+# One testcase standing for the whole VM suite. harness_result missing|broken REASON
+harness_result() {
+  local kind=$1 reason=$2 msg outcome fail=1
+  msg=$(xml_escape "$reason")
+  [ "$kind" = missing ] && [ "${CI:-}" != true ] && fail=0
+  if ((fail)); then
+    outcome="<failure message=\"$msg\">$msg</failure>"
+    log "FAILED: $reason"
+  else
+    outcome="<skipped message=\"$msg\"/>"
+    log "skipped (local run, CI unset): $reason"
+  fi
+  cat >"$junit_out" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="vm">
+  <testsuite name="tests/vm" tests="1">
+    <testcase name="VM test harness" classname="tests/vm">$outcome</testcase>
+  </testsuite>
+</testsuites>
+XML
+  exit $((fail))
+}
+
+command -v qemu-system-x86_64 >/dev/null || harness_result missing "qemu-system-x86_64 not installed (scripts/setup.sh)"
+[ -x "$deno" ] || harness_result missing "$deno missing (scripts/setup.sh)"
+shopt -s nullglob
+tests=(tests/vm/*_test.ts)
+((${#tests[@]})) || harness_result missing "no tests in tests/vm/"
+"$here/build.sh" || harness_result missing "VM build failed (scripts/vm/build.sh)"
+
+# The guest has no network: fill the host's Deno cache with every dependency of the VM tests
+# first. The guest sees the same directory through the 9p root (writes stay in guest RAM).
+deno_dir=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
+"$deno" cache --quiet "${tests[@]}" || harness_result missing "deno cache of tests/vm failed"
+
+mkdir -p "$cache/runs"
+out=$(mktemp -d "$cache/runs/tests.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+cat >"$out/tests.sh" <<GUEST
+set -u
+cd "$repo" || exit 1
+export PATH="$repo/tools/bin:\$PATH" HOME=/root DENO_DIR="$deno_dir" NO_COLOR=1
+t0=\$(date +%s.%N)
+deno eval 0
+echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(date +%s.%N) 'BEGIN{printf "%.1f", e-s}') s"
+deno test -A --no-check --junit-path=/run/vm/vm.xml tests/vm/ \${TEST_FILTER:+--filter "\$TEST_FILTER"}
+GUEST
+
+VM_OUT_DIR=$out "$here/run.sh" "$out/tests.sh" "$timeout_s"
+rc=$?
+elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
+case $rc in
+124) harness_result broken "VM test run timed out after $timeout_s s (see the console log above)" ;;
+125) harness_result broken "VM did not finish the test run: boot failure, kernel panic or init error (see above)" ;;
+esac
+[ -s "$out/vm.xml" ] || harness_result broken "deno test in the VM exited with $rc and wrote no JUnit report"
+cp "$out/vm.xml" "$junit_out"
+log "deno test in the VM exited with $rc; total $elapsed s; report $junit_out"
+exit "$rc"
