@@ -58,6 +58,17 @@ export async function putManifest(
   manifest: unknown,
   mediaType: string,
 ): Promise<string> {
+  return (await putManifestDescriptor(registry, repository, reference, manifest, mediaType)).digest;
+}
+
+/** PUT a manifest or index under `reference`; returns its descriptor. */
+export async function putManifestDescriptor(
+  registry: TestRegistry,
+  repository: string,
+  reference: string,
+  manifest: unknown,
+  mediaType: string,
+): Promise<Descriptor> {
   const body = new TextEncoder().encode(JSON.stringify(manifest));
   const response = await fetch(`http://${registry.host}/v2/${repository}/manifests/${reference}`, {
     method: "PUT",
@@ -66,7 +77,7 @@ export async function putManifest(
   });
   const text = await response.text();
   if (response.status !== 201) throw new Error(`manifest put: HTTP ${response.status} ${text}`);
-  return await sha256Digest(body);
+  return { mediaType, digest: await sha256Digest(body), size: body.byteLength };
 }
 
 /** An image manifest with an OCI config for `platform` and the given layers (bottom first). */
@@ -76,7 +87,7 @@ export async function pushImage(
   reference: string,
   layers: { bytes: Uint8Array<ArrayBuffer>; mediaType: string }[],
   platform = { os: "linux", architecture: "amd64" },
-): Promise<{ manifestDigest: string; layers: Descriptor[] }> {
+): Promise<{ manifestDigest: string; manifestSize: number; layers: Descriptor[] }> {
   const config = new TextEncoder().encode(JSON.stringify({
     ...platform,
     rootfs: { type: "layers", diff_ids: [] },
@@ -86,13 +97,44 @@ export async function pushImage(
   for (const layer of layers) {
     layerDescriptors.push(await uploadBlob(registry, repository, layer.bytes, layer.mediaType));
   }
-  const manifestDigest = await putManifest(registry, repository, reference, {
+  const manifest = await putManifestDescriptor(registry, repository, reference, {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: configDescriptor,
     layers: layerDescriptors,
   }, OCI_MANIFEST);
-  return { manifestDigest, layers: layerDescriptors };
+  return { manifestDigest: manifest.digest, manifestSize: manifest.size, layers: layerDescriptors };
+}
+
+/**
+ * An OCI index under `reference` with one image per platform (each also tagged
+ * `REFERENCE-OS-ARCH`); returns the index digest.
+ */
+export async function pushIndex(
+  registry: TestRegistry,
+  repository: string,
+  reference: string,
+  images: {
+    platform: { os: string; architecture: string };
+    layers: { bytes: Uint8Array<ArrayBuffer>; mediaType: string }[];
+  }[],
+): Promise<string> {
+  const manifests: Descriptor[] = [];
+  for (const image of images) {
+    const tag = `${reference}-${image.platform.os}-${image.platform.architecture}`;
+    const pushed = await pushImage(registry, repository, tag, image.layers, image.platform);
+    manifests.push({
+      mediaType: OCI_MANIFEST,
+      digest: pushed.manifestDigest,
+      size: pushed.manifestSize,
+      platform: image.platform,
+    });
+  }
+  return await putManifest(registry, repository, reference, {
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests,
+  }, OCI_INDEX);
 }
 
 /** GET a manifest with the usual Accept list; returns body, media type and digest header. */
