@@ -131,7 +131,7 @@ for (const auth of ["basic", "token"] as const) {
         "--password-stdin",
       ], { stdin: "not-the-password\n" });
       assertCliError(wrong, 1, /401|unauthori[sz]ed|authentication|credential|denied/i);
-      assert.ok(!wrong.stderr.includes(registry.password));
+      assert.ok(!wrong.stderr.includes("not-the-password"), "password echoed in the error");
       const anonymous = await runCli(["inspect", image, "--plain-http"]);
       assertCliError(anonymous, 1, /401|unauthori[sz]ed|authentication|credential|denied/i);
       if (auth === "token") {
@@ -313,9 +313,14 @@ Deno.test({
     assert.ok(resetIndex >= 0, "the reset was never injected");
     const resetStart = Number(gets[resetIndex].range?.match(/^bytes=(\d+)-/)?.[1] ?? 0);
     const later = gets.slice(resetIndex + 1).map((r) => r.range);
+    // Resumed, not restarted: the next range starts after the reset request's start and no
+    // later than the bytes the proxy sent (a few may be lost in flight).
+    const resumedAt = later.map((range) => Number(range?.match(/^bytes=(\d+)-/)?.[1] ?? -1));
     assert.ok(
-      later.some((range) => range?.startsWith(`bytes=${resetStart + afterBytes}-`)),
-      `no resume at byte ${resetStart + afterBytes}; later ranges: ${JSON.stringify(later)}`,
+      resumedAt.some((at) => at > resetStart && at <= resetStart + afterBytes),
+      `no resume within (${resetStart}, ${resetStart + afterBytes}]; later ranges: ${
+        JSON.stringify(later)
+      }`,
     );
   },
 });

@@ -15,7 +15,7 @@ export interface ProxiedRequestInfo {
 export type Fault =
   /** Answer with this status (JSON error body) without asking the registry. */
   | { kind: "status"; status: number }
-  /** Send the headers and `afterBytes` body bytes, wait `stallMs`, then abort the connection. */
+  /** Send the headers and `afterBytes` body bytes, wait `stallMs` (50), abort the connection. */
   | { kind: "reset"; afterBytes: number; stallMs?: number }
   /** Drop the Range header upstream, so the client gets 200 with the whole body. */
   | { kind: "ignore-range" }
@@ -190,7 +190,8 @@ export function startFaultProxy(
             controller.enqueue(partial);
             return;
           }
-          await sleep(fault.stallMs ?? 0, aborts.signal).catch(() => {});
+          // A short pause by default lets the partial body reach the client before the abort.
+          await sleep(fault.stallMs ?? 50, aborts.signal).catch(() => {});
           controller.error(new InjectedReset());
         },
       });
