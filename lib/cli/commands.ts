@@ -1,10 +1,13 @@
 import type { Command } from "./command.ts";
+import { inspectCommand } from "./inspect.ts";
+import { pullCommand } from "./pull.ts";
+import { pushCommand } from "./push.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
  * works end to end.
  */
-export const COMMANDS: Command[] = [];
+export const COMMANDS: Command[] = [inspectCommand, pullCommand, pushCommand];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */
 export const HIDDEN_COMMANDS: Command[] = [];

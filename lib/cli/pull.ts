@@ -1,0 +1,84 @@
+import type { Command } from "./command.ts";
+import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { ProgressLine } from "./progress.ts";
+import { UsageError, UserError } from "../errors.ts";
+import { selectLayers } from "../oci/layers.ts";
+
+/** Parses `--layer N` (a non-negative integer); usage error otherwise. */
+export function parseLayerIndex(command: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(text)) {
+    throw new UsageError(`${command}: --layer takes a layer index (0, 1, ...), not '${text}'`);
+  }
+  return Number(text);
+}
+
+export const pullCommand: Command = {
+  name: "pull",
+  summary: "download one layer blob to a file, verified against its digest",
+  help: `Usage: erofs-oci pull IMAGE (--layer N | --blob DIGEST) -o FILE [options]
+
+Downloads one layer of IMAGE to FILE and checks it against its sha256 digest. The data
+goes to FILE.partial first and is renamed only once verified; nothing is left behind on
+failure. Progress is shown on stderr when it is a terminal.
+
+Options:
+  -o, --output FILE     where to write the layer (required)
+      --layer N         layer index, 0 = bottom (see \`erofs-oci inspect\`)
+      --blob DIGEST     layer by digest, sha256:...
+      --any-media-type  accept a layer that is not application/vnd.erofs
+${REGISTRY_OPTIONS_HELP}
+  -h, --help
+
+Example:
+  erofs-oci pull localhost:5000/app:v1 --layer 0 -o app.erofs`,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs("pull", argv, {
+      ...REGISTRY_OPTIONS,
+      output: { type: "string", short: "o" },
+      layer: { type: "string" },
+      blob: { type: "string" },
+      "any-media-type": { type: "boolean" },
+    });
+    const [image] = expectPositionals("pull", positionals, ["IMAGE"]);
+    if (!values.output) throw new UsageError("pull: -o FILE (--output) is required");
+    const layer = parseLayerIndex("pull", values.layer);
+    if ((layer === undefined) === (values.blob === undefined)) {
+      throw new UsageError(
+        "pull: give exactly one of --layer N or --blob DIGEST",
+        "list the layers with `erofs-oci inspect IMAGE`",
+      );
+    }
+    const output = values.output;
+    const { ref, client, platform } = await openRegistry("pull", image, values);
+    try {
+      const resolved = await client.resolveImage(ref, platform);
+      const [chosen] = selectLayers(resolved, {
+        layer,
+        blob: values.blob,
+        anyMediaType: values["any-media-type"],
+      });
+      const progress = new ProgressLine(`pulling ${chosen.digest.slice(0, 19)}…`);
+      try {
+        await client.downloadBlob(ref.repository, chosen.digest, output, {
+          expectedSizeBytes: chosen.sizeBytes,
+          onProgress: (done, total) => progress.update(done, total),
+        });
+      } catch (error) {
+        if (
+          error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied
+        ) {
+          throw new UserError(`pull: cannot write ${output}: ${error.message}`);
+        }
+        throw error;
+      } finally {
+        progress.finish();
+      }
+      console.log(`${output}: layer ${chosen.index} ${chosen.digest} (${chosen.sizeBytes} bytes)`);
+      return 0;
+    } finally {
+      client.close();
+    }
+  },
+};

@@ -1,0 +1,116 @@
+/** The option set shared by commands that talk to a registry (inspect, pull, push, mount). */
+import { UsageError } from "../errors.ts";
+import { RegistryClient } from "../oci/client.ts";
+import type { Credentials } from "../oci/docker_config.ts";
+import { parsePlatform } from "../oci/platform.ts";
+import { type ImageReference, parseReference } from "../oci/reference.ts";
+import { warn } from "./log.ts";
+
+/** parseArgs options for registry access; spread into a command's own options. */
+export const REGISTRY_OPTIONS = {
+  username: { type: "string", short: "u" },
+  password: { type: "string" },
+  "password-stdin": { type: "boolean" },
+  insecure: { type: "boolean" },
+  "plain-http": { type: "boolean" },
+  platform: { type: "string" },
+} as const;
+
+/** `--help` lines for REGISTRY_OPTIONS. */
+export const REGISTRY_OPTIONS_HELP = `Registry options:
+  -u, --username USER   user name for the registry (Basic or token auth)
+      --password-stdin  read the password (or token) from stdin
+      --password PASS   password on the command line (visible to other users: prefer
+                        --password-stdin); without either, Docker's config.json is used
+                        ($DOCKER_CONFIG/config.json or ~/.docker/config.json: auths,
+                        credsStore, credHelpers)
+      --plain-http      talk HTTP instead of HTTPS (default for localhost, 127.x, [::1])
+      --insecure        allow falling back to plain HTTP when HTTPS fails (TLS
+                        certificate checks cannot be turned off)
+      --platform P      os/arch[/variant] to pick from a multi-platform image
+                        (default: this host)`;
+
+/** The values parseArgs returns for REGISTRY_OPTIONS. */
+export interface RegistryOptionValues {
+  username?: string;
+  password?: string;
+  "password-stdin"?: boolean;
+  insecure?: boolean;
+  "plain-http"?: boolean;
+  platform?: string;
+}
+
+/** What an image command needs to talk to the registry. */
+export interface OpenedRegistry {
+  ref: ImageReference;
+  client: RegistryClient;
+  /** `--platform` when given (validated), else undefined = host platform. */
+  platform?: string;
+  /** Credentials from the command line (not from Docker's config), e.g. for recovery records. */
+  credentials?: Credentials;
+  plainHttp?: boolean;
+  insecure: boolean;
+}
+
+async function readStdinText(): Promise<string> {
+  const text = await new Response(Deno.stdin.readable).text();
+  return text.replace(/\r?\n$/, "");
+}
+
+/** Validates the credential options and returns credentials (reading stdin if asked). */
+export async function credentialsFromOptions(
+  command: string,
+  values: RegistryOptionValues,
+): Promise<Credentials | undefined> {
+  const { username, password } = values;
+  const fromStdin = values["password-stdin"] ?? false;
+  if (password !== undefined && fromStdin) {
+    throw new UsageError(`${command}: give --password or --password-stdin, not both`);
+  }
+  if ((password !== undefined || fromStdin) && username === undefined) {
+    throw new UsageError(`${command}: --password needs --username`);
+  }
+  if (username === undefined) return undefined;
+  if (password === undefined && !fromStdin) {
+    throw new UsageError(
+      `${command}: --username needs --password-stdin (or --password)`,
+      `e.g. echo "$TOKEN" | erofs-oci ${command} ... --username ${username} --password-stdin`,
+    );
+  }
+  if (password !== undefined) {
+    warn("--password on the command line is visible to other users; prefer --password-stdin");
+    return { username, password };
+  }
+  const fromInput = await readStdinText();
+  if (fromInput === "") throw new UsageError(`${command}: --password-stdin: stdin was empty`);
+  return { username, password: fromInput };
+}
+
+/**
+ * Turns a command's IMAGE argument and parsed REGISTRY_OPTIONS into a reference and a client.
+ * Everything is validated before any network access (usage errors exit 2).
+ *
+ * @example
+ * const { values, positionals } = parseCommandArgs("inspect", argv, { ...REGISTRY_OPTIONS });
+ * const { ref, client, platform } = await openRegistry("inspect", positionals[0], values);
+ */
+export async function openRegistry(
+  command: string,
+  image: string,
+  values: RegistryOptionValues,
+): Promise<OpenedRegistry> {
+  const ref = parseReference(image);
+  if (values.platform !== undefined) parsePlatform(values.platform);
+  if (values["plain-http"] && values.insecure) {
+    throw new UsageError(`${command}: --plain-http and --insecure exclude each other`);
+  }
+  const credentials = await credentialsFromOptions(command, values);
+  const plainHttp = values["plain-http"] ? true : undefined;
+  const insecure = values.insecure ?? false;
+  const client = new RegistryClient(ref.registry, { plainHttp, insecure, credentials });
+  const opened: OpenedRegistry = { ref, client, insecure };
+  if (values.platform !== undefined) opened.platform = values.platform;
+  if (credentials) opened.credentials = credentials;
+  if (plainHttp) opened.plainHttp = plainHttp;
+  return opened;
+}

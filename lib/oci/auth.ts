@@ -1,0 +1,205 @@
+import { OciError } from "../errors.ts";
+import { debug } from "../cli/log.ts";
+import {
+  type BearerChallenge,
+  findBearerChallenge,
+  parseAuthChallenges,
+} from "./auth_challenge.ts";
+import { type Credentials, dockerConfigCredentials } from "./docker_config.ts";
+
+/** Token lifetime when the token server does not say (distribution token spec: 60 s). */
+export const DEFAULT_TOKEN_LIFETIME_S = 60;
+/** Upper bound on token replies; real ones are a few KiB. */
+const MAX_TOKEN_REPLY_BYTES = 1024 * 1024;
+
+interface CachedToken {
+  header: string;
+  expiresAtMs: number;
+}
+
+/** Fetch used for token requests; the client passes its redirect-safe fetch. */
+export type TokenFetch = (url: URL, headers: Headers, signal?: AbortSignal) => Promise<Response>;
+
+/**
+ * Authorization state for one registry: anonymous until the registry answers 401, then Basic or
+ * Bearer per its challenge. Bearer tokens are cached per scope and refreshed shortly before they
+ * expire or when the registry rejects them.
+ */
+export class RegistryAuth {
+  readonly #registry: string;
+  readonly #fetchToken: TokenFetch;
+  #credentials: Promise<Credentials | undefined> | undefined;
+  #explicitCredentials: boolean;
+  readonly #tokens = new Map<string, CachedToken>();
+
+  constructor(registry: string, fetchToken: TokenFetch, credentials?: Credentials) {
+    this.#registry = registry;
+    this.#fetchToken = fetchToken;
+    this.#explicitCredentials = credentials !== undefined;
+    if (credentials) this.#credentials = Promise.resolve(credentials);
+  }
+
+  #basic: string | undefined;
+  #lastBearer: BearerChallenge | undefined;
+
+  /**
+   * The Authorization header for a request needing `scope`: a cached token, the Basic header once
+   * the registry asked for Basic, or undefined (anonymous). An expired token is renewed first from
+   * the last Bearer challenge, so long-running readers do not pay a 401 round trip per expiry.
+   */
+  async authorize(scope: string, signal?: AbortSignal): Promise<string | undefined> {
+    const token = this.#tokens.get(scope);
+    if (token) {
+      if (token.expiresAtMs > Date.now()) return token.header;
+      this.#tokens.delete(scope);
+      if (this.#lastBearer) {
+        await this.#bearer(this.#lastBearer, scope, signal);
+        return this.#tokens.get(scope)?.header;
+      }
+    }
+    return this.#basic;
+  }
+
+  /**
+   * Handles a 401: parses `WWW-Authenticate`, obtains a Basic or Bearer authorization for `scope`
+   * and caches it. `sentHeader` is what the failed request carried; a rejected header with no new
+   * way to authenticate ends in a one-line OciError (wrong or missing credentials).
+   */
+  async unauthorized(
+    response: Response,
+    scope: string,
+    sentHeader: string | undefined,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const challenges = parseAuthChallenges(response.headers.get("www-authenticate") ?? "");
+    const bearer = findBearerChallenge(challenges);
+    this.#tokens.delete(scope);
+    if (bearer) {
+      this.#lastBearer = bearer;
+      await this.#bearer(bearer, scope, signal);
+      return;
+    }
+    if (challenges.some((c) => c.scheme === "basic")) {
+      const credentials = await this.#loadCredentials();
+      if (!credentials) throw this.#required();
+      const header = basicHeader(credentials);
+      if (sentHeader === header) throw this.#rejected(401);
+      this.#basic = header;
+      return;
+    }
+    if (sentHeader) throw this.#rejected(401);
+    throw new OciError(
+      `registry ${this.#registry} answered 401 without a usable WWW-Authenticate challenge`,
+    );
+  }
+
+  async #bearer(challenge: BearerChallenge, scope: string, signal?: AbortSignal): Promise<void> {
+    const url = new URL(challenge.realm);
+    if (challenge.service !== undefined) url.searchParams.set("service", challenge.service);
+    if (scope) url.searchParams.append("scope", scope);
+    if (challenge.scope && challenge.scope !== scope) {
+      url.searchParams.append("scope", challenge.scope);
+    }
+    const headers = new Headers({ accept: "application/json" });
+    const credentials = await this.#loadCredentials();
+    if (credentials) headers.set("authorization", basicHeader(credentials));
+    debug(`token request ${url.origin}${url.pathname} scope=${scope}`);
+    const requestedAtMs = Date.now();
+    const response = await this.#fetchToken(url, headers, signal);
+    if (response.status === 401 || response.status === 403) {
+      await response.body?.cancel();
+      throw credentials ? this.#rejected(response.status) : this.#required();
+    }
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw new OciError(
+        `token server ${url.host} for ${this.#registry} answered ${response.status}`,
+      );
+    }
+    const body = await readLimited(response, MAX_TOKEN_REPLY_BYTES);
+    let reply: Record<string, unknown>;
+    try {
+      reply = JSON.parse(new TextDecoder().decode(body));
+    } catch {
+      throw new OciError(`token server ${url.host} sent a reply that is not JSON`);
+    }
+    const token = typeof reply?.token === "string" && reply.token
+      ? reply.token
+      : typeof reply?.access_token === "string"
+      ? reply.access_token
+      : "";
+    if (!token) throw new OciError(`token server ${url.host} sent no token`);
+    const lifetimeS = typeof reply.expires_in === "number" && reply.expires_in > 0
+      ? reply.expires_in
+      : DEFAULT_TOKEN_LIFETIME_S;
+    // Refresh a little early so a request never leaves with a token that expires in flight.
+    const marginMs = Math.min(10_000, lifetimeS * 1000 / 4);
+    this.#tokens.set(scope, {
+      header: `Bearer ${token}`,
+      expiresAtMs: requestedAtMs + lifetimeS * 1000 - marginMs,
+    });
+  }
+
+  #loadCredentials(): Promise<Credentials | undefined> {
+    this.#credentials ??= dockerConfigCredentials(this.#registry).catch((error) => {
+      this.#credentials = undefined;
+      throw error;
+    });
+    return this.#credentials;
+  }
+
+  #required(): OciError {
+    const error = new OciError(
+      `registry ${this.#registry} requires authentication (401)`,
+      "pass --username and --password-stdin, or log in with `docker login`",
+    );
+    error.status = 401;
+    return error;
+  }
+
+  #rejected(status: number): OciError {
+    const source = this.#explicitCredentials
+      ? "the given credentials"
+      : "credentials from docker config";
+    const error = new OciError(
+      `registry ${this.#registry} rejected ${source} (${status})`,
+      "check the username and password",
+    );
+    error.status = status;
+    return error;
+  }
+}
+
+/** `Basic base64(user:password)` with UTF-8 credentials. */
+export function basicHeader(credentials: Credentials): string {
+  const bytes = new TextEncoder().encode(`${credentials.username}:${credentials.password}`);
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return `Basic ${btoa(binary)}`;
+}
+
+/** Reads a whole body, refusing more than `maxBytes` (hostile or broken servers). */
+export async function readLimited(response: Response, maxBytes: number): Promise<Uint8Array> {
+  const declared = Number(response.headers.get("content-length") ?? NaN);
+  if (declared > maxBytes) {
+    await response.body?.cancel();
+    throw new OciError(`reply from ${new URL(response.url || "http://x").host} is too large`);
+  }
+  if (!response.body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of response.body) {
+    total += chunk.byteLength;
+    if (total > maxBytes) {
+      throw new OciError(`reply larger than ${maxBytes} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
+}

@@ -1,0 +1,171 @@
+import { OciError } from "../errors.ts";
+import { debug } from "../cli/log.ts";
+import type { RegistryClient } from "./client.ts";
+import { pullScope } from "./client.ts";
+import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+
+/** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
+export interface ContentRange {
+  first: number;
+  last: number;
+  total?: number;
+}
+
+const CONTENT_RANGE = /^bytes ([0-9]{1,16})-([0-9]{1,16})\/([0-9]{1,16}|\*)$/;
+
+/** Parses a byte Content-Range; undefined when malformed or inconsistent. */
+export function parseContentRange(header: string | null): ContentRange | undefined {
+  const match = header === null ? null : CONTENT_RANGE.exec(header.trim());
+  if (!match) return undefined;
+  const first = Number(match[1]);
+  const last = Number(match[2]);
+  const total = match[3] === "*" ? undefined : Number(match[3]);
+  if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || last < first) return undefined;
+  if (total !== undefined && (!Number.isSafeInteger(total) || last >= total)) return undefined;
+  return total === undefined ? { first, last } : { first, last, total };
+}
+
+/**
+ * Copies body bytes into `out[at…]`, first discarding `skip` bytes, until `want` bytes are in;
+ * then cancels the rest of the body. Returns how many bytes were stored and the stream error, if
+ * the body broke off, so the caller can resume from there.
+ */
+export async function copyBody(
+  body: ReadableStream<Uint8Array>,
+  out: Uint8Array,
+  at: number,
+  skip: number,
+  want: number,
+): Promise<{ copied: number; error?: unknown }> {
+  const reader = body.getReader();
+  let copied = 0;
+  try {
+    while (copied < want) {
+      const { done, value } = await reader.read();
+      if (done) return { copied };
+      let chunk = value;
+      if (skip > 0) {
+        if (chunk.byteLength <= skip) {
+          skip -= chunk.byteLength;
+          continue;
+        }
+        chunk = chunk.subarray(skip);
+        skip = 0;
+      }
+      const n = Math.min(chunk.byteLength, want - copied);
+      out.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
+      copied += n;
+    }
+    return { copied };
+  } catch (error) {
+    return { copied, error };
+  } finally {
+    // Stops the transfer of anything beyond what we need (a 200 that ignored the range).
+    reader.cancel().catch(() => {});
+  }
+}
+
+/** Throws the OciError for a blob GET that failed with `response`'s status. */
+export async function blobStatusError(
+  client: RegistryClient,
+  response: Response,
+  repository: string,
+  digest: string,
+): Promise<never> {
+  await response.body?.cancel();
+  const where = `${client.registry}/${repository}@${digest}`;
+  const error = response.status === 404
+    ? new OciError(`blob not found: ${where} (404)`, "check the digest with `erofs-oci inspect`")
+    : response.status === 403
+    ? new OciError(`access to blob ${where} denied (403)`)
+    : new OciError(`registry ${client.host} answered ${response.status} for blob ${where}`);
+  error.status = response.status;
+  throw error;
+}
+
+/**
+ * Reads exactly `length` bytes at `offset` of a blob (see RegistryClient.readBlobRange). One
+ * ranged GET normally; a 206 is checked against its Content-Range, a 200 that ignored the range
+ * is skipped forward and cancelled once enough arrived, and a body that breaks off is resumed
+ * from the bytes already received.
+ */
+export async function readBlobRange(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  offset: number,
+  length: number,
+  signal?: AbortSignal,
+): Promise<Uint8Array> {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
+  }
+  const out = new Uint8Array(length);
+  if (length === 0) return out;
+  const path = `/v2/${repository}/blobs/${digest}`;
+  const scope = pullScope(repository);
+  const policy = client.newPolicy();
+  const end = offset + length - 1;
+  let filled = 0;
+  let attempt = 0;
+  while (filled < length) {
+    const start = offset + filled;
+    const response = await client.request({
+      method: "GET",
+      path,
+      scope,
+      headers: { range: `bytes=${start}-${end}` },
+      signal,
+      policy,
+    });
+    let skip: number;
+    let available: number;
+    if (response.status === 206) {
+      const range = parseContentRange(response.headers.get("content-range"));
+      if (!range || range.first > start || range.last < start) {
+        await response.body?.cancel();
+        throw new OciError(
+          `registry ${client.host} sent Content-Range '${
+            response.headers.get("content-range") ?? ""
+          }' for bytes ${start}-${end} of ${digest}`,
+        );
+      }
+      skip = start - range.first;
+      available = Math.min(range.last, end) - start + 1;
+    } else if (response.status === 200) {
+      skip = start;
+      available = length - filled;
+      const total = Number(response.headers.get("content-length") ?? NaN);
+      if (total <= end) {
+        await response.body?.cancel();
+        throw new OciError(
+          `bytes ${start}-${end} are beyond the end of blob ${digest} (${total} bytes)`,
+        );
+      }
+    } else if (response.status === 416) {
+      await response.body?.cancel();
+      throw new OciError(`bytes ${start}-${end} are beyond the end of blob ${digest} (416)`);
+    } else {
+      return await blobStatusError(client, response, repository, digest);
+    }
+    if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
+    const { copied, error } = await copyBody(response.body, out, filled, skip, available);
+    filled += copied;
+    if (filled === length) break;
+    if (error === undefined && copied === available) continue; // a short 206: ask for the rest
+    if (error !== undefined && !isNetworkError(error)) throw error;
+    // Truncated body or a short 206: resume from what we have.
+    attempt = copied > 0 ? 1 : attempt + 1;
+    debug(
+      `blob ${digest}: got ${filled}/${length} bytes (${
+        error === undefined ? "body ended early" : describeFailure(error)
+      }); resuming`,
+    );
+    if (!(await backoff(attempt, policy, signal))) {
+      throw new OciError(
+        `reading blob ${digest} from ${client.host} failed after retries: only ${filled} of ${length} bytes at offset ${offset} arrived`,
+      );
+    }
+  }
+  return out;
+}

@@ -1,0 +1,299 @@
+import { OciError } from "../errors.ts";
+import { debug } from "../cli/log.ts";
+import { VERSION } from "../version.ts";
+import { RegistryAuth } from "./auth.ts";
+import type { Credentials } from "./docker_config.ts";
+import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
+import type { ImageReference } from "./reference.ts";
+import {
+  backoff,
+  describeFailure,
+  isNetworkError,
+  isTransientStatus,
+  type RetryPolicy,
+} from "./retry.ts";
+import { readBlobRange } from "./blob_range.ts";
+import { type ResolvedImage, resolveImage } from "./resolve.ts";
+import { downloadBlob, type DownloadOptions } from "./download.ts";
+import { pushImage, type PushLayerFile, type PushOptions, type PushResult } from "./push.ts";
+
+export type { ResolvedImage } from "./resolve.ts";
+export type { LayerDescriptor } from "./layers.ts";
+
+/** Options of a RegistryClient. */
+export interface RegistryClientOptions {
+  /** Force plain HTTP (true) or HTTPS (false); default: HTTP for loopback registries only. */
+  plainHttp?: boolean;
+  /** Fall back to plain HTTP when HTTPS cannot connect (Deno cannot skip TLS verification). */
+  insecure?: boolean;
+  /** Explicit credentials; otherwise Docker's config.json is consulted on the first 401. */
+  credentials?: Credentials;
+  /** User-Agent header; default `erofs-oci/VERSION`. */
+  userAgent?: string;
+  /** Time budget of one operation (one blob read, one manifest GET) including retries. */
+  deadlineMs?: number;
+  /** Retries without progress before giving up within the deadline. */
+  maxAttempts?: number;
+}
+
+/** One registry API request; see RegistryClient.request. */
+export interface RegistryRequest {
+  method: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE";
+  /** Path below the registry root (`/v2/...`) or an absolute URL (upload locations). */
+  path: string;
+  /** Token scope, e.g. `repository:app:pull`. */
+  scope: string;
+  headers?: Record<string, string>;
+  /** Request body; must be re-sendable (bytes or string) so the request can be retried. */
+  body?: Uint8Array<ArrayBuffer> | string;
+  signal?: AbortSignal;
+  /** Retry policy shared by the calls of one operation; default: a fresh one. */
+  policy?: RetryPolicy;
+}
+
+/** Default time budget of one operation. */
+export const DEFAULT_DEADLINE_MS = 60_000;
+const DEFAULT_MAX_ATTEMPTS = 8;
+/** Before the first successful connection, a refused connection is a typo, not an outage. */
+const MAX_ATTEMPTS_NEVER_CONNECTED = 2;
+const MAX_REDIRECTS = 10;
+
+/** `repository:NAME:pull` (distribution token scope). */
+export function pullScope(repository: string): string {
+  return `repository:${repository}:pull`;
+}
+
+/** `repository:NAME:pull,push`. */
+export function pushScope(repository: string): string {
+  return `repository:${repository}:pull,push`;
+}
+
+/**
+ * A client for one registry (OCI distribution API): manifests with platform selection, ranged
+ * blob reads with retries and resume, verified downloads and pushes. Authentication (anonymous,
+ * Basic, Bearer tokens per scope) and redirects (Authorization never leaves the registry host)
+ * are handled inside `request`.
+ *
+ * @example
+ * const client = new RegistryClient("localhost:5000", {});
+ * const image = await client.resolveImage(parseReference("localhost:5000/app:v1"));
+ * const bytes = await client.readBlobRange("app", image.layers[0].digest, 1024, 4096);
+ * client.close();
+ */
+export class RegistryClient {
+  /** Registry name as in the reference (`docker.io`, `localhost:5000`). */
+  readonly registry: string;
+  /** Host serving the API (`registry-1.docker.io` for Docker Hub). */
+  readonly host: string;
+  readonly #auth: RegistryAuth;
+  readonly #userAgent: string;
+  readonly #deadlineMs: number;
+  readonly #maxAttempts: number;
+  readonly #insecure: boolean;
+  #origin: string;
+  #connected = false;
+
+  constructor(registry: string, options: RegistryClientOptions = {}) {
+    this.registry = registry;
+    this.host = registryApiHost(registry);
+    const plain = options.plainHttp ?? isLoopbackRegistry(this.host);
+    this.#origin = `${plain ? "http" : "https"}://${this.host}`;
+    this.#insecure = options.insecure ?? false;
+    this.#userAgent = options.userAgent ?? `erofs-oci/${VERSION}`;
+    this.#deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+    this.#auth = new RegistryAuth(
+      registry,
+      (url, headers, signal) => this.#fetchTokenServer(url, headers, signal),
+      options.credentials,
+    );
+  }
+
+  /** `http://host` or `https://host`, as currently used. */
+  get origin(): string {
+    return this.#origin;
+  }
+
+  /** A fresh retry policy for one operation. */
+  newPolicy(): RetryPolicy {
+    return { deadlineAtMs: Date.now() + this.#deadlineMs, maxAttempts: this.#maxAttempts };
+  }
+
+  /** Resolves a reference to one platform's manifest and its layers; see resolve.ts. */
+  resolveImage(ref: ImageReference, platform?: string): Promise<ResolvedImage> {
+    return resolveImage(this, ref, platform);
+  }
+
+  /**
+   * Reads exactly `length` bytes at `offset` of a blob with HTTP range requests; retries, resumes
+   * after truncation and never returns short data. The mount hot path.
+   */
+  readBlobRange(
+    repository: string,
+    digest: string,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+  ): Promise<Uint8Array> {
+    return readBlobRange(this, repository, digest, offset, length, signal);
+  }
+
+  /** Downloads a blob to `path`, verified against its digest; see download.ts. */
+  downloadBlob(
+    repository: string,
+    digest: string,
+    path: string,
+    options: DownloadOptions = {},
+  ): Promise<{ sizeBytes: number }> {
+    return downloadBlob(this, repository, digest, path, options);
+  }
+
+  /** Pushes EROFS files as a one-platform OCI image; see push.ts. */
+  pushImage(
+    ref: ImageReference,
+    files: PushLayerFile[],
+    options: PushOptions = {},
+  ): Promise<PushResult> {
+    return pushImage(this, ref, files, options);
+  }
+
+  /** Nothing to release: fetch keeps its own connection pool. Kept for symmetry with sources. */
+  close(): void {}
+
+  /**
+   * Sends one API request: authorization for `scope` (one re-authentication on 401), redirects
+   * followed by hand without Authorization to other hosts, and retries with backoff on 5xx and
+   * network errors. Returns the final response whatever its status; the caller must consume or
+   * cancel its body.
+   */
+  async request(req: RegistryRequest): Promise<Response> {
+    const policy = req.policy ?? this.newPolicy();
+    for (let attempt = 1;; attempt++) {
+      let response: Response;
+      try {
+        response = await this.#authorized(req);
+      } catch (error) {
+        if (!isNetworkError(error)) throw error;
+        const limit = this.#connected ? policy : {
+          ...policy,
+          maxAttempts: Math.min(policy.maxAttempts, MAX_ATTEMPTS_NEVER_CONNECTED),
+        };
+        debug(`${req.method} ${req.path}: ${describeFailure(error)} (attempt ${attempt})`);
+        if (await backoff(attempt, limit, req.signal)) continue;
+        throw new OciError(
+          `cannot reach registry ${this.host}: ${describeFailure(error)}`,
+          this.#origin.startsWith("https:")
+            ? "for a registry without TLS pass --plain-http (or --insecure to allow a fallback)"
+            : undefined,
+          { cause: error },
+        );
+      }
+      this.#connected = true;
+      if (isTransientStatus(response.status)) {
+        debug(`${req.method} ${req.path}: ${response.status} (attempt ${attempt})`);
+        if (await backoff(attempt, policy, req.signal)) {
+          await response.body?.cancel();
+          continue;
+        }
+      }
+      return response;
+    }
+  }
+
+  async #authorized(req: RegistryRequest): Promise<Response> {
+    let header = await this.#auth.authorize(req.scope, req.signal);
+    for (let tries = 0;; tries++) {
+      const { response, stayedHome } = await this.#sendFollowingRedirects(req, header);
+      // A 401 from object storage after a redirect is not the registry's challenge.
+      if (response.status !== 401 || !stayedHome || tries > 0) return response;
+      await response.body?.cancel();
+      await this.#auth.unauthorized(response, req.scope, header, req.signal);
+      header = await this.#auth.authorize(req.scope, req.signal);
+    }
+  }
+
+  async #sendFollowingRedirects(
+    req: RegistryRequest,
+    authorization: string | undefined,
+  ): Promise<{ response: Response; stayedHome: boolean }> {
+    let url = req.path.startsWith("/") ? this.#origin + req.path : req.path;
+    let method: string = req.method;
+    let body = req.body;
+    for (let hop = 0;; hop++) {
+      const home = url.startsWith(this.#origin + "/");
+      const headers: Record<string, string> = { "user-agent": this.#userAgent, ...req.headers };
+      if (authorization && home) headers.authorization = authorization;
+      let response: Response;
+      try {
+        response = await fetch(url, {
+          method,
+          headers,
+          body,
+          redirect: "manual",
+          signal: req.signal,
+        });
+      } catch (error) {
+        if (hop === 0 && home && this.#fallBackToPlainHttp(error)) {
+          url = this.#origin + url.slice(url.indexOf("/", "https://".length));
+          hop = -1;
+          continue;
+        }
+        throw error;
+      }
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status > 399 || response.status === 304 || !location) {
+        return { response, stayedHome: home };
+      }
+      await response.body?.cancel();
+      if (hop >= MAX_REDIRECTS) {
+        throw new OciError(`too many redirects for ${req.method} ${req.path} on ${this.host}`);
+      }
+      const next = new URL(location, url);
+      if (next.protocol !== "https:" && next.protocol !== "http:") {
+        throw new OciError(`registry ${this.host} redirected to unsupported URL scheme`);
+      }
+      url = next.href;
+      if (
+        response.status === 303 || ((response.status === 301 || response.status === 302) &&
+          method === "POST")
+      ) {
+        method = "GET";
+        body = undefined;
+      }
+    }
+  }
+
+  #fallBackToPlainHttp(error: unknown): boolean {
+    if (!this.#insecure || this.#connected || !this.#origin.startsWith("https:")) return false;
+    if (!isNetworkError(error)) return false;
+    debug(`HTTPS to ${this.host} failed (${describeFailure(error)}); --insecure: trying HTTP`);
+    this.#origin = `http://${this.host}`;
+    return true;
+  }
+
+  async #fetchTokenServer(url: URL, headers: Headers, signal?: AbortSignal): Promise<Response> {
+    const authOrigin = url.origin;
+    let target = url;
+    headers.set("user-agent", this.#userAgent);
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      if (target.origin !== authOrigin) headers.delete("authorization");
+      let response: Response;
+      try {
+        response = await fetch(target, { headers, redirect: "manual", signal });
+      } catch (error) {
+        throw new OciError(
+          `cannot reach token server ${target.host}: ${describeFailure(error)}`,
+          undefined,
+          {
+            cause: error,
+          },
+        );
+      }
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status > 399 || !location) return response;
+      await response.body?.cancel();
+      target = new URL(location, target);
+    }
+    throw new OciError(`too many redirects from token server ${url.host}`);
+  }
+}

@@ -1,0 +1,139 @@
+import { OciError } from "../errors.ts";
+import { debug } from "../cli/log.ts";
+import { blobStatusError, parseContentRange } from "./blob_range.ts";
+import type { RegistryClient } from "./client.ts";
+import { pullScope } from "./client.ts";
+import { digestHasher } from "./digest.ts";
+import { validateDigest } from "./reference.ts";
+import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+
+/** Options of RegistryClient.downloadBlob. */
+export interface DownloadOptions {
+  /** Size from the descriptor; a blob of another size is refused. */
+  expectedSizeBytes?: number;
+  /** Called as bytes arrive (total is the expected or announced size, if known). */
+  onProgress?: (receivedBytes: number, totalBytes: number | undefined) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Streams a blob to `path`, hashing as it goes, resuming with a Range request after a broken
+ * connection. The data goes to `path.partial` and is renamed to `path` only when the digest (and
+ * expected size) match; on any failure the partial file is removed, so a wrong file never stays.
+ */
+export async function downloadBlob(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  path: string,
+  options: DownloadOptions = {},
+): Promise<{ sizeBytes: number }> {
+  validateDigest(digest);
+  const partial = `${path}.partial`;
+  const file = await Deno.open(partial, { write: true, create: true, truncate: true });
+  let closed = false;
+  try {
+    const sizeBytes = await streamVerified(client, repository, digest, file, options);
+    file.close();
+    closed = true;
+    await Deno.rename(partial, path);
+    return { sizeBytes };
+  } catch (error) {
+    if (!closed) file.close();
+    await Deno.remove(partial).catch(() => {});
+    throw error;
+  }
+}
+
+async function streamVerified(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  file: Deno.FsFile,
+  options: DownloadOptions,
+): Promise<number> {
+  const hasher = digestHasher(digest);
+  const policy = client.newPolicy();
+  let received = 0;
+  let total = options.expectedSizeBytes;
+  let attempt = 0;
+  for (;;) {
+    const response = await client.request({
+      method: "GET",
+      path: `/v2/${repository}/blobs/${digest}`,
+      scope: pullScope(repository),
+      headers: received > 0 ? { range: `bytes=${received}-` } : {},
+      signal: options.signal,
+      policy,
+    });
+    let skip = 0;
+    if (response.status === 206) {
+      const range = parseContentRange(response.headers.get("content-range"));
+      if (!range || range.first > received) {
+        await response.body?.cancel();
+        throw new OciError(`registry ${client.host} sent a bad Content-Range resuming ${digest}`);
+      }
+      skip = received - range.first;
+      total ??= range.total;
+    } else if (response.status === 200) {
+      skip = received; // the server ignored our Range (or this is the first request)
+      const length = Number(response.headers.get("content-length") ?? NaN);
+      if (Number.isSafeInteger(length)) total ??= length;
+    } else {
+      await blobStatusError(client, response, repository, digest);
+    }
+    if (
+      total !== undefined && options.expectedSizeBytes !== undefined &&
+      total !== options.expectedSizeBytes
+    ) {
+      await response.body?.cancel();
+      throw new OciError(
+        `blob ${digest} is ${total} bytes but the manifest says ${options.expectedSizeBytes}`,
+      );
+    }
+    const before = received;
+    let failure: unknown;
+    try {
+      for await (let chunk of response.body ?? []) {
+        if (skip > 0) {
+          if (chunk.byteLength <= skip) {
+            skip -= chunk.byteLength;
+            continue;
+          }
+          chunk = chunk.subarray(skip);
+          skip = 0;
+        }
+        if (total !== undefined && received + chunk.byteLength > total) {
+          throw new OciError(`blob ${digest} is larger than ${total} bytes`);
+        }
+        hasher.update(chunk);
+        let written = 0;
+        while (written < chunk.byteLength) written += await file.write(chunk.subarray(written));
+        received += chunk.byteLength;
+        options.onProgress?.(received, total);
+      }
+    } catch (error) {
+      if (!isNetworkError(error)) throw error;
+      failure = error;
+    }
+    if (failure === undefined && (total === undefined || received === total)) break;
+    attempt = received > before ? 1 : attempt + 1;
+    debug(
+      `download ${digest}: ${received}/${total ?? "?"} bytes (${
+        failure ? describeFailure(failure) : "body ended early"
+      }); resuming`,
+    );
+    if (!(await backoff(attempt, policy, options.signal))) {
+      throw new OciError(
+        `download of ${digest} from ${client.host} broke off at ${received} of ${
+          total ?? "?"
+        } bytes`,
+      );
+    }
+  }
+  const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
+  if (actual !== digest) {
+    throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
+  }
+  return received;
+}

@@ -1,0 +1,327 @@
+import { FormatError, OciError } from "../errors.ts";
+import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
+import type { RegistryClient } from "./client.ts";
+import { pushScope } from "./client.ts";
+import { digestHasher, digestOf } from "./digest.ts";
+import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "./media_types.ts";
+import { hostPlatform, parsePlatform } from "./platform.ts";
+import { formatReference, type ImageReference } from "./reference.ts";
+
+/** One file to push as a layer. */
+export interface PushLayerFile {
+  path: string;
+  /** Layer media type; default `application/vnd.erofs`. */
+  mediaType?: string;
+}
+
+/** Options of RegistryClient.pushImage. */
+export interface PushOptions {
+  /** Platform recorded in the config, `os/arch[/variant]`; default the host's. */
+  platform?: string;
+  /** Files up to this size go up in one PUT; larger ones in PATCH chunks. */
+  monolithicMaxBytes?: number;
+  /** PATCH chunk size for chunked uploads. */
+  chunkSizeBytes?: number;
+  /** Progress per layer: bytes hashed or uploaded so far of `totalBytes`. */
+  onProgress?: (event: PushProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** A progress report of pushImage. */
+export interface PushProgress {
+  phase: "hash" | "upload";
+  path: string;
+  doneBytes: number;
+  totalBytes: number;
+}
+
+/** What pushImage did. */
+export interface PushResult {
+  /** Digest of the pushed manifest. */
+  manifestDigest: string;
+  /** The reference pushed, with tag. */
+  reference: string;
+  configDigest: string;
+  layers: { path: string; digest: string; sizeBytes: number; uploaded: boolean }[];
+}
+
+/** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
+export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
+
+interface LocalBlob {
+  path?: string;
+  digest: string;
+  sizeBytes: number;
+  mediaType: string;
+  bytes?: Uint8Array<ArrayBuffer>;
+}
+
+/** Reads the EROFS magic and hashes the file in one pass; FormatError if it is not EROFS. */
+async function hashErofsFile(
+  file: PushLayerFile,
+  onProgress?: (event: PushProgress) => void,
+): Promise<LocalBlob> {
+  let handle: Deno.FsFile;
+  try {
+    handle = await Deno.open(file.path, { read: true });
+  } catch (error) {
+    throw new OciError(`cannot open ${file.path}: ${(error as Error).message}`, undefined, {
+      cause: error,
+    });
+  }
+  try {
+    const { size } = await handle.stat();
+    const mediaType = file.mediaType ?? EROFS_LAYER;
+    if (mediaType === EROFS_LAYER) {
+      const head = new Uint8Array(4);
+      await handle.seek(EROFS_SUPER_OFFSET, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < 4) {
+        const n = await handle.read(head.subarray(got));
+        if (n === null) break;
+        got += n;
+      }
+      const magic = new DataView(head.buffer).getUint32(0, true);
+      if (got < 4 || magic !== EROFS_SUPER_MAGIC) {
+        throw new FormatError(
+          `${file.path} is not an EROFS image (no magic 0xe0f5e1e2 at byte 1024)`,
+          "build one with mkfs.erofs",
+        );
+      }
+      await handle.seek(0, Deno.SeekMode.Start);
+    }
+    const hasher = digestHasher("sha256:");
+    let done = 0;
+    for await (const chunk of handle.readable) {
+      hasher.update(chunk);
+      done += chunk.byteLength;
+      onProgress?.({ phase: "hash", path: file.path, doneBytes: done, totalBytes: size });
+    }
+    if (done !== size) throw new OciError(`${file.path} changed size while being read`);
+    return {
+      path: file.path,
+      digest: `sha256:${hasher.digest("hex")}`,
+      sizeBytes: size,
+      mediaType,
+    };
+  } finally {
+    try {
+      handle.close();
+    } catch { /* closed by the readable */ }
+  }
+}
+
+async function blobExists(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  const response = await client.request({
+    method: "HEAD",
+    path: `/v2/${repository}/blobs/${digest}`,
+    scope: pushScope(repository),
+    signal,
+  });
+  await response.body?.cancel();
+  if (response.status === 200) return true;
+  if (response.status === 404) return false;
+  throw statusError(client, response, `checking blob ${digest}`);
+}
+
+function statusError(client: RegistryClient, response: Response, action: string): OciError {
+  const error = new OciError(`registry ${client.host} answered ${response.status} ${action}`);
+  error.status = response.status;
+  return error;
+}
+
+async function uploadLocation(
+  client: RegistryClient,
+  response: Response,
+  action: string,
+): Promise<string> {
+  await response.body?.cancel();
+  const location = response.headers.get("location");
+  if (!location) throw new OciError(`registry ${client.host} sent no upload location ${action}`);
+  return new URL(location, client.origin + "/").href;
+}
+
+async function readChunk(
+  file: Deno.FsFile,
+  buffer: Uint8Array<ArrayBuffer>,
+): Promise<Uint8Array<ArrayBuffer>> {
+  let got = 0;
+  while (got < buffer.byteLength) {
+    const n = await file.read(buffer.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return buffer.subarray(0, got);
+}
+
+/** Uploads one blob: POST a session, then one PUT, or PATCH chunks and a closing PUT. */
+async function uploadBlob(
+  client: RegistryClient,
+  repository: string,
+  blob: LocalBlob,
+  options: PushOptions,
+): Promise<void> {
+  const scope = pushScope(repository);
+  const signal = options.signal;
+  const label = blob.path ?? blob.digest;
+  const start = await client.request({
+    method: "POST",
+    path: `/v2/${repository}/blobs/uploads/`,
+    scope,
+    signal,
+  });
+  if (start.status !== 202) {
+    await start.body?.cancel();
+    throw statusError(client, start, `starting the upload of ${label}`);
+  }
+  let location = await uploadLocation(client, start, `for ${label}`);
+  const monolithicMax = options.monolithicMaxBytes ?? DEFAULT_CHUNK_BYTES;
+  const chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_BYTES;
+  const progress = (doneBytes: number) =>
+    options.onProgress?.({ phase: "upload", path: label, doneBytes, totalBytes: blob.sizeBytes });
+  let finalBody: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+  if (blob.bytes) {
+    finalBody = blob.bytes;
+  } else if (blob.sizeBytes <= monolithicMax) {
+    finalBody = await Deno.readFile(blob.path!);
+  } else {
+    const file = await Deno.open(blob.path!, { read: true });
+    try {
+      const buffer = new Uint8Array(chunkSize);
+      let offset = 0;
+      while (offset < blob.sizeBytes) {
+        const chunk = await readChunk(file, buffer);
+        if (chunk.byteLength === 0) throw new OciError(`${label} shrank while uploading`);
+        const response = await client.request({
+          method: "PATCH",
+          path: location,
+          scope,
+          signal,
+          body: chunk,
+          headers: {
+            "content-type": "application/octet-stream",
+            // distribution spec: Content-Range is `start-end` inclusive, without a unit.
+            "content-range": `${offset}-${offset + chunk.byteLength - 1}`,
+          },
+        });
+        if (response.status !== 202) {
+          await response.body?.cancel();
+          throw statusError(client, response, `uploading bytes at ${offset} of ${label}`);
+        }
+        location = await uploadLocation(client, response, `after a chunk of ${label}`);
+        offset += chunk.byteLength;
+        progress(offset);
+      }
+    } finally {
+      file.close();
+    }
+  }
+  const url = new URL(location);
+  url.searchParams.set("digest", blob.digest);
+  const put = await client.request({
+    method: "PUT",
+    path: url.href,
+    scope,
+    signal,
+    body: finalBody,
+    headers: { "content-type": "application/octet-stream" },
+  });
+  await put.body?.cancel();
+  if (put.status !== 201) {
+    if (put.status === 400) {
+      throw new OciError(`registry ${client.host} refused ${label}: digest or size mismatch (400)`);
+    }
+    throw statusError(client, put, `completing the upload of ${label}`);
+  }
+  if (finalBody.byteLength > 0) progress(blob.sizeBytes);
+}
+
+/**
+ * Pushes EROFS files as the layers (bottom first) of a one-platform OCI image manifest tagged
+ * `ref.tag` (default `latest`): hashes each file (checking the EROFS magic), skips blobs the
+ * registry already has (HEAD), uploads the rest (monolithic up to 8 MiB, else PATCH chunks), then
+ * a config blob with os/architecture and rootfs diff_ids, then the manifest.
+ */
+export async function pushImage(
+  client: RegistryClient,
+  ref: ImageReference,
+  files: PushLayerFile[],
+  options: PushOptions = {},
+): Promise<PushResult> {
+  if (ref.digest) {
+    throw new OciError(
+      `cannot push to a digest reference (${formatReference(ref)})`,
+      "push to a tag; the manifest digest is printed afterwards",
+      { exitCode: 2 },
+    );
+  }
+  if (files.length === 0) {
+    throw new OciError("nothing to push: no files given", undefined, { exitCode: 2 });
+  }
+  const platform = parsePlatform(options.platform ?? hostPlatform());
+  const tag = ref.tag ?? "latest";
+  const layers: LocalBlob[] = [];
+  for (const file of files) layers.push(await hashErofsFile(file, options.onProgress));
+
+  const config: Record<string, unknown> = {
+    architecture: platform.architecture,
+    os: platform.os,
+    rootfs: { type: "layers", diff_ids: layers.map((l) => l.digest) },
+  };
+  if (platform.variant) config.variant = platform.variant;
+  const configBytes = new TextEncoder().encode(JSON.stringify(config));
+  const configBlob: LocalBlob = {
+    digest: digestOf(configBytes),
+    sizeBytes: configBytes.byteLength,
+    mediaType: OCI_CONFIG,
+    bytes: configBytes,
+  };
+
+  const uploaded = new Set<string>();
+  for (const blob of [...layers, configBlob]) {
+    if (uploaded.has(blob.digest)) continue;
+    if (!(await blobExists(client, ref.repository, blob.digest, options.signal))) {
+      await uploadBlob(client, ref.repository, blob, options);
+      uploaded.add(blob.digest);
+    }
+  }
+
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, digest: configBlob.digest, size: configBlob.sizeBytes },
+    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.sizeBytes })),
+  };
+  const manifestBytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const manifestDigest = digestOf(manifestBytes);
+  const put = await client.request({
+    method: "PUT",
+    path: `/v2/${ref.repository}/manifests/${tag}`,
+    scope: pushScope(ref.repository),
+    body: manifestBytes,
+    headers: { "content-type": OCI_MANIFEST },
+    signal: options.signal,
+  });
+  await put.body?.cancel();
+  if (put.status !== 201) throw statusError(client, put, `storing the manifest of ${tag}`);
+  const stored = put.headers.get("docker-content-digest");
+  if (stored && stored !== manifestDigest) {
+    throw new OciError(`registry stored the manifest as ${stored}, expected ${manifestDigest}`);
+  }
+  return {
+    manifestDigest,
+    reference: formatReference({ ...ref, tag }),
+    configDigest: configBlob.digest,
+    layers: layers.map((l) => ({
+      path: l.path!,
+      digest: l.digest,
+      sizeBytes: l.sizeBytes,
+      uploaded: uploaded.has(l.digest),
+    })),
+  };
+}

@@ -1,0 +1,65 @@
+import type { Source } from "../source/source.ts";
+import type { LayerDescriptor } from "./layers.ts";
+
+/** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
+export interface BlobRangeReader {
+  readBlobRange(
+    repository: string,
+    digest: string,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+  ): Promise<Uint8Array>;
+  close?(): void | Promise<void>;
+}
+
+/**
+ * One registry blob as a byte Source: every read is one ranged GET (with the client's retries
+ * and resume), sized by the layer descriptor. Wrap it in CachedSource for chunking/readahead.
+ *
+ * @example
+ * const blob = new RegistryBlob(client, "app", image.layers[0]);
+ * const superblock = await blob.read(1024, 128);
+ */
+export class RegistryBlob implements Source {
+  readonly size: number;
+  readonly repository: string;
+  readonly digest: string;
+  /** Reads issued (each one ranged GET unless retried). */
+  requests = 0;
+  /** Bytes returned to callers. */
+  bytesFetched = 0;
+  readonly #client: BlobRangeReader;
+
+  constructor(client: BlobRangeReader, repository: string, layer: LayerDescriptor) {
+    this.#client = client;
+    this.repository = repository;
+    this.digest = layer.digest;
+    this.size = layer.sizeBytes;
+  }
+
+  /** Reads exactly `length` bytes at `offset`; rejects reads past the end of the blob. */
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(
+        `read of ${length} bytes at ${offset} is outside blob ${this.digest} (${this.size} bytes)`,
+      );
+    }
+    if (length === 0) return new Uint8Array(0);
+    this.requests++;
+    const bytes = await this.#client.readBlobRange(
+      this.repository,
+      this.digest,
+      offset,
+      length,
+      signal,
+    );
+    this.bytesFetched += bytes.byteLength;
+    return bytes;
+  }
+
+  /** Closes the client (a RegistryBlob owns the client it was given). */
+  close(): void | Promise<void> {
+    return this.#client.close?.();
+  }
+}

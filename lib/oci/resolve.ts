@@ -1,0 +1,208 @@
+import { OciError } from "../errors.ts";
+import { readLimited } from "./auth.ts";
+import { blobStatusError } from "./blob_range.ts";
+import type { RegistryClient } from "./client.ts";
+import { pullScope } from "./client.ts";
+import { digestOf } from "./digest.ts";
+import type { LayerDescriptor } from "./layers.ts";
+import {
+  type Descriptor,
+  type ManifestDocument,
+  MAX_MANIFEST_BYTES,
+  parseConfigPlatform,
+  parseManifestDocument,
+} from "./manifest.ts";
+import { DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_MANIFEST } from "./media_types.ts";
+import {
+  formatPlatform,
+  hostPlatform,
+  parsePlatform,
+  type Platform,
+  platformMatches,
+} from "./platform.ts";
+import {
+  formatReference,
+  type ImageReference,
+  manifestReference,
+  validateDigest,
+} from "./reference.ts";
+
+/** One platform's manifest of an image, with its layers bottom first. */
+export interface ResolvedImage {
+  /** Digest of the platform manifest (pin this, not the tag). */
+  manifestDigest: string;
+  /** Digest of the index the manifest was chosen from, when the reference named an index. */
+  indexDigest?: string;
+  /** The manifest's platform `os/arch[/variant]` (`unknown` if the config does not say). */
+  platform: string;
+  /** Every platform the index offers (just `platform` for a single manifest). */
+  platforms: string[];
+  /** Media type of the chosen manifest. */
+  mediaType: string;
+  /** Config blob descriptor of the chosen manifest. */
+  config: { digest: string; sizeBytes: number; mediaType: string };
+  layers: LayerDescriptor[];
+}
+
+/** A fetched, digest-checked and parsed manifest document. */
+export interface FetchedManifest {
+  digest: string;
+  bytes: Uint8Array;
+  document: ManifestDocument;
+}
+
+/** GET a manifest by tag or digest; a digest reference is verified against the body. */
+export async function fetchManifest(
+  client: RegistryClient,
+  repository: string,
+  reference: string,
+  signal?: AbortSignal,
+): Promise<FetchedManifest> {
+  const where = `${client.registry}/${repository}${
+    reference.includes(":") ? "@" : ":"
+  }${reference}`;
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/manifests/${reference}`,
+    scope: pullScope(repository),
+    headers: { accept: MANIFEST_ACCEPT },
+    signal,
+  });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    const error = response.status === 404
+      ? new OciError(`manifest not found: ${where} (404)`, "check the repository name and tag")
+      : new OciError(`registry ${client.host} answered ${response.status} for manifest ${where}`);
+    error.status = response.status;
+    throw error;
+  }
+  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
+  const isDigest = reference.includes(":");
+  const digest = digestOf(bytes, isDigest ? reference : "sha256:");
+  if (isDigest && digest !== reference) {
+    throw new OciError(`manifest ${where} does not match its digest (got ${digest})`);
+  }
+  const document = parseManifestDocument(
+    bytes,
+    response.headers.get("content-type") ?? undefined,
+    `manifest ${where}`,
+  );
+  return { digest, bytes, document };
+}
+
+async function fetchConfigPlatform(
+  client: RegistryClient,
+  repository: string,
+  config: Descriptor,
+  signal?: AbortSignal,
+): Promise<Platform | undefined> {
+  if (config.size > MAX_MANIFEST_BYTES) return undefined;
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/blobs/${config.digest}`,
+    scope: pullScope(repository),
+    signal,
+  });
+  if (response.status !== 200) {
+    return await blobStatusError(client, response, repository, config.digest);
+  }
+  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
+  if (digestOf(bytes, config.digest) !== config.digest) {
+    throw new OciError(`config blob ${config.digest} does not match its digest`);
+  }
+  return parseConfigPlatform(bytes);
+}
+
+function isAttestation(d: Descriptor): boolean {
+  return d.platform?.os === "unknown" ||
+    d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest";
+}
+
+/**
+ * Resolves `ref` to one platform's manifest: an index (or Docker list) is narrowed to `platform`
+ * (default: the host's; a missing one is an error listing those available), a single manifest is
+ * taken as is (EROFS layers are architecture-neutral) unless an explicit `platform` contradicts
+ * its config.
+ */
+export async function resolveImage(
+  client: RegistryClient,
+  ref: ImageReference,
+  platform?: string,
+  signal?: AbortSignal,
+): Promise<ResolvedImage> {
+  if (ref.registry !== client.registry) {
+    throw new OciError(`reference ${formatReference(ref)} is not on registry ${client.registry}`);
+  }
+  if (ref.digest) validateDigest(ref.digest);
+  const wanted = parsePlatform(platform ?? hostPlatform());
+  const top = await fetchManifest(client, ref.repository, manifestReference(ref), signal);
+  let manifest = top;
+  let indexDigest: string | undefined;
+  let chosenPlatform: string;
+  let platforms: string[];
+  if (top.document.kind === "index") {
+    indexDigest = top.digest;
+    const candidates = top.document.manifests.filter((d) =>
+      (d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST) && !isAttestation(d)
+    );
+    platforms = [
+      ...new Set(candidates.map((d) => (d.platform ? formatPlatform(d.platform) : "unknown"))),
+    ];
+    const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ??
+      (platform === undefined && candidates.length === 1 && !candidates[0].platform
+        ? candidates[0]
+        : undefined);
+    if (!match) {
+      throw new OciError(
+        `no manifest for platform ${formatPlatform(wanted)} in ${
+          formatReference(ref)
+        }; available: ${platforms.length ? platforms.join(", ") : "none"}`,
+        "choose one with --platform os/arch[/variant]",
+      );
+    }
+    chosenPlatform = match.platform ? formatPlatform(match.platform) : "unknown";
+    manifest = await fetchManifest(client, ref.repository, match.digest, signal);
+    if (manifest.document.kind !== "manifest") {
+      throw new OciError(
+        `index entry ${match.digest} of ${formatReference(ref)} is not a manifest`,
+      );
+    }
+  } else {
+    const configPlatform = await fetchConfigPlatform(
+      client,
+      ref.repository,
+      top.document.config,
+      signal,
+    );
+    chosenPlatform = configPlatform ? formatPlatform(configPlatform) : "unknown";
+    platforms = [chosenPlatform];
+    if (platform !== undefined && configPlatform && !platformMatches(wanted, configPlatform)) {
+      throw new OciError(
+        `no manifest for platform ${formatPlatform(wanted)} in ${
+          formatReference(ref)
+        }; available: ${chosenPlatform}`,
+        "choose one with --platform os/arch[/variant]",
+      );
+    }
+  }
+  const document = manifest.document as Extract<ManifestDocument, { kind: "manifest" }>;
+  const resolved: ResolvedImage = {
+    manifestDigest: manifest.digest,
+    platform: chosenPlatform,
+    platforms,
+    mediaType: document.mediaType,
+    config: {
+      digest: document.config.digest,
+      sizeBytes: document.config.size,
+      mediaType: document.config.mediaType,
+    },
+    layers: document.layers.map((l, index) => ({
+      index,
+      digest: l.digest,
+      sizeBytes: l.size,
+      mediaType: l.mediaType,
+    })),
+  };
+  if (indexDigest) resolved.indexDigest = indexDigest;
+  return resolved;
+}

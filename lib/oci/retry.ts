@@ -1,0 +1,67 @@
+import { OciError } from "../errors.ts";
+
+/** Retry policy for one logical registry operation. */
+export interface RetryPolicy {
+  /** Absolute time (Date.now() ms) after which no new attempt starts. */
+  deadlineAtMs: number;
+  /** Attempts without progress before giving up even within the deadline. */
+  maxAttempts: number;
+}
+
+const BASE_DELAY_MS = 100;
+const MAX_DELAY_MS = 2_000;
+
+/** Statuses worth another try: server-side trouble and rate limiting (RFC 9110 §15.6, 6585). */
+export function isTransientStatus(status: number): boolean {
+  return status === 408 || status === 429 || status === 500 || status === 502 ||
+    status === 503 || status === 504;
+}
+
+/**
+ * Network-level failures (connection refused/reset, TLS, truncated body): Deno's fetch reports
+ * them as TypeError, body stream errors as Deno.errors.* or TypeError.
+ */
+export function isNetworkError(error: unknown): boolean {
+  if (error instanceof DOMException) return false; // AbortError/TimeoutError: the caller's choice
+  return error instanceof TypeError || error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted || error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.UnexpectedEof || error instanceof Deno.errors.Interrupted ||
+    error instanceof Deno.errors.ConnectionRefused || error instanceof Deno.errors.TimedOut ||
+    (error instanceof Error && error.name === "Http");
+}
+
+/**
+ * Sleeps before attempt `attempt` (1-based retry count) with exponential backoff and jitter;
+ * returns false when the policy says to stop instead.
+ */
+export async function backoff(
+  attempt: number,
+  policy: RetryPolicy,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  if (attempt >= policy.maxAttempts) return false;
+  const delayMs = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** (attempt - 1)) *
+    (0.75 + Math.random() * 0.5);
+  if (Date.now() + delayMs >= policy.deadlineAtMs) return false;
+  signal?.throwIfAborted();
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, delayMs);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  return true;
+}
+
+/** One line for an error that ended a retried operation. */
+export function describeFailure(error: unknown): string {
+  if (error instanceof OciError) return error.message;
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n")[0].replace(/^error sending request for url \([^)]*\): /, "")
+    .slice(0, 200);
+}
