@@ -9,7 +9,7 @@ import { command, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import {
   type FaultRule,
-  isBlobGet,
+  isBlobGetOf,
   isManifestGet,
   type ProxyRecord,
   startFaultProxy,
@@ -45,7 +45,7 @@ async function pullThrough(
 ) {
   const outDir = await Deno.makeTempDir({ prefix: "erofs-oci-faults-" });
   const out = `${outDir}/layer.erofs`;
-  const login = loginOptions(registry);
+  const login = loginOptions(registry, "stdin");
   const result = await runCli(
     [
       "pull",
@@ -263,13 +263,13 @@ Deno.test({
   name: "oci faults: wrong bytes from the registry fail the digest check and leave no file",
   ignore,
   fn: async () => {
-    const { registry } = await registryWithBasic("basic");
+    const { registry, fixture } = await registryWithBasic("basic");
     await using _ = registry;
     await using proxy = await startFaultProxy(registry.host, [
-      { match: isBlobGet, fault: { kind: "corrupt" } },
+      { match: isBlobGetOf(fixture.digest), fault: { kind: "corrupt" } },
     ]);
     const { result, bytes, leftovers } = await pullThrough(proxy.host, registry);
-    assertCliError(result, 1, /digest|sha256/i);
+    assertCliError(result, 1, new RegExp(`${fixture.digest}.*(verif|digest|hash)`, "i"));
     assert.equal(bytes, undefined, "output file written despite the digest mismatch");
     assert.deepEqual(leftovers, [], "temporary files left beside the output");
     assert.ok(blobGets(proxy.requests).length >= 1);
@@ -284,7 +284,7 @@ Deno.test({
     await using _ = registry;
     const plan: FaultRule[] = [
       { match: isManifestGet, fault: { kind: "status", status: 500 }, times: 1 },
-      { match: isBlobGet, fault: { kind: "status", status: 500 }, times: 2 },
+      { match: isBlobGetOf(fixture.digest), fault: { kind: "status", status: 500 }, times: 2 },
     ];
     await using proxy = await startFaultProxy(registry.host, plan);
     const { result, bytes } = await pullThrough(proxy.host, registry);
@@ -303,7 +303,7 @@ Deno.test({
     await using _ = registry;
     const afterBytes = 300_000;
     await using proxy = await startFaultProxy(registry.host, [
-      { match: isBlobGet, fault: { kind: "reset", afterBytes }, times: 1 },
+      { match: isBlobGetOf(fixture.digest), fault: { kind: "reset", afterBytes }, times: 1 },
     ]);
     const { result, bytes } = await pullThrough(proxy.host, registry);
     assertSuccess(result);
@@ -333,8 +333,15 @@ Deno.test({
     await using _ = registry;
     await using proxy = await startFaultProxy(registry.host, [
       // The reset forces a ranged request even from a client that pulls with one plain GET.
-      { match: isBlobGet, fault: { kind: "reset", afterBytes: 250_000 }, times: 1 },
-      { match: (r) => isBlobGet(r) && r.headers.has("range"), fault: { kind: "ignore-range" } },
+      {
+        match: isBlobGetOf(fixture.digest),
+        fault: { kind: "reset", afterBytes: 250_000 },
+        times: 1,
+      },
+      {
+        match: (r) => isBlobGetOf(fixture.digest)(r) && r.headers.has("range"),
+        fault: { kind: "ignore-range" },
+      },
     ]);
     const { result, bytes } = await pullThrough(proxy.host, registry);
     assertSuccess(result);
@@ -350,7 +357,7 @@ Deno.test({
     const { registry, fixture } = await registryWithBasic("token");
     await using _ = registry;
     await using proxy = await startFaultProxy(registry.host, [
-      { match: isBlobGet, fault: { kind: "redirect" } },
+      { match: isBlobGetOf(fixture.digest), fault: { kind: "redirect" } },
     ]);
     const { result, bytes } = await pullThrough(proxy.host, registry);
     assertSuccess(result);
@@ -374,7 +381,7 @@ Deno.test({
     await using proxy = await startFaultProxy(registry.host, [
       // The body stalls past the token's lifetime, then breaks: the rest needs a new token.
       {
-        match: isBlobGet,
+        match: isBlobGetOf(fixture.digest),
         fault: { kind: "reset", afterBytes: 200_000, stallMs: ttlSeconds * 1000 + 1500 },
         times: 1,
       },

@@ -77,6 +77,11 @@ export function isBlobGet(request: ProxiedRequestInfo): boolean {
   return request.method === "GET" && BLOB_PATH.test(request.path.split("?")[0]);
 }
 
+/** A GET of the blob `digest` (e.g. one layer, not the image config). */
+export function isBlobGetOf(digest: string): (request: ProxiedRequestInfo) => boolean {
+  return (request) => isBlobGet(request) && request.path.split("?")[0].endsWith(`/blobs/${digest}`);
+}
+
 export function isManifestGet(request: ProxiedRequestInfo): boolean {
   return request.method === "GET" && MANIFEST_PATH.test(request.path.split("?")[0]);
 }
