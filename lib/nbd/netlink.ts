@@ -429,7 +429,8 @@ export class GenlSocket {
         throw new SysError("recv", code, "netlink");
       }
       if (n > buf.length) throw new NetlinkFormatError(`${n} B message exceeds the buffer`);
-      absorbReplies(buf.subarray(0, n), family, seq, state, what);
+      // A copy: the parsed replies keep views into it while the buffer takes the next read.
+      absorbReplies(buf.slice(0, n), family, seq, state, what);
       if (state.acked) return true;
     }
   }

@@ -46,7 +46,11 @@ export function nbdsMax(): number | undefined {
   return text ? Number(text) : undefined;
 }
 
-/** Pid of the task that connected nbdN, or undefined when the device is not connected. */
+/**
+ * Id of the task that connected nbdN (task_pid_nr: a *thread* id, e.g. Deno's JS thread or the
+ * pool thread running NBD_DO_IT; its Tgid in /proc/ID/status is the process), or undefined when
+ * the device is not connected. Kept after RECONFIGURE: not a liveness signal.
+ */
 export function nbdPid(index: number): number | undefined {
   const text = readTrimmed(`${nbdSysfsDir(index)}/pid`);
   if (!text) return undefined;

@@ -1,0 +1,355 @@
+/**
+ * Kernel NBD attach/detach against the real nbd driver (Debian 6.1 kernel in the QEMU VM):
+ * netlink CONNECT with 1 and 4 connections, queue tuning, mount of an EROFS fixture, manifest
+ * compare, DISCONNECT; RECONFIGURE after the server connections died; the ioctl fallback; and
+ * the kernel's refusals turned into clear errors. Runs only in the VM (EROFS_OCI_IN_VM=1).
+ */
+import assert from "node:assert/strict";
+import { dropCaches, NOT_IN_VM, runChecked, runCommand } from "../_support/vm.ts";
+import { FIXTURES } from "../_support/requires.ts";
+import { NbdError } from "../../lib/errors.ts";
+import { LocalFile } from "../../lib/source/local_file.ts";
+import type { Source } from "../../lib/source/source.ts";
+import { serveTransmission, type TransmissionEnd } from "../../lib/nbd/transmission.ts";
+import {
+  closeKernelFds,
+  connectNbd,
+  disconnectNbd,
+  NBD_ATTR_SOCKETS,
+  NBD_CMD_CONNECT,
+  NBD_GENL_VERSION,
+  NBD_SOCK_FD,
+  NBD_SOCK_ITEM,
+  nbdStatus,
+  openKernelConnections,
+  reconfigureNbd,
+  resolveNbdFamily,
+} from "../../lib/nbd/kernel.ts";
+import { attr, GenlSocket, NetlinkError } from "../../lib/nbd/netlink.ts";
+import { attachNbdIoctl } from "../../lib/nbd/ioctl.ts";
+import {
+  findFreeNbdDevice,
+  listNbdDevices,
+  nbdBackend,
+  nbdIndexOfBlockDevice,
+  nbdPid,
+  nbdQueueTuning,
+  nbdSizeBytes,
+  tuneNbdQueue,
+} from "../../lib/nbd/sysfs.ts";
+import { readSmallFile } from "../../ffi/libc.ts";
+
+const IMAGE = `${FIXTURES}/basic.erofs`;
+const EXPECTED = Deno.readTextFileSync(`${FIXTURES}/expected/basic.txt`);
+
+interface Server {
+  kernelFds: number[];
+  conns: Deno.Conn[];
+  ends: Promise<TransmissionEnd>[];
+  requests: number;
+}
+
+/** `count` connections served from `source` by the project's transmission server. */
+async function startServer(source: Source, count: number, dir: string): Promise<Server> {
+  const { kernelFds, conns } = await openKernelConnections(count, dir);
+  const server: Server = { kernelFds, conns, ends: [], requests: 0 };
+  server.ends = conns.map((conn) =>
+    serveTransmission(conn, source, { readOnly: true, onRequest: () => server.requests++ })
+  );
+  return server;
+}
+
+async function manifestOf(dir: string): Promise<string> {
+  return await runChecked("python3", [`${FIXTURES}/manifest.py`, dir]);
+}
+
+/** MAJ:MIN of the filesystem mounted at `dir`, from /proc/self/mountinfo. */
+function mountedDevice(dir: string): [number, number] | undefined {
+  const info = readSmallFile("/proc/self/mountinfo", 1 << 20) ?? "";
+  for (const line of info.split("\n")) {
+    const f = line.split(" ");
+    if (f[4] === dir) {
+      const [major, minor] = f[2].split(":").map(Number);
+      return [major, minor];
+    }
+  }
+  return undefined;
+}
+
+/** The process (Tgid) a thread id belongs to: sysfs `pid` holds the connecting *thread*. */
+function processOfThread(tid: number | undefined): number | undefined {
+  const status = tid === undefined ? undefined : readSmallFile(`/proc/${tid}/status`);
+  const m = status && /^Tgid:\s*(\d+)$/m.exec(status);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Cleanup that must not mask the test's own failure. */
+async function cleanup(index: number | undefined, mnt: string, mounted: boolean): Promise<void> {
+  if (mounted) await runCommand("umount", ["-l", mnt]);
+  if (index !== undefined && nbdPid(index) !== undefined) {
+    await disconnectNbd(index).catch((e) => console.error(`cleanup: ${e}`));
+  }
+}
+
+async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "nbd-kernel-" });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+for (const connections of [1, 4]) {
+  Deno.test({
+    name:
+      `netlink CONNECT with ${connections} connection(s): tune, mount, manifest, DISCONNECT, free`,
+    ignore: NOT_IN_VM,
+    fn: () =>
+      withTempDir(async (dir) => {
+        const source = await LocalFile.open(IMAGE);
+        const mnt = `${dir}/mnt`;
+        await Deno.mkdir(mnt);
+        let index: number | undefined;
+        let mounted = false;
+        const backendId = `${dir}/backend-${connections}`;
+        try {
+          const server = await startServer(source, connections, dir);
+          index = await connectNbd({
+            // Not a block multiple: the device must still cover the whole image (rounded up).
+            sizeBytes: source.size - 1000,
+            socketFds: server.kernelFds,
+            timeoutS: 30,
+            deadConnTimeoutS: 60,
+            backendId,
+            readOnly: true,
+          });
+          closeKernelFds(server.kernelFds);
+
+          assert.equal(
+            processOfThread(nbdPid(index)),
+            Deno.pid,
+            "pid = a thread of the CONNECT sender",
+          );
+          assert.equal(nbdBackend(index), backendId);
+          assert.equal(nbdSizeBytes(index), source.size);
+          assert.deepEqual(nbdStatus(index), [{ index, connected: true }]);
+          assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
+          assert.notEqual(findFreeNbdDevice(), index);
+
+          const applied = tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+          assert.deepEqual(nbdQueueTuning(index), applied);
+          assert.equal(applied.readAheadKb, 4096);
+          assert.ok(applied.maxSectorsKb >= 128, `max_sectors_kb ${applied.maxSectorsKb}`);
+
+          // mount(8) runs as a subprocess, so this thread keeps serving the kernel's reads.
+          await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
+          mounted = true;
+          const dev = mountedDevice(mnt);
+          assert.ok(dev, "mount listed in mountinfo");
+          assert.equal(nbdIndexOfBlockDevice(dev[0], dev[1]), index);
+          assert.equal(await manifestOf(mnt), EXPECTED);
+          assert.ok(server.requests > 0);
+
+          await runChecked("umount", [mnt]);
+          mounted = false;
+          await disconnectNbd(index);
+          const ends = await Promise.all(server.ends);
+          for (const end of ends) {
+            assert.ok(["disconnect", "eof", "closed"].includes(end.reason), end.reason);
+          }
+          assert.equal(nbdPid(index), undefined, "pid attribute gone after DISCONNECT");
+          assert.equal(nbdBackend(index), undefined);
+          assert.equal(nbdSizeBytes(index), 0);
+          assert.deepEqual(nbdStatus(index), [{ index, connected: false }]);
+          index = undefined;
+        } finally {
+          await cleanup(index, mnt, mounted);
+          await source.close();
+        }
+      }),
+  });
+}
+
+Deno.test({
+  name: "RECONFIGURE: fresh sockets replace dead ones; data still readable; wrong backend refused",
+  ignore: NOT_IN_VM,
+  fn: () =>
+    withTempDir(async (dir) => {
+      const source = await LocalFile.open(IMAGE);
+      const mnt = `${dir}/mnt`;
+      await Deno.mkdir(mnt);
+      let index: number | undefined;
+      let mounted = false;
+      const backendId = `${dir}/backend-reconf`;
+      try {
+        const first = await startServer(source, 2, dir);
+        index = await connectNbd({
+          sizeBytes: source.size,
+          socketFds: first.kernelFds,
+          timeoutS: 5,
+          deadConnTimeoutS: 60,
+          backendId,
+          readOnly: true,
+        });
+        closeKernelFds(first.kernelFds);
+        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
+        mounted = true;
+        assert.equal(await manifestOf(mnt), EXPECTED);
+
+        // The server "dies": its ends close; the kernel marks both connections dead.
+        for (const conn of first.conns) conn.close();
+        await Promise.all(first.ends);
+        await new Promise((r) => setTimeout(r, 500));
+
+        const second = await startServer(source, 2, dir);
+        try {
+          const wrong = await reconfigureNbd(index, second.kernelFds, "another-backend").then(
+            () => undefined,
+            (e) => e,
+          );
+          assert.ok(wrong instanceof NbdError, `expected NbdError, got ${wrong}`);
+          assert.match(wrong.message, /RECONFIGURE of nbd\d+ failed: invalid argument/);
+          assert.match(wrong.hint ?? "", /backend identifier/);
+
+          await reconfigureNbd(index, second.kernelFds, backendId, 5);
+        } finally {
+          closeKernelFds(second.kernelFds);
+        }
+        assert.equal(nbdBackend(index), backendId);
+        await dropCaches();
+        assert.equal(await manifestOf(mnt), EXPECTED, "cold reads after RECONFIGURE");
+        assert.ok(second.requests > 0, "the new connections served the reads");
+
+        await runChecked("umount", [mnt]);
+        mounted = false;
+        await disconnectNbd(index);
+        await Promise.all(second.ends);
+        assert.equal(nbdPid(index), undefined);
+        index = undefined;
+      } finally {
+        await cleanup(index, mnt, mounted);
+        await source.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "ioctl fallback: free device, NBD_DO_IT on a pool thread, mount, detach, free again",
+  ignore: NOT_IN_VM,
+  fn: () =>
+    withTempDir(async (dir) => {
+      const source = await LocalFile.open(IMAGE);
+      const mnt = `${dir}/mnt`;
+      await Deno.mkdir(mnt);
+      let mounted = false;
+      let detach: (() => Promise<void>) | undefined;
+      try {
+        const server = await startServer(source, 2, dir);
+        const attachment = await attachNbdIoctl({
+          sizeBytes: source.size,
+          socketFds: server.kernelFds,
+          timeoutS: 30,
+          readOnly: true,
+        });
+        detach = attachment.detach;
+        closeKernelFds(server.kernelFds);
+        const { index } = attachment;
+        assert.equal(
+          processOfThread(nbdPid(index)),
+          Deno.pid,
+          "NBD_DO_IT runs on one of our threads",
+        );
+        assert.equal(nbdBackend(index), undefined, "no backend identifier with ioctls");
+        assert.equal(nbdSizeBytes(index), source.size);
+        tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+
+        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
+        mounted = true;
+        assert.equal(await manifestOf(mnt), EXPECTED);
+        await runChecked("umount", [mnt]);
+        mounted = false;
+
+        await attachment.detach();
+        detach = undefined;
+        assert.equal(
+          await attachment.running,
+          0,
+          "NBD_DO_IT returned 0 after a requested disconnect",
+        );
+        await Promise.all(server.ends);
+        assert.equal(nbdPid(index), undefined);
+        assert.equal(nbdSizeBytes(index), 0);
+      } finally {
+        if (mounted) await runCommand("umount", ["-l", mnt]);
+        if (detach) await detach();
+        await source.close();
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "kernel refusals become clear NbdErrors (bad size, missing size, busy index, unknown device)",
+  ignore: NOT_IN_VM,
+  fn: () =>
+    withTempDir(async (dir) => {
+      const source = await LocalFile.open(IMAGE);
+      let index: number | undefined;
+      try {
+        const server = await startServer(source, 1, dir);
+        const base = {
+          socketFds: server.kernelFds,
+          timeoutS: 30,
+          deadConnTimeoutS: 0,
+          backendId: "errors",
+          readOnly: true as const,
+        };
+        await assert.rejects(connectNbd({ ...base, sizeBytes: 0 }), (e: Error) => {
+          assert.ok(e instanceof NbdError);
+          assert.match(e.message, /invalid NBD device size 0/);
+          return true;
+        });
+
+        // What the kernel itself says to a CONNECT without SIZE_BYTES (our API never sends one).
+        const sock = GenlSocket.open();
+        try {
+          const noSize = await sock.request({
+            family: resolveNbdFamily(),
+            cmd: NBD_CMD_CONNECT,
+            version: NBD_GENL_VERSION,
+            attrs: [
+              attr.nested(NBD_ATTR_SOCKETS, [
+                attr.nested(NBD_SOCK_ITEM, [attr.u32(NBD_SOCK_FD, server.kernelFds[0])]),
+              ]),
+            ],
+          }, "raw CONNECT").then(() => undefined, (e) => e);
+          assert.ok(noSize instanceof NetlinkError, `expected NetlinkError, got ${noSize}`);
+          assert.equal(noSize.errno, 22);
+        } finally {
+          sock.close();
+        }
+
+        index = await connectNbd({ ...base, sizeBytes: source.size });
+        const busy = await connectNbd({ ...base, sizeBytes: source.size, index }).then(
+          () => undefined,
+          (e) => e,
+        );
+        assert.ok(busy instanceof NbdError, `expected NbdError, got ${busy}`);
+        assert.equal(busy.message, `nbd${index} is already in use`);
+
+        const missing = await disconnectNbd(4000).then(() => undefined, (e) => e);
+        assert.ok(missing instanceof NbdError, `expected NbdError, got ${missing}`);
+        assert.match(missing.message, /nbd4000 failed: invalid argument/);
+        assert.match(missing.hint ?? "", /does not exist/);
+
+        closeKernelFds(server.kernelFds);
+        await disconnectNbd(index);
+        await Promise.all(server.ends);
+        index = undefined;
+      } finally {
+        if (index !== undefined) await disconnectNbd(index).catch(() => {});
+        await source.close();
+      }
+    }),
+});
