@@ -5,7 +5,8 @@
 # report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
 # a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
 # failure everywhere (it may be the code under test hanging the kernel).
-# Env: VM_TEST_TIMEOUT_S (default 1200), TEST_FILTER (passed to deno test --filter).
+# Env: VM_TEST_TIMEOUT_S (default 1200), TEST_FILTER (passed to deno test --filter), VM_ENV
+# (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -69,7 +70,7 @@ echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(da
 deno test -A --no-check --junit-path=/run/vm/vm.xml tests/vm/ \${TEST_FILTER:+--filter "\$TEST_FILTER"}
 GUEST
 
-VM_OUT_DIR=$out "$here/run.sh" "$out/tests.sh" "$timeout_s"
+VM_OUT_DIR=$out VM_ENV="${VM_ENV:-} EROFS_OCI_FIXTURES EROFS_OCI_PEER_BIN" "$here/run.sh" "$out/tests.sh" "$timeout_s"
 rc=$?
 elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
 case $rc in

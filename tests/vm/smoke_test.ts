@@ -4,7 +4,7 @@
  * are the guest's own.
  */
 import assert from "node:assert/strict";
-import { FIXTURES } from "../_support/requires.ts";
+import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { NOT_IN_VM, runChecked, runCommand } from "../_support/vm.ts";
 
@@ -88,5 +88,18 @@ Deno.test({
     const response = await fetch(`http://${registry.host}/v2/`);
     await response.body?.cancel();
     assert.equal(response.status, 200);
+  },
+});
+
+Deno.test({
+  name: "vm: peer erofs-utils 1.9.3 and Debian erofs-utils run in the guest",
+  ignore: NOT_IN_VM,
+  fn: async () => {
+    // Proves the peer binaries find their Debian libraries through the 9p root.
+    assert.match(await runChecked(`${PEER_BIN}/mkfs.erofs`, ["--version"]), /1\.9\.3/);
+    assert.equal((await runCommand(`${PEER_BIN}/mount.erofs`, ["--help"])).code, 0);
+    await runChecked(`${PEER_BIN}/fsck.erofs`, [`${FIXTURES}/basic.erofs`]);
+    // Debian 1.5 has no --version; --help exits 0.
+    assert.equal((await runCommand("/usr/bin/mkfs.erofs", ["--help"])).code, 0);
   },
 });
