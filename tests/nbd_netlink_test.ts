@@ -13,6 +13,7 @@ import {
   familyIdFromReplies,
   findAttr,
   GENL_ID_CTRL,
+  GenlSocket,
   NetlinkError,
   NetlinkFormatError,
   NLA_F_NESTED,
@@ -500,6 +501,20 @@ Deno.test("resolveFamily against the host kernel: nlctrl is 16, an unknown famil
   assertEquals(resolveFamily("nosuchfamily"), undefined);
   // GENL_NAMSIZ is 16 with the NUL: the kernel would answer EINVAL, we refuse first.
   assertThrows(() => resolveFamily("no-such-family-xyz"), RangeError);
+});
+
+Deno.test("GenlSocket: replies stay intact after the ACK is read (no aliasing of the recv buffer)", async () => {
+  const sock = GenlSocket.open();
+  try {
+    const req = { family: GENL_ID_CTRL, cmd: 3, version: 2, attrs: [attr.string(2, "nlctrl")] };
+    for (const replies of [sock.requestSync(req, "sync"), await sock.request(req, "async")]) {
+      assertEquals(replies.length, 1);
+      assertEquals(readAttr.string(findAttr(replies[0].attrs, 2)!), "nlctrl");
+      assertEquals(readAttr.u16(findAttr(replies[0].attrs, CTRL_ATTR_FAMILY_ID)!), GENL_ID_CTRL);
+    }
+  } finally {
+    sock.close();
+  }
 });
 
 Deno.test({
