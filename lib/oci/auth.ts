@@ -93,6 +93,12 @@ export class RegistryAuth {
     );
   }
 
+  /** The error for a 401 that persists after authenticating: wrong or missing credentials. */
+  async persistentFailure(): Promise<OciError> {
+    const credentials = await this.#loadCredentials().catch(() => undefined);
+    return credentials ? this.#rejected(401) : this.#required();
+  }
+
   async #bearer(challenge: BearerChallenge, scope: string, signal?: AbortSignal): Promise<void> {
     const url = new URL(challenge.realm);
     if (challenge.service !== undefined) url.searchParams.set("service", challenge.service);

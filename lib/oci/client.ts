@@ -205,8 +205,9 @@ export class RegistryClient {
     for (let tries = 0;; tries++) {
       const { response, stayedHome } = await this.#sendFollowingRedirects(req, header);
       // A 401 from object storage after a redirect is not the registry's challenge.
-      if (response.status !== 401 || !stayedHome || tries > 0) return response;
+      if (response.status !== 401 || !stayedHome) return response;
       await response.body?.cancel();
+      if (tries > 0) throw await this.#auth.persistentFailure();
       await this.#auth.unauthorized(response, req.scope, header, req.signal);
       header = await this.#auth.authorize(req.scope, req.signal);
     }

@@ -67,6 +67,7 @@ async function streamVerified(
       policy,
     });
     let skip = 0;
+    let announced: number | undefined;
     if (response.status === 206) {
       const range = parseContentRange(response.headers.get("content-range"));
       if (!range || range.first > received) {
@@ -74,23 +75,19 @@ async function streamVerified(
         throw new OciError(`registry ${client.host} sent a bad Content-Range resuming ${digest}`);
       }
       skip = received - range.first;
-      total ??= range.total;
+      announced = range.total;
     } else if (response.status === 200) {
       skip = received; // the server ignored our Range (or this is the first request)
       const length = Number(response.headers.get("content-length") ?? NaN);
-      if (Number.isSafeInteger(length)) total ??= length;
+      if (Number.isSafeInteger(length)) announced = length;
     } else {
       await blobStatusError(client, response, repository, digest);
     }
-    if (
-      total !== undefined && options.expectedSizeBytes !== undefined &&
-      total !== options.expectedSizeBytes
-    ) {
+    if (announced !== undefined && total !== undefined && announced !== total) {
       await response.body?.cancel();
-      throw new OciError(
-        `blob ${digest} is ${total} bytes but the manifest says ${options.expectedSizeBytes}`,
-      );
+      throw new OciError(`blob ${digest} is ${announced} bytes but the manifest says ${total}`);
     }
+    total ??= announced;
     const before = received;
     let failure: unknown;
     try {
