@@ -1,0 +1,81 @@
+/**
+ * `erofs-oci push` specifics against a real registry: the recorded platform, refusing files that
+ * are not EROFS images (nothing is tagged then), and `--debug` adding the stack trace that plain
+ * errors leave out (checked with inspect).
+ */
+import assert from "node:assert/strict";
+import { command, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { getManifest } from "./_support/oci_raw.ts";
+import { hostPlatform, loadFixture } from "./_support/oci_fixtures.ts";
+
+const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
+
+Deno.test({
+  name: "oci push: --platform is recorded; another explicit platform is refused",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const layer = await loadFixture("layer1.erofs");
+    const host = hostPlatform();
+    const pushed = host.architecture === "s390x" ? "linux/ppc64le" : "linux/s390x";
+    const image = `${registry.host}/push/platform:v1`;
+    assertSuccess(await runCli(["push", image, layer.path, "--platform", pushed, "--plain-http"]));
+
+    const chosen = await runCli(["inspect", image, "--json", "--platform", pushed, "--plain-http"]);
+    assertSuccess(chosen);
+    assert.equal(JSON.parse(chosen.stdout).platform, pushed, describe(chosen));
+
+    // A one-platform image is used as is when no platform is asked for...
+    const defaulted = await runCli(["inspect", image, "--plain-http"]);
+    assertSuccess(defaulted);
+    assert.match(defaulted.stdout, new RegExp(`Platform:\\s+${pushed}`), describe(defaulted));
+    // ...but an explicit other platform is refused, naming what the image has.
+    const hostName = `${host.os}/${host.architecture}`;
+    const other = await runCli(["inspect", image, "--platform", hostName, "--plain-http"]);
+    assertCliError(other, 1, new RegExp(hostName));
+    assert.ok(other.stderr.includes(pushed), describe(other));
+  },
+});
+
+Deno.test({
+  name: "oci push: missing or non-EROFS files are refused before anything is tagged",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const layer = await loadFixture("layer1.erofs");
+    const tar = await loadFixture("layer1.tar");
+    const image = `${registry.host}/push/refused:v1`;
+
+    const missing = await runCli([
+      "push",
+      image,
+      layer.path,
+      `${registry.dir}/no-such-file.erofs`,
+      "--plain-http",
+    ]);
+    assertCliError(missing, 1, /no-such-file\.erofs/);
+
+    const notErofs = await runCli(["push", image, layer.path, tar.path, "--plain-http"]);
+    assertCliError(notErofs, 1, /layer1\.tar/);
+    assert.match(notErofs.stderr, /EROFS/i, describe(notErofs));
+
+    assert.equal((await getManifest(registry, "push/refused", "v1")).status, 404);
+  },
+});
+
+Deno.test({
+  name: "oci cli: --debug adds a stack trace to an error, plain runs do not",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const image = `${registry.host}/push/none:missing`;
+    const plain = await runCli(["inspect", image, "--plain-http"]);
+    assertCliError(plain, 1);
+    const debug = await runCli(["inspect", image, "--plain-http", "--debug"]);
+    assert.equal(debug.code, 1, describe(debug));
+    assert.match(debug.stderr, /^erofs-oci: /m, describe(debug));
+    assert.match(debug.stderr, /^\s+at /m, `no stack trace with --debug:\n${describe(debug)}`);
+  },
+});
