@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { dropCaches, NOT_IN_VM, runChecked, runCommand } from "../_support/vm.ts";
-import { FIXTURES } from "../_support/requires.ts";
+import { FIXTURES, REPO_ROOT } from "../_support/requires.ts";
 import { NbdError } from "../../lib/errors.ts";
 import { LocalFile } from "../../lib/source/local_file.ts";
 import type { Source } from "../../lib/source/source.ts";
@@ -351,5 +351,36 @@ Deno.test({
         if (index !== undefined) await disconnectNbd(index).catch(() => {});
         await source.close();
       }
+    }),
+});
+
+Deno.test({
+  name: "without root: CONNECT and queue tuning fail with 'run as root'; STATUS works",
+  ignore: NOT_IN_VM,
+  fn: () =>
+    withTempDir(async (dir) => {
+      await Deno.chmod(dir, 0o777);
+      const probe = new URL("../_support/nbd_unprivileged_probe.ts", import.meta.url).pathname;
+      const out = await runChecked("setpriv", [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        `DENO_DIR=${dir}/deno`,
+        `HOME=${dir}`,
+        Deno.execPath(),
+        "run",
+        "--no-check",
+        ...Deno.readTextFileSync(`${REPO_ROOT}/scripts/permissions`).split("\n")
+          .filter((l) => l.startsWith("--")).join(" ").split(" "),
+        probe,
+      ]);
+      const result = JSON.parse(out);
+      assert.equal(result.connect.name, "NbdError", JSON.stringify(result.connect));
+      assert.match(result.connect.message, /NBD CONNECT of an NBD device: permission denied/);
+      assert.match(result.connect.hint, /run as root/);
+      assert.equal(result.tune.name, "NbdError", JSON.stringify(result.tune));
+      assert.match(result.tune.hint, /run as root/);
+      assert.ok(Array.isArray(result.status), JSON.stringify(result.status));
     }),
 });
