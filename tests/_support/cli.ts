@@ -20,7 +20,7 @@ export interface CliOptions {
   stdin?: string;
   /** Extra environment; DOCKER_CONFIG defaults to an empty location so the user's is unused. */
   env?: Record<string, string>;
-  /** Kill the process after this long (default 30 s). */
+  /** Kill the process after this long (default 20 s; commands here take about a second). */
   timeoutMs?: number;
   cwd?: string;
 }
@@ -42,7 +42,7 @@ export async function runCli(args: string[], options: CliOptions = {}): Promise<
     try {
       child.kill("SIGKILL");
     } catch { /* already exited */ }
-  }, options.timeoutMs ?? 30_000);
+  }, options.timeoutMs ?? 20_000);
   try {
     if (options.stdin !== undefined) {
       const writer = child.stdin.getWriter();
