@@ -79,3 +79,43 @@ Deno.test({
     assert.match(debug.stderr, /^\s+at /m, `no stack trace with --debug:\n${describe(debug)}`);
   },
 });
+
+Deno.test({
+  name: "oci push: a file above 8 MiB goes up in chunks and pulls back identical (token auth)",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "token" });
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-big-" });
+    try {
+      // basic.erofs followed by random bytes: still starts like an EROFS image.
+      const basic = await loadFixture("basic.erofs");
+      const big = new Uint8Array(8 * 1024 * 1024 + 12_345);
+      big.set(basic.bytes);
+      for (let at = basic.bytes.length; at < big.length; at += 65_536) {
+        crypto.getRandomValues(big.subarray(at, Math.min(at + 65_536, big.length)));
+      }
+      await Deno.writeFile(`${dir}/big.erofs`, big);
+      const image = `${registry.host}/push/big:v1`;
+      const login = ["--username", registry.username, "--password-stdin", "--plain-http"];
+      const push = await runCli(["push", image, `${dir}/big.erofs`, ...login], {
+        stdin: registry.password,
+      });
+      assertSuccess(push);
+      const patches = (await registry.accessLog()).filter((l) =>
+        l.includes('"PATCH /v2/push/big/blobs/uploads/')
+      );
+      assert.ok(patches.length >= 2, `expected chunked PATCH uploads, saw ${patches.length}`);
+
+      const pull = await runCli(
+        ["pull", image, "--layer", "0", "-o", `${dir}/pulled.erofs`, ...login],
+        { stdin: registry.password },
+      );
+      assertSuccess(pull);
+      const pulled = await Deno.readFile(`${dir}/pulled.erofs`);
+      assert.equal(pulled.length, big.length);
+      assert.ok(pulled.every((b, i) => b === big[i]), "pulled bytes differ");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
