@@ -27,6 +27,7 @@ import {
 } from "../../lib/nbd/kernel.ts";
 import { attr, GenlSocket, NetlinkError } from "../../lib/nbd/netlink.ts";
 import { attachNbdIoctl } from "../../lib/nbd/ioctl.ts";
+import { attachNbd } from "../../lib/nbd/attach.ts";
 import {
   findFreeNbdDevice,
   listNbdDevices,
@@ -170,6 +171,47 @@ for (const connections of [1, 4]) {
       }),
   });
 }
+
+Deno.test({
+  name: "attachNbd: netlink mode, queue tuned (reset from a previous attach), mount, detach",
+  ignore: NOT_IN_VM,
+  fn: () =>
+    withTempDir(async (dir) => {
+      const source = await LocalFile.open(IMAGE);
+      const mnt = `${dir}/mnt`;
+      await Deno.mkdir(mnt);
+      let index: number | undefined;
+      let mounted = false;
+      try {
+        const server = await startServer(source, 2, dir);
+        const attachment = await attachNbd({
+          sizeBytes: source.size,
+          socketFds: server.kernelFds,
+          timeoutS: 30,
+          deadConnTimeoutS: 60,
+          backendId: `${dir}/attach`,
+          readOnly: true,
+          tuning: { maxSectorsKb: 1024, readAheadKb: 512 },
+        });
+        closeKernelFds(server.kernelFds);
+        index = attachment.index;
+        assert.equal(attachment.mode, "netlink");
+        assert.deepEqual(nbdQueueTuning(index), { maxSectorsKb: 1024, readAheadKb: 512 });
+        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
+        mounted = true;
+        assert.equal(await manifestOf(mnt), EXPECTED);
+        await runChecked("umount", [mnt]);
+        mounted = false;
+        await attachment.detach();
+        await Promise.all(server.ends);
+        assert.equal(nbdPid(index), undefined);
+        index = undefined;
+      } finally {
+        await cleanup(index, mnt, mounted);
+        await source.close();
+      }
+    }),
+});
 
 Deno.test({
   name: "RECONFIGURE: fresh sockets replace dead ones; data still readable; wrong backend refused",
