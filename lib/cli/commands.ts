@@ -2,12 +2,23 @@ import type { Command } from "./command.ts";
 import { inspectCommand } from "./inspect.ts";
 import { pullCommand } from "./pull.ts";
 import { pushCommand } from "./push.ts";
+import { mountCommand } from "./mount.ts";
+import { umountCommand } from "./umount.ts";
+import { listCommand } from "./list.ts";
+import { mountServerCommand } from "./mount_server.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
  * works end to end.
  */
-export const COMMANDS: Command[] = [inspectCommand, pullCommand, pushCommand];
+export const COMMANDS: Command[] = [
+  mountCommand,
+  umountCommand,
+  listCommand,
+  inspectCommand,
+  pullCommand,
+  pushCommand,
+];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */
-export const HIDDEN_COMMANDS: Command[] = [];
+export const HIDDEN_COMMANDS: Command[] = [mountServerCommand];

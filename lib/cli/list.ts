@@ -1,0 +1,91 @@
+import type { Command } from "./command.ts";
+import { parseCommandArgs } from "./command.ts";
+import { controlSocketPath, readStates, serverAlive } from "../mount/runtime.ts";
+import { controlRequest, type LayerStats } from "../daemon/control.ts";
+import { formatBytes, printTable } from "./table.ts";
+
+export interface ListedMount {
+  target: string;
+  image: string;
+  manifestDigest?: string;
+  backend: string;
+  devices: string[];
+  serverPid: number;
+  state: "serving" | "dead" | "unresponsive";
+  bytesFetched?: number;
+  bytesRequested?: number;
+  cacheHitRate?: number;
+  httpFetches?: number;
+}
+
+async function describe(): Promise<ListedMount[]> {
+  const listed: ListedMount[] = [];
+  for (const state of readStates()) {
+    const entry: ListedMount = {
+      target: state.target,
+      image: state.image,
+      manifestDigest: state.manifestDigest,
+      backend: state.backend,
+      devices: state.layers.map((l) => l.device ?? l.blockPath),
+      serverPid: state.serverPid,
+      state: "dead",
+    };
+    if (serverAlive(state.serverPid)) {
+      const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
+      if (reply?.ok && reply.stats) {
+        entry.state = "serving";
+        const sum = (key: keyof LayerStats) =>
+          reply.stats!.layers.reduce((total, layer) => total + layer[key], 0);
+        entry.bytesFetched = sum("bytesFetched");
+        entry.bytesRequested = sum("bytesRequested");
+        entry.httpFetches = sum("fetches");
+        const lookups = sum("hits") + sum("misses");
+        entry.cacheHitRate = lookups ? sum("hits") / lookups : 0;
+      } else {
+        entry.state = "unresponsive";
+      }
+    }
+    listed.push(entry);
+  }
+  return listed;
+}
+
+export const listCommand: Command = {
+  name: "list",
+  summary: "show active mounts with their server state and cache statistics",
+  help: `Usage: erofs-oci list [--json]
+
+Shows every mount made by erofs-oci: directory, image reference and manifest digest,
+devices, server pid and state (serving, dead = server gone and readers waiting for
+\`erofs-oci reattach\`), bytes fetched from the source and the cache hit rate.
+
+Options:
+  --json   print a JSON array instead of a table
+  -h, --help`,
+  async run(argv) {
+    const { values } = parseCommandArgs("list", argv, { json: { type: "boolean" } }, false);
+    const mounts = await describe();
+    if (values.json) {
+      console.log(JSON.stringify(mounts, null, 2));
+      return 0;
+    }
+    if (mounts.length === 0) {
+      console.log("no active erofs-oci mounts");
+      return 0;
+    }
+    printTable(
+      ["DIR", "IMAGE", "BACKEND", "DEVICES", "PID", "STATE", "FETCHED", "HIT RATE"],
+      mounts.map((m) => [
+        m.target,
+        m.image,
+        m.backend,
+        m.devices.join(","),
+        String(m.serverPid),
+        m.state,
+        m.bytesFetched === undefined ? "-" : formatBytes(m.bytesFetched),
+        m.cacheHitRate === undefined ? "-" : `${(m.cacheHitRate * 100).toFixed(1)}%`,
+      ]),
+    );
+    return 0;
+  },
+};

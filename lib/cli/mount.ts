@@ -1,0 +1,112 @@
+import type { Command } from "./command.ts";
+import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { UsageError } from "../errors.ts";
+import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { parseSize } from "./size.ts";
+import { info } from "./log.ts";
+import { chooseBackend } from "../mount/backend_choice.ts";
+import { checkMountTarget, checkRoot } from "../mount/target_dir.ts";
+import { mountImage } from "../mount/mount_image.ts";
+import { serverAlive } from "../mount/runtime.ts";
+import {
+  isLocalImage,
+  type ResolvedLayers,
+  resolveLocalImage,
+  resolveRegistryImage,
+} from "../mount/resolve_layers.ts";
+
+const DEFAULT_CACHE = "128M";
+
+export const mountCommand: Command = {
+  name: "mount",
+  summary: "mount an EROFS image from a registry (or a local file) without pulling it",
+  help: `Usage: erofs-oci mount IMAGE DIR [options]
+
+Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry reference
+([registry[:port]/]name[:tag][@sha256:…]) or a local EROFS image file.
+One EROFS layer is mounted read-only at DIR; several are each mounted privately and
+stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
+upper layers hide lower content as a container runtime would.
+The command returns once DIR is mounted and readable; on failure nothing is left behind.
+
+Options:
+      --layer N          mount only layer N (0 = bottom, see \`erofs-oci inspect\`)
+      --blob DIGEST      mount only the layer with this digest
+      --any-media-type   accept layers whose media type is not application/vnd.erofs
+      --backend B        auto (default: nbd when the module is loaded, else fuse), nbd, fuse
+      --cache-size SIZE  memory cache per mount (default ${DEFAULT_CACHE}; e.g. 64M, 1G)
+      --upper DIR        writable overlay: upper directory (needs --work)
+      --work DIR         overlay work directory on the same file system as --upper
+      --foreground       keep the server attached to this terminal (debugging, systemd)
+${REGISTRY_OPTIONS_HELP}
+
+A password given with --password/--password-stdin is handed to the server process only
+(never written to disk by this command).`,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs("mount", argv, {
+      ...REGISTRY_OPTIONS,
+      layer: { type: "string" },
+      blob: { type: "string" },
+      "any-media-type": { type: "boolean" },
+      backend: { type: "string", default: "auto" },
+      "cache-size": { type: "string", default: DEFAULT_CACHE },
+      upper: { type: "string" },
+      work: { type: "string" },
+      foreground: { type: "boolean" },
+    });
+    const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
+    const layer = values.layer === undefined ? undefined : Number(values.layer);
+    if (layer !== undefined && !/^\d+$/.test(values.layer!)) {
+      throw new UsageError(`mount: --layer wants a number, got '${values.layer}'`);
+    }
+    if ((values.upper === undefined) !== (values.work === undefined)) {
+      throw new UsageError("mount: --upper and --work go together");
+    }
+    const cacheBytes = parseSize(values["cache-size"]!, "--cache-size");
+    checkRoot();
+    const target = checkMountTarget(dir);
+    const { backend, reason } = chooseBackend(values.backend!);
+
+    let resolved: ResolvedLayers;
+    let credentials: { username: string; password: string } | undefined;
+    if (isLocalImage(image)) {
+      resolved = await resolveLocalImage(image);
+    } else {
+      const opened = await openRegistry("mount", image, values);
+      credentials = opened.credentials;
+      try {
+        resolved = await resolveRegistryImage(opened, {
+          layer,
+          blob: values.blob,
+          anyMediaType: values["any-media-type"],
+        });
+      } finally {
+        opened.client.close();
+      }
+    }
+    if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
+
+    const state = await mountImage({
+      target,
+      image: resolved.image,
+      manifestDigest: resolved.manifestDigest,
+      backend,
+      cacheBytes,
+      layers: resolved.layers,
+      credentials,
+      upper: values.upper,
+      work: values.work,
+      foreground: values.foreground,
+    });
+    const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
+    console.log(
+      `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
+        state.layers.length === 1 ? "" : "s"
+      }, ${backend}: ${devices}; server pid ${state.serverPid})`,
+    );
+    if (values.foreground) {
+      while (serverAlive(state.serverPid)) await new Promise((r) => setTimeout(r, 1000));
+    }
+    return 0;
+  },
+};

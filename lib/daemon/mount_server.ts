@@ -1,0 +1,113 @@
+/**
+ * The detached server behind one mount: builds a cached source per layer, exports each to the
+ * kernel (NBD device or FUSE file), reports readiness to the `mount` process on stdout, then
+ * serves until told to stop. Started as `erofs-oci __mount-server` with the MountSpec on stdin.
+ */
+import { CachedSource } from "../source/cached.ts";
+import type { Source } from "../source/source.ts";
+import { controlSocketPath, logPath, mountDir, type MountSpec } from "../mount/runtime.ts";
+import { exportLayer, type LayerExport } from "../mount/exports.ts";
+import { openLayerSource } from "../mount/layer_source.ts";
+import { type ControlReply, serveControl } from "./control.ts";
+import { redirectConsoleToFile } from "./log_file.ts";
+
+/** First line the server writes on stdout: success with the exported paths, or the error. */
+export type ReadyMessage =
+  | { ok: true; pid: number; layers: { blockPath: string; device?: string }[] }
+  | { ok: false; error: string; hint?: string };
+
+async function readAllStdin(): Promise<string> {
+  return await new Response(Deno.stdin.readable).text();
+}
+
+function writeReady(message: ReadyMessage): void {
+  const bytes = new TextEncoder().encode(JSON.stringify(message) + "\n");
+  try {
+    Deno.stdout.writeSync(bytes);
+  } catch { /* the mount process is gone; it cleans up on its side */ }
+}
+
+/** Entry of the hidden `__mount-server` command. */
+export async function runMountServer(): Promise<number> {
+  const spec = JSON.parse(await readAllStdin()) as MountSpec;
+  redirectConsoleToFile(logPath(spec.id));
+  console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
+
+  const sources: CachedSource[] = [];
+  const exports: LayerExport[] = [];
+  let listener: Deno.Listener | undefined;
+  let stopping: Promise<void> | undefined;
+
+  const stop = () =>
+    stopping ??= (async () => {
+      console.log("stopping");
+      listener?.close();
+      for (const exported of exports.reverse()) {
+        try {
+          await exported.close();
+        } catch (error) {
+          console.error("release of", exported.blockPath, "failed:", error);
+        }
+      }
+      for (const source of sources) await source.close?.();
+      console.log("stopped");
+    })();
+
+  try {
+    const cachePerLayer = Math.max(
+      4 * 1024 * 1024,
+      Math.floor(spec.cacheBytes / spec.layers.length),
+    );
+    for (const [index, layer] of spec.layers.entries()) {
+      const raw: Source = await openLayerSource(layer, spec.credentials);
+      const cached = new CachedSource(raw, { cacheBytes: cachePerLayer });
+      sources.push(cached);
+      exports.push(
+        await exportLayer(spec.backend, cached, {
+          runDir: mountDir(spec.id),
+          layerIndex: index,
+          backendId: `erofs-oci:${spec.id}:${index}`,
+        }),
+      );
+    }
+    try {
+      Deno.removeSync(controlSocketPath(spec.id));
+    } catch { /* not there */ }
+    listener = Deno.listen({ transport: "unix", path: controlSocketPath(spec.id) });
+  } catch (error) {
+    console.error("start failed:", error);
+    await stop();
+    const hint = (error as { hint?: string }).hint;
+    writeReady({ ok: false, error: error instanceof Error ? error.message : String(error), hint });
+    return 1;
+  }
+
+  const startedAt = new Date().toISOString();
+  const handle = (request: { command: string }): Promise<ControlReply> => {
+    if (request.command === "stats") {
+      return Promise.resolve({
+        ok: true,
+        stats: { pid: Deno.pid, startedAt, layers: sources.map((s) => s.stats()) },
+      });
+    }
+    if (request.command === "stop") {
+      // Reply first, then tear down: the caller waits for the process to exit.
+      setTimeout(() => stop().then(() => Deno.exit(0)), 10);
+      return Promise.resolve({ ok: true });
+    }
+    return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
+  };
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+    Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
+  }
+
+  writeReady({
+    ok: true,
+    pid: Deno.pid,
+    layers: exports.map((e) => ({ blockPath: e.blockPath, device: e.device })),
+  });
+  console.log("ready:", exports.map((e) => e.blockPath).join(", "));
+  await serveControl(listener, handle);
+  await stop();
+  return 0;
+}

@@ -1,0 +1,95 @@
+/**
+ * Exports one layer's source to the kernel as something EROFS can be mounted from: an NBD
+ * block device (served over several connections) or a file in a private FUSE mount.
+ */
+import type { Source } from "../source/source.ts";
+import { startFuseBlob } from "../fuse/blob.ts";
+import { closeKernelFds, connectNbd, disconnectNbd, openKernelConnections } from "../nbd/kernel.ts";
+import { tuneNbdQueue } from "../nbd/sysfs.ts";
+import { serveTransmission } from "../nbd/transmission.ts";
+
+export interface LayerExport {
+  /** Path EROFS is mounted from (/dev/nbdN or the FUSE file). */
+  blockPath: string;
+  /** Kernel device name for `list` (nbdN), when there is one. */
+  device?: string;
+  close(): Promise<void>;
+}
+
+export interface ExportContext {
+  runDir: string;
+  layerIndex: number;
+  backendId: string;
+}
+
+/** Connections per NBD device: the kernel runs one queue per connection. */
+const NBD_CONNECTIONS = 4;
+/**
+ * Kernel request timeout. With several connections a reply later than this makes the kernel
+ * drop that socket, so it must exceed the longest registry fetch deadline (RegistryBlob).
+ */
+const NBD_TIMEOUT_S = 60;
+/** How long I/O waits for a replacement server after ours died (reattach window). */
+const NBD_DEAD_CONN_TIMEOUT_S = 30 * 24 * 3600;
+
+export async function exportLayer(
+  backend: "nbd" | "fuse",
+  source: Source,
+  context: ExportContext,
+): Promise<LayerExport> {
+  if (backend === "fuse") {
+    const dir = `${context.runDir}/fuse-${context.layerIndex}`;
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const blob = await startFuseBlob(source, dir, { name: "layer.erofs" });
+    return {
+      blockPath: blob.filePath,
+      close: async () => {
+        await blob.close();
+        try {
+          Deno.removeSync(dir);
+        } catch { /* already gone */ }
+      },
+    };
+  }
+
+  const { kernelFds, conns } = await openKernelConnections(NBD_CONNECTIONS, context.runDir);
+  const serving = conns.map((conn) =>
+    serveTransmission(conn, source, { readOnly: true }).then((end) =>
+      console.log(`nbd connection of layer ${context.layerIndex} ended: ${end.reason}`)
+    )
+  );
+  let index: number;
+  try {
+    index = await connectNbd({
+      sizeBytes: source.size,
+      socketFds: kernelFds,
+      timeoutS: NBD_TIMEOUT_S,
+      deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,
+      backendId: context.backendId,
+      readOnly: true,
+    });
+  } catch (error) {
+    for (const conn of conns) conn.close();
+    throw error;
+  } finally {
+    closeKernelFds(kernelFds);
+  }
+  try {
+    tuneNbdQueue(index);
+  } catch (error) {
+    console.warn(`tuning nbd${index} failed (reads stay small):`, error);
+  }
+  return {
+    blockPath: `/dev/nbd${index}`,
+    device: `nbd${index}`,
+    close: async () => {
+      await disconnectNbd(index);
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed by the kernel */ }
+      }
+      await Promise.allSettled(serving);
+    },
+  };
+}

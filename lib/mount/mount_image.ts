@@ -1,0 +1,165 @@
+/**
+ * `erofs-oci mount` orchestration: start the detached server for the layers, mount EROFS on
+ * what it exports (directly at the target for one layer, as an overlay of private layer
+ * mounts for several), record the state; on any failure undo every step taken.
+ */
+import { MountError, UserError } from "../errors.ts";
+import { selfCommand } from "../daemon/self_exec.ts";
+import type { ReadyMessage } from "../daemon/mount_server.ts";
+import { controlRequest } from "../daemon/control.ts";
+import { mountErofsFile, unmountErofs } from "./erofs_file.ts";
+import { mountOverlay } from "./overlay.ts";
+import {
+  controlSocketPath,
+  createMountDir,
+  logPath,
+  mountDir,
+  type MountSpec,
+  type MountState,
+  removeMountDir,
+  SERVER_COMMAND,
+  serverAlive,
+  writeState,
+} from "./runtime.ts";
+
+/** How long `mount` waits for the server to attach every layer. */
+const READY_TIMEOUT_MS = 120_000;
+
+export interface MountRequest extends Omit<MountSpec, "id"> {
+  /** Keep the server in this process's foreground (debugging, systemd). */
+  foreground?: boolean;
+}
+
+/** Mounts the layers at `request.target`; returns the recorded state. */
+export async function mountImage(request: MountRequest): Promise<MountState> {
+  const id = createMountDir();
+  const spec: MountSpec = { ...request, id };
+  const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
+  try {
+    const ready = await startServer(spec, request.foreground ?? false);
+    undo.push(() => stopServer(id, ready.pid));
+
+    const layerDirs: string[] = [];
+    const multi = ready.layers.length > 1 || spec.upper !== undefined;
+    for (const [index, layer] of ready.layers.entries()) {
+      const dir = multi ? `${mountDir(id)}/layer-${index}` : spec.target;
+      if (multi) Deno.mkdirSync(dir, { mode: 0o700 });
+      await mountErofsFile(layer.blockPath, dir);
+      undo.push(() => unmountErofs(dir, { lazy: true }));
+      layerDirs.push(dir);
+    }
+    if (multi) {
+      // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
+      await mountOverlay(spec.target, [...layerDirs].reverse(), {
+        upper: spec.upper,
+        work: spec.work,
+      });
+      undo.push(() => unmountErofs(spec.target, { lazy: true }));
+    }
+
+    const state: MountState = {
+      id,
+      target: spec.target,
+      image: spec.image,
+      manifestDigest: spec.manifestDigest,
+      backend: spec.backend,
+      serverPid: ready.pid,
+      createdAt: new Date().toISOString(),
+      layers: ready.layers.map((layer, index) => ({
+        digest: spec.layers[index].kind === "registry"
+          ? (spec.layers[index] as { digest: string }).digest
+          : undefined,
+        blockPath: layer.blockPath,
+        device: layer.device,
+        layerDir: layerDirs[index],
+      })),
+      overlay: multi,
+    };
+    writeState(state);
+    return state;
+  } catch (error) {
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch { /* keep undoing the rest */ }
+    }
+    throw error;
+  }
+}
+
+async function startServer(
+  spec: MountSpec,
+  foreground: boolean,
+): Promise<{ pid: number; layers: { blockPath: string; device?: string }[] }> {
+  const [program, ...args] = selfCommand([SERVER_COMMAND]);
+  const child = new Deno.Command(program, {
+    args,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: foreground ? "inherit" : "null",
+    detached: !foreground,
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(JSON.stringify(spec)));
+  await writer.close();
+
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new MountError(
+            `the mount server did not get ready in ${READY_TIMEOUT_MS / 1000} s`,
+            `see ${logPath(spec.id)}`,
+          ),
+        ),
+      READY_TIMEOUT_MS,
+    );
+  });
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await Promise.race([reader.read(), timeout]);
+      if (done) break;
+      text += value;
+    }
+  } catch (error) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    reader.releaseLock();
+  }
+  if (!foreground) child.unref();
+  const line = text.split("\n")[0];
+  let ready: ReadyMessage;
+  try {
+    ready = JSON.parse(line) as ReadyMessage;
+  } catch {
+    const status = await child.status;
+    throw new MountError(
+      `the mount server exited (code ${status.code}) before it was ready`,
+      `see ${logPath(spec.id)} or run with --foreground`,
+    );
+  }
+  if (!ready.ok) {
+    await child.status;
+    throw new UserError(ready.error, ready.hint);
+  }
+  return ready;
+}
+
+/** Asks the server to release its exports and exit; kills it if it does not. */
+export async function stopServer(id: string, pid: number, timeoutMs = 15_000): Promise<void> {
+  await controlRequest(controlSocketPath(id), { command: "stop" });
+  const deadline = Date.now() + timeoutMs;
+  while (serverAlive(pid) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  if (serverAlive(pid)) {
+    Deno.kill(pid, "SIGKILL");
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Turns the IMAGE argument of `mount` into the layers to serve: a local EROFS file, or the
+ * selected layers of a registry image (resolved to digests, so a tag that moves later cannot
+ * swap the data under a mounted file system).
+ */
+import { UserError } from "../errors.ts";
+import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { type LayerSelection, selectLayers } from "../oci/layers.ts";
+import { formatReference } from "../oci/reference.ts";
+import type { OpenedRegistry } from "../cli/registry_options.ts";
+import type { LayerSpec } from "./runtime.ts";
+
+export interface ResolvedLayers {
+  /** What `list` shows as the image. */
+  image: string;
+  manifestDigest?: string;
+  layers: LayerSpec[];
+}
+
+/** True when IMAGE names an existing local file rather than a registry reference. */
+export function isLocalImage(image: string): boolean {
+  if (image.startsWith("/") || image.startsWith("./") || image.startsWith("../")) return true;
+  try {
+    return Deno.statSync(image).isFile;
+  } catch {
+    return false;
+  }
+}
+
+export async function resolveLocalImage(path: string): Promise<ResolvedLayers> {
+  let real: string;
+  let sizeBytes: number;
+  try {
+    real = Deno.realPathSync(path);
+    sizeBytes = Deno.statSync(real).size;
+  } catch (error) {
+    throw new UserError(`cannot open image file ${path}: ${(error as Error).message}`);
+  }
+  const file = await Deno.open(real);
+  try {
+    const head = new Uint8Array(EROFS_SUPER_END);
+    let filled = 0;
+    while (filled < head.length) {
+      const n = await file.read(head.subarray(filled));
+      if (n === null) break;
+      filled += n;
+    }
+    checkErofsSuperblock(head.subarray(0, filled), real);
+  } finally {
+    file.close();
+  }
+  return { image: real, layers: [{ kind: "local", path: real, sizeBytes }] };
+}
+
+export async function resolveRegistryImage(
+  opened: OpenedRegistry,
+  selection: LayerSelection,
+): Promise<ResolvedLayers> {
+  const { ref, client } = opened;
+  const image = await client.resolveImage(ref, opened.platform);
+  const chosen = selectLayers(image, selection);
+  const layers: LayerSpec[] = [];
+  for (const layer of chosen) {
+    // Check the superblock before anything is attached: other data gets a clear error here
+    // instead of the kernel's EINVAL later.
+    const head = await client.readBlobRange(ref.repository, layer.digest, 0, EROFS_SUPER_END);
+    checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+    layers.push({
+      kind: "registry",
+      registry: ref.registry,
+      repository: ref.repository,
+      reference: formatReference(ref),
+      platform: image.platform,
+      layerIndex: layer.index,
+      digest: layer.digest,
+      mediaType: layer.mediaType,
+      sizeBytes: layer.sizeBytes,
+      plainHttp: new URL(client.origin).protocol === "http:",
+    });
+  }
+  return { image: formatReference(ref), manifestDigest: image.manifestDigest, layers };
+}

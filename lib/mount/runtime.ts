@@ -1,0 +1,139 @@
+/**
+ * Runtime state of active mounts under /run/erofs-oci (created on demand, so the first mount
+ * after boot works like every other). One directory per mount holds `state.json`, the server
+ * log and the control socket.
+ */
+import { MountError } from "../errors.ts";
+import { readSmallFile } from "../../ffi/libc.ts";
+
+export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
+const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
+
+/** Where one layer's bytes come from; also what reattach rebuilds a server from. */
+export type LayerSpec =
+  | { kind: "local"; path: string; sizeBytes: number }
+  | {
+    kind: "registry";
+    registry: string;
+    repository: string;
+    reference: string;
+    platform: string;
+    layerIndex: number;
+    digest: string;
+    mediaType: string;
+    sizeBytes: number;
+    plainHttp: boolean;
+  };
+
+/** Everything the server needs to serve one mount (sent over its stdin, never to disk). */
+export interface MountSpec {
+  id: string;
+  target: string;
+  image: string;
+  manifestDigest?: string;
+  backend: "nbd" | "fuse";
+  cacheBytes: number;
+  layers: LayerSpec[];
+  credentials?: { username: string; password: string };
+  upper?: string;
+  work?: string;
+}
+
+/** What `list` and `umount` read back. */
+export interface MountState {
+  id: string;
+  target: string;
+  image: string;
+  manifestDigest?: string;
+  backend: "nbd" | "fuse";
+  serverPid: number;
+  createdAt: string;
+  /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
+  layers: { digest?: string; blockPath: string; layerDir: string; device?: string }[];
+  overlay: boolean;
+}
+
+export function mountDir(id: string): string {
+  return `${MOUNTS_DIR}/${id}`;
+}
+
+export function controlSocketPath(id: string): string {
+  return `${mountDir(id)}/control.sock`;
+}
+
+export function logPath(id: string): string {
+  return `${mountDir(id)}/server.log`;
+}
+
+/** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
+export function createMountDir(): string {
+  Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(RUNTIME_ROOT, 0o700);
+  const id = crypto.randomUUID().slice(0, 8);
+  Deno.mkdirSync(mountDir(id), { mode: 0o700 });
+  return id;
+}
+
+export function removeMountDir(id: string): void {
+  try {
+    Deno.removeSync(mountDir(id), { recursive: true });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+}
+
+export function writeState(state: MountState): void {
+  const file = `${mountDir(state.id)}/state.json`;
+  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(state, null, 2), { mode: 0o600 });
+  Deno.renameSync(`${file}.tmp`, file);
+}
+
+export function readStates(): MountState[] {
+  const states: MountState[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(MOUNTS_DIR)];
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return [];
+    throw error;
+  }
+  for (const entry of entries) {
+    try {
+      states.push(JSON.parse(Deno.readTextFileSync(`${mountDir(entry.name)}/state.json`)));
+    } catch { /* a mount still being set up, or a leftover: not listed */ }
+  }
+  return states.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+}
+
+/** The state of the mount at `target` (path compared after resolving symlinks). */
+export function findState(target: string): MountState {
+  let real: string;
+  try {
+    real = Deno.realPathSync(target);
+  } catch {
+    real = target;
+  }
+  const state = readStates().find((s) => s.target === real || s.target === target);
+  if (!state) {
+    throw new MountError(
+      `${target} is not mounted by erofs-oci`,
+      "see active mounts with `erofs-oci list`",
+    );
+  }
+  return state;
+}
+
+/** Argument that marks the detached mount server in its command line. */
+export const SERVER_COMMAND = "__mount-server";
+
+/**
+ * True when `pid` is a live erofs-oci mount server. The command line is checked so a pid
+ * reused by an unrelated process after a crash does not count as our server.
+ */
+export function serverAlive(pid: number): boolean {
+  // /proc through libc: Deno's file APIs refuse it without --allow-all.
+  const cmdline = readSmallFile(`/proc/${pid}/cmdline`);
+  if (!cmdline?.split("\0").includes(SERVER_COMMAND)) return false;
+  const stat = readSmallFile(`/proc/${pid}/stat`) ?? "";
+  return !/^\d+ \(.*\) Z/.test(stat);
+}

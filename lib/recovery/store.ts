@@ -1,0 +1,87 @@
+/**
+ * Recovery files on disk, where erofs-utils 1.9 keeps them (so `mount.erofs --reattach` and
+ * `erofs-oci reattach` understand each other's): one file per NBD device in a 0700 directory,
+ * each 0600, named `mountnbd_XXXXXX`. What the line format cannot carry (plain HTTP, the mount
+ * it belongs to) goes into a companion JSON file next to it, which erofs-utils ignores.
+ */
+import { FormatError } from "../errors.ts";
+import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./record.ts";
+
+export const RECOVERY_DIR = Deno.env.get("EROFS_OCI_RECOVERY_DIR") ?? "/var/run/erofsmount/nbd";
+
+/** Facts erofs-oci records beside the erofs-utils line. */
+export interface RecoveryExtra {
+  plainHttp?: boolean;
+  /** Runtime id of the erofs-oci mount the device belongs to. */
+  mountId?: string;
+  layerIndex?: number;
+  sizeBytes?: number;
+}
+
+function companionPath(path: string): string {
+  return `${path}.erofs-oci.json`;
+}
+
+const NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/** Writes a new recovery file (exclusive create, 0600) and returns its path. */
+export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra = {}): string {
+  Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(RECOVERY_DIR, 0o700);
+  const line = new TextEncoder().encode(formatRecoveryLine(record) + "\n");
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const suffix = Array.from(
+      crypto.getRandomValues(new Uint8Array(6)),
+      (b) => NAME_CHARS[b % NAME_CHARS.length],
+    ).join("");
+    const path = `${RECOVERY_DIR}/mountnbd_${suffix}`;
+    let file: Deno.FsFile;
+    try {
+      file = Deno.openSync(path, { write: true, createNew: true, mode: 0o600 });
+    } catch (error) {
+      if (error instanceof Deno.errors.AlreadyExists) continue;
+      throw error;
+    }
+    try {
+      file.writeSync(line);
+      file.syncSync();
+    } finally {
+      file.close();
+    }
+    Deno.writeTextFileSync(companionPath(path), JSON.stringify(extra), { mode: 0o600 });
+    return path;
+  }
+  throw new FormatError(`could not create a recovery file in ${RECOVERY_DIR}`);
+}
+
+/** Reads a recovery file and its companion (absent for files written by erofs-utils). */
+export function readRecoveryFile(path: string): { record: RecoveryRecord; extra: RecoveryExtra } {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new FormatError(
+      `recovery file ${path} cannot be read: ${(error as Error).message}`,
+      "the device cannot be reattached without it; unmount it and mount again",
+    );
+  }
+  let record: RecoveryRecord;
+  try {
+    record = parseRecoveryLine(text);
+  } catch (error) {
+    throw new FormatError(`recovery file ${path} is corrupt: ${(error as Error).message}`);
+  }
+  let extra: RecoveryExtra = {};
+  try {
+    extra = JSON.parse(Deno.readTextFileSync(companionPath(path)));
+  } catch { /* written by erofs-utils, or lost: defaults apply */ }
+  return { record, extra };
+}
+
+export function removeRecoveryFile(path: string): void {
+  for (const p of [path, companionPath(path)]) {
+    try {
+      Deno.removeSync(p);
+    } catch { /* already gone */ }
+  }
+}

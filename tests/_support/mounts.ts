@@ -1,0 +1,96 @@
+/**
+ * Helpers for tests that mount through the CLI: an isolated runtime dir per test, file-tree
+ * manifests in the fixtures' format, and a clean-up that leaves no mount or server behind even
+ * when the test failed half-way.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES } from "./requires.ts";
+import { runCli } from "./cli.ts";
+
+export interface MountSandbox {
+  /** Empty directory to mount on. */
+  target: string;
+  /** EROFS_OCI_RUNTIME_DIR for every CLI call of this test. */
+  runtimeDir: string;
+  env: Record<string, string>;
+  cleanup(): Promise<void>;
+}
+
+function mountPointsUnder(prefix: string): string[] {
+  return Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+    .map((line) => line.split(" ")[4])
+    .filter((p): p is string => !!p && p.startsWith(prefix));
+}
+
+/** Mount points (from /proc/self/mountinfo) at or below `prefix`. */
+export function mountsBelow(prefix: string): string[] {
+  return mountPointsUnder(prefix);
+}
+
+export async function mountSandbox(): Promise<MountSandbox> {
+  const base = await Deno.makeTempDir({ prefix: "erofs-oci-mount-test-" });
+  const target = `${base}/mnt`;
+  const runtimeDir = `${base}/run`;
+  Deno.mkdirSync(target);
+  const env = { EROFS_OCI_RUNTIME_DIR: runtimeDir };
+  return {
+    target,
+    runtimeDir,
+    env,
+    async cleanup() {
+      if (mountPointsUnder(target).length) {
+        await runCli(["umount", "--lazy", target], { env, timeoutMs: 30_000 });
+      }
+      // Last resort after a failed test: stop servers we started and detach what is left.
+      for (const pid of serverPids(runtimeDir)) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+      for (const point of [...mountPointsUnder(base)].reverse()) {
+        await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();
+      }
+      await Deno.remove(base, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** Server pids recorded under a runtime dir. */
+export function serverPids(runtimeDir: string): number[] {
+  const pids: number[] = [];
+  try {
+    for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
+      try {
+        const state = JSON.parse(
+          Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/state.json`),
+        );
+        pids.push(state.serverPid);
+      } catch { /* no state yet */ }
+    }
+  } catch { /* no runtime dir */ }
+  return pids;
+}
+
+/** `manifest.py DIR` output (the fixtures' manifest format). */
+export async function manifestOf(dir: string): Promise<string> {
+  const out = await new Deno.Command("python3", {
+    args: [`${FIXTURES}/manifest.py`, dir],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+}
+
+export function expectedManifest(name: string): string {
+  return Deno.readTextFileSync(`${FIXTURES}/expected/${name}`);
+}
+
+/** True when a pid still runs (zombies count as gone). */
+export function pidAlive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
+  } catch {
+    return false;
+  }
+}
