@@ -12,10 +12,13 @@ const EBUSY = 16;
 const EINVAL = 22;
 const ENOENT = 2;
 
-function unmountOne(dir: string, lazy: boolean, shownAs: string): void {
+async function unmountOne(dir: string, lazy: boolean, shownAs: string): Promise<void> {
   try {
-    unmountErofs(dir, { lazy });
-  } catch (error) {
+    await unmountErofs(dir, { lazy });
+  } catch (caught) {
+    const error = caught instanceof MountError && caught.cause instanceof SysError
+      ? caught.cause
+      : caught;
     if (error instanceof SysError && error.errno === EBUSY) {
       throw new MountError(
         `${shownAs} is busy: files are open or a process works inside it`,
@@ -24,16 +27,16 @@ function unmountOne(dir: string, lazy: boolean, shownAs: string): void {
     }
     // Not mounted any more (EINVAL) or gone: the goal is reached.
     if (error instanceof SysError && (error.errno === EINVAL || error.errno === ENOENT)) return;
-    throw error;
+    throw caught;
   }
 }
 
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
   const state = findState(target);
-  unmountOne(state.target, lazy, state.target);
+  await unmountOne(state.target, lazy, state.target);
   if (state.overlay) {
     for (const layer of [...state.layers].reverse()) {
-      unmountOne(layer.layerDir, lazy, state.target);
+      await unmountOne(layer.layerDir, lazy, state.target);
     }
   }
   await stopServer(state.id, state.serverPid);
