@@ -135,6 +135,9 @@ for (const connections of [1, 4]) {
           assert.equal(nbdBackend(index), backendId);
           assert.equal(nbdSizeBytes(index), source.size);
           assert.deepEqual(nbdStatus(index), [{ index, connected: true }]);
+          const all = nbdStatus();
+          assert.ok(all.length >= 16, `STATUS of all devices: ${all.length}`);
+          assert.deepEqual(all.filter((d) => d.connected).map((d) => d.index), [index]);
           assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
           assert.notEqual(findFreeNbdDevice(), index);
 
