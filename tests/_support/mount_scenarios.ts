@@ -1,0 +1,234 @@
+/**
+ * The mount scenarios every backend must pass (`mount` → read → `list` → `umount` against a
+ * real docker-registry, trees compared with the fixtures' manifests, nothing left behind, also
+ * after refused mounts). Registered by tests/mount_fuse_test.ts (host, FUSE) and
+ * tests/vm/mount_nbd_test.ts (QEMU guest, kernel NBD).
+ */
+import assert from "node:assert/strict";
+import { FIXTURES } from "./requires.ts";
+import { startRegistry, type TestRegistry } from "./registry.ts";
+import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./cli.ts";
+import {
+  expectedManifest,
+  manifestOf,
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  pidAlive,
+  serverPids,
+} from "./mounts.ts";
+
+async function withRegistry(
+  auth: "none" | "basic",
+  body: (registry: TestRegistry, sandbox: MountSandbox) => Promise<void>,
+) {
+  const registry = await startRegistry({ auth });
+  const sandbox = await mountSandbox();
+  try {
+    await body(registry, sandbox);
+  } finally {
+    await sandbox.cleanup();
+    await registry.stop();
+  }
+}
+
+async function push(registry: TestRegistry, image: string, files: string[]) {
+  const login = loginOptions(registry);
+  assertSuccess(
+    await runCli(["push", image, ...files.map((f) => `${FIXTURES}/${f}`), ...login.args], {
+      stdin: login.stdin,
+      timeoutMs: 60_000,
+    }),
+  );
+}
+
+function runtimeEntries(sandbox: MountSandbox): string[] {
+  try {
+    return [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+async function unmountAndCheckClean(sandbox: MountSandbox) {
+  const pids = serverPids(sandbox.runtimeDir);
+  assert.ok(pids.length > 0, "a server pid was recorded");
+  assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+  assert.deepEqual(mountsBelow(sandbox.target), [], "no mount left at the target");
+  assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no layer or FUSE mount left");
+  assert.deepEqual(runtimeEntries(sandbox), [], "runtime dir of the mount removed");
+  for (const pid of pids) assert.ok(!pidAlive(pid), `server ${pid} stopped`);
+}
+
+/** Registers the scenarios for one backend; `ignore` as computed by the caller. */
+export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, ignore: boolean) {
+  Deno.test({
+    name: `${prefix}: mount: single EROFS layer from a registry with Basic auth`,
+    ignore,
+    async fn() {
+      await withRegistry("basic", async (registry, sandbox) => {
+        const image = `${registry.host}/demo/basic:v1`;
+        await push(registry, image, ["basic.erofs"]);
+        const login = loginOptions(registry, "stdin");
+        const mounted = await runCli(
+          ["mount", image, sandbox.target, "--backend", backend, ...login.args],
+          { env: sandbox.env, stdin: login.stdin, timeoutMs: 60_000 },
+        );
+        assertSuccess(mounted);
+        assert.match(mounted.stdout, /mounted .*demo\/basic:v1 at /);
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+
+        const listed = await runCli(["list", "--json"], { env: sandbox.env });
+        assertSuccess(listed);
+        const [entry] = JSON.parse(listed.stdout);
+        assert.equal(entry.target, sandbox.target);
+        assert.equal(entry.state, "serving", describe(listed));
+        assert.equal(entry.backend, backend);
+        assert.ok(entry.bytesFetched > 0, "bytes were fetched from the registry");
+        assert.match(entry.manifestDigest, /^sha256:[0-9a-f]{64}$/);
+        const table = await runCli(["list"], { env: sandbox.env });
+        assert.match(table.stdout, /serving/);
+
+        await unmountAndCheckClean(sandbox);
+      });
+    },
+  });
+
+  Deno.test({
+    name:
+      `${prefix}: mount: three EROFS layers compose as an overlay with whiteouts and opaque dirs`,
+    ignore,
+    async fn() {
+      await withRegistry("none", async (registry, sandbox) => {
+        const image = `${registry.host}/demo/layers:v1`;
+        await push(registry, image, ["layer1.erofs", "layer2.erofs", "layer3.erofs"]);
+        assertSuccess(
+          await runCli(["mount", image, sandbox.target, "--backend", backend], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("merged.txt"));
+        // Read-only by default.
+        assert.throws(() => Deno.writeTextFileSync(`${sandbox.target}/new.txt`, "x"));
+        await unmountAndCheckClean(sandbox);
+      });
+    },
+  });
+
+  Deno.test({
+    name: `${prefix}: mount: --layer picks one layer; a local EROFS file mounts without a registry`,
+    ignore,
+    async fn() {
+      await withRegistry("none", async (registry, sandbox) => {
+        const image = `${registry.host}/demo/layers:v1`;
+        await push(registry, image, ["layer1.erofs", "layer2.erofs", "layer3.erofs"]);
+        assertSuccess(
+          await runCli(["mount", image, sandbox.target, "--layer", "0", "--backend", backend], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("layer1.txt"));
+        await unmountAndCheckClean(sandbox);
+
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/basic-lz4.erofs`, sandbox.target], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic-lz4.txt"));
+        await unmountAndCheckClean(sandbox);
+      });
+    },
+  });
+
+  Deno.test({
+    name: `${prefix}: mount: bad input gets one clear line and leaves nothing behind`,
+    ignore,
+    async fn() {
+      await withRegistry("none", async (registry, sandbox) => {
+        const env = sandbox.env;
+        const noLeftovers = () => {
+          assert.deepEqual(mountsBelow(sandbox.target), []);
+          assert.deepEqual(runtimeEntries(sandbox), []);
+        };
+        await push(registry, `${registry.host}/demo/basic:v1`, ["basic.erofs"]);
+
+        assertCliError(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, `${sandbox.target}/missing`], { env }),
+          1,
+          /does not exist/,
+        );
+        Deno.writeTextFileSync(`${sandbox.target}/file`, "x");
+        assertCliError(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target], { env }),
+          1,
+          /not empty/,
+        );
+        Deno.removeSync(`${sandbox.target}/file`);
+        assertCliError(
+          await runCli(["mount", `${FIXTURES}/layer.tar`, sandbox.target], { env }),
+          1,
+          /not an EROFS image/,
+        );
+        noLeftovers();
+        assertCliError(
+          await runCli(["mount", `${registry.host}/demo/nothere:v1`, sandbox.target], { env }),
+          1,
+        );
+        assertCliError(
+          await runCli(
+            ["mount", `${registry.host}/demo/basic:v1`, sandbox.target, "--layer", "3"],
+            {
+              env,
+            },
+          ),
+          1,
+          /out of range/,
+        );
+        assertCliError(await runCli(["mount", "only-one-arg"], { env }), 2);
+        assertCliError(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "tape"], {
+            env,
+          }),
+          1,
+          /unknown backend/,
+        );
+        assertCliError(await runCli(["umount", sandbox.target], { env }), 1, /not mounted/);
+        noLeftovers();
+      });
+    },
+  });
+
+  Deno.test({
+    name: `${prefix}: umount: a busy mount is refused naming --lazy, then unmounts once released`,
+    ignore,
+    async fn() {
+      const sandbox = await mountSandbox();
+      try {
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        const file = await Deno.open(`${sandbox.target}/lorem.txt`);
+        try {
+          assertCliError(
+            await runCli(["umount", sandbox.target], { env: sandbox.env }),
+            1,
+            /busy/,
+          );
+          assert.equal(mountsBelow(sandbox.target).length, 1, "still mounted after refusal");
+        } finally {
+          file.close();
+        }
+        await unmountAndCheckClean(sandbox);
+      } finally {
+        await sandbox.cleanup();
+      }
+    },
+  });
+}
