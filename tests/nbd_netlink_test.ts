@@ -13,7 +13,6 @@ import {
   familyIdFromReplies,
   findAttr,
   GENL_ID_CTRL,
-  GenlSocket,
   NetlinkError,
   NetlinkFormatError,
   NLA_F_NESTED,
@@ -27,8 +26,8 @@ import {
   parseNetlinkMessages,
   readAttr,
   type ReplyState,
-  resolveFamily,
 } from "../lib/nbd/netlink.ts";
+import { GenlSocket, resolveFamily } from "../lib/nbd/genl_socket.ts";
 import {
   closeKernelFds,
   connectAttrs,

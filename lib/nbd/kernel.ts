@@ -22,12 +22,11 @@ import {
   attr,
   findAttr,
   type GenlMessage,
-  GenlSocket,
   NetlinkError,
   NetlinkFormatError,
   readAttr,
-  resolveFamily,
 } from "./netlink.ts";
+import { GenlSocket, resolveFamily } from "./genl_socket.ts";
 import { nbdBackend, nbdModuleLoaded } from "./sysfs.ts";
 
 // linux/nbd-netlink.h

@@ -25,7 +25,8 @@ import {
   reconfigureNbd,
   resolveNbdFamily,
 } from "../../lib/nbd/kernel.ts";
-import { attr, GenlSocket, NetlinkError } from "../../lib/nbd/netlink.ts";
+import { attr, NetlinkError } from "../../lib/nbd/netlink.ts";
+import { GenlSocket } from "../../lib/nbd/genl_socket.ts";
 import { attachNbdIoctl } from "../../lib/nbd/ioctl.ts";
 import { attachNbd } from "../../lib/nbd/attach.ts";
 import {
