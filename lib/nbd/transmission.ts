@@ -4,6 +4,7 @@
  * are answered as they complete, in any order (the cookie matches them up); the replies of one
  * connection are written one at a time, each in one piece.
  */
+import { abortable } from "../source/abortable.ts";
 import type { Source } from "../source/source.ts";
 import { BufferedReader } from "./buffered_reader.ts";
 import { type NbdConn, SerialWriter, UnexpectedEof } from "./conn_io.ts";
@@ -108,8 +109,10 @@ export async function serveTransmission(
     try {
       if (inRange > 0) {
         const dest = buf.subarray(NBD_REPLY_BYTES, NBD_REPLY_BYTES + inRange);
-        if (source.readInto) await source.readInto(offset, dest, stop.signal);
-        else dest.set(await source.read(offset, inRange, stop.signal));
+        // Sources that ignore the signal must not hold a closing connection open.
+        if (source.readInto) {
+          await abortable(source.readInto(offset, dest, stop.signal), stop.signal);
+        } else dest.set(await abortable(source.read(offset, inRange, stop.signal), stop.signal));
       }
     } catch (cause) {
       if (stop.signal.aborted) return;

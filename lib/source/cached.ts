@@ -1,3 +1,4 @@
+import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 
 export interface CacheOptions {
@@ -316,24 +317,4 @@ export class CachedSource implements Source {
     this.#chunks.set(index, chunk);
     this.#cachedBytes += chunk.byteLength;
   }
-}
-
-/** `promise`, or a rejection as soon as `signal` aborts (the work itself goes on). */
-function abortable<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(error);
-      },
-    );
-  });
 }
