@@ -9,6 +9,9 @@ export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
 export const OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
 export const DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
 export const DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
+/** Deadline of one setup request: a hung registry fails the test instead of stalling it. */
+const REQUEST_TIMEOUT_MS = 15_000;
+
 export const MANIFEST_ACCEPT = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
 
 export interface Descriptor {
@@ -33,6 +36,7 @@ export async function uploadBlob(
   const digest = await sha256Digest(bytes);
   const headers = await registry.authHeaders(repository);
   const start = await fetch(`http://${registry.host}/v2/${repository}/blobs/uploads/`, {
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     method: "POST",
     headers,
   });
@@ -41,6 +45,7 @@ export async function uploadBlob(
   const location = new URL(start.headers.get("location")!, `http://${registry.host}/`);
   location.searchParams.set("digest", digest);
   const put = await fetch(location, {
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     method: "PUT",
     headers: { ...headers, "content-type": "application/octet-stream" },
     body: bytes,
@@ -71,6 +76,7 @@ export async function putManifestDescriptor(
 ): Promise<Descriptor> {
   const body = new TextEncoder().encode(JSON.stringify(manifest));
   const response = await fetch(`http://${registry.host}/v2/${repository}/manifests/${reference}`, {
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     method: "PUT",
     headers: { ...await registry.authHeaders(repository), "content-type": mediaType },
     body,
@@ -144,6 +150,7 @@ export async function getManifest(
   reference: string,
 ): Promise<{ status: number; mediaType: string; digest: string | null; json: unknown }> {
   const response = await fetch(`http://${registry.host}/v2/${repository}/manifests/${reference}`, {
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     headers: { ...await registry.authHeaders(repository, ["pull"]), accept: MANIFEST_ACCEPT },
   });
   const text = await response.text();
@@ -162,6 +169,7 @@ export async function getBlob(
   digest: string,
 ): Promise<Uint8Array> {
   const response = await fetch(`http://${registry.host}/v2/${repository}/blobs/${digest}`, {
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     headers: await registry.authHeaders(repository, ["pull"]),
   });
   if (!response.ok) {

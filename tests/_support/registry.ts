@@ -4,6 +4,7 @@
  * auth backed by the test token server. Always `stop()` it (or use `await using`).
  */
 import { startTokenServer, type TokenServer } from "./token_server.ts";
+import { runTool } from "./tool.ts";
 
 export type RegistryAuth = "none" | "basic" | "token";
 
@@ -170,15 +171,7 @@ export function freePort(): number {
 
 /** One htpasswd line with a bcrypt hash (the only hash distribution accepts). */
 async function htpasswdLine(username: string, password: string): Promise<string> {
-  const output = await new Deno.Command("htpasswd", {
-    args: ["-Bbn", username, password],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!output.success) {
-    throw new Error(`htpasswd failed: ${new TextDecoder().decode(output.stderr)}`);
-  }
-  return new TextDecoder().decode(output.stdout).trim() + "\n";
+  return (await runTool("htpasswd", ["-Bbn", username, password])).trim() + "\n";
 }
 
 async function waitUntilAnswering(

@@ -6,6 +6,8 @@
  * `auth.token.rootcertbundle` (registry/auth/token/token.go, parseAndVerifyCertChain).
  */
 
+import { runTool } from "./tool.ts";
+
 /** Distribution 2.8 accepts a token for 60 s past its `exp` claim (token.go `Leeway`). */
 const DISTRIBUTION_EXP_LEEWAY_SECONDS = 60;
 
@@ -53,7 +55,7 @@ export interface TokenServer {
 export async function startTokenServer(options: TokenServerOptions): Promise<TokenServer> {
   const keyPath = `${options.dir}/token-key.pem`;
   const certPath = `${options.dir}/token-cert.pem`;
-  await runOpenssl([
+  await runTool("openssl", [
     "req",
     "-x509",
     "-newkey",
@@ -170,14 +172,6 @@ function parseBasic(header: string | null): { username: string; password: string
   const colon = decoded.indexOf(":");
   if (colon < 0) return undefined;
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
-}
-
-async function runOpenssl(args: string[]): Promise<void> {
-  const output = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" })
-    .output();
-  if (!output.success) {
-    throw new Error(`openssl ${args[0]} failed: ${new TextDecoder().decode(output.stderr)}`);
-  }
 }
 
 function pemBody(pem: string, label: string): Uint8Array<ArrayBuffer> {

@@ -1,0 +1,31 @@
+/** Runs a helper program (openssl, htpasswd) for test setup with a deadline. */
+export async function runTool(
+  program: string,
+  args: string[],
+  timeoutMs = 20_000,
+): Promise<string> {
+  const child = new Deno.Command(program, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  }, timeoutMs);
+  try {
+    const output = await child.output();
+    if (!output.success) {
+      throw new Error(
+        `${program} ${args[0]} failed (${output.signal ?? output.code}): ${
+          new TextDecoder().decode(output.stderr).trim()
+        }`,
+      );
+    }
+    return new TextDecoder().decode(output.stdout);
+  } finally {
+    clearTimeout(timer);
+  }
+}
