@@ -1,0 +1,291 @@
+/**
+ * A `Source` shown as one read-only file on a private FUSE mount, spoken over /dev/fuse by
+ * this process (no libfuse). EROFS is then mounted on that file (lib/mount/erofs_file.ts).
+ *
+ * Threads: a worker blocks in read() on /dev/fuse and posts each request here; this thread
+ * answers metadata at once and READs when `source.read` resolves, with one write() per reply.
+ * So this thread must never make a blocking call that needs a FUSE reply (mount(2) of EROFS on
+ * the file, stat of the mount): those go to worker threads too (lib/mount/mount_task.ts).
+ */
+import {
+  closeFd,
+  Errno,
+  errno,
+  libc,
+  MNT_DETACH,
+  mount,
+  MS_NODEV,
+  MS_NOSUID,
+  MS_RDONLY,
+  O_RDWR,
+  openFile,
+  strerror,
+  SysError,
+} from "../../ffi/libc.ts";
+import { startLibcWorker } from "../../ffi/libc_worker.ts";
+import { MountError } from "../errors.ts";
+import * as log from "../cli/log.ts";
+import { writeSysfs } from "../mount/erofs_file.ts";
+import { findMount } from "../mount/mountinfo.ts";
+import { umountOffThread } from "../mount/mount_task.ts";
+import type { Source } from "../source/source.ts";
+import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";
+import { SingleFileFuseServer } from "./server.ts";
+
+/** The file system type in mountinfo: `fuse.erofs-oci` marks our mounts. */
+export const FUSE_FS_TYPE = "fuse.erofs-oci";
+/** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
+const MAX_WRITE_BYTES = 1 << 20;
+/** read() buffer: max_write plus room for the headers. */
+const READ_BUFFER_BYTES = MAX_WRITE_BYTES + 4096;
+/** Buffered reads of 1 MiB on the FUSE file (INIT can only lower the 128 KiB default). */
+const READ_AHEAD_KB = 1024;
+const INIT_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 2_000;
+
+export interface FuseBlob {
+  /** The file to open or mount: `<mountDir>/<name>`. */
+  readonly filePath: string;
+  /** Where the FUSE file system is mounted. */
+  readonly mountDir: string;
+  /** READ requests answered and bytes served so far. */
+  stats(): { reads: number; bytes: number };
+  /**
+   * Unmounts the FUSE file system and stops the reader thread. Rejects with MountError (and
+   * keeps serving) while something — the EROFS mount — still uses the file: unmount that first.
+   */
+  close(): Promise<void>;
+}
+
+export interface FuseBlobOptions {
+  /** Name of the file inside the mount (default `blob`; a layer digest works too). */
+  name?: string;
+}
+
+/**
+ * Mounts a FUSE file system at `mountDir` (created if missing; keep it private, e.g. in the
+ * runtime dir) showing `source` as the file `<mountDir>/<name>`; resolves once the kernel's
+ * INIT is answered.
+ *
+ * @example
+ * const blob = await startFuseBlob(source, `${runDir}/fuse/${layer}`);
+ * await mountErofsFile(blob.filePath, layerDir);
+ * // … later: await unmountErofs(layerDir); await blob.close();
+ */
+export async function startFuseBlob(
+  source: Source,
+  mountDir: string,
+  opts: FuseBlobOptions = {},
+): Promise<FuseBlob> {
+  const name = opts.name ?? "blob";
+  if (!name || name === "." || name === ".." || name.includes("/") || name.length > 255) {
+    throw new MountError(`bad FUSE file name "${name}"`);
+  }
+  const dir = absolute(mountDir);
+  // mountinfo first: stat() of a mount point whose server is wedged would never return.
+  if (findMount(dir)) throw new MountError(`${dir} is already a mount point`);
+  let created = false;
+  try {
+    Deno.mkdirSync(dir, { mode: 0o700 });
+    created = true;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+  }
+
+  let fd: number;
+  try {
+    fd = openFile("/dev/fuse", O_RDWR);
+  } catch (error) {
+    if (created) Deno.removeSync(dir);
+    throw new MountError(
+      `cannot open /dev/fuse: ${(error as Error).message}`,
+      "load the fuse module (`modprobe fuse`) and run as root",
+      { cause: error },
+    );
+  }
+  try {
+    mount(
+      "erofs-oci",
+      dir,
+      FUSE_FS_TYPE,
+      MS_RDONLY | MS_NOSUID | MS_NODEV,
+      `fd=${fd},rootmode=40000,user_id=${Deno.uid() ?? 0},group_id=${Deno.gid() ?? 0},` +
+        "allow_other,default_permissions",
+    );
+  } catch (error) {
+    closeFd(fd);
+    if (created) Deno.removeSync(dir);
+    throw new MountError(`cannot mount FUSE on ${dir}: ${(error as Error).message}`, undefined, {
+      cause: error,
+    });
+  }
+  const connection = new FuseConnection(fd, dir, name, source, created);
+  try {
+    await connection.ready();
+  } catch (error) {
+    await connection.abandon();
+    throw error;
+  }
+  return {
+    filePath: `${dir}/${name}`,
+    mountDir: dir,
+    stats: () => connection.server.stats(),
+    close: () => connection.close(),
+  };
+}
+
+/** One mounted FUSE connection: the fd, the reader worker and the request handler. */
+class FuseConnection {
+  readonly server: SingleFileFuseServer;
+  readonly #fd: number;
+  readonly #dir: string;
+  readonly #removeDir: boolean;
+  readonly #reader: Worker;
+  readonly #readerEnded = Promise.withResolvers<void>();
+  #fdOpen = true;
+  #closing?: Promise<void>;
+
+  constructor(fd: number, dir: string, name: string, source: Source, removeDir: boolean) {
+    this.#fd = fd;
+    this.#dir = dir;
+    this.#removeDir = removeDir;
+    this.server = new SingleFileFuseServer(source, name, (head, data) => this.#send(head, data), {
+      maxWriteBytes: MAX_WRITE_BYTES,
+    });
+    this.#reader = startLibcWorker("fuse-reader", fuseReaderBody, {
+      fd,
+      bufferBytes: READ_BUFFER_BYTES,
+      pollMs: 200,
+    });
+    this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
+      const message = event.data;
+      if ("request" in message) {
+        this.server.handle(new Uint8Array(message.request));
+        return;
+      }
+      if (message.end === "error") {
+        log.warn(`FUSE reader on ${dir} stopped: ${strerror(message.errno)}`);
+      }
+      this.#readerEnded.resolve();
+    };
+    this.#reader.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      log.warn(`FUSE reader on ${dir} failed: ${event.message}`);
+      this.#readerEnded.resolve();
+    };
+  }
+
+  async ready(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new MountError(`FUSE on ${this.#dir}: the kernel sent no INIT`)),
+        INIT_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([this.server.initialized, timeout]);
+    } catch (error) {
+      if (error instanceof MountError) throw error;
+      throw new MountError(`FUSE on ${this.#dir}: ${(error as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    this.#tuneReadAhead();
+  }
+
+  /** Best effort: the bdi of a FUSE mount is `0:<minor>` of its st_dev. */
+  #tuneReadAhead(): void {
+    const entry = findMount(this.#dir);
+    if (!entry) return;
+    const file = `/sys/class/bdi/${entry.major}:${entry.minor}/read_ahead_kb`;
+    try {
+      writeSysfs(file, `${READ_AHEAD_KB}`);
+    } catch (error) {
+      log.debug(`cannot set ${file}: ${(error as Error).message}`);
+    }
+  }
+
+  /** One write() per reply (writev when file data follows the header). */
+  #send(head: Uint8Array<ArrayBuffer>, data?: Uint8Array): void {
+    if (!this.#fdOpen) return;
+    for (;;) {
+      let written: bigint;
+      if (data && data.length > 0) {
+        const iov = new BigUint64Array([
+          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(head))),
+          BigInt(head.length),
+          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>))),
+          BigInt(data.length),
+        ]);
+        written = libc().writev(this.#fd, new Uint8Array(iov.buffer), 2);
+      } else {
+        written = libc().write(this.#fd, head, BigInt(head.length));
+      }
+      if (written >= 0) return;
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      // ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone.
+      if (code !== Errno.ENOENT && code !== Errno.ENODEV) {
+        log.warn(`FUSE reply on ${this.#dir} failed: ${new SysError("write", code).message}`);
+      }
+      return;
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    const result = await umountOffThread(this.#dir, 0);
+    if (result.errno === Errno.EBUSY) {
+      this.#closing = undefined;
+      throw new MountError(
+        `FUSE mount ${this.#dir} is busy`,
+        "unmount the EROFS mount on its file first",
+        { cause: new SysError("umount", result.errno, this.#dir) },
+      );
+    }
+    // EINVAL: no longer a mount point (unmounted from outside); the connection is over anyway.
+    if (result.errno !== 0 && result.errno !== Errno.EINVAL && result.errno !== Errno.ENOENT) {
+      this.#closing = undefined;
+      throw new MountError(`cannot unmount FUSE ${this.#dir}: ${strerror(result.errno)}`);
+    }
+    await this.#stop();
+  }
+
+  /** Cleanup after a failed start: lazy unmount, then stop. */
+  async abandon(): Promise<void> {
+    await umountOffThread(this.#dir, MNT_DETACH);
+    await this.#stop();
+  }
+
+  async #stop(): Promise<void> {
+    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; terminate covers a
+    // reader stuck elsewhere (it polls with a timeout, so it returns to JS soon).
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#readerEnded.promise,
+      new Promise((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS)),
+    ]);
+    clearTimeout(timer);
+    this.#reader.terminate();
+    this.server.abortAll();
+    this.#fdOpen = false;
+    closeFd(this.#fd);
+    if (this.#removeDir) {
+      try {
+        Deno.removeSync(this.#dir);
+      } catch (error) {
+        log.debug(`cannot remove ${this.#dir}: ${(error as Error).message}`);
+      }
+    }
+  }
+}
+
+function absolute(path: string): string {
+  const full = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  return full.replace(/\/+$/, "") || "/";
+}

@@ -1,0 +1,231 @@
+/**
+ * Answers FUSE requests for a file system holding exactly one read-only regular file whose
+ * bytes come from a `Source`. Metadata is answered at once; READs go to `source.read` and are
+ * answered whenever they complete (FUSE_ASYNC_READ lets the kernel keep many in flight).
+ * Transport-free: requests come in as bytes, replies leave through `send`.
+ */
+import type { Source } from "../source/source.ts";
+import * as log from "../cli/log.ts";
+import {
+  DT_DIR,
+  DT_REG,
+  encodeAttr,
+  encodeDirents,
+  encodeEntry,
+  encodeInit,
+  encodeOpen,
+  encodeStatfs,
+  FOPEN_DIRECT_IO,
+  FOPEN_NOFLUSH,
+  FUSE_ASYNC_READ,
+  FUSE_KERNEL_VERSION,
+  FUSE_MAX_MAX_PAGES,
+  FUSE_MAX_PAGES,
+  FUSE_MINOR_MIN,
+  FUSE_MINOR_WANTED,
+  IN_HEADER_SIZE,
+  type NodeAttr,
+  Op,
+  OUT_HEADER_SIZE,
+  parseInit,
+  parseRead,
+  parseRequestHeader,
+  reply,
+  ROOT_NODE_ID,
+  S_IFDIR,
+  S_IFREG,
+} from "./protocol.ts";
+
+/** errno values replied to the kernel (asm-generic/errno-base.h, errno.h). */
+const ENOENT = 2, EIO = 5, EINTR = 4, ENOTDIR = 20, EISDIR = 21, EROFS = 30, ENOSYS = 38;
+const EPROTO = 71;
+
+const FILE_NODE_ID = 2n;
+/** The tree never changes: let the kernel cache names and attributes for a day. */
+const VALID_SEC = 86400;
+/** O_ACCMODE (fcntl.h): the access bits of fuse_open_in.flags. */
+const O_ACCMODE = 3;
+
+/** One reply: header (+ body) bytes, and optionally file data sent right after them. */
+export type SendReply = (head: Uint8Array<ArrayBuffer>, data?: Uint8Array) => void;
+
+export interface FuseServerLimits {
+  /** Largest WRITE payload we accept (the reader's buffer must hold it plus headers). */
+  maxWriteBytes: number;
+}
+
+export class SingleFileFuseServer {
+  readonly #source: Source;
+  readonly #fileName: string;
+  readonly #send: SendReply;
+  readonly #limits: FuseServerLimits;
+  readonly #root: NodeAttr;
+  readonly #file: NodeAttr;
+  readonly #inflight = new Map<bigint, AbortController>();
+  #reads = 0;
+  #bytes = 0;
+  #initialized = Promise.withResolvers<void>();
+
+  constructor(source: Source, fileName: string, send: SendReply, limits: FuseServerLimits) {
+    this.#source = source;
+    this.#fileName = fileName;
+    this.#send = send;
+    this.#limits = limits;
+    const mtimeSec = Math.floor(Date.now() / 1000);
+    this.#root = { ino: ROOT_NODE_ID, sizeBytes: 0, mode: S_IFDIR | 0o555, nlink: 2, mtimeSec };
+    this.#file = {
+      ino: FILE_NODE_ID,
+      sizeBytes: source.size,
+      mode: S_IFREG | 0o444,
+      nlink: 1,
+      mtimeSec,
+    };
+    // Nobody may be waiting when INIT fails; the rejection is still reported via `initialized`.
+    this.#initialized.promise.catch(() => {});
+  }
+
+  /** Resolves when INIT has been answered (rejects when it was refused). */
+  get initialized(): Promise<void> {
+    return this.#initialized.promise;
+  }
+
+  stats(): { reads: number; bytes: number } {
+    return { reads: this.#reads, bytes: this.#bytes };
+  }
+
+  /** Aborts the source reads in flight (their replies are dropped by the caller's `send`). */
+  abortAll(): void {
+    for (const controller of this.#inflight.values()) controller.abort();
+  }
+
+  /** Handles one request as read from /dev/fuse. */
+  handle(request: Uint8Array): void {
+    const view = new DataView(request.buffer, request.byteOffset, request.byteLength);
+    const header = parseRequestHeader(view);
+    const { unique, nodeId } = header;
+    const error = (code: number) => this.#send(reply(unique, 0, code));
+    switch (header.opcode) {
+      case Op.INIT:
+        return this.#init(view, unique);
+      case Op.LOOKUP: {
+        const name = new TextDecoder().decode(
+          request.subarray(IN_HEADER_SIZE, request.indexOf(0, IN_HEADER_SIZE)),
+        );
+        if (nodeId !== ROOT_NODE_ID) return error(ENOTDIR);
+        if (name !== this.#fileName) return error(ENOENT);
+        return this.#send(encodeEntry(unique, this.#file, VALID_SEC));
+      }
+      case Op.GETATTR: {
+        const attr = this.#node(nodeId);
+        return attr ? this.#send(encodeAttr(unique, attr, VALID_SEC)) : error(ENOENT);
+      }
+      case Op.OPEN: {
+        if (nodeId !== FILE_NODE_ID) return error(nodeId === ROOT_NODE_ID ? EISDIR : ENOENT);
+        if ((view.getUint32(IN_HEADER_SIZE, true) & O_ACCMODE) !== 0) return error(EROFS);
+        // Direct I/O: EROFS caches what it reads in its own pages; caching the FUSE file's
+        // pages too would hold every byte twice.
+        return this.#send(encodeOpen(unique, 0n, FOPEN_DIRECT_IO | FOPEN_NOFLUSH));
+      }
+      case Op.OPENDIR:
+        if (nodeId !== ROOT_NODE_ID) return error(ENOTDIR);
+        return this.#send(encodeOpen(unique, 0n, 0));
+      case Op.READ:
+        return this.#read(view, unique, nodeId);
+      case Op.READDIR: {
+        if (nodeId !== ROOT_NODE_ID) return error(ENOTDIR);
+        const { offset, size } = parseRead(view);
+        const entries = [
+          { ino: ROOT_NODE_ID, name: ".", type: DT_DIR },
+          { ino: ROOT_NODE_ID, name: "..", type: DT_DIR },
+          { ino: FILE_NODE_ID, name: this.#fileName, type: DT_REG },
+        ];
+        return this.#send(encodeDirents(unique, entries, offset, size));
+      }
+      case Op.STATFS:
+        return this.#send(encodeStatfs(unique, Math.ceil(this.#source.size / 4096), 2));
+      case Op.RELEASE:
+      case Op.RELEASEDIR:
+      case Op.FLUSH:
+      case Op.ACCESS:
+      case Op.DESTROY:
+        return this.#send(reply(unique, 0));
+      case Op.FORGET:
+      case Op.BATCH_FORGET:
+        return; // no reply by protocol; node ids here are fixed
+      case Op.INTERRUPT:
+        // fuse_interrupt_in.unique names the request to give up; it still gets its reply.
+        this.#inflight.get(view.getBigUint64(IN_HEADER_SIZE, true))?.abort();
+        return;
+      default:
+        // STATX, GETXATTR, LISTXATTR and everything else: the kernel falls back or remembers.
+        return error(ENOSYS);
+    }
+  }
+
+  #node(nodeId: bigint): NodeAttr | undefined {
+    if (nodeId === ROOT_NODE_ID) return this.#root;
+    if (nodeId === FILE_NODE_ID) return this.#file;
+    return undefined;
+  }
+
+  #init(view: DataView, unique: bigint): void {
+    const init = parseInit(view);
+    if (init.major !== FUSE_KERNEL_VERSION || init.minor < FUSE_MINOR_MIN) {
+      this.#send(reply(unique, 0, EPROTO));
+      this.#initialized.reject(
+        new Error(`kernel FUSE protocol ${init.major}.${init.minor} is not supported`),
+      );
+      return;
+    }
+    const flags = init.flags & (FUSE_ASYNC_READ | FUSE_MAX_PAGES);
+    this.#send(encodeInit(unique, {
+      minor: Math.min(init.minor, FUSE_MINOR_WANTED),
+      maxReadahead: init.maxReadahead,
+      flags,
+      maxBackground: 64,
+      congestionThreshold: 48,
+      maxWrite: this.#limits.maxWriteBytes,
+      maxPages: FUSE_MAX_MAX_PAGES,
+    }));
+    this.#initialized.resolve();
+  }
+
+  #read(view: DataView, unique: bigint, nodeId: bigint): void {
+    if (nodeId !== FILE_NODE_ID) {
+      this.#send(reply(unique, 0, EISDIR));
+      return;
+    }
+    const { offset, size } = parseRead(view);
+    const length = Math.max(0, Math.min(size, this.#source.size - offset));
+    this.#reads++;
+    if (length === 0) {
+      this.#send(reply(unique, 0)); // at or past EOF: a short (empty) read
+      return;
+    }
+    const controller = new AbortController();
+    this.#inflight.set(unique, controller);
+    this.#source.read(offset, length, controller.signal).then(
+      (data) => {
+        if (data.length !== length) {
+          throw new Error(`source returned ${data.length} of ${length} bytes at ${offset}`);
+        }
+        this.#bytes += length;
+        const head = new Uint8Array(OUT_HEADER_SIZE);
+        const headView = new DataView(head.buffer);
+        headView.setUint32(0, OUT_HEADER_SIZE + length, true);
+        headView.setBigUint64(8, unique, true);
+        this.#send(head, data);
+      },
+    ).catch((err: unknown) => {
+      const interrupted = controller.signal.aborted;
+      if (!interrupted) {
+        log.warn(`FUSE read of ${length} bytes at ${offset} failed: ${message(err)}`);
+      }
+      this.#send(reply(unique, 0, interrupted ? EINTR : EIO));
+    }).finally(() => this.#inflight.delete(unique));
+  }
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,204 @@
+/**
+ * Mounting an EROFS image that is a file (a FUSE blob, a local image): superblock check first,
+ * then mount(2) on the file itself (file-backed EROFS, kernel 6.12+), or through read-only
+ * loop devices on older kernels. mount(2) runs on a worker thread because the file may be
+ * served by this very process (see lib/fuse/blob.ts).
+ */
+import {
+  closeFd,
+  cstr,
+  Errno,
+  type LibcSymbols,
+  MNT_DETACH,
+  MS_RDONLY,
+  O_WRONLY,
+  openFile,
+  strerror,
+  SysError,
+  writeAll,
+} from "../../ffi/libc.ts";
+import { type ErrnoReader, runLibcTask } from "../../ffi/libc_worker.ts";
+import * as log from "../cli/log.ts";
+import { MountError } from "../errors.ts";
+import {
+  checkErofsSuperblock,
+  EROFS_SUPER_END,
+  type ErofsSuperblock,
+} from "../erofs/superblock.ts";
+import { findMount } from "./mountinfo.ts";
+import { mountOffThread, type SyscallResult, umountOffThread } from "./mount_task.ts";
+
+/** Readahead of the EROFS mount's own bdi: 1 MiB reads of the backing file. */
+const READ_AHEAD_KB = 1024;
+
+export interface MountErofsOptions {
+  /** Files (or block devices) for the image's extra devices, in device-table order. */
+  extraDevices?: string[];
+  /** `loop` skips the file-backed attempt (tests; kernels with it compiled out). */
+  via?: "auto" | "loop";
+}
+
+/** How the image ended up mounted. */
+export interface ErofsMountInfo {
+  superblock: ErofsSuperblock;
+  /** Loop devices in use (primary first) when the loop fallback was taken. */
+  loopDevices: string[];
+}
+
+/**
+ * Mounts the EROFS image `file` read-only on `target`. Throws FormatError ("not an EROFS
+ * image") before anything is mounted when the superblock is wrong, MountError with the
+ * kernel's reason when mount(2) fails.
+ *
+ * @example
+ * await mountErofsFile(blob.filePath, "/run/erofs-oci/x/layers/0");
+ * await mountErofsFile("layer.meta.erofs", dir, { extraDevices: ["/path/layer.tar"] });
+ */
+export async function mountErofsFile(
+  file: string,
+  target: string,
+  opts: MountErofsOptions = {},
+): Promise<ErofsMountInfo> {
+  const extraDevices = opts.extraDevices ?? [];
+  const superblock = checkErofsSuperblock(await readHead(file, EROFS_SUPER_END), file);
+  if (superblock.extraDevices > extraDevices.length) {
+    throw new MountError(
+      `${file} needs ${superblock.extraDevices} extra device(s), ${extraDevices.length} given`,
+      "an image built with --tar=i or blob devices needs its blobs as extra devices",
+    );
+  }
+  for (const path of [file, target, ...extraDevices]) {
+    // mount options are comma-separated; the kernel has no escaping for them.
+    if (path.includes(",")) throw new MountError(`cannot mount a path containing ",": ${path}`);
+  }
+  const devices = extraDevices.map((device) => `device=${device}`).join(",");
+  const result = await mountOffThread({
+    source: file,
+    target,
+    fsType: "erofs",
+    flags: MS_RDONLY,
+    data: devices,
+    loopFallback: { extraFiles: extraDevices, dataWithoutDevices: "", always: opts.via === "loop" },
+  });
+  if (result.errno !== 0) throw mountError(result, file, target);
+  if (!result.loopDevices) tuneReadAhead(target);
+  return { superblock, loopDevices: result.loopDevices ?? [] };
+}
+
+/**
+ * Unmounts the EROFS mount at `target`; `lazy` detaches it even while files are open (the
+ * kernel finishes the unmount when they close). Unmount EROFS before the FUSE blob under it.
+ */
+export async function unmountErofs(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+  await unmountPath(target, opts);
+}
+
+/** umount2 on a worker thread with readable errors; shared by the EROFS and overlay helpers. */
+export async function unmountPath(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+  const result = await umountOffThread(target, opts.lazy ? MNT_DETACH : 0);
+  if (result.errno === 0) return;
+  const cause = new SysError("umount", result.errno, target);
+  if (result.errno === Errno.EINVAL) {
+    throw new MountError(`${target} is not a mount point`, undefined, { cause });
+  }
+  if (result.errno === Errno.EBUSY) {
+    throw new MountError(
+      `${target} is busy`,
+      "close files and leave directories under it, or unmount lazily",
+      { cause },
+    );
+  }
+  throw new MountError(`cannot unmount ${target}: ${strerror(result.errno)}`, undefined, {
+    cause,
+  });
+}
+
+/**
+ * The first `length` bytes of `file` (fewer if it is shorter), read on a worker thread: the
+ * file may be served over FUSE by this thread, and even close() can wait for a reply (FLUSH).
+ */
+async function readHead(file: string, length: number): Promise<Uint8Array> {
+  const result = await runLibcTask("read-head", readHeadBody, { file, length });
+  if ("errno" in result) {
+    const cause = new SysError(result.call, result.errno, file);
+    throw new MountError(`cannot ${result.call} ${file}: ${strerror(result.errno)}`, undefined, {
+      cause,
+    });
+  }
+  return result.bytes;
+}
+
+/** Worker body of readHead (self-contained, see ffi/libc_worker.ts). */
+function readHeadBody(
+  libc: LibcSymbols,
+  errno: ErrnoReader,
+  arg: { file: string; length: number },
+): { bytes: Uint8Array } | { errno: number; call: string } {
+  const O_RDONLY = 0, O_CLOEXEC = 0o2000000, EINTR = 4;
+  const fd = libc.open(new TextEncoder().encode(arg.file + "\0"), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) return { errno: errno(), call: "open" };
+  try {
+    const bytes = new Uint8Array(arg.length);
+    let filled = 0;
+    while (filled < arg.length) {
+      const n = Number(
+        libc.pread(fd, bytes.subarray(filled), BigInt(arg.length - filled), BigInt(filled)),
+      );
+      if (n < 0) {
+        const code = errno();
+        if (code === EINTR) continue;
+        return { errno: code, call: "read" };
+      }
+      if (n === 0) break;
+      filled += n;
+    }
+    return { bytes: bytes.subarray(0, filled) };
+  } finally {
+    libc.close(fd);
+  }
+}
+
+function mountError(result: SyscallResult, file: string, target: string): MountError {
+  const cause = new SysError(result.call, result.errno, `${file} on ${target}`);
+  const reason = strerror(result.errno);
+  const hints: Record<number, string> = {
+    [Errno.EPERM]: "mounting needs root (CAP_SYS_ADMIN)",
+    [Errno.EACCES]: "mounting needs root (CAP_SYS_ADMIN)",
+    [Errno.ENODEV]: "the kernel has no EROFS support: `modprobe erofs`",
+    [Errno.ENOENT]: "check that the mount point exists",
+    [Errno.ENOTDIR]: "the mount point must be a directory",
+    [Errno.EINVAL]: "the kernel refused the image or options; see `dmesg`",
+    [Errno.EIO]: "the image could not be read; see `dmesg`",
+  };
+  const call = result.call === "mount" ? "mount EROFS" : result.call;
+  return new MountError(`cannot ${call} ${file} on ${target}: ${reason}`, hints[result.errno], {
+    cause,
+  });
+}
+
+/** Best effort: a file-backed EROFS mount has its own bdi, `0:<minor>` of its st_dev. */
+function tuneReadAhead(target: string): void {
+  const entry = findMount(absolute(target));
+  if (!entry || entry.fsType !== "erofs" || entry.major !== 0) return;
+  const file = `/sys/class/bdi/0:${entry.minor}/read_ahead_kb`;
+  try {
+    writeSysfs(file, `${READ_AHEAD_KB}`);
+  } catch (error) {
+    log.debug(`cannot set ${file}: ${(error as Error).message}`);
+  }
+}
+
+function absolute(path: string): string {
+  const full = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  return full.replace(/\/+$/, "") || "/";
+}
+
+/** Writes a sysfs attribute through libc (Deno's file API refuses /sys without --allow-all). */
+export function writeSysfs(file: string, value: string): void {
+  const fd = openFile(file, O_WRONLY);
+  try {
+    writeAll(fd, cstr(value).subarray(0, -1));
+  } finally {
+    closeFd(fd);
+  }
+}

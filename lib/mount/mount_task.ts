@@ -1,0 +1,95 @@
+/**
+ * mount(2) / umount2(2) on a worker thread. A mount of EROFS on a file this process serves
+ * over FUSE makes the kernel send us requests before mount(2) returns, so the main thread must
+ * stay free to answer them; unlike `mountAsync` (a pool thread) a worker keeps errno, so
+ * failures carry their real reason.
+ */
+import { runLibcTask } from "../../ffi/libc_worker.ts";
+import type { LibcSymbols } from "../../ffi/libc.ts";
+import type { ErrnoReader } from "../../ffi/libc_worker.ts";
+import { loopAttachBody } from "./loop.ts";
+
+/** What went wrong in the worker: the failing call and its errno (0 = success). */
+export interface SyscallResult {
+  errno: number;
+  call: string;
+  /** Loop devices used, when the mount went through the loop fallback. */
+  loopDevices?: string[];
+}
+
+export interface MountRequest {
+  source: string;
+  target: string;
+  fsType: string;
+  flags: number;
+  data: string;
+  /**
+   * When the kernel answers ENOTBLK (no file-backed mounts for this fs type: EROFS before
+   * 6.12), attach `source` and every `device=` file to read-only autoclear loop devices and
+   * mount those instead (`always`: without trying the file first).
+   */
+  loopFallback?: { extraFiles: string[]; dataWithoutDevices: string; always?: boolean };
+}
+
+/** Worker body: one mount(2), with the loop fallback. Self-contained (see ffi/libc_worker.ts). */
+function mountBody(
+  libc: LibcSymbols,
+  errno: ErrnoReader,
+  req: MountRequest,
+  helpers: { loopAttach: typeof loopAttachBody },
+): SyscallResult {
+  const ENOTBLK = 15;
+  const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+  const mount = (source: string, data: string) =>
+    libc.mount(cstr(source), cstr(req.target), cstr(req.fsType), BigInt(req.flags), cstr(data));
+  const fallback = req.loopFallback;
+  if (!fallback?.always) {
+    if (mount(req.source, req.data) === 0) return { errno: 0, call: "mount" };
+    const code = errno();
+    if (code !== ENOTBLK || !fallback) return { errno: code, call: "mount" };
+  }
+  // Each loop device stays attached only while someone holds it: keep our fds open until the
+  // mount holds the devices, then close them (autoclear detaches them at unmount).
+  const fds: number[] = [];
+  const devices: string[] = [];
+  try {
+    for (const file of [req.source, ...fallback.extraFiles]) {
+      const attached = helpers.loopAttach(libc, errno, file, true);
+      if ("errno" in attached) return { ...attached, loopDevices: devices };
+      fds.push(attached.fd);
+      devices.push(attached.device);
+    }
+    const data = [
+      fallback.dataWithoutDevices,
+      ...devices.slice(1).map((device) => `device=${device}`),
+    ].filter((part) => part).join(",");
+    if (mount(devices[0], data) !== 0) {
+      return { errno: errno(), call: "mount", loopDevices: devices };
+    }
+    return { errno: 0, call: "mount", loopDevices: devices };
+  } finally {
+    for (const fd of fds) libc.close(fd);
+  }
+}
+
+/** Worker body: one umount2(2). */
+function umountBody(
+  libc: LibcSymbols,
+  errno: ErrnoReader,
+  req: { target: string; flags: number },
+): SyscallResult {
+  const target = new TextEncoder().encode(req.target + "\0");
+  return libc.umount2(target, req.flags) === 0
+    ? { errno: 0, call: "umount" }
+    : { errno: errno(), call: "umount" };
+}
+
+/** mount(2) on a worker thread; resolves with the errno instead of throwing. */
+export function mountOffThread(request: MountRequest): Promise<SyscallResult> {
+  return runLibcTask("mount", mountBody, request, { loopAttach: loopAttachBody });
+}
+
+/** umount2(2) on a worker thread; resolves with the errno instead of throwing. */
+export function umountOffThread(target: string, flags: number): Promise<SyscallResult> {
+  return runLibcTask("umount", umountBody, { target, flags });
+}
