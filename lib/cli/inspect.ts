@@ -1,9 +1,8 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
-import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { printTable } from "./table.ts";
 import { isErofsMediaType } from "../oci/media_types.ts";
-import { formatReference } from "../oci/reference.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",
@@ -14,7 +13,8 @@ Shows the platforms of IMAGE, the digest of the chosen platform's manifest and i
 layers (index, digest, size in bytes, media type), bottom layer first. Layer indexes are
 what \`pull --layer\` and \`mount --layer\` take.
 
-IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST]; no registry means Docker Hub.
+IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST] (no registry means Docker Hub), or
+oci:PATH[:TAG] for a local OCI image layout directory.
 
 Options:
       --json            print one JSON document instead of the table
@@ -30,15 +30,16 @@ Examples:
       json: { type: "boolean" },
     });
     const [image] = expectPositionals("inspect", positionals, ["IMAGE"]);
-    const { ref, client, platform } = await openRegistry("inspect", image, values);
+    const opened = await openImage("inspect", image, values);
+    const ref = opened.registry?.ref;
     try {
-      const resolved = await client.resolveImage(ref, platform);
+      const resolved = await opened.resolve();
       if (values.json) {
         const doc = {
-          reference: formatReference(ref),
-          registry: ref.registry,
-          repository: ref.repository,
-          ...(ref.tag !== undefined ? { tag: ref.tag } : {}),
+          reference: opened.name,
+          ...(ref ? { registry: ref.registry, repository: ref.repository } : {}),
+          ...(opened.layout ? { layout: opened.layout.ref.layoutPath } : {}),
+          ...(ref?.tag !== undefined ? { tag: ref.tag } : {}),
           ...(resolved.indexDigest ? { indexDigest: resolved.indexDigest } : {}),
           manifestDigest: resolved.manifestDigest,
           mediaType: resolved.mediaType,
@@ -60,7 +61,7 @@ Examples:
         console.log(JSON.stringify(doc, null, 2));
         return 0;
       }
-      const lines = [`Image:      ${formatReference(ref)}`];
+      const lines = [`Image:      ${opened.name}`];
       if (resolved.indexDigest) lines.push(`Index:      ${resolved.indexDigest}`);
       lines.push(`Manifest:   ${resolved.manifestDigest}`);
       lines.push(`Platform:   ${resolved.platform}`);
@@ -75,7 +76,7 @@ Examples:
       );
       return 0;
     } finally {
-      client.close();
+      opened.close();
     }
   },
 };

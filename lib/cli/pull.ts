@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
-import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { selectLayers } from "../oci/layers.ts";
@@ -19,9 +19,9 @@ export const pullCommand: Command = {
   summary: "download one layer blob to a file, verified against its digest",
   help: `Usage: erofs-oci pull IMAGE (--layer N | --blob DIGEST) -o FILE [options]
 
-Downloads one layer of IMAGE to FILE and checks it against its sha256 digest. The data
-goes to FILE.partial first and is renamed only once verified; nothing is left behind on
-failure. Progress is shown on stderr when it is a terminal.
+Downloads one layer of IMAGE (a registry reference or oci:PATH[:TAG]) to FILE and checks
+it against its sha256 digest. The data goes to FILE.partial first and is renamed only once
+verified; nothing is left behind on failure. Progress is shown on stderr when it is a terminal.
 
 Options:
   -o, --output FILE     where to write the layer (required)
@@ -51,9 +51,9 @@ Example:
       );
     }
     const output = values.output;
-    const { ref, client, platform } = await openRegistry("pull", image, values);
+    const opened = await openImage("pull", image, values);
     try {
-      const resolved = await client.resolveImage(ref, platform);
+      const resolved = await opened.resolve();
       const [chosen] = selectLayers(resolved, {
         layer,
         blob: values.blob,
@@ -61,7 +61,7 @@ Example:
       });
       const progress = new ProgressLine(`pulling ${chosen.digest.slice(0, 19)}…`);
       try {
-        await client.downloadBlob(ref.repository, chosen.digest, output, {
+        await opened.store.downloadBlob(opened.repository, chosen.digest, output, {
           expectedSizeBytes: chosen.sizeBytes,
           onProgress: (done, total) => progress.update(done, total),
         });
@@ -78,7 +78,7 @@ Example:
       console.log(`${output}: layer ${chosen.index} ${chosen.digest} (${chosen.sizeBytes} bytes)`);
       return 0;
     } finally {
-      client.close();
+      opened.close();
     }
   },
 };

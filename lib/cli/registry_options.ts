@@ -3,7 +3,14 @@ import { UsageError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { parsePlatform } from "../oci/platform.ts";
-import { type ImageReference, parseReference } from "../oci/reference.ts";
+import {
+  formatLayoutReference,
+  type LayoutReference,
+  OciLayout,
+  parseLayoutReference,
+} from "../oci/oci_layout.ts";
+import { formatReference, type ImageReference, parseReference } from "../oci/reference.ts";
+import type { ResolvedImage } from "../oci/resolve.ts";
 import { warn } from "./log.ts";
 
 /** parseArgs options for registry access; spread into a command's own options. */
@@ -113,4 +120,54 @@ export async function openRegistry(
   if (credentials) opened.credentials = credentials;
   if (plainHttp) opened.plainHttp = plainHttp;
   return opened;
+}
+
+/** An image to read from: a registry reference or a local OCI layout (`oci:PATH[:TAG]`). */
+export interface OpenedImage {
+  /** The image as the user named it, normalised (for messages and output). */
+  name: string;
+  /** Repository for blob calls (empty for a layout). */
+  repository: string;
+  /** Where manifests and blobs come from. */
+  store: RegistryClient | OciLayout;
+  /** Present for registry images. */
+  registry?: OpenedRegistry;
+  /** Present for `oci:` images. */
+  layout?: { ref: LayoutReference; layout: OciLayout };
+  /** Resolves the image for `--platform` (or the host platform). */
+  resolve(): Promise<ResolvedImage>;
+  close(): void;
+}
+
+/**
+ * Like openRegistry, but also accepts `oci:PATH[:TAG][@DIGEST]` for a local OCI image layout
+ * (registry options other than --platform are ignored then).
+ */
+export async function openImage(
+  command: string,
+  image: string,
+  values: RegistryOptionValues,
+): Promise<OpenedImage> {
+  const layoutRef = parseLayoutReference(image);
+  if (layoutRef) {
+    if (values.platform !== undefined) parsePlatform(values.platform);
+    const layout = new OciLayout(layoutRef.layoutPath);
+    return {
+      name: formatLayoutReference(layoutRef),
+      repository: "",
+      store: layout,
+      layout: { ref: layoutRef, layout },
+      resolve: () => layout.resolveImage(layoutRef, values.platform),
+      close: () => layout.close(),
+    };
+  }
+  const registry = await openRegistry(command, image, values);
+  return {
+    name: formatReference(registry.ref),
+    repository: registry.ref.repository,
+    store: registry.client,
+    registry,
+    resolve: () => registry.client.resolveImage(registry.ref, registry.platform),
+    close: () => registry.client.close(),
+  };
 }

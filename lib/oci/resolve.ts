@@ -118,6 +118,14 @@ function isAttestation(d: Descriptor): boolean {
     d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest";
 }
 
+/** Where resolveDocument gets the documents an index or manifest points to. */
+export interface DocumentFetcher {
+  /** A manifest or index by digest, verified. */
+  manifest(digest: string): Promise<FetchedManifest>;
+  /** The platform in a manifest's config blob, if it says. */
+  configPlatform(config: Descriptor): Promise<Platform | undefined>;
+}
+
 /**
  * Resolves `ref` to one platform's manifest: an index (or Docker list) is narrowed to `platform`
  * (default: the host's; a missing one is an error listing those available), a single manifest is
@@ -136,6 +144,29 @@ export async function resolveImage(
   if (ref.digest) validateDigest(ref.digest);
   const wanted = parsePlatform(platform ?? hostPlatform());
   const top = await fetchManifest(client, ref.repository, manifestReference(ref), signal);
+  return await resolveDocument(
+    top,
+    {
+      manifest: (digest) => fetchManifest(client, ref.repository, digest, signal),
+      configPlatform: (config) => fetchConfigPlatform(client, ref.repository, config, signal),
+    },
+    wanted,
+    platform !== undefined,
+    formatReference(ref),
+  );
+}
+
+/**
+ * The platform selection behind resolveImage, for any source of documents (a registry, an OCI
+ * layout on disk): `top` is what the reference named; `explicit` says the platform was asked for.
+ */
+export async function resolveDocument(
+  top: FetchedManifest,
+  fetcher: DocumentFetcher,
+  wanted: Platform,
+  explicit: boolean,
+  name: string,
+): Promise<ResolvedImage> {
   let manifest = top;
   let indexDigest: string | undefined;
   let chosenPlatform: string;
@@ -149,38 +180,29 @@ export async function resolveImage(
       ...new Set(candidates.map((d) => (d.platform ? formatPlatform(d.platform) : "unknown"))),
     ];
     const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ??
-      (platform === undefined && candidates.length === 1 && !candidates[0].platform
-        ? candidates[0]
-        : undefined);
+      (!explicit && candidates.length === 1 && !candidates[0].platform ? candidates[0] : undefined);
     if (!match) {
       throw new OciError(
-        `no manifest for platform ${formatPlatform(wanted)} in ${
-          formatReference(ref)
-        }; available: ${platforms.length ? platforms.join(", ") : "none"}`,
+        `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
+          platforms.length ? platforms.join(", ") : "none"
+        }`,
         "choose one with --platform os/arch[/variant]",
       );
     }
     chosenPlatform = match.platform ? formatPlatform(match.platform) : "unknown";
-    manifest = await fetchManifest(client, ref.repository, match.digest, signal);
+    manifest = await fetcher.manifest(match.digest);
     if (manifest.document.kind !== "manifest") {
-      throw new OciError(
-        `index entry ${match.digest} of ${formatReference(ref)} is not a manifest`,
-      );
+      throw new OciError(`index entry ${match.digest} of ${name} is not a manifest`);
     }
   } else {
-    const configPlatform = await fetchConfigPlatform(
-      client,
-      ref.repository,
-      top.document.config,
-      signal,
-    );
+    const configPlatform = await fetcher.configPlatform(top.document.config);
     chosenPlatform = configPlatform ? formatPlatform(configPlatform) : "unknown";
     platforms = [chosenPlatform];
-    if (platform !== undefined && configPlatform && !platformMatches(wanted, configPlatform)) {
+    if (explicit && configPlatform && !platformMatches(wanted, configPlatform)) {
       throw new OciError(
-        `no manifest for platform ${formatPlatform(wanted)} in ${
-          formatReference(ref)
-        }; available: ${chosenPlatform}`,
+        `no manifest for platform ${
+          formatPlatform(wanted)
+        } in ${name}; available: ${chosenPlatform}`,
         "choose one with --platform os/arch[/variant]",
       );
     }

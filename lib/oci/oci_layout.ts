@@ -1,0 +1,282 @@
+/**
+ * A local OCI image layout (OCI image spec, image-layout.md): `oci-layout`, `index.json` and
+ * `blobs/<algorithm>/<hex>`. Resolves images like a registry does and serves blobs from disk,
+ * so `inspect`, `pull` and `mount` can take `oci:PATH[:TAG]` as well as a registry reference.
+ */
+import { OciError } from "../errors.ts";
+import { digestHasher, digestOf } from "./digest.ts";
+import type { DownloadOptions } from "./download.ts";
+import {
+  type Descriptor,
+  MAX_MANIFEST_BYTES,
+  parseConfigPlatform,
+  parseManifestDocument,
+} from "./manifest.ts";
+import { OCI_INDEX } from "./media_types.ts";
+import { hostPlatform, parsePlatform } from "./platform.ts";
+import { DIGEST_PATTERN } from "./reference.ts";
+import { type FetchedManifest, type ResolvedImage, resolveDocument } from "./resolve.ts";
+
+/** `oci:PATH[:TAG][@DIGEST]`: an image in a local OCI layout directory. */
+export interface LayoutReference {
+  layoutPath: string;
+  tag?: string;
+  digest?: string;
+}
+
+/** Prefix that marks an image argument as an OCI layout path. */
+export const LAYOUT_PREFIX = "oci:";
+/** Annotation naming an index.json entry (OCI image spec, annotations.md). */
+const REF_NAME = "org.opencontainers.image.ref.name";
+const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
+/**
+ * Parses `oci:PATH[:TAG][@sha256:…]`, or returns undefined when `text` does not start with
+ * `oci:`. A `:` after the last `/` separates the tag.
+ *
+ * @example
+ * parseLayoutReference("oci:./out:v1") // {layoutPath: "./out", tag: "v1"}
+ */
+export function parseLayoutReference(text: string): LayoutReference | undefined {
+  if (!text.startsWith(LAYOUT_PREFIX)) return undefined;
+  let rest = text.slice(LAYOUT_PREFIX.length);
+  const ref: LayoutReference = { layoutPath: "" };
+  const at = rest.lastIndexOf("@");
+  if (at >= 0 && rest.lastIndexOf("/") < at) {
+    const digest = rest.slice(at + 1);
+    if (!DIGEST_PATTERN.test(digest)) {
+      throw new OciError(`invalid image reference '${text}': bad digest after '@'`, undefined, {
+        exitCode: 2,
+      });
+    }
+    ref.digest = digest;
+    rest = rest.slice(0, at);
+  }
+  const colon = rest.lastIndexOf(":");
+  if (colon > rest.lastIndexOf("/")) {
+    const tag = rest.slice(colon + 1);
+    if (!TAG.test(tag)) {
+      throw new OciError(`invalid image reference '${text}': bad tag '${tag}'`, undefined, {
+        exitCode: 2,
+      });
+    }
+    ref.tag = tag;
+    rest = rest.slice(0, colon);
+  }
+  if (rest === "") {
+    throw new OciError(
+      `invalid image reference '${text}': missing layout path after 'oci:'`,
+      undefined,
+      {
+        exitCode: 2,
+      },
+    );
+  }
+  ref.layoutPath = rest;
+  return ref;
+}
+
+/** Formats a layout reference back to `oci:PATH[:TAG][@DIGEST]`. */
+export function formatLayoutReference(ref: LayoutReference): string {
+  return `${LAYOUT_PREFIX}${ref.layoutPath}${ref.tag !== undefined ? `:${ref.tag}` : ""}${
+    ref.digest !== undefined ? `@${ref.digest}` : ""
+  }`;
+}
+
+/**
+ * An OCI layout directory. Implements the reading half of RegistryClient (`resolveImage`,
+ * `readBlobRange`, `downloadBlob`, `close`); the `repository` argument of the blob methods is
+ * ignored. For mounts, `blobPath(digest)` is a plain file that a LocalFile source can serve.
+ */
+export class OciLayout {
+  readonly path: string;
+
+  constructor(path: string) {
+    this.path = path.replace(/\/+$/, "") || "/";
+  }
+
+  /** Path of a blob file inside the layout. */
+  blobPath(digest: string): string {
+    if (!DIGEST_PATTERN.test(digest)) throw new OciError(`invalid digest '${digest}'`);
+    const colon = digest.indexOf(":");
+    return `${this.path}/blobs/${digest.slice(0, colon)}/${digest.slice(colon + 1)}`;
+  }
+
+  /** Resolves a tag, digest or (neither) the whole index.json to one platform's manifest. */
+  async resolveImage(ref: LayoutReference, platform?: string): Promise<ResolvedImage> {
+    const wanted = parsePlatform(platform ?? hostPlatform());
+    const name = formatLayoutReference(ref);
+    const index = await this.#readIndex();
+    let top: FetchedManifest;
+    let topIsBlob = true;
+    if (ref.digest) {
+      top = await this.#document(ref.digest);
+    } else if (ref.tag !== undefined) {
+      const entries = index.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
+      if (entries.length === 0) {
+        const tags = index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean);
+        throw new OciError(
+          `tag '${ref.tag}' not found in ${this.path}/index.json${
+            tags.length ? ` (tags: ${[...new Set(tags)].join(", ")})` : ""
+          }`,
+        );
+      }
+      topIsBlob = entries.length === 1;
+      top = topIsBlob ? await this.#document(entries[0].digest) : syntheticIndex(entries);
+    } else {
+      top = index.fetched;
+      topIsBlob = false;
+    }
+    const resolved = await resolveDocument(
+      top,
+      {
+        manifest: (digest) => this.#document(digest),
+        configPlatform: async (config) =>
+          parseConfigPlatform(await this.#readSmallBlob(config.digest)),
+      },
+      wanted,
+      platform !== undefined,
+      name,
+    );
+    // index.json and a tag's entries grouped by us are not blobs: no digest to pin them by.
+    if (!topIsBlob) delete resolved.indexDigest;
+    return resolved;
+  }
+
+  /** Reads exactly `length` bytes at `offset` of a blob file. */
+  async readBlobRange(
+    _repository: string,
+    digest: string,
+    offset: number,
+    length: number,
+  ): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    const file = await this.#open(digest);
+    try {
+      await file.seek(offset, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < length) {
+        const n = await file.read(out.subarray(got));
+        if (n === null) {
+          throw new OciError(`blob ${digest} in ${this.path} ends before byte ${offset + length}`);
+        }
+        got += n;
+      }
+      return out;
+    } finally {
+      file.close();
+    }
+  }
+
+  /** Copies a blob to `path` (via `path.partial`), verified against its digest. */
+  async downloadBlob(
+    _repository: string,
+    digest: string,
+    path: string,
+    options: DownloadOptions = {},
+  ): Promise<{ sizeBytes: number }> {
+    const source = await this.#open(digest);
+    const partial = `${path}.partial`;
+    try {
+      const out = await Deno.open(partial, { write: true, create: true, truncate: true });
+      const hasher = digestHasher(digest);
+      let size = 0;
+      try {
+        for await (const chunk of source.readable) {
+          hasher.update(chunk);
+          size += chunk.byteLength;
+          let written = 0;
+          while (written < chunk.byteLength) written += await out.write(chunk.subarray(written));
+          options.onProgress?.(size, options.expectedSizeBytes);
+        }
+      } finally {
+        out.close();
+      }
+      const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
+      if (actual !== digest) {
+        throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
+      }
+      if (options.expectedSizeBytes !== undefined && size !== options.expectedSizeBytes) {
+        throw new OciError(
+          `blob ${digest} is ${size} bytes but the manifest says ${options.expectedSizeBytes}`,
+        );
+      }
+      await Deno.rename(partial, path);
+      return { sizeBytes: size };
+    } catch (error) {
+      await Deno.remove(partial).catch(() => {});
+      throw error;
+    }
+  }
+
+  /** Nothing to release; files are opened per call. */
+  close(): void {}
+
+  async #open(digest: string): Promise<Deno.FsFile> {
+    try {
+      return await Deno.open(this.blobPath(digest), { read: true });
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) {
+        throw new OciError(`blob not found: ${digest} in OCI layout ${this.path}`);
+      }
+      throw error;
+    }
+  }
+
+  async #readSmallBlob(digest: string): Promise<Uint8Array> {
+    const file = await this.#open(digest);
+    try {
+      const { size } = await file.stat();
+      if (size > MAX_MANIFEST_BYTES) {
+        throw new OciError(`blob ${digest} is too large for a manifest`);
+      }
+    } finally {
+      file.close();
+    }
+    return await Deno.readFile(this.blobPath(digest));
+  }
+
+  async #document(digest: string): Promise<FetchedManifest> {
+    const bytes = await this.#readSmallBlob(digest);
+    if (digestOf(bytes, digest) !== digest) {
+      throw new OciError(`manifest ${digest} in ${this.path} does not match its digest`);
+    }
+    return {
+      digest,
+      bytes,
+      document: parseManifestDocument(bytes, undefined, `manifest ${digest}`),
+    };
+  }
+
+  async #readIndex(): Promise<{ fetched: FetchedManifest; manifests: Descriptor[] }> {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(`${this.path}/index.json`);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) {
+        throw new OciError(
+          `${this.path} is not an OCI image layout (no index.json)`,
+          "oci:PATH takes a directory written by e.g. `skopeo copy ... oci:PATH:TAG`",
+        );
+      }
+      throw error;
+    }
+    const document = parseManifestDocument(bytes, OCI_INDEX, `${this.path}/index.json`);
+    if (document.kind !== "index") {
+      throw new OciError(`${this.path}/index.json is not an image index`);
+    }
+    return { fetched: { digest: digestOf(bytes), bytes, document }, manifests: document.manifests };
+  }
+}
+
+/** Several index.json entries share a tag (one per platform): treat them as one index. */
+function syntheticIndex(entries: Descriptor[]): FetchedManifest {
+  const bytes = new TextEncoder().encode(
+    JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: entries }),
+  );
+  return {
+    digest: digestOf(bytes),
+    bytes,
+    document: { kind: "index", mediaType: OCI_INDEX, manifests: entries },
+  };
+}
