@@ -6,6 +6,7 @@ import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { listCommand } from "./list.ts";
 import { mountServerCommand } from "./mount_server.ts";
+import { serveCommand } from "./serve.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
@@ -18,6 +19,7 @@ export const COMMANDS: Command[] = [
   inspectCommand,
   pullCommand,
   pushCommand,
+  serveCommand,
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */

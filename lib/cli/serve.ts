@@ -1,31 +1,42 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
 import { debug, info, isDebug } from "./log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { isLocalImage } from "../mount/resolve_layers.ts";
+import { selectLayers } from "../oci/layers.ts";
+import { RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { LocalFile } from "../source/local_file.ts";
 import type { Source } from "../source/source.ts";
 import { parseListenAddress, startNbdServer } from "../nbd/listen.ts";
-import { READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
-import { commandName } from "../nbd/protocol.ts";
-import { FormatError, UserError } from "../errors.ts";
+import { commandName, READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
+import { FormatError, UsageError, UserError } from "../errors.ts";
 
 export const serveCommand: Command = {
   name: "serve",
   summary: "export an EROFS image read-only over NBD (unix socket or TCP)",
   help: `Usage: erofs-oci serve IMAGE --listen ADDR [options]
 
-Serves IMAGE (a local EROFS file) to NBD clients such as nbdcopy, nbdinfo, nbdfuse,
-qemu or nbd-client. Every client gets its own connection; all share one read cache.
-Prints the NBD URI on stdout, then runs until SIGINT or SIGTERM.
+Serves one EROFS image read-only to NBD clients such as nbdcopy, nbdinfo, nbdfuse, qemu
+or nbd-client, without downloading it: every client read becomes a cached ranged read.
+IMAGE is a local EROFS file, a registry reference ([registry[:port]/]name[:tag][@digest])
+or oci:PATH[:TAG]; for an image with several EROFS layers pick one with --layer or --blob.
+Every client gets its own connection; all share one read cache. Prints the NBD URI on
+stdout, then runs until SIGINT or SIGTERM (which remove the unix socket).
 
 Options:
   --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0)
   --cache-size SIZE    read cache bound, e.g. 256M (default ${formatBytes(DEFAULT_CACHE_BYTES)})
-  --export-name NAME   name shown by \`nbdinfo --list\` (default: the file name);
-                       clients may also ask for the default export ""
+  --export-name NAME   name shown by \`nbdinfo --list\` (default: the file name or the
+                       layer digest); clients may also ask for the default export ""
+  --layer N            serve layer N of a registry image (0 = bottom)
+  --blob DIGEST        serve the layer with this digest
+  --any-media-type     accept a layer whose media type is not application/vnd.erofs
+${REGISTRY_OPTIONS_HELP}
   -h, --help
 
 Example:
@@ -33,23 +44,28 @@ Example:
   nbdinfo 'nbd+unix:///?socket=/tmp/app.sock'`,
   async run(argv) {
     const { values, positionals } = parseCommandArgs("serve", argv, {
+      ...REGISTRY_OPTIONS,
       listen: { type: "string" },
       "cache-size": { type: "string" },
       "export-name": { type: "string" },
+      layer: { type: "string" },
+      blob: { type: "string" },
+      "any-media-type": { type: "boolean" },
     });
     const [image] = expectPositionals("serve", positionals, ["IMAGE"]);
     if (!values.listen) {
-      throw new UserError("serve: --listen is required", "e.g. --listen unix:/tmp/erofs.sock", {
-        exitCode: 2,
-      });
+      throw new UsageError("serve: --listen is required", "e.g. --listen unix:/tmp/erofs.sock");
     }
     const listen = parseListenAddress(values.listen);
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
-    const exportName = values["export-name"] ?? image.split("/").pop()!;
+    if (values.layer !== undefined && !/^\d+$/.test(values.layer)) {
+      throw new UsageError(`serve: --layer wants a number, got '${values.layer}'`);
+    }
 
-    const raw = await openImage(image);
+    const { source: raw, name } = await openSource(image, values);
+    const exportName = values["export-name"] ?? name;
     let cache: CachedSource;
     try {
       await checkImage(raw, image);
@@ -57,7 +73,7 @@ Example:
     } catch (error) {
       await raw.close?.();
       if (error instanceof RangeError) {
-        throw new UserError(`serve: --cache-size: ${error.message}`, undefined, { exitCode: 2 });
+        throw new UsageError(`serve: --cache-size: ${error.message}`);
       }
       throw error;
     }
@@ -102,9 +118,50 @@ Example:
   },
 };
 
-async function openImage(image: string): Promise<Source> {
-  // TODO(oci): accept registry references through lib/cli/registry_options.ts + RegistryBlob
-  // once the OCI client lands; until then IMAGE is a local file.
+interface ServeValues extends RegistryOptionValues {
+  layer?: string;
+  blob?: string;
+  "any-media-type"?: boolean;
+}
+
+/** The raw (uncached) source of IMAGE and a default export name for it. */
+async function openSource(
+  image: string,
+  values: ServeValues,
+): Promise<{ source: Source; name: string }> {
+  if (isLocalImage(image)) {
+    if (values.layer !== undefined || values.blob !== undefined) {
+      throw new UsageError("serve: --layer and --blob apply to registry images only");
+    }
+    return { source: await openLocalFile(image), name: image.split("/").pop()! };
+  }
+  const opened = await openImage("serve", image, values);
+  try {
+    const resolved = await opened.resolve();
+    const layers = selectLayers(resolved, {
+      layer: values.layer === undefined ? undefined : Number(values.layer),
+      blob: values.blob,
+      anyMediaType: values["any-media-type"],
+    });
+    if (layers.length !== 1) {
+      throw new UsageError(
+        `serve: ${opened.name} has ${layers.length} EROFS layers; serve exports one`,
+        `pick one with --layer N (${layers.map((l) => l.index).join(", ")}) or --blob DIGEST`,
+      );
+    }
+    debug(`serving layer ${layers[0].index} ${layers[0].digest} of ${opened.name}`);
+    // The blob owns the client from here on (RegistryBlob.close closes it).
+    return {
+      source: new RegistryBlob(opened.store, opened.repository, layers[0]),
+      name: layers[0].digest,
+    };
+  } catch (error) {
+    opened.close();
+    throw error;
+  }
+}
+
+async function openLocalFile(image: string): Promise<Source> {
   try {
     return await LocalFile.open(image);
   } catch (error) {
