@@ -5,6 +5,7 @@ import { pushCommand } from "./push.ts";
 import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { listCommand } from "./list.ts";
+import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
 import { serveCommand } from "./serve.ts";
 
@@ -16,6 +17,7 @@ export const COMMANDS: Command[] = [
   mountCommand,
   umountCommand,
   listCommand,
+  reattachCommand,
   inspectCommand,
   pullCommand,
   pushCommand,

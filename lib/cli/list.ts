@@ -11,7 +11,9 @@ export interface ListedMount {
   backend: string;
   devices: string[];
   serverPid: number;
+  /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
   state: "serving" | "dead" | "unresponsive";
+  reattachedAt?: string;
   bytesFetched?: number;
   bytesRequested?: number;
   cacheHitRate?: number;
@@ -29,6 +31,7 @@ async function describe(): Promise<ListedMount[]> {
       devices: state.layers.map((l) => l.device ?? l.blockPath),
       serverPid: state.serverPid,
       state: "dead",
+      reattachedAt: state.reattachedAt,
     };
     if (serverAlive(state.serverPid)) {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
@@ -81,7 +84,11 @@ Options:
         m.backend,
         m.devices.join(","),
         String(m.serverPid),
-        m.state,
+        m.state === "dead" && m.backend === "nbd"
+          ? "dead, awaiting reattach"
+          : m.reattachedAt
+          ? `${m.state} (reattached ${m.reattachedAt.slice(0, 19)}Z)`
+          : m.state,
         m.bytesFetched === undefined ? "-" : formatBytes(m.bytesFetched),
         m.cacheHitRate === undefined ? "-" : `${(m.cacheHitRate * 100).toFixed(1)}%`,
       ]),

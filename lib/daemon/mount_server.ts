@@ -10,10 +10,16 @@ import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { openLayerSource } from "../mount/layer_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
+import { recordForLayer } from "../recovery/layer_record.ts";
+import { writeRecoveryFile } from "../recovery/store.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
 export type ReadyMessage =
-  | { ok: true; pid: number; layers: { blockPath: string; device?: string }[] }
+  | {
+    ok: true;
+    pid: number;
+    layers: { blockPath: string; device: string; recoveryFile?: string }[];
+  }
   | { ok: false; error: string; hint?: string };
 
 async function readAllStdin(): Promise<string> {
@@ -66,7 +72,11 @@ export async function runMountServer(): Promise<number> {
         await exportLayer(spec.backend, cached, {
           runDir: mountDir(spec.id),
           layerIndex: index,
-          backendId: `erofs-oci:${spec.id}:${index}`,
+          reattach: spec.reattach?.[index],
+          writeRecovery: () => {
+            const { record, extra } = recordForLayer(layer, spec.credentials, spec.id, index);
+            return writeRecoveryFile(record, extra);
+          },
         }),
       );
     }
@@ -104,7 +114,11 @@ export async function runMountServer(): Promise<number> {
   writeReady({
     ok: true,
     pid: Deno.pid,
-    layers: exports.map((e) => ({ blockPath: e.blockPath, device: e.device })),
+    layers: exports.map((e) => ({
+      blockPath: e.blockPath,
+      device: e.device,
+      recoveryFile: e.recoveryFile,
+    })),
   });
   console.log("ready:", exports.map((e) => e.blockPath).join(", "));
   await serveControl(listener, handle);

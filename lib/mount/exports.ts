@@ -4,22 +4,34 @@
  */
 import type { Source } from "../source/source.ts";
 import { startFuseBlob } from "../fuse/blob.ts";
-import { closeKernelFds, connectNbd, disconnectNbd, openKernelConnections } from "../nbd/kernel.ts";
+import {
+  closeKernelFds,
+  connectNbd,
+  disconnectNbd,
+  openKernelConnections,
+  reconfigureNbd,
+} from "../nbd/kernel.ts";
+import { removeRecoveryFile } from "../recovery/store.ts";
 import { tuneNbdQueue } from "../nbd/sysfs.ts";
 import { serveTransmission } from "../nbd/transmission.ts";
 
 export interface LayerExport {
   /** Path EROFS is mounted from (/dev/nbdN or the FUSE file). */
   blockPath: string;
-  /** Kernel device name for `list` (nbdN), when there is one. */
-  device?: string;
+  /** Kernel device name for `list` (nbdN, fuse-N). */
+  device: string;
+  /** Recovery file of an NBD device (its backend identifier). */
+  recoveryFile?: string;
   close(): Promise<void>;
 }
 
 export interface ExportContext {
   runDir: string;
   layerIndex: number;
-  backendId: string;
+  /** Writes the device's recovery file and returns its path (new NBD devices only). */
+  writeRecovery(): string;
+  /** Take over this connected device (RECONFIGURE) instead of connecting a new one. */
+  reattach?: { index: number; backendId: string };
 }
 
 /** Connections per NBD device: the kernel runs one queue per connection. */
@@ -43,6 +55,7 @@ export async function exportLayer(
     const blob = await startFuseBlob(source, dir, { name: "layer.erofs" });
     return {
       blockPath: blob.filePath,
+      device: `fuse-${context.layerIndex}`,
       close: async () => {
         await blob.close();
         try {
@@ -59,15 +72,29 @@ export async function exportLayer(
     )
   );
   let index: number;
+  let backendId: string;
   try {
-    index = await connectNbd({
-      sizeBytes: source.size,
-      socketFds: kernelFds,
-      timeoutS: NBD_TIMEOUT_S,
-      deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,
-      backendId: context.backendId,
-      readOnly: true,
-    });
+    if (context.reattach) {
+      ({ index, backendId } = context.reattach);
+      await reconfigureNbd(index, kernelFds, backendId, NBD_TIMEOUT_S);
+    } else {
+      // The recovery file exists before the device does: a crash right after CONNECT must
+      // still be recoverable. Its path is the device's backend identifier.
+      backendId = context.writeRecovery();
+      try {
+        index = await connectNbd({
+          sizeBytes: source.size,
+          socketFds: kernelFds,
+          timeoutS: NBD_TIMEOUT_S,
+          deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,
+          backendId,
+          readOnly: true,
+        });
+      } catch (error) {
+        removeRecoveryFile(backendId);
+        throw error;
+      }
+    }
   } catch (error) {
     for (const conn of conns) conn.close();
     throw error;
@@ -82,8 +109,10 @@ export async function exportLayer(
   return {
     blockPath: `/dev/nbd${index}`,
     device: `nbd${index}`,
+    recoveryFile: backendId,
     close: async () => {
       await disconnectNbd(index);
+      removeRecoveryFile(backendId);
       for (const conn of conns) {
         try {
           conn.close();

@@ -71,6 +71,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
           : undefined,
         blockPath: layer.blockPath,
         device: layer.device,
+        recoveryFile: layer.recoveryFile,
         layerDir: layerDirs[index],
       })),
       overlay: multi,
@@ -87,10 +88,13 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   }
 }
 
-async function startServer(
+/** Starts the detached server for `spec` and waits until it reports its exports. */
+export async function startServer(
   spec: MountSpec,
   foreground: boolean,
-): Promise<{ pid: number; layers: { blockPath: string; device?: string }[] }> {
+): Promise<
+  { pid: number; layers: { blockPath: string; device: string; recoveryFile?: string }[] }
+> {
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,

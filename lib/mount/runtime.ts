@@ -37,6 +37,11 @@ export interface MountSpec {
   credentials?: { username: string; password: string };
   upper?: string;
   work?: string;
+  /**
+   * Reattach: per layer, the connected device to RECONFIGURE (instead of CONNECT) and the
+   * backend identifier (recovery file path) it was connected with.
+   */
+  reattach?: { index: number; backendId: string }[];
 }
 
 /** What `list` and `umount` read back. */
@@ -49,8 +54,17 @@ export interface MountState {
   serverPid: number;
   createdAt: string;
   /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
-  layers: { digest?: string; blockPath: string; layerDir: string; device?: string }[];
+  layers: {
+    digest?: string;
+    blockPath: string;
+    layerDir: string;
+    device?: string;
+    /** Recovery file (NBD backend): the device's backend identifier. */
+    recoveryFile?: string;
+  }[];
   overlay: boolean;
+  /** Set by `reattach`: when a new server took over the devices. */
+  reattachedAt?: string;
 }
 
 export function mountDir(id: string): string {
@@ -82,6 +96,14 @@ export function removeMountDir(id: string): void {
   }
 }
 
+export function readState(id: string): MountState | undefined {
+  try {
+    return JSON.parse(Deno.readTextFileSync(`${mountDir(id)}/state.json`));
+  } catch {
+    return undefined;
+  }
+}
+
 export function writeState(state: MountState): void {
   const file = `${mountDir(state.id)}/state.json`;
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(state, null, 2), { mode: 0o600 });
@@ -98,9 +120,9 @@ export function readStates(): MountState[] {
     throw error;
   }
   for (const entry of entries) {
-    try {
-      states.push(JSON.parse(Deno.readTextFileSync(`${mountDir(entry.name)}/state.json`)));
-    } catch { /* a mount still being set up, or a leftover: not listed */ }
+    const state = readState(entry.name);
+    // No state: a mount still being set up, or a leftover; not listed.
+    if (state) states.push(state);
   }
   return states.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
 }

@@ -1,0 +1,65 @@
+import type { Command } from "./command.ts";
+import { parseCommandArgs } from "./command.ts";
+import { UsageError } from "../errors.ts";
+import { checkRoot } from "../mount/target_dir.ts";
+import { reattach, reattachTarget } from "../recovery/reattach.ts";
+import { printTable } from "./table.ts";
+
+export const reattachCommand: Command = {
+  name: "reattach",
+  summary: "bring back NBD devices whose server died, without unmounting",
+  help: `Usage: erofs-oci reattach (DEVICE | DIR | --all) [--json]
+
+After the server of a mount died (killed, OOM, upgrade), readers of the mount block instead
+of failing. reattach reads each device's recovery file (/sys/block/nbdN/backend), checks
+that the recorded image still has the same data (same digest and size), starts a new
+server and hands the kernel fresh connections; blocked reads then complete.
+Devices whose server is alive are left alone. Devices attached by erofs-utils
+(mount.erofs -t erofs.nbd) can be reattached too.
+
+  DEVICE   /dev/nbdN or nbdN
+  DIR      a mount made by \`erofs-oci mount\` (all its layer devices)
+  --all    every connected NBD device whose server is gone
+
+Options:
+  --json   print the outcome per device as JSON
+  -h, --help
+
+Credentials: passwords given to \`mount\` with --password/--password-stdin are stored in
+the recovery file (mode 0600, directory 0700) because reattach needs them; credentials
+from Docker's config or a credential helper are looked up again instead.
+Exit code 1 when any selected device could not be reattached.`,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs("reattach", argv, {
+      all: { type: "boolean" },
+      json: { type: "boolean" },
+    });
+    if (positionals.length > 1) {
+      throw new UsageError(`reattach: unexpected argument '${positionals[1]}'`);
+    }
+    if (values.all && positionals.length) {
+      throw new UsageError("reattach: give DEVICE, DIR or --all, not several");
+    }
+    if (!values.all && positionals.length === 0) {
+      throw new UsageError(
+        "reattach: missing DEVICE, DIR or --all",
+        "see `erofs-oci reattach --help`",
+      );
+    }
+    checkRoot();
+    const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false));
+    if (values.json) {
+      console.log(JSON.stringify(outcomes, null, 2));
+    } else if (outcomes.length === 0) {
+      console.log("no connected NBD devices to reattach");
+    } else {
+      printTable(
+        ["DEVICE", "RESULT", "DETAIL"],
+        outcomes.map((o) => [o.device, o.result, o.detail]),
+      );
+    }
+    const failed = outcomes.filter((o) => o.result === "failed");
+    for (const f of failed) console.error(`erofs-oci: ${f.device}: ${f.detail}`);
+    return failed.length ? 1 : 0;
+  },
+};

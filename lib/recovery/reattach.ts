@@ -1,0 +1,221 @@
+/**
+ * `erofs-oci reattach`: brings NBD devices whose server died back to life without unmounting.
+ * For every selected device it reads the recovery file named by /sys/block/nbdN/backend,
+ * rebuilds and checks the source, starts one server per original mount and RECONFIGUREs the
+ * devices with fresh sockets; blocked readers then finish. Live devices are left alone.
+ */
+import { MountError, UserError } from "../errors.ts";
+import { readSmallFile } from "../../ffi/libc.ts";
+import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
+import { startServer } from "../mount/mount_image.ts";
+import {
+  createMountDir,
+  type LayerSpec,
+  type MountSpec,
+  type MountState,
+  readStates,
+  removeMountDir,
+  serverAlive,
+  writeState,
+} from "../mount/runtime.ts";
+import { readMountInfo } from "../mount/mountinfo.ts";
+import { layerForRecord } from "./layer_record.ts";
+import type { Credentials } from "./record.ts";
+import { readRecoveryFile } from "./store.ts";
+
+export type ReattachTarget = { device: number } | { dir: string } | { all: true };
+
+export interface ReattachOutcome {
+  device: string;
+  result: "reattached" | "alive" | "failed";
+  detail: string;
+}
+
+/** The mount state (if any) that lists nbdN, and the layer position in it. */
+function stateOfDevice(states: MountState[], index: number) {
+  for (const state of states) {
+    const layerIndex = state.layers.findIndex((l) => l.device === `nbd${index}`);
+    if (layerIndex >= 0) return { state, layerIndex };
+  }
+  return undefined;
+}
+
+/** Live check for devices we have no state for (e.g. attached by erofs-utils). */
+function taskAlive(tid: number | undefined): boolean {
+  if (tid === undefined) return false;
+  const stat = readSmallFile(`/proc/${tid}/stat`);
+  return stat !== undefined && !/^\d+ \(.*\) Z/.test(stat);
+}
+
+function parseDeviceName(text: string): number | undefined {
+  const m = /^(?:\/dev\/)?nbd(\d+)$/.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Turns the command's argument into a target: nbdN / /dev/nbdN, a directory, or all. */
+export function reattachTarget(arg: string | undefined, all: boolean): ReattachTarget {
+  if (all) return { all: true };
+  if (arg === undefined) throw new MountError("say which: DEVICE, DIR or --all");
+  const device = parseDeviceName(arg);
+  if (device !== undefined) return { device };
+  if (arg.startsWith("/dev/")) {
+    throw new MountError(`${arg} is not an NBD device`, "give /dev/nbdN, a mount dir or --all");
+  }
+  return { dir: arg };
+}
+
+function selectDevices(target: ReattachTarget, states: MountState[]): NbdDeviceInfo[] {
+  const devices = listNbdDevices();
+  if ("all" in target) return devices.filter((d) => d.backend !== undefined);
+  if ("device" in target) {
+    const device = devices.find((d) => d.index === target.device);
+    if (!device) throw new MountError(`nbd${target.device} does not exist`);
+    if (device.backend === undefined) {
+      throw new MountError(
+        `nbd${target.device} is not connected (free device): nothing to reattach`,
+        "see devices to reattach with `erofs-oci list`",
+      );
+    }
+    return [device];
+  }
+  let real = target.dir;
+  try {
+    real = Deno.realPathSync(target.dir);
+  } catch { /* compare as given */ }
+  const state = states.find((s) => s.target === real || s.target === target.dir);
+  if (!state) {
+    throw new MountError(`${target.dir} is not mounted by erofs-oci`, "see `erofs-oci list`");
+  }
+  if (state.backend !== "nbd") {
+    throw new MountError(
+      `${target.dir} uses the ${state.backend} backend: only NBD mounts can be reattached`,
+      "unmount it and mount again",
+    );
+  }
+  const wanted = new Set(state.layers.map((l) => l.device));
+  return devices.filter((d) => wanted.has(`nbd${d.index}`));
+}
+
+interface PlannedDevice {
+  info: NbdDeviceInfo;
+  backendId: string;
+  layer: LayerSpec;
+  credentials?: Credentials;
+  state?: MountState;
+  layerIndex: number;
+}
+
+/** State for a device another tool mounted, so `list` and `umount` know it from now on. */
+function adoptedState(
+  id: string,
+  planned: PlannedDevice[],
+  serverPid: number,
+  reattachedAt: string,
+): MountState {
+  const mounts = readMountInfo();
+  const layers = planned.map((p) => {
+    const blockPath = `/dev/nbd${p.info.index}`;
+    return {
+      digest: p.layer.kind === "registry" ? p.layer.digest : undefined,
+      blockPath,
+      device: `nbd${p.info.index}`,
+      layerDir: mounts.find((m) => m.source === blockPath)?.mountPoint ?? "",
+      recoveryFile: p.backendId,
+    };
+  });
+  const first = planned[0].layer;
+  return {
+    id,
+    target: layers[0].layerDir,
+    image: first.kind === "registry" ? first.reference : first.path,
+    backend: "nbd",
+    serverPid,
+    createdAt: reattachedAt,
+    layers,
+    overlay: false,
+    reattachedAt,
+  };
+}
+
+/** Reattaches what `target` selects; one outcome per device. */
+export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[]> {
+  const states = readStates();
+  const outcomes: ReattachOutcome[] = [];
+  const groups = new Map<string, PlannedDevice[]>();
+
+  for (const info of selectDevices(target, states)) {
+    const name = `nbd${info.index}`;
+    const owner = stateOfDevice(states, info.index);
+    const alive = owner ? serverAlive(owner.state.serverPid) : taskAlive(info.pid);
+    if (alive) {
+      const pid = owner ? owner.state.serverPid : info.pid;
+      outcomes.push({ device: name, result: "alive", detail: `served by pid ${pid}, left alone` });
+      continue;
+    }
+    try {
+      const backendId = info.backend!;
+      const { record, extra } = readRecoveryFile(backendId);
+      const { layer, credentials } = await layerForRecord(record, extra, info.sizeBytes);
+      const key = owner?.state.id ?? extra.mountId ?? `device-${info.index}`;
+      const planned: PlannedDevice = {
+        info,
+        backendId,
+        layer,
+        credentials,
+        state: owner?.state,
+        layerIndex: owner?.layerIndex ?? 0,
+      };
+      groups.set(key, [...(groups.get(key) ?? []), planned]);
+    } catch (error) {
+      outcomes.push({
+        device: name,
+        result: "failed",
+        detail: `${error instanceof Error ? error.message : String(error)} (device untouched)`,
+      });
+    }
+  }
+
+  for (const [key, planned] of groups) {
+    planned.sort((a, b) => a.layerIndex - b.layerIndex);
+    const state = planned[0].state;
+    // Devices we have no state for (attached by erofs-utils) get a runtime dir of their own.
+    const id = state?.id ?? createMountDir();
+    const spec: MountSpec = {
+      id,
+      target: state?.target ?? "",
+      image: state?.image ?? planned[0].layer.kind,
+      manifestDigest: state?.manifestDigest,
+      backend: "nbd",
+      cacheBytes: 128 << 20,
+      layers: planned.map((p) => p.layer),
+      credentials: planned.find((p) => p.credentials)?.credentials,
+      reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
+    };
+    try {
+      const ready = await startServer(spec, false);
+      const reattachedAt = new Date().toISOString();
+      writeState(
+        state
+          ? { ...state, serverPid: ready.pid, reattachedAt }
+          : adoptedState(id, planned, ready.pid, reattachedAt),
+      );
+      for (const p of planned) {
+        outcomes.push({
+          device: `nbd${p.info.index}`,
+          result: "reattached",
+          detail: `new server pid ${ready.pid}`,
+        });
+      }
+    } catch (error) {
+      if (!state) removeMountDir(id);
+      for (const p of planned) {
+        outcomes.push({
+          device: `nbd${p.info.index}`,
+          result: "failed",
+          detail: error instanceof UserError ? error.message : String(error),
+        });
+      }
+    }
+  }
+  return outcomes.sort((a, b) => a.device.localeCompare(b.device, "en", { numeric: true }));
+}
