@@ -175,7 +175,7 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
     }
   }
 
-  for (const [key, planned] of groups) {
+  for (const planned of groups.values()) {
     planned.sort((a, b) => a.layerIndex - b.layerIndex);
     const state = planned[0].state;
     // Devices we have no state for (attached by erofs-utils) get a runtime dir of their own.
