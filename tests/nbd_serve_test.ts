@@ -1,0 +1,377 @@
+/**
+ * `erofs-oci serve` as a user runs it (a subprocess), checked with the real libnbd clients
+ * (nbdinfo, nbdcopy, nbdfuse) and with hostile raw clients that must not disturb the others.
+ */
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { assertCliError, runCli } from "./_support/cli.ts";
+import { encodeRequest, RawNbdClient } from "./_support/nbd_client.ts";
+import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
+
+const BASIC = `${FIXTURES}/basic.erofs`;
+const ignoreNbd = requires(command("nbdinfo"), command("nbdcopy"));
+
+interface Serving {
+  uri: string;
+  socket: string;
+  dir: string;
+  child: Deno.ChildProcess;
+  stderr(): string;
+  /** SIGTERM, then the exit code (the server must exit by itself). */
+  stop(): Promise<number>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Starts `erofs-oci serve IMAGE --listen unix:TMP/nbd.sock ARGS` and waits for its URI line. */
+async function serve(image: string, args: string[] = []): Promise<Serving> {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-" });
+  const socket = `${dir}/nbd.sock`;
+  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["serve", image, "--listen", `unix:${socket}`, ...args],
+    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let errText = "";
+  const errDone = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (errText += t) }),
+  ).catch(() => {});
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  const kill = () => {
+    if (!exited) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }
+  };
+  let out = "";
+  const deadline = setTimeout(kill, 20_000);
+  try {
+    while (!out.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`serve exited before listening:\n${errText}`);
+      out += value;
+    }
+  } catch (error) {
+    kill();
+    await status;
+    await errDone;
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  } finally {
+    clearTimeout(deadline);
+  }
+  const drainOut = (async () => {
+    while (!(await reader.read()).done) { /* keep stdout flowing */ }
+  })().catch(() => {});
+  let stopped: Promise<number> | undefined;
+  const stop = () =>
+    stopped ??= (async () => {
+      if (!exited) child.kill("SIGTERM");
+      const timer = setTimeout(kill, 10_000);
+      const s = await status;
+      clearTimeout(timer);
+      await drainOut;
+      await errDone;
+      return s.code;
+    })();
+  return {
+    uri: out.trim(),
+    socket,
+    dir,
+    child,
+    stderr: () => errText,
+    stop,
+    async [Symbol.asyncDispose]() {
+      await stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+async function run(cmd: string, args: string[], timeoutMs = 30_000) {
+  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, timeoutMs);
+  const output = await child.output();
+  clearTimeout(timer);
+  const result = {
+    code: output.code,
+    stdout: new TextDecoder().decode(output.stdout),
+    stderr: new TextDecoder().decode(output.stderr),
+  };
+  if (result.code !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (${result.code}): ${result.stderr}`);
+  }
+  return result;
+}
+
+async function sameAsFixture(file: string): Promise<void> {
+  const [a, b] = await Promise.all([Deno.readFile(file), Deno.readFile(BASIC)]);
+  ok(a.length === b.length, `${file}: ${a.length} bytes, fixture ${b.length}`);
+  ok(a.every((byte, i) => byte === b[i]), `${file} differs from the fixture`);
+}
+
+Deno.test({
+  name: "serve: nbdinfo sees size, read-only and multi-conn; nbdinfo --list names the export",
+  ignore: ignoreNbd,
+  async fn() {
+    await using s = await serve(BASIC, ["--export-name", "basic", "--cache-size", "8M"]);
+    assertEquals(s.uri, `nbd+unix:///basic?socket=${s.socket}`);
+    const info = JSON.parse((await run("nbdinfo", ["--json", s.uri])).stdout);
+    const exp = info.exports[0];
+    assertEquals(exp["export-size"], Deno.statSync(BASIC).size);
+    assertEquals(exp.is_read_only, true);
+    assertEquals(exp.can_multi_conn, true);
+    assertEquals(exp.can_flush, true);
+    assertEquals(exp.can_trim, false);
+    assertEquals(exp.block_size_preferred, 4096);
+    ok(/EROFS/.test(exp.content ?? ""), `content: ${exp.content}`);
+    // The default export "" works too.
+    const byDefault = JSON.parse(
+      (await run("nbdinfo", ["--json", `nbd+unix:///?socket=${s.socket}`])).stdout,
+    );
+    assertEquals(byDefault.exports[0]["export-size"], exp["export-size"]);
+    const list = (await run("nbdinfo", ["--list", `nbd+unix:///?socket=${s.socket}`])).stdout;
+    ok(list.includes('export="basic"'), list);
+    assertEquals(await s.stop(), 0);
+    ok(!exists(s.socket), "socket removed after SIGTERM");
+  },
+});
+
+Deno.test({
+  name: "serve: nbdcopy gets the fixture byte for byte, from several clients at once",
+  ignore: ignoreNbd,
+  async fn() {
+    await using s = await serve(BASIC);
+    const outs = [0, 1, 2, 3].map((i) => `${s.dir}/out${i}.img`);
+    await Promise.all([
+      run("nbdcopy", [s.uri, outs[0]]),
+      run("nbdcopy", ["--connections=4", "--requests=16", s.uri, outs[1]]),
+      run("nbdcopy", ["--request-size=4096", s.uri, outs[2]]),
+      run("nbdcopy", ["--connections=2", s.uri, outs[3]]),
+    ]);
+    for (const out of outs) await sameAsFixture(out);
+    assertEquals(await s.stop(), 0);
+  },
+});
+
+Deno.test({
+  name: "serve: hostile raw clients do not crash or stall the server for others",
+  ignore: ignoreNbd,
+  async fn() {
+    await using s = await serve(BASIC);
+    const size = Deno.statSync(BASIC).size;
+    const fixture = await Deno.readFile(BASIC);
+    const hostile: RawNbdClient[] = [];
+    try {
+      // 1. Garbage instead of client flags and options.
+      const garbage = await RawNbdClient.connectUnix(s.socket);
+      hostile.push(garbage);
+      await garbage.readExactly(18);
+      await garbage.write(new Uint8Array(64).fill(0xff));
+      // 2. Silent: connects, never speaks (holds a handshake slot).
+      const silent = await RawNbdClient.connectUnix(s.socket);
+      hostile.push(silent);
+      // 3. Bad request magic after a good handshake.
+      const badMagic = await RawNbdClient.connectUnix(s.socket);
+      hostile.push(badMagic);
+      await badMagic.handshake();
+      await badMagic.write(encodeRequest(NBD_CMD_READ, 1n, 0, 4096, { magic: 0xdeadbeef }));
+      // 4. Half a request, then gone.
+      const abrupt = await RawNbdClient.connectUnix(s.socket);
+      await abrupt.handshake();
+      await abrupt.request(NBD_CMD_READ, 0, 1 << 20); // a big reply it will never read
+      await abrupt.write(encodeRequest(NBD_CMD_READ, 2n, 0, 4096).subarray(0, 11));
+      abrupt.close();
+      // 5. Never reads its replies while asking for a lot.
+      const hog = await RawNbdClient.connectUnix(s.socket);
+      hostile.push(hog);
+      await hog.handshake();
+      for (let i = 0; i < 32; i++) await hog.request(NBD_CMD_READ, 0, 1 << 20);
+
+      ok(await garbage.closedByServer(), "garbage client dropped");
+      ok(await badMagic.closedByServer(), "bad-magic client dropped");
+
+      // A well-behaved raw client reading across and past the end.
+      const good = await RawNbdClient.connectUnix(s.socket);
+      try {
+        await good.handshake();
+        await good.request(NBD_CMD_READ, size - 100, 4096);
+        const tail = await good.reply();
+        assertEquals(tail?.data?.subarray(0, 100), fixture.subarray(size - 100));
+        assertEquals(tail?.data?.subarray(100), new Uint8Array(4096 - 100));
+        await good.request(NBD_CMD_READ, size + 8192, 512);
+        assertEquals((await good.reply())?.data, new Uint8Array(512));
+      } finally {
+        good.close();
+      }
+      // And the real client still gets every byte.
+      await run("nbdcopy", [s.uri, `${s.dir}/out.img`]);
+      await sameAsFixture(`${s.dir}/out.img`);
+    } finally {
+      for (const c of hostile) c.close();
+    }
+    assertEquals(await s.stop(), 0, s.stderr());
+  },
+});
+
+Deno.test({
+  name: "serve: TCP listener on an ephemeral port",
+  ignore: ignoreNbd,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["serve", BASIC, "--listen", "tcp:127.0.0.1:0"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let out = "";
+      while (!out.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += value;
+      }
+      const uri = out.trim();
+      ok(/^nbd:\/\/127\.0\.0\.1:\d+\/basic\.erofs$/.test(uri), uri);
+      await run("nbdcopy", [uri, `${dir}/tcp.img`]);
+      await sameAsFixture(`${dir}/tcp.img`);
+      child.kill("SIGINT");
+      assertEquals((await child.status).code, 0);
+      await reader.cancel();
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("serve: refuses a file that is not EROFS, and bad options", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const bogus = `${dir}/bogus.img`;
+    await Deno.writeFile(bogus, new Uint8Array(8192).fill(0x41));
+    const result = await runCli(["serve", bogus, "--listen", `unix:${dir}/s.sock`]);
+    assertCliError(result, 1, /not an EROFS image/);
+    ok(!exists(`${dir}/s.sock`), "nothing listened");
+    assertCliError(await runCli(["serve", BASIC]), 2, /--listen is required/);
+    assertCliError(
+      await runCli(["serve", BASIC, "--listen", "udp:x"]),
+      2,
+      /unknown address kind/,
+    );
+    assertCliError(
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--cache-size", "lots"]),
+      2,
+      /invalid size/,
+    );
+    assertCliError(
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--cache-size", "1K"]),
+      2,
+      /smaller than one chunk/,
+    );
+    assertCliError(
+      await runCli(["serve", `${dir}/missing.erofs`, "--listen", `unix:${dir}/s`]),
+      1,
+      /no such file/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "serve: nbdfuse exposes the export as a file with the fixture's bytes",
+  ignore: requires(
+    command("nbdfuse"),
+    command("fusermount3"),
+    command("nbdcopy"),
+    root(),
+    path("/dev/fuse"),
+  ),
+  async fn() {
+    await using s = await serve(BASIC);
+    const mnt = `${s.dir}/mnt`;
+    await Deno.mkdir(mnt);
+    const pidFile = `${s.dir}/nbdfuse.pid`;
+    const fuse = new Deno.Command("nbdfuse", {
+      args: ["-r", "-P", pidFile, `${mnt}/image`, s.uri],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let mounted = false;
+    try {
+      for (let i = 0; i < 100 && !exists(pidFile); i++) await sleep(100);
+      ok(exists(pidFile), "nbdfuse became ready");
+      mounted = true;
+      await sameAsFixture(`${mnt}/image`);
+    } finally {
+      if (mounted) {
+        await new Deno.Command("fusermount3", { args: ["-u", mnt] }).output();
+      }
+      const timer = setTimeout(() => {
+        try {
+          fuse.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, 10_000);
+      await fuse.status;
+      clearTimeout(timer);
+      await fuse.stderr.cancel().catch(() => {});
+    }
+    assertEquals(await s.stop(), 0);
+  },
+});
+
+Deno.test({
+  name: "serve: a layer straight from a real registry (no download)",
+  ignore: requires(command("docker-registry"), command("nbdcopy"), command("htpasswd")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const fixture = await Deno.readFile(BASIC);
+    const pushed = await pushImage(registry, "serve/basic", "v1", [
+      { bytes: new TextEncoder().encode("not erofs"), mediaType: "application/octet-stream" },
+      { bytes: fixture, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    await using s = await serve(`${registry.host}/serve/basic:v1`, ["--plain-http"]);
+    assertEquals(
+      s.uri,
+      `nbd+unix:///${encodeURIComponent(pushed.layers[1].digest)}?socket=${s.socket}`,
+    );
+    await run("nbdcopy", [s.uri, `${s.dir}/out.img`]);
+    await sameAsFixture(`${s.dir}/out.img`);
+    // Ranged reads, not a whole-blob download of anything else.
+    const log = (await registry.accessLog()).join("\n");
+    ok(!log.includes(pushed.layers[0].digest), "the non-EROFS layer was never fetched");
+    assertEquals(await s.stop(), 0);
+  },
+});
+
+function exists(p: string): boolean {
+  try {
+    Deno.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
