@@ -1,0 +1,28 @@
+import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
+import { parseSize } from "./size.ts";
+import { UsageError } from "../errors.ts";
+
+Deno.test("parseSize: byte counts and binary suffixes", () => {
+  const cases: [string, number][] = [
+    ["0", 0],
+    ["4096", 4096],
+    ["512K", 512 * 1024],
+    ["512k", 512 * 1024],
+    ["256M", 256 * 1024 * 1024],
+    ["256MiB", 256 * 1024 * 1024],
+    ["64MB", 64 * 1024 * 1024],
+    ["1.5G", 1.5 * 1024 ** 3],
+    ["2T", 2 * 1024 ** 4],
+    [" 8 M ", 8 * 1024 * 1024],
+    ["10B", 10],
+  ];
+  for (const [text, bytes] of cases) assertEquals(parseSize(text), bytes, text);
+});
+
+Deno.test("parseSize: rejects anything else with a UsageError naming the option", () => {
+  for (const bad of ["", "M", "-1", "1X", "1.2.3", "12 apples", "1e3", "99999999999T"]) {
+    throws(() => parseSize(bad, "--cache-size"), (e: unknown) => {
+      return e instanceof UsageError && e.message.startsWith("--cache-size: invalid size");
+    }, bad);
+  }
+});
