@@ -110,14 +110,33 @@ export async function readBlobRange(
   let attempt = 0;
   while (filled < length) {
     const start = offset + filled;
+    const location = client.blobLocation(digest);
     const response = await client.request({
       method: "GET",
-      path,
+      path: location ?? path,
       scope,
       headers: { range: `bytes=${start}-${end}` },
       signal,
       policy,
+    }).catch((error) => {
+      if (location === undefined) throw error;
+      return undefined; // the cached location is unreachable: ask the registry again
     });
+    if (
+      location !== undefined && (response === undefined || (response.status !== 206 &&
+        response.status !== 200))
+    ) {
+      await response?.body?.cancel();
+      client.setBlobLocation(digest, undefined);
+      continue;
+    }
+    if (response === undefined) continue;
+    if (
+      location === undefined && response.url && !client.isRegistryUrl(response.url) &&
+      (response.status === 206 || response.status === 200)
+    ) {
+      client.setBlobLocation(digest, response.url);
+    }
     let skip: number;
     let available: number;
     if (response.status === 206) {

@@ -57,6 +57,8 @@ const DEFAULT_MAX_ATTEMPTS = 8;
 /** Before the first successful connection, a refused connection is a typo, not an outage. */
 const MAX_ATTEMPTS_NEVER_CONNECTED = 2;
 const MAX_REDIRECTS = 10;
+/** How long a blob's redirect target is reused (pre-signed URLs typically live 5-20 min). */
+const BLOB_LOCATION_TTL_MS = 60_000;
 
 /** `repository:NAME:pull` (distribution token scope). */
 export function pullScope(repository: string): string {
@@ -92,6 +94,8 @@ export class RegistryClient {
   readonly #insecure: boolean;
   #origin: string;
   #connected = false;
+  /** Where blob GETs were last redirected (object storage), to skip the registry hop. */
+  readonly #blobLocations = new Map<string, { url: string; expiresAtMs: number }>();
 
   constructor(registry: string, options: RegistryClientOptions = {}) {
     this.registry = registry;
@@ -155,6 +159,29 @@ export class RegistryClient {
     options: PushOptions = {},
   ): Promise<PushResult> {
     return pushImage(this, ref, files, options);
+  }
+
+  /**
+   * The object-storage URL a blob GET was redirected to recently, if still fresh. Such URLs are
+   * usually pre-signed for minutes; reusing one for a short while halves the round trips of a
+   * mount's reads, and any failure falls back to asking the registry again.
+   */
+  blobLocation(digest: string): string | undefined {
+    const entry = this.#blobLocations.get(digest);
+    if (entry && entry.expiresAtMs > Date.now()) return entry.url;
+    if (entry) this.#blobLocations.delete(digest);
+    return undefined;
+  }
+
+  /** Records (url) or forgets (undefined) the redirect target of a blob. */
+  setBlobLocation(digest: string, url: string | undefined): void {
+    if (url === undefined) this.#blobLocations.delete(digest);
+    else this.#blobLocations.set(digest, { url, expiresAtMs: Date.now() + BLOB_LOCATION_TTL_MS });
+  }
+
+  /** True when `url` is on this registry (Authorization may go there). */
+  isRegistryUrl(url: string): boolean {
+    return url.startsWith(this.#origin + "/");
   }
 
   /** Nothing to release: fetch keeps its own connection pool. Kept for symmetry with sources. */

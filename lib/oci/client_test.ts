@@ -227,26 +227,30 @@ function tokenAuth(options: { expiresIn?: number; password?: string } = {}) {
   return { tokenServer, valid, issued: () => issued };
 }
 
-Deno.test("auth: Bearer token per scope, refreshed when it expires, never sent to a redirect host", async () => {
-  const { tokenServer, valid, issued } = tokenAuth({ expiresIn: 1 });
-  await using _tokens = tokenServer;
-  await using storage = serve((request) => partial(request));
-  await using registry = serve((request) => {
+function bearerRegistry(
+  tokenServerHost: string,
+  valid: Set<string>,
+  answer: (request: Request) => Response,
+) {
+  return serve((request) => {
     const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
     if (!token || !valid.has(token)) {
       return new Response("{}", {
         status: 401,
         headers: {
           "www-authenticate":
-            `Bearer realm="http://${tokenServer.host}/token",service="reg",scope="repository:app:pull"`,
+            `Bearer realm="http://${tokenServerHost}/token",service="reg",scope="repository:app:pull"`,
         },
       });
     }
-    return new Response(null, {
-      status: 307,
-      headers: { location: `http://${storage.host}/blob?sig=1` },
-    });
+    return answer(request);
   });
+}
+
+Deno.test("auth: Bearer token per scope, refreshed when it expires or is rejected", async () => {
+  const { tokenServer, valid, issued } = tokenAuth({ expiresIn: 1 });
+  await using _tokens = tokenServer;
+  await using registry = bearerRegistry(tokenServer.host, valid, (request) => partial(request));
   const c = client(registry.host, { credentials: { username: "user", password: "pw" } });
   const blob = new RegistryBlob(c, "app", {
     index: 0,
@@ -266,11 +270,50 @@ Deno.test("auth: Bearer token per scope, refreshed when it expires, never sent t
   assert.equal(issued(), 3);
   assert.equal(blob.requests, 4);
   assert.equal(blob.bytesFetched, 400);
-  assert.ok(storage.seen.length === 4 && storage.seen.every((s) => s.authorization === null));
   const tokenQuery = new URL(`http://x${tokenServer.seen[0].path}`).searchParams;
   assert.equal(tokenQuery.get("service"), "reg");
   assert.deepEqual(tokenQuery.getAll("scope"), ["repository:app:pull"]);
   await blob.close();
+});
+
+Deno.test("redirects: no Authorization to another host; the target is reused until it fails", async () => {
+  const { tokenServer, valid } = tokenAuth({ expiresIn: 300 });
+  await using _tokens = tokenServer;
+  let storageDown = false;
+  await using storage = serve((request) =>
+    storageDown ? new Response("expired", { status: 403 }) : partial(request)
+  );
+  await using registry = bearerRegistry(tokenServer.host, valid, () =>
+    new Response(null, {
+      status: 307,
+      headers: { location: `http://${storage.host}/blob?sig=1` },
+    }));
+  const c = client(registry.host, { credentials: { username: "user", password: "pw" } });
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(
+      await c.readBlobRange("app", DIGEST, i * 100, 100),
+      BLOB.slice(i * 100, i * 100 + 100),
+    );
+  }
+  // 401, then one redirect; the next two reads go straight to the storage URL.
+  assert.equal(registry.seen.length, 2);
+  assert.equal(storage.seen.length, 3);
+  assert.ok(storage.seen.every((s) => s.authorization === null && s.path === "/blob?sig=1"));
+  // The pre-signed URL expires: fall back to the registry, which redirects again.
+  storageDown = true;
+  await assert.rejects(c.readBlobRange("app", DIGEST, 0, 10), /403/);
+  assert.equal(registry.seen.length, 3);
+  storageDown = false;
+  assert.deepEqual(await c.readBlobRange("app", DIGEST, 0, 10), BLOB.slice(0, 10));
+});
+
+Deno.test("--insecure: HTTPS that fails falls back to plain HTTP once", async () => {
+  await using server = serve((request) => partial(request));
+  const strict = client(server.host, { plainHttp: false, maxAttempts: 1 });
+  await assert.rejects(strict.readBlobRange("app", DIGEST, 0, 10), /cannot reach registry/);
+  const insecure = client(server.host, { plainHttp: false, insecure: true });
+  assert.deepEqual(await insecure.readBlobRange("app", DIGEST, 0, 10), BLOB.slice(0, 10));
+  assert.equal(insecure.origin, `http://${server.host}`);
 });
 
 Deno.test("auth: wrong credentials and missing credentials are one-line 401 errors", async () => {
