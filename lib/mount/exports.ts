@@ -37,10 +37,13 @@ export interface ExportContext {
 /** Connections per NBD device: the kernel runs one queue per connection. */
 const NBD_CONNECTIONS = 4;
 /**
- * Kernel request timeout. With several connections a reply later than this makes the kernel
- * drop that socket, so it must exceed the longest registry fetch deadline (RegistryBlob).
+ * Kernel request timeout. It also decides how soon requests in flight when a server died are
+ * resent after `reattach` (the kernel waits 30 s when it is 0). With several connections a
+ * reply later than this makes the kernel drop that socket and requeue its requests elsewhere;
+ * the export then replaces the socket (see heal below), so a slow registry costs a reconnect,
+ * never an I/O error.
  */
-const NBD_TIMEOUT_S = 60;
+const NBD_TIMEOUT_S = 10;
 /** How long I/O waits for a replacement server after ours died (reattach window). */
 const NBD_DEAD_CONN_TIMEOUT_S = 30 * 24 * 3600;
 
@@ -66,11 +69,20 @@ export async function exportLayer(
   }
 
   const { kernelFds, conns } = await openKernelConnections(NBD_CONNECTIONS, context.runDir);
-  const serving = conns.map((conn) =>
-    serveTransmission(conn, source, { readOnly: true }).then((end) =>
-      console.log(`nbd connection of layer ${context.layerIndex} ended: ${end.reason}`)
-    )
-  );
+  const serving = new Set<Promise<void>>();
+  let closing = false;
+  // Set once the device exists; a connection the kernel drops before that is a failed attach.
+  let heal: ((reason: string) => Promise<void>) | undefined;
+  const serve = (conn: Deno.Conn) => {
+    const done = serveTransmission(conn, source, { readOnly: true }).then(async (end) => {
+      serving.delete(done);
+      if (closing || end.reason === "disconnect") return;
+      console.warn(`nbd connection of layer ${context.layerIndex} ended: ${end.reason}`);
+      await heal?.(end.reason);
+    });
+    serving.add(done);
+  };
+  conns.forEach(serve);
   let index: number;
   let backendId: string;
   try {
@@ -106,19 +118,39 @@ export async function exportLayer(
   } catch (error) {
     console.warn(`tuning nbd${index} failed (reads stay small):`, error);
   }
+  const deviceIndex = index;
+  const deviceBackendId = backendId;
+  // The kernel shuts a connection whose reply came later than the request timeout (a slow
+  // registry) and requeues its requests on the others; replace it with a fresh socket so the
+  // device never runs out of connections.
+  heal = async (reason) => {
+    try {
+      const fresh = await openKernelConnections(1, context.runDir);
+      fresh.conns.forEach(serve);
+      try {
+        await reconfigureNbd(deviceIndex, fresh.kernelFds, deviceBackendId, NBD_TIMEOUT_S);
+      } finally {
+        closeKernelFds(fresh.kernelFds);
+      }
+      console.log(`nbd${deviceIndex}: replaced a connection that ended (${reason})`);
+    } catch (error) {
+      console.error(`nbd${deviceIndex}: could not replace a dropped connection:`, error);
+    }
+  };
   return {
     blockPath: `/dev/nbd${index}`,
     device: `nbd${index}`,
     recoveryFile: backendId,
     close: async () => {
-      await disconnectNbd(index);
-      removeRecoveryFile(backendId);
+      closing = true;
+      await disconnectNbd(deviceIndex);
+      removeRecoveryFile(deviceBackendId);
       for (const conn of conns) {
         try {
           conn.close();
         } catch { /* closed by the kernel */ }
       }
-      await Promise.allSettled(serving);
+      await Promise.allSettled([...serving]);
     },
   };
 }

@@ -1,0 +1,213 @@
+/**
+ * Crash recovery in the VM: the server of an NBD mount is killed with SIGKILL in the middle of
+ * a long sequential read; `erofs-oci reattach` brings the devices back and the reader finishes
+ * with the exact bytes and no error — for a single layer and for a 3-layer overlay. Also the
+ * recovery files' modes and life cycle, and bad input to reattach.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
+import { startRegistry, type TestRegistry } from "../_support/registry.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "../_support/cli.ts";
+import { mountSandbox, mountsBelow, pidAlive, serverPids } from "../_support/mounts.ts";
+import { NOT_IN_VM } from "../_support/vm.ts";
+
+const RECOVERY_DIR = "/var/run/erofsmount/nbd";
+const BIG_FILE_BYTES = 48 << 20;
+
+/** An EROFS image (peer mkfs.erofs, uncompressed) holding one large random file. */
+async function buildBigImage(dir: string): Promise<{ image: string; sha256: string }> {
+  const tree = `${dir}/tree`;
+  Deno.mkdirSync(tree);
+  const data = new Uint8Array(BIG_FILE_BYTES);
+  for (let at = 0; at < data.length; at += 65536) {
+    crypto.getRandomValues(data.subarray(at, at + 65536));
+  }
+  Deno.writeFileSync(`${tree}/big.bin`, data);
+  const image = `${dir}/big.erofs`;
+  const out = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
+    args: ["-T1700000000", "--all-root", image, tree],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return { image, sha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("") };
+}
+
+function recoveryFiles(): string[] {
+  try {
+    return [...Deno.readDirSync(RECOVERY_DIR)].map((e) => e.name).filter((n) =>
+      /^mountnbd_/.test(n) && !n.endsWith(".json")
+    );
+  } catch {
+    return [];
+  }
+}
+
+async function sha256Reader(path: string) {
+  // A separate process, as an application would be: it must neither fail nor see wrong bytes.
+  return new Deno.Command("sha256sum", { args: [path], stdout: "piped", stderr: "piped" })
+    .spawn();
+}
+
+async function killMidRead(
+  sandbox: { target: string; runtimeDir: string; env: Record<string, string> },
+  file: string,
+  sha256: string,
+  reattachArg: string[],
+) {
+  await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
+  const [pid] = serverPids(sandbox.runtimeDir);
+  const reader = await sha256Reader(file);
+  await new Promise((r) => setTimeout(r, 1500));
+  Deno.kill(pid, "SIGKILL");
+  while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+
+  const listed = await runCli(["list", "--json"], { env: sandbox.env });
+  assertSuccess(listed);
+  assert.equal(JSON.parse(listed.stdout)[0].state, "dead", describe(listed));
+
+  const started = Date.now();
+  const reattached = await runCli(["reattach", ...reattachArg], {
+    env: sandbox.env,
+    timeoutMs: 120_000,
+  });
+  assertSuccess(reattached);
+  assert.match(reattached.stdout, /reattached/);
+  const result = await reader.output();
+  const waitedMs = Date.now() - started;
+  assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+  assert.equal(new TextDecoder().decode(result.stdout).split(" ")[0], sha256);
+  console.log(`reader finished ${waitedMs} ms after reattach started`);
+
+  const after = JSON.parse((await runCli(["list", "--json"], { env: sandbox.env })).stdout)[0];
+  assert.equal(after.state, "serving");
+  assert.ok(after.reattachedAt, "list shows when it was reattached");
+  assert.notEqual(after.serverPid, pid);
+
+  // Twice in a row: the live server is left alone.
+  const again = await runCli(["reattach", ...reattachArg], { env: sandbox.env });
+  assertSuccess(again);
+  assert.match(again.stdout, /alive/);
+}
+
+async function withBigImage(
+  body: (registry: TestRegistry, image: string, sha256: string) => Promise<void>,
+) {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-reattach-" });
+  const registry = await startRegistry({ auth: "none" });
+  try {
+    const big = await buildBigImage(work);
+    await body(registry, big.image, big.sha256);
+  } finally {
+    await registry.stop();
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "vm reattach: kill -9 mid-read of a single layer, reattach, reader gets exact bytes",
+  ignore: NOT_IN_VM,
+  async fn() {
+    await withBigImage(async (registry, image, sha256) => {
+      const ref = `${registry.host}/crash/big:v1`;
+      assertSuccess(await runCli(["push", ref, image], { timeoutMs: 120_000 }));
+      const sandbox = await mountSandbox();
+      try {
+        assertSuccess(
+          await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
+            env: sandbox.env,
+            timeoutMs: 120_000,
+          }),
+        );
+        const files = recoveryFiles();
+        assert.equal(files.length, 1, "one recovery file per device");
+        assert.equal(Deno.statSync(RECOVERY_DIR).mode! & 0o777, 0o700);
+        assert.equal(Deno.statSync(`${RECOVERY_DIR}/${files[0]}`).mode! & 0o777, 0o600);
+        const line = Deno.readTextFileSync(`${RECOVERY_DIR}/${files[0]}`);
+        assert.match(
+          line,
+          /^OCI_NATIVE_BLOB \S+crash\/big:v1 linux\/amd64 sha256:[0-9a-f]{64} ""\n$/,
+        );
+
+        await killMidRead(sandbox, `${sandbox.target}/big.bin`, sha256, [sandbox.target]);
+
+        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+        assert.deepEqual(recoveryFiles(), [], "clean umount removes the recovery file");
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+      } finally {
+        await sandbox.cleanup();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "vm reattach: kill -9 of a 3-layer overlay server, reattach --all brings every layer back",
+  ignore: NOT_IN_VM,
+  async fn() {
+    await withBigImage(async (registry, image, sha256) => {
+      const ref = `${registry.host}/crash/layers:v1`;
+      assertSuccess(
+        await runCli(["push", ref, `${FIXTURES}/layer1.erofs`, image, `${FIXTURES}/layer3.erofs`], {
+          timeoutMs: 120_000,
+        }),
+      );
+      const sandbox = await mountSandbox();
+      try {
+        assertSuccess(
+          await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
+            env: sandbox.env,
+            timeoutMs: 120_000,
+          }),
+        );
+        assert.equal(recoveryFiles().length, 3);
+        await killMidRead(sandbox, `${sandbox.target}/big.bin`, sha256, ["--all"]);
+        // Files of the other layers read fine through the new server too.
+        assert.ok(Deno.readTextFileSync(`${sandbox.target}/etc/config.txt`).length > 0);
+        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+        assert.deepEqual(recoveryFiles(), []);
+      } finally {
+        await sandbox.cleanup();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "vm reattach: bad input — free device, non-NBD device, corrupt recovery file",
+  ignore: NOT_IN_VM,
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const env = sandbox.env;
+      assertCliError(await runCli(["reattach", "/dev/nbd15"], { env }), 1, /not connected/);
+      assertCliError(await runCli(["reattach", "/dev/null"], { env }), 1, /not an NBD device/);
+      assertCliError(await runCli(["reattach"], { env }), 2);
+
+      assertSuccess(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "nbd"], {
+          env,
+          timeoutMs: 120_000,
+        }),
+      );
+      const [pid] = serverPids(sandbox.runtimeDir);
+      const [file] = recoveryFiles();
+      Deno.kill(pid, "SIGKILL");
+      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      Deno.writeTextFileSync(`${RECOVERY_DIR}/${file}`, "LOCAL relative/garbage\n");
+      const failed = await runCli(["reattach", sandbox.target], { env });
+      assert.equal(failed.code, 1, describe(failed));
+      assert.match(failed.stderr, /corrupt/);
+      assert.doesNotMatch(failed.stderr, /^\s+at /m);
+
+      // Repaired, the same device reattaches and the mount reads again.
+      Deno.writeTextFileSync(`${RECOVERY_DIR}/${file}`, `LOCAL ${FIXTURES}/basic.erofs\n`);
+      assertSuccess(await runCli(["reattach", sandbox.target], { env, timeoutMs: 120_000 }));
+      assert.equal(Deno.readTextFileSync(`${sandbox.target}/exec.sh`).length > 0, true);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
