@@ -2,6 +2,7 @@ import { FormatError, OciError } from "../errors.ts";
 import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import type { RegistryClient } from "./client.ts";
 import { pushScope } from "./client.ts";
+import { blobExists, type LocalBlob, statusError, uploadBlob } from "./blob_upload.ts";
 import { digestHasher, digestOf } from "./digest.ts";
 import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "./media_types.ts";
 import { hostPlatform, parsePlatform } from "./platform.ts";
@@ -43,17 +44,6 @@ export interface PushResult {
   reference: string;
   configDigest: string;
   layers: { path: string; digest: string; sizeBytes: number; uploaded: boolean }[];
-}
-
-/** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
-export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
-
-interface LocalBlob {
-  path?: string;
-  digest: string;
-  sizeBytes: number;
-  mediaType: string;
-  bytes?: Uint8Array<ArrayBuffer>;
 }
 
 /** Reads the EROFS magic and hashes the file in one pass; FormatError if it is not EROFS. */
@@ -109,136 +99,6 @@ async function hashErofsFile(
       handle.close();
     } catch { /* closed by the readable */ }
   }
-}
-
-async function blobExists(
-  client: RegistryClient,
-  repository: string,
-  digest: string,
-  signal?: AbortSignal,
-): Promise<boolean> {
-  const response = await client.request({
-    method: "HEAD",
-    path: `/v2/${repository}/blobs/${digest}`,
-    scope: pushScope(repository),
-    signal,
-  });
-  await response.body?.cancel();
-  if (response.status === 200) return true;
-  if (response.status === 404) return false;
-  throw statusError(client, response, `checking blob ${digest}`);
-}
-
-function statusError(client: RegistryClient, response: Response, action: string): OciError {
-  const error = new OciError(`registry ${client.host} answered ${response.status} ${action}`);
-  error.status = response.status;
-  return error;
-}
-
-async function uploadLocation(
-  client: RegistryClient,
-  response: Response,
-  action: string,
-): Promise<string> {
-  await response.body?.cancel();
-  const location = response.headers.get("location");
-  if (!location) throw new OciError(`registry ${client.host} sent no upload location ${action}`);
-  return new URL(location, client.origin + "/").href;
-}
-
-async function readChunk(
-  file: Deno.FsFile,
-  buffer: Uint8Array<ArrayBuffer>,
-): Promise<Uint8Array<ArrayBuffer>> {
-  let got = 0;
-  while (got < buffer.byteLength) {
-    const n = await file.read(buffer.subarray(got));
-    if (n === null) break;
-    got += n;
-  }
-  return buffer.subarray(0, got);
-}
-
-/** Uploads one blob: POST a session, then one PUT, or PATCH chunks and a closing PUT. */
-async function uploadBlob(
-  client: RegistryClient,
-  repository: string,
-  blob: LocalBlob,
-  options: PushOptions,
-): Promise<void> {
-  const scope = pushScope(repository);
-  const signal = options.signal;
-  const label = blob.path ?? blob.digest;
-  const start = await client.request({
-    method: "POST",
-    path: `/v2/${repository}/blobs/uploads/`,
-    scope,
-    signal,
-  });
-  if (start.status !== 202) {
-    await start.body?.cancel();
-    throw statusError(client, start, `starting the upload of ${label}`);
-  }
-  let location = await uploadLocation(client, start, `for ${label}`);
-  const monolithicMax = options.monolithicMaxBytes ?? DEFAULT_CHUNK_BYTES;
-  const chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_BYTES;
-  const progress = (doneBytes: number) =>
-    options.onProgress?.({ phase: "upload", path: label, doneBytes, totalBytes: blob.sizeBytes });
-  let finalBody: Uint8Array<ArrayBuffer> = new Uint8Array(0);
-  if (blob.bytes) {
-    finalBody = blob.bytes;
-  } else if (blob.sizeBytes <= monolithicMax) {
-    finalBody = await Deno.readFile(blob.path!);
-  } else {
-    const file = await Deno.open(blob.path!, { read: true });
-    try {
-      const buffer = new Uint8Array(chunkSize);
-      let offset = 0;
-      while (offset < blob.sizeBytes) {
-        const chunk = await readChunk(file, buffer);
-        if (chunk.byteLength === 0) throw new OciError(`${label} shrank while uploading`);
-        const response = await client.request({
-          method: "PATCH",
-          path: location,
-          scope,
-          signal,
-          body: chunk,
-          headers: {
-            "content-type": "application/octet-stream",
-            // distribution spec: Content-Range is `start-end` inclusive, without a unit.
-            "content-range": `${offset}-${offset + chunk.byteLength - 1}`,
-          },
-        });
-        if (response.status !== 202) {
-          await response.body?.cancel();
-          throw statusError(client, response, `uploading bytes at ${offset} of ${label}`);
-        }
-        location = await uploadLocation(client, response, `after a chunk of ${label}`);
-        offset += chunk.byteLength;
-        progress(offset);
-      }
-    } finally {
-      file.close();
-    }
-  }
-  const url = new URL(location);
-  url.searchParams.set("digest", blob.digest);
-  const put = await client.request({
-    method: "PUT",
-    path: url.href,
-    scope,
-    signal,
-    body: finalBody,
-    headers: { "content-type": "application/octet-stream" },
-  });
-  await put.body?.cancel();
-  if (put.status !== 201) {
-    if (put.status === 400) {
-      throw new OciError(`registry ${client.host} refused ${label}: digest or size mismatch (400)`);
-    }
-    throw statusError(client, put, `completing the upload of ${label}`);
-  }
-  if (finalBody.byteLength > 0) progress(blob.sizeBytes);
 }
 
 /**
