@@ -24,7 +24,7 @@ for tool in apt-cache apt-get dpkg depmod modprobe cpio gzip; do
 done
 busybox=/bin/busybox
 [ -x "$busybox" ] || die "$busybox missing (apt-get install busybox-static)"
-"$busybox" --list | grep -qx insmod || die "$busybox lacks insmod (need busybox-static)"
+"$busybox" --list | grep -x insmod >/dev/null || die "$busybox lacks insmod (need busybox-static)"
 
 exec 9>"$cache/build.lock"
 flock 9
