@@ -72,6 +72,8 @@ export async function exportLayer(
   const serving = new Set<Promise<void>>();
   let closing = false;
   // Set once the device exists; a connection the kernel drops before that is a failed attach.
+  // Assigned once the device exists, but read by connections started before that.
+  // deno-lint-ignore prefer-const
   let heal: ((reason: string) => Promise<void>) | undefined;
   const serve = (conn: Deno.Conn) => {
     const done = serveTransmission(conn, source, { readOnly: true }).then(async (end) => {

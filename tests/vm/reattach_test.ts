@@ -44,7 +44,7 @@ function recoveryFiles(): string[] {
   }
 }
 
-async function sha256Reader(path: string) {
+function sha256Reader(path: string) {
   // A separate process, as an application would be: it must neither fail nor see wrong bytes.
   return new Deno.Command("sha256sum", { args: [path], stdout: "piped", stderr: "piped" })
     .spawn();
@@ -58,7 +58,7 @@ async function killMidRead(
 ) {
   await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
   const [pid] = serverPids(sandbox.runtimeDir);
-  const reader = await sha256Reader(file);
+  const reader = sha256Reader(file);
   await new Promise((r) => setTimeout(r, 1500));
   Deno.kill(pid, "SIGKILL");
   while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
