@@ -11,6 +11,7 @@ import { serverAlive } from "../mount/runtime.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
+  resolveLayoutImage,
   resolveLocalImage,
   resolveRegistryImage,
 } from "../mount/resolve_layers.ts";
@@ -23,7 +24,8 @@ export const mountCommand: Command = {
   help: `Usage: erofs-oci mount IMAGE DIR [options]
 
 Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry reference
-([registry[:port]/]name[:tag][@sha256:…]) or a local EROFS image file.
+([registry[:port]/]name[:tag][@sha256:…]), an OCI image layout directory
+(oci:PATH[:TAG]) or a local EROFS image file.
 One EROFS layer is mounted read-only at DIR; several are each mounted privately and
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
@@ -69,17 +71,17 @@ A password given with --password/--password-stdin is handed to the server proces
 
     let resolved: ResolvedLayers;
     let credentials: { username: string; password: string } | undefined;
-    if (isLocalImage(image)) {
+    const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
+    const fromLayout = await resolveLayoutImage(image, values.platform, selection);
+    if (fromLayout) {
+      resolved = fromLayout;
+    } else if (isLocalImage(image)) {
       resolved = await resolveLocalImage(image);
     } else {
       const opened = await openRegistry("mount", image, values);
       credentials = opened.credentials;
       try {
-        resolved = await resolveRegistryImage(opened, {
-          layer,
-          blob: values.blob,
-          anyMediaType: values["any-media-type"],
-        });
+        resolved = await resolveRegistryImage(opened, selection);
       } finally {
         opened.client.close();
       }

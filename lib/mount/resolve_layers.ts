@@ -8,6 +8,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../cli/registry_options.ts";
+import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import type { LayerSpec } from "./runtime.ts";
 
 export interface ResolvedLayers {
@@ -50,6 +51,36 @@ export async function resolveLocalImage(path: string): Promise<ResolvedLayers> {
     file.close();
   }
   return { image: real, layers: [{ kind: "local", path: real, sizeBytes }] };
+}
+
+/**
+ * `oci:PATH[:TAG]`: an OCI image layout on disk (air-gapped use). Its selected layer blobs are
+ * plain files, served like local images.
+ */
+export async function resolveLayoutImage(
+  image: string,
+  platform: string | undefined,
+  selection: LayerSelection,
+): Promise<ResolvedLayers | undefined> {
+  const ref = parseLayoutReference(image);
+  if (!ref) return undefined;
+  const layout = new OciLayout(ref.layoutPath);
+  try {
+    const resolved = await layout.resolveImage(ref, platform);
+    const layers: LayerSpec[] = [];
+    for (const layer of selectLayers(resolved, selection)) {
+      const path = layout.blobPath(layer.digest);
+      await resolveLocalImage(path);
+      layers.push({ kind: "local", path, sizeBytes: layer.sizeBytes });
+    }
+    return {
+      image: formatLayoutReference(ref),
+      manifestDigest: resolved.manifestDigest,
+      layers,
+    };
+  } finally {
+    layout.close();
+  }
 }
 
 export async function resolveRegistryImage(
