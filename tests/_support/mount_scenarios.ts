@@ -37,7 +37,7 @@ async function push(registry: TestRegistry, image: string, files: string[]) {
   assertSuccess(
     await runCli(["push", image, ...files.map((f) => `${FIXTURES}/${f}`), ...login.args], {
       stdin: login.stdin,
-      timeoutMs: 60_000,
+      timeoutMs: 120_000,
     }),
   );
 }
@@ -53,7 +53,11 @@ function runtimeEntries(sandbox: MountSandbox): string[] {
 async function unmountAndCheckClean(sandbox: MountSandbox) {
   const pids = serverPids(sandbox.runtimeDir);
   assert.ok(pids.length > 0, "a server pid was recorded");
-  assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+  const unmounted = await runCli(["umount", sandbox.target], {
+    env: sandbox.env,
+    timeoutMs: 120_000,
+  });
+  assert.equal(unmounted.code, 0, `${describe(unmounted)}\nserver log:\n${sandbox.serverLogs()}`);
   assert.deepEqual(mountsBelow(sandbox.target), [], "no mount left at the target");
   assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no layer or FUSE mount left");
   assert.deepEqual(runtimeEntries(sandbox), [], "runtime dir of the mount removed");
@@ -72,9 +76,9 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         const login = loginOptions(registry, "stdin");
         const mounted = await runCli(
           ["mount", image, sandbox.target, "--backend", backend, ...login.args],
-          { env: sandbox.env, stdin: login.stdin, timeoutMs: 60_000 },
+          { env: sandbox.env, stdin: login.stdin, timeoutMs: 120_000 },
         );
-        assertSuccess(mounted);
+        assert.equal(mounted.code, 0, `${describe(mounted)}\nserver log:\n${sandbox.serverLogs()}`);
         assert.match(mounted.stdout, /mounted .*demo\/basic:v1 at /);
         assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
 
@@ -105,7 +109,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assertSuccess(
           await runCli(["mount", image, sandbox.target, "--backend", backend], {
             env: sandbox.env,
-            timeoutMs: 60_000,
+            timeoutMs: 120_000,
           }),
         );
         assert.equal(await manifestOf(sandbox.target), expectedManifest("merged.txt"));
@@ -126,7 +130,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assertSuccess(
           await runCli(["mount", image, sandbox.target, "--layer", "0", "--backend", backend], {
             env: sandbox.env,
-            timeoutMs: 60_000,
+            timeoutMs: 120_000,
           }),
         );
         assert.equal(await manifestOf(sandbox.target), expectedManifest("layer1.txt"));
@@ -135,7 +139,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assertSuccess(
           await runCli(["mount", `${FIXTURES}/basic-lz4.erofs`, sandbox.target], {
             env: sandbox.env,
-            timeoutMs: 60_000,
+            timeoutMs: 120_000,
           }),
         );
         assert.equal(await manifestOf(sandbox.target), expectedManifest("basic-lz4.txt"));
@@ -211,7 +215,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assertSuccess(
           await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend], {
             env: sandbox.env,
-            timeoutMs: 60_000,
+            timeoutMs: 120_000,
           }),
         );
         const file = await Deno.open(`${sandbox.target}/lorem.txt`);

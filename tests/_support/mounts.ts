@@ -13,6 +13,8 @@ export interface MountSandbox {
   /** EROFS_OCI_RUNTIME_DIR for every CLI call of this test. */
   runtimeDir: string;
   env: Record<string, string>;
+  /** The servers' log files, for assertion messages. */
+  serverLogs(): string;
   cleanup(): Promise<void>;
 }
 
@@ -37,6 +39,17 @@ export async function mountSandbox(): Promise<MountSandbox> {
     target,
     runtimeDir,
     env,
+    serverLogs() {
+      let text = "";
+      try {
+        for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
+          try {
+            text += Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/server.log`);
+          } catch { /* no log */ }
+        }
+      } catch { /* no runtime dir */ }
+      return text || "(no server log)";
+    },
     async cleanup() {
       if (mountPointsUnder(target).length) {
         await runCli(["umount", "--lazy", target], { env, timeoutMs: 30_000 });
