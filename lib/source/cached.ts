@@ -39,6 +39,25 @@ export const DEFAULT_MAX_READAHEAD_BYTES = 8 << 20;
 
 type Piece = Uint8Array | Promise<Uint8Array>;
 
+/** One sequential reader being followed for readahead. */
+interface Stream {
+  /** Where the next read of this stream is expected. */
+  nextOffset: number;
+  /** Chunks in the next readahead window (1, 2, 4 … up to maxReadaheadChunks). */
+  windowChunks: number;
+  /** Chunk index just past the furthest chunk fetched for the stream. */
+  aheadEnd: number;
+  /** Reading chunk >= marker starts the next window in the background. */
+  marker: number;
+}
+
+/** Sequential streams followed at once. */
+const MAX_STREAMS = 8;
+
+function newStream(nextOffset: number, aheadEnd: number): Stream {
+  return { nextOffset, windowChunks: 1, aheadEnd, marker: Infinity };
+}
+
 /**
  * A Source in front of another: aligned chunks in a bounded LRU, one underlying fetch per chunk
  * however many readers want it (single-flight), and sequential readahead whose window doubles
@@ -62,13 +81,8 @@ export class CachedSource implements Source {
   readonly #closing = new AbortController();
   #cachedBytes = 0;
 
-  // Sequential stream state.
-  #nextOffset = 0;
-  #windowChunks = 1;
-  /** Chunk index just past the furthest chunk fetched for the stream. */
-  #aheadEnd = 0;
-  /** Reading chunk >= marker starts the next readahead window in the background. */
-  #marker = Infinity;
+  /** Sequential streams being followed, most recently used last (a file start is one). */
+  readonly #streams: Stream[] = [newStream(0, 0)];
 
   readonly #stats = {
     bytesRequested: 0,
@@ -186,14 +200,7 @@ export class CachedSource implements Source {
    */
   #acquire(offset: number, length: number, first: number, last: number): Piece[] {
     this.#stats.bytesRequested += length;
-    const sequential = offset >= this.#nextOffset - 2 * this.chunkBytes &&
-      offset <= this.#nextOffset + this.chunkBytes;
-    this.#nextOffset = sequential ? Math.max(this.#nextOffset, offset + length) : offset + length;
-    if (!sequential) {
-      this.#windowChunks = 1;
-      this.#aheadEnd = last + 1;
-      this.#marker = Infinity;
-    }
+    const { stream, sequential } = this.#stream(offset, length, last);
 
     const pieces: Piece[] = new Array(last - first + 1);
     for (let i = first; i <= last;) {
@@ -217,9 +224,9 @@ export class CachedSource implements Source {
       while (runEnd <= last && !this.#present(runEnd)) runEnd++;
       const neededEnd = runEnd;
       if (sequential && runEnd === last + 1) {
-        const windowEnd = Math.min(this.#chunkCount, i + this.#windowChunks);
+        const windowEnd = Math.min(this.#chunkCount, i + stream.windowChunks);
         while (runEnd < windowEnd && !this.#present(runEnd)) runEnd++;
-        this.#advanceWindow(i, runEnd);
+        this.#advanceWindow(stream, i, runEnd);
       }
       this.#fetch(i, runEnd, false);
       for (; i < neededEnd; i++) {
@@ -228,30 +235,55 @@ export class CachedSource implements Source {
       }
     }
 
-    if (sequential && last >= this.#marker) this.#readahead(last + 1);
+    if (sequential && last >= stream.marker) this.#readahead(stream, last + 1);
     return pieces;
   }
 
+  /**
+   * The stream a read continues (it starts near where that stream stopped), or a new one
+   * replacing the least recently used. Several streams let concurrent sequential readers
+   * (two files, nbdcopy's per-connection regions) each keep their readahead.
+   */
+  #stream(offset: number, length: number, last: number): { stream: Stream; sequential: boolean } {
+    const streams = this.#streams;
+    for (let i = streams.length - 1; i >= 0; i--) {
+      const stream = streams[i];
+      if (
+        offset >= stream.nextOffset - 2 * this.chunkBytes &&
+        offset <= stream.nextOffset + this.chunkBytes
+      ) {
+        streams.splice(i, 1);
+        streams.push(stream);
+        stream.nextOffset = Math.max(stream.nextOffset, offset + length);
+        return { stream, sequential: true };
+      }
+    }
+    if (streams.length >= MAX_STREAMS) streams.shift();
+    const stream = newStream(offset + length, last + 1);
+    streams.push(stream);
+    return { stream, sequential: false };
+  }
+
   /** Starts the next sequential window in the background, beyond what is already fetched. */
-  #readahead(from: number): void {
-    let start = Math.max(this.#aheadEnd, from);
+  #readahead(stream: Stream, from: number): void {
+    let start = Math.max(stream.aheadEnd, from);
     while (start < this.#chunkCount && this.#present(start)) start++;
     if (start >= this.#chunkCount) {
-      this.#marker = Infinity;
+      stream.marker = Infinity;
       return;
     }
-    const windowEnd = Math.min(this.#chunkCount, start + this.#windowChunks);
+    const windowEnd = Math.min(this.#chunkCount, start + stream.windowChunks);
     let end = start + 1;
     while (end < windowEnd && !this.#present(end)) end++;
-    this.#advanceWindow(start, end);
+    this.#advanceWindow(stream, start, end);
     this.#fetch(start, end, true);
   }
 
   /** Records a window [start, end) of the stream and grows the next one. */
-  #advanceWindow(start: number, end: number): void {
-    this.#aheadEnd = Math.max(this.#aheadEnd, end);
-    this.#marker = start + Math.floor((end - start) / 2);
-    this.#windowChunks = Math.min(this.#windowChunks * 2, this.maxReadaheadChunks);
+  #advanceWindow(stream: Stream, start: number, end: number): void {
+    stream.aheadEnd = Math.max(stream.aheadEnd, end);
+    stream.marker = start + Math.floor((end - start) / 2);
+    stream.windowChunks = Math.min(stream.windowChunks * 2, this.maxReadaheadChunks);
   }
 
   #present(index: number): boolean {

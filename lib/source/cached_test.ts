@@ -148,6 +148,20 @@ Deno.test("CachedSource: sequential reads grow the readahead window; random acce
   deepStrictEqual(random.reads.map((r) => r.length), [MiB, MiB, MiB, MiB, MiB, MiB]);
 });
 
+Deno.test("CachedSource: interleaved sequential readers each keep a growing window", async () => {
+  const inner = new GeneratedSource(128 * MiB);
+  const cache = new CachedSource(inner, { chunkBytes: MiB, cacheBytes: 64 * MiB });
+  // Two readers, 64 MiB apart, taking turns (like two files, or nbdcopy's connections).
+  for (let step = 0; step < 32 * 8; step++) {
+    const base = (step % 2) * 64 * MiB;
+    const offset = base + Math.floor(step / 2) * 256 * 1024;
+    expectGenerated(await cache.read(offset, 256 * 1024), offset);
+  }
+  const sizes = inner.reads.map((r) => r.length / MiB);
+  ok(inner.reads.length <= 16, `${inner.reads.length} fetches: ${sizes.join(",")}`);
+  ok(sizes.filter((s) => s === 8).length >= 4, sizes.join(","));
+});
+
 Deno.test("CachedSource: memory stays bounded by cacheBytes over a 512 MiB image; LRU keeps hot chunks", async () => {
   const inner = new GeneratedSource(512 * MiB);
   const cache = new CachedSource(inner, { chunkBytes: MiB, cacheBytes: 16 * MiB });
