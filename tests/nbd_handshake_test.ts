@@ -298,6 +298,45 @@ Deno.test("listen: address parsing and stale sockets", async () => {
   }
 });
 
+Deno.test("listen: connections beyond maxConnections are closed at once", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/s.sock`;
+  const server = await startNbdServer({
+    listen: { transport: "unix", path },
+    source: new MemorySource(DATA),
+    export: { name: "x", sizeBytes: SIZE, flags: READ_ONLY_EXPORT_FLAGS },
+    maxConnections: 2,
+  });
+  const clients: RawNbdClient[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      clients.push(await RawNbdClient.connectUnix(path));
+      await clients[i].handshake();
+    }
+    const third = await RawNbdClient.connectUnix(path);
+    clients.push(third);
+    ok(await third.closedByServer());
+    clients[0].close();
+    // A slot frees up once the first client is gone.
+    let served = false;
+    for (let attempt = 0; attempt < 50 && !served; attempt++) {
+      const next = await RawNbdClient.connectUnix(path);
+      clients.push(next);
+      try {
+        await next.handshake();
+        served = true;
+      } catch {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    ok(served);
+  } finally {
+    for (const c of clients) c.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("listen: TCP on an ephemeral port", async () => {
   const server = await startNbdServer({
     listen: { transport: "tcp", hostname: "127.0.0.1", port: 0 },

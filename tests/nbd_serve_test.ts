@@ -221,10 +221,14 @@ Deno.test({
       // And the real client still gets every byte.
       await run("nbdcopy", [s.uri, `${s.dir}/out.img`]);
       await sameAsFixture(`${s.dir}/out.img`);
+      // SIGTERM stops promptly although the hog's replies are stuck in a full socket and the
+      // silent client is still in its handshake.
+      const started = Date.now();
+      assertEquals(await s.stop(), 0, s.stderr());
+      ok(Date.now() - started < 5000, `stop took ${Date.now() - started} ms`);
     } finally {
       for (const c of hostile) c.close();
     }
-    assertEquals(await s.stop(), 0, s.stderr());
   },
 });
 

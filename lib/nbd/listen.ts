@@ -48,6 +48,8 @@ export interface NbdServerOptions {
   export: ExportDescription;
   /** A client must finish the handshake within this time. Default 30 s. */
   handshakeTimeoutMs?: number;
+  /** Connections served at once; more are closed on accept. Default 64. */
+  maxConnections?: number;
   /** Per-connection events, for logs. */
   onConnection?(event: ConnectionEvent): void;
   onRequest?(event: RequestEvent): void;
@@ -55,7 +57,7 @@ export interface NbdServerOptions {
 
 export type ConnectionEvent =
   | { kind: "open"; id: number }
-  | { kind: "handshake-failed"; id: number; reason: string }
+  | { kind: "handshake-failed" | "refused"; id: number; reason: string }
   | { kind: "closed"; id: number; end: TransmissionEnd };
 
 export interface NbdServer {
@@ -76,6 +78,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const stop = new AbortController();
   const active = new Map<number, { conn: Deno.Conn; done: Promise<void> }>();
   const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
+  const maxConnections = options.maxConnections ?? 64;
   let nextId = 1;
 
   const handle = async (conn: Deno.Conn, id: number) => {
@@ -110,6 +113,11 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     try {
       for await (const conn of listener) {
         const id = nextId++;
+        if (active.size >= maxConnections) {
+          options.onConnection?.({ kind: "refused", id, reason: "too many connections" });
+          closeQuietly(conn);
+          continue;
+        }
         const done = handle(conn, id).finally(() => active.delete(id));
         active.set(id, { conn, done });
       }

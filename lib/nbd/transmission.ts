@@ -37,7 +37,10 @@ export interface TransmissionOptions {
   maxRequestBytes?: number;
   /** Requests served at once; beyond it the socket is not read until one finishes. Default 128. */
   maxInFlight?: number;
-  /** Bytes of READ replies held at once (same back-pressure). Default 256 MiB. */
+  /**
+   * Bytes of READ replies held at once (same back-pressure). Default 64 MiB: plenty to keep a
+   * socket busy, and a client that never reads its replies pins no more than this.
+   */
   maxInFlightBytes?: number;
   /** Called after each reply is written (for stats and debug logs). */
   onRequest?(event: RequestEvent): void;
@@ -79,7 +82,7 @@ export async function serveTransmission(
 ): Promise<TransmissionEnd> {
   const maxRequestBytes = options.maxRequestBytes ?? NBD_MAX_REQUEST_BYTES;
   const maxInFlight = options.maxInFlight ?? 128;
-  const maxInFlightBytes = options.maxInFlightBytes ?? 256 * 1024 * 1024;
+  const maxInFlightBytes = options.maxInFlightBytes ?? 64 * 1024 * 1024;
   const reader = new BufferedReader(conn);
   const writer = new SerialWriter(conn);
   const stop = new AbortController();
