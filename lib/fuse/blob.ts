@@ -21,11 +21,11 @@ import {
   openFile,
   strerror,
   SysError,
+  writeSmallFile,
 } from "../../ffi/libc.ts";
 import { startLibcWorker } from "../../ffi/libc_worker.ts";
 import { MountError } from "../errors.ts";
 import * as log from "../cli/log.ts";
-import { writeSysfs } from "../mount/erofs_file.ts";
 import { findMount } from "../mount/mountinfo.ts";
 import { umountOffThread } from "../mount/mount_task.ts";
 import type { Source } from "../source/source.ts";
@@ -200,7 +200,7 @@ class FuseConnection {
     if (!entry) return;
     const file = `/sys/class/bdi/${entry.major}:${entry.minor}/read_ahead_kb`;
     try {
-      writeSysfs(file, `${READ_AHEAD_KB}`);
+      writeSmallFile(file, `${READ_AHEAD_KB}`);
     } catch (error) {
       log.debug(`cannot set ${file}: ${(error as Error).message}`);
     }

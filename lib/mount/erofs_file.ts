@@ -5,17 +5,14 @@
  * served by this very process (see lib/fuse/blob.ts).
  */
 import {
-  closeFd,
-  cstr,
   Errno,
   type LibcSymbols,
+  listDirectory,
   MNT_DETACH,
   MS_RDONLY,
-  O_WRONLY,
-  openFile,
   strerror,
   SysError,
-  writeAll,
+  writeSmallFile,
 } from "../../ffi/libc.ts";
 import { type ErrnoReader, runLibcTask } from "../../ffi/libc_worker.ts";
 import * as log from "../cli/log.ts";
@@ -25,7 +22,6 @@ import {
   EROFS_SUPER_END,
   type ErofsSuperblock,
 } from "../erofs/superblock.ts";
-import { findMount } from "./mountinfo.ts";
 import { mountOffThread, type SyscallResult, umountOffThread } from "./mount_task.ts";
 
 /** Readahead of the EROFS mount's own bdi: 1 MiB reads of the backing file. */
@@ -72,6 +68,7 @@ export async function mountErofsFile(
     if (path.includes(",")) throw new MountError(`cannot mount a path containing ",": ${path}`);
   }
   const devices = extraDevices.map((device) => `device=${device}`).join(",");
+  const bdisBefore = new Set(erofsBdis());
   const result = await mountOffThread({
     source: file,
     target,
@@ -81,7 +78,7 @@ export async function mountErofsFile(
     loopFallback: { extraFiles: extraDevices, dataWithoutDevices: "", always: opts.via === "loop" },
   });
   if (result.errno !== 0) throw mountError(result, file, target);
-  if (!result.loopDevices) tuneReadAhead(target);
+  tuneReadAhead(result.loopDevices, bdisBefore);
   return { superblock, loopDevices: result.loopDevices ?? [] };
 }
 
@@ -176,29 +173,31 @@ function mountError(result: SyscallResult, file: string, target: string): MountE
   });
 }
 
-/** Best effort: a file-backed EROFS mount has its own bdi, `0:<minor>` of its st_dev. */
-function tuneReadAhead(target: string): void {
-  const entry = findMount(absolute(target));
-  if (!entry || entry.fsType !== "erofs" || entry.major !== 0) return;
-  const file = `/sys/class/bdi/0:${entry.minor}/read_ahead_kb`;
-  try {
-    writeSysfs(file, `${READ_AHEAD_KB}`);
-  } catch (error) {
-    log.debug(`cannot set ${file}: ${(error as Error).message}`);
+/**
+ * Best effort: 1 MiB readahead for the new mount. A file-backed EROFS mount gets its own bdi
+ * named `erofs-<seq>`, which nothing maps to the mount (not mountinfo, not st_dev), so we take
+ * the `erofs-*` bdis that appeared during our mount(2) — a concurrent EROFS mount may get the
+ * same (harmless) tuning. With 128 KiB (the default) reads over FUSE are a third as fast.
+ */
+function tuneReadAhead(loopDevices: string[] | undefined, bdisBefore: Set<string>): void {
+  const files = loopDevices
+    ? loopDevices.map((device) => `/sys/block/${device.replace("/dev/", "")}/queue/read_ahead_kb`)
+    : erofsBdis().filter((name) => !bdisBefore.has(name)).map((name) =>
+      `/sys/class/bdi/${name}/read_ahead_kb`
+    );
+  for (const file of files) {
+    try {
+      writeSmallFile(file, `${READ_AHEAD_KB}`);
+    } catch (error) {
+      log.debug(`cannot set ${file}: ${(error as Error).message}`);
+    }
   }
 }
 
-function absolute(path: string): string {
-  const full = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
-  return full.replace(/\/+$/, "") || "/";
-}
-
-/** Writes a sysfs attribute through libc (Deno's file API refuses /sys without --allow-all). */
-export function writeSysfs(file: string, value: string): void {
-  const fd = openFile(file, O_WRONLY);
+function erofsBdis(): string[] {
   try {
-    writeAll(fd, cstr(value).subarray(0, -1));
-  } finally {
-    closeFd(fd);
+    return listDirectory("/sys/class/bdi").filter((name) => name.startsWith("erofs-"));
+  } catch {
+    return [];
   }
 }
