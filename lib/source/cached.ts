@@ -47,7 +47,7 @@ interface Stream {
   windowChunks: number;
   /** Chunk index just past the furthest chunk fetched for the stream. */
   aheadEnd: number;
-  /** Reading chunk >= marker starts the next window in the background. */
+  /** Reading chunk >= marker (the start of the newest window) fetches the next one. */
   marker: number;
 }
 
@@ -282,7 +282,7 @@ export class CachedSource implements Source {
   /** Records a window [start, end) of the stream and grows the next one. */
   #advanceWindow(stream: Stream, start: number, end: number): void {
     stream.aheadEnd = Math.max(stream.aheadEnd, end);
-    stream.marker = start + Math.floor((end - start) / 2);
+    stream.marker = start;
     stream.windowChunks = Math.min(stream.windowChunks * 2, this.maxReadaheadChunks);
   }
 
