@@ -6,13 +6,21 @@ import type { Source } from "../source/source.ts";
 import { startFuseBlob } from "../fuse/blob.ts";
 import {
   closeKernelFds,
-  connectNbd,
   disconnectNbd,
   openKernelConnections,
   reconfigureNbd,
 } from "../nbd/kernel.ts";
+import { attachNbd } from "../nbd/attach.ts";
 import { removeRecoveryFile } from "../recovery/store.ts";
 import { tuneNbdQueue } from "../nbd/sysfs.ts";
+
+function tuneQueue(index: number): void {
+  try {
+    tuneNbdQueue(index);
+  } catch (error) {
+    console.warn(`tuning nbd${index} failed (reads stay small):`, error);
+  }
+}
 import { serveTransmission } from "../nbd/transmission.ts";
 
 export interface LayerExport {
@@ -43,7 +51,7 @@ const NBD_CONNECTIONS = 4;
  * the export then replaces the socket (see heal below), so a slow registry costs a reconnect,
  * never an I/O error.
  */
-const NBD_TIMEOUT_S = 10;
+const NBD_TIMEOUT_S = Number(Deno.env.get("EROFS_OCI_NBD_TIMEOUT_S") ?? 10);
 /** How long I/O waits for a replacement server after ours died (reattach window). */
 const NBD_DEAD_CONN_TIMEOUT_S = 30 * 24 * 3600;
 
@@ -87,16 +95,20 @@ export async function exportLayer(
   conns.forEach(serve);
   let index: number;
   let backendId: string;
+  let detach: () => Promise<void>;
   try {
     if (context.reattach) {
       ({ index, backendId } = context.reattach);
       await reconfigureNbd(index, kernelFds, backendId, NBD_TIMEOUT_S);
+      tuneQueue(index);
+      const reattached = index;
+      detach = () => disconnectNbd(reattached);
     } else {
       // The recovery file exists before the device does: a crash right after CONNECT must
       // still be recoverable. Its path is the device's backend identifier.
       backendId = context.writeRecovery();
       try {
-        index = await connectNbd({
+        const attachment = await attachNbd({
           sizeBytes: source.size,
           socketFds: kernelFds,
           timeoutS: NBD_TIMEOUT_S,
@@ -104,6 +116,7 @@ export async function exportLayer(
           backendId,
           readOnly: true,
         });
+        ({ index, detach } = attachment);
       } catch (error) {
         removeRecoveryFile(backendId);
         throw error;
@@ -114,11 +127,6 @@ export async function exportLayer(
     throw error;
   } finally {
     closeKernelFds(kernelFds);
-  }
-  try {
-    tuneNbdQueue(index);
-  } catch (error) {
-    console.warn(`tuning nbd${index} failed (reads stay small):`, error);
   }
   const deviceIndex = index;
   const deviceBackendId = backendId;
@@ -145,7 +153,7 @@ export async function exportLayer(
     recoveryFile: backendId,
     close: async () => {
       closing = true;
-      await disconnectNbd(deviceIndex);
+      await detach();
       removeRecoveryFile(deviceBackendId);
       for (const conn of conns) {
         try {
