@@ -68,6 +68,8 @@ export const LIBC_SYMBOLS = {
   },
   // int umount2(const char *target, int flags);
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  // pid_t gettid(void);
+  gettid: { parameters: [], result: "i32" },
   // int setsid(void);
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);

@@ -48,6 +48,8 @@ export interface FuseBlob {
   readonly filePath: string;
   /** Where the FUSE file system is mounted. */
   readonly mountDir: string;
+  /** Linux thread id of the /dev/fuse reader (a worker thread), for diagnostics and tests. */
+  readonly readerThreadId: number;
   /** READ requests answered and bytes served so far. */
   stats(): { reads: number; bytes: number };
   /**
@@ -129,6 +131,7 @@ export async function startFuseBlob(
   return {
     filePath: `${dir}/${name}`,
     mountDir: dir,
+    readerThreadId: connection.readerThreadId,
     stats: () => connection.server.stats(),
     close: () => connection.close(),
   };
@@ -143,6 +146,8 @@ class FuseConnection {
   readonly #reader: Worker;
   readonly #readerEnded = Promise.withResolvers<void>();
   #fdOpen = true;
+  #readerStarted = Promise.withResolvers<void>();
+  readerThreadId = 0;
   #closing?: Promise<void>;
 
   constructor(fd: number, dir: string, name: string, source: Source, removeDir: boolean) {
@@ -163,16 +168,36 @@ class FuseConnection {
         this.server.handle(new Uint8Array(message.request));
         return;
       }
-      if (message.end === "error") {
-        log.warn(`FUSE reader on ${dir} stopped: ${strerror(message.errno)}`);
+      if ("started" in message) {
+        this.readerThreadId = message.started;
+        this.#readerStarted.resolve();
+        return;
       }
       this.#readerEnded.resolve();
+      if (message.end === "error") this.#readerFailed(strerror(message.errno));
     };
     this.#reader.onerror = (event: ErrorEvent) => {
       event.preventDefault();
-      log.warn(`FUSE reader on ${dir} failed: ${event.message}`);
       this.#readerEnded.resolve();
+      this.#readerFailed(event.message);
     };
+  }
+
+  /**
+   * Nobody reads requests any more: close our end so the kernel aborts the connection (callers
+   * get ENOTCONN at once instead of hanging); the mounts stay until unmounted.
+   */
+  #readerFailed(reason: string): void {
+    log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);
+    this.#reader.terminate();
+    this.server.abortAll();
+    this.#closeFd();
+  }
+
+  #closeFd(): void {
+    if (!this.#fdOpen) return;
+    this.#fdOpen = false;
+    closeFd(this.#fd);
   }
 
   async ready(): Promise<void> {
@@ -184,7 +209,10 @@ class FuseConnection {
       );
     });
     try {
-      await Promise.race([this.server.initialized, timeout]);
+      await Promise.race([
+        Promise.all([this.server.initialized, this.#readerStarted.promise]),
+        timeout,
+      ]);
     } catch (error) {
       if (error instanceof MountError) throw error;
       throw new MountError(`FUSE on ${this.#dir}: ${(error as Error).message}`);
@@ -273,8 +301,7 @@ class FuseConnection {
     clearTimeout(timer);
     this.#reader.terminate();
     this.server.abortAll();
-    this.#fdOpen = false;
-    closeFd(this.#fd);
+    this.#closeFd();
     if (this.#removeDir) {
       try {
         Deno.removeSync(this.#dir);

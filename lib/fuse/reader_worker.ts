@@ -16,6 +16,7 @@ export interface FuseReaderArg {
 
 /** Messages from the reader: one request (transferred), or why it stopped. */
 export type FuseReaderMessage =
+  | { started: number /* the reader's Linux thread id */ }
   | { request: ArrayBuffer }
   | { end: "unmounted" | "error"; errno: number };
 
@@ -33,6 +34,7 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
   pollView.setInt16(4, POLLIN, true);
   const post = (message: unknown, transfer: Transferable[] = []) =>
     (self as unknown as Worker).postMessage(message, transfer);
+  post({ started: libc.gettid() });
   for (;;) {
     pollView.setInt16(6, 0, true);
     const ready = libc.poll(pollfd, 1n, arg.pollMs);

@@ -31,6 +31,7 @@ import {
   parseRead,
   parseRequestHeader,
   reply,
+  type RequestHeader,
   ROOT_NODE_ID,
   S_IFDIR,
   S_IFREG,
@@ -98,18 +99,32 @@ export class SingleFileFuseServer {
     for (const controller of this.#inflight.values()) controller.abort();
   }
 
-  /** Handles one request as read from /dev/fuse. */
+  /** Handles one request as read from /dev/fuse; a malformed one gets EIO, never a throw. */
   handle(request: Uint8Array): void {
     const view = new DataView(request.buffer, request.byteOffset, request.byteLength);
+    if (request.length < IN_HEADER_SIZE) {
+      log.warn(`FUSE request of ${request.length} bytes ignored`);
+      return;
+    }
     const header = parseRequestHeader(view);
+    try {
+      this.#dispatch(header, view, request);
+    } catch (err) {
+      log.warn(`FUSE request ${header.opcode} failed: ${message(err)}`);
+      this.#send(reply(header.unique, 0, EIO));
+    }
+  }
+
+  #dispatch(header: RequestHeader, view: DataView, request: Uint8Array): void {
     const { unique, nodeId } = header;
     const error = (code: number) => this.#send(reply(unique, 0, code));
     switch (header.opcode) {
       case Op.INIT:
         return this.#init(view, unique);
       case Op.LOOKUP: {
+        const end = request.indexOf(0, IN_HEADER_SIZE);
         const name = new TextDecoder().decode(
-          request.subarray(IN_HEADER_SIZE, request.indexOf(0, IN_HEADER_SIZE)),
+          request.subarray(IN_HEADER_SIZE, end < 0 ? request.length : end),
         );
         if (nodeId !== ROOT_NODE_ID) return error(ENOTDIR);
         if (name !== this.#fileName) return error(ENOENT);

@@ -143,28 +143,6 @@ export function bytesSource(bytes: Uint8Array): Source {
   };
 }
 
-/** Threads of this process that are Deno workers (named `worker-N`). */
-export function workerThreadCount(): number {
-  let count = 0;
-  for (const task of Deno.readDirSync("/proc/self/task")) {
-    try {
-      if (Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).startsWith("worker-")) count++;
-    } catch { /* thread ended meanwhile */ }
-  }
-  return count;
-}
-
-/** Waits until the worker thread count drops to `count` (threads exit shortly after terminate). */
-export async function waitForWorkerThreads(count: number, timeoutMs = 3000): Promise<number> {
-  const end = Date.now() + timeoutMs;
-  let now = workerThreadCount();
-  while (now > count && Date.now() < end) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    now = workerThreadCount();
-  }
-  return now;
-}
-
 /** sha256 hex of bytes. */
 export async function sha256(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
