@@ -42,8 +42,12 @@ Options:
       --foreground       keep the server attached to this terminal (debugging, systemd)
 ${REGISTRY_OPTIONS_HELP}
 
-A password given with --password/--password-stdin is handed to the server process only
-(never written to disk by this command).`,
+Crash recovery (NBD backend): each device gets a recovery file in
+/var/run/erofsmount/nbd (directory 0700, file 0600; erofs-utils 1.9 format) so
+\`erofs-oci reattach\` can bring a killed server back. It records the resolved layer digest.
+A password given with --password/--password-stdin is stored in it (base64, as erofs-utils
+does) because reattach needs it; credentials from Docker's config or a credential helper
+are not written and are looked up again at reattach. The file is removed by umount.`,
   async run(argv) {
     const { values, positionals } = parseCommandArgs("mount", argv, {
       ...REGISTRY_OPTIONS,
