@@ -91,7 +91,12 @@ export async function startFuseBlob(
     Deno.mkdirSync(dir, { mode: 0o700 });
     created = true;
   } catch (error) {
-    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    if (error instanceof Deno.errors.NotFound) {
+      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+      created = true;
+    } else if (!(error instanceof Deno.errors.AlreadyExists)) {
+      throw error;
+    }
   }
 
   let fd: number;

@@ -42,9 +42,11 @@ export interface ErofsMountInfo {
 }
 
 /**
- * Mounts the EROFS image `file` read-only on `target`. Throws FormatError ("not an EROFS
- * image") before anything is mounted when the superblock is wrong, MountError with the
- * kernel's reason when mount(2) fails.
+ * Mounts the EROFS image `file` (a regular file such as a FUSE blob, or a block device such as
+ * /dev/nbdN) read-only on `target`. Throws FormatError ("not an EROFS image") before anything
+ * is mounted when the superblock is wrong, MountError with the kernel's reason when mount(2)
+ * fails. Regular files are mounted file-backed; kernels without that (ENOTBLK, before 6.12)
+ * get read-only autoclear loop devices for the image and each extra device.
  *
  * @example
  * await mountErofsFile(blob.filePath, "/run/erofs-oci/x/layers/0");
