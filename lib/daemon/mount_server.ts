@@ -10,6 +10,8 @@ import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { openLayerSource } from "../mount/layer_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
+import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../recovery/store.ts";
 
@@ -18,6 +20,8 @@ export type ReadyMessage =
   | {
     ok: true;
     pid: number;
+    /** Reattach of an unreachable registry: devices are taken over once it answers. */
+    waiting?: boolean;
     layers: { blockPath: string; device: string; recoveryFile?: string }[];
   }
   | { ok: false; error: string; hint?: string };
@@ -31,6 +35,31 @@ function writeReady(message: ReadyMessage): void {
   try {
     Deno.stdout.writeSync(bytes);
   } catch { /* the mount process is gone; it cleans up on its side */ }
+}
+
+const WAIT_FIRST_DELAY_MS = 1000;
+const WAIT_MAX_DELAY_MS = 30_000;
+
+/**
+ * Retries with exponential backoff (1 s … 30 s, no busy loop) until the source serves its
+ * first and last bytes and its superblock is EROFS: the registry is back and the blob is the
+ * one the device was made from (a digest names its content; the size must still match).
+ */
+async function waitUntilServable(source: Source, layerIndex: number): Promise<void> {
+  for (let delayMs = WAIT_FIRST_DELAY_MS;; delayMs = Math.min(delayMs * 2, WAIT_MAX_DELAY_MS)) {
+    try {
+      checkErofsSuperblock(await source.read(0, EROFS_SUPER_END), `layer ${layerIndex}`);
+      await source.read(source.size - 1, 1);
+      return;
+    } catch (error) {
+      if (error instanceof FormatError) throw error;
+      console.warn(
+        `layer ${layerIndex}: source not reachable (${(error as Error).message}); ` +
+          `retrying in ${delayMs / 1000} s`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  }
 }
 
 /** Entry of the hidden `__mount-server` command. */
@@ -59,13 +88,14 @@ export async function runMountServer(): Promise<number> {
       console.log("stopped");
     })();
 
-  try {
-    const cachePerLayer = Math.max(
-      4 * 1024 * 1024,
-      Math.floor(spec.cacheBytes / spec.layers.length),
-    );
+  const cachePerLayer = Math.max(
+    4 * 1024 * 1024,
+    Math.floor(spec.cacheBytes / spec.layers.length),
+  );
+  const attachLayers = async () => {
     for (const [index, layer] of spec.layers.entries()) {
       const raw: Source = await openLayerSource(layer, spec.credentials);
+      if (spec.awaitSource) await waitUntilServable(raw, index);
       const cached = new CachedSource(raw, { cacheBytes: cachePerLayer });
       sources.push(cached);
       exports.push(
@@ -80,10 +110,37 @@ export async function runMountServer(): Promise<number> {
         }),
       );
     }
+  };
+
+  try {
     try {
       Deno.removeSync(controlSocketPath(spec.id));
     } catch { /* not there */ }
     listener = Deno.listen({ transport: "unix", path: controlSocketPath(spec.id) });
+    if (spec.awaitSource && spec.reattach) {
+      // The devices exist already and their readers wait in the kernel: say so now, attach
+      // once the registry answers.
+      writeReady({
+        ok: true,
+        pid: Deno.pid,
+        waiting: true,
+        layers: spec.reattach.map((r) => ({
+          blockPath: `/dev/nbd${r.index}`,
+          device: `nbd${r.index}`,
+          recoveryFile: r.backendId,
+        })),
+      });
+      attachLayers().then(
+        () => console.log("registry is back: devices reattached"),
+        async (error) => {
+          console.error("reattach gave up:", error);
+          await stop();
+          Deno.exit(1);
+        },
+      );
+    } else {
+      await attachLayers();
+    }
   } catch (error) {
     console.error("start failed:", error);
     await stop();
@@ -111,16 +168,18 @@ export async function runMountServer(): Promise<number> {
     Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
   }
 
-  writeReady({
-    ok: true,
-    pid: Deno.pid,
-    layers: exports.map((e) => ({
-      blockPath: e.blockPath,
-      device: e.device,
-      recoveryFile: e.recoveryFile,
-    })),
-  });
-  console.log("ready:", exports.map((e) => e.blockPath).join(", "));
+  if (!spec.awaitSource) {
+    writeReady({
+      ok: true,
+      pid: Deno.pid,
+      layers: exports.map((e) => ({
+        blockPath: e.blockPath,
+        device: e.device,
+        recoveryFile: e.recoveryFile,
+      })),
+    });
+    console.log("ready:", exports.map((e) => e.blockPath).join(", "));
+  }
   await serveControl(listener, handle);
   await stop();
   return 0;

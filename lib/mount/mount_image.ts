@@ -92,9 +92,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
 export async function startServer(
   spec: MountSpec,
   foreground: boolean,
-): Promise<
-  { pid: number; layers: { blockPath: string; device: string; recoveryFile?: string }[] }
-> {
+): Promise<Extract<ReadyMessage, { ok: true }>> {
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,

@@ -42,6 +42,12 @@ export interface MountSpec {
    * backend identifier (recovery file path) it was connected with.
    */
   reattach?: { index: number; backendId: string }[];
+  /**
+   * Reattach while the registry is unreachable: report ready at once, then retry with backoff
+   * until each layer's blob answers (and matches), and only then RECONFIGURE its device.
+   * Readers keep waiting in the kernel meanwhile.
+   */
+  awaitSource?: boolean;
 }
 
 /** What `list` and `umount` read back. */

@@ -11,6 +11,44 @@ import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
 
+const VERIFY_DEADLINE_MS = 10_000;
+
+/** True when the registry could not be asked at all (down, unreachable, 5xx): worth waiting. */
+export function registryUnreachable(error: unknown): boolean {
+  if (!(error instanceof OciError)) return false;
+  if (error.status !== undefined) return error.status >= 500;
+  return error.message.startsWith("cannot reach registry");
+}
+
+/**
+ * The LayerSpec of a digest-pinned record built without asking the registry, for a server
+ * that waits until the registry is back and verifies then. Undefined when the record needs
+ * the registry to be understood (a layer index).
+ */
+export function unverifiedLayer(
+  record: RecoveryRecord,
+  extra: RecoveryExtra,
+  deviceSizeBytes: number,
+): { layer: LayerSpec; credentials?: Credentials } | undefined {
+  if (record.kind !== "OCI_NATIVE_BLOB") return undefined;
+  const ref = parseReference(record.reference);
+  return {
+    layer: {
+      kind: "registry",
+      registry: ref.registry,
+      repository: ref.repository,
+      reference: record.reference,
+      platform: record.platform,
+      layerIndex: extra.layerIndex ?? 0,
+      digest: record.digest,
+      mediaType: "application/vnd.erofs",
+      sizeBytes: extra.sizeBytes ?? deviceSizeBytes,
+      plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).origin.startsWith("http:"),
+    },
+    credentials: record.credentials,
+  };
+}
+
 /** Record for a layer: the resolved digest, never a layer index (a tag may move). */
 export function recordForLayer(
   layer: LayerSpec,
@@ -66,6 +104,8 @@ export async function layerForRecord(
   const client = new RegistryClient(ref.registry, {
     plainHttp: extra.plainHttp,
     credentials: record.credentials,
+    // reattach decides quickly whether to wait for an unreachable registry (see below).
+    deadlineMs: VERIFY_DEADLINE_MS,
   });
   let digest: string;
   let layerIndex = extra.layerIndex ?? 0;
@@ -90,7 +130,9 @@ export async function layerForRecord(
     throw new OciError(`blob ${digest} is no longer in ${ref.registry}/${ref.repository}`);
   }
   if (!response.ok) {
-    throw new OciError(`checking blob ${digest}: registry answered ${response.status}`);
+    const error = new OciError(`checking blob ${digest}: registry answered ${response.status}`);
+    error.status = response.status;
+    throw error;
   }
   const size = Number(response.headers.get("content-length") ?? NaN);
   if (!sizeMatches(size)) {

@@ -19,7 +19,7 @@ import {
   writeState,
 } from "../mount/runtime.ts";
 import { readMountInfo } from "../mount/mountinfo.ts";
-import { layerForRecord } from "./layer_record.ts";
+import { layerForRecord, registryUnreachable, unverifiedLayer } from "./layer_record.ts";
 import type { Credentials } from "./record.ts";
 import { readRecoveryFile } from "./store.ts";
 
@@ -27,7 +27,7 @@ export type ReattachTarget = { device: number } | { dir: string } | { all: true 
 
 export interface ReattachOutcome {
   device: string;
-  result: "reattached" | "alive" | "failed";
+  result: "reattached" | "waiting" | "alive" | "failed";
   detail: string;
 }
 
@@ -103,6 +103,8 @@ interface PlannedDevice {
   credentials?: Credentials;
   state?: MountState;
   layerIndex: number;
+  /** False when the registry was unreachable: the server verifies once it is back. */
+  verified: boolean;
 }
 
 /** State for a device another tool mounted, so `list` and `umount` know it from now on. */
@@ -155,7 +157,20 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
     try {
       const backendId = info.backend!;
       const { record, extra } = readRecoveryFile(backendId);
-      const { layer, credentials } = await layerForRecord(record, extra, info.sizeBytes);
+      let verified = true;
+      let rebuilt: { layer: LayerSpec; credentials?: Credentials };
+      try {
+        rebuilt = await layerForRecord(record, extra, info.sizeBytes);
+      } catch (error) {
+        // Registry down: the server waits for it (readers keep waiting in the kernel).
+        const unverified = registryUnreachable(error)
+          ? unverifiedLayer(record, extra, info.sizeBytes)
+          : undefined;
+        if (!unverified) throw error;
+        rebuilt = unverified;
+        verified = false;
+      }
+      const { layer, credentials } = rebuilt;
       const key = owner?.state.id ?? extra.mountId ?? `device-${info.index}`;
       const planned: PlannedDevice = {
         info,
@@ -164,6 +179,7 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
         credentials,
         state: owner?.state,
         layerIndex: owner?.layerIndex ?? 0,
+        verified,
       };
       groups.set(key, [...(groups.get(key) ?? []), planned]);
     } catch (error) {
@@ -190,6 +206,7 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
       layers: planned.map((p) => p.layer),
       credentials: planned.find((p) => p.credentials)?.credentials,
       reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
+      awaitSource: planned.some((p) => !p.verified),
     };
     try {
       const ready = await startServer(spec, false);
@@ -200,11 +217,20 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
           : adoptedState(id, planned, ready.pid, reattachedAt),
       );
       for (const p of planned) {
-        outcomes.push({
-          device: `nbd${p.info.index}`,
-          result: "reattached",
-          detail: `new server pid ${ready.pid}`,
-        });
+        outcomes.push(
+          ready.waiting
+            ? {
+              device: `nbd${p.info.index}`,
+              result: "waiting",
+              detail: `registry unreachable: server pid ${ready.pid} retries with backoff ` +
+                "and reattaches when it is back; readers keep waiting",
+            }
+            : {
+              device: `nbd${p.info.index}`,
+              result: "reattached",
+              detail: `new server pid ${ready.pid}`,
+            },
+        );
       }
     } catch (error) {
       if (!state) removeMountDir(id);

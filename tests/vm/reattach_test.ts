@@ -10,6 +10,7 @@ import { startRegistry, type TestRegistry } from "../_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "../_support/cli.ts";
 import { mountSandbox, mountsBelow, pidAlive, serverPids } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
+import { startFaultProxy } from "../_support/fault_proxy.ts";
 
 const RECOVERY_DIR = "/var/run/erofsmount/nbd";
 const BIG_FILE_BYTES = 48 << 20;
@@ -208,6 +209,67 @@ Deno.test({
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
     } finally {
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "vm reattach: registry down at reattach — server waits with backoff, readers finish once it is back",
+  ignore: NOT_IN_VM,
+  async fn() {
+    const registry = await startRegistry({ auth: "none", startTimeoutMs: 60_000 });
+    let registryDown = false;
+    const proxy = await startFaultProxy(registry.host, [
+      { name: "down", match: () => registryDown, fault: { kind: "status", status: 503 } },
+    ]);
+    const sandbox = await mountSandbox();
+    try {
+      const env = sandbox.env;
+      assertSuccess(
+        await runCli(["push", `${registry.host}/down/basic:v1`, `${FIXTURES}/basic.erofs`], {
+          timeoutMs: 120_000,
+        }),
+      );
+      assertSuccess(
+        await runCli(["mount", `${proxy.host}/down/basic:v1`, sandbox.target, "--backend", "nbd"], {
+          env,
+          timeoutMs: 120_000,
+        }),
+      );
+      const [pid] = serverPids(sandbox.runtimeDir);
+      Deno.kill(pid, "SIGKILL");
+      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      registryDown = true;
+      await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] })
+        .output();
+      const reader = sha256Reader(`${sandbox.target}/big-1m3.bin`);
+
+      const waiting = await runCli(["reattach", sandbox.target], { env, timeoutMs: 120_000 });
+      assertSuccess(waiting);
+      assert.match(waiting.stdout, /waiting/, describe(waiting));
+      // The reader neither fails nor finishes while the registry is down.
+      const early = await Promise.race([
+        reader.status.then(() => "finished"),
+        new Promise((r) => setTimeout(() => r("still waiting"), 5000)),
+      ]);
+      assert.equal(early, "still waiting");
+      const refusedWhileDown = proxy.requests.filter((r) => r.fault === "down").length;
+      assert.ok(refusedWhileDown >= 2, "the server kept asking (with backoff)");
+      assert.ok(refusedWhileDown < 60, `no busy loop: ${refusedWhileDown} requests in 5 s`);
+
+      registryDown = false;
+      const result = await reader.output();
+      assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+      const expected = Deno.readTextFileSync(`${FIXTURES}/expected/basic.txt`)
+        .split("\n").find((l) => l.startsWith("big-1m3.bin\t"))!.split("\t")[7];
+      assert.equal(new TextDecoder().decode(result.stdout).split(" ")[0], expected);
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+    } finally {
+      registryDown = false;
+      await sandbox.cleanup();
+      await proxy.stop();
+      await registry.stop();
     }
   },
 });
