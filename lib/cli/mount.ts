@@ -16,7 +16,7 @@ import {
   resolveRegistryImage,
 } from "../mount/resolve_layers.ts";
 
-const DEFAULT_CACHE = "128M";
+const DEFAULT_CACHE = "64M";
 
 export const mountCommand: Command = {
   name: "mount",

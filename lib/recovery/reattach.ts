@@ -202,7 +202,7 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
       image: state?.image ?? planned[0].layer.kind,
       manifestDigest: state?.manifestDigest,
       backend: "nbd",
-      cacheBytes: 128 << 20,
+      cacheBytes: 64 << 20,
       layers: planned.map((p) => p.layer),
       credentials: planned.find((p) => p.credentials)?.credentials,
       reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
