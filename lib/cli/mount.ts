@@ -7,7 +7,7 @@ import { info } from "./log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import { checkMountTarget, checkRoot } from "../mount/target_dir.ts";
 import { mountImage } from "../mount/mount_image.ts";
-import { serverAlive } from "../mount/runtime.ts";
+import { DEFAULT_CACHE_BYTES, serverAlive } from "../mount/runtime.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -15,8 +15,6 @@ import {
   resolveLocalImage,
   resolveRegistryImage,
 } from "../mount/resolve_layers.ts";
-
-const DEFAULT_CACHE = "64M";
 
 export const mountCommand: Command = {
   name: "mount",
@@ -36,7 +34,9 @@ Options:
       --blob DIGEST      mount only the layer with this digest
       --any-media-type   accept layers whose media type is not application/vnd.erofs
       --backend B        auto (default: nbd when the module is loaded, else fuse), nbd, fuse
-      --cache-size SIZE  memory cache per mount (default ${DEFAULT_CACHE}; e.g. 64M, 1G)
+      --cache-size SIZE  memory cache per mount (default ${
+    DEFAULT_CACHE_BYTES >> 20
+  }M; e.g. 256M, 1G)
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
       --foreground       keep the server attached to this terminal (debugging, systemd)
@@ -55,7 +55,7 @@ are not written and are looked up again at reattach. The file is removed by umou
       blob: { type: "string" },
       "any-media-type": { type: "boolean" },
       backend: { type: "string", default: "auto" },
-      "cache-size": { type: "string", default: DEFAULT_CACHE },
+      "cache-size": { type: "string" },
       upper: { type: "string" },
       work: { type: "string" },
       foreground: { type: "boolean" },
@@ -68,7 +68,9 @@ are not written and are looked up again at reattach. The file is removed by umou
     if ((values.upper === undefined) !== (values.work === undefined)) {
       throw new UsageError("mount: --upper and --work go together");
     }
-    const cacheBytes = parseSize(values["cache-size"]!, "--cache-size");
+    const cacheBytes = values["cache-size"] === undefined
+      ? DEFAULT_CACHE_BYTES
+      : parseSize(values["cache-size"], "--cache-size");
     checkRoot();
     const target = checkMountTarget(dir);
     const { backend, reason } = chooseBackend(values.backend!);

@@ -65,6 +65,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       backend: spec.backend,
       serverPid: ready.pid,
       createdAt: new Date().toISOString(),
+      cacheBytes: spec.cacheBytes,
       layers: ready.layers.map((layer, index) => ({
         digest: spec.layers[index].kind === "registry"
           ? (spec.layers[index] as { digest: string }).digest

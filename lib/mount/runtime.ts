@@ -9,6 +9,9 @@ import { readSmallFile } from "../../ffi/libc.ts";
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
 const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
 
+/** Memory cache of one mount's server unless `--cache-size` says otherwise. */
+export const DEFAULT_CACHE_BYTES = 64 << 20;
+
 /** Where one layer's bytes come from; also what reattach rebuilds a server from. */
 export type LayerSpec =
   | { kind: "local"; path: string; sizeBytes: number }
@@ -69,6 +72,8 @@ export interface MountState {
     recoveryFile?: string;
   }[];
   overlay: boolean;
+  /** Cache size the server was started with (reattach starts the new one alike). */
+  cacheBytes?: number;
   /** Set by `reattach`: when a new server took over the devices. */
   reattachedAt?: string;
 }
