@@ -32,6 +32,23 @@ export function unverifiedLayer(
 ): { layer: LayerSpec; credentials?: Credentials } | undefined {
   if (record.kind !== "OCI_NATIVE_BLOB") return undefined;
   const ref = parseReference(record.reference);
+  return registryLayer(record, {
+    layerIndex: extra.layerIndex ?? 0,
+    digest: record.digest,
+    mediaType: "application/vnd.erofs",
+    sizeBytes: extra.sizeBytes ?? deviceSizeBytes,
+    plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).origin.startsWith("http:"),
+  });
+}
+
+type RegistryRecord = Extract<RecoveryRecord, { reference: string }>;
+type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
+
+function registryLayer(
+  record: RegistryRecord,
+  resolved: Pick<RegistryLayer, "layerIndex" | "digest" | "mediaType" | "sizeBytes" | "plainHttp">,
+): { layer: LayerSpec; credentials?: Credentials } {
+  const ref = parseReference(record.reference);
   return {
     layer: {
       kind: "registry",
@@ -39,11 +56,7 @@ export function unverifiedLayer(
       repository: ref.repository,
       reference: record.reference,
       platform: record.platform,
-      layerIndex: extra.layerIndex ?? 0,
-      digest: record.digest,
-      mediaType: "application/vnd.erofs",
-      sizeBytes: extra.sizeBytes ?? deviceSizeBytes,
-      plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).origin.startsWith("http:"),
+      ...resolved,
     },
     credentials: record.credentials,
   };
@@ -140,19 +153,11 @@ export async function layerForRecord(
       `blob ${digest} has ${size} bytes but the device has ${deviceSizeBytes}: not the mounted data`,
     );
   }
-  return {
-    layer: {
-      kind: "registry",
-      registry: ref.registry,
-      repository: ref.repository,
-      reference: record.reference,
-      platform: record.platform,
-      layerIndex,
-      digest,
-      mediaType,
-      sizeBytes: size,
-      plainHttp: new URL(client.origin).protocol === "http:",
-    },
-    credentials: record.credentials,
-  };
+  return registryLayer(record, {
+    layerIndex,
+    digest,
+    mediaType,
+    sizeBytes: size,
+    plainHttp: client.origin.startsWith("http:"),
+  });
 }
