@@ -50,9 +50,18 @@ function runtimeEntries(sandbox: MountSandbox): string[] {
   }
 }
 
+/** NBD devices listed for the sandbox's mounts (empty for FUSE). */
+async function nbdDevicesOf(sandbox: MountSandbox): Promise<string[]> {
+  const listed = await runCli(["list", "--json"], { env: sandbox.env });
+  assertSuccess(listed);
+  return (JSON.parse(listed.stdout) as { devices: string[] }[])
+    .flatMap((m) => m.devices.filter((d) => /^nbd\d+$/.test(d)));
+}
+
 async function unmountAndCheckClean(sandbox: MountSandbox) {
   const pids = serverPids(sandbox.runtimeDir);
   assert.ok(pids.length > 0, "a server pid was recorded");
+  const devices = await nbdDevicesOf(sandbox);
   const unmounted = await runCli(["umount", sandbox.target], {
     env: sandbox.env,
     timeoutMs: 120_000,
@@ -62,6 +71,17 @@ async function unmountAndCheckClean(sandbox: MountSandbox) {
   assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no layer or FUSE mount left");
   assert.deepEqual(runtimeEntries(sandbox), [], "runtime dir of the mount removed");
   for (const pid of pids) assert.ok(!pidAlive(pid), `server ${pid} stopped`);
+  for (const device of devices) {
+    // The kernel removes the pid attribute when the device is disconnected.
+    let pid = "";
+    try {
+      pid = Deno.readTextFileSync(`/sys/block/${device}/pid`).trim();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    assert.equal(pid, "", `${device} disconnected`);
+    assert.equal(Deno.readTextFileSync(`/sys/block/${device}/size`).trim(), "0");
+  }
 }
 
 /** Registers the scenarios for one backend; `ignore` as computed by the caller. */
