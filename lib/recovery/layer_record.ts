@@ -13,6 +13,20 @@ import type { RecoveryExtra } from "./store.ts";
 
 const VERIFY_DEADLINE_MS = 10_000;
 
+/**
+ * Size of every NBD device erofs-utils 1.9 connects, whatever the image: INT64_MAX >> 9 blocks
+ * of 512 bytes (its /sys/block/nbdN/size reads 18014398509481983). Past 2^53, so written the
+ * way nbdSizeBytes computes it to compare equal. Such a size says nothing about the content.
+ */
+export const EROFS_UTILS_DEVICE_BYTES = Number((2n ** 63n - 1n) >> 9n) * 512;
+
+/** True when a source of `sizeBytes` can be the content of a device of `deviceSizeBytes`. */
+export function sizeFitsDevice(sizeBytes: number, deviceSizeBytes: number): boolean {
+  if (deviceSizeBytes === EROFS_UTILS_DEVICE_BYTES) return sizeBytes <= deviceSizeBytes;
+  // erofs-oci's devices: the source size rounded up to the block size.
+  return sizeBytes <= deviceSizeBytes && deviceSizeBytes - sizeBytes < 4096;
+}
+
 /** True when the registry could not be asked at all (down, unreachable, 5xx): worth waiting. */
 export function registryUnreachable(error: unknown): boolean {
   if (!(error instanceof OciError)) return false;
@@ -31,12 +45,16 @@ export function unverifiedLayer(
   deviceSizeBytes: number,
 ): { layer: LayerSpec; credentials?: Credentials } | undefined {
   if (record.kind !== "OCI_NATIVE_BLOB") return undefined;
+  // A device of erofs-utils has no size of its own: without ours, only the registry knows.
+  const sizeBytes = extra.sizeBytes ??
+    (deviceSizeBytes === EROFS_UTILS_DEVICE_BYTES ? undefined : deviceSizeBytes);
+  if (sizeBytes === undefined) return undefined;
   const ref = parseReference(record.reference);
   return registryLayer(record, {
     layerIndex: extra.layerIndex ?? 0,
     digest: record.digest,
     mediaType: "application/vnd.erofs",
-    sizeBytes: extra.sizeBytes ?? deviceSizeBytes,
+    sizeBytes,
     plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).origin.startsWith("http:"),
   });
 }
@@ -93,9 +111,7 @@ export async function layerForRecord(
   extra: RecoveryExtra,
   deviceSizeBytes: number,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
-  const sizeMatches = (size: number) =>
-    // The kernel device size is the source size rounded up to the block size.
-    size <= deviceSizeBytes && deviceSizeBytes - size < 4096;
+  const sizeMatches = (size: number) => sizeFitsDevice(size, deviceSizeBytes);
   if (record.kind === "LOCAL") {
     let size: number;
     try {

@@ -1,10 +1,19 @@
 /**
  * Recovery records: one line per NBD device, in the erofs-utils 1.9 format, so either tool can
- * reattach the other's devices. Fields are space-separated; an empty field is written `""`.
+ * reattach the other's devices. The layout is what `mount.erofs` 1.9.3 writes with
+ * `fprintf("%s %s …")` (seen in its real files, tests/vm/interop_test.ts):
+ * - fields are separated by one space; an absent value is an empty string, so a line without
+ *   credentials ends in a space: `OCI_LAYER 127.0.0.1:5000/app:v1 linux/amd64 0 `;
+ * - credentials are base64 (with padding) of `user:password`: `… sha256:… dTpwOnc=`;
+ * - erofs-utils never leaves the reference, platform (it writes its host's, e.g.
+ *   `linux/amd64`) or digest empty; erofs-oci writes `""` there if it ever must, and reads
+ *   `""` anywhere as empty (older erofs-oci wrote `""` for absent credentials, which
+ *   `mount.erofs --reattach` refuses as bad base64);
+ * - `LOCAL` is followed by the rest of the line: a path may hold spaces.
  *
  * @example
  * formatRecoveryLine({ kind: "OCI_NATIVE_BLOB", reference: "r.io/app:1", platform: "linux/amd64",
- *   digest: "sha256:…" }) // → `OCI_NATIVE_BLOB r.io/app:1 linux/amd64 sha256:… ""`
+ *   digest: "sha256:…" }) // → `OCI_NATIVE_BLOB r.io/app:1 linux/amd64 sha256:… ` (trailing space)
  */
 import { FormatError } from "../errors.ts";
 
@@ -41,15 +50,21 @@ export interface Credentials {
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
-function field(value: string): string {
+function checkNoSpace(value: string): string {
   if (/\s/.test(value)) {
     throw new FormatError(`cannot record '${value}': fields of a recovery line have no spaces`);
   }
-  return value === "" ? '""' : value;
+  return value;
 }
 
+/** A field erofs-utils always fills (reference, platform, digest): `""` stands for empty. */
+function field(value: string): string {
+  return value === "" ? '""' : checkNoSpace(value);
+}
+
+/** Credentials, or nothing: erofs-utils writes an empty string (`%s` of ""), not `""`. */
 function encodeCredentials(credentials?: Credentials): string {
-  if (!credentials) return '""';
+  if (!credentials) return "";
   return new TextEncoder().encode(`${credentials.username}:${credentials.password}`).toBase64();
 }
 
@@ -70,7 +85,10 @@ function decodeCredentials(text: string): Credentials | undefined {
 export function formatRecoveryLine(record: RecoveryRecord): string {
   switch (record.kind) {
     case "LOCAL":
-      return `LOCAL ${field(record.path)}`;
+      if (/[\n\r]/.test(record.path) || record.path === "") {
+        throw new FormatError(`cannot record the path '${record.path}' in a recovery line`);
+      }
+      return `LOCAL ${record.path}`;
     case "OCI_LAYER":
       return [
         "OCI_LAYER",
@@ -88,30 +106,35 @@ export function formatRecoveryLine(record: RecoveryRecord): string {
         encodeCredentials(record.credentials),
       ].join(" ");
     case "TARINDEX_OCI_BLOB":
+      // Positional like erofs-utils: no credentials leave two spaces before the index path.
       return [
         "TARINDEX_OCI_BLOB",
         field(record.reference),
         field(record.platform),
         field(record.digest),
         encodeCredentials(record.credentials),
-        field(record.tarIndexPath),
-        field(record.zinfoPath),
+        checkNoSpace(record.tarIndexPath),
+        checkNoSpace(record.zinfoPath),
       ].join(" ");
   }
 }
 
-/** Parses a recovery file's content; every malformed case is a one-line FormatError. */
+/** `""` (erofs-oci's old spelling of an empty field) reads as empty. */
+function unquote(value: string): string {
+  return value === '""' ? "" : value;
+}
+
+/**
+ * Parses a recovery file's content the way `mount.erofs --reattach` does; every malformed case
+ * is a one-line FormatError. OCI_LAYER / OCI_NATIVE_BLOB fields are separated by runs of
+ * spaces and the credentials may be missing (a trailing space ends the line); the fields of
+ * TARINDEX_OCI_BLOB are positional, one space apart, and may be empty.
+ */
 export function parseRecoveryLine(text: string): RecoveryRecord {
-  const line = text.split("\n")[0].trim();
-  const parts = line.split(/ +/).map((p) => (p === '""' ? "" : p));
-  const [kind, ...fields] = parts;
-  const expect = (count: number) => {
-    if (fields.length !== count) {
-      throw new FormatError(
-        `recovery line: ${kind} needs ${count} fields, found ${fields.length}`,
-      );
-    }
-  };
+  const line = text.split("\n")[0].replace(/\r$/, "");
+  const space = line.indexOf(" ");
+  const kind = space < 0 ? line : line.slice(0, space);
+  const rest = space < 0 ? "" : line.slice(space + 1);
   const digest = (value: string) => {
     if (!DIGEST.test(value)) throw new FormatError(`recovery line: bad digest '${value}'`);
     return value;
@@ -120,15 +143,23 @@ export function parseRecoveryLine(text: string): RecoveryRecord {
     if (!value) throw new FormatError("recovery line: empty image reference");
     return value;
   };
+  /** Space-separated tokens, runs of spaces collapsed: between `min` and `max` of them. */
+  const tokens = (min: number, max: number) => {
+    const found = rest.split(" ").filter((t) => t !== "").map(unquote);
+    if (found.length < min || found.length > max) {
+      const count = min === max ? `${min}` : `${min}-${max}`;
+      throw new FormatError(`recovery line: ${kind} needs ${count} fields, found ${found.length}`);
+    }
+    return found;
+  };
   switch (kind) {
     case "LOCAL":
-      expect(1);
-      if (!fields[0].startsWith("/")) {
+      if (!rest.startsWith("/")) {
         throw new FormatError("recovery line: LOCAL needs an absolute path");
       }
-      return { kind, path: fields[0] };
+      return { kind, path: rest };
     case "OCI_LAYER": {
-      expect(4);
+      const fields = tokens(3, 4);
       const layerIndex = Number(fields[2]);
       if (!Number.isInteger(layerIndex) || layerIndex < 0 || !/^\d+$/.test(fields[2])) {
         throw new FormatError(`recovery line: bad layer index '${fields[2]}'`);
@@ -138,20 +169,27 @@ export function parseRecoveryLine(text: string): RecoveryRecord {
         reference: reference(fields[0]),
         platform: fields[1],
         layerIndex,
-        credentials: decodeCredentials(fields[3]),
+        credentials: decodeCredentials(fields[3] ?? ""),
       };
     }
-    case "OCI_NATIVE_BLOB":
-      expect(4);
+    case "OCI_NATIVE_BLOB": {
+      const fields = tokens(3, 4);
       return {
         kind,
         reference: reference(fields[0]),
         platform: fields[1],
         digest: digest(fields[2]),
-        credentials: decodeCredentials(fields[3]),
+        credentials: decodeCredentials(fields[3] ?? ""),
       };
-    case "TARINDEX_OCI_BLOB":
-      expect(6);
+    }
+    case "TARINDEX_OCI_BLOB": {
+      // erofs-utils needs the index path; the zinfo path may be missing (a plain tar).
+      const fields = rest.split(" ").map(unquote);
+      if (fields.length < 5 || fields.length > 6) {
+        throw new FormatError(
+          `recovery line: TARINDEX_OCI_BLOB needs 6 fields, found ${fields.length}`,
+        );
+      }
       return {
         kind,
         reference: reference(fields[0]),
@@ -159,11 +197,12 @@ export function parseRecoveryLine(text: string): RecoveryRecord {
         digest: digest(fields[2]),
         credentials: decodeCredentials(fields[3]),
         tarIndexPath: fields[4],
-        zinfoPath: fields[5],
+        zinfoPath: fields[5] ?? "",
       };
+    }
     default:
       throw new FormatError(
-        `recovery line: unknown source type '${kind ?? ""}'`,
+        `recovery line: unknown source type '${kind}'`,
         "expected LOCAL, OCI_LAYER, OCI_NATIVE_BLOB or TARINDEX_OCI_BLOB",
       );
   }
