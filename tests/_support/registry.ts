@@ -1,7 +1,8 @@
 /**
  * A real CNCF distribution registry (Debian `docker-registry`, 2.8.2) for tests, on a free
  * loopback port with its own storage directory, with no auth, htpasswd (Basic) auth or token
- * auth backed by the test token server. Always `stop()` it (or use `await using`).
+ * auth backed by the test token server, optionally over HTTPS with a fresh self-signed
+ * certificate. Always `stop()` it (or use `await using`).
  */
 import { startTokenServer, type TokenServer } from "./token_server.ts";
 import { runTool } from "./tool.ts";
@@ -14,6 +15,11 @@ export interface RegistryOptions {
   tokenTtlSeconds?: number;
   /** Deadline for the registry to answer `/v2/` (default 15 s). */
   startTimeoutMs?: number;
+  /**
+   * Serve HTTPS with a self-signed certificate valid for 127.0.0.1 and `dnsName` (clients
+   * must trust `certPath`: DENO_CERT for Deno, the system CA bundle for curl/OpenSSL).
+   */
+  tls?: { dnsName: string };
 }
 
 export interface TestRegistry {
@@ -28,6 +34,8 @@ export interface TestRegistry {
   storageDir: string;
   /** Present for `auth: "token"`. */
   tokenServer?: TokenServer;
+  /** PEM certificate of the registry, present with `tls` (it is its own issuer). */
+  certPath?: string;
   /** The registry's HTTP access log (combined log format lines) so far. */
   accessLog(): Promise<string[]>;
   /** Everything the registry printed (access log and app log). */
@@ -69,13 +77,21 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
     rootcertbundle: ${tokenServer.certPath}
 `;
     }
+    let tlsConfig = "";
+    let certPath: string | undefined;
+    if (options.tls) {
+      certPath = `${dir}/registry-cert.pem`;
+      const keyPath = `${dir}/registry-key.pem`;
+      await selfSignedCertificate(options.tls.dnsName, certPath, keyPath);
+      tlsConfig = `  tls:\n    certificate: ${certPath}\n    key: ${keyPath}\n`;
+    }
     const storageDir = `${dir}/storage`;
     await Deno.mkdir(storageDir);
     const logPath = `${dir}/registry.log`;
     for (let attempt = 1;; attempt++) {
       const port = freePort();
       const configPath = `${dir}/config.yml`;
-      await Deno.writeTextFile(configPath, registryConfig(port, storageDir, authConfig));
+      await Deno.writeTextFile(configPath, registryConfig(port, storageDir, authConfig, tlsConfig));
       // `exec` keeps the registry's PID equal to the child's, so stop() kills the registry.
       const child = new Deno.Command("sh", {
         args: ["-c", 'exec docker-registry serve "$1" >>"$2" 2>&1', "sh", configPath, logPath],
@@ -84,7 +100,12 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
         stderr: "null",
       }).spawn();
       const host = `127.0.0.1:${port}`;
-      const ready = await waitUntilAnswering(host, child, options.startTimeoutMs ?? 15_000);
+      const ready = await waitUntilAnswering(
+        host,
+        child,
+        options.startTimeoutMs ?? 15_000,
+        certPath,
+      );
       if (ready !== "ok") {
         await killChild(child);
         const log = await readTextOrEmpty(logPath);
@@ -108,6 +129,7 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
         dir,
         storageDir,
         tokenServer,
+        certPath,
         accessLog: async () =>
           (await readTextOrEmpty(logPath)).split("\n").filter((l) => ACCESS_LOG_LINE.test(l)),
         rawLog: () => readTextOrEmpty(logPath),
@@ -138,7 +160,12 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
   }
 }
 
-function registryConfig(port: number, storageDir: string, authConfig: string): string {
+function registryConfig(
+  port: number,
+  storageDir: string,
+  authConfig: string,
+  tlsConfig: string,
+): string {
   return `version: 0.1
 log:
   level: info
@@ -155,7 +182,7 @@ storage:
 http:
   addr: 127.0.0.1:${port}
   secret: erofs-oci-test-secret
-health:
+${tlsConfig}health:
   storagedriver:
     enabled: false
 ${authConfig}`;
@@ -174,25 +201,66 @@ async function htpasswdLine(username: string, password: string): Promise<string>
   return (await runTool("htpasswd", ["-Bbn", username, password])).trim() + "\n";
 }
 
+/**
+ * A self-signed server certificate (EC P-256). Not a CA: rustls (Deno) refuses a CA
+ * certificate as the server's own ("CaUsedAsEndEntity"), OpenSSL accepts either.
+ */
+async function selfSignedCertificate(dnsName: string, certPath: string, keyPath: string) {
+  await runTool("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${dnsName}`,
+    "-addext",
+    `subjectAltName=DNS:${dnsName},IP:127.0.0.1`,
+    "-addext",
+    "basicConstraints=critical,CA:FALSE",
+    "-addext",
+    "keyUsage=critical,digitalSignature",
+    "-addext",
+    "extendedKeyUsage=serverAuth",
+    "-keyout",
+    keyPath,
+    "-out",
+    certPath,
+  ]);
+}
+
 async function waitUntilAnswering(
   host: string,
   child: Deno.ChildProcess,
   timeoutMs: number,
+  certPath?: string,
 ): Promise<"ok" | "exited" | "timeout"> {
   let exited = false;
   child.status.then(() => exited = true);
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (exited) return "exited";
-    try {
-      const response = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
-      await response.body?.cancel();
-      // 401 also proves the registry is serving (auth enabled).
-      if (response.status === 200 || response.status === 401) return "ok";
-    } catch { /* not listening yet */ }
-    await new Promise((resolve) => setTimeout(resolve, 50));
+  const client = certPath
+    ? Deno.createHttpClient({ caCerts: [await Deno.readTextFile(certPath)] })
+    : undefined;
+  const url = `${certPath ? "https" : "http"}://${host}/v2/`;
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (exited) return "exited";
+      try {
+        const response = await fetch(url, { signal: AbortSignal.timeout(1000), client });
+        await response.body?.cancel();
+        // 401 also proves the registry is serving (auth enabled).
+        if (response.status === 200 || response.status === 401) return "ok";
+      } catch { /* not listening yet */ }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return "timeout";
+  } finally {
+    client?.close();
   }
-  return "timeout";
 }
 
 async function killChild(child: Deno.ChildProcess): Promise<void> {
