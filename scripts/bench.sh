@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Speed benchmark (issue 4): prints figures, it is not a test. `deno task bench` runs it.
+# Builds the benchmark EROFS image on the host (cached in .cache/bench/), boots the kernel-test
+# VM once (scripts/vm/run.sh) and compares, in that VM: a local loop mount of the image (the
+# limit), erofs-oci over NBD with the registry on loopback, the same with 20 ms added round
+# trip (netem on lo), erofs-oci over FUSE, and erofs-utils 1.9.3 `mount.erofs -t erofs.nbd`.
+# Method and recorded figures: docs/benchmarks.md.
+# Env: BENCH_VARIANTS (subset, see scripts/bench/guest.sh), BENCH_SLOW_TAR_TIMEOUT_S (60: FUSE
+#      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
+#      BENCH_VM_TIMEOUT_S (1200).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=$repo/.cache/bench
+deno=$repo/tools/bin/deno
+mkdir -p "$cache/runs"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+image=$("$repo/scripts/bench/build-image.sh" "$cache")
+
+# sch_netem for the 20 ms variant, taken from the same kernel package the VM boots (the VM's
+# initramfs does not carry it; the guest sees the host's / and can insmod it from here).
+"$repo/scripts/vm/build.sh"
+pkg=$(head -1 "$repo/.cache/vm/stamp" | cut -d' ' -f1)
+kver=${pkg#linux-image-}
+netem_ko=$cache/modules/$kver/sch_netem.ko
+if [ ! -f "$netem_ko" ]; then
+  deb=$(ls "$repo/.cache/vm/dl/${pkg}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+  if [ -n "$deb" ]; then
+    tmp=$(mktemp -d "$cache/netem.XXXXXX")
+    dpkg --fsys-tarfile "$deb" | tar -C "$tmp" -x --wildcards '*/sch_netem.ko*' || true
+    found=$(find "$tmp" -name 'sch_netem.ko*' | head -1)
+    mkdir -p "$(dirname "$netem_ko")"
+    case $found in
+    *.ko) cp "$found" "$netem_ko" ;;
+    *.ko.xz) xz -dc "$found" >"$netem_ko" ;;
+    *.ko.zst) zstd -qdc "$found" >"$netem_ko" ;;
+    esac
+    rm -rf "$tmp"
+  fi
+  [ -f "$netem_ko" ] || log "no sch_netem.ko in $pkg: the 20 ms variant will be skipped"
+fi
+
+# The guest has no network: fill the Deno cache on the host first.
+export DENO_DIR=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
+"$deno" cache -q "$repo/main.ts"
+
+run=$cache/runs/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$run"
+export BENCH_IMAGE=$image BENCH_NETEM_KO=$netem_ko BENCH_OUT=/run/vm
+export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT ${VM_ENV:-}"
+for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S; do
+  [ -n "${!name:-}" ] && VM_ENV+=" $name"
+done
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, kernel $(uname -r)"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "image: $(stat -c %s "$image") bytes ($(basename "$image"), $(cat "$cache/bench.key"))"
+} >"$run/host.txt"
+cat "$run/host.txt" >&2
+
+rc=0
+VM_OUT_DIR=$run "$repo/scripts/vm/run.sh" "$repo/scripts/bench/guest.sh" \
+  "${BENCH_VM_TIMEOUT_S:-1200}" >"$run/console.txt" 2>&1 || rc=$?
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$run/host.txt"
+grep -E '^(bench|vm-run):' "$run/console.txt" >&2 || true
+[ "$rc" = 0 ] || log "VM run exited with $rc (console: $run/console.txt)"
+
+echo
+cat "$run/host.txt"
+cat "$run/meta.txt" 2>/dev/null || true
+echo
+"$deno" run -q --allow-read "$repo/scripts/bench/report.ts" "$run" | tee "$run/report.md"
+exit "$rc"

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# The speed benchmark's guest half: runs as root inside the kernel-test VM (scripts/bench.sh
+# boots it). Serves the benchmark image from docker-registry on the guest loopback and measures,
+# per variant, mount latency, cold `find`, cold full read (`tar cf - DIR | wc -c`), registry
+# blob GETs, bytes fetched per byte the kernel read, and server RSS. One TSV line per variant
+# goes to $BENCH_OUT/results.tsv; scripts/bench/report.ts turns it into the table.
+# Env (from the host): BENCH_IMAGE, BENCH_OUT (default /run/vm), BENCH_NETEM_KO (sch_netem.ko
+# for the 20 ms variant; skipped when empty), BENCH_PEER_BIN, BENCH_SLOW_TAR_TIMEOUT_S,
+# BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below).
+set -uo pipefail
+repo=/work/main
+out=${BENCH_OUT:-/run/vm}
+peer_bin=${BENCH_PEER_BIN:-/work/shared/peer/bin}
+step_timeout_s=${BENCH_STEP_TIMEOUT_S:-300}
+# The FUSE and peer full reads run at well under 1 MB/s in TCG: bound them and report the rate.
+slow_tar_timeout_s=${BENCH_SLOW_TAR_TIMEOUT_S:-60}
+peer_find_timeout_s=${BENCH_PEER_FIND_TIMEOUT_S:-120}
+variants=${BENCH_VARIANTS:-"local-loop erofs-oci-nbd erofs-oci-nbd-20ms erofs-oci-fuse peer-mount.erofs"}
+work=/tmp/bench
+registry_host=127.0.0.1:5000
+repository=bench
+ref=$registry_host/$repository:v1
+mkdir -p "$work"
+results=$out/results.tsv
+: >"$results"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+cli() { "$repo/scripts/erofs-oci-dev" "$@"; }
+
+registry_pid=""
+mounted=()
+cleanup() {
+  local dir
+  for dir in "${mounted[@]}"; do
+    mountpoint -q "$dir" || continue
+    cli umount "$dir" >/dev/null 2>&1 || umount "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null
+  done
+  tc qdisc del dev lo root 2>/dev/null
+  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null
+}
+trap cleanup EXIT
+
+# --- image and registry -------------------------------------------------------------------
+t0=$(now)
+cp "$BENCH_IMAGE" "$work/image.erofs" || exit 1
+image_bytes=$(stat -c %s "$work/image.erofs")
+layer=sha256:$(sha256sum "$work/image.erofs" | cut -d' ' -f1)
+log "image copied to tmpfs in $(seconds_since "$t0") s: $image_bytes bytes, layer $layer"
+
+mkdir -p "$work/registry"
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $registry_host
+health:
+  storagedriver:
+    enabled: false
+EOF
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 </dev/null &
+registry_pid=$!
+for _ in $(seq 150); do
+  curl -sf -o /dev/null "http://$registry_host/v2/" && break
+  sleep 0.2
+done
+curl -sf -o /dev/null "http://$registry_host/v2/" || { log "registry did not start"; cat "$work/registry.log" >&2; exit 1; }
+
+t0=$(now)
+cli push "$ref" "$work/image.erofs" >"$work/push.out" || { log "push failed"; exit 1; }
+log "pushed $ref in $(seconds_since "$t0") s (manifest $(head -1 "$work/push.out"))"
+echo "# image_bytes=$image_bytes layer=$layer push_s=$(seconds_since "$t0") kernel=$(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)" >"$out/meta.txt"
+
+# --- measurement helpers ------------------------------------------------------------------
+log_lines() { wc -l <"$work/registry.log"; }
+# GETs of the layer blob logged after line $1: "COUNT BYTES" (access log field 10 = bytes sent).
+blob_gets_since() {
+  tail -n +"$(($1 + 1))" "$work/registry.log" |
+    grep -F "\"GET /v2/$repository/blobs/$layer " |
+    awk '{ n++; b += $10 } END { printf "%d %d\n", n, b }'
+}
+# Sizes of the layer GETs between log lines $1 and $2 → "STEP SIZE COUNT" lines in get-sizes.tsv.
+record_get_sizes() {
+  sed -n "$(($2 + 1)),$3p" "$work/registry.log" | grep -F "\"GET /v2/$repository/blobs/$layer " |
+    awk '{ print $10 }' | sort -n | uniq -c | sort -rn |
+    awk -v n="$1" -v s="$4" '{ printf "%s\t%s\t%s\t%s\n", n, s, $2, $1 }' >>"$out/get-sizes.tsv"
+}
+block_device_of() { basename "$(findmnt -n -o SOURCE -M "$1")"; }
+# Sectors read of every block device, to diff against (device counters survive reconnects).
+snapshot_block_stats() { for f in /sys/block/*/stat; do echo "$(basename "$(dirname "$f")") $(awk '{ print $3 }' "$f")"; done >"$1"; }
+# Bytes read from device $1 since snapshot $2.
+device_read_since() {
+  local before
+  before=$(awk -v d="$1" '$1 == d { print $2 }' "$2")
+  awk -v b="${before:-0}" '{ printf "%d\n", ($3 - b) * 512 }' "/sys/block/$1/stat"
+}
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# Block request trace (tracefs block_rq_issue) of the find and tar steps, for replaying the
+# kernel's request sequence against cache settings on the host (scripts/bench/replay.ts).
+tracing=/sys/kernel/tracing
+trace_start() {
+  [ -d "$tracing/events/block" ] || mount -t tracefs nodev "$tracing" 2>/dev/null || return 0
+  [ -d "$tracing/events/block/block_rq_issue" ] || return 0
+  echo 0 >"$tracing/tracing_on"
+  echo 16384 >"$tracing/buffer_size_kb"
+  : >"$tracing/trace"
+  echo 1 >"$tracing/events/block/block_rq_issue/enable"
+  echo 1 >"$tracing/tracing_on"
+}
+trace_mark() { [ -w "$tracing/trace_marker" ] && echo "bench-step $1" >"$tracing/trace_marker"; }
+trace_stop() {
+  [ -f "$tracing/tracing_on" ] || return 0
+  echo 0 >"$tracing/tracing_on"
+  echo 0 >"$tracing/events/block/block_rq_issue/enable"
+  grep -E "bench-step|block_rq_issue: [0-9]+,[0-9]+ R" "$tracing/trace" >"$1"
+  : >"$tracing/trace"
+}
+
+# Time of `find DIR | wc -l` bounded by $2 s → globals find_s, find_entries, find_bounded.
+timed_find() {
+  local t0 status
+  t0=$(now)
+  find_entries=$(timeout -k 10 "$2" find "$1" 2>/dev/null | wc -l)
+  status=${PIPESTATUS[0]}
+  find_s=$(seconds_since "$t0")
+  find_bounded=0
+  if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    find_bounded=1
+    log "find in $1 stopped after $2 s (bounded); $find_entries entries by then"
+  elif [ "$status" != 0 ]; then
+    log "find in $1 exited with $status"
+  fi
+}
+# Time of `tar cf - DIR | wc -c` bounded by $2 s → globals tar_s, tar_bytes, tar_bounded.
+timed_tar() {
+  local t0 status err
+  err=$work/tar-$(basename "$1").err
+  t0=$(now)
+  tar_bytes=$(timeout -k 10 "$2" tar -cf - "$1" 2>"$err" | wc -c)
+  status=${PIPESTATUS[0]}
+  tar_s=$(seconds_since "$t0")
+  tar_bounded=0
+  if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    tar_bounded=1
+    log "tar of $1 stopped after $2 s (bounded); $tar_bytes bytes by then"
+  elif [ "$status" != 0 ]; then
+    log "tar of $1 exited with $status"
+  fi
+  [ -s "$err" ] && log "tar of $1: $(wc -l <"$err") messages, first: $(head -1 "$err")"
+}
+
+# measure NAME DIR MOUNT_FN UMOUNT_FN PID_FN FIND_TIMEOUT_S TAR_TIMEOUT_S [trace]
+# MOUNT_FN mounts DIR; PID_FN prints the serving process id (empty for none).
+measure() {
+  local name=$1 dir=$2 mount_fn=$3 umount_fn=$4 pid_fn=$5 find_timeout_s=$6 tar_timeout_s=$7
+  local trace=${8:-}
+  local t0 mount_s mark0 mark1 mark2 mark3 dev read0 read1 read2 pid rss hwm listed
+  local gets_mount gets_find gets_tar n0 b0 n1 b1 n2 b2
+  mkdir -p "$dir"
+  mounted+=("$dir")
+  log "[$name] mount"
+  snapshot_block_stats "$work/stats0"
+  mark0=$(log_lines)
+  t0=$(now)
+  if ! "$mount_fn" "$dir"; then
+    log "[$name] mount FAILED"
+    printf '%s\tFAILED\n' "$name" >>"$results"
+    return 1
+  fi
+  mount_s=$(seconds_since "$t0")
+  dev=$(block_device_of "$dir")
+  sleep 0.3 # let the access log catch up before counting
+  read0=$(device_read_since "$dev" "$work/stats0")
+
+  [ -n "$trace" ] && trace_start
+  drop_caches
+  mark1=$(log_lines)
+  log "[$name] cold find ($dev)"
+  trace_mark find
+  timed_find "$dir" "$find_timeout_s"
+  sleep 0.3
+  read1=$(device_read_since "$dev" "$work/stats0")
+
+  drop_caches
+  mark2=$(log_lines)
+  log "[$name] cold tar"
+  trace_mark tar
+  timed_tar "$dir" "$tar_timeout_s"
+  sleep 0.3
+  read2=$(device_read_since "$dev" "$work/stats0")
+  mark3=$(log_lines)
+  [ -n "$trace" ] && trace_stop "$out/trace-$name.txt"
+
+  pid=$("$pid_fn" "$dir")
+  rss=0 hwm=0 listed="-	-"
+  if [ -n "$pid" ]; then
+    rss=$(rss_kb "$pid")
+    hwm=$(hwm_kb "$pid")
+  fi
+  if [[ $name == erofs-oci* ]]; then
+    listed=$(cli list --json | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    if m["target"] == sys.argv[1]:
+        print(m.get("bytesFetched", "-"), m.get("bytesRequested", "-"), sep="\t")' "$dir")
+  fi
+  read -r n0 b0 <<<"$(blob_gets_since "$mark0")"
+  read -r n1 b1 <<<"$(blob_gets_since "$mark1")"
+  read -r n2 b2 <<<"$(blob_gets_since "$mark2")"
+  gets_mount="$((n0 - n1)) $((b0 - b1))"
+  gets_find="$((n1 - n2)) $((b1 - b2))"
+  gets_tar="$n2 $b2"
+  # variant mount_s find_s find_entries tar_s tar_bytes tar_bounded
+  # gets_mount bytes_mount gets_find bytes_find gets_tar bytes_tar
+  # dev_read_mount dev_read_find dev_read_tar rss_kb hwm_kb list_fetched list_requested
+  # find_bounded
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$name" "$mount_s" "$find_s" "$find_entries" "$tar_s" "$tar_bytes" "$tar_bounded" \
+    ${gets_mount} ${gets_find} ${gets_tar} \
+    "$read0" "$((read1 - read0))" "$((read2 - read1))" "$rss" "$hwm" "$listed" \
+    "$find_bounded" >>"$results"
+  log "[$name] mount ${mount_s}s, find ${find_s}s ($find_entries), tar ${tar_s}s ($tar_bytes B)," \
+    "GETs mount/find/tar: ${gets_mount% *}/${gets_find% *}/${gets_tar% *}, RSS ${rss} kB"
+  # Request sizes per step, for the "why" (readahead, max_sectors_kb).
+  record_get_sizes "$name" "$mark1" "$mark2" find
+  record_get_sizes "$name" "$mark2" "$mark3" tar
+  for q in max_sectors_kb read_ahead_kb; do
+    printf '%s\t%s\t%s\n' "$name" "$q" "$(cat "/sys/block/$dev/queue/$q")" >>"$out/queue.tsv"
+  done
+
+  log "[$name] umount"
+  timeout 120 "$umount_fn" "$dir" || log "[$name] umount failed"
+}
+
+# --- variants -----------------------------------------------------------------------------
+no_pid() { :; }
+
+local_mount() { mount -t erofs -o ro,loop "$work/image.erofs" "$1"; }
+local_umount() { umount "$1"; }
+
+oci_nbd_mount() { cli mount "$ref" "$1" --backend nbd >"$work/mount-$(basename "$1").log" 2>&1; }
+oci_fuse_mount() { cli mount "$ref" "$1" --backend fuse >"$work/mount-$(basename "$1").log" 2>&1; }
+oci_umount() { cli umount "$1"; }
+oci_pid() {
+  cli list --json | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    if m["target"] == sys.argv[1]:
+        print(m["serverPid"])' "$1"
+}
+
+netem_on() {
+  if [ -z "${BENCH_NETEM_KO:-}" ] || [ ! -f "$BENCH_NETEM_KO" ]; then
+    log "no sch_netem.ko: cannot add delay"
+    return 1
+  fi
+  [ -d /sys/module/sch_netem ] || insmod "$BENCH_NETEM_KO" || return 1
+  # 10 ms each way on loopback = 20 ms added round trip for every registry request.
+  tc qdisc add dev lo root netem delay 10ms limit 100000
+}
+netem_off() { tc qdisc del dev lo root 2>/dev/null; }
+oci_nbd_20ms_mount() { netem_on && oci_nbd_mount "$1"; }
+oci_nbd_20ms_umount() {
+  oci_umount "$1"
+  netem_off
+}
+
+peer_mount() {
+  mkdir -p -m 700 /var/run/erofsmount/nbd
+  # It forks a server that keeps stdout/stderr open: never let it inherit a pipe.
+  "$peer_bin/mount.erofs" -t erofs.nbd -o "oci.blob=$layer,oci.insecure" "$ref" "$1" \
+    >"$work/peer-mount.log" 2>&1 </dev/null
+}
+peer_umount() {
+  local dev
+  dev=$(findmnt -n -o SOURCE -M "$1")
+  "$peer_bin/mount.erofs" -u "$1" >>"$work/peer-mount.log" 2>&1 </dev/null || umount "$1" || return 1
+  # -u should also end the NBD connection; make sure the device is free for nothing else.
+  if [ -e "/sys/block/$(basename "$dev")/pid" ]; then
+    "$peer_bin/mount.erofs" --disconnect "$dev" >>"$work/peer-mount.log" 2>&1 </dev/null || true
+  fi
+}
+peer_pid() {
+  local dev tid
+  dev=$(basename "$(findmnt -n -o SOURCE -M "$1")")
+  tid=$(cat "/sys/block/$dev/pid" 2>/dev/null) || return 0
+  awk '/^Tgid/ { print $2 }' "/proc/$tid/status" 2>/dev/null
+}
+
+for variant in $variants; do
+  case $variant in
+  local-loop)
+    measure "$variant" /mnt/bench-local local_mount local_umount no_pid "$step_timeout_s" \
+      "$step_timeout_s" trace
+    ;;
+  erofs-oci-nbd)
+    measure "$variant" /mnt/bench-nbd oci_nbd_mount oci_umount oci_pid "$step_timeout_s" \
+      "$step_timeout_s" trace
+    ;;
+  erofs-oci-nbd-20ms)
+    measure "$variant" /mnt/bench-nbd20 oci_nbd_20ms_mount oci_nbd_20ms_umount oci_pid \
+      "$step_timeout_s" "$step_timeout_s" || netem_off
+    ;;
+  erofs-oci-fuse)
+    measure "$variant" /mnt/bench-fuse oci_fuse_mount oci_umount oci_pid "$step_timeout_s" \
+      "$slow_tar_timeout_s"
+    ;;
+  peer-mount.erofs)
+    measure "$variant" /mnt/bench-peer peer_mount peer_umount peer_pid "$peer_find_timeout_s" \
+      "$slow_tar_timeout_s"
+    ;;
+  *) log "unknown variant $variant" ;;
+  esac
+done
+
+cp "$work/registry.log" "$out/registry.log" 2>/dev/null
+cp "$work"/mount-*.log "$work"/tar-*.err "$work/peer-mount.log" "$out/" 2>/dev/null
+grep -F "\"GET " "$work/registry.log" | tail -n 3 >&2
+log "done"
