@@ -128,7 +128,7 @@ Deno.test({
         const line = Deno.readTextFileSync(`${RECOVERY_DIR}/${files[0]}`);
         assert.match(
           line,
-          /^OCI_NATIVE_BLOB \S+crash\/big:v1 linux\/amd64 sha256:[0-9a-f]{64} ""\n$/,
+          /^OCI_NATIVE_BLOB \S+crash\/big:v1 linux\/amd64 sha256:[0-9a-f]{64} \n$/,
         );
 
         await killMidRead(sandbox, `${sandbox.target}/big.bin`, sha256, [sandbox.target]);
