@@ -87,6 +87,13 @@ export async function exportLayer(
     const done = serveTransmission(conn, source, { readOnly: true }).then(async (end) => {
       serving.delete(done);
       if (closing || end.reason === "disconnect") return;
+      // Closed before any request: the kernel did not take this socket. RECONFIGURE uses only
+      // the device's dead slots and drops the other sockets (a device of mount.erofs has one
+      // slot, we offer NBD_CONNECTIONS); replacing them would loop forever at full CPU.
+      if (end.requests === 0) {
+        console.log(`nbd connection of layer ${context.layerIndex} closed unused (${end.reason})`);
+        return;
+      }
       console.warn(`nbd connection of layer ${context.layerIndex} ended: ${end.reason}`);
       await heal?.(end.reason);
     });
