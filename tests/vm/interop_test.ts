@@ -1,0 +1,386 @@
+/**
+ * Crash-recovery interop with erofs-utils 1.9.3 (issue 5), in the VM: a device mounted by the
+ * peer's `mount.erofs -t erofs.nbd` whose server is killed is brought back by
+ * `erofs-oci reattach`, and a device of `erofs-oci mount --backend nbd` whose server is killed
+ * is brought back by `mount.erofs --reattach`. Each direction checks the recovery line the
+ * other tool must understand, a reader blocked while no server runs (it must finish with the
+ * right bytes), the fixture's whole manifest afterwards, and the clean-up.
+ *
+ * Peer quirks handled here (/work/shared/docs/vm-e2e.md §6): mount.erofs uses ioctl NBD (no
+ * recovery file) unless /var/run/erofsmount/nbd exists; its daemon keeps inherited
+ * stdout/stderr open, so its output goes to a file; it does not record `oci.insecure`, so its
+ * `--reattach` only works against HTTPS: that direction uses a TLS registry named
+ * `registry.test` (an /etc/hosts line and the CA bundle of the guest, whose root is a RAM
+ * overlay; both restored afterwards), which also makes erofs-oci choose HTTPS.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
+import { startRegistry, type TestRegistry } from "../_support/registry.ts";
+import { assertSuccess, describe, loginOptions, runCli } from "../_support/cli.ts";
+import {
+  expectedManifest,
+  manifestOf,
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  pidAlive,
+} from "../_support/mounts.ts";
+import { dropCaches, NOT_IN_VM } from "../_support/vm.ts";
+
+const PEER = `${PEER_BIN}/mount.erofs`;
+const RECOVERY_DIR = "/var/run/erofsmount/nbd";
+const IMAGE = `${FIXTURES}/basic.erofs`;
+/** The largest file of basic.erofs (1 MiB + 3): read cold while no server runs. */
+const BIG_FILE = "big-1m3.bin";
+
+function expectedSha256(file: string): string {
+  const line = expectedManifest("basic.txt").split("\n").find((l) => l.startsWith(`${file}\t`));
+  assert.ok(line, `${file} in basic.txt`);
+  return line.split("\t")[7];
+}
+
+async function fileSha256(path: string): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", Deno.readFileSync(path)));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Runs mount.erofs with its output in `logPath` (its daemon keeps the descriptors) and waits
+ * for the command itself, which returns once its server (a forked child) serves.
+ */
+async function runPeer(
+  args: string[],
+  logPath: string,
+  timeoutMs = 120_000,
+): Promise<{ code: number; log: string; pid: number }> {
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', PEER, ...args],
+    env: { LOG: logPath },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+  }, timeoutMs);
+  const status = await child.status;
+  clearTimeout(timer);
+  let log = "";
+  try {
+    log = Deno.readTextFileSync(logPath);
+  } catch { /* nothing written */ }
+  return { code: status.code, log, pid: child.pid };
+}
+
+/** nbd index of the block device mounted at `dir` (mountinfo: field 5 mount point, source). */
+function nbdIndexAt(dir: string): number {
+  for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
+    const fields = line.split(" ");
+    if (fields[4] !== dir) continue;
+    const source = fields[fields.indexOf("-") + 2];
+    const m = /^\/dev\/nbd(\d+)$/.exec(source);
+    assert.ok(m, `${dir} is mounted from ${source}, not an NBD device`);
+    return Number(m[1]);
+  }
+  throw new Error(`${dir} is not mounted`);
+}
+
+function sysfs(index: number, name: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(`/sys/block/nbd${index}/${name}`).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** The process serving nbdN: /sys/block/nbdN/pid holds a thread id; its Tgid is the process. */
+function serverProcess(index: number): number {
+  const tid = sysfs(index, "pid");
+  assert.ok(tid, `nbd${index} has no server task`);
+  const status = Deno.readTextFileSync(`/proc/${tid}/status`);
+  return Number(/^Tgid:\s+(\d+)$/m.exec(status)![1]);
+}
+
+/** Processes running exactly this command line (the peer's daemon after it forked). */
+function processesRunning(argv: string[]): number[] {
+  const wanted = argv.join("\0") + "\0";
+  const pids: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      if (Deno.readTextFileSync(`/proc/${entry.name}/cmdline`) === wanted) {
+        pids.push(Number(entry.name));
+      }
+    } catch { /* exited */ }
+  }
+  return pids;
+}
+
+async function killAndWait(pid: number): Promise<void> {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
+  const deadline = Date.now() + 10_000;
+  while (pidAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!pidAlive(pid), `pid ${pid} survived SIGKILL`);
+}
+
+/** Starts a cold read of `path` in its own process (as an application would) and checks that
+ * it is still waiting after a while: no server answers the device. */
+async function blockedReader(path: string) {
+  await dropCaches();
+  const child = new Deno.Command("sha256sum", { args: [path], stdout: "piped", stderr: "piped" })
+    .spawn();
+  let finished = false;
+  const output = child.output().finally(() => finished = true);
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(!finished, "the reader finished although no server ran: the read was not cold");
+  return async () => {
+    const result = await output;
+    assert.equal(result.code, 0, `reader failed: ${new TextDecoder().decode(result.stderr)}`);
+    return new TextDecoder().decode(result.stdout).split(" ")[0];
+  };
+}
+
+/** Disconnects nbdN if it is still connected (netlink, through the peer) — clean-up only. */
+async function disconnectIfConnected(index: number, logPath: string): Promise<void> {
+  if (sysfs(index, "pid") === undefined && !sysfs(index, "backend")) return;
+  await runPeer(["--disconnect", `/dev/nbd${index}`], logPath, 30_000);
+}
+
+/** Appends to a guest file (RAM overlay) and returns the undo. */
+function appendGuestOnly(path: string, text: string): () => void {
+  const before = Deno.readTextFileSync(path);
+  Deno.writeTextFileSync(path, before + (before.endsWith("\n") ? "" : "\n") + text);
+  return () => Deno.writeTextFileSync(path, before);
+}
+
+function removeQuietly(...paths: string[]): void {
+  for (const p of paths) {
+    try {
+      Deno.removeSync(p, { recursive: true });
+    } catch { /* gone */ }
+  }
+}
+
+interface PeerDevice {
+  dir: string;
+  index: number;
+  recoveryFile: string;
+  line: string;
+  serverPid: number;
+}
+
+async function peerMount(
+  sandbox: MountSandbox,
+  dir: string,
+  ref: string,
+  options: string,
+  logPath: string,
+): Promise<PeerDevice> {
+  Deno.mkdirSync(dir, { recursive: true });
+  const peer = await runPeer(["-t", "erofs.nbd", "-o", options, ref, dir], logPath);
+  assert.equal(peer.code, 0, `mount.erofs -o ${options} ${ref}:\n${peer.log}`);
+  assert.doesNotMatch(peer.log, /Fall back to ioctl/, "the peer must use netlink (recovery file)");
+  const index = nbdIndexAt(dir);
+  const recoveryFile = sysfs(index, "backend")!;
+  assert.match(recoveryFile, /^\/var\/run\/erofsmount\/nbd\/mountnbd_\w{6}$/);
+  assert.equal(Deno.statSync(recoveryFile).mode! & 0o777, 0o600);
+  const line = Deno.readTextFileSync(recoveryFile);
+  console.log(`mount.erofs -o ${options}: nbd${index} ${recoveryFile}: ${JSON.stringify(line)}`);
+  assert.equal(await manifestOf(dir), expectedManifest("basic.txt"), sandbox.serverLogs());
+  return { dir, index, recoveryFile, line, serverPid: serverProcess(index) };
+}
+
+Deno.test({
+  name: "vm interop: a mount.erofs 1.9.3 device (OCI_LAYER, OCI_NATIVE_BLOB + credentials) " +
+    "is reattached by erofs-oci after kill -9",
+  ignore: NOT_IN_VM,
+  async fn() {
+    Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    const peerLog = `${base}/peer.log`;
+    const registries: TestRegistry[] = [];
+    const devices: PeerDevice[] = [];
+    try {
+      // Plain HTTP on 127.0.0.1: the peer needs oci.insecure, erofs-oci assumes HTTP there.
+      const open = await startRegistry({ auth: "none", startTimeoutMs: 60_000 });
+      registries.push(open);
+      const locked = await startRegistry({ auth: "token", startTimeoutMs: 60_000 });
+      registries.push(locked);
+      const openRef = `${open.host}/interop/basic:v1`;
+      const lockedRef = `${locked.host}/interop/basic:v1`;
+      assertSuccess(await runCli(["push", openRef, IMAGE], { timeoutMs: 120_000 }));
+      const login = loginOptions(locked, "stdin");
+      assertSuccess(
+        await runCli(["push", lockedRef, IMAGE, ...login.args], {
+          stdin: login.stdin,
+          timeoutMs: 120_000,
+        }),
+      );
+      const digest = `sha256:${await fileSha256(IMAGE)}`;
+
+      const byLayer = await peerMount(
+        sandbox,
+        `${base}/by-layer`,
+        openRef,
+        "oci.layer=0,oci.insecure",
+        peerLog,
+      );
+      devices.push(byLayer);
+      // No credentials: an empty last field, i.e. a trailing space (not `""`).
+      assert.equal(byLayer.line, `OCI_LAYER ${openRef} linux/amd64 0 \n`);
+
+      const byBlob = await peerMount(
+        sandbox,
+        `${base}/by-blob`,
+        lockedRef,
+        `oci.blob=${digest},oci.insecure,oci.username=${locked.username},` +
+          `oci.password=${locked.password}`,
+        peerLog,
+      );
+      devices.push(byBlob);
+      const credentials = btoa(`${locked.username}:${locked.password}`);
+      assert.equal(
+        byBlob.line,
+        `OCI_NATIVE_BLOB ${lockedRef} linux/amd64 ${digest} ${credentials}\n`,
+      );
+
+      for (const device of devices) await killAndWait(device.serverPid);
+      const finishRead = await blockedReader(`${byLayer.dir}/${BIG_FILE}`);
+
+      for (const device of devices) {
+        const reattached = await runCli(["reattach", `/dev/nbd${device.index}`], {
+          env: sandbox.env,
+          timeoutMs: 120_000,
+        });
+        assertSuccess(reattached);
+        assert.match(reattached.stdout, new RegExp(`nbd${device.index}\\s+reattached`));
+      }
+      assert.equal(await finishRead(), expectedSha256(BIG_FILE), "bytes read across the kill");
+      for (const device of devices) {
+        await dropCaches();
+        assert.equal(await manifestOf(device.dir), expectedManifest("basic.txt"), device.dir);
+      }
+
+      // Adopted: erofs-oci knows the mounts now, and unmounts them like its own.
+      const listed = await runCli(["list", "--json"], { env: sandbox.env, timeoutMs: 60_000 });
+      assertSuccess(listed);
+      const mounts = JSON.parse(listed.stdout) as { target: string; state: string }[];
+      assert.deepEqual(
+        mounts.map((m) => [m.target, m.state]).sort(),
+        devices.map((d) => [d.dir, "serving"]).sort(),
+        describe(listed),
+      );
+      for (const device of devices) {
+        assertSuccess(
+          await runCli(["umount", device.dir], { env: sandbox.env, timeoutMs: 60_000 }),
+        );
+        assert.deepEqual(mountsBelow(device.dir), []);
+        assert.equal(sysfs(device.index, "pid"), undefined, `nbd${device.index} disconnected`);
+        assert.ok(!pidAlive(device.serverPid));
+        assert.throws(() => Deno.statSync(device.recoveryFile), "recovery file removed");
+      }
+    } finally {
+      for (const device of devices) {
+        for (const point of mountsBelow(device.dir).reverse()) {
+          await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();
+        }
+        try {
+          Deno.kill(device.serverPid, "SIGKILL");
+        } catch { /* gone */ }
+        await disconnectIfConnected(device.index, peerLog);
+        removeQuietly(device.recoveryFile);
+      }
+      await sandbox.cleanup();
+      for (const registry of registries) await registry.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "vm interop: an erofs-oci device is reattached by mount.erofs 1.9.3 --reattach (HTTPS)",
+  ignore: NOT_IN_VM,
+  async fn() {
+    Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
+    const registryName = "registry.test";
+    const registry = await startRegistry({
+      auth: "none",
+      tls: { dnsName: registryName },
+      startTimeoutMs: 60_000,
+    });
+    const undo: (() => void)[] = [];
+    const sandbox = await mountSandbox();
+    const peerLog = `${sandbox.target.replace(/\/mnt$/, "")}/peer.log`;
+    let index: number | undefined;
+    let recoveryFile: string | undefined;
+    const peerArgv: string[] = [];
+    try {
+      // Not loopback-looking, so erofs-oci speaks HTTPS; the peer's libcurl trusts the system
+      // bundle, Deno trusts DENO_CERT.
+      undo.push(appendGuestOnly("/etc/hosts", `127.0.0.1 ${registryName}\n`));
+      undo.push(
+        appendGuestOnly(
+          "/etc/ssl/certs/ca-certificates.crt",
+          Deno.readTextFileSync(registry.certPath!),
+        ),
+      );
+      const env = { ...sandbox.env, DENO_CERT: registry.certPath! };
+      const ref = `${registryName}:${registry.host.split(":")[1]}/interop/basic:v1`;
+      assertSuccess(await runCli(["push", ref, IMAGE], { env, timeoutMs: 120_000 }));
+      assertSuccess(
+        await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
+          env,
+          timeoutMs: 120_000,
+        }),
+      );
+      index = nbdIndexAt(sandbox.target);
+      recoveryFile = sysfs(index, "backend")!;
+      const line = Deno.readTextFileSync(recoveryFile);
+      console.log(`erofs-oci mount: nbd${index} ${recoveryFile}: ${JSON.stringify(line)}`);
+      assert.equal(line, `OCI_NATIVE_BLOB ${ref} linux/amd64 sha256:${await fileSha256(IMAGE)} \n`);
+      const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout);
+      const ourServer = listed[0].serverPid as number;
+      await killAndWait(ourServer);
+
+      const finishRead = await blockedReader(`${sandbox.target}/${BIG_FILE}`);
+      peerArgv.push(PEER, "--reattach", `/dev/nbd${index}`);
+      const peer = await runPeer(peerArgv.slice(1), peerLog);
+      assert.equal(peer.code, 0, `mount.erofs --reattach /dev/nbd${index}:\n${peer.log}`);
+      assert.equal(await finishRead(), expectedSha256(BIG_FILE), "bytes read across the kill");
+      await dropCaches();
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const [peerServer] = processesRunning(peerArgv);
+      assert.ok(peerServer, "the peer's server runs");
+      console.log(`mount.erofs --reattach: server pid ${peerServer}; log: ${peer.log.trim()}`);
+
+      // erofs-oci still owns the mount (its server is dead): umount unmounts it; the device
+      // the peer serves is then disconnected, which ends the peer's server.
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      await disconnectIfConnected(index, peerLog);
+      const deadline = Date.now() + 30_000;
+      while (pidAlive(peerServer) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(!pidAlive(peerServer), "the peer's server ends when its device is disconnected");
+    } finally {
+      for (const pid of peerArgv.length ? processesRunning(peerArgv) : []) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+      for (const point of mountsBelow(sandbox.target).reverse()) {
+        await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();
+      }
+      if (index !== undefined) await disconnectIfConnected(index, peerLog);
+      if (recoveryFile) removeQuietly(recoveryFile, `${recoveryFile}.erofs-oci.json`);
+      await sandbox.cleanup();
+      await registry.stop();
+      for (const restore of undo.reverse()) restore();
+    }
+  },
+});
