@@ -146,7 +146,9 @@ timed_tar() {
   local t0 status err
   err=$work/tar-$(basename "$1").err
   t0=$(now)
-  tar_bytes=$(timeout -k 10 "$2" tar -cf - "$1" 2>"$err" | wc -c)
+  # -vv: the member listing (to stderr, as the archive is stdout) is compared with the local
+  # loop's, so a full read that returns different files or sizes is caught, not timed.
+  tar_bytes=$(timeout -k 10 "$2" tar -C / -cvvf - "${1#/}" 2>"$err" | wc -c)
   status=${PIPESTATUS[0]}
   tar_s=$(seconds_since "$t0")
   tar_bounded=0
@@ -156,7 +158,18 @@ timed_tar() {
   elif [ "$status" != 0 ]; then
     log "tar of $1 exited with $status"
   fi
-  [ -s "$err" ] && log "tar of $1: $(wc -l <"$err") messages, first: $(head -1 "$err")"
+  grep '^tar: ' "$err" >"$err.messages"
+  [ -s "$err.messages" ] && log "tar of $1: $(wc -l <"$err.messages") messages, first: $(head -1 "$err.messages")"
+  # Members with mode, owner, size, time, name (and link target); mount point cut off.
+  grep -v '^tar: ' "$err" | sed "s|${1#/}/||g" | sort >"$work/listing-$(basename "$1")"
+  if [ "$1" != /mnt/bench-local ] && [ -f "$work/listing-bench-local" ] && [ "$tar_bounded" = 0 ]; then
+    if cmp -s "$work/listing-bench-local" "$work/listing-$(basename "$1")"; then
+      log "tar listing of $1 matches the local loop's"
+    else
+      log "tar listing of $1 DIFFERS from the local loop's:"
+      diff "$work/listing-bench-local" "$work/listing-$(basename "$1")" | head -10 >&2
+    fi
+  fi
 }
 
 # measure NAME DIR MOUNT_FN UMOUNT_FN PID_FN FIND_TIMEOUT_S TAR_TIMEOUT_S [trace]
@@ -164,7 +177,7 @@ timed_tar() {
 measure() {
   local name=$1 dir=$2 mount_fn=$3 umount_fn=$4 pid_fn=$5 find_timeout_s=$6 tar_timeout_s=$7
   local trace=${8:-}
-  local t0 mount_s mark0 mark1 mark2 mark3 dev read0 read1 read2 pid rss hwm listed
+  local rss_mount t0 mount_s mark0 mark1 mark2 mark3 dev read0 read1 read2 pid rss hwm listed
   local gets_mount gets_find gets_tar n0 b0 n1 b1 n2 b2
   mkdir -p "$dir"
   mounted+=("$dir")
@@ -179,6 +192,9 @@ measure() {
   fi
   mount_s=$(seconds_since "$t0")
   dev=$(block_device_of "$dir")
+  pid=$("$pid_fn" "$dir")
+  rss_mount=0
+  [ -n "$pid" ] && rss_mount=$(rss_kb "$pid")
   sleep 0.3 # let the access log catch up before counting
   read0=$(device_read_since "$dev" "$work/stats0")
 
@@ -201,7 +217,6 @@ measure() {
   mark3=$(log_lines)
   [ -n "$trace" ] && trace_stop "$out/trace-$name.txt"
 
-  pid=$("$pid_fn" "$dir")
   rss=0 hwm=0 listed="-	-"
   if [ -n "$pid" ]; then
     rss=$(rss_kb "$pid")
@@ -223,12 +238,12 @@ for m in json.load(sys.stdin):
   # variant mount_s find_s find_entries tar_s tar_bytes tar_bounded
   # gets_mount bytes_mount gets_find bytes_find gets_tar bytes_tar
   # dev_read_mount dev_read_find dev_read_tar rss_kb hwm_kb list_fetched list_requested
-  # find_bounded
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  # find_bounded rss_after_mount_kb
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$name" "$mount_s" "$find_s" "$find_entries" "$tar_s" "$tar_bytes" "$tar_bounded" \
     ${gets_mount} ${gets_find} ${gets_tar} \
     "$read0" "$((read1 - read0))" "$((read2 - read1))" "$rss" "$hwm" "$listed" \
-    "$find_bounded" >>"$results"
+    "$find_bounded" "$rss_mount" >>"$results"
   log "[$name] mount ${mount_s}s, find ${find_s}s ($find_entries), tar ${tar_s}s ($tar_bytes B)," \
     "GETs mount/find/tar: ${gets_mount% *}/${gets_find% *}/${gets_tar% *}, RSS ${rss} kB"
   # Request sizes per step, for the "why" (readahead, max_sectors_kb).
@@ -239,7 +254,7 @@ for m in json.load(sys.stdin):
   done
 
   log "[$name] umount"
-  timeout 120 "$umount_fn" "$dir" || log "[$name] umount failed"
+  "$umount_fn" "$dir" || log "[$name] umount failed"
 }
 
 # --- variants -----------------------------------------------------------------------------

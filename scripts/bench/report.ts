@@ -15,6 +15,8 @@ interface Row {
   tarBounded: boolean;
   /** The find was stopped by its time bound. */
   findBounded: boolean;
+  /** Server RSS right after the mount, before any file was read. */
+  rssMountKb: number;
   getsMount: number;
   bytesMount: number;
   getsFind: number;
@@ -47,6 +49,7 @@ function parseRow(line: string): Row {
     tarBytes: n(5),
     tarBounded: f[6] === "1",
     findBounded: f[20] === "1",
+    rssMountKb: Number(f[21] ?? 0),
     getsMount: n(7),
     bytesMount: n(8),
     getsFind: n(9),
@@ -131,6 +134,7 @@ function details(rows: Row[], getSizes: string[], queue: string[]): string {
         `device read mount/find/tar ${fixed(mb(r.devReadMount))}/${fixed(mb(r.devReadFind))}/` +
         `${fixed(mb(r.devReadTar))} MB; registry sent ${fixed(mb(fetched))} MB in ${gets} GETs` +
         (gets ? ` (mean ${fixed(fetched / gets / 1024, 0)} KiB)` : "") +
+        (r.rssMountKb ? `; server RSS after mount ${fixed(r.rssMountKb / 1024, 0)} MB` : "") +
         (r.listFetched !== undefined
           ? `; list --json bytesFetched ${fixed(mb(r.listFetched))} MB, bytesRequested ${
             fixed(mb(r.listRequested ?? NaN))
