@@ -1,11 +1,15 @@
 /**
  * `erofs-oci umount`: unmount the overlay and the layer mounts, then stop the server (which
- * disconnects its devices) and remove the runtime files.
+ * disconnects its devices) and remove the runtime files. A mount whose server died is still
+ * cleaned up completely.
  */
 import { MountError } from "../errors.ts";
 import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "./erofs_file.ts";
-import { findState, type MountState, removeMountDir } from "./runtime.ts";
+import { findState, type MountState, removeMountDir, serverAlive } from "./runtime.ts";
+import { disconnectNbd } from "../nbd/kernel.ts";
+import { removeRecoveryFile } from "../recovery/store.ts";
+import { warn } from "../cli/log.ts";
 import { stopServer } from "./mount_image.ts";
 
 const EBUSY = 16;
@@ -31,6 +35,19 @@ async function unmountOne(dir: string, lazy: boolean, shownAs: string): Promise<
   }
 }
 
+async function releaseOrphanedDevices(state: MountState): Promise<void> {
+  for (const layer of state.layers) {
+    const index = /^nbd(\d+)$/.exec(layer.device ?? "")?.[1];
+    if (index === undefined) continue;
+    try {
+      await disconnectNbd(Number(index));
+    } catch (error) {
+      warn(`could not disconnect ${layer.device}: ${(error as Error).message}`);
+    }
+    if (layer.recoveryFile) removeRecoveryFile(layer.recoveryFile);
+  }
+}
+
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
   const state = findState(target);
   await unmountOne(state.target, lazy, state.target);
@@ -39,7 +56,13 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
       await unmountOne(layer.layerDir, lazy, state.target);
     }
   }
-  await stopServer(state.id, state.serverPid);
+  if (serverAlive(state.serverPid)) {
+    await stopServer(state.id, state.serverPid);
+  } else {
+    // Our server is gone (killed, or another tool's server took the devices over through
+    // reattach): release the devices and recovery files ourselves.
+    await releaseOrphanedDevices(state);
+  }
   removeMountDir(state.id);
   return state;
 }

@@ -273,3 +273,32 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "vm reattach: umount of a mount whose server was killed still releases everything",
+  ignore: NOT_IN_VM,
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const env = sandbox.env;
+      assertSuccess(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "nbd"], {
+          env,
+          timeoutMs: 120_000,
+        }),
+      );
+      const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout);
+      const device: string = listed[0].devices[0];
+      const [pid] = serverPids(sandbox.runtimeDir);
+      Deno.kill(pid, "SIGKILL");
+      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(recoveryFiles(), [], "recovery file removed");
+      assert.equal(Deno.readTextFileSync(`/sys/block/${device}/size`).trim(), "0");
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
