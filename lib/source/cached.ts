@@ -2,7 +2,7 @@ import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 
 export interface CacheOptions {
-  /** Cache granularity, a power of two. Default 1 MiB. */
+  /** Cache granularity, a power of two. Default 2 MiB. */
   chunkBytes?: number;
   /** Upper bound of the bytes the cache holds (whole chunks). Default 64 MiB. */
   cacheBytes?: number;
@@ -33,7 +33,13 @@ export interface CacheStats {
   cachedChunks: number;
 }
 
-export const DEFAULT_CHUNK_BYTES = 1 << 20;
+/**
+ * 2 MiB: EROFS metadata is spread over the whole image, so a cold `find` touches most chunks
+ * wherever they are and its synchronous reads pay one round trip per chunk. Replaying the
+ * benchmark's block trace (scripts/bench/replay.ts, docs/benchmarks.md) with a 64 MiB cache:
+ * 1 MiB chunks take 79 GETs for find + 47 for tar, 2 MiB 49 + 27; 4 MiB thrash (16 chunks).
+ */
+export const DEFAULT_CHUNK_BYTES = 2 << 20;
 export const DEFAULT_CACHE_BYTES = 64 << 20;
 export const DEFAULT_MAX_READAHEAD_BYTES = 8 << 20;
 
