@@ -11,13 +11,16 @@ mkdir -p dist
 rm -f dist/erofs-oci dist/erofs-oci.js
 
 # shellcheck disable=SC2086
-if $deno compile -q $perms --no-check --output dist/erofs-oci main.ts 2>dist/compile.log; then
+if NO_COLOR=1 $deno compile -q $perms --no-check --output dist/erofs-oci main.ts 2>dist/compile.log; then
   rm -f dist/compile.log
   echo "built dist/erofs-oci: single executable (deno compile)"
   dist/erofs-oci --version
   exit 0
 fi
-echo "deno compile unavailable ($(grep -m1 -i error dist/compile.log | cut -c1-160 || true))" >&2
+# The first "Caused by" line says why (typically: the denort runtime cannot be downloaded).
+reason=$(grep -m1 -E '^ +1: ' dist/compile.log | sed 's/^ *1: //' | cut -c1-200 || true)
+echo "deno compile unavailable: ${reason:-$(head -1 dist/compile.log)}" >&2
+echo "falling back to a bundled single file (set DENORT_BIN to a denort binary to compile)" >&2
 $deno bundle -q --output dist/erofs-oci.js main.ts
 cp "$(readlink -f $deno)" dist/deno
 cat > dist/erofs-oci <<LAUNCHER
