@@ -45,6 +45,14 @@ function recoveryFiles(): string[] {
   }
 }
 
+/** SIGKILL to the mount's server (as an OOM kill would); returns its pid once it is gone. */
+async function killServer(runtimeDir: string): Promise<number> {
+  const [pid] = serverPids(runtimeDir);
+  Deno.kill(pid, "SIGKILL");
+  while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+  return pid;
+}
+
 function sha256Reader(path: string) {
   // A separate process, as an application would be: it must neither fail nor see wrong bytes.
   return new Deno.Command("sha256sum", { args: [path], stdout: "piped", stderr: "piped" })
@@ -58,11 +66,9 @@ async function killMidRead(
   reattachArg: string[],
 ) {
   await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
-  const [pid] = serverPids(sandbox.runtimeDir);
   const reader = sha256Reader(file);
   await new Promise((r) => setTimeout(r, 1500));
-  Deno.kill(pid, "SIGKILL");
-  while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+  const pid = await killServer(sandbox.runtimeDir);
 
   const listed = await runCli(["list", "--json"], { env: sandbox.env });
   assertSuccess(listed);
@@ -192,10 +198,8 @@ Deno.test({
           timeoutMs: 120_000,
         }),
       );
-      const [pid] = serverPids(sandbox.runtimeDir);
       const [file] = recoveryFiles();
-      Deno.kill(pid, "SIGKILL");
-      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      await killServer(sandbox.runtimeDir);
       Deno.writeTextFileSync(`${RECOVERY_DIR}/${file}`, "LOCAL relative/garbage\n");
       const failed = await runCli(["reattach", sandbox.target], { env });
       assert.equal(failed.code, 1, describe(failed));
@@ -237,9 +241,7 @@ Deno.test({
           timeoutMs: 120_000,
         }),
       );
-      const [pid] = serverPids(sandbox.runtimeDir);
-      Deno.kill(pid, "SIGKILL");
-      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      await killServer(sandbox.runtimeDir);
       registryDown = true;
       await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] })
         .output();
@@ -289,9 +291,7 @@ Deno.test({
       );
       const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout);
       const device: string = listed[0].devices[0];
-      const [pid] = serverPids(sandbox.runtimeDir);
-      Deno.kill(pid, "SIGKILL");
-      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      await killServer(sandbox.runtimeDir);
 
       assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
       assert.deepEqual(mountsBelow(sandbox.target), []);
