@@ -4,6 +4,7 @@
  * serves until told to stop. Started as `erofs-oci __mount-server` with the MountSpec on stdin.
  */
 import { CachedSource } from "../source/cached.ts";
+import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../mount/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
@@ -37,6 +38,12 @@ function writeReady(message: ReadyMessage): void {
   } catch { /* the mount process is gone; it cleans up on its side */ }
 }
 
+/**
+ * How long `mount` waits for the directory metadata prefetch before saying ready; past it the
+ * prefetch goes on in the background (the kernel's early reads then go through the cache).
+ */
+const PREFETCH_DEADLINE_MS = 10_000;
+
 const WAIT_FIRST_DELAY_MS = 1000;
 const WAIT_MAX_DELAY_MS = 30_000;
 
@@ -68,7 +75,10 @@ export async function runMountServer(): Promise<number> {
   redirectConsoleToFile(logPath(spec.id));
   console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
 
-  const sources: CachedSource[] = [];
+  const sources: PrefetchedSource[] = [];
+  /** One per layer: settles when its directories are pinned (or the prefetch gave up). */
+  const directoriesPinned: Promise<void>[] = [];
+  const prefetchAbort = new AbortController();
   const exports: LayerExport[] = [];
   let listener: Deno.Listener | undefined;
   let stopping: Promise<void> | undefined;
@@ -76,6 +86,7 @@ export async function runMountServer(): Promise<number> {
   const stop = () =>
     stopping ??= (async () => {
       console.log("stopping");
+      prefetchAbort.abort();
       listener?.close();
       for (const exported of exports.reverse()) {
         try {
@@ -97,9 +108,23 @@ export async function runMountServer(): Promise<number> {
       const raw: Source = await openLayerSource(layer, spec.credentials);
       if (spec.awaitSource) await waitUntilServable(raw, index);
       const cached = new CachedSource(raw, { cacheBytes: cachePerLayer });
-      sources.push(cached);
+      // Metadata reads are served from pinned pages; the prefetch reads around the cache.
+      const served = new PrefetchedSource(cached);
+      sources.push(served);
+      directoriesPinned.push(
+        new Promise<void>((resolve) => {
+          const report = (summary: string) => {
+            console.log(`layer ${index}: metadata prefetch, ${summary}`);
+            resolve();
+          };
+          prefetchErofsMetadata(raw, served, {
+            signal: prefetchAbort.signal,
+            onDirectoriesDone: report,
+          }).then(report);
+        }),
+      );
       exports.push(
-        await exportLayer(spec.backend, cached, {
+        await exportLayer(spec.backend, served, {
           runDir: mountDir(spec.id),
           layerIndex: index,
           reattach: spec.reattach?.[index],
@@ -140,6 +165,12 @@ export async function runMountServer(): Promise<number> {
       );
     } else {
       await attachLayers();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.all(directoriesPinned),
+        new Promise((resolve) => timer = setTimeout(resolve, PREFETCH_DEADLINE_MS)),
+      ]);
+      clearTimeout(timer);
     }
   } catch (error) {
     console.error("start failed:", error);

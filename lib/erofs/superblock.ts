@@ -45,7 +45,12 @@ export interface ErofsSuperblock {
   /** Blocks of the primary device (statfs). */
   blocks: number;
   inodes: bigint;
+  /** Nid of the root directory (`rootnid_8b` when the 48bit feature sets it). */
   rootNid: number;
+  /** Block of nid 0: inode `nid` is at `metaBlockAddress * blockSizeBytes + nid * 32`. */
+  metaBlockAddress: number;
+  /** First block of the shared xattr area (0 when there is none). */
+  xattrBlockAddress: number;
   buildTime: bigint;
   featureCompat: number;
   featureIncompat: number;
@@ -92,12 +97,18 @@ export function checkErofsSuperblock(bytes: Uint8Array, what = "image"): ErofsSu
     ...INCOMPAT_FEATURES.filter(([bit]) => featureIncompat & bit).map(([, name]) => name),
   ];
   const deviceTable = (featureIncompat & 0x8) !== 0;
+  // 48bit images reuse the u16 at 14 as blocks_hi and put the root nid at 112 (when non-zero).
+  const rootNid8b = (featureIncompat & 0x80) ? view.getBigUint64(112, true) : 0n;
   return {
     blockSizeBits,
     blockSizeBytes: 2 ** blockSizeBits,
     blocks: view.getUint32(36, true),
     inodes: view.getBigUint64(16, true),
-    rootNid: view.getUint16(14, true),
+    rootNid: rootNid8b && rootNid8b <= BigInt(Number.MAX_SAFE_INTEGER)
+      ? Number(rootNid8b)
+      : view.getUint16(14, true),
+    metaBlockAddress: view.getUint32(40, true),
+    xattrBlockAddress: view.getUint32(44, true),
     buildTime: view.getBigUint64(24, true),
     featureCompat,
     featureIncompat,

@@ -1,0 +1,209 @@
+/**
+ * A Source in front of the chunk cache that answers reads of pinned pages (the EROFS metadata
+ * fetched at mount by `prefetchErofsMetadata`) from memory and passes every other read through.
+ * Pinned pages are never evicted: they are the few MB the kernel reads one block at a time.
+ */
+import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
+import type { CacheStats } from "./cached.ts";
+import type { Source } from "./source.ts";
+
+/** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
+export const PIN_PAGE_BYTES = 4096;
+
+/** What the inner source may offer besides read(). */
+export interface InnerSource extends Source {
+  readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
+  stats?(): CacheStats;
+}
+
+export interface PrefetchStats extends CacheStats {
+  /** Bytes pinned in memory. */
+  pinnedBytes: number;
+  /** Reads answered from pinned pages. */
+  pinnedHits: number;
+  /** Reads the prefetch made (included in fetches) and their bytes (in bytesFetched). */
+  prefetchFetches: number;
+  prefetchBytes: number;
+}
+
+export class PrefetchedSource implements InnerSource {
+  readonly size: number;
+  readonly #inner: InnerSource;
+  readonly #pages = new Map<number, Uint8Array>();
+  #pinnedBytes = 0;
+  #pinnedHits = 0;
+  #pinnedRequested = 0;
+  #prefetchFetches = 0;
+  #prefetchBytes = 0;
+
+  constructor(inner: InnerSource) {
+    this.#inner = inner;
+    this.size = inner.size;
+  }
+
+  /**
+   * Pins `bytes` at `offset` (a multiple of PIN_PAGE_BYTES; `bytes` whole pages except at the
+   * end of the source). Pages pinned already are kept.
+   */
+  pin(offset: number, bytes: Uint8Array): void {
+    if (offset % PIN_PAGE_BYTES) throw new RangeError(`pin at ${offset}: not page aligned`);
+    for (let from = 0; from < bytes.length; from += PIN_PAGE_BYTES) {
+      const index = (offset + from) / PIN_PAGE_BYTES;
+      if (this.#pages.has(index)) continue;
+      const page = bytes.subarray(from, from + PIN_PAGE_BYTES);
+      const wanted = Math.min(PIN_PAGE_BYTES, this.size - index * PIN_PAGE_BYTES);
+      if (page.length !== wanted) continue;
+      this.#pages.set(index, page);
+      this.#pinnedBytes += page.length;
+    }
+  }
+
+  /** Counts a read the prefetch made around the cache (for stats()). */
+  countPrefetch(bytes: number): void {
+    this.#prefetchFetches++;
+    this.#prefetchBytes += bytes;
+  }
+
+  get pinnedBytes(): number {
+    return this.#pinnedBytes;
+  }
+
+  read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    const first = Math.floor(offset / PIN_PAGE_BYTES);
+    const last = Math.floor((offset + length - 1) / PIN_PAGE_BYTES);
+    if (length > 0 && this.#allPinned(first, last)) {
+      this.#hit(length);
+      if (first === last) {
+        const start = offset - first * PIN_PAGE_BYTES;
+        return Promise.resolve(this.#pages.get(first)!.subarray(start, start + length));
+      }
+      const out = new Uint8Array(length);
+      this.#copy(offset, out, first, last);
+      return Promise.resolve(out);
+    }
+    return this.#inner.read(offset, length, signal);
+  }
+
+  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    const first = Math.floor(offset / PIN_PAGE_BYTES);
+    const last = Math.floor((offset + dest.length - 1) / PIN_PAGE_BYTES);
+    if (dest.length > 0 && this.#allPinned(first, last)) {
+      this.#hit(dest.length);
+      this.#copy(offset, dest, first, last);
+      return;
+    }
+    if (this.#inner.readInto) return await this.#inner.readInto(offset, dest, signal);
+    dest.set(await this.#inner.read(offset, dest.length, signal));
+  }
+
+  stats(): PrefetchStats {
+    const inner: CacheStats = this.#inner.stats?.() ?? {
+      bytesRequested: 0,
+      bytesFetched: 0,
+      fetches: 0,
+      readaheadFetches: 0,
+      hits: 0,
+      misses: 0,
+      joined: 0,
+      cachedBytes: 0,
+      cachedChunks: 0,
+    };
+    return {
+      ...inner,
+      bytesRequested: inner.bytesRequested + this.#pinnedRequested,
+      bytesFetched: inner.bytesFetched + this.#prefetchBytes,
+      fetches: inner.fetches + this.#prefetchFetches,
+      hits: inner.hits + this.#pinnedHits,
+      pinnedBytes: this.#pinnedBytes,
+      pinnedHits: this.#pinnedHits,
+      prefetchFetches: this.#prefetchFetches,
+      prefetchBytes: this.#prefetchBytes,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#pages.clear();
+    this.#pinnedBytes = 0;
+    await this.#inner.close?.();
+  }
+
+  #allPinned(first: number, last: number): boolean {
+    for (let p = first; p <= last; p++) if (!this.#pages.has(p)) return false;
+    return true;
+  }
+
+  #hit(length: number): void {
+    this.#pinnedHits++;
+    this.#pinnedRequested += length;
+  }
+
+  #copy(offset: number, out: Uint8Array, first: number, last: number): void {
+    const end = offset + out.length;
+    for (let p = first; p <= last; p++) {
+      const pageStart = p * PIN_PAGE_BYTES;
+      const page = this.#pages.get(p)!;
+      const from = Math.max(offset, pageStart);
+      const to = Math.min(end, pageStart + page.length);
+      out.set(page.subarray(from - pageStart, to - pageStart), from - offset);
+    }
+  }
+}
+
+export interface PrefetchOptions {
+  /** Upper bound of pinned metadata. Default 64 MiB. */
+  maxBytes?: number;
+  /** Parallel reads. Default 8. */
+  concurrency?: number;
+  signal?: AbortSignal;
+  /** Called when the directory pass is done (a cold `find` is then all hits). */
+  onDirectoriesDone?: (summary: string) => void;
+}
+
+/**
+ * Walks the EROFS image behind `target` and pins its metadata there, reading through `raw`
+ * (parallel coalesced ranged reads, around the chunk cache and its readahead). Two passes:
+ * directories first (what a cold `find` needs), then the inodes of everything else (what
+ * `stat`/`tar` need). Never rejects: the prefetch is an optimisation. Resolves with a summary.
+ */
+export async function prefetchErofsMetadata(
+  raw: Source,
+  target: PrefetchedSource,
+  options: PrefetchOptions = {},
+): Promise<string> {
+  const startedMs = performance.now();
+  const read = async (offset: number, length: number, signal?: AbortSignal) => {
+    const bytes = await raw.read(offset, length, signal);
+    target.countPrefetch(bytes.length);
+    return bytes;
+  };
+  const common = {
+    maxBytes: options.maxBytes,
+    concurrency: options.concurrency,
+    signal: options.signal,
+    onPage: (offset: number, bytes: Uint8Array) => pinAligned(target, offset, bytes),
+  };
+  const describe = (what: string, walk: Awaited<ReturnType<typeof walkErofsMetadata>>) =>
+    `${what}: ${walk.directories} directories, ${walk.entries} entries, ` +
+    `${walk.pagesBytes} bytes pinned, ${walk.reads} reads of ${walk.bytesRead} bytes, ` +
+    `${Math.round(performance.now() - startedMs)} ms` +
+    (walk.incomplete ? ` (stopped: ${walk.incomplete})` : "") +
+    (walk.skipped ? ` (${walk.skipped} branches skipped)` : "");
+  try {
+    const dirs = await walkErofsMetadata(read, raw.size, { ...common, fileInodes: false });
+    options.onDirectoriesDone?.(describe("directories", dirs));
+    if (dirs.incomplete) return describe("directories", dirs);
+    const all = await walkErofsMetadata(read, raw.size, {
+      ...common,
+      fileInodes: true,
+      knownPages: dirs.pages,
+    });
+    return describe("all inodes", all);
+  } catch (error) {
+    return `metadata prefetch failed: ${(error as Error)?.message ?? error}`;
+  }
+}
+
+function pinAligned(target: PrefetchedSource, offset: number, bytes: Uint8Array): void {
+  // Walk pages are 4 KiB or one (larger) block: both multiples of PIN_PAGE_BYTES.
+  if (offset % PIN_PAGE_BYTES === 0) target.pin(offset, bytes);
+}
