@@ -31,7 +31,7 @@ function manifestPaths(name: string): string[] {
     .sort();
 }
 
-for (const name of ["basic", "layer1", "basic-lz4"]) {
+for (const name of ["basic", "layer1", "basic-lz4", "layer.meta"]) {
   Deno.test(`walk of ${name}.erofs finds every path of its manifest`, async () => {
     const file = await LocalFile.open(`${FIXTURES}/${name}.erofs`);
     try {
