@@ -22,10 +22,10 @@ class MemorySource implements Source {
   }
 }
 
-function manifestPaths(name: string): string[] {
+function manifestPaths(name: string, type?: "d"): string[] {
   return Deno.readTextFileSync(`${FIXTURES}/expected/${name}.txt`)
     .split("\n")
-    .filter((line) => line)
+    .filter((line) => line && (!type || line.split("\t")[1] === type))
     .map((line) => line.split("\t")[0])
     .map((path) => path === "." ? "" : path)
     .sort();
@@ -55,7 +55,7 @@ Deno.test("after the prefetch, a second walk is served from pinned pages alone",
   const raw = new MemorySource(image);
   const inner = new MemorySource(image);
   const served = new PrefetchedSource(inner);
-  const summary = await prefetchErofsMetadata(raw, served);
+  const summary = await prefetchErofsMetadata(raw, served, { fileInodes: true });
   assert.match(summary, /^all inodes: 9 directories/);
   assert.equal(inner.reads, 0, "the prefetch reads around the inner source");
   inner.refuse = true;
@@ -155,4 +155,24 @@ Deno.test("hostile images end the walk without throwing", async (t) => {
     );
     assert.equal(walk.incomplete, "superblock unreadable");
   });
+});
+
+Deno.test("by default only directories are pinned: a find-like walk needs nothing else", async () => {
+  const image = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+  const raw = new MemorySource(image);
+  const inner = new MemorySource(image);
+  const served = new PrefetchedSource(inner);
+  const summary = await prefetchErofsMetadata(raw, served);
+  assert.match(summary, /^directories: 9 directories/);
+  inner.refuse = true;
+  const again = await walkErofsMetadata(
+    (offset, length) => served.read(offset, length),
+    served.size,
+    { collectPaths: true, fileInodes: false },
+  );
+  assert.equal(inner.reads, 0, "every directory read was a pinned hit");
+  assert.deepEqual([...again.paths!].sort(), manifestPaths("basic", "d"));
+  const full = new PrefetchedSource(new MemorySource(image));
+  await prefetchErofsMetadata(new MemorySource(image), full, { fileInodes: true });
+  assert.ok(served.stats().pinnedBytes < full.stats().pinnedBytes, "file inodes not pinned");
 });
