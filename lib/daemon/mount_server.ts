@@ -113,8 +113,11 @@ export async function runMountServer(): Promise<number> {
       sources.push(served);
       directoriesPinned.push(
         new Promise<void>((resolve) => {
+          let last = "";
           const report = (summary: string) => {
-            console.log(`layer ${index}: metadata prefetch, ${summary}`);
+            // The directory pass may also be the whole prefetch: log each summary once.
+            if (summary !== last) console.log(`layer ${index}: metadata prefetch, ${summary}`);
+            last = summary;
             resolve();
           };
           prefetchErofsMetadata(raw, served, {
