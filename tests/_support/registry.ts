@@ -6,6 +6,7 @@
  */
 import { startTokenServer, type TokenServer } from "./token_server.ts";
 import { runTool } from "./tool.ts";
+import { selfSignedP256 } from "./certs.ts";
 
 export type RegistryAuth = "none" | "basic" | "token";
 
@@ -206,31 +207,17 @@ async function htpasswdLine(username: string, password: string): Promise<string>
  * certificate as the server's own ("CaUsedAsEndEntity"), OpenSSL accepts either.
  */
 async function selfSignedCertificate(dnsName: string, certPath: string, keyPath: string) {
-  await runTool("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    `/CN=${dnsName}`,
-    "-addext",
-    `subjectAltName=DNS:${dnsName},IP:127.0.0.1`,
-    "-addext",
-    "basicConstraints=critical,CA:FALSE",
-    "-addext",
-    "keyUsage=critical,digitalSignature",
-    "-addext",
-    "extendedKeyUsage=serverAuth",
-    "-keyout",
+  await selfSignedP256({
+    subject: `/CN=${dnsName}`,
     keyPath,
-    "-out",
     certPath,
-  ]);
+    extensions: [
+      `subjectAltName=DNS:${dnsName},IP:127.0.0.1`,
+      "basicConstraints=critical,CA:FALSE",
+      "keyUsage=critical,digitalSignature",
+      "extendedKeyUsage=serverAuth",
+    ],
+  });
 }
 
 async function waitUntilAnswering(

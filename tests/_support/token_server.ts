@@ -6,7 +6,7 @@
  * `auth.token.rootcertbundle` (registry/auth/token/token.go, parseAndVerifyCertChain).
  */
 
-import { runTool } from "./tool.ts";
+import { selfSignedP256 } from "./certs.ts";
 
 /** Distribution 2.8 accepts a token for 60 s past its `exp` claim (token.go `Leeway`). */
 const DISTRIBUTION_EXP_LEEWAY_SECONDS = 60;
@@ -55,23 +55,7 @@ export interface TokenServer {
 export async function startTokenServer(options: TokenServerOptions): Promise<TokenServer> {
   const keyPath = `${options.dir}/token-key.pem`;
   const certPath = `${options.dir}/token-cert.pem`;
-  await runTool("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    keyPath,
-    "-out",
-    certPath,
-    "-days",
-    "2",
-    "-subj",
-    "/CN=erofs-oci test token issuer",
-  ]);
+  await selfSignedP256({ subject: "/CN=erofs-oci test token issuer", keyPath, certPath });
   const privateKey = await crypto.subtle.importKey(
     "pkcs8",
     pemBody(await Deno.readTextFile(keyPath), "PRIVATE KEY"),
