@@ -10,6 +10,7 @@ import { isLocalImage } from "../mount/resolve_layers.ts";
 import { selectLayers } from "../oci/layers.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
+import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
 import { LocalFile } from "../source/local_file.ts";
 import type { Source } from "../source/source.ts";
 import { parseListenAddress, startNbdServer } from "../nbd/listen.ts";
@@ -67,9 +68,11 @@ Example:
     const { source: raw, name } = await openSource(image, values);
     const exportName = values["export-name"] ?? name;
     let cache: CachedSource;
+    let served: PrefetchedSource;
     try {
       await checkImage(raw, image);
       cache = new CachedSource(raw, { cacheBytes });
+      served = new PrefetchedSource(cache);
     } catch (error) {
       await raw.close?.();
       if (error instanceof RangeError) {
@@ -83,10 +86,15 @@ Example:
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     for (const signal of signals) Deno.addSignalListener(signal, stopRequested);
 
+    // Directory metadata pinned in the background, as for mounts: a client's cold tree walk
+    // then reads no scattered metadata blocks through the chunk cache.
+    const prefetchAbort = new AbortController();
+    const prefetched = prefetchErofsMetadata(raw, served, { signal: prefetchAbort.signal })
+      .then((summary) => debug("metadata prefetch", summary));
     try {
       const server = await startNbdServer({
         listen,
-        source: cache,
+        source: served,
         export: {
           name: exportName,
           sizeBytes: cache.size,
@@ -109,10 +117,12 @@ Example:
       info(`serving ${image} (${formatBytes(cache.size)}) at ${server.uri}; Ctrl-C stops`);
       await stopped;
       await server.close();
-      debug("cache stats", cache.stats());
+      debug("cache stats", served.stats());
     } finally {
       for (const signal of signals) Deno.removeSignalListener(signal, stopRequested);
-      await cache.close();
+      prefetchAbort.abort();
+      await prefetched;
+      await served.close();
     }
     return 0;
   },
