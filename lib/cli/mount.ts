@@ -7,7 +7,7 @@ import { info } from "./log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import { checkMountTarget, checkRoot } from "../mount/target_dir.ts";
 import { mountImage } from "../mount/mount_image.ts";
-import { DEFAULT_CACHE_BYTES, serverAlive } from "../mount/runtime.ts";
+import { DEFAULT_MOUNT_CACHE_BYTES, serverAlive } from "../mount/runtime.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -35,7 +35,7 @@ Options:
       --any-media-type   accept layers whose media type is not application/vnd.erofs
       --backend B        auto (default: nbd when the module is loaded, else fuse), nbd, fuse
       --cache-size SIZE  memory cache per mount (default ${
-    DEFAULT_CACHE_BYTES >> 20
+    DEFAULT_MOUNT_CACHE_BYTES >> 20
   }M; e.g. 256M, 1G)
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
@@ -69,7 +69,7 @@ are not written and are looked up again at reattach. The file is removed by umou
       throw new UsageError("mount: --upper and --work go together");
     }
     const cacheBytes = values["cache-size"] === undefined
-      ? DEFAULT_CACHE_BYTES
+      ? DEFAULT_MOUNT_CACHE_BYTES
       : parseSize(values["cache-size"], "--cache-size");
     checkRoot();
     const target = checkMountTarget(dir);

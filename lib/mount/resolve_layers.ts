@@ -106,7 +106,7 @@ export async function resolveRegistryImage(
       digest: layer.digest,
       mediaType: layer.mediaType,
       sizeBytes: layer.sizeBytes,
-      plainHttp: new URL(client.origin).protocol === "http:",
+      plainHttp: client.plainHttp,
     });
   }
   return { image: formatReference(ref), manifestDigest: image.manifestDigest, layers };

@@ -11,7 +11,7 @@ const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
 
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */
-export const DEFAULT_CACHE_BYTES = 32 << 20;
+export const DEFAULT_MOUNT_CACHE_BYTES = 32 << 20;
 
 /** Where one layer's bytes come from; also what reattach rebuilds a server from. */
 export type LayerSpec =

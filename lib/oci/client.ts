@@ -118,6 +118,11 @@ export class RegistryClient {
     return this.#origin;
   }
 
+  /** True when the registry is spoken to over plain HTTP (what recovery records keep). */
+  get plainHttp(): boolean {
+    return this.#origin.startsWith("http:");
+  }
+
   /** A fresh retry policy for one operation. */
   newPolicy(): RetryPolicy {
     return { deadlineAtMs: Date.now() + this.#deadlineMs, maxAttempts: this.#maxAttempts };

@@ -55,7 +55,7 @@ export function unverifiedLayer(
     digest: record.digest,
     mediaType: "application/vnd.erofs",
     sizeBytes,
-    plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).origin.startsWith("http:"),
+    plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).plainHttp,
   });
 }
 
@@ -174,6 +174,6 @@ export async function layerForRecord(
     digest,
     mediaType,
     sizeBytes: size,
-    plainHttp: client.origin.startsWith("http:"),
+    plainHttp: client.plainHttp,
   });
 }

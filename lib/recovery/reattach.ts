@@ -10,7 +10,7 @@ import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "../mount/mount_image.ts";
 import {
   createMountDir,
-  DEFAULT_CACHE_BYTES,
+  DEFAULT_MOUNT_CACHE_BYTES,
   type LayerSpec,
   type MountSpec,
   type MountState,
@@ -203,7 +203,7 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
       image: state?.image ?? planned[0].layer.kind,
       manifestDigest: state?.manifestDigest,
       backend: "nbd",
-      cacheBytes: state?.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      cacheBytes: state?.cacheBytes ?? DEFAULT_MOUNT_CACHE_BYTES,
       layers: planned.map((p) => p.layer),
       credentials: planned.find((p) => p.credentials)?.credentials,
       reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
