@@ -6,6 +6,7 @@ import {
   parseAuthChallenges,
 } from "./auth_challenge.ts";
 import { type Credentials, dockerConfigCredentials } from "./docker_config.ts";
+import { isLoopbackRegistry } from "./reference.ts";
 
 /** Token lifetime when the token server does not say (distribution token spec: 60 s). */
 export const DEFAULT_TOKEN_LIFETIME_S = 60;
@@ -174,6 +175,20 @@ export class RegistryAuth {
     error.status = status;
     return error;
   }
+}
+
+/**
+ * Refuses a plain-HTTP token realm (or token-server redirect) for a registry spoken to over HTTPS:
+ * the token request carries the user's password and its reply grants access, so a challenge
+ * naming an `http:` realm would move both into clear text. Allowed when the registry itself is
+ * plain HTTP (nothing is protected anyway) or a loopback registry (test and development setups).
+ */
+export function checkTokenRealm(url: URL, registry: string, registryPlainHttp: boolean): void {
+  if (url.protocol !== "http:" || registryPlainHttp || isLoopbackRegistry(registry)) return;
+  throw new OciError(
+    `registry ${registry} is HTTPS but its token server ${url.host} is plain HTTP: refusing to send credentials in clear text`,
+    "the registry's auth realm must be https://; use --plain-http only for a registry without TLS",
+  );
 }
 
 /** `Basic base64(user:password)` with UTF-8 credentials. */

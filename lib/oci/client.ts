@@ -1,7 +1,7 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../cli/log.ts";
 import { VERSION } from "../version.ts";
-import { RegistryAuth } from "./auth.ts";
+import { checkTokenRealm, RegistryAuth } from "./auth.ts";
 import type { Credentials } from "./docker_config.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
 import type { ImageReference } from "./reference.ts";
@@ -309,6 +309,7 @@ export class RegistryClient {
     let target = url;
     headers.set("user-agent", this.#userAgent);
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      checkTokenRealm(target, this.host, this.plainHttp);
       if (target.origin !== authOrigin) headers.delete("authorization");
       let response: Response;
       try {
