@@ -80,6 +80,22 @@ export const LIBC_SYMBOLS = {
   readdir: { parameters: ["pointer"], result: "pointer" },
   // int closedir(DIR *dirp);
   closedir: { parameters: ["pointer"], result: "i32" },
+  // ssize_t copy_file_range(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out,
+  //                         size_t len, unsigned int flags);
+  copy_file_range: {
+    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
+    result: "isize",
+  },
+  // off_t lseek(int fd, off_t offset, int whence);
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset);
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // int ftruncate(int fd, off_t length);
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  // ssize_t llistxattr(const char *path, char *list, size_t size);
+  llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size);
+  lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // int access(const char *path, int mode);
   access: { parameters: ["buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
