@@ -2,6 +2,8 @@
 # /init of the kernel-test VM (busybox). Host / (9p, read-only) under a RAM overlay becomes the
 # root, /run and /tmp are fresh tmpfs, the writable 9p share "out" is /run/vm. Runs
 # /run/vm/main.sh (written by scripts/vm/run.sh), stores its exit code in /run/vm/rc, powers off.
+# Host directories listed in /run/vm/host-paths (the checkout, DENO_DIR when they live under /tmp
+# or /run) are bound back over the fresh tmpfs at the same path.
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -31,6 +33,10 @@ mount -t tmpfs -o mode=0755 rw /rw || fail "tmpfs /rw"
 mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work,redirect_dir=off,index=off,xino=off \
   overlay $R || fail "overlay root"
+# A second view of the root taken before /tmp and /run are covered: host-paths are bound from
+# here, so they stay writable (RAM) like the rest of the root.
+mkdir -p /rootview
+mount -o bind $R /rootview || fail "bind root view"
 
 mount -t proc proc $R/proc || fail "proc"
 mount -t sysfs sysfs $R/sys || fail "sysfs"
@@ -51,6 +57,14 @@ mount -o bind,ro /lower/tmp $R/run/host-tmp || fail "bind host /tmp"
 mount -t tmpfs -o mode=1777 tmp $R/tmp || fail "tmpfs /tmp"
 mount -t 9p -o "$P9" out $R/run/vm || fail "mount 9p out share"
 [ -f $R/run/vm/main.sh ] || fail "no /run/vm/main.sh in the out share"
+if [ -f $R/run/vm/host-paths ]; then
+  while IFS= read -r p; do
+    [ -n "$p" ] || continue
+    [ -d "/rootview$p" ] || fail "host path '$p' is not a directory the guest can see"
+    mkdir -p "$R$p" || fail "mkdir '$p'"
+    mount -o bind "/rootview$p" "$R$p" || fail "bind host path '$p'"
+  done <$R/run/vm/host-paths
+fi
 
 ip link set lo up || fail "lo up"
 hostname erofs-oci-vm

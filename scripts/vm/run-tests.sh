@@ -6,7 +6,8 @@
 # a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
 # failure everywhere (it may be the code under test hanging the kernel).
 # Env: VM_TEST_TIMEOUT_S (default 1200), TEST_FILTER (passed to deno test --filter), VM_ENV
-# (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are).
+# (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are),
+# VM_HOST_PATHS (see run.sh). Works from any checkout path (spaces, under /tmp or /run).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -60,10 +61,13 @@ deno_dir=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
 mkdir -p "$cache/runs"
 out=$(mktemp -d "$cache/runs/tests.XXXXXX")
 trap 'rm -rf "$out"' EXIT
-cat >"$out/tests.sh" <<GUEST
-set -u
-cd "$repo" || exit 1
-export PATH="$repo/tools/bin:\$PATH" HOME=/root DENO_DIR="$deno_dir" NO_COLOR=1
+# Host paths are quoted with %q: a checkout path may hold spaces or shell characters.
+{
+  echo "set -u"
+  printf 'cd %q || exit 1\n' "$repo"
+  printf 'export PATH=%q:"$PATH" HOME=/root DENO_DIR=%q NO_COLOR=1\n' "$repo/tools/bin" "$deno_dir"
+} >"$out/tests.sh"
+cat >>"$out/tests.sh" <<GUEST
 t0=\$(date +%s.%N)
 deno eval 0
 echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(date +%s.%N) 'BEGIN{printf "%.1f", e-s}') s"
@@ -77,7 +81,12 @@ done
 exit \$rc
 GUEST
 
-VM_OUT_DIR=$out VM_ENV="${VM_ENV:-} EROFS_OCI_FIXTURES EROFS_OCI_PEER_BIN" "$here/run.sh" "$out/tests.sh" "$timeout_s"
+# Directories the guest must see even when they live under /tmp or /run (see run.sh).
+host_paths=$deno_dir
+for extra in "${EROFS_OCI_FIXTURES:-}" "${EROFS_OCI_PEER_BIN:-}" "${VM_HOST_PATHS:-}"; do
+  [ -n "$extra" ] && host_paths+=$'\n'$extra
+done
+VM_HOST_PATHS=$host_paths VM_OUT_DIR=$out VM_ENV="${VM_ENV:-} EROFS_OCI_FIXTURES EROFS_OCI_PEER_BIN" "$here/run.sh" "$out/tests.sh" "$timeout_s"
 rc=$?
 elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
 # Per-file reports go next to JUNIT_OUT (test.sh sums every *.xml there).

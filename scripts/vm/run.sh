@@ -7,6 +7,9 @@
 #                  that is removed afterwards.
 #      VM_ENV      names of host variables to pass into the guest (space-separated);
 #                  CI and TEST_FILTER are always passed when set.
+#      VM_HOST_PATHS  more host directories the guest needs (one per line), e.g. DENO_DIR;
+#                  the checkout always is. Those under /tmp or /run, which the guest covers
+#                  with fresh tmpfs, are bound back at the same path.
 #      VM_MEM_MB / VM_CPUS  guest size (default 3072 / 2).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +38,19 @@ else
 fi
 
 cp "$script" "$out/guest.sh"
+# The guest's /tmp and /run are empty tmpfs (a clean runtime state for the code under test), so
+# a checkout cloned under /tmp would vanish there; list such directories for init.sh to bind
+# back. Symlinks are resolved (/var/run is /run).
+: >"$out/host-paths"
+while IFS= read -r path; do
+  [ -n "$path" ] || continue
+  real=$(realpath -e -- "$path" 2>/dev/null) || { log "VM_HOST_PATHS: $path does not exist"; exit 125; }
+  [[ $real != *$'\n'* ]] || { log "a path with a newline cannot be shared with the VM: $real"; exit 125; }
+  case $real in
+  /tmp/* | /run/*) printf '%s\n' "$real" >>"$out/host-paths" ;;
+  esac
+done <<<"$repo
+${VM_HOST_PATHS:-}"
 {
   echo "# written by scripts/vm/run.sh"
   for name in CI TEST_FILTER ${VM_ENV:-}; do
@@ -72,7 +88,7 @@ timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${VM_MEM_MB:-3072}" -s
   -append "console=ttyS0 quiet loglevel=3 panic=-1" \
   -device virtio-rng-pci \
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
-  -virtfs "local,path=$out,mount_tag=out,security_model=passthrough,multidevs=remap" \
+  -virtfs "local,path=${out//,/,,},mount_tag=out,security_model=passthrough,multidevs=remap" \
   </dev/null 2>&1 | show_console
 qemu_rc=${PIPESTATUS[0]}
 elapsed=$(elapsed)

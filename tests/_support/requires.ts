@@ -3,6 +3,8 @@
  * `requires()` for their `ignore` flag. Locally a missing component skips the test with the
  * reason printed; under CI (`CI=true`) nothing is skipped, so the test runs and fails loudly.
  */
+import { fileURLToPath } from "node:url";
+
 export const IN_CI = Deno.env.get("CI") === "true";
 
 export interface Requirement {
@@ -57,6 +59,7 @@ export function findInPath(name: string): string | undefined {
 }
 
 /** Repository root and shared fixtures, resolved from this file. */
-export const REPO_ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+// fileURLToPath, not URL.pathname: a checkout path with spaces would stay percent-encoded.
+export const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 export const FIXTURES = Deno.env.get("EROFS_OCI_FIXTURES") ?? `${REPO_ROOT}/../shared/fixtures`;
 export const PEER_BIN = Deno.env.get("EROFS_OCI_PEER_BIN") ?? `${REPO_ROOT}/../shared/peer/bin`;

@@ -406,7 +406,7 @@ Deno.test({
   fn: () =>
     withTempDir(async (dir) => {
       await Deno.chmod(dir, 0o777);
-      const probe = new URL("../_support/nbd_unprivileged_probe.ts", import.meta.url).pathname;
+      const probe = `${REPO_ROOT}/tests/_support/nbd_unprivileged_probe.ts`;
       const out = await runChecked("setpriv", [
         "--reuid=65534",
         "--regid=65534",
