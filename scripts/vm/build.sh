@@ -74,8 +74,10 @@ declare -A seen=()
 for want in "${WANTED_MODULES[@]}"; do
   deps=$(modprobe -C /dev/null -d "$work/kroot" -S "$kver" --show-depends "$want") ||
     die "modprobe cannot resolve module $want in $kver"
-  while read -r kind path _; do
-    [ "$kind" = insmod ] || continue
+  while IFS= read -r line; do
+    # Matched up to the module suffix: the cache path may hold spaces (a checkout path).
+    [[ $line =~ ^insmod\ (.*\.ko(\.xz|\.zst|\.gz)?)(\ |$) ]] || continue
+    path=${BASH_REMATCH[1]}
     file=$(basename "$path")
     name=${file%%.ko*}
     [ -z "${seen[$name]:-}" ] || continue
