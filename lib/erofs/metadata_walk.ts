@@ -6,11 +6,22 @@
  * round trip per block. The walk goes level by level (breadth first) and fetches each level's
  * missing pages with parallel, coalesced reads.
  *
- * It is an optimisation: a hostile or unusual image ends a branch (or the walk), never throws.
+ * It is an optimisation: a hostile or unusual image ends a branch (or the walk). Everything it
+ * keeps is bounded whatever the image claims: pages held (`maxBytes`, counted per page), bytes
+ * read, entries queued and dirents scanned; a directory larger than the budget is skipped.
+ * The only rejection is the FormatError of an image that is not EROFS.
  * Layout facts: linux/fs/erofs/erofs_fs.h (`erofs_super_block`, `erofs_inode_compact`,
  * `erofs_inode_extended`, `erofs_dirent`), checked against /work/shared/fixtures/inspect_erofs.py.
  */
 import { checkErofsSuperblock, EROFS_SUPER_END, type ErofsSuperblock } from "./superblock.ts";
+import {
+  MetadataPages,
+  type PageBudget,
+  type PageRange,
+  type ReadRange,
+} from "./metadata_pages.ts";
+
+export type { ReadRange } from "./metadata_pages.ts";
 
 /** Inode slots are 32 bytes (EROFS_ISLOTBITS = 5). */
 const INODE_SLOT_BYTES = 32;
@@ -40,11 +51,21 @@ const INCOMPAT_48BIT = 0x80;
 /** The kernel reads the block device through its page cache: 4 KiB pages at least. */
 const MIN_PAGE_BYTES = 4096;
 
+/** Dirents scanned between two yields to the event loop (the server also serves the kernel). */
+const YIELD_EVERY_DIRENTS = 1 << 16;
+
 export interface MetadataWalkOptions {
-  /** Stop collecting past this many bytes of metadata pages. Default 64 MiB. */
+  /**
+   * Hard bound of the metadata pages held, counted per page (a page counts whole even when it
+   * is the short last one). Default 64 MiB.
+   */
   maxBytes?: number;
-  /** Stop after this many directory entries. Default 4 Mi. */
+  /** Bytes all reads may return, gaps included. Default 4 × maxBytes. */
+  maxFetchBytes?: number;
+  /** Stop after this many directory entries (each queued one costs memory). Default 1 Mi. */
   maxEntries?: number;
+  /** Stop after scanning this many dirents (CPU bound: hostile dirs can share blocks). 8 Mi. */
+  maxDirentsScanned?: number;
   /** Reads in flight at once. Default 8. */
   concurrency?: number;
   /** Pages closer than this are fetched in one read (the gap is read and dropped). 64 KiB. */
@@ -73,6 +94,8 @@ export interface MetadataWalkResult {
   pagesBytes: number;
   directories: number;
   entries: number;
+  /** Dirents looked at (".", "..", skipped files included). */
+  direntsScanned: number;
   /** Reads made, the bytes they returned, BFS levels walked. */
   reads: number;
   bytesRead: number;
@@ -81,13 +104,9 @@ export interface MetadataWalkResult {
   paths?: string[];
   /** Why the walk stopped before the end of the tree, or undefined when it covered it all. */
   incomplete?: string;
-  /** Branches dropped (bad offsets, failed reads, unknown layouts). */
+  /** Branches dropped (bad offsets, failed reads, unknown layouts, over-budget directories). */
   skipped: number;
 }
-
-export type ReadRange = (offset: number, length: number, signal?: AbortSignal) => Promise<
-  Uint8Array
->;
 
 interface InodeInfo {
   offset: number;
@@ -101,12 +120,13 @@ interface InodeInfo {
 
 interface Pending {
   nid: number;
-  path: string;
+  /** Only with `collectPaths`: paths of a deep hostile tree would cost memory. */
+  path?: string;
 }
 
 /**
- * Walks the tree of an EROFS image of `sizeBytes` bytes readable through `read`.
- * Never rejects (unless `read` throws synchronously in a way no promise catches).
+ * Walks the tree of an EROFS image of `sizeBytes` bytes readable through `read`. Failed reads
+ * and hostile metadata end branches; rejects only with the FormatError of a bad superblock.
  *
  * @example
  * const walk = await walkErofsMetadata((o, l) => source.read(o, l), source.size);
@@ -118,45 +138,50 @@ export async function walkErofsMetadata(
   options: MetadataWalkOptions = {},
 ): Promise<MetadataWalkResult> {
   const walker = new Walker(read, sizeBytes, options);
-  try {
-    await walker.run();
-  } catch (error) {
-    walker.result.incomplete = `walk failed: ${(error as Error)?.message ?? error}`;
-  }
-  return walker.result;
+  await walker.run();
+  return walker.finish();
 }
 
 class Walker {
   readonly result: MetadataWalkResult;
-  readonly #read: ReadRange;
   readonly #size: number;
   readonly #maxBytes: number;
+  readonly #maxFetchBytes: number;
   readonly #maxEntries: number;
-  readonly #concurrency: number;
-  readonly #gapBytes: number;
-  readonly #maxReadBytes: number;
+  readonly #maxDirentsScanned: number;
   readonly #options: MetadataWalkOptions;
-  /** Pages a read failed for: not asked again. */
-  readonly #failed = new Set<number>();
+  readonly #store: MetadataPages;
+  readonly #policy: { concurrency: number; gapBytes: number; maxReadBytes: number };
   readonly #visited = new Set<number>();
   #sb?: ErofsSuperblock;
   #blockBytes = MIN_PAGE_BYTES;
 
   constructor(read: ReadRange, sizeBytes: number, options: MetadataWalkOptions) {
-    this.#read = read;
     this.#size = sizeBytes;
     this.#options = options;
-    this.#maxBytes = options.maxBytes ?? 64 << 20;
-    this.#maxEntries = options.maxEntries ?? 4 << 20;
-    this.#concurrency = Math.max(1, options.concurrency ?? 8);
-    this.#gapBytes = options.gapBytes ?? 64 << 10;
-    this.#maxReadBytes = options.maxReadBytes ?? 4 << 20;
+    this.#maxBytes = Math.max(0, options.maxBytes ?? 64 << 20);
+    this.#maxFetchBytes = options.maxFetchBytes ?? 4 * this.#maxBytes;
+    this.#maxEntries = options.maxEntries ?? 1 << 20;
+    this.#maxDirentsScanned = options.maxDirentsScanned ?? 8 << 20;
+    this.#policy = {
+      concurrency: Math.max(1, options.concurrency ?? 8),
+      gapBytes: options.gapBytes ?? 64 << 10,
+      maxReadBytes: options.maxReadBytes ?? 4 << 20,
+    };
+    this.#store = new MetadataPages(
+      read,
+      sizeBytes,
+      MIN_PAGE_BYTES,
+      options.knownPages,
+      options.onPage,
+    );
     this.result = {
       pageBytes: MIN_PAGE_BYTES,
-      pages: new Map(options.knownPages ?? []),
-      pagesBytes: [...(options.knownPages?.values() ?? [])].reduce((n, p) => n + p.length, 0),
+      pages: this.#store.pages,
+      pagesBytes: 0,
       directories: 0,
       entries: 0,
+      direntsScanned: 0,
       reads: 0,
       bytesRead: 0,
       levels: 0,
@@ -166,7 +191,36 @@ class Walker {
   }
 
   get #pageBytes(): number {
-    return this.result.pageBytes;
+    return this.#store.pageBytes;
+  }
+
+  get #budget(): PageBudget {
+    return {
+      maxPages: Math.floor(this.#maxBytes / this.#pageBytes),
+      maxFetchBytes: this.#maxFetchBytes,
+    };
+  }
+
+  finish(): MetadataWalkResult {
+    const store = this.#store;
+    Object.assign(this.result, {
+      pageBytes: store.pageBytes,
+      pages: store.pages,
+      pagesBytes: store.heldBytes,
+      reads: store.reads,
+      bytesRead: store.bytesRead,
+    });
+    this.result.skipped += store.failedReads;
+    if (store.exhausted) this.result.incomplete ??= store.exhausted;
+    return this.result;
+  }
+
+  async #fetch(wanted: (PageRange | undefined)[]): Promise<void> {
+    const ranges = wanted.filter((r): r is PageRange => r !== undefined);
+    await this.#store.fetch(ranges, this.#budget, {
+      ...this.#policy,
+      signal: this.#options.signal,
+    });
   }
 
   async run(): Promise<void> {
@@ -174,8 +228,8 @@ class Walker {
       this.result.incomplete = "image smaller than a superblock";
       return;
     }
-    await this.#fetch(this.#pagesOf(0, EROFS_SUPER_END));
-    const head = this.#bytes(0, EROFS_SUPER_END);
+    await this.#fetch([this.#store.rangeOf(0, EROFS_SUPER_END)]);
+    const head = this.#store.bytes(0, EROFS_SUPER_END);
     if (!head) {
       this.result.incomplete = "superblock unreadable";
       return;
@@ -185,17 +239,14 @@ class Walker {
     this.#blockBytes = sb.blockSizeBytes;
     if (sb.blockSizeBytes > MIN_PAGE_BYTES) {
       // Pages become blocks. Known pages of an earlier walk are keyed by block already.
-      const page0 = this.result.pages.get(0);
+      const page0 = this.#store.pages.get(0);
       const wholeBlock = Math.min(this.#size, sb.blockSizeBytes);
-      if (!page0 || page0.length < wholeBlock) {
-        this.result.pages.clear();
-        this.result.pagesBytes = 0;
-      }
-      this.result.pageBytes = sb.blockSizeBytes;
-      await this.#fetch([0]);
+      if (!page0 || page0.length < wholeBlock) this.#store.resize(sb.blockSizeBytes);
+      else this.#store.pageBytes = sb.blockSizeBytes;
+      await this.#fetch([{ first: 0, last: 0 }]);
     }
 
-    let level: Pending[] = [{ nid: sb.rootNid, path: "" }];
+    let level: Pending[] = [{ nid: sb.rootNid, path: this.result.paths ? "" : undefined }];
     this.result.paths?.push("");
     this.#visited.add(sb.rootNid);
     while (level.length) {
@@ -206,41 +257,45 @@ class Walker {
       this.result.levels++;
       // 1. Inode pages (64 bytes cover a compact or extended inode header).
       await this.#fetch(
-        level.flatMap((p) => this.#pagesOf(this.#inodeOffset(p.nid), EXTENDED_INODE_BYTES)),
+        level.map((p) => this.#rangeOrSkip(this.#inodeOffset(p.nid), EXTENDED_INODE_BYTES)),
       );
       const inodes = level.map((p) => this.#parseInode(p.nid));
       // 2. What follows the header: xattrs, inline tail, chunk indexes; and plain dir blocks.
-      const more: number[] = [];
-      inodes.forEach((inode) => {
-        if (inode) more.push(...this.#extentPages(inode));
-      });
+      const more: PageRange[] = [];
+      for (const inode of inodes) if (inode) more.push(...this.#extentRanges(inode));
       await this.#fetch(more);
       // 3. Directory entries: the next level.
       const next: Pending[] = [];
       for (const [i, inode] of inodes.entries()) {
-        if (!inode) continue;
-        if (!inode.isDir) continue;
+        if (!inode?.isDir) continue;
         this.result.directories++;
         for (const entry of this.#dirents(inode)) {
-          if (entry.name === "." || entry.name === "..") continue;
+          if (this.result.direntsScanned > this.#maxDirentsScanned) {
+            this.result.incomplete = `more than ${this.#maxDirentsScanned} dirents scanned`;
+            return;
+          }
+          if (this.result.direntsScanned % YIELD_EVERY_DIRENTS === 0) await yieldToEventLoop();
+          if (entry.dot) continue;
           if (this.#options.fileInodes === false && entry.fileType !== FT_DIR) continue;
           this.result.entries++;
           if (this.result.entries > this.#maxEntries) {
             this.result.incomplete = `more than ${this.#maxEntries} entries`;
             return;
           }
-          const path = level[i].path ? `${level[i].path}/${entry.name}` : entry.name;
-          this.result.paths?.push(path);
+          let path: string | undefined;
+          if (this.result.paths) {
+            const name = new TextDecoder().decode(entry.name);
+            path = level[i].path ? `${level[i].path}/${name}` : name;
+            this.result.paths.push(path);
+          }
           if (this.#visited.has(entry.nid)) continue; // hard links, hostile cycles
           this.#visited.add(entry.nid);
           next.push({ nid: entry.nid, path });
         }
       }
-      if (this.result.pagesBytes >= this.#maxBytes) {
-        this.result.incomplete = `metadata above ${this.#maxBytes} bytes`;
-        return;
-      }
+      if (this.#store.exhausted) return;
       level = next;
+      await yieldToEventLoop();
     }
   }
 
@@ -248,9 +303,13 @@ class Walker {
     return this.#sb!.metaBlockAddress * this.#blockBytes + nid * INODE_SLOT_BYTES;
   }
 
+  #rangeOrSkip(offset: number, length: number): PageRange | undefined {
+    return this.#store.rangeOf(offset, length) ?? this.#skip();
+  }
+
   #parseInode(nid: number): InodeInfo | undefined {
     const offset = this.#inodeOffset(nid);
-    const head = this.#bytes(offset, COMPACT_INODE_BYTES);
+    const head = this.#store.bytes(offset, COMPACT_INODE_BYTES);
     if (!head) return this.#skip();
     const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
     const format = view.getUint16(0, true);
@@ -263,7 +322,7 @@ class Walker {
     const iu = view.getUint32(16, true);
     let inodeBytes = COMPACT_INODE_BYTES;
     if (extended) {
-      const ext = this.#bytes(offset, EXTENDED_INODE_BYTES);
+      const ext = this.#store.bytes(offset, EXTENDED_INODE_BYTES);
       if (!ext) return this.#skip();
       const sizeBig = new DataView(ext.buffer, ext.byteOffset, ext.byteLength).getBigUint64(
         8,
@@ -287,21 +346,25 @@ class Walker {
     };
   }
 
-  /** Pages past the 64-byte header: xattrs, inline tail, chunk indexes, plain dir blocks. */
-  #extentPages(inode: InodeInfo): number[] {
+  /**
+   * Pages past the 64-byte header: xattrs, inline tail, chunk indexes, plain dir blocks. An
+   * inode whose pages alone exceed the whole budget is skipped: it cannot be held anyway, and
+   * no real directory or chunk index is that large.
+   */
+  #extentRanges(inode: InodeInfo): PageRange[] {
     const bs = this.#blockBytes;
     let end = inode.bodyEnd;
-    const pages: number[] = [];
+    const ranges: (PageRange | undefined)[] = [];
     if (inode.layout === FLAT_INLINE) {
       const blocks = Math.ceil(inode.size / bs);
       const tail = inode.size - Math.max(0, blocks - 1) * bs;
       end += tail;
       if (inode.isDir && blocks > 1) {
-        pages.push(...this.#pagesOf(inode.rawBlockAddress * bs, (blocks - 1) * bs));
+        ranges.push(this.#rangeOrSkip(inode.rawBlockAddress * bs, (blocks - 1) * bs));
       }
     } else if (inode.layout === FLAT_PLAIN) {
       if (inode.isDir && inode.size > 0) {
-        pages.push(...this.#pagesOf(inode.rawBlockAddress * bs, inode.size));
+        ranges.push(this.#rangeOrSkip(inode.rawBlockAddress * bs, inode.size));
       }
     } else if (inode.layout === CHUNK_BASED && !inode.isDir) {
       const chunkFormat = inode.rawBlockAddress & 0xffff;
@@ -313,23 +376,31 @@ class Walker {
         end += chunks * CHUNK_BLKADDR_BYTES;
       }
     }
-    // A hostile size must not make one inode claim the budget.
-    if (end - inode.offset > this.#maxBytes) return this.#skip() ?? [];
-    pages.push(...this.#pagesOf(inode.offset, end - inode.offset));
-    return pages;
+    ranges.push(this.#rangeOrSkip(inode.offset, end - inode.offset));
+    const maxPages = this.#budget.maxPages;
+    const pages = ranges.reduce((n, r) => n + (r ? r.last - r.first + 1 : 0), 0);
+    if (ranges.includes(undefined) || pages > maxPages) {
+      if (pages > maxPages) this.#skip();
+      return [];
+    }
+    return ranges as PageRange[];
   }
 
-  /** Entries of a directory whose pages are fetched; a bad block ends that directory. */
-  *#dirents(inode: InodeInfo): Generator<{ nid: number; name: string; fileType: number }> {
+  /**
+   * Entries of a directory whose pages are fetched; a bad or missing block ends that directory.
+   * Names stay bytes (decoded only for `collectPaths`).
+   */
+  *#dirents(
+    inode: InodeInfo,
+  ): Generator<{ nid: number; name: Uint8Array; fileType: number; dot: boolean }> {
     const bs = this.#blockBytes;
     if (inode.layout !== FLAT_PLAIN && inode.layout !== FLAT_INLINE) return this.#skip();
     const blocks = Math.ceil(inode.size / bs);
-    const decoder = new TextDecoder();
     for (let b = 0; b < blocks; b++) {
       const length = Math.min(bs, inode.size - b * bs);
       const inline = inode.layout === FLAT_INLINE && b === blocks - 1;
       const offset = inline ? inode.bodyEnd : (inode.rawBlockAddress + b) * bs;
-      const block = this.#bytes(offset, length);
+      const block = this.#store.bytes(offset, length);
       if (!block || length < DIRENT_BYTES) return this.#skip();
       const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
       const firstNameOffset = view.getUint16(8, true);
@@ -339,6 +410,7 @@ class Walker {
       ) return this.#skip();
       const count = firstNameOffset / DIRENT_BYTES;
       for (let k = 0; k < count; k++) {
+        this.result.direntsScanned++;
         const nid = view.getBigUint64(k * DIRENT_BYTES, true);
         const nameStart = view.getUint16(k * DIRENT_BYTES + 8, true);
         const nameEnd = k + 1 < count ? view.getUint16((k + 1) * DIRENT_BYTES + 8, true) : length;
@@ -352,8 +424,9 @@ class Walker {
         if (nul >= 0) name = name.subarray(0, nul);
         yield {
           nid: Number(nid),
-          name: decoder.decode(name),
+          name,
           fileType: view.getUint8(k * DIRENT_BYTES + 10),
+          dot: isDotOrDotDot(name),
         };
       }
     }
@@ -363,97 +436,16 @@ class Walker {
     this.result.skipped++;
     return undefined;
   }
+}
 
-  /** Page indexes covering [offset, offset + length) inside the image; none if outside. */
-  #pagesOf(offset: number, length: number): number[] {
-    if (
-      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 ||
-      length <= 0 || offset + length > this.#size
-    ) {
-      this.#skip();
-      return [];
-    }
-    const first = Math.floor(offset / this.#pageBytes);
-    const last = Math.floor((offset + length - 1) / this.#pageBytes);
-    const out: number[] = [];
-    for (let p = first; p <= last; p++) out.push(p);
-    return out;
-  }
+const DOT = 0x2e;
 
-  /** Bytes at [offset, offset + length) when every page is there. */
-  #bytes(offset: number, length: number): Uint8Array | undefined {
-    if (offset < 0 || offset + length > this.#size) return undefined;
-    return this.#bytesRaw(offset, length);
-  }
+function isDotOrDotDot(name: Uint8Array): boolean {
+  return (name.length === 1 && name[0] === DOT) ||
+    (name.length === 2 && name[0] === DOT && name[1] === DOT);
+}
 
-  #bytesRaw(offset: number, length: number): Uint8Array | undefined {
-    const pb = this.#pageBytes;
-    const first = Math.floor(offset / pb);
-    const last = Math.floor((offset + length - 1) / pb);
-    if (first === last) {
-      const page = this.result.pages.get(first);
-      const start = offset - first * pb;
-      if (!page || page.length < start + length) return undefined;
-      return page.subarray(start, start + length);
-    }
-    const out = new Uint8Array(length);
-    for (let p = first; p <= last; p++) {
-      const page = this.result.pages.get(p);
-      if (!page) return undefined;
-      const from = Math.max(offset, p * pb);
-      const to = Math.min(offset + length, p * pb + page.length);
-      if (to < Math.min(offset + length, (p + 1) * pb)) return undefined;
-      out.set(page.subarray(from - p * pb, to - p * pb), from - offset);
-    }
-    return out;
-  }
-
-  #store(index: number, bytes: Uint8Array): void {
-    if (this.result.pages.has(index)) return;
-    this.result.pages.set(index, bytes);
-    this.result.pagesBytes += bytes.length;
-    this.#options.onPage?.(index * this.#pageBytes, bytes);
-  }
-
-  /** Fetches the missing pages of `wanted` in coalesced reads, `concurrency` at a time. */
-  async #fetch(wanted: number[]): Promise<void> {
-    const missing = [...new Set(wanted)]
-      .filter((p) => !this.result.pages.has(p) && !this.#failed.has(p))
-      .sort((a, b) => a - b);
-    if (!missing.length) return;
-    const pb = this.#pageBytes;
-    const gapPages = Math.floor(this.#gapBytes / pb);
-    const maxPages = Math.max(1, Math.floor(this.#maxReadBytes / pb));
-    const runs: number[][] = [];
-    for (const page of missing) {
-      const run = runs.at(-1);
-      if (run && page - run.at(-1)! - 1 <= gapPages && page - run[0] < maxPages) run.push(page);
-      else runs.push([page]);
-    }
-    let next = 0;
-    const worker = async () => {
-      while (next < runs.length) {
-        if (this.#options.signal?.aborted) return;
-        if (this.result.pagesBytes >= this.#maxBytes) return;
-        const run = runs[next++];
-        const start = run[0] * pb;
-        const end = Math.min(this.#size, (run.at(-1)! + 1) * pb);
-        try {
-          const bytes = await this.#read(start, end - start, this.#options.signal);
-          this.result.reads++;
-          this.result.bytesRead += bytes.length;
-          if (bytes.length !== end - start) throw new Error("short read");
-          for (const page of run) {
-            const from = page * pb - start;
-            // A copy: the read's buffer (gaps included) must not stay alive for one page.
-            this.#store(page, bytes.slice(from, Math.min(from + pb, bytes.length)));
-          }
-        } catch {
-          for (const page of run) this.#failed.add(page);
-          this.#skip();
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(this.#concurrency, runs.length) }, worker));
-  }
+/** A macrotask turn: lets socket and FUSE/NBD I/O of the same process run. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
 }
