@@ -98,6 +98,8 @@ export const LIBC_SYMBOLS = {
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // int access(const char *path, int mode);
   access: { parameters: ["buffer", "i32"], result: "i32" },
+  // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The typed libc symbols, as returned by `libc()` (and handed to libc workers). */

@@ -1,0 +1,148 @@
+/**
+ * Moves file bytes into the image without passing them through JavaScript when it can:
+ * copy_file_range(2) between two files (in-kernel, reflinks where the file system can), holes
+ * of sparse sources skipped with SEEK_DATA/SEEK_HOLE so the image stays sparse too, and a
+ * pread/pwrite loop when the kernel refuses (different file systems on old kernels, pipes).
+ */
+import { Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
+
+const SEEK_DATA = 3, SEEK_HOLE = 4;
+const ENXIO = 6, EXDEV = 18, EOPNOTSUPP = 95;
+const CHUNK_BYTES = 8 << 20;
+const FALLBACK_BUFFER_BYTES = 1 << 20;
+
+/** Writes `data` at `offset` of `fd` entirely. */
+export function pwriteAll(fd: number, data: Uint8Array<ArrayBuffer>, offset: number): void {
+  let done = 0;
+  while (done < data.length) {
+    const n = Number(
+      libc().pwrite(fd, data.subarray(done), BigInt(data.length - done), BigInt(offset + done)),
+    );
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError("write", code, "(image)");
+    }
+    done += n;
+  }
+}
+
+/** Reads exactly `length` bytes at `offset`; throws when the source is shorter. */
+export function preadExact(fd: number, length: number, offset: number, what: string): Uint8Array {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = Number(
+      libc().pread(fd, out.subarray(done), BigInt(length - done), BigInt(offset + done)),
+    );
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError("read", code, what);
+    }
+    if (n === 0) throw new SourceChangedError(what);
+    done += n;
+  }
+  return out;
+}
+
+export class SourceChangedError extends SysError {
+  constructor(what: string) {
+    super("read", Errno.EIO, what, "the file got shorter while the image was built");
+  }
+}
+
+/**
+ * Copies `length` bytes from `src` at `srcOffset` to `dst` at `dstOffset`, leaving holes of
+ * the source as holes (the destination is sized afterwards with ftruncate, so they read as
+ * zeros). `onBytes` is told of progress.
+ */
+export function copyRange(
+  src: number,
+  srcOffset: number,
+  dst: number,
+  dstOffset: number,
+  length: number,
+  what: string,
+  onBytes?: (n: number) => void,
+): void {
+  const end = srcOffset + length;
+  let at = srcOffset;
+  while (at < end) {
+    const data = Number(libc().lseek(src, BigInt(at), SEEK_DATA));
+    if (data < 0) {
+      const code = errno();
+      if (code === ENXIO) break; // only a hole up to the end of the file
+      // No SEEK_DATA (pipes, some file systems): treat everything as data.
+      copyData(src, at, dst, dstOffset + (at - srcOffset), end - at, what, onBytes);
+      at = end;
+      break;
+    }
+    if (data >= end) break;
+    let hole = Number(libc().lseek(src, BigInt(data), SEEK_HOLE));
+    if (hole < 0 || hole > end) hole = end;
+    onBytes?.(data - at);
+    copyData(src, data, dst, dstOffset + (data - srcOffset), hole - data, what, onBytes);
+    at = hole;
+  }
+  // A source that ends inside the range (SEEK_DATA says ENXIO past EOF) shrank.
+  const size = Number(libc().lseek(src, 0n, 2));
+  if (size >= 0 && size < end) throw new SourceChangedError(what);
+  if (at < end) onBytes?.(end - at);
+}
+
+function copyData(
+  src: number,
+  srcOffset: number,
+  dst: number,
+  dstOffset: number,
+  length: number,
+  what: string,
+  onBytes?: (n: number) => void,
+): void {
+  const offIn = new BigInt64Array([BigInt(srcOffset)]);
+  const offOut = new BigInt64Array([BigInt(dstOffset)]);
+  let left = length;
+  while (left > 0) {
+    const n = Number(
+      libc().copy_file_range(
+        src,
+        new Uint8Array(offIn.buffer),
+        dst,
+        new Uint8Array(offOut.buffer),
+        BigInt(Math.min(left, CHUNK_BYTES)),
+        0,
+      ),
+    );
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      if (code === EXDEV || code === Errno.EINVAL || code === Errno.ENOSYS || code === EOPNOTSUPP) {
+        copyByBuffer(src, Number(offIn[0]), dst, Number(offOut[0]), left, what, onBytes);
+        return;
+      }
+      throw new SysError("copy_file_range", code, what);
+    }
+    if (n === 0) throw new SourceChangedError(what);
+    left -= n;
+    onBytes?.(n);
+  }
+}
+
+function copyByBuffer(
+  src: number,
+  srcOffset: number,
+  dst: number,
+  dstOffset: number,
+  length: number,
+  what: string,
+  onBytes?: (n: number) => void,
+): void {
+  for (let done = 0; done < length;) {
+    const n = Math.min(FALLBACK_BUFFER_BYTES, length - done);
+    const chunk = preadExact(src, n, srcOffset + done, what) as Uint8Array<ArrayBuffer>;
+    pwriteAll(dst, chunk, dstOffset + done);
+    done += n;
+    onBytes?.(n);
+  }
+}

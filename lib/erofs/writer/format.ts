@@ -1,0 +1,151 @@
+/**
+ * On-disk records the writer emits, from linux/fs/erofs/erofs_fs.h (all little-endian):
+ * `erofs_super_block`, `erofs_inode_compact` (32 B), `erofs_inode_extended` (64 B),
+ * `erofs_dirent` (12 B). Uncompressed layouts only.
+ */
+import { crc32cRaw } from "./crc32c.ts";
+import type { NodeKind } from "./tree.ts";
+
+export const EROFS_SUPER_OFFSET = 1024;
+export const EROFS_SUPER_MAGIC_V1 = 0xe0f5e1e2;
+export const SUPERBLOCK_BYTES = 128;
+/** Inodes are addressed in 32-byte slots (EROFS_ISLOTBITS). */
+export const INODE_SLOT_BYTES = 32;
+export const COMPACT_INODE_BYTES = 32;
+export const EXTENDED_INODE_BYTES = 64;
+export const DIRENT_BYTES = 12;
+/** i_format bits: version in bit 0, data layout in bits 1..3. */
+export const INODE_LAYOUT_EXTENDED = 1;
+export const DATALAYOUT_FLAT_PLAIN = 0;
+export const DATALAYOUT_FLAT_INLINE = 2;
+export const DATALAYOUT_CHUNK_BASED = 4;
+export const FEATURE_COMPAT_SB_CHKSUM = 0x1;
+export const FEATURE_INCOMPAT_CHUNKED_FILE = 0x4;
+export const FEATURE_INCOMPAT_DEVICE_TABLE = 0x8;
+
+/** erofs_dirent.file_type (EROFS_FT_*). */
+export const FILE_TYPE: Record<NodeKind, number> = {
+  file: 1,
+  dir: 2,
+  chardev: 3,
+  blockdev: 4,
+  fifo: 5,
+  socket: 6,
+  symlink: 7,
+};
+
+/** S_IF* type bits of i_mode. */
+export const MODE_TYPE: Record<NodeKind, number> = {
+  file: 0o100000,
+  dir: 0o040000,
+  chardev: 0o020000,
+  blockdev: 0o060000,
+  fifo: 0o010000,
+  socket: 0o140000,
+  symlink: 0o120000,
+};
+
+export interface InodeFields {
+  extended: boolean;
+  dataLayout: number;
+  xattrCount: number;
+  mode: number;
+  nlink: number;
+  sizeBytes: number;
+  /** i_u: start block, rdev, or chunk format. */
+  u: number;
+  ino: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+}
+
+/** Writes an inode at `view` offset `at` (the caller zeroed the bytes). */
+export function encodeInode(view: DataView, at: number, f: InodeFields): void {
+  view.setUint16(at, (f.extended ? INODE_LAYOUT_EXTENDED : 0) | (f.dataLayout << 1), true);
+  view.setUint16(at + 2, f.xattrCount, true);
+  view.setUint16(at + 4, f.mode, true);
+  if (f.extended) {
+    view.setBigUint64(at + 8, BigInt(f.sizeBytes), true);
+    view.setUint32(at + 16, f.u >>> 0, true);
+    view.setUint32(at + 20, f.ino >>> 0, true);
+    view.setUint32(at + 24, f.uid >>> 0, true);
+    view.setUint32(at + 28, f.gid >>> 0, true);
+    view.setBigInt64(at + 32, BigInt(f.mtimeSec), true);
+    view.setUint32(at + 40, f.mtimeNsec, true);
+    view.setUint32(at + 44, f.nlink, true);
+  } else {
+    // Compact inodes take their time from the superblock: only used when they match it.
+    view.setUint16(at + 6, f.nlink, true);
+    view.setUint32(at + 8, f.sizeBytes, true);
+    view.setUint32(at + 16, f.u >>> 0, true);
+    view.setUint32(at + 20, f.ino >>> 0, true);
+    view.setUint16(at + 24, f.uid, true);
+    view.setUint16(at + 26, f.gid, true);
+  }
+}
+
+/** new_encode_dev(): the rdev encoding of i_u for device inodes. */
+export function encodeRdev(major: number, minor: number): number {
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
+export interface SuperblockFields {
+  blockSizeBits: number;
+  rootNid: number;
+  inodes: number;
+  buildTimeSec: number;
+  buildTimeNsec: number;
+  blocks: number;
+  metaBlockAddress: number;
+  xattrBlockAddress: number;
+  uuid: Uint8Array;
+  volumeName?: string;
+  featureIncompat?: number;
+  extraDevices?: number;
+  /** Slot (16-byte units from the superblock start… of the device table), see formats.md. */
+  deviceTableSlotOffset?: number;
+}
+
+/**
+ * Fills the superblock into `block0` (the whole first block, other bytes as the caller left
+ * them) and stores its checksum: crc32c(~0) of the bytes from the superblock to the block end,
+ * computed with the checksum field zero.
+ */
+export function encodeSuperblock(block0: Uint8Array, f: SuperblockFields): void {
+  const view = new DataView(block0.buffer, block0.byteOffset, block0.byteLength);
+  const at = EROFS_SUPER_OFFSET;
+  view.setUint32(at, EROFS_SUPER_MAGIC_V1, true);
+  view.setUint32(at + 4, 0, true);
+  view.setUint32(at + 8, FEATURE_COMPAT_SB_CHKSUM, true);
+  view.setUint8(at + 12, f.blockSizeBits);
+  view.setUint16(at + 14, f.rootNid, true);
+  view.setBigUint64(at + 16, BigInt(f.inodes), true);
+  view.setBigUint64(at + 24, BigInt(f.buildTimeSec), true);
+  view.setUint32(at + 32, f.buildTimeNsec, true);
+  view.setUint32(at + 36, f.blocks, true);
+  view.setUint32(at + 40, f.metaBlockAddress, true);
+  view.setUint32(at + 44, f.xattrBlockAddress, true);
+  block0.set(f.uuid.subarray(0, 16), at + 48);
+  const name = new TextEncoder().encode(f.volumeName ?? "").subarray(0, 16);
+  block0.set(name, at + 64);
+  view.setUint32(at + 80, f.featureIncompat ?? 0, true);
+  view.setUint16(at + 86, f.extraDevices ?? 0, true);
+  view.setUint16(at + 88, f.deviceTableSlotOffset ?? 0, true);
+  const end = Math.min(block0.length, 1 << f.blockSizeBits);
+  const crc = crc32cRaw(0xffffffff, block0.subarray(at, end));
+  view.setUint32(at + 4, crc, true);
+}
+
+/** Parses "xxxxxxxx-xxxx-…" (or 32 hex digits) into 16 bytes; undefined when malformed. */
+export function parseUuid(text: string): Uint8Array | undefined {
+  const hex = text.replaceAll("-", "");
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) return undefined;
+  return Uint8Array.from({ length: 16 }, (_, i) => parseInt(hex.slice(i * 2, i * 2 + 2), 16));
+}
+
+/** A random version-4 UUID. */
+export function randomUuid(): Uint8Array {
+  return parseUuid(crypto.randomUUID())!;
+}

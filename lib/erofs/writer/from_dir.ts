@@ -1,0 +1,165 @@
+/**
+ * Reads a directory tree into `BuildNode`s: lstat-like metadata with nanosecond mtimes
+ * (statx), xattrs (llistxattr/lgetxattr), symlink targets; hard links (same device and inode)
+ * become one node. Symlinks are never followed; other file systems mounted inside are read
+ * like the rest (as `cp -a` would).
+ */
+import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { FormatError, UserError } from "../../errors.ts";
+import { type BuildNode, checkEntryName, newNode, type NodeKind } from "./tree.ts";
+import { xattrNameSupported } from "./xattrs.ts";
+
+const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
+/** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
+const STATX_BASIC_STATS = 0x7ff;
+const STATX_BYTES = 256;
+const ENODATA = 61, ENOTSUP = 95, ERANGE = 34;
+
+export interface ScanOptions {
+  /** Called for every xattr that EROFS cannot store (skipped). */
+  onSkippedXattr?: (path: string, name: string) => void;
+  /** Called every 1024 entries with the count so far. */
+  onEntries?: (count: number) => void;
+}
+
+export interface ScanResult {
+  root: BuildNode;
+  entries: number;
+}
+
+interface Stat {
+  kind: NodeKind;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  ino: bigint;
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  rdevMajor: number;
+  rdevMinor: number;
+  dev: string;
+}
+
+/** Scans `dir` (a directory; its own metadata becomes the root's). */
+export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResult {
+  const top = statPath(dir);
+  if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
+  const links = new Map<string, BuildNode>();
+  let entries = 0;
+  const build = (path: string, st: Stat): BuildNode => {
+    const node = newNode(st.kind, st);
+    node.rdevMajor = st.rdevMajor;
+    node.rdevMinor = st.rdevMinor;
+    node.xattrs = readXattrs(path, options);
+    if (st.kind === "file") {
+      node.sizeBytes = st.size;
+      if (st.size > 0) node.data = { kind: "path", path };
+    } else if (st.kind === "symlink") {
+      node.target = new TextEncoder().encode(Deno.readLinkSync(path));
+    }
+    return node;
+  };
+  const root = build(dir, top);
+  const stack: [string, BuildNode][] = [[dir, root]];
+  while (stack.length > 0) {
+    const [path, node] = stack.pop()!;
+    for (const entry of Deno.readDirSync(path)) {
+      const childPath = `${path}/${entry.name}`;
+      checkEntryName(entry.name, path);
+      const st = statPath(childPath);
+      entries++;
+      if (entries % 1024 === 0) options.onEntries?.(entries);
+      const key = `${st.dev}:${st.ino}`;
+      const linked = st.kind !== "dir" && st.nlink > 1 ? links.get(key) : undefined;
+      if (linked) {
+        node.children!.set(entry.name, linked);
+        continue;
+      }
+      const child = build(childPath, st);
+      if (st.kind !== "dir" && st.nlink > 1) links.set(key, child);
+      node.children!.set(entry.name, child);
+      if (st.kind === "dir") stack.push([childPath, child]);
+    }
+  }
+  options.onEntries?.(entries);
+  return { root, entries };
+}
+
+const KINDS: Record<number, NodeKind> = {
+  0o100000: "file",
+  0o040000: "dir",
+  0o120000: "symlink",
+  0o020000: "chardev",
+  0o060000: "blockdev",
+  0o010000: "fifo",
+  0o140000: "socket",
+};
+
+function statPath(path: string): Stat {
+  const buffer = new Uint8Array(STATX_BYTES);
+  const rc = libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buffer);
+  if (rc < 0) throw new SysError("stat", errno(), path);
+  // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
+  // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
+  const v = new DataView(buffer.buffer);
+  const mode = v.getUint16(28, true);
+  const kind = KINDS[mode & 0o170000];
+  if (!kind) throw new FormatError(`unknown file type 0o${(mode & 0o170000).toString(8)}: ${path}`);
+  const size = v.getBigUint64(40, true);
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(`file too large: ${path}`);
+  return {
+    kind,
+    mode: mode & 0o7777,
+    nlink: v.getUint32(16, true),
+    uid: v.getUint32(20, true),
+    gid: v.getUint32(24, true),
+    ino: v.getBigUint64(32, true),
+    size: Number(size),
+    mtimeSec: Number(v.getBigInt64(112, true)),
+    mtimeNsec: v.getUint32(120, true),
+    rdevMajor: v.getUint32(128, true),
+    rdevMinor: v.getUint32(132, true),
+    dev: `${v.getUint32(136, true)}:${v.getUint32(140, true)}`,
+  };
+}
+
+const decoder = new TextDecoder();
+
+function readXattrs(path: string, options: ScanOptions): Map<string, Uint8Array> {
+  const out = new Map<string, Uint8Array>();
+  const cpath = cstr(path);
+  let list = new Uint8Array(4096);
+  for (;;) {
+    const n = Number(libc().llistxattr(cpath, list, BigInt(list.length)));
+    if (n >= 0) {
+      list = list.subarray(0, n);
+      break;
+    }
+    const code = errno();
+    if (code === ENOTSUP) return out;
+    if (code !== ERANGE || list.length >= 1 << 20) throw new SysError("listxattr", code, path);
+    list = new Uint8Array(list.length * 4);
+  }
+  for (const name of decoder.decode(list).split("\0")) {
+    if (!name) continue;
+    if (!xattrNameSupported(name)) {
+      options.onSkippedXattr?.(path, name);
+      continue;
+    }
+    let value = new Uint8Array(256);
+    for (;;) {
+      const n = Number(libc().lgetxattr(cpath, cstr(name), value, BigInt(value.length)));
+      if (n >= 0) {
+        out.set(name, value.slice(0, n));
+        break;
+      }
+      const code = errno();
+      if (code === ENODATA) break; // removed meanwhile
+      if (code !== ERANGE || value.length >= 1 << 16) throw new SysError("getxattr", code, path);
+      value = new Uint8Array(value.length === 256 ? 65536 : value.length * 4);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,281 @@
+/**
+ * Lays a `BuildNode` tree out as an uncompressed EROFS image, metadata first:
+ *
+ *   block 0..     superblock, shared xattrs, every inode (with its xattrs and inline tail),
+ *                 then the full blocks of directories and long symlinks
+ *   data blocks   file contents, those named by the access order first, then depth-first
+ *
+ * so a lazy reader gets the whole tree from one contiguous range at the start of the image.
+ * Inodes are in breadth-first order (a directory's children sit together, as `ls -l` wants).
+ * An inode record (inode + xattrs + inline tail) never crosses a block boundary when it fits
+ * in one block, which the kernel requires of inline data.
+ */
+import { FormatError } from "../../errors.ts";
+import {
+  COMPACT_INODE_BYTES,
+  EROFS_SUPER_OFFSET,
+  EXTENDED_INODE_BYTES,
+  FILE_TYPE,
+  INODE_SLOT_BYTES,
+  SUPERBLOCK_BYTES,
+} from "./format.ts";
+import { compareBytes, packDirectory, sortEntries } from "./dirs.ts";
+import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
+import type { BuildNode } from "./tree.ts";
+
+export interface LayoutOptions {
+  blockSizeBits?: number;
+  buildTimeSec: number;
+  buildTimeNsec: number;
+  /** Paths (relative to the root) of regular files whose data goes first, in this order. */
+  order?: string[];
+  /** Regular files whose last partial block is at most this long keep it in the inode. */
+  inlineTailMaxBytes?: number;
+  /** Shared xattr area limit (keeps the root nid within its 16-bit field). */
+  maxSharedXattrBytes?: number;
+}
+
+export interface PlannedDirEntry {
+  name: Uint8Array;
+  target: PlannedInode;
+}
+
+export interface PlannedInode {
+  node: BuildNode;
+  ino: number;
+  nlink: number;
+  extended: boolean;
+  xattrBody?: Uint8Array;
+  sizeBytes: number;
+  /** Bytes of the last partial block kept after the inode (FLAT_INLINE); 0 = FLAT_PLAIN. */
+  inlineTailBytes: number;
+  /** Blocks of data outside the inode. */
+  blocks: number;
+  blockAddress: number;
+  offset: number;
+  nid: number;
+  /** Directories: sorted entries ("." and ".." included) and entries per block. */
+  entries?: PlannedDirEntry[];
+  perBlock?: number[];
+}
+
+export interface ImageLayout {
+  blockSizeBits: number;
+  blockBytes: number;
+  inodes: PlannedInode[];
+  root: PlannedInode;
+  shared: { offset: number; bytes: Uint8Array }[];
+  /** Bytes from the image start up to the first data block (all metadata). */
+  metadataBytes: number;
+  /** Regular files with data blocks, in the order their data is written. */
+  dataOrder: PlannedInode[];
+  totalBlocks: number;
+  buildTimeSec: number;
+  buildTimeNsec: number;
+}
+
+const encoder = new TextEncoder();
+const MAX_BLOCK_ADDRESS = 0xffffffff;
+
+/** Plans the whole image; throws FormatError for trees EROFS cannot represent. */
+export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayout {
+  const blockSizeBits = options.blockSizeBits ?? 12;
+  const blockBytes = 2 ** blockSizeBits;
+  const inlineMax = options.inlineTailMaxBytes ?? 256;
+  const planned = new Map<BuildNode, PlannedInode>();
+  const inodes: PlannedInode[] = [];
+  const plan = (node: BuildNode): PlannedInode => {
+    let p = planned.get(node);
+    if (!p) {
+      p = {
+        node,
+        ino: inodes.length + 1,
+        nlink: 0,
+        extended: false,
+        sizeBytes: node.kind === "file"
+          ? node.sizeBytes
+          : node.kind === "symlink"
+          ? (node.target?.length ?? 0)
+          : 0,
+        inlineTailBytes: 0,
+        blocks: 0,
+        blockAddress: 0,
+        offset: 0,
+        nid: 0,
+      };
+      planned.set(node, p);
+      inodes.push(p);
+    }
+    return p;
+  };
+
+  // Breadth-first: every node once (hard links are one node reached twice).
+  const rootPlan = plan(root);
+  rootPlan.nlink = 2;
+  const queue: [PlannedInode, PlannedInode][] = [[rootPlan, rootPlan]];
+  for (let head = 0; head < queue.length; head++) {
+    const [dir, parent] = queue[head];
+    const entries: PlannedDirEntry[] = [
+      { name: encoder.encode("."), target: dir },
+      { name: encoder.encode(".."), target: parent },
+    ];
+    for (const [name, child] of dir.node.children ?? []) {
+      if (child.kind === "dir" && planned.has(child)) {
+        throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
+      }
+      const target = plan(child);
+      entries.push({ name: encoder.encode(name), target });
+      if (child.kind === "dir") {
+        target.nlink = 2;
+        dir.nlink++;
+        queue.push([target, dir]);
+      } else {
+        target.nlink++;
+      }
+    }
+    dir.entries = sortEntries(entries);
+    for (let i = 1; i < dir.entries.length; i++) {
+      if (compareBytes(dir.entries[i - 1].name, dir.entries[i].name) === 0) {
+        throw new FormatError("duplicate name in a directory");
+      }
+    }
+    const packed = packDirectory(dir.entries.map((e) => e.name.length), blockBytes);
+    dir.perBlock = packed.perBlock;
+    dir.sizeBytes = packed.sizeBytes;
+  }
+
+  // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
+  const uses = new Map<string, { name: string; value: Uint8Array; count: number }>();
+  for (const p of inodes) {
+    for (const [name, value] of p.node.xattrs) {
+      const key = xattrKey(name, value);
+      const use = uses.get(key);
+      if (use) use.count++;
+      else uses.set(key, { name, value, count: 1 });
+    }
+  }
+  const sharedIds = new Map<string, number>();
+  const shared: { offset: number; bytes: Uint8Array }[] = [];
+  let cursor = EROFS_SUPER_OFFSET + SUPERBLOCK_BYTES;
+  const maxShared = options.maxSharedXattrBytes ?? 1 << 20;
+  for (const [key, use] of uses) {
+    if (use.count < 2) continue;
+    const bytes = encodeXattrEntry(use.name, use.value);
+    if (cursor + bytes.length > maxShared) break;
+    if ((cursor % blockBytes) + bytes.length > blockBytes) cursor = alignUp(cursor, blockBytes);
+    shared.push({ offset: cursor, bytes });
+    sharedIds.set(key, cursor / 4);
+    cursor += bytes.length;
+  }
+  cursor = alignUp(cursor, INODE_SLOT_BYTES);
+
+  for (const p of inodes) {
+    const node = p.node;
+    const ids: number[] = [];
+    const inline: [string, Uint8Array][] = [];
+    for (const [name, value] of [...node.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const id = sharedIds.get(xattrKey(name, value));
+      if (id !== undefined) ids.push(id);
+      else inline.push([name, value]);
+    }
+    p.xattrBody = encodeXattrBody(ids, inline);
+    p.extended = node.uid > 0xffff || node.gid > 0xffff || p.nlink > 0xffff ||
+      p.sizeBytes > 0xffffffff || node.mtimeSec !== options.buildTimeSec ||
+      node.mtimeNsec !== options.buildTimeNsec;
+    const base = (p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
+      (p.xattrBody?.length ?? 0);
+    const tail = p.sizeBytes % blockBytes;
+    const inlineWanted = tail > 0 &&
+      (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
+    p.inlineTailBytes = inlineWanted && base + tail <= blockBytes ? tail : 0;
+    const record = base + p.inlineTailBytes;
+    if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
+      cursor = alignUp(cursor, blockBytes);
+    }
+    p.offset = cursor;
+    p.nid = cursor / INODE_SLOT_BYTES;
+    cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
+    p.blocks = Math.floor(p.sizeBytes / blockBytes) +
+      (tail > 0 && p.inlineTailBytes === 0 ? 1 : 0);
+  }
+  if (rootPlan.nid > 0xffff) throw new FormatError("root inode beyond nid 65535");
+
+  let nextBlock = Math.ceil(cursor / blockBytes);
+  for (const p of inodes) {
+    if (p.node.kind !== "file" && p.blocks > 0) {
+      p.blockAddress = nextBlock;
+      nextBlock += p.blocks;
+    }
+  }
+  const metadataBytes = nextBlock * blockBytes;
+  const dataOrder = orderFiles(root, planned, options.order ?? []);
+  for (const p of dataOrder) {
+    p.blockAddress = nextBlock;
+    nextBlock += p.blocks;
+  }
+  if (nextBlock > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
+  return {
+    blockSizeBits,
+    blockBytes,
+    inodes,
+    root: rootPlan,
+    shared,
+    metadataBytes,
+    dataOrder,
+    totalBlocks: nextBlock,
+    buildTimeSec: options.buildTimeSec,
+    buildTimeNsec: options.buildTimeNsec,
+  };
+}
+
+/** Files with data blocks: the `order` list first, then depth-first in name order. */
+function orderFiles(
+  root: BuildNode,
+  planned: Map<BuildNode, PlannedInode>,
+  order: string[],
+): PlannedInode[] {
+  const out: PlannedInode[] = [];
+  const taken = new Set<PlannedInode>();
+  const take = (node: BuildNode | undefined) => {
+    const p = node && node.kind === "file" ? planned.get(node) : undefined;
+    if (p && p.blocks > 0 && !taken.has(p)) {
+      taken.add(p);
+      out.push(p);
+    }
+  };
+  for (const path of order) take(lookup(root, path));
+  const walk = (dir: PlannedInode) => {
+    for (const entry of dir.entries ?? []) {
+      if (entry.target === dir || entry.name.length <= 2 && isDotName(entry.name)) continue;
+      if (entry.target.node.kind === "dir") walk(entry.target);
+      else take(entry.target.node);
+    }
+  };
+  walk(planned.get(root)!);
+  return out;
+}
+
+function isDotName(name: Uint8Array): boolean {
+  return (name.length === 1 && name[0] === 0x2e) ||
+    (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e);
+}
+
+/** The node at a relative path ("a/b", "./a/b", "/a/b"), not following symlinks. */
+export function lookup(root: BuildNode, path: string): BuildNode | undefined {
+  let node: BuildNode | undefined = root;
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    node = node?.children?.get(part);
+    if (!node) return undefined;
+  }
+  return node;
+}
+
+/** erofs_dirent.file_type of a planned inode. */
+export function fileTypeOf(p: PlannedInode): number {
+  return FILE_TYPE[p.node.kind];
+}
+
+function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}

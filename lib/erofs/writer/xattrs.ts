@@ -1,0 +1,101 @@
+/**
+ * EROFS extended attributes: names are stored as a prefix index plus the rest of the name
+ * (erofs_fs.h EROFS_XATTR_INDEX_*), entries `{u8 name_len, u8 name_index, le16 value_size,
+ * name, value}` padded to 4 bytes; an inode's xattr body starts with `erofs_xattr_ibody_header`
+ * (12 bytes: le32 name filter, u8 shared count, 7 reserved) followed by le32 shared ids.
+ */
+import { FormatError } from "../../errors.ts";
+
+export const XATTR_IBODY_HEADER_BYTES = 12;
+const MAX_SHARED_PER_INODE = 255;
+const MAX_VALUE_BYTES = 65535;
+
+/** Exact names first, then prefixes (EROFS_XATTR_INDEX_USER=1 … SECURITY=6). */
+const PREFIXES: { index: number; prefix: string; exact?: boolean }[] = [
+  { index: 2, prefix: "system.posix_acl_access", exact: true },
+  { index: 3, prefix: "system.posix_acl_default", exact: true },
+  { index: 1, prefix: "user." },
+  { index: 4, prefix: "trusted." },
+  { index: 5, prefix: "lustre." },
+  { index: 6, prefix: "security." },
+];
+
+const encoder = new TextEncoder();
+
+/** True when EROFS can store this xattr name without the xattr_prefixes feature. */
+export function xattrNameSupported(name: string): boolean {
+  return PREFIXES.some((p) =>
+    p.exact ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length
+  );
+}
+
+/** One entry, padded to 4 bytes. Throws FormatError for names or values EROFS cannot hold. */
+export function encodeXattrEntry(name: string, value: Uint8Array): Uint8Array {
+  const match = PREFIXES.find((p) =>
+    p.exact ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length
+  );
+  if (!match) throw new FormatError(`xattr ${name} has a prefix EROFS cannot store`);
+  const suffix = encoder.encode(match.exact ? "" : name.slice(match.prefix.length));
+  if (suffix.length > 255) throw new FormatError(`xattr name too long: ${name.slice(0, 40)}…`);
+  if (value.length > MAX_VALUE_BYTES) throw new FormatError(`xattr ${name} value over 64 KiB`);
+  const bytes = new Uint8Array(align4(4 + suffix.length + value.length));
+  const view = new DataView(bytes.buffer);
+  view.setUint8(0, suffix.length);
+  view.setUint8(1, match.index);
+  view.setUint16(2, value.length, true);
+  bytes.set(suffix, 4);
+  bytes.set(value, 4 + suffix.length);
+  return bytes;
+}
+
+/** A stable key for an (name, value) pair, to find pairs worth sharing. */
+export function xattrKey(name: string, value: Uint8Array): string {
+  let text = name + "\0";
+  for (let i = 0; i < value.length; i += 8192) {
+    text += String.fromCharCode(...value.subarray(i, i + 8192));
+  }
+  return text;
+}
+
+/**
+ * The xattr body of one inode: header, shared ids, then its own entries (sorted by name so the
+ * bytes do not depend on insertion order). Returns undefined when there are none.
+ */
+export function encodeXattrBody(
+  sharedIds: number[],
+  inline: [string, Uint8Array][],
+): Uint8Array | undefined {
+  if (sharedIds.length === 0 && inline.length === 0) return undefined;
+  const shared = sharedIds.slice(0, MAX_SHARED_PER_INODE);
+  if (sharedIds.length > MAX_SHARED_PER_INODE) {
+    throw new FormatError(`more than ${MAX_SHARED_PER_INODE} shared xattrs on one inode`);
+  }
+  const entries = inline.map(([n, v]) => encodeXattrEntry(n, v));
+  const size = XATTR_IBODY_HEADER_BYTES + shared.length * 4 +
+    entries.reduce((n, e) => n + e.length, 0);
+  const body = new Uint8Array(size);
+  const view = new DataView(body.buffer);
+  view.setUint8(4, shared.length);
+  let at = XATTR_IBODY_HEADER_BYTES;
+  for (const id of shared) {
+    view.setUint32(at, id, true);
+    at += 4;
+  }
+  for (const entry of entries) {
+    body.set(entry, at);
+    at += entry.length;
+  }
+  if ((size - XATTR_IBODY_HEADER_BYTES) / 4 + 1 > 0xffff) {
+    throw new FormatError("xattrs of one inode exceed what EROFS can index");
+  }
+  return body;
+}
+
+/** i_xattr_icount for a body of `bytes` (0 when there is no body). */
+export function xattrCount(bytes: number): number {
+  return bytes === 0 ? 0 : (bytes - XATTR_IBODY_HEADER_BYTES) / 4 + 1;
+}
+
+function align4(n: number): number {
+  return (n + 3) & ~3;
+}
