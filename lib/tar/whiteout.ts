@@ -1,0 +1,251 @@
+/**
+ * OCI layer whiteouts (image-spec layer.md, "Whiteouts"): a member named `.wh.NAME` deletes
+ * NAME from the layers below; `.wh..wh..opq` in a directory hides everything the layers below
+ * put in that directory. Whiteouts never hide members of their own layer. Other `.wh..wh.`
+ * names are aufs bookkeeping and carry nothing.
+ *
+ * Two ways to use them: flatten several layers into one tree (`LayerFlattener`), or keep one
+ * layer per image in the overlayfs form (`overlayFormOf`): a whiteout becomes a character
+ * device 0/0 at NAME and an opaque marker becomes `trusted.overlay.opaque=y` on its directory
+ * (Documentation/filesystems/overlayfs.rst).
+ */
+import { FormatError } from "../errors.ts";
+import type { TarEntryKind } from "./entry.ts";
+
+export const WHITEOUT_PREFIX = ".wh.";
+export const OPAQUE_MARKER = ".wh..wh..opq";
+const AUFS_META_PREFIX = ".wh..wh.";
+/** overlayfs: xattr that makes a directory hide the lower layers' contents. */
+export const OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque";
+export const OVERLAY_OPAQUE_VALUE = new Uint8Array([0x79]); // "y"
+
+export type Whiteout =
+  /** Delete `target` (and everything under it) from the lower layers. */
+  | { type: "whiteout"; target: string }
+  /** Hide the lower layers' contents of directory `dir` ("" is the root). */
+  | { type: "opaque"; dir: string }
+  /** aufs metadata (`.wh..wh.plnk`, …): skip the member. */
+  | { type: "meta" };
+
+/** What a normalized member path means as a whiteout; undefined for an ordinary member. */
+export function parseWhiteout(path: string): Whiteout | undefined {
+  const slash = path.lastIndexOf("/");
+  const base = path.slice(slash + 1);
+  if (!base.startsWith(WHITEOUT_PREFIX)) return undefined;
+  const dir = slash < 0 ? "" : path.slice(0, slash);
+  if (base === OPAQUE_MARKER) return { type: "opaque", dir };
+  if (base.startsWith(AUFS_META_PREFIX)) return { type: "meta" };
+  const name = base.slice(WHITEOUT_PREFIX.length);
+  if (name === "" || name === "." || name === "..") {
+    throw new FormatError(`tar member "${path}": whiteout without a usable name`);
+  }
+  return { type: "whiteout", target: dir === "" ? name : `${dir}/${name}` };
+}
+
+/** The overlayfs form of a whiteout member, for one-image-per-layer builds. */
+export type OverlayForm =
+  /** Create a character device 0/0 at `path` instead of the `.wh.` member. */
+  | { type: "device"; path: string; kind: "char"; devMajor: 0; devMinor: 0 }
+  /** Set `OVERLAY_OPAQUE_XATTR` = `OVERLAY_OPAQUE_VALUE` on directory `dir` (create it if absent). */
+  | { type: "opaque-xattr"; dir: string }
+  | { type: "skip" };
+
+/**
+ * Maps a member path to its overlayfs form, or undefined for an ordinary member. When one layer
+ * holds both `.wh.X` and a directory X (delete then recreate), overlayfs needs X to be opaque
+ * instead of a device: `LayerOverlayMapper` handles that.
+ */
+export function overlayFormOf(path: string): OverlayForm | undefined {
+  const w = parseWhiteout(path);
+  if (!w) return undefined;
+  if (w.type === "opaque") return { type: "opaque-xattr", dir: w.dir };
+  if (w.type === "meta") return { type: "skip" };
+  return { type: "device", path: w.target, kind: "char", devMajor: 0, devMinor: 0 };
+}
+
+/**
+ * Collects one layer's members in overlayfs form. Feed every normalized member path with its
+ * kind; `result()` then says which paths get a 0/0 device and which directories get the opaque
+ * xattr, resolving same-layer conflicts: a whiteout of X next to a real X in the same layer
+ * means "replace": a non-directory X simply wins, a directory X becomes opaque.
+ */
+export class LayerOverlayMapper {
+  #members = new Map<string, TarEntryKind>();
+  #whiteouts = new Set<string>();
+  #opaque = new Set<string>();
+
+  /** Returns true when the member is a whiteout marker (its own data is not part of the image). */
+  add(path: string, kind: TarEntryKind): boolean {
+    const form = overlayFormOf(path);
+    if (!form) {
+      this.#members.set(path, kind);
+      return false;
+    }
+    if (form.type === "device") this.#whiteouts.add(form.path);
+    else if (form.type === "opaque-xattr") this.#opaque.add(form.dir);
+    return true;
+  }
+
+  result(): { devices: string[]; opaqueDirs: string[] } {
+    const devices: string[] = [];
+    const opaqueDirs = new Set(this.#opaque);
+    for (const path of this.#whiteouts) {
+      const real = this.#members.get(path);
+      if (real === undefined) devices.push(path);
+      else if (real === "dir") opaqueDirs.add(path);
+    }
+    return { devices: devices.sort(), opaqueDirs: [...opaqueDirs].sort() };
+  }
+}
+
+interface TreeNode<T> {
+  value?: T;
+  /** Kind of `value`; a node without a value is an implied directory. */
+  kind: TarEntryKind;
+  children: Map<string, TreeNode<T>>;
+  /** Layer that last set this node's value. */
+  layer: number;
+  /** Newest layer that set a value here or anywhere below. */
+  touched: number;
+}
+
+/**
+ * Flattens layers, bottom first, into one tree. A later member with the same path replaces the
+ * earlier one (a directory over a directory keeps the children; anything else drops them).
+ * Whiteouts apply only to what lower layers put there, whatever their order in the layer.
+ *
+ * @example
+ * const flat = new LayerFlattener<MyEntry>();
+ * for (const layer of layers) {
+ *   flat.beginLayer();
+ *   for await (const e of readTar(layer)) if (!flat.add(e.path, e.kind, mine(e))) ...store data;
+ * }
+ * for (const [path, kind, value] of flat.entries()) ...
+ */
+export class LayerFlattener<T> {
+  #root: TreeNode<T> = newNode("dir", 0);
+  #layer = 0;
+
+  /** Starts the next (upper) layer. */
+  beginLayer(): void {
+    this.#layer++;
+  }
+
+  /**
+   * Adds one member of the current layer. Returns false for a whiteout/opaque/aufs marker (the
+   * caller keeps nothing of it), true for a member stored in the tree.
+   * A path that passes through a non-directory is a FormatError (the reader never follows
+   * symlinks, so such a member has no place in the tree).
+   */
+  add(path: string, kind: TarEntryKind, value: T): boolean {
+    const w = parseWhiteout(path);
+    if (w) {
+      if (w.type === "whiteout") this.#hide(w.target, false);
+      else if (w.type === "opaque") this.#hide(w.dir, true);
+      return false;
+    }
+    if (path === "") {
+      this.#root.value = value;
+      this.#root.layer = this.#layer;
+      this.#root.touched = this.#layer;
+      return true;
+    }
+    const parts = path.split("/");
+    let node = this.#root;
+    node.touched = this.#layer;
+    for (let i = 0; i < parts.length - 1; i++) {
+      let child = node.children.get(parts[i]);
+      if (!child) {
+        child = newNode("dir", this.#layer);
+        node.children.set(parts[i], child);
+      } else if (child.kind !== "dir") {
+        throw new FormatError(
+          `tar member "${path}": "${parts.slice(0, i + 1).join("/")}" is not a directory`,
+        );
+      }
+      child.touched = this.#layer;
+      node = child;
+    }
+    const name = parts[parts.length - 1];
+    const old = node.children.get(name);
+    const keepChildren = old !== undefined && old.kind === "dir" && kind === "dir";
+    const next = newNode<T>(kind, this.#layer);
+    next.value = value;
+    if (keepChildren) next.children = old.children;
+    node.children.set(name, next);
+    return true;
+  }
+
+  /** The value stored at a path, or undefined (absent, or an implied directory). */
+  get(path: string): T | undefined {
+    return this.#find(path)?.value;
+  }
+
+  /**
+   * Every path in the tree, parents before children, siblings sorted: [path, kind, value]; the
+   * value is undefined for a directory implied by deeper members.
+   */
+  *entries(): Generator<[string, TarEntryKind, T | undefined]> {
+    const walk = function* (
+      node: TreeNode<T>,
+      path: string,
+    ): Generator<[string, TarEntryKind, T | undefined]> {
+      yield [path, node.kind, node.value];
+      for (const name of [...node.children.keys()].sort()) {
+        yield* walk(node.children.get(name)!, path === "" ? name : `${path}/${name}`);
+      }
+    };
+    yield* walk(this.#root, "");
+  }
+
+  #find(path: string): TreeNode<T> | undefined {
+    let node: TreeNode<T> | undefined = this.#root;
+    if (path === "") return node;
+    for (const part of path.split("/")) {
+      node = node.children.get(part);
+      if (!node) return undefined;
+    }
+    return node;
+  }
+
+  /** Removes what lower layers put at `path` (or only below it when `childrenOnly`). */
+  #hide(path: string, childrenOnly: boolean): void {
+    const node = this.#find(path);
+    if (!node) return;
+    if (childrenOnly) {
+      this.#pruneChildren(node);
+      return;
+    }
+    const slash = path.lastIndexOf("/");
+    const parent = this.#find(slash < 0 ? "" : path.slice(0, slash))!;
+    const name = path.slice(slash + 1);
+    if (node.touched < this.#layer) {
+      parent.children.delete(name);
+      return;
+    }
+    // Members of this layer survive; only what lower layers left there goes.
+    this.#pruneChildren(node);
+    if (node.layer < this.#layer) {
+      node.value = undefined;
+      node.kind = "dir";
+    }
+  }
+
+  #pruneChildren(node: TreeNode<T>): void {
+    for (const [name, child] of node.children) {
+      if (child.touched < this.#layer) {
+        node.children.delete(name);
+        continue;
+      }
+      this.#pruneChildren(child);
+      if (child.layer < this.#layer) {
+        child.value = undefined;
+        child.kind = "dir";
+      }
+    }
+  }
+}
+
+function newNode<T>(kind: TarEntryKind, layer: number): TreeNode<T> {
+  return { kind, children: new Map(), layer, touched: layer };
+}

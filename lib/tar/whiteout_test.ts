@@ -1,0 +1,92 @@
+import { deepEqual as assertEq, throws as assertThrows } from "node:assert/strict";
+import { FormatError } from "../errors.ts";
+import type { TarEntryKind } from "./entry.ts";
+import { LayerFlattener, LayerOverlayMapper, overlayFormOf, parseWhiteout } from "./whiteout.ts";
+
+Deno.test("parseWhiteout: plain, opaque, aufs metadata, ordinary", () => {
+  assertEq(parseWhiteout("a/b/.wh.c"), { type: "whiteout", target: "a/b/c" });
+  assertEq(parseWhiteout(".wh.top"), { type: "whiteout", target: "top" });
+  assertEq(parseWhiteout("a/.wh..wh..opq"), { type: "opaque", dir: "a" });
+  assertEq(parseWhiteout(".wh..wh..opq"), { type: "opaque", dir: "" });
+  assertEq(parseWhiteout("a/.wh..wh.plnk"), { type: "meta" });
+  assertEq(parseWhiteout("a/x.wh.c"), undefined);
+  assertThrows(() => parseWhiteout("a/.wh."), FormatError);
+});
+
+Deno.test("overlayFormOf: 0/0 device and opaque xattr", () => {
+  assertEq(overlayFormOf("d/.wh.f"), {
+    type: "device",
+    path: "d/f",
+    kind: "char",
+    devMajor: 0,
+    devMinor: 0,
+  });
+  assertEq(overlayFormOf("d/.wh..wh..opq"), { type: "opaque-xattr", dir: "d" });
+  assertEq(overlayFormOf("d/f"), undefined);
+});
+
+Deno.test("LayerOverlayMapper: same-layer recreate of a directory becomes opaque", () => {
+  const m = new LayerOverlayMapper();
+  assertEq(m.add("gone", "file"), false);
+  assertEq(m.add(".wh.gone", "file"), true);
+  assertEq(m.add(".wh.file2", "file"), true);
+  assertEq(m.add("file2", "file"), false);
+  assertEq(m.add(".wh.dir", "file"), true);
+  assertEq(m.add("dir", "dir"), false);
+  assertEq(m.add(".wh.other", "file"), true);
+  assertEq(m.add("o/.wh..wh..opq", "file"), true);
+  assertEq(m.result(), { devices: ["other"], opaqueDirs: ["dir", "o"] });
+});
+
+function flatten(layers: [string, TarEntryKind][][]): string[] {
+  const flat = new LayerFlattener<string>();
+  for (const [i, layer] of layers.entries()) {
+    flat.beginLayer();
+    for (const [path, kind] of layer) flat.add(path, kind, `L${i}`);
+  }
+  return [...flat.entries()].map(([p, k, v]) => `${p}:${k}:${v ?? "-"}`);
+}
+
+Deno.test("LayerFlattener: whiteouts hide lower layers only; later wins; dirs merge", () => {
+  const result = flatten([
+    [["etc", "dir"], ["etc/a", "file"], ["etc/b", "file"], ["var/log/x", "file"], [
+      "keep",
+      "dir",
+    ], ["keep/k", "file"]],
+    [
+      // whiteout before and after same-layer recreation: the new member survives either way
+      ["etc/.wh.a", "file"],
+      ["etc/b", "file"],
+      ["etc/.wh.b", "file"],
+      ["var/.wh..wh..opq", "file"],
+      ["var/new", "file"],
+      ["keep", "dir"],
+      [".wh.nothing", "file"],
+    ],
+  ]);
+  assertEq(result, [
+    ":dir:-",
+    "etc:dir:L0",
+    "etc/b:file:L1",
+    "keep:dir:L1",
+    "keep/k:file:L0",
+    "var:dir:-",
+    "var/new:file:L1",
+  ]);
+});
+
+Deno.test("LayerFlattener: a file replaces a directory tree; whiteout of a dir drops it all", () => {
+  const result = flatten([
+    [["a/b/c", "file"], ["d/e", "file"], ["s", "symlink"]],
+    [["a", "file"], [".wh.d", "file"]],
+    [["d/new", "file"]],
+  ]);
+  assertEq(result, [":dir:-", "a:file:L1", "d:dir:-", "d/new:file:L2", "s:symlink:L0"]);
+});
+
+Deno.test("LayerFlattener: a member below a non-directory is a FormatError", () => {
+  const flat = new LayerFlattener<string>();
+  flat.beginLayer();
+  flat.add("lib", "symlink", "x");
+  assertThrows(() => flat.add("lib/libc.so", "file", "y"), FormatError);
+});
