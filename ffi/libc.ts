@@ -98,6 +98,17 @@ export const LIBC_SYMBOLS = {
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // int access(const char *path, int mode);
   access: { parameters: ["buffer", "i32"], result: "i32" },
+  // int statfs(const char *path, struct statfs *buf);
+  statfs: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int fstat(int fd, struct stat *buf);  (glibc 2.33+ exports it)
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
+  // ssize_t pread(int fd, void *buf, size_t count, off_t offset);  — on a pool thread
+  pread_nonblocking: {
+    name: "pread",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
   // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -339,4 +350,87 @@ export function listDirectory(path: string): string[] {
     libc().closedir(dir);
   }
   return names;
+}
+
+/** What statfs(2) says about a mounted file system (64-bit Linux `struct statfs`). */
+export interface FsStats {
+  /** f_type: the file system's magic (EROFS: 0xe0f5e1e2). */
+  type: number;
+  blockSizeBytes: number;
+  blocks: bigint;
+  files: bigint;
+  freeFiles: bigint;
+  /** f_fsid as one little-endian u64 (val[0] low, val[1] high). */
+  fsid: bigint;
+}
+
+/**
+ * statfs(2). Answered from the in-memory superblock by file systems such as EROFS, so it does
+ * not wait for a dead block device the way a read would.
+ */
+export function statFs(path: string): FsStats {
+  // struct statfs on 64-bit Linux: f_type, f_bsize, f_blocks, f_bfree, f_bavail, f_files,
+  // f_ffree (8 bytes each), f_fsid (2 × i32) at 56, then f_namelen, f_frsize, f_flags, spare.
+  const buf = new Uint8Array(120);
+  unwrap(libc().statfs(cstr(path), buf), "statfs", path);
+  const view = new DataView(buf.buffer);
+  return {
+    type: Number(view.getBigUint64(0, true)),
+    blockSizeBytes: Number(view.getBigUint64(8, true)),
+    blocks: view.getBigUint64(16, true),
+    files: view.getBigUint64(40, true),
+    freeFiles: view.getBigUint64(48, true),
+    fsid: BigInt(view.getUint32(56, true)) | (BigInt(view.getUint32(60, true)) << 32n),
+  };
+}
+
+/** File type bits of st_mode (sys/stat.h). */
+export const S_IFMT = 0o170000, S_IFREG = 0o100000;
+/** O_NOFOLLOW differs between x86_64 and arm64 (asm/fcntl.h). */
+const OPEN_NOFOLLOW = Deno.build.arch === "aarch64" ? 0o100000 : 0o400000;
+
+/**
+ * open(2) read-only that refuses a symlink as the last component (ELOOP) and does not block on
+ * a FIFO (O_NONBLOCK); the caller fstats the descriptor before trusting what it opened.
+ */
+export function openNoFollow(path: string): number {
+  return openFile(path, O_RDONLY | OPEN_NOFOLLOW | O_NONBLOCK);
+}
+
+/** The type and size of an open file, from fstat(2): what the descriptor is, not a path. */
+export interface FdStat {
+  /** st_mode: type and permission bits. */
+  mode: number;
+  sizeBytes: number;
+}
+
+export function fstatFd(fd: number, context?: string): FdStat {
+  // struct stat: st_size i64 at 48 on x86_64 and arm64; st_mode u32 at 24 (x86_64) or 16
+  // (arm64, the generic layout); 144 / 128 bytes.
+  const buf = new Uint8Array(144);
+  unwrap(libc().fstat(fd, buf), "fstat", context);
+  const view = new DataView(buf.buffer);
+  const size = view.getBigInt64(48, true);
+  return {
+    mode: view.getUint32(Deno.build.arch === "aarch64" ? 16 : 24, true),
+    sizeBytes: size > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(size),
+  };
+}
+
+/** pread(2) on a pool thread: fills as much of `buf` as one call gives; 0 at end of file. */
+export async function preadAsync(
+  fd: number,
+  buf: Uint8Array<ArrayBuffer>,
+  offset: number,
+  context?: string,
+): Promise<number> {
+  for (;;) {
+    const n = Number(await libc().pread_nonblocking(fd, buf, BigInt(buf.length), BigInt(offset)));
+    if (n >= 0) return n;
+    // errno is not readable after a nonblocking call: ask again synchronously for the reason.
+    const retry = Number(libc().pread(fd, buf, BigInt(buf.length), BigInt(offset)));
+    if (retry >= 0) return retry;
+    const code = errno();
+    if (code !== Errno.EINTR) throw new SysError("pread", code, context);
+  }
 }
