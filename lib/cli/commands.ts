@@ -8,6 +8,7 @@ import { listCommand } from "./list.ts";
 import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
 import { serveCommand } from "./serve.ts";
+import { buildCommand } from "./build.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
@@ -22,6 +23,7 @@ export const COMMANDS: Command[] = [
   pullCommand,
   pushCommand,
   serveCommand,
+  buildCommand,
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */

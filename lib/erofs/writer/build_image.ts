@@ -3,7 +3,8 @@
  * in the same directory, renamed into place only when complete, so a failure leaves nothing
  * behind and never clobbers an existing image.
  */
-import { closeFd, O_CLOEXEC, O_WRONLY, openFile } from "../../../ffi/libc.ts";
+import { closeFd, O_CLOEXEC, O_WRONLY, openFile, strerror, SysError } from "../../../ffi/libc.ts";
+import { UserError } from "../../errors.ts";
 import { layoutImage, type LayoutOptions } from "./layout.ts";
 import { writeImage, type WriteResult } from "./write.ts";
 import { randomUuid } from "./format.ts";
@@ -40,7 +41,13 @@ export function buildImage(
   const dir = slash < 0 ? "." : outPath.slice(0, slash) || "/";
   const base = outPath.slice(slash + 1);
   const tmpPath = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  const fd = openFile(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644);
+  let fd: number;
+  try {
+    fd = openFile(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644);
+  } catch (error) {
+    if (!(error instanceof SysError)) throw error;
+    throw new UserError(`cannot write ${outPath}: ${strerror(error.errno)}`);
+  }
   let done = false;
   try {
     const result = writeImage(layout, fd, {
