@@ -111,6 +111,9 @@ export const LIBC_SYMBOLS = {
   },
   // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  // long syscall(long number, long a, long b, long c, long d);  — openat2, pidfd_open and
+  // pidfd_send_signal have no glibc wrappers; pointers are passed as their address.
+  syscall: { parameters: ["i64", "i64", "i64", "i64", "i64"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The typed libc symbols, as returned by `libc()` (and handed to libc workers). */
@@ -139,6 +142,7 @@ export function strerror(code: number): string {
 export const Errno = {
   EPERM: 1,
   ENOENT: 2,
+  ESRCH: 3,
   EINTR: 4,
   EIO: 5,
   ENXIO: 6,
@@ -156,6 +160,7 @@ export const Errno = {
   ERANGE: 34,
   ENOSYS: 38,
   ENOTEMPTY: 39,
+  ELOOP: 40,
   ENODATA: 61,
   ENOTCONN: 107,
   ETIMEDOUT: 110,
@@ -350,6 +355,95 @@ export function listDirectory(path: string): string[] {
     libc().closedir(dir);
   }
   return names;
+}
+
+/** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
+const SYS_PIDFD_SEND_SIGNAL = 424, SYS_PIDFD_OPEN = 434, SYS_OPENAT2 = 437;
+const AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000, AT_SYMLINK_NOFOLLOW = 0x100;
+/** open(2) flags whose values differ between x86_64 and arm64 (asm/fcntl.h). */
+const ARM64 = Deno.build.arch === "aarch64";
+const O_PATH = 0o10000000;
+const O_DIRECTORY = ARM64 ? 0o40000 : 0o200000;
+const O_NOFOLLOW = ARM64 ? 0o100000 : 0o400000;
+/** linux/openat2.h: refuse every symlink on the way, the last component included. */
+const RESOLVE_NO_SYMLINKS = 0x04;
+
+function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+}
+
+/**
+ * An O_PATH descriptor of the directory `path`, resolved by openat2 with RESOLVE_NO_SYMLINKS:
+ * no component may be a symlink (ELOOP otherwise), so the descriptor names the directory that
+ * the symlink-free path reached at this moment, whatever is renamed or swapped later.
+ * A relative `path` is looked up in the directory `dirFd`.
+ */
+export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
+  // struct open_how { u64 flags; u64 mode; u64 resolve; }
+  const how = new Uint8Array(24);
+  const view = new DataView(how.buffer);
+  view.setBigUint64(0, BigInt(O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), true);
+  view.setBigUint64(16, BigInt(RESOLVE_NO_SYMLINKS), true);
+  const name = cstr(path);
+  const fd = libc().syscall(
+    BigInt(SYS_OPENAT2),
+    BigInt(dirFd),
+    addressOf(name),
+    addressOf(how),
+    24n,
+  );
+  return Number(unwrap(fd, "open", path));
+}
+
+/** The parts of struct statx erofs-oci compares (identity of a file and of its mount). */
+export interface FileIdentity {
+  devMajor: number;
+  devMinor: number;
+  ino: bigint;
+  /** Mount id as in /proc/self/mountinfo (field 1). */
+  mountId: number;
+}
+
+/**
+ * statx of `path` relative to the descriptor `dirFd` (`""`: the descriptor itself), never
+ * following a symlink in the last component.
+ */
+export function statIdentity(dirFd: number, path = ""): FileIdentity {
+  const STATX_INO = 0x100, STATX_MNT_ID = 0x1000;
+  const buffer = new Uint8Array(256);
+  const flags = AT_SYMLINK_NOFOLLOW | (path === "" ? AT_EMPTY_PATH : 0);
+  unwrap(
+    libc().statx(dirFd, cstr(path), flags, STATX_INO | STATX_MNT_ID, buffer),
+    "statx",
+    path || `fd ${dirFd}`,
+  );
+  // struct statx: stx_ino at 32, stx_dev_major/minor at 136/140, stx_mnt_id at 144.
+  const view = new DataView(buffer.buffer);
+  return {
+    ino: view.getBigUint64(32, true),
+    devMajor: view.getUint32(136, true),
+    devMinor: view.getUint32(140, true),
+    mountId: Number(view.getBigUint64(144, true)),
+  };
+}
+
+/** A pidfd for `pid` (pidfd_open, 5.3+): signals sent through it cannot reach a reused pid. */
+export function pidfdOpen(pid: number): number {
+  return Number(
+    unwrap(
+      libc().syscall(BigInt(SYS_PIDFD_OPEN), BigInt(pid), 0n, 0n, 0n),
+      "pidfd_open",
+      `pid ${pid}`,
+    ),
+  );
+}
+
+/** pidfd_send_signal: signals exactly the process the pidfd was opened for. */
+export function pidfdSendSignal(pidfd: number, signal: number): void {
+  unwrap(
+    libc().syscall(BigInt(SYS_PIDFD_SEND_SIGNAL), BigInt(pidfd), BigInt(signal), 0n, 0n),
+    "pidfd_send_signal",
+  );
 }
 
 /** What statfs(2) says about a mounted file system (64-bit Linux `struct statfs`). */

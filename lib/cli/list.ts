@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
-import { controlSocketPath, readStates, serverAlive } from "../mount/runtime.ts";
+import { controlSocketPath, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
 import { controlRequest, type LayerStats } from "../daemon/control.ts";
 import { formatBytes, printTable } from "./table.ts";
 
@@ -10,6 +10,8 @@ export interface ListedMount {
   manifestDigest?: string;
   backend: string;
   devices: string[];
+  /** Mount options at DIR (ro/rw, nosuid/suid, nodev/dev); absent for older mounts. */
+  options?: string[];
   serverPid: number;
   /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
   state: "serving" | "dead" | "unresponsive";
@@ -29,11 +31,12 @@ async function describe(): Promise<ListedMount[]> {
       manifestDigest: state.manifestDigest,
       backend: state.backend,
       devices: state.layers.map((l) => l.device ?? l.blockPath),
+      options: state.options,
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
     };
-    if (serverAlive(state.serverPid)) {
+    if (serverAlive(serverOf(state))) {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
       if (reply?.ok && reply.stats) {
         entry.state = "serving";
@@ -59,7 +62,7 @@ export const listCommand: Command = {
   help: `Usage: erofs-oci list [--json]
 
 Shows every mount made by erofs-oci: directory, image reference and manifest digest,
-devices, server pid and state (serving, dead = server gone and readers waiting for
+devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
 \`erofs-oci reattach\`), bytes fetched from the source and the cache hit rate.
 
 Options:
@@ -77,12 +80,13 @@ Options:
       return 0;
     }
     printTable(
-      ["DIR", "IMAGE", "BACKEND", "DEVICES", "PID", "STATE", "FETCHED", "HIT RATE"],
+      ["DIR", "IMAGE", "BACKEND", "DEVICES", "OPTIONS", "PID", "STATE", "FETCHED", "HIT RATE"],
       mounts.map((m) => [
         m.target,
         m.image,
         m.backend,
         m.devices.join(","),
+        m.options?.join(",") ?? "-",
         String(m.serverPid),
         m.state === "dead" && m.backend === "nbd"
           ? "dead, awaiting reattach"

@@ -5,9 +5,15 @@ import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registr
 import { parseSize } from "./size.ts";
 import { info } from "./log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
-import { checkMountTarget, checkRoot } from "../mount/target_dir.ts";
+import {
+  checkMountTarget,
+  checkRoot,
+  type MountTarget,
+  releaseMountTarget,
+} from "../mount/target_dir.ts";
 import { mountImage } from "../mount/mount_image.ts";
-import { DEFAULT_MOUNT_CACHE_BYTES, serverAlive } from "../mount/runtime.ts";
+import { DEFAULT_MOUNT_CACHE_BYTES, serverAlive, serverOf } from "../mount/runtime.ts";
+import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -15,6 +21,27 @@ import {
   resolveLocalImage,
   resolveRegistryImage,
 } from "../mount/resolve_layers.ts";
+
+const MOUNT_OPTIONS = {
+  ...REGISTRY_OPTIONS,
+  layer: { type: "string" },
+  blob: { type: "string" },
+  "any-media-type": { type: "boolean" },
+  backend: { type: "string", default: "auto" },
+  "cache-size": { type: "string" },
+  upper: { type: "string" },
+  work: { type: "string" },
+  foreground: { type: "boolean" },
+  suid: { type: "boolean" },
+  dev: { type: "boolean" },
+  options: { type: "string", short: "o", multiple: true },
+} as const;
+
+function parseMountArgs(argv: string[]) {
+  return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
+}
+
+type MountValues = ReturnType<typeof parseMountArgs>["values"];
 
 export const mountCommand: Command = {
   name: "mount",
@@ -28,6 +55,8 @@ One EROFS layer is mounted read-only at DIR; several are each mounted privately 
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
 The command returns once DIR is mounted and readable; on failure nothing is left behind.
+Every mount (EROFS, overlay, loop) is nosuid,nodev: a setuid-root file or a device node in
+an image gives no privilege. --suid/--dev (-o suid,dev) lift that for a container rootfs.
 
 Options:
       --layer N          mount only layer N (0 = bottom, see \`erofs-oci inspect\`)
@@ -39,6 +68,9 @@ Options:
   }M; e.g. 256M, 1G)
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
+      --suid             honour setuid/setgid bits of the image (default: nosuid)
+      --dev              honour device nodes of the image (default: nodev)
+  -o, --options LIST     mount options: suid, nosuid, dev, nodev (comma-separated)
       --foreground       keep the server attached to this terminal (debugging, systemd)
 ${REGISTRY_OPTIONS_HELP}
 
@@ -49,17 +81,7 @@ A password given with --password/--password-stdin is stored in it (base64, as er
 does) because reattach needs it; credentials from Docker's config or a credential helper
 are not written and are looked up again at reattach. The file is removed by umount.`,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs("mount", argv, {
-      ...REGISTRY_OPTIONS,
-      layer: { type: "string" },
-      blob: { type: "string" },
-      "any-media-type": { type: "boolean" },
-      backend: { type: "string", default: "auto" },
-      "cache-size": { type: "string" },
-      upper: { type: "string" },
-      work: { type: "string" },
-      foreground: { type: "boolean" },
-    });
+    const { values, positionals } = parseMountArgs(argv);
     const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
     const layer = values.layer === undefined ? undefined : Number(values.layer);
     if (layer !== undefined && !/^\d+$/.test(values.layer!)) {
@@ -71,50 +93,67 @@ are not written and are looked up again at reattach. The file is removed by umou
     const cacheBytes = values["cache-size"] === undefined
       ? DEFAULT_MOUNT_CACHE_BYTES
       : parseSize(values["cache-size"], "--cache-size");
+    const trust = parseMountTrust(values, values.options);
     checkRoot();
     const target = checkMountTarget(dir);
-    const { backend, reason } = chooseBackend(values.backend!);
-
-    let resolved: ResolvedLayers;
-    let credentials: { username: string; password: string } | undefined;
-    const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
-    const fromLayout = await resolveLayoutImage(image, values.platform, selection);
-    if (fromLayout) {
-      resolved = fromLayout;
-    } else if (isLocalImage(image)) {
-      resolved = await resolveLocalImage(image);
-    } else {
-      const opened = await openRegistry("mount", image, values);
-      credentials = opened.credentials;
-      try {
-        resolved = await resolveRegistryImage(opened, selection);
-      } finally {
-        opened.client.close();
-      }
+    try {
+      return await mountAt(target, image, values, { cacheBytes, layer, trust });
+    } finally {
+      releaseMountTarget(target);
     }
-    if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
-
-    const state = await mountImage({
-      target,
-      image: resolved.image,
-      manifestDigest: resolved.manifestDigest,
-      backend,
-      cacheBytes,
-      layers: resolved.layers,
-      credentials,
-      upper: values.upper,
-      work: values.work,
-      foreground: values.foreground,
-    });
-    const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
-    console.log(
-      `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
-        state.layers.length === 1 ? "" : "s"
-      }, ${backend}: ${devices}; server pid ${state.serverPid})`,
-    );
-    if (values.foreground) {
-      while (serverAlive(state.serverPid)) await new Promise((r) => setTimeout(r, 1000));
-    }
-    return 0;
   },
 };
+
+async function mountAt(
+  target: MountTarget,
+  image: string,
+  values: MountValues,
+  opts: { cacheBytes: number; layer?: number; trust: MountTrust },
+): Promise<number> {
+  const { cacheBytes, layer } = opts;
+  const { backend, reason } = chooseBackend(values.backend!);
+
+  let resolved: ResolvedLayers;
+  let credentials: { username: string; password: string } | undefined;
+  const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
+  const fromLayout = await resolveLayoutImage(image, values.platform, selection);
+  if (fromLayout) {
+    resolved = fromLayout;
+  } else if (isLocalImage(image)) {
+    resolved = await resolveLocalImage(image);
+  } else {
+    const opened = await openRegistry("mount", image, values);
+    credentials = opened.credentials;
+    try {
+      resolved = await resolveRegistryImage(opened, selection);
+    } finally {
+      opened.client.close();
+    }
+  }
+  if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
+
+  const state = await mountImage({
+    target: target.path,
+    pinnedTarget: target,
+    trust: opts.trust,
+    image: resolved.image,
+    manifestDigest: resolved.manifestDigest,
+    backend,
+    cacheBytes,
+    layers: resolved.layers,
+    credentials,
+    upper: values.upper,
+    work: values.work,
+    foreground: values.foreground,
+  });
+  const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
+  console.log(
+    `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
+      state.layers.length === 1 ? "" : "s"
+    }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
+  );
+  if (values.foreground) {
+    while (serverAlive(serverOf(state))) await new Promise((r) => setTimeout(r, 1000));
+  }
+  return 0;
+}

@@ -8,7 +8,8 @@ import {
   Errno,
   type LibcSymbols,
   listDirectory,
-  MNT_DETACH,
+  MS_NODEV,
+  MS_NOSUID,
   MS_RDONLY,
   strerror,
   SysError,
@@ -22,7 +23,8 @@ import {
   EROFS_SUPER_END,
   type ErofsSuperblock,
 } from "../erofs/superblock.ts";
-import { mountOffThread, type SyscallResult, umountOffThread } from "./mount_task.ts";
+import { mountOffThread, type SyscallResult } from "./mount_task.ts";
+import { unmountNoFollow, type UnmountOptions } from "./unmount_pinned.ts";
 
 /** Readahead of the EROFS mount's own bdi: 1 MiB reads of the backing file. */
 const READ_AHEAD_KB = 1024;
@@ -32,6 +34,10 @@ export interface MountErofsOptions {
   extraDevices?: string[];
   /** `loop` skips the file-backed attempt (tests; kernels with it compiled out). */
   via?: "auto" | "loop";
+  /** mount(2) flags (default: read-only, nosuid, nodev; see mount_options.ts). */
+  flags?: number;
+  /** What mount(2) is given instead of `target` (a pinned /proc/self/fd path). */
+  mountAt?: string;
 }
 
 /** How the image ended up mounted. */
@@ -73,9 +79,9 @@ export async function mountErofsFile(
   const bdisBefore = new Set(erofsBdis());
   const result = await mountOffThread({
     source: file,
-    target,
+    target: opts.mountAt ?? target,
     fsType: "erofs",
-    flags: MS_RDONLY,
+    flags: opts.flags ?? MS_RDONLY | MS_NOSUID | MS_NODEV,
     data: devices,
     loopFallback: { extraFiles: extraDevices, dataWithoutDevices: "", always: opts.via === "loop" },
   });
@@ -88,13 +94,16 @@ export async function mountErofsFile(
  * Unmounts the EROFS mount at `target`; `lazy` detaches it even while files are open (the
  * kernel finishes the unmount when they close). Unmount EROFS before the FUSE blob under it.
  */
-export async function unmountErofs(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+export async function unmountErofs(
+  target: string,
+  opts: UnmountOptions = {},
+): Promise<void> {
   await unmountPath(target, opts);
 }
 
-/** umount2 on a worker thread with readable errors; shared by the EROFS and overlay helpers. */
-export async function unmountPath(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
-  const result = await umountOffThread(target, opts.lazy ? MNT_DETACH : 0);
+/** umount2 without following symlinks, with readable errors; shared with the overlay. */
+export async function unmountPath(target: string, opts: UnmountOptions = {}): Promise<void> {
+  const result = await unmountNoFollow(target, opts);
   if (result.errno === 0) return;
   const cause = new SysError("umount", result.errno, target);
   if (result.errno === Errno.EINVAL) {

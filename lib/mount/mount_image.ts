@@ -12,15 +12,26 @@ import { mountOverlay } from "./overlay.ts";
 import {
   controlSocketPath,
   createMountDir,
+  killServer,
   logPath,
   mountDir,
   type MountSpec,
   type MountState,
+  processStartTicks,
   removeMountDir,
   SERVER_COMMAND,
   serverAlive,
+  type ServerProcess,
   writeState,
 } from "./runtime.ts";
+import { describeMountFlags, mountFlags, type MountTrust } from "./mount_options.ts";
+import {
+  currentMountIds,
+  type MountTarget,
+  newMountOn,
+  pinnedPath,
+  recheckMountTarget,
+} from "./target_dir.ts";
 
 /** How long `mount` waits for the server to attach every layer. */
 const READY_TIMEOUT_MS = 120_000;
@@ -28,33 +39,61 @@ const READY_TIMEOUT_MS = 120_000;
 export interface MountRequest extends Omit<MountSpec, "id"> {
   /** Keep the server in this process's foreground (debugging, systemd). */
   foreground?: boolean;
+  /**
+   * The checked target, held open: the mount goes onto this directory (or is refused when
+   * the path no longer leads to it), never to where a swapped-in symlink points.
+   */
+  pinnedTarget?: MountTarget;
+  /** setuid bits and device nodes are ignored (nosuid, nodev) unless this says otherwise. */
+  trust?: MountTrust;
 }
 
 /** Mounts the layers at `request.target`; returns the recorded state. */
 export async function mountImage(request: MountRequest): Promise<MountState> {
   const id = createMountDir();
-  const spec: MountSpec = { ...request, id };
+  // Only the MountSpec goes to the server (as JSON): not the descriptor, not the options.
+  const { foreground: _foreground, pinnedTarget: _pinned, trust: _trust, ...specFields } = request;
+  const spec: MountSpec = { ...specFields, id };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   try {
     const ready = await startServer(spec, request.foreground ?? false);
-    undo.push(() => stopServer(id, ready.pid));
+    const server = { pid: ready.pid, startTicks: ready.startTicks };
+    undo.push(() => stopServer(id, server));
 
+    const trust = request.trust ?? {};
+    const pinned = request.pinnedTarget;
     const layerDirs: string[] = [];
+    let targetMountId: number | undefined;
     const multi = ready.layers.length > 1 || spec.upper !== undefined;
     for (const [index, layer] of ready.layers.entries()) {
       const dir = multi ? `${mountDir(id)}/layer-${index}` : spec.target;
       if (multi) Deno.mkdirSync(dir, { mode: 0o700 });
-      await mountErofsFile(layer.blockPath, dir);
-      undo.push(() => unmountErofs(dir, { lazy: true }));
+      const atTarget = !multi && pinned !== undefined;
+      const before = currentMountIds();
+      if (atTarget) recheckMountTarget(pinned);
+      await mountErofsFile(layer.blockPath, dir, {
+        flags: mountFlags(trust),
+        mountAt: atTarget ? pinnedPath(pinned) : undefined,
+      });
+      const mountId = atTarget ? newMountOn(pinned, "erofs", before) : undefined;
+      targetMountId ??= mountId;
+      undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
       layerDirs.push(dir);
     }
+    const writable = spec.upper !== undefined;
     if (multi) {
+      const before = currentMountIds();
+      if (pinned) recheckMountTarget(pinned);
       // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
       await mountOverlay(spec.target, [...layerDirs].reverse(), {
         upper: spec.upper,
         work: spec.work,
+        flags: mountFlags(trust, writable),
+        mountAt: pinned ? pinnedPath(pinned) : undefined,
       });
-      undo.push(() => unmountErofs(spec.target, { lazy: true }));
+      const mountId = pinned ? newMountOn(pinned, "overlay", before) : undefined;
+      targetMountId = mountId;
+      undo.push(() => unmountErofs(spec.target, { lazy: true, mountId, fsType: "overlay" }));
     }
 
     const state: MountState = {
@@ -64,7 +103,10 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       manifestDigest: spec.manifestDigest,
       backend: spec.backend,
       serverPid: ready.pid,
+      serverStart: ready.startTicks ? { pid: ready.pid, ticks: ready.startTicks } : undefined,
       createdAt: new Date().toISOString(),
+      options: describeMountFlags(trust, writable),
+      mountId: targetMountId,
       cacheBytes: spec.cacheBytes,
       layers: ready.layers.map((layer, index) => ({
         digest: spec.layers[index].kind === "registry"
@@ -89,11 +131,17 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   }
 }
 
-/** Starts the detached server for `spec` and waits until it reports its exports. */
+/** A server that reported ready; `startTicks` identifies the process beyond its pid. */
+export type ReadyServer = Extract<ReadyMessage, { ok: true }> & { startTicks?: string };
+
+/**
+ * Starts the detached server for `spec` and waits until it reports its exports. Record
+ * `startTicks` with the pid (MountState.serverStart) so a reused pid is never taken for it.
+ */
 export async function startServer(
   spec: MountSpec,
   foreground: boolean,
-): Promise<Extract<ReadyMessage, { ok: true }>> {
+): Promise<ReadyServer> {
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
@@ -152,17 +200,23 @@ export async function startServer(
     await child.status;
     throw new UserError(ready.error, ready.hint);
   }
-  return ready;
+  // Our child until this process exits (a zombie at worst), so the pid cannot be reused yet.
+  return { ...ready, startTicks: processStartTicks(ready.pid) };
 }
 
-/** Asks the server to release its exports and exit; kills it if it does not. */
-export async function stopServer(id: string, pid: number, timeoutMs = 15_000): Promise<void> {
+/**
+ * Asks the server to release its exports and exit; kills it (through a pidfd, only if it is
+ * still that process) if it does not.
+ */
+export async function stopServer(
+  id: string,
+  server: ServerProcess,
+  timeoutMs = 15_000,
+): Promise<void> {
   await controlRequest(controlSocketPath(id), { command: "stop" });
   const deadline = Date.now() + timeoutMs;
-  while (serverAlive(pid) && Date.now() < deadline) {
+  while (serverAlive(server) && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  if (serverAlive(pid)) {
-    Deno.kill(pid, "SIGKILL");
-  }
+  killServer(server);
 }

@@ -3,13 +3,17 @@
  * = top layer), the reverse of an OCI manifest's layer list.
  */
 import { MountError } from "../errors.ts";
-import { MS_RDONLY, SysError } from "../../ffi/libc.ts";
+import { MS_NODEV, MS_NOSUID, MS_RDONLY, SysError } from "../../ffi/libc.ts";
 import { mountOffThread } from "./mount_task.ts";
 
 export interface OverlayOptions {
   /** Writable overlay: upper and work dir (same file system). Read-only without them. */
   upper?: string;
   work?: string;
+  /** mount(2) flags besides read-only (MS_NOSUID, MS_NODEV; see mount_options.ts). */
+  flags?: number;
+  /** What mount(2) is given instead of `target` (a pinned /proc/self/fd path). */
+  mountAt?: string;
 }
 
 export async function mountOverlay(
@@ -29,9 +33,9 @@ export async function mountOverlay(
   if (writable) data += `,upperdir=${options.upper},workdir=${options.work}`;
   const result = await mountOffThread({
     source: "erofs-oci",
-    target,
+    target: options.mountAt ?? target,
     fsType: "overlay",
-    flags: writable ? 0 : MS_RDONLY,
+    flags: (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY),
     data,
   });
   if (result.errno !== 0) {

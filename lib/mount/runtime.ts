@@ -4,7 +4,14 @@
  * log and the control socket.
  */
 import { MountError } from "../errors.ts";
-import { readSmallFile } from "../../ffi/libc.ts";
+import {
+  closeFd,
+  Errno,
+  pidfdOpen,
+  pidfdSendSignal,
+  readSmallFile,
+  SysError,
+} from "../../ffi/libc.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
 const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
@@ -62,7 +69,17 @@ export interface MountState {
   manifestDigest?: string;
   backend: "nbd" | "fuse";
   serverPid: number;
+  /**
+   * Start time of the server (`/proc/PID/stat` field 22) and the pid it belongs to: a pid
+   * alone may have been reused by an unrelated process. `reattach` replaces `serverPid`; a
+   * start time recorded for another pid is ignored.
+   */
+  serverStart?: { pid: number; ticks: string };
   createdAt: string;
+  /** Mount options the tool chose (`ro`, `nosuid`, `nodev`; missing in older states). */
+  options?: string[];
+  /** Mount id (mountinfo field 1) of the mount at `target`, to unmount exactly that one. */
+  mountId?: number;
   /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
   layers: {
     digest?: string;
@@ -160,14 +177,73 @@ export function findState(target: string): MountState {
 /** Argument that marks the detached mount server in its command line. */
 export const SERVER_COMMAND = "__mount-server";
 
+/** A server process as recorded: pid, and its start time when known. */
+export interface ServerProcess {
+  pid: number;
+  startTicks?: string;
+}
+
+/** The recorded server of a mount (the start time only when it belongs to `serverPid`). */
+export function serverOf(state: MountState): ServerProcess {
+  const start = state.serverStart;
+  return {
+    pid: state.serverPid,
+    startTicks: start && start.pid === state.serverPid ? start.ticks : undefined,
+  };
+}
+
 /**
- * True when `pid` is a live erofs-oci mount server. The command line is checked so a pid
- * reused by an unrelated process after a crash does not count as our server.
+ * Start time of process `pid` in clock ticks after boot (`/proc/PID/stat` field 22), or
+ * undefined when there is no such process. The command name (field 2) may hold spaces and
+ * parentheses, so fields are counted after its closing parenthesis.
  */
-export function serverAlive(pid: number): boolean {
+export function processStartTicks(pid: number): string | undefined {
   // /proc through libc: Deno's file APIs refuse it without --allow-all.
+  const stat = readSmallFile(`/proc/${pid}/stat`);
+  if (!stat) return undefined;
+  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // rest[0] is field 3 (state), so field 22 is rest[19].
+  if (rest[0] === "Z") return undefined;
+  return rest[19];
+}
+
+/**
+ * True when `server` is a live erofs-oci mount server: its command line carries
+ * SERVER_COMMAND and, when the start time was recorded, the process started at that time, so
+ * a pid reused after a crash (even by another erofs-oci server) does not count.
+ */
+export function serverAlive(server: ServerProcess | number): boolean {
+  const { pid, startTicks } = typeof server === "number" ? { pid: server } : server;
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
   const cmdline = readSmallFile(`/proc/${pid}/cmdline`);
   if (!cmdline?.split("\0").includes(SERVER_COMMAND)) return false;
-  const stat = readSmallFile(`/proc/${pid}/stat`) ?? "";
-  return !/^\d+ \(.*\) Z/.test(stat);
+  const ticks = processStartTicks(pid);
+  if (ticks === undefined) return false;
+  return startTicks === undefined || ticks === startTicks;
 }
+
+/**
+ * SIGKILL through a pidfd that was checked to be `server` after it was opened: the signal
+ * cannot reach a process that reused the pid. False when the server is already gone.
+ */
+export function killServer(server: ServerProcess): boolean {
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(server.pid);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ESRCH) return false;
+    throw error;
+  }
+  try {
+    if (!serverAlive(server)) return false;
+    pidfdSendSignal(pidfd, SIGKILL);
+    return true;
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ESRCH) return false;
+    throw error;
+  } finally {
+    closeFd(pidfd);
+  }
+}
+
+const SIGKILL = 9;

@@ -1,8 +1,35 @@
-/** Checks on the mount target before anything is started, each with the fix in its hint. */
+/**
+ * Checks on the mount target before anything is started, each with the fix in its hint, and
+ * the pinning that keeps the target the same directory until mount(2): resolving a registry
+ * and starting the server take seconds, time enough for a user who owns a parent directory to
+ * swap the path for a symlink to, say, /usr/bin.
+ */
 import { MountError } from "../errors.ts";
+import {
+  closeFd,
+  Errno,
+  type FileIdentity,
+  openDirNoSymlinks,
+  statIdentity,
+  SysError,
+} from "../../ffi/libc.ts";
+import { readMountInfo } from "./mountinfo.ts";
 
-/** Returns the absolute, symlink-free path of an existing, empty directory. */
-export function checkMountTarget(dir: string): string {
+/** A checked mount target, held open until the mount is made. */
+export interface MountTarget {
+  /** Absolute, symlink-free path, as checked (what `list` shows). */
+  path: string;
+  /** O_PATH descriptor of the checked directory; mount(2) goes through it. */
+  fd: number;
+  identity: FileIdentity;
+}
+
+/**
+ * Checks that `dir` is an existing, empty directory and pins it: the absolute, symlink-free
+ * path is opened without following any symlink, so later mounts land on this directory only.
+ * Release the descriptor with `releaseMountTarget`.
+ */
+export function checkMountTarget(dir: string): MountTarget {
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(dir);
@@ -21,7 +48,91 @@ export function checkMountTarget(dir: string): string {
       "mount on an empty directory so no files are hidden",
     );
   }
-  return Deno.realPathSync(dir);
+  const path = Deno.realPathSync(dir);
+  const fd = openTarget(path);
+  try {
+    return { path, fd, identity: statIdentity(fd) };
+  } catch (error) {
+    closeFd(fd);
+    throw error;
+  }
+}
+
+/** What mount(2) is given for `target`: the pinned directory, not its path. */
+export function pinnedPath(target: MountTarget): string {
+  return `/proc/self/fd/${target.fd}`;
+}
+
+/**
+ * Right before mounting: the path must still lead, without symlinks, to the pinned directory,
+ * and nothing may have been mounted on it meanwhile; otherwise the mount is refused.
+ */
+export function recheckMountTarget(target: MountTarget): void {
+  let now: FileIdentity;
+  try {
+    const fd = openTarget(target.path);
+    try {
+      now = statIdentity(fd);
+    } finally {
+      closeFd(fd);
+    }
+  } catch (error) {
+    if (error instanceof MountError) throw replaced(target.path);
+    throw error;
+  }
+  const was = target.identity;
+  if (
+    now.ino !== was.ino || now.devMajor !== was.devMajor || now.devMinor !== was.devMinor ||
+    now.mountId !== was.mountId
+  ) {
+    throw replaced(target.path);
+  }
+}
+
+/** Ids of every mount now (before mounting on a target; see `newMountOn`). */
+export function currentMountIds(): Set<number> {
+  return new Set(readMountInfo().map((entry) => entry.id));
+}
+
+/**
+ * The id (mountinfo field 1) of the `fsType` mount just made on `target`: a mount not in
+ * `before` whose parent is the mount holding the pinned directory. Found by identity rather
+ * than path, which a renamed parent directory would change.
+ */
+export function newMountOn(
+  target: MountTarget,
+  fsType: string,
+  before: Set<number>,
+): number | undefined {
+  return readMountInfo().findLast((entry) =>
+    !before.has(entry.id) && entry.parentId === target.identity.mountId &&
+    entry.fsType === fsType
+  )?.id;
+}
+
+export function releaseMountTarget(target: MountTarget): void {
+  closeFd(target.fd);
+}
+
+/** What opening a path that no longer leads to a directory without symlinks fails with. */
+const REPLACED_ERRNOS: number[] = [Errno.ELOOP, Errno.ENOENT, Errno.ENOTDIR];
+
+function openTarget(path: string): number {
+  try {
+    return openDirNoSymlinks(path);
+  } catch (error) {
+    if (error instanceof SysError && REPLACED_ERRNOS.includes(error.errno)) {
+      throw replaced(path);
+    }
+    throw error;
+  }
+}
+
+function replaced(path: string): MountError {
+  return new MountError(
+    `mount point ${path} was replaced (by a symlink or another directory) while mounting`,
+    "mount on a directory that no other user can rename or replace",
+  );
 }
 
 export function checkRoot(): void {

@@ -6,7 +6,16 @@
 import { MountError } from "../errors.ts";
 import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "./erofs_file.ts";
-import { findState, type MountState, removeMountDir, serverAlive } from "./runtime.ts";
+import {
+  findState,
+  mountDir,
+  type MountState,
+  removeMountDir,
+  serverAlive,
+  serverOf,
+} from "./runtime.ts";
+import { readMountInfo } from "./mountinfo.ts";
+import type { UnmountOptions } from "./unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../recovery/store.ts";
 import { warn } from "../cli/log.ts";
@@ -16,9 +25,9 @@ const EBUSY = 16;
 const EINVAL = 22;
 const ENOENT = 2;
 
-async function unmountOne(dir: string, lazy: boolean, shownAs: string): Promise<void> {
+async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): Promise<void> {
   try {
-    await unmountErofs(dir, { lazy });
+    await unmountErofs(dir, opts);
   } catch (caught) {
     const error = caught instanceof MountError && caught.cause instanceof SysError
       ? caught.cause
@@ -48,21 +57,42 @@ async function releaseOrphanedDevices(state: MountState): Promise<void> {
   }
 }
 
+/**
+ * A dead FUSE server (killed, say, with SIGKILL) leaves its FUSE mounts in the runtime dir answering ENOTCONN to
+ * everything, so the dir cannot be removed: detach them (nobody can read them anyway).
+ */
+async function detachDeadFuseMounts(state: MountState): Promise<void> {
+  const runDir = `${mountDir(state.id)}/`;
+  const fuseMounts = readMountInfo().filter((entry) =>
+    entry.mountPoint.startsWith(runDir) && entry.fsType.startsWith("fuse")
+  );
+  for (const entry of fuseMounts.reverse()) {
+    await unmountOne(entry.mountPoint, { lazy: true }, state.target);
+  }
+}
+
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
   const state = findState(target);
-  await unmountOne(state.target, lazy, state.target);
+  await unmountOne(state.target, {
+    lazy,
+    mountId: state.mountId,
+    fsType: state.overlay ? "overlay" : "erofs",
+  }, state.target);
   if (state.overlay) {
     for (const layer of [...state.layers].reverse()) {
-      await unmountOne(layer.layerDir, lazy, state.target);
+      await unmountOne(layer.layerDir, { lazy }, state.target);
     }
   }
-  if (serverAlive(state.serverPid)) {
-    await stopServer(state.id, state.serverPid);
+  const server = serverOf(state);
+  if (serverAlive(server)) {
+    await stopServer(state.id, server);
   } else {
     // Our server is gone (killed, or another tool's server took the devices over through
     // reattach): release the devices and recovery files ourselves.
     await releaseOrphanedDevices(state);
   }
+  // Also after stopServer: a server it had to kill leaves its FUSE mounts behind.
+  if (state.backend === "fuse") await detachDeadFuseMounts(state);
   removeMountDir(state.id);
   return state;
 }
