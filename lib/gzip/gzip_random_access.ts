@@ -1,0 +1,206 @@
+/**
+ * Random reads in the uncompressed stream of a gzip blob, through its zinfo checkpoints.
+ *
+ * The output between two checkpoints (an "interval") is cut into pieces (1 MiB); produced
+ * pieces go to an LRU cache with a byte budget, and the inflate cursor that made them is kept
+ * (a few, LRU) so the next sequential read continues where it stopped: a sequential pass costs
+ * one inflate of each byte. Work on one interval is serialized (a later piece waits for the
+ * cursor making an earlier one instead of starting a second inflate); intervals run in parallel.
+ * Compressed bytes come from `blob`, so a chunk cache in front of it coalesces and reads ahead.
+ */
+import { FormatError } from "../errors.ts";
+import type { Source } from "../source/source.ts";
+import { nativeBytes } from "../../ffi/zlib.ts";
+import { InflateCursor } from "./inflate_cursor.ts";
+import { Zinfo } from "./zinfo.ts";
+
+export interface GzipRandomAccessOptions {
+  /** Budget of the decompressed-piece cache (default 32 MiB). */
+  cacheBytes?: number;
+  /** Piece size (default 1 MiB). */
+  pieceBytes?: number;
+  /** Paused inflate cursors kept (default 8; each holds ~1 MiB of input at most). */
+  maxCursors?: number;
+}
+
+export interface GzipRandomAccessStats {
+  pieceHits: number;
+  pieceMisses: number;
+  cursorsOpened: number;
+  inflatedBytes: number;
+}
+
+export class GzipRandomAccess {
+  readonly stats: GzipRandomAccessStats = {
+    pieceHits: 0,
+    pieceMisses: 0,
+    cursorsOpened: 0,
+    inflatedBytes: 0,
+  };
+  readonly #pieceBytes: number;
+  readonly #cacheBytes: number;
+  readonly #maxCursors: number;
+  readonly #pieces = new Map<string, Uint8Array>();
+  #cachedBytes = 0;
+  #idle: InflateCursor[] = [];
+  readonly #locks = new Map<number, Promise<void>>();
+  #closed = false;
+
+  constructor(readonly blob: Source, readonly zinfo: Zinfo, options: GzipRandomAccessOptions = {}) {
+    this.#pieceBytes = options.pieceBytes ?? 1024 * 1024;
+    this.#cacheBytes = options.cacheBytes ?? 32 * 1024 * 1024;
+    this.#maxCursors = options.maxCursors ?? 8;
+  }
+
+  /** Opens and validates the zinfo against `blob` (FormatError when it does not fit). */
+  static async open(
+    blob: Source,
+    zinfoSource: Source,
+    options?: GzipRandomAccessOptions,
+    signal?: AbortSignal,
+  ): Promise<GzipRandomAccess> {
+    return new GzipRandomAccess(blob, await Zinfo.open(zinfoSource, blob.size, signal), options);
+  }
+
+  /**
+   * Exactly `length` uncompressed bytes at `offset`, or a rejection (corrupt data, a read past
+   * the end of the gzip data, a failed blob read) that affects this read only.
+   */
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0
+    ) {
+      throw new RangeError(`bad read ${offset}+${length}`);
+    }
+    const out = new Uint8Array(length);
+    const cps = this.zinfo.checkpoints;
+    let done = 0;
+    while (done < length) {
+      const at = offset + done;
+      const index = this.zinfo.checkpointFor(at);
+      const start = cps[index].uncompressedOffset;
+      const k = Math.floor((at - start) / this.#pieceBytes);
+      const piece = await this.#piece(index, k, signal);
+      const from = at - start - k * this.#pieceBytes;
+      if (from >= piece.length) {
+        throw new FormatError(
+          `read at uncompressed offset ${at} is past the end of the gzip data ` +
+            `(${start + k * this.#pieceBytes + piece.length} bytes)`,
+          "the tar index does not belong to this layer",
+        );
+      }
+      const n = Math.min(piece.length - from, length - done);
+      out.set(piece.subarray(from, from + n), done);
+      done += n;
+    }
+    return out;
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const cursor of this.#idle) cursor.close();
+    this.#idle = [];
+    this.#pieces.clear();
+    this.#cachedBytes = 0;
+  }
+
+  async #piece(index: number, k: number, signal?: AbortSignal): Promise<Uint8Array> {
+    const hit = this.#cached(index, k);
+    if (hit) {
+      this.stats.pieceHits++;
+      return hit;
+    }
+    this.stats.pieceMisses++;
+    // Serialize per interval: a waiting read usually finds its piece made by the one before.
+    const previous = this.#locks.get(index) ?? Promise.resolve();
+    const run = previous.then(() => this.#cached(index, k) ?? this.#produce(index, k, signal));
+    const guard = run.then(() => {}, () => {});
+    this.#locks.set(index, guard);
+    guard.then(() => {
+      if (this.#locks.get(index) === guard) this.#locks.delete(index);
+    });
+    return await run;
+  }
+
+  async #produce(index: number, k: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (this.#closed) throw new Error("gzip reader closed");
+    const cps = this.zinfo.checkpoints;
+    const start = cps[index].uncompressedOffset;
+    const end = index + 1 < cps.length ? cps[index + 1].uncompressedOffset : Infinity;
+    const wanted = start + k * this.#pieceBytes;
+    let cursor = this.#takeCursor(index, wanted);
+    if (!cursor) {
+      cursor = await InflateCursor.open(this.blob, this.zinfo, index, signal);
+      this.stats.cursorsOpened++;
+    }
+    try {
+      for (;;) {
+        const pieceStart = cursor.position;
+        const pieceIndex = Math.round((pieceStart - start) / this.#pieceBytes);
+        const length = Math.min(this.#pieceBytes, end - pieceStart);
+        const buffer = nativeBytes(length);
+        const before = cursor.produced;
+        const got = await cursor.fill(buffer, signal);
+        this.stats.inflatedBytes += cursor.produced - before;
+        if (got < length && end !== Infinity) {
+          throw new FormatError(
+            `gzip data ends at uncompressed offset ${pieceStart + got}, before zinfo checkpoint ` +
+              `${index + 1} at ${end}`,
+            "the zinfo does not belong to this layer",
+          );
+        }
+        const piece = got < length ? buffer.slice(0, got) : buffer;
+        this.#store(index, pieceIndex, piece);
+        if (pieceIndex >= k || got < length) {
+          if (cursor.position < end && !cursor.ended) this.#parkCursor(cursor);
+          else cursor.close();
+          cursor = undefined;
+          return piece;
+        }
+      }
+    } finally {
+      cursor?.close();
+    }
+  }
+
+  #takeCursor(index: number, wanted: number): InflateCursor | undefined {
+    let best = -1;
+    this.#idle.forEach((cursor, i) => {
+      if (cursor.checkpoint !== index || cursor.position > wanted) return;
+      if (best < 0 || cursor.position > this.#idle[best].position) best = i;
+    });
+    if (best < 0) return undefined;
+    return this.#idle.splice(best, 1)[0];
+  }
+
+  #parkCursor(cursor: InflateCursor): void {
+    if (this.#closed) return cursor.close();
+    this.#idle.push(cursor);
+    while (this.#idle.length > this.#maxCursors) this.#idle.shift()!.close();
+  }
+
+  #cached(index: number, k: number): Uint8Array | undefined {
+    const key = `${index}:${k}`;
+    const piece = this.#pieces.get(key);
+    if (piece) {
+      this.#pieces.delete(key);
+      this.#pieces.set(key, piece);
+    }
+    return piece;
+  }
+
+  #store(index: number, k: number, piece: Uint8Array): void {
+    if (this.#closed) return;
+    const key = `${index}:${k}`;
+    const old = this.#pieces.get(key);
+    if (old) this.#cachedBytes -= old.length;
+    this.#pieces.delete(key);
+    this.#pieces.set(key, piece);
+    this.#cachedBytes += piece.length;
+    for (const [oldKey, oldPiece] of this.#pieces) {
+      if (this.#cachedBytes <= this.#cacheBytes || oldKey === key) break;
+      this.#pieces.delete(oldKey);
+      this.#cachedBytes -= oldPiece.length;
+    }
+  }
+}
