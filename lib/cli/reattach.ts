@@ -8,12 +8,14 @@ import { printTable } from "./table.ts";
 export const reattachCommand: Command = {
   name: "reattach",
   summary: "bring back NBD devices whose server died, without unmounting",
-  help: `Usage: erofs-oci reattach (DEVICE | DIR | --all) [--json]
+  help: `Usage: erofs-oci reattach (DEVICE | DIR | --all) [--json] [--accept-changed-image]
 
 After the server of a mount died (killed, OOM, upgrade), readers of the mount block instead
 of failing. reattach reads each device's recovery file (/sys/block/nbdN/backend), checks
-that the recorded image still has the same data (same digest and size), starts a new
-server and hands the kernel fresh connections; blocked reads then complete.
+that the recorded image still has the same data (same digest and size, and a registry
+image has the UUID, block and inode counts of the EROFS mounted from the device, read
+with statfs so a dead device is never touched), starts a new server and hands the
+kernel fresh connections; blocked reads then complete.
 Devices whose server is alive are left alone. Devices attached by erofs-utils
 (mount.erofs -t erofs.nbd) can be reattached too.
 
@@ -23,6 +25,9 @@ Devices whose server is alive are left alone. Devices attached by erofs-utils
 
 Options:
   --json   print the outcome per device as JSON
+  --accept-changed-image
+           serve what the record names now even if it is not the mounted image (a
+           moved tag of a mount.erofs oci.layer= record); files may then read wrong
   -h, --help
 
 Credentials: passwords given to \`mount\` with --password/--password-stdin are stored in
@@ -33,6 +38,7 @@ Exit code 1 when any selected device could not be reattached.`,
     const { values, positionals } = parseCommandArgs("reattach", argv, {
       all: { type: "boolean" },
       json: { type: "boolean" },
+      "accept-changed-image": { type: "boolean" },
     });
     if (positionals.length > 1) {
       throw new UsageError(`reattach: unexpected argument '${positionals[1]}'`);
@@ -47,7 +53,9 @@ Exit code 1 when any selected device could not be reattached.`,
       );
     }
     checkRoot();
-    const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false));
+    const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false), {
+      acceptChangedImage: values["accept-changed-image"],
+    });
     if (values.json) {
       console.log(JSON.stringify(outcomes, null, 2));
     } else if (outcomes.length === 0) {

@@ -10,6 +10,8 @@ import { selectLayers } from "../oci/layers.ts";
 import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
+import { EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { identityDifferences, identityOfImage, mountedIdentity } from "./erofs_identity.ts";
 
 const VERIFY_DEADLINE_MS = 10_000;
 
@@ -101,15 +103,27 @@ export function recordForLayer(
   };
 }
 
+/** How layerForRecord compares the new source with what the device served. */
+export interface DeviceCheck {
+  /** N of /dev/nbdN: its mounted EROFS (if any) is what the new source must equal. */
+  deviceIndex: number;
+  /** Serve the record's image even when it differs from the mounted one (explicit override). */
+  acceptChangedImage?: boolean;
+}
+
 /**
  * Rebuilds the LayerSpec of a recorded device and checks it still matches: the local file
  * exists with the device's size, or the registry still has the blob with that size (a digest
- * names its content, so the same digest is the same bytes).
+ * names its content, so the same digest is the same bytes). A registry layer must also have the
+ * superblock identity of the EROFS mounted from the device (see erofs_identity.ts): erofs-utils'
+ * OCI_LAYER records name a tag and a layer index, and its devices are 2^63 bytes whatever the
+ * image, so without this a moved tag would slip a different image under a mounted file system.
  */
 export async function layerForRecord(
   record: RecoveryRecord,
   extra: RecoveryExtra,
   deviceSizeBytes: number,
+  check?: DeviceCheck,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
   const sizeMatches = (size: number) => sizeFitsDevice(size, deviceSizeBytes);
   if (record.kind === "LOCAL") {
@@ -169,6 +183,9 @@ export async function layerForRecord(
       `blob ${digest} has ${size} bytes but the device has ${deviceSizeBytes}: not the mounted data`,
     );
   }
+  if (check && !check.acceptChangedImage) {
+    await checkSameImage(client, ref.repository, digest, record, check.deviceIndex);
+  }
   return registryLayer(record, {
     layerIndex,
     digest,
@@ -176,4 +193,37 @@ export async function layerForRecord(
     sizeBytes: size,
     plainHttp: client.plainHttp,
   });
+}
+
+/**
+ * Refuses a blob whose superblock differs from the EROFS mounted from nbdN. A record that names
+ * a tag (OCI_LAYER) is refused as well when no mount shows what the device served; a digest
+ * record is then still pinned by its digest.
+ */
+async function checkSameImage(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  record: RegistryRecord,
+  deviceIndex: number,
+): Promise<void> {
+  const override = "pass --accept-changed-image to serve it anyway, or unmount and mount again";
+  const mounted = mountedIdentity(`/dev/nbd${deviceIndex}`);
+  if (!mounted) {
+    if (record.kind !== "OCI_LAYER") return;
+    throw new OciError(
+      `${record.reference} is recorded by tag and nbd${deviceIndex} has no EROFS mount here ` +
+        `to compare the image with: ${override}`,
+    );
+  }
+  const head = await client.readBlobRange(repository, digest, 0, EROFS_SUPER_END);
+  const differences = identityDifferences(
+    mounted.identity,
+    identityOfImage(head, `blob ${digest.slice(0, 19)}…`),
+  );
+  if (differences.length === 0) return;
+  throw new OciError(
+    `${record.reference} now resolves to a different image than the one mounted at ` +
+      `${mounted.mountPoint} (${differences.join(", ")}): ${override}`,
+  );
 }

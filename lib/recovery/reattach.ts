@@ -140,8 +140,16 @@ function adoptedState(
   };
 }
 
+export interface ReattachOptions {
+  /** Serve a recorded image even when it is not the one mounted from the device. */
+  acceptChangedImage?: boolean;
+}
+
 /** Reattaches what `target` selects; one outcome per device. */
-export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[]> {
+export async function reattach(
+  target: ReattachTarget,
+  options: ReattachOptions = {},
+): Promise<ReattachOutcome[]> {
   const states = readStates();
   const outcomes: ReattachOutcome[] = [];
   const groups = new Map<string, PlannedDevice[]>();
@@ -161,7 +169,10 @@ export async function reattach(target: ReattachTarget): Promise<ReattachOutcome[
       let verified = true;
       let rebuilt: { layer: LayerSpec; credentials?: Credentials };
       try {
-        rebuilt = await layerForRecord(record, extra, info.sizeBytes);
+        rebuilt = await layerForRecord(record, extra, info.sizeBytes, {
+          deviceIndex: info.index,
+          acceptChangedImage: options.acceptChangedImage,
+        });
       } catch (error) {
         // Registry down: the server waits for it (readers keep waiting in the kernel).
         const unverified = registryUnreachable(error)

@@ -1,0 +1,90 @@
+/**
+ * What a mounted EROFS file system is, told without reading its device: reattach runs exactly
+ * when the device's server is dead, and any read of a dead NBD device blocks (the connection
+ * timeout is days). statfs(2) on the mount point is answered by erofs_statfs from the in-memory
+ * superblock (block size, total_blocks, inode count, and f_fsid folded from the UUID when the
+ * image has one), so it cannot wait on the device. The same values are computed from the
+ * superblock of the blob a record now resolves to; a moved tag shows up as a difference.
+ */
+import {
+  checkErofsSuperblock,
+  EROFS_SUPER_MAGIC,
+  EROFS_SUPER_OFFSET,
+} from "../erofs/superblock.ts";
+import { statFs } from "../../ffi/libc.ts";
+import { readMountInfo } from "../mount/mountinfo.ts";
+
+/** The superblock facts statfs exposes. */
+export interface ErofsIdentity {
+  blockSizeBytes: number;
+  blocks: bigint;
+  inodes: bigint;
+  /**
+   * The UUID folded to 64 bits (linux/statfs.h uuid_to_fsid); undefined when the kernel reports
+   * the device number instead (an image without UUID, or a kernel whose statfs does not use it).
+   */
+  fsid?: bigint;
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+
+/** The identity the kernel will report for an image with this superblock (`head` ≥ 1152 bytes). */
+export function identityOfImage(head: Uint8Array, what: string): ErofsIdentity {
+  const sb = checkErofsSuperblock(head, what);
+  const view = new DataView(head.buffer, head.byteOffset + EROFS_SUPER_OFFSET);
+  // 48bit images keep the high 16 bits of the block count at offset 14 (erofs_fs.h blocks_hi).
+  const blocksHigh = (sb.featureIncompat & 0x80) ? BigInt(view.getUint16(14, true)) : 0n;
+  // uuid_to_fsid: le64(uuid[0..8]) ^ le64(uuid[8..16]).
+  const fsid = view.getBigUint64(48, true) ^ view.getBigUint64(56, true);
+  return {
+    blockSizeBytes: sb.blockSizeBytes,
+    blocks: (blocksHigh << 32n) | BigInt(sb.blocks),
+    inodes: sb.inodes,
+    fsid,
+  };
+}
+
+/**
+ * Where the EROFS on block device `source` (`/dev/nbd3`) is mounted and what statfs says of it;
+ * undefined when it is mounted nowhere in this namespace.
+ */
+export function mountedIdentity(
+  source: string,
+): { mountPoint: string; identity: ErofsIdentity } | undefined {
+  const mounts = readMountInfo();
+  for (const entry of mounts) {
+    if (entry.source !== source || entry.fsType !== "erofs") continue;
+    // statfs goes by path: only the topmost mount there is the one asked about.
+    if (mounts.findLast((m) => m.mountPoint === entry.mountPoint) !== entry) continue;
+    const stats = statFs(entry.mountPoint);
+    if (stats.type !== EROFS_SUPER_MAGIC) continue;
+    // huge_encode_dev (linux/kdev_t.h), what erofs_statfs reports when it does not use the UUID.
+    const deviceFsid = BigInt(
+      (entry.minor & 0xff) | (entry.major << 8) | ((entry.minor & ~0xff) << 12),
+    );
+    return {
+      mountPoint: entry.mountPoint,
+      identity: {
+        blockSizeBytes: stats.blockSizeBytes,
+        blocks: stats.blocks,
+        // erofs_statfs reports f_ffree = ULLONG_MAX - inos.
+        inodes: U64_MAX - stats.freeFiles,
+        fsid: stats.fsid === deviceFsid ? undefined : stats.fsid,
+      },
+    };
+  }
+  return undefined;
+}
+
+/** The fields in which two identities differ, e.g. `["UUID", "blocks 342 → 290"]`. */
+export function identityDifferences(mounted: ErofsIdentity, image: ErofsIdentity): string[] {
+  const out: string[] = [];
+  // Without the mounted UUID, the other fields are all that can be compared.
+  if (mounted.fsid !== undefined && mounted.fsid !== image.fsid) out.push("UUID");
+  if (mounted.blockSizeBytes !== image.blockSizeBytes) {
+    out.push(`block size ${mounted.blockSizeBytes} → ${image.blockSizeBytes}`);
+  }
+  if (mounted.blocks !== image.blocks) out.push(`blocks ${mounted.blocks} → ${image.blocks}`);
+  if (mounted.inodes !== image.inodes) out.push(`inodes ${mounted.inodes} → ${image.inodes}`);
+  return out;
+}

@@ -1,0 +1,153 @@
+/**
+ * Issue 9 item 6, in the VM: a device mounted by erofs-utils' `mount.erofs -o oci.layer=0`
+ * records a tag and a layer index (OCI_LAYER), and its devices are 2^63 bytes whatever the
+ * image. When the tag has moved to another image while the server was dead, `erofs-oci
+ * reattach` must refuse (the mounted file system would otherwise read another image's blocks),
+ * leave the device as it was, and proceed only with --accept-changed-image.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
+import { startRegistry } from "../_support/registry.ts";
+import { assertSuccess, describe, runCli } from "../_support/cli.ts";
+import { mountSandbox, mountsBelow, pidAlive } from "../_support/mounts.ts";
+import { pushImage } from "../_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE } from "../_support/oci_fixtures.ts";
+import { NOT_IN_VM } from "../_support/vm.ts";
+
+const PEER = `${PEER_BIN}/mount.erofs`;
+const RECOVERY_DIR = "/var/run/erofsmount/nbd";
+
+function sysfs(index: number, name: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(`/sys/block/nbd${index}/${name}`).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** nbd index of the block device mounted at `dir`. */
+function nbdIndexAt(dir: string): number {
+  for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
+    const fields = line.split(" ");
+    if (fields[4] !== dir) continue;
+    const m = /^\/dev\/nbd(\d+)$/.exec(fields[fields.indexOf("-") + 2]);
+    assert.ok(m, `${dir} is not mounted from an NBD device`);
+    return Number(m[1]);
+  }
+  throw new Error(`${dir} is not mounted`);
+}
+
+/** The process serving nbdN (its pid file holds a thread id). */
+function serverProcess(index: number): number {
+  const tid = sysfs(index, "pid");
+  assert.ok(tid, `nbd${index} has no server task`);
+  return Number(/^Tgid:\s+(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${tid}/status`))![1]);
+}
+
+/** mount.erofs with its output in a file: its daemon keeps inherited descriptors open. */
+async function runPeer(args: string[], logPath: string): Promise<{ code: number; log: string }> {
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', PEER, ...args],
+    env: { LOG: logPath },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+  const status = await child.status.finally(() => clearTimeout(timer));
+  let log = "";
+  try {
+    log = Deno.readTextFileSync(logPath);
+  } catch { /* nothing written */ }
+  return { code: status.code, log };
+}
+
+async function killAndWait(pid: number): Promise<void> {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
+  const deadline = Date.now() + 10_000;
+  while (pidAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!pidAlive(pid), `pid ${pid} survived SIGKILL`);
+}
+
+Deno.test({
+  name: "vm reattach moved tag: an OCI_LAYER device is not reattached to a moved tag " +
+    "unless --accept-changed-image",
+  ignore: NOT_IN_VM,
+  async fn() {
+    Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    const peerLog = `${base}/peer.log`;
+    const dir = `${base}/peer-mnt`;
+    const registry = await startRegistry({ auth: "none", startTimeoutMs: 60_000 });
+    let index: number | undefined;
+    let recoveryFile: string | undefined;
+    let peerServer: number | undefined;
+    try {
+      const ref = `${registry.host}/moved/app:v1`;
+      const first = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+      await pushImage(registry, "moved/app", "v1", [{ bytes: first, mediaType: EROFS_MEDIA_TYPE }]);
+      Deno.mkdirSync(dir, { recursive: true });
+      const peer = await runPeer(
+        ["-t", "erofs.nbd", "-o", "oci.layer=0,oci.insecure", ref, dir],
+        peerLog,
+      );
+      assert.equal(peer.code, 0, `mount.erofs:\n${peer.log}`);
+      index = nbdIndexAt(dir);
+      recoveryFile = sysfs(index, "backend");
+      assert.ok(recoveryFile, "the peer wrote a recovery file (netlink)");
+      assert.match(Deno.readTextFileSync(recoveryFile), /^OCI_LAYER /);
+      assert.equal(Deno.readTextFileSync(`${dir}/dir/a.txt`).length > 0, true);
+      peerServer = serverProcess(index);
+      await killAndWait(peerServer);
+
+      // The tag moves while nothing serves the device.
+      const second = Deno.readFileSync(`${FIXTURES}/basic-lz4.erofs`);
+      await pushImage(registry, "moved/app", "v1", [{
+        bytes: second,
+        mediaType: EROFS_MEDIA_TYPE,
+      }]);
+
+      const refused = await runCli(["reattach", `/dev/nbd${index}`], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      console.log(`refused reattach: ${refused.stdout.trim()} | ${refused.stderr.trim()}`);
+      assert.equal(refused.code, 1, describe(refused));
+      assert.match(refused.stderr, /different image than the one mounted at/, describe(refused));
+      assert.match(refused.stderr, /--accept-changed-image/, describe(refused));
+      assert.match(refused.stdout, new RegExp(`nbd${index}\\s+failed`), describe(refused));
+      // Untouched: still connected to the same recovery file, no server, still mounted.
+      assert.equal(sysfs(index, "backend"), recoveryFile);
+      assert.equal(sysfs(index, "pid"), undefined, "no server was started");
+      assert.deepEqual(mountsBelow(dir), [dir]);
+
+      const forced = await runCli(["reattach", `/dev/nbd${index}`, "--accept-changed-image"], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      assertSuccess(forced);
+      assert.match(forced.stdout, new RegExp(`nbd${index}\\s+reattached`), describe(forced));
+      assert.ok(sysfs(index, "pid"), "a server serves the device again");
+      assertSuccess(await runCli(["umount", dir], { env: sandbox.env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(dir), []);
+      assert.equal(sysfs(index, "pid"), undefined, `nbd${index} disconnected`);
+    } finally {
+      if (mountsBelow(dir).length) {
+        await new Deno.Command("umount", { args: ["-l", dir] }).output();
+      }
+      await sandbox.cleanup();
+      if (index !== undefined && (sysfs(index, "pid") || sysfs(index, "backend"))) {
+        await runPeer(["--disconnect", `/dev/nbd${index}`], peerLog);
+      }
+      for (const p of recoveryFile ? [recoveryFile, `${recoveryFile}.erofs-oci.json`] : []) {
+        try {
+          Deno.removeSync(p);
+        } catch { /* gone (umount removes it) */ }
+      }
+      await registry.stop();
+    }
+  },
+});
