@@ -1,0 +1,196 @@
+/**
+ * Opens a layer tar that may be compressed: sniffs gzip or zstd magic and returns the
+ * uncompressed stream, with optional caps against decompression bombs.
+ *
+ * gzip goes through node:zlib's gunzip rather than the web DecompressionStream: Deno's
+ * DecompressionStream("gzip") fails on a second gzip member ("failed to write whole buffer"),
+ * and multi-member gzip is legal (pigz, concatenated layers); gunzip reads every member.
+ */
+import { Duplex } from "node:stream";
+import { createGunzip } from "node:zlib";
+import { FormatError } from "../errors.ts";
+import { DEFAULT_MAX_ZSTD_WINDOW_BYTES, zstdDecompressStream } from "./zstd.ts";
+
+export type Compression = "none" | "gzip" | "zstd";
+
+export interface DecompressOptions {
+  /** Fail once the uncompressed stream passes this many bytes. Default: no cap. */
+  maxOutputBytes?: number;
+  /**
+   * Fail once output exceeds `maxRatio` × compressed input, checked after the first
+   * `ratioGraceBytes` of output (default 64 MiB) so small, very compressible layers pass.
+   * Default: no cap. gzip cannot exceed ~1032:1; zstd can reach far higher on runs of zeros.
+   */
+  maxRatio?: number;
+  ratioGraceBytes?: number;
+  /** Largest zstd window accepted (default 128 MiB, the zstd CLI's own default limit). */
+  maxZstdWindowBytes?: number;
+}
+
+const GZIP_MAGIC = [0x1f, 0x8b]; // RFC 1952 §2.3.1
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd]; // RFC 8878 §3.1.1
+const XZ_MAGIC = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+const BZIP2_MAGIC = [0x42, 0x5a, 0x68];
+const SNIFF_BYTES = 6;
+
+const startsWith = (head: Uint8Array, magic: number[]) =>
+  head.length >= magic.length && magic.every((b, i) => head[i] === b);
+
+/** Compression of a stream from its first bytes; bzip2 and xz are recognised and refused. */
+export function sniffCompression(head: Uint8Array): Compression {
+  if (startsWith(head, GZIP_MAGIC)) return "gzip";
+  if (startsWith(head, ZSTD_MAGIC)) return "zstd";
+  if (startsWith(head, XZ_MAGIC) || startsWith(head, BZIP2_MAGIC)) {
+    throw new FormatError(
+      "xz/bzip2 compressed tar is not supported",
+      "OCI layers are tar, tar+gzip or tar+zstd; decompress it first",
+    );
+  }
+  return "none";
+}
+
+/**
+ * Returns the uncompressed tar bytes of `input` (a tar, tar.gz or tar.zst stream).
+ *
+ * @example
+ * const { stream } = await decompressTar(file.readable, { maxOutputBytes: 8 << 30 });
+ * for await (const entry of readTar(stream)) …
+ */
+export async function decompressTar(
+  input: ReadableStream<Uint8Array>,
+  options: DecompressOptions = {},
+): Promise<{ stream: ReadableStream<Uint8Array>; compression: Compression }> {
+  const { head, rest } = await peek(input, SNIFF_BYTES);
+  const compression = sniffCompression(head);
+  let inputBytes = 0;
+  const counted = rest.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        inputBytes += chunk.length;
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+  let stream: ReadableStream<Uint8Array>;
+  if (compression === "gzip") stream = gunzip(counted);
+  else if (compression === "zstd") {
+    stream = zstdDecompressStream(
+      counted,
+      options.maxZstdWindowBytes ?? DEFAULT_MAX_ZSTD_WINDOW_BYTES,
+    );
+  } else stream = counted;
+  if (options.maxOutputBytes === undefined && options.maxRatio === undefined) {
+    return { stream, compression };
+  }
+  const maxOutput = options.maxOutputBytes ?? Infinity;
+  const maxRatio = options.maxRatio ?? Infinity;
+  const grace = options.ratioGraceBytes ?? 64 << 20;
+  let outputBytes = 0;
+  const capped = stream.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>(
+      {
+        transform(chunk, controller) {
+          outputBytes += chunk.length;
+          if (outputBytes > maxOutput) {
+            throw new FormatError(
+              `uncompressed tar exceeds ${maxOutput} bytes`,
+              "the layer is larger than allowed (or a decompression bomb)",
+            );
+          }
+          if (outputBytes > grace && outputBytes > maxRatio * inputBytes) {
+            throw new FormatError(
+              `tar expands more than ${maxRatio}:1 (${outputBytes} bytes from ${inputBytes})`,
+              "a decompression bomb, or raise the ratio limit if the input is trusted",
+            );
+          }
+          controller.enqueue(chunk);
+        },
+      },
+      { highWaterMark: 0 },
+      { highWaterMark: 0 },
+    ),
+  );
+  return { stream: capped, compression };
+}
+
+/**
+ * Opens a tar file by path, or standard input for "-", and decompresses it as needed. The
+ * returned stream closes the file when it ends or is cancelled.
+ */
+export async function openTar(
+  path: string,
+  options: DecompressOptions = {},
+): Promise<{ stream: ReadableStream<Uint8Array>; compression: Compression }> {
+  const source = path === "-" ? Deno.stdin.readable : (await Deno.open(path)).readable;
+  return await decompressTar(source, options);
+}
+
+function gunzip(input: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const { readable, writable } = Duplex.toWeb(createGunzip());
+  // Errors of the compressed side surface on the output; the pipe's own rejection is noise.
+  input.pipeTo(writable as WritableStream<Uint8Array>).catch(() => {});
+  return asFormatErrors(readable as ReadableStream<Uint8Array>, "gzip");
+}
+
+/** Passes `source` through, turning its failures (zlib's "incorrect header check", …) into one-line FormatErrors. */
+function asFormatErrors(
+  source: ReadableStream<Uint8Array>,
+  what: string,
+): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (e) {
+        if (e instanceof FormatError) throw e;
+        const message = e instanceof Error ? e.message : String(e);
+        throw new FormatError(`${what}: corrupt or truncated data (${message})`, undefined, {
+          cause: e,
+        });
+      }
+      if (result.done) controller.close();
+      else controller.enqueue(result.value);
+    },
+    async cancel(reason) {
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** Reads at least `n` bytes (fewer only at EOF) and returns them with a stream of everything. */
+async function peek(
+  input: ReadableStream<Uint8Array>,
+  n: number,
+): Promise<{ head: Uint8Array; rest: ReadableStream<Uint8Array> }> {
+  const reader = input.getReader();
+  const chunks: Uint8Array[] = [];
+  let have = 0;
+  while (have < n) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    have += value.length;
+  }
+  const head = new Uint8Array(have);
+  let at = 0;
+  for (const c of chunks) {
+    head.set(c, at);
+    at += c.length;
+  }
+  const rest = new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (head.length > 0) controller.enqueue(head);
+    },
+    async pull(controller) {
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    async cancel(reason) {
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  return { head, rest };
+}
