@@ -1,0 +1,223 @@
+/**
+ * Hostile EROFS images against the metadata walk (issue 9 item 3): images patched from real
+ * mkfs.erofs output by tests/_support/hostile_erofs.ts. The walk runs in the mount server next
+ * to the kernel's FUSE/NBD traffic, so whatever an image claims it must stay inside its budget
+ * and fail only with a FormatError.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
+import { FormatError } from "../lib/errors.ts";
+import { FIXTURES, path as requirePath, PEER_BIN, requires } from "./_support/requires.ts";
+import {
+  corrupt,
+  type Corruption,
+  hugeDirectoriesImage,
+  interestingOffsets,
+} from "./_support/hostile_erofs.ts";
+
+/** The fixtures are walked as if zero-padded to this size, like the issue's sparse file. */
+const SPARSE_SIZE_BYTES = 256 << 20;
+const FIXTURE_IMAGES = ["basic", "layer1", "layer2", "basic-lz4", "layer.meta"];
+
+interface CountedRead {
+  read: (offset: number, length: number) => Promise<Uint8Array>;
+  bytesReturned: () => number;
+  outside: () => number;
+}
+
+/**
+ * Reads of `image` followed by zeros up to `sizeBytes` (a sparse file: hostile sizes and block
+ * addresses then point inside the image, as in the issue), counting the bytes returned.
+ */
+function countedRead(image: Uint8Array, sizeBytes = image.length): CountedRead {
+  let returned = 0;
+  let outside = 0;
+  return {
+    read(offset, length) {
+      if (offset < 0 || length < 0 || offset + length > sizeBytes) {
+        outside++;
+        return Promise.reject(new RangeError(`read of ${length} at ${offset}`));
+      }
+      returned += length;
+      const out = new Uint8Array(length);
+      if (offset < image.length) out.set(image.subarray(offset, offset + length));
+      return Promise.resolve(out);
+    },
+    bytesReturned: () => returned,
+    outside: () => outside,
+  };
+}
+
+function vmHwmBytes(): number {
+  const match = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
+  return Number(match![1]) * 1024;
+}
+
+Deno.test({
+  name: "hostile image: 2,000 directories claiming 256 MiB each cost the walk nothing",
+  ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "peer mkfs.erofs")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-hostile-" });
+    try {
+      const hostile = await hugeDirectoriesImage(work, 2000, 256 << 20);
+      assert.equal(hostile.fileBytes, 256 << 20);
+      assert.ok(hostile.allocatedBytes < 1 << 20, "a sparse file of ~160 KB");
+      const file = await Deno.open(hostile.path);
+      const hwmBefore = vmHwmBytes();
+      let returned = 0;
+      const read = async (offset: number, length: number) => {
+        const out = new Uint8Array(length);
+        await file.seek(offset, Deno.SeekMode.Start);
+        for (let got = 0; got < length;) got += (await file.read(out.subarray(got)))!;
+        returned += length;
+        return out;
+      };
+      try {
+        const startedMs = performance.now();
+        const walk = await walkErofsMetadata(read, hostile.fileBytes, { fileInodes: false });
+        const tookMs = performance.now() - startedMs;
+        assert.equal(walk.directories, 2001, "the root and its 2,000 children were parsed");
+        assert.ok(walk.skipped >= 2000, `each oversized directory skipped (${walk.skipped})`);
+        assert.ok(returned <= 1 << 20, `read ${returned} bytes: only the real metadata`);
+        assert.ok(walk.pagesBytes <= 1 << 20, `holds ${walk.pagesBytes} bytes`);
+        assert.ok(tookMs < 5000, `took ${Math.round(tookMs)} ms`);
+        const grew = vmHwmBytes() - hwmBefore;
+        assert.ok(grew < 128 << 20, `peak memory grew by ${grew >> 20} MiB`);
+      } finally {
+        file.close();
+      }
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "hostile image: a budget below one directory's size pins at most that budget",
+  ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "peer mkfs.erofs")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-hostile-" });
+    try {
+      // 200 directories of 2 MiB each, all over the same sparse region: each one fits a 4 MiB
+      // budget alone, and the walk must neither hold nor read more than its limits.
+      const hostile = await hugeDirectoriesImage(work, 200, 2 << 20);
+      const image = Deno.readFileSync(hostile.path);
+      const counted = countedRead(image);
+      const maxBytes = 1 << 20;
+      const walk = await walkErofsMetadata(counted.read, image.length, {
+        maxBytes,
+        maxFetchBytes: 2 * maxBytes,
+      });
+      assert.ok(walk.pagesBytes <= maxBytes, `${walk.pagesBytes} held`);
+      assert.ok(walk.pages.size <= maxBytes / walk.pageBytes);
+      assert.ok(counted.bytesReturned() <= 2 * maxBytes, `${counted.bytesReturned()} read`);
+      assert.equal(counted.outside(), 0);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+const corruptionArb = (offsets: number[]): fc.Arbitrary<Corruption> =>
+  fc.oneof(
+    fc.record({
+      kind: fc.constant("byte" as const),
+      offset: fc.oneof(fc.constantFrom(...offsets), fc.nat()),
+      value: fc.integer({ min: 0, max: 255 }),
+    }),
+    fc.record({
+      kind: fc.constant("u16" as const),
+      offset: fc.constantFrom(...offsets),
+      value: fc.oneof(
+        fc.constantFrom(0, 1, 12, 0xffff, 0x8000),
+        fc.integer({ min: 0, max: 0xffff }),
+      ),
+    }),
+    fc.record({
+      kind: fc.constant("u32" as const),
+      offset: fc.constantFrom(...offsets),
+      value: fc.oneof(
+        fc.constantFrom(0, 1, 0xffffffff, 0x10000000, 0x7fffffff),
+        fc.integer({ min: 0, max: 0xffffffff }),
+      ),
+    }),
+    fc.record({
+      kind: fc.constant("u64" as const),
+      offset: fc.constantFrom(...offsets),
+      value: fc.bigUint((1n << 64n) - 1n),
+    }),
+  );
+
+for (const name of FIXTURE_IMAGES) {
+  Deno.test({
+    name: `property: random corruptions of ${name}.erofs stay in budget, fail only as FormatError`,
+    ignore: requires(requirePath(`${FIXTURES}/${name}.erofs`, "shared fixtures")),
+    async fn() {
+      const image = Deno.readFileSync(`${FIXTURES}/${name}.erofs`);
+      const offsets = interestingOffsets(image);
+      const budget = {
+        maxBytes: 64 << 10,
+        maxFetchBytes: 256 << 10,
+        maxEntries: 500,
+        maxDirentsScanned: 5000,
+      };
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(corruptionArb(offsets), { minLength: 1, maxLength: 8 }),
+          fc.boolean(),
+          async (corruptions, fileInodes) => {
+            const bytes = corrupt(image, corruptions);
+            const counted = countedRead(bytes, SPARSE_SIZE_BYTES);
+            let walk;
+            try {
+              walk = await walkErofsMetadata(counted.read, SPARSE_SIZE_BYTES, {
+                ...budget,
+                fileInodes,
+                collectPaths: true,
+              });
+            } catch (error) {
+              assert.ok(error instanceof FormatError, `threw ${error}`);
+              return;
+            }
+            assert.ok(walk.pagesBytes <= budget.maxBytes, `holds ${walk.pagesBytes}`);
+            assert.ok(walk.pages.size * walk.pageBytes <= budget.maxBytes);
+            assert.ok(counted.bytesReturned() <= budget.maxFetchBytes);
+            assert.ok(walk.entries <= budget.maxEntries + 1);
+            assert.ok(walk.direntsScanned <= budget.maxDirentsScanned + 1);
+            assert.ok(walk.paths!.length <= budget.maxEntries + 2);
+            assert.equal(counted.outside(), 0, "no read outside the image");
+          },
+        ),
+        { numRuns: 300 },
+      );
+    },
+  });
+}
+
+Deno.test({
+  name: "property: a corrupted superblock is a FormatError, never anything else",
+  ignore: requires(requirePath(`${FIXTURES}/basic.erofs`, "shared fixtures")),
+  async fn() {
+    const image = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1024, max: 1024 + 127 }),
+        fc.integer({ min: 0, max: 255 }),
+        async (offset, value) => {
+          const bytes = corrupt(image, [{ kind: "byte", offset, value }]);
+          const counted = countedRead(bytes);
+          try {
+            const walk = await walkErofsMetadata(counted.read, bytes.length, {
+              maxBytes: 64 << 10,
+            });
+            assert.ok(walk.pagesBytes <= 64 << 10);
+          } catch (error) {
+            assert.ok(error instanceof FormatError, `threw ${error}`);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  },
+});
