@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
-import { printTable } from "./table.ts";
+import { printable, printableJson, printTable } from "./table.ts";
 import { isErofsMediaType } from "../oci/media_types.ts";
 
 export const inspectCommand: Command = {
@@ -58,15 +58,16 @@ Examples:
             erofs: isErofsMediaType(l.mediaType),
           })),
         };
-        console.log(JSON.stringify(doc, null, 2));
+        console.log(printableJson(doc));
         return 0;
       }
-      const lines = [`Image:      ${opened.name}`];
+      // Platforms come from the registry's documents: escaped like the table cells.
+      const lines = [`Image:      ${printable(opened.name)}`];
       if (resolved.indexDigest) lines.push(`Index:      ${resolved.indexDigest}`);
       lines.push(`Manifest:   ${resolved.manifestDigest}`);
-      lines.push(`Platform:   ${resolved.platform}`);
+      lines.push(`Platform:   ${printable(resolved.platform)}`);
       if (resolved.platforms.length > 1) {
-        lines.push(`Platforms:  ${resolved.platforms.join(", ")}`);
+        lines.push(`Platforms:  ${printable(resolved.platforms.join(", "))}`);
       }
       lines.push(`Layers:     ${resolved.layers.length}`, "");
       console.log(lines.join("\n"));

@@ -1,4 +1,5 @@
 /** Diagnostics on stderr; stdout stays for data so `--json` output can be piped. */
+import { printable } from "./table.ts";
 let debugEnabled = false;
 
 export function setDebug(on: boolean): void {
@@ -14,7 +15,7 @@ export function debug(...parts: unknown[]): void {
 }
 
 export function warn(message: string): void {
-  console.error(`erofs-oci: warning: ${message}`);
+  console.error(`erofs-oci: warning: ${printable(message)}`);
 }
 
 export function info(message: string): void {

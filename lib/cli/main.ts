@@ -2,6 +2,7 @@ import { UsageError, UserError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { setDebug } from "./log.ts";
+import { printable } from "./table.ts";
 
 const EXIT_CODES = `Exit codes:
   0  success
@@ -60,14 +61,15 @@ export async function runCli(args: string[]): Promise<number> {
 /** Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. */
 export function reportError(error: unknown, debug: boolean): number {
   if (error instanceof UserError) {
-    console.error(`erofs-oci: ${error.message}`);
-    if (error.hint) console.error(`  hint: ${error.hint}`);
+    // Messages quote registry and image data: no raw control characters reach the terminal.
+    console.error(`erofs-oci: ${printable(error.message)}`);
+    if (error.hint) console.error(`  hint: ${printable(error.hint)}`);
     if (debug) console.error(error.stack);
     return error.exitCode;
   }
   if (error instanceof Deno.errors.BrokenPipe) return 1;
   const message = error instanceof Error ? error.message : String(error);
-  console.error(`erofs-oci: internal error: ${message}`);
+  console.error(`erofs-oci: internal error: ${printable(message)}`);
   if (debug) console.error(error instanceof Error ? error.stack : error);
   else console.error("  hint: run again with --debug for details and report it");
   return 1;

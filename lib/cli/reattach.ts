@@ -3,7 +3,7 @@ import { parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { reattach, reattachTarget } from "../recovery/reattach.ts";
-import { printTable } from "./table.ts";
+import { printable, printableJson, printTable } from "./table.ts";
 
 export const reattachCommand: Command = {
   name: "reattach",
@@ -57,7 +57,7 @@ Exit code 1 when any selected device could not be reattached.`,
       acceptChangedImage: values["accept-changed-image"],
     });
     if (values.json) {
-      console.log(JSON.stringify(outcomes, null, 2));
+      console.log(printableJson(outcomes));
     } else if (outcomes.length === 0) {
       console.log("no connected NBD devices to reattach");
     } else {
@@ -67,7 +67,7 @@ Exit code 1 when any selected device could not be reattached.`,
       );
     }
     const failed = outcomes.filter((o) => o.result === "failed");
-    for (const f of failed) console.error(`erofs-oci: ${f.device}: ${f.detail}`);
+    for (const f of failed) console.error(`erofs-oci: ${f.device}: ${printable(f.detail)}`);
     return failed.length ? 1 : 0;
   },
 };
