@@ -4,6 +4,7 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { serve } from "./_support/serve_process.ts";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { encodeRequest, RawNbdClient } from "./_support/nbd_client.ts";
 import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
@@ -13,90 +14,6 @@ import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 
 const BASIC = `${FIXTURES}/basic.erofs`;
 const ignoreNbd = requires(command("nbdinfo"), command("nbdcopy"));
-
-interface Serving {
-  uri: string;
-  socket: string;
-  dir: string;
-  child: Deno.ChildProcess;
-  stderr(): string;
-  /** SIGTERM, then the exit code (the server must exit by itself). */
-  stop(): Promise<number>;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-/** Starts `erofs-oci serve IMAGE --listen unix:TMP/nbd.sock ARGS` and waits for its URI line. */
-async function serve(image: string, args: string[] = []): Promise<Serving> {
-  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-" });
-  const socket = `${dir}/nbd.sock`;
-  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["serve", image, "--listen", `unix:${socket}`, ...args],
-    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let errText = "";
-  const errDone = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (errText += t) }),
-  ).catch(() => {});
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
-  const kill = () => {
-    if (!exited) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }
-  };
-  let out = "";
-  const deadline = setTimeout(kill, 20_000);
-  try {
-    while (!out.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`serve exited before listening:\n${errText}`);
-      out += value;
-    }
-  } catch (error) {
-    kill();
-    await status;
-    await errDone;
-    await Deno.remove(dir, { recursive: true });
-    throw error;
-  } finally {
-    clearTimeout(deadline);
-  }
-  const drainOut = (async () => {
-    while (!(await reader.read()).done) { /* keep stdout flowing */ }
-  })().catch(() => {});
-  let stopped: Promise<number> | undefined;
-  const stop = () =>
-    stopped ??= (async () => {
-      if (!exited) child.kill("SIGTERM");
-      const timer = setTimeout(kill, 10_000);
-      const s = await status;
-      clearTimeout(timer);
-      await drainOut;
-      await errDone;
-      return s.code;
-    })();
-  return {
-    uri: out.trim(),
-    socket,
-    dir,
-    child,
-    stderr: () => errText,
-    stop,
-    async [Symbol.asyncDispose]() {
-      await stop();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
 
 async function run(cmd: string, args: string[], timeoutMs = 30_000) {
   const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
@@ -290,6 +207,16 @@ Deno.test("serve: refuses a file that is not EROFS, and bad options", async () =
       await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--cache-size", "1K"]),
       2,
       /smaller than one chunk/,
+    );
+    assertCliError(
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--max-inflight", "512K"]),
+      2,
+      /--max-inflight 512K is below 1M/,
+    );
+    assertCliError(
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--idle-timeout", "soon"]),
+      2,
+      /--idle-timeout: invalid duration 'soon'/,
     );
     assertCliError(
       await runCli(["serve", `${dir}/missing.erofs`, "--listen", `unix:${dir}/s`]),

@@ -13,7 +13,12 @@ import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
 import { LocalFile } from "../source/local_file.ts";
 import type { Source } from "../source/source.ts";
-import { parseListenAddress, startNbdServer } from "../nbd/listen.ts";
+import {
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_MAX_INFLIGHT_BYTES,
+  parseListenAddress,
+  startNbdServer,
+} from "../nbd/listen.ts";
 import { commandName, READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 
@@ -32,6 +37,15 @@ stdout, then runs until SIGINT or SIGTERM (which remove the unix socket).
 Options:
   --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0)
   --cache-size SIZE    read cache bound, e.g. 256M (default ${formatBytes(DEFAULT_CACHE_BYTES)})
+  --max-inflight SIZE  memory for READ replies of all clients together (default ${
+    formatBytes(DEFAULT_MAX_INFLIGHT_BYTES)
+  });
+                       each of the 64 connection slots is guaranteed 1/128 of it, the
+                       rest is shared; beyond it requests wait unread (min 1M)
+  --idle-timeout TIME  close a client that stays silent (or does not collect its
+                       replies) this long: 90s, 5m, 0 = never (default ${
+    DEFAULT_IDLE_TIMEOUT_MS / 60_000
+  }m)
   --export-name NAME   name shown by \`nbdinfo --list\` (default: the file name or the
                        layer digest); clients may also ask for the default export ""
   --layer N            serve layer N of a registry image (0 = bottom)
@@ -48,6 +62,8 @@ Example:
       ...REGISTRY_OPTIONS,
       listen: { type: "string" },
       "cache-size": { type: "string" },
+      "max-inflight": { type: "string" },
+      "idle-timeout": { type: "string" },
       "export-name": { type: "string" },
       layer: { type: "string" },
       blob: { type: "string" },
@@ -61,6 +77,18 @@ Example:
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
+    const maxInflightBytes = values["max-inflight"] !== undefined
+      ? parseSize(values["max-inflight"], "--max-inflight")
+      : DEFAULT_MAX_INFLIGHT_BYTES;
+    if (maxInflightBytes < MIN_INFLIGHT_BYTES) {
+      throw new UsageError(
+        `serve: --max-inflight ${values["max-inflight"]} is below 1M`,
+        "clients need room for their reads, e.g. --max-inflight 64M",
+      );
+    }
+    const idleTimeoutMs = values["idle-timeout"] !== undefined
+      ? parseDurationMs(values["idle-timeout"], "--idle-timeout")
+      : DEFAULT_IDLE_TIMEOUT_MS;
     if (values.layer !== undefined && !/^\d+$/.test(values.layer)) {
       throw new UsageError(`serve: --layer wants a number, got '${values.layer}'`);
     }
@@ -101,6 +129,8 @@ Example:
           flags: READ_ONLY_EXPORT_FLAGS,
           description: `erofs-oci ${image}`,
         },
+        maxInflightBytes,
+        idleTimeoutMs,
         onConnection: (event) => debug("nbd connection", event),
         onRequest: isDebug()
           ? (e) => {
@@ -127,6 +157,22 @@ Example:
     return 0;
   },
 };
+
+const MIN_INFLIGHT_BYTES = 1024 * 1024;
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `90`, `90s`, `500ms`, `5m`, `1h` (a bare number is seconds). */
+function parseDurationMs(text: string, option: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/i.exec(text);
+  const ms = match ? Number(match[1]) * DURATION_UNITS_MS[(match[2] ?? "s").toLowerCase()] : NaN;
+  if (!Number.isFinite(ms) || ms > 2 ** 31 - 1) {
+    throw new UsageError(
+      `serve: ${option}: invalid duration '${text}'`,
+      "use seconds or a unit: 90s, 500ms, 5m, 1h; 0 disables",
+    );
+  }
+  return Math.round(ms);
+}
 
 interface ServeValues extends RegistryOptionValues {
   layer?: string;

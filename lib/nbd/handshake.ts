@@ -41,6 +41,8 @@ export interface ExportDescription {
   flags: number;
   /** Free text for NBD_INFO_DESCRIPTION. */
   description?: string;
+  /** Largest request advertised by NBD_INFO_BLOCK_SIZE. Default BLOCK_SIZE_MAX (32 MiB). */
+  maxBlockBytes?: number;
 }
 
 export type HandshakeResult =
@@ -199,7 +201,7 @@ async function sendInfo(
     bv.setUint16(0, NBD_INFO_BLOCK_SIZE);
     bv.setUint32(2, BLOCK_SIZE_MIN);
     bv.setUint32(6, BLOCK_SIZE_PREFERRED);
-    bv.setUint32(10, BLOCK_SIZE_MAX);
+    bv.setUint32(10, exp.maxBlockBytes ?? BLOCK_SIZE_MAX);
     await sendReply(conn, option, NBD_REP_INFO, block);
   }
   if (requests.includes(NBD_INFO_NAME)) {

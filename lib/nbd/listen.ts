@@ -5,7 +5,10 @@
  */
 import { NbdError, UsageError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
+import { ConnActivity, watchConn } from "./activity.ts";
+import { InflightBudget } from "./budget.ts";
 import { type ExportDescription, negotiate } from "./handshake.ts";
+import { BLOCK_SIZE_MAX } from "./protocol.ts";
 import { type RequestEvent, serveTransmission, type TransmissionEnd } from "./transmission.ts";
 
 export type ListenAddress =
@@ -48,8 +51,21 @@ export interface NbdServerOptions {
   export: ExportDescription;
   /** A client must finish the handshake within this time. Default 30 s. */
   handshakeTimeoutMs?: number;
-  /** Connections served at once; more are closed on accept. Default 64. */
+  /**
+   * Connections served at once. When full, a new connection replaces the one idle longest (if
+   * idle for a second or more); otherwise it is closed at once. Default 64.
+   */
   maxConnections?: number;
+  /**
+   * Bytes of READ replies all connections together may hold (InflightBudget: every connection
+   * is guaranteed its share, the rest is first come). Default 64 MiB.
+   */
+  maxInflightBytes?: number;
+  /**
+   * A connection waiting on its client (handshake, next request, replies not collected) with
+   * nothing moving for this long is closed. 0 = never. Default 5 minutes.
+   */
+  idleTimeoutMs?: number;
   /** Per-connection events, for logs. */
   onConnection?(event: ConnectionEvent): void;
   onRequest?(event: RequestEvent): void;
@@ -58,6 +74,7 @@ export interface NbdServerOptions {
 export type ConnectionEvent =
   | { kind: "open"; id: number }
   | { kind: "handshake-failed" | "refused"; id: number; reason: string }
+  | { kind: "idle" | "evicted"; id: number; idleMs: number }
   | { kind: "closed"; id: number; end: TransmissionEnd };
 
 export interface NbdServer {
@@ -76,18 +93,32 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     ? options.listen
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
   const stop = new AbortController();
-  const active = new Map<number, { conn: Deno.Conn; done: Promise<void> }>();
+  const active = new Map<number, Connection>();
   const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
   const maxConnections = options.maxConnections ?? 64;
+  const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const budget = new InflightBudget(
+    options.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES,
+    maxConnections,
+  );
+  // Compliant clients then never send a READ the budget could not grant.
+  const exportDescription: ExportDescription = {
+    ...options.export,
+    maxBlockBytes: Math.min(
+      options.export.maxBlockBytes ?? BLOCK_SIZE_MAX,
+      Math.floor(budget.maxGrantBytes / 4096) * 4096,
+    ),
+  };
   let nextId = 1;
 
-  const handle = async (conn: Deno.Conn, id: number) => {
+  const handle = async (entry: Connection, id: number) => {
+    const conn = watchConn(entry.conn, entry.activity);
     options.onConnection?.({ kind: "open", id });
-    if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
+    if (entry.conn.remoteAddr.transport === "tcp") (entry.conn as Deno.TcpConn).setNoDelay(true);
     const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
     let result;
     try {
-      result = await negotiate(conn, options.export);
+      result = await negotiate(conn, exportDescription);
     } catch (error) {
       result = {
         ok: false as const,
@@ -101,25 +132,67 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       closeQuietly(conn);
       return;
     }
-    const end = await serveTransmission(conn, options.source, {
-      readOnly: true,
-      signal: stop.signal,
-      onRequest: options.onRequest,
-    });
-    options.onConnection?.({ kind: "closed", id, end });
+    const account = budget.account();
+    try {
+      const end = await serveTransmission(conn, options.source, {
+        readOnly: true,
+        signal: AbortSignal.any([stop.signal, entry.stop.signal]),
+        onRequest: options.onRequest,
+        budget: account,
+        activity: entry.activity,
+      });
+      options.onConnection?.({ kind: "closed", id, end });
+    } finally {
+      account.close();
+    }
   };
+
+  /** Closes the connection idle longest, if any has been idle long enough to lose its slot. */
+  const evictIdlest = (id: number): boolean => {
+    const now = Date.now();
+    let idlest: [number, Connection, number] | undefined;
+    for (const [otherId, entry] of active) {
+      const idleMs = entry.activity.idleMs(now);
+      if (idleMs >= EVICT_MIN_IDLE_MS && (!idlest || idleMs > idlest[2])) {
+        idlest = [otherId, entry, idleMs];
+      }
+    }
+    if (!idlest) return false;
+    options.onConnection?.({ kind: "evicted", id: idlest[0], idleMs: idlest[2] });
+    idlest[1].close(`replaced by connection ${id}`);
+    return true;
+  };
+
+  const sweep = idleTimeoutMs > 0
+    ? setInterval(() => {
+      const now = Date.now();
+      for (const [id, entry] of active) {
+        const idleMs = entry.activity.idleMs(now);
+        if (idleMs < idleTimeoutMs) continue;
+        options.onConnection?.({ kind: "idle", id, idleMs });
+        entry.close(`idle for ${Math.round(idleMs / 1000)} s`);
+      }
+    }, Math.max(50, Math.min(1000, idleTimeoutMs / 4)))
+    : undefined;
 
   const accepting = (async () => {
     try {
       for await (const conn of listener) {
         const id = nextId++;
-        if (active.size >= maxConnections) {
+        if (active.size >= maxConnections && !evictIdlest(id)) {
           options.onConnection?.({ kind: "refused", id, reason: "too many connections" });
           closeQuietly(conn);
           continue;
         }
-        const done = handle(conn, id).finally(() => active.delete(id));
-        active.set(id, { conn, done });
+        const entry = new Connection(conn);
+        // handle() does not throw by design; a bug there must not end the server.
+        entry.done = handle(entry, id).catch((error) =>
+          options.onConnection?.({ kind: "handshake-failed", id, reason: message(error) })
+        ).finally(() => {
+          closeQuietly(conn);
+          active.delete(id);
+        });
+        active.set(id, entry);
       }
     } catch (error) {
       if (!stop.signal.aborted) throw error;
@@ -134,6 +207,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     close() {
       closing ??= (async () => {
         stop.abort(new Error("server stopping"));
+        if (sweep !== undefined) clearInterval(sweep);
         closeQuietly(listener);
         await accepting.catch(() => {});
         for (const { conn } of active.values()) closeQuietly(conn); // handshakes in progress
@@ -147,6 +221,25 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       return closing;
     },
   };
+}
+
+export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
+export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** A connection idle for less than this keeps its slot when the server is full. */
+const EVICT_MIN_IDLE_MS = 1000;
+
+class Connection {
+  readonly activity = new ConnActivity();
+  readonly stop = new AbortController();
+  done: Promise<void> = Promise.resolve();
+
+  constructor(readonly conn: Deno.Conn) {}
+
+  /** Ends the connection in whatever phase it is (a handshake read fails on the close). */
+  close(reason: string): void {
+    this.stop.abort(new Error(reason));
+    closeQuietly(this.conn);
+  }
 }
 
 async function listen(addr: ListenAddress): Promise<Deno.Listener> {

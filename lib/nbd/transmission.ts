@@ -6,6 +6,8 @@
  */
 import { abortable } from "../source/abortable.ts";
 import type { Source } from "../source/source.ts";
+import type { ConnActivity } from "./activity.ts";
+import { type BudgetAccount, InflightBudget } from "./budget.ts";
 import { BufferedReader } from "./buffered_reader.ts";
 import { type NbdConn, SerialWriter, UnexpectedEof } from "./conn_io.ts";
 import {
@@ -17,6 +19,7 @@ import {
   NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL,
   NBD_EIO,
+  NBD_ENOMEM,
   NBD_EPERM,
   NBD_MAX_REQUEST_BYTES,
   NBD_REPLY_BYTES,
@@ -33,15 +36,28 @@ type IntoSource = Source & {
 export interface TransmissionOptions {
   /** Only read-only exports exist: writes and trims are refused with EPERM. */
   readOnly: true;
-  /** READs longer than this get EINVAL. Default 32 MiB (the protocol's default maximum). */
+  /**
+   * READs longer than this get EINVAL. Default 32 MiB (the protocol's default maximum), or less
+   * when the byte budget could never grant that much.
+   */
   maxRequestBytes?: number;
   /** Requests served at once; beyond it the socket is not read until one finishes. Default 128. */
   maxInFlight?: number;
   /**
-   * Bytes of READ replies held at once (same back-pressure). Default 64 MiB: plenty to keep a
-   * socket busy, and a client that never reads its replies pins no more than this.
+   * This connection's account in a byte budget shared with other connections (a server with
+   * many untrusted clients). READ reply buffers are allocated only once granted; until then
+   * the socket is not read (back-pressure).
+   */
+  budget?: BudgetAccount;
+  /**
+   * Without `budget`: bytes of READ replies this connection alone may hold. Default 64 MiB:
+   * plenty to keep a socket busy, and a client that never reads its replies pins no more.
    */
   maxInFlightBytes?: number;
+  /** Told whether the connection is waiting on the server (not idle) or on its client. */
+  activity?: ConnActivity;
+  /** Allocates a READ reply buffer (zero-filled). Tests replace it to make allocation fail. */
+  allocateReply?(bytes: number): Uint8Array;
   /** Called after each reply is written (for stats and debug logs). */
   onRequest?(event: RequestEvent): void;
   /** Aborting closes the connection and gives up on requests in flight. */
@@ -80,9 +96,14 @@ export async function serveTransmission(
   source: IntoSource,
   options: TransmissionOptions,
 ): Promise<TransmissionEnd> {
-  const maxRequestBytes = options.maxRequestBytes ?? NBD_MAX_REQUEST_BYTES;
+  const account = options.budget ??
+    new InflightBudget(options.maxInFlightBytes ?? 64 * 1024 * 1024, 1).account();
+  const maxRequestBytes = Math.min(
+    options.maxRequestBytes ?? NBD_MAX_REQUEST_BYTES,
+    account.budget.maxGrantBytes,
+  );
   const maxInFlight = options.maxInFlight ?? 128;
-  const maxInFlightBytes = options.maxInFlightBytes ?? 64 * 1024 * 1024;
+  const allocateReply = options.allocateReply ?? ((bytes: number) => new Uint8Array(bytes));
   const reader = new BufferedReader(conn);
   const writer = new SerialWriter(conn);
   const stop = new AbortController();
@@ -93,22 +114,41 @@ export async function serveTransmission(
   options.signal?.addEventListener("abort", onAbort, { once: true });
 
   let inFlight = 0;
-  let inFlightBytes = 0;
+  let sourceReads = 0;
+  let pendingWrites = 0;
+  let waitingForBudget = false;
   let slotFreed: (() => void) | undefined;
   const running = new Set<Promise<void>>();
   let requests = 0;
+  if (options.activity) {
+    // Waiting for budget is the server's doing, unless replies are stuck behind this client.
+    options.activity.serverBusy = () =>
+      sourceReads > 0 || (waitingForBudget && pendingWrites === 0);
+  }
 
-  const reply = (header: Uint8Array, event: RequestEvent, data?: Uint8Array) =>
-    (data ? writer.write(header, data) : writer.write(header)).then(
+  const reply = (header: Uint8Array, event: RequestEvent, data?: Uint8Array) => {
+    pendingWrites++;
+    return (data ? writer.write(header, data) : writer.write(header)).then(
       () => options.onRequest?.(event),
       () => {}, // the socket is gone; the read loop notices and ends
-    );
+    ).finally(() => pendingWrites--);
+  };
 
   const serveRead = async (header: Uint8Array, offset: number, length: number) => {
-    const buf = new Uint8Array(NBD_REPLY_BYTES + length); // zeroed: the part past the end stays 0
+    const event: RequestEvent = { type: NBD_CMD_READ, offset, length, error: 0 };
+    let buf: Uint8Array;
+    try {
+      buf = allocateReply(NBD_REPLY_BYTES + length); // zeroed: the part past the end stays 0
+    } catch (cause) {
+      // Out of memory although within budget: fail this READ, keep the server.
+      event.error = NBD_ENOMEM;
+      event.cause = cause;
+      setError(header, NBD_ENOMEM);
+      return reply(header, event);
+    }
     buf.set(header);
     const inRange = Math.max(0, Math.min(length, source.size - offset));
-    const event: RequestEvent = { type: NBD_CMD_READ, offset, length, error: 0 };
+    sourceReads++;
     try {
       if (inRange > 0) {
         const dest = buf.subarray(NBD_REPLY_BYTES, NBD_REPLY_BYTES + inRange);
@@ -123,6 +163,9 @@ export async function serveTransmission(
       event.cause = cause;
       setError(header, NBD_EIO);
       return reply(header, event);
+    } finally {
+      sourceReads--;
+      options.activity?.touch(); // the idle clock starts when the server is done
     }
     await reply(buf, event);
   };
@@ -130,7 +173,7 @@ export async function serveTransmission(
   let end: TransmissionEnd | undefined;
   try {
     while (!stop.signal.aborted) {
-      while (inFlight >= maxInFlight || inFlightBytes >= maxInFlightBytes) {
+      while (inFlight >= maxInFlight) {
         await new Promise<void>((resolve) => slotFreed = resolve);
       }
       if (!await reader.fill(NBD_REQUEST_BYTES, "a request")) {
@@ -167,6 +210,12 @@ export async function serveTransmission(
           setError(header, NBD_EINVAL);
           track(reply(header, event), 0);
         } else {
+          waitingForBudget = true;
+          try {
+            await account.acquire(length, stop.signal);
+          } finally {
+            waitingForBudget = false;
+          }
           track(serveRead(header, offset, length), length);
         }
       } else if (type === NBD_CMD_WRITE) {
@@ -201,7 +250,7 @@ export async function serveTransmission(
       };
     }
   }
-  if (stop.signal.aborted) end = { reason: "aborted", requests };
+  if (stop.signal.aborted) end = { reason: "aborted", requests, detail: reasonText(stop.signal) };
   end ??= { reason: "aborted", requests };
 
   // After DISC (or EOF) the requests already received still get their replies; after a
@@ -211,16 +260,20 @@ export async function serveTransmission(
   }
   await Promise.allSettled(running);
   await writer.drain();
+  if (!options.budget) account.close();
   options.signal?.removeEventListener("abort", onAbort);
   closeQuietly(conn);
   return end;
 
   function track(work: Promise<void>, bytes: number): void {
     inFlight++;
-    inFlightBytes += bytes;
-    const done: Promise<void> = work.finally(() => {
+    const done: Promise<void> = work.catch((error) => {
+      // A bug, not the client's: drop the connection rather than leave a request unanswered.
+      stop.abort(error);
+      closeQuietly(conn);
+    }).finally(() => {
       inFlight--;
-      inFlightBytes -= bytes;
+      account.release(bytes);
       running.delete(done);
       const wake = slotFreed;
       slotFreed = undefined;
@@ -232,6 +285,12 @@ export async function serveTransmission(
 
 function setError(header: Uint8Array, errno: number): void {
   new DataView(header.buffer, header.byteOffset).setUint32(4, errno);
+}
+
+function reasonText(signal: AbortSignal): string | undefined {
+  const reason = signal.reason;
+  if (reason === undefined) return undefined;
+  return reason instanceof Error ? reason.message : String(reason);
 }
 
 function closeQuietly(conn: NbdConn): void {

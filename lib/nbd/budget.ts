@@ -1,0 +1,159 @@
+/**
+ * One byte budget for READ replies shared by every connection of a server, so that a flood of
+ * clients asking for big reads they never collect costs bounded memory. A connection that cannot
+ * get bytes stops reading requests (back-pressure) instead of allocating.
+ *
+ * Fairness: half the budget is split into equal guaranteed shares, one per connection slot, that
+ * only their connection can use; the other half is a shared pool handed out first come, first
+ * served. Clients that hold the whole pool hostage (by never reading their replies) therefore
+ * cannot starve a newcomer: it still gets its guaranteed share, enough for nbdinfo and for
+ * steady (if slower) progress of a real client, until the idle timeout closes the hostage
+ * holders and frees the pool.
+ */
+
+interface Waiter {
+  account: BudgetAccount;
+  bytes: number;
+  grant(): void;
+}
+
+export class InflightBudget {
+  /** Bytes each connection can always get, whatever the others hold. */
+  readonly guaranteedBytes: number;
+  /** Bytes shared by all connections beyond their guaranteed share. */
+  readonly sharedBytes: number;
+  #sharedUsed = 0;
+  #waiters: Waiter[] = [];
+
+  /**
+   * `totalBytes` bounds all reply buffers of up to `maxConnections` connections together.
+   */
+  constructor(readonly totalBytes: number, readonly maxConnections: number) {
+    if (!(totalBytes > 0) || !Number.isSafeInteger(totalBytes)) {
+      throw new RangeError(`budget must be a positive number of bytes, got ${totalBytes}`);
+    }
+    if (!(maxConnections >= 1) || !Number.isSafeInteger(maxConnections)) {
+      throw new RangeError(`connection count must be at least 1, got ${maxConnections}`);
+    }
+    this.guaranteedBytes = Math.floor(totalBytes / 2 / maxConnections);
+    this.sharedBytes = totalBytes - this.guaranteedBytes * maxConnections;
+  }
+
+  /** The largest single request that can ever be granted. */
+  get maxGrantBytes(): number {
+    return this.guaranteedBytes + this.sharedBytes;
+  }
+
+  /** Bytes of the shared pool in use now. */
+  get sharedUsedBytes(): number {
+    return this.#sharedUsed;
+  }
+
+  /** One connection's account. Close it when the connection ends. */
+  account(): BudgetAccount {
+    return new BudgetAccount(this);
+  }
+
+  /** Shared-pool bytes that holding `bytes` more would take for `account`. */
+  #extra(account: BudgetAccount, bytes: number): number {
+    const g = this.guaranteedBytes;
+    return Math.max(0, account.heldBytes + bytes - g) - Math.max(0, account.heldBytes - g);
+  }
+
+  /** @internal BudgetAccount.acquire */
+  acquire(account: BudgetAccount, bytes: number, signal?: AbortSignal): Promise<void> {
+    if (bytes > this.maxGrantBytes) {
+      return Promise.reject(
+        new RangeError(`${bytes} bytes exceed the in-flight budget's largest grant`),
+      );
+    }
+    const extra = this.#extra(account, bytes);
+    // Strictly first come, first served for the pool: a big request is not overtaken forever.
+    if (
+      extra === 0 || (this.#waiters.length === 0 && extra <= this.sharedBytes - this.#sharedUsed)
+    ) {
+      this.#take(account, bytes, extra);
+      return Promise.resolve();
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        account,
+        bytes,
+        grant: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+      };
+      const onAbort = () => {
+        const at = this.#waiters.indexOf(waiter);
+        if (at >= 0) this.#waiters.splice(at, 1);
+        this.#grantWaiters(); // the head may have been what blocked the others
+        reject(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** @internal BudgetAccount.release */
+  release(account: BudgetAccount, bytes: number): void {
+    const g = this.guaranteedBytes;
+    const before = Math.max(0, account.heldBytes - g);
+    account.heldBytes -= bytes;
+    this.#sharedUsed -= before - Math.max(0, account.heldBytes - g);
+    this.#grantWaiters();
+  }
+
+  #take(account: BudgetAccount, bytes: number, extra: number): void {
+    account.heldBytes += bytes;
+    this.#sharedUsed += extra;
+  }
+
+  #grantWaiters(): void {
+    // Whoever is back within its guaranteed share goes first, wherever it is queued.
+    for (let i = 0; i < this.#waiters.length;) {
+      const waiter = this.#waiters[i];
+      if (this.#extra(waiter.account, waiter.bytes) > 0) {
+        i++;
+        continue;
+      }
+      this.#waiters.splice(i, 1);
+      this.#take(waiter.account, waiter.bytes, 0);
+      waiter.grant();
+    }
+    while (this.#waiters.length > 0) {
+      const head = this.#waiters[0];
+      const extra = this.#extra(head.account, head.bytes);
+      if (extra > this.sharedBytes - this.#sharedUsed) return;
+      this.#waiters.shift();
+      this.#take(head.account, head.bytes, extra);
+      head.grant();
+    }
+  }
+}
+
+/** What one connection holds of an InflightBudget. */
+export class BudgetAccount {
+  /** Bytes granted and not yet released. */
+  heldBytes = 0;
+
+  constructor(readonly budget: InflightBudget) {}
+
+  /**
+   * Resolves once `bytes` are granted (at once when they fit the guaranteed share); rejects with
+   * the signal's reason if it aborts first, or with a RangeError if they can never be granted.
+   */
+  acquire(bytes: number, signal?: AbortSignal): Promise<void> {
+    return this.budget.acquire(this, bytes, signal);
+  }
+
+  release(bytes: number): void {
+    this.budget.release(this, Math.min(bytes, this.heldBytes));
+  }
+
+  /** Returns whatever is still held (the connection is gone). */
+  close(): void {
+    if (this.heldBytes > 0) this.release(this.heldBytes);
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * `erofs-oci serve` under a flood of hostile clients (issue 9 item 4): clients that ask for
+ * 32 MiB READs and never read the replies, and idle connections that hold every slot. The
+ * server must stay alive with bounded memory, keep answering nbdinfo, and close idle clients.
+ */
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { command, path, PEER_BIN, requires } from "./_support/requires.ts";
+import { RawNbdClient } from "./_support/nbd_client.ts";
+import { memoryOf, serve, type Serving, servingPid } from "./_support/serve_process.ts";
+import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
+
+const MiB = 1024 * 1024;
+const ignore = requires(
+  command("nbdinfo"),
+  command("nbdcopy"),
+  path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3 (peer)"),
+);
+
+/** An uncompressed EROFS image holding `dataBytes` of random data (so every page is real). */
+async function randomImage(dir: string, dataBytes: number): Promise<string> {
+  const tree = `${dir}/tree`;
+  await Deno.mkdir(tree);
+  const file = await Deno.open(`${tree}/random.bin`, { write: true, create: true });
+  try {
+    const piece = new Uint8Array(64 * 1024);
+    for (let done = 0; done < dataBytes; done += piece.length) {
+      crypto.getRandomValues(piece);
+      await file.write(piece);
+    }
+  } finally {
+    file.close();
+  }
+  const image = `${dir}/random.erofs`;
+  const out = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
+    args: ["-Uclear", "-T0", image, tree],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) throw new Error(`mkfs.erofs: ${new TextDecoder().decode(out.stderr)}`);
+  return image;
+}
+
+async function run(cmd: string, args: string[], timeoutMs = 30_000) {
+  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, timeoutMs);
+  const output = await child.output();
+  clearTimeout(timer);
+  const stderr = new TextDecoder().decode(output.stderr);
+  if (output.code !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (${output.code}): ${stderr}`);
+  }
+  return new TextDecoder().decode(output.stdout);
+}
+
+/** nbdinfo must get the export (size, and the first sector read for its content). */
+async function nbdinfoAnswers(s: Serving, sizeBytes: number): Promise<void> {
+  const info = JSON.parse(await run("nbdinfo", ["--json", s.uri], 20_000));
+  assertEquals(info.exports[0]["export-size"], sizeBytes);
+  ok(/EROFS/.test(info.exports[0].content ?? ""), `content: ${info.exports[0].content}`);
+}
+
+/** Highest peak RSS seen once it has stopped growing for `quietMs`. */
+async function settledPeak(pid: number, quietMs = 2000, maxMs = 15_000): Promise<number> {
+  let peak = memoryOf(pid).peakBytes;
+  let changedAt = Date.now();
+  const started = Date.now();
+  while (Date.now() - changedAt < quietMs && Date.now() - started < maxMs) {
+    await sleep(200);
+    const now = memoryOf(pid).peakBytes;
+    if (now !== peak) {
+      peak = now;
+      changedAt = Date.now();
+    }
+  }
+  return peak;
+}
+
+async function sameBytes(a: string, b: string): Promise<void> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  ok(x.length === y.length && x.every((byte, i) => byte === y[i]), `${a} differs from ${b}`);
+}
+
+Deno.test({
+  name: "serve flood: 16 clients × 32 MiB READs never read cost bounded memory; nbdinfo answers",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const hogs: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 48 * MiB);
+      const size = Deno.statSync(image).size;
+      const budgetBytes = 64 * MiB; // serve's default --max-inflight, stated to pin the limit
+      const cacheBytes = 8 * MiB;
+      await using s = await serve(image, [
+        "--cache-size",
+        `${cacheBytes / MiB}M`,
+        "--max-inflight",
+        `${budgetBytes / MiB}M`,
+      ]);
+      const pid = servingPid(s);
+      await nbdinfoAnswers(s, size);
+      const baseline = memoryOf(pid).rssBytes;
+
+      for (let i = 0; i < 16; i++) {
+        const hog = await RawNbdClient.connectUnix(s.socket);
+        hogs.push(hog);
+        await hog.handshake();
+        // Four 32 MiB READs of real data each: 2 GiB asked for, none of it ever read.
+        for (let r = 0; r < 4; r++) await hog.request(NBD_CMD_READ, r * 4 * MiB, 32 * MiB);
+      }
+      const peak = await settledPeak(pid);
+      // Reply buffers are bounded by the budget; the cache, the one metadata prefetch, V8 and
+      // the reader buffers of 17 connections fit in the rest of this margin (was +1 GiB).
+      const limit = baseline + budgetBytes + cacheBytes + 96 * MiB;
+      console.log(
+        `baseline ${(baseline / MiB).toFixed(0)} MiB, flood peak ${(peak / MiB).toFixed(0)} MiB`,
+      );
+      ok(
+        peak < limit,
+        `peak RSS ${(peak / MiB).toFixed(0)} MiB during the flood, limit ${
+          (limit / MiB).toFixed(0)
+        } MiB (baseline ${(baseline / MiB).toFixed(0)} MiB)`,
+      );
+      ok(s.alive(), `serve died during the flood: ${s.stderr()}`);
+
+      // During the flood: nbdinfo answers and nbdcopy gets every byte right.
+      await nbdinfoAnswers(s, size);
+      await run("nbdcopy", [s.uri, `${dir}/copy.img`], 60_000);
+      await sameBytes(`${dir}/copy.img`, image);
+      ok(s.alive(), `serve died: ${s.stderr()}`);
+      const after = memoryOf(pid).peakBytes;
+      ok(after < limit + 32 * MiB, `peak RSS ${(after / MiB).toFixed(0)} MiB after nbdcopy`);
+      for (const hog of hogs) hog.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const hog of hogs) hog.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "serve flood: 70 idle connections do not lock nbdinfo out",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const idle: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 4 * MiB);
+      await using s = await serve(image);
+      // Half never start the handshake, half finish it and then say nothing.
+      for (let i = 0; i < 70; i++) {
+        const c = await RawNbdClient.connectUnix(s.socket);
+        idle.push(c);
+        if (i % 2) await c.handshake().catch(() => {}); // a refused one may be closed at once
+      }
+      await sleep(1500);
+      await nbdinfoAnswers(s, Deno.statSync(image).size);
+      ok(s.alive(), s.stderr());
+      for (const c of idle) c.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const c of idle) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "serve flood: --idle-timeout closes silent, idle and stalled clients, not busy ones",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 40 * MiB);
+      await using s = await serve(image, ["--idle-timeout", "2s"]);
+      const open = async () => {
+        const c = await RawNbdClient.connectUnix(s.socket);
+        clients.push(c);
+        return c;
+      };
+      const silent = await open(); // never starts the handshake
+      const idle = await open();
+      await idle.handshake();
+      const stalled = await open(); // asks for 64 MiB and never reads it
+      await stalled.handshake();
+      await stalled.request(NBD_CMD_READ, 0, 32 * MiB);
+      await stalled.request(NBD_CMD_READ, 8 * MiB, 32 * MiB);
+      const busy = await open(); // one small read every 400 ms
+      await busy.handshake();
+
+      const started = Date.now();
+      let busyReads = 0;
+      while (Date.now() - started < 5000) {
+        await busy.request(NBD_CMD_READ, busyReads * 4096, 4096);
+        const reply = await busy.reply();
+        assertEquals(reply?.error, 0, "busy client still served");
+        busyReads++;
+        await sleep(400);
+      }
+      // 5 s > 2 s timeout + the check interval: the others are gone, the busy one is not.
+      for (const [name, c] of [["silent", silent], ["idle", idle], ["stalled", stalled]] as const) {
+        ok(await closedWithin(c, 3000), `${name} client still open after the idle timeout`);
+      }
+      await busy.request(NBD_CMD_READ, 0, 4096);
+      assertEquals((await busy.reply())?.error, 0, "busy client kept its connection");
+      ok(s.alive(), s.stderr());
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** True when the server has closed `c` within `ms` (pending reply bytes are discarded). */
+async function closedWithin(c: RawNbdClient, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  const chunk = new Uint8Array(1 << 20);
+  while (Date.now() < deadline) {
+    const got = await Promise.race([
+      c.conn.read(chunk).catch(() => null),
+      sleep(deadline - Date.now()).then(() => "timeout" as const),
+    ]);
+    if (got === null) return true;
+    if (got === "timeout") return false;
+  }
+  return false;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
