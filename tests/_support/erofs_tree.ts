@@ -1,0 +1,101 @@
+/**
+ * Helpers for builder tests: a full-precision listing of a tree (nanosecond mtimes, rdev,
+ * xattrs of every namespace, sha256 of contents), fsck.erofs of an image, and a loop mount that
+ * is always undone.
+ */
+import assert from "node:assert/strict";
+import { PEER_BIN } from "./requires.ts";
+
+/** `path type mode uid:gid nlink mtime_ns size data xattrs`, one line per entry, sorted. */
+const LISTING_PY = String.raw`
+import hashlib, os, stat, sys
+root = sys.argv[1]
+paths = ["."]
+for dp, dns, fns in os.walk(root):
+    rel = os.path.relpath(dp, root)
+    for n in dns + fns:
+        paths.append(n if rel == "." else rel + "/" + n)
+for p in sorted(paths):
+    full = os.path.join(root, p)
+    st = os.lstat(full)
+    m = st.st_mode
+    t = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
+         stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}[stat.S_IFMT(m)]
+    size, data = "-", "-"
+    if t == "f":
+        h = hashlib.sha256()
+        with open(full, "rb") as f:
+            for blk in iter(lambda: f.read(1 << 20), b""):
+                h.update(blk)
+        size, data = str(st.st_size), h.hexdigest()
+    elif t == "l":
+        size, data = str(st.st_size), os.readlink(full)
+    elif t in "cb":
+        data = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+    try:
+        names = sorted(os.listxattr(full, follow_symlinks=False))
+    except OSError:
+        names = []
+    xs = ";".join("%s=%r" % (n, os.getxattr(full, n, follow_symlinks=False)) for n in names) or "-"
+    print("\t".join([p, t, "%04o" % stat.S_IMODE(m), "%d:%d" % (st.st_uid, st.st_gid),
+                     str(st.st_nlink), str(st.st_mtime_ns), size, data, xs]))
+`;
+
+export async function run(
+  cmd: string,
+  args: string[],
+  options: { stdin?: Uint8Array } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: options.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin) {
+    const writer = child.stdin.getWriter();
+    await writer.write(options.stdin);
+    await writer.close();
+  }
+  const out = await child.output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+export async function runOk(cmd: string, args: string[]): Promise<string> {
+  const out = await run(cmd, args);
+  assert.equal(out.code, 0, `${cmd} ${args.join(" ")}: ${out.stderr}`);
+  return out.stdout;
+}
+
+/** The listing of a tree; `dropRootTimes` ignores the root's mtime (mount points differ). */
+export async function treeListing(dir: string): Promise<string[]> {
+  return (await runOk("python3", ["-c", LISTING_PY, dir])).trimEnd().split("\n");
+}
+
+/** fsck.erofs 1.9.3 must accept the image (and extract it, which reads every byte). */
+export async function fsckImage(image: string, extractTo?: string): Promise<void> {
+  const args = extractTo ? [`--extract=${extractTo}`, image] : [image];
+  const out = await run(`${PEER_BIN}/fsck.erofs`, args);
+  assert.equal(out.code, 0, `fsck.erofs ${args.join(" ")}: ${out.stdout}${out.stderr}`);
+}
+
+/** Mounts `image` read-only (loop) on a fresh directory, runs `use`, always unmounts. */
+export async function withMountedImage<T>(
+  image: string,
+  use: (dir: string) => Promise<T>,
+  options = "ro,loop",
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-build-mnt-" });
+  try {
+    await runOk("mount", ["-t", "erofs", "-o", options, image, dir]);
+    try {
+      return await use(dir);
+    } finally {
+      const out = await run("umount", [dir]);
+      if (out.code !== 0) await run("umount", ["-l", dir]);
+    }
+  } finally {
+    await Deno.remove(dir).catch(() => {});
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * `erofs-oci build DIR`: every image passes fsck.erofs 1.9.3, mounts with the host kernel's
+ * erofs driver and shows exactly the source tree (type, mode, owner, nlink, mtime in ns, size,
+ * sha256, link target, rdev, xattrs); the edge cases one by one; deterministic output; all
+ * metadata in front of the data.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import { runCli } from "./_support/cli.ts";
+import { fsckImage, run, runOk, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
+import { checkErofsSuperblock } from "../lib/erofs/superblock.ts";
+import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
+
+const ignore = requires(
+  root(),
+  command("python3"),
+  command("mknod"),
+  path(`${PEER_BIN}/fsck.erofs`, "fsck.erofs 1.9.3"),
+);
+
+async function buildAndCompare(src: string, work: string, extra: string[] = []) {
+  const image = `${work}/out.erofs`;
+  const built = await runCli(["build", src, "-o", image, ...extra], { timeoutMs: 300_000 });
+  assert.equal(built.code, 0, built.stderr);
+  await fsckImage(image);
+  const expected = await treeListing(src);
+  const actual = await withMountedImage(image, (dir) => treeListing(dir));
+  assert.deepEqual(actual, expected);
+  return image;
+}
+
+async function withWork(fn: (work: string) => Promise<void>) {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-test-" });
+  try {
+    await fn(work);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
+
+Deno.test({
+  name: "build: the fixtures' tree-basic mounts identical to the source and passes fsck --extract",
+  ignore: ignore || requires(path(`${FIXTURES}/make-trees.sh`, "fixture tree script")),
+  async fn() {
+    await withWork(async (work) => {
+      await runOk(`${FIXTURES}/make-trees.sh`, [`${work}/trees`]);
+      const image = await buildAndCompare(`${work}/trees/tree-basic`, work);
+      await fsckImage(image, `${work}/extracted`);
+      // fsck.erofs's own extraction is the same tree too (diff cannot compare fifos).
+      const diff = await run("diff", [
+        "-r",
+        "--no-dereference",
+        `${work}/trees/tree-basic`,
+        `${work}/extracted`,
+      ]);
+      const differences = diff.stdout.split("\n")
+        .filter((line) => line && !/ is a fifo while file .* is a fifo$/.test(line));
+      assert.deepEqual(differences, []);
+    });
+  },
+});
+
+Deno.test({
+  name: "build: edge cases (255-byte names, empty, devices, fifo, socket, hard links, xattrs, " +
+    "multi-block dirs, ns mtimes, big ids, long symlink)",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(`${src}/empty-dir`, { recursive: true });
+      Deno.writeFileSync(`${src}/empty-file`, new Uint8Array());
+      Deno.writeTextFileSync(`${src}/${"n".repeat(255)}`, "long name");
+      Deno.mkdirSync(`${src}/${"d".repeat(255)}`);
+      await runOk("mknod", [`${src}/char`, "c", "1", "3"]);
+      await runOk("mknod", [`${src}/block`, "b", "259", "1048575"]);
+      await runOk("mkfifo", [`${src}/fifo`]);
+      await runOk("python3", [
+        "-c",
+        `import socket; socket.socket(socket.AF_UNIX).bind("${src}/sock")`,
+      ]);
+      Deno.writeFileSync(`${src}/linked`, crypto.getRandomValues(new Uint8Array(5000)));
+      Deno.linkSync(`${src}/linked`, `${src}/empty-dir/../hardlink`);
+      Deno.linkSync(`${src}/linked`, `${src}/${"d".repeat(255)}/hardlink2`);
+      Deno.symlinkSync("x".repeat(4000), `${src}/long-symlink`);
+      Deno.symlinkSync("/dangling/absolute", `${src}/dangling`);
+      // 3 blocks of directory entries, names around the sort positions of "." and "..".
+      Deno.mkdirSync(`${src}/many`);
+      for (let i = 0; i < 600; i++) {
+        Deno.writeTextFileSync(`${src}/many/f-${i}-${"z".repeat(i % 40)}`, `${i}`);
+      }
+      for (const name of ["!", "-", ".a", "..b", "~"]) {
+        Deno.writeTextFileSync(`${src}/many/${name}`, name);
+      }
+      // The same xattr on several files is stored once (shared); others inline.
+      for (let i = 0; i < 4; i++) {
+        const f = `${src}/x${i}`;
+        Deno.writeTextFileSync(f, "x".repeat(i * 3000));
+        await runOk("setfattr", ["-n", "user.shared", "-v", "same-value", f]);
+        await runOk("setfattr", ["-n", "trusted.own", "-v", `v${i}`, f]);
+        await runOk("setfattr", [
+          "-n",
+          "security.capability",
+          "-v",
+          "0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=",
+          f,
+        ]);
+      }
+      await runOk("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", `${src}/empty-dir`]);
+      await runOk("setfattr", ["-n", "user.big", "-v", "v".repeat(3000), `${src}/many`]);
+      await runOk("touch", ["-h", "-d", "2001-02-03 04:05:06.123456789", `${src}/dangling`]);
+      await runOk("touch", ["-d", "1960-01-01 00:00:00.5", `${src}/empty-file`]);
+      Deno.chownSync(`${src}/x1`, 100000, 200000);
+      Deno.chmodSync(`${src}/x2`, 0o6755);
+      Deno.chmodSync(`${src}/empty-dir`, 0o1777);
+      await buildAndCompare(src, work);
+    });
+  },
+});
+
+Deno.test({
+  name: "build: a sparse file over 4 GiB keeps its size and bytes (extended inode, sparse image)",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(src);
+      const big = `${src}/big.sparse`;
+      const size = 4 * 1024 ** 3 + 12345;
+      using file = Deno.openSync(big, { write: true, create: true });
+      file.truncateSync(size);
+      file.seekSync(2 ** 32 + 100, Deno.SeekMode.Start);
+      file.writeSync(new TextEncoder().encode("past 4 GiB"));
+      file.seekSync(0, Deno.SeekMode.Start);
+      file.writeSync(new TextEncoder().encode("start"));
+      const image = `${work}/out.erofs`;
+      const built = await runCli(["build", src, "-o", image], { timeoutMs: 300_000 });
+      assert.equal(built.code, 0, built.stderr);
+      assert.ok(Deno.statSync(image).size > size);
+      // The image stays sparse on disk: the holes of the source were not written.
+      const du = await runOk("du", ["-k", image]);
+      assert.ok(Number(du.split("\t")[0]) < 1024, `image uses ${du}`);
+      const tail = await withMountedImage(image, async (dir) => {
+        assert.equal(Deno.statSync(`${dir}/big.sparse`).size, size);
+        const out = await runOk("dd", [
+          `if=${dir}/big.sparse`,
+          "bs=1",
+          `skip=${2 ** 32 + 98}`,
+          "count=14",
+          "status=none",
+        ]);
+        const head = await runOk("head", ["-c", "6", `${dir}/big.sparse`]);
+        return [head, out];
+      });
+      assert.deepEqual(tail, ["start\0", "\0\0past 4 GiB\0\0"]);
+    });
+  },
+});
+
+Deno.test({
+  name: "build: same input + --timestamp + --uuid gives the same bytes; metadata all in front",
+  ignore: ignore || requires(path(`${FIXTURES}/make-trees.sh`, "fixture tree script")),
+  async fn() {
+    await withWork(async (work) => {
+      await runOk(`${FIXTURES}/make-trees.sh`, [`${work}/trees`]);
+      const args = ["--timestamp", "1700000000", "--uuid", "00000000-0000-4000-8000-00000000abcd"];
+      const src = `${work}/trees/tree-basic`;
+      for (const name of ["a", "b"]) {
+        const out = await runCli(["build", src, "-o", `${work}/${name}.erofs`, ...args]);
+        assert.equal(out.code, 0, out.stderr);
+      }
+      const a = Deno.readFileSync(`${work}/a.erofs`), b = Deno.readFileSync(`${work}/b.erofs`);
+      assert.deepEqual(a, b);
+      const sb = checkErofsSuperblock(a);
+      assert.equal(sb.uuid, "00000000-0000-4000-8000-00000000abcd");
+      assert.equal(sb.buildTime, 1700000000n);
+      assert.ok(sb.features.includes("sb_csum"));
+      // Every metadata page of the tree lies before the first data byte, so a lazy mount
+      // whose cache fetches 2 MiB chunks gets the whole tree with one registry GET.
+      const walk = await walkErofsMetadata(
+        (offset, length) => Promise.resolve(a.subarray(offset, offset + length)),
+        a.length,
+      );
+      assert.equal(walk.incomplete, undefined);
+      assert.equal(walk.entries, 331);
+      // The pages are one run from the start, and the file data fits behind it: nothing of
+      // the data sits between metadata pages.
+      const pages = [...walk.pages.keys()].sort((x, y) => x - y);
+      assert.deepEqual(pages, pages.map((_, i) => i));
+      const dataBytes = Number(await runOk("python3", ["-c", UNIQUE_FULL_BLOCKS_PY, src]));
+      assert.ok(pages.length * walk.pageBytes + dataBytes <= a.length);
+      const chunks = new Set(pages.map((page) => Math.floor(page * walk.pageBytes / (2 << 20))));
+      assert.equal(chunks.size, 1);
+    });
+  },
+});
+
+/** Bytes of whole 4 KiB blocks of the distinct regular files under a directory. */
+const UNIQUE_FULL_BLOCKS_PY = `
+import os, sys
+seen, total = set(), 0
+for dp, dns, fns in os.walk(sys.argv[1]):
+    for n in fns:
+        st = os.lstat(os.path.join(dp, n))
+        if os.path.isfile(os.path.join(dp, n)) and not os.path.islink(os.path.join(dp, n)) and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size // 4096 * 4096
+print(total)
+`;
+
+Deno.test({
+  name: "build: --order puts the listed files' data first; bad arguments are one-line errors",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(`${src}/a`, { recursive: true });
+      Deno.writeFileSync(`${src}/a/first`, new Uint8Array(9000).fill(0x41));
+      Deno.writeFileSync(`${src}/z-last`, new Uint8Array(9000).fill(0x5a));
+      Deno.writeTextFileSync(`${work}/order`, "z-last\n# comment\n/missing\n");
+      const image = await buildAndCompare(src, work, ["--order", `${work}/order`]);
+      const bytes = Deno.readFileSync(image);
+      const find = (byte: number) =>
+        Buffer.from(bytes).indexOf(Buffer.from(new Uint8Array(64).fill(byte)));
+      const z = find(0x5a), a = find(0x41);
+      assert.ok(z > 0 && a > z, `z-last at ${z}, a/first at ${a}`);
+
+      const bad = await runCli(["build", `${work}/nope`, "-o", `${work}/x.erofs`]);
+      assert.equal(bad.code, 1);
+      assert.match(bad.stderr, /^erofs-oci: build: cannot read .*nope/);
+      assert.equal(bad.stderr.trim().split("\n").length, 1);
+      const usage = await runCli(["build", src]);
+      assert.equal(usage.code, 2);
+      assert.match(usage.stderr, /-o FILE/);
+      const noDir = await runCli(["build", src, "-o", `${work}/no/such/dir/x.erofs`]);
+      assert.equal(noDir.code, 1);
+      assert.match(noDir.stderr, /cannot write .*x\.erofs/);
+      // A failed build (no space left) leaves nothing behind and keeps an existing image.
+      const small = `${work}/small`;
+      Deno.mkdirSync(small);
+      await runOk("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]);
+      try {
+        Deno.writeTextFileSync(`${small}/keep.erofs`, "old");
+        Deno.writeFileSync(`${src}/two-mib`, new Uint8Array(2 << 20).fill(1));
+        const full = await runCli(["build", src, "-o", `${small}/keep.erofs`]);
+        assert.equal(full.code, 1);
+        assert.equal(full.stderr.trim().split("\n").length, 1, full.stderr);
+        assert.match(full.stderr, /No space left/);
+        assert.deepEqual([...Deno.readDirSync(small)].map((e) => e.name), ["keep.erofs"]);
+        assert.equal(Deno.readTextFileSync(`${small}/keep.erofs`), "old");
+      } finally {
+        await runOk("umount", [small]);
+      }
+    });
+  },
+});
