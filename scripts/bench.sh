@@ -47,8 +47,11 @@ export DENO_DIR=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
 
 run=$cache/runs/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$run"
-export BENCH_IMAGE=$image BENCH_NETEM_KO=$netem_ko BENCH_OUT=/run/vm
-export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT ${VM_ENV:-}"
+export BENCH_IMAGE=$image BENCH_NETEM_KO=$netem_ko BENCH_OUT=/run/vm BENCH_REPO=$repo
+export BENCH_PEER_BIN=${EROFS_OCI_PEER_BIN:-$repo/../shared/peer/bin}
+# The guest covers /tmp and /run with tmpfs; run.sh binds these back when they live there.
+export VM_HOST_PATHS="$DENO_DIR"$'\n'"$BENCH_PEER_BIN"
+export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT BENCH_REPO BENCH_PEER_BIN ${VM_ENV:-}"
 for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S; do
   [ -n "${!name:-}" ] && VM_ENV+=" $name"
 done

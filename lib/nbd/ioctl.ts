@@ -1,6 +1,6 @@
 /**
- * The old ioctl interface of /dev/nbdN (linux/nbd.h, docs/formats.md §1), for kernels whose nbd
- * module has no generic netlink family. Its limits: NBD_DO_IT blocks for the device's whole life
+ * The old ioctl interface of /dev/nbdN (linux/nbd.h, ../shared/docs/formats.md §1), for kernels
+ * whose nbd module has no generic netlink family. Its limits: NBD_DO_IT blocks for the device's whole life
  * on one of Deno's pool threads, so the device dies with this process; a crashed server cannot
  * be replaced (no RECONFIGURE); no backend identifier in sysfs. Prefer ./kernel.ts.
  */

@@ -1,7 +1,7 @@
 /**
  * Attaching and detaching kernel NBD devices through the generic netlink family "nbd"
- * (linux/nbd-netlink.h; docs/formats.md §1, kernel-notes.md). The ioctl fallback for kernels
- * without the family is in ./ioctl.ts; sysfs state and tuning in ./sysfs.ts.
+ * (linux/nbd-netlink.h; ../shared/docs/formats.md §1 and kernel-notes.md). The ioctl fallback
+ * for kernels without the family is in ./ioctl.ts; sysfs state and tuning in ./sysfs.ts.
  *
  * Flag choices (why):
  * - SERVER_FLAGS = READ_ONLY, plus CAN_MULTI_CONN with more than one socket (the kernel refuses

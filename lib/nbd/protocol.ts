@@ -1,6 +1,6 @@
 /**
  * NBD wire constants (big-endian on the wire). Values from the NBD protocol document
- * (NetworkBlockDevice/nbd doc/proto.md) and linux/nbd.h; see docs/formats.md §1.
+ * (NetworkBlockDevice/nbd doc/proto.md) and linux/nbd.h; see ../shared/docs/formats.md §1.
  */
 
 // Handshake (fixed newstyle negotiation).

@@ -7,7 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${1:-$here/.cache/bench}
-mkfs=${EROFS_OCI_PEER_BIN:-/work/shared/peer/bin}/mkfs.erofs
+# erofs-utils 1.9.3 sits next to the checkout (../shared/peer/bin) unless EROFS_OCI_PEER_BIN says.
+mkfs=${EROFS_OCI_PEER_BIN:-$here/../shared/peer/bin}/mkfs.erofs
 # Trees copied into the image under their own paths. /usr/include/node is left out: it is
 # 54 MB of one project's vendored headers and would push the image (and the VM run) past the
 # ~130 MB the VM baseline in docs/benchmarks.md was measured on.

@@ -8,9 +8,9 @@
 # for the 20 ms variant; skipped when empty), BENCH_PEER_BIN, BENCH_SLOW_TAR_TIMEOUT_S,
 # BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below).
 set -uo pipefail
-repo=/work/main
+repo=${BENCH_REPO:?BENCH_REPO: the checkout (set by scripts/bench.sh)}
 out=${BENCH_OUT:-/run/vm}
-peer_bin=${BENCH_PEER_BIN:-/work/shared/peer/bin}
+peer_bin=${BENCH_PEER_BIN:?BENCH_PEER_BIN: erofs-utils 1.9.3 (set by scripts/bench.sh)}
 step_timeout_s=${BENCH_STEP_TIMEOUT_S:-300}
 # The FUSE and peer full reads run at well under 1 MB/s in TCG: bound them and report the rate.
 slow_tar_timeout_s=${BENCH_SLOW_TAR_TIMEOUT_S:-60}

@@ -6,7 +6,7 @@
  * other tool must understand, a reader blocked while no server runs (it must finish with the
  * right bytes), the fixture's whole manifest afterwards, and the clean-up.
  *
- * Peer quirks handled here (/work/shared/docs/vm-e2e.md §6): mount.erofs uses ioctl NBD (no
+ * Peer quirks handled here (../shared/docs/vm-e2e.md §6): mount.erofs uses ioctl NBD (no
  * recovery file) unless /var/run/erofsmount/nbd exists; its daemon keeps inherited
  * stdout/stderr open, so its output goes to a file; it does not record `oci.insecure`, so its
  * `--reattach` only works against HTTPS: that direction uses a TLS registry named
