@@ -1,0 +1,132 @@
+/**
+ * A user who owns a parent of the mount point swaps a path component for a symlink: while
+ * `mount` waits for the registry (after checking the target), and after mounting, before
+ * `umount`. Root's mount must never land on, and root's umount never detach, what the symlink
+ * leads to.
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
+
+const ignore = requires(root(), path("/dev/fuse"), command("docker-registry"));
+
+async function mountTmpfs(dir: string): Promise<void> {
+  const out = await new Deno.Command("mount", { args: ["-t", "tmpfs", "victim", dir] }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+}
+
+async function umountIfMounted(dir: string): Promise<void> {
+  if (mountsBelow(dir).length === 0) return;
+  await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+}
+
+Deno.test({
+  name: "mount: a target swapped for a symlink while the registry answers is refused, " +
+    "nothing lands on the symlink's destination",
+  ignore,
+  async fn() {
+    const registry = await startRegistry({ auth: "none" });
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    let seenManifest: () => void = () => {};
+    const manifestRequested = new Promise<void>((resolve) => seenManifest = resolve);
+    const proxy = await startFaultProxy(registry.host, [{
+      name: "slow manifest",
+      match: (request) => {
+        if (!request.path.includes("/manifests/")) return false;
+        seenManifest();
+        return true;
+      },
+      fault: { kind: "delay", ms: 3000 },
+    }]);
+    try {
+      assertSuccess(
+        await runCli(["push", `${registry.host}/demo/basic:v1`, `${FIXTURES}/basic.erofs`], {
+          timeoutMs: 120_000,
+        }),
+      );
+      // The user's directory, holding the mount point, and what they want root to cover.
+      const owned = `${base}/owned`;
+      const victim = `${base}/victim`;
+      Deno.mkdirSync(`${owned}/mnt`, { recursive: true });
+      Deno.mkdirSync(`${victim}/mnt`, { recursive: true });
+      Deno.writeTextFileSync(`${victim}/mnt/precious`, "still here");
+
+      const mounting = runCli(
+        ["mount", `${proxy.host}/demo/basic:v1`, `${owned}/mnt`, "--backend", "fuse"],
+        { env: sandbox.env, timeoutMs: 120_000 },
+      );
+      // The target was checked before the registry was asked; swap it now.
+      await manifestRequested;
+      Deno.renameSync(owned, `${base}/owned.orig`);
+      Deno.symlinkSync(victim, owned);
+      const result = await mounting;
+
+      assert.deepEqual(
+        mountsBelow(victim),
+        [],
+        `nothing mounted over ${victim}\n${describe(result)}`,
+      );
+      assert.equal(Deno.readTextFileSync(`${victim}/mnt/precious`), "still here");
+      assert.equal(result.code, 1, describe(result));
+      assert.match(result.stderr, /replaced/);
+      assert.deepEqual(mountsBelow(base), [], "no mount left anywhere");
+      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+    } finally {
+      await umountIfMounted(`${base}/victim/mnt`);
+      await sandbox.cleanup();
+      await proxy.stop();
+      await registry.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "umount: a mount point whose parent was swapped for a symlink does not detach the " +
+    "mount the symlink leads to",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    const owned = `${base}/owned`;
+    const victim = `${base}/victim`;
+    try {
+      Deno.mkdirSync(`${owned}/mnt`, { recursive: true });
+      Deno.mkdirSync(`${victim}/mnt`, { recursive: true });
+      const mounted = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, `${owned}/mnt`, "--backend", "fuse"],
+        { env: sandbox.env, timeoutMs: 120_000 },
+      );
+      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+      // An unrelated mount the user would like root to detach.
+      await mountTmpfs(`${victim}/mnt`);
+      Deno.writeTextFileSync(`${victim}/mnt/precious`, "still here");
+
+      // A mount point cannot be renamed, but its parent can.
+      Deno.renameSync(owned, `${base}/owned.moved`);
+      Deno.symlinkSync(victim, owned);
+      const result = await runCli(["umount", `${owned}/mnt`], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+
+      assert.deepEqual(
+        mountsBelow(victim),
+        [`${victim}/mnt`],
+        `tmpfs still mounted\n${describe(result)}`,
+      );
+      assert.equal(Deno.readTextFileSync(`${victim}/mnt/precious`), "still here");
+      // erofs-oci's own mount is found where it went, by its mount id, and unmounted there.
+      assert.equal(result.code, 0, describe(result));
+      assert.deepEqual(mountsBelow(`${base}/owned.moved`), []);
+      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+    } finally {
+      await umountIfMounted(`${victim}/mnt`);
+      await umountIfMounted(`${base}/owned.moved/mnt`);
+      await sandbox.cleanup();
+    }
+  },
+});
