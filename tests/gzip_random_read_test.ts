@@ -7,26 +7,9 @@ import { command, FIXTURES, path, requires } from "./_support/requires.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
 import { FormatError } from "../lib/errors.ts";
+import { gunzip, prng } from "./_support/gzip_data.ts";
 
 const ignore = requires(command("gzip"), path(`${FIXTURES}/big-multi.zinfo`, "shared fixtures"));
-
-export async function gunzip(file: string): Promise<Uint8Array> {
-  const out = await new Deno.Command("gzip", { args: ["-dc", file], stdout: "piped" }).output();
-  if (!out.success) throw new Error(`gzip -dc ${file} failed`);
-  return out.stdout;
-}
-
-/** Deterministic PRNG (mulberry32) so a failure names a reproducible offset. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function firstDifference(a: Uint8Array, b: Uint8Array): number {
   if (a.length !== b.length) return Math.min(a.length, b.length);
