@@ -14,7 +14,22 @@ import {
 } from "../../ffi/libc.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
-const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
+const MOUNTS_DIR = `${resolved(RUNTIME_ROOT)}/mounts`;
+
+/**
+ * `path` with the symlinks of its existing part resolved: mounts under the runtime dir are
+ * unmounted without following symlinks (see unmount_pinned.ts), so a root such as
+ * /var/run/erofs-oci (/var/run is a symlink to /run) is resolved once, here.
+ */
+function resolved(path: string): string {
+  const parts = path.split("/");
+  for (let end = parts.length; end > 1; end--) {
+    try {
+      return [Deno.realPathSync(parts.slice(0, end).join("/")), ...parts.slice(end)].join("/");
+    } catch { /* not there yet: try the parent */ }
+  }
+  return path;
+}
 
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */
@@ -22,7 +37,13 @@ export const DEFAULT_MOUNT_CACHE_BYTES = 32 << 20;
 
 /** Where one layer's bytes come from; also what reattach rebuilds a server from. */
 export type LayerSpec =
-  | { kind: "local"; path: string; sizeBytes: number }
+  | {
+    kind: "local";
+    path: string;
+    sizeBytes: number;
+    /** An OCI layout blob: opened without following symlinks and verified before serving. */
+    digest?: string;
+  }
   | {
     kind: "registry";
     registry: string;
