@@ -76,8 +76,12 @@ function newStream(nextOffset: number, aheadEnd: number): Stream {
 export class CachedSource implements Source {
   readonly size: number;
   readonly chunkBytes: number;
+  /** The configured bound: chunks here plus whatever is reserved (pinned metadata) in front. */
   readonly cacheBytes: number;
-  readonly maxReadaheadChunks: number;
+  #maxReadaheadChunks: number;
+  readonly #configuredReadaheadBytes: number;
+  /** Bytes of `cacheBytes` held elsewhere (see reserveBytes()). */
+  #reservedBytes = 0;
 
   readonly #inner: Source;
   readonly #chunkCount: number;
@@ -113,12 +117,43 @@ export class CachedSource implements Source {
     this.size = inner.size;
     this.chunkBytes = chunkBytes;
     this.cacheBytes = cacheBytes;
-    const readahead = Math.min(
-      options.maxReadaheadBytes ?? DEFAULT_MAX_READAHEAD_BYTES,
-      Math.floor(cacheBytes / 4),
-    );
-    this.maxReadaheadChunks = Math.max(1, Math.floor(readahead / chunkBytes));
+    this.#configuredReadaheadBytes = options.maxReadaheadBytes ?? DEFAULT_MAX_READAHEAD_BYTES;
+    this.#maxReadaheadChunks = this.#readaheadChunksFor(cacheBytes);
     this.#chunkCount = Math.ceil(this.size / chunkBytes);
+  }
+
+  get maxReadaheadChunks(): number {
+    return this.#maxReadaheadChunks;
+  }
+
+  /** What chunks may occupy now: `cacheBytes` minus the reserve, one chunk at least. */
+  get chunkBudgetBytes(): number {
+    return Math.max(this.chunkBytes, this.cacheBytes - this.#reservedBytes);
+  }
+
+  /**
+   * Sets how much of `cacheBytes` is held in front of this cache (pinned metadata), so both
+   * together stay within the one bound the user gave (`--cache-size`). Evicts down to the rest
+   * at once; the cache keeps one chunk even when the reserve claims everything.
+   */
+  reserveBytes(bytes: number): void {
+    this.#reservedBytes = Math.max(0, bytes);
+    this.#maxReadaheadChunks = this.#readaheadChunksFor(this.chunkBudgetBytes);
+    this.#evictDownTo(this.chunkBudgetBytes);
+  }
+
+  /** A quarter of the room, so a window never evicts the one before it unread. */
+  #readaheadChunksFor(roomBytes: number): number {
+    const readahead = Math.min(this.#configuredReadaheadBytes, Math.floor(roomBytes / 4));
+    return Math.max(1, Math.floor(readahead / this.chunkBytes));
+  }
+
+  #evictDownTo(bytes: number): void {
+    while (this.#cachedBytes > bytes && this.#chunks.size) {
+      const [oldest, chunk] = this.#chunks.entries().next().value!;
+      this.#chunks.delete(oldest);
+      this.#cachedBytes -= chunk.byteLength;
+    }
   }
 
   stats(): CacheStats {
@@ -289,7 +324,7 @@ export class CachedSource implements Source {
   #advanceWindow(stream: Stream, start: number, end: number): void {
     stream.aheadEnd = Math.max(stream.aheadEnd, end);
     stream.marker = start;
-    stream.windowChunks = Math.min(stream.windowChunks * 2, this.maxReadaheadChunks);
+    stream.windowChunks = Math.min(stream.windowChunks * 2, this.#maxReadaheadChunks);
   }
 
   #present(index: number): boolean {
@@ -347,11 +382,7 @@ export class CachedSource implements Source {
       this.#chunks.delete(index);
       this.#cachedBytes -= old.byteLength;
     }
-    while (this.#cachedBytes + chunk.byteLength > this.cacheBytes && this.#chunks.size) {
-      const [oldest, bytes] = this.#chunks.entries().next().value!;
-      this.#chunks.delete(oldest);
-      this.#cachedBytes -= bytes.byteLength;
-    }
+    this.#evictDownTo(this.chunkBudgetBytes - chunk.byteLength);
     this.#chunks.set(index, chunk);
     this.#cachedBytes += chunk.byteLength;
   }

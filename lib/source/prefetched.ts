@@ -2,6 +2,8 @@
  * A Source in front of the chunk cache that answers reads of pinned pages (the EROFS metadata
  * fetched at mount by `prefetchErofsMetadata`) from memory and passes every other read through.
  * Pinned pages are never evicted: they are the few MB the kernel reads one block at a time.
+ * They count against the cache's own bound (`--cache-size`): the cache shrinks by what is
+ * pinned, and pins stop at `pinBudgetBytes` (half the cache) whatever an image claims.
  */
 import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { CacheStats } from "./cached.ts";
@@ -10,10 +12,17 @@ import type { Source } from "./source.ts";
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
 
+/** Pin budget when the inner source has no cache bound to share. */
+export const DEFAULT_PIN_BUDGET_BYTES = 64 << 20;
+
 /** What the inner source may offer besides read(). */
 export interface InnerSource extends Source {
   readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
   stats?(): CacheStats;
+  /** The cache's bound; pins take their budget out of it. */
+  readonly cacheBytes?: number;
+  /** Told how many of `cacheBytes` the pins hold (CachedSource.reserveBytes). */
+  reserveBytes?(bytes: number): void;
 }
 
 export interface PrefetchStats extends CacheStats {
@@ -28,6 +37,8 @@ export interface PrefetchStats extends CacheStats {
 
 export class PrefetchedSource implements InnerSource {
   readonly size: number;
+  /** Pins beyond this are dropped: the metadata walk's budget, and a hard stop behind it. */
+  readonly pinBudgetBytes: number;
   readonly #inner: InnerSource;
   readonly #pages = new Map<number, Uint8Array>();
   #pinnedBytes = 0;
@@ -36,26 +47,35 @@ export class PrefetchedSource implements InnerSource {
   #prefetchFetches = 0;
   #prefetchBytes = 0;
 
-  constructor(inner: InnerSource) {
+  constructor(inner: InnerSource, options: { pinBudgetBytes?: number } = {}) {
     this.#inner = inner;
     this.size = inner.size;
+    this.pinBudgetBytes = options.pinBudgetBytes ??
+      (inner.cacheBytes !== undefined
+        ? Math.floor(inner.cacheBytes / 2 / PIN_PAGE_BYTES) * PIN_PAGE_BYTES
+        : DEFAULT_PIN_BUDGET_BYTES);
   }
 
   /**
    * Pins `bytes` at `offset` (a multiple of PIN_PAGE_BYTES; `bytes` whole pages except at the
-   * end of the source). Pages pinned already are kept.
+   * end of the source). Pages pinned already are kept; pages past `pinBudgetBytes` are not
+   * pinned (reads of them go through the cache).
    */
   pin(offset: number, bytes: Uint8Array): void {
     if (offset % PIN_PAGE_BYTES) throw new RangeError(`pin at ${offset}: not page aligned`);
+    const before = this.#pinnedBytes;
     for (let from = 0; from < bytes.length; from += PIN_PAGE_BYTES) {
       const index = (offset + from) / PIN_PAGE_BYTES;
       if (this.#pages.has(index)) continue;
+      // Every pinned page counts whole: the map entry and its view cost the same either way.
+      if (this.#pinnedBytes + PIN_PAGE_BYTES > this.pinBudgetBytes) break;
       const page = bytes.subarray(from, from + PIN_PAGE_BYTES);
       const wanted = Math.min(PIN_PAGE_BYTES, this.size - index * PIN_PAGE_BYTES);
       if (page.length !== wanted) continue;
       this.#pages.set(index, page);
-      this.#pinnedBytes += page.length;
+      this.#pinnedBytes += PIN_PAGE_BYTES;
     }
+    if (this.#pinnedBytes !== before) this.#inner.reserveBytes?.(this.#pinnedBytes);
   }
 
   /** Counts a read the prefetch made around the cache (for stats()). */
@@ -150,7 +170,7 @@ export class PrefetchedSource implements InnerSource {
 }
 
 export interface PrefetchOptions {
-  /** Upper bound of pinned metadata. Default 64 MiB. */
+  /** Upper bound of pinned metadata. Default (and at most) the target's pinBudgetBytes. */
   maxBytes?: number;
   /** Parallel reads. Default 8. */
   concurrency?: number;
@@ -183,7 +203,7 @@ export async function prefetchErofsMetadata(
     return bytes;
   };
   const common = {
-    maxBytes: options.maxBytes,
+    maxBytes: Math.min(options.maxBytes ?? Infinity, target.pinBudgetBytes),
     concurrency: options.concurrency,
     signal: options.signal,
     onPage: (offset: number, bytes: Uint8Array) => pinAligned(target, offset, bytes),

@@ -1,0 +1,57 @@
+import assert from "node:assert/strict";
+import { CachedSource } from "./cached.ts";
+import { PIN_PAGE_BYTES, PrefetchedSource, prefetchErofsMetadata } from "./prefetched.ts";
+import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
+import { FIXTURES } from "../../tests/_support/requires.ts";
+
+Deno.test("CachedSource.reserveBytes: chunks and the reserve share one bound", async () => {
+  const bytes = patternBytes(64 << 10);
+  const cache = new CachedSource(new MemorySource(bytes), {
+    chunkBytes: 4096,
+    cacheBytes: 32 << 10,
+    maxReadaheadBytes: 4096,
+  });
+  for (let offset = 0; offset < bytes.length; offset += 8192) await cache.read(offset, 1);
+  assert.equal(cache.stats().cachedBytes, 32 << 10, "full before the reserve");
+  cache.reserveBytes(20 << 10);
+  assert.ok(cache.stats().cachedBytes <= 12 << 10, `${cache.stats().cachedBytes} cached`);
+  for (let offset = 4096; offset < bytes.length; offset += 8192) {
+    assert.deepEqual(await cache.read(offset, 10), bytes.slice(offset, offset + 10));
+    assert.ok(cache.stats().cachedBytes + (20 << 10) <= cache.cacheBytes);
+  }
+  cache.reserveBytes(1 << 30);
+  assert.equal(cache.stats().cachedBytes, 4096, "one chunk stays usable");
+  await cache.close();
+});
+
+Deno.test("pinned metadata counts inside the cache bound and stops at half of it", async () => {
+  const image = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+  const cacheBytes = 16 << 10;
+  const cache = new CachedSource(new MemorySource(image), { chunkBytes: 4096, cacheBytes });
+  const served = new PrefetchedSource(cache);
+  assert.equal(served.pinBudgetBytes, 8 << 10);
+  const summary = await prefetchErofsMetadata(new MemorySource(image), served, {
+    fileInodes: true,
+  });
+  assert.match(summary, /stopped: metadata above 2 pages/, summary);
+  assert.ok(served.pinnedBytes <= 8 << 10, `${served.pinnedBytes} pinned`);
+  // Reads through the cache now never hold more than what the pins left.
+  for (let offset = 0; offset + 100 <= image.length; offset += 30_011) {
+    assert.deepEqual(await served.read(offset, 100), image.slice(offset, offset + 100));
+    assert.ok(
+      served.stats().cachedBytes + served.pinnedBytes <= cacheBytes,
+      `${served.stats().cachedBytes} cached + ${served.pinnedBytes} pinned`,
+    );
+  }
+  await served.close();
+});
+
+Deno.test("PrefetchedSource.pin never pins past its budget", () => {
+  const served = new PrefetchedSource(new MemorySource(patternBytes(16 * PIN_PAGE_BYTES)), {
+    pinBudgetBytes: 3 * PIN_PAGE_BYTES,
+  });
+  served.pin(0, patternBytes(10 * PIN_PAGE_BYTES));
+  assert.equal(served.pinnedBytes, 3 * PIN_PAGE_BYTES);
+  served.pin(12 * PIN_PAGE_BYTES, patternBytes(PIN_PAGE_BYTES));
+  assert.equal(served.pinnedBytes, 3 * PIN_PAGE_BYTES);
+});
