@@ -218,6 +218,34 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "serve flood: running out of file descriptors refuses clients but keeps serving",
+  ignore: ignore || requires(command("prlimit")),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 4 * MiB);
+      // deno itself uses about 20 descriptors: 40 leaves room for ~15 clients, not 64.
+      await using s = await serve(image, [], ["prlimit", "--nofile=40:40"]);
+      for (let i = 0; i < 40; i++) {
+        clients.push(await RawNbdClient.connectUnix(s.socket));
+      }
+      await sleep(500);
+      ok(s.alive(), `serve died when accept() failed: ${s.stderr()}`);
+      ok(/cannot accept a client \(.*open files/i.test(s.stderr()), `no EMFILE: ${s.stderr()}`);
+      for (const c of clients) c.close();
+      clients.length = 0;
+      await sleep(200);
+      await nbdinfoAnswers(s, Deno.statSync(image).size);
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 /** True when the server has closed `c` within `ms` (pending reply bytes are discarded). */
 async function closedWithin(c: RawNbdClient, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;

@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
-import { debug, info, isDebug } from "./log.ts";
+import { debug, info, isDebug, warn } from "./log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/resolve_layers.ts";
@@ -131,7 +131,11 @@ Example:
         },
         maxInflightBytes,
         idleTimeoutMs,
-        onConnection: (event) => debug("nbd connection", event),
+        onConnection: (event) => {
+          if (event.kind === "accept-failed") {
+            warn(`cannot accept a client (${event.reason}); retrying in ${event.pauseMs} ms`);
+          } else debug("nbd connection", event);
+        },
         onRequest: isDebug()
           ? (e) => {
             if (e.error) {

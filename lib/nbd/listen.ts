@@ -3,7 +3,7 @@
  * own handshake and transmission phase over ONE shared source (so CAN_MULTI_CONN holds and all
  * clients share one cache).
  */
-import { NbdError, UsageError } from "../errors.ts";
+import { type ListenAddress, listenOn, nbdUri } from "./address.ts";
 import type { Source } from "../source/source.ts";
 import { ConnActivity, watchConn } from "./activity.ts";
 import { InflightBudget } from "./budget.ts";
@@ -11,39 +11,7 @@ import { type ExportDescription, negotiate } from "./handshake.ts";
 import { BLOCK_SIZE_MAX } from "./protocol.ts";
 import { type RequestEvent, serveTransmission, type TransmissionEnd } from "./transmission.ts";
 
-export type ListenAddress =
-  | { transport: "unix"; path: string }
-  | { transport: "tcp"; hostname: string; port: number };
-
-/** `unix:PATH` or `tcp:HOST:PORT` (`tcp:[::1]:10809` for IPv6). */
-export function parseListenAddress(spec: string): ListenAddress {
-  const usage = "use unix:PATH or tcp:HOST:PORT, e.g. --listen unix:/run/erofs.sock";
-  if (spec.startsWith("unix:")) {
-    const path = spec.slice(5);
-    if (!path) throw new UsageError(`--listen ${spec}: empty socket path`, usage);
-    return { transport: "unix", path };
-  }
-  if (spec.startsWith("tcp:")) {
-    const rest = spec.slice(4);
-    const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(rest);
-    const port = match ? Number(match[3]) : NaN;
-    if (!match || port > 65535) {
-      throw new UsageError(`--listen ${spec}: expected tcp:HOST:PORT`, usage);
-    }
-    return { transport: "tcp", hostname: match[1] ?? match[2], port };
-  }
-  throw new UsageError(`--listen ${spec}: unknown address kind`, usage);
-}
-
-/** The NBD URI (as libnbd tools take it) of an export at `addr`. */
-export function nbdUri(addr: ListenAddress, exportName: string): string {
-  const name = encodeURIComponent(exportName);
-  if (addr.transport === "unix") {
-    return `nbd+unix:///${name}?socket=${encodeURIComponent(addr.path).replaceAll("%2F", "/")}`;
-  }
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  return `nbd://${host}:${addr.port}/${name}`;
-}
+export { type ListenAddress, nbdUri, parseListenAddress } from "./address.ts";
 
 export interface NbdServerOptions {
   listen: ListenAddress;
@@ -75,6 +43,7 @@ export type ConnectionEvent =
   | { kind: "open"; id: number }
   | { kind: "handshake-failed" | "refused"; id: number; reason: string }
   | { kind: "idle" | "evicted"; id: number; idleMs: number }
+  | { kind: "accept-failed"; reason: string; pauseMs: number }
   | { kind: "closed"; id: number; end: TransmissionEnd };
 
 export interface NbdServer {
@@ -88,7 +57,7 @@ export interface NbdServer {
 }
 
 export async function startNbdServer(options: NbdServerOptions): Promise<NbdServer> {
-  const listener = await listen(options.listen);
+  const listener = await listenOn(options.listen);
   const address: ListenAddress = options.listen.transport === "unix"
     ? options.listen
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
@@ -148,7 +117,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   };
 
   /** Closes the connection idle longest, if any has been idle long enough to lose its slot. */
-  const evictIdlest = (id: number): boolean => {
+  const evictIdlest = (reason: string): boolean => {
     const now = Date.now();
     let idlest: [number, Connection, number] | undefined;
     for (const [otherId, entry] of active) {
@@ -159,7 +128,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     }
     if (!idlest) return false;
     options.onConnection?.({ kind: "evicted", id: idlest[0], idleMs: idlest[2] });
-    idlest[1].close(`replaced by connection ${id}`);
+    idlest[1].close(reason);
     return true;
   };
 
@@ -176,26 +145,36 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     : undefined;
 
   const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        const id = nextId++;
-        if (active.size >= maxConnections && !evictIdlest(id)) {
-          options.onConnection?.({ kind: "refused", id, reason: "too many connections" });
-          closeQuietly(conn);
-          continue;
-        }
-        const entry = new Connection(conn);
-        // handle() does not throw by design; a bug there must not end the server.
-        entry.done = handle(entry, id).catch((error) =>
-          options.onConnection?.({ kind: "handshake-failed", id, reason: message(error) })
-        ).finally(() => {
-          closeQuietly(conn);
-          active.delete(id);
-        });
-        active.set(id, entry);
+    let pauseMs = 0;
+    while (!stop.signal.aborted) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+        pauseMs = 0;
+      } catch (error) {
+        if (stop.signal.aborted || error instanceof Deno.errors.BadResource) break;
+        // Out of descriptors or memory: the connection waits in the backlog until some close.
+        pauseMs = Math.min(Math.max(2 * pauseMs, 50), 1000);
+        options.onConnection?.({ kind: "accept-failed", reason: message(error), pauseMs });
+        evictIdlest("the server ran out of descriptors"); // idle clients make room
+        await abortableSleep(pauseMs, stop.signal);
+        continue;
       }
-    } catch (error) {
-      if (!stop.signal.aborted) throw error;
+      const id = nextId++;
+      if (active.size >= maxConnections && !evictIdlest(`replaced by connection ${id}`)) {
+        options.onConnection?.({ kind: "refused", id, reason: "too many connections" });
+        closeQuietly(conn);
+        continue;
+      }
+      const entry = new Connection(conn);
+      // handle() does not throw by design; a bug there must not end the server.
+      entry.done = handle(entry, id).catch((error) =>
+        options.onConnection?.({ kind: "handshake-failed", id, reason: message(error) })
+      ).finally(() => {
+        closeQuietly(conn);
+        active.delete(id);
+      });
+      active.set(id, entry);
     }
   })();
 
@@ -242,41 +221,16 @@ class Connection {
   }
 }
 
-async function listen(addr: ListenAddress): Promise<Deno.Listener> {
-  if (addr.transport === "tcp") {
-    try {
-      return Deno.listen({ transport: "tcp", hostname: addr.hostname, port: addr.port });
-    } catch (error) {
-      throw new NbdError(`cannot listen on ${addr.hostname}:${addr.port}: ${message(error)}`);
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
     }
-  }
-  await removeStaleSocket(addr.path);
-  try {
-    return Deno.listen({ transport: "unix", path: addr.path });
-  } catch (error) {
-    throw new NbdError(`cannot listen on ${addr.path}: ${message(error)}`);
-  }
-}
-
-/** A socket file nobody accepts on is left over from a killed server: replace it. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!info.isSocket) {
-    throw new NbdError(`${path} exists and is not a socket`, "choose another --listen path");
-  }
-  try {
-    const probe = await Deno.connect({ transport: "unix", path });
-    probe.close();
-  } catch {
-    Deno.removeSync(path);
-    return;
-  }
-  throw new NbdError(`${path} is in use by another server`, "stop it or choose another path");
+  });
 }
 
 function closeQuietly(closable: { close(): void }): void {

@@ -14,12 +14,22 @@ export interface Serving {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Starts `erofs-oci serve IMAGE --listen unix:TMP/nbd.sock ARGS` and waits for its URI line. */
-export async function serve(image: string, args: string[] = []): Promise<Serving> {
+/**
+ * Starts `erofs-oci serve IMAGE --listen unix:TMP/nbd.sock ARGS` and waits for its URI line.
+ * `prefix` runs it through a wrapper that execs it, e.g. `["prlimit", "--nofile=64"]`.
+ */
+export async function serve(
+  image: string,
+  args: string[] = [],
+  prefix: string[] = [],
+): Promise<Serving> {
   const dir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-" });
   const socket = `${dir}/nbd.sock`;
-  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["serve", image, "--listen", `unix:${socket}`, ...args],
+  const argv = [`${REPO_ROOT}/scripts/erofs-oci-dev`, "serve", image, "--listen", `unix:${socket}`];
+  argv.push(...args);
+  argv.unshift(...prefix);
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
     env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
     stdin: "null",
     stdout: "piped",
