@@ -9,6 +9,7 @@ import {
   closeFd,
   Errno,
   type FileIdentity,
+  listDirectory,
   openDirNoSymlinks,
   statIdentity,
   SysError,
@@ -42,15 +43,16 @@ export function checkMountTarget(dir: string): MountTarget {
   if (!info.isDirectory) {
     throw new MountError(`mount point ${dir} is not a directory`);
   }
-  for (const _ of Deno.readDirSync(dir)) {
-    throw new MountError(
-      `mount point ${dir} is not empty`,
-      "mount on an empty directory so no files are hidden",
-    );
-  }
   const path = Deno.realPathSync(dir);
   const fd = openTarget(path);
   try {
+    // Listed through the descriptor: the directory that will be mounted on is the one checked.
+    if (listDirectory(`/proc/self/fd/${fd}`).length > 0) {
+      throw new MountError(
+        `mount point ${dir} is not empty`,
+        "mount on an empty directory so no files are hidden",
+      );
+    }
     return { path, fd, identity: statIdentity(fd) };
   } catch (error) {
     closeFd(fd);
