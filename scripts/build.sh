@@ -1,35 +1,70 @@
 #!/usr/bin/env bash
-# Builds dist/erofs-oci. With a denort runtime (DENORT_BIN, or downloadable) that is one
-# self-contained executable from `deno compile`; otherwise a single bundled JS file
-# (dist/erofs-oci.js) plus a launcher script that runs it with the project's Deno.
+# Builds dist/erofs-oci, one self-contained executable file to copy to a host:
+# - with a denort runtime (DENORT_BIN, or downloadable by deno) from `deno compile`;
+# - otherwise the bundled program and the pinned Deno runtime appended to a shell launcher
+#   (scripts/launcher.sh), unpacked on first run into a cache directory named by content hash
+#   and checked by sha256 there.
+# Prints which one it made, its size and its start-up time (first run, then a warm one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 deno=tools/bin/deno
-perms=$(grep -v '^#' scripts/permissions)
-mkdir -p dist
-rm -f dist/erofs-oci dist/erofs-oci.js
+perms=$(grep -v '^#' scripts/permissions | tr '\n' ' ' | sed 's/ *$//')
+work=.cache/build
+mkdir -p dist "$work"
+rm -rf dist/erofs-oci dist/erofs-oci.js dist/deno "$work"/*
+
+elapsed_s() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN{printf "%.2f", e-s}'; }
+
+# Start-up cost as a user meets it: --version from an empty runtime cache, then again.
+report() {
+  local kind=$1 cache start first warm
+  cache=$(mktemp -d)
+  start=$(date +%s.%N)
+  EROFS_OCI_RUNTIME_CACHE=$cache/runtime dist/erofs-oci --version >/dev/null
+  first=$(elapsed_s "$start")
+  start=$(date +%s.%N)
+  EROFS_OCI_RUNTIME_CACHE=$cache/runtime dist/erofs-oci --version
+  warm=$(elapsed_s "$start")
+  chmod -R u+w "$cache" && rm -rf "$cache"
+  echo "built dist/erofs-oci: $kind, $(du -m dist/erofs-oci | cut -f1) MB;" \
+    "start-up (--version): first run ${first} s, warm ${warm} s"
+}
 
 # shellcheck disable=SC2086
-if NO_COLOR=1 $deno compile -q $perms --no-check --output dist/erofs-oci main.ts 2>dist/compile.log; then
-  rm -f dist/compile.log
-  echo "built dist/erofs-oci: single executable (deno compile)"
-  dist/erofs-oci --version
+if NO_COLOR=1 $deno compile -q $perms --no-check --output dist/erofs-oci main.ts 2>"$work/compile.log"; then
+  report "single executable (deno compile)"
   exit 0
 fi
 # The first "Caused by" line says why (typically: the denort runtime cannot be downloaded).
-reason=$(grep -m1 -E '^ +1: ' dist/compile.log | sed 's/^ *1: //' | cut -c1-200 || true)
-echo "deno compile unavailable: ${reason:-$(head -1 dist/compile.log)}" >&2
-echo "falling back to a bundled single file (set DENORT_BIN to a denort binary to compile)" >&2
-$deno bundle -q --output dist/erofs-oci.js main.ts
-cp "$(readlink -f $deno)" dist/deno
-cat > dist/erofs-oci <<LAUNCHER
-#!/bin/sh
-# Launcher for the bundled erofs-oci (no denort runtime was available at build time).
-here=\$(dirname "\$(readlink -f "\$0")")
-exec "\$here/deno" run -q --no-config --no-lock $perms "\$here/erofs-oci.js" "\$@"
-LAUNCHER
-chmod +x dist/erofs-oci
-rm -f dist/compile.log
-echo "built dist/erofs-oci: bundled single file dist/erofs-oci.js + launcher (copy dist/ as a whole)"
-dist/erofs-oci --version
+reason=$(grep -m1 -E '^ +1: ' "$work/compile.log" | sed 's/^ *1: //' | cut -c1-200 || true)
+echo "deno compile unavailable: ${reason:-$(head -1 "$work/compile.log")}" >&2
+echo "falling back to launcher + Deno runtime + bundle in one file (set DENORT_BIN to compile)" >&2
+rm -f dist/erofs-oci
+$deno bundle -q --output "$work/erofs-oci.js" main.ts
+deno_real=$(readlink -f $deno)
+
+sha() { sha256sum <"$1" | cut -d' ' -f1; }
+bundle_sha256=$(sha "$work/erofs-oci.js")
+deno_sha256=$(sha "$deno_real")
+version=$($deno eval -q 'import { VERSION } from "./lib/version.ts"; console.log(VERSION)')
+# The launcher's header holds its own length; a fixed-width number keeps that length constant.
+fill() {
+  sed -e "s|@VERSION@|$version|" \
+    -e "s|@PAYLOAD_OFFSET@|$(printf '%-10s' "$1")|" \
+    -e "s|@BUNDLE_BYTES@|$(stat -c %s "$work/erofs-oci.js")|g" \
+    -e "s|@BUNDLE_SHA256@|$bundle_sha256|" \
+    -e "s|@DENO_BYTES@|$(stat -c %s "$deno_real")|g" \
+    -e "s|@DENO_SHA256@|$deno_sha256|" \
+    -e "s|@RUNTIME_ID@|$(printf '%s %s' "$bundle_sha256" "$deno_sha256" | sha256sum | cut -c1-32)|" \
+    -e "s|@PERMISSIONS@|$perms|" \
+    scripts/launcher.sh
+}
+header_bytes=$(fill 0 | wc -c)
+fill "$header_bytes" >"$work/launcher.sh"
+[ "$(wc -c <"$work/launcher.sh")" = "$header_bytes" ] || { echo "launcher length changed" >&2; exit 1; }
+cat "$work/launcher.sh" "$work/erofs-oci.js" "$deno_real" >dist/erofs-oci.tmp
+chmod 0755 dist/erofs-oci.tmp
+mv -f dist/erofs-oci.tmp dist/erofs-oci
+rm -f "$work/compile.log"
+report "one file: launcher + Deno $($deno --version | head -1 | cut -d' ' -f2) + bundled program"

@@ -1,40 +1,167 @@
 /**
- * `deno task build` makes a runnable dist/erofs-oci — a compiled binary when a denort runtime
- * is available, else the bundle + launcher — and says which; both answer --version and --help.
+ * `deno task build` makes dist/erofs-oci, one executable file (a compiled binary when a denort
+ * runtime is available, else a launcher with the Deno runtime and the bundle appended), tested
+ * as a user would: only that file copied into an empty directory, then --version, --help, a
+ * usage error, and a mount and umount of a local image. The launcher's first-run unpacking is
+ * checked too: a damaged copy or a cache others can write to is refused, nothing half-done stays.
  */
 import assert from "node:assert/strict";
-import { REPO_ROOT } from "./_support/requires.ts";
+import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { VERSION } from "../lib/version.ts";
 
-async function run(cmd: string, args: string[] = []) {
-  const out = await new Deno.Command(cmd, {
-    args,
-    cwd: REPO_ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
 }
 
-Deno.test("build: dist/erofs-oci is made, says what it is, and runs --version and --help", async () => {
-  const built = await run(`${REPO_ROOT}/scripts/build.sh`);
-  assert.equal(built.code, 0, built.stderr);
-  assert.match(built.stdout, /built dist\/erofs-oci: (single executable|bundled single file)/);
-  if (/bundled/.test(built.stdout)) assert.match(built.stderr, /deno compile unavailable: \S/);
+async function run(cmd: string, args: string[], env: Record<string, string> = {}, cwd?: string) {
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd: cwd ?? REPO_ROOT,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) } as Run;
+}
 
-  const version = await run(`${REPO_ROOT}/dist/erofs-oci`, ["--version"]);
-  assert.equal(version.code, 0, version.stderr);
-  assert.equal(version.stdout.trim(), `erofs-oci ${VERSION}`);
-  const help = await run(`${REPO_ROOT}/dist/erofs-oci`, ["--help"]);
-  assert.equal(help.code, 0);
-  for (
-    const command of ["mount", "umount", "list", "reattach", "inspect", "pull", "push", "serve"]
-  ) {
-    assert.match(help.stdout, new RegExp(`^  ${command} `, "m"), `--help lists ${command}`);
+let built: Promise<Run> | undefined;
+/** One build per test file run. */
+function build(): Promise<Run> {
+  return built ??= run(`${REPO_ROOT}/scripts/build.sh`, []);
+}
+
+/** An empty directory holding only a copy of dist/erofs-oci, and a runtime cache beside it. */
+async function copiedAlone() {
+  const base = await Deno.makeTempDir({ prefix: "erofs-oci-copied-" });
+  await Deno.mkdir(`${base}/bin`);
+  await Deno.mkdir(`${base}/empty`);
+  await Deno.copyFile(`${REPO_ROOT}/dist/erofs-oci`, `${base}/bin/erofs-oci`);
+  const program = `${base}/bin/erofs-oci`;
+  const env = { EROFS_OCI_RUNTIME_CACHE: `${base}/cache/runtime` };
+  return {
+    base,
+    program,
+    env,
+    run: (args: string[], extraEnv: Record<string, string> = {}) =>
+      run(program, args, { ...env, ...extraEnv }, `${base}/empty`),
+    async cleanup() {
+      // The unpacked runtime is read-only on purpose.
+      await run("chmod", ["-R", "u+w", base]);
+      await Deno.remove(base, { recursive: true });
+    },
+  };
+}
+
+function isLauncher(buildOutput: Run): boolean {
+  return /one file: launcher/.test(buildOutput.stdout);
+}
+
+Deno.test("build: dist/erofs-oci is one file that says what it is, its size and start-up", async () => {
+  const result = await build();
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(
+    result.stdout,
+    /^built dist\/erofs-oci: (single executable \(deno compile\)|one file: launcher \+ Deno [\d.]+ \+ bundled program), \d+ MB; start-up \(--version\): first run [\d.]+ s, warm [\d.]+ s$/m,
+  );
+  if (isLauncher(result)) assert.match(result.stderr, /deno compile unavailable: \S/);
+  const entries = [...Deno.readDirSync(`${REPO_ROOT}/dist`)].map((e) => e.name);
+  assert.deepEqual(entries, ["erofs-oci"], "dist/ holds nothing but the program");
+});
+
+Deno.test("build: the file copied alone into an empty directory runs --version, --help, usage", async () => {
+  assert.equal((await build()).code, 0);
+  const copy = await copiedAlone();
+  try {
+    const version = await copy.run(["--version"]);
+    assert.equal(version.code, 0, version.stderr);
+    assert.equal(version.stdout.trim(), `erofs-oci ${VERSION}`);
+    const help = await copy.run(["--help"]);
+    assert.equal(help.code, 0);
+    for (
+      const command of ["mount", "umount", "list", "reattach", "inspect", "pull", "push", "serve"]
+    ) {
+      assert.match(help.stdout, new RegExp(`^  ${command} `, "m"), `--help lists ${command}`);
+    }
+    const usage = await copy.run(["mount"]);
+    assert.equal(usage.code, 2);
+    assert.match(usage.stderr, /^erofs-oci: mount: missing IMAGE DIR/);
+  } finally {
+    await copy.cleanup();
   }
-  const usage = await run(`${REPO_ROOT}/dist/erofs-oci`, ["mount"]);
-  assert.equal(usage.code, 2);
-  assert.match(usage.stderr, /^erofs-oci: mount: missing IMAGE DIR/);
+});
+
+Deno.test("build: launcher unpacks once into a private cache, checked by sha256", async (t) => {
+  const result = await build();
+  assert.equal(result.code, 0);
+  if (!isLauncher(result)) return; // a compiled binary has nothing to unpack
+  const copy = await copiedAlone();
+  try {
+    await t.step("first run unpacks into a 0700 directory named by content hash", async () => {
+      assert.equal((await copy.run(["--version"])).code, 0);
+      const runtime = `${copy.base}/cache/runtime`;
+      assert.equal(Deno.statSync(runtime).mode! & 0o777, 0o700);
+      const ids = [...Deno.readDirSync(runtime)].map((e) => e.name);
+      assert.equal(ids.length, 1, `one unpacked runtime, no leftovers: ${ids}`);
+      assert.match(ids[0], /^[0-9a-f]{32}$/);
+      const unpacked = `${runtime}/${ids[0]}`;
+      assert.equal(Deno.statSync(unpacked).mode! & 0o777, 0o500);
+      assert.equal(Deno.statSync(`${unpacked}/deno`).mode! & 0o777, 0o500);
+      assert.equal(Deno.statSync(`${unpacked}/erofs-oci.js`).mode! & 0o777, 0o400);
+    });
+
+    await t.step("a cache directory others can write to is refused", async () => {
+      await Deno.chmod(`${copy.base}/cache/runtime`, 0o777);
+      const refused = await copy.run(["--version"]);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /^erofs-oci: refusing to run .*writable by others/);
+      await Deno.chmod(`${copy.base}/cache/runtime`, 0o700);
+    });
+
+    await t.step("a damaged copy is refused and leaves nothing unpacked", async () => {
+      const damaged = `${copy.base}/bin/damaged`;
+      const bytes = await Deno.readFile(copy.program);
+      bytes[bytes.length - 1000] ^= 0xff; // inside the Deno runtime, the last payload part
+      await Deno.writeFile(damaged, bytes, { mode: 0o755 });
+      const cache = `${copy.base}/cache-damaged/runtime`;
+      const refused = await run(damaged, ["--version"], { EROFS_OCI_RUNTIME_CACHE: cache });
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /^erofs-oci: .*damaged \(sha256 of its payload/);
+      assert.deepEqual([...Deno.readDirSync(cache)], [], "no runtime and no .unpack leftovers");
+    });
+  } finally {
+    await copy.cleanup();
+  }
+});
+
+Deno.test({
+  name: "build: the copied file mounts a local image (its server is itself) and unmounts it",
+  ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/basic.erofs`)),
+  async fn() {
+    assert.equal((await build()).code, 0);
+    const copy = await copiedAlone();
+    const sandbox = await mountSandbox();
+    try {
+      const mounted = await copy.run(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        sandbox.env,
+      );
+      assert.equal(mounted.code, 0, `${mounted.stderr}\n${sandbox.serverLogs()}`);
+      assert.match(mounted.stdout, /^mounted .* server pid \d+\)$/m);
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const unmounted = await copy.run(["umount", sandbox.target], sandbox.env);
+      assert.equal(unmounted.code, 0, unmounted.stderr);
+      assert.equal(
+        Deno.readTextFileSync("/proc/self/mountinfo").includes(` ${sandbox.target} `),
+        false,
+      );
+    } finally {
+      await sandbox.cleanup();
+      await copy.cleanup();
+    }
+  },
 });

@@ -1,0 +1,83 @@
+#!/bin/sh
+# erofs-oci @VERSION@: one self-contained file (scripts/build.sh, used when `deno compile` has no
+# denort runtime). This shell header is followed by the bundled program (@BUNDLE_BYTES@ bytes)
+# and the Deno runtime (@DENO_BYTES@ bytes). The first run unpacks both into a cache directory
+# named by their content hash, checks their sha256 there and only then makes the directory
+# visible (atomic rename); later runs start from it directly. The cache directory and its parent
+# must belong to the caller and be writable by nobody else, else the launcher refuses to run:
+# whoever can write there could swap the program that runs as root.
+# Env: EROFS_OCI_RUNTIME_CACHE (default /var/cache/erofs-oci/runtime for root,
+# ${XDG_CACHE_HOME:-$HOME/.cache}/erofs-oci/runtime otherwise).
+payload_offset=@PAYLOAD_OFFSET@
+bundle_bytes=@BUNDLE_BYTES@
+bundle_sha256=@BUNDLE_SHA256@
+deno_bytes=@DENO_BYTES@
+deno_sha256=@DENO_SHA256@
+runtime_id=@RUNTIME_ID@
+
+fail() {
+  printf 'erofs-oci: %s\n' "$*" >&2
+  exit 1
+}
+
+uid=$(id -u)
+if [ -n "${EROFS_OCI_RUNTIME_CACHE:-}" ]; then
+  base=$EROFS_OCI_RUNTIME_CACHE
+elif [ "$uid" = 0 ]; then
+  base=/var/cache/erofs-oci/runtime
+else
+  base=${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/erofs-oci/runtime
+fi
+dir=$base/$runtime_id
+
+# Prints why PATH cannot be trusted (not ours, or writable by group or others), or nothing.
+untrusted() {
+  # shellcheck disable=SC2046 # owner and mode, split on purpose
+  set -- "$1" $(stat -L -c '%u %a' -- "$1" 2>/dev/null)
+  if [ $# -ne 3 ]; then
+    echo "$1 cannot be read"
+  elif [ "$2" != "$uid" ]; then
+    echo "$1 belongs to uid $2, not $uid"
+  elif [ $((0$3 & 022)) -ne 0 ]; then
+    echo "$1 is writable by others (mode $3)"
+  fi
+}
+
+check_trusted() {
+  for path in "$@"; do
+    why=$(untrusted "$path")
+    [ -z "$why" ] || fail "refusing to run the unpacked runtime: $why (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
+  done
+}
+
+unpack() {
+  self=$(readlink -f -- "$0") || fail "cannot find this program's own file ($0)"
+  [ -r "$self" ] || fail "cannot read this program's own file $self"
+  command -v sha256sum >/dev/null || fail "sha256sum not found (coreutils) to check the unpacked runtime"
+  old_umask=$(umask)
+  umask 077
+  mkdir -p -- "$base" || fail "cannot create $base"
+  check_trusted "$base/.." "$base"
+  tmp=$(mktemp -d -- "$base/.unpack.XXXXXX") || fail "cannot create a directory in $base"
+  tail -c +$((payload_offset + 1)) -- "$self" | head -c "$bundle_bytes" >"$tmp/erofs-oci.js"
+  tail -c +$((payload_offset + bundle_bytes + 1)) -- "$self" >"$tmp/deno"
+  got_bundle=$(sha256sum <"$tmp/erofs-oci.js")
+  got_deno=$(sha256sum <"$tmp/deno")
+  if [ "${got_bundle%% *}" != "$bundle_sha256" ] || [ "${got_deno%% *}" != "$deno_sha256" ] ||
+    [ "$(stat -c %s -- "$tmp/deno")" != "$deno_bytes" ]; then
+    rm -rf -- "$tmp"
+    fail "$self is damaged (sha256 of its payload does not match); copy it again"
+  fi
+  chmod 0500 "$tmp/deno" && chmod 0400 "$tmp/erofs-oci.js" && chmod 0500 "$tmp" ||
+    fail "chmod in $tmp failed"
+  # Another process may have unpacked the same runtime meanwhile: keep the first one.
+  mv -T -- "$tmp" "$dir" 2>/dev/null || { chmod 0700 "$tmp" && rm -rf -- "$tmp"; }
+  [ -d "$dir" ] || fail "cannot unpack the runtime into $dir"
+  umask "$old_umask"
+}
+
+[ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] || unpack
+check_trusted "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js"
+export DENO_NO_UPDATE_CHECK=1
+exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ \
+  "$dir/erofs-oci.js" "$@"
