@@ -7,6 +7,12 @@ import { scanDirectory } from "../erofs/writer/from_dir.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
+import { scanTar } from "../erofs/writer/from_tar.ts";
+import type { BuildNode } from "../erofs/writer/tree.ts";
+import { openTar } from "../tar/decompress.ts";
+import { closeFd, O_RDONLY, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
+
+const O_CREAT = 0o100, O_EXCL = 0o200;
 
 const MAX_ORDER_FILE_BYTES = 64 << 20;
 
@@ -15,9 +21,12 @@ export const buildCommand: Command = {
   summary: "make an EROFS image from a directory, laid out for lazy mounting",
   help: `Usage: erofs-oci build SOURCE -o OUT.erofs [options]
 
-Writes an uncompressed EROFS image (4096-byte blocks) of SOURCE, a directory. All
+Writes an uncompressed EROFS image (4096-byte blocks) of SOURCE. All
 metadata (inodes, directories, xattrs) is packed at the front of the image, before any
-file data, so a lazy mount reads the whole tree in one ranged read. OUT is written
+file data, so a lazy mount reads the whole tree in one ranged read. SOURCE is a
+directory, or a tar (plain, gzip or zstd) file, or - for a tar on standard input. OCI
+whiteouts in a tar (.wh.NAME, .wh..wh..opq) become what overlayfs understands (a 0/0
+character device, trusted.overlay.opaque=y), so the image works as one layer of a stack. OUT is written
 through a temporary file next to it and replaced only when complete.
 
 Options:
@@ -28,6 +37,7 @@ Options:
       --timestamp SECS  build time in the superblock (default: SOURCE_DATE_EPOCH or now);
                         with --uuid the output is the same for the same input
       --uuid UUID       file system UUID (default: random)
+      --literal-whiteouts  keep .wh.* tar members as plain files
   -h, --help
 
 Example:
@@ -38,10 +48,12 @@ Example:
       order: { type: "string" },
       timestamp: { type: "string" },
       uuid: { type: "string" },
+      "literal-whiteouts": { type: "boolean" },
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
-    const timestamp = parseTimestamp(values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH"));
+    const timestamp = parseTimestamp(values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
+      Math.floor(Date.now() / 1000);
     let uuid: Uint8Array | undefined;
     if (values.uuid !== undefined) {
       uuid = parseUuid(values.uuid);
@@ -49,25 +61,11 @@ Example:
     }
     const order = values.order ? await readOrderFile(values.order) : undefined;
 
-    let sourceInfo: Deno.FileInfo;
-    try {
-      sourceInfo = await Deno.stat(source);
-    } catch (error) {
-      throw new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
-    }
-    if (!sourceInfo.isDirectory) {
-      throw new UserError(`build: ${source} is not a directory`, "SOURCE must be a directory");
-    }
-    const scanning = new ProgressLine(`scanning ${source}`);
-    let skipped = 0;
-    const { root, entries } = scanDirectory(source, {
-      onEntries: (count) => scanning.update(count),
-      onSkippedXattr: (path, name) => {
-        if (skipped++ < 5) warn(`xattr ${name} of ${path} cannot be stored in EROFS: left out`);
-      },
+    const loaded = await loadSource(source, values.output, {
+      literalWhiteouts: values["literal-whiteouts"],
+      impliedMtimeSec: timestamp,
     });
-    scanning.finish();
-    if (skipped > 5) warn(`${skipped} xattrs left out in all`);
+    const { root, entries } = loaded;
     const progress = new ProgressLine(`writing ${values.output}`);
     try {
       const result = buildImage(root, values.output, {
@@ -84,10 +82,102 @@ Example:
       return 0;
     } finally {
       progress.finish();
+      loaded.close();
     }
   },
 };
 
+interface LoadedSource {
+  root: BuildNode;
+  entries: number;
+  close(): void;
+}
+
+/** Reads SOURCE (a directory, a tar/tar.gz/tar.zst file, or "-") into a tree. */
+async function loadSource(
+  source: string,
+  output: string,
+  options: { literalWhiteouts?: boolean; impliedMtimeSec?: number },
+): Promise<LoadedSource> {
+  let sourceInfo: Deno.FileInfo | undefined;
+  if (source !== "-") {
+    try {
+      sourceInfo = await Deno.stat(source);
+    } catch (error) {
+      throw new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
+    }
+  }
+  const onSkippedXattr = skippedXattrWarner();
+  if (sourceInfo?.isDirectory) {
+    const scanning = new ProgressLine(`scanning ${source}`);
+    try {
+      const { root, entries } = scanDirectory(source, {
+        onEntries: (count) => scanning.update(count),
+        onSkippedXattr,
+      });
+      return { root, entries, close() {} };
+    } finally {
+      scanning.finish();
+    }
+  }
+  if (sourceInfo && !sourceInfo.isFile) {
+    throw new UserError(`build: ${source} is neither a directory nor a tar file`);
+  }
+  const { stream, compression } = await openTar(source);
+  // Data of an uncompressed tar file stays where it is; anything else is spooled next to the
+  // output (unlinked at once, so nothing survives a crash).
+  const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
+  const spoolPath = `${dirOf(output)}/.erofs-oci-build-spool-${crypto.randomUUID().slice(0, 8)}`;
+  let spoolFd: number;
+  try {
+    spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
+  } catch (error) {
+    if (tarFd !== undefined) closeFd(tarFd);
+    await stream.cancel().catch(() => {});
+    if (error instanceof SysError) {
+      throw new UserError(`build: cannot write next to ${output}: ${strerror(error.errno)}`);
+    }
+    throw error;
+  }
+  Deno.removeSync(spoolPath);
+  const close = () => {
+    closeFd(spoolFd);
+    if (tarFd !== undefined) closeFd(tarFd);
+  };
+  const scanning = new ProgressLine(`reading ${source === "-" ? "standard input" : source}`);
+  try {
+    const { root, entries } = await scanTar(stream, {
+      literalWhiteouts: options.literalWhiteouts,
+      impliedMtimeSec: options.impliedMtimeSec,
+      tarFd,
+      spoolFd,
+      onSkippedXattr,
+      onEntries: (count) => scanning.update(count),
+    });
+    return { root, entries, close };
+  } catch (error) {
+    close();
+    throw error;
+  } finally {
+    scanning.finish();
+  }
+}
+
+function skippedXattrWarner() {
+  let skipped = 0;
+  return (path: string, name: string) => {
+    skipped++;
+    if (skipped <= 5) warn(`xattr ${name} of ${path} cannot be stored in EROFS: left out`);
+    if (skipped === 6) warn("more xattrs left out");
+  };
+}
+
+function dirOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash < 0 ? "." : path.slice(0, slash) || "/";
+}
+
+/** Directories a tar implies without listing them get this mtime too. */
 function parseTimestamp(text: string | undefined): number | undefined {
   if (text === undefined || text === "") return undefined;
   if (!/^-?[0-9]{1,12}$/.test(text)) {

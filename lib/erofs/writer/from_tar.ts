@@ -1,0 +1,227 @@
+/**
+ * Reads a tar stream (an OCI layer) into `BuildNode`s. File data is not held: it stays in the
+ * tar when the tar is an uncompressed file on disk (nodes point at its byte ranges), else it is
+ * spooled to an unlinked temporary file (holes of sparse members stay holes). Later members
+ * replace earlier ones with the same path, as extraction would.
+ *
+ * OCI whiteouts become their overlayfs form (the default, so a per-layer image works in an
+ * overlay stack): `.wh.NAME` → character device 0/0 at NAME, `.wh..wh..opq` →
+ * `trusted.overlay.opaque=y` on its directory (lib/tar/whiteout.ts resolves same-layer cases).
+ */
+import { FormatError } from "../../errors.ts";
+import type { TarEntry } from "../../tar/entry.ts";
+import { readTar } from "../../tar/reader.ts";
+import {
+  LayerOverlayMapper,
+  OVERLAY_OPAQUE_VALUE,
+  OVERLAY_OPAQUE_XATTR,
+} from "../../tar/whiteout.ts";
+import { pwriteAll } from "./data_copy.ts";
+import { libc, unwrap } from "../../../ffi/libc.ts";
+import { type BuildNode, checkEntryName, newNode, type NodeKind } from "./tree.ts";
+import { xattrNameSupported } from "./xattrs.ts";
+
+export interface TarScanOptions {
+  /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
+  literalWhiteouts?: boolean;
+  /** mtime of directories the tar implies but does not list (default 0). */
+  impliedMtimeSec?: number;
+  /**
+   * An fd of the same uncompressed tar on disk: file data is referenced there, not copied.
+   * Sparse members are still spooled.
+   */
+  tarFd?: number;
+  /** Where other data is spooled (an open, writable, empty file). Needed unless `tarFd`. */
+  spoolFd?: number;
+  onSkippedXattr?: (path: string, name: string) => void;
+  onEntries?: (count: number) => void;
+}
+
+export interface TarScanResult {
+  root: BuildNode;
+  entries: number;
+  /** Bytes written to the spool file. */
+  spooledBytes: number;
+}
+
+const TAR_KIND: Record<string, NodeKind> = {
+  file: "file",
+  dir: "dir",
+  symlink: "symlink",
+  char: "chardev",
+  block: "blockdev",
+  fifo: "fifo",
+};
+const SPOOL_ALIGN = 4096;
+const encoder = new TextEncoder();
+
+export async function scanTar(
+  stream: ReadableStream<Uint8Array>,
+  options: TarScanOptions = {},
+): Promise<TarScanResult> {
+  const implied = { mtimeSec: options.impliedMtimeSec ?? 0 };
+  const root = newNode("dir", implied);
+  const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper();
+  let entries = 0;
+  let spoolEnd = 0;
+
+  const parentOf = (path: string): [BuildNode, string] => {
+    const parts = path.split("/");
+    let dir = root;
+    for (let i = 0; i < parts.length - 1; i++) {
+      checkEntryName(parts[i], `tar member "${path}"`);
+      let next = dir.children!.get(parts[i]);
+      if (!next) {
+        next = newNode("dir", implied);
+        dir.children!.set(parts[i], next);
+      } else if (next.kind !== "dir") {
+        throw new FormatError(
+          `tar member "${path}": "${parts.slice(0, i + 1).join("/")}" is not a directory`,
+        );
+      }
+      dir = next;
+    }
+    const name = parts[parts.length - 1];
+    checkEntryName(name, `tar member "${path}"`);
+    return [dir, name];
+  };
+
+  const spool = async (entry: TarEntry): Promise<number> => {
+    if (options.spoolFd === undefined) throw new FormatError("no spool file for tar data");
+    const base = Math.ceil(spoolEnd / SPOOL_ALIGN) * SPOOL_ALIGN;
+    const runs = entry.sparse ?? [{ offset: 0, length: entry.storedSize }];
+    let run = 0, inRun = 0;
+    for await (const chunk of entry.body) {
+      let at = 0;
+      while (at < chunk.length) {
+        while (run < runs.length && inRun >= runs[run].length) {
+          run++;
+          inRun = 0;
+        }
+        if (run >= runs.length) throw new FormatError(`tar member "${entry.path}": data overrun`);
+        const n = Math.min(chunk.length - at, runs[run].length - inRun);
+        pwriteAll(
+          options.spoolFd,
+          chunk.subarray(at, at + n) as Uint8Array<ArrayBuffer>,
+          base + runs[run].offset + inRun,
+        );
+        at += n;
+        inRun += n;
+      }
+    }
+    spoolEnd = base + entry.size;
+    return base;
+  };
+
+  for await (const entry of readTar(drainOnCancel(stream))) {
+    entries++;
+    if (entries % 1024 === 0) options.onEntries?.(entries);
+    if (overlay?.add(entry.path, entry.kind)) continue;
+    if (entry.path === "") {
+      if (entry.kind === "dir") Object.assign(root, attributes(entry, options));
+      continue;
+    }
+    const [dir, name] = parentOf(entry.path);
+    const old = dir.children!.get(name);
+    if (entry.kind === "hardlink") {
+      const target = lookupPath(root, entry.linkname);
+      if (!target || target.kind === "dir") {
+        throw new FormatError(
+          `tar member "${entry.path}": hard link target "${entry.linkname}" missing`,
+        );
+      }
+      dir.children!.set(name, target);
+      continue;
+    }
+    const kind = TAR_KIND[entry.kind];
+    const node = newNode(kind);
+    Object.assign(node, attributes(entry, options));
+    if (kind === "dir" && old?.kind === "dir") node.children = old.children;
+    if (kind === "symlink") node.target = encoder.encode(entry.linkname);
+    if (kind === "chardev" || kind === "blockdev") {
+      node.rdevMajor = entry.devMajor;
+      node.rdevMinor = entry.devMinor;
+    }
+    if (kind === "file") {
+      node.sizeBytes = entry.size;
+      if (entry.size > 0) {
+        if (options.tarFd !== undefined && !entry.sparse) {
+          node.data = { kind: "fd", fd: options.tarFd, offset: entry.dataOffset };
+        } else {
+          node.data = { kind: "fd", fd: options.spoolFd ?? -1, offset: await spool(entry) };
+        }
+      }
+    }
+    dir.children!.set(name, node);
+  }
+  options.onEntries?.(entries);
+  // A sparse member may end in a hole: the spool must still reach its end.
+  if (options.spoolFd !== undefined && spoolEnd > 0) {
+    unwrap(libc().ftruncate(options.spoolFd, BigInt(spoolEnd)), "ftruncate", "(spool)");
+  }
+
+  if (overlay) {
+    const { devices, opaqueDirs } = overlay.result();
+    for (const path of devices) {
+      const [dir, name] = parentOf(path);
+      const device = newNode("chardev", { ...implied, mode: 0 });
+      dir.children!.set(name, device);
+    }
+    for (const path of opaqueDirs) {
+      let node = path === "" ? root : lookupPath(root, path);
+      if (!node) {
+        const [dir, name] = parentOf(path);
+        node = newNode("dir", implied);
+        dir.children!.set(name, node);
+      }
+      if (node.kind === "dir") node.xattrs.set(OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE);
+    }
+  }
+  return { root, entries, spooledBytes: spoolEnd };
+}
+
+function attributes(entry: TarEntry, options: TarScanOptions) {
+  const xattrs = new Map<string, Uint8Array>();
+  for (const [name, value] of entry.xattrs) {
+    if (xattrNameSupported(name)) xattrs.set(name, value);
+    else options.onSkippedXattr?.(entry.path, name);
+  }
+  return {
+    mode: entry.mode & 0o7777,
+    uid: entry.uid,
+    gid: entry.gid,
+    mtimeSec: entry.mtimeSec,
+    mtimeNsec: entry.mtimeNsec,
+    xattrs,
+  };
+}
+
+function lookupPath(root: BuildNode, path: string): BuildNode | undefined {
+  let node: BuildNode | undefined = root;
+  for (const part of path.split("/")) {
+    if (part === "") continue;
+    node = node?.children?.get(part);
+    if (!node) return undefined;
+  }
+  return node;
+}
+
+/**
+ * The tar reader cancels its input after the end-of-archive marker; a decompressor still
+ * producing the archive's trailing padding then fails on its closed output (an uncaught error
+ * in node:zlib's web adapter). Reading the rest to the end instead keeps memory flat and ends
+ * the input cleanly.
+ */
+function drainOnCancel(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    async cancel() {
+      while (!(await reader.read()).done) { /* discard trailing bytes */ }
+    },
+  }, { highWaterMark: 0 });
+}

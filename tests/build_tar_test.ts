@@ -1,0 +1,186 @@
+/**
+ * `erofs-oci build` from tar layers: plain, gzip, zstd and standard input give the same image;
+ * OCI whiteouts become overlayfs whiteouts, so three per-layer images stacked by overlayfs show
+ * what the fixtures' merged tree holds; sparse members keep their holes; hostile archives fail
+ * with one line and leave nothing behind.
+ *
+ * Root directory: tar layers rarely list it, and this builder makes it 0755 where mkfs.erofs
+ * 1.9.3 makes it 0777, so the fixtures' expected root line is adjusted; mkfs's empty
+ * `trusted.overlay.origin` on directories holding whiteouts is not written (overlayfs does not
+ * need it for a read-only lower layer).
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import { runCli } from "./_support/cli.ts";
+import { fsckImage, run, runOk, withMountedImage } from "./_support/erofs_tree.ts";
+
+const ignore = requires(
+  root(),
+  command("python3"),
+  command("tar"),
+  path(`${PEER_BIN}/fsck.erofs`, "fsck.erofs 1.9.3"),
+  path(`${FIXTURES}/layer1.tar`, "fixtures"),
+);
+const UUID = ["--uuid", "00000000-0000-4000-8000-0000000000aa", "--timestamp", "1700000000"];
+
+async function fixtureManifest(dir: string): Promise<string[]> {
+  return (await runOk("python3", [`${FIXTURES}/manifest.py`, dir])).trimEnd().split("\n");
+}
+
+function expected(name: string): string[] {
+  return Deno.readTextFileSync(`${FIXTURES}/expected/${name}`).trimEnd().split("\n")
+    .map((line) => line.startsWith(".\td\t0777\t") ? line.replace("\t0777\t", "\t0755\t") : line)
+    .map((line) => line.replace(/\ttrusted\.overlay\.origin=$/, "\t-"));
+}
+
+async function withWork(fn: (work: string) => Promise<void>) {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-tar-" });
+  try {
+    await fn(work);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
+
+async function build(source: string, out: string, extra: string[] = [], stdin?: string) {
+  const result = stdin === undefined
+    ? await runCli(["build", source, "-o", out, ...UUID, ...extra], { timeoutMs: 120_000 })
+    : await run("sh", [
+      "-c",
+      `"$0" build - -o "$1" ${UUID.join(" ")} < "$2"`,
+      `${Deno.cwd()}/scripts/erofs-oci-dev`,
+      out,
+      stdin,
+    ]);
+  assert.equal(result.code, 0, result.stderr);
+}
+
+Deno.test({
+  name: "build tar: three OCI layers with whiteouts stack in overlayfs to the expected tree",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const lowers: string[] = [];
+      try {
+        for (const i of [1, 2, 3]) {
+          const image = `${work}/layer${i}.erofs`;
+          await build(`${FIXTURES}/layer${i}.tar`, image);
+          await fsckImage(image);
+          const dir = `${work}/l${i}`;
+          Deno.mkdirSync(dir);
+          await runOk("mount", ["-t", "erofs", "-o", "ro,loop", image, dir]);
+          lowers.unshift(dir);
+          assert.deepEqual(await fixtureManifest(dir), expected(`layer${i}.txt`));
+        }
+        const merged = `${work}/merged`;
+        Deno.mkdirSync(merged);
+        await runOk("mount", [
+          "-t",
+          "overlay",
+          "overlay",
+          "-o",
+          `ro,lowerdir=${lowers.join(":")}`,
+          merged,
+        ]);
+        try {
+          assert.deepEqual(await fixtureManifest(merged), expected("merged.txt"));
+        } finally {
+          await runOk("umount", [merged]);
+        }
+      } finally {
+        for (const dir of lowers) await run("umount", [dir]);
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "build tar: tar, tar.gz, tar.zst and stdin give the same bytes and the source tree",
+  ignore: ignore || requires(command("zstd")),
+  async fn() {
+    await withWork(async (work) => {
+      await runOk("zstd", ["-q", "-19", `${FIXTURES}/layer.tar`, "-o", `${work}/layer.tar.zst`]);
+      await build(`${FIXTURES}/layer.tar`, `${work}/plain.erofs`);
+      await build(`${FIXTURES}/layer.tar.gz`, `${work}/gz.erofs`);
+      await build(`${work}/layer.tar.zst`, `${work}/zst.erofs`);
+      await build("-", `${work}/stdin.erofs`, [], `${FIXTURES}/layer.tar.gz`);
+      const plain = Deno.readFileSync(`${work}/plain.erofs`);
+      for (const name of ["gz", "zst", "stdin"]) {
+        assert.deepEqual(Deno.readFileSync(`${work}/${name}.erofs`), plain, name);
+      }
+      await fsckImage(`${work}/plain.erofs`);
+      const listing = await withMountedImage(`${work}/plain.erofs`, fixtureManifest);
+      assert.deepEqual(listing, expected("layer.meta.txt"));
+      // No spool file or temporary image is left next to the output.
+      assert.deepEqual(
+        [...Deno.readDirSync(work)].map((e) => e.name).sort(),
+        ["gz.erofs", "layer.tar.zst", "plain.erofs", "stdin.erofs", "zst.erofs"],
+      );
+    });
+  },
+});
+
+Deno.test({
+  name: "build tar: sparse members keep holes; hostile archives fail in one line, nothing left",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(src);
+      {
+        using f = Deno.openSync(`${src}/sparse`, { write: true, create: true });
+        f.truncateSync(64 << 20);
+        f.seekSync(40 << 20, Deno.SeekMode.Start);
+        f.writeSync(new TextEncoder().encode("in the middle"));
+      }
+      await runOk("tar", [
+        "-C",
+        src,
+        "--sparse",
+        "--format=posix",
+        "-cf",
+        `${work}/sparse.tar`,
+        "sparse",
+      ]);
+      await runOk("gzip", ["-k", `${work}/sparse.tar`]);
+      await build(`${work}/sparse.tar.gz`, `${work}/sparse.erofs`);
+      const du = Number((await runOk("du", ["-k", `${work}/sparse.erofs`])).split("\t")[0]);
+      assert.ok(du < 1024, `image uses ${du} KiB`);
+      const sums = await withMountedImage(
+        `${work}/sparse.erofs`,
+        async (dir) => (await runOk("sha256sum", [`${dir}/sparse`])).split(" ")[0],
+      );
+      assert.equal(sums, (await runOk("sha256sum", [`${src}/sparse`])).split(" ")[0]);
+
+      // A member below a regular file: refused, no image, no spool.
+      const evil = `${work}/evil`;
+      Deno.mkdirSync(`${evil}/x`, { recursive: true });
+      Deno.writeTextFileSync(`${evil}/a`, "file");
+      Deno.writeTextFileSync(`${evil}/x/b`, "below");
+      await runOk("tar", [
+        "-C",
+        evil,
+        "-cf",
+        `${work}/evil.tar`,
+        "a",
+        "--transform=s,^x,a,",
+        "x/b",
+      ]);
+      const out = await runCli(["build", `${work}/evil.tar`, "-o", `${work}/out/evil.erofs`]);
+      Deno.mkdirSync(`${work}/out`);
+      const again = await runCli(["build", `${work}/evil.tar`, "-o", `${work}/out/evil.erofs`]);
+      assert.equal(out.code, 1);
+      assert.equal(again.code, 1);
+      assert.match(again.stderr, /^erofs-oci: tar member "a\/b": "a" is not a directory\n/);
+      assert.equal(again.stderr.trim().split("\n").length, 1);
+      assert.deepEqual([...Deno.readDirSync(`${work}/out`)], []);
+
+      // Not a tar at all.
+      Deno.writeTextFileSync(`${work}/junk`, "x".repeat(2000));
+      const junk = await runCli(["build", `${work}/junk`, "-o", `${work}/out/junk.erofs`]);
+      assert.equal(junk.code, 1);
+      assert.equal(junk.stderr.trim().split("\n").length, 1, junk.stderr);
+      assert.deepEqual([...Deno.readDirSync(`${work}/out`)], []);
+    });
+  },
+});
