@@ -94,7 +94,15 @@ export async function resolveRegistryImage(
   for (const layer of chosen) {
     // Check the superblock before anything is attached: other data gets a clear error here
     // instead of the kernel's EINVAL later.
-    const head = await client.readBlobRange(ref.repository, layer.digest, 0, EROFS_SUPER_END);
+    // The descriptor size is checked against the real one (Content-Range total) here, first.
+    const head = await client.readBlobRange(
+      ref.repository,
+      layer.digest,
+      0,
+      EROFS_SUPER_END,
+      undefined,
+      layer.sizeBytes,
+    );
     checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
     layers.push({
       kind: "registry",

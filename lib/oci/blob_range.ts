@@ -1,4 +1,4 @@
-import { OciError } from "../errors.ts";
+import { FormatError, OciError } from "../errors.ts";
 import { debug } from "../cli/log.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./client.ts";
@@ -65,6 +65,20 @@ export async function copyBody(
   }
 }
 
+async function checkDeclaredSize(
+  response: Response,
+  digest: string,
+  realBytes: number,
+  declaredBytes: number,
+): Promise<void> {
+  if (realBytes === declaredBytes) return;
+  await response.body?.cancel();
+  throw new FormatError(
+    `blob ${digest} is ${realBytes} bytes but its descriptor declares ${declaredBytes}`,
+    "the manifest does not describe this blob; push the image again",
+  );
+}
+
 /** Throws the OciError for a blob GET that failed with `response`'s status. */
 export async function blobStatusError(
   client: RegistryClient,
@@ -87,7 +101,9 @@ export async function blobStatusError(
  * Reads exactly `length` bytes at `offset` of a blob (see RegistryClient.readBlobRange). One
  * ranged GET normally; a 206 is checked against its Content-Range, a 200 that ignored the range
  * is skipped forward and cancelled once enough arrived, and a body that breaks off is resumed
- * from the bytes already received.
+ * from the bytes already received. With `expectedSizeBytes` (the descriptor's size) the real size
+ * the registry reports (Content-Range total, or the length of a 200) must equal it: a blob that
+ * is not the size its manifest declares is a FormatError before any of its bytes are used.
  */
 export async function readBlobRange(
   client: RegistryClient,
@@ -96,6 +112,7 @@ export async function readBlobRange(
   offset: number,
   length: number,
   signal?: AbortSignal,
+  expectedSizeBytes?: number,
 ): Promise<Uint8Array> {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
     throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
@@ -149,12 +166,18 @@ export async function readBlobRange(
           }' for bytes ${start}-${end} of ${digest}`,
         );
       }
+      if (expectedSizeBytes !== undefined && range.total !== undefined) {
+        await checkDeclaredSize(response, digest, range.total, expectedSizeBytes);
+      }
       skip = start - range.first;
       available = Math.min(range.last, end) - start + 1;
     } else if (response.status === 200) {
       skip = start;
       available = length - filled;
       const total = Number(response.headers.get("content-length") ?? NaN);
+      if (expectedSizeBytes !== undefined && Number.isSafeInteger(total)) {
+        await checkDeclaredSize(response, digest, total, expectedSizeBytes);
+      }
       if (total <= end) {
         await response.body?.cancel();
         throw new OciError(

@@ -135,7 +135,8 @@ export class RegistryClient {
 
   /**
    * Reads exactly `length` bytes at `offset` of a blob with HTTP range requests; retries, resumes
-   * after truncation and never returns short data. The mount hot path.
+   * after truncation and never returns short data. The mount hot path. `expectedSizeBytes`:
+   * the descriptor's size, checked against the size the registry reports (FormatError).
    */
   readBlobRange(
     repository: string,
@@ -143,8 +144,9 @@ export class RegistryClient {
     offset: number,
     length: number,
     signal?: AbortSignal,
+    expectedSizeBytes?: number,
   ): Promise<Uint8Array> {
-    return readBlobRange(this, repository, digest, offset, length, signal);
+    return readBlobRange(this, repository, digest, offset, length, signal, expectedSizeBytes);
   }
 
   /** Downloads a blob to `path`, verified against its digest; see download.ts. */

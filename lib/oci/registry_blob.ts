@@ -9,13 +9,16 @@ export interface BlobRangeReader {
     offset: number,
     length: number,
     signal?: AbortSignal,
+    /** The descriptor's size: a reader that learns the real size refuses a mismatch. */
+    expectedSizeBytes?: number,
   ): Promise<Uint8Array>;
   close?(): void | Promise<void>;
 }
 
 /**
  * One registry blob as a byte Source: every read is one ranged GET (with the client's retries
- * and resume), sized by the layer descriptor. Wrap it in CachedSource for chunking/readahead.
+ * and resume), sized by the layer descriptor, which every reply's real size is checked against.
+ * Wrap it in CachedSource for chunking/readahead.
  *
  * @example
  * const blob = new RegistryBlob(client, "app", image.layers[0]);
@@ -53,6 +56,7 @@ export class RegistryBlob implements Source {
       offset,
       length,
       signal,
+      this.size,
     );
     this.bytesFetched += bytes.byteLength;
     return bytes;
