@@ -96,6 +96,16 @@ export class GzipRandomAccess {
     return out;
   }
 
+  /** Bytes held by the piece cache now (at most the budget, plus the piece just made). */
+  get cachedBytes(): number {
+    return this.#cachedBytes;
+  }
+
+  /** Inflate cursors kept paused now. */
+  get idleCursors(): number {
+    return this.#idle.length;
+  }
+
   close(): void {
     this.#closed = true;
     for (const cursor of this.#idle) cursor.close();

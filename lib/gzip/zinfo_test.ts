@@ -1,0 +1,98 @@
+/** zinfo parsing and the structural checks that refuse a zinfo not fitting its blob. */
+import assert from "node:assert/strict";
+import { FormatError } from "../errors.ts";
+import { MemorySource } from "../../tests/_support/memory_source.ts";
+import { FIXTURES } from "../../tests/_support/requires.ts";
+import { encodeZinfo, Zinfo, ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "./zinfo.ts";
+
+const BIG_GZ_BYTES = 4631369;
+const LAYER_GZ_BYTES = 1129602;
+
+async function big(): Promise<Uint8Array<ArrayBuffer>> {
+  return await Deno.readFile(`${FIXTURES}/big.zinfo`);
+}
+
+function field(zinfo: Uint8Array<ArrayBuffer>, index: number, name: "in" | "out" | "bits") {
+  const at = ZINFO_HEADER_BYTES + index * ZINFO_CHECKPOINT_BYTES;
+  const view = new DataView(zinfo.buffer, zinfo.byteOffset);
+  return {
+    set(value: number | bigint) {
+      if (name === "bits") view.setUint8(at + 16, Number(value));
+      else view.setBigUint64(at + (name === "in" ? 0 : 8), BigInt(value), true);
+    },
+  };
+}
+
+async function open(bytes: Uint8Array, blobBytes = BIG_GZ_BYTES): Promise<Zinfo> {
+  return await Zinfo.open(new MemorySource(bytes), blobBytes);
+}
+
+Deno.test("zinfo: erofs-utils big.zinfo parses to the recorded checkpoints", async () => {
+  const zinfo = await open(await big());
+  assert.equal(zinfo.spanBytes, 4194304);
+  assert.deepEqual(zinfo.checkpoints, [
+    { compressedOffset: 10, uncompressedOffset: 0, bits: 0 },
+    { compressedOffset: 745872, uncompressedOffset: 4402292, bits: 5 },
+    { compressedOffset: 4274454, uncompressedOffset: 8627871, bits: 0 },
+  ]);
+  assert.equal(zinfo.checkpointFor(0), 0);
+  assert.equal(zinfo.checkpointFor(4402291), 0);
+  assert.equal(zinfo.checkpointFor(4402292), 1);
+  assert.equal(zinfo.checkpointFor(1e12), 2);
+  const raw = await big();
+  assert.deepEqual(
+    await zinfo.window(1),
+    raw.subarray(
+      ZINFO_HEADER_BYTES + ZINFO_CHECKPOINT_BYTES + 17,
+      ZINFO_HEADER_BYTES + 2 * ZINFO_CHECKPOINT_BYTES,
+    ),
+  );
+});
+
+Deno.test("zinfo: encodeZinfo round-trips", async () => {
+  const window = new Uint8Array(32768).fill(7);
+  const bytes = encodeZinfo(1234, [
+    { compressedOffset: 10, uncompressedOffset: 0, bits: 0, window },
+    { compressedOffset: 500, uncompressedOffset: 9000, bits: 3, window },
+  ]);
+  const zinfo = await open(bytes, 1000);
+  assert.equal(zinfo.spanBytes, 1234);
+  assert.equal(zinfo.checkpoints[1].bits, 3);
+  assert.deepEqual(await zinfo.window(1), window);
+});
+
+const hostile: [string, (z: Uint8Array<ArrayBuffer>) => Uint8Array, RegExp, number?][] = [
+  ["shorter than its header", (z) => z.subarray(0, 11), /shorter than its 12-byte header/],
+  ["one byte short", (z) => z.subarray(0, z.length - 1), /header says 3 checkpoints/],
+  ["one byte long", (z) => new Uint8Array([...z, 0]), /header says 3 checkpoints/],
+  ["count 0", (z) => {
+    new DataView(z.buffer).setUint32(0, 0, true);
+    return z;
+  }, /0 checkpoints/],
+  ["v1 (one checkpoint fewer than counted)", (z) => {
+    new DataView(z.buffer).setUint32(0, 4, true);
+    return z;
+  }, /header says 4/],
+  ["bits 8", (z) => (field(z, 1, "bits").set(8), z), /bits=8/],
+  ["bits 255", (z) => (field(z, 2, "bits").set(255), z), /bits=255/],
+  ["first checkpoint not at output 0", (z) => (field(z, 0, "out").set(5), z), /not 0/],
+  ["compressed offset inside the gzip header", (z) => (field(z, 0, "in").set(3), z), /outside/],
+  ["checkpoint past the blob", (z) => z, /outside the 1129602-byte blob/, LAYER_GZ_BYTES],
+  ["checkpoint at the blob end", (z) => (field(z, 2, "in").set(BIG_GZ_BYTES), z), /outside/],
+  ["in not increasing", (z) => (field(z, 2, "in").set(745872), z), /does not follow/],
+  ["out decreasing", (z) => (field(z, 2, "out").set(4402291), z), /does not follow/],
+  ["out beyond 2^53", (z) => (field(z, 2, "out").set(2n ** 60n), z), /beyond any real blob/],
+  ["impossible expansion", (z) => (field(z, 1, "out").set(745872 * 1033), z), /at most 1032:1/],
+];
+
+for (const [name, mutate, message, blobBytes] of hostile) {
+  Deno.test(`zinfo refused at open: ${name}`, async () => {
+    const bytes = mutate(await big());
+    await assert.rejects(() => open(bytes, blobBytes), (error: Error) => {
+      assert.ok(error instanceof FormatError, `${error.name}: ${error.message}`);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes("\n"));
+      return true;
+    });
+  });
+}
