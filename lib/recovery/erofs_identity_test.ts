@@ -4,8 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, requires, root } from "../../tests/_support/requires.ts";
-import { EROFS_SUPER_END, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
-import { identityDifferences, identityOfImage, mountedIdentity } from "./erofs_identity.ts";
+import { EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
+import {
+  identityDifferences,
+  identityOfImage,
+  mountedIdentity,
+  rootInodeRange,
+} from "./erofs_identity.ts";
 import { readMountInfo } from "../mount/mountinfo.ts";
 
 const ignore = requires(root(), command("mount"), command("losetup"));
@@ -17,8 +22,10 @@ async function run(cmd: string, args: string[]): Promise<void> {
   }
 }
 
-function head(path: string): Uint8Array {
-  return Deno.readFileSync(path).subarray(0, EROFS_SUPER_END);
+/** identityOfImage with the root inode, read from `bytes` as reattach reads it from a blob. */
+function identityOf(bytes: Uint8Array, what: string) {
+  const { offset, length } = rootInodeRange(bytes);
+  return identityOfImage(bytes, what, bytes.subarray(offset, offset + length));
 }
 
 Deno.test({
@@ -39,20 +46,29 @@ Deno.test({
       const seen = mountedIdentity(entry.source);
       assert.ok(seen, `identity of ${entry.source}`);
       assert.equal(seen.mountPoint, mnt);
-      const same = identityOfImage(head(image), "basic.erofs");
+      const bytes = Deno.readFileSync(image);
+      const same = identityOf(bytes, "basic.erofs");
       assert.deepEqual(identityDifferences(seen.identity, same), []);
+      assert.ok(seen.identity.rootMtimeMs?.length, "root mtime from stat");
       assert.equal(seen.identity.blocks, 342n);
       assert.equal(seen.identity.inodes, 331n);
       assert.notEqual(seen.identity.fsid, undefined, "this kernel reports the UUID in f_fsid");
 
-      const lz4 = identityOfImage(head(`${FIXTURES}/basic-lz4.erofs`), "basic-lz4.erofs");
-      assert.deepEqual(identityDifferences(seen.identity, lz4), ["UUID", "blocks 342 → 290"]);
-      // Only the UUID differs: still another image.
-      const otherUuid = head(image).slice();
-      otherUuid[EROFS_SUPER_OFFSET + 48] ^= 0x5a;
+      const lz4 = identityOf(Deno.readFileSync(`${FIXTURES}/basic-lz4.erofs`), "basic-lz4");
       assert.deepEqual(
-        identityDifferences(seen.identity, identityOfImage(otherUuid, "patched")),
-        ["UUID"],
+        identityDifferences(seen.identity, lz4).filter((d) => d !== "build time"),
+        ["UUID", "blocks 342 → 290"],
+      );
+      // Only the UUID differs: still another image.
+      const otherUuid = bytes.slice();
+      otherUuid[EROFS_SUPER_OFFSET + 48] ^= 0x5a;
+      assert.deepEqual(identityDifferences(seen.identity, identityOf(otherUuid, "uuid")), ["UUID"]);
+      // Only the build time differs (a rebuild of the same tree): the root mtime tells.
+      const rebuilt = bytes.slice();
+      new DataView(rebuilt.buffer).setBigUint64(EROFS_SUPER_OFFSET + 24, 1_800_000_000n, true);
+      assert.deepEqual(
+        identityDifferences(seen.identity, identityOf(rebuilt, "rebuilt")),
+        ["build time"],
       );
       assert.equal(mountedIdentity("/dev/nbd-not-mounted"), undefined);
     } finally {

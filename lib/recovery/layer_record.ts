@@ -11,7 +11,12 @@ import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
-import { identityDifferences, identityOfImage, mountedIdentity } from "./erofs_identity.ts";
+import {
+  identityDifferences,
+  identityOfImage,
+  mountedIdentity,
+  rootInodeRange,
+} from "./erofs_identity.ts";
 
 const VERIFY_DEADLINE_MS = 10_000;
 
@@ -184,7 +189,7 @@ export async function layerForRecord(
     );
   }
   if (check && !check.acceptChangedImage) {
-    await checkSameImage(client, ref.repository, digest, record, check.deviceIndex);
+    await checkSameImage(client, ref.repository, digest, size, record, check.deviceIndex);
   }
   return registryLayer(record, {
     layerIndex,
@@ -204,6 +209,7 @@ async function checkSameImage(
   client: RegistryClient,
   repository: string,
   digest: string,
+  sizeBytes: number,
   record: RegistryRecord,
   deviceIndex: number,
 ): Promise<void> {
@@ -217,9 +223,14 @@ async function checkSameImage(
     );
   }
   const head = await client.readBlobRange(repository, digest, 0, EROFS_SUPER_END);
+  const what = `blob ${digest.slice(0, 19)}…`;
+  const root = rootInodeRange(head);
+  const rootInode = root.offset + root.length <= sizeBytes
+    ? await client.readBlobRange(repository, digest, root.offset, root.length)
+    : undefined;
   const differences = identityDifferences(
     mounted.identity,
-    identityOfImage(head, `blob ${digest.slice(0, 19)}…`),
+    identityOfImage(head, what, rootInode),
   );
   if (differences.length === 0) return;
   throw new OciError(

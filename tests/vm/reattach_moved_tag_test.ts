@@ -101,6 +101,7 @@ Deno.test({
       assert.match(Deno.readTextFileSync(recoveryFile), /^OCI_LAYER /);
       assert.equal(Deno.readTextFileSync(`${dir}/dir/a.txt`).length > 0, true);
       peerServer = serverProcess(index);
+      const deadTask = sysfs(index, "pid");
       await killAndWait(peerServer);
 
       // The tag moves while nothing serves the device.
@@ -119,10 +120,29 @@ Deno.test({
       assert.match(refused.stderr, /different image than the one mounted at/, describe(refused));
       assert.match(refused.stderr, /--accept-changed-image/, describe(refused));
       assert.match(refused.stdout, new RegExp(`nbd${index}\\s+failed`), describe(refused));
-      // Untouched: still connected to the same recovery file, no server, still mounted.
+      // Untouched: same recovery file, still the dead server's task id (the attribute stays
+      // until a new server or a disconnect), nothing alive serving it, still mounted.
       assert.equal(sysfs(index, "backend"), recoveryFile);
-      assert.equal(sysfs(index, "pid"), undefined, "no server was started");
+      assert.equal(sysfs(index, "pid"), deadTask, "no server was started");
+      assert.ok(!pidAlive(Number(deadTask)), "no server was started");
       assert.deepEqual(mountsBelow(dir), [dir]);
+
+      // A rebuild of the same tree: UUID, blocks and inodes alike, only the build time differs
+      // (6.1 does not report the UUID through statfs; the root inode's mtime still tells).
+      const rebuilt = first.slice();
+      new DataView(rebuilt.buffer).setBigUint64(1024 + 24, 1_800_000_000n, true);
+      await pushImage(registry, "moved/app", "v1", [{
+        bytes: rebuilt,
+        mediaType: EROFS_MEDIA_TYPE,
+      }]);
+      const refusedAgain = await runCli(["reattach", `/dev/nbd${index}`], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      console.log(`refused reattach (rebuilt): ${refusedAgain.stderr.trim()}`);
+      assert.equal(refusedAgain.code, 1, describe(refusedAgain));
+      assert.match(refusedAgain.stderr, /different image .*build time/, describe(refusedAgain));
+      assert.equal(sysfs(index, "pid"), deadTask, "no server was started");
 
       const forced = await runCli(["reattach", `/dev/nbd${index}`, "--accept-changed-image"], {
         env: sandbox.env,
@@ -130,7 +150,8 @@ Deno.test({
       });
       assertSuccess(forced);
       assert.match(forced.stdout, new RegExp(`nbd${index}\\s+reattached`), describe(forced));
-      assert.ok(sysfs(index, "pid"), "a server serves the device again");
+      const newTask = sysfs(index, "pid");
+      assert.ok(newTask && newTask !== deadTask && pidAlive(Number(newTask)), "a new server");
       assertSuccess(await runCli(["umount", dir], { env: sandbox.env, timeoutMs: 60_000 }));
       assert.deepEqual(mountsBelow(dir), []);
       assert.equal(sysfs(index, "pid"), undefined, `nbd${index} disconnected`);
