@@ -6,7 +6,6 @@
  * DecompressionStream("gzip") fails on a second gzip member ("failed to write whole buffer"),
  * and multi-member gzip is legal (pigz, concatenated layers); gunzip reads every member.
  */
-import { Duplex } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { FormatError } from "../errors.ts";
 import { DEFAULT_MAX_ZSTD_WINDOW_BYTES, zstdDecompressStream } from "./zstd.ts";
@@ -63,14 +62,9 @@ export async function decompressTar(
   const { head, rest } = await peek(input, SNIFF_BYTES);
   const compression = sniffCompression(head);
   let inputBytes = 0;
-  const counted = rest.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        inputBytes += chunk.length;
-        controller.enqueue(chunk);
-      },
-    }),
-  );
+  const counted = observe(rest, (chunk) => {
+    inputBytes += chunk.length;
+  });
   let stream: ReadableStream<Uint8Array>;
   if (compression === "gzip") stream = gunzip(counted);
   else if (compression === "zstd") {
@@ -86,30 +80,21 @@ export async function decompressTar(
   const maxRatio = options.maxRatio ?? Infinity;
   const grace = options.ratioGraceBytes ?? 64 << 20;
   let outputBytes = 0;
-  const capped = stream.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>(
-      {
-        transform(chunk, controller) {
-          outputBytes += chunk.length;
-          if (outputBytes > maxOutput) {
-            throw new FormatError(
-              `uncompressed tar exceeds ${maxOutput} bytes`,
-              "the layer is larger than allowed (or a decompression bomb)",
-            );
-          }
-          if (outputBytes > grace && outputBytes > maxRatio * inputBytes) {
-            throw new FormatError(
-              `tar expands more than ${maxRatio}:1 (${outputBytes} bytes from ${inputBytes})`,
-              "a decompression bomb, or raise the ratio limit if the input is trusted",
-            );
-          }
-          controller.enqueue(chunk);
-        },
-      },
-      { highWaterMark: 0 },
-      { highWaterMark: 0 },
-    ),
-  );
+  const capped = observe(stream, (chunk) => {
+    outputBytes += chunk.length;
+    if (outputBytes > maxOutput) {
+      throw new FormatError(
+        `uncompressed tar exceeds ${maxOutput} bytes`,
+        "the layer is larger than allowed (or a decompression bomb)",
+      );
+    }
+    if (outputBytes > grace && outputBytes > maxRatio * inputBytes) {
+      throw new FormatError(
+        `tar expands more than ${maxRatio}:1 (${outputBytes} bytes from ${inputBytes})`,
+        "a decompression bomb, or raise the ratio limit if the input is trusted",
+      );
+    }
+  });
   return { stream: capped, compression };
 }
 
@@ -125,11 +110,64 @@ export async function openTar(
   return await decompressTar(source, options);
 }
 
+/**
+ * gunzip as a pull stream. zlib is driven in paused mode: one input chunk is written only when
+ * no output is waiting, so memory holds at most a chunk in and zlib's own buffers out. (Node's
+ * Duplex.toWeb adapter keeps pushing after the web side is cancelled and crashes the process.)
+ */
 function gunzip(input: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-  const { readable, writable } = Duplex.toWeb(createGunzip());
-  // Errors of the compressed side surface on the output; the pipe's own rejection is noise.
-  input.pipeTo(writable as WritableStream<Uint8Array>).catch(() => {});
-  return asFormatErrors(readable as ReadableStream<Uint8Array>, "gzip");
+  const zlib = createGunzip();
+  const reader = input.getReader();
+  let failure: Error | undefined;
+  let ended = false;
+  let inputDone = false;
+  let writePending = false;
+  let wake = () => {};
+  zlib.on("readable", () => wake());
+  zlib.on("end", () => {
+    ended = true;
+    wake();
+  });
+  zlib.on("error", (e: Error) => {
+    failure = e;
+    wake();
+  });
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        if (failure) throw failure;
+        const out: Uint8Array | null = zlib.read();
+        if (out !== null) {
+          controller.enqueue(new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+          return;
+        }
+        if (ended) {
+          controller.close();
+          return;
+        }
+        const progress = new Promise<void>((resolve) => (wake = resolve));
+        if (!inputDone && !writePending) {
+          const { value, done } = await reader.read();
+          if (done) {
+            inputDone = true;
+            zlib.end();
+          } else {
+            writePending = true;
+            zlib.write(value, () => {
+              writePending = false;
+              wake();
+            });
+          }
+        }
+        await progress;
+      }
+    },
+    async cancel(reason) {
+      zlib.destroy();
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  return asFormatErrors(stream, "gzip");
 }
 
 /** Passes `source` through, turning its failures (zlib's "incorrect header check", …) into one-line FormatErrors. */
@@ -152,6 +190,37 @@ function asFormatErrors(
       }
       if (result.done) controller.close();
       else controller.enqueue(result.value);
+    },
+    async cancel(reason) {
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * Passes `source` through one chunk per pull, calling `check` on each (it may throw to fail the
+ * stream). A pull stream rather than a TransformStream: Deno's TransformStream with zero
+ * high-water marks on both sides never delivers a chunk.
+ */
+function observe(
+  source: ReadableStream<Uint8Array>,
+  check: (chunk: Uint8Array) => void,
+): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { value, done } = await reader.read();
+      if (done) {
+        controller.close();
+        return;
+      }
+      try {
+        check(value);
+      } catch (e) {
+        await reader.cancel(e).catch(() => {});
+        throw e;
+      }
+      controller.enqueue(value);
     },
     async cancel(reason) {
       await reader.cancel(reason);

@@ -108,6 +108,9 @@ export async function* readTar(
           if (second !== null && !isZeroBlock(second)) {
             throw new FormatError(`tar archive: zero block at byte ${headerOffset} inside archive`);
           }
+          // Read to the end so a compressed source checks its trailer (gzip CRC, zstd frame
+          // end) and a truncated or corrupt tail is reported; the bytes themselves are ignored.
+          while (await src.readUpTo(1 << 20) !== null) { /* padding after the end marker */ }
           return;
         }
         header = parseHeaderBlock(block, headerOffset);
