@@ -3,6 +3,7 @@ import { FormatError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
 import { LocalFile } from "../source/local_file.ts";
+import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import type { LayerSpec } from "./runtime.ts";
 
@@ -15,6 +16,8 @@ export async function openLayerSource(
   layer: LayerSpec,
   credentials?: { username: string; password: string },
 ): Promise<Source> {
+  // An OCI layout blob: opened without following symlinks, size checked and digest verified.
+  if (layer.kind === "local" && layer.digest) return await openLayoutBlob(layer);
   if (layer.kind === "local") {
     const file = await LocalFile.open(layer.path);
     if (file.size !== layer.sizeBytes) {

@@ -55,7 +55,7 @@ export async function resolveLocalImage(path: string): Promise<ResolvedLayers> {
 
 /**
  * `oci:PATH[:TAG]`: an OCI image layout on disk (air-gapped use). Its selected layer blobs are
- * plain files, served like local images.
+ * plain files, served from one checked descriptor and verified against their digests.
  */
 export async function resolveLayoutImage(
   image: string,
@@ -69,9 +69,26 @@ export async function resolveLayoutImage(
     const resolved = await layout.resolveImage(ref, platform);
     const layers: LayerSpec[] = [];
     for (const layer of selectLayers(resolved, selection)) {
-      const path = layout.blobPath(layer.digest);
-      await resolveLocalImage(path);
-      layers.push({ kind: "local", path, sizeBytes: layer.sizeBytes });
+      // One descriptor for the checks (no symlink, regular file, size, superblock); the
+      // server opens and verifies the blob the same way before serving it.
+      const file = layout.openBlob(layer.digest);
+      try {
+        if (file.size !== layer.sizeBytes) {
+          throw new UserError(
+            `blob ${layer.digest} in ${layout.path} is ${file.size} bytes but the manifest says ${layer.sizeBytes}`,
+          );
+        }
+        const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
+        checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+      } finally {
+        file.close();
+      }
+      layers.push({
+        kind: "local",
+        path: layout.blobPath(layer.digest),
+        sizeBytes: layer.sizeBytes,
+        digest: layer.digest,
+      });
     }
     return {
       image: formatLayoutReference(ref),

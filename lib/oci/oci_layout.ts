@@ -4,7 +4,8 @@
  * so `inspect`, `pull` and `mount` can take `oci:PATH[:TAG]` as well as a registry reference.
  */
 import { OciError } from "../errors.ts";
-import { digestHasher, digestOf } from "./digest.ts";
+import { digestOf } from "./digest.ts";
+import { LayoutFile } from "./layout_file.ts";
 import type { DownloadOptions } from "./download.ts";
 import {
   type Descriptor,
@@ -150,73 +151,67 @@ export class OciLayout {
     offset: number,
     length: number,
   ): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    const file = await this.#open(digest);
+    const file = this.openBlob(digest);
     try {
-      await file.seek(offset, Deno.SeekMode.Start);
-      let got = 0;
-      while (got < length) {
-        const n = await file.read(out.subarray(got));
-        if (n === null) {
-          throw new OciError(`blob ${digest} in ${this.path} ends before byte ${offset + length}`);
-        }
-        got += n;
+      if (offset + length > file.size) {
+        throw new OciError(`blob ${digest} in ${this.path} ends before byte ${offset + length}`);
       }
-      return out;
+      return await file.read(offset, length);
     } finally {
       file.close();
     }
   }
 
-  /** Copies a blob to `path` (via `path.partial`), verified against its digest. */
+  /**
+   * Copies a blob to `path` (via `path.partial`), verified against its digest: the bytes
+   * written are the bytes hashed, all read from the one descriptor that was checked.
+   */
   async downloadBlob(
     _repository: string,
     digest: string,
     path: string,
     options: DownloadOptions = {},
   ): Promise<{ sizeBytes: number }> {
-    const source = await this.#open(digest);
+    const source = this.openBlob(digest);
     const partial = `${path}.partial`;
     try {
+      if (options.expectedSizeBytes !== undefined && source.size !== options.expectedSizeBytes) {
+        throw new OciError(
+          `blob ${digest} is ${source.size} bytes but the manifest says ${options.expectedSizeBytes}`,
+        );
+      }
       const out = await Deno.open(partial, { write: true, create: true, truncate: true });
-      const hasher = digestHasher(digest);
-      let size = 0;
       try {
-        for await (const chunk of source.readable) {
-          hasher.update(chunk);
-          size += chunk.byteLength;
+        await source.verify(digest, async (chunk, done) => {
           let written = 0;
           while (written < chunk.byteLength) written += await out.write(chunk.subarray(written));
-          options.onProgress?.(size, options.expectedSizeBytes);
-        }
+          options.onProgress?.(done, source.size);
+        });
       } finally {
         out.close();
       }
-      const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
-      if (actual !== digest) {
-        throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
-      }
-      if (options.expectedSizeBytes !== undefined && size !== options.expectedSizeBytes) {
-        throw new OciError(
-          `blob ${digest} is ${size} bytes but the manifest says ${options.expectedSizeBytes}`,
-        );
-      }
       await Deno.rename(partial, path);
-      return { sizeBytes: size };
+      return { sizeBytes: source.size };
     } catch (error) {
       await Deno.remove(partial).catch(() => {});
       throw error;
+    } finally {
+      source.close();
     }
   }
 
   /** Nothing to release; files are opened per call. */
   close(): void {}
 
-  async #open(digest: string): Promise<Deno.FsFile> {
+  /**
+   * Opens a blob file once (no symlink, regular file, see layout_file.ts); the caller reads,
+   * verifies or serves that descriptor and closes it.
+   */
+  openBlob(digest: string): LayoutFile {
     try {
-      return await Deno.open(this.blobPath(digest), { read: true });
+      return LayoutFile.open(this.blobPath(digest), `blob ${digest}`);
     } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
+      if (error instanceof OciError && error.status === 404) {
         throw new OciError(`blob not found: ${digest} in OCI layout ${this.path}`);
       }
       throw error;
@@ -224,16 +219,12 @@ export class OciLayout {
   }
 
   async #readSmallBlob(digest: string): Promise<Uint8Array> {
-    const file = await this.#open(digest);
+    const file = this.openBlob(digest);
     try {
-      const { size } = await file.stat();
-      if (size > MAX_MANIFEST_BYTES) {
-        throw new OciError(`blob ${digest} is too large for a manifest`);
-      }
+      return await file.readAll(MAX_MANIFEST_BYTES, `blob ${digest}`);
     } finally {
       file.close();
     }
-    return await Deno.readFile(this.blobPath(digest));
   }
 
   async #document(digest: string): Promise<FetchedManifest> {
@@ -249,17 +240,23 @@ export class OciLayout {
   }
 
   async #readIndex(): Promise<{ fetched: FetchedManifest; manifests: Descriptor[] }> {
-    let bytes: Uint8Array;
+    let file: LayoutFile;
     try {
-      bytes = await Deno.readFile(`${this.path}/index.json`);
+      file = LayoutFile.open(`${this.path}/index.json`, "index.json");
     } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
+      if (error instanceof OciError && error.status === 404) {
         throw new OciError(
           `${this.path} is not an OCI image layout (no index.json)`,
           "oci:PATH takes a directory written by e.g. `skopeo copy ... oci:PATH:TAG`",
         );
       }
       throw error;
+    }
+    let bytes: Uint8Array;
+    try {
+      bytes = await file.readAll(MAX_MANIFEST_BYTES, `${this.path}/index.json`);
+    } finally {
+      file.close();
     }
     const document = parseManifestDocument(bytes, OCI_INDEX, `${this.path}/index.json`);
     if (document.kind !== "index") {

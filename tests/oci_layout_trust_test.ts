@@ -1,0 +1,143 @@
+/**
+ * An OCI image layout is data from elsewhere (a USB stick, a shared directory): its files must
+ * be opened once without following symlinks, be regular files, be read within bounds and, for
+ * layers, match their digests before they are served. Each case runs the CLI as a user would.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertCliError, describe, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import { digestOf } from "../lib/oci/digest.ts";
+import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "../lib/oci/media_types.ts";
+
+const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+
+/** A layout tagged `v1` with basic.erofs as its one layer; returns the layer blob's path. */
+async function writeLayout(dir: string): Promise<{ layerPath: string; layer: Uint8Array }> {
+  await Deno.mkdir(`${dir}/blobs/sha256`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+  const put = async (bytes: Uint8Array) => {
+    const digest = digestOf(bytes);
+    await Deno.writeFile(`${dir}/blobs/sha256/${digest.slice(7)}`, bytes);
+    return { digest, size: bytes.length };
+  };
+  const layer = await Deno.readFile(`${FIXTURES}/basic.erofs`);
+  const layerBlob = await put(layer);
+  const config = await put(enc({
+    os: "linux",
+    architecture: Deno.build.arch === "aarch64" ? "arm64" : "amd64",
+    rootfs: { type: "layers", diff_ids: [] },
+  }));
+  const manifest = await put(enc({
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, ...config },
+    layers: [{ mediaType: EROFS_LAYER, ...layerBlob }],
+  }));
+  await Deno.writeFile(
+    `${dir}/index.json`,
+    enc({
+      schemaVersion: 2,
+      manifests: [{
+        mediaType: OCI_MANIFEST,
+        ...manifest,
+        annotations: { "org.opencontainers.image.ref.name": "v1" },
+      }],
+    }),
+  );
+  return { layerPath: `${dir}/blobs/sha256/${layerBlob.digest.slice(7)}`, layer };
+}
+
+async function withLayout(
+  fn: (dir: string, layout: { layerPath: string; layer: Uint8Array }) => Promise<void>,
+) {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-layout-trust-" });
+  try {
+    await fn(`${dir}/layout`, await writeLayout(`${dir}/layout`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function mkfifo(target: string): Promise<void> {
+  const out = await new Deno.Command("mkfifo", { args: [target] }).output();
+  assert.ok(out.success, `mkfifo ${target}`);
+}
+
+Deno.test("oci layout trust: index.json that is a FIFO or huge is refused, not read", async () => {
+  await withLayout(async (dir) => {
+    await Deno.remove(`${dir}/index.json`);
+    await mkfifo(`${dir}/index.json`);
+    // Before: the open blocked forever waiting for a writer.
+    const fifo = await runCli(["inspect", `oci:${dir}:v1`], { timeoutMs: 15_000 });
+    assertCliError(fifo, 1, /index\.json is not a regular file/);
+
+    await Deno.remove(`${dir}/index.json`);
+    const huge = await Deno.open(`${dir}/index.json`, { write: true, create: true });
+    await huge.truncate(64 << 20); // sparse: reading it whole would take 64 MiB of memory
+    huge.close();
+    const big = await runCli(["inspect", `oci:${dir}:v1`]);
+    assertCliError(big, 1, /index\.json is 67108864 bytes, more than the 4194304 allowed/);
+  });
+});
+
+Deno.test("oci layout trust: a layer blob that is a symlink is refused by pull", async () => {
+  await withLayout(async (dir, { layerPath, layer }) => {
+    // Right bytes, but reached through a symlink: what it points to can change at any time.
+    await Deno.writeFile(`${dir}/elsewhere`, layer);
+    await Deno.remove(layerPath);
+    await Deno.symlink(`${dir}/elsewhere`, layerPath);
+    const out = `${dir}/pulled.erofs`;
+    const pull = await runCli(["pull", `oci:${dir}:v1`, "--layer", "0", "-o", out]);
+    assertCliError(pull, 1, /is a symbolic link .*refused in an OCI layout/);
+    assert.throws(() => Deno.statSync(out), Deno.errors.NotFound);
+    assert.throws(() => Deno.statSync(`${out}.partial`), Deno.errors.NotFound);
+  });
+});
+
+const mountIgnore = requires(root(), path("/dev/fuse"));
+
+Deno.test({
+  name: "oci layout trust: a mounted layout layer is verified against its digest first",
+  ignore: mountIgnore,
+  async fn() {
+    await withLayout(async (dir, { layerPath, layer }) => {
+      const sandbox = await mountSandbox();
+      try {
+        // A valid superblock, one changed byte of file data: only the digest can tell.
+        const tampered = layer.slice();
+        tampered[tampered.length - 100] ^= 0xff;
+        await Deno.writeFile(layerPath, tampered);
+        const mounted = await runCli(
+          ["mount", `oci:${dir}:v1`, sandbox.target, "--backend", "fuse"],
+          { env: sandbox.env, timeoutMs: 60_000 },
+        );
+        assertCliError(mounted, 1, /failed verification/);
+        assert.deepEqual(mountsBelow(sandbox.target), [], describe(mounted));
+
+        await Deno.remove(layerPath);
+        await mkfifo(layerPath);
+        const fifo = await runCli(
+          ["mount", `oci:${dir}:v1`, sandbox.target, "--backend", "fuse"],
+          { env: sandbox.env, timeoutMs: 30_000 },
+        );
+        assertCliError(fifo, 1, /not a regular file/);
+        assert.deepEqual(mountsBelow(sandbox.target), [], describe(fifo));
+
+        // The untampered blob still mounts and reads.
+        await Deno.remove(layerPath);
+        await Deno.writeFile(layerPath, layer);
+        const good = await runCli(
+          ["mount", `oci:${dir}:v1`, sandbox.target, "--backend", "fuse"],
+          { env: sandbox.env, timeoutMs: 60_000 },
+        );
+        assert.equal(good.code, 0, `${describe(good)}\n${sandbox.serverLogs()}`);
+        assert.ok(Deno.readTextFileSync(`${sandbox.target}/dir/a.txt`).length > 0);
+        const unmounted = await runCli(["umount", sandbox.target], { env: sandbox.env });
+        assert.equal(unmounted.code, 0, describe(unmounted));
+      } finally {
+        await sandbox.cleanup();
+      }
+    });
+  },
+});
