@@ -1,0 +1,109 @@
+/**
+ * Benchmark of the gzip random-access path (run by scripts/bench-gzip.sh).
+ * Usage: deno run -A scripts/bench_gzip.ts LAYER.tar.gz [PEER_BIN]
+ *
+ * Prints, for one gzip layer: zinfo build time (ours, streaming) vs `gzip -dc` and vs
+ * `mkfs.erofs --tar=i --gzinfo` (erofs-utils, which also writes the meta image); a cold
+ * sequential read through the checkpoints vs `gzip -dc`; cold random 4 KiB reads (latency and
+ * bytes inflated per read); and checks that every byte read equals `gzip -dc`.
+ */
+import { buildZinfo } from "../lib/gzip/zinfo_builder.ts";
+import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
+import { LocalFile } from "../lib/source/local_file.ts";
+import { MemorySource } from "../tests/_support/memory_source.ts";
+import { prng } from "../tests/_support/gzip_data.ts";
+
+const [layer, peerBin] = Deno.args;
+if (!layer) {
+  console.error("usage: bench_gzip.ts LAYER.tar.gz [PEER_BIN]");
+  Deno.exit(2);
+}
+
+async function timed<T>(what: string, body: () => Promise<T>): Promise<[T, number]> {
+  const start = performance.now();
+  const result = await body();
+  const ms = performance.now() - start;
+  console.log(`${what.padEnd(48)} ${(ms / 1000).toFixed(2).padStart(7)} s`);
+  return [result, ms];
+}
+
+async function tool(program: string, ...args: string[]): Promise<Uint8Array> {
+  const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${program}: ${new TextDecoder().decode(out.stderr)}`);
+  return out.stdout;
+}
+
+const gzBytes = (await Deno.stat(layer)).size;
+console.log(`layer ${layer}: ${(gzBytes / 1e6).toFixed(1)} MB compressed`);
+
+const [tar, gunzipMs] = await timed(
+  "gzip -dc (floor for one pass)",
+  () => tool("gzip", "-dc", layer),
+);
+console.log(`  uncompressed ${(tar.length / 1e6).toFixed(1)} MB`);
+
+const [built, buildMs] = await timed("zinfo build, ours (stream once, CRC checked)", async () => {
+  using file = await Deno.open(layer);
+  return await buildZinfo(file.readable);
+});
+console.log(`  ${built.members} member(s), ${(built.zinfo.length - 12) / 32785} checkpoints`);
+
+const work = await Deno.makeTempDir({ prefix: "bench-gzip-" });
+try {
+  if (peerBin) {
+    await timed("mkfs.erofs --tar=i --gzinfo (erofs-utils, + meta)", () =>
+      tool(
+        `${peerBin}/mkfs.erofs`,
+        "--tar=i",
+        `--gzinfo=${work}/peer.zinfo`,
+        `${work}/peer.meta.erofs`,
+        layer,
+      ));
+    const peer = await Deno.readFile(`${work}/peer.zinfo`);
+    const sameTable = peer.length === built.zinfo.length;
+    console.log(
+      `  peer zinfo ${peer.length} B, ours ${built.zinfo.length} B, same size: ${sameTable}`,
+    );
+  }
+
+  const blob = await LocalFile.open(layer);
+  try {
+    const zinfo = new MemorySource(built.zinfo);
+    const sequential = await GzipRandomAccess.open(blob, zinfo);
+    const [, seqMs] = await timed("cold sequential read, 1 MiB reads (ours)", async () => {
+      for (let at = 0; at < tar.length; at += 1 << 20) {
+        const got = await sequential.read(at, Math.min(1 << 20, tar.length - at));
+        if (got[0] !== tar[at] || got.at(-1) !== tar[at + got.length - 1]) {
+          throw new Error(`mismatch at ${at}`);
+        }
+      }
+    });
+    sequential.close();
+    console.log(
+      `  ${(seqMs / gunzipMs).toFixed(2)}x gzip -dc; build ${(buildMs / gunzipMs).toFixed(2)}x`,
+    );
+
+    const reads = 200;
+    const random = await GzipRandomAccess.open(blob, zinfo, { cacheBytes: 1 << 20 });
+    const rng = prng(42);
+    const [, randMs] = await timed(`cold random 4 KiB reads x${reads} (1 MiB cache)`, async () => {
+      for (let i = 0; i < reads; i++) {
+        const at = Math.floor(rng() * (tar.length - 4096));
+        const got = await random.read(at, 4096);
+        for (let j = 0; j < 4096; j += 512) {
+          if (got[j] !== tar[at + j]) throw new Error(`mismatch at ${at + j}`);
+        }
+      }
+    });
+    console.log(
+      `  ${(randMs / reads).toFixed(1)} ms/read, ${
+        (random.stats.inflatedBytes / reads / 1e6).toFixed(2)
+      } MB inflated/read, ${((random.stats.inflatedBytes / randMs) / 1e3).toFixed(0)} MB/s inflate`,
+    );
+    random.close();
+  } finally {
+    await blob.close();
+  }
+} finally {
+  await Deno.remove(work, { recursive: true });
+}
