@@ -10,8 +10,7 @@
  * keeps is bounded whatever the image claims: pages held (`maxBytes`, counted per page), bytes
  * read, entries queued and dirents scanned; a directory larger than the budget is skipped.
  * The only rejection is the FormatError of an image that is not EROFS.
- * Layout facts: linux/fs/erofs/erofs_fs.h (`erofs_super_block`, `erofs_inode_compact`,
- * `erofs_inode_extended`, `erofs_dirent`), checked against /work/shared/fixtures/inspect_erofs.py.
+ * On-disk layout: ./inode_layout.ts; pages and the fetch budget: ./metadata_pages.ts.
  */
 import { checkErofsSuperblock, EROFS_SUPER_END, type ErofsSuperblock } from "./superblock.ts";
 import {
@@ -20,34 +19,22 @@ import {
   type PageRange,
   type ReadRange,
 } from "./metadata_pages.ts";
+import {
+  type Dirent,
+  direntsOfBlock,
+  EXTENDED_INODE_BYTES,
+  extentSpans,
+  FLAT_INLINE,
+  FLAT_PLAIN,
+  FT_DIR,
+  INCOMPAT_48BIT,
+  INODE_SLOT_BYTES,
+  type InodeInfo,
+  parseInode,
+} from "./inode_layout.ts";
 
 export type { ReadRange } from "./metadata_pages.ts";
 
-/** Inode slots are 32 bytes (EROFS_ISLOTBITS = 5). */
-const INODE_SLOT_BYTES = 32;
-const COMPACT_INODE_BYTES = 32;
-const EXTENDED_INODE_BYTES = 64;
-/** sizeof(struct erofs_xattr_ibody_header); each further xattr slot is 4 bytes. */
-const XATTR_IBODY_HEADER_BYTES = 12;
-const XATTR_ENTRY_SLOT_BYTES = 4;
-/** sizeof(struct erofs_dirent): le64 nid, le16 nameoff, u8 file_type, u8 reserved. */
-const DIRENT_BYTES = 12;
-/** i_format datalayouts (EROFS_INODE_*). */
-const FLAT_PLAIN = 0;
-const FLAT_INLINE = 2;
-const CHUNK_BASED = 4;
-/** i_u of a chunk-based inode: chunk bits mask and "has 8-byte chunk indexes". */
-const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
-const CHUNK_FORMAT_INDEXES = 0x20;
-const CHUNK_INDEX_BYTES = 8;
-const CHUNK_BLKADDR_BYTES = 4;
-/** erofs_dirent.file_type of a directory (EROFS_FT_DIR). */
-const FT_DIR = 2;
-/** Nids with bit 63 live in the metabox inode (EROFS_DIRENT_NID_METABOX_BIT): not followed. */
-const NID_METABOX_BIT = 1n << 63n;
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const INCOMPAT_48BIT = 0x80;
 /** The kernel reads the block device through its page cache: 4 KiB pages at least. */
 const MIN_PAGE_BYTES = 4096;
 
@@ -106,16 +93,6 @@ export interface MetadataWalkResult {
   incomplete?: string;
   /** Branches dropped (bad offsets, failed reads, unknown layouts, over-budget directories). */
   skipped: number;
-}
-
-interface InodeInfo {
-  offset: number;
-  isDir: boolean;
-  layout: number;
-  size: number;
-  rawBlockAddress: number;
-  /** Byte just past the inode and its inline xattrs. */
-  bodyEnd: number;
 }
 
 interface Pending {
@@ -308,42 +285,9 @@ class Walker {
   }
 
   #parseInode(nid: number): InodeInfo | undefined {
-    const offset = this.#inodeOffset(nid);
-    const head = this.#store.bytes(offset, COMPACT_INODE_BYTES);
-    if (!head) return this.#skip();
-    const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
-    const format = view.getUint16(0, true);
-    const extended = (format & 1) === 1;
-    const layout = (format >> 1) & 7;
-    const xattrCount = view.getUint16(2, true);
-    const mode = view.getUint16(4, true);
-    const startHi = view.getUint16(6, true);
-    let size = view.getUint32(8, true);
-    const iu = view.getUint32(16, true);
-    let inodeBytes = COMPACT_INODE_BYTES;
-    if (extended) {
-      const ext = this.#store.bytes(offset, EXTENDED_INODE_BYTES);
-      if (!ext) return this.#skip();
-      const sizeBig = new DataView(ext.buffer, ext.byteOffset, ext.byteLength).getBigUint64(
-        8,
-        true,
-      );
-      if (sizeBig > BigInt(Number.MAX_SAFE_INTEGER)) return this.#skip();
-      size = Number(sizeBig);
-      inodeBytes = EXTENDED_INODE_BYTES;
-    }
-    const xattrBytes = xattrCount
-      ? XATTR_IBODY_HEADER_BYTES + (xattrCount - 1) * XATTR_ENTRY_SLOT_BYTES
-      : 0;
     const is48bit = (this.#sb!.featureIncompat & INCOMPAT_48BIT) !== 0;
-    return {
-      offset,
-      isDir: (mode & S_IFMT) === S_IFDIR,
-      layout,
-      size,
-      rawBlockAddress: is48bit ? iu + startHi * 2 ** 32 : iu,
-      bodyEnd: offset + inodeBytes + xattrBytes,
-    };
+    return parseInode((o, l) => this.#store.bytes(o, l), this.#inodeOffset(nid), is48bit) ??
+      this.#skip();
   }
 
   /**
@@ -352,31 +296,9 @@ class Walker {
    * no real directory or chunk index is that large.
    */
   #extentRanges(inode: InodeInfo): PageRange[] {
-    const bs = this.#blockBytes;
-    let end = inode.bodyEnd;
-    const ranges: (PageRange | undefined)[] = [];
-    if (inode.layout === FLAT_INLINE) {
-      const blocks = Math.ceil(inode.size / bs);
-      const tail = inode.size - Math.max(0, blocks - 1) * bs;
-      end += tail;
-      if (inode.isDir && blocks > 1) {
-        ranges.push(this.#rangeOrSkip(inode.rawBlockAddress * bs, (blocks - 1) * bs));
-      }
-    } else if (inode.layout === FLAT_PLAIN) {
-      if (inode.isDir && inode.size > 0) {
-        ranges.push(this.#rangeOrSkip(inode.rawBlockAddress * bs, inode.size));
-      }
-    } else if (inode.layout === CHUNK_BASED && !inode.isDir) {
-      const chunkFormat = inode.rawBlockAddress & 0xffff;
-      const chunkBytes = bs * 2 ** (chunkFormat & CHUNK_FORMAT_BLKBITS_MASK);
-      const chunks = Math.ceil(inode.size / chunkBytes);
-      if (chunkFormat & CHUNK_FORMAT_INDEXES) {
-        end = Math.ceil(end / CHUNK_INDEX_BYTES) * CHUNK_INDEX_BYTES + chunks * CHUNK_INDEX_BYTES;
-      } else {
-        end += chunks * CHUNK_BLKADDR_BYTES;
-      }
-    }
-    ranges.push(this.#rangeOrSkip(inode.offset, end - inode.offset));
+    const ranges = extentSpans(inode, this.#blockBytes).map((span) =>
+      this.#rangeOrSkip(span.offset, span.length)
+    );
     const maxPages = this.#budget.maxPages;
     const pages = ranges.reduce((n, r) => n + (r ? r.last - r.first + 1 : 0), 0);
     if (ranges.includes(undefined) || pages > maxPages) {
@@ -390,9 +312,7 @@ class Walker {
    * Entries of a directory whose pages are fetched; a bad or missing block ends that directory.
    * Names stay bytes (decoded only for `collectPaths`).
    */
-  *#dirents(
-    inode: InodeInfo,
-  ): Generator<{ nid: number; name: Uint8Array; fileType: number; dot: boolean }> {
+  *#dirents(inode: InodeInfo): Generator<Dirent & { dot: boolean }> {
     const bs = this.#blockBytes;
     if (inode.layout !== FLAT_PLAIN && inode.layout !== FLAT_INLINE) return this.#skip();
     const blocks = Math.ceil(inode.size / bs);
@@ -401,33 +321,15 @@ class Walker {
       const inline = inode.layout === FLAT_INLINE && b === blocks - 1;
       const offset = inline ? inode.bodyEnd : (inode.rawBlockAddress + b) * bs;
       const block = this.#store.bytes(offset, length);
-      if (!block || length < DIRENT_BYTES) return this.#skip();
-      const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
-      const firstNameOffset = view.getUint16(8, true);
-      if (
-        firstNameOffset < DIRENT_BYTES || firstNameOffset > length ||
-        firstNameOffset % DIRENT_BYTES
-      ) return this.#skip();
-      const count = firstNameOffset / DIRENT_BYTES;
-      for (let k = 0; k < count; k++) {
+      if (!block) return this.#skip();
+      for (const entry of direntsOfBlock(block)) {
         this.result.direntsScanned++;
-        const nid = view.getBigUint64(k * DIRENT_BYTES, true);
-        const nameStart = view.getUint16(k * DIRENT_BYTES + 8, true);
-        const nameEnd = k + 1 < count ? view.getUint16((k + 1) * DIRENT_BYTES + 8, true) : length;
-        if (nameStart > nameEnd || nameEnd > length) return this.#skip();
-        if (nid & NID_METABOX_BIT || nid > BigInt(Number.MAX_SAFE_INTEGER)) {
+        if (entry === "bad") return this.#skip();
+        if (entry === "unfollowed") {
           this.#skip();
           continue;
         }
-        let name = block.subarray(nameStart, nameEnd);
-        const nul = name.indexOf(0);
-        if (nul >= 0) name = name.subarray(0, nul);
-        yield {
-          nid: Number(nid),
-          name,
-          fileType: view.getUint8(k * DIRENT_BYTES + 10),
-          dot: isDotOrDotDot(name),
-        };
+        yield { ...entry, dot: isDotOrDotDot(entry.name) };
       }
     }
   }
