@@ -7,6 +7,8 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
+import { CachedSource } from "../lib/source/cached.ts";
+import { PrefetchedSource, prefetchErofsMetadata } from "../lib/source/prefetched.ts";
 import { FormatError } from "../lib/errors.ts";
 import { FIXTURES, path as requirePath, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { describe, runCli } from "./_support/cli.ts";
@@ -196,6 +198,37 @@ for (const name of FIXTURE_IMAGES) {
     },
   });
 }
+
+Deno.test({
+  name: "property: the mount-time prefetch of corrupted images keeps pins + cache in --cache-size",
+  ignore: requires(requirePath(`${FIXTURES}/basic.erofs`, "shared fixtures")),
+  async fn() {
+    const image = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+    const offsets = interestingOffsets(image);
+    const cacheBytes = 256 << 10;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(corruptionArb(offsets), { minLength: 1, maxLength: 8 }),
+        async (corruptions) => {
+          const bytes = corrupt(image, corruptions);
+          const raw = { size: SPARSE_SIZE_BYTES, read: countedRead(bytes, SPARSE_SIZE_BYTES).read };
+          const cache = new CachedSource(raw, { chunkBytes: 16 << 10, cacheBytes });
+          const served = new PrefetchedSource(cache);
+          const summary = await prefetchErofsMetadata(raw, served, { fileInodes: true });
+          assert.ok(served.pinnedBytes <= cacheBytes / 2, `${served.pinnedBytes} pinned`);
+          // The kernel's reads after the prefetch: through the same bound.
+          for (let offset = 0; offset < 2 << 20; offset += 100_003) {
+            await served.read(offset, 4096);
+            const held = served.stats().cachedBytes + served.pinnedBytes;
+            assert.ok(held <= cacheBytes, `${held} bytes held (${summary})`);
+          }
+          await served.close();
+        },
+      ),
+      { numRuns: 100 },
+    );
+  },
+});
 
 Deno.test({
   name: "property: a corrupted superblock is a FormatError, never anything else",
