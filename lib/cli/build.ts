@@ -38,6 +38,10 @@ Options:
                         with --uuid the output is the same for the same input
       --uuid UUID       file system UUID (default: random)
       --literal-whiteouts  keep .wh.* tar members as plain files
+      --tar-index       write only metadata (512-byte blocks) whose files point into
+                        the uncompressed tar as a second device, laid out as
+                        \`mkfs.erofs --tar=i\` does: mount with the tar appended to
+                        the image, or the tar as extra device (-o device=)
   -h, --help
 
 Example:
@@ -49,6 +53,7 @@ Example:
       timestamp: { type: "string" },
       uuid: { type: "string" },
       "literal-whiteouts": { type: "boolean" },
+      "tar-index": { type: "boolean" },
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
@@ -64,6 +69,7 @@ Example:
     const loaded = await loadSource(source, values.output, {
       literalWhiteouts: values["literal-whiteouts"],
       impliedMtimeSec: timestamp,
+      tarIndex: values["tar-index"],
     });
     const { root, entries } = loaded;
     const progress = new ProgressLine(`writing ${values.output}`);
@@ -72,6 +78,7 @@ Example:
         buildTimeSec: timestamp,
         uuid,
         order,
+        tarIndex: loaded.tarBlocks === undefined ? undefined : { tarBlocks: loaded.tarBlocks },
         onProgress: (done, total) => progress.update(done, total),
       });
       progress.finish();
@@ -90,6 +97,8 @@ Example:
 interface LoadedSource {
   root: BuildNode;
   entries: number;
+  /** Tar-index builds: the tar's size in 512-byte blocks up to its last member. */
+  tarBlocks?: number;
   close(): void;
 }
 
@@ -97,7 +106,7 @@ interface LoadedSource {
 async function loadSource(
   source: string,
   output: string,
-  options: { literalWhiteouts?: boolean; impliedMtimeSec?: number },
+  options: { literalWhiteouts?: boolean; impliedMtimeSec?: number; tarIndex?: boolean },
 ): Promise<LoadedSource> {
   let sourceInfo: Deno.FileInfo | undefined;
   if (source !== "-") {
@@ -108,6 +117,9 @@ async function loadSource(
     }
   }
   const onSkippedXattr = skippedXattrWarner();
+  if (sourceInfo?.isDirectory && options.tarIndex) {
+    throw new UsageError("build: --tar-index needs a tar SOURCE, not a directory");
+  }
   if (sourceInfo?.isDirectory) {
     const scanning = new ProgressLine(`scanning ${source}`);
     try {
@@ -124,6 +136,22 @@ async function loadSource(
     throw new UserError(`build: ${source} is neither a directory nor a tar file`);
   }
   const { stream, compression } = await openTar(source);
+  if (options.tarIndex) {
+    const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
+    try {
+      const { root, entries, tarEndOffset } = await scanTar(stream, {
+        indexOnly: true,
+        literalWhiteouts: options.literalWhiteouts,
+        impliedMtimeSec: options.impliedMtimeSec,
+        onSkippedXattr,
+        onEntries: (count) => scanning.update(count),
+      });
+      // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device too.
+      return { root, entries, tarBlocks: tarEndOffset / 512 + 2, close() {} };
+    } finally {
+      scanning.finish();
+    }
+  }
   // Data of an uncompressed tar file stays where it is; anything else is spooled next to the
   // output (unlinked at once, so nothing survives a crash).
   const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;

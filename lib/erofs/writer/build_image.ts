@@ -20,6 +20,8 @@ export interface BuildImageOptions {
   volumeName?: string;
   order?: string[];
   inlineTailMaxBytes?: number;
+  /** Write a tar-index image (metadata only) for a tar of this many 512-byte blocks. */
+  tarIndex?: { tarBlocks: number };
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
@@ -35,6 +37,7 @@ export function buildImage(
     buildTimeNsec: options.buildTimeNsec ?? 0,
     order: options.order,
     inlineTailMaxBytes: options.inlineTailMaxBytes,
+    tarIndex: options.tarIndex,
   };
   const layout = layoutImage(root, layoutOptions);
   const slash = outPath.lastIndexOf("/");

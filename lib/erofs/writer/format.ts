@@ -104,16 +104,21 @@ export interface SuperblockFields {
   volumeName?: string;
   featureIncompat?: number;
   extraDevices?: number;
-  /** Slot (16-byte units from the superblock start… of the device table), see formats.md. */
+  /** Byte offset of the device table / 128 (`devt_slotoff`). */
   deviceTableSlotOffset?: number;
 }
 
+/** Device table slots are 128 bytes (`erofs_deviceslot`): tag[64], le32 blocks, le32 uniaddr. */
+export const DEVICE_SLOT_BYTES = 128;
+
 /**
- * Fills the superblock into `block0` (the whole first block, other bytes as the caller left
- * them) and stores its checksum: crc32c(~0) of the bytes from the superblock to the block end,
- * computed with the checksum field zero.
+ * Fills the superblock into `head` (the image's first bytes, at least up to the end of the
+ * checksummed range) and stores its checksum: crc32c(~0) over the block size minus 1024 bytes
+ * from the superblock on (the whole block when blocks are 1 KiB or smaller), computed with
+ * the checksum field zero.
  */
-export function encodeSuperblock(block0: Uint8Array, f: SuperblockFields): void {
+export function encodeSuperblock(head: Uint8Array, f: SuperblockFields): void {
+  const block0 = head;
   const view = new DataView(block0.buffer, block0.byteOffset, block0.byteLength);
   const at = EROFS_SUPER_OFFSET;
   view.setUint32(at, EROFS_SUPER_MAGIC_V1, true);
@@ -133,8 +138,9 @@ export function encodeSuperblock(block0: Uint8Array, f: SuperblockFields): void 
   view.setUint32(at + 80, f.featureIncompat ?? 0, true);
   view.setUint16(at + 86, f.extraDevices ?? 0, true);
   view.setUint16(at + 88, f.deviceTableSlotOffset ?? 0, true);
-  const end = Math.min(block0.length, 1 << f.blockSizeBits);
-  const crc = crc32cRaw(0xffffffff, block0.subarray(at, end));
+  const blockBytes = 1 << f.blockSizeBits;
+  const length = blockBytes > EROFS_SUPER_OFFSET ? blockBytes - EROFS_SUPER_OFFSET : blockBytes;
+  const crc = crc32cRaw(0xffffffff, block0.subarray(at, at + length));
   view.setUint32(at + 4, crc, true);
 }
 
@@ -148,4 +154,20 @@ export function parseUuid(text: string): Uint8Array | undefined {
 /** A random version-4 UUID. */
 export function randomUuid(): Uint8Array {
   return parseUuid(crypto.randomUUID())!;
+}
+
+/** One extra device: its size in blocks and where it starts in a flat [image][device] view. */
+export function encodeDeviceSlot(
+  view: DataView,
+  at: number,
+  blocks: number,
+  mappedBlockAddress: number,
+): void {
+  view.setUint32(at + 64, blocks, true);
+  view.setUint32(at + 68, mappedBlockAddress, true);
+}
+
+/** i_u of a chunk-based inode with 8-byte chunk indexes (EROFS_CHUNK_FORMAT_INDEXES). */
+export function chunkFormat(chunkBits: number, blockSizeBits: number): number {
+  return 0x20 | (chunkBits - blockSizeBits);
 }

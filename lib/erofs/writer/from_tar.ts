@@ -33,6 +33,11 @@ export interface TarScanOptions {
   tarFd?: number;
   /** Where other data is spooled (an open, writable, empty file). Needed unless `tarFd`. */
   spoolFd?: number;
+  /**
+   * Tar-index mode: file data stays in the tar; nodes get `{kind: "tar", offset}` and nothing
+   * is copied or spooled. Sparse members cannot be indexed as one chunk and are refused.
+   */
+  indexOnly?: boolean;
   onSkippedXattr?: (path: string, name: string) => void;
   onEntries?: (count: number) => void;
 }
@@ -42,6 +47,8 @@ export interface TarScanResult {
   entries: number;
   /** Bytes written to the spool file. */
   spooledBytes: number;
+  /** End of the last member in the uncompressed tar (where the end-of-archive marker starts). */
+  tarEndOffset: number;
 }
 
 const TAR_KIND: Record<string, NodeKind> = {
@@ -64,6 +71,7 @@ export async function scanTar(
   const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper();
   let entries = 0;
   let spoolEnd = 0;
+  let tarEnd = 0;
 
   const parentOf = (path: string): [BuildNode, string] => {
     const parts = path.split("/");
@@ -116,6 +124,7 @@ export async function scanTar(
   for await (const entry of readTar(drainOnCancel(stream))) {
     entries++;
     if (entries % 1024 === 0) options.onEntries?.(entries);
+    tarEnd = Math.max(tarEnd, entry.dataOffset + Math.ceil(entry.storedSize / 512) * 512);
     if (overlay?.add(entry.path, entry.kind)) continue;
     if (entry.path === "") {
       if (entry.kind === "dir") Object.assign(root, attributes(entry, options));
@@ -144,7 +153,15 @@ export async function scanTar(
     }
     if (kind === "file") {
       node.sizeBytes = entry.size;
-      if (entry.size > 0) {
+      if (entry.size > 0 && options.indexOnly) {
+        if (entry.sparse) {
+          throw new FormatError(
+            `tar member "${entry.path}" is sparse: a tar index cannot point into it`,
+            "build a full image instead of --tar-index",
+          );
+        }
+        node.data = { kind: "tar", offset: entry.dataOffset };
+      } else if (entry.size > 0) {
         if (options.tarFd !== undefined && !entry.sparse) {
           node.data = { kind: "fd", fd: options.tarFd, offset: entry.dataOffset };
         } else {
@@ -177,7 +194,7 @@ export async function scanTar(
       if (node.kind === "dir") node.xattrs.set(OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE);
     }
   }
-  return { root, entries, spooledBytes: spoolEnd };
+  return { root, entries, spooledBytes: spoolEnd, tarEndOffset: tarEnd };
 }
 
 function attributes(entry: TarEntry, options: TarScanOptions) {

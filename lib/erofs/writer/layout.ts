@@ -13,6 +13,7 @@
 import { FormatError } from "../../errors.ts";
 import {
   COMPACT_INODE_BYTES,
+  DEVICE_SLOT_BYTES,
   EROFS_SUPER_OFFSET,
   EXTENDED_INODE_BYTES,
   FILE_TYPE,
@@ -33,7 +34,16 @@ export interface LayoutOptions {
   inlineTailMaxBytes?: number;
   /** Shared xattr area limit (keeps the root nid within its 16-bit field). */
   maxSharedXattrBytes?: number;
+  /**
+   * Tar-index image (as `mkfs.erofs --tar=i` lays it out): metadata only, 512-byte blocks,
+   * every non-empty regular file one chunk of device 1 (the uncompressed tar) found by its
+   * `{kind: "tar"}` data offset. Holds the tar's size in 512-byte blocks for the device table.
+   */
+  tarIndex?: { tarBlocks: number };
 }
+
+/** The device table follows the superblock: slot 9 (byte 1152), one 128-byte slot. */
+export const TAR_INDEX_DEVICE_SLOT = 9;
 
 export interface PlannedDirEntry {
   name: Uint8Array;
@@ -54,6 +64,9 @@ export interface PlannedInode {
   blockAddress: number;
   offset: number;
   nid: number;
+  /** Tar-index files: log2 of the one chunk's size, and where the chunk index sits. */
+  chunkBits?: number;
+  chunkIndexOffset?: number;
   /** Directories: sorted entries ("." and ".." included) and entries per block. */
   entries?: PlannedDirEntry[];
   perBlock?: number[];
@@ -72,6 +85,7 @@ export interface ImageLayout {
   totalBlocks: number;
   buildTimeSec: number;
   buildTimeNsec: number;
+  tarIndex?: { tarBlocks: number };
 }
 
 const encoder = new TextEncoder();
@@ -79,7 +93,7 @@ const MAX_BLOCK_ADDRESS = 0xffffffff;
 
 /** Plans the whole image; throws FormatError for trees EROFS cannot represent. */
 export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayout {
-  const blockSizeBits = options.blockSizeBits ?? 12;
+  const blockSizeBits = options.tarIndex ? 9 : options.blockSizeBits ?? 12;
   const blockBytes = 2 ** blockSizeBits;
   const inlineMax = options.inlineTailMaxBytes ?? 256;
   const planned = new Map<BuildNode, PlannedInode>();
@@ -156,7 +170,9 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   }
   const sharedIds = new Map<string, number>();
   const shared: { offset: number; bytes: Uint8Array }[] = [];
-  let cursor = EROFS_SUPER_OFFSET + SUPERBLOCK_BYTES;
+  let cursor = options.tarIndex
+    ? (TAR_INDEX_DEVICE_SLOT + 1) * DEVICE_SLOT_BYTES
+    : EROFS_SUPER_OFFSET + SUPERBLOCK_BYTES;
   const maxShared = options.maxSharedXattrBytes ?? 1 << 20;
   for (const [key, use] of uses) {
     if (use.count < 2) continue;
@@ -184,6 +200,23 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       node.mtimeNsec !== options.buildTimeNsec;
     const base = (p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
       (p.xattrBody?.length ?? 0);
+    if (options.tarIndex && node.kind === "file") {
+      // One chunk index entry (8 bytes, 8-aligned) after the xattrs; no data blocks here.
+      const indexAt = alignUp(base, 8);
+      const record = p.sizeBytes > 0 ? indexAt + 8 : base;
+      if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
+        cursor = alignUp(cursor, blockBytes);
+      }
+      p.offset = cursor;
+      p.nid = cursor / INODE_SLOT_BYTES;
+      if (p.sizeBytes > 0) {
+        p.chunkBits = Math.max(blockSizeBits, Math.ceil(Math.log2(p.sizeBytes)));
+        while (2 ** p.chunkBits < p.sizeBytes) p.chunkBits++;
+        p.chunkIndexOffset = cursor + indexAt;
+      }
+      cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
+      continue;
+    }
     const tail = p.sizeBytes % blockBytes;
     const inlineWanted = tail > 0 &&
       (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
@@ -208,7 +241,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
   }
   const metadataBytes = nextBlock * blockBytes;
-  const dataOrder = orderFiles(root, planned, options.order ?? []);
+  const dataOrder = options.tarIndex ? [] : orderFiles(root, planned, options.order ?? []);
   for (const p of dataOrder) {
     p.blockAddress = nextBlock;
     nextBlock += p.blocks;
@@ -225,6 +258,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     totalBlocks: nextBlock,
     buildTimeSec: options.buildTimeSec,
     buildTimeNsec: options.buildTimeNsec,
+    tarIndex: options.tarIndex,
   };
 }
 

@@ -12,7 +12,9 @@ export type FileData =
   /** A file on disk, read from its start. */
   | { kind: "path"; path: string }
   /** A byte range of an open file descriptor (a spooled tar stream, a tar on disk). */
-  | { kind: "fd"; fd: number; offset: number };
+  | { kind: "fd"; fd: number; offset: number }
+  /** Tar-index images: the bytes stay in the tar (device 1) at this uncompressed offset. */
+  | { kind: "tar"; offset: number };
 
 export interface BuildNode {
   kind: NodeKind;

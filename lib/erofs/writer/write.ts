@@ -5,17 +5,27 @@
 import { closeFd, libc, O_RDONLY, openFile, SysError, unwrap } from "../../../ffi/libc.ts";
 import { FormatError } from "../../errors.ts";
 import {
+  chunkFormat,
   COMPACT_INODE_BYTES,
+  DATALAYOUT_CHUNK_BASED,
   DATALAYOUT_FLAT_INLINE,
   DATALAYOUT_FLAT_PLAIN,
+  DEVICE_SLOT_BYTES,
+  encodeDeviceSlot,
   encodeInode,
   encodeRdev,
   encodeSuperblock,
   EXTENDED_INODE_BYTES,
+  FEATURE_INCOMPAT_DEVICE_TABLE,
   MODE_TYPE,
 } from "./format.ts";
 import { encodeDirectory } from "./dirs.ts";
-import { fileTypeOf, type ImageLayout, type PlannedInode } from "./layout.ts";
+import {
+  fileTypeOf,
+  type ImageLayout,
+  type PlannedInode,
+  TAR_INDEX_DEVICE_SLOT,
+} from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
 import { copyRange, preadExact, pwriteAll } from "./data_copy.ts";
 import type { FileData } from "./tree.ts";
@@ -48,9 +58,15 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
     if (node.kind === "chardev" || node.kind === "blockdev") {
       u = encodeRdev(node.rdevMajor, node.rdevMinor);
     } else if (node.kind === "fifo" || node.kind === "socket") u = 0;
+    let dataLayout = p.inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
+    if (p.chunkBits !== undefined) {
+      dataLayout = DATALAYOUT_CHUNK_BASED;
+      u = chunkFormat(p.chunkBits, layout.blockSizeBits);
+      writeChunkIndex(view, p, layout.blockBytes);
+    }
     encodeInode(view, p.offset, {
       extended: p.extended,
-      dataLayout: p.inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN,
+      dataLayout,
       xattrCount: xattrCount(p.xattrBody?.length ?? 0),
       mode: MODE_TYPE[node.kind] | (node.mode & 0o7777),
       nlink: p.nlink,
@@ -77,7 +93,15 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
       meta.set(readTail(node.data, p.sizeBytes, p.inlineTailBytes), tailAt);
     }
   }
-  encodeSuperblock(meta.subarray(0, bs), {
+  if (layout.tarIndex) {
+    encodeDeviceSlot(
+      view,
+      TAR_INDEX_DEVICE_SLOT * DEVICE_SLOT_BYTES,
+      layout.tarIndex.tarBlocks,
+      layout.totalBlocks,
+    );
+  }
+  encodeSuperblock(meta, {
     blockSizeBits: layout.blockSizeBits,
     rootNid: layout.root.nid,
     inodes: layout.inodes.length,
@@ -88,6 +112,13 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
     xattrBlockAddress: 0,
     uuid: options.uuid,
     volumeName: options.volumeName,
+    ...(layout.tarIndex
+      ? {
+        featureIncompat: FEATURE_INCOMPAT_DEVICE_TABLE,
+        extraDevices: 1,
+        deviceTableSlotOffset: TAR_INDEX_DEVICE_SLOT,
+      }
+      : {}),
   });
   pwriteAll(fd, meta, 0);
 
@@ -118,6 +149,19 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   };
 }
 
+/** The one chunk index entry of a tar-index file: {le16 startblk_hi, le16 device 1, le32 lo}. */
+function writeChunkIndex(view: DataView, p: PlannedInode, blockBytes: number): void {
+  const data = p.node.data;
+  if (data?.kind !== "tar") throw new FormatError("tar-index file without a tar offset");
+  const block = data.offset / blockBytes;
+  if (!Number.isInteger(block) || block > 0xffffffff) {
+    throw new FormatError(`tar data offset ${data.offset} cannot be indexed`);
+  }
+  view.setUint16(p.chunkIndexOffset!, 0, true);
+  view.setUint16(p.chunkIndexOffset! + 2, 1, true);
+  view.setUint32(p.chunkIndexOffset! + 4, block, true);
+}
+
 /** The bytes of a directory or symlink; undefined for other kinds. */
 function metadataContents(p: PlannedInode, bs: number): Uint8Array | undefined {
   if (p.node.kind === "symlink") return p.node.target ?? new Uint8Array();
@@ -141,6 +185,7 @@ function withSource<T>(
 ): T {
   if (!data) throw new FormatError("regular file without a data source");
   if (data.kind === "fd") return use(data.fd, data.offset, "(spooled data)");
+  if (data.kind === "tar") throw new FormatError("tar-index data cannot be copied");
   let fd: number;
   try {
     fd = openFile(data.path, O_RDONLY);
