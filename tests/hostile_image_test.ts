@@ -98,21 +98,22 @@ Deno.test({
 });
 
 Deno.test({
-  name: "hostile image: a budget below one directory's size pins at most that budget",
+  name: "hostile image: directories that each fit the budget, together far above it",
   ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "peer mkfs.erofs")),
   async fn() {
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-hostile-" });
     try {
-      // 200 directories of 2 MiB each, all over the same sparse region: each one fits a 4 MiB
-      // budget alone, and the walk must neither hold nor read more than its limits.
-      const hostile = await hugeDirectoriesImage(work, 200, 2 << 20);
+      // 200 directories of 512 KiB, each over its own sparse region (100 MiB in all), under a
+      // 1 MiB budget: the walk holds and reads no more than its limits.
+      const hostile = await hugeDirectoriesImage(work, 200, 512 << 10, { spread: true });
       const image = Deno.readFileSync(hostile.path);
-      const counted = countedRead(image);
+      const counted = countedRead(image, hostile.fileBytes);
       const maxBytes = 1 << 20;
-      const walk = await walkErofsMetadata(counted.read, image.length, {
+      const walk = await walkErofsMetadata(counted.read, hostile.fileBytes, {
         maxBytes,
         maxFetchBytes: 2 * maxBytes,
       });
+      assert.match(walk.incomplete ?? "", /metadata above 256 pages/);
       assert.ok(walk.pagesBytes <= maxBytes, `${walk.pagesBytes} held`);
       assert.ok(walk.pages.size <= maxBytes / walk.pageBytes);
       assert.ok(counted.bytesReturned() <= 2 * maxBytes, `${counted.bytesReturned()} read`);

@@ -3,7 +3,7 @@
  * reads missing ones in coalesced ranged reads under a hard budget. Wanted pages are passed as
  * ranges, never as lists of page numbers: a hostile inode can claim terabytes, and even the list
  * of its page numbers must not be built (issue 9: 2,000 directories each claiming 256 MiB took
- * the server to 2.6 GB before any byte was read).
+ * the server to 2.6 GB).
  */
 
 export type ReadRange = (offset: number, length: number, signal?: AbortSignal) => Promise<

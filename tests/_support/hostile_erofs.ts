@@ -169,13 +169,15 @@ export interface HugeDirectoriesImage {
 
 /**
  * The image of issue 9: `directories` empty directories under the root, each patched to claim
- * `claimedBytes` of flat-plain data from block 0, in a file made sparse to `claimedBytes` so
- * every claim is inside the image. `workDir` must exist; the tree and image are made there.
+ * `claimedBytes` of flat-plain data, in a file made sparse so every claim is inside the image.
+ * All claims start at block 0 (one shared region), or with `spread` each its own region (the
+ * union then exceeds any small budget). `workDir` must exist; the tree and image go there.
  */
 export async function hugeDirectoriesImage(
   workDir: string,
   directories = 2000,
   claimedBytes = 256 << 20,
+  options: { spread?: boolean } = {},
 ): Promise<HugeDirectoriesImage> {
   const tree = `${workDir}/tree`;
   Deno.mkdirSync(tree, { recursive: true });
@@ -183,12 +185,17 @@ export async function hugeDirectoriesImage(
   const path = `${workDir}/hostile.erofs`;
   await mkfsErofs(path, tree);
   const image = Deno.readFileSync(path);
+  const sb = parseSuper(image);
   const dirs = listInodes(image).filter((i) => i.isDir && i.path !== "");
   if (dirs.length !== directories) throw new Error(`generator: found ${dirs.length} directories`);
-  for (const dir of dirs) patchInodeExtent(image, dir, claimedBytes, 0);
+  const claimedBlocks = Math.ceil(claimedBytes / sb.blockBytes);
+  dirs.forEach((dir, i) =>
+    patchInodeExtent(image, dir, claimedBytes, options.spread ? i * claimedBlocks : 0)
+  );
   dropSuperblockChecksum(image);
   Deno.writeFileSync(path, image);
-  Deno.truncateSync(path, Math.max(claimedBytes, image.length));
+  const fileBytes = options.spread ? directories * claimedBlocks * sb.blockBytes : claimedBytes;
+  Deno.truncateSync(path, Math.max(fileBytes, image.length));
   const stat = Deno.statSync(path);
   return {
     path,
