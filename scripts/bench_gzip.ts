@@ -69,41 +69,48 @@ try {
   const blob = await LocalFile.open(layer);
   try {
     const zinfo = new MemorySource(built.zinfo);
-    const sequential = await GzipRandomAccess.open(blob, zinfo);
-    const [, seqMs] = await timed("cold sequential read, 1 MiB reads (ours)", async () => {
-      for (let at = 0; at < tar.length; at += 1 << 20) {
-        const got = await sequential.read(at, Math.min(1 << 20, tar.length - at));
-        if (got[0] !== tar[at] || got.at(-1) !== tar[at + got.length - 1]) {
-          throw new Error(`mismatch at ${at}`);
-        }
-      }
-    });
-    sequential.close();
-    console.log(
-      `  ${(seqMs / gunzipMs).toFixed(2)}x gzip -dc; build ${(buildMs / gunzipMs).toFixed(2)}x`,
-    );
-
-    const reads = 200;
-    const random = await GzipRandomAccess.open(blob, zinfo, { cacheBytes: 1 << 20 });
-    const rng = prng(42);
-    const [, randMs] = await timed(`cold random 4 KiB reads x${reads} (1 MiB cache)`, async () => {
-      for (let i = 0; i < reads; i++) {
-        const at = Math.floor(rng() * (tar.length - 4096));
-        const got = await random.read(at, 4096);
-        for (let j = 0; j < 4096; j += 512) {
-          if (got[j] !== tar[at + j]) throw new Error(`mismatch at ${at + j}`);
-        }
-      }
-    });
-    console.log(
-      `  ${(randMs / reads).toFixed(1)} ms/read, ${
-        (random.stats.inflatedBytes / reads / 1e6).toFixed(2)
-      } MB inflated/read, ${((random.stats.inflatedBytes / randMs) / 1e3).toFixed(0)} MB/s inflate`,
-    );
-    random.close();
+    for (const inflater of ["zlib", "ts"] as const) {
+      console.log(`inflater: ${inflater === "zlib" ? "system zlib via FFI" : "pure TypeScript"}`);
+      await readBench(blob, zinfo, inflater);
+    }
   } finally {
     await blob.close();
   }
 } finally {
   await Deno.remove(work, { recursive: true });
+}
+
+async function readBench(blob: LocalFile, zinfo: MemorySource, inflater: "zlib" | "ts") {
+  const sequential = await GzipRandomAccess.open(blob, zinfo, { inflater });
+  const [, seqMs] = await timed("cold sequential read, 1 MiB reads (ours)", async () => {
+    for (let at = 0; at < tar.length; at += 1 << 20) {
+      const got = await sequential.read(at, Math.min(1 << 20, tar.length - at));
+      if (got[0] !== tar[at] || got.at(-1) !== tar[at + got.length - 1]) {
+        throw new Error(`mismatch at ${at}`);
+      }
+    }
+  });
+  sequential.close();
+  console.log(
+    `  ${(seqMs / gunzipMs).toFixed(2)}x gzip -dc; build ${(buildMs / gunzipMs).toFixed(2)}x`,
+  );
+
+  const reads = 200;
+  const random = await GzipRandomAccess.open(blob, zinfo, { cacheBytes: 1 << 20, inflater });
+  const rng = prng(42);
+  const [, randMs] = await timed(`cold random 4 KiB reads x${reads} (1 MiB cache)`, async () => {
+    for (let i = 0; i < reads; i++) {
+      const at = Math.floor(rng() * (tar.length - 4096));
+      const got = await random.read(at, 4096);
+      for (let j = 0; j < 4096; j += 512) {
+        if (got[j] !== tar[at + j]) throw new Error(`mismatch at ${at + j}`);
+      }
+    }
+  });
+  console.log(
+    `  ${(randMs / reads).toFixed(1)} ms/read, ${
+      (random.stats.inflatedBytes / reads / 1e6).toFixed(2)
+    } MB inflated/read, ${((random.stats.inflatedBytes / randMs) / 1e3).toFixed(0)} MB/s inflate`,
+  );
+  random.close();
 }

@@ -118,7 +118,8 @@ Deno.test("zinfo builder property: random gzip streams → zinfo → random read
       fc.integer({ min: 1, max: 9 }),
       fc.constantFrom(0, 0x04, 0x08, 0x1e),
       fc.constantFrom(32 * 1024, 200 * 1024, 4 * 1024 * 1024),
-      async (size, seed, cuts, level, flags, spanBytes) => {
+      fc.constantFrom("zlib" as const, "ts" as const),
+      async (size, seed, cuts, level, flags, spanBytes, inflater) => {
         const data = mixedData(size, seed);
         const bounds = [0, ...cuts.map((c) => Math.floor(c * size)).sort((a, b) => a - b), size];
         const members: Uint8Array[] = [];
@@ -138,6 +139,7 @@ Deno.test("zinfo builder property: random gzip streams → zinfo → random read
           {
             cacheBytes: 1 << 20,
             pieceBytes: 64 * 1024,
+            inflater,
           },
         );
         try {

@@ -11,7 +11,7 @@
 import { FormatError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
 import { nativeBytes } from "../../ffi/zlib.ts";
-import { InflateCursor } from "./inflate_cursor.ts";
+import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
 import { Zinfo } from "./zinfo.ts";
 
 export interface GzipRandomAccessOptions {
@@ -21,6 +21,8 @@ export interface GzipRandomAccessOptions {
   pieceBytes?: number;
   /** Paused inflate cursors kept (default 8; each holds ~1 MiB of input at most). */
   maxCursors?: number;
+  /** "zlib" (default, libz.so.1 via FFI) or "ts" (pure TypeScript; slower, for comparison). */
+  inflater?: InflaterKind;
 }
 
 export interface GzipRandomAccessStats {
@@ -40,6 +42,7 @@ export class GzipRandomAccess {
   readonly #pieceBytes: number;
   readonly #cacheBytes: number;
   readonly #maxCursors: number;
+  readonly #inflater: InflaterKind;
   readonly #pieces = new Map<string, Uint8Array>();
   #cachedBytes = 0;
   #idle: InflateCursor[] = [];
@@ -50,6 +53,7 @@ export class GzipRandomAccess {
     this.#pieceBytes = options.pieceBytes ?? 1024 * 1024;
     this.#cacheBytes = options.cacheBytes ?? 32 * 1024 * 1024;
     this.#maxCursors = options.maxCursors ?? 8;
+    this.#inflater = options.inflater ?? "zlib";
   }
 
   /** Opens and validates the zinfo against `blob` (FormatError when it does not fit). */
@@ -140,7 +144,7 @@ export class GzipRandomAccess {
     const wanted = start + k * this.#pieceBytes;
     let cursor = this.#takeCursor(index, wanted);
     if (!cursor) {
-      cursor = await InflateCursor.open(this.blob, this.zinfo, index, signal);
+      cursor = await InflateCursor.open(this.blob, this.zinfo, index, signal, this.#inflater);
       this.stats.cursorsOpened++;
     }
     try {

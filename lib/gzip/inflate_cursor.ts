@@ -7,6 +7,7 @@
 import { FormatError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
 import { nativeBytes, RawInflater, Z_STREAM_END } from "../../ffi/zlib.ts";
+import { TsInflater } from "./ts_inflate.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength, isGzipMagic } from "./gzip_header.ts";
 import type { Zinfo } from "./zinfo.ts";
 
@@ -16,6 +17,11 @@ const FIRST_FETCH_BYTES = 64 * 1024;
 const MAX_FETCH_BYTES = 1024 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
+
+/** Which raw inflater a cursor uses: the system zlib (default) or the TypeScript one. */
+export type InflaterKind = "zlib" | "ts";
+
+type Inflater = Pick<RawInflater, "reset" | "prime" | "setDictionary" | "inflate" | "end">;
 
 export class InflateCursor {
   /** Uncompressed offset of the next byte this cursor produces. */
@@ -31,12 +37,12 @@ export class InflateCursor {
   #pending: Uint8Array<ArrayBuffer> = nativeBytes(0);
   #state: CursorState = "deflate";
   #fetchBytes = FIRST_FETCH_BYTES;
-  readonly #inflater: RawInflater;
+  readonly #inflater: Inflater;
 
   private constructor(
     readonly checkpoint: number,
     readonly blob: Source,
-    inflater: RawInflater,
+    inflater: Inflater,
     compressedOffset: number,
     uncompressedOffset: number,
   ) {
@@ -51,9 +57,10 @@ export class InflateCursor {
     zinfo: Zinfo,
     index: number,
     signal?: AbortSignal,
+    kind: InflaterKind = "zlib",
   ): Promise<InflateCursor> {
     const cp = zinfo.checkpoints[index];
-    const inflater = new RawInflater();
+    const inflater = kind === "ts" ? new TsInflater() : new RawInflater();
     try {
       if (cp.bits > 0) {
         const [byte] = await blob.read(cp.compressedOffset - 1, 1, signal);
