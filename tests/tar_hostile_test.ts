@@ -51,6 +51,19 @@ Deno.test("paths: '..' is clamped at the root, leading '/' dropped, './' is the 
   ]);
 });
 
+Deno.test("pre-ustar directories: a regular-file member whose name ends in '/'", async () => {
+  const entries = await readAll(encodeTar([
+    { name: "old/", type: "\0", mode: 0o755 },
+    { name: "old2/", type: "0" },
+    { name: "old/file", type: "\0", data: enc.encode("v7") },
+  ]));
+  deepEqual(entries.map((e) => [e.path, e.kind, e.data]), [
+    ["old", "dir", ""],
+    ["old2", "dir", ""],
+    ["old/file", "file", "v7"],
+  ]);
+});
+
 Deno.test("paths: a non-directory resolving to the root is a FormatError", async () => {
   await formatError(encodeTar([{ name: "..", data: enc.encode("x") }]), /replace the root/);
   await formatError(encodeTar([{ name: "/", type: "2", linkname: "x" }]), /replace the root/);

@@ -158,7 +158,7 @@ export function parseHeaderBlock(block: Uint8Array, offset: number): HeaderBlock
       name = joined;
     }
   }
-  const typeflag = block[TYPEFLAG] === 0 ? "0" : String.fromCharCode(block[TYPEFLAG]);
+  const typeflag = String.fromCharCode(block[TYPEFLAG]);
   const header: HeaderBlock = {
     format,
     typeflag,

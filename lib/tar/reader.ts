@@ -12,18 +12,10 @@
 import { FormatError } from "../errors.ts";
 import { ByteReader, truncated } from "./byte_reader.ts";
 import type { TarEntry, TarEntryKind } from "./entry.ts";
-import {
-  BLOCK_BYTES,
-  cString,
-  type HeaderBlock,
-  isZeroBlock,
-  parseHeaderBlock,
-  type SparseSegment,
-} from "./header.ts";
-import { normalizeTarPath } from "./path.ts";
-import { parsePaxRecords, paxInteger, type PaxRecord, paxTime } from "./pax.ts";
-import { checkSparseMap, paxSparse, readGnuSparseExtensions, readSparse1Map } from "./sparse.ts";
-import { applyXattrRecord } from "./xattrs.ts";
+import { type EntryData, readPadded, skipPadded } from "./entry_data.ts";
+import { BLOCK_BYTES, cString, type HeaderBlock, isZeroBlock, parseHeaderBlock } from "./header.ts";
+import { buildEntry, KINDS } from "./member.ts";
+import { parsePaxRecords, type PaxRecord } from "./pax.ts";
 
 export interface TarReaderOptions {
   /**
@@ -40,28 +32,10 @@ export interface TarReaderOptions {
 }
 
 export const DEFAULT_MAX_META_BYTES = 1 << 20;
-/** Data handed out per body chunk at most; bounds a single enqueue, not the whole file. */
-const BODY_CHUNK_BYTES = 256 * 1024;
-
-const KINDS: Record<string, TarEntryKind> = {
-  "0": "file",
-  "\0": "file",
-  "7": "file", // contiguous file: a plain file everywhere but on a few old systems
-  "S": "file",
-  "1": "hardlink",
-  "2": "symlink",
-  "3": "char",
-  "4": "block",
-  "5": "dir",
-  "D": "dir", // GNU dumpdir: a directory whose data lists its contents (skipped)
-  "6": "fifo",
-};
 
 // Pax keys that describe one member only; a global ('g') header setting them is ignored, as a
 // global path or size would make every following member the same file.
 const MEMBER_ONLY_KEYS = new Set(["path", "linkpath", "size"]);
-
-const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Reads members from an uncompressed tar stream; see TarEntry for each field. */
 export async function* readTar(
@@ -174,235 +148,6 @@ export async function* readTar(
   } finally {
     data?.abandon();
     await src.cancel();
-  }
-}
-
-interface BuildInput {
-  src: ByteReader;
-  header: HeaderBlock;
-  records: PaxRecord[];
-  longName?: Uint8Array;
-  longLink?: Uint8Array;
-  metaOffset: number;
-  headerOffset: number;
-  maxMetaBytes: number;
-}
-
-async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; data: EntryData }> {
-  const { src, header, records, headerOffset } = input;
-  let pathBytes = input.longName ?? header.name;
-  let linkBytes = input.longLink ?? header.linkname;
-  let storedArea = header.size;
-  let uid = header.uid;
-  let gid = header.gid;
-  let uname: Uint8Array = header.uname;
-  let gname: Uint8Array = header.gname;
-  let mtimeSec = header.mtimeSec;
-  let mtimeNsec = 0;
-  let devMajor = header.devMajor;
-  let devMinor = header.devMinor;
-  const xattrs = new Map<string, Uint8Array>();
-  for (const r of records) {
-    switch (r.key) {
-      case "path":
-        pathBytes = r.value;
-        break;
-      case "linkpath":
-        linkBytes = r.value;
-        break;
-      case "size":
-        storedArea = paxInteger(r, headerOffset);
-        break;
-      case "uid":
-        uid = paxInteger(r, headerOffset);
-        break;
-      case "gid":
-        gid = paxInteger(r, headerOffset);
-        break;
-      case "uname":
-        uname = r.value;
-        break;
-      case "gname":
-        gname = r.value;
-        break;
-      case "mtime": {
-        const t = paxTime(r, headerOffset);
-        mtimeSec = t.sec;
-        mtimeNsec = t.nsec;
-        break;
-      }
-      case "SCHILY.devmajor":
-        devMajor = paxInteger(r, headerOffset);
-        break;
-      case "SCHILY.devminor":
-        devMinor = paxInteger(r, headerOffset);
-        break;
-      default:
-        applyXattrRecord(xattrs, r, headerOffset);
-    }
-  }
-
-  let kind = KINDS[header.typeflag];
-  // Before ustar, a directory was a regular-file member whose name ends in "/".
-  if (header.typeflag === "\0" && pathBytes[pathBytes.length - 1] === 0x2f) kind = "dir";
-
-  let size = kind === "file" ? storedArea : 0;
-  let storedSize = kind === "file" ? storedArea : 0;
-  let sparse: SparseSegment[] | undefined;
-  const maxSegments = Math.floor(input.maxMetaBytes / 24);
-  if (header.gnuSparse) {
-    sparse = [...header.gnuSparse.segments];
-    if (header.gnuSparse.isExtended) await readGnuSparseExtensions(src, sparse, maxSegments);
-    size = header.gnuSparse.realSize;
-  }
-  const pax = kind === "file" ? paxSparse(records, headerOffset) : undefined;
-  if (pax) {
-    if (pax.name) pathBytes = pax.name;
-    size = pax.realSize;
-    if (pax.version === "1.0") {
-      const map = await readSparse1Map(src, input.maxMetaBytes, headerOffset);
-      if (map.mapBytes > storedArea) {
-        throw new FormatError(`tar member at byte ${headerOffset}: sparse map larger than member`);
-      }
-      sparse = map.segments;
-      storedArea -= map.mapBytes;
-      storedSize = storedArea;
-    } else {
-      sparse = pax.segments;
-    }
-    if (sparse!.length > maxSegments) {
-      throw new FormatError(`tar member at byte ${headerOffset}: GNU sparse map too large`);
-    }
-  }
-  if (sparse) checkSparseMap(sparse, size, storedSize, headerOffset);
-
-  const rawPath = decodeName(pathBytes, "path", headerOffset);
-  const path = normalizeTarPath(rawPath);
-  if (path === "" && kind !== "dir") {
-    throw new FormatError(`tar member "${rawPath}" (${kind}) would replace the root directory`);
-  }
-  let linkname = "";
-  if (kind === "symlink") {
-    linkname = decodeName(linkBytes, "symlink target", headerOffset);
-    if (linkname === "") throw new FormatError(`tar symlink "${rawPath}" has an empty target`);
-  } else if (kind === "hardlink") {
-    linkname = normalizeTarPath(decodeName(linkBytes, "hard link target", headerOffset));
-    if (linkname === "" || linkname === path) {
-      throw new FormatError(`tar hard link "${rawPath}" has no usable target`);
-    }
-  }
-  const dataOffset = src.position;
-  const data = new EntryData(src, storedArea, kind === "file" ? storedSize : 0);
-  const entry: TarEntry = {
-    path,
-    rawPath,
-    kind,
-    mode: header.mode & 0o7777,
-    uid,
-    gid,
-    uname: decodeName(uname, "uname", headerOffset, true),
-    gname: decodeName(gname, "gname", headerOffset, true),
-    mtimeSec,
-    mtimeNsec,
-    size,
-    linkname,
-    devMajor: kind === "char" || kind === "block" ? devMajor : 0,
-    devMinor: kind === "char" || kind === "block" ? devMinor : 0,
-    xattrs,
-    metaOffset: input.metaOffset,
-    headerOffset,
-    dataOffset,
-    storedSize: kind === "file" ? storedSize : 0,
-    sparse,
-    body: data.stream,
-  };
-  return { entry, data };
-}
-
-/**
- * The data area of one member: `visible` bytes handed to the consumer through `stream`, then
- * the rest of `areaBytes` and the padding to a block skipped when the reader moves on.
- */
-class EntryData {
-  readonly stream: ReadableStream<Uint8Array>;
-  #src: ByteReader;
-  #visibleLeft: number;
-  #areaLeft: number;
-  #pull?: Promise<void>;
-  #done = false;
-
-  constructor(src: ByteReader, areaBytes: number, visibleBytes: number) {
-    this.#src = src;
-    this.#areaLeft = areaBytes + padding(areaBytes);
-    this.#visibleLeft = visibleBytes;
-    this.stream = new ReadableStream<Uint8Array>({
-      pull: (controller) => {
-        this.#pull = this.#pullInto(controller);
-        return this.#pull;
-      },
-    }, { highWaterMark: 0 });
-  }
-
-  async #pullInto(controller: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
-    if (this.#done) {
-      controller.error(new Error("tar entry data read after the reader moved to the next entry"));
-      return;
-    }
-    if (this.#visibleLeft === 0) {
-      controller.close();
-      return;
-    }
-    const view = await this.#src.readUpTo(Math.min(this.#visibleLeft, BODY_CHUNK_BYTES));
-    if (view === null) {
-      controller.error(truncated("file data", this.#src.position));
-      return;
-    }
-    this.#visibleLeft -= view.length;
-    this.#areaLeft -= view.length;
-    controller.enqueue(view);
-    if (this.#visibleLeft === 0) controller.close();
-  }
-
-  /** Skips what the consumer did not read; the stream is unusable afterwards. */
-  async finish(): Promise<void> {
-    await this.#pull?.catch(() => {});
-    this.#done = true;
-    await this.#src.skip(this.#areaLeft, "file data");
-    this.#areaLeft = 0;
-  }
-
-  abandon(): void {
-    this.#done = true;
-  }
-}
-
-const padding = (n: number) => (BLOCK_BYTES - (n % BLOCK_BYTES)) % BLOCK_BYTES;
-
-async function readPadded(src: ByteReader, n: number, what: string): Promise<Uint8Array> {
-  const body = n === 0 ? new Uint8Array() : await src.readExact(n, what);
-  if (body === null) throw truncated(what, src.position);
-  const copy = body.slice(); // the view may alias the source chunk; headers are kept around
-  await src.skip(padding(n), what);
-  return copy;
-}
-
-async function skipPadded(src: ByteReader, n: number, what: string): Promise<void> {
-  await src.skip(n + padding(n), what);
-}
-
-function decodeName(bytes: Uint8Array, what: string, offset: number, lenient = false): string {
-  if (!lenient && bytes.includes(0)) {
-    throw new FormatError(`tar member at byte ${offset}: NUL byte in ${what}`);
-  }
-  try {
-    return utf8.decode(bytes);
-  } catch {
-    // User and group names are informational; a path must be exact or not at all.
-    if (lenient) return new TextDecoder().decode(bytes);
-    throw new FormatError(
-      `tar member at byte ${offset}: ${what} is not valid UTF-8`,
-      "non-UTF-8 file names are not supported",
-    );
   }
 }
 

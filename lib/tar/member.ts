@@ -1,0 +1,191 @@
+/**
+ * Turns one member's headers (ustar block, pax records, GNU long names, sparse maps) into a
+ * TarEntry: which value wins where several formats say the same thing, and the checks that keep
+ * a hostile member from meaning something else.
+ */
+import { FormatError } from "../errors.ts";
+import type { ByteReader } from "./byte_reader.ts";
+import type { TarEntry, TarEntryKind } from "./entry.ts";
+import { EntryData } from "./entry_data.ts";
+import type { HeaderBlock, SparseSegment } from "./header.ts";
+import { normalizeTarPath } from "./path.ts";
+import { paxInteger, type PaxRecord, paxTime } from "./pax.ts";
+import { checkSparseMap, paxSparse, readGnuSparseExtensions, readSparse1Map } from "./sparse.ts";
+import { applyXattrRecord } from "./xattrs.ts";
+
+export const KINDS: Record<string, TarEntryKind> = {
+  "0": "file",
+  "\0": "file",
+  "7": "file", // contiguous file: a plain file everywhere but on a few old systems
+  "S": "file",
+  "1": "hardlink",
+  "2": "symlink",
+  "3": "char",
+  "4": "block",
+  "5": "dir",
+  "D": "dir", // GNU dumpdir: a directory whose data lists its contents (skipped)
+  "6": "fifo",
+};
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+export interface BuildInput {
+  src: ByteReader;
+  header: HeaderBlock;
+  records: PaxRecord[];
+  longName?: Uint8Array;
+  longLink?: Uint8Array;
+  metaOffset: number;
+  headerOffset: number;
+  maxMetaBytes: number;
+}
+
+/** Builds the entry; for sparse members this reads extension blocks or the in-data map. */
+export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; data: EntryData }> {
+  const { src, header, records, headerOffset } = input;
+  let pathBytes = input.longName ?? header.name;
+  let linkBytes = input.longLink ?? header.linkname;
+  let storedArea = header.size;
+  let uid = header.uid;
+  let gid = header.gid;
+  let uname: Uint8Array = header.uname;
+  let gname: Uint8Array = header.gname;
+  let mtimeSec = header.mtimeSec;
+  let mtimeNsec = 0;
+  let devMajor = header.devMajor;
+  let devMinor = header.devMinor;
+  const xattrs = new Map<string, Uint8Array>();
+  for (const r of records) {
+    switch (r.key) {
+      case "path":
+        pathBytes = r.value;
+        break;
+      case "linkpath":
+        linkBytes = r.value;
+        break;
+      case "size":
+        storedArea = paxInteger(r, headerOffset);
+        break;
+      case "uid":
+        uid = paxInteger(r, headerOffset);
+        break;
+      case "gid":
+        gid = paxInteger(r, headerOffset);
+        break;
+      case "uname":
+        uname = r.value;
+        break;
+      case "gname":
+        gname = r.value;
+        break;
+      case "mtime": {
+        const t = paxTime(r, headerOffset);
+        mtimeSec = t.sec;
+        mtimeNsec = t.nsec;
+        break;
+      }
+      case "SCHILY.devmajor":
+        devMajor = paxInteger(r, headerOffset);
+        break;
+      case "SCHILY.devminor":
+        devMinor = paxInteger(r, headerOffset);
+        break;
+      default:
+        applyXattrRecord(xattrs, r, headerOffset);
+    }
+  }
+
+  let kind = KINDS[header.typeflag];
+  // Before ustar, a directory was a regular-file member whose name ends in "/".
+  if ((header.typeflag === "\0" || header.typeflag === "0") && pathBytes.at(-1) === 0x2f) {
+    kind = "dir";
+  }
+
+  let size = kind === "file" ? storedArea : 0;
+  let storedSize = kind === "file" ? storedArea : 0;
+  let sparse: SparseSegment[] | undefined;
+  const maxSegments = Math.floor(input.maxMetaBytes / 24);
+  if (header.gnuSparse) {
+    sparse = [...header.gnuSparse.segments];
+    if (header.gnuSparse.isExtended) await readGnuSparseExtensions(src, sparse, maxSegments);
+    size = header.gnuSparse.realSize;
+  }
+  const pax = kind === "file" ? paxSparse(records, headerOffset) : undefined;
+  if (pax) {
+    if (pax.name) pathBytes = pax.name;
+    size = pax.realSize;
+    if (pax.version === "1.0") {
+      const map = await readSparse1Map(src, input.maxMetaBytes, headerOffset);
+      if (map.mapBytes > storedArea) {
+        throw new FormatError(`tar member at byte ${headerOffset}: sparse map larger than member`);
+      }
+      sparse = map.segments;
+      storedArea -= map.mapBytes;
+      storedSize = storedArea;
+    } else {
+      sparse = pax.segments;
+    }
+    if (sparse!.length > maxSegments) {
+      throw new FormatError(`tar member at byte ${headerOffset}: GNU sparse map too large`);
+    }
+  }
+  if (sparse) checkSparseMap(sparse, size, storedSize, headerOffset);
+
+  const rawPath = decodeName(pathBytes, "path", headerOffset);
+  const path = normalizeTarPath(rawPath);
+  if (path === "" && kind !== "dir") {
+    throw new FormatError(`tar member "${rawPath}" (${kind}) would replace the root directory`);
+  }
+  let linkname = "";
+  if (kind === "symlink") {
+    linkname = decodeName(linkBytes, "symlink target", headerOffset);
+    if (linkname === "") throw new FormatError(`tar symlink "${rawPath}" has an empty target`);
+  } else if (kind === "hardlink") {
+    linkname = normalizeTarPath(decodeName(linkBytes, "hard link target", headerOffset));
+    if (linkname === "" || linkname === path) {
+      throw new FormatError(`tar hard link "${rawPath}" has no usable target`);
+    }
+  }
+  const dataOffset = src.position;
+  const data = new EntryData(src, storedArea, kind === "file" ? storedSize : 0);
+  const entry: TarEntry = {
+    path,
+    rawPath,
+    kind,
+    mode: header.mode & 0o7777,
+    uid,
+    gid,
+    uname: decodeName(uname, "uname", headerOffset, true),
+    gname: decodeName(gname, "gname", headerOffset, true),
+    mtimeSec,
+    mtimeNsec,
+    size,
+    linkname,
+    devMajor: kind === "char" || kind === "block" ? devMajor : 0,
+    devMinor: kind === "char" || kind === "block" ? devMinor : 0,
+    xattrs,
+    metaOffset: input.metaOffset,
+    headerOffset,
+    dataOffset,
+    storedSize: kind === "file" ? storedSize : 0,
+    sparse,
+    body: data.stream,
+  };
+  return { entry, data };
+}
+
+function decodeName(bytes: Uint8Array, what: string, offset: number, lenient = false): string {
+  if (!lenient && bytes.includes(0)) {
+    throw new FormatError(`tar member at byte ${offset}: NUL byte in ${what}`);
+  }
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    // User and group names are informational; a path must be exact or not at all.
+    if (lenient) return new TextDecoder().decode(bytes);
+    throw new FormatError(
+      `tar member at byte ${offset}: ${what} is not valid UTF-8`,
+      "non-UTF-8 file names are not supported",
+    );
+  }
+}
