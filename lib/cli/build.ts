@@ -7,6 +7,12 @@ import { scanDirectory } from "../erofs/writer/from_dir.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
+import {
+  type OpenedRegistry,
+  openRegistry,
+  REGISTRY_OPTIONS,
+  REGISTRY_OPTIONS_HELP,
+} from "./registry_options.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { openTar } from "../tar/decompress.ts";
@@ -38,10 +44,13 @@ Options:
                         with --uuid the output is the same for the same input
       --uuid UUID       file system UUID (default: random)
       --literal-whiteouts  keep .wh.* tar members as plain files
+      --push REF        then push the image as the one layer of REF (a registry
+                        reference; media type application/vnd.erofs)
       --tar-index       write only metadata (512-byte blocks) whose files point into
                         the uncompressed tar as a second device, laid out as
                         \`mkfs.erofs --tar=i\` does: mount with the tar appended to
                         the image, or the tar as extra device (-o device=)
+${REGISTRY_OPTIONS_HELP.replace("to pick from a multi-platform image", "recorded with --push")}
   -h, --help
 
 Example:
@@ -54,6 +63,8 @@ Example:
       uuid: { type: "string" },
       "literal-whiteouts": { type: "boolean" },
       "tar-index": { type: "boolean" },
+      push: { type: "string" },
+      ...REGISTRY_OPTIONS,
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
@@ -65,34 +76,86 @@ Example:
       if (!uuid) throw new UsageError(`build: --uuid wants xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`);
     }
     const order = values.order ? await readOrderFile(values.order) : undefined;
+    if (source === "-" && values["password-stdin"]) {
+      throw new UsageError("build: SOURCE - and --password-stdin both want standard input");
+    }
+    if (values.push && values["tar-index"]) {
+      throw new UsageError(
+        "build: --push with --tar-index would push an image without its data",
+        "push the tar-index image together with its tar layer by other means",
+      );
+    }
+    // Registry problems (bad reference, credentials) surface before the work, not after.
+    const registry = values.push ? await openRegistry("build", values.push, values) : undefined;
 
-    const loaded = await loadSource(source, values.output, {
-      literalWhiteouts: values["literal-whiteouts"],
-      impliedMtimeSec: timestamp,
-      tarIndex: values["tar-index"],
-    });
-    const { root, entries } = loaded;
-    const progress = new ProgressLine(`writing ${values.output}`);
     try {
-      const result = buildImage(root, values.output, {
+      await buildFrom(source, values.output, {
+        literalWhiteouts: values["literal-whiteouts"],
+        tarIndex: values["tar-index"],
         buildTimeSec: timestamp,
         uuid,
         order,
-        tarIndex: loaded.tarBlocks === undefined ? undefined : { tarBlocks: loaded.tarBlocks },
-        onProgress: (done, total) => progress.update(done, total),
       });
-      progress.finish();
-      info(
-        `${values.output}: ${formatBytes(result.sizeBytes)}, ${entries + 1} entries, ` +
-          `${result.inodes} inodes, metadata ${formatBytes(result.metadataBytes)} at the front`,
-      );
-      return 0;
+      if (registry) await pushBuilt(registry, values.output);
     } finally {
-      progress.finish();
-      loaded.close();
+      registry?.client.close();
     }
+    return 0;
   },
 };
+
+async function buildFrom(
+  source: string,
+  output: string,
+  options: {
+    literalWhiteouts?: boolean;
+    tarIndex?: boolean;
+    buildTimeSec: number;
+    uuid?: Uint8Array;
+    order?: string[];
+  },
+): Promise<void> {
+  const loaded = await loadSource(source, output, {
+    literalWhiteouts: options.literalWhiteouts,
+    impliedMtimeSec: options.buildTimeSec,
+    tarIndex: options.tarIndex,
+  });
+  const progress = new ProgressLine(`writing ${output}`);
+  try {
+    const result = buildImage(loaded.root, output, {
+      buildTimeSec: options.buildTimeSec,
+      uuid: options.uuid,
+      order: options.order,
+      tarIndex: loaded.tarBlocks === undefined ? undefined : { tarBlocks: loaded.tarBlocks },
+      onProgress: (done, total) => progress.update(done, total),
+    });
+    progress.finish();
+    info(
+      `${output}: ${formatBytes(result.sizeBytes)}, ${loaded.entries + 1} entries, ` +
+        `${result.inodes} inodes, metadata ${formatBytes(result.metadataBytes)} at the front`,
+    );
+  } finally {
+    progress.finish();
+    loaded.close();
+  }
+}
+
+/** Pushes the image as the one layer of `registry.ref` and prints reference@digest. */
+async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void> {
+  const progress = new ProgressLine(`uploading ${image}`);
+  try {
+    const result = await registry.client.pushImage(registry.ref, [{ path: image }], {
+      platform: registry.platform,
+      onProgress: (event) => {
+        if (event.phase !== "hash") progress.update(event.doneBytes, event.totalBytes);
+      },
+    });
+    progress.finish();
+    console.log(`${result.reference}@${result.manifestDigest}`);
+  } finally {
+    progress.finish();
+  }
+}
 
 interface LoadedSource {
   root: BuildNode;

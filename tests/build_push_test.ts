@@ -1,0 +1,113 @@
+/**
+ * `erofs-oci build --push` against a real docker-registry, then a lazy FUSE mount of the
+ * pushed image: the tree is the source tree, a cold `find` after the mount costs at most 2 blob
+ * GETs and mount + find a handful, because all metadata sits in one prefix of the image. The
+ * same tree made by mkfs.erofs 1.9.3 (metadata spread between file data) costs many times
+ * more; both counts are printed.
+ */
+import assert from "node:assert/strict";
+import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { mountSandbox } from "./_support/mounts.ts";
+import { runOk, treeListing } from "./_support/erofs_tree.ts";
+
+const ignore = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  command("python3"),
+  path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3"),
+);
+
+/** ~3,000 files in 150 directories, 2-40 KiB each (about 60 MB): many data chunks. */
+async function makeTree(dir: string): Promise<void> {
+  await runOk("python3", [
+    "-c",
+    `
+import os, random, sys
+random.seed(7)
+root = sys.argv[1]
+for d in range(150):
+    sub = os.path.join(root, "d%03d" % d, "s%d" % (d % 7))
+    os.makedirs(sub, exist_ok=True)
+    for f in range(20):
+        with open(os.path.join(sub, "f%02d.bin" % f), "wb") as out:
+            out.write(random.randbytes(random.randint(2048, 40960)))
+`,
+    dir,
+  ]);
+}
+
+async function blobGets(registry: TestRegistry): Promise<number> {
+  return (await registry.accessLog()).filter((line) => /"GET \/v2\/[^"]*\/blobs\//.test(line))
+    .length;
+}
+
+/** Mounts `image` lazily (FUSE), runs a cold find; returns the GETs made and the listing. */
+async function mountAndFind(registry: TestRegistry, image: string) {
+  const sandbox = await mountSandbox();
+  try {
+    const before = await blobGets(registry);
+    assertSuccess(
+      await runCli(["mount", image, sandbox.target, "--backend", "fuse"], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      }),
+    );
+    const mounted = await blobGets(registry);
+    const found = await runOk("find", [sandbox.target]);
+    const findGets = (await blobGets(registry)) - mounted;
+    const listing = await treeListing(sandbox.target);
+    return {
+      mountGets: mounted - before,
+      findGets,
+      entries: found.trim().split("\n").length,
+      listing,
+    };
+  } finally {
+    await sandbox.cleanup();
+  }
+}
+
+Deno.test({
+  name: "build --push: lazy mount + cold find of a built image take <= 2 GETs (mkfs.erofs: more)",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-push-" });
+    try {
+      const src = `${work}/src`;
+      await makeTree(src);
+      const ours = `${registry.host}/build/ours:v1`;
+      const built = await runCli(["build", src, "-o", `${work}/ours.erofs`, "--push", ours], {
+        timeoutMs: 120_000,
+      });
+      assertSuccess(built);
+      assert.match(built.stdout, new RegExp(`^${ours}@sha256:[0-9a-f]{64}\\n$`));
+
+      await runOk(`${PEER_BIN}/mkfs.erofs`, [`${work}/peer.erofs`, src]);
+      const peer = `${registry.host}/build/peer:v1`;
+      assertSuccess(await runCli(["push", peer, `${work}/peer.erofs`], { timeoutMs: 120_000 }));
+
+      const expected = await treeListing(src);
+      const a = await mountAndFind(registry, ours);
+      const b = await mountAndFind(registry, peer);
+      console.log(
+        `blob GETs mount + cold find: build ${a.mountGets} + ${a.findGets}, ` +
+          `mkfs.erofs ${b.mountGets} + ${b.findGets}`,
+      );
+      // The mount point itself differs in mode/owner/mtime from the source root: compare below it.
+      assert.deepEqual(a.listing.slice(1), expected.slice(1));
+      assert.equal(a.entries, expected.length);
+      assert.ok(a.findGets <= 2, `build image: find made ${a.findGets} GETs`);
+      // Mount: config, superblock check, then the metadata prefetch (one read per tree level,
+      // all inside the packed prefix); the peer's image needs a read per scattered block.
+      const total = (r: typeof a) => r.mountGets + r.findGets;
+      assert.ok(total(a) <= 6, `build image: ${total(a)} GETs in all`);
+      assert.ok(total(b) > 5 * total(a), `mkfs.erofs image: ${total(b)}, build: ${total(a)}`);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
