@@ -10,6 +10,7 @@ import { command, FIXTURES, path, requires } from "./_support/requires.ts";
 import { MemorySource } from "./_support/memory_source.ts";
 import { buildZinfo, gunzipIndexed, ZinfoBuilder } from "../lib/gzip/zinfo_builder.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
+import { ZinfoFileWriter } from "../lib/gzip/zinfo_file.ts";
 import { ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../lib/gzip/zinfo.ts";
 import { FormatError } from "../lib/errors.ts";
 import { gunzip, prng } from "./_support/gzip_data.ts";
@@ -181,4 +182,49 @@ Deno.test("zinfo builder refuses corrupt, truncated and trailing-garbage gzip", 
   await assert.rejects(() => once(badBlock), /invalid block type/);
   // Zero padding after the last member is accepted, as gzip(1) does.
   assert.equal((await once(concatAll([gz, new Uint8Array(512)]))).uncompressedBytes, data.length);
+});
+
+Deno.test({
+  name: "zinfo builder streams checkpoints to a file (no windows held) with the same bytes",
+  ignore: requires(fixtures),
+  async fn() {
+    const gz = await Deno.readFile(`${FIXTURES}/big-multi.tar.gz`);
+    const whole = await buildZinfo((async function* () {
+      yield gz;
+    })());
+    const dir = await Deno.makeTempDir({ prefix: "zinfo-file-" });
+    try {
+      const writer = await ZinfoFileWriter.create(`${dir}/out.zinfo`);
+      const builder = new ZinfoBuilder({ onCheckpoint: (cp) => writer.add(cp) });
+      try {
+        for (const _ of builder.feed(gz)) { /* discard */ }
+        await writer.finish(builder.finish());
+      } catch (error) {
+        await writer.abort();
+        throw error;
+      }
+      assert.equal(builder.checkpoints.length, 0);
+      assert.equal(writer.count, 4);
+      assert.deepEqual(await Deno.readFile(`${dir}/out.zinfo`), whole.zinfo);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("gzip headers: reserved flags and endless names are refused", async () => {
+  const data = mixedData(10_000, 5);
+  const once = (bytes: Uint8Array) =>
+    buildZinfo((async function* () {
+      yield bytes;
+    })());
+  const reserved = member(data, 6, 0);
+  reserved[3] = 0x20;
+  await assert.rejects(() => once(reserved), /reserved header flags/);
+  const endless = concatAll([member(data, 6, 0).subarray(0, 10), new Uint8Array(100_000).fill(65)]);
+  endless[3] = 0x08; // FNAME never terminated
+  await assert.rejects(() => once(endless), /longer than 68 KiB/);
+  const notGzip = member(data, 6, 0);
+  notGzip[2] = 7;
+  await assert.rejects(() => once(notGzip), /not a gzip member/);
 });

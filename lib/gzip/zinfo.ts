@@ -134,22 +134,38 @@ export function validateCheckpoints(cps: readonly ZinfoCheckpoint[], blobBytes: 
   }
 }
 
+/** The 12-byte zinfo header. */
+export function encodeZinfoHeader(count: number, spanBytes: number): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(ZINFO_HEADER_BYTES);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, count, true);
+  view.setBigUint64(4, BigInt(spanBytes), true);
+  return out;
+}
+
+/** One checkpoint record: in, out, bits, then its 32 KiB window. */
+export function encodeCheckpoint(
+  cp: ZinfoCheckpoint & { window: Uint8Array },
+): Uint8Array<ArrayBuffer> {
+  if (cp.window.length !== ZINFO_WINDOW_BYTES) throw new Error("zinfo window must be 32 KiB");
+  const out = new Uint8Array(ZINFO_CHECKPOINT_BYTES);
+  const view = new DataView(out.buffer);
+  view.setBigUint64(0, BigInt(cp.compressedOffset), true);
+  view.setBigUint64(8, BigInt(cp.uncompressedOffset), true);
+  view.setUint8(16, cp.bits);
+  out.set(cp.window, 17);
+  return out;
+}
+
 /** Bytes of a zinfo file: header, then each checkpoint with its window. */
 export function encodeZinfo(
   spanBytes: number,
   checkpoints: readonly (ZinfoCheckpoint & { window: Uint8Array })[],
 ): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(ZINFO_HEADER_BYTES + checkpoints.length * ZINFO_CHECKPOINT_BYTES);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, checkpoints.length, true);
-  view.setBigUint64(4, BigInt(spanBytes), true);
+  out.set(encodeZinfoHeader(checkpoints.length, spanBytes));
   checkpoints.forEach((cp, i) => {
-    const at = ZINFO_HEADER_BYTES + i * ZINFO_CHECKPOINT_BYTES;
-    if (cp.window.length !== ZINFO_WINDOW_BYTES) throw new Error("zinfo window must be 32 KiB");
-    view.setBigUint64(at, BigInt(cp.compressedOffset), true);
-    view.setBigUint64(at + 8, BigInt(cp.uncompressedOffset), true);
-    view.setUint8(at + 16, cp.bits);
-    out.set(cp.window, at + 17);
+    out.set(encodeCheckpoint(cp), ZINFO_HEADER_BYTES + i * ZINFO_CHECKPOINT_BYTES);
   });
   return out;
 }

@@ -20,7 +20,12 @@ import {
   Z_STREAM_END,
 } from "../../ffi/zlib.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength } from "./gzip_header.ts";
-import { DEFAULT_SPAN_BYTES, encodeZinfo, type ZinfoCheckpoint } from "./zinfo.ts";
+import {
+  DEFAULT_SPAN_BYTES,
+  encodeZinfo,
+  encodeZinfoHeader,
+  type ZinfoCheckpoint,
+} from "./zinfo.ts";
 
 const OUTPUT_BUFFER_BYTES = 256 * 1024;
 const HEADER_STEP_BYTES = 4096;
@@ -31,7 +36,9 @@ type State = "header" | "deflate" | "trailer" | "between" | "padding";
 
 export class ZinfoBuilder {
   readonly spanBytes: number;
+  /** Checkpoints made so far (empty when they go to `onCheckpoint` instead). */
   readonly checkpoints: BuiltCheckpoint[] = [];
+  checkpointCount = 0;
   /** Compressed bytes taken so far. */
   compressedBytes = 0;
   /** Uncompressed bytes produced so far. */
@@ -44,9 +51,18 @@ export class ZinfoBuilder {
   #crc = 0;
   #memberBytes = 0;
   readonly #output = nativeBytes(OUTPUT_BUFFER_BYTES);
+  readonly #onCheckpoint?: (checkpoint: BuiltCheckpoint) => void;
+  #lastCheckpointOut = 0;
 
-  constructor(options: { spanBytes?: number } = {}) {
+  /**
+   * `onCheckpoint` takes each checkpoint as it is made (e.g. ZinfoFileWriter.add), so a huge
+   * layer does not hold 32 KiB per span in memory; without it they collect in `checkpoints`.
+   */
+  constructor(
+    options: { spanBytes?: number; onCheckpoint?: (checkpoint: BuiltCheckpoint) => void } = {},
+  ) {
     this.spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
+    this.#onCheckpoint = options.onCheckpoint;
   }
 
   /**
@@ -99,9 +115,9 @@ export class ZinfoBuilder {
             this.#held = new Uint8Array(0);
           } else if (
             (step.dataType & DATA_TYPE_BLOCK_END) && !(step.dataType & DATA_TYPE_LAST_BLOCK) &&
-            this.uncompressedBytes - this.checkpoints.at(-1)!.uncompressedOffset > this.spanBytes
+            this.uncompressedBytes - this.#lastCheckpointOut > this.spanBytes
           ) {
-            this.checkpoints.push({
+            this.#add({
               compressedOffset: this.compressedBytes,
               uncompressedOffset: this.uncompressedBytes,
               bits: step.dataType & 7,
@@ -114,7 +130,10 @@ export class ZinfoBuilder {
     }
   }
 
-  /** Checks the stream ended after a whole member; returns the zinfo file bytes. */
+  /**
+   * Checks the stream ended after a whole member; returns the zinfo file bytes (with
+   * `onCheckpoint`: only the 12-byte header, to be written at offset 0).
+   */
   finish(): Uint8Array<ArrayBuffer> {
     this.#inflater?.end();
     this.#inflater = undefined;
@@ -125,7 +144,15 @@ export class ZinfoBuilder {
         "the layer blob is incomplete",
       );
     }
-    return encodeZinfo(this.spanBytes, this.checkpoints);
+    if (!this.#onCheckpoint) return encodeZinfo(this.spanBytes, this.checkpoints);
+    return encodeZinfoHeader(this.checkpointCount, this.spanBytes);
+  }
+
+  #add(checkpoint: BuiltCheckpoint): void {
+    this.checkpointCount++;
+    this.#lastCheckpointOut = checkpoint.uncompressedOffset;
+    if (this.#onCheckpoint) this.#onCheckpoint(checkpoint);
+    else this.checkpoints.push(checkpoint);
   }
 
   /** Frees zlib memory when the stream is abandoned (finish() does it too). */
@@ -158,7 +185,7 @@ export class ZinfoBuilder {
     if (this.#inflater) this.#inflater.reset();
     else this.#inflater = new RawInflater();
     // A member start needs no dictionary; erofs-utils' window there is unused, we write zeros.
-    this.checkpoints.push({
+    this.#add({
       compressedOffset: this.compressedBytes,
       uncompressedOffset: this.uncompressedBytes,
       bits: 0,
