@@ -6,10 +6,14 @@
  * walker (RFC 8878 §3.1: frame header, block headers, checksum; skippable frames) rejects a
  * window above `maxWindowBytes` before fzstd sees the frame, and input is fed in small slices
  * so one pull cannot expand into more than a few MiB of output (an RLE block is 4 bytes in,
- * up to 128 KiB out).
+ * up to 128 KiB out). fzstd also ignores the frame's content checksum, so corrupt data would
+ * come out as wrong bytes: the walker cuts input at frame ends and the output is checked
+ * against the checksum with our XXH64. (Deno's node:zlib zstd does check, but throws the
+ * mismatch outside any handler and accepts a truncated frame silently.)
  */
 import { Decompress } from "fzstd";
 import { FormatError } from "../errors.ts";
+import { Xxh64 } from "./xxhash64.ts";
 
 /** zstd's own decoder refuses windows above 2^27 unless told otherwise (`--memory`). */
 export const DEFAULT_MAX_ZSTD_WINDOW_BYTES = 1 << 27;
@@ -35,10 +39,20 @@ export class ZstdFrameWalker {
     this.#maxWindowBytes = maxWindowBytes;
   }
 
-  /** Advances over `chunk`; throws FormatError on a bad or oversized frame. */
-  scan(chunk: Uint8Array): void {
+  /** Set when the last `scan` stopped at the end of a frame. */
+  frameEnded = false;
+  /** The ended frame's content checksum (low 32 bits of XXH64), if it carried one. */
+  frameChecksum: number | undefined;
+
+  /**
+   * Advances over `chunk`, stopping right after a frame ends (see `frameEnded`) so the caller can
+   * check that frame before feeding the next one. Returns the bytes consumed. Throws
+   * FormatError on a bad or oversized frame.
+   */
+  scan(chunk: Uint8Array): number {
+    this.frameEnded = false;
     let i = 0;
-    while (i < chunk.length) {
+    while (i < chunk.length && !this.frameEnded) {
       if (this.#state === "payload") {
         const n = Math.min(this.#payloadLeft, chunk.length - i);
         i += n;
@@ -49,6 +63,7 @@ export class ZstdFrameWalker {
       this.#head.push(chunk[i++]);
       if (this.#head.length === this.#need) this.#step();
     }
+    return i;
   }
 
   /** True when the input so far ends exactly after a whole frame. */
@@ -72,11 +87,13 @@ export class ZstdFrameWalker {
   #endPayload(): void {
     if (this.#payloadEnds === "block") this.#expect("block", 3);
     else if (this.#payloadEnds === "frame" && this.#checksum) this.#expect("checksum", 4);
-    else this.#endFrame();
+    else this.#endFrame(undefined);
   }
 
-  #endFrame(): void {
+  #endFrame(checksum: number | undefined): void {
     this.#frames++;
+    this.frameEnded = true;
+    this.frameChecksum = checksum;
     this.#expect("magic", 4);
   }
 
@@ -124,7 +141,7 @@ export class ZstdFrameWalker {
         return;
       }
       case "checksum":
-        this.#endFrame();
+        this.#endFrame(le32(0));
         return;
     }
   }
@@ -162,19 +179,32 @@ export function zstdDecompressStream(
   const reader = input.getReader();
   const walker = new ZstdFrameWalker(maxWindowBytes);
   const ready: Uint8Array[] = [];
+  let hash = new Xxh64();
   const decoder = new Decompress((chunk: Uint8Array) => {
-    if (chunk.length > 0) ready.push(chunk);
+    if (chunk.length === 0) return;
+    hash.update(chunk);
+    ready.push(chunk);
   });
   let pending: Uint8Array = new Uint8Array();
   let ended = false;
-  const feed = (slice: Uint8Array, final: boolean) => {
-    walker.scan(slice);
+  /** Feeds at most one slice, never across a frame end, and checks each frame as it ends. */
+  const feedSlice = () => {
+    const slice = pending.subarray(0, Math.min(FEED_SLICE_BYTES, pending.length));
+    const n = walker.scan(slice);
     try {
-      decoder.push(slice, final);
+      decoder.push(slice.subarray(0, n), false);
     } catch (e) {
       throw new FormatError(`zstd: corrupt data (${(e as Error).message})`, undefined, {
         cause: e,
       });
+    }
+    pending = pending.subarray(n);
+    if (walker.frameEnded) {
+      // fzstd skips the checksum; all of this frame's output has been emitted by now.
+      if (walker.frameChecksum !== undefined && hash.digestLow32() !== walker.frameChecksum) {
+        throw new FormatError("zstd: content checksum mismatch (corrupt data)");
+      }
+      hash = new Xxh64();
     }
   };
   return new ReadableStream<Uint8Array>({
@@ -195,9 +225,7 @@ export function zstdDecompressStream(
           }
           pending = value;
         }
-        const n = Math.min(FEED_SLICE_BYTES, pending.length);
-        feed(pending.subarray(0, n), false);
-        pending = pending.subarray(n);
+        feedSlice();
       }
       controller.enqueue(ready.shift()!);
     },
