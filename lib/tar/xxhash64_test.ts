@@ -21,7 +21,7 @@ Deno.test({
   name: "Xxh64 low 32 bits equal zstd's frame checksums at every tail length and split",
   ignore: requires(command("zstd")),
   async fn() {
-    for (const len of [0, 1, 3, 4, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 1000, 100_003]) {
+    for (const len of [0, 1, 3, 4, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 1000, 65_531]) {
       const data = crypto.getRandomValues(new Uint8Array(len));
       const whole = new Xxh64();
       whole.update(data);
