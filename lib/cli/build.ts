@@ -43,6 +43,9 @@ Options:
       --timestamp SECS  build time in the superblock (default: SOURCE_DATE_EPOCH or now);
                         with --uuid the output is the same for the same input
       --uuid UUID       file system UUID (default: random)
+      --inline-max N    a file's last partial block of at most N bytes (default 2048,
+                        0..4095) is stored with its inode instead of in a block of its
+                        own: smaller images; 0 keeps the metadata prefix smallest
       --literal-whiteouts  keep .wh.* tar members as plain files
       --push REF        then push the image as the one layer of REF (a registry
                         reference; media type application/vnd.erofs)
@@ -64,6 +67,7 @@ Example:
       "literal-whiteouts": { type: "boolean" },
       "tar-index": { type: "boolean" },
       push: { type: "string" },
+      "inline-max": { type: "string" },
       ...REGISTRY_OPTIONS,
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
@@ -76,6 +80,13 @@ Example:
       if (!uuid) throw new UsageError(`build: --uuid wants xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`);
     }
     const order = values.order ? await readOrderFile(values.order) : undefined;
+    let inlineMax: number | undefined;
+    if (values["inline-max"] !== undefined) {
+      inlineMax = Number(values["inline-max"]);
+      if (!/^[0-9]{1,4}$/.test(values["inline-max"]) || inlineMax > 4095) {
+        throw new UsageError("build: --inline-max wants a byte count from 0 to 4095");
+      }
+    }
     if (source === "-" && values["password-stdin"]) {
       throw new UsageError("build: SOURCE - and --password-stdin both want standard input");
     }
@@ -95,6 +106,7 @@ Example:
         buildTimeSec: timestamp,
         uuid,
         order,
+        inlineMax,
       });
       if (registry) await pushBuilt(registry, values.output);
     } finally {
@@ -113,6 +125,7 @@ async function buildFrom(
     buildTimeSec: number;
     uuid?: Uint8Array;
     order?: string[];
+    inlineMax?: number;
   },
 ): Promise<void> {
   const loaded = await loadSource(source, output, {
@@ -126,6 +139,7 @@ async function buildFrom(
       buildTimeSec: options.buildTimeSec,
       uuid: options.uuid,
       order: options.order,
+      inlineTailMaxBytes: options.inlineMax,
       tarIndex: loaded.tarBlocks === undefined ? undefined : { tarBlocks: loaded.tarBlocks },
       onProgress: (done, total) => progress.update(done, total),
     });
