@@ -9,6 +9,7 @@ import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
 import { serveCommand } from "./serve.ts";
 import { buildCommand } from "./build.ts";
+import { indexCommand } from "./index.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
@@ -24,6 +25,7 @@ export const COMMANDS: Command[] = [
   pushCommand,
   serveCommand,
   buildCommand,
+  indexCommand,
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */

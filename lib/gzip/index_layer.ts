@@ -1,0 +1,127 @@
+/**
+ * Indexes one tar+gzip layer in a single pass over its compressed bytes, without a temporary
+ * copy of the tar: the gzip stream goes through ZinfoBuilder (checkpoints to a file as they
+ * are made), its output through the tar scanner in tar-index mode, and the tree becomes the
+ * metadata image (`mkfs.erofs --tar=i` layout). Both digests (compressed layer, uncompressed
+ * tar = OCI diff_id) are computed on the way so the index can be bound to its layer.
+ */
+import { createHash } from "node:crypto";
+import { FormatError } from "../errors.ts";
+import { scanTar } from "../erofs/writer/from_tar.ts";
+import { buildImage } from "../erofs/writer/build_image.ts";
+import { ZinfoBuilder } from "./zinfo_builder.ts";
+import { ZinfoFileWriter } from "./zinfo_file.ts";
+import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
+
+export interface IndexLayerOptions {
+  spanBytes?: number;
+  /** Superblock build time and mtime of implied directories (reproducible output). */
+  buildTimeSec: number;
+  uuid?: Uint8Array;
+  onEntries?: (count: number) => void;
+}
+
+export interface LayerIndex {
+  /** sha256:… of the compressed layer (the blob digest) and its size. */
+  layerDigest: string;
+  layerBytes: number;
+  /** sha256:… of the uncompressed tar (OCI diff_id) and its size. */
+  diffId: string;
+  tarBytes: number;
+  entries: number;
+  checkpoints: number;
+  spanBytes: number;
+  members: number;
+}
+
+/**
+ * Streams `compressed` (a tar+gzip layer) once; writes `metaPath` (tar-index EROFS image) and
+ * `zinfoPath`. Both appear only when complete (written under temporary names, renamed last).
+ */
+export async function indexGzipLayer(
+  compressed: ReadableStream<Uint8Array>,
+  metaPath: string,
+  zinfoPath: string,
+  options: IndexLayerOptions,
+): Promise<LayerIndex> {
+  const spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
+  const zinfoTmp = `${zinfoPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  const writer = await ZinfoFileWriter.create(zinfoTmp);
+  const builder = new ZinfoBuilder({ spanBytes, onCheckpoint: (cp) => writer.add(cp) });
+  const layerHash = createHash("sha256"), tarHash = createHash("sha256");
+  let layerBytes = 0;
+  const input = compressed.getReader();
+  let pending: Iterator<Uint8Array> | undefined;
+  let done = false;
+  // Yields the tar bytes; the tar scanner may stop at the end-of-archive marker, so whatever
+  // it leaves is drained afterwards (the whole gzip stream must pass for its CRC and zinfo).
+  const next = async (): Promise<Uint8Array | undefined> => {
+    for (;;) {
+      if (pending) {
+        const step = pending.next();
+        if (!step.done) {
+          tarHash.update(step.value);
+          return step.value;
+        }
+        pending = undefined;
+      }
+      if (done) return undefined;
+      const { value, done: end } = await input.read();
+      if (end) {
+        done = true;
+        return undefined;
+      }
+      layerHash.update(value);
+      layerBytes += value.length;
+      pending = builder.feed(value);
+    }
+  };
+  const tar = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = await next();
+      if (chunk) controller.enqueue(chunk);
+      else controller.close();
+    },
+    // The scanner is done with the tar; the rest is still read by the drain below.
+    cancel() {},
+  });
+  let metaWritten = false;
+  try {
+    const scan = await scanTar(tar, {
+      indexOnly: true,
+      impliedMtimeSec: options.buildTimeSec,
+      onEntries: options.onEntries,
+    });
+    while (await next()) { /* drain: padding after the end-of-archive marker */ }
+    await writer.finish(builder.finish());
+    const tarBytes = builder.uncompressedBytes;
+    if (scan.tarEndOffset > tarBytes) {
+      throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);
+    }
+    buildImage(scan.root, metaPath, {
+      buildTimeSec: options.buildTimeSec,
+      uuid: options.uuid,
+      // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device too.
+      tarIndex: { tarBlocks: scan.tarEndOffset / 512 + 2 },
+    });
+    metaWritten = true;
+    await Deno.rename(zinfoTmp, zinfoPath);
+    return {
+      layerDigest: `sha256:${layerHash.digest("hex")}`,
+      layerBytes,
+      diffId: `sha256:${tarHash.digest("hex")}`,
+      tarBytes,
+      entries: scan.entries,
+      checkpoints: builder.checkpointCount,
+      spanBytes,
+      members: builder.members,
+    };
+  } catch (error) {
+    await writer.abort();
+    if (metaWritten) await Deno.remove(metaPath).catch(() => {});
+    throw error;
+  } finally {
+    builder.close();
+    await input.cancel().catch(() => {});
+  }
+}
