@@ -143,6 +143,14 @@ export async function layerForRecord(
         `image ${record.path} changed size (${size} bytes, device has ${deviceSizeBytes})`,
       );
     }
+    if (check && !check.acceptChangedImage && size >= EROFS_SUPER_END) {
+      const path = record.path;
+      await checkSameImage(
+        { name: `image ${path}`, sizeBytes: size, byTag: false },
+        (offset, length) => readLocal(path, offset, length),
+        check.deviceIndex,
+      );
+    }
     return { layer: { kind: "local", path: record.path, sizeBytes: size } };
   }
   if (record.kind === "TARINDEX_OCI_BLOB") {
@@ -189,7 +197,11 @@ export async function layerForRecord(
     );
   }
   if (check && !check.acceptChangedImage) {
-    await checkSameImage(client, ref.repository, digest, size, record, check.deviceIndex);
+    await checkSameImage(
+      { name: record.reference, sizeBytes: size, byTag: record.kind === "OCI_LAYER" },
+      (offset, length) => client.readBlobRange(ref.repository, digest, offset, length),
+      check.deviceIndex,
+    );
   }
   return registryLayer(record, {
     layerIndex,
@@ -201,40 +213,54 @@ export async function layerForRecord(
 }
 
 /**
- * Refuses a blob whose superblock differs from the EROFS mounted from nbdN. A record that names
- * a tag (OCI_LAYER) is refused as well when no mount shows what the device served; a digest
- * record is then still pinned by its digest.
+ * Refuses an image whose superblock differs from the EROFS mounted from nbdN. A record that
+ * names a tag (OCI_LAYER) is refused as well when no mount shows what the device served; other
+ * records are then still pinned by their digest (or, for a local file, by its size).
  */
 async function checkSameImage(
-  client: RegistryClient,
-  repository: string,
-  digest: string,
-  sizeBytes: number,
-  record: RegistryRecord,
+  image: { name: string; sizeBytes: number; byTag: boolean },
+  read: (offset: number, length: number) => Promise<Uint8Array>,
   deviceIndex: number,
 ): Promise<void> {
   const override = "pass --accept-changed-image to serve it anyway, or unmount and mount again";
   const mounted = mountedIdentity(`/dev/nbd${deviceIndex}`);
   if (!mounted) {
-    if (record.kind !== "OCI_LAYER") return;
+    if (!image.byTag) return;
     throw new OciError(
-      `${record.reference} is recorded by tag and nbd${deviceIndex} has no EROFS mount here ` +
+      `${image.name} is recorded by tag and nbd${deviceIndex} has no EROFS mount here ` +
         `to compare the image with: ${override}`,
     );
   }
-  const head = await client.readBlobRange(repository, digest, 0, EROFS_SUPER_END);
-  const what = `blob ${digest.slice(0, 19)}…`;
+  const head = await read(0, EROFS_SUPER_END);
   const root = rootInodeRange(head);
-  const rootInode = root.offset + root.length <= sizeBytes
-    ? await client.readBlobRange(repository, digest, root.offset, root.length)
+  const rootInode = root.offset + root.length <= image.sizeBytes
+    ? await read(root.offset, root.length)
     : undefined;
   const differences = identityDifferences(
     mounted.identity,
-    identityOfImage(head, what, rootInode),
+    identityOfImage(head, image.name, rootInode),
   );
   if (differences.length === 0) return;
   throw new OciError(
-    `${record.reference} now resolves to a different image than the one mounted at ` +
-      `${mounted.mountPoint} (${differences.join(", ")}): ${override}`,
+    `${image.name} now ${image.byTag ? "resolves to" : "is"} a different image than the one ` +
+      `mounted at ${mounted.mountPoint} (${differences.join(", ")}): ${override}`,
   );
+}
+
+/** Exactly `length` bytes at `offset` of a local image file. */
+async function readLocal(path: string, offset: number, length: number): Promise<Uint8Array> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    await file.seek(offset, Deno.SeekMode.Start);
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const n = await file.read(out.subarray(done));
+      if (n === null) throw new FormatError(`image ${path} ends before byte ${offset + length}`);
+      done += n;
+    }
+    return out;
+  } finally {
+    file.close();
+  }
 }
