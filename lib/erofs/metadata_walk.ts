@@ -49,7 +49,10 @@ export interface MetadataWalkOptions {
   maxBytes?: number;
   /** Bytes all reads may return, gaps included. Default 4 × maxBytes. */
   maxFetchBytes?: number;
-  /** Stop after this many directory entries (each queued one costs memory). Default 1 Mi. */
+  /**
+   * Stop after this many directory entries (each queued one costs memory). Default maxBytes / 32
+   * (one inode slot each), within 4 Ki..1 Mi.
+   */
   maxEntries?: number;
   /** Stop after scanning this many dirents (CPU bound: hostile dirs can share blocks). 8 Mi. */
   maxDirentsScanned?: number;
@@ -138,7 +141,10 @@ class Walker {
     this.#options = options;
     this.#maxBytes = Math.max(0, options.maxBytes ?? 64 << 20);
     this.#maxFetchBytes = options.maxFetchBytes ?? 4 * this.#maxBytes;
-    this.#maxEntries = options.maxEntries ?? 1 << 20;
+    // Each entry followed needs its inode slot (32 bytes) held, so a real tree within the
+    // budget has no more entries than this; a hostile one could queue far more.
+    this.#maxEntries = options.maxEntries ??
+      Math.min(1 << 20, Math.max(4096, Math.floor(this.#maxBytes / INODE_SLOT_BYTES)));
     this.#maxDirentsScanned = options.maxDirentsScanned ?? 8 << 20;
     this.#policy = {
       concurrency: Math.max(1, options.concurrency ?? 8),
