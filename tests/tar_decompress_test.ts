@@ -7,7 +7,7 @@ import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { FormatError } from "../lib/errors.ts";
 import { type DecompressOptions, decompressTar, openTar } from "../lib/tar/decompress.ts";
 import { readTar } from "../lib/tar/reader.ts";
-import { command, requires } from "./_support/requires.ts";
+import { command, REPO_ROOT, requires } from "./_support/requires.ts";
 import { concat, encodeTar, streamOf } from "./_support/tar_encode.ts";
 
 const enc = new TextEncoder();
@@ -76,6 +76,40 @@ Deno.test({
       const names = [];
       for await (const e of readTar(stream)) names.push(e.path);
       deepEqual(names, ["a", "b"]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: 'openTar("-") reads standard input',
+  ignore: requires(command("gzip")),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "tar-stdin-" });
+    try {
+      const script = `${dir}/list.ts`;
+      await Deno.writeTextFile(
+        script,
+        `import { openTar } from "${REPO_ROOT}/lib/tar/decompress.ts";
+import { readTar } from "${REPO_ROOT}/lib/tar/reader.ts";
+const { stream, compression } = await openTar("-");
+const names = [compression];
+for await (const e of readTar(stream)) names.push(e.path);
+console.log(JSON.stringify(names));`,
+      );
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--config", `${REPO_ROOT}/deno.json`, script],
+        stdin: "piped",
+        stdout: "piped",
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      const gz = await compress("gzip", ["-c"], BOTH);
+      const [out] = await Promise.all([
+        child.output(),
+        writer.write(gz).then(() => writer.close()),
+      ]);
+      deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), ["gzip", "a", "b"]);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
