@@ -5,7 +5,7 @@
  */
 import { FormatError, OciError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
-import { parseReference } from "../oci/reference.ts";
+import { DIGEST_PATTERN, parseReference } from "../oci/reference.ts";
 import { selectLayers } from "../oci/layers.ts";
 import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
@@ -95,7 +95,10 @@ export function recordForLayer(
   layerIndex: number,
 ): { record: RecoveryRecord; extra: RecoveryExtra } {
   const extra: RecoveryExtra = { mountId, layerIndex, sizeBytes: layer.sizeBytes };
-  if (layer.kind === "local") return { record: { kind: "LOCAL", path: layer.path }, extra };
+  if (layer.kind === "local") {
+    const local = layer.digest ? { ...extra, digest: layer.digest } : extra;
+    return { record: { kind: "LOCAL", path: layer.path }, extra: local };
+  }
   return {
     record: {
       kind: "OCI_NATIVE_BLOB",
@@ -151,7 +154,10 @@ export async function layerForRecord(
         check.deviceIndex,
       );
     }
-    return { layer: { kind: "local", path: record.path, sizeBytes: size } };
+    const digest = typeof extra.digest === "string" && DIGEST_PATTERN.test(extra.digest)
+      ? extra.digest
+      : undefined;
+    return { layer: { kind: "local", path: record.path, sizeBytes: size, digest } };
   }
   if (record.kind === "TARINDEX_OCI_BLOB") {
     throw new FormatError("tar-index (TARINDEX_OCI_BLOB) devices cannot be reattached yet");

@@ -16,6 +16,8 @@ export interface RecoveryExtra {
   mountId?: string;
   layerIndex?: number;
   sizeBytes?: number;
+  /** Digest of a local OCI layout blob, so a reattached server verifies it again. */
+  digest?: string;
 }
 
 function companionPath(path: string): string {
