@@ -192,13 +192,41 @@ Deno.test("corrupt headers: checksum, non-UTF-8 name, unknown type, negative siz
   for (const b of neg) sum += b;
   neg.set(enc.encode(sum.toString(8).padStart(6, "0") + "\0 "), 148);
   await formatError(concat([neg, new Uint8Array(1024)]), /negative size/);
-  await formatError(crypto.getRandomValues(new Uint8Array(4096)), /checksum mismatch|octal/);
+  const junk = new Uint8Array(4096).map((_, i) => Math.imul(i + 1, 2654435761) >>> 24);
+  await formatError(junk, /checksum mismatch/);
   await formatError(encodeTar([{ name: "s", type: "2", linkname: "" }]), /empty target/);
   await formatError(
     encodeTar([{ name: "f", pax: [["path", new Uint8Array([0x61, 0, 0x62])]] }]),
     /NUL byte in path/,
   );
   await formatError(encodeTar([{ name: "f", pax: [["size", "-1"]] }]), /bad size/);
+});
+
+Deno.test("pax: LIBARCHIVE.xattr (URL-encoded name, base64 value); global 'g' header", async () => {
+  const entries = await readAll(concat([
+    (() => {
+      const body = paxBody([["uid", "4242"], ["path", "ignored-global-path"], [
+        "SCHILY.xattr.user.g",
+        "global",
+      ]]);
+      return concat([
+        headerBlock({ name: "G", type: "g", data: body }),
+        body,
+        new Uint8Array((512 - body.length % 512) % 512),
+      ]);
+    })(),
+    encodeTar([
+      { name: "a", pax: [["LIBARCHIVE.xattr.user.sp%20ace", btoa("\x00\xffv")]] },
+      { name: "b", uid: 7, pax: [["uid", "99"]] },
+    ]),
+  ]));
+  deepEqual(entries.map((e) => [e.path, e.uid]), [["a", 4242], ["b", 99]]);
+  deepEqual([...entries[0].xattrs.keys()].sort(), ["user.g", "user.sp ace"]);
+  deepEqual([...entries[0].xattrs.get("user.sp ace")!], [0, 0xff, 0x76]);
+  await formatError(
+    encodeTar([{ name: "a", pax: [["LIBARCHIVE.xattr.user.x", "!!not base64"]] }]),
+    /bad LIBARCHIVE.xattr.user.x/,
+  );
 });
 
 Deno.test("sparse maps that would place bytes wrongly are refused", async () => {

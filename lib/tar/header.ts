@@ -118,7 +118,12 @@ function parseBase256(bytes: Uint8Array, what: string, allowNegative: boolean): 
  * summed signed bytes, so either sum is accepted (as GNU tar does).
  */
 export function checksumMatches(block: Uint8Array): boolean {
-  const stored = parseNumeric(field(block, CHKSUM), "checksum");
+  let stored: number;
+  try {
+    stored = parseNumeric(field(block, CHKSUM), "checksum");
+  } catch {
+    return false; // an unreadable checksum field is a mismatch, not a different error
+  }
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK_BYTES; i++) {
