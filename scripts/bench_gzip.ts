@@ -8,6 +8,7 @@
  * bytes inflated per read); and checks that every byte read equals `gzip -dc`.
  */
 import { buildZinfo } from "../lib/gzip/zinfo_builder.ts";
+import { indexGzipLayer } from "../lib/gzip/index_layer.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { MemorySource } from "../tests/_support/memory_source.ts";
@@ -50,6 +51,12 @@ console.log(`  ${built.members} member(s), ${(built.zinfo.length - 12) / 32785} 
 
 const work = await Deno.makeTempDir({ prefix: "bench-gzip-" });
 try {
+  await timed("erofs-oci index (zinfo + tar-index meta, ours)", async () => {
+    using file = await Deno.open(layer);
+    return await indexGzipLayer(file.readable, `${work}/ours.meta.erofs`, `${work}/ours.zinfo`, {
+      buildTimeSec: 1700000000,
+    });
+  });
   if (peerBin) {
     await timed("mkfs.erofs --tar=i --gzinfo (erofs-utils, + meta)", () =>
       tool(
