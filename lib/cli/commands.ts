@@ -9,6 +9,7 @@ import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
 import { serveCommand } from "./serve.ts";
 import { buildCommand } from "./build.ts";
+import { convertCommand } from "./convert.ts";
 import { indexCommand } from "./index.ts";
 
 /**
@@ -25,6 +26,7 @@ export const COMMANDS: Command[] = [
   pushCommand,
   serveCommand,
   buildCommand,
+  convertCommand,
   indexCommand,
 ];
 

@@ -1,0 +1,159 @@
+import type { Command } from "./command.ts";
+import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { ProgressLine } from "./progress.ts";
+import { info } from "./log.ts";
+import { UsageError, UserError } from "../errors.ts";
+import {
+  type OpenedImage,
+  openImage,
+  openRegistry,
+  REGISTRY_OPTIONS,
+  REGISTRY_OPTIONS_HELP,
+} from "./registry_options.ts";
+import { parseLayoutReference } from "../oci/oci_layout.ts";
+import { convertImage, type ConvertProgress } from "../convert/convert.ts";
+import type { ImageDestination } from "../convert/destination.ts";
+import { RegistryDestination } from "../convert/destination.ts";
+import { LayoutDestination } from "../convert/layout_destination.ts";
+import { layoutSource, registrySource, type SourceImage } from "../convert/source_image.ts";
+import { formatBytes } from "./table.ts";
+
+export const convertCommand: Command = {
+  name: "convert",
+  summary: "convert an ordinary image (tar layers) to EROFS layers and push it",
+  help: `Usage: erofs-oci convert SRC DST [options]
+
+Pulls SRC (a registry reference or oci:PATH[:TAG]; tar, tar+gzip or tar+zstd layers,
+Docker or OCI media types) and writes DST (the same kinds) with one EROFS layer
+(application/vnd.erofs) per source layer, or one merged layer with --flatten. Each layer
+is streamed from its blob, checked against its digest as it arrives, and written as an
+image with its metadata in front; a blob that does not match aborts the conversion. The
+config keeps the source's (rootfs.diff_ids and history rewritten to match); the tag is
+written last, so a failure leaves no tag on a half-pushed image.
+
+Each EROFS layer records the source digest(s) in the annotation
+io.github.erofs-oci.source.layers; layers the image now at DST already holds are reused
+instead of converted again. With the same --timestamp the same layer always converts to
+the same bytes.
+
+Options:
+      --flatten         one layer: all layers merged with their whiteouts applied
+      --all-platforms   every platform of an index (DST becomes an index)
+      --timestamp SECS  EROFS build time (default: SOURCE_DATE_EPOCH, else the
+                        source config's "created", else 0)
+      --no-reuse        convert every layer even if DST has it already
+      --tmpdir DIR      where layer images are written meanwhile (default: $TMPDIR
+                        or /tmp); one layer at a time, plus its file data
+${
+    REGISTRY_OPTIONS_HELP.replace(
+      "Registry options:",
+      "Registry options (credentials are for DST;\nSRC uses Docker's config.json):",
+    )
+  }
+  -h, --help
+
+Examples:
+  erofs-oci convert docker.io/library/alpine:3.20 127.0.0.1:5000/alpine:3.20-erofs
+  erofs-oci convert oci:./debian:12 oci:./debian-erofs:12 --flatten`,
+  async run(argv) {
+    const { values, positionals } = parseCommandArgs("convert", argv, {
+      flatten: { type: "boolean" },
+      "all-platforms": { type: "boolean" },
+      timestamp: { type: "string" },
+      "no-reuse": { type: "boolean" },
+      tmpdir: { type: "string" },
+      ...REGISTRY_OPTIONS,
+    });
+    const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
+    if (values["all-platforms"] && values.platform !== undefined) {
+      throw new UsageError("convert: --platform and --all-platforms exclude each other");
+    }
+    const timestampText = values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH");
+    let buildTimeSec: number | undefined;
+    if (timestampText !== undefined && timestampText !== "") {
+      if (!/^-?[0-9]{1,12}$/.test(timestampText)) {
+        throw new UsageError(`convert: --timestamp wants whole seconds, not '${timestampText}'`);
+      }
+      buildTimeSec = Number(timestampText);
+    }
+    // Explicit credentials go to DST only: they must never reach another registry.
+    const opened = await openImage("convert", src, { platform: values.platform });
+    let destination: ImageDestination;
+    let closeDestination = () => {};
+    const layoutRef = parseLayoutReference(dst);
+    if (layoutRef) destination = new LayoutDestination(layoutRef);
+    else {
+      const registry = await openRegistry("convert", dst, { ...values, platform: undefined });
+      destination = new RegistryDestination(registry.client, registry.ref);
+      closeDestination = () => registry.client.close();
+    }
+    const workDir = await makeWorkDir(values.tmpdir);
+    try {
+      const result = await convertImage(sourceOf(opened), destination, {
+        platform: values.platform,
+        allPlatforms: values["all-platforms"],
+        flatten: values.flatten,
+        buildTimeSec,
+        workDir,
+        reuse: !values["no-reuse"],
+        progress: terminalProgress(),
+      });
+      for (const platform of result.platforms) {
+        const made = platform.layers.filter((l) => !l.reused);
+        info(
+          `${platform.platform}: ${platform.layers.length} EROFS layer(s), ${made.length} converted ` +
+            `(${formatBytes(made.reduce((n, l) => n + l.sizeBytes, 0))}), ` +
+            `${platform.layers.length - made.length} reused`,
+        );
+      }
+      console.log(result.reference);
+    } finally {
+      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+      opened.close();
+      closeDestination();
+    }
+    return 0;
+  },
+};
+
+function sourceOf(opened: OpenedImage): SourceImage {
+  if (opened.layout) return layoutSource(opened.name, opened.layout.layout, opened.layout.ref);
+  return registrySource(opened.name, opened.registry!.client, opened.registry!.ref);
+}
+
+async function makeWorkDir(parent: string | undefined): Promise<string> {
+  const dir = parent ?? Deno.env.get("TMPDIR") ?? "/tmp";
+  try {
+    return await Deno.makeTempDir({ dir, prefix: "erofs-oci-convert-" });
+  } catch (error) {
+    throw new UserError(
+      `convert: cannot create a work directory in ${dir}: ${(error as Error).message}`,
+      "choose another with --tmpdir DIR",
+    );
+  }
+}
+
+function terminalProgress(): ConvertProgress {
+  let line: ProgressLine | undefined;
+  let label = "";
+  return {
+    update(next, done, total) {
+      if (!line || label !== next) {
+        line?.finish();
+        line = new ProgressLine(next);
+        label = next;
+      }
+      line.update(done, total);
+    },
+    finish() {
+      line?.finish();
+      line = undefined;
+      label = "";
+    },
+    note(message) {
+      line?.finish();
+      line = undefined;
+      info(message);
+    },
+  };
+}

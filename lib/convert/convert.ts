@@ -1,0 +1,267 @@
+/**
+ * `erofs-oci convert`: an ordinary image (tar layers) → an image of EROFS layers. Each source
+ * layer is streamed from its blob (verified as it passes), read into a tree with its file data
+ * spooled, written as one EROFS file, pushed, and deleted before the next one, so the disk holds
+ * one layer at a time. Layers carry their source digest in an annotation; a layer already
+ * converted at the destination tag (or earlier in this run) is reused instead of converted.
+ */
+import type { Descriptor } from "../oci/manifest.ts";
+import { EROFS_LAYER, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
+import { parsePlatform } from "../oci/platform.ts";
+import type { ResolvedImage } from "../oci/resolve.ts";
+import { digestOf } from "../oci/digest.ts";
+import type { ImageDestination } from "./destination.ts";
+import { flattenTrees } from "./flatten.ts";
+import { configCreatedSec, convertedConfig } from "./image_config.ts";
+import { openVerifiedBlob } from "./layer_blob.ts";
+import { uuidFromSeed, writeLayerImage } from "./layer_image.ts";
+import { type LayerTree, readLayerTree } from "./layer_tree.ts";
+import { checkTarLayers, type SourceImage } from "./source_image.ts";
+
+/** Annotation on each EROFS layer: the source layer digest(s) it was made from, comma-separated. */
+export const SOURCE_LAYERS_ANNOTATION = "io.github.erofs-oci.source.layers";
+/** Annotation on each manifest: the source manifest it was converted from. */
+export const SOURCE_MANIFEST_ANNOTATION = "io.github.erofs-oci.source.manifest";
+
+export interface ConvertProgress {
+  /** A phase of one layer: bytes done of total (reading the source blob, writing, uploading). */
+  update(label: string, doneBytes: number, totalBytes: number): void;
+  /** The current phase is over. */
+  finish(): void;
+  /** A one-line note (reused layer, platform started). */
+  note(message: string): void;
+}
+
+export interface ConvertOptions {
+  /** `os/arch[/variant]` to convert from an index (default: the host's). */
+  platform?: string;
+  /** Every platform of an index, pushed as an index. */
+  allPlatforms?: boolean;
+  /** One EROFS layer holding the merged tree instead of one per source layer. */
+  flatten?: boolean;
+  /** Superblock build time (default: the source config's `created`, else 0). */
+  buildTimeSec?: number;
+  /** Where layer images and spool files are written (must exist). */
+  workDir: string;
+  /** Look for converted layers at the destination (default true). */
+  reuse?: boolean;
+  progress?: ConvertProgress;
+}
+
+export interface ConvertedLayer {
+  /** Source layer digests (one unless flattened). */
+  sources: string[];
+  digest: string;
+  sizeBytes: number;
+  reused: boolean;
+}
+
+export interface ConvertResult {
+  /** `name@digest` of what the tag now names. */
+  reference: string;
+  platforms: { platform: string; manifestDigest: string; layers: ConvertedLayer[] }[];
+}
+
+const silent: ConvertProgress = { update() {}, finish() {}, note() {} };
+
+export async function convertImage(
+  source: SourceImage,
+  destination: ImageDestination,
+  options: ConvertOptions,
+): Promise<ConvertResult> {
+  const progress = options.progress ?? silent;
+  const known = new Map<string, Descriptor>();
+  if (options.reuse ?? true) {
+    for (const layer of await destination.previousLayers()) {
+      const from = layer.annotations?.[SOURCE_LAYERS_ANNOTATION];
+      if (from && layer.mediaType === EROFS_LAYER) known.set(from, layer);
+    }
+  }
+  const images: ResolvedImage[] = [];
+  if (options.allPlatforms) {
+    const platforms = await source.indexPlatforms();
+    if (platforms === undefined) images.push(await source.resolve(options.platform));
+    for (const platform of platforms ?? []) {
+      images.push(await source.resolve(platform === "unknown" ? undefined : platform));
+    }
+  } else {
+    images.push(await source.resolve(options.platform));
+  }
+  for (const image of images) checkTarLayers(image, source.name);
+
+  const converter = new LayerConverter(source, destination, options, progress, known);
+  const result: ConvertResult = { reference: "", platforms: [] };
+  const entries: Descriptor[] = [];
+  for (const image of images) {
+    if (images.length > 1) progress.note(`platform ${image.platform}`);
+    const configBytes = await source.readConfig(image);
+    const buildTimeSec = options.buildTimeSec ?? configCreatedSec(configBytes) ?? 0;
+    const layers = options.flatten
+      ? [await converter.flattened(image, buildTimeSec)]
+      : await converter.eachLayer(image, buildTimeSec);
+    const config = convertedConfig(configBytes, {
+      diffIds: layers.map((l) => l.digest),
+      flattened: options.flatten ?? false,
+    });
+    const configDigest = digestOf(config);
+    await destination.putBlob({
+      digest: configDigest,
+      sizeBytes: config.byteLength,
+      mediaType: OCI_CONFIG,
+      bytes: config,
+    });
+    const manifest = new TextEncoder().encode(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: OCI_CONFIG, digest: configDigest, size: config.byteLength },
+      layers: layers.map((l) => ({
+        mediaType: EROFS_LAYER,
+        digest: l.digest,
+        size: l.sizeBytes,
+        annotations: { [SOURCE_LAYERS_ANNOTATION]: l.sources.join(",") },
+      })),
+      annotations: { [SOURCE_MANIFEST_ANNOTATION]: image.manifestDigest },
+    }));
+    const manifestDigest = digestOf(manifest);
+    result.platforms.push({ platform: image.platform, manifestDigest, layers });
+    if (images.length === 1) {
+      result.reference = await destination.tag(manifest, OCI_MANIFEST);
+    } else {
+      await destination.putManifest(manifest, OCI_MANIFEST);
+      const entry: Descriptor = {
+        mediaType: OCI_MANIFEST,
+        digest: manifestDigest,
+        size: manifest.byteLength,
+      };
+      if (image.platform !== "unknown") entry.platform = parsePlatform(image.platform);
+      entries.push(entry);
+    }
+  }
+  if (images.length > 1) {
+    const index = new TextEncoder().encode(
+      JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: entries }),
+    );
+    result.reference = await destination.tag(index, OCI_INDEX);
+  }
+  return result;
+}
+
+class LayerConverter {
+  readonly #source: SourceImage;
+  readonly #destination: ImageDestination;
+  readonly #options: ConvertOptions;
+  readonly #progress: ConvertProgress;
+  /** Source digest(s) → EROFS layer, from the destination's tag and from this run. */
+  readonly #known: Map<string, Descriptor>;
+
+  constructor(
+    source: SourceImage,
+    destination: ImageDestination,
+    options: ConvertOptions,
+    progress: ConvertProgress,
+    known: Map<string, Descriptor>,
+  ) {
+    this.#source = source;
+    this.#destination = destination;
+    this.#options = options;
+    this.#progress = progress;
+    this.#known = known;
+  }
+
+  async eachLayer(image: ResolvedImage, buildTimeSec: number): Promise<ConvertedLayer[]> {
+    const out: ConvertedLayer[] = [];
+    for (const layer of image.layers) {
+      const label = `layer ${layer.index + 1}/${image.layers.length}`;
+      const reused = await this.#reuse([layer.digest], label);
+      if (reused) {
+        out.push(reused);
+        continue;
+      }
+      const tree = await this.#read(layer, label, buildTimeSec);
+      try {
+        out.push(await this.#build(tree.root, [layer.digest], label, buildTimeSec));
+      } finally {
+        tree.close();
+      }
+    }
+    return out;
+  }
+
+  async flattened(image: ResolvedImage, buildTimeSec: number): Promise<ConvertedLayer> {
+    const sources = image.layers.map((l) => l.digest);
+    const label = `${image.layers.length} layers flattened`;
+    const reused = await this.#reuse(sources, label);
+    if (reused) return reused;
+    const trees: LayerTree[] = [];
+    try {
+      for (const layer of image.layers) {
+        trees.push(
+          await this.#read(layer, `layer ${layer.index + 1}/${image.layers.length}`, buildTimeSec),
+        );
+      }
+      const root = flattenTrees(trees.map((t) => t.root));
+      return await this.#build(root, sources, label, buildTimeSec);
+    } finally {
+      for (const tree of trees) tree.close();
+    }
+  }
+
+  async #reuse(sources: string[], label: string): Promise<ConvertedLayer | undefined> {
+    const known = this.#known.get(sources.join(","));
+    if (!known || !(await this.#destination.hasBlob(known.digest))) return undefined;
+    this.#progress.note(`${label}: already converted as ${known.digest.slice(0, 19)}…, reused`);
+    return { sources, digest: known.digest, sizeBytes: known.size, reused: true };
+  }
+
+  async #read(
+    layer: { digest: string; sizeBytes: number },
+    label: string,
+    buildTimeSec: number,
+  ): Promise<LayerTree> {
+    const blob = openVerifiedBlob(
+      this.#source.store,
+      layer.digest,
+      layer.sizeBytes,
+      (done) => this.#progress.update(`${label}: reading`, done, layer.sizeBytes),
+    );
+    try {
+      return await readLayerTree(blob, `${label} (${layer.digest})`, {
+        spoolDir: this.#options.workDir,
+        impliedMtimeSec: buildTimeSec,
+      });
+    } finally {
+      this.#progress.finish();
+    }
+  }
+
+  async #build(
+    root: Parameters<typeof writeLayerImage>[0],
+    sources: string[],
+    label: string,
+    buildTimeSec: number,
+  ): Promise<ConvertedLayer> {
+    const path = `${this.#options.workDir}/layer-${crypto.randomUUID().slice(0, 8)}.erofs`;
+    try {
+      const built = await writeLayerImage(root, path, {
+        buildTimeSec,
+        uuid: uuidFromSeed(sources.join(",")),
+        onProgress: (done, total) => this.#progress.update(`${label}: writing`, done, total),
+      });
+      this.#progress.finish();
+      await this.#destination.putBlob(
+        { path, digest: built.digest, sizeBytes: built.sizeBytes, mediaType: EROFS_LAYER },
+        (done) => this.#progress.update(`${label}: uploading`, done, built.sizeBytes),
+      );
+      this.#progress.finish();
+      this.#known.set(sources.join(","), {
+        mediaType: EROFS_LAYER,
+        digest: built.digest,
+        size: built.sizeBytes,
+      });
+      return { sources, digest: built.digest, sizeBytes: built.sizeBytes, reused: false };
+    } finally {
+      this.#progress.finish();
+      await Deno.remove(path).catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * A source layer blob as one verified stream: bytes are hashed as they pass, and the stream
+ * errors at its end unless the digest and the descriptor's size both match, so nothing built
+ * from a wrong blob can be committed (the caller also checks `verified` before using the result).
+ * Registry bodies that break off are resumed with a Range request from the bytes already passed.
+ */
+import { OciError } from "../errors.ts";
+import { debug } from "../cli/log.ts";
+import { blobStatusError, parseContentRange } from "../oci/blob_range.ts";
+import { pullScope, type RegistryClient } from "../oci/client.ts";
+import { digestHasher } from "../oci/digest.ts";
+import type { OciLayout } from "../oci/oci_layout.ts";
+import { validateDigest } from "../oci/reference.ts";
+import { backoff, describeFailure, isNetworkError } from "../oci/retry.ts";
+
+/** Where source blobs come from: a registry repository or a local OCI layout. */
+export type BlobStore =
+  | { kind: "registry"; client: RegistryClient; repository: string }
+  | { kind: "layout"; layout: OciLayout };
+
+export interface VerifiedBlob {
+  stream: ReadableStream<Uint8Array>;
+  /** True once every byte arrived and matched the digest and size. */
+  verified(): boolean;
+}
+
+const LAYOUT_CHUNK_BYTES = 1 << 20;
+
+/** Opens `digest` (of `sizeBytes`) from `store`; `onBytes` reports the bytes passed so far. */
+export function openVerifiedBlob(
+  store: BlobStore,
+  digest: string,
+  sizeBytes: number,
+  onBytes?: (doneBytes: number) => void,
+): VerifiedBlob {
+  validateDigest(digest);
+  const hasher = digestHasher(digest);
+  let passed = 0;
+  let ok = false;
+  const chunks = store.kind === "registry"
+    ? registryChunks(store.client, store.repository, digest, sizeBytes, () => passed)
+    : layoutChunks(store.layout, digest, sizeBytes);
+  const iterator = chunks[Symbol.asyncIterator]();
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await iterator.next();
+      if (done) {
+        if (passed !== sizeBytes) {
+          throw new OciError(`layer ${digest} ended at ${passed} of ${sizeBytes} bytes`);
+        }
+        const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
+        if (actual !== digest) {
+          throw new OciError(
+            `layer ${digest} failed verification: its content hashes to ${actual}`,
+            "the source registry or layout serves other bytes than its manifest names",
+          );
+        }
+        ok = true;
+        controller.close();
+        return;
+      }
+      if (passed + value.byteLength > sizeBytes) {
+        throw new OciError(
+          `layer ${digest} is larger than the ${sizeBytes} bytes its manifest says`,
+        );
+      }
+      hasher.update(value);
+      passed += value.byteLength;
+      onBytes?.(passed);
+      controller.enqueue(value);
+    },
+    async cancel() {
+      await iterator.return?.(undefined);
+    },
+  }, { highWaterMark: 0 });
+  return { stream, verified: () => ok };
+}
+
+async function* layoutChunks(
+  layout: OciLayout,
+  digest: string,
+  sizeBytes: number,
+): AsyncGenerator<Uint8Array> {
+  const file = layout.openBlob(digest);
+  try {
+    if (file.size !== sizeBytes) {
+      throw new OciError(`blob ${digest} is ${file.size} bytes but the manifest says ${sizeBytes}`);
+    }
+    for (let offset = 0; offset < file.size; offset += LAYOUT_CHUNK_BYTES) {
+      yield await file.read(offset, Math.min(LAYOUT_CHUNK_BYTES, file.size - offset));
+    }
+  } finally {
+    file.close();
+  }
+}
+
+/** The blob's bytes in order; a broken body is resumed at `passed()` with a Range request. */
+async function* registryChunks(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  sizeBytes: number,
+  passed: () => number,
+): AsyncGenerator<Uint8Array> {
+  let policy = client.newPolicy();
+  let attempt = 0;
+  for (;;) {
+    const start = passed();
+    const response = await client.request({
+      method: "GET",
+      path: `/v2/${repository}/blobs/${digest}`,
+      scope: pullScope(repository),
+      headers: start > 0 ? { range: `bytes=${start}-` } : {},
+      policy,
+    });
+    let skip = 0;
+    if (response.status === 206) {
+      const range = parseContentRange(response.headers.get("content-range"));
+      if (!range || range.first > start || range.total !== sizeBytes) {
+        await response.body?.cancel();
+        throw new OciError(`registry ${client.host} sent a bad Content-Range resuming ${digest}`);
+      }
+      skip = start - range.first;
+    } else if (response.status === 200) {
+      skip = start; // a server that ignores Range starts again from byte 0
+      const length = Number(response.headers.get("content-length") ?? NaN);
+      if (Number.isSafeInteger(length) && length !== sizeBytes) {
+        await response.body?.cancel();
+        throw new OciError(`blob ${digest} is ${length} bytes but the manifest says ${sizeBytes}`);
+      }
+    } else {
+      await blobStatusError(client, response, repository, digest);
+    }
+    const before = start;
+    let failure: unknown;
+    const reader = response.body!.getReader();
+    try {
+      for (;;) {
+        let chunk: Uint8Array;
+        try {
+          const next = await reader.read();
+          if (next.done) break;
+          chunk = next.value;
+        } catch (error) {
+          if (!isNetworkError(error)) throw error;
+          failure = error;
+          break;
+        }
+        if (skip > 0) {
+          if (chunk.byteLength <= skip) {
+            skip -= chunk.byteLength;
+            continue;
+          }
+          chunk = chunk.subarray(skip);
+          skip = 0;
+        }
+        yield chunk;
+      }
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+    if (failure === undefined && passed() >= sizeBytes) return;
+    // A long layer outlives one operation's deadline: progress earns a fresh one.
+    if (passed() > before) policy = client.newPolicy();
+    attempt = passed() > before ? 1 : attempt + 1;
+    debug(
+      `layer ${digest}: ${passed()}/${sizeBytes} bytes (${
+        failure ? describeFailure(failure) : "body ended early"
+      }); resuming`,
+    );
+    if (!(await backoff(attempt, policy))) {
+      throw new OciError(
+        `download of ${digest} from ${client.host} broke off at ${passed()} of ${sizeBytes} bytes`,
+      );
+    }
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * An OCI image layout as the destination of a conversion (image-spec image-layout.md): blobs
+ * under `blobs/sha256/`, the tag as an `index.json` entry named by
+ * `org.opencontainers.image.ref.name`. Every file is written through a temporary name and
+ * renamed, and index.json is rewritten last, so readers see the old image or the new one.
+ */
+import { OciError, UserError } from "../errors.ts";
+import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
+import { OCI_INDEX } from "../oci/media_types.ts";
+import { formatLayoutReference, type LayoutReference, OciLayout } from "../oci/oci_layout.ts";
+import { LayoutFile } from "../oci/layout_file.ts";
+import { digestOf } from "../oci/digest.ts";
+import {
+  type ImageDestination,
+  layersOfManifest,
+  MAX_PREVIOUS_MANIFESTS,
+  type OutputBlob,
+} from "./destination.ts";
+
+const REF_NAME = "org.opencontainers.image.ref.name";
+const LAYOUT_VERSION = '{"imageLayoutVersion":"1.0.0"}';
+
+export class LayoutDestination implements ImageDestination {
+  readonly name: string;
+  readonly #layout: OciLayout;
+  readonly #tag: string;
+
+  constructor(ref: LayoutReference) {
+    if (ref.digest) {
+      throw new OciError(
+        `cannot convert to a digest (${formatLayoutReference(ref)})`,
+        "name a tag",
+        {
+          exitCode: 2,
+        },
+      );
+    }
+    this.#tag = ref.tag ?? "latest";
+    this.#layout = new OciLayout(ref.layoutPath);
+    this.name = formatLayoutReference({ layoutPath: ref.layoutPath, tag: this.#tag });
+    try {
+      Deno.mkdirSync(`${this.#layout.path}/blobs/sha256`, { recursive: true });
+      try {
+        Deno.statSync(`${this.#layout.path}/oci-layout`);
+      } catch {
+        this.#writeAtomically(
+          `${this.#layout.path}/oci-layout`,
+          new TextEncoder().encode(LAYOUT_VERSION),
+        );
+      }
+    } catch (error) {
+      if (error instanceof UserError) throw error;
+      throw new UserError(
+        `cannot write OCI layout ${this.#layout.path}: ${(error as Error).message}`,
+      );
+    }
+  }
+
+  async previousLayers(): Promise<Descriptor[]> {
+    const entries = (await this.#index()).filter((d) => d.annotations?.[REF_NAME] === this.#tag);
+    const layers: Descriptor[] = [];
+    let seen = 0;
+    const visit = async (digest: string, depth: number) => {
+      if (seen++ >= MAX_PREVIOUS_MANIFESTS) return;
+      const bytes = await this.#readBlob(digest).catch(() => undefined);
+      if (!bytes) return;
+      try {
+        const doc = parseManifestDocument(bytes, undefined);
+        if (doc.kind === "index" && depth === 0) {
+          for (const child of doc.manifests) await visit(child.digest, 1);
+        } else layers.push(...layersOfManifest(bytes));
+      } catch { /* not ours to judge: nothing reusable there */ }
+    };
+    for (const entry of entries) await visit(entry.digest, 0);
+    return layers;
+  }
+
+  hasBlob(digest: string): Promise<boolean> {
+    try {
+      const file = this.#layout.openBlob(digest);
+      file.close();
+      return Promise.resolve(true);
+    } catch {
+      return Promise.resolve(false);
+    }
+  }
+
+  async putBlob(blob: OutputBlob, onProgress?: (doneBytes: number) => void): Promise<void> {
+    const target = this.#layout.blobPath(blob.digest);
+    // A blob already there is trusted only if it hashes right (index.json names are claims).
+    try {
+      const existing = this.#layout.openBlob(blob.digest);
+      try {
+        await existing.verify(blob.digest);
+        return;
+      } catch {
+        /* rewrite it */
+      } finally {
+        existing.close();
+      }
+    } catch { /* absent */ }
+    const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    try {
+      if (blob.bytes) await Deno.writeFile(tmp, blob.bytes, { createNew: true });
+      else await Deno.copyFile(blob.path!, tmp);
+      await Deno.rename(tmp, target);
+      onProgress?.(blob.sizeBytes);
+    } catch (error) {
+      await Deno.remove(tmp).catch(() => {});
+      throw new UserError(`cannot write ${target}: ${(error as Error).message}`);
+    }
+  }
+
+  async putManifest(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string> {
+    const digest = digestOf(bytes);
+    await this.putBlob({ digest, sizeBytes: bytes.byteLength, mediaType, bytes });
+    return digest;
+  }
+
+  async tag(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string> {
+    const digest = await this.putManifest(bytes, mediaType);
+    const kept = (await this.#index()).filter((d) => d.annotations?.[REF_NAME] !== this.#tag);
+    kept.push({
+      mediaType,
+      digest,
+      size: bytes.byteLength,
+      annotations: { [REF_NAME]: this.#tag },
+    });
+    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: kept };
+    this.#writeAtomically(
+      `${this.#layout.path}/index.json`,
+      new TextEncoder().encode(JSON.stringify(index)),
+    );
+    return `${this.name}@${digest}`;
+  }
+
+  async #index(): Promise<Descriptor[]> {
+    let file: LayoutFile;
+    try {
+      file = LayoutFile.open(`${this.#layout.path}/index.json`, "index.json");
+    } catch (error) {
+      if (error instanceof OciError && error.status === 404) return [];
+      throw error;
+    }
+    try {
+      const bytes = await file.readAll(MAX_MANIFEST_BYTES, `${this.#layout.path}/index.json`);
+      const doc = parseManifestDocument(bytes, OCI_INDEX, `${this.#layout.path}/index.json`);
+      if (doc.kind !== "index") {
+        throw new OciError(`${this.#layout.path}/index.json is not an index`);
+      }
+      return doc.manifests;
+    } finally {
+      file.close();
+    }
+  }
+
+  async #readBlob(digest: string): Promise<Uint8Array> {
+    const file = this.#layout.openBlob(digest);
+    try {
+      const bytes = await file.readAll(MAX_MANIFEST_BYTES, `blob ${digest}`);
+      if (digestOf(bytes, digest) !== digest) throw new OciError(`blob ${digest} is corrupt`);
+      return bytes;
+    } finally {
+      file.close();
+    }
+  }
+
+  #writeAtomically(path: string, bytes: Uint8Array): void {
+    const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    try {
+      Deno.writeFileSync(tmp, bytes, { createNew: true });
+      Deno.renameSync(tmp, path);
+    } catch (error) {
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* not created */ }
+      throw new UserError(`cannot write ${path}: ${(error as Error).message}`);
+    }
+  }
+}

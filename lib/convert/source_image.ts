@@ -1,0 +1,157 @@
+/**
+ * The image a conversion or an image build reads: a registry reference or an OCI layout, with
+ * per-platform resolution, the verified config blob and a store for its layer blobs.
+ */
+import { OciError } from "../errors.ts";
+import { readLimited } from "../oci/auth.ts";
+import { blobStatusError } from "../oci/blob_range.ts";
+import { pullScope, type RegistryClient } from "../oci/client.ts";
+import { digestOf } from "../oci/digest.ts";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
+import { DOCKER_MANIFEST, isErofsMediaType, OCI_MANIFEST } from "../oci/media_types.ts";
+import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
+import { formatPlatform } from "../oci/platform.ts";
+import type { ImageReference } from "../oci/reference.ts";
+import { fetchManifest, type ResolvedImage } from "../oci/resolve.ts";
+import { manifestReference } from "../oci/reference.ts";
+import type { BlobStore } from "./layer_blob.ts";
+
+export interface SourceImage {
+  /** The image as named, for messages. */
+  name: string;
+  store: BlobStore;
+  /** One platform's manifest (undefined: the host's, or the only one). */
+  resolve(platform?: string): Promise<ResolvedImage>;
+  /** Every platform an index offers (attestations left out); undefined for a single manifest. */
+  indexPlatforms(): Promise<string[] | undefined>;
+  /** The config blob of a resolved image, digest-checked, at most 4 MiB. */
+  readConfig(image: ResolvedImage): Promise<Uint8Array>;
+}
+
+export function registrySource(
+  name: string,
+  client: RegistryClient,
+  ref: ImageReference,
+): SourceImage {
+  const repository = ref.repository;
+  return {
+    name,
+    store: { kind: "registry", client, repository },
+    resolve: (platform) => client.resolveImage(ref, platform),
+    async indexPlatforms() {
+      const top = await fetchManifest(client, repository, manifestReference(ref));
+      if (top.document.kind !== "index") return undefined;
+      return platformsOf(top.document.manifests);
+    },
+    async readConfig(image) {
+      const { digest, sizeBytes } = image.config;
+      checkConfigSize(digest, sizeBytes);
+      const response = await client.request({
+        method: "GET",
+        path: `/v2/${repository}/blobs/${digest}`,
+        scope: pullScope(repository),
+      });
+      if (response.status !== 200) {
+        return await blobStatusError(client, response, repository, digest);
+      }
+      return checkConfig(await readLimited(response, MAX_MANIFEST_BYTES), digest);
+    },
+  };
+}
+
+export function layoutSource(name: string, layout: OciLayout, ref: LayoutReference): SourceImage {
+  return {
+    name,
+    store: { kind: "layout", layout },
+    resolve: (platform) => layout.resolveImage(ref, platform),
+    async indexPlatforms() {
+      // The layout's own index is reached through platform resolution; any platform it offers
+      // lists them all.
+      let resolved: ResolvedImage;
+      try {
+        resolved = await layout.resolveImage(ref);
+      } catch (error) {
+        const listed = error instanceof OciError && /available: (.*)$/.exec(error.message);
+        if (!listed || listed[1] === "none") throw error;
+        return listed[1].split(", ");
+      }
+      return resolved.indexDigest !== undefined || resolved.platforms.length > 1
+        ? resolved.platforms
+        : undefined;
+    },
+    async readConfig(image) {
+      const { digest, sizeBytes } = image.config;
+      checkConfigSize(digest, sizeBytes);
+      const file = layout.openBlob(digest);
+      try {
+        return checkConfig(await file.readAll(MAX_MANIFEST_BYTES, `config ${digest}`), digest);
+      } finally {
+        file.close();
+      }
+    },
+  };
+}
+
+function platformsOf(
+  manifests: {
+    mediaType: string;
+    platform?: { os: string; architecture: string; variant?: string };
+    annotations?: Record<string, string>;
+  }[],
+): string[] {
+  const out: string[] = [];
+  for (const d of manifests) {
+    if (d.mediaType !== OCI_MANIFEST && d.mediaType !== DOCKER_MANIFEST) continue;
+    if (d.platform?.os === "unknown") continue;
+    if (d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest") continue;
+    const text = d.platform ? formatPlatform(d.platform) : "unknown";
+    if (!out.includes(text)) out.push(text);
+  }
+  return out;
+}
+
+function checkConfigSize(digest: string, sizeBytes: number): void {
+  if (sizeBytes > MAX_MANIFEST_BYTES) {
+    throw new OciError(`config ${digest} is ${sizeBytes} bytes, more than ${MAX_MANIFEST_BYTES}`);
+  }
+}
+
+function checkConfig(bytes: Uint8Array, digest: string): Uint8Array {
+  if (digestOf(bytes, digest) !== digest) {
+    throw new OciError(`config blob ${digest} does not match its digest`);
+  }
+  return bytes;
+}
+
+/** Media types of tar layers (OCI image spec media-types.md, Docker image manifest v2.2). */
+const TAR_LAYER_TYPES = new Set([
+  "application/vnd.oci.image.layer.v1.tar",
+  "application/vnd.oci.image.layer.v1.tar+gzip",
+  "application/vnd.oci.image.layer.v1.tar+zstd",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+  "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+  "application/vnd.docker.image.rootfs.diff.tar",
+  "application/vnd.docker.image.rootfs.diff.tar.gzip",
+  "application/vnd.docker.image.rootfs.diff.tar.zstd",
+  "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+]);
+
+/** Throws unless every layer of `image` is a tar layer this tool can read. */
+export function checkTarLayers(image: ResolvedImage, name: string): void {
+  for (const layer of image.layers) {
+    const base = layer.mediaType.split(";")[0].trim().toLowerCase();
+    if (TAR_LAYER_TYPES.has(base)) continue;
+    if (isErofsMediaType(base)) {
+      throw new OciError(
+        `layer ${layer.index} of ${name} is already EROFS (${layer.mediaType})`,
+        "mount it directly: erofs-oci mount",
+      );
+    }
+    throw new OciError(
+      `layer ${layer.index} of ${name} has media type ${
+        JSON.stringify(layer.mediaType).slice(0, 120)
+      }, not a tar layer`,
+    );
+  }
+}
