@@ -12,8 +12,10 @@ import {
   openRegistry,
   REGISTRY_OPTIONS,
   REGISTRY_OPTIONS_HELP,
+  type RegistryOptionValues,
 } from "./registry_options.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
+import { isImageSource, loadImageSource, parseBuildLayer } from "./build_image_source.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { openTar } from "../tar/decompress.ts";
 import { closeFd, O_RDONLY, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
@@ -35,6 +37,11 @@ whiteouts in a tar (.wh.NAME, .wh..wh..opq) become what overlayfs understands (a
 character device, trusted.overlay.opaque=y), so the image works as one layer of a stack. OUT is written
 through a temporary file next to it and replaced only when complete.
 
+SOURCE may also be an image (a registry reference such as 127.0.0.1:5000/app:v1, or
+oci:PATH[:TAG]) with tar layers: its layers are streamed, verified against their digests
+and merged with their whiteouts applied, as a container sees them (--platform picks from
+an index); --layer N takes that one layer as it is instead.
+
 Options:
   -o, --output FILE     the image to write (required)
       --order FILE      access list, one path per line (relative to SOURCE): those
@@ -47,6 +54,7 @@ Options:
                         0..4095) is stored with its inode instead of in a block of its
                         own: smaller images; 0 keeps the metadata prefix smallest
       --literal-whiteouts  keep .wh.* tar members as plain files
+      --layer N         image SOURCE: only layer N (0 = bottom), whiteouts kept
       --push REF        then push the image as the one layer of REF (a registry
                         reference; media type application/vnd.erofs)
       --tar-index       write only metadata (512-byte blocks) whose files point into
@@ -68,6 +76,7 @@ Example:
       "tar-index": { type: "boolean" },
       push: { type: "string" },
       "inline-max": { type: "string" },
+      layer: { type: "string" },
       ...REGISTRY_OPTIONS,
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
@@ -99,8 +108,20 @@ Example:
     // Registry problems (bad reference, credentials) surface before the work, not after.
     const registry = values.push ? await openRegistry("build", values.push, values) : undefined;
 
+    const fromImage = isImageSource(source);
+    const layer = parseBuildLayer(values.layer);
+    if (layer !== undefined && !fromImage) {
+      throw new UsageError("build: --layer N applies to an image SOURCE (REF or oci:PATH)");
+    }
+    if (fromImage && values["tar-index"]) {
+      throw new UsageError("build: --tar-index needs a tar SOURCE, not an image");
+    }
     try {
       await buildFrom(source, values.output, {
+        // Explicit credentials serve --push when given (stdin is read once), else the image.
+        image: fromImage
+          ? { registry: values.push ? { platform: values.platform } : values, layer }
+          : undefined,
         literalWhiteouts: values["literal-whiteouts"],
         tarIndex: values["tar-index"],
         buildTimeSec: timestamp,
@@ -126,13 +147,19 @@ async function buildFrom(
     uuid?: Uint8Array;
     order?: string[];
     inlineMax?: number;
+    image?: { registry: RegistryOptionValues; layer?: number };
   },
 ): Promise<void> {
-  const loaded = await loadSource(source, output, {
-    literalWhiteouts: options.literalWhiteouts,
-    impliedMtimeSec: options.buildTimeSec,
-    tarIndex: options.tarIndex,
-  });
+  const loaded = options.image
+    ? await loadImageSource(source, dirOf(output), {
+      ...options.image,
+      impliedMtimeSec: options.buildTimeSec,
+    })
+    : await loadSource(source, output, {
+      literalWhiteouts: options.literalWhiteouts,
+      impliedMtimeSec: options.buildTimeSec,
+      tarIndex: options.tarIndex,
+    });
   const progress = new ProgressLine(`writing ${output}`);
   try {
     const result = buildImage(loaded.root, output, {

@@ -1,0 +1,128 @@
+/**
+ * `erofs-oci build IMAGE -o OUT`: the SOURCE kind that is an image (a registry reference or
+ * `oci:PATH[:TAG]`). All layers are merged with their whiteouts applied (what a container
+ * sees), or `--layer N` takes one layer as it is (whiteouts kept in overlayfs form).
+ */
+import { UsageError } from "../errors.ts";
+import type { BuildNode } from "../erofs/writer/tree.ts";
+import { flattenTrees } from "../convert/flatten.ts";
+import { openVerifiedBlob } from "../convert/layer_blob.ts";
+import { type LayerTree, readLayerTree } from "../convert/layer_tree.ts";
+import { checkTarLayers, layoutSource, registrySource } from "../convert/source_image.ts";
+import { parseReference } from "../oci/reference.ts";
+import { ProgressLine } from "./progress.ts";
+import { openImage, type RegistryOptionValues } from "./registry_options.ts";
+import { info } from "./log.ts";
+
+/** What build.ts needs from a loaded SOURCE. */
+export interface LoadedImageSource {
+  root: BuildNode;
+  entries: number;
+  /** Never set for images (build.ts's tar-index field). */
+  tarBlocks?: undefined;
+  close(): void;
+}
+
+/**
+ * True when SOURCE names an image rather than a file: `oci:…`, or something that is not an
+ * existing path, does not look like one (`/`, `.`), and parses as a reference with a tag,
+ * digest or registry (a bare word stays a missing file, not a Docker Hub lookup).
+ */
+export function isImageSource(source: string): boolean {
+  if (source.startsWith("oci:")) return true;
+  if (source === "-" || source.startsWith("/") || source.startsWith(".")) return false;
+  try {
+    Deno.lstatSync(source);
+    return false;
+  } catch { /* not a path */ }
+  if (!/[:@/]/.test(source)) return false;
+  try {
+    parseReference(source);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Parses --layer N. */
+export function parseBuildLayer(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(text)) {
+    throw new UsageError(`build: --layer takes a layer index (0, 1, ...), not '${text}'`);
+  }
+  return Number(text);
+}
+
+/**
+ * Reads the image's layers into one tree. Layer blobs are streamed and verified; file data is
+ * spooled (unlinked files in `spoolDir`) until the image is written and `close()` is called.
+ */
+export async function loadImageSource(
+  source: string,
+  spoolDir: string,
+  options: {
+    registry: RegistryOptionValues;
+    layer?: number;
+    impliedMtimeSec: number;
+  },
+): Promise<LoadedImageSource> {
+  const opened = await openImage("build", source, options.registry);
+  const trees: LayerTree[] = [];
+  try {
+    const image = opened.layout
+      ? layoutSource(opened.name, opened.layout.layout, opened.layout.ref)
+      : registrySource(opened.name, opened.registry!.client, opened.registry!.ref);
+    const resolved = await image.resolve(options.registry.platform);
+    let layers = resolved.layers;
+    if (options.layer !== undefined) {
+      if (options.layer >= layers.length) {
+        throw new UsageError(
+          `build: --layer ${options.layer}, but ${opened.name} has ${layers.length} layer(s)`,
+        );
+      }
+      layers = [layers[options.layer]];
+    }
+    checkTarLayers({ ...resolved, layers }, opened.name);
+    let entries = 0;
+    for (const layer of layers) {
+      const label = `layer ${layer.index + 1}/${resolved.layers.length}`;
+      const progress = new ProgressLine(`${label}: reading`);
+      try {
+        const blob = openVerifiedBlob(
+          image.store,
+          layer.digest,
+          layer.sizeBytes,
+          (done) => progress.update(done, layer.sizeBytes),
+        );
+        const tree = await readLayerTree(blob, `${label} (${layer.digest})`, {
+          spoolDir,
+          impliedMtimeSec: options.impliedMtimeSec,
+        });
+        trees.push(tree);
+        entries += tree.entries;
+      } finally {
+        progress.finish();
+      }
+    }
+    const root = options.layer !== undefined
+      ? trees[0].root
+      : flattenTrees(trees.map((t) => t.root));
+    info(
+      `${opened.name} (${resolved.platform}): ${
+        options.layer !== undefined ? `layer ${options.layer}` : `${layers.length} layer(s) merged`
+      }`,
+    );
+    return {
+      root,
+      entries,
+      close() {
+        for (const tree of trees) tree.close();
+      },
+    };
+  } catch (error) {
+    for (const tree of trees) tree.close();
+    throw error;
+  } finally {
+    opened.close();
+  }
+}
