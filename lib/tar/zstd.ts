@@ -4,9 +4,9 @@
  * fzstd allocates each frame's window as the frame header declares (up to 2 GiB) and decodes
  * as much as it is given in one synchronous call, so two guards sit in front of it: a frame
  * walker (RFC 8878 §3.1: frame header, block headers, checksum; skippable frames) rejects a
- * window above `maxWindowBytes` before fzstd sees the frame, and input is fed in small slices
- * so one pull cannot expand into more than a few MiB of output (an RLE block is 4 bytes in,
- * up to 128 KiB out). fzstd also ignores the frame's content checksum, so corrupt data would
+ * window above `maxWindowBytes` before fzstd sees the frame, and input is cut at block
+ * boundaries so one push cannot expand into more than a few MiB of output (an RLE block is 4
+ * bytes in, up to 128 KiB out: a 64 KiB chunk of them would be 2 GiB). fzstd also ignores the frame's content checksum, so corrupt data would
  * come out as wrong bytes: the walker cuts input at frame ends and the output is checked
  * against the checksum with our XXH64. (Deno's node:zlib zstd does check, but throws the
  * mismatch outside any handler and accepts a truncated frame silently.)
@@ -17,7 +17,10 @@ import { Xxh64 } from "./xxhash64.ts";
 
 /** zstd's own decoder refuses windows above 2^27 unless told otherwise (`--memory`). */
 export const DEFAULT_MAX_ZSTD_WINDOW_BYTES = 1 << 27;
-const FEED_SLICE_BYTES = 256;
+/** Most output one push to fzstd may produce (plus one block that began earlier). */
+const FEED_OUTPUT_BUDGET_BYTES = 4 << 20;
+/** RFC 8878 §3.1.1.2.3: Block_Maximum_Size. */
+const MAX_BLOCK_BYTES = 128 << 10;
 const ZSTD_MAGIC = 0xfd2fb528; // RFC 8878 §3.1.1
 const SKIPPABLE_MAGIC_MASK = 0xfffffff0;
 const SKIPPABLE_MAGIC = 0x184d2a50; // RFC 8878 §3.1.2
@@ -39,6 +42,11 @@ export class ZstdFrameWalker {
     this.#maxWindowBytes = maxWindowBytes;
   }
 
+  /** Upper bound of the output of the blocks seen in this `scan` call. */
+  #outputBound = 0;
+  #budget = Infinity;
+  #paused = false;
+
   /** Set when the last `scan` stopped at the end of a frame. */
   frameEnded = false;
   /** The ended frame's content checksum (low 32 bits of XXH64), if it carried one. */
@@ -49,10 +57,13 @@ export class ZstdFrameWalker {
    * check that frame before feeding the next one. Returns the bytes consumed. Throws
    * FormatError on a bad or oversized frame.
    */
-  scan(chunk: Uint8Array): number {
+  scan(chunk: Uint8Array, outputBudgetBytes = Infinity): number {
     this.frameEnded = false;
+    this.#outputBound = 0;
+    this.#budget = outputBudgetBytes;
+    this.#paused = false;
     let i = 0;
-    while (i < chunk.length && !this.frameEnded) {
+    while (i < chunk.length && !this.frameEnded && !this.#paused) {
       if (this.#state === "payload") {
         const n = Math.min(this.#payloadLeft, chunk.length - i);
         i += n;
@@ -85,8 +96,10 @@ export class ZstdFrameWalker {
   }
 
   #endPayload(): void {
-    if (this.#payloadEnds === "block") this.#expect("block", 3);
-    else if (this.#payloadEnds === "frame" && this.#checksum) this.#expect("checksum", 4);
+    if (this.#payloadEnds === "block") {
+      this.#expect("block", 3);
+      if (this.#outputBound >= this.#budget) this.#paused = true;
+    } else if (this.#payloadEnds === "frame" && this.#checksum) this.#expect("checksum", 4);
     else this.#endFrame(undefined);
   }
 
@@ -136,6 +149,8 @@ export class ZstdFrameWalker {
         const header = h[0] | (h[1] << 8) | (h[2] << 16);
         const type = (header >> 1) & 3;
         if (type === 3) throw new FormatError("zstd: reserved block type");
+        // Raw and RLE blocks say their output size; a compressed one is at most a full block.
+        this.#outputBound += type === 2 ? MAX_BLOCK_BYTES : header >>> 3;
         // An RLE block stores one byte however large it expands.
         this.#payload(type === 1 ? 1 : header >>> 3, header & 1 ? "frame" : "block");
         return;
@@ -189,8 +204,8 @@ export function zstdDecompressStream(
   let ended = false;
   /** Feeds at most one slice, never across a frame end, and checks each frame as it ends. */
   const feedSlice = () => {
-    const slice = pending.subarray(0, Math.min(FEED_SLICE_BYTES, pending.length));
-    const n = walker.scan(slice);
+    const slice = pending;
+    const n = walker.scan(slice, FEED_OUTPUT_BUDGET_BYTES);
     try {
       decoder.push(slice.subarray(0, n), false);
     } catch (e) {
