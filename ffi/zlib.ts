@@ -13,6 +13,13 @@ export const ZLIB_SYMBOLS = {
   inflateInit2_: { parameters: ["buffer", "i32", "pointer", "i32"], result: "i32" },
   // int inflate(z_streamp strm, int flush);
   inflate: { parameters: ["buffer", "i32"], result: "i32" },
+  // int inflate(z_streamp strm, int flush);  — on a pool thread, so serving goes on meanwhile
+  inflate_nonblocking: {
+    name: "inflate",
+    parameters: ["buffer", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // int inflateEnd(z_streamp strm);
   inflateEnd: { parameters: ["buffer"], result: "i32" },
   // int inflateReset(z_streamp strm);
@@ -82,6 +89,8 @@ export class RawInflater {
   readonly #stream = nativeBytes(Z_STREAM_SIZE);
   readonly #view = new DataView(this.#stream.buffer);
   #open = false;
+  #busy = false;
+  #endAfterBusy = false;
 
   constructor() {
     const z = zlib();
@@ -128,13 +137,42 @@ export class RawInflater {
    * to live outside the V8 heap). Returns the zlib status; data errors become FormatError.
    */
   inflate(input: Uint8Array, output: Uint8Array, flush = Z_NO_FLUSH): InflateStep {
+    this.#begin(input, output);
+    return this.#finish(input, output, zlib().inflate(this.#stream, flush));
+  }
+
+  /**
+   * inflate() on a pool thread: the event loop keeps serving while a span inflates, and
+   * cursors of different spans inflate on different cores. `input`, `output` and this
+   * inflater must not be touched until the promise settles.
+   */
+  async inflateAsync(
+    input: Uint8Array,
+    output: Uint8Array,
+    flush = Z_NO_FLUSH,
+  ): Promise<InflateStep> {
+    this.#begin(input, output);
+    this.#busy = true;
+    try {
+      return this.#finish(input, output, await zlib().inflate_nonblocking(this.#stream, flush));
+    } finally {
+      this.#busy = false;
+      if (this.#endAfterBusy) zlib().inflateEnd(this.#stream);
+    }
+  }
+
+  #begin(input: Uint8Array, output: Uint8Array): void {
     if (!this.#open) throw new Error("inflate after end");
+    if (this.#busy) throw new Error("inflate while another inflate runs");
     const v = this.#view;
     v.setBigUint64(OFF_NEXT_IN, input.length ? address(input) : 0n, true);
     v.setUint32(OFF_AVAIL_IN, input.length, true);
     v.setBigUint64(OFF_NEXT_OUT, output.length ? address(output) : 0n, true);
     v.setUint32(OFF_AVAIL_OUT, output.length, true);
-    const status = zlib().inflate(this.#stream, flush);
+  }
+
+  #finish(input: Uint8Array, output: Uint8Array, status: number): InflateStep {
+    const v = this.#view;
     const consumed = input.length - v.getUint32(OFF_AVAIL_IN, true);
     const produced = output.length - v.getUint32(OFF_AVAIL_OUT, true);
     // Clear the pointers: the buffers may be collected once this call returns.
@@ -146,9 +184,14 @@ export class RawInflater {
     return { status, consumed, produced, dataType: v.getInt32(OFF_DATA_TYPE, true) };
   }
 
+  /** Frees zlib's state; deferred until a running inflateAsync has returned. */
   end(): void {
     if (!this.#open) return;
     this.#open = false;
+    if (this.#busy) {
+      this.#endAfterBusy = true;
+      return;
+    }
     zlib().inflateEnd(this.#stream);
   }
 

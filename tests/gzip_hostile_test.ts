@@ -136,6 +136,7 @@ Deno.test({
         cacheBytes: budget,
         maxCursors: 2,
         inflater,
+        offThread: trial % 4 === 2,
       });
       try {
         for (let i = 0; i < 30; i++) {

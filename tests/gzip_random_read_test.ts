@@ -23,6 +23,7 @@ for (
     ["big", "zlib", 2000],
     ["big-multi", "zlib", 2000],
     ["big-multi", "ts", 300],
+    ["big", "zlib-off-thread", 500],
   ] as const
 ) {
   Deno.test({
@@ -35,7 +36,8 @@ for (
       // A small cache forces restarts from checkpoints and cursor reuse, not just cache hits.
       const reader = await GzipRandomAccess.open(blob, zinfo, {
         cacheBytes: 3 << 20,
-        inflater,
+        inflater: inflater === "ts" ? "ts" : "zlib",
+        offThread: inflater === "zlib-off-thread",
       });
       try {
         const random = prng(name.length);

@@ -23,6 +23,8 @@ export interface GzipRandomAccessOptions {
   maxCursors?: number;
   /** "zlib" (default, libz.so.1 via FFI) or "ts" (pure TypeScript; slower, for comparison). */
   inflater?: InflaterKind;
+  /** Inflate on a pool thread so the event loop never waits for zlib (default false). */
+  offThread?: boolean;
 }
 
 export interface GzipRandomAccessStats {
@@ -43,6 +45,7 @@ export class GzipRandomAccess {
   readonly #cacheBytes: number;
   readonly #maxCursors: number;
   readonly #inflater: InflaterKind;
+  readonly #offThread: boolean;
   readonly #pieces = new Map<string, Uint8Array>();
   #cachedBytes = 0;
   #idle: InflateCursor[] = [];
@@ -54,6 +57,7 @@ export class GzipRandomAccess {
     this.#cacheBytes = options.cacheBytes ?? 32 * 1024 * 1024;
     this.#maxCursors = options.maxCursors ?? 8;
     this.#inflater = options.inflater ?? "zlib";
+    this.#offThread = options.offThread ?? false;
   }
 
   /** Opens and validates the zinfo against `blob` (FormatError when it does not fit). */
@@ -145,6 +149,7 @@ export class GzipRandomAccess {
     let cursor = this.#takeCursor(index, wanted);
     if (!cursor) {
       cursor = await InflateCursor.open(this.blob, this.zinfo, index, signal, this.#inflater);
+      cursor.offThread = this.#offThread;
       this.stats.cursorsOpened++;
     }
     try {

@@ -279,6 +279,11 @@ export class TsInflater {
     return { status, consumed: this.#pos - carried, produced, dataType: 0 };
   }
 
+  /** Same as inflate (no thread to move to); for callers written against RawInflater. */
+  inflateAsync(given: Uint8Array, output: Uint8Array): Promise<InflateStep> {
+    return Promise.resolve(this.inflate(given, output));
+  }
+
   #save(): [number, number, number] {
     return [this.#pos, this.#bitBuf, this.#bitCount];
   }
