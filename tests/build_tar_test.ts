@@ -12,7 +12,13 @@
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { runCli } from "./_support/cli.ts";
-import { fsckImage, run, runOk, withMountedImage } from "./_support/erofs_tree.ts";
+import {
+  assertOneLineError,
+  fsckImage,
+  run,
+  runOk,
+  withMountedImage,
+} from "./_support/erofs_tree.ts";
 
 const ignore = requires(
   root(),
@@ -172,14 +178,14 @@ Deno.test({
       assert.equal(out.code, 1);
       assert.equal(again.code, 1);
       assert.match(again.stderr, /^erofs-oci: tar member "a\/b": "a" is not a directory\n/);
-      assert.equal(again.stderr.trim().split("\n").length, 1);
+      assertOneLineError(again.stderr);
       assert.deepEqual([...Deno.readDirSync(`${work}/out`)], []);
 
       // Not a tar at all.
       Deno.writeTextFileSync(`${work}/junk`, "x".repeat(2000));
       const junk = await runCli(["build", `${work}/junk`, "-o", `${work}/out/junk.erofs`]);
       assert.equal(junk.code, 1);
-      assert.equal(junk.stderr.trim().split("\n").length, 1, junk.stderr);
+      assertOneLineError(junk.stderr);
       assert.deepEqual([...Deno.readDirSync(`${work}/out`)], []);
     });
   },

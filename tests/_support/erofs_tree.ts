@@ -99,3 +99,13 @@ export async function withMountedImage<T>(
     await Deno.remove(dir).catch(() => {});
   }
 }
+
+/** A CLI failure prints one `erofs-oci: …` line, optionally followed by one `  hint: …` line. */
+export function assertOneLineError(stderr: string): void {
+  const lines = stderr.trimEnd().split("\n");
+  assert.match(lines[0], /^erofs-oci: /, stderr);
+  assert.ok(
+    lines.length === 1 || (lines.length === 2 && lines[1].startsWith("  hint: ")),
+    `more than one error line:\n${stderr}`,
+  );
+}

@@ -6,22 +6,19 @@
  * blocks by their first name and then the entries within a block.
  */
 import { DIRENT_BYTES } from "./format.ts";
+import { compareNames } from "./tree.ts";
+
+const encoder = new TextEncoder();
 
 export interface DirectoryEntry {
-  name: Uint8Array;
+  name: string;
   nid: number;
   fileType: number;
 }
 
-/** Entry names sorted by bytes. */
-export function sortEntries<T extends { name: Uint8Array }>(entries: T[]): T[] {
-  return entries.sort((a, b) => compareBytes(a.name, b.name));
-}
-
-export function compareBytes(x: Uint8Array, y: Uint8Array): number {
-  const n = Math.min(x.length, y.length);
-  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return x[i] - y[i];
-  return x.length - y.length;
+/** Entries sorted by the UTF-8 bytes of their names. */
+export function sortEntries<T extends { name: string }>(entries: T[]): T[] {
+  return entries.sort((a, b) => compareNames(a.name, b.name));
 }
 
 /**
@@ -67,8 +64,7 @@ export function encodeDirectory(
       view.setBigUint64(at, BigInt(entry.nid), true);
       view.setUint16(at + 8, nameAt, true);
       view.setUint8(at + 10, entry.fileType);
-      out.set(entry.name, base + nameAt);
-      nameAt += entry.name.length;
+      nameAt += encoder.encodeInto(entry.name, out.subarray(base + nameAt)).written;
     }
   });
   return out;

@@ -6,7 +6,7 @@
  */
 import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
 import { FormatError, UserError } from "../../errors.ts";
-import { type BuildNode, checkEntryName, newNode, type NodeKind } from "./tree.ts";
+import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 
 const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
@@ -97,8 +97,11 @@ const KINDS: Record<number, NodeKind> = {
   0o140000: "socket",
 };
 
+/** Reused by every statx call: the scan is synchronous. */
+const statxBuffer = new Uint8Array(STATX_BYTES);
+
 function statPath(path: string): Stat {
-  const buffer = new Uint8Array(STATX_BYTES);
+  const buffer = statxBuffer;
   const rc = libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buffer);
   if (rc < 0) throw new SysError("stat", errno(), path);
   // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
@@ -127,21 +130,27 @@ function statPath(path: string): Stat {
 
 const decoder = new TextDecoder();
 
-function readXattrs(path: string, options: ScanOptions): Map<string, Uint8Array> {
-  const out = new Map<string, Uint8Array>();
+/** Reused for every llistxattr call (most files have no xattrs at all). */
+let listBuffer = new Uint8Array(4096);
+
+function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uint8Array> {
   const cpath = cstr(path);
-  let list = new Uint8Array(4096);
+  let list: Uint8Array;
   for (;;) {
-    const n = Number(libc().llistxattr(cpath, list, BigInt(list.length)));
-    if (n >= 0) {
-      list = list.subarray(0, n);
+    const n = Number(libc().llistxattr(cpath, listBuffer, BigInt(listBuffer.length)));
+    if (n === 0) return NO_XATTRS;
+    if (n > 0) {
+      list = listBuffer.subarray(0, n);
       break;
     }
     const code = errno();
-    if (code === ENOTSUP) return out;
-    if (code !== ERANGE || list.length >= 1 << 20) throw new SysError("listxattr", code, path);
-    list = new Uint8Array(list.length * 4);
+    if (code === ENOTSUP) return NO_XATTRS;
+    if (code !== ERANGE || listBuffer.length >= 1 << 20) {
+      throw new SysError("listxattr", code, path);
+    }
+    listBuffer = new Uint8Array(listBuffer.length * 4);
   }
+  const out = new Map<string, Uint8Array>();
   for (const name of decoder.decode(list).split("\0")) {
     if (!name) continue;
     if (!xattrNameSupported(name)) {

@@ -18,7 +18,7 @@ import {
 } from "../../tar/whiteout.ts";
 import { pwriteAll } from "./data_copy.ts";
 import { libc, unwrap } from "../../../ffi/libc.ts";
-import { type BuildNode, checkEntryName, newNode, type NodeKind } from "./tree.ts";
+import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 
 export interface TarScanOptions {
@@ -191,17 +191,20 @@ export async function scanTar(
         node = newNode("dir", implied);
         dir.children!.set(name, node);
       }
-      if (node.kind === "dir") node.xattrs.set(OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE);
+      if (node.kind === "dir") {
+        node.xattrs = new Map([...node.xattrs, [OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE]]);
+      }
     }
   }
   return { root, entries, spooledBytes: spoolEnd, tarEndOffset: tarEnd };
 }
 
 function attributes(entry: TarEntry, options: TarScanOptions) {
-  const xattrs = new Map<string, Uint8Array>();
+  let xattrs = NO_XATTRS;
   for (const [name, value] of entry.xattrs) {
-    if (xattrNameSupported(name)) xattrs.set(name, value);
-    else options.onSkippedXattr?.(entry.path, name);
+    if (!xattrNameSupported(name)) options.onSkippedXattr?.(entry.path, name);
+    else if (xattrs === NO_XATTRS) xattrs = new Map([[name, value]]);
+    else (xattrs as Map<string, Uint8Array>).set(name, value);
   }
   return {
     mode: entry.mode & 0o7777,

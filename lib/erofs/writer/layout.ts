@@ -21,9 +21,9 @@ import {
   INODE_SLOT_BYTES,
   SUPERBLOCK_BYTES,
 } from "./format.ts";
-import { compareBytes, packDirectory, sortEntries } from "./dirs.ts";
+import { packDirectory, sortEntries } from "./dirs.ts";
 import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
-import type { BuildNode } from "./tree.ts";
+import { type BuildNode, utf8Length } from "./tree.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;
@@ -57,7 +57,7 @@ export const DEFAULT_INLINE_TAIL_MAX_BYTES = 2048;
 export const TAR_INDEX_DEVICE_SLOT = 9;
 
 export interface PlannedDirEntry {
-  name: Uint8Array;
+  name: string;
   target: PlannedInode;
 }
 
@@ -99,7 +99,6 @@ export interface ImageLayout {
   tarIndex?: { tarBlocks: number };
 }
 
-const encoder = new TextEncoder();
 const MAX_BLOCK_ADDRESS = 0xffffffff;
 
 /** Plans the whole image; throws FormatError for trees EROFS cannot represent. */
@@ -141,15 +140,15 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   for (let head = 0; head < queue.length; head++) {
     const [dir, parent] = queue[head];
     const entries: PlannedDirEntry[] = [
-      { name: encoder.encode("."), target: dir },
-      { name: encoder.encode(".."), target: parent },
+      { name: ".", target: dir },
+      { name: "..", target: parent },
     ];
     for (const [name, child] of dir.node.children ?? []) {
       if (child.kind === "dir" && planned.has(child)) {
         throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
       }
       const target = plan(child);
-      entries.push({ name: encoder.encode(name), target });
+      entries.push({ name, target });
       if (child.kind === "dir") {
         target.nlink = 2;
         dir.nlink++;
@@ -160,11 +159,11 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     dir.entries = sortEntries(entries);
     for (let i = 1; i < dir.entries.length; i++) {
-      if (compareBytes(dir.entries[i - 1].name, dir.entries[i].name) === 0) {
+      if (dir.entries[i - 1].name === dir.entries[i].name) {
         throw new FormatError("duplicate name in a directory");
       }
     }
-    const packed = packDirectory(dir.entries.map((e) => e.name.length), blockBytes);
+    const packed = packDirectory(dir.entries.map((e) => utf8Length(e.name)), blockBytes);
     dir.perBlock = packed.perBlock;
     dir.sizeBytes = packed.sizeBytes;
   }
@@ -312,18 +311,13 @@ function orderFiles(
   for (const path of order) take(lookup(root, path));
   const walk = (dir: PlannedInode) => {
     for (const entry of dir.entries ?? []) {
-      if (entry.target === dir || entry.name.length <= 2 && isDotName(entry.name)) continue;
+      if (entry.name === "." || entry.name === "..") continue;
       if (entry.target.node.kind === "dir") walk(entry.target);
       else take(entry.target.node);
     }
   };
   walk(planned.get(root)!);
   return out;
-}
-
-function isDotName(name: Uint8Array): boolean {
-  return (name.length === 1 && name[0] === 0x2e) ||
-    (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e);
 }
 
 /** The node at a relative path ("a/b", "./a/b", "/a/b"), not following symlinks. */

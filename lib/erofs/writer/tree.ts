@@ -25,8 +25,11 @@ export interface BuildNode {
   /** Seconds since the epoch (may be negative) and nanoseconds (0..999999999). */
   mtimeSec: number;
   mtimeNsec: number;
-  /** Full xattr names ("user.x", "trusted.overlay.opaque") → values, any order. */
-  xattrs: Map<string, Uint8Array>;
+  /**
+   * Full xattr names ("user.x", "trusted.overlay.opaque") → values, any order. Nodes without
+   * xattrs share `NO_XATTRS` (a map per entry would cost ~100 bytes each): replace, never mutate.
+   */
+  xattrs: ReadonlyMap<string, Uint8Array>;
   /** Regular files: size in bytes and where the bytes come from (undefined when empty). */
   sizeBytes: number;
   data?: FileData;
@@ -39,10 +42,11 @@ export interface BuildNode {
   children?: Map<string, BuildNode>;
 }
 
+/** The shared empty xattr map. */
+export const NO_XATTRS: ReadonlyMap<string, Uint8Array> = new Map();
+
 /** EROFS_NAME_LEN: longest name a directory entry may carry. */
 export const MAX_NAME_BYTES = 255;
-
-const encoder = new TextEncoder();
 
 export interface NodeFields {
   mode?: number;
@@ -61,7 +65,7 @@ export function newNode(kind: NodeKind, fields: NodeFields = {}): BuildNode {
     gid: fields.gid ?? 0,
     mtimeSec: fields.mtimeSec ?? 0,
     mtimeNsec: fields.mtimeNsec ?? 0,
-    xattrs: new Map(),
+    xattrs: NO_XATTRS,
     sizeBytes: 0,
     rdevMajor: 0,
     rdevMinor: 0,
@@ -71,22 +75,51 @@ export function newNode(kind: NodeKind, fields: NodeFields = {}): BuildNode {
 
 /** Throws FormatError unless `name` is usable as one directory entry. */
 export function checkEntryName(name: string, where: string): void {
-  if (name === "" || name === "." || name === ".." || name.includes("/") || name.includes("\0")) {
+  if (
+    name === "" || name === "." || name === ".." || name.includes("/") || name.includes("\0") ||
+    !name.isWellFormed()
+  ) {
     throw new FormatError(`bad file name ${JSON.stringify(name)} in ${where}`);
   }
-  if (encoder.encode(name).length > MAX_NAME_BYTES) {
+  if (utf8Length(name) > MAX_NAME_BYTES) {
     throw new FormatError(
       `file name longer than ${MAX_NAME_BYTES} bytes in ${where}: ${name.slice(0, 40)}…`,
     );
   }
 }
 
-/** Names compared as their UTF-8 bytes, the order EROFS directories need. */
+/**
+ * Names in the order of their UTF-8 bytes, the order EROFS directories need: code point order
+ * (UTF-8 preserves it), compared without encoding. UTF-16 units alone would put U+E000..U+FFFF
+ * after the surrogate pairs of U+10000 and up.
+ */
 export function compareNames(a: string, b: string): number {
-  const x = encoder.encode(a), y = encoder.encode(b);
-  const n = Math.min(x.length, y.length);
-  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return x[i] - y[i];
-  return x.length - y.length;
+  let i = 0, j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a.codePointAt(i)!, y = b.codePointAt(j)!;
+    if (x !== y) return x - y;
+    i += x > 0xffff ? 2 : 1;
+    j += y > 0xffff ? 2 : 1;
+  }
+  return (a.length - i) - (b.length - j);
+}
+
+/** Bytes of `name` in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
+export function utf8Length(name: string): number {
+  let bytes = 0;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < name.length) {
+      const d = name.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        bytes += 4;
+        i++;
+      } else bytes += 3;
+    } else bytes += 3;
+  }
+  return bytes;
 }
 
 /** Children of a directory sorted by name bytes. */
