@@ -186,16 +186,16 @@ export class LayerFlattener<T> {
    * value is undefined for a directory implied by deeper members.
    */
   *entries(): Generator<[string, TarEntryKind, T | undefined]> {
-    const walk = function* (
-      node: TreeNode<T>,
-      path: string,
-    ): Generator<[string, TarEntryKind, T | undefined]> {
+    // An explicit stack: one pax path can nest hundreds of thousands of directories.
+    const stack: [TreeNode<T>, string][] = [[this.#root, ""]];
+    while (stack.length > 0) {
+      const [node, path] = stack.pop()!;
       yield [path, node.kind, node.value];
-      for (const name of [...node.children.keys()].sort()) {
-        yield* walk(node.children.get(name)!, path === "" ? name : `${path}/${name}`);
+      const names = [...node.children.keys()].sort().reverse();
+      for (const name of names) {
+        stack.push([node.children.get(name)!, path === "" ? name : `${path}/${name}`]);
       }
-    };
-    yield* walk(this.#root, "");
+    }
   }
 
   #find(path: string): TreeNode<T> | undefined {
@@ -231,16 +231,21 @@ export class LayerFlattener<T> {
     }
   }
 
-  #pruneChildren(node: TreeNode<T>): void {
-    for (const [name, child] of node.children) {
-      if (child.touched < this.#layer) {
-        node.children.delete(name);
-        continue;
-      }
-      this.#pruneChildren(child);
-      if (child.layer < this.#layer) {
-        child.value = undefined;
-        child.kind = "dir";
+  /** Drops lower layers' members under `node`, keeping this layer's (iteratively, as above). */
+  #pruneChildren(top: TreeNode<T>): void {
+    const stack = [top];
+    while (stack.length > 0) {
+      const node = stack.pop()!;
+      for (const [name, child] of node.children) {
+        if (child.touched < this.#layer) {
+          node.children.delete(name);
+          continue;
+        }
+        stack.push(child);
+        if (child.layer < this.#layer) {
+          child.value = undefined;
+          child.kind = "dir";
+        }
       }
     }
   }

@@ -90,3 +90,19 @@ Deno.test("LayerFlattener: a member below a non-directory is a FormatError", () 
   flat.add("lib", "symlink", "x");
   assertThrows(() => flat.add("lib/libc.so", "file", "y"), FormatError);
 });
+
+Deno.test("LayerFlattener: a 200,000-level path (one 400 KB pax path) needs no deep recursion", () => {
+  const deep = Array.from({ length: 200_000 }, () => "a").join("/");
+  const flat = new LayerFlattener<string>();
+  flat.beginLayer();
+  flat.add(`${deep}/f`, "file", "L1");
+  flat.beginLayer();
+  flat.add(".wh..wh..opq", "file", "");
+  flat.add("a/keep", "file", "L2");
+  flat.beginLayer();
+  flat.add(`${deep}/g`, "file", "L3");
+  flat.add("a/.wh..wh..opq", "file", "");
+  let count = 0;
+  for (const _ of flat.entries()) count++;
+  assertEq(count, 200_002); // root, a/…/a (200,000), g
+});
