@@ -10,6 +10,7 @@ import { expected, FuseStack, manifest } from "./_support/fuse_stack.ts";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { HybridTarSource } from "../lib/source/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
+import { checkIndexRecord, parseIndexRecord } from "../lib/gzip/index_record.ts";
 
 const fixtures = path(`${FIXTURES}/big-multi.zinfo`, "shared fixtures");
 
@@ -49,7 +50,13 @@ Deno.test({
           await Deno.readFile(`${FIXTURES}/${name}.zinfo`),
         );
       }
-      const record = JSON.parse(await Deno.readTextFile(`${dir}/out/layer.index.json`));
+      const record = parseIndexRecord(await Deno.readFile(`${dir}/out/layer.index.json`));
+      checkIndexRecord(
+        record,
+        { digest: record.layer.digest, size: (await Deno.stat(`${FIXTURES}/layer.tar.gz`)).size },
+        await Deno.readFile(`${dir}/out/layer.meta.erofs`),
+        await Deno.readFile(`${dir}/out/layer.zinfo`),
+      );
       // OCI blob digest and diff_id of the fixture layer (fixtures README).
       assert.equal(
         record.layer.digest,
@@ -61,7 +68,7 @@ Deno.test({
         "sha256:0525f2da1a32dbda20d1dfb306f1f25e2f04bde5db74d56c5c6d5438c58e2753",
       );
       assert.equal(record.tarBytes, 1710080);
-      assert.equal(record.zinfo.checkpoints, 1);
+      assert.equal(record.zinfo?.checkpoints, 1);
       const fsck = await run(`${PEER_BIN}/fsck.erofs`, [
         `--device=${FIXTURES}/layer.tar`,
         `--extract=${dir}/x`,

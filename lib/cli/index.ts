@@ -5,6 +5,7 @@ import { info } from "./log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { indexGzipLayer } from "../gzip/index_layer.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
+import { type IndexRecord, sha256Digest } from "../gzip/index_record.ts";
 
 /** Smallest span accepted: below it the zinfo (32 KiB per checkpoint) outgrows the layer. */
 const MIN_SPAN_BYTES = 256 * 1024;
@@ -80,14 +81,14 @@ Example:
       } finally {
         progress.finish();
       }
-      const record = {
+      const record: IndexRecord = {
         layer: { digest: result.layerDigest, size: result.layerBytes },
         diffId: result.diffId,
         tarBytes: result.tarBytes,
-        meta: { file: `${name}.meta.erofs`, digest: await fileDigest(meta) },
+        meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
         zinfo: {
           file: `${name}.zinfo`,
-          digest: await fileDigest(zinfo),
+          digest: sha256Digest(await Deno.readFile(zinfo)),
           spanBytes: result.spanBytes,
           checkpoints: result.checkpoints,
         },
@@ -112,10 +113,4 @@ function parseWhole(option: string, text: string | undefined): number | undefine
     throw new UsageError(`index: ${option} wants a whole number, not '${text}'`);
   }
   return Number(text);
-}
-
-async function fileDigest(path: string): Promise<string> {
-  const bytes = await Deno.readFile(path);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return `sha256:${[...digest].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
