@@ -1,0 +1,109 @@
+/** Unit checks of the writer's pieces against spec facts and the peer's fixture bytes. */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { crc32c, crc32cRaw } from "./crc32c.ts";
+import { compareNames, newNode, utf8Length } from "./tree.ts";
+import { packDirectory } from "./dirs.ts";
+import { encodeXattrBody, encodeXattrEntry, xattrCount } from "./xattrs.ts";
+import { layoutImage } from "./layout.ts";
+import { encodeRdev } from "./format.ts";
+import { FIXTURES } from "../../../tests/_support/requires.ts";
+
+Deno.test("crc32c: the CRC-32C check value; the peer's superblock checksum recomputed", () => {
+  assert.equal(crc32c(new TextEncoder().encode("123456789")), 0xe3069283);
+  let image: Uint8Array;
+  try {
+    image = Deno.readFileSync(`${FIXTURES}/basic.erofs`).subarray(0, 4096);
+  } catch {
+    return; // fixtures absent: the check value above still ran
+  }
+  const stored = new DataView(image.buffer).getUint32(1028, true);
+  const block = image.slice(1024, 4096);
+  new DataView(block.buffer).setUint32(4, 0, true);
+  assert.equal(crc32cRaw(0xffffffff, block), stored);
+});
+
+Deno.test("compareNames orders like the UTF-8 bytes; utf8Length counts them", () => {
+  const encoder = new TextEncoder();
+  const bytes = (a: Uint8Array, b: Uint8Array) => {
+    for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+    return a.length - b.length;
+  };
+  fc.assert(
+    fc.property(fc.fullUnicodeString(), fc.fullUnicodeString(), (a, b) => {
+      assert.equal(
+        Math.sign(compareNames(a, b)),
+        Math.sign(bytes(encoder.encode(a), encoder.encode(b))),
+      );
+      assert.equal(utf8Length(a), encoder.encode(a).length);
+    }),
+  );
+  // U+FFFD sorts before U+10000 in bytes, after it in UTF-16 units.
+  assert.ok(compareNames("\ufffd", "\u{10000}") < 0);
+});
+
+Deno.test("packDirectory: entries fill blocks in order; size ends after the last name", () => {
+  assert.deepEqual(packDirectory([1, 2, 3], 4096), { perBlock: [3], sizeBytes: 36 + 6 });
+  // 12 + 255 = 267 bytes each: 15 fit in 4096 (4005), the 16th starts block 2.
+  const names = Array(20).fill(255);
+  assert.deepEqual(packDirectory(names, 4096), { perBlock: [15, 5], sizeBytes: 4096 + 5 * 267 });
+});
+
+Deno.test("xattr entries: prefix index, suffix, value, 4-byte padding; body header", () => {
+  assert.deepEqual(
+    [...encodeXattrEntry("user.test", new TextEncoder().encode("1"))],
+    [4, 1, 1, 0, 0x74, 0x65, 0x73, 0x74, 0x31, 0, 0, 0],
+  );
+  assert.deepEqual(
+    [...encodeXattrEntry("trusted.overlay.opaque", new Uint8Array([0x79]))].slice(0, 4),
+    [
+      15,
+      4,
+      1,
+      0,
+    ],
+  );
+  assert.deepEqual(
+    [...encodeXattrEntry("system.posix_acl_access", new Uint8Array(4))].slice(0, 4),
+    [0, 2, 4, 0],
+  );
+  assert.throws(() => encodeXattrEntry("system.other", new Uint8Array()), /prefix/);
+  const body = encodeXattrBody([7], [["security.x", new Uint8Array(2)]])!;
+  assert.equal(body.length, 12 + 4 + 8);
+  assert.equal(body[4], 1);
+  assert.equal(xattrCount(body.length), 4);
+});
+
+Deno.test("rdev encoding is new_encode_dev()", () => {
+  assert.equal(encodeRdev(1, 3), 0x103);
+  assert.equal(encodeRdev(259, 1048575), (0xff | (259 << 8) | (0xfff00 << 12)) >>> 0);
+});
+
+Deno.test("layout: metadata (inodes, directory blocks) strictly before file data; --order first", () => {
+  const root = newNode("dir");
+  const big = newNode("dir");
+  root.children!.set("big", big);
+  for (let i = 0; i < 800; i++) {
+    const file = newNode("file", { mtimeSec: i });
+    file.sizeBytes = 5000 + i;
+    file.data = { kind: "fd", fd: -1, offset: 0 };
+    big.children!.set(`file-${i}`, file);
+  }
+  const layout = layoutImage(root, { buildTimeSec: 0, buildTimeNsec: 0, order: ["big/file-799"] });
+  const dataStart = layout.metadataBytes / layout.blockBytes;
+  for (const p of layout.inodes) {
+    assert.ok(p.offset < layout.metadataBytes);
+    if (p.node.kind === "dir" && p.blocks > 0) {
+      assert.ok(p.blockAddress + p.blocks <= dataStart);
+    }
+    if (p.node.kind === "file") assert.ok(p.blockAddress >= dataStart);
+  }
+  assert.ok(layout.inodes.find((p) => p.node === big)!.blocks >= 2, "multi-block directory");
+  assert.equal(layout.dataOrder[0].node, big.children!.get("file-799"));
+  assert.equal(layout.dataOrder[0].blockAddress, dataStart);
+  assert.throws(() => {
+    const loop = newNode("dir");
+    loop.children!.set("self", loop);
+    layoutImage(loop, { buildTimeSec: 0, buildTimeNsec: 0 });
+  }, /not a tree/);
+});
