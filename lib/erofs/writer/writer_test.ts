@@ -56,12 +56,7 @@ Deno.test("xattr entries: prefix index, suffix, value, 4-byte padding; body head
   );
   assert.deepEqual(
     [...encodeXattrEntry("trusted.overlay.opaque", new Uint8Array([0x79]))].slice(0, 4),
-    [
-      15,
-      4,
-      1,
-      0,
-    ],
+    [14, 4, 1, 0], // "overlay.opaque" under trusted. (index 4), one value byte
   );
   assert.deepEqual(
     [...encodeXattrEntry("system.posix_acl_access", new Uint8Array(4))].slice(0, 4),
