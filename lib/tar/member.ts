@@ -28,6 +28,34 @@ export const KINDS: Record<string, TarEntryKind> = {
 };
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+const encoder = new TextEncoder();
+const utf8Length = (s: string) => encoder.encode(s).length;
+
+/**
+ * linux/limits.h: PATH_MAX 4096 and NAME_MAX 255 bytes, both counting what a syscall accepts
+ * (PATH_MAX includes the NUL). A runtime extracting a layer fails on anything longer with
+ * ENAMETOOLONG, so no working image has it; refusing it here also keeps paths to at most ~2,000
+ * levels for every consumer (a 1 MiB pax path could otherwise nest 500,000 directories).
+ */
+export const PATH_MAX_BYTES = 4095;
+export const NAME_MAX_BYTES = 255;
+
+function checkPathLimits(path: string, what: string, offset: number): void {
+  if (utf8Length(path) > PATH_MAX_BYTES) {
+    throw new FormatError(
+      `tar member at byte ${offset}: ${what} longer than ${PATH_MAX_BYTES} bytes`,
+      "Linux cannot create such a path (PATH_MAX)",
+    );
+  }
+  for (const name of path.split("/")) {
+    if (utf8Length(name) > NAME_MAX_BYTES) {
+      throw new FormatError(
+        `tar member at byte ${offset}: ${what} has a name longer than ${NAME_MAX_BYTES} bytes`,
+        "Linux cannot create such a name (NAME_MAX)",
+      );
+    }
+  }
+}
 
 export interface BuildInput {
   src: ByteReader;
@@ -133,6 +161,7 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
 
   const rawPath = decodeName(pathBytes, "path", headerOffset);
   const path = normalizeTarPath(rawPath);
+  checkPathLimits(path, "path", headerOffset);
   if (path === "" && kind !== "dir") {
     throw new FormatError(`tar member "${rawPath}" (${kind}) would replace the root directory`);
   }
@@ -140,8 +169,14 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   if (kind === "symlink") {
     linkname = decodeName(linkBytes, "symlink target", headerOffset);
     if (linkname === "") throw new FormatError(`tar symlink "${rawPath}" has an empty target`);
+    if (utf8Length(linkname) > PATH_MAX_BYTES) {
+      throw new FormatError(
+        `tar member at byte ${headerOffset}: symlink target longer than PATH_MAX`,
+      );
+    }
   } else if (kind === "hardlink") {
     linkname = normalizeTarPath(decodeName(linkBytes, "hard link target", headerOffset));
+    checkPathLimits(linkname, "hard link target", headerOffset);
     if (linkname === "" || linkname === path) {
       throw new FormatError(`tar hard link "${rawPath}" has no usable target`);
     }
