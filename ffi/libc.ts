@@ -92,6 +92,8 @@ export const LIBC_SYMBOLS = {
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // int ftruncate(int fd, off_t length);
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  // int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags);
+  linkat: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
   // ssize_t llistxattr(const char *path, char *list, size_t size);
   llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size);
