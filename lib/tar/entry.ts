@@ -9,7 +9,9 @@ export type TarEntryKind = "file" | "dir" | "symlink" | "hardlink" | "char" | "b
 export interface TarEntry {
   /**
    * Normalized path: relative, "/"-separated, no "", "." or ".." components (see
-   * `normalizeTarPath`). "" only for the root directory itself ("./" or "/" in the archive).
+   * `normalizeTarPath`), at most 4095 bytes with names of at most 255. "" only for the root
+   * directory itself ("./" or "/" in the archive). Paths may repeat: every member is yielded in
+   * archive order, and a consumer building a tree lets the later one win.
    */
   readonly path: string;
   /** The path as stored (after pax/GNU long-name overrides), before normalization. */
@@ -27,8 +29,10 @@ export interface TarEntry {
   /** Logical file size (a sparse file's real size); 0 for every kind but "file". */
   readonly size: number;
   /**
-   * symlink: the target exactly as stored (data, never resolved). hardlink: the target's
-   * normalized path, always an earlier non-directory member of the same archive.
+   * symlink: the target exactly as stored (data, never resolved; at most 4095 bytes).
+   * hardlink: the target's normalized path; with the default `hardlinkTargets` it is always an
+   * earlier non-directory member of the same archive, and means the member most recently read
+   * at that path (a later member with the same path does not change what the link meant).
    */
   readonly linkname: string;
   /** For "char" and "block"; 0 otherwise. */

@@ -17,6 +17,7 @@ export {
   type TarEntryKind,
 } from "./entry.ts";
 export { normalizeTarPath } from "./path.ts";
+export { NAME_MAX_BYTES, PATH_MAX_BYTES } from "./member.ts";
 export {
   type Compression,
   type DecompressOptions,
