@@ -5,7 +5,8 @@
  * Prints, for one gzip layer: zinfo build time (ours, streaming) vs `gzip -dc` and vs
  * `mkfs.erofs --tar=i --gzinfo` (erofs-utils, which also writes the meta image); a cold
  * sequential read through the checkpoints vs `gzip -dc`; cold random 4 KiB reads (latency and
- * bytes inflated per read); and checks that every byte read equals `gzip -dc`.
+ * bytes inflated per read); the share of the compressed layer fetched to read 10 % of the
+ * files (random or in tar order) for several spans; and checks bytes against `gzip -dc`.
  */
 import { buildZinfo } from "../lib/gzip/zinfo_builder.ts";
 import { indexGzipLayer } from "../lib/gzip/index_layer.ts";
@@ -13,6 +14,7 @@ import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { MemorySource } from "../tests/_support/memory_source.ts";
 import { prng } from "../tests/_support/gzip_data.ts";
+import { readTar } from "../lib/tar/reader.ts";
 
 const [layer, peerBin] = Deno.args;
 if (!layer) {
@@ -83,8 +85,64 @@ try {
   } finally {
     await blob.close();
   }
+  await fetchShares();
 } finally {
   await Deno.remove(work, { recursive: true });
+}
+
+/**
+ * Share of the compressed layer a reader must fetch to read 10 % of the files: union of the
+ * compressed ranges read (no chunk rounding), plus the zinfo itself, per span.
+ */
+async function fetchShares() {
+  const files: { offset: number; size: number }[] = [];
+  for await (const entry of readTar(ReadableStream.from([tar]))) {
+    if (entry.kind === "file" && entry.size > 0 && !entry.sparse) {
+      files.push({ offset: entry.dataOffset, size: entry.size });
+    }
+  }
+  const gz = await Deno.readFile(layer);
+  const rng = prng(7);
+  const tenth = Math.max(1, Math.floor(files.length / 10));
+  const randomPick = [...files].sort(() => rng() - 0.5).slice(0, tenth)
+    .sort((a, b) => a.offset - b.offset);
+  const start = Math.floor(rng() * (files.length - tenth));
+  const runPick = files.slice(start, start + tenth);
+  console.log(`fetch share for 10 % of ${files.length} files (compressed bytes / layer):`);
+  for (const span of [4 << 20, 1 << 20, 256 << 10]) {
+    const zinfo = (await buildZinfo(ReadableStream.from([gz]), { spanBytes: span })).zinfo;
+    const shares = [];
+    for (const pick of [randomPick, runPick]) {
+      const blob = new MemorySource(gz);
+      const reader = new GzipRandomAccess(
+        blob,
+        (await GzipRandomAccess.open(blob, new MemorySource(zinfo))).zinfo,
+        { cacheBytes: 256 << 20 },
+      );
+      for (const file of pick) await reader.read(file.offset, file.size);
+      reader.close();
+      shares.push(union(blob.reads) / gz.length);
+    }
+    console.log(
+      `  span ${(span / 1024).toString().padStart(5)} KiB: random ${pct(shares[0])}, ` +
+        `in tar order ${pct(shares[1])}; zinfo ${pct(zinfo.length / gz.length)} of the layer`,
+    );
+  }
+}
+
+function union(reads: { offset: number; length: number }[]): number {
+  const sorted = [...reads].sort((a, b) => a.offset - b.offset);
+  let total = 0, end = -1;
+  for (const { offset, length } of sorted) {
+    const from = Math.max(offset, end);
+    if (offset + length > from) total += offset + length - from;
+    end = Math.max(end, offset + length);
+  }
+  return total;
+}
+
+function pct(x: number): string {
+  return `${(x * 100).toFixed(1)} %`;
 }
 
 async function readBench(blob: LocalFile, zinfo: MemorySource, inflater: "zlib" | "ts") {
