@@ -5,7 +5,8 @@
 # report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
 # a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
 # failure everywhere (it may be the code under test hanging the kernel).
-# Env: VM_TEST_TIMEOUT_S (default 1200), TEST_FILTER (passed to deno test --filter), VM_ENV
+# Env: VM_TEST_TIMEOUT_S (whole run, default 1800), VM_FILE_TIMEOUT_S (one test file, default
+# 600: a hung file fails alone and the files after it still run), TEST_FILTER (passed to deno test --filter), VM_ENV
 # (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are),
 # VM_HOST_PATHS (see run.sh). Works from any checkout path (spaces, under /tmp or /run).
 set -uo pipefail
@@ -13,7 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${VM_CACHE_DIR:-$repo/.cache/vm}
 junit_out=${1:?usage: $0 JUNIT_OUT}
-timeout_s=${VM_TEST_TIMEOUT_S:-1200}
+timeout_s=${VM_TEST_TIMEOUT_S:-1800}
+file_timeout_s=${VM_FILE_TIMEOUT_S:-600}
 deno=$repo/tools/bin/deno
 cd "$repo" || exit 1
 mkdir -p "$(dirname "$junit_out")"
@@ -66,6 +68,7 @@ trap 'rm -rf "$out"' EXIT
   echo "set -u"
   printf 'cd %q || exit 1\n' "$repo"
   printf 'export PATH=%q:"$PATH" HOME=/root DENO_DIR=%q NO_COLOR=1\n' "$repo/tools/bin" "$deno_dir"
+  printf 'file_timeout_s=%q\n' "$file_timeout_s"
 } >"$out/tests.sh"
 cat >>"$out/tests.sh" <<GUEST
 t0=\$(date +%s.%N)
@@ -76,7 +79,13 @@ echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(da
 rc=0
 for file in tests/vm/*_test.ts; do
   name=\$(basename "\$file" .ts)
-  deno test -A --no-check --junit-path=/run/vm/vm.\$name.xml "\$file" \${TEST_FILTER:+--filter "\$TEST_FILTER"} || rc=1
+  timeout -k 10 "\$file_timeout_s" deno test -A --no-check --junit-path=/run/vm/vm.\$name.xml "\$file" \${TEST_FILTER:+--filter "\$TEST_FILTER"}
+  file_rc=\$?
+  if [ "\$file_rc" = 124 ]; then
+    echo "vm-tests: \$file did not finish within \$file_timeout_s s (VM_FILE_TIMEOUT_S)"
+    : >/run/vm/timeout.\$name
+  fi
+  [ "\$file_rc" = 0 ] || rc=1
 done
 exit \$rc
 GUEST
@@ -93,6 +102,31 @@ elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
 reports=("$out"/vm.*_test.xml)
 for report in "${reports[@]}"; do
   [ -s "$report" ] && cp "$report" "${junit_out%.xml}.$(basename "$report" | sed 's/^vm\.//')"
+done
+# A file without a report was cut short (its own timeout, or the VM stopped): say so instead of
+# leaving it out of the counts. One that wrote its report but then hung (a leaked process or
+# handle) fails as well.
+for file in "${tests[@]}"; do
+  name=$(basename "$file" .ts)
+  if [ -s "$out/vm.$name.xml" ] && [ -e "$out/timeout.$name" ]; then
+    report=${junit_out%.xml}.$name.exit.xml
+    msg="$file hung after its tests ran and was killed after $file_timeout_s s"
+  elif [ -s "$out/vm.$name.xml" ]; then
+    continue
+  else
+    report=${junit_out%.xml}.$name.xml
+    msg="$file wrote no report: it did not finish (VM_FILE_TIMEOUT_S=$file_timeout_s s, or the VM stopped); see the console log"
+  fi
+  log "FAILED: $msg"
+  msg=$(xml_escape "$msg")
+  cat >"$report" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="vm">
+  <testsuite name="$file" tests="1">
+    <testcase name="$file did not finish" classname="$file"><failure message="$msg">$msg</failure></testcase>
+  </testsuite>
+</testsuites>
+XML
 done
 case $rc in
 124) harness_result broken "VM test run timed out after $timeout_s s (see the console log above)" ;;
