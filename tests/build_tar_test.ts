@@ -190,3 +190,31 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "build tar: a build killed half-way (stdin still open) leaves no file behind",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const out = `${work}/out`;
+      Deno.mkdirSync(out);
+      // The tar's members arrive, its end never does: the build is spooling when killed.
+      const child = new Deno.Command(`${Deno.cwd()}/scripts/erofs-oci-dev`, {
+        args: ["build", "-", "-o", `${out}/x.erofs`],
+        stdin: "piped",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      try {
+        await writer.write(Deno.readFileSync(`${FIXTURES}/layer.tar`).subarray(0, 1 << 20));
+        await new Promise((resolve) => setTimeout(resolve, 3000));
+      } finally {
+        child.kill("SIGKILL");
+        await child.status;
+        await writer.close().catch(() => {});
+      }
+      assert.deepEqual([...Deno.readDirSync(out)], []);
+    });
+  },
+});
