@@ -12,6 +12,9 @@ deno=tools/bin/deno
 perms=$(grep -v '^#' scripts/permissions | tr '\n' ' ' | sed 's/ *$//')
 work=.cache/build
 mkdir -p dist "$work"
+# One build at a time (tests/build_test.ts and a developer may run it together).
+exec 9>.cache/build.lock
+flock 9
 rm -rf dist/erofs-oci dist/erofs-oci.js dist/deno "$work"/*
 
 elapsed_s() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN{printf "%.2f", e-s}'; }
