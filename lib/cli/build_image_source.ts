@@ -104,9 +104,7 @@ export async function loadImageSource(
         progress.finish();
       }
     }
-    const root = options.layer !== undefined
-      ? trees[0].root
-      : flattenTrees(trees.map((t) => t.root));
+    const root = options.layer !== undefined ? trees[0].root : flattenTrees(trees);
     info(
       `${opened.name} (${resolved.platform}): ${
         options.layer !== undefined ? `layer ${options.layer}` : `${layers.length} layer(s) merged`

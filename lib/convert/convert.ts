@@ -12,6 +12,7 @@ import type { ResolvedImage } from "../oci/resolve.ts";
 import { digestOf } from "../oci/digest.ts";
 import type { ImageDestination } from "./destination.ts";
 import { flattenTrees } from "./flatten.ts";
+import { LowerDirs } from "./lower_dirs.ts";
 import { configCreatedSec, convertedConfig } from "./image_config.ts";
 import { openVerifiedBlob } from "./layer_blob.ts";
 import { uuidFromSeed, writeLayerImage } from "./layer_image.ts";
@@ -170,16 +171,32 @@ class LayerConverter {
 
   async eachLayer(image: ResolvedImage, buildTimeSec: number): Promise<ConvertedLayer[]> {
     const out: ConvertedLayer[] = [];
-    for (const layer of image.layers) {
-      const label = `layer ${layer.index + 1}/${image.layers.length}`;
-      const reused = await this.#reuse([layer.digest], label);
+    const lower = new LowerDirs();
+    const labelOf = (index: number) => `layer ${index + 1}/${image.layers.length}`;
+    for (const [i, layer] of image.layers.entries()) {
+      const reused = await this.#reuse([layer.digest], labelOf(i));
       if (reused) {
         out.push(reused);
         continue;
       }
-      const tree = await this.#read(layer, label, buildTimeSec);
+      const tree = await this.#read(layer, labelOf(i), buildTimeSec);
       try {
-        out.push(await this.#build(tree.root, [layer.digest], label, buildTimeSec));
+        if (tree.implied.size > 0 && i > 0) {
+          // Reused layers below were not read; their directories are needed now.
+          while (lower.layers < i) {
+            const below = image.layers[lower.layers];
+            const skipped = await this.#read(
+              below,
+              `${labelOf(lower.layers)} (directories)`,
+              buildTimeSec,
+            );
+            lower.apply(skipped);
+            skipped.close();
+          }
+          lower.fillImplied(tree);
+        }
+        out.push(await this.#build(tree.root, [layer.digest], labelOf(i), buildTimeSec));
+        if (lower.layers === i) lower.apply(tree);
       } finally {
         tree.close();
       }
@@ -199,7 +216,7 @@ class LayerConverter {
           await this.#read(layer, `layer ${layer.index + 1}/${image.layers.length}`, buildTimeSec),
         );
       }
-      const root = flattenTrees(trees.map((t) => t.root));
+      const root = flattenTrees(trees);
       return await this.#build(root, sources, label, buildTimeSec);
     } finally {
       for (const tree of trees) tree.close();

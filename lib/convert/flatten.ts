@@ -1,11 +1,11 @@
 /**
  * Stacks per-layer trees (whiteouts in overlayfs form, as readLayerTree makes them) into one
- * tree the way overlayfs presents them: an upper entry replaces the lower one, directories over
- * directories merge unless the upper is opaque, a 0/0 character device deletes. The result has
- * no whiteouts and no opaque markers left.
+ * tree the way a container sees them: an upper entry replaces the lower one, directories over
+ * directories merge unless the upper is opaque, a 0/0 character device deletes. A directory the
+ * upper layer only implies keeps the lower one's metadata. The result has no whiteouts and no
+ * opaque markers left. Walks are iterative: hostile layers can nest deeper than the stack.
  */
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { newNode } from "../erofs/writer/tree.ts";
 import { OVERLAY_OPAQUE_XATTR } from "../tar/whiteout.ts";
 
 /** True for overlayfs' whiteout: a character device with device number 0/0. */
@@ -13,41 +13,54 @@ export function isWhiteoutNode(node: BuildNode): boolean {
   return node.kind === "chardev" && node.rdevMajor === 0 && node.rdevMinor === 0;
 }
 
-function isOpaque(node: BuildNode): boolean {
+export function isOpaqueDir(node: BuildNode): boolean {
   return node.xattrs.has(OVERLAY_OPAQUE_XATTR);
 }
 
+/** One layer's tree and the directories it only implies. */
+export interface StackedLayer {
+  root: BuildNode;
+  implied: ReadonlySet<BuildNode>;
+}
+
 /** Merges `layers` (bottom first) into one tree; the inputs are reused, not copied. */
-export function flattenTrees(layers: BuildNode[]): BuildNode {
-  let merged = newNode("dir");
-  for (const [i, layer] of layers.entries()) {
-    if (i === 0 || isOpaque(layer)) {
-      stripOverlay(layer);
-      merged = layer;
+export function flattenTrees(layers: StackedLayer[]): BuildNode {
+  let merged: BuildNode | undefined;
+  for (const layer of layers) {
+    if (!merged || (isOpaqueDir(layer.root) && !layer.implied.has(layer.root))) {
+      stripOverlay(layer.root);
+      merged = layer.root;
     } else {
       mergeDir(merged, layer);
     }
   }
-  return merged;
+  return merged!;
 }
 
-/** Applies directory `upper` onto directory `lower` in place. */
-function mergeDir(lower: BuildNode, upper: BuildNode): void {
-  copyAttributes(lower, upper);
-  for (const [name, node] of upper.children!) {
-    const below = lower.children!.get(name);
-    if (isWhiteoutNode(node)) {
-      lower.children!.delete(name);
-    } else if (node.kind === "dir" && below?.kind === "dir" && !isOpaque(node)) {
-      mergeDir(below, node);
-    } else {
-      if (node.kind === "dir") stripOverlay(node);
-      lower.children!.set(name, node);
+function mergeDir(lowerRoot: BuildNode, layer: StackedLayer): void {
+  const pending: [BuildNode, BuildNode][] = [[lowerRoot, layer.root]];
+  while (pending.length > 0) {
+    const [lower, upper] = pending.pop()!;
+    if (!layer.implied.has(upper)) copyAttributes(lower, upper);
+    for (const [name, node] of upper.children!) {
+      const below = lower.children!.get(name);
+      if (isWhiteoutNode(node)) {
+        lower.children!.delete(name);
+      } else if (node.kind === "dir" && below?.kind === "dir" && !isOpaqueDir(node)) {
+        pending.push([below, node]);
+      } else {
+        if (node.kind === "dir") {
+          stripOverlay(node);
+          if (below?.kind === "dir" && layer.implied.has(node)) copyAttributes(node, below);
+        }
+        lower.children!.set(name, node);
+      }
     }
   }
 }
 
-function copyAttributes(to: BuildNode, from: BuildNode): void {
+/** Copies what `stat` shows (not the children) from `from` to `to`, minus the opaque marker. */
+export function copyAttributes(to: BuildNode, from: BuildNode): void {
   to.mode = from.mode;
   to.uid = from.uid;
   to.gid = from.gid;
@@ -62,10 +75,14 @@ function withoutOpaque(xattrs: ReadonlyMap<string, Uint8Array>): ReadonlyMap<str
 }
 
 /** A directory with nothing below it: its whiteouts and opaque marker mean nothing any more. */
-function stripOverlay(dir: BuildNode): void {
-  dir.xattrs = withoutOpaque(dir.xattrs);
-  for (const [name, node] of dir.children!) {
-    if (isWhiteoutNode(node)) dir.children!.delete(name);
-    else if (node.kind === "dir") stripOverlay(node);
+function stripOverlay(top: BuildNode): void {
+  const pending = [top];
+  while (pending.length > 0) {
+    const dir = pending.pop()!;
+    dir.xattrs = withoutOpaque(dir.xattrs);
+    for (const [name, node] of dir.children!) {
+      if (isWhiteoutNode(node)) dir.children!.delete(name);
+      else if (node.kind === "dir") pending.push(node);
+    }
   }
 }

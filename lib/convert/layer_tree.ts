@@ -1,6 +1,10 @@
 /**
  * One source layer read into an EROFS build tree, straight from its (verified, compressed)
  * blob stream: file data is spooled to an unlinked file next to the output, never a tar.
+ *
+ * Producers such as umoci leave unchanged parent directories out of a layer (`etc/new` without
+ * `etc/`). Such implied directories are reported, so the caller can give them the metadata the
+ * layers below have there: otherwise a 0700 directory would show up 0755 once stacked.
  */
 import { OciError, UserError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
@@ -11,9 +15,17 @@ import type { VerifiedBlob } from "./layer_blob.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;
 
+/**
+ * The mtime scanTar is told to give implied entries, so they can be told apart afterwards
+ * (then they get the real build time). No tar header field of a real archive holds it.
+ */
+const IMPLIED_MARK_SEC = -(2 ** 52) + 7;
+
 export interface LayerTree {
   root: BuildNode;
   entries: number;
+  /** Directories the tar implies without listing them (and the root when it is not listed). */
+  implied: Set<BuildNode>;
   /** Releases the spool file the tree's file data points into (after the image is written). */
   close(): void;
 }
@@ -23,8 +35,6 @@ export interface LayerTreeOptions {
   spoolDir: string;
   /** mtime of directories the tar implies without listing. */
   impliedMtimeSec: number;
-  /** Keep whiteouts literally (never for images: they are meant as overlay layers). */
-  literalWhiteouts?: boolean;
   onSkippedXattr?: (path: string, name: string) => void;
   onEntries?: (count: number) => void;
 }
@@ -38,8 +48,8 @@ export async function readLayerTree(
   what: string,
   options: LayerTreeOptions,
 ): Promise<LayerTree> {
-  const spoolPath = `${options.spoolDir}/.erofs-oci-spool-${crypto.randomUUID().slice(0, 8)}`;
   let spoolFd: number;
+  const spoolPath = `${options.spoolDir}/.erofs-oci-spool-${crypto.randomUUID().slice(0, 8)}`;
   try {
     spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
   } catch (error) {
@@ -50,12 +60,15 @@ export async function readLayerTree(
     throw error;
   }
   Deno.removeSync(spoolPath);
+  const close = () => {
+    if (spoolFd >= 0) closeFd(spoolFd);
+    spoolFd = -1;
+  };
   try {
     const { stream } = await decompressTar(blob.stream);
     const { root, entries } = await scanTar(stream, {
       spoolFd,
-      literalWhiteouts: options.literalWhiteouts,
-      impliedMtimeSec: options.impliedMtimeSec,
+      impliedMtimeSec: IMPLIED_MARK_SEC,
       onSkippedXattr: options.onSkippedXattr,
       onEntries: options.onEntries,
     });
@@ -64,9 +77,20 @@ export async function readLayerTree(
     if (!blob.verified()) {
       throw new OciError(`${what}: the blob was not read to its end, so it is not verified`);
     }
-    return { root, entries, close: () => closeFd(spoolFd) };
+    const implied = new Set<BuildNode>();
+    // Iterative: a hostile layer can nest directories deeper than the call stack.
+    const pending = [root];
+    while (pending.length > 0) {
+      const node = pending.pop()!;
+      if (node.mtimeSec === IMPLIED_MARK_SEC) {
+        node.mtimeSec = options.impliedMtimeSec;
+        if (node.kind === "dir") implied.add(node);
+      }
+      for (const child of node.children?.values() ?? []) pending.push(child);
+    }
+    return { root, entries, implied, close };
   } catch (error) {
-    closeFd(spoolFd);
+    close();
     await blob.stream.cancel().catch(() => {});
     throw error;
   }

@@ -1,0 +1,85 @@
+/**
+ * The directories of the layers below the one being converted, as stacked (metadata only).
+ * A per-layer EROFS image is mounted under overlayfs, which shows an upper directory's own
+ * metadata; a directory the layer's tar only implies must therefore carry what the layers below
+ * have there, or a 0700 directory would turn 0755 (and its mtime change) once stacked.
+ */
+import type { BuildNode } from "../erofs/writer/tree.ts";
+import { copyAttributes, isOpaqueDir, isWhiteoutNode, type StackedLayer } from "./flatten.ts";
+import { OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR } from "../tar/whiteout.ts";
+
+interface DirSkeleton {
+  /** A node holding the directory's metadata (children unused). */
+  meta: BuildNode;
+  children: Map<string, DirSkeleton>;
+}
+
+export class LowerDirs {
+  #root: DirSkeleton | undefined;
+  /** Layers stacked so far. */
+  layers = 0;
+
+  /** Gives `layer`'s implied directories the metadata of the same directory below. */
+  fillImplied(layer: StackedLayer): void {
+    if (!this.#root || layer.implied.size === 0) return;
+    const pending: [BuildNode, DirSkeleton][] = [[layer.root, this.#root]];
+    while (pending.length > 0) {
+      const [dir, below] = pending.pop()!;
+      if (layer.implied.has(dir)) {
+        const opaque = isOpaqueDir(dir);
+        copyAttributes(dir, below.meta);
+        if (opaque) {
+          dir.xattrs = new Map([...dir.xattrs, [OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE]]);
+        }
+      }
+      for (const [name, node] of dir.children!) {
+        const lower = below.children.get(name);
+        if (node.kind === "dir" && lower) pending.push([node, lower]);
+      }
+    }
+  }
+
+  /** Stacks `layer` on top (call after fillImplied, in layer order). */
+  apply(layer: StackedLayer): void {
+    this.layers++;
+    if (!this.#root || (isOpaqueDir(layer.root) && !layer.implied.has(layer.root))) {
+      this.#root = skeletonOf(layer.root);
+      return;
+    }
+    const pending: [DirSkeleton, BuildNode][] = [[this.#root, layer.root]];
+    while (pending.length > 0) {
+      const [below, dir] = pending.pop()!;
+      if (!layer.implied.has(dir)) below.meta = metaOf(dir);
+      for (const [name, node] of dir.children!) {
+        const lower = below.children.get(name);
+        if (node.kind !== "dir") below.children.delete(name);
+        else if (lower && !isOpaqueDir(node)) pending.push([lower, node]);
+        else {
+          const fresh = skeletonOf(node);
+          if (lower && layer.implied.has(node)) fresh.meta = lower.meta;
+          below.children.set(name, fresh);
+        }
+      }
+    }
+  }
+}
+
+function skeletonOf(top: BuildNode): DirSkeleton {
+  const root: DirSkeleton = { meta: metaOf(top), children: new Map() };
+  const pending: [DirSkeleton, BuildNode][] = [[root, top]];
+  while (pending.length > 0) {
+    const [skeleton, dir] = pending.pop()!;
+    for (const [name, node] of dir.children!) {
+      if (node.kind !== "dir" || isWhiteoutNode(node)) continue;
+      const child: DirSkeleton = { meta: metaOf(node), children: new Map() };
+      skeleton.children.set(name, child);
+      pending.push([child, node]);
+    }
+  }
+  return root;
+}
+
+/** The metadata of a directory without its children (the layer's tree can then be freed). */
+function metaOf(dir: BuildNode): BuildNode {
+  return { ...dir, children: undefined, data: undefined };
+}
