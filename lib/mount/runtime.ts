@@ -219,8 +219,7 @@ export function serverOf(state: MountState): ServerProcess {
  * parentheses, so fields are counted after its closing parenthesis.
  */
 export function processStartTicks(pid: number): string | undefined {
-  // /proc through libc: Deno's file APIs refuse it without --allow-all.
-  const stat = readSmallFile(`/proc/${pid}/stat`);
+  const stat = readProcFile(pid, "stat");
   if (!stat) return undefined;
   const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   // rest[0] is field 3 (state), so field 22 is rest[19].
@@ -236,7 +235,7 @@ export function processStartTicks(pid: number): string | undefined {
 export function serverAlive(server: ServerProcess | number): boolean {
   const { pid, startTicks } = typeof server === "number" ? { pid: server } : server;
   if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  const cmdline = readSmallFile(`/proc/${pid}/cmdline`);
+  const cmdline = readProcFile(pid, "cmdline");
   if (!cmdline?.split("\0").includes(SERVER_COMMAND)) return false;
   const ticks = processStartTicks(pid);
   if (ticks === undefined) return false;
@@ -268,3 +267,16 @@ export function killServer(server: ServerProcess): boolean {
 }
 
 const SIGKILL = 9;
+
+/**
+ * /proc/PID/NAME, or undefined when the process is gone (a process exiting while it is read
+ * answers ESRCH). Through libc: Deno's file APIs refuse /proc without --allow-all.
+ */
+function readProcFile(pid: number, name: string): string | undefined {
+  try {
+    return readSmallFile(`/proc/${pid}/${name}`);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ESRCH) return undefined;
+    throw error;
+  }
+}
