@@ -58,8 +58,9 @@ async function releaseOrphanedDevices(state: MountState): Promise<void> {
 }
 
 /**
- * A dead FUSE server (killed, say, with SIGKILL) leaves its FUSE mounts in the runtime dir answering ENOTCONN to
- * everything, so the dir cannot be removed: detach them (nobody can read them anyway).
+ * A dead FUSE server (killed, say, with SIGKILL) leaves its FUSE mounts in the runtime dir
+ * answering ENOTCONN to everything, so the dir cannot be removed: detach them (nobody can read
+ * them anyway).
  */
 async function detachDeadFuseMounts(state: MountState): Promise<void> {
   const runDir = `${mountDir(state.id)}/`;
