@@ -1,0 +1,121 @@
+/**
+ * `erofs-oci convert` / `build IMAGE` refusing bad sources: a layer blob whose bytes do not hash
+ * to its digest (still a valid tar.gz: only the gzip header's MTIME changed, so nothing but the
+ * digest check can notice) aborts with one error line, pushes nothing, tags nothing and leaves
+ * no work files; layers that are not tar are refused before any work.
+ */
+import assert from "node:assert/strict";
+import { command, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import { getManifest } from "./_support/oci_raw.ts";
+import { runOk } from "./_support/erofs_tree.ts";
+import { makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+import { FIXTURES } from "./_support/requires.ts";
+
+const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
+const LONG = { timeoutMs: 120_000 };
+
+/** Digest of layer `index` of the image's manifest in its OCI layout. */
+function layoutLayer(image: UmociImage, tag: string, index: number): string {
+  const top = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
+  const entry = top.manifests.find((m: { annotations?: Record<string, string> }) =>
+    m.annotations?.["org.opencontainers.image.ref.name"] === tag
+  );
+  const manifest = JSON.parse(
+    Deno.readTextFileSync(`${image.layout}/blobs/sha256/${entry.digest.slice(7)}`),
+  );
+  return manifest.layers[index].digest;
+}
+
+/** Changes the gzip header's MTIME (RFC 1952 §2.3.1, bytes 4-7): same content, other digest. */
+function retimeGzip(file: string): void {
+  const bytes = Deno.readFileSync(file);
+  assert.deepEqual([...bytes.subarray(0, 2)], [0x1f, 0x8b], `${file} is not gzip`);
+  bytes[4] ^= 0x5a;
+  Deno.writeFileSync(file, bytes);
+}
+
+function listDir(dir: string): string[] {
+  return [...Deno.readDirSync(dir)].map((e) => e.name);
+}
+
+Deno.test({
+  name: "convert: a registry layer that does not match its digest aborts; nothing pushed or tagged",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-fail-" });
+    await using registry = await startRegistry({ auth: "none" });
+    try {
+      const image = await makeUmociImage(work);
+      await runOk("skopeo", [
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        `oci:${image.layout}:${image.tag}`,
+        `docker://${registry.host}/src/app:v1`,
+      ]);
+      const digest = layoutLayer(image, image.tag, 0);
+      const hex = digest.slice(7);
+      retimeGzip(
+        `${registry.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`,
+      );
+      const tmp = `${work}/tmp`;
+      Deno.mkdirSync(tmp);
+
+      const result = await runCli(
+        ["convert", `${registry.host}/src/app:v1`, `${registry.host}/dst/app:v1`, "--tmpdir", tmp],
+        LONG,
+      );
+      assertCliError(result, 1, new RegExp(`layer ${digest} failed verification`));
+      assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
+      const repositories = `${registry.storageDir}/docker/registry/v2/repositories`;
+      assert.ok(!listDir(repositories).includes("dst"), "a blob was pushed for dst/app");
+      assert.deepEqual(listDir(tmp), []);
+
+      const built = await runCli(
+        ["build", `${registry.host}/src/app:v1`, "-o", `${work}/out.erofs`],
+        LONG,
+      );
+      assertCliError(built, 1, /failed verification/);
+      assert.ok(!listDir(work).some((name) => name.includes("out.erofs")));
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "convert: an OCI layout layer that does not match its digest aborts; DST index not written",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-fail-" });
+    try {
+      const image = await makeUmociImage(work);
+      const digest = layoutLayer(image, image.tag, 2);
+      retimeGzip(`${image.layout}/blobs/sha256/${digest.slice(7)}`);
+      const result = await runCli(
+        ["convert", `oci:${image.layout}:${image.tag}`, `oci:${work}/out:v1`, "--tmpdir", work],
+        LONG,
+      );
+      assertCliError(result, 1, new RegExp(`layer ${digest} failed verification`));
+      assert.ok(!listDir(`${work}/out`).includes("index.json"), "index.json written");
+      assert.ok(!listDir(work).some((name) => name.startsWith("erofs-oci-convert-")));
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "convert: EROFS or other non-tar layers are refused with one line before any work",
+  ignore: requires(command("docker-registry"), path(`${FIXTURES}/layer1.erofs`)),
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const image = `${registry.host}/erofs/app:v1`;
+    assertSuccess(await runCli(["push", image, `${FIXTURES}/layer1.erofs`]));
+    const result = await runCli(["convert", image, `${registry.host}/erofs/again:v1`]);
+    assertCliError(result, 1, /already EROFS/);
+    assert.equal((await getManifest(registry, "erofs/again", "v1")).status, 404);
+  },
+});
