@@ -164,6 +164,8 @@ export class RawInflater {
   #begin(input: Uint8Array, output: Uint8Array): void {
     if (!this.#open) throw new Error("inflate after end");
     if (this.#busy) throw new Error("inflate while another inflate runs");
+    // zlib refuses a NULL next_out outright (Z_STREAM_ERROR), which would read as corruption.
+    if (output.length === 0) throw new Error("inflate needs output space");
     const v = this.#view;
     v.setBigUint64(OFF_NEXT_IN, input.length ? address(input) : 0n, true);
     v.setUint32(OFF_AVAIL_IN, input.length, true);
