@@ -1,0 +1,161 @@
+/**
+ * `erofs-oci convert --all-platforms`: a two-platform index (the umoci image under two
+ * configs, copied with `skopeo copy --all`) becomes an index of two EROFS manifests whose
+ * layers are converted once and shared; each platform mounts equal to `umoci unpack`.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { command, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { getManifest } from "./_support/oci_raw.ts";
+import { runOk, treeListing } from "./_support/erofs_tree.ts";
+import { mountSandbox } from "./_support/mounts.ts";
+import { makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+
+const ignore = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  command("umoci"),
+  command("skopeo"),
+  command("python3"),
+);
+const LONG = { timeoutMs: 120_000 };
+const PLATFORMS = [["linux", "amd64"], ["linux", "arm64"]];
+
+function writeBlob(layout: string, text: string): { digest: string; size: number } {
+  const bytes = new TextEncoder().encode(text);
+  const hex = createHash("sha256").update(bytes).digest("hex");
+  Deno.writeFileSync(`${layout}/blobs/sha256/${hex}`, bytes);
+  return { digest: `sha256:${hex}`, size: bytes.byteLength };
+}
+
+/** Adds tag `multi`: an index of the image's manifest under one config per platform. */
+function addIndex(image: UmociImage): void {
+  const layoutIndex = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
+  const entry = layoutIndex.manifests.find((m: { annotations?: Record<string, string> }) =>
+    m.annotations?.["org.opencontainers.image.ref.name"] === image.tag
+  );
+  const read = (digest: string) =>
+    JSON.parse(Deno.readTextFileSync(`${image.layout}/blobs/sha256/${digest.slice(7)}`));
+  const manifest = read(entry.digest);
+  const config = read(manifest.config.digest);
+  const manifests = PLATFORMS.map(([os, architecture]) => {
+    const configBlob = writeBlob(image.layout, JSON.stringify({ ...config, os, architecture }));
+    const manifestBlob = writeBlob(
+      image.layout,
+      JSON.stringify({ ...manifest, config: { ...manifest.config, ...configBlob } }),
+    );
+    return {
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      ...manifestBlob,
+      platform: { os, architecture },
+    };
+  });
+  const index = writeBlob(
+    image.layout,
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests,
+    }),
+  );
+  layoutIndex.manifests.push({
+    mediaType: "application/vnd.oci.image.index.v1+json",
+    ...index,
+    annotations: { "org.opencontainers.image.ref.name": "multi" },
+  });
+  Deno.writeTextFileSync(`${image.layout}/index.json`, JSON.stringify(layoutIndex));
+}
+
+interface Doc {
+  mediaType: string;
+  manifests?: { digest: string; platform?: { architecture: string } }[];
+  layers?: { digest: string; mediaType: string }[];
+}
+
+Deno.test({
+  name:
+    "convert --all-platforms: an index of two platforms → an index of EROFS manifests sharing layers",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-platforms-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const sandbox = await mountSandbox();
+    try {
+      const image = await makeUmociImage(work);
+      addIndex(image);
+      await runOk("skopeo", [
+        "copy",
+        "--quiet",
+        "--all",
+        "--dest-tls-verify=false",
+        `oci:${image.layout}:multi`,
+        `docker://${registry.host}/src/multi:v1`,
+      ]);
+      const dst = `${registry.host}/dst/multi:v1`;
+      const converted = await runCli(
+        ["convert", "--all-platforms", `${registry.host}/src/multi:v1`, dst],
+        LONG,
+      );
+      assertSuccess(converted);
+      // The second platform has the same layers: converted once, then reused.
+      assert.match(
+        converted.stderr,
+        /linux\/arm64: 3 EROFS layer\(s\), 0 converted/,
+        describe(converted),
+      );
+
+      const top = (await getManifest(registry, "dst/multi", "v1")).json as Doc;
+      assert.equal(top.mediaType, "application/vnd.oci.image.index.v1+json");
+      assert.deepEqual(top.manifests!.map((m) => m.platform?.architecture), ["amd64", "arm64"]);
+      const layerSets = [];
+      for (const entry of top.manifests!) {
+        const child = (await getManifest(registry, "dst/multi", entry.digest)).json as Doc;
+        assert.ok(child.layers!.every((l) => l.mediaType === "application/vnd.erofs"));
+        layerSets.push(child.layers!.map((l) => l.digest));
+      }
+      assert.deepEqual(layerSets[0], layerSets[1]);
+      assert.equal(layerSets[0].length, 3);
+
+      const mounted = await runCli(
+        ["mount", "--backend", "fuse", "--platform", "linux/arm64", dst, sandbox.target],
+        { env: sandbox.env, timeoutMs: 60_000 },
+      );
+      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+      const drop = (lines: string[]) =>
+        lines.filter((l) => !l.startsWith(".\t")).map((l) => {
+          const f = l.split("\t");
+          if (f[1] === "d") f[4] = "-";
+          return f.join("\t");
+        });
+      assert.deepEqual(
+        drop(await treeListing(sandbox.target)),
+        drop(await treeListing(image.rootfs)),
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+
+      // The same from the OCI layout into another layout.
+      const fromLayout = await runCli(
+        ["convert", "--all-platforms", `oci:${image.layout}:multi`, `oci:${work}/out:multi`],
+        LONG,
+      );
+      assertSuccess(fromLayout);
+      for (const platform of ["linux/amd64", "linux/arm64"]) {
+        const inspected = await runCli([
+          "inspect",
+          `oci:${work}/out:multi`,
+          "--platform",
+          platform,
+          "--json",
+        ]);
+        assertSuccess(inspected);
+        assert.equal(JSON.parse(inspected.stdout).layers.length, 3, describe(inspected));
+      }
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
