@@ -53,3 +53,10 @@ echo "sizes: mkfs.erofs $(stat -c %s "$work/peer.erofs") B, erofs-oci build $(st
 "$peer/fsck.erofs" "$work/ours.erofs" >/dev/null && echo "fsck.erofs 1.9.3: ours OK"
 echo "metadata a lazy mount must fetch (pages of 4 KiB; a 2 MiB chunk = one registry GET):"
 "$deno" run -A "$here/scripts/bench_build_layout.ts" "$work/peer.erofs" "$work/ours.erofs"
+if command -v docker-registry >/dev/null && [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+  echo "lazy mount through a loopback docker-registry (FUSE backend), blob GETs and times:"
+  "$deno" run -A "$here/scripts/bench_build_gets.ts" "mkfs.erofs=$work/peer.erofs" \
+    "erofs-oci-build=$work/ours.erofs"
+else
+  echo "(registry GET counts skipped: needs root, /dev/fuse and docker-registry)"
+fi

@@ -1,0 +1,57 @@
+/**
+ * Registry GETs of a lazy mount for images of the same tree (used by scripts/bench-build.sh
+ * when docker-registry is installed): each image is pushed to a loopback docker-registry,
+ * mounted with `erofs-oci mount --backend fuse`, and the blob GETs in the registry's access log
+ * are counted for the mount, a cold `find`, and a cold full read (`tar cf /dev/null`).
+ * Usage: deno run -A scripts/bench_build_gets.ts NAME=IMAGE...
+ */
+import { startRegistry } from "../tests/_support/registry.ts";
+import { runCli } from "../tests/_support/cli.ts";
+import { mountSandbox } from "../tests/_support/mounts.ts";
+
+await using registry = await startRegistry({ auth: "none" });
+const blobGets = async () =>
+  (await registry.accessLog()).filter((line) => /"GET \/v2\/[^"]*\/blobs\//.test(line)).length;
+
+async function run(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return (performance.now() - start) / 1000;
+}
+
+console.log("image\tGETs mount\tGETs find\tGETs full read\tfind s\tfull read s");
+for (const arg of Deno.args) {
+  const [name, image] = arg.split("=", 2);
+  const ref = `${registry.host}/bench/${name}:v1`;
+  const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
+  if (pushed.code !== 0) throw new Error(pushed.stderr);
+  const sandbox = await mountSandbox();
+  try {
+    const before = await blobGets();
+    const mounted = await runCli(["mount", ref, sandbox.target, "--backend", "fuse"], {
+      env: sandbox.env,
+      timeoutMs: 120_000,
+    });
+    if (mounted.code !== 0) throw new Error(mounted.stderr);
+    const afterMount = await blobGets();
+    const findSeconds = await run("find", [sandbox.target]);
+    const afterFind = await blobGets();
+    const readSeconds = await run("tar", ["-C", sandbox.target, "-cf", "/dev/null", "."]);
+    const afterRead = await blobGets();
+    console.log(
+      [
+        name,
+        afterMount - before,
+        afterFind - afterMount,
+        afterRead - afterFind,
+        findSeconds.toFixed(2),
+        readSeconds.toFixed(2),
+      ].join("\t"),
+    );
+  } finally {
+    await sandbox.cleanup();
+  }
+}
