@@ -13,6 +13,7 @@ import type { Source } from "../source/source.ts";
 import { nativeBytes } from "../../ffi/zlib.ts";
 import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
 import { Zinfo } from "./zinfo.ts";
+import { type PieceDigests, sha256 } from "./piece_digests.ts";
 
 export interface GzipRandomAccessOptions {
   /** Budget of the decompressed-piece cache (default 32 MiB). */
@@ -25,6 +26,11 @@ export interface GzipRandomAccessOptions {
   inflater?: InflaterKind;
   /** Inflate on a pool thread so the event loop never waits for zlib (default false). */
   offThread?: boolean;
+  /**
+   * Check every piece against these digests before serving it (their piece size replaces
+   * `pieceBytes`; the stream ends at their `totalBytes`).
+   */
+  verify?: PieceDigests;
 }
 
 export interface GzipRandomAccessStats {
@@ -46,6 +52,7 @@ export class GzipRandomAccess {
   readonly #maxCursors: number;
   readonly #inflater: InflaterKind;
   readonly #offThread: boolean;
+  readonly #verify?: PieceDigests;
   readonly #pieces = new Map<string, Uint8Array>();
   #cachedBytes = 0;
   #idle: InflateCursor[] = [];
@@ -53,7 +60,8 @@ export class GzipRandomAccess {
   #closed = false;
 
   constructor(readonly blob: Source, readonly zinfo: Zinfo, options: GzipRandomAccessOptions = {}) {
-    this.#pieceBytes = options.pieceBytes ?? 1024 * 1024;
+    this.#verify = options.verify;
+    this.#pieceBytes = options.verify?.pieceBytes ?? options.pieceBytes ?? 1024 * 1024;
     this.#cacheBytes = options.cacheBytes ?? 32 * 1024 * 1024;
     this.#maxCursors = options.maxCursors ?? 8;
     this.#inflater = options.inflater ?? "zlib";
@@ -79,6 +87,14 @@ export class GzipRandomAccess {
       !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0
     ) {
       throw new RangeError(`bad read ${offset}+${length}`);
+    }
+    const total = this.#verify?.totalBytes;
+    if (total !== undefined && offset + length > total) {
+      throw new FormatError(
+        `read at uncompressed offset ${offset}+${length} is past the end of the gzip data ` +
+          `(${total} bytes)`,
+        "the tar index does not belong to this layer",
+      );
     }
     const out = new Uint8Array(length);
     const cps = this.zinfo.checkpoints;
@@ -144,7 +160,9 @@ export class GzipRandomAccess {
     if (this.#closed) throw new Error("gzip reader closed");
     const cps = this.zinfo.checkpoints;
     const start = cps[index].uncompressedOffset;
-    const end = index + 1 < cps.length ? cps[index + 1].uncompressedOffset : Infinity;
+    const end = index + 1 < cps.length
+      ? cps[index + 1].uncompressedOffset
+      : this.#verify?.totalBytes ?? Infinity;
     const wanted = start + k * this.#pieceBytes;
     let cursor = this.#takeCursor(index, wanted);
     if (!cursor) {
@@ -163,12 +181,13 @@ export class GzipRandomAccess {
         this.stats.inflatedBytes += cursor.produced - before;
         if (got < length && end !== Infinity) {
           throw new FormatError(
-            `gzip data ends at uncompressed offset ${pieceStart + got}, before zinfo checkpoint ` +
-              `${index + 1} at ${end}`,
+            `gzip data ends at uncompressed offset ${pieceStart + got}, before ${end} ` +
+              `(where zinfo checkpoint ${index + 1} or the recorded size says)`,
             "the zinfo does not belong to this layer",
           );
         }
         const piece = got < length ? buffer.slice(0, got) : buffer;
+        if (this.#verify) this.#check(index, pieceIndex, pieceStart, piece);
         this.#store(index, pieceIndex, piece);
         if (pieceIndex >= k || got < length) {
           if (cursor.position < end && !cursor.ended) this.#parkCursor(cursor);
@@ -179,6 +198,18 @@ export class GzipRandomAccess {
       }
     } finally {
       cursor?.close();
+    }
+  }
+
+  #check(index: number, k: number, start: number, piece: Uint8Array): void {
+    const expected = this.#verify!.expected(index, k);
+    const actual = sha256(piece);
+    if (!expected || !actual.every((b, i) => b === expected[i])) {
+      throw new FormatError(
+        `layer data at uncompressed offset ${start} (${piece.length} bytes) does not match ` +
+          `its index digest`,
+        "the blob, the zinfo or the index is not what the index was made from",
+      );
     }
   }
 

@@ -20,6 +20,7 @@ import {
   Z_STREAM_END,
 } from "../../ffi/zlib.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength } from "./gzip_header.ts";
+import { PieceHasher } from "./piece_digests.ts";
 import {
   DEFAULT_SPAN_BYTES,
   encodeZinfo,
@@ -52,6 +53,8 @@ export class ZinfoBuilder {
   #memberBytes = 0;
   readonly #output = nativeBytes(OUTPUT_BUFFER_BYTES);
   readonly #onCheckpoint?: (checkpoint: BuiltCheckpoint) => void;
+  readonly #pieces?: PieceHasher;
+  #pieceDigests?: Uint8Array<ArrayBuffer>;
   #lastCheckpointOut = 0;
 
   /**
@@ -59,10 +62,21 @@ export class ZinfoBuilder {
    * layer does not hold 32 KiB per span in memory; without it they collect in `checkpoints`.
    */
   constructor(
-    options: { spanBytes?: number; onCheckpoint?: (checkpoint: BuiltCheckpoint) => void } = {},
+    options: {
+      spanBytes?: number;
+      onCheckpoint?: (checkpoint: BuiltCheckpoint) => void;
+      /** Also digest every piece of this size (see piece_digests.ts). */
+      pieceBytes?: number;
+    } = {},
   ) {
     this.spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
     this.#onCheckpoint = options.onCheckpoint;
+    if (options.pieceBytes) this.#pieces = new PieceHasher(options.pieceBytes);
+  }
+
+  /** The piece digests (NAME.pieces bytes), after finish() when `pieceBytes` was given. */
+  get pieceDigests(): Uint8Array<ArrayBuffer> | undefined {
+    return this.#pieceDigests;
   }
 
   /**
@@ -108,6 +122,7 @@ export class ZinfoBuilder {
             this.#crc = crc32(this.#crc, out);
             this.#memberBytes += step.produced;
             this.uncompressedBytes += step.produced;
+            this.#pieces?.update(out);
             yield out.slice();
           }
           if (step.status === Z_STREAM_END) {
@@ -144,11 +159,13 @@ export class ZinfoBuilder {
         "the layer blob is incomplete",
       );
     }
+    this.#pieceDigests = this.#pieces?.finish();
     if (!this.#onCheckpoint) return encodeZinfo(this.spanBytes, this.checkpoints);
     return encodeZinfoHeader(this.checkpointCount, this.spanBytes);
   }
 
   #add(checkpoint: BuiltCheckpoint): void {
+    this.#pieces?.checkpoint();
     this.checkpointCount++;
     this.#lastCheckpointOut = checkpoint.uncompressedOffset;
     if (this.#onCheckpoint) this.#onCheckpoint(checkpoint);

@@ -1,0 +1,120 @@
+/**
+ * sha256 of every piece of the uncompressed stream, made by `erofs-oci index` next to the
+ * zinfo (NAME.pieces, its own digest in NAME.index.json). A ranged read of a registry blob
+ * cannot be checked against the blob digest, and a zinfo can lie in ways inflate does not
+ * notice (a wrong window, offsets into another stream that still decodes); with these digests
+ * every piece is checked before it is served, so such a read fails instead of returning wrong
+ * bytes.
+ *
+ * Pieces are `pieceBytes` of output counted from each zinfo checkpoint (the last piece before
+ * a checkpoint may be shorter), the unit GzipRandomAccess makes and caches. The file is the
+ * 32-byte digests back to back, checkpoint by checkpoint.
+ */
+import { createHash, type Hash } from "node:crypto";
+import { FormatError } from "../errors.ts";
+import type { ZinfoCheckpoint } from "./zinfo.ts";
+
+export const PIECE_DIGEST_BYTES = 32;
+export const DEFAULT_PIECE_BYTES = 1024 * 1024;
+
+export function sha256(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(bytes).digest());
+}
+
+/** Digests pieces while the uncompressed stream passes (used by ZinfoBuilder). */
+export class PieceHasher {
+  #hash: Hash | undefined;
+  #filled = 0;
+  #digests: Uint8Array[] = [];
+
+  constructor(readonly pieceBytes: number) {}
+
+  /** A checkpoint starts here: the current piece, if any, ends. */
+  checkpoint(): void {
+    this.#close();
+  }
+
+  update(bytes: Uint8Array): void {
+    let at = 0;
+    while (at < bytes.length) {
+      this.#hash ??= createHash("sha256");
+      const n = Math.min(bytes.length - at, this.pieceBytes - this.#filled);
+      this.#hash.update(bytes.subarray(at, at + n));
+      this.#filled += n;
+      at += n;
+      if (this.#filled === this.pieceBytes) this.#close();
+    }
+  }
+
+  /** All digests back to back (the NAME.pieces file). */
+  finish(): Uint8Array<ArrayBuffer> {
+    this.#close();
+    const out = new Uint8Array(this.#digests.length * PIECE_DIGEST_BYTES);
+    this.#digests.forEach((d, i) => out.set(d, i * PIECE_DIGEST_BYTES));
+    return out;
+  }
+
+  #close(): void {
+    if (!this.#hash || this.#filled === 0) return;
+    this.#digests.push(new Uint8Array(this.#hash.digest()));
+    this.#hash = undefined;
+    this.#filled = 0;
+  }
+}
+
+/** The expected digest of each piece, laid out against a zinfo's checkpoints. */
+export class PieceDigests {
+  readonly #firstOfInterval: number[];
+
+  private constructor(
+    readonly bytes: Uint8Array,
+    readonly pieceBytes: number,
+    /** Uncompressed size of the whole stream (the end of the last interval). */
+    readonly totalBytes: number,
+    firstOfInterval: number[],
+  ) {
+    this.#firstOfInterval = firstOfInterval;
+  }
+
+  /** Checks that `bytes` has exactly one digest per piece of these checkpoints. */
+  static from(
+    bytes: Uint8Array,
+    pieceBytes: number,
+    checkpoints: readonly ZinfoCheckpoint[],
+    totalBytes: number,
+  ): PieceDigests {
+    if (!Number.isSafeInteger(pieceBytes) || pieceBytes < 4096) {
+      throw new FormatError(`piece digests: bad piece size ${pieceBytes}`);
+    }
+    const last = checkpoints[checkpoints.length - 1].uncompressedOffset;
+    if (totalBytes < last) {
+      throw new FormatError(
+        `piece digests: stream of ${totalBytes} bytes ends before checkpoint at ${last}`,
+      );
+    }
+    const first: number[] = [];
+    let count = 0;
+    checkpoints.forEach((cp, i) => {
+      first.push(count);
+      const end = i + 1 < checkpoints.length ? checkpoints[i + 1].uncompressedOffset : totalBytes;
+      count += Math.ceil((end - cp.uncompressedOffset) / pieceBytes);
+    });
+    if (bytes.length !== count * PIECE_DIGEST_BYTES) {
+      throw new FormatError(
+        `piece digests: ${bytes.length} bytes, expected ${count} digests of ${PIECE_DIGEST_BYTES}`,
+        "the piece digests do not belong to this zinfo",
+      );
+    }
+    return new PieceDigests(bytes, pieceBytes, totalBytes, first);
+  }
+
+  /** Expected sha256 of piece `k` after checkpoint `interval`, or undefined past its end. */
+  expected(interval: number, k: number): Uint8Array | undefined {
+    const index = this.#firstOfInterval[interval] + k;
+    const next = interval + 1 < this.#firstOfInterval.length
+      ? this.#firstOfInterval[interval + 1]
+      : this.bytes.length / PIECE_DIGEST_BYTES;
+    if (k < 0 || index >= next) return undefined;
+    return this.bytes.subarray(index * PIECE_DIGEST_BYTES, (index + 1) * PIECE_DIGEST_BYTES);
+  }
+}
