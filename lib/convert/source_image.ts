@@ -7,7 +7,8 @@ import { readLimited } from "../oci/auth.ts";
 import { blobStatusError } from "../oci/blob_range.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
-import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
+import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
+import { LayoutFile } from "../oci/layout_file.ts";
 import { DOCKER_MANIFEST, isErofsMediaType, OCI_MANIFEST } from "../oci/media_types.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
 import { formatPlatform } from "../oci/platform.ts";
@@ -15,6 +16,9 @@ import type { ImageReference } from "../oci/reference.ts";
 import { fetchManifest, type ResolvedImage } from "../oci/resolve.ts";
 import { manifestReference } from "../oci/reference.ts";
 import type { BlobStore } from "./layer_blob.ts";
+
+/** Annotation naming an index.json entry (OCI image spec, annotations.md). */
+const REF_NAME = "org.opencontainers.image.ref.name";
 
 export interface SourceImage {
   /** The image as named, for messages. */
@@ -65,19 +69,35 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
     store: { kind: "layout", layout },
     resolve: (platform) => layout.resolveImage(ref, platform),
     async indexPlatforms() {
-      // The layout's own index is reached through platform resolution; any platform it offers
-      // lists them all.
-      let resolved: ResolvedImage;
-      try {
-        resolved = await layout.resolveImage(ref);
-      } catch (error) {
-        const listed = error instanceof OciError && /available: (.*)$/.exec(error.message);
-        if (!listed || listed[1] === "none") throw error;
-        return listed[1].split(", ");
+      const readJson = async (path: string, what: string) => {
+        const file = LayoutFile.open(path, what);
+        try {
+          const bytes = await file.readAll(MAX_MANIFEST_BYTES, what);
+          return { bytes, document: parseManifestDocument(bytes, undefined, what) };
+        } finally {
+          file.close();
+        }
+      };
+      const readBlob = async (digest: string) => {
+        const { bytes, document } = await readJson(layout.blobPath(digest), `blob ${digest}`);
+        if (digestOf(bytes, digest) !== digest) {
+          throw new OciError(`blob ${digest} in ${layout.path} does not match its digest`);
+        }
+        return document;
+      };
+      let top;
+      if (ref.digest) top = await readBlob(ref.digest);
+      else {
+        top = (await readJson(`${layout.path}/index.json`, "index.json")).document;
+        if (top.kind !== "index") return undefined;
+        if (ref.tag !== undefined) {
+          const tagged = top.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
+          // One entry per platform under the tag, or one entry naming an index.
+          if (tagged.length !== 1) return tagged.length ? platformsOf(tagged) : undefined;
+          top = await readBlob(tagged[0].digest);
+        }
       }
-      return resolved.indexDigest !== undefined || resolved.platforms.length > 1
-        ? resolved.platforms
-        : undefined;
+      return top.kind === "index" ? platformsOf(top.manifests) : undefined;
     },
     async readConfig(image) {
       const { digest, sizeBytes } = image.config;
@@ -92,13 +112,7 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
   };
 }
 
-function platformsOf(
-  manifests: {
-    mediaType: string;
-    platform?: { os: string; architecture: string; variant?: string };
-    annotations?: Record<string, string>;
-  }[],
-): string[] {
+function platformsOf(manifests: Descriptor[]): string[] {
   const out: string[] = [];
   for (const d of manifests) {
     if (d.mediaType !== OCI_MANIFEST && d.mediaType !== DOCKER_MANIFEST) continue;
