@@ -6,9 +6,13 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { fsckImage, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
+import { fsckImage, runOk, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
 import { scanDirectory } from "../lib/erofs/writer/from_dir.ts";
 import { buildImage } from "../lib/erofs/writer/build_image.ts";
+import { scanTar } from "../lib/erofs/writer/from_tar.ts";
+import { closeFd, O_RDWR, openFile } from "../ffi/libc.ts";
+
+const O_CREAT = 0o100;
 
 const ignore = requires(root(), command("python3"), path(`${PEER_BIN}/fsck.erofs`, "fsck.erofs"));
 
@@ -143,6 +147,35 @@ Deno.test({
               const expected = await treeListing(src);
               const actual = await withMountedImage(image, (dir) => treeListing(dir));
               assert.deepEqual(actual, expected);
+              // The same tree as a pax tar (GNU tar, xattrs, ns mtimes) through the tar path.
+              const tar = `${work}/src.tar`;
+              await runOk("tar", [
+                "-C",
+                src,
+                "--format=posix",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-cf",
+                tar,
+                ".",
+              ]);
+              const fromTar = `${work}/tar.erofs`;
+              const spoolFd = openFile(`${work}/spool`, O_RDWR | O_CREAT, 0o600);
+              try {
+                const { root } = await scanTar((await Deno.open(tar)).readable, { spoolFd });
+                buildImage(root, fromTar, {
+                  buildTimeSec: 1700000000,
+                  inlineTailMaxBytes: inlineMax,
+                });
+              } finally {
+                closeFd(spoolFd);
+              }
+              await fsckImage(fromTar);
+              assert.deepEqual(
+                await withMountedImage(fromTar, (dir) => treeListing(dir)),
+                expected,
+              );
             } finally {
               await Deno.remove(work, { recursive: true });
             }

@@ -68,6 +68,10 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
     for (const entry of Deno.readDirSync(path)) {
       const childPath = `${path}/${entry.name}`;
       checkEntryName(entry.name, path);
+      if (node.children!.has(entry.name)) {
+        // Names that are not UTF-8 reach us decoded lossily and can collide.
+        throw new FormatError(`two names in ${path} read as ${JSON.stringify(entry.name)}`);
+      }
       const st = statPath(childPath);
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
