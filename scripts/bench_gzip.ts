@@ -55,7 +55,12 @@ const work = await Deno.makeTempDir({ prefix: "bench-gzip-" });
 try {
   await timed("erofs-oci index (zinfo + tar-index meta, ours)", async () => {
     using file = await Deno.open(layer);
-    return await indexGzipLayer(file.readable, `${work}/ours.meta.erofs`, `${work}/ours.zinfo`, {
+    const paths = {
+      meta: `${work}/ours.meta.erofs`,
+      zinfo: `${work}/ours.zinfo`,
+      pieces: `${work}/ours.pieces`,
+    };
+    return await indexGzipLayer(file.readable, paths, {
       buildTimeSec: 1700000000,
     });
   });

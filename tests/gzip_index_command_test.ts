@@ -56,7 +56,11 @@ Deno.test({
         { digest: record.layer.digest, size: (await Deno.stat(`${FIXTURES}/layer.tar.gz`)).size },
         await Deno.readFile(`${dir}/out/layer.meta.erofs`),
         await Deno.readFile(`${dir}/out/layer.zinfo`),
+        await Deno.readFile(`${dir}/out/layer.pieces`),
       );
+      // 1710080 bytes of tar in 1 MiB pieces after the one checkpoint: 2 digests.
+      assert.equal((await Deno.stat(`${dir}/out/layer.pieces`)).size, 64);
+      assert.equal(record.pieces?.pieceBytes, 1 << 20);
       // OCI blob digest and diff_id of the fixture layer (fixtures README).
       assert.equal(
         record.layer.digest,
@@ -107,10 +111,19 @@ Deno.test({
       assert.equal(result.code, 0, result.stderr);
       const blob = await LocalFile.open(`${FIXTURES}/big-multi.tar.gz`);
       const zinfo = await LocalFile.open(`${dir}/big-multi.zinfo`);
+      const record = parseIndexRecord(await Deno.readFile(`${dir}/big-multi.index.json`));
+      // Every piece inflated for the mount is checked against NAME.pieces.
       const source = await HybridTarSource.openGzip(
         await Deno.readFile(`${dir}/big-multi.meta.erofs`),
         blob,
         zinfo,
+        {
+          pieceDigests: {
+            bytes: await Deno.readFile(`${dir}/big-multi.pieces`),
+            pieceBytes: record.pieces!.pieceBytes,
+            totalBytes: record.tarBytes,
+          },
+        },
       );
       const stack = await FuseStack.create();
       let mnt: string | undefined;

@@ -11,6 +11,7 @@ import { patternBytes } from "./_support/memory_source.ts";
 import { command, path, requires, root } from "./_support/requires.ts";
 import { HybridTarSource } from "../lib/source/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
+import { parseIndexRecord } from "../lib/gzip/index_record.ts";
 
 const ignore = requires(
   root(),
@@ -107,10 +108,18 @@ for (const [producer, make] of PRODUCERS) {
         assert.equal(indexed.code, 0, indexed.stderr);
         const blob = await LocalFile.open(layer);
         const zinfo = await LocalFile.open(`${work}/idx/layer.zinfo`);
+        const record = parseIndexRecord(await Deno.readFile(`${work}/idx/layer.index.json`));
         const source = await HybridTarSource.openGzip(
           await Deno.readFile(`${work}/idx/layer.meta.erofs`),
           blob,
           zinfo,
+          {
+            pieceDigests: {
+              bytes: await Deno.readFile(`${work}/idx/layer.pieces`),
+              pieceBytes: record.pieces!.pieceBytes,
+              totalBytes: record.tarBytes,
+            },
+          },
         );
         const stack = await FuseStack.create();
         let mnt: string | undefined;

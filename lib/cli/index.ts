@@ -20,6 +20,8 @@ Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
                     (the layout of \`mkfs.erofs --tar=i\`)
   NAME.zinfo        gzip checkpoints every span and at every gzip member, the
                     format of \`mkfs.erofs --gzinfo\` (erofs-utils 1.9)
+  NAME.pieces       sha256 of every 1 MiB piece of the tar (counted from each
+                    checkpoint): a mount checks each piece it inflates
   NAME.index.json   the layer digest and size, diff_id and file digests the
                     index belongs to
 NAME is FILE's name without .tar.gz/.tgz/.gz. Every gzip member's CRC is checked.
@@ -70,10 +72,11 @@ Example:
       await input.seek(0, Deno.SeekMode.Start);
       await Deno.mkdir(dir, { recursive: true });
       const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
+      const pieces = `${dir}/${name}.pieces`;
       const progress = new ProgressLine(`indexing ${file}`);
       let result;
       try {
-        result = await indexGzipLayer(input.readable, meta, zinfo, {
+        result = await indexGzipLayer(input.readable, { meta, zinfo, pieces }, {
           spanBytes,
           buildTimeSec: timestamp,
           onEntries: (count) => progress.update(count),
@@ -92,10 +95,15 @@ Example:
           spanBytes: result.spanBytes,
           checkpoints: result.checkpoints,
         },
+        pieces: {
+          file: `${name}.pieces`,
+          digest: sha256Digest(await Deno.readFile(pieces)),
+          pieceBytes: result.pieceBytes,
+        },
       };
       await Deno.writeTextFile(`${dir}/${name}.index.json`, JSON.stringify(record, null, 2) + "\n");
       info(
-        `${dir}/${name}.{meta.erofs,zinfo,index.json}: ${result.entries} entries, ` +
+        `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
           `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
       );
       return 0;

@@ -13,7 +13,7 @@ import type { Source } from "../source/source.ts";
 import { nativeBytes } from "../../ffi/zlib.ts";
 import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
 import { Zinfo } from "./zinfo.ts";
-import { type PieceDigests, sha256 } from "./piece_digests.ts";
+import { PieceDigests, sha256 } from "./piece_digests.ts";
 
 export interface GzipRandomAccessOptions {
   /** Budget of the decompressed-piece cache (default 32 MiB). */
@@ -31,6 +31,8 @@ export interface GzipRandomAccessOptions {
    * `pieceBytes`; the stream ends at their `totalBytes`).
    */
   verify?: PieceDigests;
+  /** For `open`: the piece digests file (NAME.pieces) to build `verify` from. */
+  pieceDigests?: { bytes: Uint8Array; pieceBytes: number; totalBytes: number };
 }
 
 export interface GzipRandomAccessStats {
@@ -75,7 +77,12 @@ export class GzipRandomAccess {
     options?: GzipRandomAccessOptions,
     signal?: AbortSignal,
   ): Promise<GzipRandomAccess> {
-    return new GzipRandomAccess(blob, await Zinfo.open(zinfoSource, blob.size, signal), options);
+    const zinfo = await Zinfo.open(zinfoSource, blob.size, signal);
+    const digests = options?.pieceDigests;
+    const verify = digests
+      ? PieceDigests.from(digests.bytes, digests.pieceBytes, zinfo.checkpoints, digests.totalBytes)
+      : options?.verify;
+    return new GzipRandomAccess(blob, zinfo, { ...options, verify });
   }
 
   /**

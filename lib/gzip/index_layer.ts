@@ -12,6 +12,7 @@ import { buildImage } from "../erofs/writer/build_image.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
+import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 
 export interface IndexLayerOptions {
   spanBytes?: number;
@@ -32,22 +33,37 @@ export interface LayerIndex {
   checkpoints: number;
   spanBytes: number;
   members: number;
+  /** Piece size of the digests written to `piecesPath`. */
+  pieceBytes: number;
+}
+
+/** Where the index files go. */
+export interface IndexPaths {
+  meta: string;
+  zinfo: string;
+  /** sha256 of every piece of the tar (piece_digests.ts). */
+  pieces: string;
 }
 
 /**
- * Streams `compressed` (a tar+gzip layer) once; writes `metaPath` (tar-index EROFS image) and
- * `zinfoPath`. Both appear only when complete (written under temporary names, renamed last).
+ * Streams `compressed` (a tar+gzip layer) once; writes the tar-index EROFS image, the zinfo
+ * and the piece digests. All appear only when complete (temporary names, renamed last).
  */
 export async function indexGzipLayer(
   compressed: ReadableStream<Uint8Array>,
-  metaPath: string,
-  zinfoPath: string,
+  paths: IndexPaths,
   options: IndexLayerOptions,
 ): Promise<LayerIndex> {
+  const { meta: metaPath, zinfo: zinfoPath, pieces: piecesPath } = paths;
   const spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
+  const pieceBytes = DEFAULT_PIECE_BYTES;
   const zinfoTmp = `${zinfoPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
   const writer = await ZinfoFileWriter.create(zinfoTmp);
-  const builder = new ZinfoBuilder({ spanBytes, onCheckpoint: (cp) => writer.add(cp) });
+  const builder = new ZinfoBuilder({
+    spanBytes,
+    pieceBytes,
+    onCheckpoint: (cp) => writer.add(cp),
+  });
   const layerHash = createHash("sha256"), tarHash = createHash("sha256");
   let layerBytes = 0;
   const input = compressed.getReader();
@@ -105,6 +121,7 @@ export async function indexGzipLayer(
       tarIndex: { tarBlocks: scan.tarEndOffset / 512 + 2 },
     });
     metaWritten = true;
+    await Deno.writeFile(piecesPath, builder.pieceDigests!);
     await Deno.rename(zinfoTmp, zinfoPath);
     return {
       layerDigest: `sha256:${layerHash.digest("hex")}`,
@@ -115,10 +132,14 @@ export async function indexGzipLayer(
       checkpoints: builder.checkpointCount,
       spanBytes,
       members: builder.members,
+      pieceBytes,
     };
   } catch (error) {
     await writer.abort();
-    if (metaWritten) await Deno.remove(metaPath).catch(() => {});
+    if (metaWritten) {
+      await Deno.remove(metaPath).catch(() => {});
+      await Deno.remove(piecesPath).catch(() => {});
+    }
     throw error;
   } finally {
     builder.close();

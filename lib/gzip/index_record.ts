@@ -18,6 +18,8 @@ export interface IndexRecord {
   tarBytes: number;
   meta: { file: string; digest: string };
   zinfo?: { file: string; digest: string; spanBytes: number; checkpoints: number };
+  /** sha256 per piece of the tar (piece_digests.ts), checked on every read when present. */
+  pieces?: { file: string; digest: string; pieceBytes: number };
 }
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
@@ -69,6 +71,14 @@ export function parseIndexRecord(bytes: Uint8Array, what = "index record"): Inde
       checkpoints: size(zinfo.checkpoints, "zinfo.checkpoints"),
     };
   }
+  if (root.pieces !== undefined) {
+    const pieces = obj(root.pieces, "pieces");
+    record.pieces = {
+      file: file(pieces.file, "pieces.file"),
+      digest: digest(pieces.digest, "pieces.digest"),
+      pieceBytes: size(pieces.pieceBytes, "pieces.pieceBytes"),
+    };
+  }
   return record;
 }
 
@@ -85,6 +95,7 @@ export function checkIndexRecord(
   layer: { digest: string; size: number },
   meta: Uint8Array,
   zinfo?: Uint8Array,
+  pieces?: Uint8Array,
 ): void {
   const hint = "make the index again with `erofs-oci index` for this layer";
   if (record.layer.digest !== layer.digest || record.layer.size !== layer.size) {
@@ -99,6 +110,12 @@ export function checkIndexRecord(
   }
   if (record.zinfo && (!zinfo || sha256Digest(zinfo) !== record.zinfo.digest)) {
     throw new FormatError(`${record.zinfo.file} is not the zinfo its index recorded`, hint);
+  }
+  if (record.pieces && (!pieces || sha256Digest(pieces) !== record.pieces.digest)) {
+    throw new FormatError(
+      `${record.pieces.file} is not the piece digest file its index recorded`,
+      hint,
+    );
   }
   const { tarBytes } = tarIndexLayout(meta, record.meta.file);
   if (tarBytes > record.tarBytes) {

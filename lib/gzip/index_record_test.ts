@@ -49,6 +49,16 @@ Deno.test("index record: another layer, meta, zinfo or a short tar is refused", 
   refuse(() => checkIndexRecord(record, LAYER, otherMeta, zinfo), /not the meta image/);
   refuse(() => checkIndexRecord(record, LAYER, meta, zinfo.subarray(1)), /not the zinfo/);
   refuse(() => checkIndexRecord(record, LAYER, meta), /not the zinfo/);
+  const withPieces = {
+    ...record,
+    pieces: { file: "layer.pieces", digest: sha256Digest(new Uint8Array(64)), pieceBytes: 1 << 20 },
+  };
+  checkIndexRecord(withPieces, LAYER, meta, zinfo, new Uint8Array(64));
+  refuse(
+    () => checkIndexRecord(withPieces, LAYER, meta, zinfo, new Uint8Array(32)),
+    /piece digest file/,
+  );
+  refuse(() => checkIndexRecord(withPieces, LAYER, meta, zinfo), /piece digest file/);
   const short = { ...record, tarBytes: 1_000_000 };
   refuse(() => checkIndexRecord(short, LAYER, meta, zinfo), /refers to 1703936 bytes of tar/);
 });
@@ -62,6 +72,10 @@ Deno.test("index record: hostile JSON is refused with the field named", async ()
     [{ ...record, meta: { ...record.meta, file: "../etc/passwd" } }, /meta.file/],
     [{ ...record, meta: { ...record.meta, file: ".hidden" } }, /meta.file/],
     [{ ...record, zinfo: { ...record.zinfo, checkpoints: "1" } }, /zinfo.checkpoints/],
+    [
+      { ...record, pieces: { file: "x.pieces", digest: "sha256:0", pieceBytes: 1 } },
+      /pieces.digest/,
+    ],
     [[], /record/],
     [null, /record/],
   ];
