@@ -72,6 +72,12 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         // Names that are not UTF-8 reach us decoded lossily and can collide.
         throw new FormatError(`two names in ${path} read as ${JSON.stringify(entry.name)}`);
       }
+      if (entry.name.includes("\ufffd") && !pathReachable(childPath)) {
+        throw new FormatError(
+          `a file name in ${path} is not valid UTF-8`,
+          "non-UTF-8 file names are not supported",
+        );
+      }
       const st = statPath(childPath);
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
@@ -100,6 +106,11 @@ const KINDS: Record<number, NodeKind> = {
   0o010000: "fifo",
   0o140000: "socket",
 };
+
+/** False when the (lossily decoded) path names nothing. */
+function pathReachable(path: string): boolean {
+  return libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
+}
 
 /** Reused by every statx call: the scan is synchronous. */
 const statxBuffer = new Uint8Array(STATX_BYTES);
