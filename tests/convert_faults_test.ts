@@ -1,0 +1,76 @@
+/**
+ * `erofs-oci convert` against a registry that breaks layer downloads (fault proxy in front of a
+ * real registry): a body reset mid-way is resumed with a Range request, even when the server
+ * then ignores the range and resends from byte 0; a flipped byte aborts without a tag.
+ */
+import assert from "node:assert/strict";
+import { command, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { getManifest } from "./_support/oci_raw.ts";
+import { runOk } from "./_support/erofs_tree.ts";
+import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import { makeUmociImage } from "./_support/umoci_image.ts";
+
+const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
+const LONG = { timeoutMs: 120_000 };
+
+Deno.test({
+  name:
+    "convert: a layer body reset mid-way resumes (also when the range is ignored); a flipped byte aborts",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-faults-" });
+    await using registry = await startRegistry({ auth: "none" });
+    try {
+      const image = await makeUmociImage(work);
+      await runOk("skopeo", [
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        `oci:${image.layout}:${image.tag}`,
+        `docker://${registry.host}/src/app:v1`,
+      ]);
+      const manifest = (await getManifest(registry, "src/app", "v1")).json as {
+        layers: { digest: string; size: number }[];
+      };
+      const big = manifest.layers[0];
+      assert.ok(big.size > 600_000, `layer 0 is only ${big.size} bytes`);
+
+      {
+        await using proxy = await startFaultProxy(registry.host, [
+          {
+            match: isBlobGetOf(big.digest),
+            fault: { kind: "reset", afterBytes: 300_000 },
+            times: 1,
+          },
+          { match: isBlobGetOf(big.digest), fault: { kind: "ignore-range" }, times: 1 },
+        ]);
+        const result = await runCli(
+          ["convert", `${proxy.host}/src/app:v1`, `${registry.host}/dst/app:v1`],
+          LONG,
+        );
+        assertSuccess(result);
+        const gets = proxy.requests.filter((r) =>
+          r.method === "GET" && r.path.endsWith(big.digest)
+        );
+        assert.equal(gets.length, 2, describe(result));
+        assert.equal(gets[0].range, null);
+        assert.match(gets[1].range ?? "", /^bytes=\d+-$/, "the second GET resumes");
+      }
+      {
+        await using proxy = await startFaultProxy(registry.host, [
+          { match: isBlobGetOf(big.digest), fault: { kind: "corrupt" } },
+        ]);
+        const result = await runCli(
+          ["convert", "--no-reuse", `${proxy.host}/src/app:v1`, `${registry.host}/dst/app:v2`],
+          LONG,
+        );
+        assertCliError(result, 1);
+        assert.equal((await getManifest(registry, "dst/app", "v2")).status, 404);
+      }
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
