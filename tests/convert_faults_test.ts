@@ -4,7 +4,7 @@
  * then ignores the range and resends from byte 0; a flipped byte aborts without a tag.
  */
 import assert from "node:assert/strict";
-import { command, requires, root } from "./_support/requires.ts";
+import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
@@ -69,6 +69,66 @@ Deno.test({
         assertCliError(result, 1);
         assert.equal((await getManifest(registry, "dst/app", "v2")).status, 404);
       }
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "convert: SIGINT while a layer downloads removes the work directory and tags nothing",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-faults-" });
+    await using registry = await startRegistry({ auth: "none" });
+    try {
+      const image = await makeUmociImage(work);
+      await runOk("skopeo", [
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        `oci:${image.layout}:${image.tag}`,
+        `docker://${registry.host}/src/app:v1`,
+      ]);
+      const manifest = (await getManifest(registry, "src/app", "v1")).json as {
+        layers: { digest: string }[];
+      };
+      // Layer 1 converts and uploads; layer 2's download hangs until the signal.
+      await using proxy = await startFaultProxy(registry.host, [
+        { match: isBlobGetOf(manifest.layers[1].digest), fault: { kind: "delay", ms: 60_000 } },
+      ]);
+      const tmp = `${work}/tmp`;
+      Deno.mkdirSync(tmp);
+      const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: [
+          "convert",
+          `${proxy.host}/src/app:v1`,
+          `${registry.host}/dst/app:v1`,
+          "--tmpdir",
+          tmp,
+        ],
+        env: { DOCKER_CONFIG: "/nonexistent" },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      try {
+        const deadline = Date.now() + 60_000;
+        while (!proxy.requests.some((r) => r.path.endsWith(manifest.layers[1].digest))) {
+          assert.ok(Date.now() < deadline, "layer 2 was never requested");
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        assert.equal([...Deno.readDirSync(tmp)].length, 1, "the work directory exists meanwhile");
+        child.kill("SIGINT");
+        const status = await child.status;
+        assert.equal(status.code, 130);
+      } finally {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* exited */ }
+        await child.stderr.cancel().catch(() => {});
+      }
+      assert.deepEqual([...Deno.readDirSync(tmp)], []);
+      assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }

@@ -88,6 +88,15 @@ Examples:
       closeDestination = () => registry.client.close();
     }
     const workDir = await makeWorkDir(values.tmpdir);
+    // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
+    const interrupted = () => {
+      try {
+        Deno.removeSync(workDir, { recursive: true });
+      } catch { /* already gone */ }
+      Deno.exit(130);
+    };
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    for (const signal of signals) Deno.addSignalListener(signal, interrupted);
     try {
       const result = await convertImage(sourceOf(opened), destination, {
         platform: values.platform,
@@ -108,6 +117,7 @@ Examples:
       }
       console.log(result.reference);
     } finally {
+      for (const signal of signals) Deno.removeSignalListener(signal, interrupted);
       await Deno.remove(workDir, { recursive: true }).catch(() => {});
       opened.close();
       closeDestination();
