@@ -47,7 +47,8 @@ Options:
 ${
     REGISTRY_OPTIONS_HELP.replace(
       "Registry options:",
-      "Registry options (credentials are for DST;\nSRC uses Docker's config.json):",
+      "Registry options (--plain-http, --insecure: SRC and DST; credentials: DST only,\n" +
+        "SRC uses Docker's config.json):",
     )
   }
   -h, --help
@@ -77,7 +78,11 @@ Examples:
       buildTimeSec = Number(timestampText);
     }
     // Explicit credentials go to DST only: they must never reach another registry.
-    const opened = await openImage("convert", src, { platform: values.platform });
+    const opened = await openImage("convert", src, {
+      platform: values.platform,
+      "plain-http": values["plain-http"],
+      insecure: values.insecure,
+    });
     let destination: ImageDestination;
     let closeDestination = () => {};
     const layoutRef = parseLayoutReference(dst);
