@@ -143,6 +143,7 @@ export async function scanTar(
       continue;
     }
     const kind = TAR_KIND[entry.kind];
+    checkMemberFields(entry);
     const node = newNode(kind);
     Object.assign(node, attributes(entry, options));
     if (kind === "dir" && old?.kind === "dir") node.children = old.children;
@@ -244,4 +245,25 @@ function drainOnCancel(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8
       while (!(await reader.read()).done) { /* discard trailing bytes */ }
     },
   }, { highWaterMark: 0 });
+}
+
+/** Linux limits (PATH_MAX, new_encode_dev, 32-bit ids) a member must fit, else EROFS lies. */
+const MAX_SYMLINK_BYTES = 4095;
+
+function checkMemberFields(entry: TarEntry): void {
+  const where = `tar member "${entry.path}"`;
+  if (entry.uid > 0xffffffff || entry.gid > 0xffffffff || entry.uid < 0 || entry.gid < 0) {
+    throw new FormatError(`${where}: owner ${entry.uid}:${entry.gid} beyond 32 bits`);
+  }
+  if (entry.kind === "char" || entry.kind === "block") {
+    if (entry.devMajor > 0xfff || entry.devMinor > 0xfffff) {
+      throw new FormatError(`${where}: device ${entry.devMajor}:${entry.devMinor} too large`);
+    }
+  }
+  if (entry.kind === "symlink") {
+    const length = encoder.encode(entry.linkname).length;
+    if (length === 0 || length > MAX_SYMLINK_BYTES || entry.linkname.includes("\0")) {
+      throw new FormatError(`${where}: symlink target of ${length} bytes is not a usable path`);
+    }
+  }
 }

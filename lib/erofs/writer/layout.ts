@@ -309,14 +309,20 @@ function orderFiles(
     }
   };
   for (const path of order) take(lookup(root, path));
-  const walk = (dir: PlannedInode) => {
-    for (const entry of dir.entries ?? []) {
-      if (entry.name === "." || entry.name === "..") continue;
-      if (entry.target.node.kind === "dir") walk(entry.target);
-      else take(entry.target.node);
+  // Depth first with an explicit stack: a hostile tar can nest directories very deep.
+  const stack: { dir: PlannedInode; next: number }[] = [{ dir: planned.get(root)!, next: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    const entries = top.dir.entries ?? [];
+    if (top.next >= entries.length) {
+      stack.pop();
+      continue;
     }
-  };
-  walk(planned.get(root)!);
+    const entry = entries[top.next++];
+    if (entry.name === "." || entry.name === "..") continue;
+    if (entry.target.node.kind === "dir") stack.push({ dir: entry.target, next: 0 });
+    else take(entry.target.node);
+  }
   return out;
 }
 
