@@ -226,6 +226,18 @@ Deno.test({
       Deno.writeFileSync(`${src}/z-last`, new Uint8Array(9000).fill(0x5a));
       Deno.writeTextFileSync(`${work}/order`, "z-last\n# comment\n/missing\n");
       const image = await buildAndCompare(src, work, ["--order", `${work}/order`]);
+      const again = await runCli([
+        "build",
+        src,
+        "-o",
+        `${work}/again.erofs`,
+        "--order",
+        `${work}/order`,
+      ]);
+      assert.match(
+        again.stderr,
+        /warning: 1 --order path\(s\) name no regular file in SOURCE, e\.g\. "\/missing"/,
+      );
       const bytes = Deno.readFileSync(image);
       const find = (byte: number) =>
         Buffer.from(bytes).indexOf(Buffer.from(new Uint8Array(64).fill(byte)));

@@ -171,6 +171,13 @@ async function buildFrom(
       onProgress: (done, total) => progress.update(done, total),
     });
     progress.finish();
+    const unmatched = result.orderUnmatched;
+    if (unmatched.length > 0) {
+      warn(
+        `${unmatched.length} --order path(s) name no regular file in SOURCE, e.g. ` +
+          JSON.stringify(unmatched[0]),
+      );
+    }
     info(
       `${output}: ${formatBytes(result.sizeBytes)}, ${loaded.entries + 1} entries, ` +
         `${result.inodes} inodes, metadata ${formatBytes(result.metadataBytes)} at the front`,

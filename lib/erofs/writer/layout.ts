@@ -93,6 +93,8 @@ export interface ImageLayout {
   metadataBytes: number;
   /** Regular files with data blocks, in the order their data is written. */
   dataOrder: PlannedInode[];
+  /** `order` paths that name no regular file of the tree. */
+  orderUnmatched: string[];
   totalBlocks: number;
   buildTimeSec: number;
   buildTimeNsec: number;
@@ -272,7 +274,10 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
   }
   const metadataBytes = nextBlock * blockBytes;
-  const dataOrder = options.tarIndex ? [] : orderFiles(root, planned, options.order ?? []);
+  const orderUnmatched: string[] = [];
+  const dataOrder = options.tarIndex
+    ? []
+    : orderFiles(root, planned, options.order ?? [], orderUnmatched);
   for (const p of dataOrder) {
     p.blockAddress = nextBlock;
     nextBlock += p.blocks;
@@ -286,6 +291,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     shared,
     metadataBytes,
     dataOrder,
+    orderUnmatched,
     totalBlocks: nextBlock,
     buildTimeSec: options.buildTimeSec,
     buildTimeNsec: options.buildTimeNsec,
@@ -298,17 +304,22 @@ function orderFiles(
   root: BuildNode,
   planned: Map<BuildNode, PlannedInode>,
   order: string[],
+  unmatched: string[],
 ): PlannedInode[] {
   const out: PlannedInode[] = [];
   const taken = new Set<PlannedInode>();
-  const take = (node: BuildNode | undefined) => {
+  /** False when `node` is not a regular file (empty files and repeats count as found). */
+  const take = (node: BuildNode | undefined): boolean => {
     const p = node && node.kind === "file" ? planned.get(node) : undefined;
     if (p && p.blocks > 0 && !taken.has(p)) {
       taken.add(p);
       out.push(p);
     }
+    return p !== undefined;
   };
-  for (const path of order) take(lookup(root, path));
+  for (const path of order) {
+    if (!take(lookup(root, path))) unmatched.push(path);
+  }
   // Depth first with an explicit stack: a hostile tar can nest directories very deep.
   const stack: { dir: PlannedInode; next: number }[] = [{ dir: planned.get(root)!, next: 0 }];
   while (stack.length > 0) {

@@ -42,6 +42,8 @@ export interface WriteResult {
   metadataBytes: number;
   inodes: number;
   dataBytes: number;
+  /** `order` paths that name no regular file of the tree. */
+  orderUnmatched: string[];
 }
 
 /** Writes `layout` to the open, empty, writable file `fd`. */
@@ -146,6 +148,7 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
     metadataBytes: layout.metadataBytes,
     inodes: layout.inodes.length,
     dataBytes: totalData,
+    orderUnmatched: layout.orderUnmatched,
   };
 }
 
