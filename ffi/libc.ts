@@ -113,6 +113,12 @@ export const LIBC_SYMBOLS = {
   },
   // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  // int fcntl(int fd, int cmd, struct flock *lock);  — F_OFD_SETLK byte-range locks
+  fcntl_lock: { name: "fcntl", parameters: ["i32", "i32", "buffer"], result: "i32" },
+  // int fdatasync(int fd);
+  fdatasync: { parameters: ["i32"], result: "i32" },
+  // int fallocate(int fd, int mode, off_t offset, off_t len);
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   // long syscall(long number, long a, long b, long c, long d);  — openat2, pidfd_open and
   // pidfd_send_signal have no glibc wrappers; pointers are passed as their address.
   syscall: { parameters: ["i64", "i64", "i64", "i64", "i64"], result: "i64" },
