@@ -4,7 +4,7 @@
  * of sparse sources skipped with SEEK_DATA/SEEK_HOLE so the image stays sparse too, and a
  * pread/pwrite loop when the kernel refuses (different file systems on old kernels, pipes).
  */
-import { Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { cstr, Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
 
 const SEEK_DATA = 3, SEEK_HOLE = 4;
 const ENXIO = 6, EXDEV = 18, EOPNOTSUPP = 95;
@@ -29,11 +29,21 @@ export function pwriteAll(fd: number, data: Uint8Array<ArrayBuffer>, offset: num
 
 /** Reads exactly `length` bytes at `offset`; throws when the source is shorter. */
 export function preadExact(fd: number, length: number, offset: number, what: string): Uint8Array {
-  const out = new Uint8Array(length);
+  return preadInto(fd, new Uint8Array(length), offset, what);
+}
+
+/** Fills `out` from `offset` of `fd`; throws when the source is shorter. */
+export function preadInto(fd: number, out: Uint8Array, offset: number, what: string): Uint8Array {
+  const length = out.length;
   let done = 0;
   while (done < length) {
     const n = Number(
-      libc().pread(fd, out.subarray(done), BigInt(length - done), BigInt(offset + done)),
+      libc().pread(
+        fd,
+        out.subarray(done) as Uint8Array<ArrayBuffer>,
+        BigInt(length - done),
+        BigInt(offset + done),
+      ),
     );
     if (n < 0) {
       const code = errno();
@@ -145,4 +155,22 @@ function copyByBuffer(
     done += n;
     onBytes?.(n);
   }
+}
+
+const pathEncoder = new TextEncoder();
+/**
+ * One NUL-terminated path buffer shared by the writer's synchronous calls (statx, open, xattr
+ * calls): a typed array per call made most of a big build's garbage, and so its peak RSS.
+ */
+const pathBuffer = new Uint8Array(16384);
+
+/** `path` as a C string, valid until the next call; longer paths get their own buffer. */
+export function pathBytes(path: string): Uint8Array<ArrayBuffer> {
+  const { read, written } = pathEncoder.encodeInto(
+    path,
+    pathBuffer.subarray(0, pathBuffer.length - 1),
+  );
+  if (read < path.length) return cstr(path);
+  pathBuffer[written] = 0;
+  return pathBuffer;
 }

@@ -8,6 +8,7 @@ import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { xattrNameSupported } from "./xattrs.ts";
+import { pathBytes } from "./data_copy.ts";
 
 const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
@@ -33,13 +34,11 @@ interface Stat {
   nlink: number;
   uid: number;
   gid: number;
-  ino: bigint;
   size: number;
   mtimeSec: number;
   mtimeNsec: number;
   rdevMajor: number;
   rdevMinor: number;
-  dev: string;
 }
 
 /** Scans `dir` (a directory; its own metadata becomes the root's). */
@@ -81,14 +80,14 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
       const st = statPath(childPath);
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
-      const key = `${st.dev}:${st.ino}`;
-      const linked = st.kind !== "dir" && st.nlink > 1 ? links.get(key) : undefined;
+      const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
+      const linked = key ? links.get(key) : undefined;
       if (linked) {
         node.children!.set(entry.name, linked);
         continue;
       }
       const child = build(childPath, st);
-      if (st.kind !== "dir" && st.nlink > 1) links.set(key, child);
+      if (key) links.set(key, child);
       node.children!.set(entry.name, child);
       if (st.kind === "dir") stack.push([childPath, child]);
     }
@@ -112,12 +111,24 @@ function pathReachable(path: string): boolean {
   return libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
 }
 
+/** Device and inode of the file the last statPath() looked at (hard links share them). */
+function identity(): string {
+  const v = new DataView(statxBuffer.buffer);
+  return `${v.getUint32(136, true)}:${v.getUint32(140, true)}:${v.getBigUint64(32, true)}`;
+}
+
 /** Reused by every statx call: the scan is synchronous. */
 const statxBuffer = new Uint8Array(STATX_BYTES);
 
 function statPath(path: string): Stat {
   const buffer = statxBuffer;
-  const rc = libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buffer);
+  const rc = libc().statx(
+    AT_FDCWD,
+    pathBytes(path),
+    AT_SYMLINK_NOFOLLOW,
+    STATX_BASIC_STATS,
+    buffer,
+  );
   if (rc < 0) throw new SysError("stat", errno(), path);
   // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
   // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
@@ -133,13 +144,11 @@ function statPath(path: string): Stat {
     nlink: v.getUint32(16, true),
     uid: v.getUint32(20, true),
     gid: v.getUint32(24, true),
-    ino: v.getBigUint64(32, true),
     size: Number(size),
     mtimeSec: Number(v.getBigInt64(112, true)),
     mtimeNsec: v.getUint32(120, true),
     rdevMajor: v.getUint32(128, true),
     rdevMinor: v.getUint32(132, true),
-    dev: `${v.getUint32(136, true)}:${v.getUint32(140, true)}`,
   };
 }
 
@@ -149,7 +158,7 @@ const decoder = new TextDecoder();
 let listBuffer = new Uint8Array(4096);
 
 function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uint8Array> {
-  const cpath = cstr(path);
+  const cpath = pathBytes(path);
   let list: Uint8Array;
   for (;;) {
     const n = Number(libc().llistxattr(cpath, listBuffer, BigInt(listBuffer.length)));

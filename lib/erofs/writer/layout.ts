@@ -219,14 +219,17 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   for (const p of packing) {
     const node = p.node;
     if (node.kind !== "dir" && !dirBlocksPlaced) placeDirectoryBlocks();
-    const ids: number[] = [];
-    const inline: [string, Uint8Array][] = [];
-    for (const [name, value] of [...node.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      const id = sharedIds.get(xattrKey(name, value));
-      if (id !== undefined) ids.push(id);
-      else inline.push([name, value]);
+    if (node.xattrs.size > 0) {
+      const ids: number[] = [];
+      const inline: [string, Uint8Array][] = [];
+      const sorted = [...node.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      for (const [name, value] of sorted) {
+        const id = sharedIds.get(xattrKey(name, value));
+        if (id !== undefined) ids.push(id);
+        else inline.push([name, value]);
+      }
+      p.xattrBody = encodeXattrBody(ids, inline);
     }
-    p.xattrBody = encodeXattrBody(ids, inline);
     p.extended = node.uid > 0xffff || node.gid > 0xffff || p.nlink > 0xffff ||
       p.sizeBytes > 0xffffffff || node.mtimeSec !== options.buildTimeSec ||
       node.mtimeNsec !== options.buildTimeNsec;

@@ -2,7 +2,7 @@
  * Writes a laid-out image: all metadata as one buffer at the start, then each file's data
  * streamed from its source (copy_file_range where possible). Memory is the metadata, not data.
  */
-import { closeFd, libc, O_RDONLY, openFile, SysError, unwrap } from "../../../ffi/libc.ts";
+import { closeFd, errno, libc, O_CLOEXEC, O_RDONLY, SysError, unwrap } from "../../../ffi/libc.ts";
 import { FormatError } from "../../errors.ts";
 import {
   chunkFormat,
@@ -27,7 +27,7 @@ import {
   TAR_INDEX_DEVICE_SLOT,
 } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
-import { copyRange, preadExact, pwriteAll } from "./data_copy.ts";
+import { copyRange, pathBytes, preadInto, pwriteAll } from "./data_copy.ts";
 import type { FileData } from "./tree.ts";
 
 export interface WriteOptions {
@@ -92,7 +92,11 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
       }
       if (p.inlineTailBytes > 0) meta.set(contents.subarray(full), tailAt);
     } else if (node.kind === "file" && p.inlineTailBytes > 0) {
-      meta.set(readTail(node.data, p.sizeBytes, p.inlineTailBytes), tailAt);
+      const tail = meta.subarray(tailAt, tailAt + p.inlineTailBytes);
+      withSource(
+        node.data,
+        (fd, offset, what) => preadInto(fd, tail, offset + p.sizeBytes - p.inlineTailBytes, what),
+      );
     }
   }
   if (layout.tarIndex) {
@@ -177,11 +181,6 @@ function metadataContents(p: PlannedInode, bs: number): Uint8Array | undefined {
   return encodeDirectory(entries, p.perBlock!, p.sizeBytes, bs);
 }
 
-function readTail(data: FileData | undefined, size: number, tail: number): Uint8Array {
-  if (!data) throw new FormatError("regular file without a data source");
-  return withSource(data, (fd, offset, what) => preadExact(fd, tail, offset + size - tail, what));
-}
-
 function withSource<T>(
   data: FileData | undefined,
   use: (fd: number, offset: number, what: string) => T,
@@ -189,13 +188,8 @@ function withSource<T>(
   if (!data) throw new FormatError("regular file without a data source");
   if (data.kind === "fd") return use(data.fd, data.offset, "(spooled data)");
   if (data.kind === "tar") throw new FormatError("tar-index data cannot be copied");
-  let fd: number;
-  try {
-    fd = openFile(data.path, O_RDONLY);
-  } catch (error) {
-    if (error instanceof SysError) throw new SysError("open", error.errno, data.path);
-    throw error;
-  }
+  const fd = Number(libc().open(pathBytes(data.path), O_RDONLY | O_CLOEXEC, 0));
+  if (fd < 0) throw new SysError("open", errno(), data.path);
   try {
     return use(fd, 0, data.path);
   } finally {
