@@ -117,6 +117,13 @@ export const LIBC_SYMBOLS = {
   fcntl_lock: { name: "fcntl", parameters: ["i32", "i32", "buffer"], result: "i32" },
   // int fdatasync(int fd);
   fdatasync: { parameters: ["i32"], result: "i32" },
+  // int fdatasync(int fd);  — on a pool thread: it waits for the disk
+  fdatasync_nonblocking: {
+    name: "fdatasync",
+    parameters: ["i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // int fallocate(int fd, int mode, off_t offset, off_t len);
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   // long syscall(long number, long a, long b, long c, long d);  — openat2, pidfd_open and
