@@ -3,17 +3,20 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "./log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
-import { indexGzipLayer } from "../gzip/index_layer.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
-import { type IndexRecord, sha256Digest } from "../gzip/index_record.ts";
+import { writeLayerIndex } from "../mount/layer_index_files.ts";
+import { indexImage } from "../mount/index_image.ts";
+import { isLocalImage } from "../mount/resolve_layers.ts";
+import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 
 /** Smallest span accepted: below it the zinfo (32 KiB per checkpoint) outgrows the layer. */
 const MIN_SPAN_BYTES = 256 * 1024;
 
 export const indexCommand: Command = {
   name: "index",
-  summary: "index a tar.gz layer for lazy mounting (tar-index meta image + gzip zinfo)",
+  summary: "index tar.gz layers for lazy mounting (tar-index meta image + gzip zinfo)",
   help: `Usage: erofs-oci index FILE.tar.gz -o DIR [options]
+       erofs-oci index IMAGE [--layer N] (-o DIR | --push) [options]
 
 Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
   NAME.meta.erofs   EROFS metadata whose files point into the uncompressed tar
@@ -24,27 +27,43 @@ Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
                     checkpoint): a mount checks each piece it inflates
   NAME.index.json   the layer digest and size, diff_id and file digests the
                     index belongs to
-NAME is FILE's name without .tar.gz/.tgz/.gz. Every gzip member's CRC is checked.
-Files appear only when complete. A plain tar needs no zinfo:
-\`erofs-oci build --tar-index FILE.tar -o NAME.meta.erofs\`.
+For FILE, NAME is its name without .tar.gz/.tgz/.gz. For IMAGE (a registry reference
+or oci:PATH[:TAG]) every tar+gzip layer (or layer N) is streamed from the registry,
+verified against its digest, and NAME is the layer digest (sha256-HEX).
+--push stores the indexes in the registry as one OCI artifact whose subject is the
+image manifest (referrers API, or the fallback tag sha256-HEX of the manifest for
+registries without it); \`erofs-oci mount IMAGE\` then finds them by itself.
+Every gzip member's CRC is checked. Files appear only when complete. A plain tar needs
+no zinfo: \`erofs-oci build --tar-index FILE.tar -o NAME.meta.erofs\`.
 
 Options:
-  -o, --output DIR      directory for the index files (required; created if missing)
+  -o, --output DIR      directory for the index files (created if missing)
+      --push            store the indexes in IMAGE's registry (IMAGE only)
+      --layer N         index only layer N (IMAGE only; 0 = bottom)
+      --tmpdir DIR      work directory for --push without -o (default: $TMPDIR or /tmp)
       --span BYTES      uncompressed bytes between checkpoints (default 4194304, as
                         erofs-utils; smaller = cheaper random reads, bigger zinfo)
       --timestamp SECS  build time in the meta image (default: SOURCE_DATE_EPOCH or now)
+${REGISTRY_OPTIONS_HELP}
   -h, --help
 
-Example:
-  erofs-oci index layer.tar.gz -o ./index`,
+Examples:
+  erofs-oci index layer.tar.gz -o ./index
+  erofs-oci index 127.0.0.1:5000/app:v1 --push`,
   async run(argv) {
     const { values, positionals } = parseCommandArgs("index", argv, {
+      ...REGISTRY_OPTIONS,
       output: { type: "string", short: "o" },
+      push: { type: "boolean" },
+      layer: { type: "string" },
+      tmpdir: { type: "string" },
       span: { type: "string" },
       timestamp: { type: "string" },
     });
-    const [file] = expectPositionals("index", positionals, ["FILE.tar.gz"]);
-    if (!values.output) throw new UsageError("index: -o DIR (--output) is required");
+    const [file] = expectPositionals("index", positionals, ["FILE.tar.gz|IMAGE"]);
+    if (!values.output && !values.push) {
+      throw new UsageError("index: -o DIR (--output) or --push is required");
+    }
     const spanBytes = parseWhole("--span", values.span) ?? 4 * 1024 * 1024;
     if (spanBytes < MIN_SPAN_BYTES) {
       throw new UsageError(`index: --span must be at least ${MIN_SPAN_BYTES} bytes`);
@@ -52,7 +71,35 @@ Example:
     const timestamp =
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
-    const dir = values.output;
+    if (!isLocalImage(file)) {
+      const layer = parseWhole("--layer", values.layer);
+      const image = await openImage("index", file, values);
+      try {
+        const { files, artifact } = await indexImage(image, {
+          layer,
+          dir: values.output,
+          push: values.push ?? false,
+          tmpdir: values.tmpdir,
+          spanBytes,
+          buildTimeSec: timestamp,
+          onLayer: (l, done) =>
+            info(
+              `layer ${l.index} ${l.digest}: indexed (${done.record.zinfo?.checkpoints} checkpoints)`,
+            ),
+        });
+        if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
+        if (artifact) {
+          console.log(`pushed index ${artifact.digest} for ${image.name} (${artifact.via})`);
+        }
+        return 0;
+      } finally {
+        image.close();
+      }
+    }
+    if (values.push || values.layer !== undefined) {
+      throw new UsageError("index: --push and --layer need an IMAGE, not a file");
+    }
+    const dir = values.output!;
     const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz)$/, "") || "layer";
     let input: Deno.FsFile;
     try {
@@ -70,38 +117,17 @@ Example:
         );
       }
       await input.seek(0, Deno.SeekMode.Start);
-      await Deno.mkdir(dir, { recursive: true });
-      const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
-      const pieces = `${dir}/${name}.pieces`;
       const progress = new ProgressLine(`indexing ${file}`);
       let result;
       try {
-        result = await indexGzipLayer(input.readable, { meta, zinfo, pieces }, {
+        ({ result } = await writeLayerIndex(input.readable, dir, name, {
           spanBytes,
           buildTimeSec: timestamp,
           onEntries: (count) => progress.update(count),
-        });
+        }));
       } finally {
         progress.finish();
       }
-      const record: IndexRecord = {
-        layer: { digest: result.layerDigest, size: result.layerBytes },
-        diffId: result.diffId,
-        tarBytes: result.tarBytes,
-        meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
-        zinfo: {
-          file: `${name}.zinfo`,
-          digest: sha256Digest(await Deno.readFile(zinfo)),
-          spanBytes: result.spanBytes,
-          checkpoints: result.checkpoints,
-        },
-        pieces: {
-          file: `${name}.pieces`,
-          digest: sha256Digest(await Deno.readFile(pieces)),
-          pieceBytes: result.pieceBytes,
-        },
-      };
-      await Deno.writeTextFile(`${dir}/${name}.index.json`, JSON.stringify(record, null, 2) + "\n");
       info(
         `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
           `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,

@@ -1,0 +1,108 @@
+/**
+ * `erofs-oci index IMAGE`: streams each selected tar+gzip layer of an image once from its
+ * registry (or OCI layout), verified against its digest as it passes, into the layer's index
+ * files; then writes them to a directory or pushes them as the image's index artifact.
+ */
+import { OciError, UserError } from "../errors.ts";
+import { openVerifiedBlob } from "../convert/layer_blob.ts";
+import type { OpenedImage } from "../cli/registry_options.ts";
+import type { LayerDescriptor } from "../oci/layers.ts";
+import { fetchManifest } from "../oci/resolve.ts";
+import { layerFileStem, type TarIndexFiles, writeLayerIndex } from "./layer_index_files.ts";
+import { pushTarIndexArtifact } from "./tar_index_artifact.ts";
+import { tarLayerKind } from "./tar_layers.ts";
+
+export interface IndexImageOptions {
+  layer?: number;
+  /** Where the files go (kept); with `push` and no dir, a temporary directory. */
+  dir?: string;
+  push: boolean;
+  tmpdir?: string;
+  spanBytes: number;
+  buildTimeSec: number;
+  onLayer?: (layer: LayerDescriptor, done: TarIndexFiles) => void;
+}
+
+/** The layers `index IMAGE` works on: `--layer N`, else every tar+gzip layer. */
+export function layersToIndex(layers: LayerDescriptor[], layer?: number): LayerDescriptor[] {
+  if (layer !== undefined) {
+    const chosen = layers[layer];
+    if (!chosen) {
+      throw new OciError(
+        `layer ${layer} out of range: the image has ${layers.length} layers`,
+        "list them with `erofs-oci inspect IMAGE`",
+      );
+    }
+    if (tarLayerKind(chosen.mediaType) !== "gzip") throw notGzip(chosen);
+    return [chosen];
+  }
+  const gzip = layers.filter((l) => tarLayerKind(l.mediaType) === "gzip");
+  const other = layers.find((l) => tarLayerKind(l.mediaType) === "zstd");
+  if (other) throw notGzip(other);
+  if (gzip.length === 0) {
+    throw new UserError(
+      "the image has no tar+gzip layer to index",
+      "EROFS layers mount as they are; plain tar layers are not indexed yet",
+    );
+  }
+  return gzip;
+}
+
+function notGzip(layer: LayerDescriptor): UserError {
+  return new UserError(
+    `layer ${layer.index} (${layer.mediaType}) is not tar+gzip`,
+    "only tar+gzip layers can be indexed for lazy mounting; `erofs-oci convert` makes EROFS layers",
+  );
+}
+
+/** Indexes the image's layers; returns the files per layer (and the artifact when pushed). */
+export async function indexImage(
+  image: OpenedImage,
+  options: IndexImageOptions,
+): Promise<{ files: TarIndexFiles[]; artifact?: { digest: string; via: string } }> {
+  const resolved = await image.resolve();
+  const layers = layersToIndex(resolved.layers, options.layer);
+  if (options.push && !image.registry) {
+    throw new UserError("--push needs a registry image", "use -o DIR for an OCI layout");
+  }
+  let dir = options.dir;
+  let temporary: string | undefined;
+  if (!dir) {
+    temporary = await Deno.makeTempDir({
+      dir: options.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp",
+      prefix: "erofs-oci-index-",
+    });
+    dir = temporary;
+  }
+  try {
+    const files: TarIndexFiles[] = [];
+    const store = image.registry
+      ? { kind: "registry" as const, client: image.registry.client, repository: image.repository }
+      : { kind: "layout" as const, layout: image.layout!.layout };
+    for (const layer of layers) {
+      const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
+      const { files: done, result } = await writeLayerIndex(
+        blob.stream,
+        dir,
+        layerFileStem(layer.digest),
+        { spanBytes: options.spanBytes, buildTimeSec: options.buildTimeSec },
+      );
+      if (!blob.verified() || result.layerDigest !== layer.digest) {
+        throw new OciError(`layer ${layer.digest} failed verification while indexing`);
+      }
+      files.push(done);
+      options.onLayer?.(layer, done);
+    }
+    if (!options.push) return { files };
+    const client = image.registry!.client;
+    const manifest = await fetchManifest(client, image.repository, resolved.manifestDigest);
+    const artifact = await pushTarIndexArtifact(client, image.repository, {
+      digest: resolved.manifestDigest,
+      size: manifest.bytes.byteLength,
+      mediaType: resolved.mediaType,
+    }, files);
+    return { files, artifact };
+  } finally {
+    if (temporary) await Deno.remove(temporary, { recursive: true }).catch(() => {});
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * One layer's index files in a directory (NAME.meta.erofs, NAME.zinfo, NAME.pieces and the
+ * NAME.index.json binding them to the layer), made in one pass over the compressed layer.
+ * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
+ */
+import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
+import {
+  checkIndexRecord,
+  type IndexRecord,
+  MAX_INDEX_RECORD_BYTES,
+  parseIndexRecord,
+  sha256Digest,
+} from "../gzip/index_record.ts";
+import { FormatError } from "../errors.ts";
+
+export interface LayerIndexOptions {
+  spanBytes: number;
+  buildTimeSec: number;
+  onEntries?: (count: number) => void;
+}
+
+/** Paths of one layer's index files (zinfo and pieces absent for a plain tar). */
+export interface TarIndexFiles {
+  record: IndexRecord;
+  meta: string;
+  zinfo?: string;
+  pieces?: string;
+}
+
+/** The file name stem `index IMAGE` uses for a layer: its digest with `:` → `-`. */
+export function layerFileStem(digest: string): string {
+  return digest.replace(":", "-");
+}
+
+/**
+ * Indexes the tar+gzip `compressed` into `dir` under `name`; the record is written last, so
+ * a directory holding NAME.index.json holds a complete index.
+ */
+export async function writeLayerIndex(
+  compressed: ReadableStream<Uint8Array>,
+  dir: string,
+  name: string,
+  options: LayerIndexOptions,
+): Promise<{ files: TarIndexFiles; result: LayerIndex }> {
+  await Deno.mkdir(dir, { recursive: true });
+  const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
+  const pieces = `${dir}/${name}.pieces`;
+  const result = await indexGzipLayer(compressed, { meta, zinfo, pieces }, {
+    spanBytes: options.spanBytes,
+    buildTimeSec: options.buildTimeSec,
+    onEntries: options.onEntries,
+  });
+  const record: IndexRecord = {
+    layer: { digest: result.layerDigest, size: result.layerBytes },
+    diffId: result.diffId,
+    tarBytes: result.tarBytes,
+    meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
+    zinfo: {
+      file: `${name}.zinfo`,
+      digest: sha256Digest(await Deno.readFile(zinfo)),
+      spanBytes: result.spanBytes,
+      checkpoints: result.checkpoints,
+    },
+    pieces: {
+      file: `${name}.pieces`,
+      digest: sha256Digest(await Deno.readFile(pieces)),
+      pieceBytes: result.pieceBytes,
+    },
+  };
+  const recordPath = `${dir}/${name}.index.json`;
+  const tmp = `${recordPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  await Deno.writeTextFile(tmp, JSON.stringify(record, null, 2) + "\n");
+  await Deno.rename(tmp, recordPath);
+  return { files: { record, meta, zinfo, pieces }, result };
+}
+
+/**
+ * The index in `dir` made for `layer` (any NAME.index.json whose record names that digest),
+ * its files checked against the record; undefined when none names it.
+ */
+export async function findLocalLayerIndex(
+  dir: string,
+  layer: { digest: string; size: number },
+): Promise<TarIndexFiles | undefined> {
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && e.name.endsWith(".index.json"))
+      .map((e) => e.name).sort();
+  } catch (error) {
+    throw new FormatError(`cannot read index directory ${dir}: ${(error as Error).message}`);
+  }
+  for (const name of names) {
+    const path = `${dir}/${name}`;
+    const stat = await Deno.stat(path);
+    if (stat.size > MAX_INDEX_RECORD_BYTES) continue;
+    const record = parseIndexRecord(await Deno.readFile(path), path);
+    if (record.layer.digest !== layer.digest) continue;
+    const files: TarIndexFiles = {
+      record,
+      meta: `${dir}/${record.meta.file}`,
+      zinfo: record.zinfo ? `${dir}/${record.zinfo.file}` : undefined,
+      pieces: record.pieces ? `${dir}/${record.pieces.file}` : undefined,
+    };
+    await checkTarIndexFiles(files, layer);
+    return files;
+  }
+  return undefined;
+}
+
+/** Reads the files and checks them against their record and the layer (FormatError). */
+export async function checkTarIndexFiles(
+  files: TarIndexFiles,
+  layer: { digest: string; size: number },
+): Promise<{ meta: Uint8Array; zinfo?: Uint8Array; pieces?: Uint8Array }> {
+  const read = async (path: string | undefined) => {
+    if (path === undefined) return undefined;
+    try {
+      return await Deno.readFile(path);
+    } catch (error) {
+      throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
+    }
+  };
+  const meta = (await read(files.meta))!;
+  const zinfo = await read(files.zinfo);
+  const pieces = await read(files.pieces);
+  checkIndexRecord(files.record, layer, meta, zinfo, pieces);
+  return { meta, zinfo, pieces };
+}

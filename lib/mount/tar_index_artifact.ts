@@ -1,0 +1,257 @@
+/**
+ * The tar indexes of an image kept in its registry: one OCI artifact manifest per image whose
+ * `subject` is the image manifest, with four blobs per indexed layer (record, meta, zinfo,
+ * pieces), each annotated with the layer digest. The record (NAME.index.json) names the other
+ * three by digest, so a blob found through the artifact is verified against the record, and
+ * the record against the layer: an index of another layer is refused, never served.
+ */
+import { OciError } from "../errors.ts";
+import { readLimited } from "../oci/auth.ts";
+import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { pullScope, type RegistryClient } from "../oci/client.ts";
+import { digestOf } from "../oci/digest.ts";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { listReferrers, pushReferrer, type ReferrerDescriptor } from "../oci/referrers.ts";
+import { MAX_INDEX_RECORD_BYTES, parseIndexRecord, sha256Digest } from "../gzip/index_record.ts";
+import { checkTarIndexFiles, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
+
+export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
+const MEDIA = {
+  record: "application/vnd.io.github.erofs-oci.tar-index.record.v1+json",
+  meta: "application/vnd.io.github.erofs-oci.tar-index.meta.v1.erofs",
+  zinfo: "application/vnd.io.github.erofs-oci.tar-index.zinfo.v1",
+  pieces: "application/vnd.io.github.erofs-oci.tar-index.pieces.v1",
+} as const;
+/** Annotation on every blob of the artifact: the layer it indexes. */
+export const LAYER_ANNOTATION = "io.github.erofs-oci.layer.digest";
+const TITLE = "org.opencontainers.image.title";
+/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
+const EMPTY_CONFIG = new TextEncoder().encode("{}");
+const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
+
+/** Upper bound for a meta image fetched at mount (it indexes, it does not hold data). */
+const MAX_META_BYTES = 1 << 30;
+
+/**
+ * Uploads the blobs of `indexes` and the artifact manifest referring to `subject`; the
+ * referrers list (API or fallback tag) then names it, replacing an earlier index artifact.
+ */
+export async function pushTarIndexArtifact(
+  client: RegistryClient,
+  repository: string,
+  subject: { digest: string; size: number; mediaType: string },
+  indexes: TarIndexFiles[],
+): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
+  const layers: Record<string, unknown>[] = [];
+  const upload = async (mediaType: string, path: string, layer: string, bytes?: Uint8Array) => {
+    const data = bytes ?? await Deno.readFile(path);
+    const digest = sha256Digest(data);
+    if (!(await blobExists(client, repository, digest))) {
+      await uploadBlob(client, repository, {
+        digest,
+        sizeBytes: data.byteLength,
+        mediaType,
+        bytes: new Uint8Array(data),
+      }, {});
+    }
+    layers.push({
+      mediaType,
+      digest,
+      size: data.byteLength,
+      annotations: { [LAYER_ANNOTATION]: layer, [TITLE]: path.replace(/^.*\//, "") },
+    });
+  };
+  for (const index of indexes) {
+    const layer = index.record.layer.digest;
+    const stem = layerFileStem(layer);
+    await upload(
+      MEDIA.record,
+      `${stem}.index.json`,
+      layer,
+      new TextEncoder().encode(JSON.stringify(index.record)),
+    );
+    await upload(MEDIA.meta, index.meta, layer);
+    if (index.zinfo) await upload(MEDIA.zinfo, index.zinfo, layer);
+    if (index.pieces) await upload(MEDIA.pieces, index.pieces, layer);
+  }
+  const configDigest = digestOf(EMPTY_CONFIG);
+  if (!(await blobExists(client, repository, configDigest))) {
+    await uploadBlob(client, repository, {
+      digest: configDigest,
+      sizeBytes: EMPTY_CONFIG.byteLength,
+      mediaType: EMPTY_MEDIA,
+      bytes: new Uint8Array(EMPTY_CONFIG),
+    }, {});
+  }
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    artifactType: TAR_INDEX_ARTIFACT_TYPE,
+    config: { mediaType: EMPTY_MEDIA, digest: configDigest, size: EMPTY_CONFIG.byteLength },
+    layers,
+    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+  };
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const digest = digestOf(bytes);
+  const via = await pushReferrer(
+    client,
+    repository,
+    bytes,
+    {
+      mediaType: OCI_MANIFEST,
+      digest,
+      size: bytes.byteLength,
+      artifactType: TAR_INDEX_ARTIFACT_TYPE,
+    },
+    subject.digest,
+    (old) => old.artifactType === TAR_INDEX_ARTIFACT_TYPE,
+  );
+  return { digest, via };
+}
+
+interface ArtifactBlob {
+  mediaType: string;
+  digest: string;
+  size: number;
+  layer?: string;
+}
+
+/**
+ * Finds, for each of `layers`, an index pushed for the image `subject` (newest artifact
+ * first), downloads its files into `cacheDir/<layer>/` (kept across mounts and for
+ * reattach; a file already there is used only if its digest matches) and checks them.
+ * Layers without one are missing from the map.
+ */
+export async function fetchTarIndexes(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  layers: { digest: string; size: number }[],
+  cacheDir: string,
+): Promise<Map<string, TarIndexFiles>> {
+  const found = new Map<string, TarIndexFiles>();
+  const referrers = await listReferrers(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE);
+  for (const referrer of referrers.reverse()) {
+    if (layers.every((l) => found.has(l.digest))) break;
+    const blobs = await fetchArtifactBlobs(client, repository, referrer);
+    for (const layer of layers) {
+      if (found.has(layer.digest)) continue;
+      const mine = blobs.filter((b) => b.layer === layer.digest);
+      const recordBlob = mine.find((b) => b.mediaType === MEDIA.record);
+      if (!recordBlob) continue;
+      if (recordBlob.size > MAX_INDEX_RECORD_BYTES) {
+        throw new OciError(`the index record of layer ${layer.digest} is too large`);
+      }
+      const recordBytes = await fetchSmallBlob(client, repository, recordBlob);
+      const record = parseIndexRecord(recordBytes, `index record of layer ${layer.digest}`);
+      const dir = `${cacheDir}/${layerFileStem(layer.digest)}`;
+      await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+      const get = async (want: { file: string; digest: string } | undefined) => {
+        if (!want) return undefined;
+        const blob = mine.find((b) => b.digest === want.digest);
+        if (!blob) {
+          throw new OciError(
+            `the index artifact ${referrer.digest} lacks ${want.file} (${want.digest})`,
+            "push the index again: `erofs-oci index IMAGE --push`",
+          );
+        }
+        if (blob.size > MAX_META_BYTES) throw new OciError(`${want.file} is too large`);
+        const path = `${dir}/${want.digest.replace(":", "-")}`;
+        if (!(await fileHasDigest(path, want.digest))) {
+          await client.downloadBlob(repository, blob.digest, path, {
+            expectedSizeBytes: blob.size,
+          });
+        }
+        return path;
+      };
+      const files: TarIndexFiles = {
+        record,
+        meta: (await get(record.meta))!,
+        zinfo: await get(record.zinfo),
+        pieces: await get(record.pieces),
+      };
+      await checkTarIndexFiles(files, layer);
+      await Deno.writeFile(`${dir}/index.json`, recordBytes);
+      found.set(layer.digest, files);
+    }
+  }
+  return found;
+}
+
+async function fileHasDigest(path: string, digest: string): Promise<boolean> {
+  try {
+    return sha256Digest(await Deno.readFile(path)) === digest;
+  } catch {
+    return false;
+  }
+}
+
+async function fetchArtifactBlobs(
+  client: RegistryClient,
+  repository: string,
+  referrer: ReferrerDescriptor,
+): Promise<ArtifactBlob[]> {
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/manifests/${referrer.digest}`,
+    scope: pullScope(repository),
+    headers: { accept: OCI_MANIFEST },
+  });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw statusError(client, response, `for the index artifact ${referrer.digest}`);
+  }
+  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
+  if (digestOf(bytes) !== referrer.digest) {
+    throw new OciError(`index artifact ${referrer.digest} does not match its digest`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new OciError(`index artifact ${referrer.digest} is not JSON`);
+  }
+  const layers = (value as { layers?: unknown })?.layers;
+  if (!Array.isArray(layers)) throw new OciError(`index artifact ${referrer.digest} has no layers`);
+  const out: ArtifactBlob[] = [];
+  for (const entry of layers) {
+    const d = entry as Record<string, unknown> | null;
+    if (
+      !d || typeof d.mediaType !== "string" || typeof d.digest !== "string" ||
+      !DIGEST_PATTERN.test(d.digest) || typeof d.size !== "number" ||
+      !Number.isSafeInteger(d.size) || d.size < 0
+    ) continue;
+    const annotations = d.annotations as Record<string, unknown> | undefined;
+    const layer = annotations?.[LAYER_ANNOTATION];
+    out.push({
+      mediaType: d.mediaType,
+      digest: d.digest,
+      size: d.size,
+      layer: typeof layer === "string" ? layer : undefined,
+    });
+  }
+  return out;
+}
+
+async function fetchSmallBlob(
+  client: RegistryClient,
+  repository: string,
+  blob: ArtifactBlob,
+): Promise<Uint8Array> {
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/blobs/${blob.digest}`,
+    scope: pullScope(repository),
+  });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw statusError(client, response, `for blob ${blob.digest}`);
+  }
+  const bytes = await readLimited(response, MAX_INDEX_RECORD_BYTES);
+  if (digestOf(bytes) !== blob.digest) {
+    throw new OciError(`blob ${blob.digest} does not match its digest`);
+  }
+  return bytes;
+}

@@ -1,0 +1,175 @@
+/**
+ * Artifacts that refer to an image manifest (OCI distribution spec 1.1, "Listing Referrers"):
+ * the referrers API (`GET /v2/NAME/referrers/DIGEST`), and for registries without it the
+ * referrers tag schema: an image index tagged `sha256-<hex>` of the subject, listing the
+ * referring manifests, which whoever pushes a referrer keeps up to date.
+ */
+import { OciError } from "../errors.ts";
+import { readLimited } from "./auth.ts";
+import { statusError } from "./blob_upload.ts";
+import { pullScope, pushScope, type RegistryClient } from "./client.ts";
+import { MAX_MANIFEST_BYTES } from "./manifest.ts";
+import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
+import { DIGEST_PATTERN } from "./reference.ts";
+
+/** A descriptor as a referrers list holds it. */
+export interface ReferrerDescriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  artifactType?: string;
+  annotations?: Record<string, string>;
+}
+
+/** At most this many referrers are looked at (a hostile list cannot make us walk millions). */
+const MAX_REFERRERS = 4096;
+
+/** The fallback tag of `digest` (distribution spec: `<alg>-<ref>`). */
+export function referrersTag(digest: string): string {
+  return digest.replace(":", "-");
+}
+
+/**
+ * The manifests referring to `subject`, newest last as the registry lists them, narrowed to
+ * `artifactType`: from the referrers API when the registry answers it, else from the fallback
+ * tag; none when neither exists.
+ */
+export async function listReferrers(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  artifactType: string,
+  signal?: AbortSignal,
+): Promise<ReferrerDescriptor[]> {
+  const api = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/referrers/${subject}?artifactType=${encodeURIComponent(artifactType)}`,
+    scope: pullScope(repository),
+    headers: { accept: OCI_INDEX },
+    signal,
+  });
+  // A registry with the API answers 200 with an index (possibly empty); 404 (docker-registry
+  // 2.8 has no such route) or 405/400 mean "ask the tag".
+  if (api.status === 200 && isIndexType(api.headers.get("content-type"))) {
+    const list = parseReferrerIndex(await readLimited(api, MAX_MANIFEST_BYTES), "referrers list");
+    return list.filter((d) => d.artifactType === artifactType);
+  }
+  await api.body?.cancel();
+  if (api.status >= 500 || api.status === 401 || api.status === 403) {
+    throw statusError(client, api, `listing the referrers of ${subject}`);
+  }
+  const tagged = await fetchTagIndex(client, repository, subject, signal);
+  return (tagged ?? []).filter((d) => d.artifactType === artifactType);
+}
+
+/**
+ * Stores `manifest` (an OCI image manifest whose `subject` is `subject`) by its digest and
+ * makes it findable: a registry that processes the subject says so with `OCI-Subject`;
+ * otherwise the fallback tag's index gets the descriptor (replacing an entry with the same
+ * `replaceAnnotation` value, so re-indexing does not pile up). Returns how it was recorded.
+ */
+export async function pushReferrer(
+  client: RegistryClient,
+  repository: string,
+  manifest: Uint8Array<ArrayBuffer>,
+  descriptor: ReferrerDescriptor,
+  subject: string,
+  replace?: (old: ReferrerDescriptor) => boolean,
+  signal?: AbortSignal,
+): Promise<"referrers-api" | "fallback-tag"> {
+  const put = await client.request({
+    method: "PUT",
+    path: `/v2/${repository}/manifests/${descriptor.digest}`,
+    scope: pushScope(repository),
+    body: manifest,
+    headers: { "content-type": OCI_MANIFEST },
+    signal,
+  });
+  await put.body?.cancel();
+  if (put.status !== 201) {
+    throw statusError(client, put, `storing the referrer manifest ${descriptor.digest}`);
+  }
+  if (put.headers.get("oci-subject") === subject) return "referrers-api";
+  const existing = await fetchTagIndex(client, repository, subject, signal) ?? [];
+  const kept = existing.filter((d) => d.digest !== descriptor.digest && !(replace?.(d) ?? false));
+  const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [...kept, descriptor] };
+  const tag = referrersTag(subject);
+  const body = new TextEncoder().encode(JSON.stringify(index));
+  const putIndex = await client.request({
+    method: "PUT",
+    path: `/v2/${repository}/manifests/${tag}`,
+    scope: pushScope(repository),
+    body,
+    headers: { "content-type": OCI_INDEX },
+    signal,
+  });
+  await putIndex.body?.cancel();
+  if (putIndex.status !== 201) throw statusError(client, putIndex, `storing the tag ${tag}`);
+  return "fallback-tag";
+}
+
+async function fetchTagIndex(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  signal?: AbortSignal,
+): Promise<ReferrerDescriptor[] | undefined> {
+  const tag = referrersTag(subject);
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/manifests/${tag}`,
+    scope: pullScope(repository),
+    headers: { accept: OCI_INDEX },
+    signal,
+  });
+  if (response.status === 404) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw statusError(client, response, `for the referrers tag ${tag}`);
+  }
+  return parseReferrerIndex(await readLimited(response, MAX_MANIFEST_BYTES), `tag ${tag}`);
+}
+
+function isIndexType(contentType: string | null): boolean {
+  return (contentType ?? "").split(";")[0].trim() === OCI_INDEX;
+}
+
+/** Descriptors of an image index; entries that are not well-formed manifests are skipped. */
+export function parseReferrerIndex(bytes: Uint8Array, what: string): ReferrerDescriptor[] {
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new OciError(`${what} is not JSON`);
+  }
+  const manifests = (value as { manifests?: unknown })?.manifests;
+  if (!Array.isArray(manifests)) throw new OciError(`${what} is not an image index`);
+  const out: ReferrerDescriptor[] = [];
+  for (const entry of manifests.slice(0, MAX_REFERRERS)) {
+    if (typeof entry !== "object" || entry === null) continue;
+    const d = entry as Record<string, unknown>;
+    if (
+      typeof d.mediaType !== "string" || typeof d.digest !== "string" ||
+      !DIGEST_PATTERN.test(d.digest) || typeof d.size !== "number" ||
+      !Number.isSafeInteger(d.size) || d.size < 0 || d.size > MAX_MANIFEST_BYTES
+    ) continue;
+    const descriptor: ReferrerDescriptor = {
+      mediaType: d.mediaType,
+      digest: d.digest,
+      size: d.size,
+    };
+    if (typeof d.artifactType === "string") descriptor.artifactType = d.artifactType;
+    if (typeof d.annotations === "object" && d.annotations !== null) {
+      const annotations: Record<string, string> = {};
+      for (const [key, val] of Object.entries(d.annotations)) {
+        if (typeof val === "string") annotations[key] = val;
+      }
+      descriptor.annotations = annotations;
+    }
+    out.push(descriptor);
+  }
+  return out;
+}
