@@ -57,6 +57,13 @@ export const LIBC_SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  // the same poll on a pool thread (reattach --watch waits on pidfds without blocking the loop)
+  poll_nonblocking: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data);
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
   // int mount(...);  — on a pool thread, for mounts whose backing server runs on this thread
@@ -373,7 +380,7 @@ export function listDirectory(path: string): string[] {
 }
 
 /** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
-const SYS_PIDFD_SEND_SIGNAL = 424, SYS_PIDFD_OPEN = 434, SYS_OPENAT2 = 437;
+const SYS_PIDFD_SEND_SIGNAL = 424, SYS_PIDFD_OPEN = 434, SYS_OPENAT2 = 437, SYS_PIDFD_GETFD = 438;
 const AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000, AT_SYMLINK_NOFOLLOW = 0x100;
 /** open(2) flags whose values differ between x86_64 and arm64 (asm/fcntl.h). */
 const ARM64 = Deno.build.arch === "aarch64";
@@ -459,6 +466,22 @@ export function pidfdSendSignal(pidfd: number, signal: number): void {
     libc().syscall(BigInt(SYS_PIDFD_SEND_SIGNAL), BigInt(pidfd), BigInt(signal), 0n, 0n),
     "pidfd_send_signal",
   );
+}
+
+/** pidfd_getfd (5.6+): a copy (close-on-exec) of descriptor `targetFd` of the pidfd's process. */
+export function pidfdGetFd(pidfd: number, targetFd: number): number {
+  return Number(
+    unwrap(
+      libc().syscall(BigInt(SYS_PIDFD_GETFD), BigInt(pidfd), BigInt(targetFd), 0n, 0n),
+      "pidfd_getfd",
+      `fd ${targetFd}`,
+    ),
+  );
+}
+
+/** poll(2) on a pool thread: waits without blocking the event loop (pidfds, /dev/fuse). */
+export function pollAsync(pollfds: Uint8Array<ArrayBuffer>, timeoutMs: number): Promise<number> {
+  return libc().poll_nonblocking(pollfds, BigInt(pollfds.length / 8), timeoutMs);
 }
 
 /** What statfs(2) says about a mounted file system (64-bit Linux `struct statfs`). */
