@@ -181,7 +181,7 @@ class LayerConverter {
       }
       const tree = await this.#read(layer, labelOf(i), buildTimeSec);
       try {
-        if (tree.implied.size > 0 && i > 0) {
+        if (tree.implied.size > 0) {
           // Reused layers below were not read; their directories are needed now.
           while (lower.layers < i) {
             const below = image.layers[lower.layers];
@@ -194,6 +194,7 @@ class LayerConverter {
             skipped.close();
           }
           lower.fillImplied(tree);
+          lower.dropMarkersWithoutLower(tree);
         }
         out.push(await this.#build(tree.root, [layer.digest], labelOf(i), buildTimeSec));
         if (lower.layers === i) lower.apply(tree);

@@ -28,7 +28,7 @@ export function flattenTrees(layers: StackedLayer[]): BuildNode {
   let merged: BuildNode | undefined;
   for (const layer of layers) {
     if (!merged || (isOpaqueDir(layer.root) && !layer.implied.has(layer.root))) {
-      stripOverlay(layer.root);
+      pruneWithoutLower(layer.root, layer.implied);
       merged = layer.root;
     } else {
       mergeDir(merged, layer);
@@ -50,8 +50,12 @@ function mergeDir(lowerRoot: BuildNode, layer: StackedLayer): void {
         pending.push([below, node]);
       } else {
         if (node.kind === "dir") {
-          stripOverlay(node);
-          if (below?.kind === "dir" && layer.implied.has(node)) copyAttributes(node, below);
+          const empty = pruneWithoutLower(node, layer.implied);
+          if (layer.implied.has(node)) {
+            if (below?.kind === "dir") copyAttributes(node, below);
+            // Only whiteouts made this directory: nothing to show (as umoci unpack does).
+            else if (empty) continue;
+          }
         }
         lower.children!.set(name, node);
       }
@@ -74,15 +78,29 @@ function withoutOpaque(xattrs: ReadonlyMap<string, Uint8Array>): ReadonlyMap<str
   return new Map([...xattrs].filter(([name]) => name !== OVERLAY_OPAQUE_XATTR));
 }
 
-/** A directory with nothing below it: its whiteouts and opaque marker mean nothing any more. */
-function stripOverlay(top: BuildNode): void {
-  const pending = [top];
-  while (pending.length > 0) {
-    const dir = pending.pop()!;
-    dir.xattrs = withoutOpaque(dir.xattrs);
-    for (const [name, node] of dir.children!) {
-      if (isWhiteoutNode(node)) dir.children!.delete(name);
-      else if (node.kind === "dir") pending.push(node);
+/**
+ * A directory with nothing below it: its whiteouts and opaque markers mean nothing (the opaque
+ * marker of `top` itself stays with `keepTopOpaque`), and implied directories holding nothing
+ * else go. Returns true when `top` ends up empty. Post-order without recursion.
+ */
+export function pruneWithoutLower(
+  top: BuildNode,
+  implied: ReadonlySet<BuildNode>,
+  keepTopOpaque = false,
+): boolean {
+  const order: [BuildNode, BuildNode | undefined, string][] = [[top, undefined, ""]];
+  for (let i = 0; i < order.length; i++) {
+    for (const [name, node] of order[i][0].children!) {
+      if (node.kind === "dir" && !isWhiteoutNode(node)) order.push([node, order[i][0], name]);
     }
   }
+  for (let i = order.length - 1; i >= 0; i--) {
+    const [dir, parent, name] = order[i];
+    if (dir !== top || !keepTopOpaque) dir.xattrs = withoutOpaque(dir.xattrs);
+    for (const [child, node] of dir.children!) {
+      if (isWhiteoutNode(node)) dir.children!.delete(child);
+    }
+    if (parent && dir.children!.size === 0 && implied.has(dir)) parent.children!.delete(name);
+  }
+  return top.children!.size === 0;
 }

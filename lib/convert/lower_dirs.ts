@@ -5,7 +5,13 @@
  * have there, or a 0700 directory would turn 0755 (and its mtime change) once stacked.
  */
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { copyAttributes, isOpaqueDir, isWhiteoutNode, type StackedLayer } from "./flatten.ts";
+import {
+  copyAttributes,
+  isOpaqueDir,
+  isWhiteoutNode,
+  pruneWithoutLower,
+  type StackedLayer,
+} from "./flatten.ts";
 import { OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR } from "../tar/whiteout.ts";
 
 interface DirSkeleton {
@@ -35,6 +41,31 @@ export class LowerDirs {
       for (const [name, node] of dir.children!) {
         const lower = below.children.get(name);
         if (node.kind === "dir" && lower) pending.push([node, lower]);
+      }
+    }
+  }
+
+  /**
+   * Drops what only whiteouts brought into `layer` where nothing lies below: directories the
+   * tar implies just to hold a whiteout or opaque marker (umoci unpack does not create them;
+   * overlayfs would show them empty), and the markers themselves.
+   */
+  dropMarkersWithoutLower(layer: StackedLayer): void {
+    if (!this.#root) {
+      pruneWithoutLower(layer.root, layer.implied);
+      return;
+    }
+    const pending: [BuildNode, DirSkeleton][] = [[layer.root, this.#root]];
+    while (pending.length > 0) {
+      const [dir, below] = pending.pop()!;
+      for (const [name, node] of dir.children!) {
+        if (node.kind !== "dir") continue;
+        const lower = below.children.get(name);
+        if (lower && !isOpaqueDir(node)) pending.push([node, lower]);
+        else {
+          const empty = pruneWithoutLower(node, layer.implied, lower !== undefined);
+          if (empty && !lower && layer.implied.has(node)) dir.children!.delete(name);
+        }
       }
     }
   }
