@@ -3,7 +3,6 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info, warn } from "./log.ts";
 import { UsageError, UserError } from "../errors.ts";
-import { scanDirectory } from "../erofs/writer/from_dir.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
@@ -14,13 +13,8 @@ import {
   REGISTRY_OPTIONS_HELP,
   type RegistryOptionValues,
 } from "./registry_options.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
 import { isImageSource, loadImageSource, parseBuildLayer } from "./build_image_source.ts";
-import type { BuildNode } from "../erofs/writer/tree.ts";
-import { openTar } from "../tar/decompress.ts";
-import { closeFd, O_RDONLY, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
-
-const O_CREAT = 0o100, O_EXCL = 0o200;
+import { dirOf, loadSource } from "./build_source.ts";
 
 const MAX_ORDER_FILE_BYTES = 64 << 20;
 
@@ -203,117 +197,6 @@ async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void>
   } finally {
     progress.finish();
   }
-}
-
-interface LoadedSource {
-  root: BuildNode;
-  entries: number;
-  /** Tar-index builds: the tar's size in 512-byte blocks up to its last member. */
-  tarBlocks?: number;
-  close(): void;
-}
-
-/** Reads SOURCE (a directory, a tar/tar.gz/tar.zst file, or "-") into a tree. */
-async function loadSource(
-  source: string,
-  output: string,
-  options: { literalWhiteouts?: boolean; impliedMtimeSec?: number; tarIndex?: boolean },
-): Promise<LoadedSource> {
-  let sourceInfo: Deno.FileInfo | undefined;
-  if (source !== "-") {
-    try {
-      sourceInfo = await Deno.stat(source);
-    } catch (error) {
-      throw new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
-    }
-  }
-  const onSkippedXattr = skippedXattrWarner();
-  if (sourceInfo?.isDirectory && options.tarIndex) {
-    throw new UsageError("build: --tar-index needs a tar SOURCE, not a directory");
-  }
-  if (sourceInfo?.isDirectory) {
-    const scanning = new ProgressLine(`scanning ${source}`);
-    try {
-      const { root, entries } = scanDirectory(source, {
-        onEntries: (count) => scanning.update(count),
-        onSkippedXattr,
-      });
-      return { root, entries, close() {} };
-    } finally {
-      scanning.finish();
-    }
-  }
-  if (sourceInfo && !sourceInfo.isFile) {
-    throw new UserError(`build: ${source} is neither a directory nor a tar file`);
-  }
-  const { stream, compression } = await openTar(source);
-  if (options.tarIndex) {
-    const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
-    try {
-      const { root, entries, tarEndOffset } = await scanTar(stream, {
-        indexOnly: true,
-        literalWhiteouts: options.literalWhiteouts,
-        impliedMtimeSec: options.impliedMtimeSec,
-        onSkippedXattr,
-        onEntries: (count) => scanning.update(count),
-      });
-      // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device too.
-      return { root, entries, tarBlocks: tarEndOffset / 512 + 2, close() {} };
-    } finally {
-      scanning.finish();
-    }
-  }
-  // Data of an uncompressed tar file stays where it is; anything else is spooled next to the
-  // output (unlinked at once, so nothing survives a crash).
-  const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
-  const spoolPath = `${dirOf(output)}/.erofs-oci-build-spool-${crypto.randomUUID().slice(0, 8)}`;
-  let spoolFd: number;
-  try {
-    spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
-  } catch (error) {
-    if (tarFd !== undefined) closeFd(tarFd);
-    await stream.cancel().catch(() => {});
-    if (error instanceof SysError) {
-      throw new UserError(`build: cannot write next to ${output}: ${strerror(error.errno)}`);
-    }
-    throw error;
-  }
-  Deno.removeSync(spoolPath);
-  const close = () => {
-    closeFd(spoolFd);
-    if (tarFd !== undefined) closeFd(tarFd);
-  };
-  const scanning = new ProgressLine(`reading ${source === "-" ? "standard input" : source}`);
-  try {
-    const { root, entries } = await scanTar(stream, {
-      literalWhiteouts: options.literalWhiteouts,
-      impliedMtimeSec: options.impliedMtimeSec,
-      tarFd,
-      spoolFd,
-      onSkippedXattr,
-      onEntries: (count) => scanning.update(count),
-    });
-    return { root, entries, close };
-  } catch (error) {
-    close();
-    throw error;
-  } finally {
-    scanning.finish();
-  }
-}
-
-function skippedXattrWarner() {
-  let skipped = 0;
-  return (path: string, name: string) => {
-    skipped++;
-    if (skipped <= 5) warn(`xattr ${name} of ${path} cannot be stored in EROFS: left out`);
-    if (skipped === 6) warn("more xattrs left out");
-  };
-}
-
-function dirOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash < 0 ? "." : path.slice(0, slash) || "/";
 }
 
 /** Directories a tar implies without listing them get this mtime too. */
