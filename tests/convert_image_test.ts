@@ -251,6 +251,8 @@ Deno.test({
       // A kernel mount: fsck's extraction leaves trusted.* xattrs out.
       const listing = await withMountedImage(top, (dir) => treeListing(dir));
       assert.ok(listing.some((l) => /^d\/five-k\tc\t0000\t.*\t0:0\t/.test(l)), listing.join("\n"));
+      // private/ is only implied by the top layer's tar: it keeps the 0700 of the layers below.
+      assert.ok(listing.some((l) => /^private\td\t0700\t/.test(l)), listing.join("\n"));
       assert.ok(
         listing.some((l) => /^opq\td\t.*trusted\.overlay\.opaque=b'y'/.test(l)),
         listing.join("\n"),

@@ -1,13 +1,16 @@
 /**
  * `erofs-oci build IMAGE -o OUT`: the SOURCE kind that is an image (a registry reference or
  * `oci:PATH[:TAG]`). All layers are merged with their whiteouts applied (what a container
- * sees), or `--layer N` takes one layer as it is (whiteouts kept in overlayfs form).
+ * sees), or `--layer N` takes one layer as it is (whiteouts kept in overlayfs form; directories
+ * its tar only implies take the metadata of the layers below, as with `convert`).
  */
 import { UsageError } from "../errors.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { flattenTrees } from "../convert/flatten.ts";
 import { openVerifiedBlob } from "../convert/layer_blob.ts";
 import { type LayerTree, readLayerTree } from "../convert/layer_tree.ts";
+import { LowerDirs } from "../convert/lower_dirs.ts";
+import type { LayerDescriptor } from "../oci/layers.ts";
 import { checkTarLayers, layoutSource, registrySource } from "../convert/source_image.ts";
 import { parseReference } from "../oci/reference.ts";
 import { ProgressLine } from "./progress.ts";
@@ -83,9 +86,8 @@ export async function loadImageSource(
       layers = [layers[options.layer]];
     }
     checkTarLayers({ ...resolved, layers }, opened.name);
-    let entries = 0;
-    for (const layer of layers) {
-      const label = `layer ${layer.index + 1}/${resolved.layers.length}`;
+    const read = async (layer: LayerDescriptor, what = "") => {
+      const label = `layer ${layer.index + 1}/${resolved.layers.length}${what}`;
       const progress = new ProgressLine(`${label}: reading`);
       try {
         const blob = openVerifiedBlob(
@@ -94,15 +96,27 @@ export async function loadImageSource(
           layer.sizeBytes,
           (done) => progress.update(done, layer.sizeBytes),
         );
-        const tree = await readLayerTree(blob, `${label} (${layer.digest})`, {
+        return await readLayerTree(blob, `${label} (${layer.digest})`, {
           spoolDir,
           impliedMtimeSec: options.impliedMtimeSec,
         });
-        trees.push(tree);
-        entries += tree.entries;
       } finally {
         progress.finish();
       }
+    };
+    let entries = 0;
+    for (const layer of layers) {
+      const tree = await read(layer);
+      trees.push(tree);
+      entries += tree.entries;
+    }
+    if (options.layer !== undefined) {
+      // Stacked on the layers below, its implied directories must look like theirs.
+      await new LowerDirs().completeFromBelow(
+        trees[0],
+        options.layer,
+        (n) => read(resolved.layers[n], " (directories)"),
+      );
     }
     const root = options.layer !== undefined ? trees[0].root : flattenTrees(trees);
     info(

@@ -181,21 +181,12 @@ class LayerConverter {
       }
       const tree = await this.#read(layer, labelOf(i), buildTimeSec);
       try {
-        if (tree.implied.size > 0) {
-          // Reused layers below were not read; their directories are needed now.
-          while (lower.layers < i) {
-            const below = image.layers[lower.layers];
-            const skipped = await this.#read(
-              below,
-              `${labelOf(lower.layers)} (directories)`,
-              buildTimeSec,
-            );
-            lower.apply(skipped);
-            skipped.close();
-          }
-          lower.fillImplied(tree);
-          lower.dropMarkersWithoutLower(tree);
-        }
+        // Reused layers below were not read; their directories may be needed now.
+        await lower.completeFromBelow(
+          tree,
+          i,
+          (n) => this.#read(image.layers[n], `${labelOf(n)} (directories)`, buildTimeSec),
+        );
         out.push(await this.#build(tree.root, [layer.digest], labelOf(i), buildTimeSec));
         if (lower.layers === i) lower.apply(tree);
       } finally {

@@ -25,6 +25,29 @@ export class LowerDirs {
   /** Layers stacked so far. */
   layers = 0;
 
+  /**
+   * Prepares layer `index` for stacking on the layers below: fills its implied directories and
+   * drops marker-only ones (see below). Layers not stacked here yet are read with `readLayer`,
+   * only when the layer implies any directory.
+   */
+  async completeFromBelow(
+    layer: StackedLayer,
+    index: number,
+    readLayer: (index: number) => Promise<StackedLayer & { close(): void }>,
+  ): Promise<void> {
+    if (layer.implied.size === 0) return;
+    while (this.layers < index) {
+      const below = await readLayer(this.layers);
+      try {
+        this.apply(below);
+      } finally {
+        below.close();
+      }
+    }
+    this.fillImplied(layer);
+    this.dropMarkersWithoutLower(layer);
+  }
+
   /** Gives `layer`'s implied directories the metadata of the same directory below. */
   fillImplied(layer: StackedLayer): void {
     if (!this.#root || layer.implied.size === 0) return;
