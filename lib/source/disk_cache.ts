@@ -1,0 +1,232 @@
+/**
+ * The host's persistent blob cache: per blob a sparse data file and a presence map (one byte
+ * per chunk) in EROFS_OCI_CACHE_DIR, shared by every mount and `serve` on the host, bounded
+ * by evicting least recently used blobs, then least recently used chunks of the blobs in use.
+ *
+ * Safety between processes rests on OFD byte-range locks of the map file (disk_cache_io.ts):
+ * a filler holds a write lock on the map bytes of the chunks it fetches, a reader a read lock
+ * on those it preads, an evictor a write lock on what it drops, and every open blob a read
+ * lock on one byte far past the map (IN_USE_OFFSET) that blob eviction must take for writing.
+ * A chunk's map byte is set only after its bytes were verified, written and fdatasync'ed, so
+ * neither a crash nor a kill -9 can leave a chunk marked present with other bytes.
+ */
+import type { Source } from "./source.ts";
+import {
+  closeQuietly,
+  F_WRLCK,
+  fstatIdentity,
+  IN_USE_OFFSET,
+  openCacheFile,
+  tryLock,
+} from "./disk_cache_io.ts";
+import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
+
+export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
+/** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
+export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
+/** 1 MiB: the unit of presence, verification and eviction. */
+export const DEFAULT_DISK_CHUNK_BYTES = 1 << 20;
+/** Eviction frees down to this share of the bound, so it does not run on every fill. */
+const EVICT_TO = 0.9;
+
+export interface DiskCacheOptions {
+  /** Default: $EROFS_OCI_CACHE_DIR or /var/cache/erofs-oci. */
+  dir?: string;
+  /** Bound of the bytes on disk (allocated blocks). Default 4 GiB. */
+  maxBytes?: number;
+  chunkBytes?: number;
+  /** Told once per problem (full disk, unusable directory); default console.warn. */
+  onWarning?: (message: string) => void;
+}
+
+export interface BlobKey {
+  /** The blob's digest (`sha256:…`); anything else is not cached on disk. */
+  digest: string;
+  /**
+   * Where unverified bytes came from (e.g. the registry host): until every chunk is checked
+   * against a table bound to the digest, a registry could claim a popular base layer's digest
+   * and serve other bytes, so unverified bytes are only shared between sources of one origin.
+   */
+  origin: string;
+  /** Given: chunks are checked before they are marked present, and shared by every origin. */
+  verify?: VerifyChunk;
+}
+
+const DIGEST = /^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
+
+export class DiskCache {
+  readonly dir: string;
+  readonly blobsDir: string;
+  readonly maxBytes: number;
+  readonly chunkBytes: number;
+  readonly #warn: (message: string) => void;
+  readonly #warned = new Set<string>();
+  readonly #open = new Set<DiskCachedSource>();
+  #usageBytes = 0;
+  #evicting = false;
+
+  private constructor(dir: string, options: DiskCacheOptions) {
+    this.dir = dir;
+    this.blobsDir = `${dir}/blobs`;
+    this.maxBytes = options.maxBytes ?? DEFAULT_DISK_CACHE_BYTES;
+    this.chunkBytes = options.chunkBytes ?? DEFAULT_DISK_CHUNK_BYTES;
+    this.#warn = options.onWarning ?? ((message) => console.warn(message));
+  }
+
+  /**
+   * Opens (creating, mode 0700) the cache directory. Returns undefined after one warning when
+   * it cannot be used (read-only file system, owned by someone else, open to others): the
+   * caller then keeps the memory cache only.
+   */
+  static open(options: DiskCacheOptions = {}): DiskCache | undefined {
+    const dir = options.dir ?? Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+    const warn = options.onWarning ?? ((message: string) => console.warn(message));
+    try {
+      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const info = Deno.lstatSync(dir);
+      if (!info.isDirectory) throw new Error("not a directory");
+      if (info.uid !== Deno.uid()) throw new Error(`owned by uid ${info.uid}, not by us`);
+      // Another user able to write there could plant a map that marks zeros present.
+      if ((info.mode ?? 0) & 0o022) throw new Error("writable by others (want mode 0700)");
+      Deno.mkdirSync(`${dir}/blobs`, { recursive: true, mode: 0o700 });
+      const cache = new DiskCache(dir, options);
+      cache.#usageBytes = cache.#scan().reduce((sum, blob) => sum + blob.bytes, 0);
+      return cache;
+    } catch (error) {
+      warn(
+        `disk cache ${dir} unusable (${(error as Error).message}); keeping the memory cache only`,
+      );
+      return undefined;
+    }
+  }
+
+  /** `inner` behind the disk cache, or `inner` itself when the key cannot name a file. */
+  wrap(inner: Source, key: BlobKey): Source {
+    if (!DIGEST.test(key.digest) || inner.size <= 0) return inner;
+    let base = "";
+    try {
+      const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
+      base = `${this.blobsDir}/${key.digest.replace(":", "-")}.${origin}.c${this.chunkBytes}`;
+      const source = DiskCachedSource.open(this, inner, base, key.verify);
+      this.#open.add(source);
+      return source;
+    } catch (error) {
+      this.warnOnce(`disk cache ${base}: ${(error as Error).message}; memory cache only`);
+      return inner;
+    }
+  }
+
+  /** @internal sources report their close here. */
+  released(source: DiskCachedSource): void {
+    this.#open.delete(source);
+  }
+
+  warnOnce(message: string): void {
+    const key = message.replace(/\d+/g, "#");
+    if (this.#warned.has(key)) return;
+    this.#warned.add(key);
+    this.#warn(message);
+  }
+
+  /** @internal a fill wrote `bytes`; evicts when the bound is passed. */
+  noteWritten(bytes: number): void {
+    this.#usageBytes += bytes;
+    if (this.#usageBytes > this.maxBytes) this.evict();
+  }
+
+  get usageBytes(): number {
+    return this.#usageBytes;
+  }
+
+  /**
+   * Frees down to 90% of the bound: first whole blobs nobody has open (least recently used
+   * first, by the map's mtime), then chunks of the open ones, least recently read first.
+   */
+  evict(): void {
+    if (this.#evicting) return;
+    this.#evicting = true;
+    try {
+      const blobs = this.#scan();
+      let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
+      const target = Math.floor(this.maxBytes * EVICT_TO);
+      blobs.sort((a, b) => a.usedMs - b.usedMs);
+      for (const blob of blobs) {
+        if (usage <= target) break;
+        if (this.#removeIfUnused(blob.base)) usage -= blob.bytes;
+      }
+      const sources = [...this.#open].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
+      for (const source of sources) {
+        if (usage <= target) break;
+        usage -= source.evictChunks(usage - target);
+      }
+      this.#usageBytes = usage;
+    } finally {
+      this.#evicting = false;
+    }
+  }
+
+  /** Blobs on disk: base path (without .map/.data), bytes allocated, last use. */
+  #scan(): { base: string; bytes: number; usedMs: number }[] {
+    const blobs = new Map<string, { base: string; bytes: number; usedMs: number }>();
+    for (const entry of Deno.readDirSync(this.blobsDir)) {
+      const match = /^(.*)\.(map|data)$/.exec(entry.name);
+      if (!match || !entry.isFile) continue;
+      const base = `${this.blobsDir}/${match[1]}`;
+      let info: Deno.FileInfo;
+      try {
+        info = Deno.lstatSync(`${this.blobsDir}/${entry.name}`);
+      } catch {
+        continue; // evicted meanwhile by another process
+      }
+      const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0 };
+      blob.bytes += (info.blocks ?? 0) * 512;
+      if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
+      blobs.set(base, blob);
+    }
+    return [...blobs.values()];
+  }
+
+  /**
+   * Removes a blob's files unless some process has it open. The map goes first: a data file
+   * left by a crash in between holds no chunk anyone believes present.
+   */
+  #removeIfUnused(base: string): boolean {
+    let fd = -1;
+    try {
+      fd = openCacheFile(`${base}.map`, false);
+    } catch {
+      try {
+        Deno.removeSync(`${base}.data`); // an orphaned data file
+        return true;
+      } catch {
+        return false;
+      }
+    }
+    try {
+      if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
+      const held = fstatIdentity(fd);
+      const now = Deno.lstatSync(`${base}.map`);
+      if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
+      Deno.removeSync(`${base}.map`);
+      try {
+        Deno.removeSync(`${base}.data`);
+      } catch { /* never written */ }
+      return true;
+    } catch {
+      return false;
+    } finally {
+      closeQuietly(fd);
+    }
+  }
+}
+
+/** The origin in a file name, injectively: every other byte than [A-Za-z0-9.-] as _XX. */
+function originTag(origin: string): string {
+  let out = "";
+  for (const byte of new TextEncoder().encode(origin)) {
+    const ch = String.fromCharCode(byte);
+    out += /[A-Za-z0-9.-]/.test(ch) ? ch : `_${byte.toString(16).padStart(2, "0")}`;
+  }
+  if (out.length > 120) throw new RangeError("origin too long for a file name");
+  return out || "_";
+}

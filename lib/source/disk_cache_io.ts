@@ -1,0 +1,144 @@
+/**
+ * File primitives of the disk cache: positioned I/O, open-file-description byte-range locks
+ * (they belong to the descriptor, so two sources in one process exclude each other like two
+ * processes do, and the kernel drops them when a process dies, even by kill -9), hole punching.
+ */
+import { cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
+
+// fcntl.h (asm-generic): OFD lock commands and lock types.
+const F_OFD_SETLK = 37;
+export const F_RDLCK = 0, F_WRLCK = 1;
+const F_UNLCK = 2;
+/** The map byte the "blob in use" lock covers (locks may lie past the end of a file). */
+export const IN_USE_OFFSET = 2 ** 40;
+/** fallocate(2) modes (linux/falloc.h): punching must keep the size. */
+const FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
+/** O_CREAT and O_NOFOLLOW differ between x86_64 and arm64 (asm/fcntl.h). */
+const ARM = Deno.build.arch === "aarch64";
+const O_RDWR = 2, O_CREAT = 0o100, O_CLOEXEC = 0o2000000;
+const O_NOFOLLOW = ARM ? 0o100000 : 0o400000;
+const S_IFMT = 0o170000, S_IFREG = 0o100000;
+
+/**
+ * Opens a regular file read-write without following a symlink, creating it (mode 0600) unless
+ * `create` is false.
+ */
+export function openCacheFile(path: string, create = true): number {
+  const flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0);
+  const fd = libc().open(cstr(path), flags, 0o600);
+  if (fd < 0) throw new SysError("open", errno(), path);
+  const st = fstatIdentity(fd);
+  if ((st.mode & S_IFMT) !== S_IFREG) {
+    libc().close(fd);
+    throw new SysError("open", Errno.EINVAL, `${path} (not a regular file)`);
+  }
+  return fd;
+}
+
+export interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+  mode: number;
+  sizeBytes: number;
+  /** Bytes the file occupies on disk (st_blocks × 512): sparse holes cost nothing. */
+  allocatedBytes: number;
+}
+
+/** fstat(2); st_dev/st_ino/st_size/st_blocks sit at the same offsets on x86_64 and arm64. */
+export function fstatIdentity(fd: number): FileIdentity {
+  const buf = new Uint8Array(144);
+  unwrap(libc().fstat(fd, buf), "fstat");
+  const view = new DataView(buf.buffer);
+  return {
+    dev: view.getBigUint64(0, true),
+    ino: view.getBigUint64(8, true),
+    mode: view.getUint32(ARM ? 16 : 24, true),
+    sizeBytes: Number(view.getBigInt64(48, true)),
+    allocatedBytes: Number(view.getBigInt64(64, true)) * 512,
+  };
+}
+
+export function truncateTo(fd: number, sizeBytes: number): void {
+  unwrap(libc().ftruncate(fd, BigInt(sizeBytes)), "ftruncate");
+}
+
+/** Reads exactly `dest.length` bytes at `offset`, or throws (a short file is an error here). */
+export function preadExact(fd: number, dest: Uint8Array, offset: number): void {
+  for (let done = 0; done < dest.length;) {
+    const part = dest.subarray(done) as Uint8Array<ArrayBuffer>;
+    const n = Number(libc().pread(fd, part, BigInt(part.length), BigInt(offset + done)));
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError("pread", code);
+    }
+    if (n === 0) throw new SysError("pread", Errno.EIO, `short cache file at ${offset + done}`);
+    done += n;
+  }
+}
+
+/** Writes all of `data` at `offset`; ENOSPC/EDQUOT come back as SysError with that errno. */
+export function pwriteAll(fd: number, data: Uint8Array, offset: number): void {
+  for (let done = 0; done < data.length;) {
+    const part = data.subarray(done) as Uint8Array<ArrayBuffer>;
+    const n = Number(libc().pwrite(fd, part, BigInt(part.length), BigInt(offset + done)));
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError("pwrite", code);
+    }
+    done += n;
+  }
+}
+
+/** fdatasync(2) off the event loop; the errno is asked for again synchronously on failure. */
+export async function dataSync(fd: number): Promise<void> {
+  if (Number(await libc().fdatasync_nonblocking(fd)) === 0) return;
+  unwrap(libc().fdatasync(fd), "fdatasync");
+}
+
+export function dataSyncNow(fd: number): void {
+  unwrap(libc().fdatasync(fd), "fdatasync");
+}
+
+/** Frees the disk blocks of a byte range, leaving a hole that reads as zeros. */
+export function punchHole(fd: number, offset: number, length: number): void {
+  const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  unwrap(libc().fallocate(fd, mode, BigInt(offset), BigInt(length)), "fallocate");
+}
+
+/**
+ * Tries to take an OFD lock on bytes [start, start + length) of `fd` without waiting.
+ * Returns false when another descriptor holds a conflicting lock.
+ */
+export function tryLock(fd: number, type: 0 | 1, start: number, length: number): boolean {
+  const code = setLock(fd, type, start, length);
+  if (code === 0) return true;
+  if (code === Errno.EAGAIN || code === Errno.EACCES) return false;
+  throw new SysError("fcntl(F_OFD_SETLK)", code);
+}
+
+export function unlock(fd: number, start: number, length: number): void {
+  const code = setLock(fd, F_UNLCK, start, length);
+  if (code !== 0) throw new SysError("fcntl(F_OFD_SETLK, F_UNLCK)", code);
+}
+
+function setLock(fd: number, type: number, start: number, length: number): number {
+  // struct flock (64-bit): l_type i16 @0, l_whence i16 @2, l_start i64 @8, l_len i64 @16,
+  // l_pid i32 @24 (must be 0 for OFD locks); 32 bytes.
+  const buf = new Uint8Array(32);
+  const view = new DataView(buf.buffer);
+  view.setInt16(0, type, true);
+  view.setInt16(2, 0, true); // SEEK_SET
+  view.setBigInt64(8, BigInt(start), true);
+  view.setBigInt64(16, BigInt(length), true);
+  for (;;) {
+    if (libc().fcntl_lock(fd, F_OFD_SETLK, buf) === 0) return 0;
+    const code = errno();
+    if (code !== Errno.EINTR) return code;
+  }
+}
+
+export function closeQuietly(fd: number): void {
+  if (fd >= 0) libc().close(fd);
+}

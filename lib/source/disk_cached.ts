@@ -1,0 +1,350 @@
+/**
+ * One blob behind the disk cache (see disk_cache.ts for the layout and the locking rules):
+ * reads are pread from the data file once their chunks are marked present; missing chunks are
+ * fetched as runs (one underlying read per run, written where they belong, no per-chunk
+ * copies), verified, written, synced and only then marked. A fill another process holds is
+ * waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
+ * and serves what is missing from the inner source directly from then on.
+ */
+import { abortable } from "./abortable.ts";
+import type { Source } from "./source.ts";
+import type { DiskCache } from "./disk_cache.ts";
+import {
+  closeQuietly,
+  dataSync,
+  dataSyncNow,
+  F_RDLCK,
+  F_WRLCK,
+  fstatIdentity,
+  IN_USE_OFFSET,
+  openCacheFile,
+  preadExact,
+  punchHole,
+  pwriteAll,
+  truncateTo,
+  tryLock,
+  unlock,
+} from "./disk_cache_io.ts";
+
+/** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
+export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
+
+export interface DiskCacheStats {
+  /** Bytes of reads answered from the file without fetching anything for them. */
+  diskHitBytes: number;
+  /** Bytes and reads fetched from the inner source (the registry). */
+  fetchedBytes: number;
+  fetches: number;
+  /** Fills that found another process fetching the same chunks and waited for it. */
+  waitedForOthers: number;
+  /** Chunks dropped by eviction. */
+  evictedChunks: number;
+  /** The disk failed: missing bytes come from the inner source without being stored. */
+  degraded: boolean;
+}
+
+/** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
+export class ChunkVerifyError extends Error {}
+
+const PRESENT = 1;
+const POLL_MS = 10;
+/** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
+const MAX_ATTEMPTS = 5;
+/** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
+const TOUCH_EVERY_MS = 60_000;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class DiskCachedSource implements Source {
+  readonly size: number;
+  readonly chunkBytes: number;
+  readonly chunkCount: number;
+  readonly #cache: DiskCache;
+  readonly #inner: Source;
+  readonly #base: string;
+  readonly #verify?: VerifyChunk;
+  readonly #mapFd: number;
+  readonly #dataFd: number;
+  readonly #filling = new Map<number, Promise<void>>();
+  /** Chunks known present, least recently read first (chunk eviction order). */
+  readonly #lru = new Map<number, true>();
+  readonly #closing = new AbortController();
+  #degraded = false;
+  #touchedMs = 0;
+  lastUsedMs = Date.now();
+  readonly #stats = { diskHitBytes: 0, fetchedBytes: 0, fetches: 0, waitedForOthers: 0 };
+  #evictedChunks = 0;
+
+  private constructor(
+    cache: DiskCache,
+    inner: Source,
+    base: string,
+    verify: VerifyChunk | undefined,
+    fds: { map: number; data: number },
+  ) {
+    this.#cache = cache;
+    this.#inner = inner;
+    this.#base = base;
+    this.#verify = verify;
+    this.size = inner.size;
+    this.chunkBytes = cache.chunkBytes;
+    this.chunkCount = Math.ceil(this.size / this.chunkBytes);
+    this.#mapFd = fds.map;
+    this.#dataFd = fds.data;
+    const map = this.#readMap(0, this.chunkCount);
+    map.forEach((byte, index) => byte === PRESENT && this.#lru.set(index, true));
+  }
+
+  /**
+   * Opens or creates the blob's files and holds its in-use lock. A map replaced by an evictor
+   * between open and lock is opened again; files of another size (a manifest that lied about
+   * the blob's size) are replaced when nobody uses them, else refused.
+   */
+  static open(
+    cache: DiskCache,
+    inner: Source,
+    base: string,
+    verify?: VerifyChunk,
+  ): DiskCachedSource {
+    const chunkCount = Math.ceil(inner.size / cache.chunkBytes);
+    for (let attempt = 0;; attempt++) {
+      if (attempt > 50) throw new Error("the cache files keep being replaced");
+      const map = openCacheFile(`${base}.map`);
+      let data = -1;
+      let keep = false;
+      try {
+        // An evictor holds it while removing it, or removed it between our open and lock.
+        if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) continue;
+        const held = fstatIdentity(map);
+        if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== held.ino) continue;
+        data = openCacheFile(`${base}.data`);
+        const dataSize = fstatIdentity(data).sizeBytes;
+        if (held.sizeBytes === 0 && dataSize === 0) {
+          truncateTo(data, inner.size);
+          truncateTo(map, chunkCount);
+        } else if (held.sizeBytes !== chunkCount || dataSize !== inner.size) {
+          if (attempt === 0 && tryLock(map, F_WRLCK, IN_USE_OFFSET, 1)) {
+            Deno.removeSync(`${base}.map`);
+            Deno.removeSync(`${base}.data`);
+            continue;
+          }
+          throw new Error(`cached files are not of a ${inner.size}-byte blob`);
+        }
+        const source = new DiskCachedSource(cache, inner, base, verify, { map, data });
+        keep = true;
+        source.#touch();
+        return source;
+      } finally {
+        if (!keep) {
+          closeQuietly(data);
+          closeQuietly(map);
+        }
+      }
+    }
+  }
+
+  stats(): DiskCacheStats {
+    return { ...this.#stats, evictedChunks: this.#evictedChunks, degraded: this.#degraded };
+  }
+
+  /** Chunks marked present in the file now (by any process). */
+  presentChunks(): number {
+    return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (byte === PRESENT ? 1 : 0), 0);
+  }
+
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out, signal);
+    return out;
+  }
+
+  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    const length = dest.length;
+    if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
+    if (
+      !Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size
+    ) throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
+    if (length === 0) return;
+    this.lastUsedMs = Date.now();
+    const first = Math.floor(offset / this.chunkBytes);
+    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
+    let fetched = false;
+    for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
+      const map = this.#readMap(first, end);
+      const missing: number[] = [];
+      map.forEach((byte, i) => byte !== PRESENT && missing.push(first + i));
+      if (missing.length) {
+        fetched = true;
+        await abortable(this.#fill(missing), signal);
+        continue;
+      }
+      if (!tryLock(this.#mapFd, F_RDLCK, first, end - first)) {
+        await abortable(sleep(1), signal); // a filler or evictor holds some of these chunks
+        continue;
+      }
+      try {
+        // Re-read under the lock: an evictor may have dropped a chunk since.
+        if (this.#readMap(first, end).some((byte) => byte !== PRESENT)) continue;
+        preadExact(this.#dataFd, dest, offset);
+      } finally {
+        unlock(this.#mapFd, first, end - first);
+      }
+      if (!fetched) this.#stats.diskHitBytes += length;
+      for (let i = first; i < end; i++) {
+        this.#lru.delete(i);
+        this.#lru.set(i, true);
+      }
+      this.#touch();
+      return;
+    }
+    // Degraded (or starved by eviction under a tiny bound): the inner source, nothing stored.
+    this.#stats.fetches++;
+    this.#stats.fetchedBytes += length;
+    dest.set(await this.#inner.read(offset, length, signal));
+  }
+
+  /** Fills the missing chunks, joining fills of this process already under way. */
+  #fill(missing: number[]): Promise<unknown> {
+    const waits: Promise<void>[] = [];
+    for (let i = 0; i < missing.length;) {
+      const pending = this.#filling.get(missing[i]);
+      if (pending) {
+        waits.push(pending);
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      while (
+        j < missing.length && missing[j] === missing[j - 1] + 1 && !this.#filling.has(missing[j])
+      ) j++;
+      const start = missing[i], stop = missing[j - 1] + 1;
+      const run = this.#fillRun(start, stop).finally(() => {
+        for (let c = start; c < stop; c++) this.#filling.delete(c);
+      });
+      for (let c = start; c < stop; c++) this.#filling.set(c, run);
+      waits.push(run);
+      i = j;
+    }
+    return Promise.all(waits);
+  }
+
+  /** Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps. */
+  async #fillRun(start: number, stop: number): Promise<void> {
+    let waited = false;
+    while (!tryLock(this.#mapFd, F_WRLCK, start, stop - start)) {
+      if (!waited) this.#stats.waitedForOthers++;
+      waited = true;
+      await sleep(POLL_MS);
+      if (this.#closing.signal.aborted) throw new Error("disk cache closed");
+      if (this.#readMap(start, stop).every((byte) => byte === PRESENT)) return;
+    }
+    try {
+      const map = this.#readMap(start, stop);
+      for (let i = 0; i < map.length;) {
+        if (map[i] === PRESENT) {
+          i++;
+          continue;
+        }
+        let j = i + 1;
+        while (j < map.length && map[j] !== PRESENT) j++;
+        await this.#fetchAndStore(start + i, start + j);
+        i = j;
+      }
+    } finally {
+      unlock(this.#mapFd, start, stop - start);
+    }
+  }
+
+  async #fetchAndStore(start: number, stop: number): Promise<void> {
+    const offset = start * this.chunkBytes;
+    const length = Math.min(this.size, stop * this.chunkBytes) - offset;
+    this.#stats.fetches++;
+    this.#stats.fetchedBytes += length;
+    const bytes = await this.#inner.read(offset, length, this.#closing.signal);
+    if (bytes.length !== length) {
+      throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
+    }
+    if (this.#verify) {
+      for (let c = start; c < stop; c++) {
+        const from = (c - start) * this.chunkBytes;
+        const chunk = bytes.subarray(from, Math.min(length, from + this.chunkBytes));
+        if (!(await this.#verify(c, chunk))) {
+          throw new ChunkVerifyError(`chunk ${c} of ${this.#base} failed verification`);
+        }
+      }
+    }
+    if (this.#degraded) return;
+    try {
+      pwriteAll(this.#dataFd, bytes, offset);
+      // The bytes must be on disk before the map says so: a crash between the two then
+      // leaves the chunk absent, never present with old or zero bytes.
+      await dataSync(this.#dataFd);
+      pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start);
+    } catch (error) {
+      this.#degraded = true;
+      this.#cache.warnOnce(
+        `disk cache ${this.#cache.dir}: ${(error as Error).message}; ` +
+          "continuing with the memory cache only",
+      );
+      return;
+    }
+    for (let c = start; c < stop; c++) this.#lru.set(c, true);
+    this.#cache.noteWritten(length);
+  }
+
+  /**
+   * Drops least recently read chunks of this blob (not being filled, not locked by a reader)
+   * until `bytes` are freed; returns the bytes freed. The map byte is cleared and synced
+   * before the hole is punched, so no reader or restart sees a hole marked present.
+   */
+  evictChunks(bytes: number): number {
+    let freed = 0;
+    for (const index of [...this.#lru.keys()]) {
+      if (freed >= bytes) break;
+      if (this.#filling.has(index)) continue;
+      if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
+      try {
+        this.#lru.delete(index);
+        if (this.#readMap(index, index + 1)[0] !== PRESENT) continue;
+        pwriteAll(this.#mapFd, new Uint8Array(1), index);
+        dataSyncNow(this.#mapFd);
+        const offset = index * this.chunkBytes;
+        const length = Math.min(this.size, offset + this.chunkBytes) - offset;
+        punchHole(this.#dataFd, offset, length);
+        freed += length;
+        this.#evictedChunks++;
+      } catch (error) {
+        this.#cache.warnOnce(`disk cache eviction: ${(error as Error).message}`);
+        break;
+      } finally {
+        unlock(this.#mapFd, index, 1);
+      }
+    }
+    return freed;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closing.signal.aborted) return;
+    this.#closing.abort(new Error("disk cache closed"));
+    this.#cache.released(this);
+    await Promise.allSettled([...this.#filling.values()]);
+    closeQuietly(this.#dataFd);
+    closeQuietly(this.#mapFd);
+    await this.#inner.close?.();
+  }
+
+  #readMap(start: number, stop: number): Uint8Array {
+    const map = new Uint8Array(stop - start);
+    preadExact(this.#mapFd, map, start);
+    return map;
+  }
+
+  #touch(): void {
+    const now = Date.now();
+    if (now - this.#touchedMs < TOUCH_EVERY_MS) return;
+    this.#touchedMs = now;
+    try {
+      Deno.utimeSync(`${this.#base}.map`, new Date(now), new Date(now));
+    } catch { /* evicted or replaced: the next open recreates it */ }
+  }
+}

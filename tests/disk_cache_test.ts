@@ -1,0 +1,230 @@
+/**
+ * The persistent disk cache with real files, real processes and a real (tiny) tmpfs: bytes
+ * fetched once across processes, crash safety under kill -9, eviction under the bound, a full
+ * disk degrading to memory-only, and the verify hook.
+ */
+import assert from "node:assert/strict";
+import { DiskCache } from "../lib/source/disk_cache.ts";
+import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
+import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { REPO_ROOT, requires, root } from "./_support/requires.ts";
+
+const MiB = 1 << 20;
+/** The digest tests/_support/disk_cache_child.ts caches its blob under. */
+const TEST_DIGEST = "sha256:" + "ab".repeat(32);
+const CHILD = `${REPO_ROOT}/tests/_support/disk_cache_child.ts`;
+const DENO = Deno.execPath();
+
+interface ChildStats {
+  fetchedBytes: number;
+  diskHitBytes: number;
+  waitedForOthers: number;
+  wrong: number;
+  innerReads: number;
+}
+
+function child(dir: string, size: number, readBytes: number, seed: number, delayMs: number) {
+  return new Deno.Command(DENO, {
+    args: ["run", "-A", CHILD, dir, `${size}`, `${readBytes}`, `${seed}`, `${delayMs}`],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+async function runChild(...args: Parameters<typeof child>): Promise<ChildStats> {
+  const out = await child(...args).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert(out.success, `child failed: ${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(text.trim().split("\n").pop()!);
+}
+
+function blobBase(dir: string, digest = TEST_DIGEST, origin = "o-test"): string {
+  return `${dir}/blobs/${digest.replace(":", "-")}.${origin}.c${MiB}`;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function allocatedBytes(dir: string): number {
+  let total = 0;
+  for (const entry of Deno.readDirSync(`${dir}/blobs`)) {
+    total += (Deno.statSync(`${dir}/blobs/${entry.name}`).blocks ?? 0) * 512;
+  }
+  return total;
+}
+
+Deno.test("disk cache: a second process re-reads the blob from disk with zero fetches", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const size = 9 * MiB + 12345;
+    const first = await runChild(dir, size, 256 * 1024, 3, 0);
+    assert.deepEqual(first.wrong, 0);
+    assert.deepEqual(first.fetchedBytes, size, "each chunk fetched once");
+    const second = await runChild(dir, size, 100_000, 5, 0);
+    assert.deepEqual(second.wrong, 0);
+    assert.deepEqual(second.innerReads, 0, "no read reached the registry side");
+    assert.deepEqual(second.diskHitBytes, size);
+    assert.deepEqual(Deno.statSync(dir).mode! & 0o777, 0o700);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: two processes filling one blob at once fetch each chunk once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const size = 24 * MiB;
+    const [a, b] = await Promise.all([
+      runChild(dir, size, 512 * 1024, 11, 20),
+      runChild(dir, size, 512 * 1024, 12, 20),
+    ]);
+    assert.deepEqual(a.wrong + b.wrong, 0);
+    assert.deepEqual(a.fetchedBytes + b.fetchedBytes, size, JSON.stringify({ a, b }));
+    assert(a.waitedForOthers + b.waitedForOthers > 0, "the two fills met");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: kill -9 in the middle of fills leaves no chunk present with other bytes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const size = 96 * MiB;
+    const expected = patternBytes(size, 7);
+    const base = blobBase(dir);
+    let partial = 0;
+    for (let round = 0; round < 10; round++) {
+      const proc = child(dir, size, 8 * MiB, round + 1, 0);
+      // Kill somewhere inside the fills: they start once the blob's files exist.
+      for (let waitedMs = 0; waitedMs < 10_000; waitedMs += 5) {
+        if (exists(`${base}.map`)) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await new Promise((r) => setTimeout(r, 100 + Math.random() * 1200));
+      try {
+        proc.kill("SIGKILL");
+      } catch { /* finished already */ }
+      await proc.output();
+      let map: Uint8Array, data: Uint8Array;
+      try {
+        map = Deno.readFileSync(`${base}.map`);
+        data = Deno.readFileSync(`${base}.data`);
+      } catch {
+        continue; // killed before it created the files
+      }
+      const present = map.filter((b) => b === 1).length;
+      if (present > 0 && present < map.length) partial++;
+      map.forEach((byte, chunk) => {
+        if (byte !== 1) return;
+        const from = chunk * MiB, to = Math.min(size, from + MiB);
+        for (let i = from; i < to; i++) {
+          if (data[i] !== expected[i]) throw new Error(`chunk ${chunk} present with wrong bytes`);
+        }
+      });
+      if (present === map.length) Deno.removeSync(`${dir}/blobs`, { recursive: true });
+    }
+    assert(partial > 0, "some kill landed mid-blob");
+    const finish = await runChild(dir, size, 4 * MiB, 0, 0);
+    assert.deepEqual(finish.wrong, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: stays under its bound, evicting old blobs then old chunks", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const bound = 8 * MiB;
+    const cache = DiskCache.open({ dir, maxBytes: bound })!;
+    const digests = [1, 2, 3, 4].map((n) => "sha256:" + `${n}`.repeat(64));
+    for (const [n, digest] of digests.entries()) {
+      const bytes = patternBytes(3 * MiB, n + 1);
+      const source = cache.wrap(new MemorySource(bytes), { digest, origin: "test" });
+      assert.deepEqual(await source.read(0, bytes.length), bytes);
+      await source.close!();
+      assert(allocatedBytes(dir) <= bound, `after blob ${n}: ${allocatedBytes(dir)}`);
+    }
+    const names = [...Deno.readDirSync(`${dir}/blobs`)].map((e) => e.name).join(" ");
+    assert(!names.includes(digests[0].slice(7, 20)), `oldest blob evicted: ${names}`);
+    assert(names.includes(digests[3].slice(7, 20)), "newest blob kept");
+
+    // One blob larger than the bound: its own least recently read chunks go.
+    const big = patternBytes(20 * MiB, 9);
+    const inner = new MemorySource(big);
+    const source = cache.wrap(inner, { digest: "sha256:" + "9".repeat(64), origin: "test" });
+    for (let offset = 0; offset < big.length; offset += 2 * MiB) {
+      assert.deepEqual(await source.read(offset, 2 * MiB), big.subarray(offset, offset + 2 * MiB));
+      assert(allocatedBytes(dir) <= bound, `at ${offset}: ${allocatedBytes(dir)}`);
+    }
+    assert((source as DiskCachedSource).stats().evictedChunks > 0);
+    const before = inner.reads.length;
+    assert.deepEqual(await source.read(0, MiB), big.subarray(0, MiB), "evicted chunk refetched");
+    assert.deepEqual(inner.reads.length, before + 1);
+    await source.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "disk cache: a full disk degrades to memory-only with one warning, right bytes",
+  ignore: requires(root()),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "disk-cache-tmpfs-" });
+    const mount = new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=4m", "tmpfs", dir],
+    });
+    assert((await mount.output()).success, "mount tmpfs");
+    try {
+      Deno.chmodSync(dir, 0o700);
+      const warnings: string[] = [];
+      const cache = DiskCache.open({ dir, onWarning: (m) => warnings.push(m) })!;
+      const bytes = patternBytes(16 * MiB, 5);
+      const source = cache.wrap(new MemorySource(bytes), { digest: TEST_DIGEST, origin: "test" });
+      for (let offset = 0; offset < bytes.length; offset += MiB / 2) {
+        assert.deepEqual(
+          await source.read(offset, MiB / 2),
+          bytes.subarray(offset, offset + MiB / 2),
+        );
+      }
+      assert.deepEqual(await source.read(0, bytes.length), bytes);
+      assert((source as DiskCachedSource).stats().degraded);
+      assert.deepEqual(warnings.length, 1, warnings.join("\n"));
+      assert(/No space left|ENOSPC|space/i.test(warnings[0]), warnings[0]);
+      await source.close!();
+    } finally {
+      await new Deno.Command("umount", { args: [dir] }).output();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("disk cache: a chunk that fails verify is never stored and the read fails", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const bytes = patternBytes(3 * MiB, 2);
+    const cache = DiskCache.open({ dir })!;
+    const source = cache.wrap(new MemorySource(bytes), {
+      digest: TEST_DIGEST,
+      origin: "test",
+      verify: (chunk) => chunk !== 1,
+    });
+    assert.deepEqual(await source.read(0, 1000), bytes.subarray(0, 1000));
+    await assert.rejects(() => source.read(MiB + 5, 10), /failed verification/);
+    assert.deepEqual(await source.read(2 * MiB, 10), bytes.subarray(2 * MiB, 2 * MiB + 10));
+    assert.deepEqual([...Deno.readFileSync(`${blobBase(dir, TEST_DIGEST, "verified")}.map`)], [
+      1,
+      0,
+      1,
+    ]);
+    await source.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
