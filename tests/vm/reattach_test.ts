@@ -10,7 +10,7 @@ import { startRegistry, type TestRegistry } from "../_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "../_support/cli.ts";
 import { mountSandbox, mountsBelow, pidAlive, serverPids } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
-import { startFaultProxy } from "../_support/fault_proxy.ts";
+import { type FaultProxy, isBlobGet, startFaultProxy } from "../_support/fault_proxy.ts";
 
 const RECOVERY_DIR = "/var/run/erofsmount/nbd";
 const BIG_FILE_BYTES = 48 << 20;
@@ -59,16 +59,51 @@ function sha256Reader(path: string) {
     .spawn();
 }
 
+/**
+ * Holds the read past HOLD_FROM_BYTES of the big file: while `holding`, range GETs from there on
+ * wait HOLD_MS in the proxy, so the kill lands mid-read however fast the machine is (a fixed
+ * sleep before the kill let a fast reader finish first, and the test then proved nothing).
+ */
+const HOLD_FROM_BYTES = 16 << 20;
+const HOLD_MS = 30_000;
+interface ReadGate {
+  proxy: FaultProxy;
+  holding: boolean;
+}
+
+async function startReadGate(registryHost: string): Promise<ReadGate> {
+  const gate = { holding: false } as ReadGate;
+  gate.proxy = await startFaultProxy(registryHost, [{
+    name: "hold",
+    match: (request) => {
+      const start = Number(/^bytes=(\d+)-/.exec(request.headers.get("range") ?? "")?.[1] ?? 0);
+      return gate.holding && isBlobGet(request) && start >= HOLD_FROM_BYTES;
+    },
+    fault: { kind: "delay", ms: HOLD_MS },
+  }]);
+  return gate;
+}
+
 async function killMidRead(
   sandbox: { target: string; runtimeDir: string; env: Record<string, string> },
+  gate: ReadGate,
   file: string,
   sha256: string,
   reattachArg: string[],
 ) {
   await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
+  gate.holding = true;
   const reader = sha256Reader(file);
-  await new Promise((r) => setTimeout(r, 1500));
+  let readerDone = false;
+  const readerOutput = reader.output().finally(() => readerDone = true);
+  const deadline = Date.now() + 120_000;
+  while (gate.proxy.hits(0) === 0 && !readerDone && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(gate.proxy.hits(0) > 0, "the reader never reached the held part of the file");
+  assert.ok(!readerDone, "the reader finished before the kill");
   const pid = await killServer(sandbox.runtimeDir);
+  gate.holding = false;
 
   const listed = await runCli(["list", "--json"], { env: sandbox.env });
   assertSuccess(listed);
@@ -81,7 +116,7 @@ async function killMidRead(
   });
   assertSuccess(reattached);
   assert.match(reattached.stdout, /reattached/);
-  const result = await reader.output();
+  const result = await readerOutput;
   const waitedMs = Date.now() - started;
   assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
   assert.equal(new TextDecoder().decode(result.stdout).split(" ")[0], sha256);
@@ -99,14 +134,16 @@ async function killMidRead(
 }
 
 async function withBigImage(
-  body: (registry: TestRegistry, image: string, sha256: string) => Promise<void>,
+  body: (registry: TestRegistry, image: string, sha256: string, gate: ReadGate) => Promise<void>,
 ) {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-reattach-" });
   const registry = await startRegistry({ auth: "none" });
+  const gate = await startReadGate(registry.host);
   try {
     const big = await buildBigImage(work);
-    await body(registry, big.image, big.sha256);
+    await body(registry, big.image, big.sha256, gate);
   } finally {
+    await gate.proxy.stop();
     await registry.stop();
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
@@ -116,9 +153,11 @@ Deno.test({
   name: "vm reattach: kill -9 mid-read of a single layer, reattach, reader gets exact bytes",
   ignore: NOT_IN_VM,
   async fn() {
-    await withBigImage(async (registry, image, sha256) => {
-      const ref = `${registry.host}/crash/big:v1`;
-      assertSuccess(await runCli(["push", ref, image], { timeoutMs: 120_000 }));
+    await withBigImage(async (registry, image, sha256, gate) => {
+      assertSuccess(
+        await runCli(["push", `${registry.host}/crash/big:v1`, image], { timeoutMs: 120_000 }),
+      );
+      const ref = `${gate.proxy.host}/crash/big:v1`;
       const sandbox = await mountSandbox();
       try {
         assertSuccess(
@@ -137,7 +176,7 @@ Deno.test({
           /^OCI_NATIVE_BLOB \S+crash\/big:v1 linux\/amd64 sha256:[0-9a-f]{64} \n$/,
         );
 
-        await killMidRead(sandbox, `${sandbox.target}/big.bin`, sha256, [sandbox.target]);
+        await killMidRead(sandbox, gate, `${sandbox.target}/big.bin`, sha256, [sandbox.target]);
 
         assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
         assert.deepEqual(recoveryFiles(), [], "clean umount removes the recovery file");
@@ -153,13 +192,14 @@ Deno.test({
   name: "vm reattach: kill -9 of a 3-layer overlay server, reattach --all brings every layer back",
   ignore: NOT_IN_VM,
   async fn() {
-    await withBigImage(async (registry, image, sha256) => {
-      const ref = `${registry.host}/crash/layers:v1`;
+    await withBigImage(async (registry, image, sha256, gate) => {
+      const layers = [`${FIXTURES}/layer1.erofs`, image, `${FIXTURES}/layer3.erofs`];
       assertSuccess(
-        await runCli(["push", ref, `${FIXTURES}/layer1.erofs`, image, `${FIXTURES}/layer3.erofs`], {
+        await runCli(["push", `${registry.host}/crash/layers:v1`, ...layers], {
           timeoutMs: 120_000,
         }),
       );
+      const ref = `${gate.proxy.host}/crash/layers:v1`;
       const sandbox = await mountSandbox();
       try {
         assertSuccess(
@@ -169,7 +209,7 @@ Deno.test({
           }),
         );
         assert.equal(recoveryFiles().length, 3);
-        await killMidRead(sandbox, `${sandbox.target}/big.bin`, sha256, ["--all"]);
+        await killMidRead(sandbox, gate, `${sandbox.target}/big.bin`, sha256, ["--all"]);
         // Files of the other layers read fine through the new server too.
         assert.ok(Deno.readTextFileSync(`${sandbox.target}/etc/config.txt`).length > 0);
         assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
