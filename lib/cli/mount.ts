@@ -12,7 +12,12 @@ import {
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../mount/mount_image.ts";
-import { DEFAULT_MOUNT_CACHE_BYTES, serverAlive, serverOf } from "../mount/runtime.ts";
+import {
+  DEFAULT_MOUNT_CACHE_BYTES,
+  INDEX_CACHE_DIR,
+  serverAlive,
+  serverOf,
+} from "../mount/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import {
   isLocalImage,
@@ -20,6 +25,7 @@ import {
   resolveLayoutImage,
   resolveLocalImage,
   resolveRegistryImage,
+  type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 
 const MOUNT_OPTIONS = {
@@ -35,6 +41,9 @@ const MOUNT_OPTIONS = {
   suid: { type: "boolean" },
   dev: { type: "boolean" },
   options: { type: "string", short: "o", multiple: true },
+  index: { type: "string" },
+  tarindex: { type: "string" },
+  zinfo: { type: "string" },
 } as const;
 
 function parseMountArgs(argv: string[]) {
@@ -51,6 +60,9 @@ export const mountCommand: Command = {
 Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry reference
 ([registry[:port]/]name[:tag][@sha256:…]), an OCI image layout directory
 (oci:PATH[:TAG]) or a local EROFS image file.
+Ordinary tar+gzip layers mount lazily through a tar index: the one pushed with
+\`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag),
+else one in --index DIR; its files are kept in /var/lib/erofs-oci/index.
 One EROFS layer is mounted read-only at DIR; several are each mounted privately and
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
@@ -71,6 +83,10 @@ Options:
       --suid             honour setuid/setgid bits of the image (default: nosuid)
       --dev              honour device nodes of the image (default: nodev)
   -o, --options LIST     mount options: suid, nosuid, dev, nodev (comma-separated)
+      --index DIR        tar indexes made by \`erofs-oci index … -o DIR\` (used for tar+gzip
+                         layers the registry has no index artifact for)
+      --tarindex FILE    tar-index meta image of the selected layer made by
+      --zinfo FILE         \`mkfs.erofs --tar=i --gzinfo\` (erofs-utils; reads unverified)
       --foreground       keep the server attached to this terminal (debugging, systemd)
 ${REGISTRY_OPTIONS_HELP}
 
@@ -104,6 +120,27 @@ are not written and are looked up again at reattach. The file is removed by umou
   },
 };
 
+function tarIndexSources(values: MountValues): TarIndexSources {
+  if (values.zinfo !== undefined && values.tarindex === undefined) {
+    throw new UsageError("mount: --zinfo goes with --tarindex");
+  }
+  const absolute = (path: string, what: string) => {
+    try {
+      return Deno.realPathSync(path);
+    } catch (error) {
+      throw new UsageError(`mount: cannot open ${what} ${path}: ${(error as Error).message}`);
+    }
+  };
+  return {
+    cacheDir: INDEX_CACHE_DIR,
+    dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
+    files: values.tarindex === undefined ? undefined : {
+      meta: absolute(values.tarindex, "--tarindex"),
+      zinfo: values.zinfo === undefined ? undefined : absolute(values.zinfo, "--zinfo"),
+    },
+  };
+}
+
 async function mountAt(
   target: MountTarget,
   image: string,
@@ -125,7 +162,7 @@ async function mountAt(
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;
     try {
-      resolved = await resolveRegistryImage(opened, selection);
+      resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
     } finally {
       opened.client.close();
     }

@@ -9,6 +9,7 @@ import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../mount/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { openLayerSource } from "../mount/layer_source.ts";
+import { openTarIndexSource, type TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -105,14 +106,28 @@ export async function runMountServer(): Promise<number> {
   );
   const attachLayers = async () => {
     for (const [index, layer] of spec.layers.entries()) {
-      const raw: Source = await openLayerSource(layer, spec.credentials);
+      const opened: Source = await openLayerSource(layer, spec.credentials);
+      const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
+      // An ordinary tar layer is served as [meta][tar]: its metadata is all in the meta
+      // image, held in memory, so there is nothing to prefetch.
+      const raw = tarIndex
+        ? await openTarIndexSource(opened, tarIndex, {
+          digest: (layer as { digest: string }).digest,
+          size: layer.sizeBytes,
+        }, cachePerLayer).catch(async (error) => {
+          await opened.close?.();
+          throw error;
+        })
+        : opened;
       if (spec.awaitSource) await waitUntilServable(raw, index);
-      const cached = new CachedSource(raw, { cacheBytes: cachePerLayer });
+      const cached = tarIndex
+        ? raw as TarIndexedSource
+        : new CachedSource(raw, { cacheBytes: cachePerLayer });
       // Metadata reads are served from pinned pages; the prefetch reads around the cache.
       const served = new PrefetchedSource(cached);
       sources.push(served);
       directoriesPinned.push(
-        new Promise<void>((resolve) => {
+        tarIndex ? Promise.resolve() : new Promise<void>((resolve) => {
           let last = "";
           const report = (summary: string) => {
             // The directory pass may also be the whole prefetch: log each summary once.

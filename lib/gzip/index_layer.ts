@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
+import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
@@ -20,6 +21,13 @@ export interface IndexLayerOptions {
   buildTimeSec: number;
   uuid?: Uint8Array;
   onEntries?: (count: number) => void;
+  /** mtime of directories the tar implies without listing them (default buildTimeSec). */
+  impliedMtimeSec?: number;
+  /**
+   * Called with the scanned tree before the meta image is written (e.g. to give implied
+   * directories the metadata of the layers below, as a stacked mount shows them).
+   */
+  prepareTree?: (root: BuildNode) => void;
 }
 
 export interface LayerIndex {
@@ -105,9 +113,10 @@ export async function indexGzipLayer(
   try {
     const scan = await scanTar(tar, {
       indexOnly: true,
-      impliedMtimeSec: options.buildTimeSec,
+      impliedMtimeSec: options.impliedMtimeSec ?? options.buildTimeSec,
       onEntries: options.onEntries,
     });
+    options.prepareTree?.(scan.root);
     while (await next()) { /* drain: padding after the end-of-archive marker */ }
     await writer.finish(builder.finish());
     const tarBytes = builder.uncompressedBytes;

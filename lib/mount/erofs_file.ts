@@ -38,6 +38,11 @@ export interface MountErofsOptions {
   flags?: number;
   /** What mount(2) is given instead of `target` (a pinned /proc/self/fd path). */
   mountAt?: string;
+  /**
+   * The file holds the extra devices itself, each at its device slot's `mapped_blkaddr`
+   * (a tar-index layer served as [meta][tar]), so none are passed.
+   */
+  devicesMapped?: boolean;
 }
 
 /** How the image ended up mounted. */
@@ -65,7 +70,7 @@ export async function mountErofsFile(
 ): Promise<ErofsMountInfo> {
   const extraDevices = opts.extraDevices ?? [];
   const superblock = checkErofsSuperblock(await readHead(file, EROFS_SUPER_END), file);
-  if (superblock.extraDevices > extraDevices.length) {
+  if (superblock.extraDevices > extraDevices.length && !opts.devicesMapped) {
     throw new MountError(
       `${file} needs ${superblock.extraDevices} extra device(s), ${extraDevices.length} given`,
       "an image built with --tar=i or blob devices needs its blobs as extra devices",

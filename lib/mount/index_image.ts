@@ -5,6 +5,8 @@
  */
 import { OciError, UserError } from "../errors.ts";
 import { openVerifiedBlob } from "../convert/layer_blob.ts";
+import { LowerDirs } from "../convert/lower_dirs.ts";
+import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { OpenedImage } from "../cli/registry_options.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
@@ -55,6 +57,24 @@ function notGzip(layer: LayerDescriptor): UserError {
   );
 }
 
+/** An mtime no tar header of a real archive holds: marks directories the tar only implies. */
+const IMPLIED_MARK_SEC = -(2 ** 52) + 7;
+
+/** The directories carrying the mark (they get `mtimeSec`); iterative, trees can be deep. */
+function impliedDirs(root: BuildNode, mtimeSec: number): Set<BuildNode> {
+  const implied = new Set<BuildNode>();
+  const pending = [root];
+  while (pending.length > 0) {
+    const node = pending.pop()!;
+    if (node.mtimeSec === IMPLIED_MARK_SEC) {
+      node.mtimeSec = mtimeSec;
+      if (node.kind === "dir") implied.add(node);
+    }
+    for (const child of node.children?.values() ?? []) pending.push(child);
+  }
+  return implied;
+}
+
 /** Indexes the image's layers; returns the files per layer (and the artifact when pushed). */
 export async function indexImage(
   image: OpenedImage,
@@ -79,13 +99,27 @@ export async function indexImage(
     const store = image.registry
       ? { kind: "registry" as const, client: image.registry.client, repository: image.repository }
       : { kind: "layout" as const, layout: image.layout!.layout };
+    // Stacked in order from the bottom, implied directories take the metadata below (umoci
+    // leaves unchanged parents out of a layer); with --layer N alone there is nothing below.
+    const lower = layers.length === resolved.layers.length ? new LowerDirs() : undefined;
     for (const layer of layers) {
       const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
       const { files: done, result } = await writeLayerIndex(
         blob.stream,
         dir,
         layerFileStem(layer.digest),
-        { spanBytes: options.spanBytes, buildTimeSec: options.buildTimeSec },
+        {
+          spanBytes: options.spanBytes,
+          buildTimeSec: options.buildTimeSec,
+          impliedMtimeSec: IMPLIED_MARK_SEC,
+          prepareTree: (root) => {
+            const stacked = { root, implied: impliedDirs(root, options.buildTimeSec) };
+            if (!lower) return;
+            lower.fillImplied(stacked);
+            lower.dropMarkersWithoutLower(stacked);
+            lower.apply(stacked);
+          },
+        },
       );
       if (!blob.verified() || result.layerDigest !== layer.digest) {
         throw new OciError(`layer ${layer.digest} failed verification while indexing`);

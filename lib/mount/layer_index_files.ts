@@ -12,11 +12,14 @@ import {
   sha256Digest,
 } from "../gzip/index_record.ts";
 import { FormatError } from "../errors.ts";
+import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
   spanBytes: number;
   buildTimeSec: number;
   onEntries?: (count: number) => void;
+  impliedMtimeSec?: number;
+  prepareTree?: (root: BuildNode) => void;
 }
 
 /** Paths of one layer's index files (zinfo and pieces absent for a plain tar). */
@@ -49,6 +52,8 @@ export async function writeLayerIndex(
     spanBytes: options.spanBytes,
     buildTimeSec: options.buildTimeSec,
     onEntries: options.onEntries,
+    impliedMtimeSec: options.impliedMtimeSec,
+    prepareTree: options.prepareTree,
   });
   const record: IndexRecord = {
     layer: { digest: result.layerDigest, size: result.layerBytes },

@@ -74,6 +74,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       await mountErofsFile(layer.blockPath, dir, {
         flags: mountFlags(trust),
         mountAt: atTarget ? pinnedPath(pinned) : undefined,
+        devicesMapped: spec.layers[index].kind === "registry" &&
+          (spec.layers[index] as { tarIndex?: unknown }).tarIndex !== undefined,
       });
       const mountId = atTarget ? newMountOn(pinned, "erofs", before) : undefined;
       targetMountId ??= mountId;

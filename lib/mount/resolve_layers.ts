@@ -3,13 +3,21 @@
  * selected layers of a registry image (resolved to digests, so a tag that moves later cannot
  * swap the data under a mounted file system).
  */
-import { UserError } from "../errors.ts";
+import { UsageError, UserError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
-import { type LayerSelection, selectLayers } from "../oci/layers.ts";
+import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../cli/registry_options.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
-import type { LayerSpec } from "./runtime.ts";
+import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "./runtime.ts";
+import { fetchTarIndexes } from "./tar_index_artifact.ts";
+import {
+  checkTarIndexFiles,
+  findLocalLayerIndex,
+  layerFileStem,
+  type TarIndexFiles,
+} from "./layer_index_files.ts";
+import { tarLayerKind } from "./tar_layers.ts";
 
 export interface ResolvedLayers {
   /** What `list` shows as the image. */
@@ -100,27 +108,45 @@ export async function resolveLayoutImage(
   }
 }
 
+/** Where tar layers' indexes come from besides the registry's index artifact. */
+export interface TarIndexSources {
+  /** `--index DIR`: files written by `erofs-oci index … -o DIR`. */
+  dir?: string;
+  /** `--tarindex FILE --zinfo FILE` (erofs-utils): for the one selected layer, unverified. */
+  files?: { meta: string; zinfo?: string };
+  /** Durable copy of every index a mount uses. */
+  cacheDir: string;
+}
+
 export async function resolveRegistryImage(
   opened: OpenedRegistry,
   selection: LayerSelection,
+  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
 ): Promise<ResolvedLayers> {
   const { ref, client } = opened;
   const image = await client.resolveImage(ref, opened.platform);
-  const chosen = selectLayers(image, selection);
+  const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
+  const tarLayers = selection.anyMediaType && !indexes.files
+    ? []
+    : chosen.filter((l) => tarLayerKind(l.mediaType) !== undefined || indexes.files);
+  const tarIndexes = await findTarIndexes(opened, image.manifestDigest, tarLayers, indexes);
   const layers: LayerSpec[] = [];
   for (const layer of chosen) {
-    // Check the superblock before anything is attached: other data gets a clear error here
-    // instead of the kernel's EINVAL later.
     // The descriptor size is checked against the real one (Content-Range total) here, first.
     const head = await client.readBlobRange(
       ref.repository,
       layer.digest,
       0,
-      EROFS_SUPER_END,
+      Math.min(EROFS_SUPER_END, layer.sizeBytes),
       undefined,
       layer.sizeBytes,
     );
-    checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+    const tarIndex = tarIndexes.get(layer.digest);
+    // Check the superblock before anything is attached: other data gets a clear error here
+    // instead of the kernel's EINVAL later.
+    if (!tarIndex) {
+      checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+    }
     layers.push({
       kind: "registry",
       registry: ref.registry,
@@ -132,7 +158,103 @@ export async function resolveRegistryImage(
       mediaType: layer.mediaType,
       sizeBytes: layer.sizeBytes,
       plainHttp: client.plainHttp,
+      ...(tarIndex ? { tarIndex } : {}),
     });
   }
   return { image: formatReference(ref), manifestDigest: image.manifestDigest, layers };
+}
+
+/**
+ * The layers to mount: as before for EROFS images; an image with ordinary tar layers mounts
+ * all of its layers (EROFS and tar mixed), or the one `--layer`/`--blob` names.
+ */
+function chooseLayers(
+  layers: LayerDescriptor[],
+  selection: LayerSelection,
+  indexFiles: boolean,
+): LayerDescriptor[] {
+  const hasTar = layers.some((l) => tarLayerKind(l.mediaType) !== undefined);
+  const one = selection.layer !== undefined || selection.blob !== undefined;
+  if (indexFiles) {
+    if (!one && layers.length !== 1) {
+      throw new UsageError("--tarindex/--zinfo index one layer: select it with --layer N");
+    }
+    return selectLayers({ layers }, { ...selection, anyMediaType: true });
+  }
+  if (!hasTar || selection.anyMediaType) return selectLayers({ layers }, selection);
+  if (one) return selectLayers({ layers }, { ...selection, anyMediaType: true });
+  if (layers.length === 0) return selectLayers({ layers }, selection);
+  return layers;
+}
+
+async function findTarIndexes(
+  opened: OpenedRegistry,
+  manifestDigest: string,
+  layers: LayerDescriptor[],
+  sources: TarIndexSources,
+): Promise<Map<string, TarIndexSpec>> {
+  const found = new Map<string, TarIndexSpec>();
+  if (layers.length === 0) return found;
+  if (sources.files) {
+    found.set(layers[0].digest, { meta: sources.files.meta, zinfo: sources.files.zinfo });
+    return found;
+  }
+  for (const layer of layers) {
+    const kind = tarLayerKind(layer.mediaType);
+    if (kind !== "gzip") {
+      throw new UserError(
+        `layer ${layer.index} is ${layer.mediaType}: only tar+gzip layers mount through an index`,
+        "convert the image to EROFS layers: `erofs-oci convert IMAGE DEST`",
+      );
+    }
+  }
+  const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
+  const { ref, client } = opened;
+  const fetched = await fetchTarIndexes(
+    client,
+    ref.repository,
+    manifestDigest,
+    wanted,
+    sources.cacheDir,
+  );
+  for (const [digest, files] of fetched) found.set(digest, files);
+  for (const layer of wanted) {
+    if (found.has(layer.digest) || !sources.dir) continue;
+    const local = await findLocalLayerIndex(sources.dir, layer);
+    if (local) found.set(layer.digest, await keepIndexFiles(local, sources.cacheDir, layer.digest));
+  }
+  const missing = layers.find((l) => !found.has(l.digest));
+  if (missing) {
+    throw new UserError(
+      `layer ${missing.index} (${missing.digest.slice(0, 19)}…) is tar+gzip and has no index`,
+      `make one: \`erofs-oci index ${formatReference(ref)} --push\` (or pass --index DIR)`,
+    );
+  }
+  return found;
+}
+
+/** Copies index files into the durable cache (a --index DIR may go away while mounted). */
+async function keepIndexFiles(
+  files: TarIndexFiles,
+  cacheDir: string,
+  layerDigest: string,
+): Promise<TarIndexFiles> {
+  const dir = `${cacheDir}/${layerFileStem(layerDigest)}`;
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const keep = async (path: string | undefined, digest: string | undefined) => {
+    if (!path || !digest) return undefined;
+    const target = `${dir}/${digest.replace(":", "-")}`;
+    const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    await Deno.copyFile(path, tmp);
+    await Deno.rename(tmp, target);
+    return target;
+  };
+  const kept: TarIndexFiles = {
+    record: files.record,
+    meta: (await keep(files.meta, files.record.meta.digest))!,
+    zinfo: await keep(files.zinfo, files.record.zinfo?.digest),
+    pieces: await keep(files.pieces, files.record.pieces?.digest),
+  };
+  await checkTarIndexFiles(kept, files.record.layer);
+  return kept;
 }

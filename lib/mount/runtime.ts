@@ -4,6 +4,7 @@
  * log and the control socket.
  */
 import { MountError } from "../errors.ts";
+import type { IndexRecord } from "../gzip/index_record.ts";
 import {
   closeFd,
   Errno,
@@ -31,6 +32,13 @@ function resolved(path: string): string {
   return path;
 }
 
+/**
+ * Durable state (survives reboots of the runtime dir): index files of tar layers fetched from
+ * registries live in `STATE_ROOT/index/LAYER/`, where reattach finds them again.
+ */
+export const STATE_ROOT = Deno.env.get("EROFS_OCI_STATE_DIR") ?? "/var/lib/erofs-oci";
+export const INDEX_CACHE_DIR = `${STATE_ROOT}/index`;
+
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */
 export const DEFAULT_MOUNT_CACHE_BYTES = 32 << 20;
@@ -55,7 +63,23 @@ export type LayerSpec =
     mediaType: string;
     sizeBytes: number;
     plainHttp: boolean;
+    /**
+     * An ordinary tar+gzip layer served as [meta][tar] through its index files (kept in a
+     * durable place: reattach opens them again).
+     */
+    tarIndex?: TarIndexSpec;
   };
+
+/**
+ * Index files of a tar layer. `record` binds them to the layer (made by `erofs-oci index`);
+ * without it (files from erofs-utils) nothing ties them to the blob and reads are unverified.
+ */
+export interface TarIndexSpec {
+  meta: string;
+  zinfo?: string;
+  pieces?: string;
+  record?: IndexRecord;
+}
 
 /** Everything the server needs to serve one mount (sent over its stdin, never to disk). */
 export interface MountSpec {

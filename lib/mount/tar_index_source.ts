@@ -1,0 +1,81 @@
+/**
+ * The source a mount serves for an ordinary tar layer: [meta][tar] (HybridTarSource) over the
+ * layer blob behind the chunk cache (coalesced ranged GETs, single-flight, readahead), tar
+ * bytes inflated from the nearest zinfo checkpoint and, with an `erofs-oci index` record,
+ * every inflated piece checked against its digest.
+ */
+import { FormatError } from "../errors.ts";
+import { CachedSource, type CacheStats } from "../source/cached.ts";
+import { HybridTarSource } from "../source/hybrid_tar.ts";
+import type { Source } from "../source/source.ts";
+import { checkTarIndexFiles } from "./layer_index_files.ts";
+import type { TarIndexSpec } from "./runtime.ts";
+
+/** A layer served through its tar index, with the compressed blob's cache statistics. */
+export interface TarIndexedSource extends Source {
+  readonly cacheBytes: number;
+  stats(): CacheStats;
+  close(): Promise<void>;
+}
+
+function bytesSource(bytes: Uint8Array): Source {
+  return {
+    size: bytes.length,
+    read: (offset, length) => Promise.resolve(bytes.slice(offset, offset + length)),
+  };
+}
+
+async function readIndexFile(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (error) {
+    throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * Opens `blob` (the layer, `layer` its digest and size) through `index`. The files are read
+ * once and checked against the record before anything is served; a zinfo that does not fit
+ * the blob, or a meta referring past the tar, is a FormatError here.
+ */
+export async function openTarIndexSource(
+  blob: Source,
+  index: TarIndexSpec,
+  layer: { digest: string; size: number },
+  cacheBytes: number,
+): Promise<TarIndexedSource> {
+  let meta: Uint8Array, zinfo: Uint8Array | undefined, pieces: Uint8Array | undefined;
+  if (index.record) {
+    ({ meta, zinfo, pieces } = await checkTarIndexFiles(
+      { record: index.record, meta: index.meta, zinfo: index.zinfo, pieces: index.pieces },
+      layer,
+    ));
+  } else {
+    meta = await readIndexFile(index.meta);
+    zinfo = index.zinfo ? await readIndexFile(index.zinfo) : undefined;
+  }
+  const blobCacheBytes = Math.max(4 << 20, Math.floor(cacheBytes / 2));
+  const cached = new CachedSource(blob, { cacheBytes: blobCacheBytes });
+  let hybrid: HybridTarSource;
+  if (zinfo) {
+    const record = index.record;
+    hybrid = await HybridTarSource.openGzip(meta, cached, bytesSource(zinfo), {
+      cacheBytes: Math.max(4 << 20, cacheBytes - blobCacheBytes),
+      pieceDigests: pieces && record?.pieces
+        ? { bytes: pieces, pieceBytes: record.pieces.pieceBytes, totalBytes: record.tarBytes }
+        : undefined,
+    });
+  } else {
+    hybrid = HybridTarSource.plainTar(meta, cached);
+  }
+  return {
+    size: hybrid.size,
+    cacheBytes: blobCacheBytes,
+    read: (offset, length, signal) => hybrid.read(offset, length, signal),
+    stats: () => cached.stats(),
+    close: async () => {
+      await hybrid.close();
+      await cached.close?.();
+    },
+  };
+}

@@ -1,0 +1,171 @@
+/**
+ * Ordinary tar+gzip images mounted lazily from a real docker-registry (FUSE backend): without an
+ * index `mount` says how to make one; after `erofs-oci index IMAGE --push` (stored under the
+ * referrers fallback tag: docker-registry 2.8 has no referrers API) a plain `mount` finds it.
+ * An image made by umoci and copied by skopeo (3 layers, deletions, an opaque directory)
+ * mounts as an overlay equal to `umoci unpack`; an index for another layer is refused.
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { getManifest, pushImage } from "./_support/oci_raw.ts";
+import { runOk, treeListing } from "./_support/erofs_tree.ts";
+import { manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { makeUmociImage } from "./_support/umoci_image.ts";
+
+const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
+const LONG = { timeoutMs: 120_000 };
+const ignore = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  command("python3"),
+  path(`${FIXTURES}/big.tar.gz`, "shared fixtures"),
+);
+
+/** Runs `fn` with a registry and a state dir for index files; removes both afterwards. */
+async function withRegistry(
+  fn: (registry: TestRegistry, env: Record<string, string>, work: string) => Promise<void>,
+): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-mount-" });
+  await using registry = await startRegistry({ auth: "none" });
+  try {
+    await fn(registry, { EROFS_OCI_STATE_DIR: `${work}/state` }, work);
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "mount tar.gz image: no index → one-line hint; index --push → lazy mount equals the tree",
+  ignore,
+  fn: () =>
+    withRegistry(async (registry, stateEnv) => {
+      const gz = await Deno.readFile(`${FIXTURES}/big.tar.gz`);
+      const pushed = await pushImage(registry, "gz/app", "v1", [
+        { bytes: gz, mediaType: GZIP_LAYER },
+      ]);
+      const ref = `${registry.host}/gz/app:v1`;
+      const sandbox = await mountSandbox();
+      const env = { ...sandbox.env, ...stateEnv };
+      try {
+        const none = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
+        assertCliError(none, 1, /layer 0 .* is tar\+gzip and has no index/);
+        assert.match(none.stderr, /hint: make one: `erofs-oci index .*gz\/app:v1 --push`/);
+
+        assertSuccess(await runCli(["index", ref, "--push", "--timestamp", "1700000000"], LONG));
+        const tag = await getManifest(
+          registry,
+          "gz/app",
+          pushed.manifestDigest.replace(":", "-"),
+        );
+        assert.equal(tag.status, 200, "the fallback tag holds the referrers index");
+
+        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
+          env,
+          ...LONG,
+        });
+        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+        // The writer gives tar roots 0755 where mkfs.erofs gives 0777 (build_tar_test.ts).
+        const want = Deno.readTextFileSync(`${FIXTURES}/expected/big.meta.txt`)
+          .replace(/^\.\td\t0777\t/, ".\td\t0755\t");
+        assert.equal(await manifestOf(sandbox.target), want);
+        // The index files stay in the durable state dir for reattach.
+        const kept = [...Deno.readDirSync(`${stateEnv.EROFS_OCI_STATE_DIR}/index`)];
+        assert.equal(kept.length, 1);
+        assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      } finally {
+        await sandbox.cleanup();
+      }
+    }),
+});
+
+Deno.test({
+  name: "mount --index DIR: an index whose record names another layer size is refused",
+  ignore,
+  fn: () =>
+    withRegistry(async (registry, stateEnv, work) => {
+      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushImage(registry, "gz/one", "v1", [{ bytes: gz, mediaType: GZIP_LAYER }]);
+      const ref = `${registry.host}/gz/one:v1`;
+      assertSuccess(await runCli(["index", ref, "-o", `${work}/idx`], LONG));
+      const sandbox = await mountSandbox();
+      const env = { ...sandbox.env, ...stateEnv };
+      try {
+        const ok = await runCli(
+          ["mount", "--backend", "fuse", ref, sandbox.target, "--index", `${work}/idx`],
+          { env, ...LONG },
+        );
+        assert.equal(ok.code, 0, `${describe(ok)}\n${sandbox.serverLogs()}`);
+        assertSuccess(await runCli(["umount", sandbox.target], { env }));
+
+        for (const entry of Deno.readDirSync(`${work}/idx`)) {
+          if (!entry.name.endsWith(".index.json")) continue;
+          const file = `${work}/idx/${entry.name}`;
+          const record = JSON.parse(Deno.readTextFileSync(file));
+          record.layer.size += 1;
+          Deno.writeTextFileSync(file, JSON.stringify(record));
+        }
+        const bad = await runCli(
+          ["mount", "--backend", "fuse", ref, sandbox.target, "--index", `${work}/idx`],
+          { env, ...LONG },
+        );
+        assertCliError(bad, 1, /the index was made for layer .* bytes\), not/);
+      } finally {
+        await sandbox.cleanup();
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "mount umoci image (skopeo, Docker v2s2 tar+gzip, 3 layers) via index --push equals umoci unpack",
+  ignore: ignore || requires(command("umoci"), command("skopeo")),
+  fn: () =>
+    withRegistry(async (registry, stateEnv, work) => {
+      const image = await makeUmociImage(work);
+      await runOk("skopeo", [
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        `oci:${image.layout}:${image.tag}`,
+        `docker://${registry.host}/src/app:v2s2`,
+      ]);
+      const ref = `${registry.host}/src/app:v2s2`;
+      const indexed = await runCli(["index", ref, "--push"], LONG);
+      assertSuccess(indexed);
+      assert.match(indexed.stdout, /pushed index sha256:[0-9a-f]{64} .* \(fallback-tag\)/);
+      const sandbox = await mountSandbox();
+      const env = { ...sandbox.env, ...stateEnv };
+      try {
+        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
+          env,
+          ...LONG,
+        });
+        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+        assert.match(mounted.stdout, /3 layers/);
+        assert.deepEqual(
+          comparable(await treeListing(sandbox.target)),
+          comparable(await treeListing(image.rootfs)),
+        );
+        assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      } finally {
+        await sandbox.cleanup();
+      }
+    }),
+});
+
+/**
+ * The root's own line is left out (its mtime is the mount's, not the image's) and directory
+ * link counts too: overlayfs reports 1 for merged directories.
+ */
+function comparable(listing: string[]): string[] {
+  return listing.filter((line) => !line.startsWith(".\t")).map((line) => {
+    const fields = line.split("\t");
+    if (fields[1] === "d") fields[4] = "-";
+    return fields.join("\t");
+  });
+}
