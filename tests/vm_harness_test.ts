@@ -34,6 +34,13 @@ Deno.test({
       // with spaces); the kernel package already downloaded for this checkout is reused.
       const cache = `${checkout}/.cache/vm`;
       await Deno.mkdir(`${cache}/dl`, { recursive: true });
+      // The real checkout's build downloads the kernel package once (a fresh clone has none yet).
+      const built = await new Deno.Command(`${REPO_ROOT}/scripts/vm/build.sh`, {
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(built.code, 0, new TextDecoder().decode(built.stderr));
       const downloaded = `${REPO_ROOT}/.cache/vm/dl`;
       const debs = await Array.fromAsync(Deno.readDir(downloaded)).catch(() => []);
       for (const { name } of debs.filter((entry) => entry.name.endsWith(".deb"))) {
