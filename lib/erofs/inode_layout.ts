@@ -3,7 +3,7 @@
  * and directory data lie, and the entries of one directory block. Pure functions over bytes;
  * every field is hostile, so results are checked by the caller against the image size.
  * Layout: linux/fs/erofs/erofs_fs.h (`erofs_inode_compact`, `erofs_inode_extended`,
- * `erofs_dirent`), checked against /work/shared/fixtures/inspect_erofs.py.
+ * `erofs_dirent`), checked against ../shared/fixtures/inspect_erofs.py.
  */
 
 /** Inode slots are 32 bytes (EROFS_ISLOTBITS = 5). */
