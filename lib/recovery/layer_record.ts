@@ -11,6 +11,7 @@ import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { tarIndexLayerForRecord, tarIndexRecordForLayer } from "./tarindex_record.ts";
 import {
   identityDifferences,
   identityOfImage,
@@ -99,6 +100,9 @@ export function recordForLayer(
     const local = layer.digest ? { ...extra, digest: layer.digest } : extra;
     return { record: { kind: "LOCAL", path: layer.path }, extra: local };
   }
+  if (layer.tarIndex) {
+    return tarIndexRecordForLayer({ ...layer, tarIndex: layer.tarIndex }, credentials, extra);
+  }
   return {
     record: {
       kind: "OCI_NATIVE_BLOB",
@@ -160,7 +164,7 @@ export async function layerForRecord(
     return { layer: { kind: "local", path: record.path, sizeBytes: size, digest } };
   }
   if (record.kind === "TARINDEX_OCI_BLOB") {
-    throw new FormatError("tar-index (TARINDEX_OCI_BLOB) devices cannot be reattached yet");
+    return await tarIndexLayerForRecord(record, extra, sizeMatches, VERIFY_DEADLINE_MS);
   }
   const ref = parseReference(record.reference);
   const client = new RegistryClient(ref.registry, {

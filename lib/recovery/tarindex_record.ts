@@ -1,0 +1,127 @@
+/**
+ * Recovery of tar-index devices: a layer served as [meta][tar] is recorded as erofs-utils 1.9
+ * writes it, `TARINDEX_OCI_BLOB <ref> <platform> <digest> <cred> <meta path> <zinfo path>`,
+ * with the meta and zinfo in their durable place (/var/lib/erofs-oci/index/…, never a tmp dir)
+ * so either tool can serve the device again. What the line cannot hold (the piece digests and
+ * the record binding the files to the layer) goes to the companion file.
+ */
+import { FormatError, OciError } from "../errors.ts";
+import { parseIndexRecord } from "../gzip/index_record.ts";
+import { RegistryClient } from "../oci/client.ts";
+import { parseReference } from "../oci/reference.ts";
+import { tarIndexLayout } from "../source/hybrid_tar.ts";
+import type { LayerSpec, TarIndexSpec } from "../mount/runtime.ts";
+import type { Credentials, RecoveryRecord } from "./record.ts";
+import type { RecoveryExtra } from "./store.ts";
+
+type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
+type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
+
+/** Companion fields of a tar-index device. */
+export interface TarIndexExtra {
+  pieces?: string;
+  record?: unknown;
+}
+
+/** The recovery line (+ companion facts) of a layer served through its tar index. */
+export function tarIndexRecordForLayer(
+  layer: RegistryLayer & { tarIndex: TarIndexSpec },
+  credentials: Credentials | undefined,
+  extra: RecoveryExtra,
+): { record: RecoveryRecord; extra: RecoveryExtra & { tarIndex: TarIndexExtra } } {
+  return {
+    record: {
+      kind: "TARINDEX_OCI_BLOB",
+      reference: layer.reference,
+      platform: layer.platform,
+      digest: layer.digest,
+      credentials,
+      tarIndexPath: layer.tarIndex.meta,
+      zinfoPath: layer.tarIndex.zinfo ?? "",
+    },
+    extra: {
+      ...extra,
+      plainHttp: layer.plainHttp,
+      tarIndex: { pieces: layer.tarIndex.pieces, record: layer.tarIndex.record },
+    },
+  };
+}
+
+/**
+ * The LayerSpec a tar-index device is served from again: the blob must still be in the
+ * registry with the recorded size, and [meta][tar] must fit the device. The server checks
+ * the files against the record (when there is one) before serving.
+ */
+export async function tarIndexLayerForRecord(
+  record: TarIndexRecord,
+  extra: RecoveryExtra & { tarIndex?: TarIndexExtra },
+  sizeFits: (sizeBytes: number) => boolean,
+  deadlineMs: number,
+): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
+  let meta: Uint8Array;
+  try {
+    meta = await Deno.readFile(record.tarIndexPath);
+  } catch (error) {
+    throw new FormatError(
+      `tar index ${record.tarIndexPath} is gone: ${(error as Error).message}`,
+      "the device cannot be served without it; unmount and mount again",
+    );
+  }
+  const layout = tarIndexLayout(meta, record.tarIndexPath);
+  if (!sizeFits(layout.metaBytes + layout.tarBytes)) {
+    throw new FormatError(`tar index ${record.tarIndexPath} does not fit the device's size`);
+  }
+  const indexRecord = extra.tarIndex?.record === undefined ? undefined : parseIndexRecord(
+    new TextEncoder().encode(JSON.stringify(extra.tarIndex.record)),
+    "recorded index record",
+  );
+  const ref = parseReference(record.reference);
+  const client = new RegistryClient(ref.registry, {
+    plainHttp: extra.plainHttp,
+    credentials: record.credentials,
+    deadlineMs,
+  });
+  try {
+    const response = await client.request({
+      method: "HEAD",
+      path: `/v2/${ref.repository}/blobs/${record.digest}`,
+      scope: `repository:${ref.repository}:pull`,
+    });
+    await response.body?.cancel();
+    if (!response.ok) {
+      const error = new OciError(
+        `checking blob ${record.digest}: registry answered ${response.status}`,
+      );
+      error.status = response.status;
+      throw error;
+    }
+    const size = Number(response.headers.get("content-length") ?? NaN);
+    if (indexRecord && indexRecord.layer.size !== size) {
+      throw new OciError(`blob ${record.digest} has ${size} bytes, its index says otherwise`);
+    }
+    const pieces = typeof extra.tarIndex?.pieces === "string" ? extra.tarIndex.pieces : undefined;
+    return {
+      layer: {
+        kind: "registry",
+        registry: ref.registry,
+        repository: ref.repository,
+        reference: record.reference,
+        platform: record.platform,
+        layerIndex: extra.layerIndex ?? 0,
+        digest: record.digest,
+        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+        sizeBytes: size,
+        plainHttp: client.plainHttp,
+        tarIndex: {
+          meta: record.tarIndexPath,
+          zinfo: record.zinfoPath || undefined,
+          pieces: indexRecord ? pieces : undefined,
+          record: indexRecord,
+        },
+      },
+      credentials: record.credentials,
+    };
+  } finally {
+    client.close();
+  }
+}
