@@ -35,6 +35,8 @@ const MOUNT_OPTIONS = {
   "any-media-type": { type: "boolean" },
   backend: { type: "string", default: "auto" },
   "cache-size": { type: "string" },
+  "disk-cache-size": { type: "string" },
+  "no-disk-cache": { type: "boolean" },
   upper: { type: "string" },
   work: { type: "string" },
   foreground: { type: "boolean" },
@@ -78,6 +80,9 @@ Options:
       --cache-size SIZE  memory cache per mount (default ${
     DEFAULT_MOUNT_CACHE_BYTES >> 20
   }M; e.g. 256M, 1G)
+      --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
+                         bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G)
+      --no-disk-cache    keep fetched bytes in memory only
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
       --suid             honour setuid/setgid bits of the image (default: nosuid)
@@ -110,6 +115,12 @@ are not written and are looked up again at reattach. The file is removed by umou
       ? DEFAULT_MOUNT_CACHE_BYTES
       : parseSize(values["cache-size"], "--cache-size");
     const trust = parseMountTrust(values, values.options);
+    // The detached server reads the disk cache settings from the environment it inherits.
+    if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
+    else if (values["disk-cache-size"] !== undefined) {
+      const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
+      Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
+    }
     checkRoot();
     const target = checkMountTarget(dir);
     try {

@@ -5,7 +5,29 @@ import { RegistryBlob } from "../oci/registry_blob.ts";
 import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
+import { DiskCache } from "../source/disk_cache.ts";
 import type { LayerSpec } from "./runtime.ts";
+
+/**
+ * The host's disk cache, opened once per process. Configured by the environment so the
+ * detached server and `reattach` see what `mount` was told: EROFS_OCI_CACHE_DIR, and
+ * EROFS_OCI_DISK_CACHE_BYTES (the bound; 0 turns it off, as `--no-disk-cache` does).
+ */
+let diskCache: DiskCache | undefined | null;
+export function sharedDiskCache(): DiskCache | undefined {
+  if (diskCache !== undefined) return diskCache ?? undefined;
+  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
+  const maxBytes = bound === undefined || bound === "" ? undefined : Number(bound);
+  diskCache = maxBytes === 0 || Number.isNaN(maxBytes)
+    ? null
+    : DiskCache.open({ maxBytes }) ?? null;
+  return diskCache ?? undefined;
+}
+
+/** Names a registry blob's origin for the disk cache (unverified bytes stay per origin). */
+export function registryOrigin(registry: string, plainHttp: boolean): string {
+  return `${plainHttp ? "http" : "https"}://${registry}`;
+}
 
 /**
  * The spec's size is what `mount` saw (a file's size, an OCI layout descriptor's size); the
@@ -33,10 +55,16 @@ export async function openLayerSource(
     plainHttp: layer.plainHttp,
     credentials,
   });
-  return new RegistryBlob(client, layer.repository, {
+  const blob = new RegistryBlob(client, layer.repository, {
     index: layer.layerIndex,
     digest: layer.digest,
     sizeBytes: layer.sizeBytes,
     mediaType: layer.mediaType,
+  });
+  const cache = sharedDiskCache();
+  if (!cache) return blob;
+  return cache.wrap(blob, {
+    digest: layer.digest,
+    origin: registryOrigin(layer.registry, layer.plainHttp),
   });
 }

@@ -18,6 +18,7 @@ import {
   type TarIndexFiles,
 } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
+import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
 export interface ResolvedLayers {
   /** What `list` shows as the image. */
@@ -133,11 +134,18 @@ export async function resolveRegistryImage(
   const layers: LayerSpec[] = [];
   for (const layer of chosen) {
     // The descriptor size is checked against the real one (Content-Range total) here, first.
-    const head = await client.readBlobRange(
+    // A head already in the disk cache came from a reply of this size: no GET for it.
+    const headBytes = Math.min(EROFS_SUPER_END, layer.sizeBytes);
+    const head = sharedDiskCache()?.readIfPresent(
+      { digest: layer.digest, origin: registryOrigin(ref.registry, client.plainHttp) },
+      layer.sizeBytes,
+      0,
+      headBytes,
+    ) ?? await client.readBlobRange(
       ref.repository,
       layer.digest,
       0,
-      Math.min(EROFS_SUPER_END, layer.sizeBytes),
+      headBytes,
       undefined,
       layer.sizeBytes,
     );

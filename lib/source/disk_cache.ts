@@ -13,10 +13,12 @@
 import type { Source } from "./source.ts";
 import {
   closeQuietly,
+  F_RDLCK,
   F_WRLCK,
   fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
+  preadExact,
   tryLock,
 } from "./disk_cache_io.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
@@ -113,6 +115,42 @@ export class DiskCache {
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}; memory cache only`);
       return inner;
+    }
+  }
+
+  /**
+   * `length` bytes at `offset` of a blob when every chunk they touch is present, else
+   * undefined; creates nothing. For probes made before a source exists (the superblock check
+   * at mount): bytes there were fetched through a reply whose size matched `sizeBytes`.
+   */
+  readIfPresent(key: BlobKey, sizeBytes: number, offset: number, length: number) {
+    if (!DIGEST.test(key.digest) || length <= 0 || offset + length > sizeBytes) return undefined;
+    let base: string;
+    try {
+      const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
+      base = `${this.blobsDir}/${key.digest.replace(":", "-")}.${origin}.c${this.chunkBytes}`;
+    } catch {
+      return undefined;
+    }
+    const first = Math.floor(offset / this.chunkBytes);
+    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
+    let map = -1, data = -1;
+    try {
+      map = openCacheFile(`${base}.map`, false);
+      data = openCacheFile(`${base}.data`, false);
+      if (fstatIdentity(data).sizeBytes !== sizeBytes) return undefined;
+      if (!tryLock(map, F_RDLCK, first, end - first)) return undefined;
+      const present = new Uint8Array(end - first);
+      preadExact(map, present, first);
+      if (present.some((byte) => byte !== 1)) return undefined;
+      const out = new Uint8Array(length);
+      preadExact(data, out, offset);
+      return out;
+    } catch {
+      return undefined;
+    } finally {
+      closeQuietly(data); // closing drops the OFD lock with the last descriptor
+      closeQuietly(map);
     }
   }
 

@@ -1,0 +1,78 @@
+/**
+ * The disk cache through real mounts (FUSE backend, real docker-registry behind a counting
+ * proxy): a remount and a second image sharing the layer read it with zero layer GETs;
+ * `--no-disk-cache` keeps fetching (today's memory-only behaviour).
+ */
+import assert from "node:assert/strict";
+import { command, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
+import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
+
+const ignore = requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3"));
+
+Deno.test({
+  name: "disk cache: remount and a second image sharing the layer fetch zero layer bytes",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const fixture = await loadFixture("basic.erofs");
+    const pushed = await pushImage(registry, "dc/first", "v1", [
+      { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    await pushImage(registry, "dc/second", "v1", [
+      { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    const layerDigest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
+    const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+    const layerGets = () =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`))
+        .length;
+    const mountAndRead = async (repo: string, extra: string[] = []) => {
+      const before = layerGets();
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${proxy.host}/${repo}:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+            ...extra,
+          ],
+          { env, timeoutMs: 60_000 },
+        ),
+      );
+      try {
+        assert.equal(
+          await manifestOf(sandbox.target),
+          expectedManifest("basic.txt"),
+          sandbox.serverLogs(),
+        );
+      } finally {
+        assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
+      }
+      return layerGets() - before;
+    };
+    try {
+      const first = await mountAndRead("dc/first");
+      assert(first > 0, "the first mount fetched the layer");
+      assert.equal(await mountAndRead("dc/first"), 0, "remount: zero layer GETs");
+      assert.equal(await mountAndRead("dc/second"), 0, "second image, same layer: zero GETs");
+      assert(await mountAndRead("dc/first", ["--no-disk-cache"]) > 0, "--no-disk-cache fetches");
+      const files = [...Deno.readDirSync(`${cacheDir}/blobs`)].map((e) => e.name);
+      assert(files.some((n) => n.startsWith(layerDigest.replace(":", "-"))), files.join(" "));
+      assert.equal(Deno.statSync(cacheDir).mode! & 0o777, 0o700);
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(cacheDir, { recursive: true });
+    }
+  },
+});
