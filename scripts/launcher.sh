@@ -59,8 +59,11 @@ unpack() {
   mkdir -p -- "$base" || fail "cannot create $base"
   check_trusted "$base/.." "$base"
   tmp=$(mktemp -d -- "$base/.unpack.XXXXXX") || fail "cannot create a directory in $base"
-  tail -c +$((payload_offset + 1)) -- "$self" | head -c "$bundle_bytes" >"$tmp/erofs-oci.js"
-  tail -c +$((payload_offset + bundle_bytes + 1)) -- "$self" >"$tmp/deno"
+  if ! { tail -c +$((payload_offset + 1)) -- "$self" | head -c "$bundle_bytes" >"$tmp/erofs-oci.js" &&
+    tail -c +$((payload_offset + bundle_bytes + 1)) -- "$self" >"$tmp/deno"; } 2>/dev/null; then
+    rm -rf -- "$tmp"
+    fail "cannot write the runtime into $base (disk full?)"
+  fi
   got_bundle=$(sha256sum <"$tmp/erofs-oci.js")
   got_deno=$(sha256sum <"$tmp/deno")
   if [ "${got_bundle%% *}" != "$bundle_sha256" ] || [ "${got_deno%% *}" != "$deno_sha256" ] ||

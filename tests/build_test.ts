@@ -133,6 +133,27 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
       assert.match(refused.stderr, /^erofs-oci: .*damaged \(sha256 of its payload/);
       assert.deepEqual([...Deno.readDirSync(cache)], [], "no runtime and no .unpack leftovers");
     });
+
+    await t.step({
+      name: "a full disk is one line and leaves nothing unpacked",
+      ignore: Deno.uid() !== 0,
+      fn: async () => {
+        const small = `${copy.base}/small`;
+        await Deno.mkdir(small);
+        const mounted = await run("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0700", "t", small]);
+        assert.equal(mounted.code, 0, mounted.stderr);
+        try {
+          const full = await run(copy.program, ["--version"], {
+            EROFS_OCI_RUNTIME_CACHE: `${small}/runtime`,
+          });
+          assert.equal(full.code, 1);
+          assert.match(full.stderr, /^erofs-oci: cannot write the runtime into .*\n$/);
+          assert.deepEqual([...Deno.readDirSync(`${small}/runtime`)], []);
+        } finally {
+          await run("umount", [small]);
+        }
+      },
+    });
   } finally {
     await copy.cleanup();
   }
