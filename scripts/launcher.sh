@@ -50,6 +50,20 @@ check_trusted() {
   done
 }
 
+# Removes runtimes of other versions that no process runs (each is about 92 MB). A running mount
+# server or CLI of an older version keeps its runtime.
+prune_other_versions() {
+  for old in "$base"/*; do
+    name=${old##*/}
+    [ "$name" != "$runtime_id" ] && [ ${#name} -eq 32 ] && [ -d "$old" ] || continue
+    case $name in *[!0-9a-f]*) continue ;; esac
+    # shellcheck disable=SC2012 # the link targets are what is wanted here
+    if ! ls -l /proc/[0-9]*/exe 2>/dev/null | grep -qF -- "-> $old/deno"; then
+      { chmod -R u+w -- "$old" && rm -rf -- "$old"; } 2>/dev/null
+    fi
+  done
+}
+
 unpack() {
   self=$(readlink -f -- "$0") || fail "cannot find this program's own file ($0)"
   [ -r "$self" ] || fail "cannot read this program's own file $self"
@@ -76,6 +90,7 @@ unpack() {
   # Another process may have unpacked the same runtime meanwhile: keep the first one.
   mv -T -- "$tmp" "$dir" 2>/dev/null || { chmod 0700 "$tmp" && rm -rf -- "$tmp"; }
   [ -d "$dir" ] || fail "cannot unpack the runtime into $dir"
+  prune_other_versions
   umask "$old_umask"
 }
 

@@ -102,12 +102,33 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
   const copy = await copiedAlone();
   try {
     await t.step("first run unpacks into a 0700 directory named by content hash", async () => {
-      assert.equal((await copy.run(["--version"])).code, 0);
+      // Runtimes of other versions: one no process runs (removed), one a process runs (kept).
       const runtime = `${copy.base}/cache/runtime`;
+      const unused = `${runtime}/${"a".repeat(32)}`;
+      const inUse = `${runtime}/${"b".repeat(32)}`;
+      for (const old of [unused, inUse]) {
+        await Deno.mkdir(old, { recursive: true, mode: 0o700 });
+        await Deno.copyFile("/bin/sleep", `${old}/deno`);
+        await Deno.chmod(`${old}/deno`, 0o500);
+        await Deno.chmod(old, 0o500);
+      }
+      await Deno.chmod(`${copy.base}/cache`, 0o700);
+      await Deno.chmod(runtime, 0o700);
+      const oldServer = new Deno.Command(`${inUse}/deno`, { args: ["60"] }).spawn();
+      try {
+        assert.equal((await copy.run(["--version"])).code, 0);
+      } finally {
+        oldServer.kill();
+        await oldServer.status;
+      }
       assert.equal(Deno.statSync(runtime).mode! & 0o777, 0o700);
-      const ids = [...Deno.readDirSync(runtime)].map((e) => e.name);
-      assert.equal(ids.length, 1, `one unpacked runtime, no leftovers: ${ids}`);
+      const ids = [...Deno.readDirSync(runtime)].map((e) => e.name).filter((n) =>
+        n !== inUse.slice(-32)
+      );
+      assert.ok(Deno.statSync(inUse).isDirectory, "a runtime in use is kept");
+      assert.equal(ids.length, 1, `one new runtime, the unused old one and no leftovers: ${ids}`);
       assert.match(ids[0], /^[0-9a-f]{32}$/);
+      assert.notEqual(ids[0], unused.slice(-32));
       const unpacked = `${runtime}/${ids[0]}`;
       assert.equal(Deno.statSync(unpacked).mode! & 0o777, 0o500);
       assert.equal(Deno.statSync(`${unpacked}/deno`).mode! & 0o777, 0o500);
