@@ -119,7 +119,12 @@ export class LayoutDestination implements ImageDestination {
 
   async tag(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string> {
     const digest = await this.putManifest(bytes, mediaType);
-    const kept = (await this.#index()).filter((d) => d.annotations?.[REF_NAME] !== this.#tag);
+    // Other entries are kept as they were written, with fields this tool does not model.
+    const { raw } = await this.#readIndex();
+    const kept: unknown[] = raw.filter((entry) => {
+      const annotations = (entry as { annotations?: Record<string, unknown> }).annotations;
+      return annotations?.[REF_NAME] !== this.#tag;
+    });
     kept.push({
       mediaType,
       digest,
@@ -135,11 +140,16 @@ export class LayoutDestination implements ImageDestination {
   }
 
   async #index(): Promise<Descriptor[]> {
+    return (await this.#readIndex()).manifests;
+  }
+
+  /** index.json's entries, parsed (checked) and as raw JSON objects in the same order. */
+  async #readIndex(): Promise<{ manifests: Descriptor[]; raw: unknown[] }> {
     let file: LayoutFile;
     try {
       file = LayoutFile.open(`${this.#layout.path}/index.json`, "index.json");
     } catch (error) {
-      if (error instanceof OciError && error.status === 404) return [];
+      if (error instanceof OciError && error.status === 404) return { manifests: [], raw: [] };
       throw error;
     }
     try {
@@ -148,7 +158,10 @@ export class LayoutDestination implements ImageDestination {
       if (doc.kind !== "index") {
         throw new OciError(`${this.#layout.path}/index.json is not an index`);
       }
-      return doc.manifests;
+      return {
+        manifests: doc.manifests,
+        raw: JSON.parse(new TextDecoder().decode(bytes)).manifests,
+      };
     } finally {
       file.close();
     }

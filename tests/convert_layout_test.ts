@@ -1,0 +1,62 @@
+/**
+ * `erofs-oci convert` into an OCI layout that already holds other images: their index.json
+ * entries stay exactly as written (fields this tool does not model included), the tag's entry is
+ * replaced rather than duplicated, and every written blob matches its name.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { command, requires } from "./_support/requires.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { makeUmociImage } from "./_support/umoci_image.ts";
+
+const ignore = requires(command("umoci"));
+
+Deno.test({
+  name: "convert into an existing OCI layout: other entries kept verbatim, the tag replaced",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-layout-" });
+    try {
+      const image = await makeUmociImage(work);
+      const dst = `${work}/dst`;
+      await Deno.mkdir(`${dst}/blobs/sha256`, { recursive: true });
+      await Deno.writeTextFile(`${dst}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+      const other = {
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        digest: `sha256:${"ab".repeat(32)}`,
+        size: 123,
+        artifactType: "application/vnd.example.sbom",
+        annotations: { "org.opencontainers.image.ref.name": "other", "example.keep": "me" },
+      };
+      await Deno.writeTextFile(
+        `${dst}/index.json`,
+        JSON.stringify({ schemaVersion: 2, manifests: [other] }),
+      );
+      for (let round = 0; round < 2; round++) {
+        assertSuccess(
+          await runCli([
+            "convert",
+            "--no-reuse",
+            `oci:${image.layout}:${image.tag}`,
+            `oci:${dst}:new`,
+          ], {
+            timeoutMs: 120_000,
+          }),
+        );
+      }
+      const index = JSON.parse(await Deno.readTextFile(`${dst}/index.json`));
+      assert.deepEqual(index.manifests[0], other);
+      assert.equal(index.manifests.length, 2);
+      assert.equal(index.manifests[1].annotations["org.opencontainers.image.ref.name"], "new");
+      for (const entry of Deno.readDirSync(`${dst}/blobs/sha256`)) {
+        const bytes = await Deno.readFile(`${dst}/blobs/sha256/${entry.name}`);
+        assert.equal(createHash("sha256").update(bytes).digest("hex"), entry.name);
+      }
+      const inspected = await runCli(["inspect", `oci:${dst}:new`, "--json"]);
+      assertSuccess(inspected);
+      assert.equal(JSON.parse(inspected.stdout).layers.length, 3);
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
