@@ -50,23 +50,33 @@ Deno.test({
           { env, timeoutMs: 60_000 },
         ),
       );
+      let listed: { bytesFetched?: number; diskHitBytes?: number } = {};
       try {
         assert.equal(
           await manifestOf(sandbox.target),
           expectedManifest("basic.txt"),
           sandbox.serverLogs(),
         );
+        const list = await runCli(["list", "--json"], { env });
+        assertSuccess(list);
+        listed = JSON.parse(list.stdout)[0];
       } finally {
         assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
       }
-      return layerGets() - before;
+      return { gets: layerGets() - before, listed };
     };
     try {
       const first = await mountAndRead("dc/first");
-      assert(first > 0, "the first mount fetched the layer");
-      assert.equal(await mountAndRead("dc/first"), 0, "remount: zero layer GETs");
-      assert.equal(await mountAndRead("dc/second"), 0, "second image, same layer: zero GETs");
-      assert(await mountAndRead("dc/first", ["--no-disk-cache"]) > 0, "--no-disk-cache fetches");
+      assert(first.gets > 0, "the first mount fetched the layer");
+      assert((first.listed.bytesFetched ?? 0) > 0, JSON.stringify(first.listed));
+      const again = await mountAndRead("dc/first");
+      assert.equal(again.gets, 0, "remount: zero layer GETs");
+      assert.equal(again.listed.bytesFetched, 0, JSON.stringify(again.listed));
+      assert((again.listed.diskHitBytes ?? 0) > 0, "list shows the disk-cache hits");
+      assert.equal((await mountAndRead("dc/second")).gets, 0, "second image, same layer");
+      const memoryOnly = await mountAndRead("dc/first", ["--no-disk-cache"]);
+      assert(memoryOnly.gets > 0, "--no-disk-cache fetches");
+      assert.equal(memoryOnly.listed.diskHitBytes, undefined);
       const files = [...Deno.readDirSync(`${cacheDir}/blobs`)].map((e) => e.name);
       assert(files.some((n) => n.startsWith(layerDigest.replace(":", "-"))), files.join(" "));
       assert.equal(Deno.statSync(cacheDir).mode! & 0o777, 0o700);

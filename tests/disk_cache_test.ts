@@ -162,7 +162,7 @@ Deno.test("disk cache: stays under its bound, evicting old blobs then old chunks
       assert.deepEqual(await source.read(offset, 2 * MiB), big.subarray(offset, offset + 2 * MiB));
       assert(allocatedBytes(dir) <= bound, `at ${offset}: ${allocatedBytes(dir)}`);
     }
-    assert((source as DiskCachedSource).stats().evictedChunks > 0);
+    assert((source as DiskCachedSource).diskStats().evictedChunks > 0);
     const before = inner.reads.length;
     assert.deepEqual(await source.read(0, MiB), big.subarray(0, MiB), "evicted chunk refetched");
     assert.deepEqual(inner.reads.length, before + 1);
@@ -194,7 +194,7 @@ Deno.test({
         );
       }
       assert.deepEqual(await source.read(0, bytes.length), bytes);
-      assert((source as DiskCachedSource).stats().degraded);
+      assert((source as DiskCachedSource).diskStats().degraded);
       assert.deepEqual(warnings.length, 1, warnings.join("\n"));
       assert(/No space left|ENOSPC|space/i.test(warnings[0]), warnings[0]);
       await source.close!();

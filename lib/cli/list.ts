@@ -16,7 +16,10 @@ export interface ListedMount {
   /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
   state: "serving" | "dead" | "unresponsive";
   reattachedAt?: string;
+  /** Bytes fetched from the registry (the disk cache's fetches when it is on). */
   bytesFetched?: number;
+  /** Bytes the disk cache answered without fetching (undefined: no disk cache). */
+  diskHitBytes?: number;
   bytesRequested?: number;
   cacheHitRate?: number;
   httpFetches?: number;
@@ -42,7 +45,17 @@ async function describe(): Promise<ListedMount[]> {
         entry.state = "serving";
         const sum = (key: keyof LayerStats) =>
           reply.stats!.layers.reduce((total, layer) => total + layer[key], 0);
-        entry.bytesFetched = sum("bytesFetched");
+        const layers = reply.stats.layers as (LayerStats & {
+          disk?: { fetchedBytes: number; diskHitBytes: number };
+        })[];
+        // Under a disk cache the memory cache's "fetches" are mostly disk reads.
+        entry.bytesFetched = layers.reduce(
+          (total, layer) => total + (layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched),
+          0,
+        );
+        if (layers.some((layer) => layer.disk)) {
+          entry.diskHitBytes = layers.reduce((t, layer) => t + (layer.disk?.diskHitBytes ?? 0), 0);
+        }
         entry.bytesRequested = sum("bytesRequested");
         entry.httpFetches = sum("fetches");
         const lookups = sum("hits") + sum("misses");
@@ -63,7 +76,8 @@ export const listCommand: Command = {
 
 Shows every mount made by erofs-oci: directory, image reference and manifest digest,
 devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
-\`erofs-oci reattach\`), bytes fetched from the source and the cache hit rate.
+\`erofs-oci reattach\`), bytes fetched from the source, bytes the host's disk cache
+answered without fetching (DISK HITS; "-" without a disk cache) and the cache hit rate.
 
 Options:
   --json   print a JSON array instead of a table
@@ -80,7 +94,18 @@ Options:
       return 0;
     }
     printTable(
-      ["DIR", "IMAGE", "BACKEND", "DEVICES", "OPTIONS", "PID", "STATE", "FETCHED", "HIT RATE"],
+      [
+        "DIR",
+        "IMAGE",
+        "BACKEND",
+        "DEVICES",
+        "OPTIONS",
+        "PID",
+        "STATE",
+        "FETCHED",
+        "DISK HITS",
+        "HIT RATE",
+      ],
       mounts.map((m) => [
         m.target,
         m.image,
@@ -94,6 +119,7 @@ Options:
           ? `${m.state} (reattached ${m.reattachedAt.slice(0, 19)}Z)`
           : m.state,
         m.bytesFetched === undefined ? "-" : formatBytes(m.bytesFetched),
+        m.diskHitBytes === undefined ? "-" : formatBytes(m.diskHitBytes),
         m.cacheHitRate === undefined ? "-" : `${(m.cacheHitRate * 100).toFixed(1)}%`,
       ]),
     );

@@ -1,5 +1,6 @@
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
+import type { DiskCacheStats } from "./disk_cached.ts";
 
 export interface CacheOptions {
   /** Cache granularity, a power of two. Default 2 MiB. */
@@ -31,6 +32,8 @@ export interface CacheStats {
   /** Bytes held right now; never above `cacheBytes`. */
   cachedBytes: number;
   cachedChunks: number;
+  /** The disk cache under this one, when there is one (its fetches are the registry's). */
+  disk?: DiskCacheStats;
 }
 
 /**
@@ -157,7 +160,13 @@ export class CachedSource implements Source {
   }
 
   stats(): CacheStats {
-    return { ...this.#stats, cachedBytes: this.#cachedBytes, cachedChunks: this.#chunks.size };
+    const disk = (this.#inner as { diskStats?: () => DiskCacheStats }).diskStats?.();
+    return {
+      ...this.#stats,
+      cachedBytes: this.#cachedBytes,
+      cachedChunks: this.#chunks.size,
+      ...(disk ? { disk } : {}),
+    };
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {

@@ -143,7 +143,7 @@ export class DiskCachedSource implements Source {
     }
   }
 
-  stats(): DiskCacheStats {
+  diskStats(): DiskCacheStats {
     return { ...this.#stats, evictedChunks: this.#evictedChunks, degraded: this.#degraded };
   }
 

@@ -34,5 +34,5 @@ await Promise.all([0, 1, 2, 3].map(async (lane) => {
     for (let k = 0; k < length; k++) if (got[k] !== expected[offset + k]) wrong++;
   }
 }));
-console.log(JSON.stringify({ ...source.stats(), wrong, innerReads: inner.reads.length }));
+console.log(JSON.stringify({ ...source.diskStats(), wrong, innerReads: inner.reads.length }));
 await source.close();
