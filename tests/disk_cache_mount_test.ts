@@ -11,6 +11,7 @@ import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { serve } from "./_support/serve_process.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3"));
 
@@ -82,6 +83,45 @@ Deno.test({
       assert.equal(Deno.statSync(cacheDir).mode! & 0o777, 0o700);
     } finally {
       await sandbox.cleanup();
+      await Deno.remove(cacheDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "disk cache: serve again reads the layer with zero GETs; --no-disk-cache fetches",
+  ignore: requires(command("docker-registry"), command("nbdcopy")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const fixture = await loadFixture("basic.erofs");
+    const pushed = await pushImage(registry, "dc/served", "v1", [
+      { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    const layerDigest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, []);
+    const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
+    const previous = Deno.env.get("EROFS_OCI_CACHE_DIR");
+    Deno.env.set("EROFS_OCI_CACHE_DIR", cacheDir);
+    const layerGets = () =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`))
+        .length;
+    const serveAndCopy = async (extra: string[] = []) => {
+      const before = layerGets();
+      await using s = await serve(`${proxy.host}/dc/served:v1`, ["--plain-http", ...extra]);
+      const out = await new Deno.Command("nbdcopy", { args: [s.uri, `${s.dir}/out.img`] })
+        .output();
+      assert(out.success, new TextDecoder().decode(out.stderr) + s.stderr());
+      assert.deepEqual(Deno.readFileSync(`${s.dir}/out.img`), fixture.bytes);
+      assert.equal(await s.stop(), 0, s.stderr());
+      return layerGets() - before;
+    };
+    try {
+      assert(await serveAndCopy() > 0, "the first serve fetched the layer");
+      assert.equal(await serveAndCopy(), 0, "serve again: zero layer GETs");
+      assert(await serveAndCopy(["--no-disk-cache"]) > 0, "--no-disk-cache fetches");
+    } finally {
+      if (previous === undefined) Deno.env.delete("EROFS_OCI_CACHE_DIR");
+      else Deno.env.set("EROFS_OCI_CACHE_DIR", previous);
       await Deno.remove(cacheDir, { recursive: true });
     }
   },

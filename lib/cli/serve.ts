@@ -12,6 +12,8 @@ import { RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
 import { LocalFile } from "../source/local_file.ts";
+import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
+import { registryOrigin } from "../mount/layer_source.ts";
 import type { Source } from "../source/source.ts";
 import {
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -37,6 +39,11 @@ stdout, then runs until SIGINT or SIGTERM (which remove the unix socket).
 Options:
   --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0)
   --cache-size SIZE    read cache bound, e.g. 256M (default ${formatBytes(DEFAULT_CACHE_BYTES)})
+  --disk-cache-size SIZE  bound of the host's disk cache of registry blobs, shared with
+                       mounts, in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, ${
+    formatBytes(DEFAULT_DISK_CACHE_BYTES)
+  })
+  --no-disk-cache      keep fetched bytes in memory only
   --max-inflight SIZE  memory for READ replies of all clients together (default ${
     formatBytes(DEFAULT_MAX_INFLIGHT_BYTES)
   });
@@ -62,6 +69,8 @@ Example:
       ...REGISTRY_OPTIONS,
       listen: { type: "string" },
       "cache-size": { type: "string" },
+      "disk-cache-size": { type: "string" },
+      "no-disk-cache": { type: "boolean" },
       "max-inflight": { type: "string" },
       "idle-timeout": { type: "string" },
       "export-name": { type: "string" },
@@ -179,6 +188,8 @@ function parseDurationMs(text: string, option: string): number {
 }
 
 interface ServeValues extends RegistryOptionValues {
+  "disk-cache-size"?: string;
+  "no-disk-cache"?: boolean;
   layer?: string;
   blob?: string;
   "any-media-type"?: boolean;
@@ -211,14 +222,32 @@ async function openSource(
     }
     debug(`serving layer ${layers[0].index} ${layers[0].digest} of ${opened.name}`);
     // The blob owns the client from here on (RegistryBlob.close closes it).
+    const blob = new RegistryBlob(opened.store, opened.repository, layers[0]);
     return {
-      source: new RegistryBlob(opened.store, opened.repository, layers[0]),
+      source: withDiskCache(blob, layers[0].digest, opened, values),
       name: layers[0].digest,
     };
   } catch (error) {
     opened.close();
     throw error;
   }
+}
+
+/** A registry blob behind the host's disk cache unless --no-disk-cache (layouts are local). */
+function withDiskCache(
+  blob: RegistryBlob,
+  digest: string,
+  opened: Awaited<ReturnType<typeof openImage>>,
+  values: ServeValues,
+): Source {
+  if (values["no-disk-cache"] || !opened.registry) return blob;
+  const maxBytes = values["disk-cache-size"] === undefined
+    ? undefined
+    : parseSize(values["disk-cache-size"], "--disk-cache-size");
+  const cache = DiskCache.open({ maxBytes, onWarning: warn });
+  if (!cache) return blob;
+  const { ref, client } = opened.registry;
+  return cache.wrap(blob, { digest, origin: registryOrigin(ref.registry, client.plainHttp) });
 }
 
 async function openLocalFile(image: string): Promise<Source> {
