@@ -157,6 +157,21 @@ Deno.test({
         async (dir) => (await runOk("sha256sum", [`${dir}/sparse`])).split(" ")[0],
       );
       assert.equal(sums, (await runOk("sha256sum", [`${src}/sparse`])).split(" ")[0]);
+      // Stored as 64 MiB of real zeros (no --sparse): the spooled zero blocks still stay holes.
+      await runOk("sh", [
+        "-c",
+        `tar -C "$0" -cf - sparse | gzip -1 > "$1"`,
+        src,
+        `${work}/dense.tar.gz`,
+      ]);
+      await build(`${work}/dense.tar.gz`, `${work}/dense.erofs`);
+      const denseDu = Number((await runOk("du", ["-k", `${work}/dense.erofs`])).split("\t")[0]);
+      assert.ok(denseDu < 1024, `image of the dense tar uses ${denseDu} KiB`);
+      const denseSum = await withMountedImage(
+        `${work}/dense.erofs`,
+        async (dir) => (await runOk("sha256sum", [`${dir}/sparse`])).split(" ")[0],
+      );
+      assert.equal(denseSum, sums);
 
       // A member below a regular file: refused, no image, no spool.
       const evil = `${work}/evil`;

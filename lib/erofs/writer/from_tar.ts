@@ -60,6 +60,7 @@ const TAR_KIND: Record<string, NodeKind> = {
   fifo: "fifo",
 };
 const SPOOL_ALIGN = 4096;
+const SPOOL_GATHER_BYTES = 1 << 20;
 const encoder = new TextEncoder();
 
 export async function scanTar(
@@ -94,11 +95,40 @@ export async function scanTar(
     return [dir, name];
   };
 
+  // One gathering buffer per scan (scans may run concurrently; members of one scan do not).
+  let pending: Uint8Array<ArrayBuffer> | undefined;
   const spool = async (entry: TarEntry): Promise<number> => {
+    pending ??= new Uint8Array(SPOOL_GATHER_BYTES);
+    const buffer = pending;
     if (options.spoolFd === undefined) throw new FormatError("no spool file for tar data");
     const base = Math.ceil(spoolEnd / SPOOL_ALIGN) * SPOOL_ALIGN;
     const runs = entry.sparse ?? [{ offset: 0, length: entry.storedSize }];
     let run = 0, inRun = 0;
+    // Chunks from a decompressor are small and unaligned: gathering them keeps zero blocks
+    // that straddle two chunks recognisable.
+    const spoolFd = options.spoolFd;
+    let pendingAt = 0, pendingLength = 0;
+    const flush = () => {
+      if (pendingLength > 0) {
+        writeSkippingZeroBlocks(spoolFd, buffer.subarray(0, pendingLength), pendingAt);
+      }
+      pendingLength = 0;
+    };
+    const put = (bytes: Uint8Array, offset: number) => {
+      if (pendingLength > 0 && pendingAt + pendingLength !== offset) flush();
+      if (pendingLength === 0) pendingAt = offset;
+      let at = 0;
+      while (at < bytes.length) {
+        const n = Math.min(bytes.length - at, buffer.length - pendingLength);
+        buffer.set(bytes.subarray(at, at + n), pendingLength);
+        pendingLength += n;
+        at += n;
+        if (pendingLength === buffer.length) {
+          flush();
+          pendingAt = offset + at;
+        }
+      }
+    };
     for await (const chunk of entry.body) {
       let at = 0;
       while (at < chunk.length) {
@@ -108,15 +138,12 @@ export async function scanTar(
         }
         if (run >= runs.length) throw new FormatError(`tar member "${entry.path}": data overrun`);
         const n = Math.min(chunk.length - at, runs[run].length - inRun);
-        pwriteAll(
-          options.spoolFd,
-          chunk.subarray(at, at + n) as Uint8Array<ArrayBuffer>,
-          base + runs[run].offset + inRun,
-        );
+        put(chunk.subarray(at, at + n), base + runs[run].offset + inRun);
         at += n;
         inRun += n;
       }
     }
+    flush();
     spoolEnd = base + entry.size;
     return base;
   };
@@ -266,4 +293,38 @@ function checkMemberFields(entry: TarEntry): void {
       throw new FormatError(`${where}: symlink target of ${length} bytes is not a usable path`);
     }
   }
+}
+
+const ZERO_BLOCK_BYTES = 4096;
+
+/**
+ * Writes `data` at `offset` but leaves whole zero 4 KiB blocks unwritten: the spool is sized
+ * with ftruncate at the end, so they read as zeros and stay holes, which the image copy skips
+ * (a layer's zero-filled files then take no disk space in the spool or the image).
+ */
+export function writeSkippingZeroBlocks(
+  fd: number,
+  data: Uint8Array<ArrayBuffer>,
+  offset: number,
+): void {
+  let runStart = 0; // start (in data) of the pending non-zero run
+  let at = 0;
+  while (at < data.length) {
+    const blockEnd = Math.min(
+      data.length,
+      at + ZERO_BLOCK_BYTES - ((offset + at) % ZERO_BLOCK_BYTES),
+    );
+    const whole = blockEnd - at === ZERO_BLOCK_BYTES;
+    if (whole && isZero(data, at, blockEnd)) {
+      if (runStart < at) pwriteAll(fd, data.subarray(runStart, at), offset + runStart);
+      runStart = blockEnd;
+    }
+    at = blockEnd;
+  }
+  if (runStart < data.length) pwriteAll(fd, data.subarray(runStart), offset + runStart);
+}
+
+function isZero(data: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) if (data[i] !== 0) return false;
+  return true;
 }
