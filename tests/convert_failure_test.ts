@@ -119,3 +119,32 @@ Deno.test({
     assert.equal((await getManifest(registry, "erofs/again", "v1")).status, 404);
   },
 });
+
+Deno.test({
+  name: "convert --max-layer-size: a layer expanding past the limit aborts with one line, no tag",
+  ignore: requires(command("umoci")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-fail-" });
+    try {
+      const image = await makeUmociImage(work);
+      const src = `oci:${image.layout}:${image.tag}`;
+      const result = await runCli(
+        ["convert", src, `oci:${work}/out:v1`, "--max-layer-size", "512K", "--tmpdir", work],
+        LONG,
+      );
+      assertCliError(result, 1, /exceeds 524288 bytes/);
+      assert.ok(!listDir(`${work}/out`).includes("index.json"), "index.json written");
+      assert.ok(!listDir(work).some((name) => name.startsWith("erofs-oci-convert-")));
+      assertSuccess(
+        await runCli(["convert", src, `oci:${work}/out:v1`, "--max-layer-size", "2M"], LONG),
+      );
+      assertCliError(
+        await runCli(["convert", src, `oci:${work}/out:v1`, "--max-layer-size", "lots"]),
+        2,
+        /--max-layer-size/,
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -17,6 +17,7 @@ import { RegistryDestination } from "../convert/destination.ts";
 import { LayoutDestination } from "../convert/layout_destination.ts";
 import { layoutSource, registrySource, type SourceImage } from "../convert/source_image.ts";
 import { formatBytes } from "./table.ts";
+import { parseSize } from "./size.ts";
 
 export const convertCommand: Command = {
   name: "convert",
@@ -44,6 +45,8 @@ Options:
       --no-reuse        convert every layer even if DST has it already
       --tmpdir DIR      where layer images are written meanwhile (default: $TMPDIR
                         or /tmp); one layer at a time, plus its file data
+      --max-layer-size SIZE  refuse a layer whose uncompressed tar is larger (e.g.
+                        20G; default: no limit but the disk)
 ${
     REGISTRY_OPTIONS_HELP.replace(
       "Registry options:",
@@ -63,9 +66,13 @@ Examples:
       timestamp: { type: "string" },
       "no-reuse": { type: "boolean" },
       tmpdir: { type: "string" },
+      "max-layer-size": { type: "string" },
       ...REGISTRY_OPTIONS,
     });
     const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
+    const maxLayerBytes = values["max-layer-size"] === undefined
+      ? undefined
+      : parseSize(values["max-layer-size"], "convert: --max-layer-size");
     if (values["all-platforms"] && values.platform !== undefined) {
       throw new UsageError("convert: --platform and --all-platforms exclude each other");
     }
@@ -110,6 +117,7 @@ Examples:
         buildTimeSec,
         workDir,
         reuse: !values["no-reuse"],
+        maxLayerBytes,
         progress: terminalProgress(),
       });
       for (const platform of result.platforms) {

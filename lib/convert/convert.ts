@@ -44,6 +44,8 @@ export interface ConvertOptions {
   buildTimeSec?: number;
   /** Where layer images and spool files are written (must exist). */
   workDir: string;
+  /** Largest uncompressed tar of one layer (default: no limit but the disk). */
+  maxLayerBytes?: number;
   /** Look for converted layers at the destination (default true). */
   reuse?: boolean;
   progress?: ConvertProgress;
@@ -237,6 +239,7 @@ class LayerConverter {
       return await readLayerTree(blob, `${label} (${layer.digest})`, {
         spoolDir: this.#options.workDir,
         impliedMtimeSec: buildTimeSec,
+        maxTarBytes: this.#options.maxLayerBytes,
       });
     } finally {
       this.#progress.finish();

@@ -35,6 +35,8 @@ export interface LayerTreeOptions {
   spoolDir: string;
   /** mtime of directories the tar implies without listing. */
   impliedMtimeSec: number;
+  /** Refuse a layer whose uncompressed tar grows past this (decompression bombs fill disks). */
+  maxTarBytes?: number;
   onSkippedXattr?: (path: string, name: string) => void;
   onEntries?: (count: number) => void;
 }
@@ -65,7 +67,7 @@ export async function readLayerTree(
     spoolFd = -1;
   };
   try {
-    const { stream } = await decompressTar(blob.stream);
+    const { stream } = await decompressTar(blob.stream, { maxOutputBytes: options.maxTarBytes });
     const { root, entries } = await scanTar(stream, {
       spoolFd,
       impliedMtimeSec: IMPLIED_MARK_SEC,
