@@ -4,9 +4,10 @@
  * disk degrading to memory-only, and the verify hook.
  */
 import assert from "node:assert/strict";
-import { DiskCache } from "../lib/source/disk_cache.ts";
+import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { CachedSource } from "../lib/source/cached.ts";
 import { REPO_ROOT, requires, root } from "./_support/requires.ts";
 
 const MiB = 1 << 20;
@@ -38,8 +39,13 @@ async function runChild(...args: Parameters<typeof child>): Promise<ChildStats> 
   return JSON.parse(text.trim().split("\n").pop()!);
 }
 
-function blobBase(dir: string, digest = TEST_DIGEST, origin = "o-test"): string {
-  return `${dir}/blobs/${digest.replace(":", "-")}.${origin}.c${MiB}`;
+function blobBase(
+  dir: string,
+  digest = TEST_DIGEST,
+  origin = "o-test",
+  chunkBytes = CHUNK,
+): string {
+  return `${dir}/blobs/${digest.replace(":", "-")}.${origin}.c${chunkBytes}`;
 }
 
 function exists(path: string): boolean {
@@ -122,7 +128,7 @@ Deno.test("disk cache: kill -9 in the middle of fills leaves no chunk present wi
       if (present > 0 && present < map.length) partial++;
       map.forEach((byte, chunk) => {
         if (byte !== 1) return;
-        const from = chunk * MiB, to = Math.min(size, from + MiB);
+        const from = chunk * CHUNK, to = Math.min(size, from + CHUNK);
         for (let i = from; i < to; i++) {
           if (data[i] !== expected[i]) throw new Error(`chunk ${chunk} present with wrong bytes`);
         }
@@ -209,7 +215,7 @@ Deno.test("disk cache: a chunk that fails verify is never stored and the read fa
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const bytes = patternBytes(3 * MiB, 2);
-    const cache = DiskCache.open({ dir })!;
+    const cache = DiskCache.open({ dir, chunkBytes: MiB })!;
     const source = cache.wrap(new MemorySource(bytes), {
       digest: TEST_DIGEST,
       origin: "test",
@@ -218,12 +224,35 @@ Deno.test("disk cache: a chunk that fails verify is never stored and the read fa
     assert.deepEqual(await source.read(0, 1000), bytes.subarray(0, 1000));
     await assert.rejects(() => source.read(MiB + 5, 10), /failed verification/);
     assert.deepEqual(await source.read(2 * MiB, 10), bytes.subarray(2 * MiB, 2 * MiB + 10));
-    assert.deepEqual([...Deno.readFileSync(`${blobBase(dir, TEST_DIGEST, "verified")}.map`)], [
+    assert.deepEqual([...Deno.readFileSync(`${blobBase(dir, TEST_DIGEST, "verified", MiB)}.map`)], [
       1,
       0,
       1,
     ]);
     await source.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: CachedSource in front keeps no chunks and reads ahead in windows", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const bytes = patternBytes(32 * MiB, 4);
+    const inner = new MemorySource(bytes);
+    const disk = DiskCache.open({ dir })!.wrap(inner, { digest: TEST_DIGEST, origin: "test" });
+    const cached = new CachedSource(disk);
+    const step = 128 * 1024;
+    for (let offset = 0; offset < bytes.length; offset += step) {
+      const got = await cached.read(offset, step);
+      assert.deepEqual(got, bytes.subarray(offset, offset + step));
+    }
+    const stats = cached.stats();
+    assert.equal(stats.cachedBytes, 0, "bytes are served from the file, not held");
+    assert.equal(stats.disk?.fetchedBytes, bytes.length, "each byte fetched once");
+    // 256 reads of 128 KiB: readahead windows (growing to 8 MiB) make a handful of fetches.
+    assert(inner.reads.length <= 24, `${inner.reads.length} underlying reads`);
+    await cached.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

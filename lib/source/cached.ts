@@ -1,6 +1,7 @@
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 import type { DiskCacheStats } from "./disk_cached.ts";
+import { DiskPassthrough, isDiskBacked } from "./disk_passthrough.ts";
 
 export interface CacheOptions {
   /** Cache granularity, a power of two. Default 2 MiB. */
@@ -87,6 +88,8 @@ export class CachedSource implements Source {
   #reservedBytes = 0;
 
   readonly #inner: Source;
+  /** Set when the inner source is disk-cached: then reads go straight to its file. */
+  readonly #passthrough?: DiskPassthrough;
   readonly #chunkCount: number;
   /** chunk index → bytes; Map order is the LRU order (oldest first). */
   readonly #chunks = new Map<number, Uint8Array>();
@@ -123,6 +126,9 @@ export class CachedSource implements Source {
     this.#configuredReadaheadBytes = options.maxReadaheadBytes ?? DEFAULT_MAX_READAHEAD_BYTES;
     this.#maxReadaheadChunks = this.#readaheadChunksFor(cacheBytes);
     this.#chunkCount = Math.ceil(this.size / chunkBytes);
+    if (isDiskBacked(inner)) {
+      this.#passthrough = new DiskPassthrough(inner, chunkBytes, this.#configuredReadaheadBytes);
+    }
   }
 
   get maxReadaheadChunks(): number {
@@ -172,6 +178,12 @@ export class CachedSource implements Source {
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
     this.#check(offset, length);
     if (length === 0) return new Uint8Array(0);
+    if (this.#passthrough) {
+      this.#stats.bytesRequested += length;
+      const out = new Uint8Array(length);
+      await this.#passthrough.readInto(offset, out, signal);
+      return out;
+    }
     const first = Math.floor(offset / this.chunkBytes);
     const last = Math.floor((offset + length - 1) / this.chunkBytes);
     const pieces = this.#acquire(offset, length, first, last);
@@ -193,6 +205,10 @@ export class CachedSource implements Source {
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
     this.#check(offset, dest.length);
     if (dest.length === 0) return;
+    if (this.#passthrough) {
+      this.#stats.bytesRequested += dest.length;
+      return await this.#passthrough.readInto(offset, dest, signal);
+    }
     const first = Math.floor(offset / this.chunkBytes);
     const last = Math.floor((offset + dest.length - 1) / this.chunkBytes);
     await this.#assemble(

@@ -26,8 +26,13 @@ import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
 export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
-/** 1 MiB: the unit of presence, verification and eviction. */
-export const DEFAULT_DISK_CHUNK_BYTES = 1 << 20;
+/**
+ * 256 KiB: the unit of presence, verification and eviction. The metadata prefetch at mount
+ * reads scattered pages, each fetched as a whole chunk: on the 136 MB benchmark image 1 MiB
+ * chunks fetched most of the image at mount (76 GETs, server peak 168 MB), 256 KiB 154 GETs
+ * and a peak of 141 MB; sequential reads are fetched as runs of chunks either way.
+ */
+export const DEFAULT_DISK_CHUNK_BYTES = 1 << 18;
 /** Eviction frees down to this share of the bound, so it does not run on every fill. */
 const EVICT_TO = 0.9;
 

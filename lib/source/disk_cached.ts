@@ -203,6 +203,20 @@ export class DiskCachedSource implements Source {
     dest.set(await this.#inner.read(offset, length, signal));
   }
 
+  /** Starts fetching the missing chunks of [offset, offset + length) without waiting. */
+  fillAhead(offset: number, length: number): void {
+    if (this.#degraded || this.#closing.signal.aborted || length <= 0) return;
+    const first = Math.floor(offset / this.chunkBytes);
+    const end = Math.min(this.chunkCount, Math.ceil((offset + length) / this.chunkBytes));
+    if (first >= end) return;
+    const missing: number[] = [];
+    this.#readMap(first, end).forEach((byte, i) => {
+      if (byte !== PRESENT && !this.#filling.has(first + i)) missing.push(first + i);
+    });
+    // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
+    if (missing.length) this.#fill(missing).catch(() => {});
+  }
+
   /** Fills the missing chunks, joining fills of this process already under way. */
   #fill(missing: number[]): Promise<unknown> {
     const waits: Promise<void>[] = [];

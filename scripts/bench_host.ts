@@ -1,0 +1,169 @@
+/**
+ * Host benchmark (real CPU): the speed benchmark's EROFS image pushed to a loopback
+ * docker-registry and mounted lazily with the FUSE backend, against a local file-backed mount
+ * of the same file. Steps, each after dropping the page cache: mount, cold `find`, cold python
+ * start (imports from the mounted stdlib), cold full read (every file's bytes through tar).
+ * Runs: `local`, `cold` (empty disk cache), `remount` (the disk cache the cold run filled),
+ * `memory-only` (--no-disk-cache). Prints, per run, seconds per step, registry blob GETs per
+ * step, bytes fetched from the registry and the server's peak RSS (VmHWM), as a Markdown table,
+ * and writes the same as JSON to OUT (default .cache/bench/host-latest.json).
+ * Usage: deno run -A scripts/bench_host.ts IMAGE [OUT]   (root; see scripts/bench-host.sh)
+ */
+import { startRegistry } from "../tests/_support/registry.ts";
+import { runCli } from "../tests/_support/cli.ts";
+import { mountSandbox } from "../tests/_support/mounts.ts";
+import { writeSmallFile } from "../ffi/libc.ts";
+
+const [image, out = ".cache/bench/host-latest.json"] = Deno.args;
+if (!image) throw new Error("usage: bench_host.ts IMAGE [OUT]");
+const imageBytes = Deno.statSync(image).size;
+
+const PYTHON_IMPORTS =
+  "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
+
+interface Run {
+  name: string;
+  seconds: Record<Step, number>;
+  gets?: Record<Step, number>;
+  fetchedBytes?: number;
+  serverPeakRssMb?: number;
+}
+type Step = "mount" | "find" | "python" | "fullRead";
+const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
+
+function dropCaches(): void {
+  new Deno.Command("sync").outputSync();
+  writeSmallFile("/proc/sys/vm/drop_caches", "3");
+}
+
+async function timed(cmd: string, args: string[], env?: Record<string, string>) {
+  const start = performance.now();
+  const result = await new Deno.Command(cmd, { args, env, stdout: "null", stderr: "piped" })
+    .output();
+  if (!result.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
+  }
+  return (performance.now() - start) / 1000;
+}
+
+/** find, python, full read on a mounted tree; `between` runs after each step (GET counts). */
+async function steps(dir: string, between: (step: Step) => Promise<void>) {
+  const seconds = {} as Record<Step, number>;
+  dropCaches();
+  seconds.find = await timed("find", [dir]);
+  await between("find");
+  dropCaches();
+  // The mounted stdlib first on sys.path; C extension modules stay the host's.
+  const lib = `${dir}/usr/lib/python3.11`;
+  seconds.python = await timed("python3.11", [
+    "-B",
+    "-c",
+    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
+    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
+  ]);
+  await between("python");
+  dropCaches();
+  // tar writing to /dev/null skips file contents (GNU tar): pipe the archive instead.
+  seconds.fullRead = await timed("sh", ["-c", `tar -C '${dir}' -cf - . | cat >/dev/null`]);
+  await between("fullRead");
+  return seconds;
+}
+
+async function localRun(): Promise<Run> {
+  const dir = await Deno.makeTempDir({ prefix: "bench-host-local-" });
+  try {
+    dropCaches();
+    const mountSeconds = await timed("mount", ["-t", "erofs", "-o", "ro", image, dir]);
+    try {
+      const seconds = await steps(dir, () => Promise.resolve());
+      return { name: "local file-backed mount", seconds: { ...seconds, mount: mountSeconds } };
+    } finally {
+      await timed("umount", [dir]);
+    }
+  } finally {
+    await Deno.remove(dir);
+  }
+}
+
+await using registry = await startRegistry({ auth: "none" });
+const blobGets = async () =>
+  (await registry.accessLog()).filter((line) => /"GET \/v2\/[^"]*\/blobs\//.test(line)).length;
+const ref = `${registry.host}/bench/host:v1`;
+const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
+if (pushed.code !== 0) throw new Error(pushed.stderr);
+const cacheDir = await Deno.makeTempDir({ prefix: "bench-host-disk-cache-" });
+
+async function lazyRun(name: string, extra: string[]): Promise<Run> {
+  const sandbox = await mountSandbox();
+  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  try {
+    dropCaches();
+    let last = await blobGets();
+    const gets = {} as Record<Step, number>;
+    const count = async (step: Step) => {
+      const now = await blobGets();
+      gets[step] = now - last;
+      last = now;
+    };
+    const start = performance.now();
+    const mounted = await runCli(
+      ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse", ...extra],
+      { env, timeoutMs: 120_000 },
+    );
+    if (mounted.code !== 0) throw new Error(mounted.stderr);
+    const mountSeconds = (performance.now() - start) / 1000;
+    await count("mount");
+    const seconds = await steps(sandbox.target, count);
+    const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout)[0];
+    const status = Deno.readTextFileSync(`/proc/${listed.serverPid}/status`);
+    const hwmKb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+    return {
+      name,
+      seconds: { ...seconds, mount: mountSeconds },
+      gets,
+      fetchedBytes: listed.bytesFetched,
+      serverPeakRssMb: hwmKb / 1024,
+    };
+  } finally {
+    await sandbox.cleanup();
+  }
+}
+
+const runs: Run[] = [];
+try {
+  runs.push(await localRun());
+  runs.push(await lazyRun("erofs-oci, empty disk cache", []));
+  runs.push(await lazyRun("erofs-oci remount (disk cache)", []));
+  runs.push(await lazyRun("erofs-oci --no-disk-cache", ["--no-disk-cache"]));
+} finally {
+  await Deno.remove(cacheDir, { recursive: true });
+}
+
+const local = runs[0].seconds;
+const cell = (run: Run, step: Step) => {
+  const s = run.seconds[step];
+  const ratio = run === runs[0] || step === "mount" ? "" : ` (${(s / local[step]).toFixed(1)}×)`;
+  const gets = run.gets ? `, ${run.gets[step]} GETs` : "";
+  return `${s.toFixed(2)} s${ratio}${gets}`;
+};
+const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "?";
+console.log(
+  `Host benchmark ${new Date().toISOString().slice(0, 10)}, ${cpu}, ` +
+    `${Deno.osRelease()}, image ${(imageBytes / 1e6).toFixed(0)} MB (FUSE backend)\n`,
+);
+console.log(
+  "| run | mount | cold find | cold python | cold full read | fetched / image | server peak RSS |",
+);
+console.log("|---|---|---|---|---|---|---|");
+for (const run of runs) {
+  console.log(
+    `| ${run.name} | ${STEPS.map((step) => cell(run, step)).join(" | ")} | ${
+      run.fetchedBytes === undefined ? "—" : (run.fetchedBytes / imageBytes).toFixed(2)
+    } | ${run.serverPeakRssMb === undefined ? "—" : `${run.serverPeakRssMb.toFixed(0)} MB`} |`,
+  );
+}
+Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
+Deno.writeTextFileSync(
+  out,
+  JSON.stringify({ date: new Date().toISOString(), cpu, imageBytes, runs }, null, 2) + "\n",
+);
