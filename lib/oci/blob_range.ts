@@ -135,6 +135,7 @@ export async function readBlobRange(
       headers: { range: `bytes=${start}-${end}` },
       signal,
       policy,
+      route: "pull",
     }).catch((error) => {
       if (location === undefined) throw error;
       return undefined; // the cached location is unreachable: ask the registry again

@@ -13,6 +13,16 @@ import {
   type RetryPolicy,
 } from "./retry.ts";
 import { readBlobRange } from "./blob_range.ts";
+import { registryConfigDir } from "./hosts_config.ts";
+import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
+import {
+  type HostCapability,
+  loadHostRoutes,
+  type MirrorHost,
+  mirrorsFromRoutes,
+  routeRequest,
+  type ServerEndpoint,
+} from "./host_routing.ts";
 import { type ResolvedImage, resolveImage } from "./resolve.ts";
 import { downloadBlob, type DownloadOptions } from "./download.ts";
 import { pushImage, type PushLayerFile, type PushOptions, type PushResult } from "./push.ts";
@@ -34,6 +44,13 @@ export interface RegistryClientOptions {
   deadlineMs?: number;
   /** Retries without progress before giving up within the deadline. */
   maxAttempts?: number;
+  /**
+   * Directory of containerd hosts.toml files (mirrors, CAs); default
+   * `EROFS_OCI_REGISTRY_CONFIG_DIR` or `/etc/containerd/certs.d`; false: none.
+   */
+  hostsConfigDir?: string | false;
+  /** Where this client talks to instead of the registry's own address (a mirror, `server`). */
+  endpoint?: ServerEndpoint;
 }
 
 /** One registry API request; see RegistryClient.request. */
@@ -49,6 +66,11 @@ export interface RegistryRequest {
   signal?: AbortSignal;
   /** Retry policy shared by the calls of one operation; default: a fresh one. */
   policy?: RetryPolicy;
+  /**
+   * Which configured hosts (hosts.toml) may answer: `pull` (blobs, manifests by digest) or
+   * `resolve` (manifests by tag), mirrors first; default: the registry itself only (pushes).
+   */
+  route?: HostCapability;
 }
 
 /** Default time budget of one operation. */
@@ -93,24 +115,58 @@ export class RegistryClient {
   readonly #maxAttempts: number;
   readonly #insecure: boolean;
   #origin: string;
+  /** Path that replaces `/v2` in API paths (`override_path` mirrors live below a prefix). */
+  readonly #apiPath: string;
+  readonly #httpClient: Deno.HttpClient | undefined;
+  readonly #extraHeaders: Record<string, string>;
+  /** Mirrors from hosts.toml, in order; the registry itself comes after them. */
+  readonly #mirrors: MirrorHost<RegistryClient>[];
+  readonly #capabilities: ReadonlySet<HostCapability> | undefined;
   #connected = false;
   /** Where blob GETs were last redirected (object storage), to skip the registry hop. */
   readonly #blobLocations = new Map<string, { url: string; expiresAtMs: number }>();
 
   constructor(registry: string, options: RegistryClientOptions = {}) {
     this.registry = registry;
-    this.host = registryApiHost(registry);
-    const plain = options.plainHttp ?? isLoopbackRegistry(this.host);
-    this.#origin = `${plain ? "http" : "https"}://${this.host}`;
-    this.#insecure = options.insecure ?? false;
+    const configDir = options.hostsConfigDir ?? registryConfigDir();
+    const config = options.endpoint || configDir === false
+      ? undefined
+      : loadHostRoutes(registry, configDir);
+    const endpoint = options.endpoint ?? config?.server;
+    if (endpoint) {
+      this.host = new URL(endpoint.origin).host;
+      this.#origin = endpoint.origin;
+      this.#apiPath = new URL(endpoint.apiRoot).pathname;
+      this.#httpClient = endpoint.httpClient;
+      this.#extraHeaders = endpoint.headers ?? {};
+      this.#capabilities = endpoint.capabilities;
+    } else {
+      this.host = registryApiHost(registry);
+      const plain = options.plainHttp ?? isLoopbackRegistry(this.host);
+      this.#origin = `${plain ? "http" : "https"}://${this.host}`;
+      this.#apiPath = "/v2";
+      this.#httpClient = config?.serverSettings?.httpClient;
+      this.#extraHeaders = config?.serverSettings?.headers ?? {};
+      this.#capabilities = config?.serverSettings?.capabilities;
+    }
+    this.#insecure = (options.insecure ?? false) && !endpoint;
     this.#userAgent = options.userAgent ?? `erofs-oci/${VERSION}`;
     this.#deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
     this.#auth = new RegistryAuth(
       registry,
       (url, headers, signal) => this.#fetchTokenServer(url, headers, signal),
-      options.credentials,
+      // Explicit credentials are for the registry (or its configured `server`), never a mirror.
+      options.endpoint?.isMirror ? undefined : options.credentials,
     );
+    this.#mirrors = config
+      ? mirrorsFromRoutes(config, (mirror) =>
+        new RegistryClient(new URL(mirror.origin).host, {
+          ...options,
+          credentials: undefined,
+          endpoint: mirror,
+        }))
+      : [];
   }
 
   /** `http://host` or `https://host`, as currently used. */
@@ -186,9 +242,15 @@ export class RegistryClient {
     else this.#blobLocations.set(digest, { url, expiresAtMs: Date.now() + BLOB_LOCATION_TTL_MS });
   }
 
-  /** True when `url` is on this registry (Authorization may go there). */
+  /** True when `url` is on this registry or one of its mirrors (not a redirect target). */
   isRegistryUrl(url: string): boolean {
-    return url.startsWith(this.#origin + "/");
+    return url.startsWith(this.#origin + "/") ||
+      this.#mirrors.some((m) => m.client.isRegistryUrl(url));
+  }
+
+  /** Mirror origins in the order they are tried (for messages and tests). */
+  get mirrorOrigins(): string[] {
+    return this.#mirrors.map((m) => m.client.origin);
   }
 
   /** Nothing to release: fetch keeps its own connection pool. Kept for symmetry with sources. */
@@ -200,9 +262,18 @@ export class RegistryClient {
    * network errors. Returns the final response whatever its status; the caller must consume or
    * cancel its body.
    */
-  async request(req: RegistryRequest): Promise<Response> {
+  request(req: RegistryRequest): Promise<Response> {
+    if (req.route === undefined || !req.path.startsWith("/") || this.#mirrors.length === 0) {
+      return this.#requestHere(req);
+    }
+    const self = { client: this as RegistryClient, capabilities: this.#capabilities };
+    return routeRequest(req, req.route, this.#mirrors, self, (client, r) => client.#requestHere(r));
+  }
+
+  async #requestHere(req: RegistryRequest): Promise<Response> {
     const policy = req.policy ?? this.newPolicy();
     for (let attempt = 1;; attempt++) {
+      await waitForHost(this.host, policy, req.signal);
       let response: Response;
       try {
         response = await this.#authorized(req);
@@ -223,6 +294,18 @@ export class RegistryClient {
         );
       }
       this.#connected = true;
+      const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
+      if (response.status === 429 || (response.status === 503 && retryAfterMs !== undefined)) {
+        // Paced per host (host_pacing.ts): the wait happens in waitForHost, for every client.
+        const pauseMs = noteRateLimited(this.host, retryAfterMs);
+        debug(`${req.method} ${req.path}: ${response.status}, pausing ${this.host} ${pauseMs} ms`);
+        if (attempt < policy.maxAttempts) {
+          await response.body?.cancel();
+          continue;
+        }
+        return response;
+      }
+      noteAnswered(this.host);
       if (isTransientStatus(response.status)) {
         debug(`${req.method} ${req.path}: ${response.status} (attempt ${attempt})`);
         if (await backoff(attempt, policy, req.signal)) {
@@ -251,12 +334,20 @@ export class RegistryClient {
     req: RegistryRequest,
     authorization: string | undefined,
   ): Promise<{ response: Response; stayedHome: boolean }> {
-    let url = req.path.startsWith("/") ? this.#origin + req.path : req.path;
+    let url = req.path.startsWith("/v2/") || req.path === "/v2"
+      ? this.#origin + this.#apiPath + req.path.slice(3)
+      : req.path.startsWith("/")
+      ? this.#origin + req.path
+      : req.path;
     let method: string = req.method;
     let body = req.body;
     for (let hop = 0;; hop++) {
       const home = url.startsWith(this.#origin + "/");
-      const headers: Record<string, string> = { "user-agent": this.#userAgent, ...req.headers };
+      const headers: Record<string, string> = {
+        "user-agent": this.#userAgent,
+        ...(home ? this.#extraHeaders : {}),
+        ...req.headers,
+      };
       if (authorization && home) headers.authorization = authorization;
       let response: Response;
       try {
@@ -266,6 +357,7 @@ export class RegistryClient {
           body,
           redirect: "manual",
           signal: req.signal,
+          client: home ? this.#httpClient : undefined,
         });
       } catch (error) {
         if (hop === 0 && home && this.#fallBackToPlainHttp(error)) {
@@ -315,7 +407,12 @@ export class RegistryClient {
       if (target.origin !== authOrigin) headers.delete("authorization");
       let response: Response;
       try {
-        response = await fetch(target, { headers, redirect: "manual", signal });
+        response = await fetch(target, {
+          headers,
+          redirect: "manual",
+          signal,
+          client: this.#httpClient,
+        });
       } catch (error) {
         throw new OciError(
           `cannot reach token server ${target.host}: ${describeFailure(error)}`,

@@ -65,6 +65,7 @@ async function streamVerified(
       headers: received > 0 ? { range: `bytes=${received}-` } : {},
       signal: options.signal,
       policy,
+      route: "pull",
     });
     let skip = 0;
     let announced: number | undefined;

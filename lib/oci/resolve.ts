@@ -67,6 +67,8 @@ export async function fetchManifest(
     scope: pullScope(repository),
     headers: { accept: MANIFEST_ACCEPT },
     signal,
+    // A tag is a claim only hosts trusted to `resolve` may answer; a digest checks itself.
+    route: reference.includes(":") ? "pull" : "resolve",
   });
   if (response.status !== 200) {
     await response.body?.cancel();
@@ -102,6 +104,7 @@ async function fetchConfigPlatform(
     path: `/v2/${repository}/blobs/${config.digest}`,
     scope: pullScope(repository),
     signal,
+    route: "pull",
   });
   if (response.status !== 200) {
     return await blobStatusError(client, response, repository, config.digest);

@@ -190,6 +190,7 @@ export async function layerForRecord(
     method: "HEAD",
     path: `/v2/${ref.repository}/blobs/${digest}`,
     scope: `repository:${ref.repository}:pull`,
+    route: "pull",
   });
   await response.body?.cancel();
   if (response.status === 404) {

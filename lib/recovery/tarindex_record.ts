@@ -86,6 +86,7 @@ export async function tarIndexLayerForRecord(
       method: "HEAD",
       path: `/v2/${ref.repository}/blobs/${record.digest}`,
       scope: `repository:${ref.repository}:pull`,
+      route: "pull",
     });
     await response.body?.cancel();
     if (!response.ok) {
