@@ -14,7 +14,7 @@ export interface ProxiedRequestInfo {
 
 export type Fault =
   /** Answer with this status (JSON error body) without asking the registry. */
-  | { kind: "status"; status: number }
+  | { kind: "status"; status: number; retryAfter?: string }
   /** Send the headers and `afterBytes` body bytes, wait `stallMs` (50), abort the connection. */
   | { kind: "reset"; afterBytes: number; stallMs?: number }
   /** Drop the Range header upstream, so the client gets 200 with the whole body. */
@@ -142,7 +142,10 @@ export function startFaultProxy(
       await request.body?.cancel();
       return Response.json(
         { errors: [{ code: "UNKNOWN", message: `injected HTTP ${fault.status}` }] },
-        { status: fault.status },
+        {
+          status: fault.status,
+          headers: fault.retryAfter === undefined ? {} : { "retry-after": fault.retryAfter },
+        },
       );
     }
     if (fault?.kind === "delay") await sleep(fault.ms, aborts.signal);
