@@ -1,0 +1,135 @@
+/**
+ * Mount side of verified reads: finds each registry layer's chunk-digest table (bound by the
+ * manifest's layer annotation, else through the referrers list), keeps a copy for the server
+ * (and reattach) in the state directory, and wraps the layer's registry blob in a
+ * VerifiedSource.
+ */
+import { OciError, UserError } from "../errors.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { digestOf } from "../oci/digest.ts";
+import { fetchManifest } from "../oci/resolve.ts";
+import { info } from "../cli/log.ts";
+import type { Source } from "../source/source.ts";
+import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
+import { fetchTable, findTablesByReferrer } from "./table_artifact.ts";
+import { VerifiedSource } from "./verified_source.ts";
+
+/** A layer's table as the mount spec carries it to the server. */
+export interface ChunkTableSpec {
+  /** Digest of the table blob (the file is re-checked against it when opened). */
+  digest: string;
+  path: string;
+  /** Named by the layer's annotation in the digest-pinned manifest (else: only by referrer). */
+  bound: boolean;
+}
+
+interface TableLayer {
+  kind: string;
+  digest?: string;
+  sizeBytes: number;
+  layerIndex?: number;
+  chunkTable?: ChunkTableSpec;
+}
+
+/**
+ * Sets `chunkTable` on each registry layer that has one and says once what is not verified;
+ * `requireVerified` turns a layer without a table into an error.
+ */
+export async function attachChunkTables(
+  client: RegistryClient,
+  repository: string,
+  manifestDigest: string | undefined,
+  layers: TableLayer[],
+  options: { requireVerified?: boolean; stateDir: string },
+): Promise<void> {
+  const registryLayers = layers.filter((l) => l.kind === "registry" && l.digest);
+  if (registryLayers.length === 0 || !manifestDigest) return;
+  const manifest = await fetchManifest(client, repository, manifestDigest);
+  const descriptors = "layers" in manifest.document ? manifest.document.layers : [];
+  let byReferrer: Map<string, string> | undefined;
+  const unbound: number[] = [];
+  const missing: number[] = [];
+  for (const layer of registryLayers) {
+    const digest = layer.digest!;
+    const annotated = descriptors.find((d) => d.digest === digest)?.annotations?.[
+      CHUNK_TABLE_ANNOTATION
+    ];
+    let tableDigest = annotated;
+    if (!tableDigest) {
+      byReferrer ??= await findTablesByReferrer(client, repository, manifestDigest);
+      tableDigest = byReferrer.get(digest);
+    }
+    if (!tableDigest) {
+      missing.push(layer.layerIndex ?? 0);
+      continue;
+    }
+    const { bytes } = await fetchTable(client, repository, tableDigest, {
+      digest,
+      sizeBytes: layer.sizeBytes,
+    });
+    layer.chunkTable = {
+      digest: tableDigest,
+      path: await keepTable(bytes, tableDigest, options.stateDir),
+      bound: annotated !== undefined,
+    };
+    if (!annotated) unbound.push(layer.layerIndex ?? 0);
+  }
+  const list = (xs: number[]) => `layer${xs.length === 1 ? "" : "s"} ${xs.join(", ")}`;
+  if (missing.length && options.requireVerified) {
+    throw new UserError(
+      `--require-verified: ${list(missing)} of this image ha${
+        missing.length === 1 ? "s" : "ve"
+      } no chunk-digest table`,
+      "push the image with erofs-oci (push, build --push, convert), or make tables: `erofs-oci checksums IMAGE --push`",
+    );
+  }
+  if (missing.length) {
+    info(
+      `${list(missing)}: no chunk-digest table, bytes read from the registry are not verified ` +
+        "(make one: `erofs-oci checksums IMAGE --push`; refuse such images: --require-verified)",
+    );
+  }
+  if (unbound.length) {
+    info(
+      `${list(unbound)}: chunk-digest table not bound by the manifest (found by referrer only; ` +
+        "a registry could swap both data and table)",
+    );
+  }
+}
+
+async function keepTable(bytes: Uint8Array, digest: string, stateDir: string): Promise<string> {
+  const dir = `${stateDir}/tables`;
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const path = `${dir}/${digest.replace(":", "-")}.json`;
+  const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  await Deno.writeFile(tmp, bytes, { mode: 0o600 });
+  await Deno.rename(tmp, path);
+  return path;
+}
+
+/** Reads a kept table again, re-checking its digest and that it describes `layer`. */
+export async function loadTable(
+  spec: ChunkTableSpec,
+  layer: { digest: string; sizeBytes: number },
+): Promise<ChunkTable> {
+  const bytes = await Deno.readFile(spec.path);
+  if (digestOf(bytes, spec.digest) !== spec.digest) {
+    throw new OciError(`the kept chunk table ${spec.path} no longer matches ${spec.digest}`);
+  }
+  return parseChunkTable(bytes, layer);
+}
+
+/** The layer's blob behind its table; also the disk-cache origin that keeps verified bytes apart. */
+export async function verifiedBlob(
+  blob: Source,
+  spec: ChunkTableSpec,
+  layer: { digest: string; sizeBytes: number },
+  origin: string,
+): Promise<{ source: VerifiedSource; cacheOrigin: string }> {
+  const table = await loadTable(spec, layer);
+  return {
+    source: new VerifiedSource(blob, table, { origin }),
+    // Chunks cached under this key were all checked against this table.
+    cacheOrigin: `${origin}#t-${spec.digest.slice(7, 23)}`,
+  };
+}

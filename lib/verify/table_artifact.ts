@@ -1,0 +1,188 @@
+/**
+ * Chunk-digest tables in a registry. Each table is a blob; one artifact manifest per image
+ * (artifactType CHUNK_TABLES_ARTIFACT_TYPE, `subject` = the image manifest) lists them, each
+ * annotated with its layer, and keeps them from garbage collection and findable (referrers API
+ * or the `sha256-<hex>` fallback tag). An image pushed by erofs-oci also names each layer's
+ * table in an annotation on the layer descriptor: that binding is what makes a table trusted,
+ * because the digest-pinned manifest then pins the table too.
+ */
+import { OciError } from "../errors.ts";
+import { readLimited } from "../oci/auth.ts";
+import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { pullScope, type RegistryClient } from "../oci/client.ts";
+import { digestOf } from "../oci/digest.ts";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { listReferrers, pushReferrer } from "../oci/referrers.ts";
+import {
+  CHUNK_TABLE_MEDIA_TYPE,
+  CHUNK_TABLES_ARTIFACT_TYPE,
+  type ChunkTable,
+  type EncodedTable,
+  MAX_TABLE_BYTES,
+  parseChunkTable,
+  TABLE_LAYER_ANNOTATION,
+} from "./chunk_table.ts";
+
+/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
+const EMPTY_CONFIG = new TextEncoder().encode("{}");
+const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
+
+/** Uploads table blobs the registry does not have yet (before a manifest names them). */
+export async function uploadTables(
+  client: RegistryClient,
+  repository: string,
+  tables: EncodedTable[],
+  signal?: AbortSignal,
+): Promise<void> {
+  const blobs = [...tables.map((t) => ({ bytes: t.bytes, mediaType: CHUNK_TABLE_MEDIA_TYPE })), {
+    bytes: new Uint8Array(EMPTY_CONFIG),
+    mediaType: EMPTY_MEDIA,
+  }];
+  for (const { bytes, mediaType } of blobs) {
+    const digest = digestOf(bytes);
+    if (await blobExists(client, repository, digest, signal)) continue;
+    await uploadBlob(client, repository, {
+      digest,
+      sizeBytes: bytes.byteLength,
+      mediaType,
+      bytes,
+    }, { signal });
+  }
+}
+
+/**
+ * Uploads `tables` and the artifact referring to `subject`, replacing an earlier tables
+ * artifact of the same image in the fallback tag's list.
+ */
+export async function pushTablesArtifact(
+  client: RegistryClient,
+  repository: string,
+  subject: { digest: string; size: number; mediaType: string },
+  tables: EncodedTable[],
+  signal?: AbortSignal,
+): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
+  await uploadTables(client, repository, tables, signal);
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    artifactType: CHUNK_TABLES_ARTIFACT_TYPE,
+    config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
+    layers: tables.map((t) => ({
+      mediaType: CHUNK_TABLE_MEDIA_TYPE,
+      digest: t.digest,
+      size: t.bytes.byteLength,
+      annotations: { [TABLE_LAYER_ANNOTATION]: t.table.layerDigest },
+    })),
+    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+  };
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const digest = digestOf(bytes);
+  const via = await pushReferrer(
+    client,
+    repository,
+    bytes,
+    {
+      mediaType: OCI_MANIFEST,
+      digest,
+      size: bytes.byteLength,
+      artifactType: CHUNK_TABLES_ARTIFACT_TYPE,
+    },
+    subject.digest,
+    (old) => old.artifactType === CHUNK_TABLES_ARTIFACT_TYPE,
+    signal,
+  );
+  return { digest, via };
+}
+
+/** Fetches the table blob `digest` (checked against it) and checks it describes `layer`. */
+export async function fetchTable(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  layer: { digest: string; sizeBytes: number },
+  signal?: AbortSignal,
+): Promise<{ table: ChunkTable; bytes: Uint8Array }> {
+  if (!DIGEST_PATTERN.test(digest)) {
+    throw new OciError(`layer ${layer.digest}: chunk table digest '${digest}' is malformed`);
+  }
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/blobs/${digest}`,
+    scope: pullScope(repository),
+    signal,
+  });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw statusError(client, response, `for the chunk table ${digest}`);
+  }
+  const bytes = await readLimited(response, MAX_TABLE_BYTES);
+  if (digestOf(bytes, digest) !== digest) {
+    throw new OciError(
+      `the chunk table of layer ${layer.digest} does not match its digest ${digest}`,
+      "the registry serves a tampered table; refusing to mount",
+    );
+  }
+  try {
+    return { table: parseChunkTable(bytes, layer), bytes };
+  } catch (error) {
+    throw new OciError(`layer ${layer.digest}: ${(error as Error).message}`, undefined, {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * Table digests per layer from the tables artifacts referring to `subject`, newest first
+ * (the first found per layer wins). Only the layer digest inside each table binds it.
+ */
+export async function findTablesByReferrer(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  signal?: AbortSignal,
+): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
+  const referrers = await listReferrers(
+    client,
+    repository,
+    subject,
+    CHUNK_TABLES_ARTIFACT_TYPE,
+    signal,
+  );
+  for (const referrer of referrers.reverse().slice(0, 8)) {
+    const response = await client.request({
+      method: "GET",
+      path: `/v2/${repository}/manifests/${referrer.digest}`,
+      scope: pullScope(repository),
+      headers: { accept: OCI_MANIFEST },
+      signal,
+    });
+    if (response.status !== 200) {
+      await response.body?.cancel();
+      continue;
+    }
+    const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
+    if (digestOf(bytes) !== referrer.digest) continue;
+    let layers: unknown;
+    try {
+      layers = JSON.parse(new TextDecoder().decode(bytes))?.layers;
+    } catch {
+      continue;
+    }
+    if (!Array.isArray(layers)) continue;
+    for (const entry of layers) {
+      const d = entry as Record<string, unknown> | null;
+      const layer = (d?.annotations as Record<string, unknown> | undefined)?.[
+        TABLE_LAYER_ANNOTATION
+      ];
+      if (
+        d?.mediaType !== CHUNK_TABLE_MEDIA_TYPE || typeof d.digest !== "string" ||
+        !DIGEST_PATTERN.test(d.digest) || typeof layer !== "string" || found.has(layer)
+      ) continue;
+      found.set(layer, d.digest);
+    }
+  }
+  return found;
+}

@@ -1,0 +1,175 @@
+/**
+ * A registry blob whose every byte is checked against its chunk-digest table before anyone
+ * sees it. Sits directly over the blob, under the memory and disk caches: reads are widened
+ * to whole table chunks, each chunk is hashed, and a chunk that does not match is fetched once
+ * more (through `refetch`, the hook for another mirror) before the read fails. A failed read
+ * is an error (EIO to the kernel), never wrong bytes, so nothing unverified is ever cached.
+ */
+import type { Source } from "../source/source.ts";
+import type { ChunkTable } from "./chunk_table.ts";
+
+/** A chunk did not match its table entry, twice: the read fails. */
+export class ChunkMismatchError extends Error {
+  constructor(
+    readonly layerDigest: string,
+    readonly chunkIndex: number,
+    readonly offset: number,
+    readonly origin: string,
+  ) {
+    super(
+      `layer ${layerDigest}: bytes at offset ${offset} (chunk ${chunkIndex}) from ${origin} do not match the chunk-digest table`,
+    );
+  }
+}
+
+export interface VerifiedSourceOptions {
+  /** Where the bytes come from, for the log line of a mismatch (e.g. the registry host). */
+  origin: string;
+  /** Fetches a chunk again after a mismatch (default: the inner source once more). */
+  refetch?: (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array>;
+  /** Called for every mismatch (first and second); default: one line to stderr. */
+  onMismatch?: (message: string) => void;
+}
+
+/** Verified chunks kept for neighbouring reads (4 MiB per layer at 1 MiB chunks). */
+const RECENT_CHUNKS = 4;
+
+export class VerifiedSource implements Source {
+  readonly size: number;
+  /** Chunks hashed and found good. */
+  verifiedChunks = 0;
+  /** Chunks that failed a check (a refetch that then matched counts once here). */
+  mismatches = 0;
+  readonly #inner: Source;
+  readonly #table: ChunkTable;
+  readonly #options: VerifiedSourceOptions;
+  readonly #recent = new Map<number, Uint8Array>();
+  readonly #pending = new Map<number, Promise<Uint8Array>>();
+
+  constructor(inner: Source, table: ChunkTable, options: VerifiedSourceOptions) {
+    if (inner.size !== table.sizeBytes) {
+      throw new RangeError(
+        `chunk table is of a ${table.sizeBytes}-byte layer, the blob has ${inner.size}`,
+      );
+    }
+    this.#inner = inner;
+    this.#table = table;
+    this.#options = options;
+    this.size = inner.size;
+  }
+
+  get chunkBytes(): number {
+    return this.#table.chunkBytes;
+  }
+
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
+    }
+    if (length === 0) return new Uint8Array(0);
+    const chunk = this.#table.chunkBytes;
+    const first = Math.floor(offset / chunk);
+    const end = Math.floor((offset + length - 1) / chunk) + 1;
+    const chunks: Promise<Uint8Array>[] = [];
+    for (let index = first; index < end;) {
+      const known = this.#recent.get(index) ?? this.#pending.get(index);
+      if (known) {
+        chunks.push(Promise.resolve(known));
+        index++;
+        continue;
+      }
+      let stop = index + 1;
+      while (stop < end && !this.#recent.has(stop) && !this.#pending.has(stop)) stop++;
+      chunks.push(...this.#fetchRun(index, stop, signal));
+      index = stop;
+    }
+    const out = new Uint8Array(length);
+    for (const [i, pending] of chunks.entries()) {
+      const bytes = await pending;
+      const chunkStart = (first + i) * chunk;
+      const from = Math.max(offset, chunkStart);
+      const to = Math.min(offset + length, chunkStart + bytes.length);
+      out.set(bytes.subarray(from - chunkStart, to - chunkStart), from - offset);
+    }
+    return out;
+  }
+
+  /** One inner read for chunks [first, stop), each verified (and refetched once) on its own. */
+  #fetchRun(first: number, stop: number, signal?: AbortSignal): Promise<Uint8Array>[] {
+    const chunk = this.#table.chunkBytes;
+    const start = first * chunk;
+    const length = Math.min(this.size, stop * chunk) - start;
+    const whole = this.#inner.read(start, length, signal).then((bytes) => {
+      if (bytes.length !== length) {
+        throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
+      }
+      return bytes;
+    });
+    const out: Promise<Uint8Array>[] = [];
+    for (let index = first; index < stop; index++) {
+      const from = (index - first) * chunk;
+      const verified = whole.then(async (bytes) => {
+        const piece = bytes.subarray(from, Math.min(length, from + chunk));
+        if (this.#table.matches(index, piece)) {
+          this.verifiedChunks++;
+          return piece;
+        }
+        return await this.#refetchChunk(index, piece.length, signal);
+      }).then((piece) => {
+        this.#remember(index, piece);
+        return piece;
+      }).finally(() => this.#pending.delete(index));
+      // Other readers of this chunk wait for it; their own failure handling sees the rejection.
+      verified.catch(() => {});
+      this.#pending.set(index, verified);
+      out.push(verified);
+    }
+    return out;
+  }
+
+  /**
+   * Keeps a few verified chunks: the caches above read in smaller units than a table chunk
+   * (disk cache 256 KiB), and a neighbour asked for next must not cost a second fetch.
+   */
+  #remember(index: number, piece: Uint8Array): void {
+    this.#recent.delete(index);
+    // A copy when the piece is a view of a larger run: the run must not stay alive for it.
+    this.#recent.set(index, piece.byteLength < piece.buffer.byteLength ? piece.slice() : piece);
+    while (this.#recent.size > RECENT_CHUNKS) {
+      this.#recent.delete(this.#recent.keys().next().value!);
+    }
+  }
+
+  async #refetchChunk(index: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    const offset = index * this.#table.chunkBytes;
+    const report = this.#options.onMismatch ??
+      ((message: string) => console.error(`erofs-oci: ${message}`));
+    this.mismatches++;
+    report(`${this.#mismatch(index).message}; fetching it again`);
+    const again = await (this.#options.refetch ?? this.#inner.read.bind(this.#inner))(
+      offset,
+      length,
+      signal,
+    );
+    if (again.length === length && this.#table.matches(index, again)) {
+      this.verifiedChunks++;
+      return again;
+    }
+    const error = this.#mismatch(index);
+    report(`${error.message} again; the read fails (EIO)`);
+    throw error;
+  }
+
+  #mismatch(index: number): ChunkMismatchError {
+    return new ChunkMismatchError(
+      this.#table.layerDigest,
+      index,
+      index * this.#table.chunkBytes,
+      this.#options.origin,
+    );
+  }
+
+  close(): void | Promise<void> {
+    return this.#inner.close?.();
+  }
+}
