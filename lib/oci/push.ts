@@ -7,6 +7,13 @@ import { digestHasher, digestOf } from "./digest.ts";
 import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "./media_types.ts";
 import { hostPlatform, parsePlatform } from "./platform.ts";
 import { formatReference, type ImageReference } from "./reference.ts";
+import {
+  CHUNK_TABLE_ANNOTATION,
+  ChunkTableBuilder,
+  type EncodedTable,
+  encodeTable,
+} from "../verify/chunk_table.ts";
+import { pushTablesArtifact, uploadTables } from "../verify/table_artifact.ts";
 
 /** One file to push as a layer. */
 export interface PushLayerFile {
@@ -44,13 +51,15 @@ export interface PushResult {
   reference: string;
   configDigest: string;
   layers: { path: string; digest: string; sizeBytes: number; uploaded: boolean }[];
+  /** How the chunk-digest tables' artifact was recorded (the annotations bind them anyway). */
+  tablesVia?: "referrers-api" | "fallback-tag";
 }
 
 /** Reads the EROFS magic and hashes the file in one pass; FormatError if it is not EROFS. */
 async function hashErofsFile(
   file: PushLayerFile,
   onProgress?: (event: PushProgress) => void,
-): Promise<LocalBlob> {
+): Promise<LocalBlob & { table: EncodedTable }> {
   let handle: Deno.FsFile;
   try {
     handle = await Deno.open(file.path, { read: true });
@@ -81,18 +90,22 @@ async function hashErofsFile(
       await handle.seek(0, Deno.SeekMode.Start);
     }
     const hasher = digestHasher("sha256:");
+    const table = new ChunkTableBuilder();
     let done = 0;
     for await (const chunk of handle.readable) {
       hasher.update(chunk);
+      table.update(chunk);
       done += chunk.byteLength;
       onProgress?.({ phase: "hash", path: file.path, doneBytes: done, totalBytes: size });
     }
     if (done !== size) throw new OciError(`${file.path} changed size while being read`);
+    const digest = `sha256:${hasher.digest("hex")}`;
     return {
       path: file.path,
-      digest: `sha256:${hasher.digest("hex")}`,
+      digest,
       sizeBytes: size,
       mediaType,
+      table: encodeTable(table.finish(digest)),
     };
   } finally {
     try {
@@ -125,7 +138,7 @@ export async function pushImage(
   }
   const platform = parsePlatform(options.platform ?? hostPlatform());
   const tag = ref.tag ?? "latest";
-  const layers: LocalBlob[] = [];
+  const layers: (LocalBlob & { table: EncodedTable })[] = [];
   for (const file of files) layers.push(await hashErofsFile(file, options.onProgress));
 
   const config: Record<string, unknown> = {
@@ -151,11 +164,19 @@ export async function pushImage(
     }
   }
 
+  // Each layer's chunk-digest table is named on its descriptor, so the manifest binds it.
+  const tables = layers.map((l) => l.table);
+  await uploadTables(client, ref.repository, tables, options.signal);
   const manifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: { mediaType: OCI_CONFIG, digest: configBlob.digest, size: configBlob.sizeBytes },
-    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.sizeBytes })),
+    layers: layers.map((l) => ({
+      mediaType: l.mediaType,
+      digest: l.digest,
+      size: l.sizeBytes,
+      annotations: { [CHUNK_TABLE_ANNOTATION]: l.table.digest },
+    })),
   };
   const manifestBytes = new TextEncoder().encode(JSON.stringify(manifest));
   const manifestDigest = digestOf(manifestBytes);
@@ -173,7 +194,15 @@ export async function pushImage(
   if (stored && stored !== manifestDigest) {
     throw new OciError(`registry stored the manifest as ${stored}, expected ${manifestDigest}`);
   }
+  const { via: tablesVia } = await pushTablesArtifact(
+    client,
+    ref.repository,
+    { digest: manifestDigest, size: manifestBytes.byteLength, mediaType: OCI_MANIFEST },
+    tables,
+    options.signal,
+  );
   return {
+    tablesVia,
     manifestDigest,
     reference: formatReference({ ...ref, tag }),
     configDigest: configBlob.digest,
