@@ -70,6 +70,8 @@ export class DiskCachedSource implements Source {
   readonly #lru = new Map<number, true>();
   readonly #closing = new AbortController();
   #degraded = false;
+  #syncing?: Promise<void>;
+  #nextSync?: Promise<void>;
   #touchedMs = 0;
   lastUsedMs = Date.now();
   readonly #stats = { diskHitBytes: 0, fetchedBytes: 0, fetches: 0, waitedForOthers: 0 };
@@ -292,7 +294,7 @@ export class DiskCachedSource implements Source {
       pwriteAll(this.#dataFd, bytes, offset);
       // The bytes must be on disk before the map says so: a crash between the two then
       // leaves the chunk absent, never present with old or zero bytes.
-      await dataSync(this.#dataFd);
+      await this.#durable();
       pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start);
     } catch (error) {
       this.#degraded = true;
@@ -345,6 +347,23 @@ export class DiskCachedSource implements Source {
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
+  }
+
+  /**
+   * fdatasync of the data file shared by the fills that wrote before it started (group
+   * commit): a fill arriving while a sync runs waits for the next one, which covers everyone
+   * who arrived meanwhile, so concurrent fills cost about two syncs, not one each.
+   */
+  #durable(): Promise<void> {
+    if (!this.#syncing) {
+      this.#syncing = dataSync(this.#dataFd).finally(() => this.#syncing = undefined);
+      return this.#syncing;
+    }
+    this.#nextSync ??= this.#syncing.catch(() => {}).then(() => {
+      this.#nextSync = undefined;
+      return this.#durable();
+    });
+    return this.#nextSync;
   }
 
   #readMap(start: number, stop: number): Uint8Array {
