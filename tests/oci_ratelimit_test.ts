@@ -1,0 +1,79 @@
+/**
+ * 429 Too Many Requests with Retry-After from a real docker-registry behind the fault proxy:
+ * the pause is honoured and shared by every client of the host (a mount server has one client
+ * per layer), and a pause longer than the operation's deadline fails at once in one line.
+ */
+import assert from "node:assert/strict";
+import { command, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { OciError } from "../lib/errors.ts";
+
+const ignore = requires(command("docker-registry"));
+
+Deno.test({
+  name: "429: Retry-After pauses every client of the host, then the reads succeed",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const { bytes } = await loadFixture("basic.erofs");
+    const pushed = await pushImage(registry, "rl", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
+    const digest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, [
+      {
+        match: isBlobGetOf(digest),
+        fault: { kind: "status", status: 429, retryAfter: "2" },
+        times: 1,
+      },
+    ]);
+    const options = { hostsConfigDir: false } as const;
+    const first = new RegistryClient(proxy.host, options);
+    const second = new RegistryClient(proxy.host, options);
+    const one = first.readBlobRange("rl", digest, 0, 4096);
+    while (!proxy.requests.some((r) => r.status === 429)) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const limitedAt = proxy.requests.find((r) => r.status === 429)!.timeMs;
+    // Let the first client take the 429 in (the proxy logs it before the client reads it).
+    await new Promise((r) => setTimeout(r, 200));
+    // Another client (another layer of the same mount) must not hammer the host meanwhile.
+    const two = second.readBlobRange("rl", digest, 4096, 4096);
+    assert.deepEqual(await one, bytes.subarray(0, 4096));
+    assert.deepEqual(await two, bytes.subarray(4096, 8192));
+    const after = proxy.requests.filter((r) =>
+      isBlobGetOf(digest)({ ...r, headers: new Headers() })
+    )
+      .filter((r) => r.status !== 429);
+    assert.equal(after.length, 2, JSON.stringify(proxy.requests));
+    for (const r of after) {
+      assert(r.timeMs - limitedAt >= 1_900, `a GET ${r.timeMs - limitedAt} ms after the 429`);
+    }
+  },
+});
+
+Deno.test({
+  name: "429: a Retry-After beyond the deadline fails at once with one line",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const { bytes } = await loadFixture("basic.erofs");
+    const pushed = await pushImage(registry, "rl", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
+    const digest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGetOf(digest), fault: { kind: "status", status: 429, retryAfter: "120" } },
+    ]);
+    const client = new RegistryClient(proxy.host, { hostsConfigDir: false, deadlineMs: 5_000 });
+    const started = Date.now();
+    await assert.rejects(client.readBlobRange("rl", digest, 0, 4096), (error) => {
+      assert(error instanceof OciError, String(error));
+      assert.match(error.message, /rate limiting requests \(429\): retry after 120 s/);
+      assert(!error.message.includes("\n"));
+      return true;
+    });
+    assert(Date.now() - started < 1_500, `gave up after ${Date.now() - started} ms`);
+    assert.equal(proxy.hits(0), 1, "no second request into the pause");
+  },
+});
