@@ -23,8 +23,11 @@ export type Fault =
   | { kind: "redirect" }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
-  /** Forward, but flip one byte of the body. */
-  | { kind: "corrupt" };
+  /**
+   * Forward, but flip one byte of the body: byte 100, or the byte at `blobOffset` of the
+   * blob when the reply (its Content-Range) covers it.
+   */
+  | { kind: "corrupt"; blobOffset?: number };
 
 export interface FaultRule {
   /** Label used in records. */
@@ -184,7 +187,13 @@ export function startFaultProxy(
       });
     }
     if (fault?.kind === "corrupt" && body.length > 0) {
-      body[Math.min(body.length - 1, 100)] ^= 0xff;
+      const start = Number(
+        /^bytes (\d+)-/.exec(upstream.headers.get("content-range") ?? "")?.[1] ?? 0,
+      );
+      const at = fault.blobOffset === undefined
+        ? Math.min(body.length - 1, 100)
+        : fault.blobOffset - start;
+      if (at >= 0 && at < body.length) body[at] ^= 0xff;
     }
     if (fault?.kind === "reset") {
       // Keep Content-Length: the client must see a body cut short, not a shorter body.
