@@ -3,10 +3,14 @@
  * upstream and a mirror holding a copy), each behind a counting proxy: layer reads go to the
  * mirror, tags only to hosts with `resolve`, a stopped mirror falls back to the upstream,
  * `_default/hosts.toml`, `override_path` below a prefix, `ca` for a TLS mirror (and
- * `skip_verify`, which Deno cannot honour, leaving the mirror out).
+ * `skip_verify`, which Deno cannot honour, leaving the mirror out); a FUSE mount reads through
+ * the mirror, and a recovery record (upstream reference) is checked through it again.
  */
 import assert from "node:assert/strict";
-import { command, requires } from "./_support/requires.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { layerForRecord, recordForLayer } from "../lib/recovery/layer_record.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { type FaultProxy, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
@@ -211,5 +215,84 @@ Deno.test({
     await readAll(new RegistryClient(pair.up.host, { hostsConfigDir: pair.configDir }), pair);
     assert.equal(await layerGetsAtMirror(), 2, "ca: both ranges from the TLS mirror");
     assert.equal(blobGets(pair.up, pair.layerDigest), 2, "no more upstream layer GETs");
+  },
+});
+
+Deno.test({
+  name: "mirror: a FUSE mount reads its layer through the mirror; recovery keeps the upstream",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
+  async fn() {
+    await using pair = await startPair();
+    writeHosts(
+      pair.configDir,
+      pair.up.host,
+      `[host."http://${pair.mir.host}"]\n  capabilities = ["pull"]\n`,
+    );
+    const sandbox = await mountSandbox();
+    const env = { ...sandbox.env, EROFS_OCI_REGISTRY_CONFIG_DIR: pair.configDir };
+    try {
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${pair.up.host}/app:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+            "--no-disk-cache",
+          ],
+          { env, timeoutMs: 60_000 },
+        ),
+      );
+      try {
+        assert.equal(
+          await manifestOf(sandbox.target),
+          expectedManifest("basic.txt"),
+          sandbox.serverLogs(),
+        );
+      } finally {
+        assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
+      }
+      assert(blobGets(pair.mir, pair.layerDigest) > 0, "the mount server read the mirror");
+      assert.equal(blobGets(pair.up, pair.layerDigest), 0, "and never the upstream");
+    } finally {
+      await sandbox.cleanup();
+    }
+
+    // What reattach does with a device's record: it names the upstream, and the check of the
+    // blob (then every read of the new server) goes through the mirror configured for it.
+    const { record, extra } = recordForLayer(
+      {
+        kind: "registry",
+        registry: pair.up.host,
+        repository: "app",
+        reference: `${pair.up.host}/app:v1`,
+        platform: "",
+        layerIndex: 0,
+        digest: pair.layerDigest,
+        mediaType: EROFS_MEDIA_TYPE,
+        sizeBytes: pair.fixture.byteLength,
+        plainHttp: true,
+      },
+      undefined,
+      "mount-1",
+      0,
+    );
+    assert.equal(record.kind === "OCI_NATIVE_BLOB" && record.reference, `${pair.up.host}/app:v1`);
+    const previous = Deno.env.get("EROFS_OCI_REGISTRY_CONFIG_DIR");
+    Deno.env.set("EROFS_OCI_REGISTRY_CONFIG_DIR", pair.configDir);
+    try {
+      const heads = () => pair.mir.requests.filter((r) => r.method === "HEAD").length;
+      const upHeads = pair.up.requests.filter((r) => r.method === "HEAD").length;
+      const device = Math.ceil(pair.fixture.byteLength / 4096) * 4096;
+      const { layer } = await layerForRecord(record, JSON.parse(JSON.stringify(extra)), device);
+      assert.equal(layer.kind === "registry" && layer.registry, pair.up.host);
+      assert.equal(heads(), 1, "the recovery check asked the mirror");
+      assert.equal(pair.up.requests.filter((r) => r.method === "HEAD").length, upHeads);
+    } finally {
+      if (previous === undefined) Deno.env.delete("EROFS_OCI_REGISTRY_CONFIG_DIR");
+      else Deno.env.set("EROFS_OCI_REGISTRY_CONFIG_DIR", previous);
+    }
   },
 });
