@@ -18,6 +18,15 @@ import { openVerifiedBlob } from "./layer_blob.ts";
 import { uuidFromSeed, writeLayerImage } from "./layer_image.ts";
 import { type LayerTree, readLayerTree } from "./layer_tree.ts";
 import { checkTarLayers, type SourceImage } from "./source_image.ts";
+import { OciError } from "../errors.ts";
+import {
+  CHUNK_TABLE_ANNOTATION,
+  CHUNK_TABLE_MEDIA_TYPE,
+  chunkTableOfFile,
+  encodeTable,
+} from "../verify/chunk_table.ts";
+import { type TableRef, tableRef } from "../verify/table_artifact.ts";
+import { DIGEST_PATTERN } from "../oci/reference.ts";
 
 /** Annotation on each EROFS layer: the source layer digest(s) it was made from, comma-separated. */
 export const SOURCE_LAYERS_ANNOTATION = "io.github.erofs-oci.source.layers";
@@ -57,6 +66,8 @@ export interface ConvertedLayer {
   digest: string;
   sizeBytes: number;
   reused: boolean;
+  /** Digest of the layer's chunk-digest table blob (named on its descriptor). */
+  table?: TableRef;
 }
 
 export interface ConvertResult {
@@ -121,16 +132,23 @@ export async function convertImage(
         mediaType: EROFS_LAYER,
         digest: l.digest,
         size: l.sizeBytes,
-        annotations: { [SOURCE_LAYERS_ANNOTATION]: l.sources.join(",") },
+        annotations: {
+          [SOURCE_LAYERS_ANNOTATION]: l.sources.join(","),
+          ...(l.table ? { [CHUNK_TABLE_ANNOTATION]: l.table.digest } : {}),
+        },
       })),
       annotations: { [SOURCE_MANIFEST_ANNOTATION]: image.manifestDigest },
     }));
     const manifestDigest = digestOf(manifest);
     result.platforms.push({ platform: image.platform, manifestDigest, layers });
+    // Reused tables (size unknown) stay listed by the artifact of the image they came with.
+    const tables = layers.flatMap((l) => l.table && l.table.size > 0 ? [l.table] : []);
     if (images.length === 1) {
       result.reference = await destination.tag(manifest, OCI_MANIFEST);
+      await destination.referTables?.(manifestDigest, manifest.byteLength, tables);
     } else {
       await destination.putManifest(manifest, OCI_MANIFEST);
+      await destination.referTables?.(manifestDigest, manifest.byteLength, tables);
       const entry: Descriptor = {
         mediaType: OCI_MANIFEST,
         digest: manifestDigest,
@@ -221,7 +239,13 @@ class LayerConverter {
     const known = this.#known.get(sources.join(","));
     if (!known || !(await this.#destination.hasBlob(known.digest))) return undefined;
     this.#progress.note(`${label}: already converted as ${known.digest.slice(0, 19)}…, reused`);
-    return { sources, digest: known.digest, sizeBytes: known.size, reused: true };
+    const tableDigest = known.annotations?.[CHUNK_TABLE_ANNOTATION];
+    // The earlier table is kept only while the destination still has it.
+    const table = tableDigest && DIGEST_PATTERN.test(tableDigest) &&
+        await this.#destination.hasBlob(tableDigest)
+      ? { digest: tableDigest, size: 0, layerDigest: known.digest }
+      : undefined;
+    return { sources, digest: known.digest, sizeBytes: known.size, reused: true, table };
   }
 
   async #read(
@@ -260,17 +284,34 @@ class LayerConverter {
         onProgress: (done, total) => this.#progress.update(`${label}: writing`, done, total),
       });
       this.#progress.finish();
+      const table = encodeTable(await chunkTableOfFile(path));
+      if (table.table.layerDigest !== built.digest) {
+        throw new OciError(`${label}: the layer file changed while it was hashed`);
+      }
       await this.#destination.putBlob(
         { path, digest: built.digest, sizeBytes: built.sizeBytes, mediaType: EROFS_LAYER },
         (done) => this.#progress.update(`${label}: uploading`, done, built.sizeBytes),
       );
+      await this.#destination.putBlob({
+        digest: table.digest,
+        sizeBytes: table.bytes.byteLength,
+        mediaType: CHUNK_TABLE_MEDIA_TYPE,
+        bytes: table.bytes,
+      });
       this.#progress.finish();
       this.#known.set(sources.join(","), {
         mediaType: EROFS_LAYER,
         digest: built.digest,
         size: built.sizeBytes,
+        annotations: { [CHUNK_TABLE_ANNOTATION]: table.digest },
       });
-      return { sources, digest: built.digest, sizeBytes: built.sizeBytes, reused: false };
+      return {
+        sources,
+        digest: built.digest,
+        sizeBytes: built.sizeBytes,
+        reused: false,
+        table: tableRef(table),
+      };
     } finally {
       this.#progress.finish();
       await Deno.remove(path).catch(() => {});

@@ -10,6 +10,8 @@ import { digestOf } from "../oci/digest.ts";
 import { type Descriptor, parseManifestDocument } from "../oci/manifest.ts";
 import { formatReference, type ImageReference } from "../oci/reference.ts";
 import { fetchManifest } from "../oci/resolve.ts";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import { pushTablesArtifact, type TableRef } from "../verify/table_artifact.ts";
 
 /** A blob to store: a file on disk or bytes in memory, with its digest already known. */
 export interface OutputBlob {
@@ -32,6 +34,8 @@ export interface ImageDestination {
   putManifest(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string>;
   /** Stores the top manifest or index under the tag; returns `name@digest`. */
   tag(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string>;
+  /** Lists the manifest's chunk-digest tables in an artifact referring to it (registries). */
+  referTables?(manifestDigest: string, manifestSize: number, tables: TableRef[]): Promise<void>;
 }
 
 /** Most manifests of an index looked at for reusable layers (a hostile index stays cheap). */
@@ -100,6 +104,15 @@ export class RegistryDestination implements ImageDestination {
     const digest = digestOf(bytes);
     await this.#put(this.#tag, bytes, mediaType);
     return `${this.name}@${digest}`;
+  }
+
+  async referTables(manifestDigest: string, manifestSize: number, tables: TableRef[]) {
+    if (tables.length === 0) return;
+    await pushTablesArtifact(this.#client, this.#ref.repository, {
+      digest: manifestDigest,
+      size: manifestSize,
+      mediaType: OCI_MANIFEST,
+    }, tables);
   }
 
   async #put(reference: string, bytes: Uint8Array<ArrayBuffer>, mediaType: string) {

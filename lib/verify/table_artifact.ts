@@ -36,34 +36,56 @@ export async function uploadTables(
   tables: EncodedTable[],
   signal?: AbortSignal,
 ): Promise<void> {
-  const blobs = [...tables.map((t) => ({ bytes: t.bytes, mediaType: CHUNK_TABLE_MEDIA_TYPE })), {
-    bytes: new Uint8Array(EMPTY_CONFIG),
-    mediaType: EMPTY_MEDIA,
-  }];
-  for (const { bytes, mediaType } of blobs) {
-    const digest = digestOf(bytes);
-    if (await blobExists(client, repository, digest, signal)) continue;
-    await uploadBlob(client, repository, {
-      digest,
-      sizeBytes: bytes.byteLength,
-      mediaType,
-      bytes,
-    }, { signal });
+  for (const { bytes } of tables) {
+    await uploadIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
   }
 }
 
+async function uploadIfMissing(
+  client: RegistryClient,
+  repository: string,
+  bytes: Uint8Array<ArrayBuffer>,
+  mediaType: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  const digest = digestOf(bytes);
+  if (await blobExists(client, repository, digest, signal)) return;
+  await uploadBlob(client, repository, {
+    digest,
+    sizeBytes: bytes.byteLength,
+    mediaType,
+    bytes,
+  }, { signal });
+}
+
+/** A table blob already in the repository, and the layer it describes. */
+export interface TableRef {
+  digest: string;
+  size: number;
+  layerDigest: string;
+}
+
+export function tableRef(table: EncodedTable): TableRef {
+  return {
+    digest: table.digest,
+    size: table.bytes.byteLength,
+    layerDigest: table.table.layerDigest,
+  };
+}
+
 /**
- * Uploads `tables` and the artifact referring to `subject`, replacing an earlier tables
- * artifact of the same image in the fallback tag's list.
+ * Pushes the artifact referring to `subject` that lists `tables` (uploaded before, see
+ * uploadTables), replacing an earlier tables artifact of the image in the fallback tag's list.
  */
 export async function pushTablesArtifact(
   client: RegistryClient,
   repository: string,
   subject: { digest: string; size: number; mediaType: string },
-  tables: EncodedTable[],
+  tables: TableRef[],
   signal?: AbortSignal,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
-  await uploadTables(client, repository, tables, signal);
+  // A registry refuses a manifest naming blobs it does not have, the config included.
+  await uploadIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA, signal);
   const manifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
@@ -72,8 +94,8 @@ export async function pushTablesArtifact(
     layers: tables.map((t) => ({
       mediaType: CHUNK_TABLE_MEDIA_TYPE,
       digest: t.digest,
-      size: t.bytes.byteLength,
-      annotations: { [TABLE_LAYER_ANNOTATION]: t.table.layerDigest },
+      size: t.size,
+      annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
     })),
     subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
   };
