@@ -112,6 +112,7 @@ async function* registryChunks(
       scope: pullScope(repository),
       headers: start > 0 ? { range: `bytes=${start}-` } : {},
       policy,
+      route: "pull",
     });
     let skip = 0;
     if (response.status === 206) {

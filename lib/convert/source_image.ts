@@ -54,6 +54,7 @@ export function registrySource(
         method: "GET",
         path: `/v2/${repository}/blobs/${digest}`,
         scope: pullScope(repository),
+        route: "pull",
       });
       if (response.status !== 200) {
         return await blobStatusError(client, response, repository, digest);
