@@ -4,7 +4,7 @@
  * `--no-disk-cache` keeps fetching (today's memory-only behaviour).
  */
 import assert from "node:assert/strict";
-import { command, path, requires, root } from "./_support/requires.ts";
+import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
@@ -123,6 +123,104 @@ Deno.test({
       if (previous === undefined) Deno.env.delete("EROFS_OCI_CACHE_DIR");
       else Deno.env.set("EROFS_OCI_CACHE_DIR", previous);
       await Deno.remove(cacheDir, { recursive: true });
+    }
+  },
+});
+
+/** An uncompressed EROFS image of a few MiB of random file data (mkfs.erofs 1.9.3). */
+async function randomImage(dir: string): Promise<Uint8Array<ArrayBuffer>> {
+  const tree = `${dir}/tree`;
+  Deno.mkdirSync(tree);
+  for (let i = 0; i < 3; i++) {
+    const bytes = new Uint8Array(4 << 20);
+    for (let off = 0; off < bytes.length; off += 65536) {
+      crypto.getRandomValues(bytes.subarray(off, off + 65536));
+    }
+    Deno.writeFileSync(`${tree}/file${i}`, bytes);
+  }
+  const out = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
+    args: ["--quiet", `${dir}/image.erofs`, tree],
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  return Deno.readFileSync(`${dir}/image.erofs`);
+}
+
+Deno.test({
+  name:
+    "disk cache: mount --fetch-all completes the layer unread; a remount then reads it with zero GETs",
+  ignore: ignore || requires(path(`${PEER_BIN}/mkfs.erofs`)),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-fetch-all-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const image = await randomImage(work);
+    const pushed = await pushImage(registry, "dc/random", "v1", [
+      { bytes: image, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    const digest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    const layerGets = () =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
+        .length;
+    const presentShare = (cacheDir: string) => {
+      const name = [...Deno.readDirSync(`${cacheDir}/blobs`)].map((e) => e.name)
+        .find((n) => n.startsWith(digest.replace(":", "-")) && n.endsWith(".map"))!;
+      const map = Deno.readFileSync(`${cacheDir}/blobs/${name}`);
+      return map.filter((b) => b === 1).length / map.length;
+    };
+    const mount = async (cacheDir: string, extra: string[]) =>
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${proxy.host}/dc/random:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+            ...extra,
+          ],
+          { env: { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir }, timeoutMs: 60_000 },
+        ),
+      );
+    const umount = async () =>
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    const waitMs = 3000;
+    try {
+      // Without --fetch-all the unread file data stays remote.
+      await mount(`${work}/plain`, []);
+      await new Promise((r) => setTimeout(r, waitMs));
+      const plainShare = presentShare(`${work}/plain`);
+      await umount();
+      assert(plainShare < 0.5, `only metadata fetched: ${plainShare}`);
+
+      await mount(`${work}/all`, ["--fetch-all"]);
+      let share = 0;
+      const done = () => share === 1 && /bytes local/.test(sandbox.serverLogs());
+      for (let waited = 0; waited < 30_000 && !done(); waited += 200) {
+        await new Promise((r) => setTimeout(r, 200));
+        share = presentShare(`${work}/all`);
+      }
+      const logs = sandbox.serverLogs();
+      await umount();
+      assert.equal(share, 1, `the whole layer is local (${share}); ${logs}`);
+      assert.match(logs, /bytes local|all \d+ bytes/, logs);
+
+      const before = layerGets();
+      await mount(`${work}/all`, []);
+      try {
+        const read = await new Deno.Command("sh", {
+          args: ["-c", `cat ${sandbox.target}/file* | wc -c`],
+          stdout: "piped",
+        }).output();
+        assert.equal(new TextDecoder().decode(read.stdout).trim(), `${3 * (4 << 20)}`);
+      } finally {
+        await umount();
+      }
+      assert.equal(layerGets() - before, 0, "everything came from the disk cache");
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(work, { recursive: true });
     }
   },
 });

@@ -37,6 +37,7 @@ const MOUNT_OPTIONS = {
   "cache-size": { type: "string" },
   "disk-cache-size": { type: "string" },
   "no-disk-cache": { type: "boolean" },
+  "fetch-all": { type: "boolean" },
   upper: { type: "string" },
   work: { type: "string" },
   foreground: { type: "boolean" },
@@ -83,6 +84,8 @@ Options:
       --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
                          bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G)
       --no-disk-cache    keep fetched bytes in memory only
+      --fetch-all        once mounted, fetch the rest of each layer into the disk cache
+                         while readers are quiet (a long-running mount ends up local)
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
       --suid             honour setuid/setgid bits of the image (default: nosuid)
@@ -116,6 +119,10 @@ are not written and are looked up again at reattach. The file is removed by umou
       : parseSize(values["cache-size"], "--cache-size");
     const trust = parseMountTrust(values, values.options);
     // The detached server reads the disk cache settings from the environment it inherits.
+    if (values["fetch-all"] && values["no-disk-cache"]) {
+      throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
+    }
+    if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
     if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
     else if (values["disk-cache-size"] !== undefined) {
       const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");

@@ -44,6 +44,8 @@ Options:
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
   })
   --no-disk-cache      keep fetched bytes in memory only
+  --fetch-all          fetch the rest of the layer into the disk cache while clients
+                       are quiet
   --max-inflight SIZE  memory for READ replies of all clients together (default ${
     formatBytes(DEFAULT_MAX_INFLIGHT_BYTES)
   });
@@ -71,6 +73,7 @@ Example:
       "cache-size": { type: "string" },
       "disk-cache-size": { type: "string" },
       "no-disk-cache": { type: "boolean" },
+      "fetch-all": { type: "boolean" },
       "max-inflight": { type: "string" },
       "idle-timeout": { type: "string" },
       "export-name": { type: "string" },
@@ -83,6 +86,9 @@ Example:
       throw new UsageError("serve: --listen is required", "e.g. --listen unix:/tmp/erofs.sock");
     }
     const listen = parseListenAddress(values.listen);
+    if (values["fetch-all"] && values["no-disk-cache"]) {
+      throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
+    }
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
@@ -190,6 +196,7 @@ function parseDurationMs(text: string, option: string): number {
 interface ServeValues extends RegistryOptionValues {
   "disk-cache-size"?: string;
   "no-disk-cache"?: boolean;
+  "fetch-all"?: boolean;
   layer?: string;
   blob?: string;
   "any-media-type"?: boolean;
@@ -244,7 +251,12 @@ function withDiskCache(
   const maxBytes = values["disk-cache-size"] === undefined
     ? undefined
     : parseSize(values["disk-cache-size"], "--disk-cache-size");
-  const cache = DiskCache.open({ maxBytes, onWarning: warn });
+  const cache = DiskCache.open({
+    maxBytes,
+    onWarning: warn,
+    onNotice: info,
+    completeInBackground: values["fetch-all"],
+  });
   if (!cache) return blob;
   const { ref, client } = opened.registry;
   return cache.wrap(blob, { digest, origin: registryOrigin(ref.registry, client.plainHttp) });

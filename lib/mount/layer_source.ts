@@ -11,16 +11,18 @@ import type { LayerSpec } from "./runtime.ts";
 /**
  * The host's disk cache, opened once per process. Configured by the environment so the
  * detached server and `reattach` see what `mount` was told: EROFS_OCI_CACHE_DIR, and
- * EROFS_OCI_DISK_CACHE_BYTES (the bound; 0 turns it off, as `--no-disk-cache` does).
+ * EROFS_OCI_DISK_CACHE_BYTES (the bound; 0 turns it off, as `--no-disk-cache` does), and
+ * EROFS_OCI_FETCH_ALL=1 (`--fetch-all`: each layer completed in the background).
  */
 let diskCache: DiskCache | undefined | null;
 export function sharedDiskCache(): DiskCache | undefined {
   if (diskCache !== undefined) return diskCache ?? undefined;
   const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
   const maxBytes = bound === undefined || bound === "" ? undefined : Number(bound);
+  const completeInBackground = Deno.env.get("EROFS_OCI_FETCH_ALL") === "1";
   diskCache = maxBytes === 0 || Number.isNaN(maxBytes)
     ? null
-    : DiskCache.open({ maxBytes }) ?? null;
+    : DiskCache.open({ maxBytes, completeInBackground }) ?? null;
   return diskCache ?? undefined;
 }
 

@@ -42,6 +42,13 @@ export interface DiskCacheOptions {
   /** Bound of the bytes on disk (allocated blocks). Default 4 GiB. */
   maxBytes?: number;
   chunkBytes?: number;
+  /**
+   * `--fetch-all`: every blob opened here is completed in the background while its readers
+   * are quiet (DiskCachedSource.completeInBackground), and says so on the log once done.
+   */
+  completeInBackground?: boolean;
+  /** Told when a blob is complete (--fetch-all); default console.log. */
+  onNotice?: (message: string) => void;
   /** Told once per problem (full disk, unusable directory); default console.warn. */
   onWarning?: (message: string) => void;
 }
@@ -67,6 +74,8 @@ export class DiskCache {
   readonly maxBytes: number;
   readonly chunkBytes: number;
   readonly #warn: (message: string) => void;
+  readonly #complete: boolean;
+  readonly #notice: (message: string) => void;
   readonly #warned = new Set<string>();
   readonly #open = new Set<DiskCachedSource>();
   #usageBytes = 0;
@@ -78,6 +87,8 @@ export class DiskCache {
     this.maxBytes = options.maxBytes ?? DEFAULT_DISK_CACHE_BYTES;
     this.chunkBytes = options.chunkBytes ?? DEFAULT_DISK_CHUNK_BYTES;
     this.#warn = options.onWarning ?? ((message) => console.warn(message));
+    this.#complete = options.completeInBackground ?? false;
+    this.#notice = options.onNotice ?? ((message) => console.log(message));
   }
 
   /**
@@ -116,6 +127,15 @@ export class DiskCache {
       base = `${this.blobsDir}/${key.digest.replace(":", "-")}.${origin}.c${this.chunkBytes}`;
       const source = DiskCachedSource.open(this, inner, base, key.verify);
       this.#open.add(source);
+      if (this.#complete) {
+        const startedMs = Date.now();
+        source.completeInBackground().then((done) => {
+          if (!done) return;
+          this.#notice(
+            `${key.digest}: all ${inner.size} bytes local (${Date.now() - startedMs} ms)`,
+          );
+        });
+      }
       return source;
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}; memory cache only`);

@@ -71,6 +71,8 @@ export class DiskCachedSource implements Source {
   readonly #closing = new AbortController();
   #degraded = false;
   #syncing?: Promise<void>;
+  /** When a reader last needed a fetch: background completion waits for quiet. */
+  #lastForegroundMs = 0;
   #nextSync?: Promise<void>;
   #touchedMs = 0;
   lastUsedMs = Date.now();
@@ -177,6 +179,7 @@ export class DiskCachedSource implements Source {
       map.forEach((byte, i) => byte !== PRESENT && missing.push(first + i));
       if (missing.length) {
         fetched = true;
+        this.#lastForegroundMs = Date.now();
         await abortable(this.#fill(missing), signal);
         continue;
       }
@@ -216,7 +219,45 @@ export class DiskCachedSource implements Source {
       if (byte !== PRESENT && !this.#filling.has(first + i)) missing.push(first + i);
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
-    if (missing.length) this.#fill(missing).catch(() => {});
+    if (missing.length) {
+      this.#lastForegroundMs = Date.now();
+      this.#fill(missing).catch(() => {});
+    }
+  }
+
+  /**
+   * Fetches every missing chunk at low priority (`--fetch-all`): one run of up to `runBytes`
+   * at a time, and only after readers have needed no fetch for `idleMs`, so a long-running
+   * mount ends up fully local without slowing the reads it serves. Resolves true once the
+   * whole blob is present, false when closed or the disk failed first.
+   */
+  async completeInBackground(idleMs = 250, runBytes = 8 << 20): Promise<boolean> {
+    const runChunks = Math.max(1, Math.floor(runBytes / this.chunkBytes));
+    let cursor = 0;
+    while (!this.#closing.signal.aborted && !this.#degraded) {
+      const map = this.#readMap(0, this.chunkCount);
+      let start = map.indexOf(0, cursor);
+      if (start < 0) start = map.findIndex((byte) => byte !== PRESENT);
+      if (start < 0) return true;
+      const quietMs = Date.now() - this.#lastForegroundMs;
+      if (quietMs < idleMs || this.#filling.size > 0) {
+        await sleep(Math.max(20, idleMs - quietMs));
+        continue;
+      }
+      let stop = start + 1;
+      while (stop < map.length && stop - start < runChunks && map[stop] !== PRESENT) stop++;
+      const run: number[] = [];
+      for (let c = start; c < stop; c++) run.push(c);
+      try {
+        await this.#fill(run);
+      } catch (error) {
+        if (this.#closing.signal.aborted) break;
+        this.#cache.warnOnce(`background fetch: ${(error as Error).message}; retrying`);
+        await sleep(1000);
+      }
+      cursor = stop;
+    }
+    return false;
   }
 
   /** Fills the missing chunks, joining fills of this process already under way. */
