@@ -5,6 +5,7 @@ import { pushCommand } from "./push.ts";
 import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { listCommand } from "./list.ts";
+import { metricsCommand } from "./metrics.ts";
 import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
 import { serveCommand } from "./serve.ts";
@@ -20,6 +21,7 @@ export const COMMANDS: Command[] = [
   mountCommand,
   umountCommand,
   listCommand,
+  metricsCommand,
   reattachCommand,
   inspectCommand,
   pullCommand,

@@ -3,6 +3,28 @@ import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
 import { controlRequest, type LayerStats } from "../daemon/control.ts";
 import { formatBytes, printTable } from "./table.ts";
+import type { LatencyHistogram } from "../metrics/fetch_metrics.ts";
+
+/** Per-layer counters of a serving mount (`list --json`, `erofs-oci metrics`). */
+export interface ListedLayer {
+  index: number;
+  digest?: string;
+  /** Bytes the kernel (or overlay) asked for. */
+  bytesRequested: number;
+  /** Bytes fetched from the source (the registry; under a disk cache, what it fetched). */
+  bytesFetched: number;
+  /** Reads of the source (ranged GETs for a registry layer). */
+  fetches: number;
+  /** Chunk lookups answered from memory, and those that waited for a fetch. */
+  memoryHits: number;
+  memoryMisses: number;
+  /** Bytes answered by the host's disk cache (absent without one). */
+  diskHitBytes?: number;
+  /** Metadata prefetch so far: reads and bytes. */
+  prefetchFetches?: number;
+  prefetchBytes?: number;
+  getLatency?: LatencyHistogram;
+}
 
 export interface ListedMount {
   target: string;
@@ -23,9 +45,12 @@ export interface ListedMount {
   bytesRequested?: number;
   cacheHitRate?: number;
   httpFetches?: number;
+  /** Per-layer counters (serving mounts only). */
+  layers?: ListedLayer[];
 }
 
-async function describe(): Promise<ListedMount[]> {
+/** Every mount with its server's counters (asked over the control socket). */
+export async function describeMounts(): Promise<ListedMount[]> {
   const listed: ListedMount[] = [];
   for (const state of readStates()) {
     const entry: ListedMount = {
@@ -43,11 +68,28 @@ async function describe(): Promise<ListedMount[]> {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
       if (reply?.ok && reply.stats) {
         entry.state = "serving";
-        const sum = (key: keyof LayerStats) =>
+        const sum = (key: "bytesRequested" | "bytesFetched" | "fetches" | "hits" | "misses") =>
           reply.stats!.layers.reduce((total, layer) => total + layer[key], 0);
         const layers = reply.stats.layers as (LayerStats & {
-          disk?: { fetchedBytes: number; diskHitBytes: number };
+          prefetchFetches?: number;
+          prefetchBytes?: number;
         })[];
+        entry.layers = layers.map((layer, index) => {
+          const listedLayer: ListedLayer = {
+            index,
+            digest: layer.digest,
+            bytesRequested: layer.bytesRequested,
+            bytesFetched: layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched,
+            fetches: layer.disk?.fetches ?? layer.fetches,
+            memoryHits: layer.hits,
+            memoryMisses: layer.misses,
+            diskHitBytes: layer.disk?.diskHitBytes,
+            prefetchFetches: layer.prefetchFetches,
+            prefetchBytes: layer.prefetchBytes,
+            getLatency: layer.getLatency,
+          };
+          return listedLayer;
+        });
         // Under a disk cache the memory cache's "fetches" are mostly disk reads.
         entry.bytesFetched = layers.reduce(
           (total, layer) => total + (layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched),
@@ -84,7 +126,7 @@ Options:
   -h, --help`,
   async run(argv) {
     const { values } = parseCommandArgs("list", argv, { json: { type: "boolean" } }, false);
-    const mounts = await describe();
+    const mounts = await describeMounts();
     if (values.json) {
       console.log(JSON.stringify(mounts, null, 2));
       return 0;

@@ -2,6 +2,8 @@
  * Control channel between the CLI and a running mount server: a unix socket in the mount's
  * runtime dir, one JSON request line, one JSON reply line.
  */
+import type { LatencyHistogram } from "../metrics/fetch_metrics.ts";
+
 export type ControlRequest = { command: "stats" } | { command: "stop" };
 
 /** Counters of one layer's cache, as `list` shows them. */
@@ -11,6 +13,12 @@ export interface LayerStats {
   fetches: number;
   hits: number;
   misses: number;
+  /** The host's disk cache for this layer, when it is on. */
+  disk?: { fetchedBytes: number; diskHitBytes: number; fetches?: number };
+  /** Blob digest (registry layers, OCI layout blobs). */
+  digest?: string;
+  /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */
+  getLatency?: LatencyHistogram;
 }
 
 export interface ServerStats {

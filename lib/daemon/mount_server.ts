@@ -16,6 +16,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../recovery/store.ts";
+import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
 export type ReadyMessage =
@@ -203,7 +204,11 @@ export async function runMountServer(): Promise<number> {
     if (request.command === "stats") {
       return Promise.resolve({
         ok: true,
-        stats: { pid: Deno.pid, startedAt, layers: sources.map((s) => s.stats()) },
+        stats: {
+          pid: Deno.pid,
+          startedAt,
+          layers: sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
+        },
       });
     }
     if (request.command === "stop") {

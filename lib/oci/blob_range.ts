@@ -3,6 +3,7 @@ import { debug } from "../cli/log.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./client.ts";
 import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+import { observeBlobGet } from "../metrics/fetch_metrics.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
 export interface ContentRange {
@@ -123,6 +124,7 @@ export async function readBlobRange(
   const scope = pullScope(repository);
   const policy = client.newPolicy();
   const end = offset + length - 1;
+  const startedMs = performance.now();
   let filled = 0;
   let attempt = 0;
   while (filled < length) {
@@ -194,7 +196,10 @@ export async function readBlobRange(
     if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
     const { copied, error } = await copyBody(response.body, out, filled, skip, available);
     filled += copied;
-    if (filled === length) break;
+    if (filled === length) {
+      observeBlobGet(digest, (performance.now() - startedMs) / 1000);
+      break;
+    }
     if (error === undefined && copied === available) continue; // a short 206: ask for the rest
     if (error !== undefined && !isNetworkError(error)) throw error;
     // Truncated body or a short 206: resume from what we have.

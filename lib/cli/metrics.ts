@@ -1,0 +1,46 @@
+import type { Command } from "./command.ts";
+import { parseCommandArgs } from "./command.ts";
+import { describeMounts } from "./list.ts";
+import { renderPrometheus } from "../metrics/prometheus.ts";
+import { serveMetrics } from "../metrics/endpoint.ts";
+import { parseListenAddress } from "../nbd/address.ts";
+import { info } from "./log.ts";
+
+/** A socket left by an earlier run is replaced; any other file at the path is not touched. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
+  } catch { /* absent */ }
+}
+
+export const metricsCommand: Command = {
+  name: "metrics",
+  summary: "print every mount's counters in Prometheus text format, or serve them",
+  help: `Usage: erofs-oci metrics [--listen ADDR]
+
+Prints the counters of every mount made by erofs-oci (as \`list --json\` has them) in the
+Prometheus text exposition format: per layer bytes requested and fetched, fetches, memory
+cache hits and misses, disk cache hit bytes, prefetch bytes and a histogram of registry GET
+times (erofs_oci_layer_registry_get_seconds).
+
+Options:
+  --listen ADDR   serve them instead, at GET /metrics: unix:PATH or tcp:HOST:PORT
+                  (e.g. tcp:127.0.0.1:9464); runs until SIGTERM/SIGINT
+  -h, --help`,
+  async run(argv) {
+    const { values } = parseCommandArgs("metrics", argv, { listen: { type: "string" } }, false);
+    if (values.listen === undefined) {
+      await Deno.stdout.write(new TextEncoder().encode(renderPrometheus(await describeMounts())));
+      return 0;
+    }
+    const addr = parseListenAddress(values.listen);
+    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    const endpoint = serveMetrics(addr, async () => renderPrometheus(await describeMounts()));
+    info(`serving metrics at ${endpoint.address}/metrics`);
+    const stop = () => endpoint.shutdown();
+    for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
+    await endpoint.finished;
+    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    return 0;
+  },
+};

@@ -1,0 +1,63 @@
+/**
+ * Registry GET latency per blob, kept for the life of the process (a mount server serves a
+ * handful of layers, so a map by digest stays small). Recorded where ranged reads complete
+ * (blob_range.ts) and reported by the server's `stats` reply, so `list --json` and
+ * `erofs-oci metrics` show how the registry (or mirror) is answering each layer.
+ */
+
+/** Upper bounds in seconds (Prometheus' own default buckets, plus 30 s for slow links). */
+export const GET_LATENCY_BUCKETS_S = [
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+] as const;
+
+/** Cumulative histogram as Prometheus exposes it: counts[i] = observations ≤ bounds[i]. */
+export interface LatencyHistogram {
+  boundsSeconds: number[];
+  /** Cumulative counts per bound; the `+Inf` bucket is `count`. */
+  counts: number[];
+  count: number;
+  sumSeconds: number;
+}
+
+/** Bound on distinct blobs tracked: beyond it new ones share one overflow entry. */
+const MAX_TRACKED_BLOBS = 4096;
+const OVERFLOW_KEY = "other";
+
+const histograms = new Map<string, { counts: number[]; count: number; sumSeconds: number }>();
+
+/** Records one completed ranged read of `digest` that took `seconds`. */
+export function observeBlobGet(digest: string, seconds: number): void {
+  const key = histograms.has(digest) || histograms.size < MAX_TRACKED_BLOBS ? digest : OVERFLOW_KEY;
+  let h = histograms.get(key);
+  if (!h) {
+    h = { counts: GET_LATENCY_BUCKETS_S.map(() => 0), count: 0, sumSeconds: 0 };
+    histograms.set(key, h);
+  }
+  for (let i = 0; i < GET_LATENCY_BUCKETS_S.length; i++) {
+    if (seconds <= GET_LATENCY_BUCKETS_S[i]) h.counts[i]++;
+  }
+  h.count++;
+  h.sumSeconds += seconds;
+}
+
+/** The histogram of `digest` so far (all zero when it was never fetched). */
+export function blobGetLatency(digest: string): LatencyHistogram {
+  const h = histograms.get(digest);
+  return {
+    boundsSeconds: [...GET_LATENCY_BUCKETS_S],
+    counts: h ? [...h.counts] : GET_LATENCY_BUCKETS_S.map(() => 0),
+    count: h?.count ?? 0,
+    sumSeconds: h?.sumSeconds ?? 0,
+  };
+}

@@ -1,0 +1,18 @@
+/**
+ * What a mount server adds to each layer's cache counters in its `stats` reply: the layer's
+ * digest and its registry GET latency histogram (fetch_metrics.ts).
+ */
+import type { LayerSpec } from "../mount/runtime.ts";
+import { blobGetLatency, type LatencyHistogram } from "./fetch_metrics.ts";
+
+export interface LayerFetchMetrics {
+  digest?: string;
+  /** Present for registry layers. */
+  getLatency?: LatencyHistogram;
+}
+
+export function layerFetchMetrics(layer: LayerSpec | undefined): LayerFetchMetrics {
+  if (!layer) return {};
+  if (layer.kind === "local") return layer.digest ? { digest: layer.digest } : {};
+  return { digest: layer.digest, getLatency: blobGetLatency(layer.digest) };
+}

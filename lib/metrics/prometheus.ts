@@ -1,0 +1,118 @@
+/**
+ * Mounts' counters in the Prometheus text exposition format (version 0.0.4:
+ * https://prometheus.io/docs/instrumenting/exposition_formats/). Label values come from image
+ * references and paths, so they are escaped (backslash, double quote, line feed) as the format
+ * requires; everything else is numbers.
+ */
+import type { ListedLayer, ListedMount } from "../cli/list.ts";
+
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+type Labels = Record<string, string>;
+
+function escapeLabel(value: string): string {
+  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+}
+
+function labelText(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function numberText(n: number): string {
+  if (Number.isNaN(n)) return "NaN";
+  if (n === Infinity) return "+Inf";
+  if (n === -Infinity) return "-Inf";
+  return String(n);
+}
+
+interface Family {
+  help: string;
+  type: "counter" | "gauge" | "histogram";
+  samples: string[];
+}
+
+class Exposition {
+  readonly #families = new Map<string, Family>();
+
+  #family(name: string, help: string, type: Family["type"]): Family {
+    let family = this.#families.get(name);
+    if (!family) {
+      family = { help, type, samples: [] };
+      this.#families.set(name, family);
+    }
+    return family;
+  }
+
+  sample(name: string, help: string, type: Family["type"], labels: Labels, value: number): void {
+    this.#family(name, help, type).samples.push(`${name}${labelText(labels)} ${numberText(value)}`);
+  }
+
+  histogram(
+    name: string,
+    help: string,
+    labels: Labels,
+    h: { boundsSeconds: number[]; counts: number[]; count: number; sumSeconds: number },
+  ): void {
+    const family = this.#family(name, help, "histogram");
+    h.boundsSeconds.forEach((bound, i) => {
+      family.samples.push(
+        `${name}_bucket${labelText({ ...labels, le: String(bound) })} ${h.counts[i]}`,
+      );
+    });
+    family.samples.push(`${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${h.count}`);
+    family.samples.push(`${name}_sum${labelText(labels)} ${numberText(h.sumSeconds)}`);
+    family.samples.push(`${name}_count${labelText(labels)} ${h.count}`);
+  }
+
+  text(): string {
+    let out = "";
+    for (const [name, family] of this.#families) {
+      out += `# HELP ${name} ${family.help}\n# TYPE ${name} ${family.type}\n`;
+      out += family.samples.map((s) => s + "\n").join("");
+    }
+    return out;
+  }
+}
+
+const LAYER_COUNTERS: [keyof ListedLayer, string, string][] = [
+  ["bytesRequested", "erofs_oci_layer_requested_bytes_total", "Bytes read from the layer"],
+  ["bytesFetched", "erofs_oci_layer_fetched_bytes_total", "Bytes fetched from the registry"],
+  ["fetches", "erofs_oci_layer_fetches_total", "Reads of the source (ranged GETs)"],
+  ["memoryHits", "erofs_oci_layer_memory_cache_hits_total", "Chunk lookups answered from memory"],
+  ["memoryMisses", "erofs_oci_layer_memory_cache_misses_total", "Chunk lookups that fetched"],
+  ["diskHitBytes", "erofs_oci_layer_disk_cache_hit_bytes_total", "Bytes answered by disk cache"],
+  ["prefetchBytes", "erofs_oci_layer_prefetch_bytes_total", "Bytes fetched by the prefetch"],
+];
+
+/** The text a scraper gets for `mounts`. */
+export function renderPrometheus(mounts: ListedMount[]): string {
+  const out = new Exposition();
+  out.sample("erofs_oci_mounts", "Mounts made by erofs-oci", "gauge", {}, mounts.length);
+  for (const mount of mounts) {
+    const base = { mount: mount.target };
+    out.sample(
+      "erofs_oci_mount_info",
+      "One per mount: image, backend and server state",
+      "gauge",
+      { ...base, image: mount.image, backend: mount.backend, state: mount.state },
+      1,
+    );
+    for (const layer of mount.layers ?? []) {
+      const labels = { ...base, layer: String(layer.index), digest: layer.digest ?? "" };
+      for (const [key, name, help] of LAYER_COUNTERS) {
+        const value = layer[key];
+        if (typeof value === "number") out.sample(name, help, "counter", labels, value);
+      }
+      if (layer.getLatency) {
+        out.histogram(
+          "erofs_oci_layer_registry_get_seconds",
+          "Time to complete one ranged registry read (with retries)",
+          labels,
+          layer.getLatency,
+        );
+      }
+    }
+  }
+  return out.text();
+}

@@ -1,0 +1,178 @@
+/**
+ * Metrics of a real FUSE mount from a real docker-registry, read back by a real Prometheus
+ * text parser (Python's prometheus_client, Debian python3-prometheus-client): `list --json`
+ * per-layer counters, `erofs-oci metrics` on stdout and served by `metrics --listen`.
+ */
+import assert from "node:assert/strict";
+import { command, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
+import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
+import type { ListedMount } from "../lib/cli/list.ts";
+
+const SYSTEM_PYTHON = "/usr/bin/python3";
+const PARSE = `
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": family.name, "type": family.type,
+                "samples": [[s.name, s.labels, s.value] for s in family.samples]})
+print(json.dumps(out))
+`;
+
+interface Family {
+  name: string;
+  type: string;
+  samples: [string, Record<string, string>, number][];
+}
+
+async function parsePrometheus(text: string): Promise<Family[]> {
+  const child = new Deno.Command(SYSTEM_PYTHON, {
+    args: ["-c", PARSE],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(text));
+  await writer.close();
+  const out = await child.output();
+  assert(out.success, new TextDecoder().decode(out.stderr) + "\n" + text);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+function sampleOf(families: Family[], sample: string, labels: Record<string, string>): number {
+  for (const f of families) {
+    for (const [name, l, value] of f.samples) {
+      if (name === sample && Object.entries(labels).every(([k, v]) => l[k] === v)) return value;
+    }
+  }
+  throw new Error(`no sample ${sample} ${JSON.stringify(labels)}`);
+}
+
+const ignore = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  path(SYSTEM_PYTHON),
+);
+
+Deno.test({
+  name: "metrics: a mount's per-layer counters, in list --json and parsed as Prometheus text",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const { bytes } = await loadFixture("basic.erofs");
+    const pushed = await pushImage(registry, "metrics/app", "v1", [
+      { bytes, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    const digest = pushed.layers[0].digest;
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    const env = sandbox.env;
+    const socketDir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-" });
+    let listener: Deno.ChildProcess | undefined;
+    try {
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${proxy.host}/metrics/app:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+            "--no-disk-cache",
+          ],
+          { env, timeoutMs: 60_000 },
+        ),
+      );
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const layerGets = proxy.requests.filter((r) =>
+        r.method === "GET" && r.path.endsWith(`/blobs/${digest}`)
+      ).length;
+
+      const list = await runCli(["list", "--json"], { env });
+      assertSuccess(list);
+      const [mount] = JSON.parse(list.stdout) as ListedMount[];
+      const layer = mount.layers![0];
+      assert.equal(layer.digest, digest);
+      assert(layer.bytesFetched > 0 && layer.bytesRequested > 0, JSON.stringify(layer));
+      assert(layer.memoryHits + layer.memoryMisses > 0);
+      // Every completed ranged read was timed, and each took at least one GET.
+      assert(layer.getLatency!.count > 0 && layer.getLatency!.count <= layerGets, list.stdout);
+
+      const printed = await runCli(["metrics"], { env });
+      assertSuccess(printed);
+      const families = await parsePrometheus(printed.stdout);
+      const labels = { mount: sandbox.target, layer: "0", digest };
+      assert.equal(sampleOf(families, "erofs_oci_mounts", {}), 1);
+      assert.equal(
+        sampleOf(families, "erofs_oci_mount_info", { mount: sandbox.target, state: "serving" }),
+        1,
+      );
+      assert(
+        sampleOf(families, "erofs_oci_layer_fetched_bytes_total", labels) >= layer.bytesFetched,
+      );
+      assert(sampleOf(families, "erofs_oci_layer_memory_cache_hits_total", labels) >= 0);
+      const histogram = families.find((f) => f.name === "erofs_oci_layer_registry_get_seconds")!;
+      assert.equal(histogram.type, "histogram");
+      const count = sampleOf(families, "erofs_oci_layer_registry_get_seconds_count", labels);
+      assert(count >= layer.getLatency!.count, `${count}`);
+      assert.equal(
+        sampleOf(families, "erofs_oci_layer_registry_get_seconds_bucket", {
+          ...labels,
+          le: "+Inf",
+        }),
+        count,
+      );
+
+      // The same text served for a scraper on a unix socket.
+      const socket = `${socketDir}/metrics.sock`;
+      listener = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: ["metrics", "--listen", `unix:${socket}`],
+        env: { ...env },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const client = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });
+      try {
+        let text: string | undefined;
+        for (let i = 0; i < 200 && text === undefined; i++) {
+          try {
+            const response = await fetch("http://metrics/metrics", { client });
+            assert.match(
+              response.headers.get("content-type") ?? "",
+              /^text\/plain; version=0\.0\.4/,
+            );
+            text = await response.text();
+          } catch {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+        assert(text !== undefined, "metrics --listen never answered");
+        const served = await parsePrometheus(text);
+        assert(sampleOf(served, "erofs_oci_layer_fetched_bytes_total", labels) > 0);
+      } finally {
+        client.close();
+      }
+      listener.kill("SIGTERM");
+      const status = await listener.status;
+      listener = undefined;
+      assert.equal(status.code, 0);
+      assert.throws(() => Deno.lstatSync(socket), "the socket is removed on exit");
+    } finally {
+      if (listener) {
+        listener.kill("SIGKILL");
+        await listener.status;
+      }
+      await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }).catch(() => {});
+      await sandbox.cleanup();
+      await Deno.remove(socketDir, { recursive: true });
+    }
+  },
+});
