@@ -2,6 +2,14 @@
 import { printable } from "./table.ts";
 let debugEnabled = false;
 
+/**
+ * `text` (default): lines for people. `json`: one JSON object per line (time, level, msg and
+ * fields) for log collectors. Kept in EROFS_OCI_LOG_FORMAT too, so the mount server a mount
+ * re-executes logs the same way.
+ */
+export type LogFormat = "text" | "json";
+let format: LogFormat = Deno.env.get("EROFS_OCI_LOG_FORMAT") === "json" ? "json" : "text";
+
 export function setDebug(on: boolean): void {
   debugEnabled = on;
 }
@@ -10,14 +18,33 @@ export function isDebug(): boolean {
   return debugEnabled;
 }
 
+export function setLogFormat(value: LogFormat): void {
+  format = value;
+  Deno.env.set("EROFS_OCI_LOG_FORMAT", value);
+}
+
+export function logFormat(): LogFormat {
+  return format;
+}
+
+/** One structured record on stderr (json format); `fields` must not override the basics. */
+export function logRecord(level: string, msg: string, fields: Record<string, unknown> = {}): void {
+  console.error(JSON.stringify({ ...fields, time: new Date().toISOString(), level, msg }));
+}
+
 export function debug(...parts: unknown[]): void {
-  if (debugEnabled) console.error("debug:", ...parts);
+  if (!debugEnabled) return;
+  if (format === "json") {
+    logRecord("debug", parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" "));
+  } else console.error("debug:", ...parts);
 }
 
 export function warn(message: string): void {
-  console.error(`erofs-oci: warning: ${printable(message)}`);
+  if (format === "json") logRecord("warning", message);
+  else console.error(`erofs-oci: warning: ${printable(message)}`);
 }
 
 export function info(message: string): void {
-  console.error(message);
+  if (format === "json") logRecord("info", message);
+  else console.error(message);
 }

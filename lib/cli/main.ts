@@ -1,7 +1,7 @@
 import { UsageError, UserError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
-import { setDebug } from "./log.ts";
+import { logFormat, logRecord, setDebug, setLogFormat } from "./log.ts";
 import { printable } from "./table.ts";
 
 const EXIT_CODES = `Exit codes:
@@ -23,6 +23,8 @@ Global options:
   -h, --help     show help (also \`erofs-oci <command> --help\`)
   -V, --version  print the version
       --debug    print stack traces and debug logs on errors
+      --log-format text|json
+                 diagnostics on stderr as text (default) or one JSON object per line
 
 ${EXIT_CODES}`;
 }
@@ -31,8 +33,9 @@ ${EXIT_CODES}`;
 export async function runCli(args: string[]): Promise<number> {
   const debug = args.includes("--debug");
   setDebug(debug);
-  const argv = args.filter((a) => a !== "--debug");
+  let argv = args.filter((a) => a !== "--debug");
   try {
+    argv = takeLogFormat(argv);
     const [first, ...rest] = argv;
     if (first === undefined || first === "-h" || first === "--help" || first === "help") {
       if (first === "help" && rest[0]) return await runCli([rest[0], "--help"]);
@@ -58,8 +61,42 @@ export async function runCli(args: string[]): Promise<number> {
   }
 }
 
+/** Removes `--log-format F` / `--log-format=F` (before the command's own options) and applies it. */
+function takeLogFormat(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    let value: string | undefined;
+    if (arg === "--log-format") value = argv[++i] ?? "";
+    else if (arg.startsWith("--log-format=")) value = arg.slice("--log-format=".length);
+    else {
+      out.push(arg);
+      continue;
+    }
+    if (value !== "text" && value !== "json") {
+      throw new UsageError(`--log-format must be text or json, not '${value}'`);
+    }
+    setLogFormat(value);
+  }
+  return out;
+}
+
 /** Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. */
 export function reportError(error: unknown, debug: boolean): number {
+  if (logFormat() === "json") {
+    if (error instanceof Deno.errors.BrokenPipe) return 1;
+    const user = error instanceof UserError;
+    logRecord("error", error instanceof Error ? error.message : String(error), {
+      ...(user && error.hint ? { hint: error.hint } : {}),
+      ...(user ? { exitCode: error.exitCode } : { internal: true }),
+      ...(debug && error instanceof Error ? { stack: error.stack } : {}),
+    });
+    return user ? error.exitCode : 1;
+  }
   if (error instanceof UserError) {
     // Messages quote registry and image data: no raw control characters reach the terminal.
     console.error(`erofs-oci: ${printable(error.message)}`);
