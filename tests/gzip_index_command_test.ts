@@ -159,7 +159,8 @@ Deno.test({
       const cases: [string, Uint8Array, RegExp][] = [
         ["crc.tar.gz", flip(gz, gz.length - 6), /fails its check/],
         ["cut.tar.gz", gz.subarray(0, gz.length - 1000), /truncated/],
-        ["plain.tar.gz", await Deno.readFile(`${FIXTURES}/layer1.tar`), /is not gzip/],
+        ["z.tar.zst", new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]), /is zstd-compressed/],
+        ["junk.tar", new Uint8Array(4096).fill(7), /checksum|not a tar/],
         ["block.tar.gz", setBits(gz, 10, 0x06), /invalid block type/],
       ];
       for (const [file, bytes, message] of cases) {

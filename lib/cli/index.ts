@@ -4,6 +4,12 @@ import { ProgressLine } from "./progress.ts";
 import { info } from "./log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
+
+/** zstd frame magic 28 B5 2F FD (RFC 8878 section 3.1.1). */
+function isZstdMagic(head: Uint8Array): boolean {
+  return head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f &&
+    head[3] === 0xfd;
+}
 import { writeLayerIndex } from "../mount/layer_index_files.ts";
 import { indexImage } from "../mount/index_image.ts";
 import { isLocalImage } from "../mount/resolve_layers.ts";
@@ -14,8 +20,8 @@ const MIN_SPAN_BYTES = 256 * 1024;
 
 export const indexCommand: Command = {
   name: "index",
-  summary: "index tar.gz layers for lazy mounting (tar-index meta image + gzip zinfo)",
-  help: `Usage: erofs-oci index FILE.tar.gz -o DIR [options]
+  summary: "index tar/tar.gz layers for lazy mounting (tar-index meta image + gzip zinfo)",
+  help: `Usage: erofs-oci index FILE.tar.gz|FILE.tar -o DIR [options]
        erofs-oci index IMAGE [--layer N] (-o DIR | --push) [options]
 
 Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
@@ -27,14 +33,16 @@ Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
                     checkpoint): a mount checks each piece it inflates
   NAME.index.json   the layer digest and size, diff_id and file digests the
                     index belongs to
-For FILE, NAME is its name without .tar.gz/.tgz/.gz. For IMAGE (a registry reference
-or oci:PATH[:TAG]) every tar+gzip layer (or layer N) is streamed from the registry,
-verified against its digest, and NAME is the layer digest (sha256-HEX).
+A plain (uncompressed) tar needs no zinfo: it gets NAME.meta.erofs, NAME.pieces
+(sha256 per 1 MiB of the tar) and NAME.index.json, and mounts straight from the blob.
+For FILE, NAME is its name without .tar.gz/.tgz/.gz/.tar. For IMAGE (a registry reference
+or oci:PATH[:TAG]) every tar and tar+gzip layer (or layer N) is streamed from the registry,
+verified against its digest, and NAME is the layer digest (sha256-HEX). zstd layers are
+refused (\`erofs-oci convert\` makes EROFS layers).
 --push stores the indexes in the registry as one OCI artifact whose subject is the
 image manifest (referrers API, or the fallback tag sha256-HEX of the manifest for
 registries without it); \`erofs-oci mount IMAGE\` then finds them by itself.
-Every gzip member's CRC is checked. Files appear only when complete. A plain tar needs
-no zinfo: \`erofs-oci build --tar-index FILE.tar -o NAME.meta.erofs\`.
+Every gzip member's CRC is checked. Files appear only when complete.
 
 Options:
   -o, --output DIR      directory for the index files (created if missing)
@@ -84,7 +92,11 @@ Examples:
           buildTimeSec: timestamp,
           onLayer: (l, done) =>
             info(
-              `layer ${l.index} ${l.digest}: indexed (${done.record.zinfo?.checkpoints} checkpoints)`,
+              `layer ${l.index} ${l.digest}: indexed (${
+                done.record.zinfo
+                  ? `${done.record.zinfo.checkpoints} checkpoints`
+                  : "plain tar, no zinfo"
+              })`,
             ),
         });
         if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
@@ -100,7 +112,8 @@ Examples:
       throw new UsageError("index: --push and --layer need an IMAGE, not a file");
     }
     const dir = values.output!;
-    const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz)$/, "") || "layer";
+    const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "") ||
+      "layer";
     let input: Deno.FsFile;
     try {
       input = await Deno.open(file, { read: true });
@@ -108,12 +121,13 @@ Examples:
       throw new UserError(`index: cannot read ${file}: ${(error as Error).message}`);
     }
     try {
-      const head = new Uint8Array(2);
+      const head = new Uint8Array(4);
       const n = await input.read(head) ?? 0;
-      if (!isGzipMagic(head.subarray(0, n))) {
+      const plainTar = !isGzipMagic(head.subarray(0, n));
+      if (plainTar && isZstdMagic(head.subarray(0, n))) {
         throw new FormatError(
-          `index: ${file} is not gzip`,
-          "a plain tar needs no zinfo: `erofs-oci build --tar-index FILE -o NAME.meta.erofs`",
+          `index: ${file} is zstd-compressed`,
+          "only tar and tar+gzip can be indexed; `erofs-oci convert` makes EROFS layers",
         );
       }
       await input.seek(0, Deno.SeekMode.Start);
@@ -124,13 +138,17 @@ Examples:
           spanBytes,
           buildTimeSec: timestamp,
           onEntries: (count) => progress.update(count),
+          plainTar,
         }));
       } finally {
         progress.finish();
       }
       info(
-        `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
-          `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
+        plainTar
+          ? `${dir}/${name}.{meta.erofs,pieces,index.json}: ${result.entries} entries, ` +
+            `plain tar (no zinfo), layer ${result.layerDigest}`
+          : `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
+            `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
       );
       return 0;
     } finally {

@@ -25,8 +25,12 @@ export interface IndexImageOptions {
   onLayer?: (layer: LayerDescriptor, done: TarIndexFiles) => void;
 }
 
-/** The layers `index IMAGE` works on: `--layer N`, else every tar+gzip layer. */
+/** The layers `index IMAGE` works on: `--layer N`, else every tar and tar+gzip layer. */
 export function layersToIndex(layers: LayerDescriptor[], layer?: number): LayerDescriptor[] {
+  const indexable = (l: LayerDescriptor) => {
+    const kind = tarLayerKind(l.mediaType);
+    return kind === "gzip" || kind === "tar";
+  };
   if (layer !== undefined) {
     const chosen = layers[layer];
     if (!chosen) {
@@ -35,25 +39,26 @@ export function layersToIndex(layers: LayerDescriptor[], layer?: number): LayerD
         "list them with `erofs-oci inspect IMAGE`",
       );
     }
-    if (tarLayerKind(chosen.mediaType) !== "gzip") throw notGzip(chosen);
+    if (!indexable(chosen)) throw notIndexable(chosen);
     return [chosen];
   }
-  const gzip = layers.filter((l) => tarLayerKind(l.mediaType) === "gzip");
-  const other = layers.find((l) => tarLayerKind(l.mediaType) === "zstd");
-  if (other) throw notGzip(other);
-  if (gzip.length === 0) {
+  const zstd = layers.find((l) => tarLayerKind(l.mediaType) === "zstd");
+  if (zstd) throw notIndexable(zstd);
+  const tar = layers.filter(indexable);
+  if (tar.length === 0) {
     throw new UserError(
-      "the image has no tar+gzip layer to index",
-      "EROFS layers mount as they are; plain tar layers are not indexed yet",
+      "the image has no tar or tar+gzip layer to index",
+      "EROFS layers mount as they are",
     );
   }
-  return gzip;
+  return tar;
 }
 
-function notGzip(layer: LayerDescriptor): UserError {
+function notIndexable(layer: LayerDescriptor): UserError {
   return new UserError(
-    `layer ${layer.index} (${layer.mediaType}) is not tar+gzip`,
-    "only tar+gzip layers can be indexed for lazy mounting; `erofs-oci convert` makes EROFS layers",
+    `layer ${layer.index} (${layer.mediaType}) is neither tar nor tar+gzip`,
+    "only tar and tar+gzip layers can be indexed for lazy mounting; " +
+      "`erofs-oci convert` makes EROFS layers",
   );
 }
 
@@ -112,6 +117,7 @@ export async function indexImage(
           spanBytes: options.spanBytes,
           buildTimeSec: options.buildTimeSec,
           impliedMtimeSec: IMPLIED_MARK_SEC,
+          plainTar: tarLayerKind(layer.mediaType) === "tar",
           prepareTree: (root) => {
             const stacked = { root, implied: impliedDirs(root, options.buildTimeSec) };
             if (!lower) return;

@@ -4,6 +4,7 @@
  * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
  */
 import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
+import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
   checkIndexRecord,
   type IndexRecord,
@@ -20,6 +21,8 @@ export interface LayerIndexOptions {
   onEntries?: (count: number) => void;
   impliedMtimeSec?: number;
   prepareTree?: (root: BuildNode) => void;
+  /** The layer is an uncompressed tar: meta + pieces, no zinfo (the blob is the tar). */
+  plainTar?: boolean;
 }
 
 /** Paths of one layer's index files (zinfo and pieces absent for a plain tar). */
@@ -36,8 +39,8 @@ export function layerFileStem(digest: string): string {
 }
 
 /**
- * Indexes the tar+gzip `compressed` into `dir` under `name`; the record is written last, so
- * a directory holding NAME.index.json holds a complete index.
+ * Indexes the tar+gzip (or, with `plainTar`, the tar) `compressed` into `dir` under `name`;
+ * the record is written last, so a directory holding NAME.index.json holds a complete index.
  */
 export async function writeLayerIndex(
   compressed: ReadableStream<Uint8Array>,
@@ -48,19 +51,22 @@ export async function writeLayerIndex(
   await Deno.mkdir(dir, { recursive: true });
   const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
   const pieces = `${dir}/${name}.pieces`;
-  const result = await indexGzipLayer(compressed, { meta, zinfo, pieces }, {
+  const indexOptions = {
     spanBytes: options.spanBytes,
     buildTimeSec: options.buildTimeSec,
     onEntries: options.onEntries,
     impliedMtimeSec: options.impliedMtimeSec,
     prepareTree: options.prepareTree,
-  });
+  };
+  const result = options.plainTar
+    ? await indexPlainTarLayer(compressed, { meta, pieces }, indexOptions)
+    : await indexGzipLayer(compressed, { meta, zinfo, pieces }, indexOptions);
   const record: IndexRecord = {
     layer: { digest: result.layerDigest, size: result.layerBytes },
     diffId: result.diffId,
     tarBytes: result.tarBytes,
     meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
-    zinfo: {
+    zinfo: options.plainTar ? undefined : {
       file: `${name}.zinfo`,
       digest: sha256Digest(await Deno.readFile(zinfo)),
       spanBytes: result.spanBytes,
@@ -76,7 +82,11 @@ export async function writeLayerIndex(
   const tmp = `${recordPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
   await Deno.writeTextFile(tmp, JSON.stringify(record, null, 2) + "\n");
   await Deno.rename(tmp, recordPath);
-  return { files: { record, meta, zinfo, pieces }, result };
+  if (options.plainTar) delete record.zinfo;
+  return {
+    files: { record, meta, zinfo: options.plainTar ? undefined : zinfo, pieces },
+    result,
+  };
 }
 
 /**

@@ -209,9 +209,9 @@ async function findTarIndexes(
   }
   for (const layer of layers) {
     const kind = tarLayerKind(layer.mediaType);
-    if (kind !== "gzip") {
+    if (kind !== "gzip" && kind !== "tar") {
       throw new UserError(
-        `layer ${layer.index} is ${layer.mediaType}: only tar+gzip layers mount through an index`,
+        `layer ${layer.index} is ${layer.mediaType}: only tar and tar+gzip layers mount through an index`,
         "convert the image to EROFS layers: `erofs-oci convert IMAGE DEST`",
       );
     }
@@ -234,7 +234,9 @@ async function findTarIndexes(
   const missing = layers.find((l) => !found.has(l.digest));
   if (missing) {
     throw new UserError(
-      `layer ${missing.index} (${missing.digest.slice(0, 19)}…) is tar+gzip and has no index`,
+      `layer ${missing.index} (${missing.digest.slice(0, 19)}…) is ${
+        tarLayerKind(missing.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
+      } and has no index`,
       `make one: \`erofs-oci index ${formatReference(ref)} --push\` (or pass --index DIR)`,
     );
   }

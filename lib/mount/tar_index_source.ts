@@ -1,12 +1,13 @@
 /**
  * The source a mount serves for an ordinary tar layer: [meta][tar] (HybridTarSource) over the
  * layer blob behind the chunk cache (coalesced ranged GETs, single-flight, readahead), tar
- * bytes inflated from the nearest zinfo checkpoint and, with an `erofs-oci index` record,
- * every inflated piece checked against its digest.
+ * bytes inflated from the nearest zinfo checkpoint (a plain tar layer: read as it is) and,
+ * with an `erofs-oci index` record, every piece checked against its digest.
  */
 import { FormatError } from "../errors.ts";
 import { CachedSource, type CacheStats } from "../source/cached.ts";
 import { HybridTarSource } from "../source/hybrid_tar.ts";
+import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles } from "./layer_index_files.ts";
 import type { TarIndexSpec } from "./runtime.ts";
@@ -65,6 +66,13 @@ export async function openTarIndexSource(
         ? { bytes: pieces, pieceBytes: record.pieces.pieceBytes, totalBytes: record.tarBytes }
         : undefined,
     });
+  } else if (pieces && index.record?.pieces) {
+    hybrid = HybridTarSource.plainTar(
+      meta,
+      new VerifiedPlainTar(cached, pieces, index.record.pieces.pieceBytes, {
+        cacheBytes: Math.max(4 << 20, cacheBytes - blobCacheBytes),
+      }),
+    );
   } else {
     hybrid = HybridTarSource.plainTar(meta, cached);
   }

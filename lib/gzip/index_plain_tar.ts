@@ -1,0 +1,93 @@
+/**
+ * Indexes an uncompressed tar layer in one pass: the blob is the tar, so it needs no zinfo —
+ * only the tar-index meta image and the sha256 of every 1 MiB piece of the blob (counted
+ * from offset 0), which a mount checks before serving any byte of a ranged registry read.
+ */
+import { createHash } from "node:crypto";
+import { FormatError } from "../errors.ts";
+import { scanTar } from "../erofs/writer/from_tar.ts";
+import { buildImage } from "../erofs/writer/build_image.ts";
+import type { IndexLayerOptions, LayerIndex } from "./index_layer.ts";
+import { DEFAULT_PIECE_BYTES, PieceHasher } from "./piece_digests.ts";
+
+/**
+ * Streams `tar` (a plain tar layer) once; writes the meta image and the piece digests. Both
+ * appear only when complete. `checkpoints`/`members` are 0 and `spanBytes` 0 in the result.
+ */
+export async function indexPlainTarLayer(
+  tar: ReadableStream<Uint8Array>,
+  paths: { meta: string; pieces: string },
+  options: IndexLayerOptions,
+): Promise<LayerIndex> {
+  const pieceBytes = DEFAULT_PIECE_BYTES;
+  const hasher = new PieceHasher(pieceBytes);
+  const hash = createHash("sha256");
+  let tarBytes = 0;
+  const input = tar.getReader();
+  let done = false;
+  // Every byte of the blob is hashed (layer digest = diff_id) even past the end-of-archive
+  // marker, where the scanner stops: the drain below reads the rest.
+  const next = async (): Promise<Uint8Array | undefined> => {
+    if (done) return undefined;
+    const { value, done: end } = await input.read();
+    if (end) {
+      done = true;
+      return undefined;
+    }
+    hash.update(value);
+    hasher.update(value);
+    tarBytes += value.length;
+    return value;
+  };
+  const scanned = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = await next();
+      if (chunk) controller.enqueue(chunk);
+      else controller.close();
+    },
+    cancel() {},
+  });
+  const piecesTmp = `${paths.pieces}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  let metaWritten = false;
+  try {
+    const scan = await scanTar(scanned, {
+      indexOnly: true,
+      impliedMtimeSec: options.impliedMtimeSec ?? options.buildTimeSec,
+      onEntries: options.onEntries,
+    });
+    options.prepareTree?.(scan.root);
+    while (await next()) { /* drain: padding after the end-of-archive marker */ }
+    if (scan.tarEndOffset > tarBytes) {
+      throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);
+    }
+    // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device; a tar
+    // cut right after its last member has no such blocks, and the device must stay inside it.
+    const tarBlocks = Math.min(scan.tarEndOffset / 512 + 2, Math.floor(tarBytes / 512));
+    await Deno.writeFile(piecesTmp, hasher.finish());
+    buildImage(scan.root, paths.meta, {
+      buildTimeSec: options.buildTimeSec,
+      uuid: options.uuid,
+      tarIndex: { tarBlocks },
+    });
+    metaWritten = true;
+    await Deno.rename(piecesTmp, paths.pieces);
+    const digest = `sha256:${hash.digest("hex")}`;
+    return {
+      layerDigest: digest,
+      layerBytes: tarBytes,
+      diffId: digest,
+      tarBytes,
+      entries: scan.entries,
+      checkpoints: 0,
+      spanBytes: 0,
+      members: 0,
+      pieceBytes,
+    };
+  } catch (error) {
+    await Deno.remove(piecesTmp).catch(() => {});
+    if (metaWritten) await Deno.remove(paths.meta).catch(() => {});
+    throw error;
+  } finally {
+    await input.cancel().catch(() => {});
+  }
+}
