@@ -9,19 +9,17 @@
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
+import { openBlobFiles } from "./disk_cache_files.ts";
+import { completeInBackground } from "./disk_cache_complete.ts";
 import {
   closeQuietly,
   dataSync,
   dataSyncNow,
   F_RDLCK,
   F_WRLCK,
-  fstatIdentity,
-  IN_USE_OFFSET,
-  openCacheFile,
   preadExact,
   punchHole,
   pwriteAll,
-  truncateTo,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
@@ -99,52 +97,17 @@ export class DiskCachedSource implements Source {
     map.forEach((byte, index) => byte === PRESENT && this.#lru.set(index, true));
   }
 
-  /**
-   * Opens or creates the blob's files and holds its in-use lock. A map replaced by an evictor
-   * between open and lock is opened again; files of another size (a manifest that lied about
-   * the blob's size) are replaced when nobody uses them, else refused.
-   */
+  /** Opens or creates the blob's files (holding its in-use lock) and the source on them. */
   static open(
     cache: DiskCache,
     inner: Source,
     base: string,
     verify?: VerifyChunk,
   ): DiskCachedSource {
-    const chunkCount = Math.ceil(inner.size / cache.chunkBytes);
-    for (let attempt = 0;; attempt++) {
-      if (attempt > 50) throw new Error("the cache files keep being replaced");
-      const map = openCacheFile(`${base}.map`);
-      let data = -1;
-      let keep = false;
-      try {
-        // An evictor holds it while removing it, or removed it between our open and lock.
-        if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) continue;
-        const held = fstatIdentity(map);
-        if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== held.ino) continue;
-        data = openCacheFile(`${base}.data`);
-        const dataSize = fstatIdentity(data).sizeBytes;
-        if (held.sizeBytes === 0 && dataSize === 0) {
-          truncateTo(data, inner.size);
-          truncateTo(map, chunkCount);
-        } else if (held.sizeBytes !== chunkCount || dataSize !== inner.size) {
-          if (attempt === 0 && tryLock(map, F_WRLCK, IN_USE_OFFSET, 1)) {
-            Deno.removeSync(`${base}.map`);
-            Deno.removeSync(`${base}.data`);
-            continue;
-          }
-          throw new Error(`cached files are not of a ${inner.size}-byte blob`);
-        }
-        const source = new DiskCachedSource(cache, inner, base, verify, { map, data });
-        keep = true;
-        source.#touch();
-        return source;
-      } finally {
-        if (!keep) {
-          closeQuietly(data);
-          closeQuietly(map);
-        }
-      }
-    }
+    const fds = openBlobFiles(base, inner.size, Math.ceil(inner.size / cache.chunkBytes));
+    const source = new DiskCachedSource(cache, inner, base, verify, fds);
+    source.#touch();
+    return source;
   }
 
   diskStats(): DiskCacheStats {
@@ -226,38 +189,22 @@ export class DiskCachedSource implements Source {
   }
 
   /**
-   * Fetches every missing chunk at low priority (`--fetch-all`): one run of up to `runBytes`
-   * at a time, and only after readers have needed no fetch for `idleMs`, so a long-running
-   * mount ends up fully local without slowing the reads it serves. Resolves true once the
-   * whole blob is present, false when closed or the disk failed first.
+   * Fetches every missing chunk at low priority (`--fetch-all`, see disk_cache_complete.ts).
+   * Resolves true once the whole blob is present, false when closed or the disk failed first.
    */
-  async completeInBackground(idleMs = 250, runBytes = 8 << 20): Promise<boolean> {
-    const runChunks = Math.max(1, Math.floor(runBytes / this.chunkBytes));
-    let cursor = 0;
-    while (!this.#closing.signal.aborted && !this.#degraded) {
-      const map = this.#readMap(0, this.chunkCount);
-      let start = map.indexOf(0, cursor);
-      if (start < 0) start = map.findIndex((byte) => byte !== PRESENT);
-      if (start < 0) return true;
-      const quietMs = Date.now() - this.#lastForegroundMs;
-      if (quietMs < idleMs || this.#filling.size > 0) {
-        await sleep(Math.max(20, idleMs - quietMs));
-        continue;
-      }
-      let stop = start + 1;
-      while (stop < map.length && stop - start < runChunks && map[stop] !== PRESENT) stop++;
-      const run: number[] = [];
-      for (let c = start; c < stop; c++) run.push(c);
-      try {
-        await this.#fill(run);
-      } catch (error) {
-        if (this.#closing.signal.aborted) break;
-        this.#cache.warnOnce(`background fetch: ${(error as Error).message}; retrying`);
-        await sleep(1000);
-      }
-      cursor = stop;
-    }
-    return false;
+  completeInBackground(idleMs?: number, runBytes?: number): Promise<boolean> {
+    return completeInBackground(
+      {
+        chunkBytes: this.chunkBytes,
+        stopped: () => this.#closing.signal.aborted || this.#degraded,
+        presence: () => this.#readMap(0, this.chunkCount),
+        quietMs: () => this.#filling.size > 0 ? 0 : Date.now() - this.#lastForegroundMs,
+        fill: (chunks) => this.#fill(chunks),
+        warn: (message) => this.#cache.warnOnce(message),
+      },
+      idleMs,
+      runBytes,
+    );
   }
 
   /** Fills the missing chunks, joining fills of this process already under way. */

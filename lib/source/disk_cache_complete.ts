@@ -1,0 +1,52 @@
+/**
+ * Background completion of a disk-cached blob (`--fetch-all`): one run of up to `runBytes` at
+ * a time, and only after readers have needed no fetch for `idleMs`, so a long-running mount
+ * ends up fully local without slowing the reads it serves.
+ */
+
+export interface Completable {
+  chunkBytes: number;
+  /** Closed, or the disk failed: give up. */
+  stopped(): boolean;
+  /** The presence map now (1 = present). */
+  presence(): Uint8Array;
+  /** How long no reader has needed a fetch (0 while fills run). */
+  quietMs(): number;
+  fill(chunks: number[]): Promise<unknown>;
+  warn(message: string): void;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export async function completeInBackground(
+  blob: Completable,
+  idleMs = 250,
+  runBytes = 8 << 20,
+): Promise<boolean> {
+  const runChunks = Math.max(1, Math.floor(runBytes / blob.chunkBytes));
+  let cursor = 0;
+  while (!blob.stopped()) {
+    const map = blob.presence();
+    let start = map.indexOf(0, cursor);
+    if (start < 0) start = map.indexOf(0);
+    if (start < 0) return true;
+    const quietMs = blob.quietMs();
+    if (quietMs < idleMs) {
+      await sleep(Math.max(20, idleMs - quietMs));
+      continue;
+    }
+    let stop = start + 1;
+    while (stop < map.length && stop - start < runChunks && map[stop] === 0) stop++;
+    const run: number[] = [];
+    for (let c = start; c < stop; c++) run.push(c);
+    try {
+      await blob.fill(run);
+    } catch (error) {
+      if (blob.stopped()) break;
+      blob.warn(`background fetch: ${(error as Error).message}; retrying`);
+      await sleep(1000);
+    }
+    cursor = stop;
+  }
+  return false;
+}

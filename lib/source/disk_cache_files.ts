@@ -1,0 +1,58 @@
+/** Opening one blob's pair of cache files safely against evictors and other openers. */
+import {
+  closeQuietly,
+  F_RDLCK,
+  F_WRLCK,
+  fstatIdentity,
+  IN_USE_OFFSET,
+  openCacheFile,
+  truncateTo,
+  tryLock,
+} from "./disk_cache_io.ts";
+
+/**
+ * Opens or creates `${base}.map` (one byte per chunk) and `${base}.data` (sparse, the blob's
+ * size) and takes the in-use lock. A map an evictor removed between our open and lock is
+ * opened again. Files of either size 0 or the right size are a creation in progress (maybe by
+ * another process) and are sized, which is idempotent; files of another size (a manifest that
+ * lied about the blob's size) are replaced when nobody uses them, else refused.
+ */
+export function openBlobFiles(
+  base: string,
+  sizeBytes: number,
+  chunkCount: number,
+): { map: number; data: number } {
+  for (let attempt = 0;; attempt++) {
+    if (attempt > 50) throw new Error("the cache files keep being replaced");
+    const map = openCacheFile(`${base}.map`);
+    let data = -1;
+    let keep = false;
+    try {
+      if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) continue;
+      const held = fstatIdentity(map);
+      if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== held.ino) continue;
+      data = openCacheFile(`${base}.data`);
+      const dataSize = fstatIdentity(data).sizeBytes;
+      const mapOk = held.sizeBytes === 0 || held.sizeBytes === chunkCount;
+      const dataOk = dataSize === 0 || dataSize === sizeBytes;
+      if (!mapOk || !dataOk) {
+        if (attempt === 0 && tryLock(map, F_WRLCK, IN_USE_OFFSET, 1)) {
+          Deno.removeSync(`${base}.map`);
+          Deno.removeSync(`${base}.data`);
+          continue;
+        }
+        throw new Error(`cached files are not of a ${sizeBytes}-byte blob`);
+      }
+      // Data first: a map of the right size over a short data file would make reads fail.
+      if (dataSize !== sizeBytes) truncateTo(data, sizeBytes);
+      if (held.sizeBytes !== chunkCount) truncateTo(map, chunkCount);
+      keep = true;
+      return { map, data };
+    } finally {
+      if (!keep) {
+        closeQuietly(data);
+        closeQuietly(map);
+      }
+    }
+  }
+}
