@@ -1,7 +1,8 @@
 /**
  * Metrics of a real FUSE mount from a real docker-registry, read back by a real Prometheus
  * text parser (Python's prometheus_client, Debian python3-prometheus-client): `list --json`
- * per-layer counters, `erofs-oci metrics` on stdout and served by `metrics --listen`.
+ * per-layer counters, `erofs-oci metrics` on stdout and served by `metrics --listen`, and the
+ * mount server's own endpoint (`mount --metrics-listen`), removed at umount.
  */
 import assert from "node:assert/strict";
 import { command, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
@@ -45,6 +46,25 @@ async function parsePrometheus(text: string): Promise<Family[]> {
   return JSON.parse(new TextDecoder().decode(out.stdout));
 }
 
+/** GET /metrics over a unix socket, waiting up to 20 s for it to appear. */
+async function scrape(socket: string): Promise<string> {
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });
+  try {
+    for (let i = 0;; i++) {
+      try {
+        const response = await fetch("http://metrics/metrics", { client });
+        assert.match(response.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+        return await response.text();
+      } catch (error) {
+        if (i >= 200) throw error;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } finally {
+    client.close();
+  }
+}
+
 function sampleOf(families: Family[], sample: string, labels: Record<string, string>): number {
   for (const f of families) {
     for (const [name, l, value] of f.samples) {
@@ -75,6 +95,7 @@ Deno.test({
     const sandbox = await mountSandbox();
     const env = sandbox.env;
     const socketDir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-" });
+    const serverSocket = `${socketDir}/server.sock`;
     let listener: Deno.ChildProcess | undefined;
     try {
       assertSuccess(
@@ -87,6 +108,8 @@ Deno.test({
             "--backend",
             "fuse",
             "--no-disk-cache",
+            "--metrics-listen",
+            `unix:${serverSocket}`,
           ],
           { env, timeoutMs: 60_000 },
         ),
@@ -131,6 +154,11 @@ Deno.test({
         count,
       );
 
+      // The mount server answers scrapes itself (mount --metrics-listen).
+      const fromServer = await parsePrometheus(await scrape(serverSocket));
+      assert(sampleOf(fromServer, "erofs_oci_layer_fetched_bytes_total", labels) > 0);
+      assert(sampleOf(fromServer, "erofs_oci_layer_registry_get_seconds_count", labels) > 0);
+
       // The same text served for a scraper on a unix socket.
       const socket = `${socketDir}/metrics.sock`;
       listener = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
@@ -139,38 +167,20 @@ Deno.test({
         stdout: "null",
         stderr: "piped",
       }).spawn();
-      const client = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });
-      try {
-        let text: string | undefined;
-        for (let i = 0; i < 200 && text === undefined; i++) {
-          try {
-            const response = await fetch("http://metrics/metrics", { client });
-            assert.match(
-              response.headers.get("content-type") ?? "",
-              /^text\/plain; version=0\.0\.4/,
-            );
-            text = await response.text();
-          } catch {
-            await new Promise((r) => setTimeout(r, 100));
-          }
-        }
-        assert(text !== undefined, "metrics --listen never answered");
-        const served = await parsePrometheus(text);
-        assert(sampleOf(served, "erofs_oci_layer_fetched_bytes_total", labels) > 0);
-      } finally {
-        client.close();
-      }
+      const served = await parsePrometheus(await scrape(socket));
+      assert(sampleOf(served, "erofs_oci_layer_fetched_bytes_total", labels) > 0);
       listener.kill("SIGTERM");
       const status = await listener.status;
       listener = undefined;
       assert.equal(status.code, 0);
       assert.throws(() => Deno.lstatSync(socket), "the socket is removed on exit");
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
+      assert.throws(() => Deno.lstatSync(serverSocket), "the server removed its socket");
     } finally {
       if (listener) {
         listener.kill("SIGKILL");
         await listener.status;
       }
-      await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }).catch(() => {});
       await sandbox.cleanup();
       await Deno.remove(socketDir, { recursive: true });
     }

@@ -3,28 +3,9 @@ import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
 import { controlRequest, type LayerStats } from "../daemon/control.ts";
 import { formatBytes, printTable } from "./table.ts";
-import type { LatencyHistogram } from "../metrics/fetch_metrics.ts";
+import { type ListedLayer, listedLayers } from "../metrics/listed_layer.ts";
 
-/** Per-layer counters of a serving mount (`list --json`, `erofs-oci metrics`). */
-export interface ListedLayer {
-  index: number;
-  digest?: string;
-  /** Bytes the kernel (or overlay) asked for. */
-  bytesRequested: number;
-  /** Bytes fetched from the source (the registry; under a disk cache, what it fetched). */
-  bytesFetched: number;
-  /** Reads of the source (ranged GETs for a registry layer). */
-  fetches: number;
-  /** Chunk lookups answered from memory, and those that waited for a fetch. */
-  memoryHits: number;
-  memoryMisses: number;
-  /** Bytes answered by the host's disk cache (absent without one). */
-  diskHitBytes?: number;
-  /** Metadata prefetch so far: reads and bytes. */
-  prefetchFetches?: number;
-  prefetchBytes?: number;
-  getLatency?: LatencyHistogram;
-}
+export type { ListedLayer } from "../metrics/listed_layer.ts";
 
 export interface ListedMount {
   target: string;
@@ -74,22 +55,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
           prefetchFetches?: number;
           prefetchBytes?: number;
         })[];
-        entry.layers = layers.map((layer, index) => {
-          const listedLayer: ListedLayer = {
-            index,
-            digest: layer.digest,
-            bytesRequested: layer.bytesRequested,
-            bytesFetched: layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched,
-            fetches: layer.disk?.fetches ?? layer.fetches,
-            memoryHits: layer.hits,
-            memoryMisses: layer.misses,
-            diskHitBytes: layer.disk?.diskHitBytes,
-            prefetchFetches: layer.prefetchFetches,
-            prefetchBytes: layer.prefetchBytes,
-            getLatency: layer.getLatency,
-          };
-          return listedLayer;
-        });
+        entry.layers = listedLayers(layers);
         // Under a disk cache the memory cache's "fetches" are mostly disk reads.
         entry.bytesFetched = layers.reduce(
           (total, layer) => total + (layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched),

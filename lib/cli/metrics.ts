@@ -5,13 +5,7 @@ import { renderPrometheus } from "../metrics/prometheus.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
 import { parseListenAddress } from "../nbd/address.ts";
 import { info } from "./log.ts";
-
-/** A socket left by an earlier run is replaced; any other file at the path is not touched. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
-  } catch { /* absent */ }
-}
+import { removeStaleSocket } from "../metrics/server_metrics.ts";
 
 export const metricsCommand: Command = {
   name: "metrics",

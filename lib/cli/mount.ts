@@ -19,6 +19,8 @@ import {
   serverOf,
 } from "../mount/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
+import { parseListenAddress } from "../nbd/address.ts";
+import { METRICS_LISTEN_ENV } from "../metrics/server_metrics.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -37,6 +39,7 @@ const MOUNT_OPTIONS = {
   "cache-size": { type: "string" },
   "disk-cache-size": { type: "string" },
   "no-disk-cache": { type: "boolean" },
+  "metrics-listen": { type: "string" },
   "fetch-all": { type: "boolean" },
   upper: { type: "string" },
   work: { type: "string" },
@@ -84,6 +87,8 @@ Options:
       --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
                          bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G)
       --no-disk-cache    keep fetched bytes in memory only
+      --metrics-listen ADDR  the server answers Prometheus scrapes of this mount at
+                         GET /metrics on unix:PATH or tcp:HOST:PORT while it runs
       --fetch-all        once mounted, fetch the rest of each layer into the disk cache
                          while readers are quiet (a long-running mount ends up local)
       --upper DIR        writable overlay: upper directory (needs --work)
@@ -123,6 +128,10 @@ are not written and are looked up again at reattach. The file is removed by umou
       throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
     }
     if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
+    if (values["metrics-listen"] !== undefined) {
+      parseListenAddress(values["metrics-listen"]); // a usage error here, not in the server log
+      Deno.env.set(METRICS_LISTEN_ENV, values["metrics-listen"]);
+    }
     if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
     else if (values["disk-cache-size"] !== undefined) {
       const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");

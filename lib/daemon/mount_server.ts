@@ -16,6 +16,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../recovery/store.ts";
+import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
@@ -218,6 +219,10 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
+  startServerMetricsFromEnv(
+    spec,
+    () => sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
+  );
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
   }

@@ -1,0 +1,47 @@
+/**
+ * `mount --metrics-listen ADDR`: the mount server itself answers scrapes for its mount while it
+ * runs. The address reaches the detached server in EROFS_OCI_METRICS_LISTEN (as the disk cache
+ * settings do); a server that cannot bind it warns in its log and keeps serving the mount.
+ */
+import type { LayerStats } from "../daemon/control.ts";
+import type { MountSpec } from "../mount/runtime.ts";
+import { parseListenAddress } from "../nbd/address.ts";
+import { warn } from "../cli/log.ts";
+import { listedLayers } from "./listed_layer.ts";
+import { renderPrometheus } from "./prometheus.ts";
+import { serveMetrics } from "./endpoint.ts";
+
+export const METRICS_LISTEN_ENV = "EROFS_OCI_METRICS_LISTEN";
+
+export function startServerMetricsFromEnv(spec: MountSpec, layers: () => LayerStats[]): void {
+  const listen = Deno.env.get(METRICS_LISTEN_ENV);
+  if (!listen) return;
+  try {
+    const addr = parseListenAddress(listen);
+    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    const endpoint = serveMetrics(addr, () =>
+      Promise.resolve(renderPrometheus([{
+        target: spec.target,
+        image: spec.image,
+        manifestDigest: spec.manifestDigest,
+        backend: spec.backend,
+        devices: [],
+        serverPid: Deno.pid,
+        state: "serving",
+        layers: listedLayers(layers()),
+      }])));
+    console.log(`metrics at ${endpoint.address}/metrics`);
+    if (addr.transport === "unix") {
+      globalThis.addEventListener("unload", () => removeStaleSocket(addr.path));
+    }
+  } catch (error) {
+    warn(`--metrics-listen ${listen}: ${(error as Error).message}; serving no metrics`);
+  }
+}
+
+/** A socket left by an earlier run is replaced; any other file at the path is not touched. */
+export function removeStaleSocket(path: string): void {
+  try {
+    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
+  } catch { /* absent */ }
+}
