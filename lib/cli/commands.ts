@@ -8,6 +8,7 @@ import { listCommand } from "./list.ts";
 import { metricsCommand } from "./metrics.ts";
 import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
+import { fuseKeeperCommand } from "./fuse_keeper.ts";
 import { serveCommand } from "./serve.ts";
 import { buildCommand } from "./build.ts";
 import { convertCommand } from "./convert.ts";
@@ -33,4 +34,4 @@ export const COMMANDS: Command[] = [
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */
-export const HIDDEN_COMMANDS: Command[] = [mountServerCommand];
+export const HIDDEN_COMMANDS: Command[] = [mountServerCommand, fuseKeeperCommand];

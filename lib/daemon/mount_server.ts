@@ -16,7 +16,12 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../recovery/store.ts";
-import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
+import {
+  forgetFuseRecovery,
+  FUSE_TAKEOVER_ID,
+  protectFuseMount,
+  takeFuseDescriptors,
+} from "./fuse_recovery.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
@@ -89,6 +94,7 @@ export async function runMountServer(): Promise<number> {
   const stop = () =>
     stopping ??= (async () => {
       console.log("stopping");
+      if (spec.backend === "fuse") forgetFuseRecovery(spec.id);
       prefetchAbort.abort();
       listener?.close();
       for (const exported of exports.reverse()) {
@@ -106,7 +112,12 @@ export async function runMountServer(): Promise<number> {
     4 * 1024 * 1024,
     Math.floor(spec.cacheBytes / spec.layers.length),
   );
+  // A FUSE server started by reattach serves the existing mounts through the keeper's fds.
+  const fuseTakeoverWanted = spec.backend === "fuse" &&
+    spec.reattach?.[0]?.backendId === FUSE_TAKEOVER_ID;
+  let fuseTakeover: { fd: number; mtimeSec: number }[] | undefined;
   const attachLayers = async () => {
+    if (fuseTakeoverWanted) fuseTakeover = takeFuseDescriptors(spec.id);
     for (const [index, layer] of spec.layers.entries()) {
       const opened: Source = await openLayerSource(layer, spec.credentials);
       const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
@@ -148,6 +159,7 @@ export async function runMountServer(): Promise<number> {
           runDir: mountDir(spec.id),
           layerIndex: index,
           reattach: spec.reattach?.[index],
+          fuseTakeover: fuseTakeover?.[index],
           writeRecovery: () => {
             const { record, extra } = recordForLayer(layer, spec.credentials, spec.id, index);
             return writeRecoveryFile(record, extra);
@@ -185,6 +197,9 @@ export async function runMountServer(): Promise<number> {
       );
     } else {
       await attachLayers();
+      if (spec.backend === "fuse" && !fuseTakeoverWanted) {
+        console.log(`FUSE keeper pid ${await protectFuseMount(spec, exports)}`);
+      }
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
         Promise.all(directoriesPinned),
@@ -219,10 +234,6 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
-  startServerMetricsFromEnv(
-    spec,
-    () => sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
-  );
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
   }

@@ -9,39 +9,20 @@
  */
 import {
   closeFd,
-  Errno,
-  errno,
-  libc,
-  MNT_DETACH,
   mount,
   MS_NODEV,
   MS_NOSUID,
   MS_RDONLY,
   O_RDWR,
   openFile,
-  strerror,
-  SysError,
-  writeSmallFile,
 } from "../../ffi/libc.ts";
-import { startLibcWorker } from "../../ffi/libc_worker.ts";
 import { MountError } from "../errors.ts";
-import * as log from "../cli/log.ts";
 import { findMount } from "../mount/mountinfo.ts";
-import { umountOffThread } from "../mount/mount_task.ts";
 import type { Source } from "../source/source.ts";
-import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";
-import { SingleFileFuseServer } from "./server.ts";
+import { FuseConnection } from "./connection.ts";
 
 /** The file system type in mountinfo: `fuse.erofs-oci` marks our mounts. */
 export const FUSE_FS_TYPE = "fuse.erofs-oci";
-/** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
-const MAX_WRITE_BYTES = 1 << 20;
-/** read() buffer: max_write plus room for the headers. */
-const READ_BUFFER_BYTES = MAX_WRITE_BYTES + 4096;
-/** Buffered reads of 1 MiB on the FUSE file (INIT can only lower the 128 KiB default). */
-const READ_AHEAD_KB = 1024;
-const INIT_TIMEOUT_MS = 10_000;
-const STOP_TIMEOUT_MS = 2_000;
 
 export interface FuseBlob {
   /** The file to open or mount: `<mountDir>/<name>`. */
@@ -52,6 +33,10 @@ export interface FuseBlob {
   readonly readerThreadId: number;
   /** READ requests answered and bytes served so far. */
   stats(): { reads: number; bytes: number };
+  /** The /dev/fuse descriptor: a keeper holds a copy so the mount outlives this process. */
+  readonly fd: number;
+  /** The file's mtime as told to the kernel (a server taking over tells the same). */
+  readonly fileMtimeSec: number;
   /**
    * Unmounts the FUSE file system and stops the reader thread. Rejects with MountError (and
    * keeps serving) while something — the EROFS mount — still uses the file: unmount that first.
@@ -62,6 +47,11 @@ export interface FuseBlob {
 export interface FuseBlobOptions {
   /** Name of the file inside the mount (default `blob`; a layer digest works too). */
   name?: string;
+  /**
+   * Serve a mount that exists already, whose server died: `fd` is a copy of its /dev/fuse
+   * descriptor (from the keeper); requests the dead server left unanswered are resent.
+   */
+  takeover?: { fd: number; mtimeSec: number };
 }
 
 /**
@@ -84,6 +74,7 @@ export async function startFuseBlob(
     throw new MountError(`bad FUSE file name "${name}"`);
   }
   const dir = absolute(mountDir);
+  if (opts.takeover) return await resumeFuseBlob(source, dir, name, opts.takeover);
   // mountinfo first: stat() of a mount point whose server is wedged would never return.
   if (findMount(dir)) throw new MountError(`${dir} is already a mount point`);
   let created = false;
@@ -133,188 +124,38 @@ export async function startFuseBlob(
     await connection.abandon();
     throw error;
   }
+  return blobOf(connection, dir, name);
+}
+
+function blobOf(connection: FuseConnection, dir: string, name: string): FuseBlob {
   return {
     filePath: `${dir}/${name}`,
     mountDir: dir,
     readerThreadId: connection.readerThreadId,
+    fd: connection.fd,
+    fileMtimeSec: connection.server.fileMtimeSec,
     stats: () => connection.server.stats(),
     close: () => connection.close(),
   };
 }
 
-/** One mounted FUSE connection: the fd, the reader worker and the request handler. */
-class FuseConnection {
-  readonly server: SingleFileFuseServer;
-  readonly #fd: number;
-  readonly #dir: string;
-  readonly #removeDir: boolean;
-  readonly #reader: Worker;
-  readonly #readerEnded = Promise.withResolvers<void>();
-  #fdOpen = true;
-  #readerStarted = Promise.withResolvers<void>();
-  readerThreadId = 0;
-  #closing?: Promise<void>;
-
-  constructor(fd: number, dir: string, name: string, source: Source, removeDir: boolean) {
-    this.#fd = fd;
-    this.#dir = dir;
-    this.#removeDir = removeDir;
-    this.server = new SingleFileFuseServer(source, name, (head, data) => this.#send(head, data), {
-      maxWriteBytes: MAX_WRITE_BYTES,
-    });
-    this.#reader = startLibcWorker("fuse-reader", fuseReaderBody, {
-      fd,
-      bufferBytes: READ_BUFFER_BYTES,
-      pollMs: 200,
-    });
-    this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
-      const message = event.data;
-      if ("request" in message) {
-        this.server.handle(new Uint8Array(message.request));
-        return;
-      }
-      if ("started" in message) {
-        this.readerThreadId = message.started;
-        this.#readerStarted.resolve();
-        return;
-      }
-      this.#readerEnded.resolve();
-      if (message.end === "error") this.#readerFailed(strerror(message.errno));
-    };
-    this.#reader.onerror = (event: ErrorEvent) => {
-      event.preventDefault();
-      this.#readerEnded.resolve();
-      this.#readerFailed(event.message);
-    };
+/** Takes over the FUSE mount at `dir` through `takeover.fd`, then asks for the lost requests. */
+async function resumeFuseBlob(
+  source: Source,
+  dir: string,
+  name: string,
+  takeover: { fd: number; mtimeSec: number },
+): Promise<FuseBlob> {
+  if (findMount(dir)?.fsType !== FUSE_FS_TYPE) {
+    closeFd(takeover.fd);
+    throw new MountError(`${dir} is no longer an erofs-oci FUSE mount: nothing to take over`);
   }
-
-  /**
-   * Nobody reads requests any more: close our end so the kernel aborts the connection (callers
-   * get ENOTCONN at once instead of hanging); the mounts stay until unmounted.
-   */
-  #readerFailed(reason: string): void {
-    log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);
-    this.#reader.terminate();
-    this.server.abortAll();
-    this.#closeFd();
-  }
-
-  #closeFd(): void {
-    if (!this.#fdOpen) return;
-    this.#fdOpen = false;
-    closeFd(this.#fd);
-  }
-
-  async ready(): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new MountError(`FUSE on ${this.#dir}: the kernel sent no INIT`)),
-        INIT_TIMEOUT_MS,
-      );
-    });
-    try {
-      await Promise.race([
-        Promise.all([this.server.initialized, this.#readerStarted.promise]),
-        timeout,
-      ]);
-    } catch (error) {
-      if (error instanceof MountError) throw error;
-      throw new MountError(`FUSE on ${this.#dir}: ${(error as Error).message}`);
-    } finally {
-      clearTimeout(timer);
-    }
-    this.#tuneReadAhead();
-  }
-
-  /** Best effort: the bdi of a FUSE mount is `0:<minor>` of its st_dev. */
-  #tuneReadAhead(): void {
-    const entry = findMount(this.#dir);
-    if (!entry) return;
-    const file = `/sys/class/bdi/${entry.major}:${entry.minor}/read_ahead_kb`;
-    try {
-      writeSmallFile(file, `${READ_AHEAD_KB}`);
-    } catch (error) {
-      log.debug(`cannot set ${file}: ${(error as Error).message}`);
-    }
-  }
-
-  /** One write() per reply (writev when file data follows the header). */
-  #send(head: Uint8Array<ArrayBuffer>, data?: Uint8Array): void {
-    if (!this.#fdOpen) return;
-    for (;;) {
-      let written: bigint;
-      if (data && data.length > 0) {
-        const iov = new BigUint64Array([
-          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(head))),
-          BigInt(head.length),
-          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>))),
-          BigInt(data.length),
-        ]);
-        written = libc().writev(this.#fd, new Uint8Array(iov.buffer), 2);
-      } else {
-        written = libc().write(this.#fd, head, BigInt(head.length));
-      }
-      if (written >= 0) return;
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      // ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone.
-      if (code !== Errno.ENOENT && code !== Errno.ENODEV) {
-        log.warn(`FUSE reply on ${this.#dir} failed: ${new SysError("write", code).message}`);
-      }
-      return;
-    }
-  }
-
-  close(): Promise<void> {
-    this.#closing ??= this.#close();
-    return this.#closing;
-  }
-
-  async #close(): Promise<void> {
-    const result = await umountOffThread(this.#dir, 0);
-    if (result.errno === Errno.EBUSY) {
-      this.#closing = undefined;
-      throw new MountError(
-        `FUSE mount ${this.#dir} is busy`,
-        "unmount the EROFS mount on its file first",
-        { cause: new SysError("umount", result.errno, this.#dir) },
-      );
-    }
-    // EINVAL: no longer a mount point (unmounted from outside); the connection is over anyway.
-    if (result.errno !== 0 && result.errno !== Errno.EINVAL && result.errno !== Errno.ENOENT) {
-      this.#closing = undefined;
-      throw new MountError(`cannot unmount FUSE ${this.#dir}: ${strerror(result.errno)}`);
-    }
-    await this.#stop();
-  }
-
-  /** Cleanup after a failed start: lazy unmount, then stop. */
-  async abandon(): Promise<void> {
-    await umountOffThread(this.#dir, MNT_DETACH);
-    await this.#stop();
-  }
-
-  async #stop(): Promise<void> {
-    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; terminate covers a
-    // reader stuck elsewhere (it polls with a timeout, so it returns to JS soon).
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#readerEnded.promise,
-      new Promise((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS)),
-    ]);
-    clearTimeout(timer);
-    this.#reader.terminate();
-    this.server.abortAll();
-    this.#closeFd();
-    if (this.#removeDir) {
-      try {
-        Deno.removeSync(this.#dir);
-      } catch (error) {
-        log.debug(`cannot remove ${this.#dir}: ${(error as Error).message}`);
-      }
-    }
-  }
+  const connection = new FuseConnection(takeover.fd, dir, name, source, true, {
+    mtimeSec: takeover.mtimeSec,
+  });
+  await connection.ready();
+  connection.requestResend();
+  return blobOf(connection, dir, name);
 }
 
 function absolute(path: string): string {

@@ -32,6 +32,13 @@ export const Op = {
   STATX: 52,
 } as const;
 
+/**
+ * FUSE_NOTIFY_RESEND (7.40, kernel 6.9): a notification (out header with unique 0, this code
+ * in `error`) that puts every request read from the connection but not answered back on its
+ * queue, with FUSE_UNIQUE_RESEND set in `unique`, so a new server can answer them.
+ */
+export const FUSE_NOTIFY_RESEND = 7;
+
 /** FUSE_ROOT_ID: the node id of the mount's root directory. */
 export const ROOT_NODE_ID = 1n;
 
@@ -122,6 +129,15 @@ export function parseRead(view: DataView, at = IN_HEADER_SIZE): ReadRequest {
 export function reply(unique: bigint, bodyBytes: number, error = 0): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(OUT_HEADER_SIZE + bodyBytes);
   writeOutHeader(new DataView(out.buffer), out.length, unique, error);
+  return out;
+}
+
+/** The FUSE_NOTIFY_RESEND notification. */
+export function encodeResendNotify(): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(OUT_HEADER_SIZE);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, OUT_HEADER_SIZE, true);
+  view.setInt32(4, FUSE_NOTIFY_RESEND, true); // a notify code, not an errno: not negated
   return out;
 }
 

@@ -67,12 +67,22 @@ export class SingleFileFuseServer {
   #bytes = 0;
   #initialized = Promise.withResolvers<void>();
 
-  constructor(source: Source, fileName: string, send: SendReply, limits: FuseServerLimits) {
+  /**
+   * `resume`: take over a connection another server initialized (after its crash): no INIT
+   * will come, and the file keeps the mtime the kernel was told.
+   */
+  constructor(
+    source: Source,
+    fileName: string,
+    send: SendReply,
+    limits: FuseServerLimits,
+    resume?: { mtimeSec: number },
+  ) {
     this.#source = source;
     this.#fileName = fileName;
     this.#send = send;
     this.#limits = limits;
-    const mtimeSec = Math.floor(Date.now() / 1000);
+    const mtimeSec = resume?.mtimeSec ?? Math.floor(Date.now() / 1000);
     this.#root = { ino: ROOT_NODE_ID, sizeBytes: 0, mode: S_IFDIR | 0o555, nlink: 2, mtimeSec };
     this.#file = {
       ino: FILE_NODE_ID,
@@ -83,6 +93,12 @@ export class SingleFileFuseServer {
     };
     // Nobody may be waiting when INIT fails; the rejection is still reported via `initialized`.
     this.#initialized.promise.catch(() => {});
+    if (resume) this.#initialized.resolve();
+  }
+
+  /** The file's mtime as told to the kernel (a server taking over must tell the same). */
+  get fileMtimeSec(): number {
+    return this.#file.mtimeSec;
   }
 
   /** Resolves when INIT has been answered (rejects when it was refused). */

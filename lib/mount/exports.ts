@@ -30,6 +30,8 @@ export interface LayerExport {
   device: string;
   /** Recovery file of an NBD device (its backend identifier). */
   recoveryFile?: string;
+  /** FUSE: the /dev/fuse descriptor and file mtime, for the keeper (lib/fuse/keeper.ts). */
+  fuse?: { fd: number; mtimeSec: number };
   close(): Promise<void>;
 }
 
@@ -40,6 +42,8 @@ export interface ExportContext {
   writeRecovery(): string;
   /** Take over this connected device (RECONFIGURE) instead of connecting a new one. */
   reattach?: { index: number; backendId: string };
+  /** FUSE: serve the existing mount through this copy of its descriptor (server crashed). */
+  fuseTakeover?: { fd: number; mtimeSec: number };
 }
 
 /** Connections per NBD device: the kernel runs one queue per connection. */
@@ -62,11 +66,15 @@ export async function exportLayer(
 ): Promise<LayerExport> {
   if (backend === "fuse") {
     const dir = `${context.runDir}/fuse-${context.layerIndex}`;
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const blob = await startFuseBlob(source, dir, { name: "layer.erofs" });
+    if (!context.fuseTakeover) Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const blob = await startFuseBlob(source, dir, {
+      name: "layer.erofs",
+      takeover: context.fuseTakeover,
+    });
     return {
       blockPath: blob.filePath,
       device: `fuse-${context.layerIndex}`,
+      fuse: { fd: blob.fd, mtimeSec: blob.fileMtimeSec },
       close: async () => {
         await blob.close();
         try {

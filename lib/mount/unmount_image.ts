@@ -20,6 +20,7 @@ import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../recovery/store.ts";
 import { warn } from "../cli/log.ts";
 import { stopServer } from "./mount_image.ts";
+import { stopFuseKeeper } from "../daemon/fuse_recovery.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;
@@ -74,6 +75,9 @@ async function detachDeadFuseMounts(state: MountState): Promise<void> {
 
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
   const state = findState(target);
+  // A dead FUSE server's keeper holds the connection open, and readers whose requests the dead
+  // server had taken cannot even be killed: abort it so they fail and the mounts can go.
+  if (state.backend === "fuse" && !serverAlive(serverOf(state))) await stopFuseKeeper(state.id);
   await unmountOne(state.target, {
     lazy,
     mountId: state.mountId,

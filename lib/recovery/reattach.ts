@@ -23,6 +23,7 @@ import { readMountInfo } from "../mount/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "./layer_record.ts";
 import type { Credentials } from "./record.ts";
 import { readRecoveryFile } from "./store.ts";
+import { reattachFuseMount } from "./reattach_fuse.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };
 
@@ -46,6 +47,14 @@ function taskAlive(tid: number | undefined): boolean {
   if (tid === undefined) return false;
   const stat = readSmallFile(`/proc/${tid}/stat`);
   return stat !== undefined && !/^\d+ \(.*\) Z/.test(stat);
+}
+
+function realPath(path: string): string {
+  try {
+    return Deno.realPathSync(path);
+  } catch {
+    return path;
+  }
 }
 
 function parseDeviceName(text: string): number | undefined {
@@ -87,12 +96,8 @@ function selectDevices(target: ReattachTarget, states: MountState[]): NbdDeviceI
   if (!state) {
     throw new MountError(`${target.dir} is not mounted by erofs-oci`, "see `erofs-oci list`");
   }
-  if (state.backend !== "nbd") {
-    throw new MountError(
-      `${target.dir} uses the ${state.backend} backend: only NBD mounts can be reattached`,
-      "unmount it and mount again",
-    );
-  }
+  // FUSE mounts are reattached by reattachFuseMount.
+  if (state.backend !== "nbd") return [];
   const wanted = new Set(state.layers.map((l) => l.device));
   return devices.filter((d) => wanted.has(`nbd${d.index}`));
 }
@@ -153,6 +158,14 @@ export async function reattach(
   const states = readStates();
   const outcomes: ReattachOutcome[] = [];
   const groups = new Map<string, PlannedDevice[]>();
+
+  const fuseStates = states.filter((s) => s.backend === "fuse");
+  const fuseSelected = "all" in target
+    ? fuseStates
+    : "dir" in target
+    ? fuseStates.filter((s) => s.target === realPath(target.dir) || s.target === target.dir)
+    : [];
+  for (const state of fuseSelected) outcomes.push(await reattachFuseMount(state));
 
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
@@ -223,11 +236,16 @@ export async function reattach(
     try {
       const ready = await startServer(spec, false);
       const reattachedAt = new Date().toISOString();
-      writeState(
-        state
-          ? { ...state, serverPid: ready.pid, reattachedAt }
-          : adoptedState(id, planned, ready.pid, reattachedAt),
-      );
+      // The start time makes liveness checks exact (a reused pid is not taken for it).
+      const serverStart = ready.startTicks
+        ? { pid: ready.pid, ticks: ready.startTicks }
+        : undefined;
+      writeState({
+        ...(state ?? adoptedState(id, planned, ready.pid, reattachedAt)),
+        serverPid: ready.pid,
+        serverStart,
+        reattachedAt,
+      });
       for (const p of planned) {
         outcomes.push(
           ready.waiting

@@ -1,0 +1,128 @@
+/**
+ * Crash recovery of a FUSE mount: the first server hands its /dev/fuse descriptors to a keeper
+ * (lib/fuse/keeper.ts) and writes `fuse-recovery.json` in the mount's runtime dir: the keeper's
+ * identity, each file's mtime, and the layers and credentials to serve them again. `reattach`
+ * starts a server that takes the descriptors from the keeper. A server stopping on purpose
+ * removes the record first, so nothing revives a mount being unmounted.
+ */
+import { closeFd, pidfdOpen, pidfdSendSignal } from "../../ffi/libc.ts";
+import { MountError } from "../errors.ts";
+import { keeperAlive, type KeeperProcess, startKeeper, takeFromKeeper } from "../fuse/keeper.ts";
+import type { LayerExport } from "../mount/exports.ts";
+import { type LayerSpec, mountDir, type MountSpec } from "../mount/runtime.ts";
+
+/** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
+export interface FuseRecoveryRecord {
+  keeper: KeeperProcess;
+  /** Per layer: the FUSE file's mtime as the kernel knows it. */
+  fileMtimesSec: number[];
+  layers: LayerSpec[];
+  credentials?: { username: string; password: string };
+  cacheBytes: number;
+}
+
+/** Marks a FUSE takeover in `MountSpec.reattach` (the NBD use names a device there). */
+export const FUSE_TAKEOVER_ID = "fuse-keeper";
+
+export function fuseRecoveryPath(id: string): string {
+  return `${mountDir(id)}/fuse-recovery.json`;
+}
+
+/** Starts the keeper for the exported FUSE layers and records how to take them over. */
+export async function protectFuseMount(spec: MountSpec, exports: LayerExport[]): Promise<number> {
+  const fuse = exports.map((e, index) => {
+    if (!e.fuse) throw new MountError(`layer ${index} has no FUSE descriptor to keep`);
+    return e.fuse;
+  });
+  const keeper = await startKeeper(fuse.map((f) => f.fd));
+  const record: FuseRecoveryRecord = {
+    keeper,
+    fileMtimesSec: fuse.map((f) => f.mtimeSec),
+    layers: spec.layers,
+    credentials: spec.credentials,
+    cacheBytes: spec.cacheBytes,
+  };
+  const file = fuseRecoveryPath(spec.id);
+  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
+  Deno.renameSync(`${file}.tmp`, file);
+  return keeper.pid;
+}
+
+export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(fuseRecoveryPath(id));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+  const record = JSON.parse(text) as FuseRecoveryRecord;
+  const { keeper } = record;
+  const valid = Number.isSafeInteger(keeper?.pid) && typeof keeper.startTicks === "string" &&
+    Array.isArray(keeper.fds) && keeper.fds.every((fd) => Number.isSafeInteger(fd)) &&
+    Array.isArray(record.layers) && record.layers.length === keeper.fds.length &&
+    Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length;
+  if (!valid) throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
+  return record;
+}
+
+/** True when the mount can be taken over: the record is there and its keeper runs. */
+export function fuseRecoverable(id: string): boolean {
+  try {
+    const record = readFuseRecovery(id);
+    return record !== undefined && keeperAlive(record.keeper);
+  } catch {
+    return false;
+  }
+}
+
+/** Per layer, a descriptor (taken from the keeper) and mtime for `ExportContext.fuseTakeover`. */
+export function takeFuseDescriptors(id: string): { fd: number; mtimeSec: number }[] {
+  const record = readFuseRecovery(id);
+  if (!record) {
+    throw new MountError("this FUSE mount has no keeper record: it cannot be taken over");
+  }
+  const fds = takeFromKeeper(record.keeper);
+  return fds.map((fd, index) => ({ fd, mtimeSec: record.fileMtimesSec[index] }));
+}
+
+/** A stopping server: without the record, nobody (reattach --watch) revives the mount. */
+export function forgetFuseRecovery(id: string): void {
+  try {
+    Deno.removeSync(fuseRecoveryPath(id));
+  } catch { /* not there */ }
+}
+
+/**
+ * Ends the keeper of a mount whose server is dead, which aborts its FUSE connections: readers
+ * whose requests the dead server had taken wait for an answer without being killable, and get
+ * an error instead; then the mounts can be removed. Signalled through a pidfd checked to be the
+ * keeper, so a reused pid is never hit.
+ */
+export async function stopFuseKeeper(id: string): Promise<void> {
+  let record: FuseRecoveryRecord | undefined;
+  try {
+    record = readFuseRecovery(id);
+  } catch { /* malformed: nothing we can trust to signal */ }
+  if (!record) return;
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(record.keeper.pid);
+  } catch {
+    return; // gone
+  }
+  try {
+    if (!keeperAlive(record.keeper)) return;
+    pidfdSendSignal(pidfd, SIGKILL);
+    const deadline = Date.now() + 5_000;
+    while (keeperAlive(record.keeper) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  } catch {
+    /* exited meanwhile */
+  } finally {
+    closeFd(pidfd);
+  }
+}
+
+const SIGKILL = 9;

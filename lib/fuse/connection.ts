@@ -1,0 +1,240 @@
+/**
+ * One mounted FUSE connection: the /dev/fuse descriptor, the worker thread that reads it and
+ * the request handler on this thread (see blob.ts for the threading rules).
+ */
+import {
+  closeFd,
+  Errno,
+  errno,
+  libc,
+  MNT_DETACH,
+  strerror,
+  SysError,
+  writeSmallFile,
+} from "../../ffi/libc.ts";
+import { startLibcWorker } from "../../ffi/libc_worker.ts";
+import { MountError } from "../errors.ts";
+import * as log from "../cli/log.ts";
+import { findMount } from "../mount/mountinfo.ts";
+import { umountOffThread } from "../mount/mount_task.ts";
+import type { Source } from "../source/source.ts";
+import { encodeResendNotify } from "./protocol.ts";
+import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";
+import { SingleFileFuseServer } from "./server.ts";
+
+/** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
+const MAX_WRITE_BYTES = 1 << 20;
+/** read() buffer: max_write plus room for the headers. */
+const READ_BUFFER_BYTES = MAX_WRITE_BYTES + 4096;
+/** Buffered reads of 1 MiB on the FUSE file (INIT can only lower the 128 KiB default). */
+const READ_AHEAD_KB = 1024;
+const INIT_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 2_000;
+
+/** One mounted FUSE connection: the fd, the reader worker and the request handler. */
+export class FuseConnection {
+  readonly server: SingleFileFuseServer;
+  readonly #fd: number;
+  readonly #dir: string;
+  readonly #removeDir: boolean;
+  readonly #reader: Worker;
+  readonly #readerEnded = Promise.withResolvers<void>();
+  #fdOpen = true;
+  #readerStarted = Promise.withResolvers<void>();
+  readerThreadId = 0;
+  #closing?: Promise<void>;
+
+  /** `resume`: take over a live connection whose server died (no INIT comes). */
+  constructor(
+    fd: number,
+    dir: string,
+    name: string,
+    source: Source,
+    removeDir: boolean,
+    resume?: { mtimeSec: number },
+  ) {
+    this.#fd = fd;
+    this.#dir = dir;
+    this.#removeDir = removeDir;
+    this.server = new SingleFileFuseServer(
+      source,
+      name,
+      (head, data) => this.#send(head, data),
+      { maxWriteBytes: MAX_WRITE_BYTES },
+      resume,
+    );
+    this.#reader = startLibcWorker("fuse-reader", fuseReaderBody, {
+      fd,
+      bufferBytes: READ_BUFFER_BYTES,
+      pollMs: 200,
+    });
+    this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
+      const message = event.data;
+      if ("request" in message) {
+        this.server.handle(new Uint8Array(message.request));
+        return;
+      }
+      if ("started" in message) {
+        this.readerThreadId = message.started;
+        this.#readerStarted.resolve();
+        return;
+      }
+      this.#readerEnded.resolve();
+      if (message.end === "error") this.#readerFailed(strerror(message.errno));
+    };
+    this.#reader.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      this.#readerEnded.resolve();
+      this.#readerFailed(event.message);
+    };
+  }
+
+  /**
+   * Nobody reads requests any more: close our end so the kernel aborts the connection (callers
+   * get ENOTCONN at once instead of hanging); the mounts stay until unmounted.
+   */
+  #readerFailed(reason: string): void {
+    log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);
+    this.#reader.terminate();
+    this.server.abortAll();
+    this.#closeFd();
+  }
+
+  /** The /dev/fuse descriptor (a keeper copies it; see keeper.ts). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /**
+   * Asks the kernel to queue again every request the dead server had read but not answered
+   * (FUSE_NOTIFY_RESEND); false when the kernel cannot (before 6.9): those readers then wait
+   * until they are killed.
+   */
+  requestResend(): boolean {
+    const notify = encodeResendNotify();
+    const written = libc().write(this.#fd, notify, BigInt(notify.length));
+    if (written >= 0) return true;
+    log.warn(
+      `FUSE on ${this.#dir}: the kernel cannot resend requests in flight ` +
+        `(${strerror(errno())}); reads the dead server had taken stay unanswered`,
+    );
+    return false;
+  }
+
+  #closeFd(): void {
+    if (!this.#fdOpen) return;
+    this.#fdOpen = false;
+    closeFd(this.#fd);
+  }
+
+  async ready(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new MountError(`FUSE on ${this.#dir}: the kernel sent no INIT`)),
+        INIT_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([
+        Promise.all([this.server.initialized, this.#readerStarted.promise]),
+        timeout,
+      ]);
+    } catch (error) {
+      if (error instanceof MountError) throw error;
+      throw new MountError(`FUSE on ${this.#dir}: ${(error as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    this.#tuneReadAhead();
+  }
+
+  /** Best effort: the bdi of a FUSE mount is `0:<minor>` of its st_dev. */
+  #tuneReadAhead(): void {
+    const entry = findMount(this.#dir);
+    if (!entry) return;
+    const file = `/sys/class/bdi/${entry.major}:${entry.minor}/read_ahead_kb`;
+    try {
+      writeSmallFile(file, `${READ_AHEAD_KB}`);
+    } catch (error) {
+      log.debug(`cannot set ${file}: ${(error as Error).message}`);
+    }
+  }
+
+  /** One write() per reply (writev when file data follows the header). */
+  #send(head: Uint8Array<ArrayBuffer>, data?: Uint8Array): void {
+    if (!this.#fdOpen) return;
+    for (;;) {
+      let written: bigint;
+      if (data && data.length > 0) {
+        const iov = new BigUint64Array([
+          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(head))),
+          BigInt(head.length),
+          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>))),
+          BigInt(data.length),
+        ]);
+        written = libc().writev(this.#fd, new Uint8Array(iov.buffer), 2);
+      } else {
+        written = libc().write(this.#fd, head, BigInt(head.length));
+      }
+      if (written >= 0) return;
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      // ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone.
+      if (code !== Errno.ENOENT && code !== Errno.ENODEV) {
+        log.warn(`FUSE reply on ${this.#dir} failed: ${new SysError("write", code).message}`);
+      }
+      return;
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    const result = await umountOffThread(this.#dir, 0);
+    if (result.errno === Errno.EBUSY) {
+      this.#closing = undefined;
+      throw new MountError(
+        `FUSE mount ${this.#dir} is busy`,
+        "unmount the EROFS mount on its file first",
+        { cause: new SysError("umount", result.errno, this.#dir) },
+      );
+    }
+    // EINVAL: no longer a mount point (unmounted from outside); the connection is over anyway.
+    if (result.errno !== 0 && result.errno !== Errno.EINVAL && result.errno !== Errno.ENOENT) {
+      this.#closing = undefined;
+      throw new MountError(`cannot unmount FUSE ${this.#dir}: ${strerror(result.errno)}`);
+    }
+    await this.#stop();
+  }
+
+  /** Cleanup after a failed start: lazy unmount, then stop. */
+  async abandon(): Promise<void> {
+    await umountOffThread(this.#dir, MNT_DETACH);
+    await this.#stop();
+  }
+
+  async #stop(): Promise<void> {
+    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; terminate covers a
+    // reader stuck elsewhere (it polls with a timeout, so it returns to JS soon).
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#readerEnded.promise,
+      new Promise((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS)),
+    ]);
+    clearTimeout(timer);
+    this.#reader.terminate();
+    this.server.abortAll();
+    this.#closeFd();
+    if (this.#removeDir) {
+      try {
+        Deno.removeSync(this.#dir);
+      } catch (error) {
+        log.debug(`cannot remove ${this.#dir}: ${(error as Error).message}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * Crash recovery of a FUSE mount on this host (no nbd here): the server is killed with
+ * SIGKILL while a 48 MiB read has a request in flight; `erofs-oci reattach DIR` starts a server
+ * that takes the /dev/fuse descriptor over from the keeper and answers the requests the dead
+ * one had taken (FUSE_NOTIFY_RESEND); the reader finishes with the exact sha256. `list` shows
+ * the new server, and `umount` leaves nothing: no mount, no server, no keeper.
+ */
+import assert from "node:assert/strict";
+import { path, requires, root } from "./_support/requires.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow, pidAlive } from "./_support/mounts.ts";
+import { killMidRead, withBigImage } from "./_support/kill_mid_read.ts";
+
+/** The keeper recorded by the mount's server (lib/daemon/fuse_recovery.ts). */
+export function keeperPids(runtimeDir: string): number[] {
+  const pids: number[] = [];
+  try {
+    for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
+      try {
+        const record = JSON.parse(
+          Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/fuse-recovery.json`),
+        );
+        pids.push(record.keeper.pid);
+      } catch { /* no record */ }
+    }
+  } catch { /* no runtime dir */ }
+  return pids;
+}
+
+/** Last resort for a failed test: the keepers this test's mounts started. */
+export function killKeepers(pids: number[]): void {
+  for (const pid of pids) {
+    if (!pidAlive(pid)) continue;
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone */ }
+  }
+}
+
+Deno.test({
+  name: "fuse reattach: kill -9 mid-read of 48 MiB, reattach DIR, reader gets exact bytes",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    await withBigImage(async (registry, image, sha256, gate) => {
+      assertSuccess(
+        await runCli(["push", `${registry.host}/crash/big:v1`, image], { timeoutMs: 120_000 }),
+      );
+      const sandbox = await mountSandbox();
+      let keepers: number[] = [];
+      try {
+        assertSuccess(
+          await runCli(
+            ["mount", `${gate.proxy.host}/crash/big:v1`, sandbox.target, "--backend", "fuse"],
+            { env: sandbox.env, timeoutMs: 60_000 },
+          ),
+        );
+        keepers = keeperPids(sandbox.runtimeDir);
+        assert.equal(keepers.length, 1, `one keeper: ${sandbox.serverLogs()}`);
+        const recordDir = `${sandbox.runtimeDir}/mounts`;
+        const [id] = [...Deno.readDirSync(recordDir)].map((e) => e.name);
+        assert.equal(Deno.statSync(`${recordDir}/${id}/fuse-recovery.json`).mode! & 0o777, 0o600);
+
+        const { killedPid } = await killMidRead(
+          sandbox.runtimeDir,
+          gate,
+          `${sandbox.target}/big.bin`,
+          sha256,
+          async () => {
+            const listed = await runCli(["list", "--json"], { env: sandbox.env });
+            assertSuccess(listed);
+            assert.equal(JSON.parse(listed.stdout)[0].state, "dead", describe(listed));
+            assert.ok(pidAlive(keepers[0]), "the keeper outlives the server");
+            const reattached = await runCli(["reattach", sandbox.target], {
+              env: sandbox.env,
+              timeoutMs: 60_000,
+            });
+            assertSuccess(reattached);
+            assert.match(reattached.stdout, /reattached/, sandbox.serverLogs());
+          },
+          { readerWaitsIn: "request_wait_answer" },
+        );
+
+        const after = JSON.parse((await runCli(["list", "--json"], { env: sandbox.env })).stdout);
+        assert.equal(after[0].state, "serving");
+        assert.ok(after[0].reattachedAt, "list shows when it was reattached");
+        assert.notEqual(after[0].serverPid, killedPid);
+        const state = JSON.parse(Deno.readTextFileSync(`${recordDir}/${id}/state.json`));
+        assert.deepEqual(state.serverStart?.pid, after[0].serverPid, "start time recorded");
+
+        const again = await runCli(["reattach", sandbox.target], { env: sandbox.env });
+        assertSuccess(again);
+        assert.match(again.stdout, /alive/);
+
+        const unmounted = await runCli(["umount", sandbox.target], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        });
+        assertSuccess(unmounted);
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+        assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no FUSE mount left");
+        const deadline = Date.now() + 10_000;
+        while (pidAlive(keepers[0]) && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(!pidAlive(keepers[0]), "the keeper exits once the FUSE mount is gone");
+      } finally {
+        await sandbox.cleanup();
+        killKeepers(keepers);
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "fuse reattach: a mount whose keeper is gone is refused in one line, and unmounts",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    await withBigImage(async (registry, image, _sha256, _gate) => {
+      assertSuccess(await runCli(["push", `${registry.host}/crash/k:v1`, image]));
+      const sandbox = await mountSandbox();
+      let keepers: number[] = [];
+      try {
+        assertSuccess(
+          await runCli([
+            "mount",
+            `${registry.host}/crash/k:v1`,
+            sandbox.target,
+            "--backend",
+            "fuse",
+          ], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        keepers = keeperPids(sandbox.runtimeDir);
+        killKeepers(keepers);
+        const { killServer } = await import("./_support/kill_mid_read.ts");
+        await killServer(sandbox.runtimeDir);
+        const refused = await runCli(["reattach", sandbox.target], { env: sandbox.env });
+        assertCliError(refused, 1, /no keeper/);
+        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+        assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+      } finally {
+        await sandbox.cleanup();
+        killKeepers(keepers);
+      }
+    });
+  },
+});
