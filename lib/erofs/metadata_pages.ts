@@ -29,7 +29,23 @@ export interface FetchPolicy {
   gapBytes: number;
   /** Largest single read. */
   maxReadBytes: number;
+  /**
+   * Bytes of the speculative first read from offset 0 (0: none). Later windows double while
+   * the previous one was mostly metadata, up to `maxReadBytes`.
+   */
+  readAheadBytes?: number;
   signal?: AbortSignal;
+}
+
+/**
+ * A speculative read: its pages are stored (and so pinned) only once the walk wants them, so
+ * file data read along with metadata costs fetch budget but holds no page.
+ */
+interface ReadAhead {
+  start: number;
+  bytes: Uint8Array;
+  /** Pages of it the walk wanted so far. */
+  used: number;
 }
 
 export class MetadataPages {
@@ -47,6 +63,8 @@ export class MetadataPages {
   readonly #failed = new Set<number>();
   readonly #onPage?: (offset: number, bytes: Uint8Array) => void;
   readonly #read: ReadRange;
+  #ahead?: ReadAhead;
+  #speculated = false;
 
   constructor(
     read: ReadRange,
@@ -70,6 +88,7 @@ export class MetadataPages {
     this.#failed.clear();
     this.heldBytes = 0;
     this.pageBytes = pageBytes;
+    if (this.#ahead) this.#ahead.used = 0;
   }
 
   /** The pages covering [offset, offset + length), or undefined when not inside the image. */
@@ -114,8 +133,14 @@ export class MetadataPages {
    * A failed read drops its pages (never asked again); it does not reject.
    */
   async fetch(wanted: PageRange[], budget: PageBudget, policy: FetchPolicy): Promise<void> {
-    const missing = this.#admit(wanted, budget);
+    let missing = this.#takeFromAhead(this.#admit(wanted, budget));
     if (!missing.length) return;
+    const window = this.#nextWindow(missing, budget, policy);
+    if (window && !policy.signal?.aborted) {
+      await this.#readAhead(window.start, window.end, policy.signal);
+      missing = this.#takeFromAhead(missing);
+      if (!missing.length) return;
+    }
     const pb = this.pageBytes;
     const gapPages = Math.floor(policy.gapBytes / pb);
     const maxRunPages = Math.max(1, Math.floor(policy.maxReadBytes / pb));
@@ -155,6 +180,82 @@ export class MetadataPages {
       }
     };
     await Promise.all(Array.from({ length: Math.min(policy.concurrency, runs.length) }, worker));
+  }
+
+  /**
+   * The next speculative read, if any: the image's first bytes on a fresh store's first fetch,
+   * then — only while the previous window was at least half wanted pages and the walk now wants
+   * a page in the window right behind it — that window, twice as large (a packed metadata
+   * prefix, as `erofs-oci build` writes, then comes in one or two reads instead of one per tree
+   * level; metadata spread between file data, as mkfs.erofs writes it, stops it after the first).
+   * Speculation never takes more than half of the fetch budget left, nor a quarter of the pages.
+   */
+  #nextWindow(
+    missing: number[],
+    budget: PageBudget,
+    policy: FetchPolicy,
+  ): { start: number; end: number } | undefined {
+    const first = policy.readAheadBytes ?? 0;
+    if (first <= 0) return undefined;
+    const pb = this.pageBytes;
+    let start: number, length: number;
+    const ahead = this.#ahead;
+    if (!ahead) {
+      if (this.#speculated || this.reads > 0 || this.failedReads > 0 || missing[0] !== 0) {
+        return undefined;
+      }
+      start = 0;
+      length = first;
+    } else {
+      const pages = Math.ceil(ahead.bytes.length / pb);
+      if (ahead.used * 2 < pages) return undefined;
+      start = ahead.start + ahead.bytes.length;
+      // Doubled, or up to the last page wanted now when that is further (one read, not two).
+      length = Math.min(
+        policy.maxReadBytes,
+        Math.max(2 * ahead.bytes.length, (missing[missing.length - 1] + 1) * pb - start),
+      );
+      const wantedAt = missing[0] * pb;
+      if (start % pb !== 0 || wantedAt < start || wantedAt >= start + length) return undefined;
+    }
+    length = Math.min(
+      length,
+      Math.floor((budget.maxFetchBytes - this.bytesRead) / 2),
+      Math.floor(budget.maxPages / 4) * pb,
+      this.#sizeBytes - start,
+    );
+    if (length < 2 * pb) return undefined;
+    return { start, end: start + length };
+  }
+
+  async #readAhead(start: number, end: number, signal?: AbortSignal): Promise<void> {
+    this.bytesRead += end - start;
+    this.#ahead = undefined;
+    this.#speculated = true;
+    try {
+      const bytes = await this.#read(start, end - start, signal);
+      if (bytes.length !== end - start) throw new Error("short read");
+      this.reads++;
+      this.#ahead = { start, bytes, used: 0 };
+    } catch {
+      // Speculative: its pages are asked again by the ordinary reads; no branch is lost.
+    }
+  }
+
+  /** Stores the pages of `missing` the read-ahead holds; returns the others. */
+  #takeFromAhead(missing: number[]): number[] {
+    const ahead = this.#ahead;
+    if (!ahead || !missing.length) return missing;
+    const pb = this.pageBytes;
+    const end = ahead.start + ahead.bytes.length;
+    return missing.filter((page) => {
+      const from = page * pb;
+      const to = Math.min(from + pb, this.#sizeBytes);
+      if (from < ahead.start || to > end) return true;
+      ahead.used++;
+      this.#store(page, ahead.bytes.slice(from - ahead.start, to - ahead.start));
+      return false;
+    });
   }
 
   /**
