@@ -2,7 +2,8 @@
  * Metrics of a real FUSE mount from a real docker-registry, read back by a real Prometheus
  * text parser (Python's prometheus_client, Debian python3-prometheus-client): `list --json`
  * per-layer counters, `erofs-oci metrics` on stdout and served by `metrics --listen`, and the
- * mount server's own endpoint (`mount --metrics-listen`), removed at umount.
+ * mount server's own endpoint (`mount --metrics-listen`), removed at umount; `serve
+ * --metrics-listen` for the one layer it exports.
  */
 import assert from "node:assert/strict";
 import { command, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
@@ -13,6 +14,7 @@ import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import type { ListedMount } from "../lib/cli/list.ts";
+import { serve } from "./_support/serve_process.ts";
 
 const SYSTEM_PYTHON = "/usr/bin/python3";
 const PARSE = `
@@ -183,6 +185,37 @@ Deno.test({
       }
       await sandbox.cleanup();
       await Deno.remove(socketDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "metrics: serve --metrics-listen exposes the served layer's counters",
+  ignore: requires(command("docker-registry"), command("nbdcopy"), path(SYSTEM_PYTHON)),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const { bytes } = await loadFixture("basic.erofs");
+    await pushImage(registry, "metrics/served", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-" });
+    try {
+      const socket = `${dir}/metrics.sock`;
+      await using s = await serve(`${registry.host}/metrics/served:v1`, [
+        "--plain-http",
+        "--no-disk-cache",
+        "--metrics-listen",
+        `unix:${socket}`,
+      ]);
+      const out = await new Deno.Command("nbdcopy", { args: [s.uri, `${dir}/out.img`] }).output();
+      assert(out.success, new TextDecoder().decode(out.stderr) + s.stderr());
+      assert.deepEqual(Deno.readFileSync(`${dir}/out.img`), bytes);
+      const families = await parsePrometheus(await scrape(socket));
+      const labels = { layer: "0" };
+      assert(sampleOf(families, "erofs_oci_layer_fetched_bytes_total", labels) >= bytes.length);
+      assert(sampleOf(families, "erofs_oci_layer_registry_get_seconds_count", labels) > 0);
+      assert.equal(await s.stop(), 0, s.stderr());
+      assert.throws(() => Deno.lstatSync(socket), "serve removed its metrics socket");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

@@ -15,6 +15,7 @@ import { LocalFile } from "../source/local_file.ts";
 import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
 import { registryOrigin } from "../mount/layer_source.ts";
 import type { Source } from "../source/source.ts";
+import { startServeMetrics } from "../metrics/server_metrics.ts";
 import {
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_MAX_INFLIGHT_BYTES,
@@ -44,6 +45,8 @@ Options:
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
   })
   --no-disk-cache      keep fetched bytes in memory only
+  --metrics-listen ADDR  answer Prometheus scrapes at GET /metrics (unix:PATH or
+                       tcp:HOST:PORT): the layer's counters and registry GET times
   --fetch-all          fetch the rest of the layer into the disk cache while clients
                        are quiet
   --max-inflight SIZE  memory for READ replies of all clients together (default ${
@@ -73,6 +76,7 @@ Example:
       "cache-size": { type: "string" },
       "disk-cache-size": { type: "string" },
       "no-disk-cache": { type: "boolean" },
+      "metrics-listen": { type: "string" },
       "fetch-all": { type: "boolean" },
       "max-inflight": { type: "string" },
       "idle-timeout": { type: "string" },
@@ -86,6 +90,9 @@ Example:
       throw new UsageError("serve: --listen is required", "e.g. --listen unix:/tmp/erofs.sock");
     }
     const listen = parseListenAddress(values.listen);
+    const metricsListen = values["metrics-listen"] === undefined
+      ? undefined
+      : parseListenAddress(values["metrics-listen"]);
     if (values["fetch-all"] && values["no-disk-cache"]) {
       throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
     }
@@ -134,7 +141,11 @@ Example:
     const prefetchAbort = new AbortController();
     const prefetched = prefetchErofsMetadata(raw, served, { signal: prefetchAbort.signal })
       .then((summary) => debug("metadata prefetch", summary));
+    let stopMetrics: (() => Promise<void>) | undefined;
     try {
+      if (metricsListen) {
+        stopMetrics = startServeMetrics(metricsListen, image, values.listen, () => served.stats());
+      }
       const server = await startNbdServer({
         listen,
         source: served,
@@ -169,6 +180,7 @@ Example:
       debug("cache stats", served.stats());
     } finally {
       for (const signal of signals) Deno.removeSignalListener(signal, stopRequested);
+      await stopMetrics?.();
       prefetchAbort.abort();
       await prefetched;
       await served.close();

@@ -61,3 +61,14 @@ export function blobGetLatency(digest: string): LatencyHistogram {
     sumSeconds: h?.sumSeconds ?? 0,
   };
 }
+
+/** All blobs together (a `serve` process serves exactly one). */
+export function allBlobGetLatency(): LatencyHistogram {
+  const total = blobGetLatency("");
+  for (const h of histograms.values()) {
+    h.counts.forEach((c, i) => total.counts[i] += c);
+    total.count += h.count;
+    total.sumSeconds += h.sumSeconds;
+  }
+  return total;
+}

@@ -5,11 +5,13 @@
  */
 import type { LayerStats } from "../daemon/control.ts";
 import type { MountSpec } from "../mount/runtime.ts";
-import { parseListenAddress } from "../nbd/address.ts";
-import { warn } from "../cli/log.ts";
+import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
+import { info, warn } from "../cli/log.ts";
+import { allBlobGetLatency } from "./fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
-import { serveMetrics } from "./endpoint.ts";
+import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";
+import { UsageError } from "../errors.ts";
 
 export const METRICS_LISTEN_ENV = "EROFS_OCI_METRICS_LISTEN";
 
@@ -44,4 +46,37 @@ export function removeStaleSocket(path: string): void {
   try {
     if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
   } catch { /* absent */ }
+}
+
+/**
+ * `serve --metrics-listen ADDR`: the one layer a serve process exports, listed under its NBD
+ * URI. Returns a function that stops the endpoint and removes its socket.
+ */
+export function startServeMetrics(
+  addr: ListenAddress,
+  image: string,
+  uri: string,
+  stats: () => LayerStats,
+): () => Promise<void> {
+  if (addr.transport === "unix") removeStaleSocket(addr.path);
+  let endpoint: MetricsEndpoint;
+  try {
+    endpoint = serveMetrics(addr, () =>
+      Promise.resolve(renderPrometheus([{
+        target: uri,
+        image,
+        backend: "serve",
+        devices: [],
+        serverPid: Deno.pid,
+        state: "serving",
+        layers: listedLayers([{ ...stats(), getLatency: allBlobGetLatency() }]),
+      }])));
+  } catch (error) {
+    throw new UsageError(`--metrics-listen: cannot listen: ${(error as Error).message}`);
+  }
+  info(`metrics at ${endpoint.address}/metrics`);
+  return async () => {
+    await endpoint.shutdown();
+    if (addr.transport === "unix") removeStaleSocket(addr.path);
+  };
 }
