@@ -260,29 +260,35 @@ Deno.test({
       await sandbox.cleanup();
     }
 
-    // What reattach does with a device's record: it names the upstream, and the check of the
-    // blob (then every read of the new server) goes through the mirror configured for it.
-    const { record, extra } = recordForLayer(
-      {
-        kind: "registry",
-        registry: pair.up.host,
-        repository: "app",
-        reference: `${pair.up.host}/app:v1`,
-        platform: "",
-        layerIndex: 0,
-        digest: pair.layerDigest,
-        mediaType: EROFS_MEDIA_TYPE,
-        sizeBytes: pair.fixture.byteLength,
-        plainHttp: true,
-      },
-      undefined,
-      "mount-1",
-      0,
-    );
-    assert.equal(record.kind === "OCI_NATIVE_BLOB" && record.reference, `${pair.up.host}/app:v1`);
+    // What reattach does with a device's record: it names the upstream, keeps the mount's
+    // hosts.toml directory, and the check of the blob (then every read of the new server)
+    // goes through the mirror configured there, even from a process without the variable.
     const previous = Deno.env.get("EROFS_OCI_REGISTRY_CONFIG_DIR");
-    Deno.env.set("EROFS_OCI_REGISTRY_CONFIG_DIR", pair.configDir);
     try {
+      Deno.env.set("EROFS_OCI_REGISTRY_CONFIG_DIR", pair.configDir);
+      const { record, extra } = recordForLayer(
+        {
+          kind: "registry",
+          registry: pair.up.host,
+          repository: "app",
+          reference: `${pair.up.host}/app:v1`,
+          platform: "",
+          layerIndex: 0,
+          digest: pair.layerDigest,
+          mediaType: EROFS_MEDIA_TYPE,
+          sizeBytes: pair.fixture.byteLength,
+          plainHttp: true,
+        },
+        undefined,
+        "mount-1",
+        0,
+      );
+      assert.equal(
+        record.kind === "OCI_NATIVE_BLOB" && record.reference,
+        `${pair.up.host}/app:v1`,
+      );
+      assert.equal(extra.registryConfigDir, pair.configDir);
+      Deno.env.delete("EROFS_OCI_REGISTRY_CONFIG_DIR");
       const heads = () => pair.mir.requests.filter((r) => r.method === "HEAD").length;
       const upHeads = pair.up.requests.filter((r) => r.method === "HEAD").length;
       const device = Math.ceil(pair.fixture.byteLength / 4096) * 4096;

@@ -11,6 +11,7 @@ import { FormatError } from "../errors.ts";
 import { isTomlTable, parseTomlSubset, type TomlTable, type TomlValue } from "./toml_subset.ts";
 
 export const DEFAULT_REGISTRY_CONFIG_DIR = "/etc/containerd/certs.d";
+export const REGISTRY_CONFIG_DIR_ENV = "EROFS_OCI_REGISTRY_CONFIG_DIR";
 /** hosts.toml files are a few hundred bytes; anything far larger is not one. */
 const MAX_HOSTS_FILE_BYTES = 256 * 1024;
 /** Bound on mirrors per registry (GKE allows 10); each costs a fallback attempt. */
@@ -49,7 +50,7 @@ export interface RegistryHostsConfig {
 
 /** The configuration directory in effect. */
 export function registryConfigDir(): string {
-  return Deno.env.get("EROFS_OCI_REGISTRY_CONFIG_DIR") || DEFAULT_REGISTRY_CONFIG_DIR;
+  return Deno.env.get(REGISTRY_CONFIG_DIR_ENV) || DEFAULT_REGISTRY_CONFIG_DIR;
 }
 
 function readSmallText(path: string): string | undefined {

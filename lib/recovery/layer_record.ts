@@ -7,6 +7,7 @@ import { FormatError, OciError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { DIGEST_PATTERN, parseReference } from "../oci/reference.ts";
 import { selectLayers } from "../oci/layers.ts";
+import { REGISTRY_CONFIG_DIR_ENV } from "../oci/hosts_config.ts";
 import type { LayerSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
@@ -88,6 +89,20 @@ function registryLayer(
   };
 }
 
+/**
+ * A mount made with EROFS_OCI_REGISTRY_CONFIG_DIR keeps its mirrors after reattach even when
+ * reattach (a shell, a systemd unit) runs without it: the recorded directory is taken into this
+ * process's environment, where the clients made here and the server started next read it. An
+ * explicit setting of the reattach process wins.
+ */
+function adoptRegistryConfigDir(extra: RecoveryExtra): void {
+  const dir = extra.registryConfigDir;
+  if (typeof dir !== "string" || !dir.startsWith("/") || Deno.env.get(REGISTRY_CONFIG_DIR_ENV)) {
+    return;
+  }
+  Deno.env.set(REGISTRY_CONFIG_DIR_ENV, dir);
+}
+
 /** Record for a layer: the resolved digest, never a layer index (a tag may move). */
 export function recordForLayer(
   layer: LayerSpec,
@@ -96,6 +111,8 @@ export function recordForLayer(
   layerIndex: number,
 ): { record: RecoveryRecord; extra: RecoveryExtra } {
   const extra: RecoveryExtra = { mountId, layerIndex, sizeBytes: layer.sizeBytes };
+  const configDir = Deno.env.get(REGISTRY_CONFIG_DIR_ENV);
+  if (configDir && layer.kind === "registry") extra.registryConfigDir = configDir;
   if (layer.kind === "local") {
     const local = layer.digest ? { ...extra, digest: layer.digest } : extra;
     return { record: { kind: "LOCAL", path: layer.path }, extra: local };
@@ -138,6 +155,7 @@ export async function layerForRecord(
   check?: DeviceCheck,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
   const sizeMatches = (size: number) => sizeFitsDevice(size, deviceSizeBytes);
+  adoptRegistryConfigDir(extra);
   if (record.kind === "LOCAL") {
     let size: number;
     try {

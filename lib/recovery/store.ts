@@ -18,6 +18,8 @@ export interface RecoveryExtra {
   sizeBytes?: number;
   /** Digest of a local OCI layout blob, so a reattached server verifies it again. */
   digest?: string;
+  /** EROFS_OCI_REGISTRY_CONFIG_DIR of the mount (hosts.toml mirrors), when it was set. */
+  registryConfigDir?: string;
 }
 
 function companionPath(path: string): string {
