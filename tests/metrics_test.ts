@@ -15,6 +15,7 @@ import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import type { ListedMount } from "../lib/cli/list.ts";
 import { serve } from "./_support/serve_process.ts";
+import { renderPrometheus } from "../lib/metrics/prometheus.ts";
 
 const SYSTEM_PYTHON = "/usr/bin/python3";
 const PARSE = `
@@ -217,5 +218,35 @@ Deno.test({
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "metrics: hostile label values (quotes, backslashes, line breaks) stay inside their label",
+  ignore: requires(path(SYSTEM_PYTHON)),
+  async fn() {
+    const target = '/mnt/a"b\\c\nd';
+    const image = 'reg/x:y"} evil_metric 1\n#';
+    const text = renderPrometheus([{
+      target,
+      image,
+      backend: "fuse",
+      devices: [],
+      serverPid: 1,
+      state: "serving",
+      layers: [{
+        index: 0,
+        digest: "sha256:" + "a".repeat(64),
+        bytesRequested: 10,
+        bytesFetched: 7,
+        fetches: 1,
+        memoryHits: 2,
+        memoryMisses: 1,
+      }],
+    }]);
+    const families = await parsePrometheus(text);
+    assert(!families.some((f) => f.name.startsWith("evil")), text);
+    assert.equal(sampleOf(families, "erofs_oci_mount_info", { mount: target, image }), 1);
+    assert.equal(sampleOf(families, "erofs_oci_layer_fetched_bytes_total", { mount: target }), 7);
   },
 });

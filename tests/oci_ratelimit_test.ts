@@ -77,3 +77,43 @@ Deno.test({
     assert.equal(proxy.hits(0), 1, "no second request into the pause");
   },
 });
+
+Deno.test({
+  name: "429 at a mirror: the next host answers at once, the mirror is left alone meanwhile",
+  ignore,
+  async fn() {
+    await using upstream = await startRegistry({ auth: "none" });
+    await using mirror = await startRegistry({ auth: "none" });
+    const { bytes } = await loadFixture("basic.erofs");
+    const layer = [{ bytes, mediaType: EROFS_MEDIA_TYPE }];
+    const digest = (await pushImage(upstream, "rl", "v1", layer)).layers[0].digest;
+    await pushImage(mirror, "rl", "v1", layer);
+    await using up = await startFaultProxy(upstream.host, []);
+    await using mir = await startFaultProxy(mirror.host, [
+      { match: isBlobGetOf(digest), fault: { kind: "status", status: 429, retryAfter: "60" } },
+    ]);
+    const configDir = await Deno.makeTempDir({ prefix: "erofs-oci-certs.d-" });
+    try {
+      Deno.mkdirSync(`${configDir}/${up.host}`);
+      Deno.writeTextFileSync(
+        `${configDir}/${up.host}/hosts.toml`,
+        `[host."http://${mir.host}"]\n  capabilities = ["pull"]\n`,
+      );
+      const client = new RegistryClient(up.host, { hostsConfigDir: configDir });
+      const started = Date.now();
+      assert.deepEqual(await client.readBlobRange("rl", digest, 0, 4096), bytes.subarray(0, 4096));
+      assert.deepEqual(
+        await client.readBlobRange("rl", digest, 4096, 4096),
+        bytes.subarray(4096, 8192),
+      );
+      assert(Date.now() - started < 3_000, `took ${Date.now() - started} ms`);
+      assert.equal(mir.hits(0), 1, "one 429 from the mirror, then it is left alone");
+      const upstreamGets = up.requests.filter((r) =>
+        isBlobGetOf(digest)({ ...r, headers: new Headers() })
+      );
+      assert.equal(upstreamGets.length, 2);
+    } finally {
+      await Deno.remove(configDir, { recursive: true });
+    }
+  },
+});
