@@ -257,3 +257,29 @@ Deno.test("disk cache: CachedSource in front keeps no chunks and reads ahead in 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("disk cache: readIfPresent finds an origin's own and table-checked files, no other origin's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const bytes = patternBytes(CHUNK * 3, 6);
+    const cache = DiskCache.open({ dir })!;
+    const probe = (origin: string) =>
+      cache.readIfPresent({ digest: TEST_DIGEST, origin }, bytes.length, 100, 1000);
+    assert.equal(probe("http://r"), undefined, "nothing cached yet");
+    const tabled = cache.wrap(new MemorySource(bytes), {
+      digest: TEST_DIGEST,
+      origin: "http://r#t-0123456789abcdef",
+    });
+    await tabled.read(0, 10);
+    assert.deepEqual(probe("http://r"), bytes.subarray(100, 1100));
+    assert.equal(probe("http://other"), undefined, "another origin's bytes are not used");
+    assert.equal(
+      cache.readIfPresent({ digest: TEST_DIGEST, origin: "http://r" }, bytes.length, CHUNK, 10),
+      undefined,
+      "a chunk not present",
+    );
+    await tabled.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

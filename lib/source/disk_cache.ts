@@ -146,17 +146,39 @@ export class DiskCache {
   /**
    * `length` bytes at `offset` of a blob when every chunk they touch is present, else
    * undefined; creates nothing. For probes made before a source exists (the superblock check
-   * at mount): bytes there were fetched through a reply whose size matched `sizeBytes`.
+   * at mount): bytes there came through a reply whose size matched `sizeBytes`. Besides the
+   * key's own files it looks in those of the same origin qualified by a chunk table
+   * (`origin#t-…`): their chunks were checked, so they serve a probe at least as well.
    */
   readIfPresent(key: BlobKey, sizeBytes: number, offset: number, length: number) {
     if (!DIGEST.test(key.digest) || length <= 0 || offset + length > sizeBytes) return undefined;
-    let base: string;
+    let prefix: string;
     try {
       const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-      base = `${this.blobsDir}/${key.digest.replace(":", "-")}.${origin}.c${this.chunkBytes}`;
+      prefix = `${key.digest.replace(":", "-")}.${origin}`;
     } catch {
       return undefined;
     }
+    const suffix = `.c${this.chunkBytes}.map`;
+    const own = `${prefix}${suffix}`;
+    const tabled = `${prefix}${originTag("#t-")}`;
+    const candidates = [own];
+    try {
+      for (const entry of Deno.readDirSync(this.blobsDir)) {
+        if (entry.name.startsWith(tabled) && entry.name.endsWith(suffix)) {
+          candidates.push(entry.name);
+        }
+      }
+    } catch { /* no directory: nothing cached */ }
+    for (const name of candidates) {
+      const base = `${this.blobsDir}/${name.slice(0, -".map".length)}`;
+      const bytes = this.#readPresent(base, sizeBytes, offset, length);
+      if (bytes) return bytes;
+    }
+    return undefined;
+  }
+
+  #readPresent(base: string, sizeBytes: number, offset: number, length: number) {
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
     let map = -1, data = -1;
