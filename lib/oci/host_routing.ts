@@ -189,6 +189,8 @@ export async function routeRequest<C extends { host: string }, R extends Routabl
       req.signal?.throwIfAborted();
       failure = describeFailure(error);
     }
+    // Concurrent reads that saw the same failure warn once.
+    if (isHostDown(mirror.host)) continue;
     markHostDown(mirror.host);
     warn(
       `registry mirror ${mirror.host} failed (${failure}); using the next host for ${
