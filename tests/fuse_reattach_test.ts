@@ -9,33 +9,13 @@ import assert from "node:assert/strict";
 import { path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow, pidAlive } from "./_support/mounts.ts";
-import { killMidRead, withBigImage } from "./_support/kill_mid_read.ts";
-
-/** The keeper recorded by the mount's server (lib/daemon/fuse_recovery.ts). */
-export function keeperPids(runtimeDir: string): number[] {
-  const pids: number[] = [];
-  try {
-    for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
-      try {
-        const record = JSON.parse(
-          Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/fuse-recovery.json`),
-        );
-        pids.push(record.keeper.pid);
-      } catch { /* no record */ }
-    }
-  } catch { /* no runtime dir */ }
-  return pids;
-}
-
-/** Last resort for a failed test: the keepers this test's mounts started. */
-export function killKeepers(pids: number[]): void {
-  for (const pid of pids) {
-    if (!pidAlive(pid)) continue;
-    try {
-      Deno.kill(pid, "SIGKILL");
-    } catch { /* gone */ }
-  }
-}
+import {
+  keeperPids,
+  killKeepers,
+  killMidRead,
+  killServer,
+  withBigImage,
+} from "./_support/kill_mid_read.ts";
 
 Deno.test({
   name: "fuse reattach: kill -9 mid-read of 48 MiB, reattach DIR, reader gets exact bytes",
@@ -134,7 +114,6 @@ Deno.test({
         );
         keepers = keeperPids(sandbox.runtimeDir);
         killKeepers(keepers);
-        const { killServer } = await import("./_support/kill_mid_read.ts");
         await killServer(sandbox.runtimeDir);
         const refused = await runCli(["reattach", sandbox.target], { env: sandbox.env });
         assertCliError(refused, 1, /no keeper/);

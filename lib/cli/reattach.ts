@@ -3,12 +3,14 @@ import { parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { reattach, reattachTarget } from "../recovery/reattach.ts";
+import { watchAndReattach } from "../recovery/watch.ts";
 import { printable, printableJson, printTable } from "./table.ts";
 
 export const reattachCommand: Command = {
   name: "reattach",
-  summary: "bring back NBD devices whose server died, without unmounting",
+  summary: "bring back mounts whose server died, without unmounting",
   help: `Usage: erofs-oci reattach (DEVICE | DIR | --all) [--json] [--accept-changed-image]
+       erofs-oci reattach --watch
 
 After the server of a mount died (killed, OOM, upgrade), readers of the mount block instead
 of failing. reattach reads each device's recovery file (/sys/block/nbdN/backend), checks
@@ -19,9 +21,17 @@ kernel fresh connections; blocked reads then complete.
 Devices whose server is alive are left alone. Devices attached by erofs-utils
 (mount.erofs -t erofs.nbd) can be reattached too.
 
+FUSE mounts: a small keeper process holds each FUSE mount's /dev/fuse connection, so
+readers wait when the server dies; reattach starts a server that takes the connection
+over and answers the requests the dead one left (kernel 6.9+; before, those readers
+stay blocked until \`umount\` aborts the connection and they get an error).
+
   DEVICE   /dev/nbdN or nbdN
   DIR      a mount made by \`erofs-oci mount\` (all its layer devices)
-  --all    every connected NBD device whose server is gone
+  --all    every connected NBD device and FUSE mount whose server is gone
+  --watch  keep running: watch every mount's server (pidfd) and reattach a mount
+           within a second of its server's death, retrying with backoff (1 s to
+           30 s); for a service (contrib/erofs-oci-reattach.service)
 
 Options:
   --json   print the outcome per device as JSON
@@ -38,10 +48,24 @@ Exit code 1 when any selected device could not be reattached.`,
     const { values, positionals } = parseCommandArgs("reattach", argv, {
       all: { type: "boolean" },
       json: { type: "boolean" },
+      watch: { type: "boolean" },
       "accept-changed-image": { type: "boolean" },
     });
     if (positionals.length > 1) {
       throw new UsageError(`reattach: unexpected argument '${positionals[1]}'`);
+    }
+    if (values.watch) {
+      if (values.all || positionals.length) {
+        throw new UsageError("reattach: --watch watches every mount; give no DEVICE, DIR or --all");
+      }
+      checkRoot();
+      const stop = new AbortController();
+      for (const signal of ["SIGTERM", "SIGINT"] as const) {
+        Deno.addSignalListener(signal, () => stop.abort());
+      }
+      console.log("watching the servers of all mounts");
+      await watchAndReattach({ signal: stop.signal });
+      return 0;
     }
     if (values.all && positionals.length) {
       throw new UsageError("reattach: give DEVICE, DIR or --all, not several");

@@ -9,16 +9,15 @@ import { closeFd, pidfdOpen, pidfdSendSignal } from "../../ffi/libc.ts";
 import { MountError } from "../errors.ts";
 import { keeperAlive, type KeeperProcess, startKeeper, takeFromKeeper } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
-import { type LayerSpec, mountDir, type MountSpec } from "../mount/runtime.ts";
+import { mountDir, type MountSpec } from "../mount/runtime.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {
   keeper: KeeperProcess;
   /** Per layer: the FUSE file's mtime as the kernel knows it. */
   fileMtimesSec: number[];
-  layers: LayerSpec[];
-  credentials?: { username: string; password: string };
-  cacheBytes: number;
+  /** What the first server was started with (layers, credentials, cache options). */
+  spec: MountSpec;
 }
 
 /** Marks a FUSE takeover in `MountSpec.reattach` (the NBD use names a device there). */
@@ -38,9 +37,7 @@ export async function protectFuseMount(spec: MountSpec, exports: LayerExport[]):
   const record: FuseRecoveryRecord = {
     keeper,
     fileMtimesSec: fuse.map((f) => f.mtimeSec),
-    layers: spec.layers,
-    credentials: spec.credentials,
-    cacheBytes: spec.cacheBytes,
+    spec,
   };
   const file = fuseRecoveryPath(spec.id);
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
@@ -60,7 +57,7 @@ export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
   const { keeper } = record;
   const valid = Number.isSafeInteger(keeper?.pid) && typeof keeper.startTicks === "string" &&
     Array.isArray(keeper.fds) && keeper.fds.every((fd) => Number.isSafeInteger(fd)) &&
-    Array.isArray(record.layers) && record.layers.length === keeper.fds.length &&
+    Array.isArray(record.spec?.layers) && record.spec.layers.length === keeper.fds.length &&
     Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length;
   if (!valid) throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
   return record;

@@ -30,15 +30,11 @@ export async function reattachFuseMount(state: MountState): Promise<ReattachOutc
     };
   }
   const spec: MountSpec = {
+    ...record.spec,
     id: state.id,
-    target: state.target,
-    image: state.image,
-    manifestDigest: state.manifestDigest,
     backend: "fuse",
-    cacheBytes: record.cacheBytes,
-    layers: record.layers,
-    credentials: record.credentials,
-    reattach: record.layers.map((_, index) => ({ index, backendId: FUSE_TAKEOVER_ID })),
+    reattach: record.spec.layers.map((_, index) => ({ index, backendId: FUSE_TAKEOVER_ID })),
+    awaitSource: undefined,
   };
   try {
     const ready = await startServer(spec, false);

@@ -83,6 +83,8 @@ export async function killServer(runtimeDir: string): Promise<number> {
 
 export interface KillMidReadResult {
   killedPid: number;
+  /** Date.now() just before the SIGKILL. */
+  killedAtMs: number;
   /** From the kill to the reader's exit. */
   recoveredMs: number;
 }
@@ -118,6 +120,7 @@ export async function killMidRead(
   { readerTimeoutMs = 120_000, readerWaitsIn }: KillMidReadOptions = {},
 ): Promise<KillMidReadResult> {
   await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
+  const heldBefore = gate.proxy.hits(0);
   gate.holding = true;
   const reader = new Deno.Command("sha256sum", {
     args: [file],
@@ -128,10 +131,10 @@ export async function killMidRead(
   const readerOutput = reader.output().finally(() => readerDone = true);
   try {
     const deadline = Date.now() + 120_000;
-    while (gate.proxy.hits(0) === 0 && !readerDone && Date.now() < deadline) {
+    while (gate.proxy.hits(0) === heldBefore && !readerDone && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.ok(gate.proxy.hits(0) > 0, "the reader never reached the held part of the file");
+    assert.ok(gate.proxy.hits(0) > heldBefore, "the reader never reached the held part");
     assert.ok(!readerDone, "the reader finished before the kill");
     if (readerWaitsIn) {
       // The held GET may be the server's readahead: wait until the reader itself waits for
@@ -145,8 +148,8 @@ export async function killMidRead(
       }
       assert.equal(wchanOf(reader.pid), readerWaitsIn, "the reader waits for the server");
     }
-    const killedPid = await killServer(runtimeDir);
     const killedAt = Date.now();
+    const killedPid = await killServer(runtimeDir);
     gate.holding = false;
     await recover(killedPid);
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -161,7 +164,7 @@ export async function killMidRead(
     ]).finally(() => clearTimeout(timer));
     assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
     assert.equal(new TextDecoder().decode(result.stdout).split(" ")[0], sha256, "exact bytes");
-    return { killedPid, recoveredMs: Date.now() - killedAt };
+    return { killedPid, killedAtMs: killedAt, recoveredMs: Date.now() - killedAt };
   } finally {
     if (!readerDone) {
       try {
@@ -174,5 +177,31 @@ export async function killMidRead(
         new Promise((resolve) => setTimeout(resolve, 2_000)),
       ]);
     }
+  }
+}
+
+/** The keeper recorded by the mount's server (lib/daemon/fuse_recovery.ts). */
+export function keeperPids(runtimeDir: string): number[] {
+  const pids: number[] = [];
+  try {
+    for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
+      try {
+        const record = JSON.parse(
+          Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/fuse-recovery.json`),
+        );
+        pids.push(record.keeper.pid);
+      } catch { /* no record */ }
+    }
+  } catch { /* no runtime dir */ }
+  return pids;
+}
+
+/** Last resort for a failed test: the keepers this test's mounts started. */
+export function killKeepers(pids: number[]): void {
+  for (const pid of pids) {
+    if (!pidAlive(pid)) continue;
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone */ }
   }
 }

@@ -1,0 +1,140 @@
+/**
+ * `erofs-oci reattach --watch`: holds a pidfd for the server of every mount and reattaches a
+ * mount as soon as its server dies (a pidfd becomes readable when its process exits), with
+ * backoff while reattaching fails. Only mounts that can still be recovered are touched: an NBD
+ * mount with a connected device, a FUSE mount whose keeper runs. A server stopping on purpose
+ * (umount) disconnects its devices or drops its FUSE record first, so it is never revived.
+ */
+import { closeFd, pidfdOpen, pollAsync } from "../../ffi/libc.ts";
+import { fuseRecoverable } from "../daemon/fuse_recovery.ts";
+import { type MountState, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
+import { listNbdDevices } from "../nbd/sysfs.ts";
+import { reattach, type ReattachOutcome } from "./reattach.ts";
+
+/** How often new and removed mounts are noticed (deaths wake the watcher at once). */
+const SCAN_MS = 1_000;
+const BACKOFF_FIRST_MS = 1_000;
+const BACKOFF_MAX_MS = 30_000;
+
+export interface WatchOptions {
+  /** Stops the watch after the attempt in progress. */
+  signal?: AbortSignal;
+  /** One line per event (reattached, failed, gave up waiting). */
+  report?: (line: string) => void;
+}
+
+interface Watched {
+  pid: number;
+  pidfd: number;
+}
+
+interface Backoff {
+  delayMs: number;
+  nextAtMs: number;
+}
+
+function recoverable(state: MountState): boolean {
+  if (state.backend === "fuse") return fuseRecoverable(state.id);
+  const wanted = new Set(state.layers.map((l) => l.device));
+  return listNbdDevices().some((d) => wanted.has(`nbd${d.index}`) && d.backend !== undefined);
+}
+
+/** Watches until `signal` aborts; never throws for one mount's trouble. */
+export async function watchAndReattach(options: WatchOptions = {}): Promise<void> {
+  const report = options.report ?? ((line: string) => console.log(line));
+  const watched = new Map<string, Watched>();
+  const backoff = new Map<string, Backoff>();
+  const unwatch = (id: string) => {
+    const entry = watched.get(id);
+    if (entry) closeFd(entry.pidfd);
+    watched.delete(id);
+  };
+  try {
+    while (!options.signal?.aborted) {
+      const states = readStates();
+      const ids = new Set(states.map((s) => s.id));
+      for (const id of [...watched.keys()]) {
+        if (!ids.has(id)) {
+          unwatch(id);
+          backoff.delete(id);
+        }
+      }
+      let nextWakeMs = Date.now() + SCAN_MS;
+      for (const state of states) {
+        if (options.signal?.aborted) break;
+        const server = serverOf(state);
+        if (watched.get(state.id)?.pid === server.pid && serverAlive(server)) continue;
+        unwatch(state.id);
+        if (watchServer(state, watched)) continue;
+        if (!state.target || !recoverable(state)) continue;
+        const delay = backoff.get(state.id);
+        if (delay && Date.now() < delay.nextAtMs) {
+          nextWakeMs = Math.min(nextWakeMs, delay.nextAtMs);
+          continue;
+        }
+        report(`${state.target}: server ${server.pid} is gone, reattaching`);
+        const outcomes = await reattachOne(state);
+        for (const o of outcomes) report(`${state.target}: ${o.device} ${o.result}: ${o.detail}`);
+        if (outcomes.length > 0 && outcomes.every((o) => o.result !== "failed")) {
+          backoff.delete(state.id);
+          // The new server is picked up by the next pass.
+          nextWakeMs = Date.now();
+        } else {
+          const delayMs = delay ? Math.min(delay.delayMs * 2, BACKOFF_MAX_MS) : BACKOFF_FIRST_MS;
+          backoff.set(state.id, { delayMs, nextAtMs: Date.now() + delayMs });
+          report(`${state.target}: retrying in ${delayMs / 1000} s`);
+          nextWakeMs = Math.min(nextWakeMs, Date.now() + delayMs);
+        }
+      }
+      await waitForExit([...watched.values()], Math.max(0, nextWakeMs - Date.now()));
+    }
+  } finally {
+    for (const id of [...watched.keys()]) unwatch(id);
+  }
+}
+
+/** Opens a pidfd for a live server (checked after opening, against pid reuse). */
+function watchServer(state: MountState, watched: Map<string, Watched>): boolean {
+  const server = serverOf(state);
+  if (!serverAlive(server)) return false;
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(server.pid);
+  } catch {
+    return false; // exited just now
+  }
+  if (!serverAlive(server)) {
+    closeFd(pidfd);
+    return false;
+  }
+  watched.set(state.id, { pid: server.pid, pidfd });
+  return true;
+}
+
+async function reattachOne(state: MountState): Promise<ReattachOutcome[]> {
+  try {
+    return await reattach({ dir: state.target });
+  } catch (error) {
+    return [{
+      device: state.target,
+      result: "failed",
+      detail: error instanceof Error ? error.message : String(error),
+    }];
+  }
+}
+
+/** Waits until one of the servers exits or `timeoutMs` passes (POLLIN on a pidfd: exited). */
+async function waitForExit(servers: Watched[], timeoutMs: number): Promise<void> {
+  if (servers.length === 0) {
+    await new Promise((resolve) => setTimeout(resolve, timeoutMs));
+    return;
+  }
+  const POLLIN = 1;
+  const pollfds = new Uint8Array(8 * servers.length);
+  const view = new DataView(pollfds.buffer);
+  servers.forEach((s, i) => {
+    view.setInt32(8 * i, s.pidfd, true);
+    view.setInt16(8 * i + 4, POLLIN, true);
+  });
+  await pollAsync(pollfds, timeoutMs);
+}
