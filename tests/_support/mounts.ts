@@ -34,7 +34,8 @@ export async function mountSandbox(): Promise<MountSandbox> {
   const target = `${base}/mnt`;
   const runtimeDir = `${base}/run`;
   Deno.mkdirSync(target);
-  const env = { EROFS_OCI_RUNTIME_DIR: runtimeDir };
+  // A disk cache of its own: a test neither fills the host's nor reads what another left.
+  const env = { EROFS_OCI_RUNTIME_DIR: runtimeDir, EROFS_OCI_CACHE_DIR: `${base}/disk-cache` };
   return {
     target,
     runtimeDir,
