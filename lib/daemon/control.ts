@@ -19,6 +19,8 @@ export interface LayerStats {
   digest?: string;
   /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */
   getLatency?: LatencyHistogram;
+  /** Chunks of this layer that failed their chunk-digest table. */
+  verifyFailures?: number;
 }
 
 export interface ServerStats {

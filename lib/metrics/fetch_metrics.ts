@@ -72,3 +72,16 @@ export function allBlobGetLatency(): LatencyHistogram {
   }
   return total;
 }
+
+const mismatches = new Map<string, number>();
+
+/** A chunk of `digest` did not match its chunk-digest table (bytes refused, refetched). */
+export function noteChunkMismatch(digest: string): void {
+  const key = mismatches.has(digest) || mismatches.size < MAX_TRACKED_BLOBS ? digest : OVERFLOW_KEY;
+  mismatches.set(key, (mismatches.get(key) ?? 0) + 1);
+}
+
+/** Chunk verification failures of `digest` so far in this process. */
+export function chunkMismatches(digest: string): number {
+  return mismatches.get(digest) ?? 0;
+}

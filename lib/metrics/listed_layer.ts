@@ -21,6 +21,8 @@ export interface ListedLayer {
   prefetchFetches?: number;
   prefetchBytes?: number;
   getLatency?: LatencyHistogram;
+  /** Chunks refused by the layer's chunk-digest table (absent: not a registry layer). */
+  verifyFailures?: number;
 }
 
 export function listedLayers(
@@ -39,5 +41,6 @@ export function listedLayers(
     prefetchFetches: layer.prefetchFetches,
     prefetchBytes: layer.prefetchBytes,
     getLatency: layer.getLatency,
+    verifyFailures: layer.verifyFailures,
   }));
 }

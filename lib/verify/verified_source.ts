@@ -7,6 +7,7 @@
  */
 import type { Source } from "../source/source.ts";
 import type { ChunkTable } from "./chunk_table.ts";
+import { noteChunkMismatch } from "../metrics/fetch_metrics.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends Error {
@@ -145,6 +146,7 @@ export class VerifiedSource implements Source {
     const report = this.#options.onMismatch ??
       ((message: string) => console.error(`erofs-oci: ${message}`));
     this.mismatches++;
+    noteChunkMismatch(this.#table.layerDigest);
     report(`${this.#mismatch(index).message}; fetching it again`);
     const again = await (this.#options.refetch ?? this.#inner.read.bind(this.#inner))(
       offset,
