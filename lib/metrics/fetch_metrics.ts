@@ -85,3 +85,10 @@ export function noteChunkMismatch(digest: string): void {
 export function chunkMismatches(digest: string): number {
   return mismatches.get(digest) ?? 0;
 }
+
+/** All blobs together (a `serve` process serves exactly one). */
+export function allChunkMismatches(): number {
+  let total = 0;
+  for (const n of mismatches.values()) total += n;
+  return total;
+}

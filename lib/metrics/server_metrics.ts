@@ -7,7 +7,7 @@ import type { LayerStats } from "../daemon/control.ts";
 import type { MountSpec } from "../mount/runtime.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../cli/log.ts";
-import { allBlobGetLatency } from "./fetch_metrics.ts";
+import { allBlobGetLatency, allChunkMismatches } from "./fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
 import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";
@@ -69,7 +69,11 @@ export function startServeMetrics(
         devices: [],
         serverPid: Deno.pid,
         state: "serving",
-        layers: listedLayers([{ ...stats(), getLatency: allBlobGetLatency() }]),
+        layers: listedLayers([{
+          ...stats(),
+          getLatency: allBlobGetLatency(),
+          verifyFailures: allChunkMismatches(),
+        }]),
       }])));
   } catch (error) {
     throw new UsageError(`--metrics-listen: cannot listen: ${(error as Error).message}`);
