@@ -8,11 +8,11 @@ import { listCommand } from "./list.ts";
 import { metricsCommand } from "./metrics.ts";
 import { reattachCommand } from "./reattach.ts";
 import { mountServerCommand } from "./mount_server.ts";
-import { fuseKeeperCommand } from "./fuse_keeper.ts";
 import { serveCommand } from "./serve.ts";
 import { buildCommand } from "./build.ts";
 import { convertCommand } from "./convert.ts";
 import { indexCommand } from "./index.ts";
+import { checksumsCommand } from "./checksums.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
@@ -31,7 +31,8 @@ export const COMMANDS: Command[] = [
   buildCommand,
   convertCommand,
   indexCommand,
+  checksumsCommand,
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */
-export const HIDDEN_COMMANDS: Command[] = [mountServerCommand, fuseKeeperCommand];
+export const HIDDEN_COMMANDS: Command[] = [mountServerCommand];

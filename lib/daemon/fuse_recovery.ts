@@ -28,12 +28,12 @@ export function fuseRecoveryPath(id: string): string {
 }
 
 /** Starts the keeper for the exported FUSE layers and records how to take them over. */
-export async function protectFuseMount(spec: MountSpec, exports: LayerExport[]): Promise<number> {
+export function protectFuseMount(spec: MountSpec, exports: LayerExport[]): number {
   const fuse = exports.map((e, index) => {
     if (!e.fuse) throw new MountError(`layer ${index} has no FUSE descriptor to keep`);
     return e.fuse;
   });
-  const keeper = await startKeeper(fuse.map((f) => f.fd));
+  const keeper = startKeeper(fuse.map((f) => f.fd));
   const record: FuseRecoveryRecord = {
     keeper,
     fileMtimesSec: fuse.map((f) => f.mtimeSec),
@@ -91,10 +91,11 @@ export function forgetFuseRecovery(id: string): void {
 }
 
 /**
- * Ends the keeper of a mount whose server is dead, which aborts its FUSE connections: readers
+ * Ends the keeper of a mount. With the server dead this aborts its FUSE connections: readers
  * whose requests the dead server had taken wait for an answer without being killable, and get
- * an error instead; then the mounts can be removed. Signalled through a pidfd checked to be the
- * keeper, so a reused pid is never hit.
+ * an error instead; then the mounts can be removed. A server stopping on purpose ends it too
+ * (its own descriptors keep the connection until it unmounts). Signalled through a pidfd
+ * checked to be the keeper, so a reused pid is never hit.
  */
 export async function stopFuseKeeper(id: string): Promise<void> {
   let record: FuseRecoveryRecord | undefined;

@@ -16,13 +16,15 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../recovery/store.ts";
+import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
+import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import {
   forgetFuseRecovery,
   FUSE_TAKEOVER_ID,
   protectFuseMount,
+  stopFuseKeeper,
   takeFuseDescriptors,
 } from "./fuse_recovery.ts";
-import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
 export type ReadyMessage =
@@ -94,7 +96,10 @@ export async function runMountServer(): Promise<number> {
   const stop = () =>
     stopping ??= (async () => {
       console.log("stopping");
-      if (spec.backend === "fuse") forgetFuseRecovery(spec.id);
+      if (spec.backend === "fuse") {
+        await stopFuseKeeper(spec.id);
+        forgetFuseRecovery(spec.id);
+      }
       prefetchAbort.abort();
       listener?.close();
       for (const exported of exports.reverse()) {
@@ -198,7 +203,7 @@ export async function runMountServer(): Promise<number> {
     } else {
       await attachLayers();
       if (spec.backend === "fuse" && !fuseTakeoverWanted) {
-        console.log(`FUSE keeper pid ${await protectFuseMount(spec, exports)}`);
+        console.log(`FUSE keeper pid ${protectFuseMount(spec, exports)}`);
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
@@ -234,6 +239,10 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
+  startServerMetricsFromEnv(
+    spec,
+    () => sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
+  );
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
   }

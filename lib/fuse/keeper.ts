@@ -3,33 +3,33 @@
  * process holds its descriptor: when the mount server dies (SIGKILL, OOM) the keeper still
  * does, so the kernel keeps the mounts and queues requests instead of failing them, and a new
  * server takes a copy of the descriptors with pidfd_getfd (5.6+, root) — no socket protocol
- * to get wrong. The keeper copies them from the server the same way when it starts.
+ * to get wrong.
  *
- * It never reads /dev/fuse: it only waits (poll with no events) until every connection is
- * aborted, which the kernel does when the FUSE mount goes away, and then exits.
+ * The keeper is `sleep` (about 2 MB, against some 60 MB for a Deno process) that inherits the
+ * descriptors: they are duplicated without close-on-exec just for the spawn. It never reads
+ * /dev/fuse. It runs in its own session, so it outlives the server; the server ends it when it
+ * stops on purpose, and `umount` ends it when the server is dead.
  */
 import {
   closeFd,
-  Errno,
-  errno,
   libc,
+  pathExists,
   pidfdGetFd,
   pidfdOpen,
   readSmallFile,
-  SysError,
   unwrap,
 } from "../../ffi/libc.ts";
 import { MountError } from "../errors.ts";
-import { selfCommand } from "../daemon/self_exec.ts";
 import { processStartTicks } from "../mount/runtime.ts";
 
-/** Argument that marks a keeper in its command line. */
-export const KEEPER_COMMAND = "__fuse-keeper";
+/** The keeper's argument (68 years): it marks a keeper in its command line, too. */
+export const KEEPER_SLEEP_SECONDS = "2147483647";
+const SLEEP_PATHS = ["/usr/bin/sleep", "/bin/sleep"];
 
 /** /dev/fuse is the misc character device 10:229 (Documentation/admin-guide/devices.txt). */
 const FUSE_DEV_MAJOR = 10, FUSE_DEV_MINOR = 229;
 const S_IFMT = 0o170000, S_IFCHR = 0o020000;
-const KEEPER_READY_TIMEOUT_MS = 30_000;
+const F_DUPFD = 0;
 
 /** A running keeper: pid, start time (against pid reuse) and the descriptors it holds. */
 export interface KeeperProcess {
@@ -40,51 +40,35 @@ export interface KeeperProcess {
 }
 
 /**
- * Starts a keeper holding copies of `fds` (this process's /dev/fuse descriptors). It runs in
- * its own session, so it survives this process and signals to its process group.
+ * Starts a keeper holding `fds` (this process's /dev/fuse descriptors), in its own session.
+ * Nothing else may spawn meanwhile (it would inherit them too): the mount server spawns
+ * nothing else.
  */
-export async function startKeeper(fds: number[]): Promise<KeeperProcess> {
-  const [program, ...args] = selfCommand([KEEPER_COMMAND, String(Deno.pid), ...fds.map(String)]);
-  const child = new Deno.Command(program, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-    detached: true,
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  let timer: ReturnType<typeof setTimeout> | undefined;
+export function startKeeper(fds: number[]): KeeperProcess {
+  const sleep = SLEEP_PATHS.find((path) => pathExists(path));
+  if (!sleep) {
+    throw new MountError(`no sleep program (${SLEEP_PATHS.join(", ")}) for the FUSE keeper`);
+  }
+  const inherited: number[] = [];
   try {
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new MountError("the FUSE keeper did not start")),
-        KEEPER_READY_TIMEOUT_MS,
-      );
-    });
-    while (!text.includes("\n")) {
-      const { value, done } = await Promise.race([reader.read(), timeout]);
-      if (done) break;
-      text += value;
+    for (const fd of fds) {
+      inherited.push(unwrap(libc().fcntl(fd, F_DUPFD, 3), "fcntl", "F_DUPFD"));
     }
-  } catch (error) {
-    child.kill("SIGKILL");
-    throw error;
+    const child = new Deno.Command(sleep, {
+      args: [KEEPER_SLEEP_SECONDS],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+      detached: true,
+    }).spawn();
+    child.unref();
+    // Our child until this process exits, so the pid cannot be reused before this read.
+    const startTicks = processStartTicks(child.pid);
+    if (!startTicks) throw new MountError("the FUSE keeper exited right after it started");
+    return { pid: child.pid, startTicks, fds: [...inherited] };
   } finally {
-    clearTimeout(timer);
-    reader.releaseLock();
-    child.stdout.cancel().catch(() => {});
+    inherited.forEach(closeFd);
   }
-  child.unref();
-  let held: number[];
-  try {
-    held = JSON.parse(text.split("\n")[0]).fds;
-  } catch {
-    throw new MountError(`the FUSE keeper failed: ${text.trim() || "no answer"}`);
-  }
-  const startTicks = processStartTicks(child.pid);
-  if (!startTicks) throw new MountError("the FUSE keeper exited right after it started");
-  return { pid: child.pid, startTicks, fds: held };
 }
 
 /** True when `keeper` still runs (same pid, same start time, keeper command line). */
@@ -93,8 +77,8 @@ export function keeperAlive(keeper: Pick<KeeperProcess, "pid" | "startTicks">): 
   if (processStartTicks(keeper.pid) !== keeper.startTicks) return false;
   try {
     // Through libc: Deno's file APIs refuse /proc without --allow-all.
-    const cmdline = readSmallFile(`/proc/${keeper.pid}/cmdline`);
-    return cmdline?.split("\0").includes(KEEPER_COMMAND) ?? false;
+    const argv = readSmallFile(`/proc/${keeper.pid}/cmdline`)?.split("\0") ?? [];
+    return argv[1] === KEEPER_SLEEP_SECONDS;
   } catch {
     return false;
   }
@@ -142,57 +126,4 @@ function assertFuseDevice(fd: number, what: string): void {
   const isFuse = (mode & S_IFMT) === S_IFCHR && major === FUSE_DEV_MAJOR &&
     minor === FUSE_DEV_MINOR;
   if (!isFuse) throw new MountError(`${what} is not /dev/fuse`);
-}
-
-/**
- * Body of the hidden `__fuse-keeper SERVER_PID FD…` command: copies the server's descriptors,
- * reports the numbers it holds them under, then waits until every connection is aborted.
- */
-export function runKeeper(args: string[]): number {
-  const [serverPid, ...fds] = args.map(Number);
-  if (!Number.isSafeInteger(serverPid) || fds.length === 0 || fds.some((fd) => !(fd >= 0))) {
-    console.error("usage: __fuse-keeper SERVER_PID FD…");
-    return 2;
-  }
-  const held: number[] = [];
-  try {
-    const pidfd = pidfdOpen(serverPid);
-    try {
-      for (const fd of fds) {
-        const copy = pidfdGetFd(pidfd, fd);
-        held.push(copy);
-        assertFuseDevice(copy, `server fd ${fd}`);
-      }
-    } finally {
-      closeFd(pidfd);
-    }
-  } catch (error) {
-    console.log(JSON.stringify({ error: (error as Error).message }));
-    return 1;
-  }
-  console.log(JSON.stringify({ fds: held }));
-  waitUntilAborted(held);
-  return 0;
-}
-
-/** Blocks until poll reports an error or hang-up on every descriptor (events 0: never input). */
-function waitUntilAborted(fds: number[]): void {
-  const POLLERR = 8, POLLHUP = 16, POLLNVAL = 32;
-  let open = [...fds];
-  while (open.length > 0) {
-    const pollfds = new Uint8Array(8 * open.length);
-    const view = new DataView(pollfds.buffer);
-    open.forEach((fd, i) => view.setInt32(8 * i, fd, true));
-    const ready = libc().poll(pollfds, BigInt(open.length), -1);
-    if (ready < 0) {
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      throw new SysError("poll", code);
-    }
-    open = open.filter((fd, i) => {
-      const gone = (view.getInt16(8 * i + 6, true) & (POLLERR | POLLHUP | POLLNVAL)) !== 0;
-      if (gone) closeFd(fd);
-      return !gone;
-    });
-  }
 }
