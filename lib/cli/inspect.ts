@@ -3,6 +3,8 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { printable, printableJson, printTable } from "./table.ts";
 import { isErofsMediaType } from "../oci/media_types.ts";
+import { findLayerTableDigests } from "../verify/layer_tables.ts";
+import { warn } from "./log.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",
@@ -10,7 +12,10 @@ export const inspectCommand: Command = {
   help: `Usage: erofs-oci inspect IMAGE [options]
 
 Shows the platforms of IMAGE, the digest of the chosen platform's manifest and its
-layers (index, digest, size in bytes, media type), bottom layer first. Layer indexes are
+layers (index, digest, size in bytes, media type, chunk-digest table), bottom layer first.
+TABLE is "bound" when the manifest names the layer's table (push, build --push, convert),
+"referrer" when only a tables artifact does (\`erofs-oci checksums IMAGE --push\`), "-" when
+the layer has none (mounts cannot verify its bytes). Layer indexes are
 what \`pull --layer\` and \`mount --layer\` take.
 
 IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST] (no registry means Docker Hub), or
@@ -34,6 +39,11 @@ Examples:
     const ref = opened.registry?.ref;
     try {
       const resolved = await opened.resolve();
+      const tables = await tablesOf(opened, resolved.manifestDigest);
+      const tableOf = (digest: string) => {
+        const t = tables.get(digest);
+        return t ? { digest: t.digest, bound: t.bound } : undefined;
+      };
       if (values.json) {
         const doc = {
           reference: opened.name,
@@ -56,6 +66,7 @@ Examples:
             size: l.sizeBytes,
             mediaType: l.mediaType,
             erofs: isErofsMediaType(l.mediaType),
+            ...(tableOf(l.digest) ? { chunkTable: tableOf(l.digest) } : {}),
           })),
         };
         console.log(printableJson(doc));
@@ -72,8 +83,14 @@ Examples:
       lines.push(`Layers:     ${resolved.layers.length}`, "");
       console.log(lines.join("\n"));
       printTable(
-        ["INDEX", "DIGEST", "SIZE", "MEDIA TYPE"],
-        resolved.layers.map((l) => [String(l.index), l.digest, String(l.sizeBytes), l.mediaType]),
+        ["INDEX", "DIGEST", "SIZE", "MEDIA TYPE", "TABLE"],
+        resolved.layers.map((l) => [
+          String(l.index),
+          l.digest,
+          String(l.sizeBytes),
+          l.mediaType,
+          tables.get(l.digest)?.bound ? "bound" : tables.has(l.digest) ? "referrer" : "-",
+        ]),
       );
       return 0;
     } finally {
@@ -81,3 +98,22 @@ Examples:
     }
   },
 };
+
+/** Registry images: each layer's chunk-digest table (a layout's blobs are verified whole). */
+async function tablesOf(
+  opened: Awaited<ReturnType<typeof openImage>>,
+  manifestDigest: string,
+): Promise<Map<string, { digest: string; bound: boolean }>> {
+  if (!opened.registry) return new Map();
+  try {
+    return await findLayerTableDigests(
+      opened.registry.client,
+      opened.registry.ref.repository,
+      manifestDigest,
+    );
+  } catch (error) {
+    // Inspect still shows the image when the tables cannot be looked up (e.g. 403).
+    warn(`chunk-digest tables not looked up: ${(error as Error).message}`);
+    return new Map();
+  }
+}

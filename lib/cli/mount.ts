@@ -29,6 +29,8 @@ import {
   resolveRegistryImage,
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
+import { attachChunkTables } from "../verify/layer_tables.ts";
+import { STATE_ROOT } from "../mount/runtime.ts";
 
 const MOUNT_OPTIONS = {
   ...REGISTRY_OPTIONS,
@@ -41,6 +43,7 @@ const MOUNT_OPTIONS = {
   "no-disk-cache": { type: "boolean" },
   "metrics-listen": { type: "string" },
   "fetch-all": { type: "boolean" },
+  "require-verified": { type: "boolean" },
   upper: { type: "string" },
   work: { type: "string" },
   foreground: { type: "boolean" },
@@ -91,6 +94,9 @@ Options:
                          GET /metrics on unix:PATH or tcp:HOST:PORT while it runs
       --fetch-all        once mounted, fetch the rest of each layer into the disk cache
                          while readers are quiet (a long-running mount ends up local)
+      --require-verified refuse layers without a chunk-digest table (their bytes could
+                         not be checked; tables are written by push, build --push,
+                         convert and \`erofs-oci checksums IMAGE --push\`)
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
       --suid             honour setuid/setgid bits of the image (default: nosuid)
@@ -190,6 +196,13 @@ async function mountAt(
     credentials = opened.credentials;
     try {
       resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
+      await attachChunkTables(
+        opened.client,
+        opened.ref.repository,
+        resolved.manifestDigest,
+        resolved.layers,
+        { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
+      );
     } finally {
       opened.client.close();
     }

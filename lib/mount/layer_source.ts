@@ -7,6 +7,7 @@ import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { DiskCache } from "../source/disk_cache.ts";
 import type { LayerSpec } from "./runtime.ts";
+import { verifiedBlob } from "../verify/layer_tables.ts";
 
 /**
  * The host's disk cache, opened once per process. Configured by the environment so the
@@ -63,10 +64,20 @@ export async function openLayerSource(
     sizeBytes: layer.sizeBytes,
     mediaType: layer.mediaType,
   });
+  let source: Source = blob;
+  let origin = registryOrigin(layer.registry, layer.plainHttp);
+  if (layer.chunkTable) {
+    // Under the caches: nothing unverified is ever cached or served.
+    const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin).catch(
+      async (error) => {
+        await blob.close();
+        throw error;
+      },
+    );
+    source = verified.source;
+    origin = verified.cacheOrigin;
+  }
   const cache = sharedDiskCache();
-  if (!cache) return blob;
-  return cache.wrap(blob, {
-    digest: layer.digest,
-    origin: registryOrigin(layer.registry, layer.plainHttp),
-  });
+  if (!cache) return source;
+  return cache.wrap(source, { digest: layer.digest, origin });
 }

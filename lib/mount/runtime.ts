@@ -3,6 +3,7 @@
  * after boot works like every other). One directory per mount holds `state.json`, the server
  * log and the control socket.
  */
+import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import {
@@ -68,6 +69,8 @@ export type LayerSpec =
      * durable place: reattach opens them again).
      */
     tarIndex?: TarIndexSpec;
+    /** The layer's chunk-digest table: every byte fetched is checked against it. */
+    chunkTable?: ChunkTableSpec;
   };
 
 /**

@@ -44,35 +44,26 @@ export async function attachChunkTables(
 ): Promise<void> {
   const registryLayers = layers.filter((l) => l.kind === "registry" && l.digest);
   if (registryLayers.length === 0 || !manifestDigest) return;
-  const manifest = await fetchManifest(client, repository, manifestDigest);
-  const descriptors = "layers" in manifest.document ? manifest.document.layers : [];
-  let byReferrer: Map<string, string> | undefined;
+  const found = await findLayerTableDigests(client, repository, manifestDigest);
   const unbound: number[] = [];
   const missing: number[] = [];
   for (const layer of registryLayers) {
     const digest = layer.digest!;
-    const annotated = descriptors.find((d) => d.digest === digest)?.annotations?.[
-      CHUNK_TABLE_ANNOTATION
-    ];
-    let tableDigest = annotated;
-    if (!tableDigest) {
-      byReferrer ??= await findTablesByReferrer(client, repository, manifestDigest);
-      tableDigest = byReferrer.get(digest);
-    }
-    if (!tableDigest) {
+    const table = found.get(digest);
+    if (!table) {
       missing.push(layer.layerIndex ?? 0);
       continue;
     }
-    const { bytes } = await fetchTable(client, repository, tableDigest, {
+    const { bytes } = await fetchTable(client, repository, table.digest, {
       digest,
       sizeBytes: layer.sizeBytes,
     });
     layer.chunkTable = {
-      digest: tableDigest,
-      path: await keepTable(bytes, tableDigest, options.stateDir),
-      bound: annotated !== undefined,
+      digest: table.digest,
+      path: await keepTable(bytes, table.digest, options.stateDir),
+      bound: table.bound,
     };
-    if (!annotated) unbound.push(layer.layerIndex ?? 0);
+    if (!table.bound) unbound.push(layer.layerIndex ?? 0);
   }
   const list = (xs: number[]) => `layer${xs.length === 1 ? "" : "s"} ${xs.join(", ")}`;
   if (missing.length && options.requireVerified) {
@@ -95,6 +86,31 @@ export async function attachChunkTables(
         "a registry could swap both data and table)",
     );
   }
+}
+
+/**
+ * The table digest of each layer of the image `manifestDigest`: from the layer annotations of
+ * the manifest (bound), else from a tables artifact referring to it (unbound).
+ */
+export async function findLayerTableDigests(
+  client: RegistryClient,
+  repository: string,
+  manifestDigest: string,
+): Promise<Map<string, { digest: string; bound: boolean }>> {
+  const manifest = await fetchManifest(client, repository, manifestDigest);
+  const descriptors = "layers" in manifest.document ? manifest.document.layers : [];
+  const found = new Map<string, { digest: string; bound: boolean }>();
+  for (const d of descriptors) {
+    const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
+    if (table) found.set(d.digest, { digest: table, bound: true });
+  }
+  if (descriptors.every((d) => found.has(d.digest))) return found;
+  const byReferrer = await findTablesByReferrer(client, repository, manifestDigest);
+  for (const d of descriptors) {
+    const table = byReferrer.get(d.digest);
+    if (table && !found.has(d.digest)) found.set(d.digest, { digest: table, bound: false });
+  }
+  return found;
 }
 
 async function keepTable(bytes: Uint8Array, digest: string, stateDir: string): Promise<string> {
@@ -132,4 +148,44 @@ export async function verifiedBlob(
     // Chunks cached under this key were all checked against this table.
     cacheOrigin: `${origin}#t-${spec.digest.slice(7, 23)}`,
   };
+}
+
+/**
+ * `serve`: the one served layer behind its table (kept in memory only), or undefined when it
+ * has none (said once; `requireVerified` refuses).
+ */
+export async function verifyServedLayer(
+  registry: { client: RegistryClient; ref: { registry: string; repository: string } },
+  manifestDigest: string,
+  layer: { index: number; digest: string; sizeBytes: number },
+  blob: Source,
+  options: { requireVerified?: boolean },
+): Promise<{ source: VerifiedSource; cacheOrigin: string } | undefined> {
+  const { client, ref } = registry;
+  const spec: TableLayer = {
+    kind: "registry",
+    digest: layer.digest,
+    sizeBytes: layer.sizeBytes,
+    layerIndex: layer.index,
+  };
+  const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-table-" });
+  try {
+    await attachChunkTables(client, ref.repository, manifestDigest, [spec], {
+      requireVerified: options.requireVerified,
+      stateDir,
+    });
+    if (!spec.chunkTable) return undefined;
+    return await verifiedBlob(
+      blob,
+      spec.chunkTable,
+      { digest: layer.digest, sizeBytes: layer.sizeBytes },
+      registryOriginName(ref.registry, client.plainHttp),
+    );
+  } finally {
+    await Deno.remove(stateDir, { recursive: true });
+  }
+}
+
+function registryOriginName(registry: string, plainHttp: boolean): string {
+  return `${plainHttp ? "http" : "https"}://${registry}`;
 }

@@ -1,0 +1,311 @@
+/**
+ * Verified reads through real mounts (FUSE backend) and `serve`, with a real docker-registry
+ * behind a fault proxy that flips a byte of layer replies: readers get EIO, never wrong
+ * bytes; a single flipped reply is fetched again and reads correctly; a tampered table is
+ * refused at mount; `--require-verified` refuses an image without tables; `checksums --push`
+ * makes tables for an image pushed by another client; `inspect` shows them.
+ */
+import assert from "node:assert/strict";
+import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { type FaultRule, isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import { getManifest, pushImage } from "./_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
+import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import { serve } from "./_support/serve_process.ts";
+import { patternBytes } from "./_support/memory_source.ts";
+
+const MKFS = `${PEER_BIN}/mkfs.erofs`;
+const ignore = requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3"));
+const BIG_BYTES = 3 * 1024 * 1024 + 12345;
+const SMALL_TEXT = "verified small file\n";
+
+interface Setup {
+  registry: TestRegistry;
+  work: string;
+  image: Uint8Array<ArrayBuffer>;
+  big: Uint8Array;
+  /** Blob offset of a byte of big.bin past the first MiB (found by searching the image). */
+  flipOffset: number;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function setup(): Promise<Setup> {
+  const registry = await startRegistry({ auth: "none" });
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-verify-" });
+  try {
+    Deno.mkdirSync(`${work}/src`);
+    const big = patternBytes(BIG_BYTES, 12);
+    Deno.writeFileSync(`${work}/src/big.bin`, big);
+    Deno.writeTextFileSync(`${work}/src/small.txt`, SMALL_TEXT);
+    const out = await new Deno.Command(MKFS, {
+      args: ["--quiet", "-T0", `${work}/image.erofs`, `${work}/src`],
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    const image = Deno.readFileSync(`${work}/image.erofs`);
+    // big.bin is stored uncompressed and contiguous: find where its 2 MiB mark lies.
+    const probe = big.subarray(2 << 20, (2 << 20) + 64);
+    let flipOffset = -1;
+    for (let i = 0; i + 64 <= image.length && flipOffset < 0; i++) {
+      if (image[i] === probe[0] && image.subarray(i, i + 64).every((b, k) => b === probe[k])) {
+        flipOffset = i;
+      }
+    }
+    assert(flipOffset >= 1 << 20, `big.bin's 2 MiB mark at ${flipOffset}`);
+    return {
+      registry,
+      work,
+      image,
+      big,
+      flipOffset,
+      async [Symbol.asyncDispose]() {
+        await registry.stop();
+        await Deno.remove(work, { recursive: true });
+      },
+    };
+  } catch (error) {
+    await registry.stop();
+    await Deno.remove(work, { recursive: true });
+    throw error;
+  }
+}
+
+/** Flips the byte at `offset` of `layer` in matching replies (`times`: how many). */
+function flipRule(layer: string, offset: number, times?: number): FaultRule {
+  return {
+    name: "flip",
+    match: (r) => {
+      if (!isBlobGetOf(layer)(r)) return false;
+      const m = /bytes=(\d+)-(\d+)/.exec(r.headers.get("range") ?? "");
+      return !m || (Number(m[1]) <= offset && offset <= Number(m[2]));
+    },
+    fault: { kind: "corrupt", blobOffset: offset },
+    times,
+  };
+}
+
+async function layerDigestOf(registry: TestRegistry, repo: string) {
+  const manifest = (await getManifest(registry, repo, "v1")).json as { layers: unknown[] };
+  return manifest.layers[0] as { digest: string; annotations?: Record<string, string> };
+}
+
+/** Async reads only: the fault proxy runs in this process's event loop. */
+async function readError(file: string): Promise<string | undefined> {
+  try {
+    await Deno.readFile(file);
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+
+Deno.test({
+  name:
+    "verified mount (FUSE): flipped layer bytes → EIO, never wrong bytes; one flip is refetched",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const cli = (args: string[], env: Record<string, string> = {}) =>
+      runCli(args, { env, timeoutMs: 60_000 });
+    assertSuccess(
+      await cli(["push", `${s.registry.host}/v/app:v1`, `${s.work}/image.erofs`, "--plain-http"]),
+    );
+    const layer = await layerDigestOf(s.registry, "v/app");
+    assert.match(layer.annotations?.["io.github.erofs-oci.chunk-digests"] ?? "", /^sha256:/);
+
+    const mountWith = async (
+      rules: FaultRule[],
+      check: (mnt: string, logs: () => string) => Promise<void>,
+    ) => {
+      await using proxy = await startFaultProxy(s.registry.host, rules);
+      const sandbox = await mountSandbox();
+      const env = {
+        ...sandbox.env,
+        EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+        EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+      };
+      try {
+        const mounted = await cli([
+          "mount",
+          `${proxy.host}/v/app:v1`,
+          sandbox.target,
+          "--plain-http",
+          "--backend",
+          "fuse",
+          "--require-verified",
+        ], env);
+        assertSuccess(mounted);
+        assert.doesNotMatch(mounted.stderr, /not verified|not bound/);
+        await check(sandbox.target, () => sandbox.serverLogs());
+        assertSuccess(await cli(["umount", sandbox.target], env));
+      } finally {
+        await sandbox.cleanup();
+        await Deno.remove(env.EROFS_OCI_CACHE_DIR, { recursive: true }).catch(() => {});
+        await Deno.remove(env.EROFS_OCI_STATE_DIR, { recursive: true }).catch(() => {});
+      }
+      return proxy;
+    };
+
+    // Every reply covering the byte is flipped: that part of big.bin is EIO, the rest reads.
+    await mountWith([flipRule(layer.digest, s.flipOffset)], async (mnt, logs) => {
+      assert.equal(await Deno.readTextFile(`${mnt}/small.txt`), SMALL_TEXT);
+      const error = await readError(`${mnt}/big.bin`);
+      assert.match(error ?? "read succeeded", /Input\/output error|EIO/, logs());
+      using file = await Deno.open(`${mnt}/big.bin`);
+      const head = new Uint8Array(64 * 1024);
+      assert.equal(await file.read(head), head.length);
+      assert.deepEqual(head, s.big.subarray(0, head.length));
+      const log = logs();
+      assert.match(log, new RegExp(`layer ${layer.digest}: bytes at offset \\d+ \\(chunk 2\\)`));
+      assert.match(log, /again; the read fails \(EIO\)/);
+    });
+
+    // One flipped reply: fetched again, verified, and the file reads whole.
+    const proxy = await mountWith([flipRule(layer.digest, s.flipOffset, 1)], async (mnt, logs) => {
+      assert.deepEqual(await Deno.readFile(`${mnt}/big.bin`), s.big, logs());
+      assert.match(logs(), /fetching it again/);
+    });
+    assert.equal(proxy.hits(0), 1);
+  },
+});
+
+Deno.test({
+  name: "verified serve: flipped layer bytes fail the client's read (nbdcopy), never wrong bytes",
+  ignore: requires(root(), path(MKFS, "mkfs.erofs 1.9.3"), command("nbdcopy")),
+  async fn() {
+    await using s = await setup();
+    assertSuccess(
+      await runCli([
+        "push",
+        `${s.registry.host}/v/served:v1`,
+        `${s.work}/image.erofs`,
+        "--plain-http",
+      ]),
+    );
+    const layer = await layerDigestOf(s.registry, "v/served");
+    await using proxy = await startFaultProxy(s.registry.host, [
+      flipRule(layer.digest, s.flipOffset),
+    ]);
+    await using served = await serve(`${proxy.host}/v/served:v1`, [
+      "--plain-http",
+      "--no-disk-cache",
+      "--require-verified",
+    ]);
+    const out = await new Deno.Command("nbdcopy", { args: [served.uri, `${s.work}/out.img`] })
+      .output();
+    assert(!out.success, "nbdcopy copied an image with a flipped byte");
+    let copied = new Uint8Array();
+    try {
+      copied = Deno.readFileSync(`${s.work}/out.img`);
+    } catch { /* nothing written */ }
+    // Whatever reached the client is the image's bytes (zeros where nothing was written).
+    if (copied.length > s.flipOffset) {
+      assert.notEqual(copied[s.flipOffset], s.image[s.flipOffset] ^ 0xff);
+    }
+    assert.match(served.stderr(), /do not match the chunk-digest table again/);
+    assert(proxy.hits(0) >= 2, "the chunk was fetched again before failing");
+  },
+});
+
+Deno.test({
+  name:
+    "verified mount: a tampered table is refused; --require-verified refuses an image without tables; checksums --push and inspect",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+    };
+    const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
+    const mount = (host: string, repo: string, extra: string[] = []) =>
+      cli([
+        "mount",
+        `${host}/${repo}:v1`,
+        sandbox.target,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        ...extra,
+      ]);
+    try {
+      // Tampered table: the registry answers other bytes for the table the manifest names.
+      assertSuccess(
+        await cli(["push", `${s.registry.host}/v/t:v1`, `${s.work}/image.erofs`, "--plain-http"]),
+      );
+      const table =
+        (await layerDigestOf(s.registry, "v/t")).annotations!["io.github.erofs-oci.chunk-digests"];
+      {
+        await using proxy = await startFaultProxy(s.registry.host, [
+          { match: isBlobGetOf(table), fault: { kind: "corrupt" } },
+        ]);
+        assertCliError(
+          await mount(proxy.host, "v/t"),
+          1,
+          /chunk table .* does not match its digest/,
+        );
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+      }
+      const inspected = await cli(["inspect", `${s.registry.host}/v/t:v1`, "--plain-http"]);
+      assertSuccess(inspected);
+      assert.match(inspected.stdout, /TABLE[\s\S]*application\/vnd\.erofs\s+bound/);
+
+      // An image pushed by another client: no table.
+      await pushImage(s.registry, "v/other", "v1", [{
+        bytes: s.image,
+        mediaType: EROFS_MEDIA_TYPE,
+      }]);
+      assertCliError(
+        await mount(s.registry.host, "v/other", ["--require-verified"]),
+        1,
+        /--require-verified: layer 0 of this image has no chunk-digest table/,
+      );
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      const unverified = await mount(s.registry.host, "v/other");
+      assertSuccess(unverified);
+      assert.match(
+        unverified.stderr,
+        /no chunk-digest table, bytes read from the registry are not verified/,
+      );
+      assertSuccess(await cli(["umount", sandbox.target]));
+      const before = await cli(["inspect", `${s.registry.host}/v/other:v1`, "--plain-http"]);
+      assert.match(before.stdout, /application\/vnd\.erofs\s+-/);
+
+      // checksums --push: a table found by referrer, not bound by the manifest; reads verified.
+      const made = await cli([
+        "checksums",
+        `${s.registry.host}/v/other:v1`,
+        "--plain-http",
+        "--push",
+      ]);
+      assertSuccess(made);
+      const after = await cli([
+        "inspect",
+        `${s.registry.host}/v/other:v1`,
+        "--plain-http",
+        "--json",
+      ]);
+      assert.equal(JSON.parse(after.stdout).layers[0].chunkTable.bound, false);
+      const layer = await layerDigestOf(s.registry, "v/other");
+      await using proxy = await startFaultProxy(s.registry.host, [
+        flipRule(layer.digest, s.flipOffset),
+      ]);
+      const verified = await mount(proxy.host, "v/other", ["--require-verified"]);
+      assertSuccess(verified);
+      assert.match(verified.stderr, /table not bound by the manifest/);
+      assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assert.match(
+        await readError(`${sandbox.target}/big.bin`) ?? "read succeeded",
+        /Input\/output error|EIO/,
+      );
+      assertSuccess(await cli(["umount", sandbox.target]));
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(env.EROFS_OCI_CACHE_DIR, { recursive: true }).catch(() => {});
+      await Deno.remove(env.EROFS_OCI_STATE_DIR, { recursive: true }).catch(() => {});
+    }
+  },
+});
