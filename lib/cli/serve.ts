@@ -15,6 +15,7 @@ import { LocalFile } from "../source/local_file.ts";
 import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
 import { registryOrigin } from "../mount/layer_source.ts";
 import type { Source } from "../source/source.ts";
+import { verifyServedLayer } from "../verify/layer_tables.ts";
 import { startServeMetrics } from "../metrics/server_metrics.ts";
 import {
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -45,6 +46,7 @@ Options:
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
   })
   --no-disk-cache      keep fetched bytes in memory only
+  --require-verified   refuse a layer without a chunk-digest table (see mount --help)
   --metrics-listen ADDR  answer Prometheus scrapes at GET /metrics (unix:PATH or
                        tcp:HOST:PORT): the layer's counters and registry GET times
   --fetch-all          fetch the rest of the layer into the disk cache while clients
@@ -76,6 +78,7 @@ Example:
       "cache-size": { type: "string" },
       "disk-cache-size": { type: "string" },
       "no-disk-cache": { type: "boolean" },
+      "require-verified": { type: "boolean" },
       "metrics-listen": { type: "string" },
       "fetch-all": { type: "boolean" },
       "max-inflight": { type: "string" },
@@ -208,6 +211,7 @@ function parseDurationMs(text: string, option: string): number {
 interface ServeValues extends RegistryOptionValues {
   "disk-cache-size"?: string;
   "no-disk-cache"?: boolean;
+  "require-verified"?: boolean;
   "fetch-all"?: boolean;
   layer?: string;
   blob?: string;
@@ -242,8 +246,19 @@ async function openSource(
     debug(`serving layer ${layers[0].index} ${layers[0].digest} of ${opened.name}`);
     // The blob owns the client from here on (RegistryBlob.close closes it).
     const blob = new RegistryBlob(opened.store, opened.repository, layers[0]);
+    const verified = opened.registry
+      ? await verifyServedLayer(opened.registry, resolved.manifestDigest, layers[0], blob, {
+        requireVerified: values["require-verified"],
+      })
+      : undefined;
     return {
-      source: withDiskCache(blob, layers[0].digest, opened, values),
+      source: withDiskCache(
+        verified?.source ?? blob,
+        layers[0].digest,
+        opened,
+        values,
+        verified?.cacheOrigin,
+      ),
       name: layers[0].digest,
     };
   } catch (error) {
@@ -254,10 +269,11 @@ async function openSource(
 
 /** A registry blob behind the host's disk cache unless --no-disk-cache (layouts are local). */
 function withDiskCache(
-  blob: RegistryBlob,
+  blob: Source,
   digest: string,
   opened: Awaited<ReturnType<typeof openImage>>,
   values: ServeValues,
+  verifiedOrigin?: string,
 ): Source {
   if (values["no-disk-cache"] || !opened.registry) return blob;
   const maxBytes = values["disk-cache-size"] === undefined
@@ -271,7 +287,10 @@ function withDiskCache(
   });
   if (!cache) return blob;
   const { ref, client } = opened.registry;
-  return cache.wrap(blob, { digest, origin: registryOrigin(ref.registry, client.plainHttp) });
+  return cache.wrap(blob, {
+    digest,
+    origin: verifiedOrigin ?? registryOrigin(ref.registry, client.plainHttp),
+  });
 }
 
 async function openLocalFile(image: string): Promise<Source> {
