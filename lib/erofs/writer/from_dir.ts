@@ -113,43 +113,61 @@ function pathReachable(path: string): boolean {
 
 /** Device and inode of the file the last statPath() looked at (hard links share them). */
 function identity(): string {
-  const v = new DataView(statxBuffer.buffer);
+  const v = statxView;
   return `${v.getUint32(136, true)}:${v.getUint32(140, true)}:${v.getBigUint64(32, true)}`;
 }
 
 /** Reused by every statx call: the scan is synchronous. */
 const statxBuffer = new Uint8Array(STATX_BYTES);
+const statxView = new DataView(statxBuffer.buffer);
+/**
+ * Reused for every entry too (its fields are copied into the node): an object, a BigInt or two
+ * per entry made much of a big scan's garbage, and the young generation grows with it.
+ */
+const lastStat: Stat = {
+  kind: "file",
+  mode: 0,
+  nlink: 0,
+  uid: 0,
+  gid: 0,
+  size: 0,
+  mtimeSec: 0,
+  mtimeNsec: 0,
+  rdevMajor: 0,
+  rdevMinor: 0,
+};
 
+/** lstat-like metadata of `path`, valid until the next call. */
 function statPath(path: string): Stat {
-  const buffer = statxBuffer;
   const rc = libc().statx(
     AT_FDCWD,
     pathBytes(path),
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,
-    buffer,
+    statxBuffer,
   );
   if (rc < 0) throw new SysError("stat", errno(), path);
   // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
   // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
-  const v = new DataView(buffer.buffer);
+  const v = statxView;
   const mode = v.getUint16(28, true);
   const kind = KINDS[mode & 0o170000];
   if (!kind) throw new FormatError(`unknown file type 0o${(mode & 0o170000).toString(8)}: ${path}`);
-  const size = v.getBigUint64(40, true);
-  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(`file too large: ${path}`);
-  return {
-    kind,
-    mode: mode & 0o7777,
-    nlink: v.getUint32(16, true),
-    uid: v.getUint32(20, true),
-    gid: v.getUint32(24, true),
-    size: Number(size),
-    mtimeSec: Number(v.getBigInt64(112, true)),
-    mtimeNsec: v.getUint32(120, true),
-    rdevMajor: v.getUint32(128, true),
-    rdevMinor: v.getUint32(132, true),
-  };
+  const size = v.getUint32(44, true) * 2 ** 32 + v.getUint32(40, true);
+  if (size > Number.MAX_SAFE_INTEGER) throw new FormatError(`file too large: ${path}`);
+  const st = lastStat;
+  st.kind = kind;
+  st.mode = mode & 0o7777;
+  st.nlink = v.getUint32(16, true);
+  st.uid = v.getUint32(20, true);
+  st.gid = v.getUint32(24, true);
+  st.size = size;
+  // Exact: |seconds| below 2^53 (a signed high word times 2^32 plus the unsigned low word).
+  st.mtimeSec = v.getInt32(116, true) * 2 ** 32 + v.getUint32(112, true);
+  st.mtimeNsec = v.getUint32(120, true);
+  st.rdevMajor = v.getUint32(128, true);
+  st.rdevMinor = v.getUint32(132, true);
+  return st;
 }
 
 const decoder = new TextDecoder();

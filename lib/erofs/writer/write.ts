@@ -1,6 +1,7 @@
 /**
- * Writes a laid-out image: all metadata as one buffer at the start, then each file's data
- * streamed from its source (copy_file_range where possible). Memory is the metadata, not data.
+ * Writes a laid-out image: the metadata in image order through a fixed window, then each file's
+ * data from its source (small files gathered into one buffered write, large ones by
+ * copy_file_range). Memory is the layout, not the metadata area or the data.
  */
 import { closeFd, errno, libc, O_CLOEXEC, O_RDONLY, SysError, unwrap } from "../../../ffi/libc.ts";
 import { FormatError } from "../../errors.ts";
@@ -27,7 +28,9 @@ import {
   TAR_INDEX_DEVICE_SLOT,
 } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
-import { copyRange, pathBytes, preadInto, pwriteAll } from "./data_copy.ts";
+import { copyRange, pathBytes, preadInto } from "./data_copy.ts";
+import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
+import { MetadataWriter } from "./meta_writer.ts";
 import type { FileData } from "./tree.ts";
 
 export interface WriteOptions {
@@ -49,65 +52,26 @@ export interface WriteResult {
 /** Writes `layout` to the open, empty, writable file `fd`. */
 export function writeImage(layout: ImageLayout, fd: number, options: WriteOptions): WriteResult {
   const bs = layout.blockBytes;
-  const meta = new Uint8Array(layout.metadataBytes);
-  const view = new DataView(meta.buffer);
-  for (const entry of layout.shared) meta.set(entry.bytes, entry.offset);
-
-  for (const p of layout.inodes) {
-    const node = p.node;
-    const inodeBytes = p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
-    let u = p.blockAddress;
-    if (node.kind === "chardev" || node.kind === "blockdev") {
-      u = encodeRdev(node.rdevMajor, node.rdevMinor);
-    } else if (node.kind === "fifo" || node.kind === "socket") u = 0;
-    let dataLayout = p.inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
-    if (p.chunkBits !== undefined) {
-      dataLayout = DATALAYOUT_CHUNK_BASED;
-      u = chunkFormat(p.chunkBits, layout.blockSizeBits);
-      writeChunkIndex(view, p, layout.blockBytes);
-    }
-    encodeInode(view, p.offset, {
-      extended: p.extended,
-      dataLayout,
-      xattrCount: xattrCount(p.xattrBody?.length ?? 0),
-      mode: MODE_TYPE[node.kind] | (node.mode & 0o7777),
-      nlink: p.nlink,
-      sizeBytes: p.sizeBytes,
-      u,
-      ino: p.ino,
-      uid: node.uid,
-      gid: node.gid,
-      mtimeSec: node.mtimeSec,
-      mtimeNsec: node.mtimeNsec,
-    });
-    const xattrAt = p.offset + inodeBytes;
-    if (p.xattrBody) meta.set(p.xattrBody, xattrAt);
-    const tailAt = xattrAt + (p.xattrBody?.length ?? 0);
-    const contents = metadataContents(p, bs);
-    if (contents) {
-      // Directories and symlinks live wholly in the metadata area: full blocks, then the tail.
-      const full = p.blocks * bs;
-      if (p.blocks > 0) {
-        meta.set(contents.subarray(0, Math.min(full, contents.length)), p.blockAddress * bs);
-      }
-      if (p.inlineTailBytes > 0) meta.set(contents.subarray(full), tailAt);
-    } else if (node.kind === "file" && p.inlineTailBytes > 0) {
-      const tail = meta.subarray(tailAt, tailAt + p.inlineTailBytes);
-      withSource(
-        node.data,
-        (fd, offset, what) => preadInto(fd, tail, offset + p.sizeBytes - p.inlineTailBytes, what),
-      );
-    }
-  }
+  const out = new MetadataWriter(fd, bs);
+  for (const entry of layout.shared) out.write(entry.offset, entry.bytes);
+  // The layout's regions in image order: directory records, multi-block directory blocks,
+  // other records, long symlink blocks (each region ascending in the same inode order).
+  const isDir = (p: PlannedInode) => p.node.kind === "dir";
+  const scratch = new Uint8Array(Math.max(bs, EXTENDED_INODE_BYTES));
+  for (const p of layout.inodes) if (isDir(p)) writeRecord(out, p, layout, scratch);
+  for (const p of layout.inodes) if (isDir(p)) writeBlocks(out, p, bs);
+  for (const p of layout.inodes) if (!isDir(p)) writeRecord(out, p, layout, scratch);
+  for (const p of layout.inodes) if (p.node.kind === "symlink") writeBlocks(out, p, bs);
+  const head = new DataView(out.head.buffer);
   if (layout.tarIndex) {
     encodeDeviceSlot(
-      view,
+      head,
       TAR_INDEX_DEVICE_SLOT * DEVICE_SLOT_BYTES,
       layout.tarIndex.tarBlocks,
       layout.totalBlocks,
     );
   }
-  encodeSuperblock(meta, {
+  encodeSuperblock(out.head, {
     blockSizeBits: layout.blockSizeBits,
     rootNid: layout.root.nid,
     inodes: layout.inodes.length,
@@ -126,7 +90,7 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
       }
       : {}),
   });
-  pwriteAll(fd, meta, 0);
+  out.finish();
 
   const totalData = layout.dataOrder.reduce(
     (n, p) => n + Math.min(p.sizeBytes, p.blocks * bs),
@@ -134,17 +98,24 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   );
   let done = 0;
   options.onProgress?.(0, totalData);
+  const batch = new BlockBatch(fd, bs);
   for (const p of layout.dataOrder) {
     const length = Math.min(p.sizeBytes, p.blocks * bs);
-    withSource(
-      p.node.data,
-      (src, offset, what) =>
+    withSource(p.node.data, (src, offset, what) => {
+      if (length <= SMALL_FILE_BYTES) {
+        preadInto(src, batch.take(p.blockAddress * bs, length), offset, what);
+        done += length;
+        options.onProgress?.(done, totalData);
+      } else {
+        batch.flush();
         copyRange(src, offset, fd, p.blockAddress * bs, length, what, (n) => {
           done += n;
           options.onProgress?.(done, totalData);
-        }),
-    );
+        });
+      }
+    });
   }
+  batch.flush();
   const sizeBytes = layout.totalBlocks * bs;
   unwrap(libc().ftruncate(fd, BigInt(sizeBytes)), "ftruncate", "(image)");
   return {
@@ -156,17 +127,82 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   };
 }
 
+/**
+ * One inode record: the inode, its xattrs, then its chunk index (tar-index files) or inline
+ * tail (a directory's or symlink's last block, or a file's last bytes read from its source).
+ */
+function writeRecord(
+  out: MetadataWriter,
+  p: PlannedInode,
+  layout: ImageLayout,
+  scratch: Uint8Array,
+): void {
+  const node = p.node;
+  const inodeBytes = p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
+  let u = p.blockAddress;
+  if (node.kind === "chardev" || node.kind === "blockdev") {
+    u = encodeRdev(node.rdevMajor, node.rdevMinor);
+  } else if (node.kind === "fifo" || node.kind === "socket") u = 0;
+  let dataLayout = p.inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
+  if (p.chunkBits !== undefined) {
+    dataLayout = DATALAYOUT_CHUNK_BASED;
+    u = chunkFormat(p.chunkBits, layout.blockSizeBits);
+  }
+  const inode = scratch.subarray(0, inodeBytes);
+  inode.fill(0);
+  encodeInode(new DataView(scratch.buffer, 0, inodeBytes), 0, {
+    extended: p.extended,
+    dataLayout,
+    xattrCount: xattrCount(p.xattrBody?.length ?? 0),
+    mode: MODE_TYPE[node.kind] | (node.mode & 0o7777),
+    nlink: p.nlink,
+    sizeBytes: p.sizeBytes,
+    u,
+    ino: p.ino,
+    uid: node.uid,
+    gid: node.gid,
+    mtimeSec: node.mtimeSec,
+    mtimeNsec: node.mtimeNsec,
+  });
+  out.write(p.offset, inode);
+  const xattrAt = p.offset + inodeBytes;
+  if (p.xattrBody) out.write(xattrAt, p.xattrBody);
+  if (p.chunkBits !== undefined) out.write(p.chunkIndexOffset!, chunkIndex(p, layout.blockBytes));
+  if (p.inlineTailBytes === 0) return;
+  const tailAt = xattrAt + (p.xattrBody?.length ?? 0);
+  const contents = metadataContents(p, layout.blockBytes);
+  if (contents) {
+    out.write(tailAt, contents.subarray(p.blocks * layout.blockBytes));
+  } else if (node.kind === "file") {
+    const tail = scratch.subarray(0, p.inlineTailBytes);
+    withSource(
+      node.data,
+      (fd, offset, what) => preadInto(fd, tail, offset + p.sizeBytes - p.inlineTailBytes, what),
+    );
+    out.write(tailAt, tail);
+  }
+}
+
+/** The full blocks of a directory or symlink (they live in the metadata area). */
+function writeBlocks(out: MetadataWriter, p: PlannedInode, bs: number): void {
+  if (p.blocks === 0) return;
+  const contents = metadataContents(p, bs)!;
+  out.write(p.blockAddress * bs, contents.subarray(0, Math.min(p.blocks * bs, contents.length)));
+}
+
 /** The one chunk index entry of a tar-index file: {le16 startblk_hi, le16 device 1, le32 lo}. */
-function writeChunkIndex(view: DataView, p: PlannedInode, blockBytes: number): void {
+function chunkIndex(p: PlannedInode, blockBytes: number): Uint8Array {
   const data = p.node.data;
   if (data?.kind !== "tar") throw new FormatError("tar-index file without a tar offset");
   const block = data.offset / blockBytes;
   if (!Number.isInteger(block) || block > 0xffffffff) {
     throw new FormatError(`tar data offset ${data.offset} cannot be indexed`);
   }
-  view.setUint16(p.chunkIndexOffset!, 0, true);
-  view.setUint16(p.chunkIndexOffset! + 2, 1, true);
-  view.setUint32(p.chunkIndexOffset! + 4, block, true);
+  const bytes = new Uint8Array(8);
+  const view = new DataView(bytes.buffer);
+  view.setUint16(2, 1, true);
+  view.setUint32(4, block, true);
+  return bytes;
 }
 
 /** The bytes of a directory or symlink; undefined for other kinds. */
