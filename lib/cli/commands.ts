@@ -13,7 +13,6 @@ import { buildCommand } from "./build.ts";
 import { convertCommand } from "./convert.ts";
 import { indexCommand } from "./index.ts";
 import { checksumsCommand } from "./checksums.ts";
-import { checksumsCommand } from "./checksums.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
