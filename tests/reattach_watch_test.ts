@@ -41,26 +41,24 @@ Deno.test({
         // Give the watcher a scan to pick the new server up.
         await new Promise((r) => setTimeout(r, 1_500));
 
-        {
-          const { killedPid, killedAtMs, recoveredMs } = await killMidRead(
-            sandbox.runtimeDir,
-            gate,
-            `${sandbox.target}/big.bin`,
-            sha256,
-            () => Promise.resolve(), // nobody reattaches: the watcher must
-            { readerWaitsIn: "request_wait_answer" },
-          );
-          const noticed = await watcher.waitFor(new RegExp(`server ${killedPid} is gone`));
-          const reactionMs = noticed.atMs - killedAtMs;
-          console.log(`noticed in ${reactionMs} ms, reader done ${recoveredMs} ms after the kill`);
-          assert.ok(reactionMs < 2_000, `the watcher took ${reactionMs} ms to notice`);
-          await watcher.waitFor(/reattached: new server pid/);
-          const [serverPid] = serverPids(sandbox.runtimeDir);
-          assert.notEqual(serverPid, killedPid);
-          assert.ok(pidAlive(serverPid));
-          await new Promise((r) => setTimeout(r, 1_500)); // the watcher picks it up
-          watcher.clear();
-        }
+        const { killedPid, killedAtMs, recoveredMs } = await killMidRead(
+          sandbox.runtimeDir,
+          gate,
+          `${sandbox.target}/big.bin`,
+          sha256,
+          () => Promise.resolve(), // nobody reattaches: the watcher must
+          { readerWaitsIn: "request_wait_answer" },
+        );
+        const noticed = await watcher.waitFor(new RegExp(`server ${killedPid} is gone`));
+        const reactionMs = noticed.atMs - killedAtMs;
+        console.log(`noticed in ${reactionMs} ms, reader done ${recoveredMs} ms after the kill`);
+        assert.ok(reactionMs < 2_000, `the watcher took ${reactionMs} ms to notice`);
+        await watcher.waitFor(/reattached: new server pid/);
+        const [serverPid] = serverPids(sandbox.runtimeDir);
+        assert.notEqual(serverPid, killedPid);
+        assert.ok(pidAlive(serverPid));
+        await new Promise((r) => setTimeout(r, 1_500)); // the watcher picks it up
+        watcher.clear();
 
         assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
         await new Promise((r) => setTimeout(r, 2_500));
