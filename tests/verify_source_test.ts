@@ -10,6 +10,8 @@ import { ChunkMismatchError, VerifiedSource } from "../lib/verify/verified_sourc
 import { digestOf } from "../lib/oci/digest.ts";
 import type { Source } from "../lib/source/source.ts";
 import { patternBytes } from "./_support/memory_source.ts";
+import type { LayerSpec } from "../lib/mount/runtime.ts";
+import { recordForLayer, unverifiedLayer } from "../lib/recovery/layer_record.ts";
 
 const CHUNK = 64 * 1024;
 
@@ -107,4 +109,29 @@ Deno.test("VerifiedSource: any read equals the bytes; neighbouring reads share o
     verified.read(CHUNK - 1, 2),
   ]);
   assert.deepEqual(reads, [[0, CHUNK], [CHUNK, CHUNK]]);
+});
+
+Deno.test("reattach keeps verifying: a layer's chunk table goes into the recovery companion and back", () => {
+  const chunkTable = { digest: `sha256:${"a".repeat(64)}`, path: "/var/lib/x/t.json", bound: true };
+  const layer: LayerSpec = {
+    kind: "registry",
+    registry: "127.0.0.1:5000",
+    repository: "app",
+    reference: `127.0.0.1:5000/app@sha256:${"b".repeat(64)}`,
+    platform: "linux/amd64",
+    layerIndex: 0,
+    digest: `sha256:${"c".repeat(64)}`,
+    mediaType: "application/vnd.erofs",
+    sizeBytes: 8192,
+    plainHttp: true,
+    chunkTable,
+  };
+  const { record, extra } = recordForLayer(layer, undefined, "m1", 0);
+  const back = unverifiedLayer(record, JSON.parse(JSON.stringify(extra)), 8192);
+  assert.deepEqual((back?.layer as { chunkTable?: unknown }).chunkTable, chunkTable);
+  const tampered = { ...extra, chunkTable: { ...chunkTable, digest: "nope" } };
+  assert.equal(
+    (unverifiedLayer(record, tampered, 8192)?.layer as { chunkTable?: unknown }).chunkTable,
+    undefined,
+  );
 });

@@ -9,6 +9,7 @@ import { DIGEST_PATTERN, parseReference } from "../oci/reference.ts";
 import { selectLayers } from "../oci/layers.ts";
 import { REGISTRY_CONFIG_DIR_ENV } from "../oci/hosts_config.ts";
 import type { LayerSpec } from "../mount/runtime.ts";
+import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -65,6 +66,7 @@ export function unverifiedLayer(
     mediaType: "application/vnd.erofs",
     sizeBytes,
     plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).plainHttp,
+    ...recordedChunkTable(extra),
   });
 }
 
@@ -73,7 +75,10 @@ type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
 
 function registryLayer(
   record: RegistryRecord,
-  resolved: Pick<RegistryLayer, "layerIndex" | "digest" | "mediaType" | "sizeBytes" | "plainHttp">,
+  resolved: Pick<
+    RegistryLayer,
+    "layerIndex" | "digest" | "mediaType" | "sizeBytes" | "plainHttp" | "chunkTable"
+  >,
 ): { layer: LayerSpec; credentials?: Credentials } {
   const ref = parseReference(record.reference);
   return {
@@ -128,8 +133,22 @@ export function recordForLayer(
       digest: layer.digest,
       credentials,
     },
-    extra: { ...extra, plainHttp: layer.plainHttp },
+    extra: {
+      ...extra,
+      plainHttp: layer.plainHttp,
+      ...(layer.chunkTable ? { chunkTable: layer.chunkTable } : {}),
+    },
   };
+}
+
+/** A recorded chunk-digest table, if well-formed: a reattached server keeps verifying. */
+function recordedChunkTable(extra: RecoveryExtra): { chunkTable?: ChunkTableSpec } {
+  const t = extra.chunkTable;
+  if (
+    typeof t !== "object" || t === null || typeof t.digest !== "string" ||
+    !DIGEST_PATTERN.test(t.digest) || typeof t.path !== "string" || !t.path.startsWith("/")
+  ) return {};
+  return { chunkTable: { digest: t.digest, path: t.path, bound: t.bound === true } };
 }
 
 /** How layerForRecord compares the new source with what the device served. */
@@ -238,6 +257,7 @@ export async function layerForRecord(
     mediaType,
     sizeBytes: size,
     plainHttp: client.plainHttp,
+    ...recordedChunkTable(extra),
   });
 }
 

@@ -20,6 +20,8 @@ export interface RecoveryExtra {
   digest?: string;
   /** EROFS_OCI_REGISTRY_CONFIG_DIR of the mount (hosts.toml mirrors), when it was set. */
   registryConfigDir?: string;
+  /** The layer's chunk-digest table as mounted (its file is re-checked when opened). */
+  chunkTable?: { digest: string; path: string; bound: boolean };
 }
 
 function companionPath(path: string): string {
