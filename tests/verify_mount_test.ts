@@ -6,99 +6,23 @@
  * makes tables for an image pushed by another client; `inspect` shows them.
  */
 import assert from "node:assert/strict";
-import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
 import { type FaultRule, isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { getManifest, pushImage } from "./_support/oci_raw.ts";
+import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
-import { patternBytes } from "./_support/memory_source.ts";
+import {
+  flipRule,
+  layerDigestOf,
+  MKFS,
+  readError,
+  setup,
+  SMALL_TEXT,
+} from "./_support/verify_image.ts";
 
-const MKFS = `${PEER_BIN}/mkfs.erofs`;
 const ignore = requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3"));
-const BIG_BYTES = 3 * 1024 * 1024 + 12345;
-const SMALL_TEXT = "verified small file\n";
-
-interface Setup {
-  registry: TestRegistry;
-  work: string;
-  image: Uint8Array<ArrayBuffer>;
-  big: Uint8Array;
-  /** Blob offset of a byte of big.bin past the first MiB (found by searching the image). */
-  flipOffset: number;
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-async function setup(): Promise<Setup> {
-  const registry = await startRegistry({ auth: "none" });
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-verify-" });
-  try {
-    Deno.mkdirSync(`${work}/src`);
-    const big = patternBytes(BIG_BYTES, 12);
-    Deno.writeFileSync(`${work}/src/big.bin`, big);
-    Deno.writeTextFileSync(`${work}/src/small.txt`, SMALL_TEXT);
-    const out = await new Deno.Command(MKFS, {
-      args: ["--quiet", "-T0", `${work}/image.erofs`, `${work}/src`],
-    }).output();
-    assert(out.success, new TextDecoder().decode(out.stderr));
-    const image = Deno.readFileSync(`${work}/image.erofs`);
-    // big.bin is stored uncompressed and contiguous: find where its 2 MiB mark lies.
-    const probe = big.subarray(2 << 20, (2 << 20) + 64);
-    let flipOffset = -1;
-    for (let i = 0; i + 64 <= image.length && flipOffset < 0; i++) {
-      if (image[i] === probe[0] && image.subarray(i, i + 64).every((b, k) => b === probe[k])) {
-        flipOffset = i;
-      }
-    }
-    assert(flipOffset >= 1 << 20, `big.bin's 2 MiB mark at ${flipOffset}`);
-    return {
-      registry,
-      work,
-      image,
-      big,
-      flipOffset,
-      async [Symbol.asyncDispose]() {
-        await registry.stop();
-        await Deno.remove(work, { recursive: true });
-      },
-    };
-  } catch (error) {
-    await registry.stop();
-    await Deno.remove(work, { recursive: true });
-    throw error;
-  }
-}
-
-/** Flips the byte at `offset` of `layer` in matching replies (`times`: how many). */
-function flipRule(layer: string, offset: number, times?: number): FaultRule {
-  return {
-    name: "flip",
-    match: (r) => {
-      if (!isBlobGetOf(layer)(r)) return false;
-      const m = /bytes=(\d+)-(\d+)/.exec(r.headers.get("range") ?? "");
-      return !m || (Number(m[1]) <= offset && offset <= Number(m[2]));
-    },
-    fault: { kind: "corrupt", blobOffset: offset },
-    times,
-  };
-}
-
-async function layerDigestOf(registry: TestRegistry, repo: string) {
-  const manifest = (await getManifest(registry, repo, "v1")).json as { layers: unknown[] };
-  return manifest.layers[0] as { digest: string; annotations?: Record<string, string> };
-}
-
-/** Async reads only: the fault proxy runs in this process's event loop. */
-async function readError(file: string): Promise<string | undefined> {
-  try {
-    await Deno.readFile(file);
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  }
-}
 
 Deno.test({
   name:
