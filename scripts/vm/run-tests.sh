@@ -5,8 +5,9 @@
 # report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
 # a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
 # failure everywhere (it may be the code under test hanging the kernel).
-# Env: VM_TEST_TIMEOUT_S (whole run, default 1800), VM_FILE_TIMEOUT_S (one test file, default
-# 600: a hung file fails alone and the files after it still run), TEST_FILTER (passed to deno test --filter), VM_ENV
+# Env: VM_TEST_TIMEOUT_S (whole run, default 3600), VM_FILE_TIMEOUT_S (one test file, default
+# 1200: a hung file fails alone and the files after it still run; a full run took ~35 min on a
+# loaded 2-core host, reattach_test alone ~15), TEST_FILTER (passed to deno test --filter), VM_ENV
 # (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are),
 # VM_HOST_PATHS (see run.sh). Works from any checkout path (spaces, under /tmp or /run).
 set -uo pipefail
@@ -14,8 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${VM_CACHE_DIR:-$repo/.cache/vm}
 junit_out=${1:?usage: $0 JUNIT_OUT}
-timeout_s=${VM_TEST_TIMEOUT_S:-1800}
-file_timeout_s=${VM_FILE_TIMEOUT_S:-600}
+timeout_s=${VM_TEST_TIMEOUT_S:-3600}
+file_timeout_s=${VM_FILE_TIMEOUT_S:-1200}
 deno=$repo/tools/bin/deno
 cd "$repo" || exit 1
 mkdir -p "$(dirname "$junit_out")"
