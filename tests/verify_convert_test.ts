@@ -60,8 +60,6 @@ Deno.test({
             await Deno.readFile(`${dir}/${entry.name}`);
             files++;
           }
-            files += (await Deno.readFile(`${dir}/${entry.name}`)).length >= 0 ? 1 : 0;
-          }
         }
       };
       await walk(sandbox.target);
