@@ -135,3 +135,30 @@ Deno.test("reattach keeps verifying: a layer's chunk table goes into the recover
     undefined,
   );
 });
+
+Deno.test("VerifiedSource: a reader sharing a chunk fetch another reader aborted still gets it", async () => {
+  const bytes = patternBytes(2 * CHUNK, 3);
+  const table = tableOf(bytes);
+  let reads = 0;
+  const slow: Source = {
+    size: bytes.length,
+    read(offset, length, signal) {
+      reads++;
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => resolve(bytes.slice(offset, offset + length)), 20);
+        signal?.addEventListener("abort", () => {
+          clearTimeout(timer);
+          reject(signal.reason);
+        });
+      });
+    },
+  };
+  const verified = new VerifiedSource(slow, table, { origin: "t" });
+  const aborter = new AbortController();
+  const first = verified.read(0, 10, aborter.signal);
+  const second = verified.read(100, 10);
+  aborter.abort();
+  await assert.rejects(first);
+  assert.deepEqual(await second, bytes.subarray(100, 110));
+  assert.equal(reads, 2);
+});

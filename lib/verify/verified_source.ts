@@ -32,6 +32,10 @@ export interface VerifiedSourceOptions {
   onMismatch?: (message: string) => void;
 }
 
+function isAbort(error: unknown): boolean {
+  return error instanceof Error && (error.name === "AbortError" || error.name === "TimeoutError");
+}
+
 /** Verified chunks kept for neighbouring reads (4 MiB per layer at 1 MiB chunks). */
 const RECENT_CHUNKS = 4;
 
@@ -73,9 +77,17 @@ export class VerifiedSource implements Source {
     const end = Math.floor((offset + length - 1) / chunk) + 1;
     const chunks: Promise<Uint8Array>[] = [];
     for (let index = first; index < end;) {
-      const known = this.#recent.get(index) ?? this.#pending.get(index);
-      if (known) {
-        chunks.push(Promise.resolve(known));
+      const recent = this.#recent.get(index);
+      const pending = this.#pending.get(index);
+      if (recent || pending) {
+        const at = index;
+        // Another reader's fetch aborted by its own signal is no failure of this read.
+        chunks.push(
+          recent ? Promise.resolve(recent) : pending!.catch((error) => {
+            if (signal?.aborted || !isAbort(error)) throw error;
+            return this.#fetchRun(at, at + 1, signal)[0];
+          }),
+        );
         index++;
         continue;
       }
