@@ -2,7 +2,8 @@
  * `erofs-oci reattach --watch` on this host (FUSE): the server of a mount is killed with
  * SIGKILL while a 48 MiB read has a request in flight; the watcher notices within 2 s (pidfd),
  * starts a server that takes the connection over, and the reader finishes with the exact
- * sha256 with nobody running `reattach`. A clean `umount` is not undone by the watcher.
+ * sha256 with nobody running `reattach`. A clean `umount` is not undone by the watcher. With the
+ * registry down the watcher retries with backoff and takes over once it answers.
  */
 import assert from "node:assert/strict";
 import { path, requires, root } from "./_support/requires.ts";
@@ -72,5 +73,65 @@ Deno.test({
         killKeepers(keepers);
       }
     });
+  },
+});
+
+Deno.test({
+  name: "reattach --watch (FUSE): registry down at the crash, retries with backoff, then recovers",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const registryState = { down: false };
+    await withBigImage(async (registry, image, sha256, gate) => {
+      assertSuccess(
+        await runCli(["push", `${registry.host}/watch/down:v1`, image], { timeoutMs: 120_000 }),
+      );
+      const sandbox = await mountSandbox();
+      let keepers: number[] = [];
+      const watcher = startWatcher(sandbox.env);
+      try {
+        await watcher.waitFor(/watching/, 60_000);
+        assertSuccess(
+          await runCli(
+            [
+              "mount",
+              `${gate.proxy.host}/watch/down:v1`,
+              sandbox.target,
+              "--backend",
+              "fuse",
+              // The new server must need the registry: nothing on disk to fall back to.
+              "--no-disk-cache",
+            ],
+            { env: sandbox.env, timeoutMs: 60_000 },
+          ),
+        );
+        keepers = keeperPids(sandbox.runtimeDir);
+        await new Promise((r) => setTimeout(r, 1_500));
+        await killMidRead(
+          sandbox.runtimeDir,
+          gate,
+          `${sandbox.target}/big.bin`,
+          sha256,
+          async () => {
+            registryState.down = true;
+            await watcher.waitFor(/retrying in 1 s/, 60_000);
+            await watcher.waitFor(/retrying in 2 s/, 60_000);
+            assert.ok(!watcher.lines.some((l) => /reattached/.test(l)), watcher.lines.join("\n"));
+            registryState.down = false;
+          },
+          { readerWaitsIn: "request_wait_answer" },
+        );
+        await watcher.waitFor(/reattached: new server pid/);
+        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+        assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+      } finally {
+        await watcher.stop();
+        await sandbox.cleanup();
+        killKeepers(keepers);
+      }
+    }, [{
+      name: "down",
+      match: (request) => registryState.down && request.path.includes("/blobs/"),
+      fault: { kind: "status", status: 404 },
+    }]);
   },
 });

@@ -6,7 +6,9 @@
  * removes the record first, so nothing revives a mount being unmounted.
  */
 import { closeFd, pidfdOpen, pidfdSendSignal } from "../../ffi/libc.ts";
-import { MountError } from "../errors.ts";
+import { FormatError, MountError } from "../errors.ts";
+import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import type { Source } from "../source/source.ts";
 import { keeperAlive, type KeeperProcess, startKeeper, takeFromKeeper } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
 import { mountDir, type MountSpec } from "../mount/runtime.ts";
@@ -124,3 +126,22 @@ export async function stopFuseKeeper(id: string): Promise<void> {
 }
 
 const SIGKILL = 9;
+
+/**
+ * One try at the first and last bytes of a layer (and its superblock) before a takeover: a
+ * registry that is down makes the takeover fail, so the caller tries again later, instead of
+ * a server that answers the waiting readers with EIO.
+ */
+export async function checkServable(source: Source, layerIndex: number): Promise<void> {
+  try {
+    checkErofsSuperblock(await source.read(0, EROFS_SUPER_END), `layer ${layerIndex}`);
+    await source.read(source.size - 1, 1);
+  } catch (error) {
+    if (error instanceof FormatError) throw error;
+    throw new MountError(
+      `layer ${layerIndex} cannot be read (${(error as Error).message}): readers keep waiting`,
+      "reattach again once the registry answers (`reattach --watch` retries by itself)",
+      { cause: error },
+    );
+  }
+}

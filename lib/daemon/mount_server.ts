@@ -19,6 +19,7 @@ import { writeRecoveryFile } from "../recovery/store.ts";
 import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import {
+  checkServable,
   forgetFuseRecovery,
   FUSE_TAKEOVER_ID,
   protectFuseMount,
@@ -96,7 +97,8 @@ export async function runMountServer(): Promise<number> {
   const stop = () =>
     stopping ??= (async () => {
       console.log("stopping");
-      if (spec.backend === "fuse") {
+      // A takeover that failed leaves the keeper and its record to the next attempt.
+      if (spec.backend === "fuse" && !fuseTakeoverFailed) {
         await stopFuseKeeper(spec.id);
         forgetFuseRecovery(spec.id);
       }
@@ -121,8 +123,8 @@ export async function runMountServer(): Promise<number> {
   const fuseTakeoverWanted = spec.backend === "fuse" &&
     spec.reattach?.[0]?.backendId === FUSE_TAKEOVER_ID;
   let fuseTakeover: { fd: number; mtimeSec: number }[] | undefined;
+  let fuseTakeoverFailed = false;
   const attachLayers = async () => {
-    if (fuseTakeoverWanted) fuseTakeover = takeFuseDescriptors(spec.id);
     for (const [index, layer] of spec.layers.entries()) {
       const opened: Source = await openLayerSource(layer, spec.credentials);
       const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
@@ -138,6 +140,12 @@ export async function runMountServer(): Promise<number> {
         })
         : opened;
       if (spec.awaitSource) await waitUntilServable(raw, index);
+      if (fuseTakeoverWanted) {
+        // Take the connection only from a server that can answer: until the source does, the
+        // readers are better off waiting in the kernel (the caller retries) than getting EIO.
+        await checkServable(raw, index);
+        fuseTakeover ??= takeFuseDescriptors(spec.id);
+      }
       const cached = tarIndex
         ? raw as TarIndexedSource
         : new CachedSource(raw, { cacheBytes: cachePerLayer });
@@ -214,6 +222,7 @@ export async function runMountServer(): Promise<number> {
     }
   } catch (error) {
     console.error("start failed:", error);
+    fuseTakeoverFailed = fuseTakeoverWanted;
     await stop();
     const hint = (error as { hint?: string }).hint;
     writeReady({ ok: false, error: error instanceof Error ? error.message : String(error), hint });

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { PEER_BIN } from "./requires.ts";
 import { startRegistry, type TestRegistry } from "./registry.ts";
-import { type FaultProxy, isBlobGet, startFaultProxy } from "./fault_proxy.ts";
+import { type FaultProxy, type FaultRule, isBlobGet, startFaultProxy } from "./fault_proxy.ts";
 import { pidAlive, serverPids } from "./mounts.ts";
 
 export const BIG_FILE_BYTES = 48 << 20;
@@ -43,7 +43,11 @@ export interface ReadGate {
   holding: boolean;
 }
 
-export async function startReadGate(registryHost: string): Promise<ReadGate> {
+/** `extraRules` come after the hold rule (which stays rule 0). */
+export async function startReadGate(
+  registryHost: string,
+  extraRules: FaultRule[] = [],
+): Promise<ReadGate> {
   const gate = { holding: false } as ReadGate;
   gate.proxy = await startFaultProxy(registryHost, [{
     name: "hold",
@@ -52,17 +56,18 @@ export async function startReadGate(registryHost: string): Promise<ReadGate> {
       return gate.holding && isBlobGet(request) && start >= HOLD_FROM_BYTES;
     },
     fault: { kind: "delay", ms: HOLD_MS },
-  }]);
+  }, ...extraRules]);
   return gate;
 }
 
 /** A registry, a read gate in front of it and the big image; everything removed afterwards. */
 export async function withBigImage(
   body: (registry: TestRegistry, image: string, sha256: string, gate: ReadGate) => Promise<void>,
+  extraRules: FaultRule[] = [],
 ) {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-crash-" });
   const registry = await startRegistry({ auth: "none" });
-  const gate = await startReadGate(registry.host);
+  const gate = await startReadGate(registry.host, extraRules);
   try {
     const big = await buildBigImage(work);
     await body(registry, big.image, big.sha256, gate);
