@@ -24,7 +24,8 @@ Devices whose server is alive are left alone. Devices attached by erofs-utils
 FUSE mounts: a small keeper process holds each FUSE mount's /dev/fuse connection, so
 readers wait when the server dies; reattach starts a server that takes the connection
 over and answers the requests the dead one left (kernel 6.9+; before, those readers
-stay blocked until \`umount\` aborts the connection and they get an error).
+stay blocked until \`umount\` aborts the connection and they get an error). While the
+registry does not answer, a FUSE takeover fails and readers keep waiting: try again.
 
   DEVICE   /dev/nbdN or nbdN
   DIR      a mount made by \`erofs-oci mount\` (all its layer devices)

@@ -91,7 +91,8 @@ export class FuseConnection {
 
   /**
    * Nobody reads requests any more: close our end so the kernel aborts the connection (callers
-   * get ENOTCONN at once instead of hanging); the mounts stay until unmounted.
+   * get ENOTCONN at once instead of hanging); the mounts stay until unmounted. With a keeper
+   * (mount servers) the connection stays instead, and callers wait for `reattach`.
    */
   #readerFailed(reason: string): void {
     log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);

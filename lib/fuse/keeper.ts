@@ -41,8 +41,8 @@ export interface KeeperProcess {
 
 /**
  * Starts a keeper holding `fds` (this process's /dev/fuse descriptors), in its own session.
- * Nothing else may spawn meanwhile (it would inherit them too): the mount server spawns
- * nothing else.
+ * The inheritable copies exist only during this synchronous call, so no other spawn of this
+ * process can inherit them.
  */
 export function startKeeper(fds: number[]): KeeperProcess {
   const sleep = SLEEP_PATHS.find((path) => pathExists(path));
