@@ -26,8 +26,9 @@ if [ ! -d "$stage" ]; then
 fi
 echo "tree: $(du -sm --apparent-size "$stage" | cut -f1) MB, $(find "$stage" | wc -l) entries"
 
-# Runs a command, prints "<label>: <seconds> s, peak RSS <MB> MB" (RSS of the child tree's
-# largest process, from getrusage(RUSAGE_CHILDREN)).
+# Runs a command, prints "<label>: <seconds> s (CPU <user+sys> s), peak RSS <MB> MB" (RSS of
+# the child tree's largest process, from getrusage(RUSAGE_CHILDREN)). CPU time is the steadier
+# figure on a shared, loaded host, where wall time varies 2-3x between runs.
 measure() {
   local label=$1
   shift
@@ -40,15 +41,20 @@ elapsed = time.monotonic() - start
 if result.returncode != 0:
     sys.stderr.write(result.stderr.decode())
     sys.exit(f"{label}: exit {result.returncode}")
-rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(f"{label:<22} {elapsed:7.2f} s   peak RSS {rss_mb:6.1f} MB")
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+rss_mb = usage.ru_maxrss / 1024
+cpu = usage.ru_utime + usage.ru_stime
+print(f"{label:<22} {elapsed:7.2f} s (CPU {cpu:5.2f} s)   peak RSS {rss_mb:6.1f} MB")
 PY
 }
 
 sync
-measure "mkfs.erofs 1.9.3" "$peer/mkfs.erofs" --quiet -T"$BUILD_TIME" -U"$UUID" "$work/peer.erofs" "$stage"
-measure "erofs-oci build" "$here/scripts/erofs-oci-dev" build "$stage" -o "$work/ours.erofs" \
-  --timestamp "$BUILD_TIME" --uuid "$UUID"
+# Interleaved runs (BENCH_RUNS, default 3): on a shared host one run says little.
+for _ in $(seq "${BENCH_RUNS:-3}"); do
+  measure "mkfs.erofs 1.9.3" "$peer/mkfs.erofs" --quiet -T"$BUILD_TIME" -U"$UUID" "$work/peer.erofs" "$stage"
+  measure "erofs-oci build" "$here/scripts/erofs-oci-dev" build "$stage" -o "$work/ours.erofs" \
+    --timestamp "$BUILD_TIME" --uuid "$UUID"
+done
 echo "sizes: mkfs.erofs $(stat -c %s "$work/peer.erofs") B, erofs-oci build $(stat -c %s "$work/ours.erofs") B"
 "$peer/fsck.erofs" "$work/ours.erofs" >/dev/null && echo "fsck.erofs 1.9.3: ours OK"
 echo "metadata a lazy mount must fetch (pages of 4 KiB; a 2 MiB chunk = one registry GET):"

@@ -67,6 +67,10 @@ export function newNode(kind: NodeKind, fields: NodeFields = {}): BuildNode {
     mtimeNsec: fields.mtimeNsec ?? 0,
     xattrs: NO_XATTRS,
     sizeBytes: 0,
+    // Set now, even when unused: a property added later gets each node its own property
+    // store (100,000 files: 4 MB more).
+    data: undefined,
+    target: undefined,
     rdevMajor: 0,
     rdevMinor: 0,
     children: kind === "dir" ? new Map() : undefined,
