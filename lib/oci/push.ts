@@ -13,7 +13,7 @@ import {
   type EncodedTable,
   encodeTable,
 } from "../verify/chunk_table.ts";
-import { pushTablesArtifact, uploadTables } from "../verify/table_artifact.ts";
+import { pushTablesArtifact, tableRef, uploadTables } from "../verify/table_artifact.ts";
 
 /** One file to push as a layer. */
 export interface PushLayerFile {
@@ -198,7 +198,7 @@ export async function pushImage(
     client,
     ref.repository,
     { digest: manifestDigest, size: manifestBytes.byteLength, mediaType: OCI_MANIFEST },
-    tables,
+    tables.map(tableRef),
     options.signal,
   );
   return {
