@@ -13,6 +13,7 @@ import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { registryOrigin, sharedDiskCache } from "../mount/layer_source.ts";
 import { tarIndexLayerForRecord, tarIndexRecordForLayer } from "./tarindex_record.ts";
 import {
   identityDifferences,
@@ -247,7 +248,14 @@ export async function layerForRecord(
   if (check && !check.acceptChangedImage) {
     await checkSameImage(
       { name: record.reference, sizeBytes: size, byTag: record.kind === "OCI_LAYER" },
-      (offset, length) => client.readBlobRange(ref.repository, digest, offset, length),
+      // Bytes the disk cache holds for this digest and registry came from it: no GET for them.
+      async (offset, length) =>
+        sharedDiskCache()?.readIfPresent(
+          { digest, origin: registryOrigin(ref.registry, client.plainHttp) },
+          size,
+          offset,
+          length,
+        ) ?? await client.readBlobRange(ref.repository, digest, offset, length),
       check.deviceIndex,
     );
   }
