@@ -30,7 +30,11 @@ export async function serve(
   argv.unshift(...prefix);
   const child = new Deno.Command(argv[0], {
     args: argv.slice(1),
-    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
+    env: {
+      DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config",
+      // The test's own disk cache (removed with `dir`) unless the test shares one on purpose.
+      EROFS_OCI_CACHE_DIR: Deno.env.get("EROFS_OCI_CACHE_DIR") ?? `${dir}/disk-cache`,
+    },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
