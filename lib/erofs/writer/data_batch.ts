@@ -9,7 +9,7 @@ import { pwriteAll } from "./data_copy.ts";
 
 /** Files up to this size are read into the batch; larger ones are copied in the kernel. */
 export const SMALL_FILE_BYTES = 256 << 10;
-const BATCH_BYTES = 4 << 20;
+const BATCH_BYTES = 1 << 20;
 
 export class BlockBatch {
   readonly #fd: number;

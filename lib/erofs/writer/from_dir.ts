@@ -9,6 +9,7 @@ import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
+import { smallInt } from "./layout.ts";
 
 const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
@@ -153,7 +154,7 @@ function statPath(path: string): Stat {
   const mode = v.getUint16(28, true);
   const kind = KINDS[mode & 0o170000];
   if (!kind) throw new FormatError(`unknown file type 0o${(mode & 0o170000).toString(8)}: ${path}`);
-  const size = v.getUint32(44, true) * 2 ** 32 + v.getUint32(40, true);
+  const size = smallInt(v.getUint32(44, true) * 2 ** 32 + v.getUint32(40, true));
   if (size > Number.MAX_SAFE_INTEGER) throw new FormatError(`file too large: ${path}`);
   const st = lastStat;
   st.kind = kind;
@@ -163,7 +164,7 @@ function statPath(path: string): Stat {
   st.gid = v.getUint32(24, true);
   st.size = size;
   // Exact: |seconds| below 2^53 (a signed high word times 2^32 plus the unsigned low word).
-  st.mtimeSec = v.getInt32(116, true) * 2 ** 32 + v.getUint32(112, true);
+  st.mtimeSec = smallInt(v.getInt32(116, true) * 2 ** 32 + v.getUint32(112, true));
   st.mtimeNsec = v.getUint32(120, true);
   st.rdevMajor = v.getUint32(128, true);
   st.rdevMinor = v.getUint32(132, true);

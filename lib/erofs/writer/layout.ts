@@ -242,8 +242,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
         cursor = alignUp(cursor, blockBytes);
       }
-      p.offset = cursor;
-      p.nid = cursor / INODE_SLOT_BYTES;
+      p.offset = smallInt(cursor);
+      p.nid = smallInt(cursor / INODE_SLOT_BYTES);
       if (p.sizeBytes > 0) {
         p.chunkBits = Math.max(blockSizeBits, Math.ceil(Math.log2(p.sizeBytes)));
         while (2 ** p.chunkBits < p.sizeBytes) p.chunkBits++;
@@ -255,13 +255,13 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     const tail = p.sizeBytes % blockBytes;
     const inlineWanted = tail > 0 &&
       (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
-    p.inlineTailBytes = inlineWanted && base + tail <= blockBytes ? tail : 0;
+    p.inlineTailBytes = inlineWanted && base + tail <= blockBytes ? smallInt(tail) : 0;
     const record = base + p.inlineTailBytes;
     if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
       cursor = alignUp(cursor, blockBytes);
     }
-    p.offset = cursor;
-    p.nid = cursor / INODE_SLOT_BYTES;
+    p.offset = smallInt(cursor);
+    p.nid = smallInt(cursor / INODE_SLOT_BYTES);
     cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
     p.blocks = Math.floor(p.sizeBytes / blockBytes) +
       (tail > 0 && p.inlineTailBytes === 0 ? 1 : 0);
@@ -357,5 +357,14 @@ export function fileTypeOf(p: PlannedInode): number {
 }
 
 function alignUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
+  return smallInt(Math.ceil(n / to) * to);
+}
+
+/**
+ * `n` (an integer) as a small integer when it is one: a division or Math.ceil yields a double
+ * even when integral, and a field that once held a double keeps every object's value boxed
+ * (100,000 entries: ~10 MB of heap numbers across offset, nid, sizes, mtimes).
+ */
+export function smallInt(n: number): number {
+  return n >= -0x80000000 && n <= 0x7fffffff ? n | 0 : n;
 }

@@ -8,7 +8,7 @@
 import { FormatError } from "../../errors.ts";
 import { pwriteAll } from "./data_copy.ts";
 
-const WINDOW_BYTES = 4 << 20;
+const WINDOW_BYTES = 1 << 20;
 
 export class MetadataWriter {
   /** The first max(4096, block size) bytes of the image, written by finish(). */

@@ -148,9 +148,8 @@ function writeRecord(
     dataLayout = DATALAYOUT_CHUNK_BASED;
     u = chunkFormat(p.chunkBits, layout.blockSizeBits);
   }
-  const inode = scratch.subarray(0, inodeBytes);
-  inode.fill(0);
-  encodeInode(new DataView(scratch.buffer, 0, inodeBytes), 0, {
+  scratch.fill(0, 0, inodeBytes);
+  encodeInode(scratchView(scratch), 0, {
     extended: p.extended,
     dataLayout,
     xattrCount: xattrCount(p.xattrBody?.length ?? 0),
@@ -164,7 +163,7 @@ function writeRecord(
     mtimeSec: node.mtimeSec,
     mtimeNsec: node.mtimeNsec,
   });
-  out.write(p.offset, inode);
+  out.write(p.offset, scratch.subarray(0, inodeBytes));
   const xattrAt = p.offset + inodeBytes;
   if (p.xattrBody) out.write(xattrAt, p.xattrBody);
   if (p.chunkBits !== undefined) out.write(p.chunkIndexOffset!, chunkIndex(p, layout.blockBytes));
@@ -181,6 +180,14 @@ function writeRecord(
     );
     out.write(tailAt, tail);
   }
+}
+
+const views = new WeakMap<Uint8Array, DataView>();
+/** One DataView per scratch buffer (a view per record was 100,000 objects of garbage). */
+function scratchView(scratch: Uint8Array): DataView {
+  let view = views.get(scratch);
+  if (!view) views.set(scratch, view = new DataView(scratch.buffer));
+  return view;
 }
 
 /** The full blocks of a directory or symlink (they live in the metadata area). */
