@@ -167,7 +167,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     const packed = packDirectory(dir.entries.map((e) => utf8Length(e.name)), blockBytes);
     dir.perBlock = packed.perBlock;
-    dir.sizeBytes = packed.sizeBytes;
+    dir.sizeBytes = smallInt(packed.sizeBytes);
   }
 
   // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
