@@ -28,6 +28,9 @@ interface Run {
   gets?: Record<Step, number>;
   fetchedBytes?: number;
   serverPeakRssMb?: number;
+  /** The server's RSS after the full read, anonymous and file-backed (the binary). */
+  serverRssAnonMb?: number;
+  serverRssFileMb?: number;
 }
 type Step = "mount" | "find" | "python" | "fullRead";
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
@@ -122,13 +125,17 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
     const seconds = await steps(sandbox.target, count);
     const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout)[0];
     const status = Deno.readTextFileSync(`/proc/${listed.serverPid}/status`);
-    const hwmKb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+    const kb = (field: string) =>
+      Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
+    const hwmKb = kb("VmHWM");
     return {
       name,
       seconds: { ...seconds, mount: mountSeconds },
       gets,
       fetchedBytes: listed.bytesFetched,
       serverPeakRssMb: hwmKb / 1024,
+      serverRssAnonMb: kb("RssAnon") / 1024,
+      serverRssFileMb: kb("RssFile") / 1024,
     };
   } finally {
     await sandbox.cleanup();

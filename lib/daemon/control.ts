@@ -14,7 +14,13 @@ export interface LayerStats {
   hits: number;
   misses: number;
   /** The host's disk cache for this layer, when it is on. */
-  disk?: { fetchedBytes: number; diskHitBytes: number; fetches?: number };
+  disk?: {
+    fetchedBytes: number;
+    diskHitBytes: number;
+    fetches?: number;
+    /** --fetch-all found the complete layer not matching its digest: its reads fail. */
+    digestMismatch?: boolean;
+  };
   /** Blob digest (registry layers, OCI layout blobs). */
   digest?: string;
   /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */

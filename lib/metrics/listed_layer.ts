@@ -23,6 +23,8 @@ export interface ListedLayer {
   getLatency?: LatencyHistogram;
   /** Chunks refused by the layer's chunk-digest table (absent: not a registry layer). */
   verifyFailures?: number;
+  /** `--fetch-all` fetched the whole layer and it did not hash to its digest: reads fail. */
+  digestMismatch?: true;
 }
 
 export function listedLayers(
@@ -42,5 +44,6 @@ export function listedLayers(
     prefetchBytes: layer.prefetchBytes,
     getLatency: layer.getLatency,
     verifyFailures: layer.verifyFailures,
+    ...(layer.disk?.digestMismatch ? { digestMismatch: true as const } : {}),
   }));
 }

@@ -27,24 +27,70 @@ export function parseContentRange(header: string | null): ContentRange | undefin
 }
 
 /**
- * Copies body bytes into `out[at…]`, first discarding `skip` bytes, until `want` bytes are in;
- * then cancels the rest of the body. Returns how many bytes were stored and the stream error, if
- * the body broke off, so the caller can resume from there.
+ * Takes consecutive body bytes: `bytes` (a view valid only until the returned promise
+ * settles: it is a reused buffer) belong at `at` in the requested range.
+ */
+export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
+
+/**
+ * Body bytes are read into this many bytes of one reused buffer per body (BYOB), not into a
+ * fresh buffer per network read that V8 frees only when it gets to it: a cold read of a
+ * 136 MB layer left tens of MB of those behind in the server's RSS.
+ */
+const SCRATCH_BYTES = 256 << 10;
+
+/** Reads the next body bytes into `scratch` when the stream takes a buffer, else its own. */
+async function readBody(
+  reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
+  scratch: { buffer?: Uint8Array },
+): Promise<Uint8Array | undefined> {
+  if (!(reader instanceof ReadableStreamBYOBReader)) {
+    const { done, value } = await reader.read();
+    return done ? undefined : value;
+  }
+  const { done, value } = await reader.read(scratch.buffer ?? new Uint8Array(SCRATCH_BYTES));
+  // The stream transferred the buffer: the same memory comes back under a new object.
+  scratch.buffer = value ? new Uint8Array(value.buffer) : undefined;
+  return done || !value ? undefined : value;
+}
+
+function bodyReader(
+  body: ReadableStream<Uint8Array>,
+): ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array> {
+  try {
+    return body.getReader({ mode: "byob" });
+  } catch {
+    return body.getReader(); // not a byte stream (a test double): chunks as they come
+  }
+}
+
+/**
+ * Hands body bytes to `sink` at `at…`, first discarding `skip` bytes, until `want` bytes are
+ * in; then cancels the rest of the body. Returns how many bytes were passed on and the stream
+ * error, if the body broke off, so the caller can resume from there (a sink error is thrown).
  */
 export async function copyBody(
   body: ReadableStream<Uint8Array>,
-  out: Uint8Array,
+  sink: BodySink | Uint8Array,
   at: number,
   skip: number,
   want: number,
 ): Promise<{ copied: number; error?: unknown }> {
-  const reader = body.getReader();
+  const write: BodySink = sink instanceof Uint8Array
+    ? (bytes, where) => sink.set(bytes, where)
+    : sink;
+  const reader = bodyReader(body);
+  const scratch: { buffer?: Uint8Array } = {};
   let copied = 0;
   try {
     while (copied < want) {
-      const { done, value } = await reader.read();
-      if (done) return { copied };
-      let chunk = value;
+      let chunk: Uint8Array | undefined;
+      try {
+        chunk = await readBody(reader, scratch);
+      } catch (error) {
+        return { copied, error };
+      }
+      if (!chunk) return { copied };
       if (skip > 0) {
         if (chunk.byteLength <= skip) {
           skip -= chunk.byteLength;
@@ -54,12 +100,10 @@ export async function copyBody(
         skip = 0;
       }
       const n = Math.min(chunk.byteLength, want - copied);
-      out.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
+      await write(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
       copied += n;
     }
     return { copied };
-  } catch (error) {
-    return { copied, error };
   } finally {
     // Stops the transfer of anything beyond what we need (a 200 that ignored the range).
     reader.cancel().catch(() => {});
@@ -115,11 +159,33 @@ export async function readBlobRange(
   signal?: AbortSignal,
   expectedSizeBytes?: number,
 ): Promise<Uint8Array> {
-  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+  if (!Number.isSafeInteger(length) || length < 0) {
     throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
   }
   const out = new Uint8Array(length);
-  if (length === 0) return out;
+  await readBlobRangeTo(client, repository, digest, offset, length, out, signal, expectedSizeBytes);
+  return out;
+}
+
+/**
+ * readBlobRange handing the bytes to `sink` as they arrive (in order, each byte once, even
+ * across resumes) instead of returning one buffer: callers that store the bytes elsewhere
+ * (the disk cache) keep no copy of the whole range.
+ */
+export async function readBlobRangeTo(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  offset: number,
+  length: number,
+  sink: BodySink | Uint8Array,
+  signal?: AbortSignal,
+  expectedSizeBytes?: number,
+): Promise<void> {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
+  }
+  if (length === 0) return;
   const path = `/v2/${repository}/blobs/${digest}`;
   const scope = pullScope(repository);
   const policy = client.newPolicy();
@@ -194,7 +260,7 @@ export async function readBlobRange(
       return await blobStatusError(client, response, repository, digest);
     }
     if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
-    const { copied, error } = await copyBody(response.body, out, filled, skip, available);
+    const { copied, error } = await copyBody(response.body, sink, filled, skip, available);
     filled += copied;
     if (filled === length) {
       observeBlobGet(digest, (performance.now() - startedMs) / 1000);
@@ -215,5 +281,4 @@ export async function readBlobRange(
       );
     }
   }
-  return out;
 }

@@ -12,7 +12,7 @@ import {
   isTransientStatus,
   type RetryPolicy,
 } from "./retry.ts";
-import { readBlobRange } from "./blob_range.ts";
+import { type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
 import { registryConfigDir } from "./hosts_config.ts";
 import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
 import {
@@ -203,6 +203,28 @@ export class RegistryClient {
     expectedSizeBytes?: number,
   ): Promise<Uint8Array> {
     return readBlobRange(this, repository, digest, offset, length, signal, expectedSizeBytes);
+  }
+
+  /** readBlobRange handing the bytes to `sink` as they arrive (no buffer of the whole range). */
+  readBlobRangeTo(
+    repository: string,
+    digest: string,
+    offset: number,
+    length: number,
+    sink: BodySink,
+    signal?: AbortSignal,
+    expectedSizeBytes?: number,
+  ): Promise<void> {
+    return readBlobRangeTo(
+      this,
+      repository,
+      digest,
+      offset,
+      length,
+      sink,
+      signal,
+      expectedSizeBytes,
+    );
   }
 
   /** Downloads a blob to `path`, verified against its digest; see download.ts. */

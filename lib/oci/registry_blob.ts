@@ -1,5 +1,6 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
+import type { BodySink } from "./blob_range.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
 export interface BlobRangeReader {
@@ -12,6 +13,16 @@ export interface BlobRangeReader {
     /** The descriptor's size: a reader that learns the real size refuses a mismatch. */
     expectedSizeBytes?: number,
   ): Promise<Uint8Array>;
+  /** The same read handing bytes to `sink` as they arrive (see readBlobRangeTo). */
+  readBlobRangeTo?(
+    repository: string,
+    digest: string,
+    offset: number,
+    length: number,
+    sink: BodySink,
+    signal?: AbortSignal,
+    expectedSizeBytes?: number,
+  ): Promise<void>;
   close?(): void | Promise<void>;
 }
 
@@ -60,6 +71,43 @@ export class RegistryBlob implements Source {
     );
     this.bytesFetched += bytes.byteLength;
     return bytes;
+  }
+
+  /**
+   * Reads exactly `length` bytes at `offset` with one ranged GET, handing them to `sink` in
+   * order as they arrive (each view valid until the sink's promise settles): no buffer of the
+   * whole range is made, so a caller storing them elsewhere leaves nothing for the GC.
+   */
+  async readTo(
+    offset: number,
+    length: number,
+    sink: BodySink,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(
+        `read of ${length} bytes at ${offset} is outside blob ${this.digest} (${this.size} bytes)`,
+      );
+    }
+    if (length === 0) return;
+    if (!this.#client.readBlobRangeTo) {
+      return await sink(await this.read(offset, length, signal), 0);
+    }
+    this.requests++;
+    let arrived = 0;
+    await this.#client.readBlobRangeTo(
+      this.repository,
+      this.digest,
+      offset,
+      length,
+      (bytes, at) => {
+        arrived = Math.max(arrived, at + bytes.length);
+        return sink(bytes, at);
+      },
+      signal,
+      this.size,
+    );
+    this.bytesFetched += arrived;
   }
 
   /** Closes the client (a RegistryBlob owns the client it was given). */

@@ -22,6 +22,7 @@ import {
   tryLock,
 } from "./disk_cache_io.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
+import { noteChunkMismatch } from "../metrics/fetch_metrics.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
@@ -129,12 +130,23 @@ export class DiskCache {
       this.#open.add(source);
       if (this.#complete) {
         const startedMs = Date.now();
-        source.completeInBackground().then((done) => {
+        source.completeInBackground().then(async (done) => {
           if (!done) return;
+          // The digest is the only check of a blob fetched without a chunk table.
+          const checked = await source.checkDigest(key.digest);
+          if (checked === "mismatch") {
+            this.#warn(
+              `${key.digest}: fetched whole, but the bytes do not match the digest; ` +
+                "reads of this layer fail (EIO)",
+            );
+            noteChunkMismatch(key.digest);
+            return;
+          }
           this.#notice(
-            `${key.digest}: all ${inner.size} bytes local (${Date.now() - startedMs} ms)`,
+            `${key.digest}: all ${inner.size} bytes local (${Date.now() - startedMs} ms)` +
+              (checked === "ok" ? ", digest verified" : ""),
           );
-        });
+        }).catch((error) => this.warnOnce(`--fetch-all ${key.digest}: ${error.message}`));
       }
       return source;
     } catch (error) {

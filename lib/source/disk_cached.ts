@@ -11,6 +11,7 @@ import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
+import { digestOfFile } from "./disk_cache_digest.ts";
 import {
   closeQuietly,
   dataSync,
@@ -39,10 +40,30 @@ export interface DiskCacheStats {
   evictedChunks: number;
   /** The disk failed: missing bytes come from the inner source without being stored. */
   degraded: boolean;
+  /** The whole blob was fetched and did not hash to its digest: every read fails. */
+  digestMismatch: boolean;
 }
 
 /** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
 export class ChunkVerifyError extends Error {}
+
+/** A write or sync of the cache files failed: the cache goes memory-only. */
+class DiskWriteError extends Error {}
+
+/** Fills stream through pieces of this size (whole chunks), pooled across fills. */
+const PIECE_BYTES = 1 << 20;
+const MAX_POOLED_PIECES = 4;
+const piecePool: Uint8Array[] = [];
+
+function takePiece(chunkBytes: number): Uint8Array {
+  const size = Math.max(chunkBytes, Math.floor(PIECE_BYTES / chunkBytes) * chunkBytes);
+  const index = piecePool.findIndex((piece) => piece.length === size);
+  return index >= 0 ? piecePool.splice(index, 1)[0] : new Uint8Array(size);
+}
+
+function givePiece(piece: Uint8Array): void {
+  if (piecePool.length < MAX_POOLED_PIECES) piecePool.push(piece);
+}
 
 const PRESENT = 1;
 const POLL_MS = 10;
@@ -68,6 +89,8 @@ export class DiskCachedSource implements Source {
   readonly #lru = new Map<number, true>();
   readonly #closing = new AbortController();
   #degraded = false;
+  /** Set when the complete blob failed its digest: the error every read rejects with. */
+  #corrupt?: Error;
   #syncing?: Promise<void>;
   /** When a reader last needed a fetch: background completion waits for quiet. */
   #lastForegroundMs = 0;
@@ -111,7 +134,12 @@ export class DiskCachedSource implements Source {
   }
 
   diskStats(): DiskCacheStats {
-    return { ...this.#stats, evictedChunks: this.#evictedChunks, degraded: this.#degraded };
+    return {
+      ...this.#stats,
+      evictedChunks: this.#evictedChunks,
+      degraded: this.#degraded,
+      digestMismatch: this.#corrupt !== undefined,
+    };
   }
 
   /** Chunks marked present in the file now (by any process). */
@@ -128,6 +156,7 @@ export class DiskCachedSource implements Source {
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
     const length = dest.length;
     if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
+    if (this.#corrupt) throw this.#corrupt;
     if (
       !Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size
     ) throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
@@ -173,7 +202,7 @@ export class DiskCachedSource implements Source {
 
   /** Starts fetching the missing chunks of [offset, offset + length) without waiting. */
   fillAhead(offset: number, length: number): void {
-    if (this.#degraded || this.#closing.signal.aborted || length <= 0) return;
+    if (this.#degraded || this.#corrupt || this.#closing.signal.aborted || length <= 0) return;
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.min(this.chunkCount, Math.ceil((offset + length) / this.chunkBytes));
     if (first >= end) return;
@@ -207,8 +236,35 @@ export class DiskCachedSource implements Source {
     );
   }
 
+  /**
+   * Hashes the complete blob against `digest` (`--fetch-all` on a layer nothing else checks).
+   * "mismatch": the registry sent other bytes somewhere: every chunk is marked absent (no
+   * other mount reads them) and every read of this source fails from now on (EIO). "incomplete":
+   * a chunk was evicted meanwhile, nothing is known.
+   */
+  async checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
+    const actual = await digestOfFile(this.#dataFd, this.size, digest);
+    if (this.#readMap(0, this.chunkCount).some((byte) => byte !== PRESENT)) return "incomplete";
+    if (actual === digest) return "ok";
+    this.#corrupt = new Error(
+      `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
+    );
+    while (!tryLock(this.#mapFd, F_WRLCK, 0, this.chunkCount)) await sleep(POLL_MS);
+    try {
+      pwriteAll(this.#mapFd, new Uint8Array(this.chunkCount), 0);
+      dataSyncNow(this.#mapFd);
+      this.#lru.clear();
+    } catch (error) {
+      this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
+    } finally {
+      unlock(this.#mapFd, 0, this.chunkCount);
+    }
+    return "mismatch";
+  }
+
   /** Fills the missing chunks, joining fills of this process already under way. */
   #fill(missing: number[]): Promise<unknown> {
+    if (this.#corrupt) return Promise.reject(this.#corrupt);
     const waits: Promise<void>[] = [];
     for (let i = 0; i < missing.length;) {
       const pending = this.#filling.get(missing[i]);
@@ -264,36 +320,91 @@ export class DiskCachedSource implements Source {
     const length = Math.min(this.size, stop * this.chunkBytes) - offset;
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
-    const bytes = await this.#inner.read(offset, length, this.#closing.signal);
-    if (bytes.length !== length) {
-      throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
-    }
-    if (this.#verify) {
-      for (let c = start; c < stop; c++) {
-        const from = (c - start) * this.chunkBytes;
-        const chunk = bytes.subarray(from, Math.min(length, from + this.chunkBytes));
-        if (!(await this.#verify(c, chunk))) {
-          throw new ChunkVerifyError(`chunk ${c} of ${this.#base} failed verification`);
-        }
-      }
-    }
-    if (this.#degraded) return;
     try {
-      pwriteAll(this.#dataFd, bytes, offset);
+      if (this.#inner.readTo) await this.#streamRun(offset, length);
+      else await this.#storeRun(offset, await this.#readRun(offset, length));
+      if (this.#degraded) return;
       // The bytes must be on disk before the map says so: a crash between the two then
       // leaves the chunk absent, never present with old or zero bytes.
-      await this.#durable();
-      pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start);
+      await this.#durable().then(
+        () => pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start),
+      ).catch((cause) => {
+        throw new DiskWriteError("disk sync failed", { cause });
+      });
     } catch (error) {
+      if (!(error instanceof DiskWriteError)) throw error;
       this.#degraded = true;
       this.#cache.warnOnce(
-        `disk cache ${this.#cache.dir}: ${(error as Error).message}; ` +
+        `disk cache ${this.#cache.dir}: ${(error.cause as Error).message}; ` +
           "continuing with the memory cache only",
       );
       return;
     }
     for (let c = start; c < stop; c++) this.#lru.set(c, true);
     this.#cache.noteWritten(length);
+  }
+
+  async #readRun(offset: number, length: number): Promise<Uint8Array> {
+    const bytes = await this.#inner.read(offset, length, this.#closing.signal);
+    if (bytes.length !== length) {
+      throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
+    }
+    return bytes;
+  }
+
+  /**
+   * The run's body goes through one pooled piece buffer of whole chunks: each piece is
+   * verified and written where it belongs as soon as it is full, so a fill of 8 MiB holds
+   * 1 MiB, and nothing per fill is left for the GC.
+   */
+  async #streamRun(offset: number, length: number): Promise<void> {
+    const piece = takePiece(this.chunkBytes);
+    let pieceAt = 0; // run offset of piece[0]
+    let filled = 0;
+    let received = 0;
+    try {
+      await this.#inner.readTo!(offset, length, async (bytes, at) => {
+        if (at !== received) throw new Error(`source sent bytes at ${at}, expected ${received}`);
+        received += bytes.length;
+        for (let used = 0; used < bytes.length;) {
+          const n = Math.min(piece.length - filled, bytes.length - used);
+          piece.set(bytes.subarray(used, used + n), filled);
+          filled += n;
+          used += n;
+          if (filled === piece.length) {
+            await this.#storeRun(offset + pieceAt, piece);
+            pieceAt += filled;
+            filled = 0;
+          }
+        }
+      }, this.#closing.signal);
+      if (received !== length) {
+        throw new Error(`source returned ${received} bytes for a read of ${length}`);
+      }
+      if (filled > 0) await this.#storeRun(offset + pieceAt, piece.subarray(0, filled));
+    } finally {
+      givePiece(piece);
+    }
+  }
+
+  /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
+  async #storeRun(offset: number, bytes: Uint8Array): Promise<void> {
+    if (this.#verify) {
+      const first = offset / this.chunkBytes;
+      for (let from = 0; from < bytes.length; from += this.chunkBytes) {
+        const chunk = bytes.subarray(from, Math.min(bytes.length, from + this.chunkBytes));
+        const index = first + from / this.chunkBytes;
+        if (!(await this.#verify(index, chunk))) {
+          throw new ChunkVerifyError(`chunk ${index} of ${this.#base} failed verification`);
+        }
+      }
+    }
+    if (this.#degraded) return;
+    try {
+      pwriteAll(this.#dataFd, bytes, offset);
+    } catch (error) {
+      throw new DiskWriteError("disk write failed", { cause: error });
+    }
   }
 
   /**

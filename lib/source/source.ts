@@ -10,6 +10,16 @@ export interface Source {
    * Rejects rather than returning short or zero-filled data for bytes it could not get.
    */
   read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * Optional: the same bytes handed to `sink` in order as they arrive, `bytes` valid only until
+   * the sink's promise settles (a reused buffer), so the caller keeps no copy of the range.
+   */
+  readTo?(
+    offset: number,
+    length: number,
+    sink: (bytes: Uint8Array, at: number) => void | Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void>;
   /** Releases connections and files. */
   close?(): void | Promise<void>;
 }

@@ -107,6 +107,62 @@ export class VerifiedSource implements Source {
     return out;
   }
 
+  /**
+   * read() handing the bytes to `sink` as they are verified: the inner source streams the
+   * widened run through one reused chunk buffer, so a disk-cache fill keeps no copy of the
+   * run (only the partly used edge chunks are remembered for their neighbours).
+   */
+  async readTo(
+    offset: number,
+    length: number,
+    sink: (bytes: Uint8Array, at: number) => void | Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
+    }
+    if (length === 0) return;
+    const chunk = this.#table.chunkBytes;
+    const first = Math.floor(offset / chunk);
+    const end = Math.floor((offset + length - 1) / chunk) + 1;
+    let shared = !this.#inner.readTo;
+    for (let i = first; i < end && !shared; i++) {
+      shared = this.#recent.has(i) || this.#pending.has(i);
+    }
+    // Chunks another reader holds or fetches: the shared path, not a second fetch.
+    if (shared) return await sink(await this.read(offset, length, signal), 0);
+    const start = first * chunk;
+    const buffer = new Uint8Array(Math.min(chunk, this.size - start));
+    let index = first;
+    let filled = 0;
+    const deliver = async () => {
+      const chunkStart = index * chunk;
+      let piece: Uint8Array = buffer.subarray(0, filled);
+      if (this.#table.matches(index, piece)) this.verifiedChunks++;
+      else piece = await this.#refetchChunk(index, filled, signal);
+      const from = Math.max(offset, chunkStart);
+      const to = Math.min(offset + length, chunkStart + piece.length);
+      if (from > chunkStart || to < chunkStart + piece.length) this.#remember(index, piece.slice());
+      await sink(piece.subarray(from - chunkStart, to - chunkStart), from - offset);
+      index++;
+      filled = 0;
+    };
+    const runBytes = Math.min(this.size, end * chunk) - start;
+    await this.#inner.readTo!(start, runBytes, async (bytes) => {
+      for (let used = 0; used < bytes.length;) {
+        const want = Math.min(chunk, this.size - index * chunk);
+        const n = Math.min(want - filled, bytes.length - used);
+        buffer.set(bytes.subarray(used, used + n), filled);
+        filled += n;
+        used += n;
+        if (filled === want) await deliver();
+      }
+    }, signal);
+    if (index !== end) {
+      throw new Error(`source returned ${(index - first) * chunk + filled} of ${runBytes} bytes`);
+    }
+  }
+
   /** One inner read for chunks [first, stop), each verified (and refetched once) on its own. */
   #fetchRun(first: number, stop: number, signal?: AbortSignal): Promise<Uint8Array>[] {
     const chunk = this.#table.chunkBytes;

@@ -1,0 +1,24 @@
+/**
+ * The whole-blob check of `--fetch-all`: a layer without a chunk-digest table is verified only
+ * by its digest, which needs every byte, so once the disk cache holds them all the data file
+ * is hashed. Bounded memory (one 1 MiB buffer) and the event loop is yielded between pieces,
+ * so readers keep being served while a large layer is hashed.
+ */
+import { createHash } from "node:crypto";
+import { preadExact } from "./disk_cache_io.ts";
+
+const PIECE_BYTES = 1 << 20;
+
+/** `sha256:HEX` (or sha512) of the first `sizeBytes` of `fd`, in the digest's algorithm. */
+export async function digestOfFile(fd: number, sizeBytes: number, digest: string) {
+  const algorithm = digest.slice(0, digest.indexOf(":"));
+  const hash = createHash(algorithm);
+  const piece = new Uint8Array(PIECE_BYTES);
+  for (let offset = 0; offset < sizeBytes; offset += PIECE_BYTES) {
+    const view = piece.subarray(0, Math.min(PIECE_BYTES, sizeBytes - offset));
+    preadExact(fd, view, offset);
+    hash.update(view);
+    if ((offset / PIECE_BYTES) % 16 === 15) await new Promise((resolve) => setTimeout(resolve));
+  }
+  return `${algorithm}:${hash.digest("hex")}`;
+}

@@ -1,0 +1,70 @@
+import assert from "node:assert/strict";
+import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "./disk_cache.ts";
+import type { Source } from "./source.ts";
+import { patternBytes } from "../../tests/_support/memory_source.ts";
+
+/**
+ * A source that only streams: read() is refused, readTo() hands out odd-sized pieces of ONE
+ * scratch buffer that is scribbled over as soon as each sink call settles, as a reused
+ * network buffer is. A fill that kept a view, or fell back to read(), gets caught.
+ */
+class StreamingOnlySource implements Source {
+  readonly size: number;
+  streams = 0;
+  readonly #bytes: Uint8Array;
+  constructor(bytes: Uint8Array) {
+    this.#bytes = bytes;
+    this.size = bytes.length;
+  }
+  read(): Promise<Uint8Array> {
+    return Promise.reject(new Error("read() used: the fill buffered the whole run"));
+  }
+  async readTo(
+    offset: number,
+    length: number,
+    sink: (bytes: Uint8Array, at: number) => void | Promise<void>,
+  ): Promise<void> {
+    this.streams++;
+    const scratch = new Uint8Array(7777);
+    for (let at = 0; at < length;) {
+      const n = Math.min(scratch.length, length - at);
+      scratch.set(this.#bytes.subarray(offset + at, offset + at + n));
+      await sink(scratch.subarray(0, n), at);
+      scratch.fill(0xee);
+      at += n;
+    }
+  }
+}
+
+Deno.test("disk cache: fills from a streaming source go through pieces, verified whole chunks, exact bytes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-stream-" });
+  try {
+    const bytes = patternBytes(9 * CHUNK + 12_345, 7);
+    const inner = new StreamingOnlySource(bytes);
+    const seen = new Set<number>();
+    const cache = DiskCache.open({ dir, onWarning: (m) => assert.fail(m) })!;
+    const source = cache.wrap(inner, {
+      digest: "sha256:" + "cd".repeat(32),
+      origin: "test",
+      // Every chunk arrives whole and right, once.
+      verify: (index, chunk) => {
+        const start = index * CHUNK;
+        assert.deepEqual(chunk, bytes.subarray(start, Math.min(bytes.length, start + CHUNK)));
+        assert(!seen.has(index), `chunk ${index} verified twice`);
+        seen.add(index);
+        return true;
+      },
+    });
+    assert.deepEqual(await source.read(0, bytes.length), bytes);
+    assert.equal(inner.streams, 1, "one run, one stream");
+    assert.equal(seen.size, 10);
+    assert.deepEqual(
+      await source.read(3 * CHUNK - 5, 2 * CHUNK),
+      bytes.subarray(3 * CHUNK - 5, 5 * CHUNK - 5),
+    );
+    assert.equal(inner.streams, 1, "re-read from disk");
+    await source.close?.();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
