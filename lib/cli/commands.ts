@@ -13,6 +13,7 @@ import { buildCommand } from "./build.ts";
 import { convertCommand } from "./convert.ts";
 import { indexCommand } from "./index.ts";
 import { checksumsCommand } from "./checksums.ts";
+import { traceCommand } from "./trace.ts";
 
 /**
  * Commands listed in `erofs-oci --help`, in that order. A command is added here only once it
@@ -32,6 +33,7 @@ export const COMMANDS: Command[] = [
   convertCommand,
   indexCommand,
   checksumsCommand,
+  traceCommand,
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */

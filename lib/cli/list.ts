@@ -5,6 +5,8 @@ import { controlRequest, type LayerStats } from "../daemon/control.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { type ListedLayer, listedLayers } from "../metrics/listed_layer.ts";
 
+import type { PrefetchProgress } from "../trace/prefetch.ts";
+
 export type { ListedLayer } from "../metrics/listed_layer.ts";
 
 export interface ListedMount {
@@ -27,7 +29,9 @@ export interface ListedMount {
   cacheHitRate?: number;
   httpFetches?: number;
   /** Per-layer counters (serving mounts only). */
-  layers?: ListedLayer[];
+  layers?: (ListedLayer & { tracePrefetch?: PrefetchProgress })[];
+  /** Prefetch of the image's trace, all layers together (absent: no trace prefetched). */
+  tracePrefetch?: { bytesTotal: number; bytesDone: number; state: PrefetchProgress["state"] };
 }
 
 /** Every mount with its server's counters (asked over the control socket). */
@@ -54,8 +58,21 @@ export async function describeMounts(): Promise<ListedMount[]> {
         const layers = reply.stats.layers as (LayerStats & {
           prefetchFetches?: number;
           prefetchBytes?: number;
+          tracePrefetch?: PrefetchProgress;
         })[];
-        entry.layers = listedLayers(layers);
+        entry.layers = listedLayers(layers).map((listedLayer, i) =>
+          layers[i].tracePrefetch
+            ? { ...listedLayer, tracePrefetch: layers[i].tracePrefetch }
+            : listedLayer
+        );
+        const traced = layers.flatMap((layer) => layer.tracePrefetch ?? []);
+        if (traced.length) {
+          entry.tracePrefetch = {
+            bytesTotal: traced.reduce((t, p) => t + p.bytesTotal, 0),
+            bytesDone: traced.reduce((t, p) => t + p.bytesDone, 0),
+            state: traced.find((p) => p.state !== "done")?.state ?? "done",
+          };
+        }
         // Under a disk cache the memory cache's "fetches" are mostly disk reads.
         entry.bytesFetched = layers.reduce(
           (total, layer) => total + (layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched),
@@ -85,7 +102,8 @@ export const listCommand: Command = {
 Shows every mount made by erofs-oci: directory, image reference and manifest digest,
 devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
 \`erofs-oci reattach\`), bytes fetched from the source, bytes the host's disk cache
-answered without fetching (DISK HITS; "-" without a disk cache) and the cache hit rate.
+answered without fetching (DISK HITS; "-" without a disk cache), the cache hit rate, and
+how far the prefetch of the image's trace got (PREFETCH; "-" without a trace).
 
 Options:
   --json   print a JSON array instead of a table
@@ -113,6 +131,7 @@ Options:
         "FETCHED",
         "DISK HITS",
         "HIT RATE",
+        "PREFETCH",
       ],
       mounts.map((m) => [
         m.target,
@@ -129,6 +148,11 @@ Options:
         m.bytesFetched === undefined ? "-" : formatBytes(m.bytesFetched),
         m.diskHitBytes === undefined ? "-" : formatBytes(m.diskHitBytes),
         m.cacheHitRate === undefined ? "-" : `${(m.cacheHitRate * 100).toFixed(1)}%`,
+        m.tracePrefetch === undefined
+          ? "-"
+          : `${
+            Math.floor(m.tracePrefetch.bytesDone * 100 / m.tracePrefetch.bytesTotal)
+          }% ${m.tracePrefetch.state}`,
       ]),
     );
     return 0;

@@ -31,6 +31,7 @@ import {
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables } from "../verify/layer_tables.ts";
 import { STATE_ROOT } from "../mount/runtime.ts";
+import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
 
 const MOUNT_OPTIONS = {
   ...REGISTRY_OPTIONS,
@@ -43,6 +44,7 @@ const MOUNT_OPTIONS = {
   "no-disk-cache": { type: "boolean" },
   "metrics-listen": { type: "string" },
   "fetch-all": { type: "boolean" },
+  "no-prefetch": { type: "boolean" },
   "require-verified": { type: "boolean" },
   upper: { type: "string" },
   work: { type: "string" },
@@ -97,6 +99,7 @@ Options:
       --require-verified refuse layers without a chunk-digest table (their bytes could
                          not be checked; tables are written by push, build --push,
                          convert and \`erofs-oci checksums IMAGE --push\`)
+      --no-prefetch      do not prefetch what the image's trace (\`erofs-oci trace\`) lists
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
       --suid             honour setuid/setgid bits of the image (default: nosuid)
@@ -185,6 +188,7 @@ async function mountAt(
 
   let resolved: ResolvedLayers;
   let credentials: { username: string; password: string } | undefined;
+  let prefetchFile: string | undefined;
   const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
   const fromLayout = await resolveLayoutImage(image, values.platform, selection);
   if (fromLayout) {
@@ -203,6 +207,14 @@ async function mountAt(
         resolved.layers,
         { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
       );
+      if (!values["no-prefetch"]) {
+        prefetchFile = await prepareTracePrefetch(
+          opened.client,
+          opened.ref.repository,
+          resolved.manifestDigest,
+          resolved.layers,
+        );
+      }
     } finally {
       opened.client.close();
     }
@@ -222,7 +234,7 @@ async function mountAt(
     upper: values.upper,
     work: values.work,
     foreground: values.foreground,
-  });
+  }).finally(() => forgetTracePrefetch(prefetchFile));
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
   console.log(
     `mounted ${state.image} at ${state.target} (${state.layers.length} layer${

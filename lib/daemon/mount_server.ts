@@ -8,7 +8,8 @@ import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../mount/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
-import { openLayerSource } from "../mount/layer_source.ts";
+import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
+import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { openTarIndexSource, type TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
@@ -93,6 +94,7 @@ export async function runMountServer(): Promise<number> {
   const exports: LayerExport[] = [];
   let listener: Deno.Listener | undefined;
   let stopping: Promise<void> | undefined;
+  const traceHooks = new ServerTraceHooks(spec.layers);
 
   const stop = () =>
     stopping ??= (async () => {
@@ -112,6 +114,7 @@ export async function runMountServer(): Promise<number> {
         }
       }
       for (const source of sources) await source.close?.();
+      traceHooks.finish();
       console.log("stopped");
     })();
 
@@ -168,16 +171,20 @@ export async function runMountServer(): Promise<number> {
         }),
       );
       exports.push(
-        await exportLayer(spec.backend, served, {
-          runDir: mountDir(spec.id),
-          layerIndex: index,
-          reattach: spec.reattach?.[index],
-          fuseTakeover: fuseTakeover?.[index],
-          writeRecovery: () => {
-            const { record, extra } = recordForLayer(layer, spec.credentials, spec.id, index);
-            return writeRecoveryFile(record, extra);
+        await exportLayer(
+          spec.backend,
+          traceHooks.wrap(index, served, tarIndex ? undefined : served),
+          {
+            runDir: mountDir(spec.id),
+            layerIndex: index,
+            reattach: spec.reattach?.[index],
+            fuseTakeover: fuseTakeover?.[index],
+            writeRecovery: () => {
+              const { record, extra } = recordForLayer(layer, spec.credentials, spec.id, index);
+              return writeRecoveryFile(record, extra);
+            },
           },
-        }),
+        ),
       );
     }
   };
@@ -219,6 +226,9 @@ export async function runMountServer(): Promise<number> {
         new Promise((resolve) => timer = setTimeout(resolve, PREFETCH_DEADLINE_MS)),
       ]);
       clearTimeout(timer);
+      // A memory-only cache would evict the start of a trace longer than half of it.
+      const budget = sharedDiskCache() ? undefined : Math.floor(cachePerLayer / 2);
+      traceHooks.startPrefetch(prefetchAbort.signal, spec.layers.map(() => budget));
     }
   } catch (error) {
     console.error("start failed:", error);
@@ -237,7 +247,11 @@ export async function runMountServer(): Promise<number> {
         stats: {
           pid: Deno.pid,
           startedAt,
-          layers: sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
+          layers: sources.map((s, i) => ({
+            ...s.stats(),
+            ...layerFetchMetrics(spec.layers[i]),
+            tracePrefetch: traceHooks.progress(i),
+          })),
         },
       });
     }
@@ -250,7 +264,12 @@ export async function runMountServer(): Promise<number> {
   };
   startServerMetricsFromEnv(
     spec,
-    () => sources.map((s, i) => ({ ...s.stats(), ...layerFetchMetrics(spec.layers[i]) })),
+    () =>
+      sources.map((s, i) => ({
+        ...s.stats(),
+        ...layerFetchMetrics(spec.layers[i]),
+        tracePrefetch: traceHooks.progress(i),
+      })),
   );
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));

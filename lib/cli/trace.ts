@@ -1,0 +1,197 @@
+/**
+ * `erofs-oci trace IMAGE [--push | -o FILE] [--seconds N] -- CMD [ARGS…]`: mounts IMAGE on a
+ * fresh cache (memory only, no prefetch), runs CMD against it, and keeps the byte ranges of
+ * each layer the kernel read, merged and in first-access order, as a trace that `mount` then
+ * prefetches. Pushed as an OCI artifact referring to the image, or written to FILE.
+ */
+import type { Command } from "./command.ts";
+import { parseCommandArgs } from "./command.ts";
+import { UsageError, UserError } from "../errors.ts";
+import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { info, warn } from "./log.ts";
+import { mountCommand } from "./mount.ts";
+import { umountCommand } from "./umount.ts";
+import { checkRoot } from "../mount/target_dir.ts";
+import { fetchManifest } from "../oci/resolve.ts";
+import { parseTrace, type Trace } from "../trace/format.ts";
+import { pushTraceArtifact } from "../trace/artifact.ts";
+import { TRACE_RECORD_ENV } from "../trace/server_hooks.ts";
+
+class TraceError extends UserError {}
+
+const TRACE_OPTIONS = {
+  ...REGISTRY_OPTIONS,
+  push: { type: "boolean" },
+  output: { type: "string", short: "o" },
+  seconds: { type: "string" },
+  backend: { type: "string" },
+} as const;
+
+/** Registry options passed on to the mount (credentials come from Docker's config). */
+const FORWARDED_FLAGS = ["insecure", "plain-http"] as const;
+
+/** CMD gets this long to exit after SIGTERM at the --seconds limit before SIGKILL. */
+const KILL_GRACE_MS = 5000;
+
+export const traceCommand: Command = {
+  name: "trace",
+  summary: "record which bytes a command reads from an image, for mount to prefetch",
+  help: `Usage: erofs-oci trace IMAGE (--push | -o FILE) [--seconds N] [options] -- CMD [ARGS…]
+
+Mounts IMAGE on a fresh cache in a temporary directory, runs CMD there ({} in its
+arguments is replaced by the mount directory, also exported as EROFS_OCI_ROOT), and
+records which byte ranges of each layer were read, in order, until CMD exits (or N
+seconds passed: CMD gets SIGTERM). The trace (merged ranges per layer digest and their
+order) is pushed as an artifact referring to the image (referrers API, or the
+sha256-<hex> fallback tag) or written to FILE. \`mount\` finds a pushed trace and
+prefetches those ranges once the metadata is in (\`mount --no-prefetch\` skips it).
+
+Options:
+      --push             store the trace in the registry, referring to the image
+  -o, --output FILE      write the trace to FILE
+      --seconds N        stop recording after N seconds
+      --backend B        nbd, fuse or auto (default auto)
+${REGISTRY_OPTIONS_HELP}
+Credentials: from Docker's config (--username/--password are not taken here).`,
+  async run(argv) {
+    const split = argv.indexOf("--");
+    if (split < 0 || split === argv.length - 1) {
+      throw new UsageError(
+        "trace: give the command after --",
+        "e.g. erofs-oci trace IMAGE -o t.json -- ls {}",
+      );
+    }
+    const command = argv.slice(split + 1);
+    const { values, positionals } = parseCommandArgs("trace", argv.slice(0, split), TRACE_OPTIONS);
+    if (positionals.length !== 1) throw new UsageError("trace: give one IMAGE before --");
+    const [image] = positionals;
+    if (values.push === (values.output !== undefined)) {
+      throw new UsageError("trace: give --push or -o FILE (one of them)");
+    }
+    if (
+      values.username !== undefined || values.password !== undefined || values["password-stdin"]
+    ) {
+      throw new UsageError(
+        "trace: credentials come from Docker's config here",
+        "docker login first",
+      );
+    }
+    let seconds: number | undefined;
+    if (values.seconds !== undefined) {
+      seconds = Number(values.seconds);
+      if (!/^\d+(\.\d+)?$/.test(values.seconds) || seconds <= 0) {
+        throw new UsageError(`trace: --seconds wants a positive number, got '${values.seconds}'`);
+      }
+    }
+    checkRoot();
+    const opened = await openRegistry("trace", image, values);
+    const work = Deno.makeTempDirSync({ prefix: "erofs-oci-trace-" });
+    const root = `${work}/root`;
+    const traceFile = `${work}/trace.json`;
+    Deno.mkdirSync(root);
+    const saved = new Map(
+      [TRACE_RECORD_ENV, "EROFS_OCI_DISK_CACHE_BYTES"].map((k) => [k, Deno.env.get(k)]),
+    );
+    let mounted = false;
+    try {
+      Deno.env.set(TRACE_RECORD_ENV, traceFile);
+      const mountArgv = [image, root, "--no-disk-cache", "--no-prefetch"];
+      if (values.backend !== undefined) mountArgv.push("--backend", values.backend);
+      if (values.platform !== undefined) mountArgv.push("--platform", values.platform);
+      for (const flag of FORWARDED_FLAGS) if (values[flag]) mountArgv.push(`--${flag}`);
+      await mountCommand.run(mountArgv);
+      mounted = true;
+      const status = await runTraced(command, root, seconds);
+      if (status !== 0) warn(`trace: ${command[0]} exited with ${status}; keeping what it read`);
+      mounted = false;
+      await umountCommand.run([root]);
+      const trace = readTrace(traceFile);
+      const bytes = Deno.readFileSync(traceFile);
+      const total = trace.ranges.reduce((sum, r) => sum + r[2], 0);
+      const summary =
+        `${trace.ranges.length} ranges, ${total} bytes over ${trace.layers.length} layer(s)`;
+      if (values.output !== undefined) {
+        Deno.writeFileSync(values.output, bytes);
+        console.log(`trace of ${image}: ${summary}, written to ${values.output}`);
+      } else {
+        const resolved = await opened.client.resolveImage(opened.ref, opened.platform);
+        const manifest = await fetchManifest(
+          opened.client,
+          opened.ref.repository,
+          resolved.manifestDigest,
+        );
+        const pushed = await pushTraceArtifact(opened.client, opened.ref.repository, {
+          digest: resolved.manifestDigest,
+          size: manifest.bytes.byteLength,
+          mediaType: resolved.mediaType,
+        }, bytes);
+        console.log(`trace of ${image}: ${summary}, pushed as ${pushed.digest} (${pushed.via})`);
+      }
+      return 0;
+    } finally {
+      for (const [key, value] of saved) {
+        if (value === undefined) Deno.env.delete(key);
+        else Deno.env.set(key, value);
+      }
+      if (mounted) {
+        await umountCommand.run([root]).catch((error) =>
+          warn(`trace: umount ${root} failed: ${(error as Error).message}`)
+        );
+      }
+      opened.client.close();
+      try {
+        Deno.removeSync(work, { recursive: true });
+      } catch (error) {
+        info(`trace: ${work} left behind: ${(error as Error).message}`);
+      }
+    }
+  },
+};
+
+function readTrace(path: string): Trace {
+  try {
+    return parseTrace(Deno.readFileSync(path));
+  } catch (error) {
+    throw new TraceError(
+      `trace: no trace from the mount server (${(error as Error).message})`,
+      "see the server log under /run/erofs-oci/mounts",
+    );
+  }
+}
+
+/** Runs CMD with `{}` → the mount directory; SIGTERM (then SIGKILL) at the time limit. */
+async function runTraced(command: string[], root: string, seconds?: number): Promise<number> {
+  const [program, ...args] = command.map((arg) => arg.replaceAll("{}", root));
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(program, {
+      args,
+      env: { EROFS_OCI_ROOT: root },
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+  } catch (error) {
+    throw new TraceError(`trace: cannot run ${program}: ${(error as Error).message}`);
+  }
+  const timers: ReturnType<typeof setTimeout>[] = [];
+  if (seconds !== undefined) {
+    timers.push(setTimeout(() => {
+      info(`trace: ${seconds} s passed, stopping ${program}`);
+      try {
+        child.kill("SIGTERM");
+      } catch { /* exited */ }
+      timers.push(setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, KILL_GRACE_MS));
+    }, seconds * 1000));
+  }
+  try {
+    const status = await child.status;
+    return status.code;
+  } finally {
+    for (const timer of timers) clearTimeout(timer);
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * Traces in a registry: the trace blob, listed by an artifact manifest (artifactType
+ * TRACE_ARTIFACT_TYPE) whose `subject` is the image manifest, so it is found through the
+ * referrers API or the `sha256-<hex>` fallback tag, like the chunk tables. A newer trace of the
+ * same image replaces the older one in the fallback tag's list.
+ */
+import { OciError } from "../errors.ts";
+import { readLimited } from "../oci/auth.ts";
+import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { pullScope, type RegistryClient } from "../oci/client.ts";
+import { digestOf } from "../oci/digest.ts";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { listReferrers, pushReferrer } from "../oci/referrers.ts";
+import { MAX_TRACE_BYTES, TRACE_ARTIFACT_TYPE, TRACE_MEDIA_TYPE } from "./format.ts";
+
+/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
+const EMPTY_CONFIG = new TextEncoder().encode("{}");
+const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
+
+async function uploadIfMissing(
+  client: RegistryClient,
+  repository: string,
+  bytes: Uint8Array<ArrayBuffer>,
+  mediaType: string,
+): Promise<void> {
+  const digest = digestOf(bytes);
+  if (await blobExists(client, repository, digest)) return;
+  await uploadBlob(
+    client,
+    repository,
+    { digest, sizeBytes: bytes.byteLength, mediaType, bytes },
+    {},
+  );
+}
+
+/** Uploads the trace and the artifact referring to `subject`; returns the artifact digest. */
+export async function pushTraceArtifact(
+  client: RegistryClient,
+  repository: string,
+  subject: { digest: string; size: number; mediaType: string },
+  trace: Uint8Array<ArrayBuffer>,
+): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
+  await uploadIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA);
+  await uploadIfMissing(client, repository, trace, TRACE_MEDIA_TYPE);
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    artifactType: TRACE_ARTIFACT_TYPE,
+    config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
+    layers: [{ mediaType: TRACE_MEDIA_TYPE, digest: digestOf(trace), size: trace.byteLength }],
+    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+  };
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const digest = digestOf(bytes);
+  const via = await pushReferrer(
+    client,
+    repository,
+    bytes,
+    { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType: TRACE_ARTIFACT_TYPE },
+    subject.digest,
+    (old) => old.artifactType === TRACE_ARTIFACT_TYPE,
+  );
+  return { digest, via };
+}
+
+async function getChecked(
+  client: RegistryClient,
+  repository: string,
+  kind: "manifests" | "blobs",
+  digest: string,
+  limit: number,
+  signal?: AbortSignal,
+): Promise<Uint8Array | undefined> {
+  const response = await client.request({
+    method: "GET",
+    path: `/v2/${repository}/${kind}/${digest}`,
+    scope: pullScope(repository),
+    headers: kind === "manifests" ? { accept: OCI_MANIFEST } : undefined,
+    signal,
+  });
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    if (response.status === 404) return undefined;
+    throw statusError(client, response, `for the trace ${digest}`);
+  }
+  const declared = Number(response.headers.get("content-length") ?? "0");
+  if (declared > limit) {
+    await response.body?.cancel();
+    throw new OciError(
+      `the trace ${digest} is ${declared} bytes, more than the ${limit} allowed`,
+      "mount with --no-prefetch, or record a new trace",
+    );
+  }
+  const bytes = await readLimited(response, limit);
+  if (digestOf(bytes) !== digest) {
+    throw new OciError(
+      `the trace ${digest} does not match its digest`,
+      "the registry serves a damaged trace; mount with --no-prefetch",
+    );
+  }
+  return bytes;
+}
+
+/** The newest trace blob referring to `subject` (undefined: none). Bounded, digest-checked. */
+export async function findTrace(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  signal?: AbortSignal,
+): Promise<{ digest: string; bytes: Uint8Array } | undefined> {
+  const referrers = await listReferrers(client, repository, subject, TRACE_ARTIFACT_TYPE, signal);
+  for (const referrer of referrers.reverse().slice(0, 4)) {
+    if (!DIGEST_PATTERN.test(referrer.digest)) continue;
+    const manifest = await getChecked(
+      client,
+      repository,
+      "manifests",
+      referrer.digest,
+      MAX_MANIFEST_BYTES,
+      signal,
+    );
+    if (!manifest) continue;
+    let layers: unknown;
+    try {
+      layers = JSON.parse(new TextDecoder().decode(manifest))?.layers;
+    } catch {
+      continue;
+    }
+    const entry = Array.isArray(layers) ? layers[0] as Record<string, unknown> | null : null;
+    if (
+      entry?.mediaType !== TRACE_MEDIA_TYPE || typeof entry.digest !== "string" ||
+      !DIGEST_PATTERN.test(entry.digest)
+    ) continue;
+    if (typeof entry.size === "number" && entry.size > MAX_TRACE_BYTES) {
+      throw new OciError(
+        `the trace of this image is ${entry.size} bytes, more than the ${MAX_TRACE_BYTES} allowed`,
+        "mount with --no-prefetch, or record a new trace",
+      );
+    }
+    const bytes = await getChecked(
+      client,
+      repository,
+      "blobs",
+      entry.digest,
+      MAX_TRACE_BYTES,
+      signal,
+    );
+    if (bytes) return { digest: entry.digest, bytes };
+  }
+  return undefined;
+}

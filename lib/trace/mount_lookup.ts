@@ -1,0 +1,46 @@
+/**
+ * `mount`'s side of the recorded prefetch: find the image's trace in the registry, check it
+ * against the layers being mounted, and hand it to the server in a private file (named in
+ * PREFETCH_FILE_ENV). A missing or refused trace never fails the mount: it only warns.
+ */
+import type { RegistryClient } from "../oci/client.ts";
+import type { LayerSpec } from "../mount/runtime.ts";
+import { warn } from "../cli/log.ts";
+import { findTrace } from "./artifact.ts";
+import { parseTrace, rangesForLayers } from "./format.ts";
+import { PREFETCH_FILE_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";
+
+/** Returns the file to remove once the server has started (it reads it at start). */
+export async function prepareTracePrefetch(
+  client: RegistryClient,
+  repository: string,
+  manifestDigest: string | undefined,
+  layers: LayerSpec[],
+): Promise<string | undefined> {
+  // `erofs-oci trace` records on a fresh mount: no prefetch may blur what the app reads.
+  if (!manifestDigest || Deno.env.get(TRACE_RECORD_ENV)) return undefined;
+  let bytes: Uint8Array;
+  try {
+    const found = await findTrace(client, repository, manifestDigest);
+    if (!found) return undefined;
+    bytes = found.bytes;
+    const ranges = rangesForLayers(parseTrace(bytes), layers);
+    if (ranges.length === 0) return undefined;
+  } catch (error) {
+    warn(`trace refused, mounting without prefetch: ${(error as Error).message}`);
+    return undefined;
+  }
+  const path = Deno.makeTempFileSync({ prefix: "erofs-oci-prefetch-", suffix: ".json" });
+  Deno.writeFileSync(path, bytes, { mode: 0o600 });
+  Deno.env.set(PREFETCH_FILE_ENV, path);
+  return path;
+}
+
+/** Removes the handed-over file (the server has read it, or failed to start). */
+export function forgetTracePrefetch(path: string | undefined): void {
+  if (!path) return;
+  Deno.env.delete(PREFETCH_FILE_ENV);
+  try {
+    Deno.removeSync(path);
+  } catch { /* gone */ }
+}

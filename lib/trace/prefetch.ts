@@ -1,0 +1,184 @@
+/**
+ * Mount-time prefetch from a trace: reads the traced ranges in trace order through the
+ * layer's caches, a few at a time, so the bytes are local before the application asks.
+ *
+ * Application reads never wait behind this queue: they go straight to the caches (only
+ * PARALLEL prefetch reads are ever in flight), and a queued piece a reader has asked for
+ * already is dropped instead of read again. Failures only stop the prefetch: it is an
+ * optimisation, the reads themselves still work.
+ */
+
+/** What the prefetch reads through (the layer's cached source). */
+export interface PrefetchTarget {
+  read(offset: number, length: number, signal?: AbortSignal): Promise<unknown>;
+}
+
+export interface PrefetchRange {
+  layerIndex: number;
+  offset: number;
+  length: number;
+}
+
+/** What `list` shows per layer. */
+export interface PrefetchProgress {
+  /** Traced bytes this layer will prefetch (after the budget). */
+  bytesTotal: number;
+  /** Of those: read by the prefetch, or read by the application first. */
+  bytesDone: number;
+  /** Of bytesDone: pieces a reader asked for before the prefetch got to them. */
+  bytesReadFirst: number;
+  state: "waiting" | "running" | "done" | "failed" | "stopped";
+}
+
+/** Reads in flight at once: enough to fill a link at 20 ms RTT, few enough to leave readers room. */
+export const PREFETCH_PARALLEL = 4;
+/** One prefetch read: whole traced ranges up to this, longer ones split. */
+export const PREFETCH_PIECE_BYTES = 1 << 20;
+/** Ranges next to each other in the trace this close are joined into one read. */
+const COALESCE_GAP_BYTES = 64 << 10;
+/** After this many failed reads the prefetch stops (the registry is unwell). */
+const MAX_FAILURES = 3;
+
+interface Piece {
+  layerIndex: number;
+  offset: number;
+  length: number;
+  state: "pending" | "running" | "done" | "skipped";
+}
+
+export class TracePrefetcher {
+  readonly #targets: (PrefetchTarget | undefined)[];
+  readonly #pieces: Piece[] = [];
+  /** Per layer: its pieces sorted by offset (for noteRead). */
+  readonly #byOffset: Piece[][];
+  readonly #progress: PrefetchProgress[];
+  #next = 0;
+
+  /**
+   * `targets[i]` undefined: layer i is not prefetched (local, or not traced). `budgetBytes[i]`
+   * bounds what layer i takes (a memory-only cache evicts what does not fit).
+   */
+  constructor(
+    targets: (PrefetchTarget | undefined)[],
+    ranges: PrefetchRange[],
+    options: { budgetBytes?: (number | undefined)[]; pieceBytes?: number } = {},
+  ) {
+    this.#targets = targets;
+    const pieceBytes = options.pieceBytes ?? PREFETCH_PIECE_BYTES;
+    const left = targets.map((_, i) => options.budgetBytes?.[i] ?? Infinity);
+    this.#progress = targets.map(() => ({
+      bytesTotal: 0,
+      bytesDone: 0,
+      bytesReadFirst: 0,
+      state: "waiting",
+    }));
+    for (const range of ranges) {
+      if (!targets[range.layerIndex]) continue;
+      const take = Math.min(range.length, left[range.layerIndex]);
+      if (take <= 0) continue;
+      left[range.layerIndex] -= take;
+      for (let from = 0; from < take; from += pieceBytes) {
+        this.#add(
+          range.layerIndex,
+          range.offset + from,
+          Math.min(pieceBytes, take - from),
+          pieceBytes,
+        );
+      }
+    }
+    this.#byOffset = targets.map(() => []);
+    for (const piece of this.#pieces) {
+      this.#byOffset[piece.layerIndex].push(piece);
+      this.#progress[piece.layerIndex].bytesTotal += piece.length;
+    }
+    for (const list of this.#byOffset) list.sort((a, b) => a.offset - b.offset);
+  }
+
+  #add(layerIndex: number, offset: number, length: number, pieceBytes: number): void {
+    const last = this.#pieces.at(-1);
+    if (
+      last && last.layerIndex === layerIndex && offset >= last.offset + last.length &&
+      offset - (last.offset + last.length) <= COALESCE_GAP_BYTES &&
+      offset + length - last.offset <= pieceBytes
+    ) {
+      last.length = offset + length - last.offset;
+      return;
+    }
+    this.#pieces.push({ layerIndex, offset, length, state: "pending" });
+  }
+
+  get pieceCount(): number {
+    return this.#pieces.length;
+  }
+
+  progress(layerIndex: number): PrefetchProgress | undefined {
+    const progress = this.#progress[layerIndex];
+    return progress && progress.bytesTotal > 0 ? { ...progress } : undefined;
+  }
+
+  /** A reader asked for these bytes: queued pieces inside them need no prefetch read. */
+  noteRead(layerIndex: number, offset: number, length: number): void {
+    const list = this.#byOffset[layerIndex];
+    if (!list?.length) return;
+    const end = offset + length;
+    // First piece that ends after `offset` (pieces of a layer may overlap by coalescing).
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid].offset + list[mid].length <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = Math.max(0, lo - 1); i < list.length && list[i].offset < end; i++) {
+      const piece = list[i];
+      if (piece.state !== "pending") continue;
+      if (piece.offset >= offset && piece.offset + piece.length <= end) {
+        piece.state = "skipped";
+        this.#progress[layerIndex].bytesDone += piece.length;
+        this.#progress[layerIndex].bytesReadFirst += piece.length;
+      }
+    }
+  }
+
+  /** Reads every pending piece in trace order, PREFETCH_PARALLEL at a time. Never rejects. */
+  async run(signal: AbortSignal, parallel = PREFETCH_PARALLEL): Promise<string> {
+    for (const progress of this.#progress) if (progress.bytesTotal) progress.state = "running";
+    let failures = 0;
+    let lastError = "";
+    const worker = async () => {
+      while (!signal.aborted && failures < MAX_FAILURES) {
+        const piece = this.#take();
+        if (!piece) return;
+        try {
+          await this.#targets[piece.layerIndex]!.read(piece.offset, piece.length, signal);
+          piece.state = "done";
+          this.#progress[piece.layerIndex].bytesDone += piece.length;
+        } catch (error) {
+          piece.state = "pending";
+          if (signal.aborted) return;
+          failures++;
+          lastError = (error as Error)?.message ?? String(error);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: parallel }, worker));
+    const state = signal.aborted ? "stopped" : failures >= MAX_FAILURES ? "failed" : "done";
+    for (const progress of this.#progress) if (progress.bytesTotal) progress.state = state;
+    const total = this.#progress.reduce((sum, p) => sum + p.bytesTotal, 0);
+    const first = this.#progress.reduce((sum, p) => sum + p.bytesReadFirst, 0);
+    return state === "failed"
+      ? `trace prefetch stopped after ${failures} failed reads: ${lastError}`
+      : `trace prefetch ${state}: ${total} bytes in ${this.#pieces.length} reads ` +
+        `(${first} read by the application first)`;
+  }
+
+  #take(): Piece | undefined {
+    while (this.#next < this.#pieces.length) {
+      const piece = this.#pieces[this.#next++];
+      if (piece.state === "pending") {
+        piece.state = "running";
+        return piece;
+      }
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,94 @@
+/**
+ * What the mount server does for traces, configured by the environment like the disk cache
+ * (the detached server inherits what `mount` or `trace` set):
+ * - TRACE_RECORD_ENV=PATH: record the kernel's reads of each layer; the trace is written to
+ *   PATH when the server stops (`erofs-oci trace`).
+ * - PREFETCH_FILE_ENV=PATH: a trace `mount` found; once the metadata is in, its ranges are
+ *   read in order through each registry layer's caches ahead of the application.
+ */
+import type { LayerSpec } from "../mount/runtime.ts";
+import type { Source } from "../source/source.ts";
+import { encodeTrace, parseTrace, rangesForLayers } from "./format.ts";
+import { type PrefetchProgress, type PrefetchTarget, TracePrefetcher } from "./prefetch.ts";
+import { observedSource, TraceRecorder } from "./recorder.ts";
+
+export const TRACE_RECORD_ENV = "EROFS_OCI_TRACE_FILE";
+export const PREFETCH_FILE_ENV = "EROFS_OCI_PREFETCH_FILE";
+
+export class ServerTraceHooks {
+  readonly #recordPath?: string;
+  readonly #recorder?: TraceRecorder;
+  readonly #layers: LayerSpec[];
+  readonly #prefetchTrace?: Uint8Array;
+  readonly #targets: (PrefetchTarget | undefined)[] = [];
+  #prefetcher?: TracePrefetcher;
+
+  constructor(layers: LayerSpec[]) {
+    this.#layers = layers;
+    this.#recordPath = Deno.env.get(TRACE_RECORD_ENV) || undefined;
+    if (this.#recordPath) this.#recorder = new TraceRecorder();
+    const prefetchPath = Deno.env.get(PREFETCH_FILE_ENV);
+    if (prefetchPath && !this.#recorder) {
+      try {
+        this.#prefetchTrace = Deno.readFileSync(prefetchPath);
+      } catch (error) {
+        console.warn(`trace prefetch: cannot read ${prefetchPath}: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * Wraps the source a layer is exported with: the recorder sees each kernel read, the
+   * prefetch drops queued pieces a reader asked for. `target` is what the prefetch reads
+   * through (undefined: this layer is not prefetched, e.g. a local file).
+   */
+  wrap<S extends Source>(index: number, exported: S, target?: PrefetchTarget): S {
+    this.#targets[index] = target;
+    const recorder = this.#recorder;
+    if (recorder) {
+      const layer = this.#layers[index];
+      const traced = recorder.addLayer({ digest: layer.digest ?? "", size: layer.sizeBytes });
+      return observedSource(
+        exported,
+        (offset, length) => recorder.record(traced, offset, length),
+      ) as S;
+    }
+    if (!this.#prefetchTrace || !target) return exported;
+    return observedSource(
+      exported,
+      (offset, length) => this.#prefetcher?.noteRead(index, offset, length),
+    ) as S;
+  }
+
+  /**
+   * Starts the prefetch (the metadata is in). `budgetBytes[i]`: what layer i may take when
+   * only a memory cache holds it. Never rejects; logs one summary line.
+   */
+  startPrefetch(signal: AbortSignal, budgetBytes: (number | undefined)[]): void {
+    if (!this.#prefetchTrace) return;
+    try {
+      const ranges = rangesForLayers(parseTrace(this.#prefetchTrace), this.#layers);
+      this.#prefetcher = new TracePrefetcher(this.#targets, ranges, { budgetBytes });
+    } catch (error) {
+      console.warn(`trace prefetch: ${(error as Error).message}`);
+      return;
+    }
+    console.log(`trace prefetch: ${this.#prefetcher.pieceCount} reads queued`);
+    this.#prefetcher.run(signal).then((summary) => console.log(summary));
+  }
+
+  progress(index: number): PrefetchProgress | undefined {
+    return this.#prefetcher?.progress(index);
+  }
+
+  /** Writes the recorded trace (when recording); called once the exports are closed. */
+  finish(): void {
+    if (!this.#recorder || !this.#recordPath) return;
+    try {
+      Deno.writeFileSync(this.#recordPath, encodeTrace(this.#recorder.trace()), { mode: 0o600 });
+      console.log(`trace written to ${this.#recordPath}`);
+    } catch (error) {
+      console.error(`trace: cannot write ${this.#recordPath}: ${(error as Error).message}`);
+    }
+  }
+}
