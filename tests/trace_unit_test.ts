@@ -1,0 +1,87 @@
+/**
+ * Trace format bounds and the prefetch queue, without a mount: merging keeps first-access
+ * order; hostile documents are refused; a reader's read drops a queued piece (it jumps the
+ * queue and is not fetched twice); only PARALLEL reads are in flight.
+ */
+import assert from "node:assert/strict";
+import { buildTrace, encodeTrace, MAX_TRACE_BYTES, parseTrace } from "../lib/trace/format.ts";
+import { TracePrefetcher } from "../lib/trace/prefetch.ts";
+import { TraceRecorder } from "../lib/trace/recorder.ts";
+
+const DIGEST = `sha256:${"1".repeat(64)}`;
+
+Deno.test("trace: accesses merge per layer, ordered by first touch", () => {
+  const recorder = new TraceRecorder();
+  const layer = recorder.addLayer({ digest: DIGEST, size: 1 << 20 });
+  recorder.record(layer, 8192, 4096); // first: the middle
+  recorder.record(layer, 0, 4096);
+  recorder.record(layer, 12288, 4096); // touches the first range: merged into it
+  recorder.record(layer, 4096, 100); // touches [0,4096)
+  const trace = parseTrace(encodeTrace(recorder.trace()));
+  assert.deepEqual(trace.ranges, [[0, 8192, 8192], [0, 0, 4196]]);
+});
+
+Deno.test("trace: hostile documents are refused with one line", () => {
+  const layers = [{ digest: DIGEST, size: 65536 }];
+  const bad: [unknown, RegExp][] = [
+    [{ version: 2, layers, ranges: [] }, /not a version 1 trace/],
+    [{ version: 1, layers: [{ digest: "sha256:zz", size: 1 }], ranges: [] }, /no valid digest/],
+    [{ version: 1, layers, ranges: [[0, 65000, 4096]] }, /outside layer 0/],
+    [{ version: 1, layers, ranges: [[1, 0, 1]] }, /names layer 1/],
+    [{ version: 1, layers, ranges: [[0, -1, 1]] }, /not \[layer, offset, length\]/],
+    [{ version: 1, layers, ranges: [[0, 0, 4096], [0, 100, 10]] }, /overlap/],
+    [{ version: 1, layers, ranges: Array(100_001).fill([0, 0, 1]) }, /more than the 100000/],
+  ];
+  for (const [doc, message] of bad) {
+    assert.throws(() => parseTrace(new TextEncoder().encode(JSON.stringify(doc))), message);
+  }
+  assert.throws(() => parseTrace(new Uint8Array(MAX_TRACE_BYTES + 1)), /more than the/);
+  assert.throws(() => parseTrace(new TextEncoder().encode("{")), /not JSON/);
+  const ok = buildTrace([{ layer: layers[0], accesses: [{ offset: 0, length: 10, seq: 0 }] }]);
+  assert.deepEqual(parseTrace(encodeTrace(ok)).ranges, [[0, 0, 10]]);
+});
+
+Deno.test("prefetch: a reader's read drops the queued piece; at most PARALLEL in flight", async () => {
+  const reads: [number, number][] = [];
+  let inFlight = 0, maxInFlight = 0;
+  const release: (() => void)[] = [];
+  const target = {
+    async read(offset: number, length: number) {
+      reads.push([offset, length]);
+      maxInFlight = Math.max(maxInFlight, ++inFlight);
+      await new Promise<void>((resolve) => release.push(resolve));
+      inFlight--;
+    },
+  };
+  const MiB = 1 << 20;
+  // Far apart: no coalescing; one piece each.
+  const ranges = Array.from({ length: 6 }, (_, i) => ({
+    layerIndex: 0,
+    offset: i * 4 * MiB,
+    length: MiB,
+  }));
+  const prefetcher = new TracePrefetcher([target], ranges);
+  const done = prefetcher.run(new AbortController().signal, 2);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(maxInFlight, 2);
+  // The application reads the last traced range before the prefetch got there.
+  prefetcher.noteRead(0, 20 * MiB, MiB);
+  while (reads.length < 5 || release.length) {
+    release.shift()?.();
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  const summary = await done;
+  assert.deepEqual(reads.map(([o]) => o / MiB), [0, 4, 8, 12, 16], "piece at 20 MiB not read");
+  assert.match(summary, /1048576 read by the application first/);
+  const progress = prefetcher.progress(0)!;
+  assert.equal(progress.bytesDone, 6 * MiB);
+  assert.equal(progress.state, "done");
+});
+
+Deno.test("prefetch: a memory-only budget bounds what a layer takes", () => {
+  const ranges = [{ layerIndex: 0, offset: 0, length: 10 << 20 }];
+  const prefetcher = new TracePrefetcher([{ read: () => Promise.resolve() }], ranges, {
+    budgetBytes: [3 << 20],
+  });
+  assert.equal(prefetcher.progress(0)!.bytesTotal, 3 << 20);
+});
