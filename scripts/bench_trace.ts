@@ -1,0 +1,142 @@
+/**
+ * Recorded-prefetch benchmark (host, real CPU, FUSE backend): a cold python start (imports
+ * from the mounted stdlib) right after a cold mount of the speed benchmark's image, without a
+ * trace (--no-prefetch), with a trace recorded by `erofs-oci trace --push`, and from a local
+ * file-backed mount of the same file. Each lazy run gets an empty disk cache and a dropped page
+ * cache; the median of RUNS is printed as a Markdown table and written as JSON to OUT.
+ * Usage: deno run -A scripts/bench_trace.ts IMAGE [OUT]   (root; see scripts/bench-trace.sh)
+ */
+import { startRegistry } from "../tests/_support/registry.ts";
+import { runCli } from "../tests/_support/cli.ts";
+import { mountSandbox } from "../tests/_support/mounts.ts";
+import { writeSmallFile } from "../ffi/libc.ts";
+
+const [image, out = ".cache/bench/trace-latest.json"] = Deno.args;
+if (!image) throw new Error("usage: bench_trace.ts IMAGE [OUT]");
+const RUNS = Number(Deno.env.get("BENCH_RUNS") ?? "3");
+const PYTHON_IMPORTS = "import json, email, http.client";
+
+function dropCaches(): void {
+  new Deno.Command("sync").outputSync();
+  writeSmallFile("/proc/sys/vm/drop_caches", "3");
+}
+
+/** The host's python3.11 with the mounted stdlib first on sys.path (C modules stay the host's). */
+function pythonArgs(dir: string): string[] {
+  const lib = `${dir}/usr/lib/python3.11`;
+  return [
+    "-B",
+    "-c",
+    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
+    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
+  ];
+}
+
+async function timedPython(dir: string): Promise<number> {
+  const start = performance.now();
+  const result = await new Deno.Command("python3.11", {
+    args: pythonArgs(dir),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!result.success) throw new Error(new TextDecoder().decode(result.stderr));
+  return (performance.now() - start) / 1000;
+}
+
+const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function localRun(): Promise<number> {
+  const dir = await Deno.makeTempDir({ prefix: "bench-trace-local-" });
+  try {
+    const out = await new Deno.Command("mount", { args: ["-t", "erofs", "-o", "ro", image, dir] })
+      .output();
+    if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+    try {
+      dropCaches();
+      return await timedPython(dir);
+    } finally {
+      await new Deno.Command("umount", { args: [dir] }).output();
+    }
+  } finally {
+    await Deno.remove(dir);
+  }
+}
+
+await using registry = await startRegistry({ auth: "none" });
+const ref = `${registry.host}/bench/trace:v1`;
+const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
+if (pushed.code !== 0) throw new Error(pushed.stderr);
+
+/** Mount on an empty disk cache, then at once the python start; seconds of each. */
+async function lazyRun(extra: string[]): Promise<{ mount: number; python: number }> {
+  const sandbox = await mountSandbox();
+  try {
+    dropCaches();
+    const start = performance.now();
+    const mounted = await runCli(
+      ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse", ...extra],
+      { env: sandbox.env, timeoutMs: 120_000 },
+    );
+    if (mounted.code !== 0) throw new Error(mounted.stderr);
+    const mount = (performance.now() - start) / 1000;
+    return { mount, python: await timedPython(sandbox.target) };
+  } finally {
+    await sandbox.cleanup();
+  }
+}
+
+const local: number[] = [];
+const untraced: { mount: number; python: number }[] = [];
+const traced: { mount: number; python: number }[] = [];
+for (let i = 0; i < RUNS; i++) {
+  local.push(await localRun());
+  untraced.push(await lazyRun(["--no-prefetch"]));
+}
+{
+  const sandbox = await mountSandbox();
+  try {
+    const recorded = await runCli(
+      [
+        "trace",
+        ref,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        "--push",
+        "--",
+        "python3.11",
+        ...pythonArgs("{}"),
+      ],
+      { env: sandbox.env, timeoutMs: 300_000 },
+    );
+    if (recorded.code !== 0) throw new Error(recorded.stderr);
+    console.log(recorded.stdout.trim().split("\n").at(-1));
+  } finally {
+    await sandbox.cleanup();
+  }
+}
+for (let i = 0; i < RUNS; i++) traced.push(await lazyRun([]));
+
+const localS = median(local);
+const row = (name: string, runs: { mount: number; python: number }[]) => {
+  const python = median(runs.map((r) => r.python));
+  const mount = median(runs.map((r) => r.mount));
+  return `| ${name} | ${mount.toFixed(2)} s | ${python.toFixed(3)} s (${
+    (python / localS).toFixed(2)
+  }×) |`;
+};
+const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "?";
+console.log(
+  `Trace benchmark ${new Date().toISOString().slice(0, 10)}, ${cpu}, ${Deno.osRelease()}, ` +
+    `median of ${RUNS}, python3.11 -c '${PYTHON_IMPORTS}' (FUSE backend, loopback registry)\n`,
+);
+console.log("| run | cold mount | cold python right after |");
+console.log("|---|---|---|");
+console.log(`| local file-backed mount | — | ${localS.toFixed(3)} s |`);
+console.log(row("erofs-oci, no trace (--no-prefetch)", untraced));
+console.log(row("erofs-oci, trace prefetch", traced));
+Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
+Deno.writeTextFileSync(
+  out,
+  JSON.stringify({ date: new Date().toISOString(), cpu, local, untraced, traced }, null, 2) + "\n",
+);
