@@ -137,7 +137,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "trace --push, then mount prefetches: the app's reads make zero layer GETs; --no-prefetch",
+  name:
+    "trace --push, then mount prefetches: the traced bytes come from the prefetch; list, metrics; --no-prefetch",
   ignore,
   async fn() {
     await using t = await setup("erofs-oci-trace-push-");
@@ -173,7 +174,8 @@ Deno.test({
           if (!layer.tracePrefetch || layer.tracePrefetch.state !== "running") break;
           await new Promise((r) => setTimeout(r, 100));
         }
-        const table = (await runCli(["list"], { env })).stdout;
+        const table = (await runCli(["list"], { env })).stdout +
+          (await runCli(["metrics"], { env })).stdout;
         // Idle: whatever the mount fetches by itself is done before the app starts.
         await new Promise((r) => setTimeout(r, 500));
         const before = t.layerGets();
@@ -205,6 +207,10 @@ Deno.test({
     assert.equal(progress.bytesDone, progress.bytesTotal);
     assert.match(traced.log, /trace prefetch done/);
     assert.match(traced.table, /100% done/, traced.table);
+    assert.match(
+      traced.table,
+      new RegExp(`erofs_oci_layer_trace_prefetch_done_bytes\\{[^}]*\\} ${progress.bytesTotal}\n`),
+    );
 
     const off = await mountAndRead(`${t.work}/cache-b`, ["--no-prefetch"]);
     assert(off.appBytes >= 2 * FILE_BYTES, "--no-prefetch: the app's reads fetch both files");

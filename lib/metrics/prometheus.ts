@@ -117,6 +117,25 @@ export function renderPrometheus(mounts: ListedMount[]): string {
           layer.getLatency,
         );
       }
+      // `erofs-oci list` adds how far the prefetch of the image's trace got (lib/trace).
+      const traced = (layer as { tracePrefetch?: { bytesTotal: number; bytesDone: number } })
+        .tracePrefetch;
+      if (traced) {
+        out.sample(
+          "erofs_oci_layer_trace_prefetch_bytes",
+          "Bytes of the layer the image's trace lists for prefetch",
+          "gauge",
+          labels,
+          traced.bytesTotal,
+        );
+        out.sample(
+          "erofs_oci_layer_trace_prefetch_done_bytes",
+          "Traced bytes prefetched, or read by the application first",
+          "gauge",
+          labels,
+          traced.bytesDone,
+        );
+      }
     }
   }
   return out.text();
