@@ -133,6 +133,18 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   }
 }
 
+/**
+ * The server's memory settings, unless the caller set them: V8's young generation at 1 MiB
+ * per semispace instead of growing to 16 (the server's garbage is short-lived request
+ * buffers), and glibc's mmap threshold fixed at 128 KiB, so freed fetch buffers go back to
+ * the kernel instead of raising the threshold and staying in malloc arenas. Host benchmark,
+ * cold read of the 136 MB image: server peak RSS 181-198 -> 157 MB, RSS after it 181 -> 117 MB.
+ */
+const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
+  [["DENO_V8_FLAGS", "--max-semi-space-size=1"], ["MALLOC_MMAP_THRESHOLD_", "131072"]]
+    .filter(([name]) => Deno.env.get(name) === undefined),
+);
+
 /** A server that reported ready; `startTicks` identifies the process beyond its pid. */
 export type ReadyServer = Extract<ReadyMessage, { ok: true }> & { startTicks?: string };
 
@@ -147,6 +159,7 @@ export async function startServer(
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
+    env: SERVER_MEMORY_ENV,
     stdin: "piped",
     stdout: "piped",
     stderr: foreground ? "inherit" : "null",
