@@ -13,8 +13,12 @@ import type { Zinfo } from "./zinfo.ts";
 
 /** First compressed fetch of a cursor: small, because most random reads want a few KiB. */
 const FIRST_FETCH_BYTES = 64 * 1024;
-/** Fetches double up to this while a cursor keeps going (sequential reads). */
-const MAX_FETCH_BYTES = 1024 * 1024;
+/**
+ * Fetches double up to this while a cursor keeps going (sequential reads). Whatever a fetch
+ * holds past the piece being made is fetched for nothing when the reader stops there; bulk
+ * transfer for sequential reads is the blob cache's readahead (lib/mount/tar_index_source.ts).
+ */
+const MAX_FETCH_BYTES = 256 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
 

@@ -13,6 +13,22 @@ import {
 import { attachNbd } from "../nbd/attach.ts";
 import { removeRecoveryFile } from "../recovery/store.ts";
 import { tuneNbdQueue } from "../nbd/sysfs.ts";
+import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+
+/**
+ * The NBD block size for an image: EROFS refuses a filesystem block smaller than the device's
+ * logical block (EINVAL), and tar-index images (`mkfs.erofs --tar=i`, `erofs-oci index`) use
+ * 512-byte blocks, so such an image gets 512-byte device blocks; others the 4096 default.
+ */
+async function nbdBlockSizeFor(source: Source): Promise<number | undefined> {
+  if (source.size < EROFS_SUPER_END) return undefined;
+  try {
+    const sb = checkErofsSuperblock(await source.read(0, EROFS_SUPER_END));
+    return sb.blockSizeBytes < 4096 ? Math.max(512, sb.blockSizeBytes) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 function tuneQueue(index: number): void {
   try {
@@ -125,6 +141,7 @@ export async function exportLayer(
       try {
         const attachment = await attachNbd({
           sizeBytes: source.size,
+          blockSizeBytes: await nbdBlockSizeFor(source),
           socketFds: kernelFds,
           timeoutS: NBD_TIMEOUT_S,
           deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,

@@ -1,0 +1,228 @@
+/**
+ * A tar.gz layer mounted from a registry through its pushed index (FUSE backend, registry on
+ * loopback, no disk cache): what a lazy mount fetches and how long it takes for the first
+ * file, 10 % of the files in tar order (a contiguous run, as a directory subtree), every 10th
+ * file in path order, and a cold full read — against `curl | gunzip | tar x` of the same blob.
+ * Fetched bytes are counted from the Range headers passing a counting proxy. Root only;
+ * prints figures, asserts nothing.
+ *
+ * Usage: tools/bin/deno run -A scripts/bench_gzip_mount.ts LAYER.tar.gz [--span BYTES]
+ *        [--runs N] [--delay-ms MS] [--compare-erofs]
+ * (MS: added to every blob GET, a crude RTT; --compare-erofs: the same tree built into an EROFS
+ * layer with `erofs-oci build`, mounted and read the same way, to separate the tar-index
+ * cost from the FUSE path's)
+ */
+import { parseArgs } from "node:util";
+import { startRegistry } from "../tests/_support/registry.ts";
+import { pushImage } from "../tests/_support/oci_raw.ts";
+import { isBlobGet, startFaultProxy } from "../tests/_support/fault_proxy.ts";
+import { runCli } from "../tests/_support/cli.ts";
+import { mountSandbox } from "../tests/_support/mounts.ts";
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    span: { type: "string" },
+    runs: { type: "string", default: "1" },
+    "delay-ms": { type: "string", default: "0" },
+    /** Also the same tree as an EROFS layer (erofs-oci build), mounted the same way. */
+    "compare-erofs": { type: "boolean" },
+  },
+});
+const layerPath = positionals[0];
+if (!layerPath) throw new Error("usage: bench_gzip_mount.ts LAYER.tar.gz");
+const layer = await Deno.readFile(layerPath);
+const delayMs = Number(values["delay-ms"]);
+const LONG = { timeoutMs: 600_000 };
+
+function dropCaches(): void {
+  Deno.writeTextFileSync("/proc/sys/vm/drop_caches", "3");
+}
+
+/** Paths of regular files in tar order (`tar tf` order = the layer's byte order). */
+async function tarOrder(): Promise<string[]> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `gzip -dc '${layerPath}' | tar tvf - | awk '$1 ~ /^-/ {print $NF}'`],
+    stdout: "piped",
+  }).output();
+  return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean);
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const start = performance.now();
+  const value = await fn();
+  return [(performance.now() - start) / 1000, value];
+}
+
+async function readAll(root: string, files: string[]): Promise<void> {
+  // In a child so the read is the kernel's, not this process's event loop's.
+  const list = await Deno.makeTempFile();
+  await Deno.writeTextFile(list, files.join("\n") + "\n");
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `cd '${root}' && xargs -d '\\n' cat < '${list}' > /dev/null`],
+  }).output();
+  await Deno.remove(list);
+  if (!out.success) throw new Error("reading files failed");
+}
+
+await using registry = await startRegistry({ auth: "none" });
+await pushImage(registry, "bench/gz", "v1", [
+  { bytes: layer, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+]);
+const direct = `${registry.host}/bench/gz:v1`;
+const [indexSec, indexed] = await timed(() =>
+  runCli(["index", direct, "--push", ...(values.span ? ["--span", values.span] : [])], LONG)
+);
+if (indexed.code !== 0) throw new Error(indexed.stderr);
+await using proxy = await startFaultProxy(registry.host, [
+  { match: (r) => delayMs > 0 && isBlobGet(r), fault: { kind: "delay", ms: delayMs } },
+]);
+const ref = `${proxy.host}/bench/gz:v1`;
+const files = await tarOrder();
+const layerBytes = layer.length;
+console.log(
+  `layer ${(layerBytes / 1e6).toFixed(1)} MB compressed, ${files.length} files; ` +
+    `index --push ${indexSec.toFixed(2)} s; blob GET delay ${delayMs} ms`,
+);
+
+/** Bytes of the layer blob fetched since request number `from` (from the Range headers). */
+function fetchedSince(from: number): number {
+  let bytes = 0;
+  for (const r of proxy.requests.slice(from)) {
+    if (!isBlobGet({ method: r.method, path: r.path, headers: new Headers() })) continue;
+    const m = /^bytes=(\d+)-(\d+)/.exec(r.range ?? "");
+    bytes += m ? Number(m[2]) - Number(m[1]) + 1 : layerBytes;
+  }
+  return bytes;
+}
+
+async function withMount(
+  fn: (root: string, runtimeDir: string) => Promise<void>,
+  image = ref,
+): Promise<void> {
+  const sandbox = await mountSandbox();
+  const state = await Deno.makeTempDir({ prefix: "bench-gzip-state-" });
+  const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: state };
+  try {
+    const [sec, mounted] = await timed(() =>
+      runCli(["mount", "--backend", "fuse", "--no-disk-cache", image, sandbox.target], {
+        env,
+        ...LONG,
+      })
+    );
+    if (mounted.code !== 0) throw new Error(mounted.stderr + sandbox.serverLogs());
+    console.log(`  mount ${sec.toFixed(2)} s`);
+    dropCaches();
+    await fn(sandbox.target, sandbox.runtimeDir);
+    await runCli(["umount", sandbox.target], { env });
+  } finally {
+    await sandbox.cleanup();
+    await Deno.remove(state, { recursive: true }).catch(() => {});
+  }
+}
+
+function line(label: string, sec: number, fetched: number): void {
+  console.log(
+    `  ${label.padEnd(40)} ${sec.toFixed(2).padStart(6)} s  ` +
+      `${(fetched / 1e6).toFixed(1).padStart(6)} MB fetched (${
+        (100 * fetched / layerBytes).toFixed(0)
+      } %)`,
+  );
+}
+
+const tenth = Math.ceil(files.length / 10);
+const sorted = [...files].sort();
+for (let run = 0; run < Number(values.runs); run++) {
+  console.log(`run ${run + 1}`);
+  await withMount(async (root) => {
+    const mark = proxy.requests.length;
+    const [sec] = await timed(() => readAll(root, [files[Math.floor(files.length / 2)]]));
+    line("first file (middle of the tar)", sec, fetchedSince(mark));
+  });
+  await withMount(async (root) => {
+    const mark = proxy.requests.length;
+    const start = Math.floor(files.length * 0.3);
+    const chosen = files.slice(start, start + tenth);
+    const [sec] = await timed(() => readAll(root, chosen));
+    const bytes = chosen.reduce((n, f) => n + Deno.statSync(`${root}/${f}`).size, 0);
+    line(`10 % of files, tar order (${(bytes / 1e6).toFixed(1)} MB)`, sec, fetchedSince(mark));
+    if (Deno.env.get("BENCH_RANGES")) {
+      console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
+    }
+  });
+  await withMount(async (root) => {
+    const mark = proxy.requests.length;
+    const [sec] = await timed(() => readAll(root, sorted.filter((_, i) => i % 10 === 0)));
+    line("every 10th file, path order", sec, fetchedSince(mark));
+  });
+  await withMount(async (root) => {
+    const mark = proxy.requests.length;
+    const [sec] = await timed(async () => {
+      const out = await new Deno.Command("sh", {
+        args: ["-c", `tar -C '${root}' -cf - . | wc -c > /dev/null`],
+      }).output();
+      if (!out.success) throw new Error("tar of the mount failed");
+    });
+    line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark));
+  });
+  await withMount(async (_root, runtimeDir) => {
+    const mark = proxy.requests.length;
+    const mounts = `${runtimeDir}/mounts`;
+    const [id] = [...Deno.readDirSync(mounts)].map((e) => e.name);
+    const [sec] = await timed(async () => {
+      const out = await new Deno.Command("dd", {
+        args: [`if=${mounts}/${id}/fuse-0/layer.erofs`, "of=/dev/null", "bs=1M"],
+        stderr: "null",
+      }).output();
+      if (!out.success) throw new Error("dd of the device failed");
+    });
+    line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark));
+  });
+  if (values["compare-erofs"]) await compareErofs();
+  const extract = await Deno.makeTempDir({ prefix: "bench-gzip-x-" });
+  try {
+    const mark = proxy.requests.length;
+    const url = `http://${proxy.host}/v2/bench/gz/blobs/${await digestOf(layer)}`;
+    const [sec] = await timed(async () => {
+      const out = await new Deno.Command("sh", {
+        args: ["-c", `curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`],
+      }).output();
+      if (!out.success) throw new Error("curl | gunzip | tar x failed");
+    });
+    line("curl | gunzip | tar x", sec, fetchedSince(mark));
+  } finally {
+    await Deno.remove(extract, { recursive: true });
+  }
+}
+
+async function digestOf(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return `sha256:${Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+async function compareErofs(): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix: "bench-gzip-erofs-" });
+  try {
+    const built = await runCli(["build", layerPath, "-o", `${work}/layer.erofs`], LONG);
+    if (built.code !== 0) throw new Error(built.stderr);
+    const pushed = await runCli(
+      ["push", `${registry.host}/bench/erofs:v1`, `${work}/layer.erofs`],
+      LONG,
+    );
+    if (pushed.code !== 0) throw new Error(pushed.stderr);
+    const size = Deno.statSync(`${work}/layer.erofs`).size;
+    await withMount(async (root) => {
+      const [sec] = await timed(async () => {
+        const out = await new Deno.Command("sh", {
+          args: ["-c", `tar -C '${root}' -cf - . | wc -c > /dev/null`],
+        }).output();
+        if (!out.success) throw new Error("tar of the mount failed");
+      });
+      console.log(
+        `  same tree as EROFS (${(size / 1e6).toFixed(1)} MB), cold full read ${sec.toFixed(2)} s`,
+      );
+    }, `${proxy.host}/bench/erofs:v1`);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
