@@ -137,6 +137,35 @@ Deno.test({
 });
 
 Deno.test({
+  name: "trace --seconds stops a command that does not exit, and keeps what it read",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-seconds-");
+    const out = `${t.work}/trace.json`;
+    const started = performance.now();
+    const result = await runCli([
+      "trace",
+      t.ref,
+      "--plain-http",
+      "--backend",
+      "fuse",
+      "--seconds",
+      "2",
+      "-o",
+      out,
+      "--",
+      "sh",
+      "-c",
+      "cat {}/file3 > /dev/null; exec sleep 60",
+    ], { env: t.sandbox.env, timeoutMs: 60_000 });
+    assertSuccess(result);
+    assert(performance.now() - started < 30_000, "stopped long before sleep 60 ended");
+    const trace = parseTrace(Deno.readFileSync(out));
+    assert(covers(trace.ranges, t.offsets[3], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
+  },
+});
+
+Deno.test({
   name:
     "trace --push, then mount prefetches: the traced bytes come from the prefetch; list, metrics; --no-prefetch",
   ignore,

@@ -4,7 +4,13 @@
  * queue and is not fetched twice); only PARALLEL reads are in flight.
  */
 import assert from "node:assert/strict";
-import { buildTrace, encodeTrace, MAX_TRACE_BYTES, parseTrace } from "../lib/trace/format.ts";
+import {
+  buildTrace,
+  encodeTrace,
+  MAX_TRACE_BYTES,
+  parseTrace,
+  rangesForLayers,
+} from "../lib/trace/format.ts";
 import { TracePrefetcher } from "../lib/trace/prefetch.ts";
 import { TraceRecorder } from "../lib/trace/recorder.ts";
 
@@ -84,4 +90,22 @@ Deno.test("prefetch: a memory-only budget bounds what a layer takes", () => {
     budgetBytes: [3 << 20],
   });
   assert.equal(prefetcher.progress(0)!.bytesTotal, 3 << 20);
+});
+
+Deno.test("trace: a layer the mount lacks is refused, or ignored when a subset is mounted", () => {
+  const other = `sha256:${"2".repeat(64)}`;
+  const trace = parseTrace(encodeTrace({
+    version: 1,
+    layers: [{ digest: DIGEST, size: 100 }, { digest: other, size: 50 }],
+    ranges: [[1, 0, 10], [0, 5, 5]],
+  }));
+  const mounted = [{ digest: DIGEST, sizeBytes: 100 }];
+  assert.throws(() => rangesForLayers(trace, mounted), /this image does not have/);
+  assert.deepEqual(rangesForLayers(trace, mounted, { subset: true }), [
+    { layerIndex: 0, offset: 5, length: 5 },
+  ]);
+  assert.throws(
+    () => rangesForLayers(trace, [{ digest: DIGEST, sizeBytes: 99 }], { subset: true }),
+    /the trace says 100/,
+  );
 });

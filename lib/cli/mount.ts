@@ -213,6 +213,7 @@ async function mountAt(
           opened.ref.repository,
           resolved.manifestDigest,
           resolved.layers,
+          { subset: layer !== undefined || values.blob !== undefined },
         );
       }
     } finally {

@@ -148,15 +148,19 @@ export function parseTrace(bytes: Uint8Array): Trace {
 }
 
 /**
- * The trace's ranges for the image's layers (by digest and size), in trace order; a trace
- * naming a layer the image does not have is refused, since it was recorded for another image.
+ * The trace's ranges for the mounted layers (by digest and size), in trace order; a trace
+ * naming a layer the mount does not have is refused (recorded for another image) unless only
+ * a subset of the image's layers is mounted.
  */
 export function rangesForLayers(
   trace: Trace,
   layers: { digest?: string; sizeBytes: number }[],
+  options: { subset?: boolean } = {},
 ): { layerIndex: number; offset: number; length: number }[] {
   const position = trace.layers.map((traced) => {
     const index = layers.findIndex((l) => l.digest === traced.digest);
+    // Mounting some layers only (--layer, --blob): the others' ranges are not for this mount.
+    if (index < 0 && options.subset) return -1;
     if (index < 0) {
       refuse(`it names layer ${traced.digest}, which this image does not have`);
     }
@@ -167,7 +171,7 @@ export function rangesForLayers(
     }
     return index;
   });
-  return trace.ranges.map(([layer, offset, length]) => ({
+  return trace.ranges.filter(([layer]) => position[layer] >= 0).map(([layer, offset, length]) => ({
     layerIndex: position[layer],
     offset,
     length,

@@ -8,7 +8,7 @@ import type { LayerSpec } from "../mount/runtime.ts";
 import { warn } from "../cli/log.ts";
 import { findTrace } from "./artifact.ts";
 import { parseTrace, rangesForLayers } from "./format.ts";
-import { PREFETCH_FILE_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";
+import { PREFETCH_FILE_ENV, PREFETCH_SUBSET_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";
 
 /** Returns the file to remove once the server has started (it reads it at start). */
 export async function prepareTracePrefetch(
@@ -16,6 +16,7 @@ export async function prepareTracePrefetch(
   repository: string,
   manifestDigest: string | undefined,
   layers: LayerSpec[],
+  options: { subset?: boolean } = {},
 ): Promise<string | undefined> {
   // `erofs-oci trace` records on a fresh mount: no prefetch may blur what the app reads.
   if (!manifestDigest || Deno.env.get(TRACE_RECORD_ENV)) return undefined;
@@ -24,7 +25,7 @@ export async function prepareTracePrefetch(
     const found = await findTrace(client, repository, manifestDigest);
     if (!found) return undefined;
     bytes = found.bytes;
-    const ranges = rangesForLayers(parseTrace(bytes), layers);
+    const ranges = rangesForLayers(parseTrace(bytes), layers, options);
     if (ranges.length === 0) return undefined;
   } catch (error) {
     warn(`trace refused, mounting without prefetch: ${(error as Error).message}`);
@@ -33,6 +34,7 @@ export async function prepareTracePrefetch(
   const path = Deno.makeTempFileSync({ prefix: "erofs-oci-prefetch-", suffix: ".json" });
   Deno.writeFileSync(path, bytes, { mode: 0o600 });
   Deno.env.set(PREFETCH_FILE_ENV, path);
+  if (options.subset) Deno.env.set(PREFETCH_SUBSET_ENV, "1");
   return path;
 }
 
@@ -40,6 +42,7 @@ export async function prepareTracePrefetch(
 export function forgetTracePrefetch(path: string | undefined): void {
   if (!path) return;
   Deno.env.delete(PREFETCH_FILE_ENV);
+  Deno.env.delete(PREFETCH_SUBSET_ENV);
   try {
     Deno.removeSync(path);
   } catch { /* gone */ }

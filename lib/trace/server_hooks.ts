@@ -14,6 +14,8 @@ import { observedSource, TraceRecorder } from "./recorder.ts";
 
 export const TRACE_RECORD_ENV = "EROFS_OCI_TRACE_FILE";
 export const PREFETCH_FILE_ENV = "EROFS_OCI_PREFETCH_FILE";
+/** Set with PREFETCH_FILE_ENV when only some of the image's layers are mounted. */
+export const PREFETCH_SUBSET_ENV = "EROFS_OCI_PREFETCH_SUBSET";
 
 export class ServerTraceHooks {
   readonly #recordPath?: string;
@@ -67,7 +69,9 @@ export class ServerTraceHooks {
   startPrefetch(signal: AbortSignal, budgetBytes: (number | undefined)[]): void {
     if (!this.#prefetchTrace) return;
     try {
-      const ranges = rangesForLayers(parseTrace(this.#prefetchTrace), this.#layers);
+      const ranges = rangesForLayers(parseTrace(this.#prefetchTrace), this.#layers, {
+        subset: Deno.env.get(PREFETCH_SUBSET_ENV) === "1",
+      });
       this.#prefetcher = new TracePrefetcher(this.#targets, ranges, { budgetBytes });
     } catch (error) {
       console.warn(`trace prefetch: ${(error as Error).message}`);
