@@ -48,14 +48,18 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
   const links = new Map<string, BuildNode>();
   let entries = 0;
-  const build = (path: string, st: Stat): BuildNode => {
+  const build = (path: string, st: Stat, parent?: string, name?: string): BuildNode => {
     const node = newNode(st.kind, st);
     node.rdevMajor = st.rdevMajor;
     node.rdevMinor = st.rdevMinor;
     node.xattrs = readXattrs(path, options);
     if (st.kind === "file") {
       node.sizeBytes = st.size;
-      if (st.size > 0) node.data = { kind: "path", path };
+      if (st.size > 0) {
+        node.data = parent !== undefined && name !== undefined
+          ? { kind: "child", dir: parent, name }
+          : { kind: "path", path };
+      }
     } else if (st.kind === "symlink") {
       node.target = new TextEncoder().encode(Deno.readLinkSync(path));
     }
@@ -87,7 +91,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         node.children!.set(entry.name, linked);
         continue;
       }
-      const child = build(childPath, st);
+      const child = build(childPath, st, path, entry.name);
       if (key) links.set(key, child);
       node.children!.set(entry.name, child);
       if (st.kind === "dir") stack.push([childPath, child]);

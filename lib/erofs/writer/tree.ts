@@ -11,6 +11,11 @@ export type NodeKind = "file" | "dir" | "symlink" | "chardev" | "blockdev" | "fi
 export type FileData =
   /** A file on disk, read from its start. */
   | { kind: "path"; path: string }
+  /**
+   * The file `name` in directory `dir`, read from its start: both strings are shared (with the
+   * siblings, with the directory's entry), where a joined path cost ~80 bytes per file.
+   */
+  | { kind: "child"; dir: string; name: string }
   /** A byte range of an open file descriptor (a spooled tar stream, a tar on disk). */
   | { kind: "fd"; fd: number; offset: number }
   /** Tar-index images: the bytes stay in the tar (device 1) at this uncompressed offset. */

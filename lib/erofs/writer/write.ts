@@ -231,10 +231,11 @@ function withSource<T>(
   if (!data) throw new FormatError("regular file without a data source");
   if (data.kind === "fd") return use(data.fd, data.offset, "(spooled data)");
   if (data.kind === "tar") throw new FormatError("tar-index data cannot be copied");
-  const fd = Number(libc().open(pathBytes(data.path), O_RDONLY | O_CLOEXEC, 0));
-  if (fd < 0) throw new SysError("open", errno(), data.path);
+  const path = data.kind === "child" ? `${data.dir}/${data.name}` : data.path;
+  const fd = Number(libc().open(pathBytes(path), O_RDONLY | O_CLOEXEC, 0));
+  if (fd < 0) throw new SysError("open", errno(), path);
   try {
-    return use(fd, 0, data.path);
+    return use(fd, 0, path);
   } finally {
     closeFd(fd);
   }
