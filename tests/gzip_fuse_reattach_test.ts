@@ -1,0 +1,100 @@
+/**
+ * Crash recovery of a tar.gz layer mounted through its index (FUSE on this host; the VM's 6.1
+ * kernel cannot mount 512-byte-block tar-index images over NBD): the server is killed with
+ * SIGKILL while a 48 MiB read waits for it; `erofs-oci reattach DIR` brings it back from the
+ * kept index files and the reader finishes with the exact sha256; umount leaves nothing.
+ */
+import assert from "node:assert/strict";
+import { command, path, requires, root } from "./_support/requires.ts";
+import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import {
+  BIG_FILE_BYTES,
+  keeperPids,
+  killKeepers,
+  killMidRead,
+  startReadGate,
+} from "./_support/kill_mid_read.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+
+const LONG = { timeoutMs: 120_000 };
+
+/** One random file of BIG_FILE_BYTES as a tar.gz (gzip -1: about 1:1), and its sha256. */
+async function bigTarGz(work: string): Promise<{ bytes: Uint8Array<ArrayBuffer>; sha: string }> {
+  const tree = `${work}/tree`;
+  Deno.mkdirSync(tree);
+  const data = new Uint8Array(BIG_FILE_BYTES);
+  for (let at = 0; at < data.length; at += 65536) {
+    crypto.getRandomValues(data.subarray(at, at + 65536));
+  }
+  Deno.writeFileSync(`${tree}/big.bin`, data);
+  const out = await new Deno.Command("sh", {
+    args: [
+      "-c",
+      `tar -C '${tree}' --owner=0 --group=0 -cf - big.bin | gzip -1 > '${work}/big.tar.gz'`,
+    ],
+  }).output();
+  assert.ok(out.success);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return {
+    bytes: Deno.readFileSync(`${work}/big.tar.gz`),
+    sha: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
+  };
+}
+
+Deno.test({
+  name: "gzip fuse reattach: kill -9 mid-read of a tar.gz layer, reattach DIR, exact bytes",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), command("gzip")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-crash-" });
+    const registry = await startRegistry({ auth: "none" });
+    const gate = await startReadGate(registry.host);
+    const sandbox = await mountSandbox();
+    const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+    let keepers: number[] = [];
+    try {
+      const big = await bigTarGz(work);
+      await pushImage(registry, "gz/crash", "v1", [
+        { bytes: big.bytes, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+      ]);
+      assertSuccess(await runCli(["index", `${registry.host}/gz/crash:v1`, "--push"], LONG));
+      const mounted = await runCli(
+        [
+          "mount",
+          "--backend",
+          "fuse",
+          "--no-disk-cache",
+          `${gate.proxy.host}/gz/crash:v1`,
+          sandbox.target,
+        ],
+        { env, ...LONG },
+      );
+      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+      keepers = keeperPids(sandbox.runtimeDir);
+
+      await killMidRead(
+        sandbox.runtimeDir,
+        gate,
+        `${sandbox.target}/big.bin`,
+        big.sha,
+        async () => {
+          const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
+          assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
+          assert.match(reattached.stdout, /reattached/);
+        },
+        { readerWaitsIn: "request_wait_answer" },
+      );
+
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+      await gate.proxy.stop();
+      await registry.stop();
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
