@@ -21,9 +21,9 @@ import {
   INODE_SLOT_BYTES,
   SUPERBLOCK_BYTES,
 } from "./format.ts";
-import { packDirectory, sortEntries } from "./dirs.ts";
+import { packDirectory } from "./dirs.ts";
 import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
-import { type BuildNode, utf8Length } from "./tree.ts";
+import { type BuildNode, compareNames, utf8Length } from "./tree.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;
@@ -56,11 +56,6 @@ export const DEFAULT_INLINE_TAIL_MAX_BYTES = 2048;
 /** The device table follows the superblock: slot 9 (byte 1152), one 128-byte slot. */
 export const TAR_INDEX_DEVICE_SLOT = 9;
 
-export interface PlannedDirEntry {
-  name: string;
-  target: PlannedInode;
-}
-
 export interface PlannedInode {
   node: BuildNode;
   ino: number;
@@ -78,8 +73,13 @@ export interface PlannedInode {
   /** Tar-index files: log2 of the one chunk's size, and where the chunk index sits. */
   chunkBits?: number;
   chunkIndexOffset?: number;
-  /** Directories: sorted entries ("." and ".." included) and entries per block. */
-  entries?: PlannedDirEntry[];
+  /**
+   * Directories: entry names sorted by their bytes ("." and ".." included) with each entry's
+   * inode at the same index (two arrays: an object per entry cost 40 bytes more), and the
+   * entries per block.
+   */
+  names?: string[];
+  targets?: PlannedInode[];
   perBlock?: number[];
 }
 
@@ -141,16 +141,15 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const queue: [PlannedInode, PlannedInode][] = [[rootPlan, rootPlan]];
   for (let head = 0; head < queue.length; head++) {
     const [dir, parent] = queue[head];
-    const entries: PlannedDirEntry[] = [
-      { name: ".", target: dir },
-      { name: "..", target: parent },
-    ];
+    const names = [".", ".."];
+    const targets = [dir, parent];
     for (const [name, child] of dir.node.children ?? []) {
       if (child.kind === "dir" && planned.has(child)) {
         throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
       }
       const target = plan(child);
-      entries.push({ name, target });
+      names.push(name);
+      targets.push(target);
       if (child.kind === "dir") {
         target.nlink = 2;
         dir.nlink++;
@@ -159,13 +158,15 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
         target.nlink++;
       }
     }
-    dir.entries = sortEntries(entries);
-    for (let i = 1; i < dir.entries.length; i++) {
-      if (dir.entries[i - 1].name === dir.entries[i].name) {
+    const sorted = names.map((_, i) => i).sort((a, b) => compareNames(names[a], names[b]));
+    dir.names = sorted.map((i) => names[i]);
+    dir.targets = sorted.map((i) => targets[i]);
+    for (let i = 1; i < dir.names.length; i++) {
+      if (dir.names[i - 1] === dir.names[i]) {
         throw new FormatError("duplicate name in a directory");
       }
     }
-    const packed = packDirectory(dir.entries.map((e) => utf8Length(e.name)), blockBytes);
+    const packed = packDirectory(dir.names.map(utf8Length), blockBytes);
     dir.perBlock = packed.perBlock;
     dir.sizeBytes = smallInt(packed.sizeBytes);
   }
@@ -327,15 +328,16 @@ function orderFiles(
   const stack: { dir: PlannedInode; next: number }[] = [{ dir: planned.get(root)!, next: 0 }];
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
-    const entries = top.dir.entries ?? [];
-    if (top.next >= entries.length) {
+    const names = top.dir.names ?? [];
+    if (top.next >= names.length) {
       stack.pop();
       continue;
     }
-    const entry = entries[top.next++];
-    if (entry.name === "." || entry.name === "..") continue;
-    if (entry.target.node.kind === "dir") stack.push({ dir: entry.target, next: 0 });
-    else take(entry.target.node);
+    const index = top.next++;
+    if (names[index] === "." || names[index] === "..") continue;
+    const target = top.dir.targets![index];
+    if (target.node.kind === "dir") stack.push({ dir: target, next: 0 });
+    else take(target.node);
   }
   return out;
 }

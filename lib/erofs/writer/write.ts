@@ -216,10 +216,11 @@ function chunkIndex(p: PlannedInode, blockBytes: number): Uint8Array {
 function metadataContents(p: PlannedInode, bs: number): Uint8Array | undefined {
   if (p.node.kind === "symlink") return p.node.target ?? new Uint8Array();
   if (p.node.kind !== "dir") return undefined;
-  const entries = p.entries!.map((e) => ({
-    name: e.name,
-    nid: e.target.nid,
-    fileType: fileTypeOf(e.target),
+  const targets = p.targets!;
+  const entries = p.names!.map((name, i) => ({
+    name,
+    nid: targets[i].nid,
+    fileType: fileTypeOf(targets[i]),
   }));
   return encodeDirectory(entries, p.perBlock!, p.sizeBytes, bs);
 }
