@@ -31,6 +31,8 @@ interface Run {
   /** The server's RSS after the full read, anonymous and file-backed (the binary). */
   serverRssAnonMb?: number;
   serverRssFileMb?: number;
+  /** The server's peak RSS (VmHWM) at the end of each step: where the peak was reached. */
+  serverPeakRssMbAfter?: Record<Step, number>;
 }
 type Step = "mount" | "find" | "python" | "fullRead";
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
@@ -109,10 +111,17 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
     dropCaches();
     let last = await blobGets();
     const gets = {} as Record<Step, number>;
+    const peaks = {} as Record<Step, number>;
+    let serverPid = 0;
     const count = async (step: Step) => {
       const now = await blobGets();
       gets[step] = now - last;
       last = now;
+      if (!serverPid) {
+        serverPid = JSON.parse((await runCli(["list", "--json"], { env })).stdout)[0].serverPid;
+      }
+      const status = Deno.readTextFileSync(`/proc/${serverPid}/status`);
+      peaks[step] = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
     };
     const start = performance.now();
     const mounted = await runCli(
@@ -136,6 +145,7 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
       serverPeakRssMb: hwmKb / 1024,
       serverRssAnonMb: kb("RssAnon") / 1024,
       serverRssFileMb: kb("RssFile") / 1024,
+      serverPeakRssMbAfter: peaks,
     };
   } finally {
     await sandbox.cleanup();
