@@ -45,8 +45,9 @@ export function checkKernelMountsTarIndex(release = kernelRelease()): void {
 }
 
 function kernelRelease(): string {
+  // Not /proc/sys/kernel/osrelease: Deno refuses /proc paths without --allow-all.
   try {
-    return Deno.readTextFileSync("/proc/sys/kernel/osrelease").trim();
+    return Deno.osRelease();
   } catch {
     return "";
   }
