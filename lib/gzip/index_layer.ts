@@ -27,7 +27,7 @@ export interface IndexLayerOptions {
    * Called with the scanned tree before the meta image is written (e.g. to give implied
    * directories the metadata of the layers below, as a stacked mount shows them).
    */
-  prepareTree?: (root: BuildNode) => void;
+  prepareTree?: (root: BuildNode) => void | Promise<void>;
 }
 
 export interface LayerIndex {
@@ -116,9 +116,10 @@ export async function indexGzipLayer(
       impliedMtimeSec: options.impliedMtimeSec ?? options.buildTimeSec,
       onEntries: options.onEntries,
     });
-    options.prepareTree?.(scan.root);
     while (await next()) { /* drain: padding after the end-of-archive marker */ }
     await writer.finish(builder.finish());
+    // After the drain: preparing may read other layers, and this blob's reply must not idle.
+    await options.prepareTree?.(scan.root);
     const tarBytes = builder.uncompressedBytes;
     if (scan.tarEndOffset > tarBytes) {
       throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);

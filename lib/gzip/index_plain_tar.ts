@@ -55,8 +55,8 @@ export async function indexPlainTarLayer(
       impliedMtimeSec: options.impliedMtimeSec ?? options.buildTimeSec,
       onEntries: options.onEntries,
     });
-    options.prepareTree?.(scan.root);
     while (await next()) { /* drain: padding after the end-of-archive marker */ }
+    await options.prepareTree?.(scan.root);
     if (scan.tarEndOffset > tarBytes) {
       throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);
     }

@@ -4,8 +4,11 @@
  * files; then writes them to a directory or pushes them as the image's index artifact.
  */
 import { OciError, UserError } from "../errors.ts";
-import { openVerifiedBlob } from "../convert/layer_blob.ts";
+import { type BlobStore, openVerifiedBlob } from "../convert/layer_blob.ts";
 import { LowerDirs } from "../convert/lower_dirs.ts";
+import type { StackedLayer } from "../convert/flatten.ts";
+import { scanTar } from "../erofs/writer/from_tar.ts";
+import { decompressTar } from "../tar/decompress.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { OpenedImage } from "../cli/registry_options.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
@@ -80,6 +83,32 @@ function impliedDirs(root: BuildNode, mtimeSec: number): Set<BuildNode> {
   return implied;
 }
 
+/** A layer below `--layer N`, streamed and verified, its tree kept for directories only. */
+async function readLowerDirs(
+  store: BlobStore,
+  layer: LayerDescriptor,
+  buildTimeSec: number,
+): Promise<StackedLayer & { close(): void }> {
+  if (!tarLayerKind(layer.mediaType)) {
+    throw new UserError(
+      `layer ${layer.index} below is ${layer.mediaType}, not a tar layer`,
+      "index the whole image instead of --layer N",
+    );
+  }
+  const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
+  try {
+    const { stream } = await decompressTar(blob.stream);
+    const { root } = await scanTar(stream, { indexOnly: true, impliedMtimeSec: IMPLIED_MARK_SEC });
+    if (!blob.verified()) {
+      throw new OciError(`layer ${layer.digest} failed verification while reading it`);
+    }
+    return { root, implied: impliedDirs(root, buildTimeSec), close() {} };
+  } catch (error) {
+    await blob.stream.cancel().catch(() => {});
+    throw error;
+  }
+}
+
 /** Indexes the image's layers; returns the files per layer (and the artifact when pushed). */
 export async function indexImage(
   image: OpenedImage,
@@ -105,8 +134,13 @@ export async function indexImage(
       ? { kind: "registry" as const, client: image.registry.client, repository: image.repository }
       : { kind: "layout" as const, layout: image.layout!.layout };
     // Stacked in order from the bottom, implied directories take the metadata below (umoci
-    // leaves unchanged parents out of a layer); with --layer N alone there is nothing below.
-    const lower = layers.length === resolved.layers.length ? new LowerDirs() : undefined;
+    // leaves unchanged parents out of a layer). With --layer N the layers below are read for
+    // their directories only when layer N implies any.
+    const lower = new LowerDirs();
+    const alone = options.layer;
+    const tarBelow = (n: number) =>
+      resolved.layers.slice(0, n).every((l) => tarLayerKind(l.mediaType) !== undefined);
+    const stackAll = alone === undefined && layers.length === resolved.layers.length;
     for (const layer of layers) {
       const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
       const { files: done, result } = await writeLayerIndex(
@@ -118,9 +152,17 @@ export async function indexImage(
           buildTimeSec: options.buildTimeSec,
           impliedMtimeSec: IMPLIED_MARK_SEC,
           plainTar: tarLayerKind(layer.mediaType) === "tar",
-          prepareTree: (root) => {
+          prepareTree: async (root) => {
             const stacked = { root, implied: impliedDirs(root, options.buildTimeSec) };
-            if (!lower) return;
+            if (alone !== undefined && tarBelow(alone)) {
+              await lower.completeFromBelow(
+                stacked,
+                alone,
+                (n) => readLowerDirs(store, resolved.layers[n], options.buildTimeSec),
+              );
+              return;
+            }
+            if (!stackAll) return;
             lower.fillImplied(stacked);
             lower.dropMarkersWithoutLower(stacked);
             lower.apply(stacked);

@@ -20,7 +20,7 @@ export interface LayerIndexOptions {
   buildTimeSec: number;
   onEntries?: (count: number) => void;
   impliedMtimeSec?: number;
-  prepareTree?: (root: BuildNode) => void;
+  prepareTree?: (root: BuildNode) => void | Promise<void>;
   /** The layer is an uncompressed tar: meta + pieces, no zinfo (the blob is the tar). */
   plainTar?: boolean;
 }
