@@ -27,6 +27,8 @@ interface Run {
   seconds: Record<Step, number>;
   gets?: Record<Step, number>;
   fetchedBytes?: number;
+  /** Body bytes the registry sent for the layer (access log), all steps. */
+  registryBytes?: number;
   serverPeakRssMb?: number;
   /** The server's RSS after the full read, anonymous and file-backed (the binary). */
   serverRssAnonMb?: number;
@@ -99,6 +101,10 @@ const layerDigest = "sha256:" + Array.from(
 ).join("");
 const blobGets = async () =>
   (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
+/** Body bytes of the layer's GETs so far (the access log's size field). */
+const blobBytes = async () =>
+  (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `))
+    .reduce((sum, line) => sum + (Number(/" \d{3} (\d+) /.exec(line)?.[1]) || 0), 0);
 const ref = `${registry.host}/bench/host:v1`;
 const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
 if (pushed.code !== 0) throw new Error(pushed.stderr);
@@ -110,6 +116,7 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
   try {
     dropCaches();
     let last = await blobGets();
+    const bytesBefore = await blobBytes();
     const gets = {} as Record<Step, number>;
     const peaks = {} as Record<Step, number>;
     let serverPid = 0;
@@ -142,6 +149,7 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
       seconds: { ...seconds, mount: mountSeconds },
       gets,
       fetchedBytes: listed.bytesFetched,
+      registryBytes: await blobBytes() - bytesBefore,
       serverPeakRssMb: hwmKb / 1024,
       serverRssAnonMb: kb("RssAnon") / 1024,
       serverRssFileMb: kb("RssFile") / 1024,
@@ -181,7 +189,7 @@ console.log("|---|---|---|---|---|---|---|");
 for (const run of runs) {
   console.log(
     `| ${run.name} | ${STEPS.map((step) => cell(run, step)).join(" | ")} | ${
-      run.fetchedBytes === undefined ? "—" : (run.fetchedBytes / imageBytes).toFixed(2)
+      run.registryBytes === undefined ? "—" : (run.registryBytes / imageBytes).toFixed(2)
     } | ${run.serverPeakRssMb === undefined ? "—" : `${run.serverPeakRssMb.toFixed(0)} MB`} |`,
   );
 }

@@ -85,6 +85,8 @@ export class DiskCachedSource implements Source {
   readonly #mapFd: number;
   readonly #dataFd: number;
   readonly #filling = new Map<number, Promise<void>>();
+  /** Chunks per unit the inner source reads whole (1: any range). */
+  readonly #innerUnitChunks: number;
   /** Chunks known present, least recently read first (chunk eviction order). */
   readonly #lru = new Map<number, true>();
   readonly #closing = new AbortController();
@@ -114,6 +116,11 @@ export class DiskCachedSource implements Source {
     this.size = inner.size;
     this.chunkBytes = cache.chunkBytes;
     this.chunkCount = Math.ceil(this.size / this.chunkBytes);
+    const unit = (inner as { chunkBytes?: unknown }).chunkBytes;
+    this.#innerUnitChunks = typeof unit === "number" && unit > this.chunkBytes &&
+        unit % this.chunkBytes === 0
+      ? unit / this.chunkBytes
+      : 1;
     this.#mapFd = fds.map;
     this.#dataFd = fds.data;
     const map = this.#readMap(0, this.chunkCount);
@@ -263,8 +270,9 @@ export class DiskCachedSource implements Source {
   }
 
   /** Fills the missing chunks, joining fills of this process already under way. */
-  #fill(missing: number[]): Promise<unknown> {
+  #fill(wanted: number[]): Promise<unknown> {
     if (this.#corrupt) return Promise.reject(this.#corrupt);
+    const missing = this.#widen(wanted);
     const waits: Promise<void>[] = [];
     for (let i = 0; i < missing.length;) {
       const pending = this.#filling.get(missing[i]);
@@ -286,6 +294,26 @@ export class DiskCachedSource implements Source {
       i = j;
     }
     return Promise.all(waits);
+  }
+
+  /**
+   * Adds the absent chunks sharing an inner unit with a wanted one: an inner source that reads
+   * whole units (a VerifiedSource hashes 1 MiB table chunks) fetches the unit for any part of
+   * it, so the rest is stored now instead of being fetched again later (a cold mount of the
+   * benchmark image made the registry send 2.2× the image at 256 KiB disk chunks).
+   */
+  #widen(wanted: number[]): number[] {
+    const k = this.#innerUnitChunks;
+    if (k <= 1 || wanted.length === 0) return wanted;
+    const units = new Set(wanted.map((c) => Math.floor(c / k)));
+    const lo = Math.floor(wanted[0] / k) * k;
+    const hi = Math.min(this.chunkCount, (Math.floor(wanted[wanted.length - 1] / k) + 1) * k);
+    const map = this.#readMap(lo, hi);
+    const chunks: number[] = [];
+    for (let c = lo; c < hi; c++) {
+      if (map[c - lo] !== PRESENT && units.has(Math.floor(c / k))) chunks.push(c);
+    }
+    return chunks;
   }
 
   /** Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps. */

@@ -68,3 +68,30 @@ Deno.test("disk cache: fills from a streaming source go through pieces, verified
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("disk cache: fills cover the inner source's whole units (one fetch per 1 MiB unit, nothing fetched twice)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-unit-" });
+  try {
+    const bytes = patternBytes(8 * CHUNK + 100, 3);
+    const inner = new StreamingOnlySource(bytes);
+    // A source that reads whole 4-chunk units, as VerifiedSource reads whole table chunks.
+    Object.defineProperty(inner, "chunkBytes", { value: 4 * CHUNK });
+    const asked: [number, number][] = [];
+    const readTo = inner.readTo.bind(inner);
+    inner.readTo = (offset, length, sink) => {
+      asked.push([offset, length]);
+      return readTo(offset, length, sink);
+    };
+    const cache = DiskCache.open({ dir, onWarning: (m) => assert.fail(m) })!;
+    const source = cache.wrap(inner, { digest: "sha256:" + "ef".repeat(32), origin: "test" });
+    assert.deepEqual(await source.read(CHUNK + 10, 4096), bytes.subarray(CHUNK + 10, CHUNK + 4106));
+    assert.deepEqual(asked, [[0, 4 * CHUNK]], "the whole unit, once");
+    // The unit's other chunks are on disk now; the next unit and the short last one follow.
+    assert.deepEqual(await source.read(3 * CHUNK, CHUNK), bytes.subarray(3 * CHUNK, 4 * CHUNK));
+    assert.deepEqual(await source.read(6 * CHUNK, 2 * CHUNK + 100), bytes.subarray(6 * CHUNK));
+    assert.deepEqual(asked, [[0, 4 * CHUNK], [4 * CHUNK, 4 * CHUNK + 100]]);
+    await source.close?.();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
