@@ -269,7 +269,9 @@ Deno.test({
     ]);
     const sandbox = await mountSandbox();
     try {
-      const env = sandbox.env;
+      // Without the disk cache: bytes read before the kill would be served from disk, and
+      // this test is about a cold read that needs the registry while it is down.
+      const env = { ...sandbox.env, EROFS_OCI_DISK_CACHE_BYTES: "0" };
       assertSuccess(
         await runCli(["push", `${registry.host}/down/basic:v1`, `${FIXTURES}/basic.erofs`], {
           timeoutMs: 120_000,
