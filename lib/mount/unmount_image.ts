@@ -21,6 +21,7 @@ import { removeRecoveryFile } from "../recovery/store.ts";
 import { warn } from "../cli/log.ts";
 import { stopServer } from "./mount_image.ts";
 import { stopFuseKeeper } from "../daemon/fuse_recovery.ts";
+import { pruneIndexCache } from "./index_cache.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;
@@ -99,5 +100,7 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   // Also after stopServer: a server it had to kill leaves its FUSE mounts behind.
   if (state.backend === "fuse") await detachDeadFuseMounts(state);
   removeMountDir(state.id);
+  // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).
+  pruneIndexCache();
   return state;
 }

@@ -1,0 +1,88 @@
+/**
+ * Clean-up of the durable index copies (INDEX_CACHE_DIR/<layer>/): a mount keeps each tar
+ * layer's index there because reattach — ours, or `mount.erofs --reattach` reading a
+ * TARINDEX_OCI_BLOB line — must find it after `--index DIR` is gone. A layer's directory is
+ * removed once nothing can need it: no recovery file and no mount's runtime files name a path
+ * inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
+ * an index rewrites its index.json first, so a mount still starting is not robbed).
+ */
+import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "./runtime.ts";
+import { RECOVERY_DIR } from "../recovery/store.ts";
+
+export const PRUNE_AFTER_MS = 10 * 60 * 1000;
+/** Recovery and state files are small; a bigger one is not ours and is not read whole. */
+const MAX_REFERENCE_FILE_BYTES = 1 << 20;
+
+function filesIn(dir: string, depth: number): string[] {
+  const out: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch {
+    return out;
+  }
+  for (const entry of entries) {
+    const path = `${dir}/${entry.name}`;
+    if (entry.isFile) out.push(path);
+    else if (entry.isDirectory && depth > 0) out.push(...filesIn(path, depth - 1));
+  }
+  return out;
+}
+
+/** Everything recovery files and mount runtime files say (where index paths are named). */
+function referenceText(recoveryDir: string, runtimeRoot: string): string {
+  const texts: string[] = [];
+  for (const file of [...filesIn(recoveryDir, 0), ...filesIn(`${runtimeRoot}/mounts`, 1)]) {
+    try {
+      if (Deno.statSync(file).size > MAX_REFERENCE_FILE_BYTES) continue;
+      texts.push(Deno.readTextFileSync(file));
+    } catch { /* gone meanwhile */ }
+  }
+  return texts.join("\n");
+}
+
+function newestWriteMs(dir: string): number {
+  let newest = 0;
+  for (const file of filesIn(dir, 0)) {
+    try {
+      newest = Math.max(newest, Deno.statSync(file).mtime?.getTime() ?? 0);
+    } catch { /* gone meanwhile */ }
+  }
+  return newest;
+}
+
+/**
+ * Removes the layer directories nothing refers to and nothing wrote lately; returns their
+ * names. Errors on one directory leave it for the next time.
+ */
+export function pruneIndexCache(options: {
+  cacheDir?: string;
+  recoveryDir?: string;
+  runtimeRoot?: string;
+  nowMs?: number;
+} = {}): string[] {
+  const cacheDir = options.cacheDir ?? INDEX_CACHE_DIR;
+  const nowMs = options.nowMs ?? Date.now();
+  let layers: string[];
+  try {
+    layers = [...Deno.readDirSync(cacheDir)].filter((e) => e.isDirectory).map((e) => e.name);
+  } catch {
+    return [];
+  }
+  if (layers.length === 0) return [];
+  const referenced = referenceText(
+    options.recoveryDir ?? RECOVERY_DIR,
+    options.runtimeRoot ?? RUNTIME_ROOT,
+  );
+  const removed: string[] = [];
+  for (const name of layers) {
+    const dir = `${cacheDir}/${name}`;
+    if (referenced.includes(`${dir}/`)) continue;
+    if (nowMs - newestWriteMs(dir) < PRUNE_AFTER_MS) continue;
+    try {
+      Deno.removeSync(dir, { recursive: true });
+      removed.push(name);
+    } catch { /* next time */ }
+  }
+  return removed;
+}

@@ -1,0 +1,95 @@
+/**
+ * The durable index copies (EROFS_OCI_STATE_DIR/index/<layer>/): `umount` removes those no
+ * recovery file or mount runtime file names and nothing wrote for 10 minutes; ones a live
+ * device's recovery line or a FUSE mount's record names, or freshly written ones, stay.
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { mountSandbox } from "./_support/mounts.ts";
+import { PRUNE_AFTER_MS, pruneIndexCache } from "../lib/mount/index_cache.ts";
+
+function layerDir(base: string, name: string, ageMs: number): string {
+  const dir = `${base}/${name}`;
+  Deno.mkdirSync(dir, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/index.json`, "{}");
+  const when = new Date(Date.now() - ageMs);
+  Deno.utimeSync(`${dir}/index.json`, when, when);
+  return dir;
+}
+
+Deno.test("index cache: only unreferenced, long-unwritten layer dirs are pruned", () => {
+  const work = Deno.makeTempDirSync({ prefix: "erofs-oci-index-cache-" });
+  try {
+    const cache = `${work}/index`, recovery = `${work}/recovery`, runtime = `${work}/run`;
+    const old = PRUNE_AFTER_MS + 60_000;
+    layerDir(cache, "sha256-aaaa", old);
+    const byDevice = layerDir(cache, "sha256-bbbb", old);
+    layerDir(cache, "sha256-cccc", 1_000);
+    const byFuse = layerDir(cache, "sha256-dddd", old);
+    Deno.mkdirSync(recovery);
+    Deno.writeTextFileSync(
+      `${recovery}/mountnbd_x`,
+      `TARINDEX_OCI_BLOB r linux/amd64 sha256:b  ${byDevice}/sha256-meta ${byDevice}/sha256-z\n`,
+    );
+    Deno.mkdirSync(`${runtime}/mounts/m1`, { recursive: true });
+    Deno.writeTextFileSync(
+      `${runtime}/mounts/m1/fuse-recovery.json`,
+      JSON.stringify({ spec: { layers: [{ tarIndex: { meta: `${byFuse}/sha256-m` } }] } }),
+    );
+    const removed = pruneIndexCache({
+      cacheDir: cache,
+      recoveryDir: recovery,
+      runtimeRoot: runtime,
+    });
+    assert.deepEqual(removed, ["sha256-aaaa"]);
+    assert.deepEqual([...Deno.readDirSync(cache)].map((e) => e.name).sort(), [
+      "sha256-bbbb",
+      "sha256-cccc",
+      "sha256-dddd",
+    ]);
+  } finally {
+    Deno.removeSync(work, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "umount of a tar.gz mount removes its index copy once nothing names it",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), path(FIXTURES)),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-cache-" });
+    try {
+      await using registry = await startRegistry({ auth: "none" });
+      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushImage(registry, "gz/prune", "v1", [
+        { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+      ]);
+      const ref = `${registry.host}/gz/prune:v1`;
+      assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+      const sandbox = await mountSandbox();
+      const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+      try {
+        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
+          env,
+          timeoutMs: 60_000,
+        });
+        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+        const cache = `${work}/state/index`;
+        const [layer] = [...Deno.readDirSync(cache)].map((e) => e.name);
+        // As if the mount had been up for an hour.
+        const hourAgo = new Date(Date.now() - 3600_000);
+        for (const entry of Deno.readDirSync(`${cache}/${layer}`)) {
+          Deno.utimeSync(`${cache}/${layer}/${entry.name}`, hourAgo, hourAgo);
+        }
+        assertSuccess(await runCli(["umount", sandbox.target], { env }));
+        assert.deepEqual([...Deno.readDirSync(cache)], [], "the index copy is gone");
+      } finally {
+        await sandbox.cleanup();
+      }
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
