@@ -10,10 +10,13 @@ import { startRegistry } from "../tests/_support/registry.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
+import { startFaultProxy } from "../tests/_support/fault_proxy.ts";
 
 const [image, out = ".cache/bench/trace-latest.json"] = Deno.args;
 if (!image) throw new Error("usage: bench_trace.ts IMAGE [OUT]");
 const RUNS = Number(Deno.env.get("BENCH_RUNS") ?? "3");
+/** BENCH_DELAY_MS=N: every registry request waits N ms in a proxy (an added round trip). */
+const DELAY_MS = Number(Deno.env.get("BENCH_DELAY_MS") ?? "0");
 const PYTHON_IMPORTS = "import json, email, http.client";
 
 function dropCaches(): void {
@@ -63,9 +66,15 @@ async function localRun(): Promise<number> {
 }
 
 await using registry = await startRegistry({ auth: "none" });
-const ref = `${registry.host}/bench/trace:v1`;
-const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
+const pushed = await runCli(["push", `${registry.host}/bench/trace:v1`, image], {
+  timeoutMs: 600_000,
+});
 if (pushed.code !== 0) throw new Error(pushed.stderr);
+await using proxy = await startFaultProxy(
+  registry.host,
+  DELAY_MS ? [{ match: () => true, fault: { kind: "delay", ms: DELAY_MS } }] : [],
+);
+const ref = `${proxy.host}/bench/trace:v1`;
 
 /** Mount on an empty disk cache, then at once the python start; seconds of each. */
 async function lazyRun(extra: string[]): Promise<{ mount: number; python: number }> {
@@ -79,7 +88,9 @@ async function lazyRun(extra: string[]): Promise<{ mount: number; python: number
     );
     if (mounted.code !== 0) throw new Error(mounted.stderr);
     const mount = (performance.now() - start) / 1000;
-    return { mount, python: await timedPython(sandbox.target) };
+    const python = await timedPython(sandbox.target);
+    if (Deno.env.get("BENCH_SHOW_LOG")) console.log(sandbox.serverLogs());
+    return { mount, python };
   } finally {
     await sandbox.cleanup();
   }
@@ -88,10 +99,6 @@ async function lazyRun(extra: string[]): Promise<{ mount: number; python: number
 const local: number[] = [];
 const untraced: { mount: number; python: number }[] = [];
 const traced: { mount: number; python: number }[] = [];
-for (let i = 0; i < RUNS; i++) {
-  local.push(await localRun());
-  untraced.push(await lazyRun(["--no-prefetch"]));
-}
 {
   const sandbox = await mountSandbox();
   try {
@@ -115,28 +122,38 @@ for (let i = 0; i < RUNS; i++) {
     await sandbox.cleanup();
   }
 }
-for (let i = 0; i < RUNS; i++) traced.push(await lazyRun([]));
+// Interleaved, so a burst of load on the shared host hits all three kinds alike.
+for (let i = 0; i < RUNS; i++) {
+  local.push(await localRun());
+  untraced.push(await lazyRun(["--no-prefetch"]));
+  traced.push(await lazyRun([]));
+}
 
 const localS = median(local);
 const row = (name: string, runs: { mount: number; python: number }[]) => {
   const python = median(runs.map((r) => r.python));
   const mount = median(runs.map((r) => r.mount));
-  return `| ${name} | ${mount.toFixed(2)} s | ${python.toFixed(3)} s (${
-    (python / localS).toFixed(2)
-  }×) |`;
+  // Per iteration against the local run next to it: the host's load moves all three together.
+  const ratio = median(runs.map((r, i) => r.python / local[i]));
+  return `| ${name} | ${mount.toFixed(2)} s | ${python.toFixed(3)} s | ${ratio.toFixed(2)}× |`;
 };
 const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "?";
 console.log(
   `Trace benchmark ${new Date().toISOString().slice(0, 10)}, ${cpu}, ${Deno.osRelease()}, ` +
-    `median of ${RUNS}, python3.11 -c '${PYTHON_IMPORTS}' (FUSE backend, loopback registry)\n`,
+    `median of ${RUNS}, python3.11 -c '${PYTHON_IMPORTS}' (FUSE backend, loopback registry, ` +
+    `+${DELAY_MS} ms per request)\n`,
 );
-console.log("| run | cold mount | cold python right after |");
-console.log("|---|---|---|");
-console.log(`| local file-backed mount | — | ${localS.toFixed(3)} s |`);
+console.log("| run | cold mount | cold python right after | vs local (median of ratios) |");
+console.log("|---|---|---|---|");
+console.log(`| local file-backed mount | — | ${localS.toFixed(3)} s | 1 |`);
 console.log(row("erofs-oci, no trace (--no-prefetch)", untraced));
 console.log(row("erofs-oci, trace prefetch", traced));
 Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
 Deno.writeTextFileSync(
   out,
-  JSON.stringify({ date: new Date().toISOString(), cpu, local, untraced, traced }, null, 2) + "\n",
+  JSON.stringify(
+    { date: new Date().toISOString(), cpu, delayMs: DELAY_MS, local, untraced, traced },
+    null,
+    2,
+  ) + "\n",
 );

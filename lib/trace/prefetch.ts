@@ -30,12 +30,17 @@ export interface PrefetchProgress {
   state: "waiting" | "running" | "done" | "failed" | "stopped";
 }
 
-/** Reads in flight at once: enough to fill a link at 20 ms RTT, few enough to leave readers room. */
-export const PREFETCH_PARALLEL = 4;
+/**
+ * Reads in flight at once. The prefetch is bound by round trips (a python start's trace is ~75
+ * small ranges): 8 finish it in ~10 round trips and still leave readers connections.
+ */
+export const PREFETCH_PARALLEL = 8;
 /** One prefetch read: whole traced ranges up to this, longer ones split. */
 export const PREFETCH_PIECE_BYTES = 1 << 20;
-/** Ranges next to each other in the trace this close are joined into one read. */
-const COALESCE_GAP_BYTES = 64 << 10;
+/** Ranges this close to a piece queued shortly before are joined into it (one read). */
+const COALESCE_GAP_BYTES = 128 << 10;
+/** How many of the latest pieces a range may join: nearby in order, so the order holds. */
+const COALESCE_LOOKBACK = 16;
 /** After this many failed reads the prefetch stops (the registry is unwell). */
 const MAX_FAILURES = 3;
 
@@ -95,14 +100,19 @@ export class TracePrefetcher {
   }
 
   #add(layerIndex: number, offset: number, length: number, pieceBytes: number): void {
-    const last = this.#pieces.at(-1);
-    if (
-      last && last.layerIndex === layerIndex && offset >= last.offset + last.length &&
-      offset - (last.offset + last.length) <= COALESCE_GAP_BYTES &&
-      offset + length - last.offset <= pieceBytes
-    ) {
-      last.length = offset + length - last.offset;
-      return;
+    const end = offset + length;
+    const from = Math.max(0, this.#pieces.length - COALESCE_LOOKBACK);
+    for (let i = this.#pieces.length - 1; i >= from; i--) {
+      const piece = this.#pieces[i];
+      if (piece.layerIndex !== layerIndex) continue;
+      const start = Math.min(piece.offset, offset);
+      const stop = Math.max(piece.offset + piece.length, end);
+      const gap = Math.max(offset - (piece.offset + piece.length), piece.offset - end);
+      if (gap <= COALESCE_GAP_BYTES && stop - start <= pieceBytes) {
+        piece.offset = start;
+        piece.length = stop - start;
+        return;
+      }
     }
     this.#pieces.push({ layerIndex, offset, length, state: "pending" });
   }
