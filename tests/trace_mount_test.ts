@@ -5,7 +5,7 @@
  * zero layer GETs; `--no-prefetch` does not; a hostile trace is refused with one warning.
  */
 import assert from "node:assert/strict";
-import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
@@ -298,6 +298,49 @@ Deno.test({
       }
     } finally {
       client.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "trace of a tar+gzip image (served through its index) lists the layer without ranges",
+  ignore: ignore || requires(path(`${FIXTURES}/big.tar.gz`, "shared fixtures")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-trace-gz-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const sandbox = await mountSandbox();
+    try {
+      const gz = await Deno.readFile(`${FIXTURES}/big.tar.gz`);
+      const pushed = await pushImage(registry, "trace/gz", "v1", [
+        { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+      ]);
+      const ref = `${registry.host}/trace/gz:v1`;
+      const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+      assertSuccess(await runCli(["index", ref, "--push"], { env, timeoutMs: 120_000 }));
+      const out = `${work}/trace.json`;
+      assertSuccess(
+        await runCli(
+          [
+            "trace",
+            ref,
+            "--backend",
+            "fuse",
+            "-o",
+            out,
+            "--",
+            "sh",
+            "-c",
+            "find {} -type f | head -3 | xargs cat > /dev/null",
+          ],
+          { env, timeoutMs: 120_000 },
+        ),
+      );
+      const trace = parseTrace(Deno.readFileSync(out));
+      assert.deepEqual(trace.layers, [{ digest: pushed.layers[0].digest, size: gz.length }]);
+      assert.deepEqual(trace.ranges, []);
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(work, { recursive: true });
     }
   },
 });

@@ -50,6 +50,9 @@ export class ServerTraceHooks {
     if (recorder) {
       const layer = this.#layers[index];
       const traced = recorder.addLayer({ digest: layer.digest ?? "", size: layer.sizeBytes });
+      // A tar-indexed layer is served as [meta][tar], not as its blob: its offsets would not
+      // be the blob's, and nothing prefetches it, so it is listed without ranges.
+      if (!target) return exported;
       return observedSource(
         exported,
         (offset, length) => recorder.record(traced, offset, length),
