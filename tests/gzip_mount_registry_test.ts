@@ -67,6 +67,8 @@ Deno.test({
           ...LONG,
         });
         assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+        // Its reads are checked against the index's piece digests: no "not verified" notice.
+        assert.doesNotMatch(mounted.stderr, /not verified/);
         // The writer gives tar roots 0755 where mkfs.erofs gives 0777 (build_tar_test.ts).
         const want = Deno.readTextFileSync(`${FIXTURES}/expected/big.meta.txt`)
           .replace(/^\.\td\t0777\t/, ".\td\t0755\t");

@@ -29,6 +29,8 @@ interface TableLayer {
   sizeBytes: number;
   layerIndex?: number;
   chunkTable?: ChunkTableSpec;
+  /** A tar layer served through its index: `pieces` (sha256 per MiB of tar) verify its reads. */
+  tarIndex?: { pieces?: string };
 }
 
 /**
@@ -51,7 +53,8 @@ export async function attachChunkTables(
     const digest = layer.digest!;
     const table = found.get(digest);
     if (!table) {
-      missing.push(layer.layerIndex ?? 0);
+      // A tar layer indexed by `erofs-oci index` is checked piece by piece already.
+      if (!layer.tarIndex?.pieces) missing.push(layer.layerIndex ?? 0);
       continue;
     }
     const { bytes } = await fetchTable(client, repository, table.digest, {
