@@ -7,13 +7,18 @@
  */
 import { OciError } from "../errors.ts";
 import { readLimited } from "../oci/auth.ts";
-import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { statusError } from "../oci/blob_upload.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
-import { listReferrers, pushReferrer, type ReferrerDescriptor } from "../oci/referrers.ts";
+import {
+  listReferrers,
+  pushArtifact,
+  type ReferrerDescriptor,
+  uploadBlobIfMissing,
+} from "../oci/referrers.ts";
 import { MAX_INDEX_RECORD_BYTES, parseIndexRecord, sha256Digest } from "../gzip/index_record.ts";
 import { checkTarIndexFiles, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
 
@@ -27,10 +32,6 @@ const MEDIA = {
 /** Annotation on every blob of the artifact: the layer it indexes. */
 export const LAYER_ANNOTATION = "io.github.erofs-oci.layer.digest";
 const TITLE = "org.opencontainers.image.title";
-/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
-const EMPTY_CONFIG = new TextEncoder().encode("{}");
-const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
-
 /** Upper bound for a meta image fetched at mount (it indexes, it does not hold data). */
 const MAX_META_BYTES = 1 << 30;
 
@@ -48,14 +49,7 @@ export async function pushTarIndexArtifact(
   const upload = async (mediaType: string, path: string, layer: string, bytes?: Uint8Array) => {
     const data = bytes ?? await Deno.readFile(path);
     const digest = sha256Digest(data);
-    if (!(await blobExists(client, repository, digest))) {
-      await uploadBlob(client, repository, {
-        digest,
-        sizeBytes: data.byteLength,
-        mediaType,
-        bytes: new Uint8Array(data),
-      }, {});
-    }
+    await uploadBlobIfMissing(client, repository, new Uint8Array(data), mediaType);
     layers.push({
       mediaType,
       digest,
@@ -76,39 +70,7 @@ export async function pushTarIndexArtifact(
     if (index.zinfo) await upload(MEDIA.zinfo, index.zinfo, layer);
     if (index.pieces) await upload(MEDIA.pieces, index.pieces, layer);
   }
-  const configDigest = digestOf(EMPTY_CONFIG);
-  if (!(await blobExists(client, repository, configDigest))) {
-    await uploadBlob(client, repository, {
-      digest: configDigest,
-      sizeBytes: EMPTY_CONFIG.byteLength,
-      mediaType: EMPTY_MEDIA,
-      bytes: new Uint8Array(EMPTY_CONFIG),
-    }, {});
-  }
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    artifactType: TAR_INDEX_ARTIFACT_TYPE,
-    config: { mediaType: EMPTY_MEDIA, digest: configDigest, size: EMPTY_CONFIG.byteLength },
-    layers,
-    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
-  };
-  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
-  const digest = digestOf(bytes);
-  const via = await pushReferrer(
-    client,
-    repository,
-    bytes,
-    {
-      mediaType: OCI_MANIFEST,
-      digest,
-      size: bytes.byteLength,
-      artifactType: TAR_INDEX_ARTIFACT_TYPE,
-    },
-    subject.digest,
-    (old) => old.artifactType === TAR_INDEX_ARTIFACT_TYPE,
-  );
-  return { digest, via };
+  return await pushArtifact(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE, layers);
 }
 
 interface ArtifactBlob {

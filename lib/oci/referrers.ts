@@ -6,8 +6,9 @@
  */
 import { OciError } from "../errors.ts";
 import { readLimited } from "./auth.ts";
-import { statusError } from "./blob_upload.ts";
+import { blobExists, statusError, uploadBlob } from "./blob_upload.ts";
 import { pullScope, pushScope, type RegistryClient } from "./client.ts";
+import { digestOf } from "./digest.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
@@ -106,6 +107,65 @@ export async function pushReferrer(
   await putIndex.body?.cancel();
   if (putIndex.status !== 201) throw statusError(client, putIndex, `storing the tag ${tag}`);
   return "fallback-tag";
+}
+
+/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
+const EMPTY_CONFIG = new TextEncoder().encode("{}");
+const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
+
+/** Uploads `bytes` unless the repository already has a blob with its digest. */
+export async function uploadBlobIfMissing(
+  client: RegistryClient,
+  repository: string,
+  bytes: Uint8Array<ArrayBuffer>,
+  mediaType: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  const digest = digestOf(bytes);
+  if (await blobExists(client, repository, digest, signal)) return;
+  await uploadBlob(client, repository, {
+    digest,
+    sizeBytes: bytes.byteLength,
+    mediaType,
+    bytes,
+  }, { signal });
+}
+
+/**
+ * Pushes an artifact manifest of `artifactType` listing `layers` (already uploaded) whose
+ * `subject` is the image manifest, replacing an earlier artifact of the same type in the
+ * fallback tag's list. Returns its digest and how it was recorded.
+ */
+export async function pushArtifact(
+  client: RegistryClient,
+  repository: string,
+  subject: { digest: string; size: number; mediaType: string },
+  artifactType: string,
+  layers: Record<string, unknown>[],
+  signal?: AbortSignal,
+): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
+  // A registry refuses a manifest naming blobs it does not have, the config included.
+  await uploadBlobIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA, signal);
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    artifactType,
+    config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
+    layers,
+    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+  };
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  const digest = digestOf(bytes);
+  const via = await pushReferrer(
+    client,
+    repository,
+    bytes,
+    { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType },
+    subject.digest,
+    (old) => old.artifactType === artifactType,
+    signal,
+  );
+  return { digest, via };
 }
 
 async function fetchTagIndex(

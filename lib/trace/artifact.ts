@@ -6,34 +6,14 @@
  */
 import { OciError } from "../errors.ts";
 import { readLimited } from "../oci/auth.ts";
-import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { statusError } from "../oci/blob_upload.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
-import { listReferrers, pushReferrer } from "../oci/referrers.ts";
+import { listReferrers, pushArtifact, uploadBlobIfMissing } from "../oci/referrers.ts";
 import { MAX_TRACE_BYTES, TRACE_ARTIFACT_TYPE, TRACE_MEDIA_TYPE } from "./format.ts";
-
-/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
-const EMPTY_CONFIG = new TextEncoder().encode("{}");
-const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
-
-async function uploadIfMissing(
-  client: RegistryClient,
-  repository: string,
-  bytes: Uint8Array<ArrayBuffer>,
-  mediaType: string,
-): Promise<void> {
-  const digest = digestOf(bytes);
-  if (await blobExists(client, repository, digest)) return;
-  await uploadBlob(
-    client,
-    repository,
-    { digest, sizeBytes: bytes.byteLength, mediaType, bytes },
-    {},
-  );
-}
 
 /** Uploads the trace and the artifact referring to `subject`; returns the artifact digest. */
 export async function pushTraceArtifact(
@@ -42,27 +22,10 @@ export async function pushTraceArtifact(
   subject: { digest: string; size: number; mediaType: string },
   trace: Uint8Array<ArrayBuffer>,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
-  await uploadIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA);
-  await uploadIfMissing(client, repository, trace, TRACE_MEDIA_TYPE);
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    artifactType: TRACE_ARTIFACT_TYPE,
-    config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
-    layers: [{ mediaType: TRACE_MEDIA_TYPE, digest: digestOf(trace), size: trace.byteLength }],
-    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
-  };
-  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
-  const digest = digestOf(bytes);
-  const via = await pushReferrer(
-    client,
-    repository,
-    bytes,
-    { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType: TRACE_ARTIFACT_TYPE },
-    subject.digest,
-    (old) => old.artifactType === TRACE_ARTIFACT_TYPE,
-  );
-  return { digest, via };
+  await uploadBlobIfMissing(client, repository, trace, TRACE_MEDIA_TYPE);
+  return await pushArtifact(client, repository, subject, TRACE_ARTIFACT_TYPE, [
+    { mediaType: TRACE_MEDIA_TYPE, digest: digestOf(trace), size: trace.byteLength },
+  ]);
 }
 
 async function getChecked(

@@ -8,13 +8,13 @@
  */
 import { OciError } from "../errors.ts";
 import { readLimited } from "../oci/auth.ts";
-import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { statusError } from "../oci/blob_upload.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
-import { listReferrers, pushReferrer } from "../oci/referrers.ts";
+import { listReferrers, pushArtifact, uploadBlobIfMissing } from "../oci/referrers.ts";
 import {
   CHUNK_TABLE_MEDIA_TYPE,
   CHUNK_TABLES_ARTIFACT_TYPE,
@@ -25,10 +25,6 @@ import {
   TABLE_LAYER_ANNOTATION,
 } from "./chunk_table.ts";
 
-/** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
-const EMPTY_CONFIG = new TextEncoder().encode("{}");
-const EMPTY_MEDIA = "application/vnd.oci.empty.v1+json";
-
 /** Uploads table blobs the registry does not have yet (before a manifest names them). */
 export async function uploadTables(
   client: RegistryClient,
@@ -37,25 +33,8 @@ export async function uploadTables(
   signal?: AbortSignal,
 ): Promise<void> {
   for (const { bytes } of tables) {
-    await uploadIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
+    await uploadBlobIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
   }
-}
-
-async function uploadIfMissing(
-  client: RegistryClient,
-  repository: string,
-  bytes: Uint8Array<ArrayBuffer>,
-  mediaType: string,
-  signal?: AbortSignal,
-): Promise<void> {
-  const digest = digestOf(bytes);
-  if (await blobExists(client, repository, digest, signal)) return;
-  await uploadBlob(client, repository, {
-    digest,
-    sizeBytes: bytes.byteLength,
-    mediaType,
-    bytes,
-  }, { signal });
 }
 
 /** A table blob already in the repository, and the layer it describes. */
@@ -84,38 +63,20 @@ export async function pushTablesArtifact(
   tables: TableRef[],
   signal?: AbortSignal,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
-  // A registry refuses a manifest naming blobs it does not have, the config included.
-  await uploadIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA, signal);
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    artifactType: CHUNK_TABLES_ARTIFACT_TYPE,
-    config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
-    layers: tables.map((t) => ({
-      mediaType: CHUNK_TABLE_MEDIA_TYPE,
-      digest: t.digest,
-      size: t.size,
-      annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
-    })),
-    subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
-  };
-  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
-  const digest = digestOf(bytes);
-  const via = await pushReferrer(
+  const layers = tables.map((t) => ({
+    mediaType: CHUNK_TABLE_MEDIA_TYPE,
+    digest: t.digest,
+    size: t.size,
+    annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
+  }));
+  return await pushArtifact(
     client,
     repository,
-    bytes,
-    {
-      mediaType: OCI_MANIFEST,
-      digest,
-      size: bytes.byteLength,
-      artifactType: CHUNK_TABLES_ARTIFACT_TYPE,
-    },
-    subject.digest,
-    (old) => old.artifactType === CHUNK_TABLES_ARTIFACT_TYPE,
+    subject,
+    CHUNK_TABLES_ARTIFACT_TYPE,
+    layers,
     signal,
   );
-  return { digest, via };
 }
 
 /** Fetches the table blob `digest` (checked against it) and checks it describes `layer`. */
