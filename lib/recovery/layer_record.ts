@@ -15,6 +15,7 @@ import type { RecoveryExtra } from "./store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { registryOrigin, sharedDiskCache } from "../mount/layer_source.ts";
 import { tarIndexLayerForRecord, tarIndexRecordForLayer } from "./tarindex_record.ts";
+import { headBlobSize, registryLayer } from "./registry_layer.ts";
 import {
   identityDifferences,
   identityOfImage,
@@ -69,30 +70,6 @@ export function unverifiedLayer(
     plainHttp: extra.plainHttp ?? new RegistryClient(ref.registry).plainHttp,
     ...recordedChunkTable(extra),
   });
-}
-
-type RegistryRecord = Extract<RecoveryRecord, { reference: string }>;
-type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
-
-function registryLayer(
-  record: RegistryRecord,
-  resolved: Pick<
-    RegistryLayer,
-    "layerIndex" | "digest" | "mediaType" | "sizeBytes" | "plainHttp" | "chunkTable"
-  >,
-): { layer: LayerSpec; credentials?: Credentials } {
-  const ref = parseReference(record.reference);
-  return {
-    layer: {
-      kind: "registry",
-      registry: ref.registry,
-      repository: ref.repository,
-      reference: record.reference,
-      platform: record.platform,
-      ...resolved,
-    },
-    credentials: record.credentials,
-  };
 }
 
 /**
@@ -224,22 +201,12 @@ export async function layerForRecord(
   } else {
     digest = record.digest;
   }
-  const response = await client.request({
-    method: "HEAD",
-    path: `/v2/${ref.repository}/blobs/${digest}`,
-    scope: `repository:${ref.repository}:pull`,
-    route: "pull",
-  });
-  await response.body?.cancel();
-  if (response.status === 404) {
-    throw new OciError(`blob ${digest} is no longer in ${ref.registry}/${ref.repository}`);
-  }
-  if (!response.ok) {
-    const error = new OciError(`checking blob ${digest}: registry answered ${response.status}`);
-    error.status = response.status;
-    throw error;
-  }
-  const size = Number(response.headers.get("content-length") ?? NaN);
+  const size = await headBlobSize(
+    client,
+    ref.repository,
+    digest,
+    `${ref.registry}/${ref.repository}`,
+  );
   if (!sizeMatches(size)) {
     throw new OciError(
       `blob ${digest} has ${size} bytes but the device has ${deviceSizeBytes}: not the mounted data`,

@@ -13,6 +13,7 @@ import { tarIndexLayout } from "../source/hybrid_tar.ts";
 import type { LayerSpec, TarIndexSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";
+import { headBlobSize, registryLayer } from "./registry_layer.ts";
 
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
 type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
@@ -82,46 +83,24 @@ export async function tarIndexLayerForRecord(
     deadlineMs,
   });
   try {
-    const response = await client.request({
-      method: "HEAD",
-      path: `/v2/${ref.repository}/blobs/${record.digest}`,
-      scope: `repository:${ref.repository}:pull`,
-      route: "pull",
-    });
-    await response.body?.cancel();
-    if (!response.ok) {
-      const error = new OciError(
-        `checking blob ${record.digest}: registry answered ${response.status}`,
-      );
-      error.status = response.status;
-      throw error;
-    }
-    const size = Number(response.headers.get("content-length") ?? NaN);
+    const size = await headBlobSize(client, ref.repository, record.digest);
     if (indexRecord && indexRecord.layer.size !== size) {
       throw new OciError(`blob ${record.digest} has ${size} bytes, its index says otherwise`);
     }
     const pieces = typeof extra.tarIndex?.pieces === "string" ? extra.tarIndex.pieces : undefined;
-    return {
-      layer: {
-        kind: "registry",
-        registry: ref.registry,
-        repository: ref.repository,
-        reference: record.reference,
-        platform: record.platform,
-        layerIndex: extra.layerIndex ?? 0,
-        digest: record.digest,
-        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
-        sizeBytes: size,
-        plainHttp: client.plainHttp,
-        tarIndex: {
-          meta: record.tarIndexPath,
-          zinfo: record.zinfoPath || undefined,
-          pieces: indexRecord ? pieces : undefined,
-          record: indexRecord,
-        },
+    return registryLayer(record, {
+      layerIndex: extra.layerIndex ?? 0,
+      digest: record.digest,
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+      sizeBytes: size,
+      plainHttp: client.plainHttp,
+      tarIndex: {
+        meta: record.tarIndexPath,
+        zinfo: record.zinfoPath || undefined,
+        pieces: indexRecord ? pieces : undefined,
+        record: indexRecord,
       },
-      credentials: record.credentials,
-    };
+    });
   } finally {
     client.close();
   }
