@@ -6,7 +6,7 @@
  */
 import { OciError } from "../errors.ts";
 import { debug } from "../cli/log.ts";
-import { blobStatusError, parseContentRange } from "../oci/blob_range.ts";
+import { blobStatusError, parseContentRange, skipLeading } from "../oci/blob_range.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestHasher } from "../oci/digest.ts";
 import type { OciLayout } from "../oci/oci_layout.ts";
@@ -147,14 +147,10 @@ async function* registryChunks(
           failure = error;
           break;
         }
-        if (skip > 0) {
-          if (chunk.byteLength <= skip) {
-            skip -= chunk.byteLength;
-            continue;
-          }
-          chunk = chunk.subarray(skip);
-          skip = 0;
-        }
+        const kept = skipLeading(chunk, skip);
+        skip = kept.skip;
+        if (!kept.chunk) continue;
+        chunk = kept.chunk;
         yield chunk;
       }
     } finally {

@@ -38,6 +38,8 @@ export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
  * 136 MB layer left tens of MB of those behind in the server's RSS.
  */
 const SCRATCH_BYTES = 256 << 10;
+const MAX_POOLED_SCRATCH = 8;
+const scratchBuffers: Uint8Array[] = [];
 
 /** Reads the next body bytes into `scratch` when the stream takes a buffer, else its own. */
 async function readBody(
@@ -48,7 +50,9 @@ async function readBody(
     const { done, value } = await reader.read();
     return done ? undefined : value;
   }
-  const { done, value } = await reader.read(scratch.buffer ?? new Uint8Array(SCRATCH_BYTES));
+  const { done, value } = await reader.read(
+    scratch.buffer ?? scratchBuffers.pop() ?? new Uint8Array(SCRATCH_BYTES),
+  );
   // The stream transferred the buffer: the same memory comes back under a new object.
   scratch.buffer = value ? new Uint8Array(value.buffer) : undefined;
   return done || !value ? undefined : value;
@@ -62,6 +66,19 @@ function bodyReader(
   } catch {
     return body.getReader(); // not a byte stream (a test double): chunks as they come
   }
+}
+
+/**
+ * `chunk` without the first `skip` bytes of the body still to drop (a 200 that ignored Range
+ * starts at byte 0): `chunk` undefined when all of it is dropped, and what remains to drop.
+ */
+export function skipLeading<T extends Uint8Array>(
+  chunk: T,
+  skip: number,
+): { chunk?: T; skip: number } {
+  if (skip <= 0) return { chunk, skip };
+  if (chunk.byteLength <= skip) return { skip: skip - chunk.byteLength };
+  return { chunk: chunk.subarray(skip) as T, skip: 0 };
 }
 
 /**
@@ -91,14 +108,10 @@ export async function copyBody(
         return { copied, error };
       }
       if (!chunk) return { copied };
-      if (skip > 0) {
-        if (chunk.byteLength <= skip) {
-          skip -= chunk.byteLength;
-          continue;
-        }
-        chunk = chunk.subarray(skip);
-        skip = 0;
-      }
+      const kept = skipLeading(chunk, skip);
+      skip = kept.skip;
+      if (!kept.chunk) continue;
+      chunk = kept.chunk;
       const n = Math.min(chunk.byteLength, want - copied);
       await write(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
       copied += n;
@@ -107,6 +120,10 @@ export async function copyBody(
   } finally {
     // Stops the transfer of anything beyond what we need (a 200 that ignored the range).
     reader.cancel().catch(() => {});
+    // Back for the next body: the stream gave it back whole (no read is pending now).
+    if (
+      scratch.buffer?.byteLength === SCRATCH_BYTES && scratchBuffers.length < MAX_POOLED_SCRATCH
+    ) scratchBuffers.push(scratch.buffer);
   }
 }
 

@@ -1,6 +1,6 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../cli/log.ts";
-import { blobStatusError, parseContentRange } from "./blob_range.ts";
+import { blobStatusError, parseContentRange, skipLeading } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./client.ts";
 import { digestHasher } from "./digest.ts";
@@ -93,14 +93,10 @@ async function streamVerified(
     let failure: unknown;
     try {
       for await (let chunk of response.body ?? []) {
-        if (skip > 0) {
-          if (chunk.byteLength <= skip) {
-            skip -= chunk.byteLength;
-            continue;
-          }
-          chunk = chunk.subarray(skip);
-          skip = 0;
-        }
+        const kept = skipLeading(chunk, skip);
+        skip = kept.skip;
+        if (!kept.chunk) continue;
+        chunk = kept.chunk;
         if (total !== undefined && received + chunk.byteLength > total) {
           throw new OciError(`blob ${digest} is larger than ${total} bytes`);
         }
