@@ -76,6 +76,7 @@ export function copyRange(
   what: string,
   onBytes?: (n: number) => void,
 ): void {
+  const copy: FileCopy = { src, dst, what, onBytes };
   const end = srcOffset + length;
   let at = srcOffset;
   while (at < end) {
@@ -84,7 +85,7 @@ export function copyRange(
       const code = errno();
       if (code === ENXIO) break; // only a hole up to the end of the file
       // No SEEK_DATA (pipes, some file systems): treat everything as data.
-      copyData(src, at, dst, dstOffset + (at - srcOffset), end - at, what, onBytes);
+      copyData(copy, at, dstOffset + (at - srcOffset), end - at);
       at = end;
       break;
     }
@@ -92,7 +93,7 @@ export function copyRange(
     let hole = Number(libc().lseek(src, BigInt(data), SEEK_HOLE));
     if (hole < 0 || hole > end) hole = end;
     onBytes?.(data - at);
-    copyData(src, data, dst, dstOffset + (data - srcOffset), hole - data, what, onBytes);
+    copyData(copy, data, dstOffset + (data - srcOffset), hole - data);
     at = hole;
   }
   // A source that ends inside the range (SEEK_DATA says ENXIO past EOF) shrank.
@@ -101,24 +102,24 @@ export function copyRange(
   if (at < end) onBytes?.(end - at);
 }
 
-function copyData(
-  src: number,
-  srcOffset: number,
-  dst: number,
-  dstOffset: number,
-  length: number,
-  what: string,
-  onBytes?: (n: number) => void,
-): void {
+/** The two files of one copyRange call, what to name in errors, and whom to tell of progress. */
+interface FileCopy {
+  src: number;
+  dst: number;
+  what: string;
+  onBytes?: (n: number) => void;
+}
+
+function copyData(copy: FileCopy, srcOffset: number, dstOffset: number, length: number): void {
   const offIn = new BigInt64Array([BigInt(srcOffset)]);
   const offOut = new BigInt64Array([BigInt(dstOffset)]);
   let left = length;
   while (left > 0) {
     const n = Number(
       libc().copy_file_range(
-        src,
+        copy.src,
         new Uint8Array(offIn.buffer),
-        dst,
+        copy.dst,
         new Uint8Array(offOut.buffer),
         BigInt(Math.min(left, CHUNK_BYTES)),
         0,
@@ -128,32 +129,24 @@ function copyData(
       const code = errno();
       if (code === Errno.EINTR) continue;
       if (code === EXDEV || code === Errno.EINVAL || code === Errno.ENOSYS || code === EOPNOTSUPP) {
-        copyByBuffer(src, Number(offIn[0]), dst, Number(offOut[0]), left, what, onBytes);
+        copyByBuffer(copy, Number(offIn[0]), Number(offOut[0]), left);
         return;
       }
-      throw new SysError("copy_file_range", code, what);
+      throw new SysError("copy_file_range", code, copy.what);
     }
-    if (n === 0) throw new SourceChangedError(what);
+    if (n === 0) throw new SourceChangedError(copy.what);
     left -= n;
-    onBytes?.(n);
+    copy.onBytes?.(n);
   }
 }
 
-function copyByBuffer(
-  src: number,
-  srcOffset: number,
-  dst: number,
-  dstOffset: number,
-  length: number,
-  what: string,
-  onBytes?: (n: number) => void,
-): void {
+function copyByBuffer(copy: FileCopy, srcOffset: number, dstOffset: number, length: number): void {
   for (let done = 0; done < length;) {
     const n = Math.min(FALLBACK_BUFFER_BYTES, length - done);
-    const chunk = preadExact(src, n, srcOffset + done, what) as Uint8Array<ArrayBuffer>;
-    pwriteAll(dst, chunk, dstOffset + done);
+    const chunk = preadExact(copy.src, n, srcOffset + done, copy.what) as Uint8Array<ArrayBuffer>;
+    pwriteAll(copy.dst, chunk, dstOffset + done);
     done += n;
-    onBytes?.(n);
+    copy.onBytes?.(n);
   }
 }
 
