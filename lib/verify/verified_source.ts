@@ -132,7 +132,7 @@ export class VerifiedSource implements Source {
     // Chunks another reader holds or fetches: the shared path, not a second fetch.
     if (shared) return await sink(await this.read(offset, length, signal), 0);
     const start = first * chunk;
-    const buffer = new Uint8Array(Math.min(chunk, this.size - start));
+    const buffer = takeChunkBuffer(chunk);
     let index = first;
     let filled = 0;
     const deliver = async () => {
@@ -148,16 +148,23 @@ export class VerifiedSource implements Source {
       filled = 0;
     };
     const runBytes = Math.min(this.size, end * chunk) - start;
-    await this.#inner.readTo!(start, runBytes, async (bytes) => {
-      for (let used = 0; used < bytes.length;) {
-        const want = Math.min(chunk, this.size - index * chunk);
-        const n = Math.min(want - filled, bytes.length - used);
-        buffer.set(bytes.subarray(used, used + n), filled);
-        filled += n;
-        used += n;
-        if (filled === want) await deliver();
-      }
-    }, signal);
+    let clean = false;
+    try {
+      await this.#inner.readTo!(start, runBytes, async (bytes) => {
+        for (let used = 0; used < bytes.length;) {
+          const want = Math.min(chunk, this.size - index * chunk);
+          const n = Math.min(want - filled, bytes.length - used);
+          buffer.set(bytes.subarray(used, used + n), filled);
+          filled += n;
+          used += n;
+          if (filled === want) await deliver();
+        }
+      }, signal);
+      clean = true;
+    } finally {
+      // A stream that failed may still hold a view of the buffer: it is not reused.
+      if (clean) giveChunkBuffer(buffer);
+    }
     if (index !== end) {
       throw new Error(`source returned ${(index - first) * chunk + filled} of ${runBytes} bytes`);
     }
@@ -242,4 +249,17 @@ export class VerifiedSource implements Source {
   close(): void | Promise<void> {
     return this.#inner.close?.();
   }
+}
+
+/** Stream buffers of one table chunk, reused across readTo calls (each run needs one). */
+const chunkBuffers: Uint8Array[] = [];
+const MAX_POOLED_CHUNK_BUFFERS = 4;
+
+function takeChunkBuffer(bytes: number): Uint8Array {
+  const index = chunkBuffers.findIndex((buffer) => buffer.length === bytes);
+  return index >= 0 ? chunkBuffers.splice(index, 1)[0] : new Uint8Array(bytes);
+}
+
+function giveChunkBuffer(buffer: Uint8Array): void {
+  if (chunkBuffers.length < MAX_POOLED_CHUNK_BUFFERS) chunkBuffers.push(buffer);
 }
