@@ -8,9 +8,8 @@ import { command, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
-import { runOk } from "./_support/erofs_tree.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
-import { makeUmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
 
 const ignore = requires(
   root(),
@@ -29,13 +28,7 @@ Deno.test({
     await using target = await startRegistry({ auth: "basic" });
     try {
       const image = await makeUmociImage(work);
-      await runOk("skopeo", [
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        `oci:${image.layout}:${image.tag}`,
-        `docker://${source.host}/src/app:v1`,
-      ]);
+      await copyToRegistry(image, source, "src/app:v1");
       await using proxy = await startFaultProxy(source.host, []);
       const dst = `${target.host}/dst/app:v1`;
 

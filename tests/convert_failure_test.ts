@@ -9,8 +9,7 @@ import { command, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
-import { runOk } from "./_support/erofs_tree.ts";
-import { makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
 import { FIXTURES } from "./_support/requires.ts";
 
 const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
@@ -48,13 +47,7 @@ Deno.test({
     await using registry = await startRegistry({ auth: "none" });
     try {
       const image = await makeUmociImage(work);
-      await runOk("skopeo", [
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        `oci:${image.layout}:${image.tag}`,
-        `docker://${registry.host}/src/app:v1`,
-      ]);
+      await copyToRegistry(image, registry, "src/app:v1");
       const digest = layoutLayer(image, image.tag, 0);
       const hex = digest.slice(7);
       retimeGzip(

@@ -8,9 +8,8 @@ import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
-import { runOk } from "./_support/erofs_tree.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
-import { makeUmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
 
 const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
 const LONG = { timeoutMs: 120_000 };
@@ -24,13 +23,7 @@ Deno.test({
     await using registry = await startRegistry({ auth: "none" });
     try {
       const image = await makeUmociImage(work);
-      await runOk("skopeo", [
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        `oci:${image.layout}:${image.tag}`,
-        `docker://${registry.host}/src/app:v1`,
-      ]);
+      await copyToRegistry(image, registry, "src/app:v1");
       const manifest = (await getManifest(registry, "src/app", "v1")).json as {
         layers: { digest: string; size: number }[];
       };
@@ -83,13 +76,7 @@ Deno.test({
     await using registry = await startRegistry({ auth: "none" });
     try {
       const image = await makeUmociImage(work);
-      await runOk("skopeo", [
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        `oci:${image.layout}:${image.tag}`,
-        `docker://${registry.host}/src/app:v1`,
-      ]);
+      await copyToRegistry(image, registry, "src/app:v1");
       const manifest = (await getManifest(registry, "src/app", "v1")).json as {
         layers: { digest: string }[];
       };

@@ -10,9 +10,9 @@ import { command, FIXTURES, path, requires, root } from "./_support/requires.ts"
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getManifest, pushImage } from "./_support/oci_raw.ts";
-import { runOk, treeListing } from "./_support/erofs_tree.ts";
+import { treeListing } from "./_support/erofs_tree.ts";
 import { manifestOf, mountSandbox } from "./_support/mounts.ts";
-import { makeUmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
 
 const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
 const LONG = { timeoutMs: 120_000 };
@@ -127,15 +127,7 @@ Deno.test({
   fn: () =>
     withRegistry(async (registry, stateEnv, work) => {
       const image = await makeUmociImage(work);
-      await runOk("skopeo", [
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--format",
-        "v2s2",
-        `oci:${image.layout}:${image.tag}`,
-        `docker://${registry.host}/src/app:v2s2`,
-      ]);
+      await copyToRegistry(image, registry, "src/app:v2s2", ["--format", "v2s2"]);
       const ref = `${registry.host}/src/app:v2s2`;
       const indexed = await runCli(["index", ref, "--push"], LONG);
       assertSuccess(indexed);

@@ -73,3 +73,21 @@ tar --owner=0 --group=0 --numeric-owner -cf ../layer3.tar opq d private/more
   await runOk("umoci", ["unpack", "--image", `${layout}:${tag}`, `${dir}/expected`]);
   return { layout, tag, twoLayerTag: "two", rootfs: `${dir}/expected/rootfs` };
 }
+
+/** skopeo copy of the image (`tag`, default its full tag) to `target` in `registry`. */
+export async function copyToRegistry(
+  image: UmociImage,
+  registry: { host: string },
+  target: string,
+  args: string[] = [],
+  tag = image.tag,
+): Promise<void> {
+  await runOk("skopeo", [
+    "copy",
+    "--quiet",
+    "--dest-tls-verify=false",
+    ...args,
+    `oci:${image.layout}:${tag}`,
+    `docker://${registry.host}/${target}`,
+  ]);
+}
