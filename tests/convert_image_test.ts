@@ -10,9 +10,9 @@ import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts"
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getBlob, getManifest } from "./_support/oci_raw.ts";
-import { fsckImage, runOk, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
+import { fsckImage, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
 import { mountSandbox } from "./_support/mounts.ts";
-import { makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
 
 const ignore = requires(
   root(),
@@ -26,24 +26,6 @@ const ignore = requires(
 const LONG = { timeoutMs: 120_000 };
 const EROFS = "application/vnd.erofs";
 const SOURCE_ANNOTATION = "io.github.erofs-oci.source.layers";
-
-/** skopeo copy of the umoci image into the registry, with the given format/compression. */
-async function copyToRegistry(
-  image: UmociImage,
-  registry: TestRegistry,
-  target: string,
-  args: string[],
-  tag = image.tag,
-): Promise<void> {
-  await runOk("skopeo", [
-    "copy",
-    "--quiet",
-    "--dest-tls-verify=false",
-    ...args,
-    `oci:${image.layout}:${tag}`,
-    `docker://${registry.host}/${target}`,
-  ]);
-}
 
 /** Mounts `ref` with the CLI (FUSE), returns its listing, always unmounts. */
 async function mountedListing(ref: string): Promise<string[]> {
@@ -74,6 +56,27 @@ function comparable(listing: string[]): string[] {
     if (fields[1] === "d") fields[4] = "-";
     return fields.join("\t");
   });
+}
+
+/** Runs `fn` with the umoci image in a fresh work directory and a registry; cleans both up. */
+async function withUmociRegistry(
+  fn: (image: UmociImage, registry: TestRegistry, work: string) => Promise<void>,
+): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-test-" });
+  try {
+    await using registry = await startRegistry({ auth: "none" });
+    await fn(await makeUmociImage(work), registry, work);
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
+
+/** The image `ref` mounted with the CLI has the tree of `umoci unpack`. */
+async function assertMountEqualsUnpack(ref: string, image: UmociImage): Promise<void> {
+  assert.deepEqual(
+    comparable(await mountedListing(ref)),
+    comparable(await treeListing(image.rootfs)),
+  );
 }
 
 interface PushedManifest {
@@ -120,11 +123,8 @@ async function checkPushed(
 Deno.test({
   name: "convert: umoci image as Docker v2s2 tar+gzip → EROFS layers; mount equals umoci unpack",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-test-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry(async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:v2s2", ["--format", "v2s2"]);
       const source = await getManifest(registry, "src/app", "v2s2");
       assert.match(source.mediaType, /docker\.distribution\.manifest\.v2/);
@@ -137,31 +137,22 @@ Deno.test({
       const sources = (source.json as PushedManifest).layers.map((l) => l.digest);
       assert.deepEqual(manifest.layers.map((l) => l.annotations?.[SOURCE_ANNOTATION]), sources);
 
-      assert.deepEqual(
-        comparable(await mountedListing(dst)),
-        comparable(await treeListing(image.rootfs)),
-      );
+      await assertMountEqualsUnpack(dst, image);
 
       // Converted layers are found by their source digest and not converted again.
       const again = await runCli(["convert", `${registry.host}/src/app:v2s2`, dst], LONG);
       assertSuccess(again);
       assert.equal(again.stdout, first.stdout, describe(again));
       assert.equal((again.stderr.match(/reused/g) ?? []).length, 4, describe(again));
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+    }),
 });
 
 Deno.test({
   name:
     "convert: layers converted for another tag are reused; the new layer gets their directories",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-test-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry(async (image, registry, work) => {
       const src = `${registry.host}/src/app`;
       const dst = `${registry.host}/dst/app:latest`;
       await copyToRegistry(image, registry, "src/app:two", [], image.twoLayerTag);
@@ -173,25 +164,16 @@ Deno.test({
       assert.match(next.stderr, /layer 2\/3: already converted/, describe(next));
       assert.match(next.stderr, /3 EROFS layer\(s\), 1 converted/, describe(next));
       await checkPushed(registry, "dst/app", "latest", work, 3);
-      assert.deepEqual(
-        comparable(await mountedListing(dst)),
-        comparable(await treeListing(image.rootfs)),
-      );
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+      await assertMountEqualsUnpack(dst, image);
+    }),
 });
 
 Deno.test({
   name:
     "convert --flatten: OCI tar+zstd from a registry → one layer in an OCI layout; mount equals umoci unpack",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-test-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry(async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:zstd", [
         "--format",
         "oci",
@@ -213,14 +195,8 @@ Deno.test({
       const layers = JSON.parse(inspected.stdout).layers;
       assert.equal(layers.length, 1, inspected.stdout);
       await fsckImage(`${work}/out/blobs/sha256/${layers[0].digest.slice(7)}`);
-      assert.deepEqual(
-        comparable(await mountedListing(dst)),
-        comparable(await treeListing(image.rootfs)),
-      );
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+      await assertMountEqualsUnpack(dst, image);
+    }),
 });
 
 Deno.test({
