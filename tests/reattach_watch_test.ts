@@ -7,10 +7,68 @@
  */
 import assert from "node:assert/strict";
 import { path, requires, root } from "./_support/requires.ts";
-import { startWatcher } from "./_support/watcher.ts";
+import { startWatcher, type Watcher } from "./_support/watcher.ts";
+import type { TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, pidAlive, serverPids } from "./_support/mounts.ts";
-import { keeperPids, killKeepers, killMidRead, withBigImage } from "./_support/kill_mid_read.ts";
+import {
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  pidAlive,
+  serverPids,
+} from "./_support/mounts.ts";
+import {
+  keeperPids,
+  killKeepers,
+  killMidRead,
+  type ReadGate,
+  withBigImage,
+} from "./_support/kill_mid_read.ts";
+
+/**
+ * Pushes the big image as `repository`, mounts it over FUSE through the read gate while a
+ * watcher runs, and runs `body` once the watcher has had a scan to pick the server up. The
+ * watcher, the mount and its keepers are cleaned up whatever happens.
+ */
+async function withWatchedMount(
+  registry: TestRegistry,
+  image: string,
+  gate: ReadGate,
+  repository: string,
+  mountArgs: string[],
+  body: (sandbox: MountSandbox, watcher: Watcher, keepers: number[]) => Promise<void>,
+): Promise<void> {
+  assertSuccess(
+    await runCli(["push", `${registry.host}/${repository}`, image], { timeoutMs: 120_000 }),
+  );
+  const sandbox = await mountSandbox();
+  let keepers: number[] = [];
+  const watcher = startWatcher(sandbox.env);
+  try {
+    await watcher.waitFor(/watching/, 60_000);
+    assertSuccess(
+      await runCli(
+        [
+          "mount",
+          `${gate.proxy.host}/${repository}`,
+          sandbox.target,
+          "--backend",
+          "fuse",
+          ...mountArgs,
+        ],
+        { env: sandbox.env, timeoutMs: 60_000 },
+      ),
+    );
+    keepers = keeperPids(sandbox.runtimeDir);
+    // Give the watcher a scan to pick the new server up.
+    await new Promise((r) => setTimeout(r, 1_500));
+    await body(sandbox, watcher, keepers);
+  } finally {
+    await watcher.stop();
+    await sandbox.cleanup();
+    killKeepers(keepers);
+  }
+}
 
 Deno.test({
   name:
@@ -18,60 +76,40 @@ Deno.test({
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
     await withBigImage(async (registry, image, sha256, gate) => {
-      assertSuccess(
-        await runCli(["push", `${registry.host}/watch/big:v1`, image], { timeoutMs: 120_000 }),
+      await withWatchedMount(
+        registry,
+        image,
+        gate,
+        "watch/big:v1",
+        [],
+        async (sandbox, watcher, keepers) => {
+          const { killedPid, killedAtMs, recoveredMs } = await killMidRead(
+            sandbox.runtimeDir,
+            gate,
+            `${sandbox.target}/big.bin`,
+            sha256,
+            () => Promise.resolve(), // nobody reattaches: the watcher must
+            { readerWaitsIn: "request_wait_answer" },
+          );
+          const noticed = await watcher.waitFor(new RegExp(`server ${killedPid} is gone`));
+          const reactionMs = noticed.atMs - killedAtMs;
+          console.log(`noticed in ${reactionMs} ms, reader done ${recoveredMs} ms after the kill`);
+          assert.ok(reactionMs < 2_000, `the watcher took ${reactionMs} ms to notice`);
+          await watcher.waitFor(/reattached: new server pid/);
+          const [serverPid] = serverPids(sandbox.runtimeDir);
+          assert.notEqual(serverPid, killedPid);
+          assert.ok(pidAlive(serverPid));
+          await new Promise((r) => setTimeout(r, 1_500)); // the watcher picks it up
+          watcher.clear();
+
+          assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+          await new Promise((r) => setTimeout(r, 2_500));
+          assert.deepEqual(mountsBelow(sandbox.target), [], "the watcher did not revive the mount");
+          assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+          assert.ok(!watcher.lines.some((l) => /reattaching/.test(l)), watcher.lines.join("\n"));
+          assert.ok(!keepers.some(pidAlive), "keeper gone");
+        },
       );
-      const sandbox = await mountSandbox();
-      let keepers: number[] = [];
-      const watcher = startWatcher(sandbox.env);
-      try {
-        await watcher.waitFor(/watching/, 60_000);
-        assertSuccess(
-          await runCli(
-            [
-              "mount",
-              `${gate.proxy.host}/watch/big:v1`,
-              sandbox.target,
-              "--backend",
-              "fuse",
-            ],
-            { env: sandbox.env, timeoutMs: 60_000 },
-          ),
-        );
-        keepers = keeperPids(sandbox.runtimeDir);
-        // Give the watcher a scan to pick the new server up.
-        await new Promise((r) => setTimeout(r, 1_500));
-
-        const { killedPid, killedAtMs, recoveredMs } = await killMidRead(
-          sandbox.runtimeDir,
-          gate,
-          `${sandbox.target}/big.bin`,
-          sha256,
-          () => Promise.resolve(), // nobody reattaches: the watcher must
-          { readerWaitsIn: "request_wait_answer" },
-        );
-        const noticed = await watcher.waitFor(new RegExp(`server ${killedPid} is gone`));
-        const reactionMs = noticed.atMs - killedAtMs;
-        console.log(`noticed in ${reactionMs} ms, reader done ${recoveredMs} ms after the kill`);
-        assert.ok(reactionMs < 2_000, `the watcher took ${reactionMs} ms to notice`);
-        await watcher.waitFor(/reattached: new server pid/);
-        const [serverPid] = serverPids(sandbox.runtimeDir);
-        assert.notEqual(serverPid, killedPid);
-        assert.ok(pidAlive(serverPid));
-        await new Promise((r) => setTimeout(r, 1_500)); // the watcher picks it up
-        watcher.clear();
-
-        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
-        await new Promise((r) => setTimeout(r, 2_500));
-        assert.deepEqual(mountsBelow(sandbox.target), [], "the watcher did not revive the mount");
-        assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
-        assert.ok(!watcher.lines.some((l) => /reattaching/.test(l)), watcher.lines.join("\n"));
-        assert.ok(!keepers.some(pidAlive), "keeper gone");
-      } finally {
-        await watcher.stop();
-        await sandbox.cleanup();
-        killKeepers(keepers);
-      }
     });
   },
 });
@@ -82,52 +120,33 @@ Deno.test({
   async fn() {
     const registryState = { down: false };
     await withBigImage(async (registry, image, sha256, gate) => {
-      assertSuccess(
-        await runCli(["push", `${registry.host}/watch/down:v1`, image], { timeoutMs: 120_000 }),
+      await withWatchedMount(
+        registry,
+        image,
+        gate,
+        "watch/down:v1",
+        // The new server must need the registry: nothing on disk to fall back to.
+        ["--no-disk-cache"],
+        async (sandbox, watcher) => {
+          await killMidRead(
+            sandbox.runtimeDir,
+            gate,
+            `${sandbox.target}/big.bin`,
+            sha256,
+            async () => {
+              registryState.down = true;
+              await watcher.waitFor(/retrying in 1 s/, 60_000);
+              await watcher.waitFor(/retrying in 2 s/, 60_000);
+              assert.ok(!watcher.lines.some((l) => /reattached/.test(l)), watcher.lines.join("\n"));
+              registryState.down = false;
+            },
+            { readerWaitsIn: "request_wait_answer" },
+          );
+          await watcher.waitFor(/reattached: new server pid/);
+          assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+          assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+        },
       );
-      const sandbox = await mountSandbox();
-      let keepers: number[] = [];
-      const watcher = startWatcher(sandbox.env);
-      try {
-        await watcher.waitFor(/watching/, 60_000);
-        assertSuccess(
-          await runCli(
-            [
-              "mount",
-              `${gate.proxy.host}/watch/down:v1`,
-              sandbox.target,
-              "--backend",
-              "fuse",
-              // The new server must need the registry: nothing on disk to fall back to.
-              "--no-disk-cache",
-            ],
-            { env: sandbox.env, timeoutMs: 60_000 },
-          ),
-        );
-        keepers = keeperPids(sandbox.runtimeDir);
-        await new Promise((r) => setTimeout(r, 1_500));
-        await killMidRead(
-          sandbox.runtimeDir,
-          gate,
-          `${sandbox.target}/big.bin`,
-          sha256,
-          async () => {
-            registryState.down = true;
-            await watcher.waitFor(/retrying in 1 s/, 60_000);
-            await watcher.waitFor(/retrying in 2 s/, 60_000);
-            assert.ok(!watcher.lines.some((l) => /reattached/.test(l)), watcher.lines.join("\n"));
-            registryState.down = false;
-          },
-          { readerWaitsIn: "request_wait_answer" },
-        );
-        await watcher.waitFor(/reattached: new server pid/);
-        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
-        assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
-      } finally {
-        await watcher.stop();
-        await sandbox.cleanup();
-        killKeepers(keepers);
-      }
     }, [{
       name: "down",
       match: (request) => registryState.down && request.path.includes("/blobs/"),
