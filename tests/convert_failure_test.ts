@@ -9,7 +9,12 @@ import { command, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
-import { copyToRegistry, makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+import {
+  copyToRegistry,
+  makeUmociImage,
+  type UmociImage,
+  withUmociRegistry,
+} from "./_support/umoci_image.ts";
 import { FIXTURES } from "./_support/requires.ts";
 
 const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
@@ -42,11 +47,8 @@ function listDir(dir: string): string[] {
 Deno.test({
   name: "convert: a registry layer that does not match its digest aborts; nothing pushed or tagged",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-fail-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry("erofs-oci-convert-fail-", async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:v1");
       const digest = layoutLayer(image, image.tag, 0);
       const hex = digest.slice(7);
@@ -72,10 +74,7 @@ Deno.test({
       );
       assertCliError(built, 1, /failed verification/);
       assert.ok(!listDir(work).some((name) => name.includes("out.erofs")));
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+    }),
 });
 
 Deno.test({

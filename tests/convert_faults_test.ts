@@ -5,11 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
-import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
-import { copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
+import { copyToRegistry, withUmociRegistry } from "./_support/umoci_image.ts";
 
 const ignore = requires(root(), command("docker-registry"), command("umoci"), command("skopeo"));
 const LONG = { timeoutMs: 120_000 };
@@ -18,11 +17,8 @@ Deno.test({
   name:
     "convert: a layer body reset mid-way resumes (also when the range is ignored); a flipped byte aborts",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-faults-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry("erofs-oci-convert-faults-", async (image, registry) => {
       await copyToRegistry(image, registry, "src/app:v1");
       const manifest = (await getManifest(registry, "src/app", "v1")).json as {
         layers: { digest: string; size: number }[];
@@ -62,20 +58,14 @@ Deno.test({
         assertCliError(result, 1);
         assert.equal((await getManifest(registry, "dst/app", "v2")).status, 404);
       }
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "convert: SIGINT while a layer downloads removes the work directory and tags nothing",
   ignore,
-  fn: async () => {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-faults-" });
-    await using registry = await startRegistry({ auth: "none" });
-    try {
-      const image = await makeUmociImage(work);
+  fn: () =>
+    withUmociRegistry("erofs-oci-convert-faults-", async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:v1");
       const manifest = (await getManifest(registry, "src/app", "v1")).json as {
         layers: { digest: string }[];
@@ -116,8 +106,5 @@ Deno.test({
       }
       assert.deepEqual([...Deno.readDirSync(tmp)], []);
       assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+    }),
 });

@@ -7,12 +7,17 @@
  */
 import assert from "node:assert/strict";
 import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import type { TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getBlob, getManifest } from "./_support/oci_raw.ts";
 import { fsckImage, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
 import { mountSandbox } from "./_support/mounts.ts";
-import { copyToRegistry, makeUmociImage, type UmociImage } from "./_support/umoci_image.ts";
+import {
+  copyToRegistry,
+  makeUmociImage,
+  type UmociImage,
+  withUmociRegistry,
+} from "./_support/umoci_image.ts";
 
 const ignore = requires(
   root(),
@@ -56,19 +61,6 @@ function comparable(listing: string[]): string[] {
     if (fields[1] === "d") fields[4] = "-";
     return fields.join("\t");
   });
-}
-
-/** Runs `fn` with the umoci image in a fresh work directory and a registry; cleans both up. */
-async function withUmociRegistry(
-  fn: (image: UmociImage, registry: TestRegistry, work: string) => Promise<void>,
-): Promise<void> {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-test-" });
-  try {
-    await using registry = await startRegistry({ auth: "none" });
-    await fn(await makeUmociImage(work), registry, work);
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
-  }
 }
 
 /** The image `ref` mounted with the CLI has the tree of `umoci unpack`. */
@@ -124,7 +116,7 @@ Deno.test({
   name: "convert: umoci image as Docker v2s2 tar+gzip → EROFS layers; mount equals umoci unpack",
   ignore,
   fn: () =>
-    withUmociRegistry(async (image, registry, work) => {
+    withUmociRegistry("erofs-oci-convert-test-", async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:v2s2", ["--format", "v2s2"]);
       const source = await getManifest(registry, "src/app", "v2s2");
       assert.match(source.mediaType, /docker\.distribution\.manifest\.v2/);
@@ -152,7 +144,7 @@ Deno.test({
     "convert: layers converted for another tag are reused; the new layer gets their directories",
   ignore,
   fn: () =>
-    withUmociRegistry(async (image, registry, work) => {
+    withUmociRegistry("erofs-oci-convert-test-", async (image, registry, work) => {
       const src = `${registry.host}/src/app`;
       const dst = `${registry.host}/dst/app:latest`;
       await copyToRegistry(image, registry, "src/app:two", [], image.twoLayerTag);
@@ -173,7 +165,7 @@ Deno.test({
     "convert --flatten: OCI tar+zstd from a registry → one layer in an OCI layout; mount equals umoci unpack",
   ignore,
   fn: () =>
-    withUmociRegistry(async (image, registry, work) => {
+    withUmociRegistry("erofs-oci-convert-test-", async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:zstd", [
         "--format",
         "oci",

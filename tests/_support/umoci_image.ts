@@ -6,6 +6,7 @@
  * (private/ in layer 2 is implied by private/secret), so their metadata must come from below.
  */
 import { runOk } from "./erofs_tree.ts";
+import { startRegistry, type TestRegistry } from "./registry.ts";
 
 export interface UmociImage {
   /** The OCI layout directory; the image is tagged `TAG` in it. */
@@ -90,4 +91,21 @@ export async function copyToRegistry(
     `oci:${image.layout}:${tag}`,
     `docker://${registry.host}/${target}`,
   ]);
+}
+
+/**
+ * Runs `fn` with the image built in a fresh work directory (`prefix`) and an open registry
+ * (no auth); both are removed afterwards, whatever happens.
+ */
+export async function withUmociRegistry(
+  prefix: string,
+  fn: (image: UmociImage, registry: TestRegistry, work: string) => Promise<void>,
+): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix });
+  try {
+    await using registry = await startRegistry({ auth: "none" });
+    await fn(await makeUmociImage(work), registry, work);
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
 }
