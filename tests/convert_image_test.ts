@@ -13,6 +13,7 @@ import { getBlob, getManifest } from "./_support/oci_raw.ts";
 import { fsckImage, treeListing, withMountedImage } from "./_support/erofs_tree.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import {
+  comparableListing,
   copyToRegistry,
   makeUmociImage,
   type UmociImage,
@@ -50,24 +51,11 @@ async function mountedListing(ref: string): Promise<string[]> {
   }
 }
 
-/**
- * The listing of the expected tree. The root's own line is left out (a mount point's root
- * and an unpacked directory's root differ in nothing the image decides but its mtime), and
- * directory link counts are left out: overlayfs reports 1 for merged directories.
- */
-function comparable(listing: string[]): string[] {
-  return listing.filter((line) => !line.startsWith(".\t")).map((line) => {
-    const fields = line.split("\t");
-    if (fields[1] === "d") fields[4] = "-";
-    return fields.join("\t");
-  });
-}
-
 /** The image `ref` mounted with the CLI has the tree of `umoci unpack`. */
 async function assertMountEqualsUnpack(ref: string, image: UmociImage): Promise<void> {
   assert.deepEqual(
-    comparable(await mountedListing(ref)),
-    comparable(await treeListing(image.rootfs)),
+    comparableListing(await mountedListing(ref)),
+    comparableListing(await treeListing(image.rootfs)),
   );
 }
 
@@ -207,8 +195,8 @@ Deno.test({
       assertSuccess(built);
       await fsckImage(out, `${work}/merged`);
       assert.deepEqual(
-        comparable(await treeListing(`${work}/merged`)),
-        comparable(await treeListing(image.rootfs)),
+        comparableListing(await treeListing(`${work}/merged`)),
+        comparableListing(await treeListing(image.rootfs)),
       );
 
       const top = `${work}/top.erofs`;

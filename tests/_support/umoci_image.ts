@@ -109,3 +109,16 @@ export async function withUmociRegistry(
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
 }
+
+/**
+ * A tree listing (treeListing) comparable with the umoci unpack's: the root's own line is left
+ * out (its mtime is the mount point's, not the image's), and directory link counts too
+ * (overlayfs reports 1 for merged directories).
+ */
+export function comparableListing(listing: string[]): string[] {
+  return listing.filter((line) => !line.startsWith(".\t")).map((line) => {
+    const fields = line.split("\t");
+    if (fields[1] === "d") fields[4] = "-";
+    return fields.join("\t");
+  });
+}
