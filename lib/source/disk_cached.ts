@@ -12,6 +12,7 @@ import type { DiskCache } from "./disk_cache.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
+import { streamInPieces } from "./disk_cache_stream.ts";
 import {
   closeQuietly,
   dataSync,
@@ -49,21 +50,6 @@ export class ChunkVerifyError extends Error {}
 
 /** A write or sync of the cache files failed: the cache goes memory-only. */
 class DiskWriteError extends Error {}
-
-/** Fills stream through pieces of this size (whole chunks), pooled across fills. */
-const PIECE_BYTES = 1 << 20;
-const MAX_POOLED_PIECES = 4;
-const piecePool: Uint8Array[] = [];
-
-function takePiece(chunkBytes: number): Uint8Array {
-  const size = Math.max(chunkBytes, Math.floor(PIECE_BYTES / chunkBytes) * chunkBytes);
-  const index = piecePool.findIndex((piece) => piece.length === size);
-  return index >= 0 ? piecePool.splice(index, 1)[0] : new Uint8Array(size);
-}
-
-function givePiece(piece: Uint8Array): void {
-  if (piecePool.length < MAX_POOLED_PIECES) piecePool.push(piece);
-}
 
 const PRESENT = 1;
 const POLL_MS = 10;
@@ -349,8 +335,16 @@ export class DiskCachedSource implements Source {
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
     try {
-      if (this.#inner.readTo) await this.#streamRun(offset, length);
-      else await this.#storeRun(offset, await this.#readRun(offset, length));
+      if (this.#inner.readTo) {
+        await streamInPieces(
+          this.#inner,
+          offset,
+          length,
+          this.chunkBytes,
+          (at, bytes) => this.#storeRun(at, bytes),
+          this.#closing.signal,
+        );
+      } else await this.#storeRun(offset, await this.#readRun(offset, length));
       if (this.#degraded) return;
       // The bytes must be on disk before the map says so: a crash between the two then
       // leaves the chunk absent, never present with old or zero bytes.
@@ -378,41 +372,6 @@ export class DiskCachedSource implements Source {
       throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
     }
     return bytes;
-  }
-
-  /**
-   * The run's body goes through one pooled piece buffer of whole chunks: each piece is
-   * verified and written where it belongs as soon as it is full, so a fill of 8 MiB holds
-   * 1 MiB, and nothing per fill is left for the GC.
-   */
-  async #streamRun(offset: number, length: number): Promise<void> {
-    const piece = takePiece(this.chunkBytes);
-    let pieceAt = 0; // run offset of piece[0]
-    let filled = 0;
-    let received = 0;
-    try {
-      await this.#inner.readTo!(offset, length, async (bytes, at) => {
-        if (at !== received) throw new Error(`source sent bytes at ${at}, expected ${received}`);
-        received += bytes.length;
-        for (let used = 0; used < bytes.length;) {
-          const n = Math.min(piece.length - filled, bytes.length - used);
-          piece.set(bytes.subarray(used, used + n), filled);
-          filled += n;
-          used += n;
-          if (filled === piece.length) {
-            await this.#storeRun(offset + pieceAt, piece);
-            pieceAt += filled;
-            filled = 0;
-          }
-        }
-      }, this.#closing.signal);
-      if (received !== length) {
-        throw new Error(`source returned ${received} bytes for a read of ${length}`);
-      }
-      if (filled > 0) await this.#storeRun(offset + pieceAt, piece.subarray(0, filled));
-    } finally {
-      givePiece(piece);
-    }
   }
 
   /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
