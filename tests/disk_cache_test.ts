@@ -106,13 +106,15 @@ Deno.test("disk cache: kill -9 in the middle of fills leaves no chunk present wi
     const base = blobBase(dir);
     let partial = 0;
     for (let round = 0; round < 10; round++) {
-      const proc = child(dir, size, 8 * MiB, round + 1, 0);
-      // Kill somewhere inside the fills: they start once the blob's files exist.
-      for (let waitedMs = 0; waitedMs < 10_000; waitedMs += 5) {
-        if (exists(`${base}.map`)) break;
+      // Each source read takes 100 ms, so the blob takes over a second to fill whatever the
+      // machine's speed; the kill comes right after the first chunk is marked present, plus
+      // a random part of a read, so it lands among fills in flight (not after the last one).
+      const proc = child(dir, size, 8 * MiB, round + 1, 100);
+      for (let waitedMs = 0; waitedMs < 20_000; waitedMs += 5) {
+        if (exists(`${base}.map`) && Deno.readFileSync(`${base}.map`).includes(1)) break;
         await new Promise((r) => setTimeout(r, 5));
       }
-      await new Promise((r) => setTimeout(r, 100 + Math.random() * 1200));
+      await new Promise((r) => setTimeout(r, Math.random() * 150));
       try {
         proc.kill("SIGKILL");
       } catch { /* finished already */ }
