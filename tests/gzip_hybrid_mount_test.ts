@@ -4,7 +4,7 @@
  * expected manifests; only part of the compressed blob is read for part of the files.
  */
 import assert from "node:assert/strict";
-import { HybridTarSource, tarIndexLayout } from "../lib/source/hybrid_tar.ts";
+import { HybridTarSource, tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import type { Source } from "../lib/source/source.ts";
 import { FormatError } from "../lib/errors.ts";

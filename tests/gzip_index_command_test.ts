@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { runCli } from "./_support/cli.ts";
 import { expected, FuseStack, manifest } from "./_support/fuse_stack.ts";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { HybridTarSource } from "../lib/source/hybrid_tar.ts";
+import { HybridTarSource } from "../lib/gzip/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { checkIndexRecord, parseIndexRecord } from "../lib/gzip/index_record.ts";
 

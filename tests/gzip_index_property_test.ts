@@ -8,7 +8,7 @@ import { gzipSync } from "node:zlib";
 import fc from "fast-check";
 import { indexGzipLayer } from "../lib/gzip/index_layer.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
-import { tarIndexLayout } from "../lib/source/hybrid_tar.ts";
+import { tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { prng } from "./_support/gzip_data.ts";
 import { command, requires } from "./_support/requires.ts";

@@ -9,7 +9,7 @@ import { runCli } from "./_support/cli.ts";
 import { FuseStack, manifest } from "./_support/fuse_stack.ts";
 import { patternBytes } from "./_support/memory_source.ts";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { HybridTarSource } from "../lib/source/hybrid_tar.ts";
+import { HybridTarSource } from "../lib/gzip/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { parseIndexRecord } from "../lib/gzip/index_record.ts";
 

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { RegistryBlob } from "../lib/oci/registry_blob.ts";
 import { CachedSource } from "../lib/source/cached.ts";
-import { HybridTarSource } from "../lib/source/hybrid_tar.ts";
+import { HybridTarSource } from "../lib/gzip/hybrid_tar.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { expected, FuseStack, manifest } from "./_support/fuse_stack.ts";
 import { startRegistry } from "./_support/registry.ts";

@@ -303,5 +303,7 @@ Deno.test("bounded memory: a 1 GiB member streamed or skipped without buffering"
   for await (const e of readTar(huge())) names.push(e.path); // bodies left unread: skipped
   deepEqual(names, ["big", "after"]);
   const grewMiB = (Deno.memoryUsage().rss - before) / (1 << 20);
-  ok(grewMiB < 200, `RSS grew ${grewMiB.toFixed(0)} MiB reading 2 GiB`);
+  // Buffering a member would hold 1 GiB; the margin is wide because other test files run in
+  // this process at the same time (--parallel) and their allocations count in the same RSS.
+  ok(grewMiB < 512, `RSS grew ${grewMiB.toFixed(0)} MiB reading 2 GiB`);
 });

@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
-import { info, warn } from "./log.ts";
+import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";

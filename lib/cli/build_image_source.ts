@@ -15,7 +15,7 @@ import { checkTarLayers, layoutSource, registrySource } from "../convert/source_
 import { parseReference } from "../oci/reference.ts";
 import { ProgressLine } from "./progress.ts";
 import { openImage, type RegistryOptionValues } from "./registry_options.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 
 /** What build.ts needs from a loaded SOURCE. */
 export interface LoadedImageSource {

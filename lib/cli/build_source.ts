@@ -3,7 +3,7 @@
  * a file or "-") read into a tree, with data referenced in place or spooled.
  */
 import { ProgressLine } from "./progress.ts";
-import { warn } from "./log.ts";
+import { warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { scanDirectory } from "../erofs/writer/from_dir.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";

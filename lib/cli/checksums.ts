@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 import { UsageError } from "../errors.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { makeLayerTable } from "../verify/make_tables.ts";

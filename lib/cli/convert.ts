@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import {
   type OpenedImage,

@@ -4,7 +4,7 @@ import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_o
 import { printable, printableJson, printTable } from "./table.ts";
 import { isErofsMediaType } from "../oci/media_types.ts";
 import { findLayerTableDigests } from "../verify/layer_tables.ts";
-import { warn } from "./log.ts";
+import { warn } from "../log.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",

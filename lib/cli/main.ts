@@ -1,7 +1,7 @@
 import { UsageError, UserError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
-import { logFormat, logRecord, setDebug, setLogFormat } from "./log.ts";
+import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
 
 const EXIT_CODES = `Exit codes:

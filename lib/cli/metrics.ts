@@ -4,7 +4,7 @@ import { describeMounts } from "./list.ts";
 import { renderPrometheus } from "../metrics/prometheus.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
 import { parseListenAddress } from "../nbd/address.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 import { removeStaleSocket } from "../metrics/server_metrics.ts";
 
 export const metricsCommand: Command = {

@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import {
   checkMountTarget,

@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
-import { info } from "./log.ts";
+import { info } from "../log.ts";
 import { UsageError } from "../errors.ts";
 import type { PushProgress } from "../oci/push.ts";
 

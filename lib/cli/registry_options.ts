@@ -11,7 +11,7 @@ import {
 } from "../oci/oci_layout.ts";
 import { formatReference, type ImageReference, parseReference } from "../oci/reference.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
-import { warn } from "./log.ts";
+import { warn } from "../log.ts";
 
 /** parseArgs options for registry access; spread into a command's own options. */
 export const REGISTRY_OPTIONS = {

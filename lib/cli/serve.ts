@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
-import { debug, info, isDebug, warn } from "./log.ts";
+import { debug, info, isDebug, warn } from "../log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/resolve_layers.ts";

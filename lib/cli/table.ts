@@ -1,39 +1,7 @@
 /** Plain-text tables and human sizes for command output. */
+import { printable } from "../text.ts";
 
-/**
- * Characters a terminal may act on instead of showing: C0 controls (ESC starts escape sequences,
- * CR and BS overwrite what was printed), DEL, C1 controls (U+009B is an 8-bit CSI) and the bidi
- * embeddings/overrides/isolates that reorder a line (Trojan Source).
- */
-// deno-lint-ignore no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
-
-function escapeCharacter(c: string): string {
-  const code = c.charCodeAt(0);
-  return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
-}
-
-/**
- * Text from a registry, image or file made safe for a terminal: every control character is
- * shown as `\xNN` (`\u{NNNN}` for bidi controls).
- *
- * @example
- * printable("evil\x1b[2Jtype") // "evil\\x1b[2Jtype"
- */
-export function printable(text: string): string {
-  return text.replace(UNPRINTABLE, escapeCharacter);
-}
-
-/**
- * JSON.stringify, with the characters it leaves raw that a terminal would still act on (DEL, C1
- * and bidi controls) written as `\uXXXX` escapes: the same JSON value, safe to print.
- */
-export function printableJson(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(
-    /[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
-}
+export { printable, printableJson } from "../text.ts";
 
 /** Prints rows under a header, columns padded to their widest cell; cells go through printable. */
 export function printTable(header: string[], rawRows: string[][]): void {

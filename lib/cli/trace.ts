@@ -8,7 +8,7 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
-import { info, warn } from "./log.ts";
+import { info, warn } from "../log.ts";
 import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { checkRoot } from "../mount/target_dir.ts";

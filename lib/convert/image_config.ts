@@ -5,7 +5,7 @@
  * the layers in order).
  */
 import { OciError } from "../errors.ts";
-import { warn } from "../cli/log.ts";
+import { warn } from "../log.ts";
 
 type Json = Record<string, unknown>;
 

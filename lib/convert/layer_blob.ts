@@ -5,7 +5,7 @@
  * Registry bodies that break off are resumed with a Range request from the bytes already passed.
  */
 import { OciError } from "../errors.ts";
-import { debug } from "../cli/log.ts";
+import { debug } from "../log.ts";
 import { blobStatusError, parseContentRange, skipLeading } from "../oci/blob_range.ts";
 import { pullScope, type RegistryClient } from "../oci/client.ts";
 import { digestHasher } from "../oci/digest.ts";

@@ -2,7 +2,7 @@
  * Control channel between the CLI and a running mount server: a unix socket in the mount's
  * runtime dir, one JSON request line, one JSON reply line.
  */
-import type { LatencyHistogram } from "../metrics/fetch_metrics.ts";
+import type { LatencyHistogram } from "../source/fetch_metrics.ts";
 
 export type ControlRequest = { command: "stats" } | { command: "stop" };
 

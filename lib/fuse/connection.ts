@@ -14,7 +14,7 @@ import {
 } from "../../ffi/libc.ts";
 import { startLibcWorker } from "../../ffi/libc_worker.ts";
 import { MountError } from "../errors.ts";
-import * as log from "../cli/log.ts";
+import * as log from "../log.ts";
 import { findMount } from "../mount/mountinfo.ts";
 import { umountOffThread } from "../mount/mount_task.ts";
 import type { Source } from "../source/source.ts";

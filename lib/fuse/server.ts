@@ -5,7 +5,7 @@
  * Transport-free: requests come in as bytes, replies leave through `send`.
  */
 import type { Source } from "../source/source.ts";
-import * as log from "../cli/log.ts";
+import * as log from "../log.ts";
 import {
   DT_DIR,
   DT_REG,

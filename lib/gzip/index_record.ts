@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { FormatError } from "../errors.ts";
-import { tarIndexLayout } from "../source/hybrid_tar.ts";
+import { tarIndexLayout } from "./hybrid_tar.ts";
 
 /** Larger than any honest record; a bigger file is refused before parsing. */
 export const MAX_INDEX_RECORD_BYTES = 64 * 1024;

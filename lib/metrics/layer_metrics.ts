@@ -3,7 +3,7 @@
  * digest and its registry GET latency histogram (fetch_metrics.ts).
  */
 import type { LayerSpec } from "../mount/runtime.ts";
-import { blobGetLatency, chunkMismatches, type LatencyHistogram } from "./fetch_metrics.ts";
+import { blobGetLatency, chunkMismatches, type LatencyHistogram } from "../source/fetch_metrics.ts";
 
 export interface LayerFetchMetrics {
   digest?: string;

@@ -1,6 +1,6 @@
 /** A server's per-layer stats as `list --json` and the metrics show them. */
 import type { LayerStats } from "../daemon/control.ts";
-import type { LatencyHistogram } from "./fetch_metrics.ts";
+import type { LatencyHistogram } from "../source/fetch_metrics.ts";
 
 /** Per-layer counters of a serving mount (`list --json`, `erofs-oci metrics`). */
 export interface ListedLayer {

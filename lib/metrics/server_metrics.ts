@@ -6,8 +6,8 @@
 import type { LayerStats } from "../daemon/control.ts";
 import type { MountSpec } from "../mount/runtime.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
-import { info, warn } from "../cli/log.ts";
-import { allBlobGetLatency, allChunkMismatches } from "./fetch_metrics.ts";
+import { info, warn } from "../log.ts";
+import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
 import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";

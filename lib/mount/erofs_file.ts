@@ -16,7 +16,7 @@ import {
   writeSmallFile,
 } from "../../ffi/libc.ts";
 import { type ErrnoReader, runLibcTask } from "../../ffi/libc_worker.ts";
-import * as log from "../cli/log.ts";
+import * as log from "../log.ts";
 import { MountError } from "../errors.ts";
 import {
   checkErofsSuperblock,

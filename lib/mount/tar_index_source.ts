@@ -6,7 +6,7 @@
  */
 import { FormatError, MountError } from "../errors.ts";
 import { CachedSource, type CacheStats } from "../source/cached.ts";
-import { HybridTarSource } from "../source/hybrid_tar.ts";
+import { HybridTarSource } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles } from "./layer_index_files.ts";

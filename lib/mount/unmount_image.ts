@@ -18,7 +18,7 @@ import { readMountInfo } from "./mountinfo.ts";
 import type { UnmountOptions } from "./unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../recovery/store.ts";
-import { warn } from "../cli/log.ts";
+import { warn } from "../log.ts";
 import { stopServer } from "./mount_image.ts";
 import { stopFuseKeeper } from "../daemon/fuse_recovery.ts";
 import { pruneIndexCache } from "./index_cache.ts";

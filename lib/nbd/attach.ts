@@ -2,7 +2,7 @@
  * One call for mount orchestration: connect a device through netlink, or through ioctls (with a
  * warning) when the module has no netlink family, then tune its queue.
  */
-import { warn } from "../cli/log.ts";
+import { warn } from "../log.ts";
 import { attachNbdIoctl } from "./ioctl.ts";
 import { connectNbd, type ConnectOptions, disconnectNbd, NbdFamilyMissingError } from "./kernel.ts";
 import { DEFAULT_QUEUE_TUNING, nbdDevicePath, type QueueTuning, tuneNbdQueue } from "./sysfs.ts";

@@ -1,5 +1,5 @@
 import { OciError } from "../errors.ts";
-import { debug } from "../cli/log.ts";
+import { debug } from "../log.ts";
 import {
   type BearerChallenge,
   findBearerChallenge,

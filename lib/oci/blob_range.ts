@@ -1,9 +1,9 @@
 import { FormatError, OciError } from "../errors.ts";
-import { debug } from "../cli/log.ts";
+import { debug } from "../log.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./client.ts";
 import { backoff, describeFailure, isNetworkError } from "./retry.ts";
-import { observeBlobGet } from "../metrics/fetch_metrics.ts";
+import { observeBlobGet } from "../source/fetch_metrics.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
 export interface ContentRange {

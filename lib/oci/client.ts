@@ -1,5 +1,5 @@
 import { OciError } from "../errors.ts";
-import { debug } from "../cli/log.ts";
+import { debug } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { checkTokenRealm, RegistryAuth } from "./auth.ts";
 import type { Credentials } from "./docker_config.ts";

@@ -1,5 +1,5 @@
 import { OciError } from "../errors.ts";
-import { debug } from "../cli/log.ts";
+import { debug } from "../log.ts";
 import { blobStatusError, parseContentRange, skipLeading } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./client.ts";

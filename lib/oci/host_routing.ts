@@ -6,7 +6,7 @@
  * last host's answer, whatever it is, is the caller's.
  */
 import { FormatError } from "../errors.ts";
-import { debug, warn } from "../cli/log.ts";
+import { debug, warn } from "../log.ts";
 import {
   type HostCapability,
   loadRegistryHostsConfig,

@@ -9,7 +9,7 @@ import { FormatError, OciError } from "../errors.ts";
 import { parseIndexRecord } from "../gzip/index_record.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
-import { tarIndexLayout } from "../source/hybrid_tar.ts";
+import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
 import type { LayerSpec, TarIndexSpec } from "../mount/runtime.ts";
 import type { Credentials, RecoveryRecord } from "./record.ts";
 import type { RecoveryExtra } from "./store.ts";

@@ -22,7 +22,7 @@ import {
   tryLock,
 } from "./disk_cache_io.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
-import { noteChunkMismatch } from "../metrics/fetch_metrics.ts";
+import { noteChunkMismatch } from "./fetch_metrics.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */

@@ -5,7 +5,7 @@
  */
 import type { RegistryClient } from "../oci/client.ts";
 import type { LayerSpec } from "../mount/runtime.ts";
-import { warn } from "../cli/log.ts";
+import { warn } from "../log.ts";
 import { findTrace } from "./artifact.ts";
 import { parseTrace, rangesForLayers } from "./format.ts";
 import { PREFETCH_FILE_ENV, PREFETCH_SUBSET_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";

@@ -8,7 +8,7 @@ import { OciError, UserError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
 import { fetchManifest } from "../oci/resolve.ts";
-import { info } from "../cli/log.ts";
+import { info } from "../log.ts";
 import type { Source } from "../source/source.ts";
 import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
 import { fetchTable, findTablesByReferrer } from "./table_artifact.ts";

@@ -7,7 +7,7 @@
  */
 import type { Source } from "../source/source.ts";
 import type { ChunkTable } from "./chunk_table.ts";
-import { noteChunkMismatch } from "../metrics/fetch_metrics.ts";
+import { noteChunkMismatch } from "../source/fetch_metrics.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends Error {

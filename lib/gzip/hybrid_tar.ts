@@ -10,8 +10,8 @@
  */
 import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
-import { GzipRandomAccess, type GzipRandomAccessOptions } from "../gzip/gzip_random_access.ts";
-import type { Source } from "./source.ts";
+import { GzipRandomAccess, type GzipRandomAccessOptions } from "./gzip_random_access.ts";
+import type { Source } from "../source/source.ts";
 
 /** Size of one device-table slot (struct erofs_deviceslot). */
 const DEVICE_SLOT_BYTES = 128;

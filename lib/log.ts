@@ -1,5 +1,5 @@
 /** Diagnostics on stderr; stdout stays for data so `--json` output can be piped. */
-import { printable } from "./table.ts";
+import { printable } from "./text.ts";
 let debugEnabled = false;
 
 /**
