@@ -549,6 +549,55 @@ export function fstatFd(fd: number, context?: string): FdStat {
   };
 }
 
+/**
+ * pwrite(2) until all of `data` is at `offset` (EINTR retried); a failure is SysError(call,
+ * errno, context), so ENOSPC/EDQUOT keep their errno for the caller.
+ */
+export function pwriteFully(
+  fd: number,
+  data: Uint8Array,
+  offset: number,
+  call = "pwrite",
+  context?: string,
+): void {
+  for (let done = 0; done < data.length;) {
+    const part = data.subarray(done) as Uint8Array<ArrayBuffer>;
+    const n = Number(libc().pwrite(fd, part, BigInt(part.length), BigInt(offset + done)));
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError(call, code, context);
+    }
+    done += n;
+  }
+}
+
+/**
+ * pread(2) until `out` is full or the file ends (EINTR retried); returns the bytes read, fewer
+ * than `out.length` only at end of file. A failure is SysError(call, errno, context).
+ */
+export function preadFully(
+  fd: number,
+  out: Uint8Array,
+  offset: number,
+  call = "pread",
+  context?: string,
+): number {
+  let done = 0;
+  while (done < out.length) {
+    const part = out.subarray(done) as Uint8Array<ArrayBuffer>;
+    const n = Number(libc().pread(fd, part, BigInt(part.length), BigInt(offset + done)));
+    if (n < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) continue;
+      throw new SysError(call, code, context);
+    }
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
 /** pread(2) on a pool thread: fills as much of `buf` as one call gives; 0 at end of file. */
 export async function preadAsync(
   fd: number,

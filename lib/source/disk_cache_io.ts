@@ -3,7 +3,16 @@
  * (they belong to the descriptor, so two sources in one process exclude each other like two
  * processes do, and the kernel drops them when a process dies, even by kill -9), hole punching.
  */
-import { cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
+import {
+  cstr,
+  Errno,
+  errno,
+  libc,
+  preadFully,
+  pwriteFully,
+  SysError,
+  unwrap,
+} from "../../ffi/libc.ts";
 
 // fcntl.h (asm-generic): OFD lock commands and lock types.
 const F_OFD_SETLK = 37;
@@ -64,31 +73,15 @@ export function truncateTo(fd: number, sizeBytes: number): void {
 
 /** Reads exactly `dest.length` bytes at `offset`, or throws (a short file is an error here). */
 export function preadExact(fd: number, dest: Uint8Array, offset: number): void {
-  for (let done = 0; done < dest.length;) {
-    const part = dest.subarray(done) as Uint8Array<ArrayBuffer>;
-    const n = Number(libc().pread(fd, part, BigInt(part.length), BigInt(offset + done)));
-    if (n < 0) {
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      throw new SysError("pread", code);
-    }
-    if (n === 0) throw new SysError("pread", Errno.EIO, `short cache file at ${offset + done}`);
-    done += n;
+  const got = preadFully(fd, dest, offset);
+  if (got < dest.length) {
+    throw new SysError("pread", Errno.EIO, `short cache file at ${offset + got}`);
   }
 }
 
 /** Writes all of `data` at `offset`; ENOSPC/EDQUOT come back as SysError with that errno. */
 export function pwriteAll(fd: number, data: Uint8Array, offset: number): void {
-  for (let done = 0; done < data.length;) {
-    const part = data.subarray(done) as Uint8Array<ArrayBuffer>;
-    const n = Number(libc().pwrite(fd, part, BigInt(part.length), BigInt(offset + done)));
-    if (n < 0) {
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      throw new SysError("pwrite", code);
-    }
-    done += n;
-  }
+  pwriteFully(fd, data, offset);
 }
 
 /** fdatasync(2) off the event loop; the errno is asked for again synchronously on failure. */

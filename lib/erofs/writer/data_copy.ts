@@ -4,7 +4,7 @@
  * of sparse sources skipped with SEEK_DATA/SEEK_HOLE so the image stays sparse too, and a
  * pread/pwrite loop when the kernel refuses (different file systems on old kernels, pipes).
  */
-import { cstr, Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { cstr, Errno, errno, libc, preadFully, pwriteFully, SysError } from "../../../ffi/libc.ts";
 
 const SEEK_DATA = 3, SEEK_HOLE = 4;
 const ENXIO = 6, EXDEV = 18, EOPNOTSUPP = 95;
@@ -13,18 +13,7 @@ const FALLBACK_BUFFER_BYTES = 1 << 20;
 
 /** Writes `data` at `offset` of `fd` entirely. */
 export function pwriteAll(fd: number, data: Uint8Array<ArrayBuffer>, offset: number): void {
-  let done = 0;
-  while (done < data.length) {
-    const n = Number(
-      libc().pwrite(fd, data.subarray(done), BigInt(data.length - done), BigInt(offset + done)),
-    );
-    if (n < 0) {
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      throw new SysError("write", code, "(image)");
-    }
-    done += n;
-  }
+  pwriteFully(fd, data, offset, "write", "(image)");
 }
 
 /** Reads exactly `length` bytes at `offset`; throws when the source is shorter. */
@@ -34,25 +23,7 @@ export function preadExact(fd: number, length: number, offset: number, what: str
 
 /** Fills `out` from `offset` of `fd`; throws when the source is shorter. */
 export function preadInto(fd: number, out: Uint8Array, offset: number, what: string): Uint8Array {
-  const length = out.length;
-  let done = 0;
-  while (done < length) {
-    const n = Number(
-      libc().pread(
-        fd,
-        out.subarray(done) as Uint8Array<ArrayBuffer>,
-        BigInt(length - done),
-        BigInt(offset + done),
-      ),
-    );
-    if (n < 0) {
-      const code = errno();
-      if (code === Errno.EINTR) continue;
-      throw new SysError("read", code, what);
-    }
-    if (n === 0) throw new SourceChangedError(what);
-    done += n;
-  }
+  if (preadFully(fd, out, offset, "read", what) < out.length) throw new SourceChangedError(what);
   return out;
 }
 
