@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
@@ -13,7 +13,7 @@ import {
   REGISTRY_OPTIONS_HELP,
   type RegistryOptionValues,
 } from "./registry_options.ts";
-import { isImageSource, loadImageSource, parseBuildLayer } from "./build_image_source.ts";
+import { isImageSource, loadImageSource } from "./build_image_source.ts";
 import { dirOf, loadSource } from "./build_source.ts";
 
 const MAX_ORDER_FILE_BYTES = 64 << 20;
@@ -103,7 +103,7 @@ Example:
     const registry = values.push ? await openRegistry("build", values.push, values) : undefined;
 
     const fromImage = isImageSource(source);
-    const layer = parseBuildLayer(values.layer);
+    const layer = parseLayerIndex("build", values.layer);
     if (layer !== undefined && !fromImage) {
       throw new UsageError("build: --layer N applies to an image SOURCE (REF or oci:PATH)");
     }

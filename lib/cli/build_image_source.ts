@@ -48,14 +48,6 @@ export function isImageSource(source: string): boolean {
 }
 
 /** Parses --layer N. */
-export function parseBuildLayer(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^[0-9]{1,9}$/.test(text)) {
-    throw new UsageError(`build: --layer takes a layer index (0, 1, ...), not '${text}'`);
-  }
-  return Number(text);
-}
-
 /**
  * Reads the image's layers into one tree. Layer blobs are streamed and verified; file data is
  * spooled (unlinked files in `spoolDir`) until the image is written and `close()` is called.

@@ -60,3 +60,12 @@ export function expectPositionals(
   }
   return positionals;
 }
+
+/** `--layer N` of any command: a layer index (0, 1, ...) of at most 9 digits, or undefined. */
+export function parseLayerIndex(command: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(text)) {
+    throw new UsageError(`${command}: --layer takes a layer index (0, 1, ...), not '${text}'`);
+  }
+  return Number(text);
+}

@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
@@ -80,7 +80,7 @@ Examples:
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
     if (!isLocalImage(file)) {
-      const layer = parseWhole("--layer", values.layer);
+      const layer = parseLayerIndex("index", values.layer);
       const image = await openImage("index", file, values);
       try {
         const { files, artifact } = await indexImage(image, {

@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
@@ -121,10 +121,7 @@ are not written and are looked up again at reattach. The file is removed by umou
   async run(argv) {
     const { values, positionals } = parseMountArgs(argv);
     const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
-    const layer = values.layer === undefined ? undefined : Number(values.layer);
-    if (layer !== undefined && !/^\d+$/.test(values.layer!)) {
-      throw new UsageError(`mount: --layer wants a number, got '${values.layer}'`);
-    }
+    const layer = parseLayerIndex("mount", values.layer);
     if ((values.upper === undefined) !== (values.work === undefined)) {
       throw new UsageError("mount: --upper and --work go together");
     }

@@ -1,19 +1,11 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { selectLayers } from "../oci/layers.ts";
 
 /** Parses `--layer N` (a non-negative integer); usage error otherwise. */
-export function parseLayerIndex(command: string, text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^[0-9]{1,9}$/.test(text)) {
-    throw new UsageError(`${command}: --layer takes a layer index (0, 1, ...), not '${text}'`);
-  }
-  return Number(text);
-}
-
 export const pullCommand: Command = {
   name: "pull",
   summary: "download one layer blob to a file, verified against its digest",

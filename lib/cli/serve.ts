@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseSize } from "./size.ts";
@@ -114,11 +114,9 @@ Example:
     const idleTimeoutMs = values["idle-timeout"] !== undefined
       ? parseDurationMs(values["idle-timeout"], "--idle-timeout")
       : DEFAULT_IDLE_TIMEOUT_MS;
-    if (values.layer !== undefined && !/^\d+$/.test(values.layer)) {
-      throw new UsageError(`serve: --layer wants a number, got '${values.layer}'`);
-    }
+    const layer = parseLayerIndex("serve", values.layer);
 
-    const { source: raw, name } = await openSource(image, values);
+    const { source: raw, name } = await openSource(image, values, layer);
     const exportName = values["export-name"] ?? name;
     let cache: CachedSource;
     let served: PrefetchedSource;
@@ -222,6 +220,7 @@ interface ServeValues extends RegistryOptionValues {
 async function openSource(
   image: string,
   values: ServeValues,
+  layer: number | undefined,
 ): Promise<{ source: Source; name: string }> {
   if (isLocalImage(image)) {
     if (values.layer !== undefined || values.blob !== undefined) {
@@ -233,7 +232,7 @@ async function openSource(
   try {
     const resolved = await opened.resolve();
     const layers = selectLayers(resolved, {
-      layer: values.layer === undefined ? undefined : Number(values.layer),
+      layer,
       blob: values.blob,
       anyMediaType: values["any-media-type"],
     });
