@@ -61,6 +61,9 @@ export class LowerDirs {
           dir.xattrs = new Map([...dir.xattrs, [OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE]]);
         }
       }
+      // Below an opaque directory nothing of the lower layers shows: a directory implied there
+      // is made afresh (as umoci unpack does), not given the hidden one's metadata.
+      if (isOpaqueDir(dir)) continue;
       for (const [name, node] of dir.children!) {
         const lower = below.children.get(name);
         if (node.kind === "dir" && lower) pending.push([node, lower]);
