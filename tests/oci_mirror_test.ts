@@ -16,6 +16,7 @@ import { type FaultProxy, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
+import { pushImage as pushImageTo } from "../lib/convert/push_image.ts";
 import { parseReference } from "../lib/oci/reference.ts";
 
 const ignore = requires(command("docker-registry"));
@@ -187,7 +188,8 @@ Deno.test({
     );
     const layerFile = `${pair.configDir}/layer.erofs`;
     Deno.writeFileSync(layerFile, pair.fixture);
-    await new RegistryClient(pair.mirror.host, { hostsConfigDir: pushDir }).pushImage(
+    await pushImageTo(
+      new RegistryClient(pair.mirror.host, { hostsConfigDir: pushDir }),
       parseReference(`${pair.mirror.host}/app:v1`),
       [{ path: layerFile }],
     );

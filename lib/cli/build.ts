@@ -4,6 +4,7 @@ import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
+import { pushImage } from "../convert/push_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
 import {
@@ -186,7 +187,7 @@ async function buildFrom(
 async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void> {
   const progress = new ProgressLine(`uploading ${image}`);
   try {
-    const result = await registry.client.pushImage(registry.ref, [{ path: image }], {
+    const result = await pushImage(registry.client, registry.ref, [{ path: image }], {
       platform: registry.platform,
       onProgress: (event) => {
         if (event.phase !== "hash") progress.update(event.doneBytes, event.totalBytes);

@@ -4,7 +4,7 @@ import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registr
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { UsageError } from "../errors.ts";
-import type { PushProgress } from "../oci/push.ts";
+import { pushImage, type PushProgress } from "../convert/push_image.ts";
 
 export const pushCommand: Command = {
   name: "push",
@@ -49,7 +49,7 @@ Example:
       progress!.update(event.doneBytes, event.totalBytes);
     };
     try {
-      const result = await client.pushImage(ref, files.map((path) => ({ path })), {
+      const result = await pushImage(client, ref, files.map((path) => ({ path })), {
         platform,
         onProgress,
       });

@@ -5,7 +5,8 @@
  */
 import { OciError } from "../errors.ts";
 import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
-import { pushScope, type RegistryClient } from "../oci/client.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { pushScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
 import { type Descriptor, parseManifestDocument } from "../oci/manifest.ts";
 import { formatReference, type ImageReference } from "../oci/reference.ts";

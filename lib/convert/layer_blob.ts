@@ -7,7 +7,8 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { blobStatusError, parseContentRange, skipLeading } from "../oci/blob_range.ts";
-import { pullScope, type RegistryClient } from "../oci/client.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { pullScope } from "../oci/scope.ts";
 import { digestHasher } from "../oci/digest.ts";
 import type { OciLayout } from "../oci/oci_layout.ts";
 import { validateDigest } from "../oci/reference.ts";

@@ -5,7 +5,8 @@
 import { OciError } from "../errors.ts";
 import { readLimited } from "../oci/auth.ts";
 import { blobStatusError } from "../oci/blob_range.ts";
-import { pullScope, type RegistryClient } from "../oci/client.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { pullScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { LayoutFile } from "../oci/layout_file.ts";

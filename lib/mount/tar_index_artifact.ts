@@ -8,7 +8,8 @@
 import { OciError } from "../errors.ts";
 import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
-import { pullScope, type RegistryClient } from "../oci/client.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { pullScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";

@@ -1,7 +1,7 @@
 import { FormatError, OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import type { RegistryClient } from "./client.ts";
-import { pullScope } from "./client.ts";
+import { pullScope } from "./scope.ts";
 import { backoff, describeFailure, isNetworkError } from "./retry.ts";
 import { observeBlobGet } from "../source/fetch_metrics.ts";
 

@@ -1,11 +1,28 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
 import type { RegistryClient } from "./client.ts";
-import { pushScope } from "./client.ts";
-import type { PushOptions } from "./push.ts";
+import { pushScope } from "./scope.ts";
 
 /** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
 export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
+
+/** A progress report of uploadBlob: bytes uploaded so far of `totalBytes`. */
+export interface BlobUploadProgress {
+  phase: "upload";
+  path: string;
+  doneBytes: number;
+  totalBytes: number;
+}
+
+/** Options of uploadBlob. */
+export interface BlobUploadOptions {
+  signal?: AbortSignal;
+  /** Files up to this size go up in one PUT; larger ones in PATCH chunks. */
+  monolithicMaxBytes?: number;
+  /** PATCH chunk size for chunked uploads. */
+  chunkSizeBytes?: number;
+  onProgress?: (event: BlobUploadProgress) => void;
+}
 
 /** A blob to upload: a file (hashed already) or bytes in memory. */
 export interface LocalBlob {
@@ -71,7 +88,7 @@ export async function uploadBlob(
   client: RegistryClient,
   repository: string,
   blob: LocalBlob,
-  options: PushOptions,
+  options: BlobUploadOptions,
 ): Promise<void> {
   const scope = pushScope(repository);
   const signal = options.signal;

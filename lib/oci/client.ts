@@ -25,7 +25,6 @@ import {
 } from "./host_routing.ts";
 import { type ResolvedImage, resolveImage } from "./resolve.ts";
 import { downloadBlob, type DownloadOptions } from "./download.ts";
-import { pushImage, type PushLayerFile, type PushOptions, type PushResult } from "./push.ts";
 
 export type { ResolvedImage } from "./resolve.ts";
 export type { LayerDescriptor } from "./layers.ts";
@@ -81,16 +80,6 @@ const MAX_ATTEMPTS_NEVER_CONNECTED = 2;
 const MAX_REDIRECTS = 10;
 /** How long a blob's redirect target is reused (pre-signed URLs typically live 5-20 min). */
 const BLOB_LOCATION_TTL_MS = 60_000;
-
-/** `repository:NAME:pull` (distribution token scope). */
-export function pullScope(repository: string): string {
-  return `repository:${repository}:pull`;
-}
-
-/** `repository:NAME:pull,push`. */
-export function pushScope(repository: string): string {
-  return `repository:${repository}:pull,push`;
-}
 
 /**
  * A client for one registry (OCI distribution API): manifests with platform selection, ranged
@@ -235,15 +224,6 @@ export class RegistryClient {
     options: DownloadOptions = {},
   ): Promise<{ sizeBytes: number }> {
     return downloadBlob(this, repository, digest, path, options);
-  }
-
-  /** Pushes EROFS files as a one-platform OCI image; see push.ts. */
-  pushImage(
-    ref: ImageReference,
-    files: PushLayerFile[],
-    options: PushOptions = {},
-  ): Promise<PushResult> {
-    return pushImage(this, ref, files, options);
   }
 
   /**

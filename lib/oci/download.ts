@@ -2,7 +2,7 @@ import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { blobStatusError, parseContentRange, skipLeading } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
-import { pullScope } from "./client.ts";
+import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
 import { validateDigest } from "./reference.ts";
 import { backoff, describeFailure, isNetworkError } from "./retry.ts";

@@ -7,7 +7,8 @@
 import { OciError } from "../errors.ts";
 import { readLimited } from "./auth.ts";
 import { blobExists, statusError, uploadBlob } from "./blob_upload.ts";
-import { pullScope, pushScope, type RegistryClient } from "./client.ts";
+import type { RegistryClient } from "./client.ts";
+import { pullScope, pushScope } from "./scope.ts";
 import { digestOf } from "./digest.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";

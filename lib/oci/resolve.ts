@@ -2,7 +2,7 @@ import { OciError } from "../errors.ts";
 import { readLimited } from "./auth.ts";
 import { blobStatusError } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
-import { pullScope } from "./client.ts";
+import { pullScope } from "./scope.ts";
 import { digestOf } from "./digest.ts";
 import type { LayerDescriptor } from "./layers.ts";
 import {

@@ -9,9 +9,10 @@ import { command, requires } from "../../tests/_support/requires.ts";
 import { startRegistry } from "../../tests/_support/registry.ts";
 import { loadFixture } from "../../tests/_support/oci_fixtures.ts";
 import { pushIndex } from "../../tests/_support/oci_raw.ts";
-import { RegistryClient } from "./client.ts";
-import { parseReference } from "./reference.ts";
-import { RegistryBlob } from "./registry_blob.ts";
+import { RegistryClient } from "../oci/client.ts";
+import { parseReference } from "../oci/reference.ts";
+import { RegistryBlob } from "../oci/registry_blob.ts";
+import { pushImage } from "./push_image.ts";
 
 const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
 
@@ -27,7 +28,7 @@ Deno.test({
     const small = await loadFixture("layer2.erofs"); // 4 KiB: one PUT
     const ref = parseReference(`${registry.host}/push/test:v1`);
     const progress: string[] = [];
-    const result = await client.pushImage(ref, [{ path: basic.path }, { path: small.path }], {
+    const result = await pushImage(client, ref, [{ path: basic.path }, { path: small.path }], {
       platform: "linux/arm64/v8",
       monolithicMaxBytes: 64 * 1024,
       chunkSizeBytes: 256 * 1024,
@@ -64,7 +65,7 @@ Deno.test({
     await assert.rejects(client.resolveImage(ref, "linux/amd64"), /available: linux\/arm64\/v8/);
 
     // Same content again under another tag: HEAD finds every blob, nothing is uploaded.
-    const again = await client.pushImage(parseReference(`${registry.host}/push/test:v2`), [
+    const again = await pushImage(client, parseReference(`${registry.host}/push/test:v2`), [
       { path: basic.path },
       { path: small.path },
     ], { platform: "linux/arm64/v8" });
@@ -81,17 +82,17 @@ Deno.test({
     const client = new RegistryClient(registry.host, {});
     const tar = await loadFixture("layer1.tar");
     await assert.rejects(
-      client.pushImage(parseReference(`${registry.host}/push/bad:v1`), [{ path: tar.path }]),
+      pushImage(client, parseReference(`${registry.host}/push/bad:v1`), [{ path: tar.path }]),
       (e: unknown) => e instanceof FormatError && /not an EROFS image/.test(e.message),
     );
     await assert.rejects(
-      client.pushImage(parseReference(`${registry.host}/push/bad:v1`), [{
+      pushImage(client, parseReference(`${registry.host}/push/bad:v1`), [{
         path: "/nonexistent/x",
       }]),
       (e: unknown) => e instanceof OciError && /cannot open \/nonexistent\/x/.test(e.message),
     );
     await assert.rejects(
-      client.pushImage(parseReference(`${registry.host}/push/bad@sha256:${"a".repeat(64)}`), [
+      pushImage(client, parseReference(`${registry.host}/push/bad@sha256:${"a".repeat(64)}`), [
         { path: tar.path },
       ]),
       /digest reference/,

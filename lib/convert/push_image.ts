@@ -1,12 +1,18 @@
 import { FormatError, OciError } from "../errors.ts";
 import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
-import type { RegistryClient } from "./client.ts";
-import { pushScope } from "./client.ts";
-import { blobExists, type LocalBlob, statusError, uploadBlob } from "./blob_upload.ts";
-import { digestHasher, digestOf } from "./digest.ts";
-import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "./media_types.ts";
-import { hostPlatform, parsePlatform } from "./platform.ts";
-import { formatReference, type ImageReference } from "./reference.ts";
+import type { RegistryClient } from "../oci/client.ts";
+import { pushScope } from "../oci/scope.ts";
+import {
+  blobExists,
+  type BlobUploadOptions,
+  type LocalBlob,
+  statusError,
+  uploadBlob,
+} from "../oci/blob_upload.ts";
+import { digestHasher, digestOf } from "../oci/digest.ts";
+import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "../oci/media_types.ts";
+import { hostPlatform, parsePlatform } from "../oci/platform.ts";
+import { formatReference, type ImageReference } from "../oci/reference.ts";
 import {
   CHUNK_TABLE_ANNOTATION,
   ChunkTableBuilder,
@@ -22,17 +28,12 @@ export interface PushLayerFile {
   mediaType?: string;
 }
 
-/** Options of RegistryClient.pushImage. */
-export interface PushOptions {
+/** Options of pushImage. */
+export interface PushOptions extends BlobUploadOptions {
   /** Platform recorded in the config, `os/arch[/variant]`; default the host's. */
   platform?: string;
-  /** Files up to this size go up in one PUT; larger ones in PATCH chunks. */
-  monolithicMaxBytes?: number;
-  /** PATCH chunk size for chunked uploads. */
-  chunkSizeBytes?: number;
   /** Progress per layer: bytes hashed or uploaded so far of `totalBytes`. */
   onProgress?: (event: PushProgress) => void;
-  signal?: AbortSignal;
 }
 
 /** A progress report of pushImage. */
