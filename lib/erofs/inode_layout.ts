@@ -8,7 +8,7 @@
 
 /** Inode slots are 32 bytes (EROFS_ISLOTBITS = 5). */
 export const INODE_SLOT_BYTES = 32;
-const COMPACT_INODE_BYTES = 32;
+export const COMPACT_INODE_BYTES = 32;
 export const EXTENDED_INODE_BYTES = 64;
 /** sizeof(struct erofs_xattr_ibody_header); each further xattr slot is 4 bytes. */
 const XATTR_IBODY_HEADER_BYTES = 12;

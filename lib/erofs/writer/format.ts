@@ -5,14 +5,22 @@
  */
 import { crc32cRaw } from "./crc32c.ts";
 import type { NodeKind } from "./tree.ts";
+import {
+  EROFS_SUPER_MAGIC as EROFS_SUPER_MAGIC_V1,
+  EROFS_SUPER_OFFSET,
+  EROFS_SUPER_SIZE as SUPERBLOCK_BYTES,
+} from "../superblock.ts";
+import { COMPACT_INODE_BYTES, EXTENDED_INODE_BYTES, INODE_SLOT_BYTES } from "../inode_layout.ts";
 
-export const EROFS_SUPER_OFFSET = 1024;
-export const EROFS_SUPER_MAGIC_V1 = 0xe0f5e1e2;
-export const SUPERBLOCK_BYTES = 128;
-/** Inodes are addressed in 32-byte slots (EROFS_ISLOTBITS). */
-export const INODE_SLOT_BYTES = 32;
-export const COMPACT_INODE_BYTES = 32;
-export const EXTENDED_INODE_BYTES = 64;
+// The format's constants have one definition, the reader's; the writer uses the same.
+export {
+  COMPACT_INODE_BYTES,
+  EROFS_SUPER_MAGIC_V1,
+  EROFS_SUPER_OFFSET,
+  EXTENDED_INODE_BYTES,
+  INODE_SLOT_BYTES,
+  SUPERBLOCK_BYTES,
+};
 export const DIRENT_BYTES = 12;
 /** i_format bits: version in bit 0, data layout in bits 1..3. */
 export const INODE_LAYOUT_EXTENDED = 1;
