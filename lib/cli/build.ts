@@ -7,8 +7,8 @@ import { buildImage } from "../erofs/writer/build_image.ts";
 import { pushImage } from "../convert/push_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
+import type { OpenedRegistry } from "../oci/opened.ts";
 import {
-  type OpenedRegistry,
   openRegistry,
   REGISTRY_OPTIONS,
   REGISTRY_OPTIONS_HELP,

@@ -3,8 +3,8 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
+import type { OpenedImage } from "../oci/opened.ts";
 import {
-  type OpenedImage,
   openImage,
   openRegistry,
   REGISTRY_OPTIONS,

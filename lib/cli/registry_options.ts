@@ -3,15 +3,10 @@ import { UsageError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { parsePlatform } from "../oci/platform.ts";
-import {
-  formatLayoutReference,
-  type LayoutReference,
-  OciLayout,
-  parseLayoutReference,
-} from "../oci/oci_layout.ts";
-import { formatReference, type ImageReference, parseReference } from "../oci/reference.ts";
-import type { ResolvedImage } from "../oci/resolve.ts";
+import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
+import { formatReference, parseReference } from "../oci/reference.ts";
 import { warn } from "../log.ts";
+import type { OpenedImage, OpenedRegistry } from "../oci/opened.ts";
 
 /** parseArgs options for registry access; spread into a command's own options. */
 export const REGISTRY_OPTIONS = {
@@ -45,18 +40,6 @@ export interface RegistryOptionValues {
   insecure?: boolean;
   "plain-http"?: boolean;
   platform?: string;
-}
-
-/** What an image command needs to talk to the registry. */
-export interface OpenedRegistry {
-  ref: ImageReference;
-  client: RegistryClient;
-  /** `--platform` when given (validated), else undefined = host platform. */
-  platform?: string;
-  /** Credentials from the command line (not from Docker's config), e.g. for recovery records. */
-  credentials?: Credentials;
-  plainHttp?: boolean;
-  insecure: boolean;
 }
 
 async function readStdinText(): Promise<string> {
@@ -120,23 +103,6 @@ export async function openRegistry(
   if (credentials) opened.credentials = credentials;
   if (plainHttp) opened.plainHttp = plainHttp;
   return opened;
-}
-
-/** An image to read from: a registry reference or a local OCI layout (`oci:PATH[:TAG]`). */
-export interface OpenedImage {
-  /** The image as the user named it, normalised (for messages and output). */
-  name: string;
-  /** Repository for blob calls (empty for a layout). */
-  repository: string;
-  /** Where manifests and blobs come from. */
-  store: RegistryClient | OciLayout;
-  /** Present for registry images. */
-  registry?: OpenedRegistry;
-  /** Present for `oci:` images. */
-  layout?: { ref: LayoutReference; layout: OciLayout };
-  /** Resolves the image for `--platform` (or the host platform). */
-  resolve(): Promise<ResolvedImage>;
-  close(): void;
 }
 
 /**

@@ -10,7 +10,7 @@ import type { StackedLayer } from "../convert/flatten.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { decompressTar } from "../tar/decompress.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import type { OpenedImage } from "../cli/registry_options.ts";
+import type { OpenedImage } from "../oci/opened.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { layerFileStem, type TarIndexFiles, writeLayerIndex } from "./layer_index_files.ts";

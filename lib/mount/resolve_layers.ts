@@ -7,7 +7,7 @@ import { UsageError, UserError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
-import type { OpenedRegistry } from "../cli/registry_options.ts";
+import type { OpenedRegistry } from "../oci/opened.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "./runtime.ts";
 import { fetchTarIndexes } from "./tar_index_artifact.ts";
