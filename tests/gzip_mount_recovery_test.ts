@@ -14,7 +14,7 @@ import { RegistryClient } from "../lib/oci/client.ts";
 import { parseReference } from "../lib/oci/reference.ts";
 import { resolveRegistryImage } from "../lib/mount/resolve_layers.ts";
 import { layerForRecord, recordForLayer } from "../lib/recovery/layer_record.ts";
-import { formatRecoveryLine, parseRecoveryLine } from "../lib/recovery/record.ts";
+import { formatRecoveryLine, parseRecoveryLine } from "../lib/state/recovery_record.ts";
 import { openLayerSource } from "../lib/mount/layer_source.ts";
 import { openTarIndexSource } from "../lib/mount/tar_index_source.ts";
 

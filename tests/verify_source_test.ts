@@ -10,7 +10,7 @@ import { ChunkMismatchError, VerifiedSource } from "../lib/verify/verified_sourc
 import { digestOf } from "../lib/oci/digest.ts";
 import type { Source } from "../lib/source/source.ts";
 import { patternBytes } from "./_support/memory_source.ts";
-import type { LayerSpec } from "../lib/mount/runtime.ts";
+import type { LayerSpec } from "../lib/state/runtime.ts";
 import { recordForLayer, unverifiedLayer } from "../lib/recovery/layer_record.ts";
 
 const CHUNK = 64 * 1024;

@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
-import { controlSocketPath, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
+import { controlSocketPath, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { controlRequest, type LayerStats } from "../daemon/control.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { type ListedLayer, listedLayers } from "../metrics/listed_layer.ts";

@@ -17,7 +17,7 @@ import {
   INDEX_CACHE_DIR,
   serverAlive,
   serverOf,
-} from "../mount/runtime.ts";
+} from "../state/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { parseListenAddress } from "../nbd/address.ts";
 import { METRICS_LISTEN_ENV } from "../metrics/server_metrics.ts";
@@ -30,7 +30,7 @@ import {
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables } from "../verify/layer_tables.ts";
-import { STATE_ROOT } from "../mount/runtime.ts";
+import { STATE_ROOT } from "../state/runtime.ts";
 import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
 
 const MOUNT_OPTIONS = {

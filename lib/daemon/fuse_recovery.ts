@@ -11,7 +11,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import type { Source } from "../source/source.ts";
 import { keeperAlive, type KeeperProcess, startKeeper, takeFromKeeper } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
-import { mountDir, type MountSpec } from "../mount/runtime.ts";
+import { mountDir, type MountSpec } from "../state/runtime.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {

@@ -6,7 +6,7 @@
 import { CachedSource } from "../source/cached.ts";
 import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
 import type { Source } from "../source/source.ts";
-import { controlSocketPath, logPath, mountDir, type MountSpec } from "../mount/runtime.ts";
+import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
@@ -16,7 +16,7 @@ import { redirectConsoleToFile } from "./log_file.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
-import { writeRecoveryFile } from "../recovery/store.ts";
+import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import {

@@ -20,7 +20,7 @@ import {
   unwrap,
 } from "../../ffi/libc.ts";
 import { MountError } from "../errors.ts";
-import { processStartTicks } from "../mount/runtime.ts";
+import { processStartTicks } from "../state/runtime.ts";
 
 /** The keeper's argument (68 years): it marks a keeper in its command line, too. */
 export const KEEPER_SLEEP_SECONDS = "2147483647";

@@ -2,7 +2,7 @@
  * What a mount server adds to each layer's cache counters in its `stats` reply: the layer's
  * digest and its registry GET latency histogram (fetch_metrics.ts).
  */
-import type { LayerSpec } from "../mount/runtime.ts";
+import type { LayerSpec } from "../state/runtime.ts";
 import { blobGetLatency, chunkMismatches, type LatencyHistogram } from "../source/fetch_metrics.ts";
 
 export interface LayerFetchMetrics {

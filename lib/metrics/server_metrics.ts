@@ -4,7 +4,7 @@
  * settings do); a server that cannot bind it warns in its log and keeps serving the mount.
  */
 import type { LayerStats } from "../daemon/control.ts";
-import type { MountSpec } from "../mount/runtime.ts";
+import type { MountSpec } from "../state/runtime.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";

@@ -11,7 +11,7 @@ import {
   reconfigureNbd,
 } from "../nbd/kernel.ts";
 import { attachNbd } from "../nbd/attach.ts";
-import { removeRecoveryFile } from "../recovery/store.ts";
+import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { tuneNbdQueue } from "../nbd/sysfs.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 

@@ -6,8 +6,8 @@
  * inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
  * an index rewrites its index.json first, so a mount still starting is not robbed).
  */
-import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "./runtime.ts";
-import { RECOVERY_DIR } from "../recovery/store.ts";
+import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "../state/runtime.ts";
+import { RECOVERY_DIR } from "../state/recovery_store.ts";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
 /** Recovery and state files are small; a bigger one is not ours and is not read whole. */

@@ -6,7 +6,7 @@ import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { DiskCache } from "../source/disk_cache.ts";
-import type { LayerSpec } from "./runtime.ts";
+import type { LayerSpec } from "../state/runtime.ts";
 import { verifiedBlob } from "../verify/layer_tables.ts";
 
 /**

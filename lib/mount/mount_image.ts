@@ -23,7 +23,7 @@ import {
   serverAlive,
   type ServerProcess,
   writeState,
-} from "./runtime.ts";
+} from "../state/runtime.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "./mount_options.ts";
 import {
   currentMountIds,

@@ -9,7 +9,7 @@ import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
-import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "./runtime.ts";
+import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/runtime.ts";
 import { fetchTarIndexes } from "./tar_index_artifact.ts";
 import {
   checkTarIndexFiles,

@@ -10,7 +10,7 @@ import { HybridTarSource } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles } from "./layer_index_files.ts";
-import type { TarIndexSpec } from "./runtime.ts";
+import type { TarIndexSpec } from "../state/runtime.ts";
 
 /** A layer served through its tar index, with the compressed blob's cache statistics. */
 export interface TarIndexedSource extends Source {

@@ -13,11 +13,11 @@ import {
   removeMountDir,
   serverAlive,
   serverOf,
-} from "./runtime.ts";
+} from "../state/runtime.ts";
 import { readMountInfo } from "./mountinfo.ts";
 import type { UnmountOptions } from "./unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
-import { removeRecoveryFile } from "../recovery/store.ts";
+import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { warn } from "../log.ts";
 import { stopServer } from "./mount_image.ts";
 import { stopFuseKeeper } from "../daemon/fuse_recovery.ts";

@@ -18,11 +18,11 @@ import {
   removeMountDir,
   serverAlive,
   writeState,
-} from "../mount/runtime.ts";
+} from "../state/runtime.ts";
 import { readMountInfo } from "../mount/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "./layer_record.ts";
-import type { Credentials } from "./record.ts";
-import { readRecoveryFile } from "./store.ts";
+import type { Credentials } from "../oci/docker_config.ts";
+import { readRecoveryFile } from "../state/recovery_store.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };

@@ -12,7 +12,7 @@ import {
   serverAlive,
   serverOf,
   writeState,
-} from "../mount/runtime.ts";
+} from "../state/runtime.ts";
 import type { ReattachOutcome } from "./reattach.ts";
 
 export async function reattachFuseMount(state: MountState): Promise<ReattachOutcome> {

@@ -2,8 +2,9 @@
 import { OciError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
-import type { LayerSpec } from "../mount/runtime.ts";
-import type { Credentials, RecoveryRecord } from "./record.ts";
+import type { LayerSpec } from "../state/runtime.ts";
+import type { Credentials } from "../oci/docker_config.ts";
+import type { RecoveryRecord } from "../state/recovery_record.ts";
 
 type RegistryRecord = Extract<RecoveryRecord, { reference: string }>;
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;

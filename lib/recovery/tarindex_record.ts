@@ -10,9 +10,10 @@ import { parseIndexRecord } from "../gzip/index_record.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
 import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
-import type { LayerSpec, TarIndexSpec } from "../mount/runtime.ts";
-import type { Credentials, RecoveryRecord } from "./record.ts";
-import type { RecoveryExtra } from "./store.ts";
+import type { LayerSpec, TarIndexSpec } from "../state/runtime.ts";
+import type { Credentials } from "../oci/docker_config.ts";
+import type { RecoveryRecord } from "../state/recovery_record.ts";
+import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
 
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;

@@ -7,7 +7,7 @@
  */
 import { closeFd, pidfdOpen, pollAsync } from "../../ffi/libc.ts";
 import { fuseRecoverable } from "../daemon/fuse_recovery.ts";
-import { type MountState, readStates, serverAlive, serverOf } from "../mount/runtime.ts";
+import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { reattach, type ReattachOutcome } from "./reattach.ts";
 

@@ -44,6 +44,13 @@ export interface LayoutOptions {
    * `{kind: "tar"}` data offset. Holds the tar's size in 512-byte blocks for the device table.
    */
   tarIndex?: { tarBlocks: number };
+  /**
+   * Regular files get FLAT_PLAIN blocks after the metadata, each file from a block boundary,
+   * in the order of their `{kind: "tar"}` data offsets, but none of their bytes is written:
+   * whoever serves the image serves those blocks (a tar-index layer re-laid out with 4 KiB
+   * blocks, lib/gzip/aligned_tar.ts). No inline tails for files.
+   */
+  virtualData?: boolean;
 }
 
 /**
@@ -99,6 +106,8 @@ export interface ImageLayout {
   buildTimeSec: number;
   buildTimeNsec: number;
   tarIndex?: { tarBlocks: number };
+  /** Data blocks are addresses only: writeImage writes the metadata and stops there. */
+  virtualData?: boolean;
 }
 
 const MAX_BLOCK_ADDRESS = 0xffffffff;
@@ -255,7 +264,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     const tail = p.sizeBytes % blockBytes;
     const inlineWanted = tail > 0 &&
-      (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
+      (node.kind === "dir" || node.kind === "symlink" ||
+        (tail <= inlineMax && !options.virtualData));
     p.inlineTailBytes = inlineWanted && base + tail <= blockBytes ? smallInt(tail) : 0;
     const record = base + p.inlineTailBytes;
     if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
@@ -281,6 +291,10 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const orderUnmatched: string[] = [];
   const dataOrder = options.tarIndex
     ? []
+    : options.virtualData
+    ? inodes.filter((p) => p.node.kind === "file" && p.blocks > 0).sort((a, b) =>
+      tarOffsetOf(a) - tarOffsetOf(b)
+    )
     : orderFiles(root, planned, options.order ?? [], orderUnmatched);
   for (const p of dataOrder) {
     p.blockAddress = nextBlock;
@@ -300,7 +314,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     buildTimeSec: options.buildTimeSec,
     buildTimeNsec: options.buildTimeNsec,
     tarIndex: options.tarIndex,
+    virtualData: options.virtualData,
   };
+}
+
+function tarOffsetOf(p: PlannedInode): number {
+  const data = p.node.data;
+  if (data?.kind !== "tar") throw new FormatError("virtual data needs tar offsets");
+  return data.offset;
 }
 
 /** Files with data blocks: the `order` list first, then depth-first in name order. */

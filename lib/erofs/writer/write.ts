@@ -91,6 +91,16 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
       : {}),
   });
   out.finish();
+  if (layout.virtualData) {
+    unwrap(libc().ftruncate(fd, BigInt(layout.metadataBytes)), "ftruncate", "(image)");
+    return {
+      sizeBytes: layout.totalBlocks * bs,
+      metadataBytes: layout.metadataBytes,
+      inodes: layout.inodes.length,
+      dataBytes: 0,
+      orderUnmatched: [],
+    };
+  }
 
   const totalData = layout.dataOrder.reduce(
     (n, p) => n + Math.min(p.sizeBytes, p.blocks * bs),

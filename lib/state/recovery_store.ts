@@ -5,7 +5,7 @@
  * it belongs to) goes into a companion JSON file next to it, which erofs-utils ignores.
  */
 import { FormatError } from "../errors.ts";
-import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./record.ts";
+import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
 
 export const RECOVERY_DIR = Deno.env.get("EROFS_OCI_RECOVERY_DIR") ?? "/var/run/erofsmount/nbd";
 

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 import fc from "fast-check";
 import { FormatError } from "../errors.ts";
-import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./record.ts";
+import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
 
 const DIGEST = `sha256:${"ab".repeat(32)}`;
 

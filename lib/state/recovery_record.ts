@@ -16,6 +16,7 @@
  *   digest: "sha256:…" }) // → `OCI_NATIVE_BLOB r.io/app:1 linux/amd64 sha256:… ` (trailing space)
  */
 import { FormatError } from "../errors.ts";
+import type { Credentials } from "../oci/docker_config.ts";
 
 export type RecoveryRecord =
   | { kind: "LOCAL"; path: string }
@@ -42,11 +43,6 @@ export type RecoveryRecord =
     tarIndexPath: string;
     zinfoPath: string;
   };
-
-export interface Credentials {
-  username: string;
-  password: string;
-}
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
