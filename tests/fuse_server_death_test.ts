@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { unmountErofs } from "../lib/mount/erofs_file.ts";
-import { umountOffThread } from "../lib/mount/mount_task.ts";
-import { readMountInfo } from "../lib/mount/mountinfo.ts";
+import { umountOffThread } from "../lib/sys/mount_task.ts";
+import { readMountInfo } from "../lib/sys/mountinfo.ts";
 import { deadline } from "./_support/fuse_stack.ts";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
 

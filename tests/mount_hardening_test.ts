@@ -8,7 +8,7 @@ import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/re
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { type MountSandbox, mountSandbox, mountsBelow, pidAlive } from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
-import { readMountInfo } from "../lib/mount/mountinfo.ts";
+import { readMountInfo } from "../lib/sys/mountinfo.ts";
 import {
   buildHostileImage,
   canOpenDevice,

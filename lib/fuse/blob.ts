@@ -17,7 +17,7 @@ import {
   openFile,
 } from "../../ffi/libc.ts";
 import { MountError } from "../errors.ts";
-import { findMount } from "../mount/mountinfo.ts";
+import { findMount } from "../sys/mountinfo.ts";
 import type { Source } from "../source/source.ts";
 import { FuseConnection } from "./connection.ts";
 

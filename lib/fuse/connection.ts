@@ -15,8 +15,8 @@ import {
 import { startLibcWorker } from "../../ffi/libc_worker.ts";
 import { MountError } from "../errors.ts";
 import * as log from "../log.ts";
-import { findMount } from "../mount/mountinfo.ts";
-import { umountOffThread } from "../mount/mount_task.ts";
+import { findMount } from "../sys/mountinfo.ts";
+import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
 import { encodeResendNotify } from "./protocol.ts";
 import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";

@@ -23,7 +23,7 @@ import {
   EROFS_SUPER_END,
   type ErofsSuperblock,
 } from "../erofs/superblock.ts";
-import { mountOffThread, type SyscallResult } from "./mount_task.ts";
+import { mountOffThread, type SyscallResult } from "../sys/mount_task.ts";
 import { unmountNoFollow, type UnmountOptions } from "./unmount_pinned.ts";
 
 /** Readahead of the EROFS mount's own bdi: 1 MiB reads of the backing file. */

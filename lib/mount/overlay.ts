@@ -4,7 +4,7 @@
  */
 import { MountError } from "../errors.ts";
 import { MS_NODEV, MS_NOSUID, MS_RDONLY, SysError } from "../../ffi/libc.ts";
-import { mountOffThread } from "./mount_task.ts";
+import { mountOffThread } from "../sys/mount_task.ts";
 
 export interface OverlayOptions {
   /** Writable overlay: upper and work dir (same file system). Read-only without them. */

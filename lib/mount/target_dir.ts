@@ -14,7 +14,7 @@ import {
   statIdentity,
   SysError,
 } from "../../ffi/libc.ts";
-import { readMountInfo } from "./mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 
 /** A checked mount target, held open until the mount is made. */
 export interface MountTarget {

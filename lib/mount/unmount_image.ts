@@ -14,7 +14,7 @@ import {
   serverAlive,
   serverOf,
 } from "../state/runtime.ts";
-import { readMountInfo } from "./mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "./unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";

@@ -15,8 +15,8 @@ import {
   UMOUNT_NOFOLLOW,
 } from "../../ffi/libc.ts";
 import { MountError } from "../errors.ts";
-import { readMountInfo } from "./mountinfo.ts";
-import { type SyscallResult, umountOffThread } from "./mount_task.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
+import { type SyscallResult, umountOffThread } from "../sys/mount_task.ts";
 
 export interface UnmountOptions {
   /** MNT_DETACH: detach even while files are open. */

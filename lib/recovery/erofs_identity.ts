@@ -14,7 +14,7 @@ import {
   EROFS_SUPER_OFFSET,
 } from "../erofs/superblock.ts";
 import { statFs } from "../../ffi/libc.ts";
-import { readMountInfo } from "../mount/mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 
 /** The superblock facts statfs exposes. */
 export interface ErofsIdentity {

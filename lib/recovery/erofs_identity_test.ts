@@ -11,7 +11,7 @@ import {
   mountedIdentity,
   rootInodeRange,
 } from "./erofs_identity.ts";
-import { readMountInfo } from "../mount/mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 
 const ignore = requires(root(), command("mount"), command("losetup"));
 

@@ -19,7 +19,7 @@ import {
   serverAlive,
   writeState,
 } from "../state/runtime.ts";
-import { readMountInfo } from "../mount/mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "./layer_record.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { readRecoveryFile } from "../state/recovery_store.ts";

@@ -13,8 +13,8 @@ import {
   type MountErofsOptions,
   unmountErofs,
 } from "../../lib/mount/erofs_file.ts";
-import { readMountInfo } from "../../lib/mount/mountinfo.ts";
-import { umountOffThread } from "../../lib/mount/mount_task.ts";
+import { readMountInfo } from "../../lib/sys/mountinfo.ts";
+import { umountOffThread } from "../../lib/sys/mount_task.ts";
 import { mountOverlay, type OverlayOptions } from "../../lib/mount/overlay.ts";
 import type { Source } from "../../lib/source/source.ts";
 import { FIXTURES } from "./requires.ts";

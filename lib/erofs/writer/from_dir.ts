@@ -6,7 +6,14 @@
  */
 import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
 import { FormatError, UserError } from "../../errors.ts";
-import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
+import {
+  type BuildNode,
+  checkEntryName,
+  type FileData,
+  newNode,
+  NO_XATTRS,
+  type NodeKind,
+} from "./tree.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
 import { smallInt } from "./layout.ts";
@@ -48,7 +55,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
   const links = new Map<string, BuildNode>();
   let entries = 0;
-  const build = (path: string, st: Stat, parent?: string, name?: string): BuildNode => {
+  const build = (path: string, st: Stat, inDir?: FileData): BuildNode => {
     const node = newNode(st.kind, st);
     node.rdevMajor = st.rdevMajor;
     node.rdevMinor = st.rdevMinor;
@@ -56,9 +63,8 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
     if (st.kind === "file") {
       node.sizeBytes = st.size;
       if (st.size > 0) {
-        node.data = parent !== undefined && name !== undefined
-          ? { kind: "child", dir: parent, name }
-          : { kind: "path", path };
+        // A hard link may be laid out under another of its names, in another directory.
+        node.data = inDir && st.nlink === 1 ? inDir : { kind: "path", path };
       }
     } else if (st.kind === "symlink") {
       node.target = new TextEncoder().encode(Deno.readLinkSync(path));
@@ -69,6 +75,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   const stack: [string, BuildNode][] = [[dir, root]];
   while (stack.length > 0) {
     const [path, node] = stack.pop()!;
+    const inDir: FileData = { kind: "child", dir: path };
     for (const entry of Deno.readDirSync(path)) {
       const childPath = `${path}/${entry.name}`;
       checkEntryName(entry.name, path);
@@ -91,7 +98,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         node.children!.set(entry.name, linked);
         continue;
       }
-      const child = build(childPath, st, path, entry.name);
+      const child = build(childPath, st, inDir);
       if (key) links.set(key, child);
       node.children!.set(entry.name, child);
       if (st.kind === "dir") stack.push([childPath, child]);

@@ -10,6 +10,9 @@
  * directory's children sit together, as `ls -l` wants).
  * An inode record (inode + xattrs + inline tail) never crosses a block boundary when it fits
  * in one block, which the kernel requires of inline data.
+ *
+ * The plan is columns (typed arrays indexed by inode, ino = index + 1), not an object per
+ * inode: 300,000 entries held ~250 bytes each of plan objects, maps and sets; now ~60.
  */
 import { FormatError } from "../../errors.ts";
 import {
@@ -24,6 +27,7 @@ import {
 import { packDirectory } from "./dirs.ts";
 import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
 import { type BuildNode, compareNames, utf8Length } from "./tree.ts";
+import { orderFiles } from "./layout_order.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;
@@ -44,13 +48,6 @@ export interface LayoutOptions {
    * `{kind: "tar"}` data offset. Holds the tar's size in 512-byte blocks for the device table.
    */
   tarIndex?: { tarBlocks: number };
-  /**
-   * Regular files get FLAT_PLAIN blocks after the metadata, each file from a block boundary,
-   * in the order of their `{kind: "tar"}` data offsets, but none of their bytes is written:
-   * whoever serves the image serves those blocks (a tar-index layer re-laid out with 4 KiB
-   * blocks, lib/gzip/aligned_tar.ts). No inline tails for files.
-   */
-  virtualData?: boolean;
 }
 
 /**
@@ -63,51 +60,53 @@ export const DEFAULT_INLINE_TAIL_MAX_BYTES = 2048;
 /** The device table follows the superblock: slot 9 (byte 1152), one 128-byte slot. */
 export const TAR_INDEX_DEVICE_SLOT = 9;
 
-export interface PlannedInode {
-  node: BuildNode;
-  ino: number;
-  nlink: number;
-  extended: boolean;
-  xattrBody?: Uint8Array;
-  sizeBytes: number;
-  /** Bytes of the last partial block kept after the inode (FLAT_INLINE); 0 = FLAT_PLAIN. */
-  inlineTailBytes: number;
-  /** Blocks of data outside the inode. */
-  blocks: number;
-  blockAddress: number;
-  offset: number;
-  nid: number;
-  /** Tar-index files: log2 of the one chunk's size, and where the chunk index sits. */
-  chunkBits?: number;
-  chunkIndexOffset?: number;
-  /**
-   * Directories: entry names sorted by their bytes ("." and ".." included) with each entry's
-   * inode at the same index (two arrays: an object per entry cost 40 bytes more), and the
-   * entries per block.
-   */
-  names?: string[];
-  targets?: PlannedInode[];
-  perBlock?: number[];
+/**
+ * A directory's entries sorted by their bytes ("." and ".." included): names, and the inode
+ * index of each entry at the same position; and the entries per block.
+ */
+export interface DirectoryPlan {
+  names: string[];
+  targets: Int32Array;
+  perBlock: number[];
 }
 
 export interface ImageLayout {
   blockSizeBits: number;
   blockBytes: number;
-  inodes: PlannedInode[];
-  root: PlannedInode;
+  /** Inodes in inode-number order (ino = index + 1); the root is index 0. */
+  nodes: BuildNode[];
+  /** Per inode (same index): the name it was first reached by (undefined for the root). */
+  entryNames: (string | undefined)[];
+  /** Per inode: nid (its byte offset is nid * 32). */
+  nid: Float64Array;
+  nlink: Uint32Array;
+  /** Per inode: 1 when it needs the 64-byte extended form. */
+  extended: Uint8Array;
+  /** Per inode: i_size (regular files: the data; directories: their entries; symlinks). */
+  sizeBytes: Float64Array;
+  /** Per inode: bytes of the last partial block kept after the inode (FLAT_INLINE). */
+  inlineTailBytes: Uint16Array;
+  /** Per inode: blocks of data outside the inode, and the first of them. */
+  blocks: Uint32Array;
+  blockAddress: Uint32Array;
+  /** Inodes with xattrs: their encoded xattr body. */
+  xattrBodies: Map<number, Uint8Array>;
+  /** Directories (by inode index). */
+  dirs: Map<number, DirectoryPlan>;
+  /** Tar-index files: log2 of the one chunk's size (0 = none) and where its index sits. */
+  chunkBits?: Uint8Array;
+  chunkIndexOffset?: Float64Array;
   shared: { offset: number; bytes: Uint8Array }[];
   /** Bytes from the image start up to the first data block (all metadata). */
   metadataBytes: number;
-  /** Regular files with data blocks, in the order their data is written. */
-  dataOrder: PlannedInode[];
+  /** Regular files with data blocks (inode indexes), in the order their data is written. */
+  dataOrder: Int32Array;
   /** `order` paths that name no regular file of the tree. */
   orderUnmatched: string[];
   totalBlocks: number;
   buildTimeSec: number;
   buildTimeNsec: number;
   tarIndex?: { tarBlocks: number };
-  /** Data blocks are addresses only: writeImage writes the metadata and stops there. */
-  virtualData?: boolean;
 }
 
 const MAX_BLOCK_ADDRESS = 0xffffffff;
@@ -117,73 +116,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const blockSizeBits = options.tarIndex ? 9 : options.blockSizeBits ?? 12;
   const blockBytes = 2 ** blockSizeBits;
   const inlineMax = options.inlineTailMaxBytes ?? DEFAULT_INLINE_TAIL_MAX_BYTES;
-  const planned = new Map<BuildNode, PlannedInode>();
-  const inodes: PlannedInode[] = [];
-  const plan = (node: BuildNode): PlannedInode => {
-    let p = planned.get(node);
-    if (!p) {
-      p = {
-        node,
-        ino: inodes.length + 1,
-        nlink: 0,
-        extended: false,
-        sizeBytes: node.kind === "file"
-          ? node.sizeBytes
-          : node.kind === "symlink"
-          ? (node.target?.length ?? 0)
-          : 0,
-        inlineTailBytes: 0,
-        blocks: 0,
-        blockAddress: 0,
-        offset: 0,
-        nid: 0,
-      };
-      planned.set(node, p);
-      inodes.push(p);
-    }
-    return p;
-  };
-
-  // Breadth-first: every node once (hard links are one node reached twice).
-  const rootPlan = plan(root);
-  rootPlan.nlink = 2;
-  const queue: [PlannedInode, PlannedInode][] = [[rootPlan, rootPlan]];
-  for (let head = 0; head < queue.length; head++) {
-    const [dir, parent] = queue[head];
-    const names = [".", ".."];
-    const targets = [dir, parent];
-    for (const [name, child] of dir.node.children ?? []) {
-      if (child.kind === "dir" && planned.has(child)) {
-        throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
-      }
-      const target = plan(child);
-      names.push(name);
-      targets.push(target);
-      if (child.kind === "dir") {
-        target.nlink = 2;
-        dir.nlink++;
-        queue.push([target, dir]);
-      } else {
-        target.nlink++;
-      }
-    }
-    const sorted = names.map((_, i) => i).sort((a, b) => compareNames(names[a], names[b]));
-    dir.names = sorted.map((i) => names[i]);
-    dir.targets = sorted.map((i) => targets[i]);
-    for (let i = 1; i < dir.names.length; i++) {
-      if (dir.names[i - 1] === dir.names[i]) {
-        throw new FormatError("duplicate name in a directory");
-      }
-    }
-    const packed = packDirectory(dir.names.map(utf8Length), blockBytes);
-    dir.perBlock = packed.perBlock;
-    dir.sizeBytes = smallInt(packed.sizeBytes);
-  }
+  const tree = collectTree(root, blockBytes);
+  const { nodes, nlink, sizeBytes, dirs } = tree;
+  const count = nodes.length;
 
   // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
   const uses = new Map<string, { name: string; value: Uint8Array; count: number }>();
-  for (const p of inodes) {
-    for (const [name, value] of p.node.xattrs) {
+  for (const node of nodes) {
+    for (const [name, value] of node.xattrs) {
       const key = xattrKey(name, value);
       const use = uses.get(key);
       if (use) use.count++;
@@ -205,30 +145,34 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     sharedIds.set(key, cursor / 4);
     cursor += bytes.length;
   }
+  uses.clear();
   cursor = alignUp(cursor, INODE_SLOT_BYTES);
+
+  const nid = new Float64Array(count);
+  const extended = new Uint8Array(count);
+  const inlineTailBytes = new Uint16Array(count);
+  const blocks = new Uint32Array(count);
+  const blockAddress = new Uint32Array(count);
+  const xattrBodies = new Map<number, Uint8Array>();
+  const chunkBits = options.tarIndex ? new Uint8Array(count) : undefined;
+  const chunkIndexOffset = options.tarIndex ? new Float64Array(count) : undefined;
 
   // Directories first: a cold `find` (which needs only directories, thanks to d_type) then
   // reads one short prefix, however much file metadata and inline data follows.
-  const packing = [
-    ...inodes.filter((p) => p.node.kind === "dir"),
-    ...inodes.filter((p) => p.node.kind !== "dir"),
-  ];
-  let dirBlocksPlaced = false;
   const placeDirectoryBlocks = () => {
     // Multi-block directories right behind the directory inodes, still inside the prefix.
-    dirBlocksPlaced = true;
-    const dirs = packing.filter((p) => p.node.kind === "dir" && p.blocks > 0);
-    if (dirs.length === 0) return;
     let block = Math.ceil(cursor / blockBytes);
-    for (const p of dirs) {
-      p.blockAddress = block;
-      block += p.blocks;
+    let any = false;
+    for (const i of dirs.keys()) {
+      if (blocks[i] === 0) continue;
+      any = true;
+      blockAddress[i] = block;
+      block += blocks[i];
     }
-    cursor = block * blockBytes;
+    if (any) cursor = block * blockBytes;
   };
-  for (const p of packing) {
-    const node = p.node;
-    if (node.kind !== "dir" && !dirBlocksPlaced) placeDirectoryBlocks();
+  const place = (i: number) => {
+    const node = nodes[i];
     if (node.xattrs.size > 0) {
       const ids: number[] = [];
       const inline: [string, Uint8Array][] = [];
@@ -238,74 +182,85 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
         if (id !== undefined) ids.push(id);
         else inline.push([name, value]);
       }
-      p.xattrBody = encodeXattrBody(ids, inline);
+      const body = encodeXattrBody(ids, inline);
+      if (body) xattrBodies.set(i, body);
     }
-    p.extended = node.uid > 0xffff || node.gid > 0xffff || p.nlink > 0xffff ||
-      p.sizeBytes > 0xffffffff || node.mtimeSec !== options.buildTimeSec ||
+    const size = sizeBytes[i];
+    const isExtended = node.uid > 0xffff || node.gid > 0xffff || nlink[i] > 0xffff ||
+      size > 0xffffffff || node.mtimeSec !== options.buildTimeSec ||
       node.mtimeNsec !== options.buildTimeNsec;
-    const base = (p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
-      (p.xattrBody?.length ?? 0);
+    extended[i] = isExtended ? 1 : 0;
+    const base = (isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
+      (xattrBodies.get(i)?.length ?? 0);
     if (options.tarIndex && node.kind === "file") {
       // One chunk index entry (8 bytes, 8-aligned) after the xattrs; no data blocks here.
       const indexAt = alignUp(base, 8);
-      const record = p.sizeBytes > 0 ? indexAt + 8 : base;
+      const record = size > 0 ? indexAt + 8 : base;
       if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
         cursor = alignUp(cursor, blockBytes);
       }
-      p.offset = smallInt(cursor);
-      p.nid = smallInt(cursor / INODE_SLOT_BYTES);
-      if (p.sizeBytes > 0) {
-        p.chunkBits = Math.max(blockSizeBits, Math.ceil(Math.log2(p.sizeBytes)));
-        while (2 ** p.chunkBits < p.sizeBytes) p.chunkBits++;
-        p.chunkIndexOffset = cursor + indexAt;
+      nid[i] = cursor / INODE_SLOT_BYTES;
+      if (size > 0) {
+        let bits = Math.max(blockSizeBits, Math.ceil(Math.log2(size)));
+        while (2 ** bits < size) bits++;
+        chunkBits![i] = bits;
+        chunkIndexOffset![i] = cursor + indexAt;
       }
       cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
-      continue;
+      return;
     }
-    const tail = p.sizeBytes % blockBytes;
+    const tail = size % blockBytes;
     const inlineWanted = tail > 0 &&
-      (node.kind === "dir" || node.kind === "symlink" ||
-        (tail <= inlineMax && !options.virtualData));
-    p.inlineTailBytes = inlineWanted && base + tail <= blockBytes ? smallInt(tail) : 0;
-    const record = base + p.inlineTailBytes;
+      (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
+    inlineTailBytes[i] = inlineWanted && base + tail <= blockBytes ? tail : 0;
+    const record = base + inlineTailBytes[i];
     if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
       cursor = alignUp(cursor, blockBytes);
     }
-    p.offset = smallInt(cursor);
-    p.nid = smallInt(cursor / INODE_SLOT_BYTES);
+    nid[i] = cursor / INODE_SLOT_BYTES;
     cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
-    p.blocks = Math.floor(p.sizeBytes / blockBytes) +
-      (tail > 0 && p.inlineTailBytes === 0 ? 1 : 0);
-  }
-  if (rootPlan.nid > 0xffff) throw new FormatError("root inode beyond nid 65535");
+    blocks[i] = Math.floor(size / blockBytes) + (tail > 0 && inlineTailBytes[i] === 0 ? 1 : 0);
+  };
+  for (const i of dirs.keys()) place(i);
+  // Directory blocks are only sized once their inodes are placed (inline tails decide).
+  placeDirectoryBlocks();
+  for (let i = 0; i < count; i++) if (nodes[i].kind !== "dir") place(i);
+  if (nid[0] > 0xffff) throw new FormatError("root inode beyond nid 65535");
 
-  if (!dirBlocksPlaced) placeDirectoryBlocks();
   let nextBlock = Math.ceil(cursor / blockBytes);
-  for (const p of packing) {
-    if (p.node.kind !== "file" && p.node.kind !== "dir" && p.blocks > 0) {
-      p.blockAddress = nextBlock;
-      nextBlock += p.blocks;
+  for (let i = 0; i < count; i++) {
+    const kind = nodes[i].kind;
+    if (kind !== "file" && kind !== "dir" && blocks[i] > 0) {
+      blockAddress[i] = nextBlock;
+      nextBlock += blocks[i];
     }
   }
   const metadataBytes = nextBlock * blockBytes;
   const orderUnmatched: string[] = [];
   const dataOrder = options.tarIndex
-    ? []
-    : options.virtualData
-    ? inodes.filter((p) => p.node.kind === "file" && p.blocks > 0).sort((a, b) =>
-      tarOffsetOf(a) - tarOffsetOf(b)
-    )
-    : orderFiles(root, planned, options.order ?? [], orderUnmatched);
-  for (const p of dataOrder) {
-    p.blockAddress = nextBlock;
-    nextBlock += p.blocks;
+    ? new Int32Array(0)
+    : orderFiles(root, { nodes, blocks, dirs }, options.order ?? [], orderUnmatched);
+  for (const i of dataOrder) {
+    if (nextBlock + blocks[i] > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
+    blockAddress[i] = nextBlock;
+    nextBlock += blocks[i];
   }
-  if (nextBlock > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
   return {
     blockSizeBits,
     blockBytes,
-    inodes,
-    root: rootPlan,
+    nodes,
+    entryNames: tree.entryNames,
+    nid,
+    nlink,
+    extended,
+    sizeBytes,
+    inlineTailBytes,
+    blocks,
+    blockAddress,
+    xattrBodies,
+    dirs,
+    chunkBits,
+    chunkIndexOffset,
     shared,
     metadataBytes,
     dataOrder,
@@ -314,69 +269,100 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     buildTimeSec: options.buildTimeSec,
     buildTimeNsec: options.buildTimeNsec,
     tarIndex: options.tarIndex,
-    virtualData: options.virtualData,
   };
 }
 
-function tarOffsetOf(p: PlannedInode): number {
-  const data = p.node.data;
-  if (data?.kind !== "tar") throw new FormatError("virtual data needs tar offsets");
-  return data.offset;
+interface Tree {
+  nodes: BuildNode[];
+  entryNames: (string | undefined)[];
+  nlink: Uint32Array;
+  sizeBytes: Float64Array;
+  dirs: Map<number, DirectoryPlan>;
 }
 
-/** Files with data blocks: the `order` list first, then depth-first in name order. */
-function orderFiles(
-  root: BuildNode,
-  planned: Map<BuildNode, PlannedInode>,
-  order: string[],
-  unmatched: string[],
-): PlannedInode[] {
-  const out: PlannedInode[] = [];
-  const taken = new Set<PlannedInode>();
-  /** False when `node` is not a regular file (empty files and repeats count as found). */
-  const take = (node: BuildNode | undefined): boolean => {
-    const p = node && node.kind === "file" ? planned.get(node) : undefined;
-    if (p && p.blocks > 0 && !taken.has(p)) {
-      taken.add(p);
-      out.push(p);
+/**
+ * Every node once, breadth-first (hard links are one node reached twice), with link counts,
+ * sizes and each directory's sorted entries. A node's index is kept in its `layoutSlot` while
+ * this runs and is valid only where `nodes[slot] === node` (so stale slots of an earlier
+ * layout, or of another tree, never match).
+ */
+function collectTree(root: BuildNode, blockBytes: number): Tree {
+  const nodes: BuildNode[] = [];
+  const entryNames: (string | undefined)[] = [];
+  let nlink = new Uint32Array(1024);
+  const indexOf = (node: BuildNode, name: string | undefined): number => {
+    const slot = node.layoutSlot;
+    if (slot >= 0 && slot < nodes.length && nodes[slot] === node) return slot;
+    const index = nodes.length;
+    node.layoutSlot = index;
+    nodes.push(node);
+    entryNames.push(name);
+    if (index >= nlink.length) {
+      const grown = new Uint32Array(nlink.length * 2);
+      grown.set(nlink);
+      nlink = grown;
     }
-    return p !== undefined;
+    return index;
   };
-  for (const path of order) {
-    if (!take(lookup(root, path))) unmatched.push(path);
-  }
-  // Depth first with an explicit stack: a hostile tar can nest directories very deep.
-  const stack: { dir: PlannedInode; next: number }[] = [{ dir: planned.get(root)!, next: 0 }];
-  while (stack.length > 0) {
-    const top = stack[stack.length - 1];
-    const names = top.dir.names ?? [];
-    if (top.next >= names.length) {
-      stack.pop();
-      continue;
+  const dirs = new Map<number, DirectoryPlan>();
+  const dirSizes = new Map<number, number>();
+  indexOf(root, undefined);
+  nlink[0] = 2;
+  // Directory indexes (and their parents) in breadth-first order.
+  const queue: number[] = [0, 0];
+  for (let head = 0; head < queue.length; head += 2) {
+    const dir = queue[head], parent = queue[head + 1];
+    const names = [".", ".."];
+    const targets = [dir, parent];
+    for (const [name, child] of nodes[dir].children ?? []) {
+      const known = nodes.length;
+      const target = indexOf(child, name);
+      if (child.kind === "dir" && target < known) {
+        throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
+      }
+      names.push(name);
+      targets.push(target);
+      if (child.kind === "dir") {
+        nlink[target] = 2;
+        nlink[dir]++;
+        queue.push(target, dir);
+      } else {
+        nlink[target]++;
+      }
     }
-    const index = top.next++;
-    if (names[index] === "." || names[index] === "..") continue;
-    const target = top.dir.targets![index];
-    if (target.node.kind === "dir") stack.push({ dir: target, next: 0 });
-    else take(target.node);
+    const order = names.map((_, i) => i).sort((a, b) => compareNames(names[a], names[b]));
+    const plan: DirectoryPlan = {
+      names: order.map((i) => names[i]),
+      targets: Int32Array.from(order, (i) => targets[i]),
+      perBlock: [],
+    };
+    for (let i = 1; i < plan.names.length; i++) {
+      if (plan.names[i - 1] === plan.names[i]) {
+        throw new FormatError("duplicate name in a directory");
+      }
+    }
+    const packed = packDirectory(plan.names.map(utf8Length), blockBytes);
+    plan.perBlock = packed.perBlock;
+    dirs.set(dir, plan);
+    dirSizes.set(dir, packed.sizeBytes);
   }
-  return out;
+  const sizeBytes = new Float64Array(nodes.length);
+  for (let i = 0; i < nodes.length; i++) {
+    const node = nodes[i];
+    sizeBytes[i] = node.kind === "file"
+      ? node.sizeBytes
+      : node.kind === "symlink"
+      ? (node.target?.length ?? 0)
+      : node.kind === "dir"
+      ? dirSizes.get(i)!
+      : 0;
+  }
+  return { nodes, entryNames, nlink: nlink.slice(0, nodes.length), sizeBytes, dirs };
 }
 
-/** The node at a relative path ("a/b", "./a/b", "/a/b"), not following symlinks. */
-export function lookup(root: BuildNode, path: string): BuildNode | undefined {
-  let node: BuildNode | undefined = root;
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    node = node?.children?.get(part);
-    if (!node) return undefined;
-  }
-  return node;
-}
-
-/** erofs_dirent.file_type of a planned inode. */
-export function fileTypeOf(p: PlannedInode): number {
-  return FILE_TYPE[p.node.kind];
+/** erofs_dirent.file_type of a node. */
+export function fileTypeOf(node: BuildNode): number {
+  return FILE_TYPE[node.kind];
 }
 
 function alignUp(n: number, to: number): number {

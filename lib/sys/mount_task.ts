@@ -17,7 +17,7 @@ export interface SyscallResult {
   loopDevices?: string[];
 }
 
-export interface MountRequest {
+export interface MountCall {
   source: string;
   target: string;
   fsType: string;
@@ -35,7 +35,7 @@ export interface MountRequest {
 function mountBody(
   libc: LibcSymbols,
   errno: ErrnoReader,
-  req: MountRequest,
+  req: MountCall,
   helpers: { loopAttach: typeof loopAttachBody },
 ): SyscallResult {
   const ENOTBLK = 15;
@@ -85,7 +85,7 @@ function umountBody(
 }
 
 /** mount(2) on a worker thread; resolves with the errno instead of throwing. */
-export function mountOffThread(request: MountRequest): Promise<SyscallResult> {
+export function mountOffThread(request: MountCall): Promise<SyscallResult> {
   return runLibcTask("mount", mountBody, request, { loopAttach: loopAttachBody });
 }
 
