@@ -5,7 +5,7 @@
  * Threads: a worker blocks in read() on /dev/fuse and posts each request here; this thread
  * answers metadata at once and READs when `source.read` resolves, with one write() per reply.
  * So this thread must never make a blocking call that needs a FUSE reply (mount(2) of EROFS on
- * the file, stat of the mount): those go to worker threads too (lib/mount/mount_task.ts).
+ * the file, stat of the mount): those go to worker threads too (lib/sys/mount_task.ts).
  */
 import {
   closeFd,
