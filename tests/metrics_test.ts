@@ -13,7 +13,7 @@ import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
-import type { ListedMount } from "../lib/cli/list.ts";
+import type { ListedMount } from "../lib/metrics/listed_layer.ts";
 import { serve } from "./_support/serve_process.ts";
 import { renderPrometheus } from "../lib/metrics/prometheus.ts";
 

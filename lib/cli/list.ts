@@ -1,38 +1,11 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath, readStates, serverAlive, serverOf } from "../state/runtime.ts";
-import { controlRequest, type LayerStats } from "../daemon/control.ts";
-import { formatBytes, printTable } from "./table.ts";
-import { type ListedLayer, listedLayers } from "../metrics/listed_layer.ts";
-
+import { controlRequest } from "../daemon/control.ts";
+import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
-
-export type { ListedLayer } from "../metrics/listed_layer.ts";
-
-export interface ListedMount {
-  target: string;
-  image: string;
-  manifestDigest?: string;
-  backend: string;
-  devices: string[];
-  /** Mount options at DIR (ro/rw, nosuid/suid, nodev/dev); absent for older mounts. */
-  options?: string[];
-  serverPid: number;
-  /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
-  state: "serving" | "dead" | "unresponsive";
-  reattachedAt?: string;
-  /** Bytes fetched from the registry (the disk cache's fetches when it is on). */
-  bytesFetched?: number;
-  /** Bytes the disk cache answered without fetching (undefined: no disk cache). */
-  diskHitBytes?: number;
-  bytesRequested?: number;
-  cacheHitRate?: number;
-  httpFetches?: number;
-  /** Per-layer counters (serving mounts only). */
-  layers?: (ListedLayer & { tracePrefetch?: PrefetchProgress })[];
-  /** Prefetch of the image's trace, all layers together (absent: no trace prefetched). */
-  tracePrefetch?: { bytesTotal: number; bytesDone: number; state: PrefetchProgress["state"] };
-}
+import { formatBytes, printTable } from "./table.ts";
+import { listedLayers, type ListedMount } from "../metrics/listed_layer.ts";
 
 /** Every mount with its server's counters (asked over the control socket). */
 export async function describeMounts(): Promise<ListedMount[]> {

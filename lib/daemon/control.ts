@@ -2,38 +2,9 @@
  * Control channel between the CLI and a running mount server: a unix socket in the mount's
  * runtime dir, one JSON request line, one JSON reply line.
  */
-import type { LatencyHistogram } from "../source/fetch_metrics.ts";
+import type { ServerStats } from "../metrics/layer_stats.ts";
 
 export type ControlRequest = { command: "stats" } | { command: "stop" };
-
-/** Counters of one layer's cache, as `list` shows them. */
-export interface LayerStats {
-  bytesRequested: number;
-  bytesFetched: number;
-  fetches: number;
-  hits: number;
-  misses: number;
-  /** The host's disk cache for this layer, when it is on. */
-  disk?: {
-    fetchedBytes: number;
-    diskHitBytes: number;
-    fetches?: number;
-    /** --fetch-all found the complete layer not matching its digest: its reads fail. */
-    digestMismatch?: boolean;
-  };
-  /** Blob digest (registry layers, OCI layout blobs). */
-  digest?: string;
-  /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */
-  getLatency?: LatencyHistogram;
-  /** Chunks of this layer that failed their chunk-digest table. */
-  verifyFailures?: number;
-}
-
-export interface ServerStats {
-  pid: number;
-  startedAt: string;
-  layers: LayerStats[];
-}
 
 export type ControlReply =
   | { ok: true; stats?: ServerStats }

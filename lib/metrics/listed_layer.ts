@@ -1,6 +1,7 @@
 /** A server's per-layer stats as `list --json` and the metrics show them. */
-import type { LayerStats } from "../daemon/control.ts";
+import type { LayerStats } from "./layer_stats.ts";
 import type { LatencyHistogram } from "../source/fetch_metrics.ts";
+import type { PrefetchProgress } from "../trace/prefetch.ts";
 
 /** Per-layer counters of a serving mount (`list --json`, `erofs-oci metrics`). */
 export interface ListedLayer {
@@ -25,6 +26,32 @@ export interface ListedLayer {
   verifyFailures?: number;
   /** `--fetch-all` fetched the whole layer and it did not hash to its digest: reads fail. */
   digestMismatch?: true;
+}
+
+/** One mount as `list --json` and the metrics show it. */
+export interface ListedMount {
+  target: string;
+  image: string;
+  manifestDigest?: string;
+  backend: string;
+  devices: string[];
+  /** Mount options at DIR (ro/rw, nosuid/suid, nodev/dev); absent for older mounts. */
+  options?: string[];
+  serverPid: number;
+  /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
+  state: "serving" | "dead" | "unresponsive";
+  reattachedAt?: string;
+  /** Bytes fetched from the registry (the disk cache's fetches when it is on). */
+  bytesFetched?: number;
+  /** Bytes the disk cache answered without fetching (undefined: no disk cache). */
+  diskHitBytes?: number;
+  bytesRequested?: number;
+  cacheHitRate?: number;
+  httpFetches?: number;
+  /** Per-layer counters (serving mounts only). */
+  layers?: (ListedLayer & { tracePrefetch?: PrefetchProgress })[];
+  /** Prefetch of the image's trace, all layers together (absent: no trace prefetched). */
+  tracePrefetch?: { bytesTotal: number; bytesDone: number; state: PrefetchProgress["state"] };
 }
 
 export function listedLayers(

@@ -4,7 +4,7 @@
  * references and paths, so they are escaped (backslash, double quote, line feed) as the format
  * requires; everything else is numbers.
  */
-import type { ListedLayer, ListedMount } from "../cli/list.ts";
+import type { ListedLayer, ListedMount } from "./listed_layer.ts";
 
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -3,7 +3,7 @@
  * runs. The address reaches the detached server in EROFS_OCI_METRICS_LISTEN (as the disk cache
  * settings do); a server that cannot bind it warns in its log and keeps serving the mount.
  */
-import type { LayerStats } from "../daemon/control.ts";
+import type { LayerStats } from "./layer_stats.ts";
 import type { MountSpec } from "../state/runtime.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../log.ts";

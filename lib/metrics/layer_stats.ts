@@ -1,0 +1,31 @@
+/** The counters a mount server reports over its control socket (the `stats` reply). */
+import type { LatencyHistogram } from "../source/fetch_metrics.ts";
+
+/** Counters of one layer's cache, as `list` shows them. */
+export interface LayerStats {
+  bytesRequested: number;
+  bytesFetched: number;
+  fetches: number;
+  hits: number;
+  misses: number;
+  /** The host's disk cache for this layer, when it is on. */
+  disk?: {
+    fetchedBytes: number;
+    diskHitBytes: number;
+    fetches?: number;
+    /** --fetch-all found the complete layer not matching its digest: its reads fail. */
+    digestMismatch?: boolean;
+  };
+  /** Blob digest (registry layers, OCI layout blobs). */
+  digest?: string;
+  /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */
+  getLatency?: LatencyHistogram;
+  /** Chunks of this layer that failed their chunk-digest table. */
+  verifyFailures?: number;
+}
+
+export interface ServerStats {
+  pid: number;
+  startedAt: string;
+  layers: LayerStats[];
+}
