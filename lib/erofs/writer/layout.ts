@@ -48,6 +48,13 @@ export interface LayoutOptions {
    * `{kind: "tar"}` data offset. Holds the tar's size in 512-byte blocks for the device table.
    */
   tarIndex?: { tarBlocks: number };
+  /**
+   * Regular files get FLAT_PLAIN blocks after the metadata, each file from a block boundary,
+   * in the order of their `{kind: "tar"}` data offsets, but none of their bytes is written:
+   * whoever serves the image serves those blocks (a tar-index layer re-laid out with 4 KiB
+   * blocks, lib/gzip/aligned_tar.ts). No inline tails for files.
+   */
+  virtualData?: boolean;
 }
 
 /**
@@ -107,6 +114,8 @@ export interface ImageLayout {
   buildTimeSec: number;
   buildTimeNsec: number;
   tarIndex?: { tarBlocks: number };
+  /** Data blocks are addresses only: writeImage writes the metadata and stops there. */
+  virtualData?: boolean;
 }
 
 const MAX_BLOCK_ADDRESS = 0xffffffff;
@@ -211,7 +220,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     const tail = size % blockBytes;
     const inlineWanted = tail > 0 &&
-      (node.kind === "dir" || node.kind === "symlink" || tail <= inlineMax);
+      (node.kind === "dir" || node.kind === "symlink" ||
+        (tail <= inlineMax && !options.virtualData));
     inlineTailBytes[i] = inlineWanted && base + tail <= blockBytes ? tail : 0;
     const record = base + inlineTailBytes[i];
     if (record <= blockBytes && (cursor % blockBytes) + record > blockBytes) {
@@ -239,6 +249,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const orderUnmatched: string[] = [];
   const dataOrder = options.tarIndex
     ? new Int32Array(0)
+    : options.virtualData
+    ? byTarOffset(nodes, blocks)
     : orderFiles(root, { nodes, blocks, dirs }, options.order ?? [], orderUnmatched);
   for (const i of dataOrder) {
     if (nextBlock + blocks[i] > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
@@ -269,7 +281,23 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     buildTimeSec: options.buildTimeSec,
     buildTimeNsec: options.buildTimeNsec,
     tarIndex: options.tarIndex,
+    virtualData: options.virtualData,
   };
+}
+
+/** Regular files with data blocks in the order of their `{kind: "tar"}` data offsets. */
+function byTarOffset(nodes: BuildNode[], blocks: Uint32Array): Int32Array {
+  const files: number[] = [];
+  for (let i = 0; i < nodes.length; i++) {
+    if (nodes[i].kind === "file" && blocks[i] > 0) files.push(i);
+  }
+  return Int32Array.from(files.sort((a, b) => tarOffsetOf(nodes[a]) - tarOffsetOf(nodes[b])));
+}
+
+function tarOffsetOf(node: BuildNode): number {
+  const data = node.data;
+  if (data?.kind !== "tar") throw new FormatError("virtual data needs tar offsets");
+  return data.offset;
 }
 
 interface Tree {

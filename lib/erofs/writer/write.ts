@@ -21,17 +21,13 @@ import {
   MODE_TYPE,
 } from "./format.ts";
 import { encodeDirectory } from "./dirs.ts";
-import {
-  fileTypeOf,
-  type ImageLayout,
-  type PlannedInode,
-  TAR_INDEX_DEVICE_SLOT,
-} from "./layout.ts";
+import { fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
 import { copyRange, pathBytes, preadInto } from "./data_copy.ts";
 import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
 import { MetadataWriter } from "./meta_writer.ts";
-import type { FileData } from "./tree.ts";
+import { INODE_SLOT_BYTES } from "./format.ts";
+import type { BuildNode } from "./tree.ts";
 
 export interface WriteOptions {
   uuid: Uint8Array;
@@ -56,12 +52,16 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   for (const entry of layout.shared) out.write(entry.offset, entry.bytes);
   // The layout's regions in image order: directory records, multi-block directory blocks,
   // other records, long symlink blocks (each region ascending in the same inode order).
-  const isDir = (p: PlannedInode) => p.node.kind === "dir";
   const scratch = new Uint8Array(Math.max(bs, EXTENDED_INODE_BYTES));
-  for (const p of layout.inodes) if (isDir(p)) writeRecord(out, p, layout, scratch);
-  for (const p of layout.inodes) if (isDir(p)) writeBlocks(out, p, bs);
-  for (const p of layout.inodes) if (!isDir(p)) writeRecord(out, p, layout, scratch);
-  for (const p of layout.inodes) if (p.node.kind === "symlink") writeBlocks(out, p, bs);
+  const count = layout.nodes.length;
+  for (const i of layout.dirs.keys()) writeRecord(out, i, layout, scratch);
+  for (const i of layout.dirs.keys()) writeBlocks(out, i, layout);
+  for (let i = 0; i < count; i++) {
+    if (layout.nodes[i].kind !== "dir") writeRecord(out, i, layout, scratch);
+  }
+  for (let i = 0; i < count; i++) {
+    if (layout.nodes[i].kind === "symlink") writeBlocks(out, i, layout);
+  }
   const head = new DataView(out.head.buffer);
   if (layout.tarIndex) {
     encodeDeviceSlot(
@@ -73,8 +73,8 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   }
   encodeSuperblock(out.head, {
     blockSizeBits: layout.blockSizeBits,
-    rootNid: layout.root.nid,
-    inodes: layout.inodes.length,
+    rootNid: layout.nid[0],
+    inodes: count,
     buildTimeSec: layout.buildTimeSec,
     buildTimeNsec: layout.buildTimeNsec,
     blocks: layout.totalBlocks,
@@ -96,29 +96,29 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
     return {
       sizeBytes: layout.totalBlocks * bs,
       metadataBytes: layout.metadataBytes,
-      inodes: layout.inodes.length,
+      inodes: count,
       dataBytes: 0,
       orderUnmatched: [],
     };
   }
 
-  const totalData = layout.dataOrder.reduce(
-    (n, p) => n + Math.min(p.sizeBytes, p.blocks * bs),
-    0,
-  );
+  const { sizeBytes: sizes, blocks, blockAddress } = layout;
+  let totalData = 0;
+  for (const i of layout.dataOrder) totalData += Math.min(sizes[i], blocks[i] * bs);
   let done = 0;
   options.onProgress?.(0, totalData);
   const batch = new BlockBatch(fd, bs);
-  for (const p of layout.dataOrder) {
-    const length = Math.min(p.sizeBytes, p.blocks * bs);
-    withSource(p.node.data, (src, offset, what) => {
+  for (const i of layout.dataOrder) {
+    const length = Math.min(sizes[i], blocks[i] * bs);
+    const at = blockAddress[i] * bs;
+    withSource(layout, i, (src, offset, what) => {
       if (length <= SMALL_FILE_BYTES) {
-        preadInto(src, batch.take(p.blockAddress * bs, length), offset, what);
+        preadInto(src, batch.take(at, length), offset, what);
         done += length;
         options.onProgress?.(done, totalData);
       } else {
         batch.flush();
-        copyRange(src, offset, fd, p.blockAddress * bs, length, what, (n) => {
+        copyRange(src, offset, fd, at, length, what, (n) => {
           done += n;
           options.onProgress?.(done, totalData);
         });
@@ -131,7 +131,7 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   return {
     sizeBytes,
     metadataBytes: layout.metadataBytes,
-    inodes: layout.inodes.length,
+    inodes: count,
     dataBytes: totalData,
     orderUnmatched: layout.orderUnmatched,
   };
@@ -143,50 +143,59 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
  */
 function writeRecord(
   out: MetadataWriter,
-  p: PlannedInode,
+  i: number,
   layout: ImageLayout,
   scratch: Uint8Array,
 ): void {
-  const node = p.node;
-  const inodeBytes = p.extended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
-  let u = p.blockAddress;
+  const node = layout.nodes[i];
+  const isExtended = layout.extended[i] === 1;
+  const inodeBytes = isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
+  const inlineTailBytes = layout.inlineTailBytes[i];
+  const sizeBytes = layout.sizeBytes[i];
+  const xattrBody = layout.xattrBodies.get(i);
+  const chunkBits = layout.chunkBits?.[i] ?? 0;
+  let u = layout.blockAddress[i];
   if (node.kind === "chardev" || node.kind === "blockdev") {
     u = encodeRdev(node.rdevMajor, node.rdevMinor);
   } else if (node.kind === "fifo" || node.kind === "socket") u = 0;
-  let dataLayout = p.inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
-  if (p.chunkBits !== undefined) {
+  let dataLayout = inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
+  if (chunkBits > 0) {
     dataLayout = DATALAYOUT_CHUNK_BASED;
-    u = chunkFormat(p.chunkBits, layout.blockSizeBits);
+    u = chunkFormat(chunkBits, layout.blockSizeBits);
   }
   scratch.fill(0, 0, inodeBytes);
   encodeInode(scratchView(scratch), 0, {
-    extended: p.extended,
+    extended: isExtended,
     dataLayout,
-    xattrCount: xattrCount(p.xattrBody?.length ?? 0),
+    xattrCount: xattrCount(xattrBody?.length ?? 0),
     mode: MODE_TYPE[node.kind] | (node.mode & 0o7777),
-    nlink: p.nlink,
-    sizeBytes: p.sizeBytes,
+    nlink: layout.nlink[i],
+    sizeBytes,
     u,
-    ino: p.ino,
+    ino: i + 1,
     uid: node.uid,
     gid: node.gid,
     mtimeSec: node.mtimeSec,
     mtimeNsec: node.mtimeNsec,
   });
-  out.write(p.offset, scratch.subarray(0, inodeBytes));
-  const xattrAt = p.offset + inodeBytes;
-  if (p.xattrBody) out.write(xattrAt, p.xattrBody);
-  if (p.chunkBits !== undefined) out.write(p.chunkIndexOffset!, chunkIndex(p, layout.blockBytes));
-  if (p.inlineTailBytes === 0) return;
-  const tailAt = xattrAt + (p.xattrBody?.length ?? 0);
-  const contents = metadataContents(p, layout.blockBytes);
+  const offset = layout.nid[i] * INODE_SLOT_BYTES;
+  out.write(offset, scratch.subarray(0, inodeBytes));
+  const xattrAt = offset + inodeBytes;
+  if (xattrBody) out.write(xattrAt, xattrBody);
+  if (chunkBits > 0) {
+    out.write(layout.chunkIndexOffset![i], chunkIndex(node.data, layout.blockBytes));
+  }
+  if (inlineTailBytes === 0) return;
+  const tailAt = xattrAt + (xattrBody?.length ?? 0);
+  const contents = metadataContents(i, layout);
   if (contents) {
-    out.write(tailAt, contents.subarray(p.blocks * layout.blockBytes));
+    out.write(tailAt, contents.subarray(layout.blocks[i] * layout.blockBytes));
   } else if (node.kind === "file") {
-    const tail = scratch.subarray(0, p.inlineTailBytes);
+    const tail = scratch.subarray(0, inlineTailBytes);
     withSource(
-      node.data,
-      (fd, offset, what) => preadInto(fd, tail, offset + p.sizeBytes - p.inlineTailBytes, what),
+      layout,
+      i,
+      (fd, offset, what) => preadInto(fd, tail, offset + sizeBytes - inlineTailBytes, what),
     );
     out.write(tailAt, tail);
   }
@@ -201,15 +210,19 @@ function scratchView(scratch: Uint8Array): DataView {
 }
 
 /** The full blocks of a directory or symlink (they live in the metadata area). */
-function writeBlocks(out: MetadataWriter, p: PlannedInode, bs: number): void {
-  if (p.blocks === 0) return;
-  const contents = metadataContents(p, bs)!;
-  out.write(p.blockAddress * bs, contents.subarray(0, Math.min(p.blocks * bs, contents.length)));
+function writeBlocks(out: MetadataWriter, i: number, layout: ImageLayout): void {
+  const blocks = layout.blocks[i];
+  if (blocks === 0) return;
+  const bs = layout.blockBytes;
+  const contents = metadataContents(i, layout)!;
+  out.write(
+    layout.blockAddress[i] * bs,
+    contents.subarray(0, Math.min(blocks * bs, contents.length)),
+  );
 }
 
 /** The one chunk index entry of a tar-index file: {le16 startblk_hi, le16 device 1, le32 lo}. */
-function chunkIndex(p: PlannedInode, blockBytes: number): Uint8Array {
-  const data = p.node.data;
+function chunkIndex(data: BuildNode["data"], blockBytes: number): Uint8Array {
   if (data?.kind !== "tar") throw new FormatError("tar-index file without a tar offset");
   const block = data.offset / blockBytes;
   if (!Number.isInteger(block) || block > 0xffffffff) {
@@ -223,26 +236,33 @@ function chunkIndex(p: PlannedInode, blockBytes: number): Uint8Array {
 }
 
 /** The bytes of a directory or symlink; undefined for other kinds. */
-function metadataContents(p: PlannedInode, bs: number): Uint8Array | undefined {
-  if (p.node.kind === "symlink") return p.node.target ?? new Uint8Array();
-  if (p.node.kind !== "dir") return undefined;
-  const targets = p.targets!;
-  const entries = p.names!.map((name, i) => ({
-    name,
-    nid: targets[i].nid,
-    fileType: fileTypeOf(targets[i]),
-  }));
-  return encodeDirectory(entries, p.perBlock!, p.sizeBytes, bs);
+function metadataContents(i: number, layout: ImageLayout): Uint8Array | undefined {
+  const node = layout.nodes[i];
+  if (node.kind === "symlink") return node.target ?? new Uint8Array();
+  const dir = layout.dirs.get(i);
+  if (!dir) return undefined;
+  const entries = dir.names.map((name, at) => {
+    const target = dir.targets[at];
+    return {
+      name,
+      nid: layout.nid[target],
+      fileType: fileTypeOf(layout.nodes[target]),
+    };
+  });
+  return encodeDirectory(entries, dir.perBlock, layout.sizeBytes[i], layout.blockBytes);
 }
 
+/** Runs `use` on an open descriptor of inode `i`'s data (closed afterwards when opened here). */
 function withSource<T>(
-  data: FileData | undefined,
+  layout: ImageLayout,
+  i: number,
   use: (fd: number, offset: number, what: string) => T,
 ): T {
+  const data = layout.nodes[i].data;
   if (!data) throw new FormatError("regular file without a data source");
   if (data.kind === "fd") return use(data.fd, data.offset, "(spooled data)");
   if (data.kind === "tar") throw new FormatError("tar-index data cannot be copied");
-  const path = data.kind === "child" ? `${data.dir}/${data.name}` : data.path;
+  const path = data.kind === "child" ? `${data.dir}/${layout.entryNames[i]}` : data.path;
   const fd = Number(libc().open(pathBytes(path), O_RDONLY | O_CLOEXEC, 0));
   if (fd < 0) throw new SysError("open", errno(), path);
   try {

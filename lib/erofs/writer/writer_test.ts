@@ -86,16 +86,16 @@ Deno.test("layout: metadata (inodes, directory blocks) strictly before file data
   }
   const layout = layoutImage(root, { buildTimeSec: 0, buildTimeNsec: 0, order: ["big/file-799"] });
   const dataStart = layout.metadataBytes / layout.blockBytes;
-  for (const p of layout.inodes) {
-    assert.ok(p.offset < layout.metadataBytes);
-    if (p.node.kind === "dir" && p.blocks > 0) {
-      assert.ok(p.blockAddress + p.blocks <= dataStart);
+  for (let i = 0; i < layout.nodes.length; i++) {
+    assert.ok(layout.nid[i] * 32 < layout.metadataBytes);
+    if (layout.nodes[i].kind === "dir" && layout.blocks[i] > 0) {
+      assert.ok(layout.blockAddress[i] + layout.blocks[i] <= dataStart);
     }
-    if (p.node.kind === "file") assert.ok(p.blockAddress >= dataStart);
+    if (layout.nodes[i].kind === "file") assert.ok(layout.blockAddress[i] >= dataStart);
   }
-  assert.ok(layout.inodes.find((p) => p.node === big)!.blocks >= 2, "multi-block directory");
-  assert.equal(layout.dataOrder[0].node, big.children!.get("file-799"));
-  assert.equal(layout.dataOrder[0].blockAddress, dataStart);
+  assert.ok(layout.blocks[layout.nodes.indexOf(big)] >= 2, "multi-block directory");
+  assert.equal(layout.nodes[layout.dataOrder[0]], big.children!.get("file-799"));
+  assert.equal(layout.blockAddress[layout.dataOrder[0]], dataStart);
   assert.throws(() => {
     const loop = newNode("dir");
     loop.children!.set("self", loop);
