@@ -11,7 +11,7 @@ import {
   type MountTarget,
   releaseMountTarget,
 } from "../mount/target_dir.ts";
-import { mountImage } from "../mount/mount_image.ts";
+import { mountImage } from "../daemon/mount_image.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,

@@ -2,8 +2,8 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { checkRoot } from "../mount/target_dir.ts";
-import { reattach, reattachTarget } from "../recovery/reattach.ts";
-import { watchAndReattach } from "../recovery/watch.ts";
+import { reattach, reattachTarget } from "../daemon/reattach.ts";
+import { watchAndReattach } from "../daemon/watch.ts";
 import { printable, printableJson, printTable } from "./table.ts";
 
 export const reattachCommand: Command = {

@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
-import { unmountImage } from "../mount/unmount_image.ts";
+import { unmountImage } from "../daemon/unmount_image.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 
 export const umountCommand: Command = {

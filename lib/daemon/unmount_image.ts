@@ -5,7 +5,7 @@
  */
 import { MountError } from "../errors.ts";
 import { SysError } from "../../ffi/libc.ts";
-import { unmountErofs } from "./erofs_file.ts";
+import { unmountErofs } from "../mount/erofs_file.ts";
 import {
   findState,
   mountDir,
@@ -15,13 +15,13 @@ import {
   serverOf,
 } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
-import type { UnmountOptions } from "./unmount_pinned.ts";
+import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { warn } from "../log.ts";
-import { stopServer } from "./mount_image.ts";
-import { stopFuseKeeper } from "../daemon/fuse_recovery.ts";
-import { pruneIndexCache } from "./index_cache.ts";
+import { stopServer } from "./server_process.ts";
+import { stopFuseKeeper } from "./fuse_recovery.ts";
+import { pruneIndexCache } from "../mount/index_cache.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;

@@ -4,8 +4,8 @@
  * layers come from the record the first server wrote: the same digests, so the same bytes.
  */
 import { UserError } from "../errors.ts";
-import { FUSE_TAKEOVER_ID, fuseRecoverable, readFuseRecovery } from "../daemon/fuse_recovery.ts";
-import { startServer } from "../mount/mount_image.ts";
+import { FUSE_TAKEOVER_ID, fuseRecoverable, readFuseRecovery } from "./fuse_recovery.ts";
+import { startServer } from "./server_process.ts";
 import {
   type MountSpec,
   type MountState,

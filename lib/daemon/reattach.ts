@@ -7,7 +7,7 @@
 import { MountError, UserError } from "../errors.ts";
 import { readSmallFile } from "../../ffi/libc.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
-import { startServer } from "../mount/mount_image.ts";
+import { startServer } from "./server_process.ts";
 import {
   createMountDir,
   DEFAULT_MOUNT_CACHE_BYTES,
@@ -20,7 +20,7 @@ import {
   writeState,
 } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
-import { layerForRecord, registryUnreachable, unverifiedLayer } from "./layer_record.ts";
+import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recovery/layer_record.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { readRecoveryFile } from "../state/recovery_store.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";

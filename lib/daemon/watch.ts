@@ -6,7 +6,7 @@
  * (umount) disconnects its devices or drops its FUSE record first, so it is never revived.
  */
 import { closeFd, pidfdOpen, pollAsync } from "../../ffi/libc.ts";
-import { fuseRecoverable } from "../daemon/fuse_recovery.ts";
+import { fuseRecoverable } from "./fuse_recovery.ts";
 import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { reattach, type ReattachOutcome } from "./reattach.ts";
