@@ -211,7 +211,7 @@ export function encodeEntry(
 }
 
 /** fuse_attr_out: GETATTR's reply. */
-export function encodeAttr(
+export function encodeAttrReply(
   unique: bigint,
   attr: NodeAttr,
   validSec: number,

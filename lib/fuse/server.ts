@@ -9,7 +9,7 @@ import * as log from "../log.ts";
 import {
   DT_DIR,
   DT_REG,
-  encodeAttr,
+  encodeAttrReply,
   encodeDirents,
   encodeEntry,
   encodeInit,
@@ -148,7 +148,7 @@ export class SingleFileFuseServer {
       }
       case Op.GETATTR: {
         const attr = this.#node(nodeId);
-        return attr ? this.#send(encodeAttr(unique, attr, VALID_SEC)) : error(ENOENT);
+        return attr ? this.#send(encodeAttrReply(unique, attr, VALID_SEC)) : error(ENOENT);
       }
       case Op.OPEN: {
         if (nodeId !== FILE_NODE_ID) return error(nodeId === ROOT_NODE_ID ? EISDIR : ENOENT);

@@ -28,6 +28,7 @@ import {
 } from "./netlink.ts";
 import { GenlSocket, resolveFamily } from "./genl_socket.ts";
 import { nbdBackend, nbdModuleLoaded } from "./sysfs.ts";
+import { NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY } from "./protocol.ts";
 
 // linux/nbd-netlink.h
 export const NBD_GENL_FAMILY_NAME = "nbd";
@@ -52,10 +53,7 @@ export const NBD_SOCK_FD = 1;
 export const NBD_DEVICE_ITEM = 1;
 export const NBD_DEVICE_INDEX = 1;
 export const NBD_DEVICE_CONNECTED = 2;
-// linux/nbd.h
-export const NBD_FLAG_HAS_FLAGS = 1 << 0;
-export const NBD_FLAG_READ_ONLY = 1 << 1;
-export const NBD_FLAG_CAN_MULTI_CONN = 1 << 8;
+// linux/nbd.h (the transmission flags, NBD_FLAG_*, are the protocol's: ./protocol.ts)
 export const NBD_CFLAG_DESTROY_ON_DISCONNECT = 1 << 0;
 export const NBD_CFLAG_DISCONNECT_ON_CLOSE = 1 << 1;
 

@@ -4,7 +4,7 @@ import type { RegistryClient } from "./client.ts";
 import { pushScope } from "./scope.ts";
 
 /** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
-export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024;
 
 /** A progress report of uploadBlob: bytes uploaded so far of `totalBytes`. */
 export interface BlobUploadProgress {
@@ -104,8 +104,8 @@ export async function uploadBlob(
     throw statusError(client, start, `starting the upload of ${label}`);
   }
   let location = await uploadLocation(client, start, `for ${label}`);
-  const monolithicMax = options.monolithicMaxBytes ?? DEFAULT_CHUNK_BYTES;
-  const chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_BYTES;
+  const monolithicMax = options.monolithicMaxBytes ?? DEFAULT_UPLOAD_CHUNK_BYTES;
+  const chunkSize = options.chunkSizeBytes ?? DEFAULT_UPLOAD_CHUNK_BYTES;
   const progress = (doneBytes: number) =>
     options.onProgress?.({ phase: "upload", path: label, doneBytes, totalBytes: blob.sizeBytes });
   let finalBody: Uint8Array<ArrayBuffer> = new Uint8Array(0);

@@ -43,7 +43,7 @@ export interface CacheStats {
  * benchmark's block trace (scripts/bench/replay.ts, docs/benchmarks.md) with a 64 MiB cache:
  * 1 MiB chunks take 79 GETs for find + 47 for tar, 2 MiB 49 + 27; 4 MiB thrash (16 chunks).
  */
-export const DEFAULT_CHUNK_BYTES = 2 << 20;
+export const DEFAULT_CACHE_CHUNK_BYTES = 2 << 20;
 export const DEFAULT_CACHE_BYTES = 64 << 20;
 export const DEFAULT_MAX_READAHEAD_BYTES = 8 << 20;
 
@@ -111,7 +111,7 @@ export class CachedSource implements Source {
   };
 
   constructor(inner: Source, options: CacheOptions = {}) {
-    const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    const chunkBytes = options.chunkBytes ?? DEFAULT_CACHE_CHUNK_BYTES;
     const cacheBytes = options.cacheBytes ?? DEFAULT_CACHE_BYTES;
     if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 512 || (chunkBytes & (chunkBytes - 1))) {
       throw new RangeError(`chunk size must be a power of two >= 512, got ${chunkBytes}`);

@@ -29,6 +29,17 @@ const O_NOFOLLOW = ARM ? 0o100000 : 0o400000;
 const S_IFMT = 0o170000, S_IFREG = 0o100000;
 
 /**
+ * Opens the file behind `fd` again, read-only: a new open file description, whose OFD locks
+ * conflict with those taken through `fd` as another process's would.
+ */
+export function reopenReadOnly(fd: number): number {
+  const O_RDONLY = 0;
+  const copy = libc().open(cstr(`/proc/self/fd/${fd}`), O_RDONLY | O_CLOEXEC, 0);
+  if (copy < 0) throw new SysError("open", errno(), `/proc/self/fd/${fd}`);
+  return copy;
+}
+
+/**
  * Opens a regular file read-write without following a symlink, creating it (mode 0600) unless
  * `create` is false.
  */
@@ -44,7 +55,7 @@ export function openCacheFile(path: string, create = true): number {
   return fd;
 }
 
-export interface FileIdentity {
+export interface FileStat {
   dev: bigint;
   ino: bigint;
   mode: number;
@@ -54,7 +65,7 @@ export interface FileIdentity {
 }
 
 /** fstat(2); st_dev/st_ino/st_size/st_blocks sit at the same offsets on x86_64 and arm64. */
-export function fstatIdentity(fd: number): FileIdentity {
+export function fstatIdentity(fd: number): FileStat {
   const buf = new Uint8Array(144);
   unwrap(libc().fstat(fd, buf), "fstat");
   const view = new DataView(buf.buffer);
