@@ -18,6 +18,7 @@ step() {
 }
 step "deno fmt --check" deno fmt --check
 step "deno lint" deno lint
+step "import layers" deno run --allow-read scripts/check_imports.ts
 step "deno check" deno task -q check
 
 echo "== host tests (tests/vm/ runs in the VM below)"

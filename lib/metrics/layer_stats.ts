@@ -18,7 +18,7 @@ export interface LayerStats {
   };
   /** Blob digest (registry layers, OCI layout blobs). */
   digest?: string;
-  /** Registry GET latency of this layer's blob (lib/metrics/fetch_metrics.ts). */
+  /** Registry GET latency of this layer's blob (lib/source/fetch_metrics.ts). */
   getLatency?: LatencyHistogram;
   /** Chunks of this layer that failed their chunk-digest table. */
   verifyFailures?: number;
