@@ -8,7 +8,7 @@
  *
  * The metadata is made at open from the tar-index meta image (read back by
  * ./tar_index_tree.ts, written by the writer with `virtualData`: files are FLAT_PLAIN block
- * ranges, nothing of them written). A read in the data area goes through a sorted extent table
+ * ranges in tar order, nothing of them written). A read in the data area goes through a sorted extent table
  * (device offset → tar offset, length) to the tar (gzip random access or a plain tar,
  * unchanged); the padding after each file reads as zeros.
  *
@@ -82,12 +82,12 @@ export function alignTarIndex(
 ): AlignedTarIndex {
   const what = options.what ?? "tar index";
   const tree = readTarIndexTree(meta, what);
-  // No inline tails for files: every byte of a file is in its own blocks of the data area.
+  // Files in tar order, no inline tails: a sequential read of the device is one of the tar.
   const layout = layoutImage(tree.root, {
     blockSizeBits: Math.log2(ALIGNED_BLOCK_BYTES),
     buildTimeSec: tree.buildTimeSec,
     buildTimeNsec: tree.buildTimeNsec,
-    inlineTailMaxBytes: 0,
+    virtualData: true,
   });
   const order = layout.dataOrder;
   const extents = new TarExtents(order.length);
@@ -100,13 +100,8 @@ export function alignTarIndex(
     extents.length[k] = layout.sizeBytes[i];
   }
   checkTarRanges(extents, Math.min(tree.tarBytes, options.tarLimitBytes ?? Infinity), what);
-  // The writer with no data to copy: metadata only (the data blocks stay addresses).
   const image = writeMetadata(
-    (fd) =>
-      writeImage({ ...layout, dataOrder: new Int32Array(0) }, fd, {
-        uuid: tree.uuid,
-        volumeName: tree.volumeName,
-      }),
+    (fd) => writeImage(layout, fd, { uuid: tree.uuid, volumeName: tree.volumeName }),
     layout.metadataBytes,
   );
   return {
@@ -140,10 +135,7 @@ function checkTarRanges(extents: TarExtents, limit: number, what: string): void 
   }
 }
 
-/**
- * Runs the fd-based writer into a temporary file (sparse past the metadata) and returns its
- * first `metadataBytes`.
- */
+/** Runs the fd-based writer into a temporary file and returns its `metadataBytes`. */
 function writeMetadata(write: (fd: number) => void, metadataBytes: number): Uint8Array {
   const path = Deno.makeTempFileSync({ prefix: "erofs-oci-aligned-" });
   try {

@@ -6,15 +6,26 @@
  */
 import { FormatError, MountError } from "../errors.ts";
 import { CachedSource, type CacheStats } from "../source/cached.ts";
-import { HybridTarSource } from "../gzip/hybrid_tar.ts";
+import { GzipRandomAccess } from "../gzip/gzip_random_access.ts";
+import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles } from "./layer_index_files.ts";
+import {
+  chooseTarDeviceLayout,
+  kernelHasSubpageBlocks,
+  kernelRelease,
+  type TarDevice,
+  tarDevice,
+  type TarDeviceLayout,
+} from "./tar_layout.ts";
 import type { TarIndexSpec } from "../state/runtime.ts";
 
 /** A layer served through its tar index, with the compressed blob's cache statistics. */
 export interface TarIndexedSource extends Source {
   readonly cacheBytes: number;
+  /** How the layer sits on the device (./tar_layout.ts). */
+  readonly layout: TarDeviceLayout;
   stats(): CacheStats;
   close(): Promise<void>;
 }
@@ -31,26 +42,14 @@ const COMPRESSED_BLOB_CACHE = { chunkBytes: 256 << 10, maxReadaheadBytes: 1 << 2
 
 /**
  * Tar-index images have 512-byte blocks; EROFS mounts blocks smaller than a page only since
- * Linux 6.4 ("erofs: set block size to the on-disk block size"); older kernels answer EINVAL.
+ * Linux 6.4. Only the 512 layout needs that (./tar_layout.ts).
  */
 export function checkKernelMountsTarIndex(release = kernelRelease()): void {
-  const match = /^(\d+)\.(\d+)/.exec(release);
-  if (!match) return;
-  const [major, minor] = [Number(match[1]), Number(match[2])];
-  if (major > 6 || (major === 6 && minor >= 4)) return;
+  if (kernelHasSubpageBlocks(release)) return;
   throw new MountError(
     `kernel ${release} cannot mount tar layers lazily: EROFS takes 512-byte blocks from Linux 6.4 on`,
     "convert the image to EROFS layers: `erofs-oci convert IMAGE DEST`",
   );
-}
-
-function kernelRelease(): string {
-  // Not /proc/sys/kernel/osrelease: Deno refuses /proc paths without --allow-all.
-  try {
-    return Deno.osRelease();
-  } catch {
-    return "";
-  }
 }
 
 function bytesSource(bytes: Uint8Array): Source {
@@ -79,7 +78,7 @@ export async function openTarIndexSource(
   layer: { digest: string; size: number },
   cacheBytes: number,
 ): Promise<TarIndexedSource> {
-  checkKernelMountsTarIndex();
+  const deviceLayout = chooseTarDeviceLayout();
   let meta: Uint8Array, zinfo: Uint8Array | undefined, pieces: Uint8Array | undefined;
   if (index.record) {
     ({ meta, zinfo, pieces } = await checkTarIndexFiles(
@@ -90,37 +89,45 @@ export async function openTarIndexSource(
     meta = await readIndexFile(index.meta);
     zinfo = index.zinfo ? await readIndexFile(index.zinfo) : undefined;
   }
+  // A meta that is no tar-index image is named before the zinfo is looked at.
+  tarIndexLayout(meta);
   const blobCacheBytes = Math.max(4 << 20, Math.floor(cacheBytes / 2));
   const cached = new CachedSource(blob, {
     cacheBytes: blobCacheBytes,
     ...(zinfo ? COMPRESSED_BLOB_CACHE : {}),
   });
-  let hybrid: HybridTarSource;
+  const tarCacheBytes = Math.max(4 << 20, cacheBytes - blobCacheBytes);
+  const record = index.record;
+  let device: TarDevice;
   if (zinfo) {
-    const record = index.record;
-    hybrid = await HybridTarSource.openGzip(meta, cached, bytesSource(zinfo), {
-      cacheBytes: Math.max(4 << 20, cacheBytes - blobCacheBytes),
+    const gzip = await GzipRandomAccess.open(cached, bytesSource(zinfo), {
+      cacheBytes: tarCacheBytes,
       pieceDigests: pieces && record?.pieces
         ? { bytes: pieces, pieceBytes: record.pieces.pieceBytes, totalBytes: record.tarBytes }
         : undefined,
     });
-  } else if (pieces && index.record?.pieces) {
-    hybrid = HybridTarSource.plainTar(
-      meta,
-      new VerifiedPlainTar(cached, pieces, index.record.pieces.pieceBytes, {
-        cacheBytes: Math.max(4 << 20, cacheBytes - blobCacheBytes),
-      }),
-    );
+    try {
+      device = tarDevice(deviceLayout, meta, gzip, record?.tarBytes);
+    } catch (error) {
+      gzip.close();
+      throw error;
+    }
   } else {
-    hybrid = HybridTarSource.plainTar(meta, cached);
+    const tar = pieces && record?.pieces
+      ? new VerifiedPlainTar(cached, pieces, record.pieces.pieceBytes, {
+        cacheBytes: tarCacheBytes,
+      })
+      : cached;
+    device = tarDevice(deviceLayout, meta, tar, tar.size);
   }
   return {
-    size: hybrid.size,
+    size: device.size,
     cacheBytes: blobCacheBytes,
-    read: (offset, length, signal) => hybrid.read(offset, length, signal),
+    layout: deviceLayout,
+    read: (offset, length, signal) => device.read(offset, length, signal),
     stats: () => cached.stats(),
     close: async () => {
-      await hybrid.close();
+      await device.close();
       await cached.close?.();
     },
   };
