@@ -4,15 +4,9 @@
  * queue and is not fetched twice); only PARALLEL reads are in flight.
  */
 import assert from "node:assert/strict";
-import {
-  buildTrace,
-  encodeTrace,
-  MAX_TRACE_BYTES,
-  parseTrace,
-  rangesForLayers,
-} from "../lib/trace/format.ts";
-import { TracePrefetcher } from "../lib/trace/prefetch.ts";
-import { TraceRecorder } from "../lib/trace/recorder.ts";
+import { buildTrace, encodeTrace, MAX_TRACE_BYTES, parseTrace, rangesForLayers } from "./format.ts";
+import { TracePrefetcher } from "./prefetch.ts";
+import { TraceRecorder } from "./recorder.ts";
 
 const DIGEST = `sha256:${"1".repeat(64)}`;
 

@@ -26,8 +26,8 @@ import {
   parseNetlinkMessages,
   readAttr,
   type ReplyState,
-} from "../lib/nbd/netlink.ts";
-import { GenlSocket, resolveFamily } from "../lib/nbd/genl_socket.ts";
+} from "./netlink.ts";
+import { GenlSocket, resolveFamily } from "./genl_socket.ts";
 import {
   closeKernelFds,
   connectAttrs,
@@ -55,10 +55,10 @@ import {
   reconfigureAttrs,
   resolveNbdFamily,
   statusFromReplies,
-} from "../lib/nbd/kernel.ts";
-import { listNbdDevices, nbdIndexOfBlockDevice, nbdModuleLoaded } from "../lib/nbd/sysfs.ts";
-import { NbdError } from "../lib/errors.ts";
-import { libc } from "../ffi/libc.ts";
+} from "./kernel.ts";
+import { listNbdDevices, nbdIndexOfBlockDevice, nbdModuleLoaded } from "./sysfs.ts";
+import { NbdError } from "../errors.ts";
+import { libc } from "../../ffi/libc.ts";
 
 const assertEquals = (actual: unknown, expected: unknown, msg?: string) =>
   assert.deepEqual(actual, expected, msg);

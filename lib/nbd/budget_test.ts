@@ -3,11 +3,11 @@
  * guaranteed shares, a first-come shared pool, aborts, and a reply allocation that fails.
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { InflightBudget } from "../lib/nbd/budget.ts";
-import { serveTransmission, type TransmissionOptions } from "../lib/nbd/transmission.ts";
-import { NBD_CMD_READ, NBD_ENOMEM } from "../lib/nbd/protocol.ts";
-import { RawNbdClient } from "./_support/nbd_client.ts";
-import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { InflightBudget } from "./budget.ts";
+import { serveTransmission, type TransmissionOptions } from "./transmission.ts";
+import { NBD_CMD_READ, NBD_ENOMEM } from "./protocol.ts";
+import { RawNbdClient } from "../../tests/_support/nbd_client.ts";
+import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 
 const KiB = 1024;
 

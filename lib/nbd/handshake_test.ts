@@ -3,7 +3,7 @@
  * option, with a raw client.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { type NbdServer, parseListenAddress, startNbdServer } from "../lib/nbd/listen.ts";
+import { type NbdServer, parseListenAddress, startNbdServer } from "./listen.ts";
 import {
   NBD_CMD_READ,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -20,11 +20,11 @@ import {
   NBD_REP_INFO,
   NBD_REP_SERVER,
   READ_ONLY_EXPORT_FLAGS,
-} from "../lib/nbd/protocol.ts";
-import { CachedSource } from "../lib/source/cached.ts";
-import { RawNbdClient } from "./_support/nbd_client.ts";
-import { MemorySource, patternBytes } from "./_support/memory_source.ts";
-import { UsageError } from "../lib/errors.ts";
+} from "./protocol.ts";
+import { CachedSource } from "../source/cached.ts";
+import { RawNbdClient } from "../../tests/_support/nbd_client.ts";
+import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
+import { UsageError } from "../errors.ts";
 
 const SIZE = 3 * 1024 * 1024 + 17;
 const DATA = patternBytes(SIZE);

@@ -4,15 +4,15 @@
  * negotiation, READDIR paging, INTERRUPT, unknown opcodes, no-reply opcodes, malformed input.
  */
 import assert from "node:assert/strict";
-import { SingleFileFuseServer } from "../lib/fuse/server.ts";
+import { SingleFileFuseServer } from "./server.ts";
 import {
   FOPEN_DIRECT_IO,
   FUSE_ASYNC_READ,
   FUSE_MAX_PAGES,
   IN_HEADER_SIZE,
   Op,
-} from "../lib/fuse/protocol.ts";
-import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+} from "./protocol.ts";
+import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 
 interface Reply {
   unique: bigint;

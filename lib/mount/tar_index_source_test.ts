@@ -1,7 +1,7 @@
 /** Tar-index layers need EROFS sub-page blocks (Linux 6.4): older kernels are refused early. */
 import assert from "node:assert/strict";
-import { checkKernelMountsTarIndex } from "../lib/mount/tar_index_source.ts";
-import { MountError } from "../lib/errors.ts";
+import { checkKernelMountsTarIndex } from "./tar_index_source.ts";
+import { MountError } from "../errors.ts";
 
 Deno.test("tar index: kernels before 6.4 are refused in one line, later ones pass", () => {
   for (const old of ["6.1.0-57-amd64", "5.15.0", "6.3.13"]) {

@@ -5,13 +5,13 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ChunkTableBuilder, encodeTable, parseChunkTable } from "../lib/verify/chunk_table.ts";
-import { ChunkMismatchError, VerifiedSource } from "../lib/verify/verified_source.ts";
-import { digestOf } from "../lib/oci/digest.ts";
-import type { Source } from "../lib/source/source.ts";
-import { patternBytes } from "./_support/memory_source.ts";
-import type { LayerSpec } from "../lib/state/runtime.ts";
-import { recordForLayer, unverifiedLayer } from "../lib/recovery/layer_record.ts";
+import { ChunkTableBuilder, encodeTable, parseChunkTable } from "./chunk_table.ts";
+import { ChunkMismatchError, VerifiedSource } from "./verified_source.ts";
+import { digestOf } from "../oci/digest.ts";
+import type { Source } from "../source/source.ts";
+import { patternBytes } from "../../tests/_support/memory_source.ts";
+import type { LayerSpec } from "../state/runtime.ts";
+import { recordForLayer, unverifiedLayer } from "../recovery/layer_record.ts";
 
 const CHUNK = 64 * 1024;
 

@@ -3,8 +3,8 @@
  * the wire are what the kernel would send.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { serveTransmission, type TransmissionEnd } from "../lib/nbd/transmission.ts";
-import type { TransmissionOptions } from "../lib/nbd/transmission.ts";
+import { serveTransmission, type TransmissionEnd } from "./transmission.ts";
+import type { TransmissionOptions } from "./transmission.ts";
 import {
   NBD_CMD_DISC,
   NBD_CMD_FLUSH,
@@ -14,11 +14,11 @@ import {
   NBD_EINVAL,
   NBD_EIO,
   NBD_EPERM,
-} from "../lib/nbd/protocol.ts";
-import { CachedSource } from "../lib/source/cached.ts";
-import type { Source } from "../lib/source/source.ts";
-import { encodeRequest, RawNbdClient } from "./_support/nbd_client.ts";
-import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+} from "./protocol.ts";
+import { CachedSource } from "../source/cached.ts";
+import type { Source } from "../source/source.ts";
+import { encodeRequest, RawNbdClient } from "../../tests/_support/nbd_client.ts";
+import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 
 const MiB = 1024 * 1024;
 

@@ -3,11 +3,17 @@
  * one-line FormatError, and memory stays bounded.
  */
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
-import { FormatError } from "../lib/errors.ts";
-import type { TarEntry } from "../lib/tar/entry.ts";
-import { readTar, type TarReaderOptions } from "../lib/tar/reader.ts";
-import { LayerFlattener } from "../lib/tar/whiteout.ts";
-import { concat, encodeTar, headerBlock, paxBody, streamOf } from "./_support/tar_encode.ts";
+import { FormatError } from "../errors.ts";
+import type { TarEntry } from "./entry.ts";
+import { readTar, type TarReaderOptions } from "./reader.ts";
+import { LayerFlattener } from "./whiteout.ts";
+import {
+  concat,
+  encodeTar,
+  headerBlock,
+  paxBody,
+  streamOf,
+} from "../../tests/_support/tar_encode.ts";
 
 const enc = new TextEncoder();
 
