@@ -180,7 +180,11 @@ export async function runMountServer(): Promise<number> {
             reattach: spec.reattach?.[index],
             fuseTakeover: fuseTakeover?.[index],
             writeRecovery: () => {
-              const { record, extra } = recordForLayer(layer, spec.credentials, spec.id, index);
+              // The layout the source chose goes with it: reattach must serve the same one.
+              const recorded = tarIndex && layer.kind === "registry"
+                ? { ...layer, tarIndex: { ...tarIndex, layout: (raw as TarIndexedSource).layout } }
+                : layer;
+              const { record, extra } = recordForLayer(recorded, spec.credentials, spec.id, index);
               return writeRecoveryFile(record, extra);
             },
           },

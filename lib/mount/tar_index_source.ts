@@ -78,7 +78,8 @@ export async function openTarIndexSource(
   layer: { digest: string; size: number },
   cacheBytes: number,
 ): Promise<TarIndexedSource> {
-  const deviceLayout = chooseTarDeviceLayout();
+  // A reattach gets the layout the device was served in; a new mount, this kernel's.
+  const deviceLayout = index.layout ?? chooseTarDeviceLayout();
   let meta: Uint8Array, zinfo: Uint8Array | undefined, pieces: Uint8Array | undefined;
   if (index.record) {
     ({ meta, zinfo, pieces } = await checkTarIndexFiles(

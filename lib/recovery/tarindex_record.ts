@@ -2,8 +2,9 @@
  * Recovery of tar-index devices: a layer served as [meta][tar] is recorded as erofs-utils 1.9
  * writes it, `TARINDEX_OCI_BLOB <ref> <platform> <digest> <cred> <meta path> <zinfo path>`,
  * with the meta and zinfo in their durable place (/var/lib/erofs-oci/index/…, never a tmp dir)
- * so either tool can serve the device again. What the line cannot hold (the piece digests and
- * the record binding the files to the layer) goes to the companion file.
+ * so either tool can serve the device again. What the line cannot hold (the piece digests,
+ * the record binding the files to the layer, the 4 KiB layout of kernels before 6.4) goes to
+ * the companion file.
  */
 import { FormatError, OciError } from "../errors.ts";
 import { parseIndexRecord } from "../gzip/index_record.ts";
@@ -15,6 +16,7 @@ import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
+import { tarDeviceBytes } from "../mount/tar_layout.ts";
 
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
 type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
@@ -23,6 +25,12 @@ type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
 export interface TarIndexExtra {
   pieces?: string;
   record?: unknown;
+  /**
+   * "4k" when the device is the re-laid-out layer (lib/mount/tar_layout.ts); absent for
+   * [meta][tar], the only layout erofs-utils knows. The line alone would have `mount.erofs
+   * --reattach` serve [meta][tar] under a 4k mount: it cannot say otherwise.
+   */
+  layout?: "4k";
 }
 
 /** The recovery line (+ companion facts) of a layer served through its tar index. */
@@ -44,7 +52,11 @@ export function tarIndexRecordForLayer(
     extra: {
       ...extra,
       plainHttp: layer.plainHttp,
-      tarIndex: { pieces: layer.tarIndex.pieces, record: layer.tarIndex.record },
+      tarIndex: {
+        pieces: layer.tarIndex.pieces,
+        record: layer.tarIndex.record,
+        ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
+      },
     },
   };
 }
@@ -69,9 +81,13 @@ export async function tarIndexLayerForRecord(
       "the device cannot be served without it; unmount and mount again",
     );
   }
-  const layout = tarIndexLayout(meta, record.tarIndexPath);
-  if (!sizeFits(layout.metaBytes + layout.tarBytes)) {
-    throw new FormatError(`tar index ${record.tarIndexPath} does not fit the device's size`);
+  tarIndexLayout(meta, record.tarIndexPath);
+  // Records without a layout are [meta][tar]: erofs-utils' and ours before "4k" existed.
+  const deviceLayout = extra.tarIndex?.layout === "4k" ? "4k" : "512";
+  if (!sizeFits(tarDeviceBytes(deviceLayout, meta))) {
+    throw new FormatError(
+      `tar index ${record.tarIndexPath} does not fit the device's size (${deviceLayout} layout)`,
+    );
   }
   const indexRecord = extra.tarIndex?.record === undefined ? undefined : parseIndexRecord(
     new TextEncoder().encode(JSON.stringify(extra.tarIndex.record)),
@@ -100,6 +116,7 @@ export async function tarIndexLayerForRecord(
         zinfo: record.zinfoPath || undefined,
         pieces: indexRecord ? pieces : undefined,
         record: indexRecord,
+        layout: deviceLayout,
       },
     });
   } finally {

@@ -82,6 +82,11 @@ export interface TarIndexSpec {
   zinfo?: string;
   pieces?: string;
   record?: IndexRecord;
+  /**
+   * How the device lays the layer out (lib/mount/tar_layout.ts): "512" = [meta][tar] as
+   * erofs-utils, "4k" = re-laid out for kernels before 6.4. Unset: chosen for this kernel.
+   */
+  layout?: "512" | "4k";
 }
 
 /** Everything the server needs to serve one mount (sent over its stdin, never to disk). */
