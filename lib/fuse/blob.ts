@@ -31,8 +31,11 @@ export interface FuseBlob {
   readonly mountDir: string;
   /** Linux thread id of the /dev/fuse reader (a worker thread), for diagnostics and tests. */
   readonly readerThreadId: number;
-  /** READ requests answered and bytes served so far. */
-  stats(): { reads: number; bytes: number };
+  /**
+   * READ requests answered and bytes served so far; `directReads`: READs the reader thread
+   * answered from the disk cache file by itself (reader_worker.ts).
+   */
+  stats(): { reads: number; bytes: number; directReads: number };
   /** The /dev/fuse descriptor: a keeper holds a copy so the mount outlives this process. */
   readonly fd: number;
   /** The file's mtime as told to the kernel (a server taking over tells the same). */

@@ -18,9 +18,10 @@ import * as log from "../log.ts";
 import { findMount } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
-import { encodeResendNotify } from "./protocol.ts";
+import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
+import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
 import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";
-import { SingleFileFuseServer } from "./server.ts";
+import { FILE_NODE_ID, SingleFileFuseServer } from "./server.ts";
 
 /** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
 const MAX_WRITE_BYTES = 1 << 20;
@@ -39,6 +40,10 @@ export class FuseConnection {
   readonly #removeDir: boolean;
   readonly #reader: Worker;
   readonly #readerEnded = Promise.withResolvers<void>();
+  /** The reader has left its loop (said so, or threw): nothing of it uses a descriptor now. */
+  #readerDone = false;
+  /** Disk cache files the reader answers READs from by itself (see reader_worker.ts). */
+  readonly #direct?: DirectReadFiles;
   #fdOpen = true;
   #readerStarted = Promise.withResolvers<void>();
   readerThreadId = 0;
@@ -63,10 +68,20 @@ export class FuseConnection {
       { maxWriteBytes: MAX_WRITE_BYTES },
       resume,
     );
+    this.#direct = isDirectReadable(source) ? source.openDirectReads() : undefined;
     this.#reader = startLibcWorker("fuse-reader", fuseReaderBody, {
       fd,
       bufferBytes: READ_BUFFER_BYTES,
       pollMs: 200,
+      maxReadBytes: FUSE_MAX_MAX_PAGES * 4096,
+      direct: this.#direct && {
+        mapFd: this.#direct.mapFd,
+        dataFd: this.#direct.dataFd,
+        chunkBytes: this.#direct.chunkBytes,
+        sizeBytes: this.#direct.sizeBytes,
+        presentByte: this.#direct.presentByte,
+        nodeId: Number(FILE_NODE_ID),
+      },
     });
     this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
       const message = event.data;
@@ -74,16 +89,22 @@ export class FuseConnection {
         this.server.handle(new Uint8Array(message.request));
         return;
       }
+      if ("served" in message) {
+        this.server.noteServed(message.served);
+        return;
+      }
       if ("started" in message) {
         this.readerThreadId = message.started;
         this.#readerStarted.resolve();
         return;
       }
+      this.#readerDone = true;
       this.#readerEnded.resolve();
       if (message.end === "error") this.#readerFailed(strerror(message.errno));
     };
     this.#reader.onerror = (event: ErrorEvent) => {
       event.preventDefault();
+      this.#readerDone = true;
       this.#readerEnded.resolve();
       this.#readerFailed(event.message);
     };
@@ -126,6 +147,10 @@ export class FuseConnection {
     if (!this.#fdOpen) return;
     this.#fdOpen = false;
     closeFd(this.#fd);
+    // A reader that did not say it stopped may still be inside a pread: a closed number could
+    // name another file by then. Two descriptors left open are the lesser harm.
+    if (this.#readerDone) this.#direct?.close();
+    else if (this.#direct) log.debug(`FUSE on ${this.#dir}: disk cache descriptors left open`);
   }
 
   async ready(): Promise<void> {

@@ -5,6 +5,7 @@
  * Transport-free: requests come in as bytes, replies leave through `send`.
  */
 import type { Source } from "../source/source.ts";
+import { isDirectReadable } from "../source/direct_reads.ts";
 import * as log from "../log.ts";
 import {
   DT_DIR,
@@ -41,7 +42,8 @@ import {
 const ENOENT = 2, EIO = 5, EINTR = 4, ENOTDIR = 20, EISDIR = 21, EROFS = 30, ENOSYS = 38;
 const EPROTO = 71;
 
-const FILE_NODE_ID = 2n;
+/** The one file's node id (the reader thread answers READs of it directly, reader_worker.ts). */
+export const FILE_NODE_ID = 2n;
 /** The tree never changes: let the kernel cache names and attributes for a day. */
 const VALID_SEC = 86400;
 /** O_ACCMODE (fcntl.h): the access bits of fuse_open_in.flags. */
@@ -65,6 +67,7 @@ export class SingleFileFuseServer {
   readonly #inflight = new Map<bigint, AbortController>();
   #reads = 0;
   #bytes = 0;
+  #directReads = 0;
   #initialized = Promise.withResolvers<void>();
 
   /**
@@ -106,8 +109,19 @@ export class SingleFileFuseServer {
     return this.#initialized.promise;
   }
 
-  stats(): { reads: number; bytes: number } {
-    return { reads: this.#reads, bytes: this.#bytes };
+  /** READs answered and their bytes; `directReads` of them answered by the reader thread. */
+  stats(): { reads: number; bytes: number; directReads: number } {
+    return { reads: this.#reads, bytes: this.#bytes, directReads: this.#directReads };
+  }
+
+  /** READs the reader thread answered from the disk cache: [offset, length] pairs. */
+  noteServed(ranges: readonly number[]): void {
+    for (let i = 1; i < ranges.length; i += 2) {
+      this.#reads++;
+      this.#directReads++;
+      this.#bytes += ranges[i];
+    }
+    if (isDirectReadable(this.#source)) this.#source.noteDirectReads(ranges);
   }
 
   /** Aborts the source reads in flight (their replies are dropped by the caller's `send`). */

@@ -2,6 +2,7 @@ import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 import type { DiskCacheStats } from "./disk_cached.ts";
 import { DiskPassthrough, isDiskBacked } from "./disk_passthrough.ts";
+import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 
 export interface CacheOptions {
   /** Cache granularity, a power of two. Default 2 MiB. */
@@ -218,6 +219,22 @@ export class CachedSource implements Source {
       dest,
       signal,
     );
+  }
+
+  /** Direct reads of the disk cache below (direct_reads.ts); none for a memory cache. */
+  openDirectReads(): DirectReadFiles | undefined {
+    if (!this.#passthrough || !isDirectReadable(this.#inner)) return undefined;
+    return this.#inner.openDirectReads();
+  }
+
+  /** Served reads count as requested and are followed for readahead like reads through here. */
+  noteDirectReads(ranges: readonly number[]): void {
+    if (!this.#passthrough || !isDirectReadable(this.#inner)) return;
+    for (let i = 0; i + 1 < ranges.length; i += 2) {
+      this.#stats.bytesRequested += ranges[i + 1];
+      this.#passthrough.note(ranges[i], ranges[i + 1]);
+    }
+    this.#inner.noteDirectReads(ranges);
   }
 
   async close(): Promise<void> {

@@ -9,6 +9,7 @@
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
+import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
@@ -22,6 +23,7 @@ import {
   preadExact,
   punchHole,
   pwriteAll,
+  reopenReadOnly,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
@@ -191,6 +193,54 @@ export class DiskCachedSource implements Source {
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
     dest.set(await this.#inner.read(offset, length, signal));
+  }
+
+  /**
+   * Descriptors for another thread's direct reads (direct_reads.ts): the map and data file
+   * opened again, so that thread's read locks keep this process's fillers and evictors off
+   * the chunks it reads, exactly as another process's would.
+   */
+  openDirectReads(): DirectReadFiles | undefined {
+    if (this.#closing.signal.aborted || this.#corrupt) return undefined;
+    let mapFd = -1;
+    try {
+      mapFd = reopenReadOnly(this.#mapFd);
+      const dataFd = reopenReadOnly(this.#dataFd);
+      let open = true;
+      return {
+        mapFd,
+        dataFd,
+        chunkBytes: this.chunkBytes,
+        sizeBytes: this.size,
+        presentByte: PRESENT,
+        close: () => {
+          if (!open) return;
+          open = false;
+          closeQuietly(dataFd);
+          closeQuietly(mapFd);
+        },
+      };
+    } catch {
+      closeQuietly(mapFd);
+      return undefined;
+    }
+  }
+
+  /** Reads served directly from the file: disk hits, most recently used chunks. */
+  noteDirectReads(ranges: readonly number[]): void {
+    if (this.#closing.signal.aborted) return;
+    for (let i = 0; i + 1 < ranges.length; i += 2) {
+      const offset = ranges[i], length = ranges[i + 1];
+      if (!(length > 0) || offset < 0 || offset + length > this.size) continue;
+      this.#stats.diskHitBytes += length;
+      const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
+      for (let c = Math.floor(offset / this.chunkBytes); c < end; c++) {
+        this.#lru.delete(c);
+        this.#lru.set(c, true);
+      }
+    }
+    this.lastUsedMs = Date.now();
+    this.#touch();
   }
 
   /** Starts fetching the missing chunks of [offset, offset + length) without waiting. */

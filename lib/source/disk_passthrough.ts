@@ -46,6 +46,11 @@ export class DiskPassthrough {
     await this.#inner.readInto(offset, dest, signal);
   }
 
+  /** A read served elsewhere (direct reads): followed for readahead like one through here. */
+  note(offset: number, length: number): void {
+    if (this.#maxWindowBytes > 0) this.#follow(offset, length);
+  }
+
   /** Continues the stream this read belongs to and fetches its next window when due. */
   #follow(offset: number, length: number): void {
     const end = offset + length;

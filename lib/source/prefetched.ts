@@ -8,6 +8,7 @@
 import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { CacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
+import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -114,6 +115,27 @@ export class PrefetchedSource implements InnerSource {
     }
     if (this.#inner.readInto) return await this.#inner.readInto(offset, dest, signal);
     dest.set(await this.#inner.read(offset, dest.length, signal));
+  }
+
+  /**
+   * Direct reads of the disk cache below, if any: the prefetch stored the pinned pages there
+   * too, so a reader serving them from the disk file returns the same bytes.
+   */
+  openDirectReads(): DirectReadFiles | undefined {
+    return isDirectReadable(this.#inner) ? this.#inner.openDirectReads() : undefined;
+  }
+
+  /** Reads of pinned pages count as pinned hits, as when served here (no readahead below). */
+  noteDirectReads(ranges: readonly number[]): void {
+    const passed: number[] = [];
+    for (let i = 0; i + 1 < ranges.length; i += 2) {
+      const offset = ranges[i], length = ranges[i + 1];
+      const first = Math.floor(offset / PIN_PAGE_BYTES);
+      const last = Math.floor((offset + length - 1) / PIN_PAGE_BYTES);
+      if (length > 0 && this.#allPinned(first, last)) this.#hit(length);
+      else passed.push(offset, length);
+    }
+    if (passed.length && isDirectReadable(this.#inner)) this.#inner.noteDirectReads(passed);
   }
 
   stats(): PrefetchStats {

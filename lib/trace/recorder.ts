@@ -4,6 +4,7 @@
  * COMPACT_AT, and a layer stops taking new ranges once MAX_TRACE_RANGES are held.
  */
 import type { Source } from "../source/source.ts";
+import { isDirectReadable } from "../source/direct_reads.ts";
 import {
   type Access,
   buildTrace,
@@ -71,6 +72,17 @@ export function observedSource(
       onRead(offset, dest.length);
       return inner.readInto!(offset, dest, signal);
     };
+  }
+  // Reads served straight from the disk cache are told afterwards, in batches (same order).
+  if (isDirectReadable(inner)) {
+    const direct = inner;
+    Object.assign(observed, {
+      openDirectReads: () => direct.openDirectReads(),
+      noteDirectReads: (ranges: readonly number[]) => {
+        for (let i = 0; i + 1 < ranges.length; i += 2) onRead(ranges[i], ranges[i + 1]);
+        direct.noteDirectReads(ranges);
+      },
+    });
   }
   return observed;
 }

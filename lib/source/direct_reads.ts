@@ -1,0 +1,36 @@
+/**
+ * Direct reads: a source whose bytes sit in a disk cache file can let another thread (the
+ * FUSE reader, lib/fuse/reader_worker.ts) answer reads of present chunks by itself, without a
+ * round trip through this thread's event loop. That thread follows the disk cache's reader
+ * protocol (map byte present, OFD read lock on the chunks, map again, pread, unlock) on
+ * descriptors of its own, and reports what it served so the cache keeps its LRU order,
+ * readahead and statistics. Layers in front of the disk cache forward both calls when they
+ * add nothing a served read would miss (pinned pages hold the same bytes as the disk).
+ */
+import type { Source } from "./source.ts";
+
+/** Descriptors and layout another thread needs to read present chunks. */
+export interface DirectReadFiles {
+  /** Presence map, one byte per chunk (its own open file description: see above). */
+  readonly mapFd: number;
+  readonly dataFd: number;
+  readonly chunkBytes: number;
+  readonly sizeBytes: number;
+  /** The map byte of a chunk whose bytes are written, synced and verified. */
+  readonly presentByte: number;
+  /** Closes both descriptors; only once no thread uses them. */
+  close(): void;
+}
+
+export interface DirectReadable {
+  /** Fresh descriptors for direct reads, or undefined when this source cannot offer them. */
+  openDirectReads(): DirectReadFiles | undefined;
+  /** Reads another thread answered directly: [offset, length] pairs, in any order. */
+  noteDirectReads(ranges: readonly number[]): void;
+}
+
+export function isDirectReadable(source: Source): source is Source & DirectReadable {
+  const candidate = source as Partial<DirectReadable>;
+  return typeof candidate.openDirectReads === "function" &&
+    typeof candidate.noteDirectReads === "function";
+}
