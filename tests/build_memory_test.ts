@@ -1,7 +1,8 @@
 /**
  * The builder's memory follows metadata, not data: a 1 GiB layer streamed through gzip on
  * standard input, and a directory of 20,000 files, each build under 200 MB peak RSS (GNU time's
- * maximum resident set size of the builder process).
+ * maximum resident set size of the builder process), and the cost of one more entry is small
+ * enough that 300,000 entries stay under 200 MB too.
  */
 import assert from "node:assert/strict";
 import { command, REPO_ROOT, requires } from "./_support/requires.ts";
@@ -76,32 +77,60 @@ for d in range(40):
   },
 });
 
+/**
+ * A tree of `dirs` directories of 100 small files each (tails up to 3 KB, mostly stored inline,
+ * so the metadata area is ~1 KB per file), under `root/part-a` (the first `dirsA`) and
+ * `root/part-b`.
+ */
+async function smallFileTree(root: string, dirs: number, dirsA: number): Promise<void> {
+  await runOk("python3", [
+    "-c",
+    `import os, sys
+root, dirs, dirs_a = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for d in range(dirs):
+    part = "part-a" if d < dirs_a else "part-b"
+    p = os.path.join(root, part, "package-%03d" % (d // 20), "module_%02d" % (d % 20))
+    os.makedirs(p)
+    for f in range(100):
+        with open(os.path.join(p, "source_file_number_%04d.py" % f), "w") as out:
+            out.write("x" * ((f * 37) % 3000))`,
+    root,
+    String(dirs),
+    String(dirsA),
+  ]);
+}
+
+const PER_ENTRY_LIMIT_BYTES = 450;
+
 Deno.test({
-  name: "build memory: 100,000 small files (inline tails) peak under 240 MB RSS (was 283 MB)",
+  name:
+    "build memory: per-entry cost (25,000 vs 100,000 small files) projects 300,000 entries under 200 MB RSS",
   ignore,
   async fn() {
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-mem-" });
     try {
       const many = `${work}/many`;
-      // Tails up to 3 KB: most are stored inline, so the metadata area is ~100 MB, which the
-      // writer used to hold in one buffer.
-      await runOk("python3", [
-        "-c",
-        `import os, sys
-for d in range(1000):
-    p = os.path.join(sys.argv[1], "package-%03d" % (d // 20), "module_%02d" % (d % 20))
-    os.makedirs(p)
-    for f in range(100):
-        with open(os.path.join(p, "source_file_number_%04d.py" % f), "w") as out:
-            out.write("x" * ((f * 37) % 3000))`,
-        many,
-      ]);
-      const rss = await peakRss(`/usr/bin/time -v "$CLI" build "$0" -o "$1"`, [
-        many,
-        `${work}/many.erofs`,
-      ]);
-      console.log(`peak RSS: 100,000 files ${rss} KiB`);
-      assert.ok(rss < 240 * 1024, `100,000 files: ${rss} KiB`);
+      await smallFileTree(many, 1000, 250);
+      const build = (dir: string) =>
+        peakRss(`/usr/bin/time -v "$CLI" build "$0" -o "$1"`, [dir, `${work}/out.erofs`]);
+      // RSS grows with the entries only: the slope between two sizes is the cost of one entry
+      // (tree node, name, layout columns, V8's headroom), the rest is the runtime.
+      const small = await build(`${many}/part-a`);
+      const large = await build(many);
+      const perEntryBytes = ((large - small) * 1024) / 75_750;
+      const projected300kKb = large + (200_000 * perEntryBytes) / 1024;
+      console.log(
+        `peak RSS: 25,250 entries ${small} KiB, 101,051 entries ${large} KiB; ` +
+          `${perEntryBytes.toFixed(0)} B/entry, 300,000 projected ${
+            projected300kKb.toFixed(0)
+          } KiB`,
+      );
+      assert.ok(large < 150 * 1024, `101,051 entries: ${large} KiB`);
+      assert.ok(
+        perEntryBytes < PER_ENTRY_LIMIT_BYTES,
+        `${perEntryBytes.toFixed(0)} bytes per entry`,
+      );
+      assert.ok(projected300kKb < LIMIT_KB, `300,000 entries projected ${projected300kKb} KiB`);
     } finally {
       await Deno.remove(work, { recursive: true });
     }
