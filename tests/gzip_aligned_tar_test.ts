@@ -196,6 +196,31 @@ function patchedMeta(patch: (view: DataView, bytes: Uint8Array) => void): Uint8A
   return bytes;
 }
 
+/**
+ * Byte offset of the dirent named `name` in the layer fixture's root directory (nid 48,
+ * FLAT_INLINE, 980 bytes: one block at block 8, then 468 bytes inline after the inode).
+ */
+function rootDirentAt(meta: Uint8Array, name: string): number {
+  const view = new DataView(meta.buffer, meta.byteOffset);
+  for (const [start, length] of [[8 * 512, 512], [1536 + 32, 980 - 512]]) {
+    const count = view.getUint16(start + 8, true) / 12;
+    for (let k = 0; k < count; k++) {
+      const nameStart = view.getUint16(start + k * 12 + 8, true);
+      const nameEnd = k + 1 < count ? view.getUint16(start + (k + 1) * 12 + 8, true) : length;
+      const bytes = meta.subarray(start + nameStart, start + nameEnd);
+      const text = new TextDecoder().decode(bytes).replace(/\0+$/, "");
+      if (text === name) return start + k * 12;
+    }
+  }
+  throw new Error(`no root entry ${name}`);
+}
+
+function nidOfRootEntry(meta: Uint8Array, name: string): number {
+  return Number(
+    new DataView(meta.buffer, meta.byteOffset).getBigUint64(rootDirentAt(meta, name), true),
+  );
+}
+
 Deno.test({
   name: "aligned tar: hostile meta images are refused with a clear FormatError",
   ignore,
@@ -216,6 +241,33 @@ Deno.test({
         /outside the image|exceed/,
       ],
       ["not a tar index", Deno.readFileSync(`${FIXTURES}/basic.erofs`), /not a tar-index image/],
+      // "dir" points at "emptydir": one directory reached by two names.
+      [
+        "directory twice",
+        patchedMeta((v, b) => {
+          v.setBigUint64(rootDirentAt(b, "dir"), BigInt(nidOfRootEntry(b, "emptydir")), true);
+        }),
+        /reachable twice/,
+      ],
+      // "dir" points at the root itself.
+      [
+        "directory loop",
+        patchedMeta((v, b) => {
+          v.setBigUint64(rootDirentAt(b, "dir"), 48n, true);
+        }),
+        /contains itself|reachable twice/,
+      ],
+      // f4096.bin (inode@2176) as FLAT_PLAIN: its data would be in the meta image.
+      ["file data in the meta", patchedMeta((v) => v.setUint16(2176, 0, true)), /data layout 0/],
+      // An xattr with a long-prefix name index (0x80 | 0) on xattr.txt (inode@3072).
+      [
+        "long xattr prefix",
+        patchedMeta((v, b) => {
+          const body = 3072 + 32 + 12 + 4 * b[3072 + 32 + 4];
+          v.setUint8(body + 1, 0x80);
+        }),
+        /name index 128/,
+      ],
       ["not EROFS", new Uint8Array(4096), /not an EROFS image/],
     ];
     for (const [what, meta, pattern, limit] of cases) {
