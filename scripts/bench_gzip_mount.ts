@@ -7,7 +7,7 @@
  * prints figures, asserts nothing.
  *
  * Usage: tools/bin/deno run -A scripts/bench_gzip_mount.ts LAYER.tar.gz [--span BYTES]
- *        [--runs N] [--delay-ms MS] [--compare-erofs]
+ *        [--runs N] [--delay-ms MS] [--compare-erofs] [--steps first,tenth,every10th,full,device,curl]
  * (MS: added to every blob GET, a crude RTT; --compare-erofs: the same tree built into an EROFS
  * layer with `erofs-oci build`, mounted and read the same way, to separate the tar-index
  * cost from the FUSE path's)
@@ -27,6 +27,8 @@ const { values, positionals } = parseArgs({
     "delay-ms": { type: "string", default: "0" },
     /** Also the same tree as an EROFS layer (erofs-oci build), mounted the same way. */
     "compare-erofs": { type: "boolean" },
+    /** Steps to run (default all): first,tenth,every10th,full,device,curl */
+    steps: { type: "string", default: "first,tenth,every10th,full,device,curl" },
   },
 });
 const layerPath = positionals[0];
@@ -130,55 +132,73 @@ function line(label: string, sec: number, fetched: number): void {
   );
 }
 
+const steps = new Set(values.steps.split(","));
 const tenth = Math.ceil(files.length / 10);
 const sorted = [...files].sort();
 for (let run = 0; run < Number(values.runs); run++) {
   console.log(`run ${run + 1}`);
-  await withMount(async (root) => {
-    const mark = proxy.requests.length;
-    const [sec] = await timed(() => readAll(root, [files[Math.floor(files.length / 2)]]));
-    line("first file (middle of the tar)", sec, fetchedSince(mark));
-  });
-  await withMount(async (root) => {
-    const mark = proxy.requests.length;
-    const start = Math.floor(files.length * 0.3);
-    const chosen = files.slice(start, start + tenth);
-    const [sec] = await timed(() => readAll(root, chosen));
-    const bytes = chosen.reduce((n, f) => n + Deno.statSync(`${root}/${f}`).size, 0);
-    line(`10 % of files, tar order (${(bytes / 1e6).toFixed(1)} MB)`, sec, fetchedSince(mark));
-    if (Deno.env.get("BENCH_RANGES")) {
-      console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
-    }
-  });
-  await withMount(async (root) => {
-    const mark = proxy.requests.length;
-    const [sec] = await timed(() => readAll(root, sorted.filter((_, i) => i % 10 === 0)));
-    line("every 10th file, path order", sec, fetchedSince(mark));
-  });
-  await withMount(async (root) => {
-    const mark = proxy.requests.length;
-    const [sec] = await timed(async () => {
-      const out = await new Deno.Command("sh", {
-        args: ["-c", `tar -C '${root}' -cf - . | wc -c > /dev/null`],
-      }).output();
-      if (!out.success) throw new Error("tar of the mount failed");
+  if (steps.has("first")) {
+    await withMount(async (root) => {
+      const mark = proxy.requests.length;
+      const [sec] = await timed(() => readAll(root, [files[Math.floor(files.length / 2)]]));
+      line("first file (middle of the tar)", sec, fetchedSince(mark));
     });
-    line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark));
-  });
-  await withMount(async (_root, runtimeDir) => {
-    const mark = proxy.requests.length;
-    const mounts = `${runtimeDir}/mounts`;
-    const [id] = [...Deno.readDirSync(mounts)].map((e) => e.name);
-    const [sec] = await timed(async () => {
-      const out = await new Deno.Command("dd", {
-        args: [`if=${mounts}/${id}/fuse-0/layer.erofs`, "of=/dev/null", "bs=1M"],
-        stderr: "null",
-      }).output();
-      if (!out.success) throw new Error("dd of the device failed");
+  }
+  if (steps.has("tenth")) {
+    await withMount(async (root) => {
+      const mark = proxy.requests.length;
+      const start = Math.floor(files.length * 0.3);
+      const chosen = files.slice(start, start + tenth);
+      const [sec] = await timed(() => readAll(root, chosen));
+      const bytes = chosen.reduce((n, f) => n + Deno.statSync(`${root}/${f}`).size, 0);
+      line(`10 % of files, tar order (${(bytes / 1e6).toFixed(1)} MB)`, sec, fetchedSince(mark));
+      if (Deno.env.get("BENCH_RANGES")) {
+        console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
+      }
     });
-    line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark));
-  });
+  }
+  if (steps.has("every10th")) {
+    await withMount(async (root) => {
+      const mark = proxy.requests.length;
+      const [sec] = await timed(() => readAll(root, sorted.filter((_, i) => i % 10 === 0)));
+      line("every 10th file, path order", sec, fetchedSince(mark));
+    });
+  }
+  if (steps.has("full")) {
+    await withMount(async (root) => {
+      const mark = proxy.requests.length;
+      const [sec] = await timed(async () => {
+        const out = await new Deno.Command("sh", {
+          args: ["-c", `tar -C '${root}' -cf - . | wc -c > /dev/null`],
+        }).output();
+        if (!out.success) throw new Error("tar of the mount failed");
+      });
+      line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark));
+      if (Deno.env.get("BENCH_RANGES")) {
+        console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
+      }
+    });
+  }
+  if (steps.has("device")) {
+    await withMount(async (_root, runtimeDir) => {
+      const mark = proxy.requests.length;
+      const mounts = `${runtimeDir}/mounts`;
+      const [id] = [...Deno.readDirSync(mounts)].map((e) => e.name);
+      const [sec] = await timed(async () => {
+        const out = await new Deno.Command("dd", {
+          args: [`if=${mounts}/${id}/fuse-0/layer.erofs`, "of=/dev/null", "bs=1M"],
+          stderr: "null",
+        }).output();
+        if (!out.success) throw new Error("dd of the device failed");
+      });
+      line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark));
+    });
+  }
   if (values["compare-erofs"]) await compareErofs();
+  if (steps.has("curl")) await curlGunzipTar();
+}
+
+async function curlGunzipTar(): Promise<void> {
   const extract = await Deno.makeTempDir({ prefix: "bench-gzip-x-" });
   try {
     const mark = proxy.requests.length;

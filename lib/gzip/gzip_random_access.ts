@@ -13,6 +13,7 @@ import type { Source } from "../source/source.ts";
 import { nativeBytes } from "../../ffi/zlib.ts";
 import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
 import { Zinfo } from "./zinfo.ts";
+import { piecesMoved, ReadRuns } from "./read_runs.ts";
 import { PieceDigests, sha256 } from "./piece_digests.ts";
 
 export interface GzipRandomAccessOptions {
@@ -40,7 +41,20 @@ export interface GzipRandomAccessStats {
   pieceMisses: number;
   cursorsOpened: number;
   inflatedBytes: number;
+  /** Pieces made ahead of a sequential reader (before any read asked for them). */
+  piecesAhead: number;
+  /** Intervals whose compressed bytes were fetched ahead of a sequential reader. */
+  intervalsPrefetched: number;
 }
+
+/**
+ * A sequential reader (a run of reads, see read_runs.ts) gets the next piece made while it
+ * uses this one and each interval's compressed bytes fetched in one read; once its run is
+ * this many spans long and past the middle of an interval, the next interval's compressed
+ * bytes are fetched too (into a cursor parked there), so a long pass never waits for a fetch.
+ * A random reader gets only the compressed bytes up to the end of the piece it asks for.
+ */
+const SPANS_BEFORE_INTERVAL_PREFETCH = 2;
 
 export class GzipRandomAccess {
   readonly stats: GzipRandomAccessStats = {
@@ -48,6 +62,8 @@ export class GzipRandomAccess {
     pieceMisses: 0,
     cursorsOpened: 0,
     inflatedBytes: 0,
+    piecesAhead: 0,
+    intervalsPrefetched: 0,
   };
   readonly #pieceBytes: number;
   readonly #cacheBytes: number;
@@ -60,6 +76,14 @@ export class GzipRandomAccess {
   #idle: InflateCursor[] = [];
   readonly #locks = new Map<number, Promise<void>>();
   #closed = false;
+  readonly #runs: ReadRuns;
+  /** Pieces the latest sequential reader has moved through (0: a random reader). */
+  #inOrder = 0;
+  /** Pieces being made ahead ("index:k") and the furthest interval prefetched. */
+  readonly #ahead = new Set<string>();
+  #prefetchedInterval = -1;
+  /** Where the data ends, once known (a short piece; the recorded size with `verify`). */
+  #dataEnd: number;
 
   constructor(readonly blob: Source, readonly zinfo: Zinfo, options: GzipRandomAccessOptions = {}) {
     this.#verify = options.verify;
@@ -68,6 +92,8 @@ export class GzipRandomAccess {
     this.#maxCursors = options.maxCursors ?? 8;
     this.#inflater = options.inflater ?? "zlib";
     this.#offThread = options.offThread ?? false;
+    this.#runs = new ReadRuns(this.#pieceBytes);
+    this.#dataEnd = options.verify?.totalBytes ?? Infinity;
   }
 
   /** Opens and validates the zinfo against `blob` (FormatError when it does not fit). */
@@ -105,13 +131,18 @@ export class GzipRandomAccess {
     }
     const out = new Uint8Array(length);
     const cps = this.zinfo.checkpoints;
+    const run = this.#runs.note(offset, length);
     let done = 0;
     while (done < length) {
       const at = offset + done;
       const index = this.zinfo.checkpointFor(at);
       const start = cps[index].uncompressedOffset;
       const k = Math.floor((at - start) / this.#pieceBytes);
+      this.#inOrder = piecesMoved(run, start + k * this.#pieceBytes, this.#pieceBytes);
       const piece = await this.#piece(index, k, signal);
+      if (this.#inOrder > 0 && this.#cacheBytes >= 4 * this.#pieceBytes) {
+        this.#readAhead(index, k);
+      }
       const from = at - start - k * this.#pieceBytes;
       if (from >= piece.length) {
         throw new FormatError(
@@ -137,6 +168,78 @@ export class GzipRandomAccess {
     return this.#idle.length;
   }
 
+  /** Pieces of interval `index` (Infinity for the last one when the total size is unknown). */
+  #pieceCount(index: number): number {
+    const cps = this.zinfo.checkpoints;
+    const end = index + 1 < cps.length
+      ? cps[index + 1].uncompressedOffset
+      : this.#verify?.totalBytes ?? Infinity;
+    return Math.ceil((end - cps[index].uncompressedOffset) / this.#pieceBytes);
+  }
+
+  /** For a sequential reader at piece k of `index`: the next piece, maybe the next interval. */
+  #readAhead(index: number, k: number): void {
+    if (this.#closed) return;
+    const count = this.#pieceCount(index);
+    const [nextIndex, nextK] = k + 1 < count ? [index, k + 1] : [index + 1, 0];
+    const nextStart = this.zinfo.checkpoints[nextIndex]?.uncompressedOffset +
+      nextK * this.#pieceBytes;
+    if (nextIndex < this.zinfo.checkpoints.length && nextStart < this.#dataEnd) {
+      const key = `${nextIndex}:${nextK}`;
+      if (!this.#pieces.has(key) && !this.#ahead.has(key)) {
+        this.#ahead.add(key);
+        this.stats.piecesAhead++;
+        this.#piece(nextIndex, nextK, undefined, true).catch(() => {}).finally(() =>
+          this.#ahead.delete(key)
+        );
+      }
+    }
+    const following = index + 1;
+    const cps = this.zinfo.checkpoints;
+    const spanBytes = Math.max(this.#pieceBytes, this.zinfo.spanBytes);
+    if (
+      this.#inOrder * this.#pieceBytes >= SPANS_BEFORE_INTERVAL_PREFETCH * spanBytes &&
+      2 * (k + 1) >= count && following < cps.length && this.#prefetchedInterval < following &&
+      cps[following].uncompressedOffset < this.#dataEnd
+    ) {
+      this.#prefetchedInterval = following;
+      this.#prefetchInterval(following).catch(() => {});
+    }
+  }
+
+  /** Fetches interval `index`'s compressed bytes into a cursor parked at its checkpoint. */
+  async #prefetchInterval(index: number): Promise<void> {
+    const previous = this.#locks.get(index) ?? Promise.resolve();
+    const run = previous.then(async () => {
+      const busy = this.#idle.some((cursor) => cursor.checkpoint === index) ||
+        this.#pieces.has(`${index}:0`);
+      if (this.#closed || busy) return;
+      const cursor = await InflateCursor.open(
+        this.blob,
+        this.zinfo,
+        index,
+        undefined,
+        this.#inflater,
+      );
+      cursor.offThread = this.#offThread;
+      this.stats.cursorsOpened++;
+      this.stats.intervalsPrefetched++;
+      try {
+        await cursor.prefetch();
+      } catch (error) {
+        cursor.close();
+        throw error;
+      }
+      this.#parkCursor(cursor);
+    });
+    const guard = run.then(() => {}, () => {});
+    this.#locks.set(index, guard);
+    guard.then(() => {
+      if (this.#locks.get(index) === guard) this.#locks.delete(index);
+    });
+    await run;
+  }
+
   close(): void {
     this.#closed = true;
     for (const cursor of this.#idle) cursor.close();
@@ -145,7 +248,13 @@ export class GzipRandomAccess {
     this.#cachedBytes = 0;
   }
 
-  async #piece(index: number, k: number, signal?: AbortSignal): Promise<Uint8Array> {
+  /** Piece k of interval `index`; `ahead`: made for a reader that has not asked yet. */
+  async #piece(
+    index: number,
+    k: number,
+    signal?: AbortSignal,
+    ahead = false,
+  ): Promise<Uint8Array> {
     const hit = this.#cached(index, k);
     if (hit) {
       this.stats.pieceHits++;
@@ -154,7 +263,9 @@ export class GzipRandomAccess {
     this.stats.pieceMisses++;
     // Serialize per interval: a waiting read usually finds its piece made by the one before.
     const previous = this.#locks.get(index) ?? Promise.resolve();
-    const run = previous.then(() => this.#cached(index, k) ?? this.#produce(index, k, signal));
+    const run = previous.then(() =>
+      this.#cached(index, k) ?? this.#produce(index, k, signal, ahead)
+    );
     const guard = run.then(() => {}, () => {});
     this.#locks.set(index, guard);
     guard.then(() => {
@@ -163,7 +274,12 @@ export class GzipRandomAccess {
     return await run;
   }
 
-  async #produce(index: number, k: number, signal?: AbortSignal): Promise<Uint8Array> {
+  async #produce(
+    index: number,
+    k: number,
+    signal: AbortSignal | undefined,
+    ahead: boolean,
+  ): Promise<Uint8Array> {
     if (this.#closed) throw new Error("gzip reader closed");
     const cps = this.zinfo.checkpoints;
     const start = cps[index].uncompressedOffset;
@@ -177,6 +293,10 @@ export class GzipRandomAccess {
       cursor.offThread = this.#offThread;
       this.stats.cursorsOpened++;
     }
+    // The first piece of an interval made ahead fetches only itself: the reader may stop
+    // before it. Past that the reader has come into the interval in order.
+    cursor.toIntervalEnd = this.#inOrder > 0 && (!ahead || k > 0);
+    cursor.fetchUntil = Math.min(end, wanted + this.#pieceBytes);
     try {
       for (;;) {
         const pieceStart = cursor.position;
@@ -193,6 +313,7 @@ export class GzipRandomAccess {
             "the zinfo does not belong to this layer",
           );
         }
+        if (got < length) this.#dataEnd = Math.min(this.#dataEnd, pieceStart + got);
         const piece = got < length ? buffer.slice(0, got) : buffer;
         if (this.#verify) this.#check(index, pieceIndex, pieceStart, piece);
         this.#store(index, pieceIndex, piece);

@@ -11,14 +11,19 @@ import { TsInflater } from "./ts_inflate.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength, isGzipMagic } from "./gzip_header.ts";
 import type { Zinfo } from "./zinfo.ts";
 
-/** First compressed fetch of a cursor: small, because most random reads want a few KiB. */
-const FIRST_FETCH_BYTES = 64 * 1024;
 /**
- * Fetches double up to this while a cursor keeps going (sequential reads). Whatever a fetch
- * holds past the piece being made is fetched for nothing when the reader stops there; bulk
- * transfer for sequential reads is the blob cache's readahead (lib/mount/tar_index_source.ts).
+ * Each fetch asks for what the output still wanted should take — the rest of the interval's
+ * compressed bytes in proportion to the rest of its output, known from the next checkpoint —
+ * plus this share and FETCH_SLACK_BYTES, so one fetch usually suffices and the overshoot is
+ * small. Fetches never pass the next checkpoint unless the data needs it (wrong estimate,
+ * gzip member ends): whatever lies beyond is fetched for nothing when the reader stops there.
  */
-const MAX_FETCH_BYTES = 256 * 1024;
+const FETCH_MARGIN = 0.2;
+const FETCH_SLACK_BYTES = 8 * 1024;
+/** Smallest fetch: below this a round trip costs more than the bytes. */
+const MIN_FETCH_BYTES = 16 * 1024;
+/** Largest fetch, also when reading ahead to the end of the interval (bounds memory). */
+const MAX_FETCH_BYTES = 4 * 1024 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
 
@@ -46,25 +51,58 @@ export class InflateCursor {
    */
   offThread = false;
 
+  /**
+   * Fetch the rest of the interval at once instead of what the current fill needs: set by a
+   * reader that sees its reads follow each other (a sequential pass needs all of it).
+   */
+  toIntervalEnd = false;
+  /**
+   * Uncompressed offset the caller will fill up to over several fill() calls (e.g. the end of
+   * the piece a read needs): fetches are sized for all of it, not one call at a time.
+   */
+  fetchUntil = 0;
+  /** Compressed bytes fetched by this cursor (for statistics). */
+  fetchedBytes = 0;
+  /** Blob reads made by this cursor (for statistics). */
+  fetches = 0;
+
   #next: number;
   #pending: Uint8Array<ArrayBuffer> = nativeBytes(0);
   #state: CursorState = "deflate";
-  #fetchBytes = FIRST_FETCH_BYTES;
+  /** Bits at the top of byte `#next - 1` still to prime (0 once the first fetch did). */
+  #primeBits: number;
   readonly #inflater: Inflater;
+  /** Where the interval ends: the next checkpoint (or the end of the data and the blob). */
+  readonly #endCompressed: number;
+  readonly #endUncompressed: number;
+  /** Compressed bytes per output byte when the end of the interval is not known. */
+  readonly #fallbackRatio: number;
 
   private constructor(
     readonly checkpoint: number,
     readonly blob: Source,
     inflater: Inflater,
-    compressedOffset: number,
-    uncompressedOffset: number,
+    zinfo: Zinfo,
   ) {
+    const cps = zinfo.checkpoints;
+    const cp = cps[checkpoint];
+    const next = cps[checkpoint + 1];
     this.#inflater = inflater;
-    this.#next = compressedOffset;
-    this.position = uncompressedOffset;
+    this.#next = cp.compressedOffset;
+    this.#primeBits = cp.bits;
+    this.position = cp.uncompressedOffset;
+    this.#endCompressed = next?.compressedOffset ?? blob.size;
+    this.#endUncompressed = next?.uncompressedOffset ?? Infinity;
+    const last = cps[cps.length - 1];
+    this.#fallbackRatio = last.uncompressedOffset > 0
+      ? Math.max(0.01, last.compressedOffset / last.uncompressedOffset)
+      : 0.5;
   }
 
-  /** A cursor positioned at checkpoint `index` of `zinfo` (bits primed, window set). */
+  /**
+   * A cursor positioned at checkpoint `index` of `zinfo` (window set; the checkpoint's bits are
+   * primed from its first fetch, which starts one byte early for them).
+   */
   static async open(
     blob: Source,
     zinfo: Zinfo,
@@ -72,15 +110,10 @@ export class InflateCursor {
     signal?: AbortSignal,
     kind: InflaterKind = "zlib",
   ): Promise<InflateCursor> {
-    const cp = zinfo.checkpoints[index];
     const inflater = kind === "ts" ? new TsInflater() : new RawInflater();
     try {
-      if (cp.bits > 0) {
-        const [byte] = await blob.read(cp.compressedOffset - 1, 1, signal);
-        inflater.prime(cp.bits, byte >> (8 - cp.bits));
-      }
       inflater.setDictionary(copyNative(await zinfo.window(index, signal)));
-      return new InflateCursor(index, blob, inflater, cp.compressedOffset, cp.uncompressedOffset);
+      return new InflateCursor(index, blob, inflater, zinfo);
     } catch (error) {
       inflater.end();
       throw error;
@@ -98,7 +131,7 @@ export class InflateCursor {
         await this.#nextMember(signal);
         continue;
       }
-      if (this.#pending.length === 0 && !await this.#refill(signal)) {
+      if (this.#pending.length === 0 && !await this.#refill(signal, target.length - filled)) {
         throw new FormatError(
           `gzip data ends inside a deflate stream at compressed offset ${this.#next}`,
           "the layer blob is truncated",
@@ -127,6 +160,20 @@ export class InflateCursor {
       }
     }
     return filled;
+  }
+
+  /**
+   * Fetches the compressed bytes of the rest of the interval (up to the largest fetch) without
+   * inflating them, for a reader expected here soon. Not while a fill() runs.
+   */
+  async prefetch(signal?: AbortSignal): Promise<void> {
+    const toIntervalEnd = this.toIntervalEnd;
+    this.toIntervalEnd = true;
+    try {
+      await this.#refill(signal);
+    } finally {
+      this.toIntervalEnd = toIntervalEnd;
+    }
   }
 
   close(): void {
@@ -164,21 +211,48 @@ export class InflateCursor {
     this.#state = "deflate";
   }
 
-  /** Appends the next compressed bytes to the pending input; false at the end of the blob. */
-  async #refill(signal?: AbortSignal): Promise<boolean> {
-    const length = Math.min(this.#fetchBytes, this.blob.size - this.#next);
+  /**
+   * Appends the next compressed bytes to the pending input; false at the end of the blob.
+   * `wantedOutput`: output bytes the caller still waits for (sizes the fetch).
+   */
+  async #refill(signal?: AbortSignal, wantedOutput = 0): Promise<boolean> {
+    const length = Math.min(this.#fetchLength(wantedOutput), this.blob.size - this.#next);
     if (length <= 0) return false;
-    const chunk = await this.blob.read(this.#next, length, signal);
-    if (chunk.length !== length) {
-      throw new Error(`blob read at ${this.#next} returned ${chunk.length} of ${length} bytes`);
+    const back = this.#primeBits > 0 ? 1 : 0;
+    let chunk = await this.blob.read(this.#next - back, length + back, signal);
+    if (chunk.length !== length + back) {
+      throw new Error(
+        `blob read at ${this.#next - back} returned ${chunk.length} of ${length + back} bytes`,
+      );
     }
+    if (back) {
+      this.#inflater.prime(this.#primeBits, chunk[0] >> (8 - this.#primeBits));
+      this.#primeBits = 0;
+      chunk = chunk.subarray(1);
+    }
+    this.fetches++;
+    this.fetchedBytes += length + back;
     const joined = nativeBytes(this.#pending.length + length);
     joined.set(this.#pending);
     joined.set(chunk, this.#pending.length);
     this.#pending = joined;
     this.#next += length;
-    this.#fetchBytes = Math.min(this.#fetchBytes * 2, MAX_FETCH_BYTES);
     return true;
+  }
+
+  /** How much to fetch next (see FETCH_MARGIN): an estimate, capped at the interval's end. */
+  #fetchLength(wantedOutput: number): number {
+    const toEnd = this.#endCompressed - this.#next;
+    if (toEnd <= 0) return MIN_FETCH_BYTES; // past the next checkpoint: the data says so
+    if (this.toIntervalEnd) return Math.min(toEnd, MAX_FETCH_BYTES);
+    wantedOutput = Math.max(wantedOutput, this.fetchUntil - this.position);
+    const outLeft = this.#endUncompressed - this.position;
+    const ratio = outLeft > 0 && Number.isFinite(outLeft)
+      ? (this.#endCompressed - this.#pendingOffset()) / outLeft
+      : this.#fallbackRatio;
+    const estimate = Math.ceil(wantedOutput * ratio * (1 + FETCH_MARGIN)) + FETCH_SLACK_BYTES -
+      this.#pending.length;
+    return Math.min(toEnd, MAX_FETCH_BYTES, Math.max(MIN_FETCH_BYTES, estimate));
   }
 
   #pendingOffset(): number {

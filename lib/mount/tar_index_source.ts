@@ -31,14 +31,14 @@ export interface TarIndexedSource extends Source {
 }
 
 /**
- * Chunks of a compressed blob: a read inflates from its checkpoint to the piece it needs (about
- * half a span of compressed bytes). The default 2 MiB chunks with readahead growing to 8 MiB
- * fetched 14 % of a 15 MB layer for one file and all of it for a tenth of the files read in tar
- * order (scripts/bench-gzip-mount.sh). Readahead trades the two: windows up to 512 KiB fetched
- * 14 % for that tenth but made a cold full read 3.4 s (curl | gunzip | tar x: 0.5 s), 1 MiB
- * 21 % and 0.8-1.2 s, 2 MiB 27 % and 1.4 s.
+ * Chunks of a compressed blob, without readahead: the inflate cursors size their fetches from
+ * the zinfo (to the end of the piece they make, or of the interval when reads are sequential;
+ * lib/gzip/inflate_cursor.ts), so the cache only coalesces, single-flights and keeps bytes
+ * for a cursor restarted at the same checkpoint. Blind readahead (256 KiB chunks, windows to
+ * 1 MiB) fetched 21 % of a 15 MB layer to read a tenth of its files in tar order, 1.8 MB of
+ * it past the last file (scripts/bench_gzip_replay.ts, lib/gzip/README.md).
  */
-const COMPRESSED_BLOB_CACHE = { chunkBytes: 256 << 10, maxReadaheadBytes: 1 << 20 };
+const COMPRESSED_BLOB_CACHE = { chunkBytes: 64 << 10, maxReadaheadBytes: 0 };
 
 /**
  * Tar-index images have 512-byte blocks; EROFS mounts blocks smaller than a page only since

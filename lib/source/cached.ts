@@ -11,7 +11,8 @@ export interface CacheOptions {
   cacheBytes?: number;
   /**
    * Largest sequential readahead window fetched as one underlying read. Default 8 MiB; clamped
-   * to a quarter of `cacheBytes` so a window never evicts the one before it unread.
+   * to a quarter of `cacheBytes` so a window never evicts the one before it unread. 0: no
+   * readahead (the reader above knows better what it will need, e.g. a gzip inflate cursor).
    */
   maxReadaheadBytes?: number;
 }
@@ -283,7 +284,9 @@ export class CachedSource implements Source {
    */
   #acquire(offset: number, length: number, first: number, last: number): Piece[] {
     this.#stats.bytesRequested += length;
-    const { stream, sequential } = this.#stream(offset, length, last);
+    const followed = this.#stream(offset, length, last);
+    const stream = followed.stream;
+    const sequential = followed.sequential && this.#configuredReadaheadBytes > 0;
 
     const pieces: Piece[] = new Array(last - first + 1);
     for (let i = first; i <= last;) {

@@ -148,6 +148,23 @@ Deno.test("CachedSource: sequential reads grow the readahead window; random acce
   deepStrictEqual(random.reads.map((r) => r.length), [MiB, MiB, MiB, MiB, MiB, MiB]);
 });
 
+Deno.test("CachedSource: maxReadaheadBytes 0 fetches only the chunks a read needs", async () => {
+  const inner = new GeneratedSource(16 * MiB);
+  const cache = new CachedSource(inner, {
+    chunkBytes: 64 * KiB,
+    cacheBytes: 16 * MiB,
+    maxReadaheadBytes: 0,
+  });
+  for (let offset = 0; offset < 4 * MiB; offset += 100 * KiB) {
+    expectGenerated(await cache.read(offset, 100 * KiB), offset);
+  }
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  const fetchedEnd = Math.max(...inner.reads.map((r) => r.offset + r.length));
+  assertEquals(fetchedEnd, 4 * MiB + 64 * KiB, "nothing past the chunk of the last read");
+  assertEquals(cache.stats().readaheadFetches, 0);
+  assertEquals(cache.stats().bytesFetched, fetchedEnd);
+});
+
 Deno.test("CachedSource: interleaved sequential readers each keep a growing window", async () => {
   const inner = new GeneratedSource(128 * MiB);
   const cache = new CachedSource(inner, { chunkBytes: MiB, cacheBytes: 64 * MiB });

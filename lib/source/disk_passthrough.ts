@@ -35,14 +35,15 @@ export class DiskPassthrough {
   readonly #maxWindowBytes: number;
   readonly #streams: Stream[] = [];
 
+  /** `maxWindowBytes` 0: no readahead, reads only. */
   constructor(inner: DiskBackedSource, chunkBytes: number, maxWindowBytes: number) {
     this.#inner = inner;
     this.#chunkBytes = chunkBytes;
-    this.#maxWindowBytes = Math.max(chunkBytes, maxWindowBytes);
+    this.#maxWindowBytes = maxWindowBytes > 0 ? Math.max(chunkBytes, maxWindowBytes) : 0;
   }
 
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
-    this.#follow(offset, dest.length);
+    if (this.#maxWindowBytes > 0) this.#follow(offset, dest.length);
     await this.#inner.readInto(offset, dest, signal);
   }
 
