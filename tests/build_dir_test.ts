@@ -126,6 +126,25 @@ Deno.test({
 });
 
 Deno.test({
+  name: "build: inline tails of files with data blocks, in the checksummed first block and after",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(`${src}/more`, { recursive: true });
+      // Inode right after the root's, in block 0: its tail is read with the inode, before the
+      // superblock checksum; the others' tails are copied with their data blocks.
+      Deno.writeFileSync(`${src}/a`, crypto.getRandomValues(new Uint8Array(4096 + 500)));
+      for (let i = 0; i < 60; i++) {
+        const size = 4096 * (1 + (i % 3)) + 1 + ((i * 97) % 2000);
+        Deno.writeFileSync(`${src}/more/f${i}`, crypto.getRandomValues(new Uint8Array(size)));
+      }
+      await buildAndCompare(src, work);
+    });
+  },
+});
+
+Deno.test({
   name: "build: a sparse file over 4 GiB keeps its size and bytes (extended inode, sparse image)",
   ignore,
   async fn() {

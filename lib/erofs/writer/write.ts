@@ -23,7 +23,7 @@ import {
 import { encodeDirectory } from "./dirs.ts";
 import { fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
-import { copyRange, pathBytes, preadInto } from "./data_copy.ts";
+import { copyRange, pathBytes, preadInto, pwriteAll } from "./data_copy.ts";
 import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
 import { MetadataWriter } from "./meta_writer.ts";
 import { INODE_SLOT_BYTES } from "./format.ts";
@@ -54,10 +54,16 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   // other records, long symlink blocks (each region ascending in the same inode order).
   const scratch = new Uint8Array(Math.max(bs, EXTENDED_INODE_BYTES));
   const count = layout.nodes.length;
-  for (const i of layout.dirs.keys()) writeRecord(out, i, layout, scratch);
+  // Inline tails of files that also have data blocks are copied with those blocks (one open
+  // of the file instead of two; 2,363 of the benchmark tree's 8,144 files), unless they lie
+  // in the first block, whose checksum is taken before the data is copied.
+  const headBytes = out.head.length;
+  const tailWithData = (i: number) =>
+    layout.blocks[i] > 0 && tailOffset(layout, i) + layout.inlineTailBytes[i] > headBytes;
+  for (const i of layout.dirs.keys()) writeRecord(out, i, layout, scratch, tailWithData);
   for (const i of layout.dirs.keys()) writeBlocks(out, i, layout);
   for (let i = 0; i < count; i++) {
-    if (layout.nodes[i].kind !== "dir") writeRecord(out, i, layout, scratch);
+    if (layout.nodes[i].kind !== "dir") writeRecord(out, i, layout, scratch, tailWithData);
   }
   for (let i = 0; i < count; i++) {
     if (layout.nodes[i].kind === "symlink") writeBlocks(out, i, layout);
@@ -111,6 +117,7 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   for (const i of layout.dataOrder) {
     const length = Math.min(sizes[i], blocks[i] * bs);
     const at = blockAddress[i] * bs;
+    const tailBytes = layout.inlineTailBytes[i];
     withSource(layout, i, (src, offset, what) => {
       if (length <= SMALL_FILE_BYTES) {
         preadInto(src, batch.take(at, length), offset, what);
@@ -122,6 +129,11 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
           done += n;
           options.onProgress?.(done, totalData);
         });
+      }
+      if (tailBytes > 0 && tailWithData(i)) {
+        const tail = scratch.subarray(0, tailBytes);
+        preadInto(src, tail, offset + length, what);
+        pwriteAll(fd, tail, tailOffset(layout, i));
       }
     });
   }
@@ -146,6 +158,7 @@ function writeRecord(
   i: number,
   layout: ImageLayout,
   scratch: Uint8Array,
+  tailWithData: (i: number) => boolean,
 ): void {
   const node = layout.nodes[i];
   const isExtended = layout.extended[i] === 1;
@@ -186,11 +199,11 @@ function writeRecord(
     out.write(layout.chunkIndexOffset![i], chunkIndex(node.data, layout.blockBytes));
   }
   if (inlineTailBytes === 0) return;
-  const tailAt = xattrAt + (xattrBody?.length ?? 0);
+  const tailAt = tailOffset(layout, i);
   const contents = metadataContents(i, layout);
   if (contents) {
     out.write(tailAt, contents.subarray(layout.blocks[i] * layout.blockBytes));
-  } else if (node.kind === "file") {
+  } else if (node.kind === "file" && !tailWithData(i)) {
     const tail = scratch.subarray(0, inlineTailBytes);
     withSource(
       layout,
@@ -199,6 +212,12 @@ function writeRecord(
     );
     out.write(tailAt, tail);
   }
+}
+
+/** Image offset of inode `i`'s inline tail: after the inode and its xattrs. */
+function tailOffset(layout: ImageLayout, i: number): number {
+  const inodeBytes = layout.extended[i] === 1 ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
+  return layout.nid[i] * INODE_SLOT_BYTES + inodeBytes + (layout.xattrBodies.get(i)?.length ?? 0);
 }
 
 const views = new WeakMap<Uint8Array, DataView>();
