@@ -4,18 +4,15 @@ import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
-import { pushImage } from "../convert/push_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import {
-  openRegistry,
   REGISTRY_OPTIONS,
   REGISTRY_OPTIONS_HELP,
   type RegistryOptionValues,
-} from "./registry_options.ts";
-import { isImageSource, loadImageSource } from "./build_image_source.ts";
-import { dirOf, loadSource } from "./build_source.ts";
+} from "./registry_option_specs.ts";
+import { dirOf, isImageSource, loadSource } from "./build_source.ts";
 
 const MAX_ORDER_FILE_BYTES = 64 << 20;
 
@@ -101,7 +98,11 @@ Example:
       );
     }
     // Registry problems (bad reference, credentials) surface before the work, not after.
-    const registry = values.push ? await openRegistry("build", values.push, values) : undefined;
+    // The registry client, image reader and pusher are loaded only when used: a build from a
+    // directory starts faster without them.
+    const registry = values.push
+      ? await (await import("./registry_options.ts")).openRegistry("build", values.push, values)
+      : undefined;
 
     const fromImage = isImageSource(source);
     const layer = parseLayerIndex("build", values.layer);
@@ -146,7 +147,7 @@ async function buildFrom(
   },
 ): Promise<void> {
   const loaded = options.image
-    ? await loadImageSource(source, dirOf(output), {
+    ? await (await import("./build_image_source.ts")).loadImageSource(source, dirOf(output), {
       ...options.image,
       impliedMtimeSec: options.buildTimeSec,
     })
@@ -187,6 +188,7 @@ async function buildFrom(
 async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void> {
   const progress = new ProgressLine(`uploading ${image}`);
   try {
+    const { pushImage } = await import("../convert/push_image.ts");
     const result = await pushImage(registry.client, registry.ref, [{ path: image }], {
       platform: registry.platform,
       onProgress: (event) => {

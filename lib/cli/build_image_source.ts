@@ -12,7 +12,6 @@ import { type LayerTree, readLayerTree } from "../convert/layer_tree.ts";
 import { LowerDirs } from "../convert/lower_dirs.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { checkTarLayers, layoutSource, registrySource } from "../convert/source_image.ts";
-import { parseReference } from "../oci/reference.ts";
 import { ProgressLine } from "./progress.ts";
 import { openImage, type RegistryOptionValues } from "./registry_options.ts";
 import { info } from "../log.ts";
@@ -24,27 +23,6 @@ export interface LoadedImageSource {
   /** Never set for images (build.ts's tar-index field). */
   tarBlocks?: undefined;
   close(): void;
-}
-
-/**
- * True when SOURCE names an image rather than a file: `oci:…`, or something that is not an
- * existing path, does not look like one (`/`, `.`), and parses as a reference with a tag,
- * digest or registry (a bare word stays a missing file, not a Docker Hub lookup).
- */
-export function isImageSource(source: string): boolean {
-  if (source.startsWith("oci:")) return true;
-  if (source === "-" || source.startsWith("/") || source.startsWith(".")) return false;
-  try {
-    Deno.lstatSync(source);
-    return false;
-  } catch { /* not a path */ }
-  if (!/[:@/]/.test(source)) return false;
-  try {
-    parseReference(source);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Parses --layer N. */

@@ -6,10 +6,9 @@ import { ProgressLine } from "./progress.ts";
 import { warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { scanDirectory } from "../erofs/writer/from_dir.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { openTar } from "../tar/decompress.ts";
 import { closeFd, O_RDONLY, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
+import { parseReference } from "../oci/reference.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;
 
@@ -54,6 +53,11 @@ export async function loadSource(
   if (sourceInfo && !sourceInfo.isFile) {
     throw new UserError(`build: ${source} is neither a directory nor a tar file`);
   }
+  // The tar reader and decompressors (node:zlib, zstd) are loaded only for a tar SOURCE.
+  const [{ openTar }, { scanTar }] = await Promise.all([
+    import("../tar/decompress.ts"),
+    import("../erofs/writer/from_tar.ts"),
+  ]);
   const { stream, compression } = await openTar(source);
   if (options.tarIndex) {
     const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
@@ -107,6 +111,27 @@ export async function loadSource(
     throw error;
   } finally {
     scanning.finish();
+  }
+}
+
+/**
+ * True when SOURCE names an image rather than a file: `oci:…`, or something that is not an
+ * existing path, does not look like one (`/`, `.`), and parses as a reference with a tag,
+ * digest or registry (a bare word stays a missing file, not a Docker Hub lookup).
+ */
+export function isImageSource(source: string): boolean {
+  if (source.startsWith("oci:")) return true;
+  if (source === "-" || source.startsWith("/") || source.startsWith(".")) return false;
+  try {
+    Deno.lstatSync(source);
+    return false;
+  } catch { /* not a path */ }
+  if (!/[:@/]/.test(source)) return false;
+  try {
+    parseReference(source);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -9,9 +9,10 @@ const EXIT_CODES = `Exit codes:
   1  runtime failure (registry, kernel, file system)
   2  usage error (bad command line)`;
 
-function mainHelp(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
-  const list = COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n");
+async function mainHelp(): Promise<string> {
+  const commands = await Promise.all(COMMANDS.map((c) => c.load()));
+  const width = Math.max(...commands.map((c) => c.name.length));
+  const list = commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n");
   return `erofs-oci ${VERSION} — mount EROFS images from OCI registries without pulling them
 
 Usage: erofs-oci <command> [options]
@@ -39,18 +40,19 @@ export async function runCli(args: string[]): Promise<number> {
     const [first, ...rest] = argv;
     if (first === undefined || first === "-h" || first === "--help" || first === "help") {
       if (first === "help" && rest[0]) return await runCli([rest[0], "--help"]);
-      console.log(mainHelp());
+      console.log(await mainHelp());
       return first === undefined ? 2 : 0;
     }
     if (first === "-V" || first === "--version") {
       console.log(`erofs-oci ${VERSION}`);
       return 0;
     }
-    const command = COMMANDS.find((c) => c.name === first) ??
+    const entry = COMMANDS.find((c) => c.name === first) ??
       HIDDEN_COMMANDS.find((c) => c.name === first);
-    if (!command) {
+    if (!entry) {
       throw new UsageError(`unknown command '${first}'`, "see `erofs-oci --help`");
     }
+    const command = await entry.load();
     if (rest.includes("--help") || rest.includes("-h")) {
       console.log(command.help);
       return 0;
