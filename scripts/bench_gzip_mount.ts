@@ -7,7 +7,8 @@
  * prints figures, asserts nothing.
  *
  * Usage: tools/bin/deno run -A scripts/bench_gzip_mount.ts LAYER.tar.gz [--span BYTES]
- *        [--runs N] [--delay-ms MS] [--compare-erofs] [--steps first,tenth,every10th,full,device,curl]
+ *        [--runs N] [--delay-ms MS] [--compare-erofs] [--disk-cache]
+ *        [--steps first,tenth,every10th,full,device,curl]
  * (MS: added to every blob GET, a crude RTT; --compare-erofs: the same tree built into an EROFS
  * layer with `erofs-oci build`, mounted and read the same way, to separate the tar-index
  * cost from the FUSE path's)
@@ -17,7 +18,7 @@ import { startRegistry } from "../tests/_support/registry.ts";
 import { pushImage } from "../tests/_support/oci_raw.ts";
 import { isBlobGet, startFaultProxy } from "../tests/_support/fault_proxy.ts";
 import { runCli } from "../tests/_support/cli.ts";
-import { mountSandbox } from "../tests/_support/mounts.ts";
+import { mountSandbox, serverPids } from "../tests/_support/mounts.ts";
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -27,6 +28,8 @@ const { values, positionals } = parseArgs({
     "delay-ms": { type: "string", default: "0" },
     /** Also the same tree as an EROFS layer (erofs-oci build), mounted the same way. */
     "compare-erofs": { type: "boolean" },
+    /** Mount with the disk cache (default: --no-disk-cache, so every read is a GET). */
+    "disk-cache": { type: "boolean" },
     /** Steps to run (default all): first,tenth,every10th,full,device,curl */
     steps: { type: "string", default: "first,tenth,every10th,full,device,curl" },
   },
@@ -107,7 +110,14 @@ async function withMount(
   const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: state };
   try {
     const [sec, mounted] = await timed(() =>
-      runCli(["mount", "--backend", "fuse", "--no-disk-cache", image, sandbox.target], {
+      runCli([
+        "mount",
+        "--backend",
+        "fuse",
+        ...(values["disk-cache"] ? [] : ["--no-disk-cache"]),
+        image,
+        sandbox.target,
+      ], {
         env,
         ...LONG,
       })
@@ -115,12 +125,31 @@ async function withMount(
     if (mounted.code !== 0) throw new Error(mounted.stderr + sandbox.serverLogs());
     console.log(`  mount ${sec.toFixed(2)} s`);
     dropCaches();
+    const cpuBefore = serverCpuSec(sandbox.runtimeDir);
     await fn(sandbox.target, sandbox.runtimeDir);
+    console.log(
+      `  ${"".padEnd(40)} server CPU ${
+        (serverCpuSec(sandbox.runtimeDir) - cpuBefore).toFixed(2)
+      } s`,
+    );
     await runCli(["umount", sandbox.target], { env });
   } finally {
     await sandbox.cleanup();
     await Deno.remove(state, { recursive: true }).catch(() => {});
   }
+}
+
+/** CPU seconds (user + system) the mount's server processes have used so far. */
+function serverCpuSec(runtimeDir: string): number {
+  let ticks = 0;
+  for (const pid of serverPids(runtimeDir)) {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14, 15)
+    } catch { /* gone */ }
+  }
+  return ticks / 100; // USER_HZ
 }
 
 function line(label: string, sec: number, fetched: number): void {
