@@ -189,9 +189,13 @@ export class GzipRandomAccess {
       if (!this.#pieces.has(key) && !this.#ahead.has(key)) {
         this.#ahead.add(key);
         this.stats.piecesAhead++;
-        this.#piece(nextIndex, nextK, undefined, true).catch(() => {}).finally(() =>
-          this.#ahead.delete(key)
-        );
+        const make = () =>
+          this.#piece(nextIndex, nextK, undefined, true).catch(() => {}).finally(() =>
+            this.#ahead.delete(key)
+          );
+        // In a later task: an inflate with its input at hand runs without a pause, and the
+        // answer to the read that got here must not wait for it.
+        setTimeout(make, 0);
       }
     }
     const following = index + 1;
