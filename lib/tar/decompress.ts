@@ -106,8 +106,39 @@ export async function openTar(
   path: string,
   options: DecompressOptions = {},
 ): Promise<{ stream: ReadableStream<Uint8Array>; compression: Compression }> {
-  const source = path === "-" ? Deno.stdin.readable : (await Deno.open(path)).readable;
+  const source = path === "-" ? Deno.stdin.readable : fileChunks(await Deno.open(path));
   return await decompressTar(source, options);
+}
+
+/** fileChunks()' read size; FsFile.readable reads 64 KiB (1 MiB saved no more CPU, held ~8 MB). */
+const FILE_CHUNK_BYTES = 256 << 10;
+
+/**
+ * A file as a pull stream of fresh 256 KiB chunks (readers keep views of them), closed at its end
+ * or on cancel. Every chunk passes several pull streams and the tar reader, and that per-chunk
+ * cost was most of reading a plain tar: a 141 MB tar took 2,160 chunks of 64 KiB (build of the
+ * benchmark tree's tar: 0.75 -> 0.62 s CPU, median of 5 interleaved runs).
+ */
+function fileChunks(file: Deno.FsFile): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = new Uint8Array(FILE_CHUNK_BYTES);
+      let n: number | null;
+      try {
+        n = await file.read(chunk);
+      } catch (error) {
+        file.close();
+        throw error;
+      }
+      if (n === null) {
+        file.close();
+        controller.close();
+      } else controller.enqueue(n === chunk.length ? chunk : chunk.subarray(0, n));
+    },
+    cancel() {
+      file.close();
+    },
+  }, { highWaterMark: 0 });
 }
 
 /**
