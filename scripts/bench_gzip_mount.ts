@@ -91,14 +91,15 @@ console.log(
 );
 
 /** Bytes of the layer blob fetched since request number `from` (from the Range headers). */
-function fetchedSince(from: number): number {
-  let bytes = 0;
+function fetchedSince(from: number): { bytes: number; gets: number } {
+  let bytes = 0, gets = 0;
   for (const r of proxy.requests.slice(from)) {
     if (!isBlobGet({ method: r.method, path: r.path, headers: new Headers() })) continue;
     const m = /^bytes=(\d+)-(\d+)/.exec(r.range ?? "");
     bytes += m ? Number(m[2]) - Number(m[1]) + 1 : layerBytes;
+    gets++;
   }
-  return bytes;
+  return { bytes, gets };
 }
 
 async function withMount(
@@ -152,12 +153,12 @@ function serverCpuSec(runtimeDir: string): number {
   return ticks / 100; // USER_HZ
 }
 
-function line(label: string, sec: number, fetched: number): void {
+function line(label: string, sec: number, fetched: { bytes: number; gets: number }): void {
   console.log(
     `  ${label.padEnd(40)} ${sec.toFixed(2).padStart(6)} s  ` +
-      `${(fetched / 1e6).toFixed(1).padStart(6)} MB fetched (${
-        (100 * fetched / layerBytes).toFixed(0)
-      } %)`,
+      `${(fetched.bytes / 1e6).toFixed(1).padStart(6)} MB fetched (${
+        (100 * fetched.bytes / layerBytes).toFixed(0)
+      } %) in ${fetched.gets} GETs`,
   );
 }
 
@@ -196,13 +197,9 @@ for (let run = 0; run < Number(values.runs); run++) {
   if (steps.has("full")) {
     await withMount(async (root) => {
       const mark = proxy.requests.length;
-      const [sec] = await timed(async () => {
-        const out = await new Deno.Command("sh", {
-          args: ["-c", `tar -C '${root}' -cf - . | wc -c > /dev/null`],
-        }).output();
-        if (!out.success) throw new Error("tar of the mount failed");
-      });
+      const [sec, cpu] = await timed(() => shell(`tar -C '${root}' -cf - . | wc -c > /dev/null`));
       line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark));
+      console.log(`  ${"".padEnd(40)} reader CPU ${cpu.toFixed(2)} s (tar, wc)`);
       if (Deno.env.get("BENCH_RANGES")) {
         console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
       }
@@ -232,16 +229,27 @@ async function curlGunzipTar(): Promise<void> {
   try {
     const mark = proxy.requests.length;
     const url = `http://${proxy.host}/v2/bench/gz/blobs/${await digestOf(layer)}`;
-    const [sec] = await timed(async () => {
-      const out = await new Deno.Command("sh", {
-        args: ["-c", `curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`],
-      }).output();
-      if (!out.success) throw new Error("curl | gunzip | tar x failed");
-    });
+    const [sec, cpu] = await timed(() =>
+      shell(`curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`)
+    );
     line("curl | gunzip | tar x", sec, fetchedSince(mark));
+    console.log(`  ${"".padEnd(40)} CPU ${cpu.toFixed(2)} s (curl, gunzip, tar)`);
   } finally {
     await Deno.remove(extract, { recursive: true });
   }
+}
+
+/** Runs `script` with sh; returns the CPU seconds (user + system) of its children. */
+async function shell(script: string): Promise<number> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `${script}\nstatus=$?; times; exit $status`],
+    stdout: "piped",
+  }).output();
+  if (!out.success) throw new Error(`${script} failed`);
+  // `times`: the shell's user and system time, then its children's ("0m1.234s 0m0.056s").
+  const children = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1) ?? "";
+  return [...children.matchAll(/(\d+)m([\d.]+)s/g)]
+    .reduce((sum, m) => sum + Number(m[1]) * 60 + Number(m[2]), 0);
 }
 
 async function digestOf(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
