@@ -11,6 +11,7 @@ import {
   type MountSandbox,
   mountSandbox,
   mountsBelow,
+  mountServersOf,
   pidAlive,
   serverPids,
 } from "./_support/mounts.ts";
@@ -19,21 +20,6 @@ import { startRegistry } from "./_support/registry.ts";
 
 /** A server reading the issue's image must stay well below this (it took 2.3 GB before). */
 const SERVER_PEAK_LIMIT_BYTES = 300 << 20;
-
-/** Pids of `__mount-server` processes whose environment names `runtimeDir` (ours only). */
-function mountServersOf(runtimeDir: string): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
-      if (!cmdline.includes("__mount-server")) continue;
-      const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
-      if (environ.includes(`EROFS_OCI_RUNTIME_DIR=${runtimeDir}`)) pids.push(Number(entry.name));
-    } catch { /* exited meanwhile */ }
-  }
-  return pids;
-}
 
 function vmHwmOf(pid: number): number | undefined {
   try {

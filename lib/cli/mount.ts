@@ -12,6 +12,7 @@ import {
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../daemon/mount_image.ts";
+import { spawnServer } from "../daemon/server_process.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,
@@ -180,8 +181,28 @@ async function mountAt(
   values: MountValues,
   opts: { cacheBytes: number; layer?: number; trust: MountTrust },
 ): Promise<number> {
-  const { cacheBytes, layer } = opts;
   const { backend, reason } = chooseBackend(values.backend!);
+  // The server (a second Deno: runtime and modules, ~0.1 s of CPU) starts up while the image
+  // is resolved; it waits for its spec on stdin. Everything it reads from the environment
+  // (disk cache, --fetch-all, metrics) is set by now.
+  const server = spawnServer(values.foreground ?? false);
+  try {
+    return await resolveAndMount(target, image, values, opts, backend, reason, server);
+  } finally {
+    await server.discard(); // a no-op once the server got its spec
+  }
+}
+
+async function resolveAndMount(
+  target: MountTarget,
+  image: string,
+  values: MountValues,
+  opts: { cacheBytes: number; layer?: number; trust: MountTrust },
+  backend: "nbd" | "fuse",
+  reason: string,
+  server: ReturnType<typeof spawnServer>,
+): Promise<number> {
+  const { cacheBytes, layer } = opts;
 
   let resolved: ResolvedLayers;
   let credentials: { username: string; password: string } | undefined;
@@ -232,6 +253,7 @@ async function mountAt(
     upper: values.upper,
     work: values.work,
     foreground: values.foreground,
+    server,
   }).finally(() => forgetTracePrefetch(prefetchFile));
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
   console.log(

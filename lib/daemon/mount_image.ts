@@ -3,7 +3,7 @@
  * what it exports (directly at the target for one layer, as an overlay of private layer
  * mounts for several), record the state; on any failure undo every step taken.
  */
-import { startServer, stopServer } from "./server_process.ts";
+import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
 import { mountOverlay } from "../mount/overlay.ts";
 import {
@@ -33,17 +33,25 @@ export interface MountRequest extends Omit<MountSpec, "id"> {
   pinnedTarget?: MountTarget;
   /** setuid bits and device nodes are ignored (nosuid, nodev) unless this says otherwise. */
   trust?: MountTrust;
+  /** A server spawned ahead (spawnServer with the same `foreground`); started here. */
+  server?: SpawnedServer;
 }
 
 /** Mounts the layers at `request.target`; returns the recorded state. */
 export async function mountImage(request: MountRequest): Promise<MountState> {
   const id = createMountDir();
   // Only the MountSpec goes to the server (as JSON): not the descriptor, not the options.
-  const { foreground: _foreground, pinnedTarget: _pinned, trust: _trust, ...specFields } = request;
+  const {
+    foreground: _foreground,
+    pinnedTarget: _pinned,
+    trust: _trust,
+    server: spawned,
+    ...specFields
+  } = request;
   const spec: MountSpec = { ...specFields, id };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   try {
-    const ready = await startServer(spec, request.foreground ?? false);
+    const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(spec);
     const server = { pid: ready.pid, startTicks: ready.startTicks };
     undo.push(() => stopServer(id, server));
 

@@ -40,6 +40,22 @@ export async function startServer(
   spec: MountSpec,
   foreground: boolean,
 ): Promise<ReadyServer> {
+  return await spawnServer(foreground).start(spec);
+}
+
+/** A server process started before its spec is known; it waits for the spec on stdin. */
+export interface SpawnedServer {
+  /** Sends the spec and waits until the server reports its exports (once). */
+  start(spec: MountSpec): Promise<ReadyServer>;
+  /** Ends a server that was never given a spec (e.g. resolving the image failed). */
+  discard(): Promise<void>;
+}
+
+/**
+ * Starts the server process now and hands it the spec later: `mount` overlaps the start-up
+ * of this second Deno (runtime, modules: ~0.1 s of CPU) with resolving the image.
+ */
+export function spawnServer(foreground: boolean): SpawnedServer {
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
@@ -49,6 +65,31 @@ export async function startServer(
     stderr: foreground ? "inherit" : "null",
     detached: !foreground,
   }).spawn();
+  let started = false;
+  return {
+    start: (spec) => {
+      if (started) throw new Error("the mount server was started already");
+      started = true;
+      return handOver(child, spec, foreground);
+    },
+    discard: async () => {
+      if (started) return;
+      started = true;
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await child.stdin.close().catch(() => {});
+      await child.stdout.cancel().catch(() => {});
+      await child.status;
+    },
+  };
+}
+
+async function handOver(
+  child: Deno.ChildProcess,
+  spec: MountSpec,
+  foreground: boolean,
+): Promise<ReadyServer> {
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(JSON.stringify(spec)));
   await writer.close();

@@ -70,6 +70,24 @@ export async function mountSandbox(): Promise<MountSandbox> {
 }
 
 /** Server pids recorded under a runtime dir. */
+/**
+ * Pids of running `__mount-server` processes whose environment names `runtimeDir` (ours only),
+ * also those not recorded in a state file yet.
+ */
+export function mountServersOf(runtimeDir: string): number[] {
+  const pids: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+      if (!cmdline.includes("__mount-server")) continue;
+      const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
+      if (environ.includes(`EROFS_OCI_RUNTIME_DIR=${runtimeDir}`)) pids.push(Number(entry.name));
+    } catch { /* exited meanwhile */ }
+  }
+  return pids;
+}
+
 export function serverPids(runtimeDir: string): number[] {
   const pids: number[] = [];
   try {
