@@ -131,7 +131,7 @@ async function withMount(
     console.log(
       `  ${"".padEnd(40)} server CPU ${
         (serverCpuSec(sandbox.runtimeDir) - cpuBefore).toFixed(2)
-      } s`,
+      } s, peak RSS ${serverPeakMb(sandbox.runtimeDir)} MB`,
     );
     await runCli(["umount", sandbox.target], { env });
   } finally {
@@ -151,6 +151,18 @@ function serverCpuSec(runtimeDir: string): number {
     } catch { /* gone */ }
   }
   return ticks / 100; // USER_HZ
+}
+
+/** Peak resident memory (VmHWM) of the mount's server processes, in MB. */
+function serverPeakMb(runtimeDir: string): number {
+  let kb = 0;
+  for (const pid of serverPids(runtimeDir)) {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+      kb += m ? Number(m[1]) : 0;
+    } catch { /* gone */ }
+  }
+  return Math.round(kb / 1024);
 }
 
 function line(label: string, sec: number, fetched: { bytes: number; gets: number }): void {

@@ -55,6 +55,8 @@ export interface GzipRandomAccessStats {
  * A random reader gets only the compressed bytes up to the end of the piece it asks for.
  */
 const SPANS_BEFORE_INTERVAL_PREFETCH = 2;
+/** Compressed input the paused cursors may hold together (or a quarter of the piece cache). */
+const MAX_IDLE_HELD_BYTES = 8 * 1024 * 1024;
 
 export class GzipRandomAccess {
   readonly stats: GzipRandomAccessStats = {
@@ -358,7 +360,16 @@ export class GzipRandomAccess {
   #parkCursor(cursor: InflateCursor): void {
     if (this.#closed) return cursor.close();
     this.#idle.push(cursor);
-    while (this.#idle.length > this.#maxCursors) this.#idle.shift()!.close();
+    // A cursor reading ahead holds up to the rest of its interval's compressed bytes.
+    const heldBudget = Math.max(MAX_IDLE_HELD_BYTES, this.#cacheBytes / 4);
+    let held = this.#idle.reduce((sum, c) => sum + c.heldBytes, 0);
+    while (
+      this.#idle.length > this.#maxCursors || (held > heldBudget && this.#idle.length > 1)
+    ) {
+      const oldest = this.#idle.shift()!;
+      held -= oldest.heldBytes;
+      oldest.close();
+    }
   }
 
   #cached(index: number, k: number): Uint8Array | undefined {

@@ -61,6 +61,10 @@ export class InflateCursor {
    * the piece a read needs): fetches are sized for all of it, not one call at a time.
    */
   fetchUntil = 0;
+  /** Bytes of compressed input this cursor keeps in memory (its last fetch's buffer). */
+  get heldBytes(): number {
+    return this.#pending.buffer.byteLength;
+  }
   /** Compressed bytes fetched by this cursor (for statistics). */
   fetchedBytes = 0;
   /** Blob reads made by this cursor (for statistics). */
