@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builder benchmark: `erofs-oci build` against mkfs.erofs 1.9.3 on the speed benchmark's tree
 # (python3.11 + perl + C headers, ~136 MB, see scripts/bench/build-image.sh), both
-# uncompressed with the same timestamp and UUID. Prints wall time and peak RSS of each build,
+# uncompressed with the same timestamp and UUID, from the directory and from a tar of it
+# (mkfs.erofs --tar=f). Prints wall and CPU time and peak RSS of each build,
 # image sizes, fsck.erofs of ours, and the packed-layout effect: how many pages / 2 MiB chunks
 # (= registry GETs of a lazy mount's cache) hold the metadata a cold `find` needs.
 # Usage: scripts/bench-build.sh [WORK_DIR]   (default: a temp dir, removed at the end)
@@ -25,6 +26,7 @@ if [ ! -d "$stage" ]; then
   tar -C / $(printf -- '--exclude=%s ' "${EXCLUDES[@]}") -cf - "${SOURCES[@]}" | tar -C "$stage" -xf -
 fi
 echo "tree: $(du -sm --apparent-size "$stage" | cut -f1) MB, $(find "$stage" | wc -l) entries"
+[ -f "$work/tree.tar" ] || tar -C "$stage" -cf "$work/tree.tar" .
 
 # Runs a command, prints "<label>: <seconds> s (CPU <user+sys> s), peak RSS <MB> MB" (RSS of
 # the child tree's largest process, from getrusage(RUSAGE_CHILDREN)). CPU time is the steadier
@@ -54,6 +56,10 @@ for _ in $(seq "${BENCH_RUNS:-3}"); do
   measure "mkfs.erofs 1.9.3" "$peer/mkfs.erofs" --quiet -T"$BUILD_TIME" -U"$UUID" "$work/peer.erofs" "$stage"
   measure "erofs-oci build" "$here/scripts/erofs-oci-dev" build "$stage" -o "$work/ours.erofs" \
     --timestamp "$BUILD_TIME" --uuid "$UUID"
+  measure "mkfs.erofs --tar=f" "$peer/mkfs.erofs" --quiet --tar=f -T"$BUILD_TIME" -U"$UUID" \
+    "$work/peer-tar.erofs" "$work/tree.tar"
+  measure "erofs-oci build (tar)" "$here/scripts/erofs-oci-dev" build "$work/tree.tar" \
+    -o "$work/ours-tar.erofs" --timestamp "$BUILD_TIME" --uuid "$UUID"
 done
 echo "sizes: mkfs.erofs $(stat -c %s "$work/peer.erofs") B, erofs-oci build $(stat -c %s "$work/ours.erofs") B"
 "$peer/fsck.erofs" "$work/ours.erofs" >/dev/null && echo "fsck.erofs 1.9.3: ours OK"
