@@ -5,7 +5,7 @@
  * failures carry their real reason.
  */
 import { runLibcTask } from "../../ffi/libc_worker.ts";
-import type { LibcSymbols } from "../../ffi/libc.ts";
+import { type LibcSymbols, mountAsync } from "../../ffi/libc.ts";
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import { loopAttachBody } from "./loop.ts";
 
@@ -84,9 +84,20 @@ function umountBody(
     : { errno: errno(), call: "umount" };
 }
 
-/** mount(2) on a worker thread; resolves with the errno instead of throwing. */
-export function mountOffThread(request: MountCall): Promise<SyscallResult> {
-  return runLibcTask("mount", mountBody, request, { loopAttach: loopAttachBody });
+/**
+ * mount(2) off this thread; resolves with the errno instead of throwing. It is tried first on
+ * a pool thread, which costs nothing to start (a worker: 20-50 ms, most of the CLI's mount(2)
+ * step); only a failure goes to a worker, which keeps errno: it tries again there (a failed
+ * mount changed nothing) and falls back to loop devices when the kernel wants a block device.
+ */
+export async function mountOffThread(request: MountCall): Promise<SyscallResult> {
+  if (!request.loopFallback?.always) {
+    const { source, target, fsType, flags, data } = request;
+    if (await mountAsync(source, target, fsType, flags, data) === 0) {
+      return { errno: 0, call: "mount" };
+    }
+  }
+  return await runLibcTask("mount", mountBody, request, { loopAttach: loopAttachBody });
 }
 
 /** umount2(2) on a worker thread; resolves with the errno instead of throwing. */
