@@ -185,7 +185,7 @@ async function mountAt(
   // The server (a second Deno: runtime and modules, ~0.1 s of CPU) starts up while the image
   // is resolved; it waits for its spec on stdin. Everything it reads from the environment
   // (disk cache, --fetch-all, metrics) is set by now.
-  const server = spawnServer(values.foreground ?? false);
+  const server = spawnServer(values.foreground ?? false, backend);
   try {
     return await resolveAndMount(target, image, values, opts, backend, reason, server);
   } finally {

@@ -8,6 +8,8 @@ import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
+import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
+import { PRESTART_FUSE_READER_ENV } from "./server_process.ts";
 import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { openTarIndexSource, type TarIndexedSource } from "../mount/tar_index_source.ts";
@@ -83,7 +85,15 @@ async function waitUntilServable(source: Source, layerIndex: number): Promise<vo
 
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
-  const spec = JSON.parse(await readAllStdin()) as MountSpec;
+  if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
+  let spec: MountSpec;
+  try {
+    spec = JSON.parse(await readAllStdin()) as MountSpec;
+  } catch (error) {
+    discardSpareFuseReaders();
+    throw error;
+  }
+  if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
   redirectConsoleToFile(logPath(spec.id));
   console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
 
@@ -114,6 +124,7 @@ export async function runMountServer(): Promise<number> {
         }
       }
       for (const source of sources) await source.close?.();
+      discardSpareFuseReaders();
       traceHooks.finish();
       console.log("stopped");
     })();

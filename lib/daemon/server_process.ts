@@ -29,6 +29,9 @@ const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
     .filter(([name]) => Deno.env.get(name) === undefined),
 );
 
+/** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
+export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
+
 /** A server that reported ready; `startTicks` identifies the process beyond its pid. */
 export type ReadyServer = Extract<ReadyMessage, { ok: true }> & { startTicks?: string };
 
@@ -55,11 +58,13 @@ export interface SpawnedServer {
  * Starts the server process now and hands it the spec later: `mount` overlaps the start-up
  * of this second Deno (runtime, modules: ~0.1 s of CPU) with resolving the image.
  */
-export function spawnServer(foreground: boolean): SpawnedServer {
+export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): SpawnedServer {
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
-    env: SERVER_MEMORY_ENV,
+    env: backend === "fuse"
+      ? { ...SERVER_MEMORY_ENV, [PRESTART_FUSE_READER_ENV]: "1" }
+      : SERVER_MEMORY_ENV,
     stdin: "piped",
     stdout: "piped",
     stderr: foreground ? "inherit" : "null",

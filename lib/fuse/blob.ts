@@ -21,6 +21,8 @@ import { findMount } from "../sys/mountinfo.ts";
 import type { Source } from "../source/source.ts";
 import { FuseConnection } from "./connection.ts";
 
+export { discardSpareFuseReaders, prestartFuseReaders } from "./connection.ts";
+
 /** The file system type in mountinfo: `fuse.erofs-oci` marks our mounts. */
 export const FUSE_FS_TYPE = "fuse.erofs-oci";
 

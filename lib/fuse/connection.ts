@@ -20,7 +20,12 @@ import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
 import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
 import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
-import { fuseReaderBody, type FuseReaderMessage } from "./reader_worker.ts";
+import {
+  type FuseReaderArg,
+  fuseReaderBody,
+  type FuseReaderMessage,
+  waitingReaderBody,
+} from "./reader_worker.ts";
 import { FILE_NODE_ID, SingleFileFuseServer } from "./server.ts";
 
 /** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
@@ -31,6 +36,26 @@ const READ_BUFFER_BYTES = MAX_WRITE_BYTES + 4096;
 const READ_AHEAD_KB = 1024;
 const INIT_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 2_000;
+
+/** Reader threads started ahead (prestartFuseReaders), each waiting for its connection. */
+const spareReaders: Worker[] = [];
+
+/**
+ * Starts reader threads for `count` connections to come: a thread's start-up (runtime, libc:
+ * 30-100 ms) then overlaps the server's other work instead of delaying the kernel's INIT.
+ */
+export function prestartFuseReaders(count: number): void {
+  while (spareReaders.length < count) {
+    spareReaders.push(
+      startLibcWorker("fuse-reader", waitingReaderBody, null, { body: fuseReaderBody }),
+    );
+  }
+}
+
+/** Ends the reader threads no connection took (they would keep the process alive). */
+export function discardSpareFuseReaders(): void {
+  for (const reader of spareReaders.splice(0)) reader.terminate();
+}
 
 /** One mounted FUSE connection: the fd, the reader worker and the request handler. */
 export class FuseConnection {
@@ -69,7 +94,7 @@ export class FuseConnection {
       resume,
     );
     this.#direct = isDirectReadable(source) ? source.openDirectReads() : undefined;
-    this.#reader = startLibcWorker("fuse-reader", fuseReaderBody, {
+    const arg: FuseReaderArg = {
       fd,
       bufferBytes: READ_BUFFER_BYTES,
       pollMs: 200,
@@ -82,7 +107,10 @@ export class FuseConnection {
         presentByte: this.#direct.presentByte,
         nodeId: Number(FILE_NODE_ID),
       },
-    });
+    };
+    const spare = spareReaders.shift();
+    spare?.postMessage(arg);
+    this.#reader = spare ?? startLibcWorker("fuse-reader", fuseReaderBody, arg);
     this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
       const message = event.data;
       if ("request" in message) {

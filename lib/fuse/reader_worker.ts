@@ -49,6 +49,26 @@ export type FuseReaderMessage =
   | { end: "unmounted" | "error"; errno: number };
 
 /**
+ * Worker body of a reader started before its connection exists (connection.ts,
+ * prestartFuseReaders): it boots (runtime, libc) meanwhile and runs `helpers.body` with the
+ * FuseReaderArg of its first message.
+ */
+export function waitingReaderBody(
+  libc: LibcSymbols,
+  errno: ErrnoReader,
+  _arg: null,
+  helpers: { body: typeof fuseReaderBody },
+): void {
+  const scope = self as unknown as {
+    onmessage: ((event: MessageEvent<FuseReaderArg>) => void) | null;
+  };
+  scope.onmessage = (event) => {
+    scope.onmessage = null;
+    helpers.body(libc, errno, event.data);
+  };
+}
+
+/**
  * Worker body (self-contained: shipped as source text, see ffi/libc_worker.ts). Loops until the
  * connection ends (ENODEV after unmount, POLLERR after an abort) or the worker is terminated.
  */
