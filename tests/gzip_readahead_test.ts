@@ -133,6 +133,37 @@ Deno.test({
 });
 
 Deno.test({
+  name: "gzip two interleaved sequential readers each keep their readahead",
+  ignore,
+  async fn() {
+    const d = await data();
+    const { reader, blob } = await open(d);
+    try {
+      const half = Math.floor(d.tar.length / 2);
+      const step = 64 << 10;
+      for (let at = 0; at < half; at += step) {
+        for (const base of [0, half]) {
+          const from = base + at, length = Math.min(step, base + half - from);
+          const got = await reader.read(from, length);
+          assert.deepEqual(got, d.tar.subarray(from, from + length), `read ${from}+${length}`);
+        }
+      }
+      await settle();
+      const intervals = reader.zinfo.checkpoints.length;
+      assert.equal(reader.stats.inflatedBytes, 2 * half);
+      // The interval holding the midpoint is opened twice (once per reader), nothing else.
+      assert.ok(reader.stats.cursorsOpened <= intervals + 1, `${reader.stats.cursorsOpened}`);
+      assert.ok(reader.stats.intervalsPrefetched > 0, "no interval was fetched ahead");
+      assert.ok(fetched(blob) <= d.gz.length + 2 * intervals, `fetched ${fetched(blob)}`);
+      // About one fetch per interval: each reader's first piece, then whole intervals.
+      assert.ok(blob.reads.length <= intervals + 2, `${blob.reads.length} blob reads`);
+    } finally {
+      reader.close();
+    }
+  },
+});
+
+Deno.test({
   name: "gzip run over a tenth of the data fetches the intervals it touches + < half the next",
   ignore,
   async fn() {

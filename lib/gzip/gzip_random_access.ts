@@ -79,11 +79,9 @@ export class GzipRandomAccess {
   readonly #locks = new Map<number, Promise<void>>();
   #closed = false;
   readonly #runs: ReadRuns;
-  /** Pieces the latest sequential reader has moved through (0: a random reader). */
-  #inOrder = 0;
   /** Pieces being made ahead ("index:k") and the furthest interval prefetched. */
   readonly #ahead = new Set<string>();
-  #prefetchedInterval = -1;
+  readonly #prefetchedIntervals = new Set<number>();
   /** Where the data ends, once known (a short piece; the recorded size with `verify`). */
   #dataEnd: number;
 
@@ -140,10 +138,11 @@ export class GzipRandomAccess {
       const index = this.zinfo.checkpointFor(at);
       const start = cps[index].uncompressedOffset;
       const k = Math.floor((at - start) / this.#pieceBytes);
-      this.#inOrder = piecesMoved(run, start + k * this.#pieceBytes, this.#pieceBytes);
-      const piece = await this.#piece(index, k, signal);
-      if (this.#inOrder > 0 && this.#cacheBytes >= 4 * this.#pieceBytes) {
-        this.#readAhead(index, k);
+      // Pieces this read's run has moved through to get here (0: a random reader).
+      const moved = piecesMoved(run, start + k * this.#pieceBytes, this.#pieceBytes);
+      const piece = await this.#piece(index, k, signal, false, moved);
+      if (moved > 0 && this.#cacheBytes >= 4 * this.#pieceBytes) {
+        this.#readAhead(index, k, moved);
       }
       const from = at - start - k * this.#pieceBytes;
       if (from >= piece.length) {
@@ -180,7 +179,7 @@ export class GzipRandomAccess {
   }
 
   /** For a sequential reader at piece k of `index`: the next piece, maybe the next interval. */
-  #readAhead(index: number, k: number): void {
+  #readAhead(index: number, k: number, moved: number): void {
     if (this.#closed) return;
     const count = this.#pieceCount(index);
     const [nextIndex, nextK] = k + 1 < count ? [index, k + 1] : [index + 1, 0];
@@ -192,7 +191,7 @@ export class GzipRandomAccess {
         this.#ahead.add(key);
         this.stats.piecesAhead++;
         const make = () =>
-          this.#piece(nextIndex, nextK, undefined, true).catch(() => {}).finally(() =>
+          this.#piece(nextIndex, nextK, undefined, true, moved + 1).catch(() => {}).finally(() =>
             this.#ahead.delete(key)
           );
         // In a later task: an inflate with its input at hand runs without a pause, and the
@@ -204,11 +203,11 @@ export class GzipRandomAccess {
     const cps = this.zinfo.checkpoints;
     const spanBytes = Math.max(this.#pieceBytes, this.zinfo.spanBytes);
     if (
-      this.#inOrder * this.#pieceBytes >= SPANS_BEFORE_INTERVAL_PREFETCH * spanBytes &&
-      2 * (k + 1) >= count && following < cps.length && this.#prefetchedInterval < following &&
+      moved * this.#pieceBytes >= SPANS_BEFORE_INTERVAL_PREFETCH * spanBytes &&
+      2 * (k + 1) >= count && following < cps.length && !this.#prefetchedIntervals.has(following) &&
       cps[following].uncompressedOffset < this.#dataEnd
     ) {
-      this.#prefetchedInterval = following;
+      this.#prefetchedIntervals.add(following);
       this.#prefetchInterval(following).catch(() => {});
     }
   }
@@ -254,12 +253,16 @@ export class GzipRandomAccess {
     this.#cachedBytes = 0;
   }
 
-  /** Piece k of interval `index`; `ahead`: made for a reader that has not asked yet. */
+  /**
+   * Piece k of interval `index`; `ahead`: made for a reader that has not asked yet; `moved`:
+   * pieces its reader has moved through in order (0: a random reader).
+   */
   async #piece(
     index: number,
     k: number,
     signal?: AbortSignal,
     ahead = false,
+    moved = 0,
   ): Promise<Uint8Array> {
     const hit = this.#cached(index, k);
     if (hit) {
@@ -270,7 +273,7 @@ export class GzipRandomAccess {
     // Serialize per interval: a waiting read usually finds its piece made by the one before.
     const previous = this.#locks.get(index) ?? Promise.resolve();
     const run = previous.then(() =>
-      this.#cached(index, k) ?? this.#produce(index, k, signal, ahead)
+      this.#cached(index, k) ?? this.#produce(index, k, signal, ahead, moved)
     );
     const guard = run.then(() => {}, () => {});
     this.#locks.set(index, guard);
@@ -285,6 +288,7 @@ export class GzipRandomAccess {
     k: number,
     signal: AbortSignal | undefined,
     ahead: boolean,
+    moved: number,
   ): Promise<Uint8Array> {
     if (this.#closed) throw new Error("gzip reader closed");
     const cps = this.zinfo.checkpoints;
@@ -301,7 +305,7 @@ export class GzipRandomAccess {
     }
     // The first piece of an interval made ahead fetches only itself: the reader may stop
     // before it. Past that the reader has come into the interval in order.
-    cursor.toIntervalEnd = this.#inOrder > 0 && (!ahead || k > 0);
+    cursor.toIntervalEnd = moved > 0 && (!ahead || k > 0);
     cursor.fetchUntil = Math.min(end, wanted + this.#pieceBytes);
     try {
       for (;;) {
