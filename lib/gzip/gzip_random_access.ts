@@ -79,7 +79,7 @@ export class GzipRandomAccess {
   readonly #locks = new Map<number, Promise<void>>();
   #closed = false;
   readonly #runs: ReadRuns;
-  /** Pieces being made ahead ("index:k") and the furthest interval prefetched. */
+  /** Pieces being made ahead ("index:k"), and intervals fetched whole or ahead once already. */
   readonly #ahead = new Set<string>();
   readonly #prefetchedIntervals = new Set<number>();
   /** Where the data ends, once known (a short piece; the recorded size with `verify`). */
@@ -306,6 +306,9 @@ export class GzipRandomAccess {
     // The first piece of an interval made ahead fetches only itself: the reader may stop
     // before it. Past that the reader has come into the interval in order.
     cursor.toIntervalEnd = moved > 0 && (!ahead || k > 0);
+    // An interval is fetched ahead at most once: a later reader stopping before it would not
+    // use it (a reader that does fetches what it needs).
+    if (cursor.toIntervalEnd) this.#prefetchedIntervals.add(index);
     cursor.fetchUntil = Math.min(end, wanted + this.#pieceBytes);
     try {
       for (;;) {
