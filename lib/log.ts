@@ -27,9 +27,18 @@ export function logFormat(): LogFormat {
   return format;
 }
 
+let sink: ((line: string) => void) | undefined;
+
+/** Where JSON records go instead of stderr (a mount server's log file). */
+export function setLogSink(write: (line: string) => void): void {
+  sink = write;
+}
+
 /** One structured record on stderr (json format); `fields` must not override the basics. */
 export function logRecord(level: string, msg: string, fields: Record<string, unknown> = {}): void {
-  console.error(JSON.stringify({ ...fields, time: new Date().toISOString(), level, msg }));
+  const line = JSON.stringify({ ...fields, time: new Date().toISOString(), level, msg });
+  if (sink) sink(line);
+  else console.error(line);
 }
 
 export function debug(...parts: unknown[]): void {

@@ -21,7 +21,6 @@ import {
 } from "../state/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { parseListenAddress } from "../nbd/address.ts";
-import { METRICS_LISTEN_ENV } from "../metrics/server_metrics.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -137,7 +136,6 @@ are not written and are looked up again at reattach. The file is removed by umou
     if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
     if (values["metrics-listen"] !== undefined) {
       parseListenAddress(values["metrics-listen"]); // a usage error here, not in the server log
-      Deno.env.set(METRICS_LISTEN_ENV, values["metrics-listen"]);
     }
     if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
     else if (values["disk-cache-size"] !== undefined) {
@@ -184,7 +182,7 @@ async function mountAt(
   const { backend, reason } = chooseBackend(values.backend!);
   // The server (a second Deno: runtime and modules, ~0.1 s of CPU) starts up while the image
   // is resolved; it waits for its spec on stdin. Everything it reads from the environment
-  // (disk cache, --fetch-all, metrics) is set by now.
+  // (disk cache, --fetch-all) is set by now.
   const server = spawnServer(values.foreground ?? false, backend);
   try {
     return await resolveAndMount(target, image, values, opts, backend, reason, server);
@@ -252,6 +250,7 @@ async function resolveAndMount(
     credentials,
     upper: values.upper,
     work: values.work,
+    metricsListen: values["metrics-listen"],
     foreground: values.foreground,
     server,
   }).finally(() => forgetTracePrefetch(prefetchFile));

@@ -22,6 +22,7 @@ import {
   pinnedPath,
   recheckMountTarget,
 } from "../mount/target_dir.ts";
+import { logFormat } from "../log.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
   /** Keep the server in this process's foreground (debugging, systemd). */
@@ -48,7 +49,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     server: spawned,
     ...specFields
   } = request;
-  const spec: MountSpec = { ...specFields, id };
+  // The server logs as this command does, and so does one `reattach` starts later.
+  const spec: MountSpec = {
+    ...specFields,
+    id,
+    logFormat: specFields.logFormat ?? (logFormat() === "json" ? "json" : undefined),
+  };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(spec);
@@ -105,6 +111,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       options: describeMountFlags(trust, writable),
       mountId: targetMountId,
       cacheBytes: spec.cacheBytes,
+      metricsListen: spec.metricsListen,
+      logFormat: spec.logFormat,
       layers: ready.layers.map((layer, index) => ({
         digest: spec.layers[index].kind === "registry"
           ? (spec.layers[index] as { digest: string }).digest

@@ -19,7 +19,8 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
-import { startServerMetricsFromEnv } from "../metrics/server_metrics.ts";
+import { startServerMetrics } from "../metrics/server_metrics.ts";
+import { setLogFormat } from "../log.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import {
   checkServable,
@@ -94,6 +95,8 @@ export async function runMountServer(): Promise<number> {
     throw error;
   }
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
+  // The mount's own format, also when `reattach` (run with any format) starts this server.
+  if (spec.logFormat) setLogFormat(spec.logFormat);
   redirectConsoleToFile(logPath(spec.id));
   console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
 
@@ -277,7 +280,7 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
-  startServerMetricsFromEnv(
+  startServerMetrics(
     spec,
     () =>
       sources.map((s, i) => ({

@@ -232,6 +232,8 @@ export async function reattach(
       credentials: planned.find((p) => p.credentials)?.credentials,
       reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
       awaitSource: planned.some((p) => !p.verified),
+      metricsListen: state?.metricsListen,
+      logFormat: state?.logFormat,
     };
     try {
       const ready = await startServer(spec, false);

@@ -35,6 +35,9 @@ export async function reattachFuseMount(state: MountState): Promise<ReattachOutc
     backend: "fuse",
     reattach: record.spec.layers.map((_, index) => ({ index, backendId: FUSE_TAKEOVER_ID })),
     awaitSource: undefined,
+    // States written before these fields existed: what the first server was given.
+    metricsListen: state.metricsListen ?? record.spec.metricsListen,
+    logFormat: state.logFormat ?? record.spec.logFormat,
   };
   try {
     const ready = await startServer(spec, false);

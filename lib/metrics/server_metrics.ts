@@ -1,10 +1,12 @@
 /**
  * `mount --metrics-listen ADDR`: the mount server itself answers scrapes for its mount while it
- * runs. The address reaches the detached server in EROFS_OCI_METRICS_LISTEN (as the disk cache
- * settings do); a server that cannot bind it warns in its log and keeps serving the mount.
+ * runs. The address travels in the MountSpec and is recorded in the mount's state, so a server
+ * started by `reattach` (or `reattach --watch`) listens at the same address again; a server
+ * that cannot bind it warns in its log and keeps serving the mount.
  */
 import type { LayerStats } from "./layer_stats.ts";
 import type { MountSpec } from "../state/runtime.ts";
+import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
@@ -13,16 +15,18 @@ import { renderPrometheus } from "./prometheus.ts";
 import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";
 import { UsageError } from "../errors.ts";
 
-export const METRICS_LISTEN_ENV = "EROFS_OCI_METRICS_LISTEN";
-
-export function startServerMetricsFromEnv(spec: MountSpec, layers: () => LayerStats[]): void {
-  const listen = Deno.env.get(METRICS_LISTEN_ENV);
+export function startServerMetrics(
+  spec: MountSpec,
+  layers: () => (LayerStats & { tracePrefetch?: PrefetchProgress })[],
+): void {
+  const listen = spec.metricsListen;
   if (!listen) return;
   try {
     const addr = parseListenAddress(listen);
     if (addr.transport === "unix") removeStaleSocket(addr.path);
-    const endpoint = serveMetrics(addr, () =>
-      Promise.resolve(renderPrometheus([{
+    const endpoint = serveMetrics(addr, () => {
+      const stats = layers();
+      return Promise.resolve(renderPrometheus([{
         target: spec.target,
         image: spec.image,
         manifestDigest: spec.manifestDigest,
@@ -30,8 +34,11 @@ export function startServerMetricsFromEnv(spec: MountSpec, layers: () => LayerSt
         devices: [],
         serverPid: Deno.pid,
         state: "serving",
-        layers: listedLayers(layers()),
-      }])));
+        layers: listedLayers(stats).map((layer, i) =>
+          stats[i].tracePrefetch ? { ...layer, tracePrefetch: stats[i].tracePrefetch } : layer
+        ),
+      }]));
+    });
     console.log(`metrics at ${endpoint.address}/metrics`);
     if (addr.transport === "unix") {
       globalThis.addEventListener("unload", () => removeStaleSocket(addr.path));

@@ -112,6 +112,10 @@ export interface MountSpec {
    * Readers keep waiting in the kernel meanwhile.
    */
   awaitSource?: boolean;
+  /** `mount --metrics-listen` (unix:PATH or tcp:HOST:PORT): the server answers scrapes there. */
+  metricsListen?: string;
+  /** `--log-format json` of the mount: every line of the server log is one JSON object. */
+  logFormat?: "json";
 }
 
 /** What `list` and `umount` read back. */
@@ -147,6 +151,9 @@ export interface MountState {
   cacheBytes?: number;
   /** Set by `reattach`: when a new server took over the devices. */
   reattachedAt?: string;
+  /** What a server started by `reattach` is started with again (see MountSpec). */
+  metricsListen?: string;
+  logFormat?: "json";
 }
 
 export function mountDir(id: string): string {
