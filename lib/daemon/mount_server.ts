@@ -9,7 +9,7 @@ import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
-import { PRESTART_FUSE_READER_ENV } from "./server_process.ts";
+import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
 import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { openTarIndexSource, type TarIndexedSource } from "../mount/tar_index_source.ts";
@@ -89,7 +89,7 @@ export async function runMountServer(): Promise<number> {
   if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
   let spec: MountSpec;
   try {
-    spec = JSON.parse(await readAllStdin()) as MountSpec;
+    spec = takeHandedSettings(JSON.parse(await readAllStdin()) as HandedSpec);
   } catch (error) {
     discardSpareFuseReaders();
     throw error;

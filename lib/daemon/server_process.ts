@@ -29,6 +29,31 @@ const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
     .filter(([name]) => Deno.env.get(name) === undefined),
 );
 
+/**
+ * What the server reads on stdin: the spec, and this program's settings (EROFS_OCI_*) as they
+ * are when the spec is sent — the server was spawned before resolution, which sets some of
+ * them (the trace prefetch file), so its inherited environment may be older.
+ */
+export type HandedSpec = MountSpec & { serverEnv?: Record<string, string> };
+
+function ourSettings(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(Deno.env.toObject()).filter(([name]) => name.startsWith("EROFS_OCI_")),
+  );
+}
+
+/** Makes this process's EROFS_OCI_* settings those handed over with the spec. */
+export function takeHandedSettings(handed: HandedSpec): MountSpec {
+  const { serverEnv, ...spec } = handed;
+  if (serverEnv) {
+    for (const name of Object.keys(Deno.env.toObject())) {
+      if (name.startsWith("EROFS_OCI_") && !(name in serverEnv)) Deno.env.delete(name);
+    }
+    for (const [name, value] of Object.entries(serverEnv)) Deno.env.set(name, value);
+  }
+  return spec;
+}
+
 /** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
 export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
 
@@ -96,7 +121,8 @@ async function handOver(
   foreground: boolean,
 ): Promise<ReadyServer> {
   const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify(spec)));
+  const handed: HandedSpec = { ...spec, serverEnv: ourSettings() };
+  await writer.write(new TextEncoder().encode(JSON.stringify(handed)));
   await writer.close();
 
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
