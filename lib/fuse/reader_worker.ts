@@ -79,8 +79,11 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
   const IN_HEADER = 40, OUT_HEADER = 16, OP_READ = 15;
   /** fcntl.h: OFD lock command and lock types. */
   const F_OFD_SETLK = 37, F_RDLCK = 0, F_UNLCK = 2;
-  /** Served reads are reported after this many, or as soon as no request waits. */
-  const SERVED_BATCH = 64;
+  /**
+   * Served reads are reported after this many or this many bytes (readahead follows them), or
+   * once no request came for FLUSH_IDLE_MS: a message per READ cost as much CPU as the READ.
+   */
+  const SERVED_BATCH = 64, SERVED_BATCH_BYTES = 1 << 20, FLUSH_IDLE_MS = 5;
   const buffer = new Uint8Array(arg.bufferBytes);
   const view = new DataView(buffer.buffer);
   const pollfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
@@ -99,10 +102,12 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
   const flock = new Uint8Array(32);
   const flockView = new DataView(flock.buffer);
   let served: number[] = [];
+  let servedBytes = 0;
   const flush = () => {
     if (served.length === 0) return;
     post({ served });
     served = [];
+    servedBytes = 0;
   };
   const lock = (type: number, first: number, count: number): boolean => {
     flockView.setInt16(0, type, true);
@@ -154,15 +159,16 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
     // the request is answered as far as anyone can use it.
     while (libc.write(arg.fd, reply, BigInt(OUT_HEADER + length)) < 0 && errno() === EINTR);
     served.push(offset, length);
-    if (served.length >= 2 * SERVED_BATCH) flush();
+    servedBytes += length;
+    if (served.length >= 2 * SERVED_BATCH || servedBytes >= SERVED_BATCH_BYTES) flush();
     return true;
   };
 
   post({ started: libc.gettid() });
   for (;;) {
     pollView.setInt16(6, 0, true);
-    // Nothing waiting: report the served reads before sleeping.
-    let ready = libc.poll(pollfd, 1n, served.length ? 0 : arg.pollMs);
+    // Quiet for a moment: report the served reads before sleeping.
+    let ready = libc.poll(pollfd, 1n, served.length ? FLUSH_IDLE_MS : arg.pollMs);
     if (ready === 0 && served.length) {
       flush();
       ready = libc.poll(pollfd, 1n, arg.pollMs);
