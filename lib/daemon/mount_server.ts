@@ -166,6 +166,10 @@ export async function runMountServer(): Promise<number> {
       const cached = tarIndex
         ? raw as TarIndexedSource
         : new CachedSource(raw, { cacheBytes: cachePerLayer });
+      // Where the trace prefetch reads, readahead would only fetch past the traced ranges.
+      if (cached instanceof CachedSource) {
+        cached.skipReadaheadWhere((offset, length) => traceHooks.prefetched(index, offset, length));
+      }
       // Metadata reads are served from pinned pages; the prefetch reads around the cache.
       const served = new PrefetchedSource(cached);
       sources.push(served);

@@ -99,6 +99,8 @@ export class CachedSource implements Source {
   readonly #closing = new AbortController();
   #cachedBytes = 0;
 
+  #readaheadCovered?: (offset: number, length: number) => boolean;
+
   /** Sequential streams being followed, most recently used last (a file start is one). */
   readonly #streams: Stream[] = [newStream(0, 0)];
 
@@ -151,6 +153,16 @@ export class CachedSource implements Source {
     this.#reservedBytes = Math.max(0, bytes);
     this.#maxReadaheadChunks = this.#readaheadChunksFor(this.chunkBudgetBytes);
     this.#evictDownTo(this.chunkBudgetBytes);
+  }
+
+  /**
+   * Reads for which `covered` says true start no readahead: bytes another reader fetches ahead
+   * already (a trace prefetch: its own reads and the application's reads of traced ranges).
+   * Readahead there would only fetch past the traced ranges, bytes the trace says nobody reads.
+   */
+  skipReadaheadWhere(covered: (offset: number, length: number) => boolean): void {
+    this.#readaheadCovered = covered;
+    this.#passthrough?.skipReadaheadWhere(covered);
   }
 
   /** A quarter of the room, so a window never evicts the one before it unread. */
@@ -286,7 +298,8 @@ export class CachedSource implements Source {
     this.#stats.bytesRequested += length;
     const followed = this.#stream(offset, length, last);
     const stream = followed.stream;
-    const sequential = followed.sequential && this.#configuredReadaheadBytes > 0;
+    const sequential = followed.sequential && this.#configuredReadaheadBytes > 0 &&
+      !this.#readaheadCovered?.(offset, length);
 
     const pieces: Piece[] = new Array(last - first + 1);
     for (let i = first; i <= last;) {

@@ -250,3 +250,23 @@ Deno.test("CachedSource: bad options are refused", () => {
   }
   assertEquals(threw, 2);
 });
+
+Deno.test("CachedSource: reads skipReadaheadWhere covers start no readahead; others still do", async () => {
+  const inner = new GeneratedSource(32 * MiB);
+  const cache = new CachedSource(inner, { chunkBytes: MiB, cacheBytes: 32 * MiB });
+  // As a trace prefetch would say: the first 4 MiB are fetched by someone else.
+  cache.skipReadaheadWhere((offset, length) => offset + length <= 4 * MiB);
+  for (let offset = 0; offset < 4 * MiB; offset += 128 * KiB) {
+    expectGenerated(await cache.read(offset, 128 * KiB), offset);
+  }
+  deepStrictEqual(inner.reads.map((r) => [r.offset / MiB, r.length / MiB]), [[0, 1], [1, 1], [
+    2,
+    1,
+  ], [3, 1]]);
+  assertEquals(cache.stats().readaheadFetches, 0);
+  // Past the covered bytes, a sequential reader gets its windows again.
+  for (let offset = 4 * MiB; offset < 8 * MiB; offset += 128 * KiB) {
+    expectGenerated(await cache.read(offset, 128 * KiB), offset);
+  }
+  ok(cache.stats().readaheadFetches > 0, JSON.stringify(inner.reads));
+});

@@ -34,6 +34,7 @@ export class DiskPassthrough {
   readonly #chunkBytes: number;
   readonly #maxWindowBytes: number;
   readonly #streams: Stream[] = [];
+  #covered?: (offset: number, length: number) => boolean;
 
   /** `maxWindowBytes` 0: no readahead, reads only. */
   constructor(inner: DiskBackedSource, chunkBytes: number, maxWindowBytes: number) {
@@ -42,14 +43,19 @@ export class DiskPassthrough {
     this.#maxWindowBytes = maxWindowBytes > 0 ? Math.max(chunkBytes, maxWindowBytes) : 0;
   }
 
+  /** Reads `covered` says true of are not followed (see CachedSource.skipReadaheadWhere). */
+  skipReadaheadWhere(covered: (offset: number, length: number) => boolean): void {
+    this.#covered = covered;
+  }
+
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
-    if (this.#maxWindowBytes > 0) this.#follow(offset, dest.length);
+    this.note(offset, dest.length);
     await this.#inner.readInto(offset, dest, signal);
   }
 
   /** A read served elsewhere (direct reads): followed for readahead like one through here. */
   note(offset: number, length: number): void {
-    if (this.#maxWindowBytes > 0) this.#follow(offset, length);
+    if (this.#maxWindowBytes > 0 && !this.#covered?.(offset, length)) this.#follow(offset, length);
   }
 
   /** Continues the stream this read belongs to and fetches its next window when due. */

@@ -149,6 +149,35 @@ export class TracePrefetcher {
     }
   }
 
+  /**
+   * Whether [offset, offset + length) of the layer lies in pieces the prefetch has read or is
+   * reading (not in pieces still queued, nor after it stopped or failed): there the prefetch
+   * is the readahead. Overlapping pieces are looked for among the COALESCE_LOOKBACK before.
+   */
+  covers(layerIndex: number, offset: number, length: number): boolean {
+    const list = this.#byOffset[layerIndex];
+    const state = this.#progress[layerIndex]?.state;
+    if (!list?.length || state === "failed" || state === "stopped") return false;
+    const end = offset + length;
+    // First piece starting after `offset`.
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid].offset <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    let reached = offset;
+    for (let i = Math.max(0, lo - COALESCE_LOOKBACK); i < list.length; i++) {
+      const piece = list[i];
+      if (piece.offset > reached) break;
+      if (piece.state === "done" || piece.state === "running") {
+        reached = Math.max(reached, piece.offset + piece.length);
+        if (reached >= end) return true;
+      }
+    }
+    return false;
+  }
+
   /** Reads every pending piece in trace order, PREFETCH_PARALLEL at a time. Never rejects. */
   async run(signal: AbortSignal, parallel = PREFETCH_PARALLEL): Promise<string> {
     for (const progress of this.#progress) if (progress.bytesTotal) progress.state = "running";

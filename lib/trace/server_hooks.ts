@@ -84,6 +84,11 @@ export class ServerTraceHooks {
     this.#prefetcher.run(signal).then((summary) => console.log(summary));
   }
 
+  /** The prefetch has read (or is reading) these bytes of layer `index`: see covers(). */
+  prefetched(index: number, offset: number, length: number): boolean {
+    return this.#prefetcher?.covers(index, offset, length) ?? false;
+  }
+
   progress(index: number): PrefetchProgress | undefined {
     return this.#prefetcher?.progress(index);
   }

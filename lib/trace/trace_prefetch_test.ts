@@ -103,3 +103,29 @@ Deno.test("trace: a layer the mount lacks is refused, or ignored when a subset i
     /the trace says 100/,
   );
 });
+
+Deno.test("prefetch: covers() only bytes of pieces read or being read, not queued ones", async () => {
+  const MiB = 1 << 20;
+  const gates: (() => void)[] = [];
+  const target = {
+    read: () => new Promise<void>((resolve) => gates.push(resolve)),
+  };
+  // Two pieces far apart (not coalesced), one read at a time.
+  const prefetcher = new TracePrefetcher([target], [
+    { layerIndex: 0, offset: 0, length: MiB },
+    { layerIndex: 0, offset: 8 * MiB, length: MiB },
+  ]);
+  assert.equal(prefetcher.covers(0, 4096, 4096), false, "nothing started yet");
+  const done = prefetcher.run(new AbortController().signal, 1);
+  assert.equal(prefetcher.covers(0, 4096, 4096), true, "the first piece is being read");
+  assert.equal(prefetcher.covers(0, MiB - 4096, 8192), false, "runs past the piece");
+  assert.equal(prefetcher.covers(0, 8 * MiB, 4096), false, "the second piece is still queued");
+  gates.shift()!();
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(prefetcher.covers(0, 8 * MiB + 4096, 4096), true);
+  gates.shift()!();
+  await done;
+  assert.equal(prefetcher.covers(0, 0, MiB), true);
+  assert.equal(prefetcher.covers(0, 2 * MiB, 4096), false, "between the pieces");
+  assert.equal(prefetcher.covers(1, 0, 4096), false, "no such layer");
+});
