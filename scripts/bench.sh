@@ -3,11 +3,12 @@
 # Builds the benchmark EROFS image on the host (cached in .cache/bench/), boots the kernel-test
 # VM once (scripts/vm/run.sh) and compares, in that VM: a local loop mount of the image (the
 # limit), erofs-oci over NBD with the registry on loopback, the same with 20 ms added round
-# trip (netem on lo), erofs-oci over FUSE, and erofs-utils 1.9.3 `mount.erofs -t erofs.nbd`.
+# trip (netem on lo), erofs-oci over FUSE, and erofs-utils 1.9.3 `mount.erofs -t erofs.nbd`;
+# trace-python-20ms: a cold python start after a cold NBD mount with a recorded trace, +20 ms.
 # Method and recorded figures: docs/benchmarks.md.
 # Env: BENCH_VARIANTS (subset, see scripts/bench/guest.sh), BENCH_SLOW_TAR_TIMEOUT_S (60: FUSE
 #      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
-#      BENCH_VM_TIMEOUT_S (1200).
+#      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
@@ -52,7 +53,8 @@ export BENCH_PEER_BIN=${EROFS_OCI_PEER_BIN:-$repo/../shared/peer/bin}
 # The guest covers /tmp and /run with tmpfs; run.sh binds these back when they live there.
 export VM_HOST_PATHS="$DENO_DIR"$'\n'"$BENCH_PEER_BIN"
 export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT BENCH_REPO BENCH_PEER_BIN ${VM_ENV:-}"
-for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S; do
+for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S \
+  BENCH_TRACE_RUNS; do
   [ -n "${!name:-}" ] && VM_ENV+=" $name"
 done
 
@@ -75,5 +77,12 @@ echo
 cat "$run/host.txt"
 cat "$run/meta.txt" 2>/dev/null || true
 echo
-"$deno" run -q --allow-read "$repo/scripts/bench/report.ts" "$run" | tee "$run/report.md"
+if [ -f "$run/trace-python.md" ]; then
+  cat "$run/trace-python.md"
+  echo
+fi
+# Only trace-python-20ms (BENCH_VARIANTS) leaves no results.tsv rows: nothing more to report.
+if [ -s "$run/results.tsv" ]; then
+  "$deno" run -q --allow-read "$repo/scripts/bench/report.ts" "$run" | tee "$run/report.md"
+fi
 exit "$rc"

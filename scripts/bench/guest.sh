@@ -6,7 +6,8 @@
 # goes to $BENCH_OUT/results.tsv; scripts/bench/report.ts turns it into the table.
 # Env (from the host): BENCH_IMAGE, BENCH_OUT (default /run/vm), BENCH_NETEM_KO (sch_netem.ko
 # for the 20 ms variant; skipped when empty), BENCH_PEER_BIN, BENCH_SLOW_TAR_TIMEOUT_S,
-# BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below).
+# BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below),
+# BENCH_TRACE_RUNS (rounds of trace-python-20ms, default 3).
 set -uo pipefail
 repo=${BENCH_REPO:?BENCH_REPO: the checkout (set by scripts/bench.sh)}
 out=${BENCH_OUT:-/run/vm}
@@ -15,7 +16,7 @@ step_timeout_s=${BENCH_STEP_TIMEOUT_S:-300}
 # The FUSE and peer full reads run at well under 1 MB/s in TCG: bound them and report the rate.
 slow_tar_timeout_s=${BENCH_SLOW_TAR_TIMEOUT_S:-60}
 peer_find_timeout_s=${BENCH_PEER_FIND_TIMEOUT_S:-120}
-variants=${BENCH_VARIANTS:-"local-loop erofs-oci-nbd erofs-oci-nbd-20ms erofs-oci-fuse peer-mount.erofs"}
+variants=${BENCH_VARIANTS:-"local-loop erofs-oci-nbd erofs-oci-nbd-20ms trace-python-20ms erofs-oci-fuse peer-mount.erofs"}
 work=/tmp/bench
 registry_host=127.0.0.1:5000
 repository=bench
@@ -312,6 +313,81 @@ peer_pid() {
   awk '/^Tgid/ { print $2 }' "/proc/$tid/status" 2>/dev/null
 }
 
+# Recorded prefetch at +20 ms RTT (issue 13's VM target: a cold python start right after a
+# cold NBD mount with a trace within 1.5x of the local loop mount). The trace is recorded once
+# over NBD (`erofs-oci trace --push`, itself at +20 ms); then local, untraced (--no-prefetch)
+# and traced runs interleave, each on a memory-only cache with the page cache dropped before
+# the mount. One line per run in trace-python.tsv (kind, run, mount s, python s); the summary
+# (medians, median of per-run ratios to the local run of the same round) in trace-python.md.
+trace_python_runs=${BENCH_TRACE_RUNS:-3}
+python_imports="import json, email, http.client"
+python_code() {
+  local lib=$1/usr/lib/python3.11
+  printf 'import sys; sys.path.insert(0, "%s"); %s; assert json.__file__.startswith("%s"), json.__file__' \
+    "$lib" "$python_imports" "$lib"
+}
+timed_python() {
+  local t0
+  t0=$(now)
+  timeout -k 10 "$step_timeout_s" python3.11 -B -c "$(python_code "$1")" >/dev/null || return 1
+  seconds_since "$t0"
+}
+trace_python_20ms() {
+  local dir=/mnt/bench-tp tsv=$out/trace-python.tsv i t0 mount_s python_s kind
+  command -v python3.11 >/dev/null || { log "[trace-python-20ms] no python3.11"; return 1; }
+  mkdir -p "$dir"
+  mounted+=("$dir")
+  : >"$tsv"
+  netem_on || return 1
+  log "[trace-python-20ms] recording the trace (NBD, +20 ms)"
+  t0=$(now)
+  if ! cli trace "$ref" --backend nbd --push -- python3.11 -B -c "$(python_code "{}")" \
+    >"$work/trace-record.log" 2>&1; then
+    log "[trace-python-20ms] trace FAILED: $(tail -3 "$work/trace-record.log")"
+    netem_off
+    return 1
+  fi
+  log "[trace-python-20ms] trace recorded in $(seconds_since "$t0") s: $(tail -1 "$work/trace-record.log")"
+  for i in $(seq "$trace_python_runs"); do
+    for kind in local untraced traced; do
+      drop_caches
+      t0=$(now)
+      case $kind in
+      local) mount -t erofs -o ro,loop "$work/image.erofs" "$dir" ;;
+      untraced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache --no-prefetch >/dev/null ;;
+      traced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache >/dev/null ;;
+      esac || { log "[trace-python-20ms] $kind mount FAILED"; netem_off; return 1; }
+      mount_s=$(seconds_since "$t0")
+      python_s=$(timed_python "$dir") || python_s=FAILED
+      printf '%s\t%s\t%s\t%s\n' "$kind" "$i" "$mount_s" "$python_s" >>"$tsv"
+      log "[trace-python-20ms] $kind run $i: mount ${mount_s}s, cold python ${python_s}s"
+      if [ "$kind" = local ]; then umount "$dir"; else oci_umount "$dir" >/dev/null; fi ||
+        { log "[trace-python-20ms] umount FAILED"; netem_off; return 1; }
+    done
+  done
+  netem_off
+  python3 - "$tsv" "$trace_python_runs" "$python_imports" >"$out/trace-python.md" <<'PY'
+import statistics, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
+runs = {}
+for kind, i, mount_s, python_s in rows:
+    runs.setdefault(kind, {})[i] = (float(mount_s), float(python_s))
+local = runs["local"]
+print(f"Kernel NBD in the VM, +20 ms RTT (netem on lo), python3.11 -B -c '{sys.argv[3]}', "
+      f"median of {sys.argv[2]} interleaved rounds, memory-only cache\n")
+print("| run | mount | cold python right after | vs local (median of per-round ratios) |")
+print("|---|---|---|---|")
+for kind, name in (("local", "local loop mount"), ("untraced", "erofs-oci NBD, no trace"),
+                   ("traced", "erofs-oci NBD, trace prefetch")):
+    r = runs[kind]
+    mount = statistics.median(m for m, _ in r.values())
+    python = statistics.median(p for _, p in r.values())
+    ratio = statistics.median(p / local[i][1] for i, (_, p) in r.items())
+    print(f"| {name} | {mount:.2f} s | {python:.2f} s | {ratio:.2f}× |")
+PY
+  cat "$out/trace-python.md" >&2
+}
+
 for variant in $variants; do
   case $variant in
   local-loop)
@@ -330,6 +406,7 @@ for variant in $variants; do
     measure "$variant" /mnt/bench-fuse oci_fuse_mount oci_umount oci_pid "$step_timeout_s" \
       "$slow_tar_timeout_s"
     ;;
+  trace-python-20ms) trace_python_20ms || netem_off ;;
   peer-mount.erofs)
     measure "$variant" /mnt/bench-peer peer_mount peer_umount peer_pid "$peer_find_timeout_s" \
       "$slow_tar_timeout_s"
