@@ -168,6 +168,8 @@ Deno.test("disk cache: stays under its bound, evicting old blobs then old chunks
     const source = cache.wrap(inner, { digest: "sha256:" + "9".repeat(64), origin: "test" });
     for (let offset = 0; offset < big.length; offset += 2 * MiB) {
       assert.deepEqual(await source.read(offset, 2 * MiB), big.subarray(offset, offset + 2 * MiB));
+      // Reads do not wait for their fill's sync; the bound is kept once the fill is durable.
+      await (source as DiskCachedSource).whenDurable();
       assert(allocatedBytes(dir) <= bound, `at ${offset}: ${allocatedBytes(dir)}`);
     }
     assert((source as DiskCachedSource).diskStats().evictedChunks > 0);
@@ -226,6 +228,7 @@ Deno.test("disk cache: a chunk that fails verify is never stored and the read fa
     assert.deepEqual(await source.read(0, 1000), bytes.subarray(0, 1000));
     await assert.rejects(() => source.read(MiB + 5, 10), /failed verification/);
     assert.deepEqual(await source.read(2 * MiB, 10), bytes.subarray(2 * MiB, 2 * MiB + 10));
+    await (source as DiskCachedSource).whenDurable();
     assert.deepEqual([...Deno.readFileSync(`${blobBase(dir, TEST_DIGEST, "verified", MiB)}.map`)], [
       1,
       0,
@@ -273,6 +276,7 @@ Deno.test("disk cache: readIfPresent finds an origin's own and table-checked fil
       origin: "http://r#t-0123456789abcdef",
     });
     await tabled.read(0, 10);
+    await (tabled as DiskCachedSource).whenDurable();
     assert.deepEqual(probe("http://r"), bytes.subarray(100, 1100));
     assert.equal(probe("http://other"), undefined, "another origin's bytes are not used");
     assert.equal(
@@ -281,6 +285,41 @@ Deno.test("disk cache: readIfPresent finds an origin's own and table-checked fil
       "a chunk not present",
     );
     await tabled.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: reads do not wait for fdatasync; chunks are marked present only once durable", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
+  try {
+    const bytes = patternBytes(8 * MiB, 7);
+    const cache = DiskCache.open({ dir, chunkBytes: MiB })!;
+    const inner = new MemorySource(bytes);
+    const source = cache.wrap(inner, {
+      digest: TEST_DIGEST,
+      origin: "test",
+      verify: (chunk, got) => got[0] === bytes[chunk * MiB],
+    }) as DiskCachedSource;
+    const mapPath = `${blobBase(dir, TEST_DIGEST, "verified", MiB)}.map`;
+    // Eight parallel cold reads of different chunks, as the metadata prefetch makes them.
+    const reads = [0, 1, 2, 3, 4, 5, 6, 7].map((c) => source.read(c * MiB + 100, 4096));
+    const got = await Promise.all(reads);
+    got.forEach((g, c) => assert.deepEqual(g, bytes.subarray(c * MiB + 100, c * MiB + 4196)));
+    // The reads returned before their chunks were durable: nothing is marked yet.
+    assert.deepEqual([...Deno.readFileSync(mapPath)], [0, 0, 0, 0, 0, 0, 0, 0]);
+    const early = source.diskStats();
+    assert.equal(early.readsWaitedForSync, 0);
+    assert.equal(early.readsBeforeDurable, 8);
+    await source.whenDurable();
+    assert.deepEqual([...Deno.readFileSync(mapPath)], [1, 1, 1, 1, 1, 1, 1, 1]);
+    const stats = source.diskStats();
+    assert(stats.syncs >= 1 && stats.syncs <= 8, `group-committed syncs: ${stats.syncs}`);
+    // Now plain disk hits, still no second fetch.
+    assert.deepEqual(await source.read(3 * MiB, 10), bytes.subarray(3 * MiB, 3 * MiB + 10));
+    assert.equal(inner.reads.length, 8);
+    assert.equal(source.diskStats().readsWaitedForSync, 0);
+    await source.close!();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -2,7 +2,10 @@
  * One blob behind the disk cache (see disk_cache.ts for the layout and the locking rules):
  * reads are pread from the data file once their chunks are marked present; missing chunks are
  * fetched as runs (one underlying read per run, written where they belong, no per-chunk
- * copies), verified, written, synced and only then marked. A fill another process holds is
+ * copies), verified, written, synced and only then marked. Readers in this process do not
+ * wait for the sync: a chunk verified and written (in the page cache) is read from the file at
+ * once, while its fill still holds the map's write lock, so no other process fills or evicts it
+ * and a crash before the sync leaves it absent. A fill another process holds is
  * waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
  * and serves what is missing from the inner source directly from then on.
  */
@@ -45,6 +48,15 @@ export interface DiskCacheStats {
   degraded: boolean;
   /** The whole blob was fetched and did not hash to its digest: every read fails. */
   digestMismatch: boolean;
+  /** fdatasync calls of the data file (group commits). */
+  syncs: number;
+  /**
+   * Reads answered from chunks verified and written but not yet durable (their fill's sync
+   * still running): what a reader would otherwise have waited for.
+   */
+  readsBeforeDurable: number;
+  /** Reads that waited for a sync of the data file (0: no fdatasync on a reader's path). */
+  readsWaitedForSync: number;
 }
 
 /** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
@@ -60,6 +72,47 @@ const MAX_ATTEMPTS = 5;
 /** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
 const TOUCH_EVERY_MS = 60_000;
 
+/** How a reader's wait for a chunk ended: before its sync, after one, or with no sync of ours. */
+type ReadableEnd = "written" | "synced" | "done";
+
+interface Readable {
+  promise: Promise<ReadableEnd>;
+  /** First call wins; a boolean is the run's end (true: it synced). */
+  settle(end: ReadableEnd | boolean): void;
+  fail(error: unknown): void;
+}
+
+function newReadable(): Readable {
+  let resolve!: (end: ReadableEnd) => void, reject!: (error: unknown) => void;
+  const promise = new Promise<ReadableEnd>((yes, no) => {
+    resolve = yes;
+    reject = no;
+  });
+  // Nobody may be waiting (a fill ahead): a failure must not surface as unhandled.
+  promise.catch(() => {});
+  return {
+    promise,
+    settle: (end) => resolve(end === true ? "synced" : end === false ? "done" : end),
+    fail: reject,
+  };
+}
+
+/** [chunk, count] runs of PRESENT bytes in `map` (which starts at chunk `first`). */
+function presentRuns(map: Uint8Array, first: number): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let i = 0; i < map.length;) {
+    if (map[i] !== PRESENT) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < map.length && map[j] === PRESENT) j++;
+    runs.push([first + i, j - i]);
+    i = j;
+  }
+  return runs;
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class DiskCachedSource implements Source {
@@ -73,6 +126,13 @@ export class DiskCachedSource implements Source {
   readonly #mapFd: number;
   readonly #dataFd: number;
   readonly #filling = new Map<number, Promise<void>>();
+  /** Per chunk being filled here: settles once its bytes are verified and in the file. */
+  readonly #readable = new Map<number, Readable>();
+  /**
+   * Chunks verified and written by a fill of this process that still holds their write lock,
+   * waiting for the sync before it marks them: readable here, absent for everyone else.
+   */
+  readonly #written = new Set<number>();
   /** Chunks per unit the inner source reads whole (1: any range). */
   readonly #innerUnitChunks: number;
   /** Chunks known present, least recently read first (chunk eviction order). */
@@ -87,7 +147,15 @@ export class DiskCachedSource implements Source {
   #nextSync?: Promise<void>;
   #touchedMs = 0;
   lastUsedMs = Date.now();
-  readonly #stats = { diskHitBytes: 0, fetchedBytes: 0, fetches: 0, waitedForOthers: 0 };
+  readonly #stats = {
+    diskHitBytes: 0,
+    fetchedBytes: 0,
+    fetches: 0,
+    waitedForOthers: 0,
+    syncs: 0,
+    readsBeforeDurable: 0,
+    readsWaitedForSync: 0,
+  };
   #evictedChunks = 0;
 
   private constructor(
@@ -137,6 +205,14 @@ export class DiskCachedSource implements Source {
     };
   }
 
+  /**
+   * Resolves once the fills under way now have ended: their chunks durable and marked present
+   * (or failed). Reads do not wait for this; a remount, another process and the bound do.
+   */
+  async whenDurable(): Promise<void> {
+    await Promise.allSettled(new Set(this.#filling.values()));
+  }
+
   /** Chunks marked present in the file now (by any process). */
   presentChunks(): number {
     return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (byte === PRESENT ? 1 : 0), 0);
@@ -163,24 +239,36 @@ export class DiskCachedSource implements Source {
     for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
       const map = this.#readMap(first, end);
       const missing: number[] = [];
-      map.forEach((byte, i) => byte !== PRESENT && missing.push(first + i));
+      map.forEach((byte, i) =>
+        byte !== PRESENT && !this.#written.has(first + i) && missing.push(first + i)
+      );
       if (missing.length) {
         fetched = true;
         this.#lastForegroundMs = Date.now();
-        await abortable(this.#fill(missing), signal);
+        const ends = await abortable(this.#fillReadable(missing), signal);
+        if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
         continue;
       }
-      if (!tryLock(this.#mapFd, F_RDLCK, first, end - first)) {
+      // Chunks written by this process's fills are held by their write lock: a read lock
+      // here (same descriptor) would replace it, so only the marked runs are locked.
+      const locked = presentRuns(map, first);
+      const taken = locked.filter(([at, n]) => tryLock(this.#mapFd, F_RDLCK, at, n));
+      if (taken.length !== locked.length) {
+        for (const [at, n] of taken) unlock(this.#mapFd, at, n);
         await abortable(sleep(1), signal); // a filler or evictor holds some of these chunks
         continue;
       }
+      let early = false;
       try {
         // Re-read under the lock: an evictor may have dropped a chunk since.
-        if (this.#readMap(first, end).some((byte) => byte !== PRESENT)) continue;
+        const now = this.#readMap(first, end);
+        if (now.some((byte, i) => byte !== PRESENT && !this.#written.has(first + i))) continue;
+        early = now.some((byte) => byte !== PRESENT);
         preadExact(this.#dataFd, dest, offset);
       } finally {
-        unlock(this.#mapFd, first, end - first);
+        for (const [at, n] of locked) unlock(this.#mapFd, at, n);
       }
+      if (early) this.#stats.readsBeforeDurable++;
       if (!fetched) this.#stats.diskHitBytes += length;
       for (let i = first; i < end; i++) {
         this.#lru.delete(i);
@@ -322,14 +410,42 @@ export class DiskCachedSource implements Source {
         j < missing.length && missing[j] === missing[j - 1] + 1 && !this.#filling.has(missing[j])
       ) j++;
       const start = missing[i], stop = missing[j - 1] + 1;
-      const run = this.#fillRun(start, stop).finally(() => {
-        for (let c = start; c < stop; c++) this.#filling.delete(c);
+      for (let c = start; c < stop; c++) this.#readable.set(c, newReadable());
+      const run = this.#fillRun(start, stop).then(
+        (synced) => {
+          for (let c = start; c < stop; c++) this.#readable.get(c)?.settle(synced);
+        },
+        (error) => {
+          for (let c = start; c < stop; c++) this.#readable.get(c)?.fail(error);
+          throw error;
+        },
+      ).finally(() => {
+        for (let c = start; c < stop; c++) {
+          this.#filling.delete(c);
+          this.#readable.delete(c);
+        }
       });
       for (let c = start; c < stop; c++) this.#filling.set(c, run);
       waits.push(run);
       i = j;
     }
     return Promise.all(waits);
+  }
+
+  /**
+   * Fills the missing chunks like #fill, but resolves as soon as the wanted ones are verified
+   * and written (readable from the file), not when they are durable and marked: how each
+   * chunk's wait ended ("written" before its sync, "synced" after one, "done" without one).
+   */
+  #fillReadable(wanted: number[]): Promise<ReadableEnd[]> {
+    // The full fill's failure reaches the reader through the chunk's own promise below.
+    this.#fill(wanted).catch(() => {});
+    return Promise.all(
+      wanted.map((c) =>
+        this.#readable.get(c)?.promise ??
+          (this.#filling.get(c)?.then(() => "done" as const) ?? Promise.resolve("done" as const))
+      ),
+    );
   }
 
   /**
@@ -352,16 +468,20 @@ export class DiskCachedSource implements Source {
     return chunks;
   }
 
-  /** Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps. */
-  async #fillRun(start: number, stop: number): Promise<void> {
+  /**
+   * Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps.
+   * Resolves true when it synced data of its own (the last step before the map says present).
+   */
+  async #fillRun(start: number, stop: number): Promise<boolean> {
     let waited = false;
     while (!tryLock(this.#mapFd, F_WRLCK, start, stop - start)) {
       if (!waited) this.#stats.waitedForOthers++;
       waited = true;
       await sleep(POLL_MS);
       if (this.#closing.signal.aborted) throw new Error("disk cache closed");
-      if (this.#readMap(start, stop).every((byte) => byte === PRESENT)) return;
+      if (this.#readMap(start, stop).every((byte) => byte === PRESENT)) return false;
     }
+    let synced = false;
     try {
       const map = this.#readMap(start, stop);
       for (let i = 0; i < map.length;) {
@@ -371,15 +491,18 @@ export class DiskCachedSource implements Source {
         }
         let j = i + 1;
         while (j < map.length && map[j] !== PRESENT) j++;
-        await this.#fetchAndStore(start + i, start + j);
+        // Gaps (chunks another process filled meanwhile split the run) go one by one.
+        if (await this.#fetchAndStore(start + i, start + j)) synced = true;
         i = j;
       }
     } finally {
       unlock(this.#mapFd, start, stop - start);
     }
+    return synced;
   }
 
-  async #fetchAndStore(start: number, stop: number): Promise<void> {
+  /** Resolves true when the chunks were synced and marked present. */
+  async #fetchAndStore(start: number, stop: number): Promise<boolean> {
     const offset = start * this.chunkBytes;
     const length = Math.min(this.size, stop * this.chunkBytes) - offset;
     this.#stats.fetches++;
@@ -395,9 +518,10 @@ export class DiskCachedSource implements Source {
           this.#closing.signal,
         );
       } else await this.#storeRun(offset, await this.#readRun(offset, length));
-      if (this.#degraded) return;
+      if (this.#degraded) return false;
       // The bytes must be on disk before the map says so: a crash between the two then
-      // leaves the chunk absent, never present with old or zero bytes.
+      // leaves the chunk absent, never present with old or zero bytes. Readers of this
+      // process read them meanwhile (#written), under this fill's write lock.
       await this.#durable().then(
         () => pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start),
       ).catch((cause) => {
@@ -410,10 +534,13 @@ export class DiskCachedSource implements Source {
         `disk cache ${this.#cache.dir}: ${(error.cause as Error).message}; ` +
           "continuing with the memory cache only",
       );
-      return;
+      return false;
+    } finally {
+      for (let c = start; c < stop; c++) this.#written.delete(c);
     }
     for (let c = start; c < stop; c++) this.#lru.set(c, true);
     this.#cache.noteWritten(length);
+    return true;
   }
 
   async #readRun(offset: number, length: number): Promise<Uint8Array> {
@@ -441,6 +568,13 @@ export class DiskCachedSource implements Source {
       pwriteAll(this.#dataFd, bytes, offset);
     } catch (error) {
       throw new DiskWriteError("disk write failed", { cause: error });
+    }
+    // Verified and in the page cache: readable here now, durable (and marked) later.
+    const first = offset / this.chunkBytes;
+    const stop = Math.min(this.chunkCount, Math.ceil((offset + bytes.length) / this.chunkBytes));
+    for (let c = first; c < stop; c++) {
+      this.#written.add(c);
+      this.#readable.get(c)?.settle("written");
     }
   }
 
@@ -492,6 +626,7 @@ export class DiskCachedSource implements Source {
    */
   #durable(): Promise<void> {
     if (!this.#syncing) {
+      this.#stats.syncs++;
       this.#syncing = dataSync(this.#dataFd).finally(() => this.#syncing = undefined);
       return this.#syncing;
     }
