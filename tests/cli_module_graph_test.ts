@@ -70,3 +70,16 @@ Deno.test("module graph: mount and its server load no other command, nor build o
     assert.deepEqual(unrelated, [], `${entry} loads ${unrelated.join(", ")}`);
   }
 });
+
+Deno.test("module graph: mount and its server load gzip, tar and the EROFS writer only for tar layers", async () => {
+  for (const entry of ["lib/cli/mount.ts", "lib/cli/mount_server.ts"]) {
+    const graph = await staticGraph(entry);
+    const tarOnly = [...graph].filter((path) =>
+      path.startsWith("lib/gzip/") || path.startsWith("lib/tar/") ||
+      path.startsWith("lib/erofs/writer/") || path === "lib/mount/tar_index_source.ts" ||
+      path === "lib/mount/layer_index_files.ts" || path === "lib/mount/tar_index_artifact.ts" ||
+      path === "lib/mount/tar_layout.ts"
+    );
+    assert.deepEqual(tarOnly, [], `${entry} loads ${tarOnly.join(", ")}`);
+  }
+});

@@ -12,7 +12,7 @@ import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
 import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
-import { openTarIndexSource, type TarIndexedSource } from "../mount/tar_index_source.ts";
+import type { TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -147,11 +147,17 @@ export async function runMountServer(): Promise<number> {
       const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
       // An ordinary tar layer is served as [meta][tar]: its metadata is all in the meta
       // image, held in memory, so there is nothing to prefetch.
+      // Imported only for a tar layer: gzip, tar and the EROFS writer are ~40 modules.
       const raw = tarIndex
-        ? await openTarIndexSource(opened, tarIndex, {
-          digest: (layer as { digest: string }).digest,
-          size: layer.sizeBytes,
-        }, cachePerLayer).catch(async (error) => {
+        ? await (await import("../mount/tar_index_source.ts")).openTarIndexSource(
+          opened,
+          tarIndex,
+          {
+            digest: (layer as { digest: string }).digest,
+            size: layer.sizeBytes,
+          },
+          cachePerLayer,
+        ).catch(async (error) => {
           await opened.close?.();
           throw error;
         })

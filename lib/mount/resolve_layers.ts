@@ -10,13 +10,8 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/runtime.ts";
-import { fetchTarIndexes } from "./tar_index_artifact.ts";
-import {
-  checkTarIndexFiles,
-  findLocalLayerIndex,
-  layerFileStem,
-  type TarIndexFiles,
-} from "./layer_index_files.ts";
+// The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
+import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
@@ -218,6 +213,8 @@ async function findTarIndexes(
   }
   const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
   const { ref, client } = opened;
+  const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
+  const { findLocalLayerIndex } = await import("./layer_index_files.ts");
   const fetched = await fetchTarIndexes(
     client,
     ref.repository,
@@ -249,6 +246,7 @@ async function keepIndexFiles(
   cacheDir: string,
   layerDigest: string,
 ): Promise<TarIndexFiles> {
+  const { checkTarIndexFiles, layerFileStem } = await import("./layer_index_files.ts");
   const dir = `${cacheDir}/${layerFileStem(layerDigest)}`;
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   const keep = async (path: string | undefined, digest: string | undefined) => {

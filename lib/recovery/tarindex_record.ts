@@ -7,16 +7,13 @@
  * the companion file.
  */
 import { FormatError, OciError } from "../errors.ts";
-import { parseIndexRecord } from "../gzip/index_record.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
-import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
 import type { LayerSpec, TarIndexSpec } from "../state/runtime.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
-import { tarDeviceBytes } from "../mount/tar_layout.ts";
 
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
 type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
@@ -72,6 +69,12 @@ export async function tarIndexLayerForRecord(
   sizeFits: (sizeBytes: number) => boolean,
   deadlineMs: number,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
+  // Loaded here, not at start-up: only tar layers need gzip, tar and the EROFS writer.
+  const [{ parseIndexRecord }, { tarIndexLayout }, { tarDeviceBytes }] = await Promise.all([
+    import("../gzip/index_record.ts"),
+    import("../gzip/hybrid_tar.ts"),
+    import("../mount/tar_layout.ts"),
+  ]);
   let meta: Uint8Array;
   try {
     meta = await Deno.readFile(record.tarIndexPath);
