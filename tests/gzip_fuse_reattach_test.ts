@@ -83,7 +83,9 @@ Deno.test({
           assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
           assert.match(reattached.stdout, /reattached/);
         },
-        { readerWaitsIn: "request_wait_answer" },
+        // Tar layers' FUSE file is read through the page cache (lib/fuse/blob.ts, pageCache):
+        // the reader waits for a page that a readahead READ in the dead server's hands fills.
+        { readerWaitsIn: "folio_wait_bit_common" },
       );
 
       assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));

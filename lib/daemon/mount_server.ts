@@ -203,6 +203,9 @@ export async function runMountServer(): Promise<number> {
             layerIndex: index,
             reattach: spec.reattach?.[index],
             fuseTakeover: fuseTakeover?.[index],
+            // Each READ of a tar layer is a main-thread round trip (no direct reads): let the
+            // kernel's readahead make them few and large (issue 11's full read).
+            fusePageCache: Boolean(tarIndex),
             writeRecovery: () => {
               // The layout the source chose goes with it: reattach must serve the same one.
               const recorded = tarIndex && layer.kind === "registry"

@@ -57,6 +57,12 @@ export interface FuseBlobOptions {
    * descriptor (from the keeper); requests the dead server left unanswered are resent.
    */
   takeover?: { fd: number; mtimeSec: number };
+  /**
+   * Let the kernel cache the file's pages and read ahead (see FuseServerLimits.pageCache):
+   * for sources whose every READ costs a main-thread round trip (tar layers), not for those
+   * the reader thread answers from a disk cache itself.
+   */
+  pageCache?: boolean;
 }
 
 /**
@@ -79,7 +85,9 @@ export async function startFuseBlob(
     throw new MountError(`bad FUSE file name "${name}"`);
   }
   const dir = absolute(mountDir);
-  if (opts.takeover) return await resumeFuseBlob(source, dir, name, opts.takeover);
+  if (opts.takeover) {
+    return await resumeFuseBlob(source, dir, name, opts.takeover, opts.pageCache);
+  }
   // mountinfo first: stat() of a mount point whose server is wedged would never return.
   if (findMount(dir)) throw new MountError(`${dir} is already a mount point`);
   let created = false;
@@ -122,7 +130,9 @@ export async function startFuseBlob(
       cause: error,
     });
   }
-  const connection = new FuseConnection(fd, dir, name, source, created);
+  const connection = new FuseConnection(fd, dir, name, source, created, {
+    pageCache: opts.pageCache,
+  });
   try {
     await connection.ready();
   } catch (error) {
@@ -150,13 +160,15 @@ async function resumeFuseBlob(
   dir: string,
   name: string,
   takeover: { fd: number; mtimeSec: number },
+  pageCache?: boolean,
 ): Promise<FuseBlob> {
   if (findMount(dir)?.fsType !== FUSE_FS_TYPE) {
     closeFd(takeover.fd);
     throw new MountError(`${dir} is no longer an erofs-oci FUSE mount: nothing to take over`);
   }
   const connection = new FuseConnection(takeover.fd, dir, name, source, true, {
-    mtimeSec: takeover.mtimeSec,
+    resume: { mtimeSec: takeover.mtimeSec },
+    pageCache,
   });
   await connection.ready();
   connection.requestResend();

@@ -81,7 +81,7 @@ export class FuseConnection {
     name: string,
     source: Source,
     removeDir: boolean,
-    resume?: { mtimeSec: number },
+    opts: { resume?: { mtimeSec: number }; pageCache?: boolean } = {},
   ) {
     this.#fd = fd;
     this.#dir = dir;
@@ -90,8 +90,8 @@ export class FuseConnection {
       source,
       name,
       (head, data) => this.#send(head, data),
-      { maxWriteBytes: MAX_WRITE_BYTES },
-      resume,
+      { maxWriteBytes: MAX_WRITE_BYTES, pageCache: opts.pageCache },
+      opts.resume,
     );
     this.#direct = isDirectReadable(source) ? source.openDirectReads() : undefined;
     const arg: FuseReaderArg = {

@@ -17,6 +17,7 @@ import {
   encodeOpen,
   encodeStatfs,
   FOPEN_DIRECT_IO,
+  FOPEN_KEEP_CACHE,
   FOPEN_NOFLUSH,
   FUSE_ASYNC_READ,
   FUSE_KERNEL_VERSION,
@@ -55,6 +56,16 @@ export type SendReply = (head: Uint8Array<ArrayBuffer>, data?: Uint8Array) => vo
 export interface FuseServerLimits {
   /** Largest WRITE payload we accept (the reader's buffer must hold it plus headers). */
   maxWriteBytes: number;
+  /**
+   * Let the kernel cache the file's pages and read ahead on it (OPEN without FOPEN_DIRECT_IO).
+   * EROFS reads a file-backed image with buffered reads, one per page when its blocks are not
+   * contiguous in the file's address space (a tar-index image's data sits on a mapped extra
+   * device: every page is a separate read); with direct I/O each became a synchronous FUSE
+   * READ of ≤ 4 KiB, one at a time. Through the page cache the kernel's readahead asks for
+   * large READs, several in flight. The price: the bytes are cached twice (EROFS's pages and
+   * the file's), both clean and reclaimable.
+   */
+  pageCache?: boolean;
 }
 
 export class SingleFileFuseServer {
@@ -167,9 +178,16 @@ export class SingleFileFuseServer {
       case Op.OPEN: {
         if (nodeId !== FILE_NODE_ID) return error(nodeId === ROOT_NODE_ID ? EISDIR : ENOENT);
         if ((view.getUint32(IN_HEADER_SIZE, true) & O_ACCMODE) !== 0) return error(EROFS);
-        // Direct I/O: EROFS caches what it reads in its own pages; caching the FUSE file's
-        // pages too would hold every byte twice.
-        return this.#send(encodeOpen(unique, 0n, FOPEN_DIRECT_IO | FOPEN_NOFLUSH));
+        // Direct I/O (default): EROFS caches what it reads in its own pages; caching the FUSE
+        // file's pages too would hold every byte twice. With `pageCache` the file's bytes never
+        // change, so its cache is kept across opens.
+        return this.#send(encodeOpen(
+          unique,
+          0n,
+          this.#limits.pageCache
+            ? FOPEN_KEEP_CACHE | FOPEN_NOFLUSH
+            : FOPEN_DIRECT_IO | FOPEN_NOFLUSH,
+        ));
       }
       case Op.OPENDIR:
         if (nodeId !== ROOT_NODE_ID) return error(ENOTDIR);

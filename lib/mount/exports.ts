@@ -60,6 +60,8 @@ export interface ExportContext {
   reattach?: { index: number; backendId: string };
   /** FUSE: serve the existing mount through this copy of its descriptor (server crashed). */
   fuseTakeover?: { fd: number; mtimeSec: number };
+  /** FUSE: let the kernel cache and read ahead on the file (tar layers; see lib/fuse/blob.ts). */
+  fusePageCache?: boolean;
 }
 
 /** Connections per NBD device: the kernel runs one queue per connection. */
@@ -86,6 +88,7 @@ export async function exportLayer(
     const blob = await startFuseBlob(source, dir, {
       name: "layer.erofs",
       takeover: context.fuseTakeover,
+      pageCache: context.fusePageCache,
     });
     return {
       blockPath: blob.filePath,
