@@ -4,7 +4,7 @@
  * metadata; a directory the layer's tar only implies must therefore carry what the layers below
  * have there, or a 0700 directory would turn 0755 (and its mtime change) once stacked.
  */
-import type { BuildNode } from "../erofs/writer/tree.ts";
+import { type BuildNode, newNode } from "../erofs/writer/tree.ts";
 import {
   copyAttributes,
   isOpaqueDir,
@@ -138,5 +138,9 @@ function skeletonOf(top: BuildNode): DirSkeleton {
 
 /** The metadata of a directory without its children (the layer's tree can then be freed). */
 function metaOf(dir: BuildNode): BuildNode {
-  return { ...dir, children: undefined, data: undefined };
+  // A copy field by field: a spread would copy none of a packed node's fields (accessors).
+  const meta = newNode(dir.kind, dir);
+  meta.xattrs = dir.xattrs;
+  meta.children = undefined;
+  return meta;
 }

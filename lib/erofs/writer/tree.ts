@@ -89,10 +89,11 @@ const MODE_SPAN = 0x10000;
 const GID_SPAN = 0x10000, PACKED_UID_LIMIT = 0x8000;
 
 /**
- * A `BuildNode` with its fields packed into 8 in-object slots (an object of 14 plain fields
- * took ~137 bytes per entry, the largest part of a big build's memory; this one ~88): kind and
+ * A `BuildNode` with its fields packed into 7 in-object slots (an object of 14 plain fields
+ * took ~137 bytes per entry, the largest part of a big build's memory; this one ~80): kind and
  * mode in one small integer, uid and gid in another, and one slot for what only one kind has
- * (a file's data, a symlink's target, a directory's children, a device's numbers). Accessors
+ * (a file's data, a symlink's target, a directory's children, a device's numbers), the
+ * layout slot in the xattrs' slot while there are none. Accessors
  * on the prototype keep the `BuildNode` interface, so producers and the layout are unchanged.
  */
 type NodeRef = FileData | Uint8Array | Map<string, BuildNode> | number | undefined;
@@ -102,11 +103,11 @@ class PackedNode implements BuildNode {
   #ids: number | { uid: number; gid: number };
   mtimeSec: number;
   mtimeNsec: number;
-  xattrs: ReadonlyMap<string, Uint8Array>;
   sizeBytes: number;
   /** data (file), target (symlink), children (dir), major * 2^32 + minor (device). */
   #ref: NodeRef;
-  layoutSlot: number;
+  /** The layout slot, with the xattrs when there are any (few nodes have them). */
+  #slot: number | { slot: number; xattrs: ReadonlyMap<string, Uint8Array> };
 
   constructor(kind: NodeKind, fields: NodeFields) {
     const code = KIND_CODE.get(kind);
@@ -115,10 +116,27 @@ class PackedNode implements BuildNode {
     this.#ids = packIds(fields.uid ?? 0, fields.gid ?? 0);
     this.mtimeSec = fields.mtimeSec ?? 0;
     this.mtimeNsec = fields.mtimeNsec ?? 0;
-    this.xattrs = NO_XATTRS;
     this.sizeBytes = 0;
     this.#ref = code === DIR ? new Map() : code === CHARDEV || code === BLOCKDEV ? 0 : undefined;
-    this.layoutSlot = -1;
+    this.#slot = -1;
+  }
+
+  get xattrs(): ReadonlyMap<string, Uint8Array> {
+    const slot = this.#slot;
+    return typeof slot === "number" ? NO_XATTRS : slot.xattrs;
+  }
+  set xattrs(xattrs: ReadonlyMap<string, Uint8Array>) {
+    const slot = this.layoutSlot;
+    this.#slot = xattrs === NO_XATTRS ? slot : { slot, xattrs };
+  }
+  get layoutSlot(): number {
+    const slot = this.#slot;
+    return typeof slot === "number" ? slot : slot.slot;
+  }
+  set layoutSlot(layoutSlot: number) {
+    const slot = this.#slot;
+    if (typeof slot === "number") this.#slot = layoutSlot;
+    else slot.slot = layoutSlot;
   }
 
   get kind(): NodeKind {
