@@ -191,7 +191,30 @@ export class PrefetchedSource implements InnerSource {
   }
 }
 
+/**
+ * Over a disk cache, each walk read first fills the aligned window around it, one GET per
+ * missing run: a GET costs about the same for 1 MiB as for 4 MiB on a loopback registry (per
+ * request, not per byte), and mkfs.erofs scatters the directories in clusters. Benchmark image:
+ * 75 GETs of 1 MiB chunks (77.6 MB) -> 27 GETs (106.5 MB, the extra chunks are the layer's and
+ * stay on disk), prefetch 564-639 -> 417-457 ms; 8 MiB windows: 16 GETs, 119 MB, no faster.
+ */
+export const DEFAULT_PREFETCH_WINDOW_BYTES = 4 << 20;
+/** Windows fetched by one prefetch at most; past it, walk reads fetch their own chunks only. */
+export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
+
+/** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
+interface FillsAhead {
+  fillAhead(offset: number, length: number): void;
+}
+
 export interface PrefetchOptions {
+  /**
+   * Window filled around each walk read when `raw` is disk-cached (0: none). Default
+   * DEFAULT_PREFETCH_WINDOW_BYTES. Its bytes count against the disk cache, not the pins.
+   */
+  windowBytes?: number;
+  /** Bytes of windows one prefetch fills at most. Default DEFAULT_PREFETCH_WINDOWS_MAX_BYTES. */
+  windowsMaxBytes?: number;
   /** Upper bound of pinned metadata. Default (and at most) the target's pinBudgetBytes. */
   maxBytes?: number;
   /** Parallel reads. Default 8. */
@@ -219,7 +242,39 @@ export async function prefetchErofsMetadata(
   options: PrefetchOptions = {},
 ): Promise<string> {
   const startedMs = performance.now();
+  const fillAhead = (raw as Partial<FillsAhead>).fillAhead?.bind(raw);
+  const windowBytes = options.windowBytes ?? DEFAULT_PREFETCH_WINDOW_BYTES;
+  let windowsLeft = options.windowsMaxBytes ?? DEFAULT_PREFETCH_WINDOWS_MAX_BYTES;
+  const windowsStarted = new Set<number>();
+  const fillWindows = (offset: number, length: number) => {
+    // A read this large is the walk's own speculative window (the image start): on a compact
+    // image it holds all the metadata, and a window around it would fetch only file data.
+    if (!fillAhead || windowBytes <= 0 || length <= 0 || length >= windowBytes / 4) return;
+    const last = Math.floor((offset + length - 1) / windowBytes);
+    // Windows not started yet, in runs: one fill (one fetch per missing run) for each run.
+    let runStart = -1, runEnd = -1;
+    const flush = () => {
+      if (runStart >= 0) fillAhead(runStart, runEnd - runStart);
+      runStart = -1;
+    };
+    for (let w = Math.floor(offset / windowBytes); w <= last; w++) {
+      if (windowsStarted.has(w)) {
+        flush();
+        continue;
+      }
+      const start = w * windowBytes;
+      const end = Math.min(raw.size, start + windowBytes);
+      if (end - start > windowsLeft) break;
+      windowsLeft -= end - start;
+      windowsStarted.add(w);
+      if (runStart < 0) runStart = start;
+      runEnd = end;
+    }
+    flush();
+  };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
+    // The read below joins the window's fill (or finds its chunks already there).
+    fillWindows(offset, length);
     const bytes = await raw.read(offset, length, signal);
     target.countPrefetch(bytes.length);
     return bytes;
