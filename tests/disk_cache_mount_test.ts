@@ -12,6 +12,7 @@ import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
+import { controlRequest } from "../lib/daemon/control.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3"));
 
@@ -52,6 +53,7 @@ Deno.test({
         ),
       );
       let listed: { bytesFetched?: number; diskHitBytes?: number } = {};
+      let disk: { syncs?: number; readsWaitedForSync?: number } | undefined;
       try {
         assert.equal(
           await manifestOf(sandbox.target),
@@ -61,15 +63,25 @@ Deno.test({
         const list = await runCli(["list", "--json"], { env });
         assertSuccess(list);
         listed = JSON.parse(list.stdout)[0];
+        // The server's own counters: did any read (the metadata prefetch, the kernel's) wait
+        // for an fdatasync of the disk cache?
+        const [id] = [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
+        const reply = await controlRequest(`${sandbox.runtimeDir}/mounts/${id}/control.sock`, {
+          command: "stats",
+        });
+        disk = (reply as { stats?: { layers: { disk?: typeof disk }[] } })?.stats?.layers[0]?.disk;
       } finally {
         assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
       }
-      return { gets: layerGets() - before, listed };
+      return { gets: layerGets() - before, listed, disk };
     };
     try {
       const first = await mountAndRead("dc/first");
       assert(first.gets > 0, "the first mount fetched the layer");
       assert((first.listed.bytesFetched ?? 0) > 0, JSON.stringify(first.listed));
+      // Fills were synced, and no read waited for a sync (the mount's critical path).
+      assert((first.disk?.syncs ?? 0) >= 1, JSON.stringify(first.disk));
+      assert.equal(first.disk?.readsWaitedForSync, 0, JSON.stringify(first.disk));
       const again = await mountAndRead("dc/first");
       assert.equal(again.gets, 0, "remount: zero layer GETs");
       assert.equal(again.listed.bytesFetched, 0, JSON.stringify(again.listed));
