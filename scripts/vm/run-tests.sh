@@ -91,6 +91,14 @@ done
 exit \$rc
 GUEST
 
+# The tests find ../shared beside the checkout; in the guest a checkout under /tmp is bound
+# alone, so its sibling is not there: hand the guest the resolved paths instead.
+shared=$(realpath -e -- "$repo/../shared" 2>/dev/null) || shared=
+if [ -n "$shared" ]; then
+  [ -n "${EROFS_OCI_FIXTURES:-}" ] || export EROFS_OCI_FIXTURES=$shared/fixtures
+  [ -n "${EROFS_OCI_PEER_BIN:-}" ] || export EROFS_OCI_PEER_BIN=$shared/peer/bin
+fi
+
 # Directories the guest must see even when they live under /tmp or /run (see run.sh).
 host_paths=$deno_dir
 for extra in "${EROFS_OCI_FIXTURES:-}" "${EROFS_OCI_PEER_BIN:-}" "${VM_HOST_PATHS:-}"; do
