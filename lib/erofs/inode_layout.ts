@@ -11,18 +11,18 @@ export const INODE_SLOT_BYTES = 32;
 export const COMPACT_INODE_BYTES = 32;
 export const EXTENDED_INODE_BYTES = 64;
 /** sizeof(struct erofs_xattr_ibody_header); each further xattr slot is 4 bytes. */
-const XATTR_IBODY_HEADER_BYTES = 12;
+export const XATTR_IBODY_HEADER_BYTES = 12;
 const XATTR_ENTRY_SLOT_BYTES = 4;
 /** sizeof(struct erofs_dirent): le64 nid, le16 nameoff, u8 file_type, u8 reserved. */
 const DIRENT_BYTES = 12;
 /** i_format datalayouts (EROFS_INODE_*). */
 export const FLAT_PLAIN = 0;
 export const FLAT_INLINE = 2;
-const CHUNK_BASED = 4;
+export const CHUNK_BASED = 4;
 /** i_u of a chunk-based inode: chunk bits mask and "has 8-byte chunk indexes". */
-const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
-const CHUNK_FORMAT_INDEXES = 0x20;
-const CHUNK_INDEX_BYTES = 8;
+export const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
+export const CHUNK_FORMAT_INDEXES = 0x20;
+export const CHUNK_INDEX_BYTES = 8;
 const CHUNK_BLKADDR_BYTES = 4;
 /** erofs_dirent.file_type of a directory (EROFS_FT_DIR). */
 export const FT_DIR = 2;

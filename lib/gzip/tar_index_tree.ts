@@ -14,49 +14,34 @@
  */
 import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
-import { direntsOfBlock, INCOMPAT_48BIT, parseInode } from "../erofs/inode_layout.ts";
+import {
+  CHUNK_BASED,
+  CHUNK_FORMAT_BLKBITS_MASK,
+  CHUNK_FORMAT_INDEXES,
+  CHUNK_INDEX_BYTES,
+  direntsOfBlock,
+  FLAT_INLINE,
+  FLAT_PLAIN,
+  INCOMPAT_48BIT,
+  INODE_SLOT_BYTES,
+  parseInode,
+  XATTR_IBODY_HEADER_BYTES,
+} from "../erofs/inode_layout.ts";
+import { xattrPrefixOf } from "../erofs/writer/xattrs.ts";
 import {
   type BuildNode,
   checkEntryName,
+  kindOfMode,
   newNode,
   NO_XATTRS,
   type NodeKind,
 } from "../erofs/writer/tree.ts";
 import { tarIndexLayout } from "./hybrid_tar.ts";
 
-const INODE_SLOT_BYTES = 32;
-const FLAT_PLAIN = 0;
-const FLAT_INLINE = 2;
-const CHUNK_BASED = 4;
-const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
-const CHUNK_FORMAT_INDEXES = 0x20;
-const CHUNK_INDEX_BYTES = 8;
 /** EROFS_NULL_ADDR: a chunk with no data (a hole). */
 const NULL_BLOCK = 0xffffffff;
-const XATTR_IBODY_HEADER_BYTES = 12;
 /** Incompat features a tar-index image may carry: chunked files, the device table, 48bit. */
 const ALLOWED_INCOMPAT = 0x4 | 0x8 | INCOMPAT_48BIT;
-
-/** EROFS_XATTR_INDEX_* → name prefix (erofs_fs.h; 2 and 3 are whole names). */
-const XATTR_PREFIXES: Record<number, string> = {
-  1: "user.",
-  2: "system.posix_acl_access",
-  3: "system.posix_acl_default",
-  4: "trusted.",
-  5: "lustre.",
-  6: "security.",
-};
-
-const S_IFMT = 0o170000;
-const KIND_OF_MODE: Record<number, NodeKind> = {
-  0o100000: "file",
-  0o040000: "dir",
-  0o120000: "symlink",
-  0o020000: "chardev",
-  0o060000: "blockdev",
-  0o010000: "fifo",
-  0o140000: "socket",
-};
 
 export interface TarIndexTree {
   root: BuildNode;
@@ -227,7 +212,7 @@ class MetaReader {
     const format = v.getUint16(offset, true);
     const extended = (format & 1) === 1;
     const mode = v.getUint16(offset + 4, true);
-    const kind = KIND_OF_MODE[mode & S_IFMT];
+    const kind = kindOfMode(mode);
     if (!kind) throw this.#error(path, `unknown file type in mode 0${mode.toString(8)}`);
     if (format >> 4) throw this.#error(path, "unknown inode format bits");
     const node = newNode(kind, { mode: mode & 0o7777 });
@@ -305,7 +290,7 @@ class MetaReader {
     const valueBytes = head[2] | (head[3] << 8);
     const total = (4 + nameBytes + valueBytes + 3) & ~3;
     if (end !== undefined && at + total > end) throw this.#error(path, "an xattr overruns");
-    const prefix = XATTR_PREFIXES[index];
+    const prefix = xattrPrefixOf(index);
     if (prefix === undefined) {
       throw this.#error(path, `xattr name index ${index} (long prefixes are not supported)`);
     }

@@ -10,6 +10,7 @@ import {
   type BuildNode,
   checkEntryName,
   type FileData,
+  kindOfMode,
   newNode,
   NO_XATTRS,
   type NodeKind,
@@ -108,16 +109,6 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   return { root, entries };
 }
 
-const KINDS: Record<number, NodeKind> = {
-  0o100000: "file",
-  0o040000: "dir",
-  0o120000: "symlink",
-  0o020000: "chardev",
-  0o060000: "blockdev",
-  0o010000: "fifo",
-  0o140000: "socket",
-};
-
 /** False when the (lossily decoded) path names nothing. */
 function pathReachable(path: string): boolean {
   return libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
@@ -163,7 +154,7 @@ function statPath(path: string): Stat {
   // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
   const v = statxView;
   const mode = v.getUint16(28, true);
-  const kind = KINDS[mode & 0o170000];
+  const kind = kindOfMode(mode);
   if (!kind) throw new FormatError(`unknown file type 0o${(mode & 0o170000).toString(8)}: ${path}`);
   const size = smallInt(v.getUint32(44, true) * 2 ** 32 + v.getUint32(40, true));
   if (size > Number.MAX_SAFE_INTEGER) throw new FormatError(`file too large: ${path}`);

@@ -7,6 +7,21 @@ import { FormatError } from "../../errors.ts";
 
 export type NodeKind = "file" | "dir" | "symlink" | "chardev" | "blockdev" | "fifo" | "socket";
 
+const KIND_OF_FILE_TYPE: Record<number, NodeKind> = {
+  0o100000: "file",
+  0o040000: "dir",
+  0o120000: "symlink",
+  0o020000: "chardev",
+  0o060000: "blockdev",
+  0o010000: "fifo",
+  0o140000: "socket",
+};
+
+/** The node kind of a st_mode / i_mode (its S_IFMT bits); undefined for an unknown type. */
+export function kindOfMode(mode: number): NodeKind | undefined {
+  return KIND_OF_FILE_TYPE[mode & 0o170000];
+}
+
 /** Where a regular file's bytes are read from when the image is written. */
 export type FileData =
   /** A file on disk, read from its start. */

@@ -5,8 +5,9 @@
  * (12 bytes: le32 name filter, u8 shared count, 7 reserved) followed by le32 shared ids.
  */
 import { FormatError } from "../../errors.ts";
+import { XATTR_IBODY_HEADER_BYTES } from "../inode_layout.ts";
 
-export const XATTR_IBODY_HEADER_BYTES = 12;
+export { XATTR_IBODY_HEADER_BYTES };
 const MAX_SHARED_PER_INODE = 255;
 const MAX_VALUE_BYTES = 65535;
 
@@ -19,6 +20,11 @@ const PREFIXES: { index: number; prefix: string; exact?: boolean }[] = [
   { index: 5, prefix: "lustre." },
   { index: 6, prefix: "security." },
 ];
+
+/** The name prefix (or whole name) of EROFS_XATTR_INDEX_`index`; undefined for others. */
+export function xattrPrefixOf(index: number): string | undefined {
+  return PREFIXES.find((p) => p.index === index)?.prefix;
+}
 
 const encoder = new TextEncoder();
 
