@@ -97,16 +97,16 @@ function newReadable(): Readable {
   };
 }
 
-/** [chunk, count] runs of PRESENT bytes in `map` (which starts at chunk `first`). */
-function presentRuns(map: Uint8Array, first: number): [number, number][] {
+/** [chunk, count] runs of chunks in `map` (which starts at chunk `first`) that are PRESENT or not. */
+function chunkRuns(map: Uint8Array, first: number, present: boolean): [number, number][] {
   const runs: [number, number][] = [];
   for (let i = 0; i < map.length;) {
-    if (map[i] !== PRESENT) {
+    if ((map[i] === PRESENT) !== present) {
       i++;
       continue;
     }
     let j = i + 1;
-    while (j < map.length && map[j] === PRESENT) j++;
+    while (j < map.length && (map[j] === PRESENT) === present) j++;
     runs.push([first + i, j - i]);
     i = j;
   }
@@ -251,7 +251,7 @@ export class DiskCachedSource implements Source {
       }
       // Chunks written by this process's fills are held by their write lock: a read lock
       // here (same descriptor) would replace it, so only the marked runs are locked.
-      const locked = presentRuns(map, first);
+      const locked = chunkRuns(map, first, true);
       const taken = locked.filter(([at, n]) => tryLock(this.#mapFd, F_RDLCK, at, n));
       if (taken.length !== locked.length) {
         for (const [at, n] of taken) unlock(this.#mapFd, at, n);
@@ -483,17 +483,9 @@ export class DiskCachedSource implements Source {
     }
     let synced = false;
     try {
-      const map = this.#readMap(start, stop);
-      for (let i = 0; i < map.length;) {
-        if (map[i] === PRESENT) {
-          i++;
-          continue;
-        }
-        let j = i + 1;
-        while (j < map.length && map[j] !== PRESENT) j++;
-        // Gaps (chunks another process filled meanwhile split the run) go one by one.
-        if (await this.#fetchAndStore(start + i, start + j)) synced = true;
-        i = j;
+      // Gaps (chunks another process filled meanwhile split the run) go one by one.
+      for (const [at, count] of chunkRuns(this.#readMap(start, stop), start, false)) {
+        if (await this.#fetchAndStore(at, at + count)) synced = true;
       }
     } finally {
       unlock(this.#mapFd, start, stop - start);
