@@ -128,8 +128,10 @@ Deno.test({
   name: "fuse direct reads: a chunk absent or write-locked (filler, evictor) is not read directly",
   ignore,
   async fn() {
-    await withCachedBlob(2 * MiB, async ({ blob, bytes, inner, base }) => {
+    await withCachedBlob(2 * MiB, async ({ blob, bytes, inner, base, durable }) => {
       assert.deepEqual(await dd(blob.filePath, 0, 2), bytes);
+      // The fills hold their write locks until synced and marked.
+      await durable();
       const mapFd = openCacheFile(`${base}.map`, false);
       try {
         // What an evictor holds while it clears the map byte and punches the hole.
@@ -160,7 +162,8 @@ Deno.test({
         const absent = await settled(blob, locked.reads + 1);
         assert.deepEqual(absent.directReads, locked.directReads, "an absent chunk read directly");
         assert(inner.reads.length > fetchesBefore, "the evicted chunk was not fetched again");
-        // Present again: direct once more.
+        // Present again (once its fill is marked): direct once more.
+        await durable();
         assert.deepEqual(await dd(blob.filePath, 0, 1, 8192), bytes.subarray(0, 8192));
         const again = await settled(blob, absent.reads + 1);
         assert.deepEqual(again.directReads, absent.directReads + 1);
