@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Usage: scripts/vm/run-tests.sh JUNIT_OUT
-# Runs every tests/vm/*_test.ts inside one boot of the kernel-test VM and writes their JUnit
-# report to JUNIT_OUT. When the VM cannot run (no qemu, build failure, timeout, panic) the
-# report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
+# Runs tests/vm/*_test.ts inside one boot of the kernel-test VM and writes their JUnit
+# report to JUNIT_OUT. Which files: VM_KERNEL=6.1 (default) runs every file except
+# *_kernel64_test.ts, which need Linux >= 6.4 and are the only files the VM_KERNEL=backports
+# boot runs; VM_TEST_FILES (space-separated paths) overrides either list. When the VM cannot
+# run (no qemu, build failure, timeout, panic) the report holds one testcase saying why. A missing component (qemu, deno, kernel download) is
 # a failure under CI=true and a skip otherwise; a VM that hangs or dies during the run is a
 # failure everywhere (it may be the code under test hanging the kernel).
 # Env: VM_TEST_TIMEOUT_S (whole run, default 3600), VM_FILE_TIMEOUT_S (one test file, default
@@ -13,7 +15,8 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${VM_CACHE_DIR:-$repo/.cache/vm}
+# shellcheck source=kernel.sh
+. "$here/kernel.sh"
 junit_out=${1:?usage: $0 JUNIT_OUT}
 timeout_s=${VM_TEST_TIMEOUT_S:-3600}
 file_timeout_s=${VM_FILE_TIMEOUT_S:-1200}
@@ -52,9 +55,21 @@ XML
 command -v qemu-system-x86_64 >/dev/null || harness_result missing "qemu-system-x86_64 not installed (scripts/setup.sh)"
 [ -x "$deno" ] || harness_result missing "$deno missing (scripts/setup.sh)"
 shopt -s nullglob
-tests=(tests/vm/*_test.ts)
-((${#tests[@]})) || harness_result missing "no tests in tests/vm/"
-"$here/build.sh" || harness_result missing "VM build failed (scripts/vm/build.sh)"
+tests=()
+if [ -n "${VM_TEST_FILES:-}" ]; then
+  read -r -a tests <<<"$VM_TEST_FILES"
+  for file in "${tests[@]}"; do
+    [ -f "$file" ] || harness_result broken "VM_TEST_FILES: $file does not exist"
+  done
+elif [ "$vm_kernel" = backports ]; then
+  tests=(tests/vm/*_kernel64_test.ts)
+else
+  for file in tests/vm/*_test.ts; do
+    [[ $file == *_kernel64_test.ts ]] || tests+=("$file")
+  done
+fi
+((${#tests[@]})) || harness_result missing "no tests in tests/vm/ for kernel $vm_kernel"
+"$here/build.sh" || harness_result missing "VM build failed (VM_KERNEL=$vm_kernel scripts/vm/build.sh)"
 
 # The guest has no network: fill the host's Deno cache with every dependency of the VM tests
 # first. The guest sees the same directory through the 9p root (writes stay in guest RAM).
@@ -70,6 +85,7 @@ trap 'rm -rf "$out"' EXIT
   printf 'cd %q || exit 1\n' "$repo"
   printf 'export PATH=%q:"$PATH" HOME=/root DENO_DIR=%q NO_COLOR=1\n' "$repo/tools/bin" "$deno_dir"
   printf 'file_timeout_s=%q\n' "$file_timeout_s"
+  printf 'tests=(%s)\n' "$(printf '%q ' "${tests[@]}")"
 } >"$out/tests.sh"
 cat >>"$out/tests.sh" <<GUEST
 t0=\$(date +%s.%N)
@@ -78,7 +94,7 @@ echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(da
 # One deno test per file, each with its own report: a run cut short by the timeout still
 # reports every file that finished.
 rc=0
-for file in tests/vm/*_test.ts; do
+for file in "\${tests[@]}"; do
   name=\$(basename "\$file" .ts)
   timeout -k 10 "\$file_timeout_s" deno test -A --no-check --junit-path=/run/vm/vm.\$name.xml "\$file" \${TEST_FILTER:+--filter "\$TEST_FILTER"}
   file_rc=\$?

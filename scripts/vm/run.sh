@@ -14,7 +14,8 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${VM_CACHE_DIR:-$repo/.cache/vm}
+# shellcheck source=kernel.sh
+. "$here/kernel.sh"
 
 log() { printf 'vm-run: %s\n' "$*" >&2; }
 
