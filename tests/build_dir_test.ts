@@ -16,6 +16,14 @@ import {
   treeListing,
   withMountedImage,
 } from "./_support/erofs_tree.ts";
+import {
+  BIG_SPARSE_BYTES,
+  BIG_SPARSE_MARKS,
+  bigSparseMarks,
+  makeAwkwardTree,
+  writeBigSparseFile,
+} from "./_support/awkward_tree.ts";
+import { withTempDir } from "./_support/temp_dir.ts";
 import { checkErofsSuperblock } from "../lib/erofs/superblock.ts";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 
@@ -37,13 +45,8 @@ async function buildAndCompare(src: string, work: string, extra: string[] = []) 
   return image;
 }
 
-async function withWork(fn: (work: string) => Promise<void>) {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-test-" });
-  try {
-    await fn(work);
-  } finally {
-    await Deno.remove(work, { recursive: true });
-  }
+function withWork(fn: (work: string) => Promise<void>): Promise<void> {
+  return withTempDir("erofs-oci-build-test-", fn);
 }
 
 Deno.test({
@@ -75,51 +78,7 @@ Deno.test({
   async fn() {
     await withWork(async (work) => {
       const src = `${work}/src`;
-      Deno.mkdirSync(`${src}/empty-dir`, { recursive: true });
-      Deno.writeFileSync(`${src}/empty-file`, new Uint8Array());
-      Deno.writeTextFileSync(`${src}/${"n".repeat(255)}`, "long name");
-      Deno.mkdirSync(`${src}/${"d".repeat(255)}`);
-      await runOk("mknod", [`${src}/char`, "c", "1", "3"]);
-      await runOk("mknod", [`${src}/block`, "b", "259", "1048575"]);
-      await runOk("mkfifo", [`${src}/fifo`]);
-      await runOk("python3", [
-        "-c",
-        `import socket; socket.socket(socket.AF_UNIX).bind("${src}/sock")`,
-      ]);
-      Deno.writeFileSync(`${src}/linked`, crypto.getRandomValues(new Uint8Array(5000)));
-      Deno.linkSync(`${src}/linked`, `${src}/empty-dir/../hardlink`);
-      Deno.linkSync(`${src}/linked`, `${src}/${"d".repeat(255)}/hardlink2`);
-      Deno.symlinkSync("x".repeat(4000), `${src}/long-symlink`);
-      Deno.symlinkSync("/dangling/absolute", `${src}/dangling`);
-      // 3 blocks of directory entries, names around the sort positions of "." and "..".
-      Deno.mkdirSync(`${src}/many`);
-      for (let i = 0; i < 600; i++) {
-        Deno.writeTextFileSync(`${src}/many/f-${i}-${"z".repeat(i % 40)}`, `${i}`);
-      }
-      for (const name of ["!", "-", ".a", "..b", "~"]) {
-        Deno.writeTextFileSync(`${src}/many/${name}`, name);
-      }
-      // The same xattr on several files is stored once (shared); others inline.
-      for (let i = 0; i < 4; i++) {
-        const f = `${src}/x${i}`;
-        Deno.writeTextFileSync(f, "x".repeat(i * 3000));
-        await runOk("setfattr", ["-n", "user.shared", "-v", "same-value", f]);
-        await runOk("setfattr", ["-n", "trusted.own", "-v", `v${i}`, f]);
-        await runOk("setfattr", [
-          "-n",
-          "security.capability",
-          "-v",
-          "0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=",
-          f,
-        ]);
-      }
-      await runOk("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", `${src}/empty-dir`]);
-      await runOk("setfattr", ["-n", "user.big", "-v", "v".repeat(3000), `${src}/many`]);
-      await runOk("touch", ["-h", "-d", "2001-02-03 04:05:06.123456789", `${src}/dangling`]);
-      await runOk("touch", ["-d", "1960-01-01 00:00:00.5", `${src}/empty-file`]);
-      Deno.chownSync(`${src}/x1`, 100000, 200000);
-      Deno.chmodSync(`${src}/x2`, 0o6755);
-      Deno.chmodSync(`${src}/empty-dir`, 0o1777);
+      await makeAwkwardTree(src, { xattrNamespace: "user", bigSparse: false });
       await buildAndCompare(src, work);
     });
   },
@@ -151,34 +110,19 @@ Deno.test({
     await withWork(async (work) => {
       const src = `${work}/src`;
       Deno.mkdirSync(src);
-      const big = `${src}/big.sparse`;
-      const size = 4 * 1024 ** 3 + 12345;
-      using file = Deno.openSync(big, { write: true, create: true });
-      file.truncateSync(size);
-      file.seekSync(2 ** 32 + 100, Deno.SeekMode.Start);
-      file.writeSync(new TextEncoder().encode("past 4 GiB"));
-      file.seekSync(0, Deno.SeekMode.Start);
-      file.writeSync(new TextEncoder().encode("start"));
+      writeBigSparseFile(`${src}/big.sparse`);
       const image = `${work}/out.erofs`;
       const built = await runCli(["build", src, "-o", image], { timeoutMs: 300_000 });
       assert.equal(built.code, 0, built.stderr);
-      assert.ok(Deno.statSync(image).size > size);
+      assert.ok(Deno.statSync(image).size > BIG_SPARSE_BYTES);
       // The image stays sparse on disk: the holes of the source were not written.
       const du = await runOk("du", ["-k", image]);
       assert.ok(Number(du.split("\t")[0]) < 1024, `image uses ${du}`);
       const tail = await withMountedImage(image, async (dir) => {
-        assert.equal(Deno.statSync(`${dir}/big.sparse`).size, size);
-        const out = await runOk("dd", [
-          `if=${dir}/big.sparse`,
-          "bs=1",
-          `skip=${2 ** 32 + 98}`,
-          "count=14",
-          "status=none",
-        ]);
-        const head = await runOk("head", ["-c", "6", `${dir}/big.sparse`]);
-        return [head, out];
+        assert.equal(Deno.statSync(`${dir}/big.sparse`).size, BIG_SPARSE_BYTES);
+        return await bigSparseMarks(`${dir}/big.sparse`);
       });
-      assert.deepEqual(tail, ["start\0", "\0\0past 4 GiB\0\0"]);
+      assert.deepEqual(tail, BIG_SPARSE_MARKS);
     });
   },
 });

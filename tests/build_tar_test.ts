@@ -18,7 +18,9 @@ import {
   run,
   runOk,
   withMountedImage,
+  withOverlayMount,
 } from "./_support/erofs_tree.ts";
+import { withTempDir } from "./_support/temp_dir.ts";
 
 const ignore = requires(
   root(),
@@ -39,13 +41,8 @@ function expected(name: string): string[] {
     .map((line) => line.replace(/\ttrusted\.overlay\.origin=$/, "\t-"));
 }
 
-async function withWork(fn: (work: string) => Promise<void>) {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-tar-" });
-  try {
-    await fn(work);
-  } finally {
-    await Deno.remove(work, { recursive: true });
-  }
+function withWork(fn: (work: string) => Promise<void>): Promise<void> {
+  return withTempDir("erofs-oci-build-tar-", fn);
 }
 
 async function build(source: string, out: string, extra: string[] = [], stdin?: string) {
@@ -78,21 +75,9 @@ Deno.test({
           lowers.unshift(dir);
           assert.deepEqual(await fixtureManifest(dir), expected(`layer${i}.txt`));
         }
-        const merged = `${work}/merged`;
-        Deno.mkdirSync(merged);
-        await runOk("mount", [
-          "-t",
-          "overlay",
-          "overlay",
-          "-o",
-          `ro,lowerdir=${lowers.join(":")}`,
-          merged,
-        ]);
-        try {
+        await withOverlayMount(lowers, `${work}/merged`, async (merged) => {
           assert.deepEqual(await fixtureManifest(merged), expected("merged.txt"));
-        } finally {
-          await runOk("umount", [merged]);
-        }
+        });
       } finally {
         for (const dir of lowers) await run("umount", [dir]);
       }

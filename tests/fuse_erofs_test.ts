@@ -6,41 +6,23 @@
 import assert from "node:assert/strict";
 import { FormatError, MountError } from "../lib/errors.ts";
 import { mountErofsFile } from "../lib/mount/erofs_file.ts";
-import { LocalFile } from "../lib/source/local_file.ts";
 import type { Source } from "../lib/source/source.ts";
-import { expected, FuseStack, manifest, sha256 } from "./_support/fuse_stack.ts";
+import { expected, manifest, openTracked, sha256, withFuseStack } from "./_support/fuse_stack.ts";
 import { patternBytes } from "./_support/memory_source.ts";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("python3"));
-
-async function withStack(body: (stack: FuseStack, sources: Source[]) => Promise<void>) {
-  const stack = await FuseStack.create();
-  const sources: Source[] = [];
-  try {
-    await body(stack, sources);
-  } finally {
-    try {
-      await stack.cleanup();
-    } finally {
-      for (const source of sources) await source.close?.();
-    }
-  }
-}
-
-async function open(sources: Source[], file: string): Promise<LocalFile> {
-  const source = await LocalFile.open(file);
-  sources.push(source);
-  return source;
-}
 
 for (const image of ["basic", "basic-lz4", "layer1"]) {
   Deno.test({
     name: `fuse+erofs: ${image}.erofs served over FUSE mounts with the expected tree`,
     ignore,
     async fn() {
-      await withStack(async (stack, sources) => {
-        const blob = await stack.blob(await open(sources, `${FIXTURES}/${image}.erofs`), "fuse");
+      await withFuseStack(async (stack, sources) => {
+        const blob = await stack.blob(
+          await openTracked(sources, `${FIXTURES}/${image}.erofs`),
+          "fuse",
+        );
         const { superblock, loopDevices } = await stack.erofs(blob.filePath, "mnt");
         assert.equal(superblock.blockSizeBytes, 4096);
         assert.deepEqual(loopDevices, [], "file-backed mount, no loop device");
@@ -98,9 +80,9 @@ Deno.test({
   name: "fuse+erofs: a 40 MiB file and concurrent readers of several files read back exactly",
   ignore: ignore || requires(command("mkfs.erofs"), command("sha256sum")),
   async fn() {
-    await withStack(async (stack, sources) => {
+    await withFuseStack(async (stack, sources) => {
       const { image, sums } = await buildBigImage(await stack.dir("build"));
-      const blob = await stack.blob(await open(sources, image), "fuse");
+      const blob = await stack.blob(await openTracked(sources, image), "fuse");
       await stack.erofs(blob.filePath, "mnt");
       const mnt = `${stack.root}/mnt`;
       const big = await Deno.readFile(`${mnt}/big.bin`);
@@ -121,9 +103,9 @@ Deno.test({
   name: "fuse+erofs: a failing source gives EIO to the reader, not zeros; unmount still works",
   ignore: ignore || requires(command("mkfs.erofs")),
   async fn() {
-    await withStack(async (stack, sources) => {
+    await withFuseStack(async (stack, sources) => {
       const { image } = await buildBigImage(await stack.dir("build"));
-      const file = await open(sources, image);
+      const file = await openTracked(sources, image);
       // The upper half of the image is file data only (big.bin is 40 of ~52 MiB).
       const failFrom = Math.floor(file.size / 2);
       const failing: Source = {
@@ -148,8 +130,8 @@ Deno.test({
   name: "fuse+erofs: a non-EROFS file is a FormatError before anything is mounted",
   ignore,
   async fn() {
-    await withStack(async (stack, sources) => {
-      const blob = await stack.blob(await open(sources, `${FIXTURES}/layer1.tar`), "fuse");
+    await withFuseStack(async (stack, sources) => {
+      const blob = await stack.blob(await openTracked(sources, `${FIXTURES}/layer1.tar`), "fuse");
       const target = await stack.dir("mnt");
       await assert.rejects(
         () => mountErofsFile(blob.filePath, target),
@@ -169,8 +151,8 @@ Deno.test({
   name: "fuse+erofs: closing the blob under a mounted EROFS is refused and keeps serving",
   ignore,
   async fn() {
-    await withStack(async (stack, sources) => {
-      const blob = await stack.blob(await open(sources, `${FIXTURES}/basic.erofs`), "fuse");
+    await withFuseStack(async (stack, sources) => {
+      const blob = await stack.blob(await openTracked(sources, `${FIXTURES}/basic.erofs`), "fuse");
       await stack.erofs(blob.filePath, "mnt");
       await assert.rejects(
         () => blob.close(),
@@ -185,8 +167,8 @@ Deno.test({
   name: "fuse+erofs: the loop-device fallback mounts the same tree and frees the device",
   ignore: ignore || requires(path("/dev/loop-control")),
   async fn() {
-    await withStack(async (stack, sources) => {
-      const blob = await stack.blob(await open(sources, `${FIXTURES}/basic.erofs`), "fuse");
+    await withFuseStack(async (stack, sources) => {
+      const blob = await stack.blob(await openTracked(sources, `${FIXTURES}/basic.erofs`), "fuse");
       const { loopDevices } = await stack.erofs(blob.filePath, "mnt", { via: "loop" });
       assert.equal(loopDevices.length, 1);
       const name = loopDevices[0].replace("/dev/", "");
@@ -213,8 +195,8 @@ Deno.test({
   name: "fuse+erofs: tar-index meta image with the tar as a FUSE extra device",
   ignore,
   async fn() {
-    await withStack(async (stack, sources) => {
-      const tar = await stack.blob(await open(sources, `${FIXTURES}/layer.tar`), "fuse-tar");
+    await withFuseStack(async (stack, sources) => {
+      const tar = await stack.blob(await openTracked(sources, `${FIXTURES}/layer.tar`), "fuse-tar");
       const meta = `${FIXTURES}/layer.meta.erofs`;
       const target = await stack.dir("refused");
       await assert.rejects(
@@ -233,11 +215,11 @@ Deno.test({
   name: "fuse+erofs: three FUSE layers under a read-only overlay equal the merged tree",
   ignore,
   async fn() {
-    await withStack(async (stack, sources) => {
+    await withFuseStack(async (stack, sources) => {
       const lowers = [];
       for (const i of [1, 2, 3]) {
         const blob = await stack.blob(
-          await open(sources, `${FIXTURES}/layer${i}.erofs`),
+          await openTracked(sources, `${FIXTURES}/layer${i}.erofs`),
           `fuse-${i}`,
         );
         await stack.erofs(blob.filePath, `l${i}`);

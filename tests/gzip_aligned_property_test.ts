@@ -5,17 +5,26 @@
  * extent equal the tar.
  */
 import assert from "node:assert/strict";
-import { gzipSync } from "node:zlib";
 import fc from "fast-check";
 import { indexGzipLayer } from "../lib/gzip/index_layer.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
 import { AlignedTarSource } from "../lib/gzip/aligned_tar.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { command, requires, root } from "./_support/requires.ts";
+import {
+  gzipMembers,
+  indexPaths,
+  makeTreeDirs,
+  memberCutsArb,
+  tarOfTree,
+  TREE_DIRS,
+  treeFilesArb,
+  treePath,
+  treePlaceArb,
+} from "./_support/random_tar_tree.ts";
 
 const fileArb = fc.record({
-  dir: fc.constantFrom("", "a", "a/b", "c"),
-  name: fc.stringMatching(/^[a-z][a-z0-9_.-]{0,40}$/),
+  ...treePlaceArb,
   size: fc.oneof(
     fc.constant(0),
     fc.integer({ min: 1, max: 5000 }),
@@ -37,24 +46,19 @@ Deno.test({
   async fn() {
     await fc.assert(
       fc.asyncProperty(
-        fc.uniqueArray(fileArb, {
-          minLength: 1,
-          maxLength: 30,
-          selector: (f) => `${f.dir}/${f.name}`,
-        }),
-        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 2 }),
+        treeFilesArb(fileArb, 30),
+        memberCutsArb(2),
         fc.integer({ min: 1, max: 1000 }),
         async (files, cuts, seed) => {
           const work = await Deno.makeTempDir({ prefix: "erofs-oci-aligned-prop-" });
           let mounted = false;
           try {
-            const dirs = new Set(["a", "a/b", "c"]);
-            for (const dir of dirs) await Deno.mkdir(`${work}/tree/${dir}`, { recursive: true });
+            await makeTreeDirs(`${work}/tree`);
             let previous: string | undefined;
             const written: string[] = [];
             for (const file of files) {
-              const rel = file.dir ? `${file.dir}/${file.name}` : file.name;
-              if (dirs.has(rel)) continue;
+              const rel = treePath(file);
+              if (TREE_DIRS.has(rel)) continue;
               const path = `${work}/tree/${rel}`;
               if (file.link === "hard" && previous) await Deno.link(previous, path);
               else if (file.link === "symlink") await Deno.symlink(`../target-${file.size}`, path);
@@ -62,29 +66,9 @@ Deno.test({
               if (file.link !== "symlink") previous = path;
               written.push(rel);
             }
-            const tar = await run("tar", [
-              "-C",
-              `${work}/tree`,
-              "--sort=name",
-              "--format=posix",
-              "--numeric-owner",
-              "-cf",
-              "-",
-              ".",
-            ]);
-            const bounds = [
-              0,
-              ...cuts.map((c) => Math.floor(c * tar.length)).sort((a, b) => a - b),
-              tar.length,
-            ];
-            const members = bounds.slice(1).map((end, i) => gzipSync(tar.subarray(bounds[i], end)));
-            const gz = new Uint8Array(members.reduce((n, m) => n + m.length, 0));
-            members.reduce((at, m) => (gz.set(m, at), at + m.length), 0);
-            const paths = {
-              meta: `${work}/m.erofs`,
-              zinfo: `${work}/z.zinfo`,
-              pieces: `${work}/p`,
-            };
+            const tar = await tarOfTree(`${work}/tree`, ["--numeric-owner"]);
+            const gz = gzipMembers(tar, cuts);
+            const paths = indexPaths(work);
             await indexGzipLayer(ReadableStream.from([gz]), paths, {
               buildTimeSec: 1700000000,
               spanBytes: 256 * 1024,

@@ -4,7 +4,6 @@
  * the meta refers to no more tar than there is.
  */
 import assert from "node:assert/strict";
-import { gzipSync } from "node:zlib";
 import fc from "fast-check";
 import { indexGzipLayer } from "../lib/gzip/index_layer.ts";
 import { GzipRandomAccess } from "../lib/gzip/gzip_random_access.ts";
@@ -12,10 +11,20 @@ import { tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { prng } from "./_support/gzip_data.ts";
 import { command, requires } from "./_support/requires.ts";
+import {
+  gzipMembers,
+  indexPaths,
+  makeTreeDirs,
+  memberCutsArb,
+  tarOfTree,
+  TREE_DIRS,
+  treeFilesArb,
+  treePath,
+  treePlaceArb,
+} from "./_support/random_tar_tree.ts";
 
 const fileArb = fc.record({
-  dir: fc.constantFrom("", "a", "a/b", "c"),
-  name: fc.stringMatching(/^[a-z][a-z0-9_.-]{0,40}$/),
+  ...treePlaceArb,
   size: fc.oneof(
     fc.constant(0),
     fc.integer({ min: 1, max: 5000 }),
@@ -30,20 +39,15 @@ Deno.test({
   async fn() {
     await fc.assert(
       fc.asyncProperty(
-        fc.uniqueArray(fileArb, {
-          minLength: 1,
-          maxLength: 25,
-          selector: (f) => `${f.dir}/${f.name}`,
-        }),
-        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 3 }),
+        treeFilesArb(fileArb, 25),
+        memberCutsArb(3),
         fc.integer({ min: 1, max: 9 }),
         fc.integer({ min: 1, max: 1000 }),
         async (files, cuts, level, seed) => {
           const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-prop-" });
           try {
             // Directories first; a file named like one of them is left out.
-            const dirs = new Set(["a", "a/b", "c"]);
-            for (const dir of dirs) await Deno.mkdir(`${work}/tree/${dir}`, { recursive: true });
+            await makeTreeDirs(`${work}/tree`);
             for (const file of files) {
               const data = file.text
                 ? new TextEncoder().encode("tar index ".repeat(file.size / 10 + 1)).subarray(
@@ -52,33 +56,13 @@ Deno.test({
                 )
                 : patternBytes(file.size, seed);
               const path = `${work}/tree/${file.dir}/${file.name}`;
-              if (dirs.has(file.dir ? `${file.dir}/${file.name}` : file.name)) continue;
+              if (TREE_DIRS.has(treePath(file))) continue;
               await Deno.writeFile(path, data);
             }
-            const tarOut = await new Deno.Command("tar", {
-              args: ["-C", `${work}/tree`, "--sort=name", "--format=posix", "-cf", "-", "."],
-              stdout: "piped",
-              stderr: "piped",
-            }).output();
-            assert.ok(tarOut.success, new TextDecoder().decode(tarOut.stderr));
-            const tar = tarOut.stdout;
-            const bounds = [
-              0,
-              ...cuts.map((c) => Math.floor(c * tar.length)).sort((a, b) => a - b),
-              tar.length,
-            ];
-            const members: Uint8Array[] = [];
-            for (let i = 1; i < bounds.length; i++) {
-              members.push(gzipSync(tar.subarray(bounds[i - 1], bounds[i]), { level }));
-            }
-            const gz = new Uint8Array(members.reduce((n, m) => n + m.length, 0));
-            members.reduce((at, m) => (gz.set(m, at), at + m.length), 0);
+            const tar = await tarOfTree(`${work}/tree`);
+            const gz = gzipMembers(tar, cuts, { level });
 
-            const paths = {
-              meta: `${work}/m.erofs`,
-              zinfo: `${work}/z.zinfo`,
-              pieces: `${work}/p`,
-            };
+            const paths = indexPaths(work);
             const result = await indexGzipLayer(ReadableStream.from([gz]), paths, {
               buildTimeSec: 1700000000,
               spanBytes: 256 * 1024,

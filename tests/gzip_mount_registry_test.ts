@@ -7,11 +7,16 @@
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
-import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { getManifest, pushImage } from "./_support/oci_raw.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
-import { manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { manifestOf } from "./_support/mounts.ts";
+import {
+  expectedTarListing,
+  type IndexMountRig,
+  mountFuseOk,
+  withIndexMountRig,
+} from "./_support/index_mounts.ts";
 import { comparableListing, copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
 
 const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -24,62 +29,41 @@ const ignore = requires(
   path(`${FIXTURES}/big.tar.gz`, "shared fixtures"),
 );
 
-/** Runs `fn` with a registry and a state dir for index files; removes both afterwards. */
-async function withRegistry(
-  fn: (registry: TestRegistry, env: Record<string, string>, work: string) => Promise<void>,
-): Promise<void> {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-mount-" });
-  await using registry = await startRegistry({ auth: "none" });
-  try {
-    await fn(registry, { EROFS_OCI_STATE_DIR: `${work}/state` }, work);
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
-  }
+function withRig(fn: (rig: IndexMountRig) => Promise<void>): Promise<void> {
+  return withIndexMountRig("erofs-oci-gzip-mount-", fn);
 }
 
 Deno.test({
   name: "mount tar.gz image: no index → one-line hint; index --push → lazy mount equals the tree",
   ignore,
   fn: () =>
-    withRegistry(async (registry, stateEnv) => {
+    withRig(async (rig) => {
+      const { registry, sandbox, env } = rig;
       const gz = await Deno.readFile(`${FIXTURES}/big.tar.gz`);
       const pushed = await pushImage(registry, "gz/app", "v1", [
         { bytes: gz, mediaType: GZIP_LAYER },
       ]);
       const ref = `${registry.host}/gz/app:v1`;
-      const sandbox = await mountSandbox();
-      const env = { ...sandbox.env, ...stateEnv };
-      try {
-        const none = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
-        assertCliError(none, 1, /layer 0 .* is tar\+gzip and has no index/);
-        assert.match(none.stderr, /hint: make one: `erofs-oci index .*gz\/app:v1 --push`/);
+      const none = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
+      assertCliError(none, 1, /layer 0 .* is tar\+gzip and has no index/);
+      assert.match(none.stderr, /hint: make one: `erofs-oci index .*gz\/app:v1 --push`/);
 
-        assertSuccess(await runCli(["index", ref, "--push", "--timestamp", "1700000000"], LONG));
-        const tag = await getManifest(
-          registry,
-          "gz/app",
-          pushed.manifestDigest.replace(":", "-"),
-        );
-        assert.equal(tag.status, 200, "the fallback tag holds the referrers index");
+      assertSuccess(await runCli(["index", ref, "--push", "--timestamp", "1700000000"], LONG));
+      const tag = await getManifest(
+        registry,
+        "gz/app",
+        pushed.manifestDigest.replace(":", "-"),
+      );
+      assert.equal(tag.status, 200, "the fallback tag holds the referrers index");
 
-        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
-          env,
-          ...LONG,
-        });
-        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-        // Its reads are checked against the index's piece digests: no "not verified" notice.
-        assert.doesNotMatch(mounted.stderr, /not verified/);
-        // The writer gives tar roots 0755 where mkfs.erofs gives 0777 (build_tar_test.ts).
-        const want = Deno.readTextFileSync(`${FIXTURES}/expected/big.meta.txt`)
-          .replace(/^\.\td\t0777\t/, ".\td\t0755\t");
-        assert.equal(await manifestOf(sandbox.target), want);
-        // The index files stay in the durable state dir for reattach.
-        const kept = [...Deno.readDirSync(`${stateEnv.EROFS_OCI_STATE_DIR}/index`)];
-        assert.equal(kept.length, 1);
-        assertSuccess(await runCli(["umount", sandbox.target], { env }));
-      } finally {
-        await sandbox.cleanup();
-      }
+      const mounted = await mountFuseOk(rig, [ref]);
+      // Its reads are checked against the index's piece digests: no "not verified" notice.
+      assert.doesNotMatch(mounted.stderr, /not verified/);
+      assert.equal(await manifestOf(sandbox.target), expectedTarListing("big.meta.txt"));
+      // The index files stay in the durable state dir for reattach.
+      const kept = [...Deno.readDirSync(`${rig.stateEnv.EROFS_OCI_STATE_DIR}/index`)];
+      assert.equal(kept.length, 1);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });
 
@@ -87,36 +71,27 @@ Deno.test({
   name: "mount --index DIR: an index whose record names another layer size is refused",
   ignore,
   fn: () =>
-    withRegistry(async (registry, stateEnv, work) => {
+    withRig(async (rig) => {
+      const { registry, sandbox, env, work } = rig;
       const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
       await pushImage(registry, "gz/one", "v1", [{ bytes: gz, mediaType: GZIP_LAYER }]);
       const ref = `${registry.host}/gz/one:v1`;
       assertSuccess(await runCli(["index", ref, "-o", `${work}/idx`], LONG));
-      const sandbox = await mountSandbox();
-      const env = { ...sandbox.env, ...stateEnv };
-      try {
-        const ok = await runCli(
-          ["mount", "--backend", "fuse", ref, sandbox.target, "--index", `${work}/idx`],
-          { env, ...LONG },
-        );
-        assert.equal(ok.code, 0, `${describe(ok)}\n${sandbox.serverLogs()}`);
-        assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      await mountFuseOk(rig, ["--index", `${work}/idx`, ref]);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
 
-        for (const entry of Deno.readDirSync(`${work}/idx`)) {
-          if (!entry.name.endsWith(".index.json")) continue;
-          const file = `${work}/idx/${entry.name}`;
-          const record = JSON.parse(Deno.readTextFileSync(file));
-          record.layer.size += 1;
-          Deno.writeTextFileSync(file, JSON.stringify(record));
-        }
-        const bad = await runCli(
-          ["mount", "--backend", "fuse", ref, sandbox.target, "--index", `${work}/idx`],
-          { env, ...LONG },
-        );
-        assertCliError(bad, 1, /the index was made for layer .* bytes\), not/);
-      } finally {
-        await sandbox.cleanup();
+      for (const entry of Deno.readDirSync(`${work}/idx`)) {
+        if (!entry.name.endsWith(".index.json")) continue;
+        const file = `${work}/idx/${entry.name}`;
+        const record = JSON.parse(Deno.readTextFileSync(file));
+        record.layer.size += 1;
+        Deno.writeTextFileSync(file, JSON.stringify(record));
       }
+      const bad = await runCli(
+        ["mount", "--backend", "fuse", ref, sandbox.target, "--index", `${work}/idx`],
+        { env, ...LONG },
+      );
+      assertCliError(bad, 1, /the index was made for layer .* bytes\), not/);
     }),
 });
 
@@ -125,29 +100,20 @@ Deno.test({
     "mount umoci image (skopeo, Docker v2s2 tar+gzip, 3 layers) via index --push equals umoci unpack",
   ignore: ignore || requires(command("umoci"), command("skopeo")),
   fn: () =>
-    withRegistry(async (registry, stateEnv, work) => {
+    withRig(async (rig) => {
+      const { registry, sandbox, env, work } = rig;
       const image = await makeUmociImage(work);
       await copyToRegistry(image, registry, "src/app:v2s2", ["--format", "v2s2"]);
       const ref = `${registry.host}/src/app:v2s2`;
       const indexed = await runCli(["index", ref, "--push"], LONG);
       assertSuccess(indexed);
       assert.match(indexed.stdout, /pushed index sha256:[0-9a-f]{64} .* \(fallback-tag\)/);
-      const sandbox = await mountSandbox();
-      const env = { ...sandbox.env, ...stateEnv };
-      try {
-        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
-          env,
-          ...LONG,
-        });
-        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-        assert.match(mounted.stdout, /3 layers/);
-        assert.deepEqual(
-          comparableListing(await treeListing(sandbox.target)),
-          comparableListing(await treeListing(image.rootfs)),
-        );
-        assertSuccess(await runCli(["umount", sandbox.target], { env }));
-      } finally {
-        await sandbox.cleanup();
-      }
+      const mounted = await mountFuseOk(rig, [ref]);
+      assert.match(mounted.stdout, /3 layers/);
+      assert.deepEqual(
+        comparableListing(await treeListing(sandbox.target)),
+        comparableListing(await treeListing(image.rootfs)),
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });

@@ -6,10 +6,15 @@
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
-import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
-import { manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { manifestOf } from "./_support/mounts.ts";
+import {
+  expectedTarListing,
+  type IndexMountRig,
+  mountFuseOk,
+  withIndexMountRig,
+} from "./_support/index_mounts.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
 
 const TAR_LAYER = "application/vnd.oci.image.layer.v1.tar";
@@ -29,66 +34,43 @@ async function gunzip(file: string): Promise<Uint8Array<ArrayBuffer>> {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-async function withRegistry(
-  fn: (registry: TestRegistry, env: Record<string, string>, work: string) => Promise<void>,
-): Promise<void> {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-plain-tar-" });
-  await using registry = await startRegistry({ auth: "none" });
-  try {
-    await fn(registry, { EROFS_OCI_STATE_DIR: `${work}/state` }, work);
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
-  }
-}
-
-/** The writer gives tar roots 0755 where mkfs.erofs gives 0777 (build_tar_test.ts). */
-function expectedBig(): string {
-  return Deno.readTextFileSync(`${FIXTURES}/expected/big.meta.txt`)
-    .replace(/^\.\td\t0777\t/, ".\td\t0755\t");
+function withRig(fn: (rig: IndexMountRig) => Promise<void>): Promise<void> {
+  return withIndexMountRig("erofs-oci-plain-tar-", fn);
 }
 
 Deno.test({
   name: "mount plain tar image: no index → hint; index --push (no zinfo) → lazy mount equals tree",
   ignore,
   fn: () =>
-    withRegistry(async (registry, stateEnv, work) => {
+    withRig(async (rig) => {
+      const { registry, sandbox, env, work } = rig;
       const tar = await gunzip(`${FIXTURES}/big.tar.gz`);
       await pushImage(registry, "plain/app", "v1", [{ bytes: tar, mediaType: TAR_LAYER }]);
       const ref = `${registry.host}/plain/app:v1`;
-      const sandbox = await mountSandbox();
-      const env = { ...sandbox.env, ...stateEnv };
-      try {
-        const none = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
-        assertCliError(none, 1, /layer 0 .* is a tar layer and has no index/);
+      const none = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
+      assertCliError(none, 1, /layer 0 .* is a tar layer and has no index/);
 
-        const indexed = await runCli(
-          ["index", ref, "--push", "-o", `${work}/idx`, "--timestamp", "1700000000"],
-          LONG,
-        );
-        assertSuccess(indexed);
-        assert.match(indexed.stderr, /plain tar, no zinfo/);
-        const written = [...Deno.readDirSync(`${work}/idx`)].map((e) => e.name).sort();
-        assert.deepEqual(written.map((n) => n.replace(/^sha256-[0-9a-f]{64}/, "L")), [
-          "L.index.json",
-          "L.meta.erofs",
-          "L.pieces",
-        ]);
-        const record = JSON.parse(
-          Deno.readTextFileSync(`${work}/idx/${written[0]}`),
-        );
-        assert.equal(record.zinfo, undefined);
-        assert.equal(record.diffId, record.layer.digest, "a plain tar is its own diff_id");
+      const indexed = await runCli(
+        ["index", ref, "--push", "-o", `${work}/idx`, "--timestamp", "1700000000"],
+        LONG,
+      );
+      assertSuccess(indexed);
+      assert.match(indexed.stderr, /plain tar, no zinfo/);
+      const written = [...Deno.readDirSync(`${work}/idx`)].map((e) => e.name).sort();
+      assert.deepEqual(written.map((n) => n.replace(/^sha256-[0-9a-f]{64}/, "L")), [
+        "L.index.json",
+        "L.meta.erofs",
+        "L.pieces",
+      ]);
+      const record = JSON.parse(
+        Deno.readTextFileSync(`${work}/idx/${written[0]}`),
+      );
+      assert.equal(record.zinfo, undefined);
+      assert.equal(record.diffId, record.layer.digest, "a plain tar is its own diff_id");
 
-        const mounted = await runCli(
-          ["mount", "--backend", "fuse", "--no-disk-cache", ref, sandbox.target],
-          { env, ...LONG },
-        );
-        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-        assert.equal(await manifestOf(sandbox.target), expectedBig());
-        assertSuccess(await runCli(["umount", sandbox.target], { env }));
-      } finally {
-        await sandbox.cleanup();
-      }
+      await mountFuseOk(rig, ["--no-disk-cache", ref]);
+      assert.equal(await manifestOf(sandbox.target), expectedTarListing("big.meta.txt"));
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });
 
@@ -97,7 +79,8 @@ Deno.test({
     "mount plain tar + tar.gz layers: stacked; a registry range with other bytes fails the read",
   ignore,
   fn: () =>
-    withRegistry(async (registry, stateEnv) => {
+    withRig(async (rig) => {
+      const { registry, sandbox, env } = rig;
       const tar = await gunzip(`${FIXTURES}/big.tar.gz`);
       const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
       const pushed = await pushImage(registry, "plain/mixed", "v1", [
@@ -114,33 +97,23 @@ Deno.test({
         fault: { kind: "corrupt" },
       }]);
       const ref = `${proxy.host}/plain/mixed:v1`;
-      const sandbox = await mountSandbox();
-      const env = { ...sandbox.env, ...stateEnv };
+      const mounted = await mountFuseOk(rig, ["--no-disk-cache", ref]);
+      assert.match(mounted.stdout, /2 layers/);
+      // The gzip layer below is intact; the plain layer's data is not served.
+      const names = [...Deno.readDirSync(sandbox.target)].map((e) => e.name).sort();
+      assert.ok(names.includes("a-text.txt") && names.includes("b-random.bin"), `${names}`);
+      let read: Uint8Array | undefined;
+      let failure: unknown;
       try {
-        const mounted = await runCli(
-          ["mount", "--backend", "fuse", "--no-disk-cache", ref, sandbox.target],
-          { env, ...LONG },
-        );
-        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-        assert.match(mounted.stdout, /2 layers/);
-        // The gzip layer below is intact; the plain layer's data is not served.
-        const names = [...Deno.readDirSync(sandbox.target)].map((e) => e.name).sort();
-        assert.ok(names.includes("a-text.txt") && names.includes("b-random.bin"), `${names}`);
-        let read: Uint8Array | undefined;
-        let failure: unknown;
-        try {
-          read = await Deno.readFile(`${sandbox.target}/a-text.txt`);
-        } catch (error) {
-          failure = error;
-        }
-        // (No deep-equal: a diff of 5 MB of bytes takes minutes to format.)
-        assert.ok(read === undefined, `a-text.txt: ${read?.length} bytes served from bad ranges`);
-        assert.match(String(failure), /Input\/output error|os error 5/);
-        assert.match(sandbox.serverLogs(), /do not match their recorded digest/);
-        assertSuccess(await runCli(["umount", sandbox.target], { env }));
-      } finally {
-        await sandbox.cleanup();
+        read = await Deno.readFile(`${sandbox.target}/a-text.txt`);
+      } catch (error) {
+        failure = error;
       }
+      // (No deep-equal: a diff of 5 MB of bytes takes minutes to format.)
+      assert.ok(read === undefined, `a-text.txt: ${read?.length} bytes served from bad ranges`);
+      assert.match(String(failure), /Input\/output error|os error 5/);
+      assert.match(sandbox.serverLogs(), /do not match their recorded digest/);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });
 
@@ -148,7 +121,7 @@ Deno.test({
   name: "index/mount: a tar+zstd layer is refused with the convert hint",
   ignore,
   fn: () =>
-    withRegistry(async (registry, stateEnv) => {
+    withRig(async ({ registry, sandbox, env }) => {
       // The bytes are never read: the media type alone decides.
       const fake = new TextEncoder().encode("not really zstd");
       await pushImage(registry, "plain/zstd", "v1", [{ bytes: fake, mediaType: ZSTD_LAYER }]);
@@ -156,15 +129,8 @@ Deno.test({
       const indexed = await runCli(["index", ref, "--push"], LONG);
       assertCliError(indexed, 1, /layer 0 \(.*tar\+zstd\) is neither tar nor tar\+gzip/);
       assert.match(indexed.stderr, /erofs-oci convert/);
-      const sandbox = await mountSandbox();
-      try {
-        const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], {
-          env: { ...sandbox.env, ...stateEnv },
-        });
-        assertCliError(mounted, 1, /only tar and tar\+gzip layers mount through an index/);
-        assert.match(mounted.stderr, /erofs-oci convert/);
-      } finally {
-        await sandbox.cleanup();
-      }
+      const mounted = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
+      assertCliError(mounted, 1, /only tar and tar\+gzip layers mount through an index/);
+      assert.match(mounted.stderr, /erofs-oci convert/);
     }),
 });

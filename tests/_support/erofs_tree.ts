@@ -1,7 +1,7 @@
 /**
  * Helpers for builder tests: a full-precision listing of a tree (nanosecond mtimes, rdev,
- * xattrs of every namespace, sha256 of contents), fsck.erofs of an image, and a loop mount that
- * is always undone.
+ * xattrs of every namespace, sha256 of contents), fsck.erofs of an image, and loop and overlay
+ * mounts that are always undone.
  */
 import assert from "node:assert/strict";
 import { PEER_BIN } from "./requires.ts";
@@ -107,6 +107,32 @@ export async function withMountedImage<T>(
     }
   } finally {
     await Deno.remove(dir).catch(() => {});
+  }
+}
+
+/**
+ * Mounts a read-only overlay of `lowerTopFirst` (top layer first) on `merged`, which it creates,
+ * runs `use`, always unmounts (lazily when busy).
+ */
+export async function withOverlayMount<T>(
+  lowerTopFirst: string[],
+  merged: string,
+  use: (merged: string) => Promise<T>,
+): Promise<T> {
+  Deno.mkdirSync(merged);
+  await runOk("mount", [
+    "-t",
+    "overlay",
+    "overlay",
+    "-o",
+    `ro,lowerdir=${lowerTopFirst.join(":")}`,
+    merged,
+  ]);
+  try {
+    return await use(merged);
+  } finally {
+    const out = await run("umount", [merged]);
+    if (out.code !== 0) await run("umount", ["-l", merged]);
   }
 }
 

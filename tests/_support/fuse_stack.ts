@@ -17,6 +17,7 @@ import { readMountInfo } from "../../lib/sys/mountinfo.ts";
 import { umountOffThread } from "../../lib/sys/mount_task.ts";
 import { mountOverlay, type OverlayOptions } from "../../lib/mount/overlay.ts";
 import type { Source } from "../../lib/source/source.ts";
+import { LocalFile } from "../../lib/source/local_file.ts";
 import { FIXTURES } from "./requires.ts";
 
 const MNT_DETACH = 2;
@@ -103,6 +104,33 @@ export class FuseStack {
       throw new Error(`teardown: ${[...problems, ...left.map((m) => `left ${m}`)].join("; ")}`);
     }
   }
+}
+
+/**
+ * Runs `body` with a fresh stack and a list of sources to close; tears the stack down, then
+ * closes the sources (also when the teardown fails).
+ */
+export async function withFuseStack(
+  body: (stack: FuseStack, sources: Source[]) => Promise<void>,
+): Promise<void> {
+  const stack = await FuseStack.create();
+  const sources: Source[] = [];
+  try {
+    await body(stack, sources);
+  } finally {
+    try {
+      await stack.cleanup();
+    } finally {
+      for (const source of sources) await source.close?.();
+    }
+  }
+}
+
+/** Opens a local file as a Source and adds it to `sources` (closed by withFuseStack). */
+export async function openTracked(sources: Source[], file: string): Promise<LocalFile> {
+  const source = await LocalFile.open(file);
+  sources.push(source);
+  return source;
 }
 
 /** Rejects when `promise` takes longer than `ms` (a hang becomes a named failure). */
