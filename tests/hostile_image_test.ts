@@ -17,6 +17,7 @@ import {
   hugeDirectoriesImage,
   interestingOffsets,
 } from "./_support/hostile_erofs.ts";
+import { withTempDir } from "./_support/temp_dir.ts";
 
 /** The fixtures are walked as if zero-padded to this size, like the issue's sparse file. */
 const SPARSE_SIZE_BYTES = 256 << 20;
@@ -60,8 +61,7 @@ Deno.test({
   name: "hostile image: 2,000 directories claiming 256 MiB each cost the walk nothing",
   ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "peer mkfs.erofs")),
   async fn() {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-hostile-" });
-    try {
+    await withTempDir("erofs-oci-hostile-", async (work) => {
       const hostile = await hugeDirectoriesImage(work, 2000, 256 << 20);
       assert.equal(hostile.fileBytes, 256 << 20);
       assert.ok(hostile.allocatedBytes < 1 << 20, "a sparse file of ~160 KB");
@@ -89,9 +89,7 @@ Deno.test({
       } finally {
         file.close();
       }
-    } finally {
-      await Deno.remove(work, { recursive: true });
-    }
+    });
   },
 });
 
@@ -99,8 +97,7 @@ Deno.test({
   name: "hostile image: directories that each fit the budget, together far above it",
   ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "peer mkfs.erofs")),
   async fn() {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-hostile-" });
-    try {
+    await withTempDir("erofs-oci-hostile-", async (work) => {
       // 200 directories of 512 KiB, each over its own sparse region (100 MiB in all), under a
       // 1 MiB budget: the walk holds and reads no more than its limits.
       const hostile = await hugeDirectoriesImage(work, 200, 512 << 10, { spread: true });
@@ -116,11 +113,22 @@ Deno.test({
       assert.ok(walk.pages.size <= maxBytes / walk.pageBytes);
       assert.ok(counted.bytesReturned() <= 2 * maxBytes, `${counted.bytesReturned()} read`);
       assert.equal(counted.outside(), 0);
-    } finally {
-      await Deno.remove(work, { recursive: true });
-    }
+    });
   },
 });
+
+/** A u16 or u32 written at an interesting offset: edge values or any value of the width. */
+const wordCorruptionArb = (
+  kind: "u16" | "u32",
+  offsets: number[],
+  edges: number[],
+  max: number,
+): fc.Arbitrary<Corruption> =>
+  fc.record({
+    kind: fc.constant(kind),
+    offset: fc.constantFrom(...offsets),
+    value: fc.oneof(fc.constantFrom(...edges), fc.integer({ min: 0, max })),
+  });
 
 const corruptionArb = (offsets: number[]): fc.Arbitrary<Corruption> =>
   fc.oneof(
@@ -129,22 +137,8 @@ const corruptionArb = (offsets: number[]): fc.Arbitrary<Corruption> =>
       offset: fc.oneof(fc.constantFrom(...offsets), fc.nat()),
       value: fc.integer({ min: 0, max: 255 }),
     }),
-    fc.record({
-      kind: fc.constant("u16" as const),
-      offset: fc.constantFrom(...offsets),
-      value: fc.oneof(
-        fc.constantFrom(0, 1, 12, 0xffff, 0x8000),
-        fc.integer({ min: 0, max: 0xffff }),
-      ),
-    }),
-    fc.record({
-      kind: fc.constant("u32" as const),
-      offset: fc.constantFrom(...offsets),
-      value: fc.oneof(
-        fc.constantFrom(0, 1, 0xffffffff, 0x10000000, 0x7fffffff),
-        fc.integer({ min: 0, max: 0xffffffff }),
-      ),
-    }),
+    wordCorruptionArb("u16", offsets, [0, 1, 12, 0xffff, 0x8000], 0xffff),
+    wordCorruptionArb("u32", offsets, [0, 1, 0xffffffff, 0x10000000, 0x7fffffff], 0xffffffff),
     fc.record({
       kind: fc.constant("u64" as const),
       offset: fc.constantFrom(...offsets),
