@@ -11,28 +11,14 @@ import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
+import { runTool } from "./_support/tool.ts";
 
 const BASIC = `${FIXTURES}/basic.erofs`;
 const ignoreNbd = requires(command("nbdinfo"), command("nbdcopy"));
 
-async function run(cmd: string, args: string[], timeoutMs = 30_000) {
-  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, timeoutMs);
-  const output = await child.output();
-  clearTimeout(timer);
-  const result = {
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-  };
-  if (result.code !== 0) {
-    throw new Error(`${cmd} ${args.join(" ")} failed (${result.code}): ${result.stderr}`);
-  }
-  return result;
+/** Tool runs here get 30 s (nbdcopy of a whole image on a loaded host). */
+function run(cmd: string, args: string[]): Promise<string> {
+  return runTool(cmd, args, 30_000);
 }
 
 async function sameAsFixture(file: string): Promise<void> {
@@ -47,7 +33,7 @@ Deno.test({
   async fn() {
     await using s = await serve(BASIC, ["--export-name", "basic", "--cache-size", "8M"]);
     assertEquals(s.uri, `nbd+unix:///basic?socket=${s.socket}`);
-    const info = JSON.parse((await run("nbdinfo", ["--json", s.uri])).stdout);
+    const info = JSON.parse(await run("nbdinfo", ["--json", s.uri]));
     const exp = info.exports[0];
     assertEquals(exp["export-size"], Deno.statSync(BASIC).size);
     assertEquals(exp.is_read_only, true);
@@ -58,10 +44,10 @@ Deno.test({
     ok(/EROFS/.test(exp.content ?? ""), `content: ${exp.content}`);
     // The default export "" works too.
     const byDefault = JSON.parse(
-      (await run("nbdinfo", ["--json", `nbd+unix:///?socket=${s.socket}`])).stdout,
+      await run("nbdinfo", ["--json", `nbd+unix:///?socket=${s.socket}`]),
     );
     assertEquals(byDefault.exports[0]["export-size"], exp["export-size"]);
-    const list = (await run("nbdinfo", ["--list", `nbd+unix:///?socket=${s.socket}`])).stdout;
+    const list = await run("nbdinfo", ["--list", `nbd+unix:///?socket=${s.socket}`]);
     ok(list.includes('export="basic"'), list);
     assertEquals(await s.stop(), 0);
     ok(!exists(s.socket), "socket removed after SIGTERM");

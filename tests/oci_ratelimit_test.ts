@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { command, requires } from "./_support/requires.ts";
-import { startRegistry } from "./_support/registry.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
@@ -14,14 +14,19 @@ import { OciError } from "../lib/errors.ts";
 
 const ignore = requires(command("docker-registry"));
 
+/** basic.erofs pushed as the one layer of rl:v1: its bytes and its digest. */
+async function pushBasic(registry: TestRegistry): Promise<{ bytes: Uint8Array; digest: string }> {
+  const { bytes } = await loadFixture("basic.erofs");
+  const pushed = await pushImage(registry, "rl", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
+  return { bytes, digest: pushed.layers[0].digest };
+}
+
 Deno.test({
   name: "429: Retry-After pauses every client of the host, then the reads succeed",
   ignore,
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
-    const { bytes } = await loadFixture("basic.erofs");
-    const pushed = await pushImage(registry, "rl", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
-    const digest = pushed.layers[0].digest;
+    const { bytes, digest } = await pushBasic(registry);
     await using proxy = await startFaultProxy(registry.host, [
       {
         match: isBlobGetOf(digest),
@@ -59,9 +64,7 @@ Deno.test({
   ignore,
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
-    const { bytes } = await loadFixture("basic.erofs");
-    const pushed = await pushImage(registry, "rl", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
-    const digest = pushed.layers[0].digest;
+    const { digest } = await pushBasic(registry);
     await using proxy = await startFaultProxy(registry.host, [
       { match: isBlobGetOf(digest), fault: { kind: "status", status: 429, retryAfter: "120" } },
     ]);
@@ -84,10 +87,8 @@ Deno.test({
   async fn() {
     await using upstream = await startRegistry({ auth: "none" });
     await using mirror = await startRegistry({ auth: "none" });
-    const { bytes } = await loadFixture("basic.erofs");
-    const layer = [{ bytes, mediaType: EROFS_MEDIA_TYPE }];
-    const digest = (await pushImage(upstream, "rl", "v1", layer)).layers[0].digest;
-    await pushImage(mirror, "rl", "v1", layer);
+    const { bytes, digest } = await pushBasic(upstream);
+    await pushBasic(mirror);
     await using up = await startFaultProxy(upstream.host, []);
     await using mir = await startFaultProxy(mirror.host, [
       { match: isBlobGetOf(digest), fault: { kind: "status", status: 429, retryAfter: "60" } },

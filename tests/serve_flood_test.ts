@@ -8,6 +8,7 @@ import { command, path, PEER_BIN, requires } from "./_support/requires.ts";
 import { RawNbdClient } from "./_support/nbd_client.ts";
 import { memoryOf, serve, type Serving, servingPid } from "./_support/serve_process.ts";
 import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
+import { runTool } from "./_support/tool.ts";
 
 const MiB = 1024 * 1024;
 const ignore = requires(
@@ -40,20 +41,8 @@ async function randomImage(dir: string, dataBytes: number): Promise<string> {
   return image;
 }
 
-async function run(cmd: string, args: string[], timeoutMs = 30_000) {
-  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, timeoutMs);
-  const output = await child.output();
-  clearTimeout(timer);
-  const stderr = new TextDecoder().decode(output.stderr);
-  if (output.code !== 0) {
-    throw new Error(`${cmd} ${args.join(" ")} failed (${output.code}): ${stderr}`);
-  }
-  return new TextDecoder().decode(output.stdout);
+function run(cmd: string, args: string[], timeoutMs = 30_000): Promise<string> {
+  return runTool(cmd, args, timeoutMs);
 }
 
 /** nbdinfo must get the export (size, and the first sector read for its content). */

@@ -1,4 +1,7 @@
-/** Runs a helper program (openssl, htpasswd) for test setup with a deadline. */
+/**
+ * Runs a helper program (openssl, htpasswd, nbdinfo, nbdcopy …) with a deadline; its stdout.
+ * Throws, with its stderr, when it fails or is killed at the deadline.
+ */
 export async function runTool(
   program: string,
   args: string[],
@@ -19,7 +22,7 @@ export async function runTool(
     const output = await child.output();
     if (!output.success) {
       throw new Error(
-        `${program} ${args[0]} failed (${output.signal ?? output.code}): ${
+        `${program} ${args.join(" ")} failed (${output.signal ?? output.code}): ${
           new TextDecoder().decode(output.stderr).trim()
         }`,
       );
