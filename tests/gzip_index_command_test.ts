@@ -6,10 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { runCli } from "./_support/cli.ts";
-import { expected, FuseStack, manifest } from "./_support/fuse_stack.ts";
+import { manifest } from "./_support/fuse_stack.ts";
+import { expectedTarListing, withIndexFilesMounted } from "./_support/index_mounts.ts";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { HybridTarSource } from "../lib/gzip/hybrid_tar.ts";
-import { LocalFile } from "../lib/source/local_file.ts";
 import { checkIndexRecord, parseIndexRecord } from "../lib/gzip/index_record.ts";
 
 const fixtures = path(`${FIXTURES}/big-multi.zinfo`, "shared fixtures");
@@ -109,43 +108,14 @@ Deno.test({
         "1700000000",
       ], { timeoutMs: 60_000 });
       assert.equal(result.code, 0, result.stderr);
-      const blob = await LocalFile.open(`${FIXTURES}/big-multi.tar.gz`);
-      const zinfo = await LocalFile.open(`${dir}/big-multi.zinfo`);
-      const record = parseIndexRecord(await Deno.readFile(`${dir}/big-multi.index.json`));
       // Every piece inflated for the mount is checked against NAME.pieces.
-      const source = await HybridTarSource.openGzip(
-        await Deno.readFile(`${dir}/big-multi.meta.erofs`),
-        blob,
-        zinfo,
-        {
-          pieceDigests: {
-            bytes: await Deno.readFile(`${dir}/big-multi.pieces`),
-            pieceBytes: record.pieces!.pieceBytes,
-            totalBytes: record.tarBytes,
-          },
-        },
+      const listed = await withIndexFilesMounted(
+        `${FIXTURES}/big-multi.tar.gz`,
+        dir,
+        "big-multi",
+        (mnt) => manifest(mnt),
       );
-      const stack = await FuseStack.create();
-      let mnt: string | undefined;
-      try {
-        const file = await stack.blob(source, "fuse");
-        const target = await stack.dir("mnt");
-        const mounted = await run("mount", ["-t", "erofs", "-o", "ro", file.filePath, target]);
-        assert.equal(mounted.code, 0, mounted.out);
-        mnt = target;
-        // The writer gives tar roots 0755 where mkfs.erofs gives 0777 (build_tar_test.ts).
-        const want = (await expected("big.meta.txt")).replace(/^\.\td\t0777\t/, ".\td\t0755\t");
-        assert.equal(await manifest(mnt), want);
-      } finally {
-        try {
-          if (mnt) await run("umount", [mnt]);
-        } finally {
-          await stack.cleanup();
-          await source.close();
-          await blob.close();
-          await zinfo.close();
-        }
-      }
+      assert.equal(listed, expectedTarListing("big.meta.txt"));
     });
   },
 });

@@ -6,12 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { runCli } from "./_support/cli.ts";
-import { FuseStack, manifest } from "./_support/fuse_stack.ts";
+import { manifest } from "./_support/fuse_stack.ts";
+import { withIndexFilesMounted } from "./_support/index_mounts.ts";
 import { patternBytes } from "./_support/memory_source.ts";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { HybridTarSource } from "../lib/gzip/hybrid_tar.ts";
-import { LocalFile } from "../lib/source/local_file.ts";
-import { parseIndexRecord } from "../lib/gzip/index_record.ts";
 
 const ignore = requires(
   root(),
@@ -106,45 +104,10 @@ for (const [producer, make] of PRODUCERS) {
           { timeoutMs: 60_000 },
         );
         assert.equal(indexed.code, 0, indexed.stderr);
-        const blob = await LocalFile.open(layer);
-        const zinfo = await LocalFile.open(`${work}/idx/layer.zinfo`);
-        const record = parseIndexRecord(await Deno.readFile(`${work}/idx/layer.index.json`));
-        const source = await HybridTarSource.openGzip(
-          await Deno.readFile(`${work}/idx/layer.meta.erofs`),
-          blob,
-          zinfo,
-          {
-            pieceDigests: {
-              bytes: await Deno.readFile(`${work}/idx/layer.pieces`),
-              pieceBytes: record.pieces!.pieceBytes,
-              totalBytes: record.tarBytes,
-            },
-          },
-        );
-        const stack = await FuseStack.create();
-        let mnt: string | undefined;
-        try {
-          const file = await stack.blob(source, "fuse");
-          const target = await stack.dir("mnt");
-          await run("mount", ["-t", "erofs", "-o", "ro", file.filePath, target]);
-          mnt = target;
-          // The root's own attributes come from the extraction directory, not the tar.
-          const withoutRoot = (text: string) =>
-            text.split("\n").filter((l) => !l.startsWith(".\t"));
-          assert.deepEqual(
-            withoutRoot(await manifest(mnt)),
-            withoutRoot(await manifest(`${work}/x`)),
-          );
-        } finally {
-          try {
-            if (mnt) await run("umount", [mnt]);
-          } finally {
-            await stack.cleanup();
-            await source.close();
-            await blob.close();
-            await zinfo.close();
-          }
-        }
+        // The root's own attributes come from the extraction directory, not the tar.
+        const withoutRoot = (text: string) => text.split("\n").filter((l) => !l.startsWith(".\t"));
+        const listed = await withIndexFilesMounted(layer, `${work}/idx`, "layer", manifest);
+        assert.deepEqual(withoutRoot(listed), withoutRoot(await manifest(`${work}/x`)));
       } finally {
         await Deno.remove(work, { recursive: true });
       }

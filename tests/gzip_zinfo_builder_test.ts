@@ -14,6 +14,7 @@ import { ZinfoFileWriter } from "../lib/gzip/zinfo_file.ts";
 import { ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../lib/gzip/zinfo.ts";
 import { FormatError } from "../lib/errors.ts";
 import { gunzip, prng } from "./_support/gzip_data.ts";
+import { concat } from "./_support/tar_encode.ts";
 
 const fixtures = path(`${FIXTURES}/big-multi.zinfo`, "shared fixtures");
 
@@ -23,16 +24,6 @@ async function* chunks(bytes: Uint8Array, sizes: () => number): AsyncGenerator<U
     yield bytes.subarray(at, at + n);
     at += n;
   }
-}
-
-function concatAll(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 for (const name of ["layer", "big", "big-multi"]) {
@@ -52,7 +43,7 @@ for (const name of ["layer", "big", "big-multi"]) {
         output.push(piece);
       }
       const ours = builder.finish();
-      assert.deepEqual(concatAll(output), await gunzip(`${FIXTURES}/${name}.tar.gz`));
+      assert.deepEqual(concat(output), await gunzip(`${FIXTURES}/${name}.tar.gz`));
       assert.equal(ours.length, peer.length);
       const count = new DataView(ours.buffer).getUint32(0, true);
       for (let i = 0; i < count; i++) {
@@ -93,7 +84,7 @@ function member(data: Uint8Array, level: number, flags: number): Uint8Array {
   if (flags & 0x02) extra.push(0xaa, 0xbb);
   const header = plain.slice(0, 10);
   header[3] = flags;
-  return concatAll([header, new Uint8Array(extra), plain.subarray(10)]);
+  return concat([header, new Uint8Array(extra), plain.subarray(10)]);
 }
 
 /** Data mixing runs of text-like bytes (compressible) and noise. */
@@ -127,7 +118,7 @@ Deno.test("zinfo builder property: random gzip streams → zinfo → random read
         for (let i = 1; i < bounds.length; i++) {
           members.push(member(data.subarray(bounds[i - 1], bounds[i]), level, flags));
         }
-        const gz = concatAll(members);
+        const gz = concat(members);
         const random = prng(seed);
         const built = await buildZinfo(chunks(gz, () => Math.floor(random() * 100_000)), {
           spanBytes,
@@ -176,12 +167,12 @@ Deno.test("zinfo builder refuses corrupt, truncated and trailing-garbage gzip", 
   await assert.rejects(() => once(badCrc), /fails its check/);
   await assert.rejects(() => once(gz.subarray(0, gz.length - 3)), /truncated/);
   await assert.rejects(() => once(gz.subarray(0, 5)), /truncated/);
-  await assert.rejects(() => once(concatAll([gz, new Uint8Array([0x50, 0x4b])])), FormatError);
+  await assert.rejects(() => once(concat([gz, new Uint8Array([0x50, 0x4b])])), FormatError);
   const badBlock = gz.slice();
   badBlock[10] |= 0x06; // BTYPE 11: reserved (RFC 1951 §3.2.3)
   await assert.rejects(() => once(badBlock), /invalid block type/);
   // Zero padding after the last member is accepted, as gzip(1) does.
-  assert.equal((await once(concatAll([gz, new Uint8Array(512)]))).uncompressedBytes, data.length);
+  assert.equal((await once(concat([gz, new Uint8Array(512)]))).uncompressedBytes, data.length);
 });
 
 Deno.test({
@@ -221,7 +212,7 @@ Deno.test("gzip headers: reserved flags and endless names are refused", async ()
   const reserved = member(data, 6, 0);
   reserved[3] = 0x20;
   await assert.rejects(() => once(reserved), /reserved header flags/);
-  const endless = concatAll([member(data, 6, 0).subarray(0, 10), new Uint8Array(100_000).fill(65)]);
+  const endless = concat([member(data, 6, 0).subarray(0, 10), new Uint8Array(100_000).fill(65)]);
   endless[3] = 0x08; // FNAME never terminated
   await assert.rejects(() => once(endless), /longer than 68 KiB/);
   const notGzip = member(data, 6, 0);

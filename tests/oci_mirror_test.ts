@@ -70,6 +70,15 @@ function writeHosts(configDir: string, name: string, text: string): void {
   Deno.writeTextFileSync(`${configDir}/${name}/hosts.toml`, text);
 }
 
+/** hosts.toml of the pair's upstream: pull through the pair's mirror (plain HTTP). */
+function useMirrorForPulls(pair: Pair): void {
+  writeHosts(
+    pair.configDir,
+    pair.up.host,
+    `[host."http://${pair.mir.host}"]\n  capabilities = ["pull"]\n`,
+  );
+}
+
 const blobGets = (proxy: FaultProxy, digest: string) =>
   proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`)).length;
 const tagGets = (proxy: FaultProxy) =>
@@ -90,11 +99,7 @@ Deno.test({
   ignore,
   async fn() {
     await using pair = await startPair();
-    writeHosts(
-      pair.configDir,
-      pair.up.host,
-      `[host."http://${pair.mir.host}"]\n  capabilities = ["pull"]\n`,
-    );
+    useMirrorForPulls(pair);
     const client = new RegistryClient(pair.up.host, { hostsConfigDir: pair.configDir });
     await readAll(client, pair);
     assert.equal(blobGets(pair.up, pair.layerDigest), 0, "no layer GET at the upstream");
@@ -225,11 +230,7 @@ Deno.test({
   ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
   async fn() {
     await using pair = await startPair();
-    writeHosts(
-      pair.configDir,
-      pair.up.host,
-      `[host."http://${pair.mir.host}"]\n  capabilities = ["pull"]\n`,
-    );
+    useMirrorForPulls(pair);
     const sandbox = await mountSandbox();
     const env = { ...sandbox.env, EROFS_OCI_REGISTRY_CONFIG_DIR: pair.configDir };
     try {

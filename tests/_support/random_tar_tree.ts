@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { gzipSync, type ZlibOptions } from "node:zlib";
 import fc from "fast-check";
+import { concat } from "./tar_encode.ts";
 
 /** The directories every random tree has (a file whose path is one of them is left out). */
 export const TREE_DIRS: ReadonlySet<string> = new Set(["a", "a/b", "c"]);
@@ -58,10 +59,7 @@ export function gzipMembers(tar: Uint8Array, cuts: number[], options?: ZlibOptio
     ...cuts.map((c) => Math.floor(c * tar.length)).sort((a, b) => a - b),
     tar.length,
   ];
-  const members = bounds.slice(1).map((end, i) => gzipSync(tar.subarray(bounds[i], end), options));
-  const gz = new Uint8Array(members.reduce((n, m) => n + m.length, 0));
-  members.reduce((at, m) => (gz.set(m, at), at + m.length), 0);
-  return gz;
+  return concat(bounds.slice(1).map((end, i) => gzipSync(tar.subarray(bounds[i], end), options)));
 }
 
 /** Where indexGzipLayer writes its meta image, zinfo and piece digests under `work`. */
