@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 import { FormatError, MountError } from "../lib/errors.ts";
 import { mountErofsFile } from "../lib/mount/erofs_file.ts";
 import type { Source } from "../lib/source/source.ts";
-import { expected, manifest, openTracked, sha256, withFuseStack } from "./_support/fuse_stack.ts";
+import {
+  expected,
+  manifest,
+  openTracked,
+  overlayOfFixtureLayers,
+  sha256,
+  withFuseStack,
+} from "./_support/fuse_stack.ts";
 import { patternBytes } from "./_support/memory_source.ts";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 
@@ -216,16 +223,7 @@ Deno.test({
   ignore,
   async fn() {
     await withFuseStack(async (stack, sources) => {
-      const lowers = [];
-      for (const i of [1, 2, 3]) {
-        const blob = await stack.blob(
-          await openTracked(sources, `${FIXTURES}/layer${i}.erofs`),
-          `fuse-${i}`,
-        );
-        await stack.erofs(blob.filePath, `l${i}`);
-        lowers.unshift(`${stack.root}/l${i}`);
-      }
-      const merged = await stack.overlay("merged", lowers);
+      const merged = await overlayOfFixtureLayers(stack, sources);
       assert.equal(await manifest(merged), await expected("merged.txt"));
     });
   },

@@ -9,7 +9,7 @@ import { command, path, requires, root } from "./_support/requires.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import {
-  BIG_FILE_BYTES,
+  bigTarGz,
   keeperPids,
   killKeepers,
   killMidRead,
@@ -19,29 +19,6 @@ import { startRegistry } from "./_support/registry.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 
 const LONG = { timeoutMs: 120_000 };
-
-/** One random file of BIG_FILE_BYTES as a tar.gz (gzip -1: about 1:1), and its sha256. */
-async function bigTarGz(work: string): Promise<{ bytes: Uint8Array<ArrayBuffer>; sha: string }> {
-  const tree = `${work}/tree`;
-  Deno.mkdirSync(tree);
-  const data = new Uint8Array(BIG_FILE_BYTES);
-  for (let at = 0; at < data.length; at += 65536) {
-    crypto.getRandomValues(data.subarray(at, at + 65536));
-  }
-  Deno.writeFileSync(`${tree}/big.bin`, data);
-  const out = await new Deno.Command("sh", {
-    args: [
-      "-c",
-      `tar -C '${tree}' --owner=0 --group=0 -cf - big.bin | gzip -1 > '${work}/big.tar.gz'`,
-    ],
-  }).output();
-  assert.ok(out.success);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return {
-    bytes: Deno.readFileSync(`${work}/big.tar.gz`),
-    sha: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
-  };
-}
 
 Deno.test({
   name: "gzip fuse reattach: kill -9 mid-read of a tar.gz layer, reattach DIR, exact bytes",

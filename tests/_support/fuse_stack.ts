@@ -133,6 +133,23 @@ export async function openTracked(sources: Source[], file: string): Promise<Loca
   return source;
 }
 
+/**
+ * The fixtures' layer1-3.erofs, each mounted from its own FUSE blob, under a read-only overlay
+ * (layer3 on top): the merged directory.
+ */
+export async function overlayOfFixtureLayers(stack: FuseStack, sources: Source[]): Promise<string> {
+  const lowers = [];
+  for (const i of [1, 2, 3]) {
+    const blob = await stack.blob(
+      await openTracked(sources, `${FIXTURES}/layer${i}.erofs`),
+      `fuse-${i}`,
+    );
+    await stack.erofs(blob.filePath, `l${i}`);
+    lowers.unshift(`${stack.root}/l${i}`);
+  }
+  return await stack.overlay("merged", lowers);
+}
+
 /** Rejects when `promise` takes longer than `ms` (a hang becomes a named failure). */
 export function deadline<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;

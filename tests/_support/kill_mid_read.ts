@@ -12,15 +12,25 @@ import { pidAlive, serverPids } from "./mounts.ts";
 
 export const BIG_FILE_BYTES = 48 << 20;
 
-/** An EROFS image (peer mkfs.erofs, uncompressed) holding one large random file. */
-export async function buildBigImage(dir: string): Promise<{ image: string; sha256: string }> {
+/** `sizeBytes` of random bytes as DIR/tree/big.bin; the tree and the file's sha256 (hex). */
+async function writeBigFile(
+  dir: string,
+  sizeBytes: number,
+): Promise<{ tree: string; sha256: string }> {
   const tree = `${dir}/tree`;
   Deno.mkdirSync(tree);
-  const data = new Uint8Array(BIG_FILE_BYTES);
+  const data = new Uint8Array(sizeBytes);
   for (let at = 0; at < data.length; at += 65536) {
     crypto.getRandomValues(data.subarray(at, at + 65536));
   }
   Deno.writeFileSync(`${tree}/big.bin`, data);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return { tree, sha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("") };
+}
+
+/** An EROFS image (peer mkfs.erofs, uncompressed) holding one large random file. */
+export async function buildBigImage(dir: string): Promise<{ image: string; sha256: string }> {
+  const { tree, sha256 } = await writeBigFile(dir, BIG_FILE_BYTES);
   const image = `${dir}/big.erofs`;
   const out = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
     args: ["-T1700000000", "--all-root", image, tree],
@@ -28,8 +38,27 @@ export async function buildBigImage(dir: string): Promise<{ image: string; sha25
     stderr: "piped",
   }).output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return { image, sha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("") };
+  return { image, sha256 };
+}
+
+/**
+ * A tar.gz layer (gzip -1: about 1:1) holding one random big.bin of `sizeBytes`: the layer's
+ * bytes and the file's sha256.
+ */
+export async function bigTarGz(
+  dir: string,
+  sizeBytes = BIG_FILE_BYTES,
+): Promise<{ bytes: Uint8Array<ArrayBuffer>; sha: string }> {
+  const { tree, sha256 } = await writeBigFile(dir, sizeBytes);
+  const out = await new Deno.Command("sh", {
+    args: [
+      "-c",
+      `tar -C '${tree}' --owner=0 --group=0 --numeric-owner -cf - big.bin | gzip -1 > '${dir}/big.tar.gz'`,
+    ],
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return { bytes: Deno.readFileSync(`${dir}/big.tar.gz`), sha: sha256 };
 }
 
 /**

@@ -42,6 +42,11 @@ async function push(registry: TestRegistry, image: string, files: string[]) {
   );
 }
 
+/** `erofs-oci mount ARGS` with the sandbox's environment, which must succeed. */
+async function mountOk(sandbox: MountSandbox, args: string[]): Promise<void> {
+  assertSuccess(await runCli(["mount", ...args], { env: sandbox.env, timeoutMs: 120_000 }));
+}
+
 function runtimeEntries(sandbox: MountSandbox): string[] {
   try {
     return [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
@@ -126,12 +131,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
       await withRegistry("none", async (registry, sandbox) => {
         const image = `${registry.host}/demo/layers:v1`;
         await push(registry, image, ["layer1.erofs", "layer2.erofs", "layer3.erofs"]);
-        assertSuccess(
-          await runCli(["mount", image, sandbox.target, "--backend", backend], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountOk(sandbox, [image, sandbox.target, "--backend", backend]);
         assert.equal(await manifestOf(sandbox.target), expectedManifest("merged.txt"));
         // Read-only by default.
         assert.throws(() => Deno.writeTextFileSync(`${sandbox.target}/new.txt`, "x"));
@@ -147,21 +147,11 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
       await withRegistry("none", async (registry, sandbox) => {
         const image = `${registry.host}/demo/layers:v1`;
         await push(registry, image, ["layer1.erofs", "layer2.erofs", "layer3.erofs"]);
-        assertSuccess(
-          await runCli(["mount", image, sandbox.target, "--layer", "0", "--backend", backend], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountOk(sandbox, [image, sandbox.target, "--layer", "0", "--backend", backend]);
         assert.equal(await manifestOf(sandbox.target), expectedManifest("layer1.txt"));
         await unmountAndCheckClean(sandbox);
 
-        assertSuccess(
-          await runCli(["mount", `${FIXTURES}/basic-lz4.erofs`, sandbox.target], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountOk(sandbox, [`${FIXTURES}/basic-lz4.erofs`, sandbox.target]);
         assert.equal(await manifestOf(sandbox.target), expectedManifest("basic-lz4.txt"));
         await unmountAndCheckClean(sandbox);
       });
@@ -232,12 +222,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
     async fn() {
       const sandbox = await mountSandbox();
       try {
-        assertSuccess(
-          await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountOk(sandbox, [`${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend]);
         const file = await Deno.open(`${sandbox.target}/lorem.txt`);
         try {
           assertCliError(
