@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { runCli } from "./_support/cli.ts";
-import { run, runOk, withMountedImage } from "./_support/erofs_tree.ts";
+import { run, runOk, sparseTar, withMountedImage } from "./_support/erofs_tree.ts";
 import { checkErofsSuperblock } from "../lib/erofs/superblock.ts";
 
 const ignore = requires(
@@ -153,22 +153,7 @@ Deno.test({
         expected("big.meta.txt"),
       );
 
-      const src = `${work}/src`;
-      Deno.mkdirSync(src);
-      {
-        using f = Deno.openSync(`${src}/sparse`, { write: true, create: true });
-        f.truncateSync(8 << 20);
-        f.writeSync(new Uint8Array([1]));
-      }
-      await runOk("tar", [
-        "-C",
-        src,
-        "--sparse",
-        "--format=posix",
-        "-cf",
-        `${work}/sparse.tar`,
-        "sparse",
-      ]);
+      await sparseTar(work, 8 << 20, 0, new Uint8Array([1]));
       const refused = await runCli([
         "build",
         "--tar-index",

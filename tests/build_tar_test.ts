@@ -17,6 +17,7 @@ import {
   fsckImage,
   run,
   runOk,
+  sparseTar,
   withMountedImage,
   withOverlayMount,
 } from "./_support/erofs_tree.ts";
@@ -116,23 +117,12 @@ Deno.test({
   ignore,
   async fn() {
     await withWork(async (work) => {
-      const src = `${work}/src`;
-      Deno.mkdirSync(src);
-      {
-        using f = Deno.openSync(`${src}/sparse`, { write: true, create: true });
-        f.truncateSync(64 << 20);
-        f.seekSync(40 << 20, Deno.SeekMode.Start);
-        f.writeSync(new TextEncoder().encode("in the middle"));
-      }
-      await runOk("tar", [
-        "-C",
-        src,
-        "--sparse",
-        "--format=posix",
-        "-cf",
-        `${work}/sparse.tar`,
-        "sparse",
-      ]);
+      const src = await sparseTar(
+        work,
+        64 << 20,
+        40 << 20,
+        new TextEncoder().encode("in the middle"),
+      );
       await runOk("gzip", ["-k", `${work}/sparse.tar`]);
       await build(`${work}/sparse.tar.gz`, `${work}/sparse.erofs`);
       const du = Number((await runOk("du", ["-k", `${work}/sparse.erofs`])).split("\t")[0]);

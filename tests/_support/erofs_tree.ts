@@ -136,6 +136,36 @@ export async function withOverlayMount<T>(
   }
 }
 
+/**
+ * WORK/src/sparse, a sparse file of `sizeBytes` holding `data` at `offset`, archived by GNU tar
+ * (--sparse, pax) as WORK/sparse.tar; returns WORK/src.
+ */
+export async function sparseTar(
+  work: string,
+  sizeBytes: number,
+  offset: number,
+  data: Uint8Array,
+): Promise<string> {
+  const src = `${work}/src`;
+  Deno.mkdirSync(src);
+  {
+    using f = Deno.openSync(`${src}/sparse`, { write: true, create: true });
+    f.truncateSync(sizeBytes);
+    f.seekSync(offset, Deno.SeekMode.Start);
+    f.writeSync(data);
+  }
+  await runOk("tar", [
+    "-C",
+    src,
+    "--sparse",
+    "--format=posix",
+    "-cf",
+    `${work}/sparse.tar`,
+    "sparse",
+  ]);
+  return src;
+}
+
 /** A CLI failure prints one `erofs-oci: …` line, optionally followed by one `  hint: …` line. */
 export function assertOneLineError(stderr: string): void {
   const lines = stderr.trimEnd().split("\n");
