@@ -18,6 +18,7 @@ import {
   ChunkTableBuilder,
   type EncodedTable,
   encodeTable,
+  withFileMetadata,
 } from "../verify/chunk_table.ts";
 import { pushTablesArtifact, tableRef, uploadTables } from "../verify/table_artifact.ts";
 
@@ -106,7 +107,12 @@ async function hashErofsFile(
       digest,
       sizeBytes: size,
       mediaType,
-      table: encodeTable(table.finish(digest)),
+      // An EROFS layer's table also says where its directory metadata lies (mount prefetch).
+      table: encodeTable(
+        mediaType === EROFS_LAYER
+          ? await withFileMetadata(table.finish(digest), file.path)
+          : table.finish(digest),
+      ),
     };
   } finally {
     try {

@@ -10,7 +10,7 @@ import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/r
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
-import { openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
+import { metadataLoaderOf, openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import type { TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
@@ -190,6 +190,7 @@ export async function runMountServer(): Promise<number> {
           };
           prefetchErofsMetadata(raw, served, {
             signal: prefetchAbort.signal,
+            metadata: metadataLoaderOf(raw),
             onDirectoriesDone: report,
           }).then(report);
         }),

@@ -8,6 +8,47 @@ import type { Source } from "../source/source.ts";
 import { DiskCache } from "../source/disk_cache.ts";
 import type { LayerSpec } from "../state/runtime.ts";
 import { verifiedBlob } from "../verify/layer_tables.ts";
+import {
+  loadMetadataRanges,
+  type MetadataPiece,
+  type MetadataRanges,
+  type MetadataSidecar,
+} from "../verify/metadata_ranges.ts";
+
+/** Fetches (or reads back from the disk cache) a layer's listed metadata, each range checked. */
+export type MetadataLoader = (
+  signal?: AbortSignal,
+) => Promise<{ pieces: MetadataPiece[]; note: string }>;
+
+const metadataLoaders = new WeakMap<Source, MetadataLoader>();
+
+/**
+ * The loader of the metadata range list in the chunk table of the layer `source` was opened
+ * for (openLayerSource), if its table has one: the mount prefetch pins those pages first.
+ */
+export function metadataLoaderOf(source: Source): MetadataLoader | undefined {
+  return metadataLoaders.get(source);
+}
+
+function sidecarOf(source: Source): MetadataSidecar | undefined {
+  const s = source as Partial<{
+    readSidecar(maxBytes: number): Uint8Array | undefined;
+    writeSidecar(bytes: Uint8Array): void;
+  }>;
+  if (typeof s.readSidecar !== "function" || typeof s.writeSidecar !== "function") return undefined;
+  return { read: (maxBytes) => s.readSidecar!(maxBytes), write: (bytes) => s.writeSidecar!(bytes) };
+}
+
+function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
+  metadataLoaders.set(source, async (signal) => {
+    const loaded = await loadMetadataRanges(ranges, blob, { sidecar: sidecarOf(source), signal });
+    return {
+      pieces: loaded.pieces,
+      note: `list of ${ranges.offsets.length} ranges: ${loaded.fromSidecar} from disk, ` +
+        `${loaded.fetched} fetched` + (loaded.bad ? `, ${loaded.bad} did not match` : ""),
+    };
+  });
+}
 
 /**
  * The host's disk cache, opened once per process. Configured by the environment so the
@@ -66,6 +107,7 @@ export async function openLayerSource(
   });
   let source: Source = blob;
   let origin = registryOrigin(layer.registry, layer.plainHttp);
+  let metadata: MetadataRanges | undefined;
   if (layer.chunkTable) {
     // Under the caches: nothing unverified is ever cached or served.
     const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin).catch(
@@ -76,8 +118,10 @@ export async function openLayerSource(
     );
     source = verified.source;
     origin = verified.cacheOrigin;
+    metadata = verified.source.table.metadata;
   }
   const cache = sharedDiskCache();
-  if (!cache) return source;
-  return cache.wrap(source, { digest: layer.digest, origin });
+  const opened = cache ? cache.wrap(source, { digest: layer.digest, origin }) : source;
+  if (metadata) registerMetadata(opened, metadata, blob);
+  return opened;
 }

@@ -13,6 +13,7 @@ import {
   type RetryPolicy,
 } from "./retry.ts";
 import { type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
+import { type ByteRange, readBlobRanges } from "./blob_ranges.ts";
 import { registryConfigDir } from "./hosts_config.ts";
 import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
 import {
@@ -214,6 +215,17 @@ export class RegistryClient {
       signal,
       expectedSizeBytes,
     );
+  }
+
+  /** Several ranges in one GET where the registry answers multi-range; see blob_ranges.ts. */
+  readBlobRanges(
+    repository: string,
+    digest: string,
+    ranges: readonly ByteRange[],
+    expectedSizeBytes?: number,
+    signal?: AbortSignal,
+  ): Promise<(Uint8Array | undefined)[] | undefined> {
+    return readBlobRanges(this, repository, digest, ranges, expectedSizeBytes, signal);
   }
 
   /** Downloads a blob to `path`, verified against its digest; see download.ts. */

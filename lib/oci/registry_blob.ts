@@ -1,6 +1,7 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
 import type { BodySink } from "./blob_range.ts";
+import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
 export interface BlobRangeReader {
@@ -23,6 +24,14 @@ export interface BlobRangeReader {
     signal?: AbortSignal,
     expectedSizeBytes?: number,
   ): Promise<void>;
+  /** Several ranges in one request (see blob_ranges.ts); undefined: not answered that way. */
+  readBlobRanges?(
+    repository: string,
+    digest: string,
+    ranges: readonly ByteRange[],
+    expectedSizeBytes?: number,
+    signal?: AbortSignal,
+  ): Promise<(Uint8Array | undefined)[] | undefined>;
   close?(): void | Promise<void>;
 }
 
@@ -108,6 +117,42 @@ export class RegistryBlob implements Source {
       this.size,
     );
     this.bytesFetched += arrived;
+  }
+
+  /**
+   * The bytes of each of `ranges` (ascending, apart) through multi-range GETs, up to
+   * MAX_RANGES_PER_REQUEST each, in parallel; undefined where the registry did not send a range
+   * that way (the caller reads those one by one). Unchecked bytes, like read()'s.
+   */
+  async readRanges(
+    ranges: readonly ByteRange[],
+    signal?: AbortSignal,
+  ): Promise<(Uint8Array | undefined)[]> {
+    const out: (Uint8Array | undefined)[] = new Array(ranges.length).fill(undefined);
+    const client = this.#client;
+    if (!client.readBlobRanges) return out;
+    for (const r of ranges) {
+      if (r.offset < 0 || r.length <= 0 || r.offset + r.length > this.size) {
+        throw new RangeError(`range ${r.offset}+${r.length} is outside blob ${this.digest}`);
+      }
+    }
+    const batches: Promise<void>[] = [];
+    for (let from = 0; from < ranges.length; from += MAX_RANGES_PER_REQUEST) {
+      const batch = ranges.slice(from, from + MAX_RANGES_PER_REQUEST);
+      this.requests++;
+      batches.push(
+        client.readBlobRanges(this.repository, this.digest, batch, this.size, signal).then(
+          (got) =>
+            got?.forEach((bytes, i) => {
+              out[from + i] = bytes;
+              this.bytesFetched += bytes?.length ?? 0;
+            }),
+          () => {}, // the caller reads what is missing one range at a time
+        ),
+      );
+    }
+    await Promise.all(batches);
+    return out;
   }
 
   /** Closes the client (a RegistryBlob owns the client it was given). */

@@ -266,7 +266,8 @@ export class DiskCache {
   #scan(): { base: string; bytes: number; usedMs: number }[] {
     const blobs = new Map<string, { base: string; bytes: number; usedMs: number }>();
     for (const entry of Deno.readDirSync(this.blobsDir)) {
-      const match = /^(.*)\.(map|data)$/.exec(entry.name);
+      // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), counted with it.
+      const match = /^(.*)\.(map|data|meta)$/.exec(entry.name);
       if (!match || !entry.isFile) continue;
       const base = `${this.blobsDir}/${match[1]}`;
       let info: Deno.FileInfo;
@@ -292,12 +293,15 @@ export class DiskCache {
     try {
       fd = openCacheFile(`${base}.map`, false);
     } catch {
-      try {
-        Deno.removeSync(`${base}.data`); // an orphaned data file
-        return true;
-      } catch {
-        return false;
+      // An orphaned data file or sidecar.
+      let removed = false;
+      for (const orphan of [`${base}.data`, `${base}.meta`]) {
+        try {
+          Deno.removeSync(orphan);
+          removed = true;
+        } catch { /* not there */ }
       }
+      return removed;
     }
     try {
       if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
@@ -305,9 +309,11 @@ export class DiskCache {
       const now = Deno.lstatSync(`${base}.map`);
       if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
       Deno.removeSync(`${base}.map`);
-      try {
-        Deno.removeSync(`${base}.data`);
-      } catch { /* never written */ }
+      for (const extra of [`${base}.data`, `${base}.meta`]) {
+        try {
+          Deno.removeSync(extra);
+        } catch { /* never written */ }
+      }
       return true;
     } catch {
       return false;

@@ -213,6 +213,40 @@ export class DiskCachedSource implements Source {
     await Promise.allSettled(new Set(this.#filling.values()));
   }
 
+  /**
+   * The blob's sidecar file (`<base>.meta`): bytes a caller keeps with the blob for the next
+   * open, e.g. the pages of a chunk table's metadata list (the caller checks them again when it
+   * reads them back). At most `maxBytes`; undefined when absent, larger or unreadable.
+   */
+  readSidecar(maxBytes: number): Uint8Array | undefined {
+    if (this.#closing.signal.aborted) return undefined;
+    try {
+      const path = `${this.#base}.meta`;
+      const info = Deno.lstatSync(path);
+      if (!info.isFile || info.size > maxBytes) return undefined;
+      return Deno.readFileSync(path);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Replaces the sidecar (written whole, then renamed into place; counted in the bound). */
+  writeSidecar(bytes: Uint8Array): void {
+    if (this.#closing.signal.aborted || this.#degraded) return;
+    const path = `${this.#base}.meta`;
+    const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    try {
+      Deno.writeFileSync(tmp, bytes, { mode: 0o600 });
+      Deno.renameSync(tmp, path);
+      this.#cache.noteWritten(bytes.length);
+    } catch (error) {
+      try {
+        Deno.removeSync(tmp);
+      } catch { /* not there */ }
+      this.#cache.warnOnce(`disk cache ${this.#base}.meta: ${(error as Error).message}`);
+    }
+  }
+
   /** Chunks marked present in the file now (by any process). */
   presentChunks(): number {
     return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (byte === PRESENT ? 1 : 0), 0);

@@ -6,11 +6,19 @@
  *
  * Stored as a small JSON blob (media type CHUNK_TABLE_MEDIA_TYPE):
  * `{"schemaVersion":1,"algorithm":"sha256","layer":{"digest","size"},"chunkBytes",
- * "chunks":"<hex digests back to back>"}`. The last chunk may be shorter.
+ * "chunks":"<hex digests back to back>"}`. The last chunk may be shorter. An EROFS layer's table
+ * may also carry `"metadata"`: where its directory metadata lies, with a digest per range
+ * (metadata_ranges.ts), so a mount fetches just those bytes instead of walking whole chunks.
  */
 import { createHash, type Hash } from "node:crypto";
 import { FormatError } from "../errors.ts";
 import { digestOf } from "../oci/digest.ts";
+import {
+  encodeMetadataRanges,
+  type MetadataRanges,
+  metadataRangesOfFile,
+  parseMetadataRanges,
+} from "./metadata_ranges.ts";
 
 export const CHUNK_TABLE_MEDIA_TYPE = "application/vnd.io.github.erofs-oci.chunk-digests.v1+json";
 /** artifactType of the manifest that carries the tables of an image (referrers API). */
@@ -40,11 +48,19 @@ export class ChunkTable {
     readonly chunkBytes: number,
     /** The chunk digests, 32 bytes each, back to back. */
     readonly digests: Uint8Array,
+    /** Where the layer's directory metadata lies (EROFS layers whose maker recorded it). */
+    readonly metadata?: MetadataRanges,
   ) {
     this.chunkCount = digests.length / DIGEST_BYTES;
   }
 
-  static of(layerDigest: string, sizeBytes: number, chunkBytes: number, digests: Uint8Array) {
+  static of(
+    layerDigest: string,
+    sizeBytes: number,
+    chunkBytes: number,
+    digests: Uint8Array,
+    metadata?: MetadataRanges,
+  ) {
     checkShape(layerDigest, sizeBytes, chunkBytes);
     const want = Math.ceil(sizeBytes / chunkBytes) * DIGEST_BYTES;
     if (digests.length !== want) {
@@ -54,7 +70,14 @@ export class ChunkTable {
         } chunks`,
       );
     }
-    return new ChunkTable(layerDigest, sizeBytes, chunkBytes, digests);
+    return new ChunkTable(layerDigest, sizeBytes, chunkBytes, digests, metadata);
+  }
+
+  /** The same table with a metadata range list (checked like a parsed one). */
+  withMetadata(metadata: MetadataRanges | undefined): ChunkTable {
+    if (!metadata) return this;
+    const checked = parseMetadataRanges(encodeMetadataRanges(metadata), this.sizeBytes);
+    return new ChunkTable(this.layerDigest, this.sizeBytes, this.chunkBytes, this.digests, checked);
   }
 
   /** Checks one whole chunk (`bytes` must be all of chunk `index`). */
@@ -75,6 +98,7 @@ export class ChunkTable {
       layer: { digest: this.layerDigest, size: this.sizeBytes },
       chunkBytes: this.chunkBytes,
       chunks: Array.from(this.digests, (b) => b.toString(16).padStart(2, "0")).join(""),
+      ...(this.metadata ? { metadata: encodeMetadataRanges(this.metadata) } : {}),
     }));
   }
 }
@@ -119,7 +143,10 @@ export function parseChunkTable(
   for (let i = 0; i < digests.length; i++) {
     digests[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
   }
-  const table = ChunkTable.of(l.digest, l.size, value.chunkBytes, digests);
+  const metadata = value.metadata === undefined
+    ? undefined
+    : parseMetadataRanges(value.metadata, l.size);
+  const table = ChunkTable.of(l.digest, l.size, value.chunkBytes, digests, metadata);
   if (layer && (table.layerDigest !== layer.digest || table.sizeBytes !== layer.sizeBytes)) {
     throw new FormatError(
       `chunk table is of layer ${table.layerDigest} (${table.sizeBytes} bytes), not of ${layer.digest} (${layer.sizeBytes} bytes)`,
@@ -193,11 +220,26 @@ export function encodeTable(table: ChunkTable): EncodedTable {
   return { table, bytes, digest: digestOf(bytes) };
 }
 
-/** The table of a local file (a layer about to be pushed). */
+/**
+ * The table of a local file (a layer about to be pushed), with its metadata range list when the
+ * file is an EROFS image.
+ */
 export async function chunkTableOfFile(
   path: string,
   chunkBytes = DEFAULT_TABLE_CHUNK_BYTES,
 ): Promise<ChunkTable> {
+  return await withFileMetadata(await chunkTableOfBytesOnly(path, chunkBytes), path);
+}
+
+/**
+ * `table` with the metadata range list of the EROFS image at `path` (read again, checked
+ * against `table`); unchanged for anything else.
+ */
+export async function withFileMetadata(table: ChunkTable, path: string): Promise<ChunkTable> {
+  return table.withMetadata(await metadataRangesOfFile(path, table));
+}
+
+async function chunkTableOfBytesOnly(path: string, chunkBytes: number): Promise<ChunkTable> {
   const builder = new ChunkTableBuilder(chunkBytes);
   using file = await Deno.open(path);
   const buffer = new Uint8Array(1 << 20);

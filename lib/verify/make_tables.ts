@@ -6,6 +6,7 @@
 import type { BlobRangeReader } from "../oci/registry_blob.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { ChunkTableBuilder, type EncodedTable, encodeTable } from "./chunk_table.ts";
+import { verifiedMetadataRangesOf } from "./metadata_ranges.ts";
 
 const WINDOW_BYTES = 8 * 1024 * 1024;
 
@@ -30,5 +31,14 @@ export async function makeLayerTable(
     );
     onProgress?.(offset + length);
   }
-  return encodeTable(builder.finish(layer.digest));
+  const table = builder.finish(layer.digest);
+  // An EROFS layer's table also lists where its directory metadata lies (the mount prefetch
+  // fetches just that): the same walk as the mount's, through ranged reads of the blob.
+  // Checked against the table just made: the registry's second answer may differ.
+  const metadata = await verifiedMetadataRangesOf(
+    table,
+    (offset, length) =>
+      store.readBlobRange(repository, layer.digest, offset, length, undefined, layer.sizeBytes),
+  ).catch(() => undefined); // an optimisation: a table without a list is still a table
+  return encodeTable(table.withMetadata(metadata));
 }

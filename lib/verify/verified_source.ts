@@ -67,6 +67,11 @@ export class VerifiedSource implements Source {
     return this.#table.chunkBytes;
   }
 
+  /** The table every read is checked against. */
+  get table(): ChunkTable {
+    return this.#table;
+  }
+
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
     if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);

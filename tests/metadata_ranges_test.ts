@@ -1,0 +1,359 @@
+/**
+ * The chunk table's metadata range list (issue 12's cold mount): made from an EROFS image it
+ * lists exactly the pages the mount's directory walk pins, round-trips through the table blob,
+ * is refused when malformed (bounded, ordered, inside the layer), and at mount it replaces the
+ * walk's chunk fetches: the pages come from one multi-range GET (real docker-registry), are each
+ * checked against their digest, and go to the disk cache's sidecar so a remount fetches nothing.
+ * A list that lies (wrong digests, ranges of file data, pages missing) costs only speed: the
+ * pinned bytes are still the image's.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { FormatError } from "../lib/errors.ts";
+import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
+import { DiskCache } from "../lib/source/disk_cache.ts";
+import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
+import { CachedSource } from "../lib/source/cached.ts";
+import { PrefetchedSource, prefetchErofsMetadata } from "../lib/source/prefetched.ts";
+import { ChunkTableBuilder, parseChunkTable } from "../lib/verify/chunk_table.ts";
+import {
+  loadMetadataRanges,
+  MAX_METADATA_RANGES,
+  type MetadataRanges,
+  metadataRangesOf,
+  metadataRangesOfFile,
+  parseMetadataRanges,
+  verifiedMetadataRangesOf,
+} from "../lib/verify/metadata_ranges.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { RegistryBlob } from "../lib/oci/registry_blob.ts";
+import { MemorySource } from "./_support/memory_source.ts";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
+
+const FIXTURE = `${FIXTURES}/basic.erofs`;
+const image = Deno.readFileSync(FIXTURE);
+const DIGEST = "sha256:" + createHash("sha256").update(image).digest("hex");
+const read = (offset: number, length: number) =>
+  Promise.resolve(image.slice(offset, offset + length));
+
+async function walkPages(): Promise<Set<number>> {
+  const walk = await walkErofsMetadata(read, image.length, { fileInodes: false });
+  assert.equal(walk.pageBytes, 4096);
+  return new Set(walk.pages.keys());
+}
+
+function pagesOf(ranges: MetadataRanges): Set<number> {
+  const pages = new Set<number>();
+  ranges.offsets.forEach((offset, i) => {
+    for (let at = offset; at < offset + ranges.lengths[i]; at += 4096) pages.add(at / 4096);
+  });
+  return pages;
+}
+
+function tableWith(ranges: MetadataRanges | undefined) {
+  const builder = new ChunkTableBuilder(64 << 10);
+  builder.update(image);
+  return builder.finish(DIGEST).withMetadata(ranges);
+}
+
+Deno.test("metadata ranges: the walk's pages, hashed, round-trip through the table blob", async () => {
+  const ranges = (await metadataRangesOfFile(FIXTURE))!;
+  assert(ranges, "an EROFS image gets a list");
+  assert.deepEqual(pagesOf(ranges), await walkPages());
+  ranges.offsets.forEach((offset, i) => {
+    const bytes = image.subarray(offset, offset + ranges.lengths[i]);
+    assert.deepEqual(
+      ranges.digests.subarray(32 * i, 32 * i + 32),
+      new Uint8Array(createHash("sha256").update(bytes).digest()),
+    );
+  });
+  const parsed = parseChunkTable(tableWith(ranges).encode(), {
+    digest: DIGEST,
+    sizeBytes: image.length,
+  });
+  assert.deepEqual(parsed.metadata, ranges);
+  // A table without a list stays as it was (older readers and makers).
+  assert.equal(parseChunkTable(tableWith(undefined).encode()).metadata, undefined);
+  // Not EROFS: no list, no error.
+  const notErofs = new Uint8Array(8192).fill(7);
+  assert.equal(
+    await metadataRangesOf((o, l) => Promise.resolve(notErofs.slice(o, o + l)), notErofs.length),
+    undefined,
+  );
+});
+
+Deno.test("metadata ranges made from a source that lies: only bytes the table vouches for", async () => {
+  const table = tableWith(undefined);
+  // The second read of the layer (after its table was made) serves other bytes past 64 KiB.
+  const lying = (offset: number, length: number) => {
+    const bytes = image.slice(offset, offset + length);
+    for (let i = Math.max(0, (64 << 10) - offset); i < bytes.length; i++) bytes[i] ^= 0x5a;
+    return Promise.resolve(bytes);
+  };
+  const ranges = await verifiedMetadataRangesOf(table, lying);
+  assert(ranges, "the pages of the good chunks are still listed");
+  ranges.offsets.forEach((offset, i) => {
+    assert(offset + ranges.lengths[i] <= 64 << 10, `range ${i} at ${offset} from lying bytes`);
+    const bytes = image.subarray(offset, offset + ranges.lengths[i]);
+    assert.deepEqual(
+      ranges.digests.subarray(32 * i, 32 * i + 32),
+      new Uint8Array(createHash("sha256").update(bytes).digest()),
+    );
+  });
+});
+
+Deno.test("metadata ranges: malformed lists are refused with the table", () => {
+  const size = 1 << 20;
+  const digests = (n: number) => "ab".repeat(32 * n);
+  const bad: unknown[] = [
+    null,
+    { ranges: "0,4096", digests: digests(1) },
+    { ranges: [0], digests: digests(1) },
+    { ranges: [0, 4096], digests: digests(2) },
+    { ranges: [0, 4096], digests: "zz".repeat(32) },
+    { ranges: [8192, 4096, 0, 4096], digests: digests(2) }, // out of order
+    { ranges: [0, 8192, 4096, 4096], digests: digests(2) }, // overlapping
+    { ranges: [size - 4096, 8192], digests: digests(1) }, // past the layer
+    { ranges: [0, 0], digests: digests(1) },
+    { ranges: [-4096, 4096], digests: digests(1) },
+    { ranges: [0.5, 4096], digests: digests(1) },
+    { ranges: [0, 8 << 20], digests: digests(1) }, // one range over 4 MiB
+    {
+      ranges: Array.from({ length: 2 * (MAX_METADATA_RANGES + 1) }, (_, i) => i % 2 ? 1 : i * 2),
+      digests: digests(MAX_METADATA_RANGES + 1),
+    },
+  ];
+  for (const value of bad) {
+    assert.throws(() => parseMetadataRanges(value, size), FormatError, JSON.stringify(value));
+  }
+  // Too many bytes in all (each range within its bound): 9 ranges of 4 MiB > 32 MiB.
+  const big = Array.from({ length: 9 }, (_, i) => [i * (4 << 20), 4 << 20]).flat();
+  assert.throws(() => parseMetadataRanges({ ranges: big, digests: digests(9) }, 64 << 20));
+  // And through a table blob.
+  const table = JSON.parse(new TextDecoder().decode(tableWith(undefined).encode()));
+  table.metadata = { ranges: [0, 4096, 0, 4096], digests: digests(2) };
+  assert.throws(
+    () => parseChunkTable(new TextEncoder().encode(JSON.stringify(table))),
+    FormatError,
+  );
+});
+
+/** The prefetch as the mount server runs it, over a disk cache of `image` read from `inner`. */
+async function prefetchWithList(dir: string, ranges: MetadataRanges, blob: MemorySource) {
+  const cache = DiskCache.open({ dir, chunkBytes: 16 << 10 })!;
+  const inner = new MemorySource(image);
+  const disk = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
+  const served = new PrefetchedSource(new CachedSource(disk, { cacheBytes: 8 << 20 }));
+  const sidecar = {
+    read: (maxBytes: number) => disk.readSidecar(maxBytes),
+    write: (bytes: Uint8Array) => disk.writeSidecar(bytes),
+  };
+  let loaded: Awaited<ReturnType<typeof loadMetadataRanges>> | undefined;
+  const summary = await prefetchErofsMetadata(disk, served, {
+    metadata: async (signal) => {
+      loaded = await loadMetadataRanges(ranges, blob, { sidecar, signal });
+      return { pieces: loaded.pieces, note: "list" };
+    },
+  });
+  assert.match(summary, /directories:/, summary);
+  await disk.whenDurable();
+  return { inner, served, loaded: loaded!, summary };
+}
+
+async function assertPinsAreTheImage(served: PrefetchedSource, pages: Set<number>) {
+  for (const page of pages) {
+    const offset = page * 4096;
+    assert.deepEqual(
+      await served.read(offset, 4096),
+      image.subarray(offset, offset + 4096),
+      `page ${page}`,
+    );
+  }
+}
+
+Deno.test("metadata ranges at mount: the walk reads nothing more, a remount reads the sidecar", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const ranges = (await metadataRangesOfFile(FIXTURE))!;
+    const pages = await walkPages();
+    const blob = new MemorySource(image);
+    const first = await prefetchWithList(dir, ranges, blob);
+    // The walk reads nothing through the disk cache; only the image's head is stored there.
+    assert.deepEqual(first.inner.reads, [{ offset: 0, length: 16 << 10 }]);
+    assert.equal(first.loaded.fetched, ranges.offsets.length);
+    assert.equal(first.served.pinnedBytes, pages.size * 4096);
+    await assertPinsAreTheImage(first.served, pages);
+    await first.served.close();
+    const readsBefore = blob.reads.length;
+    const again = await prefetchWithList(dir, ranges, blob);
+    assert.equal(blob.reads.length, readsBefore, "a remount fetches no listed range");
+    assert.equal(again.loaded.fromSidecar, ranges.offsets.length);
+    assert.equal(again.inner.reads.length, 0, "the head is on disk already");
+    await assertPinsAreTheImage(again.served, pages);
+    await again.served.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("metadata ranges that lie cost speed only: pinned bytes are the image's", async () => {
+  const honest = (await metadataRangesOfFile(FIXTURE))!;
+  const pages = await walkPages();
+  const n = honest.offsets.length;
+  assert(n >= 2, "the fixture has several ranges");
+  const lies: [string, MetadataRanges][] = [
+    // Every digest wrong: nothing is pinned from the list.
+    ["wrong digests", { ...honest, digests: honest.digests.map((b) => b ^ 1) }],
+    // Half the ranges left out.
+    ["pages missing", {
+      offsets: honest.offsets.filter((_, i) => i % 2),
+      lengths: honest.lengths.filter((_, i) => i % 2),
+      digests: Uint8Array.from(
+        Array.from({ length: n }, (_, i) => i).filter((i) => i % 2)
+          .flatMap((i) => [...honest.digests.subarray(32 * i, 32 * i + 32)]),
+      ),
+    }],
+  ];
+  // Ranges of file data (hashed correctly): pinned, they are the image's bytes anyway.
+  const tail = image.length - 8192;
+  lies.push(["file data", {
+    offsets: [tail],
+    lengths: [8192],
+    digests: new Uint8Array(createHash("sha256").update(image.subarray(tail)).digest()),
+  }]);
+  for (const [what, ranges] of lies) {
+    const dir = await Deno.makeTempDir();
+    try {
+      const { served, loaded } = await prefetchWithList(dir, ranges, new MemorySource(image));
+      if (what === "wrong digests") {
+        assert.equal(loaded.pieces.length, 0, what);
+        assert.equal(loaded.bad, n, what);
+      }
+      await assertPinsAreTheImage(served, pages);
+      await served.close();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+  // A sidecar with other bytes is checked again and refetched, never used.
+  const dir = await Deno.makeTempDir();
+  try {
+    const blob = new MemorySource(image);
+    const first = await prefetchWithList(dir, honest, blob);
+    await first.served.close();
+    const [meta] = [...Deno.readDirSync(`${dir}/blobs`)].filter((e) => e.name.endsWith(".meta"));
+    const sidecarPath = `${dir}/blobs/${meta.name}`;
+    const bytes = Deno.readFileSync(sidecarPath);
+    bytes[bytes.length - 1] ^= 0xff;
+    Deno.writeFileSync(sidecarPath, bytes);
+    const again = await prefetchWithList(dir, honest, blob);
+    assert.equal(again.loaded.fromSidecar, n - 1);
+    assert.equal(again.loaded.fetched, 1);
+    await assertPinsAreTheImage(again.served, pages);
+    await again.served.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const ignoreRegistry = requires(command("docker-registry"));
+
+Deno.test({
+  name: "metadata ranges: one multi-range GET from docker-registry returns each range",
+  ignore: ignoreRegistry,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    assertSuccess(
+      await runCli(["push", `${registry.host}/mr/one:v1`, FIXTURE, "--plain-http"], {
+        timeoutMs: 60_000,
+      }),
+    );
+    await using proxy = await startFaultProxy(registry.host, []);
+    const client = new RegistryClient(proxy.host, { plainHttp: true });
+    const blob = new RegistryBlob(client, "mr/one", {
+      index: 0,
+      digest: DIGEST,
+      sizeBytes: image.length,
+      mediaType: "application/vnd.erofs",
+    });
+    try {
+      const ranges = [{ offset: 0, length: 4096 }, { offset: 20000, length: 333 }, {
+        offset: image.length - 100,
+        length: 100,
+      }];
+      const got = await blob.readRanges(ranges);
+      ranges.forEach((r, i) =>
+        assert.deepEqual(got[i], image.subarray(r.offset, r.offset + r.length), `range ${i}`)
+      );
+      const gets = proxy.requests.filter((r) => r.method === "GET" && r.path.includes("/blobs/"));
+      assert.equal(gets.length, 1, "one request for all three");
+    } finally {
+      await blob.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "metadata ranges at a FUSE mount: one layer GET for the metadata, zero at remount",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    assertSuccess(
+      await runCli(["push", `${registry.host}/mr/mount:v1`, FIXTURE, "--plain-http"], {
+        timeoutMs: 60_000,
+      }),
+    );
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
+    const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+    const layerGets = () =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${DIGEST}`))
+        .length;
+    const mount = async () => {
+      const before = layerGets();
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${proxy.host}/mr/mount:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+          ],
+          { env, timeoutMs: 60_000 },
+        ),
+      );
+      const atMount = layerGets() - before;
+      const log = sandbox.serverLogs();
+      try {
+        // Only directories are listed: a find needs no further GET.
+        const find = await new Deno.Command("find", { args: [sandbox.target], stdout: "null" })
+          .output();
+        assert(find.success);
+        assert.equal(layerGets() - before, atMount, "find after the mount fetched nothing");
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"), log);
+      } finally {
+        assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
+      }
+      return { atMount, log };
+    };
+    try {
+      const cold = await mount();
+      // The CLI's superblock check, the list's one multi-range GET, the image's head stored
+      // for the next mount's check (in the background, after the walk).
+      assert(cold.atMount <= 3, `cold mount: ${cold.atMount} layer GETs\n${cold.log}`);
+      assert.match(cold.log, /list of \d+ ranges: 0 from disk, \d+ fetched/, cold.log);
+      const warm = await mount();
+      assert.equal(warm.atMount, 0, `remount: ${warm.atMount} layer GETs\n${warm.log}`);
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(cacheDir, { recursive: true });
+    }
+  },
+});
