@@ -10,10 +10,18 @@
 import assert from "node:assert/strict";
 import { command, path, PEER_BIN, requires } from "../_support/requires.ts";
 import { runCli } from "../_support/cli.ts";
-import { fsckImage, runOk, treeListing, withMountedImage } from "../_support/erofs_tree.ts";
+import {
+  fsckImage,
+  runOk,
+  treeListing,
+  withMountedImage,
+  withOverlayMount,
+} from "../_support/erofs_tree.ts";
+import { BIG_SPARSE_MARKS, bigSparseMarks, makeAwkwardTree } from "../_support/awkward_tree.ts";
+import { withTempDir } from "../_support/temp_dir.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { mountSandbox } from "../_support/mounts.ts";
-import { NOT_IN_VM, runCommand } from "../_support/vm.ts";
+import { NOT_IN_VM } from "../_support/vm.ts";
 
 const ignore = NOT_IN_VM ||
   requires(
@@ -22,88 +30,12 @@ const ignore = NOT_IN_VM ||
     command("setfattr"),
     path(`${PEER_BIN}/fsck.erofs`, "fsck.erofs 1.9.3"),
   );
-const BIG_BYTES = 4 * 1024 ** 3 + 12345;
 /** Files bigger than this are compared by size and a few bytes, not hashed. */
 const HASH_UP_TO_BYTES = 64 << 20;
 const BUILD_TIMEOUT_MS = 600_000;
 
-/**
- * The awkward tree under `src`; with `bigSparse` also the file over 4 GiB (not for a push:
- * the image's 4 GiB would be uploaded and stored in the guest's RAM).
- */
-async function makeAwkwardTree(src: string, bigSparse: boolean): Promise<void> {
-  Deno.mkdirSync(`${src}/empty-dir`, { recursive: true });
-  Deno.writeFileSync(`${src}/empty-file`, new Uint8Array());
-  Deno.writeTextFileSync(`${src}/${"n".repeat(255)}`, "long name");
-  Deno.mkdirSync(`${src}/${"d".repeat(255)}`);
-  await runOk("mknod", [`${src}/char`, "c", "1", "3"]);
-  await runOk("mknod", [`${src}/block`, "b", "259", "1048575"]);
-  // The overlayfs form of a whiteout: a 0/0 character device.
-  await runOk("mknod", [`${src}/whiteout`, "c", "0", "0"]);
-  await runOk("mkfifo", [`${src}/fifo`]);
-  await runOk("python3", [
-    "-c",
-    `import socket; socket.socket(socket.AF_UNIX).bind("${src}/sock")`,
-  ]);
-  Deno.writeFileSync(`${src}/linked`, crypto.getRandomValues(new Uint8Array(9000)));
-  Deno.linkSync(`${src}/linked`, `${src}/hardlink`);
-  Deno.linkSync(`${src}/linked`, `${src}/${"d".repeat(255)}/hardlink2`);
-  Deno.symlinkSync("x".repeat(4000), `${src}/long-symlink`);
-  Deno.symlinkSync("/dangling/absolute", `${src}/dangling`);
-  Deno.mkdirSync(`${src}/many`);
-  for (let i = 0; i < 600; i++) {
-    Deno.writeTextFileSync(`${src}/many/f-${i}-${"z".repeat(i % 40)}`, `${i}`.repeat(i));
-  }
-  for (let i = 0; i < 4; i++) {
-    const f = `${src}/x${i}`;
-    Deno.writeTextFileSync(f, "x".repeat(i * 3000));
-    // The same pair on several files goes to the shared area; the others stay inline.
-    await runOk("setfattr", ["-n", "trusted.shared", "-v", "same-value", f]);
-    await runOk("setfattr", ["-n", "trusted.own", "-v", `v${i}`, f]);
-    await runOk("setfattr", [
-      "-n",
-      "security.capability",
-      "-v",
-      "0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=",
-      f,
-    ]);
-  }
-  await runOk("setfattr", ["-n", "trusted.overlay.opaque", "-v", "y", `${src}/empty-dir`]);
-  await runOk("setfattr", ["-n", "trusted.big", "-v", "v".repeat(3000), `${src}/many`]);
-  await runOk("touch", ["-h", "-d", "2001-02-03 04:05:06.123456789", `${src}/dangling`]);
-  await runOk("touch", ["-d", "1960-01-01 00:00:00.5", `${src}/empty-file`]);
-  Deno.chownSync(`${src}/x1`, 100000, 200000);
-  Deno.chmodSync(`${src}/x2`, 0o6755);
-  Deno.chmodSync(`${src}/empty-dir`, 0o1777);
-  if (!bigSparse) return;
-  // Sparse, over 4 GiB (extended inode, 64-bit size): a few bytes at each end.
-  using big = Deno.openSync(`${src}/big.sparse`, { write: true, create: true });
-  big.truncateSync(BIG_BYTES);
-  big.writeSync(new TextEncoder().encode("start"));
-  big.seekSync(2 ** 32 + 100, Deno.SeekMode.Start);
-  big.writeSync(new TextEncoder().encode("past 4 GiB"));
-}
-
-/** The bytes of the sparse file at its two written places, as read through `dir`. */
-async function bigFileMarks(dir: string): Promise<string[]> {
-  const at = async (skip: number, count: number) =>
-    await runOk("dd", [
-      `if=${dir}/big.sparse`,
-      "bs=1",
-      `skip=${skip}`,
-      `count=${count}`,
-      "status=none",
-    ]);
-  return [await at(0, 6), await at(2 ** 32 + 98, 14)];
-}
-
-async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-vm-" });
-  try {
-    await fn(work);
-  } finally {
-    await Deno.remove(work, { recursive: true });
-  }
+function withWork(fn: (work: string) => Promise<void>): Promise<void> {
+  return withTempDir("erofs-oci-build-vm-", fn);
 }
 
 Deno.test({
@@ -112,7 +44,7 @@ Deno.test({
   async fn() {
     await withWork(async (work) => {
       const src = `${work}/src`;
-      await makeAwkwardTree(src, true);
+      await makeAwkwardTree(src, { xattrNamespace: "trusted", bigSparse: true });
       const image = `${work}/awkward.erofs`;
       const built = await runCli(["build", src, "-o", image, "--timestamp", "1700000000"], {
         timeoutMs: BUILD_TIMEOUT_MS,
@@ -124,10 +56,10 @@ Deno.test({
       assert.ok(expected.some((line) => line.includes("trusted.shared")), "trusted.* kept");
       const [actual, marks] = await withMountedImage(image, async (dir) => [
         await treeListing(dir, { hashUpToBytes: HASH_UP_TO_BYTES }),
-        await bigFileMarks(dir),
+        await bigSparseMarks(`${dir}/big.sparse`),
       ]);
       assert.deepEqual(actual, expected);
-      assert.deepEqual(marks, ["start\0", "\0\0past 4 GiB\0\0"]);
+      assert.deepEqual(marks, BIG_SPARSE_MARKS);
     });
   },
 });
@@ -182,25 +114,12 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
               `${upperDir}/opaque`,
             ]);
             assert.equal(opaque, "y");
-            const merged = `${work}/merged`;
-            Deno.mkdirSync(merged);
-            await runOk("mount", [
-              "-t",
-              "overlay",
-              "overlay",
-              "-o",
-              `ro,lowerdir=${upperDir}:${lowerDir}`,
-              merged,
-            ]);
-            try {
+            await withOverlayMount([upperDir, lowerDir], `${work}/merged`, async (merged) => {
               const names = (await runOk("find", [merged, "-mindepth", "1", "-printf", "%P\n"]))
                 .trimEnd().split("\n").sort();
               assert.deepEqual(names, ["etc", "etc/keep", "etc/new", "opaque", "opaque/mine"]);
               assert.equal(Deno.readTextFileSync(`${merged}/etc/keep`), "keep");
-            } finally {
-              const out = await runCommand("umount", [merged]);
-              if (out.code !== 0) await runCommand("umount", ["-l", merged]);
-            }
+            });
           }),
       );
     });
@@ -214,7 +133,7 @@ Deno.test({
   async fn() {
     await withWork(async (work) => {
       const src = `${work}/src`;
-      await makeAwkwardTree(src, false);
+      await makeAwkwardTree(src, { xattrNamespace: "trusted", bigSparse: false });
       const registry = await startRegistry({ auth: "none", startTimeoutMs: 60_000 });
       const sandbox = await mountSandbox();
       try {

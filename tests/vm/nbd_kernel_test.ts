@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { dropCaches, NOT_IN_VM, runChecked, runCommand } from "../_support/vm.ts";
 import { FIXTURES, REPO_ROOT } from "../_support/requires.ts";
+import { withTempDir } from "../_support/temp_dir.ts";
 import { NbdError } from "../../lib/errors.ts";
 import { LocalFile } from "../../lib/source/local_file.ts";
 import type { Source } from "../../lib/source/source.ts";
@@ -85,21 +86,68 @@ function processOfThread(tid: number | undefined): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-/** Cleanup that must not mask the test's own failure. */
-async function cleanup(index: number | undefined, mnt: string, mounted: boolean): Promise<void> {
-  if (mounted) await runCommand("umount", ["-l", mnt]);
-  if (index !== undefined && nbdPid(index) !== undefined) {
-    await disconnectNbd(index).catch((e) => console.error(`cleanup: ${e}`));
-  }
+/** One test's temp dir, the fixture image open as a Source, and what is left to undo. */
+interface Rig {
+  dir: string;
+  source: LocalFile;
+  /** Empty directory to mount on. */
+  mnt: string;
+  /** Set while this test's device is connected (netlink): disconnected by the cleanup. */
+  index?: number;
+  mounted: boolean;
+  /** Set while an ioctl attachment is up: detached by the cleanup. */
+  detach?: () => Promise<void>;
 }
 
-async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "nbd-kernel-" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+/**
+ * The test body `fn` with a fresh Rig; afterwards, whatever happened, a lazy unmount, a
+ * disconnect of the device (errors logged: the cleanup must not mask the test's own failure)
+ * and the source closed.
+ */
+function withRig(fn: (rig: Rig) => Promise<void>): () => Promise<void> {
+  return () =>
+    withTempDir("nbd-kernel-", async (dir) => {
+      const rig: Rig = {
+        dir,
+        source: await LocalFile.open(IMAGE),
+        mnt: `${dir}/mnt`,
+        mounted: false,
+      };
+      try {
+        await Deno.mkdir(rig.mnt);
+        await fn(rig);
+      } finally {
+        if (rig.mounted) await runCommand("umount", ["-l", rig.mnt]);
+        if (rig.index !== undefined && nbdPid(rig.index) !== undefined) {
+          await disconnectNbd(rig.index).catch((e) => console.error(`cleanup: ${e}`));
+        }
+        if (rig.detach) await rig.detach();
+        await rig.source.close();
+      }
+    });
+}
+
+/** mount(8) of /dev/nbdN on the rig's mnt: a subprocess, so this thread keeps serving reads. */
+async function mountNbd(rig: Rig, index: number): Promise<void> {
+  await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, rig.mnt]);
+  rig.mounted = true;
+}
+
+async function unmount(rig: Rig): Promise<void> {
+  await runChecked("umount", [rig.mnt]);
+  rig.mounted = false;
+}
+
+/** CONNECT options shared by these tests: read-only, the whole fixture. */
+function connectOptions(rig: Rig, server: Server, backendId: string) {
+  return {
+    sizeBytes: rig.source.size,
+    socketFds: server.kernelFds,
+    timeoutS: 30,
+    deadConnTimeoutS: 60,
+    backendId,
+    readOnly: true as const,
+  };
 }
 
 for (const connections of [1, 4]) {
@@ -107,304 +155,233 @@ for (const connections of [1, 4]) {
     name:
       `netlink CONNECT with ${connections} connection(s): tune, mount, manifest, DISCONNECT, free`,
     ignore: NOT_IN_VM,
-    fn: () =>
-      withTempDir(async (dir) => {
-        const source = await LocalFile.open(IMAGE);
-        const mnt = `${dir}/mnt`;
-        await Deno.mkdir(mnt);
-        let index: number | undefined;
-        let mounted = false;
-        const backendId = `${dir}/backend-${connections}`;
-        try {
-          const server = await startServer(source, connections, dir);
-          index = await connectNbd({
-            // Not a block multiple: the device must still cover the whole image (rounded up).
-            sizeBytes: source.size - 1000,
-            socketFds: server.kernelFds,
-            timeoutS: 30,
-            deadConnTimeoutS: 60,
-            backendId,
-            readOnly: true,
-          });
-          closeKernelFds(server.kernelFds);
+    fn: withRig(async (rig) => {
+      const { dir, source, mnt } = rig;
+      const backendId = `${dir}/backend-${connections}`;
+      const server = await startServer(source, connections, dir);
+      const index = rig.index = await connectNbd({
+        ...connectOptions(rig, server, backendId),
+        // Not a block multiple: the device must still cover the whole image (rounded up).
+        sizeBytes: source.size - 1000,
+      });
+      closeKernelFds(server.kernelFds);
 
-          assert.equal(
-            processOfThread(nbdPid(index)),
-            Deno.pid,
-            "pid = a thread of the CONNECT sender",
-          );
-          assert.equal(nbdBackend(index), backendId);
-          assert.equal(nbdSizeBytes(index), source.size);
-          assert.deepEqual(nbdStatus(index), [{ index, connected: true }]);
-          const all = nbdStatus();
-          assert.ok(all.length >= 16, `STATUS of all devices: ${all.length}`);
-          assert.deepEqual(all.filter((d) => d.connected).map((d) => d.index), [index]);
-          assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
-          assert.notEqual(findFreeNbdDevice(), index);
+      assert.equal(
+        processOfThread(nbdPid(index)),
+        Deno.pid,
+        "pid = a thread of the CONNECT sender",
+      );
+      assert.equal(nbdBackend(index), backendId);
+      assert.equal(nbdSizeBytes(index), source.size);
+      assert.deepEqual(nbdStatus(index), [{ index, connected: true }]);
+      const all = nbdStatus();
+      assert.ok(all.length >= 16, `STATUS of all devices: ${all.length}`);
+      assert.deepEqual(all.filter((d) => d.connected).map((d) => d.index), [index]);
+      assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
+      assert.notEqual(findFreeNbdDevice(), index);
 
-          const applied = tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
-          assert.deepEqual(nbdQueueTuning(index), applied);
-          assert.equal(applied.readAheadKb, 4096);
-          assert.ok(applied.maxSectorsKb >= 128, `max_sectors_kb ${applied.maxSectorsKb}`);
+      const applied = tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+      assert.deepEqual(nbdQueueTuning(index), applied);
+      assert.equal(applied.readAheadKb, 4096);
+      assert.ok(applied.maxSectorsKb >= 128, `max_sectors_kb ${applied.maxSectorsKb}`);
 
-          // mount(8) runs as a subprocess, so this thread keeps serving the kernel's reads.
-          await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
-          mounted = true;
-          const dev = mountedDevice(mnt);
-          assert.ok(dev, "mount listed in mountinfo");
-          assert.equal(nbdIndexOfBlockDevice(dev[0], dev[1]), index);
-          assert.equal(await manifestOf(mnt), EXPECTED);
-          assert.ok(server.requests > 0);
+      await mountNbd(rig, index);
+      const dev = mountedDevice(mnt);
+      assert.ok(dev, "mount listed in mountinfo");
+      assert.equal(nbdIndexOfBlockDevice(dev[0], dev[1]), index);
+      assert.equal(await manifestOf(mnt), EXPECTED);
+      assert.ok(server.requests > 0);
 
-          await runChecked("umount", [mnt]);
-          mounted = false;
-          await disconnectNbd(index);
-          const ends = await Promise.all(server.ends);
-          for (const end of ends) {
-            assert.ok(["disconnect", "eof", "closed"].includes(end.reason), end.reason);
-          }
-          assert.equal(nbdPid(index), undefined, "pid attribute gone after DISCONNECT");
-          assert.equal(nbdBackend(index), undefined);
-          assert.equal(nbdSizeBytes(index), 0);
-          assert.deepEqual(nbdStatus(index), [{ index, connected: false }]);
-          index = undefined;
-        } finally {
-          await cleanup(index, mnt, mounted);
-          await source.close();
-        }
-      }),
+      await unmount(rig);
+      await disconnectNbd(index);
+      const ends = await Promise.all(server.ends);
+      for (const end of ends) {
+        assert.ok(["disconnect", "eof", "closed"].includes(end.reason), end.reason);
+      }
+      assert.equal(nbdPid(index), undefined, "pid attribute gone after DISCONNECT");
+      assert.equal(nbdBackend(index), undefined);
+      assert.equal(nbdSizeBytes(index), 0);
+      assert.deepEqual(nbdStatus(index), [{ index, connected: false }]);
+      rig.index = undefined;
+    }),
   });
 }
 
 Deno.test({
   name: "attachNbd: netlink mode, queue tuned (reset from a previous attach), mount, detach",
   ignore: NOT_IN_VM,
-  fn: () =>
-    withTempDir(async (dir) => {
-      const source = await LocalFile.open(IMAGE);
-      const mnt = `${dir}/mnt`;
-      await Deno.mkdir(mnt);
-      let index: number | undefined;
-      let mounted = false;
-      try {
-        const server = await startServer(source, 2, dir);
-        const attachment = await attachNbd({
-          sizeBytes: source.size,
-          socketFds: server.kernelFds,
-          timeoutS: 30,
-          deadConnTimeoutS: 60,
-          backendId: `${dir}/attach`,
-          readOnly: true,
-          tuning: { maxSectorsKb: 1024, readAheadKb: 512 },
-        });
-        closeKernelFds(server.kernelFds);
-        index = attachment.index;
-        assert.equal(attachment.mode, "netlink");
-        assert.deepEqual(nbdQueueTuning(index), { maxSectorsKb: 1024, readAheadKb: 512 });
-        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
-        mounted = true;
-        assert.equal(await manifestOf(mnt), EXPECTED);
-        await runChecked("umount", [mnt]);
-        mounted = false;
-        await attachment.detach();
-        await Promise.all(server.ends);
-        assert.equal(nbdPid(index), undefined);
-        index = undefined;
-      } finally {
-        await cleanup(index, mnt, mounted);
-        await source.close();
-      }
-    }),
+  fn: withRig(async (rig) => {
+    const server = await startServer(rig.source, 2, rig.dir);
+    const attachment = await attachNbd({
+      ...connectOptions(rig, server, `${rig.dir}/attach`),
+      tuning: { maxSectorsKb: 1024, readAheadKb: 512 },
+    });
+    closeKernelFds(server.kernelFds);
+    const index = rig.index = attachment.index;
+    assert.equal(attachment.mode, "netlink");
+    assert.deepEqual(nbdQueueTuning(index), { maxSectorsKb: 1024, readAheadKb: 512 });
+    await mountNbd(rig, index);
+    assert.equal(await manifestOf(rig.mnt), EXPECTED);
+    await unmount(rig);
+    await attachment.detach();
+    await Promise.all(server.ends);
+    assert.equal(nbdPid(index), undefined);
+    rig.index = undefined;
+  }),
 });
 
 Deno.test({
   name: "RECONFIGURE: fresh sockets replace dead ones; data still readable; wrong backend refused",
   ignore: NOT_IN_VM,
-  fn: () =>
-    withTempDir(async (dir) => {
-      const source = await LocalFile.open(IMAGE);
-      const mnt = `${dir}/mnt`;
-      await Deno.mkdir(mnt);
-      let index: number | undefined;
-      let mounted = false;
-      const backendId = `${dir}/backend-reconf`;
-      try {
-        const first = await startServer(source, 2, dir);
-        index = await connectNbd({
-          sizeBytes: source.size,
-          socketFds: first.kernelFds,
-          timeoutS: 5,
-          deadConnTimeoutS: 60,
-          backendId,
-          readOnly: true,
-        });
-        closeKernelFds(first.kernelFds);
-        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
-        mounted = true;
-        assert.equal(await manifestOf(mnt), EXPECTED);
+  fn: withRig(async (rig) => {
+    const { dir, source, mnt } = rig;
+    const backendId = `${dir}/backend-reconf`;
+    const first = await startServer(source, 2, dir);
+    const index = rig.index = await connectNbd({
+      ...connectOptions(rig, first, backendId),
+      timeoutS: 5,
+    });
+    closeKernelFds(first.kernelFds);
+    await mountNbd(rig, index);
+    assert.equal(await manifestOf(mnt), EXPECTED);
 
-        // The server "dies": its ends close; the kernel marks both connections dead.
-        for (const conn of first.conns) conn.close();
-        await Promise.all(first.ends);
-        await new Promise((r) => setTimeout(r, 500));
+    // The server "dies": its ends close; the kernel marks both connections dead.
+    for (const conn of first.conns) conn.close();
+    await Promise.all(first.ends);
+    await new Promise((r) => setTimeout(r, 500));
 
-        const second = await startServer(source, 2, dir);
-        try {
-          const wrong = await reconfigureNbd(index, second.kernelFds, "another-backend").then(
-            () => undefined,
-            (e) => e,
-          );
-          assert.ok(wrong instanceof NbdError, `expected NbdError, got ${wrong}`);
-          assert.match(wrong.message, /RECONFIGURE of nbd\d+ failed: invalid argument/);
-          assert.match(wrong.hint ?? "", /backend identifier/);
+    const second = await startServer(source, 2, dir);
+    try {
+      const wrong = await reconfigureNbd(index, second.kernelFds, "another-backend").then(
+        () => undefined,
+        (e) => e,
+      );
+      assert.ok(wrong instanceof NbdError, `expected NbdError, got ${wrong}`);
+      assert.match(wrong.message, /RECONFIGURE of nbd\d+ failed: invalid argument/);
+      assert.match(wrong.hint ?? "", /backend identifier/);
 
-          await reconfigureNbd(index, second.kernelFds, backendId, 5);
-        } finally {
-          closeKernelFds(second.kernelFds);
-        }
-        assert.equal(nbdBackend(index), backendId);
-        await dropCaches();
-        assert.equal(await manifestOf(mnt), EXPECTED, "cold reads after RECONFIGURE");
-        assert.ok(second.requests > 0, "the new connections served the reads");
+      await reconfigureNbd(index, second.kernelFds, backendId, 5);
+    } finally {
+      closeKernelFds(second.kernelFds);
+    }
+    assert.equal(nbdBackend(index), backendId);
+    await dropCaches();
+    assert.equal(await manifestOf(mnt), EXPECTED, "cold reads after RECONFIGURE");
+    assert.ok(second.requests > 0, "the new connections served the reads");
 
-        await runChecked("umount", [mnt]);
-        mounted = false;
-        await disconnectNbd(index);
-        await Promise.all(second.ends);
-        assert.equal(nbdPid(index), undefined);
-        index = undefined;
-      } finally {
-        await cleanup(index, mnt, mounted);
-        await source.close();
-      }
-    }),
+    await unmount(rig);
+    await disconnectNbd(index);
+    await Promise.all(second.ends);
+    assert.equal(nbdPid(index), undefined);
+    rig.index = undefined;
+  }),
 });
 
 Deno.test({
   name: "ioctl fallback: free device, NBD_DO_IT on a pool thread, mount, detach, free again",
   ignore: NOT_IN_VM,
-  fn: () =>
-    withTempDir(async (dir) => {
-      const source = await LocalFile.open(IMAGE);
-      const mnt = `${dir}/mnt`;
-      await Deno.mkdir(mnt);
-      let mounted = false;
-      let detach: (() => Promise<void>) | undefined;
-      try {
-        const server = await startServer(source, 2, dir);
-        const attachment = await attachNbdIoctl({
-          sizeBytes: source.size,
-          socketFds: server.kernelFds,
-          timeoutS: 30,
-          readOnly: true,
-        });
-        detach = attachment.detach;
-        closeKernelFds(server.kernelFds);
-        const { index } = attachment;
-        assert.equal(
-          processOfThread(nbdPid(index)),
-          Deno.pid,
-          "NBD_DO_IT runs on one of our threads",
-        );
-        assert.equal(nbdBackend(index), undefined, "no backend identifier with ioctls");
-        assert.equal(nbdSizeBytes(index), source.size);
-        tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+  fn: withRig(async (rig) => {
+    const { dir, source, mnt } = rig;
+    const server = await startServer(source, 2, dir);
+    const attachment = await attachNbdIoctl({
+      sizeBytes: source.size,
+      socketFds: server.kernelFds,
+      timeoutS: 30,
+      readOnly: true,
+    });
+    rig.detach = attachment.detach;
+    closeKernelFds(server.kernelFds);
+    const { index } = attachment;
+    assert.equal(
+      processOfThread(nbdPid(index)),
+      Deno.pid,
+      "NBD_DO_IT runs on one of our threads",
+    );
+    assert.equal(nbdBackend(index), undefined, "no backend identifier with ioctls");
+    assert.equal(nbdSizeBytes(index), source.size);
+    tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
 
-        await runChecked("mount", ["-t", "erofs", "-o", "ro", `/dev/nbd${index}`, mnt]);
-        mounted = true;
-        assert.equal(await manifestOf(mnt), EXPECTED);
-        await runChecked("umount", [mnt]);
-        mounted = false;
+    await mountNbd(rig, index);
+    assert.equal(await manifestOf(mnt), EXPECTED);
+    await unmount(rig);
 
-        await attachment.detach();
-        detach = undefined;
-        assert.equal(
-          await attachment.running,
-          0,
-          "NBD_DO_IT returned 0 after a requested disconnect",
-        );
-        await Promise.all(server.ends);
-        assert.equal(nbdPid(index), undefined);
-        assert.equal(nbdSizeBytes(index), 0);
-      } finally {
-        if (mounted) await runCommand("umount", ["-l", mnt]);
-        if (detach) await detach();
-        await source.close();
-      }
-    }),
+    await attachment.detach();
+    rig.detach = undefined;
+    assert.equal(
+      await attachment.running,
+      0,
+      "NBD_DO_IT returned 0 after a requested disconnect",
+    );
+    await Promise.all(server.ends);
+    assert.equal(nbdPid(index), undefined);
+    assert.equal(nbdSizeBytes(index), 0);
+  }),
 });
 
 Deno.test({
   name:
     "kernel refusals become clear NbdErrors (bad size, missing size, busy index, unknown device)",
   ignore: NOT_IN_VM,
-  fn: () =>
-    withTempDir(async (dir) => {
-      const source = await LocalFile.open(IMAGE);
-      let index: number | undefined;
-      try {
-        const server = await startServer(source, 1, dir);
-        const base = {
-          socketFds: server.kernelFds,
-          timeoutS: 30,
-          deadConnTimeoutS: 0,
-          backendId: "errors",
-          readOnly: true as const,
-        };
-        await assert.rejects(connectNbd({ ...base, sizeBytes: 0 }), (e: Error) => {
-          assert.ok(e instanceof NbdError);
-          assert.match(e.message, /invalid NBD device size 0/);
-          return true;
-        });
+  fn: withRig(async (rig) => {
+    const { dir, source } = rig;
+    const server = await startServer(source, 1, dir);
+    const base = {
+      socketFds: server.kernelFds,
+      timeoutS: 30,
+      deadConnTimeoutS: 0,
+      backendId: "errors",
+      readOnly: true as const,
+    };
+    await assert.rejects(connectNbd({ ...base, sizeBytes: 0 }), (e: Error) => {
+      assert.ok(e instanceof NbdError);
+      assert.match(e.message, /invalid NBD device size 0/);
+      return true;
+    });
 
-        // What the kernel itself says to a CONNECT without SIZE_BYTES (our API never sends one).
-        const sock = GenlSocket.open();
-        try {
-          const noSize = await sock.request({
-            family: resolveNbdFamily(),
-            cmd: NBD_CMD_CONNECT,
-            version: NBD_GENL_VERSION,
-            attrs: [
-              attr.nested(NBD_ATTR_SOCKETS, [
-                attr.nested(NBD_SOCK_ITEM, [attr.u32(NBD_SOCK_FD, server.kernelFds[0])]),
-              ]),
-            ],
-          }, "raw CONNECT").then(() => undefined, (e) => e);
-          assert.ok(noSize instanceof NetlinkError, `expected NetlinkError, got ${noSize}`);
-          assert.equal(noSize.errno, 22);
-        } finally {
-          sock.close();
-        }
+    // What the kernel itself says to a CONNECT without SIZE_BYTES (our API never sends one).
+    const sock = GenlSocket.open();
+    try {
+      const noSize = await sock.request({
+        family: resolveNbdFamily(),
+        cmd: NBD_CMD_CONNECT,
+        version: NBD_GENL_VERSION,
+        attrs: [
+          attr.nested(NBD_ATTR_SOCKETS, [
+            attr.nested(NBD_SOCK_ITEM, [attr.u32(NBD_SOCK_FD, server.kernelFds[0])]),
+          ]),
+        ],
+      }, "raw CONNECT").then(() => undefined, (e) => e);
+      assert.ok(noSize instanceof NetlinkError, `expected NetlinkError, got ${noSize}`);
+      assert.equal(noSize.errno, 22);
+    } finally {
+      sock.close();
+    }
 
-        index = await connectNbd({ ...base, sizeBytes: source.size });
-        const busy = await connectNbd({ ...base, sizeBytes: source.size, index }).then(
-          () => undefined,
-          (e) => e,
-        );
-        assert.ok(busy instanceof NbdError, `expected NbdError, got ${busy}`);
-        assert.equal(busy.message, `nbd${index} is already in use`);
+    const index = rig.index = await connectNbd({ ...base, sizeBytes: source.size });
+    const busy = await connectNbd({ ...base, sizeBytes: source.size, index }).then(
+      () => undefined,
+      (e) => e,
+    );
+    assert.ok(busy instanceof NbdError, `expected NbdError, got ${busy}`);
+    assert.equal(busy.message, `nbd${index} is already in use`);
 
-        const missing = await disconnectNbd(4000).then(() => undefined, (e) => e);
-        assert.ok(missing instanceof NbdError, `expected NbdError, got ${missing}`);
-        assert.match(missing.message, /nbd4000 failed: invalid argument/);
-        assert.match(missing.hint ?? "", /does not exist/);
+    const missing = await disconnectNbd(4000).then(() => undefined, (e) => e);
+    assert.ok(missing instanceof NbdError, `expected NbdError, got ${missing}`);
+    assert.match(missing.message, /nbd4000 failed: invalid argument/);
+    assert.match(missing.hint ?? "", /does not exist/);
 
-        closeKernelFds(server.kernelFds);
-        await disconnectNbd(index);
-        await Promise.all(server.ends);
-        index = undefined;
-      } finally {
-        if (index !== undefined) await disconnectNbd(index).catch(() => {});
-        await source.close();
-      }
-    }),
+    closeKernelFds(server.kernelFds);
+    await disconnectNbd(index);
+    await Promise.all(server.ends);
+    rig.index = undefined;
+  }),
 });
 
 Deno.test({
   name: "without root: CONNECT and queue tuning fail with 'run as root'; STATUS works",
   ignore: NOT_IN_VM,
   fn: () =>
-    withTempDir(async (dir) => {
+    withTempDir("nbd-kernel-", async (dir) => {
       await Deno.chmod(dir, 0o777);
       const probe = `${REPO_ROOT}/tests/_support/nbd_unprivileged_probe.ts`;
       const out = await runChecked("setpriv", [

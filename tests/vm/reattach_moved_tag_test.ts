@@ -6,70 +6,21 @@
  * leave the device as it was, and proceed only with --accept-changed-image.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
+import { FIXTURES } from "../_support/requires.ts";
+import {
+  killAndWait,
+  nbdIndexAt,
+  nbdServerProcess,
+  nbdSysfs,
+  RECOVERY_DIR,
+  runPeer,
+} from "../_support/peer_nbd.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import { mountSandbox, mountsBelow, pidAlive } from "../_support/mounts.ts";
 import { pushImage } from "../_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "../_support/oci_fixtures.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
-
-const PEER = `${PEER_BIN}/mount.erofs`;
-const RECOVERY_DIR = "/var/run/erofsmount/nbd";
-
-function sysfs(index: number, name: string): string | undefined {
-  try {
-    return Deno.readTextFileSync(`/sys/block/nbd${index}/${name}`).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** nbd index of the block device mounted at `dir`. */
-function nbdIndexAt(dir: string): number {
-  for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
-    const fields = line.split(" ");
-    if (fields[4] !== dir) continue;
-    const m = /^\/dev\/nbd(\d+)$/.exec(fields[fields.indexOf("-") + 2]);
-    assert.ok(m, `${dir} is not mounted from an NBD device`);
-    return Number(m[1]);
-  }
-  throw new Error(`${dir} is not mounted`);
-}
-
-/** The process serving nbdN (its pid file holds a thread id). */
-function serverProcess(index: number): number {
-  const tid = sysfs(index, "pid");
-  assert.ok(tid, `nbd${index} has no server task`);
-  return Number(/^Tgid:\s+(\d+)$/m.exec(Deno.readTextFileSync(`/proc/${tid}/status`))![1]);
-}
-
-/** mount.erofs with its output in a file: its daemon keeps inherited descriptors open. */
-async function runPeer(args: string[], logPath: string): Promise<{ code: number; log: string }> {
-  const child = new Deno.Command("sh", {
-    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', PEER, ...args],
-    env: { LOG: logPath },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
-  const status = await child.status.finally(() => clearTimeout(timer));
-  let log = "";
-  try {
-    log = Deno.readTextFileSync(logPath);
-  } catch { /* nothing written */ }
-  return { code: status.code, log };
-}
-
-async function killAndWait(pid: number): Promise<void> {
-  try {
-    Deno.kill(pid, "SIGKILL");
-  } catch { /* gone */ }
-  const deadline = Date.now() + 10_000;
-  while (pidAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(!pidAlive(pid), `pid ${pid} survived SIGKILL`);
-}
 
 Deno.test({
   name: "vm reattach moved tag: an OCI_LAYER device is not reattached to a moved tag " +
@@ -96,12 +47,12 @@ Deno.test({
       );
       assert.equal(peer.code, 0, `mount.erofs:\n${peer.log}`);
       index = nbdIndexAt(dir);
-      recoveryFile = sysfs(index, "backend");
+      recoveryFile = nbdSysfs(index, "backend");
       assert.ok(recoveryFile, "the peer wrote a recovery file (netlink)");
       assert.match(Deno.readTextFileSync(recoveryFile), /^OCI_LAYER /);
       assert.equal(Deno.readTextFileSync(`${dir}/dir/a.txt`).length > 0, true);
-      peerServer = serverProcess(index);
-      const deadTask = sysfs(index, "pid");
+      peerServer = nbdServerProcess(index);
+      const deadTask = nbdSysfs(index, "pid");
       await killAndWait(peerServer);
 
       // The tag moves while nothing serves the device.
@@ -122,8 +73,8 @@ Deno.test({
       assert.match(refused.stdout, new RegExp(`nbd${index}\\s+failed`), describe(refused));
       // Untouched: same recovery file, still the dead server's task id (the attribute stays
       // until a new server or a disconnect), nothing alive serving it, still mounted.
-      assert.equal(sysfs(index, "backend"), recoveryFile);
-      assert.equal(sysfs(index, "pid"), deadTask, "no server was started");
+      assert.equal(nbdSysfs(index, "backend"), recoveryFile);
+      assert.equal(nbdSysfs(index, "pid"), deadTask, "no server was started");
       assert.ok(!pidAlive(Number(deadTask)), "no server was started");
       assert.deepEqual(mountsBelow(dir), [dir]);
 
@@ -142,7 +93,7 @@ Deno.test({
       console.log(`refused reattach (rebuilt): ${refusedAgain.stderr.trim()}`);
       assert.equal(refusedAgain.code, 1, describe(refusedAgain));
       assert.match(refusedAgain.stderr, /different image .*build time/, describe(refusedAgain));
-      assert.equal(sysfs(index, "pid"), deadTask, "no server was started");
+      assert.equal(nbdSysfs(index, "pid"), deadTask, "no server was started");
 
       const forced = await runCli(["reattach", `/dev/nbd${index}`, "--accept-changed-image"], {
         env: sandbox.env,
@@ -158,13 +109,13 @@ Deno.test({
       assert.deepEqual(mounts.map((m) => [m.target, m.state]), [[dir, "serving"]], listed.stdout);
       assertSuccess(await runCli(["umount", dir], { env: sandbox.env, timeoutMs: 60_000 }));
       assert.deepEqual(mountsBelow(dir), []);
-      assert.equal(sysfs(index, "pid"), undefined, `nbd${index} disconnected`);
+      assert.equal(nbdSysfs(index, "pid"), undefined, `nbd${index} disconnected`);
     } finally {
       if (mountsBelow(dir).length) {
         await new Deno.Command("umount", { args: ["-l", dir] }).output();
       }
       await sandbox.cleanup();
-      if (index !== undefined && (sysfs(index, "pid") || sysfs(index, "backend"))) {
+      if (index !== undefined && (nbdSysfs(index, "pid") || nbdSysfs(index, "backend"))) {
         await runPeer(["--disconnect", `/dev/nbd${index}`], peerLog);
       }
       for (const p of recoveryFile ? [recoveryFile, `${recoveryFile}.erofs-oci.json`] : []) {
