@@ -12,6 +12,7 @@ import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
 import { metadataLoaderOf, openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
+import { pinningPrefetchTarget } from "../trace/pinned_target.ts";
 import type { TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
@@ -195,10 +196,17 @@ export async function runMountServer(): Promise<number> {
           }).then(report);
         }),
       );
+      // Over a memory-only cache a trace prefetch pins its pages (pinned_target.ts: whole
+      // chunks would be evicted before the application reads them).
+      const prefetchTarget = tarIndex
+        ? undefined
+        : sharedDiskCache()
+        ? served
+        : pinningPrefetchTarget(raw, served, served);
       exports.push(
         await exportLayer(
           spec.backend,
-          traceHooks.wrap(index, served, tarIndex ? undefined : served),
+          traceHooks.wrap(index, served, prefetchTarget),
           {
             runDir: mountDir(spec.id),
             layerIndex: index,

@@ -332,10 +332,77 @@ timed_python() {
   timeout -k 10 "$step_timeout_s" python3.11 -B -c "$(python_code "$1")" >/dev/null || return 1
   seconds_since "$t0"
 }
+# Where the time of one traced-python run goes (kept in $out/trace-python/KIND-RUN.*): the block
+# requests python's reads cause (tracefs block_rq_issue/complete: count, size, latency), CPU of
+# the whole guest and of the mount server while python runs (/proc/stat, /proc/PID/stat), the
+# server's counters after python (list --json) and its log (prefetch start/finish times).
+tp_dir=$out/trace-python
+rq_trace_start() {
+  [ -d "$tracing/events/block" ] || mount -t tracefs nodev "$tracing" 2>/dev/null || return 0
+  [ -d "$tracing/events/block/block_rq_issue" ] || return 0
+  echo 0 >"$tracing/tracing_on"
+  echo 16384 >"$tracing/buffer_size_kb"
+  : >"$tracing/trace"
+  echo 1 >"$tracing/events/block/block_rq_issue/enable"
+  echo 1 >"$tracing/events/block/block_rq_complete/enable"
+  echo 1 >"$tracing/tracing_on"
+}
+rq_trace_stop() {
+  [ -f "$tracing/tracing_on" ] || return 0
+  echo 0 >"$tracing/tracing_on"
+  echo 0 >"$tracing/events/block/block_rq_issue/enable"
+  echo 0 >"$tracing/events/block/block_rq_complete/enable"
+  grep -E "tp-mark|block_rq_(issue|complete): " "$tracing/trace" >"$1"
+  : >"$tracing/trace"
+}
+cpu_ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# "busy total" jiffies of all CPUs (idle and iowait count as not busy).
+cpu_busy_total() { awk '/^cpu / { t = 0; for (i = 2; i <= 11; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+server_pid_of() {
+  local state
+  state=$(grep -l "\"target\": *\"$1\"" /run/erofs-oci/mounts/*/state.json 2>/dev/null | head -1)
+  [ -n "$state" ] && grep -o '"serverPid": *[0-9]*' "$state" | grep -o '[0-9]*$'
+}
+server_log_of() { grep -l "^[^ ]* info server $1 starting" /run/erofs-oci/mounts/*/server.log 2>/dev/null | head -1; }
+tp_measure_before() {
+  tp_base=$tp_dir/$1-$2 tp_pid="" tp_dev=$(block_device_of "$3")
+  # No `list` here: a Deno start-up under TCG takes seconds and would delay python.
+  [ "$1" = local ] || tp_pid=$(server_pid_of "$3")
+  {
+    echo "mount_start $4"
+    echo "mount_return $5"
+    echo "device $tp_dev read_ahead_kb $(cat "/sys/block/$tp_dev/queue/read_ahead_kb")" \
+      "max_sectors_kb $(cat "/sys/block/$tp_dev/queue/max_sectors_kb")"
+    echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$tp_base.txt"
+  tp_cpu0=$(cpu_busy_total) tp_server0=$([ -n "$tp_pid" ] && cpu_ticks_of "$tp_pid" || echo 0)
+  rq_trace_start
+  trace_mark_tp python-start
+  echo "python_start $(now)" >>"$tp_base.txt"
+}
+trace_mark_tp() { [ -w "$tracing/trace_marker" ] && echo "tp-mark $1 $(now)" >"$tracing/trace_marker"; }
+tp_measure_after() {
+  local cpu1 server1 log
+  echo "python_end $(now)" >>"$tp_base.txt"
+  trace_mark_tp python-end
+  cpu1=$(cpu_busy_total) server1=$([ -n "$tp_pid" ] && cpu_ticks_of "$tp_pid" || echo 0)
+  rq_trace_stop "$tp_base.blk.txt"
+  {
+    echo "cpu_busy_total_before $tp_cpu0"
+    echo "cpu_busy_total_after $cpu1"
+    echo "server_pid ${tp_pid:--} server_cpu_ticks_during_python $((server1 - tp_server0))"
+  } >>"$tp_base.txt"
+  if [ -n "$tp_pid" ]; then
+    cli list --json >"$tp_base.list1.json" 2>/dev/null
+    sleep 1 # the prefetch may still log its summary
+    log=$(server_log_of "$tp_pid")
+    [ -n "$log" ] && cp "$log" "$tp_base.server.log"
+  fi
+}
 trace_python_20ms() {
-  local dir=/mnt/bench-tp tsv=$out/trace-python.tsv i t0 mount_s python_s kind
+  local dir=/mnt/bench-tp tsv=$out/trace-python.tsv i t0 t1 mount_s python_s kind
   command -v python3.11 >/dev/null || { log "[trace-python-20ms] no python3.11"; return 1; }
-  mkdir -p "$dir"
+  mkdir -p "$dir" "$tp_dir"
   mounted+=("$dir")
   : >"$tsv"
   netem_on || return 1
@@ -357,8 +424,11 @@ trace_python_20ms() {
       untraced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache --no-prefetch >/dev/null ;;
       traced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache >/dev/null ;;
       esac || { log "[trace-python-20ms] $kind mount FAILED"; netem_off; return 1; }
-      mount_s=$(seconds_since "$t0")
+      t1=$(now)
+      mount_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+      tp_measure_before "$kind" "$i" "$dir" "$t0" "$t1"
       python_s=$(timed_python "$dir") || python_s=FAILED
+      tp_measure_after
       printf '%s\t%s\t%s\t%s\n' "$kind" "$i" "$mount_s" "$python_s" >>"$tsv"
       log "[trace-python-20ms] $kind run $i: mount ${mount_s}s, cold python ${python_s}s"
       if [ "$kind" = local ]; then umount "$dir"; else oci_umount "$dir" >/dev/null; fi ||
