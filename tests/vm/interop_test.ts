@@ -14,7 +14,22 @@
  * overlay; both restored afterwards), which also makes erofs-oci choose HTTPS.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, PEER_BIN } from "../_support/requires.ts";
+import { FIXTURES } from "../_support/requires.ts";
+import {
+  disconnectIfConnected,
+  fileSha256,
+  killAndWait,
+  nbdIndexAt,
+  nbdServerProcess,
+  nbdSysfs,
+  PEER,
+  processesRunning,
+  RECOVERY_DIR,
+  removeQuietly,
+  runPeer,
+  stepTimer,
+  trustRegistryAs,
+} from "../_support/peer_nbd.ts";
 import { startRegistry, type TestRegistry } from "../_support/registry.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import {
@@ -27,8 +42,6 @@ import {
 } from "../_support/mounts.ts";
 import { dropCaches, NOT_IN_VM, runChecked } from "../_support/vm.ts";
 
-const PEER = `${PEER_BIN}/mount.erofs`;
-const RECOVERY_DIR = "/var/run/erofsmount/nbd";
 const IMAGE = `${FIXTURES}/basic.erofs`;
 /** The largest file of basic.erofs (1 MiB + 3): read cold while no server runs. */
 const BIG_FILE = "big-1m3.bin";
@@ -38,94 +51,6 @@ function expectedSha256(file: string): string {
   const line = expectedManifest("basic.txt").split("\n").find((l) => l.startsWith(`${file}\t`));
   assert.ok(line, `${file} in basic.txt`);
   return line.split("\t")[7];
-}
-
-async function fileSha256(path: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", Deno.readFileSync(path)));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/**
- * Runs mount.erofs with its output in `logPath` (its daemon keeps the descriptors) and waits
- * for the command itself, which returns once its server (a forked child) serves.
- */
-async function runPeer(
-  args: string[],
-  logPath: string,
-  timeoutMs = 120_000,
-): Promise<{ code: number; log: string; pid: number }> {
-  const child = new Deno.Command("sh", {
-    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', PEER, ...args],
-    env: { LOG: logPath },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* exited */ }
-  }, timeoutMs);
-  const status = await child.status;
-  clearTimeout(timer);
-  let log = "";
-  try {
-    log = Deno.readTextFileSync(logPath);
-  } catch { /* nothing written */ }
-  return { code: status.code, log, pid: child.pid };
-}
-
-/** nbd index of the block device mounted at `dir` (mountinfo: field 5 mount point, source). */
-function nbdIndexAt(dir: string): number {
-  for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
-    const fields = line.split(" ");
-    if (fields[4] !== dir) continue;
-    const source = fields[fields.indexOf("-") + 2];
-    const m = /^\/dev\/nbd(\d+)$/.exec(source);
-    assert.ok(m, `${dir} is mounted from ${source}, not an NBD device`);
-    return Number(m[1]);
-  }
-  throw new Error(`${dir} is not mounted`);
-}
-
-function sysfs(index: number, name: string): string | undefined {
-  try {
-    return Deno.readTextFileSync(`/sys/block/nbd${index}/${name}`).trim();
-  } catch {
-    return undefined;
-  }
-}
-
-/** The process serving nbdN: /sys/block/nbdN/pid holds a thread id; its Tgid is the process. */
-function serverProcess(index: number): number {
-  const tid = sysfs(index, "pid");
-  assert.ok(tid, `nbd${index} has no server task`);
-  const status = Deno.readTextFileSync(`/proc/${tid}/status`);
-  return Number(/^Tgid:\s+(\d+)$/m.exec(status)![1]);
-}
-
-/** Processes running exactly this command line (the peer's daemon after it forked). */
-function processesRunning(argv: string[]): number[] {
-  const wanted = argv.join("\0") + "\0";
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      if (Deno.readTextFileSync(`/proc/${entry.name}/cmdline`) === wanted) {
-        pids.push(Number(entry.name));
-      }
-    } catch { /* exited */ }
-  }
-  return pids;
-}
-
-async function killAndWait(pid: number): Promise<void> {
-  try {
-    Deno.kill(pid, "SIGKILL");
-  } catch { /* gone */ }
-  const deadline = Date.now() + 10_000;
-  while (pidAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(!pidAlive(pid), `pid ${pid} survived SIGKILL`);
 }
 
 /** Starts a cold read of `path` in its own process (as an application would) and checks that
@@ -142,37 +67,6 @@ async function blockedReader(path: string) {
     const result = await output;
     assert.equal(result.code, 0, `reader failed: ${new TextDecoder().decode(result.stderr)}`);
     return new TextDecoder().decode(result.stdout).split(" ")[0];
-  };
-}
-
-/** Disconnects nbdN if it is still connected (netlink, through the peer) — clean-up only. */
-async function disconnectIfConnected(index: number, logPath: string): Promise<void> {
-  if (sysfs(index, "pid") === undefined && !sysfs(index, "backend")) return;
-  await runPeer(["--disconnect", `/dev/nbd${index}`], logPath, 30_000);
-}
-
-/** Appends to a guest file (RAM overlay) and returns the undo. */
-function appendGuestOnly(path: string, text: string): () => void {
-  const before = Deno.readTextFileSync(path);
-  Deno.writeTextFileSync(path, before + (before.endsWith("\n") ? "" : "\n") + text);
-  return () => Deno.writeTextFileSync(path, before);
-}
-
-function removeQuietly(...paths: string[]): void {
-  for (const p of paths) {
-    try {
-      Deno.removeSync(p, { recursive: true });
-    } catch { /* gone */ }
-  }
-}
-
-/** Prints how long each step took (the VM is slow and shared: see where the time goes). */
-function stepTimer(): (name: string) => void {
-  let last = Date.now();
-  return (name) => {
-    const now = Date.now();
-    console.log(`step ${name}: ${now - last} ms`);
-    last = now;
   };
 }
 
@@ -197,7 +91,7 @@ async function peerMount(
   assert.equal(peer.code, 0, `mount.erofs -o ${options} ${ref}:\n${peer.log}`);
   assert.doesNotMatch(peer.log, /Fall back to ioctl/, "the peer must use netlink (recovery file)");
   const index = nbdIndexAt(dir);
-  const recoveryFile = sysfs(index, "backend")!;
+  const recoveryFile = nbdSysfs(index, "backend")!;
   assert.match(recoveryFile, /^\/var\/run\/erofsmount\/nbd\/mountnbd_\w{6}$/);
   assert.equal(Deno.statSync(recoveryFile).mode! & 0o777, 0o600);
   const line = Deno.readTextFileSync(recoveryFile);
@@ -206,7 +100,7 @@ async function peerMount(
   // through the peer's server, which fetches every request from the registry, it is slow).
   assert.equal(await fileSha256(`${dir}/${SMALL_FILE}`), expectedSha256(SMALL_FILE));
   const serverArgv = [PEER, "-t", "erofs", "nbd", "-o", options, ref, dir];
-  const serverPid = serverProcess(index);
+  const serverPid = nbdServerProcess(index);
   assert.ok(processesRunning(serverArgv).includes(serverPid), "the server is mount.erofs");
   return { dir, index, recoveryFile, line, serverPid, serverArgv };
 }
@@ -296,7 +190,7 @@ Deno.test({
           await runCli(["umount", device.dir], { env: sandbox.env, timeoutMs: 60_000 }),
         );
         assert.deepEqual(mountsBelow(device.dir), []);
-        assert.equal(sysfs(device.index, "pid"), undefined, `nbd${device.index} disconnected`);
+        assert.equal(nbdSysfs(device.index, "pid"), undefined, `nbd${device.index} disconnected`);
         assert.ok(!pidAlive(device.serverPid));
         assert.throws(() => Deno.statSync(device.recoveryFile), "recovery file removed");
       }
@@ -340,15 +234,10 @@ Deno.test({
     try {
       // Not loopback-looking, so erofs-oci speaks HTTPS; the peer's libcurl trusts the system
       // bundle, Deno trusts DENO_CERT.
-      undo.push(appendGuestOnly("/etc/hosts", `127.0.0.1 ${registryName}\n`));
-      undo.push(
-        appendGuestOnly(
-          "/etc/ssl/certs/ca-certificates.crt",
-          Deno.readTextFileSync(registry.certPath!),
-        ),
-      );
+      const trusted = trustRegistryAs(registry, registryName);
+      undo.push(trusted.undo);
       const env = { ...sandbox.env, DENO_CERT: registry.certPath! };
-      const ref = `${registryName}:${registry.host.split(":")[1]}/interop/basic:v1`;
+      const ref = `${trusted.host}/interop/basic:v1`;
       assertSuccess(await runCli(["push", ref, IMAGE], { env, timeoutMs: 120_000 }));
       assertSuccess(
         await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
@@ -358,7 +247,7 @@ Deno.test({
       );
       step("registry, push, mount");
       index = nbdIndexAt(sandbox.target);
-      recoveryFile = sysfs(index, "backend")!;
+      recoveryFile = nbdSysfs(index, "backend")!;
       const line = Deno.readTextFileSync(recoveryFile);
       console.log(`erofs-oci mount: nbd${index} ${recoveryFile}: ${JSON.stringify(line)}`);
       assert.equal(line, `OCI_NATIVE_BLOB ${ref} linux/amd64 sha256:${await fileSha256(IMAGE)} \n`);
