@@ -365,21 +365,24 @@ export class DiskCachedSource implements Source {
     this.#touch();
   }
 
-  /** Starts fetching the missing chunks of [offset, offset + length) without waiting. */
-  fillAhead(offset: number, length: number): void {
-    if (this.#degraded || this.#corrupt || this.#closing.signal.aborted || length <= 0) return;
+  /**
+   * Starts fetching the missing chunks of [offset, offset + length) without waiting; the
+   * promise settles (never rejects) when that fill is over, for callers that pace their fills.
+   */
+  fillAhead(offset: number, length: number): Promise<void> {
+    const done = Promise.resolve();
+    if (this.#degraded || this.#corrupt || this.#closing.signal.aborted || length <= 0) return done;
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.min(this.chunkCount, Math.ceil((offset + length) / this.chunkBytes));
-    if (first >= end) return;
+    if (first >= end) return done;
     const missing: number[] = [];
     this.#readMap(first, end).forEach((byte, i) => {
       if (byte !== PRESENT && !this.#filling.has(first + i)) missing.push(first + i);
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
-    if (missing.length) {
-      this.#lastForegroundMs = Date.now();
-      this.#fill(missing).catch(() => {});
-    }
+    if (!missing.length) return done;
+    this.#lastForegroundMs = Date.now();
+    return this.#fill(missing).then(() => {}, () => {});
   }
 
   /**
