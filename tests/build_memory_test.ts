@@ -171,7 +171,7 @@ const scanned = heap();
 const layout = layoutImage(root, { buildTimeSec: 0, buildTimeNsec: 0 });
 const laidOut = heap();
 console.log(JSON.stringify({ entries, scan: (scanned - before) / entries,
-  layout: (laidOut - scanned) / entries, inodes: layout.nodes.length }));
+  layout: (laidOut - scanned) / entries, inodes: layout.inodeOf.length }));
 `,
       );
       const out = await new Deno.Command(Deno.execPath(), {

@@ -100,7 +100,7 @@ export function alignTarIndex(
   const extents = new TarExtents(order.length);
   for (let k = 0; k < order.length; k++) {
     const i = order[k];
-    const data = layout.nodes[i].data;
+    const data = layout.dataOf(i);
     if (data?.kind !== "tar") throw new FormatError(`${what}: a file without a tar offset`);
     extents.deviceStart[k] = layout.blockAddress[i] * ALIGNED_BLOCK_BYTES;
     extents.tarStart[k] = data.offset;

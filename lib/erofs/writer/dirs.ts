@@ -11,7 +11,8 @@ import { compareNames } from "./tree.ts";
 const encoder = new TextEncoder();
 
 export interface DirectoryEntry {
-  name: string;
+  /** A string, or its UTF-8 bytes. */
+  name: string | Uint8Array;
   nid: number;
   fileType: number;
 }
@@ -64,7 +65,12 @@ export function encodeDirectory(
       view.setBigUint64(at, BigInt(entry.nid), true);
       view.setUint16(at + 8, nameAt, true);
       view.setUint8(at + 10, entry.fileType);
-      nameAt += encoder.encodeInto(entry.name, out.subarray(base + nameAt)).written;
+      if (typeof entry.name === "string") {
+        nameAt += encoder.encodeInto(entry.name, out.subarray(base + nameAt)).written;
+      } else {
+        out.set(entry.name, base + nameAt);
+        nameAt += entry.name.length;
+      }
     }
   });
   return out;

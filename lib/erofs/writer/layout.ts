@@ -12,7 +12,8 @@
  * in one block, which the kernel requires of inline data.
  *
  * The plan is columns (typed arrays indexed by inode, ino = index + 1), not an object per
- * inode: 300,000 entries held ~250 bytes each of plan objects, maps and sets; now ~60.
+ * inode: 300,000 entries held ~250 bytes each of plan objects, maps and sets; now ~45, and the
+ * tree itself is columns too (`NodeTable`).
  */
 import { FormatError } from "../../errors.ts";
 import {
@@ -26,8 +27,17 @@ import {
 } from "./format.ts";
 import { packDirectory } from "./dirs.ts";
 import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
-import { type BuildNode, compareNames, utf8Length } from "./tree.ts";
+import type { BuildNode, FileData, NodeKind } from "./tree.ts";
 import { orderFiles } from "./layout_order.ts";
+import {
+  DOT,
+  DOTDOT,
+  KIND_DIR,
+  KIND_FILE,
+  KIND_SYMLINK,
+  type NodeTable,
+  tableOf,
+} from "./node_table.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;
@@ -68,24 +78,29 @@ export const DEFAULT_INLINE_TAIL_MAX_BYTES = 2048;
 export const TAR_INDEX_DEVICE_SLOT = 9;
 
 /**
- * A directory's entries sorted by their bytes ("." and ".." included): names, and the inode
- * index of each entry at the same position; and the entries per block.
+ * A directory's entries sorted by their bytes ("." and ".." included): table entry ids (or
+ * DOT / DOTDOT), and the entries per block.
  */
 export interface DirectoryPlan {
-  names: string[];
-  targets: Int32Array;
+  /** Inode indexes of the directory and its parent. */
+  self: number;
+  parent: number;
+  entries: Int32Array;
   perBlock: number[];
 }
 
 export interface ImageLayout {
   blockSizeBits: number;
   blockBytes: number;
-  /** Inodes in inode-number order (ino = index + 1); the root is index 0. */
-  nodes: BuildNode[];
-  /** Per inode (same index): the name it was first reached by (undefined for the root). */
-  entryNames: (string | undefined)[];
-  /** Per inode: nid (its byte offset is nid * 32). */
-  nid: Float64Array;
+  /** The tree's columns; inode index i (ino = i + 1) is table inode `inodeOf[i]`. */
+  table: NodeTable;
+  inodeOf: Int32Array;
+  /** Per table inode: its inode index (-1: not in the image). */
+  indexOf: Int32Array;
+  /** Per inode index: the table entry it was first reached by (-1 for the root). */
+  entryOf: Int32Array;
+  /** Per inode: nid (its byte offset is nid * 32; metadata is far below 128 GiB). */
+  nid: Uint32Array;
   nlink: Uint32Array;
   /** Per inode: 1 when it needs the 64-byte extended form. */
   extended: Uint8Array;
@@ -116,6 +131,9 @@ export interface ImageLayout {
   tarIndex?: { tarBlocks: number };
   /** Data blocks are addresses only: writeImage writes the metadata and stops there. */
   virtualData?: boolean;
+  /** Kind and data source of inode index `i`. */
+  kindOf(i: number): NodeKind;
+  dataOf(i: number): FileData | undefined;
 }
 
 const MAX_BLOCK_ADDRESS = 0xffffffff;
@@ -125,14 +143,23 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const blockSizeBits = options.tarIndex ? 9 : options.blockSizeBits ?? 12;
   const blockBytes = 2 ** blockSizeBits;
   const inlineMax = options.inlineTailMaxBytes ?? DEFAULT_INLINE_TAIL_MAX_BYTES;
-  const tree = collectTree(root, blockBytes);
-  const { nodes, nlink, sizeBytes, dirs } = tree;
-  const count = nodes.length;
+  const table = tableOf(root);
+  const tree = collectTree(table, blockBytes);
+  const { inodeOf, nlink, sizeBytes, dirs } = tree;
+  const count = inodeOf.length;
+  const kindCode = (i: number) => table.kindCode(inodeOf[i]);
 
   // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
   const uses = new Map<string, { name: string; value: Uint8Array; count: number }>();
-  for (const node of nodes) {
-    for (const [name, value] of node.xattrs) {
+  // In inode order, as the shared area's order follows the first use.
+  const withXattrs: number[] = [];
+  for (const inode of table.extras.keys()) {
+    const i = tree.indexOf[inode];
+    if (i >= 0 && table.xattrsOf(inode).size > 0) withXattrs.push(i);
+  }
+  withXattrs.sort((a, b) => a - b);
+  for (const i of withXattrs) {
+    for (const [name, value] of table.xattrsOf(inodeOf[i])) {
       const key = xattrKey(name, value);
       const use = uses.get(key);
       if (use) use.count++;
@@ -157,7 +184,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   uses.clear();
   cursor = alignUp(cursor, INODE_SLOT_BYTES);
 
-  const nid = new Float64Array(count);
+  const nid = new Uint32Array(count);
   const extended = new Uint8Array(count);
   const inlineTailBytes = new Uint16Array(count);
   const blocks = new Uint32Array(count);
@@ -181,11 +208,12 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     if (any) cursor = block * blockBytes;
   };
   const place = (i: number) => {
-    const node = nodes[i];
-    if (node.xattrs.size > 0) {
+    const inode = inodeOf[i];
+    const xattrs = table.xattrsOf(inode);
+    if (xattrs.size > 0) {
       const ids: number[] = [];
       const inline: [string, Uint8Array][] = [];
-      const sorted = [...node.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      const sorted = [...xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
       for (const [name, value] of sorted) {
         const id = sharedIds.get(xattrKey(name, value));
         if (id !== undefined) ids.push(id);
@@ -195,13 +223,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       if (body) xattrBodies.set(i, body);
     }
     const size = sizeBytes[i];
-    const isExtended = node.uid > 0xffff || node.gid > 0xffff || nlink[i] > 0xffff ||
-      size > 0xffffffff || node.mtimeSec !== options.buildTimeSec ||
-      node.mtimeNsec !== options.buildTimeNsec;
+    const isExtended = table.uid[inode] > 0xffff || table.gid[inode] > 0xffff ||
+      nlink[i] > 0xffff || size > 0xffffffff || table.mtimeSec[inode] !== options.buildTimeSec ||
+      table.mtimeNsec[inode] !== options.buildTimeNsec;
     extended[i] = isExtended ? 1 : 0;
     const base = (isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
       (xattrBodies.get(i)?.length ?? 0);
-    if (options.tarIndex && node.kind === "file") {
+    const kind = table.kindCode(inode);
+    if (options.tarIndex && kind === KIND_FILE) {
       // One chunk index entry (8 bytes, 8-aligned) after the xattrs; no data blocks here.
       const indexAt = alignUp(base, 8);
       const record = size > 0 ? indexAt + 8 : base;
@@ -220,7 +249,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     const tail = size % blockBytes;
     const inlineWanted = tail > 0 &&
-      (node.kind === "dir" || node.kind === "symlink" ||
+      (kind === KIND_DIR || kind === KIND_SYMLINK ||
         (tail <= inlineMax && !options.virtualData));
     inlineTailBytes[i] = inlineWanted && base + tail <= blockBytes ? tail : 0;
     const record = base + inlineTailBytes[i];
@@ -234,13 +263,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   for (const i of dirs.keys()) place(i);
   // Directory blocks are only sized once their inodes are placed (inline tails decide).
   placeDirectoryBlocks();
-  for (let i = 0; i < count; i++) if (nodes[i].kind !== "dir") place(i);
+  for (let i = 0; i < count; i++) if (kindCode(i) !== KIND_DIR) place(i);
   if (nid[0] > 0xffff) throw new FormatError("root inode beyond nid 65535");
+  if (cursor / INODE_SLOT_BYTES > 0xffffffff) throw new FormatError("metadata over 128 GiB");
 
   let nextBlock = Math.ceil(cursor / blockBytes);
   for (let i = 0; i < count; i++) {
-    const kind = nodes[i].kind;
-    if (kind !== "file" && kind !== "dir" && blocks[i] > 0) {
+    const kind = kindCode(i);
+    if (kind !== KIND_FILE && kind !== KIND_DIR && blocks[i] > 0) {
       blockAddress[i] = nextBlock;
       nextBlock += blocks[i];
     }
@@ -250,8 +280,12 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const dataOrder = options.tarIndex
     ? new Int32Array(0)
     : options.virtualData
-    ? byTarOffset(nodes, blocks)
-    : orderFiles(root, { nodes, blocks, dirs }, options.order ?? [], orderUnmatched);
+    ? byTarOffset(table, inodeOf, blocks)
+    : orderFiles(
+      { table, inodeOf, indexOf: tree.indexOf, blocks, dirs },
+      options.order ?? [],
+      orderUnmatched,
+    );
   for (const i of dataOrder) {
     if (nextBlock + blocks[i] > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
     blockAddress[i] = nextBlock;
@@ -260,8 +294,10 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   return {
     blockSizeBits,
     blockBytes,
-    nodes,
-    entryNames: tree.entryNames,
+    table,
+    inodeOf,
+    indexOf: tree.indexOf,
+    entryOf: tree.entryOf,
     nid,
     nlink,
     extended,
@@ -282,75 +318,102 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     buildTimeNsec: options.buildTimeNsec,
     tarIndex: options.tarIndex,
     virtualData: options.virtualData,
+    kindOf: (i) => table.kindOf(inodeOf[i]),
+    dataOf: (i) => table.dataOf(inodeOf[i]),
   };
 }
 
 /** Regular files with data blocks in the order of their `{kind: "tar"}` data offsets. */
-function byTarOffset(nodes: BuildNode[], blocks: Uint32Array): Int32Array {
+function byTarOffset(table: NodeTable, inodeOf: Int32Array, blocks: Uint32Array): Int32Array {
   const files: number[] = [];
-  for (let i = 0; i < nodes.length; i++) {
-    if (nodes[i].kind === "file" && blocks[i] > 0) files.push(i);
+  const offsets = new Float64Array(inodeOf.length);
+  for (let i = 0; i < inodeOf.length; i++) {
+    if (table.kindCode(inodeOf[i]) === KIND_FILE && blocks[i] > 0) {
+      const data = table.dataOf(inodeOf[i]);
+      if (data?.kind !== "tar") throw new FormatError("virtual data needs tar offsets");
+      offsets[i] = data.offset;
+      files.push(i);
+    }
   }
-  return Int32Array.from(files.sort((a, b) => tarOffsetOf(nodes[a]) - tarOffsetOf(nodes[b])));
-}
-
-function tarOffsetOf(node: BuildNode): number {
-  const data = node.data;
-  if (data?.kind !== "tar") throw new FormatError("virtual data needs tar offsets");
-  return data.offset;
+  return Int32Array.from(files.sort((a, b) => offsets[a] - offsets[b]));
 }
 
 interface Tree {
-  nodes: BuildNode[];
-  entryNames: (string | undefined)[];
+  inodeOf: Int32Array;
+  indexOf: Int32Array;
+  entryOf: Int32Array;
   nlink: Uint32Array;
   sizeBytes: Float64Array;
   dirs: Map<number, DirectoryPlan>;
 }
 
+const DOT_BYTES = new Uint8Array([0x2e]), DOTDOT_BYTES = new Uint8Array([0x2e, 0x2e]);
+
 /**
- * Every node once, breadth-first (hard links are one node reached twice), with link counts,
- * sizes and each directory's sorted entries. A node's index is kept in its `layoutSlot` while
- * this runs and is valid only where `nodes[slot] === node` (so stale slots of an earlier
- * layout, or of another tree, never match).
+ * Every reachable inode once, breadth-first in each directory's entry order (hard links are
+ * one inode reached twice), with link counts, sizes and each directory's sorted entries.
  */
-function collectTree(root: BuildNode, blockBytes: number): Tree {
-  const nodes: BuildNode[] = [];
-  const entryNames: (string | undefined)[] = [];
-  let nlink = new Uint32Array(1024);
-  const indexOf = (node: BuildNode, name: string | undefined): number => {
-    const slot = node.layoutSlot;
-    if (slot >= 0 && slot < nodes.length && nodes[slot] === node) return slot;
-    const index = nodes.length;
-    node.layoutSlot = index;
-    nodes.push(node);
-    entryNames.push(name);
-    if (index >= nlink.length) {
-      const grown = new Uint32Array(nlink.length * 2);
-      grown.set(nlink);
-      nlink = grown;
-    }
-    return index;
+function collectTree(table: NodeTable, blockBytes: number): Tree {
+  const inodes = table.inodes, entries = table.entries;
+  // Each directory's entries in entry order: a counting sort by parent.
+  const childStart = new Uint32Array(inodes + 1);
+  for (let e = 0; e < entries; e++) childStart[table.entryParent[e] + 1]++;
+  for (let i = 0; i < inodes; i++) childStart[i + 1] += childStart[i];
+  const childList = new Int32Array(entries);
+  {
+    const fill = childStart.slice(0, inodes);
+    for (let e = 0; e < entries; e++) childList[fill[table.entryParent[e]]++] = e;
+  }
+  const indexOf = new Int32Array(inodes).fill(-1);
+  const inodeOf = new Int32Array(inodes);
+  const entryOf = new Int32Array(inodes);
+  const nlink = new Uint32Array(inodes);
+  let count = 0;
+  const add = (inode: number, entry: number): number => {
+    indexOf[inode] = count;
+    inodeOf[count] = inode;
+    entryOf[count] = entry;
+    return count++;
   };
+  add(0, -1);
+  nlink[0] = 2;
   const dirs = new Map<number, DirectoryPlan>();
   const dirSizes = new Map<number, number>();
-  indexOf(root, undefined);
-  nlink[0] = 2;
+  const pool = table.pool, nameStart = table.nameStart, nameLength = table.nameLength;
+  const compareEntries = (a: number, b: number): number => {
+    const la = nameLength[a], lb = nameLength[b];
+    const sa = nameStart[a], sb = nameStart[b];
+    const n = la < lb ? la : lb;
+    for (let k = 0; k < n; k++) {
+      const d = pool[sa + k] - pool[sb + k];
+      if (d !== 0) return d;
+    }
+    return la - lb;
+  };
+  const compareToBytes = (e: number, bytes: Uint8Array): number => {
+    const le = nameLength[e], se = nameStart[e];
+    const n = le < bytes.length ? le : bytes.length;
+    for (let k = 0; k < n; k++) {
+      const d = pool[se + k] - bytes[k];
+      if (d !== 0) return d;
+    }
+    return le - bytes.length;
+  };
   // Directory indexes (and their parents) in breadth-first order.
   const queue: number[] = [0, 0];
   for (let head = 0; head < queue.length; head += 2) {
     const dir = queue[head], parent = queue[head + 1];
-    const names = [".", ".."];
-    const targets = [dir, parent];
-    for (const [name, child] of nodes[dir].children ?? []) {
-      const known = nodes.length;
-      const target = indexOf(child, name);
-      if (child.kind === "dir" && target < known) {
-        throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
+    const from = childStart[inodeOf[dir]], to = childStart[inodeOf[dir] + 1];
+    for (let k = from; k < to; k++) {
+      const e = childList[k];
+      const child = table.entryInode[e];
+      const isDir = table.kindCode(child) === KIND_DIR;
+      let target = indexOf[child];
+      if (target >= 0 && isDir) {
+        throw new FormatError(`directory reachable twice (at ${table.nameOf(e)}): not a tree`);
       }
-      names.push(name);
-      targets.push(target);
-      if (child.kind === "dir") {
+      if (target < 0) target = add(child, e);
+      if (isDir) {
         nlink[target] = 2;
         nlink[dir]++;
         queue.push(target, dir);
@@ -358,39 +421,75 @@ function collectTree(root: BuildNode, blockBytes: number): Tree {
         nlink[target]++;
       }
     }
-    const order = names.map((_, i) => i).sort((a, b) => compareNames(names[a], names[b]));
-    const plan: DirectoryPlan = {
-      names: order.map((i) => names[i]),
-      targets: Int32Array.from(order, (i) => targets[i]),
-      perBlock: [],
-    };
-    for (let i = 1; i < plan.names.length; i++) {
-      if (plan.names[i - 1] === plan.names[i]) {
+    const sorted = childList.subarray(from, to).sort(compareEntries);
+    for (let k = 1; k < sorted.length; k++) {
+      if (compareEntries(sorted[k - 1], sorted[k]) === 0) {
         throw new FormatError("duplicate name in a directory");
       }
     }
-    const packed = packDirectory(plan.names.map(utf8Length), blockBytes);
-    plan.perBlock = packed.perBlock;
-    dirs.set(dir, plan);
+    // "." and ".." among the names, where their bytes put them.
+    const merged = new Int32Array(sorted.length + 2);
+    let at = 0, k = 0, dotDone = false, dotdotDone = false;
+    while (at < merged.length) {
+      if (!dotDone && (k >= sorted.length || compareToBytes(sorted[k], DOT_BYTES) > 0)) {
+        merged[at++] = DOT;
+        dotDone = true;
+      } else if (
+        dotDone && !dotdotDone &&
+        (k >= sorted.length || compareToBytes(sorted[k], DOTDOT_BYTES) > 0)
+      ) {
+        merged[at++] = DOTDOT;
+        dotdotDone = true;
+      } else {
+        merged[at++] = sorted[k++];
+      }
+    }
+    const lengths = Array.from(merged, (e) => e === DOT ? 1 : e === DOTDOT ? 2 : nameLength[e]);
+    const packed = packDirectory(lengths, blockBytes);
+    dirs.set(dir, { self: dir, parent, entries: merged, perBlock: packed.perBlock });
     dirSizes.set(dir, packed.sizeBytes);
   }
-  const sizeBytes = new Float64Array(nodes.length);
-  for (let i = 0; i < nodes.length; i++) {
-    const node = nodes[i];
-    sizeBytes[i] = node.kind === "file"
-      ? node.sizeBytes
-      : node.kind === "symlink"
-      ? (node.target?.length ?? 0)
-      : node.kind === "dir"
+  const sizeBytes = new Float64Array(count);
+  for (let i = 0; i < count; i++) {
+    const inode = inodeOf[i];
+    const kind = table.kindCode(inode);
+    sizeBytes[i] = kind === KIND_FILE
+      ? table.size[inode]
+      : kind === KIND_SYMLINK
+      ? (table.targetOf(inode)?.length ?? 0)
+      : kind === KIND_DIR
       ? dirSizes.get(i)!
       : 0;
   }
-  return { nodes, entryNames, nlink: nlink.slice(0, nodes.length), sizeBytes, dirs };
+  // Every inode is reachable unless a tar member replaced some: copy only then.
+  const fit = (a: Int32Array) => count === inodes ? a : a.slice(0, count);
+  return {
+    inodeOf: fit(inodeOf),
+    indexOf,
+    entryOf: fit(entryOf),
+    nlink: count === inodes ? nlink : nlink.slice(0, count),
+    sizeBytes,
+    dirs,
+  };
 }
 
-/** erofs_dirent.file_type of a node. */
-export function fileTypeOf(node: BuildNode): number {
-  return FILE_TYPE[node.kind];
+/** The inode index entry `k` of directory `plan` points at. */
+export function direntTarget(
+  layout: { table: NodeTable; indexOf: Int32Array },
+  plan: DirectoryPlan,
+  k: number,
+): number {
+  const e = plan.entries[k];
+  return e === DOT
+    ? plan.self
+    : e === DOTDOT
+    ? plan.parent
+    : layout.indexOf[layout.table.entryInode[e]];
+}
+
+/** erofs_dirent.file_type of a node kind. */
+export function fileTypeOf(kind: NodeKind): number {
+  return FILE_TYPE[kind];
 }
 
 function alignUp(n: number, to: number): number {

@@ -87,7 +87,8 @@ export function newNode(kind: NodeKind, fields: NodeFields = {}): BuildNode {
   return new PackedNode(kind, fields);
 }
 
-const KIND_CODES: readonly NodeKind[] = [
+/** Node kinds by their small-integer code (the order `NodeTable` columns store them in). */
+export const KIND_CODES: readonly NodeKind[] = [
   "file",
   "dir",
   "symlink",
@@ -111,7 +112,33 @@ const GID_SPAN = 0x10000, PACKED_UID_LIMIT = 0x8000;
  * layout slot in the xattrs' slot while there are none. Accessors
  * on the prototype keep the `BuildNode` interface, so producers and the layout are unchanged.
  */
-type NodeRef = FileData | Uint8Array | Map<string, BuildNode> | number | undefined;
+type NodeRef = FileData | Uint8Array | Map<string, BuildNode> | LazyRef | number | undefined;
+
+/**
+ * A directory's children kept elsewhere (a scan's `NodeTable`) until someone asks for them as
+ * objects: `materialize` then builds them once. The writer reads the table instead and never
+ * asks, so a build from a scan holds no object per entry.
+ */
+export interface LazyChildren {
+  readonly table: object;
+  materialize(): Map<string, BuildNode>;
+}
+
+class LazyRef {
+  constructor(readonly lazy: LazyChildren) {}
+}
+
+/** A directory node whose children are `lazy` until first read. */
+export function newLazyDir(fields: NodeFields, lazy: LazyChildren): BuildNode {
+  const node = new PackedNode("dir", fields);
+  node.children = lazy as unknown as Map<string, BuildNode>;
+  return node;
+}
+
+/** The table behind a directory's children while they have not been materialized. */
+export function lazyTableOf(node: BuildNode): object | undefined {
+  return node instanceof PackedNode ? node.lazyTable() : undefined;
+}
 
 class PackedNode implements BuildNode {
   #kindMode: number;
@@ -193,10 +220,20 @@ class PackedNode implements BuildNode {
     this.#setRef(SYMLINK, "target", target);
   }
   get children(): Map<string, BuildNode> | undefined {
-    return this.#code() === DIR ? this.#ref as Map<string, BuildNode> : undefined;
+    if (this.#code() !== DIR) return undefined;
+    const ref = this.#ref;
+    if (ref instanceof LazyRef) return (this.#ref = ref.lazy.materialize());
+    return ref as Map<string, BuildNode>;
   }
   set children(children: Map<string, BuildNode> | undefined) {
-    this.#setRef(DIR, "children", children);
+    const value = children === undefined || children instanceof Map
+      ? children
+      : new LazyRef(children as unknown as LazyChildren);
+    this.#setRef(DIR, "children", value);
+  }
+  lazyTable(): object | undefined {
+    const ref = this.#ref;
+    return ref instanceof LazyRef ? ref.lazy.table : undefined;
   }
   get rdevMajor(): number {
     return this.#isDevice() ? Math.floor((this.#ref as number) / 2 ** 32) : 0;

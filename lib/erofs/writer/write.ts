@@ -21,13 +21,14 @@ import {
   MODE_TYPE,
 } from "./format.ts";
 import { encodeDirectory } from "./dirs.ts";
-import { fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
+import { direntTarget, fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
 import { copyRange, pathBytes, preadInto, pwriteAll } from "./data_copy.ts";
 import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
 import { MetadataWriter } from "./meta_writer.ts";
 import { INODE_SLOT_BYTES } from "./format.ts";
-import type { BuildNode } from "./tree.ts";
+import type { FileData } from "./tree.ts";
+import { DOT, DOTDOT, KIND_DIR, KIND_SYMLINK } from "./node_table.ts";
 
 export interface WriteOptions {
   uuid: Uint8Array;
@@ -53,7 +54,8 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   // The layout's regions in image order: directory records, multi-block directory blocks,
   // other records, long symlink blocks (each region ascending in the same inode order).
   const scratch = new Uint8Array(Math.max(bs, EXTENDED_INODE_BYTES));
-  const count = layout.nodes.length;
+  const count = layout.inodeOf.length;
+  const kindCode = (i: number) => layout.table.kindCode(layout.inodeOf[i]);
   // Inline tails of files that also have data blocks are copied with those blocks (one open
   // of the file instead of two; 2,363 of the benchmark tree's 8,144 files), unless they lie
   // in the first block, whose checksum is taken before the data is copied.
@@ -63,10 +65,10 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
   for (const i of layout.dirs.keys()) writeRecord(out, i, layout, scratch, tailWithData);
   for (const i of layout.dirs.keys()) writeBlocks(out, i, layout);
   for (let i = 0; i < count; i++) {
-    if (layout.nodes[i].kind !== "dir") writeRecord(out, i, layout, scratch, tailWithData);
+    if (kindCode(i) !== KIND_DIR) writeRecord(out, i, layout, scratch, tailWithData);
   }
   for (let i = 0; i < count; i++) {
-    if (layout.nodes[i].kind === "symlink") writeBlocks(out, i, layout);
+    if (kindCode(i) === KIND_SYMLINK) writeBlocks(out, i, layout);
   }
   const head = new DataView(out.head.buffer);
   if (layout.tarIndex) {
@@ -160,7 +162,9 @@ function writeRecord(
   scratch: Uint8Array,
   tailWithData: (i: number) => boolean,
 ): void {
-  const node = layout.nodes[i];
+  const table = layout.table;
+  const inode = layout.inodeOf[i];
+  const kind = table.kindOf(inode);
   const isExtended = layout.extended[i] === 1;
   const inodeBytes = isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
   const inlineTailBytes = layout.inlineTailBytes[i];
@@ -168,9 +172,10 @@ function writeRecord(
   const xattrBody = layout.xattrBodies.get(i);
   const chunkBits = layout.chunkBits?.[i] ?? 0;
   let u = layout.blockAddress[i];
-  if (node.kind === "chardev" || node.kind === "blockdev") {
-    u = encodeRdev(node.rdevMajor, node.rdevMinor);
-  } else if (node.kind === "fifo" || node.kind === "socket") u = 0;
+  if (kind === "chardev" || kind === "blockdev") {
+    const [major, minor] = table.rdevOf(inode);
+    u = encodeRdev(major, minor);
+  } else if (kind === "fifo" || kind === "socket") u = 0;
   let dataLayout = inlineTailBytes > 0 ? DATALAYOUT_FLAT_INLINE : DATALAYOUT_FLAT_PLAIN;
   if (chunkBits > 0) {
     dataLayout = DATALAYOUT_CHUNK_BASED;
@@ -181,29 +186,29 @@ function writeRecord(
     extended: isExtended,
     dataLayout,
     xattrCount: xattrCount(xattrBody?.length ?? 0),
-    mode: MODE_TYPE[node.kind] | (node.mode & 0o7777),
+    mode: MODE_TYPE[kind] | table.modeOf(inode),
     nlink: layout.nlink[i],
     sizeBytes,
     u,
     ino: i + 1,
-    uid: node.uid,
-    gid: node.gid,
-    mtimeSec: node.mtimeSec,
-    mtimeNsec: node.mtimeNsec,
+    uid: table.uid[inode],
+    gid: table.gid[inode],
+    mtimeSec: table.mtimeSec[inode],
+    mtimeNsec: table.mtimeNsec[inode],
   });
   const offset = layout.nid[i] * INODE_SLOT_BYTES;
   out.write(offset, scratch.subarray(0, inodeBytes));
   const xattrAt = offset + inodeBytes;
   if (xattrBody) out.write(xattrAt, xattrBody);
   if (chunkBits > 0) {
-    out.write(layout.chunkIndexOffset![i], chunkIndex(node.data, layout.blockBytes));
+    out.write(layout.chunkIndexOffset![i], chunkIndex(layout.dataOf(i), layout.blockBytes));
   }
   if (inlineTailBytes === 0) return;
   const tailAt = tailOffset(layout, i);
   const contents = metadataContents(i, layout);
   if (contents) {
     out.write(tailAt, contents.subarray(layout.blocks[i] * layout.blockBytes));
-  } else if (node.kind === "file" && !tailWithData(i)) {
+  } else if (kind === "file" && !tailWithData(i)) {
     const tail = scratch.subarray(0, inlineTailBytes);
     withSource(
       layout,
@@ -241,7 +246,7 @@ function writeBlocks(out: MetadataWriter, i: number, layout: ImageLayout): void 
 }
 
 /** The one chunk index entry of a tar-index file: {le16 startblk_hi, le16 device 1, le32 lo}. */
-function chunkIndex(data: BuildNode["data"], blockBytes: number): Uint8Array {
+function chunkIndex(data: FileData | undefined, blockBytes: number): Uint8Array {
   if (data?.kind !== "tar") throw new FormatError("tar-index file without a tar offset");
   const block = data.offset / blockBytes;
   if (!Number.isInteger(block) || block > 0xffffffff) {
@@ -256,16 +261,17 @@ function chunkIndex(data: BuildNode["data"], blockBytes: number): Uint8Array {
 
 /** The bytes of a directory or symlink; undefined for other kinds. */
 function metadataContents(i: number, layout: ImageLayout): Uint8Array | undefined {
-  const node = layout.nodes[i];
-  if (node.kind === "symlink") return node.target ?? new Uint8Array();
+  const table = layout.table;
+  const inode = layout.inodeOf[i];
+  if (table.kindCode(inode) === KIND_SYMLINK) return table.targetOf(inode) ?? new Uint8Array();
   const dir = layout.dirs.get(i);
   if (!dir) return undefined;
-  const entries = dir.names.map((name, at) => {
-    const target = dir.targets[at];
+  const entries = Array.from(dir.entries, (e, k) => {
+    const target = direntTarget(layout, dir, k);
     return {
-      name,
+      name: e === DOT ? "." : e === DOTDOT ? ".." : table.nameBytesOf(e),
       nid: layout.nid[target],
-      fileType: fileTypeOf(layout.nodes[target]),
+      fileType: fileTypeOf(layout.kindOf(target)),
     };
   });
   return encodeDirectory(entries, dir.perBlock, layout.sizeBytes[i], layout.blockBytes);
@@ -277,11 +283,13 @@ function withSource<T>(
   i: number,
   use: (fd: number, offset: number, what: string) => T,
 ): T {
-  const data = layout.nodes[i].data;
+  const data = layout.dataOf(i);
   if (!data) throw new FormatError("regular file without a data source");
   if (data.kind === "fd") return use(data.fd, data.offset, "(spooled data)");
   if (data.kind === "tar") throw new FormatError("tar-index data cannot be copied");
-  const path = data.kind === "child" ? `${data.dir}/${layout.entryNames[i]}` : data.path;
+  const path = data.kind === "child"
+    ? `${data.dir}/${layout.table.nameOf(layout.entryOf[i])}`
+    : data.path;
   const fd = Number(libc().open(pathBytes(path), O_RDONLY | O_CLOEXEC, 0));
   if (fd < 0) throw new SysError("open", errno(), path);
   try {

@@ -86,15 +86,18 @@ Deno.test("layout: metadata (inodes, directory blocks) strictly before file data
   }
   const layout = layoutImage(root, { buildTimeSec: 0, buildTimeNsec: 0, order: ["big/file-799"] });
   const dataStart = layout.metadataBytes / layout.blockBytes;
-  for (let i = 0; i < layout.nodes.length; i++) {
+  for (let i = 0; i < layout.inodeOf.length; i++) {
     assert.ok(layout.nid[i] * 32 < layout.metadataBytes);
-    if (layout.nodes[i].kind === "dir" && layout.blocks[i] > 0) {
+    if (layout.kindOf(i) === "dir" && layout.blocks[i] > 0) {
       assert.ok(layout.blockAddress[i] + layout.blocks[i] <= dataStart);
     }
-    if (layout.nodes[i].kind === "file") assert.ok(layout.blockAddress[i] >= dataStart);
+    if (layout.kindOf(i) === "file") assert.ok(layout.blockAddress[i] >= dataStart);
   }
-  assert.ok(layout.blocks[layout.nodes.indexOf(big)] >= 2, "multi-block directory");
-  assert.equal(layout.nodes[layout.dataOrder[0]], big.children!.get("file-799"));
+  const bigIndex = [...layout.inodeOf.keys()].find((i) => layout.kindOf(i) === "dir" && i > 0)!;
+  assert.ok(layout.blocks[bigIndex] >= 2, "multi-block directory");
+  const first = layout.dataOrder[0];
+  assert.equal(layout.table.nameOf(layout.entryOf[first]), "file-799");
+  assert.equal(layout.sizeBytes[first], 5799);
   assert.equal(layout.blockAddress[layout.dataOrder[0]], dataStart);
   assert.throws(() => {
     const loop = newNode("dir");
