@@ -1,20 +1,13 @@
 /**
- * Reads a directory tree into `BuildNode`s: lstat-like metadata with nanosecond mtimes
+ * Reads a directory tree into a `NodeTable` (the root as a `BuildNode`): lstat-like metadata with nanosecond mtimes
  * (statx), xattrs (llistxattr/lgetxattr), symlink targets; hard links (same device and inode)
  * become one node. Symlinks are never followed; other file systems mounted inside are read
  * like the rest (as `cp -a` would).
  */
 import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
 import { FormatError, UserError } from "../../errors.ts";
-import {
-  type BuildNode,
-  checkEntryName,
-  type FileData,
-  kindOfMode,
-  newNode,
-  NO_XATTRS,
-  type NodeKind,
-} from "./tree.ts";
+import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
+import { NodeTable } from "./node_table.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
 import { smallInt } from "./layout.ts";
@@ -50,40 +43,52 @@ interface Stat {
   rdevMinor: number;
 }
 
-/** Scans `dir` (a directory; its own metadata becomes the root's). */
+/**
+ * Scans `dir` (a directory; its own metadata becomes the root's) into a `NodeTable`; the root
+ * object materializes its children only if someone reads them (the writer does not).
+ */
 export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResult {
   const top = statPath(dir);
   if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
-  const links = new Map<string, BuildNode>();
+  const table = new NodeTable();
+  const links = new Map<string, number>();
   let entries = 0;
-  const build = (path: string, st: Stat, inDir?: FileData): BuildNode => {
-    const node = newNode(st.kind, st);
-    node.rdevMajor = st.rdevMajor;
-    node.rdevMinor = st.rdevMinor;
-    node.xattrs = readXattrs(path, options);
-    if (st.kind === "file") {
-      node.sizeBytes = st.size;
-      if (st.size > 0) {
+  const build = (path: string, st: Stat, inDir: number): number => {
+    const i = table.addInode(st.kind, st.mode);
+    table.uid[i] = st.uid;
+    table.gid[i] = st.gid;
+    table.mtimeSec[i] = st.mtimeSec;
+    table.mtimeNsec[i] = st.mtimeNsec;
+    table.setRdev(i, st.rdevMajor, st.rdevMinor);
+    const kind = st.kind, size = st.size, nlink = st.nlink;
+    const xattrs = readXattrs(path, options);
+    if (xattrs.size > 0) table.setXattrs(i, xattrs);
+    if (kind === "file") {
+      table.size[i] = size;
+      if (size > 0) {
         // A hard link may be laid out under another of its names, in another directory.
-        node.data = inDir && st.nlink === 1 ? inDir : { kind: "path", path };
+        table.setData(i, inDir && nlink === 1 ? inDir : table.addRef({ kind: "path", path }), 0);
       }
-    } else if (st.kind === "symlink") {
-      node.target = new TextEncoder().encode(Deno.readLinkSync(path));
+    } else if (kind === "symlink") {
+      table.setTarget(i, new TextEncoder().encode(Deno.readLinkSync(path)));
     }
-    return node;
+    return i;
   };
-  const root = build(dir, top);
-  const stack: [string, BuildNode][] = [[dir, root]];
+  build(dir, top, 0);
+  const stack: [string, number][] = [[dir, 0]];
   while (stack.length > 0) {
-    const [path, node] = stack.pop()!;
-    const inDir: FileData = { kind: "child", dir: path };
+    const [path, inode] = stack.pop()!;
+    /** The directory as the data source of its files (one shared reference). */
+    let inDir = 0;
+    const names = new Set<string>();
     for (const entry of Deno.readDirSync(path)) {
       const childPath = `${path}/${entry.name}`;
       checkEntryName(entry.name, path);
-      if (node.children!.has(entry.name)) {
+      if (names.has(entry.name)) {
         // Names that are not UTF-8 reach us decoded lossily and can collide.
         throw new FormatError(`two names in ${path} read as ${JSON.stringify(entry.name)}`);
       }
+      names.add(entry.name);
       if (entry.name.includes("\ufffd") && !pathReachable(childPath)) {
         throw new FormatError(
           `a file name in ${path} is not valid UTF-8`,
@@ -95,18 +100,23 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
       if (entries % 1024 === 0) options.onEntries?.(entries);
       const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
       const linked = key ? links.get(key) : undefined;
-      if (linked) {
-        node.children!.set(entry.name, linked);
+      if (linked !== undefined) {
+        table.addEntry(inode, entry.name, linked);
         continue;
       }
+      if (st.kind === "file" && st.size > 0 && inDir === 0) {
+        inDir = table.addRef({ kind: "child", dir: path });
+      }
+      const isDir = st.kind === "dir";
       const child = build(childPath, st, inDir);
       if (key) links.set(key, child);
-      node.children!.set(entry.name, child);
-      if (st.kind === "dir") stack.push([childPath, child]);
+      table.addEntry(inode, entry.name, child);
+      if (isDir) stack.push([childPath, child]);
     }
   }
   options.onEntries?.(entries);
-  return { root, entries };
+  table.trim();
+  return { root: table.rootNode(), entries };
 }
 
 /** False when the (lossily decoded) path names nothing. */
