@@ -73,12 +73,22 @@ export class LayerOverlayMapper {
   #members = new Map<string, TarEntryKind>();
   #whiteouts = new Set<string>();
   #opaque = new Set<string>();
+  readonly #kindOf: ((path: string) => TarEntryKind | undefined) | undefined;
+
+  /**
+   * `kindOf`: where the caller keeps the layer's members itself (a tree of them), the kind of
+   * the last member at a path (undefined when none, or only implied by deeper members); the
+   * mapper then keeps no path per member (a string per entry of a big layer).
+   */
+  constructor(options: { kindOf?: (path: string) => TarEntryKind | undefined } = {}) {
+    this.#kindOf = options.kindOf;
+  }
 
   /** Returns true when the member is a whiteout marker (its own data is not part of the image). */
   add(path: string, kind: TarEntryKind): boolean {
     const form = overlayFormOf(path);
     if (!form) {
-      this.#members.set(path, kind);
+      if (!this.#kindOf) this.#members.set(path, kind);
       return false;
     }
     if (form.type === "device") this.#whiteouts.add(form.path);
@@ -90,7 +100,7 @@ export class LayerOverlayMapper {
     const devices: string[] = [];
     const opaqueDirs = new Set(this.#opaque);
     for (const path of this.#whiteouts) {
-      const real = this.#members.get(path);
+      const real = this.#kindOf ? this.#kindOf(path) : this.#members.get(path);
       if (real === undefined) devices.push(path);
       else if (real === "dir") opaqueDirs.add(path);
     }

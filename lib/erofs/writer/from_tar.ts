@@ -1,5 +1,6 @@
 /**
- * Reads a tar stream (an OCI layer) into `BuildNode`s. File data is not held: it stays in the
+ * Reads a tar stream (an OCI layer) into a `NodeTable` (the root as a `BuildNode` whose
+ * children become objects only when read). File data is not held: it stays in the
  * tar when the tar is an uncompressed file on disk (nodes point at its byte ranges), else it is
  * spooled to an unlinked temporary file (holes of sparse members stay holes). Later members
  * replace earlier ones with the same path, as extraction would.
@@ -18,7 +19,8 @@ import {
 } from "../../tar/whiteout.ts";
 import { pwriteAll } from "./data_copy.ts";
 import { libc, unwrap } from "../../../ffi/libc.ts";
-import { type BuildNode, checkEntryName, newNode, NO_XATTRS, type NodeKind } from "./tree.ts";
+import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
+import { KIND_DIR, NodeTable } from "./node_table.ts";
 import { xattrNameSupported } from "./xattrs.ts";
 
 export interface TarScanOptions {
@@ -67,32 +69,93 @@ export async function scanTar(
   stream: ReadableStream<Uint8Array>,
   options: TarScanOptions = {},
 ): Promise<TarScanResult> {
-  const implied = { mtimeSec: options.impliedMtimeSec ?? 0 };
-  const root = newNode("dir", implied);
-  const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper();
+  const impliedMtimeSec = options.impliedMtimeSec ?? 0;
+  const table = new NodeTable();
+  table.indexNames();
+  /** Directories made for a path's parents, until a member of their own lands on them. */
+  const impliedDirs = new Set<number>();
+  const newImpliedDir = (): number => {
+    const d = table.addInode(KIND_DIR, 0o755);
+    table.mtimeSec[d] = impliedMtimeSec;
+    impliedDirs.add(d);
+    return d;
+  };
+  newImpliedDir();
+  impliedDirs.delete(0);
+  const nameBuffer = new Uint8Array(1024);
+  /** UTF-8 bytes of a checked name (at most 255 bytes), valid until the next call. */
+  const bytesOf = (name: string): Uint8Array =>
+    nameBuffer.subarray(0, encoder.encodeInto(name, nameBuffer).written);
+  const find = (dir: number, name: string): number => table.findEntry(dir, bytesOf(name));
+  const isDir = (inode: number) => table.kindCode(inode) === KIND_DIR;
+  /** Names `inode` as `name` in `dir`, in place of what had that name (keeping its position). */
+  const setChild = (dir: number, name: string, inode: number): void => {
+    const e = find(dir, name);
+    if (e < 0) {
+      table.addEntryBytes(dir, bytesOf(name), inode);
+      return;
+    }
+    if (isDir(table.entryInode[e]) && !isDir(inode)) lastDirPath = undefined;
+    table.entryInode[e] = inode;
+  };
+  const lookupPath = (path: string): number => {
+    let inode = 0;
+    for (const part of path.split("/")) {
+      if (part === "") continue;
+      if (!isDir(inode)) return -1;
+      const e = find(inode, part);
+      if (e < 0) return -1;
+      inode = table.entryInode[e];
+    }
+    return inode;
+  };
+  const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper({
+    kindOf: (path) => {
+      const inode = lookupPath(path);
+      if (inode < 0 || impliedDirs.has(inode)) return undefined;
+      return isDir(inode) ? "dir" : "file";
+    },
+  });
   let entries = 0;
   let spoolEnd = 0;
   let tarEnd = 0;
 
-  const parentOf = (path: string): [BuildNode, string] => {
-    const parts = path.split("/");
-    let dir = root;
-    for (let i = 0; i < parts.length - 1; i++) {
-      checkEntryName(parts[i], `tar member "${path}"`);
-      let next = dir.children!.get(parts[i]);
-      if (!next) {
-        next = newNode("dir", implied);
-        dir.children!.set(parts[i], next);
-      } else if (next.kind !== "dir") {
-        throw new FormatError(
-          `tar member "${path}": "${parts.slice(0, i + 1).join("/")}" is not a directory`,
-        );
+  // Members come grouped by directory: the last parent found is most often the next one.
+  let lastDirPath: string | undefined;
+  let lastDir = 0;
+  const parentOf = (path: string): [number, string] => {
+    const slash = path.lastIndexOf("/");
+    const name = path.slice(slash + 1);
+    const dirPath = slash < 0 ? "" : path.slice(0, slash);
+    if (dirPath !== lastDirPath) {
+      const parts = slash < 0 ? [] : dirPath.split("/");
+      let dir = 0;
+      for (let i = 0; i < parts.length; i++) {
+        checkEntryName(parts[i], `tar member "${path}"`);
+        const e = find(dir, parts[i]);
+        if (e < 0) {
+          const next = newImpliedDir();
+          table.addEntryBytes(dir, bytesOf(parts[i]), next);
+          dir = next;
+        } else if (!isDir(table.entryInode[e])) {
+          throw new FormatError(
+            `tar member "${path}": "${parts.slice(0, i + 1).join("/")}" is not a directory`,
+          );
+        } else {
+          dir = table.entryInode[e];
+        }
       }
-      dir = next;
+      lastDirPath = dirPath;
+      lastDir = dir;
     }
-    const name = parts[parts.length - 1];
     checkEntryName(name, `tar member "${path}"`);
-    return [dir, name];
+    return [lastDir, name];
+  };
+  const refs = new Map<number | string, number>();
+  const refOf = (key: number | string, data: FileData): number => {
+    let ref = refs.get(key);
+    if (ref === undefined) refs.set(key, ref = table.addRef(data));
+    return ref;
   };
 
   // One gathering buffer per scan (scans may run concurrently; members of one scan do not).
@@ -154,33 +217,40 @@ export async function scanTar(
     tarEnd = Math.max(tarEnd, entry.dataOffset + Math.ceil(entry.storedSize / 512) * 512);
     if (overlay?.add(entry.path, entry.kind)) continue;
     if (entry.path === "") {
-      if (entry.kind === "dir") Object.assign(root, attributes(entry, options));
+      if (entry.kind === "dir") setAttributes(table, 0, entry, options);
       continue;
     }
     const [dir, name] = parentOf(entry.path);
-    const old = dir.children!.get(name);
     if (entry.kind === "hardlink") {
-      const target = lookupPath(root, entry.linkname);
-      if (!target || target.kind === "dir") {
+      const target = lookupPath(entry.linkname);
+      if (target < 0 || isDir(target)) {
         throw new FormatError(
           `tar member "${entry.path}": hard link target "${entry.linkname}" missing`,
         );
       }
-      dir.children!.set(name, target);
+      setChild(dir, name, target);
       continue;
     }
     const kind = TAR_KIND[entry.kind];
     checkMemberFields(entry);
-    const node = newNode(kind);
-    Object.assign(node, attributes(entry, options));
-    if (kind === "dir" && old?.kind === "dir") node.children = old.children;
-    if (kind === "symlink") node.target = encoder.encode(entry.linkname);
+    if (kind === "dir") {
+      const e = find(dir, name);
+      const old = e < 0 ? -1 : table.entryInode[e];
+      if (old >= 0 && isDir(old)) {
+        // A directory over a directory keeps its entries: the same inode, new attributes.
+        setAttributes(table, old, entry, options);
+        impliedDirs.delete(old);
+        continue;
+      }
+    }
+    const node = table.addInode(kind, 0);
+    setAttributes(table, node, entry, options);
+    if (kind === "symlink") table.setTarget(node, encoder.encode(entry.linkname));
     if (kind === "chardev" || kind === "blockdev") {
-      node.rdevMajor = entry.devMajor;
-      node.rdevMinor = entry.devMinor;
+      table.setRdev(node, entry.devMajor, entry.devMinor);
     }
     if (kind === "file") {
-      node.sizeBytes = entry.size;
+      table.size[node] = entry.size;
       if (entry.size > 0 && options.indexOnly) {
         if (entry.sparse) {
           throw new FormatError(
@@ -188,16 +258,19 @@ export async function scanTar(
             "build a full image instead of --tar-index",
           );
         }
-        node.data = { kind: "tar", offset: entry.dataOffset };
+        table.setData(node, refOf("tar", { kind: "tar", offset: 0 }), entry.dataOffset);
       } else if (entry.size > 0) {
         if (options.tarFd !== undefined && !entry.sparse) {
-          node.data = { kind: "fd", fd: options.tarFd, offset: entry.dataOffset };
+          const fd = options.tarFd;
+          table.setData(node, refOf(fd, { kind: "fd", fd, offset: 0 }), entry.dataOffset);
         } else {
-          node.data = { kind: "fd", fd: options.spoolFd ?? -1, offset: await spool(entry) };
+          const fd = options.spoolFd ?? -1;
+          const offset = await spool(entry);
+          table.setData(node, refOf(fd, { kind: "fd", fd, offset: 0 }), offset);
         }
       }
     }
-    dir.children!.set(name, node);
+    setChild(dir, name, node);
   }
   options.onEntries?.(entries);
   // A sparse member may end in a hole: the spool must still reach its end.
@@ -209,49 +282,44 @@ export async function scanTar(
     const { devices, opaqueDirs } = overlay.result();
     for (const path of devices) {
       const [dir, name] = parentOf(path);
-      const device = newNode("chardev", { ...implied, mode: 0 });
-      dir.children!.set(name, device);
+      const device = table.addInode("chardev", 0);
+      table.mtimeSec[device] = impliedMtimeSec;
+      setChild(dir, name, device);
     }
     for (const path of opaqueDirs) {
-      let node = path === "" ? root : lookupPath(root, path);
-      if (!node) {
+      let node = path === "" ? 0 : lookupPath(path);
+      if (node < 0) {
         const [dir, name] = parentOf(path);
-        node = newNode("dir", implied);
-        dir.children!.set(name, node);
+        node = newImpliedDir();
+        setChild(dir, name, node);
       }
-      if (node.kind === "dir") {
-        node.xattrs = new Map([...node.xattrs, [OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE]]);
+      if (isDir(node)) {
+        table.setXattrs(
+          node,
+          new Map([...table.xattrsOf(node), [OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE]]),
+        );
       }
     }
   }
-  return { root, entries, spooledBytes: spoolEnd, tarEndOffset: tarEnd };
+  table.dropIndex();
+  table.trim();
+  return { root: table.rootNode(), entries, spooledBytes: spoolEnd, tarEndOffset: tarEnd };
 }
 
-function attributes(entry: TarEntry, options: TarScanOptions) {
+/** The member's mode, owner, mtime and storable xattrs on inode `i`. */
+function setAttributes(table: NodeTable, i: number, entry: TarEntry, options: TarScanOptions) {
   let xattrs = NO_XATTRS;
   for (const [name, value] of entry.xattrs) {
     if (!xattrNameSupported(name)) options.onSkippedXattr?.(entry.path, name);
     else if (xattrs === NO_XATTRS) xattrs = new Map([[name, value]]);
     else (xattrs as Map<string, Uint8Array>).set(name, value);
   }
-  return {
-    mode: entry.mode & 0o7777,
-    uid: entry.uid,
-    gid: entry.gid,
-    mtimeSec: entry.mtimeSec,
-    mtimeNsec: entry.mtimeNsec,
-    xattrs,
-  };
-}
-
-function lookupPath(root: BuildNode, path: string): BuildNode | undefined {
-  let node: BuildNode | undefined = root;
-  for (const part of path.split("/")) {
-    if (part === "") continue;
-    node = node?.children?.get(part);
-    if (!node) return undefined;
-  }
-  return node;
+  table.setMode(i, entry.mode & 0o7777);
+  table.uid[i] = entry.uid;
+  table.gid[i] = entry.gid;
+  table.mtimeSec[i] = entry.mtimeSec;
+  table.mtimeNsec[i] = entry.mtimeNsec;
+  table.setXattrs(i, xattrs);
 }
 
 /**
