@@ -216,21 +216,29 @@ async function resolveAndMount(
     credentials = opened.credentials;
     try {
       resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
-      await attachChunkTables(
-        opened.client,
-        opened.ref.repository,
-        resolved.manifestDigest,
-        resolved.layers,
-        { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
-      );
-      if (!values["no-prefetch"]) {
-        prefetchFile = await prepareTracePrefetch(
+      // The table and the trace lookups are independent round trips: side by side.
+      const [tables, trace] = await Promise.allSettled([
+        attachChunkTables(
+          opened.client,
+          opened.ref.repository,
+          resolved.manifestDigest,
+          resolved.layers,
+          { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
+        ),
+        values["no-prefetch"] ? Promise.resolve(undefined) : prepareTracePrefetch(
           opened.client,
           opened.ref.repository,
           resolved.manifestDigest,
           resolved.layers,
           { subset: layer !== undefined || values.blob !== undefined },
-        );
+        ),
+      ]);
+      if (trace.status === "fulfilled") prefetchFile = trace.value;
+      if (tables.status === "rejected" || trace.status === "rejected") {
+        forgetTracePrefetch(prefetchFile);
+        throw tables.status === "rejected"
+          ? tables.reason
+          : (trace as PromiseRejectedResult).reason;
       }
     } finally {
       opened.client.close();
