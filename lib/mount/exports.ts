@@ -12,7 +12,6 @@ import {
 } from "../nbd/kernel.ts";
 import { attachNbd } from "../nbd/attach.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
-import { tuneNbdQueue } from "../nbd/sysfs.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 
 /**
@@ -30,13 +29,6 @@ async function nbdBlockSizeFor(source: Source): Promise<number | undefined> {
   }
 }
 
-function tuneQueue(index: number): void {
-  try {
-    tuneNbdQueue(index);
-  } catch (error) {
-    console.warn(`tuning nbd${index} failed (reads stay small):`, error);
-  }
-}
 import { serveTransmission } from "../nbd/transmission.ts";
 
 export interface LayerExport {
@@ -134,7 +126,10 @@ export async function exportLayer(
     if (context.reattach) {
       ({ index, backendId } = context.reattach);
       await reconfigureNbd(index, kernelFds, backendId, NBD_TIMEOUT_S);
-      tuneQueue(index);
+      // No tuneQueue: the device keeps the queue settings it has. A queue limit written now
+      // can deadlock: from Linux 6.12 the write freezes the queue until the requests in flight
+      // complete, and those (a reader's, requeued at the crash) wait for this very process,
+      // blocked in that synchronous write (seen on 6.12: reattach never got ready).
       const reattached = index;
       detach = () => disconnectNbd(reattached);
     } else {
