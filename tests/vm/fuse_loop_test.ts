@@ -4,31 +4,15 @@
  * devices — for the image and for its extra devices — with the same trees as on the host.
  */
 import assert from "node:assert/strict";
-import { LocalFile } from "../../lib/source/local_file.ts";
-import type { Source } from "../../lib/source/source.ts";
-import { expected, FuseStack, manifest } from "../_support/fuse_stack.ts";
+import {
+  expected,
+  manifest,
+  openTracked,
+  overlayOfFixtureLayers,
+  withFuseStack,
+} from "../_support/fuse_stack.ts";
 import { FIXTURES } from "../_support/requires.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
-
-async function withStack(body: (stack: FuseStack, sources: Source[]) => Promise<void>) {
-  const stack = await FuseStack.create();
-  const sources: Source[] = [];
-  try {
-    await body(stack, sources);
-  } finally {
-    try {
-      await stack.cleanup();
-    } finally {
-      for (const source of sources) await source.close?.();
-    }
-  }
-}
-
-async function open(sources: Source[], file: string): Promise<LocalFile> {
-  const source = await LocalFile.open(file);
-  sources.push(source);
-  return source;
-}
 
 async function attached(device: string): Promise<boolean> {
   try {
@@ -54,8 +38,8 @@ Deno.test({
   ignore: NOT_IN_VM,
   async fn() {
     let devices: string[] = [];
-    await withStack(async (stack, sources) => {
-      const blob = await stack.blob(await open(sources, `${FIXTURES}/basic.erofs`), "fuse");
+    await withFuseStack(async (stack, sources) => {
+      const blob = await stack.blob(await openTracked(sources, `${FIXTURES}/basic.erofs`), "fuse");
       const { loopDevices } = await stack.erofs(blob.filePath, "mnt");
       devices = loopDevices;
       assert.equal(loopDevices.length, 1, "the 6.1 kernel has no file-backed EROFS");
@@ -70,8 +54,8 @@ Deno.test({
   ignore: NOT_IN_VM,
   async fn() {
     let devices: string[] = [];
-    await withStack(async (stack, sources) => {
-      const tar = await stack.blob(await open(sources, `${FIXTURES}/layer.tar`), "fuse-tar");
+    await withFuseStack(async (stack, sources) => {
+      const tar = await stack.blob(await openTracked(sources, `${FIXTURES}/layer.tar`), "fuse-tar");
       const { loopDevices } = await stack.erofs(`${FIXTURES}/layer.meta.erofs`, "mnt", {
         extraDevices: [tar.filePath],
       });
@@ -87,17 +71,8 @@ Deno.test({
   name: "vm fuse: three FUSE layers through loop devices under an overlay equal the merged tree",
   ignore: NOT_IN_VM,
   async fn() {
-    await withStack(async (stack, sources) => {
-      const lowers = [];
-      for (const i of [1, 2, 3]) {
-        const blob = await stack.blob(
-          await open(sources, `${FIXTURES}/layer${i}.erofs`),
-          `fuse-${i}`,
-        );
-        await stack.erofs(blob.filePath, `l${i}`);
-        lowers.unshift(`${stack.root}/l${i}`);
-      }
-      const merged = await stack.overlay("merged", lowers);
+    await withFuseStack(async (stack, sources) => {
+      const merged = await overlayOfFixtureLayers(stack, sources);
       assert.equal(await manifest(merged), await expected("merged.txt"));
     });
   },
