@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { PEER_BIN } from "./requires.ts";
-import { pidAlive } from "./mounts.ts";
+import { mountsBelow, pidAlive } from "./mounts.ts";
 import type { TestRegistry } from "./registry.ts";
 
 export const PEER = `${PEER_BIN}/mount.erofs`;
@@ -28,20 +28,16 @@ export async function runPeer(
   logPath: string,
   timeoutMs = 120_000,
 ): Promise<{ code: number; log: string; pid: number }> {
+  // A hung mount.erofs gets SIGTERM at the deadline (the signal option).
   const child = new Deno.Command("sh", {
     args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', PEER, ...args],
     env: { LOG: logPath },
+    signal: AbortSignal.timeout(timeoutMs),
     stdin: "null",
     stdout: "null",
     stderr: "null",
   }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* exited */ }
-  }, timeoutMs);
   const status = await child.status;
-  clearTimeout(timer);
   let log = "";
   try {
     log = Deno.readTextFileSync(logPath);
@@ -108,6 +104,24 @@ export async function killAndWait(pid: number): Promise<void> {
 export async function disconnectIfConnected(index: number, logPath: string): Promise<void> {
   if (nbdSysfs(index, "pid") === undefined && !nbdSysfs(index, "backend")) return;
   await runPeer(["--disconnect", `/dev/nbd${index}`], logPath, 30_000);
+}
+
+/**
+ * Last-resort clean-up of an NBD mount at `dir` (a failed test): lazy unmounts of everything
+ * at or below it, nbdN disconnected when still connected, its recovery file and erofs-oci's
+ * companion removed. Kill the device's server (by pid) first.
+ */
+export async function releaseNbdMount(
+  dir: string,
+  index: number | undefined,
+  recoveryFile: string | undefined,
+  logPath: string,
+): Promise<void> {
+  for (const point of mountsBelow(dir).reverse()) {
+    await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();
+  }
+  if (index !== undefined) await disconnectIfConnected(index, logPath);
+  if (recoveryFile) removeQuietly(recoveryFile, `${recoveryFile}.erofs-oci.json`);
 }
 
 /** Appends to a guest file (RAM overlay) and returns the undo. */
