@@ -49,6 +49,8 @@ interface Piece {
   offset: number;
   length: number;
   state: "pending" | "running" | "done" | "skipped";
+  /** While running: settles when its read has. */
+  reading?: Promise<void>;
 }
 
 export class TracePrefetcher {
@@ -58,6 +60,7 @@ export class TracePrefetcher {
   readonly #byOffset: Piece[][];
   readonly #progress: PrefetchProgress[];
   #next = 0;
+  #signal?: AbortSignal;
 
   /**
    * `targets[i]` undefined: layer i is not prefetched (local, or not traced). `budgetBytes[i]`
@@ -178,8 +181,65 @@ export class TracePrefetcher {
     return false;
   }
 
+  /**
+   * A reader wants [offset, offset + length) of the layer and it lies wholly in pieces queued
+   * or being read: those queued are read now, ahead of the queue, and the promise settles when
+   * all of them are in (then the reader finds the bytes where the prefetch puts them: pinned
+   * pages, or the cache). Undefined when the prefetch does not hold the whole range (not
+   * traced, partly outside, done already, or the prefetch has stopped): read as usual.
+   */
+  claim(layerIndex: number, offset: number, length: number): Promise<void> | undefined {
+    const list = this.#byOffset[layerIndex];
+    if (!list?.length || this.#progress[layerIndex].state !== "running") return undefined;
+    const end = offset + length;
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid].offset <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    // Pieces (queued or running) that cover the range from its start, in offset order.
+    const wanted: Piece[] = [];
+    let reached = offset;
+    for (let i = Math.max(0, lo - COALESCE_LOOKBACK); i < list.length && reached < end; i++) {
+      const piece = list[i];
+      if (piece.offset > reached) break;
+      if (piece.offset + piece.length <= reached) continue;
+      if (piece.state === "skipped") return undefined;
+      if (piece.state !== "done") wanted.push(piece);
+      reached = Math.max(reached, piece.offset + piece.length);
+    }
+    if (reached < end || wanted.length === 0) return undefined;
+    for (const piece of wanted) {
+      if (piece.state !== "pending") continue;
+      piece.state = "running";
+      this.#progress[layerIndex].bytesReadFirst += piece.length;
+      this.#start(piece, this.#signal).catch(() => {});
+    }
+    return Promise.all(wanted.map((piece) => piece.reading)).then(() => {});
+  }
+
+  /** Reads one piece through its target; rejects with the read (the piece goes back to pending). */
+  #start(piece: Piece, signal?: AbortSignal): Promise<void> {
+    const reading = (async () => {
+      try {
+        await this.#targets[piece.layerIndex]!.read(piece.offset, piece.length, signal);
+        piece.state = "done";
+        this.#progress[piece.layerIndex].bytesDone += piece.length;
+      } catch (error) {
+        piece.state = "pending";
+        throw error;
+      } finally {
+        piece.reading = undefined;
+      }
+    })();
+    piece.reading = reading;
+    return reading;
+  }
+
   /** Reads every pending piece in trace order, PREFETCH_PARALLEL at a time. Never rejects. */
   async run(signal: AbortSignal, parallel = PREFETCH_PARALLEL): Promise<string> {
+    this.#signal = signal;
     for (const progress of this.#progress) if (progress.bytesTotal) progress.state = "running";
     let failures = 0;
     let lastError = "";
@@ -188,11 +248,8 @@ export class TracePrefetcher {
         const piece = this.#take();
         if (!piece) return;
         try {
-          await this.#targets[piece.layerIndex]!.read(piece.offset, piece.length, signal);
-          piece.state = "done";
-          this.#progress[piece.layerIndex].bytesDone += piece.length;
+          await this.#start(piece, signal);
         } catch (error) {
-          piece.state = "pending";
           if (signal.aborted) return;
           failures++;
           lastError = (error as Error)?.message ?? String(error);
@@ -200,6 +257,8 @@ export class TracePrefetcher {
       }
     };
     await Promise.all(Array.from({ length: parallel }, worker));
+    // Pieces readers claimed ahead of the queue may still be in flight.
+    await Promise.allSettled(this.#pieces.map((piece) => piece.reading));
     const state = signal.aborted ? "stopped" : failures >= MAX_FAILURES ? "failed" : "done";
     for (const progress of this.#progress) if (progress.bytesTotal) progress.state = state;
     const total = this.#progress.reduce((sum, p) => sum + p.bytesTotal, 0);

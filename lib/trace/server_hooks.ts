@@ -11,6 +11,7 @@ import type { Source } from "../source/source.ts";
 import { encodeTrace, parseTrace, rangesForLayers } from "./format.ts";
 import { type PrefetchProgress, type PrefetchTarget, TracePrefetcher } from "./prefetch.ts";
 import { observedSource, TraceRecorder } from "./recorder.ts";
+import { abortable } from "../source/abortable.ts";
 
 export const TRACE_RECORD_ENV = "EROFS_OCI_TRACE_FILE";
 export const PREFETCH_FILE_ENV = "EROFS_OCI_PREFETCH_FILE";
@@ -59,10 +60,36 @@ export class ServerTraceHooks {
       ) as S;
     }
     if (!this.#prefetchTrace || !target) return exported;
-    return observedSource(
+    const observed = observedSource(
       exported,
       (offset, length) => this.#prefetcher?.noteRead(index, offset, length),
-    ) as S;
+    );
+    // A read inside traced pieces not in yet waits for them, read ahead of the queue, instead
+    // of fetching the same bytes again around them (whole cache chunks, over a memory cache).
+    const read = observed.read, readInto = observed.readInto;
+    observed.read = (offset, length, signal) => {
+      const claimed = this.#prefetcher?.claim(index, offset, length);
+      if (!claimed) return read(offset, length, signal);
+      return abortable(claimed, signal).then(
+        () => exported.read(offset, length, signal),
+        () => signal?.aborted ? Promise.reject(signal.reason) : read(offset, length, signal),
+      );
+    };
+    const inner = exported as {
+      readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
+    };
+    if (readInto && inner.readInto) {
+      const exportedReadInto = inner.readInto.bind(exported);
+      observed.readInto = (offset, dest, signal) => {
+        const claimed = this.#prefetcher?.claim(index, offset, dest.length);
+        if (!claimed) return readInto(offset, dest, signal);
+        return abortable(claimed, signal).then(
+          () => exportedReadInto(offset, dest, signal),
+          () => signal?.aborted ? Promise.reject(signal.reason) : readInto(offset, dest, signal),
+        );
+      };
+    }
+    return observed as S;
   }
 
   /**
