@@ -2,10 +2,11 @@
  * Mount-time prefetch from a trace: reads the traced ranges in trace order through the
  * layer's caches, a few at a time, so the bytes are local before the application asks.
  *
- * Application reads never wait behind this queue: they go straight to the caches (only
- * PARALLEL prefetch reads are ever in flight), and a queued piece a reader has asked for
- * already is dropped instead of read again. Failures only stop the prefetch: it is an
- * optimisation, the reads themselves still work.
+ * Application reads never wait behind this queue: a read wholly inside traced pieces not in
+ * yet waits only for those, started at once if queued (claim: read once, where the prefetch
+ * puts it); other reads go straight to the caches, and a queued piece such a read covers is
+ * dropped instead of read again. Failures only stop the prefetch: it is an optimisation, the
+ * reads themselves still work.
  */
 
 /** What the prefetch reads through (the layer's cached source). */
