@@ -4,7 +4,8 @@
 # VM once (scripts/vm/run.sh) and compares, in that VM: a local loop mount of the image (the
 # limit), erofs-oci over NBD with the registry on loopback, the same with 20 ms added round
 # trip (netem on lo), erofs-oci over FUSE, and erofs-utils 1.9.3 `mount.erofs -t erofs.nbd`;
-# trace-python-20ms: a cold python start after a cold NBD mount with a recorded trace, +20 ms.
+# trace-python-20ms: a cold python start after a cold NBD mount with a recorded trace, +20 ms
+# (per run: block requests, CPU, prefetch timing; scripts/bench/trace_python_breakdown.ts).
 # Method and recorded figures: docs/benchmarks.md.
 # Env: BENCH_VARIANTS (subset, see scripts/bench/guest.sh), BENCH_SLOW_TAR_TIMEOUT_S (60: FUSE
 #      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
@@ -79,6 +80,11 @@ cat "$run/meta.txt" 2>/dev/null || true
 echo
 if [ -f "$run/trace-python.md" ]; then
   cat "$run/trace-python.md"
+  echo
+fi
+if [ -d "$run/trace-python" ]; then
+  "$deno" run -q --allow-read "$repo/scripts/bench/trace_python_breakdown.ts" "$run" |
+    tee "$run/trace-python-breakdown.md"
   echo
 fi
 # Only trace-python-20ms (BENCH_VARIANTS) leaves no results.tsv rows: nothing more to report.

@@ -326,22 +326,21 @@ python_code() {
   printf 'import sys; sys.path.insert(0, "%s"); %s; assert json.__file__.startswith("%s"), json.__file__' \
     "$lib" "$python_imports" "$lib"
 }
-timed_python() {
-  local t0
-  t0=$(now)
-  timeout -k 10 "$step_timeout_s" python3.11 -B -c "$(python_code "$1")" >/dev/null || return 1
-  seconds_since "$t0"
-}
 # Where the time of one traced-python run goes (kept in $out/trace-python/KIND-RUN.*): the block
 # requests python's reads cause (tracefs block_rq_issue/complete: count, size, latency), CPU of
 # the whole guest and of the mount server while python runs (/proc/stat, /proc/PID/stat), the
 # server's counters after python (list --json) and its log (prefetch start/finish times).
 tp_dir=$out/trace-python
-rq_trace_start() {
+# Once per benchmark: sizing the ring buffer takes seconds under TCG (not between mount and
+# python, where it would give the prefetch time the benchmark does not mean to give).
+rq_trace_setup() {
   [ -d "$tracing/events/block" ] || mount -t tracefs nodev "$tracing" 2>/dev/null || return 0
   [ -d "$tracing/events/block/block_rq_issue" ] || return 0
   echo 0 >"$tracing/tracing_on"
   echo 16384 >"$tracing/buffer_size_kb"
+}
+rq_trace_start() {
+  [ -d "$tracing/events/block/block_rq_issue" ] || return 0
   : >"$tracing/trace"
   echo 1 >"$tracing/events/block/block_rq_issue/enable"
   echo 1 >"$tracing/events/block/block_rq_complete/enable"
@@ -355,43 +354,75 @@ rq_trace_stop() {
   grep -E "tp-mark|block_rq_(issue|complete): " "$tracing/trace" >"$1"
   : >"$tracing/trace"
 }
-cpu_ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# "busy total" jiffies of all CPUs (idle and iowait count as not busy).
-cpu_busy_total() { awk '/^cpu / { t = 0; for (i = 2; i <= 11; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
-server_pid_of() {
-  local state
-  state=$(grep -l "\"target\": *\"$1\"" /run/erofs-oci/mounts/*/state.json 2>/dev/null | head -1)
-  [ -n "$state" ] && grep -o '"serverPid": *[0-9]*' "$state" | grep -o '[0-9]*$'
+# Between the mount's return and python's start only bash builtins run (no fork, no exec): a
+# process start takes ~0.5 s in this TCG guest under load, and every second there would be
+# time the trace prefetch gets that the benchmark does not mean to give it.
+# Server pid of the mount at $1 → REPLY (state.json read with builtins).
+server_pid_builtin() {
+  local f line pid match
+  REPLY=""
+  for f in /run/erofs-oci/mounts/*/state.json; do
+    [ -f "$f" ] || continue
+    pid="" match=""
+    while IFS= read -r line; do
+      [[ $line == *"\"target\": \"$1\""* ]] && match=1
+      [[ $line =~ \"serverPid\":\ ([0-9]+) ]] && pid=${BASH_REMATCH[1]}
+    done <"$f"
+    if [ -n "$match" ] && [ -n "$pid" ]; then
+      REPLY=$pid
+      return
+    fi
+  done
+}
+# user+system ticks of process $1 → REPLY (its name, "deno", has no space: fields 14, 15).
+cpu_ticks_builtin() {
+  local st
+  REPLY=0
+  [ -n "$1" ] && read -r -a st <"/proc/$1/stat" 2>/dev/null && REPLY=$((st[13] + st[14]))
+}
+# "busy total" jiffies of all CPUs (idle and iowait count as not busy) → REPLY.
+cpu_busy_builtin() {
+  local _cpu u n s i w irq sirq st g gn
+  read -r _cpu u n s i w irq sirq st g gn </proc/stat
+  REPLY="$((u + n + s + irq + sirq + st + g + gn)) $((u + n + s + i + w + irq + sirq + st + g + gn))"
 }
 server_log_of() { grep -l "^[^ ]* info server $1 starting" /run/erofs-oci/mounts/*/server.log 2>/dev/null | head -1; }
+# $1 kind, $2 run, $3 dir (builtins only, see above).
 tp_measure_before() {
-  tp_base=$tp_dir/$1-$2 tp_pid="" tp_dev=$(block_device_of "$3")
-  # No `list` here: a Deno start-up under TCG takes seconds and would delay python.
-  [ "$1" = local ] || tp_pid=$(server_pid_of "$3")
-  {
-    echo "mount_start $4"
-    echo "mount_return $5"
-    echo "device $tp_dev read_ahead_kb $(cat "/sys/block/$tp_dev/queue/read_ahead_kb")" \
-      "max_sectors_kb $(cat "/sys/block/$tp_dev/queue/max_sectors_kb")"
-    echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
-  } >"$tp_base.txt"
-  tp_cpu0=$(cpu_busy_total) tp_server0=$([ -n "$tp_pid" ] && cpu_ticks_of "$tp_pid" || echo 0)
+  tp_base=$tp_dir/$1-$2 tp_pid=""
+  [ "$1" = local ] || {
+    server_pid_builtin "$3"
+    tp_pid=$REPLY
+  }
+  cpu_busy_builtin
+  tp_cpu0=$REPLY
+  cpu_ticks_builtin "$tp_pid"
+  tp_server0=$REPLY
   rq_trace_start
-  trace_mark_tp python-start
-  echo "python_start $(now)" >>"$tp_base.txt"
+  [ -w "$tracing/trace_marker" ] && echo "tp-mark python-start $EPOCHREALTIME" >"$tracing/trace_marker"
 }
-trace_mark_tp() { [ -w "$tracing/trace_marker" ] && echo "tp-mark $1 $(now)" >"$tracing/trace_marker"; }
+# $1 kind, $2 dir, $3 mount start, $4 mount return, $5 python start, $6 python end (epoch s).
 tp_measure_after() {
-  local cpu1 server1 log
-  echo "python_end $(now)" >>"$tp_base.txt"
-  trace_mark_tp python-end
-  cpu1=$(cpu_busy_total) server1=$([ -n "$tp_pid" ] && cpu_ticks_of "$tp_pid" || echo 0)
+  local cpu1 server1 log dev
+  [ -w "$tracing/trace_marker" ] && echo "tp-mark python-end $EPOCHREALTIME" >"$tracing/trace_marker"
+  cpu_busy_builtin
+  cpu1=$REPLY
+  cpu_ticks_builtin "$tp_pid"
+  server1=$REPLY
   rq_trace_stop "$tp_base.blk.txt"
+  dev=$(block_device_of "$2")
   {
+    echo "mount_start $3"
+    echo "mount_return $4"
+    echo "python_start $5"
+    echo "python_end $6"
+    echo "device $dev read_ahead_kb $(cat "/sys/block/$dev/queue/read_ahead_kb")" \
+      "max_sectors_kb $(cat "/sys/block/$dev/queue/max_sectors_kb")"
+    echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "cpu_busy_total_before $tp_cpu0"
     echo "cpu_busy_total_after $cpu1"
     echo "server_pid ${tp_pid:--} server_cpu_ticks_during_python $((server1 - tp_server0))"
-  } >>"$tp_base.txt"
+  } >"$tp_base.txt"
   if [ -n "$tp_pid" ]; then
     cli list --json >"$tp_base.list1.json" 2>/dev/null
     sleep 1 # the prefetch may still log its summary
@@ -400,12 +431,13 @@ tp_measure_after() {
   fi
 }
 trace_python_20ms() {
-  local dir=/mnt/bench-tp tsv=$out/trace-python.tsv i t0 t1 mount_s python_s kind
+  local dir=/mnt/bench-tp tsv=$out/trace-python.tsv i t0 t1 t2 t3 mount_s python_s python_ok kind code
   command -v python3.11 >/dev/null || { log "[trace-python-20ms] no python3.11"; return 1; }
   mkdir -p "$dir" "$tp_dir"
   mounted+=("$dir")
   : >"$tsv"
   netem_on || return 1
+  rq_trace_setup
   log "[trace-python-20ms] recording the trace (NBD, +20 ms)"
   t0=$(now)
   if ! cli trace "$ref" --backend nbd --push -- python3.11 -B -c "$(python_code "{}")" \
@@ -415,20 +447,26 @@ trace_python_20ms() {
     return 1
   fi
   log "[trace-python-20ms] trace recorded in $(seconds_since "$t0") s: $(tail -1 "$work/trace-record.log")"
+  code=$(python_code "$dir")
   for i in $(seq "$trace_python_runs"); do
     for kind in local untraced traced; do
       drop_caches
-      t0=$(now)
+      t0=$EPOCHREALTIME
       case $kind in
       local) mount -t erofs -o ro,loop "$work/image.erofs" "$dir" ;;
       untraced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache --no-prefetch >/dev/null ;;
       traced) cli mount "$ref" "$dir" --backend nbd --no-disk-cache >/dev/null ;;
       esac || { log "[trace-python-20ms] $kind mount FAILED"; netem_off; return 1; }
-      t1=$(now)
+      t1=$EPOCHREALTIME
+      tp_measure_before "$kind" "$i" "$dir"
+      t2=$EPOCHREALTIME
+      python_ok=1
+      timeout -k 10 "$step_timeout_s" python3.11 -B -c "$code" >/dev/null || python_ok=0
+      t3=$EPOCHREALTIME
+      tp_measure_after "$kind" "$dir" "$t0" "$t1" "$t2" "$t3"
       mount_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
-      tp_measure_before "$kind" "$i" "$dir" "$t0" "$t1"
-      python_s=$(timed_python "$dir") || python_s=FAILED
-      tp_measure_after
+      python_s=FAILED
+      [ "$python_ok" = 1 ] && python_s=$(awk -v a="$t2" -v b="$t3" 'BEGIN { printf "%.2f", b - a }')
       printf '%s\t%s\t%s\t%s\n' "$kind" "$i" "$mount_s" "$python_s" >>"$tsv"
       log "[trace-python-20ms] $kind run $i: mount ${mount_s}s, cold python ${python_s}s"
       if [ "$kind" = local ]; then umount "$dir"; else oci_umount "$dir" >/dev/null; fi ||
