@@ -50,8 +50,8 @@ type ColumnType<T extends Column> = {
 /** Most entries a table holds (a column's reserved address space, not memory). */
 const MAX_ELEMENTS = 2 ** 26;
 const MAX_POOL_BYTES = 2 ** 32;
-/** Columns grow in place by this much: no copy, no garbage, ~no unused capacity. */
-const GROW_BYTES = 1 << 16;
+/** Columns grow in place by this many elements: no copy, no garbage, little unused room. */
+const GROW_ELEMENTS = 8192;
 
 /**
  * A column on a resizable buffer: it grows in place (the address space is reserved, pages are
@@ -62,14 +62,19 @@ function column<T extends Column>(type: ColumnType<T>, maxElements = MAX_ELEMENT
   return new type(new ArrayBuffer(0, { maxByteLength: maxElements * type.BYTES_PER_ELEMENT }));
 }
 
+/**
+ * `array` with room for `needed` elements. Columns of one table grow to the same element
+ * count (a multiple of GROW_ELEMENTS), so checking one column's length covers them all.
+ */
 function grown<T extends Column>(array: T, needed: number): T {
   if (needed <= array.length) return array;
   const buffer = array.buffer as ArrayBuffer;
-  const bytes = needed * array.BYTES_PER_ELEMENT;
-  if (bytes > buffer.maxByteLength) {
+  const capacity = Math.ceil(needed / GROW_ELEMENTS) * GROW_ELEMENTS;
+  const bytes = Math.min(buffer.maxByteLength, capacity * array.BYTES_PER_ELEMENT);
+  if (needed * array.BYTES_PER_ELEMENT > bytes) {
     throw new FormatError(`more than ${buffer.maxByteLength / array.BYTES_PER_ELEMENT} entries`);
   }
-  buffer.resize(Math.min(buffer.maxByteLength, Math.ceil(bytes / GROW_BYTES) * GROW_BYTES));
+  buffer.resize(bytes);
   return array;
 }
 

@@ -6,6 +6,7 @@ import { compareNames, newNode, utf8Length } from "./tree.ts";
 import { packDirectory } from "./dirs.ts";
 import { encodeXattrBody, encodeXattrEntry, xattrCount } from "./xattrs.ts";
 import { layoutImage } from "./layout.ts";
+import { NodeTable } from "./node_table.ts";
 import { encodeRdev } from "./format.ts";
 import { FIXTURES } from "../../../tests/_support/requires.ts";
 
@@ -104,4 +105,30 @@ Deno.test("layout: metadata (inodes, directory blocks) strictly before file data
     loop.children!.set("self", loop);
     layoutImage(loop, { buildTimeSec: 0, buildTimeNsec: 0 });
   }, /not a tree/);
+});
+
+Deno.test("NodeTable: columns of every width keep 40,000 inodes and entries (grown in place)", () => {
+  const table = new NodeTable();
+  table.indexNames();
+  for (let i = 0; i < 40_000; i++) {
+    const inode = table.addInode(i === 0 ? "dir" : "file", i & 0o7777);
+    table.uid[inode] = i;
+    table.mtimeSec[inode] = -i * 1.5;
+    table.size[inode] = i * 4099;
+    table.setData(inode, 0, i === 0 ? 0 : i * 512);
+    if (i > 0) table.addEntry(0, `name-${i}`, inode);
+  }
+  table.trim();
+  assert.equal(table.inodes, 40_000);
+  for (const i of [1, 8191, 8192, 16385, 39_999]) {
+    assert.equal(table.modeOf(i), i & 0o7777);
+    assert.equal(table.uid[i], i);
+    assert.equal(table.mtimeSec[i], -i * 1.5);
+    assert.equal(table.size[i], i * 4099);
+    assert.equal(table.dataOffset![i], i * 512);
+    const e = table.findEntry(0, new TextEncoder().encode(`name-${i}`));
+    assert.equal(table.entryInode[e], i);
+    assert.equal(table.nameOf(e), `name-${i}`);
+  }
+  assert.equal(table.findEntry(0, new TextEncoder().encode("name-40000")), -1);
 });
