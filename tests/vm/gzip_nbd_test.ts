@@ -14,12 +14,14 @@ import { FIXTURES } from "../_support/requires.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import { manifestOf, mountSandbox, mountsBelow, pidAlive, serverPids } from "../_support/mounts.ts";
-import { dropCaches, NOT_IN_VM, runChecked } from "../_support/vm.ts";
+import { dropCaches, NOT_IN_VM } from "../_support/vm.ts";
 import { isBlobGet, startFaultProxy } from "../_support/fault_proxy.ts";
 import { pushImage } from "../_support/oci_raw.ts";
+import { bigTarGz } from "../_support/kill_mid_read.ts";
+import { RECOVERY_DIR } from "../_support/peer_nbd.ts";
+import { withTempDir } from "../_support/temp_dir.ts";
 
 const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
-const RECOVERY_DIR = "/var/run/erofsmount/nbd";
 const LONG = { timeoutMs: 300_000 };
 const BIG_FILE_BYTES = 32 << 20;
 
@@ -50,13 +52,8 @@ function recoveryLines(): string[] {
   }
 }
 
-async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
-  const work = await Deno.makeTempDir({ prefix: "erofs-oci-vm-gzip-" });
-  try {
-    await fn(work);
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
-  }
+function withWork(fn: (work: string) => Promise<void>): Promise<void> {
+  return withTempDir("erofs-oci-vm-gzip-", fn);
 }
 
 Deno.test({
@@ -99,26 +96,6 @@ Deno.test({
     }),
 });
 
-/** A tar.gz holding one random file of BIG_FILE_BYTES (gzip -1: ~1:1) and its sha256. */
-async function bigTarGz(work: string): Promise<{ bytes: Uint8Array<ArrayBuffer>; sha: string }> {
-  const tree = `${work}/tree`;
-  Deno.mkdirSync(tree);
-  const data = new Uint8Array(BIG_FILE_BYTES);
-  for (let at = 0; at < data.length; at += 65536) {
-    crypto.getRandomValues(data.subarray(at, at + 65536));
-  }
-  Deno.writeFileSync(`${tree}/big.bin`, data);
-  await runChecked("sh", [
-    "-c",
-    `tar -C '${tree}' --owner=0 --group=0 --numeric-owner -cf - big.bin | gzip -1 > '${work}/big.tar.gz'`,
-  ]);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return {
-    bytes: Deno.readFileSync(`${work}/big.tar.gz`),
-    sha: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
-  };
-}
-
 /** Range GETs from here on are held while `holding`, so the kill lands mid-read. */
 const HOLD_FROM_BYTES = 12 << 20;
 
@@ -137,7 +114,7 @@ Deno.test({
         },
         fault: { kind: "delay", ms: 30_000 },
       }]);
-      const big = await bigTarGz(work);
+      const big = await bigTarGz(work, BIG_FILE_BYTES);
       await pushImage(registry, "gz/big", "v1", [{ bytes: big.bytes, mediaType: GZIP_LAYER }]);
       assertSuccess(await runCli(["index", `${registry.host}/gz/big:v1`, "--push"], LONG));
       const sandbox = await mountSandbox();
