@@ -8,6 +8,9 @@
  * and a crash before the sync leaves it absent. A fill another process holds is
  * waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
  * and serves what is missing from the inner source directly from then on.
+ * This file is the read path and the blob's life (eviction, digest check, sidecar, close); the
+ * fill and sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's
+ * direct reads disk_cache_direct.ts.
  */
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
@@ -16,23 +19,21 @@ import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
-import { streamInPieces } from "./disk_cache_stream.ts";
+import { BlobFiller, chunkRuns, PRESENT, sleep, type VerifyChunk } from "./disk_cache_fill.ts";
+import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
   closeQuietly,
-  dataSync,
   dataSyncNow,
   F_RDLCK,
   F_WRLCK,
   preadExact,
   punchHole,
   pwriteAll,
-  reopenReadOnly,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
 
-/** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
-export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
+export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
 
 export interface DiskCacheStats {
   /** Bytes of reads answered from the file without fetching anything for them. */
@@ -59,61 +60,11 @@ export interface DiskCacheStats {
   readsWaitedForSync: number;
 }
 
-/** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
-export class ChunkVerifyError extends Error {}
-
-/** A write or sync of the cache files failed: the cache goes memory-only. */
-class DiskWriteError extends Error {}
-
-const PRESENT = 1;
 const POLL_MS = 10;
 /** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
 const MAX_ATTEMPTS = 5;
 /** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
 const TOUCH_EVERY_MS = 60_000;
-
-/** How a reader's wait for a chunk ended: before its sync, after one, or with no sync of ours. */
-type ReadableEnd = "written" | "synced" | "done";
-
-interface Readable {
-  promise: Promise<ReadableEnd>;
-  /** First call wins; a boolean is the run's end (true: it synced). */
-  settle(end: ReadableEnd | boolean): void;
-  fail(error: unknown): void;
-}
-
-function newReadable(): Readable {
-  let resolve!: (end: ReadableEnd) => void, reject!: (error: unknown) => void;
-  const promise = new Promise<ReadableEnd>((yes, no) => {
-    resolve = yes;
-    reject = no;
-  });
-  // Nobody may be waiting (a fill ahead): a failure must not surface as unhandled.
-  promise.catch(() => {});
-  return {
-    promise,
-    settle: (end) => resolve(end === true ? "synced" : end === false ? "done" : end),
-    fail: reject,
-  };
-}
-
-/** [chunk, count] runs of chunks in `map` (which starts at chunk `first`) that are PRESENT or not. */
-function chunkRuns(map: Uint8Array, first: number, present: boolean): [number, number][] {
-  const runs: [number, number][] = [];
-  for (let i = 0; i < map.length;) {
-    if ((map[i] === PRESENT) !== present) {
-      i++;
-      continue;
-    }
-    let j = i + 1;
-    while (j < map.length && (map[j] === PRESENT) === present) j++;
-    runs.push([first + i, j - i]);
-    i = j;
-  }
-  return runs;
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class DiskCachedSource implements Source {
   readonly size: number;
@@ -125,26 +76,16 @@ export class DiskCachedSource implements Source {
   readonly #verify?: VerifyChunk;
   readonly #mapFd: number;
   readonly #dataFd: number;
-  readonly #filling = new Map<number, Promise<void>>();
-  /** Per chunk being filled here: settles once its bytes are verified and in the file. */
-  readonly #readable = new Map<number, Readable>();
-  /**
-   * Chunks verified and written by a fill of this process that still holds their write lock,
-   * waiting for the sync before it marks them: readable here, absent for everyone else.
-   */
-  readonly #written = new Set<number>();
-  /** Chunks per unit the inner source reads whole (1: any range). */
-  readonly #innerUnitChunks: number;
+  /** The fill and sync protocol (disk_cache_fill.ts). */
+  readonly #filler: BlobFiller;
   /** Chunks known present, least recently read first (chunk eviction order). */
   readonly #lru = new Map<number, true>();
   readonly #closing = new AbortController();
   #degraded = false;
   /** Set when the complete blob failed its digest: the error every read rejects with. */
   #corrupt?: Error;
-  #syncing?: Promise<void>;
   /** When a reader last needed a fetch: background completion waits for quiet. */
   #lastForegroundMs = 0;
-  #nextSync?: Promise<void>;
   #touchedMs = 0;
   lastUsedMs = Date.now();
   readonly #stats = {
@@ -172,13 +113,25 @@ export class DiskCachedSource implements Source {
     this.size = inner.size;
     this.chunkBytes = cache.chunkBytes;
     this.chunkCount = Math.ceil(this.size / this.chunkBytes);
-    const unit = (inner as { chunkBytes?: unknown }).chunkBytes;
-    this.#innerUnitChunks = typeof unit === "number" && unit > this.chunkBytes &&
-        unit % this.chunkBytes === 0
-      ? unit / this.chunkBytes
-      : 1;
     this.#mapFd = fds.map;
     this.#dataFd = fds.data;
+    this.#filler = new BlobFiller({
+      cache,
+      inner,
+      base,
+      verify,
+      mapFd: fds.map,
+      dataFd: fds.data,
+      size: this.size,
+      chunkBytes: this.chunkBytes,
+      chunkCount: this.chunkCount,
+      closing: this.#closing.signal,
+      lru: this.#lru,
+      readMap: (start, stop) => this.#readMap(start, stop),
+      isDegraded: () => this.#degraded,
+      degrade: () => this.#degraded = true,
+      corruption: () => this.#corrupt,
+    }, this.#stats);
     const map = this.#readMap(0, this.chunkCount);
     map.forEach((byte, index) => byte === PRESENT && this.#lru.set(index, true));
   }
@@ -210,7 +163,7 @@ export class DiskCachedSource implements Source {
    * (or failed). Reads do not wait for this; a remount, another process and the bound do.
    */
   async whenDurable(): Promise<void> {
-    await Promise.allSettled(new Set(this.#filling.values()));
+    await Promise.allSettled(this.#filler.fills());
   }
 
   /**
@@ -274,12 +227,12 @@ export class DiskCachedSource implements Source {
       const map = this.#readMap(first, end);
       const missing: number[] = [];
       map.forEach((byte, i) =>
-        byte !== PRESENT && !this.#written.has(first + i) && missing.push(first + i)
+        byte !== PRESENT && !this.#filler.isWritten(first + i) && missing.push(first + i)
       );
       if (missing.length) {
         fetched = true;
         this.#lastForegroundMs = Date.now();
-        const ends = await abortable(this.#fillReadable(missing), signal);
+        const ends = await abortable(this.#filler.fillReadable(missing), signal);
         if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
         continue;
       }
@@ -296,7 +249,7 @@ export class DiskCachedSource implements Source {
       try {
         // Re-read under the lock: an evictor may have dropped a chunk since.
         const now = this.#readMap(first, end);
-        if (now.some((byte, i) => byte !== PRESENT && !this.#written.has(first + i))) continue;
+        if (now.some((byte, i) => byte !== PRESENT && !this.#filler.isWritten(first + i))) continue;
         early = now.some((byte) => byte !== PRESENT);
         preadExact(this.#dataFd, dest, offset);
       } finally {
@@ -324,43 +277,21 @@ export class DiskCachedSource implements Source {
    */
   openDirectReads(): DirectReadFiles | undefined {
     if (this.#closing.signal.aborted || this.#corrupt) return undefined;
-    let mapFd = -1;
-    try {
-      mapFd = reopenReadOnly(this.#mapFd);
-      const dataFd = reopenReadOnly(this.#dataFd);
-      let open = true;
-      return {
-        mapFd,
-        dataFd,
-        chunkBytes: this.chunkBytes,
-        sizeBytes: this.size,
-        presentByte: PRESENT,
-        close: () => {
-          if (!open) return;
-          open = false;
-          closeQuietly(dataFd);
-          closeQuietly(mapFd);
-        },
-      };
-    } catch {
-      closeQuietly(mapFd);
-      return undefined;
-    }
+    return openDirectReadFiles({
+      mapFd: this.#mapFd,
+      dataFd: this.#dataFd,
+      chunkBytes: this.chunkBytes,
+      size: this.size,
+    });
   }
 
   /** Reads served directly from the file: disk hits, most recently used chunks. */
   noteDirectReads(ranges: readonly number[]): void {
     if (this.#closing.signal.aborted) return;
-    for (let i = 0; i + 1 < ranges.length; i += 2) {
-      const offset = ranges[i], length = ranges[i + 1];
-      if (!(length > 0) || offset < 0 || offset + length > this.size) continue;
-      this.#stats.diskHitBytes += length;
-      const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
-      for (let c = Math.floor(offset / this.chunkBytes); c < end; c++) {
-        this.#lru.delete(c);
-        this.#lru.set(c, true);
-      }
-    }
+    this.#stats.diskHitBytes += servedChunks(ranges, this.size, this.chunkBytes, (c) => {
+      this.#lru.delete(c);
+      this.#lru.set(c, true);
+    });
     this.lastUsedMs = Date.now();
     this.#touch();
   }
@@ -377,12 +308,12 @@ export class DiskCachedSource implements Source {
     if (first >= end) return done;
     const missing: number[] = [];
     this.#readMap(first, end).forEach((byte, i) => {
-      if (byte !== PRESENT && !this.#filling.has(first + i)) missing.push(first + i);
+      if (byte !== PRESENT && !this.#filler.isFilling(first + i)) missing.push(first + i);
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
     if (!missing.length) return done;
     this.#lastForegroundMs = Date.now();
-    return this.#fill(missing).then(() => {}, () => {});
+    return this.#filler.fill(missing).then(() => {}, () => {});
   }
 
   /**
@@ -395,8 +326,8 @@ export class DiskCachedSource implements Source {
         chunkBytes: this.chunkBytes,
         stopped: () => this.#closing.signal.aborted || this.#degraded,
         presence: () => this.#readMap(0, this.chunkCount),
-        quietMs: () => this.#filling.size > 0 ? 0 : Date.now() - this.#lastForegroundMs,
-        fill: (chunks) => this.#fill(chunks),
+        quietMs: () => this.#filler.fillingCount > 0 ? 0 : Date.now() - this.#lastForegroundMs,
+        fill: (chunks) => this.#filler.fill(chunks),
         warn: (message) => this.#cache.warnOnce(message),
       },
       idleMs,
@@ -430,183 +361,6 @@ export class DiskCachedSource implements Source {
     return "mismatch";
   }
 
-  /** Fills the missing chunks, joining fills of this process already under way. */
-  #fill(wanted: number[]): Promise<unknown> {
-    if (this.#corrupt) return Promise.reject(this.#corrupt);
-    const missing = this.#widen(wanted);
-    const waits: Promise<void>[] = [];
-    for (let i = 0; i < missing.length;) {
-      const pending = this.#filling.get(missing[i]);
-      if (pending) {
-        waits.push(pending);
-        i++;
-        continue;
-      }
-      let j = i + 1;
-      while (
-        j < missing.length && missing[j] === missing[j - 1] + 1 && !this.#filling.has(missing[j])
-      ) j++;
-      const start = missing[i], stop = missing[j - 1] + 1;
-      for (let c = start; c < stop; c++) this.#readable.set(c, newReadable());
-      const run = this.#fillRun(start, stop).then(
-        (synced) => {
-          for (let c = start; c < stop; c++) this.#readable.get(c)?.settle(synced);
-        },
-        (error) => {
-          for (let c = start; c < stop; c++) this.#readable.get(c)?.fail(error);
-          throw error;
-        },
-      ).finally(() => {
-        for (let c = start; c < stop; c++) {
-          this.#filling.delete(c);
-          this.#readable.delete(c);
-        }
-      });
-      for (let c = start; c < stop; c++) this.#filling.set(c, run);
-      waits.push(run);
-      i = j;
-    }
-    return Promise.all(waits);
-  }
-
-  /**
-   * Fills the missing chunks like #fill, but resolves as soon as the wanted ones are verified
-   * and written (readable from the file), not when they are durable and marked: how each
-   * chunk's wait ended ("written" before its sync, "synced" after one, "done" without one).
-   */
-  #fillReadable(wanted: number[]): Promise<ReadableEnd[]> {
-    // The full fill's failure reaches the reader through the chunk's own promise below.
-    this.#fill(wanted).catch(() => {});
-    return Promise.all(
-      wanted.map((c) =>
-        this.#readable.get(c)?.promise ??
-          (this.#filling.get(c)?.then(() => "done" as const) ?? Promise.resolve("done" as const))
-      ),
-    );
-  }
-
-  /**
-   * Adds the absent chunks sharing an inner unit with a wanted one: an inner source that reads
-   * whole units (a VerifiedSource hashes 1 MiB table chunks) fetches the unit for any part of
-   * it, so the rest is stored now instead of being fetched again later (a cold mount of the
-   * benchmark image made the registry send 2.2× the image at 256 KiB disk chunks).
-   */
-  #widen(wanted: number[]): number[] {
-    const k = this.#innerUnitChunks;
-    if (k <= 1 || wanted.length === 0) return wanted;
-    const units = new Set(wanted.map((c) => Math.floor(c / k)));
-    const lo = Math.floor(wanted[0] / k) * k;
-    const hi = Math.min(this.chunkCount, (Math.floor(wanted[wanted.length - 1] / k) + 1) * k);
-    const map = this.#readMap(lo, hi);
-    const chunks: number[] = [];
-    for (let c = lo; c < hi; c++) {
-      if (map[c - lo] !== PRESENT && units.has(Math.floor(c / k))) chunks.push(c);
-    }
-    return chunks;
-  }
-
-  /**
-   * Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps.
-   * Resolves true when it synced data of its own (the last step before the map says present).
-   */
-  async #fillRun(start: number, stop: number): Promise<boolean> {
-    let waited = false;
-    while (!tryLock(this.#mapFd, F_WRLCK, start, stop - start)) {
-      if (!waited) this.#stats.waitedForOthers++;
-      waited = true;
-      await sleep(POLL_MS);
-      if (this.#closing.signal.aborted) throw new Error("disk cache closed");
-      if (this.#readMap(start, stop).every((byte) => byte === PRESENT)) return false;
-    }
-    let synced = false;
-    try {
-      // Gaps (chunks another process filled meanwhile split the run) go one by one.
-      for (const [at, count] of chunkRuns(this.#readMap(start, stop), start, false)) {
-        if (await this.#fetchAndStore(at, at + count)) synced = true;
-      }
-    } finally {
-      unlock(this.#mapFd, start, stop - start);
-    }
-    return synced;
-  }
-
-  /** Resolves true when the chunks were synced and marked present. */
-  async #fetchAndStore(start: number, stop: number): Promise<boolean> {
-    const offset = start * this.chunkBytes;
-    const length = Math.min(this.size, stop * this.chunkBytes) - offset;
-    this.#stats.fetches++;
-    this.#stats.fetchedBytes += length;
-    try {
-      if (this.#inner.readTo) {
-        await streamInPieces(
-          this.#inner,
-          offset,
-          length,
-          this.chunkBytes,
-          (at, bytes) => this.#storeRun(at, bytes),
-          this.#closing.signal,
-        );
-      } else await this.#storeRun(offset, await this.#readRun(offset, length));
-      if (this.#degraded) return false;
-      // The bytes must be on disk before the map says so: a crash between the two then
-      // leaves the chunk absent, never present with old or zero bytes. Readers of this
-      // process read them meanwhile (#written), under this fill's write lock.
-      await this.#durable().then(
-        () => pwriteAll(this.#mapFd, new Uint8Array(stop - start).fill(PRESENT), start),
-      ).catch((cause) => {
-        throw new DiskWriteError("disk sync failed", { cause });
-      });
-    } catch (error) {
-      if (!(error instanceof DiskWriteError)) throw error;
-      this.#degraded = true;
-      this.#cache.warnOnce(
-        `disk cache ${this.#cache.dir}: ${(error.cause as Error).message}; ` +
-          "continuing with the memory cache only",
-      );
-      return false;
-    } finally {
-      for (let c = start; c < stop; c++) this.#written.delete(c);
-    }
-    for (let c = start; c < stop; c++) this.#lru.set(c, true);
-    this.#cache.noteWritten(length);
-    return true;
-  }
-
-  async #readRun(offset: number, length: number): Promise<Uint8Array> {
-    const bytes = await this.#inner.read(offset, length, this.#closing.signal);
-    if (bytes.length !== length) {
-      throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
-    }
-    return bytes;
-  }
-
-  /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
-  async #storeRun(offset: number, bytes: Uint8Array): Promise<void> {
-    if (this.#verify) {
-      const first = offset / this.chunkBytes;
-      for (let from = 0; from < bytes.length; from += this.chunkBytes) {
-        const chunk = bytes.subarray(from, Math.min(bytes.length, from + this.chunkBytes));
-        const index = first + from / this.chunkBytes;
-        if (!(await this.#verify(index, chunk))) {
-          throw new ChunkVerifyError(`chunk ${index} of ${this.#base} failed verification`);
-        }
-      }
-    }
-    if (this.#degraded) return;
-    try {
-      pwriteAll(this.#dataFd, bytes, offset);
-    } catch (error) {
-      throw new DiskWriteError("disk write failed", { cause: error });
-    }
-    // Verified and in the page cache: readable here now, durable (and marked) later.
-    const first = offset / this.chunkBytes;
-    const stop = Math.min(this.chunkCount, Math.ceil((offset + bytes.length) / this.chunkBytes));
-    for (let c = first; c < stop; c++) {
-      this.#written.add(c);
-      this.#readable.get(c)?.settle("written");
-    }
-  }
-
   /**
    * Drops least recently read chunks of this blob (not being filled, not locked by a reader)
    * until `bytes` are freed; returns the bytes freed. The map byte is cleared and synced
@@ -616,7 +370,7 @@ export class DiskCachedSource implements Source {
     let freed = 0;
     for (const index of [...this.#lru.keys()]) {
       if (freed >= bytes) break;
-      if (this.#filling.has(index)) continue;
+      if (this.#filler.isFilling(index)) continue;
       if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
       try {
         this.#lru.delete(index);
@@ -642,28 +396,10 @@ export class DiskCachedSource implements Source {
     if (this.#closing.signal.aborted) return;
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
-    await Promise.allSettled([...this.#filling.values()]);
+    await Promise.allSettled(this.#filler.fills());
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
-  }
-
-  /**
-   * fdatasync of the data file shared by the fills that wrote before it started (group
-   * commit): a fill arriving while a sync runs waits for the next one, which covers everyone
-   * who arrived meanwhile, so concurrent fills cost about two syncs, not one each.
-   */
-  #durable(): Promise<void> {
-    if (!this.#syncing) {
-      this.#stats.syncs++;
-      this.#syncing = dataSync(this.#dataFd).finally(() => this.#syncing = undefined);
-      return this.#syncing;
-    }
-    this.#nextSync ??= this.#syncing.catch(() => {}).then(() => {
-      this.#nextSync = undefined;
-      return this.#durable();
-    });
-    return this.#nextSync;
   }
 
   #readMap(start: number, stop: number): Uint8Array {
