@@ -357,3 +357,53 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "pinned pages are read by the FUSE reader thread, their chunks absent from the disk",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const { FuseStack } = await import("./_support/fuse_stack.ts");
+    const stack = await FuseStack.create();
+    const dir = await stack.dir("cache");
+    const bytes = image;
+    const inner = new MemorySource(bytes);
+    const cache = DiskCache.open({ dir, onWarning: () => {} })!;
+    const disk = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
+    const source = new PrefetchedSource(new CachedSource(disk));
+    try {
+      const blob = await stack.blob(source, "fuse");
+      // Pinned after the reader started (as the list's pages are, while the mount goes on).
+      const page = 5;
+      source.pin(page * 4096, bytes.slice(page * 4096, (page + 2) * 4096));
+      const read = async (at: number, count: number) => {
+        const out = await new Deno.Command("dd", {
+          args: [`if=${blob.filePath}`, "bs=4096", `skip=${at}`, `count=${count}`, "status=none"],
+          stdout: "piped",
+        }).output();
+        assert(out.success);
+        return out.stdout;
+      };
+      assert.deepEqual(await read(page, 2), bytes.subarray(page * 4096, (page + 2) * 4096));
+      for (let i = 0; i < 200 && blob.stats().reads < 1; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const stats = blob.stats();
+      assert.equal(
+        stats.directReads,
+        stats.reads,
+        `not served by the reader: ${JSON.stringify(stats)}`,
+      );
+      assert.deepEqual(inner.reads, [], "a pinned page reached the inner source");
+      assert.equal(disk.presentChunks(), 0);
+      // A page next to them is not pinned: the ordinary way (main thread, fetched).
+      assert.deepEqual(
+        await read(page + 2, 1),
+        bytes.subarray((page + 2) * 4096, (page + 3) * 4096),
+      );
+      assert(inner.reads.length > 0);
+    } finally {
+      await stack.cleanup();
+      await source.close();
+    }
+  },
+});

@@ -116,6 +116,11 @@ export class FuseConnection {
         sizeBytes: this.#direct.sizeBytes,
         presentByte: this.#direct.presentByte,
         nodeId: Number(FILE_NODE_ID),
+        pins: this.#direct.pins && {
+          fd: this.#direct.pins.fd,
+          mapFd: this.#direct.pins.mapFd,
+          pageBytes: this.#direct.pins.pageBytes,
+        },
       },
     };
     const spare = spareReaders.shift();

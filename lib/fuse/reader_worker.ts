@@ -25,6 +25,11 @@ export interface DirectReadArg {
   presentByte: number;
   /** The FUSE node id of the file these bytes are. */
   nodeId: number;
+  /**
+   * Pinned pages (lib/source/direct_reads.ts PinnedPageFile): a READ all of whose pages have
+   * map byte 1 in `mapFd` (written after the page) is read from `fd`, chunks or not.
+   */
+  pins?: { fd: number; mapFd: number; pageBytes: number };
 }
 
 export interface FuseReaderArg {
@@ -125,31 +130,57 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
     }
     return chunks.every((byte) => byte === direct!.presentByte);
   };
-  /** Answers a READ from the cache file when all its chunks are present; false: not done. */
+  /** Every page of the range is pinned (written to the pin file, then marked). */
+  const pinMap = new Uint8Array(512);
+  const allPinned = (offset: number, length: number): boolean => {
+    const pins = direct!.pins!;
+    const first = Math.floor(offset / pins.pageBytes);
+    const count = Math.floor((offset + length - 1) / pins.pageBytes) + 1 - first;
+    if (count > pinMap.length) return false;
+    const bytes = pinMap.subarray(0, count);
+    if (Number(libc.pread(pins.mapFd, bytes, BigInt(count), BigInt(first))) !== count) {
+      return false;
+    }
+    return bytes.every((byte) => byte === 1);
+  };
+  /**
+   * Answers a READ from the pinned pages or the cache file when all its pages are pinned or all
+   * its chunks present; false: not done.
+   */
   const serveDirect = (n: number): boolean => {
     if (!direct || n < IN_HEADER + 24 || view.getUint32(4, true) !== OP_READ) return false;
     if (view.getBigUint64(16, true) !== BigInt(direct.nodeId)) return false;
     const offset = Number(view.getBigUint64(IN_HEADER + 8, true));
     const length = Math.min(view.getUint32(IN_HEADER + 16, true), direct.sizeBytes - offset);
     if (!(length > 0) || length > arg.maxReadBytes) return false;
-    const first = Math.floor(offset / direct.chunkBytes);
-    const count = Math.floor((offset + length - 1) / direct.chunkBytes) + 1 - first;
-    if (count > map.length || !allPresent(first, count)) return false;
-    // The read lock keeps evictors (which clear the map byte, then punch the hole) away;
-    // under it, the map is read again.
-    if (!lock(F_RDLCK, first, count)) return false;
     let got = -1;
-    try {
-      if (allPresent(first, count)) {
-        got = Number(libc.pread(
-          direct.dataFd,
-          reply.subarray(OUT_HEADER, OUT_HEADER + length),
-          BigInt(length),
-          BigInt(offset),
-        ));
+    if (direct.pins && allPinned(offset, length)) {
+      got = Number(libc.pread(
+        direct.pins.fd,
+        reply.subarray(OUT_HEADER, OUT_HEADER + length),
+        BigInt(length),
+        BigInt(offset),
+      ));
+    }
+    if (got !== length) {
+      const first = Math.floor(offset / direct.chunkBytes);
+      const count = Math.floor((offset + length - 1) / direct.chunkBytes) + 1 - first;
+      if (count > map.length || !allPresent(first, count)) return false;
+      // The read lock keeps evictors (which clear the map byte, then punch the hole) away;
+      // under it, the map is read again.
+      if (!lock(F_RDLCK, first, count)) return false;
+      try {
+        if (allPresent(first, count)) {
+          got = Number(libc.pread(
+            direct.dataFd,
+            reply.subarray(OUT_HEADER, OUT_HEADER + length),
+            BigInt(length),
+            BigInt(offset),
+          ));
+        }
+      } finally {
+        lock(F_UNLCK, first, count);
       }
-    } finally {
-      lock(F_UNLCK, first, count);
     }
     if (got !== length) return false;
     replyView.setUint32(0, OUT_HEADER + length, true);

@@ -18,8 +18,21 @@ export interface DirectReadFiles {
   readonly sizeBytes: number;
   /** The map byte of a chunk whose bytes are written, synced and verified. */
   readonly presentByte: number;
-  /** Closes both descriptors; only once no thread uses them. */
+  /**
+   * Pages pinned in front of the disk cache (PrefetchedSource), readable by that thread too:
+   * `fd` holds each page at its offset once byte `page` of `mapFd` is 1 (written after the
+   * page). Pins are never dropped, so no lock is needed.
+   */
+  readonly pins?: PinnedPageFile;
+  /** Closes the descriptors; only once no thread uses them. */
   close(): void;
+}
+
+/** See DirectReadFiles.pins. */
+export interface PinnedPageFile {
+  readonly fd: number;
+  readonly mapFd: number;
+  readonly pageBytes: number;
 }
 
 export interface DirectReadable {

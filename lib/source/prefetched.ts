@@ -9,9 +9,13 @@ import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { CacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
+import { closeQuietly, openCacheFile, pwriteAll, reopenReadOnly } from "./disk_cache_io.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
+
+/** The pin map's byte of a page written to the pin file (PinnedPageFile). */
+const PINNED_BYTE = new Uint8Array([1]);
 
 /** Pin budget when the inner source has no cache bound to share. */
 export const DEFAULT_PIN_BUDGET_BYTES = 64 << 20;
@@ -47,7 +51,10 @@ export class PrefetchedSource implements InnerSource {
   #pinnedRequested = 0;
   #prefetchFetches = 0;
   #prefetchBytes = 0;
-  #lastReadMs = 0;
+  /** Settles at the first read of anything not pinned (file data, or metadata missed). */
+  readonly #dataRead = Promise.withResolvers<void>();
+  /** The pinned pages in a file too, for another thread's direct reads (openDirectReads). */
+  #pinFile?: { fd: number; mapFd: number };
 
   constructor(inner: InnerSource, options: { pinBudgetBytes?: number } = {}) {
     this.#inner = inner;
@@ -76,6 +83,7 @@ export class PrefetchedSource implements InnerSource {
       if (page.length !== wanted) continue;
       this.#pages.set(index, page);
       this.#pinnedBytes += PIN_PAGE_BYTES;
+      this.#writePinned(index, page);
     }
     if (this.#pinnedBytes !== before) this.#inner.reserveBytes?.(this.#pinnedBytes);
   }
@@ -90,13 +98,15 @@ export class PrefetchedSource implements InnerSource {
     return this.#pinnedBytes;
   }
 
-  /** When a reader last came through here (performance.now()): background work waits for quiet. */
-  get lastReadMs(): number {
-    return this.#lastReadMs;
+  /**
+   * Resolves at the first read of bytes not all pinned: after a mount, the first read of file
+   * data (a cold `find` reads pinned pages only). Background fills wait for it.
+   */
+  whenDataRead(): Promise<void> {
+    return this.#dataRead.promise;
   }
 
   read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    this.#lastReadMs = performance.now();
     const first = Math.floor(offset / PIN_PAGE_BYTES);
     const last = Math.floor((offset + length - 1) / PIN_PAGE_BYTES);
     if (length > 0 && this.#allPinned(first, last)) {
@@ -109,11 +119,11 @@ export class PrefetchedSource implements InnerSource {
       this.#copy(offset, out, first, last);
       return Promise.resolve(out);
     }
+    this.#dataRead.resolve();
     return this.#inner.read(offset, length, signal);
   }
 
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
-    this.#lastReadMs = performance.now();
     const first = Math.floor(offset / PIN_PAGE_BYTES);
     const last = Math.floor((offset + dest.length - 1) / PIN_PAGE_BYTES);
     if (dest.length > 0 && this.#allPinned(first, last)) {
@@ -121,21 +131,79 @@ export class PrefetchedSource implements InnerSource {
       this.#copy(offset, dest, first, last);
       return;
     }
+    this.#dataRead.resolve();
     if (this.#inner.readInto) return await this.#inner.readInto(offset, dest, signal);
     dest.set(await this.#inner.read(offset, dest.length, signal));
   }
 
   /**
-   * Direct reads of the disk cache below, if any: the prefetch stored the pinned pages there
-   * too, so a reader serving them from the disk file returns the same bytes.
+   * Direct reads of the disk cache below, if any, and of the pinned pages: a metadata list's
+   * pages are pinned without their chunks being on disk, and a cold `find` reads nothing else,
+   * so without them each of its READs would go through this thread (~85 µs each when quiet).
+   * The pinned pages are written to an unlinked file as they are pinned, for that thread.
    */
   openDirectReads(): DirectReadFiles | undefined {
-    return isDirectReadable(this.#inner) ? this.#inner.openDirectReads() : undefined;
+    if (!isDirectReadable(this.#inner)) return undefined;
+    const files = this.#inner.openDirectReads();
+    if (!files) return undefined;
+    const pins = this.#openPinFile();
+    if (!pins) return files;
+    let readerFd = -1, readerMapFd = -1;
+    try {
+      readerFd = reopenReadOnly(pins.fd);
+      readerMapFd = reopenReadOnly(pins.mapFd);
+    } catch {
+      closeQuietly(readerFd);
+      return files;
+    }
+    return {
+      mapFd: files.mapFd,
+      dataFd: files.dataFd,
+      chunkBytes: files.chunkBytes,
+      sizeBytes: files.sizeBytes,
+      presentByte: files.presentByte,
+      pins: { fd: readerFd, mapFd: readerMapFd, pageBytes: PIN_PAGE_BYTES },
+      close: () => {
+        files.close();
+        closeQuietly(readerFd);
+        closeQuietly(readerMapFd);
+      },
+    };
+  }
+
+  #openPinFile(): { fd: number; mapFd: number } | undefined {
+    if (this.#pinFile) return this.#pinFile;
+    const opened: number[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const path = Deno.makeTempFileSync({ prefix: "erofs-oci-pins-" });
+        try {
+          opened.push(openCacheFile(path, false));
+        } finally {
+          Deno.removeSync(path); // unlinked: gone with the last descriptor
+        }
+      }
+      this.#pinFile = { fd: opened[0], mapFd: opened[1] };
+      for (const [index, page] of this.#pages) this.#writePinned(index, page);
+      return this.#pinFile;
+    } catch {
+      for (const fd of opened) closeQuietly(fd);
+      return undefined;
+    }
+  }
+
+  /** Page `index` into the pin file, then its map byte (the other thread reads the map first). */
+  #writePinned(index: number, page: Uint8Array): void {
+    const file = this.#pinFile;
+    if (!file) return;
+    try {
+      pwriteAll(file.fd, page, index * PIN_PAGE_BYTES);
+      pwriteAll(file.mapFd, PINNED_BYTE, index);
+    } catch { /* not marked: that page's reads go through this thread */ }
   }
 
   /** Reads of pinned pages count as pinned hits, as when served here (no readahead below). */
   noteDirectReads(ranges: readonly number[]): void {
-    this.#lastReadMs = performance.now();
     const passed: number[] = [];
     for (let i = 0; i + 1 < ranges.length; i += 2) {
       const offset = ranges[i], length = ranges[i + 1];
@@ -144,6 +212,7 @@ export class PrefetchedSource implements InnerSource {
       if (length > 0 && this.#allPinned(first, last)) this.#hit(length);
       else passed.push(offset, length);
     }
+    if (passed.length) this.#dataRead.resolve();
     if (passed.length && isDirectReadable(this.#inner)) this.#inner.noteDirectReads(passed);
   }
 
@@ -175,6 +244,11 @@ export class PrefetchedSource implements InnerSource {
   async close(): Promise<void> {
     this.#pages.clear();
     this.#pinnedBytes = 0;
+    if (this.#pinFile) { // the reader's descriptors are its own
+      closeQuietly(this.#pinFile.fd);
+      closeQuietly(this.#pinFile.mapFd);
+    }
+    this.#pinFile = undefined;
     await this.#inner.close?.();
   }
 
@@ -215,8 +289,6 @@ export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
 const SCATTERED_WINDOWS = 8;
 /** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
-/** ...each started after this long without a read (a cold find reads pinned pages only). */
-const QUIET_BEFORE_WINDOW_MS = 20;
 
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
@@ -312,27 +384,28 @@ export async function prefetchErofsMetadata(
     const offsets = [...pages.keys()].sort((a, b) => a - b).map((p) => p * PIN_PAGE_BYTES);
     if (new Set(offsets.map((o) => Math.floor(o / size))).size < SCATTERED_WINDOWS) return;
     windowBytes = size;
-    // A few at a time, so the kernel's first reads after the mount (a find: all pinned) do not
-    // queue behind ~100 MB of hashing and writing.
+    // A few at a time, so the reader that asked for data does not queue behind all of them.
     const runs: [number, number][] = [];
     for (const offset of offsets) {
+      // One window per fill: a fill under way when a reader comes back is short.
       fillWindows(offset, PIN_PAGE_BYTES, (start, length) => {
-        runs.push([start, length]);
+        for (let at = start; at < start + length; at += size) {
+          runs.push([at, Math.min(size, start + length - at)]);
+        }
       });
     }
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < runs.length && !options.signal?.aborted) {
-        // Readers first: each fill starts only after a moment without any read.
-        while (performance.now() - target.lastReadMs < QUIET_BEFORE_WINDOW_MS) {
-          await new Promise((resolve) => setTimeout(resolve, QUIET_BEFORE_WINDOW_MS));
-          if (options.signal?.aborted) return;
-        }
         const [start, length] = runs[next++];
         await fillAhead(start, length);
       }
     };
-    for (let i = 0; i < WINDOWS_IN_FLIGHT_AFTER_READY; i++) worker();
+    // Not before someone reads file data: a cold find right after the mount reads only
+    // pinned pages (from the reader thread) and would share the CPU with ~100 MB of fills.
+    target.whenDataRead().then(() => {
+      for (let i = 0; i < WINDOWS_IN_FLIGHT_AFTER_READY; i++) worker();
+    });
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).
