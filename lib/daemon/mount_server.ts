@@ -12,7 +12,7 @@ import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
 import { metadataLoaderOf, openLayerSource, sharedDiskCache } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
-import { pinningPrefetchTarget } from "../trace/pinned_target.ts";
+import { fetchUnitBytes, pinningPrefetchTarget } from "../trace/pinned_target.ts";
 import type { TarIndexedSource } from "../mount/tar_index_source.ts";
 import { type ControlReply, serveControl } from "./control.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
@@ -109,6 +109,8 @@ export async function runMountServer(): Promise<number> {
   let listener: Deno.Listener | undefined;
   let stopping: Promise<void> | undefined;
   const traceHooks = new ServerTraceHooks(spec.layers);
+  /** Per layer: what its source fetches whole, when the trace prefetch reads it directly. */
+  const prefetchGroupBytes: (number | undefined)[] = [];
 
   const stop = () =>
     stopping ??= (async () => {
@@ -203,6 +205,7 @@ export async function runMountServer(): Promise<number> {
         : sharedDiskCache()
         ? served
         : pinningPrefetchTarget(raw, served, served);
+      prefetchGroupBytes[index] = prefetchTarget === served ? undefined : fetchUnitBytes(raw);
       exports.push(
         await exportLayer(
           spec.backend,
@@ -268,7 +271,11 @@ export async function runMountServer(): Promise<number> {
       clearTimeout(timer);
       // A memory-only cache would evict the start of a trace longer than half of it.
       const budget = sharedDiskCache() ? undefined : Math.floor(cachePerLayer / 2);
-      traceHooks.startPrefetch(prefetchAbort.signal, spec.layers.map(() => budget));
+      traceHooks.startPrefetch(
+        prefetchAbort.signal,
+        spec.layers.map(() => budget),
+        prefetchGroupBytes,
+      );
     }
   } catch (error) {
     console.error("start failed:", error);

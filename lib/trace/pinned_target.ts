@@ -54,3 +54,12 @@ export function pinningPrefetchTarget(
     },
   };
 }
+
+/**
+ * What `source` fetches and checks whole (a verified layer's chunk), if it says: the trace
+ * prefetch reads the traced pieces within one such unit together (TracePrefetcher groupBytes).
+ */
+export function fetchUnitBytes(source: object): number | undefined {
+  const unit = (source as { chunkBytes?: unknown }).chunkBytes;
+  return typeof unit === "number" && unit > 0 ? unit : undefined;
+}

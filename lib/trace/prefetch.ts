@@ -62,6 +62,7 @@ export class TracePrefetcher {
   readonly #progress: PrefetchProgress[];
   #next = 0;
   #signal?: AbortSignal;
+  readonly #groupBytes: (number | undefined)[];
 
   /**
    * `targets[i]` undefined: layer i is not prefetched (local, or not traced). `budgetBytes[i]`
@@ -70,9 +71,19 @@ export class TracePrefetcher {
   constructor(
     targets: (PrefetchTarget | undefined)[],
     ranges: PrefetchRange[],
-    options: { budgetBytes?: (number | undefined)[]; pieceBytes?: number } = {},
+    options: {
+      budgetBytes?: (number | undefined)[];
+      pieceBytes?: number;
+      /**
+       * Per layer: the unit its source fetches whole (a verified layer's chunk). A piece is
+       * read together with the queued pieces in the same units: one fetch and one check for
+       * all of them, instead of one each when the trace comes back to a unit later.
+       */
+      groupBytes?: (number | undefined)[];
+    } = {},
   ) {
     this.#targets = targets;
+    this.#groupBytes = targets.map((_, i) => options.groupBytes?.[i]);
     const pieceBytes = options.pieceBytes ?? PREFETCH_PIECE_BYTES;
     const left = targets.map((_, i) => options.budgetBytes?.[i] ?? Infinity);
     this.#progress = targets.map(() => ({
@@ -249,7 +260,7 @@ export class TracePrefetcher {
         const piece = this.#take();
         if (!piece) return;
         try {
-          await this.#start(piece, signal);
+          await Promise.all([piece, ...this.#takeMates(piece)].map((p) => this.#start(p, signal)));
         } catch (error) {
           if (signal.aborted) return;
           failures++;
@@ -268,6 +279,29 @@ export class TracePrefetcher {
       ? `trace prefetch stopped after ${failures} failed reads: ${lastError}`
       : `trace prefetch ${state}: ${total} bytes in ${this.#pieces.length} reads ` +
         `(${first} read by the application first)`;
+  }
+
+  /** Queued pieces in the same fetch units as `piece` (see groupBytes), marked running. */
+  #takeMates(piece: Piece): Piece[] {
+    const unit = this.#groupBytes[piece.layerIndex];
+    if (!unit) return [];
+    const list = this.#byOffset[piece.layerIndex];
+    const from = Math.floor(piece.offset / unit) * unit;
+    const to = Math.ceil((piece.offset + piece.length) / unit) * unit;
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid].offset < from) lo = mid + 1;
+      else hi = mid;
+    }
+    const mates: Piece[] = [];
+    for (let i = lo; i < list.length && list[i].offset < to; i++) {
+      const mate = list[i];
+      if (mate.state !== "pending" || mate.offset + mate.length > to) continue;
+      mate.state = "running";
+      mates.push(mate);
+    }
+    return mates;
   }
 
   #take(): Piece | undefined {

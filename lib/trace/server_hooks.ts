@@ -94,15 +94,20 @@ export class ServerTraceHooks {
 
   /**
    * Starts the prefetch (the metadata is in). `budgetBytes[i]`: what layer i may take when
-   * only a memory cache holds it. Never rejects; logs one summary line.
+   * only a memory cache holds it; `groupBytes[i]`: the unit layer i's source fetches whole
+   * (TracePrefetcher). Never rejects; logs one summary line.
    */
-  startPrefetch(signal: AbortSignal, budgetBytes: (number | undefined)[]): void {
+  startPrefetch(
+    signal: AbortSignal,
+    budgetBytes: (number | undefined)[],
+    groupBytes?: (number | undefined)[],
+  ): void {
     if (!this.#prefetchTrace) return;
     try {
       const ranges = rangesForLayers(parseTrace(this.#prefetchTrace), this.#layers, {
         subset: Deno.env.get(PREFETCH_SUBSET_ENV) === "1",
       });
-      this.#prefetcher = new TracePrefetcher(this.#targets, ranges, { budgetBytes });
+      this.#prefetcher = new TracePrefetcher(this.#targets, ranges, { budgetBytes, groupBytes });
     } catch (error) {
       console.warn(`trace prefetch: ${(error as Error).message}`);
       return;

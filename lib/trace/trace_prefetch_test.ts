@@ -129,3 +129,40 @@ Deno.test("prefetch: covers() only bytes of pieces read or being read, not queue
   assert.equal(prefetcher.covers(0, 2 * MiB, 4096), false, "between the pieces");
   assert.equal(prefetcher.covers(1, 0, 4096), false, "no such layer");
 });
+
+Deno.test("prefetch: with groupBytes, queued pieces in the same fetch unit are read together", async () => {
+  const MiB = 1 << 20;
+  const started: number[] = [];
+  const gates: (() => void)[] = [];
+  const target = {
+    read(offset: number) {
+      started.push(offset);
+      return new Promise<void>((resolve) => gates.push(resolve));
+    },
+  };
+  // Trace order jumps between 1 MiB units: 0, 5, 0 again, 9, 5 again (far enough apart in
+  // the unit not to coalesce).
+  const ranges = [0, 5 * MiB, 600 << 10, 9 * MiB, 5 * MiB + (700 << 10)].map((offset) => ({
+    layerIndex: 0,
+    offset,
+    length: 4096,
+  }));
+  const prefetcher = new TracePrefetcher([target], ranges, { groupBytes: [MiB] });
+  const done = prefetcher.run(new AbortController().signal, 1);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(started, [0, 600 << 10], "unit 0's two pieces at once");
+  gates.splice(0).forEach((release) => release());
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(started.slice(2), [5 * MiB, 5 * MiB + (700 << 10)], "then unit 5's");
+  gates.splice(0).forEach((release) => release());
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(started.slice(4), [9 * MiB]);
+  gates.splice(0).forEach((release) => release());
+  assert.match(await done, /trace prefetch done: 20480 bytes in 5 reads/);
+  // Without groupBytes: trace order, one at a time.
+  const plain: number[] = [];
+  await new TracePrefetcher([{
+    read: (offset: number) => (plain.push(offset), Promise.resolve()),
+  }], ranges).run(new AbortController().signal, 1);
+  assert.deepEqual(plain, ranges.map((r) => r.offset));
+});
