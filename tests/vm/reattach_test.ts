@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { FIXTURES } from "../_support/requires.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "../_support/cli.ts";
-import { mountSandbox, mountsBelow } from "../_support/mounts.ts";
+import { type MountSandbox, mountSandbox, mountsBelow } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { startFaultProxy } from "../_support/fault_proxy.ts";
@@ -76,6 +76,16 @@ async function killAndReattach(
   assert.match(again.stdout, /alive/);
 }
 
+/** `erofs-oci mount SOURCE TARGET --backend nbd` in the sandbox, which must succeed. */
+async function mountNbdOk(sandbox: MountSandbox, source: string, env = sandbox.env): Promise<void> {
+  assertSuccess(
+    await runCli(["mount", source, sandbox.target, "--backend", "nbd"], {
+      env,
+      timeoutMs: 120_000,
+    }),
+  );
+}
+
 Deno.test({
   name: "vm reattach: kill -9 mid-read of a single layer, reattach, reader gets exact bytes",
   ignore: NOT_IN_VM,
@@ -87,12 +97,7 @@ Deno.test({
       const ref = `${gate.proxy.host}/crash/big:v1`;
       const sandbox = await mountSandbox();
       try {
-        assertSuccess(
-          await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountNbdOk(sandbox, ref);
         const files = recoveryFiles();
         assert.equal(files.length, 1, "one recovery file per device");
         assert.equal(Deno.statSync(RECOVERY_DIR).mode! & 0o777, 0o700);
@@ -129,12 +134,7 @@ Deno.test({
       const ref = `${gate.proxy.host}/crash/layers:v1`;
       const sandbox = await mountSandbox();
       try {
-        assertSuccess(
-          await runCli(["mount", ref, sandbox.target, "--backend", "nbd"], {
-            env: sandbox.env,
-            timeoutMs: 120_000,
-          }),
-        );
+        await mountNbdOk(sandbox, ref);
         assert.equal(recoveryFiles().length, 3);
         await killAndReattach(sandbox, gate, `${sandbox.target}/big.bin`, sha256, ["--all"]);
         // Files of the other layers read fine through the new server too.
@@ -159,12 +159,7 @@ Deno.test({
       assertCliError(await runCli(["reattach", "/dev/null"], { env }), 1, /not an NBD device/);
       assertCliError(await runCli(["reattach"], { env }), 2);
 
-      assertSuccess(
-        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "nbd"], {
-          env,
-          timeoutMs: 120_000,
-        }),
-      );
+      await mountNbdOk(sandbox, `${FIXTURES}/basic.erofs`);
       const [file] = recoveryFiles();
       await killServer(sandbox.runtimeDir);
       Deno.writeTextFileSync(`${RECOVERY_DIR}/${file}`, "LOCAL relative/garbage\n");
@@ -204,12 +199,7 @@ Deno.test({
           timeoutMs: 120_000,
         }),
       );
-      assertSuccess(
-        await runCli(["mount", `${proxy.host}/down/basic:v1`, sandbox.target, "--backend", "nbd"], {
-          env,
-          timeoutMs: 120_000,
-        }),
-      );
+      await mountNbdOk(sandbox, `${proxy.host}/down/basic:v1`, env);
       await killServer(sandbox.runtimeDir);
       registryDown = true;
       await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] })
@@ -260,12 +250,7 @@ Deno.test({
     const sandbox = await mountSandbox();
     try {
       const env = sandbox.env;
-      assertSuccess(
-        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "nbd"], {
-          env,
-          timeoutMs: 120_000,
-        }),
-      );
+      await mountNbdOk(sandbox, `${FIXTURES}/basic.erofs`);
       const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout);
       const device: string = listed[0].devices[0];
       await killServer(sandbox.runtimeDir);
