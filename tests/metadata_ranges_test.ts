@@ -298,7 +298,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "metadata ranges at a FUSE mount: one layer GET for the metadata, zero at remount",
+  name:
+    "metadata ranges at a FUSE mount: the metadata in one multi-range GET, zero GETs at remount",
   ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3")),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
