@@ -141,7 +141,8 @@ export async function* readTar(
           );
         }
       }
-      seen.set(entry.path, entry.kind);
+      // Only when checking: a path string per member is most of a big layer's memory.
+      if (checkLinks) seen.set(entry.path, entry.kind);
       data = built.data;
       yield entry;
     }
