@@ -35,7 +35,7 @@ const IMAGE = {
 const LONG = { timeoutMs: 300_000 };
 /** Read across the kill: big enough that the reader is still reading when the kill lands. */
 const BIG_FILE = "big.bin";
-const BIG_FILE_BYTES = 16 << 20;
+const BIG_FILE_BYTES = 8 << 20;
 /** Checkpoint spacing of the index (mount.erofs inflates from the nearest one per read). */
 const SPAN_BYTES = 256 << 10;
 /**
