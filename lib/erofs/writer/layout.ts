@@ -36,6 +36,8 @@ import {
   KIND_FILE,
   KIND_SYMLINK,
   type NodeTable,
+  releaseArray,
+  scratchArray,
   tableOf,
 } from "./node_table.ts";
 
@@ -356,13 +358,15 @@ const DOT_BYTES = new Uint8Array([0x2e]), DOTDOT_BYTES = new Uint8Array([0x2e, 0
 function collectTree(table: NodeTable, blockBytes: number): Tree {
   const inodes = table.inodes, entries = table.entries;
   // Each directory's entries in entry order: a counting sort by parent.
-  const childStart = new Uint32Array(inodes + 1);
+  const childStart = scratchArray(Uint32Array, inodes + 1);
   for (let e = 0; e < entries; e++) childStart[table.entryParent[e] + 1]++;
   for (let i = 0; i < inodes; i++) childStart[i + 1] += childStart[i];
-  const childList = new Int32Array(entries);
+  const childList = scratchArray(Int32Array, entries);
   {
-    const fill = childStart.slice(0, inodes);
+    const fill = scratchArray(Uint32Array, inodes);
+    fill.set(childStart.subarray(0, inodes));
     for (let e = 0; e < entries; e++) childList[fill[table.entryParent[e]]++] = e;
+    releaseArray(fill);
   }
   const indexOf = new Int32Array(inodes).fill(-1);
   const inodeOf = new Int32Array(inodes);
@@ -449,6 +453,8 @@ function collectTree(table: NodeTable, blockBytes: number): Tree {
     dirs.set(dir, { self: dir, parent, entries: merged, perBlock: packed.perBlock });
     dirSizes.set(dir, packed.sizeBytes);
   }
+  releaseArray(childList);
+  releaseArray(childStart);
   const sizeBytes = new Float64Array(count);
   for (let i = 0; i < count; i++) {
     const inode = inodeOf[i];

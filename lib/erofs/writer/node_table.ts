@@ -41,7 +41,7 @@ interface Extra {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-type Column = Uint8Array | Uint16Array | Uint32Array | Float64Array;
+type Column = Uint8Array | Uint16Array | Uint32Array | Int32Array | Float64Array;
 type ColumnType<T extends Column> = {
   new (buffer: ArrayBuffer): T;
   readonly BYTES_PER_ELEMENT: number;
@@ -76,6 +76,21 @@ function grown<T extends Column>(array: T, needed: number): T {
   }
   buffer.resize(bytes);
   return array;
+}
+
+/**
+ * A zeroed array of `length` on its own resizable buffer, which `releaseArray` gives back at
+ * once: big scratch arrays (a name index, a layout's child lists) then leave no garbage that
+ * waits for V8 to collect it while the next big array is allocated.
+ */
+export function scratchArray<T extends Column>(type: ColumnType<T>, length: number): T {
+  const bytes = length * type.BYTES_PER_ELEMENT;
+  return new type(new ArrayBuffer(bytes, { maxByteLength: bytes }));
+}
+
+/** Frees `array`'s memory now (it must come from `scratchArray` or `column`; length 0 after). */
+export function releaseArray(array: Column): void {
+  (array.buffer as ArrayBuffer).resize(0);
 }
 
 function trimmed<T extends Column>(array: T, length: number): T {
@@ -249,7 +264,7 @@ export class NodeTable {
 
   /** Keeps a (parent, name) index from now on, for `findEntry`. */
   indexNames(): void {
-    this.#index = new Uint32Array(4096);
+    this.#index = scratchArray(Uint32Array, 4096);
     for (let e = 0; e < this.entries; e++) this.#insert(e);
   }
   /** The entry `name` (UTF-8 bytes) of directory `parent`, or -1 (needs `indexNames`). */
@@ -273,7 +288,9 @@ export class NodeTable {
   #insert(e: number): void {
     let index = this.#index!;
     if ((e + 1) * 2 > index.length) {
-      index = this.#index = new Uint32Array(index.length * 2);
+      const length = index.length * 2;
+      releaseArray(index);
+      index = this.#index = scratchArray(Uint32Array, length);
       for (let k = 0; k < e; k++) this.#place(index, k);
     }
     this.#place(index, e);
@@ -286,6 +303,7 @@ export class NodeTable {
     index[at] = e + 1;
   }
   dropIndex(): void {
+    if (this.#index) releaseArray(this.#index);
     this.#index = undefined;
   }
 
