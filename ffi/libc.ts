@@ -28,6 +28,14 @@ export const LIBC_SYMBOLS = {
   },
   // ssize_t write(int fd, const void *buf, size_t count);
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t write(int fd, const void *buf, size_t count);  — on a pool thread, for writes that
+  // may wait on this process (a block queue freeze waiting for requests it serves)
+  write_nonblocking: {
+    name: "write",
+    parameters: ["i32", "buffer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
   // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
   writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
@@ -348,6 +356,26 @@ export function writeSmallFile(path: string, text: string): void {
     const n = Number(libc().write(fd, data, BigInt(data.length)));
     if (n < 0) throw new SysError("write", errno(), path);
     if (n !== data.length) throw new SysError("write", Errno.EIO, `${path}: short write`);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * writeSmallFile on a pool thread: the event loop keeps running while the write waits. From Linux
+ * 6.12 a block queue limit written in sysfs freezes the queue until its requests in flight
+ * complete, and an NBD server writing its own device's limits is what completes them.
+ */
+export async function writeSmallFileAsync(path: string, text: string): Promise<void> {
+  const fd = openFile(path, O_WRONLY);
+  try {
+    const data = encoder.encode(text);
+    const n = Number(await libc().write_nonblocking(fd, data, BigInt(data.length)));
+    if (n === data.length) return;
+    if (n >= 0) throw new SysError("write", Errno.EIO, `${path}: short write`);
+    // errno is not readable after a nonblocking call: a refused write fails again at once.
+    const retry = Number(libc().write(fd, data, BigInt(data.length)));
+    if (retry < 0) throw new SysError("write", errno(), path);
   } finally {
     closeFd(fd);
   }

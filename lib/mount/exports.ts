@@ -126,10 +126,10 @@ export async function exportLayer(
     if (context.reattach) {
       ({ index, backendId } = context.reattach);
       await reconfigureNbd(index, kernelFds, backendId, NBD_TIMEOUT_S);
-      // No tuneQueue: the device keeps the queue settings it has. A queue limit written now
-      // can deadlock: from Linux 6.12 the write freezes the queue until the requests in flight
-      // complete, and those (a reader's, requeued at the crash) wait for this very process,
-      // blocked in that synchronous write (seen on 6.12: reattach never got ready).
+      // No queue tuning: the device keeps the settings of its first attach (they persist
+      // across connects), and from Linux 6.12 a queue write waits for the requests in flight,
+      // which a reader's requeued request makes slow here (tuning is async since, see
+      // tuneNbdQueue, but there is nothing to change).
       const reattached = index;
       detach = () => disconnectNbd(reattached);
     } else {

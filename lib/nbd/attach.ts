@@ -40,7 +40,7 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
     attachment = { index: ioctl.index, mode: "ioctl", detach: () => ioctl.detach() };
   }
   try {
-    tuneNbdQueue(attachment.index, opts.tuning ?? DEFAULT_QUEUE_TUNING);
+    await tuneNbdQueue(attachment.index, opts.tuning ?? DEFAULT_QUEUE_TUNING);
   } catch (e) {
     warn(
       `nbd${attachment.index}: queue tuning failed, reads use the kernel defaults: ${

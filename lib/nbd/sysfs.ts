@@ -13,7 +13,7 @@ import {
   pathExists,
   readSmallFile,
   SysError,
-  writeSmallFile,
+  writeSmallFileAsync,
 } from "../../ffi/libc.ts";
 import { Errno } from "../../ffi/libc.ts";
 
@@ -149,10 +149,10 @@ export const DEFAULT_QUEUE_TUNING: QueueTuning = { maxSectorsKb: 8192, readAhead
  * Sets max_sectors_kb (clamped to max_hw_sectors_kb) and read_ahead_kb of nbdN. These persist
  * across DISCONNECT/CONNECT of a device, so call it on every attach. Returns what was applied.
  */
-export function tuneNbdQueue(
+export async function tuneNbdQueue(
   index: number,
   tuning: QueueTuning = DEFAULT_QUEUE_TUNING,
-): QueueTuning {
+): Promise<QueueTuning> {
   const queue = `${nbdSysfsDir(index)}/queue`;
   const hw = Number(readTrimmed(`${queue}/max_hw_sectors_kb`) ?? NaN);
   if (!Number.isFinite(hw)) throw new NbdError(`nbd${index} has no queue in sysfs`);
@@ -161,8 +161,9 @@ export function tuneNbdQueue(
     readAheadKb: Math.max(0, Math.floor(tuning.readAheadKb)),
   };
   try {
-    writeSmallFile(`${queue}/max_sectors_kb`, `${applied.maxSectorsKb}\n`);
-    writeSmallFile(`${queue}/read_ahead_kb`, `${applied.readAheadKb}\n`);
+    // On a pool thread: the write may wait for requests that this process answers.
+    await writeSmallFileAsync(`${queue}/max_sectors_kb`, `${applied.maxSectorsKb}\n`);
+    await writeSmallFileAsync(`${queue}/read_ahead_kb`, `${applied.readAheadKb}\n`);
   } catch (e) {
     if (e instanceof SysError && (e.errno === Errno.EACCES || e.errno === Errno.EPERM)) {
       throw new NbdError(`cannot tune nbd${index}: ${e.message}`, "run as root");

@@ -29,7 +29,7 @@ try {
   result.connect = describe(e);
 }
 try {
-  tuneNbdQueue(0, { maxSectorsKb: 1024, readAheadKb: 1024 });
+  await tuneNbdQueue(0, { maxSectorsKb: 1024, readAheadKb: 1024 });
   result.tune = "succeeded";
 } catch (e) {
   result.tune = describe(e);

@@ -180,7 +180,7 @@ for (const connections of [1, 4]) {
       assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
       assert.notEqual(findFreeNbdDevice(), index);
 
-      const applied = tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+      const applied = await tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
       assert.deepEqual(nbdQueueTuning(index), applied);
       assert.equal(applied.readAheadKb, 4096);
       assert.ok(applied.maxSectorsKb >= 128, `max_sectors_kb ${applied.maxSectorsKb}`);
@@ -299,7 +299,7 @@ Deno.test({
     );
     assert.equal(nbdBackend(index), undefined, "no backend identifier with ioctls");
     assert.equal(nbdSizeBytes(index), source.size);
-    tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
+    await tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
 
     await mountNbd(rig, index);
     assert.equal(await manifestOf(mnt), EXPECTED);
