@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 
-const SCRIPTS = ["run.sh", "build.sh", "init.sh"];
+const SCRIPTS = ["run.sh", "build.sh", "init.sh", "kernel.sh"];
 
 /** Makes a directory under `parent` whose name has a space, a quote and a dollar sign. */
 async function oddDir(parent: string): Promise<string> {

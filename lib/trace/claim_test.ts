@@ -11,7 +11,6 @@ import type { Source } from "../source/source.ts";
 import type { LayerSpec } from "../state/runtime.ts";
 import { encodeTrace } from "./format.ts";
 import { pinningPrefetchTarget } from "./pinned_target.ts";
-import { TracePrefetcher } from "./prefetch.ts";
 import { PREFETCH_FILE_ENV, ServerTraceHooks } from "./server_hooks.ts";
 
 const MIB = 1 << 20;
