@@ -147,12 +147,7 @@ export class TracePrefetcher {
     if (!list?.length) return;
     const end = offset + length;
     // First piece that ends after `offset` (pieces of a layer may overlap by coalescing).
-    let lo = 0, hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (list[mid].offset + list[mid].length <= offset) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstIndexWhereNot(list, (piece) => piece.offset + piece.length <= offset);
     for (let i = Math.max(0, lo - 1); i < list.length && list[i].offset < end; i++) {
       const piece = list[i];
       if (piece.state !== "pending") continue;
@@ -175,12 +170,7 @@ export class TracePrefetcher {
     if (!list?.length || state === "failed" || state === "stopped") return false;
     const end = offset + length;
     // First piece starting after `offset`.
-    let lo = 0, hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (list[mid].offset <= offset) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstIndexWhereNot(list, (piece) => piece.offset <= offset);
     let reached = offset;
     for (let i = Math.max(0, lo - COALESCE_LOOKBACK); i < list.length; i++) {
       const piece = list[i];
@@ -204,12 +194,7 @@ export class TracePrefetcher {
     const list = this.#byOffset[layerIndex];
     if (!list?.length || this.#progress[layerIndex].state !== "running") return undefined;
     const end = offset + length;
-    let lo = 0, hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (list[mid].offset <= offset) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstIndexWhereNot(list, (piece) => piece.offset <= offset);
     // Pieces (queued or running) that cover the range from its start, in offset order.
     const wanted: Piece[] = [];
     let reached = offset;
@@ -288,12 +273,7 @@ export class TracePrefetcher {
     const list = this.#byOffset[piece.layerIndex];
     const from = Math.floor(piece.offset / unit) * unit;
     const to = Math.ceil((piece.offset + piece.length) / unit) * unit;
-    let lo = 0, hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (list[mid].offset < from) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstIndexWhereNot(list, (piece) => piece.offset < from);
     const mates: Piece[] = [];
     for (let i = lo; i < list.length && list[i].offset < to; i++) {
       const mate = list[i];
@@ -314,4 +294,15 @@ export class TracePrefetcher {
     }
     return undefined;
   }
+}
+
+/** Binary search: the first index not `before`, in a list where every `before` item comes first. */
+function firstIndexWhereNot<T>(list: readonly T[], before: (item: T) => boolean): number {
+  let lo = 0, hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (before(list[mid])) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
