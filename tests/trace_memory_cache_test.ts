@@ -14,6 +14,7 @@ import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox } from "./_support/mounts.ts";
+import { randomFilesImage } from "./_support/erofs_tree.ts";
 
 const ignore = requires(
   root(),
@@ -43,20 +44,7 @@ Deno.test({
     const proxy = await startFaultProxy(registry.host, []);
     const sandbox = await mountSandbox();
     try {
-      const tree = `${work}/tree`;
-      Deno.mkdirSync(tree);
-      for (let i = 0; i < FILES; i++) {
-        const bytes = new Uint8Array(FILE_BYTES);
-        for (let off = 0; off < bytes.length; off += 65536) {
-          crypto.getRandomValues(bytes.subarray(off, off + 65536));
-        }
-        Deno.writeFileSync(`${tree}/file${i}`, bytes);
-      }
-      const mkfs = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
-        args: ["--quiet", `${work}/image.erofs`, tree],
-      }).output();
-      assert(mkfs.success, new TextDecoder().decode(mkfs.stderr));
-      const image = Deno.readFileSync(`${work}/image.erofs`);
+      const { image } = await randomFilesImage(work, FILES, FILE_BYTES);
       const pushed = await pushImage(registry, "trace/mem", "v1", [
         { bytes: image, mediaType: EROFS_MEDIA_TYPE },
       ]);

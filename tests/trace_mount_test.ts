@@ -16,6 +16,7 @@ import { parseTrace } from "../lib/trace/format.ts";
 import { pushTraceArtifact } from "../lib/trace/artifact.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { fetchManifest } from "../lib/oci/resolve.ts";
+import { randomFilesImage } from "./_support/erofs_tree.ts";
 
 const ignore = requires(
   root(),
@@ -29,41 +30,10 @@ const FILE_BYTES = 2 << 20;
 const METADATA_PREFETCH_BYTES = 1 << 20;
 const FILES = 6;
 
-/** FILES files of random bytes in an uncompressed image; returns it and each file's offset. */
-async function randomImage(dir: string) {
-  const tree = `${dir}/tree`;
-  Deno.mkdirSync(tree);
-  const contents: Uint8Array[] = [];
-  for (let i = 0; i < FILES; i++) {
-    const bytes = new Uint8Array(FILE_BYTES);
-    for (let off = 0; off < bytes.length; off += 65536) {
-      crypto.getRandomValues(bytes.subarray(off, off + 65536));
-    }
-    Deno.writeFileSync(`${tree}/file${i}`, bytes);
-    contents.push(bytes);
-  }
-  const out = await new Deno.Command(`${PEER_BIN}/mkfs.erofs`, {
-    args: ["--quiet", `${dir}/image.erofs`, tree],
-  }).output();
-  assert(out.success, new TextDecoder().decode(out.stderr));
-  const image = Deno.readFileSync(`${dir}/image.erofs`);
-  const offsets = contents.map((c) => indexOf(image, c.subarray(0, 64)));
-  offsets.forEach((o, i) => assert(o > 0, `file${i} stored contiguously`));
-  return { image, offsets };
-}
-
-function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i += 512) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
-}
-
 async function setup(prefix: string) {
   const work = await Deno.makeTempDir({ prefix });
   const registry = await startRegistry({ auth: "none" });
-  const { image, offsets } = await randomImage(work);
+  const { image, offsets } = await randomFilesImage(work, FILES, FILE_BYTES);
   const pushed = await pushImage(registry, "trace/app", "v1", [
     { bytes: image, mediaType: EROFS_MEDIA_TYPE },
   ]);
