@@ -13,6 +13,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { FormatError } from "../errors.ts";
 import { digestOf } from "../oci/digest.ts";
+import { digestsOfHex, hexOfDigests, matchesDigestAt, SHA256_BYTES } from "./sha256_list.ts";
 import {
   encodeMetadataRanges,
   type MetadataRanges,
@@ -34,7 +35,7 @@ export const TABLE_LAYER_ANNOTATION = "io.github.erofs-oci.layer.digest";
 export const DEFAULT_TABLE_CHUNK_BYTES = 1024 * 1024;
 const MIN_CHUNK_BYTES = 64 * 1024;
 const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
-const DIGEST_BYTES = 32;
+const DIGEST_BYTES = SHA256_BYTES;
 /** A table of a 256 GiB layer at 1 MiB chunks is 16 MiB of hex; larger ones are refused. */
 export const MAX_TABLE_BYTES = 17 * 1024 * 1024;
 const LAYER_DIGEST = /^sha256:[0-9a-f]{64}$/;
@@ -85,10 +86,7 @@ export class ChunkTable {
     if (index < 0 || index >= this.chunkCount) return false;
     const start = index * this.chunkBytes;
     if (bytes.length !== Math.min(this.chunkBytes, this.sizeBytes - start)) return false;
-    const got = createHash("sha256").update(bytes).digest();
-    const want = this.digests.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES);
-    for (let i = 0; i < DIGEST_BYTES; i++) if (got[i] !== want[i]) return false;
-    return true;
+    return matchesDigestAt(this.digests, index, bytes);
   }
 
   encode(): Uint8Array<ArrayBuffer> {
@@ -97,7 +95,7 @@ export class ChunkTable {
       algorithm: "sha256",
       layer: { digest: this.layerDigest, size: this.sizeBytes },
       chunkBytes: this.chunkBytes,
-      chunks: Array.from(this.digests, (b) => b.toString(16).padStart(2, "0")).join(""),
+      chunks: hexOfDigests(this.digests),
       ...(this.metadata ? { metadata: encodeMetadataRanges(this.metadata) } : {}),
     }));
   }
@@ -138,11 +136,7 @@ export function parseChunkTable(
     typeof value.chunkBytes !== "number" || typeof value.chunks !== "string" ||
     !/^[0-9a-f]*$/.test(value.chunks) || value.chunks.length % 2 !== 0
   ) throw new FormatError("chunk table: not a sha256 chunk-digest table of schema 1");
-  const hex = value.chunks;
-  const digests = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < digests.length; i++) {
-    digests[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  }
+  const digests = digestsOfHex(value.chunks);
   const metadata = value.metadata === undefined
     ? undefined
     : parseMetadataRanges(value.metadata, l.size);

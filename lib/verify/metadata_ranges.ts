@@ -22,6 +22,7 @@ import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { ReadRange } from "../erofs/metadata_pages.ts";
 import type { ChunkTable } from "./chunk_table.ts";
 import { VerifiedSource } from "./verified_source.ts";
+import { digestsOfHex, hexOfDigests, matchesDigestAt, SHA256_BYTES } from "./sha256_list.ts";
 
 /** Ranges one list holds at most (the benchmark image needs 171). */
 export const MAX_METADATA_RANGES = 4096;
@@ -37,7 +38,7 @@ export const MAX_METADATA_RANGE_BYTES = 4 << 20;
  * 85 ms (loaded host).
  */
 export const METADATA_FETCH_GAP_BYTES = 64 << 10;
-const DIGEST_BYTES = 32;
+const DIGEST_BYTES = SHA256_BYTES;
 
 /** Ranges sorted by offset, not overlapping, each with its sha256 (`digests`, 32 bytes each). */
 export interface MetadataRanges {
@@ -65,10 +66,7 @@ export function matchesRange(ranges: MetadataRanges, index: number, bytes: Uint8
   if (index < 0 || index >= ranges.offsets.length || bytes.length !== ranges.lengths[index]) {
     return false;
   }
-  const got = createHash("sha256").update(bytes).digest();
-  const want = ranges.digests.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES);
-  for (let i = 0; i < DIGEST_BYTES; i++) if (got[i] !== want[i]) return false;
-  return true;
+  return matchesDigestAt(ranges.digests, index, bytes);
 }
 
 /** The table's JSON field: `{"ranges":[offset,length,…],"digests":"<hex, 64 per range>"}`. */
@@ -77,7 +75,7 @@ export function encodeMetadataRanges(ranges: MetadataRanges): Record<string, unk
   ranges.offsets.forEach((offset, i) => flat.push(offset, ranges.lengths[i]));
   return {
     ranges: flat,
-    digests: Array.from(ranges.digests, (b) => b.toString(16).padStart(2, "0")).join(""),
+    digests: hexOfDigests(ranges.digests),
   };
 }
 
@@ -117,11 +115,7 @@ export function parseMetadataRanges(value: unknown, sizeBytes: number): Metadata
     lengths.push(length);
     end = offset + length;
   }
-  const digests = new Uint8Array(count * DIGEST_BYTES);
-  for (let i = 0; i < digests.length; i++) {
-    digests[i] = parseInt(digestsHex.slice(2 * i, 2 * i + 2), 16);
-  }
-  return { offsets, lengths, digests };
+  return { offsets, lengths, digests: digestsOfHex(digestsHex) };
 }
 
 /**

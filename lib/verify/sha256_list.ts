@@ -1,0 +1,30 @@
+/**
+ * Lists of sha256 digests stored back to back (32 bytes each), as the chunk-digest table and its
+ * metadata range list keep them, and their hex form in the table's JSON.
+ */
+import { createHash } from "node:crypto";
+
+export const SHA256_BYTES = 32;
+
+/** True when `bytes` hash to digest `index` of `digests` (an index outside it: false). */
+export function matchesDigestAt(digests: Uint8Array, index: number, bytes: Uint8Array): boolean {
+  if (index < 0 || (index + 1) * SHA256_BYTES > digests.length) return false;
+  const got = createHash("sha256").update(bytes).digest();
+  const want = digests.subarray(index * SHA256_BYTES, (index + 1) * SHA256_BYTES);
+  for (let i = 0; i < SHA256_BYTES; i++) if (got[i] !== want[i]) return false;
+  return true;
+}
+
+/** Lower-case hex of the digests, two characters per byte. */
+export function hexOfDigests(digests: Uint8Array): string {
+  return Array.from(digests, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The bytes of `hex`, which the caller has checked: /^[0-9a-f]*$/ and of even length. */
+export function digestsOfHex(hex: string): Uint8Array {
+  const digests = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < digests.length; i++) {
+    digests[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  }
+  return digests;
+}
