@@ -12,10 +12,8 @@
  * bound, so the mount stays within --cache-size). Pieces that do not fit go through the cache.
  * A disk-cached layer keeps reading through its cache: there the bytes persist and are shared.
  */
+import { PIN_PAGE_BYTES as PAGE_BYTES } from "../source/prefetched.ts";
 import type { PrefetchTarget } from "./prefetch.ts";
-
-/** The kernel reads 4 KiB pages and pins are kept per page (PrefetchedSource). */
-const PAGE_BYTES = 4096;
 
 /** What pinningPrefetchTarget pins into (PrefetchedSource has all of these). */
 export interface PinSink {
