@@ -8,16 +8,71 @@
  * `memory-only` (--no-disk-cache). Prints, per run, seconds per step, registry blob GETs per
  * step, bytes fetched from the registry and the server's peak RSS (VmHWM), as a Markdown table,
  * and writes the same as JSON to OUT (default .cache/bench/host-latest.json).
+ * Each mount also prints its start-up timeline (EROFS_OCI_TIMING marks of the CLI and its
+ * server, ms since the mount command was spawned).
+ * BENCH_CLI=dist times the built single-file artifact dist/erofs-oci (scripts/bench-host.sh
+ * builds it first) instead of the source tree (scripts/erofs-oci-dev). BENCH_QUICK=1 leaves
+ * out the --no-disk-cache run.
  * Usage: deno run -A scripts/bench_host.ts IMAGE [OUT]   (root; see scripts/bench-host.sh)
  */
 import { startRegistry } from "../tests/_support/registry.ts";
-import { runCli } from "../tests/_support/cli.ts";
+import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
 
 const [image, out = ".cache/bench/host-latest.json"] = Deno.args;
 if (!image) throw new Error("usage: bench_host.ts IMAGE [OUT]");
 const imageBytes = Deno.statSync(image).size;
+
+/** `dist`: the built artifact, unpacked into its own runtime cache (the first run unpacks). */
+const benchCli = Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
+// The launcher wants the cache's parent to be ours and closed to others (not /tmp itself).
+const runtimeParent = benchCli === "dist"
+  ? await Deno.makeTempDir({ prefix: "bench-host-runtime-" })
+  : undefined;
+const runtimeCache = runtimeParent && `${runtimeParent}/runtime`;
+
+async function cli(
+  args: string[],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  if (benchCli === "source") return await runCli(args, options);
+  const output = await new Deno.Command(`${import.meta.dirname}/../dist/erofs-oci`, {
+    args,
+    env: { EROFS_OCI_RUNTIME_CACHE: runtimeCache!, ...options.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(options.timeoutMs ?? 20_000),
+  }).output();
+  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return {
+    code: output.code,
+    stdout: text(output.stdout),
+    stderr: text(output.stderr),
+    timedOut: false,
+    commandLine: `dist/erofs-oci ${args.join(" ")}`,
+  };
+}
+
+/** The timing file's marks as `label +ms` since `spawnedAtMs` (epoch), in time order. */
+function timeline(path: string, spawnedAtMs: number): string[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch { /* no marks */ }
+  return text.split("\n").filter((line) => line.startsWith("timing "))
+    .map((line) => line.split(" "))
+    .map((fields) => ({
+      label: fields.slice(2, -2).join(" "),
+      ms: Number(fields.at(-2)) - spawnedAtMs,
+    }))
+    .sort((a, b) => a.ms - b.ms)
+    .map(({ label, ms }) => `${label} ${ms.toFixed(0)}`);
+}
+
+/** BENCH_QUICK=1: no --no-disk-cache run (its full read is most of a run's minute). */
+const quick = Deno.env.get("BENCH_QUICK") === "1";
 
 const PYTHON_IMPORTS =
   "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
@@ -35,6 +90,8 @@ interface Run {
   serverRssFileMb?: number;
   /** The server's peak RSS (VmHWM) at the end of each step: where the peak was reached. */
   serverPeakRssMbAfter?: Record<Step, number>;
+  /** The mount's start-up marks, ms since the mount command was spawned. */
+  mountTimeline?: string[];
 }
 type Step = "mount" | "find" | "python" | "fullRead";
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
@@ -106,7 +163,7 @@ const blobBytes = async () =>
   (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `))
     .reduce((sum, line) => sum + (Number(/" \d{3} (\d+) /.exec(line)?.[1]) || 0), 0);
 const ref = `${registry.host}/bench/host:v1`;
-const pushed = await runCli(["push", ref, image], { timeoutMs: 600_000 });
+const pushed = await cli(["push", ref, image], { timeoutMs: 600_000 });
 if (pushed.code !== 0) throw new Error(pushed.stderr);
 const cacheDir = await Deno.makeTempDir({ prefix: "bench-host-disk-cache-" });
 
@@ -125,21 +182,25 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
       gets[step] = now - last;
       last = now;
       if (!serverPid) {
-        serverPid = JSON.parse((await runCli(["list", "--json"], { env })).stdout)[0].serverPid;
+        serverPid = JSON.parse((await cli(["list", "--json"], { env })).stdout)[0].serverPid;
       }
       const status = Deno.readTextFileSync(`/proc/${serverPid}/status`);
       peaks[step] = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
     };
+    const timingFile = await Deno.makeTempFile({ prefix: "bench-host-timing-" });
     const start = performance.now();
-    const mounted = await runCli(
+    const spawnedAtMs = performance.timeOrigin + start;
+    const mounted = await cli(
       ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse", ...extra],
-      { env, timeoutMs: 120_000 },
+      { env: { ...env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 120_000 },
     );
-    if (mounted.code !== 0) throw new Error(mounted.stderr);
     const mountSeconds = (performance.now() - start) / 1000;
+    if (mounted.code !== 0) throw new Error(mounted.stderr);
+    const mountTimeline = timeline(timingFile, spawnedAtMs);
+    await Deno.remove(timingFile);
     await count("mount");
     const seconds = await steps(sandbox.target, count);
-    const listed = JSON.parse((await runCli(["list", "--json"], { env })).stdout)[0];
+    const listed = JSON.parse((await cli(["list", "--json"], { env })).stdout)[0];
     const status = Deno.readTextFileSync(`/proc/${listed.serverPid}/status`);
     const kb = (field: string) =>
       Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
@@ -154,6 +215,7 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
       serverRssAnonMb: kb("RssAnon") / 1024,
       serverRssFileMb: kb("RssFile") / 1024,
       serverPeakRssMbAfter: peaks,
+      mountTimeline,
     };
   } finally {
     await sandbox.cleanup();
@@ -165,9 +227,13 @@ try {
   runs.push(await localRun());
   runs.push(await lazyRun("erofs-oci, empty disk cache", []));
   runs.push(await lazyRun("erofs-oci remount (disk cache)", []));
-  runs.push(await lazyRun("erofs-oci --no-disk-cache", ["--no-disk-cache"]));
+  if (!quick) runs.push(await lazyRun("erofs-oci --no-disk-cache", ["--no-disk-cache"]));
 } finally {
   await Deno.remove(cacheDir, { recursive: true });
+  if (runtimeParent) {
+    await new Deno.Command("chmod", { args: ["-R", "u+w", runtimeParent] }).output();
+    await Deno.remove(runtimeParent, { recursive: true });
+  }
 }
 
 const local = runs[0].seconds;
@@ -180,7 +246,10 @@ const cell = (run: Run, step: Step) => {
 const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "?";
 console.log(
   `Host benchmark ${new Date().toISOString().slice(0, 10)}, ${cpu}, ` +
-    `${Deno.osRelease()}, image ${(imageBytes / 1e6).toFixed(0)} MB (FUSE backend)\n`,
+    `${Deno.osRelease()}, image ${(imageBytes / 1e6).toFixed(0)} MB (FUSE backend, ` +
+    `CLI from ${benchCli === "dist" ? "dist/erofs-oci" : "source"}, load ${
+      Deno.loadavg().map((l) => l.toFixed(2)).join(" ")
+    })\n`,
 );
 console.log(
   "| run | mount | cold find | cold python | cold full read | fetched / image | server peak RSS |",
@@ -196,5 +265,14 @@ for (const run of runs) {
 Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
 Deno.writeTextFileSync(
   out,
-  JSON.stringify({ date: new Date().toISOString(), cpu, imageBytes, runs }, null, 2) + "\n",
+  JSON.stringify(
+    { date: new Date().toISOString(), cpu, cli: benchCli, imageBytes, runs },
+    null,
+    2,
+  ) +
+    "\n",
 );
+console.log("\nMount timelines (ms since the mount command was spawned):");
+for (const run of runs) {
+  if (run.mountTimeline) console.log(`- ${run.name}: ${run.mountTimeline.join(", ")}`);
+}

@@ -3,6 +3,7 @@ import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
+import { mark } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
   0  success
@@ -32,6 +33,7 @@ ${EXIT_CODES}`;
 
 /** Parses the global options, dispatches to a command and maps errors to exit codes. */
 export async function runCli(args: string[]): Promise<number> {
+  mark("cli: main");
   const debug = args.includes("--debug");
   setDebug(debug);
   let argv = args.filter((a) => a !== "--debug");
@@ -53,6 +55,7 @@ export async function runCli(args: string[]): Promise<number> {
       throw new UsageError(`unknown command '${first}'`, "see `erofs-oci --help`");
     }
     const command = await entry.load();
+    mark(`cli: ${first} loaded`);
     if (rest.includes("--help") || rest.includes("-h")) {
       console.log(command.help);
       return 0;

@@ -32,6 +32,7 @@ import {
 import { attachChunkTables } from "../verify/layer_tables.ts";
 import { STATE_ROOT } from "../state/runtime.ts";
 import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
+import { mark } from "../timing.ts";
 
 const MOUNT_OPTIONS = {
   ...REGISTRY_OPTIONS,
@@ -184,6 +185,7 @@ async function mountAt(
   // is resolved; it waits for its spec on stdin. Everything it reads from the environment
   // (disk cache, --fetch-all) is set by now.
   const server = spawnServer(values.foreground ?? false, backend);
+  mark("cli: server spawned");
   try {
     return await resolveAndMount(target, image, values, opts, backend, reason, server);
   } finally {
@@ -216,6 +218,7 @@ async function resolveAndMount(
     credentials = opened.credentials;
     try {
       resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
+      mark("cli: manifest");
       // The table and the trace lookups are independent round trips: side by side.
       const [tables, trace] = await Promise.allSettled([
         attachChunkTables(
@@ -233,6 +236,7 @@ async function resolveAndMount(
           { subset: layer !== undefined || values.blob !== undefined },
         ),
       ]);
+      mark("cli: chunk tables, trace lookup");
       if (trace.status === "fulfilled") prefetchFile = trace.value;
       if (tables.status === "rejected" || trace.status === "rejected") {
         forgetTracePrefetch(prefetchFile);
@@ -262,6 +266,7 @@ async function resolveAndMount(
     foreground: values.foreground,
     server,
   }).finally(() => forgetTracePrefetch(prefetchFile));
+  mark("cli: mounted");
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
   console.log(
     `mounted ${state.image} at ${state.target} (${state.layers.length} layer${

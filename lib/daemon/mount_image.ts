@@ -23,6 +23,7 @@ import {
   recheckMountTarget,
 } from "../mount/target_dir.ts";
 import { logFormat } from "../log.ts";
+import { mark } from "../timing.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
   /** Keep the server in this process's foreground (debugging, systemd). */
@@ -58,6 +59,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(spec);
+    mark("cli: server ready");
     const server = { pid: ready.pid, startTicks: ready.startTicks };
     undo.push(() => stopServer(id, server));
 
@@ -78,6 +80,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         devicesMapped: spec.layers[index].kind === "registry" &&
           (spec.layers[index] as { tarIndex?: unknown }).tarIndex !== undefined,
       });
+      mark(`cli: layer ${index} mounted`);
       const mountId = atTarget ? newMountOn(pinned, "erofs", before) : undefined;
       targetMountId ??= mountId;
       undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
@@ -125,6 +128,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       overlay: multi,
     };
     writeState(state);
+    mark("cli: state written");
     return state;
   } catch (error) {
     for (const step of undo.reverse()) {

@@ -23,6 +23,7 @@ import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat } from "../log.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
+import { mark } from "../timing.ts";
 import {
   checkServable,
   forgetFuseRecovery,
@@ -87,6 +88,7 @@ async function waitUntilServable(source: Source, layerIndex: number): Promise<vo
 
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
+  mark("server: main");
   if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
   let spec: MountSpec;
   try {
@@ -95,6 +97,7 @@ export async function runMountServer(): Promise<number> {
     discardSpareFuseReaders();
     throw error;
   }
+  mark("server: spec");
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
   // The mount's own format, also when `reattach` (run with any format) starts this server.
   if (spec.logFormat) setLogFormat(spec.logFormat);
@@ -147,6 +150,7 @@ export async function runMountServer(): Promise<number> {
   const attachLayers = async () => {
     for (const [index, layer] of spec.layers.entries()) {
       const opened: Source = await openLayerSource(layer, spec.credentials);
+      mark(`server: layer ${index} source`);
       const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
       // An ordinary tar layer is served as [meta][tar]: its metadata is all in the meta
       // image, held in memory, so there is nothing to prefetch.
@@ -188,9 +192,11 @@ export async function runMountServer(): Promise<number> {
           const report = (summary: string) => {
             // The directory pass may also be the whole prefetch: log each summary once.
             if (summary !== last) console.log(`layer ${index}: metadata prefetch, ${summary}`);
+            mark(`server: layer ${index} directories`);
             last = summary;
             resolve();
           };
+          mark(`server: layer ${index} prefetch start`);
           prefetchErofsMetadata(raw, served, {
             signal: prefetchAbort.signal,
             metadata: metadataLoaderOf(raw),
@@ -260,10 +266,12 @@ export async function runMountServer(): Promise<number> {
       );
     } else {
       await attachLayers();
+      mark("server: exported");
       if (spec.backend === "fuse" && !fuseTakeoverWanted) {
         console.log(`FUSE keeper pid ${protectFuseMount(spec, exports)}`);
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
+      mark("server: keeper");
       await Promise.race([
         Promise.all(directoriesPinned),
         new Promise((resolve) => timer = setTimeout(resolve, PREFETCH_DEADLINE_MS)),
@@ -332,6 +340,7 @@ export async function runMountServer(): Promise<number> {
         recoveryFile: e.recoveryFile,
       })),
     });
+    mark("server: ready");
     console.log("ready:", exports.map((e) => e.blockPath).join(", "));
   }
   await serveControl(listener, handle);
