@@ -30,24 +30,26 @@ else
 fi
 dir=$base/$runtime_id
 
-# Prints why PATH cannot be trusted (not ours, or writable by group or others), or nothing.
-untrusted() {
-  # shellcheck disable=SC2046 # owner and mode, split on purpose
-  set -- "$1" $(stat -L -c '%u %a' -- "$1" 2>/dev/null)
-  if [ $# -ne 3 ]; then
-    echo "$1 cannot be read"
-  elif [ "$2" != "$uid" ]; then
-    echo "$1 belongs to uid $2, not $uid"
-  elif [ $((0$3 & 022)) -ne 0 ]; then
-    echo "$1 is writable by others (mode $3)"
-  fi
-}
-
+# Refuses to go on unless every PATH belongs to the caller and is writable by nobody else. One
+# stat for all of them: this runs on every start, where each fork costs the command ~1-3 ms.
 check_trusted() {
-  for path in "$@"; do
-    why=$(untrusted "$path")
+  listing=$(stat -L -c '%u %a %n' -- "$@" 2>/dev/null) || listing=
+  checked=0
+  while read -r owner mode path; do
+    [ -n "$owner" ] || continue
+    checked=$((checked + 1))
+    why=
+    if [ "$owner" != "$uid" ]; then
+      why="$path belongs to uid $owner, not $uid"
+    elif [ $((0$mode & 022)) -ne 0 ]; then
+      why="$path is writable by others (mode $mode)"
+    fi
     [ -z "$why" ] || fail "refusing to run the unpacked runtime: $why (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
-  done
+  done <<EOF
+$listing
+EOF
+  [ "$checked" = $# ] ||
+    fail "refusing to run the unpacked runtime: one of $* cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
 }
 
 # Removes runtimes of other versions that no process runs (each is about 92 MB). A running mount
