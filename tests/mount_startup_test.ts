@@ -22,9 +22,10 @@ Deno.test({
     const sandbox = await mountSandbox();
     try {
       const image = `127.0.0.1:${listener.addr.port}/never/answers:v1`;
+      const timingFile = `${sandbox.target}.timing`;
       const mounting = runCli(
         ["mount", image, sandbox.target, "--plain-http", "--backend", "fuse"],
-        { env: sandbox.env, timeoutMs: 60_000 },
+        { env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 60_000 },
       );
       let servers: number[] = [];
       for (let i = 0; i < 200 && (servers.length === 0 || conns.length === 0); i++) {
@@ -32,13 +33,28 @@ Deno.test({
         servers = mountServersOf(sandbox.runtimeDir);
       }
       assert(conns.length > 0, "the CLI never asked the registry");
-      assert.equal(servers.length, 1, "no server process while the manifest was awaited");
+      assert.equal(
+        servers.length,
+        1,
+        "no server process while the manifest was awaited; marks:\n" +
+          (await Deno.readTextFile(timingFile).catch(() => "(none)")),
+      );
 
       listener.close();
       for (const conn of conns) conn.close();
       const result = await mounting;
       assert.notEqual(result.code, 0, describe(result));
       assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "a server outlived the failure");
+      // The server was spawned before mount's own modules had loaded (lib/cli/mount_ahead.ts),
+      // and mount took that one instead of spawning another.
+      const lines = Deno.readTextFileSync(timingFile).trimEnd().split("\n");
+      const labels = lines.map((line) => line.split(" ").slice(2, -2).join(" "));
+      const at = (label: string) => labels.indexOf(label);
+      assert(at("cli: server spawned ahead") >= 0, labels.join("\n"));
+      assert(at("cli: server spawned ahead") < at("cli: mount loaded"), labels.join("\n"));
+      assert.equal(labels.filter((l) => l.startsWith("cli: server spawned")).length, 2);
+      // Two processes marked: this CLI and one server (the server's own CLI entry marks).
+      assert.equal(new Set(lines.map((line) => line.split(" ")[1])).size, 2, lines.join("\n"));
     } finally {
       try {
         listener.close();
@@ -49,6 +65,40 @@ Deno.test({
         } catch { /* closed */ }
       }
       await accepting;
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "mount: a mount refused after its server was spawned ahead leaves no server behind",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const image = "127.0.0.1:9/never/asked:v1";
+      const refusals = [
+        // mount.ts's own checks, after main.ts spawned the server on its quick look
+        ["mount", image, sandbox.target, "--backend", "fuse", "--upper", "/tmp"],
+        ["mount", image, `${sandbox.target}/missing`, "--backend", "fuse"],
+        ["mount", image, sandbox.target, "--backend", "fuse", "--cache-size", "lots"],
+      ];
+      for (const args of refusals) {
+        const timingFile = `${sandbox.target}.timing`;
+        const result = await runCli(args, {
+          env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile },
+        });
+        assert.notEqual(result.code, 0, describe(result));
+        const marks = Deno.readTextFileSync(timingFile);
+        Deno.removeSync(timingFile);
+        assert.match(marks, / cli: server spawned ahead /, "no server was spawned ahead");
+        assert.deepEqual(
+          mountServersOf(sandbox.runtimeDir),
+          [],
+          `${describe(result)}: server left`,
+        );
+      }
+    } finally {
       await sandbox.cleanup();
     }
   },

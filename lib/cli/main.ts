@@ -54,13 +54,22 @@ export async function runCli(args: string[]): Promise<number> {
     if (!entry) {
       throw new UsageError(`unknown command '${first}'`, "see `erofs-oci --help`");
     }
-    const command = await entry.load();
-    mark(`cli: ${first} loaded`);
-    if (rest.includes("--help") || rest.includes("-h")) {
-      console.log(command.help);
-      return 0;
+    // mount's server starts while mount's modules load (lib/cli/mount_ahead.ts).
+    const ahead = first === "mount" ? import("./mount_ahead.ts") : undefined;
+    try {
+      (await ahead)?.spawnMountServerAhead(rest);
+      const command = await entry.load();
+      mark(`cli: ${first} loaded`);
+      if (rest.includes("--help") || rest.includes("-h")) {
+        console.log(command.help);
+        return 0;
+      }
+      return await command.run(rest);
+    } finally {
+      if (ahead) {
+        await (await import("../daemon/server_process.ts")).discardServerSpawnedAhead();
+      }
     }
-    return await command.run(rest);
   } catch (error) {
     return reportError(error, debug);
   }

@@ -12,7 +12,7 @@ import {
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../daemon/mount_image.ts";
-import { spawnServer } from "../daemon/server_process.ts";
+import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,
@@ -32,6 +32,7 @@ import {
 import { attachChunkTables } from "../verify/layer_tables.ts";
 import { STATE_ROOT } from "../state/runtime.ts";
 import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
+import { fetchMetadataForServer, type HandedMetadata } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
 
 const MOUNT_OPTIONS = {
@@ -184,7 +185,9 @@ async function mountAt(
   // The server (a second Deno: runtime and modules, ~0.1 s of CPU) starts up while the image
   // is resolved; it waits for its spec on stdin. Everything it reads from the environment
   // (disk cache, --fetch-all) is set by now.
-  const server = spawnServer(values.foreground ?? false, backend);
+  const foreground = values.foreground ?? false;
+  const server = await takeServerSpawnedAhead(foreground, backend) ??
+    spawnServer(foreground, backend);
   mark("cli: server spawned");
   try {
     return await resolveAndMount(target, image, values, opts, backend, reason, server);
@@ -207,6 +210,7 @@ async function resolveAndMount(
   let resolved: ResolvedLayers;
   let credentials: { username: string; password: string } | undefined;
   let prefetchFile: string | undefined;
+  let metadata: Promise<HandedMetadata> | undefined;
   const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
   const fromLayout = await resolveLayoutImage(image, values.platform, selection);
   if (fromLayout) {
@@ -244,8 +248,12 @@ async function resolveAndMount(
           ? tables.reason
           : (trace as PromiseRejectedResult).reason;
       }
+      // While the server starts up: it gets the listed metadata with its spec.
+      metadata = fetchMetadataForServer(opened.client, resolved.layers);
     } finally {
-      opened.client.close();
+      const client = opened.client;
+      if (metadata) metadata.finally(() => client.close()).catch(() => {});
+      else client.close();
     }
   }
   if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
@@ -265,6 +273,7 @@ async function resolveAndMount(
     metricsListen: values["metrics-listen"],
     foreground: values.foreground,
     server,
+    metadata,
   }).finally(() => forgetTracePrefetch(prefetchFile));
   mark("cli: mounted");
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");

@@ -24,6 +24,7 @@ import {
 } from "../mount/target_dir.ts";
 import { logFormat } from "../log.ts";
 import { mark } from "../timing.ts";
+import type { HandedMetadata } from "./handed_metadata.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
   /** Keep the server in this process's foreground (debugging, systemd). */
@@ -37,6 +38,8 @@ export interface MountRequest extends Omit<MountSpec, "id"> {
   trust?: MountTrust;
   /** A server spawned ahead (spawnServer with the same `foreground`); started here. */
   server?: SpawnedServer;
+  /** The layers' listed metadata, fetched while the server starts (handed_metadata.ts). */
+  metadata?: Promise<HandedMetadata>;
 }
 
 /** Mounts the layers at `request.target`; returns the recorded state. */
@@ -48,6 +51,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     pinnedTarget: _pinned,
     trust: _trust,
     server: spawned,
+    metadata,
     ...specFields
   } = request;
   // The server logs as this command does, and so does one `reattach` starts later.
@@ -58,7 +62,10 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   try {
-    const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(spec);
+    const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
+      spec,
+      metadata,
+    );
     mark("cli: server ready");
     const server = { pid: ready.pid, startTicks: ready.startTicks };
     undo.push(() => stopServer(id, server));

@@ -1,0 +1,180 @@
+/**
+ * The listed directory metadata of a cold mount, fetched by `mount` while its server starts up
+ * (the second Deno's start-up is the longest step of a mount; the CLI is idle in it) and handed
+ * to the server on stdin after the spec. The bytes are in the disk cache's sidecar format
+ * (loadMetadataRanges), and the server checks them like a sidecar read back from disk — each
+ * range against its digest in the chunk table — before it keeps them there: the hand-over
+ * saves the round trip, not the verification. Not fetched when the disk cache is off (the
+ * server could not keep them) or already holds a sidecar for the layer (a remount: no GET).
+ */
+import type { RegistryClient } from "../oci/client.ts";
+import { RegistryBlob } from "../oci/registry_blob.ts";
+import type { LayerSpec } from "../state/runtime.ts";
+import { loadTable } from "../verify/layer_tables.ts";
+import { loadMetadataRanges } from "../verify/metadata_ranges.ts";
+import { DEFAULT_DISK_CACHE_DIR } from "../source/disk_cache.ts";
+
+/** Per layer of a spec: the sidecar bytes handed over, or undefined. */
+export type HandedMetadata = (Uint8Array | undefined)[];
+
+/** True when the disk cache is on and holds no sidecar of the blob `digest` yet. */
+function diskCacheWants(digest: string): boolean {
+  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
+  if (bound === "0") return false;
+  const blobs = `${Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR}/blobs`;
+  const prefix = `${digest.replace(":", "-")}.`;
+  try {
+    for (const entry of Deno.readDirSync(blobs)) {
+      if (entry.name.startsWith(prefix) && entry.name.endsWith(".meta")) return false;
+    }
+  } catch { /* no cache directory yet: a first mount */ }
+  return true;
+}
+
+/**
+ * Fetches each registry layer's listed metadata (one multi-range GET per 160 ranges, each range
+ * checked) through `client`; undefined for layers without a list, or on any failure (the
+ * server then fetches them itself, as without the hand-over).
+ */
+export async function fetchMetadataForServer(
+  client: RegistryClient,
+  layers: LayerSpec[],
+): Promise<HandedMetadata> {
+  return await Promise.all(layers.map(async (layer) => {
+    if (layer.kind !== "registry" || !layer.chunkTable || layer.tarIndex) return undefined;
+    if (!diskCacheWants(layer.digest)) return undefined;
+    try {
+      const table = await loadTable(layer.chunkTable, layer);
+      if (!table.metadata) return undefined;
+      const blob = new RegistryBlob(client, layer.repository, {
+        index: layer.layerIndex,
+        digest: layer.digest,
+        sizeBytes: layer.sizeBytes,
+        mediaType: layer.mediaType,
+      });
+      let kept: Uint8Array | undefined;
+      // Written only when every range was fetched and matched: a whole sidecar or nothing.
+      await loadMetadataRanges(table.metadata, blob, {
+        sidecar: { read: () => undefined, write: (bytes) => kept = bytes },
+      });
+      return kept;
+    } catch {
+      return undefined;
+    }
+  }));
+}
+
+/** The line after the spec on the server's stdin: the byte length per layer that follows. */
+interface HandedHeader {
+  metadataBytes: number[];
+}
+
+/** What goes on the server's stdin after the spec line. */
+export function encodeHandedMetadata(metadata: HandedMetadata): Uint8Array[] {
+  const header: HandedHeader = { metadataBytes: metadata.map((bytes) => bytes?.length ?? 0) };
+  return [
+    new TextEncoder().encode(JSON.stringify(header) + "\n"),
+    ...metadata.filter((bytes): bytes is Uint8Array => bytes !== undefined && bytes.length > 0),
+  ];
+}
+
+/** Bytes of a stream read on demand: lines, then exact lengths. */
+class StreamBytes {
+  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #buffered: Uint8Array[] = [];
+  #bufferedBytes = 0;
+  #done = false;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+
+  async #more(): Promise<boolean> {
+    if (this.#done) return false;
+    const { value, done } = await this.#reader.read();
+    if (done) {
+      this.#done = true;
+      return false;
+    }
+    this.#buffered.push(value);
+    this.#bufferedBytes += value.length;
+    return true;
+  }
+
+  #take(length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    let at = 0;
+    while (at < length) {
+      const head = this.#buffered[0];
+      const n = Math.min(head.length, length - at);
+      out.set(head.subarray(0, n), at);
+      at += n;
+      if (n === head.length) this.#buffered.shift();
+      else this.#buffered[0] = head.subarray(n);
+    }
+    this.#bufferedBytes -= length;
+    return out;
+  }
+
+  /** The next line without its "\n" (the rest of the stream at its end), or undefined at EOF. */
+  async line(): Promise<string | undefined> {
+    for (;;) {
+      let offset = 0;
+      for (const chunk of this.#buffered) {
+        const at = chunk.indexOf(10);
+        if (at >= 0) {
+          const line = this.#take(offset + at + 1);
+          return new TextDecoder().decode(line.subarray(0, line.length - 1));
+        }
+        offset += chunk.length;
+      }
+      if (!await this.#more()) {
+        return this.#bufferedBytes
+          ? new TextDecoder().decode(this.#take(this.#bufferedBytes))
+          : undefined;
+      }
+    }
+  }
+
+  /** Exactly `length` bytes, or undefined when the stream ends first. */
+  async bytes(length: number): Promise<Uint8Array | undefined> {
+    while (this.#bufferedBytes < length) {
+      if (!await this.#more()) return undefined;
+    }
+    return this.#take(length);
+  }
+
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+}
+
+/**
+ * Reads the server's stdin: the spec line (returned as soon as it is there), then the handed
+ * metadata (`metadata`, settling when the mount process has sent it or closed stdin; a layer
+ * without any gets undefined, so does every layer of a stream that is cut short).
+ */
+export async function readSpecAndMetadata(
+  stream: ReadableStream<Uint8Array>,
+): Promise<{ specText: string; metadata: Promise<HandedMetadata> }> {
+  const input = new StreamBytes(stream);
+  const specText = await input.line() ?? "";
+  const metadata = (async (): Promise<HandedMetadata> => {
+    try {
+      const headerLine = await input.line();
+      if (headerLine === undefined) return [];
+      const header = JSON.parse(headerLine) as HandedHeader;
+      const out: HandedMetadata = [];
+      for (const length of header.metadataBytes) {
+        if (!Number.isSafeInteger(length) || length < 0) return [];
+        out.push(length ? await input.bytes(length) : undefined);
+      }
+      return out;
+    } catch {
+      return [];
+    } finally {
+      await input.cancel();
+    }
+  })();
+  return { specText, metadata };
+}
