@@ -3,12 +3,15 @@
  * through EROFS on the FUSE blob, against the same image mounted from the file. The blob's
  * source is the mount server's stack (pinned pages → chunk cache → disk cache) over the local
  * image, the disk cache filled first: no network, only the FUSE path. Page caches are dropped
- * before every read; local and FUSE rounds alternate. Root only; prints figures, asserts nothing.
+ * before every read; local and FUSE rounds alternate, and so do the FUSE blob's two modes:
+ * `direct` (FOPEN_DIRECT_IO, every EROFS read one FUSE READ) and `page` (the FUSE file's page
+ * cache and readahead, FuseServerLimits.pageCache). Root only; prints figures (wall time and
+ * this process's CPU time, i.e. the server's), asserts nothing.
  *
  * Usage: tools/bin/deno run -A scripts/bench_fuse_tree.ts [IMAGE] [ROUNDS]
  * (IMAGE: default .cache/bench/bench.erofs from scripts/bench/build-image.sh)
  */
-import { startFuseBlob } from "../lib/fuse/blob.ts";
+import { type FuseBlob, startFuseBlob } from "../lib/fuse/blob.ts";
 import { mountErofsFile, unmountErofs } from "../lib/mount/erofs_file.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
@@ -41,40 +44,61 @@ try {
     await disk.read(at, Math.min(1 << 20, disk.size - at));
   }
   Deno.mkdirSync(mnt);
-  const blob = await startFuseBlob(served, `${work}/fuse`);
-  const local: number[] = [];
-  const fuse: number[] = [];
+  const modes = (Deno.env.get("BENCH_FUSE_MODES") ?? "direct,page").split(",");
+  const blobs = new Map<string, FuseBlob>();
+  for (const mode of modes) {
+    blobs.set(
+      mode,
+      await startFuseBlob(served, `${work}/fuse-${mode}`, { pageCache: mode === "page" }),
+    );
+  }
+  const times = new Map<string, number[]>(["local", ...modes].map((m) => [m, []]));
   try {
     for (let round = 0; round < rounds; round++) {
       await mountErofsFile(image, mnt);
       try {
-        local.push(await fullRead(mnt));
+        times.get("local")!.push(await fullRead(mnt));
       } finally {
         await unmountErofs(mnt);
       }
-      await mountErofsFile(blob.filePath, mnt);
-      try {
-        const before = blob.stats();
-        fuse.push(await fullRead(mnt));
-        await new Promise((resolve) => setTimeout(resolve, 100)); // served reads are reported
-        const after = blob.stats();
-        console.log(
-          `round ${round}: local ${local[round].toFixed(2)} s, FUSE ${fuse[round].toFixed(2)} s, ` +
-            `${after.reads - before.reads} READs (${after.directReads - before.directReads} ` +
-            `answered by the reader thread)`,
-        );
-      } finally {
-        await unmountErofs(mnt);
+      const line = [`round ${round}: local ${times.get("local")![round].toFixed(2)} s`];
+      for (const [mode, blob] of blobs) {
+        await mountErofsFile(blob.filePath, mnt);
+        try {
+          const before = blob.stats();
+          const cpuBefore = processCpuSeconds();
+          times.get(mode)!.push(await fullRead(mnt));
+          const cpu = processCpuSeconds() - cpuBefore;
+          await new Promise((resolve) => setTimeout(resolve, 100)); // served reads are reported
+          const after = blob.stats();
+          line.push(
+            `${mode} ${times.get(mode)![round].toFixed(2)} s (server CPU ${cpu.toFixed(2)} s, ` +
+              `${after.reads - before.reads} READs, ${after.directReads - before.directReads} ` +
+              `by the reader thread, ${((after.bytes - before.bytes) / 2 ** 20).toFixed(0)} MiB)`,
+          );
+        } finally {
+          await unmountErofs(mnt);
+        }
       }
+      console.log(line.join(", "));
     }
   } finally {
-    await blob.close();
+    for (const blob of blobs.values()) await blob.close();
   }
+  const best = (mode: string) => Math.min(...times.get(mode)!);
   console.log(
-    `best: local ${Math.min(...local).toFixed(2)} s, FUSE ${Math.min(...fuse).toFixed(2)} s ` +
-      `(${(Math.min(...fuse) / Math.min(...local)).toFixed(2)}×)`,
+    `best: local ${best("local").toFixed(2)} s` +
+      modes.map((m) => `, ${m} ${best(m).toFixed(2)} s (${(best(m) / best("local")).toFixed(2)}×)`)
+        .join(""),
   );
 } finally {
   await served.close();
   await Deno.remove(work, { recursive: true });
+}
+
+/** User + system CPU seconds of this process so far (/proc/self/stat, clock ticks of 10 ms). */
+function processCpuSeconds(): number {
+  const stat = Deno.readTextFileSync("/proc/self/stat");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }

@@ -57,7 +57,10 @@ Deno.test({
             assertSuccess(reattached);
             assert.match(reattached.stdout, /reattached/, sandbox.serverLogs());
           },
-          { readerWaitsIn: "request_wait_answer" },
+          // On the disk cache an EROFS layer's FUSE file is read through the page cache
+          // (lib/daemon/mount_server.ts, fusePageCache): the reader waits for a page that a
+          // readahead READ in the dead server's hands fills.
+          { readerWaitsIn: "folio_wait_bit_common" },
         );
 
         const after = JSON.parse((await runCli(["list", "--json"], { env: sandbox.env })).stdout);

@@ -89,7 +89,9 @@ Deno.test({
             `${sandbox.target}/big.bin`,
             sha256,
             () => Promise.resolve(), // nobody reattaches: the watcher must
-            { readerWaitsIn: "request_wait_answer" },
+            // On the disk cache the FUSE file is read through the page cache: the reader
+            // waits for a page a readahead READ in the dead server's hands fills.
+            { readerWaitsIn: "folio_wait_bit_common" },
           );
           const noticed = await watcher.waitFor(new RegExp(`server ${killedPid} is gone`));
           const reactionMs = noticed.atMs - killedAtMs;

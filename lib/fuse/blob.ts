@@ -59,8 +59,8 @@ export interface FuseBlobOptions {
   takeover?: { fd: number; mtimeSec: number };
   /**
    * Let the kernel cache the file's pages and read ahead (see FuseServerLimits.pageCache):
-   * for sources whose every READ costs a main-thread round trip (tar layers), not for those
-   * the reader thread answers from a disk cache itself.
+   * few, large READs instead of one per EROFS read. Readahead 256 KiB, or 1 MiB when the reader
+   * thread answers READs from a disk cache itself (connection.ts).
    */
   pageCache?: boolean;
 }

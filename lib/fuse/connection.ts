@@ -42,6 +42,14 @@ const READ_AHEAD_KB = 1024;
  * RSS 160 against 186 MB; 2 pairs).
  */
 const PAGE_CACHE_READ_AHEAD_KB = 256;
+/**
+ * Readahead through the page cache of a file the reader thread reads from a disk cache
+ * (EROFS layers, issue 12): a READ that hits costs a pread there, one that misses fetches whole
+ * disk cache chunks (1 MiB) anyway. Full read of the benchmark tree from a filled disk cache
+ * (scripts/bench_fuse_tree.ts): direct I/O 8,891 READs, 256 KiB 2,825, 1 MiB 1,331, 4 MiB 497.
+ * At 4 MiB cold python (scripts/bench-host.sh) made 17-18 GETs, at 1 MiB 5-15, direct I/O 6.
+ */
+const DISK_CACHE_READ_AHEAD_KB = 1024;
 const INIT_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 2_000;
 
@@ -95,7 +103,6 @@ export class FuseConnection {
     this.#fd = fd;
     this.#dir = dir;
     this.#removeDir = removeDir;
-    this.#readAheadKb = opts.pageCache ? PAGE_CACHE_READ_AHEAD_KB : READ_AHEAD_KB;
     this.server = new SingleFileFuseServer(
       source,
       name,
@@ -104,6 +111,11 @@ export class FuseConnection {
       opts.resume,
     );
     this.#direct = isDirectReadable(source) ? source.openDirectReads() : undefined;
+    this.#readAheadKb = !opts.pageCache
+      ? READ_AHEAD_KB
+      : this.#direct
+      ? DISK_CACHE_READ_AHEAD_KB
+      : PAGE_CACHE_READ_AHEAD_KB;
     const arg: FuseReaderArg = {
       fd,
       bufferBytes: READ_BUFFER_BYTES,

@@ -58,12 +58,15 @@ export interface FuseServerLimits {
   maxWriteBytes: number;
   /**
    * Let the kernel cache the file's pages and read ahead on it (OPEN without FOPEN_DIRECT_IO).
-   * EROFS reads a file-backed image with buffered reads, one per page when its blocks are not
+   * EROFS reads a file-backed image with one read per bio: per page when its blocks are not
    * contiguous in the file's address space (a tar-index image's data sits on a mapped extra
-   * device: every page is a separate read); with direct I/O each became a synchronous FUSE
-   * READ of ≤ 4 KiB, one at a time. Through the page cache the kernel's readahead asks for
-   * large READs, several in flight. The price: the bytes are cached twice (EROFS's pages and
-   * the file's), both clean and reclaimable.
+   * device), per file (mostly 4–32 KiB) in an ordinary image; with direct I/O each became a
+   * synchronous FUSE READ, one at a time. Through the page cache the kernel's readahead asks
+   * for large READs, several in flight. The price: the bytes are cached twice (EROFS's pages
+   * and the file's), both clean and reclaimable. Only bytes a READ returned enter that cache,
+   * and a READ returns only what the source verified, so nothing unverified is ever cached; the
+   * file's bytes never change (also across a server restart: the same layer is served again),
+   * so its cache is kept across opens.
    */
   pageCache?: boolean;
 }
@@ -178,9 +181,8 @@ export class SingleFileFuseServer {
       case Op.OPEN: {
         if (nodeId !== FILE_NODE_ID) return error(nodeId === ROOT_NODE_ID ? EISDIR : ENOENT);
         if ((view.getUint32(IN_HEADER_SIZE, true) & O_ACCMODE) !== 0) return error(EROFS);
-        // Direct I/O (default): EROFS caches what it reads in its own pages; caching the FUSE
-        // file's pages too would hold every byte twice. With `pageCache` the file's bytes never
-        // change, so its cache is kept across opens.
+        // Direct I/O (default): every EROFS read is one READ, the file's pages are not kept.
+        // With `pageCache` the file's bytes never change, so its cache is kept across opens.
         return this.#send(encodeOpen(
           unique,
           0n,
