@@ -1,0 +1,164 @@
+/**
+ * The background windows of a scattered image (prefetched.ts, issue 12): after the mount is
+ * ready, the aligned windows around the listed metadata are filled through the disk cache, a few
+ * at a time, because mkfs.erofs puts each directory's files next to it and an application
+ * starting up reads files of a few directories (cold python: 40 GETs without them, 5 with).
+ *
+ * Two rules decide when and in which order, from what the mount is being asked:
+ * - While only pinned pages are read (a metadata walk such as a cold `find`, served by the FUSE
+ *   reader thread), no new window starts: the windows hold file data, which such a walk never
+ *   reads, and their fetch, hash and write took the 2 cores from it (find 2.8–4.6× local with
+ *   the windows right after the mount). Once file data is read, or after a short quiet, they go.
+ * - A window where file data was just read goes first (and the one after it): the reader is
+ *   working in that directory's files, and the rest of them are the likeliest next reads.
+ */
+import { sleep } from "./disk_cache_fill.ts";
+
+/** When reads of pinned pages only and reads of other bytes last came (performance.now()). */
+export interface ReadActivity {
+  pinnedMs: number;
+  dataMs: number;
+}
+
+/**
+ * Pinned-only reads this recent hold new windows back (a walk in progress). The FUSE reader
+ * thread reports its reads in batches (64 READs, or after 5 ms without one): at load 7 a cold
+ * find's batches came 40–160 ms apart, and windows slipped in between at 30 ms.
+ */
+export const METADATA_WALK_QUIET_MS = 200;
+/** File data read this recently lets windows start whatever else is read. */
+export const DATA_READ_RECENT_MS = 250;
+
+/**
+ * Milliseconds to wait before the next window may start, given the reads' last times (0: now).
+ * File data read recently: go. Else pinned pages read recently (only a walk): wait for quiet.
+ */
+export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
+  if (nowMs - activity.dataMs < DATA_READ_RECENT_MS) return 0;
+  const sincePinned = nowMs - activity.pinnedMs;
+  return sincePinned < METADATA_WALK_QUIET_MS ? METADATA_WALK_QUIET_MS - sincePinned : 0;
+}
+
+export interface BackgroundWindowsOptions {
+  /** Window starts (multiples of windowBytes), in the order to fill them when nothing is read. */
+  starts: readonly number[];
+  windowBytes: number;
+  sizeBytes: number;
+  /** Fills [offset, offset + length) (missing chunks only); settles when done, never rejects. */
+  fill(offset: number, length: number): Promise<void>;
+  /** Fills in flight at most. */
+  inFlight: number;
+  /**
+   * Asked before a window not in `starts` is added because file data was read in it (the
+   * caller's budget of window bytes); false: not added.
+   */
+  admit?(window: number): boolean;
+  /** When pinned pages and file data were last read (PrefetchedSource.readActivity). */
+  activity(): ReadActivity;
+  signal?: AbortSignal;
+}
+
+export class BackgroundWindows {
+  readonly #options: BackgroundWindowsOptions;
+  /** Windows (indexes) not started yet. */
+  readonly #pending = new Set<number>();
+  /** Windows queued, started, or refused by `admit`: never added again. */
+  readonly #seen = new Set<number>();
+  /** Windows moved forward by reads, most recent last. */
+  readonly #promoted: number[] = [];
+  #next = 0;
+  #started = false;
+  /** Workers running now. */
+  #working = 0;
+  readonly #workers: Promise<void>[] = [];
+  /** Fills started, for tests and logs. */
+  fills = 0;
+
+  constructor(options: BackgroundWindowsOptions) {
+    this.#options = options;
+    for (const start of options.starts) {
+      const w = Math.floor(start / options.windowBytes);
+      this.#pending.add(w);
+      this.#seen.add(w);
+    }
+  }
+
+  /** Windows not started yet. */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * A read of file data at `offset`: its window, then the next, are filled before the rest;
+   * windows the list lacks are added when `admit` allows (a directory's files may lie in a
+   * window of their own: python's `__pycache__` files on the benchmark image).
+   */
+  promote(offset: number, length: number): void {
+    const { windowBytes, sizeBytes } = this.#options;
+    const first = Math.floor(offset / windowBytes);
+    const last = Math.min(
+      Math.floor((offset + Math.max(1, length) - 1) / windowBytes) + 1,
+      Math.ceil(sizeBytes / windowBytes) - 1,
+    );
+    // Pushed last-first: the worker takes from the end, so `first` goes before `last`.
+    for (let w = last; w >= first; w--) {
+      if (!this.#pending.has(w)) {
+        if (this.#seen.has(w)) continue;
+        this.#seen.add(w);
+        if (!this.#options.admit?.(w)) continue;
+        this.#pending.add(w);
+        if (this.#started) this.#spawn();
+      }
+      this.#promoted.push(w);
+    }
+    // Many reads in the same windows: keep the most recent, the older are mostly started.
+    if (this.#promoted.length > 4096) this.#promoted.splice(0, 2048);
+  }
+
+  /** Starts the workers (once); resolves when every window was started and its fill ended. */
+  start(): Promise<void> {
+    if (!this.#started) {
+      this.#started = true;
+      this.#spawn();
+    }
+    return Promise.all(this.#workers).then(() => {});
+  }
+
+  /** Workers up to `inFlight` (after they ran out, a promoted window starts them again). */
+  #spawn(): void {
+    while (this.#working < this.#options.inFlight) {
+      this.#working++;
+      this.#workers.push(this.#work().finally(() => this.#working--));
+    }
+  }
+
+  #take(): number | undefined {
+    while (this.#promoted.length) {
+      const w = this.#promoted.pop()!;
+      if (this.#pending.delete(w)) return w;
+    }
+    const starts = this.#options.starts;
+    while (this.#next < starts.length) {
+      const w = Math.floor(starts[this.#next++] / this.#options.windowBytes);
+      if (this.#pending.delete(w)) return w;
+    }
+    return undefined;
+  }
+
+  async #work(): Promise<void> {
+    const { windowBytes, sizeBytes, signal } = this.#options;
+    while (this.#pending.size && !signal?.aborted) {
+      const delayMs = windowDelayMs(this.#options.activity(), performance.now());
+      if (delayMs > 0) {
+        await sleep(delayMs);
+        continue;
+      }
+      const w = this.#take();
+      if (w === undefined) return;
+      this.#seen.add(w);
+      const start = w * windowBytes;
+      this.fills++;
+      await this.#options.fill(start, Math.min(windowBytes, sizeBytes - start));
+    }
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * The background windows after a listed-metadata mount (lib/source/background_windows.ts, issue
+ * 12's cold python): real disk cache, real PrefetchedSource and CachedSource, an in-memory
+ * registry that records every fetch. While only pinned pages are read (a cold `find`) no window
+ * is fetched; a read of file data starts them at once, its own window first, and may add a
+ * window the list lacks within the budget; a demand read never waits for the windows in flight.
+ */
+import assert from "node:assert/strict";
+import { DiskCache } from "../lib/source/disk_cache.ts";
+import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
+import { CachedSource } from "../lib/source/cached.ts";
+import { PIN_PAGE_BYTES, PrefetchedSource } from "../lib/source/prefetched.ts";
+import {
+  BackgroundWindows,
+  METADATA_WALK_QUIET_MS,
+  windowDelayMs,
+} from "../lib/source/background_windows.ts";
+import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+
+const CHUNK = 16 << 10;
+const WINDOW = 64 << 10;
+const WINDOWS = 12;
+const DIGEST = "sha256:" + "ef".repeat(32);
+const image = patternBytes(WINDOWS * WINDOW, 7);
+/** Windows with "metadata" (a pinned page each); 1, 3, 5, 7, 9, 11 have none. */
+const LISTED = [0, 2, 4, 6, 8, 10];
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function setUp(admitted: number[] = []) {
+  const dir = await Deno.makeTempDir();
+  const cache = DiskCache.open({ dir, chunkBytes: CHUNK })!;
+  const inner = new MemorySource(image);
+  const disk = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
+  const served = new PrefetchedSource(new CachedSource(disk, { cacheBytes: 8 << 20 }));
+  // The last page of each listed window is pinned, as the metadata list does at mount.
+  const pinnedPage = (w: number) => (w + 1) * WINDOW - PIN_PAGE_BYTES;
+  for (const w of LISTED) served.pin(pinnedPage(w), image.slice(pinnedPage(w), (w + 1) * WINDOW));
+  const windows = new BackgroundWindows({
+    starts: LISTED.map((w) => w * WINDOW),
+    windowBytes: WINDOW,
+    sizeBytes: image.length,
+    fill: (offset, length) => disk.fillAhead(offset, length),
+    inFlight: 2,
+    admit: (w) => admitted.includes(w),
+    activity: () => served.readActivity(),
+  });
+  served.onDataRead((offset, length) => windows.promote(offset, length));
+  const readPinned = (w: number) => served.read(pinnedPage(w), PIN_PAGE_BYTES);
+  const cleanUp = async () => {
+    await served.close();
+    await Deno.remove(dir, { recursive: true });
+  };
+  return { inner, disk, served, windows, readPinned, cleanUp };
+}
+
+/** The windows each fetch of `reads` falls in. */
+const windowsOf = (reads: { offset: number; length: number }[]) =>
+  reads.map((r) => Math.floor(r.offset / WINDOW));
+
+Deno.test("windowDelayMs: a recent data read goes at once, pinned-only reads hold back", () => {
+  const now = 10_000;
+  assert.equal(windowDelayMs({ pinnedMs: -Infinity, dataMs: -Infinity }, now), 0);
+  assert.equal(
+    windowDelayMs({ pinnedMs: now - 5, dataMs: -Infinity }, now),
+    METADATA_WALK_QUIET_MS - 5,
+  );
+  assert.equal(windowDelayMs({ pinnedMs: now - 5, dataMs: now - 10 }, now), 0);
+  assert.equal(
+    windowDelayMs({ pinnedMs: now - METADATA_WALK_QUIET_MS, dataMs: -Infinity }, now),
+    0,
+  );
+});
+
+Deno.test("background windows: none fetched while only pinned pages are read, all after a quiet", async () => {
+  const t = await setUp();
+  try {
+    await t.readPinned(0); // a walk has begun before the windows start
+    const done = t.windows.start();
+    const walkEnd = performance.now() + 4 * METADATA_WALK_QUIET_MS;
+    for (let i = 0; performance.now() < walkEnd; i++) {
+      await t.readPinned(LISTED[i % LISTED.length]);
+      await sleep(10);
+    }
+    assert.equal(t.inner.reads.length, 0, "windows fetched during a walk of pinned pages");
+    await done; // quiet now: every listed window, nothing else
+    await t.disk.whenDurable();
+    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
+    for (const w of LISTED) {
+      const got = await t.disk.read(w * WINDOW, WINDOW);
+      assert.deepEqual(got, image.subarray(w * WINDOW, (w + 1) * WINDOW), `window ${w}`);
+    }
+    assert.equal(t.windows.pendingCount, 0);
+  } finally {
+    await t.cleanUp();
+  }
+});
+
+Deno.test("background windows: a data read starts them during a walk, its window first", async () => {
+  // Window 9 is not listed and may be added; window 11 is not listed and may not.
+  const t = await setUp([9]);
+  try {
+    await t.readPinned(0);
+    const done = t.windows.start();
+    await sleep(METADATA_WALK_QUIET_MS / 4);
+    await t.readPinned(2);
+    assert.equal(t.inner.reads.length, 0, JSON.stringify(t.inner.reads));
+    // File data in window 8 (listed last but one): its chunk, then window 8, then window 9.
+    const at = 8 * WINDOW + CHUNK;
+    assert.deepEqual(await t.served.read(at, 100), image.subarray(at, at + 100));
+    await done;
+    // The demand read's own fetch, then window 8's other chunks, then window 9, then the rest.
+    const order = windowsOf(t.inner.reads).filter((w, i, all) => i === 0 || w !== all[i - 1]);
+    assert.deepEqual(order.slice(0, 2), [8, 9], JSON.stringify(t.inner.reads));
+    assert.deepEqual(
+      [...new Set(order)].sort((a, b) => a - b),
+      [...LISTED, 9].sort((a, b) => a - b),
+    );
+    // A read in window 11 (not admitted) fetches its own chunks, not the window's first ones.
+    const before = t.inner.reads.length;
+    await t.served.read(11 * WINDOW + 2 * CHUNK, 10);
+    await sleep(20);
+    const after = t.inner.reads.slice(before);
+    assert(
+      after.length > 0 && after.every((r) => r.offset >= 11 * WINDOW + 2 * CHUNK),
+      JSON.stringify(after),
+    );
+  } finally {
+    await t.cleanUp();
+  }
+});
+
+Deno.test("background windows: a demand read does not wait for the windows in flight", async () => {
+  const t = await setUp();
+  // Window fetches (longer than a chunk) hang until released; a demand read's chunk does not.
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const hung: number[] = [];
+  const fetch = t.inner.read.bind(t.inner);
+  t.inner.read = async (offset, length, signal) => {
+    if (length > CHUNK) {
+      hung.push(Math.floor(offset / WINDOW));
+      await released;
+    }
+    return await fetch(offset, length, signal);
+  };
+  try {
+    const done = t.windows.start(); // nothing read yet: windows 0 and 2 start at once
+    await sleep(10);
+    assert.deepEqual(hung, [0, 2]);
+    const at = 6 * WINDOW + CHUNK; // in a window not started
+    assert.deepEqual(await t.served.read(at, 4096), image.subarray(at, at + 4096));
+    // Answered while both window fetches still hang.
+    assert.deepEqual(t.inner.reads, [{ offset: at, length: CHUNK }]);
+    assert.deepEqual(hung, [0, 2]);
+    release();
+    await done;
+    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
+  } finally {
+    release();
+    await t.cleanUp();
+  }
+});
