@@ -86,6 +86,9 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         mountAt: atTarget ? pinnedPath(pinned) : undefined,
         devicesMapped: spec.layers[index].kind === "registry" &&
           (spec.layers[index] as { tarIndex?: unknown }).tarIndex !== undefined,
+        head: layer.head === undefined
+          ? undefined
+          : Uint8Array.from(atob(layer.head), (c) => c.charCodeAt(0)),
       });
       mark(`cli: layer ${index} mounted`);
       const mountId = atTarget ? newMountOn(pinned, "erofs", before) : undefined;

@@ -46,7 +46,13 @@ export type ReadyMessage =
     pid: number;
     /** Reattach of an unreachable registry: devices are taken over once it answers. */
     waiting?: boolean;
-    layers: { blockPath: string; device: string; recoveryFile?: string }[];
+    layers: {
+      blockPath: string;
+      device: string;
+      recoveryFile?: string;
+      /** base64 of the layer's first EROFS_SUPER_END bytes (what `mount` checks first). */
+      head?: string;
+    }[];
   }
   | { ok: false; error: string; hint?: string };
 
@@ -110,6 +116,21 @@ function withHandedMetadata(
     }
     return await loader(signal);
   };
+}
+
+/**
+ * base64 of the first EROFS_SUPER_END bytes `source` serves (pinned by the metadata prefetch
+ * by now), or undefined if they cannot be read: `mount` then reads them through the export.
+ */
+async function headOf(source: Source): Promise<string | undefined> {
+  try {
+    const bytes = await source.read(0, Math.min(EROFS_SUPER_END, source.size));
+    let text = "";
+    for (const byte of bytes) text += String.fromCharCode(byte);
+    return btoa(text);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Entry of the hidden `__mount-server` command. */
@@ -363,13 +384,15 @@ export async function runMountServer(): Promise<number> {
   }
 
   if (!spec.awaitSource) {
+    const heads = await Promise.all(sources.map(headOf));
     writeReady({
       ok: true,
       pid: Deno.pid,
-      layers: exports.map((e) => ({
+      layers: exports.map((e, index) => ({
         blockPath: e.blockPath,
         device: e.device,
         recoveryFile: e.recoveryFile,
+        head: heads[index],
       })),
     });
     mark("server: ready");

@@ -43,6 +43,12 @@ export interface MountErofsOptions {
    * (a tar-index layer served as [meta][tar]), so none are passed.
    */
   devicesMapped?: boolean;
+  /**
+   * The image's first EROFS_SUPER_END bytes when the caller has them already (the mount
+   * server sends them with its ready message): checked instead of reading them through the
+   * file, which takes a worker thread (~30 ms quiet, 100+ ms on a loaded host).
+   */
+  head?: Uint8Array;
 }
 
 /** How the image ended up mounted. */
@@ -69,7 +75,10 @@ export async function mountErofsFile(
   opts: MountErofsOptions = {},
 ): Promise<ErofsMountInfo> {
   const extraDevices = opts.extraDevices ?? [];
-  const superblock = checkErofsSuperblock(await readHead(file, EROFS_SUPER_END), file);
+  const head = opts.head?.length === EROFS_SUPER_END
+    ? opts.head
+    : await readHead(file, EROFS_SUPER_END);
+  const superblock = checkErofsSuperblock(head, file);
   if (superblock.extraDevices > extraDevices.length && !opts.devicesMapped) {
     throw new MountError(
       `${file} needs ${superblock.extraDevices} extra device(s), ${extraDevices.length} given`,
