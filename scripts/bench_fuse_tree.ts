@@ -6,7 +6,7 @@
  * before every read; local and FUSE rounds alternate, and so do the FUSE blob's two modes:
  * `direct` (FOPEN_DIRECT_IO, every EROFS read one FUSE READ) and `page` (the FUSE file's page
  * cache and readahead, FuseServerLimits.pageCache). Root only; prints figures (wall time and
- * this process's CPU time, i.e. the server's), asserts nothing.
+ * the CPU time of the reader, tar, and of this process, the server), asserts nothing.
  *
  * Usage: tools/bin/deno run -A scripts/bench_fuse_tree.ts [IMAGE] [ROUNDS]
  * (IMAGE: default .cache/bench/bench.erofs from scripts/bench/build-image.sh)
@@ -23,15 +23,27 @@ const image = Deno.args[0] ?? ".cache/bench/bench.erofs";
 const rounds = Number(Deno.args[1] ?? 3);
 const work = await Deno.makeTempDir({ prefix: "erofs-oci-bench-tree-" });
 
-async function fullRead(dir: string): Promise<number> {
+/** Reader CPU seconds (tar and cat, user + system) of each fullRead, by mode. */
+const readerCpu = new Map<string, number[]>();
+/** This process's CPU seconds during each FUSE fullRead, by mode. */
+const serverCpu = new Map<string, number[]>();
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
+
+async function fullRead(dir: string, mode: string): Promise<number> {
   new Deno.Command("sync").outputSync();
   writeSmallFile("/proc/sys/vm/drop_caches", "3");
   const start = performance.now();
-  const out = await new Deno.Command("sh", {
-    args: ["-c", `tar -C '${dir}' -cf - . | cat >/dev/null`],
+  // bash's `time` on a subshell: user and system CPU of tar and cat (the page cache copies and
+  // EROFS's reads run in tar's context).
+  const out = await new Deno.Command("bash", {
+    args: ["-c", `TIMEFORMAT='%U %S'; time (tar -C '${dir}' -cf - . | cat >/dev/null)`],
+    stderr: "piped",
   }).output();
   if (!out.success) throw new Error("tar failed");
-  return (performance.now() - start) / 1000;
+  const seconds = (performance.now() - start) / 1000;
+  const [user, system] = new TextDecoder().decode(out.stderr).trim().split(/\s+/).map(Number);
+  readerCpu.set(mode, [...readerCpu.get(mode) ?? [], user + system]);
+  return seconds;
 }
 
 const file = await LocalFile.open(image);
@@ -57,22 +69,27 @@ try {
     for (let round = 0; round < rounds; round++) {
       await mountErofsFile(image, mnt);
       try {
-        times.get("local")!.push(await fullRead(mnt));
+        times.get("local")!.push(await fullRead(mnt, "local"));
       } finally {
         await unmountErofs(mnt);
       }
-      const line = [`round ${round}: local ${times.get("local")![round].toFixed(2)} s`];
+      const line = [
+        `round ${round}: local ${times.get("local")![round].toFixed(2)} s ` +
+        `(reader CPU ${readerCpu.get("local")![round].toFixed(2)} s)`,
+      ];
       for (const [mode, blob] of blobs) {
         await mountErofsFile(blob.filePath, mnt);
         try {
           const before = blob.stats();
           const cpuBefore = processCpuSeconds();
-          times.get(mode)!.push(await fullRead(mnt));
+          times.get(mode)!.push(await fullRead(mnt, mode));
           const cpu = processCpuSeconds() - cpuBefore;
+          serverCpu.set(mode, [...serverCpu.get(mode) ?? [], cpu]);
           await new Promise((resolve) => setTimeout(resolve, 100)); // served reads are reported
           const after = blob.stats();
           line.push(
-            `${mode} ${times.get(mode)![round].toFixed(2)} s (server CPU ${cpu.toFixed(2)} s, ` +
+            `${mode} ${times.get(mode)![round].toFixed(2)} s (reader CPU ` +
+              `${readerCpu.get(mode)![round].toFixed(2)} s, server CPU ${cpu.toFixed(2)} s, ` +
               `${after.reads - before.reads} READs, ${after.directReads - before.directReads} ` +
               `by the reader thread, ${((after.bytes - before.bytes) / 2 ** 20).toFixed(0)} MiB)`,
           );
@@ -90,6 +107,12 @@ try {
     `best: local ${best("local").toFixed(2)} s` +
       modes.map((m) => `, ${m} ${best(m).toFixed(2)} s (${(best(m) / best("local")).toFixed(2)}×)`)
         .join(""),
+  );
+  console.log(
+    `median CPU (reader + server): local ${median(readerCpu.get("local")!).toFixed(2)} s` +
+      modes.map((m) =>
+        `, ${m} ${median(readerCpu.get(m)!).toFixed(2)} + ${median(serverCpu.get(m)!).toFixed(2)} s`
+      ).join(""),
   );
 } finally {
   await served.close();
