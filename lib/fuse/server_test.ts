@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { SingleFileFuseServer } from "./server.ts";
 import {
   FOPEN_DIRECT_IO,
+  FOPEN_KEEP_CACHE,
   FUSE_ASYNC_READ,
   FUSE_MAX_PAGES,
   IN_HEADER_SIZE,
@@ -40,7 +41,7 @@ function readBody(offset: number, size: number): Uint8Array<ArrayBuffer> {
   return body;
 }
 
-function harness(source = new MemorySource(patternBytes(10_000))) {
+function harness(source = new MemorySource(patternBytes(10_000)), pageCache = false) {
   const replies: Reply[] = [];
   const server = new SingleFileFuseServer(source, "blob", (head, data) => {
     const bytes = new Uint8Array(head.length + (data?.length ?? 0));
@@ -54,7 +55,7 @@ function harness(source = new MemorySource(patternBytes(10_000))) {
       body: bytes.subarray(16),
       view: new DataView(bytes.buffer, 16),
     });
-  }, { maxWriteBytes: 1 << 20 });
+  }, { maxWriteBytes: 1 << 20, pageCache });
   return { server, replies, source };
 }
 
@@ -111,6 +112,15 @@ Deno.test("fuse protocol: lookup, getattr, open and readdir describe one 0444 fi
   assert.equal(open.view.getUint32(8, true) & FOPEN_DIRECT_IO, FOPEN_DIRECT_IO);
   assert.equal(openWrite.error, 30, "EROFS for write opens");
   assert.equal(unknownNode.error, 2);
+});
+
+Deno.test("fuse protocol: with pageCache OPEN keeps the file's cache and asks no direct I/O", () => {
+  const { server, replies } = harness(undefined, true);
+  server.handle(request(Op.OPEN, 5n, 2n, new Uint8Array(8)));
+  const flags = replies[0].view.getUint32(8, true);
+  assert.equal(replies[0].error, 0);
+  assert.equal(flags & FOPEN_DIRECT_IO, 0, "direct I/O would bypass the page cache");
+  assert.equal(flags & FOPEN_KEEP_CACHE, FOPEN_KEEP_CACHE, "the cache is dropped at each open");
 });
 
 Deno.test("fuse protocol: readdir pages by cookie when the buffer is small", () => {
