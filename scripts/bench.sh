@@ -9,7 +9,9 @@
 # Method and recorded figures: docs/benchmarks.md.
 # Env: BENCH_VARIANTS (subset, see scripts/bench/guest.sh), BENCH_SLOW_TAR_TIMEOUT_S (60: FUSE
 #      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
-#      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3).
+#      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3), BENCH_CLI (dist, default: the single-file
+#      artifact as users run it, built by scripts/build.sh from HEAD; source: the working tree
+#      through scripts/erofs-oci-dev, as before).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
@@ -47,6 +49,25 @@ fi
 export DENO_DIR=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
 "$deno" cache -q "$repo/main.ts"
 
+# dist: the artifact is built from the committed tree (git archive HEAD into
+# .cache/bench/vm-cli-src), not from the shared checkout, whose uncommitted edits belong to work
+# in progress; the guest runs a copy of it. source: the working tree as it is, from source.
+cli_desc="source of the working tree (scripts/erofs-oci-dev)"
+if [ "${BENCH_CLI:-dist}" = dist ]; then
+  head=$(git -C "$repo" rev-parse --short HEAD)
+  rm -rf "$cache/vm-cli-src"
+  mkdir -p "$cache/vm-cli-src" "$cache/vm-cli"
+  git -C "$repo" archive HEAD | tar -x -C "$cache/vm-cli-src"
+  ln -s "$repo/tools" "$cache/vm-cli-src/tools"
+  "$cache/vm-cli-src/scripts/build.sh" >&2
+  cp "$cache/vm-cli-src/dist/erofs-oci" "$cache/vm-cli/erofs-oci.tmp"
+  mv -f "$cache/vm-cli/erofs-oci.tmp" "$cache/vm-cli/erofs-oci"
+  rm -rf "$cache/vm-cli-src"
+  export BENCH_CLI_BIN=$cache/vm-cli/erofs-oci
+  VM_ENV="BENCH_CLI_BIN ${VM_ENV:-}"
+  cli_desc="dist/erofs-oci built from $head (scripts/build.sh)"
+fi
+
 run=$cache/runs/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$run"
 export BENCH_IMAGE=$image BENCH_NETEM_KO=$netem_ko BENCH_OUT=/run/vm BENCH_REPO=$repo
@@ -64,6 +85,7 @@ done
   echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, kernel $(uname -r)"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "image: $(stat -c %s "$image") bytes ($(basename "$image"), $(cat "$cache/bench.key"))"
+  echo "code: HEAD $(git -C "$repo" rev-parse --short HEAD) ($(git -C "$repo" status --short -- lib ffi main.ts | wc -l) files under lib/ffi uncommitted); CLI: $cli_desc"
 } >"$run/host.txt"
 cat "$run/host.txt" >&2
 
@@ -90,5 +112,10 @@ fi
 # Only trace-python-20ms (BENCH_VARIANTS) leaves no results.tsv rows: nothing more to report.
 if [ -s "$run/results.tsv" ]; then
   "$deno" run -q --allow-read "$repo/scripts/bench/report.ts" "$run" | tee "$run/report.md"
+fi
+if [ -s "$run/mount-timeline.tsv" ]; then
+  echo
+  echo "mount timeline (s since the mount command started):"
+  column -t -s $'\t' "$run/mount-timeline.tsv" 2>/dev/null || cat "$run/mount-timeline.tsv"
 fi
 exit "$rc"

@@ -95,7 +95,13 @@ export async function exportLayer(
     };
   }
 
+  // Phases of the attach, logged once it is done: the benchmark's mount timeline reads them.
+  const startedMs = performance.now();
+  const phaseMs: string[] = [];
+  const phase = (name: string, sinceMs: number) =>
+    phaseMs.push(`${name} ${Math.round(performance.now() - sinceMs)} ms`);
   const { kernelFds, conns } = await openKernelConnections(NBD_CONNECTIONS, context.runDir);
+  phase("sockets", startedMs);
   const serving = new Set<Promise<void>>();
   let closing = false;
   // Set once the device exists; a connection the kernel drops before that is a failed attach.
@@ -135,11 +141,17 @@ export async function exportLayer(
     } else {
       // The recovery file exists before the device does: a crash right after CONNECT must
       // still be recoverable. Its path is the device's backend identifier.
+      let sinceMs = performance.now();
       backendId = context.writeRecovery();
+      phase("recovery file", sinceMs);
       try {
+        sinceMs = performance.now();
+        const blockSizeBytes = await nbdBlockSizeFor(source);
+        phase("superblock", sinceMs);
+        sinceMs = performance.now();
         const attachment = await attachNbd({
           sizeBytes: source.size,
-          blockSizeBytes: await nbdBlockSizeFor(source),
+          blockSizeBytes,
           socketFds: kernelFds,
           timeoutS: NBD_TIMEOUT_S,
           deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,
@@ -147,6 +159,7 @@ export async function exportLayer(
           readOnly: true,
         });
         ({ index, detach } = attachment);
+        phase("CONNECT and queue tuning", sinceMs);
       } catch (error) {
         removeRecoveryFile(backendId);
         throw error;
@@ -160,6 +173,11 @@ export async function exportLayer(
   }
   const deviceIndex = index;
   const deviceBackendId = backendId;
+  console.log(
+    `nbd${deviceIndex}: ${context.reattach ? "reattached" : "attached"} in ${
+      Math.round(performance.now() - startedMs)
+    } ms (${phaseMs.join(", ")})`,
+  );
   // The kernel shuts a connection whose reply came later than the request timeout (a slow
   // registry) and requeues its requests on the others; replace it with a fresh socket so the
   // device never runs out of connections.

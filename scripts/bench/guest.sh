@@ -24,11 +24,20 @@ ref=$registry_host/$repository:v1
 mkdir -p "$work"
 results=$out/results.tsv
 : >"$results"
+: >"$out/mount-timeline.tsv"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-cli() { "$repo/scripts/erofs-oci-dev" "$@"; }
+# BENCH_CLI_BIN: the single-file artifact (dist/erofs-oci, copied by scripts/bench.sh), which is
+# what users run; unset: the CLI from source (scripts/erofs-oci-dev).
+if [ -n "${BENCH_CLI_BIN:-}" ]; then
+  # Its runtime is unpacked once, as on an installed host, into guest tmpfs (not timed below).
+  export EROFS_OCI_RUNTIME_CACHE=$work/runtime
+  cli() { "$BENCH_CLI_BIN" "$@"; }
+else
+  cli() { "$repo/scripts/erofs-oci-dev" "$@"; }
+fi
 
 registry_pid=""
 mounted=()
@@ -75,6 +84,9 @@ done
 curl -sf -o /dev/null "http://$registry_host/v2/" || { log "registry did not start"; cat "$work/registry.log" >&2; exit 1; }
 
 t0=$(now)
+cli --version >/dev/null || { log "the CLI does not start"; exit 1; }
+log "CLI: $(cli --version) from ${BENCH_CLI_BIN:-source}; first start (unpack, caches) $(seconds_since "$t0") s"
+t0=$(now)
 cli push "$ref" "$work/image.erofs" >"$work/push.out" || { log "push failed"; exit 1; }
 log "pushed $ref in $(seconds_since "$t0") s (manifest $(head -1 "$work/push.out"))"
 echo "# image_bytes=$image_bytes layer=$layer push_s=$(seconds_since "$t0") kernel=$(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)" >"$out/meta.txt"
@@ -103,6 +115,32 @@ device_read_since() {
   awk -v b="${before:-0}" '{ printf "%d\n", ($3 - b) * 512 }' "/sys/block/$1/stat"
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Where a mount's seconds went → "NAME<TAB>SECONDS<TAB>EVENT" lines in mount-timeline.tsv, in
+# seconds since the mount command started ($2): the server process's exec (/proc start time,
+# 10 ms ticks), then each line its log has up to "ready" (the server starts logging once the
+# CLI has resolved the image and handed it the spec), then the mount command's return ($3).
+mount_timeline() {
+  local name=$1 t0=$2 t1=$3 pid=$4 ticks up log line stamp
+  {
+    if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+      # Start time in ticks since boot, against the uptime now (btime can be off by seconds).
+      ticks=$(awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$pid/stat")
+      read -r up _ </proc/uptime
+      awk -v u="$up" -v e="$(now)" -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v a="$t0" \
+        -v n="$name" 'BEGIN { printf "%s\t%.2f\tserver process started\n", n, e - (u - t / hz) - a }'
+      log=$(grep -l "^[^ ]* info server $pid starting" /run/erofs-oci/mounts/*/server.log 2>/dev/null | head -1)
+      if [ -n "$log" ]; then
+        while IFS= read -r line; do
+          stamp=$(date -d "${line%% *}" +%s.%N 2>/dev/null) || continue
+          awk -v s="$stamp" -v a="$t0" -v n="$name" -v m="${line#* }" \
+            'BEGIN { printf "%s\t%.2f\t%s\n", n, s - a, substr(m, 1, 120) }'
+          [[ $line == *" info ready:"* ]] && break
+        done <"$log"
+      fi
+    fi
+    awk -v a="$t0" -v b="$t1" -v n="$name" 'BEGIN { printf "%s\t%.2f\tmount command returned\n", n, b - a }'
+  } >>"$out/mount-timeline.tsv"
+}
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -178,7 +216,7 @@ timed_tar() {
 measure() {
   local name=$1 dir=$2 mount_fn=$3 umount_fn=$4 pid_fn=$5 find_timeout_s=$6 tar_timeout_s=$7
   local trace=${8:-}
-  local rss_mount t0 mount_s mark0 mark1 mark2 mark3 dev read0 read1 read2 pid rss hwm listed
+  local rss_mount t0 t1 mount_s mark0 mark1 mark2 mark3 dev read0 read1 read2 pid rss hwm listed
   local gets_mount gets_find gets_tar n0 b0 n1 b1 n2 b2
   mkdir -p "$dir"
   mounted+=("$dir")
@@ -191,9 +229,11 @@ measure() {
     printf '%s\tFAILED\n' "$name" >>"$results"
     return 1
   fi
-  mount_s=$(seconds_since "$t0")
+  t1=$(now)
+  mount_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   dev=$(block_device_of "$dir")
   pid=$("$pid_fn" "$dir")
+  [[ $name == erofs-oci* ]] && mount_timeline "$name" "$t0" "$t1" "$pid"
   rss_mount=0
   [ -n "$pid" ] && rss_mount=$(rss_kb "$pid")
   sleep 0.3 # let the access log catch up before counting
@@ -264,8 +304,17 @@ no_pid() { :; }
 local_mount() { mount -t erofs -o ro,loop "$work/image.erofs" "$1"; }
 local_umount() { umount "$1"; }
 
-oci_nbd_mount() { cli mount "$ref" "$1" --backend nbd >"$work/mount-$(basename "$1").log" 2>&1; }
-oci_fuse_mount() { cli mount "$ref" "$1" --backend fuse >"$work/mount-$(basename "$1").log" 2>&1; }
+# Each variant starts from an empty disk cache of its own: a cold mount fetches from the
+# registry (the default /var/cache/erofs-oci would serve a later variant from disk).
+cold_cache() { echo "$work/disk-cache/$(basename "$1")"; }
+oci_nbd_mount() {
+  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") cli mount "$ref" "$1" --backend nbd \
+    >"$work/mount-$(basename "$1").log" 2>&1
+}
+oci_fuse_mount() {
+  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") cli mount "$ref" "$1" --backend fuse \
+    >"$work/mount-$(basename "$1").log" 2>&1
+}
 oci_umount() { cli umount "$1"; }
 oci_pid() {
   cli list --json | python3 -c '
