@@ -58,7 +58,9 @@ export async function loadSource(
     import("../tar/decompress.ts"),
     import("../erofs/writer/from_tar.ts"),
   ]);
-  const { stream, compression } = await openTar(source);
+  // The scan copies what it keeps of the tar's bytes, so the file can be read into reused
+  // buffers.
+  const { stream, compression } = await openTar(source, { reuseChunks: true });
   if (options.tarIndex) {
     const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
     try {

@@ -8,7 +8,7 @@ import type { ByteReader } from "./byte_reader.ts";
 import type { TarEntry, TarEntryKind } from "./entry.ts";
 import { EntryData } from "./entry_data.ts";
 import type { HeaderBlock, SparseSegment } from "./header.ts";
-import { normalizeTarPath } from "./path.ts";
+import { normalizeTarPath, utf8Length } from "./path.ts";
 import { paxInteger, type PaxRecord, paxTime } from "./pax.ts";
 import { checkSparseMap, paxSparse, readGnuSparseExtensions, readSparse1Map } from "./sparse.ts";
 import { applyXattrRecord } from "./xattrs.ts";
@@ -28,8 +28,6 @@ export const KINDS: Record<string, TarEntryKind> = {
 };
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
-const encoder = new TextEncoder();
-const utf8Length = (s: string) => encoder.encode(s).length;
 
 /**
  * linux/limits.h: PATH_MAX 4096 and NAME_MAX 255 bytes, both counting what a syscall accepts
@@ -41,12 +39,14 @@ export const PATH_MAX_BYTES = 4095;
 export const NAME_MAX_BYTES = 255;
 
 function checkPathLimits(path: string, what: string, offset: number): void {
-  if (utf8Length(path) > PATH_MAX_BYTES) {
+  const pathBytes = utf8Length(path);
+  if (pathBytes > PATH_MAX_BYTES) {
     throw new FormatError(
       `tar member at byte ${offset}: ${what} longer than ${PATH_MAX_BYTES} bytes`,
       "Linux cannot create such a path (PATH_MAX)",
     );
   }
+  if (pathBytes <= NAME_MAX_BYTES) return; // no name in it can be longer
   for (const name of path.split("/")) {
     if (utf8Length(name) > NAME_MAX_BYTES) {
       throw new FormatError(
@@ -133,9 +133,20 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   let storedSize = kind === "file" ? storedArea : 0;
   let sparse: SparseSegment[] | undefined;
   const maxSegments = Math.floor(input.maxMetaBytes / 24);
+  // Header fields are views of the source's chunk, which a reader reusing its buffers
+  // (openTar's reuseChunks) overwrites once it reads on: copy them before reading more.
+  const keepHeaderBytes = () => {
+    pathBytes = pathBytes.slice();
+    linkBytes = linkBytes.slice();
+    uname = uname.slice();
+    gname = gname.slice();
+  };
   if (header.gnuSparse) {
     sparse = [...header.gnuSparse.segments];
-    if (header.gnuSparse.isExtended) await readGnuSparseExtensions(src, sparse, maxSegments);
+    if (header.gnuSparse.isExtended) {
+      keepHeaderBytes();
+      await readGnuSparseExtensions(src, sparse, maxSegments);
+    }
     size = header.gnuSparse.realSize;
   }
   const pax = kind === "file" ? paxSparse(records, headerOffset) : undefined;
@@ -143,6 +154,7 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
     if (pax.name) pathBytes = pax.name;
     size = pax.realSize;
     if (pax.version === "1.0") {
+      keepHeaderBytes();
       const map = await readSparse1Map(src, input.maxMetaBytes, headerOffset);
       if (map.mapBytes > storedArea) {
         throw new FormatError(`tar member at byte ${headerOffset}: sparse map larger than member`);

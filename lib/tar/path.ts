@@ -17,3 +17,25 @@ export function normalizeTarPath(raw: string): string {
   }
   return parts.join("/");
 }
+
+/**
+ * Bytes of `name` in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them),
+ * counted without encoding: the tar reader checks every member's path and names, and an encoded
+ * copy each was several short-lived buffers outside the JS heap per member.
+ */
+export function utf8Length(name: string): number {
+  let bytes = 0;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < name.length) {
+      const d = name.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        bytes += 4;
+        i++;
+      } else bytes += 3;
+    } else bytes += 3;
+  }
+  return bytes;
+}

@@ -55,16 +55,16 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   let entries = 0;
   const build = (path: string, st: Stat, inDir: number): number => {
     const i = table.addInode(st.kind, st.mode);
-    table.uid[i] = st.uid;
-    table.gid[i] = st.gid;
-    table.mtimeSec[i] = st.mtimeSec;
-    table.mtimeNsec[i] = st.mtimeNsec;
+    table.uid.set(i, st.uid);
+    table.gid.set(i, st.gid);
+    table.mtimeSec.set(i, st.mtimeSec);
+    table.mtimeNsec.set(i, st.mtimeNsec);
     table.setRdev(i, st.rdevMajor, st.rdevMinor);
     const kind = st.kind, size = st.size, nlink = st.nlink;
     const xattrs = readXattrs(path, options);
     if (xattrs.size > 0) table.setXattrs(i, xattrs);
     if (kind === "file") {
-      table.size[i] = size;
+      table.size.set(i, size);
       if (size > 0) {
         // A hard link may be laid out under another of its names, in another directory.
         table.setData(i, inDir && nlink === 1 ? inDir : table.addRef({ kind: "path", path }), 0);

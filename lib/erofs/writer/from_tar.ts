@@ -76,7 +76,7 @@ export async function scanTar(
   const impliedDirs = new Set<number>();
   const newImpliedDir = (): number => {
     const d = table.addInode(KIND_DIR, 0o755);
-    table.mtimeSec[d] = impliedMtimeSec;
+    table.mtimeSec.set(d, impliedMtimeSec);
     impliedDirs.add(d);
     return d;
   };
@@ -255,7 +255,7 @@ export async function scanTar(
       table.setRdev(node, entry.devMajor, entry.devMinor);
     }
     if (kind === "file") {
-      table.size[node] = entry.size;
+      table.size.set(node, entry.size);
       if (entry.size > 0 && options.indexOnly) {
         if (entry.sparse) {
           throw new FormatError(
@@ -288,7 +288,7 @@ export async function scanTar(
     for (const path of devices) {
       const [dir, name] = parentOf(path);
       const device = table.addInode("chardev", 0);
-      table.mtimeSec[device] = impliedMtimeSec;
+      table.mtimeSec.set(device, impliedMtimeSec);
       setChild(dir, name, device);
     }
     for (const path of opaqueDirs) {
@@ -320,10 +320,10 @@ function setAttributes(table: NodeTable, i: number, entry: TarEntry, options: Ta
     else (xattrs as Map<string, Uint8Array>).set(name, value);
   }
   table.setMode(i, entry.mode & 0o7777);
-  table.uid[i] = entry.uid;
-  table.gid[i] = entry.gid;
-  table.mtimeSec[i] = entry.mtimeSec;
-  table.mtimeNsec[i] = entry.mtimeNsec;
+  table.uid.set(i, entry.uid);
+  table.gid.set(i, entry.gid);
+  table.mtimeSec.set(i, entry.mtimeSec);
+  table.mtimeNsec.set(i, entry.mtimeNsec);
   table.setXattrs(i, xattrs);
 }
 

@@ -225,9 +225,10 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       if (body) xattrBodies.set(i, body);
     }
     const size = sizeBytes[i];
-    const isExtended = table.uid[inode] > 0xffff || table.gid[inode] > 0xffff ||
-      nlink[i] > 0xffff || size > 0xffffffff || table.mtimeSec[inode] !== options.buildTimeSec ||
-      table.mtimeNsec[inode] !== options.buildTimeNsec;
+    const isExtended = table.uid.get(inode) > 0xffff || table.gid.get(inode) > 0xffff ||
+      nlink[i] > 0xffff || size > 0xffffffff ||
+      table.mtimeSec.get(inode) !== options.buildTimeSec ||
+      table.mtimeNsec.get(inode) !== options.buildTimeNsec;
     extended[i] = isExtended ? 1 : 0;
     const base = (isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES) +
       (xattrBodies.get(i)?.length ?? 0);
@@ -460,7 +461,7 @@ function collectTree(table: NodeTable, blockBytes: number): Tree {
     const inode = inodeOf[i];
     const kind = table.kindCode(inode);
     sizeBytes[i] = kind === KIND_FILE
-      ? table.size[inode]
+      ? table.size.get(inode)
       : kind === KIND_SYMLINK
       ? (table.targetOf(inode)?.length ?? 0)
       : kind === KIND_DIR

@@ -19,7 +19,13 @@ const encoder = new TextEncoder();
 /** Inode indexes of files with data blocks; `order` paths naming no file go to `unmatched`. */
 export function orderFiles(tree: OrderInput, order: string[], unmatched: string[]): Int32Array {
   const { table, inodeOf, indexOf, blocks, dirs } = tree;
-  let out = new Int32Array(1024);
+  // Every file with data blocks is reached once: the result's exact length, allocated once
+  // (doubling left a million-file build ~8 MB of copies for V8 to collect at its peak).
+  let files = 0;
+  for (let i = 0; i < inodeOf.length; i++) {
+    if (blocks[i] > 0 && table.kindCode(inodeOf[i]) === KIND_FILE) files++;
+  }
+  const out = new Int32Array(files);
   let length = 0;
   const taken = new Uint8Array(inodeOf.length);
   /** False when `index` is not a regular file (empty files and repeats count as found). */
@@ -27,11 +33,6 @@ export function orderFiles(tree: OrderInput, order: string[], unmatched: string[
     if (index < 0 || table.kindCode(inodeOf[index]) !== KIND_FILE) return false;
     if (blocks[index] > 0 && !taken[index]) {
       taken[index] = 1;
-      if (length === out.length) {
-        const grown = new Int32Array(out.length * 2);
-        grown.set(out);
-        out = grown;
-      }
       out[length++] = index;
     }
     return true;
@@ -54,7 +55,8 @@ export function orderFiles(tree: OrderInput, order: string[], unmatched: string[
     if (dir) stack.push({ dir, next: 0 });
     else take(target);
   }
-  return out.slice(0, length);
+  if (length !== files) throw new Error(`ordered ${length} of ${files} files with data`);
+  return out;
 }
 
 /**

@@ -23,6 +23,7 @@ import {
   NO_XATTRS,
   type NodeKind,
 } from "./tree.ts";
+import { NumberColumn } from "./number_column.ts";
 
 export const KIND_FILE = 0, KIND_DIR = 1, KIND_SYMLINK = 2, KIND_CHARDEV = 3, KIND_BLOCKDEV = 4;
 /** `DirectoryPlan.entries` values standing for "." and "..". */
@@ -103,15 +104,16 @@ export class NodeTable {
   entries = 0;
   /** kind code << 12 | permission bits. */
   kindMode = column(Uint16Array);
-  uid = column(Uint32Array);
-  gid = column(Uint32Array);
-  mtimeSec = column(Float64Array);
-  mtimeNsec = column(Uint32Array);
-  size = column(Float64Array);
+  /** Owner, mtime, a file's size: as narrow as their values allow (`NumberColumn`). */
+  readonly uid = new NumberColumn(MAX_ELEMENTS);
+  readonly gid = new NumberColumn(MAX_ELEMENTS);
+  readonly mtimeSec = new NumberColumn(MAX_ELEMENTS);
+  readonly mtimeNsec = new NumberColumn(MAX_ELEMENTS);
+  readonly size = new NumberColumn(MAX_ELEMENTS);
   /** Index into `refs` (0: no data). */
   dataRef = column(Uint32Array);
-  /** Byte offset into the data's source; allocated once an offset is not 0. */
-  dataOffset: Float64Array | undefined;
+  /** Byte offset into the data's source. */
+  readonly dataOffset = new NumberColumn(MAX_ELEMENTS);
   /** Shared data sources: `{kind: "child", dir}` per scanned directory, one per fd, …. */
   refs: (FileData | undefined)[] = [undefined];
   extras = new Map<number, Extra>();
@@ -131,25 +133,26 @@ export class NodeTable {
     if (i >= this.kindMode.length) {
       const n = i + 1;
       this.kindMode = grown(this.kindMode, n);
-      this.uid = grown(this.uid, n);
-      this.gid = grown(this.gid, n);
-      this.mtimeSec = grown(this.mtimeSec, n);
-      this.mtimeNsec = grown(this.mtimeNsec, n);
-      this.size = grown(this.size, n);
       this.dataRef = grown(this.dataRef, n);
-      if (this.dataOffset) this.dataOffset = grown(this.dataOffset, n);
+      this.#reserveNumbers(this.kindMode.length);
     }
     const code = typeof kind === "number" ? kind : KIND_CODES.indexOf(kind);
     if (code < 0) throw new Error(`unknown node kind ${kind}`);
     this.kindMode[i] = (code << KIND_SHIFT) | (mode & MODE_MASK);
-    this.uid[i] = 0;
-    this.gid[i] = 0;
-    this.mtimeSec[i] = 0;
-    this.mtimeNsec[i] = 0;
-    this.size[i] = 0;
+    this.uid.set(i, 0);
+    this.gid.set(i, 0);
+    this.mtimeSec.set(i, 0);
+    this.mtimeNsec.set(i, 0);
+    this.size.set(i, 0);
     this.dataRef[i] = 0;
-    if (this.dataOffset) this.dataOffset[i] = 0;
+    this.dataOffset.set(i, 0);
     return i;
+  }
+  #reserveNumbers(capacity: number): void {
+    for (const numbers of [this.uid, this.gid, this.mtimeSec, this.mtimeNsec, this.size]) {
+      numbers.reserve(capacity);
+    }
+    this.dataOffset.reserve(capacity);
   }
 
   kindCode(i: number): number {
@@ -168,10 +171,7 @@ export class NodeTable {
   /** Sets the data of inode `i` to shared source `ref` (from `addRef`) at `offset`. */
   setData(i: number, ref: number, offset: number): void {
     this.dataRef[i] = ref;
-    if (offset !== 0 || this.dataOffset) {
-      this.dataOffset ??= grown(column(Float64Array), this.kindMode.length);
-      this.dataOffset[i] = offset;
-    }
+    this.dataOffset.set(i, offset);
   }
   addRef(data: FileData): number {
     this.refs.push(data);
@@ -181,7 +181,7 @@ export class NodeTable {
   dataOf(i: number): FileData | undefined {
     const ref = this.refs[this.dataRef[i]];
     if (!ref) return undefined;
-    const offset = this.dataOffset?.[i] ?? 0;
+    const offset = this.dataOffset.get(i);
     if (ref.kind === "fd") return { kind: "fd", fd: ref.fd, offset };
     if (ref.kind === "tar") return { kind: "tar", offset };
     return ref;
@@ -311,13 +311,8 @@ export class NodeTable {
   trim(): void {
     const n = this.inodes, m = this.entries;
     this.kindMode = trimmed(this.kindMode, n);
-    this.uid = trimmed(this.uid, n);
-    this.gid = trimmed(this.gid, n);
-    this.mtimeSec = trimmed(this.mtimeSec, n);
-    this.mtimeNsec = trimmed(this.mtimeNsec, n);
-    this.size = trimmed(this.size, n);
     this.dataRef = trimmed(this.dataRef, n);
-    if (this.dataOffset) this.dataOffset = trimmed(this.dataOffset, n);
+    this.#reserveNumbers(n);
     this.entryParent = trimmed(this.entryParent, m);
     this.entryInode = trimmed(this.entryInode, m);
     this.nameStart = trimmed(this.nameStart, m);
@@ -328,10 +323,10 @@ export class NodeTable {
   /** Copies what `stat` shows of `node` (not its children) into inode `i`. */
   setAttributes(i: number, node: BuildNode): void {
     this.setMode(i, node.mode);
-    this.uid[i] = node.uid;
-    this.gid[i] = node.gid;
-    this.mtimeSec[i] = node.mtimeSec;
-    this.mtimeNsec[i] = node.mtimeNsec;
+    this.uid.set(i, node.uid);
+    this.gid.set(i, node.gid);
+    this.mtimeSec.set(i, node.mtimeSec);
+    this.mtimeNsec.set(i, node.mtimeNsec);
     this.setXattrs(i, node.xattrs);
   }
 
@@ -340,14 +335,14 @@ export class NodeTable {
     const kind = this.kindOf(i);
     const node = newNode(kind, {
       mode: this.modeOf(i),
-      uid: this.uid[i],
-      gid: this.gid[i],
-      mtimeSec: this.mtimeSec[i],
-      mtimeNsec: this.mtimeNsec[i],
+      uid: this.uid.get(i),
+      gid: this.gid.get(i),
+      mtimeSec: this.mtimeSec.get(i),
+      mtimeNsec: this.mtimeNsec.get(i),
     });
     node.xattrs = this.xattrsOf(i);
     if (kind === "file") {
-      node.sizeBytes = this.size[i];
+      node.sizeBytes = this.size.get(i);
       node.data = this.dataOf(i);
     } else if (kind === "symlink") {
       node.target = this.targetOf(i);
@@ -364,10 +359,10 @@ export class NodeTable {
   rootNode(): BuildNode {
     const root = newLazyDir({
       mode: this.modeOf(0),
-      uid: this.uid[0],
-      gid: this.gid[0],
-      mtimeSec: this.mtimeSec[0],
-      mtimeNsec: this.mtimeNsec[0],
+      uid: this.uid.get(0),
+      gid: this.gid.get(0),
+      mtimeSec: this.mtimeSec.get(0),
+      mtimeNsec: this.mtimeNsec.get(0),
     }, { table: this, materialize: () => this.#materialize(root) });
     root.xattrs = this.xattrsOf(0);
     return root;
@@ -419,7 +414,7 @@ function tableFromTree(root: BuildNode): NodeTable {
     const i = table.addInode(node.kind, node.mode);
     table.setAttributes(i, node);
     if (node.kind === "file") {
-      table.size[i] = node.sizeBytes;
+      table.size.set(i, node.sizeBytes);
       const data = node.data;
       if (data) {
         const shared: FileData = data.kind === "fd"

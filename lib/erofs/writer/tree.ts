@@ -4,6 +4,9 @@
  * referenced (`FileData`), never held, so memory grows with the number of entries, not their size.
  */
 import { FormatError } from "../../errors.ts";
+import { utf8Length } from "../../tar/path.ts";
+
+export { utf8Length };
 
 export type NodeKind = "file" | "dir" | "symlink" | "chardev" | "blockdev" | "fifo" | "socket";
 
@@ -305,24 +308,6 @@ export function compareNames(a: string, b: string): number {
     j += y > 0xffff ? 2 : 1;
   }
   return (a.length - i) - (b.length - j);
-}
-
-/** Bytes of `name` in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
-export function utf8Length(name: string): number {
-  let bytes = 0;
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c < 0x80) bytes += 1;
-    else if (c < 0x800) bytes += 2;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < name.length) {
-      const d = name.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        bytes += 4;
-        i++;
-      } else bytes += 3;
-    } else bytes += 3;
-  }
-  return bytes;
 }
 
 /** Children of a directory sorted by name bytes. */

@@ -191,10 +191,10 @@ function writeRecord(
     sizeBytes,
     u,
     ino: i + 1,
-    uid: table.uid[inode],
-    gid: table.gid[inode],
-    mtimeSec: table.mtimeSec[inode],
-    mtimeNsec: table.mtimeNsec[inode],
+    uid: table.uid.get(inode),
+    gid: table.gid.get(inode),
+    mtimeSec: table.mtimeSec.get(inode),
+    mtimeNsec: table.mtimeNsec.get(inode),
   });
   const offset = layout.nid[i] * INODE_SLOT_BYTES;
   out.write(offset, scratch.subarray(0, inodeBytes));

@@ -112,23 +112,38 @@ Deno.test("NodeTable: columns of every width keep 40,000 inodes and entries (gro
   table.indexNames();
   for (let i = 0; i < 40_000; i++) {
     const inode = table.addInode(i === 0 ? "dir" : "file", i & 0o7777);
-    table.uid[inode] = i;
-    table.mtimeSec[inode] = -i * 1.5;
-    table.size[inode] = i * 4099;
+    table.uid.set(inode, i);
+    table.mtimeSec.set(inode, -(i + 1) * 1.5);
+    table.size.set(inode, i * 4099);
     table.setData(inode, 0, i === 0 ? 0 : i * 512);
     if (i > 0) table.addEntry(0, `name-${i}`, inode);
   }
+  // Number columns: none while all 0, 32 bits while they fit, doubles from the first that does
+  // not (a size over 4 GiB here, after 40,000 narrow ones).
+  assert.equal(table.gid.elementBytes, 0);
+  assert.equal(table.uid.elementBytes, 4);
+  assert.equal(table.mtimeSec.elementBytes, 8);
+  assert.equal(table.size.elementBytes, 4);
+  table.size.set(39_999, 5 * 2 ** 30 + 1);
+  assert.equal(table.size.elementBytes, 8);
   table.trim();
   assert.equal(table.inodes, 40_000);
-  for (const i of [1, 8191, 8192, 16385, 39_999]) {
+  for (const i of [1, 8191, 8192, 16385, 39_998, 39_999]) {
     assert.equal(table.modeOf(i), i & 0o7777);
-    assert.equal(table.uid[i], i);
-    assert.equal(table.mtimeSec[i], -i * 1.5);
-    assert.equal(table.size[i], i * 4099);
-    assert.equal(table.dataOffset![i], i * 512);
+    assert.equal(table.uid.get(i), i);
+    assert.equal(table.gid.get(i), 0);
+    assert.equal(table.mtimeSec.get(i), -(i + 1) * 1.5);
+    assert.equal(table.size.get(i), i === 39_999 ? 5 * 2 ** 30 + 1 : i * 4099);
+    assert.equal(table.dataOffset.get(i), i * 512);
     const e = table.findEntry(0, new TextEncoder().encode(`name-${i}`));
     assert.equal(table.entryInode[e], i);
     assert.equal(table.nameOf(e), `name-${i}`);
   }
   assert.equal(table.findEntry(0, new TextEncoder().encode("name-40000")), -1);
+  // Room made after a trim reads 0 and takes new values.
+  const more = table.addInode("file", 0o644);
+  assert.equal(table.size.get(more), 0);
+  table.size.set(more, 7);
+  assert.equal(table.size.get(more), 7);
+  assert.equal(table.size.get(39_999), 5 * 2 ** 30 + 1);
 });
