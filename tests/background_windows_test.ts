@@ -27,7 +27,10 @@ const LISTED = [0, 2, 4, 6, 8, 10];
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function setUp(admitted: number[] = []) {
+async function setUp(
+  admitted: number[] = [],
+  lanes: { idleInFlight?: number; pieceBytes?: number } = {},
+) {
   const dir = await Deno.makeTempDir();
   const cache = DiskCache.open({ dir, chunkBytes: CHUNK })!;
   const inner = new MemorySource(image);
@@ -42,6 +45,7 @@ async function setUp(admitted: number[] = []) {
     sizeBytes: image.length,
     fill: (offset, length) => disk.fillAhead(offset, length),
     inFlight: 2,
+    ...lanes,
     admit: (w) => admitted.includes(w),
     activity: () => served.readActivity(),
   });
@@ -73,7 +77,7 @@ Deno.test("windowDelayMs: a recent data read goes at once, pinned-only reads hol
 });
 
 Deno.test("background windows: none fetched while only pinned pages are read, all after a quiet", async () => {
-  const t = await setUp();
+  const t = await setUp([], { pieceBytes: 2 * CHUNK });
   try {
     await t.readPinned(0); // a walk has begun before the windows start
     const done = t.windows.start();
@@ -91,6 +95,9 @@ Deno.test("background windows: none fetched while only pinned pages are read, al
       assert.deepEqual(got, image.subarray(w * WINDOW, (w + 1) * WINDOW), `window ${w}`);
     }
     assert.equal(t.windows.pendingCount, 0);
+    // Nothing but pinned pages was read: one fill at a time, in pieces.
+    assert.equal(t.inner.maxInFlight, 1);
+    assert(t.inner.reads.every((r) => r.length <= 2 * CHUNK), JSON.stringify(t.inner.reads));
   } finally {
     await t.cleanUp();
   }
@@ -131,7 +138,7 @@ Deno.test("background windows: a data read starts them during a walk, its window
 });
 
 Deno.test("background windows: a demand read does not wait for the windows in flight", async () => {
-  const t = await setUp();
+  const t = await setUp([], { idleInFlight: 2 });
   // Window fetches (longer than a chunk) hang until released; a demand read's chunk does not.
   let release!: () => void;
   const released = new Promise<void>((resolve) => release = resolve);

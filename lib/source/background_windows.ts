@@ -28,6 +28,8 @@ export interface ReadActivity {
 export const METADATA_WALK_QUIET_MS = 200;
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
+/** How often a lane that runs only while file data is read looks again. */
+const LANE_POLL_MS = 20;
 
 /**
  * Milliseconds to wait before the next window may start, given the reads' last times (0: now).
@@ -46,8 +48,16 @@ export interface BackgroundWindowsOptions {
   sizeBytes: number;
   /** Fills [offset, offset + length) (missing chunks only); settles when done, never rejects. */
   fill(offset: number, length: number): Promise<void>;
-  /** Fills in flight at most. */
+  /** Fills in flight at most while file data is being read. */
   inFlight: number;
+  /** Fills in flight at most otherwise (idle, or before anything was read). Default 1. */
+  idleInFlight?: number;
+  /**
+   * Unless file data is being read, a window is filled in pieces of this many bytes, one after
+   * the other, the rules checked before each (default: whole windows): what is in flight when
+   * a walk begins is then small.
+   */
+  pieceBytes?: number;
   /**
    * Asked before a window not in `starts` is added because file data was read in it (the
    * caller's budget of window bytes); false: not added.
@@ -128,8 +138,18 @@ export class BackgroundWindows {
   #spawn(): void {
     while (this.#working < this.#options.inFlight) {
       this.#working++;
-      this.#workers.push(this.#work().finally(() => this.#working--));
+      this.#workers.push(this.#work(this.#working - 1).finally(() => this.#working--));
     }
+  }
+
+  /** Milliseconds worker `lane` waits before its next fill (0: now). */
+  #delayMs(lane: number): number {
+    const activity = this.#options.activity();
+    const now = performance.now();
+    const delayMs = windowDelayMs(activity, now);
+    if (delayMs > 0 || lane < (this.#options.idleInFlight ?? 1)) return delayMs;
+    // The lanes past the idle ones run only while file data is being read.
+    return this.#dataRecent() ? 0 : LANE_POLL_MS;
   }
 
   #take(): number | undefined {
@@ -145,20 +165,36 @@ export class BackgroundWindows {
     return undefined;
   }
 
-  async #work(): Promise<void> {
+  async #work(lane: number): Promise<void> {
     const { windowBytes, sizeBytes, signal } = this.#options;
+    const pieceBytes = Math.min(windowBytes, this.#options.pieceBytes ?? windowBytes);
     while (this.#pending.size && !signal?.aborted) {
-      const delayMs = windowDelayMs(this.#options.activity(), performance.now());
-      if (delayMs > 0) {
-        await sleep(delayMs);
-        continue;
-      }
+      if (await this.#waited(lane)) continue;
       const w = this.#take();
       if (w === undefined) return;
       this.#seen.add(w);
-      const start = w * windowBytes;
-      this.fills++;
-      await this.#options.fill(start, Math.min(windowBytes, sizeBytes - start));
+      const end = Math.min(sizeBytes, (w + 1) * windowBytes);
+      for (let at = w * windowBytes; at < end && !signal?.aborted;) {
+        if (at > w * windowBytes && await this.#waited(lane)) continue;
+        // While file data is read, the rest of the window in one fetch (a GET costs the
+        // registry ~3.5 ms of CPU whatever its size); in pieces otherwise.
+        const length = this.#dataRecent() ? end - at : Math.min(pieceBytes, end - at);
+        this.fills++;
+        await this.#options.fill(at, length);
+        at += length;
+      }
     }
+  }
+
+  #dataRecent(): boolean {
+    return performance.now() - this.#options.activity().dataMs < DATA_READ_RECENT_MS;
+  }
+
+  /** Waits if this lane may not fill now; true if it waited (ask again). */
+  async #waited(lane: number): Promise<boolean> {
+    const delayMs = this.#delayMs(lane);
+    if (delayMs <= 0) return false;
+    await sleep(delayMs);
+    return true;
   }
 }
