@@ -104,7 +104,7 @@ export function alignTarIndex(
     if (data?.kind !== "tar") throw new FormatError(`${what}: a file without a tar offset`);
     extents.deviceStart[k] = layout.blockAddress[i] * ALIGNED_BLOCK_BYTES;
     extents.tarStart[k] = data.offset;
-    extents.length[k] = layout.sizeBytes[i];
+    extents.length[k] = layout.sizeOf(i);
   }
   checkTarRanges(extents, Math.min(tree.tarBytes, options.tarLimitBytes ?? Infinity), what);
   const image = writeMetadata(

@@ -99,15 +99,21 @@ export interface ImageLayout {
   inodeOf: Int32Array;
   /** Per table inode: its inode index (-1: not in the image). */
   indexOf: Int32Array;
-  /** Per inode index: the table entry it was first reached by (-1 for the root). */
+  /**
+   * Per inode index: the table entry it was first reached by (-1 for the root); only when some
+   * file's data is named by its entry (`{kind: "child"}`, a directory scan), else empty.
+   */
   entryOf: Int32Array;
   /** Per inode: nid (its byte offset is nid * 32; metadata is far below 128 GiB). */
   nid: Uint32Array;
   nlink: Uint32Array;
   /** Per inode: 1 when it needs the 64-byte extended form. */
   extended: Uint8Array;
-  /** Per inode: i_size (regular files: the data; directories: their entries; symlinks). */
-  sizeBytes: Float64Array;
+  /**
+   * i_size of inode index `i` (regular files: the data; directories: their entries; symlinks:
+   * the target), kept in the table's size column (the layout sets directories' and symlinks').
+   */
+  sizeOf(i: number): number;
   /** Per inode: bytes of the last partial block kept after the inode (FLAT_INLINE). */
   inlineTailBytes: Uint16Array;
   /** Per inode: blocks of data outside the inode, and the first of them. */
@@ -147,7 +153,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const inlineMax = options.inlineTailMaxBytes ?? DEFAULT_INLINE_TAIL_MAX_BYTES;
   const table = tableOf(root);
   const tree = collectTree(table, blockBytes);
-  const { inodeOf, nlink, sizeBytes, dirs } = tree;
+  const { inodeOf, nlink, dirs } = tree;
   const count = inodeOf.length;
   const kindCode = (i: number) => table.kindCode(inodeOf[i]);
 
@@ -224,7 +230,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       const body = encodeXattrBody(ids, inline);
       if (body) xattrBodies.set(i, body);
     }
-    const size = sizeBytes[i];
+    const size = table.size.get(inode);
     const isExtended = table.uid.get(inode) > 0xffff || table.gid.get(inode) > 0xffff ||
       nlink[i] > 0xffff || size > 0xffffffff ||
       table.mtimeSec.get(inode) !== options.buildTimeSec ||
@@ -301,10 +307,10 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     inodeOf,
     indexOf: tree.indexOf,
     entryOf: tree.entryOf,
+    sizeOf: (i) => table.size.get(inodeOf[i]),
     nid,
     nlink,
     extended,
-    sizeBytes,
     inlineTailBytes,
     blocks,
     blockAddress,
@@ -346,7 +352,6 @@ interface Tree {
   indexOf: Int32Array;
   entryOf: Int32Array;
   nlink: Uint32Array;
-  sizeBytes: Float64Array;
   dirs: Map<number, DirectoryPlan>;
 }
 
@@ -371,19 +376,19 @@ function collectTree(table: NodeTable, blockBytes: number): Tree {
   }
   const indexOf = new Int32Array(inodes).fill(-1);
   const inodeOf = new Int32Array(inodes);
-  const entryOf = new Int32Array(inodes);
+  // Names of files are needed only for data a directory scan shares per directory.
+  const entryOf = new Int32Array(table.refs.some((ref) => ref?.kind === "child") ? inodes : 0);
   const nlink = new Uint32Array(inodes);
   let count = 0;
   const add = (inode: number, entry: number): number => {
     indexOf[inode] = count;
     inodeOf[count] = inode;
-    entryOf[count] = entry;
+    if (entryOf.length > 0) entryOf[count] = entry;
     return count++;
   };
   add(0, -1);
   nlink[0] = 2;
   const dirs = new Map<number, DirectoryPlan>();
-  const dirSizes = new Map<number, number>();
   const pool = table.pool, nameStart = table.nameStart, nameLength = table.nameLength;
   const compareEntries = (a: number, b: number): number => {
     const la = nameLength[a], lb = nameLength[b];
@@ -452,30 +457,23 @@ function collectTree(table: NodeTable, blockBytes: number): Tree {
     const lengths = Array.from(merged, (e) => e === DOT ? 1 : e === DOTDOT ? 2 : nameLength[e]);
     const packed = packDirectory(lengths, blockBytes);
     dirs.set(dir, { self: dir, parent, entries: merged, perBlock: packed.perBlock });
-    dirSizes.set(dir, packed.sizeBytes);
+    table.size.set(inodeOf[dir], packed.sizeBytes);
   }
   releaseArray(childList);
   releaseArray(childStart);
-  const sizeBytes = new Float64Array(count);
-  for (let i = 0; i < count; i++) {
-    const inode = inodeOf[i];
-    const kind = table.kindCode(inode);
-    sizeBytes[i] = kind === KIND_FILE
-      ? table.size.get(inode)
-      : kind === KIND_SYMLINK
-      ? (table.targetOf(inode)?.length ?? 0)
-      : kind === KIND_DIR
-      ? dirSizes.get(i)!
-      : 0;
+  // Symlinks' sizes join the table's (files' are there, directories' set above; others 0).
+  for (const inode of table.extras.keys()) {
+    if (table.kindCode(inode) === KIND_SYMLINK) {
+      table.size.set(inode, table.targetOf(inode)?.length ?? 0);
+    }
   }
   // Every inode is reachable unless a tar member replaced some: copy only then.
   const fit = (a: Int32Array) => count === inodes ? a : a.slice(0, count);
   return {
     inodeOf: fit(inodeOf),
     indexOf,
-    entryOf: fit(entryOf),
+    entryOf: entryOf.length > 0 ? fit(entryOf) : entryOf,
     nlink: count === inodes ? nlink : nlink.slice(0, count),
-    sizeBytes,
     dirs,
   };
 }

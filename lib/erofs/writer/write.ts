@@ -110,14 +110,14 @@ export function writeImage(layout: ImageLayout, fd: number, options: WriteOption
     };
   }
 
-  const { sizeBytes: sizes, blocks, blockAddress } = layout;
+  const { blocks, blockAddress } = layout;
   let totalData = 0;
-  for (const i of layout.dataOrder) totalData += Math.min(sizes[i], blocks[i] * bs);
+  for (const i of layout.dataOrder) totalData += Math.min(layout.sizeOf(i), blocks[i] * bs);
   let done = 0;
   options.onProgress?.(0, totalData);
   const batch = new BlockBatch(fd, bs);
   for (const i of layout.dataOrder) {
-    const length = Math.min(sizes[i], blocks[i] * bs);
+    const length = Math.min(layout.sizeOf(i), blocks[i] * bs);
     const at = blockAddress[i] * bs;
     const tailBytes = layout.inlineTailBytes[i];
     withSource(layout, i, (src, offset, what) => {
@@ -168,7 +168,7 @@ function writeRecord(
   const isExtended = layout.extended[i] === 1;
   const inodeBytes = isExtended ? EXTENDED_INODE_BYTES : COMPACT_INODE_BYTES;
   const inlineTailBytes = layout.inlineTailBytes[i];
-  const sizeBytes = layout.sizeBytes[i];
+  const sizeBytes = layout.sizeOf(i);
   const xattrBody = layout.xattrBodies.get(i);
   const chunkBits = layout.chunkBits?.[i] ?? 0;
   let u = layout.blockAddress[i];
@@ -274,7 +274,7 @@ function metadataContents(i: number, layout: ImageLayout): Uint8Array | undefine
       fileType: fileTypeOf(layout.kindOf(target)),
     };
   });
-  return encodeDirectory(entries, dir.perBlock, layout.sizeBytes[i], layout.blockBytes);
+  return encodeDirectory(entries, dir.perBlock, layout.sizeOf(i), layout.blockBytes);
 }
 
 /** Runs `use` on an open descriptor of inode `i`'s data (closed afterwards when opened here). */
