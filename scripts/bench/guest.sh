@@ -118,7 +118,8 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Where a mount's seconds went → "NAME<TAB>SECONDS<TAB>EVENT" lines in mount-timeline.tsv, in
 # seconds since the mount command started ($2): the server process's exec (/proc start time,
 # 10 ms ticks), then each line its log has up to "ready" (the server starts logging once the
-# CLI has resolved the image and handed it the spec), then the mount command's return ($3).
+# CLI has resolved the image and handed it the spec), the start-up marks of the CLI and the
+# server (EROFS_OCI_TIMING file timing-$5.txt), then the mount command's return ($3).
 mount_timeline() {
   local name=$1 t0=$2 t1=$3 pid=$4 ticks up log line stamp
   {
@@ -138,8 +139,12 @@ mount_timeline() {
         done <"$log"
       fi
     fi
+    # "timing PID LABEL… EPOCH-MS +MS" lines of lib/timing.ts (the mount's, when it has them).
+    [ -f "$work/timing-$5.txt" ] && awk -v a="$t0" -v n="$name" '$1 == "timing" {
+      label = $3; for (i = 4; i < NF - 1; i++) label = label " " $i
+      printf "%s\t%.2f\tmark %s (pid %s)\n", n, $(NF - 1) / 1000 - a, label, $2 }' "$work/timing-$5.txt"
     awk -v a="$t0" -v b="$t1" -v n="$name" 'BEGIN { printf "%s\t%.2f\tmount command returned\n", n, b - a }'
-  } >>"$out/mount-timeline.tsv"
+  } | sort -t $'\t' -k2,2g >>"$out/mount-timeline.tsv"
 }
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -233,7 +238,7 @@ measure() {
   mount_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   dev=$(block_device_of "$dir")
   pid=$("$pid_fn" "$dir")
-  [[ $name == erofs-oci* ]] && mount_timeline "$name" "$t0" "$t1" "$pid"
+  [[ $name == erofs-oci* ]] && mount_timeline "$name" "$t0" "$t1" "$pid" "$(basename "$dir")"
   rss_mount=0
   [ -n "$pid" ] && rss_mount=$(rss_kb "$pid")
   sleep 0.3 # let the access log catch up before counting
@@ -306,14 +311,15 @@ local_umount() { umount "$1"; }
 
 # Each variant starts from an empty disk cache of its own: a cold mount fetches from the
 # registry (the default /var/cache/erofs-oci would serve a later variant from disk).
+# EROFS_OCI_TIMING: the CLI and its server append their start-up marks (lib/timing.ts) there.
 cold_cache() { echo "$work/disk-cache/$(basename "$1")"; }
 oci_nbd_mount() {
-  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") cli mount "$ref" "$1" --backend nbd \
-    >"$work/mount-$(basename "$1").log" 2>&1
+  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") EROFS_OCI_TIMING=$work/timing-$(basename "$1").txt \
+    cli mount "$ref" "$1" --backend nbd >"$work/mount-$(basename "$1").log" 2>&1
 }
 oci_fuse_mount() {
-  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") cli mount "$ref" "$1" --backend fuse \
-    >"$work/mount-$(basename "$1").log" 2>&1
+  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") EROFS_OCI_TIMING=$work/timing-$(basename "$1").txt \
+    cli mount "$ref" "$1" --backend fuse >"$work/mount-$(basename "$1").log" 2>&1
 }
 oci_umount() { cli umount "$1"; }
 oci_pid() {
