@@ -364,16 +364,13 @@ const DOT_BYTES = new Uint8Array([0x2e]), DOTDOT_BYTES = new Uint8Array([0x2e, 0
 function collectTree(table: NodeTable, blockBytes: number): Tree {
   const inodes = table.inodes, entries = table.entries;
   // Each directory's entries in entry order: a counting sort by parent.
-  const childStart = scratchArray(Uint32Array, inodes + 1);
-  for (let e = 0; e < entries; e++) childStart[table.entryParent[e] + 1]++;
-  for (let i = 0; i < inodes; i++) childStart[i + 1] += childStart[i];
+  // One array for counts, fill positions and starts (no second one of `inodes`): counted at
+  // p + 2, summed, then filled from p + 1, which leaves [childStart[p], childStart[p + 1]).
+  const childStart = scratchArray(Uint32Array, inodes + 2);
+  for (let e = 0; e < entries; e++) childStart[table.entryParent[e] + 2]++;
+  for (let i = 0; i <= inodes; i++) childStart[i + 1] += childStart[i];
   const childList = scratchArray(Int32Array, entries);
-  {
-    const fill = scratchArray(Uint32Array, inodes);
-    fill.set(childStart.subarray(0, inodes));
-    for (let e = 0; e < entries; e++) childList[fill[table.entryParent[e]]++] = e;
-    releaseArray(fill);
-  }
+  for (let e = 0; e < entries; e++) childList[childStart[table.entryParent[e] + 1]++] = e;
   const indexOf = new Int32Array(inodes).fill(-1);
   const inodeOf = new Int32Array(inodes);
   // Names of files are needed only for data a directory scan shares per directory.
