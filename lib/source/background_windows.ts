@@ -1,8 +1,9 @@
 /**
- * The background windows of a scattered image (prefetched.ts, issue 12): after the mount is
- * ready, the aligned windows around the listed metadata are filled through the disk cache, a few
- * at a time, because mkfs.erofs puts each directory's files next to it and an application
- * starting up reads files of a few directories (cold python: 40 GETs without them, 5 with).
+ * The background windows of a scattered image (prefetched.ts, issue 12): once the mount is
+ * ready and file data is read, the aligned windows around the listed metadata are filled through
+ * the disk cache, a few at a time, because mkfs.erofs puts each directory's files next to it and
+ * an application starting up reads files of a few directories (cold python: 40 GETs without
+ * them, 5 with).
  *
  * Two rules decide when and in which order, from what the mount is being asked:
  * - While only pinned pages are read (a metadata walk such as a cold `find`, served by the FUSE

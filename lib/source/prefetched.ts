@@ -317,12 +317,6 @@ export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
 const SCATTERED_WINDOWS = 8;
 /** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
-/**
- * Until file data is read, background windows are fetched in pieces of this size: a cold find
- * that begins meanwhile shares the CPU with 2 × 2 MiB of fetch, hash and write, not 2 × 4 MiB
- * (bench image: 1 MiB pieces one at a time fetched only 8 of 26 windows before python began).
- */
-const WINDOW_PIECE_BYTES = 2 << 20;
 
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
@@ -432,8 +426,8 @@ export async function prefetchErofsMetadata(
       if (!withMetadata.has(w + 1) && withMetadata.has(w + 2)) queue((w + 1) * size);
     }
     starts.sort((a, b) => a - b);
-    // From now on, paced by what the mount is asked (background_windows.ts): none while only
-    // pinned pages are read (a cold find), the window of each file-data read first.
+    // Paced by what the mount is asked (background_windows.ts): none while only pinned pages
+    // are read (a walk), the window of each file-data read first.
     const windows = new BackgroundWindows({
       starts,
       windowBytes: size,
@@ -441,7 +435,6 @@ export async function prefetchErofsMetadata(
       fill: (start, length) => Promise.resolve(fillAhead(start, length)),
       inFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
       idleInFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
-      pieceBytes: WINDOW_PIECE_BYTES,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -456,7 +449,11 @@ export async function prefetchErofsMetadata(
       signal: options.signal,
     });
     target.onDataRead((offset, length) => windows.promote(offset, length));
-    windows.start();
+    // Not before file data is read: started at ready (in 2 MiB pieces while idle), they ran
+    // into the cold find that follows a mount and slowed python at load 5 (bench-host, 3 pairs:
+    // python 1.52-2.53 s against 1.39-2.00 s); they only looked better at load 8-11, where the
+    // bench's ~1 s between mount and find left them idle time.
+    target.whenDataRead().then(() => windows.start());
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).
