@@ -5,7 +5,7 @@
  * (takeServerSpawnedAhead), and main.ts discards one nobody took.
  */
 import { chooseBackend } from "../mount/backend_choice.ts";
-import { spawnServerAhead } from "../daemon/server_process.ts";
+import { spawnServerAhead } from "../daemon/server_spawn.ts";
 
 /** Spawns the mount server for `argv` (mount's arguments) when a mount is likely to run. */
 export function spawnMountServerAhead(argv: string[]): void {

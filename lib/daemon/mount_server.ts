@@ -9,7 +9,8 @@ import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
-import { type HandedSpec, PRESTART_FUSE_READER_ENV, takeHandedSettings } from "./server_process.ts";
+import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
+import { PRESTART_FUSE_READER_ENV } from "./server_spawn.ts";
 import {
   type MetadataLoader,
   metadataLoaderOf,

@@ -1,6 +1,6 @@
 /** The detached mount server as a process: starting it until it is ready, stopping it. */
 import { MountError, UserError } from "../errors.ts";
-import { selfCommand } from "./self_exec.ts";
+import { type ServerChild, spawnServerChild, takeSpawnedAhead } from "./server_spawn.ts";
 import type { ReadyMessage } from "./mount_server.ts";
 import { controlRequest } from "./control.ts";
 import { mark } from "../timing.ts";
@@ -11,25 +11,12 @@ import {
   logPath,
   type MountSpec,
   processStartTicks,
-  SERVER_COMMAND,
   serverAlive,
   type ServerProcess,
 } from "../state/runtime.ts";
 
 /** How long `mount` waits for the server to attach every layer. */
 const READY_TIMEOUT_MS = 120_000;
-
-/**
- * The server's memory settings, unless the caller set them: V8's young generation at 1 MiB
- * per semispace instead of growing to 16 (the server's garbage is short-lived request
- * buffers), and glibc's mmap threshold fixed at 128 KiB, so freed fetch buffers go back to
- * the kernel instead of raising the threshold and staying in malloc arenas. Host benchmark,
- * cold read of the 136 MB image: server peak RSS 181-198 -> 157 MB, RSS after it 181 -> 117 MB.
- */
-const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
-  [["DENO_V8_FLAGS", "--max-semi-space-size=1"], ["MALLOC_MMAP_THRESHOLD_", "131072"]]
-    .filter(([name]) => Deno.env.get(name) === undefined),
-);
 
 /**
  * What the server reads on stdin: the spec, and this program's settings (EROFS_OCI_*) as they
@@ -55,9 +42,6 @@ export function takeHandedSettings(handed: HandedSpec): MountSpec {
   }
   return spec;
 }
-
-/** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
-export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
 
 /** A server that reported ready; `startTicks` identifies the process beyond its pid. */
 export type ReadyServer = Extract<ReadyMessage, { ok: true }> & { startTicks?: string };
@@ -89,17 +73,10 @@ export interface SpawnedServer {
  * of this second Deno (runtime, modules: ~0.1 s of CPU) with resolving the image.
  */
 export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): SpawnedServer {
-  const [program, ...args] = selfCommand([SERVER_COMMAND]);
-  const child = new Deno.Command(program, {
-    args,
-    env: backend === "fuse"
-      ? { ...SERVER_MEMORY_ENV, [PRESTART_FUSE_READER_ENV]: "1" }
-      : SERVER_MEMORY_ENV,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: foreground ? "inherit" : "null",
-    detached: !foreground,
-  }).spawn();
+  return spawnedServer(spawnServerChild(foreground, backend));
+}
+
+function spawnedServer({ child, foreground }: ServerChild): SpawnedServer {
   let started = false;
   return {
     start: (spec, metadata) => {
@@ -120,42 +97,27 @@ export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): Spaw
   };
 }
 
-let spawnedAhead:
-  | { server: SpawnedServer; foreground: boolean; backend?: "nbd" | "fuse" }
-  | undefined;
-
 /**
- * Spawns the server of a `mount` whose own modules are still loading (lib/cli/main.ts), so
- * the second Deno's start-up begins ~50-100 ms earlier; `mount` takes it with
- * takeServerSpawnedAhead. Its EROFS_OCI_* settings come with the spec, as for any early spawn.
- */
-export function spawnServerAhead(foreground: boolean, backend?: "nbd" | "fuse"): void {
-  if (spawnedAhead) return;
-  spawnedAhead = { server: spawnServer(foreground, backend), foreground, backend };
-  mark("cli: server spawned ahead");
-}
-
-/**
- * The server spawned ahead, if it was spawned for this `foreground` and backend (else it is
- * discarded: the command line meant something else than the early look at it guessed).
+ * The server spawned ahead (server_spawn.ts), if it was spawned for this `foreground` and
+ * backend (else it is discarded: the command line meant something else than the early look
+ * at it guessed).
  */
 export async function takeServerSpawnedAhead(
   foreground: boolean,
   backend?: "nbd" | "fuse",
 ): Promise<SpawnedServer | undefined> {
-  const ahead = spawnedAhead;
-  spawnedAhead = undefined;
+  const ahead = takeSpawnedAhead();
   if (!ahead) return undefined;
-  if (ahead.foreground === foreground && ahead.backend === backend) return ahead.server;
-  await ahead.server.discard();
+  const server = spawnedServer(ahead);
+  if (ahead.foreground === foreground && ahead.backend === backend) return server;
+  await server.discard();
   return undefined;
 }
 
 /** Ends a server spawned ahead that no `mount` took (a usage error, a refused target…). */
 export async function discardServerSpawnedAhead(): Promise<void> {
-  const ahead = spawnedAhead;
-  spawnedAhead = undefined;
-  await ahead?.server.discard();
+  const ahead = takeSpawnedAhead();
+  if (ahead) await spawnedServer(ahead).discard();
 }
 
 async function handOver(
