@@ -5,6 +5,8 @@
 # (mkfs.erofs --tar=f). Prints wall and CPU time and peak RSS of each build,
 # image sizes, fsck.erofs of ours, and the packed-layout effect: how many pages / 2 MiB chunks
 # (= registry GETs of a lazy mount's cache) hold the metadata a cold `find` needs.
+# The lazy-mount GETs and times also go to .cache/bench/build-latest.json (README speed table:
+# scripts/bench/readme_table.ts).
 # Usage: scripts/bench-build.sh [WORK_DIR]   (default: a temp dir, removed at the end)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

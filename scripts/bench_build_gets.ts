@@ -4,11 +4,21 @@
  * mounted with `erofs-oci mount --backend fuse`, and the blob GETs in the registry's access log
  * are counted for the mount, a cold `find`, and a cold full read (`tar cf /dev/null`), with the
  * reads of the mount's metadata prefetch walk (from the server log).
+ * Writes the same as JSON to .cache/bench/build-latest.json (with the machine, load and commit)
+ * for scripts/bench/readme_table.ts.
  * Usage: deno run -A scripts/bench_build_gets.ts NAME=IMAGE...
  */
 import { startRegistry } from "../tests/_support/registry.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
+import { loadNow, runInfo } from "./bench/run_info.ts";
+
+const loadBefore = loadNow();
+const images: {
+  name: string;
+  gets: { mount: number; find: number; fullRead: number };
+  seconds: { find: number; fullRead: number };
+}[] = [];
 
 await using registry = await startRegistry({ auth: "none" });
 const blobGets = async () =>
@@ -59,7 +69,20 @@ for (const arg of Deno.args) {
         walkReads,
       ].join("\t"),
     );
+    images.push({
+      name,
+      gets: {
+        mount: afterMount - before,
+        find: afterFind - afterMount,
+        fullRead: afterRead - afterFind,
+      },
+      seconds: { find: findSeconds, fullRead: readSeconds },
+    });
   } finally {
     await sandbox.cleanup();
   }
 }
+
+const out = `${import.meta.dirname}/../.cache/bench/build-latest.json`;
+Deno.mkdirSync(`${import.meta.dirname}/../.cache/bench`, { recursive: true });
+Deno.writeTextFileSync(out, JSON.stringify({ ...runInfo(loadBefore), images }, null, 2) + "\n");

@@ -12,6 +12,8 @@
  * (MS: added to every blob GET, a crude RTT; --compare-erofs: the same tree built into an EROFS
  * layer with `erofs-oci build`, mounted and read the same way, to separate the tar-index
  * cost from the FUSE path's)
+ * The figures also go to .cache/bench/gzip-mount-latest.json (one entry per step of each run,
+ * with the machine, load and commit) for scripts/bench/readme_table.ts.
  */
 import { parseArgs } from "node:util";
 import { startRegistry } from "../tests/_support/registry.ts";
@@ -19,6 +21,22 @@ import { pushImage } from "../tests/_support/oci_raw.ts";
 import { isBlobGet, startFaultProxy } from "../tests/_support/fault_proxy.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox, serverPids } from "../tests/_support/mounts.ts";
+import { loadNow, runInfo } from "./bench/run_info.ts";
+
+const loadBefore = loadNow();
+/** One per measured step of each run: what gzip-mount-latest.json holds. */
+interface StepRecord {
+  run: number;
+  step: string;
+  seconds: number;
+  gets: number;
+  fetchedBytes: number;
+  cpuSeconds?: number;
+  mountSeconds?: number;
+  serverPeakRssMb?: number;
+}
+const records: StepRecord[] = [];
+let currentRun = 0;
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -127,12 +145,18 @@ async function withMount(
     console.log(`  mount ${sec.toFixed(2)} s`);
     dropCaches();
     const cpuBefore = serverCpuSec(sandbox.runtimeDir);
+    const firstRecord = records.length;
     await fn(sandbox.target, sandbox.runtimeDir);
+    const peakMb = serverPeakMb(sandbox.runtimeDir);
     console.log(
       `  ${"".padEnd(40)} server CPU ${
         (serverCpuSec(sandbox.runtimeDir) - cpuBefore).toFixed(2)
-      } s, peak RSS ${serverPeakMb(sandbox.runtimeDir)} MB`,
+      } s, peak RSS ${peakMb} MB`,
     );
+    for (const r of records.slice(firstRecord)) {
+      r.mountSeconds = sec;
+      r.serverPeakRssMb = peakMb;
+    }
     await runCli(["umount", sandbox.target], { env });
   } finally {
     await sandbox.cleanup();
@@ -165,7 +189,21 @@ function serverPeakMb(runtimeDir: string): number {
   return Math.round(kb / 1024);
 }
 
-function line(label: string, sec: number, fetched: { bytes: number; gets: number }): void {
+function line(
+  label: string,
+  sec: number,
+  fetched: { bytes: number; gets: number },
+  step: string,
+  cpuSeconds?: number,
+): void {
+  records.push({
+    run: currentRun,
+    step,
+    seconds: sec,
+    gets: fetched.gets,
+    fetchedBytes: fetched.bytes,
+    cpuSeconds,
+  });
   console.log(
     `  ${label.padEnd(40)} ${sec.toFixed(2).padStart(6)} s  ` +
       `${(fetched.bytes / 1e6).toFixed(1).padStart(6)} MB fetched (${
@@ -178,12 +216,13 @@ const steps = new Set(values.steps.split(","));
 const tenth = Math.ceil(files.length / 10);
 const sorted = [...files].sort();
 for (let run = 0; run < Number(values.runs); run++) {
+  currentRun = run + 1;
   console.log(`run ${run + 1}`);
   if (steps.has("first")) {
     await withMount(async (root) => {
       const mark = proxy.requests.length;
       const [sec] = await timed(() => readAll(root, [files[Math.floor(files.length / 2)]]));
-      line("first file (middle of the tar)", sec, fetchedSince(mark));
+      line("first file (middle of the tar)", sec, fetchedSince(mark), "first");
     });
   }
   if (steps.has("tenth")) {
@@ -193,7 +232,12 @@ for (let run = 0; run < Number(values.runs); run++) {
       const chosen = files.slice(start, start + tenth);
       const [sec] = await timed(() => readAll(root, chosen));
       const bytes = chosen.reduce((n, f) => n + Deno.statSync(`${root}/${f}`).size, 0);
-      line(`10 % of files, tar order (${(bytes / 1e6).toFixed(1)} MB)`, sec, fetchedSince(mark));
+      line(
+        `10 % of files, tar order (${(bytes / 1e6).toFixed(1)} MB)`,
+        sec,
+        fetchedSince(mark),
+        "tenth",
+      );
       if (Deno.env.get("BENCH_RANGES")) {
         console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
       }
@@ -203,14 +247,14 @@ for (let run = 0; run < Number(values.runs); run++) {
     await withMount(async (root) => {
       const mark = proxy.requests.length;
       const [sec] = await timed(() => readAll(root, sorted.filter((_, i) => i % 10 === 0)));
-      line("every 10th file, path order", sec, fetchedSince(mark));
+      line("every 10th file, path order", sec, fetchedSince(mark), "every10th");
     });
   }
   if (steps.has("full")) {
     await withMount(async (root) => {
       const mark = proxy.requests.length;
       const [sec, cpu] = await timed(() => shell(`tar -C '${root}' -cf - . | wc -c > /dev/null`));
-      line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark));
+      line("cold full read (tar cf - . | wc)", sec, fetchedSince(mark), "full", cpu);
       console.log(`  ${"".padEnd(40)} reader CPU ${cpu.toFixed(2)} s (tar, wc)`);
       if (Deno.env.get("BENCH_RANGES")) {
         console.log(proxy.requests.slice(mark).map((r) => r.range).join(" "));
@@ -229,11 +273,23 @@ for (let run = 0; run < Number(values.runs); run++) {
         }).output();
         if (!out.success) throw new Error("dd of the device failed");
       });
-      line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark));
+      line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark), "device");
     });
   }
   if (values["compare-erofs"]) await compareErofs();
   if (steps.has("curl")) await curlGunzipTar();
+}
+{
+  const dir = `${import.meta.dirname}/../.cache/bench`;
+  Deno.mkdirSync(dir, { recursive: true });
+  const record = {
+    ...runInfo(loadBefore),
+    layerBytes,
+    diskCache: Boolean(values["disk-cache"]),
+    delayMs,
+    steps: records,
+  };
+  Deno.writeTextFileSync(`${dir}/gzip-mount-latest.json`, JSON.stringify(record, null, 2) + "\n");
 }
 
 async function curlGunzipTar(): Promise<void> {
@@ -244,7 +300,7 @@ async function curlGunzipTar(): Promise<void> {
     const [sec, cpu] = await timed(() =>
       shell(`curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`)
     );
-    line("curl | gunzip | tar x", sec, fetchedSince(mark));
+    line("curl | gunzip | tar x", sec, fetchedSince(mark), "curl", cpu);
     console.log(`  ${"".padEnd(40)} CPU ${cpu.toFixed(2)} s (curl, gunzip, tar)`);
   } finally {
     await Deno.remove(extract, { recursive: true });

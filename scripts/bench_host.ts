@@ -19,10 +19,13 @@ import { startRegistry } from "../tests/_support/registry.ts";
 import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
+import { loadNow, runInfo } from "./bench/run_info.ts";
 
 const [image, out = ".cache/bench/host-latest.json"] = Deno.args;
 if (!image) throw new Error("usage: bench_host.ts IMAGE [OUT]");
 const imageBytes = Deno.statSync(image).size;
+/** The machine, load and commit go into the JSON (scripts/bench/readme_table.ts reads them). */
+const loadBefore = loadNow();
 
 /** `dist`: the built artifact, unpacked into its own runtime cache (the first run unpacks). */
 const benchCli = Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
@@ -266,7 +269,7 @@ Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
 Deno.writeTextFileSync(
   out,
   JSON.stringify(
-    { date: new Date().toISOString(), cpu, cli: benchCli, imageBytes, runs },
+    { ...runInfo(loadBefore), cli: benchCli, imageBytes, runs },
     null,
     2,
   ) +

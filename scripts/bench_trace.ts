@@ -10,6 +10,7 @@ import { startRegistry } from "../tests/_support/registry.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
+import { loadNow, runInfo } from "./bench/run_info.ts";
 import { startFaultProxy } from "../tests/_support/fault_proxy.ts";
 
 const [image, out = ".cache/bench/trace-latest.json"] = Deno.args;
@@ -18,6 +19,8 @@ const RUNS = Number(Deno.env.get("BENCH_RUNS") ?? "3");
 /** BENCH_DELAY_MS=N: every registry request waits N ms in a proxy (an added round trip). */
 const DELAY_MS = Number(Deno.env.get("BENCH_DELAY_MS") ?? "0");
 const PYTHON_IMPORTS = "import json, email, http.client";
+/** The machine, load and commit go into the JSON (scripts/bench/readme_table.ts reads them). */
+const loadBefore = loadNow();
 
 function dropCaches(): void {
   new Deno.Command("sync").outputSync();
@@ -152,7 +155,7 @@ Deno.mkdirSync(out.replace(/\/[^/]*$/, ""), { recursive: true });
 Deno.writeTextFileSync(
   out,
   JSON.stringify(
-    { date: new Date().toISOString(), cpu, delayMs: DELAY_MS, local, untraced, traced },
+    { ...runInfo(loadBefore), delayMs: DELAY_MS, local, untraced, traced },
     null,
     2,
   ) + "\n",
