@@ -202,7 +202,9 @@ function gzipGroup(src: BenchSources): GeneratedGroup {
   const gets = (name: string) => range(steps(name).map((s) => s.gets), 0);
   const mounts = r.steps.map((s) => s.mountSeconds).filter((s) => s !== undefined);
   const rss = full.map((s) => s.serverPeakRssMb).filter((s) => s !== undefined);
-  const cpu = paired.filter((f) => f.cpuSeconds && curl.get(f.run)!.cpuSeconds);
+  // CPU of the lazy read = the reader's + the server's (which inflates), against curl | gunzip | tar.
+  const cpu = paired.filter((f) => f.cpuSeconds !== undefined && curl.get(f.run)!.cpuSeconds);
+  const lazyCpu = (f: (typeof full)[number]) => f.cpuSeconds! + (f.serverCpuSeconds ?? 0);
   const options = [
     r.diskCache ? "disk cache" : "no disk cache",
     ...(r.delayMs ? [`+${r.delayMs} ms per GET`] : []),
@@ -229,7 +231,7 @@ function gzipGroup(src: BenchSources): GeneratedGroup {
         range(full.map((f) => f.seconds), 2)
       } s)${
         cpu.length
-          ? `, CPU ${range(cpu.map((f) => f.cpuSeconds! / curl.get(f.run)!.cpuSeconds!), 2)}×`
+          ? `, CPU ${range(cpu.map((f) => lazyCpu(f) / curl.get(f.run)!.cpuSeconds!), 2)}×`
           : ""
       }`,
       `— / — / — / ${gets("full")}${firstAndTenth.length ? ` (${firstAndTenth.join(", ")})` : ""}`,

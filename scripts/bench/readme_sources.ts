@@ -59,6 +59,7 @@ export interface GzipRecord extends Machine {
     gets: number;
     fetchedBytes: number;
     cpuSeconds?: number;
+    serverCpuSeconds?: number;
     mountSeconds?: number;
     serverPeakRssMb?: number;
   }[];
