@@ -200,6 +200,43 @@ Deno.test("metadata ranges at mount: the walk reads nothing more, a remount read
   }
 });
 
+Deno.test("metadata fetched unchecked for a later check (mount -> server): what lies is dropped and fetched again", async () => {
+  const ranges = (await metadataRangesOfFile(FIXTURE))!;
+  const n = ranges.offsets.length;
+  assert(n >= 2, "the fixture has several ranges");
+  // A registry that serves other bytes in the first and the last range.
+  const lying = image.slice();
+  for (const i of [0, n - 1]) lying[ranges.offsets[i] + ranges.lengths[i] - 1] ^= 0xff;
+  // Checked (as before): the two ranges are refused, no sidecar (not whole).
+  let refused: Uint8Array | undefined;
+  const checked = await loadMetadataRanges(ranges, new MemorySource(lying), {
+    sidecar: { read: () => undefined, write: (bytes) => refused = bytes },
+  });
+  assert.equal(checked.bad, 2);
+  assert.equal(refused, undefined);
+  // checkedLater (the CLI's hand-over): taken as they came, the whole sidecar written.
+  let handed: Uint8Array | undefined;
+  const cli = await loadMetadataRanges(ranges, new MemorySource(lying), {
+    sidecar: { read: () => undefined, write: (bytes) => handed = bytes },
+    checkedLater: true,
+  });
+  assert.equal(cli.fetched, n);
+  assert(handed);
+  // The server reads it back as its sidecar: every range checked, the two lying ones fetched
+  // again from the honest blob, and every piece it would pin is the image's.
+  const blob = new MemorySource(image);
+  const server = await loadMetadataRanges(ranges, blob, {
+    sidecar: { read: () => handed, write: () => {} },
+  });
+  assert.equal(server.fromSidecar, n - 2);
+  assert.equal(server.fetched, 2);
+  assert.deepEqual(blob.reads.map((r) => r.offset), [ranges.offsets[0], ranges.offsets[n - 1]]);
+  assert.equal(server.pieces.length, n);
+  for (const { offset, bytes } of server.pieces) {
+    assert.deepEqual(bytes, image.subarray(offset, offset + bytes.length), `piece at ${offset}`);
+  }
+});
+
 Deno.test("metadata ranges that lie cost speed only: pinned bytes are the image's", async () => {
   const honest = (await metadataRangesOfFile(FIXTURE))!;
   const pages = await walkPages();

@@ -223,15 +223,24 @@ async function resolveAndMount(
     try {
       resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
       mark("cli: manifest");
-      // The table and the trace lookups are independent round trips: side by side.
+      // The table and the trace lookups are independent round trips: side by side. The listed
+      // metadata's GET (the longest step before the server can pin) starts as soon as the
+      // tables are there, not after the trace lookup too.
+      const layers = resolved.layers;
+      const tablesAttached = attachChunkTables(
+        opened.client,
+        opened.ref.repository,
+        resolved.manifestDigest,
+        layers,
+        { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
+      );
+      const client = opened.client;
+      metadata = tablesAttached.then(
+        () => fetchMetadataForServer(client, layers),
+        () => [], // the table error is reported below
+      );
       const [tables, trace] = await Promise.allSettled([
-        attachChunkTables(
-          opened.client,
-          opened.ref.repository,
-          resolved.manifestDigest,
-          resolved.layers,
-          { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
-        ),
+        tablesAttached,
         values["no-prefetch"] ? Promise.resolve(undefined) : prepareTracePrefetch(
           opened.client,
           opened.ref.repository,
@@ -248,8 +257,6 @@ async function resolveAndMount(
           ? tables.reason
           : (trace as PromiseRejectedResult).reason;
       }
-      // While the server starts up: it gets the listed metadata with its spec.
-      metadata = fetchMetadataForServer(opened.client, resolved.layers);
     } finally {
       const client = opened.client;
       if (metadata) metadata.finally(() => client.close()).catch(() => {});

@@ -13,6 +13,7 @@ import type { LayerSpec } from "../state/runtime.ts";
 import { loadTable } from "../verify/layer_tables.ts";
 import { loadMetadataRanges } from "../verify/metadata_ranges.ts";
 import { DEFAULT_DISK_CACHE_DIR } from "../source/disk_cache.ts";
+import { mark } from "../timing.ts";
 
 /** Per layer of a spec: the sidecar bytes handed over, or undefined. */
 export type HandedMetadata = (Uint8Array | undefined)[];
@@ -32,8 +33,8 @@ function diskCacheWants(digest: string): boolean {
 }
 
 /**
- * Fetches each registry layer's listed metadata (one multi-range GET per 160 ranges, each range
- * checked) through `client`; undefined for layers without a list, or on any failure (the
+ * Fetches each registry layer's listed metadata (one multi-range GET per 160 ranges; the server
+ * checks each range) through `client`; undefined for layers without a list, or on any failure (the
  * server then fetches them itself, as without the hand-over).
  */
 export async function fetchMetadataForServer(
@@ -53,10 +54,14 @@ export async function fetchMetadataForServer(
         mediaType: layer.mediaType,
       });
       let kept: Uint8Array | undefined;
-      // Written only when every range was fetched and matched: a whole sidecar or nothing.
+      // Written only when every range was fetched: a whole sidecar or nothing. Unchecked here:
+      // the server checks every range when it reads the sidecar back, before it pins any, and
+      // fetches again what does not match (one sha256 pass on the critical path, not two).
       await loadMetadataRanges(table.metadata, blob, {
         sidecar: { read: () => undefined, write: (bytes) => kept = bytes },
+        checkedLater: true,
       });
+      mark(`cli: layer ${layer.layerIndex ?? 0} metadata fetched`);
       return kept;
     } catch {
       return undefined;
