@@ -1,9 +1,10 @@
 /**
  * The background windows after a listed-metadata mount (lib/source/background_windows.ts, issue
  * 12's cold python): real disk cache, real PrefetchedSource and CachedSource, an in-memory
- * registry that records every fetch. While only pinned pages are read (a cold `find`) no window
- * is fetched; a read of file data starts them at once, its own window first, and may add a
- * window the list lacks within the budget; a demand read never waits for the windows in flight.
+ * registry that records every fetch. While pinned pages are read at a walk's rate (a cold `find`)
+ * no window is fetched, but a few pinned reads (mount(2)'s superblock and root) hold nothing
+ * back; a read of file data starts them at once, its own window first, and may add a window the
+ * list lacks within the budget; a demand read never waits for the windows in flight.
  */
 import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
@@ -13,6 +14,9 @@ import { PIN_PAGE_BYTES, PrefetchedSource } from "../lib/source/prefetched.ts";
 import {
   BackgroundWindows,
   METADATA_WALK_QUIET_MS,
+  WALK_MIN_READS,
+  WALK_SPAN_MS,
+  WalkClock,
   windowDelayMs,
 } from "../lib/source/background_windows.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
@@ -51,39 +55,92 @@ async function setUp(
   });
   served.onDataRead((offset, length) => windows.promote(offset, length));
   const readPinned = (w: number) => served.read(pinnedPage(w), PIN_PAGE_BYTES);
+  /** A walk's burst: WALK_MIN_READS pinned reads at once (one FUSE reader report's worth). */
+  const walkBurst = async (i: number) => {
+    for (let r = 0; r < WALK_MIN_READS; r++) await readPinned(LISTED[(i + r) % LISTED.length]);
+  };
   const cleanUp = async () => {
     await served.close();
     await Deno.remove(dir, { recursive: true });
   };
-  return { inner, disk, served, windows, readPinned, cleanUp };
+  return { inner, disk, served, windows, readPinned, walkBurst, cleanUp };
 }
 
 /** The windows each fetch of `reads` falls in. */
 const windowsOf = (reads: { offset: number; length: number }[]) =>
   reads.map((r) => Math.floor(r.offset / WINDOW));
 
-Deno.test("windowDelayMs: a recent data read goes at once, pinned-only reads hold back", () => {
+Deno.test("windowDelayMs: a recent data read goes at once, a walk's reads hold back", () => {
   const now = 10_000;
-  assert.equal(windowDelayMs({ pinnedMs: -Infinity, dataMs: -Infinity }, now), 0);
+  assert.equal(windowDelayMs({ walkMs: -Infinity, dataMs: -Infinity }, now), 0);
   assert.equal(
-    windowDelayMs({ pinnedMs: now - 5, dataMs: -Infinity }, now),
+    windowDelayMs({ walkMs: now - 5, dataMs: -Infinity }, now),
     METADATA_WALK_QUIET_MS - 5,
   );
-  assert.equal(windowDelayMs({ pinnedMs: now - 5, dataMs: now - 10 }, now), 0);
+  assert.equal(windowDelayMs({ walkMs: now - 5, dataMs: now - 10 }, now), 0);
   assert.equal(
-    windowDelayMs({ pinnedMs: now - METADATA_WALK_QUIET_MS, dataMs: -Infinity }, now),
+    windowDelayMs({ walkMs: now - METADATA_WALK_QUIET_MS, dataMs: -Infinity }, now),
     0,
   );
+});
+
+Deno.test("WalkClock: WALK_MIN_READS pinned reads within WALK_SPAN_MS are a walk, fewer are not", () => {
+  const clock = new WalkClock();
+  for (let i = 0; i < WALK_MIN_READS - 1; i++) clock.note(1000 + i);
+  assert.equal(clock.walkMs, -Infinity, "fewer reads than a walk's");
+  clock.note(1000 + WALK_MIN_READS);
+  assert.equal(clock.walkMs, 1000 + WALK_MIN_READS);
+  // Reads spread out (one a span apart, like `ls` now and then) never make a walk.
+  const spread = new WalkClock();
+  for (let i = 0; i < 10 * WALK_MIN_READS; i++) spread.note(i * (WALK_SPAN_MS + 1));
+  assert.equal(spread.walkMs, -Infinity);
+});
+
+Deno.test("PrefetchedSource: mount(2)'s few pinned reads are no walk, a find's report is", async () => {
+  const t = await setUp();
+  try {
+    await t.readPinned(0); // superblock
+    await t.readPinned(2); // root directory
+    assert.equal(t.served.readActivity().walkMs, -Infinity);
+    // The FUSE reader thread's report of a find's READs: 64 pinned pages at once.
+    const ranges = Array.from(
+      { length: 64 },
+      (_, i) => [(LISTED[i % LISTED.length] + 1) * WINDOW - PIN_PAGE_BYTES, PIN_PAGE_BYTES],
+    ).flat();
+    const before = performance.now();
+    t.served.noteDirectReads(ranges);
+    assert(t.served.readActivity().walkMs >= before);
+    assert.equal(t.served.readActivity().dataMs, -Infinity, "pinned reads counted as data");
+  } finally {
+    await t.cleanUp();
+  }
+});
+
+Deno.test("background windows: a few pinned reads at ready do not hold them back", async () => {
+  const t = await setUp([], { pieceBytes: 2 * CHUNK });
+  try {
+    // mount(2) reads the superblock and the root directory right after ready.
+    await t.readPinned(0);
+    await t.readPinned(2);
+    const done = t.windows.start();
+    // Held as a walk, nothing would be fetched before METADATA_WALK_QUIET_MS.
+    await sleep(METADATA_WALK_QUIET_MS / 4);
+    assert(t.inner.reads.length > 0, "windows held back by two pinned reads");
+    await done;
+    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
+  } finally {
+    await t.cleanUp();
+  }
 });
 
 Deno.test("background windows: none fetched while only pinned pages are read, all after a quiet", async () => {
   const t = await setUp([], { pieceBytes: 2 * CHUNK });
   try {
-    await t.readPinned(0); // a walk has begun before the windows start
+    await t.walkBurst(0); // a walk has begun before the windows start
     const done = t.windows.start();
     const walkEnd = performance.now() + 4 * METADATA_WALK_QUIET_MS;
     for (let i = 0; performance.now() < walkEnd; i++) {
-      await t.readPinned(LISTED[i % LISTED.length]);
+      await t.walkBurst(i);
       await sleep(10);
     }
     assert.equal(t.inner.reads.length, 0, "windows fetched during a walk of pinned pages");
@@ -107,10 +164,10 @@ Deno.test("background windows: a data read starts them during a walk, its window
   // Window 9 is not listed and may be added; window 11 is not listed and may not.
   const t = await setUp([9]);
   try {
-    await t.readPinned(0);
+    await t.walkBurst(0);
     const done = t.windows.start();
     await sleep(METADATA_WALK_QUIET_MS / 4);
-    await t.readPinned(2);
+    await t.walkBurst(1);
     assert.equal(t.inner.reads.length, 0, JSON.stringify(t.inner.reads));
     // File data in window 8 (listed last but one): its chunk, then window 8, then window 9.
     const at = 8 * WINDOW + CHUNK;

@@ -6,23 +6,55 @@
  * them, 5 with).
  *
  * Two rules decide when and in which order, from what the mount is being asked:
- * - While only pinned pages are read (a metadata walk such as a cold `find`, served by the FUSE
- *   reader thread), no new window starts: the windows hold file data, which such a walk never
- *   reads, and their fetch, hash and write took the 2 cores from it (find 2.8–4.6× local with
- *   the windows right after the mount). Once file data is read, or after a short quiet, they go.
+ * - While a metadata walk is under way (a cold `find`: pinned pages read at a walk's rate,
+ *   WALK_MIN_READS within WALK_SPAN_MS, served by the FUSE reader thread), no new window
+ *   starts: the windows hold file data, which such a walk never reads, and their fetch, hash
+ *   and write took the 2 cores from it (find 2.8–4.6× local with the windows right after the
+ *   mount). A few pinned reads are no walk: mount(2)'s superblock and root directory came ~20
+ *   ms after ready and held every window back for 200 ms, until the bench's find began, then
+ *   until python's first data read (cold python 40 GETs, 1.6–1.8×, with the windows "started"
+ *   at ready). Once file data is read, or after a short quiet, they go.
  * - A window where file data was just read goes first (and the one after it): the reader is
  *   working in that directory's files, and the rest of them are the likeliest next reads.
  */
 import { sleep } from "./disk_cache_fill.ts";
 
-/** When reads of pinned pages only and reads of other bytes last came (performance.now()). */
+/**
+ * When a metadata walk (pinned-only reads at a walk's rate, see WalkClock) and reads of other
+ * bytes last came (performance.now(); -Infinity: never).
+ */
 export interface ReadActivity {
-  pinnedMs: number;
+  walkMs: number;
   dataMs: number;
 }
 
 /**
- * Pinned-only reads this recent hold new windows back (a walk in progress). The FUSE reader
+ * Pinned-only reads this many within WALK_SPAN_MS are a walk. A cold `find` of the benchmark
+ * image reads ~600 pinned pages in 64-read batches (the FUSE reader thread's reports); mount(2)
+ * reads 1–2 (superblock, root directory), an `ls` of one directory a few.
+ */
+export const WALK_MIN_READS = 16;
+export const WALK_SPAN_MS = 100;
+
+/** Tells a walk from a few pinned reads (PrefetchedSource notes each pinned-only read). */
+export class WalkClock {
+  #spanStartMs = -Infinity;
+  #reads = 0;
+  /** The last pinned read that came at a walk's rate (performance.now(); -Infinity: none). */
+  walkMs = -Infinity;
+
+  /** A read of pinned pages only at `nowMs`. */
+  note(nowMs: number): void {
+    if (nowMs - this.#spanStartMs > WALK_SPAN_MS) {
+      this.#spanStartMs = nowMs;
+      this.#reads = 0;
+    }
+    if (++this.#reads >= WALK_MIN_READS) this.walkMs = nowMs;
+  }
+}
+
+/**
+ * A walk's reads this recent hold new windows back (a walk in progress). The FUSE reader
  * thread reports its reads in batches (64 READs, or after 5 ms without one): at load 7 a cold
  * find's batches came 40–160 ms apart, and windows slipped in between at 30 ms.
  */
@@ -34,12 +66,12 @@ const LANE_POLL_MS = 20;
 
 /**
  * Milliseconds to wait before the next window may start, given the reads' last times (0: now).
- * File data read recently: go. Else pinned pages read recently (only a walk): wait for quiet.
+ * File data read recently: go. Else a walk's reads recently: wait for quiet.
  */
 export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
   if (nowMs - activity.dataMs < DATA_READ_RECENT_MS) return 0;
-  const sincePinned = nowMs - activity.pinnedMs;
-  return sincePinned < METADATA_WALK_QUIET_MS ? METADATA_WALK_QUIET_MS - sincePinned : 0;
+  const sinceWalk = nowMs - activity.walkMs;
+  return sinceWalk < METADATA_WALK_QUIET_MS ? METADATA_WALK_QUIET_MS - sinceWalk : 0;
 }
 
 export interface BackgroundWindowsOptions {
@@ -64,7 +96,7 @@ export interface BackgroundWindowsOptions {
    * caller's budget of window bytes); false: not added.
    */
   admit?(window: number): boolean;
-  /** When pinned pages and file data were last read (PrefetchedSource.readActivity). */
+  /** When a walk and file data were last read (PrefetchedSource.readActivity). */
   activity(): ReadActivity;
   signal?: AbortSignal;
 }

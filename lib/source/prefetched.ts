@@ -10,7 +10,7 @@ import type { CacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 import { closeQuietly, openCacheFile, pwriteAll, reopenReadOnly } from "./disk_cache_io.ts";
-import { BackgroundWindows, type ReadActivity } from "./background_windows.ts";
+import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -54,8 +54,9 @@ export class PrefetchedSource implements InnerSource {
   #prefetchBytes = 0;
   /** Settles at the first read of anything not pinned (file data, or metadata missed). */
   readonly #dataRead = Promise.withResolvers<void>();
-  /** When (performance.now()) a read of pinned pages only, and one of other bytes, last came. */
-  #lastPinnedReadMs = -Infinity;
+  /** When (performance.now()) reads of pinned pages only came at a walk's rate. */
+  readonly #walk = new WalkClock();
+  /** When (performance.now()) a read of bytes not all pinned last came. */
   #lastDataReadMs = -Infinity;
   /** Told of every read of bytes not all pinned (background windows move theirs forward). */
   #dataReadListener?: (offset: number, length: number) => void;
@@ -113,11 +114,12 @@ export class PrefetchedSource implements InnerSource {
   }
 
   /**
-   * When reads of pinned pages only (a metadata walk: `find`) and reads of other bytes (file
-   * data) last came, on the performance.now() clock; -Infinity: none yet.
+   * When reads of pinned pages only at a walk's rate (a metadata walk: `find`; not mount(2)'s
+   * few) and reads of other bytes (file data) last came, on the performance.now() clock;
+   * -Infinity: none yet.
    */
   readActivity(): ReadActivity {
-    return { pinnedMs: this.#lastPinnedReadMs, dataMs: this.#lastDataReadMs };
+    return { walkMs: this.#walk.walkMs, dataMs: this.#lastDataReadMs };
   }
 
   /** `listener` is told of each later read of bytes not all pinned (one listener). */
@@ -285,7 +287,7 @@ export class PrefetchedSource implements InnerSource {
   }
 
   #hit(length: number): void {
-    this.#lastPinnedReadMs = performance.now();
+    this.#walk.note(performance.now());
     this.#pinnedHits++;
     this.#pinnedRequested += length;
   }
@@ -315,8 +317,16 @@ export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
 
 /** Listed metadata in at least this many windows is scattered (see fillWindowsAfterReady). */
 const SCATTERED_WINDOWS = 8;
-/** Window fills in flight after the mount is ready. */
+/** Window fills in flight after the mount is ready, while file data is read. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
+/**
+ * Until file data is read: one fill at a time, in pieces this large, the pause rule checked
+ * before each: a cold `find` that begins meanwhile (its first reads reach the pause rule only
+ * in the FUSE reader's first report) shares the 2 cores with one 1 MiB fetch, hash and write,
+ * not two 4 MiB windows (bench-host, quiet host: find 2.9–4.1× local with those).
+ */
+const IDLE_WINDOWS_IN_FLIGHT = 1;
+const IDLE_WINDOW_PIECE_BYTES = 1 << 20;
 
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
@@ -434,7 +444,8 @@ export async function prefetchErofsMetadata(
       sizeBytes: raw.size,
       fill: (start, length) => Promise.resolve(fillAhead(start, length)),
       inFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
-      idleInFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
+      idleInFlight: IDLE_WINDOWS_IN_FLIGHT,
+      pieceBytes: IDLE_WINDOW_PIECE_BYTES,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -449,11 +460,11 @@ export async function prefetchErofsMetadata(
       signal: options.signal,
     });
     target.onDataRead((offset, length) => windows.promote(offset, length));
-    // Not before file data is read: started at ready (in 2 MiB pieces while idle), they ran
-    // into the cold find that follows a mount and slowed python at load 5 (bench-host, 3 pairs:
-    // python 1.52-2.53 s against 1.39-2.00 s); they only looked better at load 8-11, where the
-    // bench's ~1 s between mount and find left them idle time.
-    target.whenDataRead().then(() => windows.start());
+    // At ready: the time between the mount and the first file data (bench-host: the CLI's
+    // return, a find, python's own start-up: ~0.4 s on a quiet host) is fetch time. They used to
+    // wait for the first data read, and started at ready they still waited: mount(2)'s own 1–2
+    // pinned reads right after ready held them 200 ms as if a walk had begun (now WalkClock).
+    windows.start();
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).
