@@ -155,6 +155,7 @@ async function writeFixture(dir: string): Promise<void> {
       cores: 2,
       kernel: "6.18.44",
       load: [3.1, 3.9],
+      commit: "def5678+",
       layerBytes: 32_000_000,
       diskCache: false,
       delayMs: 0,
@@ -280,6 +281,7 @@ Deno.test("readme table: rows regenerated from recorded runs, others kept", asyn
 
     const gzip = byStart("`scripts/bench-gzip-mount.sh`")!;
     assert.match(gzip[0], /32 MB tar\.gz layer, FUSE, no disk cache; × of `curl \\\| gunzip/);
+    assert.match(gzip[0], /load 3\.1→3\.9, def5678 \+ uncommitted changes\)$/);
     assert.deepEqual(gzip.slice(1), [
       "0.3–1.0 s",
       "—",

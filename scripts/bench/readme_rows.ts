@@ -37,7 +37,8 @@ export function machineLabel(m: Machine, extra: string[] = []): string {
   if (m.kernel) parts.push(`kernel ${m.kernel}`);
   parts.push(...extra);
   if (m.load?.length) parts.push(`load ${m.load.map((l) => l.toFixed(1)).join("→")}`);
-  if (m.commit) parts.push(m.commit);
+  // run_info.ts marks a commit with "+" when lib/ or ffi/ had uncommitted changes.
+  if (m.commit) parts.push(m.commit.replace(/\+$/, " + uncommitted changes"));
   return `(${parts.join(", ")})`;
 }
 
