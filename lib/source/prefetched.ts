@@ -317,16 +317,8 @@ export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
 
 /** Listed metadata in at least this many windows is scattered (see fillWindowsAfterReady). */
 const SCATTERED_WINDOWS = 8;
-/** Window fills in flight after the mount is ready, while file data is read. */
+/** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
-/**
- * Until file data is read: one fill at a time, in pieces this large, the pause rule checked
- * before each: a cold `find` that begins meanwhile (its first reads reach the pause rule only
- * in the FUSE reader's first report) shares the 2 cores with one 1 MiB fetch, hash and write,
- * not two 4 MiB windows (bench-host, quiet host: find 2.9–4.1× local with those).
- */
-const IDLE_WINDOWS_IN_FLIGHT = 1;
-const IDLE_WINDOW_PIECE_BYTES = 1 << 20;
 
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
@@ -444,8 +436,7 @@ export async function prefetchErofsMetadata(
       sizeBytes: raw.size,
       fill: (start, length) => Promise.resolve(fillAhead(start, length)),
       inFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
-      idleInFlight: IDLE_WINDOWS_IN_FLIGHT,
-      pieceBytes: IDLE_WINDOW_PIECE_BYTES,
+      idleInFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -460,11 +451,12 @@ export async function prefetchErofsMetadata(
       signal: options.signal,
     });
     target.onDataRead((offset, length) => windows.promote(offset, length));
-    // At ready: the time between the mount and the first file data (bench-host: the CLI's
-    // return, a find, python's own start-up: ~0.4 s on a quiet host) is fetch time. They used to
-    // wait for the first data read, and started at ready they still waited: mount(2)'s own 1–2
-    // pinned reads right after ready held them 200 ms as if a walk had begun (now WalkClock).
-    windows.start();
+    // Not before file data is read. Started at ready they never got the gap before a find to
+    // themselves (bench-host, quiet host, 2026-12-01 16:00): mount(2)'s 1-2 pinned reads held
+    // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
+    // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
+    // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
+    target.whenDataRead().then(() => windows.start());
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).
