@@ -277,7 +277,9 @@ export async function runMountServer(): Promise<number> {
             // cache the reader thread answers large READs as it does small ones (issue 12's full
             // read: 8,891 READs -> 1,331). Memory-only EROFS layers keep direct I/O: readahead
             // evicted the memory cache's chunks ahead of the reader (full read 46 -> 100-300 GETs).
-            fusePageCache: Boolean(tarIndex) || Boolean(sharedDiskCache()),
+            // Nor while a trace is recorded or replayed (ServerTraceHooks.wantsExactReads).
+            fusePageCache: Boolean(tarIndex) ||
+              (Boolean(sharedDiskCache()) && !traceHooks.wantsExactReads),
             writeRecovery: () => {
               // The layout the source chose goes with it: reattach must serve the same one.
               const recorded = tarIndex && layer.kind === "registry"

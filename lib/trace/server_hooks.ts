@@ -26,6 +26,15 @@ export class ServerTraceHooks {
   readonly #targets: (PrefetchTarget | undefined)[] = [];
   #prefetcher?: TracePrefetcher;
 
+  /**
+   * True while a trace is recorded or replayed: the application's own reads are what counts,
+   * and the kernel's readahead over a page-cached FUSE file would record, or fetch, bytes it
+   * never read (a traced `cat` then waited for GETs of the next file).
+   */
+  get wantsExactReads(): boolean {
+    return this.#recorder !== undefined || this.#prefetchTrace !== undefined;
+  }
+
   constructor(layers: LayerSpec[]) {
     this.#layers = layers;
     this.#recordPath = Deno.env.get(TRACE_RECORD_ENV) || undefined;
