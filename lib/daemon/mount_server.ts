@@ -252,6 +252,9 @@ export async function runMountServer(): Promise<number> {
             signal: prefetchAbort.signal,
             metadata: withHandedMetadata(raw, metadataLoaderOf(raw), handedMetadata, index),
             onDirectoriesDone: report,
+            // A trace says what the application reads: the windows (a guess from the metadata's
+            // places) would only compete with the trace prefetch and the reads it serves.
+            windowsMaxBytes: traceHooks.wantsExactReads ? 0 : undefined,
           }).then(report);
         }),
       );
