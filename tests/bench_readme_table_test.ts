@@ -8,8 +8,9 @@
 import assert from "node:assert/strict";
 import { BEGIN, END, rebuildReadme } from "../scripts/bench/readme_table.ts";
 import { readSources } from "../scripts/bench/readme_sources.ts";
+import { REPO_ROOT } from "./_support/requires.ts";
 
-const SCRIPT = new URL("../scripts/bench/readme_table.ts", import.meta.url).pathname;
+const SCRIPT = `${REPO_ROOT}/scripts/bench/readme_table.ts`;
 
 const BEFORE = `# Project
 

@@ -16,7 +16,7 @@ import {
 } from "../lib/source/prefetched.ts";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import { MemorySource } from "./_support/memory_source.ts";
-import { FIXTURES } from "./_support/requires.ts";
+import { FIXTURES, REPO_ROOT } from "./_support/requires.ts";
 
 const CHUNK = 16 << 10;
 const WINDOW = 64 << 10;
@@ -136,7 +136,7 @@ Deno.test("metadata prefetch with checks: windows are whole verified chunks", as
   }
 });
 
-const BENCH_IMAGE = new URL("../.cache/bench/bench.erofs", import.meta.url).pathname;
+const BENCH_IMAGE = `${REPO_ROOT}/.cache/bench/bench.erofs`;
 const benchImageMissing = (() => {
   try {
     return !Deno.statSync(BENCH_IMAGE).isFile;

@@ -11,6 +11,7 @@
  * `deno fmt` aligns a Markdown table, so fmt leaves the block as generated.
  */
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { type BenchSources, readSources } from "./readme_sources.ts";
 import { type GeneratedGroup, generatedGroups } from "./readme_rows.ts";
 
@@ -119,7 +120,7 @@ export function rebuildReadme(readme: string, sources: BenchSources): TableResul
 }
 
 if (import.meta.main) {
-  const root = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+  const root = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
   const { values } = parseArgs({
     options: {
       check: { type: "boolean" },
