@@ -99,5 +99,9 @@ unpack() {
 [ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] || unpack
 check_trusted "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js"
 export DENO_NO_UPDATE_CHECK=1
+# glibc raises its mmap threshold each time a large block is freed, and from then on keeps freed
+# buffers in its heap instead of giving them back: a 1,000,000-member tar build peaked at 197-232
+# MB so, 184-194 MB with the threshold fixed at 128 KiB (docs/build.md). Unless the caller set it.
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_-131072}"
 exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ \
   "$dir/erofs-oci.js" "$@"
