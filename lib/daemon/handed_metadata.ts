@@ -12,24 +12,16 @@ import { RegistryBlob } from "../oci/registry_blob.ts";
 import type { LayerSpec } from "../state/runtime.ts";
 import { loadTable } from "../verify/layer_tables.ts";
 import { loadMetadataRanges } from "../verify/metadata_ranges.ts";
-import { DEFAULT_DISK_CACHE_DIR } from "../source/disk_cache.ts";
+import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
 
 /** Per layer of a spec: the sidecar bytes handed over, or undefined. */
 export type HandedMetadata = (Uint8Array | undefined)[];
 
-/** True when the disk cache is on and holds no sidecar of the blob `digest` yet. */
+/** True when the disk cache is on (as the server will see it) and holds no sidecar of `digest`. */
 function diskCacheWants(digest: string): boolean {
-  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
-  if (bound === "0") return false;
-  const blobs = `${Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR}/blobs`;
-  const prefix = `${digest.replace(":", "-")}.`;
-  try {
-    for (const entry of Deno.readDirSync(blobs)) {
-      if (entry.name.startsWith(prefix) && entry.name.endsWith(".meta")) return false;
-    }
-  } catch { /* no cache directory yet: a first mount */ }
-  return true;
+  const cache = sharedDiskCache();
+  return cache !== undefined && !cache.hasSidecar(digest);
 }
 
 /**

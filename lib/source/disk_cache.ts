@@ -125,7 +125,7 @@ export class DiskCache {
     let base = "";
     try {
       const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-      base = `${this.blobsDir}/${key.digest.replace(":", "-")}.${origin}.c${this.chunkBytes}`;
+      base = `${this.blobsDir}/${blobFilePrefix(key.digest)}${origin}.c${this.chunkBytes}`;
       const source = DiskCachedSource.open(this, inner, base, key.verify);
       this.#open.add(source);
       if (this.#complete) {
@@ -167,7 +167,7 @@ export class DiskCache {
     let prefix: string;
     try {
       const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-      prefix = `${key.digest.replace(":", "-")}.${origin}`;
+      prefix = `${blobFilePrefix(key.digest)}${origin}`;
     } catch {
       return undefined;
     }
@@ -262,6 +262,20 @@ export class DiskCache {
     }
   }
 
+  /**
+   * True when some file set of blob `digest` (any origin, any chunk size) holds a sidecar
+   * (`.meta`, DiskCachedSource.writeSidecar): a mount of it finds its listed metadata here.
+   */
+  hasSidecar(digest: string): boolean {
+    const prefix = blobFilePrefix(digest);
+    try {
+      for (const entry of Deno.readDirSync(this.blobsDir)) {
+        if (entry.name.startsWith(prefix) && entry.name.endsWith(".meta")) return true;
+      }
+    } catch { /* unreadable: as if there were none */ }
+    return false;
+  }
+
   /** Blobs on disk: base path (without .map/.data), bytes allocated, last use. */
   #scan(): { base: string; bytes: number; usedMs: number }[] {
     const blobs = new Map<string, { base: string; bytes: number; usedMs: number }>();
@@ -332,4 +346,9 @@ function originTag(origin: string): string {
   }
   if (out.length > 120) throw new RangeError("origin too long for a file name");
   return out || "_";
+}
+
+/** How every file of blob `digest` begins its name (then origin, chunk size and kind). */
+function blobFilePrefix(digest: string): string {
+  return `${digest.replace(":", "-")}.`;
 }
