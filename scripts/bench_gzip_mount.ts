@@ -22,23 +22,11 @@ import { isBlobGet, startFaultProxy } from "../tests/_support/fault_proxy.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox, serverPids } from "../tests/_support/mounts.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
+import type { GzipStep } from "./bench/readme_sources.ts";
 
 const loadBefore = loadNow();
 /** One per measured step of each run: what gzip-mount-latest.json holds. */
-interface StepRecord {
-  run: number;
-  step: string;
-  seconds: number;
-  gets: number;
-  fetchedBytes: number;
-  /** The reader's CPU (tar, wc; curl, gunzip, tar for the `curl` step). */
-  cpuSeconds?: number;
-  /** The mount's server processes' CPU during the step (they inflate the gzip stream). */
-  serverCpuSeconds?: number;
-  mountSeconds?: number;
-  serverPeakRssMb?: number;
-}
-const records: StepRecord[] = [];
+const records: GzipStep[] = [];
 let currentRun = 0;
 
 const { values, positionals } = parseArgs({

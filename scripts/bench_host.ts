@@ -20,6 +20,7 @@ import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import { writeSmallFile } from "../ffi/libc.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
+import type { HostRun, Step } from "./bench/readme_sources.ts";
 
 const [image, out = ".cache/bench/host-latest.json"] = Deno.args;
 if (!image) throw new Error("usage: bench_host.ts IMAGE [OUT]");
@@ -80,14 +81,9 @@ const quick = Deno.env.get("BENCH_QUICK") === "1";
 const PYTHON_IMPORTS =
   "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
 
-interface Run {
-  name: string;
-  seconds: Record<Step, number>;
-  gets?: Record<Step, number>;
+/** What host-latest.json holds per run: the fields the README table reads, and more. */
+interface Run extends HostRun {
   fetchedBytes?: number;
-  /** Body bytes the registry sent for the layer (access log), all steps. */
-  registryBytes?: number;
-  serverPeakRssMb?: number;
   /** The server's RSS after the full read, anonymous and file-backed (the binary). */
   serverRssAnonMb?: number;
   serverRssFileMb?: number;
@@ -96,7 +92,6 @@ interface Run {
   /** The mount's start-up marks, ms since the mount command was spawned. */
   mountTimeline?: string[];
 }
-type Step = "mount" | "find" | "python" | "fullRead";
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
 
 function dropCaches(): void {

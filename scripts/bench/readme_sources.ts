@@ -21,6 +21,7 @@ export interface HostRun {
   name: string;
   seconds: Record<Step, number>;
   gets?: Record<Step, number>;
+  /** Body bytes the registry sent for the layer (access log), all steps. */
   registryBytes?: number;
   serverPeakRssMb?: number;
 }
@@ -47,22 +48,27 @@ export interface BuildRecord extends Machine {
   }[];
 }
 
+/** One measured step of a run of scripts/bench_gzip_mount.ts. */
+export interface GzipStep {
+  run: number;
+  step: string;
+  seconds: number;
+  gets: number;
+  fetchedBytes: number;
+  /** The reader's CPU (tar, wc; curl, gunzip, tar for the `curl` step). */
+  cpuSeconds?: number;
+  /** The mount's server processes' CPU during the step (they inflate the gzip stream). */
+  serverCpuSeconds?: number;
+  mountSeconds?: number;
+  serverPeakRssMb?: number;
+}
+
 /** scripts/bench_gzip_mount.ts: one entry per measured step of each run. */
 export interface GzipRecord extends Machine {
   layerBytes: number;
   diskCache: boolean;
   delayMs: number;
-  steps: {
-    run: number;
-    step: string;
-    seconds: number;
-    gets: number;
-    fetchedBytes: number;
-    cpuSeconds?: number;
-    serverCpuSeconds?: number;
-    mountSeconds?: number;
-    serverPeakRssMb?: number;
-  }[];
+  steps: GzipStep[];
 }
 
 /** One results.tsv row of the VM benchmark (columns: scripts/bench/report.ts). */
