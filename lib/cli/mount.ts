@@ -29,10 +29,15 @@ import {
   resolveRegistryImage,
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
-import { attachChunkTables } from "../verify/layer_tables.ts";
+import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
 import { STATE_ROOT } from "../state/runtime.ts";
 import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
-import { fetchMetadataForServer, type HandedMetadata } from "../daemon/handed_metadata.ts";
+import {
+  type EarlyMetadata,
+  fetchMetadataEarly,
+  fetchMetadataForServer,
+  type HandedMetadata,
+} from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
 
 const MOUNT_OPTIONS = {
@@ -220,30 +225,54 @@ async function resolveAndMount(
   } else {
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;
+    const client = opened.client;
+    const repository = opened.ref.repository;
+    // The chain to the server's pinned metadata is manifest -> chunk table -> metadata GET;
+    // the table and then the metadata are fetched as soon as the manifest is there, side by
+    // side with its config blob and the layers' heads. Cancelled when the mount fails first.
+    const abortEarly = new AbortController();
+    let earlyTables: Map<string, EarlyTable> | undefined;
+    let earlyMetadata: EarlyMetadata | undefined;
     try {
-      resolved = await resolveRegistryImage(opened, selection, tarIndexSources(values));
+      resolved = await resolveRegistryImage(
+        opened,
+        selection,
+        tarIndexSources(values),
+        (manifest, chosen) => {
+          earlyTables = fetchBoundTables(client, repository, manifest, chosen);
+          earlyMetadata = fetchMetadataEarly(
+            client,
+            repository,
+            earlyTables,
+            chosen,
+            abortEarly.signal,
+          );
+        },
+      );
       mark("cli: manifest");
-      // The table and the trace lookups are independent round trips: side by side. The listed
-      // metadata's GET (the longest step before the server can pin) starts as soon as the
-      // tables are there, not after the trace lookup too.
+      // The table and the trace lookups are independent round trips: side by side.
       const layers = resolved.layers;
       const tablesAttached = attachChunkTables(
-        opened.client,
-        opened.ref.repository,
+        client,
+        repository,
         resolved.manifestDigest,
         layers,
-        { requireVerified: values["require-verified"], stateDir: STATE_ROOT },
+        {
+          requireVerified: values["require-verified"],
+          stateDir: STATE_ROOT,
+          early: earlyTables,
+        },
       );
-      const client = opened.client;
+      const early = earlyMetadata;
       metadata = tablesAttached.then(
-        () => fetchMetadataForServer(client, layers),
+        () => fetchMetadataForServer(client, layers, early),
         () => [], // the table error is reported below
       );
       const [tables, trace] = await Promise.allSettled([
         tablesAttached,
         values["no-prefetch"] ? Promise.resolve(undefined) : prepareTracePrefetch(
-          opened.client,
-          opened.ref.repository,
+          client,
+          repository,
           resolved.manifestDigest,
           resolved.layers,
           { subset: layer !== undefined || values.blob !== undefined },
@@ -257,10 +286,13 @@ async function resolveAndMount(
           ? tables.reason
           : (trace as PromiseRejectedResult).reason;
       }
+    } catch (error) {
+      abortEarly.abort();
+      throw error;
     } finally {
-      const client = opened.client;
-      if (metadata) metadata.finally(() => client.close()).catch(() => {});
-      else client.close();
+      // The client closes once nothing started on it is still running.
+      const running = [...(earlyMetadata?.values() ?? [])].map((m) => m.bytes);
+      Promise.allSettled([metadata, ...running]).finally(() => client.close());
     }
   }
   if (values.backend === "auto") info(`backend: ${backend} (${reason})`);

@@ -10,7 +10,9 @@
 import type { RegistryClient } from "../oci/client.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
 import type { LayerSpec } from "../state/runtime.ts";
-import { loadTable } from "../verify/layer_tables.ts";
+import { type EarlyTable, loadTable } from "../verify/layer_tables.ts";
+import type { ChunkTable } from "../verify/chunk_table.ts";
+import type { LayerDescriptor } from "../oci/layers.ts";
 import { loadMetadataRanges } from "../verify/metadata_ranges.ts";
 import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
@@ -24,37 +26,95 @@ function diskCacheWants(digest: string): boolean {
   return cache !== undefined && !cache.hasSidecar(digest);
 }
 
+/** What fetchLayerMetadata needs of a layer. */
+interface MetadataLayer {
+  repository: string;
+  digest: string;
+  sizeBytes: number;
+  mediaType: string;
+  layerIndex: number;
+}
+
 /**
- * Fetches each registry layer's listed metadata (one multi-range GET per 160 ranges; the server
- * checks each range) through `client`; undefined for layers without a list, or on any failure (the
- * server then fetches them itself, as without the hand-over).
+ * One layer's listed metadata in the sidecar format (undefined when its table has no list or
+ * on any failure: the server then fetches the ranges itself, as without the hand-over).
+ */
+async function fetchLayerMetadata(
+  client: RegistryClient,
+  layer: MetadataLayer,
+  table: ChunkTable,
+  signal?: AbortSignal,
+): Promise<Uint8Array | undefined> {
+  if (!table.metadata) return undefined;
+  const blob = new RegistryBlob(client, layer.repository, {
+    index: layer.layerIndex,
+    digest: layer.digest,
+    sizeBytes: layer.sizeBytes,
+    mediaType: layer.mediaType,
+  });
+  let kept: Uint8Array | undefined;
+  // Written only when every range was fetched: a whole sidecar or nothing. Unchecked here:
+  // the server checks every range when it reads the sidecar back, before it pins any, and
+  // fetches again what does not match (one sha256 pass on the critical path, not two).
+  await loadMetadataRanges(table.metadata, blob, {
+    sidecar: { read: () => undefined, write: (bytes) => kept = bytes },
+    checkedLater: true,
+    signal,
+  });
+  mark(`cli: layer ${layer.layerIndex} metadata fetched`);
+  return kept;
+}
+
+/** Per layer digest: the table the fetch follows, and the sidecar bytes (or undefined). */
+export type EarlyMetadata = Map<
+  string,
+  { tableDigest: string; bytes: Promise<Uint8Array | undefined> }
+>;
+
+/**
+ * The metadata GETs started as soon as the manifest is known (mount: side by side with its
+ * config and the layers' heads), per layer digest; each settles to the sidecar bytes or
+ * undefined, never rejects. `tables`: the early table GETs (fetchBoundTables) of `layers`.
+ */
+export function fetchMetadataEarly(
+  client: RegistryClient,
+  repository: string,
+  tables: Map<string, EarlyTable>,
+  layers: LayerDescriptor[],
+  signal?: AbortSignal,
+): EarlyMetadata {
+  const early: EarlyMetadata = new Map();
+  for (const layer of layers) {
+    const table = tables.get(layer.digest);
+    if (!table || early.has(layer.digest) || !diskCacheWants(layer.digest)) continue;
+    early.set(layer.digest, {
+      tableDigest: table.digest,
+      bytes: table.fetched.then(({ table }) =>
+        fetchLayerMetadata(client, { ...layer, repository, layerIndex: layer.index }, table, signal)
+      ).catch(() => undefined),
+    });
+  }
+  return early;
+}
+
+/**
+ * Fetches each registry layer's listed metadata (loadMetadataRanges: a few multi-range GETs;
+ * the server checks each range) through `client`; undefined for layers without a list, or on
+ * any failure (the server then fetches them itself, as without the hand-over). `early`:
+ * fetches already started (fetchMetadataEarly), taken for the layers they cover.
  */
 export async function fetchMetadataForServer(
   client: RegistryClient,
   layers: LayerSpec[],
+  early?: EarlyMetadata,
 ): Promise<HandedMetadata> {
   return await Promise.all(layers.map(async (layer) => {
     if (layer.kind !== "registry" || !layer.chunkTable || layer.tarIndex) return undefined;
+    const started = early?.get(layer.digest);
+    if (started?.tableDigest === layer.chunkTable.digest) return await started.bytes;
     if (!diskCacheWants(layer.digest)) return undefined;
     try {
-      const table = await loadTable(layer.chunkTable, layer);
-      if (!table.metadata) return undefined;
-      const blob = new RegistryBlob(client, layer.repository, {
-        index: layer.layerIndex,
-        digest: layer.digest,
-        sizeBytes: layer.sizeBytes,
-        mediaType: layer.mediaType,
-      });
-      let kept: Uint8Array | undefined;
-      // Written only when every range was fetched: a whole sidecar or nothing. Unchecked here:
-      // the server checks every range when it reads the sidecar back, before it pins any, and
-      // fetches again what does not match (one sha256 pass on the critical path, not two).
-      await loadMetadataRanges(table.metadata, blob, {
-        sidecar: { read: () => undefined, write: (bytes) => kept = bytes },
-        checkedLater: true,
-      });
-      mark(`cli: layer ${layer.layerIndex ?? 0} metadata fetched`);
-      return kept;
+      return await fetchLayerMetadata(client, layer, await loadTable(layer.chunkTable, layer));
     } catch {
       return undefined;
     }

@@ -8,6 +8,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
+import type { FetchedManifest } from "../oci/resolve.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/runtime.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
@@ -114,13 +115,35 @@ export interface TarIndexSources {
   cacheDir: string;
 }
 
+/**
+ * Told the platform manifest and the EROFS layers it will mount as soon as the manifest is
+ * fetched, before the config blob and the layers' heads are: see ManifestListener.
+ */
+export type SelectedLayersListener = (manifest: FetchedManifest, layers: LayerDescriptor[]) => void;
+
 export async function resolveRegistryImage(
   opened: OpenedRegistry,
   selection: LayerSelection,
   indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
+  onLayers?: SelectedLayersListener,
 ): Promise<ResolvedLayers> {
   const { ref, client } = opened;
-  const image = await client.resolveImage(ref, opened.platform);
+  const image = await client.resolveImage(ref, opened.platform, (manifest) => {
+    if (!onLayers || indexes.files || manifest.document.kind !== "manifest") return;
+    const descriptors = manifest.document.layers.map((l, index) => ({
+      index,
+      digest: l.digest,
+      sizeBytes: l.size,
+      mediaType: l.mediaType,
+    }));
+    let chosen: LayerDescriptor[];
+    try {
+      chosen = chooseLayers(descriptors, selection, false);
+    } catch {
+      return; // the same choice below reports it
+    }
+    onLayers(manifest, chosen.filter((l) => tarLayerKind(l.mediaType) === undefined));
+  });
   const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
   const tarLayers = selection.anyMediaType && !indexes.files
     ? []

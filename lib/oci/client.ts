@@ -24,7 +24,7 @@ import {
   routeRequest,
   type ServerEndpoint,
 } from "./host_routing.ts";
-import { type ResolvedImage, resolveImage } from "./resolve.ts";
+import { type ManifestListener, type ResolvedImage, resolveImage } from "./resolve.ts";
 import { downloadBlob, type DownloadOptions } from "./download.ts";
 
 export type { ResolvedImage } from "./resolve.ts";
@@ -175,8 +175,12 @@ export class RegistryClient {
   }
 
   /** Resolves a reference to one platform's manifest and its layers; see resolve.ts. */
-  resolveImage(ref: ImageReference, platform?: string): Promise<ResolvedImage> {
-    return resolveImage(this, ref, platform);
+  resolveImage(
+    ref: ImageReference,
+    platform?: string,
+    onManifest?: ManifestListener,
+  ): Promise<ResolvedImage> {
+    return resolveImage(this, ref, platform, undefined, onManifest);
   }
 
   /**

@@ -130,6 +130,14 @@ export interface DocumentFetcher {
 }
 
 /**
+ * Called with the platform manifest as soon as it is fetched (digest-checked, parsed), before
+ * its config blob is: `mount` starts the round trips that need only the manifest (the layers'
+ * chunk tables, then their metadata) side by side with the rest of the resolution. Not called
+ * when the resolution fails before; its result still may (the caller cancels what it started).
+ */
+export type ManifestListener = (manifest: FetchedManifest) => void;
+
+/**
  * Resolves `ref` to one platform's manifest: an index (or Docker list) is narrowed to `platform`
  * (default: the host's; a missing one is an error listing those available), a single manifest is
  * taken as is (EROFS layers are architecture-neutral) unless an explicit `platform` contradicts
@@ -140,6 +148,7 @@ export async function resolveImage(
   ref: ImageReference,
   platform?: string,
   signal?: AbortSignal,
+  onManifest?: ManifestListener,
 ): Promise<ResolvedImage> {
   if (ref.registry !== client.registry) {
     throw new OciError(`reference ${formatReference(ref)} is not on registry ${client.registry}`);
@@ -156,6 +165,7 @@ export async function resolveImage(
     wanted,
     platform !== undefined,
     formatReference(ref),
+    onManifest,
   );
 }
 
@@ -169,6 +179,7 @@ export async function resolveDocument(
   wanted: Platform,
   explicit: boolean,
   name: string,
+  onManifest?: ManifestListener,
 ): Promise<ResolvedImage> {
   let manifest = top;
   let indexDigest: string | undefined;
@@ -197,7 +208,9 @@ export async function resolveDocument(
     if (manifest.document.kind !== "manifest") {
       throw new OciError(`index entry ${match.digest} of ${name} is not a manifest`);
     }
+    onManifest?.(manifest);
   } else {
+    onManifest?.(top);
     const configPlatform = await fetcher.configPlatform(top.document.config);
     chosenPlatform = configPlatform ? formatPlatform(configPlatform) : "unknown";
     platforms = [chosenPlatform];

@@ -7,7 +7,7 @@
 import { OciError, UserError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { digestOf } from "../oci/digest.ts";
-import { fetchManifest } from "../oci/resolve.ts";
+import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
 import type { Source } from "../source/source.ts";
 import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
@@ -33,20 +33,60 @@ interface TableLayer {
   tarIndex?: { pieces?: string };
 }
 
+/** A bound table (named by its layer's annotation) whose GET started early. */
+export interface EarlyTable {
+  /** The table blob's digest, from the manifest's layer annotation. */
+  digest: string;
+  /** Rejects as fetchTable does (a tampered table is an error of the mount). */
+  fetched: Promise<{ table: ChunkTable; bytes: Uint8Array }>;
+}
+
+/**
+ * Starts the GET of each table `manifest` binds to one of `layers` (by the layer annotation),
+ * as soon as the manifest is there: the mount's metadata prefetch waits for the table, and the
+ * table needs nothing but the manifest. attachChunkTables then takes these (`early`) instead
+ * of fetching the manifest and the tables again. Keyed by layer digest.
+ */
+export function fetchBoundTables(
+  client: RegistryClient,
+  repository: string,
+  manifest: FetchedManifest,
+  layers: { digest: string; sizeBytes: number }[],
+): Map<string, EarlyTable> {
+  const early = new Map<string, EarlyTable>();
+  if (manifest.document.kind !== "manifest") return early;
+  for (const d of manifest.document.layers) {
+    const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
+    const layer = layers.find((l) => l.digest === d.digest && l.sizeBytes === d.size);
+    if (!table || !layer || early.has(d.digest)) continue;
+    const fetched = fetchTable(client, repository, table, layer);
+    fetched.catch(() => {}); // awaited (and reported) by attachChunkTables, or dropped
+    early.set(d.digest, { digest: table, fetched });
+  }
+  return early;
+}
+
 /**
  * Sets `chunkTable` on each registry layer that has one and says once what is not verified;
- * `requireVerified` turns a layer without a table into an error.
+ * `requireVerified` turns a layer without a table into an error. `early`: tables of the same
+ * manifest already on their way (fetchBoundTables).
  */
 export async function attachChunkTables(
   client: RegistryClient,
   repository: string,
   manifestDigest: string | undefined,
   layers: TableLayer[],
-  options: { requireVerified?: boolean; stateDir: string },
+  options: { requireVerified?: boolean; stateDir: string; early?: Map<string, EarlyTable> },
 ): Promise<void> {
   const registryLayers = layers.filter((l) => l.kind === "registry" && l.digest);
   if (registryLayers.length === 0 || !manifestDigest) return;
-  const found = await findLayerTableDigests(client, repository, manifestDigest);
+  const early = options.early ?? new Map<string, EarlyTable>();
+  // The early tables came from this manifest's own annotations: no second GET of it for them.
+  const found = registryLayers.every((l) => early.has(l.digest!))
+    ? new Map(
+      registryLayers.map((l) => [l.digest!, { digest: early.get(l.digest!)!.digest, bound: true }]),
+    )
+    : await findLayerTableDigests(client, repository, manifestDigest);
   const unbound: number[] = [];
   const missing: number[] = [];
   for (const layer of registryLayers) {
@@ -57,10 +97,10 @@ export async function attachChunkTables(
       if (!layer.tarIndex?.pieces) missing.push(layer.layerIndex ?? 0);
       continue;
     }
-    const { bytes } = await fetchTable(client, repository, table.digest, {
-      digest,
-      sizeBytes: layer.sizeBytes,
-    });
+    const started = early.get(digest);
+    const { bytes } = started?.digest === table.digest && table.bound
+      ? await started.fetched
+      : await fetchTable(client, repository, table.digest, { digest, sizeBytes: layer.sizeBytes });
     layer.chunkTable = {
       digest: table.digest,
       path: await keepTable(bytes, table.digest, options.stateDir),

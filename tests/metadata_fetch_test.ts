@@ -1,0 +1,245 @@
+/**
+ * How a cold mount fetches the chunk table's listed metadata (issue 12's mount target): the
+ * requests are split into a few multi-range GETs side by side only when there are enough parts
+ * (splitRequests), one GET that fails or answers wrong lengths costs only its own ranges (read
+ * again one by one, every range still checked), and `mount` asks for the table (then the
+ * metadata) as soon as the manifest is there — before the layer's head, with no second GET of
+ * the manifest — and still fails cleanly, leaving nothing behind, when the resolution fails
+ * after those started.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  loadMetadataRanges,
+  type MetadataRangeReader,
+  type MetadataRanges,
+  MIN_PARTS_PER_REQUEST,
+  splitRequests,
+} from "../lib/verify/metadata_ranges.ts";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import {
+  expectedManifest,
+  manifestOf,
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+} from "./_support/mounts.ts";
+
+Deno.test("metadata fetch: requests split into consecutive groups, only when there are enough", () => {
+  const requests = (n: number, length = 4096) =>
+    Array.from({ length: n }, (_, i) => ({ offset: i * 1_000_000, length }));
+  // Too few parts for two requests of MIN_PARTS_PER_REQUEST: one group, the same order.
+  for (const n of [0, 1, 5, 2 * MIN_PARTS_PER_REQUEST - 1]) {
+    const list = requests(n);
+    const groups = splitRequests(list, 2, MIN_PARTS_PER_REQUEST);
+    assert.equal(groups.length, n ? 1 : 0, `${n} requests`);
+    assert.deepEqual(groups.flat(), list);
+  }
+  for (const [n, count] of [[64, 2], [123, 2], [437, 2], [437, 3], [1000, 4]]) {
+    const list = requests(n);
+    const groups = splitRequests(list, count, MIN_PARTS_PER_REQUEST);
+    assert.equal(groups.length, count, `${n} requests in ${count}`);
+    assert.deepEqual(groups.flat(), list, "every request once, in order");
+    for (const g of groups) assert(g.length >= MIN_PARTS_PER_REQUEST, `${g.length} parts`);
+    // Equal parts: equal groups, give or take one.
+    const sizes = groups.map((g) => g.length);
+    assert(Math.max(...sizes) - Math.min(...sizes) <= 1, `${sizes}`);
+  }
+  // Balanced by cost (a part ~ 64 KiB), not count: one 4 MiB request weighs like 65 small ones.
+  const mixed = [
+    { offset: 0, length: 4 << 20 },
+    ...requests(130).map((r) => ({ ...r, offset: r.offset + (8 << 20) })),
+  ];
+  const [first, second] = splitRequests(mixed, 2, 1);
+  assert(first.length < second.length, `${first.length} vs ${second.length}`);
+});
+
+/** Random bytes and a list of `n` ranges of them, 64 KiB apart (not merged into one request). */
+function listOf(n: number) {
+  const step = 256 << 10;
+  const bytes = new Uint8Array(n * step);
+  for (let at = 0; at < bytes.length; at += 65536) {
+    crypto.getRandomValues(bytes.subarray(at, at + 65536));
+  }
+  const offsets = Array.from({ length: n }, (_, i) => i * step);
+  const lengths = offsets.map((_, i) => 4096 + (i % 3) * 4096);
+  const digests = new Uint8Array(32 * n);
+  offsets.forEach((offset, i) =>
+    digests.set(
+      createHash("sha256").update(bytes.subarray(offset, offset + lengths[i])).digest(),
+      32 * i,
+    )
+  );
+  const ranges: MetadataRanges = { offsets, lengths, digests };
+  return { bytes, ranges };
+}
+
+/** A blob over `bytes` whose multi-range call number `bad` fails as `how` says. */
+function blobOf(bytes: Uint8Array, bad: number, how: "reject" | "short" | "lie") {
+  const calls: number[] = [];
+  const singles: number[] = [];
+  const blob: MetadataRangeReader = {
+    read(offset, length) {
+      singles.push(offset);
+      return Promise.resolve(bytes.slice(offset, offset + length));
+    },
+    readRanges(ranges) {
+      const call = calls.push(ranges.length) - 1;
+      if (call === bad && how === "reject") return Promise.reject(new Error("connection reset"));
+      return Promise.resolve(ranges.map((r) => {
+        const out = bytes.slice(r.offset, r.offset + r.length);
+        if (call !== bad) return out;
+        if (how === "short") return out.subarray(0, out.length - 1);
+        out[0] ^= 1; // "lie": right length, wrong bytes
+        return out;
+      }));
+    },
+  };
+  return { blob, calls, singles };
+}
+
+Deno.test("metadata fetch: a failed request of the split costs only its ranges, each still checked", async () => {
+  const n = 3 * MIN_PARTS_PER_REQUEST;
+  const { bytes, ranges } = listOf(n);
+  for (const how of ["reject", "short", "lie"] as const) {
+    for (const bad of [0, 1]) {
+      const { blob, calls, singles } = blobOf(bytes, bad, how);
+      let sidecar: Uint8Array | undefined;
+      const got = await loadMetadataRanges(ranges, blob, {
+        sidecar: { read: () => undefined, write: (b) => sidecar = b },
+      });
+      const what = `${how} in request ${bad}`;
+      assert.equal(calls.length, 2, `${what}: two multi-range requests`);
+      assert.equal(calls[0] + calls[1], n, what);
+      // The failed request's ranges, and only those, are read again one by one.
+      const failed = bad === 0 ? ranges.offsets.slice(0, calls[0]) : ranges.offsets.slice(calls[0]);
+      assert.deepEqual([...singles].sort((a, b) => a - b), failed, what);
+      assert.equal(got.bad, how === "lie" ? failed.length : 0, what);
+      assert.equal(got.pieces.length, n, what);
+      for (const { offset, bytes: piece } of got.pieces) {
+        assert.deepEqual(
+          piece,
+          bytes.subarray(offset, offset + piece.length),
+          `${what} @${offset}`,
+        );
+      }
+      assert(sidecar, `${what}: every range fetched in the end, the sidecar written`);
+    }
+  }
+});
+
+Deno.test("metadata fetch: a hostile blob that answers nothing right yields no piece, no sidecar", async () => {
+  const { bytes, ranges } = listOf(2 * MIN_PARTS_PER_REQUEST);
+  const wrong = bytes.map((b) => b ^ 0x55);
+  let sidecar: Uint8Array | undefined;
+  const got = await loadMetadataRanges(ranges, {
+    read: (offset, length) => Promise.resolve(wrong.slice(offset, offset + length)),
+    readRanges: (rs) => Promise.resolve(rs.map((r) => wrong.slice(r.offset, r.offset + r.length))),
+  }, { sidecar: { read: () => undefined, write: (b) => sidecar = b } });
+  assert.equal(got.pieces.length, 0);
+  assert.equal(sidecar, undefined);
+});
+
+const FIXTURE = `${FIXTURES}/basic.erofs`;
+const ignoreMount = requires(root(), path("/dev/fuse"), command("docker-registry"));
+
+Deno.test({
+  name: "mount: the chunk table is asked for right after the manifest, which is fetched once",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    assertSuccess(
+      await runCli(["push", `${registry.host}/mf/early:v1`, FIXTURE, "--plain-http"], {
+        timeoutMs: 60_000,
+      }),
+    );
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    try {
+      assertSuccess(
+        await runCli(
+          [
+            "mount",
+            `${proxy.host}/mf/early:v1`,
+            sandbox.target,
+            "--plain-http",
+            "--backend",
+            "fuse",
+          ],
+          { env: sandbox.env, timeoutMs: 60_000 },
+        ),
+      );
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const log = sandbox.serverLogs();
+      assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
+      const manifest = JSON.parse(
+        await (await fetch(`http://${registry.host}/v2/mf/early/manifests/v1`, {
+          headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+        })).text(),
+      );
+      const layer = manifest.layers[0];
+      const table = layer.annotations["io.github.erofs-oci.chunk-digests"];
+      const gets = proxy.requests.filter((r) => r.method === "GET");
+      const trail = gets.map((r) => `${r.path} ${r.range ?? ""}`).join("\n");
+      const manifestGets = gets.filter((r) => /\/manifests\/(v1|sha256:)/.test(r.path));
+      assert.deepEqual(manifestGets.map((r) => r.path), ["/v2/mf/early/manifests/v1"], trail);
+      const tableAt = gets.findIndex((r) => isBlobGetOf(table)(toInfo(r)));
+      const headAt = gets.findIndex((r) =>
+        isBlobGetOf(layer.digest)(toInfo(r)) && /^bytes=0-\d+$/.test(r.range ?? "")
+      );
+      assert(tableAt >= 0 && headAt >= 0, trail);
+      assert(tableAt < headAt, `the table before the layer's head:\n${trail}`);
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+function toInfo(r: { method: string; path: string }) {
+  return { method: r.method, path: r.path, headers: new Headers() };
+}
+
+Deno.test({
+  name: "mount: resolution failing after the early table and metadata GETs leaves nothing behind",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    assertSuccess(
+      await runCli(["push", `${registry.host}/mf/fail:v1`, FIXTURE, "--plain-http"], {
+        timeoutMs: 60_000,
+      }),
+    );
+    const manifest = JSON.parse(
+      await (await fetch(`http://${registry.host}/v2/mf/fail/manifests/v1`, {
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+      })).text(),
+    );
+    // The config blob (asked for after the table GET started) is missing.
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGetOf(manifest.config.digest), fault: { kind: "status", status: 404 } },
+    ]);
+    const sandbox = await mountSandbox();
+    try {
+      const failed = await runCli(
+        ["mount", `${proxy.host}/mf/fail:v1`, sandbox.target, "--plain-http", "--backend", "fuse"],
+        { env: sandbox.env, timeoutMs: 60_000 },
+      );
+      const message = assertCliError(failed, 1);
+      assert.match(message, new RegExp(manifest.config.digest.slice(7, 19)), message);
+      assert.doesNotMatch(failed.stderr, /Uncaught|unhandled/i, failed.stderr);
+      assert.equal(proxy.hits(0), 1);
+      const table = manifest.layers[0].annotations["io.github.erofs-oci.chunk-digests"];
+      assert(
+        proxy.requests.some((r) => r.path.endsWith(`/blobs/${table}`)),
+        "the table GET had started",
+      );
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "a server outlived the failure");
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
