@@ -3,8 +3,8 @@
  * requests are split into a few multi-range GETs side by side only when there are enough parts
  * (splitRequests), one GET that fails or answers wrong lengths costs only its own ranges (read
  * again one by one, every range still checked), and `mount` asks for the table (then the
- * metadata) as soon as the manifest is there — before the layer's head, with no second GET of
- * the manifest — and still fails cleanly, leaving nothing behind, when the resolution fails
+ * metadata) and the trace as soon as the manifest is there — before the layer's head, with no
+ * second GET of the manifest — and still fails cleanly, leaving nothing behind, when the resolution fails
  * after those started.
  */
 import assert from "node:assert/strict";
@@ -147,7 +147,7 @@ const FIXTURE = `${FIXTURES}/basic.erofs`;
 const ignoreMount = requires(root(), path("/dev/fuse"), command("docker-registry"));
 
 Deno.test({
-  name: "mount: the chunk table is asked for right after the manifest, which is fetched once",
+  name: "mount: the chunk table and the trace are asked for right after the manifest, fetched once",
   ignore: ignoreMount,
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
@@ -192,6 +192,9 @@ Deno.test({
       );
       assert(tableAt >= 0 && headAt >= 0, trail);
       assert(tableAt < headAt, `the table before the layer's head:\n${trail}`);
+      // The trace lookup (the spec waits for it) starts there too.
+      const referrersAt = gets.findIndex((r) => r.path.includes("/referrers/"));
+      assert(referrersAt >= 0 && referrersAt < headAt, `referrers before the head:\n${trail}`);
     } finally {
       await sandbox.cleanup();
     }

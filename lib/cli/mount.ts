@@ -31,7 +31,12 @@ import {
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
 import { STATE_ROOT } from "../state/runtime.ts";
-import { forgetTracePrefetch, prepareTracePrefetch } from "../trace/mount_lookup.ts";
+import {
+  forgetTracePrefetch,
+  lookUpTrace,
+  prepareTracePrefetch,
+  type TraceLookup,
+} from "../trace/mount_lookup.ts";
 import {
   type EarlyMetadata,
   fetchMetadataEarly,
@@ -228,17 +233,23 @@ async function resolveAndMount(
     const client = opened.client;
     const repository = opened.ref.repository;
     // The chain to the server's pinned metadata is manifest -> chunk table -> metadata GET;
-    // the table and then the metadata are fetched as soon as the manifest is there, side by
-    // side with its config blob and the layers' heads. Cancelled when the mount fails first.
+    // the table and then the metadata (and the trace lookup the spec waits for) are fetched as
+    // soon as the manifest is there, side by side with its config blob and the layers' heads.
+    // Cancelled when the mount fails first.
     const abortEarly = new AbortController();
     let earlyTables: Map<string, EarlyTable> | undefined;
     let earlyMetadata: EarlyMetadata | undefined;
+    let traceLookup: TraceLookup | undefined;
     try {
       resolved = await resolveRegistryImage(
         opened,
         selection,
         tarIndexSources(values),
         (manifest, chosen) => {
+          mark("cli: manifest fetched");
+          if (!values["no-prefetch"]) {
+            traceLookup = lookUpTrace(client, repository, manifest.digest);
+          }
           earlyTables = fetchBoundTables(client, repository, manifest, chosen);
           earlyMetadata = fetchMetadataEarly(
             client,
@@ -249,7 +260,7 @@ async function resolveAndMount(
           );
         },
       );
-      mark("cli: manifest");
+      mark("cli: image resolved");
       // The table and the trace lookups are independent round trips: side by side.
       const layers = resolved.layers;
       const tablesAttached = attachChunkTables(
@@ -275,7 +286,11 @@ async function resolveAndMount(
           repository,
           resolved.manifestDigest,
           resolved.layers,
-          { subset: layer !== undefined || values.blob !== undefined },
+          {
+            subset: layer !== undefined || values.blob !== undefined,
+            // Looked up for this manifest (the hook's is the one resolved), else looked up now.
+            lookup: traceLookup,
+          },
         ),
       ]);
       mark("cli: chunk tables, trace lookup");
@@ -291,7 +306,8 @@ async function resolveAndMount(
       throw error;
     } finally {
       // The client closes once nothing started on it is still running.
-      const running = [...(earlyMetadata?.values() ?? [])].map((m) => m.bytes);
+      const running = [...(earlyMetadata?.values() ?? [])].map((m) => m.bytes as Promise<unknown>);
+      if (traceLookup) running.push(traceLookup);
       Promise.allSettled([metadata, ...running]).finally(() => client.close());
     }
   }

@@ -10,19 +10,41 @@ import { findTrace } from "./artifact.ts";
 import { parseTrace, rangesForLayers } from "./format.ts";
 import { PREFETCH_FILE_ENV, PREFETCH_SUBSET_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";
 
-/** Returns the file to remove once the server has started (it reads it at start). */
+/** What findTrace found for a manifest, looked up ahead of prepareTracePrefetch. */
+export type TraceLookup = Promise<Awaited<ReturnType<typeof findTrace>>>;
+
+/**
+ * Starts the trace lookup of `manifestDigest` (mount: as soon as the manifest is fetched, side
+ * by side with the rest of the resolution); undefined while a trace is recorded. Its failure
+ * is reported by the prepareTracePrefetch it is given to.
+ */
+export function lookUpTrace(
+  client: RegistryClient,
+  repository: string,
+  manifestDigest: string,
+): TraceLookup | undefined {
+  if (Deno.env.get(TRACE_RECORD_ENV)) return undefined;
+  const lookup = findTrace(client, repository, manifestDigest);
+  lookup.catch(() => {}); // awaited (and warned about) by prepareTracePrefetch, or dropped
+  return lookup;
+}
+
+/**
+ * Returns the file to remove once the server has started (it reads it at start). `lookup`:
+ * lookUpTrace of the same manifest, started earlier.
+ */
 export async function prepareTracePrefetch(
   client: RegistryClient,
   repository: string,
   manifestDigest: string | undefined,
   layers: LayerSpec[],
-  options: { subset?: boolean } = {},
+  options: { subset?: boolean; lookup?: TraceLookup } = {},
 ): Promise<string | undefined> {
   // `erofs-oci trace` records on a fresh mount: no prefetch may blur what the app reads.
   if (!manifestDigest || Deno.env.get(TRACE_RECORD_ENV)) return undefined;
   let bytes: Uint8Array;
   try {
-    const found = await findTrace(client, repository, manifestDigest);
+    const found = await (options.lookup ?? findTrace(client, repository, manifestDigest));
     if (!found) return undefined;
     bytes = found.bytes;
     const ranges = rangesForLayers(parseTrace(bytes), layers, options);
