@@ -38,6 +38,7 @@ import {
   S_IFDIR,
   S_IFREG,
 } from "./protocol.ts";
+import { fillTrace } from "../source/fill_trace.ts";
 
 /** errno values replied to the kernel (asm-generic/errno-base.h, errno.h). */
 const ENOENT = 2, EIO = 5, EINTR = 4, ENOTDIR = 20, EISDIR = 21, EROFS = 30, ENOSYS = 38;
@@ -269,6 +270,7 @@ export class SingleFileFuseServer {
     }
     const controller = new AbortController();
     this.#inflight.set(unique, controller);
+    fillTrace("read", unique.toString(), offset, length);
     const source = this.#source as Source & {
       readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
     };
@@ -288,6 +290,7 @@ export class SingleFileFuseServer {
         headView.setUint32(0, OUT_HEADER_SIZE + length, true);
         headView.setBigUint64(8, unique, true);
         this.#send(head, data);
+        fillTrace("replied", unique.toString());
         // Only after a good reply: a failed or interrupted read may still be writing into it.
         if (buffer) giveReplyBuffer(buffer);
       },

@@ -11,6 +11,7 @@
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
+import { fillTrace, nextFillId } from "./fill_trace.ts";
 import { dataSync, F_WRLCK, pwriteAll, tryLock, unlock } from "./disk_cache_io.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
@@ -191,10 +192,12 @@ export class BlobFiller {
    * Fills the missing chunks like fill(), but resolves as soon as the wanted ones are verified
    * and written (readable from the file), not when they are durable and marked: how each
    * chunk's wait ended ("written" before its sync, "synced" after one, "done" without one).
+   * `ahead` (ascending, after the wanted ones): chunks fetched in the same run, not waited for.
    */
-  fillReadable(wanted: number[]): Promise<ReadableEnd[]> {
+  fillReadable(wanted: number[], ahead: readonly number[] = []): Promise<ReadableEnd[]> {
     // The full fill's failure reaches the reader through the chunk's own promise below.
-    this.fill(wanted).catch(() => {});
+    // Chunks `ahead` join the same run (one fetch, streamed in order): nobody waits for them.
+    this.fill(ahead.length ? [...wanted, ...ahead] : wanted).catch(() => {});
     return Promise.all(
       wanted.map((c) =>
         this.#readable.get(c)?.promise ??
@@ -254,6 +257,8 @@ export class BlobFiller {
     const length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
+    const id = nextFillId();
+    fillTrace("fetch", id, offset, length, this.#filling.size);
     try {
       if (this.#blob.inner.readTo) {
         await streamInPieces(
@@ -261,10 +266,12 @@ export class BlobFiller {
           offset,
           length,
           this.#blob.chunkBytes,
-          (at, bytes) => this.#storeRun(at, bytes),
+          (at, bytes) => this.#storeRun(at, bytes, id),
           this.#blob.closing,
+          id,
         );
-      } else await this.#storeRun(offset, await this.#readRun(offset, length));
+      } else await this.#storeRun(offset, await this.#readRun(offset, length), id);
+      fillTrace("stored", id);
       if (this.#blob.isDegraded()) return false;
       // The bytes must be on disk before the map says so: a crash between the two then
       // leaves the chunk absent, never present with old or zero bytes. Readers of this
@@ -299,7 +306,8 @@ export class BlobFiller {
   }
 
   /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
-  async #storeRun(offset: number, bytes: Uint8Array): Promise<void> {
+  async #storeRun(offset: number, bytes: Uint8Array, id = 0): Promise<void> {
+    fillTrace("piece", id, offset, bytes.length);
     if (this.#blob.verify) {
       const first = offset / this.#blob.chunkBytes;
       for (let from = 0; from < bytes.length; from += this.#blob.chunkBytes) {
@@ -310,9 +318,11 @@ export class BlobFiller {
         }
       }
     }
+    fillTrace("verified", id, offset);
     if (this.#blob.isDegraded()) return;
     try {
       pwriteAll(this.#blob.dataFd, bytes, offset);
+      fillTrace("written", id, offset);
     } catch (error) {
       throw new DiskWriteError("disk write failed", { cause: error });
     }

@@ -13,6 +13,7 @@
  * direct reads disk_cache_direct.ts.
  */
 import { abortable } from "./abortable.ts";
+import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
@@ -86,6 +87,11 @@ export class DiskCachedSource implements Source {
   #corrupt?: Error;
   /** When a reader last needed a fetch: background completion waits for quiet. */
   #lastForegroundMs = 0;
+  /** Reads waiting for a fetch now, and who waits for them all to end (whenNoDemand). */
+  #demandWaiting = 0;
+  #demandIdle?: PromiseWithResolvers<void>;
+  /** Bytes a demand fetch runs on past the read, to the end of that aligned block (0: none). */
+  #demandAheadBytes = 0;
   #touchedMs = 0;
   lastUsedMs = Date.now();
   readonly #stats = {
@@ -232,7 +238,19 @@ export class DiskCachedSource implements Source {
       if (missing.length) {
         fetched = true;
         this.#lastForegroundMs = Date.now();
-        const ends = await abortable(this.#filler.fillReadable(missing), signal);
+        const ahead = this.#demandAhead(missing[missing.length - 1] + 1);
+        fillTrace("miss", offset, length, missing.join(","), ahead.length);
+        this.#demandWaiting++;
+        let ends: Awaited<ReturnType<BlobFiller["fillReadable"]>>;
+        try {
+          ends = await abortable(this.#filler.fillReadable(missing, ahead), signal);
+        } finally {
+          if (--this.#demandWaiting === 0) {
+            this.#demandIdle?.resolve();
+            this.#demandIdle = undefined;
+          }
+        }
+        fillTrace("miss-ready", offset, length, ends.join(","));
         if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
         continue;
       }
@@ -268,6 +286,47 @@ export class DiskCachedSource implements Source {
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
     dest.set(await this.#inner.read(offset, length, signal));
+  }
+
+  /**
+   * A demand fetch goes on past the read to the end of its aligned block of `bytes` (0: stops
+   * at the read), in the same GET: the reader is answered as soon as its own chunks are
+   * verified, the rest follows without a request of its own. For images whose files are read
+   * in clusters (prefetched.ts sets it with its background windows, which would fetch that
+   * block next anyway).
+   */
+  setDemandAheadBytes(bytes: number): void {
+    this.#demandAheadBytes = Math.max(0, Math.floor(bytes));
+  }
+
+  /**
+   * Undefined when no read waits for a fetch; else settles once none does: background fills
+   * start after it, so a reader's GET never queues behind theirs.
+   */
+  whenNoDemand(): Promise<void> | undefined {
+    if (this.#demandWaiting === 0) return undefined;
+    this.#demandIdle ??= Promise.withResolvers<void>();
+    return this.#demandIdle.promise;
+  }
+
+  /** Chunks from `from` to the end of its demand-ahead block, up to the first one not absent. */
+  #demandAhead(from: number): number[] {
+    const block = this.#demandAheadBytes;
+    if (block <= this.chunkBytes || from >= this.chunkCount) return [];
+    const stop = Math.min(
+      this.chunkCount,
+      Math.ceil(Math.ceil(from * this.chunkBytes / block) * block / this.chunkBytes),
+    );
+    if (stop <= from) return [];
+    const ahead: number[] = [];
+    const map = this.#readMap(from, stop);
+    for (let c = from; c < stop; c++) {
+      if (map[c - from] === PRESENT || this.#filler.isFilling(c) || this.#filler.isWritten(c)) {
+        break;
+      }
+      ahead.push(c);
+    }
+    return ahead;
   }
 
   /**
@@ -312,6 +371,7 @@ export class DiskCachedSource implements Source {
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
     if (!missing.length) return done;
+    fillTrace("ahead", offset, length, missing.length);
     this.#lastForegroundMs = Date.now();
     return this.#filler.fill(missing).then(() => {}, () => {});
   }

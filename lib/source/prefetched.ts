@@ -11,6 +11,7 @@ import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 import { closeQuietly, openCacheFile, pwriteAll, reopenReadOnly } from "./disk_cache_io.ts";
 import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
+import { fillTrace } from "./fill_trace.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -320,6 +321,12 @@ const SCATTERED_WINDOWS = 8;
 /** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
 
+/** How the disk cache puts readers first (DiskCachedSource). */
+interface DemandAware {
+  whenNoDemand(): Promise<void> | undefined;
+  setDemandAheadBytes(bytes: number): void;
+}
+
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
   /** Settles (never rejects) when the fill is over, if the source says so. */
@@ -434,7 +441,10 @@ export async function prefetchErofsMetadata(
       starts,
       windowBytes: size,
       sizeBytes: raw.size,
-      fill: (start, length) => Promise.resolve(fillAhead(start, length)),
+      fill: (start, length) => {
+        fillTrace("window", start, length);
+        return Promise.resolve(fillAhead(start, length));
+      },
       inFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
       idleInFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
       // A window the list lacks, where file data was read: from the same budget.
@@ -448,8 +458,11 @@ export async function prefetchErofsMetadata(
         return true;
       },
       activity: () => target.readActivity(),
+      demandWaiting: () => (raw as Partial<DemandAware>).whenNoDemand?.(),
       signal: options.signal,
     });
+    // A reader's fetch runs on to the end of its window (the window it promotes next).
+    (raw as Partial<DemandAware>).setDemandAheadBytes?.(size);
     target.onDataRead((offset, length) => windows.promote(offset, length));
     // Not before file data is read. Started at ready they never got the gap before a find to
     // themselves (bench-host, quiet host, 2026-12-01 16:00): mount(2)'s 1-2 pinned reads held

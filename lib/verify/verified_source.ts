@@ -8,6 +8,7 @@
 import type { Source } from "../source/source.ts";
 import type { ChunkTable } from "./chunk_table.ts";
 import { noteChunkMismatch } from "../source/fetch_metrics.ts";
+import { fillTrace } from "../source/fill_trace.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends Error {
@@ -143,7 +144,10 @@ export class VerifiedSource implements Source {
     const deliver = async () => {
       const chunkStart = index * chunk;
       let piece: Uint8Array = buffer.subarray(0, filled);
-      if (this.#table.matches(index, piece)) this.verifiedChunks++;
+      fillTrace("v-chunk-arrived", index);
+      const good = this.#table.matches(index, piece);
+      fillTrace("v-chunk-hashed", index);
+      if (good) this.verifiedChunks++;
       else piece = await this.#refetchChunk(index, filled, signal);
       const from = Math.max(offset, chunkStart);
       const to = Math.min(offset + length, chunkStart + piece.length);
@@ -154,8 +158,12 @@ export class VerifiedSource implements Source {
     };
     const runBytes = Math.min(this.size, end * chunk) - start;
     let clean = false;
+    let firstBytes = true;
+    fillTrace("v-get", start, runBytes);
     try {
       await this.#inner.readTo!(start, runBytes, async (bytes) => {
+        if (firstBytes) fillTrace("v-first-bytes", start, bytes.length);
+        firstBytes = false;
         for (let used = 0; used < bytes.length;) {
           const want = Math.min(chunk, this.size - index * chunk);
           const n = Math.min(want - filled, bytes.length - used);
