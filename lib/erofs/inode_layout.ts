@@ -26,8 +26,11 @@ export const CHUNK_INDEX_BYTES = 8;
 const CHUNK_BLKADDR_BYTES = 4;
 /** erofs_dirent.file_type of a directory (EROFS_FT_DIR). */
 export const FT_DIR = 2;
-/** Nids with bit 63 live in the metabox inode (EROFS_DIRENT_NID_METABOX_BIT): not followed. */
-const NID_METABOX_BIT = 1n << 63n;
+/**
+ * Nids with bit 63 live in the metabox inode (EROFS_DIRENT_NID_METABOX_BIT): not followed, nor
+ * are nids beyond 2^53 - 1. Both have a high 32-bit half of at least 2^21 (bit 63 sets 2^31).
+ */
+const NID_SAFE_HIGH_LIMIT = 2 ** 21;
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 /** feature_incompat 48bit: i_u plus the u16 at 6 (startblk_hi) form the block address. */
@@ -142,17 +145,25 @@ export function* direntsOfBlock(block: Uint8Array): Generator<Dirent | "bad" | "
   ) return yield "bad";
   const count = firstNameOffset / DIRENT_BYTES;
   for (let k = 0; k < count; k++) {
-    const nid = view.getBigUint64(k * DIRENT_BYTES, true);
+    // The le64 nid as two halves: no BigInt per entry (the walk scans every dirent, and under
+    // emulation each allocation counts).
+    const nidLow = view.getUint32(k * DIRENT_BYTES, true);
+    const nidHigh = view.getUint32(k * DIRENT_BYTES + 4, true);
     const nameStart = view.getUint16(k * DIRENT_BYTES + 8, true);
     const nameEnd = k + 1 < count ? view.getUint16((k + 1) * DIRENT_BYTES + 8, true) : length;
     if (nameStart > nameEnd || nameEnd > length) return yield "bad";
-    if (nid & NID_METABOX_BIT || nid > BigInt(Number.MAX_SAFE_INTEGER)) {
+    // Bit 63 (metabox) is bit 31 of the high half; above 2^53 - 1 the high half is >= 2^21.
+    if (nidHigh >= NID_SAFE_HIGH_LIMIT) {
       yield "unfollowed";
       continue;
     }
     let name = block.subarray(nameStart, nameEnd);
     const nul = name.indexOf(0);
     if (nul >= 0) name = name.subarray(0, nul);
-    yield { nid: Number(nid), name, fileType: view.getUint8(k * DIRENT_BYTES + 10) };
+    yield {
+      nid: nidHigh * 2 ** 32 + nidLow,
+      name,
+      fileType: view.getUint8(k * DIRENT_BYTES + 10),
+    };
   }
 }

@@ -277,7 +277,7 @@ class Walker {
             return;
           }
           if (this.result.direntsScanned % YIELD_EVERY_DIRENTS === 0) await yieldToEventLoop();
-          if (entry.dot) continue;
+          if (isDotOrDotDot(entry.name)) continue;
           if (this.#options.fileInodes === false && entry.fileType !== FT_DIR) continue;
           this.result.entries++;
           if (this.result.entries > this.#maxEntries) {
@@ -337,7 +337,7 @@ class Walker {
    * Entries of a directory whose pages are fetched; a bad or missing block ends that directory.
    * Names stay bytes (decoded only for `collectPaths`).
    */
-  *#dirents(inode: InodeInfo): Generator<Dirent & { dot: boolean }> {
+  *#dirents(inode: InodeInfo): Generator<Dirent> {
     const bs = this.#blockBytes;
     if (inode.layout !== FLAT_PLAIN && inode.layout !== FLAT_INLINE) return this.#skip();
     const blocks = Math.ceil(inode.size / bs);
@@ -354,7 +354,7 @@ class Walker {
           this.#skip();
           continue;
         }
-        yield { ...entry, dot: isDotOrDotDot(entry.name) };
+        yield entry;
       }
     }
   }
