@@ -34,6 +34,11 @@ seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; 
 if [ -n "${BENCH_CLI_BIN:-}" ]; then
   # Its runtime is unpacked once, as on an installed host, into guest tmpfs (not timed below).
   export EROFS_OCI_RUNTIME_CACHE=$work/runtime
+  # Deno's code cache in the guest's own RAM, filled by the first commands below as a user's
+  # ~/.cache/deno is by their first runs. Not the host's DENO_DIR: the guest sees that SQLite
+  # database through 9p (cache=loose) while host processes write it, and a torn copy crashed
+  # Deno in the guest ("Fatal error in :0: unreachable code", 17:36).
+  export DENO_DIR=$work/deno-dir
   cli() { "$BENCH_CLI_BIN" "$@"; }
 else
   cli() { "$repo/scripts/erofs-oci-dev" "$@"; }
@@ -134,7 +139,7 @@ mount_timeline() {
         while IFS= read -r line; do
           stamp=$(date -d "${line%% *}" +%s.%N 2>/dev/null) || continue
           awk -v s="$stamp" -v a="$t0" -v n="$name" -v m="${line#* }" \
-            'BEGIN { printf "%s\t%.2f\t%s\n", n, s - a, substr(m, 1, 120) }'
+            'BEGIN { printf "%s\t%.2f\t%s\n", n, s - a, substr(m, 1, 400) }'
           [[ $line == *" info ready:"* ]] && break
         done <"$log"
       fi
@@ -312,14 +317,15 @@ local_umount() { umount "$1"; }
 # Each variant starts from an empty disk cache of its own: a cold mount fetches from the
 # registry (the default /var/cache/erofs-oci would serve a later variant from disk).
 # EROFS_OCI_TIMING: the CLI and its server append their start-up marks (lib/timing.ts) there.
-cold_cache() { echo "$work/disk-cache/$(basename "$1")"; }
+# Names by parameter expansion, not $(basename …): these run inside the timed mount, where each
+# command substitution is a fork (and basename an exec), ~0.3 s each in the TCG guest.
 oci_nbd_mount() {
-  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") EROFS_OCI_TIMING=$work/timing-$(basename "$1").txt \
-    cli mount "$ref" "$1" --backend nbd >"$work/mount-$(basename "$1").log" 2>&1
+  EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
+    cli mount "$ref" "$1" --backend nbd >"$work/mount-${1##*/}.log" 2>&1
 }
 oci_fuse_mount() {
-  EROFS_OCI_CACHE_DIR=$(cold_cache "$1") EROFS_OCI_TIMING=$work/timing-$(basename "$1").txt \
-    cli mount "$ref" "$1" --backend fuse >"$work/mount-$(basename "$1").log" 2>&1
+  EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
+    cli mount "$ref" "$1" --backend fuse >"$work/mount-${1##*/}.log" 2>&1
 }
 oci_umount() { cli umount "$1"; }
 oci_pid() {
