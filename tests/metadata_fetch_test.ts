@@ -4,8 +4,8 @@
  * (splitRequests), one GET that fails or answers wrong lengths costs only its own ranges (read
  * again one by one, every range still checked), and `mount` asks for the table (then the
  * metadata) and the trace as soon as the manifest is there — before the layer's head, with no
- * second GET of the manifest — and still fails cleanly, leaving nothing behind, when the resolution fails
- * after those started.
+ * second GET of the manifest, which itself is asked for while mount's modules load — and still
+ * fails cleanly, leaving nothing behind, when the resolution fails after those started.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -159,6 +159,7 @@ Deno.test({
     await using proxy = await startFaultProxy(registry.host, []);
     const sandbox = await mountSandbox();
     try {
+      const timingFile = `${sandbox.target}.timing`;
       assertSuccess(
         await runCli(
           [
@@ -169,9 +170,13 @@ Deno.test({
             "--backend",
             "fuse",
           ],
-          { env: sandbox.env, timeoutMs: 60_000 },
+          { env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 60_000 },
         ),
       );
+      // Asked for on the early look at the command line (manifest_ahead.ts) and taken by
+      // mount: the only GET of the manifest (below).
+      assert.match(Deno.readTextFileSync(timingFile), / cli: manifest asked ahead /);
+      Deno.removeSync(timingFile);
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       const log = sandbox.serverLogs();
       assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);

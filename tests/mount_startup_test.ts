@@ -103,3 +103,70 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "mount: the manifest is asked for ahead of mount's own checks, and ended when mount is refused",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    // A "registry" that accepts connections and never answers.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const conns: Deno.Conn[] = [];
+    const accepting = (async () => {
+      try {
+        for await (const conn of listener) conns.push(conn);
+      } catch { /* closed */ }
+    })();
+    const sandbox = await mountSandbox();
+    try {
+      const image = `127.0.0.1:${listener.addr.port}/never/answers:v1`;
+      const run = async (args: string[]) => {
+        const timingFile = `${sandbox.target}.timing`;
+        const result = await runCli(args, {
+          env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile },
+        });
+        const marks = Deno.readTextFileSync(timingFile);
+        Deno.removeSync(timingFile);
+        return { result, marks };
+      };
+      // Refused by mount.ts's target check, after the GET went out on the early look: the
+      // CLI does not wait for the registry that never answers.
+      const missing = `${sandbox.target}/missing`;
+      const refused = await run(["mount", image, missing, "--plain-http", "--backend", "fuse"]);
+      assert.equal(refused.result.code, 1, describe(refused.result));
+      assert.match(refused.result.stderr, /does not exist/, describe(refused.result));
+      assert.match(refused.marks, / cli: manifest asked ahead /, refused.marks);
+      for (let i = 0; i < 40 && conns.length === 0; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50)); // our accept loop's turn
+      }
+      assert(conns.length > 0, "the manifest GET started ahead never reached the registry");
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "a server outlived the refusal");
+      // Credentials on the command line: not ahead (stdin and the hand-off are mount's).
+      const before = conns.length;
+      const withCredentials = await run([
+        "mount",
+        image,
+        missing,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        "--username",
+        "u",
+        "--password",
+        "p",
+      ]);
+      assert.equal(withCredentials.result.code, 1, describe(withCredentials.result));
+      assert.doesNotMatch(withCredentials.marks, /manifest asked ahead/, withCredentials.marks);
+      assert.equal(conns.length, before, "a GET went out for a mount given credentials");
+    } finally {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      }
+      await accepting;
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -1,7 +1,9 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { UsageError } from "../errors.ts";
-import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { openRegistry, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
+import { discardManifestAhead, takeManifestAhead } from "./manifest_ahead.ts";
 import { parseSize } from "./size.ts";
 import { info } from "../log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
@@ -44,30 +46,6 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
-
-const MOUNT_OPTIONS = {
-  ...REGISTRY_OPTIONS,
-  layer: { type: "string" },
-  blob: { type: "string" },
-  "any-media-type": { type: "boolean" },
-  backend: { type: "string", default: "auto" },
-  "cache-size": { type: "string" },
-  "disk-cache-size": { type: "string" },
-  "no-disk-cache": { type: "boolean" },
-  "metrics-listen": { type: "string" },
-  "fetch-all": { type: "boolean" },
-  "no-prefetch": { type: "boolean" },
-  "require-verified": { type: "boolean" },
-  upper: { type: "string" },
-  work: { type: "string" },
-  foreground: { type: "boolean" },
-  suid: { type: "boolean" },
-  dev: { type: "boolean" },
-  options: { type: "string", short: "o", multiple: true },
-  index: { type: "string" },
-  tarindex: { type: "string" },
-  zinfo: { type: "string" },
-} as const;
 
 function parseMountArgs(argv: string[]) {
   return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
@@ -131,38 +109,46 @@ A password given with --password/--password-stdin is stored in it (base64, as er
 does) because reattach needs it; credentials from Docker's config or a credential helper
 are not written and are looked up again at reattach. The file is removed by umount.`,
   async run(argv) {
-    const { values, positionals } = parseMountArgs(argv);
-    const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
-    const layer = parseLayerIndex("mount", values.layer);
-    if ((values.upper === undefined) !== (values.work === undefined)) {
-      throw new UsageError("mount: --upper and --work go together");
-    }
-    const cacheBytes = values["cache-size"] === undefined
-      ? DEFAULT_MOUNT_CACHE_BYTES
-      : parseSize(values["cache-size"], "--cache-size");
-    const trust = parseMountTrust(values, values.options);
-    // The detached server reads the disk cache settings from the environment it inherits.
-    if (values["fetch-all"] && values["no-disk-cache"]) {
-      throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
-    }
-    if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
-    if (values["metrics-listen"] !== undefined) {
-      parseListenAddress(values["metrics-listen"]); // a usage error here, not in the server log
-    }
-    if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
-    else if (values["disk-cache-size"] !== undefined) {
-      const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
-      Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
-    }
-    checkRoot();
-    const target = checkMountTarget(dir);
     try {
-      return await mountAt(target, image, values, { cacheBytes, layer, trust });
+      return await runMount(argv);
     } finally {
-      releaseMountTarget(target);
+      discardManifestAhead(); // a no-op once resolution took it
     }
   },
 };
+
+async function runMount(argv: string[]): Promise<number> {
+  const { values, positionals } = parseMountArgs(argv);
+  const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
+  const layer = parseLayerIndex("mount", values.layer);
+  if ((values.upper === undefined) !== (values.work === undefined)) {
+    throw new UsageError("mount: --upper and --work go together");
+  }
+  const cacheBytes = values["cache-size"] === undefined
+    ? DEFAULT_MOUNT_CACHE_BYTES
+    : parseSize(values["cache-size"], "--cache-size");
+  const trust = parseMountTrust(values, values.options);
+  // The detached server reads the disk cache settings from the environment it inherits.
+  if (values["fetch-all"] && values["no-disk-cache"]) {
+    throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
+  }
+  if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
+  if (values["metrics-listen"] !== undefined) {
+    parseListenAddress(values["metrics-listen"]); // a usage error here, not in the server log
+  }
+  if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
+  else if (values["disk-cache-size"] !== undefined) {
+    const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
+    Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
+  }
+  checkRoot();
+  const target = checkMountTarget(dir);
+  try {
+    return await mountAt(target, image, values, { cacheBytes, layer, trust });
+  } finally {
+    releaseMountTarget(target);
+  }
+}
 
 function tarIndexSources(values: MountValues): TarIndexSources {
   if (values.zinfo !== undefined && values.tarindex === undefined) {
@@ -230,6 +216,14 @@ async function resolveAndMount(
   } else {
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;
+    // The manifest GET started before mount's modules loaded (manifest_ahead.ts), when it
+    // was for this image through a client like this one: its client goes on.
+    const ahead = opened.credentials ? undefined : takeManifestAhead({
+      image,
+      plainHttp: opened.plainHttp,
+      insecure: opened.insecure,
+    });
+    if (ahead) opened.client = ahead.client;
     const client = opened.client;
     const repository = opened.ref.repository;
     // The chain to the server's pinned metadata is manifest -> chunk table -> metadata GET;
@@ -259,6 +253,7 @@ async function resolveAndMount(
             abortEarly.signal,
           );
         },
+        ahead?.top,
       );
       mark("cli: image resolved");
       // The table and the trace lookups are independent round trips: side by side.

@@ -1,8 +1,10 @@
 /**
  * What `mount` starts before its own modules load (lib/cli/main.ts imports this next to
- * mount.ts): the server, a second Deno whose start-up is the longest step of a mount. Only a
- * quick look at the command line; mount.ts takes the server only when its real parse agrees
- * (takeServerSpawnedAhead), and main.ts discards one nobody took.
+ * mount.ts): the server, a second Deno whose start-up is the longest step of a mount, and then
+ * the image's manifest GET (manifest_ahead.ts). Only a quick look at the command line; mount.ts
+ * takes the server only when its real parse agrees (takeServerSpawnedAhead), and main.ts
+ * discards one nobody took; the manifest GET likewise (takeManifestAhead, mount's run ends
+ * one it did not take).
  */
 import { chooseBackend } from "../mount/backend_choice.ts";
 import { spawnServerAhead } from "../daemon/server_spawn.ts";
@@ -26,4 +28,6 @@ export function spawnMountServerAhead(argv: string[]): void {
     return; // mount.ts reports it
   }
   spawnServerAhead(false, backend);
+  // Then the image's manifest GET, once its few modules are there (a subset of mount's).
+  import("./manifest_ahead.ts").then((m) => m.startManifestAhead(argv)).catch(() => {});
 }

@@ -121,14 +121,19 @@ export interface TarIndexSources {
  */
 export type SelectedLayersListener = (manifest: FetchedManifest, layers: LayerDescriptor[]) => void;
 
+/**
+ * The layers of a registry image to mount. `onLayers`: told them as soon as the manifest is
+ * there; `top`: the reference's manifest, fetched already through `opened.client`.
+ */
 export async function resolveRegistryImage(
   opened: OpenedRegistry,
   selection: LayerSelection,
   indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
   onLayers?: SelectedLayersListener,
+  top?: Promise<FetchedManifest>,
 ): Promise<ResolvedLayers> {
   const { ref, client } = opened;
-  const image = await client.resolveImage(ref, opened.platform, (manifest) => {
+  const onManifest = (manifest: FetchedManifest) => {
     if (!onLayers || indexes.files || manifest.document.kind !== "manifest") return;
     const descriptors = manifest.document.layers.map((l, index) => ({
       index,
@@ -143,7 +148,8 @@ export async function resolveRegistryImage(
       return; // the same choice below reports it
     }
     onLayers(manifest, chosen.filter((l) => tarLayerKind(l.mediaType) === undefined));
-  });
+  };
+  const image = await client.resolveImage(ref, opened.platform, { onManifest, top });
   const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
   const tarLayers = selection.anyMediaType && !indexes.files
     ? []

@@ -24,7 +24,12 @@ import {
   routeRequest,
   type ServerEndpoint,
 } from "./host_routing.ts";
-import { type ManifestListener, type ResolvedImage, resolveImage } from "./resolve.ts";
+import {
+  type FetchedManifest,
+  type ManifestListener,
+  type ResolvedImage,
+  resolveImage,
+} from "./resolve.ts";
 import { downloadBlob, type DownloadOptions } from "./download.ts";
 
 export type { ResolvedImage } from "./resolve.ts";
@@ -174,13 +179,16 @@ export class RegistryClient {
     return { deadlineAtMs: Date.now() + this.#deadlineMs, maxAttempts: this.#maxAttempts };
   }
 
-  /** Resolves a reference to one platform's manifest and its layers; see resolve.ts. */
+  /**
+   * Resolves a reference to one platform's manifest and its layers; see resolve.ts. `top`: the
+   * reference's own manifest, fetched already through this client (fetchManifest).
+   */
   resolveImage(
     ref: ImageReference,
     platform?: string,
-    onManifest?: ManifestListener,
+    options: { onManifest?: ManifestListener; top?: Promise<FetchedManifest> } = {},
   ): Promise<ResolvedImage> {
-    return resolveImage(this, ref, platform, undefined, onManifest);
+    return resolveImage(this, ref, platform, undefined, options.onManifest, options.top);
   }
 
   /**

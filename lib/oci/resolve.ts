@@ -141,7 +141,7 @@ export type ManifestListener = (manifest: FetchedManifest) => void;
  * Resolves `ref` to one platform's manifest: an index (or Docker list) is narrowed to `platform`
  * (default: the host's; a missing one is an error listing those available), a single manifest is
  * taken as is (EROFS layers are architecture-neutral) unless an explicit `platform` contradicts
- * its config.
+ * its config. `top`: fetchManifest of `ref` through `client`, started earlier (mount).
  */
 export async function resolveImage(
   client: RegistryClient,
@@ -149,15 +149,17 @@ export async function resolveImage(
   platform?: string,
   signal?: AbortSignal,
   onManifest?: ManifestListener,
+  top?: Promise<FetchedManifest>,
 ): Promise<ResolvedImage> {
   if (ref.registry !== client.registry) {
     throw new OciError(`reference ${formatReference(ref)} is not on registry ${client.registry}`);
   }
   if (ref.digest) validateDigest(ref.digest);
   const wanted = parsePlatform(platform ?? hostPlatform());
-  const top = await fetchManifest(client, ref.repository, manifestReference(ref), signal);
+  const fetched =
+    await (top ?? fetchManifest(client, ref.repository, manifestReference(ref), signal));
   return await resolveDocument(
-    top,
+    fetched,
     {
       manifest: (digest) => fetchManifest(client, ref.repository, digest, signal),
       configPlatform: (config) => fetchConfigPlatform(client, ref.repository, config, signal),
