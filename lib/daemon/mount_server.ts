@@ -10,7 +10,7 @@ import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/r
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
-import { PRESTART_FUSE_READER_ENV } from "./server_spawn.ts";
+import { NEW_SESSION_ENV, PRESTART_FUSE_READER_ENV } from "./server_spawn.ts";
 import {
   type MetadataLoader,
   metadataLoaderOf,
@@ -27,7 +27,8 @@ import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
-import { setLogFormat } from "../log.ts";
+import { setLogFormat, warn } from "../log.ts";
+import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
 import { type HandedMetadata, readSpecAndMetadata } from "./handed_metadata.ts";
@@ -137,6 +138,7 @@ async function headOf(source: Source): Promise<string | undefined> {
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
+  leaveCliSession();
   if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
   let spec: MountSpec;
   let handedMetadata: Promise<HandedMetadata>;
@@ -407,4 +409,16 @@ export async function runMountServer(): Promise<number> {
   await serveControl(listener, handle);
   await stop();
   return 0;
+}
+
+/**
+ * A detached server's own session (server_spawn.ts spawns it without one): the terminal's
+ * hangup and Ctrl-C of the `mount` that started it no longer reach it. Before this call it
+ * shares the CLI's process group, which only matters while the mount is still starting.
+ */
+function leaveCliSession(): void {
+  if (Deno.env.get(NEW_SESSION_ENV) !== "1") return;
+  Deno.env.delete(NEW_SESSION_ENV); // not for the processes this server starts
+  // Fails only for a process group leader, which a spawned child is not.
+  if (libc().setsid() < 0) warn(`setsid failed: ${strerror(errno())}`);
 }

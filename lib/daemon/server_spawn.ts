@@ -22,6 +22,15 @@ const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
 /** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
 export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
 
+/**
+ * Set for a server that leaves the CLI's session itself (setsid(2) first thing, see
+ * lib/daemon/mount_server.ts). Deno's `detached: true` does that in the child between fork and
+ * exec, and a pre-exec step makes Rust fork the whole CLI instead of posix_spawn: 20-30 ms per
+ * spawn on the host with a 100 MB heap (1.6 ms without), and most of the 0.6-1.6 s between
+ * `cli: main` and `cli: server spawned ahead` in the QEMU TCG guest.
+ */
+export const NEW_SESSION_ENV = "EROFS_OCI_SERVER_NEW_SESSION";
+
 /** A server process spawned for one kind of mount, its spec not sent yet. */
 export interface ServerChild {
   child: Deno.ChildProcess;
@@ -34,13 +43,16 @@ export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"):
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
-    env: backend === "fuse"
-      ? { ...SERVER_MEMORY_ENV, [PRESTART_FUSE_READER_ENV]: "1" }
-      : SERVER_MEMORY_ENV,
+    env: {
+      ...SERVER_MEMORY_ENV,
+      ...(backend === "fuse" ? { [PRESTART_FUSE_READER_ENV]: "1" } : {}),
+      ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
+    },
     stdin: "piped",
     stdout: "piped",
     stderr: foreground ? "inherit" : "null",
-    detached: !foreground,
+    // Not `detached`: the server calls setsid itself (NEW_SESSION_ENV), a spawn without fork.
+    detached: false,
   }).spawn();
   return { child, foreground, backend };
 }
