@@ -114,7 +114,13 @@ function indexOfSeq(bytes: Uint8Array, seq: number[], from: number, to: number):
   return -1;
 }
 
-/** Walks `--boundary` parts; each part's length is its Content-Range's (no scanning of data). */
+/**
+ * Walks `--boundary` parts; each part's length is its Content-Range's (no scanning of data). A
+ * part counts only when the next delimiter (CRLF `--boundary`, RFC 2046 §5.1.1) or the end of
+ * the body follows exactly where its length says it ends: a part whose data is shorter or
+ * longer than its header claims would otherwise hand over bytes of what follows it. The walk
+ * stops at the first part out of frame (the caller reads the rest range by range).
+ */
 function parseParts(
   body: Uint8Array,
   boundary: string,
@@ -135,8 +141,12 @@ function parseParts(
     const start = headersEnd + 4;
     const end = start + (range.last - range.first + 1);
     if (end > body.length) return;
+    const crlf = body[end] === 13 && body[end + 1] === 10;
+    const next = crlf ? end + 2 : end;
+    const atDelimiter = indexOfSeq(body, marker, next, next + marker.length) === next;
+    // An unclosed body may end right after the last part (with or without its CRLF).
+    if (!atDelimiter && next !== body.length) return;
     place(range.first, range.last, range.total, body.subarray(start, end));
-    // The next marker follows the part's CRLF.
-    at = indexOfSeq(body, marker, end, end + marker.length + 4);
+    at = atDelimiter ? next : -1;
   }
 }
