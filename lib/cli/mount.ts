@@ -244,7 +244,7 @@ async function resolveAndMount(
           if (!values["no-prefetch"]) {
             traceLookup = lookUpTrace(client, repository, manifest.digest);
           }
-          earlyTables = fetchBoundTables(client, repository, manifest, chosen);
+          earlyTables = fetchBoundTables(client, repository, manifest, chosen, STATE_ROOT);
           earlyMetadata = fetchMetadataEarly(
             client,
             repository,

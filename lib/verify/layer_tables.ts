@@ -37,21 +37,28 @@ interface TableLayer {
 export interface EarlyTable {
   /** The table blob's digest, from the manifest's layer annotation. */
   digest: string;
-  /** Rejects as fetchTable does (a tampered table is an error of the mount). */
-  fetched: Promise<{ table: ChunkTable; bytes: Uint8Array }>;
+  /**
+   * The table, already kept in the state directory (`path`); rejects as fetchTable does (a
+   * tampered table is an error of the mount).
+   */
+  fetched: Promise<{ table: ChunkTable; bytes: Uint8Array; path: string }>;
 }
 
 /**
  * Starts the GET of each table `manifest` binds to one of `layers` (by the layer annotation),
  * as soon as the manifest is there: the mount's metadata prefetch waits for the table, and the
- * table needs nothing but the manifest. attachChunkTables then takes these (`early`) instead
- * of fetching the manifest and the tables again. Keyed by layer digest.
+ * table needs nothing but the manifest. Each is kept in `stateDir` as soon as it is there,
+ * before anything is fetched after it (the metadata GET makes a registry on this host read
+ * ~100 MB of a cold disk, and a file created meanwhile waits behind those reads).
+ * attachChunkTables then takes these (`early`) instead of fetching the manifest and the
+ * tables again. Keyed by layer digest.
  */
 export function fetchBoundTables(
   client: RegistryClient,
   repository: string,
   manifest: FetchedManifest,
   layers: { digest: string; sizeBytes: number }[],
+  stateDir: string,
 ): Map<string, EarlyTable> {
   const early = new Map<string, EarlyTable>();
   if (manifest.document.kind !== "manifest") return early;
@@ -59,7 +66,10 @@ export function fetchBoundTables(
     const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
     const layer = layers.find((l) => l.digest === d.digest && l.sizeBytes === d.size);
     if (!table || !layer || early.has(d.digest)) continue;
-    const fetched = fetchTable(client, repository, table, layer);
+    const fetched = fetchTable(client, repository, table, layer).then(async (got) => ({
+      ...got,
+      path: await keepTable(got.bytes, table, stateDir),
+    }));
     fetched.catch(() => {}); // awaited (and reported) by attachChunkTables, or dropped
     early.set(d.digest, { digest: table, fetched });
   }
@@ -98,14 +108,16 @@ export async function attachChunkTables(
       continue;
     }
     const started = early.get(digest);
-    const { bytes } = started?.digest === table.digest && table.bound
-      ? await started.fetched
-      : await fetchTable(client, repository, table.digest, { digest, sizeBytes: layer.sizeBytes });
-    layer.chunkTable = {
-      digest: table.digest,
-      path: await keepTable(bytes, table.digest, options.stateDir),
-      bound: table.bound,
-    };
+    let path: string;
+    if (started?.digest === table.digest && table.bound) path = (await started.fetched).path;
+    else {
+      const { bytes } = await fetchTable(client, repository, table.digest, {
+        digest,
+        sizeBytes: layer.sizeBytes,
+      });
+      path = await keepTable(bytes, table.digest, options.stateDir);
+    }
+    layer.chunkTable = { digest: table.digest, path, bound: table.bound };
     if (!table.bound) unbound.push(layer.layerIndex ?? 0);
   }
   const list = (xs: number[]) => `layer${xs.length === 1 ? "" : "s"} ${xs.join(", ")}`;
