@@ -1,10 +1,10 @@
 /**
  * A diagnostic of the cold read path (issue 12's python start): with EROFS_OCI_FILL_TRACE set
- * to a file path, one line per event — `fill <ms since origin> <event> <fields…>` — of FUSE
+ * to a file path, one line per event — `fill <pid> <ms since origin> <event> <fields…>` — of FUSE
  * READs answered by the main thread, disk-cache fills, their GETs' first and last body bytes,
  * hashes and writes, appended to that file, with `lag` lines where the event loop ran late
- * (> 6 ms for a 2 ms timer) and a first `origin <performance.timeOrigin> <pid>` line to put the
- * times on the epoch axis. Off, an event costs one comparison. Summed up per run by
+ * (> 6 ms for a 2 ms timer) and per process a first `origin <performance.timeOrigin>` event to
+ * put its times on the epoch axis (the mount command and its server share the file). Off, an event costs one comparison. Summed up per run by
  * scripts/bench/fill_trace_report.ts.
  */
 const path = Deno.env.get("EROFS_OCI_FILL_TRACE");
@@ -30,9 +30,9 @@ export function fillTrace(event: string, ...fields: (number | string)[]): void {
   if (!enabled) return;
   if (!lines.length && !originWritten) {
     originWritten = true;
-    lines.push(`fill 0 origin ${performance.timeOrigin.toFixed(1)} ${Deno.pid}\n`);
+    lines.push(`fill ${Deno.pid} 0 origin ${performance.timeOrigin.toFixed(1)}\n`);
   }
-  lines.push(`fill ${performance.now().toFixed(2)} ${event} ${fields.join(" ")}\n`);
+  lines.push(`fill ${Deno.pid} ${performance.now().toFixed(2)} ${event} ${fields.join(" ")}\n`);
   // Written off the measured path, in batches.
   if (!flushPending) {
     flushPending = true;

@@ -14,8 +14,14 @@ interface Event {
   kind: string;
   fields: string[];
 }
-const lines = Deno.readTextFileSync(path).split("\n").map((line) => line.split(" "))
-  .filter((f) => f[0] === "fill" && f.length >= 3);
+const all = Deno.readTextFileSync(path).split("\n").map((line) => line.split(" "))
+  .filter((f) => f[0] === "fill" && f.length >= 4);
+// The mount command writes to the same file (its event-loop lags): the server is the process
+// with the most events.
+const perPid = new Map<string, number>();
+for (const f of all) perPid.set(f[1], (perPid.get(f[1]) ?? 0) + 1);
+const pid = [...perPid].sort((a, b) => b[1] - a[1])[0]?.[0];
+const lines = all.filter((f) => f[1] === pid).map((f) => f.slice(1));
 const originMs = Number(lines.find((f) => f[2] === "origin")?.[3] ?? 0);
 const from = fromArg ? Number(fromArg) - originMs : -Infinity;
 const to = toArg ? Number(toArg) - originMs : Infinity;
