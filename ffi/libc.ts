@@ -149,12 +149,34 @@ export const LIBC_SYMBOLS = {
 /** The typed libc symbols, as returned by `libc()` (and handed to libc workers). */
 export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 
-let library: Deno.DynamicLibrary<typeof LIBC_SYMBOLS> | undefined;
+let symbols: LibcSymbols | undefined;
 
-/** The opened libc (lazily, so commands that need no FFI never ask for the permission). */
+/**
+ * The libc symbols, each bound on its first use (and only then asking for the permission):
+ * Deno.dlopen builds a call stub per symbol, ~0.2 ms each on the host, and binding all of
+ * them at once cost every process that touched libc 8-13 ms (0.3-0.5 s in the QEMU TCG
+ * guest) for symbols it mostly never calls. errno's own accessors are bound at once: binding
+ * one later could itself change errno before it is read.
+ */
 export function libc(): LibcSymbols {
-  library ??= Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
-  return library.symbols;
+  if (symbols) return symbols;
+  const lazy: Record<string, unknown> = {};
+  const bind = (name: keyof typeof LIBC_SYMBOLS) => {
+    const bound = Deno.dlopen("libc.so.6", { [name]: LIBC_SYMBOLS[name] }).symbols[name];
+    Object.defineProperty(lazy, name, { value: bound, enumerable: true });
+    return bound;
+  };
+  for (const name of Object.keys(LIBC_SYMBOLS) as (keyof typeof LIBC_SYMBOLS)[]) {
+    Object.defineProperty(lazy, name, {
+      configurable: true,
+      enumerable: true,
+      get: () => bind(name),
+    });
+  }
+  bind("__errno_location");
+  bind("strerror");
+  symbols = lazy as LibcSymbols;
+  return symbols;
 }
 
 /** errno of the last synchronous libc call on this thread. */
