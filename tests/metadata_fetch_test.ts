@@ -156,7 +156,19 @@ Deno.test({
         timeoutMs: 60_000,
       }),
     );
-    await using proxy = await startFaultProxy(registry.host, []);
+    const manifest = JSON.parse(
+      await (await fetch(`http://${registry.host}/v2/mf/early/manifests/v1`, {
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+      })).text(),
+    );
+    // The config blob answers 1.5 s late: what does not wait for it is asked for meanwhile.
+    const CONFIG_DELAY_MS = 1500;
+    await using proxy = await startFaultProxy(registry.host, [
+      {
+        match: isBlobGetOf(manifest.config.digest),
+        fault: { kind: "delay", ms: CONFIG_DELAY_MS },
+      },
+    ]);
     const sandbox = await mountSandbox();
     try {
       const timingFile = `${sandbox.target}.timing`;
@@ -180,26 +192,32 @@ Deno.test({
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       const log = sandbox.serverLogs();
       assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
-      const manifest = JSON.parse(
-        await (await fetch(`http://${registry.host}/v2/mf/early/manifests/v1`, {
-          headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
-        })).text(),
-      );
       const layer = manifest.layers[0];
       const table = layer.annotations["io.github.erofs-oci.chunk-digests"];
       const gets = proxy.requests.filter((r) => r.method === "GET");
-      const trail = gets.map((r) => `${r.path} ${r.range ?? ""}`).join("\n");
+      const trail = gets.map((r) => `${r.timeMs} ${r.path} ${r.range ?? ""}`).join("\n");
       const manifestGets = gets.filter((r) => /\/manifests\/(v1|sha256:)/.test(r.path));
       assert.deepEqual(manifestGets.map((r) => r.path), ["/v2/mf/early/manifests/v1"], trail);
-      const tableAt = gets.findIndex((r) => isBlobGetOf(table)(toInfo(r)));
-      const headAt = gets.findIndex((r) =>
-        isBlobGetOf(layer.digest)(toInfo(r)) && /^bytes=0-\d+$/.test(r.range ?? "")
-      );
-      assert(tableAt >= 0 && headAt >= 0, trail);
-      assert(tableAt < headAt, `the table before the layer's head:\n${trail}`);
-      // The trace lookup (the spec waits for it) starts there too.
-      const referrersAt = gets.findIndex((r) => r.path.includes("/referrers/"));
-      assert(referrersAt >= 0 && referrersAt < headAt, `referrers before the head:\n${trail}`);
+      const arrival = (what: string, match: (r: (typeof gets)[number]) => boolean) => {
+        const found = gets.find(match);
+        assert(found, `no GET of ${what}:\n${trail}`);
+        return found.timeMs;
+      };
+      const config = arrival("the config", (r) => isBlobGetOf(manifest.config.digest)(toInfo(r)));
+      // Each asked for before the config's answer came (it came CONFIG_DELAY_MS late).
+      const early = [
+        ["the chunk table", (r: (typeof gets)[number]) => isBlobGetOf(table)(toInfo(r))],
+        ["the trace (referrers)", (r: (typeof gets)[number]) => r.path.includes("/referrers/")],
+        [
+          "the layer's head",
+          (r: (typeof gets)[number]) =>
+            isBlobGetOf(layer.digest)(toInfo(r)) && /^bytes=0-\d+$/.test(r.range ?? ""),
+        ],
+      ] as const;
+      for (const [what, match] of early) {
+        const at = arrival(what, match);
+        assert(at < config + CONFIG_DELAY_MS - 500, `${what} waited for the config:\n${trail}`);
+      }
     } finally {
       await sandbox.cleanup();
     }

@@ -117,7 +117,7 @@ export interface TarIndexSources {
 
 /**
  * Told the platform manifest and the EROFS layers it will mount as soon as the manifest is
- * fetched, before the config blob and the layers' heads are: see ManifestListener.
+ * fetched, before the config blob and the layers' heads are asked for: see ManifestListener.
  */
 export type SelectedLayersListener = (manifest: FetchedManifest, layers: LayerDescriptor[]) => void;
 
@@ -133,8 +133,30 @@ export async function resolveRegistryImage(
   top?: Promise<FetchedManifest>,
 ): Promise<ResolvedLayers> {
   const { ref, client } = opened;
+  // The descriptor size is checked against the real one (Content-Range total) with the head.
+  // A head already in the disk cache came from a reply of this size: no GET for it.
+  const readHead = (layer: LayerDescriptor): Promise<Uint8Array> => {
+    const headBytes = Math.min(EROFS_SUPER_END, layer.sizeBytes);
+    const cached = sharedDiskCache()?.readIfPresent(
+      { digest: layer.digest, origin: registryOrigin(ref.registry, client.plainHttp) },
+      layer.sizeBytes,
+      0,
+      headBytes,
+    );
+    return cached ? Promise.resolve(cached) : client.readBlobRange(
+      ref.repository,
+      layer.digest,
+      0,
+      headBytes,
+      undefined,
+      layer.sizeBytes,
+    );
+  };
+  // Heads asked for as soon as the manifest is there, side by side with its config blob.
+  const heads = new Map<string, Promise<Uint8Array>>();
+  const headKey = (layer: LayerDescriptor) => `${layer.digest} ${layer.sizeBytes}`;
   const onManifest = (manifest: FetchedManifest) => {
-    if (!onLayers || indexes.files || manifest.document.kind !== "manifest") return;
+    if (manifest.document.kind !== "manifest") return;
     const descriptors = manifest.document.layers.map((l, index) => ({
       index,
       digest: l.digest,
@@ -143,11 +165,20 @@ export async function resolveRegistryImage(
     }));
     let chosen: LayerDescriptor[];
     try {
-      chosen = chooseLayers(descriptors, selection, false);
+      chosen = chooseLayers(descriptors, selection, indexes.files !== undefined);
     } catch {
       return; // the same choice below reports it
     }
-    onLayers(manifest, chosen.filter((l) => tarLayerKind(l.mediaType) === undefined));
+    // The listener's GETs first: they start the longer chain (table, then metadata).
+    if (onLayers && !indexes.files) {
+      onLayers(manifest, chosen.filter((l) => tarLayerKind(l.mediaType) === undefined));
+    }
+    for (const layer of chosen) {
+      if (heads.has(headKey(layer))) continue;
+      const head = readHead(layer);
+      head.catch(() => {}); // awaited below (its error is the mount's), or dropped with it
+      heads.set(headKey(layer), head);
+    }
   };
   const image = await client.resolveImage(ref, opened.platform, { onManifest, top });
   const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
@@ -157,22 +188,7 @@ export async function resolveRegistryImage(
   const tarIndexes = await findTarIndexes(opened, image.manifestDigest, tarLayers, indexes);
   const layers: LayerSpec[] = [];
   for (const layer of chosen) {
-    // The descriptor size is checked against the real one (Content-Range total) here, first.
-    // A head already in the disk cache came from a reply of this size: no GET for it.
-    const headBytes = Math.min(EROFS_SUPER_END, layer.sizeBytes);
-    const head = sharedDiskCache()?.readIfPresent(
-      { digest: layer.digest, origin: registryOrigin(ref.registry, client.plainHttp) },
-      layer.sizeBytes,
-      0,
-      headBytes,
-    ) ?? await client.readBlobRange(
-      ref.repository,
-      layer.digest,
-      0,
-      headBytes,
-      undefined,
-      layer.sizeBytes,
-    );
+    const head = await (heads.get(headKey(layer)) ?? readHead(layer));
     const tarIndex = tarIndexes.get(layer.digest);
     // Check the superblock before anything is attached: other data gets a clear error here
     // instead of the kernel's EINVAL later.
