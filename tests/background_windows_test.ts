@@ -34,6 +34,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 async function setUp(
   admitted: number[] = [],
   lanes: {
+    inFlight?: number;
     idleInFlight?: number;
     pieceBytes?: number;
     demandWaiting?: () => Promise<void> | undefined;
@@ -257,6 +258,20 @@ Deno.test("background windows: no window fetch starts while a reader waits for i
     assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
   } finally {
     release();
+    await t.cleanUp();
+  }
+});
+
+Deno.test("background windows: after a data read, the others go nearest to it first, not in offset order", async () => {
+  const t = await setUp([], { inFlight: 1, idleInFlight: 1 });
+  try {
+    const at = 6 * WINDOW + CHUNK;
+    assert.deepEqual(await t.served.read(at, 100), image.subarray(at, at + 100));
+    await t.windows.start();
+    const order = windowsOf(t.inner.reads).filter((w, i, all) => i === 0 || w !== all[i - 1]);
+    // The read's own window, then 8 (after it wins the tie with 4), 4, 10, 2, 0.
+    assert.deepEqual(order, [6, 8, 4, 10, 2, 0], JSON.stringify(t.inner.reads));
+  } finally {
     await t.cleanUp();
   }
 });
