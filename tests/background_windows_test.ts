@@ -37,7 +37,6 @@ async function setUp(
     inFlight?: number;
     idleInFlight?: number;
     pieceBytes?: number;
-    demandWaiting?: () => Promise<void> | undefined;
   } = {},
 ) {
   const dir = await Deno.makeTempDir();
@@ -224,37 +223,6 @@ Deno.test("background windows: a demand read does not wait for the windows in fl
     assert.deepEqual(hung, [0, 2]);
     release();
     await done;
-    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
-  } finally {
-    release();
-    await t.cleanUp();
-  }
-});
-
-Deno.test("background windows: no window fetch starts while a reader waits for its own", async () => {
-  const box: { disk?: DiskCachedSource } = {};
-  const t = await setUp([], { idleInFlight: 2, demandWaiting: () => box.disk!.whenNoDemand() });
-  box.disk = t.disk;
-  // The demand read's fetch (one chunk) hangs until released; window fetches do not.
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => release = resolve);
-  const fetch = t.inner.read.bind(t.inner);
-  const asked: { offset: number; length: number }[] = [];
-  t.inner.read = async (offset, length, signal) => {
-    asked.push({ offset, length });
-    if (length <= CHUNK) await released;
-    return await fetch(offset, length, signal);
-  };
-  try {
-    const at = 6 * WINDOW + CHUNK;
-    const read = t.served.read(at, 4096);
-    const done = t.windows.start(); // nothing else read: windows 0 and 2 would start at once
-    await sleep(50);
-    assert.deepEqual(asked, [{ offset: at, length: CHUNK }], "only the reader's fetch");
-    release();
-    assert.deepEqual(await read, image.subarray(at, at + 4096));
-    await done;
-    assert.equal(t.disk.whenNoDemand(), undefined);
     assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
   } finally {
     release();

@@ -99,12 +99,6 @@ export interface BackgroundWindowsOptions {
   admit?(window: number): boolean;
   /** When a walk and file data were last read (PrefetchedSource.readActivity). */
   activity(): ReadActivity;
-  /**
-   * Undefined when no reader waits for a fetch; else a promise that settles once none does
-   * (DiskCachedSource.whenNoDemand): no fill starts meanwhile, so a reader's GET does not
-   * share the registry, the cores and the disk with new window GETs.
-   */
-  demandWaiting?(): Promise<void> | undefined;
   signal?: AbortSignal;
 }
 
@@ -235,9 +229,6 @@ export class BackgroundWindows {
       this.#seen.add(w);
       const end = Math.min(sizeBytes, (w + 1) * windowBytes);
       for (let at = w * windowBytes; at < end && !signal?.aborted;) {
-        // The window's first fill waits for a reader's fetch too (its rules were checked).
-        const demand = this.#options.demandWaiting?.();
-        if (demand) await demand;
         if (at > w * windowBytes && await this.#waited(lane)) continue;
         // While file data is read, the rest of the window in one fetch (a GET costs the
         // registry ~3.5 ms of CPU whatever its size); in pieces otherwise.
@@ -255,11 +246,6 @@ export class BackgroundWindows {
 
   /** Waits if this lane may not fill now; true if it waited (ask again). */
   async #waited(lane: number): Promise<boolean> {
-    const demand = this.#options.demandWaiting?.();
-    if (demand) {
-      await demand;
-      return true;
-    }
     const delayMs = this.#delayMs(lane);
     if (delayMs <= 0) return false;
     await sleep(delayMs);

@@ -87,9 +87,6 @@ export class DiskCachedSource implements Source {
   #corrupt?: Error;
   /** When a reader last needed a fetch: background completion waits for quiet. */
   #lastForegroundMs = 0;
-  /** Reads waiting for a fetch now, and who waits for them all to end (whenNoDemand). */
-  #demandWaiting = 0;
-  #demandIdle?: PromiseWithResolvers<void>;
   /** Bytes a demand fetch runs on past the read, to the end of that aligned block (0: none). */
   #demandAheadBytes = 0;
   #touchedMs = 0;
@@ -240,16 +237,7 @@ export class DiskCachedSource implements Source {
         this.#lastForegroundMs = Date.now();
         const ahead = this.#demandAhead(missing[missing.length - 1] + 1);
         fillTrace("miss", offset, length, missing.join(","), ahead.length);
-        this.#demandWaiting++;
-        let ends: Awaited<ReturnType<BlobFiller["fillReadable"]>>;
-        try {
-          ends = await abortable(this.#filler.fillReadable(missing, ahead), signal);
-        } finally {
-          if (--this.#demandWaiting === 0) {
-            this.#demandIdle?.resolve();
-            this.#demandIdle = undefined;
-          }
-        }
+        const ends = await abortable(this.#filler.fillReadable(missing, ahead), signal);
         fillTrace("miss-ready", offset, length, ends.join(","));
         if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
         continue;
@@ -297,16 +285,6 @@ export class DiskCachedSource implements Source {
    */
   setDemandAheadBytes(bytes: number): void {
     this.#demandAheadBytes = Math.max(0, Math.floor(bytes));
-  }
-
-  /**
-   * Undefined when no read waits for a fetch; else settles once none does: background fills
-   * start after it, so a reader's GET never queues behind theirs.
-   */
-  whenNoDemand(): Promise<void> | undefined {
-    if (this.#demandWaiting === 0) return undefined;
-    this.#demandIdle ??= Promise.withResolvers<void>();
-    return this.#demandIdle.promise;
   }
 
   /** Chunks from `from` to the end of its demand-ahead block, up to the first one not absent. */

@@ -321,9 +321,8 @@ const SCATTERED_WINDOWS = 8;
 /** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
 
-/** How the disk cache puts readers first (DiskCachedSource). */
+/** How the disk cache lets a reader's fetch run on (DiskCachedSource). */
 interface DemandAware {
-  whenNoDemand(): Promise<void> | undefined;
   setDemandAheadBytes(bytes: number): void;
 }
 
@@ -458,7 +457,6 @@ export async function prefetchErofsMetadata(
         return true;
       },
       activity: () => target.readActivity(),
-      demandWaiting: () => (raw as Partial<DemandAware>).whenNoDemand?.(),
       signal: options.signal,
     });
     // A reader's fetch runs on to the end of its window (the window it promotes next).
