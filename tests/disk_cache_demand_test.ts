@@ -178,3 +178,20 @@ Deno.test("disk cache demand: a tampered chunk ahead is never readable or presen
     await t.cleanUp();
   }
 });
+
+Deno.test("disk cache demand: with two blocks, a read in a block's last table chunk runs on through the next block", async () => {
+  const t = await setUp();
+  try {
+    t.disk.setDemandAheadBytes(BLOCK, 2);
+    const at = 3 * UNIT + 50; // the last table chunk of block 0
+    assert.deepEqual(await t.disk.read(at, 10), image.subarray(at, at + 10));
+    assert.deepEqual(t.stream.streams, [[3 * UNIT, UNIT + BLOCK]]);
+    await t.disk.whenDurable();
+    assert.equal(t.disk.presentChunks(), 4 + 16);
+    // Block 0's first three table chunks were before the read: a read there fetches them.
+    assert.deepEqual(await t.disk.read(10, 10), image.subarray(10, 20));
+    assert.deepEqual(t.stream.streams.at(-1), [0, 3 * UNIT]);
+  } finally {
+    await t.cleanUp();
+  }
+});
