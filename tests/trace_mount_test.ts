@@ -11,7 +11,7 @@ import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
-import { mountSandbox } from "./_support/mounts.ts";
+import { mountPointsFrom, mountSandbox } from "./_support/mounts.ts";
 import { parseTrace } from "../lib/trace/format.ts";
 import { pushTraceArtifact } from "../lib/trace/artifact.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
@@ -134,6 +134,41 @@ Deno.test({
     assert(performance.now() - started < 30_000, "stopped long before sleep 60 ended");
     const trace = parseTrace(Deno.readFileSync(out));
     assert(covers(trace.ranges, t.offsets[3], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
+  },
+});
+
+Deno.test({
+  name: "trace: a child the command leaves inside the mount does not keep trace's mount",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-stray-");
+    const out = `${t.work}/trace.json`;
+    const pidFile = `${t.work}/stray.pid`;
+    try {
+      const result = await runCli([
+        "trace",
+        t.ref,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        "-o",
+        out,
+        "--",
+        "sh",
+        "-c",
+        `cat {}/file3 > /dev/null; (cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 & echo $! > ${pidFile}`,
+      ], { env: t.sandbox.env, timeoutMs: 60_000 });
+      assertSuccess(result);
+      assert.match(result.stderr, /detaching it \(--lazy\)/);
+      const trace = parseTrace(Deno.readFileSync(out));
+      assert(covers(trace.ranges, t.offsets[3], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
+      // Nothing of the test's runtime dir is mounted anywhere (trace mounts outside it).
+      assert.deepEqual(mountPointsFrom(t.sandbox.runtimeDir), []);
+    } finally {
+      try {
+        Deno.kill(Number(Deno.readTextFileSync(pidFile)), "SIGKILL");
+      } catch { /* not started, or gone */ }
+    }
   },
 });
 

@@ -103,8 +103,8 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       mounted = true;
       const status = await runTraced(command, root, seconds);
       if (status !== 0) warn(`trace: ${command[0]} exited with ${status}; keeping what it read`);
+      await unmountTraced(root);
       mounted = false;
-      await umountCommand.run([root]);
       const trace = readTrace(traceFile);
       const bytes = Deno.readFileSync(traceFile);
       const total = trace.ranges.reduce((sum, r) => sum + r[2], 0);
@@ -134,7 +134,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         else Deno.env.set(key, value);
       }
       if (mounted) {
-        await umountCommand.run([root]).catch((error) =>
+        await unmountTraced(root).catch((error) =>
           warn(`trace: umount ${root} failed: ${(error as Error).message}`)
         );
       }
@@ -147,6 +147,19 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
     }
   },
 };
+
+/**
+ * Unmounts trace's own temporary mount. What still holds it (a child the command left behind,
+ * its cwd inside) must not keep the mount, nor its server, alive after trace ends: detached then.
+ */
+async function unmountTraced(root: string): Promise<void> {
+  try {
+    await umountCommand.run([root]);
+  } catch (error) {
+    warn(`trace: ${(error as Error).message}; detaching it (--lazy)`);
+    await umountCommand.run([root, "--lazy"]);
+  }
+}
 
 function readTrace(path: string): Trace {
   try {

@@ -24,6 +24,18 @@ function mountPointsUnder(prefix: string): string[] {
     .filter((p): p is string => !!p && p.startsWith(prefix));
 }
 
+/**
+ * Mount points anywhere whose source (a file-backed EROFS layer) lies below `prefix`: what a
+ * command of the test mounted outside the sandbox (`trace` mounts in a temp dir of its own).
+ */
+export function mountPointsFrom(prefix: string): string[] {
+  return Deno.readTextFileSync("/proc/self/mountinfo").split("\n").flatMap((line) => {
+    const fields = line.split(" ");
+    const source = fields[fields.indexOf("-") + 2];
+    return fields.length > 6 && source?.startsWith(prefix) ? [fields[4]] : [];
+  });
+}
+
 /** Mount points (from /proc/self/mountinfo) at or below `prefix`. */
 export function mountsBelow(prefix: string): string[] {
   return mountPointsUnder(prefix);
@@ -61,7 +73,7 @@ export async function mountSandbox(): Promise<MountSandbox> {
           Deno.kill(pid, "SIGKILL");
         } catch { /* gone */ }
       }
-      for (const point of [...mountPointsUnder(base)].reverse()) {
+      for (const point of [...mountPointsUnder(base), ...mountPointsFrom(base)].reverse()) {
         await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();
       }
       await Deno.remove(base, { recursive: true }).catch(() => {});
