@@ -24,16 +24,28 @@ interface ChildStats {
   innerReads: number;
 }
 
-function child(dir: string, size: number, readBytes: number, seed: number, delayMs: number) {
+function child(
+  dir: string,
+  size: number,
+  readBytes: number,
+  seed: number,
+  delayMs: number,
+  barrier?: string,
+) {
   return new Deno.Command(DENO, {
     args: ["run", "-A", CHILD, dir, `${size}`, `${readBytes}`, `${seed}`, `${delayMs}`],
+    env: barrier ? { DISK_CACHE_CHILD_BARRIER: barrier } : {},
     stdout: "piped",
     stderr: "piped",
   }).spawn();
 }
 
 async function runChild(...args: Parameters<typeof child>): Promise<ChildStats> {
-  const out = await child(...args).output();
+  return await childStats(child(...args));
+}
+
+async function childStats(proc: Deno.ChildProcess): Promise<ChildStats> {
+  const out = await proc.output();
   const text = new TextDecoder().decode(out.stdout);
   assert(out.success, `child failed: ${new TextDecoder().decode(out.stderr)}`);
   return JSON.parse(text.trim().split("\n").pop()!);
@@ -86,10 +98,17 @@ Deno.test("disk cache: two processes filling one blob at once fetch each chunk o
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const size = 24 * MiB;
-    const [a, b] = await Promise.all([
-      runChild(dir, size, 512 * 1024, 11, 20),
-      runChild(dir, size, 512 * 1024, 12, 20),
-    ]);
+    // Both start reading together (a start-up seconds apart under load once let one finish
+    // before the other began: "the two fills met" failed).
+    const barrier = `${dir}/go`;
+    const procs = [11, 12].map((seed) => child(dir, size, 512 * 1024, seed, 20, barrier));
+    const stats = Promise.all(procs.map(childStats));
+    for (let waitedMs = 0; waitedMs < 60_000; waitedMs += 10) {
+      if (exists(`${barrier}.ready-11`) && exists(`${barrier}.ready-12`)) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    Deno.writeTextFileSync(barrier, "");
+    const [a, b] = await stats;
     assert.deepEqual(a.wrong + b.wrong, 0);
     assert.deepEqual(a.fetchedBytes + b.fetchedBytes, size, JSON.stringify({ a, b }));
     assert(a.waitedForOthers + b.waitedForOthers > 0, "the two fills met");

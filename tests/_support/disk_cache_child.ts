@@ -25,6 +25,20 @@ for (let i = offsets.length - 1; seed && i > 0; i--) {
   const j = x % (i + 1);
   [offsets[i], offsets[j]] = [offsets[j], offsets[i]];
 }
+// A start line shared with other children (the concurrency test): each says it is ready, then
+// waits for the parent's go, so a slow process start-up cannot let one finish before another.
+const barrier = Deno.env.get("DISK_CACHE_CHILD_BARRIER");
+if (barrier) {
+  Deno.writeTextFileSync(`${barrier}.ready-${seed}`, "");
+  for (let waitedMs = 0; waitedMs < 60_000; waitedMs += 5) {
+    try {
+      Deno.statSync(barrier);
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+}
 let wrong = 0;
 await Promise.all([0, 1, 2, 3].map(async (lane) => {
   for (let i = lane; i < offsets.length; i += 4) {
