@@ -130,6 +130,7 @@ async function handOver(
   const handed: HandedSpec = { ...spec, serverEnv: ourSettings() };
   // One line (JSON has no raw newline): the server starts on it while the rest comes.
   await writer.write(new TextEncoder().encode(JSON.stringify(handed) + "\n"));
+  mark("cli: spec sent");
   const sent = (async () => {
     try {
       const fetched = await metadata?.catch(() => undefined);
