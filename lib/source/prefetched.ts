@@ -53,8 +53,8 @@ export class PrefetchedSource implements InnerSource {
   #pinnedRequested = 0;
   #prefetchFetches = 0;
   #prefetchBytes = 0;
-  /** Settles at the first read of anything not pinned (file data, or metadata missed). */
-  readonly #dataRead = Promise.withResolvers<void>();
+  /** Settles at the first read of anything not pinned after nextDataRead() was asked. */
+  #nextDataRead?: PromiseWithResolvers<void>;
   /** When (performance.now()) reads of pinned pages only came at a walk's rate. */
   readonly #walk = new WalkClock();
   /** When (performance.now()) a read of bytes not all pinned last came. */
@@ -107,11 +107,15 @@ export class PrefetchedSource implements InnerSource {
   }
 
   /**
-   * Resolves at the first read of bytes not all pinned: after a mount, the first read of file
-   * data (a cold `find` reads pinned pages only). Background fills wait for it.
+   * Resolves at the first read of bytes not all pinned from now on: after a mount, the first
+   * read of file data (a cold `find` reads pinned pages only). Background fills wait for it.
+   * Reads before the call do not count: an NBD attach's block-size probe and the kernel's
+   * partition scan read the image head before its pages are pinned, and started the windows
+   * during a VM mount (31 layer GETs in the mount step, its find then sharing the CPU with them).
    */
-  whenDataRead(): Promise<void> {
-    return this.#dataRead.promise;
+  nextDataRead(): Promise<void> {
+    this.#nextDataRead ??= Promise.withResolvers<void>();
+    return this.#nextDataRead.promise;
   }
 
   /**
@@ -130,7 +134,8 @@ export class PrefetchedSource implements InnerSource {
 
   #noteData(offset: number, length: number): void {
     this.#lastDataReadMs = performance.now();
-    this.#dataRead.resolve();
+    this.#nextDataRead?.resolve();
+    this.#nextDataRead = undefined;
     this.#dataReadListener?.(offset, length);
   }
 
@@ -473,7 +478,7 @@ export async function prefetchErofsMetadata(
     // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
     // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
     // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
-    target.whenDataRead().then(() => windows.start());
+    target.nextDataRead().then(() => windows.start());
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).

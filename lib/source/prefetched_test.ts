@@ -55,3 +55,34 @@ Deno.test("PrefetchedSource.pin never pins past its budget", () => {
   served.pin(12 * PIN_PAGE_BYTES, patternBytes(PIN_PAGE_BYTES));
   assert.equal(served.pinnedBytes, 3 * PIN_PAGE_BYTES);
 });
+
+Deno.test("PrefetchedSource.nextDataRead: reads before the call (an attach's probes) do not count", async () => {
+  const bytes = patternBytes(16 * PIN_PAGE_BYTES);
+  const served = new PrefetchedSource(new MemorySource(bytes));
+  const settled = (promise: Promise<void>) => {
+    let done = false;
+    promise.then(() => done = true);
+    return () => done;
+  };
+  // The block-size probe and the partition scan, before the metadata is pinned.
+  await served.read(0, 1152);
+  served.pin(0, bytes.slice(0, 2 * PIN_PAGE_BYTES));
+  const next = served.nextDataRead();
+  const done = settled(next);
+  await served.read(100, 500); // mount(2) and a find: pinned pages only
+  await served.read(PIN_PAGE_BYTES, PIN_PAGE_BYTES);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(done(), false, "a read of pinned pages or one before the call counted");
+  assert.deepEqual(
+    await served.read(5 * PIN_PAGE_BYTES, 10),
+    bytes.subarray(5 * 4096, 5 * 4096 + 10),
+  );
+  await next;
+  // Asked again: the next one, not the one already seen.
+  const again = settled(served.nextDataRead());
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(again(), false);
+  await served.read(9 * PIN_PAGE_BYTES, 10);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(again(), true);
+});
