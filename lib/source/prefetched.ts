@@ -10,6 +10,7 @@ import type { CacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 import { closeQuietly, openCacheFile, pwriteAll, reopenReadOnly } from "./disk_cache_io.ts";
+import { mark } from "../timing.ts";
 import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
 
@@ -54,7 +55,7 @@ export class PrefetchedSource implements InnerSource {
   #prefetchFetches = 0;
   #prefetchBytes = 0;
   /** Settles at the first read of anything not pinned after nextDataRead() was asked. */
-  #nextDataRead?: PromiseWithResolvers<void>;
+  #nextDataRead?: PromiseWithResolvers<{ offset: number; length: number }>;
   /** When (performance.now()) reads of pinned pages only came at a walk's rate. */
   readonly #walk = new WalkClock();
   /** When (performance.now()) a read of bytes not all pinned last came. */
@@ -113,8 +114,8 @@ export class PrefetchedSource implements InnerSource {
    * partition scan read the image head before its pages are pinned, and started the windows
    * during a VM mount (31 layer GETs in the mount step, its find then sharing the CPU with them).
    */
-  nextDataRead(): Promise<void> {
-    this.#nextDataRead ??= Promise.withResolvers<void>();
+  nextDataRead(): Promise<{ offset: number; length: number }> {
+    this.#nextDataRead ??= Promise.withResolvers();
     return this.#nextDataRead.promise;
   }
 
@@ -134,7 +135,7 @@ export class PrefetchedSource implements InnerSource {
 
   #noteData(offset: number, length: number): void {
     this.#lastDataReadMs = performance.now();
-    this.#nextDataRead?.resolve();
+    this.#nextDataRead?.resolve({ offset, length });
     this.#nextDataRead = undefined;
     this.#dataReadListener?.(offset, length);
   }
@@ -478,7 +479,10 @@ export async function prefetchErofsMetadata(
     // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
     // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
     // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
-    target.nextDataRead().then(() => windows.start());
+    target.nextDataRead().then(({ offset, length }) => {
+      mark(`server: background windows start (data read of ${length} at ${offset})`);
+      windows.start();
+    });
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).

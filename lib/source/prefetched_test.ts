@@ -59,7 +59,7 @@ Deno.test("PrefetchedSource.pin never pins past its budget", () => {
 Deno.test("PrefetchedSource.nextDataRead: reads before the call (an attach's probes) do not count", async () => {
   const bytes = patternBytes(16 * PIN_PAGE_BYTES);
   const served = new PrefetchedSource(new MemorySource(bytes));
-  const settled = (promise: Promise<void>) => {
+  const settled = (promise: Promise<unknown>) => {
     let done = false;
     promise.then(() => done = true);
     return () => done;
@@ -77,7 +77,7 @@ Deno.test("PrefetchedSource.nextDataRead: reads before the call (an attach's pro
     await served.read(5 * PIN_PAGE_BYTES, 10),
     bytes.subarray(5 * 4096, 5 * 4096 + 10),
   );
-  await next;
+  assert.deepEqual(await next, { offset: 5 * PIN_PAGE_BYTES, length: 10 });
   // Asked again: the next one, not the one already seen.
   const again = settled(served.nextDataRead());
   await new Promise((resolve) => setTimeout(resolve, 0));
