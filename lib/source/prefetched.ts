@@ -333,26 +333,6 @@ const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
  */
 const DEMAND_AHEAD_WINDOWS = 2;
 
-/**
- * The image head that the kernel and blkid read on their own: partition table parsers (up to
- * sector 31; the amiga one scans sectors 0-15) and filesystem signature probes (up to btrfs's at
- * 64 KiB). Reads there are no file data of a user: in the VM, a 4 KiB read at 4096 right after
- * ready (not the mount's EROFS: its superblock and root inode lie in the first page; most likely
- * the new NBD device's partition scan) started the windows during the mount.
- */
-export const IMAGE_HEAD_PROBE_BYTES = 64 << 10;
-
-/** The first data read of `source` from now on that reaches past the first `headBytes`. */
-export async function firstDataReadPast(
-  source: Pick<PrefetchedSource, "nextDataRead">,
-  headBytes: number,
-): Promise<{ offset: number; length: number }> {
-  for (;;) {
-    const read = await source.nextDataRead();
-    if (read.offset + read.length > headBytes) return read;
-  }
-}
-
 /** How the disk cache lets a reader's fetch run on (DiskCachedSource). */
 interface DemandAware {
   setDemandAheadBytes(bytes: number, blocks: number): void;
@@ -499,7 +479,7 @@ export async function prefetchErofsMetadata(
     // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
     // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
     // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
-    firstDataReadPast(target, IMAGE_HEAD_PROBE_BYTES).then(({ offset, length }) => {
+    target.nextDataRead().then(({ offset, length }) => {
       mark(`server: background windows start (data read of ${length} at ${offset})`);
       windows.start();
     });
