@@ -8,7 +8,7 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
-import type { FetchedManifest } from "../oci/resolve.ts";
+import { type FetchedManifest, layerDescriptorsOf } from "../oci/resolve.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/runtime.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
@@ -157,15 +157,13 @@ export async function resolveRegistryImage(
   const headKey = (layer: LayerDescriptor) => `${layer.digest} ${layer.sizeBytes}`;
   const onManifest = (manifest: FetchedManifest) => {
     if (manifest.document.kind !== "manifest") return;
-    const descriptors = manifest.document.layers.map((l, index) => ({
-      index,
-      digest: l.digest,
-      sizeBytes: l.size,
-      mediaType: l.mediaType,
-    }));
     let chosen: LayerDescriptor[];
     try {
-      chosen = chooseLayers(descriptors, selection, indexes.files !== undefined);
+      chosen = chooseLayers(
+        layerDescriptorsOf(manifest.document),
+        selection,
+        indexes.files !== undefined,
+      );
     } catch {
       return; // the same choice below reports it
     }

@@ -236,13 +236,20 @@ export async function resolveDocument(
       sizeBytes: document.config.size,
       mediaType: document.config.mediaType,
     },
-    layers: document.layers.map((l, index) => ({
-      index,
-      digest: l.digest,
-      sizeBytes: l.size,
-      mediaType: l.mediaType,
-    })),
+    layers: layerDescriptorsOf(document),
   };
   if (indexDigest) resolved.indexDigest = indexDigest;
   return resolved;
+}
+
+/** A platform manifest's layers, bottom first, as the mount and pull code takes them. */
+export function layerDescriptorsOf(
+  document: Extract<ManifestDocument, { kind: "manifest" }>,
+): LayerDescriptor[] {
+  return document.layers.map((l, index) => ({
+    index,
+    digest: l.digest,
+    sizeBytes: l.size,
+    mediaType: l.mediaType,
+  }));
 }
