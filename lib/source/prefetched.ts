@@ -110,9 +110,9 @@ export class PrefetchedSource implements InnerSource {
   /**
    * Resolves at the first read of bytes not all pinned from now on: after a mount, the first
    * read of file data (a cold `find` reads pinned pages only). Background fills wait for it.
-   * Reads before the call do not count: an NBD attach's block-size probe and the kernel's
-   * partition scan read the image head before its pages are pinned, and started the windows
-   * during a VM mount (31 layer GETs in the mount step, its find then sharing the CPU with them).
+   * Reads before the call do not count: an NBD attach's block-size probe reads the image head
+   * before its pages are pinned. (In the VM the windows still start during the mount, at a 4 KiB
+   * read at 4096 that comes after ready: docs/benchmarks.md, 2026-12-01 17:30-18:33.)
    */
   nextDataRead(): Promise<{ offset: number; length: number }> {
     this.#nextDataRead ??= Promise.withResolvers();
