@@ -44,7 +44,14 @@ async function setup(prefix: string) {
     proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
       .length;
   const ref = `${proxy.host}/trace/app:v1`;
+  /** `erofs-oci trace` of the image over FUSE with `options`, tracing `sh -c script`. */
+  const trace = (options: string[], script: string) =>
+    runCli(
+      ["trace", ref, "--plain-http", "--backend", "fuse", ...options, "--", "sh", "-c", script],
+      { env: sandbox.env, timeoutMs: 60_000 },
+    );
   return {
+    trace,
     work,
     registry,
     proxy,
@@ -72,19 +79,10 @@ Deno.test({
   async fn() {
     await using t = await setup("erofs-oci-trace-o-");
     const out = `${t.work}/trace.json`;
-    const result = await runCli([
-      "trace",
-      t.ref,
-      "--plain-http",
-      "--backend",
-      "fuse",
-      "-o",
-      out,
-      "--",
-      "sh",
-      "-c",
+    const result = await t.trace(
+      ["-o", out],
       'cat "$EROFS_OCI_ROOT/file4" > /dev/null && cat {}/file1 > /dev/null',
-    ], { env: t.sandbox.env, timeoutMs: 60_000 });
+    );
     assertSuccess(result);
     const trace = parseTrace(Deno.readFileSync(out));
     assert.deepEqual(trace.layers, [{ digest: t.digest, size: t.image.length }]);
@@ -115,21 +113,10 @@ Deno.test({
     await using t = await setup("erofs-oci-trace-seconds-");
     const out = `${t.work}/trace.json`;
     const started = performance.now();
-    const result = await runCli([
-      "trace",
-      t.ref,
-      "--plain-http",
-      "--backend",
-      "fuse",
-      "--seconds",
-      "2",
-      "-o",
-      out,
-      "--",
-      "sh",
-      "-c",
+    const result = await t.trace(
+      ["--seconds", "2", "-o", out],
       "cat {}/file3 > /dev/null; exec sleep 60",
-    ], { env: t.sandbox.env, timeoutMs: 60_000 });
+    );
     assertSuccess(result);
     assert(performance.now() - started < 30_000, "stopped long before sleep 60 ended");
     const trace = parseTrace(Deno.readFileSync(out));
@@ -145,19 +132,10 @@ Deno.test({
     const out = `${t.work}/trace.json`;
     const pidFile = `${t.work}/stray.pid`;
     try {
-      const result = await runCli([
-        "trace",
-        t.ref,
-        "--plain-http",
-        "--backend",
-        "fuse",
-        "-o",
-        out,
-        "--",
-        "sh",
-        "-c",
+      const result = await t.trace(
+        ["-o", out],
         `cat {}/file3 > /dev/null; (cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 & echo $! > ${pidFile}`,
-      ], { env: t.sandbox.env, timeoutMs: 60_000 });
+      );
       assertSuccess(result);
       assert.match(result.stderr, /detaching it \(--lazy\)/);
       const trace = parseTrace(Deno.readFileSync(out));
@@ -179,20 +157,7 @@ Deno.test({
   async fn() {
     await using t = await setup("erofs-oci-trace-push-");
     const env = t.sandbox.env;
-    assertSuccess(
-      await runCli([
-        "trace",
-        t.ref,
-        "--plain-http",
-        "--backend",
-        "fuse",
-        "--push",
-        "--",
-        "sh",
-        "-c",
-        "cat {}/file2 {}/file5 > /dev/null",
-      ], { env, timeoutMs: 60_000 }),
-    );
+    assertSuccess(await t.trace(["--push"], "cat {}/file2 {}/file5 > /dev/null"));
     const mountAndRead = async (cacheDir: string, extra: string[]) => {
       const firstRequest = t.proxy.requests.length;
       assertSuccess(
