@@ -7,21 +7,42 @@ import { describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountServersOf } from "./_support/mounts.ts";
 import { path, requires, root } from "./_support/requires.ts";
 
+/** A "registry" that accepts connections and never answers: the CLI waits in resolution. */
+function silentRegistry() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) conns.push(conn);
+    } catch { /* closed */ }
+  })();
+  const closeQuietly = (closer: { close(): void }) => {
+    try {
+      closer.close();
+    } catch { /* closed */ }
+  };
+  return {
+    image: `127.0.0.1:${listener.addr.port}/never/answers:v1`,
+    /** The connections accepted so far. */
+    conns,
+    /** Closes the listener and every connection (again: nothing more). */
+    async close() {
+      closeQuietly(listener);
+      conns.forEach(closeQuietly);
+      await accepting;
+    },
+  };
+}
+
 Deno.test({
   name: "mount: the server is up while the manifest is awaited, and gone when resolution fails",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
-    // A "registry" that accepts connections and never answers: the CLI waits in resolution.
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const conns: Deno.Conn[] = [];
-    const accepting = (async () => {
-      try {
-        for await (const conn of listener) conns.push(conn);
-      } catch { /* closed */ }
-    })();
+    const registry = silentRegistry();
+    const conns = registry.conns;
     const sandbox = await mountSandbox();
     try {
-      const image = `127.0.0.1:${listener.addr.port}/never/answers:v1`;
+      const image = registry.image;
       const timingFile = `${sandbox.target}.timing`;
       const mounting = runCli(
         ["mount", image, sandbox.target, "--plain-http", "--backend", "fuse"],
@@ -40,8 +61,7 @@ Deno.test({
           (await Deno.readTextFile(timingFile).catch(() => "(none)")),
       );
 
-      listener.close();
-      for (const conn of conns) conn.close();
+      await registry.close();
       const result = await mounting;
       assert.notEqual(result.code, 0, describe(result));
       assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "a server outlived the failure");
@@ -56,15 +76,7 @@ Deno.test({
       // Two processes marked: this CLI and one server (the server's own CLI entry marks).
       assert.equal(new Set(lines.map((line) => line.split(" ")[1])).size, 2, lines.join("\n"));
     } finally {
-      try {
-        listener.close();
-      } catch { /* closed */ }
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed */ }
-      }
-      await accepting;
+      await registry.close();
       await sandbox.cleanup();
     }
   },
@@ -109,17 +121,11 @@ Deno.test({
     "mount: the manifest is asked for ahead of mount's own checks, and ended when mount is refused",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
-    // A "registry" that accepts connections and never answers.
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const conns: Deno.Conn[] = [];
-    const accepting = (async () => {
-      try {
-        for await (const conn of listener) conns.push(conn);
-      } catch { /* closed */ }
-    })();
+    const registry = silentRegistry();
+    const conns = registry.conns;
     const sandbox = await mountSandbox();
     try {
-      const image = `127.0.0.1:${listener.addr.port}/never/answers:v1`;
+      const image = registry.image;
       const run = async (args: string[]) => {
         const timingFile = `${sandbox.target}.timing`;
         const result = await runCli(args, {
@@ -159,13 +165,7 @@ Deno.test({
       assert.doesNotMatch(withCredentials.marks, /manifest asked ahead/, withCredentials.marks);
       assert.equal(conns.length, before, "a GET went out for a mount given credentials");
     } finally {
-      listener.close();
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed */ }
-      }
-      await accepting;
+      await registry.close();
       await sandbox.cleanup();
     }
   },
