@@ -144,6 +144,19 @@ Deno.test("metadata fetch: a hostile blob that answers nothing right yields no p
 });
 
 const FIXTURE = `${FIXTURES}/basic.erofs`;
+
+/** Pushes FIXTURE as `repository:v1` with the CLI (table and all); its manifest as stored. */
+async function pushFixture(host: string, repository: string) {
+  assertSuccess(
+    await runCli(["push", `${host}/${repository}:v1`, FIXTURE, "--plain-http"], {
+      timeoutMs: 60_000,
+    }),
+  );
+  const response = await fetch(`http://${host}/v2/${repository}/manifests/v1`, {
+    headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+  });
+  return JSON.parse(await response.text());
+}
 const ignoreMount = requires(root(), path("/dev/fuse"), command("docker-registry"));
 
 Deno.test({
@@ -151,16 +164,7 @@ Deno.test({
   ignore: ignoreMount,
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
-    assertSuccess(
-      await runCli(["push", `${registry.host}/mf/early:v1`, FIXTURE, "--plain-http"], {
-        timeoutMs: 60_000,
-      }),
-    );
-    const manifest = JSON.parse(
-      await (await fetch(`http://${registry.host}/v2/mf/early/manifests/v1`, {
-        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
-      })).text(),
-    );
+    const manifest = await pushFixture(registry.host, "mf/early");
     // The config blob answers 1.5 s late: what does not wait for it is asked for meanwhile.
     const CONFIG_DELAY_MS = 1500;
     await using proxy = await startFaultProxy(registry.host, [
@@ -233,16 +237,7 @@ Deno.test({
   ignore: ignoreMount,
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
-    assertSuccess(
-      await runCli(["push", `${registry.host}/mf/fail:v1`, FIXTURE, "--plain-http"], {
-        timeoutMs: 60_000,
-      }),
-    );
-    const manifest = JSON.parse(
-      await (await fetch(`http://${registry.host}/v2/mf/fail/manifests/v1`, {
-        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
-      })).text(),
-    );
+    const manifest = await pushFixture(registry.host, "mf/fail");
     // The config blob (asked for after the table GET started) is missing.
     await using proxy = await startFaultProxy(registry.host, [
       { match: isBlobGetOf(manifest.config.digest), fault: { kind: "status", status: 404 } },
