@@ -1,5 +1,5 @@
 /** Writes a build tree as an EROFS file and names it by digest, for pushing as a layer. */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 

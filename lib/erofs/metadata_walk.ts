@@ -12,7 +12,7 @@
  * The only rejection is the FormatError of an image that is not EROFS.
  * On-disk layout: ./inode_layout.ts; pages and the fetch budget: ./metadata_pages.ts.
  */
-import { setImmediate } from "node:timers";
+import { setImmediate } from "../node_builtins.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END, type ErofsSuperblock } from "./superblock.ts";
 import {
   MetadataPages,

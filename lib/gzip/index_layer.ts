@@ -5,7 +5,7 @@
  * metadata image (`mkfs.erofs --tar=i` layout). Both digests (compressed layer, uncompressed
  * tar = OCI diff_id) are computed on the way so the index can be bound to its layer.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";

@@ -3,7 +3,7 @@
  * only the tar-index meta image and the sha256 of every 1 MiB piece of the blob (counted
  * from offset 0), which a mount checks before serving any byte of a ranged registry read.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";

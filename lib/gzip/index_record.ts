@@ -4,7 +4,7 @@
  * another digest or size, a meta or zinfo that is not the one recorded, or a meta referring
  * to more tar than the layer has, is refused (FormatError) rather than served as wrong bytes.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { tarIndexLayout } from "./hybrid_tar.ts";
 

@@ -10,7 +10,7 @@
  * a checkpoint may be shorter), the unit GzipRandomAccess makes and caches. The file is the
  * 32-byte digests back to back, checkpoint by checkpoint.
  */
-import { createHash, type Hash } from "node:crypto";
+import { createHash, type Hash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import type { ZinfoCheckpoint } from "./zinfo.ts";
 

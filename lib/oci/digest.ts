@@ -1,4 +1,4 @@
-import { createHash, type Hash } from "node:crypto";
+import { createHash, type Hash } from "../node_builtins.ts";
 
 /** A streaming hasher for an `algorithm:hex` digest (crypto.subtle cannot stream). */
 export function digestHasher(digest: string): Hash {

@@ -4,7 +4,7 @@
  * is hashed. Bounded memory (one 1 MiB buffer) and the event loop is yielded between pieces,
  * so readers keep being served while a large layer is hashed.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { preadExact } from "./disk_cache_io.ts";
 
 const PIECE_BYTES = 1 << 20;

@@ -6,7 +6,7 @@
  * DecompressionStream("gzip") fails on a second gzip member ("failed to write whole buffer"),
  * and multi-member gzip is legal (pigz, concatenated layers); gunzip reads every member.
  */
-import { createGunzip } from "node:zlib";
+import { createGunzip } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { DEFAULT_MAX_ZSTD_WINDOW_BYTES, zstdDecompressStream } from "./zstd.ts";
 

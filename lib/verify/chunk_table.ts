@@ -10,7 +10,7 @@
  * may also carry `"metadata"`: where its directory metadata lies, with a digest per range
  * (metadata_ranges.ts), so a mount fetches just those bytes instead of walking whole chunks.
  */
-import { createHash, type Hash } from "node:crypto";
+import { createHash, type Hash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { digestOf } from "../oci/digest.ts";
 import { digestsOfHex, hexOfDigests, matchesDigestAt, SHA256_BYTES } from "./sha256_list.ts";

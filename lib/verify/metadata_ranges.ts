@@ -16,7 +16,7 @@
  * match) costs only speed: a range that does not hash to its digest is dropped, and the walk
  * that follows reads (verified, through the chunk table) whatever the list did not provide.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { ReadRange } from "../erofs/metadata_pages.ts";

@@ -2,7 +2,7 @@
  * Lists of sha256 digests stored back to back (32 bytes each), as the chunk-digest table and its
  * metadata range list keep them, and their hex form in the table's JSON.
  */
-import { createHash } from "node:crypto";
+import { createHash } from "../node_builtins.ts";
 
 export const SHA256_BYTES = 32;
 
