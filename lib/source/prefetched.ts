@@ -111,8 +111,8 @@ export class PrefetchedSource implements InnerSource {
    * Resolves at the first read of bytes not all pinned from now on: after a mount, the first
    * read of file data (a cold `find` reads pinned pages only). Background fills wait for it.
    * Reads before the call do not count: an NBD attach's block-size probe reads the image head
-   * before its pages are pinned. (In the VM the windows still start during the mount, at a 4 KiB
-   * read at 4096 that comes after ready: docs/benchmarks.md, 2026-12-01 17:30-18:33.)
+   * before its pages are pinned. The partition scan of mount(2)'s open comes after: the windows
+   * wait for firstDataReadPast(IMAGE_HEAD_PROBE_BYTES).
    */
   nextDataRead(): Promise<{ offset: number; length: number }> {
     this.#nextDataRead ??= Promise.withResolvers();
@@ -333,6 +333,28 @@ const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
  */
 const DEMAND_AHEAD_WINDOWS = 2;
 
+/**
+ * The image head that the kernel and blkid read on their own: a new NBD device's partition scan
+ * at its first open (mount(2)'s; /work/shared/docs/kernel-notes.md), in whole 4 KiB pages (the
+ * amiga parser's sectors 0-15 are pages 0-1, the GPT header at LBA 1 of a 4 KiB-block device is
+ * page 1, ultrix's sector 31 page 3), and filesystem signature probes
+ * (up to btrfs's at 64 KiB). Reads there are no file data of a user: in the VM, a 4 KiB read at
+ * 4096 0.12 s after ready, during mount(2) (EROFS's superblock and root inode lie in page 0),
+ * started the windows, and ~25 window GETs ran through the mount and the cold find.
+ */
+export const IMAGE_HEAD_PROBE_BYTES = 64 << 10;
+
+/** The first data read of `source` from now on that reaches past the first `headBytes`. */
+export async function firstDataReadPast(
+  source: Pick<PrefetchedSource, "nextDataRead">,
+  headBytes: number,
+): Promise<{ offset: number; length: number }> {
+  for (;;) {
+    const read = await source.nextDataRead();
+    if (read.offset + read.length > headBytes) return read;
+  }
+}
+
 /** How the disk cache lets a reader's fetch run on (DiskCachedSource). */
 interface DemandAware {
   setDemandAheadBytes(bytes: number, blocks: number): void;
@@ -479,7 +501,7 @@ export async function prefetchErofsMetadata(
     // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
     // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
     // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
-    target.nextDataRead().then(({ offset, length }) => {
+    firstDataReadPast(target, IMAGE_HEAD_PROBE_BYTES).then(({ offset, length }) => {
       mark(`server: background windows start (data read of ${length} at ${offset})`);
       windows.start();
     });

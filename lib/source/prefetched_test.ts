@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { CachedSource } from "./cached.ts";
-import { PIN_PAGE_BYTES, PrefetchedSource, prefetchErofsMetadata } from "./prefetched.ts";
+import {
+  firstDataReadPast,
+  IMAGE_HEAD_PROBE_BYTES,
+  PIN_PAGE_BYTES,
+  PrefetchedSource,
+  prefetchErofsMetadata,
+} from "./prefetched.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 import { FIXTURES } from "../../tests/_support/requires.ts";
 
@@ -85,4 +91,20 @@ Deno.test("PrefetchedSource.nextDataRead: reads before the call (an attach's pro
   await served.read(9 * PIN_PAGE_BYTES, 10);
   await new Promise((resolve) => setTimeout(resolve, 0));
   assert.equal(again(), true);
+});
+
+Deno.test("firstDataReadPast: the kernel's probes of the image head do not count as file data", async () => {
+  const bytes = patternBytes(64 * PIN_PAGE_BYTES);
+  const served = new PrefetchedSource(new MemorySource(bytes));
+  let seen: { offset: number; length: number } | undefined;
+  const first = firstDataReadPast(served, IMAGE_HEAD_PROBE_BYTES).then((read) => seen = read);
+  // A partition scan after ready: 4 KiB at 4096, the amiga parser's 16 sectors, sector 31.
+  await served.read(PIN_PAGE_BYTES, PIN_PAGE_BYTES);
+  await served.read(0, 8192);
+  await served.read(31 * 512, 512);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(seen, undefined, "a read of the image head counted as file data");
+  await served.read(IMAGE_HEAD_PROBE_BYTES - 10, 20); // reaches past the head
+  await first;
+  assert.deepEqual(seen, { offset: IMAGE_HEAD_PROBE_BYTES - 10, length: 20 });
 });

@@ -142,6 +142,8 @@ mount_timeline() {
             'BEGIN { printf "%s\t%.2f\t%s\n", n, s - a, substr(m, 1, 400) }'
           [[ $line == *" info ready:"* ]] && break
         done <"$log"
+        # The whole log so far, for what came after ready (a dropped NBD connection, its heal).
+        cp "$log" "$out/server-$name.log" 2>/dev/null
       fi
     fi
     # "timing PID LABEL… EPOCH-MS +MS" lines of lib/timing.ts (the mount's, when it has them).
@@ -586,5 +588,7 @@ done
 
 cp "$work/registry.log" "$out/registry.log" 2>/dev/null
 cp "$work"/mount-*.log "$work"/tar-*.err "$work/peer-mount.log" "$out/" 2>/dev/null
+# The kernel's side of the run (NBD request timeouts, dropped connections), for the record.
+dmesg >"$out/dmesg.txt" 2>/dev/null
 grep -F "\"GET " "$work/registry.log" | tail -n 3 >&2
 log "done"
