@@ -1,5 +1,5 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import { UsageError } from "../errors.ts";
+import { ArgvError, type OptionSpecs, parseArgv, type ParsedArgv } from "./argv.ts";
 
 /** One `erofs-oci <name>` subcommand. */
 export interface Command {
@@ -12,27 +12,24 @@ export interface Command {
   run(argv: string[]): Promise<number>;
 }
 
-type Options = NonNullable<ParseArgsConfig["options"]>;
+const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const;
 
 /**
- * `node:util` parseArgs with usage errors turned into UsageError (exit code 2) and `--help`
- * handled by the caller. Unknown options and missing values are reported by name.
+ * The command line parsed (./argv.ts, node:util parseArgs' rules), with usage errors turned
+ * into UsageError (exit code 2) and `--help` handled by the caller. Unknown options and
+ * missing values are reported by name.
  */
-export function parseCommandArgs<O extends Options>(
+export function parseCommandArgs<O extends OptionSpecs>(
   command: string,
   argv: string[],
   options: O,
   allowPositionals = true,
-) {
+): ParsedArgv<O & typeof HELP_OPTION> {
   try {
-    return parseArgs({
-      args: argv,
-      options: { ...options, help: { type: "boolean", short: "h" } },
-      allowPositionals,
-      strict: true,
-    });
+    return parseArgv(argv, { ...options, ...HELP_OPTION }, allowPositionals);
   } catch (error) {
-    const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
+    if (!(error instanceof ArgvError)) throw error;
+    const message = error.message.split("\n")[0];
     throw new UsageError(
       `${command}: ${message.replace(/^Unknown option/, "unknown option")}`,
       `see \`erofs-oci ${command} --help\``,

@@ -8,12 +8,12 @@
  * cannot judge alike: credentials on the command line (stdin is mount's to read), a local
  * file or OCI layout.
  */
-import { parseArgs } from "node:util";
 import { RegistryClient } from "../oci/client.ts";
 import { manifestReference, parseReference } from "../oci/reference.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { mark } from "../timing.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
+import { parseArgv } from "./argv.ts";
 
 /** The client options of a registry image (openRegistry's, without credentials). */
 export interface AheadKey {
@@ -52,12 +52,11 @@ export function startManifestAhead(argv: string[]): void {
   if (settled || ahead) return;
   let values, positionals;
   try {
-    ({ values, positionals } = parseArgs({
-      args: argv,
-      options: { ...MOUNT_OPTIONS, help: { type: "boolean", short: "h" } },
-      allowPositionals: true,
-      strict: true,
-    }));
+    ({ values, positionals } = parseArgv(
+      argv,
+      { ...MOUNT_OPTIONS, help: { type: "boolean", short: "h" } },
+      true,
+    ));
   } catch {
     return; // mount.ts reports it
   }

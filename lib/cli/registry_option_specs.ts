@@ -1,10 +1,10 @@
 /**
- * The registry options' parseArgs specs and help text, without the registry client
+ * The registry options' specs (./argv.ts) and help text, without the registry client
  * (./registry_options.ts opens registries with them): a command that only lists the options,
  * such as `build` from a directory, starts without loading the OCI client.
  */
 
-/** parseArgs options for registry access; spread into a command's own options. */
+/** Option specs (./argv.ts) for registry access; spread into a command's own options. */
 export const REGISTRY_OPTIONS = {
   username: { type: "string", short: "u" },
   password: { type: "string" },
@@ -28,7 +28,7 @@ export const REGISTRY_OPTIONS_HELP = `Registry options:
       --platform P      os/arch[/variant] to pick from a multi-platform image
                         (default: this host)`;
 
-/** The values parseArgs returns for REGISTRY_OPTIONS. */
+/** The values parseCommandArgs returns for REGISTRY_OPTIONS. */
 export interface RegistryOptionValues {
   username?: string;
   password?: string;
