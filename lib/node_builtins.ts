@@ -14,14 +14,30 @@ import { mark } from "./timing.ts";
 
 export type { Hash } from "node:crypto";
 
+type BuiltinName = "node:crypto" | "node:zlib" | "node:timers";
+
 let cryptoModule: typeof NodeCrypto | undefined;
 let zlibModule: typeof NodeZlib | undefined;
 let timersModule: typeof NodeTimers | undefined;
 
-function load<T>(name: "node:crypto" | "node:zlib" | "node:timers"): T {
+function load<T>(name: BuiltinName): T {
+  mark(`${name} loading`);
   const module = process.getBuiltinModule(name) as T;
   mark(`${name} loaded`);
   return module;
+}
+
+/**
+ * Loads these modules now unless they are loaded: for a moment when the process would wait
+ * anyway (the mount server for its spec, the CLI for the manifest), so that the first hash on
+ * the mount's path does not wait for the load.
+ */
+export function preloadNodeBuiltins(...names: BuiltinName[]): void {
+  for (const name of names) {
+    if (name === "node:crypto") cryptoModule ??= load<typeof NodeCrypto>(name);
+    else if (name === "node:zlib") zlibModule ??= load<typeof NodeZlib>(name);
+    else timersModule ??= load<typeof NodeTimers>(name);
+  }
 }
 
 /** node:crypto's createHash (sha256, sha512: OpenSSL speed, and it streams). */

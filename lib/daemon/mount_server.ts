@@ -31,6 +31,7 @@ import { setLogFormat, warn } from "../log.ts";
 import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
+import { preloadNodeBuiltins } from "../node_builtins.ts";
 import { type HandedMetadata, readSpecAndMetadata } from "./handed_metadata.ts";
 import {
   checkServable,
@@ -143,7 +144,11 @@ export async function runMountServer(): Promise<number> {
   let spec: MountSpec;
   let handedMetadata: Promise<HandedMetadata>;
   try {
-    const handed = await readSpecAndMetadata(Deno.stdin.readable);
+    const reading = readSpecAndMetadata(Deno.stdin.readable);
+    // The spec comes once the CLI has resolved the image: time to load what hashing (chunk
+    // and metadata checks) and the directory walk's turns need, off the path after the spec.
+    preloadNodeBuiltins("node:crypto", "node:timers");
+    const handed = await reading;
     handedMetadata = handed.metadata;
     spec = takeHandedSettings(JSON.parse(handed.specText) as HandedSpec);
   } catch (error) {
