@@ -243,3 +243,62 @@ Deno.test("background windows: after a data read, the others go nearest to it fi
     await t.cleanUp();
   }
 });
+
+Deno.test("background windows: startWhenQuiet starts them after a quiet, not while a walk goes on", async () => {
+  const QUIET_MS = 60;
+  const t = await setUp([], { pieceBytes: 2 * CHUNK });
+  try {
+    // mount(2)'s two pinned reads right after ready are no activity.
+    await t.readPinned(0);
+    await t.readPinned(2);
+    const quietStarted = t.windows.startWhenQuiet(QUIET_MS);
+    // A walk that goes on for several quiet spans holds the start back all along.
+    const walkEnd = performance.now() + 4 * QUIET_MS;
+    for (let i = 0; performance.now() < walkEnd; i++) {
+      await t.walkBurst(i);
+      await sleep(10);
+    }
+    assert.equal(t.windows.started, false, "started during a walk");
+    assert.equal(t.inner.reads.length, 0, JSON.stringify(t.inner.reads));
+    assert.equal(await quietStarted, true);
+    assert(t.windows.started);
+    // Started by the quiet (no data read): its fills are held while the walk's reads are
+    // recent (windowDelayMs), then every listed window is filled.
+    await t.windows.start();
+    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
+    assert.equal(t.windows.pendingCount, 0);
+  } finally {
+    await t.cleanUp();
+  }
+});
+
+Deno.test("background windows: startWhenQuiet resolves false when start() came first or the signal aborted", async () => {
+  const t = await setUp();
+  try {
+    const quiet = t.windows.startWhenQuiet(30);
+    const done = t.windows.start();
+    assert.equal(await quiet, false);
+    await done;
+  } finally {
+    await t.cleanUp();
+  }
+  const abort = new AbortController();
+  let fills = 0;
+  const windows = new BackgroundWindows({
+    starts: [0],
+    windowBytes: WINDOW,
+    sizeBytes: WINDOW,
+    fill: () => {
+      fills++;
+      return Promise.resolve();
+    },
+    inFlight: 1,
+    activity: () => ({ walkMs: -Infinity, dataMs: -Infinity }),
+    signal: abort.signal,
+  });
+  const quiet = windows.startWhenQuiet(10_000); // would keep the test alive if not cleared
+  abort.abort();
+  assert.equal(await quiet, false);
+  assert.equal(windows.started, false);
+  assert.equal(fills, 0);
+});

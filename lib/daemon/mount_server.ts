@@ -5,6 +5,7 @@
  */
 import { CachedSource } from "../source/cached.ts";
 import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
+import { QUIET_START } from "../source/background_windows.ts";
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
@@ -262,6 +263,8 @@ export async function runMountServer(): Promise<number> {
             // A trace says what the application reads: the windows (a guess from the metadata's
             // places) would only compete with the trace prefetch and the reads it serves.
             windowsMaxBytes: traceHooks.wantsExactReads ? 0 : undefined,
+            // FUSE: the windows may use the idle time after ready (an NBD mount(2) reads then).
+            windowsWhenQuiet: spec.backend === "fuse" ? QUIET_START : undefined,
           }).then(report);
         }),
       );

@@ -14,11 +14,15 @@
  *   ms after ready and held every window back for 200 ms, until the bench's find began, then
  *   until python's first data read (cold python 40 GETs, 1.6–1.8×, with the windows "started"
  *   at ready). Once file data is read, or after a short quiet, they go.
+ * - What starts them: the first read of file data (start()), and on a FUSE mount also a short
+ *   quiet after ready (startWhenQuiet(), QUIET_START): the idle time before the first
+ *   application then fetches what it would otherwise wait for (cold python: see QUIET_START).
  * - A window where file data was just read goes first (and the one after it): the reader is
  *   working in that directory's files, and the rest of them are the likeliest next reads. Once
  *   file data was read, the other windows go nearest to the latest such read first.
  */
 import { sleep } from "./disk_cache_fill.ts";
+import { fillTrace } from "./fill_trace.ts";
 
 /**
  * When a metadata walk (pinned-only reads at a walk's rate, see WalkClock) and reads of other
@@ -62,6 +66,18 @@ export class WalkClock {
 export const METADATA_WALK_QUIET_MS = 200;
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
+/**
+ * A FUSE mount's windows start once nothing was read for `quietMs` after ready, `inFlight` at a
+ * time (prefetched.ts, PrefetchOptions.windowsWhenQuiet). The benchmark's cold python started
+ * ~0.2–0.45 s after ready (its harness: list, drop caches, find, drop caches; python's own
+ * start-up from the host's disk another ~0.14 s) and had the windows to itself. Started at
+ * its first data read it was 1.5–1.7× local with 5–8 misses (100–160 ms of waits) and the
+ * rest of the image fetched under it; with this, 0–3 misses and 50–115 MB fetched before it
+ * (scripts/bench/python_ab.ts, docs/benchmarks.md session 20). Four lanes, not two: each GET
+ * waits 15–50 ms for docker-registry's first byte, and the image is fetched by python's start
+ * only with more in flight. NBD mounts do not use it (the VM's mount(2) reads after ready).
+ */
+export const QUIET_START = { quietMs: 50, inFlight: 4 } as const;
 /** How often a lane that runs only while file data is read looks again. */
 const LANE_POLL_MS = 20;
 
@@ -162,13 +178,54 @@ export class BackgroundWindows {
     if (this.#promoted.length > 4096) this.#promoted.splice(0, 2048);
   }
 
+  /** Whether the workers were started (start() or startWhenQuiet()). */
+  get started(): boolean {
+    return this.#started;
+  }
+
   /** Starts the workers (once); resolves when every window was started and its fill ended. */
   start(): Promise<void> {
     if (!this.#started) {
       this.#started = true;
+      fillTrace("windows-start", this.#pending.size);
       this.#spawn();
     }
     return Promise.all(this.#workers).then(() => {});
+  }
+
+  /**
+   * Starts the workers once neither file data nor a walk was read for `quietMs` (counted from
+   * this call): idle bandwidth after the mount is ready. A few pinned reads (mount(2)'s) are
+   * no activity. Resolves true when this started them, false when start() did first or the
+   * signal aborted.
+   */
+  startWhenQuiet(quietMs: number): Promise<boolean> {
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const calledMs = performance.now();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const signal = this.#options.signal;
+    const abort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const check = () => {
+      if (this.#started || signal?.aborted) {
+        signal?.removeEventListener("abort", abort);
+        return resolve(false);
+      }
+      const { walkMs, dataMs } = this.#options.activity();
+      const waitMs = Math.max(calledMs, walkMs, dataMs) + quietMs - performance.now();
+      if (waitMs > 0) {
+        timer = setTimeout(check, waitMs);
+        return;
+      }
+      signal?.removeEventListener("abort", abort);
+      this.start();
+      resolve(true);
+    };
+    signal?.addEventListener("abort", abort, { once: true });
+    timer = setTimeout(check, quietMs);
+    return promise;
   }
 
   /** Workers up to `inFlight` (after they ran out, a promoted window starts them again). */

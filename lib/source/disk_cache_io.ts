@@ -55,6 +55,21 @@ export function openCacheFile(path: string, create = true): number {
   return fd;
 }
 
+/** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
+const O_TMPFILE = ARM ? 0o20040000 : 0o20200000;
+/** A tmpfs on every systemd and most other Linux systems (the FHS's shared-memory directory). */
+const SHARED_MEMORY_DIR = "/dev/shm";
+
+/**
+ * An unnamed read-write file in memory (O_TMPFILE on the tmpfs at /dev/shm, mode 0600): its
+ * pages are not dropped with the page cache (`echo 3 > drop_caches`) and never read back from
+ * a disk. Undefined when there is no such tmpfs (the caller then takes a file on disk).
+ */
+export function openMemoryFile(): number | undefined {
+  const fd = libc().open(cstr(SHARED_MEMORY_DIR), O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600);
+  return fd < 0 ? undefined : fd;
+}
+
 export interface FileStat {
   dev: bigint;
   ino: bigint;

@@ -9,7 +9,13 @@ import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { CacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
-import { closeQuietly, openCacheFile, pwriteAll, reopenReadOnly } from "./disk_cache_io.ts";
+import {
+  closeQuietly,
+  openCacheFile,
+  openMemoryFile,
+  pwriteAll,
+  reopenReadOnly,
+} from "./disk_cache_io.ts";
 import { mark } from "../timing.ts";
 import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
@@ -210,6 +216,13 @@ export class PrefetchedSource implements InnerSource {
     const opened: number[] = [];
     try {
       for (let i = 0; i < 2; i++) {
+        // In memory where possible: on disk, dropping the page cache sent a cold find's reads
+        // of pinned pages to the disk, behind the background windows' writes (find 2-3x local).
+        const inMemory = openMemoryFile();
+        if (inMemory !== undefined) {
+          opened.push(inMemory);
+          continue;
+        }
         const path = Deno.makeTempFileSync({ prefix: "erofs-oci-pins-" });
         try {
           opened.push(openCacheFile(path, false));
@@ -396,6 +409,12 @@ export interface PrefetchOptions {
    * which then read those inodes through the chunk cache instead.
    */
   fileInodes?: boolean;
+  /**
+   * The background windows also start once nothing was read for `quietMs` after the
+   * directories are pinned, `inFlight` at a time (background_windows.ts QUIET_START; FUSE
+   * mounts). Unset: only the first data read past the image head starts them, 2 at a time.
+   */
+  windowsWhenQuiet?: { quietMs: number; inFlight: number };
 }
 
 /**
@@ -478,8 +497,8 @@ export async function prefetchErofsMetadata(
         fillTrace("window", start, length);
         return Promise.resolve(fillAhead(start, length));
       },
-      inFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
-      idleInFlight: WINDOWS_IN_FLIGHT_AFTER_READY,
+      inFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
+      idleInFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -502,9 +521,17 @@ export async function prefetchErofsMetadata(
     // in flight when the find began slowed it 2.9-4.1x (2 lanes of 4 MiB; python 1.0-1.2x) or
     // 1.5-3.3x (1 lane of 1 MiB pieces; python no better than from the first data read).
     firstDataReadPast(target, IMAGE_HEAD_PROBE_BYTES).then(({ offset, length }) => {
+      if (windows.started) return;
       mark(`server: background windows start (data read of ${length} at ${offset})`);
       windows.start();
     });
+    // Or (FUSE) the idle time after ready: in flight when a find begins, they slowed it less
+    // with the pinned pages in memory (openMemoryFile) than the waits they spare python.
+    if (options.windowsWhenQuiet) {
+      windows.startWhenQuiet(options.windowsWhenQuiet.quietMs).then((started) => {
+        if (started) mark("server: background windows start (quiet after ready)");
+      });
+    }
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
     // The read below joins the window's fill (or finds its chunks already there).

@@ -1,0 +1,298 @@
+/**
+ * A/B harness for the host benchmark's cold python step (issue 12), same method as
+ * scripts/bench_host.ts up to python: a cold mount (empty disk cache), its GET count and `list`,
+ * drop caches, cold `find`, drop caches, cold python start — per round, the variants interleaved
+ * (and a local file-backed mount's find and python first). Each variant is a name and environment
+ * variables for the mount command (its server inherits them), e.g. `base` and `idle:X=1`.
+ * Each mount records a fill trace (EROFS_OCI_FILL_TRACE, lib/source/fill_trace.ts); per run the
+ * harness prints find and python seconds, the layer GETs of each step, and from the trace: when
+ * the background windows started and the layer bytes fetched by python's start and end (ms and MB
+ * relative to python's start), python's demand misses (count, summed wait) and the misses'
+ * offsets with what they waited for. A summary per variant (best and median) ends the output.
+ * BENCH_CLI=dist times dist/erofs-oci (build it first) instead of the source tree.
+ * Usage: deno run -A scripts/bench/python_ab.ts IMAGE RUNS VARIANT[:ENV=V[,ENV=V…]]…  (root)
+ */
+import { startRegistry } from "../../tests/_support/registry.ts";
+import { type CliResult, runCli } from "../../tests/_support/cli.ts";
+import { mountSandbox } from "../../tests/_support/mounts.ts";
+import { writeSmallFile } from "../../ffi/libc.ts";
+
+const [image, runsArg, ...variantArgs] = Deno.args;
+if (!image || !runsArg || !variantArgs.length) {
+  throw new Error("usage: python_ab.ts IMAGE RUNS VARIANT[:ENV=V[,ENV=V…]]…");
+}
+const variants = variantArgs.map((arg) => {
+  const [name, envText = ""] = arg.split(/:(.*)/s);
+  const env: Record<string, string> = {};
+  for (const pair of envText.split(",").filter(Boolean)) {
+    const [key, value = ""] = pair.split(/=(.*)/s);
+    env[key] = value;
+  }
+  return { name, env };
+});
+const rounds = Number(runsArg);
+
+const PYTHON_IMPORTS =
+  "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
+
+const benchCli = Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
+const runtimeParent = await Deno.makeTempDir({ prefix: "python-ab-runtime-" });
+
+/**
+ * A variant's PYTHON_AB_CLI names another built artifact for its commands (e.g. a copy of
+ * dist/erofs-oci built from the code before a change), with a runtime cache of its own.
+ */
+async function cli(args: string[], env: Record<string, string>): Promise<CliResult> {
+  const binary = env.PYTHON_AB_CLI;
+  if (benchCli === "source" && !binary) return await runCli(args, { env, timeoutMs: 120_000 });
+  const runtime = binary ? `runtime-${binary.replaceAll("/", "_")}` : "runtime";
+  const output = await new Deno.Command(binary ?? `${import.meta.dirname}/../../dist/erofs-oci`, {
+    args,
+    env: { EROFS_OCI_RUNTIME_CACHE: `${runtimeParent}/${runtime}`, ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return {
+    code: output.code,
+    stdout: text(output.stdout),
+    stderr: text(output.stderr),
+    timedOut: false,
+    commandLine: `dist/erofs-oci ${args.join(" ")}`,
+  };
+}
+
+function dropCaches(): void {
+  new Deno.Command("sync").outputSync();
+  writeSmallFile("/proc/sys/vm/drop_caches", "3");
+}
+
+/** Seconds `cmd` took, and its start and end on the epoch clock (ms). */
+async function timed(cmd: string, args: string[]) {
+  const startMs = performance.timeOrigin + performance.now();
+  const result = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  const endMs = performance.timeOrigin + performance.now();
+  if (!result.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
+  }
+  return { seconds: (endMs - startMs) / 1000, startMs, endMs };
+}
+
+function pythonArgs(dir: string): string[] {
+  const lib = `${dir}/usr/lib/python3.11`;
+  return [
+    "-B",
+    "-c",
+    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
+    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
+  ];
+}
+
+async function localRun() {
+  const dir = await Deno.makeTempDir({ prefix: "python-ab-local-" });
+  try {
+    dropCaches();
+    await timed("mount", ["-t", "erofs", "-o", "ro", image, dir]);
+    try {
+      dropCaches();
+      const find = await timed("find", [dir]);
+      dropCaches();
+      const python = await timed("python3.11", pythonArgs(dir));
+      return { find: find.seconds, python: python.seconds };
+    } finally {
+      await timed("umount", [dir]);
+    }
+  } finally {
+    await Deno.remove(dir);
+  }
+}
+
+await using registry = await startRegistry({ auth: "none" });
+const layerDigest = "sha256:" + Array.from(
+  new Uint8Array(await crypto.subtle.digest("SHA-256", Deno.readFileSync(image))),
+  (b) => b.toString(16).padStart(2, "0"),
+).join("");
+const blobGets = async () =>
+  (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
+const ref = `${registry.host}/bench/python-ab:v1`;
+const pushed = await cli(["push", ref, image], {});
+if (pushed.code !== 0) throw new Error(pushed.stderr);
+
+/** prefetched.ts's background window size (DEFAULT_PREFETCH_WINDOW_BYTES). */
+const WINDOW_BYTES = 4 << 20;
+
+interface TraceEvent {
+  ms: number; // epoch
+  kind: string;
+  fields: string[];
+}
+
+/** The server's events (the process with the most lines), on the epoch clock. */
+function serverEvents(path: string): TraceEvent[] {
+  const all = Deno.readTextFileSync(path).split("\n").map((line) => line.split(" "))
+    .filter((f) => f[0] === "fill" && f.length >= 4);
+  const perPid = new Map<string, number>();
+  for (const f of all) perPid.set(f[1], (perPid.get(f[1]) ?? 0) + 1);
+  const pid = [...perPid].sort((a, b) => b[1] - a[1])[0]?.[0];
+  const mine = all.filter((f) => f[1] === pid);
+  const origin = Number(mine.find((f) => f[3] === "origin")?.[4] ?? 0);
+  return mine.filter((f) => f[3] !== "origin")
+    .map((f) => ({ ms: origin + Number(f[2]), kind: f[3], fields: f.slice(4) }))
+    .sort((a, b) => a.ms - b.ms);
+}
+
+interface RunResult {
+  variant: string;
+  find: number;
+  python: number;
+  gets: { mount: number; find: number; python: number };
+  windowsStartMs?: number;
+  fetchedMbAtPython: number;
+  fetchedMbAfterPython: number;
+  misses: number;
+  missWaitMs: number;
+  missLines: string[];
+}
+
+async function lazyRun(variant: { name: string; env: Record<string, string> }) {
+  const sandbox = await mountSandbox();
+  const cacheDir = await Deno.makeTempDir({ prefix: "python-ab-cache-" });
+  const tracePath = await Deno.makeTempFile({ prefix: "python-ab-trace-" });
+  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  try {
+    dropCaches();
+    let last = await blobGets();
+    const step = async () => {
+      const now = await blobGets();
+      const n = now - last;
+      last = now;
+      return n;
+    };
+    const mounted = await cli(
+      ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse"],
+      { ...env, ...variant.env, EROFS_OCI_FILL_TRACE: tracePath },
+    );
+    if (mounted.code !== 0) throw new Error(mounted.stderr);
+    const mountGets = await step();
+    // The official bench asks `list --json` here (its server pid): the same gap before find.
+    await cli(["list", "--json"], { ...env, ...variant.env });
+    dropCaches();
+    const find = await timed("find", [sandbox.target]);
+    const findGets = await step();
+    dropCaches();
+    const python = await timed("python3.11", pythonArgs(sandbox.target));
+    const pythonGets = await step();
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the trace's flush
+    const events = serverEvents(tracePath);
+    const fetchedBy = (ms: number) =>
+      events.filter((e) => e.kind === "fetch" && e.ms <= ms)
+        .reduce((sum, e) => sum + Number(e.fields[2]), 0) / 1e6;
+    const windowsStart = events.find((e) => e.kind === "windows-start");
+    const inPython = events.filter((e) => e.ms >= python.startMs && e.ms <= python.endMs);
+    const open = new Map<string, number>();
+    const missLines: string[] = [];
+    let missWaitMs = 0;
+    for (const e of inPython) {
+      const key = `${e.fields[0]} ${e.fields[1]}`;
+      if (e.kind === "miss") open.set(key, e.ms);
+      if (e.kind !== "miss-ready" || !open.has(key)) continue;
+      const waited = e.ms - open.get(key)!;
+      open.delete(key);
+      missWaitMs += waited;
+      // Whether a background window of the missed offset began before the miss, and when.
+      const window = Math.floor(Number(e.fields[0]) / WINDOW_BYTES);
+      const began = events.find((w) =>
+        w.kind === "window" && Math.floor(Number(w.fields[0]) / WINDOW_BYTES) === window &&
+        w.ms <= e.ms
+      );
+      missLines.push(
+        `+${(e.ms - waited - python.startMs).toFixed(0)} ms: ${e.fields[1]} B at ${
+          (Number(e.fields[0]) / (1 << 20)).toFixed(2)
+        } MiB waited ${waited.toFixed(1)} ms (${e.fields[2]}), window ${window} ${
+          began ? `began at +${(began.ms - python.startMs).toFixed(0)} ms` : "not begun"
+        }`,
+      );
+    }
+    const result: RunResult = {
+      variant: variant.name,
+      find: find.seconds,
+      python: python.seconds,
+      gets: { mount: mountGets, find: findGets, python: pythonGets },
+      windowsStartMs: windowsStart ? windowsStart.ms - python.startMs : undefined,
+      fetchedMbAtPython: fetchedBy(python.startMs),
+      fetchedMbAfterPython: fetchedBy(python.endMs),
+      misses: missLines.length,
+      missWaitMs,
+      missLines,
+    };
+    return result;
+  } finally {
+    await sandbox.cleanup();
+    await Deno.remove(cacheDir, { recursive: true });
+    if (Deno.env.get("PYTHON_AB_KEEP_TRACE")) console.log(`trace kept: ${tracePath}`);
+    else await Deno.remove(tracePath);
+  }
+}
+
+const results: RunResult[] = [];
+const locals: { find: number; python: number }[] = [];
+const verbose = Deno.env.get("PYTHON_AB_VERBOSE") === "1";
+try {
+  for (let round = 0; round < rounds; round++) {
+    const local = await localRun();
+    locals.push(local);
+    console.log(
+      `round ${round + 1} local: find ${local.find.toFixed(3)} s, python ${
+        local.python.toFixed(3)
+      } s (load ${Deno.loadavg()[0].toFixed(2)})`,
+    );
+    // Each round in a different order, so no variant always follows the local run.
+    const order = variants.map((_, i) => variants[(i + round) % variants.length]);
+    for (const variant of order) {
+      const r = await lazyRun(variant);
+      results.push(r);
+      console.log(
+        `  ${r.variant}: find ${r.find.toFixed(3)} s, python ${
+          r.python.toFixed(3)
+        } s, GETs ${r.gets.mount}/${r.gets.find}/${r.gets.python}, windows start ${
+          r.windowsStartMs === undefined ? "never" : `${r.windowsStartMs.toFixed(0)} ms`
+        } (python = 0), fetched ${r.fetchedMbAtPython.toFixed(1)} -> ${
+          r.fetchedMbAfterPython.toFixed(1)
+        } MB, misses ${r.misses} waited ${r.missWaitMs.toFixed(0)} ms`,
+      );
+      if (verbose) { for (const line of r.missLines) console.log(`      ${line}`); }
+    }
+  }
+} finally {
+  await new Deno.Command("chmod", { args: ["-R", "u+w", runtimeParent] }).output();
+  await Deno.remove(runtimeParent, { recursive: true });
+}
+
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+};
+const best = (values: number[]) => Math.min(...values);
+const localPython = best(locals.map((l) => l.python));
+const localFind = best(locals.map((l) => l.find));
+console.log(
+  `\nlocal: find best ${localFind.toFixed(3)} s, python best ${localPython.toFixed(3)} s ` +
+    `median ${median(locals.map((l) => l.python)).toFixed(3)} s`,
+);
+for (const variant of variants) {
+  const mine = results.filter((r) => r.variant === variant.name);
+  const py = mine.map((r) => r.python);
+  const fd = mine.map((r) => r.find);
+  console.log(
+    `${variant.name}: python best ${best(py).toFixed(3)} s (${
+      (best(py) / localPython).toFixed(2)
+    }x) median ${median(py).toFixed(3)} s; find best ${best(fd).toFixed(3)} s (${
+      (best(fd) / localFind).toFixed(2)
+    }x) median ${median(fd).toFixed(3)} s; python GETs median ${
+      median(mine.map((r) => r.gets.python))
+    }, misses median ${median(mine.map((r) => r.misses))}, wait median ${
+      median(mine.map((r) => r.missWaitMs)).toFixed(0)
+    } ms`,
+  );
+}
