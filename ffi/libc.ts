@@ -15,6 +15,14 @@ export const LIBC_SYMBOLS = {
   strerror: { parameters: ["i32"], result: "pointer" },
   // int open(const char *path, int flags, mode_t mode);
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int open(const char *path, int flags, mode_t mode);  — on a pool thread, for opens that wait
+  // on this process (a new NBD device's first open reads its partition table through us)
+  open_nonblocking: {
+    name: "open",
+    parameters: ["buffer", "i32", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // int close(int fd);
   close: { parameters: ["i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count);

@@ -231,6 +231,45 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "attachNbd: the new device's partition scan is read before it returns, not at the first open",
+  ignore: NOT_IN_VM,
+  fn: withRig(async (rig) => {
+    // Every read the kernel sends, as [offset, length].
+    const reads: [number, number][] = [];
+    const recording: Source = {
+      size: rig.source.size,
+      read: (offset, length, signal) => {
+        reads.push([offset, length]);
+        return rig.source.read(offset, length, signal);
+      },
+    };
+    const server = await startServer(recording, 2, rig.dir);
+    const attachment = await attachNbd(connectOptions(rig, server, `${rig.dir}/attach`));
+    closeKernelFds(server.kernelFds);
+    const index = rig.index = attachment.index;
+    // The partition parsers read the 4 KiB page at 4096 (the amiga one's sectors 8-15).
+    const atAttach = [...reads];
+    assert(
+      atAttach.some(([offset, length]) => offset <= 4096 && offset + length > 4096),
+      `no read of the page at 4096 during the attach: ${JSON.stringify(atAttach)}`,
+    );
+    reads.length = 0;
+    await mountNbd(rig, index);
+    // The mount's own open found the table read already: no second scan.
+    assert(
+      !reads.some(([offset, length]) => offset <= 4096 && offset + length > 4096),
+      `the mount read the page at 4096 again: ${JSON.stringify(reads)}`,
+    );
+    assert.equal(await manifestOf(rig.mnt), EXPECTED);
+    await unmount(rig);
+    await attachment.detach();
+    await Promise.all(server.ends);
+    rig.index = undefined;
+  }),
+});
+
+Deno.test({
   name: "RECONFIGURE: fresh sockets replace dead ones; data still readable; wrong backend refused",
   ignore: NOT_IN_VM,
   fn: withRig(async (rig) => {
