@@ -12,7 +12,6 @@ import { RegistryClient } from "../oci/client.ts";
 import { manifestReference, parseReference } from "../oci/reference.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { mark } from "../timing.ts";
-import { preloadNodeBuiltins } from "../node_builtins.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
 import { parseArgv } from "./argv.ts";
 
@@ -85,9 +84,6 @@ export function startManifestAhead(argv: string[]): void {
   top.catch(() => {}); // awaited by resolveImage, or dropped with discardManifestAhead
   ahead = { key, client, top, abort };
   mark("cli: manifest asked ahead");
-  // The manifest's digest check is the CLI's first hash: node:crypto loads while the GET is
-  // out (a timer, so the request is on its way first).
-  setTimeout(() => preloadNodeBuiltins("node:crypto"), 0);
 }
 
 /**

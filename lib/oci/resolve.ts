@@ -3,7 +3,7 @@ import { readLimited } from "./auth.ts";
 import { blobStatusError } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
-import { digestOf } from "./digest.ts";
+import { digestOfAsync } from "./digest.ts";
 import type { LayerDescriptor } from "./layers.ts";
 import {
   type Descriptor,
@@ -80,7 +80,7 @@ export async function fetchManifest(
   }
   const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
   const isDigest = reference.includes(":");
-  const digest = digestOf(bytes, isDigest ? reference : "sha256:");
+  const digest = await digestOfAsync(bytes, isDigest ? reference : "sha256:");
   if (isDigest && digest !== reference) {
     throw new OciError(`manifest ${where} does not match its digest (got ${digest})`);
   }
@@ -110,7 +110,7 @@ async function fetchConfigPlatform(
     return await blobStatusError(client, response, repository, config.digest);
   }
   const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
-  if (digestOf(bytes, config.digest) !== config.digest) {
+  if (await digestOfAsync(bytes, config.digest) !== config.digest) {
     throw new OciError(`config blob ${config.digest} does not match its digest`);
   }
   return parseConfigPlatform(bytes);

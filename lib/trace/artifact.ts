@@ -9,7 +9,7 @@ import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
-import { digestOf } from "../oci/digest.ts";
+import { digestOf, digestOfAsync } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
@@ -58,7 +58,7 @@ async function getChecked(
     );
   }
   const bytes = await readLimited(response, limit);
-  if (digestOf(bytes) !== digest) {
+  if (await digestOfAsync(bytes) !== digest) {
     throw new OciError(
       `the trace ${digest} does not match its digest`,
       "the registry serves a damaged trace; mount with --no-prefetch",

@@ -302,8 +302,10 @@ export function splitRequests<T extends { length: number }>(
 /** Single-range reads in flight when the registry does not answer multi-range requests. */
 const SINGLE_READS_IN_FLIGHT = 8;
 
-function listKey(ranges: MetadataRanges): Uint8Array {
-  return createHash("sha256").update(JSON.stringify(encodeMetadataRanges(ranges))).digest();
+/** The sidecar's key. Web Crypto: the CLI's metadata fetch then loads no node:crypto. */
+async function listKey(ranges: MetadataRanges): Promise<Uint8Array> {
+  const list = new TextEncoder().encode(JSON.stringify(encodeMetadataRanges(ranges)));
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", list));
 }
 
 /**
@@ -338,7 +340,7 @@ export async function loadMetadataRanges(
     return false;
   };
   const total = metadataBytes(ranges);
-  const key = listKey(ranges);
+  const key = await listKey(ranges);
   let fromSidecar = 0;
   const kept = options.sidecar?.read(DIGEST_BYTES + total);
   if (kept?.length === DIGEST_BYTES + total && key.every((b, i) => kept[i] === b)) {

@@ -11,7 +11,7 @@ import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
-import { digestOf } from "../oci/digest.ts";
+import { digestOfAsync } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
@@ -102,7 +102,7 @@ export async function fetchTable(
     throw statusError(client, response, `for the chunk table ${digest}`);
   }
   const bytes = await readLimited(response, MAX_TABLE_BYTES);
-  if (digestOf(bytes, digest) !== digest) {
+  if (await digestOfAsync(bytes, digest) !== digest) {
     throw new OciError(
       `the chunk table of layer ${layer.digest} does not match its digest ${digest}`,
       "the registry serves a tampered table; refusing to mount",
@@ -148,7 +148,7 @@ export async function findTablesByReferrer(
       continue;
     }
     const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
-    if (digestOf(bytes) !== referrer.digest) continue;
+    if (await digestOfAsync(bytes) !== referrer.digest) continue;
     let layers: unknown;
     try {
       layers = JSON.parse(new TextDecoder().decode(bytes))?.layers;
