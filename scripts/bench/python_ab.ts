@@ -142,9 +142,29 @@ function serverEvents(path: string): TraceEvent[] {
     .sort((a, b) => a.ms - b.ms);
 }
 
+/** CPU time of `pid` (user + system) and of the whole machine (busy, iowait), in ms. */
+function cpuMs(pid: number) {
+  const tick = 10; // USER_HZ 100
+  let processMs = NaN;
+  try {
+    const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+    processMs = (Number(fields[11]) + Number(fields[12])) * tick;
+  } catch { /* gone */ }
+  const all = Deno.readTextFileSync("/proc/stat").split("\n")[0].split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = all;
+  return {
+    processMs,
+    busyMs: (user + nice + system + irq + softirq + steal) * tick,
+    iowaitMs: iowait * tick,
+    idleMs: idle * tick,
+  };
+}
+
 interface RunResult {
   variant: string;
   find: number;
+  /** During the find: the server's CPU, the machine's busy CPU and iowait (ms, 10 ms ticks). */
+  findCpu: { serverMs: number; busyMs: number; iowaitMs: number };
   python: number;
   gets: { mount: number; find: number; python: number };
   windowsStartMs?: number;
@@ -176,9 +196,15 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
     if (mounted.code !== 0) throw new Error(mounted.stderr);
     const mountGets = await step();
     // The official bench asks `list --json` here (its server pid): the same gap before find.
-    await cli(["list", "--json"], { ...env, ...variant.env });
+    const listed = await cli(["list", "--json"], { ...env, ...variant.env });
+    const serverPid = Number(JSON.parse(listed.stdout)[0]?.serverPid);
+    // PYTHON_AB_WAIT_MS (diagnostics, not the bench's method): a pause before the find.
+    const waitMs = Number(variant.env.PYTHON_AB_WAIT_MS ?? 0);
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
     dropCaches();
+    const cpuBefore = cpuMs(serverPid);
     const find = await timed("find", [sandbox.target]);
+    const cpuAfter = cpuMs(serverPid);
     const findGets = await step();
     dropCaches();
     const python = await timed("python3.11", pythonArgs(sandbox.target));
@@ -217,6 +243,11 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
     const result: RunResult = {
       variant: variant.name,
       find: find.seconds,
+      findCpu: {
+        serverMs: cpuAfter.processMs - cpuBefore.processMs,
+        busyMs: cpuAfter.busyMs - cpuBefore.busyMs,
+        iowaitMs: cpuAfter.iowaitMs - cpuBefore.iowaitMs,
+      },
       python: python.seconds,
       gets: { mount: mountGets, find: findGets, python: pythonGets },
       windowsStartMs: windowsStart ? windowsStart.ms - python.startMs : undefined,
@@ -253,13 +284,14 @@ try {
       const r = await lazyRun(variant);
       results.push(r);
       console.log(
-        `  ${r.variant}: find ${r.find.toFixed(3)} s, python ${
-          r.python.toFixed(3)
-        } s, GETs ${r.gets.mount}/${r.gets.find}/${r.gets.python}, windows start ${
-          r.windowsStartMs === undefined ? "never" : `${r.windowsStartMs.toFixed(0)} ms`
-        } (python = 0), fetched ${r.fetchedMbAtPython.toFixed(1)} -> ${
-          r.fetchedMbAfterPython.toFixed(1)
-        } MB, misses ${r.misses} waited ${r.missWaitMs.toFixed(0)} ms`,
+        `  ${r.variant}: find ${r.find.toFixed(3)} s (server CPU ${r.findCpu.serverMs} ms, ` +
+          `machine busy ${r.findCpu.busyMs} ms, iowait ${r.findCpu.iowaitMs} ms), python ${
+            r.python.toFixed(3)
+          } s, GETs ${r.gets.mount}/${r.gets.find}/${r.gets.python}, windows start ${
+            r.windowsStartMs === undefined ? "never" : `${r.windowsStartMs.toFixed(0)} ms`
+          } (python = 0), fetched ${r.fetchedMbAtPython.toFixed(1)} -> ${
+            r.fetchedMbAfterPython.toFixed(1)
+          } MB, misses ${r.misses} waited ${r.missWaitMs.toFixed(0)} ms`,
       );
       if (verbose) { for (const line of r.missLines) console.log(`      ${line}`); }
     }
