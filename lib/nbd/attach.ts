@@ -56,11 +56,11 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
  * Opens and closes the new device once, on a pool thread: its first open after CONNECT reads the
  * partition table through this process (/work/shared/docs/kernel-notes.md; 4 KiB pages 0, 1 and
  * 3), so it happens here, while the mount's metadata still loads, and not in the mount(2) that
- * follows ready. In the VM bench, with those reads kept from starting the background windows
- * (prefetched.ts IMAGE_HEAD_PROBE_BYTES), the first mount's mount(2) twice waited the 10 s NBD
- * timeout on the scan's read at 4096 (dmesg "Connection timed out, retrying"; the server saw the
- * read only once the kernel dropped the socket and sent it again). Never throws: a failed open
- * leaves the scan to the next opener, as before.
+ * follows ready: that mount(2) then reads pinned pages only (VM bench: 0.05-0.08 s, was
+ * 0.15-0.35 s). The scan there twice waited the 10 s NBD timeout on the VM's first mount (dmesg
+ * "Connection timed out, retrying"; the server saw the read only once the kernel dropped that
+ * socket; cause unknown, docs/benchmarks.md session 20). Never throws: a failed open leaves the
+ * scan to the next opener, as before.
  */
 export async function scanPartitionsNow(index: number): Promise<void> {
   try {
