@@ -67,17 +67,21 @@ export const METADATA_WALK_QUIET_MS = 200;
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
 /**
- * A FUSE mount's windows start once nothing was read for `quietMs` after ready, `inFlight` at a
- * time (prefetched.ts, PrefetchOptions.windowsWhenQuiet). The benchmark's cold python started
- * ~0.2–0.45 s after ready (its harness: list, drop caches, find, drop caches; python's own
- * start-up from the host's disk another ~0.14 s) and had the windows to itself. Started at
- * its first data read it was 1.5–1.7× local with 5–8 misses (100–160 ms of waits) and the
- * rest of the image fetched under it; with this, 0–3 misses and 50–115 MB fetched before it
- * (scripts/bench/python_ab.ts, docs/benchmarks.md session 20). Four lanes, not two: each GET
- * waits 15–50 ms for docker-registry's first byte, and the image is fetched by python's start
- * only with more in flight. NBD mounts do not use it (the VM's mount(2) reads after ready).
+ * A FUSE mount's windows start once nothing was read for `quietMs` after ready, one at a time
+ * (`idleInFlight`) until file data is read, `inFlight` at a time while it is (prefetched.ts,
+ * PrefetchOptions.windowsWhenQuiet). NBD mounts do not use it (the VM's mount(2) reads after
+ * ready). Cold find and cold python of the benchmark, 3 interleaved rounds each at load 1.2-1.5
+ * (scripts/bench/python_ab.ts; local find 0.044-0.048 s, python 0.445-0.462 s):
+ * - first data read only, 2 lanes (before): find 0.060-0.063 s, python 0.706-0.723 s;
+ * - quiet start, 1 idle lane (this): find 0.049-0.050 s, python 0.679-0.690 s;
+ * - 2 idle lanes: find 0.067-0.082 s, python 0.630-0.644 s;
+ * - 4 idle lanes: find 0.075-0.123 s, python 0.560-0.623 s.
+ * More lanes in the idle time fetch more before python (up to 115 MB against 21 MB) but slow a
+ * find that starts right after the mount: the registry's disk reads and the fills' writes and
+ * syncs delay the find's own start from the host disk (iowait 30-60 ms against 10-20 ms), so
+ * issue 12's find target holds only with one.
  */
-export const QUIET_START = { quietMs: 50, inFlight: 4 } as const;
+export const QUIET_START = { quietMs: 50, inFlight: 4, idleInFlight: 1 } as const;
 /** How often a lane that runs only while file data is read looks again. */
 const LANE_POLL_MS = 20;
 

@@ -411,10 +411,11 @@ export interface PrefetchOptions {
   fileInodes?: boolean;
   /**
    * The background windows also start once nothing was read for `quietMs` after the
-   * directories are pinned, `inFlight` at a time (background_windows.ts QUIET_START; FUSE
-   * mounts). Unset: only the first data read past the image head starts them, 2 at a time.
+   * directories are pinned: `idleInFlight` at a time, `inFlight` while file data is read
+   * (background_windows.ts QUIET_START; FUSE mounts). Unset: only the first data read past the
+   * image head starts them, 2 at a time.
    */
-  windowsWhenQuiet?: { quietMs: number; inFlight: number };
+  windowsWhenQuiet?: { quietMs: number; inFlight: number; idleInFlight: number };
 }
 
 /**
@@ -498,7 +499,7 @@ export async function prefetchErofsMetadata(
         return Promise.resolve(fillAhead(start, length));
       },
       inFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
-      idleInFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
+      idleInFlight: options.windowsWhenQuiet?.idleInFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -525,8 +526,8 @@ export async function prefetchErofsMetadata(
       mark(`server: background windows start (data read of ${length} at ${offset})`);
       windows.start();
     });
-    // Or (FUSE) the idle time after ready: in flight when a find begins, they slowed it less
-    // with the pinned pages in memory (openMemoryFile) than the waits they spare python.
+    // Or (FUSE) the idle time after ready, one window at a time until file data is read: more
+    // in flight slowed a find that began right after the mount (QUIET_START).
     if (options.windowsWhenQuiet) {
       windows.startWhenQuiet(options.windowsWhenQuiet.quietMs).then((started) => {
         if (started) mark("server: background windows start (quiet after ready)");

@@ -31,6 +31,8 @@ const variants = variantArgs.map((arg) => {
   return { name, env };
 });
 const rounds = Number(runsArg);
+/** PYTHON_AB_VERBOSE=1: each miss of python, and the server's events during the find. */
+const verbose = Deno.env.get("PYTHON_AB_VERBOSE") === "1";
 
 const PYTHON_IMPORTS =
   "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
@@ -215,6 +217,14 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
       events.filter((e) => e.kind === "fetch" && e.ms <= ms)
         .reduce((sum, e) => sum + Number(e.fields[2]), 0) / 1e6;
     const windowsStart = events.find((e) => e.kind === "windows-start");
+    if (verbose) {
+      // What the server did during the find (events, relative to the find's start).
+      for (const e of events.filter((e) => e.ms >= find.startMs - 20 && e.ms <= find.endMs)) {
+        console.log(
+          `      find +${(e.ms - find.startMs).toFixed(1)} ms: ${e.kind} ${e.fields.join(" ")}`,
+        );
+      }
+    }
     const inPython = events.filter((e) => e.ms >= python.startMs && e.ms <= python.endMs);
     const open = new Map<string, number>();
     const missLines: string[] = [];
@@ -268,7 +278,6 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
 
 const results: RunResult[] = [];
 const locals: { find: number; python: number }[] = [];
-const verbose = Deno.env.get("PYTHON_AB_VERBOSE") === "1";
 try {
   for (let round = 0; round < rounds; round++) {
     const local = await localRun();
