@@ -6,7 +6,7 @@
  */
 import { OciError, UserError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
-import { digestOf } from "../oci/digest.ts";
+import { digestOfAsync } from "../oci/digest.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
 import type { Source } from "../source/source.ts";
@@ -184,7 +184,7 @@ export async function loadTable(
   layer: { digest: string; sizeBytes: number },
 ): Promise<ChunkTable> {
   const bytes = await Deno.readFile(spec.path);
-  if (digestOf(bytes, spec.digest) !== spec.digest) {
+  if (await digestOfAsync(bytes, spec.digest) !== spec.digest) {
     throw new OciError(`the kept chunk table ${spec.path} no longer matches ${spec.digest}`);
   }
   return parseChunkTable(bytes, layer);
