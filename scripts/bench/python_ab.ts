@@ -9,7 +9,13 @@
  * the background windows started and the layer bytes fetched by python's start and end (ms and MB
  * relative to python's start), python's demand misses (count, summed wait) and the misses'
  * offsets with what they waited for. A summary per variant (best and median) ends the output.
- * BENCH_CLI=dist times dist/erofs-oci (build it first) instead of the source tree.
+ * BENCH_CLI=dist times dist/erofs-oci (build it first) instead of the source tree; a variant's
+ * PYTHON_AB_CLI=PATH another built artifact (e.g. a copy built before a change). Also: the
+ * server's and the machine's CPU during the find; PYTHON_AB_VERBOSE=1 each miss and the server's
+ * trace events during the find; PYTHON_AB_KEEP_TRACE=1 keeps the trace files; a variant's
+ * PYTHON_AB_WAIT_MS=N pauses before the find (diagnostics, not the bench's method).
+ * Example: `BENCH_CLI=dist scripts/bench/python_ab.ts .cache/bench/bench.erofs 3
+ * before:PYTHON_AB_CLI=/tmp/erofs-oci-before after` (under flock .cache/bench.lock).
  * Usage: deno run -A scripts/bench/python_ab.ts IMAGE RUNS VARIANT[:ENV=V[,ENV=V…]]…  (root)
  */
 import { startRegistry } from "../../tests/_support/registry.ts";
