@@ -51,6 +51,9 @@ sha() { sha256sum <"$1" | cut -d' ' -f1; }
 bundle_sha256=$(sha "$work/erofs-oci.js")
 deno_sha256=$(sha "$deno_real")
 version=$($deno eval -q 'import { VERSION } from "./lib/version.ts"; console.log(VERSION)')
+# What the launcher expects in an unpacked runtime, part of its id: a directory unpacked by a
+# launcher that made a different layout (here: before deno-dir) is never taken for this one.
+runtime_layout=deno-dir
 # The launcher's header holds its own length; a fixed-width number keeps that length constant.
 fill() {
   sed -e "s|@VERSION@|$version|" \
@@ -59,7 +62,7 @@ fill() {
     -e "s|@BUNDLE_SHA256@|$bundle_sha256|" \
     -e "s|@DENO_BYTES@|$(stat -c %s "$deno_real")|g" \
     -e "s|@DENO_SHA256@|$deno_sha256|" \
-    -e "s|@RUNTIME_ID@|$(printf '%s %s' "$bundle_sha256" "$deno_sha256" | sha256sum | cut -c1-32)|" \
+    -e "s|@RUNTIME_ID@|$(printf '%s %s %s' "$bundle_sha256" "$deno_sha256" "$runtime_layout" | sha256sum | cut -c1-32)|" \
     -e "s|@PERMISSIONS@|$perms|" \
     scripts/launcher.sh
 }

@@ -5,7 +5,11 @@
 # named by their content hash, checks their sha256 there and only then makes the directory
 # visible (atomic rename); later runs start from it directly. The cache directory and its parent
 # must belong to the caller and be writable by nobody else, else the launcher refuses to run:
-# whoever can write there could swap the program that runs as root.
+# whoever can write there could swap the program that runs as root. Deno's own caches (V8's code
+# cache of the bundle: its ~1 MB parse costs every start ~20 ms on a real CPU, ~0.5 s under QEMU
+# TCG) live in deno-dir there, checked the same way: compiled code someone else can write would
+# run as the caller. The caller's DENO_DIR is not used for the same reason (sudo may keep a
+# user's HOME).
 # Env: EROFS_OCI_RUNTIME_CACHE (default /var/cache/erofs-oci/runtime for root,
 # ${XDG_CACHE_HOME:-$HOME/.cache}/erofs-oci/runtime otherwise).
 payload_offset=@PAYLOAD_OFFSET@
@@ -39,14 +43,23 @@ else
 fi
 dir=$base/$runtime_id
 
-# Refuses to go on unless every PATH belongs to the caller and is writable by nobody else. One
-# stat for all of them: this runs on every start, where each fork costs the command ~1-3 ms.
+# Refuses to go on unless every PATH belongs to the caller and is writable by nobody else: the
+# first COUNT must exist, the others are checked when they do (Deno's cache files, which come and
+# go). One stat for all of them: this runs on every start, where each fork costs the command ~1-3
+# ms. stat prints the paths it could read in the order given, so the first COUNT lines must be the
+# first COUNT paths.
 check_trusted() {
-  listing=$(stat -L -c '%u %a %n' -- "$@" 2>/dev/null) || listing=
-  checked=0
+  required=$1
+  shift
+  listing=$(stat -L -c '%u %a %n' -- "$@" 2>/dev/null)
   while read -r owner mode path; do
     [ -n "$owner" ] || continue
-    checked=$((checked + 1))
+    if [ "$required" -gt 0 ]; then
+      [ "$path" = "$1" ] ||
+        fail "refusing to run the unpacked runtime: $1 cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
+      shift
+      required=$((required - 1))
+    fi
     why=
     if [ "$owner" != "$uid" ]; then
       why="$path belongs to uid $owner, not $uid"
@@ -57,8 +70,8 @@ check_trusted() {
   done <<EOF
 $listing
 EOF
-  [ "$checked" = $# ] ||
-    fail "refusing to run the unpacked runtime: one of $* cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
+  [ "$required" -eq 0 ] ||
+    fail "refusing to run the unpacked runtime: $1 cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
 }
 
 # Removes runtimes of other versions that no process runs (each is about 92 MB). A running mount
@@ -82,7 +95,7 @@ unpack() {
   old_umask=$(umask)
   umask 077
   mkdir -p -- "$base" || fail "cannot create $base"
-  check_trusted "$base/.." "$base"
+  check_trusted 2 "$base/.." "$base"
   tmp=$(mktemp -d -- "$base/.unpack.XXXXXX") || fail "cannot create a directory in $base"
   if ! { tail -c +$((payload_offset + 1)) -- "$self" | head -c "$bundle_bytes" >"$tmp/erofs-oci.js" &&
     tail -c +$((payload_offset + bundle_bytes + 1)) -- "$self" >"$tmp/deno"; } 2>/dev/null; then
@@ -96,7 +109,9 @@ unpack() {
     rm -rf -- "$tmp"
     fail "$self is damaged (sha256 of its payload does not match); copy it again"
   fi
-  chmod 0500 "$tmp/deno" && chmod 0400 "$tmp/erofs-oci.js" && chmod 0500 "$tmp" ||
+  # Deno's cache directory, private like the rest (umask 077); the first run fills it.
+  mkdir -m 0700 -- "$tmp/deno-dir" && chmod 0500 "$tmp/deno" && chmod 0400 "$tmp/erofs-oci.js" &&
+    chmod 0500 "$tmp" ||
     fail "chmod in $tmp failed"
   # Another process may have unpacked the same runtime meanwhile: keep the first one.
   mv -T -- "$tmp" "$dir" 2>/dev/null || { chmod 0700 "$tmp" && rm -rf -- "$tmp"; }
@@ -106,8 +121,15 @@ unpack() {
 }
 
 [ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] || unpack
-check_trusted "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js"
+# Deno's cache files are SQLite databases (*_v2, with -wal and -shm beside them); a pattern that
+# matches none stays as it is and is skipped as missing.
+check_trusted 6 "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js" "$dir/deno-dir" \
+  "$dir/deno-dir"/*_v2*
 export DENO_NO_UPDATE_CHECK=1
+# V8's code cache of the bundle is written after the first event-loop turn of a run (main.ts
+# makes sure there is one), then every start reads it instead of compiling. The mount server
+# inherits it.
+export DENO_DIR="$dir/deno-dir"
 # glibc raises its mmap threshold each time a large block is freed, and from then on keeps freed
 # buffers in its heap instead of giving them back: a 1,000,000-member tar build peaked at 197-232
 # MB so, 184-194 MB with the threshold fixed at 128 KiB (docs/build.md). Unless the caller set it.

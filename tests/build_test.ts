@@ -180,6 +180,62 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
   }
 });
 
+Deno.test("build: launcher keeps V8's code cache private; the second start reads it", async (t) => {
+  const result = await build();
+  assert.equal(result.code, 0);
+  if (!isLauncher(result)) return; // a compiled binary keeps no cache beside a runtime
+  const copy = await copiedAlone();
+  // V8 reports each code cache it writes ("Serializing") and reads ("Deserializing from").
+  const profiled = { DENO_V8_FLAGS: "--profile-deserialization" };
+  try {
+    const first = await copy.run(["--version"], profiled);
+    assert.equal(first.code, 0, first.stderr);
+    const written = first.stdout.match(/^\[Serializing to (\d+) bytes/m);
+    assert.ok(written, `the first run compiles the bundle and caches it:\n${first.stdout}`);
+    const runtime = `${copy.base}/cache/runtime`;
+    const [id] = [...Deno.readDirSync(runtime)].map((e) => e.name);
+    const denoDir = `${runtime}/${id}/deno-dir`;
+
+    await t.step("the cache is written at once, even by --version, into a 0700 directory", () => {
+      assert.equal(Deno.statSync(denoDir).mode! & 0o777, 0o700);
+      const codeCache = Deno.statSync(`${denoDir}/v8_code_cache_v2`);
+      assert.ok(codeCache.isFile);
+      for (const entry of Deno.readDirSync(denoDir)) {
+        if (!entry.isFile) continue;
+        const info = Deno.statSync(`${denoDir}/${entry.name}`);
+        assert.equal(info.uid, Deno.uid(), entry.name);
+        assert.equal(info.mode! & 0o022, 0, `${entry.name} is writable by others`);
+      }
+    });
+
+    await t.step("the second run reads the cache the first one wrote", async () => {
+      const second = await copy.run(["--version"], profiled);
+      assert.equal(second.code, 0, second.stderr);
+      assert.match(second.stdout, new RegExp(`^\\[Deserializing from ${written[1]} bytes`, "m"));
+      assert.doesNotMatch(second.stdout, /^\[Serializing to/m, "nothing compiled anew");
+    });
+
+    await t.step("a cache directory or cache file others can write to is refused", async () => {
+      for (const path of [denoDir, `${denoDir}/v8_code_cache_v2`]) {
+        const mode = Deno.statSync(path).mode! & 0o777;
+        await Deno.chmod(path, mode | 0o002);
+        try {
+          const refused = await copy.run(["--version"]);
+          assert.equal(refused.code, 1, path);
+          assert.equal(refused.stdout, "");
+          assert.match(refused.stderr, /^erofs-oci: refusing to run .* writable by others/);
+          assert.ok(refused.stderr.includes(`${path} is writable`), refused.stderr);
+        } finally {
+          await Deno.chmod(path, mode);
+        }
+      }
+      assert.equal((await copy.run(["--version"])).code, 0, "runs again once closed");
+    });
+  } finally {
+    await copy.cleanup();
+  }
+});
+
 Deno.test({
   name: "build: the copied file mounts a local image (its server is itself) and unmounts it",
   ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/basic.erofs`)),
