@@ -22,6 +22,10 @@ function eventLoopTurn(): Promise<void> {
 if (import.meta.main) {
   const code = await runCli(Deno.args);
   mark("cli: exit");
+  // The command is done: whatever else runs in that turn (a leftover timer, a promise rejected
+  // unhandled) must not change its exit code or print anything, as with Deno.exit at once.
+  addEventListener("error", (event) => event.preventDefault());
+  addEventListener("unhandledrejection", (event) => event.preventDefault());
   await eventLoopTurn();
   // Exit now rather than when the event loop runs dry: a command is done when runCli returns
   // (what it leaves behind, like a keep-alive registry socket, dies with the process), and a
