@@ -18,7 +18,7 @@
 import { startRegistry } from "../tests/_support/registry.ts";
 import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
-import { writeSmallFile } from "../ffi/libc.ts";
+import { dropCaches, fileDigest, pythonArgs } from "./bench/host_steps.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
 import type { HostRun, Step } from "./bench/readme_sources.ts";
 
@@ -78,9 +78,6 @@ function timeline(path: string, spawnedAtMs: number): string[] {
 /** BENCH_QUICK=1: no --no-disk-cache run (its full read is most of a run's minute). */
 const quick = Deno.env.get("BENCH_QUICK") === "1";
 
-const PYTHON_IMPORTS =
-  "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
-
 /** What host-latest.json holds per run: the fields the README table reads, and more. */
 interface Run extends HostRun {
   fetchedBytes?: number;
@@ -93,11 +90,6 @@ interface Run extends HostRun {
   mountTimeline?: string[];
 }
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
-
-function dropCaches(): void {
-  new Deno.Command("sync").outputSync();
-  writeSmallFile("/proc/sys/vm/drop_caches", "3");
-}
 
 async function timed(cmd: string, args: string[], env?: Record<string, string>) {
   const start = performance.now();
@@ -117,13 +109,7 @@ async function steps(dir: string, between: (step: Step) => Promise<void>) {
   await between("find");
   dropCaches();
   // The mounted stdlib first on sys.path; C extension modules stay the host's.
-  const lib = `${dir}/usr/lib/python3.11`;
-  seconds.python = await timed("python3.11", [
-    "-B",
-    "-c",
-    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
-    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
-  ]);
+  seconds.python = await timed("python3.11", pythonArgs(dir));
   await between("python");
   dropCaches();
   // tar writing to /dev/null skips file contents (GNU tar): pipe the archive instead.
@@ -150,10 +136,7 @@ async function localRun(): Promise<Run> {
 
 await using registry = await startRegistry({ auth: "none" });
 // The layer is the image file itself: count GETs of its digest (not the config's).
-const layerDigest = "sha256:" + Array.from(
-  new Uint8Array(await crypto.subtle.digest("SHA-256", Deno.readFileSync(image))),
-  (b) => b.toString(16).padStart(2, "0"),
-).join("");
+const layerDigest = await fileDigest(image);
 const blobGets = async () =>
   (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
 /** Body bytes of the layer's GETs so far (the access log's size field). */

@@ -9,7 +9,7 @@
 import { startRegistry } from "../tests/_support/registry.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
-import { writeSmallFile } from "../ffi/libc.ts";
+import { dropCaches, pythonArgs as pythonArgsFor } from "./bench/host_steps.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
 import { startFaultProxy } from "../tests/_support/fault_proxy.ts";
 
@@ -22,21 +22,7 @@ const PYTHON_IMPORTS = "import json, email, http.client";
 /** The machine, load and commit go into the JSON (scripts/bench/readme_table.ts reads them). */
 const loadBefore = loadNow();
 
-function dropCaches(): void {
-  new Deno.Command("sync").outputSync();
-  writeSmallFile("/proc/sys/vm/drop_caches", "3");
-}
-
-/** The host's python3.11 with the mounted stdlib first on sys.path (C modules stay the host's). */
-function pythonArgs(dir: string): string[] {
-  const lib = `${dir}/usr/lib/python3.11`;
-  return [
-    "-B",
-    "-c",
-    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
-    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
-  ];
-}
+const pythonArgs = (dir: string) => pythonArgsFor(dir, PYTHON_IMPORTS);
 
 async function timedPython(dir: string): Promise<number> {
   const start = performance.now();

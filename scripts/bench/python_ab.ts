@@ -21,7 +21,7 @@
 import { startRegistry } from "../../tests/_support/registry.ts";
 import { type CliResult, runCli } from "../../tests/_support/cli.ts";
 import { mountSandbox } from "../../tests/_support/mounts.ts";
-import { writeSmallFile } from "../../ffi/libc.ts";
+import { dropCaches, fileDigest, pythonArgs } from "./host_steps.ts";
 
 const [image, runsArg, ...variantArgs] = Deno.args;
 if (!image || !runsArg || !variantArgs.length) {
@@ -39,9 +39,6 @@ const variants = variantArgs.map((arg) => {
 const rounds = Number(runsArg);
 /** PYTHON_AB_VERBOSE=1: each miss of python, and the server's events during the find. */
 const verbose = Deno.env.get("PYTHON_AB_VERBOSE") === "1";
-
-const PYTHON_IMPORTS =
-  "import json, decimal, email.parser, argparse, asyncio, http.client, logging, csv, typing";
 
 const benchCli = Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
 const runtimeParent = await Deno.makeTempDir({ prefix: "python-ab-runtime-" });
@@ -71,11 +68,6 @@ async function cli(args: string[], env: Record<string, string>): Promise<CliResu
   };
 }
 
-function dropCaches(): void {
-  new Deno.Command("sync").outputSync();
-  writeSmallFile("/proc/sys/vm/drop_caches", "3");
-}
-
 /** Seconds `cmd` took, and its start and end on the epoch clock (ms). */
 async function timed(cmd: string, args: string[]) {
   const startMs = performance.timeOrigin + performance.now();
@@ -85,16 +77,6 @@ async function timed(cmd: string, args: string[]) {
     throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
   }
   return { seconds: (endMs - startMs) / 1000, startMs, endMs };
-}
-
-function pythonArgs(dir: string): string[] {
-  const lib = `${dir}/usr/lib/python3.11`;
-  return [
-    "-B",
-    "-c",
-    `import sys; sys.path.insert(0, ${JSON.stringify(lib)}); ${PYTHON_IMPORTS}; ` +
-    `assert json.__file__.startswith(${JSON.stringify(lib)}), json.__file__`,
-  ];
 }
 
 async function localRun() {
@@ -117,10 +99,7 @@ async function localRun() {
 }
 
 await using registry = await startRegistry({ auth: "none" });
-const layerDigest = "sha256:" + Array.from(
-  new Uint8Array(await crypto.subtle.digest("SHA-256", Deno.readFileSync(image))),
-  (b) => b.toString(16).padStart(2, "0"),
-).join("");
+const layerDigest = await fileDigest(image);
 const blobGets = async () =>
   (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
 const ref = `${registry.host}/bench/python-ab:v1`;
