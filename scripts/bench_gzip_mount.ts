@@ -22,6 +22,7 @@ import { isBlobGet, startFaultProxy } from "../tests/_support/fault_proxy.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox, serverPids } from "../tests/_support/mounts.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
+import { digestOfAsync } from "../lib/oci/digest.ts";
 import type { GzipStep } from "./bench/readme_sources.ts";
 
 const loadBefore = loadNow();
@@ -287,7 +288,7 @@ async function curlGunzipTar(): Promise<void> {
   const extract = await Deno.makeTempDir({ prefix: "bench-gzip-x-" });
   try {
     const mark = proxy.requests.length;
-    const url = `http://${proxy.host}/v2/bench/gz/blobs/${await digestOf(layer)}`;
+    const url = `http://${proxy.host}/v2/bench/gz/blobs/${await digestOfAsync(layer)}`;
     const [sec, cpu] = await timed(() =>
       shell(`curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`)
     );
@@ -309,11 +310,6 @@ async function shell(script: string): Promise<number> {
   const children = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1) ?? "";
   return [...children.matchAll(/(\d+)m([\d.]+)s/g)]
     .reduce((sum, m) => sum + Number(m[1]) * 60 + Number(m[2]), 0);
-}
-
-async function digestOf(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return `sha256:${Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 async function compareErofs(): Promise<void> {

@@ -4,6 +4,7 @@
  * count in the registry's access log.
  */
 import { writeSmallFile } from "../../ffi/libc.ts";
+import { digestOfAsync } from "../../lib/oci/digest.ts";
 
 /** The stdlib modules bench_host.ts and python_ab.ts import (bench_trace.ts uses fewer). */
 export const PYTHON_IMPORTS =
@@ -28,7 +29,5 @@ export function pythonArgs(dir: string, imports = PYTHON_IMPORTS): string[] {
 
 /** `sha256:<hex>` of a file: the layer digest of an image pushed as one layer. */
 export async function fileDigest(path: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return "sha256:" +
-    Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return digestOfAsync(await Deno.readFile(path));
 }

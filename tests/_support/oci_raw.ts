@@ -3,6 +3,7 @@
  * bug there cannot hide itself: upload a blob, put a manifest, get a manifest or blob.
  */
 import type { TestRegistry } from "./registry.ts";
+import { digestOfAsync } from "../../lib/oci/digest.ts";
 
 export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -21,9 +22,9 @@ export interface Descriptor {
   platform?: { os: string; architecture: string; variant?: string };
 }
 
-export async function sha256Digest(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return `sha256:${Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+/** `sha256:<hex>` of `bytes` (the product's own Web Crypto digest). */
+export function sha256Digest(bytes: Uint8Array): Promise<string> {
+  return digestOfAsync(bytes);
 }
 
 /** Monolithic upload (POST then PUT ?digest=); returns the descriptor. */
