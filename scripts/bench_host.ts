@@ -18,7 +18,15 @@
 import { startRegistry } from "../tests/_support/registry.ts";
 import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
-import { dropCaches, fileDigest, pythonArgs } from "./bench/host_steps.ts";
+import {
+  blobGetLines,
+  dropCaches,
+  fileDigest,
+  pythonArgs,
+  runArtifact,
+  timedCommand,
+  withLocalMount,
+} from "./bench/host_steps.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
 import type { HostRun, Step } from "./bench/readme_sources.ts";
 
@@ -41,22 +49,11 @@ async function cli(
   options: { env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<CliResult> {
   if (benchCli === "source") return await runCli(args, options);
-  const output = await new Deno.Command(`${import.meta.dirname}/../dist/erofs-oci`, {
-    args,
-    env: { EROFS_OCI_RUNTIME_CACHE: runtimeCache!, ...options.env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(options.timeoutMs ?? 20_000),
-  }).output();
-  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return {
-    code: output.code,
-    stdout: text(output.stdout),
-    stderr: text(output.stderr),
-    timedOut: false,
-    commandLine: `dist/erofs-oci ${args.join(" ")}`,
-  };
+  return await runArtifact(`${import.meta.dirname}/../dist/erofs-oci`, args, {
+    runtimeCache: runtimeCache!,
+    env: options.env,
+    timeoutMs: options.timeoutMs ?? 20_000,
+  });
 }
 
 /** The timing file's marks as `label +ms` since `spawnedAtMs` (epoch), in time order. */
@@ -91,14 +88,8 @@ interface Run extends HostRun {
 }
 const STEPS: Step[] = ["mount", "find", "python", "fullRead"];
 
-async function timed(cmd: string, args: string[], env?: Record<string, string>) {
-  const start = performance.now();
-  const result = await new Deno.Command(cmd, { args, env, stdout: "null", stderr: "piped" })
-    .output();
-  if (!result.success) {
-    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
-  }
-  return (performance.now() - start) / 1000;
+async function timed(cmd: string, args: string[]): Promise<number> {
+  return (await timedCommand(cmd, args)).seconds;
 }
 
 /** find, python, full read on a mounted tree; `between` runs after each step (GET counts). */
@@ -118,30 +109,21 @@ async function steps(dir: string, between: (step: Step) => Promise<void>) {
   return seconds;
 }
 
-async function localRun(): Promise<Run> {
-  const dir = await Deno.makeTempDir({ prefix: "bench-host-local-" });
-  try {
-    dropCaches();
-    const mountSeconds = await timed("mount", ["-t", "erofs", "-o", "ro", image, dir]);
-    try {
-      const seconds = await steps(dir, () => Promise.resolve());
-      return { name: "local file-backed mount", seconds: { ...seconds, mount: mountSeconds } };
-    } finally {
-      await timed("umount", [dir]);
-    }
-  } finally {
-    await Deno.remove(dir);
-  }
+function localRun(): Promise<Run> {
+  dropCaches();
+  return withLocalMount(image, "bench-host-local-", async (dir, mountSeconds) => {
+    const seconds = await steps(dir, () => Promise.resolve());
+    return { name: "local file-backed mount", seconds: { ...seconds, mount: mountSeconds } };
+  });
 }
 
 await using registry = await startRegistry({ auth: "none" });
 // The layer is the image file itself: count GETs of its digest (not the config's).
 const layerDigest = await fileDigest(image);
-const blobGets = async () =>
-  (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
+const blobGets = async () => (await blobGetLines(registry, layerDigest)).length;
 /** Body bytes of the layer's GETs so far (the access log's size field). */
 const blobBytes = async () =>
-  (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `))
+  (await blobGetLines(registry, layerDigest))
     .reduce((sum, line) => sum + (Number(/" \d{3} (\d+) /.exec(line)?.[1]) || 0), 0);
 const ref = `${registry.host}/bench/host:v1`;
 const pushed = await cli(["push", ref, image], { timeoutMs: 600_000 });

@@ -9,7 +9,12 @@
 import { startRegistry } from "../tests/_support/registry.ts";
 import { runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
-import { dropCaches, pythonArgs as pythonArgsFor } from "./bench/host_steps.ts";
+import {
+  dropCaches,
+  pythonArgs as pythonArgsFor,
+  timedCommand,
+  withLocalMount,
+} from "./bench/host_steps.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
 import { startFaultProxy } from "../tests/_support/fault_proxy.ts";
 
@@ -25,33 +30,16 @@ const loadBefore = loadNow();
 const pythonArgs = (dir: string) => pythonArgsFor(dir, PYTHON_IMPORTS);
 
 async function timedPython(dir: string): Promise<number> {
-  const start = performance.now();
-  const result = await new Deno.Command("python3.11", {
-    args: pythonArgs(dir),
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!result.success) throw new Error(new TextDecoder().decode(result.stderr));
-  return (performance.now() - start) / 1000;
+  return (await timedCommand("python3.11", pythonArgs(dir))).seconds;
 }
 
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function localRun(): Promise<number> {
-  const dir = await Deno.makeTempDir({ prefix: "bench-trace-local-" });
-  try {
-    const out = await new Deno.Command("mount", { args: ["-t", "erofs", "-o", "ro", image, dir] })
-      .output();
-    if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-    try {
-      dropCaches();
-      return await timedPython(dir);
-    } finally {
-      await new Deno.Command("umount", { args: [dir] }).output();
-    }
-  } finally {
-    await Deno.remove(dir);
-  }
+function localRun(): Promise<number> {
+  return withLocalMount(image, "bench-trace-local-", (dir) => {
+    dropCaches();
+    return timedPython(dir);
+  });
 }
 
 await using registry = await startRegistry({ auth: "none" });

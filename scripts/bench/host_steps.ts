@@ -1,10 +1,12 @@
 /**
  * What the host benchmarks (bench_host.ts, bench_trace.ts, bench/python_ab.ts) share: a cold
- * page cache before each step, the python start they time, and the layer digest whose GETs they
- * count in the registry's access log.
+ * page cache before each step, timed commands, the local mount they compare with, the python
+ * start they time, the built artifact's commands, and the layer's GETs in the access log.
  */
 import { writeSmallFile } from "../../ffi/libc.ts";
 import { digestOfAsync } from "../../lib/oci/digest.ts";
+import type { CliResult } from "../../tests/_support/cli.ts";
+import type { TestRegistry } from "../../tests/_support/registry.ts";
 
 /** The stdlib modules bench_host.ts and python_ab.ts import (bench_trace.ts uses fewer). */
 export const PYTHON_IMPORTS =
@@ -30,4 +32,81 @@ export function pythonArgs(dir: string, imports = PYTHON_IMPORTS): string[] {
 /** `sha256:<hex>` of a file: the layer digest of an image pushed as one layer. */
 export async function fileDigest(path: string): Promise<string> {
   return digestOfAsync(await Deno.readFile(path));
+}
+
+/** A command's wall time, and when it started and ended on the epoch clock (ms). */
+export interface Timed {
+  seconds: number;
+  startMs: number;
+  endMs: number;
+}
+
+/** Runs `cmd` to its end (stdout dropped) and times it; throws with its stderr if it fails. */
+export async function timedCommand(
+  cmd: string,
+  args: string[],
+  env?: Record<string, string>,
+): Promise<Timed> {
+  const startMs = performance.timeOrigin + performance.now();
+  const result = await new Deno.Command(cmd, { args, env, stdout: "null", stderr: "piped" })
+    .output();
+  const endMs = performance.timeOrigin + performance.now();
+  if (!result.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
+  }
+  return { seconds: (endMs - startMs) / 1000, startMs, endMs };
+}
+
+/**
+ * `image` mounted read-only by the kernel itself (file-backed EROFS: the local baseline) on a
+ * new directory for `body`, with the mount's seconds; unmounted and removed afterwards.
+ */
+export async function withLocalMount<T>(
+  image: string,
+  prefix: string,
+  body: (dir: string, mountSeconds: number) => Promise<T>,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    const mounted = await timedCommand("mount", ["-t", "erofs", "-o", "ro", image, dir]);
+    try {
+      return await body(dir, mounted.seconds);
+    } finally {
+      await timedCommand("umount", [dir]);
+    }
+  } finally {
+    await Deno.remove(dir);
+  }
+}
+
+/**
+ * A command of a built single-file artifact (dist/erofs-oci or a copy), unpacked into
+ * `runtimeCache` (its parent must be the caller's and closed to others: the launcher checks).
+ */
+export async function runArtifact(
+  binary: string,
+  args: string[],
+  options: { runtimeCache: string; env?: Record<string, string>; timeoutMs?: number },
+): Promise<CliResult> {
+  const output = await new Deno.Command(binary, {
+    args,
+    env: { EROFS_OCI_RUNTIME_CACHE: options.runtimeCache, ...options.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: options.timeoutMs === undefined ? undefined : AbortSignal.timeout(options.timeoutMs),
+  }).output();
+  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return {
+    code: output.code,
+    stdout: text(output.stdout),
+    stderr: text(output.stderr),
+    timedOut: false,
+    commandLine: `${binary} ${args.join(" ")}`,
+  };
+}
+
+/** The registry's access-log lines of GETs of blob `digest` so far. */
+export async function blobGetLines(registry: TestRegistry, digest: string): Promise<string[]> {
+  return (await registry.accessLog()).filter((line) => line.includes(`/blobs/${digest} `));
 }

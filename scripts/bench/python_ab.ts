@@ -21,7 +21,15 @@
 import { startRegistry } from "../../tests/_support/registry.ts";
 import { type CliResult, runCli } from "../../tests/_support/cli.ts";
 import { mountSandbox } from "../../tests/_support/mounts.ts";
-import { dropCaches, fileDigest, pythonArgs } from "./host_steps.ts";
+import {
+  blobGetLines,
+  dropCaches,
+  fileDigest,
+  pythonArgs,
+  runArtifact,
+  timedCommand,
+  withLocalMount,
+} from "./host_steps.ts";
 
 const [image, runsArg, ...variantArgs] = Deno.args;
 if (!image || !runsArg || !variantArgs.length) {
@@ -51,57 +59,26 @@ async function cli(args: string[], env: Record<string, string>): Promise<CliResu
   const binary = env.PYTHON_AB_CLI;
   if (benchCli === "source" && !binary) return await runCli(args, { env, timeoutMs: 120_000 });
   const runtime = binary ? `runtime-${binary.replaceAll("/", "_")}` : "runtime";
-  const output = await new Deno.Command(binary ?? `${import.meta.dirname}/../../dist/erofs-oci`, {
-    args,
-    env: { EROFS_OCI_RUNTIME_CACHE: `${runtimeParent}/${runtime}`, ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return {
-    code: output.code,
-    stdout: text(output.stdout),
-    stderr: text(output.stderr),
-    timedOut: false,
-    commandLine: `dist/erofs-oci ${args.join(" ")}`,
-  };
+  return await runArtifact(binary ?? `${import.meta.dirname}/../../dist/erofs-oci`, args, {
+    runtimeCache: `${runtimeParent}/${runtime}`,
+    env,
+  });
 }
 
-/** Seconds `cmd` took, and its start and end on the epoch clock (ms). */
-async function timed(cmd: string, args: string[]) {
-  const startMs = performance.timeOrigin + performance.now();
-  const result = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
-  const endMs = performance.timeOrigin + performance.now();
-  if (!result.success) {
-    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`);
-  }
-  return { seconds: (endMs - startMs) / 1000, startMs, endMs };
-}
-
-async function localRun() {
-  const dir = await Deno.makeTempDir({ prefix: "python-ab-local-" });
-  try {
+function localRun() {
+  dropCaches();
+  return withLocalMount(image, "python-ab-local-", async (dir) => {
     dropCaches();
-    await timed("mount", ["-t", "erofs", "-o", "ro", image, dir]);
-    try {
-      dropCaches();
-      const find = await timed("find", [dir]);
-      dropCaches();
-      const python = await timed("python3.11", pythonArgs(dir));
-      return { find: find.seconds, python: python.seconds };
-    } finally {
-      await timed("umount", [dir]);
-    }
-  } finally {
-    await Deno.remove(dir);
-  }
+    const find = await timedCommand("find", [dir]);
+    dropCaches();
+    const python = await timedCommand("python3.11", pythonArgs(dir));
+    return { find: find.seconds, python: python.seconds };
+  });
 }
 
 await using registry = await startRegistry({ auth: "none" });
 const layerDigest = await fileDigest(image);
-const blobGets = async () =>
-  (await registry.accessLog()).filter((line) => line.includes(`/blobs/${layerDigest} `)).length;
+const blobGets = async () => (await blobGetLines(registry, layerDigest)).length;
 const ref = `${registry.host}/bench/python-ab:v1`;
 const pushed = await cli(["push", ref, image], {});
 if (pushed.code !== 0) throw new Error(pushed.stderr);
@@ -190,11 +167,11 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
     if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
     dropCaches();
     const cpuBefore = cpuMs(serverPid);
-    const find = await timed("find", [sandbox.target]);
+    const find = await timedCommand("find", [sandbox.target]);
     const cpuAfter = cpuMs(serverPid);
     const findGets = await step();
     dropCaches();
-    const python = await timed("python3.11", pythonArgs(sandbox.target));
+    const python = await timedCommand("python3.11", pythonArgs(sandbox.target));
     const pythonGets = await step();
     await new Promise((resolve) => setTimeout(resolve, 300)); // the trace's flush
     const events = serverEvents(tracePath);
