@@ -13,7 +13,7 @@ import { manifestReference, parseReference } from "../oci/reference.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { mark } from "../timing.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
-import { parseArgv } from "./argv.ts";
+import { parseCommandArgs } from "./command.ts";
 
 /** The client options of a registry image (openRegistry's, without credentials). */
 export interface AheadKey {
@@ -52,11 +52,7 @@ export function startManifestAhead(argv: string[]): void {
   if (settled || ahead) return;
   let values, positionals;
   try {
-    ({ values, positionals } = parseArgv(
-      argv,
-      { ...MOUNT_OPTIONS, help: { type: "boolean", short: "h" } },
-      true,
-    ));
+    ({ values, positionals } = parseCommandArgs("mount", argv, MOUNT_OPTIONS));
   } catch {
     return; // mount.ts reports it
   }
