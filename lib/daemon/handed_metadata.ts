@@ -53,6 +53,7 @@ async function fetchLayerMetadata(
     mediaType: layer.mediaType,
   });
   let kept: Uint8Array | undefined;
+  mark(`cli: layer ${layer.layerIndex} metadata GET`);
   // Written only when every range was fetched: a whole sidecar or nothing. Unchecked here:
   // the server checks every range when it reads the sidecar back, before it pins any, and
   // fetches again what does not match (one sha256 pass on the critical path, not two).

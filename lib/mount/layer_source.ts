@@ -1,4 +1,5 @@
 /** Opens the byte source a LayerSpec describes (the same spec mount and reattach build). */
+import { mark } from "../timing.ts";
 import { FormatError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
@@ -42,6 +43,7 @@ function sidecarOf(source: Source): MetadataSidecar | undefined {
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
   metadataLoaders.set(source, async (signal) => {
     const loaded = await loadMetadataRanges(ranges, blob, { sidecar: sidecarOf(source), signal });
+    mark("server: listed metadata checked");
     return {
       pieces: loaded.pieces,
       note: `list of ${ranges.offsets.length} ranges: ${loaded.fromSidecar} from disk, ` +

@@ -9,6 +9,7 @@ import type { RegistryClient } from "../oci/client.ts";
 import { digestOfAsync } from "../oci/digest.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
+import { mark } from "../timing.ts";
 import type { Source } from "../source/source.ts";
 import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
 import { fetchTable, findTablesByReferrer } from "./table_artifact.ts";
@@ -66,10 +67,10 @@ export function fetchBoundTables(
     const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
     const layer = layers.find((l) => l.digest === d.digest && l.sizeBytes === d.size);
     if (!table || !layer || early.has(d.digest)) continue;
-    const fetched = fetchTable(client, repository, table, layer).then(async (got) => ({
-      ...got,
-      path: await keepTable(got.bytes, table, stateDir),
-    }));
+    const fetched = fetchTable(client, repository, table, layer).then(async (got) => {
+      mark("cli: table fetched");
+      return { ...got, path: await keepTable(got.bytes, table, stateDir) };
+    });
     fetched.catch(() => {}); // awaited (and reported) by attachChunkTables, or dropped
     early.set(d.digest, { digest: table, fetched });
   }
