@@ -11,7 +11,8 @@
 #      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
 #      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3), BENCH_CLI (dist, default: the single-file
 #      artifact as users run it, built by scripts/build.sh from HEAD; source: the working tree
-#      through scripts/erofs-oci-dev, as before).
+#      through scripts/erofs-oci-dev, as before), BENCH_FILL_TRACE=1 (the servers' fill traces in
+#      the run directory, with each step's start in steps.tsv).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
@@ -76,7 +77,7 @@ export BENCH_PEER_BIN=${EROFS_OCI_PEER_BIN:-$repo/../shared/peer/bin}
 export VM_HOST_PATHS="$DENO_DIR"$'\n'"$BENCH_PEER_BIN"
 export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT BENCH_REPO BENCH_PEER_BIN ${VM_ENV:-}"
 for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S \
-  BENCH_TRACE_RUNS; do
+  BENCH_TRACE_RUNS BENCH_FILL_TRACE; do
   [ -n "${!name:-}" ] && VM_ENV+=" $name"
 done
 

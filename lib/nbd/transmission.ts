@@ -5,6 +5,7 @@
  * connection are written one at a time, each in one piece.
  */
 import { abortable } from "../source/abortable.ts";
+import { fillTrace, fillTraceEnabled } from "../source/fill_trace.ts";
 import type { Source } from "../source/source.ts";
 import type { ConnActivity } from "./activity.ts";
 import { type BudgetAccount, InflightBudget } from "./budget.ts";
@@ -147,6 +148,7 @@ export async function serveTransmission(
       return reply(header, event);
     }
     buf.set(header);
+    const receivedMs = fillTraceEnabled ? performance.now() : 0;
     const inRange = Math.max(0, Math.min(length, source.size - offset));
     sourceReads++;
     try {
@@ -168,6 +170,10 @@ export async function serveTransmission(
       options.activity?.touch(); // the idle clock starts when the server is done
     }
     await reply(buf, event);
+    // A diagnostic (EROFS_OCI_FILL_TRACE): how long each READ took the server, with its reply.
+    if (fillTraceEnabled) {
+      fillTrace("nbd-read", offset, length, (performance.now() - receivedMs).toFixed(2));
+    }
   };
 
   let end: TransmissionEnd | undefined;

@@ -7,7 +7,9 @@
 # Env (from the host): BENCH_IMAGE, BENCH_OUT (default /run/vm), BENCH_NETEM_KO (sch_netem.ko
 # for the 20 ms variant; skipped when empty), BENCH_PEER_BIN, BENCH_SLOW_TAR_TIMEOUT_S,
 # BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below),
-# BENCH_TRACE_RUNS (rounds of trace-python-20ms, default 3).
+# BENCH_TRACE_RUNS (rounds of trace-python-20ms, default 3), BENCH_FILL_TRACE=1 (erofs-oci
+# servers write EROFS_OCI_FILL_TRACE, kept as $BENCH_OUT/fill-VARIANT.txt; each step's start is
+# in steps.tsv for scripts/bench/fill_trace_report.ts FROM_EPOCH_MS TO_EPOCH_MS).
 set -uo pipefail
 repo=${BENCH_REPO:?BENCH_REPO: the checkout (set by scripts/bench.sh)}
 out=${BENCH_OUT:-/run/vm}
@@ -256,6 +258,7 @@ measure() {
   mark1=$(log_lines)
   log "[$name] cold find ($dev)"
   trace_mark find
+  printf '%s\tfind\t%s\n' "$name" "$(now)" >>"$out/steps.tsv"
   timed_find "$dir" "$find_timeout_s"
   sleep 0.3
   read1=$(device_read_since "$dev" "$work/stats0")
@@ -264,7 +267,10 @@ measure() {
   mark2=$(log_lines)
   log "[$name] cold tar"
   trace_mark tar
+  printf '%s\ttar\t%s\n' "$name" "$(now)" >>"$out/steps.tsv"
   timed_tar "$dir" "$tar_timeout_s"
+  printf '%s\tend\t%s\n' "$name" "$(now)" >>"$out/steps.tsv"
+  [ -f "$work/fill-${dir##*/}.txt" ] && cp "$work/fill-${dir##*/}.txt" "$out/fill-$name.txt"
   sleep 0.3
   read2=$(device_read_since "$dev" "$work/stats0")
   mark3=$(log_lines)
@@ -321,12 +327,16 @@ local_umount() { umount "$1"; }
 # EROFS_OCI_TIMING: the CLI and its server append their start-up marks (lib/timing.ts) there.
 # Names by parameter expansion, not $(basename …): these run inside the timed mount, where each
 # command substitution is a fork (and basename an exec), ~0.3 s each in the TCG guest.
+# BENCH_FILL_TRACE=1: the server's fill events (lib/source/fill_trace.ts), a diagnostic, in
+# $work (copied to $out after the tar: not through the host share while timed).
+fill_trace_prefix=
+[ "${BENCH_FILL_TRACE:-}" = 1 ] && fill_trace_prefix=$work/fill-
 oci_nbd_mount() {
-  EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
+  EROFS_OCI_FILL_TRACE=${fill_trace_prefix:+$fill_trace_prefix${1##*/}.txt} EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
     cli mount "$ref" "$1" --backend nbd >"$work/mount-${1##*/}.log" 2>&1
 }
 oci_fuse_mount() {
-  EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
+  EROFS_OCI_FILL_TRACE=${fill_trace_prefix:+$fill_trace_prefix${1##*/}.txt} EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
     cli mount "$ref" "$1" --backend fuse >"$work/mount-${1##*/}.log" 2>&1
 }
 oci_umount() { cli umount "$1"; }
