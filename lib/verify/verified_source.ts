@@ -145,7 +145,7 @@ export class VerifiedSource implements Source {
       const chunkStart = index * chunk;
       let piece: Uint8Array = buffer.subarray(0, filled);
       fillTrace("v-chunk-arrived", index);
-      const good = this.#table.matches(index, piece);
+      const good = await this.#table.matchesAsync(index, piece);
       fillTrace("v-chunk-hashed", index);
       if (good) this.verifiedChunks++;
       else piece = await this.#refetchChunk(index, filled, signal);
@@ -199,7 +199,7 @@ export class VerifiedSource implements Source {
       const from = (index - first) * chunk;
       const verified = whole.then(async (bytes) => {
         const piece = bytes.subarray(from, Math.min(length, from + chunk));
-        if (this.#table.matches(index, piece)) {
+        if (await this.#table.matchesAsync(index, piece)) {
           this.verifiedChunks++;
           return piece;
         }
@@ -241,7 +241,7 @@ export class VerifiedSource implements Source {
       length,
       signal,
     );
-    if (again.length === length && this.#table.matches(index, again)) {
+    if (again.length === length && await this.#table.matchesAsync(index, again)) {
       this.verifiedChunks++;
       return again;
     }

@@ -162,3 +162,61 @@ Deno.test("VerifiedSource: a reader sharing a chunk fetch another reader aborted
   assert.deepEqual(await second, bytes.subarray(100, 110));
   assert.equal(reads, 2);
 });
+
+Deno.test("chunk table: matchesAsync (Web Crypto) agrees with matches on good, flipped, short and stray chunks", async () => {
+  const bytes = patternBytes(3 * CHUNK + 501);
+  const table = tableOf(bytes);
+  const chunkOf = (i: number) => bytes.slice(i * CHUNK, Math.min(bytes.length, (i + 1) * CHUNK));
+  const cases: [number, Uint8Array][] = [];
+  for (let i = 0; i < table.chunkCount; i++) {
+    const flipped = chunkOf(i);
+    flipped[flipped.length - 1] ^= 0x80;
+    cases.push([i, chunkOf(i)], [i, flipped], [i, chunkOf(i).subarray(1)]);
+  }
+  cases.push([-1, chunkOf(0)], [table.chunkCount, chunkOf(0)], [1, chunkOf(0)]);
+  for (const [index, piece] of cases) {
+    assert.equal(
+      await table.matchesAsync(index, piece),
+      table.matches(index, piece),
+      `chunk ${index}`,
+    );
+  }
+  assert.equal(await table.matchesAsync(3, chunkOf(3)), true);
+});
+
+Deno.test("VerifiedSource.readTo: streamed chunks are checked; a flipped byte is fetched again, twice fails", async () => {
+  const bytes = patternBytes(4 * CHUNK + 77);
+  const table = tableOf(bytes);
+  /** An inner source that streams (readTo) in odd-sized pieces, flipping one byte `flips` times. */
+  const streaming = (flipAt: number, flips: number) => {
+    const { source } = flippingSource(bytes, flipAt, flips);
+    return Object.assign(source, {
+      async readTo(offset: number, length: number, sink: (b: Uint8Array, at: number) => unknown) {
+        const run = await source.read(offset, length);
+        for (let at = 0; at < run.length; at += 10_000) {
+          await sink(run.subarray(at, Math.min(run.length, at + 10_000)), at);
+        }
+      },
+    });
+  };
+  const collect = async (verified: VerifiedSource, offset: number, length: number) => {
+    const out = new Uint8Array(length);
+    await verified.readTo(offset, length, (piece, at) => out.set(piece, at));
+    return out;
+  };
+  const once = new VerifiedSource(streaming(2 * CHUNK + 5, 1), table, {
+    origin: "test",
+    onMismatch: () => {},
+  });
+  assert.deepEqual(
+    await collect(once, CHUNK + 3, 3 * CHUNK),
+    bytes.subarray(CHUNK + 3, 4 * CHUNK + 3),
+  );
+  assert.equal(once.mismatches, 1);
+  assert.equal(once.verifiedChunks, 4);
+  const twice = new VerifiedSource(streaming(3 * CHUNK + 9, 2), table, {
+    origin: "t",
+    onMismatch: () => {},
+  });
+  await assert.rejects(collect(twice, 0, 4 * CHUNK + 77), ChunkMismatchError);
+});
