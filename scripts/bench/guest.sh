@@ -311,6 +311,9 @@ for m in json.load(sys.stdin):
   for q in max_sectors_kb read_ahead_kb; do
     printf '%s\t%s\t%s\n' "$name" "$q" "$(cat "/sys/block/$dev/queue/$q")" >>"$out/queue.tsv"
   done
+  # The active I/O scheduler (in brackets): with one, nbd requests are issued by kblockd.
+  sed -n 's/.*\[\(.*\)\].*/\1/p' "/sys/block/$dev/queue/scheduler" |
+    awk -v n="$name" '{ printf "%s\tscheduler\t%s\n", n, $0 }' >>"$out/queue.tsv"
 
   log "[$name] umount"
   "$umount_fn" "$dir" || log "[$name] umount failed"
