@@ -11,9 +11,10 @@
  * offsets with what they waited for. A summary per variant (best and median) ends the output.
  * BENCH_CLI=dist times dist/erofs-oci (build it first) instead of the source tree; a variant's
  * PYTHON_AB_CLI=PATH another built artifact (e.g. a copy built before a change). Also: the
- * server's and the machine's CPU during the find; PYTHON_AB_VERBOSE=1 each miss and the server's
- * trace events during the find; PYTHON_AB_KEEP_TRACE=1 keeps the trace files; a variant's
- * PYTHON_AB_WAIT_MS=N pauses before the find (diagnostics, not the bench's method).
+ * server's and the machine's CPU during the find, and during python also the registry's (the
+ * bytes fetched under python cost CPU on the same cores); PYTHON_AB_VERBOSE=1 each miss and
+ * the server's trace events during the find; PYTHON_AB_KEEP_TRACE=1 keeps the trace files; a
+ * variant's PYTHON_AB_WAIT_MS=N pauses before the find (diagnostics, not the bench's method).
  * Example: `BENCH_CLI=dist scripts/bench/python_ab.ts .cache/bench/bench.erofs 3
  * before:PYTHON_AB_CLI=/tmp/erofs-oci-before after` (under flock .cache/bench.lock).
  * Usage: deno run -A scripts/bench/python_ab.ts IMAGE RUNS VARIANT[:ENV=V[,ENV=V…]]…  (root)
@@ -78,6 +79,19 @@ function localRun() {
 
 await using registry = await startRegistry({ auth: "none" });
 const layerDigest = await fileDigest(image);
+/** The registry's process (its command line names its config in registry.dir), for its CPU. */
+const registryPid = (() => {
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+      if (cmdline.startsWith("docker-registry") && cmdline.includes(registry.dir)) {
+        return Number(entry.name);
+      }
+    } catch { /* gone */ }
+  }
+  return NaN;
+})();
 const blobGets = async () => (await blobGetLines(registry, layerDigest)).length;
 const ref = `${registry.host}/bench/python-ab:v1`;
 const pushed = await cli(["push", ref, image], {});
@@ -130,6 +144,8 @@ interface RunResult {
   /** During the find: the server's CPU, the machine's busy CPU and iowait (ms, 10 ms ticks). */
   findCpu: { serverMs: number; busyMs: number; iowaitMs: number };
   python: number;
+  /** During python: the server's and the registry's CPU, the machine's busy CPU and iowait (ms). */
+  pythonCpu: { serverMs: number; registryMs: number; busyMs: number; iowaitMs: number };
   gets: { mount: number; find: number; python: number };
   windowsStartMs?: number;
   fetchedMbAtPython: number;
@@ -171,7 +187,11 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
     const cpuAfter = cpuMs(serverPid);
     const findGets = await step();
     dropCaches();
+    const cpuBeforePython = cpuMs(serverPid);
+    const registryBefore = cpuMs(registryPid).processMs;
     const python = await timedCommand("python3.11", pythonArgs(sandbox.target));
+    const cpuAfterPython = cpuMs(serverPid);
+    const registryAfter = cpuMs(registryPid).processMs;
     const pythonGets = await step();
     await new Promise((resolve) => setTimeout(resolve, 300)); // the trace's flush
     const events = serverEvents(tracePath);
@@ -221,6 +241,12 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
         iowaitMs: cpuAfter.iowaitMs - cpuBefore.iowaitMs,
       },
       python: python.seconds,
+      pythonCpu: {
+        serverMs: cpuAfterPython.processMs - cpuBeforePython.processMs,
+        registryMs: registryAfter - registryBefore,
+        busyMs: cpuAfterPython.busyMs - cpuBeforePython.busyMs,
+        iowaitMs: cpuAfterPython.iowaitMs - cpuBeforePython.iowaitMs,
+      },
       gets: { mount: mountGets, find: findGets, python: pythonGets },
       windowsStartMs: windowsStart ? windowsStart.ms - python.startMs : undefined,
       fetchedMbAtPython: fetchedBy(python.startMs),
@@ -258,7 +284,8 @@ try {
         `  ${r.variant}: find ${r.find.toFixed(3)} s (server CPU ${r.findCpu.serverMs} ms, ` +
           `machine busy ${r.findCpu.busyMs} ms, iowait ${r.findCpu.iowaitMs} ms), python ${
             r.python.toFixed(3)
-          } s, GETs ${r.gets.mount}/${r.gets.find}/${r.gets.python}, windows start ${
+          } s (server CPU ${r.pythonCpu.serverMs} ms, registry ${r.pythonCpu.registryMs} ms, machine busy ${r.pythonCpu.busyMs} ms, ` +
+          `iowait ${r.pythonCpu.iowaitMs} ms), GETs ${r.gets.mount}/${r.gets.find}/${r.gets.python}, windows start ${
             r.windowsStartMs === undefined ? "never" : `${r.windowsStartMs.toFixed(0)} ms`
           } (python = 0), fetched ${r.fetchedMbAtPython.toFixed(1)} -> ${
             r.fetchedMbAfterPython.toFixed(1)
