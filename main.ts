@@ -1,23 +1,7 @@
 // CLI entry only: everything else lives in lib/.
 import { runCli } from "./lib/cli/main.ts";
 import { mark } from "./lib/timing.ts";
-
-/**
- * Resolves after one turn of Deno's event loop. Deno writes V8's code cache of a module it
- * compiled in such a turn, so a command that ends without one (`--version`, `list`) would
- * compile the ~1 MB bundle at every start (~20 ms on the host, ~0.5 s in the QEMU TCG guest).
- * A MessageChannel, not a timer: setTimeout loads Deno's Node timers and their dependencies.
- */
-function eventLoopTurn(): Promise<void> {
-  const { port1, port2 } = new MessageChannel();
-  return new Promise((resolve) => {
-    port1.onmessage = () => {
-      port1.close();
-      resolve();
-    };
-    port2.postMessage(null);
-  });
-}
+import { eventLoopTurn } from "./lib/event_loop.ts";
 
 if (import.meta.main) {
   const code = await runCli(Deno.args);
@@ -26,6 +10,9 @@ if (import.meta.main) {
   // unhandled) must not change its exit code or print anything, as with Deno.exit at once.
   addEventListener("error", (event) => event.preventDefault());
   addEventListener("unhandledrejection", (event) => event.preventDefault());
+  // One turn first: Deno writes V8's code cache of a module it compiled in such a turn, so a
+  // command that ends without one (`--version`, `list`) would compile the ~1 MB bundle at every
+  // start (~20 ms on the host, ~0.5 s in the QEMU TCG guest).
   await eventLoopTurn();
   // Exit now rather than when the event loop runs dry: a command is done when runCli returns
   // (what it leaves behind, like a keep-alive registry socket, dies with the process), and a

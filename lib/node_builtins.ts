@@ -27,19 +27,6 @@ function load<T>(name: BuiltinName): T {
   return module;
 }
 
-/**
- * Loads these modules now unless they are loaded: for a moment when the process would wait
- * anyway (the mount server for its spec, the CLI for the manifest), so that the first hash on
- * the mount's path does not wait for the load.
- */
-export function preloadNodeBuiltins(...names: BuiltinName[]): void {
-  for (const name of names) {
-    if (name === "node:crypto") cryptoModule ??= load<typeof NodeCrypto>(name);
-    else if (name === "node:zlib") zlibModule ??= load<typeof NodeZlib>(name);
-    else timersModule ??= load<typeof NodeTimers>(name);
-  }
-}
-
 /** node:crypto's createHash (sha256, sha512: OpenSSL speed, and it streams). */
 export function createHash(algorithm: string): NodeCrypto.Hash {
   cryptoModule ??= load<typeof NodeCrypto>("node:crypto");

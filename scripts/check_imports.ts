@@ -31,6 +31,7 @@ const LAYERS: Layer[] = [
       "lib/text.ts",
       "lib/timing.ts",
       "lib/node_builtins.ts",
+      "lib/event_loop.ts",
     ],
   },
   { name: "ffi", units: ["ffi"] },

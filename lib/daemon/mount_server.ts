@@ -32,7 +32,6 @@ import { setLogFormat, warn } from "../log.ts";
 import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
-import { preloadNodeBuiltins } from "../node_builtins.ts";
 import { type HandedMetadata, readSpecAndMetadata } from "./handed_metadata.ts";
 import {
   checkServable,
@@ -337,11 +336,6 @@ export async function runMountServer(): Promise<number> {
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       mark("server: keeper");
-      // Exported, and (on a cold mount) still waiting for the CLI's metadata: time to load what
-      // checking it and the walk's turns need, unless a check loaded it already. Not earlier:
-      // before the spec it held the spec back (37-98 ms on the host, 0.35 s in the TCG guest),
-      // during the attach it held the attach back (1.15 s in the guest).
-      setTimeout(() => preloadNodeBuiltins("node:crypto", "node:timers"), 0);
       await Promise.race([
         Promise.all(directoriesPinned),
         new Promise((resolve) => timer = setTimeout(resolve, PREFETCH_DEADLINE_MS)),

@@ -12,7 +12,7 @@
  * The only rejection is the FormatError of an image that is not EROFS.
  * On-disk layout: ./inode_layout.ts; pages and the fetch budget: ./metadata_pages.ts.
  */
-import { setImmediate } from "../node_builtins.ts";
+import { eventLoopTurn } from "../event_loop.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END, type ErofsSuperblock } from "./superblock.ts";
 import {
   MetadataPages,
@@ -373,11 +373,11 @@ function isDotOrDotDot(name: Uint8Array): boolean {
 }
 
 /**
- * A macrotask turn: lets socket and FUSE/NBD I/O of the same process run. setImmediate, not
- * setTimeout(0): a zero timer took 2-3 ms per turn here (Deno 2.9, quiet host), which made the
- * 10 turns of the benchmark image's directory walk most of its ~25 ms with every page known;
- * an immediate turn polls I/O the same way in ~25 µs.
+ * A macrotask turn: lets socket and FUSE/NBD I/O of the same process run. Not a zero timer:
+ * one took 2-3 ms per turn here (Deno 2.9, quiet host), which made the 10 turns of the
+ * benchmark image's directory walk most of its ~25 ms with every page known. Not node:timers'
+ * setImmediate either: it would boot Deno's Node layer (~22 ms) on a cold mount's path.
  */
 function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  return eventLoopTurn();
 }

@@ -22,7 +22,7 @@ import { walkErofsMetadata } from "../erofs/metadata_walk.ts";
 import type { ReadRange } from "../erofs/metadata_pages.ts";
 import type { ChunkTable } from "./chunk_table.ts";
 import { VerifiedSource } from "./verified_source.ts";
-import { digestsOfHex, hexOfDigests, matchesDigestAt, SHA256_BYTES } from "./sha256_list.ts";
+import { digestsOfHex, hexOfDigests, matchesDigestAtAsync, SHA256_BYTES } from "./sha256_list.ts";
 
 /** Ranges one list holds at most (the benchmark image needs 171). */
 export const MAX_METADATA_RANGES = 4096;
@@ -65,12 +65,16 @@ export function metadataBytes(ranges: MetadataRanges): number {
   return ranges.lengths.reduce((sum, n) => sum + n, 0);
 }
 
-/** True when `bytes` are range `index`'s whole bytes. */
-export function matchesRange(ranges: MetadataRanges, index: number, bytes: Uint8Array): boolean {
+/** True when `bytes` are range `index`'s whole bytes (Web Crypto: no Node layer on the way). */
+export async function matchesRange(
+  ranges: MetadataRanges,
+  index: number,
+  bytes: Uint8Array,
+): Promise<boolean> {
   if (index < 0 || index >= ranges.offsets.length || bytes.length !== ranges.lengths[index]) {
     return false;
   }
-  return matchesDigestAt(ranges.digests, index, bytes);
+  return await matchesDigestAtAsync(ranges.digests, index, bytes);
 }
 
 /** The table's JSON field: `{"ranges":[offset,length,…],"digests":"<hex, 64 per range>"}`. */
@@ -328,10 +332,12 @@ export async function loadMetadataRanges(
   const count = ranges.offsets.length;
   const got: (Uint8Array | undefined)[] = new Array(count).fill(undefined);
   let bad = 0;
-  const accept = (i: number, bytes: Uint8Array | undefined) => {
+  const accept = async (i: number, bytes: Uint8Array | undefined) => {
     if (!bytes) return false;
     if (
-      options.checkedLater ? bytes.length === ranges.lengths[i] : matchesRange(ranges, i, bytes)
+      options.checkedLater
+        ? bytes.length === ranges.lengths[i]
+        : await matchesRange(ranges, i, bytes)
     ) {
       got[i] = bytes;
       return true;
@@ -345,15 +351,20 @@ export async function loadMetadataRanges(
   const kept = options.sidecar?.read(DIGEST_BYTES + total);
   if (kept?.length === DIGEST_BYTES + total && key.every((b, i) => kept[i] === b)) {
     let at = DIGEST_BYTES;
+    const checks: Promise<void>[] = [];
     for (let i = 0; i < count; i++) {
       const bytes = kept.subarray(at, at + ranges.lengths[i]);
       at += ranges.lengths[i];
       // A sidecar is re-checked like the network's bytes: a bad one only costs the fetch.
-      if (matchesRange(ranges, i, bytes)) {
-        got[i] = bytes;
-        fromSidecar++;
-      }
+      checks.push(
+        matchesRange(ranges, i, bytes).then((matches) => {
+          if (!matches) return;
+          got[i] = bytes;
+          fromSidecar++;
+        }),
+      );
     }
+    await Promise.all(checks);
   }
   let missing = got.flatMap((bytes, i) => bytes ? [] : [i]);
   let fetched = 0;
@@ -377,15 +388,15 @@ export async function loadMetadataRanges(
           .catch(() => new Array<undefined>(group.length).fill(undefined))
       ),
     )).flat();
-    requests.forEach((request, k) => {
+    await Promise.all(requests.flatMap((request, k) => {
       const bytes = answers[k];
-      if (!bytes || bytes.length !== request.length) return;
-      for (const i of request.members) {
+      if (!bytes || bytes.length !== request.length) return [];
+      return request.members.map(async (i) => {
         const from = ranges.offsets[i] - request.offset;
         // A copy: the request's gaps are not kept alive by the pinned pages.
-        if (accept(i, bytes.slice(from, from + ranges.lengths[i]))) fetched++;
-      }
-    });
+        if (await accept(i, bytes.slice(from, from + ranges.lengths[i]))) fetched++;
+      });
+    }));
     missing = got.flatMap((bytes, i) => bytes ? [] : [i]);
   }
   let next = 0;
@@ -395,7 +406,7 @@ export async function loadMetadataRanges(
       const bytes = await blob.read(ranges.offsets[i], ranges.lengths[i], options.signal).catch(
         () => undefined,
       );
-      if (accept(i, bytes)) fetched++;
+      if (await accept(i, bytes)) fetched++;
     }
   };
   await Promise.all(

@@ -15,6 +15,24 @@ export function matchesDigestAt(digests: Uint8Array, index: number, bytes: Uint8
   return true;
 }
 
+/**
+ * matchesDigestAt through Web Crypto: hashed off the JS thread, and no Node layer to boot (a
+ * cold mount's server checks its listed metadata before node:crypto is loaded).
+ */
+export async function matchesDigestAtAsync(
+  digests: Uint8Array,
+  index: number,
+  bytes: Uint8Array,
+): Promise<boolean> {
+  if (index < 0 || (index + 1) * SHA256_BYTES > digests.length) return false;
+  const got = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
+  );
+  const want = digests.subarray(index * SHA256_BYTES, (index + 1) * SHA256_BYTES);
+  for (let i = 0; i < SHA256_BYTES; i++) if (got[i] !== want[i]) return false;
+  return true;
+}
+
 /** Lower-case hex of the digests, two characters per byte. */
 export function hexOfDigests(digests: Uint8Array): string {
   return Array.from(digests, (b) => b.toString(16).padStart(2, "0")).join("");
