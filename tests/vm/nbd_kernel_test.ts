@@ -180,12 +180,9 @@ for (const connections of [1, 4]) {
       assert.ok(listNbdDevices().some((d) => d.index === index && d.pid === nbdPid(index!)));
       assert.notEqual(findFreeNbdDevice(), index);
 
-      // Without a scheduler in the tuning the device keeps the kernel's (mq-deadline for a new
-      // nbd device).
       const applied = await tuneNbdQueue(index, { maxSectorsKb: 8192, readAheadKb: 4096 });
       assert.deepEqual(nbdQueueTuning(index), applied);
       assert.equal(applied.readAheadKb, 4096);
-      assert.match(applied.scheduler ?? "", /^[a-z-]+$/, "the active scheduler is reported");
       assert.ok(applied.maxSectorsKb >= 128, `max_sectors_kb ${applied.maxSectorsKb}`);
 
       await mountNbd(rig, index);
@@ -217,16 +214,12 @@ Deno.test({
     const server = await startServer(rig.source, 2, rig.dir);
     const attachment = await attachNbd({
       ...connectOptions(rig, server, `${rig.dir}/attach`),
-      tuning: { maxSectorsKb: 1024, readAheadKb: 512, scheduler: "none" },
+      tuning: { maxSectorsKb: 1024, readAheadKb: 512 },
     });
     closeKernelFds(server.kernelFds);
     const index = rig.index = attachment.index;
     assert.equal(attachment.mode, "netlink");
-    assert.deepEqual(nbdQueueTuning(index), {
-      maxSectorsKb: 1024,
-      readAheadKb: 512,
-      scheduler: "none",
-    });
+    assert.deepEqual(nbdQueueTuning(index), { maxSectorsKb: 1024, readAheadKb: 512 });
     await mountNbd(rig, index);
     assert.equal(await manifestOf(rig.mnt), EXPECTED);
     await unmount(rig);
@@ -239,7 +232,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "attachNbd: no I/O scheduler by default; the new device's partition scan is read before it returns, not at the first open",
+    "attachNbd: the new device's partition scan is read before it returns, not at the first open",
   ignore: NOT_IN_VM,
   fn: withRig(async (rig) => {
     // Every read the kernel sends, as [offset, length].
@@ -255,8 +248,6 @@ Deno.test({
     const attachment = await attachNbd(connectOptions(rig, server, `${rig.dir}/attach`));
     closeKernelFds(server.kernelFds);
     const index = rig.index = attachment.index;
-    // The default tuning (a mount's): no I/O scheduler, so readers issue their own requests.
-    assert.equal(nbdQueueTuning(index).scheduler, "none");
     // The partition parsers read the 4 KiB page at 4096 (the amiga one's sectors 8-15).
     const atAttach = [...reads];
     assert(
