@@ -41,8 +41,11 @@ export function hexOfDigests(digests: Uint8Array): string {
 /** The bytes of `hex`, which the caller has checked: /^[0-9a-f]*$/ and of even length. */
 export function digestsOfHex(hex: string): Uint8Array {
   const digests = new Uint8Array(hex.length / 2);
+  // Character codes, not parseInt of slices: a mount's table (~18,000 bytes of digests) is
+  // decoded on its way to the metadata GET, 4.4 -> 0.3 ms (JIT-cold).
+  const nibble = (code: number) => code <= 57 ? code - 48 : code - 87; // "0"-"9", "a"-"f"
   for (let i = 0; i < digests.length; i++) {
-    digests[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+    digests[i] = (nibble(hex.charCodeAt(2 * i)) << 4) | nibble(hex.charCodeAt(2 * i + 1));
   }
   return digests;
 }
