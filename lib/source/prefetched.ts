@@ -17,13 +17,7 @@ import {
   reopenReadOnly,
 } from "./disk_cache_io.ts";
 import { mark } from "../timing.ts";
-import {
-  BackgroundWindows,
-  DATA_READ_RECENT_MS,
-  type ReadActivity,
-  WalkClock,
-} from "./background_windows.ts";
-import { sleep } from "./disk_cache_fill.ts";
+import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
@@ -346,16 +340,6 @@ const SCATTERED_WINDOWS = 8;
 /** Window fills in flight after the mount is ready. */
 const WINDOWS_IN_FLIGHT_AFTER_READY = 2;
 /**
- * Without windowsWhenQuiet (NBD mounts, `serve`): while file data is read, a window more than
- * this many past the latest data read's window waits for the reader to come nearer (or stop).
- * In the TCG guest a cold tar over NBD made ~300 block requests in the ~8 s the 27 windows took
- * to race to the image's end under it (fetch, check and store kept the guest's 2 CPUs busy),
- * ~440 a second afterwards: paced, the fills share the reader's time instead of taking it.
- */
-export const WINDOWS_AHEAD_WHILE_READ = 3;
-/** How often a held window looks at the reader again. */
-const WINDOW_PACE_POLL_MS = 20;
-/**
  * A reader's fetch runs on to the end of the window after its own: python's next reads are often
  * there (cold python, 6 interleaved runs each, load 2.5-4.7: 9 -> 6.5 misses median, their
  * waits 236 -> 180 ms, 36 -> 30 GETs, against running on to the end of its own window only).
@@ -429,8 +413,7 @@ export interface PrefetchOptions {
    * The background windows also start once nothing was read for `quietMs` after the
    * directories are pinned: `idleInFlight` at a time, `inFlight` while file data is read
    * (background_windows.ts QUIET_START; FUSE mounts). Unset: only the first data read past the
-   * image head starts them, 2 at a time, and none more than WINDOWS_AHEAD_WHILE_READ past the
-   * reader while it reads.
+   * image head starts them, 2 at a time.
    */
   windowsWhenQuiet?: { quietMs: number; inFlight: number; idleInFlight: number };
 }
@@ -505,26 +488,15 @@ export async function prefetchErofsMetadata(
       if (!withMetadata.has(w + 1) && withMetadata.has(w + 2)) queue((w + 1) * size);
     }
     starts.sort((a, b) => a - b);
-    // The window of the latest file-data read (-1: none yet), for the NBD pacing.
-    let lastDataWindow = -1;
-    const paced = async (start: number) => {
-      if (options.windowsWhenQuiet) return;
-      const w = Math.floor(start / size);
-      while (
-        !options.signal?.aborted && w > lastDataWindow + WINDOWS_AHEAD_WHILE_READ &&
-        performance.now() - target.readActivity().dataMs < DATA_READ_RECENT_MS
-      ) await sleep(WINDOW_PACE_POLL_MS);
-    };
     // Paced by what the mount is asked (background_windows.ts): none while only pinned pages
     // are read (a walk), the window of each file-data read first.
     const windows = new BackgroundWindows({
       starts,
       windowBytes: size,
       sizeBytes: raw.size,
-      fill: async (start, length) => {
-        await paced(start);
+      fill: (start, length) => {
         fillTrace("window", start, length);
-        await fillAhead(start, length);
+        return Promise.resolve(fillAhead(start, length));
       },
       inFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
       idleInFlight: options.windowsWhenQuiet?.idleInFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
@@ -543,10 +515,7 @@ export async function prefetchErofsMetadata(
     });
     // A reader's fetch runs on to the end of the window after its own (both promoted next).
     (raw as Partial<DemandAware>).setDemandAheadBytes?.(size, DEMAND_AHEAD_WINDOWS);
-    target.onDataRead((offset, length) => {
-      lastDataWindow = Math.floor(offset / size);
-      windows.promote(offset, length);
-    });
+    target.onDataRead((offset, length) => windows.promote(offset, length));
     // Not before file data is read. Started at ready they never got the gap before a find to
     // themselves (bench-host, quiet host, 2026-12-01 16:00): mount(2)'s 1-2 pinned reads held
     // them 200 ms as if a walk had begun (fixed: WalkClock), and without that hold the windows
