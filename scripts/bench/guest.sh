@@ -275,6 +275,13 @@ measure() {
   read2=$(device_read_since "$dev" "$work/stats0")
   mark3=$(log_lines)
   [ -n "$trace" ] && trace_stop "$out/trace-$name.txt"
+  # The server's whole log again, after the steps: what it said during them (a dropped NBD
+  # connection and its replacement, a stalled read).
+  if [[ $name == erofs-oci* ]] && [ -n "$pid" ]; then
+    local server_log
+    server_log=$(grep -l "^[^ ]* info server $pid starting" /run/erofs-oci/mounts/*/server.log 2>/dev/null | head -1)
+    [ -n "$server_log" ] && cp "$server_log" "$out/server-$name.log" 2>/dev/null
+  fi
 
   rss=0 hwm=0 listed="-	-"
   if [ -n "$pid" ]; then
