@@ -203,7 +203,10 @@ export async function runMountServer(): Promise<number> {
   let fuseTakeoverFailed = false;
   const attachLayers = async () => {
     for (const [index, layer] of spec.layers.entries()) {
-      const opened: Source = await openLayerSource(layer, spec.credentials);
+      const opened: Source = await openLayerSource(layer, spec.credentials, {
+        // FUSE's reader thread serves pinned and cached reads without the event loop.
+        hashOnEventLoop: spec.backend === "fuse",
+      });
       mark(`server: layer ${index} source`);
       const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
       // An ordinary tar layer is served as [meta][tar]: its metadata is all in the meta

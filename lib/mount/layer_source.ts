@@ -83,6 +83,7 @@ export function registryOrigin(registry: string, plainHttp: boolean): string {
 export async function openLayerSource(
   layer: LayerSpec,
   credentials?: { username: string; password: string },
+  options: { hashOnEventLoop?: boolean } = {},
 ): Promise<Source> {
   // An OCI layout blob: opened without following symlinks, size checked and digest verified.
   if (layer.kind === "local" && layer.digest) return await openLayoutBlob(layer);
@@ -112,7 +113,7 @@ export async function openLayerSource(
   let metadata: MetadataRanges | undefined;
   if (layer.chunkTable) {
     // Under the caches: nothing unverified is ever cached or served.
-    const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin).catch(
+    const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin, options).catch(
       async (error) => {
         await blob.close();
         throw error;

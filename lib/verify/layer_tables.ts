@@ -197,10 +197,11 @@ export async function verifiedBlob(
   spec: ChunkTableSpec,
   layer: { digest: string; sizeBytes: number },
   origin: string,
+  options: { hashOnEventLoop?: boolean } = {},
 ): Promise<{ source: VerifiedSource; cacheOrigin: string }> {
   const table = await loadTable(spec, layer);
   return {
-    source: new VerifiedSource(blob, table, { origin }),
+    source: new VerifiedSource(blob, table, { origin, ...options }),
     // Chunks cached under this key were all checked against this table.
     cacheOrigin: `${origin}#t-${spec.digest.slice(7, 23)}`,
   };

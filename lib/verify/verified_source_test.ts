@@ -60,26 +60,39 @@ Deno.test("chunk table: round-trips, and a table of another layer or a bad shape
   assert.throws(() => new ChunkTableBuilder(CHUNK).finish(digestOf(bytes)), /hash to/);
 });
 
-Deno.test("VerifiedSource: a flipped byte is fetched again once; twice flipped → the read fails", async () => {
-  const bytes = patternBytes(4 * CHUNK + 77);
-  const table = tableOf(bytes);
-  const messages: string[] = [];
-  const once = flippingSource(bytes, 2 * CHUNK + 5, 1);
-  const verified = new VerifiedSource(once.source, table, {
-    origin: "test",
-    onMismatch: (m) => messages.push(m),
-  });
-  assert.deepEqual(await verified.read(2 * CHUNK, 10), bytes.subarray(2 * CHUNK, 2 * CHUNK + 10));
-  assert.equal(verified.mismatches, 1);
-  assert.equal(messages.length, 1);
-  assert.match(messages[0], /offset 131072 \(chunk 2\) from test/);
+Deno.test("VerifiedSource: a flipped byte is fetched again once; twice flipped → the read fails (Web Crypto and on the event loop)", async () => {
+  for (const hashOnEventLoop of [false, true]) {
+    const bytes = patternBytes(4 * CHUNK + 77);
+    const table = tableOf(bytes);
+    // Which way each chunk was hashed: on the JS thread (matches) or through Web Crypto.
+    const hashed = { sync: 0, async: 0 };
+    const [matches, matchesAsync] = [table.matches.bind(table), table.matchesAsync.bind(table)];
+    table.matches = (i, b) => (hashed.sync++, matches(i, b));
+    table.matchesAsync = (i, b) => (hashed.async++, matchesAsync(i, b));
+    const messages: string[] = [];
+    const once = flippingSource(bytes, 2 * CHUNK + 5, 1);
+    const verified = new VerifiedSource(once.source, table, {
+      origin: "test",
+      onMismatch: (m) => messages.push(m),
+      hashOnEventLoop,
+    });
+    assert.deepEqual(await verified.read(2 * CHUNK, 10), bytes.subarray(2 * CHUNK, 2 * CHUNK + 10));
+    assert.equal(verified.mismatches, 1);
+    assert.equal(messages.length, 1);
+    assert.match(messages[0], /offset 131072 \(chunk 2\) from test/);
+    assert.deepEqual(hashed, hashOnEventLoop ? { sync: 2, async: 0 } : { sync: 0, async: 2 });
 
-  const twice = flippingSource(bytes, 3 * CHUNK + 9, 2);
-  const failing = new VerifiedSource(twice.source, table, { origin: "t", onMismatch: () => {} });
-  await assert.rejects(failing.read(3 * CHUNK + 100, 10), ChunkMismatchError);
-  // Other chunks still read, and the bad chunk is not remembered as good.
-  assert.deepEqual(await failing.read(0, 100), bytes.subarray(0, 100));
-  assert.deepEqual(await failing.read(3 * CHUNK, 20), bytes.subarray(3 * CHUNK, 3 * CHUNK + 20));
+    const twice = flippingSource(bytes, 3 * CHUNK + 9, 2);
+    const failing = new VerifiedSource(twice.source, table, {
+      origin: "t",
+      onMismatch: () => {},
+      hashOnEventLoop,
+    });
+    await assert.rejects(failing.read(3 * CHUNK + 100, 10), ChunkMismatchError);
+    // Other chunks still read, and the bad chunk is not remembered as good.
+    assert.deepEqual(await failing.read(0, 100), bytes.subarray(0, 100));
+    assert.deepEqual(await failing.read(3 * CHUNK, 20), bytes.subarray(3 * CHUNK, 3 * CHUNK + 20));
+  }
 });
 
 Deno.test("VerifiedSource: any read equals the bytes; neighbouring reads share one fetch", async () => {
@@ -184,7 +197,7 @@ Deno.test("chunk table: matchesAsync (Web Crypto) agrees with matches on good, f
   assert.equal(await table.matchesAsync(3, chunkOf(3)), true);
 });
 
-Deno.test("VerifiedSource.readTo: streamed chunks are checked; a flipped byte is fetched again, twice fails", async () => {
+Deno.test("VerifiedSource.readTo: streamed chunks are checked; a flipped byte is fetched again, twice fails (both ways of hashing)", async () => {
   const bytes = patternBytes(4 * CHUNK + 77);
   const table = tableOf(bytes);
   /** An inner source that streams (readTo) in odd-sized pieces, flipping one byte `flips` times. */
@@ -204,19 +217,23 @@ Deno.test("VerifiedSource.readTo: streamed chunks are checked; a flipped byte is
     await verified.readTo(offset, length, (piece, at) => out.set(piece, at));
     return out;
   };
-  const once = new VerifiedSource(streaming(2 * CHUNK + 5, 1), table, {
-    origin: "test",
-    onMismatch: () => {},
-  });
-  assert.deepEqual(
-    await collect(once, CHUNK + 3, 3 * CHUNK),
-    bytes.subarray(CHUNK + 3, 4 * CHUNK + 3),
-  );
-  assert.equal(once.mismatches, 1);
-  assert.equal(once.verifiedChunks, 4);
-  const twice = new VerifiedSource(streaming(3 * CHUNK + 9, 2), table, {
-    origin: "t",
-    onMismatch: () => {},
-  });
-  await assert.rejects(collect(twice, 0, 4 * CHUNK + 77), ChunkMismatchError);
+  for (const hashOnEventLoop of [false, true]) {
+    const once = new VerifiedSource(streaming(2 * CHUNK + 5, 1), table, {
+      origin: "test",
+      onMismatch: () => {},
+      hashOnEventLoop,
+    });
+    assert.deepEqual(
+      await collect(once, CHUNK + 3, 3 * CHUNK),
+      bytes.subarray(CHUNK + 3, 4 * CHUNK + 3),
+    );
+    assert.equal(once.mismatches, 1);
+    assert.equal(once.verifiedChunks, 4);
+    const twice = new VerifiedSource(streaming(3 * CHUNK + 9, 2), table, {
+      origin: "t",
+      onMismatch: () => {},
+      hashOnEventLoop,
+    });
+    await assert.rejects(collect(twice, 0, 4 * CHUNK + 77), ChunkMismatchError);
+  }
 });
