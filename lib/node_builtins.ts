@@ -27,6 +27,16 @@ function load<T>(name: BuiltinName): T {
   return module;
 }
 
+/** Whether node:crypto is loaded (its first use boots Deno's Node layer, ~22 ms on the host). */
+export function nodeCryptoLoaded(): boolean {
+  return cryptoModule !== undefined;
+}
+
+/** Loads node:crypto now, unless it is loaded: for a moment when the process is idle. */
+export function loadNodeCrypto(): void {
+  cryptoModule ??= load<typeof NodeCrypto>("node:crypto");
+}
+
 /** node:crypto's createHash (sha256, sha512: OpenSSL speed, and it streams). */
 export function createHash(algorithm: string): NodeCrypto.Hash {
   cryptoModule ??= load<typeof NodeCrypto>("node:crypto");

@@ -9,6 +9,7 @@ import type { Source } from "../source/source.ts";
 import type { ChunkTable } from "./chunk_table.ts";
 import { noteChunkMismatch } from "../source/fetch_metrics.ts";
 import { fillTrace } from "../source/fill_trace.ts";
+import { nodeCryptoLoaded } from "../node_builtins.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends Error {
@@ -33,11 +34,13 @@ export interface VerifiedSourceOptions {
   onMismatch?: (message: string) => void;
   /**
    * Hash each chunk on the JS thread (node:crypto) instead of Deno's blocking pool (Web
-   * Crypto). For a FUSE mount: its reader thread answers pinned and cached reads by itself, so
-   * a hash there holds back only fills and misses, and the machine's other core stays with the
-   * application (host, cold python on 2 cores: server CPU under python 330-360 -> 260-280 ms,
-   * misses' wait 130-151 -> 95-116 ms). Not for NBD or `serve`: every read waits for the event
-   * loop there (in the TCG guest a 1 MiB hash held it ~24 ms).
+   * Crypto), once node:crypto is loaded (this never loads it: its first load holds the event
+   * loop ~22 ms, so the caller chooses an idle moment). For a FUSE mount: its reader thread
+   * answers pinned and cached reads by itself, so a hash there holds back only fills and
+   * misses, and the machine's other core stays with the application (host, cold python on 2
+   * cores: server CPU under python 330-360 -> 260-280 ms, misses' wait 130-151 -> 95-116 ms).
+   * Not for NBD or `serve`: every read waits for the event loop there (in the TCG guest a 1 MiB
+   * hash held it ~24 ms).
    */
   hashOnEventLoop?: boolean;
 }
@@ -260,7 +263,7 @@ export class VerifiedSource implements Source {
   }
 
   #matches(index: number, bytes: Uint8Array): boolean | Promise<boolean> {
-    return this.#options.hashOnEventLoop
+    return this.#options.hashOnEventLoop && nodeCryptoLoaded()
       ? this.#table.matches(index, bytes)
       : this.#table.matchesAsync(index, bytes);
   }

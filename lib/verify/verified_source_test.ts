@@ -3,6 +3,7 @@
  * hostile shapes; a flipped byte is refetched once, then the read fails; reads agree with the
  * bytes for any offsets (property).
  */
+import { loadNodeCrypto } from "../node_builtins.ts";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { ChunkTableBuilder, encodeTable, parseChunkTable } from "./chunk_table.ts";
@@ -64,7 +65,9 @@ Deno.test("VerifiedSource: a flipped byte is fetched again once; twice flipped â
   for (const hashOnEventLoop of [false, true]) {
     const bytes = patternBytes(4 * CHUNK + 77);
     const table = tableOf(bytes);
-    // Which way each chunk was hashed: on the JS thread (matches) or through Web Crypto.
+    // Which way each chunk was hashed: on the JS thread (matches, once node:crypto is loaded:
+    // the mount server loads it when idle) or through Web Crypto.
+    if (hashOnEventLoop) loadNodeCrypto();
     const hashed = { sync: 0, async: 0 };
     const [matches, matchesAsync] = [table.matches.bind(table), table.matchesAsync.bind(table)];
     table.matches = (i, b) => (hashed.sync++, matches(i, b));
