@@ -159,6 +159,23 @@ async function pushFixture(host: string, repository: string) {
 }
 const ignoreMount = requires(root(), path("/dev/fuse"), command("docker-registry"));
 
+/** Mounts `image` (FUSE, plain HTTP) at the sandbox's target; the EROFS_OCI_TIMING marks. */
+async function mountWithMarks(
+  image: string,
+  sandbox: { target: string; env: Record<string, string> },
+): Promise<string> {
+  const timingFile = `${sandbox.target}.timing`;
+  assertSuccess(
+    await runCli(["mount", image, sandbox.target, "--plain-http", "--backend", "fuse"], {
+      env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile },
+      timeoutMs: 60_000,
+    }),
+  );
+  const marks = Deno.readTextFileSync(timingFile);
+  Deno.removeSync(timingFile);
+  return marks;
+}
+
 Deno.test({
   name: "mount: the chunk table and the trace are asked for right after the manifest, fetched once",
   ignore: ignoreMount,
@@ -175,24 +192,10 @@ Deno.test({
     ]);
     const sandbox = await mountSandbox();
     try {
-      const timingFile = `${sandbox.target}.timing`;
-      assertSuccess(
-        await runCli(
-          [
-            "mount",
-            `${proxy.host}/mf/early:v1`,
-            sandbox.target,
-            "--plain-http",
-            "--backend",
-            "fuse",
-          ],
-          { env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 60_000 },
-        ),
-      );
+      const marks = await mountWithMarks(`${proxy.host}/mf/early:v1`, sandbox);
       // Asked for on the early look at the command line (manifest_ahead.ts) and taken by
       // mount: the only GET of the manifest (below).
-      assert.match(Deno.readTextFileSync(timingFile), / cli: manifest asked ahead /);
-      Deno.removeSync(timingFile);
+      assert.match(marks, / cli: manifest asked ahead /);
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       const log = sandbox.serverLogs();
       assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
@@ -236,22 +239,7 @@ Deno.test({
     await pushFixture(registry.host, "mf/no-node");
     const sandbox = await mountSandbox();
     try {
-      const timingFile = `${sandbox.target}.timing`;
-      assertSuccess(
-        await runCli(
-          [
-            "mount",
-            `${registry.host}/mf/no-node:v1`,
-            sandbox.target,
-            "--plain-http",
-            "--backend",
-            "fuse",
-          ],
-          { env: { ...sandbox.env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 60_000 },
-        ),
-      );
-      const marks = Deno.readTextFileSync(timingFile);
-      Deno.removeSync(timingFile);
+      const marks = await mountWithMarks(`${registry.host}/mf/no-node:v1`, sandbox);
       const log = sandbox.serverLogs();
       assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
       // node:crypto, node:zlib or node:timers through lib/node_builtins.ts: its first load boots

@@ -13,7 +13,13 @@
 import { createHash, type Hash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { digestOf } from "../oci/digest.ts";
-import { digestsOfHex, hexOfDigests, matchesDigestAt, SHA256_BYTES } from "./sha256_list.ts";
+import {
+  digestsOfHex,
+  hexOfDigests,
+  matchesDigestAt,
+  matchesDigestAtAsync,
+  SHA256_BYTES,
+} from "./sha256_list.ts";
 import {
   encodeMetadataRanges,
   type MetadataRanges,
@@ -99,12 +105,7 @@ export class ChunkTable {
     if (index < 0 || index >= this.chunkCount) return false;
     const start = index * this.chunkBytes;
     if (bytes.length !== Math.min(this.chunkBytes, this.sizeBytes - start)) return false;
-    const got = new Uint8Array(
-      await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
-    );
-    const at = index * SHA256_BYTES;
-    for (let i = 0; i < SHA256_BYTES; i++) if (got[i] !== this.digests[at + i]) return false;
-    return true;
+    return await matchesDigestAtAsync(this.digests, index, bytes);
   }
 
   encode(): Uint8Array<ArrayBuffer> {
