@@ -315,7 +315,7 @@ for m in json.load(sys.stdin):
   # Request sizes per step, for the "why" (readahead, max_sectors_kb).
   record_get_sizes "$name" "$mark1" "$mark2" find
   record_get_sizes "$name" "$mark2" "$mark3" tar
-  for q in max_sectors_kb read_ahead_kb; do
+  for q in max_sectors_kb read_ahead_kb rq_affinity; do
     printf '%s\t%s\t%s\n' "$name" "$q" "$(cat "/sys/block/$dev/queue/$q")" >>"$out/queue.tsv"
   done
   # The active I/O scheduler (in brackets): with one, nbd requests are issued by kblockd.
