@@ -5,8 +5,7 @@
  * Attributes used (drivers/block/nbd.c, Documentation/ABI/testing/sysfs-block):
  * `/sys/block/nbdN/pid` exists only while a server is connected (removed when the last config
  * reference goes); `backend` only for netlink connects with BACKEND_IDENTIFIER; `size` is in
- * 512-byte sectors; `queue/max_sectors_kb`, `queue/read_ahead_kb`, `queue/rq_affinity` persist
- * across connects.
+ * 512-byte sectors; `queue/max_sectors_kb`, `queue/read_ahead_kb` persist across connects.
  */
 import { NbdError } from "../errors.ts";
 import {
@@ -141,36 +140,17 @@ export interface QueueTuning {
   maxSectorsKb: number;
   /** Readahead window; readahead requests grow up to it. */
   readAheadKb: number;
-  /**
-   * `rq_affinity` (Documentation/block/queue-sysfs.rst): 0 completes a request on the CPU that
-   * read its reply, 1 (the kernel's default) on the submitter's CPU group, 2 on the submitting
-   * CPU itself. Unset: left as it is.
-   */
-  rqAffinity?: number;
 }
-
-/**
- * rq_affinity 0: the nbd receive worker completes each request where it read the reply, instead
- * of sending the completion to the submitting CPU by IPI (the default, whenever the two CPUs share
- * no cache, as in a QEMU guest's default topology of one core per socket). In the TCG guest a
- * request whose reply the server wrote within 3 ms was completed only after the 10 s request
- * timeout, each time the first request a cold find submitted from the other CPU (VM bench fill
- * traces 23:15, 23:40; dmesg "Connection timed out, retrying"): no IPI to lose. A cost per
- * request of one cross-CPU interrupt less, too.
- */
-const RQ_AFFINITY_WHERE_REPLIED = 0;
 
 /**
  * Our defaults: 8 MiB requests, 4 MiB readahead (kernel default 128 KiB each). The I/O scheduler
  * stays the kernel's (mq-deadline on a new nbd device, whose requests kblockd then issues): set
  * to none after CONNECT it made no difference to a cold tar's per-request time in the TCG guest
  * (2.68 against 2.72 ms) and one attach waited the 10 s request timeout (VM bench 23:33).
+ * rq_affinity 0 (completion where the reply is read, no IPI to the submitting CPU) did not stop
+ * those 10 s stalls either (VM bench 00:01, in the attach).
  */
-export const DEFAULT_QUEUE_TUNING: QueueTuning = {
-  maxSectorsKb: 8192,
-  readAheadKb: 4096,
-  rqAffinity: RQ_AFFINITY_WHERE_REPLIED,
-};
+export const DEFAULT_QUEUE_TUNING: QueueTuning = { maxSectorsKb: 8192, readAheadKb: 4096 };
 
 /**
  * Sets max_sectors_kb (clamped to max_hw_sectors_kb) and read_ahead_kb of nbdN. These persist
@@ -183,7 +163,7 @@ export async function tuneNbdQueue(
   const queue = `${nbdSysfsDir(index)}/queue`;
   const hw = Number(readTrimmed(`${queue}/max_hw_sectors_kb`) ?? NaN);
   if (!Number.isFinite(hw)) throw new NbdError(`nbd${index} has no queue in sysfs`);
-  const applied: QueueTuning = {
+  const applied = {
     maxSectorsKb: Math.max(4, Math.min(Math.floor(tuning.maxSectorsKb), hw)),
     readAheadKb: Math.max(0, Math.floor(tuning.readAheadKb)),
   };
@@ -191,28 +171,20 @@ export async function tuneNbdQueue(
     // On a pool thread: the write may wait for requests that this process answers.
     await writeSmallFileAsync(`${queue}/max_sectors_kb`, `${applied.maxSectorsKb}\n`);
     await writeSmallFileAsync(`${queue}/read_ahead_kb`, `${applied.readAheadKb}\n`);
-    if (tuning.rqAffinity !== undefined) {
-      await writeSmallFileAsync(`${queue}/rq_affinity`, `${tuning.rqAffinity}\n`);
-    }
   } catch (e) {
     if (e instanceof SysError && (e.errno === Errno.EACCES || e.errno === Errno.EPERM)) {
       throw new NbdError(`cannot tune nbd${index}: ${e.message}`, "run as root");
     }
     throw e;
   }
-  const rqAffinity = Number(readTrimmed(`${queue}/rq_affinity`) ?? NaN);
-  if (Number.isFinite(rqAffinity)) applied.rqAffinity = rqAffinity;
   return applied;
 }
 
 /** Current queue settings of nbdN. */
 export function nbdQueueTuning(index: number): QueueTuning {
   const queue = `${nbdSysfsDir(index)}/queue`;
-  const tuning: QueueTuning = {
+  return {
     maxSectorsKb: Number(readTrimmed(`${queue}/max_sectors_kb`)),
     readAheadKb: Number(readTrimmed(`${queue}/read_ahead_kb`)),
   };
-  const rqAffinity = Number(readTrimmed(`${queue}/rq_affinity`) ?? NaN);
-  if (Number.isFinite(rqAffinity)) tuning.rqAffinity = rqAffinity;
-  return tuning;
 }

@@ -214,16 +214,12 @@ Deno.test({
     const server = await startServer(rig.source, 2, rig.dir);
     const attachment = await attachNbd({
       ...connectOptions(rig, server, `${rig.dir}/attach`),
-      tuning: { maxSectorsKb: 1024, readAheadKb: 512, rqAffinity: 2 },
+      tuning: { maxSectorsKb: 1024, readAheadKb: 512 },
     });
     closeKernelFds(server.kernelFds);
     const index = rig.index = attachment.index;
     assert.equal(attachment.mode, "netlink");
-    assert.deepEqual(nbdQueueTuning(index), {
-      maxSectorsKb: 1024,
-      readAheadKb: 512,
-      rqAffinity: 2,
-    });
+    assert.deepEqual(nbdQueueTuning(index), { maxSectorsKb: 1024, readAheadKb: 512 });
     await mountNbd(rig, index);
     assert.equal(await manifestOf(rig.mnt), EXPECTED);
     await unmount(rig);
@@ -236,7 +232,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "attachNbd: rq_affinity 0 by default; the new device's partition scan is read before it returns, not at the first open",
+    "attachNbd: the new device's partition scan is read before it returns, not at the first open",
   ignore: NOT_IN_VM,
   fn: withRig(async (rig) => {
     // Every read the kernel sends, as [offset, length].
@@ -252,8 +248,6 @@ Deno.test({
     const attachment = await attachNbd(connectOptions(rig, server, `${rig.dir}/attach`));
     closeKernelFds(server.kernelFds);
     const index = rig.index = attachment.index;
-    // The default tuning (a mount's): requests completed where their replies are read.
-    assert.equal(nbdQueueTuning(index).rqAffinity, 0);
     // The partition parsers read the 4 KiB page at 4096 (the amiga one's sectors 8-15).
     const atAttach = [...reads];
     assert(
