@@ -1,6 +1,6 @@
 /**
  * The Node built-ins the program uses, loaded on first use instead of at start-up. A static
- * `import … from "node:crypto"` (or zlib, timers) loads Deno's Node compatibility layer before
+ * `import … from "node:crypto"` (or zlib) loads Deno's Node compatibility layer before
  * the first line of main runs, in every process, whatever the command: ~25 ms of each start on
  * the host and 1.2-1.5 s in the QEMU TCG guest of the benchmark, and `deno bundle` hoists all
  * of them to the top of dist's single file. `process.getBuiltinModule` loads a module
@@ -9,16 +9,14 @@
  */
 import type * as NodeCrypto from "node:crypto";
 import type * as NodeZlib from "node:zlib";
-import type * as NodeTimers from "node:timers";
 import { mark } from "./timing.ts";
 
 export type { Hash } from "node:crypto";
 
-type BuiltinName = "node:crypto" | "node:zlib" | "node:timers";
+type BuiltinName = "node:crypto" | "node:zlib";
 
 let cryptoModule: typeof NodeCrypto | undefined;
 let zlibModule: typeof NodeZlib | undefined;
-let timersModule: typeof NodeTimers | undefined;
 
 function load<T>(name: BuiltinName): T {
   mark(`${name} loading`);
@@ -47,10 +45,4 @@ export function createHash(algorithm: string): NodeCrypto.Hash {
 export function createGunzip(options?: NodeZlib.ZlibOptions): NodeZlib.Gunzip {
   zlibModule ??= load<typeof NodeZlib>("node:zlib");
   return zlibModule.createGunzip(options);
-}
-
-/** node:timers' setImmediate: a macrotask turn without a zero timer's clamping. */
-export function setImmediate(callback: () => void): void {
-  timersModule ??= load<typeof NodeTimers>("node:timers");
-  timersModule.setImmediate(callback);
 }
