@@ -19,6 +19,7 @@ import {
 import { mark } from "../timing.ts";
 import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
+import { sleep } from "./disk_cache_fill.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -571,7 +572,7 @@ export async function prefetchErofsMetadata(
     if (listed?.pages.size) {
       // The set-up below (the head's fill, the windows' plan: ~5 ms of the event loop) waits
       // for the mount(2) that follows ready, which needs this event loop too.
-      await new Promise((resolve) => setTimeout(resolve, WINDOWS_SETUP_DELAY_MS));
+      await sleep(WINDOWS_SETUP_DELAY_MS);
       // The walk read nothing through the disk cache: store the image's head there (in the
       // background), which the next mount's superblock check reads without a GET.
       fillAhead?.(0, Math.min(raw.size, PIN_PAGE_BYTES));

@@ -87,12 +87,15 @@ export class ChunkTable {
     return new ChunkTable(this.layerDigest, this.sizeBytes, this.chunkBytes, this.digests, checked);
   }
 
+  /** Whether `bytes` are as long as chunk `index` of this table (which it has). */
+  #isWholeChunk(index: number, bytes: Uint8Array): boolean {
+    if (index < 0 || index >= this.chunkCount) return false;
+    return bytes.length === Math.min(this.chunkBytes, this.sizeBytes - index * this.chunkBytes);
+  }
+
   /** Checks one whole chunk (`bytes` must be all of chunk `index`). */
   matches(index: number, bytes: Uint8Array): boolean {
-    if (index < 0 || index >= this.chunkCount) return false;
-    const start = index * this.chunkBytes;
-    if (bytes.length !== Math.min(this.chunkBytes, this.sizeBytes - start)) return false;
-    return matchesDigestAt(this.digests, index, bytes);
+    return this.#isWholeChunk(index, bytes) && matchesDigestAt(this.digests, index, bytes);
   }
 
   /**
@@ -102,10 +105,8 @@ export class ChunkTable {
    * chunk, and a cold tar over NBD read almost nothing while the windows were fetched.
    */
   async matchesAsync(index: number, bytes: Uint8Array): Promise<boolean> {
-    if (index < 0 || index >= this.chunkCount) return false;
-    const start = index * this.chunkBytes;
-    if (bytes.length !== Math.min(this.chunkBytes, this.sizeBytes - start)) return false;
-    return await matchesDigestAtAsync(this.digests, index, bytes);
+    return this.#isWholeChunk(index, bytes) &&
+      await matchesDigestAtAsync(this.digests, index, bytes);
   }
 
   encode(): Uint8Array<ArrayBuffer> {

@@ -6,13 +6,22 @@ import { createHash } from "../node_builtins.ts";
 
 export const SHA256_BYTES = 32;
 
-/** True when `bytes` hash to digest `index` of `digests` (an index outside it: false). */
-export function matchesDigestAt(digests: Uint8Array, index: number, bytes: Uint8Array): boolean {
-  if (index < 0 || (index + 1) * SHA256_BYTES > digests.length) return false;
-  const got = createHash("sha256").update(bytes).digest();
+/** Whether `index` names a digest of `digests`. */
+function hasDigestAt(digests: Uint8Array, index: number): boolean {
+  return index >= 0 && (index + 1) * SHA256_BYTES <= digests.length;
+}
+
+/** Whether `got` (a sha256) is digest `index` of `digests`, which holds it (hasDigestAt). */
+function isDigestAt(digests: Uint8Array, index: number, got: Uint8Array): boolean {
   const want = digests.subarray(index * SHA256_BYTES, (index + 1) * SHA256_BYTES);
   for (let i = 0; i < SHA256_BYTES; i++) if (got[i] !== want[i]) return false;
   return true;
+}
+
+/** True when `bytes` hash to digest `index` of `digests` (an index outside it: false). */
+export function matchesDigestAt(digests: Uint8Array, index: number, bytes: Uint8Array): boolean {
+  if (!hasDigestAt(digests, index)) return false;
+  return isDigestAt(digests, index, createHash("sha256").update(bytes).digest());
 }
 
 /**
@@ -24,13 +33,9 @@ export async function matchesDigestAtAsync(
   index: number,
   bytes: Uint8Array,
 ): Promise<boolean> {
-  if (index < 0 || (index + 1) * SHA256_BYTES > digests.length) return false;
-  const got = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
-  );
-  const want = digests.subarray(index * SHA256_BYTES, (index + 1) * SHA256_BYTES);
-  for (let i = 0; i < SHA256_BYTES; i++) if (got[i] !== want[i]) return false;
-  return true;
+  if (!hasDigestAt(digests, index)) return false;
+  const got = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return isDigestAt(digests, index, new Uint8Array(got));
 }
 
 /** Lower-case hex of the digests, two characters per byte. */
