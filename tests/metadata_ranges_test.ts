@@ -18,6 +18,7 @@ import { PrefetchedSource, prefetchErofsMetadata } from "../lib/source/prefetche
 import { ChunkTableBuilder, parseChunkTable } from "../lib/verify/chunk_table.ts";
 import {
   loadMetadataRanges,
+  type MadeMetadataRanges,
   MAX_METADATA_RANGES,
   type MetadataRanges,
   metadataRangesOf,
@@ -30,7 +31,9 @@ import { RegistryBlob } from "../lib/oci/registry_blob.ts";
 import { MemorySource } from "./_support/memory_source.ts";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
-import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { EROFS_LAYER } from "../lib/oci/media_types.ts";
+import { type FaultRule, startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 
@@ -54,15 +57,21 @@ function pagesOf(ranges: MetadataRanges): Set<number> {
   return pages;
 }
 
-function tableWith(ranges: MetadataRanges | undefined) {
+function tableWith(made: MadeMetadataRanges | undefined) {
   const builder = new ChunkTableBuilder(64 << 10);
   builder.update(image);
-  return builder.finish(DIGEST).withMetadata(ranges);
+  return builder.finish(DIGEST).withMetadata(made);
+}
+
+/** The fixture's list (as push makes it). */
+async function fixtureList(): Promise<MetadataRanges> {
+  return (await metadataRangesOfFile(FIXTURE))!.ranges;
 }
 
 Deno.test("metadata ranges: the walk's pages, hashed, round-trip through the table blob", async () => {
-  const ranges = (await metadataRangesOfFile(FIXTURE))!;
-  assert(ranges, "an EROFS image gets a list");
+  const made = (await metadataRangesOfFile(FIXTURE))!;
+  assert(made, "an EROFS image gets a list");
+  const ranges = made.ranges;
   assert.deepEqual(pagesOf(ranges), await walkPages());
   ranges.offsets.forEach((offset, i) => {
     const bytes = image.subarray(offset, offset + ranges.lengths[i]);
@@ -71,7 +80,13 @@ Deno.test("metadata ranges: the walk's pages, hashed, round-trip through the tab
       new Uint8Array(createHash("sha256").update(bytes).digest()),
     );
   });
-  const parsed = parseChunkTable(tableWith(ranges).encode(), {
+  // The pack: the listed bytes back to back, named by its digest in the list.
+  const backToBack = ranges.offsets.flatMap((offset, i) => [
+    ...image.subarray(offset, offset + ranges.lengths[i]),
+  ]);
+  assert.deepEqual(made.pack, Uint8Array.from(backToBack));
+  assert.equal(ranges.pack, "sha256:" + createHash("sha256").update(made.pack).digest("hex"));
+  const parsed = parseChunkTable(tableWith(made).encode(), {
     digest: DIGEST,
     sizeBytes: image.length,
   });
@@ -94,7 +109,7 @@ Deno.test("metadata ranges made from a source that lies: only bytes the table vo
     for (let i = Math.max(0, (64 << 10) - offset); i < bytes.length; i++) bytes[i] ^= 0x5a;
     return Promise.resolve(bytes);
   };
-  const ranges = await verifiedMetadataRangesOf(table, lying);
+  const ranges = (await verifiedMetadataRangesOf(table, lying))?.ranges;
   assert(ranges, "the pages of the good chunks are still listed");
   ranges.offsets.forEach((offset, i) => {
     assert(offset + ranges.lengths[i] <= 64 << 10, `range ${i} at ${offset} from lying bytes`);
@@ -122,6 +137,8 @@ Deno.test("metadata ranges: malformed lists are refused with the table", () => {
     { ranges: [-4096, 4096], digests: digests(1) },
     { ranges: [0.5, 4096], digests: digests(1) },
     { ranges: [0, 8 << 20], digests: digests(1) }, // one range over 4 MiB
+    { ranges: [0, 4096], digests: digests(1), pack: "sha256:" + "x".repeat(64) },
+    { ranges: [0, 4096], digests: digests(1), pack: 7 },
     {
       ranges: Array.from({ length: 2 * (MAX_METADATA_RANGES + 1) }, (_, i) => i % 2 ? 1 : i * 2),
       digests: digests(MAX_METADATA_RANGES + 1),
@@ -178,7 +195,7 @@ async function assertPinsAreTheImage(served: PrefetchedSource, pages: Set<number
 Deno.test("metadata ranges at mount: the walk reads nothing more, a remount reads the sidecar", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const ranges = (await metadataRangesOfFile(FIXTURE))!;
+    const ranges = await fixtureList();
     const pages = await walkPages();
     const blob = new MemorySource(image);
     const first = await prefetchWithList(dir, ranges, blob);
@@ -201,7 +218,7 @@ Deno.test("metadata ranges at mount: the walk reads nothing more, a remount read
 });
 
 Deno.test("metadata fetched unchecked for a later check (mount -> server): what lies is dropped and fetched again", async () => {
-  const ranges = (await metadataRangesOfFile(FIXTURE))!;
+  const ranges = await fixtureList();
   const n = ranges.offsets.length;
   assert(n >= 2, "the fixture has several ranges");
   // A registry that serves other bytes in the first and the last range.
@@ -238,7 +255,7 @@ Deno.test("metadata fetched unchecked for a later check (mount -> server): what 
 });
 
 Deno.test("metadata ranges that lie cost speed only: pinned bytes are the image's", async () => {
-  const honest = (await metadataRangesOfFile(FIXTURE))!;
+  const honest = await fixtureList();
   const pages = await walkPages();
   const n = honest.offsets.length;
   assert(n >= 2, "the fixture has several ranges");
@@ -334,70 +351,122 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "metadata ranges at a FUSE mount: the metadata in one multi-range GET, zero GETs at remount",
-  ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3")),
-  async fn() {
-    await using registry = await startRegistry({ auth: "none" });
+const ignoreFuseMount = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  command("python3"),
+);
+
+/**
+ * Pushes the fixture (its table lists the metadata and names their pack), then mounts it
+ * (FUSE, empty disk cache) through a fault proxy with `rules`, twice: GETs per mount and the
+ * server's log.
+ */
+async function mountThroughProxy(rules: FaultRule[], tablesBy: "push" | "checksums" = "push") {
+  await using registry = await startRegistry({ auth: "none" });
+  if (tablesBy === "push") {
     assertSuccess(
       await runCli(["push", `${registry.host}/mr/mount:v1`, FIXTURE, "--plain-http"], {
         timeoutMs: 60_000,
       }),
     );
-    await using proxy = await startFaultProxy(registry.host, []);
-    const sandbox = await mountSandbox();
-    const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
-    const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
-    const layerGets = () =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${DIGEST}`))
-        .length;
-    const mount = async () => {
-      const before = layerGets();
-      assertSuccess(
-        await runCli(
-          [
-            "mount",
-            `${proxy.host}/mr/mount:v1`,
-            sandbox.target,
-            "--plain-http",
-            "--backend",
-            "fuse",
-          ],
-          { env, timeoutMs: 60_000 },
-        ),
-      );
-      const atMount = layerGets() - before;
-      const log = sandbox.serverLogs();
-      try {
-        // Only directories are listed: a find needs no further GET.
-        const find = await new Deno.Command("find", { args: [sandbox.target], stdout: "null" })
-          .output();
-        assert(find.success);
-        assert.equal(layerGets() - before, atMount, "find after the mount fetched nothing");
-        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"), log);
-      } finally {
-        assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
-      }
-      return { atMount, log };
-    };
+  } else {
+    // Pushed by another client (no tables), then `checksums --push` (a referrer's table).
+    await pushImage(registry, "mr/mount", "v1", [{ bytes: image, mediaType: EROFS_LAYER }]);
+    assertSuccess(
+      await runCli(["checksums", `${registry.host}/mr/mount:v1`, "--plain-http", "--push"], {
+        timeoutMs: 60_000,
+      }),
+    );
+  }
+  await using proxy = await startFaultProxy(registry.host, rules);
+  const sandbox = await mountSandbox();
+  const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
+  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  const gets = (digest: string) =>
+    proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`));
+  const pack = (await fixtureList()).pack!;
+  const mount = async () => {
+    const layerBefore = gets(DIGEST).length, packBefore = gets(pack).length;
+    assertSuccess(
+      await runCli(
+        ["mount", `${proxy.host}/mr/mount:v1`, sandbox.target, "--plain-http", "--backend", "fuse"],
+        { env, timeoutMs: 60_000 },
+      ),
+    );
+    const atMount = gets(DIGEST).slice(layerBefore);
+    const log = sandbox.serverLogs();
     try {
-      const cold = await mount();
-      // The CLI's superblock check, the list's one multi-range GET, the image's head stored
-      // for the next mount's check (in the background, after the walk).
-      assert(cold.atMount <= 3, `cold mount: ${cold.atMount} layer GETs\n${cold.log}`);
-      // The CLI fetched the list while the server started (lib/daemon/handed_metadata.ts);
-      // the server checked every range of it as it checks its disk sidecar, and fetched none.
-      assert.match(cold.log, /layer 0: \d+ bytes of listed metadata from mount/, cold.log);
-      const listed = /list of (\d+) ranges: (\d+) from disk, 0 fetched/.exec(cold.log);
-      assert(listed && listed[1] === listed[2], cold.log);
-      // The CLI fetches nothing either: the disk cache holds the list's sidecar.
-      const warm = await mount();
-      assert.equal(warm.atMount, 0, `remount: ${warm.atMount} layer GETs\n${warm.log}`);
+      // Only directories are listed: a find needs no further GET.
+      const find = await new Deno.Command("find", { args: [sandbox.target], stdout: "null" })
+        .output();
+      assert(find.success);
+      assert.equal(gets(DIGEST).length - layerBefore, atMount.length, "find fetched nothing");
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"), log);
     } finally {
-      await sandbox.cleanup();
-      await Deno.remove(cacheDir, { recursive: true });
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 30_000 }));
     }
+    return { layerGets: atMount, packGets: gets(pack).length - packBefore, log };
+  };
+  try {
+    return { cold: await mount(), warm: await mount() };
+  } finally {
+    await sandbox.cleanup();
+    await Deno.remove(cacheDir, { recursive: true });
+  }
+}
+
+Deno.test({
+  name:
+    "metadata ranges at a FUSE mount: the metadata in one GET of its pack, zero GETs at remount",
+  ignore: ignoreFuseMount,
+  async fn() {
+    const { cold, warm } = await mountThroughProxy([]);
+    // The CLI fetched the list's pack while the server started (handed_metadata.ts), one GET
+    // of a small blob; of the layer only the CLI's superblock check and the image's head
+    // stored for the next mount's check (in the background, after the walk).
+    assert.equal(cold.packGets, 1, cold.log);
+    assert(cold.layerGets.length <= 2, `cold mount: ${cold.layerGets.length} layer GETs`);
+    assert(cold.layerGets.every((r) => !r.range?.includes(",")), "no multi-range GET");
+    // The server checked the handed list as it checks its disk sidecar, and fetched none.
+    assert.match(cold.log, /layer 0: \d+ bytes of listed metadata from mount/, cold.log);
+    const listed = /list of (\d+) ranges: (\d+) from disk, 0 fetched/.exec(cold.log);
+    assert(listed && listed[1] === listed[2], cold.log);
+    // The CLI fetches nothing either: the disk cache holds the list's sidecar.
+    assert.equal(warm.layerGets.length, 0, `remount: ${warm.layerGets.length} layer GETs`);
+    assert.equal(warm.packGets, 0);
+    // `checksums --push` makes and uploads the pack too (an image someone else pushed).
+    const referred = await mountThroughProxy([], "checksums");
+    assert.equal(referred.cold.packGets, 1, referred.cold.log);
+    assert(referred.cold.layerGets.every((r) => !r.range?.includes(",")), "no multi-range GET");
+  },
+});
+
+Deno.test({
+  name:
+    "metadata pack lost or tampered with: the ranged GETs instead, the mount's bytes the image's",
+  ignore: ignoreFuseMount,
+  async fn() {
+    const pack = (await fixtureList()).pack!;
+    const isPack = (r: { method: string; path: string }) =>
+      r.method === "GET" && r.path.endsWith(`/blobs/${pack}`);
+    // A registry that lost the pack (a table made before packs behaves the same way).
+    const lost = await mountThroughProxy([{
+      match: isPack,
+      fault: { kind: "status", status: 404 },
+    }]);
+    assert.equal(lost.cold.packGets, 1);
+    assert(lost.cold.layerGets.some((r) => r.range?.includes(",")), "the multi-range GET");
+    assert.match(lost.cold.log, /list of (\d+) ranges: \1 from disk, 0 fetched/, lost.cold.log);
+    assert.equal(lost.warm.layerGets.length + lost.warm.packGets, 0);
+    // One byte of the pack flipped: the server's check of the whole fails, the ranges are
+    // checked one by one and the bad one is fetched from the layer (the find and the
+    // manifest compare in mountThroughProxy see the image's bytes).
+    const flipped = await mountThroughProxy([{ match: isPack, fault: { kind: "corrupt" } }]);
+    const listed = /list of (\d+) ranges: (\d+) from disk, 1 fetched/.exec(flipped.cold.log);
+    assert(listed && Number(listed[2]) === Number(listed[1]) - 1, flipped.cold.log);
+    assert.equal(flipped.warm.layerGets.length + flipped.warm.packGets, 0);
   },
 });
 

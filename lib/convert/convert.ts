@@ -26,6 +26,7 @@ import {
   encodeTable,
 } from "../verify/chunk_table.ts";
 import { type TableRef, tableRef } from "../verify/table_artifact.ts";
+import { METADATA_PACK_MEDIA_TYPE } from "../verify/metadata_ranges.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
 
 /** Annotation on each EROFS layer: the source layer digest(s) it was made from, comma-separated. */
@@ -298,6 +299,14 @@ class LayerConverter {
         mediaType: CHUNK_TABLE_MEDIA_TYPE,
         bytes: table.bytes,
       });
+      if (table.pack) {
+        await this.#destination.putBlob({
+          digest: table.pack.digest,
+          sizeBytes: table.pack.bytes.byteLength,
+          mediaType: METADATA_PACK_MEDIA_TYPE,
+          bytes: table.pack.bytes,
+        });
+      }
       this.#progress.finish();
       this.#known.set(sources.join(","), {
         mediaType: EROFS_LAYER,

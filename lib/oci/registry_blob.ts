@@ -120,6 +120,27 @@ export class RegistryBlob implements Source {
   }
 
   /**
+   * All of blob `digest` (`sizeBytes`, declared by a chunk table) in this blob's repository: a
+   * metadata pack beside the layer, in one GET. Unchecked bytes, like read()'s.
+   */
+  async readPack(digest: string, sizeBytes: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+      throw new RangeError(`pack ${digest}: bad size ${sizeBytes}`);
+    }
+    this.requests++;
+    const bytes = await this.#client.readBlobRange(
+      this.repository,
+      digest,
+      0,
+      sizeBytes,
+      signal,
+      sizeBytes,
+    );
+    this.bytesFetched += bytes.byteLength;
+    return bytes;
+  }
+
+  /**
    * The bytes of each of `ranges` (ascending, apart) through multi-range GETs, up to
    * MAX_RANGES_PER_REQUEST each, in parallel; undefined where the registry did not send a range
    * that way (the caller reads those one by one). Unchecked bytes, like read()'s.

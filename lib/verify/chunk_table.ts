@@ -22,6 +22,8 @@ import {
 } from "./sha256_list.ts";
 import {
   encodeMetadataRanges,
+  type MadeMetadataRanges,
+  metadataBytes,
   type MetadataRanges,
   metadataRangesOfFile,
   parseMetadataRanges,
@@ -57,6 +59,8 @@ export class ChunkTable {
     readonly digests: Uint8Array,
     /** Where the layer's directory metadata lies (EROFS layers whose maker recorded it). */
     readonly metadata?: MetadataRanges,
+    /** The list's pack, on a table just made (to upload beside it; not part of the table). */
+    readonly metadataPack?: Uint8Array<ArrayBuffer>,
   ) {
     this.chunkCount = digests.length / DIGEST_BYTES;
   }
@@ -80,11 +84,21 @@ export class ChunkTable {
     return new ChunkTable(layerDigest, sizeBytes, chunkBytes, digests, metadata);
   }
 
-  /** The same table with a metadata range list (checked like a parsed one). */
-  withMetadata(metadata: MetadataRanges | undefined): ChunkTable {
-    if (!metadata) return this;
-    const checked = parseMetadataRanges(encodeMetadataRanges(metadata), this.sizeBytes);
-    return new ChunkTable(this.layerDigest, this.sizeBytes, this.chunkBytes, this.digests, checked);
+  /** The same table with a list just made (checked like a parsed one) and its pack. */
+  withMetadata(made: MadeMetadataRanges | undefined): ChunkTable {
+    if (!made) return this;
+    const checked = parseMetadataRanges(encodeMetadataRanges(made.ranges), this.sizeBytes);
+    if (made.pack.length !== metadataBytes(checked)) {
+      throw new FormatError("chunk table: the metadata pack is not the listed bytes");
+    }
+    return new ChunkTable(
+      this.layerDigest,
+      this.sizeBytes,
+      this.chunkBytes,
+      this.digests,
+      checked,
+      made.pack,
+    );
   }
 
   /** Whether `bytes` are as long as chunk `index` of this table (which it has). */
@@ -222,16 +236,25 @@ export class ChunkTableBuilder {
   }
 }
 
-/** A table blob ready to upload. */
+/** A table blob ready to upload, and its metadata pack blob when it has one. */
 export interface EncodedTable {
   table: ChunkTable;
   bytes: Uint8Array<ArrayBuffer>;
   digest: string;
+  pack?: { bytes: Uint8Array<ArrayBuffer>; digest: string };
 }
 
 export function encodeTable(table: ChunkTable): EncodedTable {
   const bytes = table.encode();
-  return { table, bytes, digest: digestOf(bytes) };
+  const packDigest = table.metadata?.pack;
+  return {
+    table,
+    bytes,
+    digest: digestOf(bytes),
+    ...(table.metadataPack && packDigest
+      ? { pack: { bytes: table.metadataPack, digest: packDigest } }
+      : {}),
+  };
 }
 
 /**

@@ -25,6 +25,7 @@ import {
   parseChunkTable,
   TABLE_LAYER_ANNOTATION,
 } from "./chunk_table.ts";
+import { METADATA_PACK_MEDIA_TYPE } from "./metadata_ranges.ts";
 
 /** Uploads table blobs the registry does not have yet (before a manifest names them). */
 export async function uploadTables(
@@ -33,16 +34,20 @@ export async function uploadTables(
   tables: EncodedTable[],
   signal?: AbortSignal,
 ): Promise<void> {
-  for (const { bytes } of tables) {
+  for (const { bytes, pack } of tables) {
     await uploadBlobIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
+    if (pack) {
+      await uploadBlobIfMissing(client, repository, pack.bytes, METADATA_PACK_MEDIA_TYPE, signal);
+    }
   }
 }
 
-/** A table blob already in the repository, and the layer it describes. */
+/** A table blob already in the repository, and the layer it describes (and its pack's blob). */
 export interface TableRef {
   digest: string;
   size: number;
   layerDigest: string;
+  pack?: { digest: string; size: number };
 }
 
 export function tableRef(table: EncodedTable): TableRef {
@@ -50,6 +55,9 @@ export function tableRef(table: EncodedTable): TableRef {
     digest: table.digest,
     size: table.bytes.byteLength,
     layerDigest: table.table.layerDigest,
+    ...(table.pack
+      ? { pack: { digest: table.pack.digest, size: table.pack.bytes.byteLength } }
+      : {}),
   };
 }
 
@@ -64,12 +72,23 @@ export async function pushTablesArtifact(
   tables: TableRef[],
   signal?: AbortSignal,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
-  const layers = tables.map((t) => ({
-    mediaType: CHUNK_TABLE_MEDIA_TYPE,
-    digest: t.digest,
-    size: t.size,
-    annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
-  }));
+  // The packs are listed too: the artifact keeps them from garbage collection.
+  const layers = tables.flatMap((t) => [
+    {
+      mediaType: CHUNK_TABLE_MEDIA_TYPE,
+      digest: t.digest,
+      size: t.size,
+      annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
+    },
+    ...(t.pack
+      ? [{
+        mediaType: METADATA_PACK_MEDIA_TYPE,
+        digest: t.pack.digest,
+        size: t.pack.size,
+        annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
+      }]
+      : []),
+  ]);
   return await pushArtifact(
     client,
     repository,
