@@ -431,7 +431,7 @@ Deno.test({
     assert(cold.layerGets.every((r) => !r.range?.includes(",")), "no multi-range GET");
     // The server checked the handed list as it checks its disk sidecar, and fetched none.
     assert.match(cold.log, /layer 0: \d+ bytes of listed metadata from mount/, cold.log);
-    const listed = /list of (\d+) ranges: (\d+) from disk, 0 fetched/.exec(cold.log);
+    const listed = /list of (\d+) ranges: 0 from disk, (\d+) from mount, 0 fetched/.exec(cold.log);
     assert(listed && listed[1] === listed[2], cold.log);
     // The CLI fetches nothing either: the disk cache holds the list's sidecar.
     assert.equal(warm.layerGets.length, 0, `remount: ${warm.layerGets.length} layer GETs`);
@@ -458,13 +458,15 @@ Deno.test({
     }]);
     assert.equal(lost.cold.packGets, 1);
     assert(lost.cold.layerGets.some((r) => r.range?.includes(",")), "the multi-range GET");
-    assert.match(lost.cold.log, /list of (\d+) ranges: \1 from disk, 0 fetched/, lost.cold.log);
+    assert.match(lost.cold.log, /list of (\d+) ranges: 0 from disk, \1 from mount, 0 fetched/);
     assert.equal(lost.warm.layerGets.length + lost.warm.packGets, 0);
     // One byte of the pack flipped: the server's check of the whole fails, the ranges are
     // checked one by one and the bad one is fetched from the layer (the find and the
     // manifest compare in mountThroughProxy see the image's bytes).
     const flipped = await mountThroughProxy([{ match: isPack, fault: { kind: "corrupt" } }]);
-    const listed = /list of (\d+) ranges: (\d+) from disk, 1 fetched/.exec(flipped.cold.log);
+    const listed = /list of (\d+) ranges: 0 from disk, (\d+) from mount, 1 fetched/.exec(
+      flipped.cold.log,
+    );
     assert(listed && Number(listed[2]) === Number(listed[1]) - 1, flipped.cold.log);
     assert.equal(flipped.warm.layerGets.length + flipped.warm.packGets, 0);
   },

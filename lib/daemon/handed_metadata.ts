@@ -2,9 +2,10 @@
  * The listed directory metadata of a cold mount, fetched by `mount` while its server starts up
  * (the second Deno's start-up is the longest step of a mount; the CLI is idle in it) and handed
  * to the server on stdin after the spec. The bytes are in the disk cache's sidecar format
- * (loadMetadataRanges), and the server checks them like a sidecar read back from disk — each
- * range against its digest in the chunk table — before it keeps them there: the hand-over
- * saves the round trip, not the verification. Not fetched when the disk cache is off (the
+ * (loadMetadataRanges), and the server checks them like a sidecar read back from disk — all at
+ * once against the list's pack digest, else each range against its digest in the chunk table
+ * — before it pins them and keeps them there: the hand-over saves the round trip, not the
+ * verification. Not fetched when the disk cache is off (the
  * server could not keep them) or already holds a sidecar for the layer (a remount: no GET).
  */
 import type { RegistryClient } from "../oci/client.ts";

@@ -99,9 +99,9 @@ async function waitUntilServable(source: Source, layerIndex: number): Promise<vo
 }
 
 /**
- * `loader`, first keeping the metadata `mount` fetched for layer `index` while this server
- * started (handed_metadata.ts) as the source's disk-cache sidecar: the loader then reads it
- * back and checks every range as it does on a remount, or fetches what does not match.
+ * `loader`, given the metadata `mount` fetched for layer `index` while this server started
+ * (handed_metadata.ts): the loader checks it as it checks its disk-cache sidecar on a remount
+ * (and keeps it there), or fetches what does not match.
  */
 function withHandedMetadata(
   source: Source,
@@ -114,11 +114,10 @@ function withHandedMetadata(
   return async (signal) => {
     const bytes = (await handed)[index];
     if (bytes) {
-      sidecar.writeSidecar!(bytes);
       console.log(`layer ${index}: ${bytes.length} bytes of listed metadata from mount`);
       mark(`server: layer ${index} metadata handed`);
     }
-    return await loader(signal);
+    return await loader(signal, bytes);
   };
 }
 

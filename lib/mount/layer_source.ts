@@ -19,6 +19,8 @@ import {
 /** Fetches (or reads back from the disk cache) a layer's listed metadata, each range checked. */
 export type MetadataLoader = (
   signal?: AbortSignal,
+  /** The list's bytes `mount` fetched while this server started (handed_metadata.ts). */
+  handed?: Uint8Array,
 ) => Promise<{ pieces: MetadataPiece[]; note: string }>;
 
 const metadataLoaders = new WeakMap<Source, MetadataLoader>();
@@ -34,19 +36,33 @@ export function metadataLoaderOf(source: Source): MetadataLoader | undefined {
 function sidecarOf(source: Source): MetadataSidecar | undefined {
   const s = source as Partial<{
     readSidecar(maxBytes: number): Uint8Array | undefined;
-    writeSidecar(bytes: Uint8Array): void;
+    writeSidecarSoon(bytes: Uint8Array, delayMs: number): void;
   }>;
-  if (typeof s.readSidecar !== "function" || typeof s.writeSidecar !== "function") return undefined;
-  return { read: (maxBytes) => s.readSidecar!(maxBytes), write: (bytes) => s.writeSidecar!(bytes) };
+  if (typeof s.readSidecar !== "function" || typeof s.writeSidecarSoon !== "function") {
+    return undefined;
+  }
+  return {
+    read: (maxBytes) => s.readSidecar!(maxBytes),
+    // Kept for the next mount, but not on this mount's way to ready.
+    write: (bytes) => s.writeSidecarSoon!(bytes, SIDECAR_WRITE_DELAY_MS),
+  };
 }
 
+/** After the mount's ready (its set-up waits 25 ms after the directories, prefetched.ts). */
+const SIDECAR_WRITE_DELAY_MS = 100;
+
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
-  metadataLoaders.set(source, async (signal) => {
-    const loaded = await loadMetadataRanges(ranges, blob, { sidecar: sidecarOf(source), signal });
+  metadataLoaders.set(source, async (signal, handed) => {
+    const loaded = await loadMetadataRanges(ranges, blob, {
+      sidecar: sidecarOf(source),
+      signal,
+      handed,
+    });
     mark("server: listed metadata checked");
     return {
       pieces: loaded.pieces,
       note: `list of ${ranges.offsets.length} ranges: ${loaded.fromSidecar} from disk, ` +
+        (handed ? `${loaded.fromHanded} from mount, ` : "") +
         `${loaded.fetched} fetched` + (loaded.bad ? `, ${loaded.bad} did not match` : ""),
     };
   });

@@ -90,6 +90,8 @@ export class DiskCachedSource implements Source {
   /** A demand fetch runs on past the read to the end of the `blocks`-th aligned block of `bytes`. */
   #demandAhead = { bytes: 0, blocks: 1 };
   #touchedMs = 0;
+  #pendingSidecar?: Uint8Array;
+  #sidecarTimer?: ReturnType<typeof setTimeout>;
   lastUsedMs = Date.now();
   readonly #stats = {
     diskHitBytes: 0,
@@ -166,6 +168,7 @@ export class DiskCachedSource implements Source {
    * (or failed). Reads do not wait for this; a remount, another process and the bound do.
    */
   async whenDurable(): Promise<void> {
+    this.#writePendingSidecar();
     await Promise.allSettled(this.#filler.fills());
   }
 
@@ -184,6 +187,23 @@ export class DiskCachedSource implements Source {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * writeSidecar `delayMs` from now (off a mount's way to ready); a later call replaces a
+   * pending one, and whenDurable() and close() write a pending one at once.
+   */
+  writeSidecarSoon(bytes: Uint8Array, delayMs: number): void {
+    this.#pendingSidecar = bytes;
+    clearTimeout(this.#sidecarTimer);
+    this.#sidecarTimer = setTimeout(() => this.#writePendingSidecar(), delayMs);
+  }
+
+  #writePendingSidecar(): void {
+    clearTimeout(this.#sidecarTimer);
+    const bytes = this.#pendingSidecar;
+    this.#pendingSidecar = undefined;
+    if (bytes) this.writeSidecar(bytes);
   }
 
   /** Replaces the sidecar (written whole, then renamed into place; counted in the bound). */
@@ -440,6 +460,7 @@ export class DiskCachedSource implements Source {
 
   async close(): Promise<void> {
     if (this.#closing.signal.aborted) return;
+    this.#writePendingSidecar();
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
     await Promise.allSettled(this.#filler.fills());

@@ -368,12 +368,21 @@ async function listKey(ranges: MetadataRanges): Promise<Uint8Array> {
  * a caller that hands the whole sidecar to one that checks every range when it reads it back
  * (`mount` → its server, handed_metadata.ts: one check of 2.3 MB on the critical path, not
  * two). The pieces returned are then unchecked too: not to be pinned or served.
+ * `handed`: such bytes, in the sidecar's format, taken instead of the sidecar (checked like
+ * it), and kept as the sidecar when they were all good.
  */
 export async function loadMetadataRanges(
   ranges: MetadataRanges,
   blob: MetadataRangeReader,
-  options: { sidecar?: MetadataSidecar; signal?: AbortSignal; checkedLater?: boolean } = {},
-): Promise<{ pieces: MetadataPiece[]; fromSidecar: number; fetched: number; bad: number }> {
+  options: {
+    sidecar?: MetadataSidecar;
+    signal?: AbortSignal;
+    checkedLater?: boolean;
+    handed?: Uint8Array;
+  } = {},
+): Promise<
+  { pieces: MetadataPiece[]; fromSidecar: number; fromHanded: number; fetched: number; bad: number }
+> {
   const count = ranges.offsets.length;
   const got: (Uint8Array | undefined)[] = new Array(count).fill(undefined);
   let bad = 0;
@@ -424,12 +433,18 @@ export async function loadMetadataRanges(
     await Promise.all(checks);
     return taken;
   };
-  const key = await listKey(ranges);
-  let fromSidecar = 0;
-  const kept = options.sidecar?.read(DIGEST_BYTES + total);
-  if (kept?.length === DIGEST_BYTES + total && key.every((b, i) => kept[i] === b)) {
-    // A sidecar is re-checked like the network's bytes: a bad one only costs the fetch.
-    fromSidecar = await takePacked(kept.subarray(DIGEST_BYTES), false);
+  // The sidecar's key names the list it was written for; with a pack the one digest of the
+  // bytes says it all (a stale sidecar fails it, then each range is checked).
+  let key: Promise<Uint8Array> | undefined;
+  const keyOfList = () => key ??= listKey(ranges);
+  const kept = options.handed ?? options.sidecar?.read(DIGEST_BYTES + total);
+  let fromKept = 0;
+  if (
+    kept?.length === DIGEST_BYTES + total &&
+    (ranges.pack !== undefined || (await keyOfList()).every((b, i) => kept[i] === b))
+  ) {
+    // Re-checked like the network's bytes: a bad one only costs the fetch.
+    fromKept = await takePacked(kept.subarray(DIGEST_BYTES), false);
   }
   let missing = got.flatMap((bytes, i) => bytes ? [] : [i]);
   let fetched = 0;
@@ -483,18 +498,26 @@ export async function loadMetadataRanges(
     Array.from({ length: Math.min(SINGLE_READS_IN_FLIGHT, missing.length) }, worker),
   );
   options.signal?.throwIfAborted();
-  if (fetched > 0 && options.sidecar && got.every(Boolean)) {
-    const out = new Uint8Array(DIGEST_BYTES + total);
-    out.set(key, 0);
-    let at = DIGEST_BYTES;
-    for (const bytes of got) {
-      out.set(bytes!, at);
-      at += bytes!.length;
+  const newBytes = fetched > 0 || (options.handed !== undefined && fromKept > 0);
+  if (newBytes && options.sidecar && got.every(Boolean)) {
+    let out: Uint8Array;
+    if (kept && fromKept === count) {
+      out = kept; // all of it as it came (the pieces are views of it)
+      out.set(await keyOfList(), 0);
+    } else {
+      out = new Uint8Array(DIGEST_BYTES + total);
+      out.set(await keyOfList(), 0);
+      let at = DIGEST_BYTES;
+      for (const bytes of got) {
+        out.set(bytes!, at);
+        at += bytes!.length;
+      }
     }
     try {
       options.sidecar.write(out);
     } catch { /* best effort: the next mount fetches them again */ }
   }
   const pieces = got.flatMap((bytes, i) => bytes ? [{ offset: ranges.offsets[i], bytes }] : []);
-  return { pieces, fromSidecar, fetched, bad };
+  const fromSidecar = options.handed ? 0 : fromKept;
+  return { pieces, fromSidecar, fromHanded: fromKept - fromSidecar, fetched, bad };
 }
