@@ -8,16 +8,32 @@ import { SERVER_COMMAND } from "../state/runtime.ts";
 import { mark } from "../timing.ts";
 
 /**
- * The server's memory settings, unless the caller set them: V8's young generation at 1 MiB
- * per semispace instead of growing to 16 (the server's garbage is short-lived request
- * buffers), and glibc's mmap threshold fixed at 128 KiB, so freed fetch buffers go back to
- * the kernel instead of raising the threshold and staying in malloc arenas. Host benchmark,
- * cold read of the 136 MB image: server peak RSS 181-198 -> 157 MB, RSS after it 181 -> 117 MB.
+ * The server's memory settings. V8's young generation at 1 MiB per semispace instead of
+ * growing to 16 (the server's garbage is short-lived request buffers), unless the caller set
+ * DENO_V8_FLAGS. Host benchmark, cold read of the 136 MB image, with glibc's mmap threshold
+ * fixed at 128 KiB: server peak RSS 181-198 -> 157 MB, RSS after it 181 -> 117 MB.
  */
-const SERVER_MEMORY_ENV: Record<string, string> = Object.fromEntries(
-  [["DENO_V8_FLAGS", "--max-semi-space-size=1"], ["MALLOC_MMAP_THRESHOLD_", "131072"]]
-    .filter(([name]) => Deno.env.get(name) === undefined),
+const SERVER_V8_ENV: Record<string, string> = Object.fromEntries(
+  [["DENO_V8_FLAGS", "--max-semi-space-size=1"]].filter(([name]) =>
+    Deno.env.get(name) === undefined
+  ),
 );
+
+/**
+ * glibc's mmap threshold for the server, fixed (not glibc's dynamic one, which rises up to 32
+ * MiB and then keeps freed buffers in the arenas) but above the fetch path's read buffers
+ * (Deno's HTTP client reads a body into blocks of up to ~400-500 KiB, a new block whenever the
+ * previous one is still handed on), and the heap's top kept up to 2 MiB: at the launchers'
+ * 128 KiB (set for the CLI, inherited) every such block was a fresh mmap, page-faulted in
+ * (zeroed) while the socket was read into it and unmapped after it: ~7,000 minor faults per
+ * cold fetch of the 136 MB image, ~1,200-1,700 at 512 KiB (fill micro-benchmark: system CPU
+ * 120-132 -> 77 ms median per 136 MB, 5 runs each). Set whatever the caller's values, which
+ * are the launchers' for the CLI.
+ */
+const SERVER_MALLOC_ENV: Record<string, string> = {
+  MALLOC_MMAP_THRESHOLD_: String(512 << 10),
+  MALLOC_TRIM_THRESHOLD_: String(2 << 20),
+};
 
 /** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
 export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
@@ -44,7 +60,8 @@ export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"):
   const child = new Deno.Command(program, {
     args,
     env: {
-      ...SERVER_MEMORY_ENV,
+      ...SERVER_V8_ENV,
+      ...SERVER_MALLOC_ENV,
       ...(backend === "fuse" ? { [PRESTART_FUSE_READER_ENV]: "1" } : {}),
       ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
     },
