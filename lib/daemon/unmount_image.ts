@@ -97,8 +97,12 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
     // reattach): release the devices and recovery files ourselves.
     await releaseOrphanedDevices(state);
   }
-  // Also after stopServer: a server it had to kill leaves its FUSE mounts behind.
-  if (state.backend === "fuse") await detachDeadFuseMounts(state);
+  // Also after stopServer: a server it had to kill leaves its FUSE keeper (nothing else ends
+  // it) and its FUSE mounts behind.
+  if (state.backend === "fuse") {
+    await stopFuseKeeper(state.id);
+    await detachDeadFuseMounts(state);
+  }
   removeMountDir(state.id);
   // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).
   pruneIndexCache();

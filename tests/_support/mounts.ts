@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { FIXTURES } from "./requires.ts";
 import { runCli } from "./cli.ts";
+import { KEEPER_SLEEP_SECONDS } from "../../lib/fuse/keeper.ts";
 
 export interface MountSandbox {
   /** Empty directory to mount on. */
@@ -67,8 +68,9 @@ export async function mountSandbox(): Promise<MountSandbox> {
       if (mountPointsUnder(target).length) {
         await runCli(["umount", "--lazy", target], { env, timeoutMs: 30_000 });
       }
-      // Last resort after a failed test: stop servers we started and detach what is left.
-      for (const pid of serverPids(runtimeDir)) {
+      // Last resort after a failed test: stop servers we started (and the FUSE keepers they
+      // left: a killed server cannot end its keeper) and detach what is left.
+      for (const pid of [...serverPids(runtimeDir), ...runningKeepersOf(runtimeDir)]) {
         try {
           Deno.kill(pid, "SIGKILL");
         } catch { /* gone */ }
@@ -93,6 +95,21 @@ export function mountServersOf(runtimeDir: string): number[] {
     try {
       const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
       if (!cmdline.includes("__mount-server")) continue;
+      const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
+      if (environ.includes(`EROFS_OCI_RUNTIME_DIR=${runtimeDir}`)) pids.push(Number(entry.name));
+    } catch { /* exited meanwhile */ }
+  }
+  return pids;
+}
+
+/** FUSE keepers (lib/fuse/keeper.ts) whose environment names `runtimeDir` (ours only). */
+export function runningKeepersOf(runtimeDir: string): number[] {
+  const pids: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const argv = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).split("\0");
+      if (!argv[0].endsWith("sleep") || argv[1] !== KEEPER_SLEEP_SECONDS) continue;
       const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
       if (environ.includes(`EROFS_OCI_RUNTIME_DIR=${runtimeDir}`)) pids.push(Number(entry.name));
     } catch { /* exited meanwhile */ }
