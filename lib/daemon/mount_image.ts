@@ -24,6 +24,7 @@ import {
 } from "../mount/target_dir.ts";
 import { logFormat } from "../log.ts";
 import { mark } from "../timing.ts";
+import { stopFuseKeeper } from "./fuse_recovery.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
@@ -61,6 +62,9 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     logFormat: specFields.logFormat ?? (logFormat() === "json" ? "json" : undefined),
   };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
+  // A FUSE server killed before it was ready (no ready line in time) may have started its
+  // keeper already; nothing else would end it.
+  if (spec.backend === "fuse") undo.push(() => stopFuseKeeper(id));
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
       spec,
