@@ -33,6 +33,24 @@ export function parseContentRange(header: string | null): ContentRange | undefin
 export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
 
 /**
+ * A BodySink that says where the next body bytes belong: `into()` is a view (at least one
+ * byte) of the caller's own buffer, the body is read straight into it (BYOB) and the sink is
+ * then called with the filled start of that memory, without the copy from a scratch buffer
+ * (a disk-cache fill of a verified layer: the 1 MiB table chunk being assembled). The read
+ * transfers the view's ArrayBuffer: `bytes` is the same memory under a new ArrayBuffer, which
+ * the caller uses from then on; a body that ends hands it back with an empty `bytes`. A body
+ * that breaks off keeps it: into() then finds its buffer gone and throws (the caller starts
+ * again where that memory began). Bytes dropped before the range (a 200 that ignored Range)
+ * and bodies that are no byte stream still come through the scratch buffer, as for any sink.
+ */
+export type PlacedBodySink = BodySink & { into(): Uint8Array };
+
+function intoOf(sink: BodySink | Uint8Array): (() => Uint8Array) | undefined {
+  const into = (sink as Partial<PlacedBodySink>).into;
+  return typeof into === "function" ? into : undefined;
+}
+
+/**
  * Body bytes are read into this many bytes of one reused buffer per body (BYOB), not into a
  * fresh buffer per network read that V8 frees only when it gets to it: a cold read of a
  * 136 MB layer left tens of MB of those behind in the server's RSS.
@@ -98,14 +116,33 @@ export async function copyBody(
     : sink;
   const reader = bodyReader(body);
   const scratch: { buffer?: Uint8Array } = {};
+  const into = reader instanceof ReadableStreamBYOBReader ? intoOf(sink) : undefined;
   let copied = 0;
   try {
     while (copied < want) {
       let chunk: Uint8Array | undefined;
-      try {
-        chunk = await readBody(reader, scratch);
-      } catch (error) {
-        return { copied, error };
+      if (into && skip <= 0) {
+        // Straight into the sink's buffer (PlacedBodySink).
+        const target = into();
+        let result: ReadableStreamReadResult<Uint8Array>;
+        try {
+          result = await (reader as ReadableStreamBYOBReader).read(
+            target.length > want - copied ? target.subarray(0, want - copied) : target,
+          );
+        } catch (error) {
+          return { copied, error };
+        }
+        if (result.done) {
+          if (result.value) await write(result.value.subarray(0, 0), at + copied);
+          return { copied };
+        }
+        chunk = result.value;
+      } else {
+        try {
+          chunk = await readBody(reader, scratch);
+        } catch (error) {
+          return { copied, error };
+        }
       }
       if (!chunk) return { copied };
       const kept = skipLeading(chunk, skip);

@@ -1,6 +1,6 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
-import type { BodySink } from "./blob_range.ts";
+import type { BodySink, PlacedBodySink } from "./blob_range.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
@@ -104,15 +104,18 @@ export class RegistryBlob implements Source {
     }
     this.requests++;
     let arrived = 0;
+    const counted: BodySink = (bytes, at) => {
+      arrived = Math.max(arrived, at + bytes.length);
+      return sink(bytes, at);
+    };
+    // A sink that places the bytes itself (PlacedBodySink) keeps doing so through the count.
+    const into = (sink as Partial<PlacedBodySink>).into;
     await this.#client.readBlobRangeTo(
       this.repository,
       this.digest,
       offset,
       length,
-      (bytes, at) => {
-        arrived = Math.max(arrived, at + bytes.length);
-        return sink(bytes, at);
-      },
+      typeof into === "function" ? Object.assign(counted, { into }) : counted,
       signal,
       this.size,
     );

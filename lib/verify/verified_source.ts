@@ -150,7 +150,11 @@ export class VerifiedSource implements Source {
     // Chunks another reader holds or fetches: the shared path, not a second fetch.
     if (shared) return await sink(await this.read(offset, length, signal), 0);
     const start = first * chunk;
-    const buffer = takeChunkBuffer(chunk);
+    // The chunk being assembled. The body is read straight into it (into() below, a
+    // PlacedBodySink): each read hands it back under a new ArrayBuffer (a BYOB transfer),
+    // which replaces it here; fewer copies of every byte (fill micro-benchmark: CPU per MB
+    // fetched, verified and stored 1.84 -> 1.74 ms median, 6 runs each).
+    let buffer = takeChunkBuffer(chunk);
     let index = first;
     let filled = 0;
     const deliver = async () => {
@@ -168,30 +172,62 @@ export class VerifiedSource implements Source {
       index++;
       filled = 0;
     };
-    const runBytes = Math.min(this.size, end * chunk) - start;
+    const runEnd = Math.min(this.size, end * chunk);
     let clean = false;
     let firstBytes = true;
-    fillTrace("v-get", start, runBytes);
+    fillTrace("v-get", start, runEnd - start);
+    const chunkEnd = () => Math.min(chunk, this.size - index * chunk);
+    const take = async (bytes: Uint8Array) => {
+      if (firstBytes) fillTrace("v-first-bytes", start, bytes.length);
+      firstBytes = false;
+      if (
+        buffer.byteLength === 0 && bytes.buffer.byteLength === chunk &&
+        bytes.byteOffset === filled && bytes.length <= chunkEnd() - filled
+      ) {
+        // Read into into()'s view (our buffer, detached by the transfer): already in place.
+        buffer = new Uint8Array(bytes.buffer);
+        filled += bytes.length;
+        if (filled === chunkEnd()) await deliver();
+        return;
+      }
+      if (buffer.byteLength === 0) throw new PlacedBufferLost();
+      for (let used = 0; used < bytes.length;) {
+        const want = chunkEnd();
+        const n = Math.min(want - filled, bytes.length - used);
+        buffer.set(bytes.subarray(used, used + n), filled);
+        filled += n;
+        used += n;
+        if (filled === want) await deliver();
+      }
+    };
+    const into = () => {
+      // Detached and not handed back: a read into it failed (the body broke off) and took it.
+      if (buffer.byteLength === 0) throw new PlacedBufferLost();
+      return buffer.subarray(filled, chunkEnd());
+    };
     try {
-      await this.#inner.readTo!(start, runBytes, async (bytes) => {
-        if (firstBytes) fillTrace("v-first-bytes", start, bytes.length);
-        firstBytes = false;
-        for (let used = 0; used < bytes.length;) {
-          const want = Math.min(chunk, this.size - index * chunk);
-          const n = Math.min(want - filled, bytes.length - used);
-          buffer.set(bytes.subarray(used, used + n), filled);
-          filled += n;
-          used += n;
-          if (filled === want) await deliver();
+      for (let restarts = 0;; restarts++) {
+        // From the chunk being assembled: the chunks before it were handed on.
+        const from = index * chunk;
+        try {
+          await this.#inner.readTo!(from, runEnd - from, Object.assign(take, { into }), signal);
+          break;
+        } catch (error) {
+          if (!(error instanceof PlacedBufferLost) || restarts >= MAX_PLACED_RESTARTS) throw error;
+          // Its bytes went with the lost buffer: this chunk again, into a new one.
+          buffer = new Uint8Array(chunk);
+          filled = 0;
         }
-      }, signal);
+      }
       clean = true;
     } finally {
       // A stream that failed may still hold a view of the buffer: it is not reused.
       if (clean) giveChunkBuffer(buffer);
     }
     if (index !== end) {
-      throw new Error(`source returned ${(index - first) * chunk + filled} of ${runBytes} bytes`);
+      throw new Error(
+        `source returned ${(index - first) * chunk + filled} of ${runEnd - start} bytes`,
+      );
     }
   }
 
@@ -281,6 +317,13 @@ export class VerifiedSource implements Source {
     return this.#inner.close?.();
   }
 }
+
+/**
+ * A read into readTo's chunk buffer failed and took the buffer with it (a BYOB read that
+ * rejects keeps it): readTo starts that chunk again, this many times at most per call.
+ */
+class PlacedBufferLost extends Error {}
+const MAX_PLACED_RESTARTS = 3;
 
 /** Stream buffers of one table chunk, reused across readTo calls (each run needs one). */
 const chunkBuffers: Uint8Array[] = [];
