@@ -20,7 +20,9 @@ Reads every layer of IMAGE from its registry once, checks it against its digest 
 its chunk-digest table (sha256 per 1 MiB chunk), which mounts use to verify each byte they
 fetch. Without --push the table digests are printed; with --push the tables are stored in
 the repository as an artifact referring to the image (referrers API, or the fallback tag
-sha256-<hex> for registries without it).
+sha256-<hex> for registries without it). An EROFS layer's table also lists where its
+directory metadata lies, and its metadata pack (those bytes in one small blob, stored
+beside the table) lets a cold mount fetch them with one GET.
 
 Images pushed by erofs-oci (push, build --push, convert) have tables already, bound to each
 layer by an annotation in the manifest. Tables made here cannot be: the manifest is someone
@@ -68,8 +70,8 @@ Example:
         const had = bound.get(t.table.layerDigest);
         console.log(
           `layer ${i} ${t.table.layerDigest} table ${t.digest}${
-            had?.bound ? " (bound one exists)" : ""
-          }`,
+            t.pack ? ` metadata pack ${t.pack.digest} (${t.pack.bytes.length} bytes)` : ""
+          }${had?.bound ? " (bound one exists)" : ""}`,
         );
       }
       if (values.push) {
