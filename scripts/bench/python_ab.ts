@@ -14,7 +14,9 @@
  * server's and the machine's CPU during the find, and during python also the registry's (the
  * bytes fetched under python cost CPU on the same cores); PYTHON_AB_VERBOSE=1 each miss and
  * the server's trace events during the find; PYTHON_AB_KEEP_TRACE=1 keeps the trace files; a
- * variant's PYTHON_AB_WAIT_MS=N pauses before the find (diagnostics, not the bench's method).
+ * variant's PYTHON_AB_WAIT_MS=N pauses before the find (diagnostics, not the bench's method);
+ * a variant's PYTHON_AB_PUSH=1 pushes the image again with its own CLI and environment to a
+ * repository of its own and mounts that (a change to what push makes, e.g. the chunk tables).
  * Example: `BENCH_CLI=dist scripts/bench/python_ab.ts .cache/bench/bench.erofs 3
  * before:PYTHON_AB_CLI=/tmp/erofs-oci-before after` (under flock .cache/bench.lock).
  * Usage: deno run -A scripts/bench/python_ab.ts IMAGE RUNS VARIANT[:ENV=V[,ENV=V…]]…  (root)
@@ -96,6 +98,18 @@ const blobGets = async () => (await blobGetLines(registry, layerDigest)).length;
 const ref = `${registry.host}/bench/python-ab:v1`;
 const pushed = await cli(["push", ref, image], {});
 if (pushed.code !== 0) throw new Error(pushed.stderr);
+/**
+ * A variant with PYTHON_AB_PUSH=1 mounts its own repository, pushed by its own CLI with its
+ * environment (a change to the tables push makes), before the rounds.
+ */
+const refs = new Map<string, string>();
+for (const variant of variants) {
+  if (variant.env.PYTHON_AB_PUSH !== "1") continue;
+  const own = `${registry.host}/bench/python-ab-${variant.name.toLowerCase()}:v1`;
+  const ownPush = await cli(["push", own, image], variant.env);
+  if (ownPush.code !== 0) throw new Error(ownPush.stderr);
+  refs.set(variant.name, own);
+}
 
 /** prefetched.ts's background window size (DEFAULT_PREFETCH_WINDOW_BYTES). */
 const WINDOW_BYTES = 4 << 20;
@@ -170,7 +184,7 @@ async function lazyRun(variant: { name: string; env: Record<string, string> }) {
       return n;
     };
     const mounted = await cli(
-      ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse"],
+      ["mount", refs.get(variant.name) ?? ref, sandbox.target, "--plain-http", "--backend", "fuse"],
       { ...env, ...variant.env, EROFS_OCI_FILL_TRACE: tracePath },
     );
     if (mounted.code !== 0) throw new Error(mounted.stderr);
