@@ -438,7 +438,15 @@ export function listDirectory(path: string): string[] {
 }
 
 /** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
-const SYS_PIDFD_SEND_SIGNAL = 424, SYS_PIDFD_OPEN = 434, SYS_OPENAT2 = 437, SYS_PIDFD_GETFD = 438;
+const SYS_PIDFD_SEND_SIGNAL = 424,
+  SYS_PIDFD_OPEN = 434,
+  SYS_CLOSE_RANGE = 436,
+  SYS_OPENAT2 = 437,
+  SYS_PIDFD_GETFD = 438;
+/** close_range(2) flag (linux/close_range.h); fcntl F_SETFD and its one flag (asm-generic). */
+const CLOSE_RANGE_CLOEXEC = 1 << 2, F_SETFD = 2, FD_CLOEXEC = 1;
+/** Descriptors the fallback marks when close_range is missing (before 5.11). */
+const FALLBACK_MAX_FD = 1024;
 const AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000, AT_SYMLINK_NOFOLLOW = 0x100;
 /** open(2) flags whose values differ between x86_64 and arm64 (asm/fcntl.h). */
 const ARM64 = Deno.build.arch === "aarch64";
@@ -505,6 +513,25 @@ export function statIdentity(dirFd: number, path = ""): FileIdentity {
     devMinor: view.getUint32(140, true),
     mountId: Number(view.getBigUint64(144, true)),
   };
+}
+
+/**
+ * Marks every descriptor from 3 up close-on-exec: those this process inherited without it (a
+ * caller's `flock` lock, a pipe of a script) then do not reach the long-lived processes it
+ * starts, which would hold them for as long as a mount lives. Descriptors opened by Deno are
+ * close-on-exec already; a child gets its stdio and what is passed on purpose after this.
+ */
+export function closeInheritedOnExec(): void {
+  const all = libc().syscall(
+    BigInt(SYS_CLOSE_RANGE),
+    3n,
+    0xffffffffn,
+    BigInt(CLOSE_RANGE_CLOEXEC),
+    0n,
+  );
+  if (all === 0n) return;
+  // Kernels before 5.11: one by one (a closed descriptor answers EBADF).
+  for (let fd = 3; fd < FALLBACK_MAX_FD; fd++) libc().fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
 /** A pidfd for `pid` (pidfd_open, 5.3+): signals sent through it cannot reach a reused pid. */

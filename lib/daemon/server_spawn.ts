@@ -6,6 +6,7 @@
 import { selfCommand } from "./self_exec.ts";
 import { SERVER_COMMAND } from "../state/runtime.ts";
 import { mark } from "../timing.ts";
+import { closeInheritedOnExec } from "../../ffi/libc.ts";
 
 /**
  * The server's memory settings. V8's young generation at 1 MiB per semispace instead of
@@ -56,6 +57,9 @@ export interface ServerChild {
 
 /** Spawns the server process; it does nothing until its spec arrives on stdin. */
 export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"): ServerChild {
+  // The server (and a FUSE mount's keeper after it) outlives this command: it must not hold
+  // what our caller gave us, e.g. the lock of `flock LOCK erofs-oci mount …`.
+  closeInheritedOnExec();
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
   const child = new Deno.Command(program, {
     args,
