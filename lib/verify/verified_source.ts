@@ -206,17 +206,21 @@ export class VerifiedSource implements Source {
       return buffer.subarray(filled, chunkEnd());
     };
     try {
-      for (let restarts = 0;; restarts++) {
+      for (let placed = true;;) {
         // From the chunk being assembled: the chunks before it were handed on.
         const from = index * chunk;
         try {
-          await this.#inner.readTo!(from, runEnd - from, Object.assign(take, { into }), signal);
+          const sink = placed ? Object.assign((bytes: Uint8Array) => take(bytes), { into }) : take;
+          await this.#inner.readTo!(from, runEnd - from, sink, signal);
           break;
         } catch (error) {
-          if (!(error instanceof PlacedBufferLost) || restarts >= MAX_PLACED_RESTARTS) throw error;
-          // Its bytes went with the lost buffer: this chunk again, into a new one.
+          if (!(error instanceof PlacedBufferLost) || !placed) throw error;
+          // Its bytes went with the lost buffer: this chunk again, into a new one, and through
+          // the scratch from now on, so that a body that keeps breaking off is resumed where it
+          // broke off (readBlobRangeTo), not from the chunk's start each time.
           buffer = new Uint8Array(chunk);
           filled = 0;
+          placed = false;
         }
       }
       clean = true;
@@ -320,10 +324,13 @@ export class VerifiedSource implements Source {
 
 /**
  * A read into readTo's chunk buffer failed and took the buffer with it (a BYOB read that
- * rejects keeps it): readTo starts that chunk again, this many times at most per call.
+ * rejects keeps it): readTo starts that chunk again (once per call: then through the scratch).
  */
-class PlacedBufferLost extends Error {}
-const MAX_PLACED_RESTARTS = 3;
+class PlacedBufferLost extends Error {
+  constructor() {
+    super("a body read into the chunk buffer broke off and took the buffer");
+  }
+}
 
 /** Stream buffers of one table chunk, reused across readTo calls (each run needs one). */
 const chunkBuffers: Uint8Array[] = [];
