@@ -119,6 +119,10 @@ export async function copyBody(
   const into = reader instanceof ReadableStreamBYOBReader ? intoOf(sink) : undefined;
   let copied = 0;
   try {
+    // A sink whose buffer an earlier body took (it broke off mid-read) says so now (into()
+    // throws), before bytes come through the scratch: their scratch memory, at the offset the
+    // sink's buffer was filled to, would pass for that buffer handed back.
+    into?.();
     while (copied < want) {
       let chunk: Uint8Array | undefined;
       if (into && skip <= 0) {
