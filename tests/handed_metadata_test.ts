@@ -4,7 +4,19 @@
  * pipe splits it, and a stream without it (reattach, an old caller) or cut short gives none.
  */
 import assert from "node:assert/strict";
-import { encodeHandedMetadata, readSpecAndMetadata } from "../lib/daemon/handed_metadata.ts";
+import {
+  encodeHandedMetadata,
+  fetchMetadataEarly,
+  readSpecAndMetadata,
+} from "../lib/daemon/handed_metadata.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import type { LayerDescriptor } from "../lib/oci/layers.ts";
+import { EROFS_LAYER } from "../lib/oci/media_types.ts";
+import { chunkTableOfFile, encodeTable } from "../lib/verify/chunk_table.ts";
+import { metadataBytes } from "../lib/verify/metadata_ranges.ts";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
 
 /** A stream fed by hand, so the test decides when each piece arrives. */
 function feed() {
@@ -77,4 +89,55 @@ Deno.test("handed metadata: none when stdin ends after the spec, or is cut short
   cut.close();
   const short = await readSpecAndMetadata(cut.stream);
   assert.deepEqual(await short.metadata, [undefined]);
+});
+
+Deno.test({
+  name:
+    "handed metadata: one mount hands over at most its budget of listed bytes, all layers together",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const files = [`${FIXTURES}/layer1.erofs`, `${FIXTURES}/layer2.erofs`];
+    assertSuccess(
+      await runCli(["push", `${registry.host}/hm/two:v1`, ...files, "--plain-http"], {
+        timeoutMs: 60_000,
+      }),
+    );
+    const tables = await Promise.all(
+      files.map(async (f) => encodeTable(await chunkTableOfFile(f))),
+    );
+    const lists = tables.map((t) => t.table.metadata!);
+    assert(lists.every(Boolean), "both layers have a list");
+    const layers: LayerDescriptor[] = tables.map((t, index) => ({
+      index,
+      digest: t.table.layerDigest,
+      sizeBytes: t.table.sizeBytes,
+      mediaType: EROFS_LAYER,
+    }));
+    const early = new Map(tables.map((t) => [t.table.layerDigest, {
+      digest: t.digest,
+      fetched: Promise.resolve({ table: t.table, bytes: t.bytes, path: "" }),
+    }]));
+    const packGets = async () =>
+      (await registry.accessLog()).filter((line) =>
+        line.includes('"GET ') && lists.some((l) => line.includes(l.pack!))
+      );
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    try {
+      // A budget for the first layer's list only: the second gets none (its server fetches it).
+      const first = metadataBytes(lists[0]);
+      const handed = fetchMetadataEarly(client, "hm/two", early, layers, undefined, first);
+      const bytes = await Promise.all(layers.map((l) => handed.get(l.digest)!.bytes));
+      assert.equal(bytes[0]?.length, 32 + first, "the first layer's sidecar bytes");
+      assert.equal(bytes[1], undefined, "nothing for the layer past the budget");
+      const gets = await packGets();
+      assert.equal(gets.length, 1, `one pack fetched: ${gets.join("\n")}`);
+      // With room for both, both.
+      const both = fetchMetadataEarly(client, "hm/two", early, layers);
+      const all = await Promise.all(layers.map((l) => both.get(l.digest)!.bytes));
+      assert.deepEqual(all.map((b) => b?.length), lists.map((l) => 32 + metadataBytes(l)));
+    } finally {
+      await client.close();
+    }
+  },
 });

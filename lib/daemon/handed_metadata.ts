@@ -14,12 +14,34 @@ import type { LayerSpec } from "../state/runtime.ts";
 import { type EarlyTable, loadTable } from "../verify/layer_tables.ts";
 import type { ChunkTable } from "../verify/chunk_table.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
-import { loadMetadataRanges } from "../verify/metadata_ranges.ts";
+import { loadMetadataRanges, metadataBytes } from "../verify/metadata_ranges.ts";
 import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
 
 /** Per layer of a spec: the sidecar bytes handed over, or undefined. */
 export type HandedMetadata = (Uint8Array | undefined)[];
+
+/**
+ * Listed metadata one mount fetches and hands over, all layers together: each layer's list is
+ * bounded (MAX_METADATA_BYTES) but an image's layer count is not, and a hostile one could make
+ * the CLI hold 32 MiB per layer. A layer past it gets nothing handed; its server fetches its
+ * list itself (bounded by that layer's pin budget).
+ */
+export const HANDED_METADATA_MAX_BYTES = 64 << 20;
+
+/** What is left of one mount's HANDED_METADATA_MAX_BYTES. */
+class HandOverBudget {
+  constructor(private left: number) {}
+
+  take(bytes: number): boolean {
+    if (bytes > this.left) return false;
+    this.left -= bytes;
+    return true;
+  }
+}
+
+/** The budget the early fetches of a mount started on, shared with its later fetches. */
+const budgets = new WeakMap<EarlyMetadata, HandOverBudget>();
 
 /** True when the disk cache is on (as the server will see it) and holds no sidecar of `digest`. */
 function diskCacheWants(digest: string): boolean {
@@ -44,9 +66,10 @@ async function fetchLayerMetadata(
   client: RegistryClient,
   layer: MetadataLayer,
   table: ChunkTable,
+  budget: HandOverBudget,
   signal?: AbortSignal,
 ): Promise<Uint8Array | undefined> {
-  if (!table.metadata) return undefined;
+  if (!table.metadata || !budget.take(metadataBytes(table.metadata))) return undefined;
   const blob = new RegistryBlob(client, layer.repository, {
     index: layer.layerIndex,
     digest: layer.digest,
@@ -84,15 +107,24 @@ export function fetchMetadataEarly(
   tables: Map<string, EarlyTable>,
   layers: LayerDescriptor[],
   signal?: AbortSignal,
+  maxBytes = HANDED_METADATA_MAX_BYTES,
 ): EarlyMetadata {
   const early: EarlyMetadata = new Map();
+  const budget = new HandOverBudget(maxBytes);
+  budgets.set(early, budget);
   for (const layer of layers) {
     const table = tables.get(layer.digest);
     if (!table || early.has(layer.digest) || !diskCacheWants(layer.digest)) continue;
     early.set(layer.digest, {
       tableDigest: table.digest,
       bytes: table.fetched.then(({ table }) =>
-        fetchLayerMetadata(client, { ...layer, repository, layerIndex: layer.index }, table, signal)
+        fetchLayerMetadata(
+          client,
+          { ...layer, repository, layerIndex: layer.index },
+          table,
+          budget,
+          signal,
+        )
       ).catch(() => undefined),
     });
   }
@@ -110,13 +142,19 @@ export async function fetchMetadataForServer(
   layers: LayerSpec[],
   early?: EarlyMetadata,
 ): Promise<HandedMetadata> {
+  const budget = (early && budgets.get(early)) ?? new HandOverBudget(HANDED_METADATA_MAX_BYTES);
   return await Promise.all(layers.map(async (layer) => {
     if (layer.kind !== "registry" || !layer.chunkTable || layer.tarIndex) return undefined;
     const started = early?.get(layer.digest);
     if (started?.tableDigest === layer.chunkTable.digest) return await started.bytes;
     if (!diskCacheWants(layer.digest)) return undefined;
     try {
-      return await fetchLayerMetadata(client, layer, await loadTable(layer.chunkTable, layer));
+      return await fetchLayerMetadata(
+        client,
+        layer,
+        await loadTable(layer.chunkTable, layer),
+        budget,
+      );
     } catch {
       return undefined;
     }
