@@ -45,7 +45,8 @@ export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
  */
 export type PlacedBodySink = BodySink & { into(): Uint8Array };
 
-function intoOf(sink: BodySink | Uint8Array): (() => Uint8Array) | undefined {
+/** A PlacedBodySink's into(), or undefined for any other sink. */
+export function intoOf(sink: BodySink | Uint8Array): (() => Uint8Array) | undefined {
   const into = (sink as Partial<PlacedBodySink>).into;
   return typeof into === "function" ? into : undefined;
 }

@@ -1,6 +1,6 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
-import type { BodySink, PlacedBodySink } from "./blob_range.ts";
+import { type BodySink, intoOf } from "./blob_range.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
@@ -109,13 +109,13 @@ export class RegistryBlob implements Source {
       return sink(bytes, at);
     };
     // A sink that places the bytes itself (PlacedBodySink) keeps doing so through the count.
-    const into = (sink as Partial<PlacedBodySink>).into;
+    const into = intoOf(sink);
     await this.#client.readBlobRangeTo(
       this.repository,
       this.digest,
       offset,
       length,
-      typeof into === "function" ? Object.assign(counted, { into }) : counted,
+      into ? Object.assign(counted, { into }) : counted,
       signal,
       this.size,
     );

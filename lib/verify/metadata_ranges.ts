@@ -81,7 +81,7 @@ export function metadataRangeCount(ranges: MetadataRanges): number {
   return ranges.offsets.length;
 }
 
-export function metadataBytes(ranges: MetadataRanges): number {
+export function metadataBytes(ranges: Pick<MetadataRanges, "lengths">): number {
   return ranges.lengths.reduce((sum, n) => sum + n, 0);
 }
 
@@ -209,7 +209,7 @@ export async function metadataRangesOf(
   }
   if (!offsets.length) return undefined;
   const digests = new Uint8Array(offsets.length * DIGEST_BYTES);
-  const pack = new Uint8Array(lengths.reduce((sum, n) => sum + n, 0));
+  const pack = new Uint8Array(metadataBytes({ lengths }));
   let packed = 0;
   for (let i = 0; i < offsets.length; i++) {
     // From the walk's pages when the range is all pages (no gaps): no second read of it.
