@@ -13,8 +13,10 @@ import { CachedSource } from "../lib/source/cached.ts";
 import { PIN_PAGE_BYTES, PrefetchedSource } from "../lib/source/prefetched.ts";
 import {
   BackgroundWindows,
+  METADATA_WALK_QUIET_MIN_MS,
   METADATA_WALK_QUIET_MS,
   WALK_MIN_READS,
+  WALK_QUIET_GAPS,
   WALK_SPAN_MS,
   WalkClock,
   windowDelayMs,
@@ -86,6 +88,38 @@ Deno.test("windowDelayMs: a recent data read goes at once, a walk's reads hold b
     windowDelayMs({ walkMs: now - METADATA_WALK_QUIET_MS, dataMs: -Infinity }, now),
     0,
   );
+});
+
+Deno.test("WalkClock: a walk is over after a quiet of WALK_QUIET_GAPS times its longest pause", () => {
+  /** `batches` reports of WALK_MIN_READS pinned reads each, `everyMs` apart, from `startMs`. */
+  const walk = (clock: WalkClock, startMs: number, batches: number, everyMs: number) => {
+    for (let b = 0; b < batches; b++) {
+      for (let r = 0; r < WALK_MIN_READS; r++) clock.note(startMs + b * everyMs);
+    }
+  };
+  const idle = new WalkClock();
+  assert.equal(idle.quietMs, METADATA_WALK_QUIET_MIN_MS, "no walk yet");
+  walk(idle, 1000, 20, 5); // an idle machine's find: reports a few ms apart
+  assert.equal(idle.quietMs, METADATA_WALK_QUIET_MIN_MS);
+  const now = 1000 + 19 * 5;
+  assert.equal(
+    windowDelayMs({ walkMs: now, dataMs: -Infinity, walkQuietMs: idle.quietMs }, now + 5),
+    15,
+  );
+  const loaded = new WalkClock();
+  walk(loaded, 1000, 5, 40); // a loaded machine's: 40 ms apart
+  assert.equal(loaded.quietMs, WALK_QUIET_GAPS * 40);
+  walk(loaded, 1200, 2, 150);
+  assert.equal(loaded.quietMs, METADATA_WALK_QUIET_MS, "never more than the maximum");
+  // A pause longer than the maximum ends the walk: the next one starts from its own pace.
+  walk(loaded, 5000, 10, 5);
+  assert.equal(loaded.quietMs, METADATA_WALK_QUIET_MIN_MS);
+  // The pause between mount(2)'s few reads and a walk is not the walk's.
+  const mounted = new WalkClock();
+  mounted.note(1000);
+  mounted.note(1100);
+  walk(mounted, 1150, 10, 5);
+  assert.equal(mounted.quietMs, METADATA_WALK_QUIET_MIN_MS);
 });
 
 Deno.test("WalkClock: WALK_MIN_READS pinned reads within WALK_SPAN_MS are a walk, fewer are not", () => {
@@ -170,7 +204,7 @@ Deno.test("background windows: a data read starts them during a walk, its window
   try {
     await t.walkBurst(0);
     const done = t.windows.start();
-    await sleep(METADATA_WALK_QUIET_MS / 4);
+    await sleep(METADATA_WALK_QUIET_MIN_MS / 4); // still a walk: its reads come this fast
     await t.walkBurst(1);
     assert.equal(t.inner.reads.length, 0, JSON.stringify(t.inner.reads));
     // File data in window 8 (listed last but one): its chunk, then window 8, then window 9.

@@ -126,7 +126,7 @@ export class FuseConnection {
         dataFd: this.#direct.dataFd,
         chunkBytes: this.#direct.chunkBytes,
         sizeBytes: this.#direct.sizeBytes,
-        presentByte: this.#direct.presentByte,
+        presentBytes: this.#direct.presentBytes,
         nodeId: Number(FILE_NODE_ID),
         pins: this.#direct.pins && {
           fd: this.#direct.pins.fd,

@@ -21,8 +21,8 @@ export interface DirectReadArg {
   dataFd: number;
   chunkBytes: number;
   sizeBytes: number;
-  /** The map byte of a chunk whose bytes are written, synced and verified. */
-  presentByte: number;
+  /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
+  presentBytes: readonly number[];
   /** The FUSE node id of the file these bytes are. */
   nodeId: number;
   /**
@@ -128,7 +128,7 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
     if (Number(libc.pread(direct!.mapFd, chunks, BigInt(count), BigInt(first))) !== count) {
       return false;
     }
-    return chunks.every((byte) => byte === direct!.presentByte);
+    return chunks.every((byte) => direct!.presentBytes.includes(byte));
   };
   /** Every page of the range is pinned (written to the pin file, then marked). */
   const pinMap = new Uint8Array(512);

@@ -31,6 +31,8 @@ import { fillTrace } from "./fill_trace.ts";
 export interface ReadActivity {
   walkMs: number;
   dataMs: number;
+  /** How long after the walk's last read it counts as over (WalkClock.quietMs; default max). */
+  walkQuietMs?: number;
 }
 
 /**
@@ -41,29 +43,57 @@ export interface ReadActivity {
 export const WALK_MIN_READS = 16;
 export const WALK_SPAN_MS = 100;
 
-/** Tells a walk from a few pinned reads (PrefetchedSource notes each pinned-only read). */
+/**
+ * Tells a walk from a few pinned reads (PrefetchedSource notes each pinned-only read), and how
+ * long a walk must be silent to be over: WALK_QUIET_GAPS times the longest pause between its
+ * reads so far, within METADATA_WALK_QUIET_MIN_MS..METADATA_WALK_QUIET_MS.
+ */
 export class WalkClock {
   #spanStartMs = -Infinity;
   #reads = 0;
+  #lastNoteMs = -Infinity;
+  /** The longest pause between the current walk's reads. */
+  #gapMs = 0;
   /** The last pinned read that came at a walk's rate (performance.now(); -Infinity: none). */
   walkMs = -Infinity;
 
   /** A read of pinned pages only at `nowMs`. */
   note(nowMs: number): void {
+    const gap = nowMs - this.#lastNoteMs;
+    if (gap > METADATA_WALK_QUIET_MS) this.#gapMs = 0; // a new walk, if any
+    else if (this.walkMs === this.#lastNoteMs) this.#gapMs = Math.max(this.#gapMs, gap);
+    this.#lastNoteMs = nowMs;
     if (nowMs - this.#spanStartMs > WALK_SPAN_MS) {
       this.#spanStartMs = nowMs;
       this.#reads = 0;
     }
     if (++this.#reads >= WALK_MIN_READS) this.walkMs = nowMs;
   }
+
+  /** How long after its last read the walk counts as over. */
+  get quietMs(): number {
+    return Math.min(
+      METADATA_WALK_QUIET_MS,
+      Math.max(METADATA_WALK_QUIET_MIN_MS, WALK_QUIET_GAPS * this.#gapMs),
+    );
+  }
 }
 
 /**
- * A walk's reads this recent hold new windows back (a walk in progress). The FUSE reader
- * thread reports its reads in batches (64 READs, or after 5 ms without one): at load 7 a cold
- * find's batches came 40–160 ms apart, and windows slipped in between at 30 ms.
+ * A walk's reads this recent hold new windows back (a walk in progress): at most this long.
+ * The FUSE reader thread reports its reads in batches (64 READs, or after 5 ms without one):
+ * at load 7 a cold find's batches came 40–160 ms apart, and windows slipped in between at 30 ms.
  */
 export const METADATA_WALK_QUIET_MS = 200;
+/**
+ * ...and at least this long: on an idle machine the batches come a few ms apart, and the 200 ms
+ * after the walk are idle time the windows can use. Cold python right after a cold find
+ * (python_ab.ts, 5 interleaved rounds, load 1.0-1.5): 20 ms 0.639 s median and 0-1 misses,
+ * 200 ms 0.673 s and 6.
+ */
+export const METADATA_WALK_QUIET_MIN_MS = 20;
+/** A walk is over once silent for this many times its longest pause (within the two above). */
+export const WALK_QUIET_GAPS = 3;
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
 /**
@@ -91,8 +121,9 @@ const LANE_POLL_MS = 20;
  */
 export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
   if (nowMs - activity.dataMs < DATA_READ_RECENT_MS) return 0;
+  const quietMs = activity.walkQuietMs ?? METADATA_WALK_QUIET_MS;
   const sinceWalk = nowMs - activity.walkMs;
-  return sinceWalk < METADATA_WALK_QUIET_MS ? METADATA_WALK_QUIET_MS - sinceWalk : 0;
+  return sinceWalk < quietMs ? quietMs - sinceWalk : 0;
 }
 
 export interface BackgroundWindowsOptions {

@@ -16,8 +16,8 @@ export interface DirectReadFiles {
   readonly dataFd: number;
   readonly chunkBytes: number;
   readonly sizeBytes: number;
-  /** The map byte of a chunk whose bytes are written, synced and verified. */
-  readonly presentByte: number;
+  /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
+  readonly presentBytes: readonly number[];
   /**
    * Pages pinned in front of the disk cache (PrefetchedSource), readable by that thread too:
    * `fd` holds each page at its offset once byte `page` of `mapFd` is 1 (written after the

@@ -280,8 +280,9 @@ export class DiskCache {
   #scan(): { base: string; bytes: number; usedMs: number }[] {
     const blobs = new Map<string, { base: string; bytes: number; usedMs: number }>();
     for (const entry of Deno.readDirSync(this.blobsDir)) {
-      // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), counted with it.
-      const match = /^(.*)\.(map|data|meta)$/.exec(entry.name);
+      // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
+      // unsynced chunks (disk_cache_boot.ts); both counted with it.
+      const match = /^(.*)\.(map|data|meta|boot)$/.exec(entry.name);
       if (!match || !entry.isFile) continue;
       const base = `${this.blobsDir}/${match[1]}`;
       let info: Deno.FileInfo;
@@ -309,7 +310,7 @@ export class DiskCache {
     } catch {
       // An orphaned data file or sidecar.
       let removed = false;
-      for (const orphan of [`${base}.data`, `${base}.meta`]) {
+      for (const orphan of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
         try {
           Deno.removeSync(orphan);
           removed = true;
@@ -323,7 +324,7 @@ export class DiskCache {
       const now = Deno.lstatSync(`${base}.map`);
       if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
       Deno.removeSync(`${base}.map`);
-      for (const extra of [`${base}.data`, `${base}.meta`]) {
+      for (const extra of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
         try {
           Deno.removeSync(extra);
         } catch { /* never written */ }

@@ -5,7 +5,7 @@
  */
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { closeQuietly, reopenReadOnly } from "./disk_cache_io.ts";
-import { PRESENT } from "./disk_cache_fill.ts";
+import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
 
 /** Fresh read-only descriptors of the blob's files, or undefined when they cannot be had. */
 export function openDirectReadFiles(
@@ -21,7 +21,7 @@ export function openDirectReadFiles(
       dataFd,
       chunkBytes: blob.chunkBytes,
       sizeBytes: blob.size,
-      presentByte: PRESENT,
+      presentBytes: [PRESENT, WRITTEN],
       close: () => {
         if (!open) return;
         open = false;

@@ -20,7 +20,8 @@ import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
-import { BlobFiller, chunkRuns, PRESENT, sleep, type VerifyChunk } from "./disk_cache_fill.ts";
+import { BlobFiller, chunkRuns, isPresent, sleep, type VerifyChunk } from "./disk_cache_fill.ts";
+import { claimBoot } from "./disk_cache_boot.ts";
 import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
   closeQuietly,
@@ -138,7 +139,7 @@ export class DiskCachedSource implements Source {
       corruption: () => this.#corrupt,
     }, this.#stats);
     const map = this.#readMap(0, this.chunkCount);
-    map.forEach((byte, index) => byte === PRESENT && this.#lru.set(index, true));
+    map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
   }
 
   /** Opens or creates the blob's files (holding its in-use lock) and the source on them. */
@@ -148,7 +149,15 @@ export class DiskCachedSource implements Source {
     base: string,
     verify?: VerifyChunk,
   ): DiskCachedSource {
-    const fds = openBlobFiles(base, inner.size, Math.ceil(inner.size / cache.chunkBytes));
+    const chunkCount = Math.ceil(inner.size / cache.chunkBytes);
+    const fds = openBlobFiles(base, inner.size, chunkCount);
+    try {
+      claimBoot(base, fds.map, chunkCount);
+    } catch (error) {
+      closeQuietly(fds.data);
+      closeQuietly(fds.map);
+      throw error;
+    }
     const source = new DiskCachedSource(cache, inner, base, verify, fds);
     source.#touch();
     return source;
@@ -169,7 +178,7 @@ export class DiskCachedSource implements Source {
    */
   async whenDurable(): Promise<void> {
     this.#writePendingSidecar();
-    await Promise.allSettled(this.#filler.fills());
+    await this.#filler.whenAllDurable();
   }
 
   /**
@@ -225,7 +234,7 @@ export class DiskCachedSource implements Source {
 
   /** Chunks marked present in the file now (by any process). */
   presentChunks(): number {
-    return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (byte === PRESENT ? 1 : 0), 0);
+    return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (isPresent(byte) ? 1 : 0), 0);
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
@@ -250,7 +259,7 @@ export class DiskCachedSource implements Source {
       const map = this.#readMap(first, end);
       const missing: number[] = [];
       map.forEach((byte, i) =>
-        byte !== PRESENT && !this.#filler.isWritten(first + i) && missing.push(first + i)
+        !isPresent(byte) && !this.#filler.isWritten(first + i) && missing.push(first + i)
       );
       if (missing.length) {
         fetched = true;
@@ -275,8 +284,8 @@ export class DiskCachedSource implements Source {
       try {
         // Re-read under the lock: an evictor may have dropped a chunk since.
         const now = this.#readMap(first, end);
-        if (now.some((byte, i) => byte !== PRESENT && !this.#filler.isWritten(first + i))) continue;
-        early = now.some((byte) => byte !== PRESENT);
+        if (now.some((byte, i) => !isPresent(byte) && !this.#filler.isWritten(first + i))) continue;
+        early = now.some((byte) => !isPresent(byte));
         preadExact(this.#dataFd, dest, offset);
       } finally {
         for (const [at, n] of locked) unlock(this.#mapFd, at, n);
@@ -327,7 +336,7 @@ export class DiskCachedSource implements Source {
     const ahead: number[] = [];
     const map = this.#readMap(from, stop);
     for (let c = from; c < stop; c++) {
-      if (map[c - from] === PRESENT || this.#filler.isFilling(c) || this.#filler.isWritten(c)) {
+      if (isPresent(map[c - from]) || this.#filler.isFilling(c) || this.#filler.isWritten(c)) {
         break;
       }
       ahead.push(c);
@@ -363,7 +372,8 @@ export class DiskCachedSource implements Source {
 
   /**
    * Starts fetching the missing chunks of [offset, offset + length) without waiting; the
-   * promise settles (never rejects) when that fill is over, for callers that pace their fills.
+   * promise settles (never rejects) once they are fetched, verified and written (readable
+   * here; durable later, see disk_cache_fill.ts), for callers that pace their fills.
    */
   fillAhead(offset: number, length: number): Promise<void> {
     const done = Promise.resolve();
@@ -373,13 +383,13 @@ export class DiskCachedSource implements Source {
     if (first >= end) return done;
     const missing: number[] = [];
     this.#readMap(first, end).forEach((byte, i) => {
-      if (byte !== PRESENT && !this.#filler.isFilling(first + i)) missing.push(first + i);
+      if (!isPresent(byte) && !this.#filler.isFilling(first + i)) missing.push(first + i);
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
     if (!missing.length) return done;
     fillTrace("ahead", offset, length, missing.length);
     this.#lastForegroundMs = Date.now();
-    return this.#filler.fill(missing).then(() => {}, () => {});
+    return this.#filler.fillReadable(missing).then(() => {}, () => {});
   }
 
   /**
@@ -409,7 +419,7 @@ export class DiskCachedSource implements Source {
    */
   async checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
     const actual = await digestOfFile(this.#dataFd, this.size, digest);
-    if (this.#readMap(0, this.chunkCount).some((byte) => byte !== PRESENT)) return "incomplete";
+    if (this.#readMap(0, this.chunkCount).some((byte) => !isPresent(byte))) return "incomplete";
     if (actual === digest) return "ok";
     this.#corrupt = new Error(
       `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
@@ -440,7 +450,7 @@ export class DiskCachedSource implements Source {
       if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
       try {
         this.#lru.delete(index);
-        if (this.#readMap(index, index + 1)[0] !== PRESENT) continue;
+        if (!isPresent(this.#readMap(index, index + 1)[0])) continue;
         pwriteAll(this.#mapFd, new Uint8Array(1), index);
         dataSyncNow(this.#mapFd);
         const offset = index * this.chunkBytes;
@@ -463,7 +473,7 @@ export class DiskCachedSource implements Source {
     this.#writePendingSidecar();
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
-    await Promise.allSettled(this.#filler.fills());
+    await this.#filler.whenAllDurable();
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();

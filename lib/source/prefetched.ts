@@ -132,7 +132,11 @@ export class PrefetchedSource implements InnerSource {
    * -Infinity: none yet.
    */
   readActivity(): ReadActivity {
-    return { walkMs: this.#walk.walkMs, dataMs: this.#lastDataReadMs };
+    return {
+      walkMs: this.#walk.walkMs,
+      dataMs: this.#lastDataReadMs,
+      walkQuietMs: this.#walk.quietMs,
+    };
   }
 
   /** `listener` is told of each later read of bytes not all pinned (one listener). */
@@ -202,7 +206,7 @@ export class PrefetchedSource implements InnerSource {
       dataFd: files.dataFd,
       chunkBytes: files.chunkBytes,
       sizeBytes: files.sizeBytes,
-      presentByte: files.presentByte,
+      presentBytes: files.presentBytes,
       pins: { fd: readerFd, mapFd: readerMapFd, pageBytes: PIN_PAGE_BYTES },
       close: () => {
         files.close();
