@@ -17,7 +17,16 @@ import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
 import { fillTrace, nextFillId } from "./fill_trace.ts";
-import { dataSync, F_WRLCK, pwriteAll, tryLock, unlock } from "./disk_cache_io.ts";
+import {
+  closeQuietly,
+  dataSync,
+  F_RDLCK,
+  F_WRLCK,
+  pwriteAll,
+  reopenReadOnly,
+  tryLock,
+  unlock,
+} from "./disk_cache_io.ts";
 import { WRITTEN } from "./disk_cache_boot.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
@@ -53,8 +62,11 @@ export const SYNC_QUIET_MS = 1000;
  * most this much fetching again (never wrong bytes), as the kernel's own dirty_expire does.
  */
 export const SYNC_DEFER_MAX_MS = 30_000;
-/** Tries to take a run's write lock for marking it PRESENT (readers hold it briefly). */
-const MARK_TRIES = 50;
+/**
+ * Rounds of tries to read-lock the WRITTEN chunks a sync will mark PRESENT (an evictor holds
+ * a chunk for a moment; a refill after an eviction for a fetch, then its chunks stay WRITTEN).
+ */
+const MARK_TRIES = 20;
 
 /**
  * How a reader's wait for a chunk ended: once written (before its mark), at the end of the
@@ -125,6 +137,8 @@ export interface FillBlob {
   degrade(): void;
   /** Set when the complete blob failed its digest: every fill rejects with it. */
   corruption(): Error | undefined;
+  /** fdatasync of the data file (default dataSync; tests hold or fail it). */
+  syncData?: (fd: number) => Promise<void>;
 }
 
 /** The counters a filler adds to (part of DiskCacheStats). */
@@ -424,40 +438,108 @@ export class BlobFiller {
   }
 
   /**
-   * One fdatasync for every run written before it, then their WRITTEN bytes become PRESENT
-   * (under each run's write lock: an evictor may have dropped a chunk meanwhile). Never
-   * rejects: a failed sync leaves them WRITTEN (good in this boot) and the cache memory-only.
+   * One fdatasync for every run written before it, then their WRITTEN bytes become PRESENT.
+   * The chunks are read-locked before the sync and until they are marked, through a
+   * descriptor of their own (whose locks exclude this process's fillers and evictors as
+   * another process's do): a WRITTEN byte seen under that lock was written, with its bytes,
+   * before the sync began, and nobody can evict and refill the chunk (WRITTEN again, with
+   * bytes after the sync) before it is marked. Readers share the lock. Never rejects: a
+   * failed sync turns the chunks absent (the page cache may drop bytes whose writeback
+   * failed, and read back other bytes from the disk) and the cache memory-only.
    */
   async #syncAndMark(runs: [number, number][]): Promise<void> {
     this.#stats.syncs++;
     fillTrace("sync", runs.length);
+    let lockFd = -1;
     try {
-      await dataSync(this.#blob.dataFd);
-    } catch (error) {
-      this.#blob.degrade();
-      this.#blob.cache.warnOnce(
-        `disk cache ${this.#blob.cache.dir}: disk sync failed: ${(error as Error).message}; ` +
-          "continuing with the memory cache only",
-      );
-      return;
-    }
-    for (const [start, stop] of runs) {
-      let tries = 0;
-      while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
-        if (++tries >= MARK_TRIES) break;
-        await sleep(1);
+      lockFd = reopenReadOnly(this.#blob.mapFd);
+    } catch { /* no /proc: synced, but they stay WRITTEN (good in this boot) */ }
+    try {
+      const locked = lockFd >= 0 ? await this.#lockWritten(lockFd, runs) : [];
+      // Under the locks: exactly these were WRITTEN, with their bytes, before the sync.
+      const marked = locked.map(([start, stop]) => {
+        const map = this.#blob.readMap(start, stop);
+        return { start, map, written: map.map((byte) => byte === WRITTEN ? 1 : 0) };
+      });
+      let synced = true;
+      try {
+        await (this.#blob.syncData ?? dataSync)(this.#blob.dataFd);
+      } catch (error) {
+        synced = false;
+        this.#blob.degrade();
+        this.#blob.cache.warnOnce(
+          `disk cache ${this.#blob.cache.dir}: disk sync failed: ${(error as Error).message}; ` +
+            "continuing with the memory cache only",
+        );
       }
-      if (tries >= MARK_TRIES) continue; // stays WRITTEN: good until the next boot
+      if (!synced && lockFd < 0) this.#dropWritten(runs);
+      for (const { start, written } of marked) {
+        try {
+          for (const [at, count] of chunkRuns(written, start, true)) {
+            pwriteAll(this.#blob.mapFd, new Uint8Array(count).fill(synced ? PRESENT : 0), at);
+            if (!synced) { for (let c = at; c < at + count; c++) this.#blob.lru.delete(c); }
+          }
+        } catch { /* stays WRITTEN (the disk failed; a sync failure was warned of) */ }
+      }
+    } finally {
+      closeQuietly(lockFd); // drops its locks
+    }
+    fillTrace("synced", runs.length);
+  }
+
+  /**
+   * Read-locks (on `lockFd`) the chunks of `runs` that are WRITTEN, whole stretches at once,
+   * chunk by chunk where a writer holds some; gives up on a chunk after MARK_TRIES rounds.
+   * Returns the locked ranges [start, stop), disjoint.
+   */
+  async #lockWritten(lockFd: number, runs: [number, number][]): Promise<[number, number][]> {
+    const locked: [number, number][] = [];
+    let pending = disjoint(runs);
+    for (let round = 0; pending.length && round < MARK_TRIES; round++) {
+      if (round) await sleep(1);
+      const busy: [number, number][] = [];
+      for (const [start, stop] of pending) {
+        const map = this.#blob.readMap(start, stop);
+        const stretches = chunkRuns(map.map((byte) => byte === WRITTEN ? 1 : 0), start, true);
+        for (const [at, count] of stretches) {
+          if (tryLock(lockFd, F_RDLCK, at, count)) {
+            locked.push([at, at + count]);
+            continue;
+          }
+          for (let c = at; c < at + count; c++) {
+            if (tryLock(lockFd, F_RDLCK, c, 1)) locked.push([c, c + 1]);
+            else busy.push([c, c + 1]);
+          }
+        }
+      }
+      pending = busy;
+    }
+    return locked;
+  }
+
+  /** After a failed sync without a lock descriptor: their WRITTEN bytes become absent. */
+  #dropWritten(runs: [number, number][]): void {
+    for (const [start, stop] of disjoint(runs)) {
+      if (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) continue;
       try {
         const map = this.#blob.readMap(start, stop);
-        if (!map.includes(WRITTEN)) continue;
-        pwriteAll(this.#blob.mapFd, map.map((byte) => byte === WRITTEN ? PRESENT : byte), start);
+        pwriteAll(this.#blob.mapFd, map.map((byte) => byte === WRITTEN ? 0 : byte), start);
       } catch {
-        /* stays WRITTEN */
+        /* the disk failed */
       } finally {
         unlock(this.#blob.mapFd, start, stop - start);
       }
     }
-    fillTrace("synced", runs.length);
   }
+}
+
+/** `runs` [start, stop) sorted and merged where they overlap or touch. */
+function disjoint(runs: [number, number][]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const [start, stop] of [...runs].sort((a, b) => a[0] - b[0])) {
+    const last = out[out.length - 1];
+    if (last && start <= last[1]) last[1] = Math.max(last[1], stop);
+    else out.push([start, stop]);
+  }
+  return out;
 }

@@ -1,0 +1,147 @@
+/**
+ * The deferred sync of disk-cache fills (disk_cache_fill.ts #syncAndMark): a WRITTEN mark
+ * becomes PRESENT only for bytes the sync covered, and a failed sync leaves no chunk marked.
+ * The filler runs on real cache files with its fdatasync held or failed by the test; "another
+ * process" is a second descriptor of the map (OFD locks conflict between descriptors).
+ */
+import assert from "node:assert/strict";
+import { DiskCache } from "../lib/source/disk_cache.ts";
+import { BlobFiller, type FillBlob, PRESENT, WRITTEN } from "../lib/source/disk_cache_fill.ts";
+import { openBlobFiles } from "../lib/source/disk_cache_files.ts";
+import {
+  closeQuietly,
+  dataSync,
+  F_RDLCK,
+  F_WRLCK,
+  openCacheFile,
+  preadExact,
+  pwriteAll,
+  tryLock,
+  unlock,
+} from "../lib/source/disk_cache_io.ts";
+import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+
+const CHUNK = 64 * 1024;
+
+interface Rig {
+  filler: BlobFiller;
+  map(): number[];
+  degraded(): boolean;
+  warnings: string[];
+  close(): void;
+}
+
+function rig(dir: string, syncData: (fd: number) => Promise<void>): Rig {
+  const bytes = patternBytes(4 * CHUNK, 3);
+  const warnings: string[] = [];
+  const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => warnings.push(m) })!;
+  const base = `${dir}/blobs/blob`;
+  const fds = openBlobFiles(base, bytes.length, 4);
+  const closing = new AbortController();
+  let degraded = false;
+  const readMap = (start: number, stop: number) => {
+    const out = new Uint8Array(stop - start);
+    preadExact(fds.map, out, start);
+    return out;
+  };
+  const blob: FillBlob = {
+    cache,
+    inner: new MemorySource(bytes),
+    base,
+    mapFd: fds.map,
+    dataFd: fds.data,
+    size: bytes.length,
+    chunkBytes: CHUNK,
+    chunkCount: 4,
+    closing: closing.signal,
+    lru: new Map(),
+    readMap,
+    isDegraded: () => degraded,
+    degrade: () => degraded = true,
+    corruption: () => undefined,
+    syncData,
+  };
+  const filler = new BlobFiller(blob, {
+    fetchedBytes: 0,
+    fetches: 0,
+    waitedForOthers: 0,
+    syncs: 0,
+  });
+  return {
+    filler,
+    map: () => [...readMap(0, 4)],
+    degraded: () => degraded,
+    warnings,
+    close: () => {
+      closing.abort();
+      closeQuietly(fds.data);
+      closeQuietly(fds.map);
+    },
+  };
+}
+
+Deno.test("disk cache sync: a chunk evicted and refilled during a sync is not marked PRESENT by it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-sync-" });
+  let release!: () => void;
+  let started!: () => void;
+  const syncStarted = new Promise<void>((resolve) => started = resolve);
+  const t = rig(dir, async (fd) => {
+    started();
+    await new Promise<void>((resolve) => release = resolve);
+    await dataSync(fd);
+  });
+  const other = openCacheFile(`${dir}/blobs/blob.map`, false);
+  try {
+    await t.filler.fill([0]);
+    assert.deepEqual(t.map(), [WRITTEN, 0, 0, 0]);
+    const durable = t.filler.whenAllDurable();
+    await syncStarted;
+    // Readers of another process still read the chunk while it is synced.
+    assert.ok(tryLock(other, F_RDLCK, 0, 1), "a reader is not kept off by the sync");
+    unlock(other, 0, 1);
+    // Another process evicts chunk 0 and refills it: its new bytes are written after the
+    // sync began, so this sync does not cover them.
+    let refilled = false;
+    if (tryLock(other, F_WRLCK, 0, 1)) {
+      pwriteAll(other, new Uint8Array([0]), 0);
+      pwriteAll(other, new Uint8Array([WRITTEN]), 0);
+      unlock(other, 0, 1);
+      refilled = true;
+    }
+    release();
+    await durable;
+    assert.deepEqual(
+      t.map(),
+      [refilled ? WRITTEN : PRESENT, 0, 0, 0],
+      "PRESENT only for bytes written before the sync",
+    );
+    assert.ok(!refilled, "an evictor is kept off the chunks being synced");
+    // The sync's locks are gone with it.
+    assert.ok(tryLock(other, F_WRLCK, 0, 4));
+    unlock(other, 0, 4);
+  } finally {
+    release?.();
+    closeQuietly(other);
+    t.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache sync: a failed sync leaves its chunks absent, not WRITTEN", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-sync-" });
+  const t = rig(dir, () => Promise.reject(new Error("EIO (test)")));
+  try {
+    await t.filler.fill([1, 2]);
+    assert.deepEqual(t.map(), [0, WRITTEN, WRITTEN, 0]);
+    await t.filler.whenAllDurable();
+    // Bytes whose writeback failed may be dropped from the page cache and read back from the
+    // disk: no reader may take them for verified ones.
+    assert.deepEqual(t.map(), [0, 0, 0, 0]);
+    assert.ok(t.degraded());
+    assert.equal(t.warnings.length, 1);
+    assert.match(t.warnings[0], /disk sync failed: EIO \(test\)/);
+  } finally {
+    t.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
