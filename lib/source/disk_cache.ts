@@ -22,6 +22,7 @@ import {
   tryLock,
 } from "./disk_cache_io.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
+import { removeBlobFiles } from "./disk_cache_files.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
@@ -300,35 +301,20 @@ export class DiskCache {
   }
 
   /**
-   * Removes a blob's files unless some process has it open. The map goes first: a data file
-   * left by a crash in between holds no chunk anyone believes present.
+   * Removes a blob's files unless some process has it open, under the write lock of its map's
+   * in-use byte (removeBlobFiles says in which order). Files without a map (left by an older
+   * version's removal cut short) are removed under the lock of a map made for the purpose: an
+   * opener creating the map meanwhile must not lose the data file it opened.
    */
   #removeIfUnused(base: string): boolean {
     let fd = -1;
     try {
-      fd = openCacheFile(`${base}.map`, false);
-    } catch {
-      // An orphaned data file or sidecar.
-      let removed = false;
-      for (const orphan of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
-        try {
-          Deno.removeSync(orphan);
-          removed = true;
-        } catch { /* not there */ }
-      }
-      return removed;
-    }
-    try {
+      fd = openCacheFile(`${base}.map`);
       if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
       const held = fstatIdentity(fd);
       const now = Deno.lstatSync(`${base}.map`);
       if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
-      Deno.removeSync(`${base}.map`);
-      for (const extra of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
-        try {
-          Deno.removeSync(extra);
-        } catch { /* never written */ }
-      }
+      removeBlobFiles(base);
       return true;
     } catch {
       return false;

@@ -6,6 +6,7 @@ import {
   fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
+  pwriteAll,
   truncateTo,
   tryLock,
 } from "./disk_cache_io.ts";
@@ -28,7 +29,11 @@ export function openBlobFiles(
     let data = -1;
     let keep = false;
     try {
-      if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) continue;
+      if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) {
+        // Being removed (a moment): then the files are made afresh.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        continue;
+      }
       const held = fstatIdentity(map);
       if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== held.ino) continue;
       data = openCacheFile(`${base}.data`);
@@ -37,11 +42,15 @@ export function openBlobFiles(
       const dataOk = dataSize === 0 || dataSize === sizeBytes;
       if (!mapOk || !dataOk) {
         if (attempt === 0 && tryLock(map, F_WRLCK, IN_USE_OFFSET, 1)) {
-          Deno.removeSync(`${base}.map`);
-          Deno.removeSync(`${base}.data`);
+          removeBlobFiles(base);
           continue;
         }
         throw new Error(`cached files are not of a ${sizeBytes}-byte blob`);
+      }
+      // A map sized before its data file was created: the data went first in a removal cut
+      // short (removeBlobFiles); its marks name bytes that are gone.
+      if (dataSize === 0 && held.sizeBytes === chunkCount) {
+        pwriteAll(map, new Uint8Array(chunkCount), 0);
       }
       // Data first: a map of the right size over a short data file would make reads fail.
       if (dataSize !== sizeBytes) truncateTo(data, sizeBytes);
@@ -55,4 +64,23 @@ export function openBlobFiles(
       }
     }
   }
+}
+
+/**
+ * Removes a blob's files; the caller holds the write lock of the in-use byte of the map at
+ * `${base}.map`. The map goes last: until then an opener finds that map (and waits for the
+ * lock), after it one creates both files afresh; a map removed first would let an opener
+ * create a new map and open the old data file just before it is unlinked, and later openers
+ * pair that map with a new, empty data file. A crash in between leaves a sized map without
+ * its data file, which the next opener clears (openBlobFiles).
+ */
+export function removeBlobFiles(base: string): void {
+  for (const extra of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
+    try {
+      Deno.removeSync(extra);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+  Deno.removeSync(`${base}.map`);
 }
