@@ -31,7 +31,11 @@ interface Rig {
   close(): void;
 }
 
-function rig(dir: string, syncData: (fd: number) => Promise<void>): Rig {
+function rig(
+  dir: string,
+  syncData: (fd: number) => Promise<void>,
+  delayMs?: (offset: number) => number,
+): Rig {
   const bytes = patternBytes(4 * CHUNK, 3);
   const warnings: string[] = [];
   const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => warnings.push(m) })!;
@@ -46,7 +50,7 @@ function rig(dir: string, syncData: (fd: number) => Promise<void>): Rig {
   };
   const blob: FillBlob = {
     cache,
-    inner: new MemorySource(bytes),
+    inner: new MemorySource(bytes, { delayMs }),
     base,
     mapFd: fds.map,
     dataFd: fds.data,
@@ -141,6 +145,26 @@ Deno.test("disk cache sync: a failed sync leaves its chunks absent, not WRITTEN"
     assert.equal(t.warnings.length, 1);
     assert.match(t.warnings[0], /disk sync failed: EIO \(test\)/);
   } finally {
+    t.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache sync: a sync during a fill's later gap marks the gap already written", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-sync-" });
+  // Chunks 2-3 come slowly: the sync of chunk 0 runs while the fill still fetches them.
+  const t = rig(dir, dataSync, (offset) => offset >= 2 * CHUNK ? 300 : 0);
+  const other = openCacheFile(`${dir}/blobs/blob.map`, false);
+  try {
+    // Another process filled chunk 1: the run 0-3 has the gaps 0 and 2-3.
+    pwriteAll(other, new Uint8Array([PRESENT]), 1);
+    const fill = t.filler.fill([0, 1, 2, 3]);
+    const durable = t.filler.whenAllDurable(); // syncs each run as soon as it is written
+    await fill;
+    await durable;
+    assert.deepEqual(t.map(), [PRESENT, PRESENT, PRESENT, PRESENT]);
+  } finally {
+    closeQuietly(other);
     t.close();
     await Deno.remove(dir, { recursive: true });
   }

@@ -311,9 +311,17 @@ export class BlobFiller {
     }
     let synced = false;
     try {
-      // Gaps (chunks another process filled meanwhile split the run) go one by one.
-      for (const [at, count] of chunkRuns(this.#blob.readMap(start, stop), start, false)) {
-        if (await this.#fetchAndStore(at, at + count)) synced = true;
+      // Gaps (chunks another process filled meanwhile split the run) go one by one. The lock
+      // is held only on what is still to be fetched: a sync marking chunks PRESENT read-locks
+      // them through another descriptor (#syncAndMark), which this lock would keep off.
+      const map = this.#blob.readMap(start, stop);
+      for (const [at, count] of chunkRuns(map, start, true)) unlock(this.#blob.mapFd, at, count);
+      for (const [at, count] of chunkRuns(map, start, false)) {
+        try {
+          if (await this.#fetchAndStore(at, at + count)) synced = true;
+        } finally {
+          unlock(this.#blob.mapFd, at, count);
+        }
       }
     } finally {
       unlock(this.#blob.mapFd, start, stop - start);
