@@ -442,7 +442,13 @@ export class BlobFiller {
     }
     const runs = this.#unsynced;
     this.#unsynced = [];
-    this.#lastSync = this.#lastSync.then(() => this.#syncAndMark(runs));
+    // Nobody else awaits a sync begun by the timer: a failure (the descriptors closed under
+    // it, say) must not surface as an unhandled rejection, which ends the process.
+    this.#lastSync = this.#lastSync.then(() => this.#syncAndMark(runs)).catch((error) =>
+      this.#blob.cache.warnOnce(
+        `disk cache ${this.#blob.base}: marking synced chunks failed: ${(error as Error).message}`,
+      )
+    );
   }
 
   /**
@@ -528,7 +534,11 @@ export class BlobFiller {
   /** After a failed sync without a lock descriptor: their WRITTEN bytes become absent. */
   #dropWritten(runs: [number, number][]): void {
     for (const [start, stop] of disjoint(runs)) {
-      if (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) continue;
+      try {
+        if (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) continue;
+      } catch {
+        return; // the descriptor is gone
+      }
       try {
         const map = this.#blob.readMap(start, stop);
         pwriteAll(this.#blob.mapFd, map.map((byte) => byte === WRITTEN ? 0 : byte), start);
