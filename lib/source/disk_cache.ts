@@ -7,8 +7,10 @@
  * a filler holds a write lock on the map bytes of the chunks it fetches, a reader a read lock
  * on those it preads, an evictor a write lock on what it drops, and every open blob a read
  * lock on one byte far past the map (IN_USE_OFFSET) that blob eviction must take for writing.
- * A chunk's map byte is set only after its bytes were verified, written and fdatasync'ed, so
- * neither a crash nor a kill -9 can leave a chunk marked present with other bytes.
+ * A chunk's map byte becomes 2 (WRITTEN) once its bytes are verified and written, trusted only
+ * in the boot `<base>.boot` names, and 1 (PRESENT) once a later fdatasync covered them
+ * (disk_cache_fill.ts, disk_cache_boot.ts), so neither a crash, a kill -9 nor a power loss can
+ * leave a chunk marked present with other bytes.
  */
 import type { Source } from "./source.ts";
 import {

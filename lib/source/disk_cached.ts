@@ -2,11 +2,10 @@
  * One blob behind the disk cache (see disk_cache.ts for the layout and the locking rules):
  * reads are pread from the data file once their chunks are marked present; missing chunks are
  * fetched as runs (one underlying read per run, written where they belong, no per-chunk
- * copies), verified, written, synced and only then marked. Readers in this process do not
- * wait for the sync: a chunk verified and written (in the page cache) is read from the file at
- * once, while its fill still holds the map's write lock, so no other process fills or evicts it
- * and a crash before the sync leaves it absent. A fill another process holds is
- * waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
+ * copies), verified, written and marked WRITTEN (readable by every process of this boot); a
+ * later sync marks them PRESENT (disk_cache_fill.ts). Readers in this process read a chunk as
+ * soon as it is written, even before its mark, under its fill's write lock. A fill another
+ * process holds is waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
  * and serves what is missing from the inner source directly from then on.
  * This file is the read path and the blob's life (eviction, digest check, sidecar, close); the
  * fill and sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's
