@@ -298,6 +298,8 @@ Deno.test("disk cache: readIfPresent finds an origin's own and table-checked fil
       origin: "http://r#t-0123456789abcdef",
     });
     await tabled.read(0, 10);
+    // Not synced yet (WRITTEN, this boot's): found already.
+    assert.deepEqual(probe("http://r"), bytes.subarray(100, 1100));
     await (tabled as DiskCachedSource).whenDurable();
     assert.deepEqual(probe("http://r"), bytes.subarray(100, 1100));
     assert.equal(probe("http://other"), undefined, "another origin's bytes are not used");

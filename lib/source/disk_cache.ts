@@ -26,6 +26,8 @@ import {
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
+import { isPresent, PRESENT } from "./disk_cache_fill.ts";
+import { writtenIsTrusted } from "./disk_cache_boot.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
@@ -204,7 +206,10 @@ export class DiskCache {
       if (!tryLock(map, F_RDLCK, first, end - first)) return undefined;
       const present = new Uint8Array(end - first);
       preadExact(map, present, first);
-      if (present.some((byte) => byte !== 1)) return undefined;
+      // WRITTEN (2) only when `.boot` names this boot: claimBoot cleared older ones first.
+      const trusted = present.every((byte) => byte === PRESENT) ||
+        (present.every(isPresent) && writtenIsTrusted(base));
+      if (!trusted) return undefined;
       const out = new Uint8Array(length);
       preadExact(data, out, offset);
       return out;

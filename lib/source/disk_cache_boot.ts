@@ -62,6 +62,14 @@ function recordedBoot(base: string): string | undefined {
 }
 
 /**
+ * Whether the blob's WRITTEN chunks are this boot's (for readers that do not open the blob:
+ * claimBoot clears older ones before it names this boot).
+ */
+export function writtenIsTrusted(base: string): boolean {
+  return recordedBoot(base) === currentBootId();
+}
+
+/**
  * Makes the blob's WRITTEN chunks this boot's: when `<base>.boot` names another boot (or
  * none), they become absent and the file names this one. Called by every opener before it
  * reads the map; serialised between processes on a lock of the map file.
