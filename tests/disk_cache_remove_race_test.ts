@@ -13,6 +13,14 @@ const MiB = 1 << 20;
 const DIGEST = "sha256:" + "cd".repeat(32);
 const KEY = { digest: DIGEST, origin: "test" };
 
+/** A source on `bytes` through a fresh DiskCache of `dir` (1 MiB chunks, warnings dropped). */
+function openCached(dir: string, bytes: Uint8Array): Source {
+  return DiskCache.open({ dir, chunkBytes: MiB, onWarning: () => {} })!.wrap(
+    new MemorySource(bytes),
+    KEY,
+  );
+}
+
 /** Byte-equal (without deepEqual's diff of megabytes on failure). */
 function same(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
@@ -24,11 +32,7 @@ Deno.test("disk cache: an opener between a blob eviction's unlinks never pairs a
   const opened: Source[] = [];
   try {
     const bytes = patternBytes(4 * MiB, 11);
-    const open = () =>
-      DiskCache.open({ dir, chunkBytes: MiB, onWarning: () => {} })!.wrap(
-        new MemorySource(bytes),
-        KEY,
-      );
+    const open = () => openCached(dir, bytes);
     const first = open() as DiskCachedSource;
     assert.ok(same(await first.read(0, bytes.length), bytes));
     await first.close!();
@@ -67,11 +71,7 @@ Deno.test("disk cache: a map left without its data (eviction cut short) marks no
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-race-" });
   try {
     const bytes = patternBytes(3 * MiB, 12);
-    const open = () =>
-      DiskCache.open({ dir, chunkBytes: MiB, onWarning: () => {} })!.wrap(
-        new MemorySource(bytes),
-        KEY,
-      );
+    const open = () => openCached(dir, bytes);
     const first = open() as DiskCachedSource;
     assert.ok(same(await first.read(0, bytes.length), bytes));
     await first.close();

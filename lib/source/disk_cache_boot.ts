@@ -17,6 +17,7 @@ import {
   openCacheFile,
   preadExact,
   pwriteAll,
+  sleepSync,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
@@ -42,6 +43,18 @@ export function currentBootId(): string {
   // boot of its own, and a later opener drops them (fetched again, never wrong).
   bootId = id && id.length === BOOT_ID_BYTES ? id : `process-${crypto.randomUUID()}`;
   return bootId;
+}
+
+/** [start, stop) runs of WRITTEN bytes in `map`, which starts at chunk `first`. */
+export function writtenRuns(map: Uint8Array, first: number): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let start = map.indexOf(WRITTEN); start >= 0; start = map.indexOf(WRITTEN, start)) {
+    let stop = start + 1;
+    while (stop < map.length && map[stop] === WRITTEN) stop++;
+    runs.push([first + start, first + stop]);
+    start = stop;
+  }
+  return runs;
 }
 
 /** The boot id in `<base>.boot`, or undefined when there is none (or it is not one). */
@@ -75,26 +88,22 @@ export function writtenIsTrusted(base: string): boolean {
  * reads the map; serialised between processes on a lock of the map file.
  */
 export function claimBoot(base: string, mapFd: number, chunkCount: number): void {
-  const id = currentBootId();
-  if (recordedBoot(base) === id) return;
+  if (writtenIsTrusted(base)) return;
   for (let tries = 0; !tryLock(mapFd, F_WRLCK, BOOT_LOCK_OFFSET, 1); tries++) {
     if (tries >= POLL_LIMIT) throw new Error(`${base}.map: the boot check stays locked`);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, POLL_MS);
+    sleepSync(POLL_MS);
   }
   try {
-    if (recordedBoot(base) === id) return;
+    if (writtenIsTrusted(base)) return;
     // Nobody in this boot wrote WRITTEN bytes yet (they claim first), so they are all stale.
     const map = new Uint8Array(chunkCount);
     preadExact(mapFd, map, 0);
-    for (let start = map.indexOf(WRITTEN); start >= 0; start = map.indexOf(WRITTEN, start)) {
-      let stop = start + 1;
-      while (stop < map.length && map[stop] === WRITTEN) stop++;
+    for (const [start, stop] of writtenRuns(map, 0)) {
       pwriteAll(mapFd, new Uint8Array(stop - start), start);
-      start = stop;
     }
     const tmp = `${base}.boot.${crypto.randomUUID().slice(0, 8)}.tmp`;
     try {
-      Deno.writeTextFileSync(tmp, id, { mode: 0o600 });
+      Deno.writeTextFileSync(tmp, currentBootId(), { mode: 0o600 });
       Deno.renameSync(tmp, `${base}.boot`);
     } catch (error) {
       try {

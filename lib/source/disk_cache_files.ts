@@ -7,6 +7,7 @@ import {
   IN_USE_OFFSET,
   openCacheFile,
   pwriteAll,
+  sleepSync,
   truncateTo,
   tryLock,
 } from "./disk_cache_io.ts";
@@ -31,7 +32,7 @@ export function openBlobFiles(
     try {
       if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) {
         // Being removed (a moment): then the files are made afresh.
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        sleepSync(1);
         continue;
       }
       const held = fstatIdentity(map);

@@ -27,7 +27,7 @@ import {
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
-import { WRITTEN } from "./disk_cache_boot.ts";
+import { WRITTEN, writtenRuns } from "./disk_cache_boot.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
 export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
@@ -471,10 +471,9 @@ export class BlobFiller {
     try {
       const locked = lockFd >= 0 ? await this.#lockWritten(lockFd, runs) : [];
       // Under the locks: exactly these were WRITTEN, with their bytes, before the sync.
-      const marked = locked.map(([start, stop]) => {
-        const map = this.#blob.readMap(start, stop);
-        return { start, map, written: map.map((byte) => byte === WRITTEN ? 1 : 0) };
-      });
+      const marked = locked.flatMap(([start, stop]) =>
+        writtenRuns(this.#blob.readMap(start, stop), start)
+      );
       let synced = true;
       try {
         await (this.#blob.syncData ?? dataSync)(this.#blob.dataFd);
@@ -487,12 +486,10 @@ export class BlobFiller {
         );
       }
       if (!synced && lockFd < 0) this.#dropWritten(runs);
-      for (const { start, written } of marked) {
+      for (const [at, stop] of marked) {
         try {
-          for (const [at, count] of chunkRuns(written, start, true)) {
-            pwriteAll(this.#blob.mapFd, new Uint8Array(count).fill(synced ? PRESENT : 0), at);
-            if (!synced) { for (let c = at; c < at + count; c++) this.#blob.lru.delete(c); }
-          }
+          pwriteAll(this.#blob.mapFd, new Uint8Array(stop - at).fill(synced ? PRESENT : 0), at);
+          if (!synced) { for (let c = at; c < stop; c++) this.#blob.lru.delete(c); }
         } catch { /* stays WRITTEN (the disk failed; a sync failure was warned of) */ }
       }
     } finally {
@@ -513,14 +510,12 @@ export class BlobFiller {
       if (round) await sleep(1);
       const busy: [number, number][] = [];
       for (const [start, stop] of pending) {
-        const map = this.#blob.readMap(start, stop);
-        const stretches = chunkRuns(map.map((byte) => byte === WRITTEN ? 1 : 0), start, true);
-        for (const [at, count] of stretches) {
-          if (tryLock(lockFd, F_RDLCK, at, count)) {
-            locked.push([at, at + count]);
+        for (const [at, end] of writtenRuns(this.#blob.readMap(start, stop), start)) {
+          if (tryLock(lockFd, F_RDLCK, at, end - at)) {
+            locked.push([at, end]);
             continue;
           }
-          for (let c = at; c < at + count; c++) {
+          for (let c = at; c < end; c++) {
             if (tryLock(lockFd, F_RDLCK, c, 1)) locked.push([c, c + 1]);
             else busy.push([c, c + 1]);
           }

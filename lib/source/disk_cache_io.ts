@@ -105,6 +105,11 @@ export function preadExact(fd: number, dest: Uint8Array, offset: number): void {
   }
 }
 
+/** Blocks this thread for `ms` (short waits in synchronous open paths). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 /** Writes all of `data` at `offset`; ENOSPC/EDQUOT come back as SysError with that errno. */
 export function pwriteAll(fd: number, data: Uint8Array, offset: number): void {
   pwriteFully(fd, data, offset);
