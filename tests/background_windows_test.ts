@@ -15,6 +15,7 @@ import {
   BackgroundWindows,
   METADATA_WALK_QUIET_MIN_MS,
   METADATA_WALK_QUIET_MS,
+  pauseDuringWalks,
   WALK_MIN_READS,
   WALK_QUIET_GAPS,
   WALK_SPAN_MS,
@@ -190,9 +191,10 @@ Deno.test("background windows: none fetched while only pinned pages are read, al
       assert.deepEqual(got, image.subarray(w * WINDOW, (w + 1) * WINDOW), `window ${w}`);
     }
     assert.equal(t.windows.pendingCount, 0);
-    // Nothing but pinned pages was read: one fill at a time, in pieces.
+    // Nothing but pinned pages was read: one fill at a time, in pieces, the first after the
+    // walk of pieceBytes (they grow from there, see the next test).
     assert.equal(t.inner.maxInFlight, 1);
-    assert(t.inner.reads.every((r) => r.length <= 2 * CHUNK), JSON.stringify(t.inner.reads));
+    assert.equal(t.inner.reads[0].length, 2 * CHUNK, JSON.stringify(t.inner.reads));
   } finally {
     await t.cleanUp();
   }
@@ -276,6 +278,55 @@ Deno.test("background windows: after a data read, the others go nearest to it fi
   } finally {
     await t.cleanUp();
   }
+});
+
+Deno.test("background windows: idle pieces double while no walk comes, and start small again after one", async () => {
+  const activity = { walkMs: -Infinity, dataMs: -Infinity };
+  const pieces: number[] = [];
+  const windows = new BackgroundWindows({
+    starts: [0, 8 * CHUNK, 16 * CHUNK],
+    windowBytes: 8 * CHUNK,
+    sizeBytes: 24 * CHUNK,
+    pieceBytes: CHUNK,
+    fill: (_offset, length) => {
+      pieces.push(length / CHUNK);
+      // A walk during the fifth fill, over by the time it ends.
+      if (pieces.length === 5) activity.walkMs = performance.now() - METADATA_WALK_QUIET_MS;
+      return Promise.resolve();
+    },
+    inFlight: 1,
+    activity: () => activity,
+  });
+  await windows.start();
+  // Window 0 in pieces of 1, 2, 4 chunks (and the 1 left), window 1 whole, window 2 from 1 again.
+  assert.deepEqual(pieces, [1, 2, 4, 1, 8, 1, 2, 4, 1]);
+});
+
+Deno.test("pauseDuringWalks: waits out a walk, not a data read, and at most maxMs in all", async () => {
+  const open = new AbortController().signal;
+  const timed = async (pause: () => Promise<void>) => {
+    const startMs = performance.now();
+    await pause();
+    return performance.now() - startMs;
+  };
+  // A walk's last read just now, over after 40 ms of quiet: the pause lasts about that long.
+  const walk = { walkMs: performance.now(), dataMs: -Infinity, walkQuietMs: 40 };
+  const waited = await timed(() => pauseDuringWalks(() => walk)(open));
+  assert(waited >= 35 && waited < 1000, `${waited} ms`);
+  // File data read meanwhile (a reader may wait for the fill): no pause.
+  const reading = { walkMs: performance.now(), dataMs: performance.now(), walkQuietMs: 40 };
+  assert((await timed(() => pauseDuringWalks(() => reading)(open))) < 20);
+  // A walk that goes on: maxMs in all, however often the fill asks.
+  const endless = () => ({ walkMs: performance.now(), dataMs: -Infinity, walkQuietMs: 40 });
+  const pause = pauseDuringWalks(endless, 60);
+  const first = await timed(() => pause(open));
+  const second = await timed(() => pause(open));
+  assert(first >= 55 && first < 1000, `${first} ms`);
+  assert(second < 20, `${second} ms after the budget was spent`);
+  // A closing source does not wait.
+  const closing = new AbortController();
+  closing.abort();
+  assert((await timed(() => pauseDuringWalks(endless)(closing.signal))) < 20);
 });
 
 Deno.test("background windows: startWhenQuiet starts them after a quiet, not while a walk goes on", async () => {

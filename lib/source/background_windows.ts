@@ -21,7 +21,7 @@
  *   working in that directory's files, and the rest of them are the likeliest next reads. Once
  *   file data was read, the other windows go nearest to the latest such read first.
  */
-import { sleep } from "./disk_cache_fill.ts";
+import { type FillPause, sleep } from "./disk_cache_fill.ts";
 import { fillTrace } from "./fill_trace.ts";
 
 /**
@@ -126,6 +126,37 @@ export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
   return sinceWalk < quietMs ? quietMs - sinceWalk : 0;
 }
 
+/**
+ * How long a background fill pauses for walks at most, in all: readers of other processes may
+ * wait for its chunks (they hold its write lock), and a long walk must not hold them.
+ */
+export const WALK_PAUSE_MAX_MS = 500;
+/** How often a paused fill looks again (a data read ends the pause). */
+const WALK_PAUSE_POLL_MS = 5;
+
+/**
+ * A window fill's pause (DiskCachedSource.fillAhead): between the pieces of its body it waits
+ * while windowDelayMs says a walk holds the windows back, WALK_PAUSE_MAX_MS at most. A window
+ * in flight when a cold find begins then stops costing it CPU within a piece (1 MiB), and
+ * goes on when the walk is over or file data is read (a reader may wait for its chunks).
+ */
+export function pauseDuringWalks(
+  activity: () => ReadActivity,
+  maxMs = WALK_PAUSE_MAX_MS,
+): FillPause {
+  let pausedMs = 0;
+  return async (closing) => {
+    while (pausedMs < maxMs && !closing.aborted) {
+      const startMs = performance.now();
+      const delayMs = windowDelayMs(activity(), startMs);
+      if (delayMs <= 0) return;
+      if (pausedMs === 0) fillTrace("paused", delayMs.toFixed(1));
+      await sleep(Math.min(WALK_PAUSE_POLL_MS, delayMs, maxMs - pausedMs));
+      pausedMs += performance.now() - startMs;
+    }
+  };
+}
+
 export interface BackgroundWindowsOptions {
   /** Window starts (multiples of windowBytes), in the order to fill them when nothing is read. */
   starts: readonly number[];
@@ -138,9 +169,10 @@ export interface BackgroundWindowsOptions {
   /** Fills in flight at most otherwise (idle, or before anything was read). Default 1. */
   idleInFlight?: number;
   /**
-   * Unless file data is being read, a window is filled in pieces of this many bytes, one after
-   * the other, the rules checked before each (default: whole windows): what is in flight when
-   * a walk begins is then small.
+   * Unless file data is being read, a window is filled in pieces, one after the other, the
+   * rules checked before each: the first of this many bytes (default: whole windows), each next
+   * one twice the last while no walk came, up to the window. What is in flight when a walk
+   * begins is then small, and idle time goes to large GETs (prefetched.ts BACKGROUND_WINDOW_BYTES).
    */
   pieceBytes?: number;
   /**
@@ -170,6 +202,9 @@ export class BackgroundWindows {
   fills = 0;
   /** The window of the latest file-data read (-1: none yet): the others go nearest first. */
   #lastReadWindow = -1;
+  /** The next piece's size while nothing is read (see pieceBytes), and the walk it follows. */
+  #pieceBytes = 0;
+  #pieceWalkMs = -Infinity;
 
   constructor(options: BackgroundWindowsOptions) {
     this.#options = options;
@@ -313,7 +348,6 @@ export class BackgroundWindows {
 
   async #work(lane: number): Promise<void> {
     const { windowBytes, sizeBytes, signal } = this.#options;
-    const pieceBytes = Math.min(windowBytes, this.#options.pieceBytes ?? windowBytes);
     while (this.#pending.size && !signal?.aborted) {
       if (await this.#waited(lane)) continue;
       const w = this.#take();
@@ -324,12 +358,30 @@ export class BackgroundWindows {
         if (at > w * windowBytes && await this.#waited(lane)) continue;
         // While file data is read, the rest of the window in one fetch (a GET costs the
         // registry ~3.5 ms of CPU whatever its size); in pieces otherwise.
-        const length = this.#dataRecent() ? end - at : Math.min(pieceBytes, end - at);
+        const length = this.#dataRecent() ? end - at : Math.min(this.#nextPieceBytes(), end - at);
         this.fills++;
         await this.#options.fill(at, length);
         at += length;
+        this.#pieceFilled();
       }
     }
+  }
+
+  /** The size of a piece starting now: back to the first size when a walk came since. */
+  #nextPieceBytes(): number {
+    const { windowBytes, pieceBytes = windowBytes } = this.#options;
+    const walkMs = this.#options.activity().walkMs;
+    if (walkMs !== this.#pieceWalkMs || this.#pieceBytes === 0) {
+      this.#pieceWalkMs = walkMs;
+      this.#pieceBytes = Math.min(windowBytes, pieceBytes);
+    }
+    return this.#pieceBytes;
+  }
+
+  /** A fill ended: the next piece is twice as large if no walk came meanwhile. */
+  #pieceFilled(): void {
+    if (this.#options.activity().walkMs !== this.#pieceWalkMs) return;
+    this.#pieceBytes = Math.min(this.#options.windowBytes, this.#pieceBytes * 2);
   }
 
   #dataRecent(): boolean {

@@ -149,6 +149,14 @@ export interface FillStats {
   syncs: number;
 }
 
+/**
+ * A background fill's pause between the pieces of its body (DiskCachedSource.fillAhead): the
+ * stream stops being read (the registry's send waits on the socket) while the mount serves a
+ * walk, so what was in flight when it began costs it no CPU. Resolves when the fill may go on;
+ * it must bound its own wait, as readers (of other processes too) may wait for these chunks.
+ */
+export type FillPause = (closing: AbortSignal) => Promise<void>;
+
 export class BlobFiller {
   readonly #blob: FillBlob;
   readonly #stats: FillStats;
@@ -219,8 +227,11 @@ export class BlobFiller {
     }
   }
 
-  /** Fills the missing chunks, joining fills of this process already under way. */
-  fill(wanted: number[]): Promise<unknown> {
+  /**
+   * Fills the missing chunks, joining fills of this process already under way. `pause`: a
+   * background fill's, awaited between the pieces of its new runs (FillPause).
+   */
+  fill(wanted: number[], pause?: FillPause): Promise<unknown> {
     if (this.#blob.corruption()) return Promise.reject(this.#blob.corruption());
     const missing = this.#widen(wanted);
     const waits: Promise<void>[] = [];
@@ -237,7 +248,7 @@ export class BlobFiller {
       ) j++;
       const start = missing[i], stop = missing[j - 1] + 1;
       for (let c = start; c < stop; c++) this.#readable.set(c, newReadable());
-      const run = this.#fillRun(start, stop).then(
+      const run = this.#fillRun(start, stop, pause).then(
         (synced) => {
           for (let c = start; c < stop; c++) this.#readable.get(c)?.settle(synced);
         },
@@ -264,10 +275,14 @@ export class BlobFiller {
    * chunk's wait ended ("written" before its sync, "synced" after one, "done" without one).
    * `ahead` (ascending, after the wanted ones): chunks fetched in the same run, not waited for.
    */
-  fillReadable(wanted: number[], ahead: readonly number[] = []): Promise<ReadableEnd[]> {
+  fillReadable(
+    wanted: number[],
+    ahead: readonly number[] = [],
+    pause?: FillPause,
+  ): Promise<ReadableEnd[]> {
     // The full fill's failure reaches the reader through the chunk's own promise below.
     // Chunks `ahead` join the same run (one fetch, streamed in order): nobody waits for them.
-    this.fill(ahead.length ? [...wanted, ...ahead] : wanted).catch(() => {});
+    this.fill(ahead.length ? [...wanted, ...ahead] : wanted, pause).catch(() => {});
     return Promise.all(
       wanted.map((c) =>
         this.#readable.get(c)?.promise ??
@@ -300,7 +315,7 @@ export class BlobFiller {
    * Takes the write lock of chunks [start, stop) (waiting for another filler), fills the gaps.
    * Resolves true when it synced data of its own (the last step before the map says present).
    */
-  async #fillRun(start: number, stop: number): Promise<boolean> {
+  async #fillRun(start: number, stop: number, pause?: FillPause): Promise<boolean> {
     let waited = false;
     while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
       if (!waited) this.#stats.waitedForOthers++;
@@ -318,7 +333,7 @@ export class BlobFiller {
       for (const [at, count] of chunkRuns(map, start, true)) unlock(this.#blob.mapFd, at, count);
       for (const [at, count] of chunkRuns(map, start, false)) {
         try {
-          if (await this.#fetchAndStore(at, at + count)) synced = true;
+          if (await this.#fetchAndStore(at, at + count, pause)) synced = true;
         } finally {
           unlock(this.#blob.mapFd, at, count);
         }
@@ -330,7 +345,7 @@ export class BlobFiller {
   }
 
   /** Resolves true when the chunks were marked WRITTEN (and wait for the next sync). */
-  async #fetchAndStore(start: number, stop: number): Promise<boolean> {
+  async #fetchAndStore(start: number, stop: number, pause?: FillPause): Promise<boolean> {
     const offset = start * this.#blob.chunkBytes;
     const length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
     this.#stats.fetches++;
@@ -344,7 +359,11 @@ export class BlobFiller {
           offset,
           length,
           this.#blob.chunkBytes,
-          (at, bytes) => this.#storeRun(at, bytes, id),
+          async (at, bytes) => {
+            await this.#storeRun(at, bytes, id);
+            // Between pieces only: the last one's run is marked and unlocked without a wait.
+            if (pause && at + bytes.length < offset + length) await pause(this.#blob.closing);
+          },
           this.#blob.closing,
           id,
         );

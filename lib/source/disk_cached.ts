@@ -19,7 +19,14 @@ import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
-import { BlobFiller, chunkRuns, isPresent, sleep, type VerifyChunk } from "./disk_cache_fill.ts";
+import {
+  BlobFiller,
+  chunkRuns,
+  type FillPause,
+  isPresent,
+  sleep,
+  type VerifyChunk,
+} from "./disk_cache_fill.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
 import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
@@ -372,9 +379,10 @@ export class DiskCachedSource implements Source {
   /**
    * Starts fetching the missing chunks of [offset, offset + length) without waiting; the
    * promise settles (never rejects) once they are fetched, verified and written (readable
-   * here; durable later, see disk_cache_fill.ts), for callers that pace their fills.
+   * here; durable later, see disk_cache_fill.ts), for callers that pace their fills. `pause`:
+   * awaited between the pieces of the body (a background fill yielding to a walk).
    */
-  fillAhead(offset: number, length: number): Promise<void> {
+  fillAhead(offset: number, length: number, pause?: FillPause): Promise<void> {
     const done = Promise.resolve();
     if (this.#degraded || this.#corrupt || this.#closing.signal.aborted || length <= 0) return done;
     const first = Math.floor(offset / this.chunkBytes);
@@ -388,7 +396,7 @@ export class DiskCachedSource implements Source {
     if (!missing.length) return done;
     fillTrace("ahead", offset, length, missing.length);
     this.#lastForegroundMs = Date.now();
-    return this.#filler.fillReadable(missing).then(() => {}, () => {});
+    return this.#filler.fillReadable(missing, [], pause).then(() => {}, () => {});
   }
 
   /**

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "./disk_cache.ts";
 import type { Source } from "./source.ts";
+import type { DiskCachedSource } from "./disk_cached.ts";
 import { patternBytes } from "../../tests/_support/memory_source.ts";
 
 /**
@@ -90,6 +91,53 @@ Deno.test("disk cache: fills cover the inner source's whole units (one fetch per
     assert.deepEqual(await source.read(3 * CHUNK, CHUNK), bytes.subarray(3 * CHUNK, 4 * CHUNK));
     assert.deepEqual(await source.read(6 * CHUNK, 2 * CHUNK + 100), bytes.subarray(6 * CHUNK));
     assert.deepEqual(asked, [[0, 4 * CHUNK], [4 * CHUNK, 4 * CHUNK + 100]]);
+    await source.close?.();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: a background fill's pause stops the stream between pieces, a read still gets its bytes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-pause-" });
+  try {
+    const bytes = patternBytes(12 * CHUNK, 5); // three 1 MiB pieces
+    const inner = new StreamingOnlySource(bytes);
+    let sent = 0;
+    const readTo = inner.readTo.bind(inner);
+    inner.readTo = (offset, length, sink) =>
+      readTo(offset, length, (piece, at) => {
+        sent += piece.length;
+        return sink(piece, at);
+      });
+    const cache = DiskCache.open({ dir, onWarning: (m) => assert.fail(m) })!;
+    const source = cache.wrap(inner, {
+      digest: "sha256:" + "ab".repeat(32),
+      origin: "test",
+    }) as DiskCachedSource;
+    const held = Promise.withResolvers<void>();
+    let pauses = 0;
+    const filled = source.fillAhead(0, bytes.length, async (closing) => {
+      assert(!closing.aborted);
+      if (++pauses === 1) await held.promise;
+    });
+    for (const until = Date.now() + 5000; pauses === 0;) {
+      if (Date.now() > until || inner.streams && sent === bytes.length) {
+        assert.fail("the fill never paused");
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    const sentAtPause = sent;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(sent, sentAtPause, "the stream went on during the pause");
+    assert(sentAtPause < bytes.length / 2, `${sentAtPause} bytes sent before the first pause`);
+    // The first piece is readable meanwhile, from the file.
+    assert.deepEqual(await source.read(CHUNK, 100), bytes.subarray(CHUNK, CHUNK + 100));
+    held.resolve();
+    await filled;
+    assert.equal(pauses, 2, "a pause between pieces, none after the last");
+    assert.equal(inner.streams, 1);
+    assert.deepEqual(await source.read(0, bytes.length), bytes);
+    assert.equal(inner.streams, 1, "all of it on disk after the fill");
     await source.close?.();
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -17,9 +17,14 @@ import {
   reopenReadOnly,
 } from "./disk_cache_io.ts";
 import { mark } from "../timing.ts";
-import { BackgroundWindows, type ReadActivity, WalkClock } from "./background_windows.ts";
+import {
+  BackgroundWindows,
+  pauseDuringWalks,
+  type ReadActivity,
+  WalkClock,
+} from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
-import { sleep } from "./disk_cache_fill.ts";
+import { type FillPause, sleep } from "./disk_cache_fill.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -344,6 +349,19 @@ export const WINDOWS_SETUP_DELAY_MS = 25;
  * stay on disk), prefetch 564-639 -> 417-457 ms; 8 MiB windows: 16 GETs, 119 MB, no faster.
  */
 export const DEFAULT_PREFETCH_WINDOW_BYTES = 4 << 20;
+/**
+ * The background windows after ready (fillWindowsAfterReady) are larger than a walk's: each GET
+ * costs docker-registry ~3.5 ms of CPU and a cold 4 MiB disk read before its first byte, the
+ * one idle lane is bound by that, and an application starting up reads a few KiB in each of
+ * many windows (cold python on the benchmark image: 3.6 MB in 28 of its 1 MiB chunks, in 22 of
+ * its 4 MiB windows). Cold python right after a cold find (scripts/bench/python_ab.ts, 8
+ * interleaved rounds, load 1.0-1.3, local 0.452-0.490 s): 4 MiB median 0.638 s (1.35x), 28
+ * GETs, registry CPU 160-200 ms; 16 MiB 0.552 s (1.17x), lower in every round, 7 GETs, registry
+ * 80-130 ms; the find 0.057 / 0.061 s median. 2 MiB: 0.648 s, 51 GETs; 8 MiB: 0.570-0.574 s;
+ * 16 MiB fetched in 4 or 8 MiB pieces while nothing is read: 0.605-0.656 / 0.583 s (the idle
+ * lane's GETs are what gained).
+ */
+export const BACKGROUND_WINDOW_BYTES = 16 << 20;
 /** Windows fetched by one prefetch at most; past it, walk reads fetch their own chunks only. */
 export const DEFAULT_PREFETCH_WINDOWS_MAX_BYTES = 128 << 20;
 
@@ -388,7 +406,7 @@ interface DemandAware {
 /** The disk cache's way to start a fill without waiting (DiskCachedSource.fillAhead). */
 interface FillsAhead {
   /** Settles (never rejects) when the fill is over, if the source says so. */
-  fillAhead(offset: number, length: number): void | Promise<void>;
+  fillAhead(offset: number, length: number, pause?: FillPause): void | Promise<void>;
 }
 
 export interface PrefetchOptions {
@@ -481,10 +499,13 @@ export async function prefetchErofsMetadata(
    * windows (`erofs-oci build`): those windows hold only file data nobody asked for yet.
    */
   const fillWindowsAfterReady = (pages: Map<number, Uint8Array>) => {
-    const size = options.windowBytes ?? DEFAULT_PREFETCH_WINDOW_BYTES;
+    const size = options.windowBytes ?? BACKGROUND_WINDOW_BYTES;
     if (!fillAhead || size <= 0 || options.signal?.aborted) return;
     const offsets = [...pages.keys()].sort((a, b) => a - b).map((p) => p * PIN_PAGE_BYTES);
-    if (new Set(offsets.map((o) => Math.floor(o / size))).size < SCATTERED_WINDOWS) return;
+    // Scattered or not at a walk's window size: the larger windows would call an image of
+    // less than SCATTERED_WINDOWS of them compact whatever its layout.
+    const spread = options.windowBytes ?? DEFAULT_PREFETCH_WINDOW_BYTES;
+    if (new Set(offsets.map((o) => Math.floor(o / spread))).size < SCATTERED_WINDOWS) return;
     windowBytes = size;
     const starts: number[] = [];
     const queue = (offset: number) =>
@@ -508,10 +529,15 @@ export async function prefetchErofsMetadata(
       sizeBytes: raw.size,
       fill: (start, length) => {
         fillTrace("window", start, length);
-        return Promise.resolve(fillAhead(start, length));
+        // A walk that begins meanwhile pauses it (the window in flight when a find starts).
+        return Promise.resolve(
+          fillAhead(start, length, pauseDuringWalks(() => target.readActivity())),
+        );
       },
       inFlight: options.windowsWhenQuiet?.inFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
       idleInFlight: options.windowsWhenQuiet?.idleInFlight ?? WINDOWS_IN_FLIGHT_AFTER_READY,
+      // A walk's window at first: what is in flight when a find begins (QUIET_START).
+      pieceBytes: spread,
       // A window the list lacks, where file data was read: from the same budget.
       admit: (w) => {
         if (windowsStarted.has(w)) return false;
@@ -526,7 +552,7 @@ export async function prefetchErofsMetadata(
       signal: options.signal,
     });
     // A reader's fetch runs on to the end of the window after its own (both promoted next).
-    (raw as Partial<DemandAware>).setDemandAheadBytes?.(size, DEMAND_AHEAD_WINDOWS);
+    (raw as Partial<DemandAware>).setDemandAheadBytes?.(spread, DEMAND_AHEAD_WINDOWS);
     target.onDataRead((offset, length) => windows.promote(offset, length));
     // Not before file data is read. Started at ready they never got the gap before a find to
     // themselves (bench-host, quiet host, 2026-12-01 16:00): mount(2)'s 1-2 pinned reads held
