@@ -28,6 +28,8 @@ import { removeBlobFiles } from "./disk_cache_files.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
 import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
+import { sharedFileSystemName } from "./disk_cache_fs.ts";
+import { statFs } from "../../ffi/libc.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
@@ -57,6 +59,11 @@ export interface DiskCacheOptions {
   onNotice?: (message: string) => void;
   /** Told once per problem (full disk, unusable directory); default console.warn. */
   onWarning?: (message: string) => void;
+  /**
+   * @internal the statfs magic (f_type) of the file system holding `dir`; default statfs(2).
+   * Lets tests take the refusal of a network file system without mounting one.
+   */
+  fileSystemType?: (dir: string) => number;
 }
 
 export interface BlobKey {
@@ -99,8 +106,8 @@ export class DiskCache {
 
   /**
    * Opens (creating, mode 0700) the cache directory. Returns undefined after one warning when
-   * it cannot be used (read-only file system, owned by someone else, open to others): the
-   * caller then keeps the memory cache only.
+   * it cannot be used (read-only, shared between hosts like NFS (disk_cache_fs.ts), owned by
+   * someone else, open to others): the caller then keeps the memory cache only.
    */
   static open(options: DiskCacheOptions = {}): DiskCache | undefined {
     const dir = options.dir ?? Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
@@ -109,6 +116,15 @@ export class DiskCache {
       Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
       const info = Deno.lstatSync(dir);
       if (!info.isDirectory) throw new Error("not a directory");
+      // Before the owner checks: on NFS a squashed root fails those too, and the file system
+      // is what has to change.
+      const shared = sharedFileSystemName(fileSystemTypeOf(dir, options.fileSystemType));
+      if (shared) {
+        throw new Error(
+          `on ${shared}: chunks are marked before they reach shared storage, and its locks may ` +
+            "not hold between hosts; set EROFS_OCI_CACHE_DIR to a local directory",
+        );
+      }
       if (info.uid !== Deno.uid()) throw new Error(`owned by uid ${info.uid}, not by us`);
       // Another user able to write there could plant a map that marks zeros present.
       if ((info.mode ?? 0) & 0o022) throw new Error("writable by others (want mode 0700)");
@@ -328,6 +344,18 @@ export class DiskCache {
     } finally {
       closeQuietly(fd);
     }
+  }
+}
+
+/**
+ * The statfs magic of `dir`'s file system, or -1 (matches none) when statfs fails: that
+ * alone does not make the directory unusable, the cache's own file operations say if it is.
+ */
+function fileSystemTypeOf(dir: string, fileSystemType?: (dir: string) => number): number {
+  try {
+    return fileSystemType ? fileSystemType(dir) : statFs(dir).type;
+  } catch {
+    return -1;
   }
 }
 
