@@ -232,6 +232,8 @@ export class BlobFiller {
    * background fill's, awaited between the pieces of its new runs (FillPause).
    */
   fill(wanted: number[], pause?: FillPause): Promise<unknown> {
+    // After close nothing starts: no lock, no fetch, no map read (the descriptors may be gone).
+    if (this.#blob.closing.aborted) return Promise.reject(new Error("disk cache closed"));
     if (this.#blob.corruption()) return Promise.reject(this.#blob.corruption());
     const missing = this.#widen(wanted);
     const waits: Promise<void>[] = [];
@@ -280,6 +282,8 @@ export class BlobFiller {
     ahead: readonly number[] = [],
     pause?: FillPause,
   ): Promise<ReadableEnd[]> {
+    // Refused here too: with no fill under way the waits below would resolve "done".
+    if (this.#blob.closing.aborted) return Promise.reject(new Error("disk cache closed"));
     // The full fill's failure reaches the reader through the chunk's own promise below.
     // Chunks `ahead` join the same run (one fetch, streamed in order): nobody waits for them.
     this.fill(ahead.length ? [...wanted, ...ahead] : wanted, pause).catch(() => {});
@@ -346,6 +350,8 @@ export class BlobFiller {
 
   /** Resolves true when the chunks were marked WRITTEN (and wait for the next sync). */
   async #fetchAndStore(start: number, stop: number, pause?: FillPause): Promise<boolean> {
+    // A run split in gaps fetches its later ones after awaits: none starts after close.
+    if (this.#blob.closing.aborted) throw new Error("disk cache closed");
     const offset = start * this.#blob.chunkBytes;
     const length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
     this.#stats.fetches++;

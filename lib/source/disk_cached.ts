@@ -251,7 +251,7 @@ export class DiskCachedSource implements Source {
 
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
     const length = dest.length;
-    if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
+    this.#assertOpen();
     if (this.#corrupt) throw this.#corrupt;
     if (
       !Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size
@@ -262,6 +262,8 @@ export class DiskCachedSource implements Source {
     const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
     let fetched = false;
     for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
+      // Closed while this read waited (a fill, a busy lock): its descriptors may be gone.
+      this.#assertOpen();
       const map = this.#readMap(first, end);
       const missing: number[] = [];
       map.forEach((byte, i) =>
@@ -306,6 +308,7 @@ export class DiskCachedSource implements Source {
       return;
     }
     // Degraded (or starved by eviction under a tiny bound): the inner source, nothing stored.
+    this.#assertOpen();
     this.#stats.fetches++;
     this.#stats.fetchedBytes += length;
     dest.set(await this.#inner.read(offset, length, signal));
@@ -484,6 +487,10 @@ export class DiskCachedSource implements Source {
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
+  }
+
+  #assertOpen(): void {
+    if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
   }
 
   #readMap(start: number, stop: number): Uint8Array {
