@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
-import { BlobFiller, type FillBlob, PRESENT, WRITTEN } from "../lib/source/disk_cache_fill.ts";
+import { BlobFiller, PRESENT, WRITTEN } from "../lib/source/disk_cache_fill.ts";
 import { openBlobFiles } from "../lib/source/disk_cache_files.ts";
 import {
   closeQuietly,
@@ -20,6 +20,7 @@ import {
   unlock,
 } from "../lib/source/disk_cache_io.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { fillBlobOnFiles } from "./_support/fill_blob.ts";
 
 const CHUNK = 64 * 1024;
 
@@ -44,31 +45,19 @@ function rig(
   const base = `${dir}/blobs/blob`;
   const fds = openBlobFiles(base, bytes.length, 4);
   const closing = new AbortController();
-  let degraded = false;
+  const degraded = { count: 0 };
   let broken = false;
-  const readMap = (start: number, stop: number) => {
-    if (broken) throw new Error("EIO (test map)");
-    const out = new Uint8Array(stop - start);
-    preadExact(fds.map, out, start);
-    return out;
-  };
-  const blob: FillBlob = {
+  const blob = fillBlobOnFiles({
     cache,
     inner: new MemorySource(bytes, { delayMs }),
     base,
-    mapFd: fds.map,
-    dataFd: fds.data,
-    size: bytes.length,
+    fds,
     chunkBytes: CHUNK,
-    chunkCount: 4,
     closing: closing.signal,
-    lru: new Map(),
-    readMap,
-    isDegraded: () => degraded,
-    degrade: () => degraded = true,
-    corruption: () => undefined,
+    degraded,
+    mapBroken: () => broken,
     syncData,
-  };
+  });
   const filler = new BlobFiller(blob, {
     fetchedBytes: 0,
     fetches: 0,
@@ -83,7 +72,7 @@ function rig(
       preadExact(fds.map, out, 0);
       return [...out];
     },
-    degraded: () => degraded,
+    degraded: () => degraded.count > 0,
     warnings,
     close: () => {
       closing.abort();

@@ -7,9 +7,10 @@ import { DiskCache } from "./disk_cache.ts";
 import type { DiskCachedSource } from "./disk_cached.ts";
 import { BlobFiller, type FillStats } from "./disk_cache_fill.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
-import { closeQuietly, F_WRLCK, preadExact, tryLock, unlock } from "./disk_cache_io.ts";
+import { closeQuietly, F_WRLCK, tryLock, unlock } from "./disk_cache_io.ts";
 import type { Source } from "./source.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
+import { fillBlobOnFiles } from "../../tests/_support/fill_blob.ts";
 
 const CHUNK = 64 << 10;
 const DIGEST = "sha256:" + "5c".repeat(32);
@@ -56,29 +57,18 @@ Deno.test("disk cache closed: BlobFiller.fill and fillReadable refuse up front (
     const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => assert.fail(m) })!;
     const closing = new AbortController();
     closing.abort(new Error("disk cache closed"));
-    const readMap = (start: number, stop: number) => {
-      const map = new Uint8Array(stop - start);
-      preadExact(fds.map, map, start);
-      return map;
-    };
-    let degraded = 0;
+    const degraded = { count: 0 };
     const stats: FillStats = { fetchedBytes: 0, fetches: 0, waitedForOthers: 0, syncs: 0 };
-    const filler = new BlobFiller({
+    const blob = fillBlobOnFiles({
       cache,
       inner,
       base,
-      mapFd: fds.map,
-      dataFd: fds.data,
-      size: bytes.length,
+      fds,
       chunkBytes: CHUNK,
-      chunkCount: 4,
       closing: closing.signal,
-      lru: new Map(),
-      readMap,
-      isDegraded: () => false,
-      degrade: () => degraded++,
-      corruption: () => undefined,
-    }, stats);
+      degraded,
+    });
+    const filler = new BlobFiller(blob, stats);
     // Another descriptor holds a chunk: a fill that went on would wait for it (a poll timer).
     assert(tryLock(otherMapFd, F_WRLCK, 3, 1));
     const fill = filler.fill([0, 1]);
@@ -91,8 +81,8 @@ Deno.test("disk cache closed: BlobFiller.fill and fillReadable refuse up front (
     await filler.whenAllDurable();
     assert.equal(inner.reads.length, 0, "the inner source was never asked");
     assert.deepEqual(stats, { fetchedBytes: 0, fetches: 0, waitedForOthers: 0, syncs: 0 });
-    assert.deepEqual([...readMap(0, 4)], [0, 0, 0, 0]);
-    assert.equal(degraded, 0);
+    assert.deepEqual([...blob.readMap(0, 4)], [0, 0, 0, 0]);
+    assert.equal(degraded.count, 0);
   } finally {
     closeQuietly(otherMapFd);
     closeQuietly(fds.data);
