@@ -133,6 +133,9 @@ const cacheDir = await Deno.makeTempDir({ prefix: "bench-host-disk-cache-" });
 async function lazyRun(name: string, extra: string[]): Promise<Run> {
   const sandbox = await mountSandbox();
   const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  // The server inherits EROFS_OCI_TIMING and marks on after the mount returns (directories,
+  // node:crypto): removed only once it is gone, or it writes the file anew.
+  const timingFile = await Deno.makeTempFile({ prefix: "bench-host-timing-" });
   try {
     dropCaches();
     let last = await blobGets();
@@ -150,7 +153,6 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
       const status = Deno.readTextFileSync(`/proc/${serverPid}/status`);
       peaks[step] = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
     };
-    const timingFile = await Deno.makeTempFile({ prefix: "bench-host-timing-" });
     const start = performance.now();
     const spawnedAtMs = performance.timeOrigin + start;
     const mounted = await cli(
@@ -160,7 +162,6 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
     const mountSeconds = (performance.now() - start) / 1000;
     if (mounted.code !== 0) throw new Error(mounted.stderr);
     const mountTimeline = timeline(timingFile, spawnedAtMs);
-    await Deno.remove(timingFile);
     await count("mount");
     const seconds = await steps(sandbox.target, count);
     const listed = JSON.parse((await cli(["list", "--json"], { env })).stdout)[0];
@@ -182,6 +183,7 @@ async function lazyRun(name: string, extra: string[]): Promise<Run> {
     };
   } finally {
     await sandbox.cleanup();
+    await Deno.remove(timingFile).catch(() => {});
   }
 }
 
