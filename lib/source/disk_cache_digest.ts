@@ -9,12 +9,21 @@ import { preadExact } from "./disk_cache_io.ts";
 
 const PIECE_BYTES = 1 << 20;
 
-/** `sha256:HEX` (or sha512) of the first `sizeBytes` of `fd`, in the digest's algorithm. */
-export async function digestOfFile(fd: number, sizeBytes: number, digest: string) {
+/**
+ * `sha256:HEX` (or sha512) of the first `sizeBytes` of `fd`, in the digest's algorithm;
+ * undefined once `signal` is aborted (looked at between pieces: the caller closes `fd` after).
+ */
+export async function digestOfFile(
+  fd: number,
+  sizeBytes: number,
+  digest: string,
+  signal?: AbortSignal,
+): Promise<string | undefined> {
   const algorithm = digest.slice(0, digest.indexOf(":"));
   const hash = createHash(algorithm);
   const piece = new Uint8Array(PIECE_BYTES);
   for (let offset = 0; offset < sizeBytes; offset += PIECE_BYTES) {
+    if (signal?.aborted) return undefined;
     const view = piece.subarray(0, Math.min(PIECE_BYTES, sizeBytes - offset));
     preadExact(fd, view, offset);
     hash.update(view);

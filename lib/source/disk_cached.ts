@@ -97,6 +97,8 @@ export class DiskCachedSource implements Source {
   /** A demand fetch runs on past the read to the end of the `blocks`-th aligned block of `bytes`. */
   #demandAhead = { bytes: 0, blocks: 1 };
   #touchedMs = 0;
+  /** A whole-blob digest check under way (checkDigest), for close() to wait for. */
+  #checking?: Promise<unknown>;
   #pendingSidecar?: Uint8Array;
   #sidecarTimer?: ReturnType<typeof setTimeout>;
   lastUsedMs = Date.now();
@@ -427,8 +429,17 @@ export class DiskCachedSource implements Source {
    * other mount reads them) and every read of this source fails from now on (EIO). "incomplete":
    * a chunk was evicted meanwhile, nothing is known.
    */
-  async checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
-    const actual = await digestOfFile(this.#dataFd, this.size, digest);
+  checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
+    if (this.#closing.signal.aborted) return Promise.resolve("incomplete");
+    const check = this.#checkDigest(digest);
+    // close() waits for it: the check reads and may write through this source's descriptors.
+    this.#checking = check.catch(() => {});
+    return check;
+  }
+
+  async #checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
+    const actual = await digestOfFile(this.#dataFd, this.size, digest, this.#closing.signal);
+    if (actual === undefined) return "incomplete"; // closed while hashing
     if (this.#readMap(0, this.chunkCount).some((byte) => !isPresent(byte))) return "incomplete";
     if (actual === digest) return "ok";
     this.#corrupt = new Error(
@@ -484,6 +495,7 @@ export class DiskCachedSource implements Source {
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
     await this.#filler.whenAllDurable();
+    await this.#checking;
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();

@@ -159,3 +159,30 @@ Deno.test("disk cache closed: a read waiting for a busy chunk lock goes no furth
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("disk cache closed: a whole-blob digest check under way ends with close, which waits for it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-closed-" });
+  try {
+    // 40 pieces of 1 MiB: the check yields after every 16, and close() comes before the first.
+    const bytes = patternBytes(40 << 20, 9);
+    const cache = DiskCache.open({ dir, onWarning: (m) => assert.fail(m) })!;
+    const inner = new MemorySource(bytes);
+    const source = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
+    assert.deepEqual(await source.read(0, bytes.length), bytes);
+    await source.whenDurable();
+    const check = source.checkDigest(DIGEST);
+    const closed = source.close();
+    assert.equal(await check, "incomplete", "nothing is known of a check cut short");
+    await closed;
+    assert.equal(await source.checkDigest(DIGEST), "incomplete", "no check after close");
+    // The map was not touched: a new source finds every chunk still present.
+    const again = cache.wrap(new MemorySource(bytes), { digest: DIGEST, origin: "test" });
+    assert.equal(
+      (again as DiskCachedSource).presentChunks(),
+      (again as DiskCachedSource).chunkCount,
+    );
+    await again.close?.();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
