@@ -27,7 +27,7 @@ import {
 } from "../verify/chunk_table.ts";
 import { type TableRef, tableRef } from "../verify/table_artifact.ts";
 import { METADATA_PACK_MEDIA_TYPE } from "../verify/metadata_ranges.ts";
-import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { reusedTable } from "./reused_table.ts";
 
 /** Annotation on each EROFS layer: the source layer digest(s) it was made from, comma-separated. */
 export const SOURCE_LAYERS_ANNOTATION = "io.github.erofs-oci.source.layers";
@@ -67,7 +67,10 @@ export interface ConvertedLayer {
   digest: string;
   sizeBytes: number;
   reused: boolean;
-  /** Digest of the layer's chunk-digest table blob (named on its descriptor). */
+  /**
+   * The layer's chunk-digest table blob (named on its descriptor, listed by the tables
+   * artifact), with its metadata pack; a reused layer's is the one the destination holds.
+   */
   table?: TableRef;
 }
 
@@ -142,8 +145,9 @@ export async function convertImage(
     }));
     const manifestDigest = digestOf(manifest);
     result.platforms.push({ platform: image.platform, manifestDigest, layers });
-    // Reused tables (size unknown) stay listed by the artifact of the image they came with.
-    const tables = layers.flatMap((l) => l.table && l.table.size > 0 ? [l.table] : []);
+    // Reused tables too: the artifact of the image they came with goes (and its listing with
+    // it) once that image is overwritten and the registry collects garbage.
+    const tables = layers.flatMap((l) => l.table ? [l.table] : []);
     if (images.length === 1) {
       result.reference = await destination.tag(manifest, OCI_MANIFEST);
       await destination.referTables?.(manifestDigest, manifest.byteLength, tables);
@@ -175,6 +179,8 @@ class LayerConverter {
   readonly #progress: ConvertProgress;
   /** Source digest(s) → EROFS layer, from the destination's tag and from this run. */
   readonly #known: Map<string, Descriptor>;
+  /** Table digest → the table built in this run (a layer reused later needs no fetch). */
+  readonly #built = new Map<string, TableRef>();
 
   constructor(
     source: SourceImage,
@@ -240,13 +246,20 @@ class LayerConverter {
     const known = this.#known.get(sources.join(","));
     if (!known || !(await this.#destination.hasBlob(known.digest))) return undefined;
     this.#progress.note(`${label}: already converted as ${known.digest.slice(0, 19)}…, reused`);
-    const tableDigest = known.annotations?.[CHUNK_TABLE_ANNOTATION];
-    // The earlier table is kept only while the destination still has it.
-    const table = tableDigest && DIGEST_PATTERN.test(tableDigest) &&
-        await this.#destination.hasBlob(tableDigest)
-      ? { digest: tableDigest, size: 0, layerDigest: known.digest }
-      : undefined;
+    const table = await this.#reusedTable(known, label);
     return { sources, digest: known.digest, sizeBytes: known.size, reused: true, table };
+  }
+
+  async #reusedTable(layer: Descriptor, label: string): Promise<TableRef | undefined> {
+    const digest = layer.annotations?.[CHUNK_TABLE_ANNOTATION];
+    const built = digest ? this.#built.get(digest) : undefined;
+    if (built?.layerDigest === layer.digest) return built;
+    return await reusedTable(
+      this.#destination,
+      layer,
+      (why) =>
+        this.#progress.note(`${label}: its chunk table is not used (${why}); reused without one`),
+    );
   }
 
   async #read(
@@ -314,12 +327,14 @@ class LayerConverter {
         size: built.sizeBytes,
         annotations: { [CHUNK_TABLE_ANNOTATION]: table.digest },
       });
+      const ref = tableRef(table);
+      this.#built.set(ref.digest, ref);
       return {
         sources,
         digest: built.digest,
         sizeBytes: built.sizeBytes,
         reused: false,
-        table: tableRef(table),
+        table: ref,
       };
     } finally {
       this.#progress.finish();

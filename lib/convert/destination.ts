@@ -12,7 +12,8 @@ import { type Descriptor, parseManifestDocument } from "../oci/manifest.ts";
 import { formatReference, type ImageReference } from "../oci/reference.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
-import { pushTablesArtifact, type TableRef } from "../verify/table_artifact.ts";
+import { fetchTable, pushTablesArtifact, type TableRef } from "../verify/table_artifact.ts";
+import type { ChunkTable } from "../verify/chunk_table.ts";
 
 /** A blob to store: a file on disk or bytes in memory, with its digest already known. */
 export interface OutputBlob {
@@ -29,6 +30,14 @@ export interface ImageDestination {
   /** Layer descriptors of the image now at the tag (every platform), for reuse. */
   previousLayers(): Promise<Descriptor[]>;
   hasBlob(digest: string): Promise<boolean>;
+  /**
+   * The chunk-digest table blob `digest` already at the destination (a reused layer's), checked
+   * against its digest and refused unless it describes `layer`; its byte size.
+   */
+  readTable(
+    digest: string,
+    layer: { digest: string; sizeBytes: number },
+  ): Promise<{ table: ChunkTable; sizeBytes: number }>;
   /** Stores a blob unless present; `onProgress` reports uploaded bytes. */
   putBlob(blob: OutputBlob, onProgress?: (doneBytes: number) => void): Promise<void>;
   /** Stores a manifest by digest only (an index entry), untagged. */
@@ -86,6 +95,14 @@ export class RegistryDestination implements ImageDestination {
 
   hasBlob(digest: string): Promise<boolean> {
     return blobExists(this.#client, this.#ref.repository, digest);
+  }
+
+  async readTable(
+    digest: string,
+    layer: { digest: string; sizeBytes: number },
+  ): Promise<{ table: ChunkTable; sizeBytes: number }> {
+    const { table, bytes } = await fetchTable(this.#client, this.#ref.repository, digest, layer);
+    return { table, sizeBytes: bytes.byteLength };
   }
 
   async putBlob(blob: OutputBlob, onProgress?: (doneBytes: number) => void): Promise<void> {

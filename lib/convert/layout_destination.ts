@@ -10,6 +10,7 @@ import { OCI_INDEX } from "../oci/media_types.ts";
 import { formatLayoutReference, type LayoutReference, OciLayout } from "../oci/oci_layout.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
 import { digestOf } from "../oci/digest.ts";
+import { type ChunkTable, MAX_TABLE_BYTES, parseChunkTable } from "../verify/chunk_table.ts";
 import {
   type ImageDestination,
   layersOfManifest,
@@ -83,6 +84,14 @@ export class LayoutDestination implements ImageDestination {
     } catch {
       return Promise.resolve(false);
     }
+  }
+
+  async readTable(
+    digest: string,
+    layer: { digest: string; sizeBytes: number },
+  ): Promise<{ table: ChunkTable; sizeBytes: number }> {
+    const bytes = await this.#readBlob(digest, MAX_TABLE_BYTES);
+    return { table: parseChunkTable(bytes, layer), sizeBytes: bytes.byteLength };
   }
 
   async putBlob(blob: OutputBlob, onProgress?: (doneBytes: number) => void): Promise<void> {
@@ -167,10 +176,10 @@ export class LayoutDestination implements ImageDestination {
     }
   }
 
-  async #readBlob(digest: string): Promise<Uint8Array> {
+  async #readBlob(digest: string, maxBytes = MAX_MANIFEST_BYTES): Promise<Uint8Array> {
     const file = this.#layout.openBlob(digest);
     try {
-      const bytes = await file.readAll(MAX_MANIFEST_BYTES, `blob ${digest}`);
+      const bytes = await file.readAll(maxBytes, `blob ${digest}`);
       if (digestOf(bytes, digest) !== digest) throw new OciError(`blob ${digest} is corrupt`);
       return bytes;
     } finally {

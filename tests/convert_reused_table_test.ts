@@ -1,0 +1,284 @@
+/**
+ * `convert` onto a tag whose image already holds a converted layer reuses that layer, and the new
+ * image's tables artifact lists the layer's chunk table (its real size) and metadata pack: once
+ * the old image and its artifact are deleted and the registry collects garbage (real
+ * docker-registry, `garbage-collect`), the table and pack are still there and the mount's table
+ * discovery (attachChunkTables, --require-verified) still verifies every layer. A stored table
+ * that no longer matches its digest (registry or OCI layout destination) is neither bound to the
+ * reused layer nor listed.
+ */
+import assert from "node:assert/strict";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { listReferrers, referrersTag } from "../lib/oci/referrers.ts";
+import {
+  CHUNK_TABLE_ANNOTATION,
+  CHUNK_TABLE_MEDIA_TYPE,
+  CHUNK_TABLES_ARTIFACT_TYPE,
+  TABLE_LAYER_ANNOTATION,
+} from "../lib/verify/chunk_table.ts";
+import { METADATA_PACK_MEDIA_TYPE } from "../lib/verify/metadata_ranges.ts";
+import { findTablesByReferrer } from "../lib/verify/table_artifact.ts";
+import { attachChunkTables, type ChunkTableSpec } from "../lib/verify/layer_tables.ts";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { getBlob, getManifest, pushImage } from "./_support/oci_raw.ts";
+import { runTool } from "./_support/tool.ts";
+
+const TAR = "application/vnd.oci.image.layer.v1.tar";
+const DST = "dst/app";
+
+interface ArtifactEntry {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+}
+
+interface ImageManifest {
+  layers: { digest: string; size: number; annotations?: Record<string, string> }[];
+}
+
+/** The entries of every tables artifact referring to `subject` (as the registry lists them). */
+async function artifactEntries(
+  registry: TestRegistry,
+  client: RegistryClient,
+  subject: string,
+): Promise<{ artifacts: string[]; entries: ArtifactEntry[] }> {
+  const referrers = await listReferrers(client, DST, subject, CHUNK_TABLES_ARTIFACT_TYPE);
+  const entries: ArtifactEntry[] = [];
+  for (const referrer of referrers) {
+    const got = await getManifest(registry, DST, referrer.digest);
+    assert.equal(got.status, 200, JSON.stringify(got.json));
+    entries.push(...(got.json as { layers: ArtifactEntry[] }).layers);
+  }
+  return { artifacts: referrers.map((r) => r.digest), entries };
+}
+
+/** The table and pack entries naming `layer`. */
+function entriesOf(entries: ArtifactEntry[], layer: string) {
+  const of = entries.filter((e) => e.annotations?.[TABLE_LAYER_ANNOTATION] === layer);
+  return {
+    table: of.filter((e) => e.mediaType === CHUNK_TABLE_MEDIA_TYPE),
+    pack: of.filter((e) => e.mediaType === METADATA_PACK_MEDIA_TYPE),
+  };
+}
+
+async function deleteManifest(registry: TestRegistry, digest: string): Promise<void> {
+  const response = await fetch(`http://${registry.host}/v2/${DST}/manifests/${digest}`, {
+    method: "DELETE",
+    signal: AbortSignal.timeout(10_000),
+  });
+  await response.body?.cancel();
+  assert.equal(response.status, 202, `DELETE ${digest}`);
+}
+
+async function blobStatus(registry: TestRegistry, digest: string): Promise<number> {
+  const response = await fetch(`http://${registry.host}/v2/${DST}/blobs/${digest}`, {
+    method: "HEAD",
+    signal: AbortSignal.timeout(10_000),
+  });
+  await response.body?.cancel();
+  return response.status;
+}
+
+Deno.test({
+  name: "convert: a reused layer's table and pack are listed by the new image's tables artifact",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
+    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
+    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
+    await pushImage(registry, "src/app", "two", [
+      { bytes: layer1, mediaType: TAR },
+      { bytes: layer2, mediaType: TAR },
+    ]);
+    const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-reused-table-" });
+    try {
+      const dst = `${registry.host}/${DST}:v1`;
+      const first = await runCli(["convert", `${registry.host}/src/app:one`, dst], {
+        timeoutMs: 120_000,
+      });
+      assertSuccess(first);
+      const oldManifest = first.stdout.trim().split("@")[1];
+      const old = (await getManifest(registry, DST, oldManifest)).json as ImageManifest;
+      const reusedLayer = old.layers[0].digest;
+      const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
+      assert.match(table, /^sha256:[0-9a-f]{64}$/);
+      const before = entriesOf(
+        (await artifactEntries(registry, client, oldManifest)).entries,
+        reusedLayer,
+      );
+      assert.equal(before.table.length, 1, JSON.stringify(before));
+      assert.equal(before.table[0].digest, table);
+      // The EROFS layer's table names a metadata pack; the first artifact lists it.
+      assert.equal(before.pack.length, 1, JSON.stringify(before));
+      const pack = before.pack[0];
+
+      const second = await runCli(["convert", `${registry.host}/src/app:two`, dst], {
+        timeoutMs: 120_000,
+      });
+      assertSuccess(second);
+      assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
+      assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
+      const newManifest = second.stdout.trim().split("@")[1];
+      assert.notEqual(newManifest, oldManifest);
+      const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
+      assert.equal(now.layers[0].digest, reusedLayer);
+      assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], table);
+
+      // The new image's own artifact lists the reused table (real size) and its pack.
+      const byReferrer = await findTablesByReferrer(client, DST, newManifest);
+      assert.equal(byReferrer.get(reusedLayer), table, JSON.stringify([...byReferrer]));
+      assert.match(byReferrer.get(now.layers[1].digest) ?? "", /^sha256:/);
+      const listed = await artifactEntries(registry, client, newManifest);
+      const after = entriesOf(listed.entries, reusedLayer);
+      assert.deepEqual(after.table.map((e) => [e.digest, e.size]), [
+        [table, (await getBlob(registry, DST, table)).byteLength],
+      ]);
+      assert.deepEqual(after.pack.map((e) => [e.digest, e.size]), [[pack.digest, pack.size]]);
+
+      // The old image goes, with its artifact and its fallback tag; the registry collects.
+      const oldArtifacts = (await artifactEntries(registry, client, oldManifest)).artifacts;
+      const fallback = await getManifest(registry, DST, referrersTag(oldManifest));
+      await deleteManifest(registry, oldManifest);
+      for (const artifact of oldArtifacts) await deleteManifest(registry, artifact);
+      if (fallback.status === 200 && fallback.digest) {
+        await deleteManifest(registry, fallback.digest);
+      }
+      await runTool("docker-registry", ["garbage-collect", `${registry.dir}/config.yml`], 60_000);
+      assert.equal(await blobStatus(registry, table), 200, "the reused table was collected");
+      assert.equal(await blobStatus(registry, pack.digest), 200, "its pack was collected");
+
+      // What a mount does to find and check the tables: every layer verified.
+      const layers: {
+        kind: string;
+        digest: string;
+        sizeBytes: number;
+        layerIndex: number;
+        chunkTable?: ChunkTableSpec;
+      }[] = now.layers.map((l, i) => ({
+        kind: "registry",
+        digest: l.digest,
+        sizeBytes: l.size,
+        layerIndex: i,
+      }));
+      await attachChunkTables(client, DST, newManifest, layers, {
+        requireVerified: true,
+        stateDir,
+      });
+      assert.deepEqual(
+        layers.map((l) => l.chunkTable?.bound),
+        [true, true],
+      );
+    } finally {
+      await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "convert: a reused layer whose stored table fails its digest is neither bound nor listed",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
+    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
+    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
+    await pushImage(registry, "src/app", "two", [
+      { bytes: layer1, mediaType: TAR },
+      { bytes: layer2, mediaType: TAR },
+    ]);
+    const dst = `${registry.host}/${DST}:v1`;
+    const first = await runCli(["convert", `${registry.host}/src/app:one`, dst], {
+      timeoutMs: 120_000,
+    });
+    assertSuccess(first);
+    const old = (await getManifest(registry, DST, first.stdout.trim().split("@")[1]))
+      .json as ImageManifest;
+    const reusedLayer = old.layers[0].digest;
+    const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
+    // The registry now serves other bytes (same length) under the table's digest.
+    const hex = table.slice("sha256:".length);
+    const data = `${registry.storageDir}/docker/registry/v2/blobs/sha256/${
+      hex.slice(0, 2)
+    }/${hex}/data`;
+    const bytes = await Deno.readFile(data);
+    bytes[bytes.length - 2] ^= 1;
+    await Deno.writeFile(data, bytes);
+
+    const second = await runCli(["convert", `${registry.host}/src/app:two`, dst], {
+      timeoutMs: 120_000,
+    });
+    assertSuccess(second);
+    assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
+    assert.match(second.stderr, /layer 1\/2: its chunk table is not used/, describe(second));
+    const newManifest = second.stdout.trim().split("@")[1];
+    const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
+    assert.equal(now.layers[0].digest, reusedLayer);
+    assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
+    const listed = await artifactEntries(registry, client, newManifest);
+    assert.deepEqual(entriesOf(listed.entries, reusedLayer), { table: [], pack: [] });
+    assert.equal(entriesOf(listed.entries, now.layers[1].digest).table.length, 1);
+  },
+});
+
+Deno.test({
+  name: "convert into an OCI layout: a reused layer keeps its table only while it checks",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
+    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
+    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
+    await pushImage(registry, "src/app", "two", [
+      { bytes: layer1, mediaType: TAR },
+      { bytes: layer2, mediaType: TAR },
+    ]);
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-reused-table-layout-" });
+    try {
+      const layout = `${work}/out`;
+      const blob = (digest: string) => `${layout}/blobs/sha256/${digest.slice("sha256:".length)}`;
+      const tagged = async () => {
+        const index = JSON.parse(await Deno.readTextFile(`${layout}/index.json`));
+        return JSON.parse(
+          await Deno.readTextFile(blob(index.manifests[0].digest)),
+        ) as ImageManifest;
+      };
+      const convert = async (image: string) => {
+        const result = await runCli([
+          "convert",
+          `${registry.host}/src/app:${image}`,
+          `oci:${layout}:t`,
+        ], {
+          timeoutMs: 120_000,
+        });
+        assertSuccess(result);
+        return result;
+      };
+      await convert("one");
+      const table = (await tagged()).layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
+      assert.match(table, /^sha256:[0-9a-f]{64}$/);
+
+      const second = await convert("two");
+      assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
+      assert.equal((await tagged()).layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], table);
+
+      // The layout's table blob no longer matches its name: not bound to the reused layer.
+      const bytes = await Deno.readFile(blob(table));
+      bytes[bytes.length - 2] ^= 1;
+      await Deno.writeFile(blob(table), bytes);
+      const third = await convert("two");
+      assert.match(third.stderr, /layer 2\/2: already converted/, describe(third));
+      assert.match(third.stderr, /layer 1\/2: its chunk table is not used/, describe(third));
+      const now = await tagged();
+      assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
+      assert.match(now.layers[1].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "", /^sha256:/);
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
