@@ -82,19 +82,24 @@ async function blobStatus(registry: TestRegistry, digest: string): Promise<numbe
   return response.status;
 }
 
+/** src/app:one (layer1) and src/app:two (layer1, layer2): the second shares the first's layer. */
+async function pushSourceImages(registry: TestRegistry): Promise<void> {
+  const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
+  const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
+  await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
+  await pushImage(registry, "src/app", "two", [
+    { bytes: layer1, mediaType: TAR },
+    { bytes: layer2, mediaType: TAR },
+  ]);
+}
+
 Deno.test({
   name: "convert: a reused layer's table and pack are listed by the new image's tables artifact",
   ignore: requires(command("docker-registry")),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const client = new RegistryClient(registry.host, { plainHttp: true });
-    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
-    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
-    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
-    await pushImage(registry, "src/app", "two", [
-      { bytes: layer1, mediaType: TAR },
-      { bytes: layer2, mediaType: TAR },
-    ]);
+    await pushSourceImages(registry);
     const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-reused-table-" });
     try {
       const dst = `${registry.host}/${DST}:v1`;
@@ -185,13 +190,7 @@ Deno.test({
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const client = new RegistryClient(registry.host, { plainHttp: true });
-    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
-    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
-    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
-    await pushImage(registry, "src/app", "two", [
-      { bytes: layer1, mediaType: TAR },
-      { bytes: layer2, mediaType: TAR },
-    ]);
+    await pushSourceImages(registry);
     const dst = `${registry.host}/${DST}:v1`;
     const first = await runCli(["convert", `${registry.host}/src/app:one`, dst], {
       timeoutMs: 120_000,
@@ -231,13 +230,7 @@ Deno.test({
   ignore: requires(command("docker-registry")),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
-    const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
-    const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
-    await pushImage(registry, "src/app", "one", [{ bytes: layer1, mediaType: TAR }]);
-    await pushImage(registry, "src/app", "two", [
-      { bytes: layer1, mediaType: TAR },
-      { bytes: layer2, mediaType: TAR },
-    ]);
+    await pushSourceImages(registry);
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-reused-table-layout-" });
     try {
       const layout = `${work}/out`;
