@@ -10,6 +10,7 @@
  */
 import { readSmallFile } from "../../ffi/libc.ts";
 import {
+  byteRuns,
   closeQuietly,
   F_WRLCK,
   fstatIdentity,
@@ -47,14 +48,7 @@ export function currentBootId(): string {
 
 /** [start, stop) runs of WRITTEN bytes in `map`, which starts at chunk `first`. */
 export function writtenRuns(map: Uint8Array, first: number): [number, number][] {
-  const runs: [number, number][] = [];
-  for (let start = map.indexOf(WRITTEN); start >= 0; start = map.indexOf(WRITTEN, start)) {
-    let stop = start + 1;
-    while (stop < map.length && map[stop] === WRITTEN) stop++;
-    runs.push([first + start, first + stop]);
-    start = stop;
-  }
-  return runs;
+  return byteRuns(map, first, (byte) => byte === WRITTEN);
 }
 
 /** The boot id in `<base>.boot`, or undefined when there is none (or it is not one). */

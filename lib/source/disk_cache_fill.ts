@@ -18,6 +18,7 @@ import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
 import { fillTrace, nextFillId } from "./fill_trace.ts";
 import {
+  byteRuns,
   closeQuietly,
   dataSync,
   F_RDLCK,
@@ -98,18 +99,8 @@ function newReadable(): Readable {
 
 /** [chunk, count] runs of chunks in `map` (which starts at chunk `first`) that are PRESENT or not. */
 export function chunkRuns(map: Uint8Array, first: number, present: boolean): [number, number][] {
-  const runs: [number, number][] = [];
-  for (let i = 0; i < map.length;) {
-    if (isPresent(map[i]) !== present) {
-      i++;
-      continue;
-    }
-    let j = i + 1;
-    while (j < map.length && isPresent(map[j]) === present) j++;
-    runs.push([first + i, j - i]);
-    i = j;
-  }
-  return runs;
+  return byteRuns(map, first, (byte) => isPresent(byte) === present)
+    .map(([start, stop]) => [start, stop - start]);
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

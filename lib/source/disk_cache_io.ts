@@ -105,6 +105,26 @@ export function preadExact(fd: number, dest: Uint8Array, offset: number): void {
   }
 }
 
+/** [start, stop) runs of the bytes of `map` (which starts at index `first`) that pass `test`. */
+export function byteRuns(
+  map: Uint8Array,
+  first: number,
+  test: (byte: number) => boolean,
+): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let i = 0; i < map.length;) {
+    if (!test(map[i])) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < map.length && test(map[j])) j++;
+    runs.push([first + i, first + j]);
+    i = j;
+  }
+  return runs;
+}
+
 /** Blocks this thread for `ms` (short waits in synchronous open paths). */
 export function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);

@@ -5,8 +5,8 @@
  * copies), verified, written and marked WRITTEN (readable by every process of this boot); a
  * later sync marks them PRESENT (disk_cache_fill.ts). Readers in this process read a chunk as
  * soon as it is written, even before its mark, under its fill's write lock. A fill another
- * process holds is waited for, not repeated. When the disk fails (full, quota, I/O error) the source warns once
- * and serves what is missing from the inner source directly from then on.
+ * process holds is waited for, not repeated. When the disk fails (full, quota, I/O error) the
+ * source warns once and serves what is missing from the inner source directly from then on.
  * This file is the read path and the blob's life (eviction, digest check, sidecar, close); the
  * fill and sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's
  * direct reads disk_cache_direct.ts.
@@ -433,7 +433,7 @@ export class DiskCachedSource implements Source {
     if (this.#closing.signal.aborted) return Promise.resolve("incomplete");
     const check = this.#checkDigest(digest);
     // close() waits for it: the check reads and may write through this source's descriptors.
-    this.#checking = check.catch(() => {});
+    this.#checking = Promise.allSettled([this.#checking, check]);
     return check;
   }
 

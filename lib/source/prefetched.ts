@@ -551,7 +551,8 @@ export async function prefetchErofsMetadata(
       activity: () => target.readActivity(),
       signal: options.signal,
     });
-    // A reader's fetch runs on to the end of the window after its own (both promoted next).
+    // A reader's fetch runs on to the end of the walk-sized block after its own (the windows
+    // around it are promoted next).
     (raw as Partial<DemandAware>).setDemandAheadBytes?.(spread, DEMAND_AHEAD_WINDOWS);
     target.onDataRead((offset, length) => windows.promote(offset, length));
     // Not before file data is read. Started at ready they never got the gap before a find to
