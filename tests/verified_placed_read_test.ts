@@ -76,12 +76,10 @@ Deno.test({
       3 * CHUNK,
     );
     // The chunk being assembled when the body broke off is asked for again from its start
-    // (its bytes left with the buffer the failed read took).
-    assert.equal(ranges[0], `bytes=0-${3 * CHUNK + 12_345 - 1}`);
-    assert.ok(
-      ranges.slice(1).some((range) => range?.startsWith(`bytes=${CHUNK}-`)),
-      JSON.stringify(ranges),
-    );
+    // (its bytes left with the buffer the failed read took), and nothing else: a resume from
+    // where the body broke would be refused by that chunk (it was sent and dropped before).
+    const end = 3 * CHUNK + 12_345 - 1;
+    assert.deepEqual(ranges, [`bytes=0-${end}`, `bytes=${CHUNK}-${end}`]);
   },
 });
 

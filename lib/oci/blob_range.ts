@@ -39,9 +39,11 @@ export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
  * (a disk-cache fill of a verified layer: the 1 MiB table chunk being assembled). The read
  * transfers the view's ArrayBuffer: `bytes` is the same memory under a new ArrayBuffer, which
  * the caller uses from then on; a body that ends hands it back with an empty `bytes`. A body
- * that breaks off keeps it: into() then finds its buffer gone and throws (the caller starts
- * again where that memory began). Bytes dropped before the range (a 200 that ignored Range)
- * and bodies that are no byte stream still come through the scratch buffer, as for any sink.
+ * that breaks off keeps it: into() then finds its buffer gone and throws, which
+ * readBlobRangeTo asks before it would resume (no GET for bytes the sink cannot take; the
+ * caller starts again where that memory began). Bytes dropped before the range (a 200 that
+ * ignored Range) and bodies that are no byte stream still come through the scratch buffer, as
+ * for any sink.
  */
 export type PlacedBodySink = BodySink & { into(): Uint8Array };
 
@@ -327,6 +329,10 @@ export async function readBlobRangeTo(
     }
     if (error === undefined && copied === available) continue; // a short 206: ask for the rest
     if (error !== undefined && !isNetworkError(error)) throw error;
+    // A sink whose buffer the broken read took (PlacedBodySink) has lost the bytes it held
+    // before the break, so it cannot take the bytes after it: its into() throws now, before a
+    // resume GET whose body would only be refused (the caller starts again where it began).
+    if (error !== undefined) intoOf(sink)?.();
     // Truncated body or a short 206: resume from what we have.
     attempt = copied > 0 ? 1 : attempt + 1;
     debug(
