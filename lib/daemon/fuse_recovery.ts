@@ -4,14 +4,28 @@
  * identity, each file's mtime, and the layers and credentials to serve them again. `reattach`
  * starts a server that takes the descriptors from the keeper. A server stopping on purpose
  * removes the record first, so nothing revives a mount being unmounted.
+ *
+ * The keeper's pid is known only once it runs, so a server killed between the keeper's start
+ * and the record would leave a keeper nothing names. `fuse-keeper.pending`, written before the
+ * keeper starts and removed once the record is there, says so: stopFuseKeeper (umount, a failed
+ * mount's undo, the server's own stop) then also looks for the mount's keepers by their
+ * environment (keepersOwnedBy).
  */
 import { closeFd, pidfdOpen, pidfdSendSignal } from "../../ffi/libc.ts";
 import { FormatError, MountError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import type { Source } from "../source/source.ts";
-import { keeperAlive, type KeeperProcess, startKeeper, takeFromKeeper } from "../fuse/keeper.ts";
+import {
+  keeperAlive,
+  keeperOwnedBy,
+  type KeeperProcess,
+  keepersOwnedBy,
+  startKeeper,
+  takeFromKeeper,
+} from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
 import { mountDir, type MountSpec } from "../state/runtime.ts";
+import { testPause } from "./test_pause.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {
@@ -29,13 +43,21 @@ export function fuseRecoveryPath(id: string): string {
   return `${mountDir(id)}/fuse-recovery.json`;
 }
 
+/** There while a keeper may run that `fuse-recovery.json` does not name (yet). */
+export function keeperPendingPath(id: string): string {
+  return `${mountDir(id)}/fuse-keeper.pending`;
+}
+
 /** Starts the keeper for the exported FUSE layers and records how to take them over. */
 export function protectFuseMount(spec: MountSpec, exports: LayerExport[]): number {
   const fuse = exports.map((e, index) => {
     if (!e.fuse) throw new MountError(`layer ${index} has no FUSE descriptor to keep`);
     return e.fuse;
   });
-  const keeper = startKeeper(fuse.map((f) => f.fd));
+  // Before the keeper exists: whenever this server dies from here on, the cleanup looks for it.
+  Deno.writeTextFileSync(keeperPendingPath(spec.id), "", { mode: 0o600 });
+  const keeper = startKeeper(fuse.map((f) => f.fd), mountDir(spec.id));
+  testPause("fuse-keeper-started");
   const record: FuseRecoveryRecord = {
     keeper,
     fileMtimesSec: fuse.map((f) => f.mtimeSec),
@@ -44,6 +66,7 @@ export function protectFuseMount(spec: MountSpec, exports: LayerExport[]): numbe
   const file = fuseRecoveryPath(spec.id);
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
   Deno.renameSync(`${file}.tmp`, file);
+  removeIfThere(keeperPendingPath(spec.id));
   return keeper.pid;
 }
 
@@ -87,35 +110,55 @@ export function takeFuseDescriptors(id: string): { fd: number; mtimeSec: number 
 
 /** A stopping server: without the record, nobody (reattach --watch) revives the mount. */
 export function forgetFuseRecovery(id: string): void {
+  removeIfThere(fuseRecoveryPath(id));
+  removeIfThere(keeperPendingPath(id));
+}
+
+function removeIfThere(path: string): void {
   try {
-    Deno.removeSync(fuseRecoveryPath(id));
+    Deno.removeSync(path);
   } catch { /* not there */ }
 }
 
 /**
- * Ends the keeper of a mount. With the server dead this aborts its FUSE connections: readers
- * whose requests the dead server had taken wait for an answer without being killable, and get
- * an error instead; then the mounts can be removed. A server stopping on purpose ends it too
- * (its own descriptors keep the connection until it unmounts). Signalled through a pidfd
- * checked to be the keeper, so a reused pid is never hit.
+ * Ends the keeper of a mount: the one its record names and, while `fuse-keeper.pending` is
+ * there, any other whose environment names the mount (its server died before recording it).
+ * With the server dead this aborts its FUSE connections: readers whose requests the dead
+ * server had taken wait for an answer without being killable, and get an error instead; then
+ * the mounts can be removed. A server stopping on purpose ends it too (its own descriptors keep
+ * the connection until it unmounts). Signalled through a pidfd checked to be the keeper, so a
+ * reused pid is never hit.
  */
 export async function stopFuseKeeper(id: string): Promise<void> {
-  let record: FuseRecoveryRecord | undefined;
   try {
-    record = readFuseRecovery(id);
+    const record = readFuseRecovery(id);
+    if (record) await endKeeper(record.keeper, () => keeperAlive(record.keeper));
   } catch { /* malformed: nothing we can trust to signal */ }
-  if (!record) return;
+  let pending = false;
+  try {
+    Deno.statSync(keeperPendingPath(id));
+    pending = true;
+  } catch { /* no keeper unrecorded */ }
+  if (!pending) return;
+  const owner = mountDir(id);
+  for (const keeper of keepersOwnedBy(owner)) {
+    await endKeeper(keeper, () => keeperOwnedBy(keeper, owner));
+  }
+}
+
+/** SIGKILL through a pidfd, if `isKeeper()` still holds once it is open; waits up to 5 s. */
+async function endKeeper(keeper: { pid: number }, isKeeper: () => boolean): Promise<void> {
   let pidfd: number;
   try {
-    pidfd = pidfdOpen(record.keeper.pid);
+    pidfd = pidfdOpen(keeper.pid);
   } catch {
     return; // gone
   }
   try {
-    if (!keeperAlive(record.keeper)) return;
+    if (!isKeeper()) return;
     pidfdSendSignal(pidfd, SIGKILL);
     const deadline = Date.now() + 5_000;
-    while (keeperAlive(record.keeper) && Date.now() < deadline) {
+    while (isKeeper() && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   } catch {

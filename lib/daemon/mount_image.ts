@@ -63,8 +63,15 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   };
   const undo: (() => Promise<void> | void)[] = [() => removeMountDir(id)];
   // A FUSE server killed before it was ready (no ready line in time) may have started its
-  // keeper already; nothing else would end it.
-  if (spec.backend === "fuse") undo.push(() => stopFuseKeeper(id));
+  // keeper already (recorded or not: fuse_recovery.ts), and left its FUSE mounts in the runtime
+  // dir; nothing else would end them.
+  if (spec.backend === "fuse") {
+    undo.push(async () => {
+      await stopFuseKeeper(id);
+      // Loaded on this failure only: mount's start-up does not need unmount's modules.
+      await (await import("./unmount_image.ts")).detachDeadFuseMounts(id, spec.target);
+    });
+  }
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
       spec,

@@ -168,6 +168,8 @@ async function handOver(
     try {
       child.kill("SIGKILL");
     } catch { /* gone */ }
+    // Dead before the caller's undo looks for what it left (a FUSE keeper, mounts).
+    await child.status;
     throw error;
   } finally {
     clearTimeout(timer);

@@ -62,15 +62,15 @@ async function releaseOrphanedDevices(state: MountState): Promise<void> {
 /**
  * A dead FUSE server (killed, say, with SIGKILL) leaves its FUSE mounts in the runtime dir
  * answering ENOTCONN to everything, so the dir cannot be removed: detach them (nobody can read
- * them anyway).
+ * them anyway). Also the undo of a `mount` whose server died before it was ready.
  */
-async function detachDeadFuseMounts(state: MountState): Promise<void> {
-  const runDir = `${mountDir(state.id)}/`;
+export async function detachDeadFuseMounts(id: string, shownAs: string): Promise<void> {
+  const runDir = `${mountDir(id)}/`;
   const fuseMounts = readMountInfo().filter((entry) =>
     entry.mountPoint.startsWith(runDir) && entry.fsType.startsWith("fuse")
   );
   for (const entry of fuseMounts.reverse()) {
-    await unmountOne(entry.mountPoint, { lazy: true }, state.target);
+    await unmountOne(entry.mountPoint, { lazy: true }, shownAs);
   }
 }
 
@@ -101,7 +101,7 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   // it) and its FUSE mounts behind.
   if (state.backend === "fuse") {
     await stopFuseKeeper(state.id);
-    await detachDeadFuseMounts(state);
+    await detachDeadFuseMounts(state.id, state.target);
   }
   removeMountDir(state.id);
   // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).

@@ -8,11 +8,14 @@
  * The keeper is `sleep` (about 2 MB, against some 60 MB for a Deno process) that inherits the
  * descriptors: they are duplicated without close-on-exec just for the spawn. It never reads
  * /dev/fuse. It runs in its own session, so it outlives the server; the server ends it when it
- * stops on purpose, and `umount` ends it when the server is dead.
+ * stops on purpose, and `umount` ends it when the server is dead. Its environment names the
+ * mount it keeps (KEEPER_OWNER_ENV), so one whose pid was never recorded (the server died in
+ * between) can still be found and ended.
  */
 import {
   closeFd,
   libc,
+  listDirectory,
   pathExists,
   pidfdGetFd,
   pidfdOpen,
@@ -25,6 +28,8 @@ import { processStartTicks } from "../state/runtime.ts";
 /** The keeper's argument (68 years): it marks a keeper in its command line, too. */
 export const KEEPER_SLEEP_SECONDS = "2147483647";
 const SLEEP_PATHS = ["/usr/bin/sleep", "/bin/sleep"];
+/** Environment entry of a keeper: `EROFS_OCI_FUSE_KEEPER_OF=<owner>` (the mount's runtime dir). */
+export const KEEPER_OWNER_ENV = "EROFS_OCI_FUSE_KEEPER_OF";
 
 /** /dev/fuse is the misc character device 10:229 (Documentation/admin-guide/devices.txt). */
 const FUSE_DEV_MAJOR = 10, FUSE_DEV_MINOR = 229;
@@ -40,11 +45,11 @@ export interface KeeperProcess {
 }
 
 /**
- * Starts a keeper holding `fds` (this process's /dev/fuse descriptors), in its own session.
- * The inheritable copies exist only during this synchronous call, so no other spawn of this
- * process can inherit them.
+ * Starts a keeper holding `fds` (this process's /dev/fuse descriptors), in its own session,
+ * marked as `owner`'s (keepersOwnedBy). The inheritable copies exist only during this
+ * synchronous call, so no other spawn of this process can inherit them.
  */
-export function startKeeper(fds: number[]): KeeperProcess {
+export function startKeeper(fds: number[], owner: string): KeeperProcess {
   const sleep = SLEEP_PATHS.find((path) => pathExists(path));
   if (!sleep) {
     throw new MountError(`no sleep program (${SLEEP_PATHS.join(", ")}) for the FUSE keeper`);
@@ -56,6 +61,7 @@ export function startKeeper(fds: number[]): KeeperProcess {
     }
     const child = new Deno.Command(sleep, {
       args: [KEEPER_SLEEP_SECONDS],
+      env: { [KEEPER_OWNER_ENV]: owner },
       stdin: "null",
       stdout: "null",
       stderr: "null",
@@ -81,6 +87,41 @@ export function keeperAlive(keeper: Pick<KeeperProcess, "pid" | "startTicks">): 
     return argv[1] === KEEPER_SLEEP_SECONDS;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Running keepers started for `owner`, found through /proc by their environment: those of a
+ * server that died before it recorded its keeper. The caller checks each again through a pidfd
+ * (keeperOwnedBy) before it signals it.
+ */
+export function keepersOwnedBy(owner: string): Pick<KeeperProcess, "pid" | "startTicks">[] {
+  const found: Pick<KeeperProcess, "pid" | "startTicks">[] = [];
+  for (const name of listDirectory("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    try {
+      // The command line first: it rules out nearly every process with one small read.
+      const argv = readSmallFile(`/proc/${pid}/cmdline`, 256)?.split("\0") ?? [];
+      if (argv[1] !== KEEPER_SLEEP_SECONDS) continue;
+      const startTicks = processStartTicks(pid);
+      if (startTicks && keeperOwnedBy({ pid, startTicks }, owner)) found.push({ pid, startTicks });
+    } catch { /* exited meanwhile */ }
+  }
+  return found;
+}
+
+/** True when `keeper` still runs and its environment names `owner`. */
+export function keeperOwnedBy(
+  keeper: Pick<KeeperProcess, "pid" | "startTicks">,
+  owner: string,
+): boolean {
+  if (!keeperAlive(keeper)) return false;
+  try {
+    const environ = readSmallFile(`/proc/${keeper.pid}/environ`, 1 << 20)?.split("\0") ?? [];
+    return environ.includes(`${KEEPER_OWNER_ENV}=${owner}`);
+  } catch {
+    return false; // exited meanwhile
   }
 }
 
