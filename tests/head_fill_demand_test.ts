@@ -11,12 +11,8 @@ import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
 import { CachedSource } from "../lib/source/cached.ts";
-import {
-  IMAGE_HEAD_PROBE_BYTES,
-  PIN_PAGE_BYTES,
-  PrefetchedSource,
-  prefetchErofsMetadata,
-} from "../lib/source/prefetched.ts";
+import { PIN_PAGE_BYTES, PrefetchedSource } from "../lib/source/prefetched.ts";
+import { IMAGE_HEAD_PROBE_BYTES, prefetchErofsMetadata } from "../lib/source/metadata_prefetch.ts";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import type { Source } from "../lib/source/source.ts";
 import { FIXTURES } from "./_support/requires.ts";

@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import { CachedSource } from "../lib/source/cached.ts";
-import { PrefetchedSource, prefetchErofsMetadata } from "../lib/source/prefetched.ts";
+import { PrefetchedSource } from "../lib/source/prefetched.ts";
+import { prefetchErofsMetadata } from "../lib/source/metadata_prefetch.ts";
 import { FormatError } from "../lib/errors.ts";
 import { FIXTURES, path as requirePath, PEER_BIN, requires } from "./_support/requires.ts";
 import {

@@ -9,11 +9,11 @@ import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
 import { CachedSource } from "../lib/source/cached.ts";
+import { PrefetchedSource } from "../lib/source/prefetched.ts";
 import {
   DEFAULT_PREFETCH_WINDOWS_MAX_BYTES,
-  PrefetchedSource,
   prefetchErofsMetadata,
-} from "../lib/source/prefetched.ts";
+} from "../lib/source/metadata_prefetch.ts";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import { MemorySource } from "./_support/memory_source.ts";
 import { FIXTURES, REPO_ROOT } from "./_support/requires.ts";

@@ -14,7 +14,8 @@ import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
 import { CachedSource } from "../lib/source/cached.ts";
-import { PrefetchedSource, prefetchErofsMetadata } from "../lib/source/prefetched.ts";
+import { PrefetchedSource } from "../lib/source/prefetched.ts";
+import { prefetchErofsMetadata } from "../lib/source/metadata_prefetch.ts";
 import { ChunkTableBuilder, parseChunkTable } from "../lib/verify/chunk_table.ts";
 import {
   loadMetadataRanges,

@@ -4,7 +4,8 @@
  * serves until told to stop. Started as `erofs-oci __mount-server` with the MountSpec on stdin.
  */
 import { CachedSource } from "../source/cached.ts";
-import { PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
+import { PrefetchedSource } from "../source/prefetched.ts";
+import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
 import { QUIET_START } from "../source/background_windows.ts";
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { walkErofsMetadata } from "./metadata_walk.ts";
 import { checkErofsSuperblock } from "./superblock.ts";
 import { LocalFile } from "../source/local_file.ts";
-import { PIN_PAGE_BYTES, PrefetchedSource, prefetchErofsMetadata } from "../source/prefetched.ts";
+import { PIN_PAGE_BYTES, PrefetchedSource } from "../source/prefetched.ts";
+import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
 import type { Source } from "../source/source.ts";
 import { FIXTURES } from "../../tests/_support/requires.ts";
 

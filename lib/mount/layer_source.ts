@@ -48,7 +48,7 @@ function sidecarOf(source: Source): MetadataSidecar | undefined {
   };
 }
 
-/** After the mount's ready (its set-up waits 25 ms after the directories, prefetched.ts). */
+/** After the mount's ready (its set-up waits 25 ms after the directories, metadata_prefetch.ts). */
 const SIDECAR_WRITE_DELAY_MS = 100;
 
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {

@@ -1,5 +1,5 @@
 /**
- * The background windows of a scattered image (prefetched.ts, issue 12): once the mount is
+ * The background windows of a scattered image (metadata_prefetch.ts, issue 12): once the mount is
  * ready and file data is read, the aligned windows around the listed metadata are filled through
  * the disk cache, a few at a time, because mkfs.erofs puts each directory's files next to it and
  * an application starting up reads files of a few directories (cold python: 40 GETs without
@@ -98,7 +98,7 @@ export const WALK_QUIET_GAPS = 3;
 export const DATA_READ_RECENT_MS = 250;
 /**
  * A FUSE mount's windows start once nothing was read for `quietMs` after ready, one at a time
- * (`idleInFlight`) until file data is read, `inFlight` at a time while it is (prefetched.ts,
+ * (`idleInFlight`) until file data is read, `inFlight` at a time while it is (metadata_prefetch.ts,
  * PrefetchOptions.windowsWhenQuiet). NBD mounts do not use it (the VM's mount(2) reads after
  * ready). Cold find and cold python of the benchmark, 3 interleaved rounds each at load 1.2-1.5
  * (scripts/bench/python_ab.ts; local find 0.044-0.048 s, python 0.445-0.462 s):
@@ -172,7 +172,7 @@ export interface BackgroundWindowsOptions {
    * Unless file data is being read, a window is filled in pieces, one after the other, the
    * rules checked before each: the first of this many bytes (default: whole windows), each next
    * one twice the last while no walk came, up to the window. What is in flight when a walk
-   * begins is then small, and idle time goes to large GETs (prefetched.ts BACKGROUND_WINDOW_BYTES).
+   * begins is then small, and idle time goes to large GETs (metadata_prefetch.ts BACKGROUND_WINDOW_BYTES).
    */
   pieceBytes?: number;
   /**

@@ -322,7 +322,7 @@ export class DiskCachedSource implements Source {
    * answered as soon as its own chunks are verified, the rest follows without a request of its
    * own (a GET to docker-registry costs the same time to its first byte for 4 KiB as for 4 MiB:
    * it reads 4 MiB from the offset first). For images whose files are read in clusters
-   * (prefetched.ts sets it with its background windows, which fetch those blocks next anyway).
+   * (metadata_prefetch.ts sets it with its background windows, which fetch those blocks next anyway).
    */
   setDemandAheadBytes(bytes: number, blocks = 1): void {
     this.#demandAhead = {

@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
 import { CachedSource } from "./cached.ts";
+import { PIN_PAGE_BYTES, PrefetchedSource } from "./prefetched.ts";
 import {
   firstDataReadPast,
   IMAGE_HEAD_PROBE_BYTES,
-  PIN_PAGE_BYTES,
-  PrefetchedSource,
   prefetchErofsMetadata,
-} from "./prefetched.ts";
+} from "./metadata_prefetch.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 import { FIXTURES } from "../../tests/_support/requires.ts";
 

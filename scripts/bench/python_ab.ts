@@ -111,7 +111,7 @@ for (const variant of variants) {
   refs.set(variant.name, own);
 }
 
-/** prefetched.ts's background window size (DEFAULT_PREFETCH_WINDOW_BYTES). */
+/** metadata_prefetch.ts's background window size (DEFAULT_PREFETCH_WINDOW_BYTES). */
 const WINDOW_BYTES = 4 << 20;
 
 interface TraceEvent {
