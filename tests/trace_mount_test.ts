@@ -11,7 +11,7 @@ import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
-import { mountPointsFrom, mountSandbox } from "./_support/mounts.ts";
+import { mountPointsFrom, mountSandbox, pidAlive } from "./_support/mounts.ts";
 import { parseTrace } from "../lib/trace/format.ts";
 import { pushTraceArtifact } from "../lib/trace/artifact.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
@@ -45,10 +45,10 @@ async function setup(prefix: string) {
       .length;
   const ref = `${proxy.host}/trace/app:v1`;
   /** `erofs-oci trace` of the image over FUSE with `options`, tracing `sh -c script`. */
-  const trace = (options: string[], script: string) =>
+  const trace = (options: string[], script: string, env: Record<string, string> = {}) =>
     runCli(
       ["trace", ref, "--plain-http", "--backend", "fuse", ...options, "--", "sh", "-c", script],
-      { env: sandbox.env, timeoutMs: 60_000 },
+      { env: { ...sandbox.env, ...env }, timeoutMs: 60_000 },
     );
   return {
     trace,
@@ -131,13 +131,20 @@ Deno.test({
     await using t = await setup("erofs-oci-trace-stray-");
     const out = `${t.work}/trace.json`;
     const pidFile = `${t.work}/stray.pid`;
+    // Where trace makes its temporary dir (Deno.makeTempDir follows TMPDIR).
+    const tmp = `${t.work}/tmp`;
+    Deno.mkdirSync(tmp);
     try {
       const result = await t.trace(
         ["-o", out],
         `cat {}/file3 > /dev/null; (cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 & echo $! > ${pidFile}`,
+        { TMPDIR: tmp },
       );
       assertSuccess(result);
       assert.match(result.stderr, /detaching it \(--lazy\)/);
+      assert(pidAlive(Number(Deno.readTextFileSync(pidFile))), "the child still holds the mount");
+      // Its mount detached but still held, trace's temporary dir is gone all the same.
+      assert.deepEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], result.stderr);
       const trace = parseTrace(Deno.readFileSync(out));
       assert(covers(trace.ranges, t.offsets[3], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
       // Nothing of the test's runtime dir is mounted anywhere (trace mounts outside it).

@@ -85,15 +85,16 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
     }
     checkRoot();
     const opened = await openRegistry("trace", image, values);
-    const work = Deno.makeTempDirSync({ prefix: "erofs-oci-trace-" });
-    const root = `${work}/root`;
-    const traceFile = `${work}/trace.json`;
-    Deno.mkdirSync(root);
+    let work: string | undefined;
     const saved = new Map(
       [TRACE_RECORD_ENV, "EROFS_OCI_DISK_CACHE_BYTES"].map((k) => [k, Deno.env.get(k)]),
     );
     let mounted = false;
     try {
+      work = Deno.makeTempDirSync({ prefix: "erofs-oci-trace-" });
+      const root = `${work}/root`;
+      const traceFile = `${work}/trace.json`;
+      Deno.mkdirSync(root);
       Deno.env.set(TRACE_RECORD_ENV, traceFile);
       const mountArgv = [image, root, "--no-disk-cache", "--no-prefetch"];
       if (values.backend !== undefined) mountArgv.push("--backend", values.backend);
@@ -133,20 +134,35 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         if (value === undefined) Deno.env.delete(key);
         else Deno.env.set(key, value);
       }
-      if (mounted) {
-        await unmountTraced(root).catch((error) =>
-          warn(`trace: umount ${root} failed: ${(error as Error).message}`)
+      if (mounted && work) {
+        await unmountTraced(`${work}/root`).catch((error) =>
+          warn(`trace: umount ${work}/root failed: ${(error as Error).message}`)
         );
       }
       opened.client.close();
-      try {
-        Deno.removeSync(work, { recursive: true });
-      } catch (error) {
-        info(`trace: ${work} left behind: ${(error as Error).message}`);
-      }
+      if (work) removeWorkDir(work);
     }
   },
 };
+
+/**
+ * Removes trace's temporary dir, `root` first and alone (rmdir): once its mount is detached it
+ * is an empty directory again, even while another process still holds the detached mount. A
+ * mount still on it (both umounts failed) makes that rmdir fail instead of a recursive removal
+ * walking into the mount (a FUSE mount whose server died while its keeper lives would hang the
+ * walk); the dir is then left, and said so.
+ */
+function removeWorkDir(work: string): void {
+  for (const [path, recursive] of [[`${work}/root`, false], [work, true]] as const) {
+    try {
+      Deno.removeSync(path, { recursive });
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) continue;
+      info(`trace: ${work} left behind: ${(error as Error).message}`);
+      return;
+    }
+  }
+}
 
 /**
  * Unmounts trace's own temporary mount. What still holds it (a child the command left behind,
