@@ -34,9 +34,13 @@ ${EXIT_CODES}`;
 /** Parses the global options, dispatches to a command and maps errors to exit codes. */
 export async function runCli(args: string[]): Promise<number> {
   mark("cli: main");
-  const debug = args.includes("--debug");
+  // What follows `--` is another program's command line (`trace … -- CMD ARGS`): its
+  // --debug, -h or --help are its own.
+  const dashes = args.indexOf("--");
+  const ours = dashes === -1 ? args : args.slice(0, dashes);
+  const debug = ours.includes("--debug");
   setDebug(debug);
-  let argv = args.filter((a) => a !== "--debug");
+  let argv = [...ours.filter((a) => a !== "--debug"), ...(dashes === -1 ? [] : args.slice(dashes))];
   try {
     argv = takeLogFormat(argv);
     const [first, ...rest] = argv;
@@ -60,7 +64,8 @@ export async function runCli(args: string[]): Promise<number> {
       (await ahead)?.spawnMountServerAhead(rest);
       const command = await entry.load();
       mark(`cli: ${first} loaded`);
-      if (rest.includes("--help") || rest.includes("-h")) {
+      const options = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+      if (options.includes("--help") || options.includes("-h")) {
         console.log(command.help);
         return 0;
       }
