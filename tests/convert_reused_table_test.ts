@@ -5,7 +5,9 @@
  * docker-registry, `garbage-collect`), the table and pack are still there and the mount's table
  * discovery (attachChunkTables, --require-verified) still verifies every layer. A stored table
  * that no longer matches its digest (registry or OCI layout destination) is neither bound to the
- * reused layer nor listed.
+ * reused layer nor listed; one the registry lost is passed over without a note. A reused
+ * table costs one GET (no HEAD before it, and once however often the image holds the layer),
+ * and an image holding a layer twice lists its table and pack once.
  */
 import assert from "node:assert/strict";
 import { RegistryClient } from "../lib/oci/client.ts";
@@ -23,6 +25,7 @@ import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getBlob, getManifest, pushImage } from "./_support/oci_raw.ts";
+import { type FaultProxy, startFaultProxy } from "./_support/fault_proxy.ts";
 import { runTool } from "./_support/tool.ts";
 
 const TAR = "application/vnd.oci.image.layer.v1.tar";
@@ -82,7 +85,19 @@ async function blobStatus(registry: TestRegistry, digest: string): Promise<numbe
   return response.status;
 }
 
-/** src/app:one (layer1) and src/app:two (layer1, layer2): the second shares the first's layer. */
+async function deleteBlob(registry: TestRegistry, digest: string): Promise<void> {
+  const response = await fetch(`http://${registry.host}/v2/${DST}/blobs/${digest}`, {
+    method: "DELETE",
+    signal: AbortSignal.timeout(10_000),
+  });
+  await response.body?.cancel();
+  assert.equal(response.status, 202, `DELETE ${digest}`);
+}
+
+/**
+ * src/app:one (layer1), src/app:two (layer1, layer2): the second shares the first's layer;
+ * src/app:twice (layer1, layer1, layer2) holds it twice.
+ */
 async function pushSourceImages(registry: TestRegistry): Promise<void> {
   const layer1 = Deno.readFileSync(`${FIXTURES}/layer1.tar`);
   const layer2 = Deno.readFileSync(`${FIXTURES}/layer2.tar`);
@@ -91,6 +106,16 @@ async function pushSourceImages(registry: TestRegistry): Promise<void> {
     { bytes: layer1, mediaType: TAR },
     { bytes: layer2, mediaType: TAR },
   ]);
+  await pushImage(registry, "src/app", "twice", [
+    { bytes: layer1, mediaType: TAR },
+    { bytes: layer1, mediaType: TAR },
+    { bytes: layer2, mediaType: TAR },
+  ]);
+}
+
+/** The methods of the requests for blob `digest` that went through the proxy, in order. */
+function blobRequests(proxy: FaultProxy, digest: string): string[] {
+  return proxy.requests.filter((r) => r.path.endsWith(`/blobs/${digest}`)).map((r) => r.method);
 }
 
 Deno.test({
@@ -122,12 +147,16 @@ Deno.test({
       assert.equal(before.pack.length, 1, JSON.stringify(before));
       const pack = before.pack[0];
 
-      const second = await runCli(["convert", `${registry.host}/src/app:two`, dst], {
-        timeoutMs: 120_000,
-      });
+      await using proxy = await startFaultProxy(registry.host, []);
+      const second = await runCli(
+        ["convert", `${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`],
+        { timeoutMs: 120_000 },
+      );
       assertSuccess(second);
       assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
       assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
+      // The reused table is read back with one GET, without a HEAD first.
+      assert.deepEqual(blobRequests(proxy, table), ["GET"]);
       const newManifest = second.stdout.trim().split("@")[1];
       assert.notEqual(newManifest, oldManifest);
       const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
@@ -273,5 +302,99 @@ Deno.test({
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }
+  },
+});
+
+Deno.test({
+  name: "convert: a reused layer whose table the registry lost is reused without one, no note",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    await pushSourceImages(registry);
+    const first = await runCli(
+      ["convert", `${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`],
+      { timeoutMs: 120_000 },
+    );
+    assertSuccess(first);
+    const old = (await getManifest(registry, DST, first.stdout.trim().split("@")[1]))
+      .json as ImageManifest;
+    const reusedLayer = old.layers[0].digest;
+    const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
+    assert.match(table, /^sha256:[0-9a-f]{64}$/);
+    await deleteBlob(registry, table);
+    assert.equal(await blobStatus(registry, table), 404);
+
+    await using proxy = await startFaultProxy(registry.host, []);
+    const second = await runCli(
+      ["convert", `${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`],
+      { timeoutMs: 120_000 },
+    );
+    assertSuccess(second);
+    assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
+    assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
+    // One GET that answers 404 is all it costs (a HEAD answered the same before).
+    assert.deepEqual(blobRequests(proxy, table), ["GET"]);
+    const newManifest = second.stdout.trim().split("@")[1];
+    const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
+    assert.equal(now.layers[0].digest, reusedLayer);
+    assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
+    const listed = await artifactEntries(registry, client, newManifest);
+    assert.deepEqual(entriesOf(listed.entries, reusedLayer), { table: [], pack: [] });
+    assert.equal(entriesOf(listed.entries, now.layers[1].digest).table.length, 1);
+  },
+});
+
+Deno.test({
+  name: "convert: an image holding a layer twice lists its table and pack once",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    await pushSourceImages(registry);
+    /** The converted manifest, and the table entries per distinct layer of its artifact. */
+    const check = async (stdout: string) => {
+      const digest = stdout.trim().split("@")[1];
+      const manifest = (await getManifest(registry, DST, digest)).json as ImageManifest;
+      assert.equal(manifest.layers.length, 3);
+      assert.equal(manifest.layers[0].digest, manifest.layers[1].digest);
+      const table = manifest.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
+      assert.match(table, /^sha256:[0-9a-f]{64}$/);
+      assert.equal(manifest.layers[1].annotations?.[CHUNK_TABLE_ANNOTATION], table);
+      const { entries } = await artifactEntries(registry, client, digest);
+      const twice = entriesOf(entries, manifest.layers[0].digest);
+      assert.deepEqual(twice.table.map((e) => e.digest), [table], JSON.stringify(entries));
+      assert.equal(twice.pack.length, 1, JSON.stringify(entries));
+      assert.equal(entriesOf(entries, manifest.layers[2].digest).table.length, 1);
+      assert.equal(entries.length, 4, JSON.stringify(entries));
+      return table;
+    };
+
+    // A new build: the layer is converted once, its second place reuses it.
+    const fresh = await runCli(
+      ["convert", `${registry.host}/src/app:twice`, `${registry.host}/${DST}:fresh`],
+      { timeoutMs: 120_000 },
+    );
+    assertSuccess(fresh);
+    assert.match(fresh.stderr, /layer 2\/3: already converted/, describe(fresh));
+    await check(fresh.stdout);
+
+    // Reused from the image at the tag: its table is read back once for both places.
+    const first = await runCli(
+      ["convert", `${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`],
+      { timeoutMs: 120_000 },
+    );
+    assertSuccess(first);
+    await using proxy = await startFaultProxy(registry.host, []);
+    const second = await runCli(
+      ["convert", `${registry.host}/src/app:twice`, `${proxy.host}/${DST}:v1`],
+      { timeoutMs: 120_000 },
+    );
+    assertSuccess(second);
+    assert.match(second.stderr, /layer 1\/3: already converted/, describe(second));
+    assert.match(second.stderr, /layer 2\/3: already converted/, describe(second));
+    assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
+    const table = await check(second.stdout);
+    assert.deepEqual(blobRequests(proxy, table), ["GET"]);
   },
 });

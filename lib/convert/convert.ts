@@ -179,8 +179,11 @@ class LayerConverter {
   readonly #progress: ConvertProgress;
   /** Source digest(s) → EROFS layer, from the destination's tag and from this run. */
   readonly #known: Map<string, Descriptor>;
-  /** Table digest → the table built in this run (a layer reused later needs no fetch). */
-  readonly #built = new Map<string, TableRef>();
+  /**
+   * Table digest → the table built or read back and checked in this run: a layer reused later
+   * (the same layer twice in an image, or in two platforms) needs no fetch.
+   */
+  readonly #tables = new Map<string, TableRef>();
 
   constructor(
     source: SourceImage,
@@ -252,14 +255,16 @@ class LayerConverter {
 
   async #reusedTable(layer: Descriptor, label: string): Promise<TableRef | undefined> {
     const digest = layer.annotations?.[CHUNK_TABLE_ANNOTATION];
-    const built = digest ? this.#built.get(digest) : undefined;
-    if (built?.layerDigest === layer.digest) return built;
-    return await reusedTable(
+    const known = digest ? this.#tables.get(digest) : undefined;
+    if (known?.layerDigest === layer.digest) return known;
+    const table = await reusedTable(
       this.#destination,
       layer,
       (why) =>
         this.#progress.note(`${label}: its chunk table is not used (${why}); reused without one`),
     );
+    if (table) this.#tables.set(table.digest, table);
+    return table;
   }
 
   async #read(
@@ -328,7 +333,7 @@ class LayerConverter {
         annotations: { [CHUNK_TABLE_ANNOTATION]: table.digest },
       });
       const ref = tableRef(table);
-      this.#built.set(ref.digest, ref);
+      this.#tables.set(ref.digest, ref);
       return {
         sources,
         digest: built.digest,

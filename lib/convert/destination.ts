@@ -32,7 +32,8 @@ export interface ImageDestination {
   hasBlob(digest: string): Promise<boolean>;
   /**
    * The chunk-digest table blob `digest` already at the destination (a reused layer's), checked
-   * against its digest and refused unless it describes `layer`; its byte size.
+   * against its digest and refused unless it describes `layer`; its byte size. A blob the
+   * destination does not have (as hasBlob judges) rejects with an OciError of status 404.
    */
   readTable(
     digest: string,

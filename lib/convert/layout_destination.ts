@@ -90,6 +90,11 @@ export class LayoutDestination implements ImageDestination {
     digest: string,
     layer: { digest: string; sizeBytes: number },
   ): Promise<{ table: ChunkTable; sizeBytes: number }> {
+    if (!(await this.hasBlob(digest))) {
+      const missing = new OciError(`blob ${digest} not found in ${this.#layout.path}`);
+      missing.status = 404;
+      throw missing;
+    }
     const bytes = await this.#readBlob(digest, MAX_TABLE_BYTES);
     return { table: parseChunkTable(bytes, layer), sizeBytes: bytes.byteLength };
   }

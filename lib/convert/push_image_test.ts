@@ -8,7 +8,9 @@ import { FormatError, OciError } from "../errors.ts";
 import { command, requires } from "../../tests/_support/requires.ts";
 import { startRegistry } from "../../tests/_support/registry.ts";
 import { loadFixture } from "../../tests/_support/oci_fixtures.ts";
-import { pushIndex } from "../../tests/_support/oci_raw.ts";
+import { getManifest, pushIndex } from "../../tests/_support/oci_raw.ts";
+import { listReferrers } from "../oci/referrers.ts";
+import { CHUNK_TABLE_ANNOTATION, CHUNK_TABLES_ARTIFACT_TYPE } from "../verify/chunk_table.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
@@ -71,6 +73,38 @@ Deno.test({
     ], { platform: "linux/arm64/v8" });
     assert.ok(again.layers.every((l) => !l.uploaded));
     assert.equal(again.manifestDigest, result.manifestDigest);
+  },
+});
+
+Deno.test({
+  name: "pushImage: a file pushed as two layers has its table uploaded and listed once",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    const small = await loadFixture("layer2.erofs");
+    const ref = parseReference(`${registry.host}/push/twice:v1`);
+    const result = await pushImage(client, ref, [{ path: small.path }, { path: small.path }]);
+    const manifest = await getManifest(registry, "push/twice", result.manifestDigest);
+    const layers = (manifest.json as { layers: { annotations: Record<string, string> }[] })
+      .layers;
+    const table = layers[0].annotations[CHUNK_TABLE_ANNOTATION];
+    assert.match(table, /^sha256:[0-9a-f]{64}$/);
+    assert.equal(layers[1].annotations[CHUNK_TABLE_ANNOTATION], table);
+    const referrers = await listReferrers(
+      client,
+      "push/twice",
+      result.manifestDigest,
+      CHUNK_TABLES_ARTIFACT_TYPE,
+    );
+    assert.equal(referrers.length, 1);
+    const artifact = await getManifest(registry, "push/twice", referrers[0].digest);
+    const listed = (artifact.json as { layers: { digest: string }[] }).layers.map((l) => l.digest);
+    assert.equal(listed.filter((d) => d === table).length, 1, JSON.stringify(listed));
+    assert.equal(new Set(listed).size, listed.length, JSON.stringify(listed));
+    const log = await registry.accessLog();
+    const heads = log.filter((l) => l.includes(`"HEAD /v2/push/twice/blobs/${table} `));
+    assert.equal(heads.length, 1, heads.join("\n"));
   },
 });
 

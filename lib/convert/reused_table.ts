@@ -27,15 +27,14 @@ export async function reusedTable(
 ): Promise<TableRef | undefined> {
   const digest = layer.annotations?.[CHUNK_TABLE_ANNOTATION];
   if (!digest || !DIGEST_PATTERN.test(digest)) return undefined;
-  if (!(await destination.hasBlob(digest))) return undefined;
   let read;
   try {
+    // One GET, no HEAD before it: a table the destination lost answers 404 just as well.
     read = await destination.readTable(digest, { digest: layer.digest, sizeBytes: layer.size });
   } catch (error) {
     if (!(error instanceof UserError)) throw error;
-    if (error instanceof OciError && error.status !== undefined && error.status !== 404) {
-      throw error;
-    }
+    if (error instanceof OciError && error.status === 404) return undefined; // lost: no note
+    if (error instanceof OciError && error.status !== undefined) throw error;
     onRefused(error.message);
     return undefined;
   }

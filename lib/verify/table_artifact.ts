@@ -34,9 +34,14 @@ export async function uploadTables(
   tables: EncodedTable[],
   signal?: AbortSignal,
 ): Promise<void> {
-  for (const { bytes, pack } of tables) {
-    await uploadBlobIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
-    if (pack) {
+  // An image with a layer twice has its table twice: one HEAD (and upload) per blob is enough.
+  const seen = new Set<string>();
+  const once = (digest: string) => !seen.has(digest) && !!seen.add(digest);
+  for (const { digest, bytes, pack } of tables) {
+    if (once(digest)) {
+      await uploadBlobIfMissing(client, repository, bytes, CHUNK_TABLE_MEDIA_TYPE, signal);
+    }
+    if (pack && once(pack.digest)) {
       await uploadBlobIfMissing(client, repository, pack.bytes, METADATA_PACK_MEDIA_TYPE, signal);
     }
   }
@@ -64,6 +69,7 @@ export function tableRef(table: EncodedTable): TableRef {
 /**
  * Pushes the artifact referring to `subject` that lists `tables` (uploaded before, see
  * uploadTables), replacing an earlier tables artifact of the image in the fallback tag's list.
+ * Each entry is listed once: a layer the image holds twice has one table (and pack) there.
  */
 export async function pushTablesArtifact(
   client: RegistryClient,
@@ -73,6 +79,7 @@ export async function pushTablesArtifact(
   signal?: AbortSignal,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
   // The packs are listed too: the artifact keeps them from garbage collection.
+  const listed = new Set<string>();
   const layers = tables.flatMap((t) => [
     {
       mediaType: CHUNK_TABLE_MEDIA_TYPE,
@@ -88,7 +95,10 @@ export async function pushTablesArtifact(
         annotations: { [TABLE_LAYER_ANNOTATION]: t.layerDigest },
       }]
       : []),
-  ]);
+  ]).filter((entry) => {
+    const key = `${entry.digest} ${entry.annotations[TABLE_LAYER_ANNOTATION]}`;
+    return !listed.has(key) && !!listed.add(key);
+  });
   return await pushArtifact(
     client,
     repository,
