@@ -206,6 +206,13 @@ export function readStates(): MountState[] {
     entries = [...Deno.readDirSync(MOUNTS_DIR)];
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return [];
+    // The runtime dir is root's (0700: sockets, logs, credentials of recovery).
+    if (error instanceof Deno.errors.PermissionDenied) {
+      throw new MountError(
+        `cannot read erofs-oci's mounts in ${MOUNTS_DIR}: permission denied`,
+        "run erofs-oci as root (sudo)",
+      );
+    }
     throw error;
   }
   for (const entry of entries) {

@@ -1,0 +1,46 @@
+/**
+ * Commands run by a user who is not root: one line saying root is needed, never an internal
+ * error. `list` and `metrics` read the runtime dir, which is root's (0700).
+ */
+import { assertCliError, type CliResult } from "./_support/cli.ts";
+import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
+
+/** erofs-oci as uid 65534, with a runtime dir of root's that exists (as after any mount). */
+async function asNobody(args: string[]): Promise<CliResult> {
+  const runtimeDir = await Deno.makeTempDir({ prefix: "erofs-oci-notroot-" });
+  try {
+    await Deno.mkdir(`${runtimeDir}/mounts`, { mode: 0o700 });
+    await Deno.chmod(runtimeDir, 0o700);
+    const output = await new Deno.Command("setpriv", {
+      args: [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        `${REPO_ROOT}/scripts/erofs-oci-dev`,
+        ...args,
+      ],
+      env: { EROFS_OCI_RUNTIME_DIR: runtimeDir, DOCKER_CONFIG: "/nonexistent" },
+      stdin: "null",
+      signal: AbortSignal.timeout(20_000),
+    }).output();
+    return {
+      code: output.code,
+      stdout: new TextDecoder().decode(output.stdout),
+      stderr: new TextDecoder().decode(output.stderr),
+      timedOut: false,
+      commandLine: `(uid 65534) erofs-oci ${args.join(" ")}`,
+    };
+  } finally {
+    await Deno.remove(runtimeDir, { recursive: true });
+  }
+}
+
+for (const args of [["list"], ["list", "--json"], ["metrics"]]) {
+  Deno.test({
+    name: `not root: erofs-oci ${args.join(" ")} says it needs root`,
+    ignore: requires(root(), command("setpriv")),
+    async fn() {
+      assertCliError(await asNobody(args), 1, /cannot read erofs-oci's mounts .*permission denied/);
+    },
+  });
+}
