@@ -72,7 +72,15 @@ fi
 run=$cache/runs/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$run"
 export BENCH_IMAGE=$image BENCH_NETEM_KO=$netem_ko BENCH_OUT=/run/vm BENCH_REPO=$repo
-export BENCH_PEER_BIN=${EROFS_OCI_PEER_BIN:-$repo/../shared/peer/bin}
+BENCH_PEER_BIN=${EROFS_OCI_PEER_BIN:-$repo/../shared/peer/bin}
+# Resolved here: a ../shared that is a symlink under /tmp (a worktree's) does not exist in the
+# guest, whose /tmp is its own; run.sh binds back only the real directories under /tmp.
+if real=$(realpath -e -- "$BENCH_PEER_BIN" 2>/dev/null); then
+  BENCH_PEER_BIN=$real
+else
+  log "erofs-utils 1.9.3 not found in $BENCH_PEER_BIN (set EROFS_OCI_PEER_BIN): the peer variant will fail"
+fi
+export BENCH_PEER_BIN
 # The guest covers /tmp and /run with tmpfs; run.sh binds these back when they live there.
 export VM_HOST_PATHS="$DENO_DIR"$'\n'"$BENCH_PEER_BIN"
 export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT BENCH_REPO BENCH_PEER_BIN ${VM_ENV:-}"
