@@ -4,6 +4,8 @@
 # VM once (scripts/vm/run.sh) and compares, in that VM: a local loop mount of the image (the
 # limit), erofs-oci over NBD with the registry on loopback, the same with 20 ms added round
 # trip (netem on lo), erofs-oci over FUSE, and erofs-utils 1.9.3 `mount.erofs -t erofs.nbd`;
+# erofs-oci-nbd-local / qemu-nbd-local (BENCH_VARIANTS only): NBD from the tmpfs copy, no
+# registry: our server against qemu-nbd, a C server, for the transport's own cost under TCG;
 # trace-python-20ms: a cold python start after a cold NBD mount with a recorded trace, +20 ms
 # (per run: block requests, CPU, prefetch timing; scripts/bench/trace_python_breakdown.ts).
 # Method and recorded figures: docs/benchmarks.md.

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DENO_VERSION=2.9.6
-APT_PACKAGES=(docker-registry qemu-system-x86 busybox-static cpio kmod erofs-utils libnbd-bin nbdkit
-  fuse3 attr curl apache2-utils openssl xz-utils zstd python3 gpgv debian-archive-keyring
+APT_PACKAGES=(docker-registry qemu-system-x86 qemu-utils busybox-static cpio kmod erofs-utils
+  libnbd-bin nbdkit fuse3 attr curl apache2-utils openssl xz-utils zstd python3 gpgv debian-archive-keyring
   liblz4-1 liblzma5 zlib1g libzstd1 libxxhash0 libssl3 libcurl4 libjson-c5 libuuid1
   libnl-3-200 libnl-genl-3-200 libfuse3-3 umoci skopeo time python3-prometheus-client)
 

@@ -6,7 +6,8 @@
 # goes to $BENCH_OUT/results.tsv; scripts/bench/report.ts turns it into the table.
 # Env (from the host): BENCH_IMAGE, BENCH_OUT (default /run/vm), BENCH_NETEM_KO (sch_netem.ko
 # for the 20 ms variant; skipped when empty), BENCH_PEER_BIN, BENCH_SLOW_TAR_TIMEOUT_S,
-# BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below),
+# BENCH_PEER_FIND_TIMEOUT_S, BENCH_STEP_TIMEOUT_S, BENCH_VARIANTS (subset of the names below;
+# also erofs-oci-nbd-local and qemu-nbd-local, NBD without a registry, not run by default),
 # BENCH_TRACE_RUNS (rounds of trace-python-20ms, default 3), BENCH_FILL_TRACE=1 (erofs-oci
 # servers write EROFS_OCI_FILL_TRACE, kept as $BENCH_OUT/fill-VARIANT.txt; each step's start is
 # in steps.tsv for scripts/bench/fill_trace_report.ts FROM_EPOCH_MS TO_EPOCH_MS).
@@ -350,6 +351,23 @@ oci_fuse_mount() {
     cli mount "$ref" "$1" --backend fuse >"$work/mount-${1##*/}.log" 2>&1
 }
 oci_umount() { cli umount "$1"; }
+# The NBD transport alone, no registry (diagnostics, not in the default list): our server and
+# qemu-nbd (a C server, Debian's qemu-utils) serving the tmpfs copy the local loop reads, so
+# what a kernel NBD request costs under TCG is told apart from what fetching costs.
+oci_nbd_local_mount() {
+  EROFS_OCI_CACHE_DIR=$work/disk-cache/${1##*/} EROFS_OCI_TIMING=$work/timing-${1##*/}.txt \
+    cli mount "$work/image.erofs" "$1" --backend nbd >"$work/mount-${1##*/}.log" 2>&1
+}
+# nbds_max=16 (scripts/vm/build.sh): the last device, which our servers reach only at 16 mounts.
+qemu_nbd_device=/dev/nbd15
+qemu_nbd_mount() {
+  qemu-nbd --connect="$qemu_nbd_device" --read-only --format=raw "$work/image.erofs" \
+    >"$work/qemu-nbd.log" 2>&1 && mount -t erofs -o ro "$qemu_nbd_device" "$1"
+}
+qemu_nbd_umount() {
+  umount "$1"
+  qemu-nbd --disconnect "$qemu_nbd_device" >/dev/null 2>&1
+}
 oci_pid() {
   cli list --json | python3 -c '
 import json, sys
@@ -598,6 +616,15 @@ for variant in $variants; do
       "$slow_tar_timeout_s"
     ;;
   trace-python-20ms) trace_python_20ms || netem_off ;;
+  erofs-oci-nbd-local)
+    measure "$variant" /mnt/bench-nbd-local oci_nbd_local_mount oci_umount oci_pid \
+      "$step_timeout_s" "$step_timeout_s"
+    ;;
+  qemu-nbd-local)
+    command -v qemu-nbd >/dev/null || { log "[$variant] qemu-nbd not installed (qemu-utils)"; continue; }
+    measure "$variant" /mnt/bench-qemu-nbd qemu_nbd_mount qemu_nbd_umount no_pid \
+      "$step_timeout_s" "$step_timeout_s"
+    ;;
   peer-mount.erofs)
     measure "$variant" /mnt/bench-peer peer_mount peer_umount peer_pid "$peer_find_timeout_s" \
       "$slow_tar_timeout_s"
