@@ -46,6 +46,7 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
+import { catchInterrupts, untilInterrupted } from "./interrupt.ts";
 
 function parseMountArgs(argv: string[]) {
   return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
@@ -143,11 +144,31 @@ async function runMount(argv: string[]): Promise<number> {
   }
   checkRoot();
   const target = checkMountTarget(dir);
+  // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
+  // instead of leaving it running, unrecorded, where neither list nor umount finds it.
+  const interrupt = catchInterrupts(`mount interrupted: nothing is left mounted at ${dir}`);
   try {
-    return await mountAt(target, image, values, { cacheBytes, layer, trust });
+    return await mountAt(target, image, values, {
+      cacheBytes,
+      layer,
+      trust,
+      signal: interrupt.signal,
+      mounted: () => interrupt.close(),
+    });
   } finally {
+    interrupt.close();
     releaseMountTarget(target);
   }
+}
+
+interface MountAtOptions {
+  cacheBytes: number;
+  layer?: number;
+  trust: MountTrust;
+  /** Aborted when the user interrupts the mount. */
+  signal?: AbortSignal;
+  /** Called once the mount is complete (an interrupt no longer undoes it). */
+  mounted?: () => void;
 }
 
 function tarIndexSources(values: MountValues): TarIndexSources {
@@ -175,7 +196,7 @@ async function mountAt(
   target: MountTarget,
   image: string,
   values: MountValues,
-  opts: { cacheBytes: number; layer?: number; trust: MountTrust },
+  opts: MountAtOptions,
 ): Promise<number> {
   const { backend, reason } = chooseBackend(values.backend!);
   // The server (a second Deno: runtime and modules, ~0.1 s of CPU) starts up while the image
@@ -196,13 +217,63 @@ async function resolveAndMount(
   target: MountTarget,
   image: string,
   values: MountValues,
-  opts: { cacheBytes: number; layer?: number; trust: MountTrust },
+  opts: MountAtOptions,
   backend: "nbd" | "fuse",
   reason: string,
   server: ReturnType<typeof spawnServer>,
 ): Promise<number> {
   const { cacheBytes, layer } = opts;
+  // Resolving leaves nothing to undo: an interrupt abandons it at once.
+  const { resolved, credentials, prefetchFile, metadata } = await untilInterrupted(
+    resolveForMount(image, values, layer),
+    opts.signal,
+    (late) => forgetTracePrefetch(late.prefetchFile),
+  );
+  if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
 
+  const state = await mountImage({
+    target: target.path,
+    pinnedTarget: target,
+    trust: opts.trust,
+    image: resolved.image,
+    manifestDigest: resolved.manifestDigest,
+    backend,
+    cacheBytes,
+    layers: resolved.layers,
+    credentials,
+    upper: values.upper,
+    work: values.work,
+    metricsListen: values["metrics-listen"],
+    foreground: values.foreground,
+    server,
+    metadata,
+    signal: opts.signal,
+  }).finally(() => forgetTracePrefetch(prefetchFile));
+  opts.mounted?.();
+  mark("cli: mounted");
+  const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
+  console.log(
+    `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
+      state.layers.length === 1 ? "" : "s"
+    }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
+  );
+  if (values.foreground) {
+    while (serverAlive(serverOf(state))) await new Promise((r) => setTimeout(r, 1000));
+  }
+  return 0;
+}
+
+/** The image's layers and what the server is handed with them (credentials, metadata, trace). */
+async function resolveForMount(
+  image: string,
+  values: MountValues,
+  layer: number | undefined,
+): Promise<{
+  resolved: ResolvedLayers;
+  credentials?: { username: string; password: string };
+  prefetchFile?: string;
+  metadata?: Promise<HandedMetadata>;
+}> {
   let resolved: ResolvedLayers;
   let credentials: { username: string; password: string } | undefined;
   let prefetchFile: string | undefined;
@@ -306,34 +377,5 @@ async function resolveAndMount(
       Promise.allSettled([metadata, ...running]).finally(() => client.close());
     }
   }
-  if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
-
-  const state = await mountImage({
-    target: target.path,
-    pinnedTarget: target,
-    trust: opts.trust,
-    image: resolved.image,
-    manifestDigest: resolved.manifestDigest,
-    backend,
-    cacheBytes,
-    layers: resolved.layers,
-    credentials,
-    upper: values.upper,
-    work: values.work,
-    metricsListen: values["metrics-listen"],
-    foreground: values.foreground,
-    server,
-    metadata,
-  }).finally(() => forgetTracePrefetch(prefetchFile));
-  mark("cli: mounted");
-  const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
-  console.log(
-    `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
-      state.layers.length === 1 ? "" : "s"
-    }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
-  );
-  if (values.foreground) {
-    while (serverAlive(serverOf(state))) await new Promise((r) => setTimeout(r, 1000));
-  }
-  return 0;
+  return { resolved, credentials, prefetchFile, metadata };
 }

@@ -41,6 +41,11 @@ export interface MountRequest extends Omit<MountSpec, "id"> {
   server?: SpawnedServer;
   /** The layers' listed metadata, fetched while the server starts (handed_metadata.ts). */
   metadata?: Promise<HandedMetadata>;
+  /**
+   * Aborted when the user interrupts (lib/cli/interrupt.ts): the mount stops at its next step
+   * and undoes every step taken, then rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
 }
 
 /** Mounts the layers at `request.target`; returns the recorded state. */
@@ -53,6 +58,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     trust: _trust,
     server: spawned,
     metadata,
+    signal,
     ...specFields
   } = request;
   // The server logs as this command does, and so does one `reattach` starts later.
@@ -76,10 +82,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
       spec,
       metadata,
+      signal,
     );
     mark("cli: server ready");
     const server = { pid: ready.pid, startTicks: ready.startTicks };
     undo.push(() => stopServer(id, server));
+    signal?.throwIfAborted();
 
     const trust = request.trust ?? {};
     const pinned = request.pinnedTarget;
@@ -106,6 +114,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       targetMountId ??= mountId;
       undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
       layerDirs.push(dir);
+      signal?.throwIfAborted();
     }
     const writable = spec.upper !== undefined;
     if (multi) {
@@ -121,6 +130,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       const mountId = pinned ? newMountOn(pinned, "overlay", before) : undefined;
       targetMountId = mountId;
       undo.push(() => unmountErofs(spec.target, { lazy: true, mountId, fsType: "overlay" }));
+      signal?.throwIfAborted();
     }
 
     const state: MountState = {

@@ -19,6 +19,12 @@ import {
 const READY_TIMEOUT_MS = 120_000;
 
 /**
+ * How long an interrupted `mount` still waits for the ready line: a ready server stops itself
+ * cleanly (its exports released); one that is not ready by then is killed, as on the timeout.
+ */
+const INTERRUPT_GRACE_MS = 5_000;
+
+/**
  * What the server reads on stdin: the spec, and this program's settings (EROFS_OCI_*) as they
  * are when the spec is sent — the server was spawned before resolution, which sets some of
  * them (the trace prefetch file), so its inherited environment may be older.
@@ -61,9 +67,15 @@ export async function startServer(
 export interface SpawnedServer {
   /**
    * Sends the spec and waits until the server reports its exports (once). `metadata`, sent
-   * after the spec when it settles, is each layer's listed metadata fetched meanwhile.
+   * after the spec when it settles, is each layer's listed metadata fetched meanwhile. Once
+   * `signal` aborts, the wait lasts INTERRUPT_GRACE_MS more; a server not ready by then is
+   * killed and the start rejects with the signal's reason.
    */
-  start(spec: MountSpec, metadata?: Promise<HandedMetadata>): Promise<ReadyServer>;
+  start(
+    spec: MountSpec,
+    metadata?: Promise<HandedMetadata>,
+    signal?: AbortSignal,
+  ): Promise<ReadyServer>;
   /** Ends a server that was never given a spec (e.g. resolving the image failed). */
   discard(): Promise<void>;
 }
@@ -79,10 +91,10 @@ export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): Spaw
 function spawnedServer({ child, foreground }: ServerChild): SpawnedServer {
   let started = false;
   return {
-    start: (spec, metadata) => {
+    start: (spec, metadata, signal) => {
       if (started) throw new Error("the mount server was started already");
       started = true;
-      return handOver(child, spec, foreground, metadata);
+      return handOver(child, spec, foreground, metadata, signal);
     },
     discard: async () => {
       if (started) return;
@@ -125,6 +137,7 @@ async function handOver(
   spec: MountSpec,
   foreground: boolean,
   metadata?: Promise<HandedMetadata>,
+  signal?: AbortSignal,
 ): Promise<ReadyServer> {
   const writer = child.stdin.getWriter();
   const handed: HandedSpec = { ...spec, serverEnv: ourSettings() };
@@ -158,9 +171,16 @@ async function handOver(
       READY_TIMEOUT_MS,
     );
   });
+  let graceTimer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  const interrupted = new Promise<never>((_, reject) => {
+    onAbort = () => graceTimer = setTimeout(() => reject(signal!.reason), INTERRUPT_GRACE_MS);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+  });
   try {
     while (!text.includes("\n")) {
-      const { value, done } = await Promise.race([reader.read(), timeout]);
+      const { value, done } = await Promise.race([reader.read(), timeout, interrupted]);
       if (done) break;
       text += value;
     }
@@ -173,6 +193,8 @@ async function handOver(
     throw error;
   } finally {
     clearTimeout(timer);
+    clearTimeout(graceTimer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
     reader.releaseLock();
   }
   await sent;
@@ -183,6 +205,8 @@ async function handOver(
     ready = JSON.parse(line) as ReadyMessage;
   } catch {
     const status = await child.status;
+    // A --foreground server shares the terminal: the Ctrl-C that interrupted us ended it.
+    if (signal?.aborted) throw signal.reason;
     throw new MountError(
       `the mount server exited (code ${status.code}) before it was ready`,
       `see ${logPath(spec.id)} or run with --foreground`,

@@ -1,0 +1,79 @@
+/**
+ * Ctrl-C (SIGINT), SIGTERM and SIGHUP while a command has steps to undo (`mount`: a server,
+ * its FUSE mounts and keeper, layer mounts, the runtime dir). By default such a signal ends
+ * the process at once and leaves all of that behind, unrecorded; while an InterruptScope is
+ * open the signal aborts its `signal` instead, and the command stops at its next step and
+ * undoes what it did.
+ */
+import { UserError } from "../errors.ts";
+
+/** The shell's code for a process ended by SIGINT (128 + 2). */
+export const INTERRUPTED_EXIT_CODE = 130;
+
+/** The command was interrupted and undid what it had done. */
+export class Interrupted extends UserError {
+  constructor(message: string) {
+    super(message, undefined, { exitCode: INTERRUPTED_EXIT_CODE });
+  }
+}
+
+const SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+export interface InterruptScope {
+  /** Aborted (reason: an Interrupted) at the first signal. */
+  readonly signal: AbortSignal;
+  /** Gives the signals their default action back. */
+  close(): void;
+}
+
+/** Catches the signals until `close()`; `message` is what the Interrupted error says. */
+export function catchInterrupts(message: string): InterruptScope {
+  const controller = new AbortController();
+  const onSignal = () => {
+    if (!controller.signal.aborted) controller.abort(new Interrupted(message));
+  };
+  for (const signal of SIGNALS) Deno.addSignalListener(signal, onSignal);
+  let closed = false;
+  return {
+    signal: controller.signal,
+    close: () => {
+      if (closed) return;
+      closed = true;
+      for (const signal of SIGNALS) Deno.removeSignalListener(signal, onSignal);
+    },
+  };
+}
+
+/**
+ * `promise`, or its rejection with the signal's reason as soon as `signal` aborts. Work that
+ * leaves nothing to undo (resolving an image) is raced so; `late` is given the value should the
+ * abandoned work still finish, to release what it holds.
+ */
+export function untilInterrupted<T>(
+  promise: Promise<T>,
+  signal: AbortSignal | undefined,
+  late?: (value: T) => void,
+): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) {
+    promise.then(late, () => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      promise.then(late, () => {});
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}

@@ -1,0 +1,175 @@
+/**
+ * Ctrl-C (SIGINT) in the middle of `mount`, after the server got its spec: the mount must be
+ * undone (server stopped, FUSE mounts and keeper gone, runtime dir removed, nothing at the
+ * target) and the command must say so with exit 130. Before lib/cli/interrupt.ts the signal
+ * ended the CLI at once and left a running server with its FUSE mounts and keeper that no
+ * state file named: `list` did not show them and `umount` could not find them.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { assertCliError, type CliResult, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow, mountServersOf, runningKeepersOf } from "./_support/mounts.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
+import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+
+async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+function mountDirs(runtimeDir: string): string[] {
+  try {
+    return [...Deno.readDirSync(`${runtimeDir}/mounts`)].map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+/** `erofs-oci mount …` as a child whose pid we have (to send it the terminal's SIGINT). */
+function startMount(args: string[], env: Record<string, string>) {
+  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["mount", ...args],
+    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const result = child.output().then((output): CliResult => ({
+    code: output.code,
+    stdout: new TextDecoder().decode(output.stdout),
+    stderr: new TextDecoder().decode(output.stderr),
+    timedOut: false,
+    commandLine: `erofs-oci mount ${args.join(" ")}`,
+  }));
+  return { child, result };
+}
+
+function assertNothingLeft(sandbox: { target: string; runtimeDir: string }): void {
+  assert.deepEqual(mountsBelow(sandbox.target), [], "nothing mounted at the target");
+  assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no FUSE or layer mount left");
+  assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "no server left");
+  assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), [], "no FUSE keeper left");
+  assert.deepEqual(mountDirs(sandbox.runtimeDir), [], "the mount's runtime dir was removed");
+}
+
+Deno.test({
+  name: "SIGINT while a slow server starts: it is waited for, stopped, and nothing is left",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const image = `${registry.host}/interrupt/app:v1`;
+    const pushed = await runCli(["push", image, `${FIXTURES}/basic.erofs`, "--plain-http"]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    // Every blob read takes 1.5 s: the server gets its spec long before it can be ready.
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGet, fault: { kind: "delay", ms: 1_500 } },
+    ]);
+    const sandbox = await mountSandbox();
+    let mounting: ReturnType<typeof startMount> | undefined;
+    try {
+      mounting = startMount(
+        [
+          image.replace(registry.host, proxy.host),
+          sandbox.target,
+          "--backend",
+          "fuse",
+          "--plain-http",
+          "--no-disk-cache",
+        ],
+        sandbox.env,
+      );
+      // The runtime dir appears just before the spec goes to the server.
+      await waitFor("the mount's runtime dir", () => mountDirs(sandbox.runtimeDir).length > 0);
+      mounting.child.kill("SIGINT");
+      const result = await mounting.result;
+      mounting = undefined;
+      assertCliError(result, 130, /mount interrupted: nothing is left mounted/);
+      assertNothingLeft(sandbox);
+    } finally {
+      try {
+        mounting?.child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await mounting?.result.catch(() => {});
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "SIGINT while the server hangs before ready: it is killed after the grace, nothing left",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    let mounting: ReturnType<typeof startMount> | undefined;
+    try {
+      mounting = startMount(
+        [`${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        // The server stops for good once its keeper runs (lib/daemon/test_pause.ts).
+        { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
+      );
+      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
+      const startedMs = Date.now();
+      mounting.child.kill("SIGINT");
+      const result = await mounting.result;
+      mounting = undefined;
+      assertCliError(result, 130, /mount interrupted: nothing is left mounted/);
+      assert(Date.now() - startedMs < 15_000, "the hung server is not waited for long");
+      assertNothingLeft(sandbox);
+    } finally {
+      try {
+        mounting?.child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await mounting?.result.catch(() => {});
+      // A paused server is in no state file: sandbox.cleanup would not find it.
+      for (const pid of mountServersOf(sandbox.runtimeDir)) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "SIGINT while the image is resolved: exit 130 at once, no server left",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    // A "registry" that accepts connections and never answers.
+    const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of silent) held.push(conn);
+    })().catch(() => {});
+    const sandbox = await mountSandbox();
+    let mounting: ReturnType<typeof startMount> | undefined;
+    try {
+      const port = (silent.addr as Deno.NetAddr).port;
+      mounting = startMount(
+        [`127.0.0.1:${port}/app:v1`, sandbox.target, "--backend", "fuse", "--plain-http"],
+        sandbox.env,
+      );
+      await waitFor("the manifest request", () => held.length > 0);
+      const startedMs = Date.now();
+      mounting.child.kill("SIGINT");
+      const result = await mounting.result;
+      mounting = undefined;
+      assertCliError(result, 130, /mount interrupted/);
+      assert(Date.now() - startedMs < 5_000, "resolving is abandoned at once");
+      assertNothingLeft(sandbox);
+    } finally {
+      try {
+        mounting?.child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await mounting?.result.catch(() => {});
+      silent.close();
+      for (const conn of held) conn.close();
+      await accepting;
+      await sandbox.cleanup();
+    }
+  },
+});
