@@ -6,6 +6,7 @@ import { UsageError, UserError } from "../errors.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
+import { checkOutputFile } from "./output_file.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import {
   REGISTRY_OPTIONS,
@@ -73,6 +74,7 @@ Example:
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
+    checkOutputFile("build", values.output);
     const timestamp = parseTimestamp(values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
       Math.floor(Date.now() / 1000);
     let uuid: Uint8Array | undefined;

@@ -2,7 +2,8 @@ import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
-import { UsageError, UserError } from "../errors.ts";
+import { UsageError } from "../errors.ts";
+import { checkOutputFile, outputFileError } from "./output_file.ts";
 import { selectLayers } from "../oci/layers.ts";
 
 /** Parses `--layer N` (a non-negative integer); usage error otherwise. */
@@ -43,6 +44,7 @@ Example:
       );
     }
     const output = values.output;
+    checkOutputFile("pull", output);
     const opened = await openImage("pull", image, values);
     try {
       const resolved = await opened.resolve();
@@ -58,12 +60,7 @@ Example:
           onProgress: (done, total) => progress.update(done, total),
         });
       } catch (error) {
-        if (
-          error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied
-        ) {
-          throw new UserError(`pull: cannot write ${output}: ${error.message}`);
-        }
-        throw error;
+        throw outputFileError("pull", output, error);
       } finally {
         progress.finish();
       }
