@@ -59,15 +59,7 @@ Examples:
   erofs-oci index layer.tar.gz -o ./index
   erofs-oci index 127.0.0.1:5000/app:v1 --push`,
   async run(argv) {
-    const { values, positionals } = parseCommandArgs("index", argv, {
-      ...REGISTRY_OPTIONS,
-      output: { type: "string", short: "o" },
-      push: { type: "boolean" },
-      layer: { type: "string" },
-      tmpdir: { type: "string" },
-      span: { type: "string" },
-      timestamp: { type: "string" },
-    });
+    const { values, positionals } = parseIndexArgs(argv);
     const [file] = expectPositionals("index", positionals, ["FILE.tar.gz|IMAGE"]);
     if (!values.output && !values.push) {
       throw new UsageError("index: -o DIR (--output) or --push is required");
@@ -79,85 +71,132 @@ Examples:
     const timestamp =
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
-    if (!isLocalImage(file)) {
-      const layer = parseLayerIndex("index", values.layer);
-      const image = await openImage("index", file, values);
-      try {
-        const { files, artifact } = await indexImage(image, {
-          layer,
-          dir: values.output,
-          push: values.push ?? false,
-          tmpdir: values.tmpdir,
-          spanBytes,
-          buildTimeSec: timestamp,
-          onLayer: (l, done) =>
-            info(
-              `layer ${l.index} ${l.digest}: indexed (${
-                done.record.zinfo
-                  ? `${done.record.zinfo.checkpoints} checkpoints`
-                  : "plain tar, no zinfo"
-              })`,
-            ),
-        });
-        if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
-        if (artifact) {
-          console.log(`pushed index ${artifact.digest} for ${image.name} (${artifact.via})`);
-        }
-        return 0;
-      } finally {
-        image.close();
-      }
-    }
-    if (values.push || values.layer !== undefined) {
-      throw new UsageError("index: --push and --layer need an IMAGE, not a file");
-    }
-    const dir = values.output!;
-    const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "") ||
-      "layer";
-    let input: Deno.FsFile;
+    const createsOutput = values.output !== undefined && !outputDirExists(values.output);
     try {
-      input = await Deno.open(file, { read: true });
+      return await indexInto(file, values, spanBytes, timestamp);
     } catch (error) {
-      throw new UserError(`index: cannot read ${file}: ${(error as Error).message}`);
-    }
-    try {
-      const head = new Uint8Array(4);
-      const n = await input.read(head) ?? 0;
-      const plainTar = !isGzipMagic(head.subarray(0, n));
-      if (plainTar && isZstdMagic(head.subarray(0, n))) {
-        throw new FormatError(
-          `index: ${file} is zstd-compressed`,
-          "only tar and tar+gzip can be indexed; `erofs-oci convert` makes EROFS layers",
-        );
-      }
-      await input.seek(0, Deno.SeekMode.Start);
-      const progress = new ProgressLine(`indexing ${file}`);
-      let result;
-      try {
-        ({ result } = await writeLayerIndex(input.readable, dir, name, {
-          spanBytes,
-          buildTimeSec: timestamp,
-          onEntries: (count) => progress.update(count),
-          plainTar,
-        }));
-      } finally {
-        progress.finish();
-      }
-      info(
-        plainTar
-          ? `${dir}/${name}.{meta.erofs,pieces,index.json}: ${result.entries} entries, ` +
-            `plain tar (no zinfo), layer ${result.layerDigest}`
-          : `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
-            `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
-      );
-      return 0;
-    } finally {
-      try {
-        input.close();
-      } catch { /* closed by the stream */ }
+      // A directory this run created stays only with the index in it (removed only if empty).
+      if (createsOutput) await Deno.remove(values.output!).catch(() => {});
+      throw error;
     }
   },
 };
+
+/** True when `dir` is a directory, false when it is absent; a usage error for anything else. */
+function outputDirExists(dir: string): boolean {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(dir);
+  } catch {
+    return false;
+  }
+  if (!info.isDirectory) {
+    throw new UsageError(
+      `index: -o ${dir} is not a directory`,
+      "name a directory for the index files",
+    );
+  }
+  return true;
+}
+
+async function indexInto(
+  file: string,
+  values: IndexValues,
+  spanBytes: number,
+  timestamp: number,
+): Promise<number> {
+  if (!isLocalImage(file)) {
+    const layer = parseLayerIndex("index", values.layer);
+    const image = await openImage("index", file, values);
+    try {
+      const { files, artifact } = await indexImage(image, {
+        layer,
+        dir: values.output,
+        push: values.push ?? false,
+        tmpdir: values.tmpdir,
+        spanBytes,
+        buildTimeSec: timestamp,
+        onLayer: (l, done) =>
+          info(
+            `layer ${l.index} ${l.digest}: indexed (${
+              done.record.zinfo
+                ? `${done.record.zinfo.checkpoints} checkpoints`
+                : "plain tar, no zinfo"
+            })`,
+          ),
+      });
+      if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
+      if (artifact) {
+        console.log(`pushed index ${artifact.digest} for ${image.name} (${artifact.via})`);
+      }
+      return 0;
+    } finally {
+      image.close();
+    }
+  }
+  if (values.push || values.layer !== undefined) {
+    throw new UsageError("index: --push and --layer need an IMAGE, not a file");
+  }
+  const dir = values.output!;
+  const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "") ||
+    "layer";
+  let input: Deno.FsFile;
+  try {
+    input = await Deno.open(file, { read: true });
+  } catch (error) {
+    throw new UserError(`index: cannot read ${file}: ${(error as Error).message}`);
+  }
+  try {
+    const head = new Uint8Array(4);
+    const n = await input.read(head) ?? 0;
+    const plainTar = !isGzipMagic(head.subarray(0, n));
+    if (plainTar && isZstdMagic(head.subarray(0, n))) {
+      throw new FormatError(
+        `index: ${file} is zstd-compressed`,
+        "only tar and tar+gzip can be indexed; `erofs-oci convert` makes EROFS layers",
+      );
+    }
+    await input.seek(0, Deno.SeekMode.Start);
+    const progress = new ProgressLine(`indexing ${file}`);
+    let result;
+    try {
+      ({ result } = await writeLayerIndex(input.readable, dir, name, {
+        spanBytes,
+        buildTimeSec: timestamp,
+        onEntries: (count) => progress.update(count),
+        plainTar,
+      }));
+    } finally {
+      progress.finish();
+    }
+    info(
+      plainTar
+        ? `${dir}/${name}.{meta.erofs,pieces,index.json}: ${result.entries} entries, ` +
+          `plain tar (no zinfo), layer ${result.layerDigest}`
+        : `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
+          `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
+    );
+    return 0;
+  } finally {
+    try {
+      input.close();
+    } catch { /* closed by the stream */ }
+  }
+}
+
+function parseIndexArgs(argv: string[]) {
+  return parseCommandArgs("index", argv, {
+    ...REGISTRY_OPTIONS,
+    output: { type: "string", short: "o" },
+    push: { type: "boolean" },
+    layer: { type: "string" },
+    tmpdir: { type: "string" },
+    span: { type: "string" },
+    timestamp: { type: "string" },
+  });
+}
+
+type IndexValues = ReturnType<typeof parseIndexArgs>["values"];
 
 function parseWhole(option: string, text: string | undefined): number | undefined {
   if (text === undefined || text === "") return undefined;

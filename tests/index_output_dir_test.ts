@@ -1,0 +1,45 @@
+/**
+ * `index FILE -o DIR` mistakes: DIR a regular file is a usage error (was an internal error
+ * from mkdir), and a failed index (here: the input is not a tar) leaves no empty DIR behind
+ * that the run created, while a DIR that was there before stays.
+ */
+import assert from "node:assert/strict";
+import { assertCliError, runCli } from "./_support/cli.ts";
+
+async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-out-" });
+  try {
+    await Deno.writeFile(`${work}/garbage.tar`, crypto.getRandomValues(new Uint8Array(4096)));
+    await fn(work);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("index -o FILE (not a directory): one usage line", async () => {
+  await withWork(async (work) => {
+    await Deno.writeTextFile(`${work}/afile`, "x");
+    const result = await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/afile`]);
+    assertCliError(result, 2, /index: -o .*afile is not a directory/);
+  });
+});
+
+Deno.test("index of a bad input: the -o directory it created is gone, one there before stays", async () => {
+  await withWork(async (work) => {
+    const result = await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/new`]);
+    assertCliError(result, 1, /tar/);
+    assert(!exists(`${work}/new`), "index left the empty directory it created");
+    await Deno.mkdir(`${work}/old`);
+    assertCliError(await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/old`]), 1, /tar/);
+    assert(exists(`${work}/old`), "a directory that was there before stays");
+  });
+});
