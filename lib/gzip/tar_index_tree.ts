@@ -121,11 +121,15 @@ class MetaReader {
   readonly #nodes = new Map<number, BuildNode>();
   readonly #dirsSeen = new Set<number>();
   /**
-   * Bytes of directory and symlink contents read so far. In a real image they are disjoint
-   * parts of it; hostile directories sharing blocks would otherwise make entries grow with
-   * the square of the image's size.
+   * Bytes of directory and symlink contents, inline xattr bodies and chunk indexes read so far.
+   * In a real image they are disjoint parts of it; hostile inodes sharing one region (each
+   * directory's blocks, or each inode's xattr body starting inside the next inode) would
+   * otherwise make the entries, xattr values and chunks read grow with the square of the
+   * image's size: 176 KB of crafted image held 134 MB of xattr values.
    */
-  #contentBytes = 0;
+  #claimedBytes = 0;
+  /** Shared xattrs by id: parsed once, their value shared by every inode naming them. */
+  readonly #sharedXattrs = new Map<number, [string, Uint8Array]>();
 
   constructor(meta: Uint8Array, view: DataView, facts: ReaderFacts) {
     this.#meta = meta;
@@ -189,6 +193,17 @@ class MetaReader {
       `${this.#f.what} is malformed at ${JSON.stringify(path)}: ${problem}`,
       "the index does not belong to this layer or was damaged; make it again with `erofs-oci index`",
     );
+  }
+
+  /** Counts `bytes` of the image read as `what` for one inode; all together fit in it. */
+  #claim(bytes: number, path: string, what: string): void {
+    this.#claimedBytes += bytes;
+    if (this.#claimedBytes > this.#meta.length) {
+      throw this.#error(
+        path,
+        `${what} of its inodes exceed the ${this.#meta.length}-byte image (they overlap)`,
+      );
+    }
   }
 
   #bytes(offset: number, length: number, path: string): Uint8Array {
@@ -267,6 +282,7 @@ class MetaReader {
   #xattrs(at: number, count: number, path: string): Map<string, Uint8Array> {
     const bodyBytes = XATTR_IBODY_HEADER_BYTES + (count - 1) * 4;
     const body = this.#bytes(at, bodyBytes, path);
+    this.#claim(bodyBytes, path, "inline xattrs");
     const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
     const sharedCount = view.getUint8(4);
     const xattrs = new Map<string, Uint8Array>();
@@ -274,7 +290,14 @@ class MetaReader {
     if (p + sharedCount * 4 > bodyBytes) throw this.#error(path, "too many shared xattrs");
     for (let i = 0; i < sharedCount; i++, p += 4) {
       const id = view.getUint32(p, true);
-      this.#xattrEntry(this.#f.xattrBase + id * 4, path, xattrs);
+      let shared = this.#sharedXattrs.get(id);
+      if (!shared) {
+        const entry = new Map<string, Uint8Array>();
+        this.#xattrEntry(this.#f.xattrBase + id * 4, path, entry);
+        shared = [...entry][0];
+        this.#sharedXattrs.set(id, shared);
+      }
+      xattrs.set(shared[0], shared[1]);
     }
     while (p < bodyBytes) {
       p += this.#xattrEntry(at + p, path, xattrs, at + bodyBytes);
@@ -312,10 +335,7 @@ class MetaReader {
     const size = inode.sizeBytes;
     const bs = this.#f.blockBytes;
     if (size === 0) return new Uint8Array();
-    this.#contentBytes += size;
-    if (this.#contentBytes > this.#meta.length) {
-      throw this.#error(path, "directory and symlink contents exceed the image's size");
-    }
+    this.#claim(size, path, "directory and symlink contents");
     if (inode.layout === FLAT_PLAIN) return this.#bytes(inode.u * bs, size, path);
     if (inode.layout !== FLAT_INLINE) {
       throw this.#error(path, `data layout ${inode.layout} for a ${inode.kind}`);
@@ -349,6 +369,7 @@ class MetaReader {
     const chunks = Math.ceil(inode.sizeBytes / chunkBytes);
     const indexAt = Math.ceil(inode.bodyEnd / CHUNK_INDEX_BYTES) * CHUNK_INDEX_BYTES;
     const index = this.#bytes(indexAt, chunks * CHUNK_INDEX_BYTES, path);
+    this.#claim(index.length, path, "chunk indexes");
     const view = new DataView(index.buffer, index.byteOffset, index.byteLength);
     let start = 0;
     for (let k = 0; k < chunks; k++) {
