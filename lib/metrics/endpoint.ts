@@ -5,6 +5,7 @@
  */
 import type { ListenAddress } from "../nbd/address.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./prometheus.ts";
+import { UserError } from "../errors.ts";
 
 export interface MetricsEndpoint {
   /** `unix:PATH` or `tcp:HOST:PORT` actually bound (port 0 resolved). */
@@ -28,19 +29,33 @@ export function serveMetrics(
     return new Response(await produce(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
   };
   const onError = () => new Response("internal error\n", { status: 500 });
+  // An address in use or not ours is the user's to change: one line, not an internal error.
+  const listening = <T>(where: string, serve: () => T): T => {
+    try {
+      return serve();
+    } catch (error) {
+      throw new UserError(
+        `cannot listen on ${where}: ${(error as Error).message}`,
+        "choose another address (e.g. tcp:127.0.0.1:0 picks a free port)",
+      );
+    }
+  };
   if (addr.transport === "unix") {
-    const server = Deno.serve({ path: addr.path, onListen() {}, onError }, handler);
+    const server = listening(
+      addr.path,
+      () => Deno.serve({ path: addr.path, onListen() {}, onError }, handler),
+    );
     return {
       address: `unix:${addr.path}`,
       finished: server.finished,
       shutdown: () => server.shutdown(),
     };
   }
-  const server = Deno.serve(
-    { hostname: addr.hostname, port: addr.port, onListen() {}, onError },
-    handler,
-  );
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const server = listening(
+    `${host}:${addr.port}`,
+    () => Deno.serve({ hostname: addr.hostname, port: addr.port, onListen() {}, onError }, handler),
+  );
   return {
     address: `tcp:${host}:${server.addr.port}`,
     finished: server.finished,
