@@ -7,8 +7,8 @@ import { mark } from "../timing.ts";
 import { encodeHandedMetadata, type HandedMetadata } from "./handed_metadata.ts";
 import {
   controlSocketPath,
+  keepFailedServerLog,
   killServer,
-  logPath,
   type MountSpec,
   processStartTicks,
   serverAlive,
@@ -165,7 +165,7 @@ async function handOver(
         reject(
           new MountError(
             `the mount server did not get ready in ${READY_TIMEOUT_MS / 1000} s`,
-            `see ${logPath(spec.id)}`,
+            seeServerLog(spec.id),
           ),
         ),
       READY_TIMEOUT_MS,
@@ -209,7 +209,7 @@ async function handOver(
     if (signal?.aborted) throw signal.reason;
     throw new MountError(
       `the mount server exited (code ${status.code}) before it was ready`,
-      `see ${logPath(spec.id)} or run with --foreground`,
+      seeServerLog(spec.id),
     );
   }
   if (!ready.ok) {
@@ -218,6 +218,17 @@ async function handOver(
   }
   // Our child until this process exits (a zombie at worst), so the pid cannot be reused yet.
   return { ...ready, startTicks: processStartTicks(ready.pid) };
+}
+
+/**
+ * Where the log of a server that failed to start can be read: a copy kept out of its runtime
+ * dir (the failed mount's undo removes that dir, log and all).
+ */
+function seeServerLog(id: string): string {
+  const kept = keepFailedServerLog(id);
+  return kept
+    ? `see its log (kept at ${kept}) or run with --foreground`
+    : "run with --foreground to see its output";
 }
 
 /**

@@ -168,6 +168,39 @@ export function logPath(id: string): string {
   return `${mountDir(id)}/server.log`;
 }
 
+/** How many logs of servers that failed to start are kept (the oldest go first). */
+const KEPT_FAILED_LOGS = 10;
+
+/**
+ * Copies the log of a server that failed to start out of its mount's runtime dir, which the
+ * failed mount's undo removes, so an error can point at it. Returns the copy's path, or
+ * undefined when there was no log to keep.
+ */
+export function keepFailedServerLog(id: string): string | undefined {
+  const dir = `${resolved(RUNTIME_ROOT)}/failed`;
+  const kept = `${dir}/${id}.server.log`;
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.copyFileSync(logPath(id), kept);
+    const logs = [...Deno.readDirSync(dir)]
+      .filter((entry) => entry.isFile && entry.name.endsWith(".server.log"))
+      .map((entry) => ({ path: `${dir}/${entry.name}`, mtimeMs: mtimeMs(`${dir}/${entry.name}`) }))
+      .sort((a, b) => b.mtimeMs - a.mtimeMs);
+    for (const old of logs.slice(KEPT_FAILED_LOGS)) Deno.removeSync(old.path);
+    return kept;
+  } catch {
+    return undefined;
+  }
+}
+
+function mtimeMs(path: string): number {
+  try {
+    return Deno.statSync(path).mtime?.getTime() ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
 export function createMountDir(): string {
   Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
