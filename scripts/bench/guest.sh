@@ -361,8 +361,10 @@ oci_nbd_local_mount() {
 # nbds_max=16 (scripts/vm/build.sh): the last device, which our servers reach only at 16 mounts.
 qemu_nbd_device=/dev/nbd15
 qemu_nbd_mount() {
-  qemu-nbd --connect="$qemu_nbd_device" --read-only --format=raw "$work/image.erofs" \
-    >"$work/qemu-nbd.log" 2>&1 && mount -t erofs -o ro "$qemu_nbd_device" "$1"
+  # Its own socket path: the default is in /var/lock, which the guest lacks.
+  qemu-nbd --connect="$qemu_nbd_device" --socket="$work/qemu-nbd.sock" --read-only \
+    --format=raw "$work/image.erofs" >"$work/qemu-nbd.log" 2>&1 &&
+    mount -t erofs -o ro "$qemu_nbd_device" "$1"
 }
 qemu_nbd_umount() {
   umount "$1"
@@ -634,7 +636,8 @@ for variant in $variants; do
 done
 
 cp "$work/registry.log" "$out/registry.log" 2>/dev/null
-cp "$work"/mount-*.log "$work"/tar-*.err "$work/peer-mount.log" "$out/" 2>/dev/null
+cp "$work"/mount-*.log "$work"/tar-*.err "$work/peer-mount.log" "$work/qemu-nbd.log" "$out/" \
+  2>/dev/null
 # The kernel's side of the run (NBD request timeouts, dropped connections), for the record.
 dmesg >"$out/dmesg.txt" 2>/dev/null
 grep -F "\"GET " "$work/registry.log" | tail -n 3 >&2
