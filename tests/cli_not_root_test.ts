@@ -1,6 +1,7 @@
 /**
  * Commands run by a user who is not root: one line saying root is needed, never an internal
- * error. `list` and `metrics` read the runtime dir, which is root's (0700).
+ * error. `list` and `metrics` read the runtime dir, which is root's (0700); umount and
+ * reattach say what needs root (they said "mounting").
  */
 import { assertCliError, type CliResult } from "./_support/cli.ts";
 import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
@@ -41,6 +42,22 @@ for (const args of [["list"], ["list", "--json"], ["metrics"]]) {
     ignore: requires(root(), command("setpriv")),
     async fn() {
       assertCliError(await asNobody(args), 1, /cannot read erofs-oci's mounts .*permission denied/);
+    },
+  });
+}
+
+for (
+  const [args, what] of [
+    [["umount", "/nonexistent/erofs-oci-test"], "unmounting"],
+    [["reattach", "--all"], "reattaching"],
+    [["mount", "/nonexistent/erofs-oci-test.erofs", "/nonexistent/erofs-oci-test"], "mounting"],
+  ] as const
+) {
+  Deno.test({
+    name: `not root: erofs-oci ${args[0]} says ${what} needs root`,
+    ignore: requires(root(), command("setpriv")),
+    async fn() {
+      assertCliError(await asNobody([...args]), 1, new RegExp(`^erofs-oci: ${what} needs root`));
     },
   });
 }

@@ -59,7 +59,7 @@ Exit code 1 when any selected device could not be reattached.`,
       if (values.all || positionals.length) {
         throw new UsageError("reattach: --watch watches every mount; give no DEVICE, DIR or --all");
       }
-      checkRoot();
+      checkRoot("reattaching");
       const stop = new AbortController();
       for (const signal of ["SIGTERM", "SIGINT"] as const) {
         Deno.addSignalListener(signal, () => stop.abort());
@@ -77,7 +77,7 @@ Exit code 1 when any selected device could not be reattached.`,
         "see `erofs-oci reattach --help`",
       );
     }
-    checkRoot();
+    checkRoot("reattaching");
     const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false), {
       acceptChangedImage: values["accept-changed-image"],
     });

@@ -83,7 +83,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         throw new UsageError(`trace: --seconds wants a positive number, got '${values.seconds}'`);
       }
     }
-    checkRoot();
+    checkRoot("tracing (it mounts the image)");
     const opened = await openRegistry("trace", image, values);
     let work: string | undefined;
     const saved = new Map(

@@ -20,7 +20,7 @@ Options:
       lazy: { type: "boolean" },
     });
     const [dir] = expectPositionals("umount", positionals, ["DIR"]);
-    checkRoot();
+    checkRoot("unmounting");
     const state = await unmountImage(dir, values.lazy ?? false);
     console.error(`unmounted ${state.target} (${state.image})`);
     return 0;

@@ -137,8 +137,9 @@ function replaced(path: string): MountError {
   );
 }
 
-export function checkRoot(): void {
+/** `what` names the work, e.g. "unmounting": the message says what the user asked for. */
+export function checkRoot(what = "mounting"): void {
   if (Deno.uid() !== 0) {
-    throw new MountError("mounting needs root (CAP_SYS_ADMIN)", "run erofs-oci with sudo");
+    throw new MountError(`${what} needs root (CAP_SYS_ADMIN)`, "run erofs-oci with sudo");
   }
 }
