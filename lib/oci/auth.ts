@@ -12,6 +12,8 @@ import { isLoopbackRegistry } from "./reference.ts";
 export const DEFAULT_TOKEN_LIFETIME_S = 60;
 /** Upper bound on token replies; real ones are a few KiB. */
 const MAX_TOKEN_REPLY_BYTES = 1024 * 1024;
+/** Printable ASCII: what a Bearer token (RFC 6750 b64token, a JWT) is made of, and more. */
+const TOKEN_CHARACTERS = /^[\x20-\x7e]+$/;
 
 interface CachedToken {
   header: string;
@@ -136,6 +138,13 @@ export class RegistryAuth {
       ? reply.access_token
       : "";
     if (!token) throw new OciError(`token server ${url.host} sent no token`);
+    // It goes into a header as it is: a control or non-ASCII character would make every request
+    // fail in fetch, taken for a network error ("cannot reach registry", with the token's start).
+    if (!TOKEN_CHARACTERS.test(token)) {
+      throw new OciError(
+        `token server ${url.host} sent a token that cannot be an HTTP header (control or non-ASCII characters)`,
+      );
+    }
     const lifetimeS = typeof reply.expires_in === "number" && reply.expires_in > 0
       ? reply.expires_in
       : DEFAULT_TOKEN_LIFETIME_S;
