@@ -103,7 +103,8 @@ export function parseTrace(bytes: Uint8Array): Trace {
   try {
     doc = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (error) {
-    refuse(`not JSON (${(error as Error).message})`);
+    // V8's message quotes the input around the fault: hostile bytes, newlines included.
+    refuse(`not JSON (${(error as Error).message.split("\n")[0].slice(0, 100)})`);
   }
   if (!doc || typeof doc !== "object" || doc.version !== 1) refuse("not a version 1 trace");
   const { layers, ranges } = doc;
