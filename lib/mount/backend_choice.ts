@@ -1,5 +1,5 @@
 /** Picks how layers reach the kernel: NBD block devices when the module is there, else FUSE. */
-import { MountError } from "../errors.ts";
+import { MountError, UsageError } from "../errors.ts";
 import { pathExists } from "../../ffi/libc.ts";
 
 export type BackendName = "nbd" | "fuse";
@@ -38,6 +38,7 @@ export function chooseBackend(requested: string): { backend: BackendName; reason
       }
       return { backend: "fuse", reason: "requested" };
     default:
-      throw new MountError(`unknown backend '${requested}'`, "use auto, nbd or fuse");
+      // A bad command line (exit 2), like any other bad option value.
+      throw new UsageError(`unknown backend '${requested}'`, "use auto, nbd or fuse");
   }
 }
