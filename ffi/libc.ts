@@ -516,6 +516,25 @@ export function statIdentity(dirFd: number, path = ""): FileIdentity {
 }
 
 /**
+ * statx of `path`, following symlinks: its type (S_IFMT bits of stx_mode) and device. Through
+ * libc, so paths Deno's permission checks treat specially (/dev/shm, /proc) are stat-able too.
+ */
+export function statPath(
+  path: string,
+): { isDirectory: boolean; devMajor: number; devMinor: number } {
+  const STATX_TYPE = 0x1, S_IFMT = 0o170000, S_IFDIR = 0o040000;
+  const buffer = new Uint8Array(256);
+  unwrap(libc().statx(AT_FDCWD, cstr(path), 0, STATX_TYPE, buffer), "statx", path);
+  // struct statx: stx_mode (u16) at 28, stx_dev_major/minor at 136/140.
+  const view = new DataView(buffer.buffer);
+  return {
+    isDirectory: (view.getUint16(28, true) & S_IFMT) === S_IFDIR,
+    devMajor: view.getUint32(136, true),
+    devMinor: view.getUint32(140, true),
+  };
+}
+
+/**
  * Marks every descriptor from 3 up close-on-exec: those this process inherited without it (a
  * caller's `flock` lock, a pipe of a script) then do not reach the long-lived processes it
  * starts, which would hold them for as long as a mount lives. Descriptors opened by Deno are

@@ -1,9 +1,12 @@
 /**
  * `mount` option values that cannot work are refused as the user's mistake before anything
- * starts: `--backend xyz` is a usage error (exit 2; it was exit 1 like a runtime failure).
+ * starts: `--backend xyz` is a usage error (exit 2; it was exit 1 like a runtime failure), and
+ * `--upper`/`--work` that do not exist or are not directories are named (the kernel's overlay
+ * refusal said only "No such file or directory", after a server had been started).
  */
 import { assertCliError, runCli } from "./_support/cli.ts";
-import { FIXTURES, requires, root } from "./_support/requires.ts";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { mountSandbox } from "./_support/mounts.ts";
 
 Deno.test({
   name: "mount --backend xyz: usage error, exit 2",
@@ -19,6 +22,38 @@ Deno.test({
     } finally {
       await Deno.remove(target, { recursive: true });
       await Deno.remove(`${target}-run`, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "mount --upper/--work missing or not a directory: named in one line, nothing started",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const base = sandbox.target.replace(/\/mnt$/, "");
+      await Deno.mkdir(`${base}/upper`);
+      await Deno.writeTextFile(`${base}/afile`, "x");
+      const mount = (upper: string, work: string) =>
+        runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"].concat(
+            ["--upper", upper, "--work", work],
+          ),
+          { env: sandbox.env },
+        );
+      assertCliError(
+        await mount(`${base}/missing-upper`, `${base}/work`),
+        1,
+        /--upper .*missing-upper does not exist/,
+      );
+      assertCliError(
+        await mount(`${base}/upper`, `${base}/afile`),
+        1,
+        /--work .*afile is not a directory/,
+      );
+    } finally {
+      await sandbox.cleanup();
     }
   },
 });

@@ -9,6 +9,7 @@ import { info } from "../log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import {
   checkMountTarget,
+  checkOverlayDirs,
   checkRoot,
   type MountTarget,
   releaseMountTarget,
@@ -143,6 +144,7 @@ async function runMount(argv: string[]): Promise<number> {
     Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
   }
   checkRoot();
+  if (values.upper !== undefined) checkOverlayDirs(values.upper, values.work!);
   const target = checkMountTarget(dir);
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
   // instead of leaving it running, unrecorded, where neither list nor umount finds it.

@@ -12,9 +12,37 @@ import {
   listDirectory,
   openDirNoSymlinks,
   statIdentity,
+  statPath,
   SysError,
 } from "../../ffi/libc.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
+
+/**
+ * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs
+ * wants both there), checked before a server starts; the kernel's refusal only says ENOENT or
+ * EINVAL about "the overlay", after the image was resolved and the server started.
+ */
+export function checkOverlayDirs(upper: string, work: string): void {
+  const dev = (option: string, dir: string) => {
+    let info: ReturnType<typeof statPath>;
+    try {
+      info = statPath(dir);
+    } catch (error) {
+      if (error instanceof SysError && error.errno === Errno.ENOENT) {
+        throw new MountError(`${option} ${dir} does not exist`, `create it: mkdir -p ${dir}`);
+      }
+      throw new MountError(`cannot use ${option} ${dir}: ${(error as Error).message}`);
+    }
+    if (!info.isDirectory) throw new MountError(`${option} ${dir} is not a directory`);
+    return `${info.devMajor}:${info.devMinor}`;
+  };
+  if (dev("--upper", upper) !== dev("--work", work)) {
+    throw new MountError(
+      `--upper ${upper} and --work ${work} are on different file systems`,
+      "overlayfs needs both on one file system: make --work a directory next to --upper",
+    );
+  }
+}
 
 /** A checked mount target, held open until the mount is made. */
 export interface MountTarget {
