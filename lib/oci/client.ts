@@ -311,11 +311,10 @@ export class RegistryClient {
         };
         debug(`${req.method} ${req.path}: ${describeFailure(error)} (attempt ${attempt})`);
         if (await backoff(attempt, limit, req.signal)) continue;
+        const failure = describeFailure(error);
         throw new OciError(
-          `cannot reach registry ${this.host}: ${describeFailure(error)}`,
-          this.#origin.startsWith("https:")
-            ? "for a registry without TLS pass --plain-http (or --insecure to allow a fallback)"
-            : undefined,
+          `cannot reach registry ${this.host}: ${failure}`,
+          unreachableHint(failure, this.#origin.startsWith("https:")),
           { cause: error },
         );
       }
@@ -455,4 +454,15 @@ export class RegistryClient {
     }
     throw new OciError(`too many redirects from token server ${url.host}`);
   }
+}
+
+/** What to check when a registry cannot be reached, by what failed. */
+function unreachableHint(failure: string, https: boolean): string | undefined {
+  if (/dns error/i.test(failure)) return "check the registry's host name";
+  if (/connection refused/i.test(failure)) {
+    return "check the registry's address and port: nothing is listening there";
+  }
+  return https
+    ? "for a registry without TLS pass --plain-http (or --insecure to allow a fallback)"
+    : undefined;
 }

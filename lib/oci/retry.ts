@@ -61,7 +61,13 @@ export async function backoff(
 /** One line for an error that ended a retried operation. */
 export function describeFailure(error: unknown): string {
   if (error instanceof OciError) return error.message;
-  const message = error instanceof Error ? error.message : String(error);
+  // fetch's own message is only "fetch failed"; what failed (refused, DNS, TLS) is its cause.
+  const cause = error instanceof TypeError && error.message === "fetch failed" &&
+      error.cause instanceof Error
+    ? error.cause
+    : error;
+  const message = cause instanceof Error ? cause.message : String(cause);
   return message.split("\n")[0].replace(/^error sending request for url \([^)]*\): /, "")
+    .replace(/^client error \(Connect\): /, "")
     .slice(0, 200);
 }
