@@ -12,6 +12,15 @@ import type { Source } from "../source/source.ts";
 export const ZINFO_HEADER_BYTES = 12;
 export const ZINFO_WINDOW_BYTES = 32768;
 export const ZINFO_CHECKPOINT_BYTES = 17 + ZINFO_WINDOW_BYTES;
+/**
+ * Largest zinfo `index` writes, as large as a mount takes from a registry (tar_index_artifact.ts
+ * MAX_META_BYTES) and reads whole to check its digest. Each gzip member costs a checkpoint of
+ * 32 KiB, so a layer of tiny members (~20 bytes each) would otherwise make a zinfo ~1,600 times
+ * its size: 10 MB of hostile layer, 16 GB of zinfo.
+ */
+export const MAX_ZINFO_CHECKPOINTS = Math.floor(
+  ((1 << 30) - ZINFO_HEADER_BYTES) / ZINFO_CHECKPOINT_BYTES,
+);
 /** erofs-utils' span (lib/tar.c, no CLI knob). */
 export const DEFAULT_SPAN_BYTES = 4 * 1024 * 1024;
 /** A gzip member header is at least 10 bytes, so no deflate data starts earlier. */

@@ -25,6 +25,8 @@ import {
   DEFAULT_SPAN_BYTES,
   encodeZinfo,
   encodeZinfoHeader,
+  MAX_ZINFO_CHECKPOINTS,
+  ZINFO_CHECKPOINT_BYTES,
   type ZinfoCheckpoint,
 } from "./zinfo.ts";
 
@@ -56,6 +58,7 @@ export class ZinfoBuilder {
   readonly #pieces?: PieceHasher;
   #pieceDigests?: Uint8Array<ArrayBuffer>;
   #lastCheckpointOut = 0;
+  readonly #maxCheckpoints: number;
 
   /**
    * `onCheckpoint` takes each checkpoint as it is made (e.g. ZinfoFileWriter.add), so a huge
@@ -67,9 +70,12 @@ export class ZinfoBuilder {
       onCheckpoint?: (checkpoint: BuiltCheckpoint) => void;
       /** Also digest every piece of this size (see piece_digests.ts). */
       pieceBytes?: number;
+      /** More checkpoints than this are a FormatError. Default MAX_ZINFO_CHECKPOINTS (1 GiB). */
+      maxCheckpoints?: number;
     } = {},
   ) {
     this.spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
+    this.#maxCheckpoints = options.maxCheckpoints ?? MAX_ZINFO_CHECKPOINTS;
     this.#onCheckpoint = options.onCheckpoint;
     if (options.pieceBytes) this.#pieces = new PieceHasher(options.pieceBytes);
   }
@@ -165,6 +171,14 @@ export class ZinfoBuilder {
   }
 
   #add(checkpoint: BuiltCheckpoint): void {
+    if (this.checkpointCount >= this.#maxCheckpoints) {
+      throw new FormatError(
+        `gzip: more than ${this.#maxCheckpoints} checkpoints (${this.members} members in ` +
+          `${this.compressedBytes} compressed bytes): the zinfo would exceed ` +
+          `${this.#maxCheckpoints * ZINFO_CHECKPOINT_BYTES} bytes`,
+        "every gzip member costs a 32 KiB checkpoint; recompress the layer as one member",
+      );
+    }
     this.#pieces?.checkpoint();
     this.checkpointCount++;
     this.#lastCheckpointOut = checkpoint.uncompressedOffset;
