@@ -109,6 +109,16 @@ export function parseReference(text: string): ImageReference {
   if (/[\s\x00-\x1f\x7f]/.test(text)) {
     throw invalid(text, "contains whitespace or control characters");
   }
+  // A URL (http://host/app:v1) or skopeo's transport (docker://…) is a common first try.
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(text)?.[1];
+  if (scheme) {
+    throw invalid(
+      text,
+      `a reference has no scheme: drop '${scheme}://'${
+        scheme.toLowerCase() === "http" ? " (and pass --plain-http)" : ""
+      }`,
+    );
+  }
   let rest = text;
   let digest: string | undefined;
   const at = rest.indexOf("@");
