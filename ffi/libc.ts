@@ -222,8 +222,11 @@ export const Errno = {
   ENOTEMPTY: 39,
   ELOOP: 40,
   ENODATA: 61,
+  EBADMSG: 74,
   ENOTCONN: 107,
   ETIMEDOUT: 110,
+  /** EFSCORRUPTED of the kernel's file systems, EROFS included. */
+  EUCLEAN: 117,
 } as const;
 
 /** A failed system call: `call` names it, `errno` says why. */

@@ -191,6 +191,11 @@ function mountError(result: SyscallResult, file: string, target: string): MountE
     [Errno.ENOTDIR]: "the mount point must be a directory",
     [Errno.EINVAL]: "the kernel refused the image or options; see `dmesg`",
     [Errno.EIO]: "the image could not be read; see `dmesg`",
+    // What EROFS answers for a superblock or inode that does not hold together.
+    [Errno.EBADMSG]:
+      "the image is corrupt or truncated (the kernel's EROFS refused it); see `dmesg`",
+    [Errno.EUCLEAN]:
+      "the image is corrupt or truncated (the kernel's EROFS refused it); see `dmesg`",
   };
   const call = result.call === "mount" ? "mount EROFS" : result.call;
   return new MountError(`cannot ${call} ${file} on ${target}: ${reason}`, hints[result.errno], {
