@@ -38,3 +38,19 @@ export class MountError extends UserError {}
 
 /** Bad or unsupported on-disk format (EROFS, zinfo, tar, recovery file). */
 export class FormatError extends UserError {}
+
+/**
+ * Deno refuses its file APIs under /dev, /proc and /sys unless a program runs with every
+ * permission (NotCapable: "Requires all access to …, run again with the --allow-all flag"),
+ * which this one does not ask for (scripts/permissions). A user who names such a path (an
+ * output in /dev/shm, a cache directory there) gets this instead of Deno's advice.
+ */
+export function refusedSpecialPath(error: unknown): UserError | undefined {
+  if (!(error instanceof Deno.errors.NotCapable)) return undefined;
+  const path = /"([^"]*)"/.exec(error.message)?.[1] ?? "that path";
+  return new UserError(
+    `cannot use ${path}: erofs-oci does not open files under /dev, /proc or /sys`,
+    "give a path outside them (for a tmpfs, /run or /tmp)",
+    { cause: error },
+  );
+}

@@ -1,4 +1,4 @@
-import { UsageError, UserError } from "../errors.ts";
+import { refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
@@ -105,7 +105,8 @@ function takeLogFormat(argv: string[]): string[] {
 }
 
 /** Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. */
-export function reportError(error: unknown, debug: boolean): number {
+export function reportError(thrown: unknown, debug: boolean): number {
+  const error = refusedSpecialPath(thrown) ?? thrown;
   if (logFormat() === "json") {
     if (error instanceof Deno.errors.BrokenPipe) return 1;
     const user = error instanceof UserError;

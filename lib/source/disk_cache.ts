@@ -30,6 +30,7 @@ import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
 import { sharedFileSystemName } from "./disk_cache_fs.ts";
 import { statFs } from "../../ffi/libc.ts";
+import { refusedSpecialPath } from "../errors.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
@@ -133,9 +134,8 @@ export class DiskCache {
       cache.#usageBytes = cache.#scan().reduce((sum, blob) => sum + blob.bytes, 0);
       return cache;
     } catch (error) {
-      warn(
-        `disk cache ${dir} unusable (${(error as Error).message}); keeping the memory cache only`,
-      );
+      const why = refusedSpecialPath(error)?.message ?? (error as Error).message;
+      warn(`disk cache ${dir} unusable (${why}); keeping the memory cache only`);
       return undefined;
     }
   }
