@@ -12,6 +12,7 @@ import { info, warn } from "../log.ts";
 import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { checkRoot } from "../mount/target_dir.ts";
+import { catchInterrupts } from "./interrupt.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
@@ -84,7 +85,14 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       }
     }
     checkRoot("tracing (it mounts the image)");
-    const opened = await openRegistry("trace", image, values);
+    // Ctrl-C stops CMD and removes the temporary mount (it was left mounted, server running).
+    const interrupt = catchInterrupts(
+      "trace interrupted: no trace written, its temporary mount removed",
+    );
+    const opened = await openRegistry("trace", image, values).catch((error) => {
+      interrupt.close();
+      throw error;
+    });
     let work: string | undefined;
     const saved = new Map(
       [TRACE_RECORD_ENV, "EROFS_OCI_DISK_CACHE_BYTES"].map((k) => [k, Deno.env.get(k)]),
@@ -102,7 +110,8 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       for (const flag of FORWARDED_FLAGS) if (values[flag]) mountArgv.push(`--${flag}`);
       await mountCommand.run(mountArgv);
       mounted = true;
-      const status = await runTraced(command, root, seconds);
+      const status = await runTraced(command, root, seconds, interrupt.signal);
+      interrupt.signal.throwIfAborted();
       if (status !== 0) warn(`trace: ${command[0]} exited with ${status}; keeping what it read`);
       await unmountTraced(root);
       mounted = false;
@@ -141,6 +150,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       }
       opened.client.close();
       if (work) removeWorkDir(work);
+      interrupt.close();
     }
   },
 };
@@ -188,8 +198,16 @@ function readTrace(path: string): Trace {
   }
 }
 
-/** Runs CMD with `{}` → the mount directory; SIGTERM (then SIGKILL) at the time limit. */
-async function runTraced(command: string[], root: string, seconds?: number): Promise<number> {
+/**
+ * Runs CMD with `{}` → the mount directory; SIGTERM (then SIGKILL) at the time limit, or at
+ * once when `signal` aborts (the user interrupted trace).
+ */
+async function runTraced(
+  command: string[],
+  root: string,
+  seconds?: number,
+  signal?: AbortSignal,
+): Promise<number> {
   const [program, ...args] = command.map((arg) => arg.replaceAll("{}", root));
   let child: Deno.ChildProcess;
   try {
@@ -204,23 +222,29 @@ async function runTraced(command: string[], root: string, seconds?: number): Pro
     throw new TraceError(`trace: cannot run ${program}: ${(error as Error).message}`);
   }
   const timers: ReturnType<typeof setTimeout>[] = [];
+  const stop = () => {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* exited */ }
+    timers.push(setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+    }, KILL_GRACE_MS));
+  };
   if (seconds !== undefined) {
     timers.push(setTimeout(() => {
       info(`trace: ${seconds} s passed, stopping ${program}`);
-      try {
-        child.kill("SIGTERM");
-      } catch { /* exited */ }
-      timers.push(setTimeout(() => {
-        try {
-          child.kill("SIGKILL");
-        } catch { /* exited */ }
-      }, KILL_GRACE_MS));
+      stop();
     }, seconds * 1000));
   }
+  if (signal?.aborted) stop();
+  else signal?.addEventListener("abort", stop, { once: true });
   try {
     const status = await child.status;
     return status.code;
   } finally {
+    signal?.removeEventListener("abort", stop);
     for (const timer of timers) clearTimeout(timer);
   }
 }

@@ -1,0 +1,115 @@
+/**
+ * Ctrl-C (SIGINT) while `trace` runs its command: the command is stopped, the temporary mount
+ * (overlay, layer and FUSE mounts, server, keeper) and its directory are removed, no trace is
+ * written, exit 130. Before, trace died at once and left all of it mounted and serving.
+ */
+import assert from "node:assert/strict";
+import { assertCliError, type CliResult, describe, runCli } from "./_support/cli.ts";
+import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import {
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+  pidAlive,
+  runningKeepersOf,
+  serverPids,
+} from "./_support/mounts.ts";
+import { startRegistry } from "./_support/registry.ts";
+
+async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "SIGINT during trace: command stopped, temporary mount and dir removed, no trace",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const image = `${registry.host}/trace-interrupt/app:v1`;
+    const pushed = await runCli(["push", image, `${FIXTURES}/basic.erofs`, "--plain-http"]);
+    assert.equal(pushed.code, 0, describe(pushed));
+    const sandbox = await mountSandbox();
+    const output = `${sandbox.runtimeDir}-trace.json`;
+    const pidFile = `${sandbox.runtimeDir}-cmd.pid`;
+    const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: [
+        "trace",
+        image,
+        "-o",
+        output,
+        "--backend",
+        "fuse",
+        "--plain-http",
+        "--",
+        "sh",
+        "-c",
+        `echo $$ > ${pidFile}; exec sleep 30`,
+      ],
+      env: { ...sandbox.env, DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const running = child.output();
+    let traceRoot: string | undefined;
+    let commandPid: number | undefined;
+    try {
+      await waitFor(
+        "the command under trace",
+        () => exists(pidFile) && serverPids(sandbox.runtimeDir).length > 0,
+      );
+      commandPid = Number(Deno.readTextFileSync(pidFile).trim());
+      traceRoot = JSON.parse(
+        Deno.readTextFileSync(
+          `${sandbox.runtimeDir}/mounts/${
+            [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)][0].name
+          }/state.json`,
+        ),
+      ).target;
+      child.kill("SIGINT");
+      const out = await running;
+      const result: CliResult = {
+        code: out.code,
+        stdout: new TextDecoder().decode(out.stdout),
+        stderr: new TextDecoder().decode(out.stderr),
+        timedOut: false,
+        commandLine: "erofs-oci trace … -- sleep 30",
+      };
+      // stderr holds trace's own lines (backend, unmounted) before the error: the last counts.
+      const lines = result.stderr.trimEnd().split("\n");
+      assertCliError({ ...result, stderr: lines[lines.length - 1] }, 130, /trace interrupted/);
+      assert(!pidAlive(commandPid), `the command (pid ${commandPid}) was stopped`);
+      assert(!exists(output), "no trace written");
+      assert.deepEqual(mountsBelow(traceRoot!), [], "the trace's mount is gone");
+      assert(!exists(traceRoot!.replace(/\/root$/, "")), "its temporary dir is gone");
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), []);
+      assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), []);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await running.catch(() => {});
+      if (commandPid !== undefined && pidAlive(commandPid)) Deno.kill(commandPid, "SIGKILL");
+      if (traceRoot && mountsBelow(traceRoot).length) {
+        await new Deno.Command("umount", { args: ["-l", traceRoot] }).output();
+        await Deno.remove(traceRoot.replace(/\/root$/, ""), { recursive: true }).catch(() => {});
+      }
+      for (const file of [output, pidFile]) await Deno.remove(file).catch(() => {});
+      await sandbox.cleanup();
+    }
+  },
+});
