@@ -4,6 +4,7 @@ import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_o
 import { ProgressLine } from "./progress.ts";
 import { UsageError } from "../errors.ts";
 import { checkOutputFile, outputFileError } from "./output_file.ts";
+import { catchInterrupts } from "./interrupt.ts";
 import { selectLayers } from "../oci/layers.ts";
 
 /** Parses `--layer N` (a non-negative integer); usage error otherwise. */
@@ -54,14 +55,19 @@ Example:
         anyMediaType: values["any-media-type"],
       });
       const progress = new ProgressLine(`pulling ${chosen.digest.slice(0, 19)}…`);
+      // Ctrl-C aborts the download, which removes FILE.partial (it stayed when Ctrl-C ended us).
+      const interrupt = catchInterrupts(`pull interrupted: nothing written to ${output}`);
       try {
         await opened.store.downloadBlob(opened.repository, chosen.digest, output, {
           expectedSizeBytes: chosen.sizeBytes,
           onProgress: (done, total) => progress.update(done, total),
+          signal: interrupt.signal,
         });
       } catch (error) {
+        if (interrupt.signal.aborted) throw interrupt.signal.reason;
         throw outputFileError("pull", output, error);
       } finally {
+        interrupt.close();
         progress.finish();
       }
       console.log(`${output}: layer ${chosen.index} ${chosen.digest} (${chosen.sizeBytes} bytes)`);

@@ -183,6 +183,7 @@ export class OciLayout {
       const out = await Deno.open(partial, { write: true, create: true, truncate: true });
       try {
         await source.verify(digest, async (chunk, done) => {
+          options.signal?.throwIfAborted();
           let written = 0;
           while (written < chunk.byteLength) written += await out.write(chunk.subarray(written));
           options.onProgress?.(done, source.size);
