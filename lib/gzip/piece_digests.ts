@@ -16,6 +16,26 @@ import type { ZinfoCheckpoint } from "./zinfo.ts";
 
 export const PIECE_DIGEST_BYTES = 32;
 export const DEFAULT_PIECE_BYTES = 1024 * 1024;
+/**
+ * Piece sizes a reader accepts. A piece is fetched (inflated) and hashed whole before any byte
+ * of it is served, and a few are cached: the size, read from an index record (a registry
+ * artifact), must not make one 4 KiB read of the kernel take the whole layer into memory.
+ */
+const MIN_PIECE_BYTES = 4096;
+export const MAX_PIECE_BYTES = 16 * 1024 * 1024;
+
+/** FormatError unless `pieceBytes` is a piece size readers accept. */
+export function checkPieceBytes(pieceBytes: number): void {
+  if (
+    !Number.isSafeInteger(pieceBytes) || pieceBytes < MIN_PIECE_BYTES ||
+    pieceBytes > MAX_PIECE_BYTES
+  ) {
+    throw new FormatError(
+      `piece digests: bad piece size ${pieceBytes} (${MIN_PIECE_BYTES}..${MAX_PIECE_BYTES} bytes)`,
+      "make the index again with `erofs-oci index`",
+    );
+  }
+}
 
 export function sha256(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(createHash("sha256").update(bytes).digest());
@@ -83,9 +103,7 @@ export class PieceDigests {
     checkpoints: readonly ZinfoCheckpoint[],
     totalBytes: number,
   ): PieceDigests {
-    if (!Number.isSafeInteger(pieceBytes) || pieceBytes < 4096) {
-      throw new FormatError(`piece digests: bad piece size ${pieceBytes}`);
-    }
+    checkPieceBytes(pieceBytes);
     const last = checkpoints[checkpoints.length - 1].uncompressedOffset;
     if (totalBytes < last) {
       throw new FormatError(

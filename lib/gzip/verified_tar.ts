@@ -6,7 +6,7 @@
  */
 import { FormatError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
-import { PIECE_DIGEST_BYTES, sha256 } from "./piece_digests.ts";
+import { checkPieceBytes, PIECE_DIGEST_BYTES, sha256 } from "./piece_digests.ts";
 
 export interface VerifiedTarOptions {
   /** Budget of verified pieces held (default 16 MiB). */
@@ -24,9 +24,7 @@ export class VerifiedPlainTar implements Source {
     readonly pieceBytes: number,
     options: VerifiedTarOptions = {},
   ) {
-    if (!Number.isSafeInteger(pieceBytes) || pieceBytes < 4096) {
-      throw new FormatError(`piece digests: bad piece size ${pieceBytes}`);
-    }
+    checkPieceBytes(pieceBytes);
     const count = Math.ceil(blob.size / pieceBytes);
     if (digests.length !== count * PIECE_DIGEST_BYTES) {
       throw new FormatError(
