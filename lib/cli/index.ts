@@ -14,6 +14,7 @@ import { writeLayerIndex } from "../mount/layer_index_files.ts";
 import { indexImage } from "../mount/index_image.ts";
 import { isLocalImage } from "../mount/resolve_layers.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { exitInterrupted, onInterrupt } from "./interrupt.ts";
 
 /** Smallest span accepted: below it the zinfo (32 KiB per checkpoint) outgrows the layer. */
 const MIN_SPAN_BYTES = 256 * 1024;
@@ -72,15 +73,52 @@ Examples:
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
     const createsOutput = values.output !== undefined && !outputDirExists(values.output);
+    // --push alone: the files go to a directory of ours, removed at the end.
+    const pushDir = values.output === undefined && !isLocalImage(file)
+      ? Deno.makeTempDirSync({
+        dir: values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp",
+        prefix: "erofs-oci-index-",
+      })
+      : undefined;
+    const dir = values.output ?? pushDir;
+    const before = dir && !createsOutput && !pushDir ? new Set(entryNames(dir)) : undefined;
+    // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
+    // signal, what this run added (files, temporary files, a directory it made) goes, then the
+    // process.
+    const stopWatching = onInterrupt(() => {
+      if (dir && before) {
+        for (const name of entryNames(dir)) {
+          if (!before.has(name)) removeQuietly(`${dir}/${name}`);
+        }
+      } else if (dir && (createsOutput || pushDir)) removeQuietly(dir, true);
+      exitInterrupted("index interrupted: the files it had written were removed");
+    });
     try {
-      return await indexInto(file, values, spanBytes, timestamp);
+      return await indexInto(file, values, dir, spanBytes, timestamp);
     } catch (error) {
       // A directory this run created stays only with the index in it (removed only if empty).
       if (createsOutput) await Deno.remove(values.output!).catch(() => {});
       throw error;
+    } finally {
+      stopWatching();
+      if (pushDir) removeQuietly(pushDir, true);
     }
   },
 };
+
+function entryNames(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((entry) => entry.name);
+  } catch {
+    return [];
+  }
+}
+
+function removeQuietly(path: string, recursive = false): void {
+  try {
+    Deno.removeSync(path, { recursive });
+  } catch { /* gone already */ }
+}
 
 /** True when `dir` is a directory, false when it is absent; a usage error for anything else. */
 function outputDirExists(dir: string): boolean {
@@ -99,9 +137,11 @@ function outputDirExists(dir: string): boolean {
   return true;
 }
 
+/** Indexes `file` (a tar or an image) into `dir` (-o DIR, or ours for --push). */
 async function indexInto(
   file: string,
   values: IndexValues,
+  dir: string | undefined,
   spanBytes: number,
   timestamp: number,
 ): Promise<number> {
@@ -111,7 +151,7 @@ async function indexInto(
     try {
       const { files, artifact } = await indexImage(image, {
         layer,
-        dir: values.output,
+        dir,
         push: values.push ?? false,
         tmpdir: values.tmpdir,
         spanBytes,
@@ -137,7 +177,7 @@ async function indexInto(
   if (values.push || values.layer !== undefined) {
     throw new UsageError("index: --push and --layer need an IMAGE, not a file");
   }
-  const dir = values.output!;
+  if (dir === undefined) throw new Error("index: no output directory"); // run() gives one
   const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "") ||
     "layer";
   let input: Deno.FsFile;

@@ -6,6 +6,7 @@
  * undoes what it did.
  */
 import { UserError } from "../errors.ts";
+import { logFormat, logRecord } from "../log.ts";
 
 /** The shell's code for a process ended by SIGINT (128 + 2). */
 export const INTERRUPTED_EXIT_CODE = 130;
@@ -76,4 +77,23 @@ export function untilInterrupted<T>(
       },
     );
   });
+}
+
+/**
+ * For work that cannot be stopped half-way in order (a stream pipeline writing files): the
+ * caller has removed what it wrote, synchronously, in its signal handler; this says so as
+ * main.ts reports an Interrupted error and ends the process with INTERRUPTED_EXIT_CODE.
+ */
+export function exitInterrupted(message: string): never {
+  if (logFormat() === "json") logRecord("error", message, { exitCode: INTERRUPTED_EXIT_CODE });
+  else console.error(`erofs-oci: ${message}`);
+  Deno.exit(INTERRUPTED_EXIT_CODE);
+}
+
+/** Calls `onSignal` at SIGINT, SIGTERM or SIGHUP until the returned function is called. */
+export function onInterrupt(onSignal: () => void): () => void {
+  for (const signal of SIGNALS) Deno.addSignalListener(signal, onSignal);
+  return () => {
+    for (const signal of SIGNALS) Deno.removeSignalListener(signal, onSignal);
+  };
 }

@@ -1,0 +1,104 @@
+/**
+ * Ctrl-C (SIGINT) while `index IMAGE -o DIR` writes a layer's index: what this run added goes
+ * (its temporary files, and DIR itself when the run made it; what DIR held before stays),
+ * exit 130 with one line. Before, the signal ended index at once and left NAME.zinfo.XXXX.tmp
+ * (and the directory it had made) behind.
+ */
+import assert from "node:assert/strict";
+import { assertCliError, type CliResult } from "./_support/cli.ts";
+import { command, FIXTURES, REPO_ROOT, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
+import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
+
+async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+function names(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+async function interruptedIndex(image: string, dir: string): Promise<CliResult> {
+  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["index", image, "-o", dir, "--plain-http"],
+    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const running = child.output();
+  try {
+    // The zinfo's temporary file is made before the layer's bytes (held by the proxy) come.
+    await waitFor("the index's temporary file", () => names(dir).some((n) => n.endsWith(".tmp")));
+    child.kill("SIGINT");
+    const out = await running;
+    return {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
+      timedOut: false,
+      commandLine: `erofs-oci index ${image} -o ${dir} (SIGINT)`,
+    };
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await running.catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "SIGINT during index -o DIR: this run's files (and a DIR it made) removed, exit 130",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const repository = "index-interrupt/app";
+    const layerBytes = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+    const layer = await uploadBlob(
+      registry,
+      repository,
+      layerBytes,
+      "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    const configBytes = new TextEncoder().encode(JSON.stringify({
+      architecture: "amd64",
+      os: "linux",
+      rootfs: { type: "layers", diff_ids: [] },
+    }));
+    const config = await uploadBlob(registry, repository, configBytes, OCI_CONFIG);
+    await putManifest(registry, repository, "v1", {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config,
+      layers: [layer],
+    }, OCI_MANIFEST);
+    // Blob GETs wait 5 s: index sits with its temporary zinfo open, waiting for the layer.
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGet, fault: { kind: "delay", ms: 5_000 } },
+    ]);
+    const image = `${proxy.host}/${repository}:v1`;
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-interrupt-" });
+    try {
+      const made = `${work}/new`;
+      assertCliError(await interruptedIndex(image, made), 130, /index interrupted/);
+      assert.deepEqual(names(work), [], "the directory index made is gone");
+
+      const existing = `${work}/existing`;
+      await Deno.mkdir(existing);
+      await Deno.writeTextFile(`${existing}/mine.txt`, "kept");
+      assertCliError(await interruptedIndex(image, existing), 130, /index interrupted/);
+      assert.deepEqual(names(existing), ["mine.txt"], "only what was there before stays");
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
