@@ -141,6 +141,8 @@ function vmGroup(src: BenchSources): GeneratedGroup {
     "erofs-oci-nbd": "kernel NBD",
     "erofs-oci-nbd-20ms": "+20 ms RTT",
     "erofs-oci-fuse": "FUSE backend",
+    "erofs-oci-nbd-local": "kernel NBD from a local copy (no registry)",
+    "qemu-nbd-local": "qemu-nbd (a C NBD server) from that copy: the transport's own cost",
   };
   const guest = vm.guestKernel ? [`TCG guest ${vm.guestKernel}`] : ["TCG guest"];
   const row = (r: VmRow, i: number) => {
