@@ -16,7 +16,8 @@ import {
 } from "../lib/source/metadata_prefetch.ts";
 import { walkErofsMetadata } from "../lib/erofs/metadata_walk.ts";
 import { MemorySource } from "./_support/memory_source.ts";
-import { FIXTURES, REPO_ROOT } from "./_support/requires.ts";
+import { FIXTURES, path as requirePath, PEER_BIN, requires } from "./_support/requires.ts";
+import { runOk } from "./_support/erofs_tree.ts";
 
 const CHUNK = 16 << 10;
 const WINDOW = 64 << 10;
@@ -136,42 +137,56 @@ Deno.test("metadata prefetch with checks: windows are whole verified chunks", as
   }
 });
 
-const BENCH_IMAGE = `${REPO_ROOT}/.cache/bench/bench.erofs`;
-const benchImageMissing = (() => {
-  try {
-    return !Deno.statSync(BENCH_IMAGE).isFile;
-  } catch {
-    return true;
+/**
+ * A tree of 320 directories (300 of them with 4 files of 16-40 KiB, ~33 MB) made into an image
+ * by mkfs.erofs 1.9.3, which puts each directory's blocks among its files' data: the metadata
+ * is scattered over the whole image, as in the benchmark's (scripts/bench/build-image.sh).
+ */
+async function scatteredImage(work: string): Promise<Uint8Array> {
+  let seed = 7;
+  for (let top = 0; top < 20; top++) {
+    for (let sub = 0; sub < 15; sub++) {
+      const dir = `${work}/src/top${top}/sub${sub}`;
+      await Deno.mkdir(dir, { recursive: true });
+      for (let f = 0; f < 4; f++) {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        await Deno.writeFile(`${dir}/f${f}`, new Uint8Array((16 << 10) + seed % (24 << 10)));
+      }
+    }
   }
-})();
+  await runOk(`${PEER_BIN}/mkfs.erofs`, ["--quiet", "-T0", `${work}/image.erofs`, `${work}/src`]);
+  return await Deno.readFile(`${work}/image.erofs`);
+}
 
 Deno.test({
-  name: "metadata prefetch of the scattered benchmark image: windows make far fewer fetches",
-  // The 136 MB image of scripts/bench/build-image.sh (mkfs.erofs scatters its directories).
-  ignore: benchImageMissing,
+  name: "metadata prefetch of a scattered mkfs.erofs image: windows make far fewer fetches",
+  ignore: requires(requirePath(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3")),
   async fn() {
-    const bench = Deno.readFileSync(BENCH_IMAGE);
-    const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-prefetch-windows-" });
     try {
+      const scattered = await scatteredImage(work);
       const run = async (dir: string, windowBytes?: number) => {
+        await Deno.mkdir(dir);
         const cache = DiskCache.open({ dir })!;
-        const inner = new MemorySource(bench);
-        const disk = cache.wrap(inner, { digest: DIGEST, origin: "bench" }) as DiskCachedSource;
+        const inner = new MemorySource(scattered);
+        const disk = cache.wrap(inner, { digest: DIGEST, origin: "scattered" }) as DiskCachedSource;
         const served = new PrefetchedSource(new CachedSource(disk));
-        await prefetchErofsMetadata(disk, served, { windowBytes });
+        const summary = await prefetchErofsMetadata(disk, served, { windowBytes });
+        assert.match(summary, /321 directories/, summary);
         await disk.whenDurable();
         await served.close();
         return inner.reads;
       };
-      const windowed = await run(dirs[0]);
-      const plain = await run(dirs[1], 0);
+      const windowed = await run(`${work}/cache-windowed`);
+      const plain = await run(`${work}/cache-plain`, 0);
+      console.log(`${windowed.length} fetches with windows, ${plain.length} without`);
       assert(
         windowed.length * 3 < plain.length,
         `${windowed.length} fetches with windows, ${plain.length} without`,
       );
       assert(fetched(windowed) <= DEFAULT_PREFETCH_WINDOWS_MAX_BYTES, `${fetched(windowed)} bytes`);
     } finally {
-      for (const dir of dirs) await Deno.remove(dir, { recursive: true });
+      await Deno.remove(work, { recursive: true });
     }
   },
 });
