@@ -12,10 +12,10 @@ import { createHash } from "node:crypto";
 import {
   loadMetadataRanges,
   type MetadataRangeReader,
-  type MetadataRanges,
   MIN_PARTS_PER_REQUEST,
   splitRequests,
-} from "../lib/verify/metadata_ranges.ts";
+} from "../lib/verify/load_metadata_ranges.ts";
+import type { MetadataRanges } from "../lib/verify/metadata_ranges.ts";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";

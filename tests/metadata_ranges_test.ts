@@ -18,15 +18,17 @@ import { PrefetchedSource } from "../lib/source/prefetched.ts";
 import { prefetchErofsMetadata } from "../lib/source/metadata_prefetch.ts";
 import { ChunkTableBuilder, parseChunkTable } from "../lib/verify/chunk_table.ts";
 import {
-  loadMetadataRanges,
-  type MadeMetadataRanges,
   MAX_METADATA_RANGES,
   type MetadataRanges,
+  parseMetadataRanges,
+} from "../lib/verify/metadata_ranges.ts";
+import {
+  type MadeMetadataRanges,
   metadataRangesOf,
   metadataRangesOfFile,
-  parseMetadataRanges,
   verifiedMetadataRangesOf,
-} from "../lib/verify/metadata_ranges.ts";
+} from "../lib/verify/make_metadata_ranges.ts";
+import { loadMetadataRanges } from "../lib/verify/load_metadata_ranges.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { RegistryBlob } from "../lib/oci/registry_blob.ts";
 import { MemorySource } from "./_support/memory_source.ts";

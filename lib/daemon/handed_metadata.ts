@@ -14,7 +14,8 @@ import type { LayerSpec } from "../state/runtime.ts";
 import { type EarlyTable, loadTable } from "../verify/layer_tables.ts";
 import type { ChunkTable } from "../verify/chunk_table.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
-import { loadMetadataRanges, metadataBytes } from "../verify/metadata_ranges.ts";
+import { metadataBytes } from "../verify/metadata_ranges.ts";
+import { loadMetadataRanges } from "../verify/load_metadata_ranges.ts";
 import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
 

@@ -12,9 +12,9 @@ import { verifiedBlob } from "../verify/layer_tables.ts";
 import {
   loadMetadataRanges,
   type MetadataPiece,
-  type MetadataRanges,
   type MetadataSidecar,
-} from "../verify/metadata_ranges.ts";
+} from "../verify/load_metadata_ranges.ts";
+import type { MetadataRanges } from "../verify/metadata_ranges.ts";
 
 /** Fetches (or reads back from the disk cache) a layer's listed metadata, each range checked. */
 export type MetadataLoader = (

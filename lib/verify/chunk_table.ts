@@ -22,12 +22,11 @@ import {
 } from "./sha256_list.ts";
 import {
   encodeMetadataRanges,
-  type MadeMetadataRanges,
   metadataBytes,
   type MetadataRanges,
-  metadataRangesOfFile,
   parseMetadataRanges,
 } from "./metadata_ranges.ts";
+import { type MadeMetadataRanges, metadataRangesOfFile } from "./make_metadata_ranges.ts";
 
 export const CHUNK_TABLE_MEDIA_TYPE = "application/vnd.io.github.erofs-oci.chunk-digests.v1+json";
 /** artifactType of the manifest that carries the tables of an image (referrers API). */

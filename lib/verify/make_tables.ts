@@ -6,7 +6,7 @@
 import type { BlobRangeReader } from "../oci/registry_blob.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { ChunkTableBuilder, type EncodedTable, encodeTable } from "./chunk_table.ts";
-import { verifiedMetadataRangesOf } from "./metadata_ranges.ts";
+import { verifiedMetadataRangesOf } from "./make_metadata_ranges.ts";
 
 const WINDOW_BYTES = 8 * 1024 * 1024;
 
