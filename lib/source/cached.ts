@@ -1,6 +1,6 @@
 import { abortable } from "./abortable.ts";
 import type { Source } from "./source.ts";
-import type { DiskCacheStats } from "./disk_cached.ts";
+import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { DiskPassthrough, isDiskBacked } from "./disk_passthrough.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 

@@ -7,9 +7,10 @@
  * soon as it is written, even before its mark, under its fill's write lock. A fill another
  * process holds is waited for, not repeated. When the disk fails (full, quota, I/O error) the
  * source warns once and serves what is missing from the inner source directly from then on.
- * This file is the read path and the blob's life (eviction, digest check, sidecar, close); the
- * fill and sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's
- * direct reads disk_cache_direct.ts.
+ * This file is the read path and the blob's life (eviction, digest check, close); the fill and
+ * sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's direct reads
+ * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, how far a demand fetch runs
+ * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts.
  */
 import { abortable } from "./abortable.ts";
 import { fillTrace } from "./fill_trace.ts";
@@ -28,6 +29,9 @@ import {
   type VerifyChunk,
 } from "./disk_cache_fill.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
+import { BlobSidecar } from "./disk_cache_sidecar.ts";
+import { DemandAhead } from "./disk_cache_demand_ahead.ts";
+import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
   closeQuietly,
@@ -42,31 +46,6 @@ import {
 } from "./disk_cache_io.ts";
 
 export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
-
-export interface DiskCacheStats {
-  /** Bytes of reads answered from the file without fetching anything for them. */
-  diskHitBytes: number;
-  /** Bytes and reads fetched from the inner source (the registry). */
-  fetchedBytes: number;
-  fetches: number;
-  /** Fills that found another process fetching the same chunks and waited for it. */
-  waitedForOthers: number;
-  /** Chunks dropped by eviction. */
-  evictedChunks: number;
-  /** The disk failed: missing bytes come from the inner source without being stored. */
-  degraded: boolean;
-  /** The whole blob was fetched and did not hash to its digest: every read fails. */
-  digestMismatch: boolean;
-  /** fdatasync calls of the data file (group commits). */
-  syncs: number;
-  /**
-   * Reads answered from chunks verified and written but not yet durable (their fill's sync
-   * still running): what a reader would otherwise have waited for.
-   */
-  readsBeforeDurable: number;
-  /** Reads that waited for a sync of the data file (0: no fdatasync on a reader's path). */
-  readsWaitedForSync: number;
-}
 
 const POLL_MS = 10;
 /** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
@@ -94,13 +73,13 @@ export class DiskCachedSource implements Source {
   #corrupt?: Error;
   /** When a reader last needed a fetch: background completion waits for quiet. */
   #lastForegroundMs = 0;
-  /** A demand fetch runs on past the read to the end of the `blocks`-th aligned block of `bytes`. */
-  #demandAhead = { bytes: 0, blocks: 1 };
+  /** How far a demand fetch runs past its read (disk_cache_demand_ahead.ts). */
+  readonly #demandAhead = new DemandAhead();
   #touchedMs = 0;
   /** A whole-blob digest check under way (checkDigest), for close() to wait for. */
   #checking?: Promise<unknown>;
-  #pendingSidecar?: Uint8Array;
-  #sidecarTimer?: ReturnType<typeof setTimeout>;
+  /** The blob's `.meta` file (disk_cache_sidecar.ts). */
+  readonly #sidecar: BlobSidecar;
   lastUsedMs = Date.now();
   readonly #stats = {
     diskHitBytes: 0,
@@ -146,6 +125,10 @@ export class DiskCachedSource implements Source {
       degrade: () => this.#degraded = true,
       corruption: () => this.#corrupt,
     }, this.#stats);
+    this.#sidecar = new BlobSidecar(cache, base, {
+      closed: () => this.#closing.signal.aborted,
+      degraded: () => this.#degraded,
+    });
     const map = this.#readMap(0, this.chunkCount);
     map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
   }
@@ -185,7 +168,7 @@ export class DiskCachedSource implements Source {
    * (or failed). Reads do not wait for this; a remount, another process and the bound do.
    */
   async whenDurable(): Promise<void> {
-    this.#writePendingSidecar();
+    this.#sidecar.writePending();
     await this.#filler.whenAllDurable();
   }
 
@@ -195,15 +178,7 @@ export class DiskCachedSource implements Source {
    * reads them back). At most `maxBytes`; undefined when absent, larger or unreadable.
    */
   readSidecar(maxBytes: number): Uint8Array | undefined {
-    if (this.#closing.signal.aborted) return undefined;
-    try {
-      const path = `${this.#base}.meta`;
-      const info = Deno.lstatSync(path);
-      if (!info.isFile || info.size > maxBytes) return undefined;
-      return Deno.readFileSync(path);
-    } catch {
-      return undefined;
-    }
+    return this.#sidecar.read(maxBytes);
   }
 
   /**
@@ -211,33 +186,12 @@ export class DiskCachedSource implements Source {
    * pending one, and whenDurable() and close() write a pending one at once.
    */
   writeSidecarSoon(bytes: Uint8Array, delayMs: number): void {
-    this.#pendingSidecar = bytes;
-    clearTimeout(this.#sidecarTimer);
-    this.#sidecarTimer = setTimeout(() => this.#writePendingSidecar(), delayMs);
-  }
-
-  #writePendingSidecar(): void {
-    clearTimeout(this.#sidecarTimer);
-    const bytes = this.#pendingSidecar;
-    this.#pendingSidecar = undefined;
-    if (bytes) this.writeSidecar(bytes);
+    this.#sidecar.writeSoon(bytes, delayMs);
   }
 
   /** Replaces the sidecar (written whole, then renamed into place; counted in the bound). */
   writeSidecar(bytes: Uint8Array): void {
-    if (this.#closing.signal.aborted || this.#degraded) return;
-    const path = `${this.#base}.meta`;
-    const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    try {
-      Deno.writeFileSync(tmp, bytes, { mode: 0o600 });
-      Deno.renameSync(tmp, path);
-      this.#cache.noteWritten(bytes.length);
-    } catch (error) {
-      try {
-        Deno.removeSync(tmp);
-      } catch { /* not there */ }
-      this.#cache.warnOnce(`disk cache ${this.#base}.meta: ${(error as Error).message}`);
-    }
+    this.#sidecar.write(bytes);
   }
 
   /** Chunks marked present in the file now (by any process). */
@@ -325,34 +279,18 @@ export class DiskCachedSource implements Source {
    * (metadata_prefetch.ts sets it with its background windows, which fetch those blocks next anyway).
    */
   setDemandAheadBytes(bytes: number, blocks = 1): void {
-    this.#demandAhead = {
-      bytes: Math.max(0, Math.floor(bytes)),
-      blocks: Math.max(1, Math.floor(blocks)),
-    };
+    this.#demandAhead.set(bytes, blocks);
   }
 
-  /**
-   * Chunks from `from` (the one after a read's last chunk) to the end of the demand-ahead
-   * blocks (setDemandAheadBytes), up to the first one not absent.
-   */
+  /** The chunks a demand fetch of a read ending before chunk `from` runs on to. */
   #aheadOf(from: number): number[] {
-    const { bytes: block, blocks } = this.#demandAhead;
-    if (block <= this.chunkBytes || from >= this.chunkCount) return [];
-    const readBlock = Math.floor((from - 1) * this.chunkBytes / block);
-    const stop = Math.min(
-      this.chunkCount,
-      Math.ceil((readBlock + blocks) * block / this.chunkBytes),
-    );
-    if (stop <= from) return [];
-    const ahead: number[] = [];
-    const map = this.#readMap(from, stop);
-    for (let c = from; c < stop; c++) {
-      if (isPresent(map[c - from]) || this.#filler.isFilling(c) || this.#filler.isWritten(c)) {
-        break;
-      }
-      ahead.push(c);
-    }
-    return ahead;
+    return this.#demandAhead.chunksFrom(from, {
+      chunkBytes: this.chunkBytes,
+      chunkCount: this.chunkCount,
+      readMap: (start, stop) => this.#readMap(start, stop),
+      isHeld: (byte, c) =>
+        isPresent(byte) || this.#filler.isFilling(c) || this.#filler.isWritten(c),
+    });
   }
 
   /**
@@ -491,7 +429,7 @@ export class DiskCachedSource implements Source {
 
   async close(): Promise<void> {
     if (this.#closing.signal.aborted) return;
-    this.#writePendingSidecar();
+    this.#sidecar.writePending();
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
     await this.#filler.whenAllDurable();

@@ -5,7 +5,7 @@
  * windows fetched ahead of them, as background fills that return no bytes.
  */
 import type { Source } from "./source.ts";
-import type { DiskCacheStats } from "./disk_cached.ts";
+import type { DiskCacheStats } from "./disk_cache_stats.ts";
 
 export interface DiskBackedSource extends Source {
   readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
