@@ -1,7 +1,8 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { VERSION } from "../version.ts";
-import { checkTokenRealm, RegistryAuth } from "./auth.ts";
+import { RegistryAuth } from "./auth.ts";
+import { RegistryTransport } from "./registry_transport.ts";
 import type { Credentials } from "./docker_config.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
 import type { ImageReference } from "./reference.ts";
@@ -83,7 +84,6 @@ export const DEFAULT_DEADLINE_MS = 60_000;
 const DEFAULT_MAX_ATTEMPTS = 8;
 /** Before the first successful connection, a refused connection is a typo, not an outage. */
 const MAX_ATTEMPTS_NEVER_CONNECTED = 2;
-const MAX_REDIRECTS = 10;
 /** How long a blob's redirect target is reused (pre-signed URLs typically live 5-20 min). */
 const BLOB_LOCATION_TTL_MS = 60_000;
 
@@ -91,7 +91,8 @@ const BLOB_LOCATION_TTL_MS = 60_000;
  * A client for one registry (OCI distribution API): manifests with platform selection, ranged
  * blob reads with retries and resume, verified downloads and pushes. Authentication (anonymous,
  * Basic, Bearer tokens per scope) and redirects (Authorization never leaves the registry host)
- * are handled inside `request`.
+ * are handled inside `request`; how one request reaches the host (URLs, headers, redirects, the
+ * `--insecure` fallback, the token server) is registry_transport.ts.
  *
  * @example
  * const client = new RegistryClient("localhost:5000", {});
@@ -105,19 +106,13 @@ export class RegistryClient {
   /** Host serving the API (`registry-1.docker.io` for Docker Hub). */
   readonly host: string;
   readonly #auth: RegistryAuth;
-  readonly #userAgent: string;
+  /** How a request reaches the host (registry_transport.ts). */
+  readonly #transport: RegistryTransport;
   readonly #deadlineMs: number;
   readonly #maxAttempts: number;
-  readonly #insecure: boolean;
-  #origin: string;
-  /** Path that replaces `/v2` in API paths (`override_path` mirrors live below a prefix). */
-  readonly #apiPath: string;
-  readonly #httpClient: Deno.HttpClient | undefined;
-  readonly #extraHeaders: Record<string, string>;
   /** Mirrors from hosts.toml, in order; the registry itself comes after them. */
   readonly #mirrors: MirrorHost<RegistryClient>[];
   readonly #capabilities: ReadonlySet<HostCapability> | undefined;
-  #connected = false;
   /** Where blob GETs were last redirected (object storage), to skip the registry hop. */
   readonly #blobLocations = new Map<string, { url: string; expiresAtMs: number }>();
 
@@ -128,29 +123,40 @@ export class RegistryClient {
       ? undefined
       : loadHostRoutes(registry, configDir);
     const endpoint = options.endpoint ?? config?.server;
+    let origin: string;
+    let apiPath: string;
+    let httpClient: Deno.HttpClient | undefined;
+    let extraHeaders: Record<string, string>;
     if (endpoint) {
       this.host = new URL(endpoint.origin).host;
-      this.#origin = endpoint.origin;
-      this.#apiPath = new URL(endpoint.apiRoot).pathname;
-      this.#httpClient = endpoint.httpClient;
-      this.#extraHeaders = endpoint.headers ?? {};
+      origin = endpoint.origin;
+      apiPath = new URL(endpoint.apiRoot).pathname;
+      httpClient = endpoint.httpClient;
+      extraHeaders = endpoint.headers ?? {};
       this.#capabilities = endpoint.capabilities;
     } else {
       this.host = registryApiHost(registry);
       const plain = options.plainHttp ?? isLoopbackRegistry(this.host);
-      this.#origin = `${plain ? "http" : "https"}://${this.host}`;
-      this.#apiPath = "/v2";
-      this.#httpClient = config?.serverSettings?.httpClient;
-      this.#extraHeaders = config?.serverSettings?.headers ?? {};
+      origin = `${plain ? "http" : "https"}://${this.host}`;
+      apiPath = "/v2";
+      httpClient = config?.serverSettings?.httpClient;
+      extraHeaders = config?.serverSettings?.headers ?? {};
       this.#capabilities = config?.serverSettings?.capabilities;
     }
-    this.#insecure = (options.insecure ?? false) && !endpoint;
-    this.#userAgent = options.userAgent ?? `erofs-oci/${VERSION}`;
+    this.#transport = new RegistryTransport({
+      host: this.host,
+      origin,
+      apiPath,
+      httpClient,
+      extraHeaders,
+      userAgent: options.userAgent ?? `erofs-oci/${VERSION}`,
+      insecure: (options.insecure ?? false) && !endpoint,
+    });
     this.#deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
     this.#auth = new RegistryAuth(
       registry,
-      (url, headers, signal) => this.#fetchTokenServer(url, headers, signal),
+      (url, headers, signal) => this.#transport.fetchTokenServer(url, headers, signal),
       // Explicit credentials are for the registry (or its configured `server`), never a mirror.
       options.endpoint?.isMirror ? undefined : options.credentials,
     );
@@ -166,12 +172,12 @@ export class RegistryClient {
 
   /** `http://host` or `https://host`, as currently used. */
   get origin(): string {
-    return this.#origin;
+    return this.#transport.origin;
   }
 
   /** True when the registry is spoken to over plain HTTP (what recovery records keep). */
   get plainHttp(): boolean {
-    return this.#origin.startsWith("http:");
+    return this.#transport.plainHttp;
   }
 
   /** A fresh retry policy for one operation. */
@@ -270,7 +276,7 @@ export class RegistryClient {
 
   /** True when `url` is on this registry or one of its mirrors (not a redirect target). */
   isRegistryUrl(url: string): boolean {
-    return url.startsWith(this.#origin + "/") ||
+    return url.startsWith(this.#transport.origin + "/") ||
       this.#mirrors.some((m) => m.client.isRegistryUrl(url));
   }
 
@@ -305,7 +311,7 @@ export class RegistryClient {
         response = await this.#authorized(req);
       } catch (error) {
         if (!isNetworkError(error)) throw error;
-        const limit = this.#connected ? policy : {
+        const limit = this.#transport.connected ? policy : {
           ...policy,
           maxAttempts: Math.min(policy.maxAttempts, MAX_ATTEMPTS_NEVER_CONNECTED),
         };
@@ -314,11 +320,11 @@ export class RegistryClient {
         const failure = describeFailure(error);
         throw new OciError(
           `cannot reach registry ${this.host}: ${failure}`,
-          unreachableHint(failure, this.#origin.startsWith("https:")),
+          unreachableHint(failure, this.#transport.origin.startsWith("https:")),
           { cause: error },
         );
       }
-      this.#connected = true;
+      this.#transport.noteConnected();
       const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
       if (response.status === 429 || (response.status === 503 && retryAfterMs !== undefined)) {
         // Paced per host (host_pacing.ts): the wait happens in waitForHost, for every client.
@@ -345,7 +351,7 @@ export class RegistryClient {
   async #authorized(req: RegistryRequest): Promise<Response> {
     let header = await this.#auth.authorize(req.scope, req.signal);
     for (let tries = 0;; tries++) {
-      const { response, stayedHome } = await this.#sendFollowingRedirects(req, header);
+      const { response, stayedHome } = await this.#transport.send(req, header);
       // A 401 from object storage after a redirect is not the registry's challenge.
       if (response.status !== 401 || !stayedHome) return response;
       await response.body?.cancel();
@@ -353,106 +359,6 @@ export class RegistryClient {
       await this.#auth.unauthorized(response, req.scope, header, req.signal);
       header = await this.#auth.authorize(req.scope, req.signal);
     }
-  }
-
-  async #sendFollowingRedirects(
-    req: RegistryRequest,
-    authorization: string | undefined,
-  ): Promise<{ response: Response; stayedHome: boolean }> {
-    let url = req.path.startsWith("/v2/") || req.path === "/v2"
-      ? this.#origin + this.#apiPath + req.path.slice(3)
-      : req.path.startsWith("/")
-      ? this.#origin + req.path
-      : req.path;
-    let method: string = req.method;
-    let body = req.body;
-    for (let hop = 0;; hop++) {
-      const home = url.startsWith(this.#origin + "/");
-      const headers: Record<string, string> = {
-        "user-agent": this.#userAgent,
-        ...(home ? this.#extraHeaders : {}),
-        ...req.headers,
-      };
-      if (authorization && home) headers.authorization = authorization;
-      let response: Response;
-      try {
-        response = await fetch(url, {
-          method,
-          headers,
-          body,
-          redirect: "manual",
-          signal: req.signal,
-          client: home ? this.#httpClient : undefined,
-        });
-      } catch (error) {
-        if (hop === 0 && home && this.#fallBackToPlainHttp(error)) {
-          url = this.#origin + url.slice(url.indexOf("/", "https://".length));
-          hop = -1;
-          continue;
-        }
-        throw error;
-      }
-      const location = response.headers.get("location");
-      if (response.status < 300 || response.status > 399 || response.status === 304 || !location) {
-        return { response, stayedHome: home };
-      }
-      await response.body?.cancel();
-      if (hop >= MAX_REDIRECTS) {
-        throw new OciError(`too many redirects for ${req.method} ${req.path} on ${this.host}`);
-      }
-      const next = new URL(location, url);
-      if (next.protocol !== "https:" && next.protocol !== "http:") {
-        throw new OciError(`registry ${this.host} redirected to unsupported URL scheme`);
-      }
-      url = next.href;
-      if (
-        response.status === 303 || ((response.status === 301 || response.status === 302) &&
-          method === "POST")
-      ) {
-        method = "GET";
-        body = undefined;
-      }
-    }
-  }
-
-  #fallBackToPlainHttp(error: unknown): boolean {
-    if (!this.#insecure || this.#connected || !this.#origin.startsWith("https:")) return false;
-    if (!isNetworkError(error)) return false;
-    debug(`HTTPS to ${this.host} failed (${describeFailure(error)}); --insecure: trying HTTP`);
-    this.#origin = `http://${this.host}`;
-    return true;
-  }
-
-  async #fetchTokenServer(url: URL, headers: Headers, signal?: AbortSignal): Promise<Response> {
-    const authOrigin = url.origin;
-    let target = url;
-    headers.set("user-agent", this.#userAgent);
-    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      checkTokenRealm(target, this.host, this.plainHttp);
-      if (target.origin !== authOrigin) headers.delete("authorization");
-      let response: Response;
-      try {
-        response = await fetch(target, {
-          headers,
-          redirect: "manual",
-          signal,
-          client: this.#httpClient,
-        });
-      } catch (error) {
-        throw new OciError(
-          `cannot reach token server ${target.host}: ${describeFailure(error)}`,
-          undefined,
-          {
-            cause: error,
-          },
-        );
-      }
-      const location = response.headers.get("location");
-      if (response.status < 300 || response.status > 399 || !location) return response;
-      await response.body?.cancel();
-      target = new URL(location, target);
-    }
-    throw new OciError(`too many redirects from token server ${url.host}`);
   }
 }
 

@@ -1,0 +1,178 @@
+/**
+ * How requests reach one registry host (the registry itself, its configured `server` or a
+ * mirror): API URLs (the API root, `override_path` mirrors), headers (User-Agent, hosts.toml
+ * headers, Authorization only to this host), redirects followed by hand, the `--insecure`
+ * fallback to plain HTTP before the first connection, and the token server's GETs. Apart from
+ * client.ts, which decides what to send and how often (authorization, retries, pacing, mirrors)
+ * and offers the API's operations; this file only carries one request and its redirects.
+ */
+import { OciError } from "../errors.ts";
+import { debug } from "../log.ts";
+import { checkTokenRealm } from "./auth.ts";
+import { describeFailure, isNetworkError } from "./retry.ts";
+import type { RegistryRequest } from "./client.ts";
+
+const MAX_REDIRECTS = 10;
+
+/** Where and how one host is spoken to (RegistryClient's constructor resolves it). */
+export interface TransportSettings {
+  /** Host serving the API. */
+  host: string;
+  /** `http://host` or `https://host`. */
+  origin: string;
+  /** Path that replaces `/v2` in API paths (`override_path` mirrors live below a prefix). */
+  apiPath: string;
+  httpClient: Deno.HttpClient | undefined;
+  /** Headers for this host only (hosts.toml). */
+  extraHeaders: Record<string, string>;
+  userAgent: string;
+  /** Fall back to plain HTTP when HTTPS cannot connect, before any connection succeeded. */
+  insecure: boolean;
+}
+
+export class RegistryTransport {
+  readonly host: string;
+  readonly #userAgent: string;
+  readonly #insecure: boolean;
+  #origin: string;
+  readonly #apiPath: string;
+  readonly #httpClient: Deno.HttpClient | undefined;
+  readonly #extraHeaders: Record<string, string>;
+  #connectedOnce = false;
+
+  constructor(settings: TransportSettings) {
+    this.host = settings.host;
+    this.#origin = settings.origin;
+    this.#apiPath = settings.apiPath;
+    this.#httpClient = settings.httpClient;
+    this.#extraHeaders = settings.extraHeaders;
+    this.#userAgent = settings.userAgent;
+    this.#insecure = settings.insecure;
+  }
+
+  /** `http://host` or `https://host`, as currently used. */
+  get origin(): string {
+    return this.#origin;
+  }
+
+  /** True when the host is spoken to over plain HTTP. */
+  get plainHttp(): boolean {
+    return this.#origin.startsWith("http:");
+  }
+
+  /** True once a request of the client got an answer (noteConnected). */
+  get connected(): boolean {
+    return this.#connectedOnce;
+  }
+
+  /** The host answered: from now on a connection failure is an outage, and no fallback. */
+  noteConnected(): void {
+    this.#connectedOnce = true;
+  }
+
+  /**
+   * Sends `req` once (no retries, no re-authentication): `authorization` only to this host,
+   * redirects followed by hand. `stayedHome`: the response came from this host, not a redirect
+   * target (whose 401 is not the registry's challenge).
+   */
+  async send(
+    req: RegistryRequest,
+    authorization: string | undefined,
+  ): Promise<{ response: Response; stayedHome: boolean }> {
+    let url = req.path.startsWith("/v2/") || req.path === "/v2"
+      ? this.#origin + this.#apiPath + req.path.slice(3)
+      : req.path.startsWith("/")
+      ? this.#origin + req.path
+      : req.path;
+    let method: string = req.method;
+    let body = req.body;
+    for (let hop = 0;; hop++) {
+      const home = url.startsWith(this.#origin + "/");
+      const headers: Record<string, string> = {
+        "user-agent": this.#userAgent,
+        ...(home ? this.#extraHeaders : {}),
+        ...req.headers,
+      };
+      if (authorization && home) headers.authorization = authorization;
+      let response: Response;
+      try {
+        response = await fetch(url, {
+          method,
+          headers,
+          body,
+          redirect: "manual",
+          signal: req.signal,
+          client: home ? this.#httpClient : undefined,
+        });
+      } catch (error) {
+        if (hop === 0 && home && this.#fallBackToPlainHttp(error)) {
+          url = this.#origin + url.slice(url.indexOf("/", "https://".length));
+          hop = -1;
+          continue;
+        }
+        throw error;
+      }
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status > 399 || response.status === 304 || !location) {
+        return { response, stayedHome: home };
+      }
+      await response.body?.cancel();
+      if (hop >= MAX_REDIRECTS) {
+        throw new OciError(`too many redirects for ${req.method} ${req.path} on ${this.host}`);
+      }
+      const next = new URL(location, url);
+      if (next.protocol !== "https:" && next.protocol !== "http:") {
+        throw new OciError(`registry ${this.host} redirected to unsupported URL scheme`);
+      }
+      url = next.href;
+      if (
+        response.status === 303 || ((response.status === 301 || response.status === 302) &&
+          method === "POST")
+      ) {
+        method = "GET";
+        body = undefined;
+      }
+    }
+  }
+
+  #fallBackToPlainHttp(error: unknown): boolean {
+    if (!this.#insecure || this.#connectedOnce || !this.#origin.startsWith("https:")) return false;
+    if (!isNetworkError(error)) return false;
+    debug(`HTTPS to ${this.host} failed (${describeFailure(error)}); --insecure: trying HTTP`);
+    this.#origin = `http://${this.host}`;
+    return true;
+  }
+
+  /** GETs a token server URL (auth.ts): its realm checked at every redirect hop. */
+  async fetchTokenServer(url: URL, headers: Headers, signal?: AbortSignal): Promise<Response> {
+    const authOrigin = url.origin;
+    let target = url;
+    headers.set("user-agent", this.#userAgent);
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      checkTokenRealm(target, this.host, this.plainHttp);
+      if (target.origin !== authOrigin) headers.delete("authorization");
+      let response: Response;
+      try {
+        response = await fetch(target, {
+          headers,
+          redirect: "manual",
+          signal,
+          client: this.#httpClient,
+        });
+      } catch (error) {
+        throw new OciError(
+          `cannot reach token server ${target.host}: ${describeFailure(error)}`,
+          undefined,
+          {
+            cause: error,
+          },
+        );
+      }
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status > 399 || !location) return response;
+      await response.body?.cancel();
+      target = new URL(location, target);
+    }
+    throw new OciError(`too many redirects from token server ${url.host}`);
+  }
+}
