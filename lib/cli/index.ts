@@ -4,6 +4,7 @@ import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
+import { MAX_SPAN_BYTES } from "../gzip/zinfo.ts";
 
 /** zstd frame magic 28 B5 2F FD (RFC 8878 section 3.1.1). */
 function isZstdMagic(head: Uint8Array): boolean {
@@ -51,7 +52,8 @@ Options:
       --layer N         index only layer N (IMAGE only; 0 = bottom)
       --tmpdir DIR      work directory for --push without -o (default: $TMPDIR or /tmp)
       --span BYTES      uncompressed bytes between checkpoints (default 4194304, as
-                        erofs-utils; smaller = cheaper random reads, bigger zinfo)
+                        erofs-utils, at most 16777216; smaller = cheaper random
+                        reads, bigger zinfo)
       --timestamp SECS  build time in the meta image (default: SOURCE_DATE_EPOCH or now)
 ${REGISTRY_OPTIONS_HELP}
   -h, --help
@@ -66,8 +68,10 @@ Examples:
       throw new UsageError("index: -o DIR (--output) or --push is required");
     }
     const spanBytes = parseWhole("--span", values.span) ?? 4 * 1024 * 1024;
-    if (spanBytes < MIN_SPAN_BYTES) {
-      throw new UsageError(`index: --span must be at least ${MIN_SPAN_BYTES} bytes`);
+    if (spanBytes < MIN_SPAN_BYTES || spanBytes > MAX_SPAN_BYTES) {
+      throw new UsageError(
+        `index: --span must be ${MIN_SPAN_BYTES} to ${MAX_SPAN_BYTES} bytes`,
+      );
     }
     const timestamp =
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??

@@ -12,7 +12,7 @@ import { FormatError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
 import { nativeBytes } from "../../ffi/zlib.ts";
 import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
-import { Zinfo } from "./zinfo.ts";
+import { MAX_CHECKPOINT_GAP_BYTES, Zinfo } from "./zinfo.ts";
 import { piecesMoved, ReadRuns } from "./read_runs.ts";
 import { PieceDigests, sha256 } from "./piece_digests.ts";
 
@@ -34,6 +34,14 @@ export interface GzipRandomAccessOptions {
   verify?: PieceDigests;
   /** For `open`: the piece digests file (NAME.pieces) to build `verify` from. */
   pieceDigests?: { bytes: Uint8Array; pieceBytes: number; totalBytes: number };
+  /**
+   * For `open`: uncompressed bytes reads may reach (the tar size), so the gap from the last
+   * checkpoint to it is refused up front (default: the piece digests' total). Unknown, a read
+   * more than MAX_CHECKPOINT_GAP_BYTES past the last checkpoint fails instead.
+   */
+  streamBytes?: number;
+  /** For `open`: names the zinfo (file, layer) in its errors. */
+  zinfoName?: string;
 }
 
 export interface GzipRandomAccessStats {
@@ -103,8 +111,11 @@ export class GzipRandomAccess {
     options?: GzipRandomAccessOptions,
     signal?: AbortSignal,
   ): Promise<GzipRandomAccess> {
-    const zinfo = await Zinfo.open(zinfoSource, blob.size, signal);
     const digests = options?.pieceDigests;
+    const zinfo = await Zinfo.open(zinfoSource, blob.size, signal, {
+      name: options?.zinfoName,
+      streamBytes: options?.streamBytes ?? digests?.totalBytes ?? options?.verify?.totalBytes,
+    });
     const verify = digests
       ? PieceDigests.from(digests.bytes, digests.pieceBytes, zinfo.checkpoints, digests.totalBytes)
       : options?.verify;
@@ -137,6 +148,15 @@ export class GzipRandomAccess {
       const at = offset + done;
       const index = this.zinfo.checkpointFor(at);
       const start = cps[index].uncompressedOffset;
+      if (at - start >= MAX_CHECKPOINT_GAP_BYTES) {
+        // Only past the last checkpoint of a stream whose size was not known at open (the
+        // gaps between checkpoints were checked there): bound the inflate a read may cost.
+        throw new FormatError(
+          `read at uncompressed offset ${at} is ${at - start} bytes past zinfo checkpoint ` +
+            `${index}: at most ${MAX_CHECKPOINT_GAP_BYTES} are inflated for a read`,
+          "rebuild the index with `erofs-oci index`, which checkpoints every 4 MiB",
+        );
+      }
       const k = Math.floor((at - start) / this.#pieceBytes);
       // Pieces this read's run has moved through to get here (0: a random reader).
       const moved = piecesMoved(run, start + k * this.#pieceBytes, this.#pieceBytes);
@@ -185,7 +205,10 @@ export class GzipRandomAccess {
     const [nextIndex, nextK] = k + 1 < count ? [index, k + 1] : [index + 1, 0];
     const nextStart = this.zinfo.checkpoints[nextIndex]?.uncompressedOffset +
       nextK * this.#pieceBytes;
-    if (nextIndex < this.zinfo.checkpoints.length && nextStart < this.#dataEnd) {
+    if (
+      nextIndex < this.zinfo.checkpoints.length && nextStart < this.#dataEnd &&
+      nextK * this.#pieceBytes < MAX_CHECKPOINT_GAP_BYTES
+    ) {
       const key = `${nextIndex}:${nextK}`;
       if (!this.#pieces.has(key) && !this.#ahead.has(key)) {
         this.#ahead.add(key);

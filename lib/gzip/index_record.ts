@@ -7,6 +7,7 @@
 import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { tarIndexLayout } from "./hybrid_tar.ts";
+import { checkZinfoBytes } from "./zinfo.ts";
 
 /** Larger than any honest record; a bigger file is refused before parsing. */
 export const MAX_INDEX_RECORD_BYTES = 64 * 1024;
@@ -110,6 +111,13 @@ export function checkIndexRecord(
   }
   if (record.zinfo && (!zinfo || sha256Digest(zinfo) !== record.zinfo.digest)) {
     throw new FormatError(`${record.zinfo.file} is not the zinfo its index recorded`, hint);
+  }
+  if (record.zinfo && zinfo) {
+    // Refused here, before a mount, rather than by each read: checkpoints too far apart.
+    checkZinfoBytes(zinfo, layer.size, {
+      name: `${record.zinfo.file} of layer ${layer.digest}`,
+      streamBytes: record.tarBytes,
+    });
   }
   if (record.pieces && (!pieces || sha256Digest(pieces) !== record.pieces.digest)) {
     throw new FormatError(

@@ -23,6 +23,23 @@ export const MAX_ZINFO_CHECKPOINTS = Math.floor(
 );
 /** erofs-utils' span (lib/tar.c, no CLI knob). */
 export const DEFAULT_SPAN_BYTES = 4 * 1024 * 1024;
+/** Largest `erofs-oci index --span`: its zinfos must stay within MAX_CHECKPOINT_GAP_BYTES. */
+export const MAX_SPAN_BYTES = 16 * 1024 * 1024;
+/**
+ * Most uncompressed bytes a zinfo may leave between consecutive checkpoints, and from the last
+ * one to the end of the stream: a read inflates from the checkpoint before it, so this bounds
+ * the work of any read (a hostile zinfo with one checkpoint made every 4 KiB read of a 1 GB
+ * layer inflate up to 1 GB).
+ *
+ * Producers checkpoint at the first deflate block boundary after `span` bytes (and at every
+ * member start), so their gap is at most span + one block's output. zlib (memLevel 9) and GNU
+ * gzip end a block after at most 32,767 symbols, 32,767 × 258 = 8,453,886 bytes on runs of
+ * zeros. Measured 2026-12-02 on 100 MB of zeros and 124 MB of `seq` output, gzip -1/-6/-9 and
+ * Python zlib 1.2.13: mkfs.erofs 1.9.3 --gzinfo and `erofs-oci index` made the same
+ * checkpoints, largest gap 8,453,886 (zeros; 4.2-4.4 MB on text), last gap ≤ 7.1 MB. Worst
+ * case at the 4 MiB span 12.6 MB, at MAX_SPAN_BYTES 25.2 MB: 64 MiB is 5× and 2.5× that.
+ */
+export const MAX_CHECKPOINT_GAP_BYTES = 64 * 1024 * 1024;
 /** A gzip member header is at least 10 bytes, so no deflate data starts earlier. */
 const MIN_DEFLATE_START = 10;
 /**
@@ -30,6 +47,17 @@ const MIN_DEFLATE_START = 10;
  * code, RFC 1951 §3.2.5); a checkpoint claiming more output than that for its input is a lie.
  */
 const MAX_DEFLATE_RATIO = 1032;
+
+/** What Zinfo.open / checkZinfoBytes check beyond the structure. */
+export interface ZinfoCheckOptions {
+  /** Names the zinfo (file, layer) in errors. */
+  name?: string;
+  /**
+   * Uncompressed bytes of the stream (the tar) when known: the gap from the last checkpoint to
+   * it is checked too. Unknown, the reader bounds it per read (GzipRandomAccess).
+   */
+  streamBytes?: number;
+}
 
 export interface ZinfoCheckpoint {
   /** Offset in the gzip blob of the first whole byte of the deflate block. */
@@ -52,22 +80,24 @@ export class Zinfo {
    * Reads and checks a zinfo against the gzip blob it indexes (`blobBytes` = its size).
    * Throws FormatError naming the first inconsistency; nothing else is checked later.
    */
-  static async open(source: Source, blobBytes: number, signal?: AbortSignal): Promise<Zinfo> {
+  static async open(
+    source: Source,
+    blobBytes: number,
+    signal?: AbortSignal,
+    check: ZinfoCheckOptions = {},
+  ): Promise<Zinfo> {
+    const name = check.name;
     if (source.size < ZINFO_HEADER_BYTES) {
-      throw zinfoError(`${source.size} bytes, shorter than its ${ZINFO_HEADER_BYTES}-byte header`);
+      throw zinfoError(
+        `${source.size} bytes, shorter than its ${ZINFO_HEADER_BYTES}-byte header`,
+        undefined,
+        name,
+      );
     }
     const header = new DataView((await source.read(0, ZINFO_HEADER_BYTES, signal)).slice().buffer);
     const count = header.getUint32(0, true);
     const span = header.getBigUint64(4, true);
-    const expected = ZINFO_HEADER_BYTES + count * ZINFO_CHECKPOINT_BYTES;
-    if (count === 0 || expected !== source.size) {
-      throw zinfoError(
-        `${source.size} bytes but its header says ${count} checkpoints (${expected} bytes)`,
-        count !== 0 && source.size === expected - ZINFO_CHECKPOINT_BYTES
-          ? "a v1 zinfo (implicit first checkpoint) is not supported; rebuild it"
-          : undefined,
-      );
-    }
+    checkZinfoSize(count, source.size, name);
     const checkpoints: ZinfoCheckpoint[] = [];
     // Stream the file in bounded pieces and keep only each checkpoint's 17-byte head.
     const perRead = 32;
@@ -75,17 +105,11 @@ export class Zinfo {
       const n = Math.min(perRead, count - first);
       const start = ZINFO_HEADER_BYTES + first * ZINFO_CHECKPOINT_BYTES;
       const bytes = await source.read(start, n * ZINFO_CHECKPOINT_BYTES, signal);
-      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       for (let j = 0; j < n; j++) {
-        const at = j * ZINFO_CHECKPOINT_BYTES;
-        checkpoints.push({
-          compressedOffset: safe(view.getBigUint64(at, true), first + j, "in"),
-          uncompressedOffset: safe(view.getBigUint64(at + 8, true), first + j, "out"),
-          bits: view.getUint8(at + 16),
-        });
+        checkpoints.push(readCheckpoint(bytes, j * ZINFO_CHECKPOINT_BYTES, first + j, name));
       }
     }
-    validateCheckpoints(checkpoints, blobBytes);
+    validateCheckpoints(checkpoints, blobBytes, check);
     return new Zinfo(
       span > BigInt(Number.MAX_SAFE_INTEGER) ? 0 : Number(span),
       checkpoints,
@@ -112,18 +136,57 @@ export class Zinfo {
   }
 }
 
+/**
+ * The same checks as Zinfo.open on a zinfo held in memory (e.g. before a mount, with the
+ * index record's tar size as `streamBytes`), without keeping anything.
+ */
+export function checkZinfoBytes(
+  bytes: Uint8Array,
+  blobBytes: number,
+  check: ZinfoCheckOptions = {},
+): void {
+  if (bytes.length < ZINFO_HEADER_BYTES) {
+    throw zinfoError(
+      `${bytes.length} bytes, shorter than its ${ZINFO_HEADER_BYTES}-byte header`,
+      undefined,
+      check.name,
+    );
+  }
+  const count = new DataView(bytes.buffer, bytes.byteOffset, ZINFO_HEADER_BYTES).getUint32(0, true);
+  checkZinfoSize(count, bytes.length, check.name);
+  const checkpoints: ZinfoCheckpoint[] = [];
+  for (let i = 0; i < count; i++) {
+    checkpoints.push(
+      readCheckpoint(bytes, ZINFO_HEADER_BYTES + i * ZINFO_CHECKPOINT_BYTES, i, check.name),
+    );
+  }
+  validateCheckpoints(checkpoints, blobBytes, check);
+}
+
 /** The structural rules a zinfo must meet to be usable on a blob of `blobBytes`. */
-export function validateCheckpoints(cps: readonly ZinfoCheckpoint[], blobBytes: number): void {
+export function validateCheckpoints(
+  cps: readonly ZinfoCheckpoint[],
+  blobBytes: number,
+  check: ZinfoCheckOptions = {},
+): void {
+  const name = check.name;
   if (cps[0].uncompressedOffset !== 0) {
-    throw zinfoError(`first checkpoint starts at output ${cps[0].uncompressedOffset}, not 0`);
+    throw zinfoError(
+      `first checkpoint starts at output ${cps[0].uncompressedOffset}, not 0`,
+      undefined,
+      name,
+    );
   }
   for (let i = 0; i < cps.length; i++) {
     const { compressedOffset: at, uncompressedOffset: out, bits } = cps[i];
-    if (bits > 7) throw zinfoError(`checkpoint ${i} has bits=${bits} (0..7 allowed)`);
+    if (bits > 7) {
+      throw zinfoError(`checkpoint ${i} has bits=${bits} (0..7 allowed)`, undefined, name);
+    }
     if (at < MIN_DEFLATE_START || at >= blobBytes) {
       throw zinfoError(
         `checkpoint ${i} points at compressed offset ${at}, outside the ${blobBytes}-byte blob`,
         "the zinfo was made for another layer",
+        name,
       );
     }
     if (i === 0) continue;
@@ -132,15 +195,69 @@ export function validateCheckpoints(cps: readonly ZinfoCheckpoint[], blobBytes: 
       throw zinfoError(
         `checkpoint ${i} (in ${at}, out ${out}) does not follow checkpoint ${i - 1} ` +
           `(in ${prev.compressedOffset}, out ${prev.uncompressedOffset})`,
+        undefined,
+        name,
       );
     }
     if (out - prev.uncompressedOffset > MAX_DEFLATE_RATIO * (at - prev.compressedOffset + 1)) {
       throw zinfoError(
         `checkpoint ${i} claims ${out - prev.uncompressedOffset} bytes of output from ` +
           `${at - prev.compressedOffset} compressed bytes (deflate expands at most 1032:1)`,
+        undefined,
+        name,
+      );
+    }
+    if (out - prev.uncompressedOffset > MAX_CHECKPOINT_GAP_BYTES) {
+      throw gapError(
+        `checkpoints ${i - 1} and ${i} are ${out - prev.uncompressedOffset} bytes of output apart`,
+        name,
       );
     }
   }
+  const last = cps[cps.length - 1].uncompressedOffset;
+  if (check.streamBytes !== undefined && check.streamBytes - last > MAX_CHECKPOINT_GAP_BYTES) {
+    throw gapError(
+      `its last checkpoint (${cps.length - 1}) is ${check.streamBytes - last} bytes of output ` +
+        `before the end of the ${check.streamBytes}-byte tar`,
+      name,
+    );
+  }
+}
+
+/** A zinfo leaving more than MAX_CHECKPOINT_GAP_BYTES to inflate before some read. */
+function gapError(what: string, name?: string): FormatError {
+  return zinfoError(
+    `${what} (at most ${MAX_CHECKPOINT_GAP_BYTES} allowed: a read there would inflate all of them)`,
+    "rebuild the index with `erofs-oci index`, which checkpoints every 4 MiB",
+    name,
+  );
+}
+
+function checkZinfoSize(count: number, sizeBytes: number, name?: string): void {
+  const expected = ZINFO_HEADER_BYTES + count * ZINFO_CHECKPOINT_BYTES;
+  if (count === 0 || expected !== sizeBytes) {
+    throw zinfoError(
+      `${sizeBytes} bytes but its header says ${count} checkpoints (${expected} bytes)`,
+      count !== 0 && sizeBytes === expected - ZINFO_CHECKPOINT_BYTES
+        ? "a v1 zinfo (implicit first checkpoint) is not supported; rebuild it"
+        : undefined,
+      name,
+    );
+  }
+}
+
+function readCheckpoint(
+  bytes: Uint8Array,
+  at: number,
+  index: number,
+  name?: string,
+): ZinfoCheckpoint {
+  const view = new DataView(bytes.buffer, bytes.byteOffset + at, 17);
+  return {
+    compressedOffset: safe(view.getBigUint64(0, true), index, "in", name),
+    uncompressedOffset: safe(view.getBigUint64(8, true), index, "out", name),
+    bits: view.getUint8(16),
+  };
 }
 
 /** The 12-byte zinfo header. */
@@ -179,13 +296,20 @@ export function encodeZinfo(
   return out;
 }
 
-function safe(value: bigint, index: number, field: string): number {
+function safe(value: bigint, index: number, field: string, name?: string): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw zinfoError(`checkpoint ${index} has ${field}=${value}, beyond any real blob`);
+    throw zinfoError(
+      `checkpoint ${index} has ${field}=${value}, beyond any real blob`,
+      undefined,
+      name,
+    );
   }
   return Number(value);
 }
 
-function zinfoError(message: string, hint?: string): FormatError {
-  return new FormatError(`bad zinfo: ${message}`, hint ?? "rebuild it with `erofs-oci index`");
+function zinfoError(message: string, hint?: string, name?: string): FormatError {
+  return new FormatError(
+    `bad zinfo${name ? ` ${name}` : ""}: ${message}`,
+    hint ?? "rebuild it with `erofs-oci index`",
+  );
 }

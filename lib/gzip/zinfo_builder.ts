@@ -25,6 +25,7 @@ import {
   DEFAULT_SPAN_BYTES,
   encodeZinfo,
   encodeZinfoHeader,
+  MAX_CHECKPOINT_GAP_BYTES,
   MAX_ZINFO_CHECKPOINTS,
   ZINFO_CHECKPOINT_BYTES,
   type ZinfoCheckpoint,
@@ -144,6 +145,14 @@ export class ZinfoBuilder {
               bits: step.dataType & 7,
               window: this.#inflater!.window(),
             });
+          }
+          if (this.uncompressedBytes - this.#lastCheckpointOut > MAX_CHECKPOINT_GAP_BYTES) {
+            // A mount refuses such a zinfo (zinfo.ts): every read there would inflate it all.
+            throw new FormatError(
+              `gzip: no deflate block ends in ${MAX_CHECKPOINT_GAP_BYTES} bytes of output after ` +
+                `uncompressed offset ${this.#lastCheckpointOut}: too far apart for random reads`,
+              "recompress the layer (gzip, pigz, zlib and Go end a block every few MiB at most)",
+            );
           }
           break;
         }

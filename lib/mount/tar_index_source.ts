@@ -91,7 +91,7 @@ export async function openTarIndexSource(
     zinfo = index.zinfo ? await readIndexFile(index.zinfo) : undefined;
   }
   // A meta that is no tar-index image is named before the zinfo is looked at.
-  tarIndexLayout(meta);
+  const metaLayout = tarIndexLayout(meta);
   const blobCacheBytes = Math.max(4 << 20, Math.floor(cacheBytes / 2));
   const cached = new CachedSource(blob, {
     cacheBytes: blobCacheBytes,
@@ -103,6 +103,9 @@ export async function openTarIndexSource(
   if (zinfo) {
     const gzip = await GzipRandomAccess.open(cached, bytesSource(zinfo), {
       cacheBytes: tarCacheBytes,
+      // Reads reach at most the tar the meta refers to; the record has the whole tar's size.
+      streamBytes: record?.tarBytes ?? metaLayout.tarBytes,
+      zinfoName: `${index.zinfo} of layer ${layer.digest}`,
       pieceDigests: pieces && record?.pieces
         ? { bytes: pieces, pieceBytes: record.pieces.pieceBytes, totalBytes: record.tarBytes }
         : undefined,
