@@ -22,6 +22,11 @@ step "import layers" deno run --allow-read scripts/check_imports.ts
 step "deno check" deno task -q check
 
 echo "== host tests (tests/vm/ runs in the VM below)"
+# The host's own disk cache (/var/cache/erofs-oci) is left alone: whatever a test does not
+# give a cache directory of its own uses this one, made for the run and removed after it.
+test_cache=$(mktemp -d "${TMPDIR:-/tmp}/erofs-oci-test-cache.XXXXXX") || exit 1
+trap 'rm -rf "$test_cache"' EXIT
+export EROFS_OCI_CACHE_DIR=$test_cache/disk-cache
 deno test -A --parallel --junit-path="$results/host.xml" --ignore=tests/vm tests/ lib/ ${TEST_FILTER:+--filter "$TEST_FILTER"}
 
 if [ "${SKIP_VM:-}" != 1 ]; then

@@ -116,14 +116,17 @@ Deno.test({
     const layerDigest = pushed.layers[0].digest;
     await using proxy = await startFaultProxy(registry.host, []);
     const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
-    const previous = Deno.env.get("EROFS_OCI_CACHE_DIR");
-    Deno.env.set("EROFS_OCI_CACHE_DIR", cacheDir);
     const layerGets = () =>
       proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`))
         .length;
     const serveAndCopy = async (extra: string[] = []) => {
       const before = layerGets();
-      await using s = await serve(`${proxy.host}/dc/served:v1`, ["--plain-http", ...extra]);
+      await using s = await serve(
+        `${proxy.host}/dc/served:v1`,
+        ["--plain-http", ...extra],
+        [],
+        cacheDir,
+      );
       const out = await new Deno.Command("nbdcopy", { args: [s.uri, `${s.dir}/out.img`] })
         .output();
       assert(out.success, new TextDecoder().decode(out.stderr) + s.stderr());
@@ -136,8 +139,6 @@ Deno.test({
       assert.equal(await serveAndCopy(), 0, "serve again: zero layer GETs");
       assert(await serveAndCopy(["--no-disk-cache"]) > 0, "--no-disk-cache fetches");
     } finally {
-      if (previous === undefined) Deno.env.delete("EROFS_OCI_CACHE_DIR");
-      else Deno.env.set("EROFS_OCI_CACHE_DIR", previous);
       await Deno.remove(cacheDir, { recursive: true });
     }
   },

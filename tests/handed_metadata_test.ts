@@ -126,14 +126,19 @@ Deno.test({
     try {
       // A budget for the first layer's list only: the second gets none (its server fetches it).
       const first = metadataBytes(lists[0]);
-      const handed = fetchMetadataEarly(client, "hm/two", early, layers, undefined, first);
+      // Wanted whatever this host's own disk cache holds of these fixtures.
+      const wanted = () => true;
+      const handed = fetchMetadataEarly(client, "hm/two", early, layers, {
+        maxBytes: first,
+        wanted,
+      });
       const bytes = await Promise.all(layers.map((l) => handed.get(l.digest)!.bytes));
       assert.equal(bytes[0]?.length, 32 + first, "the first layer's sidecar bytes");
       assert.equal(bytes[1], undefined, "nothing for the layer past the budget");
       const gets = await packGets();
       assert.equal(gets.length, 1, `one pack fetched: ${gets.join("\n")}`);
       // With room for both, both.
-      const both = fetchMetadataEarly(client, "hm/two", early, layers);
+      const both = fetchMetadataEarly(client, "hm/two", early, layers, { wanted });
       const all = await Promise.all(layers.map((l) => both.get(l.digest)!.bytes));
       assert.deepEqual(all.map((b) => b?.length), lists.map((l) => 32 + metadataBytes(l)));
     } finally {

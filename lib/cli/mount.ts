@@ -318,13 +318,9 @@ async function resolveForMount(
             traceLookup = lookUpTrace(client, repository, manifest.digest);
           }
           earlyTables = fetchBoundTables(client, repository, manifest, chosen, STATE_ROOT);
-          earlyMetadata = fetchMetadataEarly(
-            client,
-            repository,
-            earlyTables,
-            chosen,
-            abortEarly.signal,
-          );
+          earlyMetadata = fetchMetadataEarly(client, repository, earlyTables, chosen, {
+            signal: abortEarly.signal,
+          });
         },
         ahead?.top,
       );

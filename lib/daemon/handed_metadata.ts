@@ -97,6 +97,18 @@ export type EarlyMetadata = Map<
   { tableDigest: string; bytes: Promise<Uint8Array | undefined> }
 >;
 
+/** What fetchMetadataEarly may be told besides its layers. */
+export interface EarlyMetadataOptions {
+  signal?: AbortSignal;
+  /** Listed bytes handed over for all layers together. Default HANDED_METADATA_MAX_BYTES. */
+  maxBytes?: number;
+  /**
+   * Whether a layer's metadata is wanted: by default, when the host's disk cache has no
+   * sidecar for it yet (tests give their own, as that cache is the host's).
+   */
+  wanted?: (digest: string) => boolean;
+}
+
 /**
  * The metadata GETs started as soon as the manifest is known (mount: side by side with its
  * config and the layers' heads), per layer digest; each settles to the sidecar bytes or
@@ -107,15 +119,15 @@ export function fetchMetadataEarly(
   repository: string,
   tables: Map<string, EarlyTable>,
   layers: LayerDescriptor[],
-  signal?: AbortSignal,
-  maxBytes = HANDED_METADATA_MAX_BYTES,
+  options: EarlyMetadataOptions = {},
 ): EarlyMetadata {
+  const { signal, maxBytes = HANDED_METADATA_MAX_BYTES, wanted = diskCacheWants } = options;
   const early: EarlyMetadata = new Map();
   const budget = new HandOverBudget(maxBytes);
   budgets.set(early, budget);
   for (const layer of layers) {
     const table = tables.get(layer.digest);
-    if (!table || early.has(layer.digest) || !diskCacheWants(layer.digest)) continue;
+    if (!table || early.has(layer.digest) || !wanted(layer.digest)) continue;
     early.set(layer.digest, {
       tableDigest: table.digest,
       bytes: table.fetched.then(({ table }) =>

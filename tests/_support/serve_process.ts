@@ -16,12 +16,14 @@ export interface Serving {
 
 /**
  * Starts `erofs-oci serve IMAGE --listen unix:TMP/nbd.sock ARGS` and waits for its URI line.
- * `prefix` runs it through a wrapper that execs it, e.g. `["prlimit", "--nofile=64"]`.
+ * `prefix` runs it through a wrapper that execs it, e.g. `["prlimit", "--nofile=64"]`;
+ * `cacheDir` is a disk cache several serves share (default: one of its own).
  */
 export async function serve(
   image: string,
   args: string[] = [],
   prefix: string[] = [],
+  cacheDir?: string,
 ): Promise<Serving> {
   const dir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-" });
   const socket = `${dir}/nbd.sock`;
@@ -33,7 +35,7 @@ export async function serve(
     env: {
       DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config",
       // The test's own disk cache (removed with `dir`) unless the test shares one on purpose.
-      EROFS_OCI_CACHE_DIR: Deno.env.get("EROFS_OCI_CACHE_DIR") ?? `${dir}/disk-cache`,
+      EROFS_OCI_CACHE_DIR: cacheDir ?? `${dir}/disk-cache`,
     },
     stdin: "null",
     stdout: "piped",
