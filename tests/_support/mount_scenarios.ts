@@ -207,7 +207,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
           await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "tape"], {
             env,
           }),
-          1,
+          2, // a usage error (b74e4ca)
           /unknown backend/,
         );
         assertCliError(await runCli(["umount", sandbox.target], { env }), 1, /not mounted/);
