@@ -19,6 +19,7 @@ import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,
+  type MountState,
   serverAlive,
   serverOf,
 } from "../state/runtime.ts";
@@ -47,7 +48,7 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
-import { catchInterrupts, untilInterrupted } from "./interrupt.ts";
+import { catchInterrupts, onInterrupt, untilInterrupted } from "./interrupt.ts";
 
 function parseMountArgs(argv: string[]) {
   return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
@@ -259,10 +260,38 @@ async function resolveAndMount(
       state.layers.length === 1 ? "" : "s"
     }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
   );
-  if (values.foreground) {
-    while (serverAlive(serverOf(state))) await new Promise((r) => setTimeout(r, 1000));
-  }
+  if (values.foreground) await serveInForeground(state);
   return 0;
+}
+
+/**
+ * `mount --foreground` after the mount: waits while the server runs; Ctrl-C, SIGTERM or a
+ * hangup unmount DIR and stop the server (umount), as stopping a foreground mount means. Before,
+ * the server stopped on the terminal's Ctrl-C by itself and left DIR mounted on a FUSE file
+ * nobody served.
+ */
+async function serveInForeground(state: MountState): Promise<void> {
+  let unmounting: Promise<void> | undefined;
+  const stopWatching = onInterrupt(() => {
+    unmounting ??= (async () => {
+      const { umountCommand } = await import("./umount.ts");
+      try {
+        await umountCommand.run([state.target]);
+      } catch (error) {
+        // Busy (a reader inside): detached now, gone once the last user leaves.
+        info(`${(error as Error).message}; detaching it (--lazy)`);
+        await umountCommand.run([state.target, "--lazy"]);
+      }
+    })();
+  });
+  try {
+    while (!unmounting && serverAlive(serverOf(state))) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await unmounting;
+  } finally {
+    stopWatching();
+  }
 }
 
 /** The image's layers and what the server is handed with them (credentials, metadata, trace). */

@@ -140,7 +140,7 @@ async function headOf(source: Source): Promise<string | undefined> {
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
-  leaveCliSession();
+  const inCliSession = !leaveCliSession();
   if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
   let spec: MountSpec;
   let handedMetadata: Promise<HandedMetadata>;
@@ -395,7 +395,11 @@ export async function runMountServer(): Promise<number> {
       })),
   );
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-    Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
+    // In the CLI's session (`mount --foreground`) the terminal's Ctrl-C and hangup reach us
+    // too, but they are the CLI's: it unmounts DIR and then stops us. Stopping here first
+    // would leave DIR mounted on a FUSE file nobody serves.
+    if (inCliSession && signal !== "SIGTERM") Deno.addSignalListener(signal, () => {});
+    else Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
   }
 
   if (!spec.awaitSource) {
@@ -427,10 +431,12 @@ export async function runMountServer(): Promise<number> {
  * A detached server's own session (server_spawn.ts spawns it without one): the terminal's
  * hangup and Ctrl-C of the `mount` that started it no longer reach it. Before this call it
  * shares the CLI's process group, which only matters while the mount is still starting.
+ * False for a server that stays in the CLI's session (`mount --foreground`).
  */
-function leaveCliSession(): void {
-  if (Deno.env.get(NEW_SESSION_ENV) !== "1") return;
+function leaveCliSession(): boolean {
+  if (Deno.env.get(NEW_SESSION_ENV) !== "1") return false;
   Deno.env.delete(NEW_SESSION_ENV); // not for the processes this server starts
   // Fails only for a process group leader, which a spawned child is not.
   if (libc().setsid() < 0) warn(`setsid failed: ${strerror(errno())}`);
+  return true;
 }
