@@ -102,7 +102,8 @@ Options:
                          layers the registry has no index artifact for)
       --tarindex FILE    tar-index meta image of the selected layer made by
       --zinfo FILE         \`mkfs.erofs --tar=i --gzinfo\` (erofs-utils; reads unverified)
-      --foreground       keep the server attached to this terminal (debugging, systemd)
+      --foreground       keep the server attached to this terminal (debugging, systemd);
+                         Ctrl-C or SIGTERM then unmounts DIR and stops it
 ${REGISTRY_OPTIONS_HELP}
 
 Crash recovery (NBD backend): each device gets a recovery file in
