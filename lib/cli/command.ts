@@ -30,9 +30,18 @@ export function parseCommandArgs<O extends OptionSpecs>(
   } catch (error) {
     if (!(error instanceof ArgvError)) throw error;
     const message = error.message.split("\n")[0];
+    const help = `see \`erofs-oci ${command} --help\``;
+    // "--layer -1": the parser takes -1 for an option; its fix is on a later line of its message.
+    const dashed = /^Option '([^']+)' argument is ambiguous/.exec(message)?.[1];
+    const long = dashed?.startsWith("--") ? dashed : Object.entries(options)
+      .find(([, spec]) => dashed !== undefined && spec.short === dashed.slice(1))?.[0];
     throw new UsageError(
       `${command}: ${message.replace(/^Unknown option/, "unknown option")}`,
-      `see \`erofs-oci ${command} --help\``,
+      dashed
+        ? `a value starting with '-' is written ${
+          long?.startsWith("--") ? long : `--${long ?? "OPTION"}`
+        }=-VALUE (or give the missing value); ${help}`
+        : help,
     );
   }
 }
