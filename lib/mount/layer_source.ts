@@ -1,5 +1,6 @@
 /** Opens the byte source a LayerSpec describes (the same spec mount and reattach build). */
 import { mark } from "../timing.ts";
+import { warn } from "../log.ts";
 import { FormatError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
@@ -82,7 +83,8 @@ export function sharedDiskCache(): DiskCache | undefined {
   const completeInBackground = Deno.env.get("EROFS_OCI_FETCH_ALL") === "1";
   diskCache = maxBytes === 0 || Number.isNaN(maxBytes)
     ? null
-    : DiskCache.open({ maxBytes, completeInBackground }) ?? null;
+    // Told as every warning is (`erofs-oci: warning: …`, or JSON), not as bare console text.
+    : DiskCache.open({ maxBytes, completeInBackground, onWarning: warn }) ?? null;
   return diskCache ?? undefined;
 }
 
