@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
-import { UsageError } from "../errors.ts";
+import { MountError, UsageError } from "../errors.ts";
 import { openRegistry, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
 import { discardManifestAhead, takeManifestAhead } from "./manifest_ahead.ts";
@@ -20,6 +20,7 @@ import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,
   type MountState,
+  readStates,
   serverAlive,
   serverOf,
 } from "../state/runtime.ts";
@@ -147,6 +148,7 @@ async function runMount(argv: string[]): Promise<number> {
   }
   checkRoot();
   if (values.upper !== undefined) checkOverlayDirs(values.upper, values.work!);
+  refuseOurMountPoint(dir);
   const target = checkMountTarget(dir);
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
   // instead of leaving it running, unrecorded, where neither list nor umount finds it.
@@ -162,6 +164,23 @@ async function runMount(argv: string[]): Promise<number> {
   } finally {
     interrupt.close();
     releaseMountTarget(target);
+  }
+}
+
+/** DIR holding one of our mounts: said so (it was "not empty", which hid why). */
+function refuseOurMountPoint(dir: string): void {
+  let real: string;
+  try {
+    real = Deno.realPathSync(dir);
+  } catch {
+    return; // checkMountTarget says what is wrong with it
+  }
+  const ours = readStates().find((state) => state.target === real);
+  if (ours) {
+    throw new MountError(
+      `${dir} is already mounted by erofs-oci (${ours.image})`,
+      `unmount it first: erofs-oci umount ${dir}`,
+    );
   }
 }
 
