@@ -96,8 +96,13 @@ Deno.test({
         }
         assert.equal([...Deno.readDirSync(tmp)].length, 1, "the work directory exists meanwhile");
         child.kill("SIGINT");
-        const status = await child.status;
+        const [status, stderr] = await Promise.all([
+          child.status,
+          new Response(child.stderr).text(),
+        ]);
         assert.equal(status.code, 130);
+        // One line says what happened (the exit alone said nothing).
+        assert.match(stderr, /^erofs-oci: convert interrupted: nothing was tagged/m, stderr);
       } finally {
         try {
           child.kill("SIGKILL");

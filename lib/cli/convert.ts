@@ -1,4 +1,5 @@
 import type { Command } from "./command.ts";
+import { exitInterrupted } from "./interrupt.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
@@ -105,7 +106,7 @@ Examples:
       try {
         Deno.removeSync(workDir, { recursive: true });
       } catch { /* already gone */ }
-      Deno.exit(130);
+      exitInterrupted("convert interrupted: nothing was tagged, its work files removed");
     };
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     for (const signal of signals) Deno.addSignalListener(signal, interrupted);
