@@ -6,9 +6,10 @@ import { printable } from "./table.ts";
 import { mark } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
-  0  success
-  1  runtime failure (registry, kernel, file system)
-  2  usage error (bad command line)`;
+    0  success
+    1  runtime failure (registry, kernel, file system)
+    2  usage error (bad command line)
+  130  interrupted (Ctrl-C, SIGTERM); what the command had set up is undone`;
 
 async function mainHelp(): Promise<string> {
   const commands = await Promise.all(COMMANDS.map((c) => c.load()));
