@@ -138,9 +138,7 @@ async function runMount(argv: string[]): Promise<number> {
     throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
   }
   if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
-  if (values["metrics-listen"] !== undefined) {
-    parseListenAddress(values["metrics-listen"]); // a usage error here, not in the server log
-  }
+  if (values["metrics-listen"] !== undefined) checkMetricsListen(values["metrics-listen"]);
   if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
   else if (values["disk-cache-size"] !== undefined) {
     const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
@@ -164,6 +162,30 @@ async function runMount(argv: string[]): Promise<number> {
   } finally {
     interrupt.close();
     releaseMountTarget(target);
+  }
+}
+
+/**
+ * --metrics-listen checked where the user sees the answer: a bad address is a usage error, and
+ * one that cannot be taken (a port in use, a missing directory) a refusal; the server only
+ * logged that and served no metrics.
+ */
+function checkMetricsListen(spec: string): void {
+  const addr = parseListenAddress(spec);
+  const where = addr.transport === "tcp" ? `${addr.hostname}:${addr.port}` : addr.path;
+  try {
+    if (addr.transport === "tcp") {
+      if (addr.port !== 0) Deno.listen({ hostname: addr.hostname, port: addr.port }).close();
+    } else {
+      const slash = addr.path.lastIndexOf("/");
+      const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
+      if (!Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
+    }
+  } catch (error) {
+    throw new MountError(
+      `--metrics-listen ${spec}: cannot listen on ${where}: ${(error as Error).message}`,
+      "choose another address, or leave --metrics-listen out",
+    );
   }
 }
 
