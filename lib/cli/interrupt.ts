@@ -5,6 +5,7 @@
  * open the signal aborts its `signal` instead, and the command stops at its next step and
  * undoes what it did.
  */
+import { abortable } from "../source/abortable.ts";
 import { UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
 
@@ -55,28 +56,7 @@ export function untilInterrupted<T>(
   signal: AbortSignal | undefined,
   late?: (value: T) => void,
 ): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) {
-    promise.then(late, () => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => {
-      promise.then(late, () => {});
-      reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(error);
-      },
-    );
-  });
+  return abortable(promise, signal, late);
 }
 
 /**
