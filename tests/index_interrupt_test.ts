@@ -10,14 +10,7 @@ import { command, FIXTURES, REPO_ROOT, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+import { waitFor } from "./_support/wait.ts";
 
 function names(dir: string): string[] {
   try {

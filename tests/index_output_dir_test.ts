@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
+import { exists } from "./_support/wait.ts";
 
 async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-out-" });
@@ -13,15 +14,6 @@ async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
     await fn(work);
   } finally {
     await Deno.remove(work, { recursive: true });
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

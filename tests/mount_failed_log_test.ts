@@ -9,14 +9,7 @@ import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { type CliResult, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountServersOf, runningKeepersOf } from "./_support/mounts.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+import { waitFor } from "./_support/wait.ts";
 
 Deno.test({
   name: "server killed before ready: the hint names the server log, kept where it still is",

@@ -13,14 +13,7 @@ import {
   runningKeepersOf,
   serverPids,
 } from "./_support/mounts.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+import { waitFor } from "./_support/wait.ts";
 
 for (const how of ["SIGINT to the process group", "SIGTERM to the CLI"] as const) {
   Deno.test({

@@ -12,14 +12,7 @@ import { mountSandbox, mountsBelow, mountServersOf, runningKeepersOf } from "./_
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+import { waitFor } from "./_support/wait.ts";
 
 function mountDirs(runtimeDir: string): string[] {
   try {

@@ -8,23 +8,7 @@ import { assertCliError, type CliResult, describe, runCli } from "./_support/cli
 import { command, FIXTURES, REPO_ROOT, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { exists, waitFor } from "./_support/wait.ts";
 
 Deno.test({
   name: "SIGINT during pull: FILE.partial removed, exit 130, one line",

@@ -15,23 +15,7 @@ import {
   serverPids,
 } from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
-
-async function waitFor(what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { exists, waitFor } from "./_support/wait.ts";
 
 Deno.test({
   name: "SIGINT during trace: command stopped, temporary mount and dir removed, no trace",

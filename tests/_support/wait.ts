@@ -1,0 +1,24 @@
+/** Polling for a state another process reaches (a file appears, a server starts, a pid ends). */
+
+/** Resolves once `done()` is true; throws `timed out waiting for WHAT` after `timeoutMs`. */
+export async function waitFor(
+  what: string,
+  done: () => boolean,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** Whether anything (file, directory, link target) exists at `path`. */
+export function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
