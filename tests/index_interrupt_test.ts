@@ -5,8 +5,8 @@
  * (and the directory it had made) behind.
  */
 import assert from "node:assert/strict";
-import { assertCliError, type CliResult } from "./_support/cli.ts";
-import { command, FIXTURES, REPO_ROOT, requires } from "./_support/requires.ts";
+import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cli.ts";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
@@ -21,31 +21,14 @@ function names(dir: string): string[] {
 }
 
 async function interruptedIndex(image: string, dir: string): Promise<CliResult> {
-  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["index", image, "-o", dir, "--plain-http"],
-    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const running = child.output();
+  const indexing = startCli(["index", image, "-o", dir, "--plain-http"]);
   try {
     // The zinfo's temporary file is made before the layer's bytes (held by the proxy) come.
     await waitFor("the index's temporary file", () => names(dir).some((n) => n.endsWith(".tmp")));
-    child.kill("SIGINT");
-    const out = await running;
-    return {
-      code: out.code,
-      stdout: new TextDecoder().decode(out.stdout),
-      stderr: new TextDecoder().decode(out.stderr),
-      timedOut: false,
-      commandLine: `erofs-oci index ${image} -o ${dir} (SIGINT)`,
-    };
+    indexing.child.kill("SIGINT");
+    return await indexing.result;
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* exited */ }
-    await running.catch(() => {});
+    await stopCli(indexing);
   }
 }
 

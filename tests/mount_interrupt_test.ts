@@ -6,8 +6,8 @@
  * state file named: `list` did not show them and `umount` could not find them.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
-import { assertCliError, type CliResult, runCli } from "./_support/cli.ts";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertCliError, runCli, startCli, type StartedCli, stopCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow, mountServersOf, runningKeepersOf } from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
@@ -20,25 +20,6 @@ function mountDirs(runtimeDir: string): string[] {
   } catch {
     return [];
   }
-}
-
-/** `erofs-oci mount …` as a child whose pid we have (to send it the terminal's SIGINT). */
-function startMount(args: string[], env: Record<string, string>) {
-  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["mount", ...args],
-    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const result = child.output().then((output): CliResult => ({
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-    timedOut: false,
-    commandLine: `erofs-oci mount ${args.join(" ")}`,
-  }));
-  return { child, result };
 }
 
 function assertNothingLeft(sandbox: { target: string; runtimeDir: string }): void {
@@ -62,10 +43,11 @@ Deno.test({
       { match: isBlobGet, fault: { kind: "delay", ms: 1_500 } },
     ]);
     const sandbox = await mountSandbox();
-    let mounting: ReturnType<typeof startMount> | undefined;
+    let mounting: StartedCli | undefined;
     try {
-      mounting = startMount(
+      mounting = startCli(
         [
+          "mount",
           image.replace(registry.host, proxy.host),
           sandbox.target,
           "--backend",
@@ -83,10 +65,7 @@ Deno.test({
       assertCliError(result, 130, /mount interrupted: nothing is left mounted/);
       assertNothingLeft(sandbox);
     } finally {
-      try {
-        mounting?.child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await mounting?.result.catch(() => {});
+      await stopCli(mounting);
       await sandbox.cleanup();
     }
   },
@@ -97,10 +76,16 @@ Deno.test({
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
     const sandbox = await mountSandbox();
-    let mounting: ReturnType<typeof startMount> | undefined;
+    let mounting: StartedCli | undefined;
     try {
-      mounting = startMount(
-        [`${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      mounting = startCli(
+        [
+          "mount",
+          `${FIXTURES}/basic.erofs`,
+          sandbox.target,
+          "--backend",
+          "fuse",
+        ],
         // The server stops for good once its keeper runs (lib/daemon/test_pause.ts).
         { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
       );
@@ -113,10 +98,7 @@ Deno.test({
       assert(Date.now() - startedMs < 15_000, "the hung server is not waited for long");
       assertNothingLeft(sandbox);
     } finally {
-      try {
-        mounting?.child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await mounting?.result.catch(() => {});
+      await stopCli(mounting);
       // A paused server is in no state file: sandbox.cleanup would not find it.
       for (const pid of mountServersOf(sandbox.runtimeDir)) {
         try {
@@ -139,11 +121,18 @@ Deno.test({
       for await (const conn of silent) held.push(conn);
     })().catch(() => {});
     const sandbox = await mountSandbox();
-    let mounting: ReturnType<typeof startMount> | undefined;
+    let mounting: StartedCli | undefined;
     try {
       const port = (silent.addr as Deno.NetAddr).port;
-      mounting = startMount(
-        [`127.0.0.1:${port}/app:v1`, sandbox.target, "--backend", "fuse", "--plain-http"],
+      mounting = startCli(
+        [
+          "mount",
+          `127.0.0.1:${port}/app:v1`,
+          sandbox.target,
+          "--backend",
+          "fuse",
+          "--plain-http",
+        ],
         sandbox.env,
       );
       await waitFor("the manifest request", () => held.length > 0);
@@ -155,10 +144,7 @@ Deno.test({
       assert(Date.now() - startedMs < 5_000, "resolving is abandoned at once");
       assertNothingLeft(sandbox);
     } finally {
-      try {
-        mounting?.child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await mounting?.result.catch(() => {});
+      await stopCli(mounting);
       silent.close();
       for (const conn of held) conn.close();
       await accepting;

@@ -4,8 +4,8 @@
  * ended pull at once and FILE.partial stayed.
  */
 import assert from "node:assert/strict";
-import { assertCliError, type CliResult, describe, runCli } from "./_support/cli.ts";
-import { command, FIXTURES, REPO_ROOT, requires } from "./_support/requires.ts";
+import { assertCliError, describe, runCli, startCli, stopCli } from "./_support/cli.ts";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { exists, waitFor } from "./_support/wait.ts";
@@ -24,40 +24,22 @@ Deno.test({
     ]);
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-pull-interrupt-" });
     const output = `${work}/layer.erofs`;
-    const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: [
-        "pull",
-        image.replace(registry.host, proxy.host),
-        "--layer",
-        "0",
-        "-o",
-        output,
-        "--plain-http",
-      ],
-      env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const running = child.output();
+    const pulling = startCli([
+      "pull",
+      image.replace(registry.host, proxy.host),
+      "--layer",
+      "0",
+      "-o",
+      output,
+      "--plain-http",
+    ]);
     try {
       await waitFor("pull's partial file", () => exists(`${output}.partial`));
-      child.kill("SIGINT");
-      const out = await running;
-      const result: CliResult = {
-        code: out.code,
-        stdout: new TextDecoder().decode(out.stdout),
-        stderr: new TextDecoder().decode(out.stderr),
-        timedOut: false,
-        commandLine: "erofs-oci pull … (SIGINT)",
-      };
-      assertCliError(result, 130, /pull interrupted: nothing written/);
+      pulling.child.kill("SIGINT");
+      assertCliError(await pulling.result, 130, /pull interrupted: nothing written/);
       assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), [], "nothing left");
     } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited */ }
-      await running.catch(() => {});
+      await stopCli(pulling);
       await Deno.remove(work, { recursive: true });
     }
   },

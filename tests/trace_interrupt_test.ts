@@ -4,8 +4,8 @@
  * written, exit 130. Before, trace died at once and left all of it mounted and serving.
  */
 import assert from "node:assert/strict";
-import { assertCliError, type CliResult, describe, runCli } from "./_support/cli.ts";
-import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { assertCliError, describe, runCli, startCli, stopCli } from "./_support/cli.ts";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import {
   mountSandbox,
   mountsBelow,
@@ -28,8 +28,8 @@ Deno.test({
     const sandbox = await mountSandbox();
     const output = `${sandbox.runtimeDir}-trace.json`;
     const pidFile = `${sandbox.runtimeDir}-cmd.pid`;
-    const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: [
+    const tracing = startCli(
+      [
         "trace",
         image,
         "-o",
@@ -42,12 +42,8 @@ Deno.test({
         "-c",
         `echo $$ > ${pidFile}; exec sleep 30`,
       ],
-      env: { ...sandbox.env, DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config" },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const running = child.output();
+      sandbox.env,
+    );
     let traceRoot: string | undefined;
     let commandPid: number | undefined;
     try {
@@ -63,15 +59,8 @@ Deno.test({
           }/state.json`,
         ),
       ).target;
-      child.kill("SIGINT");
-      const out = await running;
-      const result: CliResult = {
-        code: out.code,
-        stdout: new TextDecoder().decode(out.stdout),
-        stderr: new TextDecoder().decode(out.stderr),
-        timedOut: false,
-        commandLine: "erofs-oci trace … -- sleep 30",
-      };
+      tracing.child.kill("SIGINT");
+      const result = await tracing.result;
       // stderr holds trace's own lines (backend, unmounted) before the error: the last counts.
       const lines = result.stderr.trimEnd().split("\n");
       assertCliError({ ...result, stderr: lines[lines.length - 1] }, 130, /trace interrupted/);
@@ -83,10 +72,7 @@ Deno.test({
       assert.deepEqual(mountServersOf(sandbox.runtimeDir), []);
       assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), []);
     } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited */ }
-      await running.catch(() => {});
+      await stopCli(tracing);
       if (commandPid !== undefined && pidAlive(commandPid)) Deno.kill(commandPid, "SIGKILL");
       if (traceRoot && mountsBelow(traceRoot).length) {
         await new Deno.Command("umount", { args: ["-l", traceRoot] }).output();

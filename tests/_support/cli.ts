@@ -58,17 +58,47 @@ export async function runCli(args: string[], options: CliOptions = {}): Promise<
       await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
       await writer.close().catch(() => {});
     }
-    const output = await child.output();
-    return {
-      code: output.code,
-      stdout: new TextDecoder().decode(output.stdout),
-      stderr: new TextDecoder().decode(output.stderr),
-      timedOut,
-      commandLine: `erofs-oci ${args.join(" ")}`,
-    };
+    return toResult(await child.output(), args, timedOut);
   } finally {
     clearTimeout(timer);
   }
+}
+
+function toResult(output: Deno.CommandOutput, args: string[], timedOut: boolean): CliResult {
+  return {
+    code: output.code,
+    stdout: new TextDecoder().decode(output.stdout),
+    stderr: new TextDecoder().decode(output.stderr),
+    timedOut,
+    commandLine: `erofs-oci ${args.join(" ")}`,
+  };
+}
+
+/** A CLI child the test holds by pid (to signal it, as a terminal's Ctrl-C would). */
+export interface StartedCli {
+  child: Deno.ChildProcess;
+  /** Its result once it exits; no deadline (stopCli ends it). */
+  result: Promise<CliResult>;
+}
+
+/** Starts `erofs-oci ARGS` (stdin closed, DOCKER_CONFIG as in runCli); end it with stopCli. */
+export function startCli(args: string[], env: Record<string, string> = {}): StartedCli {
+  const child = new Deno.Command(CLI, {
+    args,
+    env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  return { child, result: child.output().then((output) => toResult(output, args, false)) };
+}
+
+/** For a finally block: SIGKILL a child still running and wait for it to end. */
+export async function stopCli(started: StartedCli | undefined): Promise<void> {
+  try {
+    started?.child.kill("SIGKILL");
+  } catch { /* exited */ }
+  await started?.result.catch(() => {});
 }
 
 /** Multi-line description of a result for assertion messages. */
