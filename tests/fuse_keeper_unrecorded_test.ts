@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { type CliResult, describe, runCli } from "./_support/cli.ts";
 import {
+  killMountServersOf,
   mountSandbox,
   mountsBelow,
   mountServersOf,
@@ -62,12 +63,7 @@ Deno.test({
       assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "the dead FUSE mount was detached");
       assert.deepEqual(mountDirs(sandbox.runtimeDir), [], "the mount's runtime dir was removed");
     } finally {
-      // A paused server is in no state file: sandbox.cleanup would not find it.
-      for (const pid of mountServersOf(sandbox.runtimeDir)) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
+      killMountServersOf(sandbox.runtimeDir);
       await mounting?.catch(() => {});
       await sandbox.cleanup();
     }

@@ -7,7 +7,12 @@
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { type CliResult, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountServersOf, runningKeepersOf } from "./_support/mounts.ts";
+import {
+  killMountServersOf,
+  mountSandbox,
+  mountServersOf,
+  runningKeepersOf,
+} from "./_support/mounts.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { waitFor } from "./_support/wait.ts";
 
@@ -39,11 +44,7 @@ Deno.test({
         "the mount's runtime dir itself was still removed",
       );
     } finally {
-      for (const pid of mountServersOf(sandbox.runtimeDir)) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
+      killMountServersOf(sandbox.runtimeDir);
       await mounting?.catch(() => {});
       await sandbox.cleanup();
     }

@@ -8,7 +8,13 @@
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, runCli, startCli, type StartedCli, stopCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, mountServersOf, runningKeepersOf } from "./_support/mounts.ts";
+import {
+  killMountServersOf,
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+  runningKeepersOf,
+} from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
@@ -99,12 +105,7 @@ Deno.test({
       assertNothingLeft(sandbox);
     } finally {
       await stopCli(mounting);
-      // A paused server is in no state file: sandbox.cleanup would not find it.
-      for (const pid of mountServersOf(sandbox.runtimeDir)) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
+      killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
     }
   },

@@ -102,6 +102,18 @@ export function mountServersOf(runtimeDir: string): number[] {
   return pids;
 }
 
+/**
+ * SIGKILLs every mount server of `runtimeDir`, for a finally block: a server paused by
+ * EROFS_OCI_TEST_PAUSE_AT is in no state file, so sandbox.cleanup would not find it.
+ */
+export function killMountServersOf(runtimeDir: string): void {
+  for (const pid of mountServersOf(runtimeDir)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone */ }
+  }
+}
+
 /** FUSE keepers (lib/fuse/keeper.ts) whose environment names `runtimeDir` (ours only). */
 export function runningKeepersOf(runtimeDir: string): number[] {
   const pids: number[] = [];
