@@ -23,7 +23,7 @@ import { findTablesByReferrer } from "../lib/verify/table_artifact.ts";
 import { attachChunkTables, type ChunkTableSpec } from "../lib/verify/layer_tables.ts";
 import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
-import { assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { assertSuccess, type CliResult, describe, runCli } from "./_support/cli.ts";
 import { getBlob, getManifest, pushImage } from "./_support/oci_raw.ts";
 import { type FaultProxy, startFaultProxy } from "./_support/fault_proxy.ts";
 import { runTool } from "./_support/tool.ts";
@@ -65,6 +65,40 @@ function entriesOf(entries: ArtifactEntry[], layer: string) {
     table: of.filter((e) => e.mediaType === CHUNK_TABLE_MEDIA_TYPE),
     pack: of.filter((e) => e.mediaType === METADATA_PACK_MEDIA_TYPE),
   };
+}
+
+/** `erofs-oci convert SOURCE TARGET`, which must succeed. */
+async function convertOk(source: string, target: string): Promise<CliResult> {
+  const result = await runCli(["convert", source, target], { timeoutMs: 120_000 });
+  assertSuccess(result);
+  return result;
+}
+
+/** The digest convert printed (`NAME@DIGEST`) and that manifest as stored under DST. */
+async function convertedManifest(
+  registry: TestRegistry,
+  stdout: string,
+): Promise<{ digest: string; manifest: ImageManifest }> {
+  const digest = stdout.trim().split("@")[1];
+  return { digest, manifest: (await getManifest(registry, DST, digest)).json as ImageManifest };
+}
+
+/**
+ * The image convert printed reuses `reusedLayer` as its first layer without a table: none
+ * annotated, none listed by its artifact, while its second layer's table is listed.
+ */
+async function assertReusedWithoutTable(
+  registry: TestRegistry,
+  client: RegistryClient,
+  stdout: string,
+  reusedLayer: string,
+): Promise<void> {
+  const { digest: newManifest, manifest: now } = await convertedManifest(registry, stdout);
+  assert.equal(now.layers[0].digest, reusedLayer);
+  assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
+  const listed = await artifactEntries(registry, client, newManifest);
+  assert.deepEqual(entriesOf(listed.entries, reusedLayer), { table: [], pack: [] });
+  assert.equal(entriesOf(listed.entries, now.layers[1].digest).table.length, 1);
 }
 
 async function deleteManifest(registry: TestRegistry, digest: string): Promise<void> {
@@ -128,12 +162,11 @@ Deno.test({
     const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-reused-table-" });
     try {
       const dst = `${registry.host}/${DST}:v1`;
-      const first = await runCli(["convert", `${registry.host}/src/app:one`, dst], {
-        timeoutMs: 120_000,
-      });
-      assertSuccess(first);
-      const oldManifest = first.stdout.trim().split("@")[1];
-      const old = (await getManifest(registry, DST, oldManifest)).json as ImageManifest;
+      const first = await convertOk(`${registry.host}/src/app:one`, dst);
+      const { digest: oldManifest, manifest: old } = await convertedManifest(
+        registry,
+        first.stdout,
+      );
       const reusedLayer = old.layers[0].digest;
       const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
       assert.match(table, /^sha256:[0-9a-f]{64}$/);
@@ -148,18 +181,16 @@ Deno.test({
       const pack = before.pack[0];
 
       await using proxy = await startFaultProxy(registry.host, []);
-      const second = await runCli(
-        ["convert", `${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`],
-        { timeoutMs: 120_000 },
-      );
-      assertSuccess(second);
+      const second = await convertOk(`${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`);
       assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
       assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
       // The reused table is read back with one GET, without a HEAD first.
       assert.deepEqual(blobRequests(proxy, table), ["GET"]);
-      const newManifest = second.stdout.trim().split("@")[1];
+      const { digest: newManifest, manifest: now } = await convertedManifest(
+        registry,
+        second.stdout,
+      );
       assert.notEqual(newManifest, oldManifest);
-      const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
       assert.equal(now.layers[0].digest, reusedLayer);
       assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], table);
 
@@ -221,12 +252,8 @@ Deno.test({
     const client = new RegistryClient(registry.host, { plainHttp: true });
     await pushSourceImages(registry);
     const dst = `${registry.host}/${DST}:v1`;
-    const first = await runCli(["convert", `${registry.host}/src/app:one`, dst], {
-      timeoutMs: 120_000,
-    });
-    assertSuccess(first);
-    const old = (await getManifest(registry, DST, first.stdout.trim().split("@")[1]))
-      .json as ImageManifest;
+    const first = await convertOk(`${registry.host}/src/app:one`, dst);
+    const { manifest: old } = await convertedManifest(registry, first.stdout);
     const reusedLayer = old.layers[0].digest;
     const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
     // The registry now serves other bytes (same length) under the table's digest.
@@ -238,19 +265,10 @@ Deno.test({
     bytes[bytes.length - 2] ^= 1;
     await Deno.writeFile(data, bytes);
 
-    const second = await runCli(["convert", `${registry.host}/src/app:two`, dst], {
-      timeoutMs: 120_000,
-    });
-    assertSuccess(second);
+    const second = await convertOk(`${registry.host}/src/app:two`, dst);
     assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
     assert.match(second.stderr, /layer 1\/2: its chunk table is not used/, describe(second));
-    const newManifest = second.stdout.trim().split("@")[1];
-    const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
-    assert.equal(now.layers[0].digest, reusedLayer);
-    assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
-    const listed = await artifactEntries(registry, client, newManifest);
-    assert.deepEqual(entriesOf(listed.entries, reusedLayer), { table: [], pack: [] });
-    assert.equal(entriesOf(listed.entries, now.layers[1].digest).table.length, 1);
+    await assertReusedWithoutTable(registry, client, second.stdout, reusedLayer);
   },
 });
 
@@ -270,17 +288,8 @@ Deno.test({
           await Deno.readTextFile(blob(index.manifests[0].digest)),
         ) as ImageManifest;
       };
-      const convert = async (image: string) => {
-        const result = await runCli([
-          "convert",
-          `${registry.host}/src/app:${image}`,
-          `oci:${layout}:t`,
-        ], {
-          timeoutMs: 120_000,
-        });
-        assertSuccess(result);
-        return result;
-      };
+      const convert = (image: string) =>
+        convertOk(`${registry.host}/src/app:${image}`, `oci:${layout}:t`);
       await convert("one");
       const table = (await tagged()).layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
       assert.match(table, /^sha256:[0-9a-f]{64}$/);
@@ -312,13 +321,8 @@ Deno.test({
     await using registry = await startRegistry({ auth: "none" });
     const client = new RegistryClient(registry.host, { plainHttp: true });
     await pushSourceImages(registry);
-    const first = await runCli(
-      ["convert", `${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`],
-      { timeoutMs: 120_000 },
-    );
-    assertSuccess(first);
-    const old = (await getManifest(registry, DST, first.stdout.trim().split("@")[1]))
-      .json as ImageManifest;
+    const first = await convertOk(`${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`);
+    const { manifest: old } = await convertedManifest(registry, first.stdout);
     const reusedLayer = old.layers[0].digest;
     const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
     assert.match(table, /^sha256:[0-9a-f]{64}$/);
@@ -326,22 +330,12 @@ Deno.test({
     assert.equal(await blobStatus(registry, table), 404);
 
     await using proxy = await startFaultProxy(registry.host, []);
-    const second = await runCli(
-      ["convert", `${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`],
-      { timeoutMs: 120_000 },
-    );
-    assertSuccess(second);
+    const second = await convertOk(`${registry.host}/src/app:two`, `${proxy.host}/${DST}:v1`);
     assert.match(second.stderr, /layer 1\/2: already converted/, describe(second));
     assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
     // One GET that answers 404 is all it costs (a HEAD answered the same before).
     assert.deepEqual(blobRequests(proxy, table), ["GET"]);
-    const newManifest = second.stdout.trim().split("@")[1];
-    const now = (await getManifest(registry, DST, newManifest)).json as ImageManifest;
-    assert.equal(now.layers[0].digest, reusedLayer);
-    assert.equal(now.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION], undefined);
-    const listed = await artifactEntries(registry, client, newManifest);
-    assert.deepEqual(entriesOf(listed.entries, reusedLayer), { table: [], pack: [] });
-    assert.equal(entriesOf(listed.entries, now.layers[1].digest).table.length, 1);
+    await assertReusedWithoutTable(registry, client, second.stdout, reusedLayer);
   },
 });
 
@@ -354,8 +348,7 @@ Deno.test({
     await pushSourceImages(registry);
     /** The converted manifest, and the table entries per distinct layer of its artifact. */
     const check = async (stdout: string) => {
-      const digest = stdout.trim().split("@")[1];
-      const manifest = (await getManifest(registry, DST, digest)).json as ImageManifest;
+      const { digest, manifest } = await convertedManifest(registry, stdout);
       assert.equal(manifest.layers.length, 3);
       assert.equal(manifest.layers[0].digest, manifest.layers[1].digest);
       const table = manifest.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
@@ -371,26 +364,17 @@ Deno.test({
     };
 
     // A new build: the layer is converted once, its second place reuses it.
-    const fresh = await runCli(
-      ["convert", `${registry.host}/src/app:twice`, `${registry.host}/${DST}:fresh`],
-      { timeoutMs: 120_000 },
+    const fresh = await convertOk(
+      `${registry.host}/src/app:twice`,
+      `${registry.host}/${DST}:fresh`,
     );
-    assertSuccess(fresh);
     assert.match(fresh.stderr, /layer 2\/3: already converted/, describe(fresh));
     await check(fresh.stdout);
 
     // Reused from the image at the tag: its table is read back once for both places.
-    const first = await runCli(
-      ["convert", `${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`],
-      { timeoutMs: 120_000 },
-    );
-    assertSuccess(first);
+    await convertOk(`${registry.host}/src/app:one`, `${registry.host}/${DST}:v1`);
     await using proxy = await startFaultProxy(registry.host, []);
-    const second = await runCli(
-      ["convert", `${registry.host}/src/app:twice`, `${proxy.host}/${DST}:v1`],
-      { timeoutMs: 120_000 },
-    );
-    assertSuccess(second);
+    const second = await convertOk(`${registry.host}/src/app:twice`, `${proxy.host}/${DST}:v1`);
     assert.match(second.stderr, /layer 1\/3: already converted/, describe(second));
     assert.match(second.stderr, /layer 2\/3: already converted/, describe(second));
     assert.doesNotMatch(second.stderr, /chunk table is not used/, describe(second));
