@@ -6,8 +6,8 @@
  * The server is held at that point by EROFS_OCI_TEST_PAUSE_AT and killed there by pid.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { type CliResult, describe, runCli } from "./_support/cli.ts";
+import { path, requires, root } from "./_support/requires.ts";
+import { type CliResult, describe } from "./_support/cli.ts";
 import {
   killMountServersOf,
   mountSandbox,
@@ -16,8 +16,7 @@ import {
   pidAlive,
   runningKeepersOf,
 } from "./_support/mounts.ts";
-import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
-import { waitFor } from "./_support/wait.ts";
+import { mountPausedAtKeeper, pausedServerOf } from "./_support/paused_mount.ts";
 
 function mountDirs(runtimeDir: string): string[] {
   try {
@@ -36,20 +35,15 @@ Deno.test({
     const sandbox = await mountSandbox();
     let mounting: Promise<CliResult> | undefined;
     try {
-      mounting = runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
-        env: { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
-        timeoutMs: 90_000,
-      });
-      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
+      mounting = mountPausedAtKeeper(sandbox);
+      const server = await pausedServerOf(sandbox.runtimeDir);
       const [keeper] = runningKeepersOf(sandbox.runtimeDir);
-      const servers = mountServersOf(sandbox.runtimeDir);
-      assert.equal(servers.length, 1, "one paused server");
       const [dir] = mountDirs(sandbox.runtimeDir);
       assert(dir, "the mount's runtime dir");
       // The window: the keeper runs, and no record names it.
       assert.throws(() => Deno.statSync(`${dir}/fuse-recovery.json`), Deno.errors.NotFound);
 
-      Deno.kill(servers[0], "SIGKILL");
+      Deno.kill(server, "SIGKILL");
       const result = await mounting;
       mounting = undefined;
       assert.notEqual(result.code, 0, describe(result));

@@ -5,16 +5,10 @@
  * killed there by pid.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { type CliResult, describe, runCli } from "./_support/cli.ts";
-import {
-  killMountServersOf,
-  mountSandbox,
-  mountServersOf,
-  runningKeepersOf,
-} from "./_support/mounts.ts";
-import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
-import { waitFor } from "./_support/wait.ts";
+import { path, requires, root } from "./_support/requires.ts";
+import { type CliResult, describe } from "./_support/cli.ts";
+import { killMountServersOf, mountSandbox } from "./_support/mounts.ts";
+import { mountPausedAtKeeper, pausedServerOf } from "./_support/paused_mount.ts";
 
 Deno.test({
   name: "server killed before ready: the hint names the server log, kept where it still is",
@@ -23,14 +17,8 @@ Deno.test({
     const sandbox = await mountSandbox();
     let mounting: Promise<CliResult> | undefined;
     try {
-      mounting = runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
-        env: { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
-        timeoutMs: 90_000,
-      });
-      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
-      const servers = mountServersOf(sandbox.runtimeDir);
-      assert.equal(servers.length, 1, "one paused server");
-      Deno.kill(servers[0], "SIGKILL");
+      mounting = mountPausedAtKeeper(sandbox);
+      Deno.kill(await pausedServerOf(sandbox.runtimeDir), "SIGKILL");
       const result = await mounting;
       mounting = undefined;
       assert.match(result.stderr, /exited .*before it was ready/, describe(result));
