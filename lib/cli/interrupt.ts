@@ -26,13 +26,16 @@ export interface InterruptScope {
   readonly signal: AbortSignal;
   /** Gives the signals their default action back. */
   close(): void;
+  /** What the Interrupted error says for a signal from now on. */
+  say(message: string): void;
 }
 
 /** Catches the signals until `close()`; `message` is what the Interrupted error says. */
 export function catchInterrupts(message: string): InterruptScope {
   const controller = new AbortController();
+  let text = message;
   const onSignal = () => {
-    if (!controller.signal.aborted) controller.abort(new Interrupted(message));
+    if (!controller.signal.aborted) controller.abort(new Interrupted(text));
   };
   for (const signal of SIGNALS) Deno.addSignalListener(signal, onSignal);
   let closed = false;
@@ -43,7 +46,27 @@ export function catchInterrupts(message: string): InterruptScope {
       closed = true;
       for (const signal of SIGNALS) Deno.removeSignalListener(signal, onSignal);
     },
+    say: (next) => void (text = next),
   };
+}
+
+let ahead: InterruptScope | undefined;
+
+/**
+ * Catches the signals from the moment a command starts work ahead of its own modules (`mount`
+ * spawns its server and asks for the manifest while mount.ts loads, lib/cli/mount_ahead.ts):
+ * a Ctrl-C then would otherwise end the process without its one line. The command takes the
+ * scope over (takeInterruptsAhead); lib/cli/main.ts closes one nobody took.
+ */
+export function catchInterruptsAhead(message: string): void {
+  ahead ??= catchInterrupts(message);
+}
+
+/** The scope catchInterruptsAhead opened, if any; the caller closes it. */
+export function takeInterruptsAhead(): InterruptScope | undefined {
+  const scope = ahead;
+  ahead = undefined;
+  return scope;
 }
 
 /**

@@ -35,7 +35,7 @@ import {
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
-import { STATE_ROOT } from "../state/runtime.ts";
+import { RUNTIME_ROOT, STATE_ROOT } from "../state/runtime.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,
@@ -49,7 +49,12 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
-import { catchInterrupts, onInterrupt, untilInterrupted } from "./interrupt.ts";
+import {
+  catchInterrupts,
+  onInterrupt,
+  takeInterruptsAhead,
+  untilInterrupted,
+} from "./interrupt.ts";
 
 function parseMountArgs(argv: string[]) {
   return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
@@ -150,7 +155,9 @@ async function runMount(argv: string[]): Promise<number> {
   const target = checkMountTarget(dir);
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
   // instead of leaving it running, unrecorded, where neither list nor umount finds it.
-  const interrupt = catchInterrupts(`mount interrupted: nothing is left mounted at ${dir}`);
+  const said = `mount interrupted: nothing is left mounted at ${dir}`;
+  const interrupt = takeInterruptsAhead() ?? catchInterrupts(said);
+  interrupt.say(said);
   try {
     return await mountAt(target, image, values, {
       cacheBytes,
@@ -179,7 +186,9 @@ function checkMetricsListen(spec: string): void {
     } else {
       const slash = addr.path.lastIndexOf("/");
       const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
-      if (!Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
+      // The runtime dir and those below it are made by the mount itself.
+      const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
+      if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
     }
   } catch (error) {
     throw new MountError(

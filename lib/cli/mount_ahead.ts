@@ -8,6 +8,7 @@
  */
 import { chooseBackend } from "../mount/backend_choice.ts";
 import { spawnServerAhead } from "../daemon/server_spawn.ts";
+import { catchInterruptsAhead } from "./interrupt.ts";
 
 /** Spawns the mount server for `argv` (mount's arguments) when a mount is likely to run. */
 export function spawnMountServerAhead(argv: string[]): void {
@@ -27,6 +28,8 @@ export function spawnMountServerAhead(argv: string[]): void {
   } catch {
     return; // mount.ts reports it
   }
+  // From here on there is a server to end: a Ctrl-C is caught and mount undoes its work.
+  catchInterruptsAhead("mount interrupted: nothing is left mounted");
   spawnServerAhead(false, backend);
   // Then the image's manifest GET, once its few modules are there (a subset of mount's).
   import("./manifest_ahead.ts").then((m) => m.startManifestAhead(argv)).catch(() => {});
