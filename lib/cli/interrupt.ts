@@ -5,7 +5,6 @@
  * open the signal aborts its `signal` instead, and the command stops at its next step and
  * undoes what it did.
  */
-import { abortable } from "../source/abortable.ts";
 import { UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
 
@@ -37,14 +36,14 @@ export function catchInterrupts(message: string): InterruptScope {
   const onSignal = () => {
     if (!controller.signal.aborted) controller.abort(new Interrupted(text));
   };
-  for (const signal of SIGNALS) Deno.addSignalListener(signal, onSignal);
+  const stop = onInterrupt(onSignal);
   let closed = false;
   return {
     signal: controller.signal,
     close: () => {
       if (closed) return;
       closed = true;
-      for (const signal of SIGNALS) Deno.removeSignalListener(signal, onSignal);
+      stop();
     },
     say: (next) => void (text = next),
   };
@@ -67,19 +66,6 @@ export function takeInterruptsAhead(): InterruptScope | undefined {
   const scope = ahead;
   ahead = undefined;
   return scope;
-}
-
-/**
- * `promise`, or its rejection with the signal's reason as soon as `signal` aborts. Work that
- * leaves nothing to undo (resolving an image) is raced so; `late` is given the value should the
- * abandoned work still finish, to release what it holds.
- */
-export function untilInterrupted<T>(
-  promise: Promise<T>,
-  signal: AbortSignal | undefined,
-  late?: (value: T) => void,
-): Promise<T> {
-  return abortable(promise, signal, late);
 }
 
 /**

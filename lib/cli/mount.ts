@@ -49,12 +49,8 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
-import {
-  catchInterrupts,
-  onInterrupt,
-  takeInterruptsAhead,
-  untilInterrupted,
-} from "./interrupt.ts";
+import { catchInterrupts, onInterrupt, takeInterruptsAhead } from "./interrupt.ts";
+import { abortable } from "../source/abortable.ts";
 
 function parseMountArgs(argv: string[]) {
   return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
@@ -278,7 +274,7 @@ async function resolveAndMount(
 ): Promise<number> {
   const { cacheBytes, layer } = opts;
   // Resolving leaves nothing to undo: an interrupt abandons it at once.
-  const { resolved, credentials, prefetchFile, metadata } = await untilInterrupted(
+  const { resolved, credentials, prefetchFile, metadata } = await abortable(
     resolveForMount(image, values, layer),
     opts.signal,
     (late) => forgetTracePrefetch(late.prefetchFile),
