@@ -19,6 +19,7 @@ import { findMount } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
 import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
+import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
 import {
   type FuseReaderArg,
@@ -63,7 +64,10 @@ const spareReaders: Worker[] = [];
 export function prestartFuseReaders(count: number): void {
   while (spareReaders.length < count) {
     spareReaders.push(
-      startLibcWorker("fuse-reader", waitingReaderBody, null, { body: fuseReaderBody }),
+      startLibcWorker("fuse-reader", waitingReaderBody, null, {
+        body: fuseReaderBody,
+        directReader: directReaderBody,
+      }),
     );
   }
 }
@@ -122,22 +126,14 @@ export class FuseConnection {
       pollMs: 200,
       maxReadBytes: FUSE_MAX_MAX_PAGES * 4096,
       direct: this.#direct && {
-        mapFd: this.#direct.mapFd,
-        dataFd: this.#direct.dataFd,
-        chunkBytes: this.#direct.chunkBytes,
-        sizeBytes: this.#direct.sizeBytes,
-        presentBytes: this.#direct.presentBytes,
+        ...directReadArg(this.#direct),
         nodeId: Number(FILE_NODE_ID),
-        pins: this.#direct.pins && {
-          fd: this.#direct.pins.fd,
-          mapFd: this.#direct.pins.mapFd,
-          pageBytes: this.#direct.pins.pageBytes,
-        },
       },
     };
     const spare = spareReaders.shift();
     spare?.postMessage(arg);
-    this.#reader = spare ?? startLibcWorker("fuse-reader", fuseReaderBody, arg);
+    this.#reader = spare ??
+      startLibcWorker("fuse-reader", fuseReaderBody, arg, { directReader: directReaderBody });
     this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
       const message = event.data;
       if ("request" in message) {

@@ -10,26 +10,17 @@
  */
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
+import type { DirectRead, DirectReadArg, directReaderBody } from "../source/direct_read_body.ts";
 
-/**
- * A disk cache the reader may read present chunks from (see lib/source/direct_reads.ts): its
- * own descriptors, so its OFD read locks exclude this process's fillers and evictors as they
- * exclude another process's.
- */
-export interface DirectReadArg {
-  mapFd: number;
-  dataFd: number;
-  chunkBytes: number;
-  sizeBytes: number;
-  /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
-  presentBytes: readonly number[];
+/** Helpers the reader body is given (self-contained functions, see ffi/libc_worker.ts). */
+export interface FuseReaderHelpers {
+  directReader: typeof directReaderBody;
+}
+
+/** A disk cache the reader may read present chunks and pinned pages from. */
+export interface FuseDirectReadArg extends DirectReadArg {
   /** The FUSE node id of the file these bytes are. */
   nodeId: number;
-  /**
-   * Pinned pages (lib/source/direct_reads.ts PinnedPageFile): a READ all of whose pages have
-   * map byte 1 in `mapFd` (written after the page) is read from `fd`, chunks or not.
-   */
-  pins?: { fd: number; mapFd: number; pageBytes: number };
 }
 
 export interface FuseReaderArg {
@@ -40,7 +31,7 @@ export interface FuseReaderArg {
   pollMs: number;
   /** Largest READ the kernel sends (max_pages × 4 KiB): the reply buffer's data part. */
   maxReadBytes: number;
-  direct?: DirectReadArg;
+  direct?: FuseDirectReadArg;
 }
 
 /**
@@ -62,14 +53,14 @@ export function waitingReaderBody(
   libc: LibcSymbols,
   errno: ErrnoReader,
   _arg: null,
-  helpers: { body: typeof fuseReaderBody },
+  helpers: FuseReaderHelpers & { body: typeof fuseReaderBody },
 ): void {
   const scope = self as unknown as {
     onmessage: ((event: MessageEvent<FuseReaderArg>) => void) | null;
   };
   scope.onmessage = (event) => {
     scope.onmessage = null;
-    helpers.body(libc, errno, event.data);
+    helpers.body(libc, errno, event.data, helpers);
   };
 }
 
@@ -77,13 +68,16 @@ export function waitingReaderBody(
  * Worker body (self-contained: shipped as source text, see ffi/libc_worker.ts). Loops until the
  * connection ends (ENODEV after unmount, POLLERR after an abort) or the worker is terminated.
  */
-export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseReaderArg): void {
+export function fuseReaderBody(
+  libc: LibcSymbols,
+  errno: ErrnoReader,
+  arg: FuseReaderArg,
+  helpers: FuseReaderHelpers,
+): void {
   const EINTR = 4, ENOENT = 2, EAGAIN = 11, ENODEV = 19;
   const POLLIN = 1, POLLERR = 8, POLLHUP = 16, POLLNVAL = 32;
   /** fuse_in_header 40 B, fuse_read_in: fh u64, offset u64, size u32; fuse_out_header 16 B. */
   const IN_HEADER = 40, OUT_HEADER = 16, OP_READ = 15;
-  /** fcntl.h: OFD lock command and lock types. */
-  const F_OFD_SETLK = 37, F_RDLCK = 0, F_UNLCK = 2;
   /**
    * Served reads are reported after this many or this many bytes (readahead follows them), or
    * once no request came for FLUSH_IDLE_MS: a message per READ cost as much CPU as the READ.
@@ -101,11 +95,8 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
   const direct = arg.direct;
   const reply = direct ? new Uint8Array(OUT_HEADER + arg.maxReadBytes) : new Uint8Array(0);
   const replyView = new DataView(reply.buffer);
-  const map = new Uint8Array(64);
-  // struct flock (64-bit): l_type i16 @0, l_whence i16 @2, l_start i64 @8, l_len i64 @16,
-  // l_pid i32 @24 (0 for OFD locks).
-  const flock = new Uint8Array(32);
-  const flockView = new DataView(flock.buffer);
+  const readDirect: DirectRead | undefined = direct &&
+    helpers.directReader(libc, errno, direct);
   let served: number[] = [];
   let servedBytes = 0;
   const flush = () => {
@@ -113,35 +104,6 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
     post({ served });
     served = [];
     servedBytes = 0;
-  };
-  const lock = (type: number, first: number, count: number): boolean => {
-    flockView.setInt16(0, type, true);
-    flockView.setBigInt64(8, BigInt(first), true);
-    flockView.setBigInt64(16, BigInt(count), true);
-    for (;;) {
-      if (libc.fcntl_lock(direct!.mapFd, F_OFD_SETLK, flock) === 0) return true;
-      if (errno() !== EINTR) return false;
-    }
-  };
-  const allPresent = (first: number, count: number): boolean => {
-    const chunks = map.subarray(0, count);
-    if (Number(libc.pread(direct!.mapFd, chunks, BigInt(count), BigInt(first))) !== count) {
-      return false;
-    }
-    return chunks.every((byte) => direct!.presentBytes.includes(byte));
-  };
-  /** Every page of the range is pinned (written to the pin file, then marked). */
-  const pinMap = new Uint8Array(512);
-  const allPinned = (offset: number, length: number): boolean => {
-    const pins = direct!.pins!;
-    const first = Math.floor(offset / pins.pageBytes);
-    const count = Math.floor((offset + length - 1) / pins.pageBytes) + 1 - first;
-    if (count > pinMap.length) return false;
-    const bytes = pinMap.subarray(0, count);
-    if (Number(libc.pread(pins.mapFd, bytes, BigInt(count), BigInt(first))) !== count) {
-      return false;
-    }
-    return bytes.every((byte) => byte === 1);
   };
   /**
    * Answers a READ from the pinned pages or the cache file when all its pages are pinned or all
@@ -153,36 +115,7 @@ export function fuseReaderBody(libc: LibcSymbols, errno: ErrnoReader, arg: FuseR
     const offset = Number(view.getBigUint64(IN_HEADER + 8, true));
     const length = Math.min(view.getUint32(IN_HEADER + 16, true), direct.sizeBytes - offset);
     if (!(length > 0) || length > arg.maxReadBytes) return false;
-    let got = -1;
-    if (direct.pins && allPinned(offset, length)) {
-      got = Number(libc.pread(
-        direct.pins.fd,
-        reply.subarray(OUT_HEADER, OUT_HEADER + length),
-        BigInt(length),
-        BigInt(offset),
-      ));
-    }
-    if (got !== length) {
-      const first = Math.floor(offset / direct.chunkBytes);
-      const count = Math.floor((offset + length - 1) / direct.chunkBytes) + 1 - first;
-      if (count > map.length || !allPresent(first, count)) return false;
-      // The read lock keeps evictors (which clear the map byte, then punch the hole) away;
-      // under it, the map is read again.
-      if (!lock(F_RDLCK, first, count)) return false;
-      try {
-        if (allPresent(first, count)) {
-          got = Number(libc.pread(
-            direct.dataFd,
-            reply.subarray(OUT_HEADER, OUT_HEADER + length),
-            BigInt(length),
-            BigInt(offset),
-          ));
-        }
-      } finally {
-        lock(F_UNLCK, first, count);
-      }
-    }
-    if (got !== length) return false;
+    if (!readDirect!(offset, reply.subarray(OUT_HEADER, OUT_HEADER + length))) return false;
     replyView.setUint32(0, OUT_HEADER + length, true);
     replyView.setInt32(4, 0, true);
     replyView.setBigUint64(8, view.getBigUint64(8, true), true);

@@ -30,6 +30,14 @@ async function nbdBlockSizeFor(source: Source): Promise<number | undefined> {
 }
 
 import { serveTransmission } from "../nbd/transmission.ts";
+import type { NbdConn } from "../nbd/conn_io.ts";
+import {
+  DirectNbdConn,
+  type DirectNbdConns,
+  openDirectKernelConnections,
+} from "../nbd/direct_conns.ts";
+import { isDirectReadable } from "../source/direct_reads.ts";
+import { DEFAULT_QUEUE_TUNING } from "../nbd/sysfs.ts";
 
 export interface LayerExport {
   /** Path EROFS is mounted from (/dev/nbdN or the FUSE file). */
@@ -66,6 +74,11 @@ const NBD_CONNECTIONS = 4;
  * never an I/O error.
  */
 const NBD_TIMEOUT_S = Number(Deno.env.get("EROFS_OCI_NBD_TIMEOUT_S") ?? 10);
+/**
+ * Largest READ the reader thread answers itself: the request size the queue is tuned to
+ * (lib/nbd/sysfs.ts); a larger one (a device tuned by hand) goes through the main thread.
+ */
+const NBD_DIRECT_MAX_READ_BYTES = DEFAULT_QUEUE_TUNING.maxSectorsKb * 1024;
 /** How long I/O waits for a replacement server after ours died (reattach window). */
 const NBD_DEAD_CONN_TIMEOUT_S = 30 * 24 * 3600;
 
@@ -104,7 +117,23 @@ export async function exportLayer(
   // the recovery file are made (a registry read took ~1 s of a 1.5-1.8 s attach in the TCG
   // guest). Never rejects.
   const blockSize = context.reattach ? undefined : nbdBlockSizeFor(source);
-  const { kernelFds, conns } = await openKernelConnections(NBD_CONNECTIONS, context.runDir);
+  // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
+  const files = isDirectReadable(source) ? source.openDirectReads() : undefined;
+  let direct: DirectNbdConns | undefined;
+  let kernelFds: number[];
+  let conns: NbdConn[];
+  if (files && isDirectReadable(source)) {
+    const readable = source;
+    ({ kernelFds, direct } = openDirectKernelConnections(
+      NBD_CONNECTIONS,
+      files,
+      (ranges) => readable.noteDirectReads(ranges),
+      { maxReadBytes: NBD_DIRECT_MAX_READ_BYTES },
+    ));
+    conns = direct.conns;
+  } else {
+    ({ kernelFds, conns } = await openKernelConnections(NBD_CONNECTIONS, context.runDir));
+  }
   phase("sockets", startedMs);
   const serving = new Set<Promise<void>>();
   let closing = false;
@@ -112,14 +141,14 @@ export async function exportLayer(
   // Assigned once the device exists, but read by connections started before that.
   // deno-lint-ignore prefer-const
   let heal: ((reason: string) => Promise<void>) | undefined;
-  const serve = (conn: Deno.Conn) => {
+  const serve = (conn: NbdConn) => {
     const done = serveTransmission(conn, source, { readOnly: true }).then(async (end) => {
       serving.delete(done);
       if (closing || end.reason === "disconnect") return;
       // Closed before any request: the kernel did not take this socket. RECONFIGURE uses only
       // the device's dead slots and drops the other sockets (a device of mount.erofs has one
       // slot, we offer NBD_CONNECTIONS); replacing them would loop forever at full CPU.
-      if (end.requests === 0) {
+      if (end.requests === 0 && !(conn instanceof DirectNbdConn && conn.servedDirectly > 0)) {
         console.log(`nbd connection of layer ${context.layerIndex} closed unused (${end.reason})`);
         return;
       }
@@ -171,6 +200,7 @@ export async function exportLayer(
     }
   } catch (error) {
     for (const conn of conns) conn.close();
+    await direct?.close();
     throw error;
   } finally {
     closeKernelFds(kernelFds);
@@ -213,6 +243,7 @@ export async function exportLayer(
         } catch { /* closed by the kernel */ }
       }
       await Promise.allSettled([...serving]);
+      await direct?.close();
     },
   };
 }

@@ -9,6 +9,11 @@ export interface NbdConn {
   /** Writes some of `p`; returns how many bytes were taken. */
   write(p: Uint8Array): Promise<number>;
   close(): void;
+  /**
+   * Writes `parts` back to back as one unit, when the transport shares its socket with another
+   * writer (lib/nbd/direct_conns.ts); without it SerialWriter writes them piece by piece.
+   */
+  writeAll?(parts: Uint8Array[]): Promise<void>;
 }
 
 /** The peer closed the stream in the middle of a message. */
@@ -58,7 +63,8 @@ export class SerialWriter {
     const next = this.#tail.then(async () => {
       if (this.#failed !== undefined) throw this.#failed;
       try {
-        for (const part of parts) await writeFully(this.conn, part);
+        if (this.conn.writeAll) await this.conn.writeAll(parts);
+        else for (const part of parts) await writeFully(this.conn, part);
       } catch (error) {
         this.#failed = error;
         throw error;
