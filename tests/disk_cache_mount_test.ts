@@ -52,7 +52,11 @@ Deno.test({
           { env, timeoutMs: 60_000 },
         ),
       );
-      let listed: { bytesFetched?: number; diskHitBytes?: number } = {};
+      let listed: {
+        bytesFetched?: number;
+        diskHitBytes?: number;
+        layers?: { directReads?: number }[];
+      } = {};
       let disk: { readsWaitedForSync?: number } | undefined;
       try {
         assert.equal(
@@ -90,6 +94,8 @@ Deno.test({
       assert.equal(again.gets, 0, "remount: zero layer GETs");
       assert.equal(again.listed.bytesFetched, 0, JSON.stringify(again.listed));
       assert((again.listed.diskHitBytes ?? 0) > 0, "list shows the disk-cache hits");
+      // Answered by the FUSE reader thread from the cache file, as list shows.
+      assert((again.listed.layers?.[0]?.directReads ?? 0) > 0, JSON.stringify(again.listed));
       assert.equal((await mountAndRead("dc/second")).gets, 0, "second image, same layer");
       const memoryOnly = await mountAndRead("dc/first", ["--no-disk-cache"]);
       assert(memoryOnly.gets > 0, "--no-disk-cache fetches");

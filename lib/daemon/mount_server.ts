@@ -363,6 +363,13 @@ export async function runMountServer(): Promise<number> {
   }
 
   const startedAt = new Date().toISOString();
+  const layerStats = () =>
+    sources.map((s, i) => ({
+      ...s.stats(),
+      directReads: exports[i]?.directReads(),
+      ...layerFetchMetrics(spec.layers[i]),
+      tracePrefetch: traceHooks.progress(i),
+    }));
   const handle = (request: { command: string }): Promise<ControlReply> => {
     if (request.command === "stats") {
       return Promise.resolve({
@@ -370,11 +377,7 @@ export async function runMountServer(): Promise<number> {
         stats: {
           pid: Deno.pid,
           startedAt,
-          layers: sources.map((s, i) => ({
-            ...s.stats(),
-            ...layerFetchMetrics(spec.layers[i]),
-            tracePrefetch: traceHooks.progress(i),
-          })),
+          layers: layerStats(),
         },
       });
     }
@@ -385,15 +388,7 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
-  startServerMetrics(
-    spec,
-    () =>
-      sources.map((s, i) => ({
-        ...s.stats(),
-        ...layerFetchMetrics(spec.layers[i]),
-        tracePrefetch: traceHooks.progress(i),
-      })),
-  );
+  startServerMetrics(spec, layerStats);
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     // In the CLI's session (`mount --foreground`) the terminal's Ctrl-C and hangup reach us
     // too, but they are the CLI's: it unmounts DIR and then stops us. Stopping here first

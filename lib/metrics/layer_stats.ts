@@ -20,6 +20,8 @@ export interface LayerStats {
   digest?: string;
   /** Registry GET latency of this layer's blob (lib/source/fetch_metrics.ts). */
   getLatency?: LatencyHistogram;
+  /** READs a reader thread answered by itself (disk cache, pinned pages). */
+  directReads?: number;
   /** Chunks of this layer that failed their chunk-digest table. */
   verifyFailures?: number;
 }

@@ -18,6 +18,8 @@ export interface ListedLayer {
   memoryMisses: number;
   /** Bytes answered by the host's disk cache (absent without one). */
   diskHitBytes?: number;
+  /** READs the export's reader thread answered by itself from the disk cache or pinned pages. */
+  directReads?: number;
   /** Metadata prefetch so far: reads and bytes. */
   prefetchFetches?: number;
   prefetchBytes?: number;
@@ -67,6 +69,7 @@ export function listedLayers(
     memoryHits: layer.hits,
     memoryMisses: layer.misses,
     diskHitBytes: layer.disk?.diskHitBytes,
+    directReads: layer.directReads,
     prefetchFetches: layer.prefetchFetches,
     prefetchBytes: layer.prefetchBytes,
     getLatency: layer.getLatency,

@@ -48,6 +48,8 @@ export interface LayerExport {
   recoveryFile?: string;
   /** FUSE: the /dev/fuse descriptor and file mtime, for the keeper (lib/fuse/keeper.ts). */
   fuse?: { fd: number; mtimeSec: number };
+  /** READs a reader thread answered by itself from the disk cache or the pinned pages. */
+  directReads(): number;
   close(): Promise<void>;
 }
 
@@ -99,6 +101,7 @@ export async function exportLayer(
       blockPath: blob.filePath,
       device: `fuse-${context.layerIndex}`,
       fuse: { fd: blob.fd, mtimeSec: blob.fileMtimeSec },
+      directReads: () => blob.stats().directReads,
       close: async () => {
         await blob.close();
         try {
@@ -233,6 +236,7 @@ export async function exportLayer(
     blockPath: `/dev/nbd${index}`,
     device: `nbd${index}`,
     recoveryFile: backendId,
+    directReads: () => direct?.conns.reduce((sum, conn) => sum + conn.servedDirectly, 0) ?? 0,
     close: async () => {
       closing = true;
       await detach();

@@ -1,7 +1,8 @@
 /**
  * The disk cache across a crash (kernel NBD, in the VM): after the server of a mount is killed
  * with SIGKILL, the server `reattach` starts reads every byte the dead one fetched from the
- * disk cache — zero layer GETs — and the reader gets the exact bytes.
+ * disk cache — zero layer GETs, answered by the device's reader thread — and the reader gets the
+ * exact bytes.
  */
 import assert from "node:assert/strict";
 import { PEER_BIN } from "../_support/requires.ts";
@@ -77,6 +78,12 @@ Deno.test({
       await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] }).output();
       assert.equal(await sha256sum(`${sandbox.target}/big.bin`), expected);
       assert.equal(layerGets() - before, 0, "the new server read everything from the disk cache");
+      // Read by the device's reader thread from the cache file (lib/nbd/reader_worker.ts), not
+      // through the main thread.
+      const listed = await runCli(["list", "--json"], { env: sandbox.env });
+      assertSuccess(listed);
+      const layers = JSON.parse(listed.stdout)[0]?.layers;
+      assert.ok(layers?.[0]?.directReads > 0, `no direct reads: ${JSON.stringify(layers)}`);
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
     } finally {
       await sandbox.cleanup();
