@@ -450,6 +450,25 @@ const SYS_PIDFD_SEND_SIGNAL = 424,
   SYS_PIDFD_GETFD = 438;
 /** close_range(2) flag (linux/close_range.h); fcntl F_SETFD and its one flag (asm-generic). */
 const CLOSE_RANGE_CLOEXEC = 1 << 2, F_SETFD = 2, FD_CLOEXEC = 1;
+/** fcntl: set a pipe's capacity (linux/fcntl.h, F_LINUX_SPECIFIC_BASE + 7). */
+const F_SETPIPE_SZ = 1031;
+
+/** /proc/sys/fs/pipe-max-size's default: the most a process without CAP_SYS_RESOURCE gets. */
+const PIPE_MAX_SIZE_DEFAULT = 1 << 20;
+
+/**
+ * Grows the pipe `fd` is an end of to `bytes` (the kernel rounds up to a power of two pages),
+ * or to the default limit when over it; the capacity it got, or undefined when it refused (not
+ * a pipe, out of memory).
+ */
+export function setPipeCapacity(fd: number, bytes: number): number | undefined {
+  for (const size of [bytes, Math.min(bytes, PIPE_MAX_SIZE_DEFAULT)]) {
+    const got = libc().fcntl(fd, F_SETPIPE_SZ, size);
+    if (got >= 0) return got;
+  }
+  return undefined;
+}
+
 /** Descriptors the fallback marks when close_range is missing (before 5.11). */
 const FALLBACK_MAX_FD = 1024;
 const AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000, AT_SYMLINK_NOFOLLOW = 0x100;

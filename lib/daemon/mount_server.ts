@@ -12,7 +12,8 @@ import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/r
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
-import { NEW_SESSION_ENV, PRESTART_FUSE_READER_ENV } from "./server_spawn.ts";
+import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
+import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
   type MetadataLoader,
   metadataLoaderOf,
@@ -30,7 +31,7 @@ import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
-import { errno, libc, strerror } from "../../ffi/libc.ts";
+import { errno, libc, setPipeCapacity, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
@@ -137,11 +138,25 @@ async function headOf(source: Source): Promise<string | undefined> {
   }
 }
 
+/** stdin's capacity: the listed metadata of most images. */
+const HANDED_PIPE_BYTES = 4 << 20;
+
+function discardSpareReaders(): void {
+  discardSpareFuseReaders();
+  discardSpareNbdReaders();
+}
+
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
   const inCliSession = !leaveCliSession();
-  if (Deno.env.get(PRESTART_FUSE_READER_ENV) === "1") prestartFuseReaders(1);
+  // The spec and the listed metadata `mount` fetched (2.2 MB for the benchmark image) come on
+  // stdin: with room for all of it the CLI writes it in one go, instead of 64 KiB at a time,
+  // each waiting until this process (busy opening its layers) has read the last.
+  setPipeCapacity(0, HANDED_PIPE_BYTES);
+  const prestart = Deno.env.get(PRESTART_READER_ENV);
+  if (prestart === "fuse") prestartFuseReaders(1);
+  if (prestart === "nbd") prestartNbdReaders(1);
   let spec: MountSpec;
   let handedMetadata: Promise<HandedMetadata>;
   try {
@@ -149,11 +164,12 @@ export async function runMountServer(): Promise<number> {
     handedMetadata = handed.metadata;
     spec = takeHandedSettings(JSON.parse(handed.specText) as HandedSpec);
   } catch (error) {
-    discardSpareFuseReaders();
+    discardSpareReaders();
     throw error;
   }
   mark("server: spec");
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
+  else prestartNbdReaders(spec.layers.length);
   // The mount's own format, also when `reattach` (run with any format) starts this server.
   if (spec.logFormat) setLogFormat(spec.logFormat);
   redirectConsoleToFile(logPath(spec.id));
@@ -188,7 +204,7 @@ export async function runMountServer(): Promise<number> {
         }
       }
       for (const source of sources) await source.close?.();
-      discardSpareFuseReaders();
+      discardSpareReaders();
       traceHooks.finish();
       console.log("stopped");
     })();
@@ -284,6 +300,9 @@ export async function runMountServer(): Promise<number> {
             layerIndex: index,
             reattach: spec.reattach?.[index],
             fuseTakeover: fuseTakeover?.[index],
+            erofsBlockBytes: layer.kind === "registry" && !tarIndex
+              ? layer.erofsBlockBytes
+              : undefined,
             // Each READ of a tar layer is a main-thread round trip (no direct reads): let the
             // kernel's readahead make them few and large (issue 11's full read). On the disk
             // cache the reader thread answers large READs as it does small ones (issue 12's full
@@ -334,6 +353,7 @@ export async function runMountServer(): Promise<number> {
       );
     } else {
       await attachLayers();
+      discardSpareReaders(); // layers without direct reads took none
       mark("server: exported");
       if (spec.backend === "fuse" && !fuseTakeoverWanted) {
         console.log(`FUSE keeper pid ${protectFuseMount(spec, exports)}`);

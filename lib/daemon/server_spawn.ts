@@ -36,8 +36,11 @@ const SERVER_MALLOC_ENV: Record<string, string> = {
   MALLOC_TRIM_THRESHOLD_: String(2 << 20),
 };
 
-/** Set for a FUSE mount: the server boots a reader thread while its spec is still coming. */
-export const PRESTART_FUSE_READER_ENV = "EROFS_OCI_PRESTART_FUSE_READER";
+/**
+ * The backend a server is spawned for: it boots that backend's reader thread while its spec is
+ * still coming (lib/fuse/connection.ts, lib/nbd/direct_conns.ts).
+ */
+export const PRESTART_READER_ENV = "EROFS_OCI_PRESTART_READER";
 
 /**
  * Set for a server that leaves the CLI's session itself (setsid(2) first thing, see
@@ -66,7 +69,7 @@ export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"):
     env: {
       ...SERVER_V8_ENV,
       ...SERVER_MALLOC_ENV,
-      ...(backend === "fuse" ? { [PRESTART_FUSE_READER_ENV]: "1" } : {}),
+      ...(backend ? { [PRESTART_READER_ENV]: backend } : {}),
       ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
     },
     stdin: "piped",

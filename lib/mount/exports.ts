@@ -22,11 +22,16 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 async function nbdBlockSizeFor(source: Source): Promise<number | undefined> {
   if (source.size < EROFS_SUPER_END) return undefined;
   try {
-    const sb = checkErofsSuperblock(await source.read(0, EROFS_SUPER_END));
-    return sb.blockSizeBytes < 4096 ? Math.max(512, sb.blockSizeBytes) : undefined;
+    return nbdBlockSizeOf(
+      checkErofsSuperblock(await source.read(0, EROFS_SUPER_END)).blockSizeBytes,
+    );
   } catch {
     return undefined;
   }
+}
+
+function nbdBlockSizeOf(erofsBlockBytes: number): number | undefined {
+  return erofsBlockBytes < 4096 ? Math.max(512, erofsBlockBytes) : undefined;
 }
 
 import { serveTransmission } from "../nbd/transmission.ts";
@@ -62,6 +67,11 @@ export interface ExportContext {
   reattach?: { index: number; backendId: string };
   /** FUSE: serve the existing mount through this copy of its descriptor (server crashed). */
   fuseTakeover?: { fd: number; mtimeSec: number };
+  /**
+   * The EROFS block size `mount` read in the layer's superblock, if it did: a new NBD device
+   * then needs no read of the layer before CONNECT (under TCG a registry GET, ~1 s).
+   */
+  erofsBlockBytes?: number;
   /** FUSE: let the kernel cache and read ahead on the file (tar layers; see lib/fuse/blob.ts). */
   fusePageCache?: boolean;
 }
@@ -119,7 +129,11 @@ export async function exportLayer(
   // A new device's block size comes from the superblock: asked for now, while the sockets and
   // the recovery file are made (a registry read took ~1 s of a 1.5-1.8 s attach in the TCG
   // guest). Never rejects.
-  const blockSize = context.reattach ? undefined : nbdBlockSizeFor(source);
+  const blockSize = context.reattach
+    ? undefined
+    : context.erofsBlockBytes !== undefined
+    ? Promise.resolve(nbdBlockSizeOf(context.erofsBlockBytes))
+    : nbdBlockSizeFor(source);
   // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
   const files = isDirectReadable(source) ? source.openDirectReads() : undefined;
   let direct: DirectNbdConns | undefined;

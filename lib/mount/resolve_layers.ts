@@ -190,9 +190,9 @@ export async function resolveRegistryImage(
     const tarIndex = tarIndexes.get(layer.digest);
     // Check the superblock before anything is attached: other data gets a clear error here
     // instead of the kernel's EINVAL later.
-    if (!tarIndex) {
-      checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
-    }
+    const superblock = tarIndex
+      ? undefined
+      : checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
     layers.push({
       kind: "registry",
       registry: ref.registry,
@@ -205,6 +205,7 @@ export async function resolveRegistryImage(
       sizeBytes: layer.sizeBytes,
       plainHttp: client.plainHttp,
       ...(tarIndex ? { tarIndex } : {}),
+      ...(superblock ? { erofsBlockBytes: superblock.blockSizeBytes } : {}),
     });
   }
   return { image: formatReference(ref), manifestDigest: image.manifestDigest, layers };

@@ -17,6 +17,26 @@ const SHUT_RDWR = 2;
 /** How long close() waits for the reader to leave its loop before terminating it. */
 const STOP_TIMEOUT_MS = 2000;
 
+/** Reader threads started ahead (prestartNbdReaders), each waiting for its device. */
+const spareReaders: Worker[] = [];
+
+function startReader(): Worker {
+  return startLibcWorker("nbd-reader", nbdReaderBody, null, { directReader: directReaderBody });
+}
+
+/**
+ * Starts reader threads for `count` devices to come: a thread's start-up (runtime, libc; 150+
+ * ms of an attach under TCG) then overlaps the server's other work instead of the attach.
+ */
+export function prestartNbdReaders(count: number): void {
+  while (spareReaders.length < count) spareReaders.push(startReader());
+}
+
+/** Ends the reader threads no device took (memory-only or tar layers: no direct reads). */
+export function discardSpareNbdReaders(): void {
+  for (const reader of spareReaders.splice(0)) reader.terminate();
+}
+
 /** One socket's side on this thread: request bytes from the reader, replies to the socket. */
 export class DirectNbdConn implements NbdConn {
   #chunks: Uint8Array[] = [];
@@ -133,9 +153,7 @@ export class DirectNbdConns {
     const locks = new SharedArrayBuffer(4 * fds.length);
     const lockArray = new Int32Array(locks);
     this.conns = fds.map((fd, i) => new DirectNbdConn(fd, lockArray, i));
-    this.#reader = startLibcWorker("nbd-reader", nbdReaderBody, null, {
-      directReader: directReaderBody,
-    });
+    this.#reader = spareReaders.shift() ?? startReader();
     const arg: NbdReaderArg = {
       fds,
       pollMs: 200,

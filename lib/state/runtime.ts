@@ -71,6 +71,12 @@ export type LayerSpec =
     tarIndex?: TarIndexSpec;
     /** The layer's chunk-digest table: every byte fetched is checked against it. */
     chunkTable?: ChunkTableSpec;
+    /**
+     * The EROFS block size in the superblock `mount` checked (EROFS layers): the NBD device's
+     * block size is chosen from it without reading the layer first. Only the device's geometry
+     * depends on it (a wrong one fails the mount); the kernel reads the verified superblock.
+     */
+    erofsBlockBytes?: number;
   };
 
 /**
