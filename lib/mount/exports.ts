@@ -129,11 +129,12 @@ export async function exportLayer(
   // A new device's block size comes from the superblock: asked for now, while the sockets and
   // the recovery file are made (a registry read took ~1 s of a 1.5-1.8 s attach in the TCG
   // guest). Never rejects.
-  const blockSize = context.reattach
-    ? undefined
-    : context.erofsBlockBytes !== undefined
+  // Read even when `mount` told the block size: the partition scan after CONNECT
+  // (scanPartitionsNow) reads the layer's first pages, and that read then joins this one.
+  const headBlockSize = context.reattach ? undefined : nbdBlockSizeFor(source);
+  const blockSize = context.erofsBlockBytes !== undefined && !context.reattach
     ? Promise.resolve(nbdBlockSizeOf(context.erofsBlockBytes))
-    : nbdBlockSizeFor(source);
+    : headBlockSize;
   // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
   const files = isDirectReadable(source) ? source.openDirectReads() : undefined;
   let direct: DirectNbdConns | undefined;
