@@ -11,10 +11,17 @@ import { CachedSource } from "../source/cached.ts";
 import { DiskCachedSource } from "../source/disk_cached.ts";
 import { PIN_PAGE_BYTES, PrefetchedSource } from "../source/prefetched.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
-import { RawNbdClient } from "../../tests/_support/nbd_client.ts";
+import { encodeRequest, RawNbdClient } from "../../tests/_support/nbd_client.ts";
 import { DirectNbdConns } from "./direct_conns.ts";
 import { serveTransmission, type TransmissionEnd } from "./transmission.ts";
-import { NBD_CMD_DISC, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, NBD_EPERM } from "./protocol.ts";
+import {
+  NBD_CMD_DISC,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_EPERM,
+  NBD_SIMPLE_REPLY_MAGIC,
+} from "./protocol.ts";
 
 const CHUNK = 16 << 10;
 
@@ -166,6 +173,56 @@ Deno.test("direct NBD reads: the client's close ends the connection; close() sto
   const fd = h.conns.conns[0].fd;
   await h[Symbol.asyncDispose]();
   assert.throws(() => Deno.readLinkSync(`/proc/self/fd/${fd}`), "the socket was left open");
+});
+
+Deno.test("direct NBD reads: requests split anywhere across writes, any offsets and lengths", async () => {
+  await using h = await harness();
+  const client = h.clients[0];
+  await h.disk.fillAhead(0, 24 * CHUNK);
+  const size = h.image.length;
+  let seed = 12345;
+  const random = (n: number) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed % n;
+  };
+  // Present and missing, across the end, empty, and over the reader's largest READ.
+  const requests: { cookie: bigint; offset: number; length: number }[] = [];
+  const stream: Uint8Array[] = [];
+  for (let i = 0; i < 300; i++) {
+    const kind = random(10);
+    const offset = kind === 0 ? size - random(8192) : random(size);
+    const length = kind === 1 ? 0 : kind === 2 ? (1 << 20) + 4096 : 1 + random(3 * CHUNK);
+    const cookie = BigInt(i + 1);
+    requests.push({ cookie, offset, length });
+    stream.push(encodeRequest(NBD_CMD_READ, cookie, offset, length));
+  }
+  const bytes = new Uint8Array(stream.length * 28);
+  stream.forEach((request, i) => bytes.set(request, i * 28));
+  const written = (async () => {
+    for (let at = 0; at < bytes.length;) {
+      const piece = 1 + random(100); // headers cut at every place
+      await client.write(bytes.subarray(at, at + piece));
+      at += piece;
+    }
+  })();
+  const byCookie = new Map(requests.map((r) => [r.cookie, r]));
+  for (let i = 0; i < requests.length; i++) {
+    const header = await client.readExactly(16);
+    assert(header, "the server closed early");
+    const view = new DataView(header.buffer, header.byteOffset);
+    assert.equal(view.getUint32(0), NBD_SIMPLE_REPLY_MAGIC);
+    const request = byCookie.get(view.getBigUint64(8));
+    assert(request, `a reply for cookie ${view.getBigUint64(8)}, asked for none or twice`);
+    byCookie.delete(request.cookie);
+    const { offset, length } = request;
+    assert.equal(view.getUint32(4), 0, `READ ${offset}+${length}`);
+    const expected = new Uint8Array(length); // zeros past the end
+    if (offset < size) expected.set(h.image.subarray(offset, Math.min(size, offset + length)));
+    const data = length > 0 ? await client.readExactly(length) : new Uint8Array(0);
+    assert.deepEqual(data, expected, `READ ${offset}+${length}`);
+  }
+  await written;
+  await waitFor(() => h.conns.conns[0].servedDirectly > 0);
 });
 
 async function waitFor(check: () => boolean, timeoutMs = 5000): Promise<void> {
