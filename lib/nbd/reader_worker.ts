@@ -9,6 +9,11 @@
  * a WRITE (its payload follows) or a bad magic, all later bytes go there unparsed, so the
  * protocol has one implementation. Replies of both threads are whole: a per-socket lock in
  * shared memory (1 while a reply is being written) keeps them from interleaving.
+ *
+ * The reader reads its sockets without regard to what the main thread still has to answer: it
+ * serves kernel sockets only (lib/mount/exports.ts), and the kernel has no more requests
+ * outstanding than its queue depth (128 per connection), so what it forwards stays small.
+ * Sockets of `serve`, whose clients are not trusted, keep serveTransmission's back-pressure.
  */
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
