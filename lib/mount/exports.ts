@@ -13,6 +13,15 @@ import {
 import { attachNbd } from "../nbd/attach.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import { serveTransmission } from "../nbd/transmission.ts";
+import type { NbdConn } from "../nbd/conn_io.ts";
+import {
+  DirectNbdConn,
+  type DirectNbdConns,
+  openDirectKernelConnections,
+} from "../nbd/direct_conns.ts";
+import { isDirectReadable } from "../source/direct_reads.ts";
+import { DEFAULT_QUEUE_TUNING } from "../nbd/sysfs.ts";
 
 /**
  * The NBD block size for an image: EROFS refuses a filesystem block smaller than the device's
@@ -33,16 +42,6 @@ async function nbdBlockSizeFor(source: Source): Promise<number | undefined> {
 function nbdBlockSizeOf(erofsBlockBytes: number): number | undefined {
   return erofsBlockBytes < 4096 ? Math.max(512, erofsBlockBytes) : undefined;
 }
-
-import { serveTransmission } from "../nbd/transmission.ts";
-import type { NbdConn } from "../nbd/conn_io.ts";
-import {
-  DirectNbdConn,
-  type DirectNbdConns,
-  openDirectKernelConnections,
-} from "../nbd/direct_conns.ts";
-import { isDirectReadable } from "../source/direct_reads.ts";
-import { DEFAULT_QUEUE_TUNING } from "../nbd/sysfs.ts";
 
 export interface LayerExport {
   /** Path EROFS is mounted from (/dev/nbdN or the FUSE file). */
@@ -126,22 +125,22 @@ export async function exportLayer(
   const phaseMs: string[] = [];
   const phase = (name: string, sinceMs: number) =>
     phaseMs.push(`${name} ${Math.round(performance.now() - sinceMs)} ms`);
-  // A new device's block size comes from the superblock: asked for now, while the sockets and
-  // the recovery file are made (a registry read took ~1 s of a 1.5-1.8 s attach in the TCG
-  // guest). Never rejects.
-  // Read even when `mount` told the block size: the partition scan after CONNECT
-  // (scanPartitionsNow) reads the layer's first pages, and that read then joins this one.
+  // A new device's block size comes from the superblock `mount` checked, else from a read of
+  // it, asked for now while the sockets and the recovery file are made (a registry read took
+  // ~1 s of a 1.5-1.8 s attach in the TCG guest). The read starts in both cases: the partition
+  // scan after CONNECT (scanPartitionsNow) reads the layer's first pages and then joins it.
+  // Never rejects.
   const headBlockSize = context.reattach ? undefined : nbdBlockSizeFor(source);
   const blockSize = context.erofsBlockBytes !== undefined && !context.reattach
     ? Promise.resolve(nbdBlockSizeOf(context.erofsBlockBytes))
     : headBlockSize;
   // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
-  const files = isDirectReadable(source) ? source.openDirectReads() : undefined;
+  const readable = isDirectReadable(source) ? source : undefined;
+  const files = readable?.openDirectReads();
   let direct: DirectNbdConns | undefined;
   let kernelFds: number[];
   let conns: NbdConn[];
-  if (files && isDirectReadable(source)) {
-    const readable = source;
+  if (readable && files) {
     ({ kernelFds, direct } = openDirectKernelConnections(
       NBD_CONNECTIONS,
       files,
