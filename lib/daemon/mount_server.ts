@@ -278,8 +278,9 @@ export async function runMountServer(): Promise<number> {
             // A trace says what the application reads: the windows (a guess from the metadata's
             // places) would only compete with the trace prefetch and the reads it serves.
             windowsMaxBytes: traceHooks.wantsExactReads ? 0 : undefined,
-            // FUSE: the windows may use the idle time after ready (an NBD mount(2) reads then).
-            windowsWhenQuiet: spec.backend === "fuse" ? QUIET_START : undefined,
+            // The windows may use the idle time after ready (NBD too since its partition scan
+            // happens in the attach and mount(2) reads only pinned pages).
+            windowsWhenQuiet: QUIET_START,
           }).then(report);
         }),
       );

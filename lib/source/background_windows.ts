@@ -99,8 +99,11 @@ export const DATA_READ_RECENT_MS = 250;
 /**
  * A FUSE mount's windows start once nothing was read for `quietMs` after ready, one at a time
  * (`idleInFlight`) until file data is read, `inFlight` at a time while it is (metadata_prefetch.ts,
- * PrefetchOptions.windowsWhenQuiet). NBD mounts do not use it (the VM's mount(2) reads after
- * ready). Cold find and cold python of the benchmark, 3 interleaved rounds each at load 1.2-1.5
+ * PrefetchOptions.windowsWhenQuiet). NBD mounts too, since their partition scan is part of the
+ * attach (lib/nbd/attach.ts) and mount(2) reads only pinned pages: the VM benchmark's full read
+ * after a find then went from 2.1–2.6× the loop device to 1.6–2.0× (docs/benchmarks.md, session
+ * 26), as most of the image came in the idle time before the find. Cold find and cold python of
+ * the benchmark, 3 interleaved rounds each at load 1.2-1.5
  * (scripts/bench/python_ab.ts; local find 0.044-0.048 s, python 0.445-0.462 s):
  * - first data read only, 2 lanes (before): find 0.060-0.063 s, python 0.706-0.723 s;
  * - quiet start, 1 idle lane (this): find 0.049-0.050 s, python 0.679-0.690 s;

@@ -119,7 +119,7 @@ export interface PrefetchOptions {
   /**
    * The background windows also start once nothing was read for `quietMs` after the
    * directories are pinned: `idleInFlight` at a time, `inFlight` while file data is read
-   * (background_windows.ts QUIET_START; FUSE mounts). Unset: only the first data read past the
+   * (background_windows.ts QUIET_START; mounts). Unset: only the first data read past the
    * image head starts them, 2 at a time.
    */
   windowsWhenQuiet?: { quietMs: number; inFlight: number; idleInFlight: number };
@@ -242,7 +242,7 @@ export async function prefetchErofsMetadata(
       mark(`server: background windows start (data read of ${length} at ${offset})`);
       windows.start();
     });
-    // Or (FUSE) the idle time after ready, one window at a time until file data is read: more
+    // Or the idle time after ready, one window at a time until file data is read: more
     // in flight slowed a find that began right after the mount (QUIET_START).
     if (options.windowsWhenQuiet) {
       windows.startWhenQuiet(options.windowsWhenQuiet.quietMs).then((started) => {
