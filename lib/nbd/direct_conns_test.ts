@@ -39,6 +39,16 @@ interface Harness {
 
 async function harness(sockets = 1): Promise<Harness> {
   const dir = await Deno.makeTempDir({ prefix: "nbd-direct-" });
+  try {
+    return await connected(dir, sockets);
+  } catch (error) {
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  }
+}
+
+/** The harness in `dir` (removed by its dispose, or by harness() when this throws). */
+async function connected(dir: string, sockets: number): Promise<Harness> {
   const image = patternBytes(64 * CHUNK, 7);
   const inner = new MemorySource(image);
   const cache = DiskCache.open({ dir: `${dir}/cache`, chunkBytes: CHUNK })!;
