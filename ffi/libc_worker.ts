@@ -58,6 +58,32 @@ export function startLibcWorker<A, H extends Record<string, AnyFunction> = Recor
 }
 
 /**
+ * Worker threads started ahead of their use (a reader thread per FUSE connection or NBD
+ * device): a thread's start-up then overlaps the caller's other work. `start` makes one that
+ * waits for its first message.
+ */
+export class SpareWorkers {
+  readonly #spares: Worker[] = [];
+
+  constructor(private readonly start: () => Worker) {}
+
+  /** Starts threads until `count` are waiting. */
+  prestart(count: number): void {
+    while (this.#spares.length < count) this.#spares.push(this.start());
+  }
+
+  /** A waiting thread, or a new one. */
+  take(): Worker {
+    return this.#spares.shift() ?? this.start();
+  }
+
+  /** Ends the threads nobody took (they would keep the process alive). */
+  discard(): void {
+    for (const worker of this.#spares.splice(0)) worker.terminate();
+  }
+}
+
+/**
  * Runs `body(libc, errno, arg, helpers)` once on a fresh worker thread and resolves with its
  * return value (JSON-able); a throw inside becomes a rejection with the same message. The
  * worker is gone when the promise settles.

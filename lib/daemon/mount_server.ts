@@ -7,6 +7,7 @@ import { CachedSource } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
 import { QUIET_START } from "../source/background_windows.ts";
+import { waitAtMost } from "../source/abortable.ts";
 import type { Source } from "../source/source.ts";
 import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
@@ -15,6 +16,7 @@ import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
 import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
 import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
+  diskCacheTurnedOff,
   type MetadataLoader,
   metadataLoaderOf,
   openLayerSource,
@@ -169,7 +171,10 @@ export async function runMountServer(): Promise<number> {
   }
   mark("server: spec");
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
-  else prestartNbdReaders(spec.layers.length);
+  // NBD reader threads serve direct reads only: registry EROFS layers on the disk cache.
+  else if (!diskCacheTurnedOff()) {
+    prestartNbdReaders(spec.layers.filter((l) => l.kind === "registry" && !l.tarIndex).length);
+  }
   // The mount's own format, also when `reattach` (run with any format) starts this server.
   if (spec.logFormat) setLogFormat(spec.logFormat);
   redirectConsoleToFile(logPath(spec.id));
@@ -359,13 +364,8 @@ export async function runMountServer(): Promise<number> {
       if (spec.backend === "fuse" && !fuseTakeoverWanted) {
         console.log(`FUSE keeper pid ${protectFuseMount(spec, exports)}`);
       }
-      let timer: ReturnType<typeof setTimeout> | undefined;
       mark("server: keeper");
-      await Promise.race([
-        Promise.all(directoriesPinned),
-        new Promise((resolve) => timer = setTimeout(resolve, PREFETCH_DEADLINE_MS)),
-      ]);
-      clearTimeout(timer);
+      await waitAtMost(Promise.all(directoriesPinned), PREFETCH_DEADLINE_MS);
       // A memory-only cache would evict the start of a trace longer than half of it.
       const budget = sharedDiskCache() ? undefined : Math.floor(cachePerLayer / 2);
       traceHooks.startPrefetch(

@@ -12,7 +12,8 @@ import {
   SysError,
   writeSmallFile,
 } from "../../ffi/libc.ts";
-import { startLibcWorker } from "../../ffi/libc_worker.ts";
+import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
+import { waitAtMost } from "../source/abortable.ts";
 import { MountError } from "../errors.ts";
 import * as log from "../log.ts";
 import { findMount } from "../sys/mountinfo.ts";
@@ -54,27 +55,25 @@ const DISK_CACHE_READ_AHEAD_KB = 1024;
 const INIT_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 2_000;
 
-/** Reader threads started ahead (prestartFuseReaders), each waiting for its connection. */
-const spareReaders: Worker[] = [];
+/** Reader threads, each waiting for its connection's FuseReaderArg (waitingReaderBody). */
+const spareReaders = new SpareWorkers(() =>
+  startLibcWorker("fuse-reader", waitingReaderBody, null, {
+    body: fuseReaderBody,
+    directReader: directReaderBody,
+  })
+);
 
 /**
  * Starts reader threads for `count` connections to come: a thread's start-up (runtime, libc:
  * 30-100 ms) then overlaps the server's other work instead of delaying the kernel's INIT.
  */
 export function prestartFuseReaders(count: number): void {
-  while (spareReaders.length < count) {
-    spareReaders.push(
-      startLibcWorker("fuse-reader", waitingReaderBody, null, {
-        body: fuseReaderBody,
-        directReader: directReaderBody,
-      }),
-    );
-  }
+  spareReaders.prestart(count);
 }
 
 /** Ends the reader threads no connection took (they would keep the process alive). */
 export function discardSpareFuseReaders(): void {
-  for (const reader of spareReaders.splice(0)) reader.terminate();
+  spareReaders.discard();
 }
 
 /** One mounted FUSE connection: the fd, the reader worker and the request handler. */
@@ -130,10 +129,8 @@ export class FuseConnection {
         nodeId: Number(FILE_NODE_ID),
       },
     };
-    const spare = spareReaders.shift();
-    spare?.postMessage(arg);
-    this.#reader = spare ??
-      startLibcWorker("fuse-reader", fuseReaderBody, arg, { directReader: directReaderBody });
+    this.#reader = spareReaders.take();
+    this.#reader.postMessage(arg);
     this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
       const message = event.data;
       if ("request" in message) {
@@ -297,12 +294,7 @@ export class FuseConnection {
   async #stop(): Promise<void> {
     // After the unmount the reader sees ENODEV/POLLERR and ends by itself; terminate covers a
     // reader stuck elsewhere (it polls with a timeout, so it returns to JS soon).
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#readerEnded.promise,
-      new Promise((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS)),
-    ]);
-    clearTimeout(timer);
+    await waitAtMost(this.#readerEnded.promise, STOP_TIMEOUT_MS);
     this.#reader.terminate();
     this.server.abortAll();
     this.#closeFd();

@@ -45,9 +45,9 @@ export type FuseReaderMessage =
   | { end: "unmounted" | "error"; errno: number };
 
 /**
- * Worker body of a reader started before its connection exists (connection.ts,
- * prestartFuseReaders): it boots (runtime, libc) meanwhile and runs `helpers.body` with the
- * FuseReaderArg of its first message.
+ * Worker body of a reader (connection.ts), started before its connection exists when it can be
+ * (prestartFuseReaders): it boots (runtime, libc) and runs `helpers.body` with the FuseReaderArg
+ * of its first message.
  */
 export function waitingReaderBody(
   libc: LibcSymbols,

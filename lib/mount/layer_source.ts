@@ -78,14 +78,25 @@ function registerMetadata(source: Source, ranges: MetadataRanges, blob: Registry
 let diskCache: DiskCache | undefined | null;
 export function sharedDiskCache(): DiskCache | undefined {
   if (diskCache !== undefined) return diskCache ?? undefined;
-  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
-  const maxBytes = bound === undefined || bound === "" ? undefined : Number(bound);
+  const maxBytes = diskCacheBound();
   const completeInBackground = Deno.env.get("EROFS_OCI_FETCH_ALL") === "1";
-  diskCache = maxBytes === 0 || Number.isNaN(maxBytes)
+  diskCache = maxBytes === null
     ? null
     // Told as every warning is (`erofs-oci: warning: …`, or JSON), not as bare console text.
     : DiskCache.open({ maxBytes, completeInBackground, onWarning: warn }) ?? null;
   return diskCache ?? undefined;
+}
+
+/** EROFS_OCI_DISK_CACHE_BYTES: the bound (undefined: the default), or null when it is off. */
+function diskCacheBound(): number | undefined | null {
+  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
+  const maxBytes = bound === undefined || bound === "" ? undefined : Number(bound);
+  return maxBytes === 0 || Number.isNaN(maxBytes) ? null : maxBytes;
+}
+
+/** The disk cache is turned off (told without opening it, which sharedDiskCache does). */
+export function diskCacheTurnedOff(): boolean {
+  return diskCacheBound() === null;
 }
 
 /** Names a registry blob's origin for the disk cache (unverified bytes stay per origin). */

@@ -6,7 +6,8 @@
  * inside a reply of the reader's.
  */
 import { closeFd, libc, socketPair, strerror } from "../../ffi/libc.ts";
-import { startLibcWorker } from "../../ffi/libc_worker.ts";
+import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
+import { waitAtMost } from "../source/abortable.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import type { DirectReadFiles } from "../source/direct_reads.ts";
 import * as log from "../log.ts";
@@ -17,24 +18,22 @@ const SHUT_RDWR = 2;
 /** How long close() waits for the reader to leave its loop before terminating it. */
 const STOP_TIMEOUT_MS = 2000;
 
-/** Reader threads started ahead (prestartNbdReaders), each waiting for its device. */
-const spareReaders: Worker[] = [];
-
-function startReader(): Worker {
-  return startLibcWorker("nbd-reader", nbdReaderBody, null, { directReader: directReaderBody });
-}
+/** Reader threads, each waiting for its device's NbdReaderArg (nbdReaderBody). */
+const spareReaders = new SpareWorkers(() =>
+  startLibcWorker("nbd-reader", nbdReaderBody, null, { directReader: directReaderBody })
+);
 
 /**
  * Starts reader threads for `count` devices to come: a thread's start-up (runtime, libc; 150+
  * ms of an attach under TCG) then overlaps the server's other work instead of the attach.
  */
 export function prestartNbdReaders(count: number): void {
-  while (spareReaders.length < count) spareReaders.push(startReader());
+  spareReaders.prestart(count);
 }
 
 /** Ends the reader threads no device took (memory-only or tar layers: no direct reads). */
 export function discardSpareNbdReaders(): void {
-  for (const reader of spareReaders.splice(0)) reader.terminate();
+  spareReaders.discard();
 }
 
 /** One socket's side on this thread: request bytes from the reader, replies to the socket. */
@@ -153,7 +152,7 @@ export class DirectNbdConns {
     const locks = new SharedArrayBuffer(4 * fds.length);
     const lockArray = new Int32Array(locks);
     this.conns = fds.map((fd, i) => new DirectNbdConn(fd, lockArray, i));
-    this.#reader = spareReaders.shift() ?? startReader();
+    this.#reader = spareReaders.take();
     const arg: NbdReaderArg = {
       fds,
       pollMs: 200,
@@ -199,12 +198,7 @@ export class DirectNbdConns {
     if (this.#closed) return;
     this.#closed = true;
     for (const conn of this.conns) conn.close();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#done.promise,
-      new Promise((resolve) => timer = setTimeout(resolve, STOP_TIMEOUT_MS)),
-    ]);
-    clearTimeout(timer);
+    await waitAtMost(this.#done.promise, STOP_TIMEOUT_MS);
     this.#reader.terminate();
     if (!this.#readerDone) {
       log.debug(`NBD reader did not stop: its sockets and disk cache descriptors stay open`);
