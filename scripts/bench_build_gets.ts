@@ -51,9 +51,9 @@ for (const arg of Deno.args) {
     if (mounted.code !== 0) throw new Error(mounted.stderr);
     const afterMount = await blobGets();
     // The walk's own reads (below the host's disk cache, which merges some into one GET).
-    const walkReads =
-      sandbox.serverLogs().match(/metadata prefetch, directories: .* (\d+) reads of/)
-        ?.[1] ?? "?";
+    const walkReads = (await sandbox.serverLogMatch(
+      /metadata prefetch, directories: .* (\d+) reads of/,
+    ).catch(() => undefined))?.[1] ?? "?";
     const findSeconds = await run("find", [sandbox.target]);
     const afterFind = await blobGets();
     const readSeconds = await run("tar", ["-C", sandbox.target, "-cf", "/dev/null", "."]);

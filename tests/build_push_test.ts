@@ -71,8 +71,7 @@ async function mountAndFind(registry: TestRegistry, image: string) {
     const listing = await treeListing(sandbox.target);
     // The server logs its metadata walk: "... N reads of B bytes" (each read one ranged GET
     // below the disk cache).
-    const walk = sandbox.serverLogs().match(/metadata prefetch, directories: .* (\d+) reads of/);
-    assert.ok(walk, sandbox.serverLogs());
+    const walk = await sandbox.serverLogMatch(/metadata prefetch, directories: .* (\d+) reads of/);
     // The chunk table pushed with the image lists where the directory metadata lies, merged
     // into ranges: "list of N ranges".
     const list = sandbox.serverLogs().match(/list of (\d+) ranges/);

@@ -18,10 +18,15 @@ import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 
-/** A stream fed by hand, so the test decides when each piece arrives. */
-function feed() {
-  let controller!: ReadableStreamDefaultController<Uint8Array>;
-  const stream = new ReadableStream<Uint8Array>({ start: (c) => void (controller = c) });
+/**
+ * A stream fed by hand, so the test decides when each piece arrives: a byte stream (read into
+ * large buffers, as the server's stdin is) or a plain one.
+ */
+function feed(kind: "bytes" | "plain" = "plain") {
+  let controller!: ReadableStreamDefaultController<Uint8Array> | ReadableByteStreamController;
+  const stream = kind === "bytes"
+    ? new ReadableStream({ type: "bytes", start: (c) => void (controller = c) })
+    : new ReadableStream<Uint8Array>({ start: (c) => void (controller = c) });
   return {
     stream,
     push: (bytes: Uint8Array) => controller.enqueue(bytes),
@@ -37,35 +42,37 @@ function randomBytes(length: number): Uint8Array {
   return out;
 }
 
-Deno.test("handed metadata: the spec line first, the metadata later, split anyhow", async () => {
-  const spec = JSON.stringify({ id: "x", layers: [1, 2, 3], note: "line\nbreak" });
-  const layer0 = randomBytes(300_000), layer2 = randomBytes(5);
-  const input = feed();
-  // The spec arrives in two pieces; nothing else yet.
-  input.push(text(spec.slice(0, 10)));
-  const reading = readSpecAndMetadata(input.stream);
-  input.push(text(spec.slice(10) + "\n"));
-  const { specText, metadata } = await reading;
-  assert.equal(specText, spec);
-  let settled = false;
-  metadata.then(() => settled = true);
-  await new Promise((resolve) => setTimeout(resolve, 20));
-  assert.equal(settled, false, "metadata settled before it was sent");
-  // Header and bytes in odd-sized pieces.
-  const all = encodeHandedMetadata([layer0, undefined, layer2]);
-  const joined = new Uint8Array(all.reduce((n, part) => n + part.length, 0));
-  let at = 0;
-  for (const part of all) joined.set(part, (at += part.length) - part.length);
-  for (let from = 0; from < joined.length; from += 7919) {
-    input.push(joined.slice(from, from + 7919));
-  }
-  input.close();
-  const got = await metadata;
-  assert.equal(got.length, 3);
-  assert.deepEqual(got[0], layer0);
-  assert.equal(got[1], undefined);
-  assert.deepEqual(got[2], layer2);
-});
+for (const kind of ["plain", "bytes"] as const) {
+  Deno.test(`handed metadata: the spec line first, the metadata later, split anyhow (${kind} stream)`, async () => {
+    const spec = JSON.stringify({ id: "x", layers: [1, 2, 3], note: "line\nbreak" });
+    const layer0 = randomBytes(300_000), layer2 = randomBytes(5);
+    const input = feed(kind);
+    // The spec arrives in two pieces; nothing else yet.
+    input.push(text(spec.slice(0, 10)));
+    const reading = readSpecAndMetadata(input.stream);
+    input.push(text(spec.slice(10) + "\n"));
+    const { specText, metadata } = await reading;
+    assert.equal(specText, spec);
+    let settled = false;
+    metadata.then(() => settled = true);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(settled, false, "metadata settled before it was sent");
+    // Header and bytes in odd-sized pieces.
+    const all = encodeHandedMetadata([layer0, undefined, layer2]);
+    const joined = new Uint8Array(all.reduce((n, part) => n + part.length, 0));
+    let at = 0;
+    for (const part of all) joined.set(part, (at += part.length) - part.length);
+    for (let from = 0; from < joined.length; from += 7919) {
+      input.push(joined.slice(from, from + 7919));
+    }
+    input.close();
+    const got = await metadata;
+    assert.equal(got.length, 3);
+    assert.deepEqual(got[0], layer0);
+    assert.equal(got[1], undefined);
+    assert.deepEqual(got[2], layer2);
+  });
+}
 
 Deno.test("handed metadata: none when stdin ends after the spec, or is cut short", async () => {
   const plain = feed();

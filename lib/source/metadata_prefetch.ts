@@ -102,6 +102,12 @@ export interface PrefetchOptions {
   /** Called when the directory pass is done (a cold `find` is then all hits). */
   onDirectoriesDone?: (summary: string) => void;
   /**
+   * Called when the listed metadata (`metadata`) is pinned, before the walk that looks for
+   * directories the list lacks (none in a list this tool made: the walk then only parses pinned
+   * pages). Not called when nothing listed was pinned.
+   */
+  onListedPinned?: (summary: string) => void;
+  /**
    * The image's metadata pieces known up front (a chunk table's metadata range list, each range
    * checked against its digest by the caller): pinned before the walk, which then reads only
    * the pages they lack — without windows, as those pages are all a list can miss.
@@ -138,6 +144,11 @@ export async function prefetchErofsMetadata(
 ): Promise<string> {
   const startedMs = performance.now();
   const listed = options.metadata ? await pinListed(raw.size, target, options) : undefined;
+  if (listed?.pages.size) {
+    options.onListedPinned?.(
+      `listed: ${listed.pages.size} pages pinned, ${listed.ms} ms (${listed.note})`,
+    );
+  }
   const fillAhead = (raw as Partial<FillsAhead>).fillAhead?.bind(raw);
   // With a list the walk needs no window; they come after the directories are pinned.
   let windowBytes = listed?.pages.size ? 0 : options.windowBytes ?? DEFAULT_PREFETCH_WINDOW_BYTES;

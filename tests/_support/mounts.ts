@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { FIXTURES } from "./requires.ts";
 import { runCli } from "./cli.ts";
+import { waitFor } from "./wait.ts";
 import { KEEPER_SLEEP_SECONDS } from "../../lib/fuse/keeper.ts";
 
 export interface MountSandbox {
@@ -16,6 +17,11 @@ export interface MountSandbox {
   env: Record<string, string>;
   /** The servers' log files, for assertion messages. */
   serverLogs(): string;
+  /**
+   * The first match of `pattern` in the servers' logs, waited for: what a server logs after
+   * its ready (the directory walk after a listed mount's pins) may come after `mount` returned.
+   */
+  serverLogMatch(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   cleanup(): Promise<void>;
 }
 
@@ -49,20 +55,32 @@ export async function mountSandbox(): Promise<MountSandbox> {
   Deno.mkdirSync(target);
   // A disk cache of its own: a test neither fills the host's nor reads what another left.
   const env = { EROFS_OCI_RUNTIME_DIR: runtimeDir, EROFS_OCI_CACHE_DIR: `${base}/disk-cache` };
+  const serverLogs = () => {
+    let text = "";
+    try {
+      for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
+        try {
+          text += Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/server.log`);
+        } catch { /* no log */ }
+      }
+    } catch { /* no runtime dir */ }
+    return text || "(no server log)";
+  };
   return {
     target,
     runtimeDir,
     env,
-    serverLogs() {
-      let text = "";
-      try {
-        for (const entry of Deno.readDirSync(`${runtimeDir}/mounts`)) {
-          try {
-            text += Deno.readTextFileSync(`${runtimeDir}/mounts/${entry.name}/server.log`);
-          } catch { /* no log */ }
-        }
-      } catch { /* no runtime dir */ }
-      return text || "(no server log)";
+    serverLogs,
+    async serverLogMatch(pattern, timeoutMs = 30_000) {
+      let found: RegExpMatchArray | null = null;
+      await waitFor(
+        `${pattern} in the server log`,
+        () => (found = serverLogs().match(pattern)) !== null,
+        timeoutMs,
+      ).catch((error) => {
+        throw new Error(`${error.message}\n${serverLogs()}`);
+      });
+      return found!;
     },
     async cleanup() {
       if (mountPointsUnder(target).length) {
