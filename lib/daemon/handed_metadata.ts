@@ -18,6 +18,7 @@ import { metadataBytes } from "../verify/metadata_ranges.ts";
 import { loadMetadataRanges } from "../verify/load_metadata_ranges.ts";
 import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
+import { bodyReader } from "../oci/blob_range.ts";
 
 /** Per layer of a spec: the sidecar bytes handed over, or undefined. */
 export type HandedMetadata = (Uint8Array | undefined)[];
@@ -206,11 +207,7 @@ class StreamBytes {
   #done = false;
 
   constructor(stream: ReadableStream<Uint8Array>) {
-    try {
-      this.#reader = stream.getReader({ mode: "byob" });
-    } catch {
-      this.#reader = stream.getReader(); // not a byte stream
-    }
+    this.#reader = bodyReader(stream);
   }
 
   async #more(wantedBytes = LINE_READ_BYTES): Promise<boolean> {

@@ -17,6 +17,7 @@ import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
 import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
   diskCacheTurnedOff,
+  listHoldsHead,
   type MetadataLoader,
   metadataLoaderOf,
   openLayerSource,
@@ -315,6 +316,7 @@ export async function runMountServer(): Promise<number> {
             erofsBlockBytes: layer.kind === "registry" && !tarIndex
               ? layer.erofsBlockBytes
               : undefined,
+            headPinned: !tarIndex && listHoldsHead(raw) ? metadataPinned[index] : undefined,
             // Each READ of a tar layer is a main-thread round trip (no direct reads): let the
             // kernel's readahead make them few and large (issue 11's full read). On the disk
             // cache the reader thread answers large READs as it does small ones (issue 12's full

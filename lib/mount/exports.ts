@@ -73,6 +73,11 @@ export interface ExportContext {
   erofsBlockBytes?: number;
   /** FUSE: let the kernel cache and read ahead on the file (tar layers; see lib/fuse/blob.ts). */
   fusePageCache?: boolean;
+  /**
+   * New NBD device: settles when the layer's head (the partition scan's pages, in its metadata
+   * list) is pinned. The scan then waits for it instead of reading the head from the layer.
+   */
+  headPinned?: Promise<unknown>;
 }
 
 /** Connections per NBD device: the kernel runs one queue per connection. */
@@ -127,13 +132,15 @@ export async function exportLayer(
     phaseMs.push(`${name} ${Math.round(performance.now() - sinceMs)} ms`);
   // A new device's block size comes from the superblock `mount` checked, else from a read of
   // it, asked for now while the sockets and the recovery file are made (a registry read took
-  // ~1 s of a 1.5-1.8 s attach in the TCG guest). The read starts in both cases: the partition
-  // scan after CONNECT (scanPartitionsNow) reads the layer's first pages and then joins it.
-  // Never rejects.
-  const headBlockSize = context.reattach ? undefined : nbdBlockSizeFor(source);
+  // ~1 s of a 1.5-1.8 s attach in the TCG guest). The read also starts when the head is not
+  // pinned by the partition scan's time: the scan after CONNECT (scanPartitionsNow) reads the
+  // layer's first pages and then joins it. Never rejects.
   const blockSize = context.erofsBlockBytes !== undefined && !context.reattach
     ? Promise.resolve(nbdBlockSizeOf(context.erofsBlockBytes))
-    : headBlockSize;
+    : undefined;
+  const headBlockSize = context.reattach || (blockSize && context.headPinned)
+    ? undefined
+    : nbdBlockSizeFor(source);
   // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
   const readable = isDirectReadable(source) ? source : undefined;
   const files = readable?.openDirectReads();
@@ -196,7 +203,7 @@ export async function exportLayer(
       phase("recovery file", sinceMs);
       try {
         sinceMs = performance.now();
-        const blockSizeBytes = await blockSize;
+        const blockSizeBytes = await (blockSize ?? headBlockSize);
         phase("superblock", sinceMs);
         sinceMs = performance.now();
         const attachment = await attachNbd({
@@ -207,6 +214,7 @@ export async function exportLayer(
           deadConnTimeoutS: NBD_DEAD_CONN_TIMEOUT_S,
           backendId,
           readOnly: true,
+          headPinned: context.headPinned,
         });
         ({ index, detach } = attachment);
         phase("CONNECT and queue tuning", sinceMs);

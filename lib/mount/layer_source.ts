@@ -15,7 +15,11 @@ import {
   type MetadataPiece,
   type MetadataSidecar,
 } from "../verify/load_metadata_ranges.ts";
-import type { MetadataRanges } from "../verify/metadata_ranges.ts";
+import {
+  LISTED_HEAD_BYTES,
+  type MetadataRanges,
+  rangesCoverStart,
+} from "../verify/metadata_ranges.ts";
 
 /** Fetches (or reads back from the disk cache) a layer's listed metadata, each range checked. */
 export type MetadataLoader = (
@@ -25,6 +29,16 @@ export type MetadataLoader = (
 ) => Promise<{ pieces: MetadataPiece[]; note: string }>;
 
 const metadataLoaders = new WeakMap<Source, MetadataLoader>();
+/** Sources whose list holds the image head (LISTED_HEAD_BYTES, lists made since 2026-12-02). */
+const headsListed = new WeakSet<Source>();
+
+/**
+ * Whether the metadata list of `source` (openLayerSource) holds the image head: once the list
+ * is pinned, a new NBD device's partition scan reads pinned pages only.
+ */
+export function listHoldsHead(source: Source): boolean {
+  return headsListed.has(source);
+}
 
 /**
  * The loader of the metadata range list in the chunk table of the layer `source` was opened
@@ -53,6 +67,7 @@ function sidecarOf(source: Source): MetadataSidecar | undefined {
 const SIDECAR_WRITE_DELAY_MS = 100;
 
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
+  if (rangesCoverStart(ranges, Math.min(LISTED_HEAD_BYTES, source.size))) headsListed.add(source);
   metadataLoaders.set(source, async (signal, handed) => {
     const loaded = await loadMetadataRanges(ranges, blob, {
       sidecar: sidecarOf(source),

@@ -3,6 +3,7 @@
  * warning) when the module has no netlink family, then tune its queue.
  */
 import { warn } from "../log.ts";
+import { waitAtMost } from "../source/abortable.ts";
 import { attachNbdIoctl } from "./ioctl.ts";
 import { connectNbd, type ConnectOptions, disconnectNbd, NbdFamilyMissingError } from "./kernel.ts";
 import { DEFAULT_QUEUE_TUNING, nbdDevicePath, type QueueTuning, tuneNbdQueue } from "./sysfs.ts";
@@ -19,7 +20,15 @@ export interface NbdAttachment {
 export interface AttachOptions extends ConnectOptions {
   /** Queue settings applied after connecting (they persist across connects: always set). */
   tuning?: QueueTuning;
+  /**
+   * Settles when the pages the partition scan reads are pinned: the scan waits for it (at most
+   * SCAN_WAIT_MS) so that the reader thread answers it, with no fetch of the layer's head.
+   */
+  headPinned?: Promise<unknown>;
 }
+
+/** How long the partition scan waits for `headPinned` (a mount's ready waits as long). */
+const SCAN_WAIT_MS = 10_000;
 
 export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
   let attachment: NbdAttachment;
@@ -48,6 +57,7 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
       }`,
     );
   }
+  if (opts.headPinned) await waitAtMost(opts.headPinned, SCAN_WAIT_MS);
   await scanPartitionsNow(attachment.index);
   return attachment;
 }

@@ -79,7 +79,8 @@ async function readBody(
   return done || !value ? undefined : value;
 }
 
-function bodyReader(
+/** A BYOB reader of `body` when it is a byte stream (HTTP bodies, stdin), else a plain one. */
+export function bodyReader(
   body: ReadableStream<Uint8Array>,
 ): ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array> {
   try {

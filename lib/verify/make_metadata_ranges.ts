@@ -12,6 +12,7 @@ import type { ChunkTable } from "./chunk_table.ts";
 import { VerifiedSource } from "./verified_source.ts";
 import { SHA256_BYTES } from "./sha256_list.ts";
 import {
+  LISTED_HEAD_BYTES,
   MAX_METADATA_BYTES,
   MAX_METADATA_RANGE_BYTES,
   MAX_METADATA_RANGES,
@@ -28,8 +29,31 @@ export interface MadeMetadataRanges {
 }
 
 /**
+ * Adds the pages of the image's first LISTED_HEAD_BYTES the walk did not pin. Not when they
+ * cannot be read (a chunk the table does not vouch for): the list is then the walk's alone.
+ */
+async function addHead(
+  pages: Map<number, Uint8Array>,
+  pageBytes: number,
+  read: ReadRange,
+  sizeBytes: number,
+): Promise<void> {
+  const headBytes = Math.min(LISTED_HEAD_BYTES, sizeBytes);
+  let head: Uint8Array;
+  try {
+    head = await read(0, headBytes);
+  } catch {
+    return;
+  }
+  if (head.length !== headBytes) return;
+  for (let at = 0; at < headBytes; at += pageBytes) {
+    if (!pages.has(at / pageBytes)) pages.set(at / pageBytes, head.slice(at, at + pageBytes));
+  }
+}
+
+/**
  * The list of an EROFS image readable through `read`: the pages the mount's directory walk
- * pins (same walk), adjacent ones (or across gaps of up to `gapBytes`) merged, each range hashed.
+ * pins (same walk) and the image head (LISTED_HEAD_BYTES), adjacent ones (or across gaps of up to `gapBytes`) merged, each range hashed.
  * With the list's pack (the ranges' bytes back to back; its digest in the list).
  * Undefined when the image is not EROFS or has no metadata the walk could reach.
  */
@@ -51,6 +75,7 @@ export async function metadataRangesOf(
     if (error instanceof FormatError) return undefined; // not EROFS: no list
     throw error;
   }
+  await addHead(pages, pageBytes, read, sizeBytes);
   const offsets: number[] = [];
   const lengths: number[] = [];
   let total = 0;
