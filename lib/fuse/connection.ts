@@ -21,6 +21,7 @@ import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
 import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
+import { servedBatchBody } from "../source/served_batch_body.ts";
 import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
 import {
   type FuseReaderArg,
@@ -60,6 +61,7 @@ const spareReaders = new SpareWorkers(() =>
   startLibcWorker("fuse-reader", waitingReaderBody, null, {
     body: fuseReaderBody,
     directReader: directReaderBody,
+    servedBatch: servedBatchBody,
   })
 );
 

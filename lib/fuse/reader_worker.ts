@@ -11,10 +11,12 @@
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectRead, DirectReadArg, directReaderBody } from "../source/direct_read_body.ts";
+import type { servedBatchBody } from "../source/served_batch_body.ts";
 
 /** Helpers the reader body is given (self-contained functions, see ffi/libc_worker.ts). */
 export interface FuseReaderHelpers {
   directReader: typeof directReaderBody;
+  servedBatch: typeof servedBatchBody;
 }
 
 /** A disk cache the reader may read present chunks and pinned pages from. */
@@ -78,11 +80,6 @@ export function fuseReaderBody(
   const POLLIN = 1, POLLERR = 8, POLLHUP = 16, POLLNVAL = 32;
   /** fuse_in_header 40 B, fuse_read_in: fh u64, offset u64, size u32; fuse_out_header 16 B. */
   const IN_HEADER = 40, OUT_HEADER = 16, OP_READ = 15;
-  /**
-   * Served reads are reported after this many or this many bytes (readahead follows them), or
-   * once no request came for FLUSH_IDLE_MS: a message per READ cost as much CPU as the READ.
-   */
-  const SERVED_BATCH = 64, SERVED_BATCH_BYTES = 1 << 20, FLUSH_IDLE_MS = 5;
   const buffer = new Uint8Array(arg.bufferBytes);
   const view = new DataView(buffer.buffer);
   const pollfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
@@ -97,14 +94,8 @@ export function fuseReaderBody(
   const replyView = new DataView(reply.buffer);
   const readDirect: DirectRead | undefined = direct &&
     helpers.directReader(libc, errno, direct);
-  let served: number[] = [];
-  let servedBytes = 0;
-  const flush = () => {
-    if (served.length === 0) return;
-    post({ served });
-    served = [];
-    servedBytes = 0;
-  };
+  const served = helpers.servedBatch((pairs) => post({ served: pairs }));
+  const pollDevice = (timeoutMs: number) => libc.poll(pollfd, 1n, timeoutMs);
   /**
    * Answers a READ from the pinned pages or the cache file when all its pages are pinned or all
    * its chunks present; false: not done.
@@ -122,32 +113,25 @@ export function fuseReaderBody(
     // ENOENT: interrupted meanwhile; ENODEV: unmounted (the next read says so). Either way
     // the request is answered as far as anyone can use it.
     while (libc.write(arg.fd, reply, BigInt(OUT_HEADER + length)) < 0 && errno() === EINTR);
-    served.push(offset, length);
-    servedBytes += length;
-    if (served.length >= 2 * SERVED_BATCH || servedBytes >= SERVED_BATCH_BYTES) flush();
+    served.add(offset, length);
     return true;
   };
 
   post({ started: libc.gettid() });
   for (;;) {
     pollView.setInt16(6, 0, true);
-    // Quiet for a moment: report the served reads before sleeping.
-    let ready = libc.poll(pollfd, 1n, served.length ? FLUSH_IDLE_MS : arg.pollMs);
-    if (ready === 0 && served.length) {
-      flush();
-      ready = libc.poll(pollfd, 1n, arg.pollMs);
-    }
+    const ready = served.poll(pollDevice, arg.pollMs);
     if (ready < 0) {
       const code = errno();
       if (code === EINTR) continue;
-      flush();
+      served.flush();
       post({ end: "error", errno: code });
       return;
     }
     if (ready === 0) continue;
     const revents = pollView.getInt16(6, true);
     if (revents & (POLLERR | POLLHUP | POLLNVAL) && !(revents & POLLIN)) {
-      flush();
+      served.flush();
       post({ end: "unmounted", errno: ENODEV });
       return;
     }
@@ -156,7 +140,7 @@ export function fuseReaderBody(
       const code = errno();
       // ENOENT: the request was interrupted before we read it; EAGAIN: another reader got it.
       if (code === EINTR || code === ENOENT || code === EAGAIN) continue;
-      flush();
+      served.flush();
       post({ end: code === ENODEV ? "unmounted" : "error", errno: code });
       return;
     }

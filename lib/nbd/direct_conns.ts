@@ -9,6 +9,7 @@ import { closeFd, libc, socketPair, strerror } from "../../ffi/libc.ts";
 import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
+import { servedBatchBody } from "../source/served_batch_body.ts";
 import type { DirectReadFiles } from "../source/direct_reads.ts";
 import * as log from "../log.ts";
 import type { NbdConn } from "./conn_io.ts";
@@ -20,7 +21,10 @@ const STOP_TIMEOUT_MS = 2000;
 
 /** Reader threads, each waiting for its device's NbdReaderArg (nbdReaderBody). */
 const spareReaders = new SpareWorkers(() =>
-  startLibcWorker("nbd-reader", nbdReaderBody, null, { directReader: directReaderBody })
+  startLibcWorker("nbd-reader", nbdReaderBody, null, {
+    directReader: directReaderBody,
+    servedBatch: servedBatchBody,
+  })
 );
 
 /**

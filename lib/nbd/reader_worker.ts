@@ -18,6 +18,7 @@
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectRead, DirectReadArg, directReaderBody } from "../source/direct_read_body.ts";
+import type { servedBatchBody } from "../source/served_batch_body.ts";
 
 export interface NbdReaderArg {
   /** Our ends of the device's sockets (blocking). */
@@ -45,6 +46,7 @@ export type NbdReaderMessage =
 
 export interface NbdReaderHelpers {
   directReader: typeof directReaderBody;
+  servedBatch: typeof servedBatchBody;
 }
 
 /**
@@ -72,8 +74,6 @@ export function nbdReaderBody(
     const REQUEST_BYTES = 28, REPLY_BYTES = 16;
     const REQUEST_MAGIC = 0x25609513, SIMPLE_REPLY_MAGIC = 0x67446698;
     const CMD_READ = 0, CMD_WRITE = 1;
-    /** As the FUSE reader: a message per READ would cost as much CPU as the READ. */
-    const SERVED_BATCH = 64, SERVED_BATCH_BYTES = 1 << 20, FLUSH_IDLE_MS = 5;
     const post = (message: NbdReaderMessage, transfer: Transferable[] = []) =>
       scope.postMessage(message, transfer);
     const readDirect: DirectRead = helpers.directReader(libc, errno, arg.direct);
@@ -95,25 +95,22 @@ export function nbdReaderBody(
       pollView.setInt16(8 * i + 4, POLLIN, true);
     });
     let reply = new Uint8Array(REPLY_BYTES + 128 * 1024);
-    let served: number[] = [];
-    let servedBytes = 0;
+    /** Reads served per socket since the last batch was posted. */
     let perConn = new Array<number>(count).fill(0);
+    const served = helpers.servedBatch((pairs) => {
+      post({ served: pairs, perConn });
+      perConn = new Array<number>(count).fill(0);
+    });
+    const pollSockets = (timeoutMs: number) => libc.poll(pollfds, BigInt(count), timeoutMs);
     let open = count;
 
-    const flush = () => {
-      if (served.length === 0) return;
-      post({ served, perConn });
-      served = [];
-      servedBytes = 0;
-      perConn = new Array<number>(count).fill(0);
-    };
     const close = (i: number, end: "eof" | "error", code: number) => {
       const conn = conns[i];
       if (!conn.open) return;
       conn.open = false;
       pollView.setInt32(8 * i, -1, true); // poll skips negative descriptors
       open--;
-      flush(); // before the end: the main thread counts them first
+      served.flush(); // before the end: the main thread counts them first
       post({ conn: i, end, errno: code });
     };
     const writeAll = (fd: number, bytes: Uint8Array): number => {
@@ -154,10 +151,8 @@ export function nbdReaderBody(
         close(i, "error", code);
         return true;
       }
-      served.push(offset, length);
-      servedBytes += length;
-      perConn[i]++;
-      if (served.length >= 2 * SERVED_BATCH || servedBytes >= SERVED_BATCH_BYTES) flush();
+      perConn[i]++; // before add(), which may post the batch
+      served.add(offset, length);
       return true;
     };
     /** Takes the complete requests in conn i's buffer; returns the bytes for the main thread. */
@@ -194,12 +189,7 @@ export function nbdReaderBody(
     post({ started: libc.gettid() });
     while (open > 0) {
       for (let i = 0; i < count; i++) pollView.setInt16(8 * i + 6, 0, true);
-      // Quiet for a moment: report the served reads before sleeping.
-      let ready = libc.poll(pollfds, BigInt(count), served.length ? FLUSH_IDLE_MS : arg.pollMs);
-      if (ready === 0 && served.length) {
-        flush();
-        ready = libc.poll(pollfds, BigInt(count), arg.pollMs);
-      }
+      const ready = served.poll(pollSockets, arg.pollMs);
       if (ready < 0) {
         const code = errno();
         if (code === EINTR) continue;
@@ -233,7 +223,7 @@ export function nbdReaderBody(
         post({ conn: i, bytes: bytes.buffer }, [bytes.buffer]);
       }
     }
-    flush();
+    served.flush();
     post({ done: true });
   }
 }
