@@ -1,5 +1,5 @@
 /**
- * The image's manifest GET, started by mount_ahead.ts right before the server is spawned ahead,
+ * The image's manifest GET, started by mount_ahead.ts right after the server is spawned ahead,
  * while mount's own modules still load (~60-80 ms of a cold mount): the metadata the server
  * pins waits for the chain manifest -> chunk table -> metadata, so its first link starts as
  * early as the command line allows. Only a quick look at the command line: mount.ts takes the
