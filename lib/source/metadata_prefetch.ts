@@ -144,10 +144,14 @@ export async function prefetchErofsMetadata(
 ): Promise<string> {
   const startedMs = performance.now();
   const listed = options.metadata ? await pinListed(raw.size, target, options) : undefined;
-  if (listed?.pages.size) {
-    options.onListedPinned?.(
+  if (listed?.pages.size && options.onListedPinned) {
+    options.onListedPinned(
       `listed: ${listed.pages.size} pages pinned, ${listed.ms} ms (${listed.note})`,
     );
+    // The mount is ready now: its mount(2) goes first. A FUSE mount's LOOKUP and OPEN are
+    // answered on this thread, which the walk holds for up to ~20 ms at a time on the host
+    // (bench-host: mount(2) 8-14 ms -> 18 ms when the walk started at once).
+    await sleep(WINDOWS_SETUP_DELAY_MS);
   }
   const fillAhead = (raw as Partial<FillsAhead>).fillAhead?.bind(raw);
   // With a list the walk needs no window; they come after the directories are pinned.
