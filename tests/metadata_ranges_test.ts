@@ -29,7 +29,7 @@ import {
   metadataRangesOfFile,
   verifiedMetadataRangesOf,
 } from "../lib/verify/make_metadata_ranges.ts";
-import { loadMetadataRanges } from "../lib/verify/load_metadata_ranges.ts";
+import { loadMetadataRanges, sidecarPackDigest } from "../lib/verify/load_metadata_ranges.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { RegistryBlob } from "../lib/oci/registry_blob.ts";
 import { MemorySource } from "./_support/memory_source.ts";
@@ -266,6 +266,31 @@ Deno.test("metadata fetched unchecked for a later check (mount -> server): what 
   for (const { offset, bytes } of server.pieces) {
     assert.deepEqual(bytes, image.subarray(offset, offset + bytes.length), `piece at ${offset}`);
   }
+  // Handed with the pack's digest started on arrival (the mount server): the same outcome.
+  const again = new MemorySource(image);
+  const early = await loadMetadataRanges(ranges, again, {
+    handed,
+    handedPackDigest: sidecarPackDigest(handed),
+  });
+  assert.equal(early.fromHanded, n - 2);
+  assert.equal(early.fetched, 2);
+  for (const { offset, bytes } of early.pieces) {
+    assert.deepEqual(bytes, image.subarray(offset, offset + bytes.length), `piece at ${offset}`);
+  }
+  // Honest bytes: all taken on the one early digest, nothing fetched.
+  let honest: Uint8Array | undefined;
+  await loadMetadataRanges(ranges, new MemorySource(image), {
+    sidecar: { read: () => undefined, write: (bytes) => honest = bytes },
+    checkedLater: true,
+  });
+  assert(ranges.pack, "the list names its pack");
+  const untouched = new MemorySource(image);
+  const whole = await loadMetadataRanges(ranges, untouched, {
+    handed: honest,
+    handedPackDigest: sidecarPackDigest(honest!),
+  });
+  assert.equal(whole.fromHanded, n);
+  assert.equal(untouched.reads.length, 0);
 });
 
 Deno.test("metadata ranges that lie cost speed only: pinned bytes are the image's", async () => {

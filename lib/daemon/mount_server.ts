@@ -17,6 +17,7 @@ import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
 import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
   diskCacheTurnedOff,
+  type HandedSidecar,
   listHoldsHead,
   type MetadataLoader,
   metadataLoaderOf,
@@ -38,7 +39,8 @@ import { errno, libc, setPipeCapacity, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
-import { type HandedMetadata, readSpecAndMetadata } from "./handed_metadata.ts";
+import { readSpecAndMetadata } from "./handed_metadata.ts";
+import { sidecarPackDigest } from "../verify/load_metadata_ranges.ts";
 import {
   checkServable,
   forgetFuseRecovery,
@@ -111,18 +113,20 @@ async function waitUntilServable(source: Source, layerIndex: number): Promise<vo
 function withHandedMetadata(
   source: Source,
   loader: MetadataLoader | undefined,
-  handed: Promise<HandedMetadata>,
+  handed: Promise<(HandedSidecar | undefined)[]>,
   index: number,
 ): MetadataLoader | undefined {
   const sidecar = source as Partial<{ writeSidecar(bytes: Uint8Array): void }>;
   if (!loader || typeof sidecar.writeSidecar !== "function") return loader;
   return async (signal) => {
-    const bytes = (await handed)[index];
-    if (bytes) {
-      console.log(`layer ${index}: ${bytes.length} bytes of listed metadata from mount`);
+    const layerHanded = (await handed)[index];
+    if (layerHanded) {
+      console.log(
+        `layer ${index}: ${layerHanded.bytes.length} bytes of listed metadata from mount`,
+      );
       mark(`server: layer ${index} metadata handed`);
     }
-    return await loader(signal, bytes);
+    return await loader(signal, layerHanded);
   };
 }
 
@@ -161,10 +165,13 @@ export async function runMountServer(): Promise<number> {
   if (prestart === "fuse") prestartFuseReaders(1);
   if (prestart === "nbd") prestartNbdReaders(1);
   let spec: MountSpec;
-  let handedMetadata: Promise<HandedMetadata>;
+  let handedMetadata: Promise<(HandedSidecar | undefined)[]>;
   try {
     const handed = await readSpecAndMetadata(Deno.stdin.readable);
-    handedMetadata = handed.metadata;
+    // Each layer's check starts as soon as its bytes are in, while the layers open.
+    handedMetadata = handed.metadata.then((all) =>
+      all.map((bytes) => bytes && { bytes, packDigest: sidecarPackDigest(bytes) })
+    );
     spec = takeHandedSettings(JSON.parse(handed.specText) as HandedSpec);
   } catch (error) {
     discardSpareReaders();

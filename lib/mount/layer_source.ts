@@ -21,11 +21,19 @@ import {
   rangesCoverStart,
 } from "../verify/metadata_ranges.ts";
 
+/**
+ * The list's bytes `mount` fetched while this server started (handed_metadata.ts), in the
+ * sidecar's format, with the digest of their pack part (sidecarPackDigest) on its way.
+ */
+export interface HandedSidecar {
+  bytes: Uint8Array;
+  packDigest: Promise<string>;
+}
+
 /** Fetches (or reads back from the disk cache) a layer's listed metadata, each range checked. */
 export type MetadataLoader = (
   signal?: AbortSignal,
-  /** The list's bytes `mount` fetched while this server started (handed_metadata.ts). */
-  handed?: Uint8Array,
+  handed?: HandedSidecar,
 ) => Promise<{ pieces: MetadataPiece[]; note: string }>;
 
 const metadataLoaders = new WeakMap<Source, MetadataLoader>();
@@ -72,7 +80,8 @@ function registerMetadata(source: Source, ranges: MetadataRanges, blob: Registry
     const loaded = await loadMetadataRanges(ranges, blob, {
       sidecar: sidecarOf(source),
       signal,
-      handed,
+      handed: handed?.bytes,
+      handedPackDigest: handed?.packDigest,
     });
     mark("server: listed metadata checked");
     return {
