@@ -144,14 +144,11 @@ export async function prefetchErofsMetadata(
 ): Promise<string> {
   const startedMs = performance.now();
   const listed = options.metadata ? await pinListed(raw.size, target, options) : undefined;
-  if (listed?.pages.size && options.onListedPinned) {
-    options.onListedPinned(
-      `listed: ${listed.pages.size} pages pinned, ${listed.ms} ms (${listed.note})`,
+  const readyBeforeWalk = Boolean(listed?.pages.size && options.onListedPinned);
+  if (readyBeforeWalk) {
+    options.onListedPinned!(
+      `listed: ${listed!.pages.size} pages pinned, ${listed!.ms} ms (${listed!.note})`,
     );
-    // The mount is ready now: its mount(2) goes first. A FUSE mount's LOOKUP and OPEN are
-    // answered on this thread, which the walk holds for up to ~20 ms at a time on the host
-    // (bench-host: mount(2) 8-14 ms -> 18 ms when the walk started at once).
-    await sleep(WINDOWS_SETUP_DELAY_MS);
   }
   const fillAhead = (raw as Partial<FillsAhead>).fillAhead?.bind(raw);
   // With a list the walk needs no window; they come after the directories are pinned.
@@ -266,8 +263,9 @@ export async function prefetchErofsMetadata(
     }
   };
   const read = async (offset: number, length: number, signal?: AbortSignal) => {
-    // The read below joins the window's fill (or finds its chunks already there).
-    fillWindows(offset, length);
+    // The read below joins the window's fill (or finds its chunks already there). None with a
+    // list: its pages are all the walk can miss.
+    if (!listed?.pages.size) fillWindows(offset, length);
     const bytes = await raw.read(offset, length, signal);
     target.countPrefetch(bytes.length);
     return bytes;
@@ -285,22 +283,28 @@ export async function prefetchErofsMetadata(
     (walk.incomplete ? ` (stopped: ${walk.incomplete})` : "") +
     (walk.skipped ? ` (${walk.skipped} branches skipped)` : "") +
     (listed ? ` (${listed.note}, ${listed.pages.size} pages, ${listed.ms} ms)` : "");
+  /** Once the mount is ready (the listed pages pinned): the image head's fill and the windows. */
+  const afterReady = async (pages: Map<number, Uint8Array>) => {
+    // The set-up (the head's fill, the windows' plan: ~5 ms of the event loop) and a walk after
+    // it wait for the mount(2) that follows ready, which needs this event loop too (a FUSE
+    // mount's LOOKUP and OPEN; bench-host: mount(2) 8-14 ms, 18 ms with the walk at once).
+    await sleep(WINDOWS_SETUP_DELAY_MS);
+    // The walk reads nothing through the disk cache: store the image's head there (in the
+    // background), which the next mount's superblock check reads without a GET.
+    fillAhead?.(0, Math.min(raw.size, PIN_PAGE_BYTES));
+    fillWindowsAfterReady(pages);
+  };
   try {
+    // Ready before the walk: the windows are planned from the list at once, not after the walk
+    // (under TCG 0.3-0.8 s, which they then lost of the idle time before a find).
+    if (readyBeforeWalk) await afterReady(listed!.pages);
     const dirs = await walkErofsMetadata(read, raw.size, {
       ...common,
       fileInodes: false,
       knownPages: listed?.pages,
     });
     options.onDirectoriesDone?.(describe("directories", dirs));
-    if (listed?.pages.size) {
-      // The set-up below (the head's fill, the windows' plan: ~5 ms of the event loop) waits
-      // for the mount(2) that follows ready, which needs this event loop too.
-      await sleep(WINDOWS_SETUP_DELAY_MS);
-      // The walk read nothing through the disk cache: store the image's head there (in the
-      // background), which the next mount's superblock check reads without a GET.
-      fillAhead?.(0, Math.min(raw.size, PIN_PAGE_BYTES));
-      fillWindowsAfterReady(listed.pages);
-    }
+    if (listed?.pages.size && !readyBeforeWalk) await afterReady(listed.pages);
     if (dirs.incomplete || !options.fileInodes) return describe("directories", dirs);
     const all = await walkErofsMetadata(read, raw.size, {
       ...common,
