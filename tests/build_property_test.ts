@@ -31,7 +31,9 @@ interface Attrs {
   xattr?: [string, string];
 }
 
-const nameChar = fc.constantFrom(..."ab.-_~!Zé😀 ".split(""), "\u00ff");
+// By code point: split("") cut the emoji into two lone surrogates, which UTF-8 encodes alike
+// (U+FFFD), so two names of one directory could be one file (EEXIST, seen in CI).
+const nameChar = fc.constantFrom(...Array.from("ab.-_~!Zé😀 "), "\u00ff");
 const name = fc.oneof(
   fc.array(nameChar, { minLength: 1, maxLength: 12 }).map((c) => c.join("")),
   fc.integer({ min: 200, max: 255 }).map((n) => "n".repeat(n)),

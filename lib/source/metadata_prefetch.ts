@@ -151,7 +151,7 @@ export async function prefetchErofsMetadata(
     );
   }
   const fillAhead = (raw as Partial<FillsAhead>).fillAhead?.bind(raw);
-  // With a list the walk needs no window; they come after the directories are pinned.
+  // With a list the walk needs no window; they come once the listed pages are pinned.
   let windowBytes = listed?.pages.size ? 0 : options.windowBytes ?? DEFAULT_PREFETCH_WINDOW_BYTES;
   let windowsLeft = options.windowsMaxBytes ?? DEFAULT_PREFETCH_WINDOWS_MAX_BYTES;
   const windowsStarted = new Set<number>();
