@@ -17,6 +17,7 @@ import {
   flipRule,
   layerDigestOf,
   MKFS,
+  pushWithTables,
   readError,
   setup,
   SMALL_TEXT,
@@ -32,10 +33,7 @@ Deno.test({
     await using s = await setup();
     const cli = (args: string[], env: Record<string, string> = {}) =>
       runCli(args, { env, timeoutMs: 60_000 });
-    assertSuccess(
-      await cli(["push", `${s.registry.host}/v/app:v1`, `${s.work}/image.erofs`, "--plain-http"]),
-    );
-    const layer = await layerDigestOf(s.registry, "v/app");
+    const layer = await pushWithTables(s, "v/app", 60_000);
     assert.match(layer.annotations?.["io.github.erofs-oci.chunk-digests"] ?? "", /^sha256:/);
 
     const mountWith = async (
@@ -99,15 +97,7 @@ Deno.test({
   ignore: requires(root(), path(MKFS, "mkfs.erofs 1.9.3"), command("nbdcopy")),
   async fn() {
     await using s = await setup();
-    assertSuccess(
-      await runCli([
-        "push",
-        `${s.registry.host}/v/served:v1`,
-        `${s.work}/image.erofs`,
-        "--plain-http",
-      ]),
-    );
-    const layer = await layerDigestOf(s.registry, "v/served");
+    const layer = await pushWithTables(s, "v/served");
     await using proxy = await startFaultProxy(s.registry.host, [
       flipRule(layer.digest, s.flipOffset),
     ]);
@@ -157,11 +147,8 @@ Deno.test({
       ]);
     try {
       // Tampered table: the registry answers other bytes for the table the manifest names.
-      assertSuccess(
-        await cli(["push", `${s.registry.host}/v/t:v1`, `${s.work}/image.erofs`, "--plain-http"]),
-      );
-      const table =
-        (await layerDigestOf(s.registry, "v/t")).annotations!["io.github.erofs-oci.chunk-digests"];
+      const table = (await pushWithTables(s, "v/t", 60_000))
+        .annotations!["io.github.erofs-oci.chunk-digests"];
       {
         await using proxy = await startFaultProxy(s.registry.host, [
           { match: isBlobGetOf(table), fault: { kind: "corrupt" } },

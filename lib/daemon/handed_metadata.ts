@@ -221,7 +221,10 @@ class StreamBytes {
       this.#done = true;
       return false;
     }
-    this.#buffered.push(value);
+    // A read that filled less than half of its buffer (a pipe handing over a little at a time)
+    // is copied out: held as it is, each would keep its whole buffer (up to MAX_READ_BYTES)
+    // alive until taken, many times the bytes it holds.
+    this.#buffered.push(value.byteLength * 2 < value.buffer.byteLength ? value.slice() : value);
     this.#bufferedBytes += value.length;
     return true;
   }

@@ -282,7 +282,7 @@ export async function runMountServer(): Promise<number> {
           const report = (summary: string) => {
             // The directory pass may also be the whole prefetch: log each summary once.
             if (summary !== last) console.log(`layer ${index}: metadata prefetch, ${summary}`);
-            mark(`server: layer ${index} ${summary.slice(0, summary.indexOf(":"))}`);
+            mark(`server: layer ${index} ${summary.split(":")[0]}`);
             last = summary;
             resolve();
           };

@@ -135,10 +135,8 @@ export async function exportLayer(
   // ~1 s of a 1.5-1.8 s attach in the TCG guest). The read also starts when the head is not
   // pinned by the partition scan's time: the scan after CONNECT (scanPartitionsNow) reads the
   // layer's first pages and then joins it. Never rejects.
-  const blockSize = context.erofsBlockBytes !== undefined && !context.reattach
-    ? Promise.resolve(nbdBlockSizeOf(context.erofsBlockBytes))
-    : undefined;
-  const headBlockSize = context.reattach || (blockSize && context.headPinned)
+  const knownBlockBytes = context.reattach ? undefined : context.erofsBlockBytes;
+  const headBlockSize = context.reattach || (knownBlockBytes !== undefined && context.headPinned)
     ? undefined
     : nbdBlockSizeFor(source);
   // With a disk cache a reader thread answers the reads of bytes it holds (direct_conns.ts).
@@ -203,7 +201,9 @@ export async function exportLayer(
       phase("recovery file", sinceMs);
       try {
         sinceMs = performance.now();
-        const blockSizeBytes = await (blockSize ?? headBlockSize);
+        const blockSizeBytes = knownBlockBytes !== undefined
+          ? nbdBlockSizeOf(knownBlockBytes)
+          : await headBlockSize;
         phase("superblock", sinceMs);
         sinceMs = performance.now();
         const attachment = await attachNbd({

@@ -9,6 +9,7 @@ import { startRegistry, type TestRegistry } from "./registry.ts";
 import { type FaultRule, isBlobGetOf } from "./fault_proxy.ts";
 import { getManifest } from "./oci_raw.ts";
 import { patternBytes } from "./memory_source.ts";
+import { assertSuccess, runCli } from "./cli.ts";
 
 export const MKFS = `${PEER_BIN}/mkfs.erofs`;
 const BIG_BYTES = 3 * 1024 * 1024 + 12345;
@@ -81,6 +82,20 @@ export function flipRule(layer: string, offset: number, times?: number): FaultRu
 export async function layerDigestOf(registry: TestRegistry, repo: string) {
   const manifest = (await getManifest(registry, repo, "v1")).json as { layers: unknown[] };
   return manifest.layers[0] as { digest: string; annotations?: Record<string, string> };
+}
+
+/**
+ * Pushes the setup's image as `repo:v1` with `erofs-oci push` (its chunk-digest table and
+ * metadata list beside it) and returns the layer's descriptor.
+ */
+export async function pushWithTables(s: VerifySetup, repo: string, timeoutMs = 180_000) {
+  assertSuccess(
+    await runCli(
+      ["push", `${s.registry.host}/${repo}:v1`, `${s.work}/image.erofs`, "--plain-http"],
+      { timeoutMs },
+    ),
+  );
+  return await layerDigestOf(s.registry, repo);
 }
 
 /** Async reads only: the fault proxy runs in this process's event loop. */

@@ -10,7 +10,7 @@ import { startFaultProxy } from "../_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "../_support/cli.ts";
 import { mountSandbox } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
-import { layerDigestOf, setup, SMALL_TEXT } from "../_support/verify_image.ts";
+import { pushWithTables, setup, SMALL_TEXT } from "../_support/verify_image.ts";
 import { EROFS_SUPER_END } from "../../lib/erofs/superblock.ts";
 
 /** Epoch ms of the first `label` mark in an EROFS_OCI_TIMING file (lib/timing.ts). */
@@ -31,15 +31,7 @@ Deno.test({
     await using s = await setup();
     const cli = (args: string[], env: Record<string, string> = {}) =>
       runCli(args, { env, timeoutMs: 180_000 });
-    assertSuccess(
-      await cli([
-        "push",
-        `${s.registry.host}/scan/head:v1`,
-        `${s.work}/image.erofs`,
-        "--plain-http",
-      ]),
-    );
-    const layer = await layerDigestOf(s.registry, "scan/head");
+    const layer = await pushWithTables(s, "scan/head");
     await using proxy = await startFaultProxy(s.registry.host, []);
     const sandbox = await mountSandbox();
     const timing = `${sandbox.runtimeDir}-timing.txt`;

@@ -7,7 +7,13 @@ import { startFaultProxy } from "../_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "../_support/cli.ts";
 import { mountSandbox } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
-import { flipRule, layerDigestOf, readError, setup, SMALL_TEXT } from "../_support/verify_image.ts";
+import {
+  flipRule,
+  pushWithTables,
+  readError,
+  setup,
+  SMALL_TEXT,
+} from "../_support/verify_image.ts";
 
 Deno.test({
   name: "vm verified nbd: flipped layer bytes → EIO through /dev/nbdN, never wrong bytes",
@@ -16,10 +22,7 @@ Deno.test({
     await using s = await setup();
     const cli = (args: string[], env: Record<string, string> = {}) =>
       runCli(args, { env, timeoutMs: 180_000 });
-    assertSuccess(
-      await cli(["push", `${s.registry.host}/v/nbd:v1`, `${s.work}/image.erofs`, "--plain-http"]),
-    );
-    const layer = await layerDigestOf(s.registry, "v/nbd");
+    const layer = await pushWithTables(s, "v/nbd");
     await using proxy = await startFaultProxy(s.registry.host, [
       flipRule(layer.digest, s.flipOffset),
     ]);
