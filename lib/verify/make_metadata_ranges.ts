@@ -53,7 +53,8 @@ async function addHead(
 
 /**
  * The list of an EROFS image readable through `read`: the pages the mount's directory walk
- * pins (same walk) and the image head (LISTED_HEAD_BYTES), adjacent ones (or across gaps of up to `gapBytes`) merged, each range hashed.
+ * pins (same walk) and the image head (LISTED_HEAD_BYTES), adjacent ones (or across gaps of up
+ * to `gapBytes`) merged, each range hashed.
  * With the list's pack (the ranges' bytes back to back; its digest in the list).
  * Undefined when the image is not EROFS or has no metadata the walk could reach.
  */
