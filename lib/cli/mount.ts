@@ -299,6 +299,10 @@ async function resolveAndMount(
     metadata,
     signal: opts.signal,
   }).finally(() => forgetTracePrefetch(prefetchFile));
+  // Watching starts before the mount's own scope closes, and takes a signal that scope caught
+  // after DIR was mounted: in the gap between them a SIGTERM was caught, but nobody acted on
+  // it, and the CLI then waited forever with DIR still mounted.
+  const foreground = values.foreground ? watchForeground(state, opts.signal) : undefined;
   opts.mounted?.();
   mark("cli: mounted");
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
@@ -307,7 +311,7 @@ async function resolveAndMount(
       state.layers.length === 1 ? "" : "s"
     }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
   );
-  if (values.foreground) await serveInForeground(state);
+  if (foreground) await foreground();
   return 0;
 }
 
@@ -315,11 +319,11 @@ async function resolveAndMount(
  * `mount --foreground` after the mount: waits while the server runs; Ctrl-C, SIGTERM or a
  * hangup unmount DIR and stop the server (umount), as stopping a foreground mount means. Before,
  * the server stopped on the terminal's Ctrl-C by itself and left DIR mounted on a FUSE file
- * nobody served.
+ * nobody served. Watches from the call; the function it returns waits.
  */
-async function serveInForeground(state: MountState): Promise<void> {
+function watchForeground(state: MountState, caught?: AbortSignal): () => Promise<void> {
   let unmounting: Promise<void> | undefined;
-  const stopWatching = onInterrupt(() => {
+  const unmount = () => {
     unmounting ??= (async () => {
       const { umountCommand } = await import("./umount.ts");
       try {
@@ -330,15 +334,19 @@ async function serveInForeground(state: MountState): Promise<void> {
         await umountCommand.run([state.target, "--lazy"]);
       }
     })();
-  });
-  try {
-    while (!unmounting && serverAlive(serverOf(state))) {
-      await new Promise((r) => setTimeout(r, 200));
+  };
+  const stopWatching = onInterrupt(unmount);
+  return async () => {
+    try {
+      if (caught?.aborted) unmount();
+      while (!unmounting && serverAlive(serverOf(state))) {
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await unmounting;
+    } finally {
+      stopWatching();
     }
-    await unmounting;
-  } finally {
-    stopWatching();
-  }
+  };
 }
 
 /** The image's layers and what the server is handed with them (credentials, metadata, trace). */
