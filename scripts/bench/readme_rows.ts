@@ -152,7 +152,7 @@ function vmGroup(src: BenchSources): GeneratedGroup {
       i === 0
         ? `${key} (\`scripts/bench.sh\`), ${what} in the QEMU VM ${machineLabel(vm, guest)}`
         : `same, ${what}`,
-      `${r.mountS.toFixed(1)} s${peer ? ` (mount.erofs ${peer.mountS.toFixed(1)} s)` : ""}`,
+      `${r.mountS.toFixed(1)} s${vmMountContext(i === 0, peer, vm.denoFloorS)}`,
       `${r.findBounded ? ">" : ""}${(r.findS / local.findS).toFixed(1)}× (${r.findS.toFixed(1)} s)`,
       DASH,
       `${r.tarBounded ? ">" : ""}${(r.tarS / local.tarS).toFixed(1)}× (${r.tarS.toFixed(1)} s)`,
@@ -162,6 +162,17 @@ function vmGroup(src: BenchSources): GeneratedGroup {
     ];
   };
   return { key, from: `${vm.dir}/results.tsv`, rows: ours.map(row) };
+}
+
+/** mount.erofs's mount in the same run and, once, what a Deno program takes just to start. */
+function vmMountContext(first: boolean, peer: VmRow | undefined, denoFloorS?: number): string {
+  const parts = [
+    ...(peer ? [`mount.erofs ${peer.mountS.toFixed(1)} s`] : []),
+    ...(first && denoFloorS
+      ? [`a one-line Deno program starts in ${denoFloorS.toFixed(1)} s`]
+      : []),
+  ];
+  return parts.length ? ` (${parts.join("; ")})` : "";
 }
 
 function vmTraceGroup(src: BenchSources): GeneratedGroup {

@@ -88,6 +88,8 @@ export interface VmRecord extends Machine {
   dir: string;
   guestKernel?: string;
   imageBytes?: number;
+  /** Best of 3 starts of a one-line Deno program in the guest: the floor of any Deno mount. */
+  denoFloorS?: number;
   rows: VmRow[];
 }
 
@@ -130,7 +132,9 @@ function tsvLines(text: string | undefined): string[][] {
 }
 
 /** host.txt of a VM run: date, host (CPU, cores, kernel), loads, code. */
-function vmMachine(dir: string): Machine & { guestKernel?: string; imageBytes?: number } {
+function vmMachine(
+  dir: string,
+): Machine & { guestKernel?: string; imageBytes?: number; denoFloorS?: number } {
   const host = readText(`${dir}/host.txt`) ?? "";
   const field = (name: string) => new RegExp(`^${name}: (.*)$`, "m").exec(host)?.[1];
   const machine = field("host")?.split(", ") ?? [];
@@ -153,6 +157,7 @@ function vmMachine(dir: string): Machine & { guestKernel?: string; imageBytes?: 
     commit: /HEAD (\w+)/.exec(field("code") ?? "")?.[1],
     guestKernel: /kernel=(\S+)/.exec(meta)?.[1],
     imageBytes: Number(/image_bytes=(\d+)/.exec(meta)?.[1]) || undefined,
+    denoFloorS: Number(/deno_floor_s=([\d.]+)/.exec(meta)?.[1]) || undefined,
   };
 }
 
