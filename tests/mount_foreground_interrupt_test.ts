@@ -39,6 +39,8 @@ function collect(stream: ReadableStream<Uint8Array>) {
 const cases = [
   { how: "SIGINT to the process group", when: "once mounted" },
   { how: "SIGTERM to the CLI", when: "once mounted" },
+  // What systemd's stop does (KillMode=control-group): the server gets it too.
+  { how: "SIGTERM to the process group", when: "once mounted" },
   // DIR is mounted a moment before the CLI's mount is complete. A SIGTERM in between was caught
   // by the mount's own interrupt scope, which nobody read any more: the CLI then waited forever,
   // DIR still mounted. Now it is undone (exit 130) or, once complete, unmounted (exit 0).
@@ -77,6 +79,7 @@ for (const { how, when } of cases) {
           await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0);
         }
         if (how === "SIGTERM to the CLI") Deno.kill(child.pid, "SIGTERM");
+        else if (how === "SIGTERM to the process group") Deno.kill(-child.pid, "SIGTERM");
         else Deno.kill(-child.pid, "SIGINT");
         // A server left running holds the CLI's stderr: the output would never end.
         let timer: ReturnType<typeof setTimeout> | undefined;
