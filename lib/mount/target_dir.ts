@@ -126,8 +126,12 @@ export function currentMountIds(): Set<number> {
 
 /**
  * The id (mountinfo field 1) of the `fsType` mount just made on `target`: a mount not in
- * `before` whose parent is the mount holding the pinned directory. Found by identity rather
- * than path, which a renamed parent directory would change.
+ * `before` whose parent is the mount holding the pinned directory, at the checked path.
+ * Without the path, another mount made meanwhile on the same file system (a second `mount` or
+ * `trace` into a sibling directory of /tmp) was just as new and had the same parent: the last
+ * one was taken, and `umount` then unmounted that one and left ours mounted (CI:
+ * trace_interrupt_test). A parent directory renamed since recheckMountTarget gives undefined,
+ * and `umount` goes by path.
  */
 export function newMountOn(
   target: MountTarget,
@@ -136,7 +140,7 @@ export function newMountOn(
 ): number | undefined {
   return readMountInfo().findLast((entry) =>
     !before.has(entry.id) && entry.parentId === target.identity.mountId &&
-    entry.fsType === fsType
+    entry.fsType === fsType && entry.mountPoint === target.path
   )?.id;
 }
 
