@@ -39,6 +39,12 @@ export interface TestRegistry {
   certPath?: string;
   /** The registry's HTTP access log (combined log format lines) so far. */
   accessLog(): Promise<string[]>;
+  /**
+   * The access log lines that `match`, once there are at least `count` (10 s at most): the
+   * registry writes a request's line after its response, which its client may have read in full
+   * before that.
+   */
+  accessLogOnce(match: (line: string) => boolean, count?: number): Promise<string[]>;
   /** Everything the registry printed (access log and app log). */
   rawLog(): Promise<string>;
   /** Headers to reach `repository` with `actions` directly (setup steps with plain fetch). */
@@ -48,6 +54,7 @@ export interface TestRegistry {
 }
 
 const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
+const ACCESS_LOG_WAIT_MS = 10_000;
 const PORT_ATTEMPTS = 5;
 
 export async function startRegistry(options: RegistryOptions): Promise<TestRegistry> {
@@ -114,6 +121,8 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
         throw new Error(`docker-registry did not start (${ready}):\n${log.slice(-2000)}`);
       }
       const ownTokenServer = tokenServer;
+      const accessLogOf = async () =>
+        (await readTextOrEmpty(logPath)).split("\n").filter((l) => ACCESS_LOG_LINE.test(l));
       let stopped = false;
       const stop = async () => {
         if (stopped) return;
@@ -131,8 +140,15 @@ export async function startRegistry(options: RegistryOptions): Promise<TestRegis
         storageDir,
         tokenServer,
         certPath,
-        accessLog: async () =>
-          (await readTextOrEmpty(logPath)).split("\n").filter((l) => ACCESS_LOG_LINE.test(l)),
+        accessLog: accessLogOf,
+        accessLogOnce: async (match, count = 1) => {
+          const deadline = Date.now() + ACCESS_LOG_WAIT_MS;
+          for (;;) {
+            const lines = (await accessLogOf()).filter(match);
+            if (lines.length >= count || Date.now() > deadline) return lines;
+            await new Promise((resolve) => setTimeout(resolve, 20));
+          }
+        },
         rawLog: () => readTextOrEmpty(logPath),
         authHeaders: async (
           repository,
