@@ -15,24 +15,25 @@ import {
 } from "./_support/mounts.ts";
 import { waitFor } from "./_support/wait.ts";
 
-/** Text the process writes, as it comes; `wait` resolves at the first output matching `pattern`. */
+/**
+ * Text the process writes, as it comes; `wait` resolves at the first output matching `pattern`
+ * and fails when the output ends without it, or after waitFor's 30 s.
+ */
 function collect(stream: ReadableStream<Uint8Array>) {
   let text = "";
-  const waiting: { pattern: RegExp; resolve: () => void }[] = [];
+  let ended = false;
   const done = (async () => {
     const decoder = new TextDecoder();
-    for await (const chunk of stream) {
-      text += decoder.decode(chunk, { stream: true });
-      for (const w of waiting.filter((w) => w.pattern.test(text))) w.resolve();
-    }
+    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
+    ended = true;
     return text;
   })();
   return {
     done,
-    wait: (pattern: RegExp) =>
-      pattern.test(text) ? Promise.resolve() : new Promise<void>((resolve) => {
-        waiting.push({ pattern, resolve });
-      }),
+    wait: async (pattern: RegExp) => {
+      await waitFor(`output matching ${pattern}`, () => pattern.test(text) || ended);
+      if (!pattern.test(text)) throw new Error(`the output ended without ${pattern}:\n${text}`);
+    },
   };
 }
 
