@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 deno=tools/bin/deno
 perms=$(grep -v '^#' scripts/permissions | tr '\n' ' ' | sed 's/ *$//')
+# The program's V8 flags, kept with the server's re-exec that passes them too (self_exec.ts).
+v8_flags=--v8-flags=$($deno eval -q 'import { V8_FLAGS } from "./lib/daemon/self_exec.ts"; console.log(V8_FLAGS.join(","))')
 work=.cache/build
 mkdir -p dist "$work"
 # One build at a time (tests/build_test.ts and a developer may run it together).
@@ -35,7 +37,7 @@ report() {
 }
 
 # shellcheck disable=SC2086
-if NO_COLOR=1 $deno compile -q $perms --no-check --output dist/erofs-oci main.ts 2>"$work/compile.log"; then
+if NO_COLOR=1 $deno compile -q $perms "$v8_flags" --no-check --output dist/erofs-oci main.ts 2>"$work/compile.log"; then
   report "single executable (deno compile)"
   exit 0
 fi
@@ -57,8 +59,9 @@ bundle_sha256=$(sha "$work/erofs-oci.js")
 deno_sha256=$(sha "$deno_real")
 version=$($deno eval -q 'import { VERSION } from "./lib/version.ts"; console.log(VERSION)')
 # What the launcher expects in an unpacked runtime, part of its id: a directory unpacked by a
-# launcher that made a different layout (here: before deno-dir) is never taken for this one.
-runtime_layout=deno-dir
+# launcher that made a different layout (here: before deno-dir) is never taken for this one. The
+# V8 flags too: a code cache V8 compiled under other flags is refused at every start.
+runtime_layout="deno-dir $v8_flags"
 # The launcher's header holds its own length; a fixed-width number keeps that length constant.
 fill() {
   sed -e "s|@VERSION@|$version|" \
@@ -69,6 +72,7 @@ fill() {
     -e "s|@DENO_SHA256@|$deno_sha256|" \
     -e "s|@RUNTIME_ID@|$(printf '%s %s %s' "$bundle_sha256" "$deno_sha256" "$runtime_layout" | sha256sum | cut -c1-32)|" \
     -e "s|@PERMISSIONS@|$perms|" \
+    -e "s|@V8_FLAGS@|$v8_flags|" \
     scripts/launcher.sh
 }
 header_bytes=$(fill 0 | wc -c)

@@ -134,5 +134,5 @@ export DENO_DIR="$dir/deno-dir"
 # buffers in its heap instead of giving them back: a 1,000,000-member tar build peaked at 197-232
 # MB so, 184-194 MB with the threshold fixed at 128 KiB (docs/build.md). Unless the caller set it.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_-131072}"
-exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ \
+exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ @V8_FLAGS@ \
   "$dir/erofs-oci.js" "$@"

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { VERSION } from "../lib/version.ts";
+import { V8_FLAGS } from "../lib/daemon/self_exec.ts";
 
 interface Run {
   code: number;
@@ -240,7 +241,8 @@ Deno.test({
   name: "build: the copied file mounts a local image (its server is itself) and unmounts it",
   ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/basic.erofs`)),
   async fn() {
-    assert.equal((await build()).code, 0);
+    const result = await build();
+    assert.equal(result.code, 0);
     const copy = await copiedAlone();
     const sandbox = await mountSandbox();
     try {
@@ -249,8 +251,18 @@ Deno.test({
         sandbox.env,
       );
       assert.equal(mounted.code, 0, `${mounted.stderr}\n${sandbox.serverLogs()}`);
-      assert.match(mounted.stdout, /^mounted .* server pid \d+\)$/m);
+      const serverPid = mounted.stdout.match(/^mounted .* server pid (\d+)\)$/m)?.[1];
+      assert.ok(serverPid, mounted.stdout);
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      // The server runs under the CLI's V8 flags: the code cache the CLI wrote is refused by a
+      // V8 with other flags, and the server would compile the bundle at every start.
+      const flags = `--v8-flags=${V8_FLAGS.join(",")}`;
+      const serverArgs = Deno.readTextFileSync(`/proc/${serverPid}/cmdline`).split("\0");
+      assert.ok(serverArgs.includes(flags), serverArgs.join(" "));
+      if (isLauncher(result)) {
+        const header = new TextDecoder().decode(Deno.readFileSync(copy.program).subarray(0, 16384));
+        assert.ok(header.includes(` ${flags} `), "the launcher runs the CLI with the same flags");
+      }
       const unmounted = await copy.run(["umount", sandbox.target], sandbox.env);
       assert.equal(unmounted.code, 0, unmounted.stderr);
       assert.equal(
