@@ -58,10 +58,6 @@ sha() { sha256sum <"$1" | cut -d' ' -f1; }
 bundle_sha256=$(sha "$work/erofs-oci.js")
 deno_sha256=$(sha "$deno_real")
 version=$($deno eval -q 'import { VERSION } from "./lib/version.ts"; console.log(VERSION)')
-# The mount server's environment, for the one the launcher starts (lib/daemon/server_spawn.ts).
-server_env=$($deno eval -q 'import { NEW_SESSION_ENV, SERVER_MALLOC_ENV } from "./lib/daemon/server_spawn.ts";
-console.log(Object.entries({ ...SERVER_MALLOC_ENV, [NEW_SESSION_ENV]: "1" }).map(([k, v]) => `${k}=${v}`).join(" "))')
-server_v8_flags=$($deno eval -q 'import { SERVER_V8_FLAGS } from "./lib/daemon/server_spawn.ts"; console.log(SERVER_V8_FLAGS)')
 # What the launcher expects in an unpacked runtime, part of its id: a directory unpacked by a
 # launcher that made a different layout (here: before deno-dir) is never taken for this one. The
 # V8 flags too: a code cache V8 compiled under other flags is refused at every start.
@@ -77,8 +73,6 @@ fill() {
     -e "s|@RUNTIME_ID@|$(printf '%s %s %s' "$bundle_sha256" "$deno_sha256" "$runtime_layout" | sha256sum | cut -c1-32)|" \
     -e "s|@PERMISSIONS@|$perms|" \
     -e "s|@V8_FLAGS@|$v8_flags|" \
-    -e "s|@SERVER_ENV@|$server_env|" \
-    -e "s|@SERVER_V8_FLAGS@|$server_v8_flags|" \
     scripts/launcher.sh
 }
 header_bytes=$(fill 0 | wc -c)

@@ -134,19 +134,5 @@ export DENO_DIR="$dir/deno-dir"
 # buffers in its heap instead of giving them back: a 1,000,000-member tar build peaked at 197-232
 # MB so, 184-194 MB with the threshold fixed at 128 KiB (docs/build.md). Unless the caller set it.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_-131072}"
-# `mount` as root: its server starts now, beside the CLI, instead of once the CLI is up (its
-# Deno start-up is the longest step of a mount; lib/daemon/launcher_server.ts). It listens on a
-# socket in this private directory, named by our pid, which the CLI (this process after exec)
-# connects to; nobody coming within 30 s, it ends. What the caller left open (a `flock` lock on
-# 3-9 here, the rest by the server itself) must not live on in it.
-unset EROFS_OCI_SERVER_AHEAD EROFS_OCI_SERVER_AHEAD_SOCKET
-if [ "${1-}" = mount ] && [ "$uid" = 0 ]; then
-  ahead_socket=$base/.server-$$.sock
-  EROFS_OCI_SERVER_AHEAD_SOCKET=$ahead_socket @SERVER_ENV@ \
-    DENO_V8_FLAGS=${DENO_V8_FLAGS-@SERVER_V8_FLAGS@} \
-    "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ @V8_FLAGS@ \
-    "$dir/erofs-oci.js" __mount-server </dev/null >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
-  export EROFS_OCI_SERVER_AHEAD="$! $ahead_socket"
-fi
 exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ @V8_FLAGS@ \
   "$dir/erofs-oci.js" "$@"

@@ -74,7 +74,6 @@ export async function runCli(args: string[]): Promise<number> {
     } finally {
       if (ahead) {
         await (await import("../daemon/server_process.ts")).discardServerSpawnedAhead();
-        await (await ahead).discardingLauncherServer;
         (await import("./interrupt.ts")).takeInterruptsAhead()?.close();
       }
     }

@@ -14,7 +14,6 @@ import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
 import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
-import { takeLauncherConnection } from "./launcher_server.ts";
 import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
   diskCacheTurnedOff,
@@ -158,14 +157,11 @@ function discardSpareReaders(): void {
 export async function runMountServer(): Promise<number> {
   mark("server: main");
   const inCliSession = !leaveCliSession();
-  // A server the launcher started along with `mount` first waits for it to connect.
-  const launched = await takeLauncherConnection();
-  if (launched === undefined) return 0; // the CLI did not come, or wants no server
   // The spec and the listed metadata `mount` fetched (2.2 MB for the benchmark image) come on
   // stdin: with room for all of it the CLI writes it in one go, instead of 64 KiB at a time,
   // each waiting until this process (busy opening its layers) has read the last.
   setPipeCapacity(0, HANDED_PIPE_BYTES);
-  const prestart = launched === "none" ? Deno.env.get(PRESTART_READER_ENV) : launched;
+  const prestart = Deno.env.get(PRESTART_READER_ENV);
   if (prestart === "fuse") prestartFuseReaders(1);
   if (prestart === "nbd") prestartNbdReaders(1);
   let spec: MountSpec;
@@ -190,10 +186,7 @@ export async function runMountServer(): Promise<number> {
   // The mount's own format, also when `reattach` (run with any format) starts this server.
   if (spec.logFormat) setLogFormat(spec.logFormat);
   redirectConsoleToFile(logPath(spec.id));
-  console.log(
-    `server ${Deno.pid} starting for ${spec.image} at ${spec.target}` +
-      (launched === "none" ? "" : " (started by the launcher with the mount command)"),
-  );
+  console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
 
   const sources: PrefetchedSource[] = [];
   /**

@@ -1,7 +1,6 @@
 /** The detached mount server as a process: starting it until it is ready, stopping it. */
 import { MountError, UserError } from "../errors.ts";
 import { type ServerChild, spawnServerChild, takeSpawnedAhead } from "./server_spawn.ts";
-import { LauncherServerChild, type ServerChildProcess } from "./launcher_server.ts";
 import type { ReadyMessage } from "./mount_server.ts";
 import { controlRequest } from "./control.ts";
 import { mark } from "../timing.ts";
@@ -89,17 +88,13 @@ export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): Spaw
   return spawnedServer(spawnServerChild(foreground, backend));
 }
 
-function spawnedServer({ child, foreground, backend }: ServerChild): SpawnedServer {
+function spawnedServer({ child, foreground }: ServerChild): SpawnedServer {
   let started = false;
   return {
-    start: async (spec, metadata, signal) => {
+    start: (spec, metadata, signal) => {
       if (started) throw new Error("the mount server was started already");
       started = true;
-      // The launcher's server ended before this process reached it: start one as without it.
-      if (child instanceof LauncherServerChild && !await child.connection) {
-        child = spawnServerChild(foreground, backend).child;
-      }
-      return await handOver(child, spec, foreground, metadata, signal);
+      return handOver(child, spec, foreground, metadata, signal);
     },
     discard: async () => {
       if (started) return;
@@ -138,7 +133,7 @@ export async function discardServerSpawnedAhead(): Promise<void> {
 }
 
 async function handOver(
-  child: ServerChildProcess,
+  child: Deno.ChildProcess,
   spec: MountSpec,
   foreground: boolean,
   metadata?: Promise<HandedMetadata>,

@@ -7,12 +7,6 @@ import { selfCommand } from "./self_exec.ts";
 import { SERVER_COMMAND } from "../state/runtime.ts";
 import { mark } from "../timing.ts";
 import { closeInheritedOnExec } from "../../ffi/libc.ts";
-import {
-  LAUNCHER_SOCKET_ENV,
-  type LauncherServer,
-  LauncherServerChild,
-  type ServerChildProcess,
-} from "./launcher_server.ts";
 
 /**
  * The server's memory settings. V8's young generation at 1 MiB per semispace instead of
@@ -20,10 +14,11 @@ import {
  * DENO_V8_FLAGS. Host benchmark, cold read of the 136 MB image, with glibc's mmap threshold
  * fixed at 128 KiB: server peak RSS 181-198 -> 157 MB, RSS after it 181 -> 117 MB.
  */
-export const SERVER_V8_FLAGS = "--max-semi-space-size=1";
-const SERVER_V8_ENV: Record<string, string> = Deno.env.get("DENO_V8_FLAGS") === undefined
-  ? { DENO_V8_FLAGS: SERVER_V8_FLAGS }
-  : {};
+const SERVER_V8_ENV: Record<string, string> = Object.fromEntries(
+  [["DENO_V8_FLAGS", "--max-semi-space-size=1"]].filter(([name]) =>
+    Deno.env.get(name) === undefined
+  ),
+);
 
 /**
  * glibc's mmap threshold for the server, fixed (not glibc's dynamic one, which rises up to 32
@@ -34,10 +29,9 @@ const SERVER_V8_ENV: Record<string, string> = Deno.env.get("DENO_V8_FLAGS") === 
  * (zeroed) while the socket was read into it and unmapped after it: ~7,000 minor faults per
  * cold fetch of the 136 MB image, ~1,200-1,700 at 512 KiB (fill micro-benchmark: system CPU
  * 120-132 -> 77 ms median per 136 MB, 5 runs each). Set whatever the caller's values, which
- * are the launchers' for the CLI. (scripts/launcher.sh gets both from here for the server it
- * starts.)
+ * are the launchers' for the CLI.
  */
-export const SERVER_MALLOC_ENV: Record<string, string> = {
+const SERVER_MALLOC_ENV: Record<string, string> = {
   MALLOC_MMAP_THRESHOLD_: String(512 << 10),
   MALLOC_TRIM_THRESHOLD_: String(2 << 20),
 };
@@ -59,7 +53,7 @@ export const NEW_SESSION_ENV = "EROFS_OCI_SERVER_NEW_SESSION";
 
 /** A server process spawned for one kind of mount, its spec not sent yet. */
 export interface ServerChild {
-  child: ServerChildProcess;
+  child: Deno.ChildProcess;
   foreground: boolean;
   backend?: "nbd" | "fuse";
 }
@@ -77,8 +71,6 @@ export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"):
       ...SERVER_MALLOC_ENV,
       ...(backend ? { [PRESTART_READER_ENV]: backend } : {}),
       ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
-      // Only a server the launcher starts waits for a connection there.
-      [LAUNCHER_SOCKET_ENV]: "",
     },
     stdin: "piped",
     stdout: "piped",
@@ -96,18 +88,8 @@ let spawnedAhead: ServerChild | undefined;
  * the second Deno's start-up begins earlier; `mount` takes it with takeServerSpawnedAhead
  * (server_process.ts). Its EROFS_OCI_* settings come with the spec, as for any early spawn.
  */
-export function spawnServerAhead(
-  foreground: boolean,
-  backend: "nbd" | "fuse",
-  launched?: LauncherServer,
-): void {
+export function spawnServerAhead(foreground: boolean, backend?: "nbd" | "fuse"): void {
   if (spawnedAhead) return;
-  if (launched) {
-    // Not a --foreground one: the launcher leaves those to the CLI (mount_ahead.ts).
-    spawnedAhead = { child: new LauncherServerChild(launched, backend), foreground, backend };
-    mark("cli: launcher's server taken");
-    return;
-  }
   spawnedAhead = spawnServerChild(foreground, backend);
   mark("cli: server spawned ahead");
 }
