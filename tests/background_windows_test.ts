@@ -304,6 +304,7 @@ Deno.test("background windows: idle pieces double while no walk comes, and start
 
 Deno.test("pauseDuringWalks: waits out a walk, not a data read, and at most maxMs in all", async () => {
   const open = new AbortController().signal;
+  const nobodyWaits = () => false;
   const timed = async (pause: () => Promise<void>) => {
     const startMs = performance.now();
     await pause();
@@ -311,22 +312,32 @@ Deno.test("pauseDuringWalks: waits out a walk, not a data read, and at most maxM
   };
   // A walk's last read just now, over after 40 ms of quiet: the pause lasts about that long.
   const walk = { walkMs: performance.now(), dataMs: -Infinity, walkQuietMs: 40 };
-  const waited = await timed(() => pauseDuringWalks(() => walk)(open));
+  const waited = await timed(() => pauseDuringWalks(() => walk)(open, nobodyWaits));
   assert(waited >= 35 && waited < 1000, `${waited} ms`);
   // File data read meanwhile (a reader may wait for the fill): no pause.
   const reading = { walkMs: performance.now(), dataMs: performance.now(), walkQuietMs: 40 };
-  assert((await timed(() => pauseDuringWalks(() => reading)(open))) < 20);
-  // A walk that goes on: maxMs in all, however often the fill asks.
+  assert((await timed(() => pauseDuringWalks(() => reading)(open, nobodyWaits))) < 20);
+  // A walk that goes on, another process waiting for the chunks: maxMs in all, however often
+  // the fill asks.
   const endless = () => ({ walkMs: performance.now(), dataMs: -Infinity, walkQuietMs: 40 });
-  const pause = pauseDuringWalks(endless, 60);
-  const first = await timed(() => pause(open));
-  const second = await timed(() => pause(open));
-  assert(first >= 55 && first < 1000, `${first} ms`);
+  const othersWait = () => true;
+  const pause = pauseDuringWalks(endless, 60, 300);
+  const first = await timed(() => pause(open, othersWait));
+  const second = await timed(() => pause(open, othersWait));
+  assert(first >= 55 && first < 250, `${first} ms`);
   assert(second < 20, `${second} ms after the budget was spent`);
+  // Nobody else waiting: the longer bound, until a waiter comes (then at once, past maxMs).
+  const alone = pauseDuringWalks(endless, 60, 300);
+  assert((await timed(() => alone(open, nobodyWaits))) >= 295);
+  let waiterCame = false;
+  const latecomer = pauseDuringWalks(endless, 60, 5000);
+  setTimeout(() => waiterCame = true, 150);
+  const untilWaiter = await timed(() => latecomer(open, () => waiterCame));
+  assert(untilWaiter >= 145 && untilWaiter < 1000, `${untilWaiter} ms`);
   // A closing source does not wait.
   const closing = new AbortController();
   closing.abort();
-  assert((await timed(() => pauseDuringWalks(endless)(closing.signal))) < 20);
+  assert((await timed(() => pauseDuringWalks(endless)(closing.signal, nobodyWaits))) < 20);
 });
 
 Deno.test("background windows: startWhenQuiet starts them after a quiet, not while a walk goes on", async () => {

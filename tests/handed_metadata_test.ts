@@ -34,6 +34,33 @@ function feed(kind: "bytes" | "plain" = "plain") {
   };
 }
 
+/**
+ * A unix socket fed by hand, read through its own read() as the server reads its stdin
+ * (ByteReader): the kernel decides how much each read gets.
+ */
+async function feedSocket() {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-handed-" });
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/s` });
+  const client = await Deno.connect({ transport: "unix", path: `${dir}/s` });
+  const server = await listener.accept();
+  listener.close();
+  let sent = Promise.resolve();
+  const writeAll = async (bytes: Uint8Array) => {
+    for (let at = 0; at < bytes.length;) at += await client.write(bytes.subarray(at));
+  };
+  return {
+    stream: server as { read(into: Uint8Array): Promise<number | null> },
+    push: (bytes: Uint8Array) => void (sent = sent.then(() => writeAll(bytes))),
+    close: () => void (sent = sent.then(() => client.closeWrite())),
+    async cleanup() {
+      await sent;
+      client.close();
+      server.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
 const text = (s: string) => new TextEncoder().encode(s);
 
 function randomBytes(length: number): Uint8Array {
@@ -42,11 +69,11 @@ function randomBytes(length: number): Uint8Array {
   return out;
 }
 
-for (const kind of ["plain", "bytes"] as const) {
-  Deno.test(`handed metadata: the spec line first, the metadata later, split anyhow (${kind} stream)`, async () => {
+for (const kind of ["plain", "bytes", "socket"] as const) {
+  Deno.test(`handed metadata: the spec line first, the metadata later, split anyhow (${kind} input)`, async () => {
     const spec = JSON.stringify({ id: "x", layers: [1, 2, 3], note: "line\nbreak" });
     const layer0 = randomBytes(300_000), layer2 = randomBytes(5);
-    const input = feed(kind);
+    const input = kind === "socket" ? await feedSocket() : { ...feed(kind), cleanup() {} };
     // The spec arrives in two pieces; nothing else yet.
     input.push(text(spec.slice(0, 10)));
     const reading = readSpecAndMetadata(input.stream);
@@ -71,6 +98,7 @@ for (const kind of ["plain", "bytes"] as const) {
     assert.deepEqual(got[0], layer0);
     assert.equal(got[1], undefined);
     assert.deepEqual(got[2], layer2);
+    await input.cleanup();
   });
 }
 

@@ -200,24 +200,41 @@ const MAX_READ_BYTES = 4 << 20;
  * one read instead of 35 of 64 KiB (each an event-loop turn of a server busy attaching: under
  * TCG they took 0.9-1.8 s after the CLI had written them).
  */
+/**
+ * What the server reads its stdin through: Deno.stdin's own read(), not its `readable`. The
+ * first web stream of a process costs its start-up 5-6 ms on the host and 0.37 s under QEMU TCG
+ * (the VM benchmark's server, between its reader thread's start and the spec), all before the
+ * spec is read.
+ */
+export interface ByteReader {
+  read(into: Uint8Array): Promise<number | null>;
+}
+
 class StreamBytes {
-  #reader: ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader;
+  #reader: ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader | ByteReader;
   #buffered: Uint8Array[] = [];
   #bufferedBytes = 0;
   #done = false;
 
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = bodyReader(stream);
+  constructor(input: ReadableStream<Uint8Array> | ByteReader) {
+    this.#reader = input instanceof ReadableStream ? bodyReader(input) : input;
+  }
+
+  async #read(wantedBytes: number): Promise<Uint8Array | undefined> {
+    const reader = this.#reader;
+    const buffer = () =>
+      new Uint8Array(Math.min(MAX_READ_BYTES, Math.max(LINE_READ_BYTES, wantedBytes)));
+    if (reader instanceof ReadableStreamDefaultReader) return (await reader.read()).value;
+    if (reader instanceof ReadableStreamBYOBReader) return (await reader.read(buffer())).value;
+    const into = buffer();
+    const n = await reader.read(into);
+    return n === null ? undefined : into.subarray(0, n);
   }
 
   async #more(wantedBytes = LINE_READ_BYTES): Promise<boolean> {
     if (this.#done) return false;
-    const { value, done } = this.#reader instanceof ReadableStreamBYOBReader
-      ? await this.#reader.read(
-        new Uint8Array(Math.min(MAX_READ_BYTES, Math.max(LINE_READ_BYTES, wantedBytes))),
-      )
-      : await this.#reader.read();
-    if (done || !value) {
+    const value = await this.#read(wantedBytes);
+    if (!value) {
       this.#done = true;
       return false;
     }
@@ -273,7 +290,8 @@ class StreamBytes {
   }
 
   async cancel(): Promise<void> {
-    await this.#reader.cancel().catch(() => {});
+    // A plain reader (stdin) stays open: nothing reads it after the hand-over.
+    if ("cancel" in this.#reader) await this.#reader.cancel().catch(() => {});
   }
 }
 
@@ -283,7 +301,7 @@ class StreamBytes {
  * without any gets undefined, so does every layer of a stream that is cut short).
  */
 export async function readSpecAndMetadata(
-  stream: ReadableStream<Uint8Array>,
+  stream: ReadableStream<Uint8Array> | ByteReader,
 ): Promise<{ specText: string; metadata: Promise<HandedMetadata> }> {
   const input = new StreamBytes(stream);
   const specText = await input.line() ?? "";

@@ -167,7 +167,7 @@ export async function runMountServer(): Promise<number> {
   let spec: MountSpec;
   let handedMetadata: Promise<(HandedSidecar | undefined)[]>;
   try {
-    const handed = await readSpecAndMetadata(Deno.stdin.readable);
+    const handed = await readSpecAndMetadata(Deno.stdin);
     // Each layer's check starts as soon as its bytes are in, while the layers open.
     handedMetadata = handed.metadata.then((all) =>
       all.map((bytes) => bytes && { bytes, packDigest: sidecarPackDigest(bytes) })

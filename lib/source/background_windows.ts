@@ -130,31 +130,42 @@ export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
 }
 
 /**
- * How long a background fill pauses for walks at most, in all: readers of other processes may
- * wait for its chunks (they hold its write lock), and a long walk must not hold them.
+ * How long a background fill pauses for walks at most, in all, while a reader of another process
+ * waits for its chunks (it holds their write lock): such a reader must not be held by a walk.
  */
 export const WALK_PAUSE_MAX_MS = 500;
-/** How often a paused fill looks again (a data read ends the pause). */
+/**
+ * ...and while nobody else waits for them: as long as walks last, within this bound (the
+ * registry's send waits on the socket meanwhile). A cold find in the QEMU TCG guest lasts 1.5-3
+ * s, and with the 500 ms cap the fill in flight when it began verified and wrote 33 MiB during
+ * it (find 3.6-7.3x the loop device's, qemu-nbd's 2.0-4.0x; docs/benchmarks.md, session 28).
+ */
+export const WALK_PAUSE_ALONE_MAX_MS = 10_000;
+/** How often a paused fill looks again (a data read, or a waiter, ends the pause). */
 const WALK_PAUSE_POLL_MS = 5;
 
 /**
  * A window fill's pause (DiskCachedSource.fillAhead): between the pieces of its body it waits
- * while windowDelayMs says a walk holds the windows back, WALK_PAUSE_MAX_MS at most. A window
- * in flight when a cold find begins then stops costing it CPU within a piece (1 MiB), and
- * goes on when the walk is over or file data is read (a reader may wait for its chunks).
+ * while windowDelayMs says a walk holds the windows back, WALK_PAUSE_ALONE_MAX_MS at most, or
+ * WALK_PAUSE_MAX_MS once another process waits for its chunks. A window in flight when a cold
+ * find begins then stops costing it CPU within a piece (1 MiB), and goes on when the walk is
+ * over or file data is read (a reader of this process may wait for its chunks).
  */
 export function pauseDuringWalks(
   activity: () => ReadActivity,
   maxMs = WALK_PAUSE_MAX_MS,
+  aloneMaxMs = WALK_PAUSE_ALONE_MAX_MS,
 ): FillPause {
   let pausedMs = 0;
-  return async (closing) => {
-    while (pausedMs < maxMs && !closing.aborted) {
+  return async (closing, othersWaiting) => {
+    while (!closing.aborted) {
       const startMs = performance.now();
       const delayMs = windowDelayMs(activity(), startMs);
       if (delayMs <= 0) return;
+      const capMs = othersWaiting() ? maxMs : aloneMaxMs;
+      if (pausedMs >= capMs) return;
       if (pausedMs === 0) fillTrace("paused", delayMs.toFixed(1));
-      await sleep(Math.min(WALK_PAUSE_POLL_MS, delayMs, maxMs - pausedMs));
+      await sleep(Math.min(WALK_PAUSE_POLL_MS, delayMs, capMs - pausedMs));
       pausedMs += performance.now() - startMs;
     }
   };

@@ -23,6 +23,8 @@ import {
   dataSync,
   F_RDLCK,
   F_WRLCK,
+  markWaiting,
+  othersWaitFor,
   pwriteAll,
   reopenReadOnly,
   tryLock,
@@ -144,9 +146,11 @@ export interface FillStats {
  * A background fill's pause between the pieces of its body (DiskCachedSource.fillAhead): the
  * stream stops being read (the registry's send waits on the socket) while the mount serves a
  * walk, so what was in flight when it began costs it no CPU. Resolves when the fill may go on;
- * it must bound its own wait, as readers (of other processes too) may wait for these chunks.
+ * it must bound its own wait, as readers may wait for these chunks: `othersWaiting` says whether
+ * another process (another descriptor) waits for them now (markWaiting); one in this process
+ * reads file data, which ends a walk's pause by itself.
  */
-export type FillPause = (closing: AbortSignal) => Promise<void>;
+export type FillPause = (closing: AbortSignal, othersWaiting: () => boolean) => Promise<void>;
 
 export class BlobFiller {
   readonly #blob: FillBlob;
@@ -312,12 +316,22 @@ export class BlobFiller {
    */
   async #fillRun(start: number, stop: number, pause?: FillPause): Promise<boolean> {
     let waited = false;
-    while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
-      if (!waited) this.#stats.waitedForOthers++;
-      waited = true;
-      await sleep(POLL_MS);
-      if (this.#blob.closing.aborted) throw new Error("disk cache closed");
-      if (this.#blob.readMap(start, stop).every(isPresent)) return false;
+    try {
+      while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
+        if (!waited) {
+          this.#stats.waitedForOthers++;
+          // The filler may be pausing for a walk: it goes on at once for a waiter.
+          markWaiting(this.#blob.mapFd, start, stop - start, true);
+        }
+        waited = true;
+        await sleep(POLL_MS);
+        if (this.#blob.closing.aborted) throw new Error("disk cache closed");
+        if (this.#blob.readMap(start, stop).every(isPresent)) return false;
+      }
+    } finally {
+      if (waited && !this.#blob.closing.aborted) {
+        markWaiting(this.#blob.mapFd, start, stop - start, false);
+      }
     }
     let synced = false;
     try {
@@ -359,7 +373,12 @@ export class BlobFiller {
           async (at, bytes) => {
             await this.#storeRun(at, bytes, id);
             // Between pieces only: the last one's run is marked and unlocked without a wait.
-            if (pause && at + bytes.length < offset + length) await pause(this.#blob.closing);
+            if (pause && at + bytes.length < offset + length) {
+              await pause(
+                this.#blob.closing,
+                () => othersWaitFor(this.#blob.mapFd, start, stop - start),
+              );
+            }
           },
           this.#blob.closing,
           id,

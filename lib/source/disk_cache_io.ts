@@ -15,7 +15,7 @@ import {
 } from "../../ffi/libc.ts";
 
 // fcntl.h (asm-generic): OFD lock commands and lock types.
-const F_OFD_SETLK = 37;
+const F_OFD_GETLK = 36, F_OFD_SETLK = 37;
 export const F_RDLCK = 0, F_WRLCK = 1;
 const F_UNLCK = 2;
 /** The map byte the "blob in use" lock covers (locks may lie past the end of a file). */
@@ -162,20 +162,50 @@ export function tryLock(fd: number, type: 0 | 1, start: number, length: number):
   throw new SysError("fcntl(F_OFD_SETLK)", code);
 }
 
+/**
+ * Where in a map file a process waiting for another's fill of chunks [start, stop) marks that it
+ * waits: a read lock at WAITERS_OFFSET + chunk, past any chunk's own byte and the in-use and boot
+ * locks (OFD locks may lie beyond the end of the file). The filler sees it with othersWaitFor.
+ */
+const WAITERS_OFFSET = 2 ** 41;
+
+/** Marks (or unmarks) that this descriptor waits for chunks [start, start + count). */
+export function markWaiting(fd: number, start: number, count: number, waiting: boolean): void {
+  setLock(fd, waiting ? F_RDLCK : F_UNLCK, WAITERS_OFFSET + start, count);
+}
+
+/** True when another descriptor (another process) waits for one of chunks [start, +count). */
+export function othersWaitFor(fd: number, start: number, count: number): boolean {
+  const buf = flockStruct(F_WRLCK, WAITERS_OFFSET + start, count);
+  for (;;) {
+    if (libc().fcntl_lock(fd, F_OFD_GETLK, buf) === 0) {
+      return new DataView(buf.buffer).getInt16(0, true) !== F_UNLCK;
+    }
+    if (errno() !== Errno.EINTR) return true; // unknown: as if someone waited (no long pause)
+  }
+}
+
 export function unlock(fd: number, start: number, length: number): void {
   const code = setLock(fd, F_UNLCK, start, length);
   if (code !== 0) throw new SysError("fcntl(F_OFD_SETLK, F_UNLCK)", code);
 }
 
-function setLock(fd: number, type: number, start: number, length: number): number {
-  // struct flock (64-bit): l_type i16 @0, l_whence i16 @2, l_start i64 @8, l_len i64 @16,
-  // l_pid i32 @24 (must be 0 for OFD locks); 32 bytes.
+/**
+ * struct flock (64-bit): l_type i16 @0, l_whence i16 @2, l_start i64 @8, l_len i64 @16, l_pid
+ * i32 @24 (must be 0 for OFD locks); 32 bytes.
+ */
+function flockStruct(type: number, start: number, length: number): Uint8Array<ArrayBuffer> {
   const buf = new Uint8Array(32);
   const view = new DataView(buf.buffer);
   view.setInt16(0, type, true);
   view.setInt16(2, 0, true); // SEEK_SET
   view.setBigInt64(8, BigInt(start), true);
   view.setBigInt64(16, BigInt(length), true);
+  return buf;
+}
+
+function setLock(fd: number, type: number, start: number, length: number): number {
+  const buf = flockStruct(type, start, length);
   for (;;) {
     if (libc().fcntl_lock(fd, F_OFD_SETLK, buf) === 0) return 0;
     const code = errno();
