@@ -121,8 +121,16 @@ Deno.test({
       assert.equal(Deno.readTextFileSync(`${victim}/mnt/precious`), "still here");
       // erofs-oci's own mount is found where it went, by its mount id, and unmounted there.
       assert.equal(result.code, 0, describe(result));
-      assert.deepEqual(mountsBelow(`${base}/owned.moved`), []);
-      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+      assert.deepEqual(
+        mountsBelow(`${base}/owned.moved`),
+        [],
+        `our mount left where it went\n${describe(result)}`,
+      );
+      assert.deepEqual(
+        listTree(`${sandbox.runtimeDir}/mounts`),
+        [],
+        `runtime files left\n${describe(result)}`,
+      );
     } finally {
       await umountIfMounted(`${victim}/mnt`);
       await umountIfMounted(`${base}/owned.moved/mnt`);
@@ -130,3 +138,14 @@ Deno.test({
     }
   },
 });
+
+/** Every path below `dir` (relative), so a failure shows what was left. */
+function listTree(dir: string, prefix = ""): string[] {
+  const found: string[] = [];
+  for (const entry of Deno.readDirSync(`${dir}/${prefix}`)) {
+    const name = `${prefix}${entry.name}`;
+    found.push(name);
+    if (entry.isDirectory) found.push(...listTree(dir, `${name}/`));
+  }
+  return found;
+}
