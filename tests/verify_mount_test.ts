@@ -160,6 +160,29 @@ Deno.test({
         );
         assert.deepEqual(mountsBelow(sandbox.target), []);
       }
+      // A table kept by an earlier mount is read back instead of fetched (no GET of it), and
+      // only while it still hashes to the digest the manifest names.
+      assertSuccess(await mount(s.registry.host, "v/t"));
+      assertSuccess(await cli(["umount", sandbox.target]));
+      {
+        await using proxy = await startFaultProxy(s.registry.host, [
+          { match: isBlobGetOf(table), fault: { kind: "corrupt" } },
+        ]);
+        assertSuccess(await mount(proxy.host, "v/t"));
+        assert.equal(proxy.hits(0), 0, "the kept table was fetched again");
+        assertSuccess(await cli(["umount", sandbox.target]));
+        const kept = `${env.EROFS_OCI_STATE_DIR}/tables/${table.replace(":", "-")}.json`;
+        const bytes = Deno.readFileSync(kept);
+        bytes[bytes.length >> 1] ^= 1;
+        Deno.writeFileSync(kept, bytes);
+        assertCliError(
+          await mount(proxy.host, "v/t"),
+          1,
+          /chunk table .* does not match its digest/,
+        );
+        assert.equal(proxy.hits(0), 1, "a damaged kept table is fetched again");
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+      }
       const inspected = await cli(["inspect", `${s.registry.host}/v/t:v1`, "--plain-http"]);
       assertSuccess(inspected);
       assert.match(inspected.stdout, /TABLE[\s\S]*application\/vnd\.erofs\s+bound/);

@@ -53,8 +53,13 @@ export async function mountSandbox(): Promise<MountSandbox> {
   const target = `${base}/mnt`;
   const runtimeDir = `${base}/run`;
   Deno.mkdirSync(target);
-  // A disk cache of its own: a test neither fills the host's nor reads what another left.
-  const env = { EROFS_OCI_RUNTIME_DIR: runtimeDir, EROFS_OCI_CACHE_DIR: `${base}/disk-cache` };
+  // A disk cache and a state dir (kept chunk tables, index copies) of its own: a test neither
+  // fills the host's nor reads what another left.
+  const env = {
+    EROFS_OCI_RUNTIME_DIR: runtimeDir,
+    EROFS_OCI_CACHE_DIR: `${base}/disk-cache`,
+    EROFS_OCI_STATE_DIR: `${base}/state`,
+  };
   const serverLogs = () => {
     let text = "";
     try {
