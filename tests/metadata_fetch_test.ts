@@ -15,7 +15,8 @@ import {
   MIN_PARTS_PER_REQUEST,
   splitRequests,
 } from "../lib/verify/load_metadata_ranges.ts";
-import type { MetadataRanges } from "../lib/verify/metadata_ranges.ts";
+import { MAX_METADATA_BYTES, type MetadataRanges } from "../lib/verify/metadata_ranges.ts";
+import { annotatedPack, tableAnnotations } from "../lib/verify/table_artifact.ts";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
@@ -55,6 +56,33 @@ Deno.test("metadata fetch: requests split into consecutive groups, only when the
   ];
   const [first, second] = splitRequests(mixed, 2, 1);
   assert(first.length < second.length, `${first.length} vs ${second.length}`);
+});
+
+Deno.test("metadata pack annotations: named with the table; hostile values are ignored", () => {
+  const digest = `sha256:${"ab".repeat(32)}`;
+  const made = tableAnnotations({ digest, pack: { digest, size: 2_312_345 } });
+  assert.deepEqual(annotatedPack(made), { digest, sizeBytes: 2_312_345 });
+  assert.deepEqual(Object.keys(tableAnnotations({ digest })), [
+    "io.github.erofs-oci.chunk-digests",
+  ]);
+  const size = (value: string) => ({ ...made, "io.github.erofs-oci.metadata-pack.size": value });
+  for (
+    const bad of [
+      undefined,
+      {},
+      size("0"),
+      size("-1"),
+      size("1e6"),
+      size("007"),
+      size(String(MAX_METADATA_BYTES + 1)),
+      size("99999999999999999999"),
+      { ...made, "io.github.erofs-oci.metadata-pack": "sha256:../../etc/passwd" },
+    ]
+  ) assert.equal(annotatedPack(bad), undefined, JSON.stringify(bad));
+  assert.deepEqual(annotatedPack(size(String(MAX_METADATA_BYTES))), {
+    digest,
+    sizeBytes: MAX_METADATA_BYTES,
+  });
 });
 
 /** Random bytes and a list of `n` ranges of them, 64 KiB apart (not merged into one request). */
@@ -227,6 +255,66 @@ Deno.test({
       }
     } finally {
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "mount: the metadata pack its layer's annotations name is fetched beside the table, " +
+    "not after it; a pack the table does not name is not used",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const manifest = await pushFixture(registry.host, "mf/pack");
+    const annotations = manifest.layers[0].annotations;
+    const table = annotations["io.github.erofs-oci.chunk-digests"];
+    const pack = annotations["io.github.erofs-oci.metadata-pack"];
+    assert.match(pack ?? "", /^sha256:[0-9a-f]{64}$/, JSON.stringify(annotations));
+    assert.match(annotations["io.github.erofs-oci.metadata-pack.size"] ?? "", /^[1-9]\d*$/);
+    // The table answers 1.5 s late: the pack is asked for meanwhile.
+    const TABLE_DELAY_MS = 1500;
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGetOf(table), fault: { kind: "delay", ms: TABLE_DELAY_MS } },
+    ]);
+    const getsOf = (digest: string) =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`));
+    const getOf = (digest: string) => getsOf(digest)[0];
+    const sandbox = await mountSandbox();
+    try {
+      await mountWithMarks(`${proxy.host}/mf/pack:v1`, sandbox);
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const log = sandbox.serverLogs();
+      assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
+      const tableAt = getOf(table)?.timeMs, packAt = getOf(pack)?.timeMs;
+      assert(tableAt !== undefined && packAt !== undefined, "no GET of the table or the pack");
+      assert(packAt < tableAt + TABLE_DELAY_MS - 500, `pack at +${packAt - tableAt} ms`);
+    } finally {
+      await sandbox.cleanup();
+    }
+
+    // Annotations naming another blob as the pack: the table's own pack is fetched and used.
+    const lying = structuredClone(manifest);
+    lying.layers[0].annotations["io.github.erofs-oci.metadata-pack"] = manifest.config.digest;
+    lying.layers[0].annotations["io.github.erofs-oci.metadata-pack.size"] = String(
+      manifest.config.size,
+    );
+    const put = await fetch(`http://${registry.host}/v2/mf/pack/manifests/v2`, {
+      method: "PUT",
+      headers: { "content-type": "application/vnd.oci.image.manifest.v1+json" },
+      body: JSON.stringify(lying),
+    });
+    assert.equal(put.status, 201, await put.text());
+    const packGets = getsOf(pack).length;
+    const other = await mountSandbox();
+    try {
+      await mountWithMarks(`${proxy.host}/mf/pack:v2`, other);
+      assert.equal(await manifestOf(other.target), expectedManifest("basic.txt"));
+      const log = other.serverLogs();
+      assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
+      assert.doesNotMatch(log, /do not match|not match/, log);
+      assert.equal(getsOf(pack).length, packGets + 1, "the table's own pack was not fetched");
+    } finally {
+      await other.cleanup();
     }
   },
 });

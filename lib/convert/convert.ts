@@ -25,7 +25,7 @@ import {
   chunkTableOfFile,
   encodeTable,
 } from "../verify/chunk_table.ts";
-import { type TableRef, tableRef } from "../verify/table_artifact.ts";
+import { tableAnnotations, type TableRef, tableRef } from "../verify/table_artifact.ts";
 import { METADATA_PACK_MEDIA_TYPE } from "../verify/metadata_ranges.ts";
 import { reusedTable } from "./reused_table.ts";
 
@@ -138,7 +138,7 @@ export async function convertImage(
         size: l.sizeBytes,
         annotations: {
           [SOURCE_LAYERS_ANNOTATION]: l.sources.join(","),
-          ...(l.table ? { [CHUNK_TABLE_ANNOTATION]: l.table.digest } : {}),
+          ...(l.table ? tableAnnotations(l.table) : {}),
         },
       })),
       annotations: { [SOURCE_MANIFEST_ANNOTATION]: image.manifestDigest },

@@ -14,13 +14,17 @@ import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "../oci/media_types.ts";
 import { hostPlatform, parsePlatform } from "../oci/platform.ts";
 import { formatReference, type ImageReference } from "../oci/reference.ts";
 import {
-  CHUNK_TABLE_ANNOTATION,
   ChunkTableBuilder,
   type EncodedTable,
   encodeTable,
   withFileMetadata,
 } from "../verify/chunk_table.ts";
-import { pushTablesArtifact, tableRef, uploadTables } from "../verify/table_artifact.ts";
+import {
+  pushTablesArtifact,
+  tableAnnotations,
+  tableRef,
+  uploadTables,
+} from "../verify/table_artifact.ts";
 
 /** One file to push as a layer. */
 export interface PushLayerFile {
@@ -182,7 +186,7 @@ export async function pushImage(
       mediaType: l.mediaType,
       digest: l.digest,
       size: l.sizeBytes,
-      annotations: { [CHUNK_TABLE_ANNOTATION]: l.table.digest },
+      annotations: tableAnnotations(tableRef(l.table)),
     })),
   };
   const manifestBytes = new TextEncoder().encode(JSON.stringify(manifest));

@@ -15,7 +15,7 @@ import { type EarlyTable, loadTable } from "../verify/layer_tables.ts";
 import type { ChunkTable } from "../verify/chunk_table.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { metadataBytes } from "../verify/metadata_ranges.ts";
-import { loadMetadataRanges } from "../verify/load_metadata_ranges.ts";
+import { loadMetadataRanges, type MetadataRangeReader } from "../verify/load_metadata_ranges.ts";
 import { sharedDiskCache } from "../mount/layer_source.ts";
 import { mark } from "../timing.ts";
 import { bodyReader } from "../oci/blob_range.ts";
@@ -40,6 +40,18 @@ class HandOverBudget {
     this.left -= bytes;
     return true;
   }
+
+  giveBack(bytes: number): void {
+    this.left += bytes;
+  }
+}
+
+/** A pack GET started from the layer's annotations, before its table was there (budgeted). */
+interface EarlyPack {
+  digest: string;
+  sizeBytes: number;
+  bytes: Promise<Uint8Array>;
+  abort: AbortController;
 }
 
 /** The budget the early fetches of a mount started on, shared with its later fetches. */
@@ -70,26 +82,68 @@ async function fetchLayerMetadata(
   table: ChunkTable,
   budget: HandOverBudget,
   signal?: AbortSignal,
+  earlyPack?: EarlyPack,
 ): Promise<Uint8Array | undefined> {
-  if (!table.metadata || !budget.take(metadataBytes(table.metadata))) return undefined;
-  const blob = new RegistryBlob(client, layer.repository, {
-    index: layer.layerIndex,
-    digest: layer.digest,
-    sizeBytes: layer.sizeBytes,
-    mediaType: layer.mediaType,
-  });
+  const listed = table.metadata ? metadataBytes(table.metadata) : 0;
+  // The pack the annotations named is used only when the table names the same one.
+  const packTaken = earlyPack !== undefined && earlyPack.digest === table.metadata?.pack &&
+    earlyPack.sizeBytes === listed;
+  if (earlyPack && !packTaken) {
+    earlyPack.abort.abort();
+    budget.giveBack(earlyPack.sizeBytes);
+  }
+  if (!table.metadata || (!packTaken && !budget.take(listed))) return undefined;
+  const blob = layerBlob(client, layer);
+  const reader: MetadataRangeReader = packTaken
+    ? {
+      read: (offset, length, signal) => blob.read(offset, length, signal),
+      readRanges: (ranges, signal) => blob.readRanges(ranges, signal),
+      readPack: (digest, sizeBytes, signal) =>
+        digest === earlyPack.digest ? earlyPack.bytes : blob.readPack(digest, sizeBytes, signal),
+    }
+    : blob;
   let kept: Uint8Array | undefined;
-  mark(`cli: layer ${layer.layerIndex} metadata GET`);
+  if (!packTaken) mark(`cli: layer ${layer.layerIndex} metadata GET`);
   // Written only when every range was fetched: a whole sidecar or nothing. Unchecked here:
   // the server checks every range when it reads the sidecar back, before it pins any, and
   // fetches again what does not match (one sha256 pass on the critical path, not two).
-  await loadMetadataRanges(table.metadata, blob, {
+  await loadMetadataRanges(table.metadata, reader, {
     sidecar: { read: () => undefined, write: (bytes) => kept = bytes },
     checkedLater: true,
     signal,
   });
   mark(`cli: layer ${layer.layerIndex} metadata fetched`);
   return kept;
+}
+
+function layerBlob(client: RegistryClient, layer: MetadataLayer): RegistryBlob {
+  return new RegistryBlob(client, layer.repository, {
+    index: layer.layerIndex,
+    digest: layer.digest,
+    sizeBytes: layer.sizeBytes,
+    mediaType: layer.mediaType,
+  });
+}
+
+/**
+ * The GET of the pack `table` names in its layer's annotations, started now (budgeted), or
+ * undefined. Aborted with `signal`; its bytes are unchecked, like any GET's here.
+ */
+function startPackGet(
+  client: RegistryClient,
+  layer: MetadataLayer,
+  table: EarlyTable,
+  budget: HandOverBudget,
+  signal?: AbortSignal,
+): EarlyPack | undefined {
+  const pack = table.pack;
+  if (!pack || !budget.take(pack.sizeBytes)) return undefined;
+  const abort = new AbortController();
+  signal?.addEventListener("abort", () => abort.abort(), { once: true });
+  mark(`cli: layer ${layer.layerIndex} metadata GET`);
+  const bytes = layerBlob(client, layer).readPack(pack.digest, pack.sizeBytes, abort.signal);
+  bytes.catch(() => {}); // taken (and its failure handled) by loadMetadataRanges, or dropped
+  return { ...pack, bytes, abort };
 }
 
 /** Per layer digest: the table the fetch follows, and the sidecar bytes (or undefined). */
@@ -129,16 +183,17 @@ export function fetchMetadataEarly(
   for (const layer of layers) {
     const table = tables.get(layer.digest);
     if (!table || early.has(layer.digest) || !wanted(layer.digest)) continue;
+    const metadataLayer = { ...layer, repository, layerIndex: layer.index };
+    // Named by the annotations: fetched side by side with the table, not after it.
+    const earlyPack = startPackGet(client, metadataLayer, table, budget, signal);
     early.set(layer.digest, {
       tableDigest: table.digest,
-      bytes: table.fetched.then(({ table }) =>
-        fetchLayerMetadata(
-          client,
-          { ...layer, repository, layerIndex: layer.index },
-          table,
-          budget,
-          signal,
-        )
+      bytes: table.fetched.then(
+        ({ table }) => fetchLayerMetadata(client, metadataLayer, table, budget, signal, earlyPack),
+        (error) => {
+          earlyPack?.abort.abort();
+          throw error;
+        },
       ).catch(() => undefined),
     });
   }

@@ -13,7 +13,7 @@ import { info } from "../log.ts";
 import { mark } from "../timing.ts";
 import type { Source } from "../source/source.ts";
 import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
-import { fetchTable, findTablesByReferrer } from "./table_artifact.ts";
+import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
 import { VerifiedSource } from "./verified_source.ts";
 
 /** A layer's table as the mount spec carries it to the server. */
@@ -39,6 +39,8 @@ interface TableLayer {
 export interface EarlyTable {
   /** The table blob's digest, from the manifest's layer annotation. */
   digest: string;
+  /** The metadata pack the layer's annotations name (checked against the table before use). */
+  pack?: { digest: string; sizeBytes: number };
   /**
    * The table, already kept in the state directory (`path`); rejects as fetchTable does (a
    * tampered table is an error of the mount).
@@ -75,7 +77,8 @@ export function fetchBoundTables(
       },
     );
     fetched.catch(() => {}); // awaited (and reported) by attachChunkTables, or dropped
-    early.set(d.digest, { digest: table, fetched });
+    const pack = annotatedPack(d.annotations);
+    early.set(d.digest, { digest: table, fetched, ...(pack ? { pack } : {}) });
   }
   return early;
 }

@@ -17,6 +17,7 @@ import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
 import { listReferrers, pushArtifact, uploadBlobIfMissing } from "../oci/referrers.ts";
 import {
+  CHUNK_TABLE_ANNOTATION,
   CHUNK_TABLE_MEDIA_TYPE,
   CHUNK_TABLES_ARTIFACT_TYPE,
   type ChunkTable,
@@ -25,7 +26,7 @@ import {
   parseChunkTable,
   TABLE_LAYER_ANNOTATION,
 } from "./chunk_table.ts";
-import { METADATA_PACK_MEDIA_TYPE } from "./metadata_ranges.ts";
+import { MAX_METADATA_BYTES, METADATA_PACK_MEDIA_TYPE } from "./metadata_ranges.ts";
 
 /** Uploads table blobs the registry does not have yet (before a manifest names them). */
 export async function uploadTables(
@@ -53,6 +54,41 @@ export interface TableRef {
   size: number;
   layerDigest: string;
   pack?: { digest: string; size: number };
+}
+
+/**
+ * Names the layer's metadata pack on its descriptor, beside the table: a mount then starts the
+ * pack's GET with the manifest, side by side with the table's, instead of after it (the pack's
+ * digest is otherwise only in the table). Bound by the manifest like the table, and checked
+ * against the table once that is there: a pack the table does not name is not used.
+ */
+export const METADATA_PACK_ANNOTATION = "io.github.erofs-oci.metadata-pack";
+/** The pack's byte count (decimal), with METADATA_PACK_ANNOTATION. */
+export const METADATA_PACK_SIZE_ANNOTATION = "io.github.erofs-oci.metadata-pack.size";
+
+/** The annotations that bind a layer descriptor to its table (and name the table's pack). */
+export function tableAnnotations(table: Pick<TableRef, "digest" | "pack">): Record<string, string> {
+  return {
+    [CHUNK_TABLE_ANNOTATION]: table.digest,
+    ...(table.pack
+      ? {
+        [METADATA_PACK_ANNOTATION]: table.pack.digest,
+        [METADATA_PACK_SIZE_ANNOTATION]: String(table.pack.size),
+      }
+      : {}),
+  };
+}
+
+/** The pack a layer descriptor's annotations name, when both are well-formed and in bounds. */
+export function annotatedPack(
+  annotations: Record<string, string> | undefined,
+): { digest: string; sizeBytes: number } | undefined {
+  const digest = annotations?.[METADATA_PACK_ANNOTATION];
+  const size = annotations?.[METADATA_PACK_SIZE_ANNOTATION];
+  if (typeof digest !== "string" || !DIGEST_PATTERN.test(digest)) return undefined;
+  if (typeof size !== "string" || !/^[1-9][0-9]{0,9}$/.test(size)) return undefined;
+  const sizeBytes = Number(size);
+  return sizeBytes <= MAX_METADATA_BYTES ? { digest, sizeBytes } : undefined;
 }
 
 export function tableRef(table: EncodedTable): TableRef {
