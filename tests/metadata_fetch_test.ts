@@ -320,6 +320,45 @@ Deno.test({
 });
 
 Deno.test({
+  name: "mount: a remount reads its table and config kept by the first mount (no GET of " +
+    "either); a damaged kept file is fetched again",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const manifest = await pushFixture(registry.host, "mf/kept");
+    const table = manifest.layers[0].annotations["io.github.erofs-oci.chunk-digests"];
+    const config = manifest.config.digest;
+    await using proxy = await startFaultProxy(registry.host, []);
+    const gets = (digest: string) =>
+      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
+        .length;
+    const sandbox = await mountSandbox();
+    const remount = async () => {
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      await mountWithMarks(`${proxy.host}/mf/kept:v1`, sandbox);
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+    };
+    try {
+      await mountWithMarks(`${proxy.host}/mf/kept:v1`, sandbox);
+      assert.deepEqual([gets(table), gets(config)], [1, 1], "first mount: one GET of each");
+      await remount();
+      assert.deepEqual([gets(table), gets(config)], [1, 1], "remount: no GET of either");
+      const state = sandbox.env.EROFS_OCI_STATE_DIR;
+      for (const [kind, digest] of [["tables", table], ["configs", config]]) {
+        const kept = `${state}/${kind}/${digest.replace(":", "-")}.json`;
+        const bytes = Deno.readFileSync(kept);
+        bytes[0] ^= 0x20;
+        Deno.writeFileSync(kept, bytes);
+      }
+      await remount();
+      assert.deepEqual([gets(table), gets(config)], [2, 2], "damaged: fetched again");
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount: a cold mount with a metadata list loads no Node module on its way to ready",
   ignore: ignoreMount,
   async fn() {

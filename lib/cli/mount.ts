@@ -407,6 +407,7 @@ async function resolveForMount(
           });
         },
         ahead?.top,
+        STATE_ROOT,
       );
       mark("cli: image resolved");
       // The table and the trace lookups are independent round trips: side by side.

@@ -14,6 +14,7 @@ import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/run
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
+import { keepBlob, readKeptBlob } from "../state/kept_blobs.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
 export interface ResolvedLayers {
@@ -131,6 +132,7 @@ export async function resolveRegistryImage(
   indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
   onLayers?: SelectedLayersListener,
   top?: Promise<FetchedManifest>,
+  stateDir?: string,
 ): Promise<ResolvedLayers> {
   const { ref, client } = opened;
   // The descriptor size is checked against the real one (Content-Range total) with the head.
@@ -178,7 +180,12 @@ export async function resolveRegistryImage(
       heads.set(headKey(layer), head);
     }
   };
-  const image = await client.resolveImage(ref, opened.platform, { onManifest, top });
+  // A config kept by an earlier mount of the image: its GET is a round trip before the spec.
+  const keptConfigs = stateDir === undefined ? undefined : {
+    read: (digest: string) => readKeptBlob(stateDir, "configs", digest),
+    keep: (digest: string, bytes: Uint8Array) => keepBlob(stateDir, "configs", digest, bytes),
+  };
+  const image = await client.resolveImage(ref, opened.platform, { onManifest, top, keptConfigs });
   const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
   const tarLayers = selection.anyMediaType && !indexes.files
     ? []

@@ -27,6 +27,7 @@ import {
 } from "./host_routing.ts";
 import {
   type FetchedManifest,
+  type KeptConfigs,
   type ManifestListener,
   type ResolvedImage,
   resolveImage,
@@ -192,9 +193,21 @@ export class RegistryClient {
   resolveImage(
     ref: ImageReference,
     platform?: string,
-    options: { onManifest?: ManifestListener; top?: Promise<FetchedManifest> } = {},
+    options: {
+      onManifest?: ManifestListener;
+      top?: Promise<FetchedManifest>;
+      keptConfigs?: KeptConfigs;
+    } = {},
   ): Promise<ResolvedImage> {
-    return resolveImage(this, ref, platform, undefined, options.onManifest, options.top);
+    return resolveImage(
+      this,
+      ref,
+      platform,
+      undefined,
+      options.onManifest,
+      options.top,
+      options.keptConfigs,
+    );
   }
 
   /**

@@ -92,13 +92,25 @@ export async function fetchManifest(
   return { digest, bytes, document };
 }
 
+/**
+ * Config blobs kept by earlier resolutions (a mount's state dir): read back instead of fetched
+ * (each read checked against its digest), and kept when fetched.
+ */
+export interface KeptConfigs {
+  read(digest: string): Promise<Uint8Array | undefined>;
+  keep(digest: string, bytes: Uint8Array): Promise<unknown>;
+}
+
 async function fetchConfigPlatform(
   client: RegistryClient,
   repository: string,
   config: Descriptor,
   signal?: AbortSignal,
+  kept?: KeptConfigs,
 ): Promise<Platform | undefined> {
   if (config.size > MAX_MANIFEST_BYTES) return undefined;
+  const keptBytes = await kept?.read(config.digest);
+  if (keptBytes) return parseConfigPlatform(keptBytes);
   const response = await client.request({
     method: "GET",
     path: `/v2/${repository}/blobs/${config.digest}`,
@@ -113,7 +125,10 @@ async function fetchConfigPlatform(
   if (await digestOfAsync(bytes, config.digest) !== config.digest) {
     throw new OciError(`config blob ${config.digest} does not match its digest`);
   }
-  return parseConfigPlatform(bytes);
+  const platform = parseConfigPlatform(bytes);
+  // Best effort: the next resolution fetches it again.
+  await kept?.keep(config.digest, bytes).catch(() => {});
+  return platform;
 }
 
 function isAttestation(d: Descriptor): boolean {
@@ -150,6 +165,7 @@ export async function resolveImage(
   signal?: AbortSignal,
   onManifest?: ManifestListener,
   top?: Promise<FetchedManifest>,
+  keptConfigs?: KeptConfigs,
 ): Promise<ResolvedImage> {
   if (ref.registry !== client.registry) {
     throw new OciError(`reference ${formatReference(ref)} is not on registry ${client.registry}`);
@@ -162,7 +178,8 @@ export async function resolveImage(
     fetched,
     {
       manifest: (digest) => fetchManifest(client, ref.repository, digest, signal),
-      configPlatform: (config) => fetchConfigPlatform(client, ref.repository, config, signal),
+      configPlatform: (config) =>
+        fetchConfigPlatform(client, ref.repository, config, signal, keptConfigs),
     },
     wanted,
     platform !== undefined,

@@ -7,7 +7,7 @@
 import { OciError, UserError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { digestOfAsync } from "../oci/digest.ts";
-import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { keepBlob, keptBlobPath, readKeptBlob } from "../state/kept_blobs.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
 import { mark } from "../timing.ts";
@@ -174,15 +174,10 @@ export async function findLayerTableDigests(
   return found;
 }
 
-function keptTablePath(digest: string, stateDir: string): string {
-  return `${stateDir}/tables/${digest.replace(":", "-")}.json`;
-}
-
 /**
  * The table `digest` as a mount (or reattach) kept it before, else fetched and kept: a remount
- * saves the GET, a round trip on the way to the metadata (63 ms of a 0.55 s host remount). The
- * file is content-addressed: read back, it is used only when it hashes to `digest` and
- * describes `layer`; anything else (missing, damaged, another layer's) is fetched again.
+ * saves the GET, a round trip on the way to the metadata (63 ms of a 0.55 s host remount). Used
+ * only when it still hashes to `digest` and describes `layer`; else fetched again.
  */
 async function keptOrFetchedTable(
   client: RegistryClient,
@@ -191,26 +186,15 @@ async function keptOrFetchedTable(
   layer: { digest: string; sizeBytes: number },
   stateDir: string,
 ): Promise<{ table: ChunkTable; bytes: Uint8Array; path: string }> {
-  const path = keptTablePath(digest, stateDir);
-  if (DIGEST_PATTERN.test(digest)) {
+  const kept = await readKeptBlob(stateDir, "tables", digest);
+  if (kept) {
     try {
-      const bytes = await Deno.readFile(path);
-      if (await digestOfAsync(bytes, digest) === digest) {
-        return { table: parseChunkTable(bytes, layer), bytes, path };
-      }
-    } catch { /* not kept, or not this layer's: fetched below */ }
+      const table = parseChunkTable(kept, layer);
+      return { table, bytes: kept, path: keptBlobPath(stateDir, "tables", digest) };
+    } catch { /* another layer's: fetched below */ }
   }
   const got = await fetchTable(client, repository, digest, layer);
-  return { ...got, path: await keepTable(got.bytes, digest, stateDir) };
-}
-
-async function keepTable(bytes: Uint8Array, digest: string, stateDir: string): Promise<string> {
-  const path = keptTablePath(digest, stateDir);
-  await Deno.mkdir(`${stateDir}/tables`, { recursive: true, mode: 0o700 });
-  const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  await Deno.writeFile(tmp, bytes, { mode: 0o600 });
-  await Deno.rename(tmp, path);
-  return path;
+  return { ...got, path: await keepBlob(stateDir, "tables", digest, got.bytes) };
 }
 
 /** Reads a kept table again, re-checking its digest and that it describes `layer`. */
