@@ -13,6 +13,7 @@ import {
   removeMountDir,
   serverAlive,
   serverOf,
+  STATE_ROOT,
 } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
@@ -21,7 +22,8 @@ import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { warn } from "../log.ts";
 import { stopServer } from "./server_process.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
-import { pruneIndexCache } from "../mount/index_cache.ts";
+import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
+import { pruneKeptBlobs } from "../state/kept_blobs.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;
@@ -106,5 +108,6 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   removeMountDir(state.id);
   // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).
   pruneIndexCache();
+  pruneKeptBlobs(STATE_ROOT, referenceText());
   return state;
 }

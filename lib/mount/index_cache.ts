@@ -29,8 +29,14 @@ function filesIn(dir: string, depth: number): string[] {
   return out;
 }
 
-/** Everything recovery files and mount runtime files say (where index paths are named). */
-function referenceText(recoveryDir: string, runtimeRoot: string): string {
+/**
+ * Everything recovery files and mount runtime files say (where index paths and kept tables
+ * are named).
+ */
+export function referenceText(
+  recoveryDir: string = RECOVERY_DIR,
+  runtimeRoot: string = RUNTIME_ROOT,
+): string {
   const texts: string[] = [];
   for (const file of [...filesIn(recoveryDir, 0), ...filesIn(`${runtimeRoot}/mounts`, 1)]) {
     try {

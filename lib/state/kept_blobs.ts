@@ -3,7 +3,8 @@
  * server and reattach, image configs), so a later mount of the same image reads them back
  * instead of fetching them: each is a round trip on the way to a mount's spec. Named by their
  * digest and used only while they still hash to it: a damaged or swapped file costs a fetch,
- * never a wrong answer.
+ * never a wrong answer. Bounded: pruneKeptBlobs keeps the KEPT_MAX_FILES last used of each kind
+ * (a read marks a use), and never a file a mount or recovery record still names.
  */
 import { digestOfAsync } from "../oci/digest.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
@@ -25,8 +26,13 @@ export async function readKeptBlob(
   // The digest names a file: only a well-formed one (no path of the registry's choosing).
   if (!DIGEST_PATTERN.test(digest)) return undefined;
   try {
-    const bytes = await Deno.readFile(keptBlobPath(stateDir, kind, digest));
-    return await digestOfAsync(bytes, digest) === digest ? bytes : undefined;
+    const path = keptBlobPath(stateDir, kind, digest);
+    const bytes = await Deno.readFile(path);
+    if (await digestOfAsync(bytes, digest) !== digest) return undefined;
+    // A use: pruneKeptBlobs keeps the last used.
+    const now = new Date();
+    Deno.utime(path, now, now).catch(() => {});
+    return bytes;
   } catch {
     return undefined;
   }
@@ -46,4 +52,45 @@ export async function keepBlob(
   await Deno.writeFile(tmp, bytes, { mode: 0o600 });
   await Deno.rename(tmp, path);
   return path;
+}
+
+/** Files kept per kind at most (a table of a 10 GB image is ~0.4 MB, a config a few KiB). */
+export const KEPT_MAX_FILES = 256;
+
+/**
+ * Removes the least recently used kept files of each kind past `maxFiles`, except those
+ * `referenced` names (a mount's spec or recovery record: its server or reattach reads the
+ * table again). Returns the paths removed; errors leave a file for the next time.
+ */
+export function pruneKeptBlobs(
+  stateDir: string,
+  referenced: string,
+  maxFiles = KEPT_MAX_FILES,
+): string[] {
+  const removed: string[] = [];
+  for (const kind of ["tables", "configs"] as const) {
+    const dir = `${stateDir}/${kind}`;
+    let files: { path: string; usedMs: number }[];
+    try {
+      files = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => {
+        const path = `${dir}/${e.name}`;
+        try {
+          return { path, usedMs: Deno.statSync(path).mtime?.getTime() ?? 0 };
+        } catch {
+          return { path, usedMs: 0 };
+        }
+      });
+    } catch {
+      continue;
+    }
+    files.sort((a, b) => b.usedMs - a.usedMs);
+    for (const { path } of files.slice(maxFiles)) {
+      if (referenced.includes(path)) continue;
+      try {
+        Deno.removeSync(path);
+        removed.push(path);
+      } catch { /* next time */ }
+    }
+  }
+  return removed;
 }
