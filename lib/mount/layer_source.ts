@@ -58,7 +58,7 @@ export function metadataLoaderOf(source: Source): MetadataLoader | undefined {
 
 function sidecarOf(source: Source): MetadataSidecar | undefined {
   const s = source as Partial<{
-    readSidecar(maxBytes: number): Uint8Array | undefined;
+    readSidecar(maxBytes: number): Promise<Uint8Array | undefined>;
     writeSidecarSoon(bytes: Uint8Array, delayMs: number): void;
   }>;
   if (typeof s.readSidecar !== "function" || typeof s.writeSidecarSoon !== "function") {

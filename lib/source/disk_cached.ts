@@ -177,7 +177,7 @@ export class DiskCachedSource implements Source {
    * open, e.g. the pages of a chunk table's metadata list (the caller checks them again when it
    * reads them back). At most `maxBytes`; undefined when absent, larger or unreadable.
    */
-  readSidecar(maxBytes: number): Uint8Array | undefined {
+  readSidecar(maxBytes: number): Promise<Uint8Array | undefined> {
     return this.#sidecar.read(maxBytes);
   }
 

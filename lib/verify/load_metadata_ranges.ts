@@ -52,7 +52,7 @@ export interface MetadataRangeReader {
 
 /** A file of the disk cache keeping the list's bytes for the next mount (DiskCachedSource). */
 export interface MetadataSidecar {
-  read(maxBytes: number): Uint8Array | undefined;
+  read(maxBytes: number): Uint8Array | undefined | Promise<Uint8Array | undefined>;
   write(bytes: Uint8Array): void;
 }
 
@@ -204,7 +204,7 @@ export async function loadMetadataRanges(
   // bytes says it all (a stale sidecar fails it, then each range is checked).
   let key: Promise<Uint8Array> | undefined;
   const keyOfList = () => key ??= listKey(ranges);
-  const kept = options.handed ?? options.sidecar?.read(DIGEST_BYTES + total);
+  const kept = options.handed ?? await options.sidecar?.read(DIGEST_BYTES + total);
   let fromKept = 0;
   if (
     kept?.length === DIGEST_BYTES + total &&
