@@ -4,7 +4,7 @@
  * or recovery record still names.
  */
 import assert from "node:assert/strict";
-import { keepBlob, keptBlobPath, pruneKeptBlobs, readKeptBlob } from "../lib/state/kept_blobs.ts";
+import { keepBlob, keptBlobPath, pruneKeptBlobs, readKeptBlob } from "../lib/oci/kept_blobs.ts";
 import { digestOf } from "../lib/oci/digest.ts";
 
 Deno.test("kept blobs: read back while they match their digest; malformed digests name no file", async () => {

@@ -23,7 +23,7 @@ import { warn } from "../log.ts";
 import { stopServer } from "./server_process.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
-import { pruneKeptBlobs } from "../state/kept_blobs.ts";
+import { pruneKeptBlobs } from "../oci/kept_blobs.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;

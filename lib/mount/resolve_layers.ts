@@ -14,7 +14,7 @@ import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/run
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
-import { keepBlob, readKeptBlob } from "../state/kept_blobs.ts";
+import { keepBlob, readKeptBlob } from "../oci/kept_blobs.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
 export interface ResolvedLayers {

@@ -7,7 +7,7 @@
 import { OciError, UserError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { digestOfAsync } from "../oci/digest.ts";
-import { keepBlob, keptBlobPath, readKeptBlob } from "../state/kept_blobs.ts";
+import { keepBlob, keptBlobPath, readKeptBlob } from "../oci/kept_blobs.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
 import { mark } from "../timing.ts";

@@ -6,8 +6,8 @@
  * never a wrong answer. Bounded: pruneKeptBlobs keeps the KEPT_MAX_FILES last used of each kind
  * (a read marks a use), and never a file a mount or recovery record still names.
  */
-import { digestOfAsync } from "../oci/digest.ts";
-import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { digestOfAsync } from "./digest.ts";
+import { DIGEST_PATTERN } from "./reference.ts";
 
 /** What a state directory keeps, one subdirectory each. */
 export type KeptKind = "tables" | "configs";
