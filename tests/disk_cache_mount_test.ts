@@ -33,9 +33,7 @@ Deno.test({
     const sandbox = await mountSandbox();
     const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
     const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
-    const layerGets = () =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`))
-        .length;
+    const layerGets = () => proxy.blobGets(layerDigest).length;
     const mountAndRead = async (repo: string, extra: string[] = []) => {
       const before = layerGets();
       assertSuccess(
@@ -122,9 +120,7 @@ Deno.test({
     const layerDigest = pushed.layers[0].digest;
     await using proxy = await startFaultProxy(registry.host, []);
     const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
-    const layerGets = () =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`))
-        .length;
+    const layerGets = () => proxy.blobGets(layerDigest).length;
     const serveAndCopy = async (extra: string[] = []) => {
       const before = layerGets();
       await using s = await serve(
@@ -182,9 +178,7 @@ Deno.test({
     const digest = pushed.layers[0].digest;
     await using proxy = await startFaultProxy(registry.host, []);
     const sandbox = await mountSandbox();
-    const layerGets = () =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
-        .length;
+    const layerGets = () => proxy.blobGets(digest).length;
     const presentShare = (cacheDir: string) => {
       const name = [...Deno.readDirSync(`${cacheDir}/blobs`)].map((e) => e.name)
         .find((n) => n.startsWith(digest.replace(":", "-")) && n.endsWith(".map"))!;

@@ -44,12 +44,21 @@ Deno.test("kept blobs: the least recently used past the limit are pruned, unless
     assert(await readKeptBlob(dir, "tables", digests[0]));
     await new Promise((resolve) => setTimeout(resolve, 50)); // the use is marked in the background
     // File 1 is named by a mount's recovery record.
-    const removed = pruneKeptBlobs(dir, JSON.stringify({ chunkTable: { path: paths[1] } }), 2);
+    const removed = pruneKeptBlobs(
+      dir,
+      () => JSON.stringify({ chunkTable: { path: paths[1] } }),
+      2,
+    );
     // Kept: the two last used (0 just read, 4), and 1 (named); 2 and 3 go.
     assert.deepEqual(removed.sort(), [paths[2], paths[3]].sort());
     const left = [...Deno.readDirSync(`${dir}/tables`)].map((e) => `${dir}/tables/${e.name}`);
     assert.deepEqual(left.sort(), [paths[0], paths[1], paths[4]].sort());
-    assert.deepEqual(pruneKeptBlobs(`${dir}/missing`, ""), []);
+    assert.deepEqual(pruneKeptBlobs(`${dir}/missing`, () => ""), []);
+    // Within the bound the records are not even read.
+    const unread = () => {
+      throw new Error("records read within the bound");
+    };
+    assert.deepEqual(pruneKeptBlobs(dir, unread, 3), []);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -276,9 +276,7 @@ Deno.test({
     await using proxy = await startFaultProxy(registry.host, [
       { match: isBlobGetOf(table), fault: { kind: "delay", ms: TABLE_DELAY_MS } },
     ]);
-    const getsOf = (digest: string) =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`));
-    const getOf = (digest: string) => getsOf(digest)[0];
+    const getOf = (digest: string) => proxy.blobGets(digest)[0];
     const sandbox = await mountSandbox();
     try {
       await mountWithMarks(`${proxy.host}/mf/pack:v1`, sandbox);
@@ -304,7 +302,7 @@ Deno.test({
       body: JSON.stringify(lying),
     });
     assert.equal(put.status, 201, await put.text());
-    const packGets = getsOf(pack).length;
+    const packGets = proxy.blobGets(pack).length;
     const other = await mountSandbox();
     try {
       await mountWithMarks(`${proxy.host}/mf/pack:v2`, other);
@@ -312,7 +310,11 @@ Deno.test({
       const log = other.serverLogs();
       assert.match(log, /layer 0: \d+ bytes of listed metadata from mount/, log);
       assert.doesNotMatch(log, /do not match|not match/, log);
-      assert.equal(getsOf(pack).length, packGets + 1, "the table's own pack was not fetched");
+      assert.equal(
+        proxy.blobGets(pack).length,
+        packGets + 1,
+        "the table's own pack was not fetched",
+      );
     } finally {
       await other.cleanup();
     }
@@ -329,9 +331,7 @@ Deno.test({
     const table = manifest.layers[0].annotations["io.github.erofs-oci.chunk-digests"];
     const config = manifest.config.digest;
     await using proxy = await startFaultProxy(registry.host, []);
-    const gets = (digest: string) =>
-      proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
-        .length;
+    const gets = (digest: string) => proxy.blobGets(digest).length;
     const sandbox = await mountSandbox();
     const remount = async () => {
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));

@@ -423,8 +423,7 @@ async function mountThroughProxy(rules: FaultRule[], tablesBy: "push" | "checksu
   const sandbox = await mountSandbox();
   const cacheDir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-cache-" });
   const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
-  const gets = (digest: string) =>
-    proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`));
+  const gets = (digest: string) => proxy.blobGets(digest);
   const pack = (await fixtureList()).pack!;
   const mount = async () => {
     const layerBefore = gets(DIGEST).length, packBefore = gets(pack).length;

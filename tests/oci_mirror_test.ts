@@ -79,8 +79,7 @@ function useMirrorForPulls(pair: Pair): void {
   );
 }
 
-const blobGets = (proxy: FaultProxy, digest: string) =>
-  proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`)).length;
+const blobGets = (proxy: FaultProxy, digest: string) => proxy.blobGets(digest).length;
 const tagGets = (proxy: FaultProxy) =>
   proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith("/manifests/v1")).length;
 

@@ -40,9 +40,7 @@ async function setup(prefix: string) {
   const digest = pushed.layers[0].digest;
   const proxy = await startFaultProxy(registry.host, []);
   const sandbox = await mountSandbox();
-  const layerGets = () =>
-    proxy.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`))
-      .length;
+  const layerGets = () => proxy.blobGets(digest).length;
   const ref = `${proxy.host}/trace/app:v1`;
   /** `erofs-oci trace` of the image over FUSE with `options`, tracing `sh -c script`. */
   const trace = (options: string[], script: string, env: Record<string, string> = {}) =>

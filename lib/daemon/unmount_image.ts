@@ -108,6 +108,6 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   removeMountDir(state.id);
   // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).
   pruneIndexCache();
-  pruneKeptBlobs(STATE_ROOT, referenceText());
+  pruneKeptBlobs(STATE_ROOT, () => referenceText());
   return state;
 }

@@ -59,33 +59,39 @@ export const KEPT_MAX_FILES = 256;
 
 /**
  * Removes the least recently used kept files of each kind past `maxFiles`, except those
- * `referenced` names (a mount's spec or recovery record: its server or reattach reads the
- * table again). Returns the paths removed; errors leave a file for the next time.
+ * `referenced()` names (a mount's spec or recovery record: its server or reattach reads the
+ * table again; asked only when a kind is past the bound). Returns the paths removed; errors
+ * leave a file for the next time.
  */
 export function pruneKeptBlobs(
   stateDir: string,
-  referenced: string,
+  referenced: () => string,
   maxFiles = KEPT_MAX_FILES,
 ): string[] {
   const removed: string[] = [];
+  let named: string | undefined;
   for (const kind of ["tables", "configs"] as const) {
     const dir = `${stateDir}/${kind}`;
-    let files: { path: string; usedMs: number }[];
+    let names: string[];
     try {
-      files = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => {
-        const path = `${dir}/${e.name}`;
-        try {
-          return { path, usedMs: Deno.statSync(path).mtime?.getTime() ?? 0 };
-        } catch {
-          return { path, usedMs: 0 };
-        }
-      });
+      names = [...Deno.readDirSync(dir)].filter((e) => e.isFile).map((e) => e.name);
     } catch {
       continue;
     }
+    // Within the bound (every umount but a few): no stat, no reading of the records.
+    if (names.length <= maxFiles) continue;
+    const files = names.map((name) => {
+      const path = `${dir}/${name}`;
+      try {
+        return { path, usedMs: Deno.statSync(path).mtime?.getTime() ?? 0 };
+      } catch {
+        return { path, usedMs: 0 };
+      }
+    });
     files.sort((a, b) => b.usedMs - a.usedMs);
+    named ??= referenced();
     for (const { path } of files.slice(maxFiles)) {
-      if (referenced.includes(path)) continue;
+      if (named.includes(path)) continue;
       try {
         Deno.removeSync(path);
         removed.push(path);

@@ -125,10 +125,9 @@ async function fetchConfigPlatform(
   if (await digestOfAsync(bytes, config.digest) !== config.digest) {
     throw new OciError(`config blob ${config.digest} does not match its digest`);
   }
-  const platform = parseConfigPlatform(bytes);
-  // Best effort: the next resolution fetches it again.
-  await kept?.keep(config.digest, bytes).catch(() => {});
-  return platform;
+  // Best effort, and not waited for: the next resolution fetches it again.
+  kept?.keep(config.digest, bytes).catch(() => {});
+  return parseConfigPlatform(bytes);
 }
 
 function isAttestation(d: Descriptor): boolean {

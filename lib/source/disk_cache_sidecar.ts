@@ -26,10 +26,10 @@ export class BlobSidecar {
     this.#degraded = state.degraded;
   }
 
-  /** At most `maxBytes`; undefined when absent, larger or unreadable. */
   /**
-   * Read off the event loop: a mount's remount reads 2.3 MB here from a disk whose cache may be
-   * cold, and a synchronous read held its FUSE INIT (and so the mount) for 20-40 ms.
+   * At most `maxBytes`; undefined when absent, larger or unreadable. Read off the event loop:
+   * a remount reads 2.3 MB here from a disk whose cache may be cold, and a synchronous read
+   * held its FUSE INIT (and so the mount) for 20-40 ms.
    */
   async read(maxBytes: number): Promise<Uint8Array | undefined> {
     if (this.#closed()) return undefined;

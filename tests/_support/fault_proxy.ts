@@ -68,6 +68,8 @@ export interface FaultProxy {
   readonly redirected: readonly RedirectRecord[];
   /** How often rule `index` has fired. */
   hits(index: number): number;
+  /** The GETs of the blob `digest` recorded so far. */
+  blobGets(digest: string): ProxyRecord[];
   stop(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -228,6 +230,8 @@ export function startFaultProxy(
     requests,
     redirected,
     hits: (index) => hitCounts[index],
+    blobGets: (digest) =>
+      requests.filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`)),
     stop,
     [Symbol.asyncDispose]: stop,
   });
