@@ -151,6 +151,25 @@ export const LIBC_SYMBOLS = {
   },
   // int fallocate(int fd, int mode, off_t offset, off_t len);
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  // int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
+  //                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[]);
+  // On a pool thread: it returns once the child has exec'd (read from disk when cold).
+  posix_spawn_nonblocking: {
+    name: "posix_spawn",
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *actions, int fd,
+  //                                      const char *path, int flags, mode_t mode);
+  posix_spawn_file_actions_addopen: {
+    parameters: ["buffer", "i32", "buffer", "i32", "u32"],
+    result: "i32",
+  },
+  // int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd);
+  posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  // int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions);
+  posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
   // long syscall(long number, long a, long b, long c, long d);  — openat2, pidfd_open and
   // pidfd_send_signal have no glibc wrappers; pointers are passed as their address.
   syscall: { parameters: ["i64", "i64", "i64", "i64", "i64"], result: "i64" },
@@ -162,30 +181,42 @@ export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 let symbols: LibcSymbols | undefined;
 
 /**
- * The libc symbols, each bound on its first use (and only then asking for the permission):
- * Deno.dlopen builds a call stub per symbol, ~0.2 ms each on the host, and binding all of
- * them at once cost every process that touched libc 8-13 ms (0.3-0.5 s in the QEMU TCG
- * guest) for symbols it mostly never calls. errno's own accessors are bound at once: binding
- * one later could itself change errno before it is read.
+ * Binds the symbols of `table` in libc each on its first use, but those named in `eager` at
+ * once: Deno.dlopen builds a call stub per symbol, 0.2-1.2 ms each on the host, and binding a
+ * whole table at once cost every process (or worker thread: a FUSE reader thread's INIT waited
+ * for its ~70 stubs) that touched libc 8-40 ms (0.3-0.5 s in the QEMU TCG guest) for symbols it
+ * mostly never calls. errno's accessor is bound eagerly: binding it later could itself change
+ * errno before it is read. Self-contained (no imports, no outer names): libc_worker.ts ships it
+ * to worker threads as source text.
  */
-export function libc(): LibcSymbols {
-  if (symbols) return symbols;
-  const lazy: Record<string, unknown> = {};
-  const bind = (name: keyof typeof LIBC_SYMBOLS) => {
-    const bound = Deno.dlopen("libc.so.6", { [name]: LIBC_SYMBOLS[name] }).symbols[name];
-    Object.defineProperty(lazy, name, { value: bound, enumerable: true });
+export function bindLazily(
+  table: Record<string, Deno.ForeignFunction>,
+  eager: readonly string[],
+): { symbols: Record<string, unknown>; close(): void } {
+  const libraries: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>[] = [];
+  const symbols: Record<string, unknown> = {};
+  const bind = (name: string) => {
+    const library = Deno.dlopen("libc.so.6", { [name]: table[name] });
+    libraries.push(library);
+    const bound = library.symbols[name];
+    Object.defineProperty(symbols, name, { value: bound, enumerable: true });
     return bound;
   };
-  for (const name of Object.keys(LIBC_SYMBOLS) as (keyof typeof LIBC_SYMBOLS)[]) {
-    Object.defineProperty(lazy, name, {
+  for (const name of Object.keys(table)) {
+    Object.defineProperty(symbols, name, {
       configurable: true,
       enumerable: true,
       get: () => bind(name),
     });
   }
-  bind("__errno_location");
-  bind("strerror");
-  symbols = lazy as LibcSymbols;
+  for (const name of eager) bind(name);
+  return { symbols, close: () => libraries.splice(0).forEach((library) => library.close()) };
+}
+
+/** The libc symbols of this thread, each bound on its first use (see bindLazily). */
+export function libc(): LibcSymbols {
+  symbols ??= bindLazily(LIBC_SYMBOLS, ["__errno_location", "strerror"])
+    .symbols as unknown as LibcSymbols;
   return symbols;
 }
 
@@ -605,6 +636,15 @@ export function pidfdGetFd(pidfd: number, targetFd: number): number {
       `fd ${targetFd}`,
     ),
   );
+}
+
+/** Whether `fd` has something to read (or its end) right now: poll(2) without waiting. */
+export function readableNow(fd: number): boolean {
+  const pollfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
+  const view = new DataView(pollfd.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, 1, /* POLLIN */ true);
+  return libc().poll(pollfd, 1n, 0) > 0 && view.getInt16(6, true) !== 0;
 }
 
 /** poll(2) on a pool thread: waits without blocking the event loop (pidfds, /dev/fuse). */

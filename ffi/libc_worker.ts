@@ -8,7 +8,7 @@
  * Helpers it needs are passed in `helpers` (also self-contained functions) and reach the body
  * as an object, so bundler renames cannot break the references.
  */
-import { LIBC_SYMBOLS, type LibcSymbols } from "./libc.ts";
+import { bindLazily, LIBC_SYMBOLS, type LibcSymbols } from "./libc.ts";
 
 /** errno of the last synchronous libc call on the worker's thread. */
 export type ErrnoReader = () => number;
@@ -21,7 +21,10 @@ function workerSource(body: AnyFunction, arg: unknown, helpers: Record<string, A
     .map(([name, fn]) => `${JSON.stringify(name)}: (${fn.toString()})`)
     .join(",\n");
   return [
-    `const lib = Deno.dlopen("libc.so.6", ${JSON.stringify(LIBC_SYMBOLS)});`,
+    // Bound on first use: the thread's first message (a FUSE INIT) waited for ~70 stubs.
+    `const lib = (${bindLazily.toString()})(${
+      JSON.stringify(LIBC_SYMBOLS)
+    }, ["__errno_location"]);`,
     `const errno = () => {`,
     `  const p = lib.symbols.__errno_location();`,
     `  return p ? new Deno.UnsafePointerView(p).getInt32() : 0;`,

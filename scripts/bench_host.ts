@@ -16,15 +16,16 @@
  * Usage: deno run -A scripts/bench_host.ts IMAGE [OUT]   (root; see scripts/bench-host.sh)
  */
 import { startRegistry } from "../tests/_support/registry.ts";
-import { type CliResult, runCli } from "../tests/_support/cli.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
 import {
+  artifactOrSource,
+  benchCliKind,
   blobGetLines,
   dropCaches,
   fileDigest,
   pythonArgs,
-  runArtifact,
   timedCommand,
+  timeline,
   withLocalMount,
 } from "./bench/host_steps.ts";
 import { loadNow, runInfo } from "./bench/run_info.ts";
@@ -36,41 +37,9 @@ const imageBytes = Deno.statSync(image).size;
 /** The machine, load and commit go into the JSON (scripts/bench/readme_table.ts reads them). */
 const loadBefore = loadNow();
 
-/** `dist`: the built artifact, unpacked into its own runtime cache (the first run unpacks). */
-const benchCli = Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
-// The launcher wants the cache's parent to be ours and closed to others (not /tmp itself).
-const runtimeParent = benchCli === "dist"
-  ? await Deno.makeTempDir({ prefix: "bench-host-runtime-" })
-  : undefined;
-const runtimeCache = runtimeParent && `${runtimeParent}/runtime`;
-
-async function cli(
-  args: string[],
-  options: { env?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<CliResult> {
-  if (benchCli === "source") return await runCli(args, options);
-  return await runArtifact(`${import.meta.dirname}/../dist/erofs-oci`, args, {
-    runtimeCache: runtimeCache!,
-    env: options.env,
-    timeoutMs: options.timeoutMs ?? 20_000,
-  });
-}
-
-/** The timing file's marks as `label +ms` since `spawnedAtMs` (epoch), in time order. */
-function timeline(path: string, spawnedAtMs: number): string[] {
-  let text = "";
-  try {
-    text = Deno.readTextFileSync(path);
-  } catch { /* no marks */ }
-  return text.split("\n").filter((line) => line.startsWith("timing "))
-    .map((line) => line.split(" "))
-    .map((fields) => ({
-      label: fields.slice(2, -2).join(" "),
-      ms: Number(fields.at(-2)) - spawnedAtMs,
-    }))
-    .sort((a, b) => a.ms - b.ms)
-    .map(({ label, ms }) => `${label} ${ms.toFixed(0)}`);
-}
+const benchCli = benchCliKind();
+const cliRunner = await artifactOrSource(benchCli);
+const cli = cliRunner.run;
 
 /** BENCH_QUICK=1: no --no-disk-cache run (its full read is most of a run's minute). */
 const quick = Deno.env.get("BENCH_QUICK") === "1";
@@ -195,10 +164,7 @@ try {
   if (!quick) runs.push(await lazyRun("erofs-oci --no-disk-cache", ["--no-disk-cache"]));
 } finally {
   await Deno.remove(cacheDir, { recursive: true });
-  if (runtimeParent) {
-    await new Deno.Command("chmod", { args: ["-R", "u+w", runtimeParent] }).output();
-    await Deno.remove(runtimeParent, { recursive: true });
-  }
+  await cliRunner.cleanup();
 }
 
 const local = runs[0].seconds;

@@ -49,14 +49,17 @@ export function keeperPendingPath(id: string): string {
 }
 
 /** Starts the keeper for the exported FUSE layers and records how to take them over. */
-export function protectFuseMount(spec: MountSpec, exports: LayerExport[]): number {
+export async function protectFuseMount(
+  spec: MountSpec,
+  exports: LayerExport[],
+): Promise<number> {
   const fuse = exports.map((e, index) => {
     if (!e.fuse) throw new MountError(`layer ${index} has no FUSE descriptor to keep`);
     return e.fuse;
   });
   // Before the keeper exists: whenever this server dies from here on, the cleanup looks for it.
   Deno.writeTextFileSync(keeperPendingPath(spec.id), "", { mode: 0o600 });
-  const keeper = startKeeper(fuse.map((f) => f.fd), mountDir(spec.id));
+  const keeper = await startKeeper(fuse.map((f) => f.fd), mountDir(spec.id));
   testPause("fuse-keeper-started");
   const record: FuseRecoveryRecord = {
     keeper,

@@ -22,6 +22,7 @@ import {
   type MetadataLoader,
   metadataLoaderOf,
   openLayerSource,
+  readListedMetadataAhead,
   sharedDiskCache,
 } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
@@ -35,7 +36,7 @@ import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
-import { errno, libc, setPipeCapacity, strerror } from "../../ffi/libc.ts";
+import { errno, libc, readableNow, setPipeCapacity, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
@@ -161,7 +162,10 @@ export async function runMountServer(): Promise<number> {
   // stdin: with room for all of it the CLI writes it in one go, instead of 64 KiB at a time,
   // each waiting until this process (busy opening its layers) has read the last.
   setPipeCapacity(0, HANDED_PIPE_BYTES);
-  const prestart = Deno.env.get(PRESTART_READER_ENV);
+  // A reader thread's start holds this thread 35-45 ms (Deno waits for the new runtime): while
+  // the spec is still coming, that costs nothing. A spec already here (a remount, where `mount`
+  // needs no GET before it) is read first, so the disk reads it starts run meanwhile.
+  const prestart = readableNow(0) ? undefined : Deno.env.get(PRESTART_READER_ENV);
   if (prestart === "fuse") prestartFuseReaders(1);
   if (prestart === "nbd") prestartNbdReaders(1);
   let spec: MountSpec;
@@ -178,6 +182,7 @@ export async function runMountServer(): Promise<number> {
     throw error;
   }
   mark("server: spec");
+  readListedMetadataAhead(spec.layers);
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
   // NBD reader threads serve direct reads only: registry EROFS layers on the disk cache.
   else if (!diskCacheTurnedOff()) {
@@ -376,11 +381,14 @@ export async function runMountServer(): Promise<number> {
       await attachLayers();
       discardSpareReaders(); // layers without direct reads took none
       mark("server: exported");
-      if (spec.backend === "fuse" && !fuseTakeoverWanted) {
-        console.log(`FUSE keeper pid ${protectFuseMount(spec, exports)}`);
-      }
-      mark("server: keeper");
-      await waitAtMost(Promise.all(metadataPinned), PREFETCH_DEADLINE_MS);
+      // The keeper starts while the listed metadata is still being checked and pinned.
+      const keeper = spec.backend === "fuse" && !fuseTakeoverWanted
+        ? protectFuseMount(spec, exports).then((pid) => {
+          console.log(`FUSE keeper pid ${pid}`);
+          mark("server: keeper");
+        })
+        : undefined;
+      await Promise.all([keeper, waitAtMost(Promise.all(metadataPinned), PREFETCH_DEADLINE_MS)]);
       // A memory-only cache would evict the start of a trace longer than half of it.
       const budget = sharedDiskCache() ? undefined : Math.floor(cachePerLayer / 2);
       traceHooks.startPrefetch(

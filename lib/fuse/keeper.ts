@@ -22,6 +22,7 @@ import {
   readSmallFile,
   unwrap,
 } from "../../ffi/libc.ts";
+import { spawnInNewSession } from "../../ffi/spawn.ts";
 import { MountError } from "../errors.ts";
 import { processStartTicks } from "../state/runtime.ts";
 
@@ -34,7 +35,6 @@ export const KEEPER_OWNER_ENV = "EROFS_OCI_FUSE_KEEPER_OF";
 /** /dev/fuse is the misc character device 10:229 (Documentation/admin-guide/devices.txt). */
 const FUSE_DEV_MAJOR = 10, FUSE_DEV_MINOR = 229;
 const S_IFMT = 0o170000, S_IFCHR = 0o020000;
-const F_DUPFD = 0;
 
 /** A running keeper: pid, start time (against pid reuse) and the descriptors it holds. */
 export interface KeeperProcess {
@@ -45,36 +45,26 @@ export interface KeeperProcess {
 }
 
 /**
- * Starts a keeper holding `fds` (this process's /dev/fuse descriptors), in its own session,
- * marked as `owner`'s (keepersOwnedBy). The inheritable copies exist only during this
- * synchronous call, so no other spawn of this process can inherit them.
+ * Starts a keeper holding copies of `fds` (this process's /dev/fuse descriptors), in its own
+ * session, marked as `owner`'s (keepersOwnedBy). The copies are made in the child only
+ * (spawnInNewSession), so no other spawn of this process can inherit them.
  */
-export function startKeeper(fds: number[], owner: string): KeeperProcess {
+export async function startKeeper(fds: number[], owner: string): Promise<KeeperProcess> {
   const sleep = SLEEP_PATHS.find((path) => pathExists(path));
   if (!sleep) {
     throw new MountError(`no sleep program (${SLEEP_PATHS.join(", ")}) for the FUSE keeper`);
   }
-  const inherited: number[] = [];
-  try {
-    for (const fd of fds) {
-      inherited.push(unwrap(libc().fcntl(fd, F_DUPFD, 3), "fcntl", "F_DUPFD"));
-    }
-    const child = new Deno.Command(sleep, {
-      args: [KEEPER_SLEEP_SECONDS],
-      env: { [KEEPER_OWNER_ENV]: owner },
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-      detached: true,
-    }).spawn();
-    child.unref();
-    // Our child until this process exits, so the pid cannot be reused before this read.
-    const startTicks = processStartTicks(child.pid);
-    if (!startTicks) throw new MountError("the FUSE keeper exited right after it started");
-    return { pid: child.pid, startTicks, fds: [...inherited] };
-  } finally {
-    inherited.forEach(closeFd);
-  }
+  const child = await spawnInNewSession(
+    sleep,
+    [KEEPER_SLEEP_SECONDS],
+    { ...Deno.env.toObject(), [KEEPER_OWNER_ENV]: owner },
+    fds,
+  );
+  // Our child (never waited for) until this process exits: the pid cannot be reused before
+  // this read.
+  const startTicks = processStartTicks(child.pid);
+  if (!startTicks) throw new MountError("the FUSE keeper exited right after it started");
+  return { pid: child.pid, startTicks, fds: child.fds };
 }
 
 /** True when `keeper` still runs (same pid, same start time, keeper command line). */

@@ -23,6 +23,7 @@ import {
   preadExact,
   tryLock,
 } from "./disk_cache_io.ts";
+import { readSidecarFile } from "./disk_cache_sidecar.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
@@ -92,6 +93,8 @@ export class DiskCache {
   readonly #notice: (message: string) => void;
   readonly #warned = new Set<string>();
   readonly #open = new Set<DiskCachedSource>();
+  /** Sidecar reads started ahead of wrap(), by blob base path (readSidecarAhead). */
+  readonly #sidecarsAhead = new Map<string, Promise<Uint8Array | undefined>>();
   #usageBytes = 0;
   #evicting = false;
 
@@ -140,14 +143,34 @@ export class DiskCache {
     }
   }
 
+  /** Where the files of blob `key` are, without their extension (.map, .data, .meta…). */
+  #baseOf(key: BlobKey): string {
+    const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
+    return `${this.blobsDir}/${blobFilePrefix(key.digest)}${origin}.c${this.chunkBytes}`;
+  }
+
+  /**
+   * Starts reading the sidecar of blob `key` (at most `maxBytes`) now, for the source wrap()
+   * makes for that key later: a mount's server asks at its spec, so the read runs while the
+   * layer's table is checked and its reader thread starts, not after.
+   */
+  readSidecarAhead(key: BlobKey, maxBytes: number): void {
+    if (!DIGEST.test(key.digest)) return;
+    const base = this.#baseOf(key);
+    if (!this.#sidecarsAhead.has(base)) {
+      this.#sidecarsAhead.set(base, readSidecarFile(base, maxBytes));
+    }
+  }
+
   /** `inner` behind the disk cache, or `inner` itself when the key cannot name a file. */
   wrap(inner: Source, key: BlobKey): Source {
     if (!DIGEST.test(key.digest) || inner.size <= 0) return inner;
     let base = "";
     try {
-      const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-      base = `${this.blobsDir}/${blobFilePrefix(key.digest)}${origin}.c${this.chunkBytes}`;
-      const source = DiskCachedSource.open(this, inner, base, key.verify);
+      base = this.#baseOf(key);
+      const ahead = this.#sidecarsAhead.get(base);
+      this.#sidecarsAhead.delete(base);
+      const source = DiskCachedSource.open(this, inner, base, key.verify, ahead);
       this.#open.add(source);
       if (this.#complete) {
         const startedMs = Date.now();

@@ -13,13 +13,16 @@ export class BlobSidecar {
   readonly #closed: () => boolean;
   readonly #degraded: () => boolean;
   #pendingSidecar?: Uint8Array;
+  #ahead?: Promise<Uint8Array | undefined>;
   #sidecarTimer?: ReturnType<typeof setTimeout>;
 
   constructor(
     cache: DiskCache,
     base: string,
     state: { closed: () => boolean; degraded: () => boolean },
+    ahead?: Promise<Uint8Array | undefined>,
   ) {
+    this.#ahead = ahead;
     this.#cache = cache;
     this.#base = base;
     this.#closed = state.closed;
@@ -27,34 +30,15 @@ export class BlobSidecar {
   }
 
   /**
-   * At most `maxBytes`; undefined when absent, larger or unreadable. Read off the event loop:
-   * a remount reads 2.3 MB here from a disk whose cache may be cold, and a synchronous read
-   * held its FUSE INIT (and so the mount) for 20-40 ms.
+   * At most `maxBytes`; undefined when absent, larger or unreadable. The first read takes what
+   * `readAhead` started, if anything (DiskCache.readSidecarAhead).
    */
   async read(maxBytes: number): Promise<Uint8Array | undefined> {
-    if (this.#closed()) return undefined;
-    try {
-      const path = `${this.#base}.meta`;
-      // Not through a symlink (the cache dir is root's alone; still, a file is what we wrote).
-      if (!(await Deno.lstat(path)).isFile) return undefined;
-      const file = await Deno.open(path, { read: true });
-      try {
-        const info = await file.stat();
-        if (!info.isFile || info.size > maxBytes) return undefined;
-        const bytes = new Uint8Array(info.size);
-        let at = 0;
-        while (at < bytes.length) {
-          const n = await file.read(bytes.subarray(at));
-          if (n === null) return undefined; // shorter than it was: being replaced
-          at += n;
-        }
-        return bytes;
-      } finally {
-        file.close();
-      }
-    } catch {
-      return undefined;
-    }
+    const ahead = this.#ahead;
+    this.#ahead = undefined;
+    const bytes = await (ahead ?? readSidecarFile(this.#base, maxBytes));
+    if (this.#closed() || !bytes || bytes.length > maxBytes) return undefined;
+    return bytes;
   }
 
   /**
@@ -89,5 +73,27 @@ export class BlobSidecar {
       } catch { /* not there */ }
       this.#cache.warnOnce(`disk cache ${this.#base}.meta: ${(error as Error).message}`);
     }
+  }
+}
+
+/**
+ * The sidecar of the blob whose files start with `base`, at most `maxBytes`; undefined when
+ * absent, larger or unreadable. Read off the event loop in one go: a remount reads 2.3 MB here
+ * from a disk whose cache may be cold (a synchronous read held its FUSE INIT, and so the mount,
+ * 20-40 ms), and each step of a read loop waited for a turn of a busy event loop.
+ */
+export async function readSidecarFile(
+  base: string,
+  maxBytes: number,
+): Promise<Uint8Array | undefined> {
+  try {
+    const path = `${base}.meta`;
+    // Not through a symlink (the cache dir is root's alone; still, a file is what we wrote).
+    const info = await Deno.lstat(path);
+    if (!info.isFile || info.size > maxBytes) return undefined;
+    const bytes = await Deno.readFile(path);
+    return bytes.length <= maxBytes ? bytes : undefined;
+  } catch {
+    return undefined;
   }
 }

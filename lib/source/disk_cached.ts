@@ -98,6 +98,7 @@ export class DiskCachedSource implements Source {
     base: string,
     verify: VerifyChunk | undefined,
     fds: { map: number; data: number },
+    sidecarAhead?: Promise<Uint8Array | undefined>,
   ) {
     this.#cache = cache;
     this.#inner = inner;
@@ -128,7 +129,7 @@ export class DiskCachedSource implements Source {
     this.#sidecar = new BlobSidecar(cache, base, {
       closed: () => this.#closing.signal.aborted,
       degraded: () => this.#degraded,
-    });
+    }, sidecarAhead);
     const map = this.#readMap(0, this.chunkCount);
     map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
   }
@@ -139,6 +140,7 @@ export class DiskCachedSource implements Source {
     inner: Source,
     base: string,
     verify?: VerifyChunk,
+    sidecarAhead?: Promise<Uint8Array | undefined>,
   ): DiskCachedSource {
     const chunkCount = Math.ceil(inner.size / cache.chunkBytes);
     const fds = openBlobFiles(base, inner.size, chunkCount);
@@ -149,7 +151,7 @@ export class DiskCachedSource implements Source {
       closeQuietly(fds.map);
       throw error;
     }
-    const source = new DiskCachedSource(cache, inner, base, verify, fds);
+    const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead);
     source.#touch();
     return source;
   }

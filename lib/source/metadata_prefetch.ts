@@ -336,14 +336,18 @@ async function pinListed(
       Math.min(options.maxBytes ?? Infinity, target.pinBudgetBytes) / PIN_PAGE_BYTES,
     );
     for (const { offset, bytes } of loaded.pieces) {
-      for (let from = 0; from < bytes.length && pages.size < maxPages; from += PIN_PAGE_BYTES) {
-        const at = offset + from;
-        if (at % PIN_PAGE_BYTES) continue;
-        const page = bytes.slice(from, from + PIN_PAGE_BYTES);
-        if (page.length !== Math.min(PIN_PAGE_BYTES, sizeBytes - at)) continue;
-        pages.set(at / PIN_PAGE_BYTES, page);
-        target.pin(at, page);
+      // The piece's whole pages (and the source's last), pinned in one call: the target writes
+      // runs of pages at once to where its reader thread reads them.
+      const first = Math.ceil(offset / PIN_PAGE_BYTES) * PIN_PAGE_BYTES - offset;
+      let end = first;
+      while (end < bytes.length && pages.size < maxPages) {
+        const at = offset + end;
+        const pageBytes = Math.min(PIN_PAGE_BYTES, sizeBytes - at);
+        if (pageBytes <= 0 || end + pageBytes > bytes.length) break;
+        pages.set(at / PIN_PAGE_BYTES, bytes.subarray(end, end + pageBytes));
+        end += pageBytes;
       }
+      if (end > first) target.pin(offset + first, bytes.subarray(first, end));
     }
   } catch (error) {
     note = `metadata list not used: ${(error as Error)?.message ?? error}`;

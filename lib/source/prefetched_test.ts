@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { CachedSource } from "./cached.ts";
+import { DiskCache } from "./disk_cache.ts";
+import { preadExact } from "./disk_cache_io.ts";
 import { PIN_PAGE_BYTES, PrefetchedSource } from "./prefetched.ts";
 import {
   firstDataReadPast,
@@ -106,4 +108,40 @@ Deno.test("firstDataReadPast: the kernel's probes of the image head do not count
   await served.read(IMAGE_HEAD_PROBE_BYTES - 10, 20); // reaches past the head
   await first;
   assert.deepEqual(seen, { offset: IMAGE_HEAD_PROBE_BYTES - 10, length: 20 });
+});
+
+Deno.test("PrefetchedSource.pin: runs of pages reach the reader thread's pin file and map", async () => {
+  const size = 9 * PIN_PAGE_BYTES + 100; // a short last page
+  const bytes = patternBytes(size, 5);
+  const dir = await Deno.makeTempDir({ prefix: "pins-" });
+  const cache = DiskCache.open({ dir, onWarning: () => {} })!;
+  const disk = cache.wrap(new MemorySource(bytes), {
+    digest: `sha256:${"ab".repeat(32)}`,
+    origin: "t",
+  });
+  const served = new PrefetchedSource(new CachedSource(disk));
+  const page = (index: number, count = 1) =>
+    bytes.subarray(index * PIN_PAGE_BYTES, Math.min(size, (index + count) * PIN_PAGE_BYTES));
+  try {
+    served.pin(0, page(0)); // before the file exists: copied into it when it is opened
+    const files = served.openDirectReads()!;
+    assert.ok(files.pins, "no pin file");
+    served.pin(3 * PIN_PAGE_BYTES, page(3));
+    // Pages 2-5 with 3 pinned already: two runs; 7-9 runs to the short last page.
+    served.pin(2 * PIN_PAGE_BYTES, page(2, 4));
+    served.pin(7 * PIN_PAGE_BYTES, page(7, 3));
+    const map = new Uint8Array(10);
+    preadExact(files.pins.mapFd, map, 0);
+    assert.deepEqual([...map], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1]);
+    for (const index of [0, 2, 3, 4, 5, 7, 8, 9]) {
+      const got = new Uint8Array(page(index).length);
+      preadExact(files.pins.fd, got, index * PIN_PAGE_BYTES);
+      assert.deepEqual(got, page(index), `page ${index}`);
+    }
+    assert.equal(served.pinnedBytes, 8 * PIN_PAGE_BYTES);
+    files.close();
+  } finally {
+    await served.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -209,6 +209,14 @@ export async function loadTable(
   return parseChunkTable(bytes, layer);
 }
 
+/**
+ * The disk-cache origin of a layer read from `origin` behind the table `tableDigest`: chunks
+ * cached under it were all checked against that table.
+ */
+export function tableCacheOrigin(origin: string, tableDigest: string): string {
+  return `${origin}#t-${tableDigest.slice(7, 23)}`;
+}
+
 /** The layer's blob behind its table; also the disk-cache origin that keeps verified bytes apart. */
 export async function verifiedBlob(
   blob: Source,
@@ -220,8 +228,7 @@ export async function verifiedBlob(
   const table = await loadTable(spec, layer);
   return {
     source: new VerifiedSource(blob, table, { origin, ...options }),
-    // Chunks cached under this key were all checked against this table.
-    cacheOrigin: `${origin}#t-${spec.digest.slice(7, 23)}`,
+    cacheOrigin: tableCacheOrigin(origin, spec.digest),
   };
 }
 

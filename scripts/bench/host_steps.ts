@@ -5,7 +5,7 @@
  */
 import { writeSmallFile } from "../../ffi/libc.ts";
 import { digestOfAsync } from "../../lib/oci/digest.ts";
-import type { CliResult } from "../../tests/_support/cli.ts";
+import { type CliResult, runCli } from "../../tests/_support/cli.ts";
 import type { TestRegistry } from "../../tests/_support/registry.ts";
 
 /** The stdlib modules bench_host.ts and python_ab.ts import (bench_trace.ts uses fewer). */
@@ -104,6 +104,64 @@ export async function runArtifact(
     timedOut: false,
     commandLine: `${binary} ${args.join(" ")}`,
   };
+}
+
+/** BENCH_CLI=dist: the built artifact is timed, else the source tree (scripts/erofs-oci-dev). */
+export function benchCliKind(): "dist" | "source" {
+  return Deno.env.get("BENCH_CLI") === "dist" ? "dist" : "source";
+}
+
+/**
+ * Runs erofs-oci commands from the source tree or a built artifact (`binary`, default
+ * dist/erofs-oci), the latter unpacked into its own runtime cache (the first command unpacks),
+ * removed by `cleanup`.
+ */
+export async function artifactOrSource(
+  kind: "dist" | "source",
+  binary = `${import.meta.dirname}/../../dist/erofs-oci`,
+): Promise<{
+  run(
+    args: string[],
+    options?: { env?: Record<string, string>; timeoutMs?: number },
+  ): Promise<CliResult>;
+  cleanup(): Promise<void>;
+}> {
+  if (kind === "source") {
+    return { run: (args, options = {}) => runCli(args, options), cleanup: () => Promise.resolve() };
+  }
+  // The launcher wants the cache's parent to be ours and closed to others (not /tmp itself).
+  const runtimeParent = await Deno.makeTempDir({ prefix: "bench-runtime-" });
+  return {
+    run: (args, options = {}) =>
+      runArtifact(binary, args, {
+        runtimeCache: `${runtimeParent}/runtime`,
+        env: options.env,
+        timeoutMs: options.timeoutMs ?? 20_000,
+      }),
+    cleanup: async () => {
+      await new Deno.Command("chmod", { args: ["-R", "u+w", runtimeParent] }).output();
+      await Deno.remove(runtimeParent, { recursive: true });
+    },
+  };
+}
+
+/**
+ * EROFS_OCI_TIMING marks in the file at `path` as `label +ms` since `spawnedAtMs` (epoch), in
+ * time order.
+ */
+export function timeline(path: string, spawnedAtMs: number): string[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch { /* no marks */ }
+  return text.split("\n").filter((line) => line.startsWith("timing "))
+    .map((line) => line.split(" "))
+    .map((fields) => ({
+      label: fields.slice(2, -2).join(" "),
+      ms: Number(fields.at(-2)) - spawnedAtMs,
+    }))
+    .sort((a, b) => a.ms - b.ms)
+    .map(({ label, ms }) => `${label} ${ms.toFixed(0)}`);
 }
 
 /** The registry's access-log lines of GETs of blob `digest` so far. */

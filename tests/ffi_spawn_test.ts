@@ -1,0 +1,68 @@
+import assert from "node:assert/strict";
+import { spawnInNewSession } from "../ffi/spawn.ts";
+import { closeFd, O_CLOEXEC, O_RDONLY, openFile } from "../ffi/libc.ts";
+
+/** What a shell started by spawnInNewSession sees of itself: session, descriptors, env, mask. */
+async function spawnedShellReport(handed: number[]) {
+  const dir = await Deno.makeTempDir({ prefix: "spawn-" });
+  try {
+    const report = `${dir}/report`;
+    const script = [
+      `exec >"$OUT.tmp"`,
+      // Field 6 of /proc/<pid>/stat is the session.
+      `read -r stat </proc/$$/stat; set -- $stat; echo "sid $6 pid $$"`,
+      `for fd in /proc/$$/fd/*; do echo "fd \${fd##*/} $(readlink "$fd")"; done`,
+      `echo "env $(env | sort | tr '\\n' ' ')"`,
+      `grep SigBlk /proc/$$/status`,
+      `mv "$OUT.tmp" "$OUT"`,
+    ].join("\n");
+    const child = await spawnInNewSession(
+      "/bin/sh",
+      ["-c", script],
+      { OUT: report, ONLY: "this" },
+      handed,
+    );
+    let text: string | undefined;
+    for (let i = 0; i < 250 && text === undefined; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      text = await Deno.readTextFile(report).catch(() => undefined);
+    }
+    assert.ok(text, "the spawned shell wrote no report");
+    const fds = new Map([...text.matchAll(/^fd (\d+) (.*)$/gm)].map((m) => [Number(m[1]), m[2]]));
+    return { child, text, fds };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("spawnInNewSession: own session, stdio on /dev/null, only the given descriptors, exact environment", async () => {
+  const handed = [
+    openFile("/etc/hostname", O_RDONLY | O_CLOEXEC),
+    openFile("/etc/passwd", O_RDONLY | O_CLOEXEC),
+  ];
+  try {
+    // What the test runner's caller left open without close-on-exec is not ours to judge.
+    const baseline = await spawnedShellReport([]);
+    const { child, text, fds } = await spawnedShellReport(handed);
+    assert.match(text, new RegExp(`^sid ${child.pid} pid ${child.pid}$`, "m"), text);
+    assert.deepEqual(child.fds, [Math.max(...handed) + 1, Math.max(...handed) + 2]);
+    assert.equal(fds.get(0), "/dev/null");
+    assert.equal(fds.get(2), "/dev/null");
+    const added = [...fds.keys()].filter((fd) => !baseline.fds.has(fd)).sort((a, b) => a - b);
+    assert.deepEqual(added, child.fds, text);
+    assert.equal(fds.get(child.fds[0]), "/etc/hostname");
+    assert.equal(fds.get(child.fds[1]), "/etc/passwd");
+    assert.match(text, /^env .*ONLY=this/m);
+    assert.doesNotMatch(text, /^env .*HOME=/m);
+    assert.match(text, /^SigBlk:\s+0+$/m);
+  } finally {
+    handed.forEach(closeFd);
+  }
+});
+
+Deno.test("spawnInNewSession: a program that cannot run is an error naming it", async () => {
+  await assert.rejects(
+    spawnInNewSession("/nonexistent/program", [], {}),
+    /posix_spawn \/nonexistent\/program: No such file or directory/,
+  );
+});
