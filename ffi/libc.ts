@@ -168,6 +168,15 @@ export const LIBC_SYMBOLS = {
   },
   // int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd);
   posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  // int pipe2(int fds[2], int flags);
+  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
+  // pid_t waitpid(pid_t pid, int *status, int options);  — on a pool thread: it waits
+  waitpid_nonblocking: {
+    name: "waitpid",
+    parameters: ["i32", "buffer", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions);
   posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
   // long syscall(long number, long a, long b, long c, long d);  — openat2, pidfd_open and

@@ -1,13 +1,24 @@
 /**
- * Starting a long-lived helper program in its own session with posix_spawn(3). Deno.Command
- * with `detached: true` calls setsid in a pre-exec step, which makes Rust fork the whole
- * process instead of posix_spawn: 13-20 ms of a mount server's start-up for the FUSE keeper
- * (its heap's page tables copied), on the event loop. Here glibc's posix_spawn (a vfork-style
- * clone; POSIX_SPAWN_SETSID does the setsid) runs on a pool thread, and the descriptors handed
+ * Starting programs with posix_spawn(3) instead of Deno.Command. Deno.Command costs a process
+ * ~12 ms at its first use (Deno loads its process module then: `mount`'s way to its server ran
+ * through it) and, with `detached: true`, forks the whole process (its setsid pre-exec stops
+ * Rust from using posix_spawn: 13-20 ms for the FUSE keeper of a mount server). glibc's
+ * posix_spawn is a vfork-style clone; POSIX_SPAWN_SETSID does the setsid. Descriptors handed
  * on are dup2'd in the child only: no inheritable copy ever exists in this process, where
  * another spawn could take it along.
  */
-import { cstr, libc, O_RDWR, SysError } from "./libc.ts";
+import {
+  closeFd,
+  cstr,
+  Errno,
+  errno,
+  libc,
+  O_CLOEXEC,
+  O_RDWR,
+  pathExists,
+  SysError,
+  unwrap,
+} from "./libc.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -20,47 +31,84 @@ const ATTR_BYTES = 336, ATTR_SIGDEFAULT_AT = 8;
 const ACTIONS_BYTES = 80;
 const POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08, POSIX_SPAWN_SETSID = 0x80;
 const SIGPIPE = 13;
+const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
+const POLLIN = 1, POLLOUT = 4;
+
+/** How a spawned program is started. */
+export interface SpawnOptions {
+  /** In a session of its own (setsid). */
+  newSession?: boolean;
+  /** Its stdin: /dev/null, or a pipe this process writes (SpawnedProcess.stdin). */
+  stdin?: "null" | "pipe";
+  /** Its stdout: /dev/null, or a pipe this process reads (SpawnedProcess.stdout). */
+  stdout?: "null" | "pipe";
+  /** Its stderr: /dev/null, or this process's own. */
+  stderr?: "null" | "inherit";
+  /**
+   * Descriptors of this process the child gets, as SpawnedProcess.fds (numbered up from above
+   * the highest of them); nothing else is inherited (a Deno process opens every descriptor
+   * close-on-exec) but for stdin/stdout/stderr.
+   */
+  inherit?: readonly number[];
+}
+
+/** A started program (this process's child until it is waited for, so its pid stays its own). */
+export interface SpawnedProcess {
+  pid: number;
+  /** Per SpawnOptions.inherit: the descriptor's number in the child. */
+  fds: number[];
+  stdin?: PipeWriter;
+  stdout?: PipeReader;
+  /** Waits until it has ended (on a pool thread) and reaps it: its exit code, or 128 + signal. */
+  status(): Promise<number>;
+}
 
 /**
- * Runs `path` with `args` in a new session: stdin/stdout/stderr on /dev/null, descriptors
- * `inherit` of this process as descriptors `fds` of the child, numbered up from above the
- * highest of them (nothing else is inherited: a Deno process opens every descriptor
- * close-on-exec), the environment `env` (whole), no signal blocked and SIGPIPE at its default
- * (Rust ignores it in this process). Resolves once the child has exec'd. This process never
- * waits for the child.
+ * Runs `path` with `args` and exactly the environment `env`, with no signal blocked and SIGPIPE
+ * at its default (Rust ignores it in this process). Resolves once the child has exec'd.
  */
-export async function spawnInNewSession(
+export async function spawnProcess(
   path: string,
   args: readonly string[],
   env: Record<string, string>,
-  inherit: readonly number[] = [],
-): Promise<{ pid: number; fds: number[] }> {
+  options: SpawnOptions = {},
+): Promise<SpawnedProcess> {
   const symbols = libc();
   const attr = new Uint8Array(new ArrayBuffer(ATTR_BYTES));
   new DataView(attr.buffer).setInt16(
     0,
-    POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF,
+    (options.newSession ? POSIX_SPAWN_SETSID : 0) | POSIX_SPAWN_SETSIGMASK |
+      POSIX_SPAWN_SETSIGDEF,
     true,
   );
   attr[ATTR_SIGDEFAULT_AT + ((SIGPIPE - 1) >> 3)] |= 1 << ((SIGPIPE - 1) & 7);
   const actions = new Uint8Array(new ArrayBuffer(ACTIONS_BYTES));
-  // Above every source: no dup2 overwrites a descriptor still to be copied.
-  const first = Math.max(3, ...inherit.map((fd) => fd + 1));
-  const fds = inherit.map((_, i) => first + i);
+  const inherit = options.inherit ?? [];
+  const opened: number[] = [];
+  const ours: number[] = [];
   try {
+    const stdinPipe = options.stdin === "pipe" ? pipe(opened) : undefined;
+    const stdoutPipe = options.stdout === "pipe" ? pipe(opened) : undefined;
+    // Above every descriptor the actions copy: none is overwritten before it is copied.
+    const first = Math.max(3, ...[...inherit, ...opened].map((fd) => fd + 1));
+    const fds = inherit.map((_, i) => first + i);
     const devNull = cstr("/dev/null");
-    for (const fd of [0, 1, 2]) {
+    const addOpen = (fd: number) =>
       check(
         symbols.posix_spawn_file_actions_addopen(actions, fd, devNull, O_RDWR, 0),
         "posix_spawn_file_actions_addopen",
       );
-    }
-    inherit.forEach((fd, i) =>
+    const addDup = (from: number, to: number) =>
       check(
-        symbols.posix_spawn_file_actions_adddup2(actions, fd, fds[i]),
+        symbols.posix_spawn_file_actions_adddup2(actions, from, to),
         "posix_spawn_file_actions_adddup2",
-      )
-    );
+      );
+    if (stdinPipe) addDup(stdinPipe.read, 0);
+    else addOpen(0);
+    if (stdoutPipe) addDup(stdoutPipe.write, 1);
+    else addOpen(1);
+    if (options.stderr !== "inherit") addOpen(2);
+    inherit.forEach((fd, i) => addDup(fd, fds[i]));
     const call = new SpawnArena(path, args, env);
     check(
       await symbols.posix_spawn_nonblocking(
@@ -75,9 +123,129 @@ export async function spawnInNewSession(
       path,
     );
     // Read after the call: the arena (every string the call points into) lived through it.
-    return { pid: call.pid[0], fds };
+    const pid = call.pid[0];
+    if (stdinPipe) ours.push(stdinPipe.write);
+    if (stdoutPipe) ours.push(stdoutPipe.read);
+    return {
+      pid,
+      fds,
+      stdin: stdinPipe && new PipeWriter(stdinPipe.write),
+      stdout: stdoutPipe && new PipeReader(stdoutPipe.read),
+      status: () => waitFor(pid),
+    };
   } finally {
     symbols.posix_spawn_file_actions_destroy(actions);
+    // The child's ends are the child's now; ours stay open only when the spawn worked.
+    for (const fd of opened) if (!ours.includes(fd)) closeFd(fd);
+  }
+}
+
+/** Runs `path` in a session of its own, stdio on /dev/null, handed `inherit` (SpawnOptions). */
+export async function spawnInNewSession(
+  path: string,
+  args: readonly string[],
+  env: Record<string, string>,
+  inherit: readonly number[] = [],
+): Promise<{ pid: number; fds: number[] }> {
+  const { pid, fds } = await spawnProcess(path, args, env, { newSession: true, inherit });
+  return { pid, fds };
+}
+
+/** A close-on-exec pipe; both ends are added to `opened`. */
+function pipe(opened: number[]): { read: number; write: number } {
+  const ends = new Int32Array(2);
+  unwrap(libc().pipe2(ends, O_CLOEXEC), "pipe2");
+  opened.push(ends[0], ends[1]);
+  return { read: ends[0], write: ends[1] };
+}
+
+async function waitFor(pid: number): Promise<number> {
+  const status = new Int32Array(new ArrayBuffer(4));
+  for (let attempt = 0;; attempt++) {
+    const got = await libc().waitpid_nonblocking(pid, status, 0);
+    if (got === pid) break;
+    // Failed on its pool thread (errno is not ours to read there): interrupted, so asked
+    // again, unless the child is gone (reaped by someone else) or it keeps failing.
+    if (!pathExists(`/proc/${pid}`) || attempt >= 100) return -1;
+  }
+  const value = status[0];
+  return (value & 0x7f) === 0 ? (value >> 8) & 0xff : 128 + (value & 0x7f);
+}
+
+/** Sets O_NONBLOCK on `fd`: it is then waited on with poll on a pool thread. */
+function setNonBlocking(fd: number): void {
+  const flags = unwrap(libc().fcntl(fd, F_GETFL, 0), "fcntl", "F_GETFL");
+  unwrap(libc().fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl", "F_SETFL");
+}
+
+/** Waits (pool thread) until `fd` is ready for `events`. */
+async function pollFor(fd: number, events: number): Promise<void> {
+  const pollfd = new Uint8Array(new ArrayBuffer(8));
+  const view = new DataView(pollfd.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, events, true);
+  await libc().poll_nonblocking(pollfd, 1n, -1);
+}
+
+/** This process's end of a child's stdin: writes without blocking the event loop. */
+export class PipeWriter {
+  #fd: number;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+    setNonBlocking(fd);
+  }
+
+  /** Writes all of `bytes`; rejects when the child's end is gone (EPIPE) or closed here. */
+  async write(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < bytes.length) {
+      if (this.#fd < 0) throw new SysError("write", Errno.EBADF, "pipe closed");
+      const rest = bytes.subarray(done) as Uint8Array<ArrayBuffer>;
+      const n = Number(libc().write(this.#fd, rest, BigInt(rest.length)));
+      if (n >= 0) {
+        done += n;
+        continue;
+      }
+      const code = errno();
+      if (code === Errno.EAGAIN) await pollFor(this.#fd, POLLOUT);
+      else if (code !== Errno.EINTR) throw new SysError("write", code, "pipe");
+    }
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    closeFd(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/** This process's end of a child's stdout: reads without blocking the event loop. */
+export class PipeReader {
+  #fd: number;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+    setNonBlocking(fd);
+  }
+
+  /** Some bytes into `buffer`: how many, or null at the end (the child closed its end). */
+  async read(buffer: Uint8Array<ArrayBuffer>): Promise<number | null> {
+    for (;;) {
+      if (this.#fd < 0) return null;
+      const n = Number(libc().read(this.#fd, buffer, BigInt(buffer.length)));
+      if (n > 0) return n;
+      if (n === 0) return null;
+      const code = errno();
+      if (code === Errno.EAGAIN) await pollFor(this.#fd, POLLIN);
+      else if (code !== Errno.EINTR) throw new SysError("read", code, "pipe");
+    }
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    closeFd(this.#fd);
+    this.#fd = -1;
   }
 }
 

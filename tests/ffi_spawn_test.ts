@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnInNewSession } from "../ffi/spawn.ts";
+import { spawnInNewSession, spawnProcess } from "../ffi/spawn.ts";
 import { closeFd, O_CLOEXEC, O_RDONLY, openFile } from "../ffi/libc.ts";
 
 /** What a shell started by spawnInNewSession sees of itself: session, descriptors, env, mask. */
@@ -65,4 +65,31 @@ Deno.test("spawnInNewSession: a program that cannot run is an error naming it", 
     spawnInNewSession("/nonexistent/program", [], {}),
     /posix_spawn \/nonexistent\/program: No such file or directory/,
   );
+});
+
+Deno.test("spawnProcess: pipes to stdin and from stdout, exit status and signal", async () => {
+  const child = await spawnProcess(
+    "/bin/sh",
+    ["-c", 'read -r line; echo "got $line"; exit 3'],
+    { PATH: "/usr/bin:/bin" },
+    { stdin: "pipe", stdout: "pipe" },
+  );
+  // More than a pipe holds (64 KiB): the writer waits for the reader without blocking us.
+  const line = "x".repeat(200_000);
+  await child.stdin!.write(new TextEncoder().encode(`${line}\n`));
+  child.stdin!.close();
+  let text = "";
+  const buffer = new Uint8Array(65536);
+  for (let n; (n = await child.stdout!.read(buffer)) !== null;) {
+    text += new TextDecoder().decode(buffer.subarray(0, n));
+  }
+  child.stdout!.close();
+  assert.equal(text, `got ${line}\n`);
+  assert.equal(await child.status(), 3);
+
+  const sleeper = await spawnProcess("/bin/sleep", ["30"], {}, { stdout: "pipe" });
+  Deno.kill(sleeper.pid, "SIGKILL");
+  assert.equal(await sleeper.stdout!.read(buffer), null, "stdout ends with the process");
+  sleeper.stdout!.close();
+  assert.equal(await sleeper.status(), 128 + 9);
 });

@@ -1,6 +1,7 @@
 /** The detached mount server as a process: starting it until it is ready, stopping it. */
 import { MountError, UserError } from "../errors.ts";
 import { type ServerChild, spawnServerChild, takeSpawnedAhead } from "./server_spawn.ts";
+import type { SpawnedProcess } from "../../ffi/spawn.ts";
 import type { ReadyMessage } from "./mount_server.ts";
 import { controlRequest } from "./control.ts";
 import { mark } from "../timing.ts";
@@ -88,25 +89,33 @@ export function spawnServer(foreground: boolean, backend?: "nbd" | "fuse"): Spaw
   return spawnedServer(spawnServerChild(foreground, backend));
 }
 
-function spawnedServer({ child, foreground }: ServerChild): SpawnedServer {
+function spawnedServer(spawned: Promise<ServerChild>): SpawnedServer {
   let started = false;
+  spawned.catch(() => {}); // reported by start(); nothing to discard
   return {
-    start: (spec, metadata, signal) => {
+    start: async (spec, metadata, signal) => {
       if (started) throw new Error("the mount server was started already");
       started = true;
-      return handOver(child, spec, foreground, metadata, signal);
+      return handOver((await spawned).child, spec, metadata, signal);
     },
     discard: async () => {
       if (started) return;
       started = true;
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await child.stdin.close().catch(() => {});
-      await child.stdout.cancel().catch(() => {});
-      await child.status;
+      const child = await spawned.then((s) => s.child, () => undefined);
+      if (!child) return;
+      killChild(child);
+      child.stdin?.close();
+      child.stdout?.close();
+      await child.status();
     },
   };
+}
+
+/** SIGKILL to our child (not yet waited for: its pid cannot have been reused). */
+function killChild(child: SpawnedProcess): void {
+  try {
+    Deno.kill(child.pid, "SIGKILL");
+  } catch { /* gone */ }
 }
 
 /**
@@ -121,7 +130,8 @@ export async function takeServerSpawnedAhead(
   const ahead = takeSpawnedAhead();
   if (!ahead) return undefined;
   const server = spawnedServer(ahead);
-  if (ahead.foreground === foreground && ahead.backend === backend) return server;
+  const spawned = await ahead.catch(() => undefined);
+  if (spawned?.foreground === foreground && spawned.backend === backend) return server;
   await server.discard();
   return undefined;
 }
@@ -133,30 +143,28 @@ export async function discardServerSpawnedAhead(): Promise<void> {
 }
 
 async function handOver(
-  child: Deno.ChildProcess,
+  child: SpawnedProcess,
   spec: MountSpec,
-  foreground: boolean,
   metadata?: Promise<HandedMetadata>,
   signal?: AbortSignal,
 ): Promise<ReadyServer> {
-  const writer = child.stdin.getWriter();
+  const stdin = child.stdin!, stdout = child.stdout!;
   const handed: HandedSpec = { ...spec, serverEnv: ourSettings() };
-  // One line (JSON has no raw newline): the server starts on it while the rest comes.
-  await writer.write(new TextEncoder().encode(JSON.stringify(handed) + "\n"));
-  mark("cli: spec sent");
   const sent = (async () => {
     try {
+      // One line (JSON has no raw newline): the server starts on it while the rest comes.
+      await stdin.write(new TextEncoder().encode(JSON.stringify(handed) + "\n"));
+      mark("cli: spec sent");
       const fetched = await metadata?.catch(() => undefined);
       if (fetched?.some(Boolean)) {
-        for (const part of encodeHandedMetadata(fetched)) await writer.write(part);
+        for (const part of encodeHandedMetadata(fetched)) await stdin.write(part);
         mark("cli: metadata handed");
       }
     } finally {
-      await writer.close();
+      stdin.close();
     }
   })().catch(() => {}); // a server that is gone is reported by the ready line below
 
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
@@ -178,42 +186,42 @@ async function handOver(
     if (signal?.aborted) onAbort();
     else signal?.addEventListener("abort", onAbort, { once: true });
   });
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
   try {
     while (!text.includes("\n")) {
-      const { value, done } = await Promise.race([reader.read(), timeout, interrupted]);
-      if (done) break;
-      text += value;
+      const n = await Promise.race([stdout.read(buffer), timeout, interrupted]);
+      if (n === null) break;
+      text += decoder.decode(buffer.subarray(0, n), { stream: true });
     }
   } catch (error) {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
+    killChild(child);
     // Dead before the caller's undo looks for what it left (a FUSE keeper, mounts).
-    await child.status;
+    await child.status();
     throw error;
   } finally {
     clearTimeout(timer);
     clearTimeout(graceTimer);
     if (onAbort) signal?.removeEventListener("abort", onAbort);
-    reader.releaseLock();
+    // Nothing more comes from a ready server; a read still waiting ends with the process.
+    stdout.close();
   }
   await sent;
-  if (!foreground) child.unref();
   const line = text.split("\n")[0];
   let ready: ReadyMessage;
   try {
     ready = JSON.parse(line) as ReadyMessage;
   } catch {
-    const status = await child.status;
+    const code = await child.status();
     // A --foreground server shares the terminal: the Ctrl-C that interrupted us ended it.
     if (signal?.aborted) throw signal.reason;
     throw new MountError(
-      `the mount server exited (code ${status.code}) before it was ready`,
+      `the mount server exited (code ${code}) before it was ready`,
       seeServerLog(spec.id),
     );
   }
   if (!ready.ok) {
-    await child.status;
+    await child.status();
     throw new UserError(ready.error, ready.hint);
   }
   // Our child until this process exits (a zombie at worst), so the pid cannot be reused yet.

@@ -7,6 +7,7 @@ import { selfCommand } from "./self_exec.ts";
 import { SERVER_COMMAND } from "../state/runtime.ts";
 import { mark } from "../timing.ts";
 import { closeInheritedOnExec } from "../../ffi/libc.ts";
+import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";
 
 /**
  * The server's memory settings. V8's young generation at 1 MiB per semispace instead of
@@ -53,35 +54,40 @@ export const NEW_SESSION_ENV = "EROFS_OCI_SERVER_NEW_SESSION";
 
 /** A server process spawned for one kind of mount, its spec not sent yet. */
 export interface ServerChild {
-  child: Deno.ChildProcess;
+  child: SpawnedProcess;
   foreground: boolean;
   backend?: "nbd" | "fuse";
 }
 
-/** Spawns the server process; it does nothing until its spec arrives on stdin. */
-export function spawnServerChild(foreground: boolean, backend?: "nbd" | "fuse"): ServerChild {
+/**
+ * Spawns the server process; it does nothing until its spec arrives on stdin. Through
+ * posix_spawn on a pool thread (ffi/spawn.ts), not Deno.Command: that one's first use loads
+ * Deno's process module, ~12 ms of the CLI's way to its server on the host.
+ */
+export async function spawnServerChild(
+  foreground: boolean,
+  backend?: "nbd" | "fuse",
+): Promise<ServerChild> {
   // The server (and a FUSE mount's keeper after it) outlives this command: it must not hold
   // what our caller gave us, e.g. the lock of `flock LOCK erofs-oci mount …`.
   closeInheritedOnExec();
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
-  const child = new Deno.Command(program, {
-    args,
-    env: {
-      ...SERVER_V8_ENV,
-      ...SERVER_MALLOC_ENV,
-      ...(backend ? { [PRESTART_READER_ENV]: backend } : {}),
-      ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
-    },
-    stdin: "piped",
-    stdout: "piped",
+  const child = await spawnProcess(program, args, {
+    ...Deno.env.toObject(),
+    ...SERVER_V8_ENV,
+    ...SERVER_MALLOC_ENV,
+    ...(backend ? { [PRESTART_READER_ENV]: backend } : {}),
+    ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
+  }, {
+    stdin: "pipe",
+    stdout: "pipe",
     stderr: foreground ? "inherit" : "null",
-    // Not `detached`: the server calls setsid itself (NEW_SESSION_ENV), a spawn without fork.
-    detached: false,
-  }).spawn();
+    // Not a new session here: the server leaves ours itself (NEW_SESSION_ENV) unless foreground.
+  });
   return { child, foreground, backend };
 }
 
-let spawnedAhead: ServerChild | undefined;
+let spawnedAhead: Promise<ServerChild> | undefined;
 
 /**
  * Spawns the server of a `mount` whose own modules are still loading (lib/cli/main.ts), so
@@ -91,11 +97,13 @@ let spawnedAhead: ServerChild | undefined;
 export function spawnServerAhead(foreground: boolean, backend?: "nbd" | "fuse"): void {
   if (spawnedAhead) return;
   spawnedAhead = spawnServerChild(foreground, backend);
+  spawnedAhead.catch(() => {}); // taken and awaited (or discarded) by `mount`
+  // The exec runs now on a pool thread; the promise settles when this thread is next free.
   mark("cli: server spawned ahead");
 }
 
 /** The server spawned ahead, if any; the caller takes it over (use it or discard it). */
-export function takeSpawnedAhead(): ServerChild | undefined {
+export function takeSpawnedAhead(): Promise<ServerChild> | undefined {
   const ahead = spawnedAhead;
   spawnedAhead = undefined;
   return ahead;
