@@ -4,7 +4,8 @@
  * of the same file. Steps, each after dropping the page cache: mount, cold `find`, cold python
  * start (imports from the mounted stdlib), cold full read (every file's bytes through tar).
  * GETs are the layer blob's (the config blob is one more per mount).
- * Runs: `local`, `cold` (empty disk cache), `remount` (the disk cache the cold run filled),
+ * Runs: `local`, `cold` (empty disk cache and state dir), `remount` (the disk cache the cold run
+ * filled, the chunk table and config it kept),
  * `memory-only` (--no-disk-cache). Prints, per run, seconds per step, registry blob GETs per
  * step, bytes fetched from the registry and the server's peak RSS (VmHWM), as a Markdown table,
  * and writes the same as JSON to OUT (default .cache/bench/host-latest.json).
@@ -98,10 +99,13 @@ const ref = `${registry.host}/bench/host:v1`;
 const pushed = await cli(["push", ref, image], { timeoutMs: 600_000 });
 if (pushed.code !== 0) throw new Error(pushed.stderr);
 const cacheDir = await Deno.makeTempDir({ prefix: "bench-host-disk-cache-" });
+// The host's state dir (chunk tables and configs kept by a mount) as it is after the runs
+// before: the remount finds what the first mount kept, as on a real host.
+const stateDir = await Deno.makeTempDir({ prefix: "bench-host-state-" });
 
 async function lazyRun(name: string, extra: string[]): Promise<Run> {
   const sandbox = await mountSandbox();
-  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir, EROFS_OCI_STATE_DIR: stateDir };
   // The server inherits EROFS_OCI_TIMING and marks on after the mount returns (directories,
   // node:crypto): removed only once it is gone, or it writes the file anew.
   const timingFile = await Deno.makeTempFile({ prefix: "bench-host-timing-" });
@@ -164,6 +168,7 @@ try {
   if (!quick) runs.push(await lazyRun("erofs-oci --no-disk-cache", ["--no-disk-cache"]));
 } finally {
   await Deno.remove(cacheDir, { recursive: true });
+  await Deno.remove(stateDir, { recursive: true });
   await cliRunner.cleanup();
 }
 

@@ -1,8 +1,8 @@
 /**
  * Mount start-up benchmark (real CPU, FUSE backend): the host benchmark's image from a loopback
  * docker-registry, mounted and unmounted ROUNDS times (default 5), each round a mount on an
- * empty disk cache ("cold") and a remount on the disk cache it filled, each after dropping the
- * page cache — the host benchmark's mount step alone, repeated, so a start-up change shows
+ * empty disk cache and state dir ("cold") and a remount on what it left in both (filled chunks,
+ * kept chunk table and config), each after dropping the page cache — the host benchmark's mount step alone, repeated, so a start-up change shows
  * through the noise of single runs. Prints each mount's seconds and its timeline
  * (EROFS_OCI_TIMING marks), then min and median per kind.
  * BENCH_CLI=dist times dist/erofs-oci (build it first: scripts/build.sh); BENCH_AB=FILE also
@@ -35,11 +35,16 @@ type Cli = (typeof variants)[number]["cli"];
 /** One mount after a page-cache drop: its seconds and marks; unmounted before returning. */
 async function timedMount(
   cli: Cli,
-  cacheDir: string,
+  hostDir: string,
 ): Promise<{ seconds: number; marks: string[] }> {
   const sandbox = await mountSandbox();
   const timingFile = await Deno.makeTempFile({ prefix: "bench-mount-timing-" });
-  const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: cacheDir };
+  // The disk cache and the state dir (kept tables, configs) a remount finds on a real host.
+  const env = {
+    ...sandbox.env,
+    EROFS_OCI_CACHE_DIR: `${hostDir}/cache`,
+    EROFS_OCI_STATE_DIR: `${hostDir}/state`,
+  };
   try {
     dropCaches();
     const start = performance.now();
@@ -62,16 +67,16 @@ try {
     // Alternating which goes first: the first of a round meets a registry idle for longer.
     const order = round % 2 ? variants : [...variants].reverse();
     for (const { name, cli } of order) {
-      const cacheDir = await Deno.makeTempDir({ prefix: "bench-mount-disk-cache-" });
+      const hostDir = await Deno.makeTempDir({ prefix: "bench-mount-host-" });
       try {
         for (const kind of ["cold", "remount"]) {
-          const { seconds, marks } = await timedMount(cli, cacheDir);
+          const { seconds, marks } = await timedMount(cli, hostDir);
           const key = `${name}${kind}`;
           times.set(key, [...times.get(key) ?? [], seconds]);
           console.log(`${round} ${key} ${seconds.toFixed(3)} s: ${marks.join(", ")}`);
         }
       } finally {
-        await Deno.remove(cacheDir, { recursive: true });
+        await Deno.remove(hostDir, { recursive: true });
       }
     }
   }

@@ -129,9 +129,9 @@ export async function takeServerSpawnedAhead(
 ): Promise<SpawnedServer | undefined> {
   const ahead = takeSpawnedAhead();
   if (!ahead) return undefined;
-  const server = spawnedServer(ahead);
-  const spawned = await ahead.catch(() => undefined);
-  if (spawned?.foreground === foreground && spawned.backend === backend) return server;
+  // Not waiting for the spawn to settle: the server is needed only once the spec is known.
+  const server = spawnedServer(ahead.spawned);
+  if (ahead.foreground === foreground && ahead.backend === backend) return server;
   await server.discard();
   return undefined;
 }
@@ -139,7 +139,7 @@ export async function takeServerSpawnedAhead(
 /** Ends a server spawned ahead that no `mount` took (a usage error, a refused target…). */
 export async function discardServerSpawnedAhead(): Promise<void> {
   const ahead = takeSpawnedAhead();
-  if (ahead) await spawnedServer(ahead).discard();
+  if (ahead) await spawnedServer(ahead.spawned).discard();
 }
 
 async function handOver(

@@ -87,7 +87,14 @@ export async function spawnServerChild(
   return { child, foreground, backend };
 }
 
-let spawnedAhead: Promise<ServerChild> | undefined;
+/** A server spawned ahead: what it was spawned for, known before its spawn settles. */
+export interface ServerAhead {
+  spawned: Promise<ServerChild>;
+  foreground: boolean;
+  backend?: "nbd" | "fuse";
+}
+
+let spawnedAhead: ServerAhead | undefined;
 
 /**
  * Spawns the server of a `mount` whose own modules are still loading (lib/cli/main.ts), so
@@ -96,14 +103,15 @@ let spawnedAhead: Promise<ServerChild> | undefined;
  */
 export function spawnServerAhead(foreground: boolean, backend?: "nbd" | "fuse"): void {
   if (spawnedAhead) return;
-  spawnedAhead = spawnServerChild(foreground, backend);
-  spawnedAhead.catch(() => {}); // taken and awaited (or discarded) by `mount`
+  const spawned = spawnServerChild(foreground, backend);
+  spawned.catch(() => {}); // taken and awaited (or discarded) by `mount`
+  spawnedAhead = { spawned, foreground, backend };
   // The exec runs now on a pool thread; the promise settles when this thread is next free.
   mark("cli: server spawned ahead");
 }
 
 /** The server spawned ahead, if any; the caller takes it over (use it or discard it). */
-export function takeSpawnedAhead(): Promise<ServerChild> | undefined {
+export function takeSpawnedAhead(): ServerAhead | undefined {
   const ahead = spawnedAhead;
   spawnedAhead = undefined;
   return ahead;
