@@ -45,10 +45,10 @@ export const PRESTART_READER_ENV = "EROFS_OCI_PRESTART_READER";
 
 /**
  * Set for a server that leaves the CLI's session itself (setsid(2) first thing, see
- * lib/daemon/mount_server.ts). Deno's `detached: true` does that in the child between fork and
- * exec, and a pre-exec step makes Rust fork the whole CLI instead of posix_spawn: 20-30 ms per
- * spawn on the host with a 100 MB heap (1.6 ms without), and most of the 0.6-1.6 s between
- * `cli: main` and `cli: server spawned ahead` in the QEMU TCG guest.
+ * lib/daemon/mount_server.ts), whoever spawned it. (Deno.Command's `detached: true`, used once,
+ * did it in a pre-exec step, which made Rust fork the whole CLI instead of posix_spawn: 20-30 ms
+ * per spawn on the host with a 100 MB heap, and most of the 0.6-1.6 s between `cli: main` and
+ * `cli: server spawned ahead` in the QEMU TCG guest.)
  */
 export const NEW_SESSION_ENV = "EROFS_OCI_SERVER_NEW_SESSION";
 
