@@ -187,65 +187,55 @@ async function pollFor(fd: number, events: number): Promise<void> {
   await libc().poll_nonblocking(pollfd, 1n, -1);
 }
 
-/** This process's end of a child's stdin: writes without blocking the event loop. */
-export class PipeWriter {
-  #fd: number;
+/** This process's end of a pipe to or from a child: O_NONBLOCK, waited on with poll. */
+class PipeEnd {
+  protected fd: number;
 
   constructor(fd: number) {
-    this.#fd = fd;
+    this.fd = fd;
     setNonBlocking(fd);
   }
 
+  close(): void {
+    if (this.fd < 0) return;
+    closeFd(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** This process's end of a child's stdin: writes without blocking the event loop. */
+export class PipeWriter extends PipeEnd {
   /** Writes all of `bytes`; rejects when the child's end is gone (EPIPE) or closed here. */
   async write(bytes: Uint8Array): Promise<void> {
     let done = 0;
     while (done < bytes.length) {
-      if (this.#fd < 0) throw new SysError("write", Errno.EBADF, "pipe closed");
+      if (this.fd < 0) throw new SysError("write", Errno.EBADF, "pipe closed");
       const rest = bytes.subarray(done) as Uint8Array<ArrayBuffer>;
-      const n = Number(libc().write(this.#fd, rest, BigInt(rest.length)));
+      const n = Number(libc().write(this.fd, rest, BigInt(rest.length)));
       if (n >= 0) {
         done += n;
         continue;
       }
       const code = errno();
-      if (code === Errno.EAGAIN) await pollFor(this.#fd, POLLOUT);
+      if (code === Errno.EAGAIN) await pollFor(this.fd, POLLOUT);
       else if (code !== Errno.EINTR) throw new SysError("write", code, "pipe");
     }
-  }
-
-  close(): void {
-    if (this.#fd < 0) return;
-    closeFd(this.#fd);
-    this.#fd = -1;
   }
 }
 
 /** This process's end of a child's stdout: reads without blocking the event loop. */
-export class PipeReader {
-  #fd: number;
-
-  constructor(fd: number) {
-    this.#fd = fd;
-    setNonBlocking(fd);
-  }
-
+export class PipeReader extends PipeEnd {
   /** Some bytes into `buffer`: how many, or null at the end (the child closed its end). */
   async read(buffer: Uint8Array<ArrayBuffer>): Promise<number | null> {
     for (;;) {
-      if (this.#fd < 0) return null;
-      const n = Number(libc().read(this.#fd, buffer, BigInt(buffer.length)));
+      if (this.fd < 0) return null;
+      const n = Number(libc().read(this.fd, buffer, BigInt(buffer.length)));
       if (n > 0) return n;
       if (n === 0) return null;
       const code = errno();
-      if (code === Errno.EAGAIN) await pollFor(this.#fd, POLLIN);
+      if (code === Errno.EAGAIN) await pollFor(this.fd, POLLIN);
       else if (code !== Errno.EINTR) throw new SysError("read", code, "pipe");
     }
-  }
-
-  close(): void {
-    if (this.#fd < 0) return;
-    closeFd(this.#fd);
-    this.#fd = -1;
   }
 }
 
