@@ -647,13 +647,24 @@ export function pidfdGetFd(pidfd: number, targetFd: number): number {
   );
 }
 
+/** poll(2) events (asm-generic/poll.h). */
+export const POLLIN = 1, POLLOUT = 4;
+
+/** A `struct pollfd` array (int fd; short events; short revents) asking `events` of each fd. */
+export function pollFds(fds: readonly number[], events: number): Uint8Array<ArrayBuffer> {
+  const pollfds = new Uint8Array(8 * fds.length);
+  const view = new DataView(pollfds.buffer);
+  fds.forEach((fd, i) => {
+    view.setInt32(8 * i, fd, true);
+    view.setInt16(8 * i + 4, events, true);
+  });
+  return pollfds;
+}
+
 /** Whether `fd` has something to read (or its end) right now: poll(2) without waiting. */
 export function readableNow(fd: number): boolean {
-  const pollfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
-  const view = new DataView(pollfd.buffer);
-  view.setInt32(0, fd, true);
-  view.setInt16(4, 1, /* POLLIN */ true);
-  return libc().poll(pollfd, 1n, 0) > 0 && view.getInt16(6, true) !== 0;
+  const pollfd = pollFds([fd], POLLIN);
+  return libc().poll(pollfd, 1n, 0) > 0 && new DataView(pollfd.buffer).getInt16(6, true) !== 0;
 }
 
 /** poll(2) on a pool thread: waits without blocking the event loop (pidfds, /dev/fuse). */

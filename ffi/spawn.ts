@@ -16,6 +16,10 @@ import {
   O_CLOEXEC,
   O_RDWR,
   pathExists,
+  pollAsync,
+  pollFds,
+  POLLIN,
+  POLLOUT,
   SysError,
   unwrap,
 } from "./libc.ts";
@@ -32,7 +36,6 @@ const ACTIONS_BYTES = 80;
 const POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08, POSIX_SPAWN_SETSID = 0x80;
 const SIGPIPE = 13;
 const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
-const POLLIN = 1, POLLOUT = 4;
 
 /** How a spawned program is started. */
 export interface SpawnOptions {
@@ -180,11 +183,7 @@ function setNonBlocking(fd: number): void {
 
 /** Waits (pool thread) until `fd` is ready for `events`. */
 async function pollFor(fd: number, events: number): Promise<void> {
-  const pollfd = new Uint8Array(new ArrayBuffer(8));
-  const view = new DataView(pollfd.buffer);
-  view.setInt32(0, fd, true);
-  view.setInt16(4, events, true);
-  await libc().poll_nonblocking(pollfd, 1n, -1);
+  await pollAsync(pollFds([fd], events), -1);
 }
 
 /** This process's end of a pipe to or from a child: O_NONBLOCK, waited on with poll. */

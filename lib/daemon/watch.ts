@@ -5,7 +5,7 @@
  * mount with a connected device, a FUSE mount whose keeper runs. A server stopping on purpose
  * (umount) disconnects its devices or drops its FUSE record first, so it is never revived.
  */
-import { closeFd, pidfdOpen, pollAsync } from "../../ffi/libc.ts";
+import { closeFd, pidfdOpen, pollAsync, pollFds, POLLIN } from "../../ffi/libc.ts";
 import { fuseRecoverable } from "./fuse_recovery.ts";
 import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
@@ -129,12 +129,5 @@ async function waitForExit(servers: Watched[], timeoutMs: number): Promise<void>
     await new Promise((resolve) => setTimeout(resolve, timeoutMs));
     return;
   }
-  const POLLIN = 1;
-  const pollfds = new Uint8Array(8 * servers.length);
-  const view = new DataView(pollfds.buffer);
-  servers.forEach((s, i) => {
-    view.setInt32(8 * i, s.pidfd, true);
-    view.setInt16(8 * i + 4, POLLIN, true);
-  });
-  await pollAsync(pollfds, timeoutMs);
+  await pollAsync(pollFds(servers.map((s) => s.pidfd), POLLIN), timeoutMs);
 }

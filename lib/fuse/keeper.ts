@@ -6,8 +6,9 @@
  * to get wrong.
  *
  * The keeper is `sleep` (about 2 MB, against some 60 MB for a Deno process) that gets copies of
- * the descriptors, made in the child by posix_spawn (ffi/spawn.ts). It never reads /dev/fuse. It runs in its own session, so it outlives the server; the server ends it when it
- * stops on purpose, and `umount` ends it when the server is dead. Its environment names the
+ * the descriptors, made in the child by posix_spawn (ffi/spawn.ts). It never reads /dev/fuse.
+ * It runs in its own session, so it outlives the server; the server ends it when it stops on
+ * purpose, and `umount` ends it when the server is dead. Its environment names the
  * mount it keeps (KEEPER_OWNER_ENV), so one whose pid was never recorded (the server died in
  * between) can still be found and ended.
  */

@@ -7,7 +7,7 @@ import { RegistryBlob } from "../oci/registry_blob.ts";
 import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
-import { DiskCache } from "../source/disk_cache.ts";
+import { type BlobKey, DiskCache } from "../source/disk_cache.ts";
 import type { LayerSpec } from "../state/runtime.ts";
 import { tableCacheOrigin, verifiedBlob } from "../verify/layer_tables.ts";
 import {
@@ -140,12 +140,20 @@ export function readListedMetadataAhead(layers: readonly LayerSpec[]): void {
   if (!cache) return;
   for (const layer of layers) {
     if (layer.kind !== "registry" || !layer.chunkTable) continue;
-    const origin = registryOrigin(layer.registry, layer.plainHttp);
-    cache.readSidecarAhead(
-      { digest: layer.digest, origin: tableCacheOrigin(origin, layer.chunkTable.digest) },
-      SHA256_BYTES + MAX_METADATA_BYTES,
-    );
+    cache.readSidecarAhead(diskCacheKey(layer), SHA256_BYTES + MAX_METADATA_BYTES);
   }
+}
+
+/**
+ * The disk-cache key of a registry layer: its registry's origin, and behind a chunk table that
+ * table's (verifiedBlob: its chunks were all checked against it).
+ */
+function diskCacheKey(layer: Extract<LayerSpec, { kind: "registry" }>): BlobKey {
+  const origin = registryOrigin(layer.registry, layer.plainHttp);
+  return {
+    digest: layer.digest,
+    origin: layer.chunkTable ? tableCacheOrigin(origin, layer.chunkTable.digest) : origin,
+  };
 }
 
 /**
@@ -182,10 +190,10 @@ export async function openLayerSource(
     mediaType: layer.mediaType,
   });
   let source: Source = blob;
-  let origin = registryOrigin(layer.registry, layer.plainHttp);
   let metadata: MetadataRanges | undefined;
   if (layer.chunkTable) {
     // Under the caches: nothing unverified is ever cached or served.
+    const origin = registryOrigin(layer.registry, layer.plainHttp);
     const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin, options).catch(
       async (error) => {
         await blob.close();
@@ -193,11 +201,10 @@ export async function openLayerSource(
       },
     );
     source = verified.source;
-    origin = verified.cacheOrigin;
     metadata = verified.source.table.metadata;
   }
   const cache = sharedDiskCache();
-  const opened = cache ? cache.wrap(source, { digest: layer.digest, origin }) : source;
+  const opened = cache ? cache.wrap(source, diskCacheKey(layer)) : source;
   if (metadata) registerMetadata(opened, metadata, blob);
   return opened;
 }

@@ -10,6 +10,8 @@ import {
   Errno,
   errno,
   libc,
+  pollFds,
+  POLLIN,
   SOCK_CLOEXEC,
   SOCK_RAW,
   SysError,
@@ -39,7 +41,6 @@ const NETLINK_EXT_ACK = 11;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
 const SOCK_NONBLOCK = 0o4000;
-const POLLIN = 1;
 
 function view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -85,10 +86,7 @@ export class GenlSocket {
     while (!this.#receive(req.family, seq, state, what)) {
       const left = deadline - Date.now();
       if (left <= 0) throw this.#timeout(what, timeoutMs);
-      const pfd = new Uint8Array(8);
-      view(pfd).setInt32(0, this.fd, true);
-      view(pfd).setInt16(4, POLLIN, true);
-      const n = libc().poll(pfd, 1n, Math.min(left, 1000));
+      const n = libc().poll(pollFds([this.fd], POLLIN), 1n, Math.min(left, 1000));
       if (n < 0 && errno() !== Errno.EINTR) throw new SysError("poll", errno(), "netlink");
     }
     return state.replies;
