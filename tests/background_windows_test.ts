@@ -368,6 +368,50 @@ Deno.test("background windows: startWhenQuiet starts them after a quiet, not whi
   }
 });
 
+Deno.test("background windows: startWhenQuiet counts the quiet from when `after` settles", async () => {
+  const QUIET_MS = 20;
+  const t = await setUp([], { pieceBytes: 2 * CHUNK });
+  try {
+    const ready = Promise.withResolvers<void>();
+    const quietStarted = t.windows.startWhenQuiet(QUIET_MS, ready.promise);
+    // Quiet for many spans, but the server is not ready yet (its attach still runs).
+    await sleep(6 * QUIET_MS);
+    assert.equal(t.windows.started, false, "started before `after` settled");
+    assert.equal(t.inner.reads.length, 0, JSON.stringify(t.inner.reads));
+    const readyMs = performance.now();
+    ready.resolve();
+    assert.equal(await quietStarted, true);
+    assert(t.windows.started);
+    assert(performance.now() - readyMs >= QUIET_MS - 1, "the quiet counts from `after`");
+    await t.windows.start();
+    assert.deepEqual([...new Set(windowsOf(t.inner.reads))].sort((a, b) => a - b), LISTED);
+  } finally {
+    await t.cleanUp();
+  }
+  // Aborted while `after` is pending (a server whose start failed): never started.
+  const abort = new AbortController();
+  let fills = 0;
+  const windows = new BackgroundWindows({
+    starts: [0],
+    windowBytes: WINDOW,
+    sizeBytes: WINDOW,
+    fill: () => {
+      fills++;
+      return Promise.resolve();
+    },
+    inFlight: 1,
+    activity: () => ({ walkMs: -Infinity, dataMs: -Infinity }),
+    signal: abort.signal,
+  });
+  const never = new Promise<void>(() => {});
+  const quiet = windows.startWhenQuiet(10, never);
+  abort.abort();
+  assert.equal(await quiet, false);
+  await sleep(30);
+  assert.equal(windows.started, false);
+  assert.equal(fills, 0);
+});
+
 Deno.test("background windows: startWhenQuiet resolves false when start() came first or the signal aborted", async () => {
   const t = await setUp();
   try {

@@ -279,11 +279,26 @@ export class BackgroundWindows {
 
   /**
    * Starts the workers once neither file data nor a walk was read for `quietMs` (counted from
-   * this call): idle bandwidth after the mount is ready. A few pinned reads (mount(2)'s) are
-   * no activity. Resolves true when this started them, false when start() did first or the
-   * signal aborted.
+   * when `after` settles, else from this call): idle bandwidth after the mount is ready. A few
+   * pinned reads (mount(2)'s) are no activity. Resolves true when this started them, false
+   * when start() did first or the signal aborted.
    */
-  startWhenQuiet(quietMs: number): Promise<boolean> {
+  startWhenQuiet(quietMs: number, after?: Promise<unknown>): Promise<boolean> {
+    if (!after) return this.#startWhenQuiet(quietMs);
+    const signal = this.#options.signal;
+    return new Promise<boolean>((resolve) => {
+      const abort = () => resolve(false);
+      signal?.addEventListener("abort", abort, { once: true });
+      const go = () => {
+        signal?.removeEventListener("abort", abort);
+        if (signal?.aborted) return resolve(false);
+        resolve(this.#startWhenQuiet(quietMs));
+      };
+      after.then(go, go);
+    });
+  }
+
+  #startWhenQuiet(quietMs: number): Promise<boolean> {
     const { promise, resolve } = Promise.withResolvers<boolean>();
     const calledMs = performance.now();
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -128,7 +128,13 @@ export interface PrefetchOptions {
    * (background_windows.ts QUIET_START; mounts). Unset: only the first data read past the
    * image head starts them, 2 at a time.
    */
-  windowsWhenQuiet?: { quietMs: number; inFlight: number; idleInFlight: number };
+  windowsWhenQuiet?: {
+    quietMs: number;
+    inFlight: number;
+    idleInFlight: number;
+    /** The quiet counts from when this settles (a mount: its server is ready). */
+    after?: Promise<unknown>;
+  };
 }
 
 /**
@@ -257,7 +263,8 @@ export async function prefetchErofsMetadata(
     // Or the idle time after ready, one window at a time until file data is read: more
     // in flight slowed a find that began right after the mount (QUIET_START).
     if (options.windowsWhenQuiet) {
-      windows.startWhenQuiet(options.windowsWhenQuiet.quietMs).then((started) => {
+      const { quietMs, after } = options.windowsWhenQuiet;
+      windows.startWhenQuiet(quietMs, after).then((started) => {
         if (started) mark("server: background windows start (quiet after ready)");
       });
     }

@@ -176,6 +176,51 @@ mount_timeline() {
     awk -v a="$t0" -v b="$t1" -v n="$name" 'BEGIN { printf "%s\t%.2f\tmount command returned\n", n, b - a }'
   } | sort -t $'\t' -k2,2g >>"$out/mount-timeline.tsv"
 }
+# CPU seconds (user + system) of this shell's waited-for children so far (the mount command
+# among them), into $children_s: `times` in this shell, since a subshell has children of its own.
+children_cpu() {
+  times >"$work/times"
+  children_s=$(awk 'END {
+    for (i = 1; i <= NF; i++) { split($i, p, "m"); sub(/s$/, "", p[2]); s += p[1] * 60 + p[2] }
+    printf "%.2f", s }' "$work/times")
+}
+# CPU seconds (user + system) of process $1 so far, 0 when it is gone or not given.
+process_cpu_s() {
+  if [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ]; then
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+# CPU seconds of process $1's threads so far, summed by thread name, largest first.
+threads_cpu() {
+  [ -n "${1:-}" ] && [ -d "/proc/$1/task" ] || return 0
+  cat /proc/"$1"/task/*/stat 2>/dev/null | awk -v hz="$(getconf CLK_TCK)" '{
+      name = $0; sub(/^[^(]*\(/, "", name); sub(/\) .*$/, "", name)
+      rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+      cpu[name] += (f[12] + f[13]) / hz; n[name]++
+    } END { for (k in cpu) printf "%.2f %s (%d)\n", cpu[k], k, n[k] }' | sort -rn | head -8 |
+    awk '{ line = line (NR > 1 ? ", " : "") $0 } END { print line }'
+}
+# "BUSY TOTAL" ticks of all CPUs (/proc/stat: idle and iowait are not busy).
+cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
+# How much of the guest's CPUs a mount used (NAME BEFORE AFTER T0 T1 "CLI REGISTRY" twice, SERVER
+# seconds), and by whom: whether the mount waits on
+# CPU (both vCPUs busy: its processes and the registry compete) or on something else.
+cpu_used() {
+  local name=$1 before=$2 after=$3
+  awk -v n="$name" -v b="$before" -v a="$after" -v t0="$4" -v t1="$5" -v hz="$(getconf CLK_TCK)" \
+    -v p0="$6" -v p1="$7" -v srv="${8:-0}" \
+    -v cpus="$(nproc)" 'BEGIN {
+      split(b, x, " "); split(a, y, " ")
+      busy = (y[1] - x[1]) / hz; total = (y[2] - x[2]) / hz
+      if (total <= 0) exit
+      printf "bench: [%s] mount used %.2f of %d vCPUs x %.2f s (%.0f%% busy)", n, busy, cpus, t1 - t0, 100 * busy / total
+      split(p0, u, " "); split(p1, v, " ")
+      printf "; CPU s: mount command %.2f, its server %.2f, registry %.2f, rest %.2f\n",
+        v[1] - u[1], srv, v[2] - u[2], busy - (v[1] - u[1]) - srv - (v[2] - u[2])
+    }' >&2
+}
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -258,6 +303,9 @@ measure() {
   log "[$name] mount"
   snapshot_block_stats "$work/stats0"
   mark0=$(log_lines)
+  cpu0=$(cpu_ticks)
+  children_cpu
+  proc0="$children_s $(process_cpu_s "$registry_pid")"
   t0=$(now)
   if ! "$mount_fn" "$dir"; then
     log "[$name] mount FAILED"
@@ -265,9 +313,14 @@ measure() {
     return 1
   fi
   t1=$(now)
+  cpu1=$(cpu_ticks)
+  children_cpu
+  proc1="$children_s $(process_cpu_s "$registry_pid")"
   mount_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   dev=$(block_device_of "$dir")
   pid=$("$pid_fn" "$dir")
+  cpu_used "$name" "$cpu0" "$cpu1" "$t0" "$t1" "$proc0" "$proc1" "$(process_cpu_s "$pid")"
+  [ -n "$pid" ] && log "[$name] server threads' CPU s by name (count): $(threads_cpu "$pid")"
   [[ $name == erofs-oci* ]] && mount_timeline "$name" "$t0" "$t1" "$pid" "$(basename "$dir")"
   rss_mount=0
   [ -n "$pid" ] && rss_mount=$(rss_kb "$pid")
