@@ -4,7 +4,8 @@
  * empty disk cache and state dir ("cold") and a remount on what it left in both (filled chunks,
  * kept chunk table and config), each after dropping the page cache — the host benchmark's mount step alone, repeated, so a start-up change shows
  * through the noise of single runs. Prints each mount's seconds and its timeline
- * (EROFS_OCI_TIMING marks), then min and median per kind.
+ * (EROFS_OCI_TIMING marks) and the CPU the machine spent meanwhile (the CLI, its server and the
+ * registry: what a CPU-bound guest, the TCG VM, pays for), then min and median per kind.
  * BENCH_CLI=dist times dist/erofs-oci (build it first: scripts/build.sh); BENCH_AB=FILE also
  * times the artifact FILE (another build), each round alternating the two.
  * Usage: deno run -A scripts/bench_mount.ts IMAGE [ROUNDS]   (root; the image from
@@ -12,7 +13,7 @@
  */
 import { startRegistry } from "../tests/_support/registry.ts";
 import { mountSandbox } from "../tests/_support/mounts.ts";
-import { artifactOrSource, benchCliKind, dropCaches, timeline } from "./bench/host_steps.ts";
+import { artifactOrSource, benchCliKind, cpuMs, dropCaches, timeline } from "./bench/host_steps.ts";
 
 const [image, roundsText = "5"] = Deno.args;
 const rounds = Number(roundsText);
@@ -36,7 +37,7 @@ type Cli = (typeof variants)[number]["cli"];
 async function timedMount(
   cli: Cli,
   hostDir: string,
-): Promise<{ seconds: number; marks: string[] }> {
+): Promise<{ seconds: number; busyMs: number; marks: string[] }> {
   const sandbox = await mountSandbox();
   const timingFile = await Deno.makeTempFile({ prefix: "bench-mount-timing-" });
   // The disk cache and the state dir (kept tables, configs) a remount finds on a real host.
@@ -47,14 +48,16 @@ async function timedMount(
   };
   try {
     dropCaches();
+    const busyBefore = cpuMs(Deno.pid).busyMs;
     const start = performance.now();
     const mounted = await cli.run(
       ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse"],
       { env: { ...env, EROFS_OCI_TIMING: timingFile }, timeoutMs: 120_000 },
     );
     const seconds = (performance.now() - start) / 1000;
+    const busyMs = cpuMs(Deno.pid).busyMs - busyBefore;
     if (mounted.code !== 0) throw new Error(mounted.stderr);
-    return { seconds, marks: timeline(timingFile, performance.timeOrigin + start) };
+    return { seconds, busyMs, marks: timeline(timingFile, performance.timeOrigin + start) };
   } finally {
     await sandbox.cleanup();
     await Deno.remove(timingFile).catch(() => {});
@@ -62,6 +65,7 @@ async function timedMount(
 }
 
 const times = new Map<string, number[]>();
+const busy = new Map<string, number[]>();
 try {
   for (let round = 1; round <= rounds; round++) {
     // Alternating which goes first: the first of a round meets a registry idle for longer.
@@ -70,10 +74,15 @@ try {
       const hostDir = await Deno.makeTempDir({ prefix: "bench-mount-host-" });
       try {
         for (const kind of ["cold", "remount"]) {
-          const { seconds, marks } = await timedMount(cli, hostDir);
+          const { seconds, busyMs, marks } = await timedMount(cli, hostDir);
           const key = `${name}${kind}`;
           times.set(key, [...times.get(key) ?? [], seconds]);
-          console.log(`${round} ${key} ${seconds.toFixed(3)} s: ${marks.join(", ")}`);
+          busy.set(key, [...busy.get(key) ?? [], busyMs]);
+          console.log(
+            `${round} ${key} ${seconds.toFixed(3)} s, machine CPU ${busyMs} ms: ${
+              marks.join(", ")
+            }`,
+          );
         }
       } finally {
         await Deno.remove(hostDir, { recursive: true });
@@ -86,7 +95,7 @@ try {
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1];
 for (const [kind, values] of [...times].sort()) {
   console.log(
-    `${kind}: min ${Math.min(...values).toFixed(3)} s, median ${median(values).toFixed(3)} s ` +
-      `(${values.length} mounts)`,
+    `${kind}: min ${Math.min(...values).toFixed(3)} s, median ${median(values).toFixed(3)} s, ` +
+      `machine CPU median ${median(busy.get(kind)!)} ms (${values.length} mounts)`,
   );
 }

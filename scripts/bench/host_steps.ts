@@ -168,3 +168,21 @@ export function timeline(path: string, spawnedAtMs: number): string[] {
 export async function blobGetLines(registry: TestRegistry, digest: string): Promise<string[]> {
   return (await registry.accessLog()).filter((line) => line.includes(`/blobs/${digest} `));
 }
+
+/** CPU time of `pid` (user + system) and of the whole machine (busy, iowait), in ms. */
+export function cpuMs(pid: number) {
+  const tick = 10; // USER_HZ 100
+  let processMs = NaN;
+  try {
+    const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+    processMs = (Number(fields[11]) + Number(fields[12])) * tick;
+  } catch { /* gone */ }
+  const all = Deno.readTextFileSync("/proc/stat").split("\n")[0].split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = all;
+  return {
+    processMs,
+    busyMs: (user + nice + system + irq + softirq + steal) * tick,
+    iowaitMs: iowait * tick,
+    idleMs: idle * tick,
+  };
+}

@@ -26,6 +26,7 @@ import { type CliResult, runCli } from "../../tests/_support/cli.ts";
 import { mountSandbox } from "../../tests/_support/mounts.ts";
 import {
   blobGetLines,
+  cpuMs,
   dropCaches,
   fileDigest,
   pythonArgs,
@@ -132,24 +133,6 @@ function serverEvents(path: string): TraceEvent[] {
   return mine.filter((f) => f[3] !== "origin")
     .map((f) => ({ ms: origin + Number(f[2]), kind: f[3], fields: f.slice(4) }))
     .sort((a, b) => a.ms - b.ms);
-}
-
-/** CPU time of `pid` (user + system) and of the whole machine (busy, iowait), in ms. */
-function cpuMs(pid: number) {
-  const tick = 10; // USER_HZ 100
-  let processMs = NaN;
-  try {
-    const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-    processMs = (Number(fields[11]) + Number(fields[12])) * tick;
-  } catch { /* gone */ }
-  const all = Deno.readTextFileSync("/proc/stat").split("\n")[0].split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = all;
-  return {
-    processMs,
-    busyMs: (user + nice + system + irq + softirq + steal) * tick,
-    iowaitMs: iowait * tick,
-    idleMs: idle * tick,
-  };
 }
 
 interface RunResult {
