@@ -368,6 +368,25 @@ Deno.test("background windows: startWhenQuiet starts them after a quiet, not whi
   }
 });
 
+/** One window on an idle mount, its signal's controller, and how many fills it started. */
+function abortableWindow() {
+  const abort = new AbortController();
+  let fills = 0;
+  const windows = new BackgroundWindows({
+    starts: [0],
+    windowBytes: WINDOW,
+    sizeBytes: WINDOW,
+    fill: () => {
+      fills++;
+      return Promise.resolve();
+    },
+    inFlight: 1,
+    activity: () => ({ walkMs: -Infinity, dataMs: -Infinity }),
+    signal: abort.signal,
+  });
+  return { abort, windows, fills: () => fills };
+}
+
 Deno.test("background windows: startWhenQuiet counts the quiet from when `after` settles", async () => {
   const QUIET_MS = 20;
   const t = await setUp([], { pieceBytes: 2 * CHUNK });
@@ -389,27 +408,14 @@ Deno.test("background windows: startWhenQuiet counts the quiet from when `after`
     await t.cleanUp();
   }
   // Aborted while `after` is pending (a server whose start failed): never started.
-  const abort = new AbortController();
-  let fills = 0;
-  const windows = new BackgroundWindows({
-    starts: [0],
-    windowBytes: WINDOW,
-    sizeBytes: WINDOW,
-    fill: () => {
-      fills++;
-      return Promise.resolve();
-    },
-    inFlight: 1,
-    activity: () => ({ walkMs: -Infinity, dataMs: -Infinity }),
-    signal: abort.signal,
-  });
+  const { abort, windows, fills } = abortableWindow();
   const never = new Promise<void>(() => {});
   const quiet = windows.startWhenQuiet(10, never);
   abort.abort();
   assert.equal(await quiet, false);
   await sleep(30);
   assert.equal(windows.started, false);
-  assert.equal(fills, 0);
+  assert.equal(fills(), 0);
 });
 
 Deno.test("background windows: startWhenQuiet resolves false when start() came first or the signal aborted", async () => {
@@ -422,23 +428,10 @@ Deno.test("background windows: startWhenQuiet resolves false when start() came f
   } finally {
     await t.cleanUp();
   }
-  const abort = new AbortController();
-  let fills = 0;
-  const windows = new BackgroundWindows({
-    starts: [0],
-    windowBytes: WINDOW,
-    sizeBytes: WINDOW,
-    fill: () => {
-      fills++;
-      return Promise.resolve();
-    },
-    inFlight: 1,
-    activity: () => ({ walkMs: -Infinity, dataMs: -Infinity }),
-    signal: abort.signal,
-  });
+  const { abort, windows, fills } = abortableWindow();
   const quiet = windows.startWhenQuiet(10_000); // would keep the test alive if not cleared
   abort.abort();
   assert.equal(await quiet, false);
   assert.equal(windows.started, false);
-  assert.equal(fills, 0);
+  assert.equal(fills(), 0);
 });
