@@ -8,6 +8,7 @@ import { DiskCache } from "../lib/source/disk_cache.ts";
 import { DiskCachedSource } from "../lib/source/disk_cached.ts";
 import type { Source } from "../lib/source/source.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { waitFor } from "./_support/wait.ts";
 
 const MiB = 1 << 20;
 const DIGEST = "sha256:" + "cd".repeat(32);
@@ -50,10 +51,10 @@ Deno.test("disk cache: an opener between a blob eviction's unlinks never pairs a
     // An eviction skips a blob in use (locked). `deno test --parallel` runs other files in this
     // process, and a child one of them spawns holds copies of all our descriptors, the closed
     // blob's lock included, between its clone and its exec: try again for up to 2 s.
-    for (const deadline = Date.now() + 2000; !hooked && Date.now() < deadline;) {
+    await waitFor("the blob's eviction", () => {
       evictor.evict();
-      if (!hooked) await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+      return hooked;
+    }, 2000);
     Deno.removeSync = realRemove;
     assert.ok(hooked, "the blob was evicted");
     const during = opened[0];

@@ -21,6 +21,7 @@ import {
 } from "../lib/source/disk_cache_io.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { fillBlobOnFiles } from "./_support/fill_blob.ts";
+import { waitFor } from "./_support/wait.ts";
 
 const CHUNK = 64 * 1024;
 
@@ -83,13 +84,11 @@ function rig(
 }
 
 /** Whether a write lock on `length` map bytes at `offset` can be taken within `ms`. */
-async function lockedWithin(fd: number, offset: number, length: number, ms: number) {
-  const deadline = Date.now() + ms;
-  while (!tryLock(fd, F_WRLCK, offset, length)) {
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  return true;
+function lockedWithin(fd: number, offset: number, length: number, ms: number) {
+  return waitFor("the lock", () => tryLock(fd, F_WRLCK, offset, length), ms).then(
+    () => true,
+    () => false,
+  );
 }
 
 Deno.test("disk cache sync: a chunk evicted and refilled during a sync is not marked PRESENT by it", async () => {
