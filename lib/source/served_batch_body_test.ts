@@ -28,6 +28,30 @@ for (const [name, make] of [["module", servedBatchBody], ["source text", rebuilt
     assert.deepEqual(posted, [[0, 512 << 10, 512 << 10, (512 << 10) - 1, 1 << 20, 1]]);
   });
 
+  Deno.test(`servedBatchBody (${name}): posts once its oldest read is 20 ms old`, () => {
+    // Slow reads (3.5 ms each under TCG) must still reach the main thread at a walk's pace.
+    const posted: number[][] = [];
+    let clockMs = 1000;
+    const batch = make((pairs) => posted.push(pairs), () => clockMs);
+    for (let i = 0; i < 6; i++) {
+      batch.add(i * 4096, 4096);
+      clockMs += 3.5;
+    }
+    assert.equal(posted.length, 0, "the 6th read came 17.5 ms after the first: not yet");
+    batch.add(6 * 4096, 4096);
+    assert.equal(posted.length, 1, "21 ms after the first with the 7th read: posted");
+    assert.equal(posted[0].length, 14);
+    clockMs += 100;
+    batch.add(7 * 4096, 4096);
+    assert.equal(posted.length, 1, "the age counts from the oldest read not yet posted");
+    clockMs += 19;
+    batch.add(8 * 4096, 4096);
+    assert.equal(posted.length, 1);
+    clockMs += 1;
+    batch.add(9 * 4096, 4096);
+    assert.deepEqual(posted[1], [7 * 4096, 4096, 8 * 4096, 4096, 9 * 4096, 4096]);
+  });
+
   Deno.test(`servedBatchBody (${name}): poll waits briefly while reads are pending`, () => {
     const posted: number[][] = [];
     const batch = make((pairs) => posted.push(pairs));
