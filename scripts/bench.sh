@@ -14,7 +14,8 @@
 #      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3), BENCH_CLI (dist, default: the single-file
 #      artifact as users run it, built by scripts/build.sh from HEAD; source: the working tree
 #      through scripts/erofs-oci-dev, as before), BENCH_FILL_TRACE=1 (the servers' fill traces in
-#      the run directory, with each step's start in steps.tsv).
+#      the run directory, with each step's start in steps.tsv), BENCH_SCHED_TRACE=1 (the cold
+#      find's context switches, wake-ups and request completions in trace-NAME.sched.txt).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
@@ -87,7 +88,7 @@ export BENCH_PEER_BIN
 export VM_HOST_PATHS="$DENO_DIR"$'\n'"$BENCH_PEER_BIN"
 export VM_ENV="DENO_DIR BENCH_IMAGE BENCH_NETEM_KO BENCH_OUT BENCH_REPO BENCH_PEER_BIN ${VM_ENV:-}"
 for name in BENCH_VARIANTS BENCH_SLOW_TAR_TIMEOUT_S BENCH_PEER_FIND_TIMEOUT_S BENCH_STEP_TIMEOUT_S \
-  BENCH_TRACE_RUNS BENCH_FILL_TRACE; do
+  BENCH_TRACE_RUNS BENCH_FILL_TRACE BENCH_SCHED_TRACE; do
   [ -n "${!name:-}" ] && VM_ENV+=" $name"
 done
 

@@ -80,14 +80,26 @@ export interface ExportContext {
   headPinned?: Promise<unknown>;
 }
 
-/** Connections per NBD device: the kernel runs one queue per connection. */
-const NBD_CONNECTIONS = 4;
+/**
+ * Connections per NBD device (the kernel runs one queue per connection): one, as mount.erofs.
+ * With several, a request could wait for the 10 s timeout although we had answered it: the
+ * kernel reads each socket's replies in a work item of the device's WQ_MEM_RECLAIM workqueue
+ * (nbdN-recv), one that runs as long as the socket lives. When the pool is slow to start
+ * workers at CONNECT (the first mount after boot in the TCG guest), the workqueue's rescuer
+ * takes every pending work item into its own list and runs them one after the other
+ * (Linux 6.1 rescuer_thread): the first never returns, so the other sockets' replies were
+ * never read. VM sched trace (docs/benchmarks.md, session 34): every reply read by the
+ * rescuer `nbd0-recv`, the first READ submitted from the second CPU completed only after the
+ * timeout dropped its socket. One reader thread serves all sockets anyway, and one socket
+ * carries up to 128 requests at a time.
+ */
+const NBD_CONNECTIONS = 1;
 /**
  * Kernel request timeout. It also decides how soon requests in flight when a server died are
- * resent after `reattach` (the kernel waits 30 s when it is 0). With several connections a
- * reply later than this makes the kernel drop that socket and requeue its requests elsewhere;
- * the export then replaces the socket (see heal below), so a slow registry costs a reconnect,
- * never an I/O error.
+ * resent after `reattach` (the kernel waits 30 s when it is 0). A reply later than this makes
+ * the kernel drop the socket and requeue its requests, which wait for a new one (up to the
+ * dead-connection timeout); the export then replaces the socket (see heal below), so a slow
+ * registry costs a reconnect, never an I/O error.
  */
 const NBD_TIMEOUT_S = Number(Deno.env.get("EROFS_OCI_NBD_TIMEOUT_S") ?? 10);
 /**

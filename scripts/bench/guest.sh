@@ -239,14 +239,31 @@ trace_start() {
   echo 16384 >"$tracing/buffer_size_kb"
   : >"$tracing/trace"
   echo 1 >"$tracing/events/block/block_rq_issue/enable"
+  sched_trace_events 1
   echo 1 >"$tracing/tracing_on"
 }
-trace_mark() { [ -w "$tracing/trace_marker" ] && echo "bench-step $1" >"$tracing/trace_marker"; }
+# BENCH_SCHED_TRACE=1 (a diagnostic): during the find also request completions, context switches
+# and wake-ups, kept whole in trace-NAME.sched.txt (what ran on each vCPU while a request waited).
+sched_trace_events() {
+  [ "${BENCH_SCHED_TRACE:-}" = 1 ] || return 0
+  local event
+  for event in block/block_rq_complete sched/sched_switch sched/sched_wakeup; do
+    echo "$1" >"$tracing/events/$event/enable"
+  done
+}
+trace_mark() {
+  [ -w "$tracing/trace_marker" ] && echo "bench-step $1" >"$tracing/trace_marker"
+  if [ "$1" = tar ]; then sched_trace_events 0; fi
+}
 trace_stop() {
   [ -f "$tracing/tracing_on" ] || return 0
   echo 0 >"$tracing/tracing_on"
   echo 0 >"$tracing/events/block/block_rq_issue/enable"
+  sched_trace_events 0
   grep -E "bench-step|block_rq_issue: [0-9]+,[0-9]+ R" "$tracing/trace" >"$1"
+  if [ "${BENCH_SCHED_TRACE:-}" = 1 ]; then
+    sed -n '/bench-step find/,/bench-step tar/p' "$tracing/trace" >"${1%.txt}.sched.txt"
+  fi
   : >"$tracing/trace"
 }
 
