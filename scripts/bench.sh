@@ -15,7 +15,8 @@
 #      artifact as users run it, built by scripts/build.sh from HEAD; source: the working tree
 #      through scripts/erofs-oci-dev, as before), BENCH_FILL_TRACE=1 (the servers' fill traces in
 #      the run directory, with each step's start in steps.tsv), BENCH_SCHED_TRACE=1 (the cold
-#      find's context switches, wake-ups and request completions in trace-NAME.sched.txt).
+#      find's context switches, wake-ups and request completions in trace-NAME.sched.txt; summed up
+#      by scripts/bench/sched_trace_report.ts).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
