@@ -269,52 +269,72 @@ Deno.test({
   }),
 });
 
-Deno.test({
-  name: "RECONFIGURE: fresh sockets replace dead ones; data still readable; wrong backend refused",
-  ignore: NOT_IN_VM,
-  fn: withRig(async (rig) => {
-    const { dir, source, mnt } = rig;
-    const backendId = `${dir}/backend-reconf`;
-    const first = await startServer(source, 2, dir);
-    const index = rig.index = await connectNbd({
-      ...connectOptions(rig, first, backendId),
-      timeoutS: 5,
-    });
-    closeKernelFds(first.kernelFds);
-    await mountNbd(rig, index);
-    assert.equal(await manifestOf(mnt), EXPECTED);
+/**
+ * [connections at CONNECT, sockets at RECONFIGURE]. 4 → 1: a device attached by an erofs-oci
+ * before one connection per device (lib/mount/exports.ts NBD_CONNECTIONS) and taken over by
+ * `reattach` of this one: one fresh socket fills one dead slot, and requests queued for the other
+ * slots (submitted from the other CPUs) must fall back to it.
+ */
+for (const [connections, fresh] of [[2, 2], [4, 1]]) {
+  Deno.test({
+    name:
+      `RECONFIGURE (${connections} connections, ${fresh} fresh): fresh sockets replace dead ones; data still readable; wrong backend refused`,
+    ignore: NOT_IN_VM,
+    fn: withRig(async (rig) => {
+      const { dir, source, mnt } = rig;
+      const backendId = `${dir}/backend-reconf`;
+      const first = await startServer(source, connections, dir);
+      const index = rig.index = await connectNbd({
+        ...connectOptions(rig, first, backendId),
+        timeoutS: 5,
+      });
+      closeKernelFds(first.kernelFds);
+      await mountNbd(rig, index);
+      assert.equal(await manifestOf(mnt), EXPECTED);
 
-    // The server "dies": its ends close; the kernel marks both connections dead.
-    for (const conn of first.conns) conn.close();
-    await Promise.all(first.ends);
-    await new Promise((r) => setTimeout(r, 500));
+      // The server "dies": its ends close; the kernel marks every connection dead.
+      for (const conn of first.conns) conn.close();
+      await Promise.all(first.ends);
+      await new Promise((r) => setTimeout(r, 500));
 
-    const second = await startServer(source, 2, dir);
-    try {
-      const wrong = await reconfigureNbd(index, second.kernelFds, "another-backend").then(
-        () => undefined,
-        (e) => e,
-      );
-      assert.ok(wrong instanceof NbdError, `expected NbdError, got ${wrong}`);
-      assert.match(wrong.message, /RECONFIGURE of nbd\d+ failed: invalid argument/);
-      assert.match(wrong.hint ?? "", /backend identifier/);
+      const second = await startServer(source, fresh, dir);
+      try {
+        const wrong = await reconfigureNbd(index, second.kernelFds, "another-backend").then(
+          () => undefined,
+          (e) => e,
+        );
+        assert.ok(wrong instanceof NbdError, `expected NbdError, got ${wrong}`);
+        assert.match(wrong.message, /RECONFIGURE of nbd\d+ failed: invalid argument/);
+        assert.match(wrong.hint ?? "", /backend identifier/);
 
-      await reconfigureNbd(index, second.kernelFds, backendId, 5);
-    } finally {
-      closeKernelFds(second.kernelFds);
-    }
-    assert.equal(nbdBackend(index), backendId);
-    await dropCaches();
-    assert.equal(await manifestOf(mnt), EXPECTED, "cold reads after RECONFIGURE");
-    assert.ok(second.requests > 0, "the new connections served the reads");
+        await reconfigureNbd(index, second.kernelFds, backendId, 5);
+      } finally {
+        closeKernelFds(second.kernelFds);
+      }
+      assert.equal(nbdBackend(index), backendId);
+      // Cold reads submitted from each CPU: each goes to its CPU's queue, whose slot may be dead.
+      const cpus = navigator.hardwareConcurrency;
+      for (let cpu = 0; cpu < cpus; cpu++) {
+        await dropCaches();
+        const listing = await runChecked("taskset", [
+          "-c",
+          `${cpu}`,
+          "python3",
+          `${FIXTURES}/manifest.py`,
+          mnt,
+        ]);
+        assert.equal(listing, EXPECTED, `cold reads from CPU ${cpu} after RECONFIGURE`);
+      }
+      assert.ok(second.requests > 0, "the new connections served the reads");
 
-    await unmount(rig);
-    await disconnectNbd(index);
-    await Promise.all(second.ends);
-    assert.equal(nbdPid(index), undefined);
-    rig.index = undefined;
-  }),
-});
+      await unmount(rig);
+      await disconnectNbd(index);
+      await Promise.all(second.ends);
+      assert.equal(nbdPid(index), undefined);
+      rig.index = undefined;
+    }),
+  });
+}
 
 Deno.test({
   name: "ioctl fallback: free device, NBD_DO_IT on a pool thread, mount, detach, free again",
