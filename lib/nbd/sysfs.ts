@@ -146,9 +146,9 @@ export interface QueueTuning {
  * Our defaults: 8 MiB requests, 4 MiB readahead (kernel default 128 KiB each). The I/O scheduler
  * stays the kernel's (mq-deadline on a new nbd device, whose requests kblockd then issues): set
  * to none after CONNECT it made no difference to a cold tar's per-request time in the TCG guest
- * (2.68 against 2.72 ms) and one attach waited the 10 s request timeout (VM bench 23:33).
- * rq_affinity 0 (completion where the reply is read, no IPI to the submitting CPU) did not stop
- * those 10 s stalls either (VM bench 00:01, in the attach).
+ * (2.68 against 2.72 ms). Neither it nor rq_affinity 0 was behind the 10 s stalls seen then: those
+ * were the receive workqueue's rescuer with several connections (lib/mount/exports.ts
+ * NBD_CONNECTIONS).
  */
 export const DEFAULT_QUEUE_TUNING: QueueTuning = { maxSectorsKb: 8192, readAheadKb: 4096 };
 
