@@ -68,8 +68,8 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
  * 3), so it happens here, while the mount's metadata still loads, and not in the mount(2) that
  * follows ready: that mount(2) then reads pinned pages only (VM bench: 0.05-0.08 s, was
  * 0.15-0.35 s). The scan there twice waited the 10 s NBD timeout on the VM's first mount (dmesg
- * "Connection timed out, retrying"; the server saw the read only once the kernel dropped that
- * socket; cause unknown, docs/benchmarks.md session 20). Never throws: a failed open leaves the
+ * "Connection timed out, retrying"): the receive workqueue's rescuer with several connections
+ * (lib/mount/exports.ts NBD_CONNECTIONS), not the scan. Never throws: a failed open leaves the
  * scan to the next opener, as before.
  */
 export async function scanPartitionsNow(index: number): Promise<void> {
