@@ -62,8 +62,12 @@ async function startServer(source: Source, count: number, dir: string): Promise<
   return server;
 }
 
-async function manifestOf(dir: string): Promise<string> {
-  return await runChecked("python3", [`${FIXTURES}/manifest.py`, dir]);
+/** The fixture manifest of `dir`; with `cpu`, read from that CPU only (taskset). */
+async function manifestOf(dir: string, cpu?: number): Promise<string> {
+  const command = ["python3", `${FIXTURES}/manifest.py`, dir];
+  if (cpu !== undefined) command.unshift("taskset", "-c", `${cpu}`);
+  const [program, ...args] = command;
+  return await runChecked(program, args);
 }
 
 /** MAJ:MIN of the filesystem mounted at `dir`, from /proc/self/mountinfo. */
@@ -316,14 +320,11 @@ for (const [connections, fresh] of [[2, 2], [4, 1]]) {
       const cpus = navigator.hardwareConcurrency;
       for (let cpu = 0; cpu < cpus; cpu++) {
         await dropCaches();
-        const listing = await runChecked("taskset", [
-          "-c",
-          `${cpu}`,
-          "python3",
-          `${FIXTURES}/manifest.py`,
-          mnt,
-        ]);
-        assert.equal(listing, EXPECTED, `cold reads from CPU ${cpu} after RECONFIGURE`);
+        assert.equal(
+          await manifestOf(mnt, cpu),
+          EXPECTED,
+          `cold reads from CPU ${cpu} after RECONFIGURE`,
+        );
       }
       assert.ok(second.requests > 0, "the new connections served the reads");
 
