@@ -227,9 +227,12 @@ export async function exportLayer(
           backendId,
           readOnly: true,
           headPinned: context.headPinned,
+          onStep: (step) => {
+            phase(step, sinceMs);
+            sinceMs = performance.now();
+          },
         });
         ({ index, detach } = attachment);
-        phase("CONNECT and queue tuning", sinceMs);
       } catch (error) {
         removeRecoveryFile(backendId);
         throw error;

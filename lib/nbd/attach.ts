@@ -25,12 +25,15 @@ export interface AttachOptions extends ConnectOptions {
    * SCAN_WAIT_MS) so that the reader thread answers it, with no fetch of the layer's head.
    */
   headPinned?: Promise<unknown>;
+  /** Told each step's name when it ends (CONNECT, queue tuning, head wait, partition scan). */
+  onStep?: (step: string) => void;
 }
 
 /** How long the partition scan waits for `headPinned` (a mount's ready waits as long). */
 const SCAN_WAIT_MS = 10_000;
 
 export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
+  const step = opts.onStep ?? (() => {});
   let attachment: NbdAttachment;
   try {
     const index = await connectNbd(opts);
@@ -48,6 +51,7 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
     const ioctl = await attachNbdIoctl(opts);
     attachment = { index: ioctl.index, mode: "ioctl", detach: () => ioctl.detach() };
   }
+  step("CONNECT");
   try {
     await tuneNbdQueue(attachment.index, opts.tuning ?? DEFAULT_QUEUE_TUNING);
   } catch (e) {
@@ -57,8 +61,13 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
       }`,
     );
   }
-  if (opts.headPinned) await waitAtMost(opts.headPinned, SCAN_WAIT_MS);
+  step("queue tuning");
+  if (opts.headPinned) {
+    await waitAtMost(opts.headPinned, SCAN_WAIT_MS);
+    step("head pinned");
+  }
   await scanPartitionsNow(attachment.index);
+  step("partition scan");
   return attachment;
 }
 

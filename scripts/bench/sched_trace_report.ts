@@ -70,15 +70,30 @@ function ranBetween(from: number, untilSeconds: number): Map<string, number> {
   return ran;
 }
 
+/** Adds `ran` into `sums`, by task (both vCPUs together). */
+function addRan(sums: Map<string, number>, ran: Map<string, number>): void {
+  for (const [key, ms] of ran) {
+    const task = key.slice(key.indexOf(" ") + 1);
+    sums.set(task, (sums.get(task) ?? 0) + ms);
+  }
+}
+
 const serviceMs: number[] = [];
 const untilNextMs: number[] = [];
 const slow: string[] = [];
+const ranWhileServed = new Map<string, number>();
+const ranBeforeNext = new Map<string, number>();
 issues.forEach((issue, k) => {
   const completed = completions.get(issue.sector)?.find((seconds) => seconds >= issue.seconds);
   if (completed === undefined) return;
   const ms = (completed - issue.seconds) * 1000;
   serviceMs.push(ms);
-  if (k + 1 < issues.length) untilNextMs.push((issues[k + 1].seconds - completed) * 1000);
+  addRan(ranWhileServed, ranBetween(issue.at, completed));
+  if (k + 1 < issues.length) {
+    untilNextMs.push((issues[k + 1].seconds - completed) * 1000);
+    const completedAt = events.findIndex((event, i) => i > issue.at && event.seconds >= completed);
+    addRan(ranBeforeNext, ranBetween(completedAt, issues[k + 1].seconds));
+  }
   if (ms <= slowMs) return;
   const ran = [...ranBetween(issue.at, completed)].sort((a, b) => b[1] - a[1]).slice(0, 6);
   slow.push(
@@ -108,5 +123,11 @@ console.log(
 console.log(
   `completed by: ${[...completers].map(([task, count]) => `${task} ${count}`).join(", ")}`,
 );
+/** The tasks that ran longest (vCPU ms summed over both vCPUs) in `sums`. */
+const topTasks = (sums: Map<string, number>) =>
+  [...sums].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([task, ms]) => `${task} ${ms.toFixed(0)}`)
+    .join(", ");
+console.log(`ran while served (vCPU ms): ${topTasks(ranWhileServed)}`);
+console.log(`ran until the next issue (vCPU ms): ${topTasks(ranBeforeNext)}`);
 if (slow.length) console.log(`served slower than ${slowMs} ms (${slow.length}):`);
 for (const row of slow.slice(0, 30)) console.log(`  ${row}`);
