@@ -81,6 +81,13 @@ export class ByteReader {
 }
 
 export function truncated(what: string, position: number): FormatError {
+  // Shorter than one 512-byte header: not a tar that was cut off, but no tar at all.
+  if (position < 512) {
+    return new FormatError(
+      `not a tar archive: the input ends at byte ${position}, inside its first 512-byte header`,
+      "give a tar, tar.gz or tar.zst archive (or, for build, a directory)",
+    );
+  }
   return new FormatError(
     `tar archive truncated in ${what} (input ends at byte ${position})`,
     "the download or file is incomplete",

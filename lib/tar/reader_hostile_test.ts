@@ -160,7 +160,10 @@ Deno.test("hard links: target must be an earlier non-directory member (or option
 
 Deno.test("truncation: in a header, in data, in a pax header, and without end marker", async () => {
   const full = encodeTar([{ name: "f", data: new Uint8Array(3000).fill(7) }]);
-  await formatError(full.subarray(0, 300), /truncated in header/);
+  // Shorter than one header: said to be no tar at all, not a cut-off one.
+  await formatError(full.subarray(0, 300), /not a tar archive: the input ends at byte 300/);
+  const two = encodeTar([{ name: "a", data: new Uint8Array(10) }, { name: "b" }]);
+  await formatError(two.subarray(0, 1024 + 300), /truncated in header \(input ends at byte 1324\)/);
   await formatError(full.subarray(0, 512 + 1000), /truncated in file data/);
   await formatError(full.subarray(0, 512 + 3072), /no end-of-archive marker/);
   const pax = encodeTar([{ name: "f", pax: [["path", "x".repeat(2000)]] }]);
