@@ -68,7 +68,8 @@ Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry refere
 (oci:PATH[:TAG]) or a local EROFS image file.
 Ordinary tar+gzip layers mount lazily through a tar index: the one pushed with
 \`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag),
-else one in --index DIR; its files are kept in /var/lib/erofs-oci/index.
+else one in --index DIR, else one made on this host (--index-missing, once per layer);
+its files are kept in /var/lib/erofs-oci/index.
 One EROFS layer is mounted read-only at DIR; several are each mounted privately and
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
@@ -102,6 +103,8 @@ Options:
   -o, --options LIST     mount options: suid, nosuid, dev, nodev (comma-separated)
       --index DIR        tar indexes made by \`erofs-oci index … -o DIR\` (used for tar+gzip
                          layers the registry has no index artifact for)
+      --index-missing    index a tar/tar+gzip layer that has no index on this host: the
+                         layer is read once (verified); later mounts of it need no flag
       --tarindex FILE    tar-index meta image of the selected layer made by
       --zinfo FILE         \`mkfs.erofs --tar=i --gzinfo\` (erofs-utils; reads unverified)
       --foreground       keep the server attached to this terminal (debugging, systemd);
@@ -234,6 +237,7 @@ function tarIndexSources(values: MountValues): TarIndexSources {
   };
   return {
     cacheDir: INDEX_CACHE_DIR,
+    indexMissing: values["index-missing"] ?? false,
     dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
     files: values.tarindex === undefined ? undefined : {
       meta: absolute(values.tarindex, "--tarindex"),

@@ -24,6 +24,7 @@ export const MOUNT_OPTIONS = {
   dev: { type: "boolean" },
   options: { type: "string", short: "o", multiple: true },
   index: { type: "string" },
+  "index-missing": { type: "boolean" },
   tarindex: { type: "string" },
   zinfo: { type: "string" },
 } as const;

@@ -8,9 +8,14 @@ import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
-import { type FetchedManifest, layerDescriptorsOf } from "../oci/resolve.ts";
+import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "../oci/resolve.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
-import { INDEX_CACHE_DIR, type LayerSpec, type TarIndexSpec } from "../state/runtime.ts";
+import {
+  INDEX_CACHE_DIR,
+  INDEXED_HERE_DIR,
+  type LayerSpec,
+  type TarIndexSpec,
+} from "../state/runtime.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
@@ -114,6 +119,10 @@ export interface TarIndexSources {
   files?: { meta: string; zinfo?: string };
   /** Durable copy of every index a mount uses. */
   cacheDir: string;
+  /** `--index-missing`: a layer with no index anywhere is indexed here (index_here.ts). */
+  indexMissing?: boolean;
+  /** Where indexes made here live (default INDEXED_HERE_DIR). */
+  hereDir?: string;
 }
 
 /**
@@ -190,7 +199,7 @@ export async function resolveRegistryImage(
   const tarLayers = selection.anyMediaType && !indexes.files
     ? []
     : chosen.filter((l) => tarLayerKind(l.mediaType) !== undefined || indexes.files);
-  const tarIndexes = await findTarIndexes(opened, image.manifestDigest, tarLayers, indexes);
+  const tarIndexes = await findTarIndexes(opened, image, tarLayers, indexes);
   const layers: LayerSpec[] = [];
   for (const layer of chosen) {
     const head = await (heads.get(headKey(layer)) ?? readHead(layer));
@@ -243,7 +252,7 @@ function chooseLayers(
 
 async function findTarIndexes(
   opened: OpenedRegistry,
-  manifestDigest: string,
+  image: ResolvedImage,
   layers: LayerDescriptor[],
   sources: TarIndexSources,
 ): Promise<Map<string, TarIndexSpec>> {
@@ -269,7 +278,7 @@ async function findTarIndexes(
   const fetched = await fetchTarIndexes(
     client,
     ref.repository,
-    manifestDigest,
+    image.manifestDigest,
     wanted,
     sources.cacheDir,
   );
@@ -279,13 +288,30 @@ async function findTarIndexes(
     const local = await findLocalLayerIndex(sources.dir, layer);
     if (local) found.set(layer.digest, await keepIndexFiles(local, sources.cacheDir, layer.digest));
   }
-  const missing = layers.find((l) => !found.has(l.digest));
-  if (missing) {
+  if (layers.every((l) => found.has(l.digest))) return found;
+  // Made here by an earlier --index-missing (of this image or another with the layer).
+  const { findIndexedHere, indexMissingHere } = await import("./index_here.ts");
+  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
+  for (const layer of wanted) {
+    if (found.has(layer.digest)) continue;
+    const here = await findIndexedHere(hereDir, layer);
+    if (here) found.set(layer.digest, await keepIndexFiles(here, sources.cacheDir, layer.digest));
+  }
+  const missing = layers.filter((l) => !found.has(l.digest));
+  if (missing.length && sources.indexMissing) {
+    const made = await indexMissingHere(opened, image, missing, hereDir);
+    for (const [digest, files] of made) {
+      found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
+    }
+  }
+  const unindexed = layers.find((l) => !found.has(l.digest));
+  if (unindexed) {
     throw new UserError(
-      `layer ${missing.index} (${missing.digest.slice(0, 19)}…) is ${
-        tarLayerKind(missing.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
+      `layer ${unindexed.index} (${unindexed.digest.slice(0, 19)}…) is ${
+        tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
       } and has no index`,
-      `make one: \`erofs-oci index ${formatReference(ref)} --push\` (or pass --index DIR)`,
+      `make one: \`erofs-oci index ${formatReference(ref)} --push\` (or pass --index DIR), ` +
+        "or mount with --index-missing to index it on this host (reads the layer once)",
     );
   }
   return found;

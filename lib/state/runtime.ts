@@ -39,6 +39,11 @@ function resolved(path: string): string {
  */
 export const STATE_ROOT = Deno.env.get("EROFS_OCI_STATE_DIR") ?? "/var/lib/erofs-oci";
 export const INDEX_CACHE_DIR = `${STATE_ROOT}/index`;
+/**
+ * Indexes `mount --index-missing` made on this host, `LAYER/` each: the only copy of them, so
+ * not under INDEX_CACHE_DIR, whose unreferenced directories are pruned.
+ */
+export const INDEXED_HERE_DIR = `${STATE_ROOT}/indexed-here`;
 
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */

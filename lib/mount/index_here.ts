@@ -1,0 +1,116 @@
+/**
+ * `mount --index-missing`: a tar or tar+gzip layer that has no index (none pushed, none in
+ * --index DIR) is indexed on this host — the layer is read once, as `erofs-oci index` reads
+ * it, and checked against its digest — and mounted lazily like any indexed layer. The files
+ * stay in the state directory (INDEXED_HERE_DIR/<layer digest>/), so a later mount of any image
+ * with that layer finds them without the flag and without reading the layer again.
+ */
+import { info } from "../log.ts";
+import type { LayerDescriptor } from "../oci/layers.ts";
+import type { OpenedRegistry } from "../oci/opened.ts";
+import { formatReference } from "../oci/reference.ts";
+import type { ResolvedImage } from "../oci/resolve.ts";
+import { indexImage } from "./index_image.ts";
+import { findLocalLayerIndex, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
+import { tarLayerKind } from "./tar_layers.ts";
+
+/** Where the index of the layer `digest` made on this host lives. */
+function indexedHereDir(hereDir: string, digest: string): string {
+  return `${hereDir}/${layerFileStem(digest)}`;
+}
+
+/** The index an earlier `--index-missing` made here for `layer`, if any (checked). */
+export async function findIndexedHere(
+  hereDir: string,
+  layer: { digest: string; size: number },
+): Promise<TarIndexFiles | undefined> {
+  const dir = indexedHereDir(hereDir, layer.digest);
+  try {
+    Deno.statSync(dir);
+  } catch {
+    return undefined;
+  }
+  return await findLocalLayerIndex(dir, layer);
+}
+
+/**
+ * Indexes the `missing` layers of `image` here. When every layer of the image is a tar layer
+ * and none has an index, one pass reads them bottom up (directories a layer only implies take
+ * their metadata from below); otherwise each is indexed alone, reading the layers below it for
+ * their directories only when it implies any.
+ */
+export async function indexMissingHere(
+  opened: OpenedRegistry,
+  image: ResolvedImage,
+  missing: LayerDescriptor[],
+  hereDir: string,
+): Promise<Map<string, TarIndexFiles>> {
+  const found = new Map<string, TarIndexFiles>();
+  const stackAll = missing.length === image.layers.length &&
+    image.layers.every((l) => tarLayerKind(l.mediaType) !== undefined);
+  const passes = stackAll ? [undefined] : missing.map((l) => l.index);
+  const bytes = missing.reduce((sum, l) => sum + l.sizeBytes, 0);
+  info(
+    `${missing.length === 1 ? `layer ${missing[0].index} has` : `${missing.length} layers have`}` +
+      ` no index: indexing here (reads ${formatMiB(bytes)} once; kept in ${hereDir})`,
+  );
+  await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
+  const work = await Deno.makeTempDir({ dir: hereDir, prefix: ".indexing-" });
+  try {
+    for (const layer of passes) {
+      let startedMs = performance.now();
+      const { files } = await indexImage({
+        name: formatReference(opened.ref),
+        repository: opened.ref.repository,
+        store: opened.client,
+        registry: opened,
+        resolve: () => Promise.resolve(image),
+        close: () => {},
+      }, {
+        layer,
+        dir: work,
+        push: false,
+        spanBytes: 4 * 1024 * 1024,
+        buildTimeSec: Math.floor(Date.now() / 1000),
+        onLayer: (l) => {
+          info(
+            `layer ${l.index} indexed in ${((performance.now() - startedMs) / 1000).toFixed(1)} s`,
+          );
+          startedMs = performance.now();
+        },
+      });
+      for (const made of files) {
+        const digest = made.record.layer.digest;
+        const dir = indexedHereDir(hereDir, digest);
+        // A complete set replaces an older one whole: files first into a fresh directory.
+        const fresh = `${dir}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+        await Deno.mkdir(fresh, { mode: 0o700 });
+        for (const path of [made.meta, made.zinfo, made.pieces, recordPath(made)]) {
+          if (path) await Deno.rename(path, `${fresh}/${path.slice(path.lastIndexOf("/") + 1)}`);
+        }
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        await Deno.rename(fresh, dir);
+        const kept = await findLocalLayerIndex(dir, {
+          digest,
+          size: made.record.layer.size,
+        });
+        if (kept) found.set(digest, kept);
+      }
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+  return found;
+}
+
+/** The record file writeLayerIndex wrote next to the meta image. */
+function recordPath(files: TarIndexFiles): string {
+  const dir = files.meta.slice(0, files.meta.lastIndexOf("/"));
+  return `${dir}/${layerFileStem(files.record.layer.digest)}.index.json`;
+}
+
+function formatMiB(bytes: number): string {
+  return bytes < 1 << 20
+    ? `${Math.ceil(bytes / 1024)} KiB`
+    : `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+}
