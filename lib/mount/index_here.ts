@@ -55,6 +55,7 @@ export async function indexMissingHere(
       ` no index: indexing here (reads ${formatMiB(bytes)} once; kept in ${hereDir})`,
   );
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
+  removeAbandonedWork(hereDir);
   const work = await Deno.makeTempDir({ dir: hereDir, prefix: ".indexing-" });
   try {
     for (const layer of passes) {
@@ -101,6 +102,20 @@ export async function indexMissingHere(
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
   return found;
+}
+
+/** A work directory this old was left by a mount that was killed while it indexed. */
+const ABANDONED_AFTER_MS = 6 * 60 * 60 * 1000;
+
+function removeAbandonedWork(hereDir: string): void {
+  for (const entry of Deno.readDirSync(hereDir)) {
+    if (!entry.isDirectory || !entry.name.startsWith(".indexing-")) continue;
+    const path = `${hereDir}/${entry.name}`;
+    try {
+      const mtimeMs = Deno.statSync(path).mtime?.getTime() ?? 0;
+      if (Date.now() - mtimeMs > ABANDONED_AFTER_MS) Deno.removeSync(path, { recursive: true });
+    } catch { /* gone meanwhile, or the next time */ }
+  }
 }
 
 /** The record file writeLayerIndex wrote next to the meta image. */
