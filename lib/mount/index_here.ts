@@ -89,12 +89,8 @@ export async function indexMissingHere(
         for (const path of [made.meta, made.zinfo, made.pieces, recordPath(made)]) {
           if (path) await Deno.rename(path, `${fresh}/${path.slice(path.lastIndexOf("/") + 1)}`);
         }
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-        await Deno.rename(fresh, dir);
-        const kept = await findLocalLayerIndex(dir, {
-          digest,
-          size: made.record.layer.size,
-        });
+        const layer = { digest, size: made.record.layer.size };
+        const kept = await settleIndexDir(fresh, dir, layer);
         if (kept) found.set(digest, kept);
       }
     }
@@ -102,6 +98,30 @@ export async function indexMissingHere(
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
   return found;
+}
+
+/**
+ * Moves the complete set in `fresh` to `dir`. A mount that indexed the same layer at the same
+ * time may have got there first: its set, when it checks out, is kept and ours dropped.
+ */
+export async function settleIndexDir(
+  fresh: string,
+  dir: string,
+  layer: { digest: string; size: number },
+): Promise<TarIndexFiles | undefined> {
+  try {
+    await Deno.rename(fresh, dir);
+  } catch {
+    const theirs = await findLocalLayerIndex(dir, layer).catch(() => undefined);
+    if (theirs) {
+      await Deno.remove(fresh, { recursive: true }).catch(() => {});
+      return theirs;
+    }
+    // Not a complete index (a crash while it was replaced): ours takes its place.
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(fresh, dir);
+  }
+  return await findLocalLayerIndex(dir, layer);
 }
 
 /** A work directory this old was left by a mount that was killed while it indexed. */
