@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
-import { ProgressLine } from "./progress.ts";
+import { LayerProgress, ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
@@ -152,6 +152,7 @@ async function indexInto(
   if (!isLocalImage(file)) {
     const layer = parseLayerIndex("index", values.layer);
     const image = await openImage("index", file, values);
+    const progress = new LayerProgress("indexing");
     try {
       const { files, artifact } = await indexImage(image, {
         layer,
@@ -160,14 +161,17 @@ async function indexInto(
         tmpdir: values.tmpdir,
         spanBytes,
         buildTimeSec: timestamp,
-        onLayer: (l, done) =>
+        onBytes: (l, doneBytes) => progress.update(l, doneBytes),
+        onLayer: (l, done) => {
+          progress.finish();
           info(
             `layer ${l.index} ${l.digest}: indexed (${
               done.record.zinfo
                 ? `${done.record.zinfo.checkpoints} checkpoints`
                 : "plain tar, no zinfo"
             })`,
-          ),
+          );
+        },
       });
       if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
       if (artifact) {
@@ -175,6 +179,7 @@ async function indexInto(
       }
       return 0;
     } finally {
+      progress.finish();
       image.close();
     }
   }

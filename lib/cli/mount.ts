@@ -49,6 +49,7 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
+import { LayerProgress } from "./progress.ts";
 import { catchInterrupts, onInterrupt, takeInterruptsAhead } from "./interrupt.ts";
 import { abortable } from "../source/abortable.ts";
 
@@ -224,6 +225,15 @@ interface MountAtOptions {
   mounted?: () => void;
 }
 
+/** A progress line per layer `--index-missing` reads whole (on a terminal only). */
+function indexProgress(): Pick<TarIndexSources, "onIndexBytes" | "onIndexed"> {
+  const progress = new LayerProgress("indexing");
+  return {
+    onIndexBytes: (layer, doneBytes) => progress.update(layer, doneBytes),
+    onIndexed: () => progress.finish(),
+  };
+}
+
 function tarIndexSources(values: MountValues): TarIndexSources {
   if (values.zinfo !== undefined && values.tarindex === undefined) {
     throw new UsageError("mount: --zinfo goes with --tarindex");
@@ -238,6 +248,7 @@ function tarIndexSources(values: MountValues): TarIndexSources {
   return {
     cacheDir: INDEX_CACHE_DIR,
     indexMissing: values["index-missing"] ?? false,
+    ...indexProgress(),
     dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
     files: values.tarindex === undefined ? undefined : {
       meta: absolute(values.tarindex, "--tarindex"),

@@ -50,3 +50,32 @@ export class ProgressLine {
     } catch { /* a closed stderr must not fail the transfer */ }
   }
 }
+
+/**
+ * One progress line per layer read whole (`index IMAGE`, `mount --index-missing`): the line of
+ * the previous layer ends when the next one starts.
+ */
+export class LayerProgress {
+  readonly #verb: string;
+  #layer: number | undefined;
+  #line: ProgressLine | undefined;
+
+  constructor(verb: string) {
+    this.#verb = verb;
+  }
+
+  update(layer: { index: number; sizeBytes: number }, doneBytes: number): void {
+    if (this.#layer !== layer.index) {
+      this.#line?.finish();
+      this.#layer = layer.index;
+      this.#line = new ProgressLine(`${this.#verb} layer ${layer.index}`);
+    }
+    this.#line!.update(doneBytes, layer.sizeBytes);
+  }
+
+  finish(): void {
+    this.#line?.finish();
+    this.#line = undefined;
+    this.#layer = undefined;
+  }
+}

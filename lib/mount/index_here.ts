@@ -44,6 +44,10 @@ export async function indexMissingHere(
   image: ResolvedImage,
   missing: LayerDescriptor[],
   hereDir: string,
+  report: {
+    onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
+    onLayer?: () => void;
+  } = {},
 ): Promise<Map<string, TarIndexFiles>> {
   const found = new Map<string, TarIndexFiles>();
   const stackAll = missing.length === image.layers.length &&
@@ -73,7 +77,9 @@ export async function indexMissingHere(
         push: false,
         spanBytes: 4 * 1024 * 1024,
         buildTimeSec: Math.floor(Date.now() / 1000),
+        onBytes: report.onBytes,
         onLayer: (l) => {
+          report.onLayer?.();
           info(
             `layer ${l.index} indexed in ${((performance.now() - startedMs) / 1000).toFixed(1)} s`,
           );

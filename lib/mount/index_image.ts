@@ -26,6 +26,8 @@ export interface IndexImageOptions {
   spanBytes: number;
   buildTimeSec: number;
   onLayer?: (layer: LayerDescriptor, done: TarIndexFiles) => void;
+  /** Bytes of `layer` read so far (for a progress line). */
+  onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
 }
 
 /** The layers `index IMAGE` works on: `--layer N`, else every tar and tar+gzip layer. */
@@ -142,7 +144,13 @@ export async function indexImage(
       resolved.layers.slice(0, n).every((l) => tarLayerKind(l.mediaType) !== undefined);
     const stackAll = alone === undefined && layers.length === resolved.layers.length;
     for (const layer of layers) {
-      const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
+      const onBytes = options.onBytes;
+      const blob = openVerifiedBlob(
+        store,
+        layer.digest,
+        layer.sizeBytes,
+        onBytes && ((done) => onBytes(layer, done)),
+      );
       const { files: done, result } = await writeLayerIndex(
         blob.stream,
         dir,

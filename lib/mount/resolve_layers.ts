@@ -123,6 +123,10 @@ export interface TarIndexSources {
   indexMissing?: boolean;
   /** Where indexes made here live (default INDEXED_HERE_DIR). */
   hereDir?: string;
+  /** Bytes read so far of a layer indexed here (a progress line). */
+  onIndexBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
+  /** A layer indexed here is done (its progress line ends). */
+  onIndexed?: () => void;
 }
 
 /**
@@ -299,7 +303,10 @@ async function findTarIndexes(
   }
   const missing = layers.filter((l) => !found.has(l.digest));
   if (missing.length && sources.indexMissing) {
-    const made = await indexMissingHere(opened, image, missing, hereDir);
+    const made = await indexMissingHere(opened, image, missing, hereDir, {
+      onBytes: sources.onIndexBytes,
+      onLayer: sources.onIndexed,
+    });
     for (const [digest, files] of made) {
       found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
     }
