@@ -46,7 +46,8 @@ export async function indexMissingHere(
   hereDir: string,
   report: {
     onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
-    onLayer?: () => void;
+    /** After each layer, and when indexing ends early (a progress line ends). */
+    finish?: () => void;
   } = {},
 ): Promise<Map<string, TarIndexFiles>> {
   const found = new Map<string, TarIndexFiles>();
@@ -79,7 +80,7 @@ export async function indexMissingHere(
         buildTimeSec: Math.floor(Date.now() / 1000),
         onBytes: report.onBytes,
         onLayer: (l) => {
-          report.onLayer?.();
+          report.finish?.();
           info(
             `layer ${l.index} indexed in ${((performance.now() - startedMs) / 1000).toFixed(1)} s`,
           );
@@ -101,6 +102,7 @@ export async function indexMissingHere(
       }
     }
   } finally {
+    report.finish?.();
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
   return found;

@@ -125,7 +125,7 @@ export interface TarIndexSources {
   hereDir?: string;
   /** Bytes read so far of a layer indexed here (a progress line). */
   onIndexBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
-  /** A layer indexed here is done (its progress line ends). */
+  /** A layer indexed here is done, or indexing ended early (its progress line ends). */
   onIndexed?: () => void;
 }
 
@@ -305,7 +305,7 @@ async function findTarIndexes(
   if (missing.length && sources.indexMissing) {
     const made = await indexMissingHere(opened, image, missing, hereDir, {
       onBytes: sources.onIndexBytes,
-      onLayer: sources.onIndexed,
+      finish: sources.onIndexed,
     });
     for (const [digest, files] of made) {
       found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
