@@ -13,7 +13,8 @@ async function spawnedShellReport(handed: number[]) {
       `read -r stat </proc/$$/stat; set -- $stat; echo "sid $6 pid $$"`,
       `for fd in /proc/$$/fd/*; do echo "fd \${fd##*/} $(readlink "$fd")"; done`,
       `echo "env $(env | sort | tr '\\n' ' ')"`,
-      `grep SigBlk /proc/$$/status`,
+      // Read by the shell itself: while it waits for a child (grep), dash blocks every signal.
+      `while read -r line; do case "$line" in SigBlk*) echo "$line" ;; esac; done </proc/$$/status`,
       `mv "$OUT.tmp" "$OUT"`,
     ].join("\n");
     const child = await spawnInNewSession(

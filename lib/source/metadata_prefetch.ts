@@ -297,8 +297,13 @@ export async function prefetchErofsMetadata(
     // mount's LOOKUP and OPEN; bench-host: mount(2) 8-14 ms, 18 ms with the walk at once).
     await sleep(WINDOWS_SETUP_DELAY_MS);
     // The walk reads nothing through the disk cache: store the image's head there (in the
-    // background), which the next mount's superblock check reads without a GET.
-    fillAhead?.(0, Math.min(raw.size, PIN_PAGE_BYTES));
+    // background), which the next mount's superblock check reads without a GET. Once the
+    // device is attached, as the windows: a slow attach (VM, queue tuning 0.5 s) otherwise
+    // had this GET compete with it before ready.
+    const storeHead = () => void fillAhead?.(0, Math.min(raw.size, PIN_PAGE_BYTES));
+    const attached = options.windowsWhenQuiet?.after;
+    if (attached) attached.then(storeHead, () => {});
+    else storeHead();
     fillWindowsAfterReady(pages);
   };
   try {
