@@ -1,4 +1,4 @@
-/** Making text from registries, images and files safe to print on a terminal. */
+/** Making text from registries, images and files safe to print on a terminal; human sizes. */
 
 /**
  * Characters a terminal may act on instead of showing: C0 controls (ESC starts escape sequences,
@@ -33,4 +33,16 @@ export function printableJson(value: unknown): string {
     /[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
+}
+
+/** 1536 → "1.5 KiB". */
+export function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
 }

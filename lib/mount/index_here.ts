@@ -6,6 +6,7 @@
  * with that layer finds them without the flag and without reading the layer again.
  */
 import { info } from "../log.ts";
+import { formatBytes } from "../text.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { formatReference } from "../oci/reference.ts";
@@ -57,7 +58,7 @@ export async function indexMissingHere(
   const bytes = missing.reduce((sum, l) => sum + l.sizeBytes, 0);
   info(
     `${missing.length === 1 ? `layer ${missing[0].index} has` : `${missing.length} layers have`}` +
-      ` no index: indexing here (reads ${formatMiB(bytes)} once; kept in ${hereDir})`,
+      ` no index: indexing here (reads ${formatBytes(bytes)} once; kept in ${hereDir})`,
   );
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
   removeAbandonedWork(hereDir);
@@ -93,8 +94,12 @@ export async function indexMissingHere(
         // A complete set replaces an older one whole: files first into a fresh directory.
         const fresh = `${dir}.${crypto.randomUUID().slice(0, 8)}.tmp`;
         await Deno.mkdir(fresh, { mode: 0o700 });
-        for (const path of [made.meta, made.zinfo, made.pieces, recordPath(made)]) {
-          if (path) await Deno.rename(path, `${fresh}/${path.slice(path.lastIndexOf("/") + 1)}`);
+        // Its files, record included, are the ones named after the layer (writeLayerIndex).
+        const stem = `${layerFileStem(digest)}.`;
+        for (const entry of Deno.readDirSync(work)) {
+          if (entry.name.startsWith(stem)) {
+            await Deno.rename(`${work}/${entry.name}`, `${fresh}/${entry.name}`);
+          }
         }
         const layer = { digest, size: made.record.layer.size };
         const kept = await settleIndexDir(fresh, dir, layer);
@@ -144,16 +149,4 @@ function removeAbandonedWork(hereDir: string): void {
       if (Date.now() - mtimeMs > ABANDONED_AFTER_MS) Deno.removeSync(path, { recursive: true });
     } catch { /* gone meanwhile, or the next time */ }
   }
-}
-
-/** The record file writeLayerIndex wrote next to the meta image. */
-function recordPath(files: TarIndexFiles): string {
-  const dir = files.meta.slice(0, files.meta.lastIndexOf("/"));
-  return `${dir}/${layerFileStem(files.record.layer.digest)}.index.json`;
-}
-
-function formatMiB(bytes: number): string {
-  return bytes < 1 << 20
-    ? `${Math.ceil(bytes / 1024)} KiB`
-    : `${(bytes / (1 << 20)).toFixed(1)} MiB`;
 }

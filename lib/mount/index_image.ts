@@ -143,8 +143,8 @@ export async function indexImage(
     const tarBelow = (n: number) =>
       resolved.layers.slice(0, n).every((l) => tarLayerKind(l.mediaType) !== undefined);
     const stackAll = alone === undefined && layers.length === resolved.layers.length;
+    const onBytes = options.onBytes;
     for (const layer of layers) {
-      const onBytes = options.onBytes;
       const blob = openVerifiedBlob(
         store,
         layer.digest,

@@ -88,14 +88,15 @@ issues.forEach((issue, k) => {
   if (completed === undefined) return;
   const ms = (completed - issue.seconds) * 1000;
   serviceMs.push(ms);
-  addRan(ranWhileServed, ranBetween(issue.at, completed));
+  const ranServing = ranBetween(issue.at, completed);
+  addRan(ranWhileServed, ranServing);
   if (k + 1 < issues.length) {
     untilNextMs.push((issues[k + 1].seconds - completed) * 1000);
     const completedAt = events.findIndex((event, i) => i > issue.at && event.seconds >= completed);
     addRan(ranBeforeNext, ranBetween(completedAt, issues[k + 1].seconds));
   }
   if (ms <= slowMs) return;
-  const ran = [...ranBetween(issue.at, completed)].sort((a, b) => b[1] - a[1]).slice(0, 6);
+  const ran = [...ranServing].sort((a, b) => b[1] - a[1]).slice(0, 6);
   slow.push(
     `${issue.seconds.toFixed(6)} s, sector ${issue.sector}: ${ms.toFixed(2)} ms; ran: ` +
       ran.map(([task, taskMs]) => `${task} ${taskMs.toFixed(2)} ms`).join(", "),
