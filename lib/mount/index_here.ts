@@ -91,13 +91,14 @@ export async function indexMissingHere(
       for (const made of files) {
         const digest = made.record.layer.digest;
         const dir = indexedHereDir(hereDir, digest);
-        // A complete set replaces an older one whole: files first into a fresh directory.
-        const fresh = `${dir}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+        // A complete set replaces an older one whole: files first into a fresh directory,
+        // inside the work directory, so that whatever fails leaves nothing outside it.
+        const stem = layerFileStem(digest);
+        const fresh = `${work}/${stem}`;
         await Deno.mkdir(fresh, { mode: 0o700 });
         // Its files, record included, are the ones named after the layer (writeLayerIndex).
-        const stem = `${layerFileStem(digest)}.`;
         for (const entry of Deno.readDirSync(work)) {
-          if (entry.name.startsWith(stem)) {
+          if (entry.name.startsWith(`${stem}.`)) {
             await Deno.rename(`${work}/${entry.name}`, `${fresh}/${entry.name}`);
           }
         }
