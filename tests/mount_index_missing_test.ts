@@ -1,14 +1,17 @@
 /**
  * `mount --index-missing` (FUSE backend, real docker-registry): an ordinary image nobody indexed
  * (umoci-made, copied by skopeo: 3 tar+gzip layers with whiteouts and an opaque directory) is
- * indexed on this host and mounts equal to `umoci unpack`; a later mount needs neither the flag
- * nor another whole read of a layer. A layer that does not match its digest is refused and
- * leaves no index and no mount behind.
+ * indexed on this host and mounts equal to `umoci unpack`, each layer byte fetched once (the
+ * bytes indexing read stay in the disk cache for the lazy reads); a later mount needs neither
+ * the flag nor a layer GET. A layer that does not match its digest is refused and leaves no
+ * index, no mount and no chunk marked present in the disk cache behind.
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
+import type { TestRegistry } from "./_support/registry.ts";
+import { EROFS_SUPER_END } from "../lib/erofs/superblock.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
 import { mountFuseOk, withIndexMountRig } from "./_support/index_mounts.ts";
 import { comparableListing, copyToRegistry, makeUmociImage } from "./_support/umoci_image.ts";
@@ -23,11 +26,38 @@ const ignore = requires(
   path(`${FIXTURES}/layer.tar.gz`, "shared fixtures"),
 );
 
-/** Registry log lines of GETs that sent a whole blob (200; a lazy read gets 206). */
-async function wholeBlobGets(registry: { accessLog(): Promise<string[]> }): Promise<string[]> {
-  return (await registry.accessLog()).filter((line) =>
-    /"GET \/v2\/[^ ]+\/blobs\/sha256:[0-9a-f]{64} [^"]*" 200 /.test(line)
-  );
+const BLOB_GET = /"GET \/v2\/[^ ]+\/blobs\/sha256:([0-9a-f]{64}) [^"]*" 20[06] (\d+) /;
+
+/** Registry log lines of blob GETs (whole: 200, ranged: 206). */
+async function blobGets(
+  registry: { accessLog(): Promise<string[]> },
+): Promise<{ lines: string[] }> {
+  return { lines: (await registry.accessLog()).filter((line) => BLOB_GET.test(line)) };
+}
+
+/** The bytes blob GET `lines` sent, per blob (hex digest). */
+function blobBytes(lines: string[]): Map<string, number> {
+  const bytes = new Map<string, number>();
+  for (const line of lines) {
+    const [, hex, sent] = BLOB_GET.exec(line)!;
+    bytes.set(hex, (bytes.get(hex) ?? 0) + Number(sent));
+  }
+  return bytes;
+}
+
+/** The hex digest of the config blob of `repository:tag`. */
+async function configHex(registry: TestRegistry, repository: string, tag: string) {
+  const response = await fetch(`http://${registry.host}/v2/${repository}/manifests/${tag}`, {
+    headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+  });
+  const manifest = await response.json();
+  return String(manifest.config.digest).slice("sha256:".length);
+}
+
+/** The size of blob `hex` in the registry's storage. */
+function storedBlobSize(registry: { storageDir: string }, hex: string): number {
+  const dir = `${registry.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
+  return Deno.statSync(`${dir}/data`).size;
 }
 
 Deno.test({
@@ -45,26 +75,59 @@ Deno.test({
       const refused = await runCli(["mount", "--backend", "fuse", ref, sandbox.target], { env });
       assertCliError(refused, 1, /layer 0 .* is tar\+gzip and has no index/);
       assert.match(refused.stderr, /or mount with --index-missing to index it on this host/);
+      const beforeIndexing = (await blobGets(registry)).lines.length;
 
       const mounted = await mountFuseOk(rig, ["--index-missing", ref]);
       assert.match(mounted.stderr, /3 layers have no index: indexing here \(reads .* once/);
       assert.match(mounted.stdout, /3 layers/);
       const expected = comparableListing(await treeListing(image.rootfs));
+      // The listing reads every file: the lazy reads find the bytes indexing read on disk.
       assert.deepEqual(comparableListing(await treeListing(sandbox.target)), expected);
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      const first = await blobGets(registry);
+      const indexing = blobBytes(first.lines.slice(beforeIndexing));
+      const config = await configHex(registry, "src/app", "v1");
+      indexing.delete(config);
+      assert.equal(indexing.size, 3, `the three layers were read: ${first.lines.join("\n")}`);
+      for (const [hex, bytes] of indexing) {
+        // Each byte once, besides the head `mount` reads of each layer before it looks for
+        // an index (the superblock area).
+        const size = storedBlobSize(registry, hex);
+        assert.ok(
+          bytes >= size && bytes <= size + Math.min(size, EROFS_SUPER_END),
+          `layer ${hex} (${size} bytes): ${bytes} bytes fetched`,
+        );
+      }
       const here = [...Deno.readDirSync(`${stateEnv.EROFS_OCI_STATE_DIR}/indexed-here`)]
         .map((e) => e.name).sort();
       assert.equal(here.length, 3, `one directory per layer: ${here}`);
       assert.ok(here.every((name) => /^sha256-[0-9a-f]{64}$/.test(name)), `${here}`);
 
-      // Without the flag: found here, no layer read whole again.
-      const before = (await wholeBlobGets(registry)).length;
-      assert.ok(before >= 3, `indexing read each layer whole: ${before} GETs`);
+      // Without the flag: the index is found here, every byte on disk: no layer GET at all.
       const again = await mountFuseOk(rig, [ref]);
       assert.doesNotMatch(again.stderr, /indexing here/);
       assert.deepEqual(comparableListing(await treeListing(sandbox.target)), expected);
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
-      assert.equal((await wholeBlobGets(registry)).length, before, "no whole-blob GET on remount");
+      const later = await blobGets(registry);
+      assert.deepEqual(later.lines.slice(first.lines.length), [], "no layer GET on remount");
+
+      // Without a disk cache, and nothing indexed yet (another state directory), indexing
+      // streams each layer whole: one GET each.
+      const bareEnv = { ...env, EROFS_OCI_STATE_DIR: `${work}/state-bare` };
+      const bare = await mountFuseOk({ ...rig, env: bareEnv }, [
+        "--index-missing",
+        "--no-disk-cache",
+        ref,
+      ]);
+      assert.match(bare.stderr, /3 layers have no index: indexing here/);
+      assert.deepEqual(comparableListing(await treeListing(sandbox.target)), expected);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: bareEnv }));
+      const streamed = (await blobGets(registry)).lines.slice(later.lines.length);
+      assert.equal(
+        streamed.filter((line) => /" 200 /.test(line) && !line.includes(config)).length,
+        3,
+        `one whole GET per layer: ${streamed.join("\n")}`,
+      );
     }),
 });
 
@@ -118,5 +181,12 @@ Deno.test({
         }
       })();
       assert.deepEqual(left, [], "no index (and no work directory) left");
+      // The bytes indexing read went through the disk cache: none of them stays usable.
+      const blobs = `${env.EROFS_OCI_CACHE_DIR}/blobs`;
+      const maps = [...Deno.readDirSync(blobs)].map((e) => e.name)
+        .filter((name) => name.startsWith(`sha256-${hex}.`) && name.endsWith(".map"));
+      assert.equal(maps.length, 1, `the layer's presence map: ${maps}`);
+      const presence = Deno.readFileSync(`${blobs}/${maps[0]}`);
+      assert.ok(presence.length > 0 && presence.every((byte) => byte === 0), `map: ${presence}`);
     }),
 });

@@ -105,7 +105,8 @@ Options:
       --index DIR        tar indexes made by \`erofs-oci index … -o DIR\` (used for tar+gzip
                          layers the registry has no index artifact for)
       --index-missing    index a tar/tar+gzip layer that has no index on this host: the
-                         layer is read once (verified); later mounts of it need no flag
+                         layer is read once (verified, kept in the disk cache, so reads
+                         fetch nothing more); later mounts of it need no flag
       --tarindex FILE    tar-index meta image of the selected layer made by
       --zinfo FILE         \`mkfs.erofs --tar=i --gzinfo\` (erofs-utils; reads unverified)
       --foreground       keep the server attached to this terminal (debugging, systemd);

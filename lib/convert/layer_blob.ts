@@ -11,13 +11,26 @@ import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
 import { digestHasher } from "../oci/digest.ts";
 import type { OciLayout } from "../oci/oci_layout.ts";
+import type { Source } from "../source/source.ts";
 import { validateDigest } from "../oci/reference.ts";
 import { backoff, describeFailure, isNetworkError } from "../oci/retry.ts";
 
-/** Where source blobs come from: a registry repository or a local OCI layout. */
+/**
+ * Where source blobs come from: a registry repository, a local OCI layout, or a random-access
+ * source per blob read in order (a disk-cached registry blob keeps the bytes that pass).
+ */
 export type BlobStore =
   | { kind: "registry"; client: RegistryClient; repository: string }
-  | { kind: "layout"; layout: OciLayout };
+  | { kind: "layout"; layout: OciLayout }
+  | { kind: "source"; open(digest: string, sizeBytes: number): RunSource };
+
+/** A blob's source for the "source" store: read in runs, the next one fetched meanwhile. */
+export interface RunSource extends Source {
+  /** Starts fetching [offset, offset + length) without waiting. */
+  fillAhead?(offset: number, length: number): Promise<void>;
+  /** Told when the whole blob did not match its digest: what it kept must not be used. */
+  refuseBytes?(reason: string): Promise<void>;
+}
 
 export interface VerifiedBlob {
   stream: ReadableStream<Uint8Array>;
@@ -26,6 +39,11 @@ export interface VerifiedBlob {
 }
 
 const LAYOUT_CHUNK_BYTES = 1 << 20;
+/**
+ * A "source" store's run: one ranged GET per run on a cold disk cache (17 for the 136 MB
+ * benchmark image), the next run fetched while this one is read.
+ */
+const SOURCE_RUN_BYTES = 8 << 20;
 
 /** Opens `digest` (of `sizeBytes`) from `store`; `onBytes` reports the bytes passed so far. */
 export function openVerifiedBlob(
@@ -38,9 +56,15 @@ export function openVerifiedBlob(
   const hasher = digestHasher(digest);
   let passed = 0;
   let ok = false;
+  let actual: string | undefined;
+  // Once, when every byte passed: the "source" store's end learns it before the stream does.
+  const contentDigest = () =>
+    actual ??= `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
   const chunks = store.kind === "registry"
     ? registryChunks(store.client, store.repository, digest, sizeBytes, () => passed)
-    : layoutChunks(store.layout, digest, sizeBytes);
+    : store.kind === "layout"
+    ? layoutChunks(store.layout, digest, sizeBytes)
+    : sourceChunks(store.open(digest, sizeBytes), digest, () => passed, contentDigest);
   const iterator = chunks[Symbol.asyncIterator]();
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -49,7 +73,7 @@ export function openVerifiedBlob(
         if (passed !== sizeBytes) {
           throw new OciError(`layer ${digest} ended at ${passed} of ${sizeBytes} bytes`);
         }
-        const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
+        const actual = contentDigest();
         if (actual !== digest) {
           throw new OciError(
             `layer ${digest} failed verification: its content hashes to ${actual}`,
@@ -92,6 +116,33 @@ async function* layoutChunks(
     }
   } finally {
     file.close();
+  }
+}
+
+/**
+ * The bytes of `source` in runs, the next one fetched while the current one is read. When all
+ * passed and do not hash to `digest`, the source is told before it is closed.
+ */
+async function* sourceChunks(
+  source: RunSource,
+  digest: string,
+  passed: () => number,
+  contentDigest: () => string,
+): AsyncGenerator<Uint8Array> {
+  try {
+    for (let offset = 0; offset < source.size; offset += SOURCE_RUN_BYTES) {
+      const length = Math.min(SOURCE_RUN_BYTES, source.size - offset);
+      const next = offset + length;
+      if (next < source.size) {
+        source.fillAhead?.(next, Math.min(SOURCE_RUN_BYTES, source.size - next));
+      }
+      yield await source.read(offset, length);
+    }
+    if (passed() === source.size && contentDigest() !== digest) {
+      await source.refuseBytes?.(`layer ${digest} does not match its digest`);
+    }
+  } finally {
+    await source.close?.();
   }
 }
 

@@ -12,8 +12,32 @@ import type { OpenedRegistry } from "../oci/opened.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import { indexImage } from "./index_image.ts";
+import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
+import { RegistryBlob } from "../oci/registry_blob.ts";
+import type { BlobStore } from "../convert/layer_blob.ts";
 import { findLocalLayerIndex, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
+
+/**
+ * The layers are read through the host's disk cache, as the mount reads them, so the bytes
+ * read once to index a layer are not fetched again by its lazy reads (zero layer GETs after
+ * `--index-missing`); without a disk cache, one streamed GET per layer.
+ */
+function layerStoreHere(opened: OpenedRegistry, image: ResolvedImage): BlobStore {
+  const { client, ref } = opened;
+  const cache = sharedDiskCache();
+  if (!cache) return { kind: "registry", client, repository: ref.repository };
+  const origin = registryOrigin(ref.registry, client.plainHttp);
+  return {
+    kind: "source",
+    open: (digest, sizeBytes) => {
+      const layer = image.layers.find((l) => l.digest === digest && l.sizeBytes === sizeBytes);
+      if (!layer) throw new Error(`internal: ${digest} is not a layer of the image`);
+      const blob = new RegistryBlob(client, ref.repository, layer);
+      return cache.wrap(blob, { digest, origin }, { readOnce: true });
+    },
+  };
+}
 
 /** Where the index of the layer `digest` made on this host lives. */
 function indexedHereDir(hereDir: string, digest: string): string {
@@ -79,6 +103,7 @@ export async function indexMissingHere(
         push: false,
         spanBytes: 4 * 1024 * 1024,
         buildTimeSec: Math.floor(Date.now() / 1000),
+        store: layerStoreHere(opened, image),
         onBytes: report.onBytes,
         onLayer: (l) => {
           report.finish?.();

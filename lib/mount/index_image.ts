@@ -26,6 +26,8 @@ export interface IndexImageOptions {
   spanBytes: number;
   buildTimeSec: number;
   onLayer?: (layer: LayerDescriptor, done: TarIndexFiles) => void;
+  /** Where the layers are read from; default the image's registry or layout. */
+  store?: BlobStore;
   /** Bytes of `layer` read so far (for a progress line). */
   onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
 }
@@ -132,9 +134,10 @@ export async function indexImage(
   }
   try {
     const files: TarIndexFiles[] = [];
-    const store = image.registry
-      ? { kind: "registry" as const, client: image.registry.client, repository: image.repository }
-      : { kind: "layout" as const, layout: image.layout!.layout };
+    const store: BlobStore = options.store ??
+      (image.registry
+        ? { kind: "registry" as const, client: image.registry.client, repository: image.repository }
+        : { kind: "layout" as const, layout: image.layout!.layout });
     // Stacked in order from the bottom, implied directories take the metadata below (umoci
     // leaves unchanged parents out of a layer). With --layer N the layers below are read for
     // their directories only when layer N implies any.

@@ -162,8 +162,12 @@ export class DiskCache {
     }
   }
 
-  /** `inner` behind the disk cache, or `inner` itself when the key cannot name a file. */
-  wrap(inner: Source, key: BlobKey): Source {
+  /**
+   * `inner` behind the disk cache, or `inner` itself when the key cannot name a file.
+   * `readOnce`: its reader reads it whole now (`mount --index-missing`), so no background
+   * completion even under `--fetch-all`.
+   */
+  wrap(inner: Source, key: BlobKey, options: { readOnce?: boolean } = {}): Source {
     if (!DIGEST.test(key.digest) || inner.size <= 0) return inner;
     let base = "";
     try {
@@ -172,7 +176,7 @@ export class DiskCache {
       this.#sidecarsAhead.delete(base);
       const source = DiskCachedSource.open(this, inner, base, key.verify, ahead);
       this.#open.add(source);
-      if (this.#complete) {
+      if (this.#complete && !options.readOnce) {
         const startedMs = Date.now();
         source.completeInBackground().then(async (done) => {
           if (!done) return;

@@ -382,9 +382,26 @@ export class DiskCachedSource implements Source {
     if (actual === undefined) return "incomplete"; // closed while hashing
     if (this.#readMap(0, this.chunkCount).some((byte) => !isPresent(byte))) return "incomplete";
     if (actual === digest) return "ok";
-    this.#corrupt = new Error(
+    await this.#dropAll(
       `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
     );
+    return "mismatch";
+  }
+
+  /**
+   * The blob's bytes failed a check its reader made (a whole-blob stream hashed as it passed,
+   * `mount --index-missing`): every chunk is marked absent, so no mount reads them again, and
+   * every read of this source fails from now on with `reason`.
+   */
+  async refuseBytes(reason: string): Promise<void> {
+    if (this.#closing.signal.aborted) return;
+    const dropping = this.#dropAll(reason);
+    this.#checking = Promise.allSettled([this.#checking, dropping]);
+    await dropping;
+  }
+
+  async #dropAll(reason: string): Promise<void> {
+    this.#corrupt = new Error(reason);
     while (!tryLock(this.#mapFd, F_WRLCK, 0, this.chunkCount)) await sleep(POLL_MS);
     try {
       pwriteAll(this.#mapFd, new Uint8Array(this.chunkCount), 0);
@@ -395,7 +412,6 @@ export class DiskCachedSource implements Source {
     } finally {
       unlock(this.#mapFd, 0, this.chunkCount);
     }
-    return "mismatch";
   }
 
   /**
