@@ -36,6 +36,7 @@ import {
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
 import { RUNTIME_ROOT, STATE_ROOT } from "../state/runtime.ts";
+import { LAYOUT_PREFIX } from "../oci/oci_layout.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,
@@ -70,7 +71,8 @@ Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry refere
 Ordinary tar+gzip layers mount lazily through a tar index: the one pushed with
 \`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag),
 else one in --index DIR, else one made on this host (--index-missing, once per layer);
-its files are kept in /var/lib/erofs-oci/index.
+its files are kept in /var/lib/erofs-oci/index. An OCI layout's tar layers take an index
+from --index DIR (\`erofs-oci index oci:PATH -o DIR\`) or --index-missing.
 One EROFS layer is mounted read-only at DIR; several are each mounted privately and
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
@@ -381,7 +383,9 @@ async function resolveForMount(
   let prefetchFile: string | undefined;
   let metadata: Promise<HandedMetadata> | undefined;
   const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
-  const fromLayout = await resolveLayoutImage(image, values.platform, selection);
+  const fromLayout = image.startsWith(LAYOUT_PREFIX)
+    ? await resolveLayoutImage(image, values.platform, selection, tarIndexSources(values))
+    : undefined;
   if (fromLayout) {
     resolved = fromLayout;
   } else if (isLocalImage(image)) {

@@ -103,8 +103,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       await mountErofsFile(layer.blockPath, dir, {
         flags: mountFlags(trust),
         mountAt: atTarget ? pinnedPath(pinned) : undefined,
-        devicesMapped: spec.layers[index].kind === "registry" &&
-          (spec.layers[index] as { tarIndex?: unknown }).tarIndex !== undefined,
+        devicesMapped: spec.layers[index].tarIndex !== undefined,
         head: layer.head === undefined
           ? undefined
           : Uint8Array.from(atob(layer.head), (c) => c.charCodeAt(0)),

@@ -253,7 +253,7 @@ export async function runMountServer(): Promise<number> {
         hashOnEventLoop: spec.backend === "fuse",
       });
       mark(`server: layer ${index} source`);
-      const tarIndex = layer.kind === "registry" ? layer.tarIndex : undefined;
+      const tarIndex = layer.tarIndex;
       // An ordinary tar layer is served as [meta][tar]: its metadata is all in the meta
       // image, held in memory, so there is nothing to prefetch.
       // Imported only for a tar layer: gzip, tar and the EROFS writer are ~40 modules.
@@ -346,7 +346,7 @@ export async function runMountServer(): Promise<number> {
               (Boolean(sharedDiskCache()) && !traceHooks.wantsExactReads),
             writeRecovery: () => {
               // The layout the source chose goes with it: reattach must serve the same one.
-              const recorded = tarIndex && layer.kind === "registry"
+              const recorded = tarIndex
                 ? { ...layer, tarIndex: { ...tarIndex, layout: (raw as TarIndexedSource).layout } }
                 : layer;
               const { record, extra } = recordForLayer(recorded, spec.credentials, spec.id, index);

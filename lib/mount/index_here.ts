@@ -8,7 +8,8 @@
 import { info } from "../log.ts";
 import { formatBytes } from "../text.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
-import type { OpenedRegistry } from "../oci/opened.ts";
+import type { OpenedImage, OpenedRegistry } from "../oci/opened.ts";
+import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import { indexImage } from "./index_image.ts";
@@ -18,25 +19,50 @@ import type { BlobStore } from "../convert/layer_blob.ts";
 import { findLocalLayerIndex, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 
+/** The image whose layers are indexed here, and where their bytes are read from. */
+export interface LayersToIndex {
+  image: Omit<OpenedImage, "resolve">;
+  store(image: ResolvedImage): BlobStore;
+}
+
 /**
- * The layers are read through the host's disk cache, as the mount reads them, so the bytes
- * read once to index a layer are not fetched again by its lazy reads (zero layer GETs after
- * `--index-missing`); without a disk cache, one streamed GET per layer.
+ * A registry image's layers are read through the host's disk cache, as the mount reads them,
+ * so the bytes read once to index a layer are not fetched again by its lazy reads (zero layer
+ * GETs after `--index-missing`); without a disk cache, one streamed GET per layer.
  */
-function layerStoreHere(opened: OpenedRegistry, image: ResolvedImage): BlobStore {
+export function registryLayersToIndex(opened: OpenedRegistry): LayersToIndex {
   const { client, ref } = opened;
-  const cache = sharedDiskCache();
-  if (!cache) return { kind: "registry", client, repository: ref.repository };
-  const origin = registryOrigin(ref.registry, client.plainHttp);
   return {
-    kind: "source",
-    open: (digest, sizeBytes) => {
-      const layer = image.layers.find((l) => l.digest === digest && l.sizeBytes === sizeBytes);
-      if (!layer) throw new Error(`internal: ${digest} is not a layer of the image`);
-      const blob = new RegistryBlob(client, ref.repository, layer);
-      return cache.wrap(blob, { digest, origin }, { readOnce: true });
+    image: {
+      name: formatReference(ref),
+      repository: ref.repository,
+      store: client,
+      registry: opened,
+      close: () => {},
+    },
+    store: (image) => {
+      const cache = sharedDiskCache();
+      if (!cache) return { kind: "registry", client, repository: ref.repository };
+      const origin = registryOrigin(ref.registry, client.plainHttp);
+      return {
+        kind: "source",
+        open: (digest, sizeBytes) => {
+          const layer = image.layers.find((l) => l.digest === digest && l.sizeBytes === sizeBytes);
+          if (!layer) throw new Error(`internal: ${digest} is not a layer of the image`);
+          const blob = new RegistryBlob(client, ref.repository, layer);
+          return cache.wrap(blob, { digest, origin }, { readOnce: true });
+        },
+      };
     },
   };
+}
+
+/** An OCI layout's layers are read from their blob files. */
+export function layoutLayersToIndex(name: string, ref: LayoutReference, layout: OciLayout) {
+  return {
+    image: { name, repository: "", store: layout, layout: { ref, layout }, close: () => {} },
+    store: () => ({ kind: "layout", layout }),
+  } satisfies LayersToIndex;
 }
 
 /** Where the index of the layer `digest` made on this host lives. */
@@ -65,7 +91,7 @@ export async function findIndexedHere(
  * their directories only when it implies any.
  */
 export async function indexMissingHere(
-  opened: OpenedRegistry,
+  from: LayersToIndex,
   image: ResolvedImage,
   missing: LayerDescriptor[],
   hereDir: string,
@@ -90,20 +116,13 @@ export async function indexMissingHere(
   try {
     for (const layer of passes) {
       let startedMs = performance.now();
-      const { files } = await indexImage({
-        name: formatReference(opened.ref),
-        repository: opened.ref.repository,
-        store: opened.client,
-        registry: opened,
-        resolve: () => Promise.resolve(image),
-        close: () => {},
-      }, {
+      const { files } = await indexImage({ ...from.image, resolve: () => Promise.resolve(image) }, {
         layer,
         dir: work,
         push: false,
         spanBytes: 4 * 1024 * 1024,
         buildTimeSec: Math.floor(Date.now() / 1000),
-        store: layerStoreHere(opened, image),
+        store: from.store(image),
         onBytes: report.onBytes,
         onLayer: (l) => {
           report.finish?.();

@@ -9,7 +9,12 @@ import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "../oci/resolve.ts";
-import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
+import {
+  formatLayoutReference,
+  type LayoutReference,
+  OciLayout,
+  parseLayoutReference,
+} from "../oci/oci_layout.ts";
 import {
   INDEX_CACHE_DIR,
   INDEXED_HERE_DIR,
@@ -72,14 +77,23 @@ export async function resolveLayoutImage(
   image: string,
   platform: string | undefined,
   selection: LayerSelection,
+  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
 ): Promise<ResolvedLayers | undefined> {
   const ref = parseLayoutReference(image);
   if (!ref) return undefined;
   const layout = new OciLayout(ref.layoutPath);
   try {
     const resolved = await layout.resolveImage(ref, platform);
+    const chosen = chooseLayers(resolved.layers, selection, indexes.files !== undefined);
+    const tarIndexes = await findTarIndexes(
+      { kind: "layout", name: formatLayoutReference(ref), ref, layout },
+      resolved,
+      layersThroughIndex(chosen, selection, indexes),
+      indexes,
+    );
     const layers: LayerSpec[] = [];
-    for (const layer of selectLayers(resolved, selection)) {
+    for (const layer of chosen) {
+      const tarIndex = tarIndexes.get(layer.digest);
       // One descriptor for the checks (no symlink, regular file, size, superblock); the
       // server opens and verifies the blob the same way before serving it.
       const file = layout.openBlob(layer.digest);
@@ -89,8 +103,10 @@ export async function resolveLayoutImage(
             `blob ${layer.digest} in ${layout.path} is ${file.size} bytes but the manifest says ${layer.sizeBytes}`,
           );
         }
-        const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
-        checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+        if (!tarIndex) {
+          const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
+          checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+        }
       } finally {
         file.close();
       }
@@ -99,6 +115,7 @@ export async function resolveLayoutImage(
         path: layout.blobPath(layer.digest),
         sizeBytes: layer.sizeBytes,
         digest: layer.digest,
+        ...(tarIndex ? { tarIndex } : {}),
       });
     }
     return {
@@ -200,10 +217,12 @@ export async function resolveRegistryImage(
   };
   const image = await client.resolveImage(ref, opened.platform, { onManifest, top, keptConfigs });
   const chosen = chooseLayers(image.layers, selection, indexes.files !== undefined);
-  const tarLayers = selection.anyMediaType && !indexes.files
-    ? []
-    : chosen.filter((l) => tarLayerKind(l.mediaType) !== undefined || indexes.files);
-  const tarIndexes = await findTarIndexes(opened, image, tarLayers, indexes);
+  const tarIndexes = await findTarIndexes(
+    { kind: "registry", opened },
+    image,
+    layersThroughIndex(chosen, selection, indexes),
+    indexes,
+  );
   const layers: LayerSpec[] = [];
   for (const layer of chosen) {
     const head = await (heads.get(headKey(layer)) ?? readHead(layer));
@@ -254,8 +273,24 @@ function chooseLayers(
   return layers;
 }
 
+/** The chosen layers served through a tar index (the rest are EROFS). */
+function layersThroughIndex(
+  chosen: LayerDescriptor[],
+  selection: LayerSelection,
+  indexes: TarIndexSources,
+): LayerDescriptor[] {
+  if (indexes.files) return chosen;
+  if (selection.anyMediaType) return [];
+  return chosen.filter((l) => tarLayerKind(l.mediaType) !== undefined);
+}
+
+/** An image whose tar layers need indexes: from a registry (which may hold them) or a layout. */
+type IndexedImage =
+  | { kind: "registry"; opened: OpenedRegistry }
+  | { kind: "layout"; name: string; ref: LayoutReference; layout: OciLayout };
+
 async function findTarIndexes(
-  opened: OpenedRegistry,
+  from: IndexedImage,
   image: ResolvedImage,
   layers: LayerDescriptor[],
   sources: TarIndexSources,
@@ -276,17 +311,19 @@ async function findTarIndexes(
     }
   }
   const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
-  const { ref, client } = opened;
-  const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
   const { findLocalLayerIndex } = await import("./layer_index_files.ts");
-  const fetched = await fetchTarIndexes(
-    client,
-    ref.repository,
-    image.manifestDigest,
-    wanted,
-    sources.cacheDir,
-  );
-  for (const [digest, files] of fetched) found.set(digest, files);
+  if (from.kind === "registry") {
+    const { ref, client } = from.opened;
+    const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
+    const fetched = await fetchTarIndexes(
+      client,
+      ref.repository,
+      image.manifestDigest,
+      wanted,
+      sources.cacheDir,
+    );
+    for (const [digest, files] of fetched) found.set(digest, files);
+  }
   for (const layer of wanted) {
     if (found.has(layer.digest) || !sources.dir) continue;
     const local = await findLocalLayerIndex(sources.dir, layer);
@@ -294,7 +331,8 @@ async function findTarIndexes(
   }
   if (layers.every((l) => found.has(l.digest))) return found;
   // Made here by an earlier --index-missing (of this image or another with the layer).
-  const { findIndexedHere, indexMissingHere } = await import("./index_here.ts");
+  const here = await import("./index_here.ts");
+  const { findIndexedHere, indexMissingHere } = here;
   const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
   for (const layer of wanted) {
     if (found.has(layer.digest)) continue;
@@ -303,7 +341,10 @@ async function findTarIndexes(
   }
   const missing = layers.filter((l) => !found.has(l.digest));
   if (missing.length && sources.indexMissing) {
-    const made = await indexMissingHere(opened, image, missing, hereDir, {
+    const toIndex = from.kind === "registry"
+      ? here.registryLayersToIndex(from.opened)
+      : here.layoutLayersToIndex(from.name, from.ref, from.layout);
+    const made = await indexMissingHere(toIndex, image, missing, hereDir, {
       onBytes: sources.onIndexBytes,
       finish: sources.onIndexed,
     });
@@ -317,7 +358,10 @@ async function findTarIndexes(
       `layer ${unindexed.index} (${unindexed.digest.slice(0, 19)}…) is ${
         tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
       } and has no index`,
-      `make one: \`erofs-oci index ${formatReference(ref)} --push\` (or pass --index DIR), ` +
+      (from.kind === "registry"
+        ? `make one: \`erofs-oci index ${formatReference(from.opened.ref)} --push\` ` +
+          "(or pass --index DIR), "
+        : `make one: \`erofs-oci index ${from.name} -o DIR\` and pass --index DIR, `) +
         "or mount with --index-missing to index it on this host (reads the layer once)",
     );
   }

@@ -15,7 +15,11 @@ import type { RecoveryRecord } from "../state/recovery_record.ts";
 import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { registryOrigin, sharedDiskCache } from "../mount/layer_source.ts";
-import { tarIndexLayerForRecord, tarIndexRecordForLayer } from "./tarindex_record.ts";
+import {
+  localTarIndexLayerForRecord,
+  tarIndexLayerForRecord,
+  tarIndexRecordForLayer,
+} from "./tarindex_record.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
 import {
   identityDifferences,
@@ -97,12 +101,12 @@ export function recordForLayer(
   const extra: RecoveryExtra = { mountId, layerIndex, sizeBytes: layer.sizeBytes };
   const configDir = Deno.env.get(REGISTRY_CONFIG_DIR_ENV);
   if (configDir && layer.kind === "registry") extra.registryConfigDir = configDir;
+  if (layer.tarIndex) {
+    return tarIndexRecordForLayer({ ...layer, tarIndex: layer.tarIndex }, credentials, extra);
+  }
   if (layer.kind === "local") {
     const local = layer.digest ? { ...extra, digest: layer.digest } : extra;
     return { record: { kind: "LOCAL", path: layer.path }, extra: local };
-  }
-  if (layer.tarIndex) {
-    return tarIndexRecordForLayer({ ...layer, tarIndex: layer.tarIndex }, credentials, extra);
   }
   return {
     record: {
@@ -181,6 +185,9 @@ export async function layerForRecord(
   }
   if (record.kind === "TARINDEX_OCI_BLOB") {
     return await tarIndexLayerForRecord(record, extra, sizeMatches, VERIFY_DEADLINE_MS);
+  }
+  if (record.kind === "TARINDEX_LOCAL") {
+    return await localTarIndexLayerForRecord(record, extra, sizeMatches);
   }
   const ref = parseReference(record.reference);
   const client = new RegistryClient(ref.registry, {

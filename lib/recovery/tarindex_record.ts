@@ -4,7 +4,8 @@
  * with the meta and zinfo in their durable place (/var/lib/erofs-oci/index/…, never a tmp dir)
  * so either tool can serve the device again. What the line cannot hold (the piece digests,
  * the record binding the files to the layer, the 4 KiB layout of kernels before 6.4) goes to
- * the companion file.
+ * the companion file. An OCI layout's tar layer (`TARINDEX_LOCAL <blob path>`, erofs-oci's own)
+ * keeps its index paths there too.
  */
 import { FormatError, OciError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
@@ -16,10 +17,15 @@ import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
 
 type RegistryLayer = Extract<LayerSpec, { kind: "registry" }>;
+type LocalLayer = Extract<LayerSpec, { kind: "local" }>;
 type TarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_OCI_BLOB" }>;
+type LocalTarIndexRecord = Extract<RecoveryRecord, { kind: "TARINDEX_LOCAL" }>;
 
 /** Companion fields of a tar-index device. */
 export interface TarIndexExtra {
+  /** TARINDEX_LOCAL: the index files (a TARINDEX_OCI_BLOB line holds them itself). */
+  meta?: string;
+  zinfo?: string;
   pieces?: string;
   record?: unknown;
   /**
@@ -32,10 +38,25 @@ export interface TarIndexExtra {
 
 /** The recovery line (+ companion facts) of a layer served through its tar index. */
 export function tarIndexRecordForLayer(
-  layer: RegistryLayer & { tarIndex: TarIndexSpec },
+  layer: (RegistryLayer | LocalLayer) & { tarIndex: TarIndexSpec },
   credentials: Credentials | undefined,
   extra: RecoveryExtra,
 ): { record: RecoveryRecord; extra: RecoveryExtra & { tarIndex: TarIndexExtra } } {
+  const facts: TarIndexExtra = {
+    pieces: layer.tarIndex.pieces,
+    record: layer.tarIndex.record,
+    ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
+  };
+  if (layer.kind === "local") {
+    return {
+      record: { kind: "TARINDEX_LOCAL", path: layer.path },
+      extra: {
+        ...extra,
+        ...(layer.digest ? { digest: layer.digest } : {}),
+        tarIndex: { meta: layer.tarIndex.meta, zinfo: layer.tarIndex.zinfo, ...facts },
+      },
+    };
+  }
   return {
     record: {
       kind: "TARINDEX_OCI_BLOB",
@@ -46,15 +67,7 @@ export function tarIndexRecordForLayer(
       tarIndexPath: layer.tarIndex.meta,
       zinfoPath: layer.tarIndex.zinfo ?? "",
     },
-    extra: {
-      ...extra,
-      plainHttp: layer.plainHttp,
-      tarIndex: {
-        pieces: layer.tarIndex.pieces,
-        record: layer.tarIndex.record,
-        ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
-      },
-    },
+    extra: { ...extra, plainHttp: layer.plainHttp, tarIndex: facts },
   };
 }
 
@@ -69,32 +82,10 @@ export async function tarIndexLayerForRecord(
   sizeFits: (sizeBytes: number) => boolean,
   deadlineMs: number,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
-  // Loaded here, not at start-up: only tar layers need gzip, tar and the EROFS writer.
-  const [{ parseIndexRecord }, { tarIndexLayout }, { tarDeviceBytes }] = await Promise.all([
-    import("../gzip/index_record.ts"),
-    import("../gzip/hybrid_tar.ts"),
-    import("../mount/tar_layout.ts"),
-  ]);
-  let meta: Uint8Array;
-  try {
-    meta = await Deno.readFile(record.tarIndexPath);
-  } catch (error) {
-    throw new FormatError(
-      `tar index ${record.tarIndexPath} is gone: ${(error as Error).message}`,
-      "the device cannot be served without it; unmount and mount again",
-    );
-  }
-  tarIndexLayout(meta, record.tarIndexPath);
-  // Records without a layout are [meta][tar]: erofs-utils' and ours before "4k" existed.
-  const deviceLayout = extra.tarIndex?.layout === "4k" ? "4k" : "512";
-  if (!sizeFits(tarDeviceBytes(deviceLayout, meta))) {
-    throw new FormatError(
-      `tar index ${record.tarIndexPath} does not fit the device's size (${deviceLayout} layout)`,
-    );
-  }
-  const indexRecord = extra.tarIndex?.record === undefined ? undefined : parseIndexRecord(
-    new TextEncoder().encode(JSON.stringify(extra.tarIndex.record)),
-    "recorded index record",
+  const { indexRecord, deviceLayout } = await recordedTarIndex(
+    record.tarIndexPath,
+    extra,
+    sizeFits,
   );
   const ref = parseReference(record.reference);
   const client = new RegistryClient(ref.registry, {
@@ -125,4 +116,86 @@ export async function tarIndexLayerForRecord(
   } finally {
     client.close();
   }
+}
+
+/**
+ * The LayerSpec an OCI layout's tar layer is served from again: the blob file must still have
+ * the size its index records (the server verifies its digest before serving it).
+ */
+export async function localTarIndexLayerForRecord(
+  record: LocalTarIndexRecord,
+  extra: RecoveryExtra & { tarIndex?: TarIndexExtra },
+  sizeFits: (sizeBytes: number) => boolean,
+): Promise<{ layer: LayerSpec }> {
+  const meta = extra.tarIndex?.meta;
+  const digest = extra.digest;
+  if (typeof meta !== "string" || !meta.startsWith("/") || typeof digest !== "string") {
+    throw new FormatError(
+      `recovery file of ${record.path}: its companion file does not name the tar index`,
+      "the device cannot be served without it; unmount and mount again",
+    );
+  }
+  const { indexRecord, deviceLayout } = await recordedTarIndex(meta, extra, sizeFits);
+  let size: number;
+  try {
+    size = Deno.statSync(record.path).size;
+  } catch (error) {
+    throw new FormatError(`layer blob ${record.path} is gone: ${(error as Error).message}`);
+  }
+  if (indexRecord && (indexRecord.layer.size !== size || indexRecord.layer.digest !== digest)) {
+    throw new FormatError(`layer blob ${record.path} is not the one its index was made for`);
+  }
+  const zinfo = extra.tarIndex?.zinfo;
+  const pieces = extra.tarIndex?.pieces;
+  return {
+    layer: {
+      kind: "local",
+      path: record.path,
+      sizeBytes: size,
+      digest,
+      tarIndex: {
+        meta,
+        zinfo: typeof zinfo === "string" && zinfo.startsWith("/") ? zinfo : undefined,
+        pieces: indexRecord && typeof pieces === "string" ? pieces : undefined,
+        record: indexRecord,
+        layout: deviceLayout,
+      },
+    },
+  };
+}
+
+/** The recorded meta image, checked to fit the device, and the recorded index record. */
+async function recordedTarIndex(
+  metaPath: string,
+  extra: RecoveryExtra & { tarIndex?: TarIndexExtra },
+  sizeFits: (sizeBytes: number) => boolean,
+) {
+  // Loaded here, not at start-up: only tar layers need gzip, tar and the EROFS writer.
+  const [{ parseIndexRecord }, { tarIndexLayout }, { tarDeviceBytes }] = await Promise.all([
+    import("../gzip/index_record.ts"),
+    import("../gzip/hybrid_tar.ts"),
+    import("../mount/tar_layout.ts"),
+  ]);
+  let meta: Uint8Array;
+  try {
+    meta = await Deno.readFile(metaPath);
+  } catch (error) {
+    throw new FormatError(
+      `tar index ${metaPath} is gone: ${(error as Error).message}`,
+      "the device cannot be served without it; unmount and mount again",
+    );
+  }
+  tarIndexLayout(meta, metaPath);
+  // Records without a layout are [meta][tar]: erofs-utils' and ours before "4k" existed.
+  const deviceLayout: "4k" | "512" = extra.tarIndex?.layout === "4k" ? "4k" : "512";
+  if (!sizeFits(tarDeviceBytes(deviceLayout, meta))) {
+    throw new FormatError(
+      `tar index ${metaPath} does not fit the device's size (${deviceLayout} layout)`,
+    );
+  }
+  const indexRecord = extra.tarIndex?.record === undefined ? undefined : parseIndexRecord(
+    new TextEncoder().encode(JSON.stringify(extra.tarIndex.record)),
+    "recorded index record",
+  );
+  return { indexRecord, deviceLayout };
 }

@@ -10,6 +10,9 @@
  *   `""` anywhere as empty (older erofs-oci wrote `""` for absent credentials, which
  *   `mount.erofs --reattach` refuses as bad base64);
  * - `LOCAL` is followed by the rest of the line: a path may hold spaces.
+ * - `TARINDEX_LOCAL <blob path>` is erofs-oci's own (an OCI layout's tar layer served through
+ *   its index; the index paths are in the companion file): erofs-utils has no such source and
+ *   refuses the line rather than serve the raw blob under a mounted file system.
  *
  * @example
  * formatRecoveryLine({ kind: "OCI_NATIVE_BLOB", reference: "r.io/app:1", platform: "linux/amd64",
@@ -20,6 +23,7 @@ import type { Credentials } from "../oci/docker_config.ts";
 
 export type RecoveryRecord =
   | { kind: "LOCAL"; path: string }
+  | { kind: "TARINDEX_LOCAL"; path: string }
   | {
     kind: "OCI_LAYER";
     reference: string;
@@ -81,10 +85,11 @@ function decodeCredentials(text: string): Credentials | undefined {
 export function formatRecoveryLine(record: RecoveryRecord): string {
   switch (record.kind) {
     case "LOCAL":
+    case "TARINDEX_LOCAL":
       if (/[\n\r]/.test(record.path) || record.path === "") {
         throw new FormatError(`cannot record the path '${record.path}' in a recovery line`);
       }
-      return `LOCAL ${record.path}`;
+      return `${record.kind} ${record.path}`;
     case "OCI_LAYER":
       return [
         "OCI_LAYER",
@@ -150,8 +155,9 @@ export function parseRecoveryLine(text: string): RecoveryRecord {
   };
   switch (kind) {
     case "LOCAL":
+    case "TARINDEX_LOCAL":
       if (!rest.startsWith("/")) {
-        throw new FormatError("recovery line: LOCAL needs an absolute path");
+        throw new FormatError(`recovery line: ${kind} needs an absolute path`);
       }
       return { kind, path: rest };
     case "OCI_LAYER": {
@@ -199,7 +205,7 @@ export function parseRecoveryLine(text: string): RecoveryRecord {
     default:
       throw new FormatError(
         `recovery line: unknown source type '${kind}'`,
-        "expected LOCAL, OCI_LAYER, OCI_NATIVE_BLOB or TARINDEX_OCI_BLOB",
+        "expected LOCAL, OCI_LAYER, OCI_NATIVE_BLOB, TARINDEX_OCI_BLOB or TARINDEX_LOCAL",
       );
   }
 }

@@ -57,6 +57,8 @@ export type LayerSpec =
     sizeBytes: number;
     /** An OCI layout blob: opened without following symlinks and verified before serving. */
     digest?: string;
+    /** A tar or tar+gzip layout blob: served through its index, as a registry's. */
+    tarIndex?: TarIndexSpec;
   }
   | {
     kind: "registry";
