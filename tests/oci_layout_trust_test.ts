@@ -7,45 +7,14 @@ import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
-import { digestOf } from "../lib/oci/digest.ts";
-import { EROFS_LAYER, OCI_CONFIG, OCI_MANIFEST } from "../lib/oci/media_types.ts";
-
-const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+import { EROFS_LAYER } from "../lib/oci/media_types.ts";
+import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 
 /** A layout tagged `v1` with basic.erofs as its one layer; returns the layer blob's path. */
 async function writeLayout(dir: string): Promise<{ layerPath: string; layer: Uint8Array }> {
-  await Deno.mkdir(`${dir}/blobs/sha256`, { recursive: true });
-  await Deno.writeTextFile(`${dir}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
-  const put = async (bytes: Uint8Array) => {
-    const digest = digestOf(bytes);
-    await Deno.writeFile(`${dir}/blobs/sha256/${digest.slice(7)}`, bytes);
-    return { digest, size: bytes.length };
-  };
   const layer = await Deno.readFile(`${FIXTURES}/basic.erofs`);
-  const layerBlob = await put(layer);
-  const config = await put(enc({
-    os: "linux",
-    architecture: Deno.build.arch === "aarch64" ? "arm64" : "amd64",
-    rootfs: { type: "layers", diff_ids: [] },
-  }));
-  const manifest = await put(enc({
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    config: { mediaType: OCI_CONFIG, ...config },
-    layers: [{ mediaType: EROFS_LAYER, ...layerBlob }],
-  }));
-  await Deno.writeFile(
-    `${dir}/index.json`,
-    enc({
-      schemaVersion: 2,
-      manifests: [{
-        mediaType: OCI_MANIFEST,
-        ...manifest,
-        annotations: { "org.opencontainers.image.ref.name": "v1" },
-      }],
-    }),
-  );
-  return { layerPath: `${dir}/blobs/sha256/${layerBlob.digest.slice(7)}`, layer };
+  const { layerPaths } = await writeOciLayout(dir, [{ bytes: layer, mediaType: EROFS_LAYER }]);
+  return { layerPath: layerPaths[0], layer };
 }
 
 async function withLayout(

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { OciError } from "../errors.ts";
-import { digestOf } from "./digest.ts";
 import { EROFS_LAYER, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "./oci_layout.ts";
 import { RegistryBlob } from "./registry_blob.ts";
+import { startOciLayout } from "../../tests/_support/oci_layout_writer.ts";
 
 Deno.test("parseLayoutReference", () => {
   const d = `sha256:${"c".repeat(64)}`;
@@ -25,13 +25,7 @@ Deno.test("parseLayoutReference", () => {
 /** Writes a layout with one EROFS image per platform, tagged `v1`, plus an untagged blob. */
 async function writeLayout(dir: string, platforms: string[], tagged: "index" | "entries") {
   const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
-  await Deno.mkdir(`${dir}/blobs/sha256`, { recursive: true });
-  await Deno.writeTextFile(`${dir}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
-  const put = async (bytes: Uint8Array) => {
-    const digest = digestOf(bytes);
-    await Deno.writeFile(`${dir}/blobs/sha256/${digest.slice(7)}`, bytes);
-    return { digest, size: bytes.length };
-  };
+  const put = await startOciLayout(dir);
   const entries = [];
   const layers: Uint8Array[] = [];
   for (const [i, p] of platforms.entries()) {
