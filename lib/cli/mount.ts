@@ -67,7 +67,8 @@ export const mountCommand: Command = {
 
 Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry reference
 ([registry[:port]/]name[:tag][@sha256:…]), an OCI image layout directory
-(oci:PATH[:TAG]) or a local EROFS image file.
+(oci:PATH[:TAG]), a local EROFS image file, or a local tar or tar.gz file (through an
+index, as a tar layer).
 Ordinary tar+gzip layers mount lazily through a tar index: the one pushed with
 \`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag),
 else one in --index DIR, else one made on this host (--index-missing, once per layer);
@@ -389,7 +390,7 @@ async function resolveForMount(
   if (fromLayout) {
     resolved = fromLayout;
   } else if (isLocalImage(image)) {
-    resolved = await resolveLocalImage(image);
+    resolved = await resolveLocalImage(image, tarIndexSources(values));
   } else {
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;

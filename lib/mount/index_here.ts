@@ -10,18 +10,18 @@ import { formatBytes } from "../text.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import type { OpenedImage, OpenedRegistry } from "../oci/opened.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
-import { formatReference } from "../oci/reference.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import { indexImage } from "./index_image.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
+import { LayoutFile } from "../oci/layout_file.ts";
 import type { BlobStore } from "../convert/layer_blob.ts";
 import { findLocalLayerIndex, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 
 /** The image whose layers are indexed here, and where their bytes are read from. */
 export interface LayersToIndex {
-  image: Omit<OpenedImage, "resolve">;
+  image: Pick<OpenedImage, "registry" | "layout" | "repository">;
   store(image: ResolvedImage): BlobStore;
 }
 
@@ -33,13 +33,7 @@ export interface LayersToIndex {
 export function registryLayersToIndex(opened: OpenedRegistry): LayersToIndex {
   const { client, ref } = opened;
   return {
-    image: {
-      name: formatReference(ref),
-      repository: ref.repository,
-      store: client,
-      registry: opened,
-      close: () => {},
-    },
+    image: { repository: ref.repository, registry: opened },
     store: (image) => {
       const cache = sharedDiskCache();
       if (!cache) return { kind: "registry", client, repository: ref.repository };
@@ -58,11 +52,19 @@ export function registryLayersToIndex(opened: OpenedRegistry): LayersToIndex {
 }
 
 /** An OCI layout's layers are read from their blob files. */
-export function layoutLayersToIndex(name: string, ref: LayoutReference, layout: OciLayout) {
+export function layoutLayersToIndex(ref: LayoutReference, layout: OciLayout): LayersToIndex {
   return {
-    image: { name, repository: "", store: layout, layout: { ref, layout }, close: () => {} },
+    image: { repository: "", layout: { ref, layout } },
     store: () => ({ kind: "layout", layout }),
-  } satisfies LayersToIndex;
+  };
+}
+
+/** A tar or tar.gz file given as the image: its one layer is the file. */
+export function fileLayersToIndex(path: string): LayersToIndex {
+  return {
+    image: { repository: "" },
+    store: () => ({ kind: "source", open: () => LayoutFile.open(path, `file ${path}`) }),
+  };
 }
 
 /** Where the index of the layer `digest` made on this host lives. */

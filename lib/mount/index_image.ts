@@ -115,7 +115,7 @@ async function readLowerDirs(
 
 /** Indexes the image's layers; returns the files per layer (and the artifact when pushed). */
 export async function indexImage(
-  image: OpenedImage,
+  image: Pick<OpenedImage, "resolve" | "registry" | "layout" | "repository">,
   options: IndexImageOptions,
 ): Promise<{ files: TarIndexFiles[]; artifact?: { digest: string; via: string } }> {
   const resolved = await image.resolve();

@@ -4,7 +4,13 @@
  * swap the data under a mounted file system).
  */
 import { UsageError, UserError } from "../errors.ts";
-import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
+import {
+  checkErofsSuperblock,
+  EROFS_SUPER_END,
+  EROFS_SUPER_MAGIC,
+  EROFS_SUPER_OFFSET,
+} from "../erofs/superblock.ts";
+import { LayoutFile } from "../oci/layout_file.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
@@ -44,29 +50,74 @@ export function isLocalImage(image: string): boolean {
   }
 }
 
-export async function resolveLocalImage(path: string): Promise<ResolvedLayers> {
+/**
+ * A local file: an EROFS image, or a tar or tar.gz file mounted through its index like an
+ * image's tar layer (`--index DIR`, one made here, `--index-missing`).
+ */
+export async function resolveLocalImage(
+  path: string,
+  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
+): Promise<ResolvedLayers> {
   let real: string;
-  let sizeBytes: number;
   try {
     real = Deno.realPathSync(path);
-    sizeBytes = Deno.statSync(real).size;
   } catch (error) {
     throw new UserError(`cannot open image file ${path}: ${(error as Error).message}`);
   }
-  const file = await Deno.open(real);
+  const file = LayoutFile.open(real, `image file ${real}`);
   try {
-    const head = new Uint8Array(EROFS_SUPER_END);
-    let filled = 0;
-    while (filled < head.length) {
-      const n = await file.read(head.subarray(filled));
-      if (n === null) break;
-      filled += n;
+    const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
+    const tarKind = indexes.files || !hasErofsMagic(head) ? sniffTarKind(head) : undefined;
+    if (!tarKind) {
+      checkErofsSuperblock(head, real);
+      return { image: real, layers: [{ kind: "local", path: real, sizeBytes: file.size }] };
     }
-    checkErofsSuperblock(head.subarray(0, filled), real);
+    // Indexes are found by the layer's digest, as an image's are.
+    const layer: LayerDescriptor = {
+      index: 0,
+      digest: await file.contentDigest(),
+      sizeBytes: file.size,
+      mediaType: tarKind === "gzip" ? OCI_TAR_GZIP_LAYER : OCI_TAR_LAYER,
+    };
+    const image: ResolvedImage = {
+      manifestDigest: "",
+      platform: "",
+      platforms: [],
+      mediaType: "",
+      config: { digest: "", sizeBytes: 0, mediaType: "" },
+      layers: [layer],
+    };
+    const found = await findTarIndexes({ kind: "file", path: real }, image, [layer], indexes);
+    return {
+      image: real,
+      layers: [{
+        kind: "local",
+        path: real,
+        sizeBytes: file.size,
+        digest: layer.digest,
+        tarIndex: found.get(layer.digest)!,
+      }],
+    };
   } finally {
     file.close();
   }
-  return { image: real, layers: [{ kind: "local", path: real, sizeBytes }] };
+}
+
+const OCI_TAR_LAYER = "application/vnd.oci.image.layer.v1.tar";
+const OCI_TAR_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/** True when `head` has the EROFS magic where the superblock starts. */
+function hasErofsMagic(head: Uint8Array): boolean {
+  if (head.length < EROFS_SUPER_END) return false;
+  return new DataView(head.buffer, head.byteOffset).getUint32(EROFS_SUPER_OFFSET, true) ===
+    EROFS_SUPER_MAGIC;
+}
+
+/** "gzip" for a gzip stream, "tar" for a POSIX/GNU tar (its `ustar` magic), else undefined. */
+function sniffTarKind(head: Uint8Array): "gzip" | "tar" | undefined {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
+  const magic = new TextDecoder().decode(head.subarray(257, 262));
+  return head.length >= 263 && magic === "ustar" ? "tar" : undefined;
 }
 
 /**
@@ -287,7 +338,8 @@ function layersThroughIndex(
 /** An image whose tar layers need indexes: from a registry (which may hold them) or a layout. */
 type IndexedImage =
   | { kind: "registry"; opened: OpenedRegistry }
-  | { kind: "layout"; name: string; ref: LayoutReference; layout: OciLayout };
+  | { kind: "layout"; name: string; ref: LayoutReference; layout: OciLayout }
+  | { kind: "file"; path: string };
 
 async function findTarIndexes(
   from: IndexedImage,
@@ -343,7 +395,9 @@ async function findTarIndexes(
   if (missing.length && sources.indexMissing) {
     const toIndex = from.kind === "registry"
       ? here.registryLayersToIndex(from.opened)
-      : here.layoutLayersToIndex(from.name, from.ref, from.layout);
+      : from.kind === "layout"
+      ? here.layoutLayersToIndex(from.ref, from.layout)
+      : here.fileLayersToIndex(from.path);
     const made = await indexMissingHere(toIndex, image, missing, hereDir, {
       onBytes: sources.onIndexBytes,
       finish: sources.onIndexed,
@@ -354,6 +408,15 @@ async function findTarIndexes(
   }
   const unindexed = layers.find((l) => !found.has(l.digest));
   if (unindexed) {
+    if (from.kind === "file") {
+      const what = tarLayerKind(unindexed.mediaType) === "tar" ? "a tar file" : "a tar.gz file";
+      throw new UserError(
+        `${from.path} is ${what}, not an EROFS image, and has no index`,
+        "mount it with --index-missing (indexes it on this host, reading it once), or pass " +
+          `--index DIR made by \`erofs-oci index ${from.path} -o DIR\`; ` +
+          "`erofs-oci build FILE -o IMAGE.erofs` makes an EROFS image of it",
+      );
+    }
     throw new UserError(
       `layer ${unindexed.index} (${unindexed.digest.slice(0, 19)}…) is ${
         tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"

@@ -106,16 +106,24 @@ export class LayoutFile implements Source {
     digest: string,
     onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void>,
   ): Promise<void> {
-    const hasher = digestHasher(digest);
+    const actual = await this.contentDigest(digest, onChunk);
+    if (actual !== digest) {
+      throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
+    }
+  }
+
+  /** The file's digest in the algorithm of `like` (`sha256:…`), read in 1 MiB pieces. */
+  async contentDigest(
+    like = "sha256:",
+    onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void>,
+  ): Promise<string> {
+    const hasher = digestHasher(like);
     for (let offset = 0; offset < this.size; offset += HASH_CHUNK_BYTES) {
       const chunk = await this.read(offset, Math.min(HASH_CHUNK_BYTES, this.size - offset));
       hasher.update(chunk);
       await onChunk?.(chunk, offset + chunk.byteLength);
     }
-    const actual = `${digest.slice(0, digest.indexOf(":"))}:${hasher.digest("hex")}`;
-    if (actual !== digest) {
-      throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
-    }
+    return `${like.slice(0, like.indexOf(":"))}:${hasher.digest("hex")}`;
   }
 
   close(): void {

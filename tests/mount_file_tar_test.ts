@@ -1,0 +1,78 @@
+/**
+ * `mount FILE DIR` of a tar.gz or tar file (FUSE backend): served through an index as an
+ * image's tar layer — one made here (`--index-missing`, found again without the flag by the
+ * file's digest) or by `erofs-oci index FILE -o DIR` (`--index DIR`) — it mounts the fixture's
+ * tree. Without an index the error says what the file is and how to mount it; a file that is
+ * neither EROFS nor tar still gets the EROFS error.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { manifestOf, mountSandbox } from "./_support/mounts.ts";
+import { expectedTarListing } from "./_support/index_mounts.ts";
+import { withTempDir } from "./_support/temp_dir.ts";
+
+const ignore = requires(
+  root(),
+  path("/dev/fuse"),
+  path(`${FIXTURES}/layer.tar.gz`, "shared fixtures"),
+);
+const LONG = { timeoutMs: 120_000 };
+
+Deno.test({
+  name: "mount FILE: a tar.gz or tar file mounts through an index made here or by index -o DIR",
+  ignore,
+  fn: () =>
+    withTempDir("erofs-oci-file-tar-", async (work) => {
+      // Copies: the mount's recovery and index records name the file's own path.
+      const gz = `${work}/layer.tar.gz`;
+      const tar = `${work}/layer.tar`;
+      Deno.copyFileSync(`${FIXTURES}/layer.tar.gz`, gz);
+      Deno.copyFileSync(`${FIXTURES}/layer.tar`, tar);
+      // The tar has no entry for its root: its mtime is the time of indexing, left out.
+      const withoutRoot = (listing: string) => listing.replace(/^\.\t[^\n]*\n/, "");
+      const expected = withoutRoot(expectedTarListing("layer.meta.txt"));
+      const sandbox = await mountSandbox();
+      try {
+        const { env, target } = sandbox;
+        const mountOk = async (args: string[], file: string) => {
+          const mounted = await runCli(["mount", "--backend", "fuse", ...args, file, target], {
+            env,
+            ...LONG,
+          });
+          assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+          assert.equal(withoutRoot(await manifestOf(target)), expected);
+          assertSuccess(await runCli(["umount", target], { env }));
+          return mounted;
+        };
+
+        const refused = await runCli(["mount", "--backend", "fuse", gz, target], { env });
+        assertCliError(
+          refused,
+          1,
+          /layer\.tar\.gz is a tar\.gz file, not an EROFS image, and has no index/,
+        );
+        assert.match(refused.stderr, /mount it with --index-missing/);
+        assert.deepEqual([...Deno.readDirSync(target)], [], "nothing mounted");
+
+        const indexed = await mountOk(["--index-missing"], gz);
+        assert.match(indexed.stderr, /layer 0 has no index: indexing here/);
+        const again = await mountOk([], gz);
+        assert.doesNotMatch(again.stderr, /indexing here/, "found by the file's digest");
+
+        const refusedTar = await runCli(["mount", "--backend", "fuse", tar, target], { env });
+        assertCliError(refusedTar, 1, /layer\.tar is a tar file, not an EROFS image/);
+        const dir = `${work}/index`;
+        assertSuccess(await runCli(["index", tar, "-o", dir], LONG));
+        const fromDir = await mountOk(["--index", dir], tar);
+        assert.doesNotMatch(fromDir.stderr, /indexing here/);
+
+        const junk = `${work}/junk.bin`;
+        Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));
+        const notErofs = await runCli(["mount", "--backend", "fuse", junk, target], { env });
+        assertCliError(notErofs, 1, /not an EROFS image: .*junk\.bin has magic/);
+      } finally {
+        await sandbox.cleanup();
+      }
+    }),
+});
