@@ -3,7 +3,7 @@
  * image's tar layer — one made here (`--index-missing`, found again without the flag by the
  * file's digest) or by `erofs-oci index FILE -o DIR` (`--index DIR`) — it mounts the fixture's
  * tree. Without an index the error says what the file is and how to mount it; a file that is
- * neither EROFS nor tar still gets the EROFS error.
+ * neither EROFS nor tar still gets the EROFS error, and a FIFO is refused without waiting.
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
@@ -71,6 +71,15 @@ Deno.test({
         Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));
         const notErofs = await runCli(["mount", "--backend", "fuse", junk, target], { env });
         assertCliError(notErofs, 1, /not an EROFS image: .*junk\.bin has magic/);
+        // A FIFO is refused at once (its open used to wait for a writer forever).
+        const fifo = `${work}/fifo`;
+        const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+        assert.ok(made.success, "mkfifo");
+        const fromFifo = await runCli(["mount", "--backend", "fuse", fifo, target], {
+          env,
+          timeoutMs: 30_000,
+        });
+        assertCliError(fromFifo, 1, /image file is not a regular file .*refused as an image/);
       } finally {
         await sandbox.cleanup();
       }

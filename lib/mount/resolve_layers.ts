@@ -64,7 +64,7 @@ export async function resolveLocalImage(
   } catch (error) {
     throw new UserError(`cannot open image file ${path}: ${(error as Error).message}`);
   }
-  const file = LayoutFile.open(real, `image file ${real}`);
+  const file = LayoutFile.open(real, "image file", "as an image");
   try {
     const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
     const tarKind = indexes.files || !hasErofsMagic(head) ? sniffTarKind(head) : undefined;

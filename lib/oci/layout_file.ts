@@ -38,10 +38,11 @@ export class LayoutFile implements Source {
   }
 
   /**
-   * Opens `path`; `what` names it in errors ("blob sha256:…", "index.json"). Missing files give
-   * an OciError with `notFound` set, so callers can phrase their own message.
+   * Opens `path`; `what` names it in errors ("blob sha256:…", "index.json"), `where` says
+   * what refuses other than regular files. Missing files give an OciError with `notFound`
+   * set, so callers can phrase their own message.
    */
-  static open(path: string, what: string): LayoutFile {
+  static open(path: string, what: string, where = "in an OCI layout"): LayoutFile {
     let fd: number;
     try {
       fd = openNoFollow(path);
@@ -52,14 +53,14 @@ export class LayoutFile implements Source {
         throw missing;
       }
       if (error instanceof SysError && error.errno === ELOOP) {
-        throw new OciError(`${what} is a symbolic link (${path}): refused in an OCI layout`);
+        throw new OciError(`${what} is a symbolic link (${path}): refused ${where}`);
       }
       throw error;
     }
     try {
       const stat = fstatFd(fd, path);
       if ((stat.mode & S_IFMT) !== S_IFREG) {
-        throw new OciError(`${what} is not a regular file (${path}): refused in an OCI layout`);
+        throw new OciError(`${what} is not a regular file (${path}): refused ${where}`);
       }
       return new LayoutFile(path, fd, stat.sizeBytes);
     } catch (error) {
