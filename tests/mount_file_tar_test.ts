@@ -1,9 +1,10 @@
 /**
  * `mount FILE DIR` of a tar.gz or tar file (FUSE backend): served through an index as an
  * image's tar layer — one made here (`--index-missing`, found again without the flag by the
- * file's digest) or by `erofs-oci index FILE -o DIR` (`--index DIR`) — it mounts the fixture's
- * tree. Without an index the error says what the file is and how to mount it; a file that is
- * neither EROFS nor tar still gets the EROFS error, and a FIFO is refused without waiting.
+ * file's digest), by `erofs-oci index FILE -o DIR` (`--index DIR`) or by mkfs.erofs 1.9.3
+ * (`--tarindex/--zinfo`) — it mounts the fixture's tree. Without an index the error says what
+ * the file is and how to mount it; a file that is neither EROFS nor tar still gets the EROFS
+ * error, and a FIFO is refused without waiting.
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
@@ -66,6 +67,14 @@ Deno.test({
         assertSuccess(await runCli(["index", tar, "-o", dir], LONG));
         const fromDir = await mountOk(["--index", dir], tar);
         assert.doesNotMatch(fromDir.stderr, /indexing here/);
+
+        // erofs-utils' own index of the file (mkfs.erofs --tar=i --gzinfo): unverified reads.
+        await mountOk([
+          "--tarindex",
+          `${FIXTURES}/layer.meta.erofs`,
+          "--zinfo",
+          `${FIXTURES}/layer.zinfo`,
+        ], gz);
 
         const junk = `${work}/junk.bin`;
         Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));
