@@ -8,10 +8,11 @@
  *
  * Usage: tools/bin/deno run -A scripts/bench_gzip_mount.ts LAYER.tar.gz [--span BYTES]
  *        [--runs N] [--delay-ms MS] [--compare-erofs] [--disk-cache]
- *        [--steps first,tenth,every10th,full,device,curl]
+ *        [--steps first,tenth,every10th,full,device,index-missing,curl]
  * (MS: added to every blob GET, a crude RTT; --compare-erofs: the same tree built into an EROFS
  * layer with `erofs-oci build`, mounted and read the same way, to separate the tar-index
- * cost from the FUSE path's)
+ * cost from the FUSE path's; index-missing: the layer pushed without an index, mounted with
+ * `--index-missing` and the disk cache, then read whole: what nobody's index costs)
  * The figures also go to .cache/bench/gzip-mount-latest.json (one entry per step of each run,
  * with the machine, load and commit) for scripts/bench/readme_table.ts.
  */
@@ -40,8 +41,8 @@ const { values, positionals } = parseArgs({
     "compare-erofs": { type: "boolean" },
     /** Mount with the disk cache (default: --no-disk-cache, so every read is a GET). */
     "disk-cache": { type: "boolean" },
-    /** Steps to run (default all): first,tenth,every10th,full,device,curl */
-    steps: { type: "string", default: "first,tenth,every10th,full,device,curl" },
+    /** Steps to run (default all): first,tenth,every10th,full,device,index-missing,curl */
+    steps: { type: "string", default: "first,tenth,every10th,full,device,index-missing,curl" },
   },
 });
 const layerPath = positionals[0];
@@ -89,6 +90,10 @@ const [indexSec, indexed] = await timed(() =>
   runCli(["index", direct, "--push", ...(values.span ? ["--span", values.span] : [])], LONG)
 );
 if (indexed.code !== 0) throw new Error(indexed.stderr);
+// The same layer with no index anywhere, for `mount --index-missing`.
+await pushImage(registry, "bench/plain", "v1", [
+  { bytes: layer, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+]);
 await using proxy = await startFaultProxy(registry.host, [
   { match: (r) => delayMs > 0 && isBlobGet(r), fault: { kind: "delay", ms: delayMs } },
 ]);
@@ -100,11 +105,14 @@ console.log(
     `index --push ${indexSec.toFixed(2)} s; blob GET delay ${delayMs} ms`,
 );
 
+const layerDigest = await digestOfAsync(layer);
+
 /** Bytes of the layer blob fetched since request number `from` (from the Range headers). */
 function fetchedSince(from: number): { bytes: number; gets: number } {
   let bytes = 0, gets = 0;
   for (const r of proxy.requests.slice(from)) {
     if (!isBlobGet({ method: r.method, path: r.path, headers: new Headers() })) continue;
+    if (!r.path.endsWith(layerDigest)) continue; // the config blob, say
     const m = /^bytes=(\d+)-(\d+)/.exec(r.range ?? "");
     bytes += m ? Number(m[2]) - Number(m[1]) + 1 : layerBytes;
     gets++;
@@ -115,17 +123,21 @@ function fetchedSince(from: number): { bytes: number; gets: number } {
 async function withMount(
   fn: (root: string, runtimeDir: string) => Promise<void>,
   image = ref,
+  options: { indexMissing?: boolean } = {},
 ): Promise<void> {
   const sandbox = await mountSandbox();
   const state = await Deno.makeTempDir({ prefix: "bench-gzip-state-" });
   const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: state };
   try {
+    const mark = proxy.requests.length;
     const [sec, mounted] = await timed(() =>
       runCli([
         "mount",
         "--backend",
         "fuse",
-        ...(values["disk-cache"] ? [] : ["--no-disk-cache"]),
+        // Indexing here reads the layer through the disk cache (the reads after fetch nothing).
+        ...(values["disk-cache"] || options.indexMissing ? [] : ["--no-disk-cache"]),
+        ...(options.indexMissing ? ["--index-missing"] : []),
         image,
         sandbox.target,
       ], {
@@ -135,6 +147,7 @@ async function withMount(
     );
     if (mounted.code !== 0) throw new Error(mounted.stderr + sandbox.serverLogs());
     console.log(`  mount ${sec.toFixed(2)} s`);
+    if (options.indexMissing) line("mount --index-missing", sec, fetchedSince(mark), "index-here");
     dropCaches();
     const cpuBefore = serverCpuSec(sandbox.runtimeDir);
     const firstRecord = records.length;
@@ -268,6 +281,23 @@ for (let run = 0; run < Number(values.runs); run++) {
       line("cold device read ([meta][tar], dd bs=1M)", sec, fetchedSince(mark), "device");
     });
   }
+  if (steps.has("index-missing")) {
+    await withMount(
+      async (root) => {
+        const mark = proxy.requests.length;
+        const [sec, cpu] = await timed(() => shell(`tar -C '${root}' -cf - . | wc -c > /dev/null`));
+        line(
+          "  then cold full read (tar cf - . | wc)",
+          sec,
+          fetchedSince(mark),
+          "index-here-full",
+          cpu,
+        );
+      },
+      `${proxy.host}/bench/plain:v1`,
+      { indexMissing: true },
+    );
+  }
   if (values["compare-erofs"]) await compareErofs();
   if (steps.has("curl")) await curlGunzipTar();
 }
@@ -288,7 +318,7 @@ async function curlGunzipTar(): Promise<void> {
   const extract = await Deno.makeTempDir({ prefix: "bench-gzip-x-" });
   try {
     const mark = proxy.requests.length;
-    const url = `http://${proxy.host}/v2/bench/gz/blobs/${await digestOfAsync(layer)}`;
+    const url = `http://${proxy.host}/v2/bench/gz/blobs/${layerDigest}`;
     const [sec, cpu] = await timed(() =>
       shell(`curl -sf '${url}' | gunzip | tar -C '${extract}' -xf -`)
     );
