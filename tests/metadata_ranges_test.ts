@@ -293,6 +293,95 @@ Deno.test("metadata fetched unchecked for a later check (mount -> server): what 
   assert.equal(untouched.reads.length, 0);
 });
 
+Deno.test("handed metadata: the image head's ranges are told before the pack is checked, lies left out", async () => {
+  const ranges = await fixtureList();
+  const n = ranges.offsets.length;
+  const headRanges = ranges.offsets.filter((offset) => offset < LISTED_HEAD_BYTES).length;
+  assert(headRanges >= 1 && headRanges < n, "the list holds the head and more");
+  let handed: Uint8Array | undefined;
+  await loadMetadataRanges(ranges, new MemorySource(image), {
+    sidecar: { read: () => undefined, write: (bytes) => handed = bytes },
+    checkedLater: true,
+  });
+  assert(handed);
+  for (const lieInHead of [false, true]) {
+    const bytes = handed.slice();
+    // The first range's last byte (the head), in the sidecar's pack after its 32-byte key.
+    if (lieInHead) bytes[32 + ranges.lengths[0] - 1] ^= 0xff;
+    const pack = Promise.withResolvers<string>();
+    let told: { offset: number; bytes: Uint8Array }[] | undefined;
+    const blob = new MemorySource(image);
+    const loading = loadMetadataRanges(ranges, blob, {
+      handed: bytes,
+      handedPackDigest: pack.promise,
+      onHead: { bytes: LISTED_HEAD_BYTES, take: (pieces) => told = pieces },
+    });
+    for (let i = 0; i < 100 && !told; i++) await new Promise((r) => setTimeout(r, 2));
+    if (lieInHead) {
+      // A head with a lie in it is not told: it comes fetched again, with the rest.
+      assert.equal(told, undefined);
+    } else {
+      assert(told, "the head was told while the pack digest was still unknown");
+      assert.equal(told.length, headRanges);
+      for (const piece of told) {
+        assert(piece.offset < LISTED_HEAD_BYTES);
+        const want = image.subarray(piece.offset, piece.offset + piece.bytes.length);
+        assert.deepEqual(piece.bytes, want);
+      }
+    }
+    pack.resolve(await sidecarPackDigest(bytes));
+    const loaded = await loading;
+    if (lieInHead) assert.equal(told, undefined);
+    assert.equal(loaded.pieces.length, n);
+    assert.equal(loaded.fromHanded, lieInHead ? n - 1 : n);
+    assert.deepEqual(blob.reads.map((r) => r.offset), lieInHead ? [ranges.offsets[0]] : []);
+    for (const piece of loaded.pieces) {
+      assert.deepEqual(
+        piece.bytes,
+        image.subarray(piece.offset, piece.offset + piece.bytes.length),
+      );
+    }
+  }
+});
+
+Deno.test("metadata prefetch: the head's pages are pinned and told before the rest of the list", async () => {
+  const ranges = await fixtureList();
+  const pieces = ranges.offsets.map((offset, i) => ({
+    offset,
+    bytes: image.slice(offset, offset + ranges.lengths[i]),
+  }));
+  const head = pieces.filter((p) => p.offset < LISTED_HEAD_BYTES);
+  const inner = new MemorySource(image);
+  const served = new PrefetchedSource(new CachedSource(inner, { cacheBytes: 8 << 20 }));
+  const rest = Promise.withResolvers<void>();
+  const headPinned = Promise.withResolvers<void>();
+  let listedPinned = false;
+  const prefetch = prefetchErofsMetadata(inner, served, {
+    metadata: async (_signal, onHead) => {
+      onHead?.(head);
+      await rest.promise; // the pack digest of the rest, still being computed
+      return { pieces, note: "list" };
+    },
+    onHeadPinned: () => headPinned.resolve(),
+    onListedPinned: () => listedPinned = true,
+  });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const toldInTime = await Promise.race([
+    headPinned.promise.then(() => true),
+    new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), 5_000)),
+  ]);
+  clearTimeout(timer);
+  const listedBefore = listedPinned;
+  rest.resolve(); // the prefetch can end either way
+  assert.ok(toldInTime, "the head was told while the rest of the list was still loading");
+  assert.equal(listedBefore, false, "told before the rest of the list");
+  assert.deepEqual(await served.read(0, LISTED_HEAD_BYTES), image.subarray(0, LISTED_HEAD_BYTES));
+  assert.deepEqual(inner.reads, [], "the head is read from pinned pages");
+  await prefetch;
+  assert.equal(listedPinned, true);
+  await served.close();
+});
+
 Deno.test("metadata ranges that lie cost speed only: pinned bytes are the image's", async () => {
   const honest = await fixtureList();
   const pages = await walkPages();

@@ -5,7 +5,7 @@
  */
 import { CachedSource } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
-import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
+import { prefetchErofsMetadata, type PrefetchOptions } from "../source/metadata_prefetch.ts";
 import { QUIET_START } from "../source/background_windows.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import type { Source } from "../source/source.ts";
@@ -116,10 +116,13 @@ function withHandedMetadata(
   loader: MetadataLoader | undefined,
   handed: Promise<(HandedSidecar | undefined)[]>,
   index: number,
-): MetadataLoader | undefined {
+): PrefetchOptions["metadata"] {
+  if (!loader) return undefined;
   const sidecar = source as Partial<{ writeSidecar(bytes: Uint8Array): void }>;
-  if (!loader || typeof sidecar.writeSidecar !== "function") return loader;
-  return async (signal) => {
+  if (typeof sidecar.writeSidecar !== "function") {
+    return (signal, onHead) => loader(signal, undefined, onHead);
+  }
+  return async (signal, onHead) => {
     const layerHanded = (await handed)[index];
     if (layerHanded) {
       console.log(
@@ -127,7 +130,7 @@ function withHandedMetadata(
       );
       mark(`server: layer ${index} metadata handed`);
     }
-    return await loader(signal, layerHanded);
+    return await loader(signal, layerHanded, onHead);
   };
 }
 
@@ -288,6 +291,8 @@ export async function runMountServer(): Promise<number> {
       // Metadata reads are served from pinned pages; the prefetch reads around the cache.
       const served = new PrefetchedSource(cached);
       sources.push(served);
+      // The partition scan needs the image head only: pinned ahead of the rest of the list.
+      const headPinned = Promise.withResolvers<void>();
       metadataPinned.push(
         tarIndex ? Promise.resolve() : new Promise<void>((resolve) => {
           let last = "";
@@ -306,6 +311,10 @@ export async function runMountServer(): Promise<number> {
             // Ready once the list is pinned: the walk after it parses pinned pages (under TCG
             // 0.3-0.8 s of this thread before ready) and reads only what a list lacks.
             onListedPinned: report,
+            onHeadPinned: () => {
+              mark(`server: layer ${index} head pinned`);
+              headPinned.resolve();
+            },
             // A trace says what the application reads: the windows (a guess from the metadata's
             // places) would only compete with the trace prefetch and the reads it serves.
             windowsMaxBytes: traceHooks.wantsExactReads ? 0 : undefined,
@@ -335,7 +344,9 @@ export async function runMountServer(): Promise<number> {
             erofsBlockBytes: layer.kind === "registry" && !tarIndex
               ? layer.erofsBlockBytes
               : undefined,
-            headPinned: !tarIndex && listHoldsHead(raw) ? metadataPinned[index] : undefined,
+            headPinned: !tarIndex && listHoldsHead(raw)
+              ? Promise.race([headPinned.promise, metadataPinned[index]])
+              : undefined,
             // Each READ of a tar layer is a main-thread round trip (no direct reads): let the
             // kernel's readahead make them few and large (issue 11's full read). On the disk
             // cache the reader thread answers large READs as it does small ones (issue 12's full

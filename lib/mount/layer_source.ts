@@ -36,6 +36,8 @@ export interface HandedSidecar {
 export type MetadataLoader = (
   signal?: AbortSignal,
   handed?: HandedSidecar,
+  /** Told the checked pieces of the image head first (loadMetadataRanges' onHead). */
+  onHead?: (pieces: MetadataPiece[]) => void,
 ) => Promise<{ pieces: MetadataPiece[]; note: string }>;
 
 const metadataLoaders = new WeakMap<Source, MetadataLoader>();
@@ -78,12 +80,13 @@ const SIDECAR_WRITE_DELAY_MS = 100;
 
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
   if (rangesCoverStart(ranges, Math.min(LISTED_HEAD_BYTES, source.size))) headsListed.add(source);
-  metadataLoaders.set(source, async (signal, handed) => {
+  metadataLoaders.set(source, async (signal, handed, onHead) => {
     const loaded = await loadMetadataRanges(ranges, blob, {
       sidecar: sidecarOf(source),
       signal,
       handed: handed?.bytes,
       handedPackDigest: handed?.packDigest,
+      onHead: onHead && { bytes: LISTED_HEAD_BYTES, take: onHead },
     });
     mark("server: listed metadata checked");
     return {

@@ -131,7 +131,9 @@ async function listKey(ranges: MetadataRanges): Promise<Uint8Array> {
  * two). The pieces returned are then unchecked too: not to be pinned or served.
  * `handed`: such bytes, in the sidecar's format, taken instead of the sidecar (checked like
  * it), and kept as the sidecar when they were all good; `handedPackDigest`, its
- * sidecarPackDigest if already started.
+ * sidecarPackDigest if already started. `onHead`: told the kept ranges starting in the
+ * first `bytes` of the image once each is checked alone and all match, before the rest (whose
+ * one pack digest takes longer): a new NBD device's partition scan reads only those.
  */
 export async function loadMetadataRanges(
   ranges: MetadataRanges,
@@ -142,6 +144,7 @@ export async function loadMetadataRanges(
     checkedLater?: boolean;
     handed?: Uint8Array;
     handedPackDigest?: Promise<string>;
+    onHead?: { bytes: number; take(pieces: MetadataPiece[]): void };
   } = {},
 ): Promise<
   { pieces: MetadataPiece[]; fromSidecar: number; fromHanded: number; fetched: number; bad: number }
@@ -200,6 +203,26 @@ export async function loadMetadataRanges(
     await Promise.all(checks);
     return taken;
   };
+  /** The head's ranges of `packed`, each checked alone, taken and told to `onHead`. */
+  const takeHead = async (
+    packed: Uint8Array,
+    onHead: { bytes: number; take(pieces: MetadataPiece[]): void },
+  ) => {
+    const pieces: MetadataPiece[] = [];
+    let inHead = 0;
+    for (let i = 0, at = 0; i < count; at += ranges.lengths[i], i++) {
+      if (ranges.offsets[i] >= onHead.bytes) continue;
+      inHead++;
+      const bytes = packed.subarray(at, at + ranges.lengths[i]);
+      if (await matchesRange(ranges, i, bytes)) {
+        got[i] = bytes;
+        pieces.push({ offset: ranges.offsets[i], bytes });
+      }
+    }
+    // Only a whole head is worth telling: a bad range is fetched again with the rest.
+    if (pieces.length && pieces.length === inHead) onHead.take(pieces);
+    return pieces.length;
+  };
   // The sidecar's key names the list it was written for; with a pack the one digest of the
   // bytes says it all (a stale sidecar fails it, then each range is checked).
   let key: Promise<Uint8Array> | undefined;
@@ -210,8 +233,9 @@ export async function loadMetadataRanges(
     kept?.length === DIGEST_BYTES + total &&
     (ranges.pack !== undefined || (await keyOfList()).every((b, i) => kept[i] === b))
   ) {
+    if (options.onHead) fromKept += await takeHead(kept.subarray(DIGEST_BYTES), options.onHead);
     // Re-checked like the network's bytes: a bad one only costs the fetch.
-    fromKept = await takePacked(
+    fromKept += await takePacked(
       kept.subarray(DIGEST_BYTES),
       false,
       options.handed ? options.handedPackDigest : undefined,
