@@ -76,6 +76,17 @@ Deno.test({
           `${FIXTURES}/layer.zinfo`,
         ], gz);
 
+        const erofsWithIndex = await runCli([
+          "mount",
+          "--backend",
+          "fuse",
+          "--tarindex",
+          `${FIXTURES}/layer.meta.erofs`,
+          `${FIXTURES}/basic.erofs`,
+          target,
+        ], { env });
+        assertCliError(erofsWithIndex, 2, /--tarindex goes with a tar or tar\.gz file/);
+
         const junk = `${work}/junk.bin`;
         Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));
         const notErofs = await runCli(["mount", "--backend", "fuse", junk, target], { env });

@@ -15,21 +15,12 @@ import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "../oci/resolve.ts";
-import {
-  formatLayoutReference,
-  type LayoutReference,
-  OciLayout,
-  parseLayoutReference,
-} from "../oci/oci_layout.ts";
-import {
-  INDEX_CACHE_DIR,
-  INDEXED_HERE_DIR,
-  type LayerSpec,
-  type TarIndexSpec,
-} from "../state/runtime.ts";
-// The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
-import type { TarIndexFiles } from "./layer_index_files.ts";
-import { tarLayerKind } from "./tar_layers.ts";
+import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
+import { INDEX_CACHE_DIR, type LayerSpec } from "../state/runtime.ts";
+import { OCI_TAR, OCI_TAR_GZIP, tarLayerKind } from "./tar_layers.ts";
+import { findTarIndexes, layersThroughIndex, type TarIndexSources } from "./tar_indexes.ts";
+
+export type { TarIndexSources };
 import { keepBlob, readKeptBlob } from "../oci/kept_blobs.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
@@ -69,6 +60,9 @@ export async function resolveLocalImage(
     const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
     const tarKind = indexes.files || !hasErofsMagic(head) ? sniffTarKind(head) : undefined;
     if (!tarKind) {
+      if (indexes.files) {
+        throw new UsageError(`mount: --tarindex goes with a tar or tar.gz file, not ${real}`);
+      }
       checkErofsSuperblock(head, real);
       return { image: real, layers: [{ kind: "local", path: real, sizeBytes: file.size }] };
     }
@@ -77,7 +71,7 @@ export async function resolveLocalImage(
       index: 0,
       digest: await file.contentDigest(),
       sizeBytes: file.size,
-      mediaType: tarKind === "gzip" ? OCI_TAR_GZIP_LAYER : OCI_TAR_LAYER,
+      mediaType: tarKind === "gzip" ? OCI_TAR_GZIP : OCI_TAR,
     };
     const image: ResolvedImage = {
       manifestDigest: "",
@@ -102,9 +96,6 @@ export async function resolveLocalImage(
     file.close();
   }
 }
-
-const OCI_TAR_LAYER = "application/vnd.oci.image.layer.v1.tar";
-const OCI_TAR_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /** True when `head` has the EROFS magic where the superblock starts. */
 function hasErofsMagic(head: Uint8Array): boolean {
@@ -177,24 +168,6 @@ export async function resolveLayoutImage(
   } finally {
     layout.close();
   }
-}
-
-/** Where tar layers' indexes come from besides the registry's index artifact. */
-export interface TarIndexSources {
-  /** `--index DIR`: files written by `erofs-oci index … -o DIR`. */
-  dir?: string;
-  /** `--tarindex FILE --zinfo FILE` (erofs-utils): for the one selected layer, unverified. */
-  files?: { meta: string; zinfo?: string };
-  /** Durable copy of every index a mount uses. */
-  cacheDir: string;
-  /** `--index-missing`: a layer with no index anywhere is indexed here (index_here.ts). */
-  indexMissing?: boolean;
-  /** Where indexes made here live (default INDEXED_HERE_DIR). */
-  hereDir?: string;
-  /** Bytes read so far of a layer indexed here (a progress line). */
-  onIndexBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
-  /** A layer indexed here is done, or indexing ended early (its progress line ends). */
-  onIndexed?: () => void;
 }
 
 /**
@@ -322,138 +295,4 @@ function chooseLayers(
   if (one) return selectLayers({ layers }, { ...selection, anyMediaType: true });
   if (layers.length === 0) return selectLayers({ layers }, selection);
   return layers;
-}
-
-/** The chosen layers served through a tar index (the rest are EROFS). */
-function layersThroughIndex(
-  chosen: LayerDescriptor[],
-  selection: LayerSelection,
-  indexes: TarIndexSources,
-): LayerDescriptor[] {
-  if (indexes.files) return chosen;
-  if (selection.anyMediaType) return [];
-  return chosen.filter((l) => tarLayerKind(l.mediaType) !== undefined);
-}
-
-/** An image whose tar layers need indexes: from a registry (which may hold them) or a layout. */
-type IndexedImage =
-  | { kind: "registry"; opened: OpenedRegistry }
-  | { kind: "layout"; name: string; ref: LayoutReference; layout: OciLayout }
-  | { kind: "file"; path: string };
-
-async function findTarIndexes(
-  from: IndexedImage,
-  image: ResolvedImage,
-  layers: LayerDescriptor[],
-  sources: TarIndexSources,
-): Promise<Map<string, TarIndexSpec>> {
-  const found = new Map<string, TarIndexSpec>();
-  if (layers.length === 0) return found;
-  if (sources.files) {
-    found.set(layers[0].digest, { meta: sources.files.meta, zinfo: sources.files.zinfo });
-    return found;
-  }
-  for (const layer of layers) {
-    const kind = tarLayerKind(layer.mediaType);
-    if (kind !== "gzip" && kind !== "tar") {
-      throw new UserError(
-        `layer ${layer.index} is ${layer.mediaType}: only tar and tar+gzip layers mount through an index`,
-        "convert the image to EROFS layers: `erofs-oci convert IMAGE DEST`",
-      );
-    }
-  }
-  const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
-  const { findLocalLayerIndex } = await import("./layer_index_files.ts");
-  if (from.kind === "registry") {
-    const { ref, client } = from.opened;
-    const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
-    const fetched = await fetchTarIndexes(
-      client,
-      ref.repository,
-      image.manifestDigest,
-      wanted,
-      sources.cacheDir,
-    );
-    for (const [digest, files] of fetched) found.set(digest, files);
-  }
-  for (const layer of wanted) {
-    if (found.has(layer.digest) || !sources.dir) continue;
-    const local = await findLocalLayerIndex(sources.dir, layer);
-    if (local) found.set(layer.digest, await keepIndexFiles(local, sources.cacheDir, layer.digest));
-  }
-  if (layers.every((l) => found.has(l.digest))) return found;
-  // Made here by an earlier --index-missing (of this image or another with the layer).
-  const here = await import("./index_here.ts");
-  const { findIndexedHere, indexMissingHere } = here;
-  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
-  for (const layer of wanted) {
-    if (found.has(layer.digest)) continue;
-    const here = await findIndexedHere(hereDir, layer);
-    if (here) found.set(layer.digest, await keepIndexFiles(here, sources.cacheDir, layer.digest));
-  }
-  const missing = layers.filter((l) => !found.has(l.digest));
-  if (missing.length && sources.indexMissing) {
-    const toIndex = from.kind === "registry"
-      ? here.registryLayersToIndex(from.opened)
-      : from.kind === "layout"
-      ? here.layoutLayersToIndex(from.ref, from.layout)
-      : here.fileLayersToIndex(from.path);
-    const made = await indexMissingHere(toIndex, image, missing, hereDir, {
-      onBytes: sources.onIndexBytes,
-      finish: sources.onIndexed,
-    });
-    for (const [digest, files] of made) {
-      found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
-    }
-  }
-  const unindexed = layers.find((l) => !found.has(l.digest));
-  if (unindexed) {
-    if (from.kind === "file") {
-      const what = tarLayerKind(unindexed.mediaType) === "tar" ? "a tar file" : "a tar.gz file";
-      throw new UserError(
-        `${from.path} is ${what}, not an EROFS image, and has no index`,
-        "mount it with --index-missing (indexes it on this host, reading it once), or pass " +
-          `--index DIR made by \`erofs-oci index ${from.path} -o DIR\`; ` +
-          "`erofs-oci build FILE -o IMAGE.erofs` makes an EROFS image of it",
-      );
-    }
-    throw new UserError(
-      `layer ${unindexed.index} (${unindexed.digest.slice(0, 19)}…) is ${
-        tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
-      } and has no index`,
-      (from.kind === "registry"
-        ? `make one: \`erofs-oci index ${formatReference(from.opened.ref)} --push\` ` +
-          "(or pass --index DIR), "
-        : `make one: \`erofs-oci index ${from.name} -o DIR\` and pass --index DIR, `) +
-        "or mount with --index-missing to index it on this host (reads the layer once)",
-    );
-  }
-  return found;
-}
-
-/** Copies index files into the durable cache (a --index DIR may go away while mounted). */
-async function keepIndexFiles(
-  files: TarIndexFiles,
-  cacheDir: string,
-  layerDigest: string,
-): Promise<TarIndexFiles> {
-  const { checkTarIndexFiles, layerFileStem } = await import("./layer_index_files.ts");
-  const dir = `${cacheDir}/${layerFileStem(layerDigest)}`;
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const keep = async (path: string | undefined, digest: string | undefined) => {
-    if (!path || !digest) return undefined;
-    const target = `${dir}/${digest.replace(":", "-")}`;
-    const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    await Deno.copyFile(path, tmp);
-    await Deno.rename(tmp, target);
-    return target;
-  };
-  const kept: TarIndexFiles = {
-    record: files.record,
-    meta: (await keep(files.meta, files.record.meta.digest))!,
-    zinfo: await keep(files.zinfo, files.record.zinfo?.digest),
-    pieces: await keep(files.pieces, files.record.pieces?.digest),
-  };
-  await checkTarIndexFiles(kept, files.record.layer);
-  return kept;
 }

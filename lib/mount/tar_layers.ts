@@ -2,9 +2,12 @@
 
 export type TarLayerKind = "tar" | "gzip" | "zstd";
 
+export const OCI_TAR = "application/vnd.oci.image.layer.v1.tar";
+export const OCI_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
+
 const KINDS: Record<string, TarLayerKind> = {
-  "application/vnd.oci.image.layer.v1.tar": "tar",
-  "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+  [OCI_TAR]: "tar",
+  [OCI_TAR_GZIP]: "gzip",
   "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
   "application/vnd.oci.image.layer.nondistributable.v1.tar": "tar",
   "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
