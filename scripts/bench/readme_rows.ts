@@ -214,7 +214,9 @@ function gzipGroup(src: BenchSources): GeneratedGroup {
   if (!paired.length) return { key, from: `${src.gzip.path}: no full read with its curl run` };
   const share = (name: string) => range(steps(name).map((s) => s.fetchedBytes / r.layerBytes), 2);
   const gets = (name: string) => range(steps(name).map((s) => s.gets), 0);
-  const mounts = r.steps.map((s) => s.mountSeconds).filter((s) => s !== undefined);
+  // The mounts through the pushed index (the index-here steps' mount indexes the layer first).
+  const mounts = r.steps.filter((s) => !s.step.startsWith("index-here"))
+    .map((s) => s.mountSeconds).filter((s) => s !== undefined);
   const rss = full.map((s) => s.serverPeakRssMb).filter((s) => s !== undefined);
   // CPU of the lazy read = the reader's + the server's (which inflates), against curl | gunzip | tar.
   const cpu = paired.filter((f) => f.cpuSeconds !== undefined && curl.get(f.run)!.cpuSeconds);
@@ -231,6 +233,23 @@ function gzipGroup(src: BenchSources): GeneratedGroup {
     ...(steps("first").length ? [`first file ${share("first")}`] : []),
     ...(steps("tenth").length ? [`tenth ${share("tenth")}`] : []),
   ];
+  // `mount --index-missing` (the layer pushed without an index), then the full read.
+  const indexHere = steps("index-here");
+  const hereFull = steps("index-here-full").filter((f) => curl.has(f.run));
+  const hereRows = indexHere.length && hereFull.length
+    ? [[
+      "same, no index anywhere: `mount --index-missing` (indexes the layer here), disk cache",
+      `${range(indexHere.map((s) => s.seconds), 1)} s`,
+      DASH,
+      DASH,
+      `${range(hereFull.map((f) => f.seconds / curl.get(f.run)!.seconds), 1)}× (${
+        range(hereFull.map((f) => f.seconds), 2)
+      } s)`,
+      `${gets("index-here")} / — / — / ${gets("index-here-full")}`,
+      `${share("index-here")} (mount); ${share("index-here-full")} (read)`,
+      DASH,
+    ]]
+    : [];
   return {
     key,
     from: src.gzip.path,
@@ -251,7 +270,7 @@ function gzipGroup(src: BenchSources): GeneratedGroup {
       `— / — / — / ${gets("full")}${firstAndTenth.length ? ` (${firstAndTenth.join(", ")})` : ""}`,
       `${share("full")} (read)${sharesOf.length ? `; ${sharesOf.join(", ")}` : ""}`,
       rss.length ? `${range(rss, 0)} MB` : DASH,
-    ]],
+    ], ...hereRows],
   };
 }
 
