@@ -194,5 +194,12 @@ Deno.test({
         /invalid image reference/,
       );
     }
+    // A file path is not taken for a reference (it used to fail as one with an empty name).
+    const pull = ["pull", "./layer.erofs", "--layer", "0", "-o", "/tmp/never-written.erofs"];
+    for (const args of [["inspect", "/tmp/some.tar.gz"], pull]) {
+      const result = await runCli(args, { timeoutMs: 20_000 });
+      assertCliError(result, 2, /is a file path, not an image reference/);
+      assert.match(result.stderr, /or an OCI layout \(oci:PATH\[:TAG\]\)/);
+    }
   },
 });

@@ -13,7 +13,7 @@ function isZstdMagic(head: Uint8Array): boolean {
 }
 import { writeLayerIndex } from "../mount/layer_index_files.ts";
 import { indexImage } from "../mount/index_image.ts";
-import { isLocalImage } from "../mount/resolve_layers.ts";
+import { isLocalImage } from "../mount/local_image.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { exitInterrupted, onInterrupt } from "./interrupt.ts";
 

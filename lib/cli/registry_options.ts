@@ -7,6 +7,7 @@ import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/o
 import { formatReference, parseReference } from "../oci/reference.ts";
 import { warn } from "../log.ts";
 import type { OpenedImage, OpenedRegistry } from "../oci/opened.ts";
+import { isLocalImage } from "../mount/local_image.ts";
 import {
   REGISTRY_OPTIONS,
   REGISTRY_OPTIONS_HELP,
@@ -100,6 +101,12 @@ export async function openImage(
       resolve: () => layout.resolveImage(layoutRef, values.platform),
       close: () => layout.close(),
     };
+  }
+  if (isLocalImage(image)) {
+    throw new UsageError(
+      `${command}: ${image} is a file path, not an image reference`,
+      "name a registry image ([registry[:port]/]name[:tag]) or an OCI layout (oci:PATH[:TAG])",
+    );
   }
   const registry = await openRegistry(command, image, values);
   return {

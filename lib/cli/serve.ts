@@ -6,7 +6,7 @@ import { parseSize } from "./size.ts";
 import { debug, info, isDebug, warn } from "../log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
-import { isLocalImage } from "../mount/resolve_layers.ts";
+import { isLocalImage } from "../mount/local_image.ts";
 import { selectLayers } from "../oci/layers.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";

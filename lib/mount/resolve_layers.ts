@@ -19,8 +19,10 @@ import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/o
 import { INDEX_CACHE_DIR, type LayerSpec } from "../state/runtime.ts";
 import { OCI_TAR, OCI_TAR_GZIP, tarLayerKind } from "./tar_layers.ts";
 import { findTarIndexes, layersThroughIndex, type TarIndexSources } from "./tar_indexes.ts";
+import { isLocalImage } from "./local_image.ts";
 
 export type { TarIndexSources };
+export { isLocalImage };
 import { keepBlob, readKeptBlob } from "../oci/kept_blobs.ts";
 import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 
@@ -29,16 +31,6 @@ export interface ResolvedLayers {
   image: string;
   manifestDigest?: string;
   layers: LayerSpec[];
-}
-
-/** True when IMAGE names an existing local file rather than a registry reference. */
-export function isLocalImage(image: string): boolean {
-  if (image.startsWith("/") || image.startsWith("./") || image.startsWith("../")) return true;
-  try {
-    return Deno.statSync(image).isFile;
-  } catch {
-    return false;
-  }
 }
 
 /**
