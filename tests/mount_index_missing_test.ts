@@ -4,11 +4,21 @@
  * indexed on this host and mounts equal to `umoci unpack`, each layer byte fetched once (the
  * bytes indexing read stay in the disk cache for the lazy reads); a later mount needs neither
  * the flag nor a layer GET. A layer that does not match its digest is refused and leaves no
- * index, no mount and no chunk marked present in the disk cache behind.
+ * index, no mount and no chunk marked present in the disk cache behind; nor does a Ctrl-C while
+ * a layer is indexed (the work directory used to stay).
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import {
+  assertCliError,
+  assertSuccess,
+  describe,
+  runCli,
+  startCli,
+  stopCli,
+} from "./_support/cli.ts";
+import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
+import { waitFor } from "./_support/wait.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import type { TestRegistry } from "./_support/registry.ts";
 import { EROFS_SUPER_END } from "../lib/erofs/superblock.ts";
@@ -188,5 +198,50 @@ Deno.test({
       assert.equal(maps.length, 1, `the layer's presence map: ${maps}`);
       const presence = Deno.readFileSync(`${blobs}/${maps[0]}`);
       assert.ok(presence.length > 0 && presence.every((byte) => byte === 0), `map: ${presence}`);
+    }),
+});
+
+Deno.test({
+  name: "mount --index-missing: SIGINT while a layer is indexed removes the work, exit 130",
+  ignore,
+  fn: () =>
+    withIndexMountRig("erofs-oci-index-missing-int-", async (rig) => {
+      const { registry, sandbox, env, stateEnv } = rig;
+      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushImage(registry, "gz/slow", "v1", [{ bytes: gz, mediaType: GZIP_LAYER }]);
+      // Blob GETs wait 5 s: the mount sits in its work directory, waiting for the layer.
+      await using proxy = await startFaultProxy(registry.host, [
+        { match: isBlobGet, fault: { kind: "delay", ms: 5_000 } },
+      ]);
+      const here = `${stateEnv.EROFS_OCI_STATE_DIR}/indexed-here`;
+      const names = () => {
+        try {
+          return [...Deno.readDirSync(here)].map((e) => e.name);
+        } catch {
+          return [];
+        }
+      };
+      const mounting = startCli([
+        "mount",
+        "--backend",
+        "fuse",
+        "--index-missing",
+        `${proxy.host}/gz/slow:v1`,
+        sandbox.target,
+      ], env);
+      try {
+        await waitFor("the work directory", () => names().some((n) => n.startsWith(".indexing-")));
+        mounting.child.kill("SIGINT");
+        const result = await mounting.result;
+        // The notice that indexing starts comes first, then the one line.
+        assert.equal(result.code, 130, describe(result));
+        assert.match(result.stderr, /\nerofs-oci: mount interrupted: nothing is left mounted/);
+        assert.doesNotMatch(result.stderr, /^\s+at /m, "no stack trace");
+      } finally {
+        await stopCli(mounting);
+      }
+      assert.deepEqual(names(), [], "no work directory (nor index) left");
+      assert.deepEqual([...Deno.readDirSync(sandbox.target)], [], "nothing mounted");
+      assert.ok(!Deno.readTextFileSync("/proc/self/mountinfo").includes(sandbox.target));
     }),
 });

@@ -238,7 +238,7 @@ function indexProgress(): Pick<TarIndexSources, "onIndexBytes" | "onIndexed"> {
   };
 }
 
-function tarIndexSources(values: MountValues): TarIndexSources {
+function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSources {
   if (values.zinfo !== undefined && values.tarindex === undefined) {
     throw new UsageError("mount: --zinfo goes with --tarindex");
   }
@@ -252,6 +252,7 @@ function tarIndexSources(values: MountValues): TarIndexSources {
   return {
     cacheDir: INDEX_CACHE_DIR,
     indexMissing: values["index-missing"] ?? false,
+    signal,
     ...indexProgress(),
     dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
     files: values.tarindex === undefined ? undefined : {
@@ -292,9 +293,10 @@ async function resolveAndMount(
   server: ReturnType<typeof spawnServer>,
 ): Promise<number> {
   const { cacheBytes, layer } = opts;
-  // Resolving leaves nothing to undo: an interrupt abandons it at once.
+  // Resolving leaves nothing to undo (indexing here removes its work at the signal itself):
+  // an interrupt abandons it at once.
   const { resolved, credentials, prefetchFile, metadata } = await abortable(
-    resolveForMount(image, values, layer),
+    resolveForMount(image, values, layer, opts.signal),
     opts.signal,
     (late) => forgetTracePrefetch(late.prefetchFile),
   );
@@ -373,6 +375,7 @@ async function resolveForMount(
   image: string,
   values: MountValues,
   layer: number | undefined,
+  signal?: AbortSignal,
 ): Promise<{
   resolved: ResolvedLayers;
   credentials?: { username: string; password: string };
@@ -385,12 +388,12 @@ async function resolveForMount(
   let metadata: Promise<HandedMetadata> | undefined;
   const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
   const fromLayout = image.startsWith(LAYOUT_PREFIX)
-    ? await resolveLayoutImage(image, values.platform, selection, tarIndexSources(values))
+    ? await resolveLayoutImage(image, values.platform, selection, tarIndexSources(values, signal))
     : undefined;
   if (fromLayout) {
     resolved = fromLayout;
   } else if (isLocalImage(image)) {
-    resolved = await resolveLocalImage(image, tarIndexSources(values));
+    resolved = await resolveLocalImage(image, tarIndexSources(values, signal));
   } else {
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;
@@ -416,7 +419,7 @@ async function resolveForMount(
       resolved = await resolveRegistryImage(
         opened,
         selection,
-        tarIndexSources(values),
+        tarIndexSources(values, signal),
         (manifest, chosen) => {
           mark("cli: manifest fetched");
           if (!values["no-prefetch"]) {

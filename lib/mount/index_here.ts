@@ -101,6 +101,11 @@ export async function indexMissingHere(
     onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
     /** After each layer, and when indexing ends early (a progress line ends). */
     finish?: () => void;
+    /**
+     * An interrupt: the work directory goes at once, synchronously (the command exits without
+     * waiting for the indexing to stop), so nothing is left half-written.
+     */
+    signal?: AbortSignal;
   } = {},
 ): Promise<Map<string, TarIndexFiles>> {
   const found = new Map<string, TarIndexFiles>();
@@ -114,7 +119,15 @@ export async function indexMissingHere(
   );
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
   removeAbandonedWork(hereDir);
+  report.signal?.throwIfAborted();
   const work = await Deno.makeTempDir({ dir: hereDir, prefix: ".indexing-" });
+  const dropWork = () => {
+    report.finish?.();
+    try {
+      Deno.removeSync(work, { recursive: true });
+    } catch { /* gone already */ }
+  };
+  report.signal?.addEventListener("abort", dropWork, { once: true });
   try {
     for (const layer of passes) {
       let startedMs = performance.now();
@@ -154,6 +167,7 @@ export async function indexMissingHere(
       }
     }
   } finally {
+    report.signal?.removeEventListener("abort", dropWork);
     report.finish?.();
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }

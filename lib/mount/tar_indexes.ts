@@ -30,6 +30,8 @@ export interface TarIndexSources {
   onIndexBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
   /** A layer indexed here is done, or indexing ended early (its progress line ends). */
   onIndexed?: () => void;
+  /** The mount was interrupted: indexing here removes its work at once (index_here.ts). */
+  signal?: AbortSignal;
 }
 
 /** The chosen layers served through a tar index (the rest are EROFS). */
@@ -109,6 +111,7 @@ export async function findTarIndexes(
     const made = await indexMissingHere(toIndex, image, missing, hereDir, {
       onBytes: sources.onIndexBytes,
       finish: sources.onIndexed,
+      signal: sources.signal,
     });
     for (const [digest, files] of made) {
       found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
