@@ -176,9 +176,10 @@ export async function runMountServer(): Promise<number> {
   try {
     const handed = await readSpecAndMetadata(Deno.stdin);
     // Each layer's check starts as soon as its bytes are in, while the layers open.
-    handedMetadata = handed.metadata.then((all) =>
-      all.map((bytes) => bytes && { bytes, packDigest: sidecarPackDigest(bytes) })
-    );
+    handedMetadata = handed.metadata.then((all) => {
+      if (all.some(Boolean)) mark("server: handed metadata read");
+      return all.map((bytes) => bytes && { bytes, packDigest: sidecarPackDigest(bytes) });
+    });
     spec = takeHandedSettings(JSON.parse(handed.specText) as HandedSpec);
   } catch (error) {
     discardSpareReaders();
