@@ -82,11 +82,13 @@ export async function tarIndexLayerForRecord(
   sizeFits: (sizeBytes: number) => boolean,
   deadlineMs: number,
 ): Promise<{ layer: LayerSpec; credentials?: Credentials }> {
-  const { indexRecord, deviceLayout } = await recordedTarIndex(
+  const tarIndex = await recordedTarIndex(
     record.tarIndexPath,
+    record.zinfoPath || undefined,
     extra,
     sizeFits,
   );
+  const indexRecord = tarIndex.record;
   const ref = parseReference(record.reference);
   const client = new RegistryClient(ref.registry, {
     plainHttp: extra.plainHttp,
@@ -98,20 +100,13 @@ export async function tarIndexLayerForRecord(
     if (indexRecord && indexRecord.layer.size !== size) {
       throw new OciError(`blob ${record.digest} has ${size} bytes, its index says otherwise`);
     }
-    const pieces = typeof extra.tarIndex?.pieces === "string" ? extra.tarIndex.pieces : undefined;
     return registryLayer(record, {
       layerIndex: extra.layerIndex ?? 0,
       digest: record.digest,
       mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
       sizeBytes: size,
       plainHttp: client.plainHttp,
-      tarIndex: {
-        meta: record.tarIndexPath,
-        zinfo: record.zinfoPath || undefined,
-        pieces: indexRecord ? pieces : undefined,
-        record: indexRecord,
-        layout: deviceLayout,
-      },
+      tarIndex,
     });
   } finally {
     client.close();
@@ -135,7 +130,14 @@ export async function localTarIndexLayerForRecord(
       "the device cannot be served without it; unmount and mount again",
     );
   }
-  const { indexRecord, deviceLayout } = await recordedTarIndex(meta, extra, sizeFits);
+  const zinfo = extra.tarIndex?.zinfo;
+  const tarIndex = await recordedTarIndex(
+    meta,
+    typeof zinfo === "string" && zinfo.startsWith("/") ? zinfo : undefined,
+    extra,
+    sizeFits,
+  );
+  const indexRecord = tarIndex.record;
   let size: number;
   try {
     size = Deno.statSync(record.path).size;
@@ -145,31 +147,19 @@ export async function localTarIndexLayerForRecord(
   if (indexRecord && (indexRecord.layer.size !== size || indexRecord.layer.digest !== digest)) {
     throw new FormatError(`layer blob ${record.path} is not the one its index was made for`);
   }
-  const zinfo = extra.tarIndex?.zinfo;
-  const pieces = extra.tarIndex?.pieces;
-  return {
-    layer: {
-      kind: "local",
-      path: record.path,
-      sizeBytes: size,
-      digest,
-      tarIndex: {
-        meta,
-        zinfo: typeof zinfo === "string" && zinfo.startsWith("/") ? zinfo : undefined,
-        pieces: indexRecord && typeof pieces === "string" ? pieces : undefined,
-        record: indexRecord,
-        layout: deviceLayout,
-      },
-    },
-  };
+  return { layer: { kind: "local", path: record.path, sizeBytes: size, digest, tarIndex } };
 }
 
-/** The recorded meta image, checked to fit the device, and the recorded index record. */
+/**
+ * The recorded index as the server takes it: the meta image checked to fit the device, the
+ * recorded index record, and the piece digests only with a record to bind them to the layer.
+ */
 async function recordedTarIndex(
   metaPath: string,
+  zinfoPath: string | undefined,
   extra: RecoveryExtra & { tarIndex?: TarIndexExtra },
   sizeFits: (sizeBytes: number) => boolean,
-) {
+): Promise<TarIndexSpec> {
   // Loaded here, not at start-up: only tar layers need gzip, tar and the EROFS writer.
   const [{ parseIndexRecord }, { tarIndexLayout }, { tarDeviceBytes }] = await Promise.all([
     import("../gzip/index_record.ts"),
@@ -197,5 +187,12 @@ async function recordedTarIndex(
     new TextEncoder().encode(JSON.stringify(extra.tarIndex.record)),
     "recorded index record",
   );
-  return { indexRecord, deviceLayout };
+  const pieces = extra.tarIndex?.pieces;
+  return {
+    meta: metaPath,
+    zinfo: zinfoPath,
+    pieces: indexRecord && typeof pieces === "string" ? pieces : undefined,
+    record: indexRecord,
+    layout: deviceLayout,
+  };
 }
