@@ -36,7 +36,6 @@ import {
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
 import { RUNTIME_ROOT, STATE_ROOT } from "../state/runtime.ts";
-import { LAYOUT_PREFIX } from "../oci/oci_layout.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,
@@ -387,13 +386,12 @@ async function resolveForMount(
   let prefetchFile: string | undefined;
   let metadata: Promise<HandedMetadata> | undefined;
   const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
-  const fromLayout = image.startsWith(LAYOUT_PREFIX)
-    ? await resolveLayoutImage(image, values.platform, selection, tarIndexSources(values, signal))
-    : undefined;
+  const indexes = tarIndexSources(values, signal);
+  const fromLayout = await resolveLayoutImage(image, values.platform, selection, indexes);
   if (fromLayout) {
     resolved = fromLayout;
   } else if (isLocalImage(image)) {
-    resolved = await resolveLocalImage(image, tarIndexSources(values, signal));
+    resolved = await resolveLocalImage(image, indexes);
   } else {
     const opened = await openRegistry("mount", image, values);
     credentials = opened.credentials;
@@ -419,7 +417,7 @@ async function resolveForMount(
       resolved = await resolveRegistryImage(
         opened,
         selection,
-        tarIndexSources(values, signal),
+        indexes,
         (manifest, chosen) => {
           mark("cli: manifest fetched");
           if (!values["no-prefetch"]) {

@@ -64,6 +64,13 @@ export interface ErofsSuperblock {
   volumeName: string;
 }
 
+/** True when `head` (an image's first bytes) has the EROFS magic where the superblock starts. */
+export function hasErofsMagic(head: Uint8Array): boolean {
+  if (head.length < EROFS_SUPER_END) return false;
+  return new DataView(head.buffer, head.byteOffset).getUint32(EROFS_SUPER_OFFSET, true) ===
+    EROFS_SUPER_MAGIC;
+}
+
 /**
  * Parses the superblock from the first bytes of an image (at least `EROFS_SUPER_END`).
  * Throws FormatError "not an EROFS image" when the magic is wrong or the file is too short.

@@ -4,12 +4,7 @@
  * swap the data under a mounted file system).
  */
 import { UsageError, UserError } from "../errors.ts";
-import {
-  checkErofsSuperblock,
-  EROFS_SUPER_END,
-  EROFS_SUPER_MAGIC,
-  EROFS_SUPER_OFFSET,
-} from "../erofs/superblock.ts";
+import { checkErofsSuperblock, EROFS_SUPER_END, hasErofsMagic } from "../erofs/superblock.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
@@ -50,7 +45,7 @@ export async function resolveLocalImage(
   const file = LayoutFile.open(real, "image file", "as an image");
   try {
     const head = await file.read(0, Math.min(EROFS_SUPER_END, file.size));
-    const tarKind = indexes.files || !hasErofsMagic(head) ? sniffTarKind(head) : undefined;
+    const tarKind = indexes.files || !hasErofsMagic(head) ? await sniffTarKind(head) : undefined;
     if (!tarKind) {
       if (indexes.files) {
         throw new UsageError(`mount: --tarindex goes with a tar or tar.gz file, not ${real}`);
@@ -89,18 +84,17 @@ export async function resolveLocalImage(
   }
 }
 
-/** True when `head` has the EROFS magic where the superblock starts. */
-function hasErofsMagic(head: Uint8Array): boolean {
-  if (head.length < EROFS_SUPER_END) return false;
-  return new DataView(head.buffer, head.byteOffset).getUint32(EROFS_SUPER_OFFSET, true) ===
-    EROFS_SUPER_MAGIC;
-}
-
-/** "gzip" for a gzip stream, "tar" for a POSIX/GNU tar (its `ustar` magic), else undefined. */
-function sniffTarKind(head: Uint8Array): "gzip" | "tar" | undefined {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
-  const magic = new TextDecoder().decode(head.subarray(257, 262));
-  return head.length >= 263 && magic === "ustar" ? "tar" : undefined;
+/**
+ * "gzip" for a gzip stream, "tar" for a POSIX/GNU tar (its `ustar` magic), else undefined.
+ * Their readers are loaded here only: a mount of an EROFS file needs neither.
+ */
+async function sniffTarKind(head: Uint8Array): Promise<"gzip" | "tar" | undefined> {
+  const [{ isGzipMagic }, { hasUstarMagic }] = await Promise.all([
+    import("../gzip/gzip_header.ts"),
+    import("../tar/header.ts"),
+  ]);
+  if (isGzipMagic(head)) return "gzip";
+  return hasUstarMagic(head) ? "tar" : undefined;
 }
 
 /**

@@ -134,13 +134,17 @@ export function checksumMatches(block: Uint8Array): boolean {
   return stored === unsigned || stored === signed;
 }
 
-function headerFormat(block: Uint8Array): HeaderFormat {
+/** True when `block` (a header, or the start of a tar) has the ustar magic (POSIX or GNU). */
+export function hasUstarMagic(block: Uint8Array): boolean {
+  if (block.length < MAGIC[0] + 5) return false;
   const m = field(block, MAGIC);
-  const ustar = m[0] === 0x75 && m[1] === 0x73 && m[2] === 0x74 && m[3] === 0x61 &&
-    m[4] === 0x72;
-  if (!ustar) return "v7";
+  return m[0] === 0x75 && m[1] === 0x73 && m[2] === 0x74 && m[3] === 0x61 && m[4] === 0x72;
+}
+
+function headerFormat(block: Uint8Array): HeaderFormat {
+  if (!hasUstarMagic(block)) return "v7";
   // "ustar\0" + "00" is POSIX; "ustar " + " \0" is GNU (its prefix bytes hold atime/ctime).
-  return m[5] === 0x20 ? "gnu" : "ustar";
+  return field(block, MAGIC)[5] === 0x20 ? "gnu" : "ustar";
 }
 
 /** Parses one non-zero header block; a bad checksum is a FormatError. */
