@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { startRegistry } from "./_support/registry.ts";
+import { startRegistry, storedBlobPath } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
 import {
@@ -51,10 +51,7 @@ Deno.test({
     withUmociRegistry("erofs-oci-convert-fail-", async (image, registry, work) => {
       await copyToRegistry(image, registry, "src/app:v1");
       const digest = layoutLayer(image, image.tag, 0);
-      const hex = digest.slice(7);
-      retimeGzip(
-        `${registry.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`,
-      );
+      retimeGzip(storedBlobPath(registry, digest));
       const tmp = `${work}/tmp`;
       Deno.mkdirSync(tmp);
 

@@ -22,7 +22,7 @@ import { METADATA_PACK_MEDIA_TYPE } from "../lib/verify/metadata_ranges.ts";
 import { findTablesByReferrer } from "../lib/verify/table_artifact.ts";
 import { attachChunkTables, type ChunkTableSpec } from "../lib/verify/layer_tables.ts";
 import { command, FIXTURES, requires } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { startRegistry, storedBlobPath, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, type CliResult, describe, runCli } from "./_support/cli.ts";
 import { getBlob, getManifest, pushImage } from "./_support/oci_raw.ts";
 import { type FaultProxy, startFaultProxy } from "./_support/fault_proxy.ts";
@@ -257,10 +257,7 @@ Deno.test({
     const reusedLayer = old.layers[0].digest;
     const table = old.layers[0].annotations?.[CHUNK_TABLE_ANNOTATION] ?? "";
     // The registry now serves other bytes (same length) under the table's digest.
-    const hex = table.slice("sha256:".length);
-    const data = `${registry.storageDir}/docker/registry/v2/blobs/sha256/${
-      hex.slice(0, 2)
-    }/${hex}/data`;
+    const data = storedBlobPath(registry, table);
     const bytes = await Deno.readFile(data);
     bytes[bytes.length - 2] ^= 1;
     await Deno.writeFile(data, bytes);

@@ -20,7 +20,7 @@ import {
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { waitFor } from "./_support/wait.ts";
 import { pushImage } from "./_support/oci_raw.ts";
-import type { TestRegistry } from "./_support/registry.ts";
+import { storedBlobPath, type TestRegistry } from "./_support/registry.ts";
 import { EROFS_SUPER_END } from "../lib/erofs/superblock.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
 import { mountFuseOk, withIndexMountRig } from "./_support/index_mounts.ts";
@@ -64,12 +64,6 @@ async function configHex(registry: TestRegistry, repository: string, tag: string
   return String(manifest.config.digest).slice("sha256:".length);
 }
 
-/** The size of blob `hex` in the registry's storage. */
-function storedBlobSize(registry: { storageDir: string }, hex: string): number {
-  const dir = `${registry.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
-  return Deno.statSync(`${dir}/data`).size;
-}
-
 Deno.test({
   name:
     "mount --index-missing: a umoci image indexed here equals umoci unpack; a remount reuses it",
@@ -102,7 +96,7 @@ Deno.test({
       for (const [hex, bytes] of indexing) {
         // Each byte once, besides the head `mount` reads of each layer before it looks for
         // an index (the superblock area).
-        const size = storedBlobSize(registry, hex);
+        const size = Deno.statSync(storedBlobPath(registry, `sha256:${hex}`)).size;
         assert.ok(
           bytes >= size && bytes <= size + Math.min(size, EROFS_SUPER_END),
           `layer ${hex} (${size} bytes): ${bytes} bytes fetched`,
@@ -153,9 +147,7 @@ Deno.test({
       ]);
       // Still a valid gzip (its header's MTIME changed), but not the bytes the digest names.
       const hex = pushed.layers[0].digest.slice("sha256:".length);
-      const data = `${registry.storageDir}/docker/registry/v2/blobs/sha256/${
-        hex.slice(0, 2)
-      }/${hex}/data`;
+      const data = storedBlobPath(registry, pushed.layers[0].digest);
       const bytes = Deno.readFileSync(data);
       bytes[4] ^= 0x5a;
       Deno.writeFileSync(data, bytes);

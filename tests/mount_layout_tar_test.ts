@@ -12,19 +12,20 @@ import { treeListing } from "./_support/erofs_tree.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
 import { comparableListing, makeUmociImage } from "./_support/umoci_image.ts";
+import { OciLayout } from "../lib/oci/oci_layout.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("umoci"));
 const LONG = { timeoutMs: 120_000 };
 
 /** The blob files of the layout's layers (what the manifest names, bottom first). */
-function layerBlobs(layout: string, tag: string): string[] {
-  const index = JSON.parse(Deno.readTextFileSync(`${layout}/index.json`));
-  const entry = index.manifests.find((m: { annotations?: Record<string, string> }) =>
-    m.annotations?.["org.opencontainers.image.ref.name"] === tag
-  );
-  const blob = (digest: string) => `${layout}/blobs/sha256/${digest.slice("sha256:".length)}`;
-  const manifest = JSON.parse(Deno.readTextFileSync(blob(entry.digest)));
-  return manifest.layers.map((l: { digest: string }) => blob(l.digest));
+async function layerBlobs(path: string, tag: string): Promise<string[]> {
+  const layout = new OciLayout(path);
+  try {
+    const image = await layout.resolveImage({ layoutPath: path, tag });
+    return image.layers.map((layer) => layout.blobPath(layer.digest));
+  } finally {
+    layout.close();
+  }
 }
 
 Deno.test({
@@ -79,7 +80,7 @@ Deno.test({
     withTempDir("erofs-oci-layout-tar-bad-", async (work) => {
       Deno.mkdirSync(`${work}/umoci`);
       const image = await makeUmociImage(`${work}/umoci`);
-      const [bottom] = layerBlobs(image.layout, image.tag);
+      const [bottom] = await layerBlobs(image.layout, image.tag);
       const bytes = Deno.readFileSync(bottom);
       bytes[4] ^= 0x5a; // the gzip header's MTIME: still gzip, other bytes than the digest
       Deno.writeFileSync(bottom, bytes);

@@ -57,6 +57,15 @@ const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]+\] "/;
 const ACCESS_LOG_WAIT_MS = 10_000;
 const PORT_ATTEMPTS = 5;
 
+/**
+ * Where docker-registry keeps the bytes of blob `digest` (`sha256:…`): tests that need a
+ * registry serving other bytes than a digest names edit this file.
+ */
+export function storedBlobPath(registry: { storageDir: string }, digest: string): string {
+  const hex = digest.slice("sha256:".length);
+  return `${registry.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+}
+
 export async function startRegistry(options: RegistryOptions): Promise<TestRegistry> {
   const dir = await Deno.makeTempDir({ prefix: "erofs-oci-registry-" });
   const username = "tester";
