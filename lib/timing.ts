@@ -27,3 +27,23 @@ export function mark(label: string): void {
     else Deno.stderr.writeSync(encoder.encode(line));
   } catch { /* a diagnostic only */ }
 }
+
+/**
+ * While marks are recorded: a mark whenever this process's event loop was held longer than
+ * `thresholdMs` (a timer that came that much late), for the first `forMs` — where a start-up's
+ * wait for an I/O completion goes when the thread that would take it runs something else.
+ */
+export function markHeldEventLoop(who: string, forMs = 5000, thresholdMs = 20): void {
+  if (!enabled) return;
+  const tickMs = 5;
+  const endMs = performance.now() + forMs;
+  let lastMs = performance.now();
+  const timer = setInterval(() => {
+    const nowMs = performance.now();
+    const heldMs = nowMs - lastMs - tickMs;
+    if (heldMs > thresholdMs) mark(`${who}: event loop held ${heldMs.toFixed(0)} ms`);
+    lastMs = nowMs;
+    if (nowMs > endMs) clearInterval(timer);
+  }, tickMs);
+  Deno.unrefTimer(timer);
+}

@@ -3,7 +3,7 @@ import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
-import { mark } from "../timing.ts";
+import { mark, markHeldEventLoop } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
     0  success
@@ -35,6 +35,7 @@ ${EXIT_CODES}`;
 /** Parses the global options, dispatches to a command and maps errors to exit codes. */
 export async function runCli(args: string[]): Promise<number> {
   mark("cli: main");
+  markHeldEventLoop("cli");
   // What follows `--` is another program's command line (`trace … -- CMD ARGS`): its
   // --debug, -h or --help are its own.
   const dashes = args.indexOf("--");

@@ -289,6 +289,7 @@ class StreamBytes {
   async #more(wantedBytes = LINE_READ_BYTES): Promise<boolean> {
     if (this.#done) return false;
     const value = await this.#read(wantedBytes);
+    mark(`server: stdin read ${value?.length ?? "end"}`);
     if (!value) {
       this.#done = true;
       return false;

@@ -38,7 +38,7 @@ import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
 import { errno, libc, readableNow, setPipeCapacity, strerror } from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
-import { mark } from "../timing.ts";
+import { mark, markHeldEventLoop } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
 import { readSpecAndMetadata } from "./handed_metadata.ts";
 import { sidecarPackDigest } from "../verify/load_metadata_ranges.ts";
@@ -160,6 +160,7 @@ function discardSpareReaders(): void {
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
+  markHeldEventLoop("server");
   const inCliSession = !leaveCliSession();
   // The spec and the listed metadata `mount` fetched (2.2 MB for the benchmark image) come on
   // stdin: with room for all of it the CLI writes it in one go, instead of 64 KiB at a time,
