@@ -28,22 +28,33 @@ export function mark(label: string): void {
   } catch { /* a diagnostic only */ }
 }
 
+/** The one watcher of this process (markHeldEventLoop): whose it is now, and until when. */
+let heldWatch: { who: string; endMs: number } | undefined;
+
 /**
  * While marks are recorded: a mark whenever this process's event loop was held longer than
- * `thresholdMs` (a timer that came that much late), for the first `forMs` — where a start-up's
- * wait for an I/O completion goes when the thread that would take it runs something else.
+ * `thresholdMs` (a timer that came that much late), for the next `forMs` — where a start-up's
+ * wait for an I/O completion goes when the thread that would take it runs something else. One
+ * watcher per process: a later call (the server's, in a process that began as the CLI) renames
+ * it and moves its end.
  */
 export function markHeldEventLoop(who: string, forMs = 5000, thresholdMs = 20): void {
   if (!enabled) return;
-  const tickMs = 5;
   const endMs = performance.now() + forMs;
+  if (heldWatch) {
+    heldWatch.who = who;
+    heldWatch.endMs = endMs;
+    return;
+  }
+  const watch = heldWatch = { who, endMs };
+  const tickMs = 5;
   let lastMs = performance.now();
   const timer = setInterval(() => {
     const nowMs = performance.now();
     const heldMs = nowMs - lastMs - tickMs;
-    if (heldMs > thresholdMs) mark(`${who}: event loop held ${heldMs.toFixed(0)} ms`);
+    if (heldMs > thresholdMs) mark(`${watch.who}: event loop held ${heldMs.toFixed(0)} ms`);
     lastMs = nowMs;
-    if (nowMs > endMs) clearInterval(timer);
+    if (nowMs > watch.endMs) clearInterval(timer);
   }, tickMs);
   Deno.unrefTimer(timer);
 }

@@ -55,3 +55,32 @@ Deno.test("timing marks: nothing written when EROFS_OCI_TIMING is unset or 0", a
   }
   assert.match(await markIn({ EROFS_OCI_TIMING: "1" }, ["cli: main"]), /^timing \d+ cli: main /);
 });
+
+Deno.test("timing marks: a held event loop is marked once per hold, under the latest name", async () => {
+  // A busy wait of 150 ms holds the loop: the watcher's next tick comes that late. Renamed
+  // first ("server", as runMountServer does in a process that began as the CLI): one watcher.
+  const code = `import { markHeldEventLoop } from "${REPO_ROOT}/lib/timing.ts";
+markHeldEventLoop("cli");
+markHeldEventLoop("server");
+await new Promise((resolve) => setTimeout(resolve, 30));
+const end = performance.now() + 150;
+while (performance.now() < end) { /* held */ }
+await new Promise((resolve) => setTimeout(resolve, 30));`;
+  const run = async (env: Record<string, string>) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "-q", code],
+      env,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stderr).trimEnd().split("\n").filter(Boolean);
+  };
+  const lines = await run({ EROFS_OCI_TIMING: "1" });
+  const held = lines.map((line) => /^timing \d+ (\w+): event loop held (\d+) ms /.exec(line));
+  assert(held.every(Boolean), lines.join("\n"));
+  const long = held.filter((m) => Number(m![2]) >= 140);
+  assert.equal(long.length, 1, lines.join("\n"));
+  assert.equal(long[0]![1], "server");
+  assert.deepEqual(await run({}), []);
+});
