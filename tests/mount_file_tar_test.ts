@@ -68,6 +68,35 @@ Deno.test({
         const fromDir = await mountOk(["--index", dir], tar);
         assert.doesNotMatch(fromDir.stderr, /indexing here/);
 
+        // The one index of the file's size is taken unhashed and the server checks the file
+        // before serving it (one pass over it, not two): a file that only has the size of an
+        // index's layer fails there, and says so.
+        const other = `${work}/other.tar`;
+        const otherBytes = Deno.readFileSync(tar);
+        otherBytes[1000] ^= 0xff; // in big-1m3.bin's data: still a tar, other content
+        Deno.writeFileSync(other, otherBytes);
+        const sameSize = await runCli(
+          ["mount", "--backend", "fuse", "--index", dir, other, target],
+          { env, ...LONG },
+        );
+        assertCliError(sameSize, 1, /other\.tar is not the file its index was made for/);
+        assert.match(sameSize.stderr, /--index-missing/);
+        assert.deepEqual([...Deno.readDirSync(target)], [], "nothing mounted");
+        // With two indexes of that size, each file is hashed and gets its own.
+        assertSuccess(await runCli(["index", other, "-o", dir], LONG));
+        await mountOk(["--index", dir], tar);
+        const otherMounted = await runCli(
+          ["mount", "--backend", "fuse", "--index", dir, other, target],
+          { env, ...LONG },
+        );
+        assert.equal(otherMounted.code, 0, `${describe(otherMounted)}\n${sandbox.serverLogs()}`);
+        try {
+          const big = Deno.readFileSync(`${target}/big-1m3.bin`);
+          assert.deepEqual(big, otherBytes.subarray(512, 512 + big.length));
+        } finally {
+          assertSuccess(await runCli(["umount", target], { env }));
+        }
+
         // erofs-utils' own index of the file (mkfs.erofs --tar=i --gzinfo): unverified reads.
         await mountOk([
           "--tarindex",

@@ -89,14 +89,8 @@ export async function writeLayerIndex(
   };
 }
 
-/**
- * The index in `dir` made for `layer` (any NAME.index.json whose record names that digest),
- * its files checked against the record; undefined when none names it.
- */
-export async function findLocalLayerIndex(
-  dir: string,
-  layer: { digest: string; size: number },
-): Promise<TarIndexFiles | undefined> {
+/** Each NAME.index.json record in `dir` (FormatError when the directory cannot be read). */
+async function* indexRecordsIn(dir: string): AsyncGenerator<IndexRecord> {
   let names: string[];
   try {
     names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && e.name.endsWith(".index.json"))
@@ -108,7 +102,19 @@ export async function findLocalLayerIndex(
     const path = `${dir}/${name}`;
     const stat = await Deno.stat(path);
     if (stat.size > MAX_INDEX_RECORD_BYTES) continue;
-    const record = parseIndexRecord(await Deno.readFile(path), path);
+    yield parseIndexRecord(await Deno.readFile(path), path);
+  }
+}
+
+/**
+ * The index in `dir` made for `layer` (any NAME.index.json whose record names that digest),
+ * its files checked against the record; undefined when none names it.
+ */
+export async function findLocalLayerIndex(
+  dir: string,
+  layer: { digest: string; size: number },
+): Promise<TarIndexFiles | undefined> {
+  for await (const record of indexRecordsIn(dir)) {
     if (record.layer.digest !== layer.digest) continue;
     const files: TarIndexFiles = {
       record,
@@ -120,6 +126,15 @@ export async function findLocalLayerIndex(
     return files;
   }
   return undefined;
+}
+
+/** The layer digests the records in `dir` name for a layer of `sizeBytes` (their claims only). */
+export async function indexedDigestsOfSize(dir: string, sizeBytes: number): Promise<Set<string>> {
+  const digests = new Set<string>();
+  for await (const record of indexRecordsIn(dir)) {
+    if (record.layer.size === sizeBytes) digests.add(record.layer.digest);
+  }
+  return digests;
 }
 
 /** Reads the files and checks them against their record and the layer (FormatError). */

@@ -13,7 +13,12 @@ import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "..
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
 import { INDEX_CACHE_DIR, type LayerSpec } from "../state/runtime.ts";
 import { OCI_TAR, OCI_TAR_GZIP, tarLayerKind } from "./tar_layers.ts";
-import { findTarIndexes, layersThroughIndex, type TarIndexSources } from "./tar_indexes.ts";
+import {
+  findTarIndexes,
+  indexedDigestOfSize,
+  layersThroughIndex,
+  type TarIndexSources,
+} from "./tar_indexes.ts";
 import { isLocalImage } from "./local_image.ts";
 
 export type { TarIndexSources };
@@ -53,10 +58,12 @@ export async function resolveLocalImage(
       checkErofsSuperblock(head, real);
       return { image: real, layers: [{ kind: "local", path: real, sizeBytes: file.size }] };
     }
-    // Indexes are found by the layer's digest, as an image's are.
+    // Indexes are found by the layer's digest, as an image's are: the one an index of the
+    // file's size names (the server checks it), else the file's, hashed here.
+    const indexedDigest = await indexedDigestOfSize(indexes, file.size);
     const layer: LayerDescriptor = {
       index: 0,
-      digest: await file.contentDigest(),
+      digest: indexedDigest ?? await file.contentDigest(),
       sizeBytes: file.size,
       mediaType: tarKind === "gzip" ? OCI_TAR_GZIP : OCI_TAR,
     };
@@ -76,6 +83,7 @@ export async function resolveLocalImage(
         path: real,
         sizeBytes: file.size,
         digest: layer.digest,
+        ...(indexedDigest ? { digestFromIndex: true } : {}),
         tarIndex: found.get(layer.digest)!,
       }],
     };

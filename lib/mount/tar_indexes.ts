@@ -142,6 +142,39 @@ export async function findTarIndexes(
   return found;
 }
 
+/**
+ * The one layer digest that the indexes `findTarIndexes` looks in for a local file (`--index
+ * DIR`, those made here) name for a file of `sizeBytes`; undefined when none or several do, one
+ * cannot be read, or with `--tarindex` or `--index-missing` (`mount FILE` then hashes the file to find its index, as before). Taken
+ * unhashed, the digest is checked where it counts: the server hashes the file before serving a
+ * byte of it (layout_file.ts openLayoutBlob), so a large tar.gz is read once at mount, not
+ * twice; a file that only has the size of an index's layer fails there, and says so.
+ */
+export async function indexedDigestOfSize(
+  sources: TarIndexSources,
+  sizeBytes: number,
+): Promise<string | undefined> {
+  // --index-missing must index a file that only has another's size, not fail on it.
+  if (sources.files || sources.indexMissing) return undefined;
+  const { indexedDigestsOfSize } = await import("./layer_index_files.ts");
+  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
+  const dirs = sources.dir ? [sources.dir] : [];
+  try {
+    for (const entry of Deno.readDirSync(hereDir)) {
+      if (entry.isDirectory) dirs.push(`${hereDir}/${entry.name}`);
+    }
+  } catch { /* nothing indexed here yet */ }
+  const digests = new Set<string>();
+  try {
+    for (const dir of dirs) {
+      for (const digest of await indexedDigestsOfSize(dir, sizeBytes)) digests.add(digest);
+    }
+  } catch {
+    return undefined;
+  }
+  return digests.size === 1 ? [...digests][0] : undefined;
+}
+
 /** Copies index files into the durable cache (a --index DIR may go away while mounted). */
 async function keepIndexFiles(
   files: TarIndexFiles,

@@ -141,7 +141,7 @@ export class LayoutFile implements Source {
  * later is not re-checked (the same holds for any local image).
  */
 export async function openLayoutBlob(
-  layer: { path: string; sizeBytes: number; digest?: string },
+  layer: { path: string; sizeBytes: number; digest?: string; digestFromIndex?: boolean },
 ): Promise<LayoutFile> {
   const file = LayoutFile.open(layer.path, `blob ${layer.digest ?? ""}`.trim());
   try {
@@ -150,7 +150,17 @@ export async function openLayoutBlob(
         `blob ${layer.path} is ${file.size} bytes but the manifest says ${layer.sizeBytes}`,
       );
     }
-    if (layer.digest) await file.verify(layer.digest);
+    if (layer.digest && layer.digestFromIndex) {
+      const actual = await file.contentDigest(layer.digest);
+      if (actual !== layer.digest) {
+        throw new OciError(
+          `${layer.path} is not the file its index was made for: the index names ` +
+            `${layer.digest} of the same size, the file hashes to ${actual}`,
+          "mount it with --index-missing (indexes it here), or pass --index DIR holding " +
+            "its own index (`erofs-oci index FILE -o DIR`)",
+        );
+      }
+    } else if (layer.digest) await file.verify(layer.digest);
     return file;
   } catch (error) {
     file.close();

@@ -57,6 +57,11 @@ export type LayerSpec =
     sizeBytes: number;
     /** An OCI layout blob: opened without following symlinks and verified before serving. */
     digest?: string;
+    /**
+     * A local tar file whose digest `mount` took from the one index of the file's size,
+     * unhashed: a mismatch says the index is another file's (or the file changed).
+     */
+    digestFromIndex?: boolean;
     /** A tar or tar+gzip layout blob: served through its index, as a registry's. */
     tarIndex?: TarIndexSpec;
   }
