@@ -63,7 +63,9 @@ export async function runCli(args: string[]): Promise<number> {
     // mount's server starts while mount's modules load (lib/cli/mount_ahead.ts).
     const ahead = first === "mount" ? import("./mount_ahead.ts") : undefined;
     try {
-      (await ahead)?.spawnMountServerAhead(rest);
+      const aheadModule = await ahead;
+      if (aheadModule) mark("cli: mount_ahead loaded");
+      aheadModule?.spawnMountServerAhead(rest);
       const command = await entry.load();
       mark(`cli: ${first} loaded`);
       const options = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;

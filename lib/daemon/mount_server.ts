@@ -172,6 +172,7 @@ export async function runMountServer(): Promise<number> {
   const prestart = readableNow(0) ? undefined : Deno.env.get(PRESTART_READER_ENV);
   if (prestart === "fuse") prestartFuseReaders(1);
   if (prestart === "nbd") prestartNbdReaders(1);
+  if (prestart) mark("server: reader thread started ahead");
   let spec: MountSpec;
   let handedMetadata: Promise<(HandedSidecar | undefined)[]>;
   try {

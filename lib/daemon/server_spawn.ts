@@ -72,6 +72,7 @@ export async function spawnServerChild(
   // what our caller gave us, e.g. the lock of `flock LOCK erofs-oci mount …`.
   closeInheritedOnExec();
   const [program, ...args] = selfCommand([SERVER_COMMAND]);
+  mark("cli: server spawn asked");
   const child = await spawnProcess(program, args, {
     ...Deno.env.toObject(),
     ...SERVER_V8_ENV,
