@@ -15,7 +15,7 @@ const PERMISSIONS = ["net", "read", "write", "env", "run", "ffi", "sys"] as cons
  * 18-20 ms of each process's start on the host (`cli: main` 33 -> 15 ms after the runtime's
  * time origin), ~10x that under QEMU TCG. Stack traces are unchanged.
  */
-export const V8_FLAGS = ["--no-enable-lazy-source-positions", "--no-lazy"] as const;
+export const V8_FLAGS = ["--no-enable-lazy-source-positions"] as const;
 
 function isCompiled(): boolean {
   // deno compile serves the embedded main module from a virtual path under deno-compile-*.
