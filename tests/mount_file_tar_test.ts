@@ -79,9 +79,29 @@ Deno.test({
           ["mount", "--backend", "fuse", "--index", dir, other, target],
           { env, ...LONG },
         );
-        assertCliError(sameSize, 1, /other\.tar is not the file its index was made for/);
+        assertCliError(sameSize, 1, /other\.tar does not match its index \(made for sha256:/);
         assert.match(sameSize.stderr, /--index-missing/);
         assert.deepEqual([...Deno.readDirSync(target)], [], "nothing mounted");
+        // Changed past its first piece since it was indexed: the file is not read whole to
+        // mount it, so the mount is up (its metadata is the index's), and a read of the changed
+        // piece gets EIO, never the changed bytes.
+        const changed = `${work}/changed.tar`;
+        const changedBytes = Deno.readFileSync(tar);
+        changedBytes[1_048_600] ^= 0xff; // big-1m3.bin, in the tar's second 1 MiB piece
+        Deno.writeFileSync(changed, changedBytes);
+        const onlyTar = `${work}/index-of-tar`;
+        assertSuccess(await runCli(["index", tar, "-o", onlyTar], LONG));
+        const changedMount = await runCli(
+          ["mount", "--backend", "fuse", "--index", onlyTar, changed, target],
+          { env, ...LONG },
+        );
+        assert.equal(changedMount.code, 0, `${describe(changedMount)}\n${sandbox.serverLogs()}`);
+        try {
+          assert.ok(Deno.statSync(`${target}/dir/a.txt`).isFile, "metadata from the index");
+          assert.throws(() => Deno.readFileSync(`${target}/big-1m3.bin`), /os error 5/);
+        } finally {
+          assertSuccess(await runCli(["umount", target], { env }));
+        }
         // With two indexes of that size, each file is hashed and gets its own.
         assertSuccess(await runCli(["index", other, "-o", dir], LONG));
         await mountOk(["--index", dir], tar);

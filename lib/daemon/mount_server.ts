@@ -272,6 +272,8 @@ export async function runMountServer(): Promise<number> {
             size: layer.sizeBytes,
           },
           cachePerLayer,
+          // A local blob was not hashed whole (openLayerSource): a wrong index shows at open.
+          { checkStartOf: layer.kind === "local" ? layer.path : undefined },
         ).catch(async (error) => {
           await opened.close?.();
           throw error;

@@ -8,7 +8,7 @@ import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { type BlobKey, DiskCache } from "../source/disk_cache.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import { type LayerSpec, readsCheckedByPieces } from "../state/runtime.ts";
 import { tableCacheOrigin, verifiedBlob } from "../verify/layer_tables.ts";
 import {
   loadMetadataRanges,
@@ -169,8 +169,12 @@ export async function openLayerSource(
   credentials?: { username: string; password: string },
   options: { hashOnEventLoop?: boolean } = {},
 ): Promise<Source> {
-  // An OCI layout blob: opened without following symlinks, size checked and digest verified.
-  if (layer.kind === "local" && layer.digest) return await openLayoutBlob(layer);
+  // An OCI layout blob or a tar file: opened without following symlinks, size checked and its
+  // digest verified — unless each piece read through its tar index is (tar_index_source.ts
+  // then checks the first piece at open): a large tar.gz is not read whole to mount it.
+  if (layer.kind === "local" && layer.digest) {
+    return await openLayoutBlob(layer, { hashWhole: !readsCheckedByPieces(layer.tarIndex) });
+  }
   if (layer.kind === "local") {
     const file = await LocalFile.open(layer.path);
     if (file.size !== layer.sizeBytes) {

@@ -70,13 +70,16 @@ async function readIndexFile(path: string): Promise<Uint8Array> {
 /**
  * Opens `blob` (the layer, `layer` its digest and size) through `index`. The files are read
  * once and checked against the record before anything is served; a zinfo that does not fit
- * the blob, or a meta referring past the tar, is a FormatError here.
+ * the blob, or a meta referring past the tar, is a FormatError here. `checkStartOf` (a local
+ * blob's path, not hashed whole): the tar's first piece is read and checked now, so an index
+ * of another file (or a file changed since) fails the mount, saying so, instead of its reads.
  */
 export async function openTarIndexSource(
   blob: Source,
   index: TarIndexSpec,
   layer: { digest: string; size: number },
   cacheBytes: number,
+  options: { checkStartOf?: string } = {},
 ): Promise<TarIndexedSource> {
   // A reattach gets the layout the device was served in; a new mount, this kernel's.
   const deviceLayout = index.layout ?? chooseTarDeviceLayout();
@@ -100,6 +103,8 @@ export async function openTarIndexSource(
   const tarCacheBytes = Math.max(4 << 20, cacheBytes - blobCacheBytes);
   const record = index.record;
   let device: TarDevice;
+  /** The tar as read through the piece digests, when there are some. */
+  let verifiedTar: Pick<Source, "read"> | undefined;
   if (zinfo) {
     const gzip = await GzipRandomAccess.open(cached, bytesSource(zinfo), {
       cacheBytes: tarCacheBytes,
@@ -116,6 +121,7 @@ export async function openTarIndexSource(
       gzip.close();
       throw error;
     }
+    if (pieces && record?.pieces) verifiedTar = gzip;
   } else {
     const tar = pieces && record?.pieces
       ? new VerifiedPlainTar(cached, pieces, record.pieces.pieceBytes, {
@@ -123,6 +129,23 @@ export async function openTarIndexSource(
       })
       : cached;
     device = tarDevice(deviceLayout, meta, tar, tar.size);
+    if (tar !== cached) verifiedTar = tar;
+  }
+  if (options.checkStartOf !== undefined && verifiedTar && record?.pieces && record.tarBytes > 0) {
+    const startBytes = Math.min(record.pieces.pieceBytes, record.tarBytes);
+    try {
+      await verifiedTar.read(0, startBytes);
+    } catch (error) {
+      await device.close();
+      await cached.close?.();
+      throw new FormatError(
+        `${options.checkStartOf} does not match its index (made for ${layer.digest}): the ` +
+          `first ${startBytes} bytes of its tar are not the ones the index was made from`,
+        "the file changed since it was indexed, or the index belongs to another file: mount " +
+          "it with --index-missing (indexes it here), or pass --index DIR holding its own index",
+        { cause: error },
+      );
+    }
   }
   return {
     size: device.size,

@@ -138,11 +138,14 @@ export class LayoutFile implements Source {
  * The source of a mounted OCI layout layer, for the server that serves it: the blob is opened
  * here once, must still have the size the manifest gave, and is hashed whole before the first
  * byte is served, all through the descriptor then served. What a writer changes in the file
- * later is not re-checked (the same holds for any local image).
+ * later is not re-checked (the same holds for any local image). `hashWhole: false`: the caller
+ * checks every byte it serves otherwise (a tar index's piece digests).
  */
 export async function openLayoutBlob(
   layer: { path: string; sizeBytes: number; digest?: string; digestFromIndex?: boolean },
+  options: { hashWhole?: boolean } = {},
 ): Promise<LayoutFile> {
+  const hashWhole = options.hashWhole ?? true;
   const file = LayoutFile.open(layer.path, `blob ${layer.digest ?? ""}`.trim());
   try {
     if (file.size !== layer.sizeBytes) {
@@ -150,6 +153,7 @@ export async function openLayoutBlob(
         `blob ${layer.path} is ${file.size} bytes but the manifest says ${layer.sizeBytes}`,
       );
     }
+    if (!hashWhole) return file;
     if (layer.digest && layer.digestFromIndex) {
       const actual = await file.contentDigest(layer.digest);
       if (actual !== layer.digest) {

@@ -55,7 +55,11 @@ export type LayerSpec =
     kind: "local";
     path: string;
     sizeBytes: number;
-    /** An OCI layout blob: opened without following symlinks and verified before serving. */
+    /**
+     * An OCI layout blob or a local tar file: opened without following symlinks and verified
+     * before serving — hashed whole, or, served through a tar index with piece digests, each
+     * piece as it is read (as a registry layer's) after the first one is checked at open.
+     */
     digest?: string;
     /**
      * A local tar file whose digest `mount` took from the one index of the file's size,
@@ -90,6 +94,14 @@ export type LayerSpec =
      */
     erofsBlockBytes?: number;
   };
+
+/**
+ * Whether every byte read through `index` is checked against its piece digests (an index made
+ * by `erofs-oci index`), so the blob under it needs no whole-blob hash before serving.
+ */
+export function readsCheckedByPieces(index: TarIndexSpec | undefined): boolean {
+  return index?.pieces !== undefined && index.record?.pieces !== undefined;
+}
 
 /**
  * Index files of a tar layer. `record` binds them to the layer (made by `erofs-oci index`);
