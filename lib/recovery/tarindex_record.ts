@@ -115,7 +115,8 @@ export async function tarIndexLayerForRecord(
 
 /**
  * The LayerSpec an OCI layout's tar layer is served from again: the blob file must still have
- * the size its index records (the server verifies its digest before serving it).
+ * the size its index records (the server checks its bytes: each piece as read and the first
+ * at open, or the whole blob when the index has no piece digests).
  */
 export async function localTarIndexLayerForRecord(
   record: LocalTarIndexRecord,

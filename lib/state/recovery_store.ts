@@ -54,7 +54,11 @@ export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra =
     } finally {
       file.close();
     }
-    Deno.writeTextFileSync(companionPath(path), JSON.stringify(extra), { mode: 0o600 });
+    // Whole or absent: a crash while writing must not leave a damaged companion.
+    const companion = companionPath(path);
+    const tmp = `${companion}.tmp`;
+    Deno.writeTextFileSync(tmp, JSON.stringify(extra), { mode: 0o600 });
+    Deno.renameSync(tmp, companion);
     return path;
   }
   throw new FormatError(`could not create a recovery file in ${RECOVERY_DIR}`);
@@ -77,15 +81,59 @@ export function readRecoveryFile(path: string): { record: RecoveryRecord; extra:
   } catch (error) {
     throw new FormatError(`recovery file ${path} is corrupt: ${(error as Error).message}`);
   }
-  let extra: RecoveryExtra = {};
+  let companion: string;
   try {
-    extra = JSON.parse(Deno.readTextFileSync(companionPath(path)));
-  } catch { /* written by erofs-utils, or lost: defaults apply */ }
-  return { record, extra };
+    companion = Deno.readTextFileSync(companionPath(path));
+  } catch {
+    return { record, extra: {} }; // written by erofs-utils, or lost: defaults apply
+  }
+  return { record, extra: parseRecoveryExtra(companion, companionPath(path)) };
+}
+
+const isString = (v: unknown) => typeof v === "string";
+const isCount = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** The type each known companion field must have (tarIndex: tarindex_record.ts checks inside). */
+const EXTRA_FIELDS: Record<string, (value: unknown) => boolean> = {
+  plainHttp: (v) => typeof v === "boolean",
+  mountId: isString,
+  layerIndex: isCount,
+  sizeBytes: isCount,
+  digest: isString,
+  registryConfigDir: isString,
+  chunkTable: (v) =>
+    isObject(v) && isString(v.digest) && isString(v.path) && typeof v.bound === "boolean",
+  tarIndex: isObject,
+};
+
+/**
+ * A companion file's facts, each known field of its type: a damaged file (not a JSON object, a
+ * field of another type) is refused rather than read as defaults, which could serve a layout
+ * blob unverified or the wrong registry's bytes.
+ */
+export function parseRecoveryExtra(text: string, path: string): RecoveryExtra {
+  const damaged = (what: string) =>
+    new FormatError(
+      `recovery companion file ${path} is damaged: ${what}`,
+      "the device cannot be served again from it; unmount its mount and mount again",
+    );
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw damaged(`not JSON (${(error as Error).message})`);
+  }
+  if (!isObject(value)) throw damaged("not a JSON object");
+  for (const [field, valid] of Object.entries(EXTRA_FIELDS)) {
+    if (value[field] !== undefined && !valid(value[field])) throw damaged(`bad "${field}"`);
+  }
+  return value as RecoveryExtra;
 }
 
 export function removeRecoveryFile(path: string): void {
-  for (const p of [path, companionPath(path)]) {
+  for (const p of [path, companionPath(path), `${companionPath(path)}.tmp`]) {
     try {
       Deno.removeSync(p);
     } catch { /* already gone */ }

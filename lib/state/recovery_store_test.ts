@@ -1,0 +1,67 @@
+import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
+import { FormatError } from "../errors.ts";
+import { formatRecoveryLine } from "./recovery_record.ts";
+import { parseRecoveryExtra, readRecoveryFile, removeRecoveryFile } from "./recovery_store.ts";
+
+/** A recovery line for a layout blob and, unless undefined, the companion text next to it. */
+function writeDevice(dir: string, companion?: string): string {
+  const path = `${dir}/mountnbd_test`;
+  Deno.writeTextFileSync(path, formatRecoveryLine({ kind: "LOCAL", path: "/srv/blob" }) + "\n");
+  if (companion !== undefined) Deno.writeTextFileSync(`${path}.erofs-oci.json`, companion);
+  return path;
+}
+
+Deno.test("recovery companion: absent gives defaults, a whole one is read as written", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+  try {
+    assertEquals(readRecoveryFile(writeDevice(dir)).extra, {});
+    const extra = {
+      plainHttp: true,
+      mountId: "m1",
+      layerIndex: 2,
+      sizeBytes: 4096,
+      digest: "sha256:" + "a".repeat(64),
+      chunkTable: { digest: "sha256:" + "b".repeat(64), path: "/t", bound: true },
+      tarIndex: { meta: "/m", layout: "4k" },
+      later: "fields of a newer version are kept",
+    };
+    const path = writeDevice(dir, JSON.stringify(extra));
+    assertEquals(readRecoveryFile(path).extra, extra);
+    Deno.writeTextFileSync(`${path}.erofs-oci.json.tmp`, "{");
+    removeRecoveryFile(path);
+    assertEquals([...Deno.readDirSync(dir)], [], "line, companion and a left-over tmp removed");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("recovery companion: a damaged one is refused with what is wrong, not read as defaults", () => {
+  const damaged: [string, RegExp][] = [
+    ["null", /not a JSON object/],
+    ["[1]", /not a JSON object/],
+    ['"text"', /not a JSON object/],
+    ['{"plainHttp":', /not JSON/],
+    ["", /not JSON/],
+    ['{"mountId":7}', /bad "mountId"/],
+    ['{"layerIndex":"x"}', /bad "layerIndex"/],
+    ['{"layerIndex":-1}', /bad "layerIndex"/],
+    ['{"sizeBytes":1.5}', /bad "sizeBytes"/],
+    ['{"plainHttp":"yes"}', /bad "plainHttp"/],
+    ['{"digest":null}', /bad "digest"/],
+    ['{"chunkTable":{"digest":"d","path":"/t"}}', /bad "chunkTable"/],
+    ['{"tarIndex":[]}', /bad "tarIndex"/],
+  ];
+  const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+  try {
+    for (const [text, why] of damaged) {
+      const path = writeDevice(dir, text);
+      throws(() => readRecoveryFile(path), (error: unknown) => {
+        if (!(error instanceof FormatError)) return false;
+        return /companion file .* is damaged/.test(error.message) && why.test(error.message);
+      }, text);
+    }
+    throws(() => parseRecoveryExtra('{"registryConfigDir":{}}', "x"), /bad "registryConfigDir"/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
