@@ -145,10 +145,12 @@ export async function findTarIndexes(
 /**
  * The one layer digest that the indexes `findTarIndexes` looks in for a local file (`--index
  * DIR`, those made here) name for a file of `sizeBytes`; undefined when none or several do, one
- * cannot be read, or with `--tarindex` or `--index-missing` (`mount FILE` then hashes the file to find its index, as before). Taken
- * unhashed, the digest is checked where it counts: the server hashes the file before serving a
- * byte of it (layout_file.ts openLayoutBlob), so a large tar.gz is read once at mount, not
- * twice; a file that only has the size of an index's layer fails there, and says so.
+ * cannot be read, or with `--tarindex` or `--index-missing` (`mount FILE` then hashes the file
+ * to find its index). Taken unhashed, the digest is checked where it counts, by the server: the
+ * tar's first piece at open and every piece as it is read (tar_index_source.ts), or the whole
+ * file for an index without piece digests (layout_file.ts openLayoutBlob). So a large tar.gz is
+ * not read whole to mount it, and a file that only has the size of an index's layer fails the
+ * mount, saying so.
  */
 export async function indexedDigestOfSize(
   sources: TarIndexSources,
