@@ -5,9 +5,8 @@
 import assert from "node:assert/strict";
 import { REPO_ROOT } from "./_support/requires.ts";
 
-async function markIn(env: Record<string, string>, labels: string[]): Promise<string> {
-  const code = `import { mark } from "${REPO_ROOT}/lib/timing.ts";\n` +
-    labels.map((label) => `mark(${JSON.stringify(label)});`).join("\n");
+/** stderr of `deno eval CODE` run with `env` (which must succeed). */
+async function evalStderr(code: string, env: Record<string, string>): Promise<string> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["eval", "-q", code],
     env,
@@ -16,6 +15,12 @@ async function markIn(env: Record<string, string>, labels: string[]): Promise<st
   }).output();
   assert(out.success, new TextDecoder().decode(out.stderr));
   return new TextDecoder().decode(out.stderr);
+}
+
+function markIn(env: Record<string, string>, labels: string[]): Promise<string> {
+  const code = `import { mark } from "${REPO_ROOT}/lib/timing.ts";\n` +
+    labels.map((label) => `mark(${JSON.stringify(label)});`).join("\n");
+  return evalStderr(code, env);
 }
 
 Deno.test("timing marks: appended to the EROFS_OCI_TIMING file by each process, in order", async () => {
@@ -66,16 +71,8 @@ await new Promise((resolve) => setTimeout(resolve, 30));
 const end = performance.now() + 150;
 while (performance.now() < end) { /* held */ }
 await new Promise((resolve) => setTimeout(resolve, 30));`;
-  const run = async (env: Record<string, string>) => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "-q", code],
-      env,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert(out.success, new TextDecoder().decode(out.stderr));
-    return new TextDecoder().decode(out.stderr).trimEnd().split("\n").filter(Boolean);
-  };
+  const run = async (env: Record<string, string>) =>
+    (await evalStderr(code, env)).trimEnd().split("\n").filter(Boolean);
   const lines = await run({ EROFS_OCI_TIMING: "1" });
   const held = lines.map((line) => /^timing \d+ (\w+): event loop held (\d+) ms /.exec(line));
   assert(held.every(Boolean), lines.join("\n"));
