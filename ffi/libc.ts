@@ -136,6 +136,14 @@ export const LIBC_SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  // ssize_t readahead(int fd, off64_t offset, size_t count);  — on a pool thread: it may wait
+  // for the device's request slots, which a server answering its own device must not do
+  readahead_nonblocking: {
+    name: "readahead",
+    parameters: ["i32", "i64", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
   // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   // int fcntl(int fd, int cmd, struct flock *lock);  — F_OFD_SETLK byte-range locks

@@ -349,6 +349,7 @@ export async function runMountServer(): Promise<number> {
             erofsBlockBytes: layer.kind === "registry" && !tarIndex
               ? layer.erofsBlockBytes
               : undefined,
+            pinnedPages: tarIndex ? undefined : served,
             headPinned: !tarIndex && listHoldsHead(raw)
               ? Promise.race([headPinned.promise, metadataPinned[index]])
               : undefined,

@@ -11,6 +11,7 @@ import {
   reconfigureNbd,
 } from "../nbd/kernel.ts";
 import { attachNbd } from "../nbd/attach.ts";
+import { PageCacheWarmer, type PinnedPages } from "../nbd/page_cache_warm.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { serveTransmission } from "../nbd/transmission.ts";
@@ -78,6 +79,8 @@ export interface ExportContext {
    * list) is pinned. The scan then waits for it instead of reading the head from the layer.
    */
   headPinned?: Promise<unknown>;
+  /** NBD: the layer's pinned metadata pages, read into the device's page cache on a walk. */
+  pinnedPages?: PinnedPages;
 }
 
 /**
@@ -269,6 +272,9 @@ export async function exportLayer(
       console.error(`nbd${deviceIndex}: could not replace a dropped connection:`, error);
     }
   };
+  const warmer = context.pinnedPages
+    ? PageCacheWarmer.onWalks(`/dev/nbd${index}`, context.pinnedPages)
+    : undefined;
   return {
     blockPath: `/dev/nbd${index}`,
     device: `nbd${index}`,
@@ -276,6 +282,7 @@ export async function exportLayer(
     directReads: () => direct?.conns.reduce((sum, conn) => sum + conn.servedDirectly, 0) ?? 0,
     close: async () => {
       closing = true;
+      warmer?.stop();
       await detach();
       removeRecoveryFile(deviceBackendId);
       for (const conn of conns) {

@@ -70,6 +70,10 @@ export class PrefetchedSource implements InnerSource {
   #dataReadListener?: (offset: number, length: number) => void;
   /** The pinned pages in a file too, for another thread's direct reads (openDirectReads). */
   #pinFile?: { fd: number; mapFd: number };
+  /** Told when reads of pinned pages come at a walk's rate (onMetadataWalk). */
+  #walkListener?: () => void;
+  /** pinnedRuns() as of the last pin (undefined: to be made again). */
+  #runs?: number[];
 
   constructor(inner: InnerSource, options: { pinBudgetBytes?: number } = {}) {
     this.#inner = inner;
@@ -117,7 +121,36 @@ export class PrefetchedSource implements InnerSource {
       runPages++;
     }
     flush();
-    if (this.#pinnedBytes !== before) this.#inner.reserveBytes?.(this.#pinnedBytes);
+    if (this.#pinnedBytes !== before) {
+      this.#runs = undefined;
+      this.#inner.reserveBytes?.(this.#pinnedBytes);
+    }
+  }
+
+  /**
+   * The pinned pages as [offset, length] pairs of maximal runs, in offset order (the last run
+   * may end at the source's end, short of a whole page).
+   */
+  pinnedRuns(): readonly number[] {
+    if (this.#runs) return this.#runs;
+    const runs: number[] = [];
+    for (const index of [...this.#pages.keys()].sort((a, b) => a - b)) {
+      const offset = index * PIN_PAGE_BYTES;
+      const length = this.#pages.get(index)!.length;
+      const last = runs.length - 2;
+      if (last >= 0 && runs[last] + runs[last + 1] === offset) runs[last + 1] += length;
+      else runs.push(offset, length);
+    }
+    this.#runs = runs;
+    return runs;
+  }
+
+  /**
+   * `listener` is told of each read of pinned pages that comes at a metadata walk's rate (see
+   * WalkClock: a cold `find`, not mount(2)'s few reads); one listener.
+   */
+  onMetadataWalk(listener: () => void): void {
+    this.#walkListener = listener;
   }
 
   /** Counts a read the prefetch made around the cache (for stats()). */
@@ -331,7 +364,9 @@ export class PrefetchedSource implements InnerSource {
   }
 
   #hit(length: number): void {
-    this.#walk.note(performance.now());
+    const nowMs = performance.now();
+    this.#walk.note(nowMs);
+    if (this.#walk.walkMs === nowMs) this.#walkListener?.();
     this.#pinnedHits++;
     this.#pinnedRequested += length;
   }
