@@ -136,12 +136,12 @@ export const LIBC_SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
-  // ssize_t readahead(int fd, off64_t offset, size_t count);  — on a pool thread: it may wait
-  // for the device's request slots, which a server answering its own device must not do
-  readahead_nonblocking: {
-    name: "readahead",
-    parameters: ["i32", "i64", "usize"],
-    result: "isize",
+  // int posix_fadvise(int fd, off_t offset, off_t len, int advice);  — on a pool thread:
+  // WILLNEED may wait for the device's request slots, which a server of its own device must not
+  posix_fadvise_nonblocking: {
+    name: "posix_fadvise",
+    parameters: ["i32", "i64", "i64", "i32"],
+    result: "i32",
     nonblocking: true,
   },
   // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);

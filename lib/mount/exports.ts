@@ -110,6 +110,11 @@ const NBD_TIMEOUT_S = Number(Deno.env.get("EROFS_OCI_NBD_TIMEOUT_S") ?? 10);
  * (lib/nbd/sysfs.ts); a larger one (a device tuned by hand) goes through the main thread.
  */
 const NBD_DIRECT_MAX_READ_BYTES = DEFAULT_QUEUE_TUNING.maxSectorsKb * 1024;
+/**
+ * `EROFS_OCI_METADATA_READAHEAD=0`: metadata walks read the pinned pages one READ at a time, as
+ * before lib/nbd/page_cache_warm.ts (for A/B benchmarks and its test's control).
+ */
+const METADATA_READAHEAD = Deno.env.get("EROFS_OCI_METADATA_READAHEAD") !== "0";
 /** How long I/O waits for a replacement server after ours died (reattach window). */
 const NBD_DEAD_CONN_TIMEOUT_S = 30 * 24 * 3600;
 
@@ -272,7 +277,7 @@ export async function exportLayer(
       console.error(`nbd${deviceIndex}: could not replace a dropped connection:`, error);
     }
   };
-  const warmer = context.pinnedPages
+  const warmer = context.pinnedPages && METADATA_READAHEAD
     ? PageCacheWarmer.onWalks(`/dev/nbd${index}`, context.pinnedPages)
     : undefined;
   return {

@@ -1,11 +1,14 @@
 /**
  * Reads a layer's pinned metadata pages into its NBD device's page cache when a metadata walk
- * begins. EROFS reads metadata through the block device's page cache one block at a time and
+ * begins (WALK_READS reads of pinned pages within WALK_SPAN_MS: not mount(2)'s one or two). EROFS reads metadata through the block device's page cache one block at a time and
  * without readahead, each read waiting for the one before: a cold `find` of the benchmark image
  * is 551 synchronous 4 KiB READs, ~1.7 ms apiece in the TCG guest against ~0.45 ms on a loop
  * device (docs/benchmarks.md, session 37) — the cost of the round trip, not of the bytes, which
- * are pinned in the server already. readahead(2) of the pinned runs puts them in flight
- * together; the reader thread answers them back to back and the walk finds the rest cached.
+ * are pinned in the server already. POSIX_FADV_WILLNEED on the pinned runs puts them in flight
+ * together (readahead(2) would too, but refuses block devices on some kernels); the reader
+ * thread answers them back to back and the walk finds the rest cached. That covers the inodes
+ * (and inline directories, xattrs): a directory's own blocks are read through the directory's
+ * page cache, straight from the device, one READ per block whatever is cached here.
  *
  * Started by the walk, not at ready: the device's page cache is dropped when its last opener
  * closes it (before mount(2) holds it, that would be us), and dropped again by memory pressure
@@ -13,42 +16,58 @@
  */
 import { closeFd, cstr, libc, O_CLOEXEC, O_RDONLY } from "../../ffi/libc.ts";
 
-/** The pinned pages of a layer and the walks over them (lib/source/prefetched.ts). */
+/** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */
 export interface PinnedPages {
   /** [offset, length] pairs of the pinned runs, in offset order. */
   pinnedRuns(): readonly number[];
-  onMetadataWalk(listener: () => void): void;
+  /** `listener` is told of each read of pinned pages only. */
+  onPinnedRead(listener: () => void): void;
 }
+
+/**
+ * This many reads of pinned pages within WALK_SPAN_MS are a walk. mount(2) reads one or two,
+ * an `ls` of a directory a few; `find -ls` in the TCG guest ~10 a second at least.
+ */
+export const WALK_READS = 8;
+export const WALK_SPAN_MS = 1000;
+/**
+ * After a warm, the next waits at least this long, doubled after each warm up to the most:
+ * a directory's own blocks are never in the device's page cache (see above), so a long walk
+ * goes on reading pinned pages after the warm has put every other one there.
+ */
+export const WARM_INTERVAL_MS = 2000;
+export const WARM_INTERVAL_MAX_MS = 5 * 60_000;
 
 /** What the warmer does to the device (a seam for tests). */
 export interface WarmIo {
   /** A read-only descriptor of the device, or a negative number. */
   open(path: string): Promise<number>;
-  /** readahead(2): negative on failure. */
-  readahead(fd: number, offset: number, length: number): Promise<number>;
+  /** posix_fadvise(WILLNEED): 0, or an errno. */
+  willNeed(fd: number, offset: number, length: number): Promise<number>;
   close(fd: number): void;
 }
 
 /** On a pool thread: the device's requests are answered by this process. */
+const POSIX_FADV_WILLNEED = 3;
 const deviceIo: WarmIo = {
   open: async (path) => Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0)),
-  readahead: async (fd, offset, length) =>
-    Number(await libc().readahead_nonblocking(fd, BigInt(offset), BigInt(length))),
+  willNeed: (fd, offset, length) =>
+    libc().posix_fadvise_nonblocking(fd, BigInt(offset), BigInt(length), POSIX_FADV_WILLNEED),
   close: closeFd,
 };
 
 export interface WarmReport {
   runs: number;
   bytes: number;
-  /** Runs whose readahead(2) failed. */
+  /** Runs whose advice failed. */
   failed: number;
   ms: number;
 }
 
 export interface PageCacheWarmerOptions {
-  /** A walk within this long of the last warm's start starts none. Default 2000 ms. */
+  /** The first interval between warms (WARM_INTERVAL_MS); it doubles after each warm. */
   minIntervalMs?: number;
-  /** readahead(2) calls in flight at once (each holds a pool thread). Default 2. */
+  /** posix_fadvise calls in flight at once (each holds a pool thread). Default 4. */
   lanes?: number;
   io?: WarmIo;
   log?: (line: string) => void;
@@ -57,11 +76,14 @@ export interface PageCacheWarmerOptions {
 export class PageCacheWarmer {
   readonly #path: string;
   readonly #runs: () => readonly number[];
-  readonly #minIntervalMs: number;
+  #intervalMs: number;
   readonly #lanes: number;
   readonly #io: WarmIo;
   readonly #log: (line: string) => void;
   #lastStartMs = -Infinity;
+  /** When the last WALK_READS reads of pinned pages came (a ring). */
+  readonly #readTimes = new Array<number>(WALK_READS).fill(-Infinity);
+  #readCount = 0;
   #running?: Promise<WarmReport | undefined>;
   /** Set once the device could not be opened, or the export closed: no more warms. */
   #stopped = false;
@@ -73,32 +95,41 @@ export class PageCacheWarmer {
   ) {
     this.#path = devicePath;
     this.#runs = runs;
-    this.#minIntervalMs = options.minIntervalMs ?? 2000;
-    this.#lanes = Math.max(1, options.lanes ?? 2);
+    this.#intervalMs = options.minIntervalMs ?? WARM_INTERVAL_MS;
+    this.#lanes = Math.max(1, options.lanes ?? 4);
     this.#io = options.io ?? deviceIo;
     this.#log = options.log ?? ((line) => console.log(line));
   }
 
-  /** Warms `pages`' device on each of their walks (see PageCacheWarmer.request). */
+  /** Warms `pages`' device on their walks (see notePinnedRead). */
   static onWalks(
     devicePath: string,
     pages: PinnedPages,
     options?: PageCacheWarmerOptions,
   ): PageCacheWarmer {
     const warmer = new PageCacheWarmer(devicePath, () => pages.pinnedRuns(), options);
-    pages.onMetadataWalk(() => warmer.request());
+    pages.onPinnedRead(() => warmer.notePinnedRead());
     return warmer;
   }
 
+  /** A read of pinned pages at `nowMs`: the device's page cache lacked them; a walk warms. */
+  notePinnedRead(nowMs = performance.now()): void {
+    this.#readTimes[this.#readCount++ % WALK_READS] = nowMs;
+    // The next slot holds the read WALK_READS - 1 before this one.
+    if (nowMs - this.#readTimes[this.#readCount % WALK_READS] <= WALK_SPAN_MS) this.request(nowMs);
+  }
+
   /**
-   * Starts a warm, unless one is running, one started less than minIntervalMs ago (the walk
-   * goes on through pages the last one put in the cache, or through its own READs), or the
-   * warmer stopped.
+   * Starts a warm, unless one is running, the interval since the last one has not passed (the
+   * walk goes on through directory blocks, or through the warm's own READs), or the warmer
+   * stopped.
    */
-  request(): void {
-    const nowMs = performance.now();
-    if (this.#stopped || this.#running || nowMs - this.#lastStartMs < this.#minIntervalMs) return;
+  request(nowMs = performance.now()): void {
+    if (this.#stopped || this.#running || nowMs - this.#lastStartMs < this.#intervalMs) return;
     if (this.#runs().length === 0) return;
+    if (this.#lastStartMs > -Infinity) {
+      this.#intervalMs = Math.min(WARM_INTERVAL_MAX_MS, 2 * this.#intervalMs);
+    }
     this.#lastStartMs = nowMs;
     this.#running = this.#warm().finally(() => this.#running = undefined);
   }
@@ -129,7 +160,7 @@ export class PageCacheWarmer {
       while (!this.#stopped && next < runs.length) {
         const offset = runs[next], length = runs[next + 1];
         next += 2;
-        if (await this.#io.readahead(fd, offset, length) < 0) failed++;
+        if (await this.#io.willNeed(fd, offset, length) !== 0) failed++;
         else bytes += length;
       }
     };

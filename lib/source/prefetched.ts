@@ -70,8 +70,8 @@ export class PrefetchedSource implements InnerSource {
   #dataReadListener?: (offset: number, length: number) => void;
   /** The pinned pages in a file too, for another thread's direct reads (openDirectReads). */
   #pinFile?: { fd: number; mapFd: number };
-  /** Told when reads of pinned pages come at a walk's rate (onMetadataWalk). */
-  #walkListener?: () => void;
+  /** Told of each read of pinned pages (onPinnedRead). */
+  #pinnedReadListener?: () => void;
   /** pinnedRuns() as of the last pin (undefined: to be made again). */
   #runs?: number[];
 
@@ -145,12 +145,9 @@ export class PrefetchedSource implements InnerSource {
     return runs;
   }
 
-  /**
-   * `listener` is told of each read of pinned pages that comes at a metadata walk's rate (see
-   * WalkClock: a cold `find`, not mount(2)'s few reads); one listener.
-   */
-  onMetadataWalk(listener: () => void): void {
-    this.#walkListener = listener;
+  /** `listener` is told of each later read of pinned pages only (one listener). */
+  onPinnedRead(listener: () => void): void {
+    this.#pinnedReadListener = listener;
   }
 
   /** Counts a read the prefetch made around the cache (for stats()). */
@@ -364,9 +361,8 @@ export class PrefetchedSource implements InnerSource {
   }
 
   #hit(length: number): void {
-    const nowMs = performance.now();
-    this.#walk.note(nowMs);
-    if (this.#walk.walkMs === nowMs) this.#walkListener?.();
+    this.#walk.note(performance.now());
+    this.#pinnedReadListener?.();
     this.#pinnedHits++;
     this.#pinnedRequested += length;
   }

@@ -145,3 +145,35 @@ Deno.test("PrefetchedSource.pin: runs of pages reach the reader thread's pin fil
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("PrefetchedSource.pinnedRuns: maximal runs in offset order, remade after a pin", () => {
+  const size = 9 * PIN_PAGE_BYTES + 100; // a short last page
+  const served = new PrefetchedSource(new MemorySource(patternBytes(size)));
+  const pages = (first: number, count: number) =>
+    patternBytes(size).slice(first * PIN_PAGE_BYTES, (first + count) * PIN_PAGE_BYTES);
+  assert.deepEqual(served.pinnedRuns(), []);
+  served.pin(5 * PIN_PAGE_BYTES, pages(5, 1));
+  served.pin(0, pages(0, 3));
+  served.pin(9 * PIN_PAGE_BYTES, pages(9, 1));
+  const P = PIN_PAGE_BYTES;
+  assert.deepEqual(served.pinnedRuns(), [0, 3 * P, 5 * P, P, 9 * P, 100]);
+  served.pin(3 * PIN_PAGE_BYTES, pages(3, 2)); // joins the first two runs
+  served.pin(8 * PIN_PAGE_BYTES, pages(8, 1)); // and the last to the one before
+  assert.deepEqual(served.pinnedRuns(), [0, 6 * P, 8 * P, P + 100]);
+});
+
+Deno.test("PrefetchedSource.onPinnedRead: told of reads of pinned pages only", async () => {
+  const size = 64 * PIN_PAGE_BYTES;
+  const served = new PrefetchedSource(new MemorySource(patternBytes(size)));
+  served.pin(0, patternBytes(size).slice(0, 32 * PIN_PAGE_BYTES));
+  let told = 0;
+  served.onPinnedRead(() => told++);
+  for (let page = 30; page < 34; page++) await served.read(page * PIN_PAGE_BYTES, 512);
+  assert.equal(told, 2, "pages 30 and 31 are pinned, 32 and 33 not");
+  await served.read(31 * PIN_PAGE_BYTES, 2 * PIN_PAGE_BYTES); // partly pinned: file data
+  assert.equal(told, 2);
+  // The reader thread's reports of the reads it answered.
+  served.noteDirectReads([0, PIN_PAGE_BYTES, 40 * PIN_PAGE_BYTES, 100, 5 * PIN_PAGE_BYTES, 10]);
+  assert.equal(told, 4);
+  await served.close();
+});
