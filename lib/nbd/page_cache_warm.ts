@@ -67,7 +67,7 @@ export interface WarmReport {
 export interface PageCacheWarmerOptions {
   /** The first interval between warms (WARM_INTERVAL_MS); it doubles after each warm. */
   minIntervalMs?: number;
-  /** posix_fadvise calls in flight at once (each holds a pool thread). Default 4. */
+  /** posix_fadvise calls in flight at once (each holds a pool thread). Default 2. */
   lanes?: number;
   io?: WarmIo;
   log?: (line: string) => void;
@@ -96,7 +96,7 @@ export class PageCacheWarmer {
     this.#path = devicePath;
     this.#runs = runs;
     this.#intervalMs = options.minIntervalMs ?? WARM_INTERVAL_MS;
-    this.#lanes = Math.max(1, options.lanes ?? 4);
+    this.#lanes = Math.max(1, options.lanes ?? 2);
     this.#io = options.io ?? deviceIo;
     this.#log = options.log ?? ((line) => console.log(line));
   }
@@ -148,6 +148,7 @@ export class PageCacheWarmer {
     const startMs = performance.now();
     const runs = this.#runs();
     const fd = await this.#io.open(this.#path);
+    const openMs = Math.round(performance.now() - startMs);
     if (fd < 0) {
       this.#stopped = true;
       this.#log(
@@ -178,7 +179,7 @@ export class PageCacheWarmer {
     this.#log(
       `${this.#path}: metadata walk: ${report.bytes} bytes of pinned pages (${report.runs} runs${
         failed ? `, ${failed} failed` : ""
-      }) read ahead into the page cache in ${report.ms} ms`,
+      }) read ahead into the page cache in ${report.ms} ms (open ${openMs} ms)`,
     );
     return report;
   }
