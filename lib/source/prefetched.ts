@@ -70,8 +70,10 @@ export class PrefetchedSource implements InnerSource {
   #dataReadListener?: (offset: number, length: number) => void;
   /** The pinned pages in a file too, for another thread's direct reads (openDirectReads). */
   #pinFile?: { fd: number; mapFd: number };
-  /** Told of each read of pinned pages (onPinnedRead). */
+  /** Told of each read of pinned metadata pages (onPinnedRead). */
   #pinnedReadListener?: () => void;
+  /** Pinned pages of file data (pin's `data`), not metadata. */
+  readonly #dataPages = new Set<number>();
   /** pinnedRuns() as of the last pin (undefined: to be made again). */
   #runs?: number[];
 
@@ -87,9 +89,11 @@ export class PrefetchedSource implements InnerSource {
   /**
    * Pins `bytes` at `offset` (a multiple of PIN_PAGE_BYTES; `bytes` whole pages except at the
    * end of the source). Pages pinned already are kept; pages past `pinBudgetBytes` are not
-   * pinned (reads of them go through the cache).
+   * pinned (reads of them go through the cache). `data`: the pages are file data (a trace
+   * prefetch's), not metadata: they are not in pinnedRuns() and their reads are not told to
+   * onPinnedRead's listener.
    */
-  pin(offset: number, bytes: Uint8Array): void {
+  pin(offset: number, bytes: Uint8Array, options: { data?: boolean } = {}): void {
     if (offset % PIN_PAGE_BYTES) throw new RangeError(`pin at ${offset}: not page aligned`);
     const before = this.#pinnedBytes;
     // Consecutive new pages go to the pin file in one write (and one for their map bytes): a
@@ -116,6 +120,7 @@ export class PrefetchedSource implements InnerSource {
         continue;
       }
       this.#pages.set(index, page);
+      if (options.data) this.#dataPages.add(index);
       this.#pinnedBytes += PIN_PAGE_BYTES;
       if (!runPages) [runStart, runFrom] = [index, from];
       runPages++;
@@ -128,13 +133,14 @@ export class PrefetchedSource implements InnerSource {
   }
 
   /**
-   * The pinned pages as [offset, length] pairs of maximal runs, in offset order (the last run
-   * may end at the source's end, short of a whole page).
+   * The pinned metadata pages as [offset, length] pairs of maximal runs, in offset order (the
+   * last run may end at the source's end, short of a whole page).
    */
   pinnedRuns(): readonly number[] {
     if (this.#runs) return this.#runs;
     const runs: number[] = [];
-    for (const index of [...this.#pages.keys()].sort((a, b) => a - b)) {
+    const metadata = [...this.#pages.keys()].filter((index) => !this.#dataPages.has(index));
+    for (const index of metadata.sort((a, b) => a - b)) {
       const offset = index * PIN_PAGE_BYTES;
       const length = this.#pages.get(index)!.length;
       const last = runs.length - 2;
@@ -145,7 +151,7 @@ export class PrefetchedSource implements InnerSource {
     return runs;
   }
 
-  /** `listener` is told of each later read of pinned pages only (one listener). */
+  /** `listener` is told of each later read of pinned metadata pages only (one listener). */
   onPinnedRead(listener: () => void): void {
     this.#pinnedReadListener = listener;
   }
@@ -201,7 +207,7 @@ export class PrefetchedSource implements InnerSource {
     const first = Math.floor(offset / PIN_PAGE_BYTES);
     const last = Math.floor((offset + length - 1) / PIN_PAGE_BYTES);
     if (length > 0 && this.#allPinned(first, last)) {
-      this.#hit(length);
+      this.#hit(length, first);
       if (first === last) {
         const start = offset - first * PIN_PAGE_BYTES;
         return Promise.resolve(this.#pages.get(first)!.subarray(start, start + length));
@@ -218,7 +224,7 @@ export class PrefetchedSource implements InnerSource {
     const first = Math.floor(offset / PIN_PAGE_BYTES);
     const last = Math.floor((offset + dest.length - 1) / PIN_PAGE_BYTES);
     if (dest.length > 0 && this.#allPinned(first, last)) {
-      this.#hit(dest.length);
+      this.#hit(dest.length, first);
       this.#copy(offset, dest, first, last);
       return;
     }
@@ -310,7 +316,7 @@ export class PrefetchedSource implements InnerSource {
       const offset = ranges[i], length = ranges[i + 1];
       const first = Math.floor(offset / PIN_PAGE_BYTES);
       const last = Math.floor((offset + length - 1) / PIN_PAGE_BYTES);
-      if (length > 0 && this.#allPinned(first, last)) this.#hit(length);
+      if (length > 0 && this.#allPinned(first, last)) this.#hit(length, first);
       else {
         passed.push(offset, length);
         this.#noteData(offset, length);
@@ -346,6 +352,7 @@ export class PrefetchedSource implements InnerSource {
 
   async close(): Promise<void> {
     this.#pages.clear();
+    this.#dataPages.clear();
     this.#pinnedBytes = 0;
     if (this.#pinFile) { // the reader's descriptors are its own
       closeQuietly(this.#pinFile.fd);
@@ -360,9 +367,10 @@ export class PrefetchedSource implements InnerSource {
     return true;
   }
 
-  #hit(length: number): void {
+  /** A read of pinned pages from page `first` on. */
+  #hit(length: number, first: number): void {
     this.#walk.note(performance.now());
-    this.#pinnedReadListener?.();
+    if (!this.#dataPages.has(first)) this.#pinnedReadListener?.();
     this.#pinnedHits++;
     this.#pinnedRequested += length;
   }

@@ -160,6 +160,9 @@ Deno.test("PrefetchedSource.pinnedRuns: maximal runs in offset order, remade aft
   served.pin(3 * PIN_PAGE_BYTES, pages(3, 2)); // joins the first two runs
   served.pin(8 * PIN_PAGE_BYTES, pages(8, 1)); // and the last to the one before
   assert.deepEqual(served.pinnedRuns(), [0, 6 * P, 8 * P, P + 100]);
+  // A trace prefetch's pages (file data) are not metadata runs.
+  served.pin(6 * PIN_PAGE_BYTES, pages(6, 2), { data: true });
+  assert.deepEqual(served.pinnedRuns(), [0, 6 * P, 8 * P, P + 100]);
 });
 
 Deno.test("PrefetchedSource.onPinnedRead: told of reads of pinned pages only", async () => {
@@ -175,5 +178,17 @@ Deno.test("PrefetchedSource.onPinnedRead: told of reads of pinned pages only", a
   // The reader thread's reports of the reads it answered.
   served.noteDirectReads([0, PIN_PAGE_BYTES, 40 * PIN_PAGE_BYTES, 100, 5 * PIN_PAGE_BYTES, 10]);
   assert.equal(told, 4);
+  // Pages a trace prefetch pinned are file data: their reads are no metadata walk.
+  served.pin(
+    40 * PIN_PAGE_BYTES,
+    patternBytes(size).slice(40 * PIN_PAGE_BYTES, 42 * PIN_PAGE_BYTES),
+    {
+      data: true,
+    },
+  );
+  await served.read(40 * PIN_PAGE_BYTES, 512);
+  served.noteDirectReads([41 * PIN_PAGE_BYTES, PIN_PAGE_BYTES]);
+  assert.equal(told, 4);
+  assert.equal(served.stats().pinnedHits, 6, "all were pinned hits");
   await served.close();
 });

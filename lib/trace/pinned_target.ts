@@ -20,8 +20,11 @@ export interface PinSink {
   readonly size: number;
   readonly pinBudgetBytes: number;
   readonly pinnedBytes: number;
-  /** `offset` page-aligned; `bytes` whole pages except at the end of the source. */
-  pin(offset: number, bytes: Uint8Array): void;
+  /**
+   * `offset` page-aligned; `bytes` whole pages except at the end of the source; `data`: file
+   * data, not metadata (PrefetchedSource.pin).
+   */
+  pin(offset: number, bytes: Uint8Array, options: { data: boolean }): void;
   /** Counts a read made around the cache (stats: prefetchFetches, prefetchBytes). */
   countPrefetch(bytes: number): void;
 }
@@ -48,7 +51,7 @@ export function pinningPrefetchTarget(
       const bytes = await source.read(start, end - start, signal);
       sink.countPrefetch(bytes.length);
       // A copy: a view would keep the source's buffer alive (or a pooled one could change).
-      sink.pin(start, bytes.slice());
+      sink.pin(start, bytes.slice(), { data: true });
     },
   };
 }
