@@ -349,7 +349,9 @@ export async function runMountServer(): Promise<number> {
             erofsBlockBytes: layer.kind === "registry" && !tarIndex
               ? layer.erofsBlockBytes
               : undefined,
-            pinnedPages: tarIndex ? undefined : served,
+            // Not while a trace is recorded (the warm's READs would be recorded as the
+            // application's) or replayed (the trace says what will be read).
+            pinnedPages: tarIndex || traceHooks.wantsExactReads ? undefined : served,
             headPinned: !tarIndex && listHoldsHead(raw)
               ? Promise.race([headPinned.promise, metadataPinned[index]])
               : undefined,
