@@ -1,10 +1,11 @@
 /**
  * Reads a layer's pinned metadata pages into its NBD device's page cache when a metadata walk
- * begins (WALK_READS reads of pinned pages within WALK_SPAN_MS: not mount(2)'s one or two). EROFS reads metadata through the block device's page cache one block at a time and
- * without readahead, each read waiting for the one before: a cold `find` of the benchmark image
- * is 551 synchronous 4 KiB READs, ~1.7 ms apiece in the TCG guest against ~0.45 ms on a loop
- * device (docs/benchmarks.md, session 37) — the cost of the round trip, not of the bytes, which
- * are pinned in the server already. POSIX_FADV_WILLNEED on the pinned runs puts them in flight
+ * begins (WALK_READS reads of pinned metadata within WALK_SPAN_MS: not mount(2)'s one or two).
+ * EROFS reads metadata through the block device's page cache one block at a time and without
+ * readahead, each read waiting for the one before: a cold `find` of the benchmark image is 551
+ * synchronous 4 KiB READs, ~1.7 ms apiece in the TCG guest against ~0.45 ms on a loop device
+ * (docs/benchmarks.md, session 37) — the cost of the round trip, not of the bytes, which are
+ * pinned in the server already. POSIX_FADV_WILLNEED on the pinned runs puts them in flight
  * together (readahead(2) would too, but refuses block devices on some kernels); the reader
  * thread answers them back to back and the walk finds the rest cached. That covers the inodes
  * (and inline directories, xattrs): a directory's own blocks are read through the directory's
@@ -12,15 +13,14 @@
  *
  * Started by the walk, not at ready: the device's page cache is dropped when its last opener
  * closes it (before mount(2) holds it, that would be us), and dropped again by memory pressure
- * or drop_caches, after which the next walk is when the pages are wanted.
- */
+ * or drop_caches, after which the next walk is when the pages are wanted. */
 import { closeFd, cstr, libc, O_CLOEXEC, O_RDONLY } from "../../ffi/libc.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */
 export interface PinnedPages {
-  /** [offset, length] pairs of the pinned runs, in offset order. */
+  /** [offset, length] pairs of the pinned metadata runs, in offset order. */
   pinnedRuns(): readonly number[];
-  /** `listener` is told of each read of pinned pages only. */
+  /** `listener` is told of each read of pinned metadata pages only. */
   onPinnedRead(listener: () => void): void;
 }
 
@@ -47,8 +47,8 @@ export interface WarmIo {
   close(fd: number): void;
 }
 
-/** On a pool thread: the device's requests are answered by this process. */
 const POSIX_FADV_WILLNEED = 3;
+/** On a pool thread: the device's requests are answered by this process. */
 const deviceIo: WarmIo = {
   open: async (path) => Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0)),
   willNeed: (fd, offset, length) =>
