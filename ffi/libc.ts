@@ -312,6 +312,14 @@ export function openFile(path: string, flags: number, mode = 0): number {
   return unwrap(libc().open(cstr(path), flags | O_CLOEXEC, mode), "open", path);
 }
 
+/**
+ * open(path, O_RDONLY) on a pool thread, for opens that wait on this process (a block device
+ * this process serves): the descriptor, or a negative number (errno is not readable after it).
+ */
+export async function openReadOnlyAsync(path: string): Promise<number> {
+  return Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0));
+}
+
 export function closeFd(fd: number): void {
   libc().close(fd);
 }

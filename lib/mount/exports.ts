@@ -22,7 +22,7 @@ import {
   openDirectKernelConnections,
 } from "../nbd/direct_conns.ts";
 import { isDirectReadable } from "../source/direct_reads.ts";
-import { DEFAULT_QUEUE_TUNING } from "../nbd/sysfs.ts";
+import { DEFAULT_QUEUE_TUNING, nbdDevicePath } from "../nbd/sysfs.ts";
 
 /**
  * The NBD block size for an image: EROFS refuses a filesystem block smaller than the device's
@@ -277,11 +277,12 @@ export async function exportLayer(
       console.error(`nbd${deviceIndex}: could not replace a dropped connection:`, error);
     }
   };
+  const blockPath = nbdDevicePath(index);
   const warmer = context.pinnedPages && METADATA_READAHEAD
-    ? PageCacheWarmer.onWalks(`/dev/nbd${index}`, context.pinnedPages)
+    ? PageCacheWarmer.onWalks(blockPath, context.pinnedPages)
     : undefined;
   return {
-    blockPath: `/dev/nbd${index}`,
+    blockPath,
     device: `nbd${index}`,
     recoveryFile: backendId,
     directReads: () => direct?.conns.reduce((sum, conn) => sum + conn.servedDirectly, 0) ?? 0,

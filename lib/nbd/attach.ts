@@ -7,7 +7,7 @@ import { waitAtMost } from "../source/abortable.ts";
 import { attachNbdIoctl } from "./ioctl.ts";
 import { connectNbd, type ConnectOptions, disconnectNbd, NbdFamilyMissingError } from "./kernel.ts";
 import { DEFAULT_QUEUE_TUNING, nbdDevicePath, type QueueTuning, tuneNbdQueue } from "./sysfs.ts";
-import { closeFd, cstr, libc, O_CLOEXEC, O_RDONLY, pathExists } from "../../ffi/libc.ts";
+import { closeFd, openReadOnlyAsync, pathExists } from "../../ffi/libc.ts";
 
 export interface NbdAttachment {
   index: number;
@@ -83,9 +83,7 @@ export async function attachNbd(opts: AttachOptions): Promise<NbdAttachment> {
  */
 export async function scanPartitionsNow(index: number): Promise<void> {
   try {
-    const fd = Number(
-      await libc().open_nonblocking(cstr(nbdDevicePath(index)), O_RDONLY | O_CLOEXEC, 0),
-    );
+    const fd = await openReadOnlyAsync(nbdDevicePath(index));
     if (fd >= 0) closeFd(fd);
   } catch { /* the next opener scans */ }
 }

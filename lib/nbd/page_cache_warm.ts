@@ -13,8 +13,9 @@
  *
  * Started by the walk, not at ready: the device's page cache is dropped when its last opener
  * closes it (before mount(2) holds it, that would be us), and dropped again by memory pressure
- * or drop_caches, after which the next walk is when the pages are wanted. */
-import { closeFd, cstr, libc, O_CLOEXEC, O_RDONLY } from "../../ffi/libc.ts";
+ * or drop_caches, after which the next walk is when the pages are wanted.
+ */
+import { closeFd, libc, openReadOnlyAsync } from "../../ffi/libc.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */
 export interface PinnedPages {
@@ -50,7 +51,7 @@ export interface WarmIo {
 const POSIX_FADV_WILLNEED = 3;
 /** On a pool thread: the device's requests are answered by this process. */
 const deviceIo: WarmIo = {
-  open: async (path) => Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0)),
+  open: openReadOnlyAsync,
   willNeed: (fd, offset, length) =>
     libc().posix_fadvise_nonblocking(fd, BigInt(offset), BigInt(length), POSIX_FADV_WILLNEED),
   close: closeFd,

@@ -3,7 +3,8 @@
  * pages into the device's page cache (lib/nbd/page_cache_warm.ts), so the rest of the walk, and
  * any walk after it, reads them without a READ each. Checked by walking a quarter of the tree,
  * then the whole of it, with the read-ahead and without (EROFS_OCI_METADATA_READAHEAD=0): the
- * inodes of the directories never visited before must come from the page cache. */
+ * inodes of the directories never visited before must come from the page cache.
+ */
 import assert from "node:assert/strict";
 import { assertSuccess, runCli } from "../_support/cli.ts";
 import { mountSandbox } from "../_support/mounts.ts";
