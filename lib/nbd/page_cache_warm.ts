@@ -15,7 +15,7 @@
  * closes it (before mount(2) holds it, that would be us), and dropped again by memory pressure
  * or drop_caches, after which the next walk is when the pages are wanted.
  */
-import { closeFd, libc, openReadOnlyAsync } from "../../ffi/libc.ts";
+import { closeFd, libc, openReadOnlyAsync, willNeedRangesAsync } from "../../ffi/libc.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */
 export interface PinnedPages {
@@ -45,6 +45,11 @@ export interface WarmIo {
   open(path: string): Promise<number>;
   /** posix_fadvise(WILLNEED): 0, or an errno. */
   willNeed(fd: number, offset: number, length: number): Promise<number>;
+  /**
+   * WILLNEED for all the runs at once: the bytes advised (a prefix of the runs), or -1 when
+   * refused as a whole (then each run is advised with willNeed, from then on).
+   */
+  willNeedAll?(fd: number, runs: readonly number[]): Promise<number>;
   close(fd: number): void;
 }
 
@@ -54,6 +59,7 @@ const deviceIo: WarmIo = {
   open: openReadOnlyAsync,
   willNeed: (fd, offset, length) =>
     libc().posix_fadvise_nonblocking(fd, BigInt(offset), BigInt(length), POSIX_FADV_WILLNEED),
+  willNeedAll: willNeedRangesAsync,
   close: closeFd,
 };
 
@@ -88,6 +94,8 @@ export class PageCacheWarmer {
   #running?: Promise<WarmReport | undefined>;
   /** Set once the device could not be opened, or the export closed: no more warms. */
   #stopped = false;
+  /** Set once WarmIo.willNeedAll was refused: each run is advised on its own. */
+  #oneByOne = false;
 
   constructor(
     devicePath: string,
@@ -157,7 +165,7 @@ export class PageCacheWarmer {
       );
       return undefined;
     }
-    let next = 0, failed = 0, bytes = 0;
+    let next = 0, failed = 0, bytes = 0, batched = false;
     const lane = async () => {
       while (!this.#stopped && next < runs.length) {
         const offset = runs[next], length = runs[next + 1];
@@ -167,6 +175,20 @@ export class PageCacheWarmer {
       }
     };
     try {
+      if (this.#io.willNeedAll && !this.#oneByOne) {
+        const advised = await this.#io.willNeedAll(fd, runs);
+        if (advised < 0) this.#oneByOne = true;
+        else {
+          // The kernel stops at the first run it refuses: those after it were not advised.
+          while (next < runs.length && bytes + runs[next + 1] <= advised) {
+            bytes += runs[next + 1];
+            next += 2;
+          }
+          failed = (runs.length - next) / 2;
+          next = runs.length;
+          batched = true;
+        }
+      }
       await Promise.all(Array.from({ length: this.#lanes }, lane));
     } finally {
       this.#io.close(fd);
@@ -180,7 +202,9 @@ export class PageCacheWarmer {
     this.#log(
       `${this.#path}: metadata walk: ${report.bytes} bytes of pinned pages (${report.runs} runs${
         failed ? `, ${failed} failed` : ""
-      }) read ahead into the page cache in ${report.ms} ms (open ${openMs} ms)`,
+      }) read ahead into the page cache in ${report.ms} ms (open ${openMs} ms${
+        batched ? ", one batch" : ""
+      })`,
     );
     return report;
   }

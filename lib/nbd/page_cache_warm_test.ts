@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { PageCacheWarmer, WALK_READS, WALK_SPAN_MS, type WarmIo } from "./page_cache_warm.ts";
+import { closeFd, O_RDONLY, openFile, willNeedRangesAsync } from "../../ffi/libc.ts";
 
 /** A WarmIo that records its calls; each advice settles in releaseAll(). */
 function recordingIo(options: { openFd?: number } = {}) {
@@ -90,7 +91,7 @@ Deno.test("PageCacheWarmer: a later walk warms again; stop() and a device that w
   assert.match(logs[0], /could not open it to read metadata ahead/);
 });
 
-Deno.test("PageCacheWarmer: posix_fadvise(WILLNEED) through libc on a real file", async () => {
+Deno.test("PageCacheWarmer: WILLNEED for all runs in one process_madvise through libc on a real file", async () => {
   const path = Deno.makeTempFileSync({ prefix: "erofs-oci-warm-" });
   try {
     Deno.writeFileSync(path, new Uint8Array(64 << 10).fill(1));
@@ -102,9 +103,67 @@ Deno.test("PageCacheWarmer: posix_fadvise(WILLNEED) through libc on a real file"
     const report = await warmer.running;
     assert.equal(report?.failed, 0, logs.join("\n"));
     assert.equal(report?.bytes, 24576);
+    assert.match(logs.join("\n"), /one batch/, "not advised in one call");
   } finally {
     Deno.removeSync(path);
   }
+});
+
+Deno.test("willNeedRangesAsync: more ranges than one call takes, and a range past the end", async () => {
+  const path = Deno.makeTempFileSync({ prefix: "erofs-oci-warm-" });
+  const file = Deno.openSync(path, { read: true, write: true });
+  try {
+    file.truncateSync(3000 * 4096);
+    const fd = openFile(path, O_RDONLY);
+    try {
+      // 1500 one-page ranges, every other page: two calls (UIO_MAXIOV is 1024).
+      const ranges = Array.from({ length: 1500 }, (_, i) => [2 * i * 4096, 4096]).flat();
+      assert.equal(await willNeedRangesAsync(fd, ranges), 1500 * 4096);
+      assert.equal(await willNeedRangesAsync(fd, []), 0);
+      // Advice past the end of the file is no error (readahead stops at the end).
+      assert.equal(await willNeedRangesAsync(fd, [3000 * 4096, 8192]), 8192);
+      // An offset that is not page-aligned is refused by the kernel: the caller goes one by one.
+      assert.equal(await willNeedRangesAsync(fd, [100, 4096]), -1);
+    } finally {
+      closeFd(fd);
+    }
+  } finally {
+    file.close();
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("PageCacheWarmer: a batch that stops early counts the rest failed; a refused batch goes one by one", async () => {
+  const { io, calls, releaseAll } = recordingIo();
+  let answer = 8192 + 4096; // the first two runs
+  io.willNeedAll = (fd, runs) => {
+    calls.push(`willNeedAll ${fd} ${runs.length / 2}`);
+    return Promise.resolve(answer);
+  };
+  const logs: string[] = [];
+  const warmer = new PageCacheWarmer("/dev/nbd2", () => [0, 8192, 20480, 4096, 65536, 12288], {
+    io,
+    minIntervalMs: 0,
+    log: (line) => logs.push(line),
+  });
+  warmer.request();
+  let report = await warmer.running;
+  assert.deepEqual(report && { ...report, ms: 0 }, { runs: 3, bytes: 12288, failed: 1, ms: 0 });
+  assert.deepEqual(calls, ["open /dev/nbd2", "willNeedAll 7 3", "close 7"]);
+  assert.match(logs[0], /1 failed.*one batch/);
+
+  answer = -1;
+  for (let warm = 0; warm < 2; warm++) {
+    calls.length = 0;
+    warmer.request();
+    const running = warmer.running;
+    await releaseAll();
+    report = await running;
+    assert.equal(report?.bytes, 24576);
+    assert.equal(calls.filter((call) => call.startsWith("willNeed ")).length, 3);
+  }
+  // Asked once; after its refusal, one by one without asking again.
+  assert.equal(calls.filter((call) => call.startsWith("willNeedAll")).length, 0);
 });
 
 Deno.test("PageCacheWarmer: a walk's rate of pinned reads warms; the interval doubles", async () => {
