@@ -5,9 +5,12 @@
  * readahead, each read waiting for the one before: a cold `find` of the benchmark image is 551
  * synchronous 4 KiB READs, ~1.7 ms apiece in the TCG guest against ~0.45 ms on a loop device
  * (docs/benchmarks.md, session 37) — the cost of the round trip, not of the bytes, which are
- * pinned in the server already. POSIX_FADV_WILLNEED on the pinned runs puts them in flight
- * together (readahead(2) would too, but refuses block devices on some kernels); the reader
- * thread answers them back to back and the walk finds the rest cached. That covers the inodes
+ * pinned in the server already. WILLNEED on the pinned runs puts them in flight together
+ * (readahead(2) would too, but refuses block devices on some kernels); the reader thread answers
+ * them back to back and the walk finds the rest cached. All runs in one process_madvise where
+ * the kernel takes it (5.15+): one posix_fadvise per run was a round trip through the pool each,
+ * and the warm's requests of the benchmark image then spanned 0.36-0.78 s in the TCG guest
+ * against 0.15 s in one call (docs/benchmarks.md, session 39). That covers the inodes
  * (and inline directories, xattrs): a directory's own blocks are read through the directory's
  * page cache, straight from the device, one READ per block whatever is cached here.
  *
