@@ -12,6 +12,7 @@ import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import { servedBatchBody } from "../source/served_batch_body.ts";
 import type { DirectReadFiles } from "../source/direct_reads.ts";
 import * as log from "../log.ts";
+import { fillTrace, fillTraceEnabled } from "../source/fill_trace.ts";
 import type { NbdConn } from "./conn_io.ts";
 import { type NbdReaderArg, nbdReaderBody, type NbdReaderMessage } from "./reader_worker.ts";
 
@@ -171,6 +172,10 @@ export class DirectNbdConns {
         this.conns[message.conn].deliver(new Uint8Array(message.bytes));
       } else if ("served" in message) {
         message.perConn.forEach((n, i) => this.conns[i].servedDirectly += n);
+        if (fillTraceEnabled) {
+          const waitedMs = performance.timeOrigin + performance.now() - message.postedMs;
+          fillTrace("nbd-served", message.served.length / 2, waitedMs.toFixed(1));
+        }
         onServed(message.served);
       } else if ("end" in message) {
         this.conns[message.conn].end(

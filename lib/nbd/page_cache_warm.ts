@@ -19,6 +19,7 @@
  * or drop_caches, after which the next walk is when the pages are wanted.
  */
 import { closeFd, libc, openReadOnlyAsync, willNeedRangesAsync } from "../../ffi/libc.ts";
+import { fillTrace } from "../source/fill_trace.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */
 export interface PinnedPages {
@@ -143,6 +144,7 @@ export class PageCacheWarmer {
       this.#intervalMs = Math.min(WARM_INTERVAL_MAX_MS, 2 * this.#intervalMs);
     }
     this.#lastStartMs = nowMs;
+    fillTrace("warm-start");
     this.#running = this.#warm().finally(() => this.#running = undefined);
   }
 
@@ -196,6 +198,7 @@ export class PageCacheWarmer {
     } finally {
       this.#io.close(fd);
     }
+    fillTrace("warm-end");
     const report = {
       runs: runs.length / 2,
       bytes,

@@ -40,7 +40,7 @@ export interface NbdReaderArg {
 export type NbdReaderMessage =
   | { started: number /* the reader's Linux thread id */ }
   | { conn: number; bytes: ArrayBuffer }
-  | { served: number[]; perConn: number[] }
+  | { served: number[]; perConn: number[]; postedMs: number /* epoch ms */ }
   | { conn: number; end: "eof" | "error"; errno: number }
   | { done: true };
 
@@ -98,7 +98,7 @@ export function nbdReaderBody(
     /** Reads served per socket since the last batch was posted. */
     let perConn = new Array<number>(count).fill(0);
     const served = helpers.servedBatch((pairs) => {
-      post({ served: pairs, perConn });
+      post({ served: pairs, perConn, postedMs: performance.timeOrigin + performance.now() });
       perConn = new Array<number>(count).fill(0);
     });
     const pollSockets = (timeoutMs: number) => libc.poll(pollfds, BigInt(count), timeoutMs);
