@@ -96,6 +96,8 @@ export class PageCacheWarmer {
   readonly #readTimes = new Array<number>(WALK_READS).fill(-Infinity);
   #readCount = 0;
   #running?: Promise<WarmReport | undefined>;
+  /** The device's read-only descriptor, opened once (see openAhead) and closed by stop(). */
+  #fd?: Promise<number>;
   /** Set once the device could not be opened, or the export closed: no more warms. */
   #stopped = false;
   /** Set once WarmIo.willNeedAll was refused: each run is advised on its own. */
@@ -114,7 +116,11 @@ export class PageCacheWarmer {
     this.#log = options.log ?? ((line) => console.log(line));
   }
 
-  /** Warms `pages`' device on their walks (see notePinnedRead). */
+  /**
+   * Warms `pages`' device on their walks (see notePinnedRead). The device is opened now: a
+   * walk's warm then starts with its one call, not with an open through the pool first (4-130
+   * ms in the TCG guest, and the main thread may be held meanwhile).
+   */
   static onWalks(
     devicePath: string,
     pages: PinnedPages,
@@ -122,7 +128,29 @@ export class PageCacheWarmer {
   ): PageCacheWarmer {
     const warmer = new PageCacheWarmer(devicePath, () => pages.pinnedRuns(), options);
     pages.onPinnedRead(() => warmer.notePinnedRead());
+    warmer.openAhead();
     return warmer;
+  }
+
+  /** Opens the device now (once), for the first warm. */
+  openAhead(): void {
+    if (this.#stopped || this.#fd) return;
+    const opened = this.#io.open(this.#path).catch(() => -1);
+    this.#fd = opened;
+    // Closed here if stop() came first; a warm in progress closes it when done (#warm).
+    opened.then((fd) => {
+      this.#openFd = fd;
+      if (fd >= 0 && this.#stopped && !this.#running) this.#close(fd);
+    });
+  }
+
+  /** #fd once it settled: stop() closes it at once (before the caller disconnects the device). */
+  #openFd?: number;
+  #closed = false;
+  #close(fd: number): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#io.close(fd);
   }
 
   /** A read of pinned pages at `nowMs`: the device's page cache lacked them; a walk warms. */
@@ -153,16 +181,28 @@ export class PageCacheWarmer {
     return this.#running;
   }
 
-  /** No warm starts from now on; one in progress stops after its current calls. */
+  /**
+   * No warm starts from now on; one in progress stops after its current calls. The device is
+   * closed (now, or when the warm in progress or the open ends): call it before the device is
+   * disconnected, as an open descriptor holds the device's configuration.
+   */
   stop(): void {
     this.#stopped = true;
+    if (!this.#running && this.#openFd !== undefined && this.#openFd >= 0) {
+      this.#close(this.#openFd);
+    }
   }
 
   async #warm(): Promise<WarmReport | undefined> {
     const startMs = performance.now();
     const runs = this.#runs();
-    const fd = await this.#io.open(this.#path);
+    this.openAhead();
+    const fd = await this.#fd!;
     const openMs = Math.round(performance.now() - startMs);
+    if (fd >= 0 && this.#stopped) {
+      this.#close(fd);
+      return undefined;
+    }
     if (fd < 0) {
       this.#stopped = true;
       this.#log(
@@ -196,7 +236,7 @@ export class PageCacheWarmer {
       }
       await Promise.all(Array.from({ length: this.#lanes }, lane));
     } finally {
-      this.#io.close(fd);
+      if (this.#stopped) this.#close(fd);
     }
     fillTrace("warm-end");
     const report = {

@@ -50,13 +50,56 @@ Deno.test("PageCacheWarmer: every pinned run read ahead once per walk, in order,
     "willNeed 7 20480 4096",
     "willNeed 7 666 4096",
     "willNeed 7 65536 12288",
-    "close 7",
   ]);
   assert.match(logs.join("\n"), /24576 bytes of pinned pages \(4 runs, 1 failed\) read ahead/);
   // Within the interval, a later walk starts none.
   warmer.request();
   assert.equal(warmer.running, undefined);
-  assert.equal(calls.length, 6);
+  assert.equal(calls.length, 5);
+  // The device stays open for the next warm until stop().
+  warmer.stop();
+  await releaseAll();
+  assert.deepEqual(calls.slice(5), ["close 7"]);
+});
+
+Deno.test("PageCacheWarmer: the device opened ahead once, for every warm; stop() closes it once", async () => {
+  const { io, calls, releaseAll } = recordingIo();
+  const warmer = PageCacheWarmer.onWalks("/dev/nbd4", {
+    pinnedRuns: () => [0, 4096],
+    onPinnedRead: () => {},
+  }, { io, minIntervalMs: 0, log: () => {} });
+  assert.deepEqual(calls, ["open /dev/nbd4"], "not opened ahead");
+  for (let warm = 0; warm < 3; warm++) {
+    warmer.request();
+    const running = warmer.running;
+    await releaseAll();
+    await running;
+  }
+  assert.deepEqual(calls, ["open /dev/nbd4", ...Array(3).fill("willNeed 7 0 4096")]);
+  // stop() during a warm: closed when that warm ends, once.
+  warmer.request();
+  const running = warmer.running;
+  warmer.stop();
+  await releaseAll();
+  await running;
+  warmer.stop();
+  await releaseAll();
+  assert.deepEqual(calls.filter((call) => call.startsWith("close")), ["close 7"]);
+
+  // stop() before the open ends: closed once it does, and no warm.
+  let opened!: (fd: number) => void;
+  const slow = recordingIo();
+  slow.io.open = () => new Promise((resolve) => opened = resolve);
+  const early = PageCacheWarmer.onWalks("/dev/nbd5", {
+    pinnedRuns: () => [0, 4096],
+    onPinnedRead: () => {},
+  }, { io: slow.io, minIntervalMs: 0, log: () => {} });
+  early.stop();
+  early.request();
+  assert.equal(early.running, undefined);
+  opened(9);
+  await slow.releaseAll();
+  assert.deepEqual(slow.calls, ["close 9"]);
 });
 
 Deno.test("PageCacheWarmer: a later walk warms again; stop() and a device that will not open end it", async () => {
@@ -149,7 +192,7 @@ Deno.test("PageCacheWarmer: a batch that stops early counts the rest failed; a r
   warmer.request();
   let report = await warmer.running;
   assert.deepEqual(report && { ...report, ms: 0 }, { runs: 3, bytes: 12288, failed: 1, ms: 0 });
-  assert.deepEqual(calls, ["open /dev/nbd2", "willNeedAll 7 3", "close 7"]);
+  assert.deepEqual(calls, ["open /dev/nbd2", "willNeedAll 7 3"]);
   assert.match(logs[0], /1 failed.*one batch/);
 
   answer = -1;
@@ -173,14 +216,27 @@ Deno.test("PageCacheWarmer: a walk's rate of pinned reads warms; the interval do
     minIntervalMs: 1000,
     log: () => {},
   });
-  const warms = () => calls.filter((call) => call.startsWith("open")).length;
+  // Warms started: each sets a new `running` (checked right after each request).
+  let started = 0;
+  let last: unknown;
+  const seen = () => {
+    const running = warmer.running;
+    if (running && running !== last) [started, last] = [started + 1, running];
+  };
+  const warms = () => (seen(), started);
   // Reads slower than a walk's: none.
   const slowGapMs = WALK_SPAN_MS / (WALK_READS - 1) + 1;
-  for (let i = 0; i < 3 * WALK_READS; i++) warmer.notePinnedRead(i * slowGapMs);
+  for (let i = 0; i < 3 * WALK_READS; i++) {
+    warmer.notePinnedRead(i * slowGapMs);
+    seen();
+  }
   assert.equal(warms(), 0);
   // WALK_READS within WALK_SPAN_MS: one warm.
   const t = 100_000;
-  for (let i = 0; i < WALK_READS - 1; i++) warmer.notePinnedRead(t + i);
+  for (let i = 0; i < WALK_READS - 1; i++) {
+    warmer.notePinnedRead(t + i);
+    seen();
+  }
   assert.equal(warms(), 0, "a warm before WALK_READS reads");
   const first = t + WALK_READS;
   warmer.notePinnedRead(first);
@@ -197,8 +253,8 @@ Deno.test("PageCacheWarmer: a walk's rate of pinned reads warms; the interval do
     ]]
   ) {
     warmer.request(first + at);
+    assert.equal(warms(), expected, `at +${at} ms`);
     await releaseAll();
     await warmer.running;
-    assert.equal(warms(), expected, `at +${at} ms`);
   }
 });
