@@ -210,7 +210,7 @@ Deno.test("PageCacheWarmer: a batch that stops early counts the rest failed; a r
 });
 
 Deno.test("PageCacheWarmer: a walk's rate of pinned reads warms; the interval doubles", async () => {
-  const { io, calls, releaseAll } = recordingIo();
+  const { io, releaseAll } = recordingIo();
   const warmer = new PageCacheWarmer("/dev/nbd1", () => [0, 4096], {
     io,
     minIntervalMs: 1000,
