@@ -95,6 +95,8 @@ export const LIBC_SYMBOLS = {
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   // pid_t gettid(void);
   gettid: { parameters: [], result: "i32" },
+  // int setpriority(int which, id_t who, int prio);  — on Linux, who 0 is the calling thread
+  setpriority: { parameters: ["i32", "u32", "i32"], result: "i32" },
   // int setsid(void);
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);
@@ -712,6 +714,14 @@ export async function willNeedRangesAsync(fd: number, ranges: readonly number[])
     if (pidfd >= 0) libc().close(pidfd);
     libc().munmap(base, BigInt(mapBytes));
   }
+}
+
+/**
+ * Sets the calling thread's nice value (Linux applies setpriority(PRIO_PROCESS, 0) to the
+ * calling thread only; threads it starts later inherit it). False if refused.
+ */
+export function setThreadNice(nice: number): boolean {
+  return libc().setpriority(0, 0, nice) === 0;
 }
 
 /** pidfd_send_signal: signals exactly the process the pidfd was opened for. */

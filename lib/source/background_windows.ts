@@ -22,6 +22,10 @@
  *   file data was read, the other windows go nearest to the latest such read first.
  */
 import { type FillPause, sleep } from "./disk_cache_fill.ts";
+import { setThreadNice } from "../../ffi/libc.ts";
+
+/** An experiment: the server's main thread at this nice value once the windows start. */
+const BACKGROUND_NICE = Number(Deno.env.get("EROFS_OCI_BACKGROUND_NICE") ?? 0);
 import { fillTrace } from "./fill_trace.ts";
 
 /**
@@ -272,6 +276,7 @@ export class BackgroundWindows {
     if (!this.#started) {
       this.#started = true;
       fillTrace("windows-start", this.#pending.size);
+      if (BACKGROUND_NICE > 0) setThreadNice(BACKGROUND_NICE);
       this.#spawn();
     }
     return Promise.all(this.#workers).then(() => {});
