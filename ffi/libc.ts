@@ -97,6 +97,8 @@ export const LIBC_SYMBOLS = {
   gettid: { parameters: [], result: "i32" },
   // int setpriority(int which, id_t who, int prio);  — on Linux, who 0 is the calling thread
   setpriority: { parameters: ["i32", "u32", "i32"], result: "i32" },
+  // int getpriority(int which, id_t who);
+  getpriority: { parameters: ["i32", "u32"], result: "i32" },
   // int setsid(void);
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);
@@ -717,10 +719,12 @@ export async function willNeedRangesAsync(fd: number, ranges: readonly number[])
 }
 
 /**
- * Sets the calling thread's nice value (Linux applies setpriority(PRIO_PROCESS, 0) to the
- * calling thread only; threads it starts later inherit it). False if refused.
+ * Raises the calling thread's nice value to `nice` unless it is that high already (Linux applies
+ * setpriority(PRIO_PROCESS, 0) to the calling thread only; threads it starts later inherit it):
+ * never a higher priority than the one it was given. False if refused.
  */
-export function setThreadNice(nice: number): boolean {
+export function lowerThreadPriority(nice: number): boolean {
+  if (libc().getpriority(0, 0) >= nice) return true;
   return libc().setpriority(0, 0, nice) === 0;
 }
 

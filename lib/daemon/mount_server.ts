@@ -36,7 +36,14 @@ import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
-import { errno, libc, readableNow, setPipeCapacity, strerror } from "../../ffi/libc.ts";
+import {
+  errno,
+  libc,
+  lowerThreadPriority,
+  readableNow,
+  setPipeCapacity,
+  strerror,
+} from "../../ffi/libc.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
@@ -83,6 +90,28 @@ const PREFETCH_DEADLINE_MS = 10_000;
 
 const WAIT_FIRST_DELAY_MS = 1000;
 const WAIT_MAX_DELAY_MS = 30_000;
+
+/**
+ * The main thread's nice value once the background windows start (EROFS_OCI_BACKGROUND_NICE,
+ * default 10; 0 leaves it as it is). That thread fetches, verifies and writes the rest of the
+ * image in the background, and the applications using the mount must not wait behind it for the
+ * CPU: in the VM benchmark a cold find that began while the windows were filled waited 0.3-2.0 s
+ * for its own first READ (docs/benchmarks.md, session 39). The reader thread, which answers the
+ * READs of cached and pinned bytes, started before and keeps its own; Linux applies the value to
+ * the calling thread only, and to the threads it starts later.
+ */
+const BACKGROUND_NICE = niceFromEnv(Deno.env.get("EROFS_OCI_BACKGROUND_NICE"));
+
+function niceFromEnv(value: string | undefined): number {
+  const nice = Number(value ?? 10);
+  return Number.isInteger(nice) && nice >= 0 && nice <= 19 ? nice : 10;
+}
+
+function lowerPriorityForBackground(): void {
+  if (BACKGROUND_NICE > 0 && !lowerThreadPriority(BACKGROUND_NICE)) {
+    warn(`could not lower the priority of the background fetch (nice ${BACKGROUND_NICE})`);
+  }
+}
 
 /**
  * Retries with exponential backoff (1 s … 30 s, no busy loop) until the source serves its
@@ -326,6 +355,7 @@ export async function runMountServer(): Promise<number> {
             // The windows may use the idle time after ready (NBD too since its partition scan
             // happens in the attach and mount(2) reads only pinned pages).
             windowsWhenQuiet: { ...QUIET_START, after: attached.promise },
+            onWindowsStart: lowerPriorityForBackground,
           }).then(report);
         }),
       );

@@ -22,10 +22,7 @@
  *   file data was read, the other windows go nearest to the latest such read first.
  */
 import { type FillPause, sleep } from "./disk_cache_fill.ts";
-import { setThreadNice } from "../../ffi/libc.ts";
 
-/** An experiment: the server's main thread at this nice value once the windows start. */
-const BACKGROUND_NICE = Number(Deno.env.get("EROFS_OCI_BACKGROUND_NICE") ?? 0);
 import { fillTrace } from "./fill_trace.ts";
 
 /**
@@ -200,6 +197,8 @@ export interface BackgroundWindowsOptions {
   admit?(window: number): boolean;
   /** When a walk and file data were last read (PrefetchedSource.readActivity). */
   activity(): ReadActivity;
+  /** Told once, when the workers start (a mount server lowers its priority then). */
+  onStart?(): void;
   signal?: AbortSignal;
 }
 
@@ -276,7 +275,7 @@ export class BackgroundWindows {
     if (!this.#started) {
       this.#started = true;
       fillTrace("windows-start", this.#pending.size);
-      if (BACKGROUND_NICE > 0) setThreadNice(BACKGROUND_NICE);
+      this.#options.onStart?.();
       this.#spawn();
     }
     return Promise.all(this.#workers).then(() => {});

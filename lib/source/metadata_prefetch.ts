@@ -144,6 +144,8 @@ export interface PrefetchOptions {
     /** The quiet counts from when this settles (a mount: its server is ready). */
     after?: Promise<unknown>;
   };
+  /** Told once, when the background windows start (BackgroundWindowsOptions.onStart). */
+  onWindowsStart?: () => void;
 }
 
 /**
@@ -253,6 +255,7 @@ export async function prefetchErofsMetadata(
         return true;
       },
       activity: () => target.readActivity(),
+      onStart: options.onWindowsStart,
       signal: options.signal,
     });
     // A reader's fetch runs on to the end of the walk-sized block after its own (the windows
