@@ -682,9 +682,9 @@ export async function willNeedRangesAsync(fd: number, ranges: readonly number[])
   const mapBytes = Math.ceil(end / PAGE_BYTES) * PAGE_BYTES;
   const base = BigInt(libc().mmap(0n, BigInt(mapBytes), PROT_READ, MAP_SHARED, fd, 0n));
   if (base === MAP_FAILED) return -1;
-  const pidfd = Number(libc().syscall(BigInt(SYS_PIDFD_OPEN), BigInt(Deno.pid), 0n, 0n, 0n));
+  let pidfd = -1;
   try {
-    if (pidfd < 0) return -1;
+    pidfd = pidfdOpen(Deno.pid);
     let advised = 0;
     for (let first = 0; first < ranges.length; first += 2 * UIO_MAXIOV) {
       const count = Math.min(UIO_MAXIOV, (ranges.length - first) / 2);
@@ -712,6 +712,9 @@ export async function willNeedRangesAsync(fd: number, ranges: readonly number[])
       if (done < bytes) break;
     }
     return advised;
+  } catch (error) {
+    if (error instanceof SysError) return -1; // pidfd_open refused
+    throw error;
   } finally {
     if (pidfd >= 0) libc().close(pidfd);
     libc().munmap(base, BigInt(mapBytes));

@@ -22,7 +22,6 @@
  *   file data was read, the other windows go nearest to the latest such read first.
  */
 import { type FillPause, sleep } from "./disk_cache_fill.ts";
-
 import { fillTrace } from "./fill_trace.ts";
 
 /**
