@@ -137,20 +137,22 @@ export class PageCacheWarmer {
     if (this.#stopped || this.#fd) return;
     const opened = this.#io.open(this.#path).catch(() => -1);
     this.#fd = opened;
-    // Closed here if stop() came first; a warm in progress closes it when done (#warm).
     opened.then((fd) => {
       this.#openFd = fd;
-      if (fd >= 0 && this.#stopped && !this.#running) this.#close(fd);
+      this.#closeIfIdle();
     });
   }
 
-  /** #fd once it settled: stop() closes it at once (before the caller disconnects the device). */
+  /** #fd once it settled; -1 once closed. */
   #openFd?: number;
-  #closed = false;
-  #close(fd: number): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#io.close(fd);
+  /**
+   * Closes the device once the warmer stopped and neither its open nor a warm is in progress:
+   * run when each of those ends.
+   */
+  #closeIfIdle(): void {
+    if (!this.#stopped || this.#running || this.#openFd === undefined) return;
+    if (this.#openFd >= 0) this.#io.close(this.#openFd);
+    this.#openFd = -1;
   }
 
   /** A read of pinned pages at `nowMs`: the device's page cache lacked them; a walk warms. */
@@ -173,7 +175,10 @@ export class PageCacheWarmer {
     }
     this.#lastStartMs = nowMs;
     fillTrace("warm-start");
-    this.#running = this.#warm().finally(() => this.#running = undefined);
+    this.#running = this.#warm().finally(() => {
+      this.#running = undefined;
+      this.#closeIfIdle();
+    });
   }
 
   /** The warm in progress, if any. */
@@ -188,9 +193,7 @@ export class PageCacheWarmer {
    */
   stop(): void {
     this.#stopped = true;
-    if (!this.#running && this.#openFd !== undefined && this.#openFd >= 0) {
-      this.#close(this.#openFd);
-    }
+    this.#closeIfIdle();
   }
 
   async #warm(): Promise<WarmReport | undefined> {
@@ -199,10 +202,7 @@ export class PageCacheWarmer {
     this.openAhead();
     const fd = await this.#fd!;
     const openMs = Math.round(performance.now() - startMs);
-    if (fd >= 0 && this.#stopped) {
-      this.#close(fd);
-      return undefined;
-    }
+    if (this.#stopped) return undefined;
     if (fd < 0) {
       this.#stopped = true;
       this.#log(
@@ -219,25 +219,21 @@ export class PageCacheWarmer {
         else bytes += length;
       }
     };
-    try {
-      if (this.#io.willNeedAll && !this.#oneByOne) {
-        const advised = await this.#io.willNeedAll(fd, runs);
-        if (advised < 0) this.#oneByOne = true;
-        else {
-          // The kernel stops at the first run it refuses: those after it were not advised.
-          while (next < runs.length && bytes + runs[next + 1] <= advised) {
-            bytes += runs[next + 1];
-            next += 2;
-          }
-          failed = (runs.length - next) / 2;
-          next = runs.length;
-          batched = true;
+    if (this.#io.willNeedAll && !this.#oneByOne) {
+      const advised = await this.#io.willNeedAll(fd, runs);
+      if (advised < 0) this.#oneByOne = true;
+      else {
+        // The kernel stops at the first run it refuses: those after it were not advised.
+        while (next < runs.length && bytes + runs[next + 1] <= advised) {
+          bytes += runs[next + 1];
+          next += 2;
         }
+        failed = (runs.length - next) / 2;
+        next = runs.length;
+        batched = true;
       }
-      await Promise.all(Array.from({ length: this.#lanes }, lane));
-    } finally {
-      if (this.#stopped) this.#close(fd);
     }
+    await Promise.all(Array.from({ length: this.#lanes }, lane));
     fillTrace("warm-end");
     const report = {
       runs: runs.length / 2,

@@ -100,6 +100,22 @@ Deno.test("PageCacheWarmer: the device opened ahead once, for every warm; stop()
   opened(9);
   await slow.releaseAll();
   assert.deepEqual(slow.calls, ["close 9"]);
+
+  // stop() while a warm waits for the open: no advice, closed once when the open ends.
+  const waiting = recordingIo();
+  waiting.io.open = () => new Promise((resolve) => opened = resolve);
+  const pending = PageCacheWarmer.onWalks("/dev/nbd6", {
+    pinnedRuns: () => [0, 4096],
+    onPinnedRead: () => {},
+  }, { io: waiting.io, minIntervalMs: 0, log: () => {} });
+  pending.request();
+  const warm = pending.running;
+  assert.ok(warm, "no warm started");
+  pending.stop();
+  opened(11);
+  await waiting.releaseAll();
+  assert.equal(await warm, undefined);
+  assert.deepEqual(waiting.calls, ["close 11"]);
 });
 
 Deno.test("PageCacheWarmer: a later walk warms again; stop() and a device that will not open end it", async () => {
