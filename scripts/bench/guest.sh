@@ -121,8 +121,9 @@ echo 'console.log(1)' >"$work/one-line.js"
 deno_floor_s=$(DENO_DIR=$work/deno-dir-floor best_start_s "$BENCH_REPO/tools/bin/deno" run -q --no-config --no-lock "$work/one-line.js")
 cli_start_s=$(best_start_s cli --version)
 peer_start_s=$(best_start_s "$peer_bin/mount.erofs" -V)
-log "start-up, best of 3: a one-line Deno program ${deno_floor_s} s, erofs-oci --version ${cli_start_s} s, mount.erofs -V ${peer_start_s} s"
-echo "# image_bytes=$image_bytes layer=$layer push_s=$push_s kernel=$(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo) deno_floor_s=$deno_floor_s cli_start_s=$cli_start_s peer_start_s=$peer_start_s" >"$out/meta.txt"
+clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)
+log "start-up, best of 3: a one-line Deno program ${deno_floor_s} s, erofs-oci --version ${cli_start_s} s, mount.erofs -V ${peer_start_s} s (clock source: $clocksource)"
+echo "# image_bytes=$image_bytes layer=$layer push_s=$push_s kernel=$(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo) deno_floor_s=$deno_floor_s cli_start_s=$cli_start_s peer_start_s=$peer_start_s clocksource=$clocksource" >"$out/meta.txt"
 
 # --- measurement helpers ------------------------------------------------------------------
 log_lines() { wc -l <"$work/registry.log"; }

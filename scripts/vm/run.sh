@@ -11,6 +11,7 @@
 #                  the checkout always is. Those under /tmp or /run, which the guest covers
 #                  with fresh tmpfs, are bound back at the same path.
 #      VM_MEM_MB / VM_CPUS  guest size (default 3072 / 2).
+#      VM_KERNEL_ARGS  more kernel command-line arguments (experiments).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -88,7 +89,7 @@ log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, timeout ${timeout_s
 timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${VM_MEM_MB:-3072}" -smp "${VM_CPUS:-2}" \
   -nographic -no-reboot -nic none \
   -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${VM_KERNEL_ARGS:-}" \
   -device virtio-rng-pci \
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=${out//,/,,},mount_tag=out,security_model=passthrough,multidevs=remap" \
