@@ -15,13 +15,14 @@ import {
   BackgroundWindows,
   METADATA_WALK_QUIET_MIN_MS,
   METADATA_WALK_QUIET_MS,
+  newWalkClock,
   pauseDuringWalks,
   WALK_MIN_READS,
   WALK_QUIET_GAPS,
   WALK_SPAN_MS,
-  WalkClock,
   windowDelayMs,
 } from "../lib/source/background_windows.ts";
+import type { WalkClock } from "../lib/source/walk_clock_body.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 
 const CHUNK = 16 << 10;
@@ -98,7 +99,7 @@ Deno.test("WalkClock: a walk is over after a quiet of WALK_QUIET_GAPS times its 
       for (let r = 0; r < WALK_MIN_READS; r++) clock.note(startMs + b * everyMs);
     }
   };
-  const idle = new WalkClock();
+  const idle = newWalkClock();
   assert.equal(idle.quietMs, METADATA_WALK_QUIET_MIN_MS, "no walk yet");
   walk(idle, 1000, 20, 5); // an idle machine's find: reports a few ms apart
   assert.equal(idle.quietMs, METADATA_WALK_QUIET_MIN_MS);
@@ -107,7 +108,7 @@ Deno.test("WalkClock: a walk is over after a quiet of WALK_QUIET_GAPS times its 
     windowDelayMs({ walkMs: now, dataMs: -Infinity, walkQuietMs: idle.quietMs }, now + 5),
     15,
   );
-  const loaded = new WalkClock();
+  const loaded = newWalkClock();
   walk(loaded, 1000, 5, 40); // a loaded machine's: 40 ms apart
   assert.equal(loaded.quietMs, WALK_QUIET_GAPS * 40);
   walk(loaded, 1200, 2, 150);
@@ -116,7 +117,7 @@ Deno.test("WalkClock: a walk is over after a quiet of WALK_QUIET_GAPS times its 
   walk(loaded, 5000, 10, 5);
   assert.equal(loaded.quietMs, METADATA_WALK_QUIET_MIN_MS);
   // The pause between mount(2)'s few reads and a walk is not the walk's.
-  const mounted = new WalkClock();
+  const mounted = newWalkClock();
   mounted.note(1000);
   mounted.note(1100);
   walk(mounted, 1150, 10, 5);
@@ -124,13 +125,13 @@ Deno.test("WalkClock: a walk is over after a quiet of WALK_QUIET_GAPS times its 
 });
 
 Deno.test("WalkClock: WALK_MIN_READS pinned reads within WALK_SPAN_MS are a walk, fewer are not", () => {
-  const clock = new WalkClock();
+  const clock = newWalkClock();
   for (let i = 0; i < WALK_MIN_READS - 1; i++) clock.note(1000 + i);
   assert.equal(clock.walkMs, -Infinity, "fewer reads than a walk's");
   clock.note(1000 + WALK_MIN_READS);
   assert.equal(clock.walkMs, 1000 + WALK_MIN_READS);
   // Reads spread out (one a span apart, like `ls` now and then) never make a walk.
-  const spread = new WalkClock();
+  const spread = newWalkClock();
   for (let i = 0; i < 10 * WALK_MIN_READS; i++) spread.note(i * (WALK_SPAN_MS + 1));
   assert.equal(spread.walkMs, -Infinity);
 });

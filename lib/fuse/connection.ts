@@ -22,6 +22,8 @@ import type { Source } from "../source/source.ts";
 import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import { servedBatchBody } from "../source/served_batch_body.ts";
+import { activityRecorderBody } from "../source/read_activity_cell.ts";
+import { walkClockBody } from "../source/walk_clock_body.ts";
 import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
 import {
   type FuseReaderArg,
@@ -62,6 +64,8 @@ const spareReaders = new SpareWorkers(() =>
     body: fuseReaderBody,
     directReader: directReaderBody,
     servedBatch: servedBatchBody,
+    walkClock: walkClockBody,
+    activityRecorder: activityRecorderBody,
   })
 );
 

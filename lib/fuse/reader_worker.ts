@@ -12,11 +12,15 @@ import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectRead, DirectReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import type { servedBatchBody } from "../source/served_batch_body.ts";
+import type { activityRecorderBody } from "../source/read_activity_cell.ts";
+import type { walkClockBody } from "../source/walk_clock_body.ts";
 
 /** Helpers the reader body is given (self-contained functions, see ffi/libc_worker.ts). */
 export interface FuseReaderHelpers {
   directReader: typeof directReaderBody;
   servedBatch: typeof servedBatchBody;
+  walkClock: typeof walkClockBody;
+  activityRecorder: typeof activityRecorderBody;
 }
 
 /** A disk cache the reader may read present chunks and pinned pages from. */
@@ -92,8 +96,12 @@ export function fuseReaderBody(
   const direct = arg.direct;
   const reply = direct ? new Uint8Array(OUT_HEADER + arg.maxReadBytes) : new Uint8Array(0);
   const replyView = new DataView(reply.buffer);
-  const readDirect: DirectRead | undefined = direct &&
-    helpers.directReader(libc, errno, direct);
+  const readDirect: DirectRead | undefined = direct && helpers.directReader(
+    libc,
+    errno,
+    direct,
+    direct.activity && helpers.activityRecorder(direct.activity, helpers.walkClock),
+  );
   const served = helpers.servedBatch((pairs) => post({ served: pairs }));
   const pollDevice = (timeoutMs: number) => libc.poll(pollfd, 1n, timeoutMs);
   /**

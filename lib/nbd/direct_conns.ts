@@ -10,6 +10,8 @@ import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import { servedBatchBody } from "../source/served_batch_body.ts";
+import { activityRecorderBody } from "../source/read_activity_cell.ts";
+import { walkClockBody } from "../source/walk_clock_body.ts";
 import type { DirectReadFiles } from "../source/direct_reads.ts";
 import * as log from "../log.ts";
 import { fillTrace, fillTraceEnabled } from "../source/fill_trace.ts";
@@ -25,6 +27,8 @@ const spareReaders = new SpareWorkers(() =>
   startLibcWorker("nbd-reader", nbdReaderBody, null, {
     directReader: directReaderBody,
     servedBatch: servedBatchBody,
+    walkClock: walkClockBody,
+    activityRecorder: activityRecorderBody,
   })
 );
 

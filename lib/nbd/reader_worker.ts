@@ -19,6 +19,8 @@ import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectRead, DirectReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import type { servedBatchBody } from "../source/served_batch_body.ts";
+import type { activityRecorderBody } from "../source/read_activity_cell.ts";
+import type { walkClockBody } from "../source/walk_clock_body.ts";
 
 export interface NbdReaderArg {
   /** Our ends of the device's sockets (blocking). */
@@ -47,6 +49,8 @@ export type NbdReaderMessage =
 export interface NbdReaderHelpers {
   directReader: typeof directReaderBody;
   servedBatch: typeof servedBatchBody;
+  walkClock: typeof walkClockBody;
+  activityRecorder: typeof activityRecorderBody;
 }
 
 /**
@@ -76,7 +80,12 @@ export function nbdReaderBody(
     const CMD_READ = 0, CMD_WRITE = 1;
     const post = (message: NbdReaderMessage, transfer: Transferable[] = []) =>
       scope.postMessage(message, transfer);
-    const readDirect: DirectRead = helpers.directReader(libc, errno, arg.direct);
+    const readDirect: DirectRead = helpers.directReader(
+      libc,
+      errno,
+      arg.direct,
+      arg.direct.activity && helpers.activityRecorder(arg.direct.activity, helpers.walkClock),
+    );
     const locks = new Int32Array(arg.locks);
     const count = arg.fds.length;
     const conns = arg.fds.map((fd) => ({

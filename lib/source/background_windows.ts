@@ -23,15 +23,16 @@
  */
 import { type FillPause, sleep } from "./disk_cache_fill.ts";
 import { fillTrace } from "./fill_trace.ts";
+import { type WalkClock, walkClockBody, type WalkRules } from "./walk_clock_body.ts";
 
 /**
- * When a metadata walk (pinned-only reads at a walk's rate, see WalkClock) and reads of other
+ * When a metadata walk (pinned-only reads at a walk's rate, see walk_clock_body.ts) and reads of other
  * bytes last came (performance.now(); -Infinity: never).
  */
 export interface ReadActivity {
   walkMs: number;
   dataMs: number;
-  /** How long after the walk's last read it counts as over (WalkClock.quietMs; default max). */
+  /** How long after the walk's last read it counts as over (WalkClock.quietMs; default the maximum). */
   walkQuietMs?: number;
 }
 
@@ -42,42 +43,6 @@ export interface ReadActivity {
  */
 export const WALK_MIN_READS = 16;
 export const WALK_SPAN_MS = 100;
-
-/**
- * Tells a walk from a few pinned reads (PrefetchedSource notes each pinned-only read), and how
- * long a walk must be silent to be over: WALK_QUIET_GAPS times the longest pause between its
- * reads so far, within METADATA_WALK_QUIET_MIN_MS..METADATA_WALK_QUIET_MS.
- */
-export class WalkClock {
-  #spanStartMs = -Infinity;
-  #reads = 0;
-  #lastNoteMs = -Infinity;
-  /** The longest pause between the current walk's reads. */
-  #gapMs = 0;
-  /** The last pinned read that came at a walk's rate (performance.now(); -Infinity: none). */
-  walkMs = -Infinity;
-
-  /** A read of pinned pages only at `nowMs`. */
-  note(nowMs: number): void {
-    const gap = nowMs - this.#lastNoteMs;
-    if (gap > METADATA_WALK_QUIET_MS) this.#gapMs = 0; // a new walk, if any
-    else if (this.walkMs === this.#lastNoteMs) this.#gapMs = Math.max(this.#gapMs, gap);
-    this.#lastNoteMs = nowMs;
-    if (nowMs - this.#spanStartMs > WALK_SPAN_MS) {
-      this.#spanStartMs = nowMs;
-      this.#reads = 0;
-    }
-    if (++this.#reads >= WALK_MIN_READS) this.walkMs = nowMs;
-  }
-
-  /** How long after its last read the walk counts as over. */
-  get quietMs(): number {
-    return Math.min(
-      METADATA_WALK_QUIET_MS,
-      Math.max(METADATA_WALK_QUIET_MIN_MS, WALK_QUIET_GAPS * this.#gapMs),
-    );
-  }
-}
 
 /**
  * A walk's reads this recent hold new windows back (a walk in progress): at most this long.
@@ -94,6 +59,20 @@ export const METADATA_WALK_QUIET_MS = 200;
 export const METADATA_WALK_QUIET_MIN_MS = 20;
 /** A walk is over once silent for this many times its longest pause (within the two above). */
 export const WALK_QUIET_GAPS = 3;
+
+/** The walk clock's rules (walk_clock_body.ts): the constants above. */
+export const WALK_RULES: WalkRules = {
+  minReads: WALK_MIN_READS,
+  spanMs: WALK_SPAN_MS,
+  quietMinMs: METADATA_WALK_QUIET_MIN_MS,
+  quietMaxMs: METADATA_WALK_QUIET_MS,
+  quietGaps: WALK_QUIET_GAPS,
+};
+
+/** A walk clock following WALK_RULES. */
+export function newWalkClock(): WalkClock {
+  return walkClockBody(WALK_RULES);
+}
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
 /**

@@ -7,6 +7,7 @@
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
+import type { ActivityRecorder, SharedActivityArg } from "./read_activity_cell.ts";
 
 /** What a reader thread needs of DirectReadFiles (JSON: descriptors and layout only). */
 export interface DirectReadArg {
@@ -21,6 +22,8 @@ export interface DirectReadArg {
    * (written after the page) is read from `fd`, chunks or not.
    */
   pins?: { fd: number; mapFd: number; pageBytes: number };
+  /** Where the thread records what it answered (read_activity_cell.ts). */
+  activity?: SharedActivityArg;
 }
 
 /** The thread-safe part of `files`, to send to a reader thread. */
@@ -36,6 +39,7 @@ export function directReadArg(files: DirectReadFiles): DirectReadArg {
       mapFd: files.pins.mapFd,
       pageBytes: files.pins.pageBytes,
     },
+    activity: files.activity,
   };
 }
 
@@ -47,11 +51,15 @@ export function directReadArg(files: DirectReadFiles): DirectReadArg {
  */
 export type DirectRead = (offset: number, dest: Uint8Array) => boolean;
 
-/** Worker helper (self-contained): the DirectRead of `direct`. */
+/**
+ * Worker helper (self-contained): the DirectRead of `direct`; `recorder` is told of each read it
+ * answers (from pinned pages, or not).
+ */
 export function directReaderBody(
   libc: LibcSymbols,
   errno: ErrnoReader,
   direct: DirectReadArg,
+  recorder?: ActivityRecorder,
 ): DirectRead {
   const EINTR = 4;
   /** fcntl.h: OFD lock command and lock types. */
@@ -94,6 +102,7 @@ export function directReaderBody(
     if (!(length > 0) || offset < 0 || offset + length > direct.sizeBytes) return false;
     if (direct.pins && allPinned(offset, length)) {
       if (Number(libc.pread(direct.pins.fd, dest, BigInt(length), BigInt(offset))) === length) {
+        recorder?.pinned();
         return true;
       }
     }
@@ -104,7 +113,11 @@ export function directReaderBody(
     if (!lock(F_RDLCK, first, count)) return false;
     try {
       if (!allPresent(first, count)) return false;
-      return Number(libc.pread(direct.dataFd, dest, BigInt(length), BigInt(offset))) === length;
+      if (Number(libc.pread(direct.dataFd, dest, BigInt(length), BigInt(offset))) !== length) {
+        return false;
+      }
+      recorder?.data();
+      return true;
     } finally {
       lock(F_UNLCK, first, count);
     }

@@ -7,6 +7,7 @@
  * readahead and statistics. Layers in front of the disk cache forward both calls when they
  * add nothing a served read would miss (pinned pages hold the same bytes as the disk).
  */
+import type { SharedActivityArg } from "./read_activity_cell.ts";
 import type { Source } from "./source.ts";
 
 /** Descriptors and layout another thread needs to read present chunks. */
@@ -24,6 +25,8 @@ export interface DirectReadFiles {
    * page). Pins are never dropped, so no lock is needed.
    */
   readonly pins?: PinnedPageFile;
+  /** Where the reader thread records the reads it answers (PrefetchedSource's pacing). */
+  readonly activity?: SharedActivityArg;
   /** Closes the descriptors; only once no thread uses them. */
   close(): void;
 }

@@ -15,7 +15,8 @@ import {
   pwriteAll,
   reopenReadOnly,
 } from "./disk_cache_io.ts";
-import { type ReadActivity, WalkClock } from "./background_windows.ts";
+import { newWalkClock, type ReadActivity } from "./background_windows.ts";
+import { SharedReadActivity } from "./read_activity_cell.ts";
 
 /** The kernel reads the block device in 4 KiB pages; pins are kept at that granularity. */
 export const PIN_PAGE_BYTES = 4096;
@@ -63,7 +64,9 @@ export class PrefetchedSource implements InnerSource {
   /** Settles at the first read of anything not pinned after nextDataRead() was asked. */
   #nextDataRead?: PromiseWithResolvers<{ offset: number; length: number }>;
   /** When (performance.now()) reads of pinned pages only came at a walk's rate. */
-  readonly #walk = new WalkClock();
+  readonly #walk = newWalkClock();
+  /** What the reader thread of openDirectReads() saw (read_activity_cell.ts). */
+  readonly #shared = new SharedReadActivity();
   /** When (performance.now()) a read of bytes not all pinned last came. */
   #lastDataReadMs = -Infinity;
   /** Told of every read of bytes not all pinned (background windows move theirs forward). */
@@ -184,11 +187,11 @@ export class PrefetchedSource implements InnerSource {
    * -Infinity: none yet.
    */
   readActivity(): ReadActivity {
-    return {
+    return this.#shared.merge({
       walkMs: this.#walk.walkMs,
       dataMs: this.#lastDataReadMs,
       walkQuietMs: this.#walk.quietMs,
-    };
+    });
   }
 
   /** `listener` is told of each later read of bytes not all pinned (one listener). */
@@ -260,6 +263,7 @@ export class PrefetchedSource implements InnerSource {
       sizeBytes: files.sizeBytes,
       presentBytes: files.presentBytes,
       pins: { fd: readerFd, mapFd: readerMapFd, pageBytes: PIN_PAGE_BYTES },
+      activity: this.#shared.arg(),
       close: () => {
         files.close();
         closeQuietly(readerFd);
