@@ -3,7 +3,7 @@
  * to a file path, one line per event — `fill <pid> <ms since origin> <event> <fields…>` — of FUSE
  * READs answered by the main thread, disk-cache fills, their GETs' first and last body bytes,
  * hashes and writes, appended to that file, with `lag` lines where the event loop ran late
- * (> 6 ms for a 2 ms timer) and per process a first `origin <performance.timeOrigin>` event to
+ * (> 6 ms for a 2 ms timer; with the V8 heap in use before and after, MB) and per process a first `origin <performance.timeOrigin>` event to
  * put its times on the epoch axis (the mount command and its server share the file). Off, an event costs one comparison. Summed up per run by
  * scripts/bench/fill_trace_report.ts.
  */
@@ -47,12 +47,18 @@ export function nextFillId(): number {
 }
 
 if (enabled) {
-  // Event-loop stalls: a 2 ms timer that came late says the main thread was busy.
+  // Event-loop stalls: a 2 ms timer that came late says the main thread was busy; the V8 heap
+  // in use before and after (MB) tells a garbage collection in it from other work.
   let last = performance.now();
+  let heapMb = 0;
   const probe = setInterval(() => {
     const now = performance.now();
-    if (now - last > 6) fillTrace("lag", (now - last).toFixed(1));
+    const heapNowMb = Deno.memoryUsage().heapUsed / 2 ** 20;
+    if (now - last > 6) {
+      fillTrace("lag", (now - last).toFixed(1), heapMb.toFixed(1), heapNowMb.toFixed(1));
+    }
     last = now;
+    heapMb = heapNowMb;
   }, 2);
   Deno.unrefTimer(probe as unknown as number);
 }
