@@ -73,8 +73,6 @@ export const WALK_RULES: WalkRules = {
 export function newWalkClock(): WalkClock {
   return walkClockBody(WALK_RULES);
 }
-/** Experiment: windows wait at least this long after a walk (EROFS_OCI_WALK_HOLD_MS). */
-const WALK_HOLD_MS = Number(Deno.env.get("EROFS_OCI_WALK_HOLD_MS") ?? 0) || 0;
 /** File data read this recently lets windows start whatever else is read. */
 export const DATA_READ_RECENT_MS = 250;
 /**
@@ -105,7 +103,7 @@ const LANE_POLL_MS = 20;
  */
 export function windowDelayMs(activity: ReadActivity, nowMs: number): number {
   if (nowMs - activity.dataMs < DATA_READ_RECENT_MS) return 0;
-  const quietMs = Math.max(WALK_HOLD_MS, activity.walkQuietMs ?? METADATA_WALK_QUIET_MS);
+  const quietMs = activity.walkQuietMs ?? METADATA_WALK_QUIET_MS;
   const sinceWalk = nowMs - activity.walkMs;
   return sinceWalk < quietMs ? quietMs - sinceWalk : 0;
 }
