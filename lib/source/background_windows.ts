@@ -26,13 +26,13 @@ import { fillTrace } from "./fill_trace.ts";
 import { type WalkClock, walkClockBody, type WalkRules } from "./walk_clock_body.ts";
 
 /**
- * When a metadata walk (pinned-only reads at a walk's rate, see walk_clock_body.ts) and reads of other
- * bytes last came (performance.now(); -Infinity: never).
+ * When a metadata walk (pinned-only reads at a walk's rate, see walk_clock_body.ts) and reads
+ * of other bytes last came (performance.now(); -Infinity: never).
  */
 export interface ReadActivity {
   walkMs: number;
   dataMs: number;
-  /** How long after the walk's last read it counts as over (WalkClock.quietMs; default the maximum). */
+  /** How long after the walk's last read it counts as over (WalkClock.quietMs; default max). */
   walkQuietMs?: number;
 }
 

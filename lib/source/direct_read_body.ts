@@ -9,7 +9,7 @@ import type { LibcSymbols } from "../../ffi/libc.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import type { ActivityRecorder, SharedActivityArg } from "./read_activity_cell.ts";
 
-/** What a reader thread needs of DirectReadFiles (JSON: descriptors and layout only). */
+/** What a reader thread needs of DirectReadFiles: descriptors, layout, the activity cell. */
 export interface DirectReadArg {
   mapFd: number;
   dataFd: number;
