@@ -87,36 +87,37 @@ Deno.test("PageCacheWarmer: the device opened ahead once, for every warm; stop()
   assert.deepEqual(calls.filter((call) => call.startsWith("close")), ["close 7"]);
 
   // stop() before the open ends: closed once it does, and no warm.
-  let opened!: (fd: number) => void;
-  const slow = recordingIo();
-  slow.io.open = () => new Promise((resolve) => opened = resolve);
-  const early = PageCacheWarmer.onWalks("/dev/nbd5", {
-    pinnedRuns: () => [0, 4096],
-    onPinnedRead: () => {},
-  }, { io: slow.io, minIntervalMs: 0, log: () => {} });
-  early.stop();
-  early.request();
-  assert.equal(early.running, undefined);
-  opened(9);
-  await slow.releaseAll();
-  assert.deepEqual(slow.calls, ["close 9"]);
+  const early = slowOpeningWarmer("/dev/nbd5");
+  early.warmer.stop();
+  early.warmer.request();
+  assert.equal(early.warmer.running, undefined);
+  early.opened(9);
+  await early.releaseAll();
+  assert.deepEqual(early.calls, ["close 9"]);
 
   // stop() while a warm waits for the open: no advice, closed once when the open ends.
-  const waiting = recordingIo();
-  waiting.io.open = () => new Promise((resolve) => opened = resolve);
-  const pending = PageCacheWarmer.onWalks("/dev/nbd6", {
+  const pending = slowOpeningWarmer("/dev/nbd6");
+  pending.warmer.request();
+  const warm = pending.warmer.running;
+  assert.ok(warm, "no warm started");
+  pending.warmer.stop();
+  pending.opened(11);
+  await pending.releaseAll();
+  assert.equal(await warm, undefined);
+  assert.deepEqual(pending.calls, ["close 11"]);
+});
+
+/** A warmer on walks of one pinned page whose device opens when `opened` is called. */
+function slowOpeningWarmer(path: string) {
+  let opened!: (fd: number) => void;
+  const recording = recordingIo();
+  recording.io.open = () => new Promise((resolve) => opened = resolve);
+  const warmer = PageCacheWarmer.onWalks(path, {
     pinnedRuns: () => [0, 4096],
     onPinnedRead: () => {},
-  }, { io: waiting.io, minIntervalMs: 0, log: () => {} });
-  pending.request();
-  const warm = pending.running;
-  assert.ok(warm, "no warm started");
-  pending.stop();
-  opened(11);
-  await waiting.releaseAll();
-  assert.equal(await warm, undefined);
-  assert.deepEqual(waiting.calls, ["close 11"]);
-});
+  }, { io: recording.io, minIntervalMs: 0, log: () => {} });
+  return { ...recording, warmer, opened: (fd: number) => opened(fd) };
+}
 
 Deno.test("PageCacheWarmer: a later walk warms again; stop() and a device that will not open end it", async () => {
   const { io, calls, releaseAll } = recordingIo();
