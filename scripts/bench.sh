@@ -16,7 +16,9 @@
 #      through scripts/erofs-oci-dev, as before), BENCH_FILL_TRACE=1 (the servers' fill traces in
 #      the run directory, with each step's start in steps.tsv), BENCH_SCHED_TRACE=1 (the cold
 #      find's context switches, wake-ups and request completions in trace-NAME.sched.txt; summed up
-#      by scripts/bench/sched_trace_report.ts).
+#      by scripts/bench/sched_trace_report.ts), BENCH_REGISTRY=host (experiment: the registry runs
+#      on the host, reached through QEMU's user-mode network, so that only the mount's own work
+#      shares the guest's two emulated CPUs; default: in the guest, on its loopback).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/.cache/bench
@@ -101,6 +103,21 @@ done
   echo "code: HEAD $(git -C "$repo" rev-parse --short HEAD) ($(git -C "$repo" status --short -- lib ffi main.ts | wc -l) files under lib/ffi uncommitted); CLI: $cli_desc"
 } >"$run/host.txt"
 cat "$run/host.txt" >&2
+
+if [ "${BENCH_REGISTRY:-guest}" = host ]; then
+  registry_dir=$(mktemp -d)
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf '%s\n' "version: 0.1" "log:" "  level: warn" "  accesslog:" "    disabled: false" \
+    "storage:" "  filesystem:" "    rootdirectory: $registry_dir/data" "http:" \
+    "  addr: 127.0.0.1:$port" "health:" "  storagedriver:" "    enabled: false" \
+    >"$registry_dir/registry.yml"
+  docker-registry serve "$registry_dir/registry.yml" >"$run/registry-host.log" 2>&1 </dev/null &
+  registry_pid=$!
+  trap 'kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; rm -rf "$registry_dir"' EXIT
+  export BENCH_REGISTRY_ADDR=10.0.2.2:$port VM_NET=user
+  VM_ENV+=" BENCH_REGISTRY_ADDR"
+  echo "registry: on the host (127.0.0.1:$port, the guest's $BENCH_REGISTRY_ADDR)" >>"$run/host.txt"
+fi
 
 rc=0
 VM_OUT_DIR=$run "$repo/scripts/vm/run.sh" "$repo/scripts/bench/guest.sh" \

@@ -22,6 +22,18 @@ peer_find_timeout_s=${BENCH_PEER_FIND_TIMEOUT_S:-120}
 variants=${BENCH_VARIANTS:-"local-loop erofs-oci-nbd erofs-oci-nbd-20ms trace-python-20ms erofs-oci-fuse peer-mount.erofs"}
 work=/tmp/bench
 registry_host=127.0.0.1:5000
+registry_log=$work/registry.log
+# Where the delay of the +20 ms variants goes: the guest's loopback (10 ms each way), or with
+# BENCH_REGISTRY_ADDR (a registry scripts/bench.sh serves on the host, reached through QEMU's
+# user-mode network) the guest's interface (20 ms out).
+netem_dev=lo netem_delay=10ms
+if [ -n "${BENCH_REGISTRY_ADDR:-}" ]; then
+  registry_host=$BENCH_REGISTRY_ADDR
+  registry_log=$out/registry-host.log
+  netem_dev=eth0 netem_delay=20ms
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
+    { echo "bench: no network to the host's registry" >&2; exit 1; }
+fi
 repository=bench
 ref=$registry_host/$repository:v1
 mkdir -p "$work"
@@ -42,10 +54,17 @@ if [ -n "${BENCH_CLI_BIN:-}" ]; then
   # database through 9p (cache=loose) while host processes write it, and a torn copy crashed
   # Deno in the guest ("Fatal error in :0: unreachable code", 17:36).
   export DENO_DIR=$work/deno-dir
-  cli() { "$BENCH_CLI_BIN" "$@"; }
+  cli_bin() { "$BENCH_CLI_BIN" "$@"; }
 else
-  cli() { "$repo/scripts/erofs-oci-dev" "$@"; }
+  cli_bin() { "$repo/scripts/erofs-oci-dev" "$@"; }
 fi
+# A registry on the host is not on the guest's loopback: plain HTTP must be asked for.
+cli() {
+  case "$1" in
+  push | mount) [ -n "${BENCH_REGISTRY_ADDR:-}" ] && set -- "$1" --plain-http "${@:2}" ;;
+  esac
+  cli_bin "$@"
+}
 
 registry_pid=""
 mounted=()
@@ -55,7 +74,7 @@ cleanup() {
     mountpoint -q "$dir" || continue
     cli umount "$dir" >/dev/null 2>&1 || umount "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null
   done
-  tc qdisc del dev lo root 2>/dev/null
+  tc qdisc del dev "$netem_dev" root 2>/dev/null
   [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null
 }
 trap cleanup EXIT
@@ -88,13 +107,15 @@ health:
   storagedriver:
     enabled: false
 EOF
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 </dev/null &
-registry_pid=$!
+if [ -z "${BENCH_REGISTRY_ADDR:-}" ]; then
+  docker-registry serve "$work/registry.yml" >"$registry_log" 2>&1 </dev/null &
+  registry_pid=$!
+fi
 for _ in $(seq 150); do
   curl -sf -o /dev/null "http://$registry_host/v2/" && break
   sleep 0.2
 done
-curl -sf -o /dev/null "http://$registry_host/v2/" || { log "registry did not start"; cat "$work/registry.log" >&2; exit 1; }
+curl -sf -o /dev/null "http://$registry_host/v2/" || { log "registry did not start"; cat "$registry_log" >&2; exit 1; }
 
 t0=$(now)
 cli --version >/dev/null || { log "the CLI does not start"; exit 1; }
@@ -126,16 +147,16 @@ log "start-up, best of 3: a one-line Deno program ${deno_floor_s} s, erofs-oci -
 echo "# image_bytes=$image_bytes layer=$layer push_s=$push_s kernel=$(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo) deno_floor_s=$deno_floor_s cli_start_s=$cli_start_s peer_start_s=$peer_start_s clocksource=$clocksource" >"$out/meta.txt"
 
 # --- measurement helpers ------------------------------------------------------------------
-log_lines() { wc -l <"$work/registry.log"; }
+log_lines() { wc -l <"$registry_log"; }
 # GETs of the layer blob logged after line $1: "COUNT BYTES" (access log field 10 = bytes sent).
 blob_gets_since() {
-  tail -n +"$(($1 + 1))" "$work/registry.log" |
+  tail -n +"$(($1 + 1))" "$registry_log" |
     grep -F "\"GET /v2/$repository/blobs/$layer " |
     awk '{ n++; b += $10 } END { printf "%d %d\n", n, b }'
 }
 # Sizes of the layer GETs between log lines $1 and $2 → "STEP SIZE COUNT" lines in get-sizes.tsv.
 record_get_sizes() {
-  sed -n "$(($2 + 1)),$3p" "$work/registry.log" | grep -F "\"GET /v2/$repository/blobs/$layer " |
+  sed -n "$(($2 + 1)),$3p" "$registry_log" | grep -F "\"GET /v2/$repository/blobs/$layer " |
     awk '{ print $10 }' | sort -n | uniq -c | sort -rn |
     awk -v n="$1" -v s="$4" '{ printf "%s\t%s\t%s\t%s\n", n, s, $2, $1 }' >>"$out/get-sizes.tsv"
 }
@@ -481,9 +502,9 @@ netem_on() {
   fi
   [ -d /sys/module/sch_netem ] || insmod "$BENCH_NETEM_KO" || return 1
   # 10 ms each way on loopback = 20 ms added round trip for every registry request.
-  tc qdisc add dev lo root netem delay 10ms limit 100000
+  tc qdisc add dev "$netem_dev" root netem delay "$netem_delay" limit 100000
 }
-netem_off() { tc qdisc del dev lo root 2>/dev/null; }
+netem_off() { tc qdisc del dev "$netem_dev" root 2>/dev/null; }
 oci_nbd_20ms_mount() { netem_on && oci_nbd_mount "$1"; }
 oci_nbd_20ms_umount() {
   oci_umount "$1"
@@ -731,10 +752,10 @@ for variant in $variants; do
   esac
 done
 
-cp "$work/registry.log" "$out/registry.log" 2>/dev/null
+[ "$registry_log" = "$out/registry.log" ] || cp "$registry_log" "$out/registry.log" 2>/dev/null
 cp "$work"/mount-*.log "$work"/tar-*.err "$work/peer-mount.log" "$work/qemu-nbd.log" "$out/" \
   2>/dev/null
 # The kernel's side of the run (NBD request timeouts, dropped connections), for the record.
 dmesg >"$out/dmesg.txt" 2>/dev/null
-grep -F "\"GET " "$work/registry.log" | tail -n 3 >&2
+grep -F "\"GET " "$registry_log" | tail -n 3 >&2
 log "done"

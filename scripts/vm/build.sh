@@ -21,7 +21,7 @@ die() { log "error: $*"; exit 1; }
 
 # Modules the guest needs, by name; modprobe resolves their dependencies and load order.
 # virtio_pci + 9pnet_virtio + 9p: host root and result share; virtio_rng: entropy for TLS.
-WANTED_MODULES=(virtio_pci virtio_rng 9pnet_virtio 9p overlay loop nbd erofs fuse crc32c_generic)
+WANTED_MODULES=(virtio_pci virtio_rng virtio_net 9pnet_virtio 9p overlay loop nbd erofs fuse crc32c_generic)
 # Parameters given to insmod (name -> args). nbds_max=16 is the 6.1 default; stated so the
 # device count does not change with a future kernel.
 declare -A MODULE_ARGS=([nbd]="nbds_max=16")

@@ -12,6 +12,8 @@
 #                  with fresh tmpfs, are bound back at the same path.
 #      VM_MEM_MB / VM_CPUS  guest size (default 3072 / 2).
 #      VM_KERNEL_ARGS  more kernel command-line arguments (experiments).
+#      VM_NET=user  a virtio NIC on QEMU's user-mode network (the host's loopback is 10.0.2.2
+#                  in the guest); default: no network but the guest's own loopback.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -87,7 +89,7 @@ log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, timeout ${timeout_s
 # stdin from /dev/null: qemu must not put a terminal into raw mode. The serial console uses
 # CRLF line ends; strip the CR.
 timeout -k 5 "$timeout_s" "$qemu" -accel tcg -cpu max -m "${VM_MEM_MB:-3072}" -smp "${VM_CPUS:-2}" \
-  -nographic -no-reboot -nic none \
+  -nographic -no-reboot -nic "${VM_NET:-none}${VM_NET:+,model=virtio-net-pci}" \
   -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${VM_KERNEL_ARGS:-}" \
   -device virtio-rng-pci \
