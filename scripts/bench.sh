@@ -113,7 +113,7 @@ if [ "${BENCH_REGISTRY:-guest}" = host ]; then
     >"$registry_dir/registry.yml"
   docker-registry serve "$registry_dir/registry.yml" >"$run/registry-host.log" 2>&1 </dev/null &
   registry_pid=$!
-  trap 'kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; rm -rf "$registry_dir"' EXIT
+  trap 'kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null || true; rm -rf "$registry_dir"' EXIT
   export BENCH_REGISTRY_ADDR=10.0.2.2:$port VM_NET=user
   VM_ENV+=" BENCH_REGISTRY_ADDR"
   echo "registry: on the host (127.0.0.1:$port, the guest's $BENCH_REGISTRY_ADDR)" >>"$run/host.txt"
