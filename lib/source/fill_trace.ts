@@ -3,9 +3,10 @@
  * to a file path, one line per event — `fill <pid> <ms since origin> <event> <fields…>` — of FUSE
  * READs answered by the main thread, disk-cache fills, their GETs' first and last body bytes,
  * hashes and writes, appended to that file, with `lag` lines where the event loop ran late
- * (> 6 ms for a 2 ms timer; with the V8 heap in use before and after, MB) and per process a first `origin <performance.timeOrigin>` event to
- * put its times on the epoch axis (the mount command and its server share the file). Off, an event costs one comparison. Summed up per run by
- * scripts/bench/fill_trace_report.ts.
+ * (> 6 ms for a 2 ms timer; with the V8 heap in use before and after, MB) and per process a
+ * first `origin <performance.timeOrigin>` event to put its times on the epoch axis (the mount
+ * command and its server share the file). Off, an event costs one comparison. Summed up per run
+ * by scripts/bench/fill_trace_report.ts.
  */
 const path = Deno.env.get("EROFS_OCI_FILL_TRACE");
 const enabled = path !== undefined && path.startsWith("/");

@@ -501,7 +501,8 @@ netem_on() {
     return 1
   fi
   [ -d /sys/module/sch_netem ] || insmod "$BENCH_NETEM_KO" || return 1
-  # 10 ms each way on loopback = 20 ms added round trip for every registry request.
+  # 10 ms each way on loopback (20 ms out on eth0 with a host registry) = 20 ms added round
+  # trip for every registry request.
   tc qdisc add dev "$netem_dev" root netem delay "$netem_delay" limit 100000
 }
 netem_off() { tc qdisc del dev "$netem_dev" root 2>/dev/null; }
