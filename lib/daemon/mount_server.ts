@@ -100,18 +100,34 @@ const WAIT_MAX_DELAY_MS = 30_000;
  * READs of cached and pinned bytes, started before and keeps its own; Linux applies the value to
  * the calling thread only, and to the threads it starts later.
  */
-const BACKGROUND_NICE = niceFromEnv(Deno.env.get("EROFS_OCI_BACKGROUND_NICE"));
+let backgroundNice: number | undefined;
 
-function niceFromEnv(value: string | undefined): number {
+/** EROFS_OCI_BACKGROUND_NICE read once; a value that is not 0-19 is said once and means 10. */
+function backgroundNiceFromEnv(): number {
+  if (backgroundNice !== undefined) return backgroundNice;
+  const value = Deno.env.get("EROFS_OCI_BACKGROUND_NICE");
   const nice = Number(value ?? 10);
-  return Number.isInteger(nice) && nice >= 0 && nice <= 19 ? nice : 10;
+  backgroundNice = Number.isInteger(nice) && nice >= 0 && nice <= 19 ? nice : 10;
+  if (backgroundNice !== nice) {
+    warn(`EROFS_OCI_BACKGROUND_NICE=${value}: not a nice value 0-19; using 10`);
+  }
+  return backgroundNice;
 }
 
 function lowerPriorityForBackground(): void {
-  if (BACKGROUND_NICE > 0 && !lowerThreadPriority(BACKGROUND_NICE)) {
-    warn(`could not lower the priority of the background fetch (nice ${BACKGROUND_NICE})`);
+  const nice = backgroundNiceFromEnv();
+  if (nice > 0 && !lowerThreadPriority(nice)) {
+    warn(`could not lower the priority of the background fetch (nice ${nice})`);
   }
 }
+
+/**
+ * EROFS_OCI_BACKGROUND_WINDOWS=0: no background windows (the rest of the image around its
+ * metadata, fetched while the mount is idle); only what is read is fetched (and the rest with
+ * --fetch-all). For a metered link, and for measuring what the windows cost the applications
+ * that share the CPU with them (scripts/bench.sh).
+ */
+const BACKGROUND_WINDOWS = Deno.env.get("EROFS_OCI_BACKGROUND_WINDOWS") !== "0";
 
 /**
  * Retries with exponential backoff (1 s … 30 s, no busy loop) until the source serves its
@@ -352,6 +368,7 @@ export async function runMountServer(): Promise<number> {
             // A trace says what the application reads: the windows (a guess from the metadata's
             // places) would only compete with the trace prefetch and the reads it serves.
             windowsMaxBytes: traceHooks.wantsExactReads ? 0 : undefined,
+            backgroundWindows: BACKGROUND_WINDOWS,
             // The windows may use the idle time after ready (NBD too since its partition scan
             // happens in the attach and mount(2) reads only pinned pages).
             windowsWhenQuiet: { ...QUIET_START, after: attached.promise },

@@ -49,17 +49,26 @@ export function nextFillId(): number {
 
 if (enabled) {
   // Event-loop stalls: a 2 ms timer that came late says the main thread was busy; the V8 heap
-  // in use before and after (MB) tells a garbage collection in it from other work.
+  // in use before and after (MB) tells a garbage collection in it from other work. The heap is
+  // read every HEAP_SAMPLE_MS and after each stall, not on every tick (Deno.memoryUsage() also
+  // reads the RSS from the kernel, and a traced run should be perturbed as little as it can).
+  const HEAP_SAMPLE_MS = 50;
+  const heapInUseMb = () => Deno.memoryUsage().heapUsed / 2 ** 20;
   let last = performance.now();
-  let heapMb = 0;
+  let heapMb = heapInUseMb();
+  let heapSampledMs = last;
   const probe = setInterval(() => {
     const now = performance.now();
-    const heapNowMb = Deno.memoryUsage().heapUsed / 2 ** 20;
     if (now - last > 6) {
+      const heapNowMb = heapInUseMb();
       fillTrace("lag", (now - last).toFixed(1), heapMb.toFixed(1), heapNowMb.toFixed(1));
+      heapMb = heapNowMb;
+      heapSampledMs = now;
+    } else if (now - heapSampledMs >= HEAP_SAMPLE_MS) {
+      heapMb = heapInUseMb();
+      heapSampledMs = now;
     }
     last = now;
-    heapMb = heapNowMb;
   }, 2);
   Deno.unrefTimer(probe as unknown as number);
 }

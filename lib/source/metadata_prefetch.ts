@@ -144,6 +144,11 @@ export interface PrefetchOptions {
     /** The quiet counts from when this settles (a mount: its server is ready). */
     after?: Promise<unknown>;
   };
+  /**
+   * false: no windows once the mount is ready (fillWindowsAfterReady), nor a reader's fetch
+   * running on past its own block: only what is read is fetched (EROFS_OCI_BACKGROUND_WINDOWS).
+   */
+  backgroundWindows?: boolean;
   /** Told once, when the background windows start (BackgroundWindowsOptions.onStart). */
   onWindowsStart?: () => void;
 }
@@ -206,7 +211,8 @@ export async function prefetchErofsMetadata(
    */
   const fillWindowsAfterReady = (pages: Map<number, Uint8Array>) => {
     const size = options.windowBytes ?? BACKGROUND_WINDOW_BYTES;
-    if (!fillAhead || size <= 0 || options.signal?.aborted) return;
+    if (!fillAhead || size <= 0 || options.backgroundWindows === false) return;
+    if (options.signal?.aborted) return;
     const offsets = [...pages.keys()].sort((a, b) => a - b).map((p) => p * PIN_PAGE_BYTES);
     // Scattered or not at a walk's window size: the larger windows would call an image of
     // less than SCATTERED_WINDOWS of them compact whatever its layout.

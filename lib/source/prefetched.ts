@@ -246,24 +246,22 @@ export class PrefetchedSource implements InnerSource {
     if (!isDirectReadable(this.#inner)) return undefined;
     const files = this.#inner.openDirectReads();
     if (!files) return undefined;
+    // Without the pin file the reader answers chunk reads only (pinned pages come here, where
+    // the walk clock sees them); it still tells the pacing of its data reads at once.
+    const withoutPins = { ...files, activity: this.#shared.arg() };
     const pins = this.#openPinFile();
-    if (!pins) return files;
+    if (!pins) return withoutPins;
     let readerFd = -1, readerMapFd = -1;
     try {
       readerFd = reopenReadOnly(pins.fd);
       readerMapFd = reopenReadOnly(pins.mapFd);
     } catch {
       closeQuietly(readerFd);
-      return files;
+      return withoutPins;
     }
     return {
-      mapFd: files.mapFd,
-      dataFd: files.dataFd,
-      chunkBytes: files.chunkBytes,
-      sizeBytes: files.sizeBytes,
-      presentBytes: files.presentBytes,
+      ...withoutPins,
       pins: { fd: readerFd, mapFd: readerMapFd, pageBytes: PIN_PAGE_BYTES },
-      activity: this.#shared.arg(),
       close: () => {
         files.close();
         closeQuietly(readerFd);
