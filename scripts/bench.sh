@@ -123,6 +123,9 @@ rc=0
 VM_OUT_DIR=$run "$repo/scripts/vm/run.sh" "$repo/scripts/bench/guest.sh" \
   "${BENCH_VM_TIMEOUT_S:-1200}" >"$run/console.txt" 2>&1 || rc=$?
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$run/host.txt"
+# The emulator's setting that moves our variants' figures (scripts/vm/run.sh VM_TB_SIZE_MB).
+tcg=$(grep -m1 -o 'translation buffer [^,]*' "$run/console.txt" || true)
+[ -n "$tcg" ] && echo "tcg: $tcg" >>"$run/host.txt"
 grep -E '^(bench|vm-run):' "$run/console.txt" >&2 || true
 [ "$rc" = 0 ] || log "VM run exited with $rc (console: $run/console.txt)"
 

@@ -135,6 +135,7 @@ async function writeFixture(dir: string): Promise<void> {
       "load before: 5.57 5.97 8.13",
       "code: HEAD ec031bb (0 files under lib/ffi uncommitted)",
       "load after: 1.66 3.24 6.28",
+      "tcg: translation buffer 256 MiB",
     ].join("\n") + "\n",
   );
   await Deno.writeTextFile(
@@ -253,12 +254,14 @@ Deno.test("readme table: rows regenerated from recorded runs, others kept", asyn
     assert.ok(notes.some((n) => n.startsWith("`scripts/bench-trace.sh`: kept as it was")));
 
     // The newer VM run (15:41), not the 09:00 one; mount.erofs from the peer row, the Deno
-    // start-up floor from meta.txt.
+    // start-up floor from meta.txt, the emulator's translation buffer from host.txt (the older
+    // run's host.txt says none: its label has none).
     const vm = byStart("`deno task bench`")!;
     assert.equal(
       vm[0],
       "`deno task bench` (`scripts/bench.sh`), kernel NBD in the QEMU VM (2026-12-01 15:41 UTC, " +
-        "Test CPU, 2 cores, kernel 6.18.44, TCG guest 6.1.0-57-amd64, load 5.6→1.7, ec031bb)",
+        "Test CPU, 2 cores, kernel 6.18.44, TCG guest 6.1.0-57-amd64, translation buffer 256 MiB, " +
+        "load 5.6→1.7, ec031bb)",
     );
     assert.deepEqual(vm.slice(1), [
       "15.8 s (mount.erofs 1.8 s; a one-line Deno program starts in 0.9 s)",

@@ -11,6 +11,7 @@ import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { runOk, treeListing } from "./_support/erofs_tree.ts";
+import { blobGets, makeScatteredTree } from "./_support/scattered_tree.ts";
 
 const ignore = requires(
   root(),
@@ -19,40 +20,6 @@ const ignore = requires(
   command("python3"),
   path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3"),
 );
-
-/** ~3,000 files in 150 directories, 2-40 KiB each (about 60 MB): many data chunks. */
-async function makeTree(dir: string): Promise<void> {
-  await runOk("python3", [
-    "-c",
-    `
-import os, random, sys
-random.seed(7)
-root = sys.argv[1]
-for d in range(150):
-    sub = os.path.join(root, "d%03d" % d, "s%d" % (d % 7))
-    os.makedirs(sub, exist_ok=True)
-    for f in range(20):
-        with open(os.path.join(sub, "f%02d.bin" % f), "wb") as out:
-            out.write(random.randbytes(random.randint(2048, 40960)))
-# 12 more levels, so the tree cannot come in one read per level unnoticed.
-deep = os.path.join(root, "deep")
-for level in range(12):
-    for d in range(4):
-        sub = os.path.join(deep, "d%d" % d)
-        os.makedirs(sub)
-        for f in range(5):
-            with open(os.path.join(sub, "f%d" % f), "wb") as out:
-                out.write(random.randbytes(random.randint(100, 9000)))
-    deep = os.path.join(deep, "next")
-`,
-    dir,
-  ]);
-}
-
-async function blobGets(registry: TestRegistry): Promise<number> {
-  return (await registry.accessLog()).filter((line) => /"GET \/v2\/[^"]*\/blobs\//.test(line))
-    .length;
-}
 
 /** Mounts `image` lazily (FUSE), runs a cold find; returns the GETs made and the listing. */
 async function mountAndFind(registry: TestRegistry, image: string) {
@@ -98,7 +65,7 @@ Deno.test({
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-push-" });
     try {
       const src = `${work}/src`;
-      await makeTree(src);
+      await makeScatteredTree(src);
       const ours = `${registry.host}/build/ours:v1`;
       const built = await runCli(["build", src, "-o", `${work}/ours.erofs`, "--push", ours], {
         timeoutMs: 120_000,

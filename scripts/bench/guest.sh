@@ -264,12 +264,13 @@ trace_start() {
   sched_trace_events 1
   echo 1 >"$tracing/tracing_on"
 }
-# BENCH_SCHED_TRACE=1 (a diagnostic): during the find also request completions, context switches
-# and wake-ups, kept whole in trace-NAME.sched.txt (what ran on each vCPU while a request waited).
+# BENCH_SCHED_TRACE=1 (a diagnostic): during the find also request completions, bios as they are
+# queued (who asked, before the request is issued), context switches and wake-ups, kept whole in
+# trace-NAME.sched.txt (what ran on each vCPU while a request waited).
 sched_trace_events() {
   [ "${BENCH_SCHED_TRACE:-}" = 1 ] || return 0
   local event
-  for event in block/block_rq_complete sched/sched_switch sched/sched_wakeup; do
+  for event in block/block_rq_complete block/block_bio_queue sched/sched_switch sched/sched_wakeup; do
     echo "$1" >"$tracing/events/$event/enable"
   done
 }

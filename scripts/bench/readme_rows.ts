@@ -3,7 +3,7 @@
  * (scripts/bench/readme_sources.ts). Columns: scripts/bench/readme_table.ts HEADER. Every ratio
  * is computed here from recorded seconds.
  */
-import type { BenchSources, HostRun, Machine, Step, VmRow } from "./readme_sources.ts";
+import type { BenchSources, GuestInfo, HostRun, Machine, Step, VmRow } from "./readme_sources.ts";
 
 export interface GeneratedGroup {
   /** How the group's first row starts in the README (`scripts/bench-host.sh` …). */
@@ -40,6 +40,11 @@ export function machineLabel(m: Machine, extra: string[] = []): string {
   // run_info.ts marks a commit with "+" when lib/ or ffi/ had uncommitted changes.
   if (m.commit) parts.push(m.commit.replace(/\+$/, " + uncommitted changes"));
   return `(${parts.join(", ")})`;
+}
+
+/** "TCG guest 6.1.0-57-amd64", and the emulator's translation buffer when the run says it. */
+function guestLabel(g: GuestInfo): string[] {
+  return [g.guestKernel ? `TCG guest ${g.guestKernel}` : "TCG guest", ...(g.tcg ? [g.tcg] : [])];
 }
 
 const ratioCell = (s: number, local: number) => `${(s / local).toFixed(1)}× (${s.toFixed(2)} s)`;
@@ -144,7 +149,7 @@ function vmGroup(src: BenchSources): GeneratedGroup {
     "erofs-oci-nbd-local": "kernel NBD from a local copy (no registry)",
     "qemu-nbd-local": "qemu-nbd (a C NBD server) from that copy: the transport's own cost",
   };
-  const guest = vm.guestKernel ? [`TCG guest ${vm.guestKernel}`] : ["TCG guest"];
+  const guest = guestLabel(vm);
   const row = (r: VmRow, i: number) => {
     const what = names[r.variant] ?? r.variant;
     const fetched = r.bytes[0] + r.bytes[1] + r.bytes[2];
@@ -183,7 +188,7 @@ function vmTraceGroup(src: BenchSources): GeneratedGroup {
   const of = (kind: string) => t.runs.filter((r) => r.kind === kind && local.has(r.round));
   // Per round against the local run of the same round, as scripts/bench/guest.sh summarizes.
   const ratio = (kind: string) => median(of(kind).map((r) => r.python / local.get(r.round)!));
-  const guest = t.guestKernel ? [`TCG guest ${t.guestKernel}`] : ["TCG guest"];
+  const guest = guestLabel(t);
   const untraced = of("untraced").length ? ` (no trace: ${ratio("untraced").toFixed(2)}×)` : "";
   return {
     key,

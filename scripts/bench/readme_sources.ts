@@ -84,18 +84,22 @@ export interface VmRow {
   hwmKb: number;
 }
 
-export interface VmRecord extends Machine {
-  dir: string;
+/** What a VM run says of its guest: kernel, and the emulator's translation buffer (host.txt tcg). */
+export interface GuestInfo {
   guestKernel?: string;
+  tcg?: string;
+}
+
+export interface VmRecord extends Machine, GuestInfo {
+  dir: string;
   imageBytes?: number;
   /** Best of 3 starts of a one-line Deno program in the guest: the floor of any Deno mount. */
   denoFloorS?: number;
   rows: VmRow[];
 }
 
-export interface VmTraceRecord extends Machine {
+export interface VmTraceRecord extends Machine, GuestInfo {
   dir: string;
-  guestKernel?: string;
   /** trace-python.tsv: kind (local/untraced/traced), round, mount s, python s. */
   runs: { kind: string; round: number; mount: number; python: number }[];
 }
@@ -134,7 +138,7 @@ function tsvLines(text: string | undefined): string[][] {
 /** host.txt of a VM run: date, host (CPU, cores, kernel), loads, code. */
 function vmMachine(
   dir: string,
-): Machine & { guestKernel?: string; imageBytes?: number; denoFloorS?: number } {
+): Machine & GuestInfo & { imageBytes?: number; denoFloorS?: number } {
   const host = readText(`${dir}/host.txt`) ?? "";
   const field = (name: string) => new RegExp(`^${name}: (.*)$`, "m").exec(host)?.[1];
   const machine = field("host")?.split(", ") ?? [];
@@ -156,6 +160,7 @@ function vmMachine(
     load: loads.length ? loads : undefined,
     commit: /HEAD (\w+)/.exec(field("code") ?? "")?.[1],
     guestKernel: /kernel=(\S+)/.exec(meta)?.[1],
+    tcg: field("tcg"),
     imageBytes: Number(/image_bytes=(\d+)/.exec(meta)?.[1]) || undefined,
     denoFloorS: Number(/deno_floor_s=([\d.]+)/.exec(meta)?.[1]) || undefined,
   };
