@@ -89,8 +89,9 @@ show_console() {
 elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
 
 tb_size_mb=${VM_TB_SIZE_MB-256}
+tb_label=${tb_size_mb:+$tb_size_mb MiB}
 start=$(date +%s.%N)
-log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, translation buffer ${tb_size_mb:+$tb_size_mb MiB}${tb_size_mb:-the qemu default}, timeout ${timeout_s} s), out dir $out"
+log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, translation buffer ${tb_label:-as qemu sets it}, timeout ${timeout_s} s), out dir $out"
 # no_timer_check: under TCG on a loaded host the boot-time IO-APIC timer check can miss its
 # ticks and panic ("IO-APIC + timer doesn't work", seen with the 6.12 kernel).
 # stdin from /dev/null: qemu must not put a terminal into raw mode. The serial console uses
