@@ -7,21 +7,15 @@
  * too late to tell the mount's own GETs from those after it.
  */
 import assert from "node:assert/strict";
-import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { startRegistry } from "./_support/registry.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { mountSandbox } from "./_support/mounts.ts";
-import { runOk } from "./_support/erofs_tree.ts";
-import { makeScatteredTree } from "./_support/scattered_tree.ts";
+import {
+  ignoreWithoutScatteredImageTools as ignore,
+  makeScatteredTree,
+  pushMkfsErofsImage,
+} from "./_support/scattered_tree.ts";
 import { waitFor } from "./_support/wait.ts";
-
-const ignore = requires(
-  root(),
-  path("/dev/fuse"),
-  command("docker-registry"),
-  command("python3"),
-  path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3"),
-);
 
 /** Long enough for the windows to start (50 ms of quiet after ready) and fetch some. */
 const IDLE_MS = 2_000;
@@ -70,15 +64,6 @@ async function withMount(
   }
 }
 
-async function pushScatteredImage(registry: TestRegistry, work: string) {
-  const src = `${work}/src`;
-  await makeScatteredTree(src);
-  await runOk(`${PEER_BIN}/mkfs.erofs`, [`${work}/peer.erofs`, src]);
-  const image = `${registry.host}/windows/peer:v1`;
-  assertSuccess(await runCli(["push", image, `${work}/peer.erofs`], { timeoutMs: 120_000 }));
-  return { src, image };
-}
-
 Deno.test({
   name:
     "EROFS_OCI_BACKGROUND_WINDOWS=0: nothing fetched while the mount is idle; by default the windows fill it",
@@ -87,7 +72,13 @@ Deno.test({
     await using registry = await startRegistry({ auth: "none" });
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-windows-off-" });
     try {
-      const { src, image } = await pushScatteredImage(registry, work);
+      const src = `${work}/src`;
+      await makeScatteredTree(src);
+      const image = await pushMkfsErofsImage(
+        src,
+        `${work}/peer.erofs`,
+        `${registry.host}/windows/peer:v1`,
+      );
       const file = "d042/s0/f05.bin";
       const expected = await Deno.readFile(`${src}/${file}`);
 

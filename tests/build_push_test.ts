@@ -6,20 +6,16 @@
  * more; both counts are printed.
  */
 import assert from "node:assert/strict";
-import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { runOk, treeListing } from "./_support/erofs_tree.ts";
-import { blobGets, makeScatteredTree } from "./_support/scattered_tree.ts";
-
-const ignore = requires(
-  root(),
-  path("/dev/fuse"),
-  command("docker-registry"),
-  command("python3"),
-  path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3"),
-);
+import {
+  blobGets,
+  ignoreWithoutScatteredImageTools as ignore,
+  makeScatteredTree,
+  pushMkfsErofsImage,
+} from "./_support/scattered_tree.ts";
 
 /** Mounts `image` lazily (FUSE), runs a cold find; returns the GETs made and the listing. */
 async function mountAndFind(registry: TestRegistry, image: string) {
@@ -73,9 +69,11 @@ Deno.test({
       assertSuccess(built);
       assert.match(built.stdout, new RegExp(`^${ours}@sha256:[0-9a-f]{64}\\n$`));
 
-      await runOk(`${PEER_BIN}/mkfs.erofs`, [`${work}/peer.erofs`, src]);
-      const peer = `${registry.host}/build/peer:v1`;
-      assertSuccess(await runCli(["push", peer, `${work}/peer.erofs`], { timeoutMs: 120_000 }));
+      const peer = await pushMkfsErofsImage(
+        src,
+        `${work}/peer.erofs`,
+        `${registry.host}/build/peer:v1`,
+      );
 
       const expected = await treeListing(src);
       const a = await mountAndFind(registry, ours);

@@ -5,6 +5,17 @@
  */
 import { runOk } from "./erofs_tree.ts";
 import type { TestRegistry } from "./registry.ts";
+import { assertSuccess, runCli } from "./cli.ts";
+import { command, path, PEER_BIN, requires, root } from "./requires.ts";
+
+/** What a test of a lazy FUSE mount of the tree's mkfs.erofs image in a registry needs. */
+export const ignoreWithoutScatteredImageTools = requires(
+  root(),
+  path("/dev/fuse"),
+  command("docker-registry"),
+  command("python3"),
+  path(`${PEER_BIN}/mkfs.erofs`, "mkfs.erofs 1.9.3"),
+);
 
 /** ~3,000 files in 150 directories, 2-40 KiB each (about 60 MB): many data chunks. */
 export async function makeScatteredTree(dir: string): Promise<void> {
@@ -39,4 +50,15 @@ for level in range(12):
 export async function blobGets(registry: TestRegistry): Promise<number> {
   return (await registry.accessLog()).filter((line) => /"GET \/v2\/[^"]*\/blobs\//.test(line))
     .length;
+}
+
+/** mkfs.erofs 1.9.3's image of `src` at `imagePath`, pushed as `ref` (returned). */
+export async function pushMkfsErofsImage(
+  src: string,
+  imagePath: string,
+  ref: string,
+): Promise<string> {
+  await runOk(`${PEER_BIN}/mkfs.erofs`, [imagePath, src]);
+  assertSuccess(await runCli(["push", ref, imagePath], { timeoutMs: 120_000 }));
+  return ref;
 }
