@@ -1,6 +1,6 @@
 /**
  * Reads the latest recorded run of each benchmark script from a cache dir (.cache/bench/) for
- * scripts/bench/readme_table.ts. Missing or unreadable records are `undefined`, never an error:
+ * scripts/bench/readme_table.ts (of the VM benchmark: the latest with all its variants). Missing or unreadable records are `undefined`, never an error:
  * the table keeps that script's row as it was.
  */
 
@@ -193,8 +193,18 @@ function runDirs(cache: string): string[] {
   }
 }
 
+/**
+ * Whether the run measured a chosen subset of the variants (BENCH_VARIANTS set: an A/B or a
+ * diagnostic, scripts/vm/run.sh writes it into the run's main.sh), not the benchmark as a user
+ * runs it: the README's table skips those.
+ */
+function chosenVariants(dir: string): boolean {
+  return /^export BENCH_VARIANTS=/m.test(readText(`${dir}/main.sh`) ?? "");
+}
+
 function latestVm(cache: string): VmRecord | undefined {
   for (const dir of runDirs(cache)) {
+    if (chosenVariants(dir)) continue;
     const rows = tsvLines(readText(`${dir}/results.tsv`)).map(vmRow).filter((r) => r !== undefined);
     if (!rows.some((r) => r.variant === "local-loop") || rows.length < 2) continue;
     return { dir, ...vmMachine(dir), rows };
@@ -204,6 +214,7 @@ function latestVm(cache: string): VmRecord | undefined {
 
 function latestVmTrace(cache: string): VmTraceRecord | undefined {
   for (const dir of runDirs(cache)) {
+    if (chosenVariants(dir)) continue;
     const runs = tsvLines(readText(`${dir}/trace-python.tsv`)).map((f) => ({
       kind: f[0],
       round: Number(f[1]),
