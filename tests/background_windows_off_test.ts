@@ -15,7 +15,7 @@ import {
   makeScatteredTree,
   pushMkfsErofsImage,
 } from "./_support/scattered_tree.ts";
-import { waitFor } from "./_support/wait.ts";
+import { sleep, waitFor } from "./_support/wait.ts";
 
 /** Long enough for the windows to start (50 ms of quiet after ready) and fetch some. */
 const IDLE_MS = 2_000;
@@ -29,8 +29,6 @@ async function bytesFetched(env: Record<string, string>): Promise<number> {
   assert.equal(typeof fetched, "number", list.stdout);
   return fetched;
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Mounts `image` (FUSE, its own disk cache) with `env` and runs `check` on the mount with what

@@ -24,6 +24,7 @@ import {
 } from "../lib/source/background_windows.ts";
 import type { WalkClock } from "../lib/source/walk_clock_body.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { sleep } from "./_support/wait.ts";
 
 const CHUNK = 16 << 10;
 const WINDOW = 64 << 10;
@@ -32,8 +33,6 @@ const DIGEST = "sha256:" + "ef".repeat(32);
 const image = patternBytes(WINDOWS * WINDOW, 7);
 /** Windows with "metadata" (a pinned page each); 1, 3, 5, 7, 9, 11 have none. */
 const LISTED = [0, 2, 4, 6, 8, 10];
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function setUp(
   admitted: number[] = [],

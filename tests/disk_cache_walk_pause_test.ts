@@ -14,6 +14,7 @@ import {
   WALK_PAUSE_MAX_MS,
 } from "../lib/source/background_windows.ts";
 import { patternBytes } from "./_support/memory_source.ts";
+import { sleep } from "./_support/wait.ts";
 
 /** Streams its bytes in quarter chunks, counting the pieces handed out. */
 class StreamingSource implements Source {
@@ -38,7 +39,6 @@ class StreamingSource implements Source {
 }
 
 const DIGEST = "sha256:" + "ef".repeat(32);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 Deno.test("disk cache: a fill paused for a walk goes on at once for a reader of another process", async () => {
   assert(WALK_PAUSE_ALONE_MAX_MS >= 10 * WALK_PAUSE_MAX_MS, "the two bounds tell apart");

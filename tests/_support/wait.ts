@@ -1,5 +1,10 @@
 /** Polling for a state another process reaches (a file appears, a server starts, a pid ends). */
 
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 /** Resolves once `done()` is true; throws `timed out waiting for WHAT` after `timeoutMs`. */
 export async function waitFor(
   what: string,
