@@ -87,29 +87,25 @@ async function writeFixture(dir: string): Promise<void> {
   await Deno.mkdir(newer, { recursive: true });
   await Deno.mkdir(chosen, { recursive: true });
   const row = (cells: (string | number)[]) => cells.join("\t");
+  // variant mount find entries tar tarBytes bounded gM bM gF bF gT bT dM dF dT rss hwm lf lr fb rssMount
+  /** results.tsv of a run of the loop device and one NBD variant, its cells `mount` and `n`. */
+  const loopAndNbd = (mount: number, n: number) => {
+    const unused = [0, 0, 0, 0, 0, "-", "-", 0, 0]; // dM … rssMount
+    return [
+      row([...["local-loop", 1, 1, 8762, 1, 1, 0, 0, 0, 0, 0, 0, 0], ...unused]),
+      row([...["erofs-oci-nbd", mount, n, 8762, n, 1, 0, n, n, n, n, n, n], ...unused]),
+    ].join("\n") + "\n";
+  };
   await Deno.writeTextFile(
     `${chosen}/main.sh`,
     "# written by scripts/vm/run.sh\nexport BENCH_VARIANTS=local-loop\\ erofs-oci-nbd\n",
   );
-  await Deno.writeTextFile(
-    `${chosen}/results.tsv`,
-    [
-      row(["local-loop", 1, 1, 8762, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "-", "-", 0, 0]),
-      row(["erofs-oci-nbd", 7, 7, 8762, 7, 1, 0, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, "-", "-", 0, 0]),
-    ].join("\n") + "\n",
-  );
+  await Deno.writeTextFile(`${chosen}/results.tsv`, loopAndNbd(7, 7));
   await Deno.writeTextFile(
     `${chosen}/trace-python.tsv`,
     "local\t1\t0.1\t1.00\ntraced\t1\t9\t9.00\n",
   );
-  // variant mount find entries tar tarBytes bounded gM bM gF bF gT bT dM dF dT rss hwm lf lr fb rssMount
-  await Deno.writeTextFile(
-    `${older}/results.tsv`,
-    [
-      row(["local-loop", 1, 1, 8762, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "-", "-", 0, 0]),
-      row(["erofs-oci-nbd", 99, 9, 8762, 9, 1, 0, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 0, "-", "-", 0, 0]),
-    ].join("\n") + "\n",
-  );
+  await Deno.writeTextFile(`${older}/results.tsv`, loopAndNbd(99, 9));
   await Deno.writeTextFile(
     `${older}/trace-python.tsv`,
     [

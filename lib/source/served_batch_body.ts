@@ -34,9 +34,9 @@ export function servedBatchBody(
    * And once the oldest of them is SERVED_BATCH_MAX_AGE_MS old: the main thread tells a
    * metadata walk by these reports (walk_clock_body.ts, besides the reader's own clock published
    * through read_activity_cell.ts), and a walk whose reads take 3.5 ms each (kernel NBD in the
-   * TCG guest) filled 64 only every ~220 ms, longer than
-   * the 200 ms after which a walk counts as over: the background windows went on in the gaps
-   * and a paused fill went on fetching, verifying and writing for ~0.8 s of the cold find.
+   * TCG guest) filled 64 only every ~220 ms, longer than the 200 ms after which a walk counts as
+   * over: the background windows went on in the gaps and a paused fill went on fetching,
+   * verifying and writing for ~0.8 s of the cold find.
    */
   const SERVED_BATCH = 64, SERVED_BATCH_BYTES = 1 << 20, FLUSH_IDLE_MS = 5;
   const SERVED_BATCH_MAX_AGE_MS = 20;

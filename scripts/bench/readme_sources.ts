@@ -1,7 +1,8 @@
 /**
  * Reads the latest recorded run of each benchmark script from a cache dir (.cache/bench/) for
- * scripts/bench/readme_table.ts (of the VM benchmark: the latest with all its variants). Missing or unreadable records are `undefined`, never an error:
- * the table keeps that script's row as it was.
+ * scripts/bench/readme_table.ts (of the VM benchmark: the latest not limited to chosen variants).
+ * Missing or unreadable records are `undefined`, never an error: the table keeps that script's
+ * row as it was.
  */
 
 /** Machine facts as recorded (older records have only some of them). */
@@ -84,7 +85,7 @@ export interface VmRow {
   hwmKb: number;
 }
 
-/** What a VM run says of its guest: kernel, and the emulator's translation buffer (host.txt tcg). */
+/** What a VM run says of its guest: kernel, and the emulator's translation buffer (host.txt). */
 export interface GuestInfo {
   guestKernel?: string;
   tcg?: string;
