@@ -4,7 +4,8 @@
  * the trace touches six 2 MiB chunks, more than an 8 MiB cache holds next to the mount's own
  * reads. The prefetch pins the traced pages (lib/trace/pinned_target.ts), so the application's
  * reads make zero layer GETs and the mount fetches far less than the chunks. Through the cache
- * (before) the first traced chunks were evicted by the later ones and fetched again.
+ * (before) the first traced chunks were evicted by the later ones and fetched again. The
+ * prefetch asks for the traced pages in one multi-range GET (RegistryBlob.readRanges).
  */
 import assert from "node:assert/strict";
 import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts";
@@ -112,12 +113,20 @@ Deno.test({
         assert(app.success, new TextDecoder().decode(app.stderr));
         assert.equal(layerGets().length - before, 0, sandbox.serverLogs());
 
-        const fetched = proxy.requests.slice(firstRequest)
-          .filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`) && r.range)
-          .reduce((sum, r) => {
-            const [from, to] = r.range!.slice(6).split("-").map(Number);
-            return sum + to - from + 1;
-          }, 0);
+        const mountGets = proxy.requests.slice(firstRequest)
+          .filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`) && r.range);
+        const spans = (range: string) =>
+          range.slice(6).split(",").map((span) => span.split("-").map(Number));
+        const fetched = mountGets.reduce(
+          (sum, r) => sum + spans(r.range!).reduce((s, [from, to]) => s + to - from + 1, 0),
+          0,
+        );
+        // The six traced pages (far apart) in one multi-range GET, not one GET each.
+        const batched = mountGets.filter((r) => {
+          const asked = spans(r.range!);
+          return asked.length >= FILES && asked.every(([from, to]) => to - from + 1 <= 64 << 10);
+        });
+        assert.equal(batched.length, 1, JSON.stringify(mountGets.map((r) => r.range)));
         // Through the cache the six traced chunks alone were 12 MiB; pinned, the traced pages
         // plus what the mount reads itself (metadata, the kernel's first reads).
         assert(fetched < 6 * MIB, `${fetched} bytes fetched by the mount`);

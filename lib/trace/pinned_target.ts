@@ -13,7 +13,7 @@
  * A disk-cached layer keeps reading through its cache: there the bytes persist and are shared.
  */
 import { PIN_PAGE_BYTES as PAGE_BYTES } from "../source/prefetched.ts";
-import type { PrefetchTarget } from "./prefetch.ts";
+import type { ByteSpan, PrefetchTarget } from "./prefetch.ts";
 
 /** What pinningPrefetchTarget pins into (PrefetchedSource has all of these). */
 export interface PinSink {
@@ -29,31 +29,106 @@ export interface PinSink {
   countPrefetch(bytes: number): void;
 }
 
+/** What pinningPrefetchTarget reads the traced pages from (a RegistryBlob has both). */
+export interface PinnedPiecesSource {
+  read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * Several ranges (ascending, apart) in few requests; undefined where a range did not come
+   * that way (read alone then). RegistryBlob.readRanges: multi-range GETs.
+   */
+  readRanges?(
+    ranges: readonly ByteSpan[],
+    signal?: AbortSignal,
+  ): Promise<(Uint8Array | undefined)[]>;
+}
+
 /**
  * A PrefetchTarget that reads each piece's pages from `source` and pins them in `sink`, or,
  * when the pin budget has no room left for the piece, reads it through `fallback` (the cache).
+ * Several pieces (readMany) come in one multi-range request when the source can (readRanges).
  */
 export function pinningPrefetchTarget(
-  source: { read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> },
+  source: PinnedPiecesSource,
   sink: PinSink,
   fallback: PrefetchTarget,
 ): PrefetchTarget {
-  return {
+  const pin = (offset: number, bytes: Uint8Array) =>
+    // A copy: a view would keep the source's buffer alive (or a pooled one could change).
+    sink.pin(offset, bytes.slice(), { data: true });
+  const target: PrefetchTarget = {
     async read(offset: number, length: number, signal?: AbortSignal): Promise<void> {
-      const start = Math.floor(offset / PAGE_BYTES) * PAGE_BYTES;
-      const end = Math.min(sink.size, Math.ceil((offset + length) / PAGE_BYTES) * PAGE_BYTES);
-      // Pages count whole (a partial last page too, as pin() counts it).
-      const pageBytes = Math.ceil((end - start) / PAGE_BYTES) * PAGE_BYTES;
-      if (sink.pinnedBytes + pageBytes > sink.pinBudgetBytes) {
+      const [pages] = pageSpans([{ offset, length }], sink.size);
+      if (sink.pinnedBytes + pinnedSize(pages) > sink.pinBudgetBytes) {
         await fallback.read(offset, length, signal);
         return;
       }
-      const bytes = await source.read(start, end - start, signal);
+      const bytes = await source.read(pages.offset, pages.length, signal);
       sink.countPrefetch(bytes.length);
-      // A copy: a view would keep the source's buffer alive (or a pooled one could change).
-      sink.pin(start, bytes.slice(), { data: true });
+      pin(pages.offset, bytes);
     },
   };
+  // Without multi-range requests pieces are read one by one, PREFETCH_PARALLEL at a time.
+  if (!source.readRanges) return target;
+  const readRanges = source.readRanges.bind(source);
+  return {
+    ...target,
+    async readMany(ranges: readonly ByteSpan[], signal?: AbortSignal): Promise<void> {
+      // What fits the pin budget is fetched together; the rest goes through the cache.
+      const fits: ByteSpan[] = [];
+      const spill: ByteSpan[] = [];
+      let reserved = sink.pinnedBytes;
+      for (const pages of pageSpans(ranges, sink.size)) {
+        const fit = reserved + pinnedSize(pages) <= sink.pinBudgetBytes;
+        if (fit) reserved += pinnedSize(pages);
+        (fit ? fits : spill).push(pages);
+      }
+      const fetchAndPin = async () => {
+        const together = fits.length > 1 ? await readRanges(fits, signal) : [];
+        const togetherBytes = together.reduce((sum, bytes) => sum + (bytes?.length ?? 0), 0);
+        if (togetherBytes) sink.countPrefetch(togetherBytes);
+        await Promise.all(fits.map(async (pages, i) => {
+          const came = together[i];
+          if (came) return pin(pages.offset, came);
+          const bytes = await source.read(pages.offset, pages.length, signal);
+          sink.countPrefetch(bytes.length);
+          pin(pages.offset, bytes);
+        }));
+      };
+      await Promise.all([
+        fetchAndPin(),
+        ...spill.map((pages) => fallback.read(pages.offset, pages.length, signal)),
+      ]);
+    },
+  };
+}
+
+/**
+ * The pages of `ranges` (page-aligned, the last page cut at `size`), sorted and with touching
+ * or overlapping ones joined: ascending and apart, as a multi-range request wants them.
+ */
+export function pageSpans(ranges: readonly ByteSpan[], size: number): ByteSpan[] {
+  const spans = ranges
+    .map(({ offset, length }) => {
+      const start = Math.floor(offset / PAGE_BYTES) * PAGE_BYTES;
+      const end = Math.min(size, Math.ceil((offset + length) / PAGE_BYTES) * PAGE_BYTES);
+      return { offset: start, length: end - start };
+    })
+    .sort((a, b) => a.offset - b.offset);
+  const joined: ByteSpan[] = [];
+  for (const span of spans) {
+    const last = joined.at(-1);
+    if (last && span.offset <= last.offset + last.length) {
+      last.length = Math.max(last.length, span.offset + span.length - last.offset);
+    } else {
+      joined.push({ ...span });
+    }
+  }
+  return joined;
+}
+
+/** Pages count whole (a partial last page too, as pin() counts it). */
+function pinnedSize(pages: ByteSpan): number {
+  return Math.ceil(pages.length / PAGE_BYTES) * PAGE_BYTES;
 }
 
 /**

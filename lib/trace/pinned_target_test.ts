@@ -104,3 +104,56 @@ Deno.test("trace prefetch over a memory cache: pieces past the pin budget go thr
     assert.equal(got[100], byteAt(range.offset + 100));
   }
 });
+
+Deno.test("trace prefetch over a memory cache: a source with readRanges gets the pieces in few requests", async () => {
+  const counted = countingSource();
+  const batches: { offset: number; length: number }[][] = [];
+  const source = {
+    ...counted.source,
+    // Like RegistryBlob.readRanges: one multi-range request; this "registry" leaves out the
+    // third range (read alone after).
+    readRanges(ranges: readonly { offset: number; length: number }[]) {
+      batches.push(ranges.map((r) => ({ ...r })));
+      return Promise.all(
+        ranges.map((r, i) => i === 2 ? undefined : counted.source.read(r.offset, r.length)),
+      );
+    },
+  };
+  counted.reads.length = 0;
+  const served = new PrefetchedSource(
+    new CachedSource(counted.source, { cacheBytes: CACHE_BYTES }),
+  );
+  // Two of the ranges share a page and two touch: pages join into ascending, apart spans.
+  const ranges = [
+    ...RANGES.slice(0, 6),
+    { layerIndex: 0, offset: RANGES[5].offset + 30000, length: 100 }, // in range 5's last page
+    { layerIndex: 0, offset: RANGES[5].offset - 12288 + 4 * MIB - 4096, length: 4096 }, // apart
+  ];
+  const prefetcher = new TracePrefetcher(
+    [pinningPrefetchTarget(source, served, served)],
+    ranges,
+  );
+  assert.match(
+    await prefetcher.run(new AbortController().signal),
+    /trace prefetch done: \d+ bytes in 7 pieces, 1 reads/,
+  );
+  assert.equal(batches.length, 1, "one multi-range request for the batch");
+  const spans = batches[0];
+  for (let i = 1; i < spans.length; i++) {
+    assert(spans[i].offset > spans[i - 1].offset + spans[i - 1].length, "ascending and apart");
+  }
+  assert(spans.every((s) => s.offset % 4096 === 0 && s.length % 4096 === 0));
+  // The range the reply lacked came alone, the others only through the batch.
+  assert.deepEqual(counted.reads.filter(([offset]) => offset === spans[2].offset), [[
+    spans[2].offset,
+    spans[2].length,
+  ]]);
+  assert.equal(counted.reads.length, spans.length, "each span read once");
+  // Every traced byte is pinned: the application's reads fetch nothing.
+  const before = counted.reads.length;
+  for (const range of ranges) {
+    const got = await served.read(range.offset, range.length);
+    for (let i = 0; i < got.length; i += 997) assert.equal(got[i], byteAt(range.offset + i));
+  }
+  assert.equal(counted.reads.length, before);
+});

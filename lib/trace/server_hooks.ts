@@ -121,7 +121,7 @@ export class ServerTraceHooks {
       console.warn(`trace prefetch: ${(error as Error).message}`);
       return;
     }
-    console.log(`trace prefetch: ${this.#prefetcher.pieceCount} reads queued`);
+    console.log(`trace prefetch: ${this.#prefetcher.pieceCount} pieces queued`);
     this.#prefetcher.run(signal).then((summary) => console.log(summary));
   }
 

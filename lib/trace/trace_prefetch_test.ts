@@ -158,11 +158,85 @@ Deno.test("prefetch: with groupBytes, queued pieces in the same fetch unit are r
   await new Promise((r) => setTimeout(r, 0));
   assert.deepEqual(started.slice(4), [9 * MiB]);
   gates.splice(0).forEach((release) => release());
-  assert.match(await done, /trace prefetch done: 20480 bytes in 5 reads/);
+  assert.match(await done, /trace prefetch done: 20480 bytes in 5 pieces, 5 reads/);
   // Without groupBytes: trace order, one at a time.
   const plain: number[] = [];
   await new TracePrefetcher([{
     read: (offset: number) => (plain.push(offset), Promise.resolve()),
   }], ranges).run(new AbortController().signal, 1);
   assert.deepEqual(plain, ranges.map((r) => r.offset));
+});
+
+Deno.test("prefetch: a target with readMany gets the next queued pieces of a layer together", async () => {
+  const KiB = 1024, MiB = 1 << 20;
+  const calls: string[] = [];
+  const gates: (() => void)[] = [];
+  const gate = () => new Promise<void>((resolve) => gates.push(resolve));
+  const target = (layer: number) => ({
+    read(offset: number) {
+      calls.push(`L${layer} read ${offset / MiB}`);
+      return gate();
+    },
+    readMany(ranges: readonly { offset: number; length: number }[]) {
+      calls.push(`L${layer} many ${ranges.map((r) => r.offset / MiB).join(",")}`);
+      return gate();
+    },
+  });
+  // Layer 0: 40 small pieces a MiB apart (no coalescing), then one of layer 1, then three
+  // pieces of 200 KiB and one more small one of layer 0.
+  const ranges = [
+    ...Array.from({ length: 40 }, (_, i) => ({ layerIndex: 0, offset: i * MiB, length: 4 * KiB })),
+    { layerIndex: 1, offset: 0, length: 4 * KiB },
+    ...[50, 51, 52].map((m) => ({ layerIndex: 0, offset: m * MiB, length: 200 * KiB })),
+    { layerIndex: 0, offset: 60 * MiB, length: 4 * KiB },
+  ];
+  const prefetcher = new TracePrefetcher([target(0), target(1)], ranges);
+  // The application reads piece 35 before the prefetch gets to it: it is not fetched again.
+  prefetcher.noteRead(0, 35 * MiB, 4 * KiB);
+  const done = prefetcher.run(new AbortController().signal, 1);
+  const step = async () => {
+    await new Promise((r) => setTimeout(r, 0));
+    gates.splice(0).forEach((release) => release());
+  };
+  await new Promise((r) => setTimeout(r, 0));
+  // A reader of piece 3 (in the running batch) waits for the batch, not for a read of its own.
+  let claimSettled = false;
+  prefetcher.claim(0, 3 * MiB, 4096)!.then(() => claimSettled = true);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(claimSettled, false);
+  for (let i = 0; i < 6; i++) await step();
+  assert.equal(claimSettled, true);
+  const list = (from: number, to: number) =>
+    Array.from({ length: to - from }, (_, i) => from + i).filter((m) => m !== 35).join(",");
+  assert.deepEqual(calls, [
+    `L0 many ${list(0, 32)}`, // at most PREFETCH_BATCH_PIECES
+    `L0 many ${list(32, 40)}`, // up to the other layer's piece (the order holds), 35 skipped
+    "L1 read 0", // alone: a single piece is a plain read
+    "L0 many 50,51", // 400 KiB; a third 200 KiB piece would pass PREFETCH_BATCH_BYTES
+    "L0 many 52,60",
+  ]);
+  assert.match(
+    await done,
+    /trace prefetch done: \d+ bytes in 45 pieces, 5 reads \(4096 read by the app/,
+  );
+  assert.equal(prefetcher.progress(0)!.bytesDone, prefetcher.progress(0)!.bytesTotal);
+});
+
+Deno.test("prefetch: a failed readMany puts its pieces back and counts one failure", async () => {
+  let attempts = 0;
+  const target = {
+    read: () => Promise.resolve(),
+    readMany: () => (attempts++, Promise.reject(new Error("registry down"))),
+  };
+  const ranges = Array.from({ length: 100 }, (_, i) => ({
+    layerIndex: 0,
+    offset: i << 20,
+    length: 4096,
+  }));
+  const prefetcher = new TracePrefetcher([target], ranges);
+  const summary = await prefetcher.run(new AbortController().signal, 1);
+  assert.match(summary, /stopped after 3 failed reads: registry down/);
+  assert.equal(attempts, 3);
+  assert.equal(prefetcher.progress(0)!.bytesDone, 0);
+  assert.equal(prefetcher.progress(0)!.state, "failed");
 });
