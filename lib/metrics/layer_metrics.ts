@@ -1,9 +1,15 @@
 /**
  * What a mount server adds to each layer's cache counters in its `stats` reply: the layer's
- * digest and its registry GET latency histogram (fetch_metrics.ts).
+ * digest, its registry GET latency histogram and what it fetched (fetch_metrics.ts).
  */
 import type { LayerSpec } from "../state/runtime.ts";
-import { blobGetLatency, chunkMismatches, type LatencyHistogram } from "../source/fetch_metrics.ts";
+import {
+  type BlobFetched,
+  blobFetched,
+  blobGetLatency,
+  chunkMismatches,
+  type LatencyHistogram,
+} from "../source/fetch_metrics.ts";
 
 export interface LayerFetchMetrics {
   digest?: string;
@@ -11,6 +17,8 @@ export interface LayerFetchMetrics {
   getLatency?: LatencyHistogram;
   /** Chunks that failed their chunk-digest table (registry layers). */
   verifyFailures?: number;
+  /** The registry reads this process made of the layer's blob, and their bytes. */
+  wire?: BlobFetched;
 }
 
 export function layerFetchMetrics(layer: LayerSpec | undefined): LayerFetchMetrics {
@@ -20,5 +28,6 @@ export function layerFetchMetrics(layer: LayerSpec | undefined): LayerFetchMetri
     digest: layer.digest,
     getLatency: blobGetLatency(layer.digest),
     verifyFailures: chunkMismatches(layer.digest),
+    wire: blobFetched(layer.digest) ?? { requests: 0, bytes: 0 },
   };
 }

@@ -24,6 +24,8 @@ export interface LayerStats {
   directReads?: number;
   /** Chunks of this layer that failed their chunk-digest table. */
   verifyFailures?: number;
+  /** The registry reads the server made of this layer's blob (fetch_metrics.ts BlobFetched). */
+  wire?: { requests: number; bytes: number };
 }
 
 export interface ServerStats {

@@ -63,9 +63,10 @@ export function listedLayers(
     index,
     digest: layer.digest,
     bytesRequested: layer.bytesRequested,
-    // Under a disk cache the memory cache's "fetches" are mostly disk reads.
-    bytesFetched: layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched,
-    fetches: layer.disk?.fetches ?? layer.fetches,
+    // Under a disk cache the memory cache's "fetches" are mostly disk reads. Without one, a
+    // registry layer's own reads: the caches' counts miss what a check widens a read to.
+    bytesFetched: layer.disk ? layer.disk.fetchedBytes : layer.wire?.bytes ?? layer.bytesFetched,
+    fetches: layer.disk?.fetches ?? layer.wire?.requests ?? layer.fetches,
     memoryHits: layer.hits,
     memoryMisses: layer.misses,
     diskHitBytes: layer.disk?.diskHitBytes,

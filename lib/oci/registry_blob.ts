@@ -2,6 +2,7 @@ import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
 import { type BodySink, intoOf } from "./blob_range.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
+import { noteBlobFetched } from "../source/fetch_metrics.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
 export interface BlobRangeReader {
@@ -52,6 +53,12 @@ export class RegistryBlob implements Source {
   requests = 0;
   /** Bytes returned to callers. */
   bytesFetched = 0;
+  /** Also noted per digest for the process (fetch_metrics.ts: what `list` shows as fetched). */
+  #counted(requests: number, bytes: number): void {
+    this.requests += requests;
+    this.bytesFetched += bytes;
+    noteBlobFetched(this.digest, requests, bytes);
+  }
   readonly #client: BlobRangeReader;
 
   constructor(client: BlobRangeReader, repository: string, layer: LayerDescriptor) {
@@ -69,7 +76,7 @@ export class RegistryBlob implements Source {
       );
     }
     if (length === 0) return new Uint8Array(0);
-    this.requests++;
+    this.#counted(1, 0);
     const bytes = await this.#client.readBlobRange(
       this.repository,
       this.digest,
@@ -78,7 +85,7 @@ export class RegistryBlob implements Source {
       signal,
       this.size,
     );
-    this.bytesFetched += bytes.byteLength;
+    this.#counted(0, bytes.byteLength);
     return bytes;
   }
 
@@ -102,7 +109,7 @@ export class RegistryBlob implements Source {
     if (!this.#client.readBlobRangeTo) {
       return await sink(await this.read(offset, length, signal), 0);
     }
-    this.requests++;
+    this.#counted(1, 0);
     let arrived = 0;
     const counted: BodySink = (bytes, at) => {
       arrived = Math.max(arrived, at + bytes.length);
@@ -119,7 +126,7 @@ export class RegistryBlob implements Source {
       signal,
       this.size,
     );
-    this.bytesFetched += arrived;
+    this.#counted(0, arrived);
   }
 
   /**
@@ -130,7 +137,7 @@ export class RegistryBlob implements Source {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
       throw new RangeError(`pack ${digest}: bad size ${sizeBytes}`);
     }
-    this.requests++;
+    this.#counted(1, 0);
     const bytes = await this.#client.readBlobRange(
       this.repository,
       digest,
@@ -139,7 +146,7 @@ export class RegistryBlob implements Source {
       signal,
       sizeBytes,
     );
-    this.bytesFetched += bytes.byteLength;
+    this.#counted(0, bytes.byteLength);
     return bytes;
   }
 
@@ -163,13 +170,13 @@ export class RegistryBlob implements Source {
     const batches: Promise<void>[] = [];
     for (let from = 0; from < ranges.length; from += MAX_RANGES_PER_REQUEST) {
       const batch = ranges.slice(from, from + MAX_RANGES_PER_REQUEST);
-      this.requests++;
+      this.#counted(1, 0);
       batches.push(
         client.readBlobRanges(this.repository, this.digest, batch, this.size, signal).then(
           (got) =>
             got?.forEach((bytes, i) => {
               out[from + i] = bytes;
-              this.bytesFetched += bytes?.length ?? 0;
+              this.#counted(0, bytes?.length ?? 0);
             }),
           () => {}, // the caller reads what is missing one range at a time
         ),

@@ -73,6 +73,33 @@ export function allBlobGetLatency(): LatencyHistogram {
   return total;
 }
 
+/** Reads of a blob this process made of its registry, and the bytes they brought. */
+export interface BlobFetched {
+  requests: number;
+  bytes: number;
+}
+
+const fetched = new Map<string, BlobFetched>();
+
+/**
+ * Counts reads of blob `digest` (RegistryBlob): what `list` shows as a memory-only layer's
+ * fetched bytes, whatever cache or check above asked for them (a verified layer fetches whole
+ * table chunks for a few pinned pages).
+ */
+export function noteBlobFetched(digest: string, requests: number, bytes: number): void {
+  const key = fetched.has(digest) || fetched.size < MAX_TRACKED_BLOBS ? digest : OVERFLOW_KEY;
+  const entry = fetched.get(key) ?? { requests: 0, bytes: 0 };
+  entry.requests += requests;
+  entry.bytes += bytes;
+  fetched.set(key, entry);
+}
+
+/** What this process fetched of `digest` so far (undefined: nothing). */
+export function blobFetched(digest: string): BlobFetched | undefined {
+  const entry = fetched.get(digest);
+  return entry && { ...entry };
+}
+
 const mismatches = new Map<string, number>();
 
 /** A chunk of `digest` did not match its chunk-digest table (bytes refused, refetched). */
