@@ -13,7 +13,8 @@
  * A disk-cached layer keeps reading through its cache: there the bytes persist and are shared.
  */
 import { PIN_PAGE_BYTES as PAGE_BYTES } from "../source/prefetched.ts";
-import type { ByteSpan, PrefetchTarget } from "./prefetch.ts";
+import { alignedRuns, type ByteSpan } from "../source/aligned_runs.ts";
+import type { PrefetchTarget } from "./prefetch.ts";
 
 /** What pinningPrefetchTarget pins into (PrefetchedSource has all of these). */
 export interface PinSink {
@@ -34,7 +35,8 @@ export interface PinnedPiecesSource {
   read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
   /**
    * Several ranges (ascending, apart) in few requests; undefined where a range did not come
-   * that way (read alone then). RegistryBlob.readRanges: multi-range GETs.
+   * that way (read alone then). RegistryBlob.readRanges: multi-range GETs; VerifiedSource's:
+   * checked in subchunks (a few pages cost 64 KiB each, not a 1 MiB chunk).
    */
   readRanges?(
     ranges: readonly ByteSpan[],
@@ -57,7 +59,7 @@ export function pinningPrefetchTarget(
     sink.pin(offset, bytes.slice(), { data: true });
   const target: PrefetchTarget = {
     async read(offset: number, length: number, signal?: AbortSignal): Promise<void> {
-      const [pages] = pageSpans([{ offset, length }], sink.size);
+      const [pages] = alignedRuns([{ offset, length }], PAGE_BYTES, sink.size);
       if (sink.pinnedBytes + pinnedSize(pages) > sink.pinBudgetBytes) {
         await fallback.read(offset, length, signal);
         return;
@@ -70,20 +72,21 @@ export function pinningPrefetchTarget(
   // Without multi-range requests pieces are read one by one, PREFETCH_PARALLEL at a time.
   if (!source.readRanges) return target;
   const readRanges = source.readRanges.bind(source);
-  return {
-    ...target,
+  const many: PrefetchTarget = {
+    // One piece too: a verified source checks it in subchunks there.
+    read: (offset, length, signal) => many.readMany!([{ offset, length }], signal),
     async readMany(ranges: readonly ByteSpan[], signal?: AbortSignal): Promise<void> {
       // What fits the pin budget is fetched together; the rest goes through the cache.
       const fits: ByteSpan[] = [];
       const spill: ByteSpan[] = [];
       let reserved = sink.pinnedBytes;
-      for (const pages of pageSpans(ranges, sink.size)) {
+      for (const pages of alignedRuns(ranges, PAGE_BYTES, sink.size)) {
         const fit = reserved + pinnedSize(pages) <= sink.pinBudgetBytes;
         if (fit) reserved += pinnedSize(pages);
         (fit ? fits : spill).push(pages);
       }
       const fetchAndPin = async () => {
-        const together = fits.length > 1 ? await readRanges(fits, signal) : [];
+        const together = fits.length ? await readRanges(fits, signal) : [];
         const togetherBytes = together.reduce((sum, bytes) => sum + (bytes?.length ?? 0), 0);
         if (togetherBytes) sink.countPrefetch(togetherBytes);
         await Promise.all(fits.map(async (pages, i) => {
@@ -100,30 +103,7 @@ export function pinningPrefetchTarget(
       ]);
     },
   };
-}
-
-/**
- * The pages of `ranges` (page-aligned, the last page cut at `size`), sorted and with touching
- * or overlapping ones joined: ascending and apart, as a multi-range request wants them.
- */
-export function pageSpans(ranges: readonly ByteSpan[], size: number): ByteSpan[] {
-  const spans = ranges
-    .map(({ offset, length }) => {
-      const start = Math.floor(offset / PAGE_BYTES) * PAGE_BYTES;
-      const end = Math.min(size, Math.ceil((offset + length) / PAGE_BYTES) * PAGE_BYTES);
-      return { offset: start, length: end - start };
-    })
-    .sort((a, b) => a.offset - b.offset);
-  const joined: ByteSpan[] = [];
-  for (const span of spans) {
-    const last = joined.at(-1);
-    if (last && span.offset <= last.offset + last.length) {
-      last.length = Math.max(last.length, span.offset + span.length - last.offset);
-    } else {
-      joined.push({ ...span });
-    }
-  }
-  return joined;
+  return many;
 }
 
 /** Pages count whole (a partial last page too, as pin() counts it). */
@@ -132,10 +112,11 @@ function pinnedSize(pages: ByteSpan): number {
 }
 
 /**
- * What `source` fetches and checks whole (a verified layer's chunk), if it says: the trace
- * prefetch reads the traced pieces within one such unit together (TracePrefetcher groupBytes).
+ * What `source` fetches and checks whole for a small read (a verified layer's subchunk, else its
+ * chunk), if it says: the trace prefetch reads the traced pieces within one such unit together
+ * (TracePrefetcher groupBytes).
  */
 export function fetchUnitBytes(source: object): number | undefined {
-  const unit = (source as { chunkBytes?: unknown }).chunkBytes;
+  const unit = (source as { smallReadUnitBytes?: unknown }).smallReadUnitBytes;
   return typeof unit === "number" && unit > 0 ? unit : undefined;
 }

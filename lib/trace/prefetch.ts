@@ -9,6 +9,8 @@
  * reads themselves still work.
  */
 
+import type { ByteSpan } from "../source/aligned_runs.ts";
+
 /** What the prefetch reads through (the layer's cached source). */
 export interface PrefetchTarget {
   read(offset: number, length: number, signal?: AbortSignal): Promise<unknown>;
@@ -18,11 +20,6 @@ export interface PrefetchTarget {
    * per-request work, which under emulation is most of a small piece's cost.
    */
   readMany?(ranges: readonly ByteSpan[], signal?: AbortSignal): Promise<unknown>;
-}
-
-export interface ByteSpan {
-  offset: number;
-  length: number;
 }
 
 export interface PrefetchRange {
@@ -50,10 +47,10 @@ export const PREFETCH_PARALLEL = 8;
 /** One prefetch read: whole traced ranges up to this, longer ones split. */
 export const PREFETCH_PIECE_BYTES = 1 << 20;
 /**
- * One readMany: the next queued pieces of a layer, in trace order, up to this many bytes and
- * pieces. Small enough that the first batches (what the application reads first) arrive in
- * one round trip each, PARALLEL at a time; a python start's trace (89 pieces, 4.7 MB) takes
- * ~10 requests instead of 89.
+ * One readMany: the next queued pieces of a layer, in trace order, up to this many pieces and
+ * bytes to fetch (see groupBytes). Small enough that the first batches (what the application
+ * reads first) arrive in one round trip each, PARALLEL at a time; a python start's trace (89
+ * pieces, 4.7 MB) takes ~10 requests instead of 89.
  */
 export const PREFETCH_BATCH_BYTES = 512 << 10;
 export const PREFETCH_BATCH_PIECES = 32;
@@ -287,12 +284,12 @@ export class TracePrefetcher {
         const piece = this.#take();
         if (!piece) return;
         try {
-          if (this.#groupBytes[piece.layerIndex]) {
+          if (this.#targets[piece.layerIndex]!.readMany) {
+            await this.#startTogether(this.#takeBatch(piece), signal);
+          } else if (this.#groupBytes[piece.layerIndex]) {
             await Promise.all(
               [piece, ...this.#takeMates(piece)].map((p) => this.#start(p, signal)),
             );
-          } else if (this.#targets[piece.layerIndex]!.readMany) {
-            await this.#startTogether([piece, ...this.#takeFollowing(piece)], signal);
           } else {
             await this.#start(piece, signal);
           }
@@ -335,28 +332,47 @@ export class TracePrefetcher {
   }
 
   /**
-   * The queued pieces right after `piece` in trace order, of its layer, marked running: up to
-   * PREFETCH_BATCH_PIECES and PREFETCH_BATCH_BYTES with it. Stops at another layer's piece, so
-   * the order across layers holds.
+   * `piece` and the queued pieces right after it in trace order, of its layer, marked running:
+   * up to PREFETCH_BATCH_PIECES, and PREFETCH_BATCH_BYTES of what they cost to fetch (with
+   * groupBytes: the fetch units they touch, at least one unit; the queued pieces within those
+   * units come along for nothing). Stops at another layer's piece, so the order across layers
+   * holds.
    */
-  #takeFollowing(piece: Piece): Piece[] {
-    const following: Piece[] = [];
-    let bytes = piece.length;
-    while (this.#next < this.#pieces.length && following.length + 1 < PREFETCH_BATCH_PIECES) {
+  #takeBatch(piece: Piece): Piece[] {
+    const unit = this.#groupBytes[piece.layerIndex];
+    const limit = Math.max(PREFETCH_BATCH_BYTES, unit ?? 0);
+    const units = new Set<number>();
+    const unitsOf = (p: Piece) => {
+      const first = Math.floor(p.offset / unit!);
+      return Array.from(
+        { length: Math.ceil((p.offset + p.length) / unit!) - first },
+        (_, i) => first + i,
+      );
+    };
+    const costOf = (p: Piece) =>
+      unit ? unitsOf(p).filter((u) => !units.has(u)).length * unit : p.length;
+    const batch: Piece[] = [];
+    let spent = 0;
+    const add = (p: Piece) => {
+      spent += costOf(p);
+      batch.push(p);
+      if (!unit) return;
+      for (const u of unitsOf(p)) units.add(u);
+      batch.push(...this.#takeMates(p));
+    };
+    add(piece);
+    while (this.#next < this.#pieces.length && batch.length < PREFETCH_BATCH_PIECES) {
       const next = this.#pieces[this.#next];
       if (next.state !== "pending") {
         this.#next++;
         continue;
       }
-      if (next.layerIndex !== piece.layerIndex || bytes + next.length > PREFETCH_BATCH_BYTES) {
-        break;
-      }
+      if (next.layerIndex !== piece.layerIndex || spent + costOf(next) > limit) break;
       this.#next++;
       next.state = "running";
-      bytes += next.length;
-      following.push(next);
+      add(next);
     }
-    return following;
+    return batch;
   }
 
   #take(): Piece | undefined {

@@ -240,3 +240,36 @@ Deno.test("prefetch: a failed readMany puts its pieces back and counts one failu
   assert.equal(prefetcher.progress(0)!.bytesDone, 0);
   assert.equal(prefetcher.progress(0)!.state, "failed");
 });
+
+Deno.test("prefetch: with readMany and groupBytes, a batch is bounded by the units it fetches", async () => {
+  const KiB = 1024;
+  const unit = 64 * KiB;
+  const batches: number[][] = [];
+  const target = {
+    read: () => Promise.reject(new Error("a batch target reads through readMany")),
+    readMany(ranges: readonly { offset: number; length: number }[]) {
+      batches.push(ranges.map((r) => r.offset / KiB));
+      return Promise.resolve();
+    },
+  };
+  // Trace order: twenty pieces in twenty units (4 KiB, far apart: not coalesced), then one in
+  // the first unit again (past the coalescing look-back; a mate: it comes with the first batch).
+  const ranges = [
+    ...Array.from(
+      { length: 20 },
+      (_, i) => ({ layerIndex: 0, offset: i * 1024 * KiB, length: 4096 }),
+    ),
+    { layerIndex: 0, offset: 60 * KiB, length: 4096 },
+  ];
+  const prefetcher = new TracePrefetcher([target], ranges, { groupBytes: [unit] });
+  assert.match(
+    await prefetcher.run(new AbortController().signal, 1),
+    /21 pieces, 3 reads/,
+  );
+  // PREFETCH_BATCH_BYTES (512 KiB) of units: eight units, the mate with the first.
+  assert.deepEqual(batches, [
+    [0, 60, 1024, 2048, 3072, 4096, 5120, 6144, 7168],
+    [8, 9, 10, 11, 12, 13, 14, 15].map((m) => m * 1024),
+    [16, 17, 18, 19].map((m) => m * 1024),
+  ]);
+});

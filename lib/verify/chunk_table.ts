@@ -8,7 +8,9 @@
  * `{"schemaVersion":1,"algorithm":"sha256","layer":{"digest","size"},"chunkBytes",
  * "chunks":"<hex digests back to back>"}`. The last chunk may be shorter. An EROFS layer's table
  * may also carry `"metadata"`: where its directory metadata lies, with a digest per range
- * (metadata_ranges.ts), so a mount fetches just those bytes instead of walking whole chunks.
+ * (metadata_ranges.ts), so a mount fetches just those bytes instead of walking whole chunks, and
+ * `"subchunks": {"bytes", "chunks"}`: the sha256 of every `bytes`-long piece (64 KiB) too, so a
+ * few scattered pages (a trace prefetch's) are checked in 64 KiB pieces instead of 1 MiB chunks.
  */
 import { createHash, type Hash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
@@ -40,6 +42,15 @@ export const CHUNK_TABLE_ANNOTATION = "io.github.erofs-oci.chunk-digests";
 export const TABLE_LAYER_ANNOTATION = "io.github.erofs-oci.layer.digest";
 
 export const DEFAULT_TABLE_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Subchunks of a table with larger chunks. A python start's trace (134 ranges, 2.8 MB) touched
+ * ~34 table chunks of the benchmark image: 38.8 MB fetched and hashed at 1 MiB against ~8 MB
+ * at 64 KiB (docs/benchmarks.md, session 42).
+ */
+export const DEFAULT_SUBCHUNK_BYTES = 64 * 1024;
+const MIN_SUBCHUNK_BYTES = 4096;
+/** At most this many subchunk digests (4 MiB of hex: a 4 GiB layer at 64 KiB); past it none. */
+export const MAX_SUBCHUNKS = 65536;
 const MIN_CHUNK_BYTES = 64 * 1024;
 const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
 const DIGEST_BYTES = SHA256_BYTES;
@@ -47,8 +58,15 @@ const DIGEST_BYTES = SHA256_BYTES;
 export const MAX_TABLE_BYTES = 17 * 1024 * 1024;
 const LAYER_DIGEST = /^sha256:[0-9a-f]{64}$/;
 
+/** A table's subchunk digests: `hex` as stored, decoded on first use (a mount may never). */
+export interface Subchunks {
+  bytes: number;
+  hex: string;
+}
+
 export class ChunkTable {
   readonly chunkCount: number;
+  #subchunkDigests?: Uint8Array;
 
   private constructor(
     readonly layerDigest: string,
@@ -60,6 +78,7 @@ export class ChunkTable {
     readonly metadata?: MetadataRanges,
     /** The list's pack, on a table just made (to upload beside it; not part of the table). */
     readonly metadataPack?: Uint8Array<ArrayBuffer>,
+    readonly subchunks?: Subchunks,
   ) {
     this.chunkCount = digests.length / DIGEST_BYTES;
   }
@@ -70,6 +89,7 @@ export class ChunkTable {
     chunkBytes: number,
     digests: Uint8Array,
     metadata?: MetadataRanges,
+    subchunks?: Subchunks,
   ) {
     checkShape(layerDigest, sizeBytes, chunkBytes);
     const want = Math.ceil(sizeBytes / chunkBytes) * DIGEST_BYTES;
@@ -80,7 +100,42 @@ export class ChunkTable {
         } chunks`,
       );
     }
-    return new ChunkTable(layerDigest, sizeBytes, chunkBytes, digests, metadata);
+    if (subchunks) checkSubchunks(subchunks, sizeBytes, chunkBytes);
+    return new ChunkTable(
+      layerDigest,
+      sizeBytes,
+      chunkBytes,
+      digests,
+      metadata,
+      undefined,
+      subchunks,
+    );
+  }
+
+  /** Bytes per subchunk digest, when the table has them. */
+  get subchunkBytes(): number | undefined {
+    return this.subchunks?.bytes;
+  }
+
+  /** Checks one whole subchunk (`bytes` must be all of subchunk `index`). */
+  subchunkMatches(index: number, bytes: Uint8Array): boolean {
+    const digests = this.#wholeSubchunk(index, bytes);
+    return digests !== undefined && matchesDigestAt(digests, index, bytes);
+  }
+
+  /** subchunkMatches() hashed through Web Crypto (see matchesAsync). */
+  async subchunkMatchesAsync(index: number, bytes: Uint8Array): Promise<boolean> {
+    const digests = this.#wholeSubchunk(index, bytes);
+    return digests !== undefined && await matchesDigestAtAsync(digests, index, bytes);
+  }
+
+  /** The subchunk digests when `bytes` are as long as subchunk `index` (which the table has). */
+  #wholeSubchunk(index: number, bytes: Uint8Array): Uint8Array | undefined {
+    const unit = this.subchunks?.bytes;
+    if (!unit || index < 0 || index * unit >= this.sizeBytes) return undefined;
+    if (bytes.length !== Math.min(unit, this.sizeBytes - index * unit)) return undefined;
+    this.#subchunkDigests ??= digestsOfHex(this.subchunks!.hex);
+    return this.#subchunkDigests;
   }
 
   /** The same table with a list just made (checked like a parsed one) and its pack. */
@@ -97,6 +152,7 @@ export class ChunkTable {
       this.digests,
       checked,
       made.pack,
+      this.subchunks,
     );
   }
 
@@ -130,6 +186,9 @@ export class ChunkTable {
       chunkBytes: this.chunkBytes,
       chunks: hexOfDigests(this.digests),
       ...(this.metadata ? { metadata: encodeMetadataRanges(this.metadata) } : {}),
+      ...(this.subchunks
+        ? { subchunks: { bytes: this.subchunks.bytes, chunks: this.subchunks.hex } }
+        : {}),
     }));
   }
 }
@@ -145,6 +204,21 @@ function checkShape(layerDigest: string, sizeBytes: number, chunkBytes: number):
     !Number.isSafeInteger(chunkBytes) || chunkBytes < MIN_CHUNK_BYTES ||
     chunkBytes > MAX_CHUNK_BYTES || (chunkBytes & (chunkBytes - 1)) !== 0
   ) throw new FormatError(`chunk table: bad chunk size ${chunkBytes}`);
+}
+
+/** Subchunks of a power-of-two size below the chunk's, one digest (64 hex) for each. */
+function checkSubchunks(subchunks: Subchunks, sizeBytes: number, chunkBytes: number): void {
+  const { bytes, hex } = subchunks;
+  if (
+    !Number.isSafeInteger(bytes) || bytes < MIN_SUBCHUNK_BYTES || bytes >= chunkBytes ||
+    (bytes & (bytes - 1)) !== 0
+  ) throw new FormatError(`chunk table: bad subchunk size ${bytes}`);
+  const count = Math.ceil(sizeBytes / bytes);
+  if (
+    count > MAX_SUBCHUNKS || hex.length !== count * DIGEST_BYTES * 2 || !/^[0-9a-f]*$/.test(hex)
+  ) {
+    throw new FormatError(`chunk table: subchunk digests do not fit ${count} subchunks`);
+  }
 }
 
 /**
@@ -173,7 +247,14 @@ export function parseChunkTable(
   const metadata = value.metadata === undefined
     ? undefined
     : parseMetadataRanges(value.metadata, l.size);
-  const table = ChunkTable.of(l.digest, l.size, value.chunkBytes, digests, metadata);
+  const sub = value.subchunks as Record<string, unknown> | undefined;
+  if (
+    sub !== undefined &&
+    (typeof sub !== "object" || sub === null || typeof sub.bytes !== "number" ||
+      typeof sub.chunks !== "string")
+  ) throw new FormatError("chunk table: subchunks are not {bytes, chunks}");
+  const subchunks = sub && { bytes: sub.bytes as number, hex: sub.chunks as string };
+  const table = ChunkTable.of(l.digest, l.size, value.chunkBytes, digests, metadata, subchunks);
   if (layer && (table.layerDigest !== layer.digest || table.sizeBytes !== layer.sizeBytes)) {
     throw new FormatError(
       `chunk table is of layer ${table.layerDigest} (${table.sizeBytes} bytes), not of ${layer.digest} (${layer.sizeBytes} bytes)`,
@@ -189,32 +270,30 @@ export function parseChunkTable(
  */
 export class ChunkTableBuilder {
   readonly #whole = createHash("sha256");
-  #chunk: Hash | undefined;
-  #filled = 0;
+  readonly #chunks: DigestsOfPieces;
+  readonly #subchunks?: DigestsOfPieces;
   #total = 0;
-  readonly #digests: Uint8Array[] = [];
 
-  constructor(readonly chunkBytes = DEFAULT_TABLE_CHUNK_BYTES) {
+  /** `subchunkBytes` 0: none (the default has them when chunks are larger than 64 KiB). */
+  constructor(
+    readonly chunkBytes = DEFAULT_TABLE_CHUNK_BYTES,
+    readonly subchunkBytes = chunkBytes > DEFAULT_SUBCHUNK_BYTES ? DEFAULT_SUBCHUNK_BYTES : 0,
+  ) {
     checkShape(`sha256:${"0".repeat(64)}`, 0, chunkBytes);
+    if (subchunkBytes) checkSubchunks({ bytes: subchunkBytes, hex: "" }, 0, chunkBytes);
+    this.#chunks = new DigestsOfPieces(chunkBytes, Infinity);
+    if (subchunkBytes) this.#subchunks = new DigestsOfPieces(subchunkBytes, MAX_SUBCHUNKS);
   }
 
   update(bytes: Uint8Array): void {
     this.#whole.update(bytes);
     this.#total += bytes.length;
-    let at = 0;
-    while (at < bytes.length) {
-      this.#chunk ??= createHash("sha256");
-      const n = Math.min(bytes.length - at, this.chunkBytes - this.#filled);
-      this.#chunk.update(bytes.subarray(at, at + n));
-      this.#filled += n;
-      at += n;
-      if (this.#filled === this.chunkBytes) this.#close();
-    }
+    this.#chunks.update(bytes);
+    this.#subchunks?.update(bytes);
   }
 
   /** The table; refuses when the bytes were not `expectedDigest` (when given). */
   finish(expectedDigest?: string): ChunkTable {
-    this.#close();
     const layerDigest = `sha256:${this.#whole.digest("hex")}`;
     if (expectedDigest && expectedDigest !== layerDigest) {
       throw new FormatError(
@@ -222,16 +301,57 @@ export class ChunkTableBuilder {
         "the registry served other bytes under this digest",
       );
     }
+    const subchunks = this.#subchunks?.finish();
+    return ChunkTable.of(
+      layerDigest,
+      this.#total,
+      this.chunkBytes,
+      this.#chunks.finish()!,
+      undefined,
+      subchunks && { bytes: this.subchunkBytes, hex: hexOfDigests(subchunks) },
+    );
+  }
+}
+
+/** The sha256 of each `pieceBytes`-long piece of a stream (the last may be shorter). */
+class DigestsOfPieces {
+  #piece: Hash | undefined;
+  #filled = 0;
+  readonly #digests: Uint8Array[] = [];
+  /** More pieces than allowed: no digests (finish() says undefined). */
+  #over = false;
+
+  constructor(readonly pieceBytes: number, readonly maxPieces: number) {}
+
+  update(bytes: Uint8Array): void {
+    let at = 0;
+    while (at < bytes.length && !this.#over) {
+      this.#piece ??= createHash("sha256");
+      const n = Math.min(bytes.length - at, this.pieceBytes - this.#filled);
+      this.#piece.update(bytes.subarray(at, at + n));
+      this.#filled += n;
+      at += n;
+      if (this.#filled === this.pieceBytes) this.#close();
+    }
+  }
+
+  finish(): Uint8Array | undefined {
+    this.#close();
+    if (this.#over) return undefined;
     const digests = new Uint8Array(this.#digests.length * DIGEST_BYTES);
     this.#digests.forEach((d, i) => digests.set(d, i * DIGEST_BYTES));
-    return ChunkTable.of(layerDigest, this.#total, this.chunkBytes, digests);
+    return digests;
   }
 
   #close(): void {
-    if (!this.#chunk || this.#filled === 0) return;
-    this.#digests.push(new Uint8Array(this.#chunk.digest()));
-    this.#chunk = undefined;
+    if (!this.#piece || this.#filled === 0) return;
+    this.#digests.push(new Uint8Array(this.#piece.digest()));
+    this.#piece = undefined;
     this.#filled = 0;
+    if (this.#digests.length > this.maxPieces) {
+      this.#over = true;
+      this.#digests.length = 0;
+    }
   }
 }
 

@@ -10,6 +10,7 @@ import type { ChunkTable } from "./chunk_table.ts";
 import { noteChunkMismatch } from "../source/fetch_metrics.ts";
 import { fillTrace } from "../source/fill_trace.ts";
 import { nodeCryptoLoaded } from "../node_builtins.ts";
+import { readSubchunkChecked } from "./subchunk_reads.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends Error {
@@ -78,6 +79,50 @@ export class VerifiedSource implements Source {
 
   get chunkBytes(): number {
     return this.#table.chunkBytes;
+  }
+
+  /** The unit readRanges() checks in: a subchunk when the table has them, else a chunk. */
+  get smallReadUnitBytes(): number {
+    return this.#table.subchunkBytes ?? this.#table.chunkBytes;
+  }
+
+  /**
+   * The bytes of each of `ranges`, checked. With the table's subchunk digests (scattered small
+   * reads, a trace prefetch's pieces): widened to whole subchunks only, several runs in one
+   * multi-range request when the blob can (subchunk_reads.ts); else each through read(), whole
+   * chunks. Rejects when a mismatch was not mended by one refetch, like read().
+   */
+  async readRanges(
+    ranges: readonly { offset: number; length: number }[],
+    signal?: AbortSignal,
+  ): Promise<Uint8Array[]> {
+    const table = this.#table;
+    if (!table.subchunks) {
+      return await Promise.all(ranges.map((r) => this.read(r.offset, r.length, signal)));
+    }
+    return await readSubchunkChecked(this.#inner, table, ranges, {
+      matches: (index, bytes) =>
+        this.#options.hashOnEventLoop && nodeCryptoLoaded()
+          ? table.subchunkMatches(index, bytes)
+          : table.subchunkMatchesAsync(index, bytes),
+      refetch: this.#options.refetch ?? this.#inner.read.bind(this.#inner),
+      mismatch: (index, final) => {
+        const offset = index * table.subchunkBytes!;
+        const error = new ChunkMismatchError(
+          table.layerDigest,
+          Math.floor(offset / table.chunkBytes),
+          offset,
+          this.#options.origin,
+        );
+        if (final) {
+          this.#report(`${error.message} again; the read fails (EIO)`);
+          return error;
+        }
+        this.mismatches++;
+        noteChunkMismatch(table.layerDigest);
+        this.#report(`${error.message}; fetching it again`);
+      },
+    }, signal);
   }
 
   /** The table every read is checked against. */
@@ -281,10 +326,14 @@ export class VerifiedSource implements Source {
     }
   }
 
+  #report(message: string): void {
+    if (this.#options.onMismatch) this.#options.onMismatch(message);
+    else console.error(`erofs-oci: ${message}`);
+  }
+
   async #refetchChunk(index: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
     const offset = index * this.#table.chunkBytes;
-    const report = this.#options.onMismatch ??
-      ((message: string) => console.error(`erofs-oci: ${message}`));
+    const report = (message: string) => this.#report(message);
     this.mismatches++;
     noteChunkMismatch(this.#table.layerDigest);
     report(`${this.#mismatch(index).message}; fetching it again`);

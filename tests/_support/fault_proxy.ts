@@ -192,8 +192,11 @@ export function startFaultProxy(
       const start = Number(
         /^bytes (\d+)-/.exec(upstream.headers.get("content-range") ?? "")?.[1] ?? 0,
       );
+      const multipart = /^multipart\/byteranges/i.test(upstream.headers.get("content-type") ?? "");
       const at = fault.blobOffset === undefined
         ? Math.min(body.length - 1, 100)
+        : multipart
+        ? bodyIndexInParts(body, fault.blobOffset)
         : fault.blobOffset - start;
       if (at >= 0 && at < body.length) body[at] ^= 0xff;
     }
@@ -315,4 +318,20 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     };
     signal.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/**
+ * Where blob byte `blobOffset` lies in a multipart/byteranges body: in the data of the part
+ * whose Content-Range covers it; -1 when none does.
+ */
+function bodyIndexInParts(body: Uint8Array, blobOffset: number): number {
+  const text = new TextDecoder("latin1").decode(body);
+  const header = /Content-Range: bytes (\d+)-(\d+)\/\d+\r\n(?:[^\r\n]*\r\n)*\r\n/gi;
+  for (let match; (match = header.exec(text));) {
+    const [first, last] = [Number(match[1]), Number(match[2])];
+    if (blobOffset >= first && blobOffset <= last) {
+      return match.index + match[0].length + blobOffset - first;
+    }
+  }
+  return -1;
 }
