@@ -15,7 +15,8 @@ import { command, path, PEER_BIN, requires, root } from "./_support/requires.ts"
 import { startRegistry } from "./_support/registry.ts";
 import { type Fault, isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
-import { pushImage } from "./_support/oci_raw.ts";
+import { pushImage, sha256Digest } from "./_support/oci_raw.ts";
+import { layerAfterTracePrefetch, type TracedLayer } from "./_support/trace_wait.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { randomFilesImage } from "./_support/erofs_tree.ts";
@@ -49,10 +50,9 @@ const rangeBytes = (gets: { range: string | null }[]) =>
     0,
   );
 
-interface Listed {
+interface Listed extends TracedLayer {
   bytesFetched: number;
   fetches: number;
-  tracePrefetch?: { state: string; bytesTotal: number; bytesDone: number };
 }
 
 interface Seen {
@@ -99,7 +99,7 @@ async function prefetchOnMemoryCache(
         { env, timeoutMs: 60_000 },
       );
       assertSuccess(pushed);
-      layerDigest = `sha256:${await sha256Hex(image)}`;
+      layerDigest = await sha256Digest(image);
     } else {
       const pushed = await pushImage(registry, "trace/mem", "v1", [
         { bytes: image, mediaType: EROFS_MEDIA_TYPE },
@@ -152,38 +152,22 @@ async function prefetchOnMemoryCache(
       ),
     );
     try {
-      let layer = {} as Listed;
-      for (let i = 0; i < 100; i++) {
-        const list = await runCli(["list", "--json"], { env });
-        assertSuccess(list);
-        layer = JSON.parse(list.stdout)[0].layers[0];
-        if (!layer.tracePrefetch || layer.tracePrefetch.state !== "running") break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.notEqual(layer.tracePrefetch?.state, "running", JSON.stringify(layer));
+      const prefetched = await layerAfterTracePrefetch(env);
+      assert.notEqual(prefetched.tracePrefetch?.state, "running", JSON.stringify(prefetched));
       await new Promise((r) => setTimeout(r, 500));
       const list = await runCli(["list", "--json"], { env });
       assertSuccess(list);
-      layer = JSON.parse(list.stdout)[0].layers[0];
+      const layer: Listed = JSON.parse(list.stdout)[0].layers[0];
       const before = layerGets().length;
       await check({
         mountGets: layerGets().filter((r) => proxy.requests.indexOf(r) >= firstRequest),
         layer,
         heads: () =>
           Promise.all(Array.from({ length: FILES }, async (_, i) => {
-            try {
-              using file = await Deno.open(`${sandbox.target}/file${i}`);
-              const page = new Uint8Array(4096);
-              let got = 0;
-              while (got < page.length) {
-                const n = await file.read(page.subarray(got));
-                if (n === null) break;
-                got += n;
-              }
-              return page.subarray(0, got);
-            } catch (error) {
-              return error as Error;
-            }
+            const head = await new Deno.Command("head", {
+              args: ["-c", "4096", `${sandbox.target}/file${i}`],
+            }).output();
+            return head.success ? head.stdout : new Error(new TextDecoder().decode(head.stderr));
           })),
         expected: offsets.map((at) => image.subarray(at, at + 4096)),
         getsSince: () => layerGets().length - before,
@@ -198,11 +182,6 @@ async function prefetchOnMemoryCache(
     await registry[Symbol.asyncDispose]();
     await Deno.remove(work, { recursive: true });
   }
-}
-
-async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 Deno.test({

@@ -9,6 +9,7 @@ import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/re
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
+import { layerAfterTracePrefetch } from "./_support/trace_wait.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountPointsFrom, mountSandbox, pidAlive } from "./_support/mounts.ts";
@@ -172,15 +173,7 @@ Deno.test({
         ),
       );
       try {
-        let layer: { tracePrefetch?: { state: string; bytesTotal: number; bytesDone: number } } =
-          {};
-        for (let i = 0; i < 100; i++) {
-          const list = await runCli(["list", "--json"], { env });
-          assertSuccess(list);
-          layer = JSON.parse(list.stdout)[0].layers[0];
-          if (!layer.tracePrefetch || layer.tracePrefetch.state !== "running") break;
-          await new Promise((r) => setTimeout(r, 100));
-        }
+        const layer = await layerAfterTracePrefetch(env);
         const table = (await runCli(["list"], { env })).stdout +
           (await runCli(["metrics"], { env })).stdout;
         // Idle: whatever the mount fetches by itself is done before the app starts.
