@@ -48,12 +48,13 @@ export async function readSubchunkChecked(
     const came = together[i]?.length === run.length
       ? together[i]!
       : await source.read(run.offset, run.length, signal);
-    if (await runMatches(run, came, unit, checks, false)) return came;
+    const bad = await firstMismatch(run, came, unit, checks);
+    if (bad < 0) return came;
+    checks.mismatch(bad, false);
     const again = await checks.refetch(run.offset, run.length, signal);
-    if (again.length === run.length && await runMatches(run, again, unit, checks, true)) {
-      return again;
-    }
-    throw checks.mismatch(firstSubchunk(run, unit), true)!;
+    const stillBad = await firstMismatch(run, again, unit, checks);
+    if (stillBad < 0) return again;
+    throw checks.mismatch(stillBad, true)!;
   }));
   return ranges.map(({ offset, length }) => {
     const i = lastIndexAtOrBefore(runs, offset);
@@ -62,28 +63,20 @@ export async function readSubchunkChecked(
   });
 }
 
-/** Whether every subchunk of `bytes` (run `run`) matches; reports the first that does not. */
-async function runMatches(
+/** The first subchunk of run `run` that `bytes` do not match (all of it when too short), or -1. */
+async function firstMismatch(
   run: ByteRange,
   bytes: Uint8Array,
   unit: number,
   checks: SubchunkChecks,
-  final: boolean,
-): Promise<boolean> {
-  if (bytes.length !== run.length) return false;
-  const first = firstSubchunk(run, unit);
+): Promise<number> {
+  const first = run.offset / unit;
+  if (bytes.length !== run.length) return first;
   for (let at = 0; at < bytes.length; at += unit) {
-    const index = first + at / unit;
-    if (!await checks.matches(index, bytes.subarray(at, Math.min(bytes.length, at + unit)))) {
-      if (!final) checks.mismatch(index, false);
-      return false;
-    }
+    const piece = bytes.subarray(at, Math.min(bytes.length, at + unit));
+    if (!await checks.matches(first + at / unit, piece)) return first + at / unit;
   }
-  return true;
-}
-
-function firstSubchunk(run: ByteRange, unit: number): number {
-  return run.offset / unit;
+  return -1;
 }
 
 /** alignedRuns of `ranges` in subchunks, each range inside the layer. */

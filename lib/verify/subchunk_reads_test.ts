@@ -135,14 +135,19 @@ Deno.test("VerifiedSource.readRanges: a flipped byte is fetched again once; twic
   assert.match(said[0], new RegExp(`offset ${MIB + SUB} \\(chunk 1\\).*fetching it again`));
 
   const twice = countingSource(bytes, flipAt, 2);
+  const failed: string[] = [];
   const failing = new VerifiedSource(twice.source, tableOf(bytes), {
     origin: "test",
-    onMismatch: () => {},
+    onMismatch: (message) => failed.push(message),
   });
+  // A run of three subchunks, the flipped one in the middle: the messages name that one.
   await assert.rejects(
-    () => failing.readRanges([{ offset: 0, length: 100 }, { offset: flipAt, length: 1 }]),
+    () => failing.readRanges([{ offset: 0, length: 100 }, { offset: MIB, length: 3 * SUB }]),
     ChunkMismatchError,
   );
+  assert.equal(failed.length, 2);
+  for (const message of failed) assert.match(message, new RegExp(`offset ${MIB + SUB} `));
+  assert.match(failed[1], /again; the read fails/);
   // The bytes that do match are still served, by themselves.
   const [head] = await failing.readRanges([{ offset: 0, length: 100 }]);
   assert.deepEqual(head, bytes.subarray(0, 100));
