@@ -61,13 +61,15 @@ interface Stream {
   aheadEnd: number;
   /** Reading chunk >= marker (the start of the newest window) fetches the next one. */
   marker: number;
+  /** Bytes read in this stream so far: it is followed for readahead from one chunk's worth on. */
+  requested: number;
 }
 
 /** Sequential streams followed at once. */
 const MAX_STREAMS = 8;
 
-function newStream(nextOffset: number, aheadEnd: number): Stream {
-  return { nextOffset, windowChunks: 1, aheadEnd, marker: Infinity };
+function newStream(nextOffset: number, aheadEnd: number, requested: number): Stream {
+  return { nextOffset, windowChunks: 1, aheadEnd, marker: Infinity, requested };
 }
 
 /**
@@ -101,8 +103,11 @@ export class CachedSource implements Source {
 
   #readaheadCovered?: (offset: number, length: number) => boolean;
 
-  /** Sequential streams being followed, most recently used last (a file start is one). */
-  readonly #streams: Stream[] = [newStream(0, 0)];
+  /**
+   * Sequential streams being followed, most recently used last (a file start is one, followed
+   * for readahead at once).
+   */
+  readonly #streams: Stream[] = [newStream(0, 0, Infinity)];
 
   readonly #stats = {
     bytesRequested: 0,
@@ -354,11 +359,12 @@ export class CachedSource implements Source {
         streams.splice(i, 1);
         streams.push(stream);
         stream.nextOffset = Math.max(stream.nextOffset, offset + length);
-        return { stream, sequential: true };
+        stream.requested += length;
+        return { stream, sequential: stream.requested > this.chunkBytes };
       }
     }
     if (streams.length >= MAX_STREAMS) streams.shift();
-    const stream = newStream(offset + length, last + 1);
+    const stream = newStream(offset + length, last + 1, length);
     streams.push(stream);
     return { stream, sequential: false };
   }

@@ -270,3 +270,23 @@ Deno.test("CachedSource: reads skipReadaheadWhere covers start no readahead; oth
   }
   ok(cache.stats().readaheadFetches > 0, JSON.stringify(inner.reads));
 });
+
+Deno.test("CachedSource: small reads clustered near each other start no readahead until a chunk's worth was read", async () => {
+  const inner = new GeneratedSource(64 * MiB);
+  const cache = new CachedSource(inner, { chunkBytes: MiB, cacheBytes: 32 * MiB });
+  // Small files read in the order they lie (python's imports): 16 KiB every 300 KiB, each
+  // near where the one before ended, 160 KiB in all.
+  for (let i = 0; i < 10; i++) {
+    const offset = 10 * MiB + i * 300 * KiB;
+    expectGenerated(await cache.read(offset, 16 * KiB), offset);
+  }
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assertEquals(cache.stats().readaheadFetches, 0, JSON.stringify(inner.reads));
+  deepStrictEqual(inner.reads.map((r) => r.offset / MiB), [10, 11, 12], "only the chunks read");
+  // A reader that goes on past a chunk's worth is followed as before.
+  for (let offset = 40 * MiB; offset < 44 * MiB; offset += 128 * KiB) {
+    expectGenerated(await cache.read(offset, 128 * KiB), offset);
+  }
+  ok(cache.stats().readaheadFetches > 0, JSON.stringify(inner.reads));
+  ok(inner.reads.some((r) => r.length > MiB), JSON.stringify(inner.reads));
+});
