@@ -1,9 +1,10 @@
 /**
  * A registry blob whose every byte is checked against its chunk-digest table before anyone
  * sees it. Sits directly over the blob, under the memory and disk caches: reads are widened
- * to whole table chunks, each chunk is hashed, and a chunk that does not match is fetched once
- * more (through `refetch`, the hook for another mirror) before the read fails. A failed read
- * is an error (EIO to the kernel), never wrong bytes, so nothing unverified is ever cached.
+ * to whole table chunks (readRanges: to whole subchunks, when the table lists them), each is
+ * hashed, and one that does not match is fetched once more (through `refetch`, the hook for
+ * another mirror) before the read fails. A failed read is an error (EIO to the kernel), never
+ * wrong bytes, so nothing unverified is ever cached.
  */
 import type { Source } from "../source/source.ts";
 import type { ChunkTable } from "./chunk_table.ts";
