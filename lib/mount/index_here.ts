@@ -120,7 +120,9 @@ export async function indexMissingHere(
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
   removeAbandonedWork(hereDir);
   report.signal?.throwIfAborted();
-  const work = await Deno.makeTempDir({ dir: hereDir, prefix: ".indexing-" });
+  // Made and given its clean-up in one synchronous step: an interrupt handled between the two
+  // (the command exits at once) left the directory behind (CI, under load).
+  const work = Deno.makeTempDirSync({ dir: hereDir, prefix: ".indexing-" });
   const dropWork = () => {
     report.finish?.();
     try {
