@@ -100,7 +100,7 @@ Examples:
       destination = new RegistryDestination(registry.client, registry.ref);
       closeDestination = () => registry.client.close();
     }
-    const workDir = await makeWorkDir(values.tmpdir);
+    const workDir = makeWorkDir(values.tmpdir);
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
     const interrupted = () => {
       try {
@@ -145,10 +145,14 @@ function sourceOf(opened: OpenedImage): SourceImage {
   return registrySource(opened.name, opened.registry!.client, opened.registry!.ref);
 }
 
-async function makeWorkDir(parent: string | undefined): Promise<string> {
+/**
+ * Synchronous, so that the caller gives the directory its interrupt clean-up before a signal
+ * can be handled (an await between the two could leave it behind).
+ */
+function makeWorkDir(parent: string | undefined): string {
   const dir = parent ?? Deno.env.get("TMPDIR") ?? "/tmp";
   try {
-    return await Deno.makeTempDir({ dir, prefix: "erofs-oci-convert-" });
+    return Deno.makeTempDirSync({ dir, prefix: "erofs-oci-convert-" });
   } catch (error) {
     throw new UserError(
       `convert: cannot create a work directory in ${dir}: ${(error as Error).message}`,
