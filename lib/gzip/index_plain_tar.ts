@@ -8,7 +8,8 @@ import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import type { IndexLayerOptions, LayerIndex } from "./index_layer.ts";
-import { DEFAULT_PIECE_BYTES, PieceHasher } from "./piece_digests.ts";
+import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
+import { PieceHasher } from "../source/piece_hasher.ts";
 
 /**
  * Streams `tar` (a plain tar layer) once; writes the meta image and the piece digests. Both

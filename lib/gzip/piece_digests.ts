@@ -10,7 +10,7 @@
  * a checkpoint may be shorter), the unit GzipRandomAccess makes and caches. The file is the
  * 32-byte digests back to back, checkpoint by checkpoint.
  */
-import { createHash, type Hash } from "../node_builtins.ts";
+import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import type { ZinfoCheckpoint } from "./zinfo.ts";
 
@@ -39,47 +39,6 @@ export function checkPieceBytes(pieceBytes: number): void {
 
 export function sha256(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(createHash("sha256").update(bytes).digest());
-}
-
-/** Digests pieces while the uncompressed stream passes (used by ZinfoBuilder). */
-export class PieceHasher {
-  #hash: Hash | undefined;
-  #filled = 0;
-  #digests: Uint8Array[] = [];
-
-  constructor(readonly pieceBytes: number) {}
-
-  /** A checkpoint starts here: the current piece, if any, ends. */
-  checkpoint(): void {
-    this.#close();
-  }
-
-  update(bytes: Uint8Array): void {
-    let at = 0;
-    while (at < bytes.length) {
-      this.#hash ??= createHash("sha256");
-      const n = Math.min(bytes.length - at, this.pieceBytes - this.#filled);
-      this.#hash.update(bytes.subarray(at, at + n));
-      this.#filled += n;
-      at += n;
-      if (this.#filled === this.pieceBytes) this.#close();
-    }
-  }
-
-  /** All digests back to back (the NAME.pieces file). */
-  finish(): Uint8Array<ArrayBuffer> {
-    this.#close();
-    const out = new Uint8Array(this.#digests.length * PIECE_DIGEST_BYTES);
-    this.#digests.forEach((d, i) => out.set(d, i * PIECE_DIGEST_BYTES));
-    return out;
-  }
-
-  #close(): void {
-    if (!this.#hash || this.#filled === 0) return;
-    this.#digests.push(new Uint8Array(this.#hash.digest()));
-    this.#hash = undefined;
-    this.#filled = 0;
-  }
 }
 
 /** The expected digest of each piece, laid out against a zinfo's checkpoints. */

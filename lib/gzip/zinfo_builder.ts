@@ -20,7 +20,7 @@ import {
   Z_STREAM_END,
 } from "../../ffi/zlib.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength } from "./gzip_header.ts";
-import { PieceHasher } from "./piece_digests.ts";
+import { PieceHasher } from "../source/piece_hasher.ts";
 import {
   DEFAULT_SPAN_BYTES,
   encodeZinfo,

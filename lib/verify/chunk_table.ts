@@ -12,7 +12,8 @@
  * `"subchunks": {"bytes", "chunks"}`: the sha256 of every `bytes`-long piece (64 KiB) too, so a
  * few scattered pages (a trace prefetch's) are checked in 64 KiB pieces instead of 1 MiB chunks.
  */
-import { createHash, type Hash } from "../node_builtins.ts";
+import { createHash } from "../node_builtins.ts";
+import { PieceHasher } from "../source/piece_hasher.ts";
 import { FormatError } from "../errors.ts";
 import { digestOf } from "../oci/digest.ts";
 import {
@@ -270,8 +271,8 @@ export function parseChunkTable(
  */
 export class ChunkTableBuilder {
   readonly #whole = createHash("sha256");
-  readonly #chunks: DigestsOfPieces;
-  readonly #subchunks?: DigestsOfPieces;
+  readonly #chunks: PieceHasher;
+  readonly #subchunks?: PieceHasher;
   #total = 0;
 
   /** `subchunkBytes` 0: none (the default has them when chunks are larger than 64 KiB). */
@@ -281,8 +282,8 @@ export class ChunkTableBuilder {
   ) {
     checkShape(`sha256:${"0".repeat(64)}`, 0, chunkBytes);
     if (subchunkBytes) checkSubchunks({ bytes: subchunkBytes, hex: "" }, 0, chunkBytes);
-    this.#chunks = new DigestsOfPieces(chunkBytes, Infinity);
-    if (subchunkBytes) this.#subchunks = new DigestsOfPieces(subchunkBytes, MAX_SUBCHUNKS);
+    this.#chunks = new PieceHasher(chunkBytes);
+    if (subchunkBytes) this.#subchunks = new PieceHasher(subchunkBytes, MAX_SUBCHUNKS);
   }
 
   update(bytes: Uint8Array): void {
@@ -301,57 +302,17 @@ export class ChunkTableBuilder {
         "the registry served other bytes under this digest",
       );
     }
-    const subchunks = this.#subchunks?.finish();
+    // finish() first: the last piece may be the one too many.
+    const subchunkDigests = this.#subchunks?.finish();
+    const subchunks = this.#subchunks?.tooMany ? undefined : subchunkDigests;
     return ChunkTable.of(
       layerDigest,
       this.#total,
       this.chunkBytes,
-      this.#chunks.finish()!,
+      this.#chunks.finish(),
       undefined,
       subchunks && { bytes: this.subchunkBytes, hex: hexOfDigests(subchunks) },
     );
-  }
-}
-
-/** The sha256 of each `pieceBytes`-long piece of a stream (the last may be shorter). */
-class DigestsOfPieces {
-  #piece: Hash | undefined;
-  #filled = 0;
-  readonly #digests: Uint8Array[] = [];
-  /** More pieces than allowed: no digests (finish() says undefined). */
-  #over = false;
-
-  constructor(readonly pieceBytes: number, readonly maxPieces: number) {}
-
-  update(bytes: Uint8Array): void {
-    let at = 0;
-    while (at < bytes.length && !this.#over) {
-      this.#piece ??= createHash("sha256");
-      const n = Math.min(bytes.length - at, this.pieceBytes - this.#filled);
-      this.#piece.update(bytes.subarray(at, at + n));
-      this.#filled += n;
-      at += n;
-      if (this.#filled === this.pieceBytes) this.#close();
-    }
-  }
-
-  finish(): Uint8Array | undefined {
-    this.#close();
-    if (this.#over) return undefined;
-    const digests = new Uint8Array(this.#digests.length * DIGEST_BYTES);
-    this.#digests.forEach((d, i) => digests.set(d, i * DIGEST_BYTES));
-    return digests;
-  }
-
-  #close(): void {
-    if (!this.#piece || this.#filled === 0) return;
-    this.#digests.push(new Uint8Array(this.#piece.digest()));
-    this.#piece = undefined;
-    this.#filled = 0;
-    if (this.#digests.length > this.maxPieces) {
-      this.#over = true;
-      this.#digests.length = 0;
-    }
   }
 }
 
