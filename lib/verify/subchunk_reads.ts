@@ -24,8 +24,11 @@ export interface SubchunkChecks {
   matches(index: number, bytes: Uint8Array): boolean | Promise<boolean>;
   /** Fetches a run again after a mismatch (another mirror, or the source once more). */
   refetch(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
-  /** Subchunk `index` did not match; `final`: the refetch did not either (an Error to throw). */
-  mismatch(index: number, final: boolean): Error | undefined;
+  /**
+   * Subchunk `index` did not match (`final`: after the refetch too): counts and reports it;
+   * returns the error a final mismatch is thrown as.
+   */
+  mismatch(index: number, final: boolean): Error;
 }
 
 /**
@@ -54,7 +57,7 @@ export async function readSubchunkChecked(
     const again = await checks.refetch(run.offset, run.length, signal);
     const stillBad = await firstMismatch(run, again, unit, checks);
     if (stillBad < 0) return again;
-    throw checks.mismatch(stillBad, true)!;
+    throw checks.mismatch(stillBad, true);
   }));
   return ranges.map(({ offset, length }) => {
     const i = lastIndexAtOrBefore(runs, offset);

@@ -106,22 +106,18 @@ export class VerifiedSource implements Source {
         this.#options.hashOnEventLoop && nodeCryptoLoaded()
           ? table.subchunkMatches(index, bytes)
           : table.subchunkMatchesAsync(index, bytes),
-      refetch: this.#options.refetch ?? this.#inner.read.bind(this.#inner),
+      refetch: this.#refetch,
       mismatch: (index, final) => {
         const offset = index * table.subchunkBytes!;
-        const error = new ChunkMismatchError(
-          table.layerDigest,
-          Math.floor(offset / table.chunkBytes),
-          offset,
-          this.#options.origin,
+        return this.#noteMismatch(
+          new ChunkMismatchError(
+            table.layerDigest,
+            Math.floor(offset / table.chunkBytes),
+            offset,
+            this.#options.origin,
+          ),
+          final,
         );
-        if (final) {
-          this.#report(`${error.message} again; the read fails (EIO)`);
-          return error;
-        }
-        this.mismatches++;
-        noteChunkMismatch(table.layerDigest);
-        this.#report(`${error.message}; fetching it again`);
       },
     }, signal);
   }
@@ -327,29 +323,36 @@ export class VerifiedSource implements Source {
     }
   }
 
-  #report(message: string): void {
-    if (this.#options.onMismatch) this.#options.onMismatch(message);
-    else console.error(`erofs-oci: ${message}`);
+  /** Where bytes that did not match are fetched again (the hook for another mirror). */
+  get #refetch(): (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array> {
+    return this.#options.refetch ?? this.#inner.read.bind(this.#inner);
+  }
+
+  /**
+   * Counts and reports a mismatch: the first (the bytes are fetched again), or the `final` one
+   * after that refetch (the read fails with the error returned).
+   */
+  #noteMismatch(error: ChunkMismatchError, final: boolean): ChunkMismatchError {
+    const report = this.#options.onMismatch ??
+      ((message: string) => console.error(`erofs-oci: ${message}`));
+    if (final) {
+      report(`${error.message} again; the read fails (EIO)`);
+    } else {
+      this.mismatches++;
+      noteChunkMismatch(this.#table.layerDigest);
+      report(`${error.message}; fetching it again`);
+    }
+    return error;
   }
 
   async #refetchChunk(index: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    const offset = index * this.#table.chunkBytes;
-    const report = (message: string) => this.#report(message);
-    this.mismatches++;
-    noteChunkMismatch(this.#table.layerDigest);
-    report(`${this.#mismatch(index).message}; fetching it again`);
-    const again = await (this.#options.refetch ?? this.#inner.read.bind(this.#inner))(
-      offset,
-      length,
-      signal,
-    );
+    this.#noteMismatch(this.#mismatch(index), false);
+    const again = await this.#refetch(index * this.#table.chunkBytes, length, signal);
     if (again.length === length && await this.#matches(index, again)) {
       this.verifiedChunks++;
       return again;
     }
-    const error = this.#mismatch(index);
-    report(`${error.message} again; the read fails (EIO)`);
-    throw error;
+    throw this.#noteMismatch(this.#mismatch(index), true);
   }
 
   #matches(index: number, bytes: Uint8Array): boolean | Promise<boolean> {
