@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { UserError } from "../errors.ts";
+import { isLocalImage } from "./local_image.ts";
+
+Deno.test("isLocalImage: paths and existing files are local, references are not", () => {
+  const dir = Deno.makeTempDirSync();
+  const cwd = Deno.cwd();
+  try {
+    Deno.chdir(dir);
+    Deno.writeTextFileSync("here.erofs", "x");
+    assert.equal(isLocalImage("here.erofs"), true);
+    assert.equal(isLocalImage("./missing.erofs"), true, "a path is a file even when missing");
+    assert.equal(isLocalImage("/nowhere/missing.tar.gz"), true);
+    for (
+      const reference of ["alpine", "alpine:3.20", "127.0.0.1:5000/app:v1", "missing.erofs:v1"]
+    ) {
+      assert.equal(isLocalImage(reference), false, reference);
+    }
+    assert.equal(isLocalImage("docker.io/library/missing.erofs"), false);
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("isLocalImage: a bare file name that is no file is refused, not looked up on Docker Hub", () => {
+  const dir = Deno.makeTempDirSync();
+  const cwd = Deno.cwd();
+  try {
+    Deno.chdir(dir);
+    for (const name of ["missing.erofs", "layer.tar", "layer.tar.gz", "root.IMG", "l.tgz"]) {
+      assert.throws(() => isLocalImage(name), (error: unknown) => {
+        assert.ok(error instanceof UserError);
+        assert.equal(error.message, `no file named ${name} here`);
+        assert.match(
+          error.hint ?? "",
+          new RegExp(`docker\\.io/library/${name.replace(".", "\\.")}`),
+        );
+        return true;
+      });
+    }
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
