@@ -40,6 +40,7 @@ async function staticGraph(entry: string): Promise<Set<string>> {
 /** Command modules other than mount's own (lib/cli/commands.ts imports them on use). */
 const OTHER_COMMANDS = [
   "build",
+  "cache",
   "checksums",
   "convert",
   "index",

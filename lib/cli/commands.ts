@@ -31,6 +31,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: "index", load: async () => (await import("./index.ts")).indexCommand },
   { name: "checksums", load: async () => (await import("./checksums.ts")).checksumsCommand },
   { name: "trace", load: async () => (await import("./trace.ts")).traceCommand },
+  { name: "cache", load: async () => (await import("./cache.ts")).cacheCommand },
 ];
 
 /** Internal entry points (daemon re-exec); callable but never listed. */

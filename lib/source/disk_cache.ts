@@ -26,6 +26,7 @@ import {
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
+import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
 import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
@@ -327,9 +328,39 @@ export class DiskCache {
     return false;
   }
 
-  /** Blobs on disk: base path (without .map/.data), bytes allocated, last use. */
-  #scan(): { base: string; bytes: number; usedMs: number }[] {
-    const blobs = new Map<string, { base: string; bytes: number; usedMs: number }>();
+  /** Every blob on disk, most recently used first (`erofs-oci cache`). */
+  blobs(): CachedBlob[] {
+    return this.#scan().sort((a, b) => b.usedMs - a.usedMs).flatMap((blob) =>
+      describeBlob(blob.base, blob.bytes, blob.usedMs, blob.hasMetadata) ?? []
+    );
+  }
+
+  /**
+   * Removes the blobs no process has open, least recently used first, until the cache holds at
+   * most `keepBytes` (0: every unused blob); blobs in use keep all they hold. The same removal
+   * as eviction's, under each blob's in-use lock: a mount opening one meanwhile gets new files.
+   */
+  prune(keepBytes = 0): { removedBlobs: number; freedBytes: number } {
+    const blobs = this.#scan().sort((a, b) => a.usedMs - b.usedMs);
+    let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
+    let removedBlobs = 0, freedBytes = 0;
+    for (const blob of blobs) {
+      if (usage <= keepBytes) break;
+      if (!this.#removeIfUnused(blob.base)) continue;
+      usage -= blob.bytes;
+      freedBytes += blob.bytes;
+      removedBlobs++;
+    }
+    this.#usageBytes = usage;
+    return { removedBlobs, freedBytes };
+  }
+
+  /** Blobs on disk: base path (without .map/.data), bytes allocated, last use, sidecar. */
+  #scan(): { base: string; bytes: number; usedMs: number; hasMetadata: boolean }[] {
+    const blobs = new Map<
+      string,
+      { base: string; bytes: number; usedMs: number; hasMetadata: boolean }
+    >();
     for (const entry of Deno.readDirSync(this.blobsDir)) {
       // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
       // unsynced chunks (disk_cache_boot.ts); both counted with it.
@@ -342,9 +373,10 @@ export class DiskCache {
       } catch {
         continue; // evicted meanwhile by another process
       }
-      const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0 };
+      const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0, hasMetadata: false };
       blob.bytes += (info.blocks ?? 0) * 512;
       if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
+      if (match[2] === "meta") blob.hasMetadata = true;
       blobs.set(base, blob);
     }
     return [...blobs.values()];

@@ -176,12 +176,21 @@ export function markWaiting(fd: number, start: number, count: number, waiting: b
 
 /** True when another descriptor (another process) waits for one of chunks [start, +count). */
 export function othersWaitFor(fd: number, start: number, count: number): boolean {
-  const buf = flockStruct(F_WRLCK, WAITERS_OFFSET + start, count);
+  return lockedByOthers(fd, WAITERS_OFFSET + start, count);
+}
+
+/**
+ * True when another descriptor holds any lock on bytes [start, start + length) of `fd`'s file
+ * (F_OFD_GETLK: tests without taking a lock, so it never gets in an opener's way). True when
+ * it cannot tell: callers take that as "in use" (no long pause, nothing removed).
+ */
+export function lockedByOthers(fd: number, start: number, length: number): boolean {
+  const buf = flockStruct(F_WRLCK, start, length);
   for (;;) {
     if (libc().fcntl_lock(fd, F_OFD_GETLK, buf) === 0) {
       return new DataView(buf.buffer).getInt16(0, true) !== F_UNLCK;
     }
-    if (errno() !== Errno.EINTR) return true; // unknown: as if someone waited (no long pause)
+    if (errno() !== Errno.EINTR) return true;
   }
 }
 

@@ -1,0 +1,119 @@
+import type { Command } from "./command.ts";
+import { parseCommandArgs } from "./command.ts";
+import { UsageError, UserError } from "../errors.ts";
+import {
+  DEFAULT_DISK_CACHE_BYTES,
+  DEFAULT_DISK_CACHE_DIR,
+  DiskCache,
+} from "../source/disk_cache.ts";
+import type { CachedBlob } from "../source/disk_cache_contents.ts";
+import { parseSize } from "./size.ts";
+import { formatBytes, printTable } from "./table.ts";
+
+export const cacheCommand: Command = {
+  name: "cache",
+  summary: "show what the host's disk cache holds, or prune it",
+  help: `Usage: erofs-oci cache [--json]
+       erofs-oci cache prune [--keep SIZE] [--json]
+
+Shows the host's disk cache of fetched layer bytes ($EROFS_OCI_CACHE_DIR, default
+${DEFAULT_DISK_CACHE_DIR}), shared by every mount and \`serve\`: per layer blob its digest,
+where its bytes are shared from (verified: every chunk checked against the layer's
+chunk-digest table, whatever registry it came from; else the registry they came from),
+how much of it is here, the bytes on disk, whether a mount or \`serve\` has it open (IN USE)
+and when it was last filled. Each mount keeps the cache under its --disk-cache-size
+(default ${
+    formatBytes(DEFAULT_DISK_CACHE_BYTES)
+  }) on its own, evicting least recently used blobs first.
+
+prune removes the blobs no process has open, least recently used first, until at most
+--keep SIZE is left (default: every unused blob). Blobs in use are left whole, so no mount
+notices; a removed blob is fetched again when a later mount reads it.
+
+Options:
+  --keep SIZE   prune: stop once the cache holds at most SIZE (e.g. 1G)
+  --json        print JSON instead of a table
+  -h, --help`,
+  run(argv) {
+    const { values, positionals } = parseCommandArgs("cache", argv, {
+      keep: { type: "string" },
+      json: { type: "boolean" },
+    });
+    const action = positionals[0] ?? "list";
+    if (positionals.length > 1 || (action !== "list" && action !== "prune")) {
+      throw new UsageError(
+        `cache: unknown action '${positionals.at(-1)}'`,
+        "usage: erofs-oci cache [prune] [options]",
+      );
+    }
+    if (action === "list" && values.keep !== undefined) {
+      throw new UsageError("cache: --keep goes with prune", "e.g. erofs-oci cache prune --keep 1G");
+    }
+    const keepBytes = values.keep === undefined ? 0 : parseSize(values.keep, "--keep");
+    const dir = Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+    const cache = openExisting(dir);
+    const pruned = cache && action === "prune" ? cache.prune(keepBytes) : undefined;
+    const blobs = cache?.blobs() ?? [];
+    const bytesOnDisk = blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0);
+    if (values.json) {
+      console.log(JSON.stringify({ dir, bytesOnDisk, ...pruned, blobs }, null, 2));
+      return Promise.resolve(0);
+    }
+    if (pruned) {
+      console.log(
+        `removed ${plural(pruned.removedBlobs, "blob")} (${formatBytes(pruned.freedBytes)} freed)`,
+      );
+    }
+    const inUse = blobs.filter((blob) => blob.inUse).length;
+    console.log(
+      `${dir}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
+        (inUse ? `, ${inUse} in use` : ""),
+    );
+    if (blobs.length && action === "list") printBlobs(blobs);
+    return Promise.resolve(0);
+  },
+};
+
+/**
+ * The cache at `dir`, or undefined when there is none yet (nothing was ever cached: not made
+ * here either). A directory DiskCache refuses (another owner, open to others) is an error.
+ */
+function openExisting(dir: string): DiskCache | undefined {
+  try {
+    Deno.lstatSync(`${dir}/blobs`);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new UserError(`cannot read the disk cache ${dir}: ${(error as Error).message}`);
+  }
+  let refused = "";
+  const cache = DiskCache.open({ dir, onWarning: (message) => refused = message });
+  if (!cache) {
+    throw new UserError(
+      refused.replace(/; keeping the memory cache only$/, ""),
+      "mounts do not use it either; fix its owner and mode (root, 0700) or remove it",
+    );
+  }
+  return cache;
+}
+
+function printBlobs(blobs: CachedBlob[]): void {
+  printTable(
+    ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST FILLED"],
+    blobs.map((blob) => [
+      blob.digest.slice(0, 19),
+      blob.origin,
+      blob.chunks
+        ? `${(blob.chunksPresent * 100 / blob.chunks).toFixed(0)}% of ${
+          formatBytes(blob.sizeBytes)
+        }`
+        : "-",
+      formatBytes(blob.bytesOnDisk),
+      blob.inUse ? "yes" : "no",
+      new Date(blob.lastUsedMs).toISOString().slice(0, 19) + "Z",
+    ]),
+  );
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}

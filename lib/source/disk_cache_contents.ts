@@ -1,0 +1,119 @@
+/**
+ * What the disk cache holds, read from its file names and maps without taking a lock anyone
+ * could wait for: for `erofs-oci cache` (DiskCache.blobs, DiskCache.prune).
+ */
+import {
+  closeQuietly,
+  fstatIdentity,
+  IN_USE_OFFSET,
+  lockedByOthers,
+  openCacheFile,
+  preadExact,
+} from "./disk_cache_io.ts";
+import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
+import { writtenIsTrusted } from "./disk_cache_boot.ts";
+
+/** One blob's file set: a digest, the origin its bytes are shared under and a chunk size. */
+export interface CachedBlob {
+  digest: string;
+  /**
+   * "verified" (every chunk checked against a chunk-digest table bound to the digest: shared
+   * by all registries) or the origin the unverified bytes came from (e.g. a registry's URL).
+   */
+  origin: string;
+  chunkBytes: number;
+  /** The blob's size (its data file's length); 0 when the data file is missing. */
+  sizeBytes: number;
+  chunks: number;
+  /** Chunks a reader may read now (synced, or written in this boot). */
+  chunksPresent: number;
+  /** Blocks allocated to all the blob's files. */
+  bytesOnDisk: number;
+  /** A mount or `serve` has it open (holds the in-use lock). */
+  inUse: boolean;
+  /** The map's mtime: the last fill or eviction of one of its chunks. */
+  lastUsedMs: number;
+  /** Holds the layer's listed metadata (a sidecar a later mount starts from). */
+  hasMetadata: boolean;
+}
+
+/** A base file name (without .map/.data…): `<algo>-<hex>.<origin>.c<chunk bytes>`. */
+const BASE_NAME =
+  /^(sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})\.(verified|o-[A-Za-z0-9._-]+)\.c([0-9]{1,12})$/;
+
+/** Digest, origin and chunk size from a base path's file name, or undefined for another name. */
+export function parseBlobName(
+  base: string,
+): { digest: string; origin: string; chunkBytes: number } | undefined {
+  const match = BASE_NAME.exec(base.slice(base.lastIndexOf("/") + 1));
+  if (!match) return undefined;
+  const origin = match[2] === "verified" ? "verified" : decodeOriginTag(match[2].slice(2));
+  if (origin === undefined) return undefined;
+  return { digest: match[1].replace("-", ":"), origin, chunkBytes: Number(match[3]) };
+}
+
+/**
+ * The origin behind DiskCache's file-name tag (`_XX` per byte outside [A-Za-z0-9.-]), without
+ * the `#t-…` that qualifies bytes fetched with a table of their own (readIfPresent).
+ */
+function decodeOriginTag(tag: string): string | undefined {
+  const bytes: number[] = [];
+  for (let i = 0; i < tag.length; i++) {
+    if (tag[i] !== "_") {
+      bytes.push(tag.charCodeAt(i));
+      continue;
+    }
+    const hex = tag.slice(i + 1, i + 3);
+    if (!/^[0-9a-f]{2}$/.test(hex)) return tag === "_" ? "" : undefined;
+    bytes.push(parseInt(hex, 16));
+    i += 2;
+  }
+  const origin = new TextDecoder().decode(new Uint8Array(bytes));
+  const table = origin.indexOf("#t-");
+  return table < 0 ? origin : origin.slice(0, table);
+}
+
+/**
+ * Describes the blob whose files start with `base` (undefined when the name is not one of the
+ * cache's). Reads its map (one byte per chunk) and tests the in-use lock without taking it.
+ */
+export function describeBlob(
+  base: string,
+  bytesOnDisk: number,
+  lastUsedMs: number,
+  hasMetadata: boolean,
+): CachedBlob | undefined {
+  const named = parseBlobName(base);
+  if (!named) return undefined;
+  let sizeBytes = 0;
+  try {
+    sizeBytes = Deno.lstatSync(`${base}.data`).size;
+  } catch { /* removed, or never created: nothing of it is readable */ }
+  const chunks = Math.ceil(sizeBytes / named.chunkBytes);
+  let chunksPresent = 0, inUse = false;
+  let map = -1;
+  try {
+    map = openCacheFile(`${base}.map`, false);
+    inUse = lockedByOthers(map, IN_USE_OFFSET, 1);
+    const marks = new Uint8Array(Math.min(chunks, fstatIdentity(map).sizeBytes));
+    preadExact(map, marks, 0);
+    const writtenCounts = writtenIsTrusted(base);
+    for (const mark of marks) {
+      if (mark === PRESENT || (mark === WRITTEN && writtenCounts)) chunksPresent++;
+    }
+  } catch {
+    /* no map (a removal cut short): nothing present, nobody can have it open */
+  } finally {
+    closeQuietly(map);
+  }
+  return {
+    ...named,
+    sizeBytes,
+    chunks,
+    chunksPresent,
+    bytesOnDisk,
+    inUse,
+    lastUsedMs,
+    hasMetadata,
+  };
+}

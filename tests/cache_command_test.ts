@@ -1,0 +1,157 @@
+/**
+ * `erofs-oci cache` and `cache prune` against a real disk cache in a temporary directory: the
+ * CLI runs as another process, so a blob this test holds open shows as in use through its OFD
+ * lock, and prune must leave it whole while it removes the others, least recently used first.
+ */
+import assert from "node:assert/strict";
+import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "../lib/source/disk_cache.ts";
+import type { Source } from "../lib/source/source.ts";
+import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+
+interface ListedBlob {
+  digest: string;
+  origin: string;
+  sizeBytes: number;
+  chunks: number;
+  chunksPresent: number;
+  bytesOnDisk: number;
+  inUse: boolean;
+  hasMetadata: boolean;
+}
+
+const digestOf = (n: number) => "sha256:" + n.toString(16).padStart(2, "0").repeat(32);
+
+async function listed(dir: string, ...args: string[]) {
+  const result = await runCli(["cache", ...args, "--json"], { env: { EROFS_OCI_CACHE_DIR: dir } });
+  assertSuccess(result);
+  return JSON.parse(result.stdout) as {
+    dir: string;
+    bytesOnDisk: number;
+    removedBlobs?: number;
+    freedBytes?: number;
+    blobs: ListedBlob[];
+  };
+}
+
+/** Fills `chunks` chunks of blob `n` (3 chunks long) through the cache; returns its source. */
+async function fill(cache: DiskCache, n: number, chunks: number, origin = "https://r.test") {
+  const bytes = patternBytes(3 * CHUNK, n);
+  const source = cache.wrap(new MemorySource(bytes), { digest: digestOf(n), origin });
+  const read = await source.read(0, chunks * CHUNK);
+  assert.deepEqual(read, bytes.subarray(0, chunks * CHUNK));
+  return { source, bytes };
+}
+
+async function closeAll(sources: Source[]) {
+  for (const source of sources) await source.close?.();
+}
+
+Deno.test("cache: lists each blob with what is cached and whether a process has it open", async () => {
+  const dir = await Deno.makeTempDir();
+  const open: Source[] = [];
+  try {
+    const cache = DiskCache.open({ dir })!;
+    const held = await fill(cache, 1, 2);
+    open.push(held.source);
+    const closed = await fill(cache, 2, 3);
+    await closed.source.close?.();
+    const verified = cache.wrap(new MemorySource(patternBytes(3 * CHUNK, 3)), {
+      digest: digestOf(3),
+      origin: "https://r.test",
+      verify: () => true,
+    });
+    open.push(verified);
+    await verified.read(0, 1);
+
+    const out = await listed(dir);
+    const byDigest = new Map(out.blobs.map((blob) => [blob.digest, blob]));
+    assert.equal(out.blobs.length, 3, JSON.stringify(out));
+    assert.deepEqual(
+      [1, 2, 3].map((n) => {
+        const blob = byDigest.get(digestOf(n))!;
+        return [blob.origin, blob.sizeBytes, blob.chunks, blob.chunksPresent, blob.inUse];
+      }),
+      [
+        ["https://r.test", 3 * CHUNK, 3, 2, true],
+        ["https://r.test", 3 * CHUNK, 3, 3, false],
+        ["verified", 3 * CHUNK, 3, 1, true],
+      ],
+    );
+    for (const blob of out.blobs) assert.ok(blob.bytesOnDisk > 0, JSON.stringify(blob));
+    assert.equal(out.bytesOnDisk, out.blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0));
+
+    const table = await runCli(["cache"], { env: { EROFS_OCI_CACHE_DIR: dir } });
+    assertSuccess(table);
+    assert.match(table.stdout, /: 3 blobs, .* on disk, 2 in use\n/, describe(table));
+    assert.match(
+      table.stdout,
+      /\nsha256:020202020202 +https:\/\/r\.test +100% of 768\.0 KiB +[0-9.]+ KiB +no /,
+    );
+  } finally {
+    await closeAll(open);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cache prune: removes unused blobs, least recently used first, never one in use", async () => {
+  const dir = await Deno.makeTempDir();
+  const open: Source[] = [];
+  try {
+    const cache = DiskCache.open({ dir })!;
+    const held = await fill(cache, 1, 3);
+    open.push(held.source);
+    for (const n of [2, 3, 4]) await (await fill(cache, n, 3)).source.close?.();
+    // Last filled: 4 long ago, then 2, then 3 (the map's mtime is the blob's last use).
+    const base = (n: number) =>
+      `${dir}/blobs/${digestOf(n).replace(":", "-")}.o-https_3a_2f_2fr.test.c${CHUNK}`;
+    const now = Date.now() / 1000;
+    for (const [n, ageS] of [[4, 3000], [2, 2000], [3, 1000], [1, 4000]]) {
+      Deno.utimeSync(`${base(n)}.map`, now - ageS, now - ageS);
+    }
+    const before = await listed(dir);
+    const perBlob = before.blobs.find((blob) => blob.digest === digestOf(3))!.bytesOnDisk;
+
+    // Room for the blob in use and one more: 4 and 2 go (oldest unused), 3 stays, 1 is in use.
+    const kept = await listed(dir, "prune", "--keep", `${before.bytesOnDisk - 2 * perBlob}`);
+    assert.equal(kept.removedBlobs, 2, JSON.stringify(kept));
+    assert.deepEqual(kept.blobs.map((blob) => blob.digest).sort(), [digestOf(1), digestOf(3)]);
+    for (const n of [2, 4]) {
+      assert.throws(() => Deno.statSync(`${base(n)}.data`), Deno.errors.NotFound);
+    }
+
+    const all = await listed(dir, "prune");
+    assert.equal(all.removedBlobs, 1);
+    assert.deepEqual(all.blobs.map((blob) => [blob.digest, blob.inUse]), [[digestOf(1), true]]);
+    // The open blob was left whole: its bytes still come from the disk, right.
+    assert.deepEqual(await held.source.read(0, 3 * CHUNK), held.bytes);
+  } finally {
+    await closeAll(open);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cache: no cache yet → an empty listing, nothing created; a directory others can write → refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const missing = `${dir}/never-used`;
+    const out = await listed(missing);
+    assert.deepEqual([out.blobs, out.bytesOnDisk], [[], 0]);
+    assert.throws(() => Deno.statSync(missing), Deno.errors.NotFound);
+
+    Deno.mkdirSync(`${dir}/open/blobs`, { recursive: true });
+    Deno.chmodSync(`${dir}/open`, 0o777);
+    assertCliError(
+      await runCli(["cache", "prune"], { env: { EROFS_OCI_CACHE_DIR: `${dir}/open` } }),
+      1,
+      /disk cache .*\/open unusable \(writable by others/,
+    );
+    assertCliError(
+      await runCli(["cache", "drop"], { env: { EROFS_OCI_CACHE_DIR: dir } }),
+      2,
+      /cache: unknown action 'drop'/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
