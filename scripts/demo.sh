@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cli=(scripts/erofs-oci-dev)
 work=$(mktemp -d /tmp/erofs-oci-demo.XXXXXX)
+# The demo's registry is gone once it ends: its layers are cached, and its state kept, in $work,
+# removed with it, not in the host's /var/cache/erofs-oci and /var/lib/erofs-oci.
+export EROFS_OCI_CACHE_DIR=$work/disk-cache EROFS_OCI_STATE_DIR=$work/state
 registry_pid=""
 mounted=()
 cleanup() {
@@ -68,6 +71,8 @@ echo "== mount $image at $work/mnt (no pull)"
 "${cli[@]}" mount "$image" "$work/mnt"
 mounted+=("$work/mnt")
 "${cli[@]}" list
+echo "== what the mount fetched so far, in the disk cache"
+"${cli[@]}" cache
 echo "== merged tree:"
 (cd "$work/mnt" && find . | sort)
 echo "== etc/config.txt: $(cat "$work/mnt/etc/config.txt")"

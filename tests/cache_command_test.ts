@@ -131,13 +131,25 @@ Deno.test("cache prune: removes unused blobs, least recently used first, never o
   }
 });
 
-Deno.test("cache: no cache yet → an empty listing, nothing created; a directory others can write → refused", async () => {
+Deno.test("cache: no cache yet → an empty listing, nothing created; indexes made here shown, kept; a directory others can write → refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const missing = `${dir}/never-used`;
     const out = await listed(missing);
     assert.deepEqual([out.blobs, out.bytesOnDisk], [[], 0]);
     assert.throws(() => Deno.statSync(missing), Deno.errors.NotFound);
+
+    // Indexes made by mount --index-missing are shown, and prune leaves them.
+    const index = `${dir}/state/indexed-here/sha256-${"ee".repeat(32)}`;
+    Deno.mkdirSync(index, { recursive: true });
+    Deno.writeFileSync(`${index}/layer.meta.erofs`, new Uint8Array(5000).fill(1));
+    const env = { EROFS_OCI_CACHE_DIR: missing, EROFS_OCI_STATE_DIR: `${dir}/state` };
+    const pruned = await runCli(["cache", "prune", "--json"], { env });
+    assertSuccess(pruned);
+    const { indexedHere } = JSON.parse(pruned.stdout);
+    assert.equal(indexedHere.layers, 1, pruned.stdout);
+    assert.ok(indexedHere.bytes >= 5000, pruned.stdout);
+    assert.equal(Deno.statSync(`${index}/layer.meta.erofs`).size, 5000);
 
     Deno.mkdirSync(`${dir}/open/blobs`, { recursive: true });
     Deno.chmodSync(`${dir}/open`, 0o777);

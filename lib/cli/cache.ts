@@ -8,6 +8,7 @@ import {
 } from "../source/disk_cache.ts";
 import type { CachedBlob } from "../source/disk_cache_contents.ts";
 import { parseSize } from "./size.ts";
+import { INDEXED_HERE_DIR } from "../state/runtime.ts";
 import { formatBytes, printTable } from "./table.ts";
 
 export const cacheCommand: Command = {
@@ -28,7 +29,8 @@ and when it was last filled. Each mount keeps the cache under its --disk-cache-s
 
 prune removes the blobs no process has open, least recently used first, until at most
 --keep SIZE is left (default: every unused blob). Blobs in use are left whole, so no mount
-notices; a removed blob is fetched again when a later mount reads it.
+notices; a removed blob is fetched again when a later mount reads it. The indexes
+\`mount --index-missing\` made are shown too, never pruned: they are their only copy.
 
 Options:
   --keep SIZE   prune: stop once the cache holds at most SIZE (e.g. 1G)
@@ -55,8 +57,9 @@ Options:
     const pruned = cache && action === "prune" ? cache.prune(keepBytes) : undefined;
     const blobs = cache?.blobs() ?? [];
     const bytesOnDisk = blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0);
+    const indexedHere = indexesMadeHere();
     if (values.json) {
-      console.log(JSON.stringify({ dir, bytesOnDisk, ...pruned, blobs }, null, 2));
+      console.log(JSON.stringify({ dir, bytesOnDisk, ...pruned, blobs, indexedHere }, null, 2));
       return Promise.resolve(0);
     }
     if (pruned) {
@@ -70,6 +73,12 @@ Options:
         (inUse ? `, ${inUse} in use` : ""),
     );
     if (blobs.length && action === "list") printBlobs(blobs);
+    if (indexedHere.layers) {
+      console.log(
+        `${indexedHere.dir}: indexes of ${plural(indexedHere.layers, "tar layer")} made by ` +
+          `mount --index-missing, ${formatBytes(indexedHere.bytes)} (kept; not pruned)`,
+      );
+    }
     return Promise.resolve(0);
   },
 };
@@ -116,4 +125,23 @@ function printBlobs(blobs: CachedBlob[]): void {
 
 function plural(count: number, noun: string): string {
   return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+/**
+ * The indexes `mount --index-missing` made here: the only copy of them (a later mount of any
+ * image with such a layer is lazy from the start), so shown, never pruned.
+ */
+function indexesMadeHere(): { dir: string; layers: number; bytes: number } {
+  const dir = INDEXED_HERE_DIR;
+  let layers = 0, bytes = 0;
+  try {
+    for (const layer of Deno.readDirSync(dir)) {
+      if (!layer.isDirectory) continue;
+      layers++;
+      for (const file of Deno.readDirSync(`${dir}/${layer.name}`)) {
+        bytes += (Deno.lstatSync(`${dir}/${layer.name}/${file.name}`).blocks ?? 0) * 512;
+      }
+    }
+  } catch { /* none yet, or unreadable: nothing to show */ }
+  return { dir, layers, bytes };
 }
