@@ -12,6 +12,7 @@ import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.
 interface ListedBlob {
   digest: string;
   origin: string;
+  tableChecked: boolean;
   sizeBytes: number;
   chunks: number;
   chunksPresent: number;
@@ -63,19 +64,30 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
     });
     open.push(verified);
     await verified.read(0, 1);
+    // How a mount keys a layer read behind its chunk table (layer_tables.ts tableCacheOrigin).
+    const tabled = await fill(cache, 4, 1, "https://r.test#t-0123456789abcdef");
+    await tabled.source.close?.();
 
     const out = await listed(dir);
     const byDigest = new Map(out.blobs.map((blob) => [blob.digest, blob]));
-    assert.equal(out.blobs.length, 3, JSON.stringify(out));
+    assert.equal(out.blobs.length, 4, JSON.stringify(out));
     assert.deepEqual(
-      [1, 2, 3].map((n) => {
+      [1, 2, 3, 4].map((n) => {
         const blob = byDigest.get(digestOf(n))!;
-        return [blob.origin, blob.sizeBytes, blob.chunks, blob.chunksPresent, blob.inUse];
+        return [
+          blob.origin,
+          blob.tableChecked,
+          blob.sizeBytes,
+          blob.chunks,
+          blob.chunksPresent,
+          blob.inUse,
+        ];
       }),
       [
-        ["https://r.test", 3 * CHUNK, 3, 2, true],
-        ["https://r.test", 3 * CHUNK, 3, 3, false],
-        ["verified", 3 * CHUNK, 3, 1, true],
+        ["https://r.test", false, 3 * CHUNK, 3, 2, true],
+        ["https://r.test", false, 3 * CHUNK, 3, 3, false],
+        ["verified", true, 3 * CHUNK, 3, 1, true],
+        ["https://r.test", true, 3 * CHUNK, 3, 1, false],
       ],
     );
     for (const blob of out.blobs) assert.ok(blob.bytesOnDisk > 0, JSON.stringify(blob));
@@ -83,7 +95,8 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
 
     const table = await runCli(["cache"], { env: { EROFS_OCI_CACHE_DIR: dir } });
     assertSuccess(table);
-    assert.match(table.stdout, /: 3 blobs, .* on disk, 2 in use\n/, describe(table));
+    assert.match(table.stdout, /: 4 blobs, .* on disk, 2 in use\n/, describe(table));
+    assert.match(table.stdout, /\nsha256:040404040404 +https:\/\/r\.test \(checked\) +33% of /);
     assert.match(
       table.stdout,
       /\nsha256:020202020202 +https:\/\/r\.test +100% of 768\.0 KiB +[0-9.]+ KiB +no /,

@@ -19,10 +19,9 @@ export const cacheCommand: Command = {
 
 Shows the host's disk cache of fetched layer bytes ($EROFS_OCI_CACHE_DIR, default
 ${DEFAULT_DISK_CACHE_DIR}), shared by every mount and \`serve\`: per layer blob its digest,
-where its bytes are shared from (verified: every chunk checked against the layer's
-chunk-digest table, whatever registry it came from; else the registry they came from),
-how much of it is here, the bytes on disk, whether a mount or \`serve\` has it open (IN USE)
-and when it was last filled. Each mount keeps the cache under its --disk-cache-size
+the registry its bytes came from ("(checked)": each chunk was checked against the layer's
+chunk-digest table before it was kept), how much of it is here, the bytes on disk, whether
+a mount or \`serve\` has it open (IN USE) and when it was last filled. Each mount keeps the cache under its --disk-cache-size
 (default ${
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
   }) on its own, evicting least recently used blobs first.
@@ -110,7 +109,7 @@ function printBlobs(blobs: CachedBlob[]): void {
     ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST FILLED"],
     blobs.map((blob) => [
       blob.digest.slice(0, 19),
-      blob.origin,
+      blob.origin === "verified" || !blob.tableChecked ? blob.origin : `${blob.origin} (checked)`,
       blob.chunks
         ? `${(blob.chunksPresent * 100 / blob.chunks).toFixed(0)}% of ${
           formatBytes(blob.sizeBytes)

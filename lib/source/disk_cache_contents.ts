@@ -21,6 +21,8 @@ export interface CachedBlob {
    * by all registries) or the origin the unverified bytes came from (e.g. a registry's URL).
    */
   origin: string;
+  /** Every chunk was checked against a chunk-digest table before it was marked present. */
+  tableChecked: boolean;
   chunkBytes: number;
   /** The blob's size (its data file's length); 0 when the data file is missing. */
   sizeBytes: number;
@@ -44,18 +46,23 @@ const BASE_NAME =
 /** Digest, origin and chunk size from a base path's file name, or undefined for another name. */
 export function parseBlobName(
   base: string,
-): { digest: string; origin: string; chunkBytes: number } | undefined {
+): { digest: string; origin: string; tableChecked: boolean; chunkBytes: number } | undefined {
   const match = BASE_NAME.exec(base.slice(base.lastIndexOf("/") + 1));
   if (!match) return undefined;
-  const origin = match[2] === "verified" ? "verified" : decodeOriginTag(match[2].slice(2));
+  const digest = match[1].replace("-", ":"), chunkBytes = Number(match[3]);
+  if (match[2] === "verified") {
+    return { digest, origin: "verified", tableChecked: true, chunkBytes };
+  }
+  const origin = decodeOriginTag(match[2].slice(2));
   if (origin === undefined) return undefined;
-  return { digest: match[1].replace("-", ":"), origin, chunkBytes: Number(match[3]) };
+  // `#t-…`: bytes read behind a chunk table (layer_tables.ts tableCacheOrigin), kept apart.
+  const table = origin.indexOf("#t-");
+  return table < 0
+    ? { digest, origin, tableChecked: false, chunkBytes }
+    : { digest, origin: origin.slice(0, table), tableChecked: true, chunkBytes };
 }
 
-/**
- * The origin behind DiskCache's file-name tag (`_XX` per byte outside [A-Za-z0-9.-]), without
- * the `#t-…` that qualifies bytes fetched with a table of their own (readIfPresent).
- */
+/** The origin behind DiskCache's file-name tag (`_XX` per byte outside [A-Za-z0-9.-]). */
 function decodeOriginTag(tag: string): string | undefined {
   const bytes: number[] = [];
   for (let i = 0; i < tag.length; i++) {
@@ -68,9 +75,7 @@ function decodeOriginTag(tag: string): string | undefined {
     bytes.push(parseInt(hex, 16));
     i += 2;
   }
-  const origin = new TextDecoder().decode(new Uint8Array(bytes));
-  const table = origin.indexOf("#t-");
-  return table < 0 ? origin : origin.slice(0, table);
+  return new TextDecoder().decode(new Uint8Array(bytes));
 }
 
 /**
