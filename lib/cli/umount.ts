@@ -2,27 +2,79 @@ import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { unmountImage } from "../daemon/unmount_image.ts";
 import { checkRoot } from "../mount/target_dir.ts";
+import { MountError, UsageError, UserError } from "../errors.ts";
+import { readStates } from "../state/runtime.ts";
+import { info, warn } from "../log.ts";
 
 export const umountCommand: Command = {
   name: "umount",
   summary: "unmount an image mounted by erofs-oci and stop its server",
   help: `Usage: erofs-oci umount DIR [--lazy]
+       erofs-oci umount --all [--lazy]
 
 Unmounts the overlay and every layer mount of DIR, disconnects the devices, stops the
 server and removes its runtime files (/run/erofs-oci/mounts/ID).
 
 Options:
+  --all    every mount erofs-oci made on this host (\`erofs-oci list\`), nested ones
+           first; a mount that cannot go is reported and the others still go
   --lazy   detach the mounts even while files in DIR are open (MNT_DETACH); the
            data behind them becomes unreadable once the server stops
   -h, --help`,
   async run(argv) {
     const { values, positionals } = parseCommandArgs("umount", argv, {
+      all: { type: "boolean" },
       lazy: { type: "boolean" },
     });
+    const lazy = values.lazy ?? false;
+    if (values.all) {
+      if (positionals.length) {
+        throw new UsageError(
+          "umount: give DIR or --all, not both",
+          "see `erofs-oci umount --help`",
+        );
+      }
+      checkRoot("unmounting");
+      return await unmountAll(lazy);
+    }
     const [dir] = expectPositionals("umount", positionals, ["DIR"]);
     checkRoot("unmounting");
-    const state = await unmountImage(dir, values.lazy ?? false);
-    console.error(`unmounted ${state.target} (${state.image})`);
+    const state = await unmountImage(dir, lazy);
+    info(`unmounted ${state.target} (${state.image})`);
     return 0;
   },
 };
+
+/**
+ * Every recorded mount, deepest target first (a mount inside another's writable overlay goes
+ * before it). A failure is reported as a warning and the rest go on; then one error sums up.
+ */
+async function unmountAll(lazy: boolean): Promise<number> {
+  const states = readStates().sort((a, b) => b.target.length - a.target.length);
+  if (states.length === 0) {
+    info("no erofs-oci mounts");
+    return 0;
+  }
+  const left: string[] = [];
+  for (const state of states) {
+    try {
+      await unmountImage(state.target, lazy);
+      info(`unmounted ${state.target} (${state.image})`);
+    } catch (error) {
+      if (!(error instanceof UserError)) throw error;
+      warn(
+        error.message.includes(state.target)
+          ? error.message
+          : `${state.target} stays mounted: ${error.message}`,
+      );
+      left.push(state.target);
+    }
+  }
+  if (left.length) {
+    throw new MountError(
+      `${left.length} of ${states.length} mounts stay mounted: ${left.join(", ")}`,
+      "see the warnings above; close what uses them, or `erofs-oci umount --all --lazy`",
+    );
+  }
+  return 0;
+}

@@ -1,0 +1,71 @@
+/**
+ * `umount --all` with real mounts (FUSE, the host kernel's EROFS): every mount of the runtime
+ * dir goes with its server; a busy one is reported while the others still go, and exits 1.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { mountSandbox, mountsBelow, pidAlive, serverPids } from "./_support/mounts.ts";
+
+const ignore = requires(root(), path("/dev/fuse"));
+
+Deno.test({
+  name: "umount --all: every mount and its server go; a busy one is named and the rest still go",
+  ignore,
+  async fn() {
+    const sandbox = await mountSandbox();
+    const second = `${sandbox.target}-2`;
+    const third = `${sandbox.target}-3`;
+    let open: Deno.FsFile | undefined;
+    try {
+      for (
+        const [image, dir] of [["basic", sandbox.target], ["layer1", second], ["basic", third]]
+      ) {
+        Deno.mkdirSync(dir, { recursive: true });
+        const mounted = await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        });
+        assertSuccess(mounted);
+      }
+      const servers = serverPids(sandbox.runtimeDir);
+      assert.equal(servers.length, 3, sandbox.serverLogs());
+
+      // A file held open in the second mount: umount --all names it and unmounts the others.
+      const name = [...Deno.readDirSync(second)].find((entry) => entry.isFile)!.name;
+      open = await Deno.open(`${second}/${name}`);
+      const busy = await runCli(["umount", "--all"], { env: sandbox.env, timeoutMs: 90_000 });
+      assert.equal(busy.code, 1, describe(busy));
+      assert.match(busy.stderr, /^erofs-oci: 1 of 3 mounts stay mounted: .*-2$/m, describe(busy));
+      assert.match(busy.stderr, /^erofs-oci: warning: .*-2 is busy: files are open/m);
+      assert.doesNotMatch(busy.stderr, /\n\s+at /, "no stack trace");
+      assert.match(busy.stderr, new RegExp(`unmounted ${sandbox.target} `), describe(busy));
+      assert.match(busy.stderr, new RegExp(`unmounted ${third} `), describe(busy));
+      assert.deepEqual(mountsBelow(sandbox.target).filter((p) => p !== second), []);
+      assert.equal(serverPids(sandbox.runtimeDir).length, 1);
+
+      open.close();
+      open = undefined;
+      const rest = await runCli(["umount", "--all"], { env: sandbox.env, timeoutMs: 90_000 });
+      assertSuccess(rest);
+      assert.match(rest.stderr, new RegExp(`unmounted ${second} `), describe(rest));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      for (const pid of servers) assert.ok(!pidAlive(pid), `server ${pid} stopped`);
+
+      const none = await runCli(["umount", "--all"], { env: sandbox.env });
+      assertSuccess(none);
+      assert.match(none.stderr, /no erofs-oci mounts/);
+      assertCliError(
+        await runCli(["umount", "--all", second], { env: sandbox.env }),
+        2,
+        /give DIR or --all, not both/,
+      );
+    } finally {
+      open?.close();
+      for (const dir of [second, third]) {
+        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+      }
+      await sandbox.cleanup();
+    }
+  },
+});
