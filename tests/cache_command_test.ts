@@ -93,8 +93,27 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
     for (const blob of out.blobs) assert.ok(blob.bytesOnDisk > 0, JSON.stringify(blob));
     assert.equal(out.bytesOnDisk, out.blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0));
 
-    const table = await runCli(["cache"], { env: { EROFS_OCI_CACHE_DIR: dir } });
+    // A mount recorded with blob 1 as a layer: the table names it as the user.
+    Deno.mkdirSync(`${dir}/run/mounts/m1`, { recursive: true });
+    Deno.writeTextFileSync(
+      `${dir}/run/mounts/m1/state.json`,
+      JSON.stringify({
+        id: "m1",
+        target: "/mnt/held-here",
+        image: "r.test/app:v1",
+        backend: "fuse",
+        serverPid: 1,
+        createdAt: new Date().toISOString(),
+        layers: [{ digest: digestOf(1), blockPath: "/dev/null", layerDir: "/mnt/held-here" }],
+        overlay: false,
+      }),
+    );
+    const table = await runCli(["cache"], {
+      env: { EROFS_OCI_CACHE_DIR: dir, EROFS_OCI_RUNTIME_DIR: `${dir}/run` },
+    });
     assertSuccess(table);
+    assert.match(table.stdout, /\nsha256:010101010101 .* \/mnt\/held-here +20/, describe(table));
+    assert.match(table.stdout, /\nsha256:030303030303 +verified .* yes +20/, describe(table));
     assert.match(table.stdout, /: 4 blobs, .* on disk, 2 in use\n/, describe(table));
     assert.match(table.stdout, /\nsha256:040404040404 +https:\/\/r\.test \(checked\) +33% of /);
     assert.match(

@@ -8,8 +8,10 @@ import {
 } from "../source/disk_cache.ts";
 import type { CachedBlob } from "../source/disk_cache_contents.ts";
 import { parseSize } from "./size.ts";
-import { INDEXED_HERE_DIR } from "../state/runtime.ts";
+import { INDEXED_HERE_DIR, readStates } from "../state/runtime.ts";
 import { formatBytes, printTable } from "./table.ts";
+
+const DEFAULT_SIZE = formatBytes(DEFAULT_DISK_CACHE_BYTES);
 
 export const cacheCommand: Command = {
   name: "cache",
@@ -20,11 +22,10 @@ export const cacheCommand: Command = {
 Shows the host's disk cache of fetched layer bytes ($EROFS_OCI_CACHE_DIR, default
 ${DEFAULT_DISK_CACHE_DIR}), shared by every mount and \`serve\`: per layer blob its digest,
 the registry its bytes came from ("(checked)": each chunk was checked against the layer's
-chunk-digest table before it was kept), how much of it is here, the bytes on disk, whether
-a mount or \`serve\` has it open (IN USE) and when it was last filled. Each mount keeps the cache under its --disk-cache-size
-(default ${
-    formatBytes(DEFAULT_DISK_CACHE_BYTES)
-  }) on its own, evicting least recently used blobs first.
+chunk-digest table before it was kept), how much of it is here, the bytes on disk, which
+mount (or a \`serve\`: "yes") has it open (IN USE) and when it was last filled. Each mount
+keeps the cache under its --disk-cache-size (default ${DEFAULT_SIZE}) on its own, evicting
+least recently used blobs first.
 
 prune removes the blobs no process has open, least recently used first, until at most
 --keep SIZE is left (default: every unused blob). Blobs in use are left whole, so no mount
@@ -105,6 +106,14 @@ function openExisting(dir: string): DiskCache | undefined {
 }
 
 function printBlobs(blobs: CachedBlob[]): void {
+  const mountedAt = new Map<string, string[]>();
+  for (const state of mountStates()) {
+    for (const layer of state.layers) {
+      if (layer.digest) {
+        mountedAt.set(layer.digest, [...mountedAt.get(layer.digest) ?? [], state.target]);
+      }
+    }
+  }
   printTable(
     ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST FILLED"],
     blobs.map((blob) => [
@@ -116,7 +125,8 @@ function printBlobs(blobs: CachedBlob[]): void {
         }`
         : "-",
       formatBytes(blob.bytesOnDisk),
-      blob.inUse ? "yes" : "no",
+      // A blob open with no mount of it is a `serve` (or a mount of another runtime dir).
+      blob.inUse ? (mountedAt.get(blob.digest)?.join(",") ?? "yes") : "no",
       new Date(blob.lastUsedMs).toISOString().slice(0, 19) + "Z",
     ]),
   );
@@ -143,4 +153,13 @@ function indexesMadeHere(): { dir: string; layers: number; bytes: number } {
     }
   } catch { /* none yet, or unreadable: nothing to show */ }
   return { dir, layers, bytes };
+}
+
+/** The recorded mounts, or none when they cannot be read (the table then says "yes"). */
+function mountStates() {
+  try {
+    return readStates();
+  } catch {
+    return [];
+  }
 }
