@@ -48,7 +48,7 @@ async function closeAll(sources: Source[]) {
   for (const source of sources) await source.close?.();
 }
 
-Deno.test("cache: lists each blob with what is cached and whether a process has it open", async () => {
+Deno.test("cache: lists each blob with what is cached and whether a process has it open; metrics has the sums", async () => {
   const dir = await Deno.makeTempDir();
   const open: Source[] = [];
   try {
@@ -114,6 +114,23 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
     assertSuccess(table);
     assert.match(table.stdout, /\nsha256:010101010101 .* \/mnt\/held-here +20/, describe(table));
     assert.match(table.stdout, /\nsha256:030303030303 +verified .* yes +20/, describe(table));
+
+    // `metrics` (the host-wide command) has the same figures as gauges.
+    const metrics = await runCli(["metrics"], {
+      env: { EROFS_OCI_CACHE_DIR: dir, EROFS_OCI_RUNTIME_DIR: `${dir}/run-none` },
+    });
+    assertSuccess(metrics);
+    const gauge = (name: string) =>
+      Number(new RegExp(`^${name} (\\d+)$`, "m").exec(metrics.stdout)?.[1]);
+    assert.deepEqual(
+      [
+        gauge("erofs_oci_disk_cache_bytes"),
+        gauge("erofs_oci_disk_cache_blobs"),
+        gauge("erofs_oci_disk_cache_blobs_in_use"),
+      ],
+      [out.bytesOnDisk, 4, 2],
+      metrics.stdout,
+    );
     assert.match(table.stdout, /: 4 blobs, .* on disk, 2 in use\n/, describe(table));
     assert.match(table.stdout, /\nsha256:040404040404 +https:\/\/r\.test \(checked\) +33% of /);
     assert.match(

@@ -5,6 +5,7 @@ import {
   DEFAULT_DISK_CACHE_BYTES,
   DEFAULT_DISK_CACHE_DIR,
   DiskCache,
+  diskCacheDir,
 } from "../source/disk_cache.ts";
 import type { CachedBlob } from "../source/disk_cache_contents.ts";
 import { parseSize } from "./size.ts";
@@ -52,7 +53,7 @@ Options:
       throw new UsageError("cache: --keep goes with prune", "e.g. erofs-oci cache prune --keep 1G");
     }
     const keepBytes = values.keep === undefined ? 0 : parseSize(values.keep, "--keep");
-    const dir = Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+    const dir = diskCacheDir();
     const cache = openExisting(dir);
     const pruned = cache && action === "prune" ? cache.prune(keepBytes) : undefined;
     const blobs = cache?.blobs() ?? [];
@@ -83,26 +84,16 @@ Options:
   },
 };
 
-/**
- * The cache at `dir`, or undefined when there is none yet (nothing was ever cached: not made
- * here either). A directory DiskCache refuses (another owner, open to others) is an error.
- */
+/** DiskCache.openExisting, its refusal as a user error: mounts would not use it either. */
 function openExisting(dir: string): DiskCache | undefined {
   try {
-    Deno.lstatSync(`${dir}/blobs`);
+    return DiskCache.openExisting(dir);
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return undefined;
-    throw new UserError(`cannot read the disk cache ${dir}: ${(error as Error).message}`);
-  }
-  let refused = "";
-  const cache = DiskCache.open({ dir, onWarning: (message) => refused = message });
-  if (!cache) {
     throw new UserError(
-      refused.replace(/; keeping the memory cache only$/, ""),
+      (error as Error).message,
       "mounts do not use it either; fix its owner and mode (root, 0700) or remove it",
     );
   }
-  return cache;
 }
 
 function printBlobs(blobs: CachedBlob[]): void {

@@ -1,7 +1,8 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { describeMounts } from "./list.ts";
-import { renderPrometheus } from "../metrics/prometheus.ts";
+import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts";
+import { DiskCache, diskCacheDir } from "../source/disk_cache.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
 import { parseListenAddress } from "../nbd/address.ts";
 import { info } from "../log.ts";
@@ -15,7 +16,8 @@ export const metricsCommand: Command = {
 Prints the counters of every mount made by erofs-oci (as \`list --json\` has them) in the
 Prometheus text exposition format: per layer bytes requested and fetched, fetches, memory
 cache hits and misses, disk cache hit bytes, prefetch bytes and a histogram of registry GET
-times (erofs_oci_layer_registry_get_seconds).
+times (erofs_oci_layer_registry_get_seconds); for the host, the disk cache's bytes on disk
+and blobs (in use), as \`erofs-oci cache\` shows them.
 
 Options:
   --listen ADDR   serve them instead, at GET /metrics: unix:PATH or tcp:HOST:PORT
@@ -24,12 +26,16 @@ Options:
   async run(argv) {
     const { values } = parseCommandArgs("metrics", argv, { listen: { type: "string" } }, false);
     if (values.listen === undefined) {
-      await Deno.stdout.write(new TextEncoder().encode(renderPrometheus(await describeMounts())));
+      const text = renderPrometheus(await describeMounts(), diskCacheGauges());
+      await Deno.stdout.write(new TextEncoder().encode(text));
       return 0;
     }
     const addr = parseListenAddress(values.listen);
     if (addr.transport === "unix") removeStaleSocket(addr.path);
-    const endpoint = serveMetrics(addr, async () => renderPrometheus(await describeMounts()));
+    const endpoint = serveMetrics(
+      addr,
+      async () => renderPrometheus(await describeMounts(), diskCacheGauges()),
+    );
     info(`serving metrics at ${endpoint.address}/metrics`);
     const stop = () => endpoint.shutdown();
     for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
@@ -38,3 +44,17 @@ Options:
     return 0;
   },
 };
+
+/** The host's disk cache summed up; none when there is none or it is unusable (no mount uses it). */
+function diskCacheGauges(): DiskCacheGauges | undefined {
+  try {
+    const blobs = DiskCache.openExisting(diskCacheDir())?.blobs() ?? [];
+    return {
+      bytesOnDisk: blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0),
+      blobs: blobs.length,
+      blobsInUse: blobs.filter((blob) => blob.inUse).length,
+    };
+  } catch {
+    return undefined;
+  }
+}

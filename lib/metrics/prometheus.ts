@@ -90,10 +90,25 @@ const LAYER_COUNTERS: [keyof ListedLayer, string, string][] = [
   ],
 ];
 
-/** The text a scraper gets for `mounts`. */
-export function renderPrometheus(mounts: ListedMount[]): string {
+/** The host's disk cache as `erofs-oci metrics` reports it (DiskCache.blobs summed up). */
+export interface DiskCacheGauges {
+  bytesOnDisk: number;
+  blobs: number;
+  blobsInUse: number;
+}
+
+/** The text a scraper gets for `mounts` (and the host's disk cache, when given). */
+export function renderPrometheus(mounts: ListedMount[], diskCache?: DiskCacheGauges): string {
   const out = new Exposition();
   out.sample("erofs_oci_mounts", "Mounts made by erofs-oci", "gauge", {}, mounts.length);
+  if (diskCache) {
+    const gauges: [keyof DiskCacheGauges, string, string][] = [
+      ["bytesOnDisk", "erofs_oci_disk_cache_bytes", "Bytes on disk in the host's disk cache"],
+      ["blobs", "erofs_oci_disk_cache_blobs", "Layer blobs in the host's disk cache"],
+      ["blobsInUse", "erofs_oci_disk_cache_blobs_in_use", "Cached blobs a mount or serve has open"],
+    ];
+    for (const [key, name, help] of gauges) out.sample(name, help, "gauge", {}, diskCache[key]);
+  }
   for (const mount of mounts) {
     const base = { mount: mount.target };
     out.sample(

@@ -35,6 +35,11 @@ import { statFs } from "../../ffi/libc.ts";
 import { refusedSpecialPath } from "../errors.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
+
+/** The host's disk cache directory: $EROFS_OCI_CACHE_DIR, else DEFAULT_DISK_CACHE_DIR. */
+export function diskCacheDir(): string {
+  return Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+}
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
 export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
 /**
@@ -115,7 +120,7 @@ export class DiskCache {
    * someone else, open to others): the caller then keeps the memory cache only.
    */
   static open(options: DiskCacheOptions = {}): DiskCache | undefined {
-    const dir = options.dir ?? Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+    const dir = options.dir ?? diskCacheDir();
     const warn = options.onWarning ?? ((message: string) => console.warn(message));
     try {
       Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -142,6 +147,23 @@ export class DiskCache {
       warn(`disk cache ${dir} unusable (${why}); keeping the memory cache only`);
       return undefined;
     }
+  }
+
+  /**
+   * The cache at `dir` to look at (`erofs-oci cache`, `metrics`), creating nothing: undefined
+   * when nothing was ever cached there. Throws (Error, the reason) where open() would refuse it.
+   */
+  static openExisting(dir: string): DiskCache | undefined {
+    try {
+      Deno.lstatSync(`${dir}/blobs`);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return undefined;
+      throw new Error(`cannot read the disk cache ${dir}: ${(error as Error).message}`);
+    }
+    let refused = "";
+    const cache = DiskCache.open({ dir, onWarning: (message) => refused = message });
+    if (!cache) throw new Error(refused.replace(/; keeping the memory cache only$/, ""));
+    return cache;
   }
 
   /** Where the files of blob `key` are, without their extension (.map, .data, .meta…). */
