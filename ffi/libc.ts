@@ -336,6 +336,13 @@ export async function openReadOnlyAsync(path: string): Promise<number> {
   return Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0));
 }
 
+/** A close-on-exec pipe. */
+export function makePipe(): { read: number; write: number } {
+  const ends = new Int32Array(2);
+  unwrap(libc().pipe2(ends, O_CLOEXEC), "pipe2");
+  return { read: ends[0], write: ends[1] };
+}
+
 export function closeFd(fd: number): void {
   libc().close(fd);
 }

@@ -13,7 +13,7 @@ import {
   Errno,
   errno,
   libc,
-  O_CLOEXEC,
+  makePipe,
   O_RDWR,
   pathExists,
   pollAsync,
@@ -156,10 +156,9 @@ export async function spawnInNewSession(
 
 /** A close-on-exec pipe; both ends are added to `opened`. */
 function pipe(opened: number[]): { read: number; write: number } {
-  const ends = new Int32Array(2);
-  unwrap(libc().pipe2(ends, O_CLOEXEC), "pipe2");
-  opened.push(ends[0], ends[1]);
-  return { read: ends[0], write: ends[1] };
+  const ends = makePipe();
+  opened.push(ends.read, ends.write);
+  return ends;
 }
 
 async function waitFor(pid: number): Promise<number> {

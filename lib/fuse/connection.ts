@@ -4,6 +4,7 @@
  */
 import {
   closeFd,
+  makePipe,
   Errno,
   errno,
   libc,
@@ -95,6 +96,9 @@ export class FuseConnection {
   /** Disk cache files the reader answers READs from by itself (see reader_worker.ts). */
   readonly #direct?: DirectReadFiles;
   #fdOpen = true;
+  /** The reader polls `read`; closing `write` stops it (FuseReaderArg.stopFd). */
+  readonly #stopPipe = makePipe();
+  #stopPipeWriteOpen = true;
   #readerStarted = Promise.withResolvers<void>();
   readerThreadId = 0;
   #closing?: Promise<void>;
@@ -128,7 +132,7 @@ export class FuseConnection {
     const arg: FuseReaderArg = {
       fd,
       bufferBytes: READ_BUFFER_BYTES,
-      pollMs: 200,
+      stopFd: this.#stopPipe.read,
       maxReadBytes: FUSE_MAX_MAX_PAGES * 4096,
       direct: this.#direct && {
         ...directReadArg(this.#direct),
@@ -171,7 +175,7 @@ export class FuseConnection {
    */
   #readerFailed(reason: string): void {
     log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);
-    this.#reader.terminate();
+    this.#stopReader();
     this.server.abortAll();
     this.#closeFd();
   }
@@ -197,14 +201,25 @@ export class FuseConnection {
     return false;
   }
 
+  /** Closes the stop pipe's write end (the reader wakes and returns), then terminates it. */
+  #stopReader(): void {
+    if (this.#stopPipeWriteOpen) {
+      this.#stopPipeWriteOpen = false;
+      closeFd(this.#stopPipe.write);
+    }
+    this.#reader.terminate();
+  }
+
   #closeFd(): void {
     if (!this.#fdOpen) return;
     this.#fdOpen = false;
     closeFd(this.#fd);
-    // A reader that did not say it stopped may still be inside a pread: a closed number could
-    // name another file by then. Two descriptors left open are the lesser harm.
-    if (this.#readerDone) this.#direct?.close();
-    else if (this.#direct) log.debug(`FUSE on ${this.#dir}: disk cache descriptors left open`);
+    // A reader that did not say it stopped may still be inside a pread or a poll: a closed
+    // number could name another file by then. Descriptors left open are the lesser harm.
+    if (this.#readerDone) {
+      this.#direct?.close();
+      closeFd(this.#stopPipe.read);
+    } else log.debug(`FUSE on ${this.#dir}: the reader's descriptors left open`);
   }
 
   async ready(): Promise<void> {
@@ -298,10 +313,10 @@ export class FuseConnection {
   }
 
   async #stop(): Promise<void> {
-    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; terminate covers a
-    // reader stuck elsewhere (it polls with a timeout, so it returns to JS soon).
+    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; the stop pipe wakes
+    // one the kernel did not (a connection a keeper holds open).
     await waitAtMost(this.#readerEnded.promise, STOP_TIMEOUT_MS);
-    this.#reader.terminate();
+    this.#stopReader();
     this.server.abortAll();
     this.#closeFd();
     if (this.#removeDir) {

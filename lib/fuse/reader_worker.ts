@@ -33,8 +33,12 @@ export interface FuseReaderArg {
   fd: number;
   /** read() buffer: the kernel refuses buffers smaller than max_write + headers. */
   bufferBytes: number;
-  /** poll() timeout, so `terminate()` takes effect even when no request comes. */
-  pollMs: number;
+  /**
+   * Read end of a pipe the connection closes its write end of to stop the reader: it polls it
+   * beside the device and returns when it is readable (EOF), instead of waking every so often
+   * to let `terminate()` take effect (an idle mount then costs no wake-ups).
+   */
+  stopFd: number;
   /** Largest READ the kernel sends (max_pages × 4 KiB): the reply buffer's data part. */
   maxReadBytes: number;
   direct?: FuseDirectReadArg;
@@ -48,7 +52,7 @@ export type FuseReaderMessage =
   | { started: number /* the reader's Linux thread id */ }
   | { request: ArrayBuffer }
   | { served: number[] }
-  | { end: "unmounted" | "error"; errno: number };
+  | { end: "unmounted" | "stopped" | "error"; errno: number };
 
 /**
  * Worker body of a reader (connection.ts), started before its connection exists when it can be
@@ -72,7 +76,7 @@ export function waitingReaderBody(
 
 /**
  * Worker body (self-contained: shipped as source text, see ffi/libc_worker.ts). Loops until the
- * connection ends (ENODEV after unmount, POLLERR after an abort) or the worker is terminated.
+ * connection ends (ENODEV after unmount, POLLERR after an abort) or the stop pipe is closed.
  */
 export function fuseReaderBody(
   libc: LibcSymbols,
@@ -86,10 +90,13 @@ export function fuseReaderBody(
   const IN_HEADER = 40, OUT_HEADER = 16, OP_READ = 15;
   const buffer = new Uint8Array(arg.bufferBytes);
   const view = new DataView(buffer.buffer);
-  const pollfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
+  // struct pollfd { int fd; short events; short revents; }: the device, then the stop pipe.
+  const pollfd = new Uint8Array(16);
   const pollView = new DataView(pollfd.buffer);
   pollView.setInt32(0, arg.fd, true);
   pollView.setInt16(4, POLLIN, true);
+  pollView.setInt32(8, arg.stopFd, true);
+  pollView.setInt16(12, POLLIN, true);
   const post = (message: unknown, transfer: Transferable[] = []) =>
     (self as unknown as Worker).postMessage(message, transfer);
 
@@ -103,7 +110,7 @@ export function fuseReaderBody(
     direct.activity && helpers.activityRecorder(direct.activity, helpers.walkClock),
   );
   const served = helpers.servedBatch((pairs) => post({ served: pairs }));
-  const pollDevice = (timeoutMs: number) => libc.poll(pollfd, 1n, timeoutMs);
+  const pollDevice = (timeoutMs: number) => libc.poll(pollfd, 2n, timeoutMs);
   /**
    * Answers a READ from the pinned pages or the cache file when all its pages are pinned or all
    * its chunks present; false: not done.
@@ -128,7 +135,8 @@ export function fuseReaderBody(
   post({ started: libc.gettid() });
   for (;;) {
     pollView.setInt16(6, 0, true);
-    const ready = served.poll(pollDevice, arg.pollMs);
+    pollView.setInt16(14, 0, true);
+    const ready = served.poll(pollDevice, -1);
     if (ready < 0) {
       const code = errno();
       if (code === EINTR) continue;
@@ -137,7 +145,13 @@ export function fuseReaderBody(
       return;
     }
     if (ready === 0) continue;
+    if (pollView.getInt16(14, true) !== 0) {
+      served.flush();
+      post({ end: "stopped", errno: 0 });
+      return;
+    }
     const revents = pollView.getInt16(6, true);
+    if (revents === 0) continue;
     if (revents & (POLLERR | POLLHUP | POLLNVAL) && !(revents & POLLIN)) {
       served.flush();
       post({ end: "unmounted", errno: ENODEV });

@@ -164,7 +164,6 @@ export class DirectNbdConns {
     this.#reader = spareReaders.take();
     const arg: NbdReaderArg = {
       fds,
-      pollMs: 200,
       maxReadBytes: opts.maxReadBytes,
       direct: directReadArg(files),
       locks,

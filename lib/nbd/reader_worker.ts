@@ -25,8 +25,6 @@ import type { walkClockBody } from "../source/walk_clock_body.ts";
 export interface NbdReaderArg {
   /** Our ends of the device's sockets (blocking). */
   fds: number[];
-  /** poll() timeout, so `terminate()` takes effect even when no request comes. */
-  pollMs: number;
   /** Largest READ answered here (the reply buffer's data part); larger ones go to main. */
   maxReadBytes: number;
   direct: DirectReadArg;
@@ -198,7 +196,9 @@ export function nbdReaderBody(
     post({ started: libc.gettid() });
     while (open > 0) {
       for (let i = 0; i < count; i++) pollView.setInt16(8 * i + 6, 0, true);
-      const ready = served.poll(pollSockets, arg.pollMs);
+      // No timeout: DirectNbdConns.close() shuts the sockets down, which wakes the poll, so an
+      // idle device costs no wake-ups.
+      const ready = served.poll(pollSockets, -1);
       if (ready < 0) {
         const code = errno();
         if (code === EINTR) continue;
