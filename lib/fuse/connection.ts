@@ -4,10 +4,10 @@
  */
 import {
   closeFd,
-  makePipe,
   Errno,
   errno,
   libc,
+  makePipe,
   MNT_DETACH,
   strerror,
   SysError,
