@@ -90,6 +90,23 @@ async function unmountAndCheckClean(sandbox: MountSandbox) {
 }
 
 /** Registers the scenarios for one backend; `ignore` as computed by the caller. */
+/** Voluntary context switches per thread of `pid` (thread id → count). */
+function wakeUps(pid: number): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+    try {
+      const status = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/status`);
+      counts.set(task.name, Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1]));
+    } catch { /* thread ended */ }
+  }
+  return counts;
+}
+
+function wakeUpsBetween(before: Map<string, number>, after: Map<string, number>) {
+  const perThread = [...after].map(([tid, n]) => [tid, n - (before.get(tid) ?? 0)] as const);
+  return { perThread, total: perThread.reduce((sum, [, n]) => sum + n, 0) };
+}
+
 export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, ignore: boolean) {
   Deno.test({
     name: `${prefix}: mount: single EROFS layer from a registry with Basic auth`,
@@ -137,6 +154,37 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assert.throws(() => Deno.writeTextFileSync(`${sandbox.target}/new.txt`, "x"));
         await unmountAndCheckClean(sandbox);
       });
+    },
+  });
+
+  Deno.test({
+    name: `${prefix}: an idle mount's server does not wake (no reader polling with a timeout)`,
+    ignore,
+    async fn() {
+      const sandbox = await mountSandbox();
+      try {
+        await mountOk(sandbox, [`${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend]);
+        const [server] = serverPids(sandbox.runtimeDir);
+        assert(server, sandbox.serverLogs());
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+        // What the mount does after it is ready (its walks, syncs) ends: then a second with at
+        // most one wake-up. A reader polling every 200 ms never gets there (15 in 3 s alone).
+        const deadline = Date.now() + 20_000;
+        let before = wakeUps(server);
+        for (;;) {
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          const now = wakeUps(server);
+          if (wakeUpsBetween(before, now).total <= 1 || Date.now() > deadline) break;
+          before = now;
+        }
+        before = wakeUps(server);
+        await new Promise((resolve) => setTimeout(resolve, 3000));
+        const woke = wakeUpsBetween(before, wakeUps(server));
+        assert.ok(woke.total <= 6, `wake-ups in 3 s per thread: ${JSON.stringify(woke.perThread)}`);
+        await unmountAndCheckClean(sandbox);
+      } finally {
+        await sandbox.cleanup();
+      }
     },
   });
 
