@@ -161,12 +161,15 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
     name: `${prefix}: an idle mount's server does not wake (no reader polling with a timeout)`,
     ignore,
     async fn() {
-      const sandbox = await mountSandbox();
-      try {
-        await mountOk(sandbox, [`${FIXTURES}/basic.erofs`, sandbox.target, "--backend", backend]);
+      // From a registry: the disk cache makes each layer's export read by a reader thread of
+      // its own (NBD too; a local file's NBD export has none).
+      await withRegistry("none", async (registry, sandbox) => {
+        const image = `${registry.host}/demo/idle:v1`;
+        await push(registry, image, ["layer1.erofs"]);
+        await mountOk(sandbox, [image, sandbox.target, "--backend", backend]);
         const [server] = serverPids(sandbox.runtimeDir);
         assert(server, sandbox.serverLogs());
-        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("layer1.txt"));
         // What the mount does after it is ready (its walks, syncs) ends: then a second with at
         // most one wake-up. A reader polling every 200 ms never gets there (15 in 3 s alone).
         const deadline = Date.now() + 20_000;
@@ -182,9 +185,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         const woke = wakeUpsBetween(before, wakeUps(server));
         assert.ok(woke.total <= 6, `wake-ups in 3 s per thread: ${JSON.stringify(woke.perThread)}`);
         await unmountAndCheckClean(sandbox);
-      } finally {
-        await sandbox.cleanup();
-      }
+      });
     },
   });
 
