@@ -143,7 +143,7 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
   }
 });
 
-Deno.test("cache prune: removes unused blobs, least recently used first, never one in use", async () => {
+Deno.test("cache prune: removes unused blobs, least recently used first (--keep, --older-than), never one in use", async () => {
   const dir = await Deno.makeTempDir();
   const open: Source[] = [];
   try {
@@ -168,6 +168,12 @@ Deno.test("cache prune: removes unused blobs, least recently used first, never o
     for (const n of [2, 4]) {
       assert.throws(() => Deno.statSync(`${base(n)}.data`), Deno.errors.NotFound);
     }
+
+    // --older-than: 3 (last used 1000 s ago) goes, a blob used just now stays.
+    await (await fill(cache, 5, 1)).source.close?.();
+    const old = await listed(dir, "prune", "--older-than", "10m");
+    assert.equal(old.removedBlobs, 1, JSON.stringify(old));
+    assert.deepEqual(old.blobs.map((blob) => blob.digest).sort(), [digestOf(1), digestOf(5)]);
 
     const all = await listed(dir, "prune");
     assert.equal(all.removedBlobs, 1);
@@ -211,6 +217,13 @@ Deno.test("cache: no cache yet → an empty listing, nothing created; indexes ma
       await runCli(["cache", "drop"], { env: { EROFS_OCI_CACHE_DIR: dir } }),
       2,
       /cache: unknown action 'drop'/,
+    );
+    assertCliError(
+      await runCli(["cache", "prune", "--older-than", "soon"], {
+        env: { EROFS_OCI_CACHE_DIR: dir },
+      }),
+      2,
+      /--older-than: invalid duration 'soon'/,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

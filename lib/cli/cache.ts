@@ -8,7 +8,7 @@ import {
   diskCacheDir,
 } from "../source/disk_cache.ts";
 import type { CachedBlob } from "../source/disk_cache_contents.ts";
-import { parseSize } from "./size.ts";
+import { parseDurationMs, parseSize } from "./size.ts";
 import { INDEXED_HERE_DIR, readStates } from "../state/runtime.ts";
 import { formatBytes, printTable } from "./table.ts";
 
@@ -18,28 +18,31 @@ export const cacheCommand: Command = {
   name: "cache",
   summary: "show what the host's disk cache holds, or prune it",
   help: `Usage: erofs-oci cache [--json]
-       erofs-oci cache prune [--keep SIZE] [--json]
+       erofs-oci cache prune [--keep SIZE] [--older-than TIME] [--json]
 
 Shows the host's disk cache of fetched layer bytes ($EROFS_OCI_CACHE_DIR, default
 ${DEFAULT_DISK_CACHE_DIR}), shared by every mount and \`serve\`: per layer blob its digest,
 the registry its bytes came from ("(checked)": each chunk was checked against the layer's
 chunk-digest table before it was kept), how much of it is here, the bytes on disk, which
-mount (or a \`serve\`: "yes") has it open (IN USE) and when it was last filled. Each mount
+mount (or a \`serve\`: "yes") has it open (IN USE) and when it was last used. Each mount
 keeps the cache under its --disk-cache-size (default ${DEFAULT_SIZE}) on its own, evicting
 least recently used blobs first.
 
 prune removes the blobs no process has open, least recently used first, until at most
---keep SIZE is left (default: every unused blob). Blobs in use are left whole, so no mount
+--keep SIZE is left (default: every unused blob), with --older-than only those last used
+longer ago than that (e.g. 30d, from a daily timer). Blobs in use are left whole, so no mount
 notices; a removed blob is fetched again when a later mount reads it. The indexes
 \`mount --index-missing\` made are shown too, never pruned: they are their only copy.
 
 Options:
-  --keep SIZE   prune: stop once the cache holds at most SIZE (e.g. 1G)
-  --json        print JSON instead of a table
+  --keep SIZE         prune: stop once the cache holds at most SIZE (e.g. 1G)
+  --older-than TIME   prune: only blobs last used longer ago (90m, 12h, 30d)
+  --json              print JSON instead of a table
   -h, --help`,
   run(argv) {
     const { values, positionals } = parseCommandArgs("cache", argv, {
       keep: { type: "string" },
+      "older-than": { type: "string" },
       json: { type: "boolean" },
     });
     const action = positionals[0] ?? "list";
@@ -49,13 +52,22 @@ Options:
         "usage: erofs-oci cache [prune] [options]",
       );
     }
-    if (action === "list" && values.keep !== undefined) {
-      throw new UsageError("cache: --keep goes with prune", "e.g. erofs-oci cache prune --keep 1G");
+    if (action === "list" && (values.keep ?? values["older-than"]) !== undefined) {
+      throw new UsageError(
+        `cache: ${values.keep !== undefined ? "--keep" : "--older-than"} goes with prune`,
+        "e.g. erofs-oci cache prune --keep 1G",
+      );
     }
     const keepBytes = values.keep === undefined ? 0 : parseSize(values.keep, "--keep");
+    const olderThan = values["older-than"];
+    const usedBeforeMs = olderThan === undefined ? Infinity : Date.now() -
+      parseDurationMs(olderThan, "--older-than", {
+        maxMs: 100 * 365 * 86_400_000,
+        hint: "use a number with a unit: 90m, 12h, 30d",
+      });
     const dir = diskCacheDir();
     const cache = openExisting(dir);
-    const pruned = cache && action === "prune" ? cache.prune(keepBytes) : undefined;
+    const pruned = cache && action === "prune" ? cache.prune(keepBytes, usedBeforeMs) : undefined;
     const blobs = cache?.blobs() ?? [];
     const bytesOnDisk = blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0);
     const indexedHere = indexesMadeHere();
@@ -106,7 +118,7 @@ function printBlobs(blobs: CachedBlob[]): void {
     }
   }
   printTable(
-    ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST FILLED"],
+    ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST USED"],
     blobs.map((blob) => [
       blob.digest.slice(0, 19),
       blob.origin === "verified" || !blob.tableChecked ? blob.origin : `${blob.origin} (checked)`,

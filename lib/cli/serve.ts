@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
-import { parseSize } from "./size.ts";
+import { parseDurationMs, parseSize } from "./size.ts";
 import { debug, info, isDebug, warn } from "../log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -113,7 +113,10 @@ Example:
       );
     }
     const idleTimeoutMs = values["idle-timeout"] !== undefined
-      ? parseDurationMs(values["idle-timeout"], "--idle-timeout")
+      ? parseDurationMs(values["idle-timeout"], "--idle-timeout", {
+        maxMs: 2 ** 31 - 1,
+        hint: "use seconds or a unit: 90s, 500ms, 5m, 1h; 0 disables",
+      })
       : DEFAULT_IDLE_TIMEOUT_MS;
     const layer = parseLayerIndex("serve", values.layer);
 
@@ -192,21 +195,6 @@ Example:
 };
 
 const MIN_INFLIGHT_BYTES = 1024 * 1024;
-const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** `90`, `90s`, `500ms`, `5m`, `1h` (a bare number is seconds). */
-function parseDurationMs(text: string, option: string): number {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/i.exec(text);
-  const ms = match ? Number(match[1]) * DURATION_UNITS_MS[(match[2] ?? "s").toLowerCase()] : NaN;
-  if (!Number.isFinite(ms) || ms > 2 ** 31 - 1) {
-    throw new UsageError(
-      `serve: ${option}: invalid duration '${text}'`,
-      "use seconds or a unit: 90s, 500ms, 5m, 1h; 0 disables",
-    );
-  }
-  return Math.round(ms);
-}
-
 interface ServeValues extends RegistryOptionValues {
   "disk-cache-size"?: string;
   "no-disk-cache"?: boolean;

@@ -18,3 +18,28 @@ export function parseSize(text: string, option = "size"): number {
     "use a byte count with an optional K, M, G or T suffix, e.g. 256M",
   );
 }
+
+const DURATION_UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/**
+ * Parses a duration option: `90`, `90s`, `500ms`, `5m`, `1h`, `7d` (a bare number is seconds),
+ * in whole milliseconds up to `maxMs`. Throws UsageError naming `option` on anything else.
+ */
+export function parseDurationMs(
+  text: string,
+  option: string,
+  { maxMs, hint }: { maxMs: number; hint: string },
+): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
+  const ms = match ? Number(match[1]) * DURATION_UNITS_MS[(match[2] ?? "s").toLowerCase()] : NaN;
+  if (!Number.isFinite(ms) || ms > maxMs) {
+    throw new UsageError(`${option}: invalid duration '${text}'`, hint);
+  }
+  return Math.round(ms);
+}

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
-import { parseSize } from "./size.ts";
+import { parseDurationMs, parseSize } from "./size.ts";
 import { UsageError } from "../errors.ts";
 
 Deno.test("parseSize: byte counts and binary suffixes", () => {
@@ -23,6 +23,25 @@ Deno.test("parseSize: rejects anything else with a UsageError naming the option"
   for (const bad of ["", "M", "-1", "1X", "1.2.3", "12 apples", "1e3", "99999999999T"]) {
     throws(() => parseSize(bad, "--cache-size"), (e: unknown) => {
       return e instanceof UsageError && e.message.startsWith("--cache-size: invalid size");
+    }, bad);
+  }
+});
+
+Deno.test("parseDurationMs: units, a bare number in seconds, the bound and bad input", () => {
+  const options = { maxMs: 400 * 86_400_000, hint: "h" };
+  const cases: [string, number][] = [
+    ["90", 90_000],
+    ["500ms", 500],
+    ["1.5s", 1500],
+    ["5m", 300_000],
+    ["1h", 3_600_000],
+    ["7d", 7 * 86_400_000],
+    [" 30D ", 30 * 86_400_000],
+  ];
+  for (const [text, ms] of cases) assertEquals(parseDurationMs(text, "--x", options), ms, text);
+  for (const bad of ["", "d", "-1s", "1w", "401d", "soon"]) {
+    throws(() => parseDurationMs(bad, "--older-than", options), (e: unknown) => {
+      return e instanceof UsageError && e.message === `--older-than: invalid duration '${bad}'`;
     }, bad);
   }
 });

@@ -359,15 +359,16 @@ export class DiskCache {
 
   /**
    * Removes the blobs no process has open, least recently used first, until the cache holds at
-   * most `keepBytes` (0: every unused blob); blobs in use keep all they hold. The same removal
-   * as eviction's, under each blob's in-use lock: a mount opening one meanwhile gets new files.
+   * most `keepBytes` (0: every unused blob), of those last used before `usedBeforeMs` (epoch ms)
+   * only; blobs in use keep all they hold. The same removal as eviction's, under each blob's
+   * in-use lock: a mount opening one meanwhile gets new files.
    */
-  prune(keepBytes = 0): { removedBlobs: number; freedBytes: number } {
+  prune(keepBytes = 0, usedBeforeMs = Infinity): { removedBlobs: number; freedBytes: number } {
     const blobs = this.#scan().sort((a, b) => a.usedMs - b.usedMs);
     let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     let removedBlobs = 0, freedBytes = 0;
     for (const blob of blobs) {
-      if (usage <= keepBytes) break;
+      if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
       if (!this.#removeIfUnused(blob.base)) continue;
       usage -= blob.bytes;
       freedBytes += blob.bytes;

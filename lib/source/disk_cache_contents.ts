@@ -33,7 +33,7 @@ export interface CachedBlob {
   bytesOnDisk: number;
   /** A mount or `serve` has it open (holds the in-use lock). */
   inUse: boolean;
-  /** The map's mtime: the last fill or eviction of one of its chunks. */
+  /** The map's mtime: its last use (a source touches it at open and reads, once a minute). */
   lastUsedMs: number;
   /** Holds the layer's listed metadata (a sidecar a later mount starts from). */
   hasMetadata: boolean;
