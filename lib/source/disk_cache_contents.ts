@@ -50,6 +50,7 @@ export function parseBlobName(
   const match = BASE_NAME.exec(base.slice(base.lastIndexOf("/") + 1));
   if (!match) return undefined;
   const digest = match[1].replace("-", ":"), chunkBytes = Number(match[3]);
+  if (chunkBytes <= 0) return undefined;
   if (match[2] === "verified") {
     return { digest, origin: "verified", tableChecked: true, chunkBytes };
   }
