@@ -13,6 +13,7 @@ import { digestOf } from "../lib/oci/digest.ts";
 const LAYER = `${FIXTURES}/layer.tar.gz`;
 
 async function indexInto(dir: string, digest: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
   const file = await Deno.open(LAYER);
   await writeLayerIndex(file.readable, dir, layerFileStem(digest), {
     spanBytes: 4 << 20,

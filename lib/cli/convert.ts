@@ -1,3 +1,4 @@
+import { removeTreeSync } from "../sys/remove_tree.ts";
 import type { Command } from "./command.ts";
 import { exitInterrupted } from "./interrupt.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
@@ -103,9 +104,7 @@ Examples:
     const workDir = makeWorkDir(values.tmpdir);
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
     const interrupted = () => {
-      try {
-        Deno.removeSync(workDir, { recursive: true });
-      } catch { /* already gone */ }
+      removeTreeSync(workDir);
       exitInterrupted("convert interrupted: nothing was tagged, its work files removed");
     };
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];

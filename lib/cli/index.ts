@@ -1,3 +1,4 @@
+import { removeTreeSync } from "../sys/remove_tree.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { LayerProgress, ProgressLine } from "./progress.ts";
@@ -77,6 +78,9 @@ Examples:
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
     const createsOutput = values.output !== undefined && !outputDirExists(values.output);
+    // Made here, synchronously, before the interrupt handler that removes it: made later by
+    // the indexing, a signal in between left it behind.
+    if (createsOutput) Deno.mkdirSync(values.output!, { recursive: true });
     // --push alone: the files go to a directory of ours, removed at the end.
     const pushDir = values.output === undefined && !isLocalImage(file)
       ? Deno.makeTempDirSync({
@@ -119,8 +123,12 @@ function entryNames(dir: string): string[] {
 }
 
 function removeQuietly(path: string, recursive = false): void {
+  if (recursive) {
+    removeTreeSync(path);
+    return;
+  }
   try {
-    Deno.removeSync(path, { recursive });
+    Deno.removeSync(path);
   } catch { /* gone already */ }
 }
 

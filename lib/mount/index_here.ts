@@ -5,6 +5,7 @@
  * stay in the state directory (INDEXED_HERE_DIR/<layer digest>/), so a later mount of any image
  * with that layer finds them without the flag and without reading the layer again.
  */
+import { removeTreeSync } from "../sys/remove_tree.ts";
 import { info } from "../log.ts";
 import { formatBytes } from "../text.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
@@ -125,9 +126,7 @@ export async function indexMissingHere(
   const work = Deno.makeTempDirSync({ dir: hereDir, prefix: ".indexing-" });
   const dropWork = () => {
     report.finish?.();
-    try {
-      Deno.removeSync(work, { recursive: true });
-    } catch { /* gone already */ }
+    removeTreeSync(work);
   };
   report.signal?.addEventListener("abort", dropWork, { once: true });
   try {

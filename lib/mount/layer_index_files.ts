@@ -41,6 +41,8 @@ export function layerFileStem(digest: string): string {
 /**
  * Indexes the tar+gzip (or, with `plainTar`, the tar) `compressed` into `dir` under `name`;
  * the record is written last, so a directory holding NAME.index.json holds a complete index.
+ * `dir` must exist: it is not made here, so a work directory removed at an interrupt is not
+ * made again by a call already on its way (the callers make theirs synchronously).
  */
 export async function writeLayerIndex(
   compressed: ReadableStream<Uint8Array>,
@@ -48,7 +50,6 @@ export async function writeLayerIndex(
   name: string,
   options: LayerIndexOptions,
 ): Promise<{ files: TarIndexFiles; result: LayerIndex }> {
-  await Deno.mkdir(dir, { recursive: true });
   const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
   const pieces = `${dir}/${name}.pieces`;
   const indexOptions = {
