@@ -123,9 +123,8 @@ function printBlobs(blobs: CachedBlob[]): void {
       blob.digest.slice(0, 19),
       blob.origin === "verified" || !blob.tableChecked ? blob.origin : `${blob.origin} (checked)`,
       blob.chunks
-        ? `${(blob.chunksPresent * 100 / blob.chunks).toFixed(0)}% of ${
-          formatBytes(blob.sizeBytes)
-        }`
+        // Floored: 100% only when every chunk is here.
+        ? `${Math.floor(blob.chunksPresent * 100 / blob.chunks)}% of ${formatBytes(blob.sizeBytes)}`
         : "-",
       formatBytes(blob.bytesOnDisk),
       // A blob open with no mount of it is a `serve` (or a mount of another runtime dir).
