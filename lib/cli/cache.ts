@@ -7,7 +7,7 @@ import {
   DiskCache,
   diskCacheDir,
 } from "../source/disk_cache.ts";
-import type { CachedBlob } from "../source/disk_cache_contents.ts";
+import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
 import { INDEXED_HERE_DIR, readStates } from "../state/runtime.ts";
 import { formatBytes, printTable } from "./table.ts";
@@ -69,7 +69,7 @@ Options:
     const cache = openExisting(dir);
     const pruned = cache && action === "prune" ? cache.prune(keepBytes, usedBeforeMs) : undefined;
     const blobs = cache?.blobs() ?? [];
-    const bytesOnDisk = blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0);
+    const { bytesOnDisk, blobsInUse } = blobTotals(blobs);
     const indexedHere = indexesMadeHere();
     if (values.json) {
       console.log(JSON.stringify({ dir, bytesOnDisk, ...pruned, blobs, indexedHere }, null, 2));
@@ -80,10 +80,9 @@ Options:
         `removed ${plural(pruned.removedBlobs, "blob")} (${formatBytes(pruned.freedBytes)} freed)`,
       );
     }
-    const inUse = blobs.filter((blob) => blob.inUse).length;
     console.log(
       `${dir}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
-        (inUse ? `, ${inUse} in use` : ""),
+        (blobsInUse ? `, ${blobsInUse} in use` : ""),
     );
     if (blobs.length && action === "list") printBlobs(blobs);
     if (indexedHere.layers) {

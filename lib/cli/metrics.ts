@@ -3,6 +3,7 @@ import { parseCommandArgs } from "./command.ts";
 import { describeMounts } from "./list.ts";
 import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts";
 import { DiskCache, diskCacheDir } from "../source/disk_cache.ts";
+import { blobTotals } from "../source/disk_cache_contents.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
 import { parseListenAddress } from "../nbd/address.ts";
 import { info } from "../log.ts";
@@ -48,12 +49,7 @@ Options:
 /** The host's disk cache summed up; none when there is none or it is unusable (no mount uses it). */
 function diskCacheGauges(): DiskCacheGauges | undefined {
   try {
-    const blobs = DiskCache.openExisting(diskCacheDir())?.blobs() ?? [];
-    return {
-      bytesOnDisk: blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0),
-      blobs: blobs.length,
-      blobsInUse: blobs.filter((blob) => blob.inUse).length,
-    };
+    return blobTotals(DiskCache.openExisting(diskCacheDir())?.blobs() ?? []);
   } catch {
     return undefined;
   }

@@ -27,6 +27,7 @@ import { readSidecarFile } from "./disk_cache_sidecar.ts";
 import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
+import { blobFilePrefix, blobNameStem, originTag } from "./disk_cache_names.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
 import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
@@ -168,8 +169,8 @@ export class DiskCache {
 
   /** Where the files of blob `key` are, without their extension (.map, .data, .meta…). */
   #baseOf(key: BlobKey): string {
-    const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-    return `${this.blobsDir}/${blobFilePrefix(key.digest)}${origin}.c${this.chunkBytes}`;
+    const stem = blobNameStem(key.digest, key.origin, !!key.verify);
+    return `${this.blobsDir}/${stem}.c${this.chunkBytes}`;
   }
 
   /**
@@ -237,8 +238,7 @@ export class DiskCache {
     if (!DIGEST.test(key.digest) || length <= 0 || offset + length > sizeBytes) return undefined;
     let prefix: string;
     try {
-      const origin = key.verify ? "verified" : `o-${originTag(key.origin)}`;
-      prefix = `${blobFilePrefix(key.digest)}${origin}`;
+      prefix = blobNameStem(key.digest, key.origin, !!key.verify);
     } catch {
       return undefined;
     }
@@ -439,20 +439,4 @@ function fileSystemTypeOf(dir: string, fileSystemType?: (dir: string) => number)
   } catch {
     return -1;
   }
-}
-
-/** The origin in a file name, injectively: every other byte than [A-Za-z0-9.-] as _XX. */
-function originTag(origin: string): string {
-  let out = "";
-  for (const byte of new TextEncoder().encode(origin)) {
-    const ch = String.fromCharCode(byte);
-    out += /[A-Za-z0-9.-]/.test(ch) ? ch : `_${byte.toString(16).padStart(2, "0")}`;
-  }
-  if (out.length > 120) throw new RangeError("origin too long for a file name");
-  return out || "_";
-}
-
-/** How every file of blob `digest` begins its name (then origin, chunk size and kind). */
-function blobFilePrefix(digest: string): string {
-  return `${digest.replace(":", "-")}.`;
 }

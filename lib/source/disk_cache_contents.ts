@@ -12,6 +12,7 @@ import {
 } from "./disk_cache_io.ts";
 import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
+import { parseBlobName } from "./disk_cache_names.ts";
 
 /** One blob's file set: a digest, the origin its bytes are shared under and a chunk size. */
 export interface CachedBlob {
@@ -37,46 +38,6 @@ export interface CachedBlob {
   lastUsedMs: number;
   /** Holds the layer's listed metadata (a sidecar a later mount starts from). */
   hasMetadata: boolean;
-}
-
-/** A base file name (without .map/.data…): `<algo>-<hex>.<origin>.c<chunk bytes>`. */
-const BASE_NAME =
-  /^(sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})\.(verified|o-[A-Za-z0-9._-]+)\.c([0-9]{1,12})$/;
-
-/** Digest, origin and chunk size from a base path's file name, or undefined for another name. */
-export function parseBlobName(
-  base: string,
-): { digest: string; origin: string; tableChecked: boolean; chunkBytes: number } | undefined {
-  const match = BASE_NAME.exec(base.slice(base.lastIndexOf("/") + 1));
-  if (!match) return undefined;
-  const digest = match[1].replace("-", ":"), chunkBytes = Number(match[3]);
-  if (chunkBytes <= 0) return undefined;
-  if (match[2] === "verified") {
-    return { digest, origin: "verified", tableChecked: true, chunkBytes };
-  }
-  const origin = decodeOriginTag(match[2].slice(2));
-  if (origin === undefined) return undefined;
-  // `#t-…`: bytes read behind a chunk table (layer_tables.ts tableCacheOrigin), kept apart.
-  const table = origin.indexOf("#t-");
-  return table < 0
-    ? { digest, origin, tableChecked: false, chunkBytes }
-    : { digest, origin: origin.slice(0, table), tableChecked: true, chunkBytes };
-}
-
-/** The origin behind DiskCache's file-name tag (`_XX` per byte outside [A-Za-z0-9.-]). */
-function decodeOriginTag(tag: string): string | undefined {
-  const bytes: number[] = [];
-  for (let i = 0; i < tag.length; i++) {
-    if (tag[i] !== "_") {
-      bytes.push(tag.charCodeAt(i));
-      continue;
-    }
-    const hex = tag.slice(i + 1, i + 3);
-    if (!/^[0-9a-f]{2}$/.test(hex)) return tag === "_" ? "" : undefined;
-    bytes.push(parseInt(hex, 16));
-    i += 2;
-  }
-  return new TextDecoder().decode(new Uint8Array(bytes));
 }
 
 /**
@@ -121,5 +82,16 @@ export function describeBlob(
     inUse,
     lastUsedMs,
     hasMetadata,
+  };
+}
+
+/** The sums `erofs-oci cache` prints and `metrics` reports as gauges. */
+export function blobTotals(
+  blobs: CachedBlob[],
+): { bytesOnDisk: number; blobs: number; blobsInUse: number } {
+  return {
+    bytesOnDisk: blobs.reduce((sum, blob) => sum + blob.bytesOnDisk, 0),
+    blobs: blobs.length,
+    blobsInUse: blobs.filter((blob) => blob.inUse).length,
   };
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseBlobName } from "./disk_cache_contents.ts";
+import { blobNameStem, parseBlobName } from "./disk_cache_names.ts";
 
 const HEX = "ab".repeat(32);
 
@@ -43,4 +43,20 @@ Deno.test("parseBlobName: other names are not the cache's", () => {
   ) {
     assert.equal(parseBlobName(name), undefined, name);
   }
+});
+
+Deno.test("blobNameStem → parseBlobName: the names DiskCache makes read back as they were made", () => {
+  const digest = `sha256:${HEX}`;
+  const origins = ["https://r.test:5000", "http://[::1]:5000", "ünï_cöde#t-0123456789abcdef", ""];
+  for (const origin of origins) {
+    const parsed = parseBlobName(`${blobNameStem(digest, origin, false)}.c262144`);
+    const table = origin.indexOf("#t-");
+    assert.deepEqual(parsed, {
+      digest,
+      origin: table < 0 ? origin : origin.slice(0, table),
+      tableChecked: table >= 0,
+      chunkBytes: 262144,
+    }, origin);
+  }
+  assert.equal(parseBlobName(`${blobNameStem(digest, "any", true)}.c4096`)?.origin, "verified");
 });
