@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { FIXTURES } from "./requires.ts";
 import { startRegistry, type TestRegistry } from "./registry.ts";
 import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./cli.ts";
+import { sleep } from "./wait.ts";
 import {
   expectedManifest,
   manifestOf,
@@ -89,7 +90,6 @@ async function unmountAndCheckClean(sandbox: MountSandbox) {
   }
 }
 
-/** Registers the scenarios for one backend; `ignore` as computed by the caller. */
 /** Voluntary context switches per thread of `pid` (thread id → count). */
 function wakeUps(pid: number): Map<string, number> {
   const counts = new Map<string, number>();
@@ -107,6 +107,7 @@ function wakeUpsBetween(before: Map<string, number>, after: Map<string, number>)
   return { perThread, total: perThread.reduce((sum, [, n]) => sum + n, 0) };
 }
 
+/** Registers the scenarios for one backend; `ignore` as computed by the caller. */
 export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, ignore: boolean) {
   Deno.test({
     name: `${prefix}: mount: single EROFS layer from a registry with Basic auth`,
@@ -175,13 +176,13 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         const deadline = Date.now() + 20_000;
         let before = wakeUps(server);
         for (;;) {
-          await new Promise((resolve) => setTimeout(resolve, 1000));
+          await sleep(1000);
           const now = wakeUps(server);
           if (wakeUpsBetween(before, now).total <= 1 || Date.now() > deadline) break;
           before = now;
         }
         before = wakeUps(server);
-        await new Promise((resolve) => setTimeout(resolve, 3000));
+        await sleep(3000);
         const woke = wakeUpsBetween(before, wakeUps(server));
         assert.ok(woke.total <= 6, `wake-ups in 3 s per thread: ${JSON.stringify(woke.perThread)}`);
         await unmountAndCheckClean(sandbox);
