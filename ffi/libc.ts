@@ -788,6 +788,8 @@ export interface FsStats {
   type: number;
   blockSizeBytes: number;
   blocks: bigint;
+  /** f_bavail: free blocks an unprivileged user may use (root's reserve left out). */
+  availableBlocks: bigint;
   files: bigint;
   freeFiles: bigint;
   /** f_fsid as one little-endian u64 (val[0] low, val[1] high). */
@@ -808,6 +810,7 @@ export function statFs(path: string): FsStats {
     type: Number(view.getBigUint64(0, true)),
     blockSizeBytes: Number(view.getBigUint64(8, true)),
     blocks: view.getBigUint64(16, true),
+    availableBlocks: view.getBigUint64(32, true),
     files: view.getBigUint64(40, true),
     freeFiles: view.getBigUint64(48, true),
     fsid: BigInt(view.getUint32(56, true)) | (BigInt(view.getUint32(60, true)) << 32n),

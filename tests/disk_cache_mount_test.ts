@@ -146,6 +146,50 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "disk cache: mount --fetch-all of a layer larger than --disk-cache-size says so and stops",
+  ignore: ignore || requires(path(`${PEER_BIN}/mkfs.erofs`)),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-fetch-all-small-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const image = await randomImage(work); // 12 MiB of file data
+    const pushed = await pushImage(registry, "dc/big", "v1", [
+      { bytes: image, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    await using proxy = await startFaultProxy(registry.host, []);
+    const sandbox = await mountSandbox();
+    const layerGets = () => proxy.blobGets(pushed.layers[0].digest).length;
+    try {
+      assertSuccess(
+        await runCli(
+          ["mount", `${proxy.host}/dc/big:v1`, sandbox.target, "--plain-http"].concat(
+            ["--backend", "fuse", "--fetch-all", "--disk-cache-size", "4M"],
+          ),
+          { env: { ...sandbox.env, EROFS_OCI_CACHE_DIR: `${work}/cache` }, timeoutMs: 60_000 },
+        ),
+      );
+      // It used to fetch the layer over and over, evicting what it had fetched.
+      await new Promise((r) => setTimeout(r, 2000));
+      const gets = layerGets();
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.equal(layerGets(), gets, "no layer GET while nothing reads");
+      assert.match(
+        sandbox.serverLogs(),
+        /--fetch-all: sha256:[0-9a-f]+ \(12\.\d MiB\) is larger than the disk cache \(4\.0 MiB\)/,
+      );
+      const read = await new Deno.Command("sh", {
+        args: ["-c", `cat ${sandbox.target}/file* | wc -c`],
+        stdout: "piped",
+      }).output();
+      assert.equal(new TextDecoder().decode(read.stdout).trim(), `${3 * (4 << 20)}`);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
 /** An uncompressed EROFS image of a few MiB of random file data (mkfs.erofs 1.9.3). */
 async function randomImage(dir: string): Promise<Uint8Array<ArrayBuffer>> {
   const tree = `${dir}/tree`;

@@ -57,3 +57,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "mount and serve: a bad --disk-cache-keep-free is a usage error before any registry is asked",
+  ignore: requires(root()),
+  async fn() {
+    const target = await Deno.makeTempDir({ prefix: "erofs-oci-bad-options-" });
+    // Port 1 answers nothing: an option read only after the registry was asked would fail
+    // there first (exit 1, a connection error) instead of naming the option.
+    const image = "127.0.0.1:1/none/img:v1";
+    const env = { EROFS_OCI_RUNTIME_DIR: `${target}-run`, EROFS_OCI_CACHE_DIR: `${target}-c` };
+    try {
+      assertCliError(
+        await runCli(["mount", image, target, "--disk-cache-keep-free", "12Q"], { env }),
+        2,
+        /--disk-cache-keep-free: invalid size '12Q'/,
+      );
+      assertCliError(
+        await runCli(
+          ["serve", image, "--listen", `unix:${target}/s.sock`, "--disk-cache-keep-free", "x"],
+          { env },
+        ),
+        2,
+        /--disk-cache-keep-free: invalid size 'x'/,
+      );
+    } finally {
+      await Deno.remove(target, { recursive: true });
+      await Deno.remove(`${target}-run`, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -90,6 +90,8 @@ Options:
   }M; e.g. 256M, 1G)
       --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
                          bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G)
+      --disk-cache-keep-free SIZE  free space the disk cache leaves on its file
+                         system, evicting to keep it (default 10% of it, at most 4G; 0: none)
       --no-disk-cache    keep fetched bytes in memory only
       --metrics-listen ADDR  the server answers Prometheus scrapes of this mount at
                          GET /metrics on unix:PATH or tcp:HOST:PORT while it runs
@@ -151,6 +153,10 @@ async function runMount(argv: string[]): Promise<number> {
   else if (values["disk-cache-size"] !== undefined) {
     const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
     Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
+  }
+  if (values["disk-cache-keep-free"] !== undefined) {
+    const bytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
+    Deno.env.set("EROFS_OCI_DISK_CACHE_KEEP_FREE", `${bytes}`);
   }
   checkRoot();
   if (values.upper !== undefined) checkOverlayDirs(values.upper, values.work!);

@@ -12,6 +12,7 @@ export const MOUNT_OPTIONS = {
   backend: { type: "string", default: "auto" },
   "cache-size": { type: "string" },
   "disk-cache-size": { type: "string" },
+  "disk-cache-keep-free": { type: "string" },
   "no-disk-cache": { type: "boolean" },
   "metrics-listen": { type: "string" },
   "fetch-all": { type: "boolean" },

@@ -46,6 +46,8 @@ Options:
                        mounts, in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, ${
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
   })
+  --disk-cache-keep-free SIZE  free space the disk cache leaves on its file system,
+                       evicting to keep it (default 10% of it, at most 4G; 0: none)
   --no-disk-cache      keep fetched bytes in memory only
   --require-verified   refuse a layer without a chunk-digest table (see mount --help)
   --metrics-listen ADDR  answer Prometheus scrapes at GET /metrics (unix:PATH or
@@ -78,6 +80,7 @@ Example:
       listen: { type: "string" },
       "cache-size": { type: "string" },
       "disk-cache-size": { type: "string" },
+      "disk-cache-keep-free": { type: "string" },
       "no-disk-cache": { type: "boolean" },
       "require-verified": { type: "boolean" },
       "metrics-listen": { type: "string" },
@@ -100,6 +103,7 @@ Example:
     if (values["fetch-all"] && values["no-disk-cache"]) {
       throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
     }
+    const diskCacheSizes = parseDiskCacheSizes(values);
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
@@ -120,7 +124,7 @@ Example:
       : DEFAULT_IDLE_TIMEOUT_MS;
     const layer = parseLayerIndex("serve", values.layer);
 
-    const { source: raw, name } = await openSource(image, values, layer);
+    const { source: raw, name } = await openSource(image, values, layer, diskCacheSizes);
     const exportName = values["export-name"] ?? name;
     let cache: CachedSource;
     let served: PrefetchedSource;
@@ -197,6 +201,7 @@ Example:
 const MIN_INFLIGHT_BYTES = 1024 * 1024;
 interface ServeValues extends RegistryOptionValues {
   "disk-cache-size"?: string;
+  "disk-cache-keep-free"?: string;
   "no-disk-cache"?: boolean;
   "require-verified"?: boolean;
   "fetch-all"?: boolean;
@@ -210,6 +215,7 @@ async function openSource(
   image: string,
   values: ServeValues,
   layer: number | undefined,
+  diskCacheSizes: DiskCacheSizes,
 ): Promise<{ source: Source; name: string }> {
   if (isLocalImage(image)) {
     if (values.layer !== undefined || values.blob !== undefined) {
@@ -245,6 +251,7 @@ async function openSource(
         layers[0].digest,
         opened,
         values,
+        diskCacheSizes,
         verified?.cacheOrigin,
       ),
       name: layers[0].digest,
@@ -255,20 +262,30 @@ async function openSource(
   }
 }
 
+interface DiskCacheSizes {
+  maxBytes?: number;
+  keepFreeBytes?: number;
+}
+
+/** --disk-cache-size and --disk-cache-keep-free, checked before any registry is asked. */
+function parseDiskCacheSizes(values: ServeValues): DiskCacheSizes {
+  const size = (option: "disk-cache-size" | "disk-cache-keep-free") =>
+    values[option] === undefined ? undefined : parseSize(values[option], `--${option}`);
+  return { maxBytes: size("disk-cache-size"), keepFreeBytes: size("disk-cache-keep-free") };
+}
+
 /** A registry blob behind the host's disk cache unless --no-disk-cache (layouts are local). */
 function withDiskCache(
   blob: Source,
   digest: string,
   opened: Awaited<ReturnType<typeof openImage>>,
   values: ServeValues,
+  sizes: DiskCacheSizes,
   verifiedOrigin?: string,
 ): Source {
   if (values["no-disk-cache"] || !opened.registry) return blob;
-  const maxBytes = values["disk-cache-size"] === undefined
-    ? undefined
-    : parseSize(values["disk-cache-size"], "--disk-cache-size");
   const cache = DiskCache.open({
-    maxBytes,
+    ...sizes,
     onWarning: warn,
     onNotice: info,
     completeInBackground: values["fetch-all"],

@@ -102,6 +102,7 @@ function registerMetadata(source: Source, ranges: MetadataRanges, blob: Registry
  * The host's disk cache, opened once per process. Configured by the environment so the
  * detached server and `reattach` see what `mount` was told: EROFS_OCI_CACHE_DIR, and
  * EROFS_OCI_DISK_CACHE_BYTES (the bound; 0 turns it off, as `--no-disk-cache` does), and
+ * EROFS_OCI_DISK_CACHE_KEEP_FREE (bytes it leaves free on its file system), and
  * EROFS_OCI_FETCH_ALL=1 (`--fetch-all`: each layer completed in the background).
  */
 let diskCache: DiskCache | undefined | null;
@@ -109,10 +110,12 @@ export function sharedDiskCache(): DiskCache | undefined {
   if (diskCache !== undefined) return diskCache ?? undefined;
   const maxBytes = diskCacheBound();
   const completeInBackground = Deno.env.get("EROFS_OCI_FETCH_ALL") === "1";
+  const keepFree = Number(Deno.env.get("EROFS_OCI_DISK_CACHE_KEEP_FREE") || NaN);
+  const keepFreeBytes = Number.isFinite(keepFree) ? keepFree : undefined;
   diskCache = maxBytes === null
     ? null
     // Told as every warning is (`erofs-oci: warning: …`, or JSON), not as bare console text.
-    : DiskCache.open({ maxBytes, completeInBackground, onWarning: warn }) ?? null;
+    : DiskCache.open({ maxBytes, keepFreeBytes, completeInBackground, onWarning: warn }) ?? null;
   return diskCache ?? undefined;
 }
 

@@ -34,6 +34,7 @@ import { writtenIsTrusted } from "./disk_cache_boot.ts";
 import { sharedFileSystemName } from "./disk_cache_fs.ts";
 import { statFs } from "../../ffi/libc.ts";
 import { refusedSpecialPath } from "../errors.ts";
+import { formatBytes } from "../text.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 
@@ -52,12 +53,30 @@ export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
 export const DEFAULT_DISK_CHUNK_BYTES = 1 << 18;
 /** Eviction frees down to this share of the bound, so it does not run on every fill. */
 const EVICT_TO = 0.9;
+/**
+ * What the cache leaves free on its file system unless told otherwise: a tenth of it, at most
+ * 4 GiB (journald's default for its logs' file system is alike). The cache runs as root, whose
+ * writes also take the blocks kept for root: a bound larger than the free space would
+ * otherwise fill the disk under every other program on the host.
+ */
+const KEEP_FREE_SHARE = 0.1;
+const KEEP_FREE_MAX_BYTES = 4 * 1024 ** 3;
+/**
+ * The most bytes this process writes between two looks at the whole cache and its file
+ * system: other processes fill the same cache and other programs the same disk.
+ */
+const CHECK_EVERY_MAX_BYTES = 64 << 20;
 
 export interface DiskCacheOptions {
   /** Default: $EROFS_OCI_CACHE_DIR or /var/cache/erofs-oci. */
   dir?: string;
   /** Bound of the bytes on disk (allocated blocks). Default 4 GiB. */
   maxBytes?: number;
+  /**
+   * Bytes the cache leaves free (for unprivileged users) on its file system, evicting as it
+   * would for its bound. Default a tenth of the file system, at most 4 GiB; 0: none.
+   */
+  keepFreeBytes?: number;
   chunkBytes?: number;
   /**
    * `--fetch-all`: every blob opened here is completed in the background while its readers
@@ -94,7 +113,10 @@ export class DiskCache {
   readonly dir: string;
   readonly blobsDir: string;
   readonly maxBytes: number;
+  readonly keepFreeBytes: number;
   readonly chunkBytes: number;
+  readonly #checkEveryBytes: number;
+  #writtenSinceCheck = 0;
   readonly #warn: (message: string) => void;
   readonly #complete: boolean;
   readonly #notice: (message: string) => void;
@@ -110,6 +132,11 @@ export class DiskCache {
     this.blobsDir = `${dir}/blobs`;
     this.maxBytes = options.maxBytes ?? DEFAULT_DISK_CACHE_BYTES;
     this.chunkBytes = options.chunkBytes ?? DEFAULT_DISK_CHUNK_BYTES;
+    this.keepFreeBytes = options.keepFreeBytes ?? defaultKeepFreeBytes(dir);
+    this.#checkEveryBytes = Math.max(
+      this.chunkBytes,
+      Math.min(this.maxBytes / 64, CHECK_EVERY_MAX_BYTES, this.keepFreeBytes / 4 || Infinity),
+    );
     this.#warn = options.onWarning ?? ((message) => console.warn(message));
     this.#complete = options.completeInBackground ?? false;
     this.#notice = options.onNotice ?? ((message) => console.log(message));
@@ -200,31 +227,55 @@ export class DiskCache {
       this.#sidecarsAhead.delete(base);
       const source = DiskCachedSource.open(this, inner, base, key.verify, ahead);
       this.#open.add(source);
-      if (this.#complete && !options.readOnce) {
-        const startedMs = Date.now();
-        source.completeInBackground().then(async (done) => {
-          if (!done) return;
-          // The digest is the only check of a blob fetched without a chunk table.
-          const checked = await source.checkDigest(key.digest);
-          if (checked === "mismatch") {
-            this.#warn(
-              `${key.digest}: fetched whole, but the bytes do not match the digest; ` +
-                "reads of this layer fail (EIO)",
-            );
-            noteChunkMismatch(key.digest);
-            return;
-          }
-          this.#notice(
-            `${key.digest}: all ${inner.size} bytes local (${Date.now() - startedMs} ms)` +
-              (checked === "ok" ? ", digest verified" : ""),
-          );
-        }).catch((error) => this.warnOnce(`--fetch-all ${key.digest}: ${error.message}`));
-      }
+      if (this.#complete && !options.readOnce) this.#completeInBackground(source, key.digest);
       return source;
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}; memory cache only`);
       return inner;
     }
+  }
+
+  /**
+   * `--fetch-all` of one blob, unless it cannot stay whole in the cache: a blob larger than
+   * the bound is not started, one whose fetched chunks get evicted (the blobs in use together
+   * pass the bound) is stopped; either is said once, and its reads still fetch what they need.
+   */
+  #completeInBackground(source: DiskCachedSource, digest: string): void {
+    const fits = Math.floor(this.maxBytes * EVICT_TO);
+    if (source.size > fits) {
+      this.#warn(
+        `--fetch-all: ${digest} (${formatBytes(source.size)}) is larger than the disk cache ` +
+          `(${formatBytes(this.maxBytes)}): only what is read of it is fetched; raise ` +
+          "--disk-cache-size to fetch it all",
+      );
+      return;
+    }
+    const startedMs = Date.now();
+    source.completeInBackground().then(async (end) => {
+      if (end === "evicted") {
+        this.#warn(
+          `--fetch-all: ${digest}: the disk cache (${formatBytes(this.maxBytes)}) cannot hold ` +
+            "it beside the other layers in use: stopped, only what is read of it is fetched " +
+            "from now on; raise --disk-cache-size",
+        );
+        return;
+      }
+      if (end !== "complete") return;
+      // The digest is the only check of a blob fetched without a chunk table.
+      const checked = await source.checkDigest(digest);
+      if (checked === "mismatch") {
+        this.#warn(
+          `${digest}: fetched whole, but the bytes do not match the digest; ` +
+            "reads of this layer fail (EIO)",
+        );
+        noteChunkMismatch(digest);
+        return;
+      }
+      this.#notice(
+        `${digest}: all ${source.size} bytes local (${Date.now() - startedMs} ms)` +
+          (checked === "ok" ? ", digest verified" : ""),
+      );
+    }).catch((error) => this.warnOnce(`--fetch-all ${digest}: ${error.message}`));
   }
 
   /**
@@ -299,10 +350,16 @@ export class DiskCache {
     this.#warn(message);
   }
 
-  /** @internal a fill wrote `bytes`; evicts when the bound is passed. */
+  /**
+   * @internal a fill wrote `bytes`; evicts when the bound is passed, and looks again at what
+   * the whole cache holds and the file system has free every #checkEveryBytes.
+   */
   noteWritten(bytes: number): void {
     this.#usageBytes += bytes;
-    if (this.#usageBytes > this.maxBytes) this.evict();
+    this.#writtenSinceCheck += bytes;
+    if (this.#usageBytes > this.maxBytes || this.#writtenSinceCheck >= this.#checkEveryBytes) {
+      this.evict();
+    }
   }
 
   get usageBytes(): number {
@@ -310,16 +367,24 @@ export class DiskCache {
   }
 
   /**
-   * Frees down to 90% of the bound: first whole blobs nobody has open (least recently used
-   * first, by the map's mtime), then chunks of the open ones, least recently read first.
+   * When the cache holds more than it may (its bound, or less to leave keepFreeBytes free),
+   * frees down to 90% of that: first whole blobs nobody has open (least recently used first,
+   * by the map's mtime), then chunks of the open ones, least recently read first. What it
+   * holds is counted from the files, so other processes' fills count too.
    */
   evict(): void {
     if (this.#evicting) return;
     this.#evicting = true;
+    this.#writtenSinceCheck = 0;
     try {
       const blobs = this.#scan();
       let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
-      const target = Math.floor(this.maxBytes * EVICT_TO);
+      const limit = this.#limitBytes(usage);
+      if (usage <= limit) {
+        this.#usageBytes = usage;
+        return;
+      }
+      const target = Math.floor(limit * EVICT_TO);
       blobs.sort((a, b) => a.usedMs - b.usedMs);
       for (const blob of blobs) {
         if (usage <= target) break;
@@ -334,6 +399,19 @@ export class DiskCache {
     } finally {
       this.#evicting = false;
     }
+  }
+
+  /** What the cache may hold now that it holds `usageBytes`: its bound, or less for keepFreeBytes. */
+  #limitBytes(usageBytes: number): number {
+    if (this.keepFreeBytes <= 0) return this.maxBytes;
+    const room = usageBytes + availableBytesOf(this.dir) - this.keepFreeBytes;
+    if (room >= this.maxBytes) return this.maxBytes;
+    this.warnOnce(
+      `disk cache ${this.dir}: leaving ${formatBytes(this.keepFreeBytes)} free on its file ` +
+        `system (--disk-cache-keep-free), it holds at most ${formatBytes(Math.max(0, room))} ` +
+        `now instead of ${formatBytes(this.maxBytes)}`,
+    );
+    return Math.max(0, room);
   }
 
   /**
@@ -426,6 +504,29 @@ export class DiskCache {
     } finally {
       closeQuietly(fd);
     }
+  }
+}
+
+/** A tenth of the file system holding `dir`, at most 4 GiB; 0 when statfs fails. */
+function defaultKeepFreeBytes(dir: string): number {
+  try {
+    const stats = statFs(dir);
+    return Math.min(
+      KEEP_FREE_MAX_BYTES,
+      Math.floor(KEEP_FREE_SHARE * Number(stats.blocks) * stats.blockSizeBytes),
+    );
+  } catch {
+    return 0;
+  }
+}
+
+/** Bytes free for unprivileged users on `dir`'s file system; Infinity when statfs fails. */
+function availableBytesOf(dir: string): number {
+  try {
+    const stats = statFs(dir);
+    return Number(stats.availableBlocks) * stats.blockSizeBytes;
+  } catch {
+    return Infinity;
   }
 }
 

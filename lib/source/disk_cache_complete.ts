@@ -18,18 +18,31 @@ export interface Completable {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * How a completion ended: "complete", every chunk present; "stopped", the blob was closed or
+ * its disk failed; "evicted", chunks it had fetched were evicted before it was done (the cache
+ * cannot hold the blob beside what else is in use: going on would fetch it again and again).
+ */
+export type CompletionEnd = "complete" | "stopped" | "evicted";
+
 export async function completeInBackground(
   blob: Completable,
   idleMs = 250,
   runBytes = 8 << 20,
-): Promise<boolean> {
+): Promise<CompletionEnd> {
   const runChunks = Math.max(1, Math.floor(runBytes / blob.chunkBytes));
+  let fetchedHere: Uint8Array | undefined;
   let cursor = 0;
   while (!blob.stopped()) {
     const map = blob.presence();
+    fetchedHere ??= new Uint8Array(map.length);
     let start = map.indexOf(0, cursor);
-    if (start < 0) start = map.indexOf(0);
-    if (start < 0) return true;
+    if (start < 0) {
+      start = map.indexOf(0);
+      if (start < 0) return "complete";
+      // Back at the start: a chunk fetched on the way that is missing again was evicted.
+      if (map.some((byte, index) => byte === 0 && fetchedHere![index] === 1)) return "evicted";
+    }
     const quietMs = blob.quietMs();
     if (quietMs < idleMs) {
       await sleep(Math.max(20, idleMs - quietMs));
@@ -41,6 +54,7 @@ export async function completeInBackground(
     for (let c = start; c < stop; c++) run.push(c);
     try {
       await blob.fill(run);
+      fetchedHere.fill(1, start, stop);
     } catch (error) {
       if (blob.stopped()) break;
       blob.warn(`background fetch: ${(error as Error).message}; retrying`);
@@ -48,5 +62,5 @@ export async function completeInBackground(
     }
     cursor = stop;
   }
-  return false;
+  return "stopped";
 }

@@ -18,7 +18,7 @@ import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
-import { completeInBackground } from "./disk_cache_complete.ts";
+import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
 import { digestOfFile } from "./disk_cache_digest.ts";
 import {
   BlobFiller,
@@ -346,9 +346,9 @@ export class DiskCachedSource implements Source {
 
   /**
    * Fetches every missing chunk at low priority (`--fetch-all`, see disk_cache_complete.ts).
-   * Resolves true once the whole blob is present, false when closed or the disk failed first.
+   * Resolves "complete" once the whole blob is present (CompletionEnd says the others).
    */
-  completeInBackground(idleMs?: number, runBytes?: number): Promise<boolean> {
+  completeInBackground(idleMs?: number, runBytes?: number): Promise<CompletionEnd> {
     return completeInBackground(
       {
         chunkBytes: this.chunkBytes,

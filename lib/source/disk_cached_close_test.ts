@@ -123,7 +123,7 @@ Deno.test("disk cache closed: a fill split in gaps fetches no gap after close; r
     // Every way in after close: refused or a no-op, the inner source not asked.
     await assert.rejects(source.read(2 * CHUNK, 10), /closed/);
     await source.fillAhead(0, 3 * CHUNK);
-    assert.equal(await source.completeInBackground(0), false);
+    assert.equal(await source.completeInBackground(0), "stopped");
     await source.whenDurable();
     assert.deepEqual(inner.reads, [0]);
     assert.equal(other.presentChunks(), 2);

@@ -8,8 +8,11 @@ import { DiskCache } from "../../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../../lib/source/disk_cached.ts";
 import { MemorySource, patternBytes } from "./memory_source.ts";
 
-/** The digest every child caches its blob under (tests/disk_cache_test.ts knows it). */
-const TEST_DIGEST = "sha256:" + "ab".repeat(32);
+/**
+ * The digest every child caches its blob under (tests/disk_cache_test.ts knows it), unless
+ * DISK_CACHE_CHILD_DIGEST names another.
+ */
+const TEST_DIGEST = Deno.env.get("DISK_CACHE_CHILD_DIGEST") ?? "sha256:" + "ab".repeat(32);
 
 const [dir, sizeText, readText, seedText, delayText, maxText] = Deno.args;
 const size = Number(sizeText), readBytes = Number(readText), seed = Number(seedText);
