@@ -180,3 +180,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test("disk cache: its directory removed under an open blob: reads go on, one warning", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-bound-" });
+  const warnings: string[] = [];
+  try {
+    const cache = DiskCache.open({
+      dir,
+      maxBytes: 8 * MiB,
+      keepFreeBytes: 0,
+      onWarning: (message) => warnings.push(message),
+    })!;
+    const inner = new MemorySource(patternBytes(12 * MiB, 8));
+    const source = cache.wrap(inner, { digest: "sha256:" + "8".repeat(64), origin: "test" });
+    assert.deepEqual(await source.read(0, MiB), inner.bytes.subarray(0, MiB));
+    // An operator's `rm -rf /var/cache/erofs-oci` while mounted.
+    await Deno.remove(dir, { recursive: true });
+    for (let offset = MiB; offset < inner.size; offset += MiB) {
+      assert.deepEqual(await source.read(offset, MiB), inner.bytes.subarray(offset, offset + MiB));
+    }
+    assert.deepEqual(await source.read(0, inner.size), inner.bytes);
+    assert.deepEqual(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0], /No such file or directory.*; not evicting/);
+    await source.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});

@@ -377,7 +377,14 @@ export class DiskCache {
     this.#evicting = true;
     this.#writtenSinceCheck = 0;
     try {
-      const blobs = this.#scan();
+      let blobs;
+      try {
+        blobs = this.#scan();
+      } catch (error) {
+        // Its directory removed or made unreadable under us: the open blobs go on; said once.
+        this.warnOnce(`disk cache ${this.dir}: ${(error as Error).message}; not evicting`);
+        return;
+      }
       let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
       const limit = this.#limitBytes(usage);
       if (usage <= limit) {
