@@ -29,6 +29,7 @@ async function listed(dir: string, ...args: string[]) {
   return JSON.parse(result.stdout) as {
     dir: string;
     bytesOnDisk: number;
+    fileSystemFreeBytes?: number;
     removedBlobs?: number;
     freedBytes?: number;
     blobs: ListedBlob[];
@@ -71,6 +72,10 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
     const out = await listed(dir);
     const byDigest = new Map(out.blobs.map((blob) => [blob.digest, blob]));
     assert.equal(out.blobs.length, 4, JSON.stringify(out));
+    // statfs's free space for unprivileged users, as `df` shows it.
+    const df = await new Deno.Command("df", { args: ["-B1", "--output=avail", dir] }).output();
+    const dfFree = Number(new TextDecoder().decode(df.stdout).trim().split("\n").pop());
+    assert(Math.abs(out.fileSystemFreeBytes! - dfFree) < 64 * CHUNK, `${out.fileSystemFreeBytes}`);
     assert.deepEqual(
       [1, 2, 3, 4].map((n) => {
         const blob = byDigest.get(digestOf(n))!;
@@ -131,7 +136,11 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
       [out.bytesOnDisk, 4, 2],
       metrics.stdout,
     );
-    assert.match(table.stdout, /: 4 blobs, .* on disk, 2 in use\n/, describe(table));
+    assert.match(
+      table.stdout,
+      /: 4 blobs, .* on disk, 2 in use; .* free on its file system\n/,
+      describe(table),
+    );
     assert.match(table.stdout, /\nsha256:040404040404 +https:\/\/r\.test \(checked\) +33% of /);
     assert.match(
       table.stdout,

@@ -2,6 +2,7 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
 import {
+  availableBytesOf,
   DEFAULT_DISK_CACHE_BYTES,
   DEFAULT_DISK_CACHE_DIR,
   DiskCache,
@@ -72,8 +73,15 @@ Options:
     const blobs = cache?.blobs() ?? [];
     const { bytesOnDisk, blobsInUse } = blobTotals(blobs);
     const indexedHere = indexesMadeHere();
+    const fileSystemFreeBytes = cache ? availableBytesOf(dir) : undefined;
     if (values.json) {
-      console.log(JSON.stringify({ dir, bytesOnDisk, ...pruned, blobs, indexedHere }, null, 2));
+      console.log(
+        JSON.stringify(
+          { dir, bytesOnDisk, fileSystemFreeBytes, ...pruned, blobs, indexedHere },
+          null,
+          2,
+        ),
+      );
       return Promise.resolve(0);
     }
     if (pruned) {
@@ -83,7 +91,10 @@ Options:
     }
     console.log(
       `${dir}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
-        (blobsInUse ? `, ${blobsInUse} in use` : ""),
+        (blobsInUse ? `, ${blobsInUse} in use` : "") +
+        (fileSystemFreeBytes === undefined
+          ? ""
+          : `; ${formatBytes(fileSystemFreeBytes)} free on its file system`),
     );
     if (blobs.length && action === "list") printBlobs(blobs);
     if (indexedHere.layers) {

@@ -411,7 +411,7 @@ export class DiskCache {
   /** What the cache may hold now that it holds `usageBytes`: its bound, or less for keepFreeBytes. */
   #limitBytes(usageBytes: number): number {
     if (this.keepFreeBytes <= 0) return this.maxBytes;
-    const room = usageBytes + availableBytesOf(this.dir) - this.keepFreeBytes;
+    const room = usageBytes + (availableBytesOf(this.dir) ?? Infinity) - this.keepFreeBytes;
     if (room >= this.maxBytes) return this.maxBytes;
     this.warnOnce(
       `disk cache ${this.dir}: leaving ${formatBytes(this.keepFreeBytes)} free on its file ` +
@@ -527,13 +527,16 @@ function defaultKeepFreeBytes(dir: string): number {
   }
 }
 
-/** Bytes free for unprivileged users on `dir`'s file system; Infinity when statfs fails. */
-function availableBytesOf(dir: string): number {
+/**
+ * Bytes unprivileged users may still write on `dir`'s file system (what the reserve is kept
+ * in: root's own reserve is not counted); undefined when statfs fails.
+ */
+export function availableBytesOf(dir: string): number | undefined {
   try {
     const stats = statFs(dir);
     return Number(stats.availableBlocks) * stats.blockSizeBytes;
   } catch {
-    return Infinity;
+    return undefined;
   }
 }
 
