@@ -15,6 +15,7 @@ import {
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../daemon/mount_image.ts";
+import { diskCacheSettings } from "../mount/layer_source.ts";
 import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
@@ -320,6 +321,7 @@ async function resolveAndMount(
     upper: values.upper,
     work: values.work,
     metricsListen: values["metrics-listen"],
+    diskCache: diskCacheSettings(),
     foreground: values.foreground,
     server,
     metadata,

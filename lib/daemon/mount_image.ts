@@ -145,6 +145,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       mountId: targetMountId,
       cacheBytes: spec.cacheBytes,
       metricsListen: spec.metricsListen,
+      diskCache: spec.diskCache,
       logFormat: spec.logFormat,
       layers: ready.layers.map((layer, index) => ({
         digest: spec.layers[index].kind === "registry"

@@ -24,6 +24,7 @@ import {
   openLayerSource,
   readListedMetadataAhead,
   sharedDiskCache,
+  useDiskCacheSettings,
 } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { fetchUnitBytes, pinningPrefetchTarget } from "../trace/pinned_target.ts";
@@ -228,6 +229,8 @@ export async function runMountServer(): Promise<number> {
       return all.map((bytes) => bytes && { bytes, packDigest: sidecarPackDigest(bytes) });
     });
     spec = takeHandedSettings(JSON.parse(handed.specText) as HandedSpec);
+    // The mount's own, also when `reattach` (run with any settings) starts this server.
+    if (spec.diskCache) useDiskCacheSettings(spec.diskCache);
   } catch (error) {
     discardSpareReaders();
     throw error;

@@ -233,6 +233,7 @@ export async function reattach(
       reattach: planned.map((p) => ({ index: p.info.index, backendId: p.backendId })),
       awaitSource: planned.some((p) => !p.verified),
       metricsListen: state?.metricsListen,
+      diskCache: state?.diskCache,
       logFormat: state?.logFormat,
     };
     try {

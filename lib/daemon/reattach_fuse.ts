@@ -38,6 +38,7 @@ export async function reattachFuseMount(state: MountState): Promise<ReattachOutc
     // States written before these fields existed: what the first server was given.
     metricsListen: state.metricsListen ?? record.spec.metricsListen,
     logFormat: state.logFormat ?? record.spec.logFormat,
+    diskCache: state.diskCache ?? record.spec.diskCache,
   };
   try {
     const ready = await startServer(spec, false);

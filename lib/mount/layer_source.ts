@@ -8,7 +8,7 @@ import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { type BlobKey, DiskCache } from "../source/disk_cache.ts";
-import { type LayerSpec, readsCheckedByPieces } from "../state/runtime.ts";
+import { type DiskCacheSettings, type LayerSpec, readsCheckedByPieces } from "../state/runtime.ts";
 import { tableCacheOrigin, verifiedBlob } from "../verify/layer_tables.ts";
 import {
   loadMetadataRanges,
@@ -99,36 +99,61 @@ function registerMetadata(source: Source, ranges: MetadataRanges, blob: Registry
 }
 
 /**
- * The host's disk cache, opened once per process. Configured by the environment so the
- * detached server and `reattach` see what `mount` was told: EROFS_OCI_CACHE_DIR, and
- * EROFS_OCI_DISK_CACHE_BYTES (the bound; 0 turns it off, as `--no-disk-cache` does), and
- * EROFS_OCI_DISK_CACHE_KEEP_FREE (bytes it leaves free on its file system), and
- * EROFS_OCI_FETCH_ALL=1 (`--fetch-all`: each layer completed in the background).
+ * The host's disk cache, opened once per process. Configured by the environment, which the
+ * detached server inherits: EROFS_OCI_CACHE_DIR, and the settings (SETTINGS_ENV) a mount's
+ * spec and state also carry for its server and a `reattach`: EROFS_OCI_DISK_CACHE_BYTES (the
+ * bound; 0 turns it off, as `--no-disk-cache` does), EROFS_OCI_DISK_CACHE_KEEP_FREE (bytes it
+ * leaves free on its file system), EROFS_OCI_FETCH_ALL=1 (`--fetch-all`: each layer completed
+ * in the background).
  */
 let diskCache: DiskCache | undefined | null;
 export function sharedDiskCache(): DiskCache | undefined {
   if (diskCache !== undefined) return diskCache ?? undefined;
-  const maxBytes = diskCacheBound();
-  const completeInBackground = Deno.env.get("EROFS_OCI_FETCH_ALL") === "1";
-  const keepFree = Number(Deno.env.get("EROFS_OCI_DISK_CACHE_KEEP_FREE") || NaN);
-  const keepFreeBytes = Number.isFinite(keepFree) ? keepFree : undefined;
-  diskCache = maxBytes === null
-    ? null
+  const { maxBytes, keepFreeBytes, fetchAll } = diskCacheSettings();
+  diskCache = maxBytes === 0 ? null : DiskCache.open({
+    maxBytes,
+    keepFreeBytes,
+    completeInBackground: fetchAll,
     // Told as every warning is (`erofs-oci: warning: …`, or JSON), not as bare console text.
-    : DiskCache.open({ maxBytes, keepFreeBytes, completeInBackground, onWarning: warn }) ?? null;
+    onWarning: warn,
+  }) ?? null;
   return diskCache ?? undefined;
 }
 
-/** EROFS_OCI_DISK_CACHE_BYTES: the bound (undefined: the default), or null when it is off. */
-function diskCacheBound(): number | undefined | null {
-  const bound = Deno.env.get("EROFS_OCI_DISK_CACHE_BYTES");
-  const maxBytes = bound === undefined || bound === "" ? undefined : Number(bound);
-  return maxBytes === 0 || Number.isNaN(maxBytes) ? null : maxBytes;
+const SETTINGS_ENV = {
+  maxBytes: "EROFS_OCI_DISK_CACHE_BYTES",
+  keepFreeBytes: "EROFS_OCI_DISK_CACHE_KEEP_FREE",
+  fetchAll: "EROFS_OCI_FETCH_ALL",
+} as const;
+
+/** The disk cache settings this process's environment holds (for the mount's spec and state). */
+export function diskCacheSettings(): DiskCacheSettings {
+  const number = (name: string) => {
+    const value = Number(Deno.env.get(name) || NaN);
+    return Number.isFinite(value) ? value : undefined;
+  };
+  return {
+    maxBytes: number(SETTINGS_ENV.maxBytes),
+    keepFreeBytes: number(SETTINGS_ENV.keepFreeBytes),
+    fetchAll: Deno.env.get(SETTINGS_ENV.fetchAll) === "1" || undefined,
+  };
+}
+
+/**
+ * Makes `settings` this process's disk cache settings (before sharedDiskCache first runs): a
+ * mount server takes those of its mount over the environment it was started with.
+ */
+export function useDiskCacheSettings(settings: DiskCacheSettings): void {
+  const set = (name: string, value: string | undefined) =>
+    value === undefined ? Deno.env.delete(name) : Deno.env.set(name, value);
+  set(SETTINGS_ENV.maxBytes, settings.maxBytes?.toString());
+  set(SETTINGS_ENV.keepFreeBytes, settings.keepFreeBytes?.toString());
+  set(SETTINGS_ENV.fetchAll, settings.fetchAll ? "1" : undefined);
 }
 
 /** The disk cache is turned off (told without opening it, which sharedDiskCache does). */
 export function diskCacheTurnedOff(): boolean {
-  return diskCacheBound() === null;
+  return diskCacheSettings().maxBytes === 0;
 }
 
 /** Names a registry blob's origin for the disk cache (unverified bytes stay per origin). */

@@ -146,6 +146,19 @@ export interface MountSpec {
   metricsListen?: string;
   /** `--log-format json` of the mount: every line of the server log is one JSON object. */
   logFormat?: "json";
+  /**
+   * The mount's disk cache options; a server takes them over its inherited environment, so one
+   * `reattach` starts (run with an environment of its own) keeps them too.
+   */
+  diskCache?: DiskCacheSettings;
+}
+
+/** `mount --disk-cache-size` / `--no-disk-cache` (maxBytes 0), `--disk-cache-keep-free`, `--fetch-all`. */
+export interface DiskCacheSettings {
+  /** Unset: the default bound; 0: no disk cache. */
+  maxBytes?: number;
+  keepFreeBytes?: number;
+  fetchAll?: boolean;
 }
 
 /** What `list` and `umount` read back. */
@@ -184,6 +197,7 @@ export interface MountState {
   /** What a server started by `reattach` is started with again (see MountSpec). */
   metricsListen?: string;
   logFormat?: "json";
+  diskCache?: DiskCacheSettings;
 }
 
 export function mountDir(id: string): string {
