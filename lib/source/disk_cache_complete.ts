@@ -16,14 +16,20 @@ export interface Completable {
   warn(message: string): void;
 }
 
+import { WrongBytesError } from "./wrong_bytes.ts";
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** After a failed run: the first wait before trying again, doubled up to the last. */
+const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 5 * 60_000;
 
 /**
  * How a completion ended: "complete", every chunk present; "stopped", the blob was closed or
  * its disk failed; "evicted", chunks it had fetched were evicted before it was done (the cache
- * cannot hold the blob beside what else is in use: going on would fetch it again and again).
+ * cannot hold the blob beside what else is in use: going on would fetch it again and again);
+ * "refused", bytes it fetched failed their check twice (WrongBytesError: a registry serving
+ * other bytes does not mend by being asked every second; said once, through `warn`).
  */
-export type CompletionEnd = "complete" | "stopped" | "evicted";
+export type CompletionEnd = "complete" | "stopped" | "evicted" | "refused";
 
 export async function completeInBackground(
   blob: Completable,
@@ -33,6 +39,7 @@ export async function completeInBackground(
   const runChunks = Math.max(1, Math.floor(runBytes / blob.chunkBytes));
   let fetchedHere: Uint8Array | undefined;
   let cursor = 0;
+  let retryMs = RETRY_FIRST_MS;
   while (!blob.stopped()) {
     const map = blob.presence();
     fetchedHere ??= new Uint8Array(map.length);
@@ -55,10 +62,17 @@ export async function completeInBackground(
     try {
       await blob.fill(run);
       fetchedHere.fill(1, start, stop);
+      retryMs = RETRY_FIRST_MS;
     } catch (error) {
       if (blob.stopped()) break;
+      if (error instanceof WrongBytesError) {
+        blob.warn(`background fetch: ${error.message}; stopped, reads of those bytes fail`);
+        return "refused";
+      }
       blob.warn(`background fetch: ${(error as Error).message}; retrying`);
-      await sleep(1000);
+      await sleep(retryMs);
+      retryMs = Math.min(RETRY_MAX_MS, retryMs * 2);
+      continue; // the same run again: a failed run is not skipped
     }
     cursor = stop;
   }

@@ -5,16 +5,16 @@
  * so readers keep being served while a large layer is hashed.
  */
 import { createHash } from "../node_builtins.ts";
-import { preadExact } from "./disk_cache_io.ts";
 
 const PIECE_BYTES = 1 << 20;
 
 /**
- * `sha256:HEX` (or sha512) of the first `sizeBytes` of `fd`, in the digest's algorithm;
- * undefined once `signal` is aborted (looked at between pieces: the caller closes `fd` after).
+ * `sha256:HEX` (or sha512) of the first `sizeBytes` of a blob, in the digest's algorithm, read
+ * piece by piece through `readPiece` (false: a part of the piece is not there); undefined when
+ * a piece was not there or once `signal` is aborted (looked at between pieces).
  */
-export async function digestOfFile(
-  fd: number,
+export async function digestOfPieces(
+  readPiece: (into: Uint8Array, offset: number) => Promise<boolean>,
   sizeBytes: number,
   digest: string,
   signal?: AbortSignal,
@@ -25,7 +25,7 @@ export async function digestOfFile(
   for (let offset = 0; offset < sizeBytes; offset += PIECE_BYTES) {
     if (signal?.aborted) return undefined;
     const view = piece.subarray(0, Math.min(PIECE_BYTES, sizeBytes - offset));
-    preadExact(fd, view, offset);
+    if (!await readPiece(view, offset)) return undefined;
     hash.update(view);
     if ((offset / PIECE_BYTES) % 16 === 15) await new Promise((resolve) => setTimeout(resolve));
   }

@@ -13,6 +13,7 @@
  * so neither a kill -9 nor a power loss leaves a chunk marked with other bytes. A sync per
  * fill took the disk from the application being started (see SYNC_QUIET_MS).
  */
+import { WrongBytesError } from "./wrong_bytes.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
@@ -36,7 +37,7 @@ import { WRITTEN, writtenRuns } from "./disk_cache_boot.ts";
 export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
 
 /** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
-export class ChunkVerifyError extends Error {}
+export class ChunkVerifyError extends WrongBytesError {}
 
 /** A write or sync of the cache files failed: the cache goes memory-only. */
 class DiskWriteError extends Error {}

@@ -19,7 +19,7 @@ import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
-import { digestOfFile } from "./disk_cache_digest.ts";
+import { digestOfPieces } from "./disk_cache_digest.ts";
 import {
   BlobFiller,
   chunkRuns,
@@ -378,14 +378,43 @@ export class DiskCachedSource implements Source {
   }
 
   async #checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
-    const actual = await digestOfFile(this.#dataFd, this.size, digest, this.#closing.signal);
-    if (actual === undefined) return "incomplete"; // closed while hashing
-    if (this.#readMap(0, this.chunkCount).some((byte) => !isPresent(byte))) return "incomplete";
+    const readPiece = (into: Uint8Array, offset: number) => this.#readPresentInto(into, offset);
+    const actual = await digestOfPieces(readPiece, this.size, digest, this.#closing.signal);
+    if (actual === undefined) return "incomplete"; // closed, or a chunk evicted meanwhile
     if (actual === digest) return "ok";
     await this.#dropAll(
       `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
     );
     return "mismatch";
+  }
+
+  /**
+   * Copies the bytes at `offset` into `into` when every chunk there is present, under read
+   * locks so that no evictor (of any process) punches a hole under the copy, without fetching
+   * or moving the chunks in the LRU; false when one is not present. The whole-blob hash reads
+   * through this: a hole read as zeros would make a correct layer fail its digest.
+   */
+  async #readPresentInto(into: Uint8Array, offset: number): Promise<boolean> {
+    const first = Math.floor(offset / this.chunkBytes);
+    const end = Math.floor((offset + into.length - 1) / this.chunkBytes) + 1;
+    while (!this.#closing.signal.aborted) {
+      if (!this.#readMap(first, end).every(isPresent)) return false;
+      // Present chunks are not write-locked by this process's fills, so a read lock on this
+      // descriptor replaces none; the copy below runs with no await, so no eviction of this
+      // process interleaves either.
+      if (!tryLock(this.#mapFd, F_RDLCK, first, end - first)) {
+        await sleep(POLL_MS); // a filler or evictor of another process holds some of them
+        continue;
+      }
+      try {
+        if (!this.#readMap(first, end).every(isPresent)) return false;
+        preadExact(this.#dataFd, into, offset);
+        return true;
+      } finally {
+        unlock(this.#mapFd, first, end - first);
+      }
+    }
+    return false;
   }
 
   /**
@@ -443,6 +472,11 @@ export class DiskCachedSource implements Source {
       }
     }
     return freed;
+  }
+
+  /** close() was called. */
+  get closed(): boolean {
+    return this.#closing.signal.aborted;
   }
 
   async close(): Promise<void> {

@@ -12,9 +12,10 @@ import { noteChunkMismatch } from "../source/fetch_metrics.ts";
 import { fillTrace } from "../source/fill_trace.ts";
 import { nodeCryptoLoaded } from "../node_builtins.ts";
 import { readSubchunkChecked } from "./subchunk_reads.ts";
+import { WrongBytesError } from "../source/wrong_bytes.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
-export class ChunkMismatchError extends Error {
+export class ChunkMismatchError extends WrongBytesError {
   constructor(
     readonly layerDigest: string,
     readonly chunkIndex: number,
