@@ -207,3 +207,41 @@ Deno.test("disk cache: its directory removed under an open blob: reads go on, on
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("disk cache: chunks another process filled in a blob open here are evicted before those read here", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-bound-" });
+  try {
+    const bound = 4 * MiB;
+    const cache = DiskCache.open({ dir, maxBytes: bound, keepFreeBytes: 0 })!;
+    // Layer X is open here (an image mounted, not read yet)...
+    const xDigest = "sha256:" + "a1".repeat(32);
+    const x = cache.wrap(new MemorySource(patternBytes(3 * MiB, 7)), {
+      digest: xDigest,
+      origin: "test",
+    }) as DiskCachedSource;
+    // ...while another mount of an image sharing it reads it whole, then ends.
+    const other = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", CHILD, dir, `${3 * MiB}`, `${MiB}`, "0", "0", `${bound}`],
+      env: { DISK_CACHE_CHILD_DIGEST: xDigest },
+    }).output();
+    assert(other.success, new TextDecoder().decode(other.stderr));
+    assert.equal(x.presentChunks(), x.chunkCount, "X is whole on disk");
+    // This process reads layer Y over and over: X's chunks, never read here, make the room.
+    const y = new MemorySource(patternBytes(3 * MiB / 2, 9));
+    const ySource = cache.wrap(y, { digest: "sha256:" + "b2".repeat(32), origin: "test" });
+    for (let pass = 0; pass < 3; pass++) {
+      for (let offset = 0; offset < y.size; offset += MiB / 4) {
+        const want = y.bytes.subarray(offset, offset + MiB / 4);
+        assert.deepEqual(await ySource.read(offset, MiB / 4), want);
+      }
+      await (ySource as DiskCachedSource).whenDurable();
+    }
+    assert.equal(fetchedBytes(y), y.size, "Y fetched once, not once per pass");
+    assert(x.presentChunks() < x.chunkCount, "X's chunks were evicted instead");
+    assert(allocatedBytes(dir) <= bound, `${allocatedBytes(dir)} bytes on disk`);
+    await ySource.close!();
+    await x.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -327,6 +327,12 @@ export class DiskCache {
     let map = -1, data = -1;
     try {
       map = openCacheFile(`${base}.map`, false);
+      // As an opener does (openBlobFiles): held in use, and still the map at that name, the
+      // data file opened next is its own, not a new one made after a removal in between.
+      if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) return undefined;
+      if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== fstatIdentity(map).ino) {
+        return undefined;
+      }
       data = openCacheFile(`${base}.data`, false);
       if (fstatIdentity(data).sizeBytes !== sizeBytes) return undefined;
       if (!tryLock(map, F_RDLCK, first, end - first)) return undefined;

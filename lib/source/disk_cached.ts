@@ -445,12 +445,17 @@ export class DiskCachedSource implements Source {
 
   /**
    * Drops least recently read chunks of this blob (not being filled, not locked by a reader)
-   * until `bytes` are freed; returns the bytes freed. The map byte is cleared and synced
+   * until `bytes` are freed; returns the bytes freed. Chunks another process filled since this
+   * source opened were never read here and go first. The map byte is cleared and synced
    * before the hole is punched, so no reader or restart sees a hole marked present.
    */
   evictChunks(bytes: number): number {
     let freed = 0;
-    for (const index of [...this.#lru.keys()]) {
+    const unreadHere: number[] = [];
+    this.#readMap(0, this.chunkCount).forEach((byte, index) =>
+      isPresent(byte) && !this.#lru.has(index) && unreadHere.push(index)
+    );
+    for (const index of [...unreadHere, ...this.#lru.keys()]) {
       if (freed >= bytes) break;
       if (this.#filler.isFilling(index)) continue;
       if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
