@@ -6,9 +6,17 @@
  * the new server, and `umount` leaves nothing: no mount, no server, no keeper.
  */
 import assert from "node:assert/strict";
-import { path, requires, root } from "./_support/requires.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, pidAlive } from "./_support/mounts.ts";
+import {
+  expectedManifest,
+  manifestOf,
+  mountSandbox,
+  mountsBelow,
+  pidAlive,
+} from "./_support/mounts.ts";
+import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
+import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 import {
   keeperPids,
   killKeepers,
@@ -127,5 +135,45 @@ Deno.test({
         killKeepers(keepers);
       }
     });
+  },
+});
+
+Deno.test({
+  name:
+    "fuse reattach: an oci: layout mounted by a relative path is reattached from another directory",
+  ignore: requires(root(), path("/dev/fuse"), command("python3")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    let keepers: number[] = [];
+    try {
+      const fixture = await loadFixture("basic.erofs");
+      await writeOciLayout(`${base}/out lay`, [
+        { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      // From the directory holding the layout, by a relative path, as a user types it.
+      assertSuccess(
+        await runCli(["mount", "oci:out lay:v1", "mnt", "--backend", "fuse"], {
+          env: sandbox.env,
+          cwd: base,
+          timeoutMs: 60_000,
+        }),
+      );
+      keepers = keeperPids(sandbox.runtimeDir);
+      await killServer(sandbox.runtimeDir);
+      // reattach --watch runs from /: the layer's blob must not be looked up from there.
+      const reattached = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        cwd: "/",
+        timeoutMs: 60_000,
+      });
+      assertSuccess(reattached);
+      assert.match(reattached.stdout, /reattached/, sandbox.serverLogs());
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
   },
 });

@@ -117,7 +117,12 @@ export async function resolveLayoutImage(
 ): Promise<ResolvedLayers | undefined> {
   const ref = parseLayoutReference(image);
   if (!ref) return undefined;
-  const layout = new OciLayout(ref.layoutPath);
+  // Absolute: the blob paths go into the mount's records, which `reattach` (run from any
+  // directory, `reattach --watch` from /) opens the layers by.
+  const layoutPath = ref.layoutPath.startsWith("/")
+    ? ref.layoutPath
+    : `${Deno.cwd()}/${ref.layoutPath}`;
+  const layout = new OciLayout(layoutPath);
   try {
     const resolved = await layout.resolveImage(ref, platform);
     const chosen = chooseLayers(resolved.layers, selection, indexes.files !== undefined);
