@@ -67,6 +67,12 @@ Deno.test({
         assertSuccess(await runCli(["index", tar, "-o", dir], LONG));
         const fromDir = await mountOk(["--index", dir], tar);
         assert.doesNotMatch(fromDir.stderr, /indexing here/);
+        // A name with a space and a leading dot: index names its files so mount reads them.
+        const spaced = `${work}/.my layer.tar.gz`;
+        Deno.copyFileSync(gz, spaced);
+        assertSuccess(await runCli(["index", spaced, "-o", `${work}/idx sp`], LONG));
+        assert(Deno.statSync(`${work}/idx sp/_my layer.index.json`).isFile);
+        await mountOk(["--index", `${work}/idx sp`], spaced);
 
         // The one index of the file's size is taken unhashed and the server checks the file
         // before serving it (one pass over it, not two): a file that only has the size of an

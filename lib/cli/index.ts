@@ -6,6 +6,7 @@ import { info } from "../log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
 import { MAX_SPAN_BYTES } from "../gzip/zinfo.ts";
+import { indexNameFor } from "../gzip/index_record.ts";
 
 /** zstd frame magic 28 B5 2F FD (RFC 8878 section 3.1.1). */
 function isZstdMagic(head: Uint8Array): boolean {
@@ -195,8 +196,7 @@ async function indexInto(
     throw new UsageError("index: --push and --layer need an IMAGE, not a file");
   }
   if (dir === undefined) throw new Error("index: no output directory"); // run() gives one
-  const name = file.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "") ||
-    "layer";
+  const name = indexNameFor(file);
   let input: Deno.FsFile;
   try {
     input = await Deno.open(file, { read: true });

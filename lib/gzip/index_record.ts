@@ -24,7 +24,23 @@ export interface IndexRecord {
 }
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
-const FILE_NAME = /^[A-Za-z0-9._-]{1,200}$/;
+/**
+ * A file the record names: one component of the record's own directory (no `/`, no control
+ * character, not hidden: never `.` or `..`), as indexNameFor makes them.
+ */
+const FILE_NAME = /^[^/\x00-\x1f\x7f]{1,200}$/;
+/** The longest NAME of NAME.index.json and its companions (`.meta.erofs`: 11 more). */
+const NAME_MAX = 180;
+
+/**
+ * NAME for the index files of a tar file called `fileName` (`layer zero.tar.gz` → `layer
+ * zero`): what parseIndexRecord accepts back, control characters and leading dots replaced.
+ */
+export function indexNameFor(fileName: string): string {
+  const name = fileName.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "")
+    .replace(/[\x00-\x1f\x7f]/g, "_").replace(/^\./, "_").slice(0, NAME_MAX);
+  return name || "layer";
+}
 
 /** Parses and type-checks a record (FormatError naming the first bad field). */
 export function parseIndexRecord(bytes: Uint8Array, what = "index record"): IndexRecord {
