@@ -9,15 +9,19 @@ const FILE_NAME_ENDING = /\.(erofs|img|tar|tgz|gz|zst)$/i;
 /**
  * True when IMAGE names an existing local file rather than a registry reference. A bare name that
  * reads as a file name but is no file is refused here (UserError): looked up on Docker Hub, it
- * failed with a network or "manifest unknown" error that said nothing of the missing file.
+ * failed with a network or "manifest unknown" error that said nothing of the missing file. A
+ * directory is refused too, with what it could be meant as (an OCI layout, a tree to build).
  */
 export function isLocalImage(image: string): boolean {
-  if (image.startsWith("/") || image.startsWith("./") || image.startsWith("../")) return true;
+  let info: Deno.FileInfo | undefined;
   try {
-    if (Deno.statSync(image).isFile) return true;
+    info = Deno.statSync(image);
   } catch {
-    // not here: a reference, unless it reads as a file name (below)
+    // not here: a path to a missing file, or a reference (below)
   }
+  const path = image.startsWith("/") || image.startsWith("./") || image.startsWith("../");
+  if (info?.isDirectory) throw directoryAsImage(image, !path && !image.includes("/"));
+  if (path || info?.isFile) return true;
   if (!image.includes("/") && FILE_NAME_ENDING.test(image)) {
     throw new UserError(
       `no file named ${image} here`,
@@ -25,4 +29,18 @@ export function isLocalImage(image: string): boolean {
     );
   }
   return false;
+}
+
+function directoryAsImage(image: string, bare: boolean): UserError {
+  let layout = false;
+  try {
+    layout = Deno.statSync(`${image}/oci-layout`).isFile;
+  } catch { /* not a layout */ }
+  return new UserError(
+    `${image} is a directory, not an image`,
+    (layout
+      ? `it holds an OCI image layout: name it oci:${image}[:TAG]`
+      : `make an image of its tree with \`erofs-oci build ${image} -o image.erofs\``) +
+      (bare ? `; for the Docker Hub image of that name, write docker.io/library/${image}` : ""),
+  );
 }

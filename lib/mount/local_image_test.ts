@@ -44,3 +44,28 @@ Deno.test("isLocalImage: a bare file name that is no file is refused, not looked
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("isLocalImage: a directory is refused with what it could be meant as", () => {
+  const dir = Deno.makeTempDirSync();
+  const cwd = Deno.cwd();
+  try {
+    Deno.chdir(dir);
+    Deno.mkdirSync("tree");
+    Deno.mkdirSync("lay");
+    Deno.writeTextFileSync("lay/oci-layout", '{"imageLayoutVersion":"1.0.0"}');
+    const refused = (image: string, hint: RegExp) =>
+      assert.throws(() => isLocalImage(image), (error: unknown) => {
+        assert.ok(error instanceof UserError);
+        assert.equal(error.message, `${image} is a directory, not an image`);
+        assert.match(error.hint ?? "", hint);
+        return true;
+      });
+    refused("lay", /OCI image layout: name it oci:lay\[:TAG\]; .*docker\.io\/library\/lay/);
+    refused("./lay", /^it holds an OCI image layout: name it oci:\.\/lay\[:TAG\]$/);
+    refused("tree", /erofs-oci build tree -o image\.erofs`; .*docker\.io\/library\/tree/);
+    refused(`${dir}/tree`, /erofs-oci build .*\/tree -o image\.erofs`$/);
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
