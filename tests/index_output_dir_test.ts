@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { exists } from "./_support/wait.ts";
+import { requires, root } from "./_support/requires.ts";
 
 async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-out-" });
@@ -37,4 +38,26 @@ Deno.test("index of a bad input: the -o directory it created is gone, one there 
     assertCliError(await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/old`]), 1, /tar/);
     assert(exists(`${work}/old`), "a directory that was there before stays");
   });
+});
+
+Deno.test({
+  name: "index -o DIR on a read-only file system: one line naming DIR, not an internal error",
+  ignore: requires(root()),
+  async fn() {
+    await withWork(async (work) => {
+      const ro = `${work}/ro`;
+      await Deno.mkdir(ro);
+      const mounted = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", ro],
+      }).output();
+      assert(mounted.success, "mount a read-only tmpfs");
+      try {
+        const result = await runCli(["index", `${work}/garbage.tar`, "-o", `${ro}/idx`]);
+        assertCliError(result, 1, /index: cannot write .*\/ro\/idx: Read-only file system/);
+        assert.doesNotMatch(result.stderr, /internal error/);
+      } finally {
+        await new Deno.Command("umount", { args: ["-l", ro] }).output();
+      }
+    });
+  },
 });

@@ -4,6 +4,7 @@ import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.
 import { LayerProgress, ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
+import { outputFileError } from "./output_file.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
 import { MAX_SPAN_BYTES } from "../gzip/zinfo.ts";
 import { indexNameFor } from "../gzip/index_record.ts";
@@ -81,14 +82,21 @@ Examples:
     const createsOutput = values.output !== undefined && !outputDirExists(values.output);
     // Made here, synchronously, before the interrupt handler that removes it: made later by
     // the indexing, a signal in between left it behind.
-    if (createsOutput) Deno.mkdirSync(values.output!, { recursive: true });
+    try {
+      if (createsOutput) Deno.mkdirSync(values.output!, { recursive: true });
+    } catch (error) {
+      throw outputFileError("index", values.output!, error);
+    }
     // --push alone: the files go to a directory of ours, removed at the end.
-    const pushDir = values.output === undefined && !isLocalImage(file)
-      ? Deno.makeTempDirSync({
-        dir: values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp",
-        prefix: "erofs-oci-index-",
-      })
-      : undefined;
+    const tmpdir = values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp";
+    let pushDir: string | undefined;
+    try {
+      if (values.output === undefined && !isLocalImage(file)) {
+        pushDir = Deno.makeTempDirSync({ dir: tmpdir, prefix: "erofs-oci-index-" });
+      }
+    } catch (error) {
+      throw outputFileError("index", tmpdir, error);
+    }
     const dir = values.output ?? pushDir;
     const before = dir && !createsOutput && !pushDir ? new Set(entryNames(dir)) : undefined;
     // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
