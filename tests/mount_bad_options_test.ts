@@ -82,6 +82,19 @@ Deno.test({
         2,
         /--disk-cache-keep-free: invalid size 'x'/,
       );
+      // A bound of 0 is no disk cache (as --no-disk-cache), which --fetch-all needs.
+      for (const command of ["mount", "serve"]) {
+        const where = command === "mount" ? [target] : ["--listen", `unix:${target}/s.sock`];
+        assertCliError(
+          await runCli([command, image, ...where, "--fetch-all", "--disk-cache-size", "0"], {
+            env,
+          }),
+          2,
+          new RegExp(
+            `${command}: --fetch-all fetches into the disk cache: drop --disk-cache-size 0`,
+          ),
+        );
+      }
     } finally {
       await Deno.remove(target, { recursive: true });
       await Deno.remove(`${target}-run`, { recursive: true }).catch(() => {});

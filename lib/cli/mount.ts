@@ -90,7 +90,8 @@ Options:
     DEFAULT_MOUNT_CACHE_BYTES >> 20
   }M; e.g. 256M, 1G)
       --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
-                         bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G)
+                         bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G;
+                         0: none, as --no-disk-cache)
       --disk-cache-keep-free SIZE  free space the disk cache leaves on its file
                          system, evicting to keep it (default 10% of it, at most 4G; 0: none)
       --no-disk-cache    keep fetched bytes in memory only
@@ -153,6 +154,11 @@ async function runMount(argv: string[]): Promise<number> {
   if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
   else if (values["disk-cache-size"] !== undefined) {
     const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
+    if (bytes === 0 && values["fetch-all"]) {
+      throw new UsageError(
+        "mount: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
+      );
+    }
     Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
   }
   if (values["disk-cache-keep-free"] !== undefined) {

@@ -45,7 +45,7 @@ Options:
   --disk-cache-size SIZE  bound of the host's disk cache of registry blobs, shared with
                        mounts, in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, ${
     formatBytes(DEFAULT_DISK_CACHE_BYTES)
-  })
+  }; 0: none)
   --disk-cache-keep-free SIZE  free space the disk cache leaves on its file system,
                        evicting to keep it (default 10% of it, at most 4G; 0: none)
   --no-disk-cache      keep fetched bytes in memory only
@@ -104,6 +104,11 @@ Example:
       throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
     }
     const diskCacheSizes = parseDiskCacheSizes(values);
+    if (values["fetch-all"] && diskCacheSizes.maxBytes === 0) {
+      throw new UsageError(
+        "serve: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
+      );
+    }
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
@@ -283,7 +288,7 @@ function withDiskCache(
   sizes: DiskCacheSizes,
   verifiedOrigin?: string,
 ): Source {
-  if (values["no-disk-cache"] || !opened.registry) return blob;
+  if (values["no-disk-cache"] || sizes.maxBytes === 0 || !opened.registry) return blob;
   const cache = DiskCache.open({
     ...sizes,
     onWarning: warn,

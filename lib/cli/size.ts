@@ -12,6 +12,7 @@ export function parseSize(text: string, option = "size"): number {
   if (match) {
     const bytes = Math.floor(Number(match[1]) * UNITS[match[2].toUpperCase()]);
     if (Number.isSafeInteger(bytes)) return bytes;
+    throw new UsageError(`${option}: size '${text}' is too large`, "at most 8191T");
   }
   throw new UsageError(
     `${option}: invalid size '${text}'`,

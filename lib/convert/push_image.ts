@@ -90,7 +90,8 @@ async function hashErofsFile(
       if (got < 4 || magic !== EROFS_SUPER_MAGIC) {
         throw new FormatError(
           `${file.path} is not an EROFS image (no magic 0xe0f5e1e2 at byte 1024)`,
-          "build one with mkfs.erofs",
+          `make one with \`erofs-oci build DIR|TAR -o ${file.path.replace(/^.*\//, "")}.erofs\`` +
+            " (or mkfs.erofs)",
         );
       }
       await handle.seek(0, Deno.SeekMode.Start);
