@@ -125,6 +125,18 @@ export class OciLayout {
       topIsBlob = entries.length === 1;
       top = topIsBlob ? await this.#document(entries[0].digest) : syntheticIndex(entries);
     } else {
+      // Several tagged images: which one is meant only a tag says (by platform, the choice
+      // would fail on their lack of one as "no manifest for platform …", or pick at random).
+      const tags = [
+        ...new Set(index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean)),
+      ];
+      if (tags.length > 1) {
+        throw new OciError(
+          `${name} holds ${tags.length} tagged images (tags: ${tags.join(", ")}); name one`,
+          `e.g. ${formatLayoutReference({ ...ref, tag: tags[0] })}`,
+          { exitCode: 2 },
+        );
+      }
       top = index.fetched;
       topIsBlob = false;
     }

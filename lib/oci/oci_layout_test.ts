@@ -108,6 +108,22 @@ Deno.test("OciLayout: per-platform entries sharing a tag, and no tag at all", as
     assert.equal(amd.indexDigest, undefined);
     const whole = await layout.resolveImage({ layoutPath: dir }, "linux/arm64");
     assert.equal(whole.manifestDigest, entries[1].digest);
+    // Two images tagged apart: without a tag, which one is not for the platform to decide.
+    const index = JSON.parse(await Deno.readTextFile(`${dir}/index.json`));
+    index.manifests[1].annotations["org.opencontainers.image.ref.name"] = "v2";
+    await Deno.writeTextFile(`${dir}/index.json`, JSON.stringify(index));
+    await assert.rejects(
+      layout.resolveImage({ layoutPath: dir }),
+      (error: unknown) => {
+        assert.ok(error instanceof OciError);
+        assert.match(error.message, /holds 2 tagged images \(tags: v1, v2\); name one$/);
+        assert.equal(error.hint, `e.g. oci:${dir}:v1`);
+        assert.equal(error.exitCode, 2);
+        return true;
+      },
+    );
+    const v2 = await layout.resolveImage({ layoutPath: dir, tag: "v2" }, "linux/arm64");
+    assert.equal(v2.manifestDigest, entries[1].digest);
     await assert.rejects(
       new OciLayout(`${dir}/nope`).resolveImage({ layoutPath: "x" }),
       /not an OCI image layout/,
