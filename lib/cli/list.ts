@@ -46,16 +46,13 @@ export async function describeMounts(): Promise<ListedMount[]> {
             state: traced.find((p) => p.state !== "done")?.state ?? "done",
           };
         }
-        // Under a disk cache the memory cache's "fetches" are mostly disk reads.
-        entry.bytesFetched = layers.reduce(
-          (total, layer) => total + (layer.disk ? layer.disk.fetchedBytes : layer.bytesFetched),
-          0,
-        );
+        // The mount's totals are its layers' (listedLayers says what each counts).
+        entry.bytesFetched = entry.layers.reduce((total, layer) => total + layer.bytesFetched, 0);
         if (layers.some((layer) => layer.disk)) {
           entry.diskHitBytes = layers.reduce((t, layer) => t + (layer.disk?.diskHitBytes ?? 0), 0);
         }
         entry.bytesRequested = sum("bytesRequested");
-        entry.httpFetches = sum("fetches");
+        entry.httpFetches = entry.layers.reduce((total, layer) => total + layer.fetches, 0);
         const lookups = sum("hits") + sum("misses");
         entry.cacheHitRate = lookups ? sum("hits") / lookups : 0;
       } else {
@@ -75,7 +72,9 @@ export const listCommand: Command = {
 Shows every mount made by erofs-oci: directory, image reference and manifest digest,
 devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
 \`erofs-oci reattach\`), bytes fetched from the source, bytes the host's disk cache
-answered without fetching (DISK HITS; "-" without a disk cache), the cache hit rate, and
+answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit
+rate (HIT RATE: of the lookups that reached it; reads the reader thread answered from the
+disk cache or pinned pages never do), and
 how far the prefetch of the image's trace got (PREFETCH; "-" without a trace).
 
 Options:
