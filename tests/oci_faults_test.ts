@@ -198,7 +198,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "oci faults: layer index out of range names the layer count",
+  name: "oci faults: layer index out of range names the layer count (a usage error, exit 2)",
   ignore,
   fn: async () => {
     await using registry = await startRegistry({ auth: "none" });
@@ -219,7 +219,7 @@ Deno.test({
       out,
       "--plain-http",
     ]);
-    assertCliError(result, 1, /\b2\b/);
+    assertCliError(result, 2, /layer 2 out of range: the image has 2 layers \(0\.\.1\)/);
     await assert.rejects(Deno.stat(out));
   },
 });

@@ -47,6 +47,7 @@ export function selectLayers(
           layers.length === 1 ? "" : "s"
         }${layers.length > 0 ? ` (0..${layers.length - 1})` : ""}`,
         "list them with `erofs-oci inspect IMAGE`",
+        { exitCode: 2 }, // the command line's mistake, as build's --layer says it
       );
     }
     chosen = [layers[n]];
