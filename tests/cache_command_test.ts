@@ -72,10 +72,12 @@ Deno.test("cache: lists each blob with what is cached and whether a process has 
     const out = await listed(dir);
     const byDigest = new Map(out.blobs.map((blob) => [blob.digest, blob]));
     assert.equal(out.blobs.length, 4, JSON.stringify(out));
-    // statfs's free space for unprivileged users, as `df` shows it.
+    // statfs's free space for unprivileged users, as `df` shows it (loosely: other programs
+    // write to the same file system between the two looks).
     const df = await new Deno.Command("df", { args: ["-B1", "--output=avail", dir] }).output();
     const dfFree = Number(new TextDecoder().decode(df.stdout).trim().split("\n").pop());
-    assert(Math.abs(out.fileSystemFreeBytes! - dfFree) < 64 * CHUNK, `${out.fileSystemFreeBytes}`);
+    const slack = Math.max(2 ** 31, dfFree / 20);
+    assert(Math.abs(out.fileSystemFreeBytes! - dfFree) < slack, `${out.fileSystemFreeBytes}`);
     assert.deepEqual(
       [1, 2, 3, 4].map((n) => {
         const blob = byDigest.get(digestOf(n))!;

@@ -28,6 +28,7 @@ const DIGEST = /^sha256:[0-9a-f]{64}$/;
  * A file the record names: one component of the record's own directory (no `/`, no control
  * character, not hidden: never `.` or `..`), as indexNameFor makes them.
  */
+// deno-lint-ignore no-control-regex -- control characters are what it refuses
 const FILE_NAME = /^[^/\x00-\x1f\x7f]{1,200}$/;
 /** The longest NAME of NAME.index.json and its companions (`.meta.erofs`: 11 more). */
 const NAME_MAX = 180;
@@ -38,6 +39,7 @@ const NAME_MAX = 180;
  */
 export function indexNameFor(fileName: string): string {
   const name = fileName.replace(/^.*\//, "").replace(/(\.tar\.gz|\.tgz|\.gz|\.tar)$/, "")
+    // deno-lint-ignore no-control-regex -- control characters are what it replaces
     .replace(/[\x00-\x1f\x7f]/g, "_").replace(/^\./, "_").slice(0, NAME_MAX);
   return name || "layer";
 }

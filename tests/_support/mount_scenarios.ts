@@ -249,7 +249,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
               env,
             },
           ),
-          1,
+          2, // the command line's mistake
           /out of range/,
         );
         assertCliError(await runCli(["mount", "only-one-arg"], { env }), 2);
