@@ -77,8 +77,9 @@ export class LayerOverlayMapper {
 
   /**
    * `kindOf`: where the caller keeps the layer's members itself (a tree of them), the kind of
-   * the last member at a path (undefined when none, or only implied by deeper members); the
-   * mapper then keeps no path per member (a string per entry of a big layer).
+   * the last member at a path ("dir" also for a directory only implied by deeper members,
+   * undefined when none); the mapper then keeps no path per member (a string per entry of a
+   * big layer).
    */
   constructor(options: { kindOf?: (path: string) => TarEntryKind | undefined } = {}) {
     this.#kindOf = options.kindOf;
@@ -88,7 +89,15 @@ export class LayerOverlayMapper {
   add(path: string, kind: TarEntryKind): boolean {
     const form = overlayFormOf(path);
     if (!form) {
-      if (!this.#kindOf) this.#members.set(path, kind);
+      if (!this.#kindOf) {
+        this.#members.set(path, kind);
+        // Its parents, unless named themselves: implied directories of this layer.
+        for (let at = path.lastIndexOf("/"); at > 0; at = path.lastIndexOf("/", at - 1)) {
+          const parent = path.slice(0, at);
+          if (this.#members.has(parent)) break;
+          this.#members.set(parent, "dir");
+        }
+      }
       return false;
     }
     if (form.type === "device") this.#whiteouts.add(form.path);
@@ -96,15 +105,39 @@ export class LayerOverlayMapper {
     return true;
   }
 
-  result(): { devices: string[]; opaqueDirs: string[] } {
+  /**
+   * `devices`: paths that get a 0/0 device; `opaqueDirs`: directories that get the opaque
+   * xattr; `replacedDirs`: those of them a whiteout made opaque (the lower directory is gone,
+   * not only its contents: one this layer only implies is a fresh directory, not the lower's).
+   */
+  result(): { devices: string[]; opaqueDirs: string[]; replacedDirs: string[] } {
+    const kindAt = (path: string) => this.#kindOf ? this.#kindOf(path) : this.#members.get(path);
+    // Under a path this layer makes a non-directory, or deletes itself, a whiteout or opaque
+    // marker hides nothing more (umoci writes `dirA` as a file, then `dirA/.wh.f1`): moot.
+    const moot = (path: string) => {
+      for (let at = path.lastIndexOf("/"); at > 0; at = path.lastIndexOf("/", at - 1)) {
+        const above = path.slice(0, at);
+        const kind = kindAt(above);
+        if (kind !== undefined ? kind !== "dir" : this.#whiteouts.has(above)) return true;
+      }
+      return false;
+    };
     const devices: string[] = [];
-    const opaqueDirs = new Set(this.#opaque);
-    for (const path of this.#whiteouts) {
-      const real = this.#kindOf ? this.#kindOf(path) : this.#members.get(path);
-      if (real === undefined) devices.push(path);
-      else if (real === "dir") opaqueDirs.add(path);
+    const replacedDirs: string[] = [];
+    const opaqueDirs = new Set<string>();
+    for (const dir of this.#opaque) {
+      if (dir === "" || (!moot(dir) && (kindAt(dir) ?? "dir") === "dir")) opaqueDirs.add(dir);
     }
-    return { devices: devices.sort(), opaqueDirs: [...opaqueDirs].sort() };
+    for (const path of this.#whiteouts) {
+      if (moot(path)) continue;
+      const real = kindAt(path);
+      if (real === undefined) devices.push(path);
+      else if (real === "dir") {
+        opaqueDirs.add(path);
+        replacedDirs.push(path);
+      }
+    }
+    return { devices: devices.sort(), opaqueDirs: [...opaqueDirs].sort(), replacedDirs };
   }
 }
 

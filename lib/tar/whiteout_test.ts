@@ -35,7 +35,7 @@ Deno.test("LayerOverlayMapper: same-layer recreate of a directory becomes opaque
   assertEq(m.add("dir", "dir"), false);
   assertEq(m.add(".wh.other", "file"), true);
   assertEq(m.add("o/.wh..wh..opq", "file"), true);
-  assertEq(m.result(), { devices: ["other"], opaqueDirs: ["dir", "o"] });
+  assertEq(m.result(), { devices: ["other"], opaqueDirs: ["dir", "o"], replacedDirs: ["dir"] });
 });
 
 function flatten(layers: [string, TarEntryKind][][]): string[] {
@@ -105,4 +105,23 @@ Deno.test("LayerFlattener: a 200,000-level path (one 400 KB pax path) needs no d
   let count = 0;
   for (const _ of flat.entries()) count++;
   assertEq(count, 200_002); // root, a/…/a (200,000), g
+});
+
+Deno.test("LayerOverlayMapper: a whiteout of a directory this layer only implies keeps its members", () => {
+  for (const order of [["w/new", ".wh.w"], [".wh.w", "w/new"]]) {
+    const m = new LayerOverlayMapper();
+    for (const path of order) m.add(path, "file");
+    // w is made afresh (opaque) holding w/new: the lower w is gone, this layer's w/new stays.
+    assertEq(m.result(), { devices: [], opaqueDirs: ["w"], replacedDirs: ["w"] }, `${order}`);
+  }
+});
+
+Deno.test("LayerOverlayMapper: whiteouts under what this layer replaces or deletes are moot", () => {
+  const m = new LayerOverlayMapper();
+  m.add("dirA", "file"); // umoci: rm -rf dirA && echo x > dirA, then repack
+  m.add("dirA/.wh.f1", "file");
+  m.add("dirA/.wh..wh..opq", "file");
+  m.add("gone/.wh.f", "file");
+  m.add(".wh.gone", "file");
+  assertEq(m.result(), { devices: ["gone"], opaqueDirs: [], replacedDirs: [] });
 });

@@ -29,7 +29,8 @@ export async function makeUmociImage(dir: string): Promise<UmociImage> {
   // Layer 1: every kind of entry.
   await runOk("umoci", ["unpack", "--image", `${layout}:${tag}`, `${dir}/b1`]);
   await sh(`cd '${dir}/b1/rootfs'
-mkdir -p etc d/sub gone/deep private opq/old
+mkdir -p etc d/sub gone/deep private opq/old replaced
+echo f1 > replaced/f1
 echo hello > etc/config.txt
 : > empty
 head -c 5000 /dev/urandom > d/five-k
@@ -52,6 +53,8 @@ touch -d '2020-01-02 03:04:05.123456789' etc/config.txt
   await runOk("umoci", ["unpack", "--image", `${layout}:${tag}`, `${dir}/b2`]);
   await sh(`cd '${dir}/b2/rootfs'
 rm -rf gone empty d/small-link
+# A directory replaced by a file: umoci writes the file, then replaced/.wh.f1 under it.
+rm -rf replaced && echo now-a-file > replaced
 echo changed > etc/config.txt
 echo new > d/sub/added
 echo secret > private/secret

@@ -16,6 +16,7 @@ import {
   LayerOverlayMapper,
   OVERLAY_OPAQUE_VALUE,
   OVERLAY_OPAQUE_XATTR,
+  parseWhiteout,
 } from "../../tar/whiteout.ts";
 import { pwriteAll } from "./data_copy.ts";
 import { libc, unwrap } from "../../../ffi/libc.ts";
@@ -110,12 +111,16 @@ export async function scanTar(
     return inode;
   };
   const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper({
+    // A directory only implied by deeper members of this layer counts as one: `.wh.w` beside
+    // `w/new` hides the lower w, not this layer's w/new (w becomes opaque, not a whiteout).
     kindOf: (path) => {
       const inode = lookupPath(path);
-      if (inode < 0 || impliedDirs.has(inode)) return undefined;
+      if (inode < 0) return undefined;
       return isDir(inode) ? "dir" : "file";
     },
   });
+  /** When each whiteout was made: a directory it replaces by one it implies gets that time. */
+  const whiteoutMtimes = new Map<string, number>();
   let entries = 0;
   let spoolEnd = 0;
   let tarEnd = 0;
@@ -217,7 +222,11 @@ export async function scanTar(
     entries++;
     if (entries % 1024 === 0) options.onEntries?.(entries);
     tarEnd = Math.max(tarEnd, entry.dataOffset + Math.ceil(entry.storedSize / 512) * 512);
-    if (overlay?.add(entry.path, entry.kind)) continue;
+    if (overlay?.add(entry.path, entry.kind)) {
+      const whiteout = parseWhiteout(entry.path);
+      if (whiteout?.type === "whiteout") whiteoutMtimes.set(whiteout.target, entry.mtimeSec);
+      continue;
+    }
     if (entry.path === "") {
       if (entry.kind === "dir") setAttributes(table, 0, entry, options);
       continue;
@@ -284,7 +293,14 @@ export async function scanTar(
   }
 
   if (overlay) {
-    const { devices, opaqueDirs } = overlay.result();
+    const { devices, opaqueDirs, replacedDirs } = overlay.result();
+    // Made afresh where the lower one was deleted (as umoci unpack makes it: 0755, root's), not
+    // given the deleted one's metadata when stacked.
+    for (const path of replacedDirs) {
+      const node = lookupPath(path);
+      if (!impliedDirs.delete(node)) continue;
+      table.mtimeSec.set(node, whiteoutMtimes.get(path) ?? 0);
+    }
     for (const path of devices) {
       const [dir, name] = parentOf(path);
       const device = table.addInode("chardev", 0);
