@@ -211,6 +211,26 @@ Deno.test({
       assert.equal(bad.code, 1);
       assert.match(bad.stderr, /^erofs-oci: build: cannot read .*nope/);
       assertOneLineError(bad.stderr);
+      // Names that are not UTF-8 are refused naming the file, not as an internal error.
+      const odd = `${work}/odd`;
+      Deno.mkdirSync(odd);
+      await runOk("python3", ["-c", `import os; os.symlink(b'target-\\xe9', b'${odd}/sym')`]);
+      const oddTarget = await runCli(["build", odd, "-o", `${work}/odd.erofs`]);
+      assert.equal(oddTarget.code, 1);
+      assert.match(
+        oddTarget.stderr,
+        /^erofs-oci: the symlink .*odd\/sym points to a name that is not valid UTF-8/,
+      );
+      assertOneLineError(oddTarget.stderr);
+      Deno.removeSync(`${odd}/sym`);
+      await runOk("python3", ["-c", `open(b'${odd}/name-\\xe9', 'w').close()`]);
+      const oddName = await runCli(["build", odd, "-o", `${work}/odd.erofs`]);
+      assert.equal(oddName.code, 1);
+      assert.match(
+        oddName.stderr,
+        /^erofs-oci: a file name in .*odd is not valid UTF-8 \(it reads as "name-\ufffd"\)/,
+      );
+      assertOneLineError(oddName.stderr);
       const usage = await runCli(["build", src]);
       assert.equal(usage.code, 2);
       assert.match(usage.stderr, /-o FILE/);

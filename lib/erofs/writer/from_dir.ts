@@ -70,7 +70,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         table.setData(i, inDir && nlink === 1 ? inDir : table.addRef({ kind: "path", path }), 0);
       }
     } else if (kind === "symlink") {
-      table.setTarget(i, new TextEncoder().encode(Deno.readLinkSync(path)));
+      table.setTarget(i, new TextEncoder().encode(readLinkUtf8(path)));
     }
     return i;
   };
@@ -91,8 +91,8 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
       names.add(entry.name);
       if (entry.name.includes("\ufffd") && !pathReachable(childPath)) {
         throw new FormatError(
-          `a file name in ${path} is not valid UTF-8`,
-          "non-UTF-8 file names are not supported",
+          `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(entry.name)})`,
+          "non-UTF-8 file names are not supported: rename it",
         );
       }
       const st = statPath(childPath);
@@ -226,4 +226,17 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
     }
   }
   return out;
+}
+
+/** readlink(2) of `path`; a target that is not UTF-8 is refused as such (not an internal error). */
+function readLinkUtf8(path: string): string {
+  try {
+    return Deno.readLinkSync(path);
+  } catch (error) {
+    if (!/not valid UTF-8/i.test((error as Error).message)) throw error;
+    throw new FormatError(
+      `the symlink ${path} points to a name that is not valid UTF-8`,
+      "non-UTF-8 names are not supported: point it elsewhere",
+    );
+  }
 }
