@@ -269,7 +269,8 @@ export async function scanTar(
         if (entry.sparse) {
           throw new FormatError(
             `tar member "${entry.path}" is sparse: a tar index cannot point into it`,
-            "build a full image instead of --tar-index",
+            "convert the layer to EROFS (`erofs-oci convert`, or `erofs-oci build` without " +
+              "--tar-index): its data is then copied, holes included",
           );
         }
         table.setData(node, refOf("tar", { kind: "tar", offset: 0 }), entry.dataOffset);
