@@ -14,6 +14,7 @@ import {
   mountSandbox,
   mountsBelow,
   pidAlive,
+  runningServersOf,
 } from "./_support/mounts.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
@@ -172,6 +173,89 @@ Deno.test({
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
     } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
+  },
+});
+
+/** A FUSE mount of the basic fixture from an OCI layout (no registry), its server killed. */
+async function deadFuseMount(sandbox: Awaited<ReturnType<typeof mountSandbox>>) {
+  const base = sandbox.target.replace(/\/mnt$/, "");
+  const fixture = await loadFixture("basic.erofs");
+  await writeOciLayout(`${base}/layout`, [{ bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE }]);
+  assertSuccess(
+    await runCli(["mount", `oci:${base}/layout:v1`, sandbox.target, "--backend", "fuse"], {
+      env: sandbox.env,
+      timeoutMs: 60_000,
+    }),
+  );
+  const keepers = keeperPids(sandbox.runtimeDir);
+  await killServer(sandbox.runtimeDir);
+  return keepers;
+}
+
+Deno.test({
+  name: "fuse reattach: three reattaches of one dead server at once start one server",
+  ignore: requires(root(), path("/dev/fuse"), command("python3")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    let keepers: number[] = [];
+    try {
+      keepers = await deadFuseMount(sandbox);
+      const runs = await Promise.all(
+        [["reattach", sandbox.target], ["reattach", sandbox.target], ["reattach", "--all"]]
+          .map((args) => runCli(args, { env: sandbox.env, timeoutMs: 60_000 })),
+      );
+      for (const run of runs) assertSuccess(run);
+      const said = runs.map((run) => /reattached/.test(run.stdout) ? "reattached" : "other");
+      assert.deepEqual(
+        said.filter((s) => s === "reattached").length,
+        1,
+        runs.map(describe).join("\n"),
+      );
+      assert.equal(runs.filter((run) => /alive/.test(run.stdout)).length, 2);
+      assert.equal(runningServersOf(sandbox.runtimeDir).length, 1, "one server runs");
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      assert.deepEqual(runningServersOf(sandbox.runtimeDir), [], "no server left after umount");
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+      for (const pid of runningServersOf(sandbox.runtimeDir)) Deno.kill(pid, "SIGKILL");
+    }
+  },
+});
+
+Deno.test({
+  name: "fuse umount refused (busy) while its server is dead keeps crash recovery",
+  ignore: requires(root(), path("/dev/fuse"), command("python3")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    let keepers: number[] = [];
+    let inside: Deno.ChildProcess | undefined;
+    try {
+      keepers = await deadFuseMount(sandbox);
+      // A shell's working directory inside the mount: busy, with no request of the dead server.
+      inside = new Deno.Command("sleep", { args: ["60"], cwd: sandbox.target }).spawn();
+      const refused = await runCli(["umount", sandbox.target], { env: sandbox.env });
+      assertCliError(refused, 1, /is busy/);
+      const reattached = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assertSuccess(reattached);
+      assert.match(reattached.stdout, /reattached/, sandbox.serverLogs());
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      inside.kill("SIGKILL");
+      await inside.status;
+      inside = undefined;
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      if (inside) {
+        inside.kill("SIGKILL");
+        await inside.status;
+      }
       await sandbox.cleanup();
       killKeepers(keepers);
     }

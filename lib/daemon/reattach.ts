@@ -11,6 +11,7 @@ import { startServer } from "./server_process.ts";
 import {
   createMountDir,
   DEFAULT_MOUNT_CACHE_BYTES,
+  lockMountChanges,
   type LayerSpec,
   type MountSpec,
   type MountState,
@@ -154,6 +155,19 @@ export interface ReattachOptions {
 export async function reattach(
   target: ReattachTarget,
   options: ReattachOptions = {},
+): Promise<ReattachOutcome[]> {
+  // Read after the lock: a reattach that ran meanwhile has recorded its server, now alive.
+  const lock = await lockMountChanges();
+  try {
+    return await reattachLocked(target, options);
+  } finally {
+    lock.close();
+  }
+}
+
+async function reattachLocked(
+  target: ReattachTarget,
+  options: ReattachOptions,
 ): Promise<ReattachOutcome[]> {
   const states = readStates();
   const outcomes: ReattachOutcome[] = [];

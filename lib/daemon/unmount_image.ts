@@ -4,10 +4,11 @@
  * cleaned up completely.
  */
 import { MountError } from "../errors.ts";
-import { SysError } from "../../ffi/libc.ts";
+import { readSmallFile, SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import {
   findState,
+  lockMountChanges,
   mountDir,
   type MountState,
   removeMountDir,
@@ -48,6 +49,18 @@ async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): P
   }
 }
 
+/**
+ * True when a FUSE connection of mount `id` has requests waiting for an answer (from its
+ * dead server): /sys/fs/fuse/connections/N/waiting, N the FUSE mount's device minor.
+ */
+function fuseRequestsWaiting(id: string): boolean {
+  const runDir = `${mountDir(id)}/`;
+  return readMountInfo().some((entry) =>
+    entry.mountPoint.startsWith(runDir) && entry.fsType.startsWith("fuse") &&
+    Number(readSmallFile(`/sys/fs/fuse/connections/${entry.minor}/waiting`)?.trim() ?? 0) > 0
+  );
+}
+
 async function releaseOrphanedDevices(state: MountState): Promise<void> {
   for (const layer of state.layers) {
     const index = /^nbd(\d+)$/.exec(layer.device ?? "")?.[1];
@@ -77,15 +90,36 @@ export async function detachDeadFuseMounts(id: string, shownAs: string): Promise
 }
 
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
-  const state = findState(target);
-  // A dead FUSE server's keeper holds the connection open, and readers whose requests the dead
-  // server had taken cannot even be killed: abort it so they fail and the mounts can go.
-  if (state.backend === "fuse" && !serverAlive(serverOf(state))) await stopFuseKeeper(state.id);
-  await unmountOne(state.target, {
+  // Not while a reattach works on the same mounts (it would see this one half gone).
+  const lock = await lockMountChanges();
+  try {
+    return await unmountLocked(findState(target), lazy);
+  } finally {
+    lock.close();
+  }
+}
+
+async function unmountLocked(state: MountState, lazy: boolean): Promise<MountState> {
+  const top = {
     lazy,
     mountId: state.mountId,
-    fsType: state.overlay ? "overlay" : "erofs",
-  }, state.target);
+    fsType: state.overlay ? "overlay" as const : "erofs" as const,
+  };
+  if (state.backend === "fuse" && !serverAlive(serverOf(state))) {
+    // A dead FUSE server's keeper holds the connection open, and readers whose requests the
+    // dead server had taken cannot even be killed: they keep the mount busy until the keeper
+    // ends (they then fail). Ending it ends crash recovery too, so only when it is that: a
+    // mount busy for other reasons (a shell inside) is refused with reattach still possible.
+    try {
+      await unmountOne(state.target, top, state.target);
+    } catch (error) {
+      if (!(error instanceof MountError) || !fuseRequestsWaiting(state.id)) throw error;
+      await stopFuseKeeper(state.id);
+      await unmountOne(state.target, top, state.target);
+    }
+  } else {
+    await unmountOne(state.target, top, state.target);
+  }
   if (state.overlay) {
     for (const layer of [...state.layers].reverse()) {
       await unmountOne(layer.layerDir, { lazy }, state.target);

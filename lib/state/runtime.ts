@@ -245,6 +245,29 @@ function mtimeMs(path: string): number {
   }
 }
 
+/**
+ * Holds the lock that takes turns between `reattach` (and its --watch) and `umount` on this
+ * runtime dir, until the returned file is closed: two reattaches of one dead server each
+ * started a server of their own (both took the FUSE connection over; the loser ran on,
+ * unrecorded, after umount), and a reattach during an umount saw a mount half gone.
+ */
+export async function lockMountChanges(): Promise<Deno.FsFile> {
+  Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
+  const file = Deno.openSync(`${RUNTIME_ROOT}/changes.lock`, {
+    read: true,
+    write: true,
+    create: true,
+    mode: 0o600,
+  });
+  try {
+    await file.lock(true);
+  } catch (error) {
+    file.close();
+    throw error;
+  }
+  return file;
+}
+
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
 export function createMountDir(): string {
   Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
