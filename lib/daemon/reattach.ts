@@ -11,8 +11,8 @@ import { startServer } from "./server_process.ts";
 import {
   createMountDir,
   DEFAULT_MOUNT_CACHE_BYTES,
-  lockMountChanges,
   type LayerSpec,
+  lockMountChanges,
   type MountSpec,
   type MountState,
   readStates,
