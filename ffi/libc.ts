@@ -182,7 +182,9 @@ export const LIBC_SYMBOLS = {
   posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   // int pipe2(int fds[2], int flags);
   pipe2: { parameters: ["buffer", "i32"], result: "i32" },
-  // pid_t waitpid(pid_t pid, int *status, int options);  — on a pool thread: it waits
+  // pid_t waitpid(pid_t pid, int *status, int options);  — with WNOHANG, on this thread
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // The same on a pool thread: it waits
   waitpid_nonblocking: {
     name: "waitpid",
     parameters: ["i32", "buffer", "i32"],
@@ -795,6 +797,19 @@ export interface FsStats {
   /** f_fsid as one little-endian u64 (val[0] low, val[1] high). */
   fsid: bigint;
 }
+
+/**
+ * Reaps every child of this process that has exited (waitpid(-1, WNOHANG)); returns how many.
+ * For a long-running parent of detached children (reattach --watch and the servers it starts),
+ * which would otherwise keep each one as a zombie until it ends itself.
+ */
+export function reapExitedChildren(): number {
+  const status = new Int32Array(new ArrayBuffer(4));
+  let reaped = 0;
+  while (libc().waitpid(-1, status, WNOHANG) > 0) reaped++;
+  return reaped;
+}
+const WNOHANG = 1;
 
 /**
  * statfs(2). Answered from the in-memory superblock by file systems such as EROFS, so it does

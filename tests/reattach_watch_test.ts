@@ -110,6 +110,17 @@ Deno.test({
           assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
           assert.ok(!watcher.lines.some((l) => /reattaching/.test(l)), watcher.lines.join("\n"));
           assert.ok(!keepers.some(pidAlive), "keeper gone");
+          // The server the watcher started is its child: reaped once it ended, not a zombie.
+          let reaped = false;
+          for (let waited = 0; waited < 5_000 && !reaped; waited += 100) {
+            try {
+              Deno.statSync(`/proc/${serverPid}`);
+              await new Promise((r) => setTimeout(r, 100));
+            } catch {
+              reaped = true;
+            }
+          }
+          assert.ok(reaped, `server ${serverPid} left a zombie under the watcher`);
         },
       );
     });

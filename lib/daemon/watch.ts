@@ -5,7 +5,14 @@
  * mount with a connected device, a FUSE mount whose keeper runs. A server stopping on purpose
  * (umount) disconnects its devices or drops its FUSE record first, so it is never revived.
  */
-import { closeFd, pidfdOpen, pollAsync, pollFds, POLLIN } from "../../ffi/libc.ts";
+import {
+  closeFd,
+  pidfdOpen,
+  pollAsync,
+  pollFds,
+  POLLIN,
+  reapExitedChildren,
+} from "../../ffi/libc.ts";
 import { fuseRecoverable } from "./fuse_recovery.ts";
 import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
@@ -51,6 +58,8 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
   };
   try {
     while (!options.signal?.aborted) {
+      // Servers started here that ended since (unmounted, or killed) are reaped, not zombies.
+      reapExitedChildren();
       const states = readStates();
       const ids = new Set(states.map((s) => s.id));
       for (const id of [...watched.keys()]) {
