@@ -28,6 +28,15 @@ export function logFormat(): LogFormat {
 }
 
 let sink: ((line: string) => void) | undefined;
+let textSink: ((level: string, text: string) => void) | undefined;
+
+/**
+ * Where text-format warnings, info and debug lines go instead of stderr, with their level (a
+ * mount server's log file: on stderr they carry it as a prefix, or not at all).
+ */
+export function setTextLogSink(write: (level: string, text: string) => void): void {
+  textSink = write;
+}
 
 /** Where JSON records go instead of stderr (a mount server's log file). */
 export function setLogSink(write: (line: string) => void): void {
@@ -45,15 +54,19 @@ export function debug(...parts: unknown[]): void {
   if (!debugEnabled) return;
   if (format === "json") {
     logRecord("debug", parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" "));
+  } else if (textSink) {
+    textSink("debug", parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" "));
   } else console.error("debug:", ...parts);
 }
 
 export function warn(message: string): void {
   if (format === "json") logRecord("warning", message);
+  else if (textSink) textSink("warn", printable(message));
   else console.error(`erofs-oci: warning: ${printable(message)}`);
 }
 
 export function info(message: string): void {
   if (format === "json") logRecord("info", message);
+  else if (textSink) textSink("info", message);
   else console.error(message);
 }

@@ -4,7 +4,7 @@
  * line is one JSON object (time, level, msg), records of lib/log.ts included, so a collector
  * can read the file line by line.
  */
-import { logFormat, setLogSink } from "../log.ts";
+import { isDebug, logFormat, setLogSink, setTextLogSink } from "../log.ts";
 
 export function redirectConsoleToFile(path: string): void {
   const file = Deno.openSync(path, { append: true, create: true, mode: 0o600 });
@@ -16,14 +16,18 @@ export function redirectConsoleToFile(path: string): void {
     } catch { /* the log is best effort; serving matters more */ }
   };
   const write = (level: string, parts: unknown[]) => {
+    // A stack trace only with --debug, as on a terminal.
+    const ofError = (error: Error) => isDebug() ? (error.stack ?? error.message) : error.message;
     const text = parts.map((p) =>
-      typeof p === "string" ? p : p instanceof Error ? (p.stack ?? p.message) : Deno.inspect(p)
-    ).join(" ");
+      typeof p === "string" ? p : p instanceof Error ? ofError(p) : Deno.inspect(p)
+    ).join(" ").replace(/^erofs-oci: /, "");
     const time = new Date().toISOString();
     writeLine(json ? JSON.stringify({ time, level, msg: text }) : `${time} ${level} ${text}`);
   };
   // lib/log.ts's records are JSON already: written as they are, not wrapped as a message.
   if (json) setLogSink(writeLine);
+  // lib/log.ts's warnings, info and debug lines at their own level, not as stderr's "error".
+  else setTextLogSink((level, text) => write(level, [text]));
   console.log = (...parts) => write("info", parts);
   console.info = console.log;
   console.warn = (...parts) => write(json ? "warning" : "warn", parts);

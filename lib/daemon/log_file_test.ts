@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+
+/** Runs `body` in a child Deno whose console goes to a log file; returns the file's lines. */
+async function logged(body: string, args: string[] = []): Promise<string[]> {
+  const dir = await Deno.makeTempDir({ prefix: "log-file-" });
+  try {
+    const here = new URL(".", import.meta.url).href;
+    const script = `
+      import { redirectConsoleToFile } from "${here}log_file.ts";
+      import { warn, info } from "${here}../log.ts";
+      redirectConsoleToFile(Deno.args[0]);
+      ${body}`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script, `${dir}/server.log`, ...args],
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    return Deno.readTextFileSync(`${dir}/server.log`).trimEnd().split("\n")
+      .map((line) => line.replace(/^\S+ /, "")); // the time
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("server log: warnings at level warn without the terminal prefix; errors without stacks", async () => {
+  const lines = await logged(`
+    warn("FUSE read of 4096 bytes at 0 failed");
+    info("ready");
+    console.log("server 1 starting");
+    console.error(new Error("boom"));
+    console.error("erofs-oci: the registry went away");`);
+  assert.deepEqual(lines, [
+    "warn FUSE read of 4096 bytes at 0 failed",
+    "info ready",
+    "info server 1 starting",
+    "error boom",
+    "error the registry went away",
+  ]);
+  assert.doesNotMatch(lines.join("\n"), /\bat .*\.ts:\d+/, "no stack trace");
+});
