@@ -34,7 +34,7 @@ let textSink: ((level: string, text: string) => void) | undefined;
  * Where text-format warnings, info and debug lines go instead of stderr, with their level (a
  * mount server's log file: on stderr they carry it as a prefix, or not at all).
  */
-export function setTextLogSink(write: (level: string, text: string) => void): void {
+export function setTextLogSink(write?: (level: string, text: string) => void): void {
   textSink = write;
 }
 

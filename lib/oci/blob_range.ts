@@ -1,5 +1,6 @@
 import { FormatError, OciError } from "../errors.ts";
-import { debug } from "../log.ts";
+import { debug, warn } from "../log.ts";
+import { stallMs, StallWatch } from "./stall_watch.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { backoff, describeFailure, isNetworkError } from "./retry.ts";
@@ -114,6 +115,7 @@ export async function copyBody(
   at: number,
   skip: number,
   want: number,
+  progress?: { progressed(): void },
 ): Promise<{ copied: number; error?: unknown }> {
   const write: BodySink = sink instanceof Uint8Array
     ? (bytes, where) => sink.set(bytes, where)
@@ -153,6 +155,7 @@ export async function copyBody(
         }
       }
       if (!chunk) return { copied };
+      progress?.progressed();
       const kept = skipLeading(chunk, skip);
       skip = kept.skip;
       if (!kept.chunk) continue;
@@ -255,96 +258,128 @@ export async function readBlobRangeTo(
   const startedMs = performance.now();
   let filled = 0;
   let attempt = 0;
-  while (filled < length) {
-    const start = offset + filled;
-    const location = client.blobLocation(digest);
-    const response = await client.request({
-      method: "GET",
-      path: location ?? path,
-      scope,
-      headers: { range: `bytes=${start}-${end}` },
-      signal,
-      policy,
-      route: "pull",
-    }).catch((error) => {
-      if (location === undefined) throw error;
-      return undefined; // the cached location is unreachable: ask the registry again
-    });
-    if (
-      location !== undefined && (response === undefined || (response.status !== 206 &&
-        response.status !== 200))
-    ) {
-      await response?.body?.cancel();
-      client.setBlobLocation(digest, undefined);
-      continue;
-    }
-    if (response === undefined) continue;
-    if (
-      location === undefined && response.url && !client.isRegistryUrl(response.url) &&
-      (response.status === 206 || response.status === 200)
-    ) {
-      client.setBlobLocation(digest, response.url);
-    }
-    let skip: number;
-    let available: number;
-    if (response.status === 206) {
-      const range = parseContentRange(response.headers.get("content-range"));
-      if (!range || range.first > start || range.last < start) {
+  let watch: StallWatch | undefined;
+  try {
+    while (filled < length) {
+      const start = offset + filled;
+      const location = client.blobLocation(digest);
+      // Per attempt: one that gets no byte for the stall time is given up and asked again.
+      watch?.done();
+      watch = new StallWatch(signal);
+      let response: Response | undefined;
+      try {
+        response = await client.request({
+          method: "GET",
+          path: location ?? path,
+          scope,
+          headers: { range: `bytes=${start}-${end}` },
+          signal: watch.signal,
+          policy,
+          route: "pull",
+        }).catch((error) => {
+          if (location === undefined || watch!.stalled) throw error;
+          return undefined; // the cached location is unreachable: ask the registry again
+        });
+      } catch (error) {
+        watch.done();
+        if (!watch.stalled || signal?.aborted) throw error;
+        attempt++;
+        warn(
+          `registry ${client.host} sent no reply to a GET of ${digest} for ${
+            stallMs() / 1000
+          } s; asking again`,
+        );
+        if (!(await backoff(attempt, policy, signal))) {
+          throw new OciError(`registry ${client.host} stopped answering GETs of ${digest}`);
+        }
+        continue;
+      }
+      watch.progressed();
+      if (
+        location !== undefined && (response === undefined || (response.status !== 206 &&
+          response.status !== 200))
+      ) {
+        await response?.body?.cancel();
+        client.setBlobLocation(digest, undefined);
+        continue;
+      }
+      if (response === undefined) continue;
+      if (
+        location === undefined && response.url && !client.isRegistryUrl(response.url) &&
+        (response.status === 206 || response.status === 200)
+      ) {
+        client.setBlobLocation(digest, response.url);
+      }
+      let skip: number;
+      let available: number;
+      if (response.status === 206) {
+        const range = parseContentRange(response.headers.get("content-range"));
+        if (!range || range.first > start || range.last < start) {
+          await response.body?.cancel();
+          throw new OciError(
+            `registry ${client.host} sent Content-Range '${
+              response.headers.get("content-range") ?? ""
+            }' for bytes ${start}-${end} of ${digest}`,
+          );
+        }
+        if (expectedSizeBytes !== undefined && range.total !== undefined) {
+          await checkDeclaredSize(response, digest, range.total, expectedSizeBytes);
+        }
+        skip = start - range.first;
+        available = Math.min(range.last, end) - start + 1;
+      } else if (response.status === 200) {
+        skip = start;
+        available = length - filled;
+        const total = Number(response.headers.get("content-length") ?? NaN);
+        if (expectedSizeBytes !== undefined && Number.isSafeInteger(total)) {
+          await checkDeclaredSize(response, digest, total, expectedSizeBytes);
+        }
+        if (total <= end) {
+          await response.body?.cancel();
+          throw new OciError(
+            `bytes ${start}-${end} are beyond the end of blob ${digest} (${total} bytes)`,
+          );
+        }
+      } else if (response.status === 416) {
         await response.body?.cancel();
-        throw new OciError(
-          `registry ${client.host} sent Content-Range '${
-            response.headers.get("content-range") ?? ""
-          }' for bytes ${start}-${end} of ${digest}`,
+        throw new OciError(`bytes ${start}-${end} are beyond the end of blob ${digest} (416)`);
+      } else {
+        return await blobStatusError(client, response, repository, digest);
+      }
+      if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
+      const { copied, error } = await copyBody(response.body, sink, filled, skip, available, watch);
+      watch.done();
+      if (watch.stalled && !signal?.aborted) {
+        warn(
+          `registry ${client.host} stopped sending ${digest} for ${stallMs() / 1000} s ` +
+            `(${filled + copied} of ${length} bytes in); asking again`,
         );
       }
-      if (expectedSizeBytes !== undefined && range.total !== undefined) {
-        await checkDeclaredSize(response, digest, range.total, expectedSizeBytes);
+      filled += copied;
+      if (filled === length) {
+        observeBlobGet(digest, (performance.now() - startedMs) / 1000);
+        break;
       }
-      skip = start - range.first;
-      available = Math.min(range.last, end) - start + 1;
-    } else if (response.status === 200) {
-      skip = start;
-      available = length - filled;
-      const total = Number(response.headers.get("content-length") ?? NaN);
-      if (expectedSizeBytes !== undefined && Number.isSafeInteger(total)) {
-        await checkDeclaredSize(response, digest, total, expectedSizeBytes);
-      }
-      if (total <= end) {
-        await response.body?.cancel();
-        throw new OciError(
-          `bytes ${start}-${end} are beyond the end of blob ${digest} (${total} bytes)`,
-        );
-      }
-    } else if (response.status === 416) {
-      await response.body?.cancel();
-      throw new OciError(`bytes ${start}-${end} are beyond the end of blob ${digest} (416)`);
-    } else {
-      return await blobStatusError(client, response, repository, digest);
-    }
-    if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
-    const { copied, error } = await copyBody(response.body, sink, filled, skip, available);
-    filled += copied;
-    if (filled === length) {
-      observeBlobGet(digest, (performance.now() - startedMs) / 1000);
-      break;
-    }
-    if (error === undefined && copied === available) continue; // a short 206: ask for the rest
-    if (error !== undefined && !isNetworkError(error)) throw error;
-    // A sink whose buffer the broken read took (PlacedBodySink) has lost the bytes it held
-    // before the break, so it cannot take the bytes after it: its into() throws now, before a
-    // resume GET whose body would only be refused (the caller starts again where it began).
-    if (error !== undefined) intoOf(sink)?.();
-    // Truncated body or a short 206: resume from what we have.
-    attempt = copied > 0 ? 1 : attempt + 1;
-    debug(
-      `blob ${digest}: got ${filled}/${length} bytes (${
-        error === undefined ? "body ended early" : describeFailure(error)
-      }); resuming`,
-    );
-    if (!(await backoff(attempt, policy, signal))) {
-      throw new OciError(
-        `reading blob ${digest} from ${client.host} failed after retries: only ${filled} of ${length} bytes at offset ${offset} arrived`,
+      if (error === undefined && copied === available) continue; // a short 206: ask for the rest
+      if (error !== undefined && !isNetworkError(error)) throw error;
+      // A sink whose buffer the broken read took (PlacedBodySink) has lost the bytes it held
+      // before the break, so it cannot take the bytes after it: its into() throws now, before a
+      // resume GET whose body would only be refused (the caller starts again where it began).
+      if (error !== undefined) intoOf(sink)?.();
+      // Truncated body or a short 206: resume from what we have.
+      attempt = copied > 0 ? 1 : attempt + 1;
+      debug(
+        `blob ${digest}: got ${filled}/${length} bytes (${
+          error === undefined ? "body ended early" : describeFailure(error)
+        }); resuming`,
       );
+      if (!(await backoff(attempt, policy, signal))) {
+        throw new OciError(
+          `reading blob ${digest} from ${client.host} failed after retries: only ${filled} of ${length} bytes at offset ${offset} arrived`,
+        );
+      }
     }
+  } finally {
+    watch?.done();
   }
 }

@@ -1,0 +1,67 @@
+/**
+ * A registry transfer that stops making progress: a connection whose peer vanished without a
+ * reset (a dropped NAT mapping, a crashed load balancer) or a registry that hangs sends nothing
+ * and never fails, so a read waited forever with nothing in the log. A watch aborts its
+ * attempt once no byte came for the stall time; the caller asks again on a new connection and
+ * says so.
+ */
+
+/** EROFS_OCI_REGISTRY_STALL_S (default 30): seconds without a byte before an attempt is given up. */
+export function stallMs(): number {
+  const seconds = Number(Deno.env.get("EROFS_OCI_REGISTRY_STALL_S") || 30);
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 30_000;
+}
+
+const active = new Set<StallWatch>();
+let timer: ReturnType<typeof setInterval> | undefined;
+
+export class StallWatch {
+  /** Aborts with a Deno.errors.TimedOut (a network error: retried) once stalled. */
+  readonly signal: AbortSignal;
+  readonly #controller = new AbortController();
+  readonly #stallMs: number;
+  #lastMs = performance.now();
+  stalled = false;
+
+  constructor(outer?: AbortSignal, limitMs = stallMs()) {
+    this.#stallMs = limitMs;
+    this.signal = outer
+      ? AbortSignal.any([outer, this.#controller.signal])
+      : this.#controller.signal;
+    active.add(this);
+    if (timer === undefined) {
+      const interval = setInterval(checkAll, Math.max(50, Math.min(5_000, limitMs / 4)));
+      Deno.unrefTimer(interval); // never what keeps a process alive
+      timer = interval;
+    }
+  }
+
+  /** Bytes (or headers) arrived. */
+  progressed(): void {
+    this.#lastMs = performance.now();
+  }
+
+  /** The attempt ended (either way): no longer watched. */
+  done(): void {
+    active.delete(this);
+    if (active.size === 0 && timer !== undefined) {
+      clearInterval(timer);
+      timer = undefined;
+    }
+  }
+
+  /** @internal */
+  check(nowMs: number): void {
+    if (nowMs - this.#lastMs < this.#stallMs) return;
+    this.stalled = true;
+    this.done();
+    this.#controller.abort(
+      new Deno.errors.TimedOut(`no byte from the registry for ${this.#stallMs / 1000} s`),
+    );
+  }
+}
+
+function checkAll(): void {
+  const nowMs = performance.now();
+  for (const watch of [...active]) watch.check(nowMs);
+}

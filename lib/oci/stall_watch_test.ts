@@ -1,0 +1,82 @@
+/**
+ * A registry that stops sending (a hung peer, a dead connection nobody reset) no longer holds
+ * a read forever: the attempt is given up after EROFS_OCI_REGISTRY_STALL_S without a byte,
+ * asked again, and the read completes with the right bytes.
+ */
+import assert from "node:assert/strict";
+import { RegistryClient } from "./client.ts";
+import { digestOf } from "./digest.ts";
+import { setTextLogSink } from "../log.ts";
+
+const BLOB = new Uint8Array(200_000).map((_, i) => (i * 13 + (i >> 9)) & 0xff);
+const DIGEST = digestOf(BLOB);
+
+/** Serves BLOB's ranges; the first request does what `first` says, the others answer. */
+function registry(first: "no-reply" | "stop-mid-body") {
+  let requests = 0;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    requests++;
+    const [, a, b] = /^bytes=(\d+)-(\d+)$/.exec(req.headers.get("range") ?? "")!;
+    const body = BLOB.slice(Number(a), Number(b) + 1);
+    const headers = {
+      "content-range": `bytes ${a}-${b}/${BLOB.length}`,
+      "content-length": String(body.length),
+    };
+    if (requests > 1) return new Response(body, { status: 206, headers });
+    if (first === "no-reply") await released; // headers never come (until the test ends)
+    return new Response(
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(body.slice(0, 1000));
+          await released; // then nothing more
+          controller.close();
+        },
+      }),
+      { status: 206, headers },
+    );
+  });
+  return {
+    host: `127.0.0.1:${server.addr.port}`,
+    requests: () => requests,
+    async [Symbol.asyncDispose]() {
+      release();
+      await server.shutdown();
+    },
+  };
+}
+
+for (const first of ["no-reply", "stop-mid-body"] as const) {
+  Deno.test(`registry stall (${first}): the attempt is given up after the stall time, asked again, said once`, async () => {
+    const warnings: string[] = [];
+    setTextLogSink((level, text) => level === "warn" && warnings.push(text));
+    Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+    try {
+      await using server = registry(first);
+      const client = new RegistryClient(server.host, { deadlineMs: 20_000, plainHttp: true });
+      const startedMs = Date.now();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const bytes = await Promise.race([
+        client.readBlobRange("app", DIGEST, 5000, 100_000),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("the read waited 10 s")), 10_000);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      assert.deepEqual(bytes, BLOB.slice(5000, 105_000));
+      assert.equal(server.requests(), 2);
+      assert(Date.now() - startedMs < 10_000, "given up after about a second, not waited out");
+      assert.equal(warnings.length, 1, warnings.join("\n"));
+      assert.match(
+        warnings[0],
+        first === "no-reply"
+          ? /sent no reply to a GET of sha256:[0-9a-f]{64} for 1 s; asking again/
+          : /stopped sending sha256:[0-9a-f]{64} for 1 s \(1000 of 100000 bytes in\); asking again/,
+      );
+      client.close?.();
+    } finally {
+      Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+      setTextLogSink(undefined);
+    }
+  });
+}
