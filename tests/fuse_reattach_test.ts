@@ -18,6 +18,7 @@ import {
 } from "./_support/mounts.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
+import { startWatcher } from "./_support/watcher.ts";
 import {
   keeperPids,
   killKeepers,
@@ -256,6 +257,46 @@ Deno.test({
         inside.kill("SIGKILL");
         await inside.status;
       }
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
+  },
+});
+
+Deno.test({
+  name: "fuse: a keeper that dies is shown by list and said by reattach --watch",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    let keepers: number[] = [];
+    const watcher = startWatcher(sandbox.env);
+    try {
+      await watcher.waitFor(/watching/, 60_000);
+      const fixture = await loadFixture("basic.erofs");
+      await writeOciLayout(`${base}/layout`, [
+        { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      assertSuccess(
+        await runCli(["mount", `oci:${base}/layout:v1`, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      const listed = async () =>
+        JSON.parse((await runCli(["list", "--json"], { env: sandbox.env })).stdout)[0];
+      assert.equal((await listed()).crashRecovery, true);
+      keepers = keeperPids(sandbox.runtimeDir);
+      killKeepers(keepers);
+      await watcher.waitFor(/its FUSE keeper is gone: it cannot be reattached/, 15_000);
+      const after = await listed();
+      assert.equal(after.crashRecovery, false);
+      assert.equal(after.state, "serving");
+      const table = await runCli(["list"], { env: sandbox.env });
+      assert.match(table.stdout, /serving, no keeper/);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await watcher.stop();
       await sandbox.cleanup();
       killKeepers(keepers);
     }

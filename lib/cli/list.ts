@@ -2,6 +2,7 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { controlRequest } from "../daemon/control.ts";
+import { fuseRecoverable } from "../daemon/fuse_recovery.ts";
 import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
@@ -21,6 +22,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
+      ...(state.backend === "fuse" ? { crashRecovery: fuseRecoverable(state.id) } : {}),
     };
     if (serverAlive(serverOf(state))) {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
@@ -71,7 +73,8 @@ export const listCommand: Command = {
 
 Shows every mount made by erofs-oci: directory, image reference and manifest digest,
 devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
-\`erofs-oci reattach\`), bytes fetched from the source, bytes the host's disk cache
+\`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is gone,
+so the mount cannot be reattached after a server crash), bytes fetched from the source, bytes the host's disk cache
 answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit
 rate (HIT RATE: of the lookups that reached it; reads the reader thread answered from the
 disk cache or pinned pages never do), and
@@ -112,7 +115,9 @@ Options:
         m.devices.join(","),
         m.options?.join(",") ?? "-",
         String(m.serverPid),
-        m.state === "dead" && m.backend === "nbd"
+        m.crashRecovery === false
+          ? (m.state === "dead" ? "dead, no keeper: umount it" : `${m.state}, no keeper`)
+          : m.state === "dead"
           ? "dead, awaiting reattach"
           : m.reattachedAt
           ? `${m.state} (reattached ${m.reattachedAt.slice(0, 19)}Z)`

@@ -20,6 +20,7 @@ import { reattach, type ReattachOutcome } from "./reattach.ts";
 
 /** How often new and removed mounts are noticed (deaths wake the watcher at once). */
 const SCAN_MS = 1_000;
+const KEEPER_GONE_MS = 2_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
 
@@ -51,6 +52,11 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
   const report = options.report ?? ((line: string) => console.log(line));
   const watched = new Map<string, Watched>();
   const backoff = new Map<string, Backoff>();
+  /**
+   * When each FUSE mount was first seen without its keeper (-1: reported). Said once it stays
+   * so past KEEPER_GONE_MS: an umount ends the keeper a moment before the mount's state goes.
+   */
+  const keeperGoneSince = new Map<string, number>();
   const unwatch = (id: string) => {
     const entry = watched.get(id);
     if (entry) closeFd(entry.pidfd);
@@ -68,10 +74,25 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
           backoff.delete(id);
         }
       }
+      for (const id of [...keeperGoneSince.keys()]) {
+        if (!ids.has(id)) keeperGoneSince.delete(id);
+      }
       let nextWakeMs = Date.now() + SCAN_MS;
       for (const state of states) {
         if (options.signal?.aborted) break;
         const server = serverOf(state);
+        if (state.backend === "fuse" && keeperGoneSince.get(state.id) !== -1) {
+          const since = keeperGoneSince.get(state.id);
+          if (fuseRecoverable(state.id)) keeperGoneSince.delete(state.id);
+          else if (since === undefined) keeperGoneSince.set(state.id, Date.now());
+          else if (Date.now() - since >= KEEPER_GONE_MS) {
+            keeperGoneSince.set(state.id, -1);
+            report(
+              `${state.target}: its FUSE keeper is gone: it cannot be reattached after a server ` +
+                "crash (umount and mount it again to get that back)",
+            );
+          }
+        }
         if (watched.get(state.id)?.pid === server.pid && serverAlive(server)) continue;
         unwatch(state.id);
         if (watchServer(state, watched)) continue;

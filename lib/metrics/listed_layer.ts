@@ -43,6 +43,11 @@ export interface ListedMount {
   /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
   state: "serving" | "dead" | "unresponsive";
   reattachedAt?: string;
+  /**
+   * FUSE: whether its keeper still holds the connection, so `reattach` can take over after a
+   * server crash (false: it cannot; umount and mount again to get that back).
+   */
+  crashRecovery?: boolean;
   /** Bytes fetched from the registry (the disk cache's fetches when it is on). */
   bytesFetched?: number;
   /** Bytes the disk cache answered without fetching (undefined: no disk cache). */
