@@ -4,7 +4,9 @@
  * `--upper`/`--work` that do not exist or are not directories are named (the kernel's overlay
  * refusal said only "No such file or directory", after a server had been started).
  */
-import { assertCliError, runCli } from "./_support/cli.ts";
+import assert from "node:assert/strict";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import { readMountInfo } from "../lib/sys/mountinfo.ts";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 
@@ -59,8 +61,7 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    "mount and serve: a bad --disk-cache-keep-free is a usage error before any registry is asked",
+  name: "mount and serve: bad disk cache options are usage errors before any registry is asked",
   ignore: requires(root()),
   async fn() {
     const target = await Deno.makeTempDir({ prefix: "erofs-oci-bad-options-" });
@@ -98,6 +99,46 @@ Deno.test({
     } finally {
       await Deno.remove(target, { recursive: true });
       await Deno.remove(`${target}-run`, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "mount --upper/--work another overlay uses: refused; given relative, they are mounted absolute",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    const second = `${base}/mnt2`;
+    try {
+      for (const dir of ["up", "wk", "up2", "wk2", "mnt2"]) await Deno.mkdir(`${base}/${dir}`);
+      const mount = (target: string, upper: string, work: string) =>
+        runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, target, "--backend", "fuse"].concat(
+            ["--upper", upper, "--work", work],
+          ),
+          { env: sandbox.env, cwd: base },
+        );
+      const first = await mount("mnt", "up", "wk");
+      assert.equal(first.code, 0, first.stderr);
+      const overlay = readMountInfo().find((m) => m.mountPoint === sandbox.target);
+      assert.match(overlay?.superOptions ?? "", new RegExp(`upperdir=${base}/up,`));
+      assert.match(overlay?.superOptions ?? "", new RegExp(`workdir=${base}/wk`));
+      assertCliError(
+        await mount("mnt2", "up", "wk2"),
+        1,
+        /--upper .*\/up is in use by the overlay mounted at .*\/mnt$/m,
+      );
+      assertCliError(await mount("mnt2", "up2", `${base}/wk`), 1, /--work .*\/wk is in use/);
+      assert.deepEqual(
+        readMountInfo().filter((m) => m.mountPoint === second),
+        [],
+        "nothing mounted",
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
     }
   },
 });

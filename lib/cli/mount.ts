@@ -166,7 +166,9 @@ async function runMount(argv: string[]): Promise<number> {
     Deno.env.set("EROFS_OCI_DISK_CACHE_KEEP_FREE", `${bytes}`);
   }
   checkRoot();
-  if (values.upper !== undefined) checkOverlayDirs(values.upper, values.work!);
+  if (values.upper !== undefined) {
+    ({ upper: values.upper, work: values.work } = checkOverlayDirs(values.upper, values.work!));
+  }
   refuseOurMountPoint(dir);
   const target = checkMountTarget(dir);
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)

@@ -22,7 +22,10 @@ import { readMountInfo } from "../sys/mountinfo.ts";
  * wants both there), checked before a server starts; the kernel's refusal only says ENOENT or
  * EINVAL about "the overlay", after the image was resolved and the server started.
  */
-export function checkOverlayDirs(upper: string, work: string): void {
+export function checkOverlayDirs(
+  upper: string,
+  work: string,
+): { upper: string; work: string } {
   const dev = (option: string, dir: string) => {
     let info: ReturnType<typeof statPath>;
     try {
@@ -42,6 +45,30 @@ export function checkOverlayDirs(upper: string, work: string): void {
       "overlayfs needs both on one file system: make --work a directory next to --upper",
     );
   }
+  // Absolute: the kernel shows them as given (in /proc/mounts), and so they compare below.
+  const real = { upper: Deno.realPathSync(upper), work: Deno.realPathSync(work) };
+  // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
+  // behavior"), and both mounts' changes would corrupt each other.
+  for (const mount of readMountInfo()) {
+    if (mount.fsType !== "overlay") continue;
+    for (const [option, dir] of [["--upper", real.upper], ["--work", real.work]] as const) {
+      const key = option === "--upper" ? "upperdir" : "workdir";
+      if (overlayOption(mount.superOptions, key) === dir) {
+        throw new MountError(
+          `${option} ${dir} is in use by the overlay mounted at ${mount.mountPoint}`,
+          "give each mount an --upper and --work of its own",
+        );
+      }
+    }
+  }
+  return real;
+}
+
+/** An option of an overlay mount's super options (mountinfo escapes \, space, tab, newline). */
+function overlayOption(superOptions: string, key: string): string | undefined {
+  const match = new RegExp(`(?:^|,)${key}=((?:\\\\,|[^,])*)`).exec(superOptions);
+  return match?.[1].replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
+    .replace(/\\,/g, ",");
 }
 
 /** A checked mount target, held open until the mount is made. */
