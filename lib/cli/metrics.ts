@@ -37,7 +37,12 @@ Options:
       addr,
       async () => renderPrometheus(await describeMounts(), diskCacheGauges()),
     );
-    info(`serving metrics at ${endpoint.address}/metrics`);
+    const { address } = endpoint;
+    info(
+      address.startsWith("unix:")
+        ? `serving metrics on ${address} (GET /metrics)`
+        : `serving metrics at http://${address.slice("tcp:".length)}/metrics`,
+    );
     const stop = () => endpoint.shutdown();
     for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
     await endpoint.finished;

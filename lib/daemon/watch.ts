@@ -104,7 +104,11 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
         }
         report(`${state.target}: server ${server.pid} is gone, reattaching`);
         const outcomes = await reattachOne(state);
-        for (const o of outcomes) report(`${state.target}: ${o.device} ${o.result}: ${o.detail}`);
+        for (const o of outcomes) {
+          // A FUSE mount's outcome is named by its directory already.
+          const device = o.device === state.target ? "" : `${o.device} `;
+          report(`${state.target}: ${device}${o.result}: ${o.detail}`);
+        }
         if (outcomes.length > 0 && outcomes.every((o) => o.result !== "failed")) {
           backoff.delete(state.id);
           // The new server is picked up by the next pass.
