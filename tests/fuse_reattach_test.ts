@@ -13,8 +13,8 @@ import {
   manifestOf,
   mountSandbox,
   mountsBelow,
+  mountServersOf,
   pidAlive,
-  runningServersOf,
 } from "./_support/mounts.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
@@ -216,14 +216,14 @@ Deno.test({
         runs.map(describe).join("\n"),
       );
       assert.equal(runs.filter((run) => /alive/.test(run.stdout)).length, 2);
-      assert.equal(runningServersOf(sandbox.runtimeDir).length, 1, "one server runs");
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 1, "one server runs");
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
-      assert.deepEqual(runningServersOf(sandbox.runtimeDir), [], "no server left after umount");
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "no server left after umount");
     } finally {
       await sandbox.cleanup();
       killKeepers(keepers);
-      for (const pid of runningServersOf(sandbox.runtimeDir)) Deno.kill(pid, "SIGKILL");
+      for (const pid of mountServersOf(sandbox.runtimeDir)) Deno.kill(pid, "SIGKILL");
     }
   },
 });

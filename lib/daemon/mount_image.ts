@@ -24,6 +24,7 @@ import {
 } from "../mount/target_dir.ts";
 import { logFormat } from "../log.ts";
 import { mark } from "../timing.ts";
+import { testPause } from "./test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
 
@@ -158,6 +159,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       })),
       overlay: multi,
     };
+    testPause("mount-before-state");
     writeState(state);
     mark("cli: state written");
     return state;

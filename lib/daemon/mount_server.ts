@@ -9,7 +9,15 @@ import { prefetchErofsMetadata, type PrefetchOptions } from "../source/metadata_
 import { QUIET_START } from "../source/background_windows.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import type { Source } from "../source/source.ts";
-import { controlSocketPath, logPath, mountDir, type MountSpec } from "../state/runtime.ts";
+import {
+  controlSocketPath,
+  keepFailedServerLog,
+  logPath,
+  mountDir,
+  type MountSpec,
+  removeMountDir,
+} from "../state/runtime.ts";
+import { watchForAdoption } from "./adoption.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
@@ -206,6 +214,8 @@ function discardSpareReaders(): void {
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
+  // The `mount` (or `reattach`) that started us: watched until it has recorded the mount.
+  const cliPid = Deno.ppid;
   markHeldEventLoop("server");
   const inCliSession = !leaveCliSession();
   // The spec and the listed metadata `mount` fetched (2.2 MB for the benchmark image) come on
@@ -535,6 +545,17 @@ export async function runMountServer(): Promise<number> {
     mark("server: ready");
     attached.resolve();
     console.log("ready:", exports.map((e) => e.blockPath).join(", "));
+    if (!spec.reattach) {
+      watchForAdoption(spec.id, spec.target, cliPid, async () => {
+        console.error(
+          `the mount command (pid ${cliPid}) ended before it recorded this mount: undoing it`,
+        );
+        await stop();
+        keepFailedServerLog(spec.id);
+        removeMountDir(spec.id);
+        Deno.exit(1);
+      });
+    }
     // FUSE hashes fetched chunks on the event loop once node:crypto is there (openLayerSource's
     // hashOnEventLoop). Loaded when the windows may start in the quiet after ready (they are
     // its first users), not at ready: it holds the event loop ~22 ms, which delayed the CLI's

@@ -152,21 +152,6 @@ export function runningKeepersOf(runtimeDir: string): number[] {
   return pids;
 }
 
-/** Mount servers running with `runtimeDir`, recorded or not (from /proc: argv and env). */
-export function runningServersOf(runtimeDir: string): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const argv = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).split("\0");
-      if (!argv.includes("__mount-server")) continue;
-      const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
-      if (environ.includes(`EROFS_OCI_RUNTIME_DIR=${runtimeDir}`)) pids.push(Number(entry.name));
-    } catch { /* exited meanwhile */ }
-  }
-  return pids;
-}
-
 export function serverPids(runtimeDir: string): number[] {
   const pids: number[] = [];
   try {

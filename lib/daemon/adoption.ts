@@ -1,0 +1,53 @@
+/**
+ * A server `mount` started is the mount's once `mount` has recorded it (state.json, after the
+ * layer mounts on top of the server's exports). A `mount` killed in between (kill -9, the OOM
+ * killer) left the server, its FUSE keeper and mounts, and the mounts it had made on them
+ * running, unrecorded: neither `list` nor `umount --all` knew them. Until the record appears
+ * the server watches its parent; once that is gone, it undoes the mounts made since it was
+ * ready and stops.
+ */
+import { mountDir } from "../state/runtime.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
+import { umountOffThread } from "../sys/mount_task.ts";
+import { MNT_DETACH } from "../../ffi/libc.ts";
+
+const POLL_MS = 100;
+
+/**
+ * From ready on: polls until mount `id`'s state is recorded (then stops watching) or the
+ * process that started this server (`cliPid`, our parent) is gone; then detaches what was
+ * mounted at `target` or under the mount's runtime dir since this call, and runs `orphaned`.
+ */
+export function watchForAdoption(
+  id: string,
+  target: string,
+  cliPid: number,
+  orphaned: () => Promise<void>,
+): void {
+  const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
+  const runDir = `${mountDir(id)}/`;
+  const timer = setInterval(async () => {
+    if (recorded(`${runDir}state.json`)) {
+      clearInterval(timer);
+      return;
+    }
+    if (Deno.ppid === cliPid) return;
+    clearInterval(timer);
+    for (const entry of readMountInfo().reverse()) {
+      if (mountsAtReady.has(entry.id)) continue;
+      if (entry.mountPoint === target || entry.mountPoint.startsWith(runDir)) {
+        await umountOffThread(entry.mountPoint, MNT_DETACH);
+      }
+    }
+    await orphaned();
+  }, POLL_MS);
+}
+
+function recorded(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

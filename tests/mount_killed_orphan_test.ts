@@ -1,0 +1,57 @@
+/**
+ * `mount` killed (SIGKILL) after its server reported ready and it had mounted the layer, but
+ * before it recorded the mount: the server sees its parent gone with no record, detaches what
+ * `mount` had mounted on its exports, and stops, keeper and FUSE mounts included. It ran on
+ * before, unrecorded: neither `list` nor `umount --all` knew of it. Held at that point with
+ * EROFS_OCI_TEST_PAUSE_AT=mount-before-state, killed there by pid.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import {
+  killMountServersOf,
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+  runningKeepersOf,
+} from "./_support/mounts.ts";
+import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { waitFor } from "./_support/wait.ts";
+
+Deno.test({
+  name: "mount killed after its layer mount, before recording it: the server undoes it all",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      env: { ...sandbox.env, [TEST_PAUSE_ENV]: "mount-before-state" },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      // Held with DIR mounted and nothing recorded.
+      await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 60_000);
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 1);
+      mount.kill("SIGKILL");
+      await mount.status;
+      await waitFor(
+        "the server to undo the mount",
+        () =>
+          mountsBelow(sandbox.target).length === 0 &&
+          mountServersOf(sandbox.runtimeDir).length === 0,
+        15_000,
+      );
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "its FUSE mounts went too");
+      await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+      const left = [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
+      assert.deepEqual(left, [], "its runtime dir was removed");
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await mount.status;
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+    }
+  },
+});
