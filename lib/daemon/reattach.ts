@@ -4,7 +4,7 @@
  * rebuilds and checks the source, starts one server per original mount and RECONFIGUREs the
  * devices with fresh sockets; blocked readers then finish. Live devices are left alone.
  */
-import { MountError, UserError } from "../errors.ts";
+import { MountError } from "../errors.ts";
 import { readSmallFile } from "../../ffi/libc.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
@@ -25,6 +25,7 @@ import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recover
 import type { Credentials } from "../oci/docker_config.ts";
 import { readRecoveryFile } from "../state/recovery_store.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
+import { failureDetail } from "./reattach_detail.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };
 
@@ -225,7 +226,7 @@ async function reattachLocked(
       outcomes.push({
         device: name,
         result: "failed",
-        detail: `${error instanceof Error ? error.message : String(error)} (device untouched)`,
+        detail: `${failureDetail(error)} (device untouched)`,
       });
     }
   }
@@ -285,7 +286,7 @@ async function reattachLocked(
         outcomes.push({
           device: `nbd${p.info.index}`,
           result: "failed",
-          detail: error instanceof UserError ? error.message : String(error),
+          detail: failureDetail(error),
         });
       }
     }

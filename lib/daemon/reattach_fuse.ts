@@ -3,7 +3,6 @@
  * descriptors (so the mounts stayed and readers wait), and a new server takes them over. The
  * layers come from the record the first server wrote: the same digests, so the same bytes.
  */
-import { UserError } from "../errors.ts";
 import { FUSE_TAKEOVER_ID, fuseRecoverable, readFuseRecovery } from "./fuse_recovery.ts";
 import { startServer } from "./server_process.ts";
 import {
@@ -14,6 +13,7 @@ import {
   writeState,
 } from "../state/runtime.ts";
 import type { ReattachOutcome } from "./reattach.ts";
+import { failureDetail } from "./reattach_detail.ts";
 
 export async function reattachFuseMount(state: MountState): Promise<ReattachOutcome> {
   const device = state.target;
@@ -53,7 +53,7 @@ export async function reattachFuseMount(state: MountState): Promise<ReattachOutc
     return {
       device,
       result: "failed",
-      detail: error instanceof UserError ? error.message : String(error),
+      detail: failureDetail(error),
     };
   }
 }
