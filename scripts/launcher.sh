@@ -10,9 +10,8 @@
 # TCG) live in deno-dir there, checked the same way: compiled code someone else can write would
 # run as the caller. The caller's DENO_DIR is not used for the same reason (sudo may keep a
 # user's HOME).
-# Env: EROFS_OCI_RUNTIME_CACHE (default $EROFS_OCI_CACHE_DIR/runtime when that is set, as the
-# disk cache moved elsewhere takes the runtime along; else /var/cache/erofs-oci/runtime for
-# root, ${XDG_CACHE_HOME:-$HOME/.cache}/erofs-oci/runtime otherwise).
+# Env: EROFS_OCI_RUNTIME_CACHE (default /var/cache/erofs-oci/runtime for root,
+# ${XDG_CACHE_HOME:-$HOME/.cache}/erofs-oci/runtime otherwise).
 payload_offset=@PAYLOAD_OFFSET@
 bundle_bytes=@BUNDLE_BYTES@
 bundle_sha256=@BUNDLE_SHA256@
@@ -37,8 +36,6 @@ fi
 case $uid in '' | *[!0-9]*) uid=$(id -u) ;; esac
 if [ -n "${EROFS_OCI_RUNTIME_CACHE:-}" ]; then
   base=$EROFS_OCI_RUNTIME_CACHE
-elif [ -n "${EROFS_OCI_CACHE_DIR:-}" ]; then
-  base=$EROFS_OCI_CACHE_DIR/runtime
 elif [ "$uid" = 0 ]; then
   base=/var/cache/erofs-oci/runtime
 else

@@ -136,16 +136,6 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
       assert.equal(Deno.statSync(`${unpacked}/erofs-oci.js`).mode! & 0o777, 0o400);
     });
 
-    await t.step("with only EROFS_OCI_CACHE_DIR set, the runtime goes under it", async () => {
-      const diskCache = `${copy.base}/disk-cache`;
-      await Deno.mkdir(diskCache, { mode: 0o700 });
-      const ran = await run(copy.program, ["--version"], { EROFS_OCI_CACHE_DIR: diskCache });
-      assert.equal(ran.code, 0, ran.stderr);
-      const ids = [...Deno.readDirSync(`${diskCache}/runtime`)].map((e) => e.name);
-      assert.equal(ids.length, 1, `${ids}`);
-      assert.match(ids[0], /^[0-9a-f]{32}$/);
-    });
-
     await t.step("a cache directory others can write to is refused", async () => {
       await Deno.chmod(`${copy.base}/cache/runtime`, 0o777);
       const refused = await copy.run(["--version"]);
