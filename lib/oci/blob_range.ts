@@ -162,6 +162,7 @@ export async function copyBody(
       chunk = kept.chunk;
       const n = Math.min(chunk.byteLength, want - copied);
       await write(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
+      progress?.progressed(); // a slow sink (a disk) is not the registry's stall
       copied += n;
     }
     return { copied };
@@ -274,6 +275,7 @@ export async function readBlobRangeTo(
           scope,
           headers: { range: `bytes=${start}-${end}` },
           signal: watch.signal,
+          stall: watch,
           policy,
           route: "pull",
         }).catch((error) => {

@@ -78,6 +78,11 @@ export interface RegistryRequest {
    * `resolve` (manifests by tag), mirrors first; default: the registry itself only (pushes).
    */
   route?: HostCapability;
+  /**
+   * A stall watch (stall_watch.ts): paused while this client waits on purpose (the host's
+   * pace after a 429, backoff, authorization), running from each send.
+   */
+  stall?: { pause(): void; progressed(): void };
 }
 
 /** Default time budget of one operation. */
@@ -318,6 +323,7 @@ export class RegistryClient {
   async #requestHere(req: RegistryRequest): Promise<Response> {
     const policy = req.policy ?? this.newPolicy();
     for (let attempt = 1;; attempt++) {
+      req.stall?.pause();
       await waitForHost(this.host, policy, req.signal);
       let response: Response;
       try {
@@ -364,7 +370,9 @@ export class RegistryClient {
   async #authorized(req: RegistryRequest): Promise<Response> {
     let header = await this.#auth.authorize(req.scope, req.signal);
     for (let tries = 0;; tries++) {
+      req.stall?.progressed(); // from here the registry owes us an answer
       const { response, stayedHome } = await this.#transport.send(req, header);
+      req.stall?.pause();
       // A 401 from object storage after a redirect is not the registry's challenge.
       if (response.status !== 401 || !stayedHome) return response;
       await response.body?.cancel();

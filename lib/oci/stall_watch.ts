@@ -21,6 +21,7 @@ export class StallWatch {
   readonly #controller = new AbortController();
   readonly #stallMs: number;
   #lastMs = performance.now();
+  #paused = false;
   stalled = false;
 
   constructor(outer?: AbortSignal, limitMs = stallMs()) {
@@ -36,9 +37,15 @@ export class StallWatch {
     }
   }
 
-  /** Bytes (or headers) arrived. */
+  /** Bytes (or headers) arrived, or a send begins: the stall time counts from now. */
   progressed(): void {
+    this.#paused = false;
     this.#lastMs = performance.now();
+  }
+
+  /** A wait on purpose (the registry's pace, backoff): not a stall, until progressed(). */
+  pause(): void {
+    this.#paused = true;
   }
 
   /** The attempt ended (either way): no longer watched. */
@@ -52,7 +59,7 @@ export class StallWatch {
 
   /** @internal */
   check(nowMs: number): void {
-    if (nowMs - this.#lastMs < this.#stallMs) return;
+    if (this.#paused || nowMs - this.#lastMs < this.#stallMs) return;
     this.stalled = true;
     this.done();
     this.#controller.abort(

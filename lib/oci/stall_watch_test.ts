@@ -80,3 +80,34 @@ for (const first of ["no-reply", "stop-mid-body"] as const) {
     }
   });
 }
+
+Deno.test("registry stall: a wait the registry asked for (429, Retry-After) is no stall", async () => {
+  const warnings: string[] = [];
+  setTextLogSink((level, text) => level === "warn" && warnings.push(text));
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  let requests = 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    requests++;
+    if (requests === 1) {
+      return new Response("slow down", { status: 429, headers: { "retry-after": "3" } });
+    }
+    const [, a, b] = /^bytes=(\d+)-(\d+)$/.exec(req.headers.get("range") ?? "")!;
+    return new Response(BLOB.slice(Number(a), Number(b) + 1), {
+      status: 206,
+      headers: { "content-range": `bytes ${a}-${b}/${BLOB.length}` },
+    });
+  });
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
+      deadlineMs: 20_000,
+      plainHttp: true,
+    });
+    assert.deepEqual(await client.readBlobRange("app", DIGEST, 0, 1000), BLOB.slice(0, 1000));
+    assert.equal(requests, 2, "the 429, then the answer: no stalled attempt in between");
+    assert.deepEqual(warnings, []);
+  } finally {
+    await server.shutdown();
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setTextLogSink(undefined);
+  }
+});
