@@ -23,7 +23,8 @@ function cachedBlobFiles(cacheDir: string): string[] {
 }
 
 Deno.test({
-  name: "reattach: the new server keeps the mount's --no-disk-cache and --disk-cache-size",
+  name:
+    "reattach: the new server keeps the mount's --no-disk-cache, --disk-cache-size and cache dir",
   ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), command("python3")),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
@@ -33,6 +34,7 @@ Deno.test({
     ]);
     const sandbox = await mountSandbox();
     const cacheDir = sandbox.env.EROFS_OCI_CACHE_DIR;
+    const elsewhere = `${cacheDir}-elsewhere`;
     let keepers: number[] = [];
     const stateOf = () => {
       const [id] = [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
@@ -49,9 +51,9 @@ Deno.test({
       );
       keepers = keeperPids(sandbox.runtimeDir);
       await killServer(sandbox.runtimeDir);
-      // reattach's own environment: the host's defaults, as from a unit or another shell.
+      // reattach's own environment, as from a unit or another shell: another cache dir.
       const reattached = await runCli(["reattach", sandbox.target], {
-        env: sandbox.env,
+        env: { ...sandbox.env, EROFS_OCI_CACHE_DIR: elsewhere },
         timeoutMs: 60_000,
       });
       assertSuccess(reattached);
@@ -71,15 +73,21 @@ Deno.test({
       const state = stateOf();
       await umount();
       assert.deepEqual(cachedBlobFiles(cacheDir), [], "nothing went to the disk cache");
-      assert.deepEqual(state.diskCache, { maxBytes: 0 });
+      assert.deepEqual(state.diskCache, { dir: cacheDir, maxBytes: 0 });
 
       await mountKillReattach(["--disk-cache-size", "64M", "--disk-cache-keep-free", "0"]);
-      assert.deepEqual(stateOf().diskCache, { maxBytes: 64 << 20, keepFreeBytes: 0 });
+      assert.deepEqual(stateOf().diskCache, {
+        dir: cacheDir,
+        maxBytes: 64 << 20,
+        keepFreeBytes: 0,
+      });
       await umount();
-      assert(cachedBlobFiles(cacheDir).length > 0, "on the disk cache this time");
+      assert(cachedBlobFiles(cacheDir).length > 0, "on the mount's disk cache this time");
+      assert.deepEqual(cachedBlobFiles(elsewhere), [], "not in reattach's");
     } finally {
       await sandbox.cleanup();
       killKeepers(keepers);
+      await Deno.remove(elsewhere, { recursive: true }).catch(() => {});
     }
   },
 });

@@ -100,8 +100,8 @@ function registerMetadata(source: Source, ranges: MetadataRanges, blob: Registry
 
 /**
  * The host's disk cache, opened once per process. Configured by the environment, which the
- * detached server inherits: EROFS_OCI_CACHE_DIR, and the settings (SETTINGS_ENV) a mount's
- * spec and state also carry for its server and a `reattach`: EROFS_OCI_DISK_CACHE_BYTES (the
+ * detached server inherits, with the settings (SETTINGS_ENV) a mount's spec and state also
+ * carry for its server and a `reattach`: EROFS_OCI_CACHE_DIR, EROFS_OCI_DISK_CACHE_BYTES (the
  * bound; 0 turns it off, as `--no-disk-cache` does), EROFS_OCI_DISK_CACHE_KEEP_FREE (bytes it
  * leaves free on its file system), EROFS_OCI_FETCH_ALL=1 (`--fetch-all`: each layer completed
  * in the background).
@@ -121,6 +121,7 @@ export function sharedDiskCache(): DiskCache | undefined {
 }
 
 const SETTINGS_ENV = {
+  dir: "EROFS_OCI_CACHE_DIR",
   maxBytes: "EROFS_OCI_DISK_CACHE_BYTES",
   keepFreeBytes: "EROFS_OCI_DISK_CACHE_KEEP_FREE",
   fetchAll: "EROFS_OCI_FETCH_ALL",
@@ -133,6 +134,7 @@ export function diskCacheSettings(): DiskCacheSettings {
     return Number.isFinite(value) ? value : undefined;
   };
   return {
+    dir: Deno.env.get(SETTINGS_ENV.dir) || undefined,
     maxBytes: number(SETTINGS_ENV.maxBytes),
     keepFreeBytes: number(SETTINGS_ENV.keepFreeBytes),
     fetchAll: Deno.env.get(SETTINGS_ENV.fetchAll) === "1" || undefined,
@@ -146,6 +148,7 @@ export function diskCacheSettings(): DiskCacheSettings {
 export function useDiskCacheSettings(settings: DiskCacheSettings): void {
   const set = (name: string, value: string | undefined) =>
     value === undefined ? Deno.env.delete(name) : Deno.env.set(name, value);
+  set(SETTINGS_ENV.dir, settings.dir);
   set(SETTINGS_ENV.maxBytes, settings.maxBytes?.toString());
   set(SETTINGS_ENV.keepFreeBytes, settings.keepFreeBytes?.toString());
   set(SETTINGS_ENV.fetchAll, settings.fetchAll ? "1" : undefined);

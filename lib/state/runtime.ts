@@ -155,6 +155,8 @@ export interface MountSpec {
 
 /** `mount --disk-cache-size` / `--no-disk-cache` (maxBytes 0), `--disk-cache-keep-free`, `--fetch-all`. */
 export interface DiskCacheSettings {
+  /** EROFS_OCI_CACHE_DIR (unset: the default directory). */
+  dir?: string;
   /** Unset: the default bound; 0: no disk cache. */
   maxBytes?: number;
   keepFreeBytes?: number;
