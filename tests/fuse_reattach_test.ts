@@ -302,3 +302,52 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "fuse umount while readers wait on the dead server: refused, reattach then finishes them",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    await withBigImage(async (registry, image, sha256, gate) => {
+      assertSuccess(
+        await runCli(["push", `${registry.host}/crash/wait:v1`, image], { timeoutMs: 120_000 }),
+      );
+      const sandbox = await mountSandbox();
+      let keepers: number[] = [];
+      try {
+        assertSuccess(
+          await runCli(
+            ["mount", `${gate.proxy.host}/crash/wait:v1`, sandbox.target, "--backend", "fuse"],
+            { env: sandbox.env, timeoutMs: 60_000 },
+          ),
+        );
+        keepers = keeperPids(sandbox.runtimeDir);
+        await killMidRead(
+          sandbox.runtimeDir,
+          gate,
+          `${sandbox.target}/big.bin`,
+          sha256,
+          async () => {
+            // The reader holds the file open in a request of the dead server: busy.
+            const refused = await runCli(["umount", sandbox.target], { env: sandbox.env });
+            assertCliError(refused, 1, /is busy: .*readers may wait on its dead server/);
+            assert.match(
+              refused.stderr,
+              /reattach DIR. lets waiting readers finish.*umount --lazy/,
+            );
+            assert.ok(keepers.every(pidAlive), "the keeper (crash recovery) is kept");
+            const reattached = await runCli(["reattach", sandbox.target], {
+              env: sandbox.env,
+              timeoutMs: 60_000,
+            });
+            assertSuccess(reattached);
+          },
+          { readerWaitsIn: "folio_wait_bit_common" },
+        );
+        assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      } finally {
+        await sandbox.cleanup();
+        killKeepers(keepers);
+      }
+    });
+  },
+});

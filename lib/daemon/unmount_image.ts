@@ -4,7 +4,7 @@
  * cleaned up completely.
  */
 import { MountError } from "../errors.ts";
-import { readSmallFile, SysError } from "../../ffi/libc.ts";
+import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import {
   findState,
@@ -20,7 +20,7 @@ import { readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
-import { warn } from "../log.ts";
+import { info, warn } from "../log.ts";
 import { stopServer } from "./server_process.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
@@ -47,18 +47,6 @@ async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): P
     if (error instanceof SysError && (error.errno === EINVAL || error.errno === ENOENT)) return;
     throw caught;
   }
-}
-
-/**
- * True when a FUSE connection of mount `id` has requests waiting for an answer (from its
- * dead server): /sys/fs/fuse/connections/N/waiting, N the FUSE mount's device minor.
- */
-function fuseRequestsWaiting(id: string): boolean {
-  const runDir = `${mountDir(id)}/`;
-  return readMountInfo().some((entry) =>
-    entry.mountPoint.startsWith(runDir) && entry.fsType.startsWith("fuse") &&
-    Number(readSmallFile(`/sys/fs/fuse/connections/${entry.minor}/waiting`)?.trim() ?? 0) > 0
-  );
 }
 
 async function releaseOrphanedDevices(state: MountState): Promise<void> {
@@ -91,7 +79,9 @@ export async function detachDeadFuseMounts(id: string, shownAs: string): Promise
 
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
   // Not while a reattach works on the same mounts (it would see this one half gone).
-  const lock = await lockMountChanges();
+  const lock = await lockMountChanges(() =>
+    info(`umount ${target}: waiting for a reattach in progress to finish`)
+  );
   try {
     return await unmountLocked(findState(target), lazy);
   } finally {
@@ -108,14 +98,18 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<MountSta
   if (state.backend === "fuse" && !serverAlive(serverOf(state))) {
     // A dead FUSE server's keeper holds the connection open, and readers whose requests the
     // dead server had taken cannot even be killed: they keep the mount busy until the keeper
-    // ends (they then fail). Ending it ends crash recovery too, so only when it is that: a
-    // mount busy for other reasons (a shell inside) is refused with reattach still possible.
+    // ends (they then fail), which ends crash recovery too. So a refused umount changes
+    // nothing: it says what frees them (--lazy detaches first, and the keeper ends after).
     try {
       await unmountOne(state.target, top, state.target);
     } catch (error) {
-      if (!(error instanceof MountError) || !fuseRequestsWaiting(state.id)) throw error;
-      await stopFuseKeeper(state.id);
-      await unmountOne(state.target, top, state.target);
+      if (!(error instanceof MountError)) throw error;
+      throw new MountError(
+        `${state.target} is busy: files are open or a process works inside it; readers may ` +
+          "wait on its dead server",
+        "`erofs-oci reattach DIR` lets waiting readers finish (close the others: `fuser -vm " +
+          "DIR`), or `erofs-oci umount --lazy DIR` ends them with an error",
+      );
     }
   } else {
     await unmountOne(state.target, top, state.target);

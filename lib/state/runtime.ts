@@ -253,7 +253,9 @@ function mtimeMs(path: string): number {
  * started a server of their own (both took the FUSE connection over; the loser ran on,
  * unrecorded, after umount), and a reattach during an umount saw a mount half gone.
  */
-export async function lockMountChanges(): Promise<Deno.FsFile> {
+export async function lockMountChanges(
+  onWait: () => void = () => {},
+): Promise<Deno.FsFile> {
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
   const file = Deno.openSync(`${RUNTIME_ROOT}/changes.lock`, {
     read: true,
@@ -262,7 +264,14 @@ export async function lockMountChanges(): Promise<Deno.FsFile> {
     mode: 0o600,
   });
   try {
-    await file.lock(true);
+    let got = false;
+    const locked = file.lock(true).then(() => got = true);
+    // A reattach starting servers can hold it for a while: say why nothing happens.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([locked, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
+    clearTimeout(timer);
+    if (!got) onWait();
+    await locked;
   } catch (error) {
     file.close();
     throw error;
