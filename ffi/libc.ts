@@ -627,14 +627,15 @@ export function statIdentity(dirFd: number, path = ""): FileIdentity {
  */
 export function statPath(
   path: string,
-): { isDirectory: boolean; devMajor: number; devMinor: number } {
-  const STATX_TYPE = 0x1, S_IFMT = 0o170000, S_IFDIR = 0o040000;
+): { isDirectory: boolean; devMajor: number; devMinor: number; ino: bigint } {
+  const STATX_TYPE = 0x1, STATX_INO = 0x100, S_IFMT = 0o170000, S_IFDIR = 0o040000;
   const buffer = new Uint8Array(256);
-  unwrap(libc().statx(AT_FDCWD, cstr(path), 0, STATX_TYPE, buffer), "statx", path);
-  // struct statx: stx_mode (u16) at 28, stx_dev_major/minor at 136/140.
+  unwrap(libc().statx(AT_FDCWD, cstr(path), 0, STATX_TYPE | STATX_INO, buffer), "statx", path);
+  // struct statx: stx_mode (u16) at 28, stx_ino at 32, stx_dev_major/minor at 136/140.
   const view = new DataView(buffer.buffer);
   return {
     isDirectory: (view.getUint16(28, true) & S_IFMT) === S_IFDIR,
+    ino: view.getBigUint64(32, true),
     devMajor: view.getUint32(136, true),
     devMinor: view.getUint32(140, true),
   };

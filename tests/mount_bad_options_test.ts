@@ -137,6 +137,19 @@ Deno.test({
         "nothing mounted",
       );
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      // Another tool's overlay naming the same upper directory through a symlink.
+      for (const dir of ["low", "merged"]) await Deno.mkdir(`${base}/${dir}`);
+      await Deno.symlink(`${base}/up`, `${base}/uplink`);
+      const options = `lowerdir=${base}/low,upperdir=${base}/uplink,workdir=${base}/wk`;
+      const other = await new Deno.Command("mount", {
+        args: ["-t", "overlay", "overlay", "-o", options, `${base}/merged`],
+      }).output();
+      assert(other.success, new TextDecoder().decode(other.stderr));
+      try {
+        assertCliError(await mount("mnt", "up", "wk2"), 1, /--upper .*\/up is in use .*\/merged$/m);
+      } finally {
+        await new Deno.Command("umount", { args: ["-l", `${base}/merged`] }).output();
+      }
     } finally {
       await sandbox.cleanup();
     }

@@ -20,7 +20,9 @@ export function isLocalImage(image: string): boolean {
     // not here: a path to a missing file, or a reference (below)
   }
   const path = image.startsWith("/") || image.startsWith("./") || image.startsWith("../");
-  if (info?.isDirectory) throw directoryAsImage(image, !path && !image.includes("/"));
+  // A bare name that is also a directory here stays a reference (`ubuntu` beside an ubuntu/
+  // build context), unless that directory is an OCI layout: then the layout was meant.
+  if (info?.isDirectory && (path || isLayout(image))) throw directoryAsImage(image, !path);
   if (path || info?.isFile) return true;
   if (!image.includes("/") && FILE_NAME_ENDING.test(image)) {
     throw new UserError(
@@ -31,11 +33,16 @@ export function isLocalImage(image: string): boolean {
   return false;
 }
 
-function directoryAsImage(image: string, bare: boolean): UserError {
-  let layout = false;
+function isLayout(dir: string): boolean {
   try {
-    layout = Deno.statSync(`${image}/oci-layout`).isFile;
-  } catch { /* not a layout */ }
+    return Deno.statSync(`${dir}/oci-layout`).isFile;
+  } catch {
+    return false;
+  }
+}
+
+function directoryAsImage(image: string, bare: boolean): UserError {
+  const layout = isLayout(image);
   return new UserError(
     `${image} is a directory, not an image`,
     (layout

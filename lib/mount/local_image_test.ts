@@ -62,7 +62,9 @@ Deno.test("isLocalImage: a directory is refused with what it could be meant as",
       });
     refused("lay", /OCI image layout: name it oci:lay\[:TAG\]; .*docker\.io\/library\/lay/);
     refused("./lay", /^it holds an OCI image layout: name it oci:\.\/lay\[:TAG\]$/);
-    refused("tree", /erofs-oci build tree -o image\.erofs`; .*docker\.io\/library\/tree/);
+    // A bare name that is a plain directory here is still a reference (a build context).
+    assert.equal(isLocalImage("tree"), false);
+    refused("./tree", /erofs-oci build \.\/tree -o image\.erofs`$/);
     refused(`${dir}/tree`, /erofs-oci build .*\/tree -o image\.erofs`$/);
   } finally {
     Deno.chdir(cwd);

@@ -48,12 +48,25 @@ export function checkOverlayDirs(
   // Absolute: the kernel shows them as given (in /proc/mounts), and so they compare below.
   const real = { upper: Deno.realPathSync(upper), work: Deno.realPathSync(work) };
   // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
-  // behavior"), and both mounts' changes would corrupt each other.
+  // behavior"), and both mounts' changes would corrupt each other. Compared as directories
+  // (device and inode): the other may name it through a symlink.
+  const identity = (dir: string) => {
+    try {
+      const info = statPath(dir);
+      return `${info.devMajor}:${info.devMinor}:${info.ino}`;
+    } catch {
+      return undefined; // gone, or not reachable from here
+    }
+  };
+  const ours = { upper: identity(real.upper), work: identity(real.work) };
   for (const mount of readMountInfo()) {
     if (mount.fsType !== "overlay") continue;
     for (const [option, dir] of [["--upper", real.upper], ["--work", real.work]] as const) {
       const key = option === "--upper" ? "upperdir" : "workdir";
-      if (overlayOption(mount.superOptions, key) === dir) {
+      const theirs = overlayOption(mount.superOptions, key);
+      if (
+        theirs !== undefined && identity(theirs) === ours[key === "upperdir" ? "upper" : "work"]
+      ) {
         throw new MountError(
           `${option} ${dir} is in use by the overlay mounted at ${mount.mountPoint}`,
           "give each mount an --upper and --work of its own",
