@@ -9,7 +9,7 @@
 import { mountDir } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
-import { MNT_DETACH } from "../../ffi/libc.ts";
+import { MNT_DETACH, pathExists } from "../../ffi/libc.ts";
 
 const POLL_MS = 100;
 
@@ -27,7 +27,7 @@ export function watchForAdoption(
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
   const runDir = `${mountDir(id)}/`;
   const timer = setInterval(async () => {
-    if (recorded(`${runDir}state.json`)) {
+    if (pathExists(`${runDir}state.json`)) {
       clearInterval(timer);
       return;
     }
@@ -41,13 +41,4 @@ export function watchForAdoption(
     }
     await orphaned();
   }, POLL_MS);
-}
-
-function recorded(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
