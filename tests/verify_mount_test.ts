@@ -38,7 +38,7 @@ Deno.test({
 
     const mountWith = async (
       rules: FaultRule[],
-      check: (mnt: string, logs: () => string) => Promise<void>,
+      check: (mnt: string, logs: () => string, env: Record<string, string>) => Promise<void>,
     ) => {
       await using proxy = await startFaultProxy(s.registry.host, rules);
       const sandbox = await mountSandbox();
@@ -59,7 +59,7 @@ Deno.test({
         ], env);
         assertSuccess(mounted);
         assert.doesNotMatch(mounted.stderr, /not verified|not bound/);
-        await check(sandbox.target, () => sandbox.serverLogs());
+        await check(sandbox.target, () => sandbox.serverLogs(), env);
         assertSuccess(await cli(["umount", sandbox.target], env));
       } finally {
         await sandbox.cleanup();
@@ -70,10 +70,18 @@ Deno.test({
     };
 
     // Every reply covering the byte is flipped: that part of big.bin is EIO, the rest reads.
-    await mountWith([flipRule(layer.digest, s.flipOffset)], async (mnt, logs) => {
+    await mountWith([flipRule(layer.digest, s.flipOffset)], async (mnt, logs, env) => {
       assert.equal(await Deno.readTextFile(`${mnt}/small.txt`), SMALL_TEXT);
       const error = await readError(`${mnt}/big.bin`);
       assert.match(error ?? "read succeeded", /Input\/output error|EIO/, logs());
+      // The failed read is counted, for list and metrics.
+      const listed = JSON.parse((await cli(["list", "--json"], env)).stdout)[0];
+      assert(listed.readErrors > 0, JSON.stringify(listed));
+      assert(listed.layers[0].readErrors > 0);
+      const table = await cli(["list"], env);
+      assert.match(table.stdout, /serving, \d+ read\(s\) failed/);
+      const metrics = await cli(["metrics"], env);
+      assert.match(metrics.stdout, /^erofs_oci_layer_read_errors_total\{[^}]*\} [1-9]\d*$/m);
       using file = await Deno.open(`${mnt}/big.bin`);
       const head = new Uint8Array(64 * 1024);
       assert.equal(await file.read(head), head.length);

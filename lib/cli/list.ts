@@ -55,6 +55,10 @@ export async function describeMounts(): Promise<ListedMount[]> {
         }
         entry.bytesRequested = sum("bytesRequested");
         entry.httpFetches = entry.layers.reduce((total, layer) => total + layer.fetches, 0);
+        entry.readErrors = entry.layers.reduce(
+          (total, layer) => total + (layer.readErrors ?? 0),
+          0,
+        );
         const lookups = sum("hits") + sum("misses");
         entry.cacheHitRate = lookups ? sum("hits") / lookups : 0;
       } else {
@@ -121,6 +125,8 @@ Options:
           ? "dead, awaiting reattach"
           : m.reattachedAt
           ? `${m.state} (reattached ${m.reattachedAt.slice(0, 19)}Z)`
+          : m.readErrors
+          ? `${m.state}, ${m.readErrors} read(s) failed`
           : m.state,
         m.bytesFetched === undefined ? "-" : formatBytes(m.bytesFetched),
         m.diskHitBytes === undefined ? "-" : formatBytes(m.diskHitBytes),

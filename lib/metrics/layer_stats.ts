@@ -22,6 +22,8 @@ export interface LayerStats {
   getLatency?: LatencyHistogram;
   /** READs a reader thread answered by itself (disk cache, pinned pages). */
   directReads?: number;
+  /** Reads of this layer that failed (EIO to the reader). */
+  readErrors?: number;
   /** Chunks of this layer that failed their chunk-digest table. */
   verifyFailures?: number;
   /** The registry reads the server made of this layer's blob (fetch_metrics.ts BlobFetched). */

@@ -24,6 +24,8 @@ export interface ListedLayer {
   prefetchFetches?: number;
   prefetchBytes?: number;
   getLatency?: LatencyHistogram;
+  /** Reads that failed (the reader got EIO). */
+  readErrors?: number;
   /** Chunks refused by the layer's chunk-digest table (absent: not a registry layer). */
   verifyFailures?: number;
   /** `--fetch-all` fetched the whole layer and it did not hash to its digest: reads fail. */
@@ -53,6 +55,8 @@ export interface ListedMount {
   /** Bytes the disk cache answered without fetching (undefined: no disk cache). */
   diskHitBytes?: number;
   bytesRequested?: number;
+  /** Reads of all layers that failed (EIO to the reader). */
+  readErrors?: number;
   cacheHitRate?: number;
   httpFetches?: number;
   /** Per-layer counters (serving mounts only). */
@@ -79,6 +83,7 @@ export function listedLayers(
     prefetchFetches: layer.prefetchFetches,
     prefetchBytes: layer.prefetchBytes,
     getLatency: layer.getLatency,
+    readErrors: layer.readErrors,
     verifyFailures: layer.verifyFailures,
     ...(layer.disk?.digestMismatch ? { digestMismatch: true as const } : {}),
   }));

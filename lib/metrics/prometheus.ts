@@ -83,6 +83,7 @@ const LAYER_COUNTERS: [keyof ListedLayer, string, string][] = [
   ["memoryMisses", "erofs_oci_layer_memory_cache_misses_total", "Chunk lookups that fetched"],
   ["diskHitBytes", "erofs_oci_layer_disk_cache_hit_bytes_total", "Bytes answered by disk cache"],
   ["prefetchBytes", "erofs_oci_layer_prefetch_bytes_total", "Bytes fetched by the prefetch"],
+  ["readErrors", "erofs_oci_layer_read_errors_total", "Reads that failed (EIO to the reader)"],
   [
     "verifyFailures",
     "erofs_oci_layer_verify_failures_total",

@@ -48,6 +48,8 @@ export interface PrefetchStats extends CacheStats {
   /** Reads the prefetch made (included in fetches) and their bytes (in bytesFetched). */
   prefetchFetches: number;
   prefetchBytes: number;
+  /** Reads that failed (the reader got EIO): the registry gone, bytes refused by their table. */
+  readErrors: number;
 }
 
 export class PrefetchedSource implements InnerSource {
@@ -61,6 +63,7 @@ export class PrefetchedSource implements InnerSource {
   #pinnedRequested = 0;
   #prefetchFetches = 0;
   #prefetchBytes = 0;
+  #readErrors = 0;
   /** Settles at the first read of anything not pinned after nextDataRead() was asked. */
   #nextDataRead?: PromiseWithResolvers<{ offset: number; length: number }>;
   /** When (performance.now()) reads of pinned pages only came at a walk's rate. */
@@ -220,7 +223,13 @@ export class PrefetchedSource implements InnerSource {
       return Promise.resolve(out);
     }
     this.#noteData(offset, length);
-    return this.#inner.read(offset, length, signal);
+    return this.#inner.read(offset, length, signal).catch((error) => this.#failed(error, signal));
+  }
+
+  /** Counts a read that failed for its reader (not one its reader gave up on), and rethrows. */
+  #failed(error: unknown, signal?: AbortSignal): never {
+    if (!signal?.aborted) this.#readErrors++;
+    throw error;
   }
 
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
@@ -232,8 +241,12 @@ export class PrefetchedSource implements InnerSource {
       return;
     }
     this.#noteData(offset, dest.length);
-    if (this.#inner.readInto) return await this.#inner.readInto(offset, dest, signal);
-    dest.set(await this.#inner.read(offset, dest.length, signal));
+    try {
+      if (this.#inner.readInto) return await this.#inner.readInto(offset, dest, signal);
+      dest.set(await this.#inner.read(offset, dest.length, signal));
+    } catch (error) {
+      this.#failed(error, signal);
+    }
   }
 
   /**
@@ -349,6 +362,7 @@ export class PrefetchedSource implements InnerSource {
       pinnedHits: this.#pinnedHits,
       prefetchFetches: this.#prefetchFetches,
       prefetchBytes: this.#prefetchBytes,
+      readErrors: this.#readErrors,
     };
   }
 
