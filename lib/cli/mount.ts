@@ -15,7 +15,7 @@ import {
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../daemon/mount_image.ts";
-import { diskCacheSettings } from "../mount/layer_source.ts";
+import { diskCacheSettings, useDiskCacheSettings } from "../mount/layer_source.ts";
 import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
@@ -145,26 +145,26 @@ async function runMount(argv: string[]): Promise<number> {
     ? DEFAULT_MOUNT_CACHE_BYTES
     : parseSize(values["cache-size"], "--cache-size");
   const trust = parseMountTrust(values, values.options);
-  // The detached server reads the disk cache settings from the environment it inherits.
   if (values["fetch-all"] && values["no-disk-cache"]) {
     throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
   }
-  if (values["fetch-all"]) Deno.env.set("EROFS_OCI_FETCH_ALL", "1");
   if (values["metrics-listen"] !== undefined) checkMetricsListen(values["metrics-listen"]);
-  if (values["no-disk-cache"]) Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", "0");
+  // The options over what the environment says; the detached server inherits the result.
+  const disk = diskCacheSettings();
+  if (values["fetch-all"]) disk.fetchAll = true;
+  if (values["no-disk-cache"]) disk.maxBytes = 0;
   else if (values["disk-cache-size"] !== undefined) {
-    const bytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
-    if (bytes === 0 && values["fetch-all"]) {
+    disk.maxBytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
+    if (disk.maxBytes === 0 && values["fetch-all"]) {
       throw new UsageError(
         "mount: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
       );
     }
-    Deno.env.set("EROFS_OCI_DISK_CACHE_BYTES", `${bytes}`);
   }
   if (values["disk-cache-keep-free"] !== undefined) {
-    const bytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
-    Deno.env.set("EROFS_OCI_DISK_CACHE_KEEP_FREE", `${bytes}`);
+    disk.keepFreeBytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
   }
+  useDiskCacheSettings(disk);
   checkRoot();
   if (values.upper !== undefined) {
     ({ upper: values.upper, work: values.work } = checkOverlayDirs(values.upper, values.work!));

@@ -6,7 +6,7 @@
  * the server watches its parent; once that is gone, it undoes the mounts made since it was
  * ready and stops.
  */
-import { mountDir } from "../state/runtime.ts";
+import { mountDir, statePath } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import { MNT_DETACH, pathExists } from "../../ffi/libc.ts";
@@ -27,7 +27,7 @@ export function watchForAdoption(
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
   const runDir = `${mountDir(id)}/`;
   const timer = setInterval(async () => {
-    if (pathExists(`${runDir}state.json`)) {
+    if (pathExists(statePath(id))) {
       clearInterval(timer);
       return;
     }

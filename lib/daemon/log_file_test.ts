@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 
 /** Runs `body` in a child Deno whose console goes to a log file; returns the file's lines. */
-async function logged(body: string, args: string[] = []): Promise<string[]> {
+async function logged(body: string): Promise<string[]> {
   const dir = await Deno.makeTempDir({ prefix: "log-file-" });
   try {
     const here = new URL(".", import.meta.url).href;
@@ -11,7 +11,7 @@ async function logged(body: string, args: string[] = []): Promise<string[]> {
       redirectConsoleToFile(Deno.args[0]);
       ${body}`;
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--ext=ts", script, `${dir}/server.log`, ...args],
+      args: ["eval", "--ext=ts", script, `${dir}/server.log`],
     }).output();
     assert(out.success, new TextDecoder().decode(out.stderr));
     return Deno.readTextFileSync(`${dir}/server.log`).trimEnd().split("\n")

@@ -26,7 +26,7 @@ export function checkOverlayDirs(
   upper: string,
   work: string,
 ): { upper: string; work: string } {
-  const dev = (option: string, dir: string) => {
+  const checked = (option: "--upper" | "--work", key: string, dir: string) => {
     let info: ReturnType<typeof statPath>;
     try {
       info = statPath(dir);
@@ -37,20 +37,22 @@ export function checkOverlayDirs(
       throw new MountError(`cannot use ${option} ${dir}: ${(error as Error).message}`);
     }
     if (!info.isDirectory) throw new MountError(`${option} ${dir} is not a directory`);
-    return `${info.devMajor}:${info.devMinor}`;
+    const dev = `${info.devMajor}:${info.devMinor}`;
+    return { option, key, dev, inode: `${dev}:${info.ino}` };
   };
-  if (dev("--upper", upper) !== dev("--work", work)) {
+  const ours = [checked("--upper", "upperdir", upper), checked("--work", "workdir", work)];
+  if (ours[0].dev !== ours[1].dev) {
     throw new MountError(
       `--upper ${upper} and --work ${work} are on different file systems`,
       "overlayfs needs both on one file system: make --work a directory next to --upper",
     );
   }
-  // Absolute: the kernel shows them as given (in /proc/mounts), and so they compare below.
+  // Absolute: the kernel shows them as given (in /proc/mounts).
   const real = { upper: Deno.realPathSync(upper), work: Deno.realPathSync(work) };
   // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
   // behavior"), and both mounts' changes would corrupt each other. Compared as directories
   // (device and inode): the other may name it through a symlink.
-  const identity = (dir: string) => {
+  const inodeOf = (dir: string) => {
     try {
       const info = statPath(dir);
       return `${info.devMajor}:${info.devMinor}:${info.ino}`;
@@ -58,15 +60,12 @@ export function checkOverlayDirs(
       return undefined; // gone, or not reachable from here
     }
   };
-  const ours = { upper: identity(real.upper), work: identity(real.work) };
   for (const mount of readMountInfo()) {
     if (mount.fsType !== "overlay") continue;
-    for (const [option, dir] of [["--upper", real.upper], ["--work", real.work]] as const) {
-      const key = option === "--upper" ? "upperdir" : "workdir";
+    for (const { option, key, inode } of ours) {
       const theirs = overlayOption(mount.superOptions, key);
-      if (
-        theirs !== undefined && identity(theirs) === ours[key === "upperdir" ? "upper" : "work"]
-      ) {
+      if (theirs !== undefined && inodeOf(theirs) === inode) {
+        const dir = option === "--upper" ? real.upper : real.work;
         throw new MountError(
           `${option} ${dir} is in use by the overlay mounted at ${mount.mountPoint}`,
           "give each mount an --upper and --work of its own",

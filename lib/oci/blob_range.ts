@@ -283,7 +283,7 @@ export async function readBlobRangeTo(
           return undefined; // the cached location is unreachable: ask the registry again
         });
       } catch (error) {
-        watch.done();
+        // A stalled watch is done already; anything else ends here (the finally below).
         if (!watch.stalled || signal?.aborted) throw error;
         attempt++;
         warn(

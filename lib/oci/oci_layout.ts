@@ -108,6 +108,10 @@ export class OciLayout {
     const wanted = parsePlatform(platform ?? hostPlatform());
     const name = formatLayoutReference(ref);
     const index = await this.#readIndex();
+    // The tags index.json names, each once, in its order.
+    const tags = [
+      ...new Set(index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean)),
+    ];
     let top: FetchedManifest;
     let topIsBlob = true;
     if (ref.digest) {
@@ -115,10 +119,9 @@ export class OciLayout {
     } else if (ref.tag !== undefined) {
       const entries = index.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
       if (entries.length === 0) {
-        const tags = index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean);
         throw new OciError(
           `tag '${ref.tag}' not found in ${this.path}/index.json${
-            tags.length ? ` (tags: ${[...new Set(tags)].join(", ")})` : ""
+            tags.length ? ` (tags: ${tags.join(", ")})` : ""
           }`,
         );
       }
@@ -127,9 +130,6 @@ export class OciLayout {
     } else {
       // Several tagged images: which one is meant only a tag says (by platform, the choice
       // would fail on their lack of one as "no manifest for platform …", or pick at random).
-      const tags = [
-        ...new Set(index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean)),
-      ];
       if (tags.length > 1) {
         throw new OciError(
           `${name} holds ${tags.length} tagged images (tags: ${tags.join(", ")}); name one`,

@@ -3,6 +3,7 @@
  * a time, and only after readers have needed no fetch for `idleMs`, so a long-running mount
  * ends up fully local without slowing the reads it serves.
  */
+import { WrongBytesError } from "./wrong_bytes.ts";
 
 export interface Completable {
   chunkBytes: number;
@@ -15,8 +16,6 @@ export interface Completable {
   fill(chunks: number[]): Promise<unknown>;
   warn(message: string): void;
 }
-
-import { WrongBytesError } from "./wrong_bytes.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** After a failed run: the first wait before trying again, doubled up to the last. */

@@ -3,6 +3,7 @@
  * after boot works like every other). One directory per mount holds `state.json`, the server
  * log and the control socket.
  */
+import { waitAtMost } from "../source/abortable.ts";
 import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
@@ -267,9 +268,7 @@ export async function lockMountChanges(
     let got = false;
     const locked = file.lock(true).then(() => got = true);
     // A reattach starting servers can hold it for a while: say why nothing happens.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([locked, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
-    clearTimeout(timer);
+    await waitAtMost(locked, 1000);
     if (!got) onWait();
     await locked;
   } catch (error) {
@@ -296,16 +295,21 @@ export function removeMountDir(id: string): void {
   }
 }
 
+/** Where mount `id`'s state is recorded (written whole, then renamed there). */
+export function statePath(id: string): string {
+  return `${mountDir(id)}/state.json`;
+}
+
 export function readState(id: string): MountState | undefined {
   try {
-    return JSON.parse(Deno.readTextFileSync(`${mountDir(id)}/state.json`));
+    return JSON.parse(Deno.readTextFileSync(statePath(id)));
   } catch {
     return undefined;
   }
 }
 
 export function writeState(state: MountState): void {
-  const file = `${mountDir(state.id)}/state.json`;
+  const file = statePath(state.id);
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(state, null, 2), { mode: 0o600 });
   Deno.renameSync(`${file}.tmp`, file);
 }
