@@ -7,22 +7,9 @@
  * on are dup2'd in the child only: no inheritable copy ever exists in this process, where
  * another spawn could take it along.
  */
-import {
-  closeFd,
-  cstr,
-  Errno,
-  errno,
-  libc,
-  makePipe,
-  O_RDWR,
-  pathExists,
-  pollAsync,
-  pollFds,
-  POLLIN,
-  POLLOUT,
-  SysError,
-  unwrap,
-} from "./libc.ts";
+import { closeFd, cstr, Errno, errno, libc, O_RDWR, SysError, unwrap } from "./libc.ts";
+import { pathExists } from "./files.ts";
+import { makePipe, pollAsync, pollFds, POLLIN, POLLOUT } from "./io.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals

@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import { startFuseBlob } from "../lib/fuse/blob.ts";
 import { mountErofsFile, unmountErofs } from "../lib/mount/erofs_file.ts";
-import { writeSmallFile } from "../ffi/libc.ts";
+import { writeSmallFile } from "../ffi/files.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import type { Source } from "../lib/source/source.ts";
 

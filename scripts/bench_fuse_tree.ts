@@ -13,7 +13,7 @@
  */
 import { type FuseBlob, startFuseBlob } from "../lib/fuse/blob.ts";
 import { mountErofsFile, unmountErofs } from "../lib/mount/erofs_file.ts";
-import { writeSmallFile } from "../ffi/libc.ts";
+import { writeSmallFile } from "../ffi/files.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import { CachedSource } from "../lib/source/cached.ts";

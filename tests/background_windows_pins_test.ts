@@ -11,7 +11,7 @@ import { CachedSource } from "../lib/source/cached.ts";
 import { PIN_PAGE_BYTES, PrefetchedSource } from "../lib/source/prefetched.ts";
 import { closeQuietly, openMemoryFile } from "../lib/source/disk_cache_io.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
-import { preadFully } from "../ffi/libc.ts";
+import { preadFully } from "../ffi/files.ts";
 
 import { path, requires } from "./_support/requires.ts";
 

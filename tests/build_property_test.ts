@@ -10,7 +10,8 @@ import { fsckImage, runOk, treeListing, withMountedImage } from "./_support/erof
 import { scanDirectory } from "../lib/erofs/writer/from_dir.ts";
 import { buildImage } from "../lib/erofs/writer/build_image.ts";
 import { scanTar } from "../lib/erofs/writer/from_tar.ts";
-import { closeFd, O_RDWR, openFile } from "../ffi/libc.ts";
+import { closeFd, O_RDWR } from "../ffi/libc.ts";
+import { openFile } from "../ffi/files.ts";
 
 const O_CREAT = 0o100;
 

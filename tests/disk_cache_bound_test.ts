@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
-import { statFs } from "../ffi/libc.ts";
+import { statFs } from "../ffi/files.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { sleep, waitFor } from "./_support/wait.ts";

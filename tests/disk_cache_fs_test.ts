@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
 import { sharedFileSystemName } from "../lib/source/disk_cache_fs.ts";
-import { statFs } from "../ffi/libc.ts";
+import { statFs } from "../ffi/files.ts";
 
 const NFS_SUPER_MAGIC = 0x6969;
 

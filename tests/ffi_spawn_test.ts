@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnInNewSession, spawnProcess } from "../ffi/spawn.ts";
-import { closeFd, O_CLOEXEC, O_RDONLY, openFile } from "../ffi/libc.ts";
+import { closeFd, O_CLOEXEC, O_RDONLY } from "../ffi/libc.ts";
+import { openFile } from "../ffi/files.ts";
 
 /** What a shell started by spawnInNewSession sees of itself: session, descriptors, env, mask. */
 async function spawnedShellReport(handed: number[]) {

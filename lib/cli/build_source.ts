@@ -7,7 +7,8 @@ import { warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { scanDirectory } from "../erofs/writer/from_dir.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { closeFd, O_RDONLY, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
 import { parseReference } from "../oci/reference.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;

@@ -10,7 +10,8 @@ import { OciError, UserError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { decompressTar } from "../tar/decompress.ts";
-import { closeFd, O_RDWR, openFile, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
 import type { VerifiedBlob } from "./layer_blob.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;

@@ -9,7 +9,8 @@
 import { mountDir, statePath } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
-import { MNT_DETACH, pathExists } from "../../ffi/libc.ts";
+import { pathExists } from "../../ffi/files.ts";
+import { MNT_DETACH } from "../../ffi/mount.ts";
 
 const POLL_MS = 100;
 

@@ -11,7 +11,8 @@
  * mount's undo, the server's own stop) then also looks for the mount's keepers by their
  * environment (keepersOwnedBy).
  */
-import { closeFd, pidfdOpen, pidfdSendSignal } from "../../ffi/libc.ts";
+import { closeFd } from "../../ffi/libc.ts";
+import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 import { FormatError, MountError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import type { Source } from "../source/source.ts";

@@ -45,14 +45,9 @@ import { recordForLayer } from "../recovery/layer_record.ts";
 import { writeRecoveryFile } from "../state/recovery_store.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
-import {
-  errno,
-  libc,
-  lowerThreadPriority,
-  readableNow,
-  setPipeCapacity,
-  strerror,
-} from "../../ffi/libc.ts";
+import { errno, libc, strerror } from "../../ffi/libc.ts";
+import { readableNow, setPipeCapacity } from "../../ffi/io.ts";
+import { lowerThreadPriority } from "../../ffi/process.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";

@@ -5,7 +5,7 @@
  * devices with fresh sockets; blocked readers then finish. Live devices are left alone.
  */
 import { MountError } from "../errors.ts";
-import { readSmallFile } from "../../ffi/libc.ts";
+import { readSmallFile } from "../../ffi/files.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
 import {

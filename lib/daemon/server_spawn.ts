@@ -6,7 +6,7 @@
 import { selfCommand } from "./self_exec.ts";
 import { SERVER_COMMAND } from "../state/runtime.ts";
 import { mark } from "../timing.ts";
-import { closeInheritedOnExec } from "../../ffi/libc.ts";
+import { closeInheritedOnExec } from "../../ffi/process.ts";
 import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";
 
 /**

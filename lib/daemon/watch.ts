@@ -5,14 +5,9 @@
  * mount with a connected device, a FUSE mount whose keeper runs. A server stopping on purpose
  * (umount) disconnects its devices or drops its FUSE record first, so it is never revived.
  */
-import {
-  closeFd,
-  pidfdOpen,
-  pollAsync,
-  pollFds,
-  POLLIN,
-  reapExitedChildren,
-} from "../../ffi/libc.ts";
+import { closeFd } from "../../ffi/libc.ts";
+import { pollAsync, pollFds, POLLIN } from "../../ffi/io.ts";
+import { pidfdOpen, reapExitedChildren } from "../../ffi/process.ts";
 import { fuseRecoverable } from "./fuse_recovery.ts";
 import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";

@@ -7,15 +7,9 @@
  * So this thread must never make a blocking call that needs a FUSE reply (mount(2) of EROFS on
  * the file, stat of the mount): those go to worker threads too (lib/sys/mount_task.ts).
  */
-import {
-  closeFd,
-  mount,
-  MS_NODEV,
-  MS_NOSUID,
-  MS_RDONLY,
-  O_RDWR,
-  openFile,
-} from "../../ffi/libc.ts";
+import { closeFd, O_RDWR } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
+import { mount, MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
 import { MountError } from "../errors.ts";
 import { findMount } from "../sys/mountinfo.ts";
 import type { Source } from "../source/source.ts";

@@ -2,17 +2,10 @@
  * One mounted FUSE connection: the /dev/fuse descriptor, the worker thread that reads it and
  * the request handler on this thread (see blob.ts for the threading rules).
  */
-import {
-  closeFd,
-  Errno,
-  errno,
-  libc,
-  makePipe,
-  MNT_DETACH,
-  strerror,
-  SysError,
-  writeSmallFile,
-} from "../../ffi/libc.ts";
+import { closeFd, Errno, errno, libc, strerror, SysError } from "../../ffi/libc.ts";
+import { writeSmallFile } from "../../ffi/files.ts";
+import { makePipe } from "../../ffi/io.ts";
+import { MNT_DETACH } from "../../ffi/mount.ts";
 import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import { MountError } from "../errors.ts";

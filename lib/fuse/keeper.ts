@@ -12,16 +12,9 @@
  * mount it keeps (KEEPER_OWNER_ENV), so one whose pid was never recorded (the server died in
  * between) can still be found and ended.
  */
-import {
-  closeFd,
-  libc,
-  listDirectory,
-  pathExists,
-  pidfdGetFd,
-  pidfdOpen,
-  readSmallFile,
-  unwrap,
-} from "../../ffi/libc.ts";
+import { closeFd, libc, unwrap } from "../../ffi/libc.ts";
+import { listDirectory, pathExists, readSmallFile } from "../../ffi/files.ts";
+import { pidfdGetFd, pidfdOpen } from "../../ffi/process.ts";
 import { spawnInNewSession } from "../../ffi/spawn.ts";
 import { MountError } from "../errors.ts";
 import { processStartTicks } from "../state/runtime.ts";

@@ -16,7 +16,8 @@
  * the layout depends only on the tree), so `reattach` serves again exactly what is mounted.
  * Memory: the image's metadata plus 24 bytes per file.
  */
-import { closeFd, O_CLOEXEC, O_WRONLY, openFile } from "../../ffi/libc.ts";
+import { closeFd, O_CLOEXEC, O_WRONLY } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
 import { FormatError } from "../errors.ts";
 import { layoutImage } from "../erofs/writer/layout.ts";
 import { writeImage } from "../erofs/writer/write.ts";

@@ -1,6 +1,6 @@
 /** Picks how layers reach the kernel: NBD block devices when the module is there, else FUSE. */
 import { MountError, UsageError } from "../errors.ts";
-import { pathExists } from "../../ffi/libc.ts";
+import { pathExists } from "../../ffi/files.ts";
 
 export type BackendName = "nbd" | "fuse";
 

@@ -4,17 +4,9 @@
  * loop devices on older kernels. mount(2) runs on a worker thread because the file may be
  * served by this very process (see lib/fuse/blob.ts).
  */
-import {
-  Errno,
-  type LibcSymbols,
-  listDirectory,
-  MS_NODEV,
-  MS_NOSUID,
-  MS_RDONLY,
-  strerror,
-  SysError,
-  writeSmallFile,
-} from "../../ffi/libc.ts";
+import { Errno, type LibcSymbols, strerror, SysError } from "../../ffi/libc.ts";
+import { listDirectory, writeSmallFile } from "../../ffi/files.ts";
+import { MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
 import { type ErrnoReader, runLibcTask } from "../../ffi/libc_worker.ts";
 import * as log from "../log.ts";
 import { MountError } from "../errors.ts";

@@ -3,7 +3,7 @@
  * by default a setuid-root file in one must not raise privileges and a device node in one must
  * not open a device, so mounts get `nosuid,nodev` unless a container runtime asks otherwise.
  */
-import { MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/libc.ts";
+import { MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
 import { UsageError } from "../errors.ts";
 
 export interface MountTrust {

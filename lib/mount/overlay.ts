@@ -3,7 +3,8 @@
  * = top layer), the reverse of an OCI manifest's layer list.
  */
 import { MountError } from "../errors.ts";
-import { MS_NODEV, MS_NOSUID, MS_RDONLY, SysError } from "../../ffi/libc.ts";
+import { SysError } from "../../ffi/libc.ts";
+import { MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
 import { mountOffThread } from "../sys/mount_task.ts";
 
 export interface OverlayOptions {

@@ -5,16 +5,14 @@
  * swap the path for a symlink to, say, /usr/bin.
  */
 import { MountError } from "../errors.ts";
+import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import {
-  closeFd,
-  Errno,
   type FileIdentity,
   listDirectory,
   openDirNoSymlinks,
   statIdentity,
   statPath,
-  SysError,
-} from "../../ffi/libc.ts";
+} from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 
 /**

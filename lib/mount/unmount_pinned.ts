@@ -5,15 +5,9 @@
  * matched by its mount id, and umount2 reaches it through /proc/self/fd/PARENT/NAME with
  * UMOUNT_NOFOLLOW.
  */
-import {
-  closeFd,
-  Errno,
-  MNT_DETACH,
-  openDirNoSymlinks,
-  readSmallFile,
-  SysError,
-  UMOUNT_NOFOLLOW,
-} from "../../ffi/libc.ts";
+import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
+import { openDirNoSymlinks, readSmallFile } from "../../ffi/files.ts";
+import { MNT_DETACH, UMOUNT_NOFOLLOW } from "../../ffi/mount.ts";
 import { MountError } from "../errors.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { type SyscallResult, umountOffThread } from "../sys/mount_task.ts";

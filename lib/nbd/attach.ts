@@ -7,7 +7,8 @@ import { waitAtMost } from "../source/abortable.ts";
 import { attachNbdIoctl } from "./ioctl.ts";
 import { connectNbd, type ConnectOptions, disconnectNbd, NbdFamilyMissingError } from "./kernel.ts";
 import { DEFAULT_QUEUE_TUNING, nbdDevicePath, type QueueTuning, tuneNbdQueue } from "./sysfs.ts";
-import { closeFd, openReadOnlyAsync, pathExists } from "../../ffi/libc.ts";
+import { closeFd } from "../../ffi/libc.ts";
+import { openReadOnlyAsync, pathExists } from "../../ffi/files.ts";
 
 export interface NbdAttachment {
   index: number;

@@ -5,7 +5,8 @@
  * serves any socket. Replies written here take the socket's reply lock, so that one never lands
  * inside a reply of the reader's.
  */
-import { closeFd, libc, socketPair, strerror } from "../../ffi/libc.ts";
+import { closeFd, libc, strerror } from "../../ffi/libc.ts";
+import { socketPair } from "../../ffi/io.ts";
 import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";

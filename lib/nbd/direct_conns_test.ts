@@ -5,7 +5,7 @@
  * replies of both arrive whole, with the right bytes, whatever the mix. Real disk cache.
  */
 import assert from "node:assert/strict";
-import { connectUnix } from "../../ffi/libc.ts";
+import { connectUnix } from "../../ffi/io.ts";
 import { DiskCache } from "../source/disk_cache.ts";
 import { CachedSource } from "../source/cached.ts";
 import { DiskCachedSource } from "../source/disk_cached.ts";

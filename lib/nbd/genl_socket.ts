@@ -4,19 +4,8 @@
  * decoding are in ./netlink.ts.
  */
 import { NbdError } from "../errors.ts";
-import {
-  AF_NETLINK,
-  closeFd,
-  Errno,
-  errno,
-  libc,
-  pollFds,
-  POLLIN,
-  SOCK_CLOEXEC,
-  SOCK_RAW,
-  SysError,
-  unwrap,
-} from "../../ffi/libc.ts";
+import { closeFd, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
+import { AF_NETLINK, pollFds, POLLIN, SOCK_CLOEXEC, SOCK_RAW } from "../../ffi/io.ts";
 import {
   absorbReplies,
   attr,

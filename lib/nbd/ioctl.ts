@@ -5,7 +5,8 @@
  * be replaced (no RECONFIGURE); no backend identifier in sysfs. Prefer ./kernel.ts.
  */
 import { NbdError } from "../errors.ts";
-import { closeFd, Errno, libc, O_RDWR, openFile, SysError, unwrap } from "../../ffi/libc.ts";
+import { closeFd, Errno, libc, O_RDWR, SysError, unwrap } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
 import {
   DEFAULT_BLOCK_SIZE_BYTES,
   MODULE_MISSING_HINT,

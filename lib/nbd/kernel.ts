@@ -17,7 +17,8 @@
  *   hide the image's tail (the server answers reads past the source with zeros).
  */
 import { NbdError } from "../errors.ts";
-import { closeFd, connectUnix, Errno } from "../../ffi/libc.ts";
+import { closeFd, Errno } from "../../ffi/libc.ts";
+import { connectUnix } from "../../ffi/io.ts";
 import {
   attr,
   findAttr,

@@ -18,7 +18,8 @@
  * closes it (before mount(2) holds it, that would be us), and dropped again by memory pressure
  * or drop_caches, after which the next walk is when the pages are wanted.
  */
-import { closeFd, libc, openReadOnlyAsync, willNeedRangesAsync } from "../../ffi/libc.ts";
+import { closeFd, libc } from "../../ffi/libc.ts";
+import { openReadOnlyAsync, willNeedRangesAsync } from "../../ffi/files.ts";
 import { fillTrace } from "../source/fill_trace.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */

@@ -8,13 +8,8 @@
  * 512-byte sectors; `queue/max_sectors_kb`, `queue/read_ahead_kb` persist across connects.
  */
 import { NbdError } from "../errors.ts";
-import {
-  listDirectory,
-  pathExists,
-  readSmallFile,
-  SysError,
-  writeSmallFileAsync,
-} from "../../ffi/libc.ts";
+import { SysError } from "../../ffi/libc.ts";
+import { listDirectory, pathExists, readSmallFile, writeSmallFileAsync } from "../../ffi/files.ts";
 import { Errno } from "../../ffi/libc.ts";
 
 /** Block major of nbd (include/uapi/linux/major.h NBD_MAJOR). */

@@ -7,16 +7,8 @@
  * cannot exhaust memory.
  */
 import { OciError } from "../errors.ts";
-import {
-  closeFd,
-  Errno,
-  fstatFd,
-  openNoFollow,
-  preadAsync,
-  S_IFMT,
-  S_IFREG,
-  SysError,
-} from "../../ffi/libc.ts";
+import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
+import { fstatFd, openNoFollow, preadAsync, S_IFMT, S_IFREG } from "../../ffi/files.ts";
 import type { Source } from "../source/source.ts";
 import { digestHasher } from "./digest.ts";
 

@@ -13,7 +13,7 @@ import {
   EROFS_SUPER_MAGIC,
   EROFS_SUPER_OFFSET,
 } from "../erofs/superblock.ts";
-import { statFs } from "../../ffi/libc.ts";
+import { statFs } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 
 /** The superblock facts statfs exposes. */

@@ -32,7 +32,7 @@ import { noteChunkMismatch } from "./fetch_metrics.ts";
 import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
 import { sharedFileSystemName } from "./disk_cache_fs.ts";
-import { statFs } from "../../ffi/libc.ts";
+import { statFs } from "../../ffi/files.ts";
 import { refusedSpecialPath } from "../errors.ts";
 import { formatBytes } from "../text.ts";
 

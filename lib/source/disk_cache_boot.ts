@@ -8,7 +8,7 @@
  * them. The file needs no sync: a boot id is never reused, so a stale or lost one always
  * differs from the running boot's, and the clearing simply happens (again).
  */
-import { readSmallFile } from "../../ffi/libc.ts";
+import { readSmallFile } from "../../ffi/files.ts";
 import {
   byteRuns,
   closeQuietly,

@@ -3,16 +3,8 @@
  * (they belong to the descriptor, so two sources in one process exclude each other like two
  * processes do, and the kernel drops them when a process dies, even by kill -9), hole punching.
  */
-import {
-  cstr,
-  Errno,
-  errno,
-  libc,
-  preadFully,
-  pwriteFully,
-  SysError,
-  unwrap,
-} from "../../ffi/libc.ts";
+import { cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
+import { preadFully, pwriteFully } from "../../ffi/files.ts";
 
 // fcntl.h (asm-generic): OFD lock commands and lock types.
 const F_OFD_GETLK = 36, F_OFD_SETLK = 37;

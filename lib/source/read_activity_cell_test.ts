@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { startLibcWorker } from "../../ffi/libc_worker.ts";
-import { closeFd, errno, libc, O_RDWR, openFile } from "../../ffi/libc.ts";
+import { closeFd, errno, libc, O_RDWR } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
 import type { LibcSymbols } from "../../ffi/libc.ts";
 import { METADATA_WALK_QUIET_MIN_MS, WALK_MIN_READS } from "./background_windows.ts";
 import { directReaderBody } from "./direct_read_body.ts";

@@ -7,14 +7,9 @@ import { waitAtMost } from "../source/abortable.ts";
 import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
-import {
-  closeFd,
-  Errno,
-  pidfdOpen,
-  pidfdSendSignal,
-  readSmallFile,
-  SysError,
-} from "../../ffi/libc.ts";
+import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
+import { readSmallFile } from "../../ffi/files.ts";
+import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
 const MOUNTS_DIR = `${resolved(RUNTIME_ROOT)}/mounts`;

@@ -5,7 +5,8 @@
  * failures carry their real reason.
  */
 import { runLibcTask } from "../../ffi/libc_worker.ts";
-import { type LibcSymbols, mountAsync } from "../../ffi/libc.ts";
+import { type LibcSymbols } from "../../ffi/libc.ts";
+import { mountAsync } from "../../ffi/mount.ts";
 import type { ErrnoReader } from "../../ffi/libc_worker.ts";
 import { loopAttachBody } from "./loop.ts";
 

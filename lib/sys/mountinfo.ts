@@ -3,7 +3,7 @@
  * mount whose server is wedged would hang, reading this file never does.
  * Format: proc(5) — `id parent major:minor root mountpoint options [optional…] - fstype source super`.
  */
-import { readSmallFile } from "../../ffi/libc.ts";
+import { readSmallFile } from "../../ffi/files.ts";
 
 export interface MountEntry {
   id: number;

@@ -3,7 +3,7 @@
  * page cache before each step, timed commands, the local mount they compare with, the python
  * start they time, the built artifact's commands, and the layer's GETs in the access log.
  */
-import { writeSmallFile } from "../../ffi/libc.ts";
+import { writeSmallFile } from "../../ffi/files.ts";
 import { digestOfAsync } from "../../lib/oci/digest.ts";
 import { type CliResult, runCli } from "../../tests/_support/cli.ts";
 import type { TestRegistry } from "../../tests/_support/registry.ts";

@@ -4,7 +4,7 @@
  */
 import { connectNbd, nbdStatus } from "../../lib/nbd/kernel.ts";
 import { tuneNbdQueue } from "../../lib/nbd/sysfs.ts";
-import { socketPair } from "../../ffi/libc.ts";
+import { socketPair } from "../../ffi/io.ts";
 import { UserError } from "../../lib/errors.ts";
 
 function describe(e: unknown) {

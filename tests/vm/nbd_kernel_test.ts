@@ -40,7 +40,7 @@ import {
   nbdSizeBytes,
   tuneNbdQueue,
 } from "../../lib/nbd/sysfs.ts";
-import { readSmallFile } from "../../ffi/libc.ts";
+import { readSmallFile } from "../../ffi/files.ts";
 
 const IMAGE = `${FIXTURES}/basic.erofs`;
 const EXPECTED = Deno.readTextFileSync(`${FIXTURES}/expected/basic.txt`);

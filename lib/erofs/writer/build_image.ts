@@ -10,11 +10,11 @@ import {
   libc,
   O_CLOEXEC,
   O_WRONLY,
-  openFile,
   strerror,
   SysError,
   unwrap,
 } from "../../../ffi/libc.ts";
+import { openFile } from "../../../ffi/files.ts";
 import { UserError } from "../../errors.ts";
 import { layoutImage, type LayoutOptions } from "./layout.ts";
 import { writeImage, type WriteResult } from "./write.ts";

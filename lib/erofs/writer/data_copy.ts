@@ -4,7 +4,8 @@
  * of sparse sources skipped with SEEK_DATA/SEEK_HOLE so the image stays sparse too, and a
  * pread/pwrite loop when the kernel refuses (different file systems on old kernels, pipes).
  */
-import { cstr, Errno, errno, libc, preadFully, pwriteFully, SysError } from "../../../ffi/libc.ts";
+import { cstr, Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { preadFully, pwriteFully } from "../../../ffi/files.ts";
 
 const SEEK_DATA = 3, SEEK_HOLE = 4;
 const ENXIO = 6, EXDEV = 18, EOPNOTSUPP = 95;

@@ -1,0 +1,87 @@
+/**
+ * Processes through libc: pidfds (signals that cannot reach a reused pid, descriptors taken
+ * from another process), close-on-exec of inherited descriptors, thread priority, reaping.
+ */
+import { libc, unwrap } from "./libc.ts";
+
+/** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
+const SYS_PIDFD_SEND_SIGNAL = 424,
+  SYS_PIDFD_OPEN = 434,
+  SYS_CLOSE_RANGE = 436,
+  SYS_PIDFD_GETFD = 438;
+/** close_range(2) flag (linux/close_range.h); fcntl F_SETFD and its one flag (asm-generic). */
+const CLOSE_RANGE_CLOEXEC = 1 << 2, F_SETFD = 2, FD_CLOEXEC = 1;
+/** Descriptors the fallback marks when close_range is missing (before 5.11). */
+const FALLBACK_MAX_FD = 1024;
+
+/**
+ * Marks every descriptor from 3 up close-on-exec: those this process inherited without it (a
+ * caller's `flock` lock, a pipe of a script) then do not reach the long-lived processes it
+ * starts, which would hold them for as long as a mount lives. Descriptors opened by Deno are
+ * close-on-exec already; a child gets its stdio and what is passed on purpose after this.
+ */
+export function closeInheritedOnExec(): void {
+  const all = libc().syscall(
+    BigInt(SYS_CLOSE_RANGE),
+    3n,
+    0xffffffffn,
+    BigInt(CLOSE_RANGE_CLOEXEC),
+    0n,
+  );
+  if (all === 0n) return;
+  // Kernels before 5.11: one by one (a closed descriptor answers EBADF).
+  for (let fd = 3; fd < FALLBACK_MAX_FD; fd++) libc().fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+/** A pidfd for `pid` (pidfd_open, 5.3+): signals sent through it cannot reach a reused pid. */
+export function pidfdOpen(pid: number): number {
+  return Number(
+    unwrap(
+      libc().syscall(BigInt(SYS_PIDFD_OPEN), BigInt(pid), 0n, 0n, 0n),
+      "pidfd_open",
+      `pid ${pid}`,
+    ),
+  );
+}
+
+/**
+ * Raises the calling thread's nice value to `nice` unless it is that high already (Linux applies
+ * setpriority(PRIO_PROCESS, 0) to the calling thread only; threads it starts later inherit it):
+ * never a higher priority than the one it was given. False if refused.
+ */
+export function lowerThreadPriority(nice: number): boolean {
+  if (libc().getpriority(0, 0) >= nice) return true;
+  return libc().setpriority(0, 0, nice) === 0;
+}
+
+/** pidfd_send_signal: signals exactly the process the pidfd was opened for. */
+export function pidfdSendSignal(pidfd: number, signal: number): void {
+  unwrap(
+    libc().syscall(BigInt(SYS_PIDFD_SEND_SIGNAL), BigInt(pidfd), BigInt(signal), 0n, 0n),
+    "pidfd_send_signal",
+  );
+}
+
+/** pidfd_getfd (5.6+): a copy (close-on-exec) of descriptor `targetFd` of the pidfd's process. */
+export function pidfdGetFd(pidfd: number, targetFd: number): number {
+  return Number(
+    unwrap(
+      libc().syscall(BigInt(SYS_PIDFD_GETFD), BigInt(pidfd), BigInt(targetFd), 0n, 0n),
+      "pidfd_getfd",
+      `fd ${targetFd}`,
+    ),
+  );
+}
+
+/**
+ * Reaps every child of this process that has exited (waitpid(-1, WNOHANG)); returns how many.
+ * For a long-running parent of detached children (reattach --watch and the servers it starts),
+ * which would otherwise keep each one as a zombie until it ends itself.
+ */
+export function reapExitedChildren(): number {
+  const status = new Int32Array(new ArrayBuffer(4));
+  let reaped = 0;
+  while (libc().waitpid(-1, status, WNOHANG) > 0) reaped++;
+  return reaped;
+}
+const WNOHANG = 1;
