@@ -1,9 +1,12 @@
 /**
- * `-o FILE` mistakes of pull and build: a directory is refused up front (exit 2, one line), and
- * a file system that refuses the file (here read-only) gives one line naming it. Before, both
- * were internal errors, the directory only after the whole download or build.
+ * `-o FILE` mistakes of pull and build: a directory, a device node, FIFO or symlink, or the
+ * command's own input is refused up front (exit 2, one line), and a file system that refuses the
+ * file (here read-only) gives one line naming it. Before, the directory was an internal error
+ * after the whole download or build, and the others were replaced by the output.
  */
+import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
+import { encodeTar } from "./_support/tar_encode.ts";
 import { command, FIXTURES, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 
@@ -60,4 +63,104 @@ Deno.test("build -o DIR: refused before building, one line", async () => {
   } finally {
     await Deno.remove(work, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "pull/build -o a device node, FIFO or symlink: refused, the node left as it was",
+  ignore: requires(root(), command("docker-registry"), command("mknod")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const image = `${registry.host}/out/nodes:v1`;
+    const pushed = await runCli(["push", image, `${FIXTURES}/basic.erofs`, "--plain-http"]);
+    if (pushed.code !== 0) throw new Error(pushed.stderr);
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-out-nodes-" });
+    try {
+      await Deno.mkdir(`${work}/tree`);
+      await Deno.writeTextFile(`${work}/tree/file`, "x");
+      const made = await new Deno.Command("mknod", { args: [`${work}/null`, "c", "1", "3"] })
+        .output();
+      if (!made.success) throw new Error(new TextDecoder().decode(made.stderr));
+      await new Deno.Command("mkfifo", { args: [`${work}/fifo`] }).output();
+      await Deno.writeTextFile(`${work}/target`, "kept");
+      await Deno.symlink(`${work}/target`, `${work}/link`);
+      const pull = (output: string) =>
+        runCli(["pull", image, "--layer", "0", "-o", output, "--plain-http"]);
+      const build = (output: string) => runCli(["build", `${work}/tree`, "-o", output]);
+      for (
+        const [run, name, kind] of [
+          [pull, "null", /a character device, not a regular file/],
+          [build, "null", /a character device/],
+          [pull, "fifo", /a FIFO, not a regular file/],
+          [build, "link", /a symlink, not a regular file/],
+          [pull, "link", /a symlink/],
+        ] as const
+      ) {
+        assertCliError(await run(`${work}/${name}`), 2, kind);
+      }
+      assert.ok(Deno.lstatSync(`${work}/null`).isCharDevice, "the device node is still there");
+      assert.ok(Deno.lstatSync(`${work}/fifo`).isFifo, "the FIFO is still there");
+      assert.ok(Deno.lstatSync(`${work}/link`).isSymlink, "the symlink is still there");
+      assert.equal(await Deno.readTextFile(`${work}/target`), "kept");
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test("build -o the input tar: refused, the tar left as it was", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-same-" });
+  try {
+    const tar = `${work}/layer.tar`;
+    await Deno.writeFile(
+      tar,
+      encodeTar([{ name: "hello.txt", type: "0", data: new TextEncoder().encode("hi\n") }]),
+    );
+    const before = await Deno.readFile(tar);
+    assertCliError(
+      await runCli(["build", tar, "-o", tar]),
+      2,
+      /build: -o .*layer\.tar is the input/,
+    );
+    // Also through another name for the same file.
+    await Deno.link(tar, `${work}/same.tar`);
+    assertCliError(await runCli(["build", `${work}/same.tar`, "-o", tar]), 2, /is the input/);
+    assert.deepEqual(await Deno.readFile(tar), before);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "two pulls to one -o at once: each writes its own partial file, the result is whole",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const images = ["basic.erofs", "layer1.erofs"].map((name, i) => ({
+      image: `${registry.host}/out/both${i}:v1`,
+      file: `${FIXTURES}/${name}`,
+    }));
+    for (const { image, file } of images) {
+      const pushed = await runCli(["push", image, file, "--plain-http"]);
+      if (pushed.code !== 0) throw new Error(pushed.stderr);
+    }
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-pull-both-" });
+    try {
+      const output = `${work}/layer.erofs`;
+      const results = await Promise.all(
+        images.map(({ image }) =>
+          runCli(["pull", image, "--layer", "0", "-o", output, "--plain-http"])
+        ),
+      );
+      for (const result of results) assert.equal(result.code, 0, result.stderr);
+      const got = await Deno.readFile(output);
+      const whole = await Promise.all(images.map(({ file }) => Deno.readFile(file)));
+      assert.ok(
+        whole.some((bytes) => bytes.length === got.length && bytes.every((b, i) => b === got[i])),
+        "the output is one of the two layers, whole",
+      );
+      assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["layer.erofs"]);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
 });

@@ -74,7 +74,7 @@ Example:
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
-    checkOutputFile("build", values.output);
+    checkOutputFile("build", values.output, source === "-" ? [] : [source]);
     const timestamp = parseTimestamp(values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
       Math.floor(Date.now() / 1000);
     let uuid: Uint8Array | undefined;

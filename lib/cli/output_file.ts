@@ -1,14 +1,16 @@
 /**
- * `-o FILE` of a command that writes one file (pull, build): a directory is refused before any
- * work (the final rename would fail after all the download or build), and what the file system
- * refuses (read-only, full, no permission) is one line naming the file, not an internal error.
+ * `-o FILE` of a command that writes one file (pull, build): a directory, anything else that is
+ * not a regular file, or the command's own input is refused before any work (the final rename
+ * would fail after all the download or build, or replace what it should not), and what the file
+ * system refuses (read-only, full, no permission) is one line naming the file, not an internal
+ * error.
  */
 import { UsageError, UserError } from "../errors.ts";
 
-export function checkOutputFile(command: string, path: string): void {
+export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   let info: Deno.FileInfo;
   try {
-    info = Deno.statSync(path);
+    info = Deno.lstatSync(path);
   } catch {
     return; // absent (the usual case), or unreachable: writing it says why
   }
@@ -18,6 +20,37 @@ export function checkOutputFile(command: string, path: string): void {
       `name the file to write, e.g. -o ${path.replace(/\/+$/, "")}/image.erofs`,
     );
   }
+  // The output is written beside and renamed over the path: that would replace a device node
+  // (/dev/null), a FIFO or a symlink itself, not write to what it stands for.
+  if (!info.isFile) {
+    throw new UsageError(
+      `${command}: -o ${path} exists and is ${kindOf(info)}, not a regular file`,
+      "name a regular file (it is replaced once complete) or remove what is there",
+    );
+  }
+  for (const input of inputs) {
+    let inputInfo: Deno.FileInfo;
+    try {
+      inputInfo = Deno.statSync(input);
+    } catch {
+      continue; // not a file here (an image reference): reading it says what is wrong
+    }
+    if (inputInfo.dev === info.dev && inputInfo.ino === info.ino) {
+      throw new UsageError(
+        `${command}: -o ${path} is the input ${input}: writing it would replace what is read`,
+        "name another output file",
+      );
+    }
+  }
+}
+
+function kindOf(info: Deno.FileInfo): string {
+  if (info.isSymlink) return "a symlink";
+  if (info.isCharDevice) return "a character device";
+  if (info.isBlockDevice) return "a block device";
+  if (info.isFifo) return "a FIFO";
+  if (info.isSocket) return "a socket";
+  return "not a regular file";
 }
 
 /** `error` as a one-line UserError when it is the operating system's refusal (it has an errno code). */

@@ -14,7 +14,7 @@ export const pullCommand: Command = {
   help: `Usage: erofs-oci pull IMAGE (--layer N | --blob DIGEST) -o FILE [options]
 
 Downloads one layer of IMAGE (a registry reference or oci:PATH[:TAG]) to FILE and checks
-it against its sha256 digest. The data goes to FILE.partial first and is renamed only once
+it against its sha256 digest. The data goes to FILE.RANDOM.partial first and is renamed only once
 verified; nothing is left behind on failure. Progress is shown on stderr when it is a terminal.
 
 Options:
@@ -55,7 +55,7 @@ Example:
         anyMediaType: values["any-media-type"],
       });
       const progress = new ProgressLine(`pulling ${chosen.digest.slice(0, 19)}…`);
-      // Ctrl-C aborts the download, which removes FILE.partial (it stayed when Ctrl-C ended us).
+      // Ctrl-C aborts the download, which removes the partial file (it stayed when Ctrl-C ended us).
       const interrupt = catchInterrupts(`pull interrupted: nothing written to ${output}`);
       try {
         await opened.store.downloadBlob(opened.repository, chosen.digest, output, {

@@ -18,8 +18,10 @@ export interface DownloadOptions {
 
 /**
  * Streams a blob to `path`, hashing as it goes, resuming with a Range request after a broken
- * connection. The data goes to `path.partial` and is renamed to `path` only when the digest (and
- * expected size) match; on any failure the partial file is removed, so a wrong file never stays.
+ * connection. The data goes to a new `path.RANDOM.partial` (created, never opened through what is
+ * there: two pulls to one path, or a symlink planted at the name, cannot mix or redirect the
+ * bytes) and is renamed to `path` only when the digest (and expected size) match; on any failure
+ * the partial file is removed, so a wrong file never stays.
  */
 export async function downloadBlob(
   client: RegistryClient,
@@ -29,8 +31,8 @@ export async function downloadBlob(
   options: DownloadOptions = {},
 ): Promise<{ sizeBytes: number }> {
   validateDigest(digest);
-  const partial = `${path}.partial`;
-  const file = await Deno.open(partial, { write: true, create: true, truncate: true });
+  const partial = partialPathFor(path);
+  const file = await Deno.open(partial, { write: true, createNew: true });
   let closed = false;
   try {
     const sizeBytes = await streamVerified(client, repository, digest, file, options);
@@ -130,4 +132,9 @@ async function streamVerified(
     throw new OciError(`blob ${digest} failed verification: its content hashes to ${actual}`);
   }
   return received;
+}
+
+/** A name beside `path` for its download in progress, new for each download. */
+export function partialPathFor(path: string): string {
+  return `${path}.${crypto.randomUUID().slice(0, 8)}.partial`;
 }

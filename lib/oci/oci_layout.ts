@@ -6,7 +6,7 @@
 import { OciError } from "../errors.ts";
 import { digestOf } from "./digest.ts";
 import { LayoutFile } from "./layout_file.ts";
-import type { DownloadOptions } from "./download.ts";
+import { type DownloadOptions, partialPathFor } from "./download.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,
@@ -175,7 +175,7 @@ export class OciLayout {
   }
 
   /**
-   * Copies a blob to `path` (via `path.partial`), verified against its digest: the bytes
+   * Copies a blob to `path` (via a new `path.RANDOM.partial`), verified against its digest: the bytes
    * written are the bytes hashed, all read from the one descriptor that was checked.
    */
   async downloadBlob(
@@ -185,14 +185,14 @@ export class OciLayout {
     options: DownloadOptions = {},
   ): Promise<{ sizeBytes: number }> {
     const source = this.openBlob(digest);
-    const partial = `${path}.partial`;
+    const partial = partialPathFor(path);
     try {
       if (options.expectedSizeBytes !== undefined && source.size !== options.expectedSizeBytes) {
         throw new OciError(
           `blob ${digest} is ${source.size} bytes but the manifest says ${options.expectedSizeBytes}`,
         );
       }
-      const out = await Deno.open(partial, { write: true, create: true, truncate: true });
+      const out = await Deno.open(partial, { write: true, createNew: true });
       try {
         await source.verify(digest, async (chunk, done) => {
           options.signal?.throwIfAborted();
