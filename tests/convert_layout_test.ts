@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { command, requires } from "./_support/requires.ts";
-import { assertSuccess, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
 
 const ignore = requires(command("umoci"));
@@ -59,4 +59,56 @@ Deno.test({
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }
   },
+});
+
+Deno.test({
+  name: "convert onto its own name (layout or registry) is refused; the source keeps its tag",
+  ignore,
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-same-" });
+    try {
+      const image = await makeUmociImage(work);
+      const indexBefore = await Deno.readTextFile(`${image.layout}/index.json`);
+      for (
+        const [src, dst] of [
+          [`oci:${image.layout}:${image.tag}`, `oci:${image.layout}:${image.tag}`],
+          // The same layout by another path.
+          [
+            `oci:${image.layout}:${image.tag}`,
+            `oci:${image.layout}/../${image.layout.split("/").pop()}:${image.tag}`,
+          ],
+          ["127.0.0.1:5000/app:v1", "127.0.0.1:5000/app:v1"],
+          ["alpine", "docker.io/library/alpine:latest"],
+        ]
+      ) {
+        const result = await runCli(["convert", src, dst]);
+        assertCliError(result, 2, /SRC and DST are the same image/);
+      }
+      assert.equal(await Deno.readTextFile(`${image.layout}/index.json`), indexBefore);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test("convert and build: a negative --timestamp or SOURCE_DATE_EPOCH is refused", async () => {
+  for (const args of [["--timestamp=-5"], ["--timestamp=-1x"]]) {
+    assertCliError(
+      await runCli(["convert", "oci:/nonexistent:v1", "oci:/nonexistent2:v1", ...args]),
+      2,
+      /--timestamp wants whole seconds since 1970 \(0 or more\), not '-/,
+    );
+    assertCliError(
+      await runCli(["build", "/nonexistent", "-o", "/nonexistent.erofs", ...args]),
+      2,
+      /--timestamp wants whole seconds/,
+    );
+  }
+  assertCliError(
+    await runCli(["build", "/nonexistent", "-o", "/nonexistent.erofs"], {
+      env: { SOURCE_DATE_EPOCH: "-7" },
+    }),
+    2,
+    /SOURCE_DATE_EPOCH wants whole seconds since 1970/,
+  );
 });

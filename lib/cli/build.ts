@@ -1,5 +1,10 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
+import {
+  expectPositionals,
+  parseBuildTimestamp,
+  parseCommandArgs,
+  parseLayerIndex,
+} from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
@@ -75,7 +80,7 @@ Example:
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
     checkOutputFile("build", values.output, source === "-" ? [] : [source]);
-    const timestamp = parseTimestamp(values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
+    const timestamp = parseBuildTimestamp("build", values.timestamp) ??
       Math.floor(Date.now() / 1000);
     let uuid: Uint8Array | undefined;
     if (values.uuid !== undefined) {
@@ -205,14 +210,6 @@ async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void>
 }
 
 /** Directories a tar implies without listing them get this mtime too. */
-function parseTimestamp(text: string | undefined): number | undefined {
-  if (text === undefined || text === "") return undefined;
-  if (!/^-?[0-9]{1,12}$/.test(text)) {
-    throw new UsageError(`build: --timestamp wants whole seconds since 1970, not '${text}'`);
-  }
-  return Number(text);
-}
-
 async function readOrderFile(path: string): Promise<string[]> {
   let text: string;
   try {

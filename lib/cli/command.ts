@@ -75,3 +75,23 @@ export function parseLayerIndex(command: string, text: string | undefined): numb
   }
   return Number(text);
 }
+
+/**
+ * `--timestamp SECS` (or SOURCE_DATE_EPOCH when it is not given) of a command that builds
+ * images: whole seconds since 1970, undefined when neither is set.
+ */
+export function parseBuildTimestamp(
+  command: string,
+  option: string | undefined,
+): number | undefined {
+  const fromEnv = option === undefined;
+  const text = option ?? Deno.env.get("SOURCE_DATE_EPOCH");
+  if (text === undefined || text === "") return undefined;
+  if (!/^[0-9]{1,12}$/.test(text)) {
+    throw new UsageError(
+      `${command}: ${fromEnv ? "SOURCE_DATE_EPOCH" : "--timestamp"} wants whole seconds since ` +
+        `1970 (0 or more), not '${text}'`,
+    );
+  }
+  return Number(text);
+}

@@ -1,7 +1,7 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
 import type { Command } from "./command.ts";
 import { exitInterrupted } from "./interrupt.ts";
-import { expectPositionals, parseCommandArgs } from "./command.ts";
+import { expectPositionals, parseBuildTimestamp, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
@@ -13,6 +13,7 @@ import {
   REGISTRY_OPTIONS_HELP,
 } from "./registry_options.ts";
 import { parseLayoutReference } from "../oci/oci_layout.ts";
+import { parseReference } from "../oci/reference.ts";
 import { convertImage, type ConvertProgress } from "../convert/convert.ts";
 import type { ImageDestination } from "../convert/destination.ts";
 import { RegistryDestination } from "../convert/destination.ts";
@@ -72,20 +73,14 @@ Examples:
       ...REGISTRY_OPTIONS,
     });
     const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
+    refuseSameImage(src, dst);
     const maxLayerBytes = values["max-layer-size"] === undefined
       ? undefined
       : parseSize(values["max-layer-size"], "convert: --max-layer-size");
     if (values["all-platforms"] && values.platform !== undefined) {
       throw new UsageError("convert: --platform and --all-platforms exclude each other");
     }
-    const timestampText = values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH");
-    let buildTimeSec: number | undefined;
-    if (timestampText !== undefined && timestampText !== "") {
-      if (!/^-?[0-9]{1,12}$/.test(timestampText)) {
-        throw new UsageError(`convert: --timestamp wants whole seconds, not '${timestampText}'`);
-      }
-      buildTimeSec = Number(timestampText);
-    }
+    const buildTimeSec = parseBuildTimestamp("convert", values.timestamp);
     // Explicit credentials go to DST only: they must never reach another registry.
     const opened = await openImage("convert", src, {
       platform: values.platform,
@@ -183,4 +178,37 @@ function terminalProgress(): ConvertProgress {
       info(message);
     },
   };
+}
+
+/**
+ * Converting an image onto its own name would move the tag to the EROFS image and leave the
+ * tar image untagged (and, for `oci:`, unreachable by name in its layout).
+ */
+function refuseSameImage(src: string, dst: string): void {
+  if (!sameImageName(src, dst)) return;
+  throw new UsageError(
+    `convert: SRC and DST are the same image (${dst}): its tag would move to the converted image`,
+    "give DST another tag or repository, e.g. …:TAG-erofs",
+  );
+}
+
+function sameImageName(src: string, dst: string): boolean {
+  const srcLayout = parseLayoutReference(src);
+  const dstLayout = parseLayoutReference(dst);
+  if (srcLayout || dstLayout) {
+    if (!srcLayout || !dstLayout || srcLayout.digest) return false;
+    if ((srcLayout.tag ?? "latest") !== (dstLayout.tag ?? "latest")) return false;
+    try {
+      return Deno.realPathSync(srcLayout.layoutPath) === Deno.realPathSync(dstLayout.layoutPath);
+    } catch {
+      return false; // a layout that is not there yet is not the source
+    }
+  }
+  try {
+    const [a, b] = [parseReference(src), parseReference(dst)];
+    return !a.digest && a.registry === b.registry && a.repository === b.repository &&
+      (a.tag ?? "latest") === (b.tag ?? "latest");
+  } catch {
+    return false; // opening them says what is wrong
+  }
 }
