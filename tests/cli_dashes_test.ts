@@ -1,6 +1,7 @@
 /**
  * What follows `--` belongs to the command `trace` runs: its `-h`/`--help` must reach that
- * command, not make erofs-oci print trace's help and exit 0 without tracing anything.
+ * command, not make erofs-oci print trace's help and exit 0 without tracing anything; and
+ * trace wants one place for its trace (--push or -o), its help only the options it takes.
  */
 import assert from "node:assert/strict";
 import { assertCliError, describe, runCli } from "./_support/cli.ts";
@@ -19,4 +20,26 @@ Deno.test("trace --help before -- still prints trace's help", async () => {
   const result = await runCli(["trace", "--help", "--", "ls"]);
   assert.equal(result.code, 0, describe(result));
   assert.match(result.stdout, /^Usage: erofs-oci trace/, describe(result));
+});
+
+Deno.test("trace with neither --push nor -o: a usage error, nothing pushed", async () => {
+  const result = await runCli(["trace", "127.0.0.1:1/app:v1", "--", "true"]);
+  assertCliError(result, 2, /trace: give --push or -o FILE/);
+  assertCliError(
+    await runCli(["trace", "127.0.0.1:1/app:v1", "--push", "-o", "t.json", "--", "true"]),
+    2,
+    /trace: give --push or -o FILE/,
+  );
+});
+
+Deno.test("trace's help lists only the options it takes", async () => {
+  const result = await runCli(["trace", "--help"]);
+  assert.equal(result.code, 0, describe(result));
+  assert.doesNotMatch(
+    result.stdout,
+    /^ +(-u, )?--(username|password)/m,
+    "credentials are refused by trace",
+  );
+  assert.match(result.stdout, /-h, --help/);
+  assert.match(result.stdout, /--plain-http/);
 });

@@ -17,13 +17,14 @@ and a config naming the platform. Blobs the registry already has are not uploade
 again; files above 8 MiB go up in 8 MiB chunks. Prints the manifest digest.
 
 Options:
+  -h, --help
+
 ${
     REGISTRY_OPTIONS_HELP.replace(
       "to pick from a multi-platform image",
       "recorded in the image config",
     )
   }
-  -h, --help
 
 Example:
   erofs-oci push localhost:5000/app:v1 base.erofs app.erofs`,

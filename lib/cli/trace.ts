@@ -7,7 +7,8 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
-import { openRegistry, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { openRegistry, REGISTRY_OPTIONS } from "./registry_options.ts";
+import { TRANSPORT_OPTIONS_HELP } from "./registry_option_specs.ts";
 import { info, warn } from "../log.ts";
 import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
@@ -52,7 +53,11 @@ Options:
   -o, --output FILE      write the trace to FILE
       --seconds N        stop recording after N seconds
       --backend B        nbd, fuse or auto (default auto)
-${REGISTRY_OPTIONS_HELP}
+  -h, --help
+
+Registry options:
+${TRANSPORT_OPTIONS_HELP}
+
 Credentials: from Docker's config (--username/--password are not taken here).`,
   async run(argv) {
     const split = argv.indexOf("--");
@@ -66,7 +71,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
     const { values, positionals } = parseCommandArgs("trace", argv.slice(0, split), TRACE_OPTIONS);
     if (positionals.length !== 1) throw new UsageError("trace: give one IMAGE before --");
     const [image] = positionals;
-    if (values.push === (values.output !== undefined)) {
+    if (Boolean(values.push) === (values.output !== undefined)) {
       throw new UsageError("trace: give --push or -o FILE (one of them)");
     }
     if (
