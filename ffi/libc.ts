@@ -295,6 +295,7 @@ export const Errno = {
   ETIMEDOUT: 110,
   /** EFSCORRUPTED of the kernel's file systems, EROFS included. */
   EUCLEAN: 117,
+  EDQUOT: 122,
 } as const;
 
 /** A failed system call: `call` names it, `errno` says why. */

@@ -54,3 +54,37 @@ export function refusedSpecialPath(error: unknown): UserError | undefined {
     { cause: error },
   );
 }
+
+/**
+ * Refusals of the operating system that describe the host, not a bug: a full or read-only file
+ * system, a missing or unreadable path, a directory where a file was expected.
+ */
+const HOST_REFUSALS: Record<string, string | undefined> = {
+  ENOSPC: "free space there, or write elsewhere (-o, --tmpdir)",
+  EDQUOT: "free space there, or write elsewhere (-o, --tmpdir)",
+  EROFS: "write somewhere writable (-o, --tmpdir)",
+  EACCES: undefined,
+  EPERM: undefined,
+  EISDIR: undefined,
+  ENOTDIR: undefined,
+  ENOENT: undefined,
+  ENAMETOOLONG: undefined,
+  ELOOP: undefined,
+  EFBIG: undefined,
+  EMFILE: "raise the open file limit (ulimit -n)",
+  EIO: "the disk or file system reported an I/O error",
+};
+
+/**
+ * A Deno file error the host caused (HOST_REFUSALS) as one line naming the path, such as
+ * "open 'out/x.tmp': Read-only file system"; undefined for anything else.
+ */
+export function hostRefusal(error: unknown): UserError | undefined {
+  if (!(error instanceof Error)) return undefined;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== "string" || !(code in HOST_REFUSALS)) return undefined;
+  // Deno's form: "Read-only file system (os error 30): open 'out/x.tmp'".
+  const parts = /^(.*?) \(os error \d+\)(?:: (.*))?$/s.exec(error.message);
+  const message = parts ? (parts[2] ? `${parts[2]}: ${parts[1]}` : parts[1]) : error.message;
+  return new UserError(message, HOST_REFUSALS[code], { cause: error });
+}

@@ -10,11 +10,11 @@ import { encodeTar } from "./_support/tar_encode.ts";
 import { command, FIXTURES, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 
-async function withReadOnlyDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-ro-" });
+async function withTmpfs(options: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-tmpfs-" });
   try {
     const mounted = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", "ro,size=1m", "erofs-oci-test", dir],
+      args: ["-t", "tmpfs", "-o", options, "erofs-oci-test", dir],
     }).output();
     if (!mounted.success) throw new Error(new TextDecoder().decode(mounted.stderr));
     try {
@@ -40,7 +40,7 @@ Deno.test({
       const pull = (output: string) =>
         runCli(["pull", image, "--layer", "0", "-o", output, "--plain-http"]);
       assertCliError(await pull(work), 2, /pull: -o .* is a directory/);
-      await withReadOnlyDir(async (dir) => {
+      await withTmpfs("ro,size=1m", async (dir) => {
         assertCliError(await pull(`${dir}/layer.erofs`), 1, /cannot write .*Read-only/);
       });
     } finally {
@@ -159,6 +159,39 @@ Deno.test({
         "the output is one of the two layers, whole",
       );
       assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["layer.erofs"]);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a full or read-only file system, a directory to push: one line naming the path",
+  ignore: requires(root(), command("mount")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-out-refused-" });
+    try {
+      await Deno.mkdir(`${work}/tree`);
+      await Deno.writeFile(`${work}/tree/big`, crypto.getRandomValues(new Uint8Array(65536)));
+      for (let i = 1; i < 40; i++) {
+        await Deno.copyFile(`${work}/tree/big`, `${work}/tree/big${i}`);
+      }
+      const tar = await new Deno.Command("tar", {
+        args: ["-C", `${work}/tree`, "-czf", `${work}/layer.tar.gz`, "."],
+      }).output();
+      assert.ok(tar.success);
+      await withTmpfs("ro,size=1m", async (dir) => {
+        const result = await runCli(["index", `${work}/layer.tar.gz`, "-o", dir]);
+        assertCliError(result, 1, /^erofs-oci: open '.*': Read-only file system$/);
+        assert.doesNotMatch(result.stderr, /internal error/);
+      });
+      await withTmpfs("size=1m", async (dir) => {
+        const result = await runCli(["build", `${work}/tree`, "-o", `${dir}/x.erofs`]);
+        assertCliError(result, 1, /cannot write .*x\.erofs: No space left on device/);
+        assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing left on the full file system");
+      });
+      const pushed = await runCli(["push", "127.0.0.1:1/x:v1", `${work}/tree`]);
+      assertCliError(pushed, 1, /tree is a directory$/);
     } finally {
       await Deno.remove(work, { recursive: true });
     }

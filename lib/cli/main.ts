@@ -1,4 +1,4 @@
-import { refusedSpecialPath, UsageError, UserError } from "../errors.ts";
+import { hostRefusal, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
@@ -111,7 +111,7 @@ function takeLogFormat(argv: string[]): string[] {
 
 /** Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. */
 export function reportError(thrown: unknown, debug: boolean): number {
-  const error = refusedSpecialPath(thrown) ?? thrown;
+  const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown) ?? thrown;
   if (logFormat() === "json") {
     if (error instanceof Deno.errors.BrokenPipe) return 1;
     const user = error instanceof UserError;

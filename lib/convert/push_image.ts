@@ -1,4 +1,4 @@
-import { FormatError, OciError } from "../errors.ts";
+import { FormatError, OciError, UserError } from "../errors.ts";
 import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pushScope } from "../oci/scope.ts";
@@ -75,7 +75,15 @@ async function hashErofsFile(
     });
   }
   try {
-    const { size } = await handle.stat();
+    const stat = await handle.stat();
+    if (!stat.isFile) {
+      throw new UserError(
+        `${file.path} is ${stat.isDirectory ? "a directory" : "not a regular file"}`,
+        "push takes EROFS image files; make one from a directory with `erofs-oci build DIR -o " +
+          "FILE` (or build DIR -o FILE --push IMAGE)",
+      );
+    }
+    const { size } = stat;
     const mediaType = file.mediaType ?? EROFS_LAYER;
     if (mediaType === EROFS_LAYER) {
       const head = new Uint8Array(4);

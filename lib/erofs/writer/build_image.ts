@@ -118,6 +118,16 @@ export function buildImage(
     try {
       Deno.removeSync(tmpPath);
     } catch { /* already gone */ }
+    if (
+      error instanceof SysError && (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT)
+    ) {
+      // The writer knows a descriptor only ("write (image)"): name the file and what helps.
+      throw new UserError(
+        `cannot write ${outPath}: ${strerror(error.errno)}`,
+        "free space on that file system, or write the image elsewhere",
+        { cause: error },
+      );
+    }
     throw error;
   }
 }
