@@ -69,3 +69,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "umount [--lazy] of a mount with another inside it: refused naming it; a detached path",
+  ignore,
+  async fn() {
+    const sandbox = await mountSandbox();
+    const inner = `${sandbox.target}/emptydir`;
+    try {
+      Deno.mkdirSync(sandbox.target, { recursive: true });
+      for (const [image, dir] of [["basic", sandbox.target], ["layer1", inner]]) {
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+      }
+      for (const lazy of [[], ["--lazy"]]) {
+        const refused = await runCli(["umount", ...lazy, sandbox.target], { env: sandbox.env });
+        assertCliError(
+          refused,
+          1,
+          new RegExp(`has 1 erofs-oci mount\\(s\\) inside it: ${inner}$`),
+        );
+        assert.equal(mountsBelow(sandbox.target).length, 2, "both stay mounted");
+      }
+      // The outer one detached by someone else: the inner one's relative path no longer
+      // resolves, and still names its record.
+      const detached = await new Deno.Command("umount", { args: ["-l", sandbox.target] }).output();
+      assert.ok(detached.success);
+      const parent = sandbox.target.replace(/\/[^/]+$/, "");
+      const relative = `${sandbox.target.slice(parent.length + 1)}/emptydir`;
+      assertSuccess(await runCli(["umount", relative], { env: sandbox.env, cwd: parent }));
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      for (const dir of [inner, sandbox.target]) {
+        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+      }
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -10,6 +10,7 @@ import {
   findState,
   lockMountChanges,
   mountDir,
+  mountsInside,
   type MountState,
   removeMountDir,
   serverAlive,
@@ -83,7 +84,18 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
     info(`umount ${target}: waiting for a reattach in progress to finish`)
   );
   try {
-    return await unmountLocked(findState(target), lazy);
+    const state = findState(target);
+    // Unmounting (even lazily detaching) the outer one would leave the inner ones serving,
+    // recorded, out of every path's reach.
+    const inside = mountsInside(state);
+    if (inside.length) {
+      throw new MountError(
+        `${state.target} has ${inside.length} erofs-oci mount(s) inside it: ` +
+          inside.map((s) => s.target).join(", "),
+        "unmount those first (`erofs-oci umount DIR`), or all at once with `erofs-oci umount --all`",
+      );
+    }
+    return await unmountLocked(state, lazy);
   } finally {
     lock.close();
   }

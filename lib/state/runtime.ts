@@ -341,7 +341,11 @@ export function findState(target: string): MountState {
   } catch {
     real = target;
   }
-  const state = readStates().find((s) => s.target === real || s.target === target);
+  // A relative path that no longer resolves (its parent was detached): the path it named.
+  const absolute = lexicalAbsolute(target);
+  const state = readStates().find((s) =>
+    s.target === real || s.target === target || s.target === absolute
+  );
   if (!state) {
     throw new MountError(
       `${target} is not mounted by erofs-oci`,
@@ -349,6 +353,25 @@ export function findState(target: string): MountState {
     );
   }
   return state;
+}
+
+/** `path` made absolute against the working directory without the file system (no symlinks). */
+function lexicalAbsolute(path: string): string {
+  const parts: string[] = [];
+  for (const part of (path.startsWith("/") ? path : `${Deno.cwd()}/${path}`).split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
+}
+
+/** The recorded mounts whose targets are inside `state`'s (deepest first). */
+export function mountsInside(state: MountState): MountState[] {
+  const prefix = `${state.target.replace(/\/+$/, "")}/`;
+  return readStates()
+    .filter((s) => s.id !== state.id && s.target.startsWith(prefix))
+    .sort((a, b) => b.target.length - a.target.length);
 }
 
 /** Argument that marks the detached mount server in its command line. */
