@@ -1,8 +1,13 @@
 /**
- * `metrics --listen` on an address it cannot take (in use, a directory that does not exist):
- * one line naming the address, exit 1; before, an internal error with a hint to report a bug.
+ * `metrics --listen` / `mount --metrics-listen` on an address it cannot take (in use, a
+ * directory that does not exist, a path that is a file, directory or another server's socket):
+ * one line naming the address, exit 1; before, an internal error with a hint to report a bug,
+ * a live socket taken over, or a mount that served no metrics and said so only in its log.
  */
+import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 
 async function metricsListen(address: string) {
   const runtimeDir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-listen-" });
@@ -35,4 +40,50 @@ Deno.test("metrics --listen on a socket in a missing directory: one line, exit 1
     1,
     /cannot listen on \/nonexistent\/erofs-oci-test\/metrics\.sock/,
   );
+});
+
+Deno.test("metrics --listen unix:PATH that is a file, or another server's socket: refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-sock-" });
+  try {
+    await Deno.writeTextFile(`${dir}/file`, "kept");
+    assertCliError(await metricsListen(`unix:${dir}/file`), 1, /file exists and is not a socket/);
+    assert.equal(await Deno.readTextFile(`${dir}/file`), "kept");
+    // A live listener: before, its socket file was removed and taken over.
+    const live = Deno.listen({ transport: "unix", path: `${dir}/live.sock` });
+    try {
+      assertCliError(await metricsListen(`unix:${dir}/live.sock`), 1, /is in use by another/);
+      assert.ok(Deno.lstatSync(`${dir}/live.sock`).isSocket, "the live socket stays");
+    } finally {
+      live.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "mount --metrics-listen unix:PATH that is a file or a directory: refused, nothing mounted",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      Deno.mkdirSync(sandbox.target, { recursive: true });
+      const file = `${sandbox.runtimeDir}-file`;
+      await Deno.writeTextFile(file, "kept");
+      Deno.mkdirSync(`${sandbox.runtimeDir}-dir`);
+      for (const taken of [file, `${sandbox.runtimeDir}-dir`]) {
+        const result = await runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--metrics-listen", `unix:${taken}`],
+          { env: sandbox.env, timeoutMs: 60_000 },
+        );
+        assertCliError(result, 1, /--metrics-listen unix:.*exists and is not a socket/);
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+      }
+      assert.equal(await Deno.readTextFile(file), "kept");
+    } finally {
+      await Deno.remove(`${sandbox.runtimeDir}-file`).catch(() => {});
+      await Deno.remove(`${sandbox.runtimeDir}-dir`).catch(() => {});
+      await sandbox.cleanup();
+    }
+  },
 });

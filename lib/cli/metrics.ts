@@ -5,9 +5,8 @@ import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts
 import { DiskCache, diskCacheDir } from "../source/disk_cache.ts";
 import { blobTotals } from "../source/disk_cache_contents.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
-import { parseListenAddress } from "../nbd/address.ts";
+import { claimSocketPath, parseListenAddress, removeOwnSocket } from "../nbd/address.ts";
 import { info } from "../log.ts";
-import { removeStaleSocket } from "../metrics/server_metrics.ts";
 
 export const metricsCommand: Command = {
   name: "metrics",
@@ -32,7 +31,7 @@ Options:
       return 0;
     }
     const addr = parseListenAddress(values.listen);
-    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    if (addr.transport === "unix") claimSocketPath(addr.path);
     const endpoint = serveMetrics(
       addr,
       async () => renderPrometheus(await describeMounts(), diskCacheGauges()),
@@ -46,7 +45,7 @@ Options:
     const stop = () => endpoint.shutdown();
     for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
     await endpoint.finished;
-    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    if (addr.transport === "unix") removeOwnSocket(addr.path);
     return 0;
   },
 };

@@ -26,7 +26,7 @@ import {
   serverOf,
 } from "../state/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
-import { parseListenAddress } from "../nbd/address.ts";
+import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -192,8 +192,8 @@ async function runMount(argv: string[]): Promise<number> {
 
 /**
  * --metrics-listen checked where the user sees the answer: a bad address is a usage error, and
- * one that cannot be taken (a port in use, a missing directory) a refusal; the server only
- * logged that and served no metrics.
+ * one that cannot be taken (a port in use, a missing directory, a path that is not a socket or
+ * is another server's) a refusal; the server only logged that and served no metrics.
  */
 function checkMetricsListen(spec: string): void {
   const addr = parseListenAddress(spec);
@@ -207,6 +207,8 @@ function checkMetricsListen(spec: string): void {
       // The runtime dir and those below it are made by the mount itself.
       const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
       if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
+      // A file or directory there, or another server's socket (a leftover one goes).
+      claimSocketPath(addr.path);
     }
   } catch (error) {
     throw new MountError(

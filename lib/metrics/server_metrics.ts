@@ -7,7 +7,12 @@
 import type { LayerStats } from "./layer_stats.ts";
 import type { MountSpec } from "../state/runtime.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
-import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
+import {
+  claimSocketPath,
+  type ListenAddress,
+  parseListenAddress,
+  removeOwnSocket,
+} from "../nbd/address.ts";
 import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
@@ -23,7 +28,7 @@ export function startServerMetrics(
   if (!listen) return;
   try {
     const addr = parseListenAddress(listen);
-    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    if (addr.transport === "unix") claimSocketPath(addr.path);
     const endpoint = serveMetrics(addr, () => {
       const stats = layers();
       return Promise.resolve(renderPrometheus([{
@@ -41,18 +46,11 @@ export function startServerMetrics(
     });
     console.log(`metrics at ${endpoint.address}/metrics`);
     if (addr.transport === "unix") {
-      globalThis.addEventListener("unload", () => removeStaleSocket(addr.path));
+      globalThis.addEventListener("unload", () => removeOwnSocket(addr.path));
     }
   } catch (error) {
     warn(`--metrics-listen ${listen}: ${(error as Error).message}; serving no metrics`);
   }
-}
-
-/** A socket left by an earlier run is replaced; any other file at the path is not touched. */
-export function removeStaleSocket(path: string): void {
-  try {
-    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
-  } catch { /* absent */ }
 }
 
 /**
@@ -65,9 +63,9 @@ export function startServeMetrics(
   uri: string,
   stats: () => LayerStats,
 ): () => Promise<void> {
-  if (addr.transport === "unix") removeStaleSocket(addr.path);
   let endpoint: MetricsEndpoint;
   try {
+    if (addr.transport === "unix") claimSocketPath(addr.path);
     endpoint = serveMetrics(addr, () =>
       Promise.resolve(renderPrometheus([{
         target: uri,
@@ -88,6 +86,6 @@ export function startServeMetrics(
   info(`metrics at ${endpoint.address}/metrics`);
   return async () => {
     await endpoint.shutdown();
-    if (addr.transport === "unix") removeStaleSocket(addr.path);
+    if (addr.transport === "unix") removeOwnSocket(addr.path);
   };
 }

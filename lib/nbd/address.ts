@@ -1,5 +1,7 @@
 /** Where a user-space NBD server listens: parsing `--listen`, the NBD URI, opening the socket. */
-import { NbdError, UsageError } from "../errors.ts";
+import { NbdError, UsageError, UserError } from "../errors.ts";
+import { closeFd } from "../../ffi/libc.ts";
+import { connectUnix } from "../../ffi/io.ts";
 
 export type ListenAddress =
   | { transport: "unix"; path: string }
@@ -35,7 +37,7 @@ export function nbdUri(addr: ListenAddress, exportName: string): string {
   return `nbd://${host}:${addr.port}/${name}`;
 }
 
-export async function listenOn(addr: ListenAddress): Promise<Deno.Listener> {
+export function listenOn(addr: ListenAddress): Deno.Listener {
   if (addr.transport === "tcp") {
     try {
       return Deno.listen({ transport: "tcp", hostname: addr.hostname, port: addr.port });
@@ -43,7 +45,7 @@ export async function listenOn(addr: ListenAddress): Promise<Deno.Listener> {
       throw new NbdError(`cannot listen on ${addr.hostname}:${addr.port}: ${message(error)}`);
     }
   }
-  await removeStaleSocket(addr.path);
+  claimSocketPath(addr.path);
   try {
     return Deno.listen({ transport: "unix", path: addr.path });
   } catch (error) {
@@ -51,8 +53,12 @@ export async function listenOn(addr: ListenAddress): Promise<Deno.Listener> {
   }
 }
 
-/** A socket file nobody accepts on is left over from a killed server: replace it. */
-async function removeStaleSocket(path: string): Promise<void> {
+/**
+ * Makes `path` free for a new unix socket: a socket file nobody accepts on is left over from a
+ * killed server and is removed; anything else there (a file, a directory, a live server's
+ * socket) is refused with one line, never removed.
+ */
+export function claimSocketPath(path: string): void {
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
@@ -60,16 +66,27 @@ async function removeStaleSocket(path: string): Promise<void> {
     return;
   }
   if (!info.isSocket) {
-    throw new NbdError(`${path} exists and is not a socket`, "choose another --listen path");
+    throw new UserError(`${path} exists and is not a socket`, "choose another socket path");
   }
+  let probe: number;
   try {
-    const probe = await Deno.connect({ transport: "unix", path });
-    probe.close();
+    probe = connectUnix(path);
   } catch {
     Deno.removeSync(path);
     return;
   }
-  throw new NbdError(`${path} is in use by another server`, "stop it or choose another path");
+  closeFd(probe);
+  throw new UserError(
+    `${path} is in use by another server`,
+    "stop that server or choose another socket path",
+  );
+}
+
+/** Removes the socket file this process listened on (only a socket: never another file). */
+export function removeOwnSocket(path: string): void {
+  try {
+    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
+  } catch { /* absent */ }
 }
 
 function message(error: unknown): string {

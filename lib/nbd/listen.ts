@@ -56,8 +56,8 @@ export interface NbdServer {
   close(): Promise<void>;
 }
 
-export async function startNbdServer(options: NbdServerOptions): Promise<NbdServer> {
-  const listener = await listenOn(options.listen);
+export function startNbdServer(options: NbdServerOptions): NbdServer {
+  const listener = listenOn(options.listen);
   const address: ListenAddress = options.listen.transport === "unix"
     ? options.listen
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
