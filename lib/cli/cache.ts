@@ -66,6 +66,8 @@ Options:
       parseDurationMs(olderThan, "--older-than", {
         maxMs: 100 * 365 * 86_400_000,
         hint: "use a number with a unit: 90m, 12h, 30d",
+        // A bare number was seconds: `--older-than 30` pruned nearly everything.
+        unitRequired: true,
       });
     const dir = diskCacheDir();
     const cache = openExisting(dir);

@@ -29,16 +29,19 @@ const DURATION_UNITS_MS: Record<string, number> = {
 };
 
 /**
- * Parses a duration option: `90`, `90s`, `500ms`, `5m`, `1h`, `7d` (a bare number is seconds),
- * in whole milliseconds up to `maxMs`. Throws UsageError naming `option` on anything else.
+ * Parses a duration option: `90`, `90s`, `500ms`, `5m`, `1h`, `7d` (a bare number is seconds,
+ * unless `unitRequired`), in whole milliseconds up to `maxMs`. Throws UsageError naming
+ * `option` on anything else, `M` included (minutes or months?).
  */
 export function parseDurationMs(
   text: string,
   option: string,
-  { maxMs, hint }: { maxMs: number; hint: string },
+  { maxMs, hint, unitRequired = false }: { maxMs: number; hint: string; unitRequired?: boolean },
 ): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
-  const ms = match ? Number(match[1]) * DURATION_UNITS_MS[(match[2] ?? "s").toLowerCase()] : NaN;
+  const unit = match?.[2];
+  const usable = match && unit !== "M" && unit !== "Ms" && !(unitRequired && unit === undefined);
+  const ms = usable ? Number(match[1]) * DURATION_UNITS_MS[(unit ?? "s").toLowerCase()] : NaN;
   if (!Number.isFinite(ms) || ms > maxMs) {
     throw new UsageError(`${option}: invalid duration '${text}'`, hint);
   }

@@ -44,9 +44,17 @@ Deno.test("parseDurationMs: units, a bare number in seconds, the bound and bad i
     [" 30D ", 30 * 86_400_000],
   ];
   for (const [text, ms] of cases) assertEquals(parseDurationMs(text, "--x", options), ms, text);
-  for (const bad of ["", "d", "-1s", "1w", "401d", "soon"]) {
+  for (const bad of ["", "d", "-1s", "1w", "401d", "soon", "1M"]) {
     throws(() => parseDurationMs(bad, "--older-than", options), (e: unknown) => {
       return e instanceof UsageError && e.message === `--older-than: invalid duration '${bad}'`;
     }, bad);
+  }
+});
+
+Deno.test("parseDurationMs: a bare number is refused where a unit is required", () => {
+  const options = { maxMs: 400 * 86_400_000, hint: "h", unitRequired: true };
+  assertEquals(parseDurationMs("30d", "--older-than", options), 30 * 86_400_000);
+  for (const bad of ["30", " 7 "]) {
+    throws(() => parseDurationMs(bad, "--older-than", options), UsageError, bad);
   }
 });
