@@ -187,9 +187,12 @@ Deno.test("parseCommandArgs: usage errors are one-line UsageErrors with exit cod
   };
   assert.equal(
     usage(["--nope"]).message,
-    "demo: unknown option '--nope'. To specify a positional argument starting with a '-', " +
-      `place it at the end of the command after '--', as in '-- "--nope"`,
+    "demo: unknown option '--nope'; an argument that starts with '-' goes after '--' (… -- --nope)",
   );
+  // A typo of a known option: the option it was meant as.
+  assert.equal(usage(["--nmae=x"]).message, "demo: unknown option '--nmae' (did you mean --name?)");
+  assert.equal(usage(["--names"]).message, "demo: unknown option '--names' (did you mean --name?)");
+  assert.equal(usage(["--na"]).message, "demo: unknown option '--na' (did you mean --name?)");
   assert.equal(usage(["-x"], false).message, "demo: unknown option '-x'");
   assert.equal(usage(["--name"]).message, "demo: Option '-n, --name <value>' argument missing");
   assert.equal(usage(["-n", "-h"]).message, "demo: Option '-n' argument is ambiguous.");

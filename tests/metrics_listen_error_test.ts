@@ -87,3 +87,11 @@ Deno.test({
     }
   },
 });
+
+Deno.test("mount --metrics-listen with a bad address names --metrics-listen", async () => {
+  assertCliError(
+    await runCli(["mount", "/nonexistent.erofs", "/nonexistent", "--metrics-listen", "foo"]),
+    2,
+    /^erofs-oci: --metrics-listen foo: unknown address kind$/,
+  );
+});

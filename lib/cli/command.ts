@@ -35,8 +35,21 @@ export function parseCommandArgs<O extends OptionSpecs>(
     const dashed = /^Option '([^']+)' argument is ambiguous/.exec(message)?.[1];
     const long = dashed?.startsWith("--") ? dashed : Object.entries(options)
       .find(([, spec]) => dashed !== undefined && spec.short === dashed.slice(1))?.[0];
+    const unknown = /^Unknown option '([^']+)'/.exec(message)?.[1];
+    if (unknown) {
+      const near = nearestOption(unknown.replace(/^-+/, ""), Object.keys(options));
+      throw new UsageError(
+        `${command}: unknown option '${unknown}'` +
+          (near
+            ? ` (did you mean --${near}?)`
+            : allowPositionals
+            ? `; an argument that starts with '-' goes after '--' (… -- ${unknown})`
+            : ""),
+        help,
+      );
+    }
     throw new UsageError(
-      `${command}: ${message.replace(/^Unknown option/, "unknown option")}`,
+      `${command}: ${message}`,
       dashed
         ? `a value starting with '-' is written ${
           long?.startsWith("--") ? long : `--${long ?? "OPTION"}`
@@ -44,6 +57,33 @@ export function parseCommandArgs<O extends OptionSpecs>(
         : help,
     );
   }
+}
+
+/** The option `name` was probably meant as: one edit away, or a prefix of it (or it of `name`). */
+function nearestOption(name: string, known: string[]): string | undefined {
+  if (name.length < 2) return undefined;
+  return known.find((option) => editDistance(name, option) <= 1) ??
+    known.find((option) => option.startsWith(name) || name.startsWith(option));
+}
+
+/** Edits (insert, delete, replace, swap two neighbours) from `a` to `b`; 2 means "2 or more". */
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 1) return 2;
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)]);
+  for (let j = 0; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(
+        d[i - 1][j] + 1,
+        d[i][j - 1] + 1,
+        d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return Math.min(d[a.length][b.length], 2);
 }
 
 /** Throws a usage error unless exactly `count` positional arguments were given. */

@@ -196,7 +196,7 @@ async function runMount(argv: string[]): Promise<number> {
  * is another server's) a refusal; the server only logged that and served no metrics.
  */
 function checkMetricsListen(spec: string): void {
-  const addr = parseListenAddress(spec);
+  const addr = parseListenAddress(spec, "--metrics-listen");
   const where = addr.transport === "tcp" ? `${addr.hostname}:${addr.port}` : addr.path;
   try {
     if (addr.transport === "tcp") {

@@ -99,7 +99,7 @@ Example:
     const listen = parseListenAddress(values.listen);
     const metricsListen = values["metrics-listen"] === undefined
       ? undefined
-      : parseListenAddress(values["metrics-listen"]);
+      : parseListenAddress(values["metrics-listen"], "--metrics-listen");
     if (values["fetch-all"] && values["no-disk-cache"]) {
       throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
     }

@@ -27,7 +27,7 @@ export function startServerMetrics(
   const listen = spec.metricsListen;
   if (!listen) return;
   try {
-    const addr = parseListenAddress(listen);
+    const addr = parseListenAddress(listen, "--metrics-listen");
     if (addr.transport === "unix") claimSocketPath(addr.path);
     const endpoint = serveMetrics(addr, () => {
       const stats = layers();

@@ -7,12 +7,15 @@ export type ListenAddress =
   | { transport: "unix"; path: string }
   | { transport: "tcp"; hostname: string; port: number };
 
-/** `unix:PATH` or `tcp:HOST:PORT` (`tcp:[::1]:10809` for IPv6). */
-export function parseListenAddress(spec: string): ListenAddress {
-  const usage = "use unix:PATH or tcp:HOST:PORT, e.g. --listen unix:/run/erofs.sock";
+/**
+ * `unix:PATH` or `tcp:HOST:PORT` (`tcp:[::1]:10809` for IPv6), given to `option` (named in the
+ * usage errors).
+ */
+export function parseListenAddress(spec: string, option = "--listen"): ListenAddress {
+  const usage = `use unix:PATH or tcp:HOST:PORT, e.g. ${option} unix:/run/erofs.sock`;
   if (spec.startsWith("unix:")) {
     const path = spec.slice(5);
-    if (!path) throw new UsageError(`--listen ${spec}: empty socket path`, usage);
+    if (!path) throw new UsageError(`${option} ${spec}: empty socket path`, usage);
     return { transport: "unix", path };
   }
   if (spec.startsWith("tcp:")) {
@@ -20,11 +23,11 @@ export function parseListenAddress(spec: string): ListenAddress {
     const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(rest);
     const port = match ? Number(match[3]) : NaN;
     if (!match || port > 65535) {
-      throw new UsageError(`--listen ${spec}: expected tcp:HOST:PORT`, usage);
+      throw new UsageError(`${option} ${spec}: expected tcp:HOST:PORT`, usage);
     }
     return { transport: "tcp", hostname: match[1] ?? match[2], port };
   }
-  throw new UsageError(`--listen ${spec}: unknown address kind`, usage);
+  throw new UsageError(`${option} ${spec}: unknown address kind`, usage);
 }
 
 /** The NBD URI (as libnbd tools take it) of an export at `addr`. */
