@@ -27,6 +27,7 @@ import {
 } from "../state/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
+import { withLocalPathHint } from "./local_path_hint.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -448,7 +449,9 @@ async function resolveForMount(
         },
         ahead?.top,
         STATE_ROOT,
-      );
+      ).catch((error) => {
+        throw withLocalPathHint(image, error);
+      });
       mark("cli: image resolved");
       // The table and the trace lookups are independent round trips: side by side.
       const layers = resolved.layers;

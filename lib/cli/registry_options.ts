@@ -14,6 +14,8 @@ import {
   type RegistryOptionValues,
 } from "./registry_option_specs.ts";
 
+import { withLocalPathHint } from "./local_path_hint.ts";
+
 // The option specs live apart so that commands can list them without loading the client.
 export { REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP, type RegistryOptionValues };
 
@@ -114,7 +116,10 @@ export async function openImage(
     repository: registry.ref.repository,
     store: registry.client,
     registry,
-    resolve: () => registry.client.resolveImage(registry.ref, registry.platform),
+    resolve: () =>
+      registry.client.resolveImage(registry.ref, registry.platform).catch((error) => {
+        throw withLocalPathHint(image, error);
+      }),
     close: () => registry.client.close(),
   };
 }
