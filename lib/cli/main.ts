@@ -9,7 +9,9 @@ const EXIT_CODES = `Exit codes:
     0  success
     1  runtime failure (registry, kernel, file system)
     2  usage error (bad command line)
-  130  interrupted (Ctrl-C, SIGTERM); what the command had set up is undone`;
+  130  interrupted (Ctrl-C, SIGTERM) while it had something to undo (a mount
+       starting, a download, a conversion): that was undone
+  143  ended by SIGTERM with nothing to undo (build, push: no partial output)`;
 
 async function mainHelp(): Promise<string> {
   const commands = await Promise.all(COMMANDS.map((c) => c.load()));
