@@ -88,7 +88,8 @@ Deno.test({
         LONG,
       );
       assertCliError(result, 1, new RegExp(`layer ${digest} failed verification`));
-      assert.ok(!listDir(`${work}/out`).includes("index.json"), "index.json written");
+      // The layout this run created holds no tag: it goes (it was left as an empty skeleton).
+      assert.ok(!listDir(work).includes("out"), "the new layout removed");
       assert.ok(!listDir(work).some((name) => name.startsWith("erofs-oci-convert-")));
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
@@ -122,11 +123,19 @@ Deno.test({
         LONG,
       );
       assertCliError(result, 1, /exceeds 524288 bytes/);
-      assert.ok(!listDir(`${work}/out`).includes("index.json"), "index.json written");
+      // The layout this run created holds no tag: it goes (it was left as an empty skeleton).
+      assert.ok(!listDir(work).includes("out"), "the new layout removed");
       assert.ok(!listDir(work).some((name) => name.startsWith("erofs-oci-convert-")));
       assertSuccess(
         await runCli(["convert", src, `oci:${work}/out:v1`, "--max-layer-size", "2M"], LONG),
       );
+      // A layout that was there before stays, whatever fails.
+      assertCliError(
+        await runCli(["convert", src, `oci:${work}/out:v2`, "--max-layer-size", "512K"], LONG),
+        1,
+        /exceeds 524288 bytes/,
+      );
+      assert.ok(listDir(`${work}/out`).includes("index.json"), "the existing layout kept");
       assertCliError(
         await runCli(["convert", src, `oci:${work}/out:v1`, "--max-layer-size", "lots"]),
         2,

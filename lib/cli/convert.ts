@@ -100,6 +100,7 @@ Examples:
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
     const interrupted = () => {
       removeTreeSync(workDir);
+      destination.abandon?.();
       exitInterrupted("convert interrupted: nothing was tagged, its work files removed");
     };
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
@@ -124,6 +125,9 @@ Examples:
         );
       }
       console.log(result.reference);
+    } catch (error) {
+      destination.abandon?.();
+      throw error;
     } finally {
       for (const signal of signals) Deno.removeSignalListener(signal, interrupted);
       await Deno.remove(workDir, { recursive: true }).catch(() => {});

@@ -47,6 +47,11 @@ export interface ImageDestination {
   tag(bytes: Uint8Array<ArrayBuffer>, mediaType: string): Promise<string>;
   /** Lists the manifest's chunk-digest tables in an artifact referring to it (registries). */
   referTables?(manifestDigest: string, manifestSize: number, tables: TableRef[]): Promise<void>;
+  /**
+   * After a failed or interrupted conversion (synchronous: signal handlers call it): removes
+   * what this run created that nothing names, such as a new layout directory with no tag.
+   */
+  abandon?(): void;
 }
 
 /** Most manifests of an index looked at for reusable layers (a hostile index stays cheap). */

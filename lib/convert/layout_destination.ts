@@ -5,6 +5,7 @@
  * renamed, and index.json is rewritten last, so readers see the old image or the new one.
  */
 import { OciError, UserError } from "../errors.ts";
+import { removeTreeSync } from "../sys/remove_tree.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { OCI_INDEX } from "../oci/media_types.ts";
 import { formatLayoutReference, type LayoutReference, OciLayout } from "../oci/oci_layout.ts";
@@ -25,6 +26,8 @@ export class LayoutDestination implements ImageDestination {
   readonly name: string;
   readonly #layout: OciLayout;
   readonly #tag: string;
+  /** The layout directory did not exist before this conversion. */
+  readonly #createdHere: boolean;
 
   constructor(ref: LayoutReference) {
     if (ref.digest) {
@@ -39,6 +42,7 @@ export class LayoutDestination implements ImageDestination {
     this.#tag = ref.tag ?? "latest";
     this.#layout = new OciLayout(ref.layoutPath);
     this.name = formatLayoutReference({ layoutPath: ref.layoutPath, tag: this.#tag });
+    this.#createdHere = !pathThere(this.#layout.path);
     try {
       Deno.mkdirSync(`${this.#layout.path}/blobs/sha256`, { recursive: true });
       try {
@@ -55,6 +59,12 @@ export class LayoutDestination implements ImageDestination {
         `cannot write OCI layout ${this.#layout.path}: ${(error as Error).message}`,
       );
     }
+  }
+
+  abandon(): void {
+    // Only a layout this run made, and only while no tag (index.json) names anything in it.
+    if (!this.#createdHere || pathThere(`${this.#layout.path}/index.json`)) return;
+    removeTreeSync(this.#layout.path);
   }
 
   async previousLayers(): Promise<Descriptor[]> {
@@ -203,5 +213,14 @@ export class LayoutDestination implements ImageDestination {
       } catch { /* not created */ }
       throw new UserError(`cannot write ${path}: ${(error as Error).message}`);
     }
+  }
+}
+
+function pathThere(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
   }
 }
