@@ -57,8 +57,13 @@ Deno.test({
       assert.equal(tag.status, 200, "the fallback tag holds the referrers index");
 
       const mounted = await mountFuseOk(rig, [ref]);
-      // Its reads are checked against the index's piece digests: no "not verified" notice.
+      // Its reads are checked against the index's piece digests, which the index's maker chose:
+      // said once ("not bound"), not as a layer without any check.
       assert.doesNotMatch(mounted.stderr, /not verified/);
+      assert.match(
+        mounted.stderr,
+        /layer 0: tar index from the registry \(a referrer\), not bound/,
+      );
       assert.equal(await manifestOf(sandbox.target), expectedTarListing("big.meta.txt"));
       // The index files stay in the durable state dir for reattach.
       const kept = [...Deno.readDirSync(`${rig.stateEnv.EROFS_OCI_STATE_DIR}/index`)];
@@ -110,10 +115,17 @@ Deno.test({
       assert.match(indexed.stdout, /pushed index sha256:[0-9a-f]{64} .* \(fallback-tag\)/);
       const mounted = await mountFuseOk(rig, [ref]);
       assert.match(mounted.stdout, /3 layers/);
+      assert.match(mounted.stderr, /layers 0, 1, 2: tar index from the registry \(a referrer\)/);
       assert.deepEqual(
         comparableListing(await treeListing(sandbox.target)),
         comparableListing(await treeListing(image.rootfs)),
       );
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      // --require-verified takes none of them.
+      assertCliError(
+        await runCli(["mount", "--require-verified", ref, `${sandbox.target}`], { env }),
+        1,
+        /--require-verified: layer 0's tar index is from the registry \(a referrer\)/,
+      );
     }),
 });

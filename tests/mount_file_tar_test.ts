@@ -2,7 +2,8 @@
  * `mount FILE DIR` of a tar.gz or tar file (FUSE backend): served through an index as an
  * image's tar layer — one made here (`--index-missing`, found again without the flag by the
  * file's digest), by `erofs-oci index FILE -o DIR` (`--index DIR`) or by mkfs.erofs 1.9.3
- * (`--tarindex/--zinfo`) — it mounts the fixture's tree. Without an index the error says what
+ * (`--tarindex/--zinfo`) — it mounts the fixture's tree; an index not made here is said to be
+ * unbound, and refused by --require-verified. Without an index the error says what
  * the file is and how to mount it; a file that is neither EROFS nor tar still gets the EROFS
  * error, and a FIFO is refused without waiting.
  */
@@ -67,6 +68,33 @@ Deno.test({
         assertSuccess(await runCli(["index", tar, "-o", dir], LONG));
         const fromDir = await mountOk(["--index", dir], tar);
         assert.doesNotMatch(fromDir.stderr, /indexing here/);
+        // An index from elsewhere: its piece digests are its maker's, said once; one made here
+        // is not (its pieces come from bytes checked against the digest).
+        assert.match(fromDir.stderr, /layer 0: tar index from --index DIR, not bound by the layer/);
+        assert.doesNotMatch(again.stderr, /not bound/);
+        assertCliError(
+          await runCli([
+            "mount",
+            "--backend",
+            "fuse",
+            "--require-verified",
+            "--index",
+            dir,
+            tar,
+            target,
+          ], {
+            env,
+          }),
+          1,
+          /--require-verified: layer 0's tar index is from --index DIR, which nothing binds/,
+        );
+        assert.deepEqual([...Deno.readDirSync(target)], [], "nothing mounted");
+        const verified = await mountOk(
+          ["--require-verified", "--index-missing", "--index", dir],
+          tar,
+        );
+        assert.match(verified.stderr, /indexing here/, "indexed here instead of taking DIR's");
+        assert.doesNotMatch(verified.stderr, /not bound/);
         // A name with a space and a leading dot: index names its files so mount reads them.
         const spaced = `${work}/.my layer.tar.gz`;
         Deno.copyFileSync(gz, spaced);
@@ -124,12 +152,17 @@ Deno.test({
         }
 
         // erofs-utils' own index of the file (mkfs.erofs --tar=i --gzinfo): unverified reads.
-        await mountOk([
-          "--tarindex",
-          `${FIXTURES}/layer.meta.erofs`,
-          "--zinfo",
-          `${FIXTURES}/layer.zinfo`,
-        ], gz);
+        const erofsUtils = ["--tarindex", `${FIXTURES}/layer.meta.erofs`, "--zinfo"];
+        const given = await mountOk([...erofsUtils, `${FIXTURES}/layer.zinfo`], gz);
+        assert.match(given.stderr, /tar index from --tarindex\/--zinfo, not bound/);
+        assertCliError(
+          await runCli(
+            ["mount", "--require-verified", ...erofsUtils, `${FIXTURES}/layer.zinfo`, gz, target],
+            { env },
+          ),
+          1,
+          /--require-verified: layer 0: tar index from --tarindex\/--zinfo/,
+        );
 
         const erofsWithIndex = await runCli([
           "mount",

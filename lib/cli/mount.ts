@@ -28,6 +28,7 @@ import {
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
 import { withLocalPathHint } from "./local_path_hint.ts";
+import { foreignIndexNotices } from "../mount/tar_indexes.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -102,7 +103,8 @@ Options:
                          while readers are quiet (a long-running mount ends up local)
       --require-verified refuse layers without a chunk-digest table (their bytes could
                          not be checked; tables are written by push, build --push,
-                         convert and \`erofs-oci checksums IMAGE --push\`)
+                         convert and \`erofs-oci checksums IMAGE --push\`), and tar
+                         indexes not made on this host (with --index-missing: made here)
       --no-prefetch      do not prefetch what the image's trace (\`erofs-oci trace\`) lists
       --upper DIR        writable overlay: upper directory (needs --work)
       --work DIR         overlay work directory on the same file system as --upper
@@ -269,6 +271,7 @@ function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSou
   return {
     cacheDir: INDEX_CACHE_DIR,
     indexMissing: values["index-missing"] ?? false,
+    requireVerified: values["require-verified"] ?? false,
     signal,
     ...indexProgress(),
     dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
@@ -350,6 +353,7 @@ async function resolveAndMount(
       state.layers.length === 1 ? "" : "s"
     }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
   );
+  for (const notice of foreignIndexNotices(resolved.layers)) info(notice);
   if (foreground) await foreground();
   return 0;
 }

@@ -9,7 +9,7 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
-import { INDEXED_HERE_DIR, type TarIndexSpec } from "../state/runtime.ts";
+import { INDEXED_HERE_DIR, type TarIndexOrigin, type TarIndexSpec } from "../state/runtime.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
@@ -32,7 +32,20 @@ export interface TarIndexSources {
   onIndexed?: () => void;
   /** The mount was interrupted: indexing here removes its work at once (index_here.ts). */
   signal?: AbortSignal;
+  /**
+   * `--require-verified`: only indexes made on this host (their pieces were computed from bytes
+   * checked against the layer digest); one from elsewhere is not taken (with --index-missing
+   * the layer is indexed here instead) and a layer left without one fails the mount.
+   */
+  requireVerified?: boolean;
 }
+
+/** What an index's origin is called in messages. */
+const ORIGIN_NAMES: Record<Exclude<TarIndexOrigin, "here">, string> = {
+  registry: "from the registry (a referrer)",
+  dir: "from --index DIR",
+  files: "from --tarindex/--zinfo",
+};
 
 /** The chosen layers served through a tar index (the rest are EROFS). */
 export function layersThroughIndex(
@@ -60,7 +73,13 @@ export async function findTarIndexes(
   const found = new Map<string, TarIndexSpec>();
   if (layers.length === 0) return found;
   if (sources.files) {
-    found.set(layers[0].digest, { meta: sources.files.meta, zinfo: sources.files.zinfo });
+    const files = {
+      meta: sources.files.meta,
+      zinfo: sources.files.zinfo,
+      origin: "files" as const,
+    };
+    refuseGivenIndexes(layers, sources);
+    found.set(layers[0].digest, files);
     return found;
   }
   for (const layer of layers) {
@@ -84,12 +103,23 @@ export async function findTarIndexes(
       wanted,
       sources.cacheDir,
     );
-    for (const [digest, files] of fetched) found.set(digest, files);
+    for (const [digest, files] of fetched) found.set(digest, { ...files, origin: "registry" });
   }
   for (const layer of wanted) {
     if (found.has(layer.digest) || !sources.dir) continue;
     const local = await findLocalLayerIndex(sources.dir, layer);
-    if (local) found.set(layer.digest, await keepIndexFiles(local, sources.cacheDir, layer.digest));
+    if (local) {
+      const kept = await keepIndexFiles(local, sources.cacheDir, layer.digest);
+      found.set(layer.digest, { ...kept, origin: "dir" });
+    }
+  }
+  // Under --require-verified an index from elsewhere is set aside: one made here may replace it.
+  const setAside = new Map<string, TarIndexSpec>();
+  if (sources.requireVerified) {
+    for (const [digest, spec] of found) {
+      setAside.set(digest, spec);
+      found.delete(digest);
+    }
   }
   if (layers.every((l) => found.has(l.digest))) return found;
   // Made here by an earlier --index-missing (of this image or another with the layer).
@@ -99,7 +129,10 @@ export async function findTarIndexes(
   for (const layer of wanted) {
     if (found.has(layer.digest)) continue;
     const here = await findIndexedHere(hereDir, layer);
-    if (here) found.set(layer.digest, await keepIndexFiles(here, sources.cacheDir, layer.digest));
+    if (here) {
+      const kept = await keepIndexFiles(here, sources.cacheDir, layer.digest);
+      found.set(layer.digest, { ...kept, origin: "here" });
+    }
   }
   const missing = layers.filter((l) => !found.has(l.digest));
   if (missing.length && sources.indexMissing) {
@@ -114,10 +147,22 @@ export async function findTarIndexes(
       signal: sources.signal,
     });
     for (const [digest, files] of made) {
-      found.set(digest, await keepIndexFiles(files, sources.cacheDir, digest));
+      found.set(digest, {
+        ...await keepIndexFiles(files, sources.cacheDir, digest),
+        origin: "here",
+      });
     }
   }
   const unindexed = layers.find((l) => !found.has(l.digest));
+  const foreign = unindexed && setAside.get(unindexed.digest);
+  if (unindexed && foreign?.origin && foreign.origin !== "here") {
+    throw new UserError(
+      `--require-verified: layer ${unindexed.index}'s tar index is ${
+        ORIGIN_NAMES[foreign.origin]
+      }, which nothing binds to the layer digest`,
+      "add --index-missing to index the layer on this host (reads it once)",
+    );
+  }
   if (unindexed) {
     if (from.kind === "file") {
       const what = tarLayerKind(unindexed.mediaType) === "tar" ? "a tar file" : "a tar.gz file";
@@ -140,6 +185,41 @@ export async function findTarIndexes(
     );
   }
   return found;
+}
+
+/**
+ * `--require-verified` with --tarindex/--zinfo: the other indexes from elsewhere were set aside
+ * (indexed here instead, or the layer has none); these the user gave for this mount.
+ */
+function refuseGivenIndexes(layers: LayerDescriptor[], sources: TarIndexSources): void {
+  if (!sources.requireVerified || !sources.files) return;
+  throw new UserError(
+    `--require-verified: layer ${layers[0].index}: tar index ${ORIGIN_NAMES.files}, which ` +
+      "nothing binds to the layer digest",
+    "leave out --tarindex/--zinfo and add --index-missing to index it on this host",
+  );
+}
+
+/**
+ * What to say once about the layers served through an index not made here: their reads are
+ * checked against the index's own piece digests, which whoever made the index chose, so a
+ * forged index can show other bytes of the layer under a file's name.
+ */
+export function foreignIndexNotices(
+  layers: { tarIndex?: TarIndexSpec; layerIndex?: number }[],
+): string[] {
+  const byOrigin = new Map<Exclude<TarIndexOrigin, "here">, number[]>();
+  layers.forEach((layer, position) => {
+    const origin = layer.tarIndex?.origin;
+    if (!origin || origin === "here") return;
+    byOrigin.set(origin, [...byOrigin.get(origin) ?? [], layer.layerIndex ?? position]);
+  });
+  return [...byOrigin].map(([origin, indexes]) =>
+    `layer${indexes.length === 1 ? "" : "s"} ${indexes.join(", ")}: tar index ${
+      ORIGIN_NAMES[origin]
+    }, not bound by the layer digest: reads are checked only against the index's own piece ` +
+    "digests (to index on this host instead: --index-missing --require-verified)"
+  );
 }
 
 /**

@@ -103,11 +103,19 @@ export function readsCheckedByPieces(index: TarIndexSpec | undefined): boolean {
  * Index files of a tar layer. `record` binds them to the layer (made by `erofs-oci index`);
  * without it (files from erofs-utils) nothing ties them to the blob and reads are unverified.
  */
+export type TarIndexOrigin = "here" | "registry" | "dir" | "files";
+
 export interface TarIndexSpec {
   meta: string;
   zinfo?: string;
   pieces?: string;
   record?: IndexRecord;
+  /**
+   * Where the index came from: made on this host from bytes checked against the layer digest
+   * ("here"), or from elsewhere (the registry's referrers, --index DIR, --tarindex), whose piece
+   * digests and offsets nothing binds to the layer digest.
+   */
+  origin?: TarIndexOrigin;
   /**
    * How the device lays the layer out (lib/mount/tar_layout.ts): "512" = [meta][tar] as
    * erofs-utils, "4k" = re-laid out for kernels before 6.4. Unset: chosen for this kernel.
