@@ -17,6 +17,7 @@ import {
   unwrap,
 } from "./libc.ts";
 import { pidfdOpen } from "./process.ts";
+import { UserError } from "../lib/errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -401,5 +402,38 @@ export async function preadAsync(
     if (retry >= 0) return retry;
     const code = errno();
     if (code !== Errno.EINTR) throw new SysError("pread", code, context);
+  }
+}
+
+/**
+ * Reads the whole of the regular file at `path` (symlinks followed) if it holds at most
+ * `maxBytes`; anything else is refused with a UserError naming `what`, before any read: a FIFO
+ * would block, a device such as /dev/zero never ends, a larger file would take that much memory.
+ * Reads on pool threads; a file that grows meanwhile is read to the size it had.
+ */
+export async function readRegularFile(
+  path: string,
+  maxBytes: number,
+  what: string,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
+  try {
+    const { mode, sizeBytes } = fstatFd(fd, path);
+    if ((mode & S_IFMT) !== S_IFREG) {
+      throw new UserError(`${what} ${path} is not a regular file`);
+    }
+    if (sizeBytes > maxBytes) {
+      throw new UserError(`${what} ${path} is larger than ${maxBytes} bytes`);
+    }
+    const out = new Uint8Array(sizeBytes);
+    let done = 0;
+    while (done < out.length) {
+      const n = await preadAsync(fd, out.subarray(done), done, path);
+      if (n === 0) break;
+      done += n;
+    }
+    return out.subarray(0, done);
+  } finally {
+    closeFd(fd);
   }
 }

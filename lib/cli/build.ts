@@ -8,6 +8,8 @@ import {
 import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
+import { SysError } from "../../ffi/libc.ts";
+import { readRegularFile } from "../../ffi/files.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
@@ -213,13 +215,11 @@ async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void>
 async function readOrderFile(path: string): Promise<string[]> {
   let text: string;
   try {
-    const stat = await Deno.stat(path);
-    if (stat.size > MAX_ORDER_FILE_BYTES) {
-      throw new UserError(`build: --order file ${path} is over 64 MiB`);
-    }
-    text = await Deno.readTextFile(path);
+    text = new TextDecoder().decode(
+      await readRegularFile(path, MAX_ORDER_FILE_BYTES, "build: --order file"),
+    );
   } catch (error) {
-    if (error instanceof UserError) throw error;
+    if (error instanceof UserError && !(error instanceof SysError)) throw error;
     throw new UserError(`build: cannot read --order file ${path}: ${(error as Error).message}`);
   }
   return text.split("\n").map((line) => line.trim()).filter((line) =>

@@ -11,6 +11,8 @@ import { checkZinfoBytes } from "./zinfo.ts";
 
 /** Larger than any honest record; a bigger file is refused before parsing. */
 export const MAX_INDEX_RECORD_BYTES = 64 * 1024;
+/** Largest meta image, zinfo or pieces file a mount reads (they index the layer, not hold it). */
+export const MAX_INDEX_FILE_BYTES = 1 << 30;
 
 export interface IndexRecord {
   layer: { digest: string; size: number };

@@ -8,11 +8,14 @@ import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
   checkIndexRecord,
   type IndexRecord,
+  MAX_INDEX_FILE_BYTES,
   MAX_INDEX_RECORD_BYTES,
   parseIndexRecord,
   sha256Digest,
 } from "../gzip/index_record.ts";
-import { FormatError } from "../errors.ts";
+import { FormatError, UserError } from "../errors.ts";
+import { SysError } from "../../ffi/libc.ts";
+import { readRegularFile } from "../../ffi/files.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -101,9 +104,7 @@ async function* indexRecordsIn(dir: string): AsyncGenerator<IndexRecord> {
   }
   for (const name of names) {
     const path = `${dir}/${name}`;
-    const stat = await Deno.stat(path);
-    if (stat.size > MAX_INDEX_RECORD_BYTES) continue;
-    yield parseIndexRecord(await Deno.readFile(path), path);
+    yield parseIndexRecord(await readIndexFile(path, MAX_INDEX_RECORD_BYTES), path);
   }
 }
 
@@ -143,17 +144,26 @@ export async function checkTarIndexFiles(
   files: TarIndexFiles,
   layer: { digest: string; size: number },
 ): Promise<{ meta: Uint8Array; zinfo?: Uint8Array; pieces?: Uint8Array }> {
-  const read = async (path: string | undefined) => {
-    if (path === undefined) return undefined;
-    try {
-      return await Deno.readFile(path);
-    } catch (error) {
-      throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
-    }
-  };
+  const read = (path: string | undefined) =>
+    path === undefined ? undefined : readIndexFile(path, MAX_INDEX_FILE_BYTES);
   const meta = (await read(files.meta))!;
   const zinfo = await read(files.zinfo);
   const pieces = await read(files.pieces);
   checkIndexRecord(files.record, layer, meta, zinfo, pieces);
   return { meta, zinfo, pieces };
+}
+
+/**
+ * An index file read whole, if it is a regular file of at most `maxBytes` (a FIFO, a device or
+ * a larger file is refused before any read): a FormatError naming it otherwise.
+ */
+export async function readIndexFile(path: string, maxBytes: number): Promise<Uint8Array> {
+  try {
+    return await readRegularFile(path, maxBytes, "index file");
+  } catch (error) {
+    if (error instanceof UserError && !(error instanceof SysError)) {
+      throw new FormatError(error.message, error.hint);
+    }
+    throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
+  }
 }

@@ -20,7 +20,12 @@ import {
   type ReferrerDescriptor,
   uploadBlobIfMissing,
 } from "../oci/referrers.ts";
-import { MAX_INDEX_RECORD_BYTES, parseIndexRecord, sha256Digest } from "../gzip/index_record.ts";
+import {
+  MAX_INDEX_FILE_BYTES,
+  MAX_INDEX_RECORD_BYTES,
+  parseIndexRecord,
+  sha256Digest,
+} from "../gzip/index_record.ts";
 import { checkTarIndexFiles, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
 
 export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
@@ -33,8 +38,6 @@ const MEDIA = {
 /** Annotation on every blob of the artifact: the layer it indexes. */
 export const LAYER_ANNOTATION = "io.github.erofs-oci.layer.digest";
 const TITLE = "org.opencontainers.image.title";
-/** Upper bound for a meta image fetched at mount (it indexes, it does not hold data). */
-const MAX_META_BYTES = 1 << 30;
 
 /**
  * Uploads the blobs of `indexes` and the artifact manifest referring to `subject`; the
@@ -120,7 +123,7 @@ export async function fetchTarIndexes(
             "push the index again: `erofs-oci index IMAGE --push`",
           );
         }
-        if (blob.size > MAX_META_BYTES) throw new OciError(`${want.file} is too large`);
+        if (blob.size > MAX_INDEX_FILE_BYTES) throw new OciError(`${want.file} is too large`);
         const path = `${dir}/${want.digest.replace(":", "-")}`;
         if (!(await fileHasDigest(path, want.digest))) {
           await client.downloadBlob(repository, blob.digest, path, {

@@ -10,7 +10,8 @@ import { GzipRandomAccess } from "../gzip/gzip_random_access.ts";
 import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
-import { checkTarIndexFiles } from "./layer_index_files.ts";
+import { checkTarIndexFiles, readIndexFile } from "./layer_index_files.ts";
+import { MAX_INDEX_FILE_BYTES } from "../gzip/index_record.ts";
 import {
   chooseTarDeviceLayout,
   kernelHasSubpageBlocks,
@@ -59,14 +60,6 @@ function bytesSource(bytes: Uint8Array): Source {
   };
 }
 
-async function readIndexFile(path: string): Promise<Uint8Array> {
-  try {
-    return await Deno.readFile(path);
-  } catch (error) {
-    throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
-  }
-}
-
 /**
  * Opens `blob` (the layer, `layer` its digest and size) through `index`. The files are read
  * once and checked against the record before anything is served; a zinfo that does not fit
@@ -90,8 +83,8 @@ export async function openTarIndexSource(
       layer,
     ));
   } else {
-    meta = await readIndexFile(index.meta);
-    zinfo = index.zinfo ? await readIndexFile(index.zinfo) : undefined;
+    meta = await readIndexFile(index.meta, MAX_INDEX_FILE_BYTES);
+    zinfo = index.zinfo ? await readIndexFile(index.zinfo, MAX_INDEX_FILE_BYTES) : undefined;
   }
   // A meta that is no tar-index image is named before the zinfo is looked at.
   const metaLayout = tarIndexLayout(meta);
