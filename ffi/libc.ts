@@ -93,6 +93,10 @@ export const LIBC_SYMBOLS = {
   },
   // int umount2(const char *target, int flags);
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  // int chdir(const char *path);
+  chdir: { parameters: ["buffer"], result: "i32" },
+  // int fchdir(int fd);
+  fchdir: { parameters: ["i32"], result: "i32" },
   // pid_t gettid(void);
   gettid: { parameters: [], result: "i32" },
   // int setpriority(int which, id_t who, int prio);  — on Linux, who 0 is the calling thread

@@ -3,8 +3,9 @@
  * = top layer), the reverse of an OCI manifest's layer list.
  */
 import { MountError } from "../errors.ts";
-import { SysError } from "../../ffi/libc.ts";
-import { MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
+import { closeFd, cstr, libc, O_RDONLY, SysError, unwrap } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
+import { mount, MS_NODEV, MS_NOSUID, MS_RDONLY } from "../../ffi/mount.ts";
 import { mountOffThread } from "../sys/mount_task.ts";
 
 export interface OverlayOptions {
@@ -15,6 +16,70 @@ export interface OverlayOptions {
   flags?: number;
   /** What mount(2) is given instead of `target` (a pinned /proc/self/fd path). */
   mountAt?: string;
+}
+
+/** The most of mount(2)'s option string the kernel copies: one page, its NUL included. */
+const MOUNT_DATA_MAX_BYTES = 4095;
+/** overlayfs's most lower layers (OVL_MAX_STACK). */
+export const OVERLAY_MAX_LAYERS = 500;
+
+/**
+ * The layers an image may have for one overlay here: overlayfs's limit, and what fits in
+ * mount(2)'s option string with the lower dirs named relative to their directory
+ * (`layer-N`, as mount_image.ts names them).
+ */
+export function overlayLayerLimit(): number {
+  let bytes = "lowerdir=".length;
+  for (let count = 0; count < OVERLAY_MAX_LAYERS; count++) {
+    bytes += `layer-${count}`.length + (count ? 1 : 0);
+    if (bytes > MOUNT_DATA_MAX_BYTES) return count;
+  }
+  return OVERLAY_MAX_LAYERS;
+}
+
+/**
+ * The overlay mounted with its lower dirs named relative to their common directory, which
+ * this process enters for the call: an image of 100+ layers under the runtime dir makes an
+ * option string longer than the page mount(2) copies (the kernel then saw a cut path, ENOENT).
+ * Synchronous, so no other code of this process runs while its working directory is moved.
+ */
+function mountWithRelativeLowers(
+  target: string,
+  lowerDirsTopFirst: string[],
+  upperWork: string,
+  flags: number,
+  mountAt: string | undefined,
+): void {
+  const parent = lowerDirsTopFirst[0].slice(0, lowerDirsTopFirst[0].lastIndexOf("/"));
+  const names = lowerDirsTopFirst.map((dir) => dir.slice(parent.length + 1));
+  const data = `lowerdir=${names.join(":")}${upperWork}`;
+  if (
+    !parent.startsWith("/") || names.some((name) => name.includes("/")) ||
+    data.length > MOUNT_DATA_MAX_BYTES
+  ) {
+    throw new MountError(
+      `cannot mount the overlay on ${target}: ${lowerDirsTopFirst.length} layers make an ` +
+        `option string longer than mount(2) takes (${MOUNT_DATA_MAX_BYTES} bytes)`,
+      "flatten the image (`erofs-oci convert IMAGE DEST --flatten`) or mount one layer (--layer N)",
+    );
+  }
+  const here = openFile(".", O_RDONLY);
+  try {
+    unwrap(libc().chdir(cstr(parent)), "chdir", parent);
+    try {
+      mount("erofs-oci", mountAt ?? target, "overlay", flags, data);
+    } catch (error) {
+      throw new MountError(
+        `cannot mount the overlay on ${target}: ${(error as Error).message}`,
+        undefined,
+        { cause: error },
+      );
+    } finally {
+      unwrap(libc().fchdir(here), "fchdir");
+    }
+  } finally {
+    closeFd(here);
+  }
 }
 
 export async function mountOverlay(
@@ -30,13 +95,18 @@ export async function mountOverlay(
   if (lowerDirsTopFirst.length < (writable ? 1 : 2)) {
     throw new MountError("a read-only overlay needs at least two layers");
   }
-  let data = `lowerdir=${lowerDirsTopFirst.join(":")}`;
-  if (writable) data += `,upperdir=${options.upper},workdir=${options.work}`;
+  const upperWork = writable ? `,upperdir=${options.upper},workdir=${options.work}` : "";
+  const data = `lowerdir=${lowerDirsTopFirst.join(":")}${upperWork}`;
+  const flags = (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY);
+  if (data.length > MOUNT_DATA_MAX_BYTES) {
+    mountWithRelativeLowers(target, lowerDirsTopFirst, upperWork, flags, options.mountAt);
+    return;
+  }
   const result = await mountOffThread({
     source: "erofs-oci",
     target: options.mountAt ?? target,
     fsType: "overlay",
-    flags: (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY),
+    flags,
     data,
   });
   if (result.errno !== 0) {
