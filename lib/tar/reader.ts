@@ -83,8 +83,20 @@ export async function* readTar(
             throw new FormatError(`tar archive: zero block at byte ${headerOffset} inside archive`);
           }
           // Read to the end so a compressed source checks its trailer (gzip CRC, zstd frame
-          // end) and a truncated or corrupt tail is reported; the bytes themselves are ignored.
-          while (await src.readUpTo(1 << 20) !== null) { /* padding after the end marker */ }
+          // end) and a truncated or corrupt tail is reported; the bytes themselves are ignored,
+          // unless nothing came before the marker: a file that merely starts with zeros (an
+          // EROFS image: its superblock is at byte 1024) is no empty archive.
+          let first = true;
+          for (let chunk; (chunk = await src.readUpTo(1 << 20)) !== null; first = false) {
+            if (headerOffset === 0 && chunk.some((byte) => byte !== 0)) {
+              throw new FormatError(
+                first && hasErofsMagicFirst(chunk)
+                  ? "not a tar archive: this is an EROFS image (magic at byte 1024)"
+                  : "not a tar archive: zero blocks, then data",
+                "an EROFS image is mounted, pushed or inspected as it is",
+              );
+            }
+          }
           return;
         }
         header = parseHeaderBlock(block, headerOffset);
@@ -161,3 +173,8 @@ function metaTooLarge(offset: number, max: number): FormatError {
 
 const printable = (t: string) =>
   /^[\x20-\x7e]$/.test(t) ? t : `\\x${t.charCodeAt(0).toString(16).padStart(2, "0")}`;
+
+/** The EROFS superblock magic (0xe0f5e1e2, little-endian) at the start of `bytes`. */
+function hasErofsMagicFirst(bytes: Uint8Array): boolean {
+  return bytes[0] === 0xe2 && bytes[1] === 0xe1 && bytes[2] === 0xf5 && bytes[3] === 0xe0;
+}

@@ -316,3 +316,21 @@ Deno.test("bounded memory: a 1 GiB member streamed or skipped without buffering"
   // this process at the same time (--parallel) and their allocations count in the same RSS.
   ok(grewMiB < 512, `RSS grew ${grewMiB.toFixed(0)} MiB reading 2 GiB`);
 });
+
+Deno.test("zero blocks then data, with no member before: not an (empty) tar archive", async () => {
+  // An EROFS image: 1 KiB of zeros, then its superblock (magic 0xe0f5e1e2 little-endian).
+  const erofs = new Uint8Array(8192);
+  erofs.set([0xe2, 0xe1, 0xf5, 0xe0], 1024);
+  await formatError(erofs, /not a tar archive: this is an EROFS image/);
+  const other = new Uint8Array(4096);
+  other[3000] = 7;
+  await formatError(other, /not a tar archive: zero blocks, then data/);
+  // An empty archive (GNU tar pads it to 10 KiB of zeros) is one.
+  deepEqual(await readAll(new Uint8Array(10240)), []);
+  // Data after the marker of an archive with members stays ignored, as GNU tar does.
+  const withMember = concat([
+    encodeTar([{ name: "a", data: enc.encode("x") }]),
+    enc.encode("junk"),
+  ]);
+  equal((await readAll(withMember)).length, 1);
+});
