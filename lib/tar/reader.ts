@@ -167,7 +167,8 @@ export async function* readTar(
 function metaTooLarge(offset: number, max: number): FormatError {
   return new FormatError(
     `tar header at byte ${offset}: pax/GNU metadata exceeds ${max} bytes`,
-    "raise maxMetaBytes if this archive is trusted",
+    "real archives need a few KiB per member (long names, xattrs); this one is refused as " +
+      "hostile or broken",
   );
 }
 
