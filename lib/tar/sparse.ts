@@ -175,6 +175,6 @@ function badMap(offset: number, why: string): FormatError {
 function tooManySegments(offset: number): FormatError {
   return new FormatError(
     `tar member at byte ${offset}: GNU sparse map too large`,
-    "raise maxMetaBytes if this archive is trusted",
+    "the map is bounded like pax metadata (1 MiB); this archive is refused as hostile or broken",
   );
 }
