@@ -3,6 +3,7 @@
  * data, an 8-byte trailer (CRC-32, ISIZE) after it. Members may follow each other.
  */
 import { FormatError } from "../errors.ts";
+import { crc32 } from "../../ffi/zlib.ts";
 
 export const GZIP_TRAILER_BYTES = 8;
 /** A header longer than this (huge FEXTRA/FNAME/FCOMMENT) is refused rather than buffered. */
@@ -45,7 +46,15 @@ export function gzipHeaderLength(bytes: Uint8Array, where: number): number | und
     if (end < 0) return need(bytes, where);
     at = end + 1;
   }
-  if (flags & FHCRC) at += 2;
+  if (flags & FHCRC) {
+    // CRC16: the low 16 bits of the CRC-32 of the header before it (zlib checks it too).
+    if (bytes.length < at + 2) return need(bytes, where);
+    const stored = bytes[at] | bytes[at + 1] << 8;
+    if ((crc32(0, bytes.slice(0, at)) & 0xffff) !== stored) {
+      throw new FormatError(`gzip member at compressed offset ${where}: header crc mismatch`);
+    }
+    at += 2;
+  }
   if (at > bytes.length) return need(bytes, where);
   return at;
 }
