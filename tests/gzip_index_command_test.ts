@@ -132,6 +132,12 @@ Deno.test({
         ["z.tar.zst", new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]), /is zstd-compressed/],
         ["junk.tar", new Uint8Array(4096).fill(7), /checksum|not a tar/],
         ["block.tar.gz", setBits(gz, 10, 0x06), /invalid block type/],
+        // A header cut in its FEXTRA field: was "empty input: not a tar archive".
+        [
+          "head.tar.gz",
+          new Uint8Array([0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 0xff, 0x7f, 1, 2, 3]),
+          /gzip data truncated after 15 bytes/,
+        ],
       ];
       for (const [file, bytes, message] of cases) {
         await Deno.writeFile(`${dir}/${file}`, bytes);

@@ -150,6 +150,9 @@ export async function indexGzipLayer(
       await Deno.remove(metaPath).catch(() => {});
       await Deno.remove(piecesPath).catch(() => {});
     }
+    // The tar ran out because the gzip stream did (a truncated header or member): say that,
+    // not "empty input" or "truncated archive".
+    if (done && error instanceof FormatError) builder.finish(); // throws when truncated
     throw error;
   } finally {
     builder.close();
