@@ -15,6 +15,7 @@ import { ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../lib/gzip/zinfo.ts
 import { FormatError } from "../lib/errors.ts";
 import { gunzip, prng } from "./_support/gzip_data.ts";
 import { concat } from "./_support/tar_encode.ts";
+import { crc32 } from "../ffi/zlib.ts";
 
 const fixtures = path(`${FIXTURES}/big-multi.zinfo`, "shared fixtures");
 
@@ -81,9 +82,13 @@ function member(data: Uint8Array, level: number, flags: number): Uint8Array {
   if (flags & 0x04) extra.push(5, 0, 1, 2, 3, 4, 5);
   if (flags & 0x08) extra.push(...new TextEncoder().encode("name.tar"), 0);
   if (flags & 0x10) extra.push(...new TextEncoder().encode("a comment"), 0);
-  if (flags & 0x02) extra.push(0xaa, 0xbb);
   const header = plain.slice(0, 10);
   header[3] = flags;
+  if (flags & 0x02) {
+    // CRC16: the low half of the CRC-32 of the header before it (RFC 1952 §2.3.1).
+    const crc = crc32(0, concat([header, new Uint8Array(extra)]).slice()) & 0xffff;
+    extra.push(crc & 0xff, crc >> 8);
+  }
   return concat([header, new Uint8Array(extra), plain.subarray(10)]);
 }
 

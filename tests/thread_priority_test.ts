@@ -1,11 +1,11 @@
 /**
- * lowerThreadPriority (ffi/libc.ts), which a mount server calls once its background windows
+ * lowerThreadPriority (ffi/process.ts), which a mount server calls once its background windows
  * start: it lowers the calling thread only — a thread started before keeps its priority (the
  * NBD/FUSE reader thread) — and never raises a priority the process was given lower.
  */
 import assert from "node:assert/strict";
 
-const LIBC = new URL("../ffi/libc.ts", import.meta.url).href;
+const PROCESS_FFI = new URL("../ffi/process.ts", import.meta.url).href;
 
 /** Runs `script` in a fresh Deno (all permissions: /proc is read), under `nice -n niceness`. */
 async function runNiced(niceness: number, script: string): Promise<string> {
@@ -19,7 +19,7 @@ async function runNiced(niceness: number, script: string): Promise<string> {
 }
 
 const PROLOGUE = `
-import { lowerThreadPriority } from "${LIBC}";
+import { lowerThreadPriority } from "${PROCESS_FFI}";
 // /proc/thread-self/stat: the nice value is field 19, the 17th after "(comm) ".
 const niceOf = () => Number(Deno.readTextFileSync("/proc/thread-self/stat").split(") ")[1].split(" ")[16]);
 const worker = new Worker(URL.createObjectURL(new Blob([

@@ -109,6 +109,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
         onRequest: options.onRequest,
         budget: account,
         activity: entry.activity,
+        exportBytes: exportDescription.sizeBytes,
       });
       options.onConnection?.({ kind: "closed", id, end });
     } finally {

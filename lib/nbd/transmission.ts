@@ -63,6 +63,12 @@ export interface TransmissionOptions {
   onRequest?(event: RequestEvent): void;
   /** Aborting closes the connection and gives up on requests in flight. */
   signal?: AbortSignal;
+  /**
+   * The export size the client was told: a READ reaching past it gets EINVAL (the NBD spec's
+   * SHOULD). Unset for the kernel's device, whose size is rounded up to its block size: the
+   * part of its last block past the source reads as zeros.
+   */
+  exportBytes?: number;
 }
 
 export interface RequestEvent {
@@ -131,7 +137,12 @@ export async function serveTransmission(
     pendingWrites++;
     return (data ? writer.write(header, data) : writer.write(header)).then(
       () => options.onRequest?.(event),
-      () => {}, // the socket is gone; the read loop notices and ends
+      () => {
+        // The client is gone: the requests it left queued are served for nobody (each a
+        // budget grant, a source read, maybe registry GETs), so they are dropped with it.
+        stop.abort(new Error("the client is gone (a reply could not be written)"));
+        closeQuietly(conn);
+      },
     ).finally(() => pendingWrites--);
   };
 
@@ -211,7 +222,11 @@ export async function serveTransmission(
       const event: RequestEvent = { type, offset, length, error: 0 };
 
       if (type === NBD_CMD_READ) {
-        if (length > maxRequestBytes) {
+        if (
+          length > maxRequestBytes ||
+          (options.exportBytes !== undefined &&
+            offsetBig + BigInt(length) > BigInt(options.exportBytes))
+        ) {
           event.error = NBD_EINVAL;
           setError(header, NBD_EINVAL);
           track(reply(header, event), 0);

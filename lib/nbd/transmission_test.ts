@@ -240,3 +240,43 @@ Deno.test("transmission: aborting the signal closes the connection", async () =>
   assertEquals((await h.served).reason, "aborted");
   ok(await h.client.closedByServer());
 });
+
+Deno.test("transmission: with exportBytes, a READ past the export's end gets EINVAL", async () => {
+  const size = 10_000;
+  const data = patternBytes(size);
+  const source = new MemorySource(data);
+  await using h = await connect(source, { exportBytes: size });
+  const c = h.client;
+  await c.request(NBD_CMD_READ, size - 100, 100); // up to the end: served
+  assertEquals((await c.reply())?.data, data.subarray(size - 100));
+  for (
+    const [offset, length] of [
+      [BigInt(size - 100), 4096], // straddles the end
+      [BigInt(size), 1], // at the end
+      [0xffff_ffff_ffff_f000n, 8192], // wraps past 2^64
+    ] as const
+  ) {
+    await c.request(NBD_CMD_READ, offset, length);
+    const reply = await c.reply();
+    assertEquals(reply?.error, NBD_EINVAL, `${offset}+${length}`);
+    assertEquals(reply?.data, undefined);
+  }
+  assertEquals(source.outOfRange, []);
+});
+
+Deno.test("transmission: a client gone with READs queued: they are dropped, not served", async () => {
+  const data = patternBytes(8 * MiB);
+  const source = new MemorySource(data, { delayMs: () => 30 });
+  await using h = await connect(source, { maxInFlight: 8 });
+  // 200 READs in one write, then the socket is closed without reading a reply.
+  const batch = new Uint8Array(200 * 28);
+  for (let i = 0; i < 200; i++) {
+    batch.set(encodeRequest(NBD_CMD_READ, BigInt(i), (i % 64) * 65536, 65536), i * 28);
+  }
+  await h.client.write(batch);
+  h.client.close();
+  const end = await h.served;
+  // The first replies fail to be written; what was still queued goes with the connection.
+  ok(source.reads.length <= 32, `${source.reads.length} source reads for a client that left`);
+  ok(["aborted", "eof", "closed"].includes(end.reason), end.reason);
+});

@@ -10,7 +10,13 @@
 import { FormatError, OciError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
-import type { LayerSpec, TarIndexSpec } from "../state/runtime.ts";
+import {
+  type LayerSpec,
+  TAR_INDEX_ORIGINS,
+  type TarIndexOrigin,
+  type TarIndexSpec,
+} from "../state/runtime.ts";
+import { readRegularFile } from "../../ffi/files.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 import type { RecoveryExtra } from "../state/recovery_store.ts";
@@ -34,6 +40,8 @@ export interface TarIndexExtra {
    * --reattach` serve [meta][tar] under a 4k mount: it cannot say otherwise.
    */
   layout?: "4k";
+  /** Where the index came from (TarIndexSpec.origin), kept for what the mount says of it. */
+  origin?: TarIndexOrigin;
 }
 
 /** The recovery line (+ companion facts) of a layer served through its tar index. */
@@ -46,6 +54,7 @@ export function tarIndexRecordForLayer(
     pieces: layer.tarIndex.pieces,
     record: layer.tarIndex.record,
     ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
+    ...(layer.tarIndex.origin ? { origin: layer.tarIndex.origin } : {}),
   };
   if (layer.kind === "local") {
     return {
@@ -162,14 +171,15 @@ async function recordedTarIndex(
   sizeFits: (sizeBytes: number) => boolean,
 ): Promise<TarIndexSpec> {
   // Loaded here, not at start-up: only tar layers need gzip, tar and the EROFS writer.
-  const [{ parseIndexRecord }, { tarIndexLayout }, { tarDeviceBytes }] = await Promise.all([
-    import("../gzip/index_record.ts"),
-    import("../gzip/hybrid_tar.ts"),
-    import("../mount/tar_layout.ts"),
-  ]);
+  const [{ parseIndexRecord, MAX_INDEX_FILE_BYTES }, { tarIndexLayout }, { tarDeviceBytes }] =
+    await Promise.all([
+      import("../gzip/index_record.ts"),
+      import("../gzip/hybrid_tar.ts"),
+      import("../mount/tar_layout.ts"),
+    ]);
   let meta: Uint8Array;
   try {
-    meta = await Deno.readFile(metaPath);
+    meta = await readRegularFile(metaPath, MAX_INDEX_FILE_BYTES, "tar index");
   } catch (error) {
     throw new FormatError(
       `tar index ${metaPath} is gone: ${(error as Error).message}`,
@@ -189,11 +199,13 @@ async function recordedTarIndex(
     "recorded index record",
   );
   const pieces = extra.tarIndex?.pieces;
+  const origin = extra.tarIndex?.origin;
   return {
     meta: metaPath,
     zinfo: zinfoPath,
     pieces: indexRecord && typeof pieces === "string" ? pieces : undefined,
     record: indexRecord,
+    ...(origin && TAR_INDEX_ORIGINS.includes(origin) ? { origin } : {}),
     layout: deviceLayout,
   };
 }

@@ -103,7 +103,8 @@ export function readsCheckedByPieces(index: TarIndexSpec | undefined): boolean {
  * Index files of a tar layer. `record` binds them to the layer (made by `erofs-oci index`);
  * without it (files from erofs-utils) nothing ties them to the blob and reads are unverified.
  */
-export type TarIndexOrigin = "here" | "registry" | "dir" | "files";
+export const TAR_INDEX_ORIGINS = ["here", "registry", "dir", "files"] as const;
+export type TarIndexOrigin = typeof TAR_INDEX_ORIGINS[number];
 
 export interface TarIndexSpec {
   meta: string;
