@@ -6,7 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
-import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { scrape } from "./_support/prometheus.ts";
+
+const CLI_PATH = `${REPO_ROOT}/scripts/erofs-oci-dev`;
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 
 async function metricsListen(address: string) {
@@ -94,4 +97,55 @@ Deno.test("mount --metrics-listen with a bad address names --metrics-listen", as
     2,
     /^erofs-oci: --metrics-listen foo: unknown address kind$/,
   );
+});
+
+Deno.test({
+  name: "metrics --listen: a flood of idle connections neither ends it nor keeps scrapers out",
+  ignore: requires(command("prlimit")),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-metrics-flood-" });
+    const socket = `${dir}/m.sock`;
+    // Few descriptors, so that the flood runs the process out of them (EMFILE at accept).
+    const child = new Deno.Command("prlimit", {
+      args: ["--nofile=64:64", CLI_PATH, "metrics", "--listen", `unix:${socket}`],
+      env: { EROFS_OCI_RUNTIME_DIR: dir, EROFS_OCI_CACHE_DIR: `${dir}/cache` },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const flood: Deno.Conn[] = [];
+    try {
+      await scrape(socket); // up and answering
+      assert.equal(Deno.statSync(socket).mode! & 0o777, 0o600, "the socket is the owner's only");
+      for (let i = 0; i < 150; i++) {
+        try {
+          flood.push(await Deno.connect({ transport: "unix", path: socket }));
+        } catch { /* the backlog is full: enough */ }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      for (const conn of flood.splice(0)) conn.close();
+      // Still there, and answering.
+      const text = await scrape(socket);
+      assert.match(text, /^# (HELP|TYPE) erofs_oci_/m);
+      // Not HTTP, not GET, not /metrics.
+      for (
+        const [request, status] of [
+          ["garbage\r\n\r\n", 400],
+          ["POST /metrics HTTP/1.1\r\n\r\n", 405],
+          ["GET /other HTTP/1.1\r\n\r\n", 404],
+        ] as const
+      ) {
+        const conn = await Deno.connect({ transport: "unix", path: socket });
+        await conn.write(new TextEncoder().encode(request));
+        const reply = new TextDecoder().decode(await new Response(conn.readable).bytes());
+        assert.match(reply, new RegExp(`^HTTP/1\\.1 ${status} `), request);
+      }
+    } finally {
+      for (const conn of flood) conn.close();
+      child.kill("SIGTERM");
+      const status = await child.status;
+      const stderr = new TextDecoder().decode((await child.stderr.getReader().read()).value);
+      await Deno.remove(dir, { recursive: true });
+      assert.equal(status.code, 0, `metrics ended badly: ${stderr}`);
+    }
+  },
 });

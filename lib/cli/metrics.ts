@@ -5,7 +5,7 @@ import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts
 import { DiskCache, diskCacheDir } from "../source/disk_cache.ts";
 import { blobTotals } from "../source/disk_cache_contents.ts";
 import { serveMetrics } from "../metrics/endpoint.ts";
-import { claimSocketPath, parseListenAddress, removeOwnSocket } from "../nbd/address.ts";
+import { parseListenAddress } from "../nbd/address.ts";
 import { info } from "../log.ts";
 
 export const metricsCommand: Command = {
@@ -31,7 +31,6 @@ Options:
       return 0;
     }
     const addr = parseListenAddress(values.listen);
-    if (addr.transport === "unix") claimSocketPath(addr.path);
     const endpoint = serveMetrics(
       addr,
       async () => renderPrometheus(await describeMounts(), diskCacheGauges()),
@@ -45,7 +44,7 @@ Options:
     const stop = () => endpoint.shutdown();
     for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
     await endpoint.finished;
-    if (addr.transport === "unix") removeOwnSocket(addr.path);
+    endpoint.removeSocket(); // shutdown does too, after this resolves
     return 0;
   },
 };

@@ -1,64 +1,171 @@
 /**
- * A scrape endpoint: HTTP on a unix socket or TCP address answering `GET /metrics` with the
- * text `produce` returns. One request at a time is plenty for a scraper; a slow producer is
- * bounded by the control socket timeouts it uses.
+ * A scrape endpoint: HTTP/1.x on a unix socket or TCP address answering `GET /metrics` with the
+ * text `produce` returns, one request per connection (`Connection: close`, which every scraper
+ * takes). Written on plain sockets rather than Deno.serve, because anyone who can connect may
+ * be hostile: connections are capped (more are closed at once), each gets a deadline for the
+ * whole exchange (a silent or slow client is closed), the request head is bounded, and running
+ * out of descriptors pauses accepting instead of ending the process (Deno.serve's accept
+ * failure was an uncaught error: a connection flood killed a mount's server).
  */
-import type { ListenAddress } from "../nbd/address.ts";
+import { type ListenAddress, listenUnix, type OwnSocket, removeOwnSocket } from "../nbd/address.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./prometheus.ts";
 import { UserError } from "../errors.ts";
+import { warn } from "../log.ts";
 
 export interface MetricsEndpoint {
   /** `unix:PATH` or `tcp:HOST:PORT` actually bound (port 0 resolved). */
   address: string;
   finished: Promise<void>;
+  /** Stops serving, closes every connection and removes its socket file (if still its own). */
   shutdown(): Promise<void>;
+  /** Removes the socket file now, if still its own by identity (for an exiting process). */
+  removeSocket(): void;
 }
+
+/** Connections served at once; scrapers use one at a time. */
+const MAX_CONNECTIONS = 64;
+/** The whole exchange of one connection: request head in, response out. */
+const CONNECTION_DEADLINE_MS = 30_000;
+/** Largest request head (request line and headers) read. */
+const MAX_HEAD_BYTES = 16 * 1024;
+/** Pause before accepting again after accept failed (EMFILE: no descriptor left). */
+const ACCEPT_RETRY_MS = 200;
 
 export function serveMetrics(
   addr: ListenAddress,
   produce: () => Promise<string>,
 ): MetricsEndpoint {
-  const handler = async (request: Request): Promise<Response> => {
-    const { pathname } = new URL(request.url);
-    if (request.method !== "GET" && request.method !== "HEAD") {
-      return new Response("method not allowed\n", { status: 405 });
-    }
-    if (pathname !== "/metrics" && pathname !== "/") {
-      return new Response("not found: try /metrics\n", { status: 404 });
-    }
-    return new Response(await produce(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
-  };
-  const onError = () => new Response("internal error\n", { status: 500 });
-  // An address in use or not ours is the user's to change: one line, not an internal error.
-  const listening = <T>(where: string, serve: () => T): T => {
-    try {
-      return serve();
-    } catch (error) {
-      throw new UserError(
-        `cannot listen on ${where}: ${(error as Error).message}`,
-        "choose another address (e.g. tcp:127.0.0.1:0 picks a free port)",
-      );
-    }
-  };
-  if (addr.transport === "unix") {
-    const server = listening(
-      addr.path,
-      () => Deno.serve({ path: addr.path, onListen() {}, onError }, handler),
+  const where = addr.transport === "unix"
+    ? addr.path
+    : `${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
+  let listener: Deno.Listener;
+  let socket: OwnSocket | undefined;
+  try {
+    if (addr.transport === "unix") ({ listener, socket } = listenUnix(addr.path));
+    else listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
+  } catch (error) {
+    if (error instanceof UserError) throw error;
+    // An address in use or not ours is the user's to change: one line, not an internal error.
+    throw new UserError(
+      `cannot listen on ${where}: ${(error as Error).message}`,
+      "choose another address (e.g. tcp:127.0.0.1:0 picks a free port)",
     );
-    return {
-      address: `unix:${addr.path}`,
-      finished: server.finished,
-      shutdown: () => server.shutdown(),
-    };
   }
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  const server = listening(
-    `${host}:${addr.port}`,
-    () => Deno.serve({ hostname: addr.hostname, port: addr.port, onListen() {}, onError }, handler),
-  );
+  const open = new Set<Deno.Conn>();
+  let closing = false;
+  const finished = (async () => {
+    let failures = 0;
+    while (!closing) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+        failures = 0;
+      } catch (error) {
+        if (closing || error instanceof Deno.errors.BadResource) break;
+        if (failures++ === 0) {
+          warn(`metrics: accept failed (${(error as Error).message}); retrying`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+        continue;
+      }
+      if (open.size >= MAX_CONNECTIONS) {
+        closeQuietly(conn);
+        continue;
+      }
+      open.add(conn);
+      const deadline = setTimeout(() => closeQuietly(conn), CONNECTION_DEADLINE_MS);
+      answer(conn, produce).catch(() => {/* the client went away */}).finally(() => {
+        clearTimeout(deadline);
+        open.delete(conn);
+        closeQuietly(conn);
+      });
+    }
+  })();
+  const port = addr.transport === "tcp" ? (listener.addr as Deno.NetAddr).port : 0;
   return {
-    address: `tcp:${host}:${server.addr.port}`,
-    finished: server.finished,
-    shutdown: () => server.shutdown(),
+    address: addr.transport === "unix"
+      ? `unix:${addr.path}`
+      : `tcp:${where.slice(0, where.lastIndexOf(":"))}:${port}`,
+    finished,
+    shutdown: async () => {
+      closing = true;
+      closeQuietly(listener);
+      for (const conn of open) closeQuietly(conn);
+      await finished;
+      removeOwnSocket(socket);
+    },
+    removeSocket: () => {
+      closeQuietly(listener);
+      removeOwnSocket(socket, false);
+    },
   };
+}
+
+/** Reads one request head and writes its response. */
+async function answer(conn: Deno.Conn, produce: () => Promise<string>): Promise<void> {
+  const head = await readHead(conn);
+  if (head === undefined) return respond(conn, 400, "bad request\n");
+  const line = /^([A-Z]+) (\S+) HTTP\/1\.[01]\r?$/.exec(head.slice(0, head.indexOf("\n")));
+  if (!line) return respond(conn, 400, "bad request\n");
+  const [, method, target] = line;
+  if (method !== "GET" && method !== "HEAD") return respond(conn, 405, "method not allowed\n");
+  // Origin form (/metrics), or absolute form (http://host/metrics: clients sent through a proxy).
+  const path = target.replace(/^https?:\/\/[^/]*/i, "").replace(/\?.*$/, "") || "/";
+  if (path !== "/metrics" && path !== "/") return respond(conn, 404, "not found: try /metrics\n");
+  let text: string;
+  try {
+    text = await produce();
+  } catch {
+    return respond(conn, 500, "internal error\n");
+  }
+  await respond(conn, 200, text, method === "HEAD", PROMETHEUS_CONTENT_TYPE);
+}
+
+/** The request head up to its blank line, or undefined (too large, or the client stopped). */
+async function readHead(conn: Deno.Conn): Promise<string | undefined> {
+  const buf = new Uint8Array(MAX_HEAD_BYTES);
+  let filled = 0;
+  while (filled < buf.length) {
+    const n = await conn.read(buf.subarray(filled));
+    if (n === null) return undefined;
+    filled += n;
+    const text = new TextDecoder().decode(buf.subarray(0, filled));
+    if (text.includes("\r\n\r\n") || text.includes("\n\n")) return text;
+  }
+  return undefined;
+}
+
+const REASONS: Record<number, string> = {
+  200: "OK",
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  500: "Internal Server Error",
+};
+
+async function respond(
+  conn: Deno.Conn,
+  status: number,
+  body: string,
+  headOnly = false,
+  contentType = "text/plain; charset=utf-8",
+): Promise<void> {
+  const bytes = new TextEncoder().encode(body);
+  const head = new TextEncoder().encode(
+    `HTTP/1.1 ${status} ${REASONS[status]}\r\ncontent-type: ${contentType}\r\n` +
+      `content-length: ${bytes.length}\r\nconnection: close\r\n` +
+      (status === 405 ? "allow: GET, HEAD\r\n" : "") + "\r\n",
+  );
+  await writeAll(conn, head);
+  if (!headOnly) await writeAll(conn, bytes);
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
+}
+
+function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch { /* already closed */ }
 }

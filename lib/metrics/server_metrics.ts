@@ -7,12 +7,7 @@
 import type { LayerStats } from "./layer_stats.ts";
 import type { MountSpec } from "../state/runtime.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
-import {
-  claimSocketPath,
-  type ListenAddress,
-  parseListenAddress,
-  removeOwnSocket,
-} from "../nbd/address.ts";
+import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
@@ -28,7 +23,6 @@ export function startServerMetrics(
   if (!listen) return;
   try {
     const addr = parseListenAddress(listen, "--metrics-listen");
-    if (addr.transport === "unix") claimSocketPath(addr.path);
     const endpoint = serveMetrics(addr, () => {
       const stats = layers();
       return Promise.resolve(renderPrometheus([{
@@ -45,9 +39,7 @@ export function startServerMetrics(
       }]));
     });
     console.log(`metrics at ${endpoint.address}/metrics`);
-    if (addr.transport === "unix") {
-      globalThis.addEventListener("unload", () => removeOwnSocket(addr.path));
-    }
+    globalThis.addEventListener("unload", () => endpoint.removeSocket());
   } catch (error) {
     warn(`--metrics-listen ${listen}: ${(error as Error).message}; serving no metrics`);
   }
@@ -65,7 +57,6 @@ export function startServeMetrics(
 ): () => Promise<void> {
   let endpoint: MetricsEndpoint;
   try {
-    if (addr.transport === "unix") claimSocketPath(addr.path);
     endpoint = serveMetrics(addr, () =>
       Promise.resolve(renderPrometheus([{
         target: uri,
@@ -84,8 +75,5 @@ export function startServeMetrics(
     throw new UsageError(`--metrics-listen: cannot listen: ${(error as Error).message}`);
   }
   info(`metrics at ${endpoint.address}/metrics`);
-  return async () => {
-    await endpoint.shutdown();
-    if (addr.transport === "unix") removeOwnSocket(addr.path);
-  };
+  return () => endpoint.shutdown();
 }

@@ -40,22 +40,62 @@ export function nbdUri(addr: ListenAddress, exportName: string): string {
   return `nbd://${host}:${addr.port}/${name}`;
 }
 
-export function listenOn(addr: ListenAddress): Deno.Listener {
+/** The listener at `addr`, and for a unix socket the file it made (see listenUnix). */
+export function listenOn(addr: ListenAddress): { listener: Deno.Listener; socket?: OwnSocket } {
   if (addr.transport === "tcp") {
     try {
-      return Deno.listen({ transport: "tcp", hostname: addr.hostname, port: addr.port });
+      return {
+        listener: Deno.listen({ transport: "tcp", hostname: addr.hostname, port: addr.port }),
+      };
     } catch (error) {
       throw new NbdError(`cannot listen on ${addr.hostname}:${addr.port}: ${message(error)}`);
     }
   }
-  claimSocketPath(addr.path);
   try {
-    return Deno.listen({ transport: "unix", path: addr.path });
+    return listenUnix(addr.path);
   } catch (error) {
+    if (error instanceof UserError) throw error;
     throw new NbdError(`cannot listen on ${addr.path}: ${message(error)}`);
   }
 }
 
+/** Longest unix socket path (sun_path holds 108 bytes, the NUL included). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * A unix stream listener at `path`, the socket file mode 0600 (whoever may connect reads what
+ * is served). Deno unlinks the path it bound when the listener closes, whatever file is there
+ * by then (another server's, after ours was removed): so the socket is bound at a temporary name
+ * beside `path`, linked to `path` (which also claims it atomically) and the temporary name
+ * removed; `path` itself is removed by removeOwnSocket only while it is still ours.
+ */
+export function listenUnix(path: string): { listener: Deno.Listener; socket: OwnSocket } {
+  claimSocketPath(path);
+  const bound = `${path}.${crypto.randomUUID().slice(0, 8)}.bind`;
+  if (new TextEncoder().encode(bound).length > MAX_SOCKET_PATH_BYTES) {
+    // No room for the temporary name: bound in place (closing it then unlinks the path).
+    const listener = Deno.listen({ transport: "unix", path });
+    return { listener, socket: ownSocket(path) };
+  }
+  const listener = Deno.listen({ transport: "unix", path: bound });
+  try {
+    Deno.chmodSync(bound, 0o600);
+    try {
+      Deno.linkSync(bound, path);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+      throw new UserError(
+        `${path} was taken by another server meanwhile`,
+        "stop that server or choose another socket path",
+      );
+    }
+  } catch (error) {
+    listener.close(); // unlinks the temporary name
+    throw error;
+  }
+  Deno.removeSync(bound);
+  return { listener, socket: ownSocket(path) };
+}
 /**
  * Makes `path` free for a new unix socket: a socket file nobody accepts on is left over from a
  * killed server and is removed; anything else there (a file, a directory, a live server's
@@ -85,11 +125,47 @@ export function claimSocketPath(path: string): void {
   );
 }
 
-/** Removes the socket file this process listened on (only a socket: never another file). */
-export function removeOwnSocket(path: string): void {
+/** A unix socket file this process made, known by its identity (device and inode). */
+export interface OwnSocket {
+  path: string;
+  dev: number;
+  ino: number;
+}
+
+/**
+ * The socket file just bound at `path`, made the owner's only (0600: whoever may connect reads
+ * what is served), and remembered by identity so that only it is ever removed.
+ */
+export function ownSocket(path: string): OwnSocket {
+  Deno.chmodSync(path, 0o600);
+  const info = Deno.lstatSync(path);
+  return { path, dev: info.dev, ino: info.ino ?? 0 };
+}
+
+/**
+ * Removes the socket file this process listened on (call after closing the listener), if it is
+ * still that file and (with `probe`) nobody accepts on it: another server may have taken the
+ * path since (the file removed and bound again; a reused inode number can even look the same),
+ * and its socket stays.
+ */
+export function removeOwnSocket(socket: OwnSocket | undefined, probe = true): void {
+  if (!socket) return;
   try {
-    if (Deno.lstatSync(path).isSocket) Deno.removeSync(path);
-  } catch { /* absent */ }
+    const info = Deno.lstatSync(socket.path);
+    if (!info.isSocket || info.dev !== socket.dev || info.ino !== socket.ino) return;
+  } catch {
+    return; // absent
+  }
+  // Not at exit (probe false): a listener closed then is released only after this runs.
+  if (probe) {
+    try {
+      closeFd(connectUnix(socket.path));
+      return; // a live server answers there: not ours
+    } catch { /* nobody listens: our own, closed */ }
+  }
+  try {
+    Deno.removeSync(socket.path);
+  } catch { /* gone meanwhile */ }
 }
 
 function message(error: unknown): string {

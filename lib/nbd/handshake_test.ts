@@ -359,3 +359,42 @@ Deno.test("listen: TCP on an ephemeral port", async () => {
     await server.close();
   }
 });
+
+Deno.test("listen: the socket is 0600, and a stopping server removes only its own file", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/s.sock`;
+  const start = () =>
+    startNbdServer({
+      listen: { transport: "unix", path },
+      source: new MemorySource(DATA),
+      export: { name: "x", sizeBytes: SIZE, flags: READ_ONLY_EXPORT_FLAGS },
+    });
+  const first = start();
+  try {
+    assertEquals(Deno.statSync(path).mode! & 0o777, 0o600);
+    // Its file removed under it, and the path taken by another server.
+    Deno.removeSync(path);
+    const second = start();
+    try {
+      await first.close();
+      ok(Deno.lstatSync(path).isSocket, "the other server's socket stays");
+      const conn = await Deno.connect({ transport: "unix", path });
+      conn.close();
+    } finally {
+      await second.close();
+    }
+    ok(!existsSync(path), "each server removes its own");
+  } finally {
+    await first.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -3,7 +3,7 @@
  * own handshake and transmission phase over ONE shared source (so CAN_MULTI_CONN holds and all
  * clients share one cache).
  */
-import { type ListenAddress, listenOn, nbdUri } from "./address.ts";
+import { type ListenAddress, listenOn, nbdUri, removeOwnSocket } from "./address.ts";
 import type { Source } from "../source/source.ts";
 import { ConnActivity, watchConn } from "./activity.ts";
 import { InflightBudget } from "./budget.ts";
@@ -57,7 +57,7 @@ export interface NbdServer {
 }
 
 export function startNbdServer(options: NbdServerOptions): NbdServer {
-  const listener = listenOn(options.listen);
+  const { listener, socket } = listenOn(options.listen);
   const address: ListenAddress = options.listen.transport === "unix"
     ? options.listen
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
@@ -192,11 +192,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
         await accepting.catch(() => {});
         for (const { conn } of active.values()) closeQuietly(conn); // handshakes in progress
         await Promise.allSettled([...active.values()].map((a) => a.done));
-        if (address.transport === "unix") {
-          try {
-            Deno.removeSync(address.path);
-          } catch { /* already gone */ }
-        }
+        removeOwnSocket(socket);
       })();
       return closing;
     },
