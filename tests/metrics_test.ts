@@ -11,6 +11,7 @@ import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
+import { digestOf } from "../lib/oci/digest.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import type { ListedMount } from "../lib/metrics/listed_layer.ts";
@@ -151,7 +152,8 @@ Deno.test({
       assert(out.success, new TextDecoder().decode(out.stderr) + s.stderr());
       assert.deepEqual(Deno.readFileSync(`${dir}/out.img`), bytes);
       const families = await parsePrometheus(await scrape(socket));
-      const labels = { layer: "0" };
+      // Labelled by the export's URI and the layer's digest (were the --listen text and "").
+      const labels = { layer: "0", mount: s.uri, digest: digestOf(bytes) };
       assert(sampleOf(families, "erofs_oci_layer_fetched_bytes_total", labels) >= bytes.length);
       assert(sampleOf(families, "erofs_oci_layer_registry_get_seconds_count", labels) > 0);
       assert.equal(await s.stop(), 0, s.stderr());

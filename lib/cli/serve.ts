@@ -156,9 +156,15 @@ Example:
     const prefetched = prefetchErofsMetadata(raw, served, { signal: prefetchAbort.signal })
       .then((summary) => debug("metadata prefetch", summary));
     let stopMetrics: (() => Promise<void>) | undefined;
+    let uri = values.listen;
     try {
       if (metricsListen) {
-        stopMetrics = startServeMetrics(metricsListen, image, values.listen, () => served.stats());
+        // Labelled by the export's NBD URI (a tcp port 0 is known once listening) and digest.
+        const digest = name.startsWith("sha256:") ? name : undefined;
+        stopMetrics = startServeMetrics(metricsListen, image, () => uri, () => ({
+          ...served.stats(),
+          ...(digest ? { digest } : {}),
+        }));
       }
       const server = await startNbdServer({
         listen,
@@ -187,6 +193,7 @@ Example:
           }
           : undefined,
       });
+      uri = server.uri;
       console.log(server.uri);
       info(`serving ${image} (${formatBytes(cache.size)}) at ${server.uri}; Ctrl-C stops`);
       await stopped;

@@ -52,14 +52,14 @@ export function startServerMetrics(
 export function startServeMetrics(
   addr: ListenAddress,
   image: string,
-  uri: string,
+  uri: () => string,
   stats: () => LayerStats,
 ): () => Promise<void> {
   let endpoint: MetricsEndpoint;
   try {
     endpoint = serveMetrics(addr, () =>
       Promise.resolve(renderPrometheus([{
-        target: uri,
+        target: uri(),
         image,
         backend: "serve",
         devices: [],

@@ -110,7 +110,7 @@ export async function negotiate(
         const name = decoder.decode(data);
         if (!matches(exp, name)) {
           // EXPORT_NAME cannot carry an error: the protocol says to hang up.
-          return { ok: false, reason: `unknown export '${name}'` };
+          return { ok: false, reason: `unknown export ${quotedName(name)}` };
         }
         const reply = new Uint8Array(10 + (noZeroes ? 0 : 124));
         const rv = new DataView(reply.buffer);
@@ -147,7 +147,7 @@ export async function negotiate(
             conn,
             option,
             NBD_REP_ERR_UNKNOWN,
-            encoder.encode(`unknown export '${parsed.name}'`),
+            encoder.encode(`unknown export ${quotedName(parsed.name)}`),
           );
           break;
         }
@@ -235,4 +235,16 @@ async function sendReply(
   view.setUint32(16, data.length);
   buf.set(data, 20);
   await writeFully(conn, buf);
+}
+
+/**
+ * A client's export name for a message: quoted, control characters escaped, at most 200
+ * characters (a reply string must stay under 4096 bytes and hold no NUL; logs take it too).
+ */
+function quotedName(name: string): string {
+  const cut = name.length > 200 ? `${name.slice(0, 200)}…` : name;
+  const escape = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+  // deno-lint-ignore no-control-regex -- control characters are what is escaped
+  const controls = /[\x00-\x1f\x7f]/g;
+  return `'${cut.replace(controls, escape)}'`;
 }
