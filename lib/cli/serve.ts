@@ -27,6 +27,9 @@ import {
 import { commandName, READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 
+/** How often a failing accept (no descriptor left) is said. */
+const ACCEPT_WARN_EVERY_MS = 10_000;
+
 export const serveCommand: Command = {
   name: "serve",
   summary: "export an EROFS image read-only over NBD (unix socket or TCP)",
@@ -157,6 +160,8 @@ Example:
       .then((summary) => debug("metadata prefetch", summary));
     let stopMetrics: (() => Promise<void>) | undefined;
     let uri = values.listen;
+    let acceptWarnedAt = 0;
+    let acceptFailures = 0;
     try {
       if (metricsListen) {
         // Labelled by the export's NBD URI (a tcp port 0 is known once listening) and digest.
@@ -178,9 +183,19 @@ Example:
         maxInflightBytes,
         idleTimeoutMs,
         onConnection: (event) => {
-          if (event.kind === "accept-failed") {
-            warn(`cannot accept a client (${event.reason}); retrying in ${event.pauseMs} ms`);
-          } else debug("nbd connection", event);
+          if (event.kind !== "accept-failed") return debug("nbd connection", event);
+          // A flood fails accept again and again: one line per 10 s, with the count since.
+          acceptFailures++;
+          const now = Date.now();
+          if (now - acceptWarnedAt < ACCEPT_WARN_EVERY_MS) return;
+          warn(
+            `cannot accept a client (${event.reason}); retrying in ${event.pauseMs} ms` +
+              (acceptFailures > 1
+                ? ` (${acceptFailures} failed accepts since the last warning)`
+                : ""),
+          );
+          acceptWarnedAt = now;
+          acceptFailures = 0;
         },
         onRequest: isDebug()
           ? (e) => {
