@@ -97,6 +97,7 @@ function discardSpareReaders(): void {
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
+  keepServingAfterUnhandledRejections();
   // The `mount` (or `reattach`) that started us: watched until it has recorded the mount.
   const cliPid = Deno.ppid;
   markHeldEventLoop("server");
@@ -293,6 +294,18 @@ export async function runMountServer(): Promise<number> {
   await serveControl(listener, handle);
   await stop();
   return 0;
+}
+
+/**
+ * A rejection nobody handled ends a Deno process by default: for this server that is the mount
+ * going dead (its readers wait on it until a reattach). Such a rejection is a bug; it is logged
+ * and the server goes on serving the reads that do not depend on it.
+ */
+function keepServingAfterUnhandledRejections(): void {
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    console.error("unhandled rejection (a bug; the server goes on):", event.reason);
+  });
 }
 
 /**

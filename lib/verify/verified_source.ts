@@ -157,6 +157,9 @@ export class VerifiedSource implements Source {
       chunks.push(...this.#fetchRun(index, stop, signal));
       index = stop;
     }
+    // Awaited in order: when one fails, the later ones are never awaited, and a rejection
+    // nobody handles ends the process (a hostile registry's wrong bytes killed the server).
+    for (const pending of chunks) pending.catch(() => {});
     const out = new Uint8Array(length);
     for (const [i, pending] of chunks.entries()) {
       const bytes = await pending;

@@ -240,3 +240,39 @@ Deno.test("VerifiedSource.readTo: streamed chunks are checked; a flipped byte is
     await assert.rejects(collect(twice, 0, 4 * CHUNK + 77), ChunkMismatchError);
   }
 });
+
+Deno.test("VerifiedSource: reads failing together leave no rejection unhandled", async () => {
+  await loadNodeCrypto();
+  const bytes = patternBytes(4 * CHUNK);
+  const table = tableOf(bytes);
+  // Every reply is wrong (a hostile registry), each a little later than the one before.
+  let replies = 0;
+  const source: Source = {
+    size: bytes.length,
+    async read(offset, length) {
+      await new Promise((resolve) => setTimeout(resolve, 5 * ++replies));
+      const out = bytes.slice(offset, offset + length);
+      out[0] ^= 0xff;
+      return out;
+    },
+  };
+  const verified = new VerifiedSource(source, table, { origin: "p" });
+  const unhandled: unknown[] = [];
+  const onUnhandled = (event: PromiseRejectionEvent) => {
+    unhandled.push(event.reason);
+    event.preventDefault();
+  };
+  globalThis.addEventListener("unhandledrejection", onUnhandled);
+  try {
+    // Chunk 1 is being fetched by the first read when the second asks for chunks 0 and 1:
+    // the second fails on chunk 0 first and never awaits its wait on chunk 1.
+    const first = verified.read(CHUNK, 100);
+    const second = verified.read(0, 2 * CHUNK);
+    await assert.rejects(first, ChunkMismatchError);
+    await assert.rejects(second, ChunkMismatchError);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(unhandled, []);
+  } finally {
+    globalThis.removeEventListener("unhandledrejection", onUnhandled);
+  }
+});
