@@ -131,6 +131,34 @@ Deno.test({
 });
 
 Deno.test({
+  name: "verified serve: a superblock the registry keeps flipping fails the start with one line",
+  ignore: requires(root(), path(MKFS, "mkfs.erofs 1.9.3")),
+  async fn() {
+    await using s = await setup();
+    const layer = await pushWithTables(s, "v/head");
+    // Every GET of the superblock's chunk is wrong (was "internal error … report it").
+    await using proxy = await startFaultProxy(s.registry.host, [flipRule(layer.digest, 1100)]);
+    const result = await runCli(
+      [
+        "serve",
+        `${proxy.host}/v/head:v1`,
+        "--plain-http",
+        "--no-disk-cache",
+        "--listen",
+        "tcp:127.0.0.1:0",
+      ],
+      { timeoutMs: 60_000 },
+    );
+    // The mismatches are logged as they happen (digest, offset, source); then one error line.
+    assert.equal(result.code, 1, result.stderr);
+    assert.doesNotMatch(result.stderr, /internal error|\n\s+at /);
+    const lines = result.stderr.trimEnd().split("\n");
+    assert.match(lines.at(-2)!, /^erofs-oci: layer .* do not match the chunk-digest table$/);
+    assert.match(lines.at(-1)!, /^ {2}hint: the registry \(or a mirror or proxy on the way\)/);
+  },
+});
+
+Deno.test({
   name:
     "verified mount: a tampered table is refused; --require-verified refuses an image without tables; checksums --push and inspect",
   ignore,
