@@ -193,6 +193,13 @@ export class RegistryAuth {
  * plain HTTP (nothing is protected anyway) or a loopback registry (test and development setups).
  */
 export function checkTokenRealm(url: URL, registry: string, registryPlainHttp: boolean): void {
+  // fetch() reads file: (and data:, blob:) URLs: a token server redirecting there would have
+  // this process read a local file and send what it holds to the registry as a token.
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw new OciError(
+      `the token server of registry ${registry} pointed to a ${url.protocol} URL: only http(s) is followed`,
+    );
+  }
   if (url.protocol !== "http:" || registryPlainHttp || isLoopbackRegistry(registry)) return;
   throw new OciError(
     `registry ${registry} is HTTPS but its token server ${url.host} is plain HTTP: refusing to send credentials in clear text`,
