@@ -1,5 +1,6 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
+import { stallMs, StallWatch } from "./stall_watch.ts";
 import { VERSION } from "../version.ts";
 import { RegistryAuth } from "./auth.ts";
 import { RegistryTransport } from "./registry_transport.ts";
@@ -320,15 +321,35 @@ export class RegistryClient {
     return routeRequest(req, req.route, this.#mirrors, self, (client, r) => client.#requestHere(r));
   }
 
-  async #requestHere(req: RegistryRequest): Promise<Response> {
-    const policy = req.policy ?? this.newPolicy();
+  async #requestHere(outer: RegistryRequest): Promise<Response> {
+    const policy = outer.policy ?? this.newPolicy();
     for (let attempt = 1;; attempt++) {
+      // Requests without a watch of their own get one per attempt (GET/HEAD: an upload's body
+      // may take longer than the stall time to send): a registry that accepts and then says
+      // nothing, or stops in the middle of a body, is asked again, then given up.
+      const watch = outer.stall || outer.body !== undefined
+        ? undefined
+        : new StallWatch(outer.signal);
+      const req = watch ? { ...outer, signal: watch.signal, stall: watch } : outer;
       req.stall?.pause();
       await waitForHost(this.host, policy, req.signal);
       let response: Response;
       try {
         response = await this.#authorized(req);
       } catch (error) {
+        watch?.done();
+        if (watch?.stalled && !outer.signal?.aborted) {
+          debug(
+            `${req.method} ${req.path}: no reply for ${stallMs() / 1000} s (attempt ${attempt})`,
+          );
+          if (await backoff(attempt, policy, outer.signal)) continue;
+          throw new OciError(
+            `registry ${this.host} stopped answering (${req.method} ${req.path}, no reply for ` +
+              `${stallMs() / 1000} s)`,
+            undefined,
+            { cause: error },
+          );
+        }
         if (!isNetworkError(error)) throw error;
         const limit = this.#transport.connected ? policy : {
           ...policy,
@@ -351,19 +372,21 @@ export class RegistryClient {
         debug(`${req.method} ${req.path}: ${response.status}, pausing ${this.host} ${pauseMs} ms`);
         if (attempt < policy.maxAttempts) {
           await response.body?.cancel();
+          watch?.done();
           continue;
         }
-        return response;
+        return watch ? watchedBody(response, watch, this.host) : response;
       }
       noteAnswered(this.host);
       if (isTransientStatus(response.status)) {
         debug(`${req.method} ${req.path}: ${response.status} (attempt ${attempt})`);
         if (await backoff(attempt, policy, req.signal)) {
           await response.body?.cancel();
+          watch?.done();
           continue;
         }
       }
-      return response;
+      return watch ? watchedBody(response, watch, this.host) : response;
     }
   }
 
@@ -381,6 +404,57 @@ export class RegistryClient {
       header = await this.#auth.authorize(req.scope, req.signal);
     }
   }
+}
+
+/**
+ * `response` whose body is watched by `watch` while it is read: the time counts only while the
+ * reader waits on the registry (not while it works on what it got), and a body that stops for
+ * the stall time fails with one line instead of waiting forever.
+ */
+function watchedBody(response: Response, watch: StallWatch, host: string): Response {
+  if (!response.body) {
+    watch.done();
+    return response;
+  }
+  const reader = response.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      watch.progressed();
+      try {
+        const { value, done } = await reader.read();
+        watch.pause();
+        if (done) {
+          watch.done();
+          controller.close();
+        } else controller.enqueue(value);
+      } catch (error) {
+        watch.done();
+        controller.error(
+          watch.stalled
+            ? new OciError(
+              `registry ${host} stopped sending for ${stallMs() / 1000} s`,
+              undefined,
+              {
+                cause: error,
+              },
+            )
+            : error,
+        );
+      }
+    },
+    cancel(reason) {
+      watch.done();
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  const watched = new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+  // Callers read where a redirect ended (blob locations), which a new Response forgets.
+  Object.defineProperty(watched, "url", { value: response.url });
+  return watched;
 }
 
 /** What to check when a registry cannot be reached, by what failed. */

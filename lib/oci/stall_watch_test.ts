@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { RegistryClient } from "./client.ts";
 import { digestOf } from "./digest.ts";
 import { setTextLogSink } from "../log.ts";
+import { OciError } from "../errors.ts";
 
 const BLOB = new Uint8Array(200_000).map((_, i) => (i * 13 + (i >> 9)) & 0xff);
 const DIGEST = digestOf(BLOB);
@@ -109,5 +110,75 @@ Deno.test("registry stall: a wait the registry asked for (429, Retry-After) is n
     await server.shutdown();
     Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
     setTextLogSink(undefined);
+  }
+});
+
+Deno.test("registry stall: any GET (a manifest) that gets no reply is asked again", async () => {
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  let requests = 0;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async () => {
+    if (++requests === 1) await released; // accepted, never answered (until the test ends)
+    return Response.json({ schemaVersion: 2 });
+  });
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
+      deadlineMs: 20_000,
+      plainHttp: true,
+    });
+    const startedMs = Date.now();
+    const response = await client.request({
+      method: "GET",
+      path: "/v2/app/manifests/v1",
+      scope: "repository:app:pull",
+    });
+    assert.deepEqual(await response.json(), { schemaVersion: 2 });
+    assert.equal(requests, 2);
+    assert(Date.now() - startedMs < 10_000, "given up after about a second");
+  } finally {
+    release();
+    await server.shutdown();
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+  }
+});
+
+Deno.test("registry stall: a download whose body stops fails with one line, no file left", async () => {
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () =>
+      new Response(
+        new ReadableStream({
+          async start(controller) {
+            controller.enqueue(BLOB.slice(0, 1000));
+            await released; // then nothing more, connection open
+            controller.close();
+          },
+        }),
+        { headers: { "content-length": String(BLOB.length) } },
+      ),
+  );
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-stall-pull-" });
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
+      deadlineMs: 20_000,
+      plainHttp: true,
+    });
+    const startedMs = Date.now();
+    await assert.rejects(
+      client.downloadBlob("app", DIGEST, `${dir}/out`),
+      (error: unknown) =>
+        error instanceof OciError && /stopped sending for 1 s/.test(error.message),
+    );
+    assert(Date.now() - startedMs < 15_000, "given up, not waited out");
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "no partial file left");
+  } finally {
+    release();
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
   }
 });
