@@ -1,6 +1,6 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
-import { stallMs, StallWatch } from "./stall_watch.ts";
+import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { VERSION } from "../version.ts";
 import { RegistryAuth } from "./auth.ts";
 import { RegistryTransport } from "./registry_transport.ts";
@@ -404,57 +404,6 @@ export class RegistryClient {
       header = await this.#auth.authorize(req.scope, req.signal);
     }
   }
-}
-
-/**
- * `response` whose body is watched by `watch` while it is read: the time counts only while the
- * reader waits on the registry (not while it works on what it got), and a body that stops for
- * the stall time fails with one line instead of waiting forever.
- */
-function watchedBody(response: Response, watch: StallWatch, host: string): Response {
-  if (!response.body) {
-    watch.done();
-    return response;
-  }
-  const reader = response.body.getReader();
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      watch.progressed();
-      try {
-        const { value, done } = await reader.read();
-        watch.pause();
-        if (done) {
-          watch.done();
-          controller.close();
-        } else controller.enqueue(value);
-      } catch (error) {
-        watch.done();
-        controller.error(
-          watch.stalled
-            ? new OciError(
-              `registry ${host} stopped sending for ${stallMs() / 1000} s`,
-              undefined,
-              {
-                cause: error,
-              },
-            )
-            : error,
-        );
-      }
-    },
-    cancel(reason) {
-      watch.done();
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-  const watched = new Response(body, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
-  // Callers read where a redirect ended (blob locations), which a new Response forgets.
-  Object.defineProperty(watched, "url", { value: response.url });
-  return watched;
 }
 
 /** What to check when a registry cannot be reached, by what failed. */

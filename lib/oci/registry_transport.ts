@@ -6,6 +6,7 @@
  * client.ts, which decides what to send and how often (authorization, retries, pacing, mirrors)
  * and offers the API's operations; this file only carries one request and its redirects.
  */
+import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { checkTokenRealm } from "./auth.ts";
@@ -152,14 +153,25 @@ export class RegistryTransport {
       checkTokenRealm(target, this.host, this.plainHttp);
       if (target.origin !== authOrigin) headers.delete("authorization");
       let response: Response;
+      // A token server that says nothing is given up after the stall time, as a registry is.
+      const watch = new StallWatch(signal);
+      watch.progressed();
       try {
         response = await fetch(target, {
           headers,
           redirect: "manual",
-          signal,
+          signal: watch.signal,
           client: this.#httpClient,
         });
       } catch (error) {
+        watch.done();
+        if (watch.stalled && !signal?.aborted) {
+          throw new OciError(
+            `token server ${target.host} sent no reply for ${stallMs() / 1000} s`,
+            undefined,
+            { cause: error },
+          );
+        }
         throw new OciError(
           `cannot reach token server ${target.host}: ${describeFailure(error)}`,
           undefined,
@@ -168,8 +180,12 @@ export class RegistryTransport {
           },
         );
       }
+      watch.pause();
       const location = response.headers.get("location");
-      if (response.status < 300 || response.status > 399 || !location) return response;
+      if (response.status < 300 || response.status > 399 || !location) {
+        return watchedBody(response, watch, target.host);
+      }
+      watch.done();
       await response.body?.cancel();
       target = new URL(location, target);
     }

@@ -5,6 +5,7 @@
  * attempt once no byte came for the stall time; the caller asks again on a new connection and
  * says so.
  */
+import { OciError } from "../errors.ts";
 
 /** EROFS_OCI_REGISTRY_STALL_S (default 30): seconds without a byte before an attempt is given up. */
 export function stallMs(): number {
@@ -71,4 +72,55 @@ export class StallWatch {
 function checkAll(): void {
   const nowMs = performance.now();
   for (const watch of [...active]) watch.check(nowMs);
+}
+
+/**
+ * `response` whose body is watched by `watch` while it is read: the time counts only while the
+ * reader waits on the registry (not while it works on what it got), and a body that stops for
+ * the stall time fails with one line instead of waiting forever.
+ */
+export function watchedBody(response: Response, watch: StallWatch, host: string): Response {
+  if (!response.body) {
+    watch.done();
+    return response;
+  }
+  const reader = response.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      watch.progressed();
+      try {
+        const { value, done } = await reader.read();
+        watch.pause();
+        if (done) {
+          watch.done();
+          controller.close();
+        } else controller.enqueue(value);
+      } catch (error) {
+        watch.done();
+        controller.error(
+          watch.stalled
+            ? new OciError(
+              `registry ${host} stopped sending for ${stallMs() / 1000} s`,
+              undefined,
+              {
+                cause: error,
+              },
+            )
+            : error,
+        );
+      }
+    },
+    cancel(reason) {
+      watch.done();
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  const watched = new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+  // Callers read where a redirect ended (blob locations), which a new Response forgets.
+  Object.defineProperty(watched, "url", { value: response.url });
+  return watched;
 }

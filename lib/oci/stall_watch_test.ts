@@ -182,3 +182,40 @@ Deno.test("registry stall: a download whose body stops fails with one line, no f
     Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
   }
 });
+
+Deno.test("registry stall: a token server that never answers is given up with one line", async () => {
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => release = resolve);
+  const tokens = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async () => {
+    await released;
+    return Response.json({ token: "t" });
+  });
+  const realm = `http://127.0.0.1:${tokens.addr.port}/token`;
+  const registry = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () =>
+      new Response("{}", {
+        status: 401,
+        headers: { "www-authenticate": `Bearer realm="${realm}",service="reg"` },
+      }),
+  );
+  try {
+    const client = new RegistryClient(`127.0.0.1:${registry.addr.port}`, {
+      deadlineMs: 20_000,
+      plainHttp: true,
+    });
+    const startedMs = Date.now();
+    await assert.rejects(
+      client.request({ method: "GET", path: "/v2/app/manifests/v1", scope: "repository:app:pull" }),
+      (error: unknown) =>
+        error instanceof OciError && /token server .* sent no reply for 1 s/.test(error.message),
+    );
+    assert(Date.now() - startedMs < 10_000, "given up, not waited out");
+  } finally {
+    release();
+    await tokens.shutdown();
+    await registry.shutdown();
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+  }
+});
