@@ -3,7 +3,7 @@
  * selected layers of a registry image (resolved to digests, so a tag that moves later cannot
  * swap the data under a mounted file system).
  */
-import { UsageError, UserError } from "../errors.ts";
+import { FormatError, UsageError, UserError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END, hasErofsMagic } from "../erofs/superblock.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
@@ -252,9 +252,7 @@ export async function resolveRegistryImage(
     const tarIndex = tarIndexes.get(layer.digest);
     // Check the superblock before anything is attached: other data gets a clear error here
     // instead of the kernel's EINVAL later.
-    const superblock = tarIndex
-      ? undefined
-      : checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+    const superblock = tarIndex ? undefined : registrySuperblock(head, layer);
     layers.push({
       kind: "registry",
       registry: ref.registry,
@@ -294,4 +292,23 @@ function chooseLayers(
   if (one) return selectLayers({ layers }, { ...selection, anyMediaType: true });
   if (layers.length === 0) return selectLayers({ layers }, selection);
   return layers;
+}
+
+/**
+ * The superblock of a registry layer's head, read before any chunk table is there to check it:
+ * when it is not EROFS, the registry (or a proxy) may have sent other bytes than the layer's,
+ * which the message says beside the other cause.
+ */
+function registrySuperblock(head: Uint8Array, layer: LayerDescriptor) {
+  try {
+    return checkErofsSuperblock(head, `layer ${layer.index} (${layer.digest.slice(0, 19)}…)`);
+  } catch (error) {
+    if (!(error instanceof FormatError)) throw error;
+    throw new FormatError(
+      error.message,
+      "the layer is not EROFS (`erofs-oci convert` makes an EROFS image of a tar one), or the " +
+        "registry or a proxy on the way sent other bytes than the layer's (these are checked " +
+        "only once the mount's chunk table is there)",
+    );
+  }
 }

@@ -9,6 +9,8 @@ import { FIXTURES } from "./requires.ts";
 import { startRegistry, type TestRegistry } from "./registry.ts";
 import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./cli.ts";
 import { sleep } from "./wait.ts";
+import { pushImage } from "./oci_raw.ts";
+import { EROFS_MEDIA_TYPE } from "./oci_fixtures.ts";
 import {
   expectedManifest,
   manifestOf,
@@ -242,6 +244,18 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
           await runCli(["mount", `${registry.host}/demo/nothere:v1`, sandbox.target], { env }),
           1,
         );
+        // A layer labelled EROFS whose bytes are not: the registry may be the one to blame.
+        const tar = await Deno.readFile(`${FIXTURES}/layer1.tar`);
+        await pushImage(registry, "demo/lying", "v1", [{
+          bytes: tar,
+          mediaType: EROFS_MEDIA_TYPE,
+        }]);
+        const lying = await runCli(["mount", `${registry.host}/demo/lying:v1`, sandbox.target], {
+          env,
+        });
+        assertCliError(lying, 1, /not an EROFS image: layer 0/);
+        assert.match(lying.stderr, /or the registry or a proxy on the way sent other bytes/);
+        noLeftovers();
         assertCliError(
           await runCli(
             ["mount", `${registry.host}/demo/basic:v1`, sandbox.target, "--layer", "3"],
