@@ -217,19 +217,24 @@ export function basicHeader(credentials: Credentials): string {
 
 /** Reads a whole body, refusing more than `maxBytes` (hostile or broken servers). */
 export async function readLimited(response: Response, maxBytes: number): Promise<Uint8Array> {
+  const tooLarge = () => {
+    const url = new URL(response.url || "http://unknown/");
+    return new OciError(
+      `${url.host} sent more than ${maxBytes} bytes for ${url.pathname}: refused`,
+      "such a document is far smaller; the server is broken or hostile",
+    );
+  };
   const declared = Number(response.headers.get("content-length") ?? NaN);
   if (declared > maxBytes) {
     await response.body?.cancel();
-    throw new OciError(`reply from ${new URL(response.url || "http://x").host} is too large`);
+    throw tooLarge();
   }
   if (!response.body) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let total = 0;
   for await (const chunk of response.body) {
     total += chunk.byteLength;
-    if (total > maxBytes) {
-      throw new OciError(`reply larger than ${maxBytes} bytes`);
-    }
+    if (total > maxBytes) throw tooLarge(); // leaving the loop cancels the body
     chunks.push(chunk);
   }
   const out = new Uint8Array(total);

@@ -9,6 +9,7 @@ import { OciError } from "../errors.ts";
 import { RegistryClient } from "./client.ts";
 import { digestOf } from "./digest.ts";
 import { RegistryBlob } from "./registry_blob.ts";
+import { readLimited } from "./auth.ts";
 
 const BLOB = new Uint8Array(300_000).map((_, i) => (i * 7 + (i >> 8)) & 0xff);
 const DIGEST = digestOf(BLOB);
@@ -400,5 +401,30 @@ Deno.test("downloadBlob: verified, resumed after a cut, nothing left on a mismat
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["blob"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readLimited: a document over its bound is refused naming host and path", async () => {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const big = new Uint8Array(5000);
+    // Declared, or only found out while reading (no Content-Length).
+    if (new URL(req.url).pathname.endsWith("/declared")) return new Response(big);
+    return new Response(new Blob([big]).stream());
+  });
+  try {
+    for (const name of ["declared", "streamed"]) {
+      const response = await fetch(`http://127.0.0.1:${server.addr.port}/v2/app/manifests/${name}`);
+      await assert.rejects(
+        readLimited(response, 1000),
+        (error: unknown) =>
+          error instanceof OciError &&
+          new RegExp(
+            `^127\\.0\\.0\\.1:\\d+ sent more than 1000 bytes for /v2/app/manifests/${name}: refused$`,
+          )
+            .test(error.message),
+      );
+    }
+  } finally {
+    await server.shutdown();
   }
 });
