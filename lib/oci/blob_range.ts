@@ -314,6 +314,7 @@ export async function readBlobRangeTo(
       }
       let skip: number;
       let available: number;
+      await refuseContentEncoding(response, client.host, digest);
       if (response.status === 206) {
         const range = parseContentRange(response.headers.get("content-range"));
         if (!range || range.first > start || range.last < start) {
@@ -384,4 +385,22 @@ export async function readBlobRangeTo(
   } finally {
     watch?.done();
   }
+}
+
+/**
+ * A blob's bytes come as they are: they were asked for with `Accept-Encoding: identity`, and a
+ * reply compressed anyway (a proxy's gzip) would be taken for the blob's own bytes.
+ */
+export async function refuseContentEncoding(
+  response: Response,
+  host: string,
+  digest: string,
+): Promise<void> {
+  const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+  if (!encoding || encoding === "identity") return;
+  await response.body?.cancel();
+  throw new OciError(
+    `registry ${host} sent ${digest} with Content-Encoding: ${encoding}: a blob's bytes must come as they are`,
+    "a proxy on the way compresses replies: turn that off for the registry",
+  );
 }

@@ -49,7 +49,9 @@ export async function readBlobRanges(
   });
   const type = response.headers.get("content-type") ?? "";
   const boundary = /^multipart\/byteranges;\s*boundary="?([^";]{1,70})"?/i.exec(type)?.[1];
-  if (response.status !== 206 || !response.body) {
+  const encoded = (response.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
+  // Not a usable answer (the single-range reads then say what is wrong with it).
+  if (response.status !== 206 || !response.body || encoded !== "identity") {
     await response.body?.cancel();
     return undefined;
   }

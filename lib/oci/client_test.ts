@@ -428,3 +428,29 @@ Deno.test("readLimited: a document over its bound is refused naming host and pat
     await server.shutdown();
   }
 });
+
+Deno.test("blob reads: a reply with a Content-Encoding is refused, not taken for the blob", async () => {
+  const blob = new Uint8Array(10_000).map((_, i) => i & 0xff);
+  const digest = digestOf(blob);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const [, a, b] = /^bytes=(\d+)-(\d+)$/.exec(req.headers.get("range") ?? "") ?? [];
+    const headers: Record<string, string> = { "content-encoding": "gzip" };
+    if (a === undefined) return new Response(blob, { headers });
+    headers["content-range"] = `bytes ${a}-${b}/${blob.length}`;
+    return new Response(blob.slice(Number(a), Number(b) + 1), { status: 206, headers });
+  });
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, { plainHttp: true });
+    const refused = (error: unknown) =>
+      error instanceof OciError && /with Content-Encoding: gzip/.test(error.message);
+    await assert.rejects(client.readBlobRange("app", digest, 0, 100), refused);
+    const dir = await Deno.makeTempDir();
+    try {
+      await assert.rejects(client.downloadBlob("app", digest, `${dir}/out`), refused);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  } finally {
+    await server.shutdown();
+  }
+});

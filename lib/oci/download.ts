@@ -1,6 +1,11 @@
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
-import { blobStatusError, parseContentRange, skipLeading } from "./blob_range.ts";
+import {
+  blobStatusError,
+  parseContentRange,
+  refuseContentEncoding,
+  skipLeading,
+} from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
@@ -71,6 +76,7 @@ async function streamVerified(
     });
     let skip = 0;
     let announced: number | undefined;
+    await refuseContentEncoding(response, client.host, digest);
     if (response.status === 206) {
       const range = parseContentRange(response.headers.get("content-range"));
       if (!range || range.first > received) {
