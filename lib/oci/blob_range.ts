@@ -314,7 +314,9 @@ export async function readBlobRangeTo(
       }
       let skip: number;
       let available: number;
-      await refuseContentEncoding(response, client.host, digest);
+      if (response.status === 200 || response.status === 206) {
+        await refuseContentEncoding(response, client.host, digest);
+      }
       if (response.status === 206) {
         const range = parseContentRange(response.headers.get("content-range"));
         if (!range || range.first > start || range.last < start) {
@@ -387,17 +389,24 @@ export async function readBlobRangeTo(
   }
 }
 
+/** The Content-Encoding of a reply when it is one (not absent, not identity). */
+export function contentEncodingOf(response: Response): string | undefined {
+  const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+  return !encoding || encoding === "identity" ? undefined : encoding;
+}
+
 /**
- * A blob's bytes come as they are: they were asked for with `Accept-Encoding: identity`, and a
- * reply compressed anyway (a proxy's gzip) would be taken for the blob's own bytes.
+ * A blob's bytes come as they are: a ranged GET makes fetch ask for `identity` (and a download
+ * asks for it itself), and a reply compressed anyway (a proxy's gzip) would be taken for the
+ * blob's own bytes. For a 200 or 206: an error reply's encoding is no concern of the blob's.
  */
 export async function refuseContentEncoding(
   response: Response,
   host: string,
   digest: string,
 ): Promise<void> {
-  const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
-  if (!encoding || encoding === "identity") return;
+  const encoding = contentEncodingOf(response);
+  if (encoding === undefined) return;
   await response.body?.cancel();
   throw new OciError(
     `registry ${host} sent ${digest} with Content-Encoding: ${encoding}: a blob's bytes must come as they are`,

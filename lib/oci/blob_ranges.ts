@@ -8,7 +8,7 @@
  * input: the body is bounded by what was asked for plus a small allowance per part, every part's
  * Content-Range must be one asked for, and the caller still checks each range's digest.
  */
-import { parseContentRange } from "./blob_range.ts";
+import { contentEncodingOf, parseContentRange } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 
@@ -49,9 +49,8 @@ export async function readBlobRanges(
   });
   const type = response.headers.get("content-type") ?? "";
   const boundary = /^multipart\/byteranges;\s*boundary="?([^";]{1,70})"?/i.exec(type)?.[1];
-  const encoded = (response.headers.get("content-encoding") ?? "identity").trim().toLowerCase();
   // Not a usable answer (the single-range reads then say what is wrong with it).
-  if (response.status !== 206 || !response.body || encoded !== "identity") {
+  if (response.status !== 206 || !response.body || contentEncodingOf(response) !== undefined) {
     await response.body?.cancel();
     return undefined;
   }

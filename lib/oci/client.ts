@@ -332,9 +332,9 @@ export class RegistryClient {
         : new StallWatch(outer.signal);
       const req = watch ? { ...outer, signal: watch.signal, stall: watch } : outer;
       req.stall?.pause();
-      await waitForHost(this.host, policy, req.signal);
       let response: Response;
       try {
+        await waitForHost(this.host, policy, req.signal);
         response = await this.#authorized(req);
       } catch (error) {
         watch?.done();

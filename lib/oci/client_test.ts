@@ -454,3 +454,29 @@ Deno.test("blob reads: a reply with a Content-Encoding is refused, not taken for
     await server.shutdown();
   }
 });
+
+Deno.test("downloadBlob: asks for identity; an error reply's encoding does not hide its status", async () => {
+  const seen: (string | null)[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    seen.push(req.headers.get("accept-encoding"));
+    // A proxy that gzips its JSON error replies.
+    return new Response(
+      new Blob(['{"errors":[{"code":"BLOB_UNKNOWN"}]}']).stream().pipeThrough(
+        new CompressionStream("gzip"),
+      ),
+      { status: 404, headers: { "content-encoding": "gzip" } },
+    );
+  });
+  const dir = await Deno.makeTempDir();
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, { plainHttp: true });
+    await assert.rejects(
+      client.downloadBlob("app", digestOf(new Uint8Array(1)), `${dir}/out`),
+      (error: unknown) => error instanceof OciError && /404|not found/i.test(error.message),
+    );
+    assert.deepEqual(seen, ["identity"]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -69,14 +69,19 @@ async function streamVerified(
       method: "GET",
       path: `/v2/${repository}/blobs/${digest}`,
       scope: pullScope(repository),
-      headers: received > 0 ? { range: `bytes=${received}-` } : {},
+      // fetch offers gzip and br otherwise, and decodes a reply so encoded behind our back.
+      headers: received > 0
+        ? { range: `bytes=${received}-`, "accept-encoding": "identity" }
+        : { "accept-encoding": "identity" },
       signal: options.signal,
       policy,
       route: "pull",
     });
     let skip = 0;
     let announced: number | undefined;
-    await refuseContentEncoding(response, client.host, digest);
+    if (response.status === 200 || response.status === 206) {
+      await refuseContentEncoding(response, client.host, digest);
+    }
     if (response.status === 206) {
       const range = parseContentRange(response.headers.get("content-range"));
       if (!range || range.first > received) {

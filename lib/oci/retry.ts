@@ -1,4 +1,5 @@
 import { OciError } from "../errors.ts";
+import { StalledError } from "./stall_watch.ts";
 
 /** Retry policy for one logical registry operation. */
 export interface RetryPolicy {
@@ -23,6 +24,7 @@ export function isTransientStatus(status: number): boolean {
  */
 export function isNetworkError(error: unknown): boolean {
   if (error instanceof DOMException) return false; // AbortError/TimeoutError: the caller's choice
+  if (error instanceof StalledError) return true;
   return error instanceof TypeError || error instanceof Deno.errors.ConnectionReset ||
     error instanceof Deno.errors.ConnectionAborted || error instanceof Deno.errors.BrokenPipe ||
     error instanceof Deno.errors.UnexpectedEof || error instanceof Deno.errors.Interrupted ||

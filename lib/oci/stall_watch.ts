@@ -75,11 +75,24 @@ function checkAll(): void {
 }
 
 /**
+ * A registry body that stopped for the stall time: one line for the user, and a network error
+ * for the code that can ask again (a download resumes with a Range request).
+ */
+export class StalledError extends OciError {}
+
+/**
  * `response` whose body is watched by `watch` while it is read: the time counts only while the
  * reader waits on the registry (not while it works on what it got), and a body that stops for
- * the stall time fails with one line instead of waiting forever.
+ * the stall time fails (StalledError) instead of waiting forever. Ends the watch when the body
+ * ends, fails or is cancelled, or here for a reply without one.
  */
 export function watchedBody(response: Response, watch: StallWatch, host: string): Response {
+  if (response.status < 200 || response.status > 599) {
+    // Outside what a Response can be made with (fetch passes 600-999 on): no registry answer.
+    watch.done();
+    response.body?.cancel().catch(() => {});
+    throw new OciError(`${host} answered with HTTP status ${response.status}`);
+  }
   if (!response.body) {
     watch.done();
     return response;
@@ -99,13 +112,9 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
         watch.done();
         controller.error(
           watch.stalled
-            ? new OciError(
-              `registry ${host} stopped sending for ${stallMs() / 1000} s`,
-              undefined,
-              {
-                cause: error,
-              },
-            )
+            ? new StalledError(`${host} stopped sending for ${stallMs() / 1000} s`, undefined, {
+              cause: error,
+            })
             : error,
         );
       }
