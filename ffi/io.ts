@@ -61,17 +61,47 @@ export function socketPair(): [number, number] {
 /** A unix stream socket connected to `path` (the kernel end of an NBD connection). */
 export function connectUnix(path: string): number {
   const fd = unwrap(libc().socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket");
+  const code = connectTo(fd, path);
+  if (code !== 0) {
+    closeFd(fd);
+    throw new SysError("connect", code, path);
+  }
+  return fd;
+}
+
+/** SOCK_NONBLOCK (the value of O_NONBLOCK on x86_64 and arm64). */
+const SOCK_NONBLOCK = 0o4000;
+const ECONNREFUSED = 111;
+
+/**
+ * Whether a server accepts on the unix socket file at `path`, asked without waiting (a server
+ * whose backlog is full would hold a blocking connect forever): "live" (it connected, or the
+ * backlog is full), "refused" (nobody listens: a file left by a server that ended) or "absent".
+ */
+export function probeUnixSocket(path: string): "live" | "refused" | "absent" {
+  const fd = unwrap(
+    libc().socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+    "socket",
+  );
+  try {
+    const code = connectTo(fd, path);
+    if (code === 0 || code === Errno.EAGAIN) return "live";
+    if (code === ECONNREFUSED) return "refused";
+    if (code === Errno.ENOENT) return "absent";
+    throw new SysError("connect", code, path);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** connect(2) of `fd` to the unix socket `path`: 0, or the errno. */
+function connectTo(fd: number, path: string): number {
   const addr = new Uint8Array(110);
   new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
   const name = encoder.encode(path);
   if (name.length >= 108) throw new SysError("connect", Errno.EINVAL, `${path}: path too long`);
   addr.set(name, 2);
-  if (libc().connect(fd, addr, 2 + name.length + 1) < 0) {
-    const code = errno();
-    closeFd(fd);
-    throw new SysError("connect", code, path);
-  }
-  return fd;
+  return libc().connect(fd, addr, 2 + name.length + 1) < 0 ? errno() : 0;
 }
 
 /** poll(2) events (asm-generic/poll.h). */

@@ -93,6 +93,8 @@ export const LIBC_SYMBOLS = {
   },
   // int umount2(const char *target, int flags);
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  // mode_t umask(mode_t mask);
+  umask: { parameters: ["u32"], result: "u32" },
   // int chdir(const char *path);
   chdir: { parameters: ["buffer"], result: "i32" },
   // int fchdir(int fd);

@@ -126,6 +126,12 @@ Deno.test({
       // Still there, and answering.
       const text = await scrape(socket);
       assert.match(text, /^# (HELP|TYPE) erofs_oci_/m);
+      // Silent connections that take every slot give them back after the head's 5 s.
+      for (let i = 0; i < 64; i++) {
+        flood.push(await Deno.connect({ transport: "unix", path: socket }));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 6000));
+      assert.match(await scrape(socket), /^# (HELP|TYPE) erofs_oci_/m);
       // Not HTTP, not GET, not /metrics.
       for (
         const [request, status] of [

@@ -26,6 +26,8 @@ export interface MetricsEndpoint {
 const MAX_CONNECTIONS = 64;
 /** The whole exchange of one connection: request head in, response out. */
 const CONNECTION_DEADLINE_MS = 30_000;
+/** Time for the request head to arrive: a scraper sends it at once. */
+const HEAD_DEADLINE_MS = 5_000;
 /** Largest request head (request line and headers) read. */
 const MAX_HEAD_BYTES = 16 * 1024;
 /** Pause before accepting again after accept failed (EMFILE: no descriptor left). */
@@ -103,7 +105,14 @@ export function serveMetrics(
 
 /** Reads one request head and writes its response. */
 async function answer(conn: Deno.Conn, produce: () => Promise<string>): Promise<void> {
-  const head = await readHead(conn);
+  // A connection that sends no request soon gives its slot back (slots are few).
+  const headTimer = setTimeout(() => closeQuietly(conn), HEAD_DEADLINE_MS);
+  let head: string | undefined;
+  try {
+    head = await readHead(conn);
+  } finally {
+    clearTimeout(headTimer);
+  }
   if (head === undefined) return respond(conn, 400, "bad request\n");
   const line = /^([A-Z]+) (\S+) HTTP\/1\.[01]\r?$/.exec(head.slice(0, head.indexOf("\n")));
   if (!line) return respond(conn, 400, "bad request\n");

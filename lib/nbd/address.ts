@@ -1,7 +1,7 @@
 /** Where a user-space NBD server listens: parsing `--listen`, the NBD URI, opening the socket. */
 import { NbdError, UsageError, UserError } from "../errors.ts";
-import { closeFd } from "../../ffi/libc.ts";
-import { connectUnix } from "../../ffi/io.ts";
+import { probeUnixSocket } from "../../ffi/io.ts";
+import { libc } from "../../ffi/libc.ts";
 
 export type ListenAddress =
   | { transport: "unix"; path: string }
@@ -72,29 +72,35 @@ const MAX_SOCKET_PATH_BYTES = 107;
 export function listenUnix(path: string): { listener: Deno.Listener; socket: OwnSocket } {
   claimSocketPath(path);
   const bound = `${path}.${crypto.randomUUID().slice(0, 8)}.bind`;
-  if (new TextEncoder().encode(bound).length > MAX_SOCKET_PATH_BYTES) {
-    // No room for the temporary name: bound in place (closing it then unlinks the path).
-    const listener = Deno.listen({ transport: "unix", path });
-    return { listener, socket: ownSocket(path) };
-  }
-  const listener = Deno.listen({ transport: "unix", path: bound });
-  try {
-    Deno.chmodSync(bound, 0o600);
+  if (new TextEncoder().encode(bound).length <= MAX_SOCKET_PATH_BYTES) {
+    const listener = bindPrivately(bound);
     try {
       Deno.linkSync(bound, path);
+      Deno.removeSync(bound);
+      return { listener, socket: ownSocket(path) };
     } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-      throw new UserError(
-        `${path} was taken by another server meanwhile`,
-        "stop that server or choose another socket path",
-      );
+      listener.close(); // unlinks the temporary name
+      if (error instanceof Deno.errors.AlreadyExists) {
+        throw new UserError(
+          `${path} was taken by another server meanwhile`,
+          "stop that server or choose another socket path",
+        );
+      }
+      // No hard links here (or no room): bound in place below.
     }
-  } catch (error) {
-    listener.close(); // unlinks the temporary name
-    throw error;
   }
-  Deno.removeSync(bound);
-  return { listener, socket: ownSocket(path) };
+  // Closing this listener unlinks the path, whatever file is there by then.
+  return { listener: bindPrivately(path), socket: ownSocket(path) };
+}
+
+/** A unix listener at `path` whose socket file is created 0600 (no moment open to others). */
+function bindPrivately(path: string): Deno.Listener {
+  const previous = libc().umask(0o177);
+  try {
+    return Deno.listen({ transport: "unix", path });
+  } finally {
+    libc().umask(previous);
+  }
 }
 /**
  * Makes `path` free for a new unix socket: a socket file nobody accepts on is left over from a
@@ -111,18 +117,18 @@ export function claimSocketPath(path: string): void {
   if (!info.isSocket) {
     throw new UserError(`${path} exists and is not a socket`, "choose another socket path");
   }
-  let probe: number;
-  try {
-    probe = connectUnix(path);
-  } catch {
-    Deno.removeSync(path);
-    return;
+  const state = probeUnixSocket(path);
+  if (state === "live") {
+    throw new UserError(
+      `${path} is in use by another server`,
+      "stop that server or choose another socket path",
+    );
   }
-  closeFd(probe);
-  throw new UserError(
-    `${path} is in use by another server`,
-    "stop that server or choose another socket path",
-  );
+  if (state === "refused") {
+    try {
+      Deno.removeSync(path);
+    } catch { /* gone meanwhile */ }
+  }
 }
 
 /** A unix socket file this process made, known by its identity (device and inode). */
@@ -159,9 +165,10 @@ export function removeOwnSocket(socket: OwnSocket | undefined, probe = true): vo
   // Not at exit (probe false): a listener closed then is released only after this runs.
   if (probe) {
     try {
-      closeFd(connectUnix(socket.path));
-      return; // a live server answers there: not ours
-    } catch { /* nobody listens: our own, closed */ }
+      if (probeUnixSocket(socket.path) === "live") return; // a server answers there: not ours
+    } catch {
+      return; // cannot tell: leave it
+    }
   }
   try {
     Deno.removeSync(socket.path);

@@ -4,6 +4,7 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { type NbdServer, parseListenAddress, startNbdServer } from "./listen.ts";
+import { claimSocketPath } from "./address.ts";
 import {
   NBD_CMD_READ,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -406,3 +407,45 @@ function existsSync(path: string): boolean {
     return false;
   }
 }
+
+Deno.test("claimSocketPath: a live server whose backlog is full is in use, found without waiting", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/full.sock`;
+  // A server that accepts nobody, its backlog filled by clients that never got in.
+  const holder = new Deno.Command("python3", {
+    args: [
+      "-c",
+      `import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(0)
+cs = []
+for i in range(8):
+    c = socket.socket(socket.AF_UNIX); c.setblocking(False)
+    try: c.connect(sys.argv[1])
+    except BlockingIOError: pass
+    cs.append(c)
+print("ready", flush=True); time.sleep(60)`,
+      path,
+    ],
+    stdout: "piped",
+  }).spawn();
+  try {
+    const reader = holder.stdout.getReader();
+    assertEquals(new TextDecoder().decode((await reader.read()).value).trim(), "ready");
+    reader.releaseLock();
+    const startedMs = Date.now();
+    let error: unknown;
+    try {
+      claimSocketPath(path);
+    } catch (e) {
+      error = e;
+    }
+    ok(error instanceof Error && /in use/.test(error.message), String(error));
+    ok(Date.now() - startedMs < 2000, "answered at once");
+    ok(Deno.lstatSync(path).isSocket, "left in place");
+  } finally {
+    holder.kill();
+    await holder.status;
+    await holder.stdout.cancel().catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
+});
