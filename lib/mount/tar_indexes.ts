@@ -34,8 +34,8 @@ export interface TarIndexSources {
   signal?: AbortSignal;
   /**
    * `--require-verified`: only indexes made on this host (their pieces were computed from bytes
-   * checked against the layer digest); one from elsewhere is not taken (with --index-missing
-   * the layer is indexed here instead) and a layer left without one fails the mount.
+   * checked against the layer digest); others are not looked for (with --index-missing the
+   * layer is indexed here) and a layer left without one fails the mount.
    */
   requireVerified?: boolean;
 }
@@ -93,7 +93,9 @@ export async function findTarIndexes(
   }
   const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
   const { findLocalLayerIndex } = await import("./layer_index_files.ts");
-  if (from.kind === "registry") {
+  // Under --require-verified only an index made here is taken: the others are not even fetched
+  // (a broken or hostile index artifact must not stop a layer being indexed here).
+  if (from.kind === "registry" && !sources.requireVerified) {
     const { ref, client } = from.opened;
     const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
     const fetched = await fetchTarIndexes(
@@ -106,19 +108,11 @@ export async function findTarIndexes(
     for (const [digest, files] of fetched) found.set(digest, { ...files, origin: "registry" });
   }
   for (const layer of wanted) {
-    if (found.has(layer.digest) || !sources.dir) continue;
+    if (found.has(layer.digest) || !sources.dir || sources.requireVerified) continue;
     const local = await findLocalLayerIndex(sources.dir, layer);
     if (local) {
       const kept = await keepIndexFiles(local, sources.cacheDir, layer.digest);
       found.set(layer.digest, { ...kept, origin: "dir" });
-    }
-  }
-  // Under --require-verified an index from elsewhere is set aside: one made here may replace it.
-  const setAside = new Map<string, TarIndexSpec>();
-  if (sources.requireVerified) {
-    for (const [digest, spec] of found) {
-      setAside.set(digest, spec);
-      found.delete(digest);
     }
   }
   if (layers.every((l) => found.has(l.digest))) return found;
@@ -154,12 +148,12 @@ export async function findTarIndexes(
     }
   }
   const unindexed = layers.find((l) => !found.has(l.digest));
-  const foreign = unindexed && setAside.get(unindexed.digest);
-  if (unindexed && foreign?.origin && foreign.origin !== "here") {
+  if (unindexed && sources.requireVerified) {
     throw new UserError(
-      `--require-verified: layer ${unindexed.index}'s tar index is ${
-        ORIGIN_NAMES[foreign.origin]
-      }, which nothing binds to the layer digest`,
+      `--require-verified: layer ${unindexed.index} is ${
+        tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
+      } with no index made on this host (one from the registry or --index DIR is not bound to ` +
+        "the layer digest)",
       "add --index-missing to index the layer on this host (reads it once)",
     );
   }
