@@ -29,7 +29,7 @@ import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
 import { withLocalPathHint } from "./local_path_hint.ts";
 import { foreignIndexNotices } from "../mount/tar_indexes.ts";
-import { overlayLayerLimit } from "../mount/overlay.ts";
+import { overlayLayerLimit, upperWorkBytes } from "../mount/overlay.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -321,7 +321,9 @@ async function resolveAndMount(
     opts.signal,
     (late) => forgetTracePrefetch(late.prefetchFile),
   );
-  const limit = overlayLayerLimit();
+  const absolute = (dir?: string) =>
+    dir === undefined || dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
+  const limit = overlayLayerLimit(upperWorkBytes(absolute(values.upper), absolute(values.work)));
   if (resolved.layers.length > limit) {
     // Before any layer is exported and mounted (a 1000-layer image took 80 s to fail).
     throw new MountError(

@@ -26,10 +26,10 @@ export const OVERLAY_MAX_LAYERS = 500;
 /**
  * The layers an image may have for one overlay here: overlayfs's limit, and what fits in
  * mount(2)'s option string with the lower dirs named relative to their directory
- * (`layer-N`, as mount_image.ts names them).
+ * (`layer-N`, as mount_image.ts names them), beside `upperWorkBytes` of upperdir and workdir.
  */
-export function overlayLayerLimit(): number {
-  let bytes = "lowerdir=".length;
+export function overlayLayerLimit(upperWorkBytes = 0): number {
+  let bytes = "lowerdir=".length + upperWorkBytes;
   for (let count = 0; count < OVERLAY_MAX_LAYERS; count++) {
     bytes += `layer-${count}`.length + (count ? 1 : 0);
     if (bytes > MOUNT_DATA_MAX_BYTES) return count;
@@ -55,7 +55,7 @@ function mountWithRelativeLowers(
   const data = `lowerdir=${names.join(":")}${upperWork}`;
   if (
     !parent.startsWith("/") || names.some((name) => name.includes("/")) ||
-    data.length > MOUNT_DATA_MAX_BYTES
+    byteLength(data) > MOUNT_DATA_MAX_BYTES
   ) {
     throw new MountError(
       `cannot mount the overlay on ${target}: ${lowerDirsTopFirst.length} layers make an ` +
@@ -98,7 +98,7 @@ export async function mountOverlay(
   const upperWork = writable ? `,upperdir=${options.upper},workdir=${options.work}` : "";
   const data = `lowerdir=${lowerDirsTopFirst.join(":")}${upperWork}`;
   const flags = (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY);
-  if (data.length > MOUNT_DATA_MAX_BYTES) {
+  if (byteLength(data) > MOUNT_DATA_MAX_BYTES) {
     mountWithRelativeLowers(target, lowerDirsTopFirst, upperWork, flags, options.mountAt);
     return;
   }
@@ -115,4 +115,16 @@ export async function mountOverlay(
       cause,
     });
   }
+}
+
+/** What the kernel copies of a string: its UTF-8 bytes. */
+function byteLength(text: string): number {
+  return new TextEncoder().encode(text).length;
+}
+
+/** The `,upperdir=…,workdir=…` part of a writable overlay's option string, in bytes. */
+export function upperWorkBytes(upper: string | undefined, work: string | undefined): number {
+  return upper === undefined || work === undefined
+    ? 0
+    : byteLength(`,upperdir=${upper},workdir=${work}`);
 }
