@@ -10,7 +10,15 @@ const NOT_AN_IMAGE = "/nonexistent/erofs-oci-test/not-an-image";
 
 for (const flag of ["-h", "--help"]) {
   Deno.test(`trace … -- CMD ${flag}: the flag is CMD's, trace goes on (here: to its own error)`, async () => {
-    const result = await runCli(["trace", NOT_AN_IMAGE, "-o", "/dev/null", "--", "ls", flag]);
+    const result = await runCli([
+      "trace",
+      NOT_AN_IMAGE,
+      "-o",
+      "/nonexistent/t.json",
+      "--",
+      "ls",
+      flag,
+    ]);
     assert.doesNotMatch(result.stdout, /Usage: erofs-oci trace/, describe(result));
     assertCliError(result, 2, /invalid image reference/);
   });
@@ -42,4 +50,27 @@ Deno.test("trace's help lists only the options it takes", async () => {
   );
   assert.match(result.stdout, /-h, --help/);
   assert.match(result.stdout, /--plain-http/);
+});
+
+Deno.test("trace -o a symlink or device: refused before anything runs", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-trace-out-" });
+  try {
+    await Deno.writeTextFile(`${dir}/target`, "kept");
+    await Deno.symlink(`${dir}/target`, `${dir}/link`);
+    for (
+      const [output, kind] of [[`${dir}/link`, /a symlink/], [
+        "/dev/null",
+        /a character device/,
+      ]] as const
+    ) {
+      assertCliError(
+        await runCli(["trace", "127.0.0.1:1/app:v1", "-o", output, "--", "true"]),
+        2,
+        kind,
+      );
+    }
+    assert.equal(await Deno.readTextFile(`${dir}/target`), "kept");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

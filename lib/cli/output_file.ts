@@ -62,3 +62,24 @@ export function outputFileError(command: string, path: string, error: unknown): 
   }
   return error;
 }
+
+/**
+ * Writes `bytes` as the file `path` (checked with checkOutputFile first): to a new file beside it,
+ * renamed over it once complete, so a symlink or device planted at the path is never written
+ * through and a failure leaves what was there.
+ */
+export function writeOutputFile(command: string, path: string, bytes: Uint8Array): void {
+  const slash = path.lastIndexOf("/");
+  const temp = `${path.slice(0, slash + 1)}.${path.slice(slash + 1)}.${
+    crypto.randomUUID().slice(0, 8)
+  }.tmp`;
+  try {
+    Deno.writeFileSync(temp, bytes, { createNew: true });
+    Deno.renameSync(temp, path);
+  } catch (error) {
+    try {
+      Deno.removeSync(temp);
+    } catch { /* not made */ }
+    throw outputFileError(command, path, error);
+  }
+}

@@ -14,6 +14,7 @@ import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { catchInterrupts } from "./interrupt.ts";
+import { checkOutputFile, writeOutputFile } from "./output_file.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
@@ -74,6 +75,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
     if (Boolean(values.push) === (values.output !== undefined)) {
       throw new UsageError("trace: give --push or -o FILE (one of them)");
     }
+    if (values.output !== undefined) checkOutputFile("trace", values.output);
     if (
       values.username !== undefined || values.password !== undefined || values["password-stdin"]
     ) {
@@ -126,7 +128,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       const summary =
         `${trace.ranges.length} ranges, ${total} bytes over ${trace.layers.length} layer(s)`;
       if (values.output !== undefined) {
-        Deno.writeFileSync(values.output, bytes);
+        writeOutputFile("trace", values.output, bytes);
         console.log(`trace of ${image}: ${summary}, written to ${values.output}`);
       } else {
         const resolved = await opened.client.resolveImage(opened.ref, opened.platform);
