@@ -480,3 +480,33 @@ Deno.test("downloadBlob: asks for identity; an error reply's encoding does not h
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("downloadBlob: partial files a crash left (over an hour old) are removed, recent ones kept", async () => {
+  const blob = new Uint8Array(3000).map((_, i) => i & 0xff);
+  const digest = digestOf(blob);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response(blob),
+  );
+  const dir = await Deno.makeTempDir();
+  try {
+    const old = `${dir}/layer.erofs.0123abcd.partial`;
+    const recent = `${dir}/layer.erofs.89abcdef.partial`;
+    const other = `${dir}/other.erofs.0123abcd.partial`;
+    for (const file of [old, recent, other]) Deno.writeFileSync(file, new Uint8Array(10));
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    Deno.utimeSync(old, twoHoursAgo, twoHoursAgo);
+    Deno.utimeSync(other, twoHoursAgo, twoHoursAgo);
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, { plainHttp: true });
+    await client.downloadBlob("app", digest, `${dir}/layer.erofs`);
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(left, [
+      "layer.erofs",
+      "layer.erofs.89abcdef.partial",
+      "other.erofs.0123abcd.partial",
+    ]);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -36,6 +36,7 @@ export async function downloadBlob(
   options: DownloadOptions = {},
 ): Promise<{ sizeBytes: number }> {
   validateDigest(digest);
+  removeAbandonedPartials(path);
   const partial = partialPathFor(path);
   const file = await Deno.open(partial, { write: true, createNew: true });
   let closed = false;
@@ -148,4 +149,38 @@ async function streamVerified(
 /** A name beside `path` for its download in progress, new for each download. */
 export function partialPathFor(path: string): string {
   return `${path}.${crypto.randomUUID().slice(0, 8)}.partial`;
+}
+
+/** A partial file untouched this long was left by a download that ended without its clean-up. */
+const ABANDONED_PARTIAL_MS = 60 * 60 * 1000;
+
+/**
+ * Removes the partial files of earlier downloads to `path` that a crash (SIGKILL, power loss)
+ * left: each has a new name, so nothing else would ever replace them. One written to within the
+ * hour may belong to a download still running (a stalled one gives up long before that).
+ */
+export function removeAbandonedPartials(path: string): void {
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : path.slice(0, slash) || "/";
+  const base = path.slice(slash + 1);
+  const ours = new RegExp(
+    `^${base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.[0-9a-f]{8}\\.partial$`,
+  );
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && ours.test(e.name)).map((e) =>
+      e.name
+    );
+  } catch {
+    return; // the download's own open says what is wrong with the directory
+  }
+  const now = Date.now();
+  for (const name of names) {
+    try {
+      const stat = Deno.lstatSync(`${dir}/${name}`);
+      if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > ABANDONED_PARTIAL_MS) {
+        Deno.removeSync(`${dir}/${name}`);
+      }
+    } catch { /* gone meanwhile */ }
+  }
 }

@@ -6,7 +6,7 @@
 import { OciError } from "../errors.ts";
 import { digestOf } from "./digest.ts";
 import { LayoutFile } from "./layout_file.ts";
-import { type DownloadOptions, partialPathFor } from "./download.ts";
+import { type DownloadOptions, partialPathFor, removeAbandonedPartials } from "./download.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,
@@ -185,6 +185,7 @@ export class OciLayout {
     options: DownloadOptions = {},
   ): Promise<{ sizeBytes: number }> {
     const source = this.openBlob(digest);
+    removeAbandonedPartials(path);
     const partial = partialPathFor(path);
     try {
       if (options.expectedSizeBytes !== undefined && source.size !== options.expectedSizeBytes) {
