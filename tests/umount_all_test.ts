@@ -112,3 +112,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "umount of a mount whose inner record is stale (detached by another tool): not refused",
+  ignore,
+  async fn() {
+    const sandbox = await mountSandbox();
+    const inner = `${sandbox.target}/emptydir`;
+    try {
+      Deno.mkdirSync(sandbox.target, { recursive: true });
+      for (const [image, dir] of [["basic", sandbox.target], ["layer1", inner]]) {
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+      }
+      // The inner mount goes by other means; its record stays.
+      assert.ok((await new Deno.Command("umount", { args: ["-l", inner] }).output()).success);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      assertSuccess(await runCli(["umount", inner], { env: sandbox.env }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      for (const dir of [inner, sandbox.target]) {
+        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+      }
+      await sandbox.cleanup();
+    }
+  },
+});

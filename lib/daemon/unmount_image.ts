@@ -10,8 +10,8 @@ import {
   findState,
   lockMountChanges,
   mountDir,
-  mountsInside,
   type MountState,
+  readStates,
   removeMountDir,
   serverAlive,
   serverOf,
@@ -150,4 +150,30 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<MountSta
   pruneIndexCache();
   pruneKeptBlobs(STATE_ROOT, () => referenceText());
   return state;
+}
+
+/**
+ * The recorded mounts stacked on `state`'s mount (deepest first): their mount's parent chain in
+ * mountinfo reaches it. A record whose target only lies below it by path (mounted before it and
+ * now covered, or gone) is not one: it does not keep `state`'s mount busy.
+ */
+function mountsInside(state: MountState, mounts = readMountInfo()): MountState[] {
+  const prefix = `${state.target.replace(/\/+$/, "")}/`;
+  const byId = new Map(mounts.map((entry) => [entry.id, entry]));
+  const stackedOnState = (id: number | undefined, target: string) => {
+    let entry = id === undefined ? undefined : byId.get(id);
+    if (state.mountId === undefined || entry === undefined) {
+      // Older records without mount ids: still mounted where they say.
+      return mounts.some((m) => m.mountPoint === target);
+    }
+    for (let hops = 0; entry && hops < mounts.length; hops++) {
+      if (entry.parentId === state.mountId) return true;
+      entry = byId.get(entry.parentId);
+    }
+    return false;
+  };
+  return readStates()
+    .filter((s) => s.id !== state.id && s.target.startsWith(prefix))
+    .filter((s) => stackedOnState(s.mountId, s.target))
+    .sort((a, b) => b.target.length - a.target.length);
 }

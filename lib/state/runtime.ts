@@ -375,14 +375,6 @@ function lexicalAbsolute(path: string): string {
   return `/${parts.join("/")}`;
 }
 
-/** The recorded mounts whose targets are inside `state`'s (deepest first). */
-export function mountsInside(state: MountState): MountState[] {
-  const prefix = `${state.target.replace(/\/+$/, "")}/`;
-  return readStates()
-    .filter((s) => s.id !== state.id && s.target.startsWith(prefix))
-    .sort((a, b) => b.target.length - a.target.length);
-}
-
 /** Argument that marks the detached mount server in its command line. */
 export const SERVER_COMMAND = "__mount-server";
 
