@@ -243,8 +243,10 @@ async function sendReply(
  */
 function quotedName(name: string): string {
   const cut = name.length > 200 ? `${name.slice(0, 200)}…` : name;
-  const escape = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+  const escape = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  // C0, DEL, C1 (terminal escapes) and the bidi overrides and isolates (text that reads
+  // other than it is).
   // deno-lint-ignore no-control-regex -- control characters are what is escaped
-  const controls = /[\x00-\x1f\x7f]/g;
+  const controls = /[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
   return `'${cut.replace(controls, escape)}'`;
 }
