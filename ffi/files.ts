@@ -405,9 +405,12 @@ export async function preadAsync(
   }
 }
 
+/** readRegularFile's refusal: not a regular file, or larger than allowed. */
+export class FileRefusedError extends UserError {}
+
 /**
  * Reads the whole of the regular file at `path` (symlinks followed) if it holds at most
- * `maxBytes`; anything else is refused with a UserError naming `what`, before any read: a FIFO
+ * `maxBytes`; anything else is refused (FileRefusedError, naming `what`) before any read: a FIFO
  * would block, a device such as /dev/zero never ends, a larger file would take that much memory.
  * Reads on pool threads; a file that grows meanwhile is read to the size it had.
  */
@@ -420,10 +423,10 @@ export async function readRegularFile(
   try {
     const { mode, sizeBytes } = fstatFd(fd, path);
     if ((mode & S_IFMT) !== S_IFREG) {
-      throw new UserError(`${what} ${path} is not a regular file`);
+      throw new FileRefusedError(`${what} ${path} is not a regular file`);
     }
     if (sizeBytes > maxBytes) {
-      throw new UserError(`${what} ${path} is larger than ${maxBytes} bytes`);
+      throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
     }
     const out = new Uint8Array(sizeBytes);
     let done = 0;

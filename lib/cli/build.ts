@@ -8,8 +8,7 @@ import {
 import { ProgressLine } from "./progress.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
-import { SysError } from "../../ffi/libc.ts";
-import { readRegularFile } from "../../ffi/files.ts";
+import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
@@ -219,7 +218,7 @@ async function readOrderFile(path: string): Promise<string[]> {
       await readRegularFile(path, MAX_ORDER_FILE_BYTES, "build: --order file"),
     );
   } catch (error) {
-    if (error instanceof UserError && !(error instanceof SysError)) throw error;
+    if (error instanceof FileRefusedError) throw error;
     throw new UserError(`build: cannot read --order file ${path}: ${(error as Error).message}`);
   }
   return text.split("\n").map((line) => line.trim()).filter((line) =>

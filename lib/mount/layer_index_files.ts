@@ -13,9 +13,8 @@ import {
   parseIndexRecord,
   sha256Digest,
 } from "../gzip/index_record.ts";
-import { FormatError, UserError } from "../errors.ts";
-import { SysError } from "../../ffi/libc.ts";
-import { readRegularFile } from "../../ffi/files.ts";
+import { FormatError } from "../errors.ts";
+import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -161,9 +160,7 @@ export async function readIndexFile(path: string, maxBytes: number): Promise<Uin
   try {
     return await readRegularFile(path, maxBytes, "index file");
   } catch (error) {
-    if (error instanceof UserError && !(error instanceof SysError)) {
-      throw new FormatError(error.message, error.hint);
-    }
+    if (error instanceof FileRefusedError) throw new FormatError(error.message, error.hint);
     throw new FormatError(`cannot read index file ${path}: ${(error as Error).message}`);
   }
 }
