@@ -37,9 +37,7 @@ export function serveMetrics(
   addr: ListenAddress,
   produce: () => Promise<string>,
 ): MetricsEndpoint {
-  const where = addr.transport === "unix"
-    ? addr.path
-    : `${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
+  const where = addr.transport === "unix" ? addr.path : `${bracketed(addr.hostname)}:${addr.port}`;
   let listener: Deno.Listener;
   let socket: OwnSocket | undefined;
   try {

@@ -30,13 +30,18 @@ export function parseListenAddress(spec: string, option = "--listen"): ListenAdd
   throw new UsageError(`${option} ${spec}: unknown address kind`, usage);
 }
 
+/** A host name as it goes before `:PORT` (an IPv6 address in brackets). */
+export function bracketed(hostname: string): string {
+  return hostname.includes(":") ? `[${hostname}]` : hostname;
+}
+
 /** The NBD URI (as libnbd tools take it) of an export at `addr`. */
 export function nbdUri(addr: ListenAddress, exportName: string): string {
   const name = encodeURIComponent(exportName);
   if (addr.transport === "unix") {
     return `nbd+unix:///${name}?socket=${encodeURIComponent(addr.path).replaceAll("%2F", "/")}`;
   }
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const host = bracketed(addr.hostname);
   return `nbd://${host}:${addr.port}/${name}`;
 }
 
