@@ -7,7 +7,13 @@
  * out of descriptors pauses accepting instead of ending the process (Deno.serve's accept
  * failure was an uncaught error: a connection flood killed a mount's server).
  */
-import { type ListenAddress, listenUnix, type OwnSocket, removeOwnSocket } from "../nbd/address.ts";
+import {
+  bracketed,
+  type ListenAddress,
+  listenUnix,
+  type OwnSocket,
+  removeOwnSocket,
+} from "../nbd/address.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./prometheus.ts";
 import { UserError } from "../errors.ts";
 import { warn } from "../log.ts";
