@@ -63,3 +63,30 @@ Deno.test("kept blobs: the least recently used past the limit are pruned, unless
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("kept blobs: damage in the state dir is a miss or is cleared, never a hang or a crash", async () => {
+  const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-kept-damage-" });
+  try {
+    const bytes = new TextEncoder().encode('{"kept": true}');
+    const digest = digestOf(bytes);
+    const path = keptBlobPath(stateDir, "tables", digest);
+    await Deno.mkdir(`${stateDir}/tables`);
+    // A FIFO (would block a read), a device through a symlink (would never end).
+    assert.ok((await new Deno.Command("mkfifo", { args: [path] }).output()).success);
+    assert.equal(await readKeptBlob(stateDir, "tables", digest), undefined);
+    Deno.removeSync(path);
+    Deno.symlinkSync("/dev/zero", path);
+    assert.equal(await readKeptBlob(stateDir, "tables", digest), undefined);
+    Deno.removeSync(path);
+    // A directory where the blob goes, a file where the kind's directory goes: cleared.
+    Deno.mkdirSync(path);
+    assert.equal(await keepBlob(stateDir, "tables", digest, bytes), path);
+    assert.deepEqual(await readKeptBlob(stateDir, "tables", digest), bytes);
+    Deno.writeTextFileSync(`${stateDir}/configs`, "not a directory");
+    const config = keptBlobPath(stateDir, "configs", digest);
+    assert.equal(await keepBlob(stateDir, "configs", digest, bytes), config);
+    assert.deepEqual(await readKeptBlob(stateDir, "configs", digest), bytes);
+  } finally {
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});

@@ -8,6 +8,7 @@
  */
 import { digestOfAsync } from "./digest.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
+import { readRegularFile } from "../../ffi/files.ts";
 
 /** What a state directory keeps, one subdirectory each. */
 export type KeptKind = "tables" | "configs";
@@ -27,7 +28,8 @@ export async function readKeptBlob(
   if (!DIGEST_PATTERN.test(digest)) return undefined;
   try {
     const path = keptBlobPath(stateDir, kind, digest);
-    const bytes = await Deno.readFile(path);
+    // A regular file within the bound only: a FIFO or a device there (damage) is a miss too.
+    const bytes = await readRegularFile(path, KEPT_MAX_BYTES, "kept blob");
     if (await digestOfAsync(bytes, digest) !== digest) return undefined;
     // A use: pruneKeptBlobs keeps the last used.
     const now = new Date();
@@ -47,12 +49,39 @@ export async function keepBlob(
 ): Promise<string> {
   if (!DIGEST_PATTERN.test(digest)) throw new RangeError(`malformed digest ${digest}`);
   const path = keptBlobPath(stateDir, kind, digest);
-  await Deno.mkdir(`${stateDir}/${kind}`, { recursive: true, mode: 0o700 });
+  const dir = `${stateDir}/${kind}`;
   const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  await Deno.writeFile(tmp, bytes, { mode: 0o600 });
-  await Deno.rename(tmp, path);
-  return path;
+  for (let attempt = 0;; attempt++) {
+    try {
+      await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+      await Deno.writeFile(tmp, bytes, { mode: 0o600, createNew: true });
+      await Deno.rename(tmp, path);
+      return path;
+    } catch (error) {
+      await Deno.remove(tmp).catch(() => {});
+      // Damage in our own directory (a file where the kind's directory goes, a directory where
+      // the blob goes): cleared once, then asked again.
+      if (attempt > 0 || !clearObstruction(dir, "directory") && !clearObstruction(path, "file")) {
+        throw error;
+      }
+    }
+  }
 }
+
+/** Removes what is at `path` when it is not a `kind`; true when something was removed. */
+function clearObstruction(path: string, kind: "file" | "directory"): boolean {
+  try {
+    const info = Deno.lstatSync(path);
+    if (kind === "file" ? info.isFile : info.isDirectory) return false;
+    Deno.removeSync(path, { recursive: true });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Largest kept blob read back (a table of a 10 GB image is ~0.4 MB, a config a few KiB). */
+const KEPT_MAX_BYTES = 16 << 20;
 
 /** Files kept per kind at most (a table of a 10 GB image is ~0.4 MB, a config a few KiB). */
 export const KEPT_MAX_FILES = 256;

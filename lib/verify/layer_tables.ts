@@ -12,7 +12,13 @@ import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { info } from "../log.ts";
 import { mark } from "../timing.ts";
 import type { Source } from "../source/source.ts";
-import { CHUNK_TABLE_ANNOTATION, type ChunkTable, parseChunkTable } from "./chunk_table.ts";
+import {
+  CHUNK_TABLE_ANNOTATION,
+  type ChunkTable,
+  MAX_TABLE_BYTES,
+  parseChunkTable,
+} from "./chunk_table.ts";
+import { readRegularFile } from "../../ffi/files.ts";
 import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
 import { VerifiedSource } from "./verified_source.ts";
 
@@ -202,7 +208,15 @@ export async function loadTable(
   spec: ChunkTableSpec,
   layer: { digest: string; sizeBytes: number },
 ): Promise<ChunkTable> {
-  const bytes = await Deno.readFile(spec.path);
+  let bytes: Uint8Array;
+  try {
+    bytes = await readRegularFile(spec.path, MAX_TABLE_BYTES, "kept chunk table");
+  } catch (error) {
+    throw new OciError(
+      `the kept chunk table ${spec.path} cannot be read: ${(error as Error).message}`,
+      "unmount and mount again (the table is fetched again)",
+    );
+  }
   if (await digestOfAsync(bytes, spec.digest) !== spec.digest) {
     throw new OciError(`the kept chunk table ${spec.path} no longer matches ${spec.digest}`);
   }
