@@ -405,6 +405,31 @@ export async function preadAsync(
   }
 }
 
+/**
+ * readRegularFile, synchronous: for small files read on paths that must not wait (a FIFO would
+ * block the process; a device never end).
+ */
+export function readRegularFileSync(
+  path: string,
+  maxBytes: number,
+  what: string,
+): Uint8Array<ArrayBuffer> {
+  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
+  try {
+    const { mode, sizeBytes } = fstatFd(fd, path);
+    if ((mode & S_IFMT) !== S_IFREG) {
+      throw new FileRefusedError(`${what} ${path} is not a regular file`);
+    }
+    if (sizeBytes > maxBytes) {
+      throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
+    }
+    const out = new Uint8Array(sizeBytes);
+    return out.subarray(0, preadFully(fd, out, 0, "pread", path));
+  } finally {
+    closeFd(fd);
+  }
+}
+
 /** readRegularFile's refusal: not a regular file, or larger than allowed. */
 export class FileRefusedError extends UserError {}
 

@@ -11,7 +11,8 @@
  * mount's undo, the server's own stop) then also looks for the mount's keepers by their
  * environment (keepersOwnedBy).
  */
-import { closeFd } from "../../ffi/libc.ts";
+import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
+import { readRegularFileSync } from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 import { FormatError, MountError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -75,14 +76,15 @@ export async function protectFuseMount(
 }
 
 export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
-  let text: string;
+  let record: FuseRecoveryRecord;
   try {
-    text = Deno.readTextFileSync(fuseRecoveryPath(id));
+    // Not waiting on a FIFO or reading a device there (damage): a regular file, bounded.
+    const bytes = readRegularFileSync(fuseRecoveryPath(id), 4 << 20, "FUSE recovery record");
+    record = JSON.parse(new TextDecoder().decode(bytes));
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return undefined;
-    throw error;
+    if (error instanceof SysError && error.errno === Errno.ENOENT) return undefined;
+    throw new MountError(`${fuseRecoveryPath(id)} is malformed: ${(error as Error).message}`);
   }
-  const record = JSON.parse(text) as FuseRecoveryRecord;
   const { keeper } = record;
   const valid = Number.isSafeInteger(keeper?.pid) && typeof keeper.startTicks === "string" &&
     Array.isArray(keeper.fds) && keeper.fds.every((fd) => Number.isSafeInteger(fd)) &&

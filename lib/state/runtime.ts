@@ -8,7 +8,8 @@ import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
-import { readSmallFile } from "../../ffi/files.ts";
+import { warn } from "../log.ts";
+import { readRegularFileSync, readSmallFile } from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
@@ -305,11 +306,43 @@ export function statePath(id: string): string {
 }
 
 export function readState(id: string): MountState | undefined {
+  let state: unknown;
   try {
-    return JSON.parse(Deno.readTextFileSync(statePath(id)));
-  } catch {
+    const bytes = readRegularFileSync(statePath(id), MAX_STATE_BYTES, "mount state");
+    state = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (error) {
+    // Absent: a mount still being set up, or a leftover.
+    if (!(error instanceof SysError && error.errno === Errno.ENOENT)) sayDamaged(id, error);
     return undefined;
   }
+  if (!isMountState(state)) {
+    sayDamaged(id, new Error("not a mount record"));
+    return undefined;
+  }
+  return state;
+}
+
+/** A mount state file is a few KiB; more is damage. */
+const MAX_STATE_BYTES = 4 << 20;
+const saidDamaged = new Set<string>();
+
+/** Says once per process which record is damaged, so that the others are still listed. */
+function sayDamaged(id: string, error: unknown): void {
+  if (saidDamaged.has(id)) return;
+  saidDamaged.add(id);
+  warn(
+    `${statePath(id)} is damaged (${(error as Error).message}): that mount is left out; ` +
+      "its mount point, server and runtime dir need removing by hand",
+  );
+}
+
+/** The fields every reader of a record relies on, of the right types. */
+function isMountState(value: unknown): value is MountState {
+  const s = value as Partial<MountState> | null;
+  return typeof s === "object" && s !== null && typeof s.id === "string" &&
+    typeof s.target === "string" && s.target.startsWith("/") && typeof s.image === "string" &&
+    typeof s.createdAt === "string" && typeof s.serverPid === "number" &&
+    Array.isArray(s.layers) && s.layers.every((l) => typeof l === "object" && l !== null);
 }
 
 export function writeState(state: MountState): void {
