@@ -197,6 +197,27 @@ Deno.test("cache prune: removes unused blobs, least recently used first (--keep,
   }
 });
 
+Deno.test("cache prune: a blob whose map is damaged (a directory, FIFO or symlink) is pruned", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cache = DiskCache.open({ dir })!;
+    const base = (n: number) =>
+      `${dir}/blobs/${digestOf(n).replace(":", "-")}.o-https_3a_2f_2fr.test.c${CHUNK}`;
+    for (const n of [1, 2, 3]) await (await fill(cache, n, 2)).source.close?.();
+    Deno.removeSync(`${base(1)}.map`);
+    Deno.mkdirSync(`${base(1)}.map`);
+    Deno.removeSync(`${base(2)}.map`);
+    assert.ok((await new Deno.Command("mkfifo", { args: [`${base(2)}.map`] }).output()).success);
+    Deno.removeSync(`${base(3)}.map`);
+    Deno.symlinkSync("/dev/null", `${base(3)}.map`);
+    const pruned = await listed(dir, "prune");
+    assert.equal(pruned.removedBlobs, 3, JSON.stringify(pruned));
+    assert.deepEqual([...Deno.readDirSync(`${dir}/blobs`)].map((e) => e.name), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("cache: no cache yet → an empty listing, nothing created; indexes made here shown, kept; a directory others can write → refused", async () => {
   const dir = await Deno.makeTempDir();
   try {

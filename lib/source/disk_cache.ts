@@ -512,6 +512,7 @@ export class DiskCache {
    * opener creating the map meanwhile must not lose the data file it opened.
    */
   #removeIfUnused(base: string): boolean {
+    if (removeIfMapDamaged(base)) return true;
     let fd = -1;
     try {
       fd = openCacheFile(`${base}.map`);
@@ -527,6 +528,26 @@ export class DiskCache {
       closeQuietly(fd);
     }
   }
+}
+
+/**
+ * A blob whose map is not a regular file (a directory, FIFO or symlink: damage) can be open in
+ * no process (an opener fails on it and goes memory-only), and was never prunable: its files go.
+ */
+function removeIfMapDamaged(base: string): boolean {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(`${base}.map`);
+  } catch {
+    return false;
+  }
+  if (info.isFile) return false;
+  for (const suffix of [".data", ".meta", ".boot", ".map"]) {
+    try {
+      Deno.removeSync(`${base}${suffix}`, { recursive: true });
+    } catch { /* absent */ }
+  }
+  return true;
 }
 
 /** A tenth of the file system holding `dir`, at most 4 GiB; 0 when statfs fails. */
