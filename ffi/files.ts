@@ -405,31 +405,6 @@ export async function preadAsync(
   }
 }
 
-/**
- * readRegularFile, synchronous: for small files read on paths that must not wait (a FIFO would
- * block the process; a device never end).
- */
-export function readRegularFileSync(
-  path: string,
-  maxBytes: number,
-  what: string,
-): Uint8Array<ArrayBuffer> {
-  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
-  try {
-    const { mode, sizeBytes } = fstatFd(fd, path);
-    if ((mode & S_IFMT) !== S_IFREG) {
-      throw new FileRefusedError(`${what} ${path} is not a regular file`);
-    }
-    if (sizeBytes > maxBytes) {
-      throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
-    }
-    const out = new Uint8Array(sizeBytes);
-    return out.subarray(0, preadFully(fd, out, 0, "pread", path));
-  } finally {
-    closeFd(fd);
-  }
-}
-
 /** readRegularFile's refusal: not a regular file, or larger than allowed. */
 export class FileRefusedError extends UserError {}
 
@@ -444,16 +419,8 @@ export async function readRegularFile(
   maxBytes: number,
   what: string,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
+  const { fd, out } = openRegularFile(path, maxBytes, what);
   try {
-    const { mode, sizeBytes } = fstatFd(fd, path);
-    if ((mode & S_IFMT) !== S_IFREG) {
-      throw new FileRefusedError(`${what} ${path} is not a regular file`);
-    }
-    if (sizeBytes > maxBytes) {
-      throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
-    }
-    const out = new Uint8Array(sizeBytes);
     let done = 0;
     while (done < out.length) {
       const n = await preadAsync(fd, out.subarray(done), done, path);
@@ -463,5 +430,44 @@ export async function readRegularFile(
     return out.subarray(0, done);
   } finally {
     closeFd(fd);
+  }
+}
+
+/**
+ * readRegularFile, synchronous: for small files read on paths that must not wait (a FIFO would
+ * block the process; a device never end).
+ */
+export function readRegularFileSync(
+  path: string,
+  maxBytes: number,
+  what: string,
+): Uint8Array<ArrayBuffer> {
+  const { fd, out } = openRegularFile(path, maxBytes, what);
+  try {
+    return out.subarray(0, preadFully(fd, out, 0, "pread", path));
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** The open regular file at `path` within `maxBytes`, and a buffer of its size (else refused). */
+function openRegularFile(
+  path: string,
+  maxBytes: number,
+  what: string,
+): { fd: number; out: Uint8Array<ArrayBuffer> } {
+  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
+  try {
+    const { mode, sizeBytes } = fstatFd(fd, path);
+    if ((mode & S_IFMT) !== S_IFREG) {
+      throw new FileRefusedError(`${what} ${path} is not a regular file`);
+    }
+    if (sizeBytes > maxBytes) {
+      throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
+    }
+    return { fd, out: new Uint8Array(sizeBytes) };
+  } catch (error) {
+    closeFd(fd);
+    throw error;
   }
 }

@@ -5,7 +5,13 @@
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, pidAlive, serverPids } from "./_support/mounts.ts";
+import {
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  pidAlive,
+  serverPids,
+} from "./_support/mounts.ts";
 
 const ignore = requires(root(), path("/dev/fuse"));
 
@@ -77,15 +83,7 @@ Deno.test({
     const sandbox = await mountSandbox();
     const inner = `${sandbox.target}/emptydir`;
     try {
-      Deno.mkdirSync(sandbox.target, { recursive: true });
-      for (const [image, dir] of [["basic", sandbox.target], ["layer1", inner]]) {
-        assertSuccess(
-          await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
-            env: sandbox.env,
-            timeoutMs: 60_000,
-          }),
-        );
-      }
+      await mountNested(sandbox, inner);
       for (const lazy of [[], ["--lazy"]]) {
         const refused = await runCli(["umount", ...lazy, sandbox.target], { env: sandbox.env });
         assertCliError(
@@ -105,10 +103,7 @@ Deno.test({
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
       assert.deepEqual(mountsBelow(sandbox.target), []);
     } finally {
-      for (const dir of [inner, sandbox.target]) {
-        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
-      }
-      await sandbox.cleanup();
+      await unmountNested(sandbox, inner);
     }
   },
 });
@@ -120,25 +115,35 @@ Deno.test({
     const sandbox = await mountSandbox();
     const inner = `${sandbox.target}/emptydir`;
     try {
-      Deno.mkdirSync(sandbox.target, { recursive: true });
-      for (const [image, dir] of [["basic", sandbox.target], ["layer1", inner]]) {
-        assertSuccess(
-          await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
-            env: sandbox.env,
-            timeoutMs: 60_000,
-          }),
-        );
-      }
+      await mountNested(sandbox, inner);
       // The inner mount goes by other means; its record stays.
       assert.ok((await new Deno.Command("umount", { args: ["-l", inner] }).output()).success);
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
       assertSuccess(await runCli(["umount", inner], { env: sandbox.env }));
       assert.deepEqual(mountsBelow(sandbox.target), []);
     } finally {
-      for (const dir of [inner, sandbox.target]) {
-        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
-      }
-      await sandbox.cleanup();
+      await unmountNested(sandbox, inner);
     }
   },
 });
+
+/** basic.erofs at the sandbox's target, layer1.erofs on `inner` (a directory inside it). */
+async function mountNested(sandbox: MountSandbox, inner: string): Promise<void> {
+  Deno.mkdirSync(sandbox.target, { recursive: true });
+  for (const [image, dir] of [["basic", sandbox.target], ["layer1", inner]]) {
+    assertSuccess(
+      await runCli(["mount", `${FIXTURES}/${image}.erofs`, dir], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      }),
+    );
+  }
+}
+
+/** For a finally block: both mounts gone, whatever the test left, then the sandbox. */
+async function unmountNested(sandbox: MountSandbox, inner: string): Promise<void> {
+  for (const dir of [inner, sandbox.target]) {
+    await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+  }
+  await sandbox.cleanup();
+}
