@@ -46,3 +46,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "umount of a FUSE mount whose recovery record is gone or damaged still ends its keeper",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    for (const damage of ["remove", "garbage"] as const) {
+      const sandbox = await mountSandbox();
+      try {
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+        assert.equal(runningKeepersOf(sandbox.runtimeDir).length, 1, sandbox.serverLogs());
+        const [record] = [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) =>
+          `${sandbox.runtimeDir}/mounts/${e.name}/fuse-recovery.json`
+        );
+        if (damage === "remove") Deno.removeSync(record);
+        else Deno.writeTextFileSync(record, "{not json");
+        assertSuccess(
+          await runCli(["umount", sandbox.target], { env: sandbox.env, timeoutMs: 60_000 }),
+        );
+        assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), [], `keeper left (${damage})`);
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+      } finally {
+        await sandbox.cleanup();
+      }
+    }
+  },
+});

@@ -128,7 +128,8 @@ function removeIfThere(path: string): void {
 
 /**
  * Ends the keeper of a mount: the one its record names and, while `fuse-keeper.pending` is
- * there, any other whose environment names the mount (its server died before recording it).
+ * there or the record is gone or damaged, any other whose environment names the mount (its
+ * server died before recording it, or the record was lost).
  * With the server dead this aborts its FUSE connections: readers whose requests the dead
  * server had taken wait for an answer without being killable, and get an error instead; then
  * the mounts can be removed. A server stopping on purpose ends it too (its own descriptors keep
@@ -136,16 +137,20 @@ function removeIfThere(path: string): void {
  * reused pid is never hit.
  */
 export async function stopFuseKeeper(id: string): Promise<void> {
+  // A record that is gone or damaged names no keeper: one may still run (found by its mark).
+  let unnamed = true;
   try {
     const record = readFuseRecovery(id);
-    if (record) await endKeeper(record.keeper, () => keeperAlive(record.keeper));
+    if (record) {
+      await endKeeper(record.keeper, () => keeperAlive(record.keeper));
+      unnamed = false;
+    }
   } catch { /* malformed: nothing we can trust to signal */ }
-  let pending = false;
   try {
     Deno.statSync(keeperPendingPath(id));
-    pending = true;
+    unnamed = true;
   } catch { /* no keeper unrecorded */ }
-  if (!pending) return;
+  if (!unnamed) return;
   const owner = mountDir(id);
   for (const keeper of keepersOwnedBy(owner)) {
     await endKeeper(keeper, () => keeperOwnedBy(keeper, owner));
