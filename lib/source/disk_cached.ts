@@ -13,6 +13,7 @@
  * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts.
  */
 import { abortable } from "./abortable.ts";
+import { SysError } from "../../ffi/libc.ts";
 import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
@@ -218,6 +219,33 @@ export class DiskCachedSource implements Source {
     this.lastUsedMs = Date.now();
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
+    try {
+      if (await this.#readCached(offset, dest, first, end, signal)) return;
+    } catch (error) {
+      if (!(error instanceof SysError)) throw error;
+      // The cache files failed under us (truncated, an I/O error of the disk): this blob goes
+      // on from the inner source, as after a failed write; what was cached is not trusted.
+      this.#degraded = true;
+      this.#cache.warnOnce(
+        `disk cache ${this.#base}: ${error.message}; continuing with the memory cache only`,
+      );
+    }
+    // Degraded (or starved by eviction under a tiny bound): the inner source, nothing stored.
+    this.#assertOpen();
+    this.#stats.fetches++;
+    this.#stats.fetchedBytes += length;
+    dest.set(await this.#inner.read(offset, length, signal));
+  }
+
+  /** The cached read of readInto: true when `dest` was filled from the cache files. */
+  async #readCached(
+    offset: number,
+    dest: Uint8Array,
+    first: number,
+    end: number,
+    signal?: AbortSignal,
+  ): Promise<boolean> {
+    const length = dest.length;
     let fetched = false;
     for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
       // Closed while this read waited (a fill, a busy lock): its descriptors may be gone.
@@ -263,13 +291,9 @@ export class DiskCachedSource implements Source {
         this.#lru.set(i, true);
       }
       this.#touch();
-      return;
+      return true;
     }
-    // Degraded (or starved by eviction under a tiny bound): the inner source, nothing stored.
-    this.#assertOpen();
-    this.#stats.fetches++;
-    this.#stats.fetchedBytes += length;
-    dest.set(await this.#inner.read(offset, length, signal));
+    return false;
   }
 
   /**
