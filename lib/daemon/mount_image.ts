@@ -5,7 +5,7 @@
  */
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
-import { mountOverlay } from "../mount/overlay.ts";
+import { layerDirName, mountOverlay } from "../mount/overlay.ts";
 import {
   createMountDir,
   mountDir,
@@ -96,7 +96,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     let targetMountId: number | undefined;
     const multi = ready.layers.length > 1 || spec.upper !== undefined;
     for (const [index, layer] of ready.layers.entries()) {
-      const dir = multi ? `${mountDir(id)}/layer-${index}` : spec.target;
+      const dir = multi ? `${mountDir(id)}/${layerDirName(index)}` : spec.target;
       if (multi) Deno.mkdirSync(dir, { mode: 0o700 });
       const atTarget = !multi && pinned !== undefined;
       const before = currentMountIds();

@@ -23,15 +23,20 @@ const MOUNT_DATA_MAX_BYTES = 4095;
 /** overlayfs's most lower layers (OVL_MAX_STACK). */
 export const OVERLAY_MAX_LAYERS = 500;
 
+/** The directory (in the mount's runtime dir) layer `index` of an overlay is mounted on. */
+export function layerDirName(index: number): string {
+  return `layer-${index}`;
+}
+
 /**
  * The layers an image may have for one overlay here: overlayfs's limit, and what fits in
  * mount(2)'s option string with the lower dirs named relative to their directory
- * (`layer-N`, as mount_image.ts names them), beside `upperWorkBytes` of upperdir and workdir.
+ * (layerDirName), beside `upperWorkBytes` of upperdir and workdir.
  */
 export function overlayLayerLimit(upperWorkBytes = 0): number {
   let bytes = "lowerdir=".length + upperWorkBytes;
   for (let count = 0; count < OVERLAY_MAX_LAYERS; count++) {
-    bytes += `layer-${count}`.length + (count ? 1 : 0);
+    bytes += layerDirName(count).length + (count ? 1 : 0);
     if (bytes > MOUNT_DATA_MAX_BYTES) return count;
   }
   return OVERLAY_MAX_LAYERS;
