@@ -190,22 +190,28 @@ export async function resolveRegistryImage(
   const { ref, client } = opened;
   // The descriptor size is checked against the real one (Content-Range total) with the head.
   // A head already in the disk cache came from a reply of this size: no GET for it.
+  // Heads read from the disk cache: one that fails the superblock check is read again from the
+  // registry (the cache file may be damaged; its chunks are checked again when read).
+  const headsFromCache = new WeakSet<Uint8Array>();
+  const fetchHead = (layer: LayerDescriptor): Promise<Uint8Array> =>
+    client.readBlobRange(
+      ref.repository,
+      layer.digest,
+      0,
+      Math.min(EROFS_SUPER_END, layer.sizeBytes),
+      undefined,
+      layer.sizeBytes,
+    );
   const readHead = (layer: LayerDescriptor): Promise<Uint8Array> => {
-    const headBytes = Math.min(EROFS_SUPER_END, layer.sizeBytes);
     const cached = sharedDiskCache()?.readIfPresent(
       { digest: layer.digest, origin: registryOrigin(ref.registry, client.plainHttp) },
       layer.sizeBytes,
       0,
-      headBytes,
+      Math.min(EROFS_SUPER_END, layer.sizeBytes),
     );
-    return cached ? Promise.resolve(cached) : client.readBlobRange(
-      ref.repository,
-      layer.digest,
-      0,
-      headBytes,
-      undefined,
-      layer.sizeBytes,
-    );
+    if (!cached) return fetchHead(layer);
+    headsFromCache.add(cached);
+    return Promise.resolve(cached);
   };
   // Heads asked for as soon as the manifest is there, side by side with its config blob.
   const heads = new Map<string, Promise<Uint8Array>>();
@@ -252,7 +258,13 @@ export async function resolveRegistryImage(
     const tarIndex = tarIndexes.get(layer.digest);
     // Check the superblock before anything is attached: other data gets a clear error here
     // instead of the kernel's EINVAL later.
-    const superblock = tarIndex ? undefined : registrySuperblock(head, layer);
+    let superblock;
+    try {
+      superblock = tarIndex ? undefined : registrySuperblock(head, layer);
+    } catch (error) {
+      if (!headsFromCache.has(head)) throw error;
+      superblock = registrySuperblock(await fetchHead(layer), layer);
+    }
     layers.push({
       kind: "registry",
       registry: ref.registry,

@@ -221,18 +221,28 @@ export async function layerForRecord(
     );
   }
   if (check && !check.acceptChangedImage) {
-    await checkSameImage(
-      { name: record.reference, sizeBytes: size, byTag: record.kind === "OCI_LAYER" },
+    const image = { name: record.reference, sizeBytes: size, byTag: record.kind === "OCI_LAYER" };
+    const fromRegistry = (offset: number, length: number) =>
+      client.readBlobRange(ref.repository, digest, offset, length);
+    let cacheRead = false;
+    try {
       // Bytes the disk cache holds for this digest and registry came from it: no GET for them.
-      async (offset, length) =>
-        sharedDiskCache()?.readIfPresent(
+      await checkSameImage(image, (offset, length) => {
+        const kept = sharedDiskCache()?.readIfPresent(
           { digest, origin: registryOrigin(ref.registry, client.plainHttp) },
           size,
           offset,
           length,
-        ) ?? await client.readBlobRange(ref.repository, digest, offset, length),
-      check.deviceIndex,
-    );
+        );
+        if (!kept) return fromRegistry(offset, length);
+        cacheRead = true;
+        return Promise.resolve(kept);
+      }, check.deviceIndex);
+    } catch (error) {
+      // ...unless they are what differs: the cache file may be damaged, the registry decides.
+      if (!cacheRead) throw error;
+      await checkSameImage(image, fromRegistry, check.deviceIndex);
+    }
   }
   return registryLayer(record, {
     layerIndex,

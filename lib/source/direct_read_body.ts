@@ -17,6 +17,8 @@ export interface DirectReadArg {
   sizeBytes: number;
   /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
   presentBytes: readonly number[];
+  /** DirectReadFiles.checked: shared memory, one byte per chunk, 1 once checked. */
+  checked?: Uint8Array;
   /**
    * Pinned pages (PinnedPageFile): a read all of whose pages have map byte 1 in `mapFd`
    * (written after the page) is read from `fd`, chunks or not.
@@ -34,6 +36,7 @@ export function directReadArg(files: DirectReadFiles): DirectReadArg {
     chunkBytes: files.chunkBytes,
     sizeBytes: files.sizeBytes,
     presentBytes: [...files.presentBytes],
+    ...(files.checked ? { checked: files.checked } : {}),
     pins: files.pins && {
       fd: files.pins.fd,
       mapFd: files.pins.mapFd,
@@ -83,7 +86,11 @@ export function directReaderBody(
     if (Number(libc.pread(direct.mapFd, chunks, BigInt(count), BigInt(first))) !== count) {
       return false;
     }
-    return chunks.every((byte) => direct.presentBytes.includes(byte));
+    if (!chunks.every((byte) => direct.presentBytes.includes(byte))) return false;
+    const checked = direct.checked;
+    if (!checked) return true;
+    for (let c = first; c < first + count; c++) if (Atomics.load(checked, c) !== 1) return false;
+    return true;
   };
   const pinMap = new Uint8Array(512);
   const allPinned = (offset: number, length: number): boolean => {

@@ -20,6 +20,11 @@ export interface DirectReadFiles {
   /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
   readonly presentBytes: readonly number[];
   /**
+   * When given (over shared memory), a chunk is read only once its byte here is 1: checked by
+   * this process since it opened the files (stored_check.ts CheckedChunks).
+   */
+  readonly checked?: Uint8Array;
+  /**
    * Pages pinned in front of the disk cache (PrefetchedSource), readable by that thread too:
    * `fd` holds each page at its offset once byte `page` of `mapFd` is 1 (written after the
    * page). Pins are never dropped, so no lock is needed.

@@ -9,7 +9,13 @@ import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
 
 /** Fresh read-only descriptors of the blob's files, or undefined when they cannot be had. */
 export function openDirectReadFiles(
-  blob: { mapFd: number; dataFd: number; chunkBytes: number; size: number },
+  blob: {
+    mapFd: number;
+    dataFd: number;
+    chunkBytes: number;
+    size: number;
+    checked?: Uint8Array;
+  },
 ): DirectReadFiles | undefined {
   let mapFd = -1;
   try {
@@ -22,6 +28,7 @@ export function openDirectReadFiles(
       chunkBytes: blob.chunkBytes,
       sizeBytes: blob.size,
       presentBytes: [PRESENT, WRITTEN],
+      ...(blob.checked ? { checked: blob.checked } : {}),
       close: () => {
         if (!open) return;
         open = false;

@@ -131,6 +131,8 @@ export interface FillBlob {
   degrade(): void;
   /** Set when the complete blob failed its digest: every fill rejects with it. */
   corruption(): Error | undefined;
+  /** Chunks [first, end) were fetched (through the checks of the source below) and written. */
+  stored?(first: number, end: number): void;
   /** fdatasync of the data file (default dataSync; tests hold or fail it). */
   syncData?: (fd: number) => Promise<void>;
 }
@@ -447,6 +449,7 @@ export class BlobFiller {
       this.#blob.chunkCount,
       Math.ceil((offset + bytes.length) / this.#blob.chunkBytes),
     );
+    this.#blob.stored?.(first, stop);
     for (let c = first; c < stop; c++) {
       this.#written.add(c);
       this.#readable.get(c)?.settle("written");

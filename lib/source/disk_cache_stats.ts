@@ -13,6 +13,11 @@ export interface DiskCacheStats {
   waitedForOthers: number;
   /** Chunks dropped by eviction. */
   evictedChunks: number;
+  /**
+   * Chunks found in the files whose bytes failed the chunk table's check when read back here
+   * (damaged on disk): dropped and fetched again.
+   */
+  damagedChunks: number;
   /** The disk failed: missing bytes come from the inner source without being stored. */
   degraded: boolean;
   /** The whole blob was fetched and did not hash to its digest: every read fails. */

@@ -32,6 +32,7 @@ import {
 import { claimBoot } from "./disk_cache_boot.ts";
 import { BlobSidecar } from "./disk_cache_sidecar.ts";
 import { DemandAhead } from "./disk_cache_demand_ahead.ts";
+import { CheckedChunks, type StoredBytesChecker, storedBytesChecker } from "./stored_check.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
@@ -62,6 +63,14 @@ export class DiskCachedSource implements Source {
   readonly #inner: Source;
   readonly #base: string;
   readonly #verify?: VerifyChunk;
+  /**
+   * The source below checks bytes against a table (stored_check.ts): chunks found in the files
+   * are checked once in this process before any reader gets them, as its own fills were.
+   */
+  readonly #checker?: StoredBytesChecker;
+  readonly #checked?: CheckedChunks;
+  /** Checks of kept spans under way, by span: reads of one span wait for one check. */
+  readonly #checking = new Map<number, Promise<boolean>>();
   readonly #mapFd: number;
   readonly #dataFd: number;
   /** The fill and sync protocol (disk_cache_fill.ts). */
@@ -78,7 +87,7 @@ export class DiskCachedSource implements Source {
   readonly #demandAhead = new DemandAhead();
   #touchedMs = 0;
   /** A whole-blob digest check under way (checkDigest), for close() to wait for. */
-  #checking?: Promise<unknown>;
+  #checkingDigest?: Promise<unknown>;
   /** The blob's `.meta` file (disk_cache_sidecar.ts). */
   readonly #sidecar: BlobSidecar;
   lastUsedMs = Date.now();
@@ -92,6 +101,7 @@ export class DiskCachedSource implements Source {
     readsWaitedForSync: 0,
   };
   #evictedChunks = 0;
+  #damagedChunks = 0;
 
   private constructor(
     cache: DiskCache,
@@ -108,6 +118,8 @@ export class DiskCachedSource implements Source {
     this.size = inner.size;
     this.chunkBytes = cache.chunkBytes;
     this.chunkCount = Math.ceil(this.size / this.chunkBytes);
+    this.#checker = storedBytesChecker(inner);
+    if (this.#checker) this.#checked = new CheckedChunks(this.chunkCount);
     this.#mapFd = fds.map;
     this.#dataFd = fds.data;
     this.#filler = new BlobFiller({
@@ -126,6 +138,7 @@ export class DiskCachedSource implements Source {
       isDegraded: () => this.#degraded,
       degrade: () => this.#degraded = true,
       corruption: () => this.#corrupt,
+      stored: (first, end) => this.#checked?.mark(first, end),
     }, this.#stats);
     this.#sidecar = new BlobSidecar(cache, base, {
       closed: () => this.#closing.signal.aborted,
@@ -161,6 +174,7 @@ export class DiskCachedSource implements Source {
     return {
       ...this.#stats,
       evictedChunks: this.#evictedChunks,
+      damagedChunks: this.#damagedChunks,
       degraded: this.#degraded,
       digestMismatch: this.#corrupt !== undefined,
     };
@@ -265,26 +279,15 @@ export class DiskCachedSource implements Source {
         if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
         continue;
       }
-      // Chunks written by this process's fills are held by their write lock: a read lock
-      // here (same descriptor) would replace it, so only the marked runs are locked.
-      const locked = chunkRuns(map, first, true);
-      const taken = locked.filter(([at, n]) => tryLock(this.#mapFd, F_RDLCK, at, n));
-      if (taken.length !== locked.length) {
-        for (const [at, n] of taken) unlock(this.#mapFd, at, n);
+      const unchecked = this.#checked?.uncheckedIn(first, end) ?? [];
+      if (unchecked.length && !(await abortable(this.#checkKept(unchecked), signal))) continue;
+      const read = this.#readKept(first, end, dest, offset);
+      if (read === "busy") {
         await abortable(sleep(1), signal); // a filler or evictor holds some of these chunks
         continue;
       }
-      let early = false;
-      try {
-        // Re-read under the lock: an evictor may have dropped a chunk since.
-        const now = this.#readMap(first, end);
-        if (now.some((byte, i) => !isPresent(byte) && !this.#filler.isWritten(first + i))) continue;
-        early = now.some((byte) => !isPresent(byte));
-        preadExact(this.#dataFd, dest, offset);
-      } finally {
-        for (const [at, n] of locked) unlock(this.#mapFd, at, n);
-      }
-      if (early) this.#stats.readsBeforeDurable++;
+      if (read === "missing") continue; // an evictor dropped a chunk since
+      if (read === "early") this.#stats.readsBeforeDurable++;
       if (!fetched) this.#stats.diskHitBytes += length;
       for (let i = first; i < end; i++) {
         this.#lru.delete(i);
@@ -294,6 +297,135 @@ export class DiskCachedSource implements Source {
       return true;
     }
     return false;
+  }
+
+  /**
+   * Copies the bytes at `offset` (chunks [first, end)) from the data file into `dest` when
+   * every chunk is readable: marked present, or written by this process's fills and not yet
+   * marked ("early"). Chunks written by those fills are held by their write lock: a read lock
+   * here (same descriptor) would replace it, so only the marked runs are locked.
+   */
+  #readKept(
+    first: number,
+    end: number,
+    dest: Uint8Array,
+    offset: number,
+  ): "ok" | "early" | "missing" | "busy" {
+    const readable = (byte: number, i: number) =>
+      isPresent(byte) || this.#filler.isWritten(first + i);
+    const map = this.#readMap(first, end);
+    if (!map.every(readable)) return "missing";
+    const locked = chunkRuns(map, first, true);
+    const taken = locked.filter(([at, n]) => tryLock(this.#mapFd, F_RDLCK, at, n));
+    if (taken.length !== locked.length) {
+      for (const [at, n] of taken) unlock(this.#mapFd, at, n);
+      return "busy";
+    }
+    try {
+      // Re-read under the lock: an evictor may have dropped a chunk since.
+      const now = this.#readMap(first, end);
+      if (!now.every(readable)) return "missing";
+      preadExact(this.#dataFd, dest, offset);
+      return now.every(isPresent) ? "ok" : "early";
+    } finally {
+      for (const [at, n] of locked) unlock(this.#mapFd, at, n);
+    }
+  }
+
+  /**
+   * Checks the chunks of `chunks` found in the files (not fetched here) against the table of
+   * the source below, in spans of whole units of both the table and the chunks; a span's
+   * chunks not in the files are fetched first (the source below checks them). Chunks whose
+   * bytes fail are dropped, to be fetched again. True when every one of `chunks` is checked.
+   */
+  async #checkKept(chunks: number[]): Promise<boolean> {
+    const spanChunks = this.#spanChunks();
+    let all = true;
+    for (const span of new Set(chunks.map((c) => Math.floor(c / spanChunks)))) {
+      let check = this.#checking.get(span);
+      if (!check) {
+        check = this.#checkSpan(
+          span * spanChunks,
+          Math.min(this.chunkCount, (span + 1) * spanChunks),
+        )
+          .finally(() => this.#checking.delete(span));
+        this.#checking.set(span, check);
+      }
+      if (!(await check)) all = false;
+    }
+    return all;
+  }
+
+  /** Chunks per span of #checkKept: the least common multiple of both units, in chunks. */
+  #spanChunks(): number {
+    const unit = this.#checker!.checkUnitBytes;
+    const gcd = (a: number, b: number): number => b === 0 ? a : gcd(b, a % b);
+    return unit / gcd(unit, this.chunkBytes);
+  }
+
+  async #checkSpan(first: number, end: number): Promise<boolean> {
+    const checker = this.#checker!;
+    const offset = first * this.chunkBytes;
+    const bytes = new Uint8Array(Math.min(this.size, end * this.chunkBytes) - offset);
+    const read = this.#readKept(first, end, bytes, offset);
+    if (read === "busy") {
+      await sleep(1);
+      return false;
+    }
+    if (read === "missing") {
+      const absent: number[] = [];
+      this.#readMap(first, end).forEach((byte, i) =>
+        !isPresent(byte) && !this.#filler.isWritten(first + i) && absent.push(first + i)
+      );
+      if (absent.length) await this.#filler.fillReadable(absent, []);
+      return false;
+    }
+    const unitBytes = checker.checkUnitBytes;
+    let badFrom = -1, badTo = -1;
+    for (let at = 0; at < bytes.length; at += unitBytes) {
+      const unit = bytes.subarray(at, Math.min(bytes.length, at + unitBytes));
+      if (await checker.checkStored((offset + at) / unitBytes, unit)) continue;
+      if (badFrom < 0) badFrom = offset + at;
+      badTo = offset + at + unit.length;
+    }
+    if (this.#closing.signal.aborted) return false;
+    if (badFrom < 0) {
+      this.#checked!.mark(first, end);
+      return true;
+    }
+    const from = Math.floor(badFrom / this.chunkBytes);
+    const to = Math.ceil(badTo / this.chunkBytes);
+    this.#cache.warnOnce(
+      `disk cache ${this.#base}: the kept bytes at offset ${badFrom} do not match the layer's ` +
+        "chunk table (damaged on disk?); fetching them again",
+    );
+    this.#dropDamaged(from, to);
+    return false;
+  }
+
+  /**
+   * Marks chunks [first, end) absent and punches their bytes out (as eviction does), unless a
+   * reader or filler of some process holds them now: then they stay, still unchecked here.
+   */
+  #dropDamaged(first: number, end: number): void {
+    for (let index = first; index < end; index++) {
+      if (this.#filler.isFilling(index) || this.#filler.isWritten(index)) continue;
+      if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
+      try {
+        if (!isPresent(this.#readMap(index, index + 1)[0])) continue;
+        pwriteAll(this.#mapFd, new Uint8Array(1), index);
+        dataSyncNow(this.#mapFd);
+        const offset = index * this.chunkBytes;
+        punchHole(this.#dataFd, offset, Math.min(this.size, offset + this.chunkBytes) - offset);
+        this.#lru.delete(index);
+        this.#damagedChunks++;
+      } catch (error) {
+        this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
+        return;
+      } finally {
+        unlock(this.#mapFd, index, 1);
+      }
+    }
   }
 
   /**
@@ -331,6 +463,7 @@ export class DiskCachedSource implements Source {
       dataFd: this.#dataFd,
       chunkBytes: this.chunkBytes,
       size: this.size,
+      checked: this.#checked?.marks,
     });
   }
 
@@ -397,7 +530,7 @@ export class DiskCachedSource implements Source {
     if (this.#closing.signal.aborted) return Promise.resolve("incomplete");
     const check = this.#checkDigest(digest);
     // close() waits for it: the check reads and may write through this source's descriptors.
-    this.#checking = Promise.allSettled([this.#checking, check]);
+    this.#checkingDigest = Promise.allSettled([this.#checkingDigest, check]);
     return check;
   }
 
@@ -449,7 +582,7 @@ export class DiskCachedSource implements Source {
   async refuseBytes(reason: string): Promise<void> {
     if (this.#closing.signal.aborted) return;
     const dropping = this.#dropAll(reason);
-    this.#checking = Promise.allSettled([this.#checking, dropping]);
+    this.#checkingDigest = Promise.allSettled([this.#checkingDigest, dropping]);
     await dropping;
   }
 
@@ -460,6 +593,7 @@ export class DiskCachedSource implements Source {
       pwriteAll(this.#mapFd, new Uint8Array(this.chunkCount), 0);
       dataSyncNow(this.#mapFd);
       this.#lru.clear();
+      this.#checked?.forgetAll();
     } catch (error) {
       this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
     } finally {
@@ -485,6 +619,7 @@ export class DiskCachedSource implements Source {
       if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
       try {
         this.#lru.delete(index);
+        this.#checked?.forget(index);
         if (!isPresent(this.#readMap(index, index + 1)[0])) continue;
         pwriteAll(this.#mapFd, new Uint8Array(1), index);
         dataSyncNow(this.#mapFd);
@@ -514,7 +649,8 @@ export class DiskCachedSource implements Source {
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
     await this.#filler.whenAllDurable();
-    await this.#checking;
+    await this.#checkingDigest;
+    await Promise.allSettled(this.#checking.values());
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();

@@ -13,6 +13,7 @@ import { fillTrace } from "../source/fill_trace.ts";
 import { nodeCryptoLoaded } from "../node_builtins.ts";
 import { readSubchunkChecked } from "./subchunk_reads.ts";
 import { WrongBytesError } from "../source/wrong_bytes.ts";
+import type { StoredBytesChecker } from "../source/stored_check.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends WrongBytesError {
@@ -55,7 +56,7 @@ function isAbort(error: unknown): boolean {
 /** Verified chunks kept for neighbouring reads (4 MiB per layer at 1 MiB chunks). */
 const RECENT_CHUNKS = 4;
 
-export class VerifiedSource implements Source {
+export class VerifiedSource implements Source, StoredBytesChecker {
   readonly size: number;
   /** Chunks hashed and found good. */
   verifiedChunks = 0;
@@ -121,6 +122,20 @@ export class VerifiedSource implements Source {
         );
       },
     }, signal);
+  }
+
+  /** A disk cache above checks bytes it reads back in these units (stored_check.ts). */
+  get checkUnitBytes(): number {
+    return this.smallReadUnitBytes;
+  }
+
+  /** Checks bytes a cache kept: all of subchunk (or chunk, without subchunks) `index`. */
+  async checkStored(index: number, bytes: Uint8Array): Promise<boolean> {
+    const table = this.#table;
+    if (!table.subchunks) return await this.#matches(index, bytes);
+    return this.#options.hashOnEventLoop && nodeCryptoLoaded()
+      ? table.subchunkMatches(index, bytes)
+      : await table.subchunkMatchesAsync(index, bytes);
   }
 
   /** The table every read is checked against. */
