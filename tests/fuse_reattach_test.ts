@@ -26,6 +26,7 @@ import {
   killServer,
   withBigImage,
 } from "./_support/kill_mid_read.ts";
+import { MKFS, pushWithTables, setup, SMALL_TEXT } from "./_support/verify_image.ts";
 
 Deno.test({
   name: "fuse reattach: kill -9 mid-read of 48 MiB, reattach DIR, reader gets exact bytes",
@@ -349,5 +350,52 @@ Deno.test({
         killKeepers(keepers);
       }
     });
+  },
+});
+
+Deno.test({
+  name: "fuse reattach: a kept chunk table damaged while the server was dead is fetched again",
+  ignore: requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3")),
+  async fn() {
+    await using s = await setup();
+    const layer = await pushWithTables(s, "crash/table", 60_000);
+    const tableDigest = layer.annotations!["io.github.erofs-oci.chunk-digests"];
+    const sandbox = await mountSandbox();
+    let keepers: number[] = [];
+    try {
+      assertSuccess(
+        await runCli(
+          ["mount", `${s.registry.host}/crash/table:v1`, sandbox.target, "--backend", "fuse"],
+          { env: sandbox.env, timeoutMs: 60_000 },
+        ),
+      );
+      keepers = keeperPids(sandbox.runtimeDir);
+      await killServer(sandbox.runtimeDir);
+      const kept = `${sandbox.env.EROFS_OCI_STATE_DIR}/tables/${
+        tableDigest.replace(":", "-")
+      }.json`;
+      const original = Deno.readFileSync(kept);
+      const damaged = original.slice();
+      damaged[damaged.length >> 1] ^= 1;
+      Deno.writeFileSync(kept, damaged);
+
+      const reattached = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assertSuccess(reattached);
+      assert.match(reattached.stdout, /reattached/, sandbox.serverLogs());
+      assert.match(
+        sandbox.serverLogs(),
+        /no longer matches .*; fetched it again from the registry/,
+      );
+      assert.deepEqual(Deno.readFileSync(kept), original, "kept again, whole");
+      assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assert.deepEqual(await Deno.readFile(`${sandbox.target}/big.bin`), s.big);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
   },
 });

@@ -232,7 +232,11 @@ export async function openLayerSource(
   if (layer.chunkTable) {
     // Under the caches: nothing unverified is ever cached or served.
     const origin = registryOrigin(layer.registry, layer.plainHttp);
-    const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin, options).catch(
+    const registry = { client, repository: layer.repository };
+    const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin, {
+      ...options,
+      registry,
+    }).catch(
       async (error) => {
         await blob.close();
         throw error;

@@ -237,13 +237,44 @@ export async function verifiedBlob(
   spec: ChunkTableSpec,
   layer: { digest: string; sizeBytes: number },
   origin: string,
-  options: { hashOnEventLoop?: boolean } = {},
+  options: { hashOnEventLoop?: boolean; registry?: TableRegistry } = {},
 ): Promise<{ source: VerifiedSource; cacheOrigin: string }> {
-  const table = await loadTable(spec, layer);
+  const { registry, ...sourceOptions } = options;
+  const table = await loadTable(spec, layer).catch((error) => {
+    if (!registry) throw error;
+    return tableAgain(registry, spec, layer, error);
+  });
   return {
-    source: new VerifiedSource(blob, table, { origin, ...options }),
+    source: new VerifiedSource(blob, table, { origin, ...sourceOptions }),
     cacheOrigin: tableCacheOrigin(origin, spec.digest),
   };
+}
+
+/** Where a layer's table can be fetched again (the repository its manifest named it in). */
+export interface TableRegistry {
+  client: RegistryClient;
+  repository: string;
+}
+
+/**
+ * A kept table that can no longer be read or no longer hashes to its digest (damaged between
+ * the mount and its server's start, or before a reattach): fetched again by its digest, kept
+ * again where it was, and said once. The registry cannot swap it: the digest comes from the
+ * record, which took it from the digest-pinned manifest.
+ */
+async function tableAgain(
+  registry: TableRegistry,
+  spec: ChunkTableSpec,
+  layer: { digest: string; sizeBytes: number },
+  cause: Error,
+): Promise<ChunkTable> {
+  const got = await fetchTable(registry.client, registry.repository, spec.digest, layer);
+  const stateDir = spec.path.replace(/\/tables\/[^/]*$/, "");
+  if (stateDir !== spec.path && keptBlobPath(stateDir, "tables", spec.digest) === spec.path) {
+    await keepBlob(stateDir, "tables", spec.digest, got.bytes).catch(() => {});
+  }
+  console.warn(`${cause.message}; fetched it again from the registry`);
+  return got.table;
 }
 
 /**
