@@ -65,6 +65,25 @@ export function warn(message: string): void {
   else console.error(`erofs-oci: warning: ${printable(message)}`);
 }
 
+/**
+ * warn() at most once per `everyMs` for a repeating failure (a flood of bad clients or reads):
+ * the first at once, later ones with how many were left out since the last line.
+ */
+export function throttledWarning(everyMs: number, what: string): (message: string) => void {
+  let warnedAt = -Infinity;
+  let leftOut = 0;
+  return (message) => {
+    const now = performance.now();
+    if (now - warnedAt < everyMs) {
+      leftOut++;
+      return;
+    }
+    warn(leftOut ? `${message} (${leftOut} more ${what} since the last warning)` : message);
+    warnedAt = now;
+    leftOut = 0;
+  };
+}
+
 export function info(message: string): void {
   if (format === "json") logRecord("info", message);
   else if (textSink) textSink("info", message);

@@ -126,6 +126,11 @@ Deno.test({
       assert.notEqual(copied[s.flipOffset], s.image[s.flipOffset] ^ 0xff);
     }
     assert.match(served.stderr(), /do not match the chunk-digest table again/);
+    // The server says the client's read failed, and why (one line, not per read).
+    assert.match(
+      served.stderr(),
+      /warning: a client's READ of \d+ bytes at \d+ failed \(EIO\): layer sha256:[0-9a-f]{64}: bytes at/,
+    );
     assert(proxy.hits(0) >= 2, "the chunk was fetched again before failing");
   },
 });

@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
-import { debug, info, isDebug, warn } from "../log.ts";
+import { debug, info, isDebug, throttledWarning, warn } from "../log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/local_image.ts";
@@ -27,8 +27,10 @@ import {
 import { commandName, READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
 
-/** How often a failing accept (no descriptor left) is said. */
-const ACCEPT_WARN_EVERY_MS = 10_000;
+/** How often a repeating failure (an accept, a client's read) is said. */
+const WARN_EVERY_MS = 10_000;
+/** The NBD errors a READ is answered with (protocol.ts). */
+const NBD_ERROR_NAMES: Record<number, string> = { 5: "EIO", 12: "ENOMEM", 22: "EINVAL" };
 
 export const serveCommand: Command = {
   name: "serve",
@@ -160,8 +162,8 @@ Example:
       .then((summary) => debug("metadata prefetch", summary));
     let stopMetrics: (() => Promise<void>) | undefined;
     let uri = values.listen;
-    let acceptWarnedAt = 0;
-    let acceptFailures = 0;
+    const acceptWarning = throttledWarning(WARN_EVERY_MS, "failed accepts");
+    const readWarning = throttledWarning(WARN_EVERY_MS, "failed reads");
     try {
       if (metricsListen) {
         // Labelled by the export's NBD URI (a tcp port 0 is known once listening) and digest.
@@ -185,28 +187,22 @@ Example:
         onConnection: (event) => {
           if (event.kind !== "accept-failed") return debug("nbd connection", event);
           // A flood fails accept again and again: one line per 10 s, with the count since.
-          acceptFailures++;
-          const now = Date.now();
-          if (now - acceptWarnedAt < ACCEPT_WARN_EVERY_MS) return;
-          warn(
-            `cannot accept a client (${event.reason}); retrying in ${event.pauseMs} ms` +
-              (acceptFailures > 1
-                ? ` (${acceptFailures} failed accepts since the last warning)`
-                : ""),
+          acceptWarning(
+            `cannot accept a client (${event.reason}); retrying in ${event.pauseMs} ms`,
           );
-          acceptWarnedAt = now;
-          acceptFailures = 0;
         },
-        onRequest: isDebug()
-          ? (e) => {
-            if (e.error) {
-              debug(
-                `${commandName(e.type)} ${e.offset}+${e.length} → errno ${e.error}`,
-                e.cause ?? "",
-              );
-            }
-          }
-          : undefined,
+        // A client's failed read is the operator's to know of (the registry sent wrong bytes,
+        // went away): one line per 10 s with the cause, every one under --debug.
+        onRequest: (e) => {
+          if (!e.error) return;
+          const what = `${commandName(e.type)} ${e.offset}+${e.length} → errno ${e.error}`;
+          if (isDebug()) return debug(what, e.cause ?? "");
+          const cause = e.cause instanceof Error ? `: ${e.cause.message}` : "";
+          readWarning(
+            `a client's ${commandName(e.type)} of ${e.length} bytes at ${e.offset} failed ` +
+              `(${NBD_ERROR_NAMES[e.error] ?? `error ${e.error}`})${cause}`,
+          );
+        },
       });
       uri = server.uri;
       console.log(server.uri);
