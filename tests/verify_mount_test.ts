@@ -284,3 +284,55 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "verified mount: bytes a mirror flips are fetched again from the registry itself",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const layer = await pushWithTables(s, "v/mirrored", 60_000);
+    // The mirror: a proxy in front of the same registry that flips a byte of big.bin, always.
+    await using mirror = await startFaultProxy(s.registry.host, [
+      flipRule(layer.digest, s.flipOffset),
+    ]);
+    const configDir = await Deno.makeTempDir({ prefix: "erofs-oci-certs.d-" });
+    Deno.mkdirSync(`${configDir}/${s.registry.host}`);
+    Deno.writeTextFileSync(
+      `${configDir}/${s.registry.host}/hosts.toml`,
+      `[host."http://${mirror.host}"]\n  capabilities = ["pull"]\n`,
+    );
+    const sandbox = await mountSandbox();
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+      EROFS_OCI_REGISTRY_CONFIG_DIR: configDir,
+    };
+    const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
+    try {
+      assertSuccess(
+        await cli([
+          "mount",
+          `${s.registry.host}/v/mirrored:v1`,
+          sandbox.target,
+          "--plain-http",
+          "--backend",
+          "fuse",
+        ]),
+      );
+      assert.deepEqual(
+        await Deno.readFile(`${sandbox.target}/big.bin`),
+        s.big,
+        sandbox.serverLogs(),
+      );
+      assert(mirror.hits(0) >= 1, "the mirror answered the first read");
+      assert.match(sandbox.serverLogs(), /do not match the chunk-digest table; fetching it again/);
+      assertSuccess(await cli(["umount", sandbox.target]));
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(configDir, { recursive: true });
+      await Deno.remove(env.EROFS_OCI_CACHE_DIR, { recursive: true }).catch(() => {});
+      await Deno.remove(env.EROFS_OCI_STATE_DIR, { recursive: true }).catch(() => {});
+    }
+  },
+});

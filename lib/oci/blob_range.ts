@@ -224,14 +224,32 @@ export async function readBlobRange(
   length: number,
   signal?: AbortSignal,
   expectedSizeBytes?: number,
+  from: BlobReadFrom = "any host",
 ): Promise<Uint8Array> {
   if (!Number.isSafeInteger(length) || length < 0) {
     throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
   }
   const out = new Uint8Array(length);
-  await readBlobRangeTo(client, repository, digest, offset, length, out, signal, expectedSizeBytes);
+  await readBlobRangeTo(
+    client,
+    repository,
+    digest,
+    offset,
+    length,
+    out,
+    signal,
+    expectedSizeBytes,
+    from,
+  );
   return out;
 }
+
+/**
+ * Who may answer a blob read: any host configured for pulls (mirrors first, a redirect target
+ * remembered), or the registry itself only — for bytes a mirror or an object store sent that
+ * did not match their digest.
+ */
+export type BlobReadFrom = "any host" | "registry";
 
 /**
  * readBlobRange handing the bytes to `sink` as they arrive (in order, each byte once, even
@@ -247,6 +265,7 @@ export async function readBlobRangeTo(
   sink: BodySink | Uint8Array,
   signal?: AbortSignal,
   expectedSizeBytes?: number,
+  from: BlobReadFrom = "any host",
 ): Promise<void> {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
     throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
@@ -263,7 +282,7 @@ export async function readBlobRangeTo(
   try {
     while (filled < length) {
       const start = offset + filled;
-      const location = client.blobLocation(digest);
+      const location = from === "registry" ? undefined : client.blobLocation(digest);
       // Per attempt: one that gets no byte for the stall time is given up and asked again.
       watch?.done();
       watch = new StallWatch(signal);
@@ -277,7 +296,7 @@ export async function readBlobRangeTo(
           signal: watch.signal,
           stall: watch,
           policy,
-          route: "pull",
+          ...(from === "registry" ? {} : { route: "pull" as const }),
         }).catch((error) => {
           if (location === undefined || watch!.stalled) throw error;
           return undefined; // the cached location is unreachable: ask the registry again

@@ -14,7 +14,7 @@ import {
   isTransientStatus,
   type RetryPolicy,
 } from "./retry.ts";
-import { type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
+import { type BlobReadFrom, type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
 import { type ByteRange, readBlobRanges } from "./blob_ranges.ts";
 import { registryConfigDir } from "./hosts_config.ts";
 import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
@@ -228,8 +228,9 @@ export class RegistryClient {
     length: number,
     signal?: AbortSignal,
     expectedSizeBytes?: number,
+    from?: BlobReadFrom,
   ): Promise<Uint8Array> {
-    return readBlobRange(this, repository, digest, offset, length, signal, expectedSizeBytes);
+    return readBlobRange(this, repository, digest, offset, length, signal, expectedSizeBytes, from);
   }
 
   /** readBlobRange handing the bytes to `sink` as they arrive (no buffer of the whole range). */

@@ -1,8 +1,9 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
-import { type BodySink, intoOf } from "./blob_range.ts";
+import { type BlobReadFrom, type BodySink, intoOf } from "./blob_range.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 import { noteBlobFetched } from "../source/fetch_metrics.ts";
+import { warn } from "../log.ts";
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
 export interface BlobRangeReader {
@@ -14,6 +15,7 @@ export interface BlobRangeReader {
     signal?: AbortSignal,
     /** The descriptor's size: a reader that learns the real size refuses a mismatch. */
     expectedSizeBytes?: number,
+    from?: BlobReadFrom,
   ): Promise<Uint8Array>;
   /** The same read handing bytes to `sink` as they arrive (see readBlobRangeTo). */
   readBlobRangeTo?(
@@ -69,7 +71,24 @@ export class RegistryBlob implements Source {
   }
 
   /** Reads exactly `length` bytes at `offset`; rejects reads past the end of the blob. */
-  async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+  read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.#read(offset, length, signal, "any host");
+  }
+
+  /**
+   * read() from the registry itself, past its mirrors and any remembered redirect target: bytes
+   * one of those sent did not match the layer's chunk table.
+   */
+  readFromRegistry(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.#read(offset, length, signal, "registry");
+  }
+
+  async #read(
+    offset: number,
+    length: number,
+    signal: AbortSignal | undefined,
+    from: BlobReadFrom,
+  ): Promise<Uint8Array> {
     if (offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(
         `read of ${length} bytes at ${offset} is outside blob ${this.digest} (${this.size} bytes)`,
@@ -84,6 +103,7 @@ export class RegistryBlob implements Source {
       length,
       signal,
       this.size,
+      from,
     );
     this.#counted(0, bytes.byteLength);
     return bytes;
@@ -190,4 +210,30 @@ export class RegistryBlob implements Source {
   close(): void | Promise<void> {
     return this.#client.close?.();
   }
+}
+
+/**
+ * Where bytes that failed a layer's chunk table are fetched again when `client` has mirrors: the
+ * registry itself, so a mirror (or the object store a host redirected to) that sent them is
+ * not asked again; a registry that cannot be reached leaves the usual hosts (a flip on the way
+ * from a mirror is then mended by asking it once more).
+ */
+export function refetchPastMirrors(
+  blob: RegistryBlob,
+  client: { mirrorOrigins: readonly string[] },
+): ((offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array>) | undefined {
+  if (client.mirrorOrigins.length === 0) return undefined;
+  return async (offset, length, signal) => {
+    try {
+      return await blob.readFromRegistry(offset, length, signal);
+    } catch (error) {
+      signal?.throwIfAborted();
+      warn(
+        `layer ${blob.digest}: the registry itself did not answer (${
+          (error as Error).message
+        }); asking the configured hosts again`,
+      );
+      return await blob.read(offset, length, signal);
+    }
+  };
 }

@@ -20,7 +20,7 @@ import {
 } from "./chunk_table.ts";
 import { readRegularFile } from "../../ffi/files.ts";
 import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
-import { VerifiedSource } from "./verified_source.ts";
+import { VerifiedSource, type VerifiedSourceOptions } from "./verified_source.ts";
 
 /** A layer's table as the mount spec carries it to the server. */
 export interface ChunkTableSpec {
@@ -237,7 +237,11 @@ export async function verifiedBlob(
   spec: ChunkTableSpec,
   layer: { digest: string; sizeBytes: number },
   origin: string,
-  options: { hashOnEventLoop?: boolean; registry?: TableRegistry } = {},
+  options: {
+    hashOnEventLoop?: boolean;
+    registry?: TableRegistry;
+    refetch?: VerifiedSourceOptions["refetch"];
+  } = {},
 ): Promise<{ source: VerifiedSource; cacheOrigin: string }> {
   const { registry, ...sourceOptions } = options;
   const table = await loadTable(spec, layer).catch((error) => {
@@ -286,7 +290,7 @@ export async function verifyServedLayer(
   manifestDigest: string,
   layer: { index: number; digest: string; sizeBytes: number },
   blob: Source,
-  options: { requireVerified?: boolean },
+  options: { requireVerified?: boolean; refetch?: VerifiedSourceOptions["refetch"] },
 ): Promise<{ source: VerifiedSource; cacheOrigin: string } | undefined> {
   const { client, ref } = registry;
   const spec: TableLayer = {
@@ -307,6 +311,7 @@ export async function verifyServedLayer(
       spec.chunkTable,
       { digest: layer.digest, sizeBytes: layer.sizeBytes },
       registryOriginName(ref.registry, client.plainHttp),
+      { refetch: options.refetch },
     );
   } finally {
     await Deno.remove(stateDir, { recursive: true });
