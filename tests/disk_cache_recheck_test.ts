@@ -13,6 +13,7 @@ import { VerifiedSource } from "../lib/verify/verified_source.ts";
 import { directReadArg, directReaderBody } from "../lib/source/direct_read_body.ts";
 import { errno, libc } from "../ffi/libc.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
+import { flipByte } from "./_support/flip_byte.ts";
 
 const KiB = 1024, MiB = 1024 * KiB;
 const CACHE_CHUNK = 256 * KiB;
@@ -64,13 +65,7 @@ function open(dir: string, table: ChunkTable): Opened {
 
 function flipInDataFile(dir: string, offset: number): void {
   const name = [...Deno.readDirSync(`${dir}/blobs`)].find((e) => e.name.endsWith(".data"))!.name;
-  using file = Deno.openSync(`${dir}/blobs/${name}`, { read: true, write: true });
-  const byte = new Uint8Array(1);
-  file.seekSync(offset, Deno.SeekMode.Start);
-  assert.equal(file.readSync(byte), 1);
-  byte[0] ^= 0x40;
-  file.seekSync(offset, Deno.SeekMode.Start);
-  file.writeSync(byte);
+  flipByte(`${dir}/blobs/${name}`, offset, 0x40);
 }
 
 async function readAll(source: DiskCachedSource): Promise<Uint8Array> {

@@ -302,12 +302,7 @@ Deno.test({
       `[host."http://${mirror.host}"]\n  capabilities = ["pull"]\n`,
     );
     const sandbox = await mountSandbox();
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-      EROFS_OCI_REGISTRY_CONFIG_DIR: configDir,
-    };
+    const env = { ...sandbox.env, EROFS_OCI_REGISTRY_CONFIG_DIR: configDir };
     const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
     try {
       assertSuccess(
@@ -331,8 +326,6 @@ Deno.test({
     } finally {
       await sandbox.cleanup();
       await Deno.remove(configDir, { recursive: true });
-      await Deno.remove(env.EROFS_OCI_CACHE_DIR, { recursive: true }).catch(() => {});
-      await Deno.remove(env.EROFS_OCI_STATE_DIR, { recursive: true }).catch(() => {});
     }
   },
 });
