@@ -27,7 +27,10 @@ export interface StackedLayer {
 export function flattenTrees(layers: StackedLayer[]): BuildNode {
   let merged: BuildNode | undefined;
   for (const layer of layers) {
-    if (!merged || (isOpaqueDir(layer.root) && !layer.implied.has(layer.root))) {
+    if (!merged || isOpaqueDir(layer.root)) {
+      // An opaque root hides every layer below; one the tar only implies (`.wh..wh..opq`
+      // without a `./` entry) keeps the attributes of the root below.
+      if (merged && layer.implied.has(layer.root)) copyAttributes(layer.root, merged);
       pruneWithoutLower(layer.root, layer.implied);
       merged = layer.root;
     } else {

@@ -99,8 +99,11 @@ export class LowerDirs {
   /** Stacks `layer` on top (call after fillImplied, in layer order). */
   apply(layer: StackedLayer): void {
     this.layers++;
-    if (!this.#root || (isOpaqueDir(layer.root) && !layer.implied.has(layer.root))) {
+    if (!this.#root || isOpaqueDir(layer.root)) {
+      // As flattenTrees: an opaque root hides what is below, an implied one keeps its meta.
+      const meta = this.#root && layer.implied.has(layer.root) ? this.#root.meta : undefined;
       this.#root = skeletonOf(layer.root);
+      if (meta) this.#root.meta = meta;
       return;
     }
     const pending: [DirSkeleton, BuildNode][] = [[this.#root, layer.root]];

@@ -5,7 +5,7 @@
  */
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
-import { layerDirName, mountOverlay } from "../mount/overlay.ts";
+import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
 import {
   createMountDir,
   mountDir,
@@ -121,7 +121,14 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       const before = currentMountIds();
       if (pinned) recheckMountTarget(pinned);
       // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
-      await mountOverlay(spec.target, [...layerDirs].reverse(), {
+      const lowers = visibleLowerDirs([...layerDirs].reverse());
+      if (lowers.length === 1 && !writable) {
+        // A read-only overlay needs two lower dirs: the one left shows over an empty one.
+        const empty = `${mountDir(id)}/empty`;
+        Deno.mkdirSync(empty, { mode: 0o755 });
+        lowers.push(empty);
+      }
+      await mountOverlay(spec.target, lowers, {
         upper: spec.upper,
         work: spec.work,
         flags: mountFlags(trust, writable),

@@ -87,6 +87,25 @@ function mountWithRelativeLowers(
   }
 }
 
+/**
+ * The lower dirs an overlay shows, top first. overlayfs merges the layers' roots whatever they
+ * say, but an image whose layer has `.wh..wh..opq` at its root (an opaque root:
+ * `trusted.overlay.opaque` "y" on the layer's root) means nothing below it shows through, as
+ * `umoci unpack` and flattening agree: the layers under the topmost such layer are left out.
+ */
+export function visibleLowerDirs(lowerDirsTopFirst: string[]): string[] {
+  const opaque = lowerDirsTopFirst.findIndex(hasOpaqueRoot);
+  return opaque < 0 ? lowerDirsTopFirst : lowerDirsTopFirst.slice(0, opaque + 1);
+}
+
+function hasOpaqueRoot(dir: string): boolean {
+  const value = new Uint8Array(2);
+  const n = Number(
+    libc().lgetxattr(cstr(dir), cstr("trusted.overlay.opaque"), value, BigInt(value.length)),
+  );
+  return n === 1 && value[0] === 0x79; // "y"
+}
+
 export async function mountOverlay(
   target: string,
   lowerDirsTopFirst: string[],
