@@ -47,13 +47,14 @@ interface Opened {
   warnings: string[];
 }
 
-function open(dir: string, table: ChunkTable): Opened {
+function open(dir: string, table: ChunkTable, notices: string[] = []): Opened {
   const warnings: string[] = [];
   const cache = DiskCache.open({
     dir,
     chunkBytes: CACHE_CHUNK,
     onWarning: (m) => warnings.push(m),
-    onNotice: () => {},
+    onNotice: (m) => notices.push(m),
+    completeInBackground: notices.length > 0,
   });
   assert(cache, warnings.join("\n"));
   const registry = new MemorySource(BLOB);
@@ -167,6 +168,36 @@ Deno.test("disk cache re-check: the reader thread's direct reads wait until a ch
     } finally {
       files.close();
     }
+    await second.source.close();
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache re-check: --fetch-all of a damaged kept blob mends it, then verifies the digest", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "erofs-oci-recheck-" });
+  try {
+    const table = tableOf(true);
+    const first = open(dir, table);
+    assert.deepEqual(await readAll(first.source), BLOB);
+    await first.source.whenDurable();
+    await first.source.close();
+    flipInDataFile(dir, MiB + 5);
+
+    const notices = ["(completing)"];
+    const second = open(dir, table, notices);
+    const deadline = Date.now() + 20_000;
+    while (notices.length < 2 && second.warnings.length < 2 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.match(
+      notices.join("\n"),
+      /all \d+ bytes local .*digest verified/,
+      second.warnings.join("\n"),
+    );
+    assert.doesNotMatch(second.warnings.join("\n"), /do not match the digest/);
+    assert.deepEqual(await readAll(second.source), BLOB);
+    assert.equal(second.source.diskStats().damagedChunks, 1);
     await second.source.close();
   } finally {
     Deno.removeSync(dir, { recursive: true });

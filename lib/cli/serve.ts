@@ -8,7 +8,7 @@ import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/local_image.ts";
 import { selectLayers } from "../oci/layers.ts";
-import { RegistryBlob, refetchPastMirrors } from "../oci/registry_blob.ts";
+import { refetchPastMirrors, RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";

@@ -202,9 +202,13 @@ export async function resolveRegistryImage(
       undefined,
       layer.sizeBytes,
     );
+  const headCacheKey = (layer: LayerDescriptor) => ({
+    digest: layer.digest,
+    origin: registryOrigin(ref.registry, client.plainHttp),
+  });
   const readHead = (layer: LayerDescriptor): Promise<Uint8Array> => {
     const cached = sharedDiskCache()?.readIfPresent(
-      { digest: layer.digest, origin: registryOrigin(ref.registry, client.plainHttp) },
+      headCacheKey(layer),
       layer.sizeBytes,
       0,
       Math.min(EROFS_SUPER_END, layer.sizeBytes),
@@ -263,7 +267,10 @@ export async function resolveRegistryImage(
       superblock = tarIndex ? undefined : registrySuperblock(head, layer);
     } catch (error) {
       if (!headsFromCache.has(head)) throw error;
-      superblock = registrySuperblock(await fetchHead(layer), layer);
+      const fetched = await fetchHead(layer);
+      superblock = registrySuperblock(fetched, layer);
+      // The registry's head is EROFS, the cache file's is not: its chunk goes, fetched again.
+      sharedDiskCache()?.dropIfUnlike(headCacheKey(layer), layer.sizeBytes, 0, fetched);
     }
     layers.push({
       kind: "registry",

@@ -15,12 +15,15 @@
 import type { Source } from "./source.ts";
 import {
   closeQuietly,
+  dataSyncNow,
   F_RDLCK,
   F_WRLCK,
   fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
   preadExact,
+  punchHole,
+  pwriteAll,
   tryLock,
 } from "./disk_cache_io.ts";
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
@@ -295,30 +298,76 @@ export class DiskCache {
    * (`origin#t-…`): their chunks were checked, so they serve a probe at least as well.
    */
   readIfPresent(key: BlobKey, sizeBytes: number, offset: number, length: number) {
-    if (!DIGEST.test(key.digest) || length <= 0 || offset + length > sizeBytes) return undefined;
-    let prefix: string;
-    try {
-      prefix = blobNameStem(key.digest, key.origin, !!key.verify);
-    } catch {
-      return undefined;
-    }
-    const suffix = `.c${this.chunkBytes}.map`;
-    const own = `${prefix}${suffix}`;
-    const tabled = `${prefix}${originTag("#t-")}`;
-    const candidates = [own];
-    try {
-      for (const entry of Deno.readDirSync(this.blobsDir)) {
-        if (entry.name.startsWith(tabled) && entry.name.endsWith(suffix)) {
-          candidates.push(entry.name);
-        }
-      }
-    } catch { /* no directory: nothing cached */ }
-    for (const name of candidates) {
-      const base = `${this.blobsDir}/${name.slice(0, -".map".length)}`;
+    if (length <= 0 || offset + length > sizeBytes) return undefined;
+    for (const base of this.#probeCandidates(key)) {
       const bytes = this.#readPresent(base, sizeBytes, offset, length);
       if (bytes) return bytes;
     }
     return undefined;
+  }
+
+  /**
+   * Drops the chunks under [offset, offset + good.length) from the files readIfPresent reads
+   * for `key` wherever they hold other bytes than `good` (a cached head that failed its check
+   * while the registry's passed: damage on this disk), so that no mount reads them again.
+   */
+  dropIfUnlike(key: BlobKey, sizeBytes: number, offset: number, good: Uint8Array): void {
+    if (good.length === 0 || offset + good.length > sizeBytes) return;
+    for (const base of this.#probeCandidates(key)) {
+      const held = this.#readPresent(base, sizeBytes, offset, good.length);
+      if (!held || held.every((byte, i) => byte === good[i])) continue;
+      this.#dropPresent(base, sizeBytes, offset, good.length);
+      this.warnOnce(
+        `disk cache ${base}: the kept bytes at offset ${offset} are not the registry's ` +
+          "(damaged on disk?); dropped, they are fetched again",
+      );
+    }
+  }
+
+  /** The base paths of the key's own files and of its origin's table-checked ones. */
+  #probeCandidates(key: BlobKey): string[] {
+    if (!DIGEST.test(key.digest)) return [];
+    let prefix: string;
+    try {
+      prefix = blobNameStem(key.digest, key.origin, !!key.verify);
+    } catch {
+      return [];
+    }
+    const suffix = `.c${this.chunkBytes}.map`;
+    const tabled = `${prefix}${originTag("#t-")}`;
+    const names = [`${prefix}${suffix}`];
+    try {
+      for (const entry of Deno.readDirSync(this.blobsDir)) {
+        if (entry.name.startsWith(tabled) && entry.name.endsWith(suffix)) names.push(entry.name);
+      }
+    } catch { /* no directory: nothing cached */ }
+    return names.map((name) => `${this.blobsDir}/${name.slice(0, -".map".length)}`);
+  }
+
+  /** Marks the chunks under the range absent and punches them out, as eviction does. */
+  #dropPresent(base: string, sizeBytes: number, offset: number, length: number): void {
+    const first = Math.floor(offset / this.chunkBytes);
+    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
+    let map = -1, data = -1;
+    try {
+      map = openCacheFile(`${base}.map`, false);
+      data = openCacheFile(`${base}.data`, false);
+      if (fstatIdentity(data).sizeBytes !== sizeBytes) return;
+      // A reader of some process holds them now: left (its own check, if any, decides).
+      if (!tryLock(map, F_WRLCK, first, end - first)) return;
+      pwriteAll(map, new Uint8Array(end - first), first);
+      dataSyncNow(map);
+      punchHole(
+        data,
+        first * this.chunkBytes,
+        Math.min(sizeBytes, end * this.chunkBytes) - first * this.chunkBytes,
+      );
+    } catch (error) {
+      this.warnOnce(`disk cache ${base}: ${(error as Error).message}`);
+    } finally {
+      closeQuietly(data);
+      closeQuietly(map);
+    }
   }
 
   #readPresent(base: string, sizeBytes: number, offset: number, length: number) {

@@ -54,6 +54,8 @@ const POLL_MS = 10;
 const MAX_ATTEMPTS = 5;
 /** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
 const TOUCH_EVERY_MS = 60_000;
+/** Rounds of #checkAllKept: a damaged chunk is dropped, fetched again, then checked. */
+const CHECK_ALL_ROUNDS = 4;
 
 export class DiskCachedSource implements Source {
   readonly size: number;
@@ -270,6 +272,8 @@ export class DiskCachedSource implements Source {
         !isPresent(byte) && !this.#filler.isWritten(first + i) && missing.push(first + i)
       );
       if (missing.length) {
+        // Gone (evicted by some process): whatever is there later is checked again.
+        for (const c of missing) this.#checked?.forget(c);
         fetched = true;
         this.#lastForegroundMs = Date.now();
         const ahead = this.#aheadOf(missing[missing.length - 1] + 1);
@@ -377,6 +381,7 @@ export class DiskCachedSource implements Source {
       this.#readMap(first, end).forEach((byte, i) =>
         !isPresent(byte) && !this.#filler.isWritten(first + i) && absent.push(first + i)
       );
+      for (const c of absent) this.#checked!.forget(c);
       if (absent.length) await this.#filler.fillReadable(absent, []);
       return false;
     }
@@ -390,8 +395,15 @@ export class DiskCachedSource implements Source {
     }
     if (this.#closing.signal.aborted) return false;
     if (badFrom < 0) {
-      this.#checked!.mark(first, end);
-      return true;
+      // Chunks evicted while they were hashed are not marked: their next bytes are checked.
+      const now = this.#readMap(first, end);
+      let all = true;
+      now.forEach((byte, i) => {
+        if (isPresent(byte) || this.#filler.isWritten(first + i)) {
+          this.#checked!.mark(first + i, first + i + 1);
+        } else all = false;
+      });
+      return all;
     }
     const from = Math.floor(badFrom / this.chunkBytes);
     const to = Math.ceil(badTo / this.chunkBytes);
@@ -418,6 +430,7 @@ export class DiskCachedSource implements Source {
         const offset = index * this.chunkBytes;
         punchHole(this.#dataFd, offset, Math.min(this.size, offset + this.chunkBytes) - offset);
         this.#lru.delete(index);
+        this.#checked?.forget(index);
         this.#damagedChunks++;
       } catch (error) {
         this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
@@ -535,6 +548,9 @@ export class DiskCachedSource implements Source {
   }
 
   async #checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
+    // With a table, bytes found in the files are checked (damaged ones fetched again) first:
+    // damage on this disk is not the registry's bytes failing their digest.
+    if (this.#checked && !(await this.#checkAllKept())) return "incomplete";
     const readPiece = (into: Uint8Array, offset: number) => this.#readPresentInto(into, offset);
     const actual = await digestOfPieces(readPiece, this.size, digest, this.#closing.signal);
     if (actual === undefined) return "incomplete"; // closed, or a chunk evicted meanwhile
@@ -543,6 +559,16 @@ export class DiskCachedSource implements Source {
       `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
     );
     return "mismatch";
+  }
+
+  /** Checks every chunk not checked here yet (#checkKept), a few rounds; true when all are. */
+  async #checkAllKept(): Promise<boolean> {
+    for (let round = 0; round < CHECK_ALL_ROUNDS; round++) {
+      if (this.#closing.signal.aborted) return false;
+      const unchecked = this.#checked!.uncheckedIn(0, this.chunkCount);
+      if (unchecked.length === 0 || await this.#checkKept(unchecked)) return true;
+    }
+    return false;
   }
 
   /**
