@@ -386,13 +386,18 @@ export class DiskCachedSource implements Source {
       return false;
     }
     const unitBytes = checker.checkUnitBytes;
-    let badFrom = -1, badTo = -1;
+    const units: Promise<boolean>[] = [];
     for (let at = 0; at < bytes.length; at += unitBytes) {
       const unit = bytes.subarray(at, Math.min(bytes.length, at + unitBytes));
-      if (await checker.checkStored((offset + at) / unitBytes, unit)) continue;
-      if (badFrom < 0) badFrom = offset + at;
-      badTo = offset + at + unit.length;
+      units.push(checker.checkStored((offset + at) / unitBytes, unit));
     }
+    // Hashed side by side (Web Crypto runs them on the blocking pool).
+    let badFrom = -1, badTo = -1;
+    (await Promise.all(units)).forEach((good, k) => {
+      if (good) return;
+      if (badFrom < 0) badFrom = offset + k * unitBytes;
+      badTo = Math.min(offset + bytes.length, offset + (k + 1) * unitBytes);
+    });
     if (this.#closing.signal.aborted) return false;
     if (badFrom < 0) {
       // Chunks evicted while they were hashed are not marked: their next bytes are checked.
