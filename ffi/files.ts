@@ -456,6 +456,20 @@ function openRegularFile(
   maxBytes: number,
   what: string,
 ): { fd: number; out: Uint8Array<ArrayBuffer> } {
+  const { fd, sizeBytes } = openRegularFileFd(path, maxBytes, what);
+  return { fd, out: new Uint8Array(sizeBytes) };
+}
+
+/**
+ * Opens `path` read-only as readRegularFile does (a FIFO does not block the open; anything but
+ * a regular file of at most `maxBytes` is refused, FileRefusedError) and leaves the reading
+ * to the caller, who closes `fd`.
+ */
+export function openRegularFileFd(
+  path: string,
+  maxBytes: number,
+  what: string,
+): { fd: number; sizeBytes: number } {
   const fd = openFile(path, O_RDONLY | O_NONBLOCK);
   try {
     const { mode, sizeBytes } = fstatFd(fd, path);
@@ -465,7 +479,7 @@ function openRegularFile(
     if (sizeBytes > maxBytes) {
       throw new FileRefusedError(`${what} ${path} is larger than ${maxBytes} bytes`);
     }
-    return { fd, out: new Uint8Array(sizeBytes) };
+    return { fd, sizeBytes };
   } catch (error) {
     closeFd(fd);
     throw error;

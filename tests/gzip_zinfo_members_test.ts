@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { ZinfoBuilder } from "../lib/gzip/zinfo_builder.ts";
 import {
+  checkZinfoBytes,
+  encodeZinfo,
   MAX_ZINFO_CHECKPOINTS,
   ZINFO_CHECKPOINT_BYTES,
   ZINFO_HEADER_BYTES,
@@ -41,7 +43,8 @@ Deno.test("zinfo builder: members up to the checkpoint cap are indexed, one more
     assert.throws(
       () => feedAll(over, members(101)),
       (error: unknown) =>
-        error instanceof FormatError && /more than 100 checkpoints \(101 members/.test(
+        error instanceof FormatError &&
+        /101 members in \d+ compressed bytes .*need more than 100 checkpoints/.test(
           error.message,
         ) && !error.message.includes("\n"),
     );
@@ -53,4 +56,34 @@ Deno.test("zinfo builder: members up to the checkpoint cap are indexed, one more
 Deno.test("zinfo builder: the default cap keeps a zinfo within 1 GiB", () => {
   assert.ok(ZINFO_HEADER_BYTES + MAX_ZINFO_CHECKPOINTS * ZINFO_CHECKPOINT_BYTES <= 1 << 30);
   assert.ok(MAX_ZINFO_CHECKPOINTS > 30_000); // a 100 GiB single-member layer needs 25,600
+});
+
+Deno.test("zinfo: more checkpoints than the stream's size justifies are refused, made or read", () => {
+  // 2,000 empty members (40 KB): past the 1,024 any stream gets, nothing of output or input
+  // earns more. The hostile layer this models made a 946 MB zinfo of a 600 KB blob.
+  const builder = new ZinfoBuilder({ onCheckpoint: () => {} });
+  try {
+    assert.throws(
+      () => feedAll(builder, members(2000)),
+      (error: unknown) =>
+        error instanceof FormatError && /need more than 10\d\d checkpoints/.test(error.message),
+    );
+    assert.ok(builder.checkpointCount < 1100, `${builder.checkpointCount}`);
+  } finally {
+    builder.close();
+  }
+  // A zinfo made elsewhere with as many is refused when read (before any window is used).
+  const window = new Uint8Array(32768);
+  const checkpoints = Array.from({ length: 1100 }, (_, i) => ({
+    compressedOffset: 10 + i * 18,
+    uncompressedOffset: i,
+    bits: 0,
+    window,
+  }));
+  assert.throws(
+    () => checkZinfoBytes(encodeZinfo(1 << 22, checkpoints), 20_000, { streamBytes: 1100 }),
+    (error: unknown) =>
+      error instanceof FormatError &&
+      /1100 checkpoints for a 20000-byte gzip blob \(at most 1024/.test(error.message),
+  );
 });

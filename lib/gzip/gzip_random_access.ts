@@ -270,6 +270,8 @@ export class GzipRandomAccess {
 
   close(): void {
     this.#closed = true;
+    // The zinfo's windows are read from its source until here (an open file: closed with us).
+    (this.zinfo.source as { close?(): void }).close?.();
     for (const cursor of this.#idle) cursor.close();
     this.#idle = [];
     this.#pieces.clear();

@@ -115,7 +115,8 @@ export function checkIndexRecord(
   record: IndexRecord,
   layer: { digest: string; size: number },
   meta: Uint8Array,
-  zinfo?: Uint8Array,
+  /** The zinfo's bytes, or its digest (the caller then checks its structure: Zinfo.open). */
+  zinfo?: Uint8Array | { digest: string },
   pieces?: Uint8Array,
 ): void {
   const hint = "make the index again with `erofs-oci index` for this layer";
@@ -129,10 +130,11 @@ export function checkIndexRecord(
   if (sha256Digest(meta) !== record.meta.digest) {
     throw new FormatError(`${record.meta.file} is not the meta image its index recorded`, hint);
   }
-  if (record.zinfo && (!zinfo || sha256Digest(zinfo) !== record.zinfo.digest)) {
+  const zinfoDigest = zinfo instanceof Uint8Array ? sha256Digest(zinfo) : zinfo?.digest;
+  if (record.zinfo && zinfoDigest !== record.zinfo.digest) {
     throw new FormatError(`${record.zinfo.file} is not the zinfo its index recorded`, hint);
   }
-  if (record.zinfo && zinfo) {
+  if (record.zinfo && zinfo instanceof Uint8Array) {
     // Refused here, before a mount, rather than by each read: checkpoints too far apart.
     checkZinfoBytes(zinfo, layer.size, {
       name: `${record.zinfo.file} of layer ${layer.digest}`,

@@ -21,6 +21,21 @@ export const ZINFO_CHECKPOINT_BYTES = 17 + ZINFO_WINDOW_BYTES;
 export const MAX_ZINFO_CHECKPOINTS = Math.floor(
   ((1 << 30) - ZINFO_HEADER_BYTES) / ZINFO_CHECKPOINT_BYTES,
 );
+/**
+ * Most checkpoints a gzip stream of `compressedBytes` making `uncompressedBytes` may need: one
+ * per span and one per member start, 32 KiB each. Members are the producer's choice, and a
+ * hostile layer of ~20-byte members (30,000 in 600 KB) made a 1 GB zinfo per layer and held
+ * gigabytes at mount; honest multi-member streams (pigz --independent, BGZF's 64 KiB blocks)
+ * stay far below: 1,024 checkpoints, plus one per 32 KiB of output or per 1 KiB of input,
+ * whichever allows fewer.
+ */
+export function maxCheckpointsFor(compressedBytes: number, uncompressedBytes: number): number {
+  return Math.min(
+    MAX_ZINFO_CHECKPOINTS,
+    1024 + Math.floor(Math.min(uncompressedBytes / 32768, compressedBytes / 1024)),
+  );
+}
+
 /** erofs-utils' span (lib/tar.c, no CLI knob). */
 export const DEFAULT_SPAN_BYTES = 4 * 1024 * 1024;
 /** Largest `erofs-oci index --span`: its zinfos must stay within MAX_CHECKPOINT_GAP_BYTES. */
@@ -215,6 +230,18 @@ export function validateCheckpoints(
     }
   }
   const last = cps[cps.length - 1].uncompressedOffset;
+  const allowed = maxCheckpointsFor(
+    blobBytes,
+    check.streamBytes ?? last + MAX_CHECKPOINT_GAP_BYTES,
+  );
+  if (cps.length > allowed) {
+    throw zinfoError(
+      `${cps.length} checkpoints for a ${blobBytes}-byte gzip blob (at most ${allowed}: 32 KiB ` +
+        "each, one per span and per gzip member)",
+      "recompress the layer as one gzip member, then index it again",
+      name,
+    );
+  }
   if (check.streamBytes !== undefined && check.streamBytes - last > MAX_CHECKPOINT_GAP_BYTES) {
     throw gapError(
       `its last checkpoint (${cps.length - 1}) is ${check.streamBytes - last} bytes of output ` +

@@ -27,6 +27,7 @@ import {
   encodeZinfoHeader,
   MAX_CHECKPOINT_GAP_BYTES,
   MAX_ZINFO_CHECKPOINTS,
+  maxCheckpointsFor,
   ZINFO_CHECKPOINT_BYTES,
   type ZinfoCheckpoint,
 } from "./zinfo.ts";
@@ -180,11 +181,15 @@ export class ZinfoBuilder {
   }
 
   #add(checkpoint: BuiltCheckpoint): void {
-    if (this.checkpointCount >= this.#maxCheckpoints) {
+    const allowed = Math.min(
+      this.#maxCheckpoints,
+      maxCheckpointsFor(this.compressedBytes, this.uncompressedBytes),
+    );
+    if (this.checkpointCount >= allowed) {
       throw new FormatError(
-        `gzip: more than ${this.#maxCheckpoints} checkpoints (${this.members} members in ` +
-          `${this.compressedBytes} compressed bytes): the zinfo would exceed ` +
-          `${this.#maxCheckpoints * ZINFO_CHECKPOINT_BYTES} bytes`,
+        `gzip: ${this.members} members in ${this.compressedBytes} compressed bytes ` +
+          `(${this.uncompressedBytes} bytes of output) need more than ${allowed} checkpoints: ` +
+          `the zinfo would exceed ${allowed * ZINFO_CHECKPOINT_BYTES} bytes`,
         "every gzip member costs a 32 KiB checkpoint; recompress the layer as one member",
       );
     }

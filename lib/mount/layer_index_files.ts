@@ -14,7 +14,10 @@ import {
   sha256Digest,
 } from "../gzip/index_record.ts";
 import { FormatError } from "../errors.ts";
-import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
+import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/files.ts";
+import { FdFile } from "../source/fd_file.ts";
+import { Zinfo } from "../gzip/zinfo.ts";
+import { createHash } from "../node_builtins.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -71,7 +74,7 @@ export async function writeLayerIndex(
     meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
     zinfo: options.plainTar ? undefined : {
       file: `${name}.zinfo`,
-      digest: sha256Digest(await Deno.readFile(zinfo)),
+      digest: await sha256OfFile(zinfo),
       spanBytes: result.spanBytes,
       checkpoints: result.checkpoints,
     },
@@ -123,7 +126,7 @@ export async function findLocalLayerIndex(
       zinfo: record.zinfo ? `${dir}/${record.zinfo.file}` : undefined,
       pieces: record.pieces ? `${dir}/${record.pieces.file}` : undefined,
     };
-    await checkTarIndexFiles(files, layer);
+    (await checkTarIndexFiles(files, layer)).zinfo?.close();
     return files;
   }
   return undefined;
@@ -138,18 +141,68 @@ export async function indexedDigestsOfSize(dir: string, sizeBytes: number): Prom
   return digests;
 }
 
-/** Reads the files and checks them against their record and the layer (FormatError). */
+/**
+ * Reads the files and checks them against their record and the layer (FormatError). The zinfo
+ * (32 KiB per checkpoint: a layer of many gzip members makes a large one) is not read into
+ * memory: it is hashed as it streams by and handed back open, its windows read when used.
+ * The caller closes it.
+ */
 export async function checkTarIndexFiles(
   files: TarIndexFiles,
   layer: { digest: string; size: number },
-): Promise<{ meta: Uint8Array; zinfo?: Uint8Array; pieces?: Uint8Array }> {
+): Promise<{ meta: Uint8Array; zinfo?: FdFile; pieces?: Uint8Array }> {
   const read = (path: string | undefined) =>
     path === undefined ? undefined : readIndexFile(path, MAX_INDEX_FILE_BYTES);
   const meta = (await read(files.meta))!;
-  const zinfo = await read(files.zinfo);
   const pieces = await read(files.pieces);
-  checkIndexRecord(files.record, layer, meta, zinfo, pieces);
+  const zinfo = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
+  try {
+    const zinfoDigest = zinfo ? { digest: await sha256OfSource(zinfo) } : undefined;
+    checkIndexRecord(files.record, layer, meta, zinfoDigest, pieces);
+    if (zinfo && files.record.zinfo) {
+      // Refused here, before a mount, rather than by each read: checkpoints too far apart.
+      await Zinfo.open(zinfo, layer.size, undefined, {
+        name: `${files.record.zinfo.file} of layer ${layer.digest}`,
+        streamBytes: files.record.tarBytes,
+      });
+    }
+  } catch (error) {
+    zinfo?.close();
+    throw error;
+  }
   return { meta, zinfo, pieces };
+}
+
+/** An index file opened as readIndexFile would read it (same refusals), left to be read. */
+export function openIndexFile(path: string): FdFile {
+  try {
+    const { fd, sizeBytes } = openRegularFileFd(path, MAX_INDEX_FILE_BYTES, "index file");
+    return new FdFile(fd, sizeBytes, path);
+  } catch (error) {
+    if (error instanceof FileRefusedError) throw new FormatError(error.message, error.hint);
+    throw new FormatError(`cannot open index file ${path}: ${(error as Error).message}`);
+  }
+}
+
+/** `sha256:…` of a source, read in 1 MiB pieces (never whole). */
+async function sha256OfSource(
+  source: { size: number; read(o: number, l: number): Promise<Uint8Array> },
+) {
+  const hash = createHash("sha256");
+  for (let at = 0; at < source.size; at += 1 << 20) {
+    hash.update(await source.read(at, Math.min(1 << 20, source.size - at)));
+  }
+  return `sha256:${hash.digest("hex")}`;
+}
+
+/** sha256OfSource of the file at `path`. */
+async function sha256OfFile(path: string): Promise<string> {
+  const file = openIndexFile(path);
+  try {
+    return await sha256OfSource(file);
+  } finally {
+    file.close();
+  }
 }
 
 /**

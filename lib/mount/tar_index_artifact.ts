@@ -138,7 +138,7 @@ export async function fetchTarIndexes(
         zinfo: await get(record.zinfo),
         pieces: await get(record.pieces),
       };
-      await checkTarIndexFiles(files, layer);
+      (await checkTarIndexFiles(files, layer)).zinfo?.close();
       await Deno.writeFile(`${dir}/index.json`, recordBytes);
       found.set(layer.digest, files);
     }

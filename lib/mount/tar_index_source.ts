@@ -10,7 +10,8 @@ import { GzipRandomAccess } from "../gzip/gzip_random_access.ts";
 import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
-import { checkTarIndexFiles, readIndexFile } from "./layer_index_files.ts";
+import { checkTarIndexFiles, openIndexFile, readIndexFile } from "./layer_index_files.ts";
+import type { FdFile } from "../source/fd_file.ts";
 import { MAX_INDEX_FILE_BYTES } from "../gzip/index_record.ts";
 import {
   chooseTarDeviceLayout,
@@ -53,13 +54,6 @@ export function checkKernelMountsTarIndex(release = kernelRelease()): void {
   );
 }
 
-function bytesSource(bytes: Uint8Array): Source {
-  return {
-    size: bytes.length,
-    read: (offset, length) => Promise.resolve(bytes.slice(offset, offset + length)),
-  };
-}
-
 /**
  * Opens `blob` (the layer, `layer` its digest and size) through `index`. The files are read
  * once and checked against the record before anything is served; a zinfo that does not fit
@@ -74,9 +68,7 @@ export async function openTarIndexSource(
   cacheBytes: number,
   options: { checkStartOf?: string } = {},
 ): Promise<TarIndexedSource> {
-  // A reattach gets the layout the device was served in; a new mount, this kernel's.
-  const deviceLayout = index.layout ?? chooseTarDeviceLayout();
-  let meta: Uint8Array, zinfo: Uint8Array | undefined, pieces: Uint8Array | undefined;
+  let meta: Uint8Array, zinfo: FdFile | undefined, pieces: Uint8Array | undefined;
   if (index.record) {
     ({ meta, zinfo, pieces } = await checkTarIndexFiles(
       { record: index.record, meta: index.meta, zinfo: index.zinfo, pieces: index.pieces },
@@ -84,8 +76,27 @@ export async function openTarIndexSource(
     ));
   } else {
     meta = await readIndexFile(index.meta, MAX_INDEX_FILE_BYTES);
-    zinfo = index.zinfo ? await readIndexFile(index.zinfo, MAX_INDEX_FILE_BYTES) : undefined;
+    zinfo = index.zinfo ? openIndexFile(index.zinfo) : undefined;
   }
+  try {
+    return await openIndexed(blob, index, layer, cacheBytes, options, { meta, zinfo, pieces });
+  } catch (error) {
+    zinfo?.close(); // once open, the device's close closes it (GzipRandomAccess owns it)
+    throw error;
+  }
+}
+
+async function openIndexed(
+  blob: Source,
+  index: TarIndexSpec,
+  layer: { digest: string; size: number },
+  cacheBytes: number,
+  options: { checkStartOf?: string },
+  files: { meta: Uint8Array; zinfo?: FdFile; pieces?: Uint8Array },
+): Promise<TarIndexedSource> {
+  const { meta, zinfo, pieces } = files;
+  // A reattach gets the layout the device was served in; a new mount, this kernel's.
+  const deviceLayout = index.layout ?? chooseTarDeviceLayout();
   // A meta that is no tar-index image is named before the zinfo is looked at.
   const metaLayout = tarIndexLayout(meta);
   const blobCacheBytes = Math.max(4 << 20, Math.floor(cacheBytes / 2));
@@ -99,7 +110,7 @@ export async function openTarIndexSource(
   /** The tar as read through the piece digests, when there are some. */
   let verifiedTar: Pick<Source, "read"> | undefined;
   if (zinfo) {
-    const gzip = await GzipRandomAccess.open(cached, bytesSource(zinfo), {
+    const gzip = await GzipRandomAccess.open(cached, zinfo, {
       cacheBytes: tarCacheBytes,
       // Reads reach at most the tar the meta refers to; the record has the whole tar's size.
       streamBytes: record?.tarBytes ?? metaLayout.tarBytes,

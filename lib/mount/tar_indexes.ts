@@ -274,6 +274,6 @@ async function keepIndexFiles(
     zinfo: await keep(files.zinfo, files.record.zinfo?.digest),
     pieces: await keep(files.pieces, files.record.pieces?.digest),
   };
-  await checkTarIndexFiles(kept, files.record.layer);
+  (await checkTarIndexFiles(kept, files.record.layer)).zinfo?.close();
   return kept;
 }
