@@ -267,7 +267,17 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     }
     nid[i] = cursor / INODE_SLOT_BYTES;
     cursor = alignUp(cursor + record, INODE_SLOT_BYTES);
-    blocks[i] = Math.floor(size / blockBytes) + (tail > 0 && inlineTailBytes[i] === 0 ? 1 : 0);
+    const fileBlocks = Math.floor(size / blockBytes) +
+      (tail > 0 && inlineTailBytes[i] === 0 ? 1 : 0);
+    // The count is stored in 32 bits: past it a file wrapped around onto other blocks.
+    if (fileBlocks > MAX_BLOCK_ADDRESS) {
+      const name = tree.entryOf.length > 0 ? ` '${table.nameOf(tree.entryOf[i])}'` : "";
+      throw new FormatError(
+        `file${name} is ${size} bytes: more than an image of ${blockBytes}-byte blocks holds ` +
+          `(${MAX_BLOCK_ADDRESS} blocks)`,
+      );
+    }
+    blocks[i] = fileBlocks;
   };
   for (const i of dirs.keys()) place(i);
   // Directory blocks are only sized once their inodes are placed (inline tails decide).

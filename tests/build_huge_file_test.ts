@@ -1,0 +1,39 @@
+/**
+ * A file larger than an EROFS image can address (2^32 blocks: 16 TiB at 4 KiB) is refused by
+ * name. The block count wrapped around: a 1 PiB sparse file built into a 4 KiB image whose
+ * file read the image's own metadata, and fsck.erofs passed it. ext4 caps files at 16 TiB,
+ * so the source lies on a small tmpfs (XFS and btrfs take such files too).
+ */
+import assert from "node:assert/strict";
+import { requires, root } from "./_support/requires.ts";
+import { assertCliError, runCli } from "./_support/cli.ts";
+
+Deno.test({
+  name: "build: a file over 2^32 blocks is refused by name, nothing written",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-huge-" });
+    const tmpfs = `${work}/fs`;
+    Deno.mkdirSync(tmpfs);
+    const mounted = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=16m", "tmpfs", tmpfs],
+    }).output();
+    assert(mounted.success, new TextDecoder().decode(mounted.stderr));
+    try {
+      Deno.mkdirSync(`${tmpfs}/src`);
+      using huge = Deno.openSync(`${tmpfs}/src/huge`, { write: true, create: true });
+      huge.truncateSync(2 ** 50); // 1 PiB, sparse
+      Deno.writeTextFileSync(`${tmpfs}/src/small`, "small\n");
+      const out = `${tmpfs}/image.erofs`;
+      assertCliError(
+        await runCli(["build", `${tmpfs}/src`, "-o", out], { timeoutMs: 60_000 }),
+        1,
+        /file 'huge' is 1125899906842624 bytes: more than an image of 4096-byte blocks holds/,
+      );
+      assert.deepEqual([...Deno.readDirSync(tmpfs)].map((e) => e.name), ["src"]);
+    } finally {
+      await new Deno.Command("umount", { args: [tmpfs] }).output();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
