@@ -57,6 +57,9 @@ function checkPathLimits(path: string, what: string, offset: number): void {
   }
 }
 
+/** Typeflags with no data records (Go's isHeaderOnlyType): hard link to FIFO. */
+const HEADER_ONLY_TYPES = new Set(["1", "2", "3", "4", "5", "6"]);
+
 export interface BuildInput {
   src: ByteReader;
   header: HeaderBlock;
@@ -123,6 +126,11 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
     }
   }
 
+  // No data follows a link, symlink, device, directory or FIFO header whatever its size field
+  // (or pax `size`) says, as POSIX has it and Go's archive/tar (Docker, containerd, umoci,
+  // scanners) reads it: skipping a claimed size made this reader see other members in the same
+  // layer than they do (a member hidden from a scan, shown by the mount).
+  if (HEADER_ONLY_TYPES.has(header.typeflag)) storedArea = 0;
   let kind = KINDS[header.typeflag];
   // Before ustar, a directory was a regular-file member whose name ends in "/".
   if ((header.typeflag === "\0" || header.typeflag === "0") && pathBytes.at(-1) === 0x2f) {

@@ -334,3 +334,36 @@ Deno.test("zero blocks then data, with no member before: not an (empty) tar arch
   ]);
   equal((await readAll(withMember)).length, 1);
 });
+
+Deno.test("header-only members: no data follows a link, device, dir or FIFO, whatever its size says", async () => {
+  // What a scanner using Go's archive/tar sees is what a mount shows: a size field on such a
+  // header (or a pax size) hid `cover` and showed a smuggled `bin/sh` instead.
+  const smuggled = enc.encode("#!/bin/sh\necho hidden\n");
+  const padded = new Uint8Array(512);
+  padded.set(smuggled);
+  const cover = concat([headerBlock({ name: "bin/sh", data: smuggled, mode: 0o755 }), padded]);
+  for (
+    const header of [
+      { name: "d/", type: "5" },
+      { name: "l", type: "2", linkname: "after" },
+      { name: "h", type: "1", linkname: "first" },
+      { name: "c", type: "3", devMajor: 1, devMinor: 3 },
+      { name: "p", type: "6" },
+    ]
+  ) {
+    for (const claim of [{ sizeField: 1024 }, { pax: [["size", "1024"]] as [string, string][] }]) {
+      const entries = await readAll(encodeTar([
+        { name: "first", data: enc.encode("1") },
+        { ...header, ...claim },
+        { name: "cover", data: cover },
+        { name: "after", data: enc.encode("a") },
+      ]));
+      deepEqual(
+        entries.map((e) => e.path),
+        ["first", header.name.replace(/\/$/, ""), "cover", "after"],
+        `${header.type} with ${JSON.stringify(claim)}`,
+      );
+      equal(entries[2].data.length, cover.length);
+    }
+  }
+});
