@@ -228,7 +228,10 @@ export async function scanTar(
       continue;
     }
     if (entry.path === "") {
-      if (entry.kind === "dir") setAttributes(table, 0, entry, options);
+      if (entry.kind === "dir") {
+        checkMemberFields(entry);
+        setAttributes(table, 0, entry, options);
+      }
       continue;
     }
     const [dir, name] = parentOf(entry.path);

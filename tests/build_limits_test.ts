@@ -1,5 +1,5 @@
 /**
- * A file larger than an EROFS image can address (2^32 blocks: 16 TiB at 4 KiB) is refused by
+ * Limits of what an image holds, refused by name rather than stored wrong. A file larger than an EROFS image can address (2^32 blocks: 16 TiB at 4 KiB) is refused by
  * name. The block count wrapped around: a 1 PiB sparse file built into a 4 KiB image whose
  * file read the image's own metadata, and fsck.erofs passed it. ext4 caps files at 16 TiB,
  * so the source lies on a small tmpfs (XFS and btrfs take such files too).
@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { requires, root } from "./_support/requires.ts";
 import { assertCliError, runCli } from "./_support/cli.ts";
+import { encodeTar } from "./_support/tar_encode.ts";
 
 Deno.test({
   name: "build: a file over 2^32 blocks is refused by name, nothing written",
@@ -36,4 +37,25 @@ Deno.test({
       await Deno.remove(work, { recursive: true });
     }
   },
+});
+
+Deno.test("build: a tar root's owner beyond 32 bits is refused as any member's is", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-root-owner-" });
+  try {
+    Deno.writeFileSync(
+      `${work}/layer.tar`,
+      encodeTar([
+        { name: "./", type: "5", pax: [["uid", "8589934593"], ["gid", "4294967297"]] },
+        { name: "file", data: new TextEncoder().encode("x") },
+      ]),
+    );
+    assertCliError(
+      await runCli(["build", `${work}/layer.tar`, "-o", `${work}/out.erofs`]),
+      1,
+      /owner 8589934593:4294967297 beyond 32 bits/,
+    );
+    assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["layer.tar"]);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
 });
