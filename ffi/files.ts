@@ -160,6 +160,28 @@ export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
   return Number(unwrap(fd, "open", path));
 }
 
+/**
+ * Opens the regular file `path` read-only, resolved by openat2 with RESOLVE_NO_SYMLINKS (no
+ * component a symlink: ELOOP) and O_NONBLOCK (a FIFO put there does not block the open): the
+ * file a scan saw at a symlink-free path, or a refusal when one of its directories or the file
+ * itself was swapped for a symlink since. The caller checks the type (fstatFd) and closes.
+ */
+export function openFileNoSymlinks(path: string): number {
+  const how = new Uint8Array(24);
+  const view = new DataView(how.buffer);
+  view.setBigUint64(0, BigInt(O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC), true);
+  view.setBigUint64(16, BigInt(RESOLVE_NO_SYMLINKS), true);
+  const name = cstr(path);
+  const fd = libc().syscall(
+    BigInt(SYS_OPENAT2),
+    BigInt(AT_FDCWD),
+    addressOf(name),
+    addressOf(how),
+    24n,
+  );
+  return Number(unwrap(fd, "open", path));
+}
+
 /** The parts of struct statx erofs-oci compares (identity of a file and of its mount). */
 export interface FileIdentity {
   devMajor: number;

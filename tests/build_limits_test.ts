@@ -8,6 +8,9 @@ import assert from "node:assert/strict";
 import { requires, root } from "./_support/requires.ts";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { encodeTar } from "./_support/tar_encode.ts";
+import { scanDirectory } from "../lib/erofs/writer/from_dir.ts";
+import { buildImage } from "../lib/erofs/writer/build_image.ts";
+import { FormatError } from "../lib/errors.ts";
 
 Deno.test({
   name: "build: a file over 2^32 blocks is refused by name, nothing written",
@@ -57,5 +60,44 @@ Deno.test("build: a tar root's owner beyond 32 bits is refused as any member's i
     assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["layer.tar"]);
   } finally {
     await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("build: a file swapped for a symlink between the scan and the write is refused", () => {
+  const work = Deno.makeTempDirSync({ prefix: "erofs-oci-swap-" });
+  try {
+    Deno.mkdirSync(`${work}/src/dir`, { recursive: true });
+    Deno.writeTextFileSync(`${work}/secret`, "root's secret\n", { mode: 0o600 });
+    Deno.writeTextFileSync(`${work}/src/victim`, "plain\n");
+    Deno.writeTextFileSync(`${work}/src/dir/inner`, "inner\n");
+    // The scan sees a file; by the time its bytes are copied, a symlink to a secret is there.
+    const swapped = scanDirectory(`${work}/src`);
+    Deno.removeSync(`${work}/src/victim`);
+    Deno.symlinkSync(`${work}/secret`, `${work}/src/victim`);
+    assert.throws(
+      () => buildImage(swapped.root, `${work}/a.erofs`),
+      (e: unknown) =>
+        e instanceof FormatError &&
+        /victim changed while the image was built \(a symlink is on its path now\)/.test(e.message),
+    );
+    // A directory on the way swapped for a symlink to another tree: refused too.
+    Deno.removeSync(`${work}/src/victim`);
+    Deno.writeTextFileSync(`${work}/src/victim`, "plain\n");
+    const again = scanDirectory(`${work}/src`);
+    Deno.renameSync(`${work}/src/dir`, `${work}/elsewhere`);
+    Deno.writeTextFileSync(`${work}/elsewhere/inner`, "other bytes\n");
+    Deno.symlinkSync(`${work}/elsewhere`, `${work}/src/dir`);
+    assert.throws(
+      () => buildImage(again.root, `${work}/b.erofs`),
+      (e: unknown) =>
+        e instanceof FormatError && /inner changed while the image was built/.test(e.message),
+    );
+    // A source below a symlink of the user's own is fine.
+    Deno.removeSync(`${work}/src/dir`);
+    Deno.renameSync(`${work}/elsewhere`, `${work}/src/dir`);
+    Deno.symlinkSync(work, `${work}/up`);
+    buildImage(scanDirectory(`${work}/up/src`).root, `${work}/c.erofs`);
+  } finally {
+    Deno.removeSync(work, { recursive: true });
   }
 });

@@ -52,6 +52,10 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
   const table = new NodeTable();
   const links = new Map<string, number>();
+  // Files are opened again when the image is written, by a path without symlinks (write.ts
+  // refuses one that has some by then): `dir` resolved once, the walk below it follows none.
+  const real = Deno.realPathSync(dir);
+  const realOf = (path: string) => real + path.slice(dir.length);
   let entries = 0;
   const build = (path: string, st: Stat, inDir: number): number => {
     const i = table.addInode(st.kind, st.mode);
@@ -67,7 +71,11 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
       table.size.set(i, size);
       if (size > 0) {
         // A hard link may be laid out under another of its names, in another directory.
-        table.setData(i, inDir && nlink === 1 ? inDir : table.addRef({ kind: "path", path }), 0);
+        table.setData(
+          i,
+          inDir && nlink === 1 ? inDir : table.addRef({ kind: "path", path: realOf(path) }),
+          0,
+        );
       }
     } else if (kind === "symlink") {
       table.setTarget(i, new TextEncoder().encode(readLinkUtf8(path)));
@@ -105,7 +113,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         continue;
       }
       if (st.kind === "file" && st.size > 0 && inDir === 0) {
-        inDir = table.addRef({ kind: "child", dir: path });
+        inDir = table.addRef({ kind: "child", dir: realOf(path) });
       }
       const isDir = st.kind === "dir";
       const child = build(childPath, st, inDir);

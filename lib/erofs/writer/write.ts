@@ -3,7 +3,8 @@
  * data from its source (small files gathered into one buffered write, large ones by
  * copy_file_range). Memory is the layout, not the metadata area or the data.
  */
-import { closeFd, errno, libc, O_CLOEXEC, O_RDONLY, SysError, unwrap } from "../../../ffi/libc.ts";
+import { closeFd, Errno, libc, SysError, unwrap } from "../../../ffi/libc.ts";
+import { fstatFd, openFileNoSymlinks, S_IFMT, S_IFREG } from "../../../ffi/files.ts";
 import { FormatError } from "../../errors.ts";
 import {
   chunkFormat,
@@ -23,7 +24,7 @@ import {
 import { encodeDirectory } from "./dirs.ts";
 import { direntTarget, fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
 import { xattrCount } from "./xattrs.ts";
-import { copyRange, pathBytes, preadInto, pwriteAll } from "./data_copy.ts";
+import { copyRange, preadInto, pwriteAll } from "./data_copy.ts";
 import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
 import { MetadataWriter } from "./meta_writer.ts";
 import { INODE_SLOT_BYTES } from "./format.ts";
@@ -290,11 +291,29 @@ function withSource<T>(
   const path = data.kind === "child"
     ? `${data.dir}/${layout.table.nameOf(layout.entryOf[i])}`
     : data.path;
-  const fd = Number(libc().open(pathBytes(path), O_RDONLY | O_CLOEXEC, 0));
-  if (fd < 0) throw new SysError("open", errno(), path);
+  // The scan's path has no symlink in it (from_dir.ts): one there now, or something else than
+  // a regular file, was put there since, and would show bytes the scan never saw (a secret
+  // behind a symlink, as root).
+  let fd: number;
   try {
+    fd = openFileNoSymlinks(path);
+  } catch (error) {
+    if (!(error instanceof SysError) || error.errno !== Errno.ELOOP) throw error;
+    throw changedDuringBuild(path, "a symlink is on its path now");
+  }
+  try {
+    if ((fstatFd(fd, path).mode & S_IFMT) !== S_IFREG) {
+      throw changedDuringBuild(path, "it is no regular file now");
+    }
     return use(fd, 0, path);
   } finally {
     closeFd(fd);
   }
+}
+
+function changedDuringBuild(path: string, what: string): FormatError {
+  return new FormatError(
+    `${path} changed while the image was built (${what})`,
+    "build from a tree nothing else writes to while the build runs",
+  );
 }
