@@ -399,3 +399,57 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "fuse reattach: a local image replaced by another of its size is refused, not served",
+  ignore: requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    let keepers: number[] = [];
+    try {
+      // Two images of one size: the same tree shape, other bytes and UUIDs.
+      const make = async (name: string, text: string, uuid: string) => {
+        Deno.mkdirSync(`${base}/${name}`);
+        Deno.writeTextFileSync(`${base}/${name}/file.txt`, text);
+        const out = await new Deno.Command(MKFS, {
+          args: ["--quiet", "-T0", "-U", uuid, `${base}/${name}.erofs`, `${base}/${name}`],
+        }).output();
+        assert(out.success, new TextDecoder().decode(out.stderr));
+      };
+      await make("one", "the mounted image\n", "3f2504e0-4f89-11d3-9a0c-0305e82c3301");
+      await make("two", "another image, same\n", "6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+      assert.equal(
+        Deno.statSync(`${base}/one.erofs`).size,
+        Deno.statSync(`${base}/two.erofs`).size,
+      );
+      assertSuccess(
+        await runCli(["mount", `${base}/one.erofs`, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      keepers = keeperPids(sandbox.runtimeDir);
+      await killServer(sandbox.runtimeDir);
+      Deno.renameSync(`${base}/two.erofs`, `${base}/one.erofs`);
+
+      const refused = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assertCliError(refused, 1, /layer 0 is not the image mounted from it \(UUID/);
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");
+      // The operator's explicit choice: served, whatever the files then read.
+      const accepted = await runCli(
+        ["reattach", sandbox.target, "--accept-changed-image"],
+        { env: sandbox.env, timeoutMs: 60_000 },
+      );
+      assertSuccess(accepted);
+      assert.match(accepted.stdout, /reattached/);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
+  },
+});

@@ -14,8 +14,17 @@ import {
   mountServersOf,
   runningKeepersOf,
 } from "./_support/mounts.ts";
-import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { TEST_HOLD_ENV, TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { waitFor } from "./_support/wait.ts";
+
+function pathExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 Deno.test({
   name: "mount killed after its layer mount, before recording it: the server undoes it all",
@@ -52,6 +61,55 @@ Deno.test({
       await mount.status;
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "mount whose server dies while it mounts the layers fails in one line, leaving nothing",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const hold = `${sandbox.runtimeDir}-hold`;
+    Deno.writeTextFileSync(hold, "");
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      env: { ...sandbox.env, [TEST_HOLD_ENV]: `mount-layers:${hold}` },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = mount.output();
+    try {
+      // The server is ready and its keeper holds the FUSE connection; the layer mount is next.
+      await waitFor("mount to reach its layers", () => pathExists(`${hold}.reached`), 60_000);
+      const [server] = mountServersOf(sandbox.runtimeDir);
+      Deno.kill(server, "SIGKILL");
+      Deno.removeSync(hold);
+      // mount(2) waited for the dead server's answer for good (the keeper kept the connection).
+      const done = await Promise.race([
+        output,
+        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 30_000)),
+      ]);
+      assert(done, "mount still hangs 30 s after its server died");
+      assert.equal(done.code, 1);
+      const stderr = new TextDecoder().decode(done.stderr);
+      assert.match(stderr, /the mount server \(pid \d+\) died while the layers were being mounted/);
+      assert.equal(stderr.trim().split("\n").filter((l) => l.startsWith("erofs-oci:")).length, 1);
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no FUSE mount left");
+      await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await output.catch(() => {});
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+      for (const file of [hold, `${hold}.reached`]) {
+        try {
+          Deno.removeSync(file);
+        } catch { /* gone */ }
+      }
     }
   },
 });

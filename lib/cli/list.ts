@@ -2,7 +2,7 @@ import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath, readStates, serverAlive, serverOf } from "../state/runtime.ts";
 import { controlRequest } from "../daemon/control.ts";
-import { fuseRecoverable } from "../daemon/fuse_recovery.ts";
+import { fuseRecoveryStatus } from "../daemon/fuse_recovery.ts";
 import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
@@ -22,7 +22,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
-      ...(state.backend === "fuse" ? { crashRecovery: fuseRecoverable(state.id) } : {}),
+      ...(state.backend === "fuse" ? fuseRecoveryOf(state.id) : {}),
     };
     if (serverAlive(serverOf(state))) {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
@@ -120,7 +120,11 @@ Options:
         m.options?.join(",") ?? "-",
         String(m.serverPid),
         m.crashRecovery === false
-          ? (m.state === "dead" ? "dead, no keeper: umount it" : `${m.state}, no keeper`)
+          ? (m.crashRecoveryProblem === "record damaged"
+            ? `${m.state}, recovery record damaged: see reattach`
+            : m.state === "dead"
+            ? "dead, no keeper: umount it"
+            : `${m.state}, no keeper`)
           : m.state === "dead"
           ? "dead, awaiting reattach"
           : m.reattachedAt
@@ -141,3 +145,11 @@ Options:
     return 0;
   },
 };
+
+/** `list`'s crash-recovery fields of a FUSE mount. */
+function fuseRecoveryOf(id: string): Pick<ListedMount, "crashRecovery" | "crashRecoveryProblem"> {
+  const status = fuseRecoveryStatus(id);
+  return status === "ok"
+    ? { crashRecovery: true }
+    : { crashRecovery: false, crashRecoveryProblem: status };
+}

@@ -26,7 +26,13 @@ import {
   takeFromKeeper,
 } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
-import { mountDir, type MountSpec } from "../state/runtime.ts";
+import { mountDir, type MountSpec, type StoredErofsIdentity } from "../state/runtime.ts";
+import {
+  identityDifferences,
+  identityOfImage,
+  parseStoredIdentity,
+  rootInodeRange,
+} from "../recovery/erofs_identity.ts";
 import { testPause } from "./test_pause.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
@@ -89,18 +95,36 @@ export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
   const valid = Number.isSafeInteger(keeper?.pid) && typeof keeper.startTicks === "string" &&
     Array.isArray(keeper.fds) && keeper.fds.every((fd) => Number.isSafeInteger(fd)) &&
     Array.isArray(record.spec?.layers) && record.spec.layers.length === keeper.fds.length &&
-    Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length;
+    Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length &&
+    record.spec.layers.every(isLayerSpecShape) &&
+    (record.spec.cacheBytes === undefined ||
+      (Number.isSafeInteger(record.spec.cacheBytes) && record.spec.cacheBytes > 0));
   if (!valid) throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
   return record;
 }
 
+/** The fields a server opening a recorded layer relies on, of the right types. */
+function isLayerSpecShape(value: unknown): boolean {
+  const l = value as Record<string, unknown> | null;
+  if (typeof l !== "object" || l === null || !Number.isSafeInteger(l.sizeBytes)) return false;
+  if (l.kind === "local") return typeof l.path === "string";
+  return l.kind === "registry" && typeof l.registry === "string" &&
+    typeof l.repository === "string" && typeof l.digest === "string" &&
+    typeof l.plainHttp === "boolean" && Number.isSafeInteger(l.layerIndex);
+}
+
 /** True when the mount can be taken over: the record is there and its keeper runs. */
 export function fuseRecoverable(id: string): boolean {
+  return fuseRecoveryStatus(id) === "ok";
+}
+
+/** fuseRecoverable, saying why not: no record or keeper, or a record that cannot be read. */
+export function fuseRecoveryStatus(id: string): "ok" | "no keeper" | "record damaged" {
   try {
     const record = readFuseRecovery(id);
-    return record !== undefined && keeperAlive(record.keeper);
+    return record !== undefined && keeperAlive(record.keeper) ? "ok" : "no keeper";
   } catch {
-    return false;
+    return "record damaged";
   }
 }
 
@@ -186,16 +210,43 @@ const SIGKILL = 9;
  * registry that is down makes the takeover fail, so the caller tries again later, instead of
  * a server that answers the waiting readers with EIO.
  */
-export async function checkServable(source: Source, layerIndex: number): Promise<void> {
+export async function checkServable(
+  source: Source,
+  layerIndex: number,
+  mounted?: StoredErofsIdentity,
+): Promise<void> {
+  let head: Uint8Array, rootInode: Uint8Array | undefined;
   try {
-    checkErofsSuperblock(await source.read(0, EROFS_SUPER_END), `layer ${layerIndex}`);
+    head = await source.read(0, EROFS_SUPER_END);
+    checkErofsSuperblock(head, `layer ${layerIndex}`);
     await source.read(source.size - 1, 1);
+    if (mounted) {
+      const { offset, length } = rootInodeRange(head);
+      if (offset < source.size) {
+        rootInode = await source.read(offset, Math.min(length, source.size - offset));
+      }
+    }
   } catch (error) {
     if (error instanceof FormatError) throw error;
     throw new MountError(
       `layer ${layerIndex} cannot be read (${(error as Error).message}): readers keep waiting`,
       "reattach again once the registry answers (`reattach --watch` retries by itself)",
       { cause: error },
+    );
+  }
+  const expected = mounted && parseStoredIdentity(mounted);
+  if (!expected) return;
+  // A local image replaced since (same size), or a record naming another layer: its files
+  // would show under the mount's names.
+  const differences = identityDifferences(
+    expected,
+    identityOfImage(head, `layer ${layerIndex}`, rootInode),
+  );
+  if (differences.length > 0) {
+    throw new FormatError(
+      `layer ${layerIndex} is not the image mounted from it (${differences.join(", ")})`,
+      "unmount it and mount again, or reattach with --accept-changed-image to serve it anyway " +
+        "(files may then read wrong)",
     );
   }
 }

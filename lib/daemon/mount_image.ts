@@ -24,8 +24,10 @@ import {
 } from "../mount/target_dir.ts";
 import { logFormat } from "../log.ts";
 import { mark } from "../timing.ts";
-import { testPause } from "./test_pause.ts";
+import { testHold, testPause } from "./test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
+import { killServer, serverAlive, type ServerProcess } from "../state/runtime.ts";
+import { MountError } from "../errors.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
@@ -90,6 +92,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     undo.push(() => stopServer(id, server));
     signal?.throwIfAborted();
 
+    // mount(2) of a FUSE layer waits on this server (the kernel reads the superblock through
+    // it), and the keeper holds the connection open: were the server to die now, or stop
+    // answering and the user interrupt, mount(2) would wait for good and nothing would list
+    // what was left. Ending both aborts the connection: mount(2) fails and the undo runs.
+    using _guard = spec.backend === "fuse" ? guardFuseMounts(id, server, signal) : undefined;
+    await testHold("mount-layers");
     const trust = request.trust ?? {};
     const pinned = request.pinnedTarget;
     const layerDirs: string[] = [];
@@ -170,7 +178,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     writeState(state);
     mark("cli: state written");
     return state;
-  } catch (error) {
+  } catch (caught) {
+    const error = diedError(id, caught) ?? caught;
     for (const step of undo.reverse()) {
       try {
         await step();
@@ -178,4 +187,51 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     }
     throw error;
   }
+}
+
+/** Mounts whose server died while their layers were being mounted (see guardFuseMounts). */
+const diedWhileMounting = new Map<string, number>();
+
+/**
+ * Watches the server while the FUSE layers are mounted: on its death, or an interrupt, the
+ * keeper is ended (and the server killed) so that a mount(2) waiting on it fails.
+ */
+function guardFuseMounts(
+  id: string,
+  server: ServerProcess,
+  signal?: AbortSignal,
+): Disposable {
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    clearInterval(timer);
+    killServer(server);
+    stopFuseKeeper(id).catch(() => {});
+  };
+  const timer = setInterval(() => {
+    if (serverAlive(server)) return;
+    diedWhileMounting.set(id, server.pid);
+    end();
+  }, 200);
+  const onAbort = () => end();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  return {
+    [Symbol.dispose]() {
+      clearInterval(timer);
+      signal?.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
+/** The error to report when the server died during guardFuseMounts (else undefined). */
+function diedError(id: string, cause: unknown): MountError | undefined {
+  const pid = diedWhileMounting.get(id);
+  if (pid === undefined) return undefined;
+  diedWhileMounting.delete(id);
+  return new MountError(
+    `the mount server (pid ${pid}) died while the layers were being mounted; nothing was left mounted`,
+    "see the server's log above or with --debug, then mount again",
+    { cause },
+  );
 }

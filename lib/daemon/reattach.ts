@@ -180,7 +180,7 @@ async function reattachLocked(
     : "dir" in target
     ? fuseStates.filter((s) => s.target === realPath(target.dir) || s.target === target.dir)
     : [];
-  for (const state of fuseSelected) outcomes.push(await reattachFuseMount(state));
+  for (const state of fuseSelected) outcomes.push(await reattachFuseMount(state, options));
 
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;

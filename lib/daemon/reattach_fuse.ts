@@ -3,7 +3,9 @@
  * descriptors (so the mounts stayed and readers wait), and a new server takes them over. The
  * layers come from the record the first server wrote: the same digests, so the same bytes.
  */
-import { FUSE_TAKEOVER_ID, fuseRecoverable, readFuseRecovery } from "./fuse_recovery.ts";
+import { FUSE_TAKEOVER_ID, type FuseRecoveryRecord, readFuseRecovery } from "./fuse_recovery.ts";
+import { keeperAlive } from "../fuse/keeper.ts";
+import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
 import {
   type MountSpec,
@@ -15,25 +17,56 @@ import {
 import type { ReattachOutcome } from "./reattach.ts";
 import { failureDetail } from "./reattach_detail.ts";
 
-export async function reattachFuseMount(state: MountState): Promise<ReattachOutcome> {
+export async function reattachFuseMount(
+  state: MountState,
+  options: { acceptChangedImage?: boolean } = {},
+): Promise<ReattachOutcome> {
   const device = state.target;
   const server = serverOf(state);
   if (serverAlive(server)) {
     return { device, result: "alive", detail: `served by pid ${server.pid}, left alone` };
   }
-  const record = fuseRecoverable(state.id) ? readFuseRecovery(state.id) : undefined;
-  if (!record) {
+  let record: FuseRecoveryRecord | undefined;
+  try {
+    record = readFuseRecovery(state.id);
+  } catch (error) {
+    // Named as what it is: the keeper may well be alive, and the record mended by hand.
+    return { device, result: "failed", detail: failureDetail(error) };
+  }
+  if (!record || !keeperAlive(record.keeper)) {
     return {
       device,
       result: "failed",
       detail: "its FUSE connection is gone (no keeper): unmount it and mount again",
     };
   }
+  const otherLayer = differingLayer(record, state);
+  if (otherLayer !== undefined && !options.acceptChangedImage) {
+    return {
+      device,
+      result: "failed",
+      detail: `its recovery record names another layer ${otherLayer} than the mount's: ` +
+        "unmount it and mount again",
+    };
+  }
   const spec: MountSpec = {
     ...record.spec,
     id: state.id,
     backend: "fuse",
-    reattach: record.spec.layers.map((_, index) => ({ index, backendId: FUSE_TAKEOVER_ID })),
+    reattach: record.spec.layers.map((layer, index) => {
+      // What the kernel has mounted from each layer's FUSE file: the new server serves the
+      // layer only if its image is that one (a local file replaced since is refused). A tar
+      // layer's device is its index and tar, pinned by their digests and piece checks (and
+      // statfs counts the tar's blocks, which its meta image's superblock does not).
+      const mounted = options.acceptChangedImage || layer.tarIndex
+        ? undefined
+        : mountedIdentity(state.layers[index]?.blockPath ?? "");
+      return {
+        index,
+        backendId: FUSE_TAKEOVER_ID,
+        ...(mounted ? { expect: storedIdentity(mounted.identity) } : {}),
+      };
+    }),
     awaitSource: undefined,
     // States written before these fields existed: what the first server was given.
     metricsListen: state.metricsListen ?? record.spec.metricsListen,
@@ -56,4 +89,13 @@ export async function reattachFuseMount(state: MountState): Promise<ReattachOutc
       detail: failureDetail(error),
     };
   }
+}
+
+/** Index of a registry layer whose digest the record and the mount's state disagree on. */
+function differingLayer(record: FuseRecoveryRecord, state: MountState): number | undefined {
+  const index = record.spec.layers.findIndex((layer, i) =>
+    layer.kind === "registry" && state.layers[i]?.digest !== undefined &&
+    layer.digest !== state.layers[i].digest
+  );
+  return index < 0 ? undefined : index;
 }

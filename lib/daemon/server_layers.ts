@@ -213,7 +213,7 @@ export class ServedLayers {
     if (this.fuseTakeoverWanted) {
       // Take the connection only from a server that can answer: until the source does, the
       // readers are better off waiting in the kernel (the caller retries) than getting EIO.
-      await checkServable(raw, index);
+      await checkServable(raw, index, this.#spec.reattach?.[index]?.expect);
       this.#fuseTakeover ??= takeFuseDescriptors(this.#spec.id);
     }
     const cached = tarIndex

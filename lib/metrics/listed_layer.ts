@@ -50,6 +50,8 @@ export interface ListedMount {
    * server crash (false: it cannot; umount and mount again to get that back).
    */
   crashRecovery?: boolean;
+  /** Why a FUSE mount cannot be reattached: its keeper is gone, or its record is damaged. */
+  crashRecoveryProblem?: "no keeper" | "record damaged";
   /** Bytes fetched from the registry (the disk cache's fetches when it is on). */
   bytesFetched?: number;
   /** Bytes the disk cache answered without fetching (undefined: no disk cache). */

@@ -15,6 +15,7 @@ import {
 } from "../erofs/superblock.ts";
 import { statFs } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
+import type { StoredErofsIdentity } from "../state/runtime.ts";
 
 /** The superblock facts statfs exposes. */
 export interface ErofsIdentity {
@@ -145,4 +146,30 @@ export function identityDifferences(mounted: ErofsIdentity, image: ErofsIdentity
     if (!image.rootMtimeMs.includes(mountedMtime)) out.push("build time");
   }
   return out;
+}
+
+/** `identity` for a JSON record (spec, recovery file). */
+export function storedIdentity(identity: ErofsIdentity): StoredErofsIdentity {
+  return {
+    blockSizeBytes: identity.blockSizeBytes,
+    blocks: String(identity.blocks),
+    inodes: String(identity.inodes),
+    ...(identity.fsid === undefined ? {} : { fsid: String(identity.fsid) }),
+    ...(identity.rootMtimeMs ? { rootMtimeMs: identity.rootMtimeMs } : {}),
+  };
+}
+
+/** storedIdentity's inverse; undefined for a value of another shape. */
+export function parseStoredIdentity(stored: StoredErofsIdentity): ErofsIdentity | undefined {
+  try {
+    return {
+      blockSizeBytes: stored.blockSizeBytes,
+      blocks: BigInt(stored.blocks),
+      inodes: BigInt(stored.inodes),
+      fsid: stored.fsid === undefined ? undefined : BigInt(stored.fsid),
+      rootMtimeMs: stored.rootMtimeMs,
+    };
+  } catch {
+    return undefined;
+  }
 }

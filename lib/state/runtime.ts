@@ -47,6 +47,19 @@ export const INDEXED_HERE_DIR = `${STATE_ROOT}/indexed-here`;
 export const DEFAULT_MOUNT_CACHE_BYTES = 32 << 20;
 
 /** Where one layer's bytes come from; also what reattach rebuilds a server from. */
+/**
+ * What statfs and stat said of an EROFS mounted from a layer (lib/recovery/erofs_identity.ts
+ * ErofsIdentity, its 64-bit numbers as decimal strings): a FUSE reattach serves the layer only
+ * when its image has the same.
+ */
+export interface StoredErofsIdentity {
+  blockSizeBytes: number;
+  blocks: string;
+  inodes: string;
+  fsid?: string;
+  rootMtimeMs?: number[];
+}
+
 export type LayerSpec =
   | {
     kind: "local";
@@ -141,7 +154,7 @@ export interface MountSpec {
    * Reattach: per layer, the connected device to RECONFIGURE (instead of CONNECT) and the
    * backend identifier (recovery file path) it was connected with.
    */
-  reattach?: { index: number; backendId: string }[];
+  reattach?: { index: number; backendId: string; expect?: StoredErofsIdentity }[];
   /**
    * Reattach while the registry is unreachable: report ready at once, then retry with backoff
    * until each layer's blob answers (and matches), and only then RECONFIGURE its device.
