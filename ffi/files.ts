@@ -167,19 +167,26 @@ export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
  * itself was swapped for a symlink since. The caller checks the type (fstatFd) and closes.
  */
 export function openFileNoSymlinks(path: string): number {
+  const flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC;
   const how = new Uint8Array(24);
   const view = new DataView(how.buffer);
-  view.setBigUint64(0, BigInt(O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC), true);
+  view.setBigUint64(0, BigInt(flags), true);
   view.setBigUint64(16, BigInt(RESOLVE_NO_SYMLINKS), true);
   const name = cstr(path);
-  const fd = libc().syscall(
-    BigInt(SYS_OPENAT2),
-    BigInt(AT_FDCWD),
-    addressOf(name),
-    addressOf(how),
-    24n,
+  const fd = Number(
+    libc().syscall(
+      BigInt(SYS_OPENAT2),
+      BigInt(AT_FDCWD),
+      addressOf(name),
+      addressOf(how),
+      24n,
+    ),
   );
-  return Number(unwrap(fd, "open", path));
+  if (fd >= 0) return fd;
+  const code = errno();
+  // No openat2 (Linux before 5.6, a seccomp filter that denies it): the last component alone.
+  if (code === Errno.ENOSYS || code === Errno.EPERM) return openFile(path, flags);
+  throw new SysError("open", code, path);
 }
 
 /** The parts of struct statx erofs-oci compares (identity of a file and of its mount). */

@@ -8,7 +8,7 @@ import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/local_image.ts";
 import { selectLayers } from "../oci/layers.ts";
-import { refetchPastMirrors, RegistryBlob } from "../oci/registry_blob.ts";
+import { refetchFromRegistry, RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
@@ -266,7 +266,7 @@ async function openSource(
     const verified = opened.registry
       ? await verifyServedLayer(opened.registry, resolved.manifestDigest, layers[0], blob, {
         requireVerified: values["require-verified"],
-        refetch: refetchPastMirrors(blob, opened.registry.client),
+        refetch: refetchFromRegistry(blob),
       })
       : undefined;
     return {

@@ -22,19 +22,20 @@ export const MAX_ZINFO_CHECKPOINTS = Math.floor(
   ((1 << 30) - ZINFO_HEADER_BYTES) / ZINFO_CHECKPOINT_BYTES,
 );
 /**
- * Most checkpoints a gzip stream of `compressedBytes` making `uncompressedBytes` may need: one
- * per span and one per member start, 32 KiB each. Members are the producer's choice, and a
- * hostile layer of ~20-byte members (30,000 in 600 KB) made a 1 GB zinfo per layer and held
- * gigabytes at mount; honest multi-member streams (pigz --independent, BGZF's 64 KiB blocks)
- * stay far below: 1,024 checkpoints, plus one per 32 KiB of output or per 1 KiB of input,
- * whichever allows fewer.
+ * Most checkpoints a gzip stream of `compressedBytes` may have: one per span and one per
+ * member start, 32 KiB each on disk (windows are read from the file when used, not held).
+ * Members are the producer's choice: eStargz starts one per file (a 1.9 MB layer of 3,000
+ * small files: 98 MB of zinfo), and a hostile layer of ~20-byte members (30,000 in 600 KB)
+ * made a 946 MB zinfo. Allowed: 2,048, plus one per 256 compressed bytes (a zinfo of at most
+ * 64 MiB plus 128 times the layer).
  */
-export function maxCheckpointsFor(compressedBytes: number, uncompressedBytes: number): number {
-  return Math.min(
-    MAX_ZINFO_CHECKPOINTS,
-    1024 + Math.floor(Math.min(uncompressedBytes / 32768, compressedBytes / 1024)),
-  );
+export function maxCheckpointsFor(compressedBytes: number): number {
+  return Math.min(MAX_ZINFO_CHECKPOINTS, 2048 + Math.floor(compressedBytes / 256));
 }
+
+/** What to do about a layer of more gzip members than maxCheckpointsFor allows. */
+export const TOO_MANY_MEMBERS_HINT = "every gzip member costs a 32 KiB checkpoint: mount the " +
+  "image converted (`erofs-oci convert IMAGE DEST`), or recompress the layer as one member";
 
 /** erofs-utils' span (lib/tar.c, no CLI knob). */
 export const DEFAULT_SPAN_BYTES = 4 * 1024 * 1024;
@@ -230,15 +231,12 @@ export function validateCheckpoints(
     }
   }
   const last = cps[cps.length - 1].uncompressedOffset;
-  const allowed = maxCheckpointsFor(
-    blobBytes,
-    check.streamBytes ?? last + MAX_CHECKPOINT_GAP_BYTES,
-  );
+  const allowed = maxCheckpointsFor(blobBytes);
   if (cps.length > allowed) {
     throw zinfoError(
       `${cps.length} checkpoints for a ${blobBytes}-byte gzip blob (at most ${allowed}: 32 KiB ` +
         "each, one per span and per gzip member)",
-      "recompress the layer as one gzip member, then index it again",
+      TOO_MANY_MEMBERS_HINT,
       name,
     );
   }

@@ -28,6 +28,7 @@ import {
   MAX_CHECKPOINT_GAP_BYTES,
   MAX_ZINFO_CHECKPOINTS,
   maxCheckpointsFor,
+  TOO_MANY_MEMBERS_HINT,
   ZINFO_CHECKPOINT_BYTES,
   type ZinfoCheckpoint,
 } from "./zinfo.ts";
@@ -181,16 +182,13 @@ export class ZinfoBuilder {
   }
 
   #add(checkpoint: BuiltCheckpoint): void {
-    const allowed = Math.min(
-      this.#maxCheckpoints,
-      maxCheckpointsFor(this.compressedBytes, this.uncompressedBytes),
-    );
+    const allowed = Math.min(this.#maxCheckpoints, maxCheckpointsFor(this.compressedBytes));
     if (this.checkpointCount >= allowed) {
       throw new FormatError(
-        `gzip: ${this.members} members in ${this.compressedBytes} compressed bytes ` +
-          `(${this.uncompressedBytes} bytes of output) need more than ${allowed} checkpoints: ` +
-          `the zinfo would exceed ${allowed * ZINFO_CHECKPOINT_BYTES} bytes`,
-        "every gzip member costs a 32 KiB checkpoint; recompress the layer as one member",
+        `gzip: ${this.members} members in ${this.compressedBytes} compressed bytes need more ` +
+          `than ${allowed} checkpoints: the zinfo would exceed ` +
+          `${allowed * ZINFO_CHECKPOINT_BYTES} bytes`,
+        TOO_MANY_MEMBERS_HINT,
       );
     }
     this.#pieces?.checkpoint();

@@ -3,7 +3,7 @@ import { mark } from "../timing.ts";
 import { warn } from "../log.ts";
 import { FormatError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
-import { refetchPastMirrors, RegistryBlob } from "../oci/registry_blob.ts";
+import { refetchFromRegistry, RegistryBlob } from "../oci/registry_blob.ts";
 import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
@@ -236,7 +236,7 @@ export async function openLayerSource(
     const verified = await verifiedBlob(blob, layer.chunkTable, layer, origin, {
       ...options,
       registry,
-      refetch: refetchPastMirrors(blob, client),
+      refetch: refetchFromRegistry(blob),
     }).catch(
       async (error) => {
         await blob.close();

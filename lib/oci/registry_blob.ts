@@ -213,16 +213,14 @@ export class RegistryBlob implements Source {
 }
 
 /**
- * Where bytes that failed a layer's chunk table are fetched again when `client` has mirrors: the
- * registry itself, so a mirror (or the object store a host redirected to) that sent them is
- * not asked again; a registry that cannot be reached leaves the usual hosts (a flip on the way
- * from a mirror is then mended by asking it once more).
+ * Where bytes that failed a layer's chunk table are fetched again: the registry itself, so a
+ * mirror or the object store a redirect led to (remembered for a while) that sent them is not
+ * asked again; a registry that cannot be reached leaves the usual hosts (a flip on the way from
+ * a mirror is then mended by asking it once more).
  */
-export function refetchPastMirrors(
+export function refetchFromRegistry(
   blob: RegistryBlob,
-  client: { mirrorOrigins: readonly string[] },
-): ((offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array>) | undefined {
-  if (client.mirrorOrigins.length === 0) return undefined;
+): (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array> {
   return async (offset, length, signal) => {
     try {
       return await blob.readFromRegistry(offset, length, signal);

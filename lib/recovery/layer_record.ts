@@ -239,9 +239,19 @@ export async function layerForRecord(
         return Promise.resolve(kept);
       }, check.deviceIndex);
     } catch (error) {
-      // ...unless they are what differs: the cache file may be damaged, the registry decides.
+      // ...unless they are what differs: the cache file may be damaged, the registry decides,
+      // and kept bytes unlike its are dropped (a table-less layer's are served unchecked).
       if (!cacheRead) throw error;
-      await checkSameImage(image, fromRegistry, check.deviceIndex);
+      await checkSameImage(image, async (offset, length) => {
+        const bytes = await fromRegistry(offset, length);
+        sharedDiskCache()?.dropIfUnlike(
+          { digest, origin: registryOrigin(ref.registry, client.plainHttp) },
+          size,
+          offset,
+          bytes,
+        );
+        return bytes;
+      }, check.deviceIndex);
     }
   }
   return registryLayer(record, {

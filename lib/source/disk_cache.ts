@@ -269,8 +269,9 @@ export class DiskCache {
       if (checked === "incomplete") {
         if (!source.closed) {
           this.#warn(
-            `--fetch-all: ${digest}: a part was evicted before the whole could be checked ` +
-              "against the digest (the disk cache is short of room); not verified",
+            `--fetch-all: ${digest}: a part was evicted (the disk cache is short of room) or ` +
+              "could not be mended before the whole could be checked against the digest; " +
+              "not verified",
           );
         }
         return;
@@ -316,10 +317,12 @@ export class DiskCache {
     for (const base of this.#probeCandidates(key)) {
       const held = this.#readPresent(base, sizeBytes, offset, good.length);
       if (!held || held.every((byte, i) => byte === good[i])) continue;
-      this.#dropPresent(base, sizeBytes, offset, good.length);
+      const dropped = this.#dropPresent(base, sizeBytes, offset, good.length);
       this.warnOnce(
         `disk cache ${base}: the kept bytes at offset ${offset} are not the registry's ` +
-          "(damaged on disk?); dropped, they are fetched again",
+          (dropped
+            ? "(damaged on disk?); dropped, they are fetched again"
+            : "(damaged on disk?) and in use: run `erofs-oci cache prune` once no mount uses them"),
       );
     }
   }
@@ -345,16 +348,16 @@ export class DiskCache {
   }
 
   /** Marks the chunks under the range absent and punches them out, as eviction does. */
-  #dropPresent(base: string, sizeBytes: number, offset: number, length: number): void {
+  #dropPresent(base: string, sizeBytes: number, offset: number, length: number): boolean {
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
     let map = -1, data = -1;
     try {
       map = openCacheFile(`${base}.map`, false);
       data = openCacheFile(`${base}.data`, false);
-      if (fstatIdentity(data).sizeBytes !== sizeBytes) return;
+      if (fstatIdentity(data).sizeBytes !== sizeBytes) return false;
       // A reader of some process holds them now: left (its own check, if any, decides).
-      if (!tryLock(map, F_WRLCK, first, end - first)) return;
+      if (!tryLock(map, F_WRLCK, first, end - first)) return false;
       pwriteAll(map, new Uint8Array(end - first), first);
       dataSyncNow(map);
       punchHole(
@@ -362,8 +365,10 @@ export class DiskCache {
         first * this.chunkBytes,
         Math.min(sizeBytes, end * this.chunkBytes) - first * this.chunkBytes,
       );
+      return true;
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}`);
+      return false;
     } finally {
       closeQuietly(data);
       closeQuietly(map);

@@ -135,6 +135,9 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   // Before ustar, a directory was a regular-file member whose name ends in "/".
   if ((header.typeflag === "\0" || header.typeflag === "0") && pathBytes.at(-1) === 0x2f) {
     kind = "dir";
+    // Go reads type NUL with that name as a directory, no data after it; type "0" stays a
+    // file there, whose data it skips as this reader does.
+    if (header.typeflag === "\0") storedArea = 0;
   }
 
   let size = kind === "file" ? storedArea : 0;

@@ -349,6 +349,7 @@ Deno.test("header-only members: no data follows a link, device, dir or FIFO, wha
       { name: "h", type: "1", linkname: "first" },
       { name: "c", type: "3", devMajor: 1, devMinor: 3 },
       { name: "p", type: "6" },
+      { name: "old-style-dir/", type: "\0" },
     ]
   ) {
     for (const claim of [{ sizeField: 1024 }, { pax: [["size", "1024"]] as [string, string][] }]) {
