@@ -5,7 +5,7 @@
  * so the source lies on a small tmpfs (XFS and btrfs take such files too).
  */
 import assert from "node:assert/strict";
-import { requires, root } from "./_support/requires.ts";
+import { command, requires, root } from "./_support/requires.ts";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { encodeTar } from "./_support/tar_encode.ts";
 import { scanDirectory } from "../lib/erofs/writer/from_dir.ts";
@@ -100,4 +100,31 @@ Deno.test("build: a file swapped for a symlink between the scan and the write is
   } finally {
     Deno.removeSync(work, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "build: an xattr name that is not UTF-8 is refused, not left out without a word",
+  ignore: requires(command("python3")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-xattr-name-" });
+    try {
+      Deno.mkdirSync(`${work}/src`);
+      Deno.writeTextFileSync(`${work}/src/file`, "x");
+      const set = await new Deno.Command("python3", {
+        args: [
+          "-c",
+          "import os,sys; os.setxattr(sys.argv[1], b'user.\\xff\\xfe', b'v')",
+          `${work}/src/file`,
+        ],
+      }).output();
+      assert(set.success, `user xattrs here? ${new TextDecoder().decode(set.stderr)}`);
+      assertCliError(
+        await runCli(["build", `${work}/src`, "-o", `${work}/out.erofs`]),
+        1,
+        /an xattr name of .*\/src\/file is not valid UTF-8/,
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
 });

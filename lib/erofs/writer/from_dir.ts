@@ -191,7 +191,7 @@ function statPath(path: string): Stat {
   return st;
 }
 
-const decoder = new TextDecoder();
+const strictDecoder = new TextDecoder("utf-8", { fatal: true });
 
 /** Reused for every llistxattr call (most files have no xattrs at all). */
 let listBuffer = new Uint8Array(4096);
@@ -214,8 +214,20 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
     listBuffer = new Uint8Array(listBuffer.length * 4);
   }
   const out = new Map<string, Uint8Array>();
-  for (const name of decoder.decode(list).split("\0")) {
-    if (!name) continue;
+  let name: string;
+  for (let start = 0, end; start < list.length; start = end + 1) {
+    end = list.indexOf(0, start);
+    if (end < 0) end = list.length;
+    if (end === start) continue;
+    try {
+      name = strictDecoder.decode(list.subarray(start, end));
+    } catch {
+      // Decoded leniently it would name no xattr (ENODATA) and vanish without a word.
+      throw new FormatError(
+        `an xattr name of ${path} is not valid UTF-8`,
+        "non-UTF-8 xattr names are not supported: remove or rename that xattr",
+      );
+    }
     if (!xattrNameSupported(name)) {
       options.onSkippedXattr?.(path, name);
       continue;
