@@ -128,3 +128,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test("build: a directory swapped for a symlink while the scan runs is refused, not read", () => {
+  const work = Deno.makeTempDirSync({ prefix: "erofs-oci-scan-swap-" });
+  try {
+    Deno.mkdirSync(`${work}/src/d`, { recursive: true });
+    Deno.mkdirSync(`${work}/secret`);
+    Deno.writeTextFileSync(`${work}/secret/names-root-keeps`, "x");
+    Deno.writeTextFileSync(`${work}/src/d/inner`, "x");
+    // 1,023 files and d: the scan reports progress at its 1,024th entry, when d has been
+    // seen as a directory and not yet read.
+    for (let i = 0; i < 1023; i++) Deno.writeTextFileSync(`${work}/src/f${i}`, "");
+    assert.throws(
+      () =>
+        scanDirectory(`${work}/src`, {
+          onEntries: (count) => {
+            if (count !== 1024) return;
+            Deno.renameSync(`${work}/src/d`, `${work}/d-was`);
+            Deno.symlinkSync(`${work}/secret`, `${work}/src/d`);
+          },
+        }),
+      (e: unknown) =>
+        e instanceof FormatError &&
+        /src\/d changed while it was scanned \(a symlink or a file is where it was\)/.test(
+          e.message,
+        ),
+    );
+  } finally {
+    Deno.removeSync(work, { recursive: true });
+  }
+});

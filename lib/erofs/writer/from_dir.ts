@@ -4,7 +4,8 @@
  * become one node. Symlinks are never followed; other file systems mounted inside are read
  * like the rest (as `cp -a` would).
  */
-import { cstr, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { closeFd, cstr, Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
+import { listDirectory, openDirNoSymlinks } from "../../../ffi/files.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
@@ -50,14 +51,33 @@ interface Stat {
 export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResult {
   const top = statPath(dir);
   if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
-  const table = new NodeTable();
-  const links = new Map<string, number>();
   // Files are opened again when the image is written, by a path without symlinks (write.ts
   // refuses one that has some by then): `dir` resolved once, the walk below it follows none.
   const real = Deno.realPathSync(dir);
   const realOf = (path: string) => real + path.slice(dir.length);
+  // Each directory is read through a descriptor opened below the root without following any
+  // symlink, by /proc/self/fd: a directory swapped for a symlink while the scan runs (to a
+  // directory only root may read) is refused, not read.
+  const rootFd = openDirNoSymlinks(real);
+  try {
+    return scanBelow(dir, top, rootFd, realOf, options);
+  } finally {
+    closeFd(rootFd);
+  }
+}
+
+function scanBelow(
+  dir: string,
+  top: Stat,
+  rootFd: number,
+  realOf: (path: string) => string,
+  options: ScanOptions,
+): ScanResult {
+  const table = new NodeTable();
+  const links = new Map<string, number>();
   let entries = 0;
-  const build = (path: string, st: Stat, inDir: number): number => {
+  /** `path` names the entry in messages; `at` is where the system calls find it. */
+  const build = (path: string, at: string, st: Stat, inDir: number): number => {
     const i = table.addInode(st.kind, st.mode);
     table.uid.set(i, st.uid);
     table.gid.set(i, st.gid);
@@ -65,7 +85,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
     table.mtimeNsec.set(i, st.mtimeNsec);
     table.setRdev(i, st.rdevMajor, st.rdevMinor);
     const kind = st.kind, size = st.size, nlink = st.nlink;
-    const xattrs = readXattrs(path, options);
+    const xattrs = readXattrs(at, options, path);
     if (xattrs.size > 0) table.setXattrs(i, xattrs);
     if (kind === "file") {
       table.size.set(i, size);
@@ -78,53 +98,80 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
         );
       }
     } else if (kind === "symlink") {
-      table.setTarget(i, new TextEncoder().encode(readLinkUtf8(path)));
+      table.setTarget(i, new TextEncoder().encode(readLinkUtf8(at, path)));
     }
     return i;
   };
-  build(dir, top, 0);
-  const stack: [string, number][] = [[dir, 0]];
+  build(dir, `/proc/self/fd/${rootFd}`, top, 0);
+  /** Directories to read: the path in messages, the inode, the path below the root. */
+  const stack: [string, number, string][] = [[dir, 0, ""]];
   while (stack.length > 0) {
-    const [path, inode] = stack.pop()!;
+    const [path, inode, below] = stack.pop()!;
+    const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path);
+    try {
+      scanOne(path, inode, below, `/proc/self/fd/${dirFd}`);
+    } finally {
+      if (dirFd !== rootFd) closeFd(dirFd);
+    }
+  }
+  options.onEntries?.(entries);
+  table.trim();
+  return { root: table.rootNode(), entries };
+
+  function scanOne(path: string, inode: number, below: string, via: string): void {
     /** The directory as the data source of its files (one shared reference). */
     let inDir = 0;
     const names = new Set<string>();
-    for (const entry of Deno.readDirSync(path)) {
-      const childPath = `${path}/${entry.name}`;
-      checkEntryName(entry.name, path);
-      if (names.has(entry.name)) {
+    // Through libc: Deno's own file calls refuse paths under /proc.
+    for (const name of listDirectory(via)) {
+      const childPath = `${path}/${name}`;
+      const childAt = `${via}/${name}`;
+      checkEntryName(name, path);
+      if (names.has(name)) {
         // Names that are not UTF-8 reach us decoded lossily and can collide.
-        throw new FormatError(`two names in ${path} read as ${JSON.stringify(entry.name)}`);
+        throw new FormatError(`two names in ${path} read as ${JSON.stringify(name)}`);
       }
-      names.add(entry.name);
-      if (entry.name.includes("\ufffd") && !pathReachable(childPath)) {
+      names.add(name);
+      if (name.includes("\ufffd") && !pathReachable(childAt)) {
         throw new FormatError(
-          `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(entry.name)})`,
+          `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(name)})`,
           "non-UTF-8 file names are not supported: rename it",
         );
       }
-      const st = statPath(childPath);
+      const st = statPath(childAt, childPath);
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
       const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
       const linked = key ? links.get(key) : undefined;
       if (linked !== undefined) {
-        table.addEntry(inode, entry.name, linked);
+        table.addEntry(inode, name, linked);
         continue;
       }
       if (st.kind === "file" && st.size > 0 && inDir === 0) {
         inDir = table.addRef({ kind: "child", dir: realOf(path) });
       }
       const isDir = st.kind === "dir";
-      const child = build(childPath, st, inDir);
+      const child = build(childPath, childAt, st, inDir);
       if (key) links.set(key, child);
-      table.addEntry(inode, entry.name, child);
-      if (isDir) stack.push([childPath, child]);
+      table.addEntry(inode, name, child);
+      if (isDir) stack.push([childPath, child, below ? `${below}/${name}` : name]);
     }
   }
-  options.onEntries?.(entries);
-  table.trim();
-  return { root: table.rootNode(), entries };
+}
+
+/** The directory `below` the root, opened without following a symlink anywhere on the way. */
+function openBelow(below: string, rootFd: number, path: string): number {
+  try {
+    return openDirNoSymlinks(below, rootFd);
+  } catch (error) {
+    const swapped = error instanceof SysError &&
+      (error.errno === Errno.ELOOP || error.errno === Errno.ENOTDIR);
+    if (!swapped) throw error;
+    throw new FormatError(
+      `${path} changed while it was scanned (a symlink or a file is where it was)`,
+      "build from a tree nothing else writes to while the build runs",
+    );
+  }
 }
 
 /** False when the (lossily decoded) path names nothing. */
@@ -159,7 +206,7 @@ const lastStat: Stat = {
 };
 
 /** lstat-like metadata of `path`, valid until the next call. */
-function statPath(path: string): Stat {
+function statPath(path: string, named = path): Stat {
   const rc = libc().statx(
     AT_FDCWD,
     pathBytes(path),
@@ -167,7 +214,7 @@ function statPath(path: string): Stat {
     STATX_BASIC_STATS,
     statxBuffer,
   );
-  if (rc < 0) throw new SysError("stat", errno(), path);
+  if (rc < 0) throw new SysError("stat", errno(), named);
   // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
   // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
   const v = statxView;
@@ -196,7 +243,11 @@ const strictDecoder = new TextDecoder("utf-8", { fatal: true });
 /** Reused for every llistxattr call (most files have no xattrs at all). */
 let listBuffer = new Uint8Array(4096);
 
-function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uint8Array> {
+function readXattrs(
+  path: string,
+  options: ScanOptions,
+  named = path,
+): ReadonlyMap<string, Uint8Array> {
   const cpath = pathBytes(path);
   let list: Uint8Array;
   for (;;) {
@@ -209,7 +260,7 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
     const code = errno();
     if (code === ENOTSUP) return NO_XATTRS;
     if (code !== ERANGE || listBuffer.length >= 1 << 20) {
-      throw new SysError("listxattr", code, path);
+      throw new SysError("listxattr", code, named);
     }
     listBuffer = new Uint8Array(listBuffer.length * 4);
   }
@@ -224,12 +275,12 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
     } catch {
       // Decoded leniently it would name no xattr (ENODATA) and vanish without a word.
       throw new FormatError(
-        `an xattr name of ${path} is not valid UTF-8`,
+        `an xattr name of ${named} is not valid UTF-8`,
         "non-UTF-8 xattr names are not supported: remove or rename that xattr",
       );
     }
     if (!xattrNameSupported(name)) {
-      options.onSkippedXattr?.(path, name);
+      options.onSkippedXattr?.(named, name);
       continue;
     }
     let value = new Uint8Array(256);
@@ -241,7 +292,9 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
       }
       const code = errno();
       if (code === ENODATA) break; // removed meanwhile
-      if (code !== ERANGE || value.length >= 1 << 16) throw new SysError("getxattr", code, path);
+      if (code !== ERANGE || value.length >= 1 << 16) {
+        throw new SysError("getxattr", code, named);
+      }
       value = new Uint8Array(value.length === 256 ? 65536 : value.length * 4);
     }
   }
@@ -249,13 +302,15 @@ function readXattrs(path: string, options: ScanOptions): ReadonlyMap<string, Uin
 }
 
 /** readlink(2) of `path`; a target that is not UTF-8 is refused as such (not an internal error). */
-function readLinkUtf8(path: string): string {
+function readLinkUtf8(path: string, named = path): string {
+  const target = new Uint8Array(4096);
+  const n = Number(libc().readlink(pathBytes(path), target, BigInt(target.length)));
+  if (n < 0) throw new SysError("readlink", errno(), named);
   try {
-    return Deno.readLinkSync(path);
-  } catch (error) {
-    if (!/not valid UTF-8/i.test((error as Error).message)) throw error;
+    return strictDecoder.decode(target.subarray(0, n));
+  } catch {
     throw new FormatError(
-      `the symlink ${path} points to a name that is not valid UTF-8`,
+      `the symlink ${named} points to a name that is not valid UTF-8`,
       "non-UTF-8 names are not supported: point it elsewhere",
     );
   }
