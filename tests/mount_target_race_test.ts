@@ -149,3 +149,35 @@ function listTree(dir: string, prefix = ""): string[] {
   }
   return found;
 }
+
+Deno.test({
+  name:
+    "mount: three mounts racing onto one directory: one wins, the others say so (no 'replaced')",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const results = await Promise.all(
+        [0, 1, 2].map(() =>
+          runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          })
+        ),
+      );
+      const won = results.filter((r) => r.code === 0);
+      assert.equal(won.length, 1, results.map(describe).join("\n"));
+      for (const lost of results.filter((r) => r.code !== 0)) {
+        assert.equal(lost.code, 1, describe(lost));
+        // A race between two mounts is no symlink attack: the message must not say one was.
+        assert.doesNotMatch(lost.stderr, /replaced/, describe(lost));
+        assert.match(lost.stderr, /already mounted by erofs-oci|was mounted on while/);
+      }
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -152,8 +152,32 @@ export function recheckMountTarget(target: MountTarget): void {
     now.ino !== was.ino || now.devMajor !== was.devMajor || now.devMinor !== was.devMinor ||
     now.mountId !== was.mountId
   ) {
-    throw replaced(target.path);
+    throw mountedMeanwhile(target.path, was.mountId) ?? replaced(target.path);
   }
+}
+
+/**
+ * A file system mounted on the directory itself since it was checked (another `mount` to the
+ * same directory won the race): said as that, not as the symlink swap `replaced` warns of.
+ */
+function mountedMeanwhile(path: string, pinnedMountId: number): MountError | undefined {
+  try {
+    // Still the checked, symlink-free path: no component was swapped.
+    if (Deno.realPathSync(path) !== path) return undefined;
+  } catch {
+    return undefined;
+  }
+  const top = readMountInfo().findLast((entry) => entry.mountPoint === path);
+  if (!top || top.id === pinnedMountId || top.parentId !== pinnedMountId) return undefined;
+  return new MountError(
+    `${path} was mounted on while this mount was set up (${top.fsType}` +
+      `${
+        top.source === "erofs-oci" || top.fsType.startsWith("fuse.erofs-oci")
+          ? ", by erofs-oci"
+          : ""
+      })`,
+    "mount each image on a directory of its own; `erofs-oci list` shows what is mounted where",
+  );
 }
 
 /** Ids of every mount now (before mounting on a target; see `newMountOn`). */
