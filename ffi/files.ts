@@ -144,20 +144,59 @@ function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {
  * A relative `path` is looked up in the directory `dirFd`.
  */
 export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
+  return openNoSymlinks(path, dirFd, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/**
+ * openat2(dirFd, path, flags, RESOLVE_NO_SYMLINKS); where openat2 is missing (Linux before 5.6,
+ * a seccomp filter that denies it) the same by openat one component at a time, each with
+ * O_NOFOLLOW.
+ */
+function openNoSymlinks(path: string, dirFd: number, flags: number): number {
   // struct open_how { u64 flags; u64 mode; u64 resolve; }
   const how = new Uint8Array(24);
   const view = new DataView(how.buffer);
-  view.setBigUint64(0, BigInt(O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), true);
+  view.setBigUint64(0, BigInt(flags), true);
   view.setBigUint64(16, BigInt(RESOLVE_NO_SYMLINKS), true);
   const name = cstr(path);
-  const fd = libc().syscall(
-    BigInt(SYS_OPENAT2),
-    BigInt(dirFd),
-    addressOf(name),
-    addressOf(how),
-    24n,
+  const fd = Number(
+    libc().syscall(
+      BigInt(SYS_OPENAT2),
+      BigInt(dirFd),
+      addressOf(name),
+      addressOf(how),
+      24n,
+    ),
   );
-  return Number(unwrap(fd, "open", path));
+  if (fd >= 0) return fd;
+  const code = errno();
+  if (code !== Errno.ENOSYS && code !== Errno.EPERM) throw new SysError("open", code, path);
+  return openByComponents(path, dirFd, flags);
+}
+
+function openByComponents(path: string, dirFd: number, flags: number): number {
+  const parts = path.split("/").filter((part) => part !== "" && part !== ".");
+  const stepFlags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  let at = path.startsWith("/") ? unwrap(libc().open(cstr("/"), stepFlags, 0), "open", "/") : dirFd;
+  try {
+    for (let k = 0; k < parts.length; k++) {
+      const last = k === parts.length - 1;
+      const next = libc().openat(at, cstr(parts[k]), last ? flags : stepFlags, 0);
+      if (next < 0) throw new SysError("open", errno(), path);
+      if (at !== dirFd) closeFd(at);
+      at = next;
+    }
+    if (parts.length === 0) {
+      const again = libc().openat(at, cstr("."), flags, 0);
+      if (again < 0) throw new SysError("open", errno(), path);
+      if (at !== dirFd) closeFd(at);
+      at = again;
+    }
+    return at;
+  } catch (error) {
+    if (at !== dirFd) closeFd(at);
+    throw error;
+  }
 }
 
 /**
@@ -167,26 +206,7 @@ export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
  * itself was swapped for a symlink since. The caller checks the type (fstatFd) and closes.
  */
 export function openFileNoSymlinks(path: string): number {
-  const flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC;
-  const how = new Uint8Array(24);
-  const view = new DataView(how.buffer);
-  view.setBigUint64(0, BigInt(flags), true);
-  view.setBigUint64(16, BigInt(RESOLVE_NO_SYMLINKS), true);
-  const name = cstr(path);
-  const fd = Number(
-    libc().syscall(
-      BigInt(SYS_OPENAT2),
-      BigInt(AT_FDCWD),
-      addressOf(name),
-      addressOf(how),
-      24n,
-    ),
-  );
-  if (fd >= 0) return fd;
-  const code = errno();
-  // No openat2 (Linux before 5.6, a seccomp filter that denies it): the last component alone.
-  if (code === Errno.ENOSYS || code === Errno.EPERM) return openFile(path, flags);
-  throw new SysError("open", code, path);
+  return openNoSymlinks(path, AT_FDCWD, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 }
 
 /** The parts of struct statx erofs-oci compares (identity of a file and of its mount). */

@@ -115,6 +115,8 @@ export const LIBC_SYMBOLS = {
   readdir: { parameters: ["pointer"], result: "pointer" },
   // int closedir(DIR *dirp);
   closedir: { parameters: ["pointer"], result: "i32" },
+  // int openat(int dirfd, const char *pathname, int flags, mode_t mode);
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   // ssize_t readlink(const char *path, char *buf, size_t bufsiz);
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   // ssize_t copy_file_range(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out,

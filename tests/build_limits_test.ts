@@ -5,7 +5,7 @@
  * so the source lies on a small tmpfs (XFS and btrfs take such files too).
  */
 import assert from "node:assert/strict";
-import { command, requires, root } from "./_support/requires.ts";
+import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { encodeTar } from "./_support/tar_encode.ts";
 import { scanDirectory } from "../lib/erofs/writer/from_dir.ts";
@@ -157,4 +157,79 @@ Deno.test("build: a directory swapped for a symlink while the scan runs is refus
   } finally {
     Deno.removeSync(work, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "build: the source directory's own xattrs reach the image's root",
+  ignore: requires(root(), command("python3")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-root-xattr-" });
+    const mnt = `${work}/mnt`;
+    let mounted = false;
+    try {
+      Deno.mkdirSync(`${work}/src/sub`, { recursive: true });
+      Deno.mkdirSync(mnt);
+      const py = (code: string, ...args: string[]) =>
+        new Deno.Command("python3", { args: ["-c", code, ...args] }).output();
+      const set = "import os,sys; os.setxattr(sys.argv[1], b'user.' + sys.argv[2].encode(), b'v')";
+      assert((await py(set, `${work}/src`, "root")).success);
+      assert((await py(set, `${work}/src/sub`, "sub")).success);
+      const out = `${work}/out.erofs`;
+      const built = await runCli(["build", `${work}/src`, "-o", out]);
+      assert.equal(built.code, 0, built.stderr);
+      const m = await new Deno.Command("mount", { args: ["-t", "erofs", "-o", "ro", out, mnt] })
+        .output();
+      assert(m.success, new TextDecoder().decode(m.stderr));
+      mounted = true;
+      const list = "import os,sys; print(sorted(os.listxattr(sys.argv[1])))";
+      const names = async (path: string) =>
+        new TextDecoder().decode((await py(list, path)).stdout).trim();
+      assert.equal(await names(mnt), "['user.root']");
+      assert.equal(await names(`${mnt}/sub`), "['user.sub']");
+    } finally {
+      if (mounted) await new Deno.Command("umount", { args: [mnt] }).output();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "build: without openat2 (old kernel, seccomp) a directory builds the same image",
+  // The filter script checks for x86_64 system call numbers.
+  ignore: requires(command("python3")) || Deno.build.arch !== "x86_64",
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-no-openat2-" });
+    try {
+      Deno.mkdirSync(`${work}/src/a/b`, { recursive: true });
+      Deno.writeTextFileSync(`${work}/src/a/b/deep.txt`, "deep\n".repeat(2000));
+      Deno.writeTextFileSync(`${work}/src/top.txt`, "top\n");
+      Deno.symlinkSync("a/b/deep.txt", `${work}/src/link`);
+      const args = (out: string) => [
+        "build",
+        `${work}/src`,
+        "-o",
+        out,
+        "--timestamp",
+        "0",
+        "--uuid",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+      ];
+      assert.equal((await runCli(args(`${work}/with.erofs`))).code, 0);
+      const cli = `${REPO_ROOT}/scripts/erofs-oci-dev`;
+      const without = await new Deno.Command("python3", {
+        args: [
+          `${REPO_ROOT}/tests/_support/without_openat2.py`,
+          cli,
+          ...args(`${work}/without.erofs`),
+        ],
+      }).output();
+      assert(without.success, new TextDecoder().decode(without.stderr));
+      assert.deepEqual(
+        Deno.readFileSync(`${work}/without.erofs`),
+        Deno.readFileSync(`${work}/with.erofs`),
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
 });

@@ -175,11 +175,15 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       overlay: multi,
     };
     testPause("mount-before-state");
+    // The server died after the last mount(2) returned: its keeper is ended, so the mount
+    // could not be reattached; undone like the others.
+    if (diedWhileMounting.has(id)) throw new Error("the mount server died");
     writeState(state);
     mark("cli: state written");
     return state;
   } catch (caught) {
-    const error = diedError(id, caught) ?? caught;
+    // An interrupt that ended a mount(2) waiting on a stopped server is said as the interrupt.
+    const error = diedError(id, caught) ?? (signal?.aborted ? signal.reason : caught);
     for (const step of undo.reverse()) {
       try {
         await step();

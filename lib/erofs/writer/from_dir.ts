@@ -102,14 +102,16 @@ function scanBelow(
     }
     return i;
   };
-  build(dir, `/proc/self/fd/${rootFd}`, top, 0);
+  // "/." names the directory itself: llistxattr does not follow a last component, and the
+  // bare /proc/self/fd/N is a link of its own (no xattrs).
+  build(dir, `/proc/self/fd/${rootFd}/.`, top, 0);
   /** Directories to read: the path in messages, the inode, the path below the root. */
   const stack: [string, number, string][] = [[dir, 0, ""]];
   while (stack.length > 0) {
     const [path, inode, below] = stack.pop()!;
     const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path);
     try {
-      scanOne(path, inode, below, `/proc/self/fd/${dirFd}`);
+      scanOne(path, inode, below, dirFd);
     } finally {
       if (dirFd !== rootFd) closeFd(dirFd);
     }
@@ -118,12 +120,20 @@ function scanBelow(
   table.trim();
   return { root: table.rootNode(), entries };
 
-  function scanOne(path: string, inode: number, below: string, via: string): void {
+  function scanOne(path: string, inode: number, below: string, dirFd: number): void {
+    const via = `/proc/self/fd/${dirFd}`;
     /** The directory as the data source of its files (one shared reference). */
     let inDir = 0;
     const names = new Set<string>();
     // Through libc: Deno's own file calls refuse paths under /proc.
-    for (const name of listDirectory(via)) {
+    let listed: string[];
+    try {
+      listed = listDirectory(via);
+    } catch (error) {
+      if (!(error instanceof SysError)) throw error;
+      throw new SysError("opendir", error.errno, path);
+    }
+    for (const name of listed) {
       const childPath = `${path}/${name}`;
       const childAt = `${via}/${name}`;
       checkEntryName(name, path);
@@ -132,13 +142,13 @@ function scanBelow(
         throw new FormatError(`two names in ${path} read as ${JSON.stringify(name)}`);
       }
       names.add(name);
-      if (name.includes("\ufffd") && !pathReachable(childAt)) {
+      if (name.includes("\ufffd") && !pathReachable(dirFd, name)) {
         throw new FormatError(
           `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(name)})`,
           "non-UTF-8 file names are not supported: rename it",
         );
       }
-      const st = statPath(childAt, childPath);
+      const st = statPath(name, childPath, dirFd);
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
       const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
@@ -164,9 +174,10 @@ function openBelow(below: string, rootFd: number, path: string): number {
   try {
     return openDirNoSymlinks(below, rootFd);
   } catch (error) {
-    const swapped = error instanceof SysError &&
-      (error.errno === Errno.ELOOP || error.errno === Errno.ENOTDIR);
-    if (!swapped) throw error;
+    if (!(error instanceof SysError)) throw error;
+    const swapped = error.errno === Errno.ELOOP || error.errno === Errno.ENOTDIR ||
+      error.errno === Errno.ENOENT;
+    if (!swapped) throw new SysError("open", error.errno, path);
     throw new FormatError(
       `${path} changed while it was scanned (a symlink or a file is where it was)`,
       "build from a tree nothing else writes to while the build runs",
@@ -174,9 +185,9 @@ function openBelow(below: string, rootFd: number, path: string): number {
   }
 }
 
-/** False when the (lossily decoded) path names nothing. */
-function pathReachable(path: string): boolean {
-  return libc().statx(AT_FDCWD, cstr(path), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
+/** False when the (lossily decoded) name names nothing in the directory `dirFd`. */
+function pathReachable(dirFd: number, name: string): boolean {
+  return libc().statx(dirFd, cstr(name), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
 }
 
 /** Device and inode of the file the last statPath() looked at (hard links share them). */
@@ -206,9 +217,9 @@ const lastStat: Stat = {
 };
 
 /** lstat-like metadata of `path`, valid until the next call. */
-function statPath(path: string, named = path): Stat {
+function statPath(path: string, named = path, dirFd = AT_FDCWD): Stat {
   const rc = libc().statx(
-    AT_FDCWD,
+    dirFd,
     pathBytes(path),
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,

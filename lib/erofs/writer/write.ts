@@ -298,7 +298,9 @@ function withSource<T>(
   try {
     fd = openFileNoSymlinks(path);
   } catch (error) {
-    if (!(error instanceof SysError) || error.errno !== Errno.ELOOP) throw error;
+    const swapped = error instanceof SysError &&
+      (error.errno === Errno.ELOOP || error.errno === Errno.ENOTDIR);
+    if (!swapped) throw error;
     throw changedDuringBuild(path, "a symlink is on its path now");
   }
   try {
