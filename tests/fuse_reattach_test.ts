@@ -433,11 +433,19 @@ Deno.test({
       await killServer(sandbox.runtimeDir);
       Deno.renameSync(`${base}/two.erofs`, `${base}/one.erofs`);
 
-      const refused = await runCli(["reattach", sandbox.target], {
-        env: sandbox.env,
-        timeoutMs: 60_000,
-      });
-      assertCliError(refused, 1, /layer 0 is not the image mounted from it \(UUID/);
+      const reattach = () =>
+        runCli(["reattach", sandbox.target], { env: sandbox.env, timeoutMs: 60_000 });
+      // The record names the file as it was served: another inode now.
+      assertCliError(await reattach(), 1, /one\.erofs is not the file the mount was served from/);
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");
+      // A record without that (written before it was kept): the superblock identity decides.
+      const recordDir = `${sandbox.runtimeDir}/mounts`;
+      const [id] = [...Deno.readDirSync(recordDir)].map((e) => e.name);
+      const recordPath = `${recordDir}/${id}/fuse-recovery.json`;
+      const record = JSON.parse(Deno.readTextFileSync(recordPath));
+      delete record.localFiles;
+      Deno.writeTextFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+      assertCliError(await reattach(), 1, /layer 0 is not the image mounted from it \(UUID/);
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");
       // The operator's explicit choice: served, whatever the files then read.
       const accepted = await runCli(

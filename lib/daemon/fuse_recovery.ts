@@ -42,6 +42,35 @@ export interface FuseRecoveryRecord {
   fileMtimesSec: number[];
   /** What the first server was started with (layers, credentials, cache options). */
   spec: MountSpec;
+  /**
+   * Per layer, for a local image file not pinned by a digest: the file as it was served, which
+   * a reattach must find again (an image rebuilt with the same UUID and time has the same
+   * superblock identity). Absent in records written before.
+   */
+  localFiles?: (LocalFileIdentity | null)[];
+}
+
+/** A local file's identity: the same inode, unmodified. */
+export interface LocalFileIdentity {
+  dev: number;
+  ino: number;
+  sizeBytes: number;
+  mtimeMs: number;
+}
+
+/** `path`'s identity now; undefined when it cannot be statted. */
+export function localFileIdentity(path: string): LocalFileIdentity | undefined {
+  try {
+    const info = Deno.statSync(path);
+    return {
+      dev: info.dev,
+      ino: info.ino ?? 0,
+      sizeBytes: info.size,
+      mtimeMs: info.mtime?.getTime() ?? 0,
+    };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Marks a FUSE takeover in `MountSpec.reattach` (the NBD use names a device there). */
@@ -73,6 +102,9 @@ export async function protectFuseMount(
     keeper,
     fileMtimesSec: fuse.map((f) => f.mtimeSec),
     spec,
+    localFiles: spec.layers.map((layer) =>
+      layer.kind === "local" && !layer.digest ? localFileIdentity(layer.path) ?? null : null
+    ),
   };
   const file = fuseRecoveryPath(spec.id);
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });

@@ -3,7 +3,12 @@
  * descriptors (so the mounts stayed and readers wait), and a new server takes them over. The
  * layers come from the record the first server wrote: the same digests, so the same bytes.
  */
-import { FUSE_TAKEOVER_ID, type FuseRecoveryRecord, readFuseRecovery } from "./fuse_recovery.ts";
+import {
+  FUSE_TAKEOVER_ID,
+  type FuseRecoveryRecord,
+  localFileIdentity,
+  readFuseRecovery,
+} from "./fuse_recovery.ts";
 import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
@@ -38,6 +43,16 @@ export async function reattachFuseMount(
       device,
       result: "failed",
       detail: "its FUSE connection is gone (no keeper): unmount it and mount again",
+    };
+  }
+  const changedFile = options.acceptChangedImage ? undefined : changedLocalFile(record);
+  if (changedFile !== undefined) {
+    return {
+      device,
+      result: "failed",
+      detail: `${changedFile} is not the file the mount was served from (replaced or ` +
+        "modified since): unmount it and mount again, or reattach with --accept-changed-image " +
+        "to serve it anyway (files may then read wrong)",
     };
   }
   const otherLayer = differingLayer(record, state);
@@ -98,4 +113,17 @@ function differingLayer(record: FuseRecoveryRecord, state: MountState): number |
     layer.digest !== state.layers[i].digest
   );
   return index < 0 ? undefined : index;
+}
+
+/** The path of a local layer file that is no longer the one the record says was served. */
+function changedLocalFile(record: FuseRecoveryRecord): string | undefined {
+  for (const [index, was] of (record.localFiles ?? []).entries()) {
+    const layer = record.spec.layers[index];
+    if (!was || layer?.kind !== "local") continue;
+    const now = localFileIdentity(layer.path);
+    const same = now !== undefined && now.dev === was.dev && now.ino === was.ino &&
+      now.sizeBytes === was.sizeBytes && now.mtimeMs === was.mtimeMs;
+    if (!same) return layer.path;
+  }
+  return undefined;
 }
