@@ -26,11 +26,11 @@ export const MAX_ZINFO_CHECKPOINTS = Math.floor(
  * member start, 32 KiB each on disk (windows are read from the file when used, not held).
  * Members are the producer's choice: eStargz starts one per file (a 1.9 MB layer of 3,000
  * small files: 98 MB of zinfo), and a hostile layer of ~20-byte members (30,000 in 600 KB)
- * made a 946 MB zinfo. Allowed: 2,048, plus one per 256 compressed bytes (a zinfo of at most
- * 64 MiB plus 128 times the layer).
+ * made a 946 MB zinfo. Allowed: 2,048, plus one per 512 compressed bytes (a zinfo of at most
+ * 64 MiB plus 64 times the layer).
  */
 export function maxCheckpointsFor(compressedBytes: number): number {
-  return Math.min(MAX_ZINFO_CHECKPOINTS, 2048 + Math.floor(compressedBytes / 256));
+  return Math.min(MAX_ZINFO_CHECKPOINTS, 2048 + Math.floor(compressedBytes / 512));
 }
 
 /** What to do about a layer of more gzip members than maxCheckpointsFor allows. */
