@@ -4,6 +4,7 @@
  * without --allow-all), and read-ahead of a file's ranges.
  */
 import {
+  clearErrno,
   closeFd,
   cstr,
   Errno,
@@ -111,8 +112,14 @@ export function listDirectory(path: string): string[] {
   const names: string[] = [];
   try {
     for (;;) {
+      clearErrno();
       const entry = libc().readdir(dir);
-      if (entry === null) break;
+      if (entry === null) {
+        // End of the directory, or an error (EIO): a listing cut short is no listing.
+        const code = errno();
+        if (code !== 0) throw new SysError("readdir", code, path);
+        break;
+      }
       const name = new Deno.UnsafePointerView(entry).getCString(19);
       if (name !== "." && name !== "..") names.push(name);
     }

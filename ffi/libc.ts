@@ -271,6 +271,12 @@ export function errno(): number {
   return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
 }
 
+/** Sets errno to 0: for calls (readdir) whose only sign of failure is errno changing. */
+export function clearErrno(): void {
+  const ptr = libc().__errno_location();
+  if (ptr) new Int32Array(Deno.UnsafePointerView.getArrayBuffer(ptr, 4))[0] = 0;
+}
+
 export function strerror(code: number): string {
   const ptr = libc().strerror(code);
   return ptr ? Deno.UnsafePointerView.getCString(ptr) : `errno ${code}`;
