@@ -233,3 +233,29 @@ Deno.test({
     }
   },
 });
+
+Deno.test("build: a tar member's xattr EROFS cannot hold is refused naming the member", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-xattr-size-" });
+  try {
+    const big = new Uint8Array(70_000).fill(0x61);
+    for (
+      const [record, message] of [
+        [`SCHILY.xattr.user.${"n".repeat(300)}`, /"f": xattr name user\.n+… longer than 255 bytes/],
+        ["SCHILY.xattr.user.big", /"f": xattr user\.big value over 64 KiB/],
+      ] as const
+    ) {
+      const value = record.endsWith("big") ? new TextDecoder().decode(big) : "v";
+      Deno.writeFileSync(
+        `${work}/layer.tar`,
+        encodeTar([{ name: "f", data: new Uint8Array(1), pax: [[record, value]] }]),
+      );
+      assertCliError(
+        await runCli(["build", `${work}/layer.tar`, "-o", `${work}/out.erofs`]),
+        1,
+        message,
+      );
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});

@@ -22,7 +22,7 @@ import { pwriteAll } from "./data_copy.ts";
 import { libc, unwrap } from "../../../ffi/libc.ts";
 import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { KIND_DIR, NodeTable } from "./node_table.ts";
-import { xattrNameSupported } from "./xattrs.ts";
+import { xattrNameSupported, xattrProblem } from "./xattrs.ts";
 
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
@@ -379,6 +379,11 @@ function checkMemberFields(entry: TarEntry): void {
     if (entry.devMajor > 0xfff || entry.devMinor > 0xfffff) {
       throw new FormatError(`${where}: device ${entry.devMajor}:${entry.devMinor} too large`);
     }
+  }
+  for (const [name, value] of entry.xattrs) {
+    if (!xattrNameSupported(name)) continue; // left out with a warning where it is applied
+    const problem = xattrProblem(name, value);
+    if (problem) throw new FormatError(`${where}: ${problem}`);
   }
   if (entry.kind === "symlink") {
     const length = encoder.encode(entry.linkname).length;

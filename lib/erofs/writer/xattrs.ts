@@ -35,15 +35,26 @@ export function xattrNameSupported(name: string): boolean {
   );
 }
 
-/** One entry, padded to 4 bytes. Throws FormatError for names or values EROFS cannot hold. */
-export function encodeXattrEntry(name: string, value: Uint8Array): Uint8Array {
+/** Why EROFS cannot hold this xattr (a short phrase), or undefined when it can. */
+export function xattrProblem(name: string, value: Uint8Array): string | undefined {
   const match = PREFIXES.find((p) =>
     p.exact ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length
   );
-  if (!match) throw new FormatError(`xattr ${name} has a prefix EROFS cannot store`);
+  if (!match) return `xattr ${name} has a prefix EROFS cannot store`;
   const suffix = encoder.encode(match.exact ? "" : name.slice(match.prefix.length));
-  if (suffix.length > 255) throw new FormatError(`xattr name too long: ${name.slice(0, 40)}…`);
-  if (value.length > MAX_VALUE_BYTES) throw new FormatError(`xattr ${name} value over 64 KiB`);
+  if (suffix.length > 255) return `xattr name ${name.slice(0, 40)}… longer than 255 bytes`;
+  if (value.length > MAX_VALUE_BYTES) return `xattr ${name} value over 64 KiB`;
+  return undefined;
+}
+
+/** One entry, padded to 4 bytes. Throws FormatError for names or values EROFS cannot hold. */
+export function encodeXattrEntry(name: string, value: Uint8Array): Uint8Array {
+  const problem = xattrProblem(name, value);
+  if (problem) throw new FormatError(problem);
+  const match = PREFIXES.find((p) =>
+    p.exact ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length
+  )!;
+  const suffix = encoder.encode(match.exact ? "" : name.slice(match.prefix.length));
   const bytes = new Uint8Array(align4(4 + suffix.length + value.length));
   const view = new DataView(bytes.buffer);
   view.setUint8(0, suffix.length);
