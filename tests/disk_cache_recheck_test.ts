@@ -77,19 +77,23 @@ async function readAll(source: DiskCachedSource): Promise<Uint8Array> {
   return out;
 }
 
+/** A first process reads the whole blob into the cache; then a byte of its data file flips. */
+async function cachedThenFlipped(dir: string, table: ChunkTable, flipAt: number): Promise<void> {
+  const first = open(dir, table);
+  assert.deepEqual(await readAll(first.source), BLOB);
+  await first.source.whenDurable();
+  await first.source.close();
+  flipInDataFile(dir, flipAt);
+}
+
 for (const subchunks of [true, false]) {
   const units = subchunks ? "64 KiB subchunks" : "1 MiB chunks only";
   Deno.test(`disk cache re-check (${units}): a byte flipped in the data file is fetched again`, async () => {
     const dir = Deno.makeTempDirSync({ prefix: "erofs-oci-recheck-" });
     try {
       const table = tableOf(subchunks);
-      const first = open(dir, table);
-      assert.deepEqual(await readAll(first.source), BLOB);
-      await first.source.whenDurable();
-      await first.source.close();
-
-      const flipAt = 2 * MiB + 300 * KiB + 7; // chunk 9 of the cache, chunk 2 of the table
-      flipInDataFile(dir, flipAt);
+      // Chunk 9 of the cache, chunk 2 of the table.
+      await cachedThenFlipped(dir, table, 2 * MiB + 300 * KiB + 7);
       const second = open(dir, table);
       assert.deepEqual(await readAll(second.source), BLOB, "never the flipped byte");
       const stats = second.source.diskStats();
@@ -142,11 +146,7 @@ Deno.test("disk cache re-check: the reader thread's direct reads wait until a ch
   const dir = Deno.makeTempDirSync({ prefix: "erofs-oci-recheck-" });
   try {
     const table = tableOf(true);
-    const first = open(dir, table);
-    assert.deepEqual(await readAll(first.source), BLOB);
-    await first.source.whenDurable();
-    await first.source.close();
-    flipInDataFile(dir, 10);
+    await cachedThenFlipped(dir, table, 10);
 
     const second = open(dir, table);
     const files = second.source.openDirectReads();
@@ -178,11 +178,7 @@ Deno.test("disk cache re-check: --fetch-all of a damaged kept blob mends it, the
   const dir = Deno.makeTempDirSync({ prefix: "erofs-oci-recheck-" });
   try {
     const table = tableOf(true);
-    const first = open(dir, table);
-    assert.deepEqual(await readAll(first.source), BLOB);
-    await first.source.whenDurable();
-    await first.source.close();
-    flipInDataFile(dir, MiB + 5);
+    await cachedThenFlipped(dir, table, MiB + 5);
 
     const notices = ["(completing)"];
     const second = open(dir, table, notices);
