@@ -28,10 +28,10 @@ import {
 import type { LayerExport } from "../mount/exports.ts";
 import { mountDir, type MountSpec, type StoredErofsIdentity } from "../state/runtime.ts";
 import {
+  type ErofsIdentity,
   identityDifferences,
-  identityOfImage,
   parseStoredIdentity,
-  rootInodeRange,
+  readImageIdentity,
 } from "../recovery/erofs_identity.ts";
 import { testPause } from "./test_pause.ts";
 
@@ -247,16 +247,15 @@ export async function checkServable(
   layerIndex: number,
   mounted?: StoredErofsIdentity,
 ): Promise<void> {
-  let head: Uint8Array, rootInode: Uint8Array | undefined;
+  const expected = mounted && parseStoredIdentity(mounted);
+  let image: ErofsIdentity | undefined;
   try {
-    head = await source.read(0, EROFS_SUPER_END);
+    const head = await source.read(0, EROFS_SUPER_END);
     checkErofsSuperblock(head, `layer ${layerIndex}`);
     await source.read(source.size - 1, 1);
-    if (mounted) {
-      const { offset, length } = rootInodeRange(head);
-      if (offset < source.size) {
-        rootInode = await source.read(offset, Math.min(length, source.size - offset));
-      }
+    if (expected) {
+      const read = (offset: number, length: number) => source.read(offset, length);
+      image = await readImageIdentity(read, source.size, `layer ${layerIndex}`, head);
     }
   } catch (error) {
     if (error instanceof FormatError) throw error;
@@ -266,14 +265,10 @@ export async function checkServable(
       { cause: error },
     );
   }
-  const expected = mounted && parseStoredIdentity(mounted);
-  if (!expected) return;
+  if (!expected || !image) return;
   // A local image replaced since (same size), or a record naming another layer: its files
   // would show under the mount's names.
-  const differences = identityDifferences(
-    expected,
-    identityOfImage(head, `layer ${layerIndex}`, rootInode),
-  );
+  const differences = identityDifferences(expected, image);
   if (differences.length > 0) {
     throw new FormatError(
       `layer ${layerIndex} is not the image mounted from it (${differences.join(", ")})`,

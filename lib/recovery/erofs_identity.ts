@@ -10,6 +10,7 @@
  */
 import {
   checkErofsSuperblock,
+  EROFS_SUPER_END,
   EROFS_SUPER_MAGIC,
   EROFS_SUPER_OFFSET,
 } from "../erofs/superblock.ts";
@@ -86,6 +87,24 @@ export function identityOfImage(
     fsid,
     rootMtimeMs: rootInode ? rootMtimeCandidatesMs(head, rootInode) : undefined,
   };
+}
+
+/**
+ * identityOfImage of the image `read` serves (`sizeBytes` long): its head (`head`, when read
+ * already), then its root inode when it lies inside the image.
+ */
+export async function readImageIdentity(
+  read: (offset: number, length: number) => Promise<Uint8Array>,
+  sizeBytes: number,
+  what: string,
+  head?: Uint8Array,
+): Promise<ErofsIdentity> {
+  head ??= await read(0, EROFS_SUPER_END);
+  const root = rootInodeRange(head);
+  const rootInode = root.offset + root.length <= sizeBytes
+    ? await read(root.offset, root.length)
+    : undefined;
+  return identityOfImage(head, what, rootInode);
 }
 
 /**

@@ -21,12 +21,7 @@ import {
   tarIndexRecordForLayer,
 } from "./tarindex_record.ts";
 import { headBlobSize, registryLayer } from "./registry_layer.ts";
-import {
-  identityDifferences,
-  identityOfImage,
-  mountedIdentity,
-  rootInodeRange,
-} from "./erofs_identity.ts";
+import { identityDifferences, mountedIdentity, readImageIdentity } from "./erofs_identity.ts";
 
 const VERIFY_DEADLINE_MS = 10_000;
 
@@ -283,14 +278,9 @@ async function checkSameImage(
         `to compare the image with: ${override}`,
     );
   }
-  const head = await read(0, EROFS_SUPER_END);
-  const root = rootInodeRange(head);
-  const rootInode = root.offset + root.length <= image.sizeBytes
-    ? await read(root.offset, root.length)
-    : undefined;
   const differences = identityDifferences(
     mounted.identity,
-    identityOfImage(head, image.name, rootInode),
+    await readImageIdentity(read, image.sizeBytes, image.name),
   );
   if (differences.length === 0) return;
   throw new OciError(
