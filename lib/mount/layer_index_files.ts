@@ -17,7 +17,7 @@ import { FormatError } from "../errors.ts";
 import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/files.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
-import { createHash } from "../node_builtins.ts";
+import { digestOfPieces } from "../source/disk_cache_digest.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -187,12 +187,12 @@ export function openIndexFile(path: string): FdFile {
 /** `sha256:…` of a source, read in 1 MiB pieces (never whole). */
 async function sha256OfSource(
   source: { size: number; read(o: number, l: number): Promise<Uint8Array> },
-) {
-  const hash = createHash("sha256");
-  for (let at = 0; at < source.size; at += 1 << 20) {
-    hash.update(await source.read(at, Math.min(1 << 20, source.size - at)));
-  }
-  return `sha256:${hash.digest("hex")}`;
+): Promise<string> {
+  const readPiece = async (into: Uint8Array, offset: number) => {
+    into.set(await source.read(offset, into.length));
+    return true;
+  };
+  return (await digestOfPieces(readPiece, source.size, "sha256:"))!;
 }
 
 /** sha256OfSource of the file at `path`. */
