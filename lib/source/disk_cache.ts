@@ -15,15 +15,13 @@
 import type { Source } from "./source.ts";
 import {
   closeQuietly,
-  dataSyncNow,
+  dropChunks,
   F_RDLCK,
   F_WRLCK,
   fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
   preadExact,
-  punchHole,
-  pwriteAll,
   tryLock,
 } from "./disk_cache_io.ts";
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
@@ -358,13 +356,7 @@ export class DiskCache {
       if (fstatIdentity(data).sizeBytes !== sizeBytes) return false;
       // A reader of some process holds them now: left (its own check, if any, decides).
       if (!tryLock(map, F_WRLCK, first, end - first)) return false;
-      pwriteAll(map, new Uint8Array(end - first), first);
-      dataSyncNow(map);
-      punchHole(
-        data,
-        first * this.chunkBytes,
-        Math.min(sizeBytes, end * this.chunkBytes) - first * this.chunkBytes,
-      );
+      dropChunks({ mapFd: map, dataFd: data, chunkBytes: this.chunkBytes, sizeBytes }, first, end);
       return true;
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}`);

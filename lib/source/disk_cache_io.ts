@@ -144,6 +144,24 @@ export function punchHole(fd: number, offset: number, length: number): void {
 }
 
 /**
+ * Marks chunks [first, end) absent (map bytes 0, synced) and only then punches their bytes out
+ * of the data file, so no reader or restart sees a hole marked present; the caller holds their
+ * write lock. Returns the bytes freed.
+ */
+export function dropChunks(
+  files: { mapFd: number; dataFd: number; chunkBytes: number; sizeBytes: number },
+  first: number,
+  end: number,
+): number {
+  pwriteAll(files.mapFd, new Uint8Array(end - first), first);
+  dataSyncNow(files.mapFd);
+  const offset = first * files.chunkBytes;
+  const length = Math.min(files.sizeBytes, end * files.chunkBytes) - offset;
+  punchHole(files.dataFd, offset, length);
+  return length;
+}
+
+/**
  * Tries to take an OFD lock on bytes [start, start + length) of `fd` without waiting.
  * Returns false when another descriptor holds a conflicting lock.
  */

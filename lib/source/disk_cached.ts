@@ -38,10 +38,10 @@ import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
 import {
   closeQuietly,
   dataSyncNow,
+  dropChunks,
   F_RDLCK,
   F_WRLCK,
   preadExact,
-  punchHole,
   pwriteAll,
   tryLock,
   unlock,
@@ -426,23 +426,40 @@ export class DiskCachedSource implements Source {
    */
   #dropDamaged(first: number, end: number): void {
     for (let index = first; index < end; index++) {
-      if (this.#filler.isFilling(index) || this.#filler.isWritten(index)) continue;
-      if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
+      if (this.#filler.isWritten(index)) continue;
       try {
-        if (!isPresent(this.#readMap(index, index + 1)[0])) continue;
-        pwriteAll(this.#mapFd, new Uint8Array(1), index);
-        dataSyncNow(this.#mapFd);
-        const offset = index * this.chunkBytes;
-        punchHole(this.#dataFd, offset, Math.min(this.size, offset + this.chunkBytes) - offset);
-        this.#lru.delete(index);
-        this.#checked?.forget(index);
-        this.#damagedChunks++;
+        if (this.#dropChunk(index) > 0) this.#damagedChunks++;
       } catch (error) {
         this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
         return;
-      } finally {
-        unlock(this.#mapFd, index, 1);
       }
+    }
+  }
+
+  /**
+   * Drops chunk `index` from the files (dropChunks) under its write lock and forgets it here;
+   * 0 when a fill of this process or a reader of any process holds it or it is not present,
+   * else the bytes freed. Errors of the disk are thrown.
+   */
+  #dropChunk(index: number): number {
+    if (this.#filler.isFilling(index)) return 0;
+    if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) return 0;
+    try {
+      this.#lru.delete(index);
+      this.#checked?.forget(index);
+      if (!isPresent(this.#readMap(index, index + 1)[0])) return 0;
+      return dropChunks(
+        {
+          mapFd: this.#mapFd,
+          dataFd: this.#dataFd,
+          chunkBytes: this.chunkBytes,
+          sizeBytes: this.size,
+        },
+        index,
+        index + 1,
+      );
+    } finally {
+      unlock(this.#mapFd, index, 1);
     }
   }
 
@@ -586,21 +603,11 @@ export class DiskCachedSource implements Source {
     const first = Math.floor(offset / this.chunkBytes);
     const end = Math.floor((offset + into.length - 1) / this.chunkBytes) + 1;
     while (!this.#closing.signal.aborted) {
-      if (!this.#readMap(first, end).every(isPresent)) return false;
-      // Present chunks are not write-locked by this process's fills, so a read lock on this
-      // descriptor replaces none; the copy below runs with no await, so no eviction of this
-      // process interleaves either.
-      if (!tryLock(this.#mapFd, F_RDLCK, first, end - first)) {
-        await sleep(POLL_MS); // a filler or evictor of another process holds some of them
-        continue;
-      }
-      try {
-        if (!this.#readMap(first, end).every(isPresent)) return false;
-        preadExact(this.#dataFd, into, offset);
-        return true;
-      } finally {
-        unlock(this.#mapFd, first, end - first);
-      }
+      const read = this.#readKept(first, end, into, offset);
+      if (read === "ok") return true;
+      // Absent, or written by a fill here and not yet marked: not present.
+      if (read !== "busy") return false;
+      await sleep(POLL_MS); // a filler or evictor of another process holds some of them
     }
     return false;
   }
@@ -646,24 +653,13 @@ export class DiskCachedSource implements Source {
     );
     for (const index of [...unreadHere, ...this.#lru.keys()]) {
       if (freed >= bytes) break;
-      if (this.#filler.isFilling(index)) continue;
-      if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) continue;
       try {
-        this.#lru.delete(index);
-        this.#checked?.forget(index);
-        if (!isPresent(this.#readMap(index, index + 1)[0])) continue;
-        pwriteAll(this.#mapFd, new Uint8Array(1), index);
-        dataSyncNow(this.#mapFd);
-        const offset = index * this.chunkBytes;
-        const length = Math.min(this.size, offset + this.chunkBytes) - offset;
-        punchHole(this.#dataFd, offset, length);
-        freed += length;
-        this.#evictedChunks++;
+        const dropped = this.#dropChunk(index);
+        freed += dropped;
+        if (dropped > 0) this.#evictedChunks++;
       } catch (error) {
         this.#cache.warnOnce(`disk cache eviction: ${(error as Error).message}`);
         break;
-      } finally {
-        unlock(this.#mapFd, index, 1);
       }
     }
     return freed;
