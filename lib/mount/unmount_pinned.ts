@@ -93,7 +93,9 @@ function fdMountId(fd: number): number {
 
 function refusal(error: unknown, target: string): unknown {
   if (!(error instanceof SysError)) return error;
-  if (error.errno === Errno.ELOOP) {
+  // A symlink as the last directory of the walk gives ENOTDIR (O_DIRECTORY with O_NOFOLLOW),
+  // not ELOOP: taken for "nothing mounted there", umount said it unmounted what it left.
+  if (error.errno === Errno.ELOOP || (error.errno === Errno.ENOTDIR && symlinkOnPath(target))) {
     return new MountError(
       `${target} now leads through a symlink; not unmounting what it points to`,
       "a directory on the way was replaced after mounting; check it",
@@ -112,4 +114,18 @@ function refusal(error: unknown, target: string): unknown {
 function normalize(path: string): string {
   const trimmed = path.replace(/\/{2,}/g, "/").replace(/\/+$/, "");
   return trimmed === "" ? "/" : trimmed;
+}
+
+/** True when some component of the absolute path `target` is a symlink now. */
+function symlinkOnPath(target: string): boolean {
+  let at = "";
+  for (const part of target.split("/").filter((p) => p !== "")) {
+    at += `/${part}`;
+    try {
+      if (Deno.lstatSync(at).isSymlink) return true;
+    } catch {
+      return false;
+    }
+  }
+  return false;
 }
