@@ -10,6 +10,8 @@ import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { unmountNoFollow } from "../lib/mount/unmount_pinned.ts";
+import { MountError } from "../lib/errors.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("docker-registry"));
 
@@ -178,6 +180,30 @@ Deno.test({
       assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
     } finally {
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "umount by path: a directory on the way that is now a symlink is refused as such, " +
+    "not taken for 'nothing mounted here'",
+  ignore: requires(root()),
+  async fn() {
+    const base = await Deno.makeTempDir({ prefix: "erofs-oci-umount-symlink-" });
+    const victim = `${base}/victim`;
+    try {
+      Deno.mkdirSync(`${victim}/mnt`, { recursive: true });
+      await mountTmpfs(`${victim}/mnt`);
+      Deno.symlinkSync(victim, `${base}/owned`);
+      // The last directory of the walk is the symlink: openat2 says ENOTDIR, not ELOOP.
+      await assert.rejects(
+        () => unmountNoFollow(`${base}/owned/mnt`),
+        (e: unknown) => e instanceof MountError && /now leads through a symlink/.test(e.message),
+      );
+      assert.deepEqual(mountsBelow(victim), [`${victim}/mnt`]);
+    } finally {
+      await umountIfMounted(`${victim}/mnt`);
+      await Deno.remove(base, { recursive: true });
     }
   },
 });

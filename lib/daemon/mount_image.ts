@@ -26,7 +26,7 @@ import { logFormat } from "../log.ts";
 import { mark } from "../timing.ts";
 import { testHold, testPause } from "./test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
-import { killServer, serverAlive, type ServerProcess } from "../state/runtime.ts";
+import { killServer, lockMountChanges, serverAlive, type ServerProcess } from "../state/runtime.ts";
 import { MountError } from "../errors.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
 
@@ -81,6 +81,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       await (await import("./unmount_image.ts")).detachDeadFuseMounts(id, spec.target);
     });
   }
+  // From the last check of the target to the state written: two mounts racing onto one
+  // directory both passed the check and both mounted, stacked (the second now sees the first).
+  let targetLock: Deno.FsFile | undefined;
+  const lockTarget = async () => {
+    targetLock ??= await lockMountChanges();
+  };
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
       spec,
@@ -108,7 +114,10 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       if (multi) Deno.mkdirSync(dir, { mode: 0o700 });
       const atTarget = !multi && pinned !== undefined;
       const before = currentMountIds();
-      if (atTarget) recheckMountTarget(pinned);
+      if (atTarget) {
+        await lockTarget();
+        recheckMountTarget(pinned);
+      }
       await mountErofsFile(layer.blockPath, dir, {
         flags: mountFlags(trust),
         mountAt: atTarget ? pinnedPath(pinned) : undefined,
@@ -127,7 +136,10 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     const writable = spec.upper !== undefined;
     if (multi) {
       const before = currentMountIds();
-      if (pinned) recheckMountTarget(pinned);
+      if (pinned) {
+        await lockTarget();
+        recheckMountTarget(pinned);
+      }
       // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
       const lowers = visibleLowerDirs([...layerDirs].reverse());
       if (lowers.length === 1 && !writable) {
@@ -190,6 +202,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       } catch { /* keep undoing the rest */ }
     }
     throw error;
+  } finally {
+    targetLock?.close();
   }
 }
 
