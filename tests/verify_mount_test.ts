@@ -13,6 +13,7 @@ import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
+import { waitFor } from "./_support/wait.ts";
 import {
   flipRule,
   layerDigestOf,
@@ -126,7 +127,11 @@ Deno.test({
       assert.notEqual(copied[s.flipOffset], s.image[s.flipOffset] ^ 0xff);
     }
     assert.match(served.stderr(), /do not match the chunk-digest table again/);
-    // The server says the client's read failed, and why (one line, not per read).
+    // The server says the client's read failed, and why (one line, not per read). It is said
+    // once the reply is sent: the client may have ended before the line reaches the pipe.
+    const said = /warning: a client's READ of/;
+    await waitFor("the server's failed-read warning", () => said.test(served.stderr()), 10_000)
+      .catch(() => {});
     assert.match(
       served.stderr(),
       /warning: a client's READ of \d+ bytes at \d+ failed \(EIO\): layer sha256:[0-9a-f]{64}: bytes at/,
