@@ -65,15 +65,15 @@ export async function loadSource(
   if (options.tarIndex) {
     const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
     try {
-      const { root, entries, tarEndOffset } = await scanTar(stream, {
+      const { root, entries, tarEndOffset, endMarkerBlocks } = await scanTar(stream, {
         indexOnly: true,
         literalWhiteouts: options.literalWhiteouts,
         impliedMtimeSec: options.impliedMtimeSec,
         onSkippedXattr,
         onEntries: (count) => scanning.update(count),
       });
-      // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device too.
-      return { root, entries, tarBlocks: tarEndOffset / 512 + 2, close() {} };
+      // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
+      return { root, entries, tarBlocks: tarEndOffset / 512 + endMarkerBlocks, close() {} };
     } finally {
       scanning.finish();
     }

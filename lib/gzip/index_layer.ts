@@ -127,8 +127,8 @@ export async function indexGzipLayer(
     buildImage(scan.root, metaPath, {
       buildTimeSec: options.buildTimeSec,
       uuid: options.uuid,
-      // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device too.
-      tarIndex: { tarBlocks: scan.tarEndOffset / 512 + 2 },
+      // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
+      tarIndex: { tarBlocks: scan.tarEndOffset / 512 + scan.endMarkerBlocks },
     });
     metaWritten = true;
     await Deno.writeFile(piecesPath, builder.pieceDigests!);

@@ -61,9 +61,8 @@ export async function indexPlainTarLayer(
     if (scan.tarEndOffset > tarBytes) {
       throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);
     }
-    // mkfs.erofs counts the two zero blocks of the end-of-archive marker in the device; a tar
-    // cut right after its last member has no such blocks, and the device must stay inside it.
-    const tarBlocks = Math.min(scan.tarEndOffset / 512 + 2, Math.floor(tarBytes / 512));
+    // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
+    const tarBlocks = scan.tarEndOffset / 512 + scan.endMarkerBlocks;
     await Deno.writeFile(piecesTmp, hasher.finish());
     buildImage(scan.root, paths.meta, {
       buildTimeSec: options.buildTimeSec,

@@ -29,6 +29,12 @@ export interface TarReaderOptions {
    * layers itself; the target is still normalized).
    */
   hardlinkTargets?: "same-archive" | "any";
+  /**
+   * Called once the archive has ended well, with how many zero blocks of the end-of-archive
+   * marker the input had (2, 1 for a lone zero block at its end, 0 for an input that simply
+   * ends after a member): an image indexing the tar in place must not reach past its end.
+   */
+  onEnd?: (markerBlocks: 0 | 1 | 2) => void;
 }
 
 export const DEFAULT_MAX_META_BYTES = 1 << 20;
@@ -68,7 +74,13 @@ export async function* readTar(
           if (headerOffset === 0) {
             throw new FormatError("empty input: not a tar archive");
           }
-          throw truncated("archive (no end-of-archive marker)", headerOffset);
+          if (headerOffset !== metaOffset) {
+            throw truncated("the member after a pax/GNU header", headerOffset);
+          }
+          // Ending after a whole member without the marker is accepted, as Go's archive/tar
+          // (what container runtimes unpack layers with) and GNU tar do.
+          options.onEnd?.(0);
+          return;
         }
         if (isZeroBlock(block)) {
           if (headerOffset !== metaOffset) {
@@ -82,6 +94,7 @@ export async function* readTar(
           if (second !== null && !isZeroBlock(second)) {
             throw new FormatError(`tar archive: zero block at byte ${headerOffset} inside archive`);
           }
+          const markerBlocks = second === null ? 1 : 2;
           // Read to the end so a compressed source checks its trailer (gzip CRC, zstd frame
           // end) and a truncated or corrupt tail is reported; the bytes themselves are ignored,
           // unless nothing came before the marker: a file that merely starts with zeros (an
@@ -97,6 +110,7 @@ export async function* readTar(
               );
             }
           }
+          options.onEnd?.(markerBlocks);
           return;
         }
         header = parseHeaderBlock(block, headerOffset);

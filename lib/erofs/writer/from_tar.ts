@@ -52,6 +52,8 @@ export interface TarScanResult {
   spooledBytes: number;
   /** End of the last member in the uncompressed tar (where the end-of-archive marker starts). */
   tarEndOffset: number;
+  /** Zero blocks of the end-of-archive marker after it (0–2: the input may end without them). */
+  endMarkerBlocks: 0 | 1 | 2;
 }
 
 const TAR_KIND: Record<string, NodeKind> = {
@@ -124,6 +126,7 @@ export async function scanTar(
   let entries = 0;
   let spoolEnd = 0;
   let tarEnd = 0;
+  let endMarkerBlocks: 0 | 1 | 2 = 0;
 
   // Members come grouped by directory: the last parent found is most often the next one.
   let lastDirPath: string | undefined;
@@ -218,7 +221,12 @@ export async function scanTar(
 
   // Hard-link targets are looked up in the tree below (the reader's own check would keep a
   // path string per member: ~200 MB of a million-member layer).
-  for await (const entry of readTar(drainOnCancel(stream), { hardlinkTargets: "any" })) {
+  for await (
+    const entry of readTar(drainOnCancel(stream), {
+      hardlinkTargets: "any",
+      onEnd: (blocks) => endMarkerBlocks = blocks,
+    })
+  ) {
     entries++;
     if (entries % 1024 === 0) options.onEntries?.(entries);
     tarEnd = Math.max(tarEnd, entry.dataOffset + Math.ceil(entry.storedSize / 512) * 512);
@@ -328,7 +336,13 @@ export async function scanTar(
   }
   table.dropIndex();
   table.trim();
-  return { root: table.rootNode(), entries, spooledBytes: spoolEnd, tarEndOffset: tarEnd };
+  return {
+    root: table.rootNode(),
+    entries,
+    spooledBytes: spoolEnd,
+    tarEndOffset: tarEnd,
+    endMarkerBlocks,
+  };
 }
 
 /** The member's mode, owner, mtime and storable xattrs on inode `i`. */
