@@ -3,9 +3,9 @@
  * a file or "-") read into a tree, with data referenced in place or spooled.
  */
 import { ProgressLine } from "./progress.ts";
-import { warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { scanDirectory } from "../erofs/writer/from_dir.ts";
+import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { closeFd, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
@@ -136,15 +136,6 @@ export function isImageSource(source: string): boolean {
   } catch {
     return false;
   }
-}
-
-function skippedXattrWarner() {
-  let skipped = 0;
-  return (path: string, name: string) => {
-    skipped++;
-    if (skipped <= 5) warn(`xattr ${name} of ${path} cannot be stored in EROFS: left out`);
-    if (skipped === 6) warn("more xattrs left out");
-  };
 }
 
 export function dirOf(path: string): string {

@@ -9,6 +9,7 @@
 import { OciError, UserError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
+import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
 import { decompressTar } from "../tar/decompress.ts";
 import { closeFd, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
@@ -38,7 +39,7 @@ export interface LayerTreeOptions {
   impliedMtimeSec: number;
   /** Refuse a layer whose uncompressed tar grows past this (decompression bombs fill disks). */
   maxTarBytes?: number;
-  onSkippedXattr?: (path: string, name: string) => void;
+  onSkippedXattr?: SkippedXattr;
   onEntries?: (count: number) => void;
 }
 

@@ -9,7 +9,7 @@ import { listDirectory, openDirNoSymlinks } from "../../../ffi/files.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
-import { xattrNameSupported } from "./xattrs.ts";
+import { NOT_STORABLE, type SkippedXattr, xattrNameSupported } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
 import { smallInt } from "./layout.ts";
 
@@ -21,7 +21,7 @@ const ENODATA = 61, ENOTSUP = 95, ERANGE = 34;
 
 export interface ScanOptions {
   /** Called for every xattr that EROFS cannot store (skipped). */
-  onSkippedXattr?: (path: string, name: string) => void;
+  onSkippedXattr?: SkippedXattr;
   /** Called every 1024 entries with the count so far. */
   onEntries?: (count: number) => void;
 }
@@ -291,7 +291,7 @@ function readXattrs(
       );
     }
     if (!xattrNameSupported(name)) {
-      options.onSkippedXattr?.(named, name);
+      options.onSkippedXattr?.(named, name, NOT_STORABLE);
       continue;
     }
     let value = new Uint8Array(256);

@@ -22,7 +22,14 @@ import { pwriteAll } from "./data_copy.ts";
 import { libc, unwrap } from "../../../ffi/libc.ts";
 import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { KIND_DIR, NodeTable } from "./node_table.ts";
-import { xattrNameSupported, xattrProblem } from "./xattrs.ts";
+import {
+  isOverlayXattr,
+  NOT_STORABLE,
+  type SkippedXattr,
+  skippedXattrWarner,
+  xattrNameSupported,
+  xattrProblem,
+} from "./xattrs.ts";
 
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
@@ -41,7 +48,8 @@ export interface TarScanOptions {
    * is copied or spooled. Sparse members cannot be indexed as one chunk and are refused.
    */
   indexOnly?: boolean;
-  onSkippedXattr?: (path: string, name: string) => void;
+  /** Default: a warning for each of the first five. */
+  onSkippedXattr?: SkippedXattr;
   onEntries?: (count: number) => void;
 }
 
@@ -126,6 +134,7 @@ export async function scanTar(
   let entries = 0;
   let spoolEnd = 0;
   let tarEnd = 0;
+  const onSkippedXattr = options.onSkippedXattr ?? skippedXattrWarner();
   let endMarkerBlocks: 0 | 1 | 2 = 0;
 
   // Members come grouped by directory: the last parent found is most often the next one.
@@ -238,7 +247,7 @@ export async function scanTar(
     if (entry.path === "") {
       if (entry.kind === "dir") {
         checkMemberFields(entry);
-        setAttributes(table, 0, entry, options);
+        setAttributes(table, 0, entry, options, onSkippedXattr);
       }
       continue;
     }
@@ -263,13 +272,13 @@ export async function scanTar(
       const old = e < 0 ? -1 : table.entryInode[e];
       if (old >= 0 && isDir(old)) {
         // A directory over a directory keeps its entries: the same inode, new attributes.
-        setAttributes(table, old, entry, options);
+        setAttributes(table, old, entry, options, onSkippedXattr);
         impliedDirs.delete(old);
         continue;
       }
     }
     const node = table.addInode(kind, 0);
-    setAttributes(table, node, entry, options);
+    setAttributes(table, node, entry, options, onSkippedXattr);
     if (kind === "symlink") table.setTarget(node, encoder.encode(entry.linkname));
     if (kind === "chardev" || kind === "blockdev") {
       table.setRdev(node, entry.devMajor, entry.devMinor);
@@ -346,11 +355,23 @@ export async function scanTar(
 }
 
 /** The member's mode, owner, mtime and storable xattrs on inode `i`. */
-function setAttributes(table: NodeTable, i: number, entry: TarEntry, options: TarScanOptions) {
+function setAttributes(
+  table: NodeTable,
+  i: number,
+  entry: TarEntry,
+  options: TarScanOptions,
+  onSkippedXattr: SkippedXattr,
+) {
   let xattrs = NO_XATTRS;
   for (const [name, value] of entry.xattrs) {
-    if (!xattrNameSupported(name)) options.onSkippedXattr?.(entry.path, name);
-    else if (xattrs === NO_XATTRS) xattrs = new Map([[name, value]]);
+    if (!xattrNameSupported(name)) onSkippedXattr(entry.path, name, NOT_STORABLE);
+    else if (!options.literalWhiteouts && isOverlayXattr(name)) {
+      onSkippedXattr(
+        entry.path,
+        name,
+        "is overlayfs's own (a layer deletes files by .wh. members)",
+      );
+    } else if (xattrs === NO_XATTRS) xattrs = new Map([[name, value]]);
     else (xattrs as Map<string, Uint8Array>).set(name, value);
   }
   table.setMode(i, entry.mode & 0o7777);

@@ -5,6 +5,7 @@
  * (12 bytes: le32 name filter, u8 shared count, 7 reserved) followed by le32 shared ids.
  */
 import { FormatError } from "../../errors.ts";
+import { warn } from "../../log.ts";
 import { XATTR_IBODY_HEADER_BYTES } from "../inode_layout.ts";
 
 export { XATTR_IBODY_HEADER_BYTES };
@@ -27,6 +28,30 @@ export function xattrPrefixOf(index: number): string | undefined {
 }
 
 const encoder = new TextEncoder();
+
+/** Told of each xattr a scan leaves out: whose, which, and why (a phrase). */
+export type SkippedXattr = (path: string, name: string, why: string) => void;
+
+export const NOT_STORABLE = "cannot be stored in EROFS";
+
+/** Warns of the first five xattrs left out, then once that there are more. */
+export function skippedXattrWarner(): SkippedXattr {
+  let skipped = 0;
+  return (path, name, why) => {
+    skipped++;
+    if (skipped <= 5) warn(`xattr ${name} of ${path} ${why}: left out`);
+    if (skipped === 6) warn("more xattrs left out");
+  };
+}
+
+/**
+ * overlayfs's own xattrs (trusted.overlay.*: opaque, redirect, metacopy, whiteout): in a
+ * layer's tar they would delete, hide or redirect lower files in a mount where the OCI rules
+ * (deletions only by .wh. members) and every other reader of the layer see none of it.
+ */
+export function isOverlayXattr(name: string): boolean {
+  return name.startsWith("trusted.overlay.");
+}
 
 /** True when EROFS can store this xattr name without the xattr_prefixes feature. */
 export function xattrNameSupported(name: string): boolean {
