@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { getManifest, pushImage } from "./_support/oci_raw.ts";
+import { getManifest, pushImage, pushIndex } from "./_support/oci_raw.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
 import { manifestOf } from "./_support/mounts.ts";
 import {
@@ -127,5 +127,43 @@ Deno.test({
         1,
         /--require-verified: layer 0 is tar\+gzip with no index made on this host/,
       );
+    }),
+});
+
+Deno.test({
+  name: "mount --platform of a multi-platform tar.gz image: the hint's command indexes that one",
+  ignore,
+  fn: () =>
+    withRig(async (rig) => {
+      const { registry, sandbox, env } = rig;
+      const gz = await Deno.readFile(`${FIXTURES}/big.tar.gz`);
+      const other = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushIndex(registry, "gz/multi", "v1", [
+        {
+          platform: { os: "linux", architecture: "amd64" },
+          layers: [{ bytes: other, mediaType: GZIP_LAYER }],
+        },
+        {
+          platform: { os: "linux", architecture: "arm64" },
+          layers: [{ bytes: gz, mediaType: GZIP_LAYER }],
+        },
+      ]);
+      const ref = `${registry.host}/gz/multi:v1`;
+      const mountArm = ["mount", "--backend", "fuse", "--platform", "linux/arm64", ref];
+      const none = await runCli([...mountArm, sandbox.target], { env });
+      assertCliError(none, 1, /layer 0 .* is tar\+gzip and has no index/);
+      const hinted = none.stderr.match(/hint: make one: `erofs-oci (index [^`]*)`/);
+      assert(hinted, none.stderr);
+      assert.match(hinted[1], /--platform linux\/arm64 --push$/);
+      // What the hint says to run makes the index this mount finds.
+      assertSuccess(await runCli(hinted[1].split(" "), LONG));
+      await mountFuseOk(rig, ["--platform", "linux/arm64", ref]);
+      // The tar lists no root: its mtime is the time of indexing, left out.
+      const withoutRoot = (listing: string) => listing.replace(/^\.\t[^\n]*\n/, "");
+      assert.equal(
+        withoutRoot(await manifestOf(sandbox.target)),
+        withoutRoot(expectedTarListing("big.meta.txt")),
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });

@@ -172,7 +172,9 @@ export async function findTarIndexes(
         tarLayerKind(unindexed.mediaType) === "tar" ? "a tar layer" : "tar+gzip"
       } and has no index`,
       (from.kind === "registry"
-        ? `make one: \`erofs-oci index ${formatReference(from.opened.ref)} --push\` ` +
+        ? `make one: \`erofs-oci index ${formatReference(from.opened.ref)}${
+          image.platforms.length > 1 ? ` --platform ${image.platform}` : ""
+        } --push\` ` +
           "(or pass --index DIR), "
         : `make one: \`erofs-oci index ${from.name} -o DIR\` and pass --index DIR, `) +
         "or mount with --index-missing to index it on this host (reads the layer once)",
