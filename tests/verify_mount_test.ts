@@ -334,3 +334,59 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "verified mount: an image copied by skopeo without its tables is refused with the way out; inspect says missing",
+  ignore: requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3"), command("skopeo")),
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+    };
+    const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
+    const copy = `${s.registry.host}/v/copied:v1`;
+    const mount = () => cli(["mount", copy, sandbox.target, "--plain-http", "--backend", "fuse"]);
+    try {
+      await pushWithTables(s, "v/orig", 60_000);
+      // A copy by a tool that knows the manifest, config and layers only.
+      const copied = await new Deno.Command("skopeo", {
+        args: [
+          "copy",
+          "--quiet",
+          "--src-tls-verify=false",
+          "--dest-tls-verify=false",
+          `docker://${s.registry.host}/v/orig:v1`,
+          `docker://${copy}`,
+        ],
+      }).output();
+      assert(copied.success, new TextDecoder().decode(copied.stderr));
+
+      const inspected = await cli(["inspect", copy]);
+      assertSuccess(inspected);
+      assert.match(inspected.stdout, /\smissing\n?$/);
+      assert.match(inspected.stderr, /registry does not have 1 chunk-digest table/);
+      assert.match(inspected.stderr, /erofs-oci checksums IMAGE --push/);
+
+      const refused = await mount();
+      assertCliError(refused, 1, /answered 404 for the chunk table sha256:/);
+      assert.match(
+        refused.stderr,
+        /copied without its chunk-digest tables.*checksums IMAGE --push/,
+      );
+      assert.deepEqual(mountsBelow(sandbox.target), [], "nothing mounted");
+
+      // The way out the hint gives: the same tables again, and the copy mounts.
+      assertSuccess(await cli(["checksums", copy, "--push"]));
+      assert.match((await cli(["inspect", copy])).stdout, /\sbound\n?$/);
+      assertSuccess(await mount());
+      assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assertSuccess(await cli(["umount", sandbox.target]));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});

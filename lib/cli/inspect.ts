@@ -5,6 +5,7 @@ import { printable, printableJson, printTable } from "./table.ts";
 import { isErofsMediaType } from "../oci/media_types.ts";
 import { findLayerTableDigests } from "../verify/layer_tables.ts";
 import { warn } from "../log.ts";
+import { pullScope } from "../oci/scope.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",
@@ -15,7 +16,8 @@ Shows the platforms of IMAGE, the digest of the chosen platform's manifest and i
 layers (index, digest, size in bytes, media type, chunk-digest table), bottom layer first.
 TABLE is "bound" when the manifest names the layer's table (push, build --push, convert),
 "referrer" when only a tables artifact does (\`erofs-oci checksums IMAGE --push\`), "-" when
-the layer has none (mounts cannot verify its bytes). Layer indexes are
+the layer has none (mounts cannot verify its bytes), "missing" when the manifest names a
+table the registry does not have (an image copied without it: mounts refuse the layer). Layer indexes are
 what \`pull --layer\` and \`mount --layer\` take.
 
 IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST] (no registry means Docker Hub), or
@@ -42,7 +44,9 @@ Examples:
       const tables = await tablesOf(opened, resolved.manifestDigest);
       const tableOf = (digest: string) => {
         const t = tables.get(digest);
-        return t ? { digest: t.digest, bound: t.bound } : undefined;
+        return t
+          ? { digest: t.digest, bound: t.bound, ...(t.missing ? { missing: true } : {}) }
+          : undefined;
       };
       if (values.json) {
         const doc = {
@@ -89,7 +93,7 @@ Examples:
           l.digest,
           String(l.sizeBytes),
           l.mediaType,
-          tables.get(l.digest)?.bound ? "bound" : tables.has(l.digest) ? "referrer" : "-",
+          tableColumn(tables.get(l.digest)),
         ]),
       );
       return 0;
@@ -99,21 +103,59 @@ Examples:
   },
 };
 
+interface LayerTable {
+  digest: string;
+  bound: boolean;
+  /** The registry answered 404 for the table's blob. */
+  missing?: boolean;
+}
+
+function tableColumn(table: LayerTable | undefined): string {
+  if (!table) return "-";
+  if (table.missing) return "missing";
+  return table.bound ? "bound" : "referrer";
+}
+
 /** Registry images: each layer's chunk-digest table (a layout's blobs are verified whole). */
 async function tablesOf(
   opened: Awaited<ReturnType<typeof openImage>>,
   manifestDigest: string,
-): Promise<Map<string, { digest: string; bound: boolean }>> {
+): Promise<Map<string, LayerTable>> {
   if (!opened.registry) return new Map();
+  const { client, ref } = opened.registry;
+  let tables: Map<string, LayerTable>;
   try {
-    return await findLayerTableDigests(
-      opened.registry.client,
-      opened.registry.ref.repository,
-      manifestDigest,
-    );
+    tables = await findLayerTableDigests(client, ref.repository, manifestDigest);
   } catch (error) {
     // Inspect still shows the image when the tables cannot be looked up (e.g. 403).
     warn(`chunk-digest tables not looked up: ${(error as Error).message}`);
     return new Map();
   }
+  // A copy made by a tool that knows nothing of the tables keeps the manifest's annotations
+  // but not the blobs they name: mounts then refuse those layers, so say so here.
+  const missing = new Set<string>();
+  const digests = [...new Set([...tables.values()].map((t) => t.digest))];
+  for (let start = 0; start < digests.length; start += 8) {
+    await Promise.all(
+      digests.slice(start, start + 8).map(async (digest) => {
+        const response = await client.request({
+          method: "HEAD",
+          path: `/v2/${ref.repository}/blobs/${digest}`,
+          scope: pullScope(ref.repository),
+        }).catch(() => undefined);
+        await response?.body?.cancel();
+        if (response?.status === 404) missing.add(digest);
+      }),
+    );
+  }
+  if (missing.size > 0) {
+    for (const table of tables.values()) table.missing = missing.has(table.digest);
+    warn(
+      `the registry does not have ${missing.size} chunk-digest table(s) the manifest names: ` +
+        "mounts refuse those layers; the image was probably copied without them (skopeo and " +
+        "crane copy manifest, config and layers only): `erofs-oci checksums IMAGE --push` " +
+        "makes them again",
+    );
+  }
+  return tables;
 }

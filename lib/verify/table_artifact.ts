@@ -164,7 +164,18 @@ export async function fetchTable(
   });
   if (response.status !== 200) {
     await response.body?.cancel();
-    throw statusError(client, response, `for the chunk table ${digest}`);
+    const error = statusError(client, response, `for the chunk table ${digest}`);
+    if (response.status !== 404) throw error;
+    // The layer's annotation names it, so going on without it would let a registry turn
+    // verification off by withholding it.
+    throw Object.assign(
+      new OciError(
+        error.message,
+        "the image was probably copied without its chunk-digest tables (skopeo and crane copy " +
+          "manifest, config and layers only): `erofs-oci checksums IMAGE --push` makes them again",
+      ),
+      { status: 404 },
+    );
   }
   const bytes = await readLimited(response, MAX_TABLE_BYTES);
   if (await digestOfAsync(bytes, digest) !== digest) {
