@@ -7,7 +7,7 @@ import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { command, path, PEER_BIN, requires } from "./_support/requires.ts";
 import { RawNbdClient } from "./_support/nbd_client.ts";
 import { memoryOf, serve, type Serving, servingPid } from "./_support/serve_process.ts";
-import { NBD_CMD_READ } from "../lib/nbd/protocol.ts";
+import { NBD_CMD_FLUSH, NBD_CMD_READ } from "../lib/nbd/protocol.ts";
 import { runTool } from "./_support/tool.ts";
 
 const MiB = 1024 * 1024;
@@ -160,7 +160,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "serve flood: --idle-timeout closes silent, idle and stalled clients, not busy ones",
+  name:
+    "serve flood: --idle-timeout closes silent, half-sent and stalled clients, not busy or quiet ones",
   ignore,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
@@ -174,8 +175,13 @@ Deno.test({
         return c;
       };
       const silent = await open(); // never starts the handshake
-      const idle = await open();
-      await idle.handshake();
+      // Owed nothing: nbd-client and qemu hold such a connection for as long as a device is
+      // attached, and NBD has no keepalive.
+      const quiet = await open();
+      await quiet.handshake();
+      const halfSent = await open(); // starts a request and never finishes it
+      await halfSent.handshake();
+      await halfSent.write(new Uint8Array(10).fill(0x25));
       const stalled = await open(); // asks for 64 MiB and never reads it
       await stalled.handshake();
       await stalled.request(NBD_CMD_READ, 0, 32 * MiB);
@@ -192,12 +198,19 @@ Deno.test({
         busyReads++;
         await sleep(400);
       }
-      // 5 s > 2 s timeout + the check interval: the others are gone, the busy one is not.
-      for (const [name, c] of [["silent", silent], ["idle", idle], ["stalled", stalled]] as const) {
+      // 5 s > 2 s timeout + the check interval: the others are gone, busy and quiet are not.
+      for (
+        const [name, c] of [["silent", silent], ["half-sent", halfSent], [
+          "stalled",
+          stalled,
+        ]] as const
+      ) {
         ok(await closedWithin(c, 3000), `${name} client still open after the idle timeout`);
       }
-      await busy.request(NBD_CMD_READ, 0, 4096);
-      assertEquals((await busy.reply())?.error, 0, "busy client kept its connection");
+      for (const [name, c] of [["busy", busy], ["quiet", quiet]] as const) {
+        await c.request(NBD_CMD_READ, 0, 4096);
+        assertEquals((await c.reply())?.error, 0, `${name} client kept its connection`);
+      }
       ok(s.alive(), s.stderr());
       assertEquals(await s.stop(), 0, s.stderr());
     } finally {
@@ -229,6 +242,86 @@ Deno.test({
       await nbdinfoAnswers(s, Deno.statSync(image).size);
       assertEquals(await s.stop(), 0, s.stderr());
     } finally {
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "serve flood: quiet connected clients keep their slots when newcomers find the server full",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 4 * MiB);
+      await using s = await serve(image);
+      for (let i = 0; i < 64; i++) {
+        const c = await RawNbdClient.connectUnix(s.socket);
+        clients.push(c);
+        await c.handshake();
+      }
+      await sleep(1500); // longer than a slot's eviction threshold
+      // Newcomers are refused (closed before the greeting), not given a connected client's slot.
+      for (let i = 0; i < 5; i++) {
+        const late = await RawNbdClient.connectUnix(s.socket);
+        try {
+          ok(await closedWithin(late, 3000), "a newcomer got a slot of a full server");
+        } finally {
+          late.close();
+        }
+      }
+      for (const [i, c] of clients.entries()) {
+        await c.request(NBD_CMD_READ, 0, 4096);
+        assertEquals((await c.reply())?.error, 0, `client ${i} lost its connection`);
+      }
+      ok(s.alive(), s.stderr());
+      for (const c of clients) c.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "serve flood: clients that leave with READs waiting for the byte budget are dropped at once",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    let keepAlive: ReturnType<typeof setInterval> | undefined;
+    try {
+      const image = await randomImage(dir, 40 * MiB);
+      await using s = await serve(image);
+      // A hostage takes nearly all of the shared budget and never collects it, but keeps its
+      // socket moving (a FLUSH every 300 ms) so that it is never idle.
+      const hostage = await RawNbdClient.connectUnix(s.socket);
+      clients.push(hostage);
+      await hostage.handshake();
+      await hostage.request(NBD_CMD_READ, 0, 32 * MiB);
+      keepAlive = setInterval(() => hostage.request(NBD_CMD_FLUSH, 0, 0).catch(() => {}), 300);
+      await sleep(500);
+      // 63 clients each ask for more than their guaranteed share and leave at once.
+      for (let i = 0; i < 63; i++) {
+        const c = await RawNbdClient.connectUnix(s.socket);
+        clients.push(c);
+        await c.handshake();
+        await c.request(NBD_CMD_READ, 0, 2 * MiB);
+        c.close();
+      }
+      await sleep(1000);
+      // Their slots are free again: a newcomer is served while the hostage still holds on.
+      await nbdinfoAnswers(s, Deno.statSync(image).size);
+      ok(s.alive(), s.stderr());
+      clearInterval(keepAlive);
+      for (const c of clients) c.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      clearInterval(keepAlive);
       for (const c of clients) c.close();
       await Deno.remove(dir, { recursive: true });
     }

@@ -64,10 +64,14 @@ Options:
   });
                        each of the 64 connection slots is guaranteed 1/128 of it, the
                        rest is shared; beyond it requests wait unread (min 1M)
-  --idle-timeout TIME  close a client that stays silent (or does not collect its
-                       replies) this long: 90s, 5m, 0 = never (default ${
+  --idle-timeout TIME  close a client that stalls this long — does not collect its
+                       replies, or leaves its handshake or a request half sent: 90s,
+                       5m, 0 = never (default ${
     DEFAULT_IDLE_TIMEOUT_MS / 60_000
-  }m)
+  }m). A quiet client owed nothing
+                       keeps its connection (nbd-client and qemu hold one, silent,
+                       while attached); with all 64 slots taken a newcomer replaces
+                       the client stalled longest, or is refused
   --export-name NAME   name shown by \`nbdinfo --list\` (default: the file name or the
                        layer digest); clients may also ask for the default export ""
   --layer N            serve layer N of a registry image (0 = bottom)

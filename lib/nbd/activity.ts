@@ -1,24 +1,29 @@
 /**
- * Tells whether a connection is idle: nothing moved on its socket for a while although the
- * server owed it nothing. Time spent waiting on the server (a slow registry read, the shared
- * byte budget) never counts against the client; time spent waiting for the client (its next
- * request, its handshake, collecting replies it asked for) does.
+ * Tells whether a connection is stalled by its client: nothing moved on its socket for a while
+ * although the client owes the server something — the rest of its handshake, the rest of a
+ * request or WRITE payload it started, or the collection of replies it asked for. Time spent
+ * waiting on the server (a slow registry read, the shared byte budget) never counts against the
+ * client, and neither does a quiet client owed nothing: NBD has no keepalive, and nbd-client or
+ * qemu hold a connection open, silent, for as long as their device is attached.
  */
 import type { NbdConn } from "./conn_io.ts";
 
 export class ConnActivity {
   #lastMs = Date.now();
-  /** Set by the phase running the connection: true while the server is what it waits for. */
-  serverBusy: () => boolean = () => false;
+  /**
+   * Set by the phase running the connection: true while it waits for something the client
+   * owes (the handshake phase owes its every byte until it ends).
+   */
+  clientOwes: () => boolean = () => true;
 
   /** Bytes moved in either direction. */
   touch(): void {
     this.#lastMs = Date.now();
   }
 
-  /** How long the connection has waited on its client without any progress. */
+  /** How long the connection has waited on what its client owes, without any progress. */
   idleMs(now = Date.now()): number {
-    if (this.serverBusy()) {
+    if (!this.clientOwes()) {
       this.#lastMs = now;
       return 0;
     }

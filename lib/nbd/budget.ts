@@ -60,6 +60,20 @@ export class InflightBudget {
     return Math.max(0, account.heldBytes + bytes - g) - Math.max(0, account.heldBytes - g);
   }
 
+  /** @internal BudgetAccount.tryAcquire */
+  tryAcquire(account: BudgetAccount, bytes: number): boolean {
+    if (bytes > this.maxGrantBytes) return false;
+    const extra = this.#extra(account, bytes);
+    // Strictly first come, first served for the pool: a big request is not overtaken forever.
+    if (
+      extra === 0 || (this.#waiters.length === 0 && extra <= this.sharedBytes - this.#sharedUsed)
+    ) {
+      this.#take(account, bytes, extra);
+      return true;
+    }
+    return false;
+  }
+
   /** @internal BudgetAccount.acquire */
   acquire(account: BudgetAccount, bytes: number, signal?: AbortSignal): Promise<void> {
     if (bytes > this.maxGrantBytes) {
@@ -67,14 +81,7 @@ export class InflightBudget {
         new RangeError(`${bytes} bytes exceed the in-flight budget's largest grant`),
       );
     }
-    const extra = this.#extra(account, bytes);
-    // Strictly first come, first served for the pool: a big request is not overtaken forever.
-    if (
-      extra === 0 || (this.#waiters.length === 0 && extra <= this.sharedBytes - this.#sharedUsed)
-    ) {
-      this.#take(account, bytes, extra);
-      return Promise.resolve();
-    }
+    if (this.tryAcquire(account, bytes)) return Promise.resolve();
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
@@ -146,6 +153,11 @@ export class BudgetAccount {
    */
   acquire(bytes: number, signal?: AbortSignal): Promise<void> {
     return this.budget.acquire(this, bytes, signal);
+  }
+
+  /** Takes `bytes` at once if they can be granted without waiting; false otherwise. */
+  tryAcquire(bytes: number): boolean {
+    return this.budget.tryAcquire(this, bytes);
   }
 
   release(bytes: number): void {

@@ -20,8 +20,9 @@ export interface NbdServerOptions {
   /** A client must finish the handshake within this time. Default 30 s. */
   handshakeTimeoutMs?: number;
   /**
-   * Connections served at once. When full, a new connection replaces the one idle longest (if
-   * idle for a second or more); otherwise it is closed at once. Default 64.
+   * Connections served at once. When full, a new connection replaces the one stalled longest
+   * (ConnActivity: waiting on what its client owes, for a second or more); otherwise it is
+   * closed at once. Default 64.
    */
   maxConnections?: number;
   /**
@@ -30,8 +31,9 @@ export interface NbdServerOptions {
    */
   maxInflightBytes?: number;
   /**
-   * A connection waiting on its client (handshake, next request, replies not collected) with
-   * nothing moving for this long is closed. 0 = never. Default 5 minutes.
+   * A connection waiting on what its client owes (the handshake, the rest of a request, replies
+   * not collected) with nothing moving for this long is closed; a quiet client owed nothing is
+   * not. 0 = never. Default 5 minutes.
    */
   idleTimeoutMs?: number;
   /** Per-connection events, for logs. */
@@ -117,7 +119,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     }
   };
 
-  /** Closes the connection idle longest, if any has been idle long enough to lose its slot. */
+  /** Closes the connection stalled longest, if any has been stalled long enough to lose its slot. */
   const evictIdlest = (reason: string): boolean => {
     const now = Date.now();
     let idlest: [number, Connection, number] | undefined;
@@ -201,7 +203,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
-/** A connection idle for less than this keeps its slot when the server is full. */
+/** A connection stalled for less than this keeps its slot when the server is full. */
 const EVICT_MIN_IDLE_MS = 1000;
 
 class Connection {

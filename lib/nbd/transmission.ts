@@ -124,13 +124,17 @@ export async function serveTransmission(
   let sourceReads = 0;
   let pendingWrites = 0;
   let waitingForBudget = false;
+  /** The loop waits for the next request (owed once its first bytes came) or a WRITE payload. */
+  let readingRequest = false;
+  let skippingPayload = false;
   let slotFreed: (() => void) | undefined;
   const running = new Set<Promise<void>>();
   let requests = 0;
   if (options.activity) {
     // Waiting for budget is the server's doing, unless replies are stuck behind this client.
-    options.activity.serverBusy = () =>
-      sourceReads > 0 || (waitingForBudget && pendingWrites === 0);
+    options.activity.clientOwes = () =>
+      !(sourceReads > 0 || (waitingForBudget && pendingWrites === 0)) &&
+      (pendingWrites > 0 || skippingPayload || (readingRequest && reader.available > 0));
   }
 
   const reply = (header: Uint8Array, event: RequestEvent, data?: Uint8Array) => {
@@ -193,7 +197,10 @@ export async function serveTransmission(
       while (inFlight >= maxInFlight) {
         await new Promise<void>((resolve) => slotFreed = resolve);
       }
-      if (!await reader.fill(NBD_REQUEST_BYTES, "a request")) {
+      readingRequest = true;
+      const more = await reader.fill(NBD_REQUEST_BYTES, "a request");
+      readingRequest = false;
+      if (!more) {
         end = { reason: "eof", requests };
         break;
       }
@@ -233,7 +240,7 @@ export async function serveTransmission(
         } else {
           waitingForBudget = true;
           try {
-            await account.acquire(length, stop.signal);
+            await acquireWhileClientStays(length);
           } finally {
             waitingForBudget = false;
           }
@@ -241,7 +248,9 @@ export async function serveTransmission(
         }
       } else if (type === NBD_CMD_WRITE) {
         // The payload follows the request whatever we answer: consume it to stay in sync.
+        skippingPayload = true;
         await reader.skip(length, "a WRITE payload");
+        skippingPayload = false;
         event.error = NBD_EPERM;
         setError(header, NBD_EPERM);
         track(reply(header, event), 0);
@@ -286,6 +295,32 @@ export async function serveTransmission(
   closeQuietly(conn);
   return end;
 
+  /**
+   * The budget for a READ, watching the socket meanwhile: a client that has left with READs
+   * queued would otherwise keep its slot (its end unseen while nothing reads the socket) and,
+   * once granted, have each READ served for nobody — every dead client in turn holding the
+   * budget's bytes and reading the source.
+   */
+  async function acquireWhileClientStays(length: number): Promise<void> {
+    if (account.tryAcquire(length)) return;
+    const granted = account.acquire(length, stop.signal).then(() => true);
+    granted.catch(() => {}); // rejected only by a stop, which ends the loop below anyway
+    for (;;) {
+      const ahead = reader.readAhead();
+      if (await Promise.race([granted, ahead.then(() => false)])) return;
+      const seen = await ahead;
+      if (seen === "eof" && !disconnectQueued(reader)) {
+        stop.abort(new Error("the client is gone (it left with READs waiting for the budget)"));
+        closeQuietly(conn);
+        await granted; // rejects: the stop ends the connection
+      }
+      if (seen !== "data") {
+        await granted;
+        return;
+      }
+    }
+  }
+
   function track(work: Promise<void>, bytes: number): void {
     inFlight++;
     const done: Promise<void> = work.catch((error) => {
@@ -302,6 +337,21 @@ export async function serveTransmission(
     });
     running.add(done);
   }
+}
+
+/**
+ * True when the requests buffered but not yet handled include a DISC: a client that sent it
+ * and closed its side still gets the replies it was owed (an orderly end), not a dropped queue.
+ */
+function disconnectQueued(reader: BufferedReader): boolean {
+  let at = reader.start;
+  while (at + NBD_REQUEST_BYTES <= reader.end) {
+    if (reader.view.getUint32(at) !== NBD_REQUEST_MAGIC) return false;
+    const type = reader.view.getUint16(at + 6);
+    if (type === NBD_CMD_DISC) return true;
+    at += NBD_REQUEST_BYTES + (type === NBD_CMD_WRITE ? reader.view.getUint32(at + 24) : 0);
+  }
+  return false;
 }
 
 function setError(header: Uint8Array, errno: number): void {

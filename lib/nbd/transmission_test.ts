@@ -16,6 +16,7 @@ import {
   NBD_EPERM,
 } from "./protocol.ts";
 import { CachedSource } from "../source/cached.ts";
+import { InflightBudget } from "./budget.ts";
 import type { Source } from "../source/source.ts";
 import { encodeRequest, RawNbdClient } from "../../tests/_support/nbd_client.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
@@ -279,4 +280,34 @@ Deno.test("transmission: a client gone with READs queued: they are dropped, not 
   // The first replies fail to be written; what was still queued goes with the connection.
   ok(source.reads.length <= 32, `${source.reads.length} source reads for a client that left`);
   ok(["aborted", "eof", "closed"].includes(end.reason), end.reason);
+});
+
+Deno.test("transmission: a client that ends its side while a READ waits for budget", async (t) => {
+  const data = patternBytes(4 * MiB);
+  for (const disc of [true, false]) {
+    await t.step(disc ? "after DISC: both READs answered" : "without DISC: dropped", async () => {
+      const source = new MemorySource(data, { delayMs: () => 200 });
+      // One MiB of budget: the second READ waits for the first to be answered.
+      const budget = new InflightBudget(MiB, 1).account();
+      await using h = await connect(source, { budget });
+      const first = await h.client.request(NBD_CMD_READ, 0, MiB);
+      const second = await h.client.request(NBD_CMD_READ, MiB, MiB);
+      if (disc) await h.client.request(NBD_CMD_DISC, 0, 0);
+      await h.client.conn.closeWrite();
+      if (disc) {
+        for (const [cookie, offset] of [[first, 0], [second, MiB]] as const) {
+          const reply = await h.client.reply();
+          assertEquals(reply?.cookie, cookie);
+          assertEquals(reply?.data, data.subarray(offset, offset + MiB));
+        }
+        assertEquals((await h.served).reason, "disconnect");
+      } else {
+        const end = await h.served;
+        assertEquals(end.reason, "aborted");
+        ok(/the client is gone/.test(end.detail ?? ""), end.detail);
+        ok(source.reads.every((r) => r.offset < MiB), "the waiting READ was served for nobody");
+      }
+      budget.close();
+    });
+  }
 });
