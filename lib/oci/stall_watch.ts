@@ -98,29 +98,37 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
     return response;
   }
   const reader = response.body.getReader();
+  // fetch is meant to end a body being read when its signal aborts, but Deno 2.9's does not
+  // once a garbage collection has run: a stalled or interrupted download then waited for the
+  // peer to hang up. The read is cancelled here, and the body fails with why.
+  const onAbort = () => reader.cancel(watch.signal.reason).catch(() => {});
+  watch.signal.addEventListener("abort", onAbort, { once: true });
+  const finish = () => {
+    watch.signal.removeEventListener("abort", onAbort);
+    watch.done();
+  };
+  const failure = (cause: unknown) =>
+    watch.stalled
+      ? new StalledError(`${host} stopped sending for ${stallMs() / 1000} s`, undefined, { cause })
+      : cause;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       watch.progressed();
       try {
         const { value, done } = await reader.read();
         watch.pause();
+        if (watch.signal.aborted) throw watch.signal.reason;
         if (done) {
-          watch.done();
+          finish();
           controller.close();
         } else controller.enqueue(value);
       } catch (error) {
-        watch.done();
-        controller.error(
-          watch.stalled
-            ? new StalledError(`${host} stopped sending for ${stallMs() / 1000} s`, undefined, {
-              cause: error,
-            })
-            : error,
-        );
+        finish();
+        controller.error(failure(error));
       }
     },
     cancel(reason) {
-      watch.done();
+      finish();
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });

@@ -249,3 +249,33 @@ Deno.test("registry stall: a token server that never answers is given up with on
     Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
   }
 });
+
+for (const mode of ["stall", "interrupt"] as const) {
+  Deno.test(`registry ${mode} of a body being read works after garbage collections`, async () => {
+    // A child with gc() exposed: fetch's own abort of a body in progress did not survive one.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--v8-flags=--expose-gc",
+        new URL("../../tests/_support/stall_gc_child.ts", import.meta.url).pathname,
+        mode,
+      ],
+      env: { EROFS_OCI_REGISTRY_STALL_S: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const out = await child.output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert(out.success, stderr);
+    const result = JSON.parse(new TextDecoder().decode(out.stdout));
+    if (mode === "stall") {
+      assert.equal(result.outcome, "complete", stderr);
+      assert.deepEqual(result.ranges, ["", "bytes=1000-"], "resumed where the body stopped");
+    } else {
+      assert.match(result.outcome, /^failed: interrupted/, stderr);
+      assert.deepEqual(result.ranges, [""]);
+    }
+    assert(result.ms < 10_000, `took ${result.ms} ms: waited for the peer instead`);
+  });
+}
