@@ -174,6 +174,25 @@ Deno.test({
           target,
         ], { env });
         assertCliError(erofsWithIndex, 2, /--tarindex goes with a tar or tar\.gz file/);
+        // Options that pick from an image's layers: a file is one image (they were ignored).
+        for (
+          const [picks, named] of [
+            [["--blob", `sha256:${"0".repeat(64)}`], "--blob"],
+            [["--layer", "3"], "--layer"],
+            [["--platform", "linux/arm64"], "--platform"],
+          ]
+        ) {
+          const picked = await runCli(
+            ["mount", "--backend", "fuse", ...picks, `${FIXTURES}/basic.erofs`, target],
+            { env },
+          );
+          assertCliError(
+            picked,
+            2,
+            new RegExp(`${named} picks from a registry image .* local file`),
+          );
+          assert.deepEqual([...Deno.readDirSync(target)], [], "nothing mounted");
+        }
 
         const junk = `${work}/junk.bin`;
         Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));

@@ -425,6 +425,20 @@ async function resolveForMount(
   if (fromLayout) {
     resolved = fromLayout;
   } else if (isLocalImage(image)) {
+    // A file is one image: these pick from a registry image or layout, and were ignored (a
+    // --blob meant as a pin of the content went unchecked).
+    const picked = [
+      layer !== undefined && layer !== 0 ? "--layer" : undefined,
+      values.blob !== undefined ? "--blob" : undefined,
+      values.platform !== undefined ? "--platform" : undefined,
+    ].filter((option) => option !== undefined);
+    if (picked.length > 0) {
+      throw new UsageError(
+        `mount: ${picked.join(", ")} picks from a registry image or an oci: layout; ${image} is ` +
+          "a local file (one image)",
+        "leave it out, or mount the image from its registry or layout",
+      );
+    }
     resolved = await resolveLocalImage(image, indexes);
   } else {
     const opened = await openRegistry("mount", image, values);
