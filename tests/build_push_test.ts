@@ -7,6 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { pushImage } from "./_support/oci_raw.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { runOk, treeListing } from "./_support/erofs_tree.ts";
@@ -104,6 +106,50 @@ Deno.test({
       );
       // GETs no longer tell the two apart: the listed ranges of both come in one multi-range
       // GET (docker-registry), so the scattered layout costs bytes and ranges, not requests.
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+/** A name /etc/hosts gives 127.0.0.1 that is not "localhost": plain HTTP is not its default. */
+function loopbackAlias(): string | undefined {
+  try {
+    for (const line of Deno.readTextFileSync("/etc/hosts").split("\n")) {
+      const [address, ...names] = line.replace(/#.*/, "").trim().split(/\s+/);
+      if (address !== "127.0.0.1") continue;
+      const name = names.find((n) => n && n !== "localhost" && /^[a-z0-9-]+$/.test(n));
+      if (name) return name;
+    }
+  } catch { /* no hosts file */ }
+  return undefined;
+}
+
+Deno.test({
+  name: "build IMAGE --push REF --plain-http: the source image is read over plain HTTP too",
+  ignore: requires({
+    missing: () => loopbackAlias() ? undefined : "no name for 127.0.0.1 in /etc/hosts",
+  }, command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-plain-" });
+    try {
+      const host = `${loopbackAlias()}:${registry.host.split(":").pop()}`;
+      await pushImage(registry, "src/app", "v1", [{
+        bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+      }]);
+      const built = await runCli([
+        "build",
+        `${host}/src/app:v1`,
+        "-o",
+        `${work}/out.erofs`,
+        "--plain-http",
+        "--push",
+        `${host}/built/app:v1`,
+      ], { timeoutMs: 60_000 });
+      assertSuccess(built);
+      assertSuccess(await runCli(["inspect", `${host}/built/app:v1`, "--plain-http"]));
     } finally {
       await Deno.remove(work, { recursive: true });
     }

@@ -122,9 +122,19 @@ Example:
     }
     try {
       await buildFrom(source, values.output, {
-        // Explicit credentials serve --push when given (stdin is read once), else the image.
+        // Explicit credentials serve --push when given (stdin is read once), else the image;
+        // how to reach registries (--plain-http, --insecure) serves both.
         image: fromImage
-          ? { registry: values.push ? { platform: values.platform } : values, layer }
+          ? {
+            registry: values.push
+              ? {
+                platform: values.platform,
+                "plain-http": values["plain-http"],
+                insecure: values.insecure,
+              }
+              : values,
+            layer,
+          }
           : undefined,
         literalWhiteouts: values["literal-whiteouts"],
         tarIndex: values["tar-index"],
