@@ -43,7 +43,7 @@ export async function loadSource(
     const scanning = new ProgressLine(`scanning ${source}`);
     try {
       const { root, entries } = scanDirectory(source, {
-        onEntries: (count) => scanning.update(count),
+        onEntries: (count) => scanning.updateEntries(count),
         onSkippedXattr,
       });
       return { root, entries, close() {} };
@@ -70,7 +70,7 @@ export async function loadSource(
         literalWhiteouts: options.literalWhiteouts,
         impliedMtimeSec: options.impliedMtimeSec,
         onSkippedXattr,
-        onEntries: (count) => scanning.update(count),
+        onEntries: (count) => scanning.updateEntries(count),
       });
       // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
       return { root, entries, tarBlocks: tarEndOffset / 512 + endMarkerBlocks, close() {} };
@@ -106,7 +106,7 @@ export async function loadSource(
       tarFd,
       spoolFd,
       onSkippedXattr,
-      onEntries: (count) => scanning.update(count),
+      onEntries: (count) => scanning.updateEntries(count),
     });
     return { root, entries, close };
   } catch (error) {

@@ -228,7 +228,7 @@ async function indexInto(
       ({ result } = await writeLayerIndex(input.readable, dir, name, {
         spanBytes,
         buildTimeSec: timestamp,
-        onEntries: (count) => progress.update(count),
+        onEntries: (count) => progress.updateEntries(count),
         plainTar,
       }));
     } finally {

@@ -17,24 +17,43 @@ export class ProgressLine {
   #lastDrawMs = 0;
   #drawn = false;
 
-  constructor(label: string, enabled = Deno.stderr.isTerminal()) {
+  readonly #out: (text: string) => void;
+
+  constructor(
+    label: string,
+    enabled = Deno.stderr.isTerminal(),
+    out: (text: string) => void = writeStderr,
+  ) {
     this.#label = label;
     this.#enabled = enabled;
+    this.#out = out;
   }
 
   /** Redraws at most every 100 ms (and always at completion). */
   update(doneBytes: number, totalBytes?: number): void {
+    const complete = totalBytes !== undefined && doneBytes >= totalBytes;
+    this.#draw(
+      complete,
+      () =>
+        totalBytes
+          ? `${formatBytes(doneBytes)} / ${formatBytes(totalBytes)} (${
+            Math.floor((doneBytes / totalBytes) * 100)
+          }%)`
+          : formatBytes(doneBytes),
+    );
+  }
+
+  /** The same for work counted in entries (files, tar members), not bytes. */
+  updateEntries(entries: number): void {
+    this.#draw(false, () => `${entries.toLocaleString("en-US")} entries`);
+  }
+
+  #draw(complete: boolean, amount: () => string): void {
     if (!this.#enabled) return;
     const now = Date.now();
-    const complete = totalBytes !== undefined && doneBytes >= totalBytes;
     if (!complete && now - this.#lastDrawMs < REDRAW_INTERVAL_MS) return;
     this.#lastDrawMs = now;
-    const amount = totalBytes
-      ? `${formatBytes(doneBytes)} / ${formatBytes(totalBytes)} (${
-        Math.floor((doneBytes / totalBytes) * 100)
-      }%)`
-      : formatBytes(doneBytes);
-    this.#write(`\r\x1b[K${this.#label} ${amount}`);
+    this.#write(`\r\x1b[K${this.#label} ${amount()}`);
     this.#drawn = true;
   }
 
@@ -45,10 +64,14 @@ export class ProgressLine {
   }
 
   #write(text: string): void {
-    try {
-      Deno.stderr.writeSync(new TextEncoder().encode(text));
-    } catch { /* a closed stderr must not fail the transfer */ }
+    this.#out(text);
   }
+}
+
+function writeStderr(text: string): void {
+  try {
+    Deno.stderr.writeSync(new TextEncoder().encode(text));
+  } catch { /* a closed stderr must not fail the transfer */ }
 }
 
 /**
