@@ -197,3 +197,37 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "build of a tar.gz onto a full file system: one line naming where the tar's data went",
+  ignore: requires(root(), command("mount")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-spool-full-" });
+    try {
+      // Random data does not compress: the spool of the gzip's file data needs its 3 MiB.
+      const data = new Uint8Array(3 << 20);
+      for (let at = 0; at < data.length; at += 65536) {
+        crypto.getRandomValues(data.subarray(at, at + 65536));
+      }
+      const gz = `${work}/layer.tar.gz`;
+      const zipped = new Blob([new Uint8Array(encodeTar([{ name: "random.bin", data }]))]).stream()
+        .pipeThrough(new CompressionStream("gzip"));
+      Deno.writeFileSync(gz, new Uint8Array(await new Response(zipped).arrayBuffer()));
+      await withTmpfs("size=1m", async (dir) => {
+        const built = await runCli(["build", gz, "-o", `${dir}/out.erofs`]);
+        assertCliError(
+          built,
+          1,
+          /cannot hold the tar's file data in .* while building: No space left on device/,
+        );
+        assert.match(
+          built.stderr,
+          /hint: .*free space there, or write OUT on a larger file system/,
+        );
+        assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing left behind");
+      });
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});

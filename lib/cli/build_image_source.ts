@@ -69,6 +69,8 @@ export async function loadImageSource(
         return await readLayerTree(blob, `${label} (${layer.digest})`, {
           spoolDir,
           impliedMtimeSec: options.impliedMtimeSec,
+          spoolHint: "build keeps the layers' file data beside OUT until the image is written: " +
+            "free space there, or write OUT on a larger file system",
         });
       } finally {
         progress.finish();

@@ -55,7 +55,7 @@ export async function loadSource(
     throw new UserError(`build: ${source} is neither a directory nor a tar file`);
   }
   // The tar reader and decompressors (node:zlib, zstd) are loaded only for a tar SOURCE.
-  const [{ openTar }, { scanTar }] = await Promise.all([
+  const [{ openTar }, { scanTar, spoolError }] = await Promise.all([
     import("../tar/decompress.ts"),
     import("../erofs/writer/from_tar.ts"),
   ]);
@@ -111,7 +111,12 @@ export async function loadSource(
     return { root, entries, close };
   } catch (error) {
     close();
-    throw error;
+    throw spoolError(
+      error,
+      dirOf(output),
+      "build keeps a compressed tar's file data beside OUT until the image is written: free " +
+        "space there, or write OUT on a larger file system",
+    );
   } finally {
     scanning.finish();
   }

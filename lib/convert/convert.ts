@@ -281,6 +281,7 @@ class LayerConverter {
     try {
       return await readLayerTree(blob, `${label} (${layer.digest})`, {
         spoolDir: this.#options.workDir,
+        spoolHint: "free space there, or choose a larger file system with --tmpdir DIR",
         impliedMtimeSec: buildTimeSec,
         maxTarBytes: this.#options.maxLayerBytes,
       });

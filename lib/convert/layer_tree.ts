@@ -7,7 +7,7 @@
  * layers below have there: otherwise a 0700 directory would show up 0755 once stacked.
  */
 import { OciError, UserError } from "../errors.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
+import { scanTar, spoolError } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
 import { decompressTar } from "../tar/decompress.ts";
@@ -41,6 +41,8 @@ export interface LayerTreeOptions {
   maxTarBytes?: number;
   onSkippedXattr?: SkippedXattr;
   onEntries?: (count: number) => void;
+  /** What to do when `spoolDir` fills up (where else to put it). */
+  spoolHint?: string;
 }
 
 /**
@@ -96,6 +98,6 @@ export async function readLayerTree(
   } catch (error) {
     close();
     await blob.stream.cancel().catch(() => {});
-    throw error;
+    throw spoolError(error, options.spoolDir, options.spoolHint ?? "free space there");
   }
 }

@@ -9,7 +9,7 @@
  * overlay stack): `.wh.NAME` → character device 0/0 at NAME, `.wh..wh..opq` →
  * `trusted.overlay.opaque=y` on its directory (lib/tar/whiteout.ts resolves same-layer cases).
  */
-import { FormatError } from "../../errors.ts";
+import { FormatError, UserError } from "../../errors.ts";
 import type { TarEntry } from "../../tar/entry.ts";
 import { readTar } from "../../tar/reader.ts";
 import {
@@ -19,7 +19,7 @@ import {
   parseWhiteout,
 } from "../../tar/whiteout.ts";
 import { pwriteAll } from "./data_copy.ts";
-import { libc, unwrap } from "../../../ffi/libc.ts";
+import { Errno, libc, strerror, SysError, unwrap } from "../../../ffi/libc.ts";
 import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { KIND_DIR, NodeTable } from "./node_table.ts";
 import {
@@ -352,6 +352,21 @@ export async function scanTar(
     tarEndOffset: tarEnd,
     endMarkerBlocks,
   };
+}
+
+/**
+ * A scan's failure as the user should read it: the spool file (unlinked, in `dir`) is the only
+ * file a scan writes, so a full disk is its — not "write (image)", which named no file.
+ */
+export function spoolError(error: unknown, dir: string, hint: string): unknown {
+  if (error instanceof SysError && (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT)) {
+    return new UserError(
+      `cannot hold the tar's file data in ${dir} while building: ${strerror(error.errno)}`,
+      hint,
+      { cause: error },
+    );
+  }
+  return error;
 }
 
 /** The member's mode, owner, mtime and storable xattrs on inode `i`. */
