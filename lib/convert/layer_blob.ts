@@ -15,6 +15,9 @@ import type { Source } from "../source/source.ts";
 import { validateDigest } from "../oci/reference.ts";
 import { backoff, describeFailure, isNetworkError } from "../oci/retry.ts";
 
+/** Bytes an attempt must bring for the download to get a fresh deadline. */
+const RESUME_PROGRESS_BYTES = 1 << 20;
+
 /**
  * Where source blobs come from: a registry repository, a local OCI layout, or a random-access
  * source per blob read in order (a disk-cached registry blob keeps the bytes that pass).
@@ -209,8 +212,9 @@ async function* registryChunks(
       await reader.cancel().catch(() => {});
     }
     if (failure === undefined && passed() >= sizeBytes) return;
-    // A long layer outlives one operation's deadline: progress earns a fresh one.
-    if (passed() > before) policy = client.newPolicy();
+    // A long layer outlives one operation's deadline: progress earns a fresh one — a MiB of
+    // it, so that a registry resetting every connection after a few bytes is given up.
+    if (passed() - before >= RESUME_PROGRESS_BYTES) policy = client.newPolicy();
     attempt = passed() > before ? 1 : attempt + 1;
     debug(
       `layer ${digest}: ${passed()}/${sizeBytes} bytes (${

@@ -115,7 +115,7 @@ export async function copyBody(
   at: number,
   skip: number,
   want: number,
-  progress?: { progressed(): void },
+  progress?: { progressed(bytes?: number): void },
 ): Promise<{ copied: number; error?: unknown }> {
   const write: BodySink = sink instanceof Uint8Array
     ? (bytes, where) => sink.set(bytes, where)
@@ -155,7 +155,7 @@ export async function copyBody(
         }
       }
       if (!chunk) return { copied };
-      progress?.progressed();
+      progress?.progressed(chunk.byteLength);
       const kept = skipLeading(chunk, skip);
       skip = kept.skip;
       if (!kept.chunk) continue;

@@ -2,8 +2,10 @@
  * A registry transfer that stops making progress: a connection whose peer vanished without a
  * reset (a dropped NAT mapping, a crashed load balancer) or a registry that hangs sends nothing
  * and never fails, so a read waited forever with nothing in the log. A watch aborts its
- * attempt once no byte came for the stall time; the caller asks again on a new connection and
- * says so.
+ * attempt once no byte came for the stall time, or fewer than MIN_WINDOW_BYTES in a stall
+ * time's worth of waiting (a peer dripping a byte every few seconds kept a 600-byte manifest
+ * coming for half an hour, a blob range for days); the caller asks again on a new connection
+ * and says so.
  */
 import { OciError } from "../errors.ts";
 
@@ -12,6 +14,9 @@ export function stallMs(): number {
   const seconds = Number(Deno.env.get("EROFS_OCI_REGISTRY_STALL_S") || 30);
   return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 30_000;
 }
+
+/** What a registry must send per stall time of waiting (about 1 KiB/s with the default). */
+export const MIN_WINDOW_BYTES = 32 * 1024;
 
 const active = new Set<StallWatch>();
 let timer: ReturnType<typeof setInterval> | undefined;
@@ -23,6 +28,10 @@ export class StallWatch {
   readonly #stallMs: number;
   #lastMs = performance.now();
   #paused = false;
+  /** Waiting in the current window: before the last pause, and since `#since` unless paused. */
+  #waitedMs = 0;
+  #since = performance.now();
+  #windowBytes = 0;
   stalled = false;
 
   constructor(outer?: AbortSignal, limitMs = stallMs()) {
@@ -38,14 +47,20 @@ export class StallWatch {
     }
   }
 
-  /** Bytes (or headers) arrived, or a send begins: the stall time counts from now. */
-  progressed(): void {
-    this.#paused = false;
-    this.#lastMs = performance.now();
+  /** `bytes` (or headers) arrived, or a send begins: the stall time counts from now. */
+  progressed(bytes = 0): void {
+    const now = performance.now();
+    if (this.#paused) {
+      this.#paused = false;
+      this.#since = now;
+    }
+    this.#lastMs = now;
+    this.#windowBytes += bytes;
   }
 
   /** A wait on purpose (the registry's pace, backoff): not a stall, until progressed(). */
   pause(): void {
+    if (!this.#paused) this.#waitedMs += performance.now() - this.#since;
     this.#paused = true;
   }
 
@@ -60,12 +75,26 @@ export class StallWatch {
 
   /** @internal */
   check(nowMs: number): void {
-    if (this.#paused || nowMs - this.#lastMs < this.#stallMs) return;
+    if (this.#paused) return;
+    const seconds = this.#stallMs / 1000;
+    if (nowMs - this.#lastMs >= this.#stallMs) {
+      this.#stall(`no byte from the registry for ${seconds} s`);
+      return;
+    }
+    if (this.#waitedMs + nowMs - this.#since < this.#stallMs) return;
+    if (this.#windowBytes < MIN_WINDOW_BYTES) {
+      this.#stall(`the registry sent ${this.#windowBytes} bytes in ${seconds} s`);
+      return;
+    }
+    this.#waitedMs = 0;
+    this.#since = nowMs;
+    this.#windowBytes = 0;
+  }
+
+  #stall(why: string): void {
     this.stalled = true;
     this.done();
-    this.#controller.abort(
-      new Deno.errors.TimedOut(`no byte from the registry for ${this.#stallMs / 1000} s`),
-    );
+    this.#controller.abort(new Deno.errors.TimedOut(why));
   }
 }
 
@@ -116,6 +145,7 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
       watch.progressed();
       try {
         const { value, done } = await reader.read();
+        watch.progressed(value?.byteLength ?? 0);
         watch.pause();
         if (watch.signal.aborted) throw watch.signal.reason;
         if (done) {

@@ -279,3 +279,60 @@ for (const mode of ["stall", "interrupt"] as const) {
     assert(result.ms < 10_000, `took ${result.ms} ms: waited for the peer instead`);
   });
 }
+
+Deno.test("registry stall: a body dripping a few bytes a second counts as stalled", async () => {
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  const controllers = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
+    let timer: ReturnType<typeof setInterval>;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        start(controller) {
+          controllers.add(controller);
+          // A byte every 100 ms: never 1 s without one, and never done.
+          timer = setInterval(() => {
+            try {
+              controller.enqueue(new Uint8Array([0x20]));
+            } catch {
+              clearInterval(timer); // the client went
+            }
+          }, 100);
+        },
+        cancel() {
+          clearInterval(timer);
+        },
+      }),
+      { headers: { "content-type": "application/json" } },
+    );
+  });
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
+      deadlineMs: 20_000,
+      plainHttp: true,
+    });
+    const startedMs = Date.now();
+    const response = await client.request({
+      method: "GET",
+      path: "/v2/app/manifests/v1",
+      scope: "repository:app:pull",
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const failure = await Promise.race([
+      response.arrayBuffer().then(() => undefined, (error) => error),
+      new Promise((resolve) => timer = setTimeout(() => resolve("still dripping at 10 s"), 10_000)),
+    ]);
+    clearTimeout(timer);
+    assert(failure instanceof OciError, String(failure));
+    assert.match(failure.message, /stopped sending for 1 s/);
+    assert.match(String(failure.cause), /sent \d+ bytes in 1 s/);
+    assert(Date.now() - startedMs < 5_000, `took ${Date.now() - startedMs} ms`);
+  } finally {
+    for (const controller of controllers) {
+      try {
+        controller.close();
+      } catch { /* already ended */ }
+    }
+    await server.shutdown();
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+  }
+});
