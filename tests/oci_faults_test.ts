@@ -15,7 +15,7 @@ import {
   startFaultProxy,
 } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./_support/cli.ts";
-import { pushImage, pushIndex } from "./_support/oci_raw.ts";
+import { getManifest, OCI_MANIFEST, pushImage, pushIndex } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, hostPlatform, loadFixture } from "./_support/oci_fixtures.ts";
 
 const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
@@ -111,6 +111,31 @@ Deno.test({
       "--plain-http",
     ]);
     assertCliError(missingBlob, 1, /sha256:0{12}/);
+  },
+});
+
+Deno.test({
+  name: "oci faults: a manifest nested thousands of levels deep is refused in one line, unparsed",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const fixture = await loadFixture("layer2.erofs");
+    const pushed = await pushImage(registry, "faults/nested", "v1", [
+      { bytes: fixture.bytes, mediaType: EROFS_MEDIA_TYPE },
+    ]);
+    const manifest = await getManifest(registry, "faults/nested", pushed.manifestDigest);
+    // Valid JSON the registry stores (Go's decoder takes up to 10,000 levels), with a member
+    // V8 takes ~100 bytes a level to parse: a few MiB of such nesting took hundreds of MB.
+    const deep = "[".repeat(5000) + "]".repeat(5000);
+    const text = JSON.stringify(manifest.json).replace(/^\{/, `{"x":${deep},`);
+    const put = await fetch(`http://${registry.host}/v2/faults/nested/manifests/deep`, {
+      method: "PUT",
+      headers: { "content-type": OCI_MANIFEST },
+      body: text,
+    });
+    assert.equal(put.status, 201, await put.text());
+    const inspected = await runCli(["inspect", `${registry.host}/faults/nested:deep`]);
+    assertCliError(inspected, 1, /not JSON \(JSON nested deeper than 64 levels\)/);
   },
 });
 

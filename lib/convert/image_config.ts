@@ -6,6 +6,7 @@
  */
 import { OciError } from "../errors.ts";
 import { warn } from "../log.ts";
+import { parseJson } from "../json.ts";
 
 type Json = Record<string, unknown>;
 
@@ -18,7 +19,7 @@ export interface ConfigEdit {
 export function convertedConfig(source: Uint8Array, edit: ConfigEdit): Uint8Array<ArrayBuffer> {
   let config: Json;
   try {
-    const parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(source));
+    const parsed = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(source));
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error();
     config = parsed;
   } catch {
@@ -54,7 +55,7 @@ export function convertedConfig(source: Uint8Array, edit: ConfigEdit): Uint8Arra
 /** The config's `created` time in whole seconds, if it has a usable one. */
 export function configCreatedSec(source: Uint8Array): number | undefined {
   try {
-    const created = JSON.parse(new TextDecoder().decode(source)).created;
+    const created = parseJson(new TextDecoder().decode(source)).created;
     if (typeof created !== "string") return undefined;
     const ms = Date.parse(created);
     return Number.isFinite(ms) ? Math.floor(ms / 1000) : undefined;

@@ -18,6 +18,7 @@ import {
   MAX_PREVIOUS_MANIFESTS,
   type OutputBlob,
 } from "./destination.ts";
+import { parseJson } from "../json.ts";
 
 const REF_NAME = "org.opencontainers.image.ref.name";
 const LAYOUT_VERSION = '{"imageLayoutVersion":"1.0.0"}';
@@ -184,7 +185,7 @@ export class LayoutDestination implements ImageDestination {
       }
       return {
         manifests: doc.manifests,
-        raw: JSON.parse(new TextDecoder().decode(bytes)).manifests,
+        raw: parseJson(new TextDecoder().decode(bytes)).manifests,
       };
     } finally {
       file.close();

@@ -34,6 +34,7 @@ import {
   readImageIdentity,
 } from "../recovery/erofs_identity.ts";
 import { testPause } from "./test_pause.ts";
+import { parseJson } from "../json.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {
@@ -118,7 +119,7 @@ export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
   try {
     // Not waiting on a FIFO or reading a device there (damage): a regular file, bounded.
     const bytes = readRegularFileSync(fuseRecoveryPath(id), 4 << 20, "FUSE recovery record");
-    record = JSON.parse(new TextDecoder().decode(bytes));
+    record = parseJson(new TextDecoder().decode(bytes));
   } catch (error) {
     if (error instanceof SysError && error.errno === Errno.ENOENT) return undefined;
     throw new MountError(`${fuseRecoveryPath(id)} is malformed: ${(error as Error).message}`);

@@ -8,6 +8,7 @@ import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { tarIndexLayout } from "./hybrid_tar.ts";
 import { checkZinfoBytes } from "./zinfo.ts";
+import { parseJson } from "../json.ts";
 
 /** Larger than any honest record; a bigger file is refused before parsing. */
 export const MAX_INDEX_RECORD_BYTES = 64 * 1024;
@@ -53,7 +54,7 @@ export function parseIndexRecord(bytes: Uint8Array, what = "index record"): Inde
   }
   let value: unknown;
   try {
-    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    value = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
     throw new FormatError(`${what} is not JSON`);
   }

@@ -27,6 +27,7 @@ import {
   sha256Digest,
 } from "../gzip/index_record.ts";
 import { checkTarIndexFiles, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
+import { parseJson } from "../json.ts";
 
 export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
 const MEDIA = {
@@ -175,7 +176,7 @@ async function fetchArtifactBlobs(
   }
   let value: unknown;
   try {
-    value = JSON.parse(new TextDecoder().decode(bytes));
+    value = parseJson(new TextDecoder().decode(bytes));
   } catch {
     throw new OciError(`index artifact ${referrer.digest} is not JSON`);
   }

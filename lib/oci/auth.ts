@@ -7,6 +7,7 @@ import {
 } from "./auth_challenge.ts";
 import { type Credentials, dockerConfigCredentials } from "./docker_config.ts";
 import { isLoopbackRegistry } from "./reference.ts";
+import { parseJson } from "../json.ts";
 
 /** Token lifetime when the token server does not say (distribution token spec: 60 s). */
 export const DEFAULT_TOKEN_LIFETIME_S = 60;
@@ -128,7 +129,7 @@ export class RegistryAuth {
     const body = await readLimited(response, MAX_TOKEN_REPLY_BYTES);
     let reply: Record<string, unknown>;
     try {
-      reply = JSON.parse(new TextDecoder().decode(body));
+      reply = parseJson(new TextDecoder().decode(body));
     } catch {
       throw new OciError(`token server ${url.host} sent a reply that is not JSON`);
     }

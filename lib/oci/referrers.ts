@@ -13,6 +13,7 @@ import { digestOf } from "./digest.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
+import { parseJson } from "../json.ts";
 
 /** A descriptor as a referrers list holds it. */
 export interface ReferrerDescriptor {
@@ -202,7 +203,7 @@ function isIndexType(contentType: string | null): boolean {
 export function parseReferrerIndex(bytes: Uint8Array, what: string): ReferrerDescriptor[] {
   let value: unknown;
   try {
-    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    value = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
     throw new OciError(`${what} is not JSON`);
   }

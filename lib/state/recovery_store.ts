@@ -6,6 +6,7 @@
  */
 import { FormatError } from "../errors.ts";
 import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
+import { parseJson } from "../json.ts";
 
 export const RECOVERY_DIR = Deno.env.get("EROFS_OCI_RECOVERY_DIR") ?? "/var/run/erofsmount/nbd";
 
@@ -121,7 +122,7 @@ export function parseRecoveryExtra(text: string, path: string): RecoveryExtra {
     );
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = parseJson(text);
   } catch (error) {
     throw damaged(`not JSON (${(error as Error).message})`);
   }

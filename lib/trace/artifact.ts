@@ -15,6 +15,7 @@ import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
 import { listReferrers, pushArtifact, uploadBlobIfMissing } from "../oci/referrers.ts";
 import { MAX_TRACE_BYTES, TRACE_ARTIFACT_TYPE, TRACE_MEDIA_TYPE } from "./format.ts";
+import { parseJson } from "../json.ts";
 
 /** Uploads the trace and the artifact referring to `subject`; returns the artifact digest. */
 export async function pushTraceArtifact(
@@ -88,7 +89,7 @@ export async function findTrace(
     if (!manifest) continue;
     let layers: unknown;
     try {
-      layers = JSON.parse(new TextDecoder().decode(manifest))?.layers;
+      layers = parseJson(new TextDecoder().decode(manifest))?.layers;
     } catch {
       continue;
     }

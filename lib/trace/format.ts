@@ -10,6 +10,7 @@
  */
 import { FormatError } from "../errors.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
+import { parseJson } from "../json.ts";
 
 export const TRACE_MEDIA_TYPE = "application/vnd.erofs-oci.trace.v1+json";
 export const TRACE_ARTIFACT_TYPE = "application/vnd.erofs-oci.trace.v1";
@@ -101,7 +102,7 @@ export function parseTrace(bytes: Uint8Array): Trace {
   }
   let doc: Record<string, unknown>;
   try {
-    doc = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    doc = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (error) {
     // V8's message quotes the input around the fault: hostile bytes, newlines included.
     refuse(`not JSON (${(error as Error).message.split("\n")[0].slice(0, 100)})`);

@@ -30,6 +30,7 @@ import {
   parseMetadataRanges,
 } from "./metadata_ranges.ts";
 import { type MadeMetadataRanges, metadataRangesOfFile } from "./make_metadata_ranges.ts";
+import { parseJson } from "../json.ts";
 
 export const CHUNK_TABLE_MEDIA_TYPE = "application/vnd.io.github.erofs-oci.chunk-digests.v1+json";
 /** artifactType of the manifest that carries the tables of an image (referrers API). */
@@ -233,7 +234,7 @@ export function parseChunkTable(
   if (bytes.length > MAX_TABLE_BYTES) throw new FormatError("chunk table: too large");
   let value: Record<string, unknown>;
   try {
-    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    value = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {
     throw new FormatError("chunk table: not JSON");
   }

@@ -27,6 +27,7 @@ import {
   TABLE_LAYER_ANNOTATION,
 } from "./chunk_table.ts";
 import { MAX_METADATA_BYTES, METADATA_PACK_MEDIA_TYPE } from "./metadata_ranges.ts";
+import { parseJson } from "../json.ts";
 
 /** Uploads table blobs the registry does not have yet (before a manifest names them). */
 export async function uploadTables(
@@ -227,7 +228,7 @@ export async function findTablesByReferrer(
     if (await digestOfAsync(bytes) !== referrer.digest) continue;
     let layers: unknown;
     try {
-      layers = JSON.parse(new TextDecoder().decode(bytes))?.layers;
+      layers = parseJson(new TextDecoder().decode(bytes))?.layers;
     } catch {
       continue;
     }
