@@ -7,9 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { type FaultRule, isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import {
+  type FaultRule,
+  isBlobGetOf,
+  isManifestGet,
+  startFaultProxy,
+} from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { pushImage } from "./_support/oci_raw.ts";
+import { OCI_INDEX, OCI_MANIFEST, pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
@@ -385,6 +390,71 @@ Deno.test({
       assertSuccess(await mount());
       assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
       assertSuccess(await cli(["umount", sandbox.target]));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "mount: a referrers fallback tag holding something else is no referrer, not a failure",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+    };
+    const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
+    try {
+      // Pushed by another client: no tables, so the referrers tag is looked up.
+      const pushed = await pushImage(s.registry, "v/tagged", "v1", [
+        { bytes: s.image, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      // Another image under the fallback tag `sha256-<hex>`: a manifest, not an index.
+      await pushImage(s.registry, "v/tagged", pushed.manifestDigest.replace(":", "-"), [
+        { bytes: s.image, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      // docker-registry answers 404 for a tag that holds no index when only an index is
+      // accepted; other registries send what the tag holds, as the proxy makes it do here.
+      const tag = pushed.manifestDigest.replace(":", "-");
+      await using proxy = await startFaultProxy(s.registry.host, [{
+        match: (r) => isManifestGet(r) && r.path.endsWith(`/manifests/${tag}`),
+        fault: { kind: "accept", value: `${OCI_INDEX}, ${OCI_MANIFEST}` },
+      }]);
+      const image = `${proxy.host}/v/tagged:v1`;
+      const mounted = await cli([
+        "mount",
+        image,
+        sandbox.target,
+        "--plain-http",
+        "--backend",
+        "fuse",
+      ]);
+      assertSuccess(mounted);
+      assert.match(
+        mounted.stderr,
+        /referrers tag sha256-[0-9a-f]{64} .* not an image index; taken as no referrers/,
+      );
+      assert.match(mounted.stderr, /no chunk-digest table/);
+      assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assertSuccess(await cli(["umount", sandbox.target]));
+      const refused = await cli([
+        "mount",
+        image,
+        sandbox.target,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        "--require-verified",
+      ]);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(
+        refused.stderr,
+        /--require-verified: layer 0 of this image has no chunk-digest table/,
+      );
     } finally {
       await sandbox.cleanup();
     }

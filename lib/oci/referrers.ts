@@ -14,6 +14,7 @@ import { MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
 import { parseJson } from "../json.ts";
+import { warn } from "../log.ts";
 
 /** A descriptor as a referrers list holds it. */
 export interface ReferrerDescriptor {
@@ -192,7 +193,16 @@ async function fetchTagIndex(
     await response.body?.cancel();
     throw statusError(client, response, `for the referrers tag ${tag}`);
   }
-  return parseReferrerIndex(await readLimited(response, MAX_MANIFEST_BYTES), `tag ${tag}`);
+  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
+  try {
+    return parseReferrerIndex(bytes, `tag ${tag}`);
+  } catch (error) {
+    if (!(error instanceof OciError)) throw error;
+    // Someone else's use of the tag (or a broken one): no referrers of ours are listed there,
+    // which is no reason to fail a mount (--require-verified still refuses unverified layers).
+    warn(`the referrers tag ${tag} of ${repository}: ${error.message}; taken as no referrers`);
+    return undefined;
+  }
 }
 
 function isIndexType(contentType: string | null): boolean {

@@ -23,6 +23,8 @@ export type Fault =
   | { kind: "redirect" }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
+  /** Forward with this Accept header (a registry that answers whatever the tag holds). */
+  | { kind: "accept"; value: string }
   /**
    * Forward, but flip one byte of the body: byte 100, or the byte at `blobOffset` of the
    * blob when the reply (its Content-Range) covers it.
@@ -157,6 +159,7 @@ export function startFaultProxy(
     const headers = new Headers(request.headers);
     for (const name of HOP_BY_HOP) headers.delete(name);
     if (fault?.kind === "ignore-range" || fault?.kind === "redirect") headers.delete("range");
+    if (fault?.kind === "accept") headers.set("accept", fault.value);
     const hasBody = request.method !== "GET" && request.method !== "HEAD";
     const upstream = await fetch(`http://${upstreamHost}${info.path}`, {
       method: request.method,
