@@ -46,3 +46,23 @@ export function formatBytes(bytes: number): string {
   }
   return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
+
+/**
+ * "layer 3", "layers 0, 2, 5–9": runs of consecutive indexes as ranges, at most `maxParts`
+ * parts, then how many more (a 20,000-layer image named each one in a 129,052-character line).
+ */
+export function layerList(indexes: number[], maxParts = 8): string {
+  const parts: string[] = [];
+  let shown = 0;
+  for (let i = 0; i < indexes.length && parts.length < maxParts;) {
+    let j = i;
+    while (j + 1 < indexes.length && indexes[j + 1] === indexes[j] + 1) j++;
+    parts.push(j === i ? `${indexes[i]}` : `${indexes[i]}–${indexes[j]}`);
+    shown += j - i + 1;
+    i = j + 1;
+  }
+  const more = indexes.length - shown;
+  return `layer${indexes.length === 1 ? "" : "s"} ${parts.join(", ")}${
+    more > 0 ? ` and ${more} more` : ""
+  }`;
+}

@@ -26,6 +26,7 @@ import {
 } from "../nbd/listen.ts";
 import { commandName, READ_ONLY_EXPORT_FLAGS } from "../nbd/protocol.ts";
 import { FormatError, UsageError, UserError } from "../errors.ts";
+import { layerList } from "../text.ts";
 
 /** How often a repeating failure (an accept, a client's read) is said. */
 const WARN_EVERY_MS = 10_000;
@@ -261,7 +262,7 @@ async function openSource(
     if (layers.length !== 1) {
       throw new UsageError(
         `serve: ${opened.name} has ${layers.length} EROFS layers; serve exports one`,
-        `pick one with --layer N (${layers.map((l) => l.index).join(", ")}) or --blob DIGEST`,
+        `pick one with --layer N (${layerList(layers.map((l) => l.index))}) or --blob DIGEST`,
       );
     }
     debug(`serving layer ${layers[0].index} ${layers[0].digest} of ${opened.name}`);

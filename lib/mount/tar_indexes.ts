@@ -13,6 +13,7 @@ import { INDEXED_HERE_DIR, type TarIndexOrigin, type TarIndexSpec } from "../sta
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
+import { layerList } from "../text.ts";
 
 /** Where tar layers' indexes come from besides the registry's index artifact. */
 export interface TarIndexSources {
@@ -211,7 +212,7 @@ export function foreignIndexNotices(
     byOrigin.set(origin, [...byOrigin.get(origin) ?? [], layer.layerIndex ?? position]);
   });
   return [...byOrigin].map(([origin, indexes]) =>
-    `layer${indexes.length === 1 ? "" : "s"} ${indexes.join(", ")}: tar index ${
+    `${layerList(indexes)}: tar index ${
       ORIGIN_NAMES[origin]
     }, not bound by the layer digest: reads are checked only against the index's own piece ` +
     "digests (to index on this host instead: --index-missing --require-verified)"

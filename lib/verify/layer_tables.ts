@@ -21,6 +21,7 @@ import {
 import { readRegularFile } from "../../ffi/files.ts";
 import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
 import { VerifiedSource, type VerifiedSourceOptions } from "./verified_source.ts";
+import { layerList } from "../text.ts";
 
 /** A layer's table as the mount spec carries it to the server. */
 export interface ChunkTableSpec {
@@ -132,7 +133,7 @@ export async function attachChunkTables(
     layer.chunkTable = { digest: table.digest, path, bound: table.bound };
     if (!table.bound) unbound.push(layer.layerIndex ?? 0);
   }
-  const list = (xs: number[]) => `layer${xs.length === 1 ? "" : "s"} ${xs.join(", ")}`;
+  const list = layerList;
   if (missing.length && options.requireVerified) {
     throw new UserError(
       `--require-verified: ${list(missing)} of this image ha${

@@ -1,0 +1,10 @@
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { layerList } from "./text.ts";
+
+Deno.test("layerList: runs as ranges, at most 8 parts, then how many more", () => {
+  assertEquals(layerList([3]), "layer 3");
+  assertEquals(layerList([0, 2, 5, 6, 7, 8, 9]), "layers 0, 2, 5–9");
+  assertEquals(layerList(Array.from({ length: 20_000 }, (_, i) => i)), "layers 0–19999");
+  const odd = Array.from({ length: 100 }, (_, i) => 2 * i);
+  assertEquals(layerList(odd), "layers 0, 2, 4, 6, 8, 10, 12, 14 and 92 more");
+});
