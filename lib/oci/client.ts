@@ -359,6 +359,14 @@ export class RegistryClient {
         debug(`${req.method} ${req.path}: ${describeFailure(error)} (attempt ${attempt})`);
         if (await backoff(attempt, limit, req.signal)) continue;
         const failure = describeFailure(error);
+        if (UNREADABLE_REPLY.test(failure)) {
+          // Reached, but its reply is not HTTP we read (or a proxy's in front of it).
+          throw new OciError(
+            `registry ${this.host} sent a reply that cannot be read: ${failure}`,
+            "the registry, or a proxy in front of it, answers with malformed or oversized headers",
+            { cause: error },
+          );
+        }
         throw new OciError(
           `cannot reach registry ${this.host}: ${failure}`,
           unreachableHint(failure, this.#transport.origin.startsWith("https:")),
@@ -408,6 +416,10 @@ export class RegistryClient {
 }
 
 /** What to check when a registry cannot be reached, by what failed. */
+/** hyper's words for a reply it could not parse: the registry was reached. */
+const UNREADABLE_REPLY =
+  /message head is too large|invalid HTTP|parse error|header (?:name|value)/i;
+
 function unreachableHint(failure: string, https: boolean): string | undefined {
   if (/dns error/i.test(failure)) return "check the registry's host name";
   if (/connection refused/i.test(failure)) {

@@ -168,6 +168,14 @@ Deno.test("readBlobRange: errors are one-line OciErrors, never short data", asyn
     client("127.0.0.1:1", { maxAttempts: 2 }).readBlobRange("app", DIGEST, 0, 10),
     /cannot reach registry 127\.0\.0\.1:1/,
   );
+  // Reached, with headers too large to read: not "cannot reach".
+  await using bigHead = serve(() =>
+    new Response("{}", { headers: { "x-big": "a".repeat(1 << 20) } })
+  );
+  await assert.rejects(
+    client(bigHead.host, { maxAttempts: 2 }).readBlobRange("app", DIGEST, 0, 10),
+    /^OciError: registry 127\.0\.0\.1:\d+ sent a reply that cannot be read: message head is too large$/,
+  );
 });
 
 Deno.test("readBlobRange: property: any mix of faults still gives the exact bytes", async () => {

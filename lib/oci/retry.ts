@@ -69,7 +69,8 @@ export function describeFailure(error: unknown): string {
     ? error.cause
     : error;
   const message = cause instanceof Error ? cause.message : String(cause);
-  return message.split("\n")[0].replace(/^error sending request for url \([^)]*\): /, "")
-    .replace(/^client error \(Connect\): /, "")
+  return message.split("\n")[0]
+    .replace(/^error sending request (?:from \S+ )?for (?:url \([^)]*\)|\S+ \([^)]*\)): /, "")
+    .replace(/^client error \((?:Connect|SendRequest)\): /, "")
     .slice(0, 200);
 }
