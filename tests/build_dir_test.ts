@@ -256,3 +256,33 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "build DIR -o DIR/app.erofs again: the earlier image is left out, not packed into the new",
+  ignore,
+  async fn() {
+    await withWork(async (work) => {
+      const src = `${work}/src`;
+      Deno.mkdirSync(`${src}/sub`, { recursive: true });
+      Deno.writeTextFileSync(`${src}/sub/file.txt`, "kept\n");
+      const out = `${src}/app.erofs`;
+      for (const round of [1, 2]) {
+        const built = await runCli(["build", src, "-o", out]);
+        assert.equal(built.code, 0, built.stderr);
+        if (round === 2) {
+          assert.match(built.stderr, /app\.erofs left out: it is the image being written/);
+        }
+        await fsckImage(out, `${work}/x${round}`);
+        assert.deepEqual([...Deno.readDirSync(`${work}/x${round}`)].map((e) => e.name).sort(), [
+          "sub",
+        ]);
+      }
+      // Another file of the same name elsewhere in the tree is no reason to leave one out.
+      Deno.copyFileSync(out, `${src}/sub/app.erofs`);
+      const again = await runCli(["build", src, "-o", out]);
+      assert.equal(again.code, 0, again.stderr);
+      await fsckImage(out, `${work}/x3`);
+      assert(Deno.statSync(`${work}/x3/sub/app.erofs`).isFile);
+    });
+  },
+});

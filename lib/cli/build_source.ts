@@ -4,7 +4,8 @@
  */
 import { ProgressLine } from "./progress.ts";
 import { UsageError, UserError } from "../errors.ts";
-import { scanDirectory } from "../erofs/writer/from_dir.ts";
+import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
+import { info } from "../log.ts";
 import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { closeFd, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
@@ -42,9 +43,14 @@ export async function loadSource(
   if (sourceInfo?.isDirectory) {
     const scanning = new ProgressLine(`scanning ${source}`);
     try {
+      const earlier = fileIdentity(output);
       const { root, entries } = scanDirectory(source, {
         onEntries: (count) => scanning.updateEntries(count),
         onSkippedXattr,
+        leaveOut: earlier === undefined ? undefined : {
+          identity: earlier,
+          onLeftOut: (path) => info(`${path} left out: it is the image being written`),
+        },
       });
       return { root, entries, close() {} };
     } finally {

@@ -24,6 +24,11 @@ export interface ScanOptions {
   onSkippedXattr?: SkippedXattr;
   /** Called every 1024 entries with the count so far. */
   onEntries?: (count: number) => void;
+  /**
+   * A file (its fileIdentity) not to take in: the image being written, when an earlier one
+   * lies inside the source (`build . -o app.erofs` packed the last app.erofs into the new one).
+   */
+  leaveOut?: { identity: string; onLeftOut(path: string): void };
 }
 
 export interface ScanResult {
@@ -149,6 +154,10 @@ function scanBelow(
         );
       }
       const st = statPath(name, childPath, dirFd);
+      if (options.leaveOut && st.kind === "file" && identity() === options.leaveOut.identity) {
+        options.leaveOut.onLeftOut(childPath);
+        continue;
+      }
       entries++;
       if (entries % 1024 === 0) options.onEntries?.(entries);
       const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
@@ -191,6 +200,15 @@ function pathReachable(dirFd: number, name: string): boolean {
 }
 
 /** Device and inode of the file the last statPath() looked at (hard links share them). */
+/** The device and inode of the file at `path` (not following a symlink), if there is one. */
+export function fileIdentity(path: string): string | undefined {
+  try {
+    return statPath(path).kind === "file" ? identity() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function identity(): string {
   const v = statxView;
   return `${v.getUint32(136, true)}:${v.getUint32(140, true)}:${v.getBigUint64(32, true)}`;
