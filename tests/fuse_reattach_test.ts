@@ -18,6 +18,7 @@ import {
 } from "./_support/mounts.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
+import { startRegistry } from "./_support/registry.ts";
 import { startWatcher } from "./_support/watcher.ts";
 import {
   keeperPids,
@@ -458,6 +459,63 @@ Deno.test({
     } finally {
       await sandbox.cleanup();
       killKeepers(keepers);
+    }
+  },
+});
+
+Deno.test({
+  name: "fuse reattach: a password changed since the mount — refused with the way out, given, kept",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "token", tokenTtlSeconds: 2 });
+    const image = `${registry.host}/auth/app:v1`;
+    const login = ["--username", registry.username, "--password-stdin"];
+    const fixture = await loadFixture("basic.erofs");
+    assertSuccess(
+      await runCli(["push", image, fixture.path, "--plain-http", ...login], {
+        stdin: registry.password,
+      }),
+    );
+    const sandbox = await mountSandbox();
+    try {
+      const env = { ...sandbox.env, EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache` };
+      const cli = (args: string[], stdin?: string) =>
+        runCli(args, { env, stdin, timeoutMs: 60_000 });
+      assertSuccess(
+        await cli([
+          "mount",
+          image,
+          sandbox.target,
+          "--backend",
+          "fuse",
+          "--no-disk-cache",
+          ...login,
+        ], registry.password),
+      );
+      const expected = expectedManifest("basic.txt");
+      await killServer(sandbox.runtimeDir);
+      const rotated = `${registry.password}-rotated`;
+      registry.tokenServer!.setPassword(rotated);
+      await new Promise((r) => setTimeout(r, 2500)); // tokens issued before have expired
+
+      const refused = await cli(["reattach", sandbox.target]);
+      assert.equal(refused.code, 1, describe(refused));
+      assert.match(refused.stderr, /rejected the given credentials \(401\).*: give the current ones/);
+      assert.match(refused.stderr, /erofs-oci reattach DIR --username USER --password-stdin/);
+
+      const given = await cli(["reattach", sandbox.target, ...login], rotated);
+      assertSuccess(given);
+      assert.match(given.stdout, /reattached/, sandbox.serverLogs());
+      assert.equal(await manifestOf(sandbox.target), expected);
+
+      // Kept for the next time: a reattach without them works.
+      await killServer(sandbox.runtimeDir);
+      const again = await cli(["reattach", sandbox.target]);
+      assertSuccess(again);
+      assert.equal(await manifestOf(sandbox.target), expected);
+      assertSuccess(await cli(["umount", sandbox.target]));
+    } finally {
+      await sandbox.cleanup();
     }
   },
 });

@@ -5,11 +5,13 @@ import { checkRoot } from "../mount/target_dir.ts";
 import { reattach, reattachTarget } from "../daemon/reattach.ts";
 import { watchAndReattach } from "../daemon/watch.ts";
 import { printable, printableJson, printTable } from "./table.ts";
+import { credentialsFromOptions } from "./registry_options.ts";
 
 export const reattachCommand: Command = {
   name: "reattach",
   summary: "bring back mounts whose server died, without unmounting",
   help: `Usage: erofs-oci reattach (DEVICE | DIR | --all) [--json] [--accept-changed-image]
+                          [--username USER --password-stdin]
        erofs-oci reattach --watch
 
 After the server of a mount died (killed, OOM, upgrade), readers of the mount block instead
@@ -43,7 +45,13 @@ Options:
 
 Credentials: passwords given to \`mount\` with --password/--password-stdin are stored in
 the recovery file (mode 0600, directory 0700) because reattach needs them; credentials
-from Docker's config or a credential helper are looked up again instead.
+from Docker's config or a credential helper are looked up again instead. When they have
+changed since the mount, give the current ones:
+  -u, --username USER   user name for the registry
+      --password-stdin  read the password (or token) from stdin
+      --password PASS   on the command line (visible to other users)
+They replace the recorded ones for the registry layers reattached, and are recorded for
+the next time once a server runs with them.
 Exit code 1 when any selected device could not be reattached.`,
   async run(argv) {
     const { values, positionals } = parseCommandArgs("reattach", argv, {
@@ -51,6 +59,9 @@ Exit code 1 when any selected device could not be reattached.`,
       json: { type: "boolean" },
       watch: { type: "boolean" },
       "accept-changed-image": { type: "boolean" },
+      username: { type: "string", short: "u" },
+      password: { type: "string" },
+      "password-stdin": { type: "boolean" },
     });
     if (positionals.length > 1) {
       throw new UsageError(`reattach: unexpected argument '${positionals[1]}'`);
@@ -58,6 +69,11 @@ Exit code 1 when any selected device could not be reattached.`,
     if (values.watch) {
       if (values.all || positionals.length) {
         throw new UsageError("reattach: --watch watches every mount; give no DEVICE, DIR or --all");
+      }
+      if (values.username !== undefined) {
+        throw new UsageError(
+          "reattach: --watch uses the recorded credentials; give new ones to a reattach of a mount",
+        );
       }
       checkRoot("reattaching");
       const stop = new AbortController();
@@ -77,9 +93,11 @@ Exit code 1 when any selected device could not be reattached.`,
         "see `erofs-oci reattach --help`",
       );
     }
+    const credentials = await credentialsFromOptions("reattach", values);
     checkRoot("reattaching");
     const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false), {
       acceptChangedImage: values["accept-changed-image"],
+      credentials,
     });
     if (values.json) {
       console.log(printableJson(outcomes));

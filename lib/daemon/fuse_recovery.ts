@@ -35,6 +35,7 @@ import {
 } from "../recovery/erofs_identity.ts";
 import { testPause } from "./test_pause.ts";
 import { parseJson } from "../json.ts";
+import type { Credentials } from "../oci/docker_config.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {
@@ -112,6 +113,16 @@ export async function protectFuseMount(
   Deno.renameSync(`${file}.tmp`, file);
   removeIfThere(keeperPendingPath(spec.id));
   return keeper.pid;
+}
+
+/** Keeps `credentials` in the mount's record for the next takeover (reattach was given them). */
+export function rememberFuseCredentials(id: string, credentials: Credentials): void {
+  const record = readFuseRecovery(id);
+  if (!record) return;
+  record.spec = { ...record.spec, credentials };
+  const file = fuseRecoveryPath(id);
+  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
+  Deno.renameSync(`${file}.tmp`, file);
 }
 
 export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {

@@ -23,7 +23,8 @@ import {
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recovery/layer_record.ts";
 import type { Credentials } from "../oci/docker_config.ts";
-import { readRecoveryFile } from "../state/recovery_store.ts";
+import { readRecoveryFile, rewriteRecoveryFile } from "../state/recovery_store.ts";
+import type { RecoveryRecord } from "../state/recovery_record.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
 import { failureDetail } from "./reattach_detail.ts";
 
@@ -113,6 +114,8 @@ interface PlannedDevice {
   layerIndex: number;
   /** False when the registry was unreachable: the server verifies once it is back. */
   verified: boolean;
+  /** The record with the credentials reattach was given, to keep once they serve. */
+  newCredentials?: RecoveryRecord;
 }
 
 /** State for a device another tool mounted, so `list` and `umount` know it from now on. */
@@ -150,6 +153,11 @@ function adoptedState(
 export interface ReattachOptions {
   /** Serve a recorded image even when it is not the one mounted from the device. */
   acceptChangedImage?: boolean;
+  /**
+   * Registry credentials to use instead of the recorded ones (a password changed since the
+   * mount); recorded for the next reattach once a server runs with them.
+   */
+  credentials?: Credentials;
 }
 
 /** Reattaches what `target` selects; one outcome per device. */
@@ -193,7 +201,13 @@ async function reattachLocked(
     }
     try {
       const backendId = info.backend!;
-      const { record, extra } = readRecoveryFile(backendId);
+      const read = readRecoveryFile(backendId);
+      const extra = read.extra;
+      const fromRegistry = read.record.kind !== "LOCAL" && read.record.kind !== "TARINDEX_LOCAL";
+      const record = options.credentials && fromRegistry
+        ? { ...read.record, credentials: options.credentials }
+        : read.record;
+      const newCredentials = record === read.record ? undefined : record;
       let verified = true;
       let rebuilt: { layer: LayerSpec; credentials?: Credentials };
       try {
@@ -220,6 +234,7 @@ async function reattachLocked(
         state: owner?.state,
         layerIndex: owner?.layerIndex ?? 0,
         verified,
+        newCredentials,
       };
       groups.set(key, [...(groups.get(key) ?? []), planned]);
     } catch (error) {
@@ -264,6 +279,9 @@ async function reattachLocked(
         serverStart,
         reattachedAt,
       });
+      for (const p of planned) {
+        if (p.newCredentials) rewriteRecoveryFile(p.backendId, p.newCredentials);
+      }
       for (const p of planned) {
         outcomes.push(
           ready.waiting

@@ -1,10 +1,10 @@
 /**
  * Why a reattach failed, for its outcome line. A registry that refuses the credentials the
- * mount recorded (rotated since): reattach has no others to offer, so it says what does help.
+ * mount recorded (rotated since): it says how to give the current ones.
  */
 export function failureDetail(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   if (!/rejected .*credentials \((401|403)\)/.test(message)) return message;
-  return `${message}: reattach uses the credentials the mount was given; umount it and mount ` +
-    "it again with the current ones";
+  return `${message}: give the current ones, e.g. \`echo "$TOKEN" | erofs-oci reattach DIR ` +
+    "--username USER --password-stdin`";
 }

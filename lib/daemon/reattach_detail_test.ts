@@ -6,7 +6,7 @@ Deno.test("reattach's failure detail: rejected credentials say what helps, other
   const rejected = new OciError("registry r.test rejected the given credentials (401)");
   assert.match(
     failureDetail(rejected),
-    /^registry r\.test rejected the given credentials \(401\): reattach uses the credentials the mount was given; umount it and mount it again with the current ones$/,
+    /^registry r\.test rejected the given credentials \(401\): give the current ones, e\.g\. `echo "\$TOKEN" \| erofs-oci reattach DIR --username USER --password-stdin`$/,
   );
   assert.equal(failureDetail(new Error("blob not found")), "blob not found");
   assert.equal(failureDetail("plain"), "plain");

@@ -8,6 +8,7 @@ import {
   type FuseRecoveryRecord,
   localFileIdentity,
   readFuseRecovery,
+  rememberFuseCredentials,
 } from "./fuse_recovery.ts";
 import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
@@ -19,12 +20,12 @@ import {
   serverOf,
   writeState,
 } from "../state/runtime.ts";
-import type { ReattachOutcome } from "./reattach.ts";
+import type { ReattachOptions, ReattachOutcome } from "./reattach.ts";
 import { failureDetail } from "./reattach_detail.ts";
 
 export async function reattachFuseMount(
   state: MountState,
-  options: { acceptChangedImage?: boolean } = {},
+  options: ReattachOptions = {},
 ): Promise<ReattachOutcome> {
   const device = state.target;
   const server = serverOf(state);
@@ -83,6 +84,7 @@ export async function reattachFuseMount(
       };
     }),
     awaitSource: undefined,
+    credentials: options.credentials ?? record.spec.credentials,
     // States written before these fields existed: what the first server was given.
     metricsListen: state.metricsListen ?? record.spec.metricsListen,
     logFormat: state.logFormat ?? record.spec.logFormat,
@@ -90,6 +92,7 @@ export async function reattachFuseMount(
   };
   try {
     const ready = await startServer(spec, false);
+    if (options.credentials) rememberFuseCredentials(state.id, options.credentials);
     writeState({
       ...state,
       serverPid: ready.pid,

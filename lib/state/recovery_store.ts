@@ -65,6 +65,22 @@ export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra =
   throw new FormatError(`could not create a recovery file in ${RECOVERY_DIR}`);
 }
 
+/**
+ * Replaces the line of the recovery file at `path` (whole or not at all: a new file renamed
+ * over it), e.g. with the credentials a reattach was given; its companion stays.
+ */
+export function rewriteRecoveryFile(path: string, record: RecoveryRecord): void {
+  const tmp = `${path}.tmp`;
+  const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    file.writeSync(new TextEncoder().encode(formatRecoveryLine(record) + "\n"));
+    file.syncSync();
+  } finally {
+    file.close();
+  }
+  Deno.renameSync(tmp, path);
+}
+
 /** Reads a recovery file and its companion (absent for files written by erofs-utils). */
 export function readRecoveryFile(path: string): { record: RecoveryRecord; extra: RecoveryExtra } {
   let text: string;

@@ -1,7 +1,12 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 import { FormatError } from "../errors.ts";
 import { formatRecoveryLine } from "./recovery_record.ts";
-import { parseRecoveryExtra, readRecoveryFile, removeRecoveryFile } from "./recovery_store.ts";
+import {
+  parseRecoveryExtra,
+  readRecoveryFile,
+  removeRecoveryFile,
+  rewriteRecoveryFile,
+} from "./recovery_store.ts";
 
 /** A recovery line for a layout blob and, unless undefined, the companion text next to it. */
 function writeDevice(dir: string, companion?: string): string {
@@ -61,6 +66,29 @@ Deno.test("recovery companion: a damaged one is refused with what is wrong, not 
       }, text);
     }
     throws(() => parseRecoveryExtra('{"registryConfigDir":{}}', "x"), /bad "registryConfigDir"/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("recovery file rewritten with new credentials: same path, companion kept, mode 0600", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+  try {
+    const path = writeDevice(dir, JSON.stringify({ mountId: "m1" }));
+    const record = {
+      kind: "OCI_NATIVE_BLOB" as const,
+      reference: "r.test/app:v1",
+      platform: "linux/amd64",
+      digest: "sha256:" + "c".repeat(64),
+      credentials: { username: "u", password: "rotated pw" },
+    };
+    rewriteRecoveryFile(path, record);
+    assertEquals(readRecoveryFile(path), { record, extra: { mountId: "m1" } });
+    assertEquals(Deno.statSync(path).mode! & 0o777, 0o600);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "mountnbd_test",
+      "mountnbd_test.erofs-oci.json",
+    ]);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

@@ -49,10 +49,13 @@ export interface TokenServer {
   grantedCount(): number;
   /** Issues a token directly (for raw `fetch` setup steps in tests). */
   issue(scopes: string[], account?: string): Promise<string>;
+  /** From now on only `password` gets tokens (a rotated password). */
+  setPassword(password: string): void;
   stop(): Promise<void>;
 }
 
 export async function startTokenServer(options: TokenServerOptions): Promise<TokenServer> {
+  let password = options.password;
   const keyPath = `${options.dir}/token-key.pem`;
   const certPath = `${options.dir}/token-cert.pem`;
   await selfSignedP256({ subject: "/CN=erofs-oci test token issuer", keyPath, certPath });
@@ -108,7 +111,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
       requests.push(record);
       if (
         url.pathname !== "/token" || credentials?.username !== options.username ||
-        credentials.password !== options.password
+        credentials.password !== password
       ) {
         return Response.json(
           { errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] },
@@ -134,6 +137,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
     requests,
     grantedCount: () => requests.filter((r) => r.granted).length,
     issue,
+    setPassword: (changed) => password = changed,
     stop: () => server.shutdown(),
   };
 }
