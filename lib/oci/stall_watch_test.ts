@@ -258,7 +258,7 @@ for (const mode of ["stall", "interrupt"] as const) {
         "run",
         "-A",
         "--v8-flags=--expose-gc",
-        new URL("../../tests/_support/stall_gc_child.ts", import.meta.url).pathname,
+        new URL("../../tests/_support/stall_gc_child.ts", import.meta.url).href,
         mode,
       ],
       env: { EROFS_OCI_REGISTRY_STALL_S: "1" },
