@@ -303,20 +303,33 @@ export async function serveTransmission(
    */
   async function acquireWhileClientStays(length: number): Promise<void> {
     if (account.tryAcquire(length)) return;
-    const granted = account.acquire(length, stop.signal).then(() => true);
-    granted.catch(() => {}); // rejected only by a stop, which ends the loop below anyway
+    // One reaction on the grant for the whole wait: a Promise.race per read ahead left one on
+    // the pending grant per read (~300 B for each byte a trickling client sent meanwhile).
+    let settled = false;
+    let wake: (() => void) | undefined;
+    const granted = account.acquire(length, stop.signal);
+    granted.then(() => {}, () => {}).finally(() => {
+      settled = true;
+      wake?.();
+    });
+    /** Until the grant is settled, or `ahead` (if given) has something to say. */
+    const next = (ahead?: Promise<"data" | "eof" | "full">) =>
+      new Promise<"data" | "eof" | "full" | undefined>((resolve, reject) => {
+        wake = () => resolve(undefined);
+        if (settled) resolve(undefined);
+        ahead?.then(resolve, reject);
+      }).finally(() => wake = undefined);
     for (;;) {
-      const ahead = reader.readAhead();
-      if (await Promise.race([granted, ahead.then(() => false)])) return;
-      const seen = await ahead;
+      const seen = await next(reader.readAhead());
+      if (settled) return await granted;
       if (seen === "eof" && !disconnectQueued(reader)) {
         stop.abort(new Error("the client is gone (it left with READs waiting for the budget)"));
         closeQuietly(conn);
-        await granted; // rejects: the stop ends the connection
+        return await granted; // rejects: the stop ends the connection
       }
       if (seen !== "data") {
-        await granted;
-        return;
+        await next();
+        return await granted;
       }
     }
   }

@@ -311,3 +311,21 @@ Deno.test("transmission: a client that ends its side while a READ waits for budg
     });
   }
 });
+
+Deno.test("transmission: a READ waiting for budget costs the same however much its client trickles", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--v8-flags=--expose-gc",
+      new URL("../../tests/_support/trickle_child.ts", import.meta.url).href,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  ok(out.success, new TextDecoder().decode(out.stderr));
+  const { reads, heapGrowthBytes } = JSON.parse(new TextDecoder().decode(out.stdout));
+  assertEquals(reads, 256 * 1024 - 28);
+  // One reaction per read kept ~300 B each: 80 MB for these reads.
+  ok(heapGrowthBytes < 16 * MiB, `heap grew ${(heapGrowthBytes / MiB).toFixed(1)} MiB`);
+});
