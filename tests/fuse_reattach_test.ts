@@ -500,7 +500,10 @@ Deno.test({
 
       const refused = await cli(["reattach", sandbox.target]);
       assert.equal(refused.code, 1, describe(refused));
-      assert.match(refused.stderr, /rejected the given credentials \(401\).*: give the current ones/);
+      assert.match(
+        refused.stderr,
+        /rejected the given credentials \(401\).*: give the current ones/,
+      );
       assert.match(refused.stderr, /erofs-oci reattach DIR --username USER --password-stdin/);
 
       const given = await cli(["reattach", sandbox.target, ...login], rotated);

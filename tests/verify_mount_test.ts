@@ -14,7 +14,7 @@ import {
   startFaultProxy,
 } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { OCI_INDEX, OCI_MANIFEST, pushImage } from "./_support/oci_raw.ts";
+import { getManifest, OCI_INDEX, OCI_MANIFEST, pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
@@ -455,6 +455,16 @@ Deno.test({
         refused.stderr,
         /--require-verified: layer 0 of this image has no chunk-digest table/,
       );
+
+      // Adding tables there would replace what another tool keeps under the tag: refused.
+      const pushTables = await cli(["checksums", `${s.registry.host}/v/tagged:v1`, "--push"]);
+      assertCliError(
+        pushTables,
+        1,
+        /referrers tag sha256-[0-9a-f]{64} .* holds something else .*not replaced/,
+      );
+      const kept = await getManifest(s.registry, "v/tagged", tag);
+      assert.equal(kept.mediaType, OCI_MANIFEST, "the other image is still under the tag");
     } finally {
       await sandbox.cleanup();
     }

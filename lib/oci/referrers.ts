@@ -11,7 +11,7 @@ import type { RegistryClient } from "./client.ts";
 import { pullScope, pushScope } from "./scope.ts";
 import { digestOf } from "./digest.ts";
 import { MAX_MANIFEST_BYTES } from "./manifest.ts";
-import { OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
+import { MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
 import { parseJson } from "../json.ts";
 import { warn } from "../log.ts";
@@ -94,7 +94,7 @@ export async function pushReferrer(
     throw statusError(client, put, `storing the referrer manifest ${descriptor.digest}`);
   }
   if (put.headers.get("oci-subject") === subject) return "referrers-api";
-  const existing = await fetchTagIndex(client, repository, subject, signal) ?? [];
+  const existing = await fetchTagIndex(client, repository, subject, signal, "update") ?? [];
   const kept = existing.filter((d) => d.digest !== descriptor.digest && !(replace?.(d) ?? false));
   const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [...kept, descriptor] };
   const tag = referrersTag(subject);
@@ -171,18 +171,25 @@ export async function pushArtifact(
   return { digest, via };
 }
 
+/**
+ * The referrers index at the fallback tag. To look referrers up ("lookup"), a tag holding
+ * something else is no referrers; to add one ("update"), it is refused rather than replaced:
+ * it is someone else's, and every media type is asked for so that a registry answers with
+ * what the tag holds instead of a 404 (docker-registry's answer when only an index is asked).
+ */
 async function fetchTagIndex(
   client: RegistryClient,
   repository: string,
   subject: string,
   signal?: AbortSignal,
+  use: "lookup" | "update" = "lookup",
 ): Promise<ReferrerDescriptor[] | undefined> {
   const tag = referrersTag(subject);
   const response = await client.request({
     method: "GET",
     path: `/v2/${repository}/manifests/${tag}`,
     scope: pullScope(repository),
-    headers: { accept: OCI_INDEX },
+    headers: { accept: use === "update" ? MANIFEST_ACCEPT : OCI_INDEX },
     signal,
   });
   if (response.status === 404) {
@@ -198,6 +205,13 @@ async function fetchTagIndex(
     return parseReferrerIndex(bytes, `tag ${tag}`);
   } catch (error) {
     if (!(error instanceof OciError)) throw error;
+    if (use === "update") {
+      throw new OciError(
+        `the referrers tag ${tag} of ${repository} holds something else (${error.message}): ` +
+          "not replaced",
+        "another tool uses that tag: move what it holds elsewhere, then push again",
+      );
+    }
     // Someone else's use of the tag (or a broken one): no referrers of ours are listed there,
     // which is no reason to fail a mount (--require-verified still refuses unverified layers).
     warn(`the referrers tag ${tag} of ${repository}: ${error.message}; taken as no referrers`);
