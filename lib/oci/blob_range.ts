@@ -315,7 +315,8 @@ export async function readBlobRangeTo(
         }
         continue;
       }
-      watch.progressed();
+      // The body's stall windows need at most what this attempt still asks for.
+      watch.startBody(length - filled);
       if (
         location !== undefined && (response === undefined || (response.status !== 206 &&
           response.status !== 200))
@@ -375,8 +376,8 @@ export async function readBlobRangeTo(
       watch.done();
       if (watch.stalled && !signal?.aborted) {
         warn(
-          `registry ${client.host} stopped sending ${digest} for ${stallMs() / 1000} s ` +
-            `(${filled + copied} of ${length} bytes in); asking again`,
+          `registry ${client.host} ${watch.why} (GET of ${digest}, ` +
+            `${filled + copied} of ${length} bytes in); asking again`,
         );
       }
       filled += copied;

@@ -32,7 +32,12 @@ export class StallWatch {
   #waitedMs = 0;
   #since = performance.now();
   #windowBytes = 0;
+  /** Body bytes announced (Content-Length, the range asked for), and those received so far. */
+  #expected: number | undefined;
+  #received = 0;
   stalled = false;
+  /** Why it stalled, as a phrase after the registry's name ("stopped sending for 30 s"). */
+  why = "";
 
   constructor(outer?: AbortSignal, limitMs = stallMs()) {
     this.#stallMs = limitMs;
@@ -56,6 +61,20 @@ export class StallWatch {
     }
     this.#lastMs = now;
     this.#windowBytes += bytes;
+    this.#received += bytes;
+  }
+
+  /**
+   * The headers came and a body of `expectedBytes` (if known) follows: its windows start now
+   * (waiting for the headers is the "no byte" rule's), and a window needs only what is left.
+   */
+  startBody(expectedBytes?: number): void {
+    this.progressed();
+    this.#waitedMs = 0;
+    this.#since = performance.now();
+    this.#windowBytes = 0;
+    this.#expected = expectedBytes;
+    this.#received = 0;
   }
 
   /** A wait on purpose (the registry's pace, backoff): not a stall, until progressed(). */
@@ -78,12 +97,15 @@ export class StallWatch {
     if (this.#paused) return;
     const seconds = this.#stallMs / 1000;
     if (nowMs - this.#lastMs >= this.#stallMs) {
-      this.#stall(`no byte from the registry for ${seconds} s`);
+      this.#stall(`stopped sending for ${seconds} s`);
       return;
     }
     if (this.#waitedMs + nowMs - this.#since < this.#stallMs) return;
-    if (this.#windowBytes < MIN_WINDOW_BYTES) {
-      this.#stall(`the registry sent ${this.#windowBytes} bytes in ${seconds} s`);
+    const left = this.#expected === undefined
+      ? Infinity
+      : this.#expected - (this.#received - this.#windowBytes);
+    if (this.#windowBytes < Math.min(MIN_WINDOW_BYTES, left)) {
+      this.#stall(`sent only ${this.#windowBytes} bytes in ${seconds} s`);
       return;
     }
     this.#waitedMs = 0;
@@ -93,8 +115,9 @@ export class StallWatch {
 
   #stall(why: string): void {
     this.stalled = true;
+    this.why = why;
     this.done();
-    this.#controller.abort(new Deno.errors.TimedOut(why));
+    this.#controller.abort(new Deno.errors.TimedOut(`the registry ${why}`));
   }
 }
 
@@ -126,6 +149,8 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
     watch.done();
     return response;
   }
+  const length = Number(response.headers.get("content-length") ?? NaN);
+  watch.startBody(Number.isSafeInteger(length) && length >= 0 ? length : undefined);
   const reader = response.body.getReader();
   // fetch is meant to end a body being read when its signal aborts, but Deno 2.9's does not
   // once a garbage collection has run: a stalled or interrupted download then waited for the
@@ -137,9 +162,7 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
     watch.done();
   };
   const failure = (cause: unknown) =>
-    watch.stalled
-      ? new StalledError(`${host} stopped sending for ${stallMs() / 1000} s`, undefined, { cause })
-      : cause;
+    watch.stalled ? new StalledError(`${host} ${watch.why}`, undefined, { cause }) : cause;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       watch.progressed();
