@@ -287,6 +287,40 @@ Deno.test({
 });
 
 Deno.test({
+  name: "serve flood: a full server of quiet clients lets a newcomer in after the idle timeout",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 4 * MiB);
+      await using s = await serve(image, ["--idle-timeout", "2s"]);
+      for (let i = 0; i < 64; i++) {
+        const c = await RawNbdClient.connectUnix(s.socket);
+        clients.push(c);
+        await c.handshake();
+      }
+      await sleep(2500);
+      // Quiet for the idle timeout and someone needs the slot: the quiet-longest makes room
+      // (64 quiet clients no longer lock newcomers out for good).
+      await nbdinfoAnswers(s, Deno.statSync(image).size);
+      let served = 0;
+      for (const c of clients) {
+        await c.request(NBD_CMD_READ, 0, 4096).catch(() => {});
+        if ((await c.reply().catch(() => null))?.error === 0) served++;
+      }
+      ok(served >= 62 && served <= 63, `${served} of 64 quiet clients kept their connection`);
+      ok(s.alive(), s.stderr());
+      for (const c of clients) c.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name:
     "serve flood: clients that leave with READs waiting for the byte budget are dropped at once",
   ignore,

@@ -72,7 +72,8 @@ Options:
   }m). A quiet client owed nothing
                        keeps its connection (nbd-client and qemu hold one, silent,
                        while attached); with all 64 slots taken a newcomer replaces
-                       the client stalled longest, or is refused
+                       the client stalled longest, or one quiet this long, or is
+                       refused
   --export-name NAME   name shown by \`nbdinfo --list\` (default: the file name or the
                        layer digest); clients may also ask for the default export ""
   --layer N            serve layer N of a registry image (0 = bottom)

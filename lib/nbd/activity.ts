@@ -10,6 +10,7 @@ import type { NbdConn } from "./conn_io.ts";
 
 export class ConnActivity {
   #lastMs = Date.now();
+  #lastByteMs = Date.now();
   /**
    * Set by the phase running the connection: true while it waits for something the client
    * owes (the handshake phase owes its every byte until it ends).
@@ -18,7 +19,12 @@ export class ConnActivity {
 
   /** Bytes moved in either direction. */
   touch(): void {
-    this.#lastMs = Date.now();
+    this.#lastMs = this.#lastByteMs = Date.now();
+  }
+
+  /** How long no byte has moved on the connection, owed or not. */
+  quietMs(now = Date.now()): number {
+    return Math.max(0, now - this.#lastByteMs);
   }
 
   /** How long the connection has waited on what its client owes, without any progress. */

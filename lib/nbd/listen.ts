@@ -119,7 +119,11 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     }
   };
 
-  /** Closes the connection stalled longest, if any has been stalled long enough to lose its slot. */
+  /**
+   * Closes the connection stalled longest, if any has been stalled long enough to lose its
+   * slot; else, with an idle timeout, the one quiet longest if quiet for that long: quiet
+   * clients keep their slots, but 64 of them cannot lock every newcomer out for good.
+   */
   const evictIdlest = (reason: string): boolean => {
     const now = Date.now();
     let idlest: [number, Connection, number] | undefined;
@@ -127,6 +131,14 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
       const idleMs = entry.activity.idleMs(now);
       if (idleMs >= EVICT_MIN_IDLE_MS && (!idlest || idleMs > idlest[2])) {
         idlest = [otherId, entry, idleMs];
+      }
+    }
+    if (!idlest && idleTimeoutMs > 0) {
+      for (const [otherId, entry] of active) {
+        const quietMs = entry.activity.quietMs(now);
+        if (quietMs >= idleTimeoutMs && (!idlest || quietMs > idlest[2])) {
+          idlest = [otherId, entry, quietMs];
+        }
       }
     }
     if (!idlest) return false;
