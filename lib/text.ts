@@ -52,6 +52,7 @@ export function formatBytes(bytes: number): string {
  * parts, then how many more (a 20,000-layer image named each one in a 129,052-character line).
  */
 export function layerList(indexes: number[], maxParts = 8): string {
+  if (indexes.length === 0) return "no layers";
   const parts: string[] = [];
   let shown = 0;
   for (let i = 0; i < indexes.length && parts.length < maxParts;) {

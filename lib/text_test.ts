@@ -2,6 +2,7 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { layerList } from "./text.ts";
 
 Deno.test("layerList: runs as ranges, at most 8 parts, then how many more", () => {
+  assertEquals(layerList([]), "no layers");
   assertEquals(layerList([3]), "layer 3");
   assertEquals(layerList([0, 2, 5, 6, 7, 8, 9]), "layers 0, 2, 5–9");
   assertEquals(layerList(Array.from({ length: 20_000 }, (_, i) => i)), "layers 0–19999");

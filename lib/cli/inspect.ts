@@ -151,7 +151,7 @@ async function tablesOf(
   if (missing.size > 0) {
     for (const table of tables.values()) table.missing = missing.has(table.digest);
     warn(
-      `the registry does not have ${missing.size} chunk-digest table(s) the manifest names: ` +
+      `the registry does not have ${missing.size} chunk-digest table(s) the image names: ` +
         "mounts refuse those layers; the image was probably copied without them (skopeo and " +
         "crane copy manifest, config and layers only): `erofs-oci checksums IMAGE --push` " +
         "makes them again",
