@@ -159,8 +159,17 @@ export function rangesForLayers(
   layers: { digest?: string; sizeBytes: number }[],
   options: { subset?: boolean } = {},
 ): { layerIndex: number; offset: number; length: number }[] {
+  // Each trace layer names a mounted layer of its own: the k-th time a digest is listed, the
+  // k-th layer with it (an image may hold one layer twice). Mapped to one, a trace listing a
+  // digest 256 times made its prefetch read that layer 256 times (overlap is checked per trace
+  // layer only).
+  const taken = new Set<number>();
   const position = trace.layers.map((traced) => {
-    const index = layers.findIndex((l) => l.digest === traced.digest);
+    const index = layers.findIndex((l, i) => l.digest === traced.digest && !taken.has(i));
+    if (index >= 0) taken.add(index);
+    if (index < 0 && !options.subset && layers.some((l) => l.digest === traced.digest)) {
+      refuse(`it lists layer ${traced.digest} more often than this image has it`);
+    }
     // Mounting some layers only (--layer, --blob): the others' ranges are not for this mount.
     if (index < 0 && options.subset) return -1;
     if (index < 0) {

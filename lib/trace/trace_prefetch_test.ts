@@ -104,6 +104,27 @@ Deno.test("trace: a layer the mount lacks is refused, or ignored when a subset i
   );
 });
 
+Deno.test("trace: a layer listed twice is two layers of the image, never one read twice", () => {
+  const twice = parseTrace(encodeTrace({
+    version: 1,
+    layers: [{ digest: DIGEST, size: 100 }, { digest: DIGEST, size: 100 }],
+    ranges: [[0, 0, 100], [1, 0, 100]],
+  }));
+  // The image holds that layer once: each trace layer would read it whole.
+  assert.throws(
+    () => rangesForLayers(twice, [{ digest: DIGEST, sizeBytes: 100 }]),
+    /lists layer sha256:1{64} more often than this image has it/,
+  );
+  // Held twice (the same layer at two places of the stack): one each.
+  assert.deepEqual(
+    rangesForLayers(twice, [{ digest: DIGEST, sizeBytes: 100 }, {
+      digest: DIGEST,
+      sizeBytes: 100,
+    }]),
+    [{ layerIndex: 0, offset: 0, length: 100 }, { layerIndex: 1, offset: 0, length: 100 }],
+  );
+});
+
 Deno.test("prefetch: covers() only bytes of pieces read or being read, not queued ones", async () => {
   const MiB = 1 << 20;
   const gates: (() => void)[] = [];
