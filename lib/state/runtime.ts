@@ -332,6 +332,7 @@ export function readState(id: string): MountState | undefined {
     sayDamaged(id, new Error("not a mount record"));
     return undefined;
   }
+  state.overlay ??= state.layers.length > 1;
   return state;
 }
 
@@ -350,12 +351,34 @@ function sayDamaged(id: string, error: unknown): void {
 }
 
 /** The fields every reader of a record relies on, of the right types. */
+/**
+ * Every field a reader of the record (list, metrics, umount, reattach) uses has its type: a
+ * record damaged in one field (`"options": "x"`, no `backend`) made `list` and `metrics` fail
+ * for every mount with an internal error.
+ */
 function isMountState(value: unknown): value is MountState {
   const s = value as Partial<MountState> | null;
-  return typeof s === "object" && s !== null && typeof s.id === "string" &&
-    typeof s.target === "string" && s.target.startsWith("/") && typeof s.image === "string" &&
-    typeof s.createdAt === "string" && typeof s.serverPid === "number" &&
-    Array.isArray(s.layers) && s.layers.every((l) => typeof l === "object" && l !== null);
+  if (typeof s !== "object" || s === null) return false;
+  const optional = (v: unknown, type: string) => v === undefined || typeof v === type;
+  const isStringList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
+  return typeof s.id === "string" && typeof s.target === "string" && s.target.startsWith("/") &&
+    typeof s.image === "string" && typeof s.createdAt === "string" &&
+    Number.isSafeInteger(s.serverPid) && (s.backend === "nbd" || s.backend === "fuse") &&
+    optional(s.overlay, "boolean") && optional(s.manifestDigest, "string") &&
+    (s.options === undefined || isStringList(s.options)) &&
+    (s.mountId === undefined || Number.isSafeInteger(s.mountId)) &&
+    optional(s.cacheBytes, "number") && optional(s.reattachedAt, "string") &&
+    optional(s.metricsListen, "string") && (s.logFormat === undefined || s.logFormat === "json") &&
+    (s.serverStart === undefined ||
+      (typeof s.serverStart === "object" && s.serverStart !== null &&
+        Number.isSafeInteger(s.serverStart.pid) && typeof s.serverStart.ticks === "string")) &&
+    (s.diskCache === undefined || (typeof s.diskCache === "object" && s.diskCache !== null)) &&
+    Array.isArray(s.layers) &&
+    s.layers.every((l) =>
+      typeof l === "object" && l !== null && typeof l.blockPath === "string" &&
+      typeof l.layerDir === "string" && optional(l.digest, "string") &&
+      optional(l.device, "string") && optional(l.recoveryFile, "string")
+    );
 }
 
 export function writeState(state: MountState): void {
