@@ -34,6 +34,8 @@ const MAX_CONNECTIONS = 64;
 const CONNECTION_DEADLINE_MS = 30_000;
 /** Time for the request head to arrive: a scraper sends it at once. */
 const HEAD_DEADLINE_MS = 5_000;
+/** A connection with no request head this long gives its slot to a newcomer when all are taken. */
+const EVICT_HEADLESS_AFTER_MS = 1_000;
 /** Largest request head (request line and headers) read. */
 const MAX_HEAD_BYTES = 16 * 1024;
 /** Pause before accepting again after accept failed (EMFILE: no descriptor left). */
@@ -57,7 +59,8 @@ export function serveMetrics(
       "choose another address (e.g. tcp:127.0.0.1:0 picks a free port)",
     );
   }
-  const open = new Set<Deno.Conn>();
+  /** Each open connection: when it came, and whether its request head has come yet. */
+  const open = new Map<Deno.Conn, { openedMs: number; headRead: boolean }>();
   let closing = false;
   const finished = (async () => {
     let failures = 0;
@@ -74,13 +77,16 @@ export function serveMetrics(
         await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
         continue;
       }
-      if (open.size >= MAX_CONNECTIONS) {
+      // Full: the newcomer takes the slot of the oldest that has sent no request head for a
+      // second (64 idle connections held every slot: scrapes were closed unanswered).
+      if (open.size >= MAX_CONNECTIONS && !evictHeadless(open)) {
         closeQuietly(conn);
         continue;
       }
-      open.add(conn);
+      const slot = { openedMs: Date.now(), headRead: false };
+      open.set(conn, slot);
       const deadline = setTimeout(() => closeQuietly(conn), CONNECTION_DEADLINE_MS);
-      answer(conn, produce).catch(() => {/* the client went away */}).finally(() => {
+      answer(conn, produce, slot).catch(() => {/* the client went away */}).finally(() => {
         clearTimeout(deadline);
         open.delete(conn);
         closeQuietly(conn);
@@ -96,7 +102,7 @@ export function serveMetrics(
     shutdown: async () => {
       closing = true;
       closeQuietly(listener);
-      for (const conn of open) closeQuietly(conn);
+      for (const conn of open.keys()) closeQuietly(conn);
       await finished;
       removeOwnSocket(socket);
     },
@@ -107,8 +113,27 @@ export function serveMetrics(
   };
 }
 
+/** Closes the oldest connection still without a request head after a second; false if none. */
+function evictHeadless(open: Map<Deno.Conn, { openedMs: number; headRead: boolean }>): boolean {
+  const before = Date.now() - EVICT_HEADLESS_AFTER_MS;
+  let oldest: [Deno.Conn, number] | undefined;
+  for (const [conn, slot] of open) {
+    if (!slot.headRead && slot.openedMs <= before && (!oldest || slot.openedMs < oldest[1])) {
+      oldest = [conn, slot.openedMs];
+    }
+  }
+  if (!oldest) return false;
+  closeQuietly(oldest[0]);
+  open.delete(oldest[0]);
+  return true;
+}
+
 /** Reads one request head and writes its response. */
-async function answer(conn: Deno.Conn, produce: () => Promise<string>): Promise<void> {
+async function answer(
+  conn: Deno.Conn,
+  produce: () => Promise<string>,
+  slot: { headRead: boolean },
+): Promise<void> {
   // A connection that sends no request soon gives its slot back (slots are few).
   const headTimer = setTimeout(() => closeQuietly(conn), HEAD_DEADLINE_MS);
   let head: string | undefined;
@@ -117,6 +142,7 @@ async function answer(conn: Deno.Conn, produce: () => Promise<string>): Promise<
   } finally {
     clearTimeout(headTimer);
   }
+  slot.headRead = true;
   if (head === undefined) return respond(conn, 400, "bad request\n");
   const line = /^([A-Z]+) (\S+) HTTP\/1\.[01]\r?$/.exec(head.slice(0, head.indexOf("\n")));
   if (!line) return respond(conn, 400, "bad request\n");
@@ -141,9 +167,16 @@ async function readHead(conn: Deno.Conn): Promise<string | undefined> {
   while (filled < buf.length) {
     const n = await conn.read(buf.subarray(filled));
     if (n === null) return undefined;
+    // Only the new bytes (and the three before them) are looked at: a client sending a byte
+    // at a time cost a decode of the whole head per byte.
+    const from = Math.max(0, filled - 3);
     filled += n;
-    const text = new TextDecoder().decode(buf.subarray(0, filled));
-    if (text.includes("\r\n\r\n") || text.includes("\n\n")) return text;
+    for (let i = from; i + 1 < filled; i++) {
+      if (buf[i] !== 0x0a) continue;
+      if (buf[i + 1] === 0x0a || (buf[i + 1] === 0x0d && buf[i + 2] === 0x0a && i + 2 < filled)) {
+        return new TextDecoder().decode(buf.subarray(0, filled));
+      }
+    }
   }
   return undefined;
 }
