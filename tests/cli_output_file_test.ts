@@ -60,6 +60,17 @@ Deno.test("build -o DIR: refused before building, one line", async () => {
       2,
       /build: -o .* is a directory/,
     );
+    // A missing directory on the way: said before the work, not after it.
+    assertCliError(
+      await runCli(["build", `${work}/tree`, "-o", `${work}/no-such-dir/x.erofs`]),
+      2,
+      /build: -o .*no-such-dir\/x\.erofs: directory .*no-such-dir does not exist/,
+    );
+    assertCliError(
+      await runCli(["build", `${work}/tree`, "-o", `${work}/tree/file/x.erofs`]),
+      2,
+      /build: -o .*: .*tree\/file is not a directory/,
+    );
   } finally {
     await Deno.remove(work, { recursive: true });
   }

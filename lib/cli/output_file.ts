@@ -8,6 +8,23 @@
 import { UsageError, UserError } from "../errors.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
+  // Before the work, not after it (trace ran the whole traced command, then could not write).
+  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
+  const parent = slash < 0 ? "." : path.slice(0, slash) || "/";
+  try {
+    if (!Deno.statSync(parent).isDirectory) {
+      throw new UsageError(`${command}: -o ${path}: ${parent} is not a directory`);
+    }
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new UsageError(
+        `${command}: -o ${path}: directory ${parent} does not exist`,
+        "create it first, or write the file elsewhere",
+      );
+    }
+    if (error instanceof UsageError) throw error;
+    // Unreachable for another reason (permissions): writing it says why.
+  }
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
@@ -15,9 +32,10 @@ export function checkOutputFile(command: string, path: string, inputs: string[] 
     return; // absent (the usual case), or unreachable: writing it says why
   }
   if (info.isDirectory) {
+    const example = command === "trace" ? "trace.json" : "image.erofs";
     throw new UsageError(
       `${command}: -o ${path} is a directory`,
-      `name the file to write, e.g. -o ${path.replace(/\/+$/, "")}/image.erofs`,
+      `name the file to write, e.g. -o ${path.replace(/\/+$/, "")}/${example}`,
     );
   }
   // The output is written beside and renamed over the path: that would replace a device node
