@@ -217,7 +217,9 @@ Deno.test({
         1,
         runs.map(describe).join("\n"),
       );
-      assert.equal(runs.filter((run) => /alive/.test(run.stdout)).length, 2);
+      // The others found it alive, or busy (claimed by the one reattaching it, which they
+      // leave alone without waiting).
+      assert.equal(runs.filter((run) => /alive|busy/.test(run.stdout)).length, 2);
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 1, "one server runs");
       assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));

@@ -6,11 +6,15 @@
  * registry down the watcher retries with backoff and takes over once it answers.
  */
 import assert from "node:assert/strict";
-import { path, requires, root } from "./_support/requires.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
 import { startWatcher, type Watcher } from "./_support/watcher.ts";
-import type { TestRegistry } from "./_support/registry.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
+import { loadFixture } from "./_support/oci_fixtures.ts";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import {
+  expectedManifest,
+  manifestOf,
   type MountSandbox,
   mountSandbox,
   mountsBelow,
@@ -165,5 +169,67 @@ Deno.test({
       match: (request) => registryState.down && request.path.includes("/blobs/"),
       fault: { kind: "status", status: 404 },
     }]);
+  },
+});
+
+Deno.test({
+  name: "reattach --watch (FUSE): a mount whose registry hangs keeps no other mount dead",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const fixture = await loadFixture("basic.erofs");
+    assertSuccess(await runCli(["push", `${registry.host}/watch/hang:v1`, fixture.path]));
+    const hang = { on: false };
+    await using proxy = await startFaultProxy(registry.host, [{
+      match: () => hang.on,
+      fault: { kind: "delay", ms: 20_000 },
+    }]);
+    const sandbox = await mountSandbox();
+    const local = `${sandbox.target}/../local`;
+    const localImage = `${sandbox.target}/../basic.erofs`;
+    Deno.mkdirSync(local);
+    Deno.copyFileSync(fixture.path, localImage);
+    const env = { ...sandbox.env, EROFS_OCI_REGISTRY_STALL_S: "5" };
+    const watcher = startWatcher(env);
+    try {
+      await watcher.waitFor(/watching/, 60_000);
+      for (
+        const [image, target] of [[`${proxy.host}/watch/hang:v1`, sandbox.target], [
+          localImage,
+          local,
+        ]]
+      ) {
+        assertSuccess(
+          await runCli(["mount", image, target, "--backend", "fuse", "--no-disk-cache"], {
+            env,
+            timeoutMs: 60_000,
+          }),
+        );
+      }
+      await new Promise((r) => setTimeout(r, 1_500)); // the watcher picks both servers up
+      hang.on = true;
+      const killedAtMs = Date.now();
+      for (const pid of serverPids(sandbox.runtimeDir)) Deno.kill(pid, "SIGKILL");
+      // The local image's mount comes back while the other's reattach waits on its registry.
+      const back = await watcher.waitFor(/\/local: reattached: new server pid/, 30_000);
+      assert.ok(
+        back.atMs - killedAtMs < 10_000,
+        `the local mount came back after ${back.atMs - killedAtMs} ms:\n${
+          watcher.lines.join("\n")
+        }`,
+      );
+      assert.ok(!watcher.lines.some((l) => /\/mnt: reattached/.test(l)), watcher.lines.join("\n"));
+      assert.equal(await manifestOf(local), expectedManifest("basic.txt"));
+      hang.on = false;
+      await watcher.waitFor(/\/mnt: reattached: new server pid/, 120_000);
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      for (const target of [sandbox.target, local]) {
+        assertSuccess(await runCli(["umount", target], { env, timeoutMs: 60_000 }));
+      }
+    } finally {
+      hang.on = false;
+      await watcher.stop();
+      await sandbox.cleanup();
+    }
   },
 });

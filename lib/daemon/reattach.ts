@@ -18,6 +18,7 @@ import {
   readStates,
   removeMountDir,
   serverAlive,
+  tryLockChangesOf,
   writeState,
 } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
@@ -32,7 +33,7 @@ export type ReattachTarget = { device: number } | { dir: string } | { all: true 
 
 export interface ReattachOutcome {
   device: string;
-  result: "reattached" | "waiting" | "alive" | "failed";
+  result: "reattached" | "waiting" | "alive" | "busy" | "failed";
   detail: string;
 }
 
@@ -165,31 +166,66 @@ export async function reattach(
   target: ReattachTarget,
   options: ReattachOptions = {},
 ): Promise<ReattachOutcome[]> {
-  // Read after the lock: a reattach that ran meanwhile has recorded its server, now alive.
+  const outcomes: ReattachOutcome[] = [];
+  const held: Deno.FsFile[] = [];
+  let work: { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] };
+  // What to do is chosen under the lock of all mount changes, read after it (a reattach that
+  // ran meanwhile has recorded its server, now alive); the work itself (registry checks, new
+  // servers: up to minutes with a registry that hangs) holds only the locks of the mounts it
+  // revives, so one mount's trouble keeps neither the others nor new mounts waiting.
   const lock = await lockMountChanges();
   try {
-    return await reattachLocked(target, options);
+    work = selectWork(target, outcomes, held);
+  } catch (error) {
+    for (const file of held) file.close();
+    throw error;
   } finally {
     lock.close();
   }
+  try {
+    return await reattachSelected(work, outcomes, options);
+  } finally {
+    for (const file of held) file.close();
+  }
 }
 
-async function reattachLocked(
-  target: ReattachTarget,
-  options: ReattachOptions,
-): Promise<ReattachOutcome[]> {
-  const states = readStates();
-  const outcomes: ReattachOutcome[] = [];
-  const groups = new Map<string, PlannedDevice[]>();
+type OwnedDevice = NonNullable<ReturnType<typeof stateOfDevice>>;
 
+/**
+ * The FUSE mounts and NBD devices `target` selects whose server is dead, each claimed by its
+ * mount's lock (or, for a device no mount of ours owns, the device's): one another reattach
+ * or an umount is working on is left to it, with an outcome saying so.
+ */
+function selectWork(
+  target: ReattachTarget,
+  outcomes: ReattachOutcome[],
+  held: Deno.FsFile[],
+): { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] } {
+  const states = readStates();
+  const claimed = new Set<string>();
+  const claim = (key: string, device: string): boolean => {
+    if (claimed.has(key)) return true;
+    const lock = tryLockChangesOf(key);
+    if (!lock) {
+      outcomes.push({
+        device,
+        result: "busy",
+        detail: "another reattach or an umount is working on it: left to that one",
+      });
+      return false;
+    }
+    held.push(lock);
+    claimed.add(key);
+    return true;
+  };
   const fuseStates = states.filter((s) => s.backend === "fuse");
   const fuseSelected = "all" in target
     ? fuseStates
     : "dir" in target
     ? fuseStates.filter((s) => s.target === realPath(target.dir) || s.target === target.dir)
     : [];
-  for (const state of fuseSelected) outcomes.push(await reattachFuseMount(state, options));
-
+  const fuse = fuseSelected.filter((state) => claim(state.id, state.target));
+  const nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] = [];
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
     const owner = stateOfDevice(states, info.index);
@@ -199,6 +235,21 @@ async function reattachLocked(
       outcomes.push({ device: name, result: "alive", detail: `served by pid ${pid}, left alone` });
       continue;
     }
+    if (claim(owner?.state.id ?? `device-${info.index}`, name)) nbd.push({ info, owner });
+  }
+  return { fuse, nbd };
+}
+
+async function reattachSelected(
+  work: { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] },
+  outcomes: ReattachOutcome[],
+  options: ReattachOptions,
+): Promise<ReattachOutcome[]> {
+  const groups = new Map<string, PlannedDevice[]>();
+  for (const state of work.fuse) outcomes.push(await reattachFuseMount(state, options));
+
+  for (const { info, owner } of work.nbd) {
+    const name = `nbd${info.index}`;
     try {
       const backendId = info.backend!;
       const read = readRecoveryFile(backendId);

@@ -8,6 +8,7 @@ import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import {
   findState,
+  lockChangesOf,
   lockMountChanges,
   mountDir,
   type MountState,
@@ -79,11 +80,18 @@ export async function detachDeadFuseMounts(id: string, shownAs: string): Promise
 }
 
 export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
-  // Not while a reattach works on the same mounts (it would see this one half gone).
-  const lock = await lockMountChanges(() =>
-    info(`umount ${target}: waiting for a reattach in progress to finish`)
+  // Not while a reattach works on this mount (it would see it half gone): its own lock first,
+  // then (never the other way round: reattach takes its mounts' locks without waiting, under
+  // the lock of all changes) the lock of all changes, for the checks across mounts.
+  const mountLock = await lockChangesOf(
+    findState(target).id,
+    () => info(`umount ${target}: waiting for a reattach in progress to finish`),
   );
+  let lock: Deno.FsFile | undefined;
   try {
+    lock = await lockMountChanges(() =>
+      info(`umount ${target}: waiting for a mount or reattach in progress`)
+    );
     const state = findState(target);
     // Unmounting (even lazily detaching) the outer one would leave the inner ones serving,
     // recorded, out of every path's reach.
@@ -97,7 +105,8 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
     }
     return await unmountLocked(state, lazy);
   } finally {
-    lock.close();
+    lock?.close();
+    mountLock.close();
   }
 }
 

@@ -18,6 +18,8 @@ const SCAN_MS = 1_000;
 const KEEPER_GONE_MS = 2_000;
 const BACKOFF_FIRST_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
+/** Pass interval while reattaches are under way. */
+const INFLIGHT_PASS_MS = 200;
 
 export interface WatchOptions {
   /** Stops the watch after the attempt in progress. */
@@ -52,6 +54,9 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
    * so past KEEPER_GONE_MS: an umount ends the keeper a moment before the mount's state goes.
    */
   const keeperGoneSince = new Map<string, number>();
+  /** Reattaches under way, by mount: they run side by side (one registry that hangs kept every
+   * other mount dead behind it). */
+  const inflight = new Map<string, Promise<void>>();
   const unwatch = (id: string) => {
     const entry = watched.get(id);
     if (entry) closeFd(entry.pidfd);
@@ -89,6 +94,7 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
           }
         }
         if (watched.get(state.id)?.pid === server.pid && serverAlive(server)) continue;
+        if (inflight.has(state.id)) continue;
         unwatch(state.id);
         if (watchServer(state, watched)) continue;
         if (!state.target || !recoverable(state)) continue;
@@ -98,26 +104,31 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
           continue;
         }
         report(`${state.target}: server ${server.pid} is gone, reattaching`);
-        const outcomes = await reattachOne(state);
-        for (const o of outcomes) {
-          // A FUSE mount's outcome is named by its directory already.
-          const device = o.device === state.target ? "" : `${o.device} `;
-          report(`${state.target}: ${device}${o.result}: ${o.detail}`);
-        }
-        if (outcomes.length > 0 && outcomes.every((o) => o.result !== "failed")) {
-          backoff.delete(state.id);
-          // The new server is picked up by the next pass.
-          nextWakeMs = Date.now();
-        } else {
-          const delayMs = delay ? Math.min(delay.delayMs * 2, BACKOFF_MAX_MS) : BACKOFF_FIRST_MS;
-          backoff.set(state.id, { delayMs, nextAtMs: Date.now() + delayMs });
-          report(`${state.target}: retrying in ${delayMs / 1000} s`);
-          nextWakeMs = Math.min(nextWakeMs, Date.now() + delayMs);
-        }
+        const job = reattachOne(state).then((outcomes) => {
+          for (const o of outcomes) {
+            // A FUSE mount's outcome is named by its directory already.
+            const device = o.device === state.target ? "" : `${o.device} `;
+            report(`${state.target}: ${device}${o.result}: ${o.detail}`);
+          }
+          if (outcomes.length > 0 && outcomes.every((o) => o.result !== "failed")) {
+            backoff.delete(state.id); // the new server is picked up by the next pass
+          } else {
+            const delayMs = delay ? Math.min(delay.delayMs * 2, BACKOFF_MAX_MS) : BACKOFF_FIRST_MS;
+            backoff.set(state.id, { delayMs, nextAtMs: Date.now() + delayMs });
+            report(`${state.target}: retrying in ${delayMs / 1000} s`);
+          }
+        }).finally(() => inflight.delete(state.id));
+        inflight.set(state.id, job);
       }
-      await waitForExit([...watched.values()], Math.max(0, nextWakeMs - Date.now()));
+      // While reattaches run, passes come often enough to pick their new servers up.
+      const waitMs = Math.max(0, nextWakeMs - Date.now());
+      await waitForExit(
+        [...watched.values()],
+        inflight.size > 0 ? Math.min(waitMs, INFLIGHT_PASS_MS) : waitMs,
+      );
     }
   } finally {
+    await Promise.allSettled(inflight.values());
     for (const id of [...watched.keys()]) unwatch(id);
   }
 }

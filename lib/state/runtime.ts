@@ -296,6 +296,58 @@ export async function lockMountChanges(
   return file;
 }
 
+/**
+ * The lock of one mount's changes (`key`: its id), or of an NBD device no mount of ours owns
+ * (`device-N`): reattach and umount hold it while they work on that mount, so that they take
+ * turns there without holding up what they do elsewhere.
+ */
+function changesLockPath(key: string): string {
+  return key.startsWith("device-")
+    ? `${RUNTIME_ROOT}/${key}.lock`
+    : `${mountDir(key)}/changes.lock`;
+}
+
+function openChangesLock(key: string): Deno.FsFile {
+  return Deno.openSync(changesLockPath(key), {
+    read: true,
+    write: true,
+    create: true,
+    mode: 0o600,
+  });
+}
+
+/** The lock of `key`'s changes if nobody holds it (undefined: held, or the mount is gone). */
+export function tryLockChangesOf(key: string): Deno.FsFile | undefined {
+  let file: Deno.FsFile;
+  try {
+    file = openChangesLock(key);
+  } catch {
+    return undefined; // its runtime dir is gone: an umount finished it
+  }
+  if (file.tryLockSync(true)) return file;
+  file.close();
+  return undefined;
+}
+
+/** Waits for the lock of `key`'s changes (`onWait` once it has waited a second). */
+export async function lockChangesOf(
+  key: string,
+  onWait: () => void = () => {},
+): Promise<Deno.FsFile> {
+  const file = openChangesLock(key);
+  try {
+    let got = false;
+    const locked = file.lock(true).then(() => got = true);
+    await waitAtMost(locked, 1000);
+    if (!got) onWait();
+    await locked;
+  } catch (error) {
+    file.close();
+    throw error;
+  }
+  return file;
+}
+
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
 export function createMountDir(): string {
   Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
