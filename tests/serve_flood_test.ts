@@ -74,7 +74,7 @@ async function sameBytes(a: string, b: string): Promise<void> {
 }
 
 Deno.test({
-  name: "serve flood: 16 clients × 32 MiB READs never read cost bounded memory; nbdinfo answers",
+  name: "serve flood: 16 clients × 8 MiB READs never read cost bounded memory; nbdinfo answers",
   ignore,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
@@ -98,8 +98,9 @@ Deno.test({
         const hog = await RawNbdClient.connectUnix(s.socket);
         hogs.push(hog);
         await hog.handshake();
-        // Four 32 MiB READs of real data each: 2 GiB asked for, none of it ever read.
-        for (let r = 0; r < 4; r++) await hog.request(NBD_CMD_READ, r * 4 * MiB, 32 * MiB);
+        // Sixteen 8 MiB READs of real data each (the most one READ may ask: a client holds at
+        // most an eighth of the budget): 2 GiB asked for, none of it ever read.
+        for (let r = 0; r < 16; r++) await hog.request(NBD_CMD_READ, (r % 4) * 4 * MiB, 8 * MiB);
       }
       const peak = await settledPeak(pid);
       // Reply buffers are bounded by the budget; the cache, the one metadata prefetch, V8 and
@@ -184,8 +185,8 @@ Deno.test({
       await halfSent.write(new Uint8Array(10).fill(0x25));
       const stalled = await open(); // asks for 64 MiB and never reads it
       await stalled.handshake();
-      await stalled.request(NBD_CMD_READ, 0, 32 * MiB);
-      await stalled.request(NBD_CMD_READ, 8 * MiB, 32 * MiB);
+      await stalled.request(NBD_CMD_READ, 0, 8 * MiB);
+      await stalled.request(NBD_CMD_READ, 8 * MiB, 8 * MiB);
       const busy = await open(); // one small read every 400 ms
       await busy.handshake();
 
@@ -331,24 +332,31 @@ Deno.test({
     try {
       const image = await randomImage(dir, 40 * MiB);
       await using s = await serve(image);
-      // A hostage takes nearly all of the shared budget and never collects it, but keeps its
-      // socket moving (a FLUSH every 300 ms) so that it is never idle.
-      const hostage = await RawNbdClient.connectUnix(s.socket);
-      clients.push(hostage);
-      await hostage.handshake();
-      await hostage.request(NBD_CMD_READ, 0, 32 * MiB);
-      keepAlive = setInterval(() => hostage.request(NBD_CMD_FLUSH, 0, 0).catch(() => {}), 300);
+      // Four hostages take nearly all of the shared budget (each at most an eighth of the
+      // whole) and never collect it, but keep their sockets moving (a FLUSH every 300 ms) so
+      // that they are never idle.
+      const hostages: RawNbdClient[] = [];
+      for (let i = 0; i < 4; i++) {
+        const hostage = await RawNbdClient.connectUnix(s.socket);
+        clients.push(hostage);
+        hostages.push(hostage);
+        await hostage.handshake();
+        await hostage.request(NBD_CMD_READ, i * 8 * MiB, 8 * MiB);
+      }
+      keepAlive = setInterval(() => {
+        for (const hostage of hostages) hostage.request(NBD_CMD_FLUSH, 0, 0).catch(() => {});
+      }, 300);
       await sleep(500);
-      // 63 clients each ask for more than their guaranteed share and leave at once.
-      for (let i = 0; i < 63; i++) {
+      // 60 clients each ask for more than what is left of the pool and leave at once.
+      for (let i = 0; i < 60; i++) {
         const c = await RawNbdClient.connectUnix(s.socket);
         clients.push(c);
         await c.handshake();
-        await c.request(NBD_CMD_READ, 0, 2 * MiB);
+        await c.request(NBD_CMD_READ, 0, 4 * MiB);
         c.close();
       }
       await sleep(1000);
-      // Their slots are free again: a newcomer is served while the hostage still holds on.
+      // Their slots are free again: a newcomer is served while the hostages still hold on.
       await nbdinfoAnswers(s, Deno.statSync(image).size);
       ok(s.alive(), s.stderr());
       clearInterval(keepAlive);
@@ -356,6 +364,39 @@ Deno.test({
       assertEquals(await s.stop(), 0, s.stderr());
     } finally {
       clearInterval(keepAlive);
+      for (const c of clients) c.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "serve flood: a client that does not collect its replies holds an eighth of the budget",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-flood-" });
+    const clients: RawNbdClient[] = [];
+    try {
+      const image = await randomImage(dir, 40 * MiB);
+      await using s = await serve(image);
+      const slow = await RawNbdClient.connectUnix(s.socket);
+      clients.push(slow);
+      await slow.handshake();
+      // 64 MiB asked for and not read: before, it took the whole shared pool.
+      for (let r = 0; r < 8; r++) await slow.request(NBD_CMD_READ, (r % 4) * 8 * MiB, 8 * MiB);
+      await sleep(500);
+      const other = await RawNbdClient.connectUnix(s.socket);
+      clients.push(other);
+      await other.handshake();
+      const started = Date.now();
+      await other.request(NBD_CMD_READ, MiB, 2 * MiB);
+      const reply = await Promise.race([other.reply(), sleep(5000).then(() => "waited")]);
+      ok(reply !== "waited", "a 2 MiB READ waited behind the client that does not read");
+      assertEquals((reply as { error: number }).error, 0);
+      console.log(`2 MiB READ beside the slow client: ${Date.now() - started} ms`);
+      for (const c of clients) c.close();
+      assertEquals(await s.stop(), 0, s.stderr());
+    } finally {
       for (const c of clients) c.close();
       await Deno.remove(dir, { recursive: true });
     }

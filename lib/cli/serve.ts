@@ -64,7 +64,9 @@ Options:
     formatBytes(DEFAULT_MAX_INFLIGHT_BYTES)
   });
                        each of the 64 connection slots is guaranteed 1/128 of it, the
-                       rest is shared; beyond it requests wait unread (min 1M)
+                       rest is shared, at most 1/8 of the whole to one client (the
+                       largest READ: 8.5 MiB by default); beyond it requests wait
+                       unread (min 1M)
   --idle-timeout TIME  close a client that stalls this long — does not collect its
                        replies, or leaves its handshake or a request half sent: 90s,
                        5m, 0 = never (default ${

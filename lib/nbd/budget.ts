@@ -22,13 +22,22 @@ export class InflightBudget {
   readonly guaranteedBytes: number;
   /** Bytes shared by all connections beyond their guaranteed share. */
   readonly sharedBytes: number;
+  /** The most of the shared pool one connection may hold at once. */
+  readonly sharedPerConnectionBytes: number;
   #sharedUsed = 0;
   #waiters: Waiter[] = [];
 
   /**
    * `totalBytes` bounds all reply buffers of up to `maxConnections` connections together.
+   * `sharedPerConnectionBytes` caps one connection's take of the pool (default: all of it): a
+   * client collecting its replies slowly then holds a part of the pool, not all of it, and
+   * others' larger READs go on beside it.
    */
-  constructor(readonly totalBytes: number, readonly maxConnections: number) {
+  constructor(
+    readonly totalBytes: number,
+    readonly maxConnections: number,
+    sharedPerConnectionBytes?: number,
+  ) {
     if (!(totalBytes > 0) || !Number.isSafeInteger(totalBytes)) {
       throw new RangeError(`budget must be a positive number of bytes, got ${totalBytes}`);
     }
@@ -37,11 +46,15 @@ export class InflightBudget {
     }
     this.guaranteedBytes = Math.floor(totalBytes / 2 / maxConnections);
     this.sharedBytes = totalBytes - this.guaranteedBytes * maxConnections;
+    this.sharedPerConnectionBytes = Math.min(
+      this.sharedBytes,
+      sharedPerConnectionBytes ?? this.sharedBytes,
+    );
   }
 
   /** The largest single request that can ever be granted. */
   get maxGrantBytes(): number {
-    return this.guaranteedBytes + this.sharedBytes;
+    return this.guaranteedBytes + this.sharedPerConnectionBytes;
   }
 
   /** Bytes of the shared pool in use now. */
@@ -66,7 +79,9 @@ export class InflightBudget {
     const extra = this.#extra(account, bytes);
     // Strictly first come, first served for the pool: a big request is not overtaken forever.
     if (
-      extra === 0 || (this.#waiters.length === 0 && extra <= this.sharedBytes - this.#sharedUsed)
+      extra === 0 ||
+      (!this.#poolWaiters() && extra <= this.sharedBytes - this.#sharedUsed &&
+        !this.#overCap(account, extra))
     ) {
       this.#take(account, bytes, extra);
       return true;
@@ -129,14 +144,31 @@ export class InflightBudget {
       this.#take(waiter.account, waiter.bytes, 0);
       waiter.grant();
     }
-    while (this.#waiters.length > 0) {
-      const head = this.#waiters[0];
-      const extra = this.#extra(head.account, head.bytes);
+    // Then the pool, first come first served, past those that wait for their own replies to
+    // bring them under their cap (they take nothing from the others meanwhile).
+    for (let i = 0; i < this.#waiters.length;) {
+      const waiter = this.#waiters[i];
+      const extra = this.#extra(waiter.account, waiter.bytes);
+      if (this.#overCap(waiter.account, extra)) {
+        i++;
+        continue;
+      }
       if (extra > this.sharedBytes - this.#sharedUsed) return;
-      this.#waiters.shift();
-      this.#take(head.account, head.bytes, extra);
-      head.grant();
+      this.#waiters.splice(i, 1);
+      this.#take(waiter.account, waiter.bytes, extra);
+      waiter.grant();
     }
+  }
+
+  /** True when someone waits for the pool (not only for its own replies, over its cap). */
+  #poolWaiters(): boolean {
+    return this.#waiters.some((w) => !this.#overCap(w.account, this.#extra(w.account, w.bytes)));
+  }
+
+  /** True when taking `extra` more of the pool would put `account` over its cap. */
+  #overCap(account: BudgetAccount, extra: number): boolean {
+    return Math.max(0, account.heldBytes - this.guaranteedBytes) + extra >
+      this.sharedPerConnectionBytes;
   }
 }
 

@@ -102,3 +102,22 @@ Deno.test("transmission: a READ whose reply buffer cannot be allocated gets ENOM
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("budget: with a per-connection cap, a slow client holds its part of the pool, not all", async () => {
+  // 64 slots of 8 KiB guaranteed, 512 KiB shared, at most 128 KiB of it to one connection.
+  const budget = new InflightBudget(1024 * KiB, 64, 128 * KiB);
+  assertEquals(budget.maxGrantBytes, 8 * KiB + 128 * KiB);
+  const slow = budget.account();
+  await slow.acquire(136 * KiB); // its share and its whole cap
+  const more = granted(slow.acquire(64 * KiB)); // over its cap: waits for its own replies
+  const other = budget.account();
+  const big = granted(other.acquire(136 * KiB)); // not held up behind the capped waiter
+  await tick();
+  assertEquals(more.done, false);
+  assertEquals(big.done, true);
+  assertEquals(budget.sharedUsedBytes, 256 * KiB);
+  slow.release(136 * KiB);
+  await tick();
+  assertEquals(more.done, true);
+  await rejects(other.acquire(137 * KiB), /exceed the in-flight budget's largest grant/);
+});

@@ -104,7 +104,12 @@ Deno.test("handshake: GO with block-size request, then reads", async () => {
       assertEquals(exp.getBigUint64(2), BigInt(SIZE));
       assertEquals(exp.getUint16(10), 0x107, "HAS_FLAGS|READ_ONLY|SEND_FLUSH|CAN_MULTI_CONN");
       const bs = new DataView(infos.get(3)!.buffer);
-      assertEquals([bs.getUint32(2), bs.getUint32(6), bs.getUint32(10)], [1, 4096, 32 << 20]);
+      // The largest READ one client may have granted: its guaranteed share (1/128 of the
+      // 64 MiB budget) and its part of the pool (1/8 of it).
+      assertEquals(
+        [bs.getUint32(2), bs.getUint32(6), bs.getUint32(10)],
+        [1, 4096, (512 << 10) + (8 << 20)],
+      );
       assertEquals(new TextDecoder().decode(infos.get(1)!.subarray(2)), "image");
       await c.request(NBD_CMD_READ, SIZE - 10, 10);
       assertEquals((await c.reply())?.data, DATA.subarray(SIZE - 10));

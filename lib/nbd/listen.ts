@@ -68,10 +68,11 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
   const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
   const maxConnections = options.maxConnections ?? 64;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  const budget = new InflightBudget(
-    options.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES,
-    maxConnections,
-  );
+  const inflightBytes = options.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES;
+  // A client may hold a quarter of the shared pool: one that collects its replies slowly
+  // (32 MiB READs at 1 MiB/s) held all of it, and others' READs beyond their guaranteed share
+  // waited a minute behind it.
+  const budget = new InflightBudget(inflightBytes, maxConnections, Math.floor(inflightBytes / 8));
   // Compliant clients then never send a READ the budget could not grant.
   const exportDescription: ExportDescription = {
     ...options.export,
