@@ -14,7 +14,8 @@ for (const flag of ["-h", "--help"]) {
       "trace",
       NOT_AN_IMAGE,
       "-o",
-      "/nonexistent/t.json",
+      // Never written (the image is refused first), in a directory that exists.
+      "/tmp/erofs-oci-test-never-written.json",
       "--",
       "ls",
       flag,
