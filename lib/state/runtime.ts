@@ -267,21 +267,23 @@ function mtimeMs(path: string): number {
 }
 
 /**
- * Holds the lock that takes turns between `reattach` (and its --watch) and `umount` on this
- * runtime dir, until the returned file is closed: two reattaches of one dead server each
- * started a server of their own (both took the FUSE connection over; the loser ran on,
- * unrecorded, after umount), and a reattach during an umount saw a mount half gone.
+ * Holds the lock of all mount changes of this runtime dir (mount's target check, reattach's
+ * choice of work, umount's checks across mounts) until the returned file is closed: two
+ * reattaches of one dead server each started a server of their own (both took the FUSE
+ * connection over; the loser ran on, unrecorded, after umount), and a reattach during an
+ * umount saw a mount half gone. The work on one mount holds its own lock (lockChangesOf).
  */
-export async function lockMountChanges(
-  onWait: () => void = () => {},
-): Promise<Deno.FsFile> {
+export function lockMountChanges(onWait: () => void = () => {}): Promise<Deno.FsFile> {
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
-  const file = Deno.openSync(`${RUNTIME_ROOT}/changes.lock`, {
-    read: true,
-    write: true,
-    create: true,
-    mode: 0o600,
-  });
+  return lockSaying(openLockFile(`${RUNTIME_ROOT}/changes.lock`), onWait);
+}
+
+function openLockFile(path: string): Deno.FsFile {
+  return Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
+}
+
+/** Waits for an exclusive lock on `file`, calling `onWait` once it has waited a second. */
+async function lockSaying(file: Deno.FsFile, onWait: () => void): Promise<Deno.FsFile> {
   try {
     let got = false;
     const locked = file.lock(true).then(() => got = true);
@@ -308,12 +310,7 @@ function changesLockPath(key: string): string {
 }
 
 function openChangesLock(key: string): Deno.FsFile {
-  return Deno.openSync(changesLockPath(key), {
-    read: true,
-    write: true,
-    create: true,
-    mode: 0o600,
-  });
+  return openLockFile(changesLockPath(key));
 }
 
 /** The lock of `key`'s changes if nobody holds it (undefined: held, or the mount is gone). */
@@ -330,22 +327,8 @@ export function tryLockChangesOf(key: string): Deno.FsFile | undefined {
 }
 
 /** Waits for the lock of `key`'s changes (`onWait` once it has waited a second). */
-export async function lockChangesOf(
-  key: string,
-  onWait: () => void = () => {},
-): Promise<Deno.FsFile> {
-  const file = openChangesLock(key);
-  try {
-    let got = false;
-    const locked = file.lock(true).then(() => got = true);
-    await waitAtMost(locked, 1000);
-    if (!got) onWait();
-    await locked;
-  } catch (error) {
-    file.close();
-    throw error;
-  }
-  return file;
+export function lockChangesOf(key: string, onWait: () => void = () => {}): Promise<Deno.FsFile> {
+  return lockSaying(openChangesLock(key), onWait);
 }
 
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
