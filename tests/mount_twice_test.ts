@@ -31,3 +31,29 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "mount on a directory something else is mounted on: 'already mounted (tmpfs)'",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const tmpfs = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=1m", "erofs-oci-test", sandbox.target],
+      }).output();
+      assert.ok(tmpfs.success, new TextDecoder().decode(tmpfs.stderr));
+      Deno.writeTextFileSync(`${sandbox.target}/file`, "x");
+      assertCliError(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+        }),
+        1,
+        /mount point .* is already mounted \(tmpfs\)/,
+      );
+      assert.equal(Deno.readTextFileSync(`${sandbox.target}/file`), "x", "left as it was");
+    } finally {
+      await new Deno.Command("umount", { args: [sandbox.target] }).output();
+      await sandbox.cleanup();
+    }
+  },
+});

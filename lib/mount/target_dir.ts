@@ -113,6 +113,17 @@ export function checkMountTarget(dir: string): MountTarget {
   try {
     // Listed through the descriptor: the directory that will be mounted on is the one checked.
     if (listDirectory(`/proc/self/fd/${fd}`).length > 0) {
+      // Something mounted there shows its files: said as what it is (a mount racing onto this
+      // directory that had not recorded itself yet read as "not empty").
+      const top = readMountInfo().findLast((entry) => entry.mountPoint === path);
+      if (top) {
+        throw new MountError(
+          `mount point ${dir} is already mounted${
+            isOurs(top) ? " by erofs-oci" : ""
+          } (${top.fsType})`,
+          "unmount it first, or mount each image on a directory of its own",
+        );
+      }
       throw new MountError(
         `mount point ${dir} is not empty`,
         "mount on an empty directory so no files are hidden",
@@ -171,13 +182,13 @@ function mountedMeanwhile(path: string, pinnedMountId: number): MountError | und
   if (!top || top.id === pinnedMountId || top.parentId !== pinnedMountId) return undefined;
   return new MountError(
     `${path} was mounted on while this mount was set up (${top.fsType}` +
-      `${
-        top.source === "erofs-oci" || top.fsType.startsWith("fuse.erofs-oci")
-          ? ", by erofs-oci"
-          : ""
-      })`,
+      `${isOurs(top) ? ", by erofs-oci" : ""})`,
     "mount each image on a directory of its own; `erofs-oci list` shows what is mounted where",
   );
+}
+
+function isOurs(entry: { source: string; fsType: string }): boolean {
+  return entry.source === "erofs-oci" || entry.fsType.startsWith("fuse.erofs-oci");
 }
 
 /** Ids of every mount now (before mounting on a target; see `newMountOn`). */
