@@ -203,15 +203,22 @@ Deno.test("cache prune: a blob whose map is damaged (a directory, FIFO or symlin
     const cache = DiskCache.open({ dir })!;
     const base = (n: number) =>
       `${dir}/blobs/${digestOf(n).replace(":", "-")}.o-https_3a_2f_2fr.test.c${CHUNK}`;
-    for (const n of [1, 2, 3]) await (await fill(cache, n, 2)).source.close?.();
+    for (const n of [1, 2, 3, 4]) await (await fill(cache, n, 2)).source.close?.();
     Deno.removeSync(`${base(1)}.map`);
     Deno.mkdirSync(`${base(1)}.map`);
     Deno.removeSync(`${base(2)}.map`);
     assert.ok((await new Deno.Command("mkfifo", { args: [`${base(2)}.map`] }).output()).success);
     Deno.removeSync(`${base(3)}.map`);
     Deno.symlinkSync("/dev/null", `${base(3)}.map`);
+    // A damaged map that is all a blob has left (no data file to list it by).
+    for (const entry of Deno.readDirSync(`${dir}/blobs`)) {
+      if (entry.name.startsWith(base(4).slice(`${dir}/blobs/`.length))) {
+        Deno.removeSync(`${dir}/blobs/${entry.name}`);
+      }
+    }
+    Deno.symlinkSync("/dev/null", `${base(4)}.map`);
     const pruned = await listed(dir, "prune");
-    assert.equal(pruned.removedBlobs, 3, JSON.stringify(pruned));
+    assert.equal(pruned.removedBlobs, 4, JSON.stringify(pruned));
     assert.deepEqual([...Deno.readDirSync(`${dir}/blobs`)].map((e) => e.name), []);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -510,9 +510,16 @@ export class DiskCache {
    * in-use lock: a mount opening one meanwhile gets new files.
    */
   prune(keepBytes = 0, usedBeforeMs = Infinity): { removedBlobs: number; freedBytes: number } {
-    const blobs = this.#scan().sort((a, b) => a.usedMs - b.usedMs);
-    let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     let removedBlobs = 0, freedBytes = 0;
+    // Damage goes whatever the bounds: a blob with a map that is no regular file is open in
+    // no process, and may hold no bytes to count (its map all it has left).
+    const blobs = this.#scan().filter((blob) => {
+      if (!removeIfMapDamaged(blob.base)) return true;
+      removedBlobs++;
+      freedBytes += blob.bytes;
+      return false;
+    }).sort((a, b) => a.usedMs - b.usedMs);
+    let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     for (const blob of blobs) {
       if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
       if (!this.#removeIfUnused(blob.base)) continue;
@@ -534,7 +541,9 @@ export class DiskCache {
       // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
       // unsynced chunks (disk_cache_boot.ts); both counted with it.
       const match = /^(.*)\.(map|data|meta|boot)$/.exec(entry.name);
-      if (!match || !entry.isFile) continue;
+      // A map that is no regular file is damage, listed so that prune removes it (the blob's
+      // only file, it was never listed, so never pruned).
+      if (!match || (!entry.isFile && match[2] !== "map")) continue;
       const base = `${this.blobsDir}/${match[1]}`;
       let info: Deno.FileInfo;
       try {
