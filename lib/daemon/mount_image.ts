@@ -16,7 +16,6 @@ import {
 } from "../state/runtime.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "../mount/mount_options.ts";
 import {
-  currentMountIds,
   type MountTarget,
   newMountOn,
   pinnedPath,
@@ -113,7 +112,6 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       const dir = multi ? `${mountDir(id)}/${layerDirName(index)}` : spec.target;
       if (multi) Deno.mkdirSync(dir, { mode: 0o700 });
       const atTarget = !multi && pinned !== undefined;
-      const before = currentMountIds();
       if (atTarget) {
         await lockTarget();
         recheckMountTarget(pinned);
@@ -127,7 +125,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
           : Uint8Array.from(atob(layer.head), (c) => c.charCodeAt(0)),
       });
       mark(`cli: layer ${index} mounted`);
-      const mountId = atTarget ? newMountOn(pinned, "erofs", before) : undefined;
+      const mountId = atTarget ? newMountOn(pinned, "erofs") : undefined;
       targetMountId ??= mountId;
       undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
       layerDirs.push(dir);
@@ -135,7 +133,6 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     }
     const writable = spec.upper !== undefined;
     if (multi) {
-      const before = currentMountIds();
       if (pinned) {
         await lockTarget();
         recheckMountTarget(pinned);
@@ -154,7 +151,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         flags: mountFlags(trust, writable),
         mountAt: pinned ? pinnedPath(pinned) : undefined,
       });
-      const mountId = pinned ? newMountOn(pinned, "overlay", before) : undefined;
+      const mountId = pinned ? newMountOn(pinned, "overlay") : undefined;
       targetMountId = mountId;
       undo.push(() => unmountErofs(spec.target, { lazy: true, mountId, fsType: "overlay" }));
       signal?.throwIfAborted();

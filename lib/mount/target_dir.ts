@@ -191,28 +191,24 @@ function isOurs(entry: { source: string; fsType: string }): boolean {
   return entry.source === "erofs-oci" || entry.fsType.startsWith("fuse.erofs-oci");
 }
 
-/** Ids of every mount now (before mounting on a target; see `newMountOn`). */
-export function currentMountIds(): Set<number> {
-  return new Set(readMountInfo().map((entry) => entry.id));
-}
-
 /**
- * The id (mountinfo field 1) of the `fsType` mount just made on `target`: a mount not in
- * `before` whose parent is the mount holding the pinned directory, at the checked path.
+ * The id (mountinfo field 1) of the `fsType` mount just made on `target`: the newest whose
+ * parent is the mount holding the pinned directory, at the checked path.
  * Without the path, another mount made meanwhile on the same file system (a second `mount` or
  * `trace` into a sibling directory of /tmp) was just as new and had the same parent: the last
  * one was taken, and `umount` then unmounted that one and left ours mounted (CI:
  * trace_interrupt_test). A parent directory renamed since recheckMountTarget gives undefined,
  * and `umount` goes by path.
  */
-export function newMountOn(
-  target: MountTarget,
-  fsType: string,
-  before: Set<number>,
-): number | undefined {
+export function newMountOn(target: MountTarget, fsType: string): number | undefined {
+  // The newest (mountinfo lists mounts in the order they were made) at the checked path on the
+  // pinned directory's mount: made under the lock of mount changes, onto a directory checked
+  // empty and unmounted, it is ours. Not "an id absent before": the kernel hands a freed id to
+  // the next mount at once, and with other mounts ending meanwhile ours got one (CI: the id went
+  // unrecorded, and umount by a swapped path was refused instead of done by id).
   return readMountInfo().findLast((entry) =>
-    !before.has(entry.id) && entry.parentId === target.identity.mountId &&
-    entry.fsType === fsType && entry.mountPoint === target.path
+    entry.parentId === target.identity.mountId && entry.fsType === fsType &&
+    entry.mountPoint === target.path
   )?.id;
 }
 
