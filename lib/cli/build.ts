@@ -12,14 +12,14 @@ import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
-import { checkOutputFile } from "./output_file.ts";
+import { checkOutputFile, dirOf } from "./output_file.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import {
   REGISTRY_OPTIONS,
   REGISTRY_OPTIONS_HELP,
   type RegistryOptionValues,
 } from "./registry_option_specs.ts";
-import { dirOf, isImageSource, loadSource } from "./build_source.ts";
+import { isImageSource, loadSource } from "./build_source.ts";
 
 const MAX_ORDER_FILE_BYTES = 64 << 20;
 

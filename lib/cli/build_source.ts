@@ -3,6 +3,7 @@
  * a file or "-") read into a tree, with data referenced in place or spooled.
  */
 import { ProgressLine } from "./progress.ts";
+import { dirOf } from "./output_file.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
 import { info } from "../log.ts";
@@ -147,9 +148,4 @@ export function isImageSource(source: string): boolean {
   } catch {
     return false;
   }
-}
-
-export function dirOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash < 0 ? "." : path.slice(0, slash) || "/";
 }

@@ -9,8 +9,7 @@ import { UsageError, UserError } from "../errors.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
-  const slash = path.replace(/\/+$/, "").lastIndexOf("/");
-  const parent = slash < 0 ? "." : path.slice(0, slash) || "/";
+  const parent = dirOf(path.replace(/\/+$/, ""));
   try {
     if (!Deno.statSync(parent).isDirectory) {
       throw new UsageError(`${command}: -o ${path}: ${parent} is not a directory`);
@@ -79,6 +78,12 @@ export function outputFileError(command: string, path: string, error: unknown): 
     return new UserError(`${command}: cannot write ${path}: ${(error as Error).message}`);
   }
   return error;
+}
+
+/** The directory `path` names its file in ("." for a bare name). */
+export function dirOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash < 0 ? "." : path.slice(0, slash) || "/";
 }
 
 /**

@@ -108,9 +108,7 @@ export async function protectFuseMount(
       layer.kind === "local" && !layer.digest ? localFileIdentity(layer.path) ?? null : null
     ),
   };
-  const file = fuseRecoveryPath(spec.id);
-  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
-  Deno.renameSync(`${file}.tmp`, file);
+  writeFuseRecovery(spec.id, record);
   removeIfThere(keeperPendingPath(spec.id));
   return keeper.pid;
 }
@@ -120,6 +118,11 @@ export function rememberFuseCredentials(id: string, credentials: Credentials): v
   const record = readFuseRecovery(id);
   if (!record) return;
   record.spec = { ...record.spec, credentials };
+  writeFuseRecovery(id, record);
+}
+
+/** Whole or not at all (0600: it may hold credentials). */
+function writeFuseRecovery(id: string, record: FuseRecoveryRecord): void {
   const file = fuseRecoveryPath(id);
   Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
   Deno.renameSync(`${file}.tmp`, file);

@@ -168,7 +168,7 @@ export async function reattach(
 ): Promise<ReattachOutcome[]> {
   const outcomes: ReattachOutcome[] = [];
   const held: Deno.FsFile[] = [];
-  let work: { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] };
+  let work: ReattachWork;
   // What to do is chosen under the lock of all mount changes, read after it (a reattach that
   // ran meanwhile has recorded its server, now alive); the work itself (registry checks, new
   // servers: up to minutes with a registry that hangs) holds only the locks of the mounts it
@@ -191,6 +191,12 @@ export async function reattach(
 
 type OwnedDevice = NonNullable<ReturnType<typeof stateOfDevice>>;
 
+/** The FUSE mounts and NBD devices a reattach revives, each claimed by its lock. */
+interface ReattachWork {
+  fuse: MountState[];
+  nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[];
+}
+
 /**
  * The FUSE mounts and NBD devices `target` selects whose server is dead, each claimed by its
  * mount's lock (or, for a device no mount of ours owns, the device's): one another reattach
@@ -200,7 +206,7 @@ function selectWork(
   target: ReattachTarget,
   outcomes: ReattachOutcome[],
   held: Deno.FsFile[],
-): { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] } {
+): ReattachWork {
   const states = readStates();
   const claimed = new Set<string>();
   const claim = (key: string, device: string): boolean => {
@@ -225,7 +231,7 @@ function selectWork(
     ? fuseStates.filter((s) => s.target === realPath(target.dir) || s.target === target.dir)
     : [];
   const fuse = fuseSelected.filter((state) => claim(state.id, state.target));
-  const nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] = [];
+  const nbd: ReattachWork["nbd"] = [];
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
     const owner = stateOfDevice(states, info.index);
@@ -241,7 +247,7 @@ function selectWork(
 }
 
 async function reattachSelected(
-  work: { fuse: MountState[]; nbd: { info: NbdDeviceInfo; owner?: OwnedDevice }[] },
+  work: ReattachWork,
   outcomes: ReattachOutcome[],
   options: ReattachOptions,
 ): Promise<ReattachOutcome[]> {

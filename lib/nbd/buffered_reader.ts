@@ -33,11 +33,7 @@ export class BufferedReader {
     // Not before: requests already buffered are handled without waiting for the client.
     await this.#ahead;
     if (this.end - this.start >= n) return true;
-    if (this.start + n > this.buf.length) {
-      this.buf.copyWithin(0, this.start, this.end);
-      this.end -= this.start;
-      this.start = 0;
-    }
+    if (this.start + n > this.buf.length) this.#compact();
     while (this.end - this.start < n) {
       const got = this.#ended ? null : await this.conn.read(this.buf.subarray(this.end));
       if (got === null) {
@@ -66,13 +62,16 @@ export class BufferedReader {
     return this.#ahead;
   }
 
+  /** Moves the unread bytes to the front of the buffer. */
+  #compact(): void {
+    this.buf.copyWithin(0, this.start, this.end);
+    this.end -= this.start;
+    this.start = 0;
+  }
+
   async #readOnce(): Promise<"data" | "eof" | "full"> {
     if (this.#ended) return "eof";
-    if (this.end === this.buf.length && this.start > 0) {
-      this.buf.copyWithin(0, this.start, this.end);
-      this.end -= this.start;
-      this.start = 0;
-    }
+    if (this.end === this.buf.length) this.#compact();
     if (this.end === this.buf.length) return "full";
     const got = await this.conn.read(this.buf.subarray(this.end));
     if (got === null) {

@@ -70,9 +70,7 @@ export class StallWatch {
    */
   startBody(expectedBytes?: number): void {
     this.progressed();
-    this.#waitedMs = 0;
-    this.#since = performance.now();
-    this.#windowBytes = 0;
+    this.#newWindow(performance.now());
     this.#expected = expectedBytes;
     this.#received = 0;
   }
@@ -108,6 +106,10 @@ export class StallWatch {
       this.#stall(`sent only ${this.#windowBytes} bytes in ${seconds} s`);
       return;
     }
+    this.#newWindow(nowMs);
+  }
+
+  #newWindow(nowMs: number): void {
     this.#waitedMs = 0;
     this.#since = nowMs;
     this.#windowBytes = 0;

@@ -35,7 +35,7 @@ const NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra = {}): string {
   Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
   Deno.chmodSync(RECOVERY_DIR, 0o700);
-  const line = new TextEncoder().encode(formatRecoveryLine(record) + "\n");
+  const line = recoveryLineBytes(record);
   for (let attempt = 0; attempt < 100; attempt++) {
     const suffix = Array.from(
       crypto.getRandomValues(new Uint8Array(6)),
@@ -49,12 +49,7 @@ export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra =
       if (error instanceof Deno.errors.AlreadyExists) continue;
       throw error;
     }
-    try {
-      file.writeSync(line);
-      file.syncSync();
-    } finally {
-      file.close();
-    }
+    writeSynced(file, line);
     // Whole or absent: a crash while writing must not leave a damaged companion.
     const companion = companionPath(path);
     const tmp = `${companion}.tmp`;
@@ -72,13 +67,22 @@ export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra =
 export function rewriteRecoveryFile(path: string, record: RecoveryRecord): void {
   const tmp = `${path}.tmp`;
   const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+  writeSynced(file, recoveryLineBytes(record));
+  Deno.renameSync(tmp, path);
+}
+
+function recoveryLineBytes(record: RecoveryRecord): Uint8Array {
+  return new TextEncoder().encode(formatRecoveryLine(record) + "\n");
+}
+
+/** Writes `bytes`, syncs them to disk and closes `file`. */
+function writeSynced(file: Deno.FsFile, bytes: Uint8Array): void {
   try {
-    file.writeSync(new TextEncoder().encode(formatRecoveryLine(record) + "\n"));
+    file.writeSync(bytes);
     file.syncSync();
   } finally {
     file.close();
   }
-  Deno.renameSync(tmp, path);
 }
 
 /** Reads a recovery file and its companion (absent for files written by erofs-utils). */
