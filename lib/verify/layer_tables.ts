@@ -133,10 +133,9 @@ export async function attachChunkTables(
     layer.chunkTable = { digest: table.digest, path, bound: table.bound };
     if (!table.bound) unbound.push(layer.layerIndex ?? 0);
   }
-  const list = layerList;
   if (missing.length && options.requireVerified) {
     throw new UserError(
-      `--require-verified: ${list(missing)} of this image ha${
+      `--require-verified: ${layerList(missing)} of this image ha${
         missing.length === 1 ? "s" : "ve"
       } no chunk-digest table`,
       "push the image with erofs-oci (push, build --push, convert), or make tables: `erofs-oci checksums IMAGE --push`",
@@ -144,13 +143,17 @@ export async function attachChunkTables(
   }
   if (missing.length) {
     info(
-      `${list(missing)}: no chunk-digest table, bytes read from the registry are not verified ` +
+      `${
+        layerList(missing)
+      }: no chunk-digest table, bytes read from the registry are not verified ` +
         "(make one: `erofs-oci checksums IMAGE --push`; refuse such images: --require-verified)",
     );
   }
   if (unbound.length) {
     info(
-      `${list(unbound)}: chunk-digest table not bound by the manifest (found by referrer only; ` +
+      `${
+        layerList(unbound)
+      }: chunk-digest table not bound by the manifest (found by referrer only; ` +
         "a registry could swap both data and table)",
     );
   }

@@ -146,6 +146,11 @@ export async function pushTablesArtifact(
   );
 }
 
+/** Why a registry may lack tables a manifest names, and the way back (a hint). */
+export const TABLES_NOT_COPIED =
+  "the image was probably copied without its chunk-digest tables (skopeo and crane copy " +
+  "manifest, config and layers only): `erofs-oci checksums IMAGE --push` makes them again";
+
 /** Fetches the table blob `digest` (checked against it) and checks it describes `layer`. */
 export async function fetchTable(
   client: RegistryClient,
@@ -169,14 +174,7 @@ export async function fetchTable(
     if (response.status !== 404) throw error;
     // The layer's annotation names it, so going on without it would let a registry turn
     // verification off by withholding it.
-    throw Object.assign(
-      new OciError(
-        error.message,
-        "the image was probably copied without its chunk-digest tables (skopeo and crane copy " +
-          "manifest, config and layers only): `erofs-oci checksums IMAGE --push` makes them again",
-      ),
-      { status: 404 },
-    );
+    throw Object.assign(new OciError(error.message, TABLES_NOT_COPIED), { status: 404 });
   }
   const bytes = await readLimited(response, MAX_TABLE_BYTES);
   if (await digestOfAsync(bytes, digest) !== digest) {
