@@ -19,6 +19,7 @@ import {
   mountsBelow,
   pidAlive,
   serverPids,
+  writableExecutableMappings,
 } from "./mounts.ts";
 
 async function withRegistry(
@@ -173,6 +174,8 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         const [server] = serverPids(sandbox.runtimeDir);
         assert(server, sandbox.serverLogs());
         assert.equal(await manifestOf(sandbox.target), expectedManifest("layer1.txt"));
+        // V8 without its JIT (lib/daemon/server_spawn.ts), also after the reads.
+        assert.deepEqual(writableExecutableMappings(server), []);
         // What the mount does after it is ready (its walks, syncs) ends: then a second with at
         // most one wake-up. A reader polling every 200 ms never gets there (15 in 3 s alone).
         const deadline = Date.now() + 20_000;

@@ -108,6 +108,17 @@ export async function mountSandbox(): Promise<MountSandbox> {
 
 /** Server pids recorded under a runtime dir. */
 /**
+ * The mappings of `pid` that are writable and executable: where V8's JIT keeps its code (some
+ * 500 MB, rwx). Deno's FFI trampolines are executable but not writable (r-x, a few pages).
+ */
+export function writableExecutableMappings(pid: number): string[] {
+  return Deno.readTextFileSync(`/proc/${pid}/maps`).split("\n").filter((line) => {
+    const [, perms = ""] = line.trim().split(/\s+/);
+    return perms.includes("w") && perms.includes("x");
+  });
+}
+
+/**
  * Pids of running `__mount-server` processes whose environment names `runtimeDir` (ours only),
  * also those not recorded in a state file yet.
  */
