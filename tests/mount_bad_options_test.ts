@@ -2,7 +2,9 @@
  * `mount` option values that cannot work are refused as the user's mistake before anything
  * starts: `--backend xyz` is a usage error (exit 2; it was exit 1 like a runtime failure), and
  * `--upper`/`--work` that do not exist or are not directories are named (the kernel's overlay
- * refusal said only "No such file or directory", after a server had been started).
+ * refusal said only "No such file or directory", after a server had been started);
+ * `--cache-size` below what a mount uses at least is refused (0 mounted, and its FUSE recovery
+ * record was then refused by reattach, leaving the mount's readers blocked after a crash).
  */
 import assert from "node:assert/strict";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
@@ -152,6 +154,27 @@ Deno.test({
       }
     } finally {
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "mount --cache-size below the least a mount uses: usage error, nothing started",
+  ignore: requires(root()),
+  async fn() {
+    const target = await Deno.makeTempDir({ prefix: "erofs-oci-bad-options-" });
+    try {
+      for (const size of ["0", "1M"]) {
+        const result = await runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, target, "--cache-size", size],
+          { env: { EROFS_OCI_RUNTIME_DIR: `${target}-run` } },
+        );
+        assertCliError(result, 2, /--cache-size .* is below the least a mount uses \(4M\)/);
+        assert.deepEqual(readMountInfo().filter((m) => m.mountPoint === target), []);
+      }
+    } finally {
+      await Deno.remove(target, { recursive: true });
+      await Deno.remove(`${target}-run`, { recursive: true }).catch(() => {});
     }
   },
 });

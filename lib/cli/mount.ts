@@ -20,6 +20,7 @@ import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
   INDEX_CACHE_DIR,
+  MIN_LAYER_CACHE_BYTES,
   type MountState,
   readStates,
   serverAlive,
@@ -91,7 +92,7 @@ Options:
       --backend B        auto (default: nbd when the module is loaded, else fuse), nbd, fuse
       --cache-size SIZE  memory cache per mount (default ${
     DEFAULT_MOUNT_CACHE_BYTES >> 20
-  }M; e.g. 256M, 1G)
+  }M, at least ${MIN_LAYER_CACHE_BYTES >> 20}M; e.g. 256M, 1G)
       --disk-cache-size SIZE  bound of the host's shared disk cache of fetched layer
                          bytes in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, 4G;
                          0: none, as --no-disk-cache)
@@ -148,6 +149,13 @@ async function runMount(argv: string[]): Promise<number> {
   const cacheBytes = values["cache-size"] === undefined
     ? DEFAULT_MOUNT_CACHE_BYTES
     : parseSize(values["cache-size"], "--cache-size");
+  if (cacheBytes < MIN_LAYER_CACHE_BYTES) {
+    // Each layer's cache holds at least that much whatever was asked (server_layers.ts).
+    throw new UsageError(
+      `mount: --cache-size ${values["cache-size"]} is below the least a mount uses (` +
+        `${MIN_LAYER_CACHE_BYTES >> 20}M)`,
+    );
+  }
   const trust = parseMountTrust(values, values.options);
   if (values["fetch-all"] && values["no-disk-cache"]) {
     throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");

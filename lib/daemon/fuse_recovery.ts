@@ -145,7 +145,7 @@ export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
     Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length &&
     record.spec.layers.every(isLayerSpecShape) &&
     (record.spec.cacheBytes === undefined ||
-      (Number.isSafeInteger(record.spec.cacheBytes) && record.spec.cacheBytes > 0));
+      (Number.isSafeInteger(record.spec.cacheBytes) && record.spec.cacheBytes >= 0));
   if (!valid) throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
   return record;
 }

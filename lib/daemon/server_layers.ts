@@ -7,7 +7,7 @@ import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata, type PrefetchOptions } from "../source/metadata_prefetch.ts";
 import { QUIET_START } from "../source/background_windows.ts";
 import type { Source } from "../source/source.ts";
-import { mountDir, type MountSpec } from "../state/runtime.ts";
+import { MIN_LAYER_CACHE_BYTES, mountDir, type MountSpec } from "../state/runtime.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import {
   type HandedSidecar,
@@ -119,9 +119,6 @@ function withHandedMetadata(
     return await loader(signal, layerHanded, onHead);
   };
 }
-
-/** Bytes a layer's metadata cache may hold at least, whatever the mount's cache size. */
-const MIN_LAYER_CACHE_BYTES = 4 * 1024 * 1024;
 
 export class ServedLayers {
   readonly sources: PrefetchedSource[] = [];

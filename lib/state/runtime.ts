@@ -45,6 +45,8 @@ export const INDEXED_HERE_DIR = `${STATE_ROOT}/indexed-here`;
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */
 export const DEFAULT_MOUNT_CACHE_BYTES = 32 << 20;
+/** Bytes a layer's memory cache holds at least, whatever the mount's --cache-size. */
+export const MIN_LAYER_CACHE_BYTES = 4 << 20;
 
 /** Where one layer's bytes come from; also what reattach rebuilds a server from. */
 /**
