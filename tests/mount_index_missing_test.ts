@@ -3,7 +3,7 @@
  * (umoci-made, copied by skopeo: 3 tar+gzip layers with whiteouts and an opaque directory) is
  * indexed on this host and mounts equal to `umoci unpack`, each layer byte fetched once (the
  * bytes indexing read stay in the disk cache for the lazy reads); a later mount needs neither
- * the flag nor a layer GET. A layer that does not match its digest is refused and leaves no
+ * the flag nor a layer GET, and takes the index made here over one pushed later. A layer that does not match its digest is refused and leaves no
  * index, no mount and no chunk marked present in the disk cache behind; nor does a Ctrl-C while
  * a layer is indexed (the work directory used to stay).
  */
@@ -132,6 +132,21 @@ Deno.test({
         3,
         `one whole GET per layer: ${streamed.join("\n")}`,
       );
+
+      // Once someone pushes an index artifact, the index made here still comes first: its
+      // piece digests came from checked bytes, the registry's are its maker's.
+      assertSuccess(
+        await runCli(["index", ref, "--push"], { env: bareEnv, timeoutMs: 120_000 }),
+      );
+      const hereFirst = await mountFuseOk(rig, [ref]);
+      assert.doesNotMatch(hereFirst.stderr, /from the registry|not bound/);
+      assert.deepEqual(comparableListing(await treeListing(sandbox.target)), expected);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      // A host with no index of its own takes the registry's, and says what it is.
+      const noneEnv = { ...env, EROFS_OCI_STATE_DIR: `${work}/state-none` };
+      const elsewhere = await mountFuseOk({ ...rig, env: noneEnv }, [ref]);
+      assert.match(elsewhere.stderr, /from the registry \(a referrer\), not bound/);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: noneEnv }));
     }),
 });
 

@@ -73,11 +73,13 @@ Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry refere
 ([registry[:port]/]name[:tag][@sha256:…]), an OCI image layout directory
 (oci:PATH[:TAG]), a local EROFS image file, or a local tar or tar.gz file (through an
 index, as a tar layer).
-Ordinary tar+gzip layers mount lazily through a tar index: the one pushed with
-\`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag),
-else one in --index DIR, else one made on this host (--index-missing, once per layer);
-its files are kept in /var/lib/erofs-oci/index. An OCI layout's tar layers take an index
-from --index DIR (\`erofs-oci index oci:PATH -o DIR\`) or --index-missing.
+Ordinary tar+gzip layers mount lazily through a tar index: one made on this host
+(--index-missing, once per layer: kept in /var/lib/erofs-oci/indexed-here, its pieces
+checked against the layer digest), else one in --index DIR, else the one pushed with
+\`erofs-oci index IMAGE --push\` (found through the referrers API or its fallback tag);
+a copy of the index in use is kept in /var/lib/erofs-oci/index. An OCI layout's tar
+layers take an index from --index DIR (\`erofs-oci index oci:PATH -o DIR\`) or
+--index-missing.
 One EROFS layer is mounted read-only at DIR; several are each mounted privately and
 stacked with overlayfs at DIR (top layer first), so whiteouts and opaque directories of
 upper layers hide lower content as a container runtime would.
@@ -114,7 +116,7 @@ Options:
       --dev              honour device nodes of the image (default: nodev)
   -o, --options LIST     mount options: suid, nosuid, dev, nodev (comma-separated)
       --index DIR        tar indexes made by \`erofs-oci index … -o DIR\` (used for tar+gzip
-                         layers the registry has no index artifact for)
+                         layers with no index made on this host)
       --index-missing    index a tar/tar+gzip layer that has no index on this host: the
                          layer is read once (verified, kept in the disk cache, so reads
                          fetch nothing more); later mounts of it need no flag

@@ -17,7 +17,12 @@ import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
 import type { BlobStore } from "../convert/layer_blob.ts";
-import { findLocalLayerIndex, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
+import {
+  findLocalLayerIndex,
+  indexedHereDir,
+  layerFileStem,
+  type TarIndexFiles,
+} from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 
 /** The image whose layers are indexed here, and where their bytes are read from. */
@@ -66,25 +71,6 @@ export function fileLayersToIndex(path: string): LayersToIndex {
     image: { repository: "" },
     store: () => ({ kind: "source", open: () => LayoutFile.open(path, `file ${path}`) }),
   };
-}
-
-/** Where the index of the layer `digest` made on this host lives. */
-function indexedHereDir(hereDir: string, digest: string): string {
-  return `${hereDir}/${layerFileStem(digest)}`;
-}
-
-/** The index an earlier `--index-missing` made here for `layer`, if any (checked). */
-export async function findIndexedHere(
-  hereDir: string,
-  layer: { digest: string; size: number },
-): Promise<TarIndexFiles | undefined> {
-  const dir = indexedHereDir(hereDir, layer.digest);
-  try {
-    Deno.statSync(dir);
-  } catch {
-    return undefined;
-  }
-  return await findLocalLayerIndex(dir, layer);
 }
 
 /**

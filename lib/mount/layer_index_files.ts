@@ -132,6 +132,25 @@ export async function findLocalLayerIndex(
   return undefined;
 }
 
+/** Where the index of the layer `digest` made on this host lives. */
+export function indexedHereDir(hereDir: string, digest: string): string {
+  return `${hereDir}/${layerFileStem(digest)}`;
+}
+
+/** The index an earlier `--index-missing` made here for `layer`, if any (checked). */
+export async function findIndexedHere(
+  hereDir: string,
+  layer: { digest: string; size: number },
+): Promise<TarIndexFiles | undefined> {
+  const dir = indexedHereDir(hereDir, layer.digest);
+  try {
+    Deno.statSync(dir);
+  } catch {
+    return undefined;
+  }
+  return await findLocalLayerIndex(dir, layer);
+}
+
 /** The layer digests the records in `dir` name for a layer of `sizeBytes` (their claims only). */
 export async function indexedDigestsOfSize(dir: string, sizeBytes: number): Promise<Set<string>> {
   const digests = new Set<string>();

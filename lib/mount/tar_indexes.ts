@@ -1,7 +1,8 @@
 /**
  * Where a mount's tar and tar+gzip layers get their indexes (the files `mount` serves them
- * through): the registry's index artifact, `--tarindex`/`--zinfo`, `--index DIR`, one made on
- * this host earlier, or `--index-missing` (index_here.ts); each kept in the durable cache.
+ * through): `--tarindex`/`--zinfo`, one made on this host earlier, `--index DIR`, the
+ * registry's index artifact, or `--index-missing` (index_here.ts), in that order; each kept in
+ * the durable cache.
  */
 import { UserError } from "../errors.ts";
 import type { LayerDescriptor, LayerSelection } from "../oci/layers.ts";
@@ -93,20 +94,17 @@ export async function findTarIndexes(
     }
   }
   const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
-  const { findLocalLayerIndex } = await import("./layer_index_files.ts");
-  // Under --require-verified only an index made here is taken: the others are not even fetched
-  // (a broken or hostile index artifact must not stop a layer being indexed here).
-  if (from.kind === "registry" && !sources.requireVerified) {
-    const { ref, client } = from.opened;
-    const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
-    const fetched = await fetchTarIndexes(
-      client,
-      ref.repository,
-      image.manifestDigest,
-      wanted,
-      sources.cacheDir,
-    );
-    for (const [digest, files] of fetched) found.set(digest, { ...files, origin: "registry" });
+  // An index made here earlier (by --index-missing, of this image or another with the layer)
+  // first: its piece digests came from bytes checked against the layer digest, and finding it
+  // asks no registry. Only then the others, which nothing binds to the layer digest.
+  const { findIndexedHere, findLocalLayerIndex } = await import("./layer_index_files.ts");
+  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
+  for (const layer of wanted) {
+    const indexed = await findIndexedHere(hereDir, layer);
+    if (indexed) {
+      const kept = await keepIndexFiles(indexed, sources.cacheDir, layer.digest);
+      found.set(layer.digest, { ...kept, origin: "here" });
+    }
   }
   for (const layer of wanted) {
     if (found.has(layer.digest) || !sources.dir || sources.requireVerified) continue;
@@ -116,27 +114,30 @@ export async function findTarIndexes(
       found.set(layer.digest, { ...kept, origin: "dir" });
     }
   }
-  if (layers.every((l) => found.has(l.digest))) return found;
-  // Made here by an earlier --index-missing (of this image or another with the layer).
-  const here = await import("./index_here.ts");
-  const { findIndexedHere, indexMissingHere } = here;
-  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
-  for (const layer of wanted) {
-    if (found.has(layer.digest)) continue;
-    const here = await findIndexedHere(hereDir, layer);
-    if (here) {
-      const kept = await keepIndexFiles(here, sources.cacheDir, layer.digest);
-      found.set(layer.digest, { ...kept, origin: "here" });
-    }
+  // Under --require-verified only an index made here is taken: the others are not even fetched
+  // (a broken or hostile index artifact must not stop a layer being indexed here).
+  const unfound = wanted.filter((l) => !found.has(l.digest));
+  if (unfound.length && from.kind === "registry" && !sources.requireVerified) {
+    const { ref, client } = from.opened;
+    const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
+    const fetched = await fetchTarIndexes(
+      client,
+      ref.repository,
+      image.manifestDigest,
+      unfound,
+      sources.cacheDir,
+    );
+    for (const [digest, files] of fetched) found.set(digest, { ...files, origin: "registry" });
   }
   const missing = layers.filter((l) => !found.has(l.digest));
   if (missing.length && sources.indexMissing) {
+    const here = await import("./index_here.ts");
     const toIndex = from.kind === "registry"
       ? here.registryLayersToIndex(from.opened)
       : from.kind === "layout"
       ? here.layoutLayersToIndex(from.ref, from.layout)
       : here.fileLayersToIndex(from.path);
-    const made = await indexMissingHere(toIndex, image, missing, hereDir, {
+    const made = await here.indexMissingHere(toIndex, image, missing, hereDir, {
       onBytes: sources.onIndexBytes,
       finish: sources.onIndexed,
       signal: sources.signal,
