@@ -4,7 +4,7 @@
  * recorded by a pass-through proxy).
  */
 import assert from "node:assert/strict";
-import { command, requires, root } from "./_support/requires.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, loginOptions, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
@@ -49,6 +49,38 @@ Deno.test({
         proxy.requests.every((r) => !r.hasAuthorization),
         "Authorization was sent to the source registry",
       );
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "convert and trace: a 401 from a registry they read only through Docker's config says so",
+  ignore: requires(root(), command("docker-registry"), command("htpasswd"), path("/dev/fuse")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-auth-hint-" });
+    await using registry = await startRegistry({ auth: "basic" });
+    try {
+      const hint = new RegExp(
+        `hint: log in with \`docker login ${registry.host}\` \\(this command reads the ` +
+          "credentials of this registry from Docker's config only\\)",
+      );
+      const required = /requires authentication \(401\)/;
+      const source = `${registry.host}/src/app:v1`;
+      const convert = await runCli(["convert", source, `oci:${work}/out:v1`]);
+      assertCliError(convert, 1, required);
+      assert.match(convert.stderr, hint);
+      assert.doesNotMatch(convert.stderr, /--username/);
+      const trace = await runCli(["trace", source, "-o", `${work}/t.json`, "--", "true"], {
+        env: { EROFS_OCI_RUNTIME_DIR: `${work}/run`, EROFS_OCI_STATE_DIR: `${work}/state` },
+      });
+      assertCliError(trace, 1, required);
+      assert.match(trace.stderr, hint);
+      // A command that takes credentials still names them.
+      const inspect = await runCli(["inspect", source]);
+      assertCliError(inspect, 1, required);
+      assert.match(inspect.stderr, /hint: pass --username and --password-stdin, or log in/);
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }

@@ -86,7 +86,7 @@ Examples:
       platform: values.platform,
       "plain-http": values["plain-http"],
       insecure: values.insecure,
-    });
+    }, false);
     let destination: ImageDestination;
     let closeDestination = () => {};
     const layoutRef = parseLayoutReference(dst);

@@ -65,6 +65,8 @@ export async function openRegistry(
   command: string,
   image: string,
   values: RegistryOptionValues,
+  /** false: the command takes no credential options for this image (see RegistryClient). */
+  credentialOptions = true,
 ): Promise<OpenedRegistry> {
   const ref = parseReference(image);
   if (values.platform !== undefined) parsePlatform(values.platform);
@@ -74,7 +76,12 @@ export async function openRegistry(
   const credentials = await credentialsFromOptions(command, values);
   const plainHttp = values["plain-http"] ? true : undefined;
   const insecure = values.insecure ?? false;
-  const client = new RegistryClient(ref.registry, { plainHttp, insecure, credentials });
+  const client = new RegistryClient(ref.registry, {
+    plainHttp,
+    insecure,
+    credentials,
+    credentialOptions,
+  });
   const opened: OpenedRegistry = { ref, client, insecure };
   if (values.platform !== undefined) opened.platform = values.platform;
   if (credentials) opened.credentials = credentials;
@@ -90,6 +97,7 @@ export async function openImage(
   command: string,
   image: string,
   values: RegistryOptionValues,
+  credentialOptions = true,
 ): Promise<OpenedImage> {
   const layoutRef = parseLayoutReference(image);
   if (layoutRef) {
@@ -110,7 +118,7 @@ export async function openImage(
       "name a registry image ([registry[:port]/]name[:tag]) or an OCI layout (oci:PATH[:TAG])",
     );
   }
-  const registry = await openRegistry(command, image, values);
+  const registry = await openRegistry(command, image, values, credentialOptions);
   return {
     name: formatReference(registry.ref),
     repository: registry.ref.repository,

@@ -6,7 +6,8 @@
  */
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
-import { UsageError, UserError } from "../errors.ts";
+import { OciError, UsageError, UserError } from "../errors.ts";
+import { authRequiredHint } from "../oci/auth.ts";
 import { openRegistry, REGISTRY_OPTIONS } from "./registry_options.ts";
 import { TRANSPORT_OPTIONS_HELP } from "./registry_option_specs.ts";
 import { info, warn } from "../log.ts";
@@ -96,7 +97,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
     const interrupt = catchInterrupts(
       "trace interrupted: no trace written, its temporary mount removed",
     );
-    const opened = await openRegistry("trace", image, values).catch((error) => {
+    const opened = await openRegistry("trace", image, values, false).catch((error) => {
       interrupt.close();
       throw error;
     });
@@ -115,7 +116,17 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       if (values.backend !== undefined) mountArgv.push("--backend", values.backend);
       if (values.platform !== undefined) mountArgv.push("--platform", values.platform);
       for (const flag of FORWARDED_FLAGS) if (values[flag]) mountArgv.push(`--${flag}`);
-      await mountCommand.run(mountArgv);
+      await mountCommand.run(mountArgv).catch((error) => {
+        // The mount's own 401 hint names credential options trace does not take.
+        if (!(error instanceof OciError) || error.status !== 401) throw error;
+        const required = new OciError(
+          error.message,
+          authRequiredHint(opened.ref.registry, false),
+          { cause: error },
+        );
+        required.status = 401;
+        throw required;
+      });
       mounted = true;
       const status = await runTraced(command, root, seconds, interrupt.signal);
       interrupt.signal.throwIfAborted();

@@ -36,8 +36,17 @@ export class RegistryAuth {
   #explicitCredentials: boolean;
   readonly #tokens = new Map<string, CachedToken>();
 
-  constructor(registry: string, fetchToken: TokenFetch, credentials?: Credentials) {
+  /** Whether the command takes --username/--password-stdin for this registry (the 401 hint). */
+  readonly #credentialOptions: boolean;
+
+  constructor(
+    registry: string,
+    fetchToken: TokenFetch,
+    credentials?: Credentials,
+    credentialOptions = true,
+  ) {
     this.#registry = registry;
+    this.#credentialOptions = credentialOptions;
     this.#fetchToken = fetchToken;
     this.#explicitCredentials = credentials !== undefined;
     if (credentials) this.#credentials = Promise.resolve(credentials);
@@ -168,7 +177,7 @@ export class RegistryAuth {
   #required(): OciError {
     const error = new OciError(
       `registry ${this.#registry} requires authentication (401)`,
-      "pass --username and --password-stdin, or log in with `docker login`",
+      authRequiredHint(this.#registry, this.#credentialOptions),
     );
     error.status = 401;
     return error;
@@ -185,6 +194,17 @@ export class RegistryAuth {
     error.status = status;
     return error;
   }
+}
+
+/**
+ * What to do about a 401: `credentialOptions` false when the command takes no
+ * --username/--password-stdin for this registry (trace, the source of convert).
+ */
+export function authRequiredHint(registry: string, credentialOptions: boolean): string {
+  return credentialOptions
+    ? "pass --username and --password-stdin, or log in with `docker login`"
+    : `log in with \`docker login ${registry}\` (this command reads the credentials of this ` +
+      "registry from Docker's config only)";
 }
 
 /**

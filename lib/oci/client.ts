@@ -59,6 +59,11 @@ export interface RegistryClientOptions {
   hostsConfigDir?: string | false;
   /** Where this client talks to instead of the registry's own address (a mirror, `server`). */
   endpoint?: ServerEndpoint;
+  /**
+   * false: the command takes no --username/--password-stdin for this registry (trace, the
+   * source of convert), so a 401's hint names only `docker login`.
+   */
+  credentialOptions?: boolean;
 }
 
 /** One registry API request; see RegistryClient.request. */
@@ -166,6 +171,7 @@ export class RegistryClient {
       (url, headers, signal) => this.#transport.fetchTokenServer(url, headers, signal),
       // Explicit credentials are for the registry (or its configured `server`), never a mirror.
       options.endpoint?.isMirror ? undefined : options.credentials,
+      options.credentialOptions,
     );
     this.#mirrors = config
       ? mirrorsFromRoutes(config, (mirror) =>
