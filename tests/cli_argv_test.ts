@@ -185,10 +185,12 @@ Deno.test("parseCommandArgs: usage errors are one-line UsageErrors with exit cod
     }
     throw new Error(`no usage error for ${JSON.stringify(argv)}`);
   };
+  // '-x' may be a file name; '--nope' was meant as an option (mount IMG DIR --bogus).
   assert.equal(
-    usage(["--nope"]).message,
-    "demo: unknown option '--nope'; an argument that starts with '-' goes after '--' (… -- --nope)",
+    usage(["-x"]).message,
+    "demo: unknown option '-x'; an argument that starts with '-' goes after '--' (… -- -x)",
   );
+  assert.equal(usage(["--nope"]).message, "demo: unknown option '--nope'");
   // A typo of a known option: the option it was meant as.
   assert.equal(usage(["--nmae=x"]).message, "demo: unknown option '--nmae' (did you mean --name?)");
   assert.equal(usage(["--names"]).message, "demo: unknown option '--names' (did you mean --name?)");

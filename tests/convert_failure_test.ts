@@ -106,6 +106,14 @@ Deno.test({
     assertSuccess(await runCli(["push", image, `${FIXTURES}/layer1.erofs`]));
     const result = await runCli(["convert", image, `${registry.host}/erofs/again:v1`]);
     assertCliError(result, 1, /already EROFS/);
+    // The hint is a command to run, with the image and the layer in it.
+    assert.match(
+      result.stderr,
+      new RegExp(
+        `hint: mount it as it is \\(\`erofs-oci mount ${image} DIR\`\\), or take the ` +
+          `layer's file with \`erofs-oci pull ${image} --layer 0 -o FILE\``,
+      ),
+    );
     assert.equal((await getManifest(registry, "erofs/again", "v1")).status, 404);
   },
 });

@@ -55,6 +55,12 @@ Deno.test({
       const inspected = await runCli(["inspect", `oci:${dst}:new`, "--json"]);
       assertSuccess(inspected);
       assert.equal(JSON.parse(inspected.stdout).layers.length, 3);
+      // A layout's blobs are hashed whole by a mount: no table is needed, none is "-" (none).
+      const table = await runCli(["inspect", `oci:${dst}:new`]);
+      assertSuccess(table);
+      const rows = table.stdout.split("\n").filter((line) => /^\s*\d+\s+sha256:/.test(line));
+      assert.equal(rows.length, 3, table.stdout);
+      assert(rows.every((row) => /\swhole\s*$/.test(row)), table.stdout);
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }

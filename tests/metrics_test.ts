@@ -87,6 +87,17 @@ Deno.test({
         sampleOf(families, "erofs_oci_layer_fetched_bytes_total", labels) >= layer.bytesFetched,
       );
       assert(sampleOf(families, "erofs_oci_layer_memory_cache_hits_total", labels) >= 0);
+      // Every counter of list --json is in the exposition (the reader thread's direct reads
+      // and the prefetch's reads were left out).
+      assert(typeof layer.directReads === "number", list.stdout);
+      assert(
+        sampleOf(families, "erofs_oci_layer_direct_reads_total", labels) >= layer.directReads!,
+      );
+      assert(typeof layer.prefetchFetches === "number", list.stdout);
+      assert(
+        sampleOf(families, "erofs_oci_layer_prefetch_fetches_total", labels) >=
+          layer.prefetchFetches!,
+      );
       const histogram = families.find((f) => f.name === "erofs_oci_layer_registry_get_seconds")!;
       assert.equal(histogram.type, "histogram");
       const count = sampleOf(families, "erofs_oci_layer_registry_get_seconds_count", labels);

@@ -42,7 +42,7 @@ export function parseCommandArgs<O extends OptionSpecs>(
         `${command}: unknown option '${unknown}'` +
           (near
             ? ` (did you mean --${near}?)`
-            : allowPositionals
+            : allowPositionals && !unknown.startsWith("--")
             ? `; an argument that starts with '-' goes after '--' (… -- ${unknown})`
             : ""),
         help,

@@ -18,8 +18,9 @@ layers (index, digest, size in bytes, media type, chunk-digest table), bottom la
 TABLE is "bound" when the manifest names the layer's table (push, build --push, convert),
 "referrer" when only a tables artifact does (\`erofs-oci checksums IMAGE --push\`), "-" when
 the layer has none (mounts cannot verify its bytes), "missing" when the manifest names a
-table the registry does not have (an image copied without it: mounts refuse the layer). Layer indexes are
-what \`pull --layer\` and \`mount --layer\` take.
+table the registry does not have (an image copied without it: mounts refuse the layer),
+"whole" in an OCI layout (a mount hashes each blob whole before serving it). Layer
+indexes are what \`pull --layer\` and \`mount --layer\` take.
 
 IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST] (no registry means Docker Hub), or
 oci:PATH[:TAG] for a local OCI image layout directory.
@@ -94,7 +95,7 @@ Examples:
           l.digest,
           String(l.sizeBytes),
           l.mediaType,
-          tableColumn(tables.get(l.digest)),
+          opened.layout ? "whole" : tableColumn(tables.get(l.digest)),
         ]),
       );
       return 0;

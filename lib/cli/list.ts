@@ -75,14 +75,15 @@ export const listCommand: Command = {
   summary: "show active mounts with their server state and cache statistics",
   help: `Usage: erofs-oci list [--json]
 
-Shows every mount made by erofs-oci: directory, image reference and manifest digest,
-devices, mount options (nosuid,nodev unless mounted with --suid/--dev), server pid and state (serving, dead = server gone and readers waiting for
-\`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is gone,
-so the mount cannot be reattached after a server crash), bytes fetched from the source, bytes the host's disk cache
-answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit
-rate (HIT RATE: of the lookups that reached it; reads the reader thread answered from the
-disk cache or pinned pages never do), and
-how far the prefetch of the image's trace got (PREFETCH; "-" without a trace).
+Shows every mount made by erofs-oci: directory, image reference (with --json also its
+manifest digest), devices, mount options (nosuid,nodev unless mounted with --suid/--dev),
+server pid and state (serving; dead = server gone and readers waiting for
+\`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is
+gone, so the mount cannot be reattached after a server crash), bytes fetched from the
+source, bytes the host's disk cache answered without fetching (DISK HITS; "-" without a
+disk cache), the memory cache's hit rate (HIT RATE: of the lookups that reached it; reads
+the reader thread answered from the disk cache or pinned pages never do), and how far the
+prefetch of the image's trace got (PREFETCH; "-" without a trace).
 
 Options:
   --json   print a JSON array instead of a table

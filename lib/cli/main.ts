@@ -6,10 +6,11 @@ import { printable } from "./table.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
-    0  success
+    0  success; also a service stopped by Ctrl-C or SIGTERM (serve, metrics --listen,
+       reattach --watch, mount --foreground: it stops cleanly)
     1  runtime failure (registry, kernel, file system)
     2  usage error (bad command line)
-  130  interrupted (Ctrl-C, SIGTERM) while it had something to undo (a mount
+  130  interrupted by Ctrl-C, or by SIGTERM while it had something to undo (a mount
        starting, a download, a conversion): that was undone
   143  ended by SIGTERM with nothing to undo (build, push: no partial output)`;
 

@@ -161,7 +161,8 @@ export function checkTarLayers(image: ResolvedImage, name: string): void {
     if (isErofsMediaType(base)) {
       throw new OciError(
         `layer ${layer.index} of ${name} is already EROFS (${layer.mediaType})`,
-        "mount it directly: erofs-oci mount",
+        `mount it as it is (\`erofs-oci mount ${name} DIR\`), or take the layer's file with ` +
+          `\`erofs-oci pull ${name} --layer ${layer.index} -o FILE\``,
       );
     }
     throw new OciError(

@@ -83,6 +83,12 @@ const LAYER_COUNTERS: [keyof ListedLayer, string, string][] = [
   ["memoryMisses", "erofs_oci_layer_memory_cache_misses_total", "Chunk lookups that fetched"],
   ["diskHitBytes", "erofs_oci_layer_disk_cache_hit_bytes_total", "Bytes answered by disk cache"],
   ["prefetchBytes", "erofs_oci_layer_prefetch_bytes_total", "Bytes fetched by the prefetch"],
+  ["prefetchFetches", "erofs_oci_layer_prefetch_fetches_total", "Reads made by the prefetch"],
+  [
+    "directReads",
+    "erofs_oci_layer_direct_reads_total",
+    "Reads the reader thread answered by itself (disk cache, pinned pages)",
+  ],
   ["readErrors", "erofs_oci_layer_read_errors_total", "Reads that failed (EIO to the reader)"],
   [
     "verifyFailures",
