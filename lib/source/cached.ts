@@ -240,17 +240,21 @@ export class CachedSource implements Source {
   }
 
   /** Direct reads of the disk cache below (direct_reads.ts); none for a memory cache. */
+  /**
+   * The source below's direct reads: a disk cache's (this cache only reads ahead for it), or a
+   * local file's (all of it is there, and it does not change: bytes cached here are the same).
+   */
   openDirectReads(): DirectReadFiles | undefined {
-    if (!this.#passthrough || !isDirectReadable(this.#inner)) return undefined;
+    if (!isDirectReadable(this.#inner)) return undefined;
     return this.#inner.openDirectReads();
   }
 
   /** Served reads count as requested and are followed for readahead like reads through here. */
   noteDirectReads(ranges: readonly number[]): void {
-    if (!this.#passthrough || !isDirectReadable(this.#inner)) return;
+    if (!isDirectReadable(this.#inner)) return;
     for (let i = 0; i + 1 < ranges.length; i += 2) {
       this.#stats.bytesRequested += ranges[i + 1];
-      this.#passthrough.note(ranges[i], ranges[i + 1]);
+      this.#passthrough?.note(ranges[i], ranges[i + 1]);
     }
     this.#inner.noteDirectReads(ranges);
   }

@@ -166,7 +166,7 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
     ignore,
     async fn() {
       // From a registry: the disk cache makes each layer's export read by a reader thread of
-      // its own (NBD too; a local file's NBD export has none).
+      // its own (NBD too).
       await withRegistry("none", async (registry, sandbox) => {
         const image = `${registry.host}/demo/idle:v1`;
         await push(registry, image, ["layer1.erofs"]);
