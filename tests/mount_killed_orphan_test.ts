@@ -3,7 +3,8 @@
  * before it recorded the mount: the server sees its parent gone with no record, detaches what
  * `mount` had mounted on its exports, and stops, keeper and FUSE mounts included. It ran on
  * before, unrecorded: neither `list` nor `umount --all` knew of it. Held at that point with
- * EROFS_OCI_TEST_PAUSE_AT=mount-before-state, killed there by pid.
+ * EROFS_OCI_TEST_PAUSE_AT=mount-before-state, killed there by pid. Also when `mount` died
+ * before its server's runtime had started (the server then took init for its `mount`).
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
@@ -103,6 +104,51 @@ Deno.test({
         mount.kill("SIGKILL");
       } catch { /* ended */ }
       await output.catch(() => {});
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+      for (const file of [hold, `${hold}.reached`]) {
+        try {
+          Deno.removeSync(file);
+        } catch { /* gone */ }
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "mount killed before its server started: the server, once up, undoes its mounts and stops",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const hold = `${sandbox.runtimeDir}-hold`;
+    Deno.writeTextFileSync(hold, "");
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      env: { ...sandbox.env, [TEST_HOLD_ENV]: `server-main:${hold}` },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      // The server's runtime is up, before it has looked at anything; its spec is on the way.
+      await waitFor("the server's start", () => pathExists(`${hold}.reached`), 60_000);
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 1);
+      mount.kill("SIGKILL");
+      await mount.status;
+      Deno.removeSync(hold);
+      await waitFor(
+        "the server to stop with nothing mounted",
+        () =>
+          mountServersOf(sandbox.runtimeDir).length === 0 &&
+          mountsBelow(sandbox.runtimeDir).length === 0,
+        30_000,
+      );
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await mount.status;
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
       for (const file of [hold, `${hold}.reached`]) {

@@ -14,10 +14,11 @@ import {
   removeMountDir,
 } from "../state/runtime.ts";
 import { watchForAdoption } from "./adoption.ts";
+import { testHold } from "./test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";
-import { NEW_SESSION_ENV, PRESTART_READER_ENV } from "./server_spawn.ts";
+import { NEW_SESSION_ENV, PRESTART_READER_ENV, SPAWNED_BY_ENV } from "./server_spawn.ts";
 import { discardSpareNbdReaders, prestartNbdReaders } from "../nbd/direct_conns.ts";
 import {
   diskCacheTurnedOff,
@@ -94,12 +95,20 @@ function discardSpareReaders(): void {
   discardSpareNbdReaders();
 }
 
+/** The pid SPAWNED_BY_ENV names (else our parent's), removed from what children inherit. */
+function spawnedBy(): number {
+  const named = Number(Deno.env.get(SPAWNED_BY_ENV));
+  Deno.env.delete(SPAWNED_BY_ENV);
+  return Number.isSafeInteger(named) && named > 1 ? named : Deno.ppid;
+}
+
 /** Entry of the hidden `__mount-server` command. */
 export async function runMountServer(): Promise<number> {
   mark("server: main");
   keepServingAfterUnhandledRejections();
+  await testHold("server-main");
   // The `mount` (or `reattach`) that started us: watched until it has recorded the mount.
-  const cliPid = Deno.ppid;
+  const cliPid = spawnedBy();
   markHeldEventLoop("server");
   const inCliSession = !leaveCliSession();
   // The spec and the listed metadata `mount` fetched (2.2 MB for the benchmark image) come on

@@ -70,6 +70,14 @@ export const PRESTART_READER_ENV = "EROFS_OCI_PRESTART_READER";
  */
 export const NEW_SESSION_ENV = "EROFS_OCI_SERVER_NEW_SESSION";
 
+/**
+ * The pid of the command that spawned the server (`mount`, `reattach`), for the server to watch
+ * until the mount is recorded (lib/daemon/adoption.ts). Passed, not read as the server's parent
+ * pid: a `mount` killed before the server's runtime started had already left it to init, so
+ * the server took init for its `mount` and never saw it go (mounts left unrecorded).
+ */
+export const SPAWNED_BY_ENV = "EROFS_OCI_SPAWNED_BY";
+
 /** A server process spawned for one kind of mount, its spec not sent yet. */
 export interface ServerChild {
   child: SpawnedProcess;
@@ -95,6 +103,7 @@ export async function spawnServerChild(
     ...Deno.env.toObject(),
     ...serverV8Env(),
     ...SERVER_MALLOC_ENV,
+    [SPAWNED_BY_ENV]: String(Deno.pid),
     ...(backend ? { [PRESTART_READER_ENV]: backend } : {}),
     ...(foreground ? {} : { [NEW_SESSION_ENV]: "1" }),
   }, {
