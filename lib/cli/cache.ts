@@ -26,9 +26,11 @@ ${DEFAULT_DISK_CACHE_DIR}), shared by every mount and \`serve\`: per layer blob 
 the registry its bytes came from ("(checked)": each chunk was checked against the layer's
 chunk-digest table before it was kept), how much of it is here, the bytes on disk, which
 mount (or a \`serve\`: "yes") has it open (IN USE) and when it was last used. Each mount
-keeps the cache under its --disk-cache-size (default ${DEFAULT_SIZE}) on its own, and leaves
+keeps the cache under its --disk-cache-size (default ${DEFAULT_SIZE}), evicting blobs no
+process has open and chunks of its own (give every mount the same bound), and leaves
 its --disk-cache-keep-free on the cache's file system (default 10% of it, at most 4 GiB),
-evicting least recently used blobs first, then least recently read parts of those in use.
+evicting least recently used blobs first, then least recently read parts of those it has
+open.
 
 prune removes the blobs no process has open, least recently used first, until at most
 --keep SIZE is left (default: every unused blob), with --older-than only those last used
