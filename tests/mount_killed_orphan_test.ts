@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import {
   killMountServersOf,
+  type MountSandbox,
   mountSandbox,
   mountsBelow,
   mountServersOf,
@@ -24,6 +25,48 @@ function pathExists(path: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * `mount` of a local file (FUSE) held at testHold(`holdAt`) until `body` removes the hold file;
+ * the mount, its server and the sandbox are cleaned up whatever `body` did.
+ */
+async function withHeldMount(
+  holdAt: string,
+  body: (
+    held: {
+      sandbox: MountSandbox;
+      mount: Deno.ChildProcess;
+      output: Promise<Deno.CommandOutput>;
+      hold: string;
+    },
+  ) => Promise<void>,
+) {
+  const sandbox = await mountSandbox();
+  const hold = `${sandbox.runtimeDir}-hold`;
+  Deno.writeTextFileSync(hold, "");
+  const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+    env: { ...sandbox.env, [TEST_HOLD_ENV]: `${holdAt}:${hold}` },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const output = mount.output();
+  try {
+    await body({ sandbox, mount, output, hold });
+  } finally {
+    try {
+      mount.kill("SIGKILL");
+    } catch { /* ended */ }
+    await output.catch(() => {});
+    killMountServersOf(sandbox.runtimeDir);
+    await sandbox.cleanup();
+    for (const file of [hold, `${hold}.reached`]) {
+      try {
+        Deno.removeSync(file);
+      } catch { /* gone */ }
+    }
   }
 }
 
@@ -69,18 +112,8 @@ Deno.test({
 Deno.test({
   name: "mount whose server dies while it mounts the layers fails in one line, leaving nothing",
   ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    const hold = `${sandbox.runtimeDir}-hold`;
-    Deno.writeTextFileSync(hold, "");
-    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-      env: { ...sandbox.env, [TEST_HOLD_ENV]: `mount-layers:${hold}` },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const output = mount.output();
-    try {
+  fn: () =>
+    withHeldMount("mount-layers", async ({ sandbox, output, hold }) => {
       // The server is ready and its keeper holds the FUSE connection; the layer mount is next.
       await waitFor("mount to reach its layers", () => pathExists(`${hold}.reached`), 60_000);
       const [server] = mountServersOf(sandbox.runtimeDir);
@@ -99,41 +132,19 @@ Deno.test({
       assert.deepEqual(mountsBelow(sandbox.target), []);
       assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no FUSE mount left");
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
-    } finally {
-      try {
-        mount.kill("SIGKILL");
-      } catch { /* ended */ }
-      await output.catch(() => {});
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) {
-        try {
-          Deno.removeSync(file);
-        } catch { /* gone */ }
-      }
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "mount killed before its server started: the server, once up, undoes its mounts and stops",
   ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    const hold = `${sandbox.runtimeDir}-hold`;
-    Deno.writeTextFileSync(hold, "");
-    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-      env: { ...sandbox.env, [TEST_HOLD_ENV]: `server-main:${hold}` },
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    try {
+  fn: () =>
+    withHeldMount("server-main", async ({ sandbox, mount, output, hold }) => {
       // The server's runtime is up, before it has looked at anything; its spec is on the way.
       await waitFor("the server's start", () => pathExists(`${hold}.reached`), 60_000);
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 1);
       mount.kill("SIGKILL");
-      await mount.status;
+      await output.catch(() => {});
       Deno.removeSync(hold);
       await waitFor(
         "the server to stop with nothing mounted",
@@ -144,18 +155,5 @@ Deno.test({
       );
       assert.deepEqual(mountsBelow(sandbox.target), []);
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
-    } finally {
-      try {
-        mount.kill("SIGKILL");
-      } catch { /* ended */ }
-      await mount.status;
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) {
-        try {
-          Deno.removeSync(file);
-        } catch { /* gone */ }
-      }
-    }
-  },
+    }),
 });
