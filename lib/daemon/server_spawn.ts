@@ -21,11 +21,12 @@ import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";
  * each, cold find / python / full read within each other's spread, mount 0.23-0.24 ->
  * 0.26-0.28 s, peak RSS 89 -> 77-78 MB; in the QEMU TCG guest (emulated CPU) the NBD mount
  * 5.2-5.4 -> 4.4-4.8 s, full read 2.0-2.7x -> 1.8-2.4x, RSS 79-81 -> 65-67 MB. What it costs:
- * a FUSE READ the main thread answers (a local file's, or --no-disk-cache; the reader thread
- * answers disk-cached and pinned bytes itself) takes ~40 us more CPU, most of it Deno's worker
- * message delivery, interpreted: `ls -lR` of 200,000 files 1.3x the time, 1.45x server CPU. `serve` keeps
- * the JIT (without it its per-request JavaScript ran 28 % slower: 450 -> 322 MB/s), as do the
- * CLI and the builder (a build from a tar took 2.8x as long).
+ * a FUSE READ the main thread answers (--no-disk-cache, bytes not fetched yet; the reader
+ * thread answers disk-cached, pinned and local-file bytes itself) takes ~40 us more CPU, most
+ * of it Deno's worker message delivery, interpreted: `ls -lR` of 200,000 files 1.3x the time,
+ * 1.45x server CPU, before local files got direct reads. `serve` keeps the JIT (without it its
+ * per-request JavaScript ran 28 % slower: 450 -> 322 MB/s), as do the CLI and the builder (a
+ * build from a tar took 2.8x as long).
  *
  * `--max-semi-space-size=1`: V8's young generation at 1 MiB per semispace instead of growing
  * to 16 (the server's garbage is short-lived request buffers). Host benchmark, cold read of the

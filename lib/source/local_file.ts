@@ -85,7 +85,8 @@ export class LocalFile implements Source, DirectReadable {
 
   /**
    * Descriptors for a reader thread: the file opened again (only if it is still the file this
-   * source opened) and a presence map in memory saying every chunk is there. undefined for a block device, or when any of it cannot be had.
+   * source opened) and a presence map in memory saying every chunk is there. undefined for a
+   * block device, or when any of it cannot be had.
    */
   openDirectReads(): DirectReadFiles | undefined {
     if (this.#closed) return undefined;
@@ -93,7 +94,7 @@ export class LocalFile implements Source, DirectReadable {
     try {
       const opened = this.#file.statSync();
       if (!opened.isFile) return undefined;
-      // Nonblocking: a FIFO put there since would not hang this thread (the check below refuses it).
+      // Nonblocking: a FIFO put there since would not hang this thread (refused below).
       dataFd = openFile(this.path, O_RDONLY | O_NONBLOCK);
       const now = fstatIdentity(dataFd);
       if (
@@ -121,7 +122,6 @@ export class LocalFile implements Source, DirectReadable {
       return undefined;
     }
     let open = true;
-    const files = { dataFd, mapFd };
     return {
       mapFd,
       dataFd,
@@ -131,8 +131,8 @@ export class LocalFile implements Source, DirectReadable {
       close: () => {
         if (!open) return;
         open = false;
-        closeQuietly(files.dataFd);
-        closeQuietly(files.mapFd);
+        closeQuietly(dataFd);
+        closeQuietly(mapFd);
       },
     };
   }
