@@ -124,12 +124,36 @@ export class TracePrefetcher {
         );
       }
     }
+    this.#trimOverlaps();
     this.#byOffset = targets.map(() => []);
     for (const piece of this.#pieces) {
       this.#byOffset[piece.layerIndex].push(piece);
       this.#progress[piece.layerIndex].bytesTotal += piece.length;
     }
     for (const list of this.#byOffset) list.sort((a, b) => a.offset - b.offset);
+  }
+
+  /**
+   * Coalescing looks back COALESCE_LOOKBACK pieces only, so a piece widened over a gap can hold
+   * bytes a later one holds too (a trace of 90 MB counted 285 MB over a 261 MB layer, the
+   * overlaps read twice from the cache). Each piece keeps only what no piece before it in trace
+   * order holds at its ends; one now wholly covered goes.
+   */
+  #trimOverlaps(): void {
+    const covered = this.#targets.map(() => new CoveredRanges());
+    const kept: Piece[] = [];
+    for (const piece of this.#pieces) {
+      const ranges = covered[piece.layerIndex];
+      const end = piece.offset + piece.length;
+      const start = ranges.endOfRunAt(piece.offset);
+      const stop = ranges.startOfRunAt(end);
+      ranges.add(piece.offset, end);
+      if (stop <= start) continue;
+      piece.offset = start;
+      piece.length = stop - start;
+      kept.push(piece);
+    }
+    this.#pieces.splice(0, this.#pieces.length, ...kept);
   }
 
   #add(layerIndex: number, offset: number, length: number, pieceBytes: number): void {
@@ -396,4 +420,46 @@ function firstIndexWhereNot<T>(list: readonly T[], before: (item: T) => boolean)
     else hi = mid;
   }
   return lo;
+}
+
+/** Disjoint byte ranges [start, end), sorted, merged as they are added. */
+class CoveredRanges {
+  readonly #starts: number[] = [];
+  readonly #ends: number[] = [];
+
+  /** Index of the last range starting at or before `offset`, or -1. */
+  #before(offset: number): number {
+    let low = 0, high = this.#starts.length;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (this.#starts[mid] <= offset) low = mid + 1;
+      else high = mid;
+    }
+    return low - 1;
+  }
+
+  /** Where the covered run holding `offset` ends (`offset` itself when it is not covered). */
+  endOfRunAt(offset: number): number {
+    const i = this.#before(offset);
+    return i >= 0 && this.#ends[i] > offset ? this.#ends[i] : offset;
+  }
+
+  /** Where the covered run holding the byte before `end` starts (`end` when not covered). */
+  startOfRunAt(end: number): number {
+    const i = this.#before(end - 1);
+    return i >= 0 && this.#ends[i] >= end ? this.#starts[i] : end;
+  }
+
+  add(start: number, end: number): void {
+    if (end <= start) return;
+    let first = this.#before(start);
+    if (first < 0 || this.#ends[first] < start) first++;
+    let last = first;
+    while (last < this.#starts.length && this.#starts[last] <= end) last++;
+    // Ranges first..last-1 touch [start, end): one range replaces them.
+    const mergedStart = last > first ? Math.min(start, this.#starts[first]) : start;
+    const mergedEnd = last > first ? Math.max(end, this.#ends[last - 1]) : end;
+    this.#starts.splice(first, last - first, mergedStart);
+    this.#ends.splice(first, last - first, mergedEnd);
+  }
 }

@@ -294,3 +294,36 @@ Deno.test("prefetch: with readMany and groupBytes, a batch is bounded by the uni
     [16, 17, 18, 19].map((m) => m * 1024),
   ]);
 });
+
+Deno.test("prefetch: a piece widened over a gap is not read again by a later one", async () => {
+  const reads: [number, number][] = [];
+  const target = {
+    read(offset: number, length: number) {
+      reads.push([offset, length]);
+      return Promise.resolve();
+    },
+  };
+  const MiB = 1 << 20;
+  const ranges = [
+    // One piece [0, 104096): the gap between the two ranges is merged.
+    { layerIndex: 0, offset: 0, length: 4096 },
+    { layerIndex: 0, offset: 100_000, length: 4096 },
+    // Far apart, more than the coalescing lookback: 20 pieces of their own.
+    ...Array.from({ length: 20 }, (_, i) => ({
+      layerIndex: 0,
+      offset: (i + 2) * 4 * MiB,
+      length: 4096,
+    })),
+    // Inside the first piece (dropped), and across its end (trimmed to what is new).
+    { layerIndex: 0, offset: 50_000, length: 4096 },
+    { layerIndex: 0, offset: 102_000, length: 8192 },
+  ];
+  const prefetch = new TracePrefetcher([target], ranges);
+  assert.equal(prefetch.pieceCount, 22);
+  const union = 104_096 + 20 * 4096 + (110_192 - 104_096);
+  assert.equal(prefetch.progress(0)!.bytesTotal, union);
+  await prefetch.run(new AbortController().signal);
+  const read = reads.reduce((sum, [, length]) => sum + length, 0);
+  assert.equal(read, union, JSON.stringify(reads));
+  assert.equal(prefetch.progress(0)!.bytesDone, union);
+});
