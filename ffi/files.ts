@@ -102,6 +102,17 @@ export function pathExists(path: string): boolean {
   return libc().access(cstr(path), 0) === 0;
 }
 
+/** What readdir(3) (getdents64) fails with: EBADF, ENOENT, ENOMEM, ENOTDIR, EINVAL, EIO, EFAULT. */
+const READDIR_ERRORS = new Set([
+  Errno.EBADF,
+  Errno.ENOENT,
+  Errno.ENOMEM,
+  Errno.ENOTDIR,
+  Errno.EINVAL,
+  Errno.EIO,
+  14, // EFAULT
+]);
+
 /**
  * Entry names of a directory (without "." and ".."), through opendir/readdir for /sys paths.
  * struct dirent on 64-bit glibc: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[256].
@@ -110,16 +121,29 @@ export function listDirectory(path: string): string[] {
   const dir = libc().opendir(cstr(path));
   if (dir === null) throw new SysError("opendir", errno(), path);
   const names: string[] = [];
+  let doubted = false;
   try {
     for (;;) {
       clearErrno();
       const entry = libc().readdir(dir);
       if (entry === null) {
-        // End of the directory, or an error (EIO): a listing cut short is no listing.
+        // End of the directory, or an error (EIO): a listing cut short is no listing. errno is
+        // the only sign, and the runtime may have set it in between (the pointer objects of the
+        // FFI calls are allocated, and a garbage collection makes system calls): a VM run saw
+        // "readdir /sys/block: Resource temporarily unavailable". One more readdir tells: an end
+        // stays NULL with errno 0; an error comes back.
         const code = errno();
-        if (code !== 0) throw new SysError("readdir", code, path);
-        break;
+        if (code === 0) break;
+        if (doubted) {
+          // Twice: an error readdir can have is one; anything else (EAGAIN, which getdents64
+          // never sets for a directory) was set by the runtime, and this NULL is the end.
+          if (READDIR_ERRORS.has(code)) throw new SysError("readdir", code, path);
+          break;
+        }
+        doubted = true;
+        continue;
       }
+      doubted = false;
       const name = new Deno.UnsafePointerView(entry).getCString(19);
       if (name !== "." && name !== "..") names.push(name);
     }
