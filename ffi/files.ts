@@ -103,14 +103,14 @@ export function pathExists(path: string): boolean {
 }
 
 /** What readdir(3) (getdents64) fails with: EBADF, ENOENT, ENOMEM, ENOTDIR, EINVAL, EIO, EFAULT. */
-const READDIR_ERRORS = new Set([
+const READDIR_ERRORS = new Set<number>([
   Errno.EBADF,
   Errno.ENOENT,
   Errno.ENOMEM,
   Errno.ENOTDIR,
   Errno.EINVAL,
   Errno.EIO,
-  14, // EFAULT
+  Errno.EFAULT,
 ]);
 
 /**

@@ -294,6 +294,7 @@ export const Errno = {
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
+  EFAULT: 14,
   ENOTBLK: 15,
   EBUSY: 16,
   EEXIST: 17,

@@ -7,7 +7,7 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { OciError, UsageError, UserError } from "../errors.ts";
-import { authRequiredHint } from "../oci/auth.ts";
+import { authRequiredError } from "../oci/auth.ts";
 import { openRegistry, REGISTRY_OPTIONS } from "./registry_options.ts";
 import { TRANSPORT_OPTIONS_HELP } from "./registry_option_specs.ts";
 import { info, warn } from "../log.ts";
@@ -119,13 +119,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       await mountCommand.run(mountArgv).catch((error) => {
         // The mount's own 401 hint names credential options trace does not take.
         if (!(error instanceof OciError) || error.status !== 401) throw error;
-        const required = new OciError(
-          error.message,
-          authRequiredHint(opened.ref.registry, false),
-          { cause: error },
-        );
-        required.status = 401;
-        throw required;
+        throw authRequiredError(opened.ref.registry, false, error);
       });
       mounted = true;
       const status = await runTraced(command, root, seconds, interrupt.signal);

@@ -87,7 +87,7 @@ const LAYER_COUNTERS: [keyof ListedLayer, string, string][] = [
   [
     "directReads",
     "erofs_oci_layer_direct_reads_total",
-    "Reads the reader thread answered by itself (disk cache, pinned pages)",
+    "Reads the reader thread answered by itself (disk cache, pinned pages, local file)",
   ],
   ["readErrors", "erofs_oci_layer_read_errors_total", "Reads that failed (EIO to the reader)"],
   [

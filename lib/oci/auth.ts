@@ -175,12 +175,7 @@ export class RegistryAuth {
   }
 
   #required(): OciError {
-    const error = new OciError(
-      `registry ${this.#registry} requires authentication (401)`,
-      authRequiredHint(this.#registry, this.#credentialOptions),
-    );
-    error.status = 401;
-    return error;
+    return authRequiredError(this.#registry, this.#credentialOptions);
   }
 
   #rejected(status: number): OciError {
@@ -197,14 +192,24 @@ export class RegistryAuth {
 }
 
 /**
- * What to do about a 401: `credentialOptions` false when the command takes no
- * --username/--password-stdin for this registry (trace, the source of convert).
+ * A 401 from `registry`, with what to do about it: `credentialOptions` false when the command
+ * takes no --username/--password-stdin for this registry (trace, the source of convert).
  */
-export function authRequiredHint(registry: string, credentialOptions: boolean): string {
-  return credentialOptions
-    ? "pass --username and --password-stdin, or log in with `docker login`"
-    : `log in with \`docker login ${registry}\` (this command reads the credentials of this ` +
-      "registry from Docker's config only)";
+export function authRequiredError(
+  registry: string,
+  credentialOptions: boolean,
+  cause?: unknown,
+): OciError {
+  const error = new OciError(
+    `registry ${registry} requires authentication (401)`,
+    credentialOptions
+      ? "pass --username and --password-stdin, or log in with `docker login`"
+      : `log in with \`docker login ${registry}\` (this command reads the credentials of this ` +
+        "registry from Docker's config only)",
+    cause === undefined ? undefined : { cause },
+  );
+  error.status = 401;
+  return error;
 }
 
 /**

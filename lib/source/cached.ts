@@ -239,7 +239,6 @@ export class CachedSource implements Source {
     );
   }
 
-  /** Direct reads of the disk cache below (direct_reads.ts); none for a memory cache. */
   /**
    * The source below's direct reads: a disk cache's (this cache only reads ahead for it), or a
    * local file's (all of it is there, and it does not change: bytes cached here are the same).

@@ -1,13 +1,8 @@
 import type { Source } from "./source.ts";
 import type { DirectReadable, DirectReadFiles } from "./direct_reads.ts";
 import { PRESENT } from "./disk_cache_fill.ts";
-import {
-  closeQuietly,
-  fstatIdentity,
-  openMemoryFile,
-  pwriteAll,
-  reopenReadOnly,
-} from "./disk_cache_io.ts";
+import { closeQuietly, fstatIdentity, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
+import { openDirectReadFiles } from "./disk_cache_direct.ts";
 import { openFile } from "../../ffi/files.ts";
 import { O_NONBLOCK, O_RDONLY } from "../../ffi/libc.ts";
 
@@ -100,41 +95,24 @@ export class LocalFile implements Source, DirectReadable {
       if (
         now.ino !== BigInt(opened.ino ?? -1) || now.dev !== BigInt(opened.dev) ||
         now.sizeBytes !== this.size
-      ) {
-        closeQuietly(dataFd);
-        return undefined; // replaced since it was opened: the reader would read another file
-      }
-      const memory = openMemoryFile();
-      if (memory === undefined) {
-        closeQuietly(dataFd);
-        return undefined;
-      }
-      mapFd = memory;
+      ) return undefined; // replaced since it was opened: the reader would read another file
+      mapFd = openMemoryFile() ?? -1;
+      if (mapFd < 0) return undefined;
       const chunks = Math.ceil(this.size / DIRECT_CHUNK_BYTES);
       if (chunks > 0) pwriteAll(mapFd, new Uint8Array(chunks).fill(PRESENT), 0);
-      // The reader takes OFD locks on its own open file description of the map.
-      const readerMapFd = reopenReadOnly(mapFd);
-      closeQuietly(mapFd);
-      mapFd = readerMapFd;
+      // Read-only copies of both, as a disk cache blob's (the reader's OFD locks on its own).
+      return openDirectReadFiles({
+        mapFd,
+        dataFd,
+        chunkBytes: DIRECT_CHUNK_BYTES,
+        size: this.size,
+      });
     } catch {
+      return undefined;
+    } finally {
       closeQuietly(dataFd);
       closeQuietly(mapFd);
-      return undefined;
     }
-    let open = true;
-    return {
-      mapFd,
-      dataFd,
-      chunkBytes: DIRECT_CHUNK_BYTES,
-      sizeBytes: this.size,
-      presentBytes: [PRESENT],
-      close: () => {
-        if (!open) return;
-        open = false;
-        closeQuietly(dataFd);
-        closeQuietly(mapFd);
-      },
-    };
   }
 
   /** Nothing to keep: the file is all there. */
