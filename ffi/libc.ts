@@ -224,6 +224,7 @@ export const LIBC_SYMBOLS = {
 export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 
 let symbols: LibcSymbols | undefined;
+let errnoOfThisThread: ReturnType<typeof errnoCell> | undefined;
 
 /**
  * Binds the symbols of `table` in libc each on its first use, but those named in `eager` at
@@ -260,21 +261,45 @@ export function bindLazily(
 
 /** The libc symbols of this thread, each bound on its first use (see bindLazily). */
 export function libc(): LibcSymbols {
-  symbols ??= bindLazily(LIBC_SYMBOLS, ["__errno_location", "strerror"])
-    .symbols as unknown as LibcSymbols;
+  if (!symbols) {
+    const bound = bindLazily(LIBC_SYMBOLS, ["__errno_location", "strerror"])
+      .symbols as unknown as LibcSymbols;
+    // The cell's view exists before the first call whose errno anyone reads.
+    errnoOfThisThread = errnoCell(() => bound.__errno_location());
+    symbols = bound;
+  }
   return symbols;
+}
+
+/**
+ * errno of the calling thread, read through a view of its cell made once: `__errno_location`
+ * returns a pointer object, and anything the runtime does between a failed call and the read
+ * (allocating that object can start a GC, which makes system calls) may set errno (readdir of
+ * /sys saw EAGAIN). The cell's address is fixed for the thread's life; reading the view allocates
+ * nothing. Self-contained: libc_worker.ts ships it to worker threads as source text.
+ */
+export function errnoCell(
+  errnoLocation: () => Deno.PointerValue,
+): { read(): number; clear(): void } {
+  const pointer = errnoLocation();
+  if (!pointer) throw new Error("__errno_location returned NULL");
+  const cell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(pointer, 4));
+  return { read: () => cell[0], clear: () => void (cell[0] = 0) };
+}
+
+function thisThreadErrno(): ReturnType<typeof errnoCell> {
+  libc();
+  return errnoOfThisThread!;
 }
 
 /** errno of the last synchronous libc call on this thread. */
 export function errno(): number {
-  const ptr = libc().__errno_location();
-  return ptr ? new Deno.UnsafePointerView(ptr).getInt32() : 0;
+  return thisThreadErrno().read();
 }
 
 /** Sets errno to 0: for calls (readdir) whose only sign of failure is errno changing. */
 export function clearErrno(): void {
-  const ptr = libc().__errno_location();
-  if (ptr) new Int32Array(Deno.UnsafePointerView.getArrayBuffer(ptr, 4))[0] = 0;
+  thisThreadErrno().clear();
 }
 
 export function strerror(code: number): string {

@@ -8,7 +8,7 @@
  * Helpers it needs are passed in `helpers` (also self-contained functions) and reach the body
  * as an object, so bundler renames cannot break the references.
  */
-import { bindLazily, LIBC_SYMBOLS, type LibcSymbols } from "./libc.ts";
+import { bindLazily, errnoCell, LIBC_SYMBOLS, type LibcSymbols } from "./libc.ts";
 
 /** errno of the last synchronous libc call on the worker's thread. */
 export type ErrnoReader = () => number;
@@ -25,10 +25,7 @@ function workerSource(body: AnyFunction, arg: unknown, helpers: Record<string, A
     `const lib = (${bindLazily.toString()})(${
       JSON.stringify(LIBC_SYMBOLS)
     }, ["__errno_location"]);`,
-    `const errno = () => {`,
-    `  const p = lib.symbols.__errno_location();`,
-    `  return p ? new Deno.UnsafePointerView(p).getInt32() : 0;`,
-    `};`,
+    `const errno = (${errnoCell.toString()})(() => lib.symbols.__errno_location()).read;`,
     `const helpers = {${helperSource}};`,
     `const body = (${body.toString()});`,
     `const arg = ${JSON.stringify(arg)};`,

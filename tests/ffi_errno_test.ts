@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { clearErrno, cstr, errno, libc, SysError } from "../ffi/libc.ts";
 import { listDirectory } from "../ffi/files.ts";
+import { runLibcTask } from "../ffi/libc_worker.ts";
 
 Deno.test("clearErrno resets errno; listDirectory lists, and a missing directory is a SysError", () => {
   assert.ok(libc().open(cstr("/nonexistent-erofs-oci/x"), 0, 0) < 0);
@@ -22,4 +23,19 @@ Deno.test("clearErrno resets errno; listDirectory lists, and a missing directory
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("errno is per thread: a worker's failed call is read there and leaves this thread's", async () => {
+  clearErrno();
+  const seen = await runLibcTask("errno-test", (lib, workerErrno, path: string) => {
+    const path0 = new TextEncoder().encode(path + "\0");
+    const rc = lib.open(path0, 0, 0);
+    // Allocation between the failed call and the read must not change what is read.
+    const garbage = Array.from({ length: 20000 }, (_, i) => ({ i, text: `x${i}` }));
+    return { rc, after: workerErrno(), kept: garbage.length };
+  }, "/nonexistent-erofs-oci/worker");
+  assert.equal(seen.rc, -1);
+  assert.equal(seen.after, 2);
+  assert.equal(seen.kept, 20000);
+  assert.equal(errno(), 0, "the worker's ENOENT leaked into this thread's errno");
 });
