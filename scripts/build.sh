@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 deno=tools/bin/deno
 perms=$(grep -v '^#' scripts/permissions | tr '\n' ' ' | sed 's/ *$//')
+jit_commands=$(grep -v '^#' scripts/jit-commands | tr '\n' ' ' | sed 's/ *$//')
 # The program's V8 flags, kept with the server's re-exec that passes them too (self_exec.ts).
 v8_flags=--v8-flags=$($deno eval -q 'import { V8_FLAGS } from "./lib/daemon/self_exec.ts"; console.log(V8_FLAGS.join(","))')
 work=.cache/build
@@ -61,7 +62,7 @@ version=$($deno eval -q 'import { VERSION } from "./lib/version.ts"; console.log
 # What the launcher expects in an unpacked runtime, part of its id: a directory unpacked by a
 # launcher that made a different layout (here: before deno-dir) is never taken for this one. The
 # V8 flags too: a code cache V8 compiled under other flags is refused at every start.
-runtime_layout="deno-dir $v8_flags"
+runtime_layout="deno-dir erofs-oci-jit.js $v8_flags jit:$jit_commands"
 # The launcher's header holds its own length; a fixed-width number keeps that length constant.
 fill() {
   sed -e "s|@VERSION@|$version|" \
@@ -72,6 +73,8 @@ fill() {
     -e "s|@DENO_SHA256@|$deno_sha256|" \
     -e "s|@RUNTIME_ID@|$(printf '%s %s %s' "$bundle_sha256" "$deno_sha256" "$runtime_layout" | sha256sum | cut -c1-32)|" \
     -e "s|@PERMISSIONS@|$perms|" \
+    -e "s|@JIT_COMMANDS@|$jit_commands|" \
+    -e "/^@JIT_FOR_COMMAND@\$/{r scripts/jit_for_command.sh" -e "d}" \
     -e "s|@V8_FLAGS@|$v8_flags|" \
     scripts/launcher.sh
 }

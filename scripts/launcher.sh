@@ -111,6 +111,7 @@ unpack() {
   fi
   # Deno's cache directory, private like the rest (umask 077); the first run fills it.
   mkdir -m 0700 -- "$tmp/deno-dir" && chmod 0500 "$tmp/deno" && chmod 0400 "$tmp/erofs-oci.js" &&
+    ln -- "$tmp/erofs-oci.js" "$tmp/erofs-oci-jit.js" &&
     chmod 0500 "$tmp" ||
     fail "chmod in $tmp failed"
   # Another process may have unpacked the same runtime meanwhile: keep the first one.
@@ -120,11 +121,11 @@ unpack() {
   umask "$old_umask"
 }
 
-[ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] || unpack
+[ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] && [ -f "$dir/erofs-oci-jit.js" ] || unpack
 # Deno's cache files are SQLite databases (*_v2, with -wal and -shm beside them); a pattern that
 # matches none stays as it is and is skipped as missing.
-check_trusted 6 "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js" "$dir/deno-dir" \
-  "$dir/deno-dir"/*_v2*
+check_trusted 7 "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js" "$dir/erofs-oci-jit.js" \
+  "$dir/deno-dir" "$dir/deno-dir"/*_v2*
 export DENO_NO_UPDATE_CHECK=1
 # V8's code cache of the bundle is written after the first event-loop turn of a run (main.ts
 # makes sure there is one), then every start reads it instead of compiling. The mount server
@@ -134,5 +135,7 @@ export DENO_DIR="$dir/deno-dir"
 # buffers in its heap instead of giving them back: a 1,000,000-member tar build peaked at 197-232
 # MB so, 184-194 MB with the threshold fixed at 128 KiB (docs/build.md). Unless the caller set it.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_-131072}"
-exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ @V8_FLAGS@ \
-  "$dir/erofs-oci.js" "$@"
+JIT_COMMANDS="@JIT_COMMANDS@"
+@JIT_FOR_COMMAND@
+exec "$dir/deno" run -q --no-config --no-lock --no-prompt @PERMISSIONS@ @V8_FLAGS@ $jit \
+  "$dir/erofs-oci$jit_suffix.js" "$@"

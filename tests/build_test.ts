@@ -275,3 +275,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "build: a mount (CLI and server without the JIT) and a build (with it) keep their code caches",
+  ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/basic.erofs`)),
+  async fn() {
+    const result = await build();
+    assert.equal(result.code, 0);
+    if (!isLauncher(result)) return; // a compiled binary has one set of V8 flags
+    const copy = await copiedAlone();
+    const sandbox = await mountSandbox();
+    // V8 reports each code cache it writes ("Serializing") and reads ("Deserializing from"); a
+    // cache made under other V8 flags is refused and written again.
+    const profiled = { ...sandbox.env, DENO_V8_FLAGS: "--profile-deserialization" };
+    const compiled = (output: string) => /^\[Serializing to/m.test(output);
+    try {
+      assert.ok(compiled((await copy.run(["list"], profiled)).stdout), "the first run compiles");
+      const mounted = await copy.run(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        profiled,
+      );
+      assert.equal(mounted.code, 0, `${mounted.stderr}\n${sandbox.serverLogs()}`);
+      const serverPid = mounted.stdout.match(/^mounted .* server pid (\d+)\)$/m)?.[1];
+      const serverFlags = Deno.readTextFileSync(`/proc/${serverPid}/environ`).split("\0")
+        .find((entry) => entry.startsWith("DENO_V8_FLAGS="));
+      assert.match(serverFlags ?? "", /--jitless/);
+      // The server compiled nothing the CLI's next start refuses.
+      const listed = await copy.run(["list"], profiled);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.ok(!compiled(listed.stdout), `list after the mount compiled:\n${listed.stdout}`);
+      assert.equal((await copy.run(["umount", sandbox.target], profiled)).code, 0);
+
+      // build runs with the JIT from the bundle's second name: its cache is its own.
+      const firstBuild = await copy.run(["build", "--help"], profiled);
+      assert.equal(firstBuild.code, 0, firstBuild.stderr);
+      const secondBuild = await copy.run(["build", "--help"], profiled);
+      assert.ok(!compiled(secondBuild.stdout), `build compiled again:\n${secondBuild.stdout}`);
+      const listedAgain = await copy.run(["list"], profiled);
+      assert.ok(!compiled(listedAgain.stdout), `list after build compiled:\n${listedAgain.stdout}`);
+    } finally {
+      await sandbox.cleanup();
+      await copy.cleanup();
+    }
+  },
+});

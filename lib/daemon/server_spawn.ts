@@ -24,9 +24,11 @@ import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";
  * a FUSE READ the main thread answers (--no-disk-cache, bytes not fetched yet; the reader
  * thread answers disk-cached, pinned and local-file bytes itself) takes ~40 us more CPU, most
  * of it Deno's worker message delivery, interpreted: `ls -lR` of 200,000 files 1.3x the time,
- * 1.45x server CPU, before local files got direct reads. `serve` keeps the JIT (without it its
- * per-request JavaScript ran 28 % slower: 450 -> 322 MB/s), as do the CLI and the builder (a
- * build from a tar took 2.8x as long).
+ * 1.45x server CPU, before local files got direct reads. The CLI of `mount` (and of every
+ * command but those in scripts/jit-commands) runs --jitless too, so the server reads the V8 code
+ * cache the CLI wrote (V8 refuses one made under other flags: each process compiled the bundle
+ * again). `serve` keeps the JIT (without it its per-request JavaScript ran 28 % slower: 450 ->
+ * 322 MB/s), as does the builder (a build from a tar took 2.8x as long).
  *
  * `--max-semi-space-size=1`: V8's young generation at 1 MiB per semispace instead of growing
  * to 16 (the server's garbage is short-lived request buffers). Host benchmark, cold read of the
