@@ -273,19 +273,33 @@ export function statIdentity(dirFd: number, path = ""): FileIdentity {
 }
 
 /**
- * statx of `path`, following symlinks: its type (S_IFMT bits of stx_mode) and device. Through
+ * statx of `path`, following symlinks: its type, permissions, owner and device. Through
  * libc, so paths Deno's permission checks treat specially (/dev/shm, /proc) are stat-able too.
  */
-export function statPath(
-  path: string,
-): { isDirectory: boolean; devMajor: number; devMinor: number; ino: bigint } {
-  const STATX_TYPE = 0x1, STATX_INO = 0x100, S_IFMT = 0o170000, S_IFDIR = 0o040000;
+export function statPath(path: string): {
+  isDirectory: boolean;
+  /** Permission bits, with setuid, setgid and sticky (07777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  devMajor: number;
+  devMinor: number;
+  ino: bigint;
+} {
+  const STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_UID = 0x8, STATX_GID = 0x10, STATX_INO = 0x100;
+  const S_IFMT = 0o170000, S_IFDIR = 0o040000;
+  const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO;
   const buffer = new Uint8Array(256);
-  unwrap(libc().statx(AT_FDCWD, cstr(path), 0, STATX_TYPE | STATX_INO, buffer), "statx", path);
-  // struct statx: stx_mode (u16) at 28, stx_ino at 32, stx_dev_major/minor at 136/140.
+  unwrap(libc().statx(AT_FDCWD, cstr(path), 0, wanted, buffer), "statx", path);
+  // struct statx: stx_uid, stx_gid (u32) at 20, 24; stx_mode (u16) at 28, stx_ino at 32,
+  // stx_dev_major/minor at 136/140.
   const view = new DataView(buffer.buffer);
+  const mode = view.getUint16(28, true);
   return {
-    isDirectory: (view.getUint16(28, true) & S_IFMT) === S_IFDIR,
+    isDirectory: (mode & S_IFMT) === S_IFDIR,
+    mode: mode & 0o7777,
+    uid: view.getUint32(20, true),
+    gid: view.getUint32(24, true),
     ino: view.getBigUint64(32, true),
     devMajor: view.getUint32(136, true),
     devMinor: view.getUint32(140, true),

@@ -178,3 +178,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "mount --upper other users can reach: refused (copied-up setuid files would work there), " +
+    "unless closed by a directory on the way or on a nosuid file system",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    // Reachable from / by anyone: a 0755 directory in /tmp, holding a tmpfs mounted without nosuid.
+    const open = await Deno.makeTempDir({ prefix: "erofs-oci-open-upper-" });
+    const fs = `${open}/fs`;
+    const sh = (...args: string[]) => new Deno.Command(args[0], { args: args.slice(1) }).output();
+    try {
+      await Deno.chmod(open, 0o755);
+      await Deno.mkdir(fs);
+      assert((await sh("mount", "-t", "tmpfs", "-o", "mode=0755,suid", "tmpfs", fs)).success);
+      for (const dir of ["up", "wk"]) await Deno.mkdir(`${fs}/${dir}`, { mode: 0o755 });
+      const mount = () =>
+        runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"].concat(
+            ["--upper", `${fs}/up`, "--work", `${fs}/wk`],
+          ),
+          { env: sandbox.env },
+        );
+      assertCliError(await mount(), 1, /--upper .*\/up can be reached by other users/);
+      assert.deepEqual(readMountInfo().filter((m) => m.mountPoint === sandbox.target), []);
+
+      await Deno.chmod(`${fs}/up`, 0o700);
+      assertSuccess(await mount());
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+
+      await Deno.chmod(`${fs}/up`, 0o755);
+      assert((await sh("mount", "-o", "remount,nosuid", fs)).success);
+      assertSuccess(await mount());
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      await sh("umount", "-l", fs);
+      await Deno.remove(open, { recursive: true });
+    }
+  },
+});

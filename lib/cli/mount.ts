@@ -11,6 +11,7 @@ import {
   checkMountTarget,
   checkOverlayDirs,
   checkRoot,
+  checkUpperClosed,
   type MountTarget,
   releaseMountTarget,
 } from "../mount/target_dir.ts";
@@ -110,7 +111,9 @@ Options:
                          convert and \`erofs-oci checksums IMAGE --push\`), and tar
                          indexes not made on this host (with --index-missing: made here)
       --no-prefetch      do not prefetch what the image's trace (\`erofs-oci trace\`) lists
-      --upper DIR        writable overlay: upper directory (needs --work)
+      --upper DIR        writable overlay: upper directory (needs --work); closed to other
+                         users (0700, or under a root directory that is), or on a nosuid
+                         file system: files copied up keep their setuid bits and capabilities
       --work DIR         overlay work directory on the same file system as --upper
       --suid             honour setuid/setgid bits of the image (default: nosuid)
       --dev              honour device nodes of the image (default: nodev)
@@ -182,6 +185,7 @@ async function runMount(argv: string[]): Promise<number> {
   checkRoot();
   if (values.upper !== undefined) {
     ({ upper: values.upper, work: values.work } = checkOverlayDirs(values.upper, values.work!));
+    if (!trust.suid) checkUpperClosed(values.upper);
   }
   refuseOurMountPoint(dir);
   const target = checkMountTarget(dir);

@@ -13,7 +13,7 @@ import {
   statIdentity,
   statPath,
 } from "../../ffi/files.ts";
-import { readMountInfo } from "../sys/mountinfo.ts";
+import { mountContaining, readMountInfo } from "../sys/mountinfo.ts";
 
 /**
  * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs
@@ -30,7 +30,10 @@ export function checkOverlayDirs(
       info = statPath(dir);
     } catch (error) {
       if (error instanceof SysError && error.errno === Errno.ENOENT) {
-        throw new MountError(`${option} ${dir} does not exist`, `create it: mkdir -p ${dir}`);
+        throw new MountError(
+          `${option} ${dir} does not exist`,
+          `create it: mkdir -p -m 0700 ${dir}`,
+        );
       }
       throw new MountError(`cannot use ${option} ${dir}: ${(error as Error).message}`);
     }
@@ -72,6 +75,33 @@ export function checkOverlayDirs(
     }
   }
   return real;
+}
+
+/**
+ * What a writable mount writes to `--upper` (a directory of the host's own file system, where
+ * the overlay's nosuid does not apply) keeps what the image's files carry: a copy-up (any write,
+ * even a `touch`) of a setuid-root program or of one with file capabilities (security.capability)
+ * puts a copy there that runs as root for whoever can reach it. So some directory on the way to
+ * it must be closed to other users — root's, with no search permission for others, nor for a
+ * group other than root's — or its file system mounted nosuid (which ignores both). Not asked
+ * with --suid: such a mount honours them itself.
+ */
+export function checkUpperClosed(upper: string): void {
+  const mount = mountContaining(upper);
+  if (mount?.options.split(",").includes("nosuid")) return;
+  for (let dir = upper;; dir = dir.slice(0, dir.lastIndexOf("/")) || "/") {
+    const { uid, gid, mode } = statPath(dir);
+    const othersSearch = (mode & 0o001) !== 0;
+    const groupSearch = (mode & 0o010) !== 0 && gid !== 0;
+    if (uid === 0 && !othersSearch && !groupSearch) return;
+    if (dir === "/") break;
+  }
+  throw new MountError(
+    `--upper ${upper} can be reached by other users: an image's setuid programs and files with ` +
+      "capabilities copied up there would run as root for them",
+    `chmod 0700 ${upper} (or a directory above it, owned by root), or use a directory on a ` +
+      "file system mounted nosuid",
+  );
 }
 
 /** An option of an overlay mount's super options (mountinfo escapes \, space, tab, newline). */

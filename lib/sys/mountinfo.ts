@@ -12,6 +12,8 @@ export interface MountEntry {
   major: number;
   minor: number;
   mountPoint: string;
+  /** Per-mount options (`rw,nosuid,nodev,relatime`). */
+  options: string;
   fsType: string;
   source: string;
   superOptions: string;
@@ -30,6 +32,18 @@ export function findMount(mountPoint: string): MountEntry | undefined {
   return readMountInfo().findLast((entry) => entry.mountPoint === wanted);
 }
 
+/** The mount `path` (absolute, symlinks resolved) lies on: the topmost on its longest prefix. */
+export function mountContaining(path: string): MountEntry | undefined {
+  const wanted = normalize(path);
+  let best: MountEntry | undefined;
+  for (const entry of readMountInfo()) {
+    const point = entry.mountPoint;
+    const under = point === "/" || wanted === point || wanted.startsWith(`${point}/`);
+    if (under && (!best || point.length >= best.mountPoint.length)) best = entry;
+  }
+  return best;
+}
+
 /** True when something is mounted on `mountPoint`. */
 export function isMountPoint(mountPoint: string): boolean {
   return findMount(mountPoint) !== undefined;
@@ -45,6 +59,7 @@ function parseLine(line: string): MountEntry {
     major,
     minor,
     mountPoint: unescape(fields[4]),
+    options: fields[5],
     fsType: fields[dash + 1],
     source: unescape(fields[dash + 2]),
     superOptions: fields[dash + 3] ?? "",
