@@ -1,10 +1,17 @@
 /**
  * Extended attributes carried in pax records. Two spellings exist: `SCHILY.xattr.NAME=raw bytes`
  * (star, GNU tar --xattrs, Go archive/tar, Docker) and `LIBARCHIVE.xattr.NAME=base64` where NAME
- * is URL-encoded (bsdtar).
+ * is URL-encoded (bsdtar). POSIX ACLs may come as text instead (`SCHILY.acl.access` and
+ * `SCHILY.acl.default`, from `--acls`): stored as the ACL xattrs, unless one is given as such.
  */
 import { FormatError } from "../errors.ts";
 import type { PaxRecord } from "./pax.ts";
+import { ACL_ACCESS, ACL_DEFAULT, aclFromText } from "./acl.ts";
+
+const TEXT_ACLS: Record<string, string> = {
+  "SCHILY.acl.access": ACL_ACCESS,
+  "SCHILY.acl.default": ACL_DEFAULT,
+};
 
 const SCHILY = "SCHILY.xattr.";
 const LIBARCHIVE = "LIBARCHIVE.xattr.";
@@ -15,7 +22,17 @@ export function applyXattrRecord(
   record: PaxRecord,
   offset: number,
 ): void {
-  if (record.key.startsWith(SCHILY)) {
+  const aclName = TEXT_ACLS[record.key];
+  if (aclName !== undefined) {
+    if (xattrs.has(aclName)) return; // the binary xattr, given too, is the writer's own copy
+    try {
+      const acl = aclFromText(new TextDecoder("utf-8", { fatal: true }).decode(record.value));
+      if (acl) xattrs.set(aclName, acl);
+    } catch (error) {
+      const why = error instanceof FormatError ? error.message : "is not UTF-8";
+      throw new FormatError(`tar pax header at byte ${offset}: ${record.key}: ${why}`);
+    }
+  } else if (record.key.startsWith(SCHILY)) {
     const name = record.key.slice(SCHILY.length);
     if (name !== "") xattrs.set(name, record.value.slice());
   } else if (record.key.startsWith(LIBARCHIVE)) {

@@ -9,7 +9,7 @@ import { listDirectory, openDirNoSymlinks } from "../../../ffi/files.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
-import { NOT_STORABLE, type SkippedXattr, xattrNameSupported } from "./xattrs.ts";
+import { NOT_STORABLE, type SkippedXattr, xattrNameSupported, xattrProblem } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
 import { smallInt } from "./layout.ts";
 
@@ -316,6 +316,8 @@ function readXattrs(
     for (;;) {
       const n = Number(libc().lgetxattr(cpath, cstr(name), value, BigInt(value.length)));
       if (n >= 0) {
+        const problem = xattrProblem(name, value.subarray(0, n));
+        if (problem) throw new FormatError(`${named}: ${problem}`);
         out.set(name, value.slice(0, n));
         break;
       }

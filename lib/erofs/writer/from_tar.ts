@@ -9,6 +9,7 @@
  * overlay stack): `.wh.NAME` → character device 0/0 at NAME, `.wh..wh..opq` →
  * `trusted.overlay.opaque=y` on its directory (lib/tar/whiteout.ts resolves same-layer cases).
  */
+import { ACL_ACCESS, ACL_DEFAULT, aclWithMode } from "../../tar/acl.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import type { TarEntry } from "../../tar/entry.ts";
 import { readTar } from "../../tar/reader.ts";
@@ -386,8 +387,14 @@ function setAttributes(
         name,
         "is overlayfs's own (a layer deletes files by .wh. members)",
       );
-    } else if (xattrs === NO_XATTRS) xattrs = new Map([[name, value]]);
-    else (xattrs as Map<string, Uint8Array>).set(name, value);
+    } else if (name === ACL_DEFAULT && entry.kind !== "dir") {
+      onSkippedXattr(entry.path, name, "is a default ACL on a non-directory");
+    } else {
+      // As an extraction leaves it: the ACL set, then the member's mode (chmod).
+      const stored = name === ACL_ACCESS ? aclWithMode(value, entry.mode) : value;
+      if (xattrs === NO_XATTRS) xattrs = new Map([[name, stored]]);
+      else (xattrs as Map<string, Uint8Array>).set(name, stored);
+    }
   }
   table.setMode(i, entry.mode & 0o7777);
   table.uid.set(i, entry.uid);

@@ -1,6 +1,7 @@
 /** Unit checks of the writer's pieces against spec facts and the peer's fixture bytes. */
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { aclFromText } from "../../tar/acl.ts";
 import { crc32c, crc32cRaw } from "./crc32c.ts";
 import { compareNames, newNode, utf8Length } from "./tree.ts";
 import { packDirectory } from "./dirs.ts";
@@ -60,9 +61,12 @@ Deno.test("xattr entries: prefix index, suffix, value, 4-byte padding; body head
     [14, 4, 1, 0], // "overlay.opaque" under trusted. (index 4), one value byte
   );
   assert.deepEqual(
-    [...encodeXattrEntry("system.posix_acl_access", new Uint8Array(4))].slice(0, 4),
-    [0, 2, 4, 0],
+    [...encodeXattrEntry("system.posix_acl_access", aclFromText("u::rw-,g::r--,o::r--")!)]
+      .slice(0, 4),
+    [0, 2, 28, 0], // the whole name is the prefix (index 2); version + 3 entries
   );
+  assert.throws(() => encodeXattrEntry("system.posix_acl_access", new Uint8Array(4)), /version 0/);
+  assert.throws(() => encodeXattrEntry("user.a\0security.capability", new Uint8Array()), /NUL/);
   assert.throws(() => encodeXattrEntry("system.other", new Uint8Array()), /prefix/);
   const body = encodeXattrBody([7], [["security.x", new Uint8Array(2)]])!;
   assert.equal(body.length, 12 + 4 + 8);

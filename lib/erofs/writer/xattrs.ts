@@ -7,6 +7,7 @@
 import { FormatError } from "../../errors.ts";
 import { warn } from "../../log.ts";
 import { XATTR_IBODY_HEADER_BYTES } from "../inode_layout.ts";
+import { aclProblem, isAclXattr } from "../../tar/acl.ts";
 
 export { XATTR_IBODY_HEADER_BYTES };
 const MAX_SHARED_PER_INODE = 255;
@@ -65,10 +66,16 @@ export function xattrProblem(name: string, value: Uint8Array): string | undefine
   const match = PREFIXES.find((p) =>
     p.exact ? name === p.prefix : name.startsWith(p.prefix) && name.length > p.prefix.length
   );
+  // Listed by listxattr, found by no getxattr: a name the kernel cannot ask for.
+  if (name.includes("\0")) return `xattr name ${JSON.stringify(name)} holds a NUL byte`;
   if (!match) return `xattr ${name} has a prefix EROFS cannot store`;
   const suffix = encoder.encode(match.exact ? "" : name.slice(match.prefix.length));
   if (suffix.length > 255) return `xattr name ${name.slice(0, 40)}… longer than 255 bytes`;
   if (value.length > MAX_VALUE_BYTES) return `xattr ${name} value over 64 KiB`;
+  if (isAclXattr(name)) {
+    const problem = aclProblem(value);
+    if (problem) return `xattr ${name}: ${problem}`;
+  }
   return undefined;
 }
 
