@@ -312,6 +312,10 @@ Deno.test({
       assert.equal(firstBuild.code, 0, firstBuild.stderr);
       const secondBuild = await copy.run(["build", "--help"], profiled);
       assert.ok(!compiled(secondBuild.stdout), `build compiled again:\n${secondBuild.stdout}`);
+      // mount --index-missing scans whole tars as build does: with the JIT, from the same name.
+      const indexing = await copy.run(["mount", "--index-missing", "--help"], profiled);
+      assert.equal(indexing.code, 0, indexing.stderr);
+      assert.ok(!compiled(indexing.stdout), `mount --index-missing compiled:\n${indexing.stdout}`);
       const listedAgain = await copy.run(["list"], profiled);
       assert.ok(!compiled(listedAgain.stdout), `list after build compiled:\n${listedAgain.stdout}`);
     } finally {
