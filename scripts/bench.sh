@@ -12,7 +12,8 @@
 # Env: BENCH_VARIANTS (subset, see scripts/bench/guest.sh), BENCH_SLOW_TAR_TIMEOUT_S (60: FUSE
 #      and peer full reads), BENCH_PEER_FIND_TIMEOUT_S (120), BENCH_STEP_TIMEOUT_S (300),
 #      BENCH_VM_TIMEOUT_S (1200), BENCH_TRACE_RUNS (3), BENCH_CLI (dist, default: the single-file
-#      artifact as users run it, built by scripts/build.sh from HEAD; source: the working tree
+#      artifact as users run it, built by scripts/build.sh from HEAD, or BENCH_REV for an A/B;
+#      source: the working tree
 #      through scripts/erofs-oci-dev, as before), BENCH_FILL_TRACE=1 (the servers' fill traces in
 #      the run directory, with each step's start in steps.tsv), BENCH_SCHED_TRACE=1 (the cold
 #      find's context switches, wake-ups and request completions in trace-NAME.sched.txt; summed up
@@ -61,10 +62,10 @@ export DENO_DIR=${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}
 # in progress; the guest runs a copy of it. source: the working tree as it is, from source.
 cli_desc="source of the working tree (scripts/erofs-oci-dev)"
 if [ "${BENCH_CLI:-dist}" = dist ]; then
-  head=$(git -C "$repo" rev-parse --short HEAD)
+  head=$(git -C "$repo" rev-parse --short "${BENCH_REV:-HEAD}")
   rm -rf "$cache/vm-cli-src"
   mkdir -p "$cache/vm-cli-src" "$cache/vm-cli"
-  git -C "$repo" archive HEAD | tar -x -C "$cache/vm-cli-src"
+  git -C "$repo" archive "$head" | tar -x -C "$cache/vm-cli-src"
   ln -s "$repo/tools" "$cache/vm-cli-src/tools"
   "$cache/vm-cli-src/scripts/build.sh" >&2
   cp "$cache/vm-cli-src/dist/erofs-oci" "$cache/vm-cli/erofs-oci.tmp"
