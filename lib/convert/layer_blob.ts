@@ -13,10 +13,7 @@ import { digestHasher } from "../oci/digest.ts";
 import type { OciLayout } from "../oci/oci_layout.ts";
 import type { Source } from "../source/source.ts";
 import { validateDigest } from "../oci/reference.ts";
-import { backoff, describeFailure, isNetworkError } from "../oci/retry.ts";
-
-/** Bytes an attempt must bring for the download to get a fresh deadline. */
-const RESUME_PROGRESS_BYTES = 1 << 20;
+import { backoff, describeFailure, isNetworkError, policyAfterAttempt } from "../oci/retry.ts";
 
 /**
  * Where source blobs come from: a registry repository, a local OCI layout, or a random-access
@@ -212,18 +209,14 @@ async function* registryChunks(
       await reader.cancel().catch(() => {});
     }
     if (failure === undefined && passed() >= sizeBytes) return;
-    // A long layer outlives one operation's deadline: progress earns a fresh one — a MiB of
-    // it, so that a registry resetting every connection after a few bytes is given up.
-    if (passed() - before >= RESUME_PROGRESS_BYTES) policy = client.newPolicy();
+    policy = policyAfterAttempt(policy, passed() - before, () => client.newPolicy());
     attempt = passed() > before ? 1 : attempt + 1;
-    debug(
-      `layer ${digest}: ${passed()}/${sizeBytes} bytes (${
-        failure ? describeFailure(failure) : "body ended early"
-      }); resuming`,
-    );
+    const why = failure ? describeFailure(failure) : "body ended early";
+    debug(`layer ${digest}: ${passed()}/${sizeBytes} bytes (${why}); resuming`);
     if (!(await backoff(attempt, policy))) {
       throw new OciError(
-        `download of ${digest} from ${client.host} broke off at ${passed()} of ${sizeBytes} bytes`,
+        `download of ${digest} from ${client.host} broke off at ${passed()} of ${sizeBytes} ` +
+          `bytes (${why})`,
       );
     }
   }

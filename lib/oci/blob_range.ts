@@ -3,7 +3,13 @@ import { debug, warn } from "../log.ts";
 import { stallMs, StallWatch } from "./stall_watch.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
-import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+import {
+  backoff,
+  describeFailure,
+  isNetworkError,
+  policyAfterAttempt,
+  type RetryPolicy,
+} from "./retry.ts";
 import { observeBlobGet } from "../source/fetch_metrics.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
@@ -47,6 +53,22 @@ export type BodySink = (bytes: Uint8Array, at: number) => void | Promise<void>;
  * for any sink.
  */
 export type PlacedBodySink = BodySink & { into(): Uint8Array };
+
+/**
+ * What a sink may carry when its caller restarts the read on a failure (a PlacedBodySink whose
+ * buffer a broken body took): the retry policy of the first read is kept here, and a restart
+ * with the same holder goes on under its deadline and attempt count instead of a fresh one —
+ * with a fresh one, a registry that sent a few bytes and went silent held a read for three
+ * stall times instead of two.
+ */
+export interface RetryHolder {
+  policy?: RetryPolicy;
+}
+
+/** The RetryHolder a sink carries (`sink.retry`), if any. */
+export function retryHolderOf(sink: BodySink | Uint8Array): RetryHolder | undefined {
+  return (sink as { retry?: RetryHolder }).retry;
+}
 
 /** A PlacedBodySink's into(), or undefined for any other sink. */
 export function intoOf(sink: BodySink | Uint8Array): (() => Uint8Array) | undefined {
@@ -273,7 +295,9 @@ export async function readBlobRangeTo(
   if (length === 0) return;
   const path = `/v2/${repository}/blobs/${digest}`;
   const scope = pullScope(repository);
-  const policy = client.newPolicy();
+  const holder = retryHolderOf(sink);
+  let policy = holder?.policy ?? client.newPolicy();
+  if (holder) holder.policy = policy;
   const end = offset + length - 1;
   const startedMs = performance.now();
   let filled = 0;
@@ -392,6 +416,8 @@ export async function readBlobRangeTo(
       // resume GET whose body would only be refused (the caller starts again where it began).
       if (error !== undefined) intoOf(sink)?.();
       // Truncated body or a short 206: resume from what we have.
+      policy = policyAfterAttempt(policy, copied, () => client.newPolicy());
+      if (holder) holder.policy = policy;
       attempt = copied > 0 ? 1 : attempt + 1;
       debug(
         `blob ${digest}: got ${filled}/${length} bytes (${

@@ -10,7 +10,7 @@ import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
 import { validateDigest } from "./reference.ts";
-import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+import { backoff, describeFailure, isNetworkError, policyAfterAttempt } from "./retry.ts";
 
 /** Options of RegistryClient.downloadBlob. */
 export interface DownloadOptions {
@@ -61,7 +61,7 @@ async function streamVerified(
   options: DownloadOptions,
 ): Promise<number> {
   const hasher = digestHasher(digest);
-  const policy = client.newPolicy();
+  let policy = client.newPolicy();
   let received = 0;
   let total = options.expectedSizeBytes;
   let attempt = 0;
@@ -125,17 +125,15 @@ async function streamVerified(
       failure = error;
     }
     if (failure === undefined && (total === undefined || received === total)) break;
+    policy = policyAfterAttempt(policy, received - before, () => client.newPolicy());
     attempt = received > before ? 1 : attempt + 1;
-    debug(
-      `download ${digest}: ${received}/${total ?? "?"} bytes (${
-        failure ? describeFailure(failure) : "body ended early"
-      }); resuming`,
-    );
+    const why = failure ? describeFailure(failure) : "body ended early";
+    debug(`download ${digest}: ${received}/${total ?? "?"} bytes (${why}); resuming`);
     if (!(await backoff(attempt, policy, options.signal))) {
       throw new OciError(
         `download of ${digest} from ${client.host} broke off at ${received} of ${
           total ?? "?"
-        } bytes`,
+        } bytes (${why})`,
       );
     }
   }

@@ -1,9 +1,20 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
-import { type BlobReadFrom, type BodySink, intoOf } from "./blob_range.ts";
+import { type BlobReadFrom, type BodySink, intoOf, retryHolderOf } from "./blob_range.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 import { noteBlobFetched } from "../source/fetch_metrics.ts";
 import { warn } from "../log.ts";
+import { OciError } from "../errors.ts";
+import { isNetworkError } from "./retry.ts";
+
+/**
+ * How long a failed read's range is answered with its error at once. The kernel asks again
+ * right after an EIO (the readahead, then the page alone, through each page cache on the way:
+ * three requests for one `cat` of a FUSE-served layer), and each sat through the whole retry
+ * chain again: a registry that went silent held one read ~5 minutes instead of one chain.
+ */
+const FAILED_RANGE_MEMORY_MS = 5_000;
+const MAX_FAILED_RANGES = 32;
 
 /** What RegistryBlob needs from a client: ranged reads (a registry, later an OCI layout). */
 export interface BlobRangeReader {
@@ -62,6 +73,7 @@ export class RegistryBlob implements Source {
     noteBlobFetched(this.digest, requests, bytes);
   }
   readonly #client: BlobRangeReader;
+  readonly #failed: { start: number; end: number; error: Error; atMs: number }[] = [];
 
   constructor(client: BlobRangeReader, repository: string, layer: LayerDescriptor) {
     this.#client = client;
@@ -95,6 +107,7 @@ export class RegistryBlob implements Source {
       );
     }
     if (length === 0) return new Uint8Array(0);
+    this.#refuseRecentlyFailed(offset, length);
     this.#counted(1, 0);
     const bytes = await this.#client.readBlobRange(
       this.repository,
@@ -104,9 +117,39 @@ export class RegistryBlob implements Source {
       signal,
       this.size,
       from,
-    );
+    ).catch((error) => this.#noteFailed(offset, length, error, signal));
     this.#counted(0, bytes.byteLength);
     return bytes;
+  }
+
+  /** Throws the error of a read of an overlapping range that failed moments ago, if any. */
+  #refuseRecentlyFailed(offset: number, length: number): void {
+    const now = Date.now();
+    while (this.#failed.length && now - this.#failed[0].atMs > FAILED_RANGE_MEMORY_MS) {
+      this.#failed.shift();
+    }
+    const failed = this.#failed.find((f) => f.start < offset + length && offset < f.end);
+    if (!failed) return;
+    throw new OciError(
+      `${failed.error.message} (a read of these bytes failed ${
+        ((now - failed.atMs) / 1000).toFixed(1)
+      } s ago; asked again after ${FAILED_RANGE_MEMORY_MS / 1000} s)`,
+      undefined,
+      { cause: failed.error },
+    );
+  }
+
+  #noteFailed(offset: number, length: number, error: unknown, signal?: AbortSignal): never {
+    // What the registry did (no reply, a broken body, an error status): not a caller's abort or
+    // a sink that cannot take more (it starts again itself).
+    if (
+      !signal?.aborted && error instanceof Error &&
+      (error instanceof OciError || isNetworkError(error))
+    ) {
+      if (this.#failed.length >= MAX_FAILED_RANGES) this.#failed.shift();
+      this.#failed.push({ start: offset, end: offset + length, error, atMs: Date.now() });
+    }
+    throw error;
   }
 
   /**
@@ -129,23 +172,26 @@ export class RegistryBlob implements Source {
     if (!this.#client.readBlobRangeTo) {
       return await sink(await this.read(offset, length, signal), 0);
     }
+    this.#refuseRecentlyFailed(offset, length);
     this.#counted(1, 0);
     let arrived = 0;
     const counted: BodySink = (bytes, at) => {
       arrived = Math.max(arrived, at + bytes.length);
       return sink(bytes, at);
     };
-    // A sink that places the bytes itself (PlacedBodySink) keeps doing so through the count.
+    // A sink that places the bytes itself (PlacedBodySink) keeps doing so through the count,
+    // and one that carries a retry holder keeps it.
     const into = intoOf(sink);
+    const retry = retryHolderOf(sink);
     await this.#client.readBlobRangeTo(
       this.repository,
       this.digest,
       offset,
       length,
-      into ? Object.assign(counted, { into }) : counted,
+      Object.assign(counted, into ? { into } : {}, retry ? { retry } : {}),
       signal,
       this.size,
-    );
+    ).catch((error) => this.#noteFailed(offset, length, error, signal));
     this.#counted(0, arrived);
   }
 

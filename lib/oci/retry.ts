@@ -60,6 +60,22 @@ export async function backoff(
   return true;
 }
 
+/**
+ * The policy for the next attempt of a long transfer after one that brought `progressedBytes`:
+ * a transfer can outlive one operation's deadline, so an attempt that brought a MiB earns a
+ * fresh one — a MiB, so that a registry resetting every connection after a few bytes is still
+ * given up (`pull` of a layer that broke off after 60 s failed without a resume GET).
+ */
+export function policyAfterAttempt(
+  policy: RetryPolicy,
+  progressedBytes: number,
+  fresh: () => RetryPolicy,
+): RetryPolicy {
+  return progressedBytes >= FRESH_DEADLINE_PROGRESS_BYTES ? fresh() : policy;
+}
+
+const FRESH_DEADLINE_PROGRESS_BYTES = 1 << 20;
+
 /** One line for an error that ended a retried operation. */
 export function describeFailure(error: unknown): string {
   if (error instanceof OciError) return error.message;

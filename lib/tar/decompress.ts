@@ -7,7 +7,7 @@
  * and multi-member gzip is legal (pigz, concatenated layers); gunzip reads every member.
  */
 import { createGunzip } from "../node_builtins.ts";
-import { FormatError } from "../errors.ts";
+import { FormatError, UserError } from "../errors.ts";
 import { DEFAULT_MAX_ZSTD_WINDOW_BYTES, zstdDecompressStream } from "./zstd.ts";
 
 export type Compression = "none" | "gzip" | "zstd";
@@ -257,7 +257,8 @@ function asFormatErrors(
       try {
         result = await reader.read();
       } catch (e) {
-        if (e instanceof FormatError) throw e;
+        // Our own errors are not the data's: a download that broke off says so itself.
+        if (e instanceof UserError) throw e;
         const message = e instanceof Error ? e.message : String(e);
         throw new FormatError(`${what}: corrupt or truncated data (${message})`, undefined, {
           cause: e,

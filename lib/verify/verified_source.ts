@@ -14,6 +14,7 @@ import { nodeCryptoLoaded } from "../node_builtins.ts";
 import { readSubchunkChecked } from "./subchunk_reads.ts";
 import { WrongBytesError } from "../source/wrong_bytes.ts";
 import type { StoredBytesChecker } from "../source/stored_check.ts";
+import type { RetryHolder } from "../oci/blob_range.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends WrongBytesError {
@@ -267,11 +268,16 @@ export class VerifiedSource implements Source, StoredBytesChecker {
       return buffer.subarray(filled, chunkEnd());
     };
     try {
+      // A restart below goes on under the first read's deadline and attempts (RetryHolder).
+      const retry: RetryHolder = {};
       for (let placed = true;;) {
         // From the chunk being assembled: the chunks before it were handed on.
         const from = index * chunk;
         try {
-          const sink = placed ? Object.assign((bytes: Uint8Array) => take(bytes), { into }) : take;
+          const sink = Object.assign(
+            (bytes: Uint8Array) => take(bytes),
+            placed ? { into, retry } : { retry },
+          );
           await this.#inner.readTo!(from, runEnd - from, sink, signal);
           break;
         } catch (error) {

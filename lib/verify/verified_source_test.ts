@@ -13,6 +13,8 @@ import type { Source } from "../source/source.ts";
 import { patternBytes } from "../../tests/_support/memory_source.ts";
 import type { LayerSpec } from "../state/runtime.ts";
 import { recordForLayer, unverifiedLayer } from "../recovery/layer_record.ts";
+import { type BlobRangeReader, RegistryBlob } from "../oci/registry_blob.ts";
+import { intoOf, type RetryHolder, retryHolderOf } from "../oci/blob_range.ts";
 
 const CHUNK = 64 * 1024;
 
@@ -275,4 +277,48 @@ Deno.test("VerifiedSource: reads failing together leave no rejection unhandled",
   } finally {
     globalThis.removeEventListener("unhandledrejection", onUnhandled);
   }
+});
+
+Deno.test("readTo restarted after a broken body took its buffer: same retry policy (deadline) goes on", async () => {
+  const bytes = patternBytes(3 * CHUNK + 100, 5);
+  const holders: (RetryHolder | undefined)[] = [];
+  let policiesMade = 0;
+  const reader: BlobRangeReader = {
+    readBlobRange: (_r, _d, offset, length) =>
+      Promise.resolve(bytes.slice(offset, offset + length)),
+    async readBlobRangeTo(_r, _d, offset, length, sink) {
+      const holder = retryHolderOf(sink);
+      holders.push(holder);
+      // What readBlobRangeTo does: the holder's policy, else a fresh one kept in it.
+      if (holder && !holder.policy) {
+        policiesMade++;
+        holder.policy = { deadlineAtMs: Date.now() + 60_000, maxAttempts: 8 };
+      }
+      const into = intoOf(sink);
+      if (holders.length === 1) {
+        // A body that broke off after filling part of into()'s view: the read took its buffer.
+        const view = into!();
+        view.set(bytes.subarray(offset, offset + 10));
+        (view.buffer as ArrayBuffer).transfer();
+        into!(); // throws: the caller starts again
+      }
+      await sink(bytes.slice(offset, offset + length), 0);
+    },
+  };
+  const blob = new RegistryBlob(reader, "r", {
+    index: 0,
+    digest: digestOf(bytes),
+    sizeBytes: bytes.length,
+    mediaType: "application/octet-stream",
+  });
+  const verified = new VerifiedSource(blob, tableOf(bytes), {
+    origin: "test",
+    onMismatch: () => {},
+  });
+  const got = new Uint8Array(bytes.length);
+  await verified.readTo(0, bytes.length, (piece, at) => void got.set(piece, at));
+  assert.deepEqual(got, bytes);
+  assert.equal(holders.length, 2, "one restart");
+  assert.ok(holders[0] && holders[0] === holders[1], "the restart carries the first read's holder");
+  assert.equal(policiesMade, 1, "one policy for both");
 });
