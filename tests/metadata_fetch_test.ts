@@ -322,6 +322,36 @@ Deno.test({
 });
 
 Deno.test({
+  name: "mount: a metadata pack that does not come is given up once the server is ready: the " +
+    "mount ends and serves the tree",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const manifest = await pushFixture(registry.host, "mf/slowpack");
+    const pack = manifest.layers[0].annotations["io.github.erofs-oci.metadata-pack"];
+    // Far longer than the mount needs: before, the CLI waited for it after the server was ready.
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isBlobGetOf(pack), fault: { kind: "delay", ms: 120_000 } },
+    ]);
+    const sandbox = await mountSandbox();
+    try {
+      const mounted = await runCli(
+        ["mount", `${proxy.host}/mf/slowpack:v1`, sandbox.target, "--plain-http"].concat(
+          ["--backend", "fuse"],
+        ),
+        { env: sandbox.env, timeoutMs: 60_000 },
+      );
+      assertSuccess(mounted);
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      assert.ok(proxy.blobGets(pack).length >= 1, "the pack was asked for");
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount: a remount reads its table and config kept by the first mount (no GET of " +
     "either); a damaged kept file is fetched again",
   ignore: ignoreMount,

@@ -471,7 +471,11 @@ async function resolveForMount(
     // the table and then the metadata (and the trace lookup the spec waits for) are fetched as
     // soon as the manifest is there, side by side with its config blob and the layers' heads.
     // Cancelled when the mount fails first.
+    // The GETs started while resolving (the metadata hand-over's): a Ctrl-C ends them too, or
+    // the undo waited for a stalled one (~50 s).
     const abortEarly = new AbortController();
+    const abortOnInterrupt = () => abortEarly.abort(signal?.reason);
+    signal?.addEventListener("abort", abortOnInterrupt, { once: true });
     let earlyTables: Map<string, EarlyTable> | undefined;
     let earlyMetadata: EarlyMetadata | undefined;
     let traceLookup: TraceLookup | undefined;
@@ -540,6 +544,7 @@ async function resolveForMount(
       abortEarly.abort();
       throw error;
     } finally {
+      signal?.removeEventListener("abort", abortOnInterrupt);
       // The client closes once nothing started on it is still running.
       const running = [...(earlyMetadata?.values() ?? [])].map((m) => m.bytes as Promise<unknown>);
       if (traceLookup) running.push(traceLookup);

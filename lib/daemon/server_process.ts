@@ -142,6 +142,9 @@ export async function discardServerSpawnedAhead(): Promise<void> {
   if (ahead) await spawnedServer(ahead.spawned).discard();
 }
 
+/** How long a ready server's metadata hand-over may still take before it is given up. */
+const HANDED_METADATA_AFTER_READY_MS = 1_000;
+
 async function handOver(
   child: SpawnedProcess,
   spec: MountSpec,
@@ -150,18 +153,25 @@ async function handOver(
 ): Promise<ReadyServer> {
   const stdin = child.stdin!, stdout = child.stdout!;
   const handed: HandedSpec = { ...spec, serverEnv: ourSettings() };
+  let closed = false;
+  const closeStdin = () => {
+    if (!closed) stdin.close();
+    closed = true;
+  };
+  let writingMetadata = false;
   const sent = (async () => {
     try {
       // One line (JSON has no raw newline): the server starts on it while the rest comes.
       await stdin.write(new TextEncoder().encode(JSON.stringify(handed) + "\n"));
       mark("cli: spec sent");
       const fetched = await metadata?.catch(() => undefined);
-      if (fetched?.some(Boolean)) {
+      if (fetched?.some(Boolean) && !closed) {
+        writingMetadata = true;
         for (const part of encodeHandedMetadata(fetched)) await stdin.write(part);
         mark("cli: metadata handed");
       }
     } finally {
-      stdin.close();
+      closeStdin();
     }
   })().catch(() => {}); // a server that is gone is reported by the ready line below
 
@@ -206,7 +216,24 @@ async function handOver(
     // Nothing more comes from a ready server; a read still waiting ends with the process.
     stdout.close();
   }
-  await sent;
+  // A ready server has what it needs: metadata still being fetched (a registry that went
+  // silent held the mount ~60 s after ready, Ctrl-C included) is given up after a moment, and
+  // the server fetches it itself. Bytes already being written are let through whole.
+  await new Promise<void>((resolve) => {
+    const giveUp = () => {
+      if (writingMetadata) return;
+      closeStdin();
+      resolve();
+    };
+    const timer = setTimeout(giveUp, HANDED_METADATA_AFTER_READY_MS);
+    signal?.addEventListener("abort", giveUp, { once: true });
+    if (signal?.aborted) giveUp();
+    sent.finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", giveUp);
+      resolve();
+    });
+  });
   const line = text.split("\n")[0];
   let ready: ReadyMessage;
   try {
