@@ -215,7 +215,7 @@ async function sha256OfSource(
 }
 
 /** sha256OfSource of the file at `path`. */
-async function sha256OfFile(path: string): Promise<string> {
+export async function sha256OfFile(path: string): Promise<string> {
   const file = openIndexFile(path);
   try {
     return await sha256OfSource(file);

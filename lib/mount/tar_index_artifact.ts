@@ -26,7 +26,13 @@ import {
   parseIndexRecord,
   sha256Digest,
 } from "../gzip/index_record.ts";
-import { checkTarIndexFiles, layerFileStem, type TarIndexFiles } from "./layer_index_files.ts";
+import {
+  checkTarIndexFiles,
+  layerFileStem,
+  sha256OfFile,
+  type TarIndexFiles,
+} from "./layer_index_files.ts";
+import { maxCheckpointsFor, ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../gzip/zinfo.ts";
 import { parseJson } from "../json.ts";
 
 export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
@@ -124,7 +130,13 @@ export async function fetchTarIndexes(
             "push the index again: `erofs-oci index IMAGE --push`",
           );
         }
-        if (blob.size > MAX_INDEX_FILE_BYTES) throw new OciError(`${want.file} is too large`);
+        const limit = indexFileLimit(want === record.zinfo ? "zinfo" : "other", layer.size);
+        if (blob.size > limit) {
+          throw new OciError(
+            `${want.file} of the index artifact ${referrer.digest} is ${blob.size} bytes, ` +
+              `more than a layer of ${layer.size} bytes can need (${limit})`,
+          );
+        }
         const path = `${dir}/${want.digest.replace(":", "-")}`;
         if (!(await fileHasDigest(path, want.digest))) {
           await client.downloadBlob(repository, blob.digest, path, {
@@ -139,7 +151,13 @@ export async function fetchTarIndexes(
         zinfo: await get(record.zinfo),
         pieces: await get(record.pieces),
       };
-      (await checkTarIndexFiles(files, layer)).zinfo?.close();
+      try {
+        (await checkTarIndexFiles(files, layer)).zinfo?.close();
+      } catch (error) {
+        // Not kept: the next mount would read (and refuse) them again.
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        throw error;
+      }
       await Deno.writeFile(`${dir}/index.json`, recordBytes);
       found.set(layer.digest, files);
     }
@@ -147,9 +165,20 @@ export async function fetchTarIndexes(
   return found;
 }
 
+/**
+ * The most bytes an index file of a layer of `layerBytes` can need, refused before a download
+ * rather than after it: a zinfo is 32 KiB per checkpoint and a layer may have so many
+ * (zinfo.ts maxCheckpointsFor); the other files, MAX_INDEX_FILE_BYTES.
+ */
+export function indexFileLimit(kind: "zinfo" | "other", layerBytes: number): number {
+  return kind === "zinfo"
+    ? ZINFO_HEADER_BYTES + maxCheckpointsFor(layerBytes) * ZINFO_CHECKPOINT_BYTES
+    : MAX_INDEX_FILE_BYTES;
+}
+
 async function fileHasDigest(path: string, digest: string): Promise<boolean> {
   try {
-    return sha256Digest(await Deno.readFile(path)) === digest;
+    return await sha256OfFile(path) === digest;
   } catch {
     return false;
   }
