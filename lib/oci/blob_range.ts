@@ -310,6 +310,7 @@ export async function readBlobRangeTo(
       // Per attempt: one that gets no byte for the stall time is given up and asked again.
       watch?.done();
       watch = new StallWatch(signal);
+      watch.endBy(policy.deadlineAtMs);
       let response: Response | undefined;
       try {
         response = await client.request({

@@ -38,6 +38,9 @@ export class StallWatch {
   stalled = false;
   /** Why it stalled, as a phrase after the registry's name ("stopped sending for 30 s"). */
   why = "";
+  /** Date.now() after which the attempt is given up however it goes (endBy). */
+  #endByMs = Infinity;
+  readonly #startedMs = Date.now();
 
   constructor(outer?: AbortSignal, limitMs = stallMs()) {
     this.#stallMs = limitMs;
@@ -75,6 +78,16 @@ export class StallWatch {
     this.#received = 0;
   }
 
+  /**
+   * Gives the attempt up at `deadlineMs` (Date.now() time: its operation's deadline) even while
+   * bytes come: a registry sending a few KiB/s passes the stall rule, and a read of a MiB then
+   * took minutes with no word. The caller's retry policy decides what follows (a transfer that
+   * brought a MiB gets a fresh deadline and resumes; a trickle is given up).
+   */
+  endBy(deadlineMs: number): void {
+    this.#endByMs = deadlineMs;
+  }
+
   /** A wait on purpose (the registry's pace, backoff): not a stall, until progressed(). */
   pause(): void {
     if (!this.#paused) this.#waitedMs += performance.now() - this.#since;
@@ -93,6 +106,11 @@ export class StallWatch {
   /** @internal */
   check(nowMs: number): void {
     if (this.#paused) return;
+    if (Date.now() >= this.#endByMs) {
+      const took = Math.round((Date.now() - this.#startedMs) / 1000);
+      this.#stall(`sent only ${this.#received} bytes in ${took} s`);
+      return;
+    }
     const seconds = this.#stallMs / 1000;
     if (nowMs - this.#lastMs >= this.#stallMs) {
       this.#stall(`stopped sending for ${seconds} s`);

@@ -371,3 +371,58 @@ Deno.test("registry stall: slow but never silent small replies are no stall", as
     Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
   }
 });
+
+Deno.test("registry stall: a body that keeps coming too slowly to finish is given up at the deadline", async () => {
+  const warnings: string[] = [];
+  setTextLogSink((level, text) => level === "warn" && warnings.push(text));
+  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  const big = new Uint8Array(1 << 20);
+  const stop = new AbortController();
+  // 40 KiB/s: enough for the stall rule's 32 KiB per second, 25 s for the MiB asked for.
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () =>
+      new Response(
+        new ReadableStream({
+          async pull(controller) {
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            if (stop.signal.aborted) controller.close();
+            else controller.enqueue(new Uint8Array(4096));
+          },
+        }),
+        {
+          status: 206,
+          headers: {
+            "content-range": `bytes 0-${big.length - 1}/${big.length}`,
+            "content-length": String(big.length),
+          },
+        },
+      ),
+  );
+  try {
+    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
+      deadlineMs: 1500,
+      plainHttp: true,
+    });
+    const startedMs = Date.now();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await assert.rejects(
+      Promise.race([
+        client.readBlobRange("app", digestOf(big), 0, big.length),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("the read went on for 10 s")), 10_000);
+        }),
+      ]).finally(() => clearTimeout(timer)),
+      (error: Error) =>
+        error instanceof OciError && /only \d+ of 1048576 bytes/.test(error.message),
+    );
+    assert(Date.now() - startedMs < 8_000);
+    assert.match(warnings.join("\n"), /sent only \d+ bytes in \d+ s/);
+    client.close?.();
+  } finally {
+    stop.abort();
+    await server.shutdown();
+    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setTextLogSink(undefined);
+  }
+});
