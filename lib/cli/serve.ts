@@ -31,7 +31,12 @@ import { layerList } from "../text.ts";
 /** How often a repeating failure (an accept, a client's read) is said. */
 const WARN_EVERY_MS = 10_000;
 /** The NBD errors a READ is answered with (protocol.ts). */
-const NBD_ERROR_NAMES: Record<number, string> = { 5: "EIO", 12: "ENOMEM", 22: "EINVAL" };
+const NBD_ERROR_NAMES: Record<number, string> = {
+  1: "EPERM",
+  5: "EIO",
+  12: "ENOMEM",
+  22: "EINVAL",
+};
 
 export const serveCommand: Command = {
   name: "serve",
@@ -204,7 +209,10 @@ Example:
         onRequest: (e) => {
           if (!e.error) return;
           const what = `${commandName(e.type)} ${e.offset}+${e.length} → errno ${e.error}`;
-          if (isDebug()) return debug(what, e.cause ?? "");
+          // A request refused as the client's mistake (a WRITE to this read-only export, a
+          // READ past its end) is the client's to see; only a failing source is warned of, so
+          // that a client's refusals cannot take the throttled warning's slot from an EIO.
+          if (isDebug() || e.cause === undefined) return debug(what, e.cause ?? "");
           const cause = e.cause instanceof Error ? `: ${e.cause.message}` : "";
           readWarning(
             `a client's ${commandName(e.type)} of ${e.length} bytes at ${e.offset} failed ` +

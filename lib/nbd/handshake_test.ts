@@ -460,3 +460,33 @@ print("ready", flush=True); time.sleep(60)`,
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("listen: a burst of newcomers evicts distinct stalled clients, never one twice", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/s.sock`;
+  const server = await startNbdServer({
+    listen: { transport: "unix", path },
+    source: new MemorySource(DATA),
+    export: { name: "x", sizeBytes: SIZE, flags: READ_ONLY_EXPORT_FLAGS },
+    maxConnections: 2,
+  });
+  const clients: RawNbdClient[] = [];
+  try {
+    // Two silent clients hold the slots until both count as stalled.
+    for (let i = 0; i < 2; i++) clients.push(await RawNbdClient.connectUnix(path));
+    await new Promise((r) => setTimeout(r, 1300));
+    // Five at once: two may take the stalled clients' slots, the rest are refused.
+    const burst = await Promise.all(
+      Array.from({ length: 5 }, () => RawNbdClient.connectUnix(path)),
+    );
+    clients.push(...burst);
+    const closed = await Promise.all(burst.map((c) => c.closedByServer()));
+    ok(closed.filter((c) => !c).length <= 2, `admitted: ${closed.filter((c) => !c).length}`);
+    await new Promise((r) => setTimeout(r, 200));
+    ok(server.connectionCount() <= 2, `connections: ${server.connectionCount()}`);
+  } finally {
+    for (const c of clients) c.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

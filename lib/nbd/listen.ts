@@ -128,14 +128,17 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
   const evictIdlest = (reason: string): boolean => {
     const now = Date.now();
     let idlest: [number, Connection, number] | undefined;
-    for (const [otherId, entry] of active) {
+    // One closing already (evicted, its handler not yet done) makes no room a second time: a
+    // burst of newcomers each "evicted" the same entry and all got in (no bound at all).
+    const live = [...active].filter(([, entry]) => !entry.stop.signal.aborted);
+    for (const [otherId, entry] of live) {
       const idleMs = entry.activity.idleMs(now);
       if (idleMs >= EVICT_MIN_IDLE_MS && (!idlest || idleMs > idlest[2])) {
         idlest = [otherId, entry, idleMs];
       }
     }
     if (!idlest && idleTimeoutMs > 0) {
-      for (const [otherId, entry] of active) {
+      for (const [otherId, entry] of live) {
         const quietMs = entry.activity.quietMs(now);
         if (quietMs >= idleTimeoutMs && (!idlest || quietMs > idlest[2])) {
           idlest = [otherId, entry, quietMs];
