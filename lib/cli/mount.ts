@@ -1,6 +1,7 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { MountError, UsageError } from "../errors.ts";
+import { parseReference } from "../oci/reference.ts";
 import { openRegistry, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
 import { discardManifestAhead, takeManifestAhead } from "./manifest_ahead.ts";
@@ -187,6 +188,7 @@ async function runMount(argv: string[]): Promise<number> {
     ({ upper: values.upper, work: values.work } = checkOverlayDirs(values.upper, values.work!));
     if (!trust.suid) checkUpperClosed(values.upper);
   }
+  refuseSwappedArguments(image, dir);
   refuseOurMountPoint(dir);
   const target = checkMountTarget(dir);
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
@@ -234,6 +236,27 @@ function checkMetricsListen(spec: string): void {
       "choose another address, or leave --metrics-listen out",
     );
   }
+}
+
+/**
+ * `mount DIR IMAGE`, the order swapped: said so, instead of "DIR does not exist: mkdir -p" (a
+ * directory named like the reference, then "a directory, not an image").
+ */
+function refuseSwappedArguments(image: string, dir: string): void {
+  try {
+    Deno.statSync(dir);
+    return; // DIR exists: whatever it is, checkMountTarget judges it
+  } catch { /* missing: maybe a reference */ }
+  try {
+    if (!Deno.statSync(image).isDirectory) return;
+    parseReference(dir);
+  } catch {
+    return;
+  }
+  throw new UsageError(
+    `mount: ${image} is a directory and ${dir} an image reference: IMAGE comes first`,
+    `erofs-oci mount ${dir} ${image}`,
+  );
 }
 
 /** DIR holding one of our mounts: said so (it was "not empty", which hid why). */

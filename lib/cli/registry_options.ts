@@ -68,6 +68,20 @@ export async function openRegistry(
   /** false: the command takes no credential options for this image (see RegistryClient). */
   credentialOptions = true,
 ): Promise<OpenedRegistry> {
+  // Said as what they are, not as a reference with a bad port or an empty path component.
+  if (parseLayoutReference(image)) {
+    throw new UsageError(
+      `${command}: ${image} is an OCI layout; ${command} works with a registry image here`,
+      "name a registry image ([registry[:port]/]name[:tag]); `erofs-oci convert SRC oci:PATH[:TAG]` writes a layout",
+    );
+  }
+  if (/^\.{0,2}\//.test(image)) {
+    throw new UsageError(
+      `${command}: ${image} is a file path, not an image reference`,
+      "name a registry image ([registry[:port]/]name[:tag])" +
+        (command === "convert" ? `, or an OCI layout: oci:${image}` : ""),
+    );
+  }
   const ref = parseReference(image);
   if (values.platform !== undefined) parsePlatform(values.platform);
   if (values["plain-http"] && values.insecure) {
