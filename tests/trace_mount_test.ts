@@ -124,6 +124,21 @@ Deno.test({
 });
 
 Deno.test({
+  name: "trace: CMD's stdout is CMD's alone, and trace exits with CMD's code (its trace kept)",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-exit-");
+    const out = `${t.work}/trace.json`;
+    const result = await t.trace(["-o", out], "echo hello; cat {}/file3 > /dev/null; exit 3");
+    assert.equal(result.code, 3, result.stderr);
+    assert.equal(result.stdout, "hello\n", "trace's own lines went to CMD's stdout");
+    assert.match(result.stderr, /mounted .*\ntrace of .*written to/s);
+    const trace = parseTrace(Deno.readFileSync(out));
+    assert(covers(trace.ranges, t.offsets[3], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
+  },
+});
+
+Deno.test({
   name: "trace: a child the command leaves inside the mount does not keep trace's mount",
   ignore,
   async fn() {

@@ -49,6 +49,8 @@ seconds passed: CMD gets SIGTERM). The trace (merged ranges per layer digest and
 order) is pushed as an artifact referring to the image (referrers API, or the
 sha256-<hex> fallback tag) or written to FILE. \`mount\` finds a pushed trace and
 prefetches those ranges once the metadata is in (\`mount --no-prefetch\` skips it).
+CMD's output is its own (trace's lines go to stderr); trace exits with CMD's exit code,
+after keeping the trace of what CMD read even when that code is not 0.
 
 Options:
       --push             store the trace in the registry, referring to the image
@@ -116,11 +118,14 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       if (values.backend !== undefined) mountArgv.push("--backend", values.backend);
       if (values.platform !== undefined) mountArgv.push("--platform", values.platform);
       for (const flag of FORWARDED_FLAGS) if (values[flag]) mountArgv.push(`--${flag}`);
+      // CMD's stdout is the user's: the mount's "mounted …" line goes to stderr.
+      const log = console.log;
+      console.log = console.error;
       await mountCommand.run(mountArgv).catch((error) => {
         // The mount's own 401 hint names credential options trace does not take.
         if (!(error instanceof OciError) || error.status !== 401) throw error;
         throw authRequiredError(opened.ref.registry, false, error);
-      });
+      }).finally(() => console.log = log);
       mounted = true;
       const status = await runTraced(command, root, seconds, interrupt.signal);
       interrupt.signal.throwIfAborted();
@@ -134,7 +139,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         `${trace.ranges.length} ranges, ${total} bytes over ${trace.layers.length} layer(s)`;
       if (values.output !== undefined) {
         writeOutputFile("trace", values.output, bytes);
-        console.log(`trace of ${image}: ${summary}, written to ${values.output}`);
+        info(`trace of ${image}: ${summary}, written to ${values.output}`);
       } else {
         const resolved = await opened.client.resolveImage(opened.ref, opened.platform);
         const manifest = await fetchManifest(
@@ -147,9 +152,10 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
           size: manifest.bytes.byteLength,
           mediaType: resolved.mediaType,
         }, bytes);
-        console.log(`trace of ${image}: ${summary}, pushed as ${pushed.digest} (${pushed.via})`);
+        info(`trace of ${image}: ${summary}, pushed as ${pushed.digest} (${pushed.via})`);
       }
-      return 0;
+      // As `time CMD` does: a script learns that CMD failed (its trace is kept all the same).
+      return status;
     } finally {
       for (const [key, value] of saved) {
         if (value === undefined) Deno.env.delete(key);
@@ -244,9 +250,11 @@ async function runTraced(
       } catch { /* exited */ }
     }, KILL_GRACE_MS));
   };
+  let stoppedAfterSeconds = false;
   if (seconds !== undefined) {
     timers.push(setTimeout(() => {
       info(`trace: ${seconds} s passed, stopping ${program}`);
+      stoppedAfterSeconds = true;
       stop();
     }, seconds * 1000));
   }
@@ -254,7 +262,8 @@ async function runTraced(
   else signal?.addEventListener("abort", stop, { once: true });
   try {
     const status = await child.status;
-    return status.code;
+    // Stopped at --seconds, as asked: the trace's normal end, not CMD's failure.
+    return stoppedAfterSeconds ? 0 : status.code;
   } finally {
     signal?.removeEventListener("abort", stop);
     for (const timer of timers) clearTimeout(timer);
