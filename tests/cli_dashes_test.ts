@@ -21,7 +21,7 @@ for (const flag of ["-h", "--help"]) {
       flag,
     ]);
     assert.doesNotMatch(result.stdout, /Usage: erofs-oci trace/, describe(result));
-    assertCliError(result, 2, /invalid image reference/);
+    assertCliError(result, 2, /is a file path, not an image reference/);
   });
 }
 

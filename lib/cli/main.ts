@@ -50,7 +50,10 @@ export async function runCli(args: string[]): Promise<number> {
     argv = takeLogFormat(argv);
     const [first, ...rest] = argv;
     if (first === undefined || first === "-h" || first === "--help" || first === "help") {
-      if (first === "help" && rest[0]) return await runCli([rest[0], "--help"]);
+      // `help list`, `-h list`: that command's help.
+      if (first !== undefined && rest[0] && !rest[0].startsWith("-")) {
+        return await runCli([rest[0], "--help"]);
+      }
       console.log(await mainHelp());
       return first === undefined ? 2 : 0;
     }

@@ -71,7 +71,8 @@ export const mountCommand: Command = {
   summary: "mount an EROFS image from a registry (or a local file) without pulling it",
   help: `Usage: erofs-oci mount IMAGE DIR [options]
 
-Makes IMAGE readable at DIR, fetching data on demand. IMAGE is a registry reference
+Makes IMAGE readable at DIR (an existing, empty directory), fetching data on demand.
+IMAGE is a registry reference
 ([registry[:port]/]name[:tag][@sha256:…]), an OCI image layout directory
 (oci:PATH[:TAG]), a local EROFS image file, or a local tar or tar.gz file (through an
 index, as a tar layer).
