@@ -5,6 +5,7 @@
  * component in repository name").
  */
 import { assertCliError, runCli } from "./_support/cli.ts";
+import { equal as assertEquals } from "node:assert/strict";
 import { FIXTURES, requires, root } from "./_support/requires.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
 
@@ -34,4 +35,12 @@ Deno.test({
       const convert = await runCli(["convert", `oci:${dir}/nothing:v1`, `${dir}/out3`], { env });
       assertCliError(convert, 2, /is a file path, not an image reference/);
     }),
+});
+
+Deno.test("usage: `-h CMD`, `--help CMD` and `help CMD` show that command's help", async () => {
+  for (const args of [["-h", "list"], ["--help", "list"], ["help", "list"]]) {
+    const result = await runCli(args);
+    assertEquals(result.code, 0, result.stderr);
+    assertEquals(result.stdout.split("\n")[0], "Usage: erofs-oci list [--json]", args.join(" "));
+  }
 });
