@@ -196,9 +196,9 @@ Deno.test("serve: refuses a file that is not EROFS, and bad options", async () =
       /smaller than one chunk/,
     );
     assertCliError(
-      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--max-inflight", "512K"]),
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--max-inflight", "8M"]),
       2,
-      /--max-inflight 512K is below 1M/,
+      /--max-inflight 8M is below 16M/,
     );
     assertCliError(
       await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--idle-timeout", "soon"]),

@@ -71,7 +71,8 @@ Options:
                        each of the 64 connection slots is guaranteed 1/128 of it, the
                        rest is shared, at most 1/8 of the whole to one client (the
                        largest READ: 8.5 MiB by default); beyond it requests wait
-                       unread (min 1M)
+                       unread (min 16M: the largest READ is then 2 MiB, what nbdcopy
+                       and the kernel's NBD client send)
   --idle-timeout TIME  close a client that stalls this long — does not collect its
                        replies, or leaves its handshake or a request half sent: 90s,
                        5m, 0 = never (default ${
@@ -135,7 +136,7 @@ Example:
       : DEFAULT_MAX_INFLIGHT_BYTES;
     if (maxInflightBytes < MIN_INFLIGHT_BYTES) {
       throw new UsageError(
-        `serve: --max-inflight ${values["max-inflight"]} is below 1M`,
+        `serve: --max-inflight ${values["max-inflight"]} is below 16M`,
         "clients need room for their reads, e.g. --max-inflight 64M",
       );
     }
@@ -237,7 +238,12 @@ Example:
   },
 };
 
-const MIN_INFLIGHT_BYTES = 1024 * 1024;
+/**
+ * The largest READ a client may send is 1/128 + 1/8 of --max-inflight: below 16M that is under
+ * the 2 MiB nbdcopy and the kernel's NBD client send, whose READs were then refused (EINVAL;
+ * with 1M, even nbdcopy's default 256 KiB ones).
+ */
+const MIN_INFLIGHT_BYTES = 16 * 1024 * 1024;
 interface ServeValues extends RegistryOptionValues {
   "disk-cache-size"?: string;
   "disk-cache-keep-free"?: string;
