@@ -191,6 +191,12 @@ Deno.test("cache prune: removes unused blobs, least recently used first (--keep,
     assert.deepEqual(all.blobs.map((blob) => [blob.digest, blob.inUse]), [[digestOf(1), true]]);
     // The open blob was left whole: its bytes still come from the disk, right.
     assert.deepEqual(await held.source.read(0, 3 * CHUNK), held.bytes);
+    // A --keep that the blob in use keeps the cache above is said, not passed over.
+    const text = await runCli(["cache", "prune", "--keep", "1K"], {
+      env: { EROFS_OCI_CACHE_DIR: dir },
+    });
+    assertSuccess(text);
+    assert.match(text.stderr, /remain, above --keep 1\.0 KiB \(1 blob in use by mounts\)/);
   } finally {
     await closeAll(open);
     await Deno.remove(dir, { recursive: true });

@@ -1,4 +1,5 @@
 import type { Command } from "./command.ts";
+import { warn } from "../log.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
 import {
@@ -92,6 +93,14 @@ Options:
       console.log(
         `removed ${plural(pruned.removedBlobs, "blob")} (${formatBytes(pruned.freedBytes)} freed)`,
       );
+      // A --keep the cache is still above: said, with why (blobs in use are never removed).
+      if (keepBytes > 0 && bytesOnDisk > keepBytes) {
+        warn(
+          `${formatBytes(bytesOnDisk)} remain, above --keep ${formatBytes(keepBytes)}` +
+            (blobsInUse ? ` (${plural(blobsInUse, "blob")} in use by mounts)` : "") +
+            ": blobs in use, or used within --older-than, are kept",
+        );
+      }
     }
     console.log(
       `${dir}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
