@@ -280,6 +280,9 @@ Deno.test({
       ok(s.alive(), s.stderr());
       for (const c of clients) c.close();
       assertEquals(await s.stop(), 0, s.stderr());
+      // The operator is told, once per 10 s, not once per client.
+      const said = s.stderr().match(/a client was refused: all 64 connection slots are taken/g);
+      assertEquals(said?.length, 1, s.stderr());
     } finally {
       for (const c of clients) c.close();
       await Deno.remove(dir, { recursive: true });

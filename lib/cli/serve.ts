@@ -178,6 +178,7 @@ Example:
     let uri = values.listen;
     const acceptWarning = throttledWarning(WARN_EVERY_MS, "failed accepts");
     const readWarning = throttledWarning(WARN_EVERY_MS, "failed reads");
+    const fullWarning = throttledWarning(WARN_EVERY_MS, "clients refused or replaced");
     try {
       if (metricsListen) {
         // Labelled by the export's NBD URI (a tcp port 0 is known once listening) and digest.
@@ -199,6 +200,19 @@ Example:
         maxInflightBytes,
         idleTimeoutMs,
         onConnection: (event) => {
+          // Every slot taken: the operator learns that clients are turned away (they see only
+          // a closed connection), one line per 10 s.
+          if (event.kind === "refused") {
+            debug("nbd connection", event);
+            return fullWarning("a client was refused: all 64 connection slots are taken");
+          }
+          if (event.kind === "evicted") {
+            debug("nbd connection", event);
+            return fullWarning(
+              `a stalled client (quiet ${Math.round(event.idleMs / 1000)} s) was closed to ` +
+                "make room for a new one",
+            );
+          }
           if (event.kind !== "accept-failed") return debug("nbd connection", event);
           // A flood fails accept again and again: one line per 10 s, with the count since.
           acceptWarning(
