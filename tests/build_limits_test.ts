@@ -102,6 +102,35 @@ Deno.test("build: a file swapped for a symlink between the scan and the write is
   }
 });
 
+Deno.test("build: two files swapped by rename between the scan and the write are refused", () => {
+  const work = Deno.makeTempDirSync({ prefix: "erofs-oci-swap-rename-" });
+  try {
+    Deno.mkdirSync(`${work}/src`);
+    // The scan sees a setuid file of root's and a user's file; then the user swaps them by
+    // rename (no symlink anywhere): the user's bytes would go out as the setuid file.
+    Deno.writeTextFileSync(`${work}/src/tool`, "root's program\n", { mode: 0o4755 });
+    Deno.writeTextFileSync(`${work}/src/mine`, "the user's bytes\n");
+    const scanned = scanDirectory(`${work}/src`);
+    Deno.renameSync(`${work}/src/tool`, `${work}/src/tmp`);
+    Deno.renameSync(`${work}/src/mine`, `${work}/src/tool`);
+    Deno.renameSync(`${work}/src/tmp`, `${work}/src/mine`);
+    assert.throws(
+      () => buildImage(scanned.root, `${work}/a.erofs`),
+      (e: unknown) =>
+        e instanceof FormatError &&
+        /(tool|mine) changed while the image was built \(another file is at its name now\)/
+          .test(e.message),
+    );
+    // Swapped back: the files the scan saw, built.
+    Deno.renameSync(`${work}/src/tool`, `${work}/src/tmp`);
+    Deno.renameSync(`${work}/src/mine`, `${work}/src/tool`);
+    Deno.renameSync(`${work}/src/tmp`, `${work}/src/mine`);
+    buildImage(scanned.root, `${work}/b.erofs`);
+  } finally {
+    Deno.removeSync(work, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "build: an xattr name that is not UTF-8 is refused, not left out without a word",
   ignore: requires(command("python3")),

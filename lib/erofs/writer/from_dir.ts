@@ -16,6 +16,7 @@ import { smallInt } from "./layout.ts";
 const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
+const STATX_INO = 0x100;
 const STATX_BYTES = 256;
 const ENODATA = 61, ENOTSUP = 95, ERANGE = 34;
 
@@ -90,10 +91,12 @@ function scanBelow(
     table.mtimeNsec.set(i, st.mtimeNsec);
     table.setRdev(i, st.rdevMajor, st.rdevMinor);
     const kind = st.kind, size = st.size, nlink = st.nlink;
+    const ino = inoOfLastStat();
     const xattrs = readXattrs(at, options, path);
     if (xattrs.size > 0) table.setXattrs(i, xattrs);
     if (kind === "file") {
       table.size.set(i, size);
+      table.sourceIno.set(i, ino);
       if (size > 0) {
         // A hard link may be laid out under another of its names, in another directory.
         table.setData(
@@ -104,6 +107,14 @@ function scanBelow(
       }
     } else if (kind === "symlink") {
       table.setTarget(i, new TextEncoder().encode(readLinkUtf8(at, path)));
+    }
+    // The xattrs (and a link's target) were read by the name again: of the file stat saw, not
+    // of one renamed over it meanwhile (its owner and mode with another's capabilities).
+    if (ino !== inoAt(at)) {
+      throw new FormatError(
+        `${path} changed while it was scanned (another file is at its name now)`,
+        "build from a tree nothing else writes to while the build runs",
+      );
     }
     return i;
   };
@@ -207,6 +218,17 @@ export function fileIdentity(path: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The inode number the last statPath() saw (as a Number: compared, never used as an id). */
+function inoOfLastStat(): number {
+  return Number(statxView.getBigUint64(32, true));
+}
+
+/** The inode number at `path` now (not following a symlink); 0 when nothing is there. */
+function inoAt(path: string): number {
+  const rc = libc().statx(AT_FDCWD, pathBytes(path), AT_SYMLINK_NOFOLLOW, STATX_INO, statxBuffer);
+  return rc < 0 ? 0 : Number(statxView.getBigUint64(32, true));
 }
 
 function identity(): string {

@@ -114,6 +114,13 @@ export class NodeTable {
   dataRef = column(Uint32Array);
   /** Byte offset into the data's source. */
   readonly dataOffset = new NumberColumn(MAX_ELEMENTS);
+  /**
+   * The inode number a scanned file's data was seen at (0: not from a directory scan): the
+   * file opened by its name when the image is written must be that file, not one renamed
+   * over it meanwhile (RENAME_EXCHANGE: another file's bytes under this one's owner, mode and
+   * capabilities).
+   */
+  readonly sourceIno = new NumberColumn(MAX_ELEMENTS);
   /** Shared data sources: `{kind: "child", dir}` per scanned directory, one per fd, …. */
   refs: (FileData | undefined)[] = [undefined];
   extras = new Map<number, Extra>();
@@ -146,13 +153,24 @@ export class NodeTable {
     this.size.set(i, 0);
     this.dataRef[i] = 0;
     this.dataOffset.set(i, 0);
+    this.sourceIno.set(i, 0);
     return i;
   }
+
   #reserveNumbers(capacity: number): void {
-    for (const numbers of [this.uid, this.gid, this.mtimeSec, this.mtimeNsec, this.size]) {
+    for (
+      const numbers of [
+        this.uid,
+        this.gid,
+        this.mtimeSec,
+        this.mtimeNsec,
+        this.size,
+        this.dataOffset,
+        this.sourceIno,
+      ]
+    ) {
       numbers.reserve(capacity);
     }
-    this.dataOffset.reserve(capacity);
   }
 
   kindCode(i: number): number {

@@ -4,7 +4,7 @@
  * copy_file_range). Memory is the layout, not the metadata area or the data.
  */
 import { closeFd, Errno, libc, SysError, unwrap } from "../../../ffi/libc.ts";
-import { fstatFd, openFileNoSymlinks, S_IFMT, S_IFREG } from "../../../ffi/files.ts";
+import { fstatFd, openFileNoSymlinks, S_IFMT, S_IFREG, statIdentity } from "../../../ffi/files.ts";
 import { FormatError } from "../../errors.ts";
 import {
   chunkFormat,
@@ -306,6 +306,12 @@ function withSource<T>(
   try {
     if ((fstatFd(fd, path).mode & S_IFMT) !== S_IFREG) {
       throw changedDuringBuild(path, "it is no regular file now");
+    }
+    // The file the scan saw, not one renamed over it since: its bytes would go out under the
+    // scanned file's owner, mode and capabilities (or a private file's under a public name).
+    const scannedIno = layout.table.sourceIno.get(layout.inodeOf[i]);
+    if (scannedIno !== 0 && Number(statIdentity(fd).ino) !== scannedIno) {
+      throw changedDuringBuild(path, "another file is at its name now");
     }
     return use(fd, 0, path);
   } finally {
