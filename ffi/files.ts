@@ -169,6 +169,14 @@ function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {
 }
 
 /**
+ * An O_PATH descriptor of the directory `path` (symlinks followed, as they are now): calls
+ * relative to it stay in that directory whatever is renamed or swapped on the path later.
+ */
+export function openDirPath(path: string): number {
+  return openFile(path, O_PATH | O_DIRECTORY);
+}
+
+/**
  * An O_PATH descriptor of the directory `path`, resolved by openat2 with RESOLVE_NO_SYMLINKS:
  * no component may be a symlink (ELOOP otherwise), so the descriptor names the directory that
  * the symlink-free path reached at this moment, whatever is renamed or swapped later.

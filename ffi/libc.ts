@@ -133,6 +133,10 @@ export const LIBC_SYMBOLS = {
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   // int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags);
   linkat: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
+  // int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+  renameat: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32" },
+  // int unlinkat(int dirfd, const char *pathname, int flags);
+  unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t llistxattr(const char *path, char *list, size_t size);
   llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size);

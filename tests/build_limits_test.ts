@@ -131,6 +131,38 @@ Deno.test("build: two files swapped by rename between the scan and the write are
   }
 });
 
+Deno.test("build -o: the output directory swapped for a symlink while the image is written", () => {
+  const work = Deno.makeTempDirSync({ prefix: "erofs-oci-swap-out-" });
+  try {
+    Deno.mkdirSync(`${work}/src`);
+    Deno.writeTextFileSync(`${work}/src/f`, "x".repeat(100_000));
+    Deno.mkdirSync(`${work}/out`);
+    Deno.mkdirSync(`${work}/victim`);
+    Deno.writeTextFileSync(`${work}/victim/app.erofs`, "someone else's file\n");
+    let swapped = false;
+    buildImage(scanDirectory(`${work}/src`).root, `${work}/out/app.erofs`, {
+      // While the image is written, the directory is moved away and a symlink to another
+      // directory put in its place (what a user who owns the parent can do).
+      onProgress: () => {
+        if (swapped) return;
+        swapped = true;
+        Deno.renameSync(`${work}/out`, `${work}/moved`);
+        Deno.symlinkSync(`${work}/victim`, `${work}/out`);
+      },
+    });
+    assert.ok(swapped);
+    assert.ok(
+      Deno.readTextFileSync(`${work}/victim/app.erofs`) === "someone else's file\n",
+      "the file in the other directory was replaced by the image",
+    );
+    assert.deepEqual([...Deno.readDirSync(`${work}/victim`)].map((e) => e.name), ["app.erofs"]);
+    // The image went where the build opened its directory, nothing else is left there.
+    assert.deepEqual([...Deno.readDirSync(`${work}/moved`)].map((e) => e.name), ["app.erofs"]);
+  } finally {
+    Deno.removeSync(work, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "build: an xattr name that is not UTF-8 is refused, not left out without a word",
   ignore: requires(command("python3")),

@@ -14,7 +14,7 @@ import {
   SysError,
   unwrap,
 } from "../../../ffi/libc.ts";
-import { openFile } from "../../../ffi/files.ts";
+import { openDirPath } from "../../../ffi/files.ts";
 import { UserError } from "../../errors.ts";
 import { layoutImage, type LayoutOptions } from "./layout.ts";
 import { writeImage, type WriteResult } from "./write.ts";
@@ -28,12 +28,18 @@ const AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400;
 const EISDIR = 21, EOPNOTSUPP = 95;
 
 /**
- * An unnamed file in `dir` (O_TMPFILE) when the file system allows it, so an interrupted
- * build (Ctrl-C, kill) leaves nothing at all; else a named temporary file removed on failure.
+ * An unnamed file in the directory `dirFd` (O_TMPFILE) when the file system allows it, so an
+ * interrupted build (Ctrl-C, kill) leaves nothing at all; else a named temporary file `tmpName`
+ * there, removed on failure.
  */
-function openOutput(dir: string, tmpPath: string, outPath: string) {
+function openOutput(dirFd: number, tmpName: string, outPath: string) {
   try {
-    return { fd: openFile(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0o644), anonymous: true };
+    const fd = unwrap(
+      libc().openat(dirFd, cstr("."), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0o644),
+      "open",
+      outPath,
+    );
+    return { fd, anonymous: true };
   } catch (error) {
     const code = error instanceof SysError ? error.errno : 0;
     if (code !== EOPNOTSUPP && code !== EISDIR && code !== Errno.EINVAL) {
@@ -44,10 +50,9 @@ function openOutput(dir: string, tmpPath: string, outPath: string) {
     }
   }
   try {
-    return {
-      fd: openFile(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644),
-      anonymous: false,
-    };
+    const flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+    const fd = unwrap(libc().openat(dirFd, cstr(tmpName), flags, 0o644), "open", outPath);
+    return { fd, anonymous: false };
   } catch (error) {
     if (!(error instanceof SysError)) throw error;
     throw new UserError(`cannot write ${outPath}: ${strerror(error.errno)}`);
@@ -85,10 +90,28 @@ export function buildImage(
   const slash = outPath.lastIndexOf("/");
   const dir = slash < 0 ? "." : outPath.slice(0, slash) || "/";
   const base = outPath.slice(slash + 1);
-  const tmpPath = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  const target = openOutput(dir, tmpPath, outPath);
+  const tmpName = `.${base}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  // Every step below names its file relative to one descriptor of the directory: by path,
+  // a user who owns a parent could swap the directory for a symlink between the steps and
+  // have root link and rename the image into another directory (a helper did, replacing a
+  // file outside the tree), or leave the temporary file behind.
+  let dirFd: number;
+  try {
+    dirFd = openDirPath(dir);
+  } catch (error) {
+    if (!(error instanceof SysError)) throw error;
+    throw new UserError(`cannot write ${outPath}: ${strerror(error.errno)} (${dir})`);
+  }
+  let target: { fd: number; anonymous: boolean };
+  try {
+    target = openOutput(dirFd, tmpName, outPath);
+  } catch (error) {
+    closeFd(dirFd);
+    throw error;
+  }
   const fd = target.fd;
   let done = false;
+  let named = !target.anonymous;
   try {
     const result = writeImage(layout, fd, {
       uuid: options.uuid ?? randomUuid(),
@@ -101,23 +124,23 @@ export function buildImage(
         libc().linkat(
           AT_FDCWD,
           cstr(`/proc/self/fd/${fd}`),
-          AT_FDCWD,
-          cstr(tmpPath),
+          dirFd,
+          cstr(tmpName),
           AT_SYMLINK_FOLLOW,
         ),
         "link",
-        tmpPath,
+        `${dir}/${tmpName}`,
       );
+      named = true;
     }
     closeFd(fd);
     done = true;
-    Deno.renameSync(tmpPath, outPath);
+    unwrap(libc().renameat(dirFd, cstr(tmpName), dirFd, cstr(base)), "rename", outPath);
+    named = false;
     return result;
   } catch (error) {
     if (!done) closeFd(fd);
-    try {
-      Deno.removeSync(tmpPath);
-    } catch { /* already gone */ }
+    if (named) libc().unlinkat(dirFd, cstr(tmpName), 0);
     if (
       error instanceof SysError && (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT)
     ) {
@@ -129,5 +152,7 @@ export function buildImage(
       );
     }
     throw error;
+  } finally {
+    closeFd(dirFd);
   }
 }
