@@ -318,7 +318,10 @@ Deno.test("listen: address parsing and stale sockets", async () => {
   }
 });
 
-Deno.test("listen: connections beyond maxConnections are closed at once", async () => {
+/** A server of at most two connections on a fresh socket, its clients closed after `use`. */
+async function withTwoSlotServer(
+  use: (path: string, server: NbdServer, clients: RawNbdClient[]) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/s.sock`;
   const server = await startNbdServer({
@@ -329,6 +332,16 @@ Deno.test("listen: connections beyond maxConnections are closed at once", async 
   });
   const clients: RawNbdClient[] = [];
   try {
+    await use(path, server, clients);
+  } finally {
+    for (const c of clients) c.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("listen: connections beyond maxConnections are closed at once", () =>
+  withTwoSlotServer(async (path, _server, clients) => {
     for (let i = 0; i < 2; i++) {
       clients.push(await RawNbdClient.connectUnix(path));
       await clients[i].handshake();
@@ -350,12 +363,7 @@ Deno.test("listen: connections beyond maxConnections are closed at once", async 
       }
     }
     ok(served);
-  } finally {
-    for (const c of clients) c.close();
-    await server.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
 
 Deno.test("listen: TCP on an ephemeral port", async () => {
   const server = await startNbdServer({
@@ -461,17 +469,8 @@ print("ready", flush=True); time.sleep(60)`,
   }
 });
 
-Deno.test("listen: a burst of newcomers evicts distinct stalled clients, never one twice", async () => {
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/s.sock`;
-  const server = await startNbdServer({
-    listen: { transport: "unix", path },
-    source: new MemorySource(DATA),
-    export: { name: "x", sizeBytes: SIZE, flags: READ_ONLY_EXPORT_FLAGS },
-    maxConnections: 2,
-  });
-  const clients: RawNbdClient[] = [];
-  try {
+Deno.test("listen: a burst of newcomers evicts distinct stalled clients, never one twice", () =>
+  withTwoSlotServer(async (path, server, clients) => {
     // Two silent clients hold the slots until both count as stalled.
     for (let i = 0; i < 2; i++) clients.push(await RawNbdClient.connectUnix(path));
     await new Promise((r) => setTimeout(r, 1300));
@@ -484,9 +483,4 @@ Deno.test("listen: a burst of newcomers evicts distinct stalled clients, never o
     ok(closed.filter((c) => !c).length <= 2, `admitted: ${closed.filter((c) => !c).length}`);
     await new Promise((r) => setTimeout(r, 200));
     ok(server.connectionCount() <= 2, `connections: ${server.connectionCount()}`);
-  } finally {
-    for (const c of clients) c.close();
-    await server.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
