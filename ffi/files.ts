@@ -281,7 +281,7 @@ export function statIdentity(dirFd: number, path = ""): FileIdentity {
 }
 
 /**
- * statx of `path`, following symlinks: its type, permissions, owner and device. Through
+ * statx of `path`, following symlinks: its type, permissions, owner, device and mount. Through
  * libc, so paths Deno's permission checks treat specially (/dev/shm, /proc) are stat-able too.
  */
 export function statPath(path: string): {
@@ -293,14 +293,16 @@ export function statPath(path: string): {
   devMajor: number;
   devMinor: number;
   ino: bigint;
+  /** Id of the mount it is on, as in /proc/self/mountinfo (field 1). */
+  mountId: number;
 } {
   const STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_UID = 0x8, STATX_GID = 0x10, STATX_INO = 0x100;
-  const S_IFMT = 0o170000, S_IFDIR = 0o040000;
-  const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO;
+  const STATX_MNT_ID = 0x1000, S_IFMT = 0o170000, S_IFDIR = 0o040000;
+  const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_MNT_ID;
   const buffer = new Uint8Array(256);
   unwrap(libc().statx(AT_FDCWD, cstr(path), 0, wanted, buffer), "statx", path);
   // struct statx: stx_uid, stx_gid (u32) at 20, 24; stx_mode (u16) at 28, stx_ino at 32,
-  // stx_dev_major/minor at 136/140.
+  // stx_dev_major/minor at 136/140, stx_mnt_id at 144.
   const view = new DataView(buffer.buffer);
   const mode = view.getUint16(28, true);
   return {
@@ -311,6 +313,7 @@ export function statPath(path: string): {
     ino: view.getBigUint64(32, true),
     devMajor: view.getUint32(136, true),
     devMinor: view.getUint32(140, true),
+    mountId: Number(view.getBigUint64(144, true)),
   };
 }
 

@@ -13,7 +13,7 @@ import {
   statIdentity,
   statPath,
 } from "../../ffi/files.ts";
-import { mountContaining, readMountInfo } from "../sys/mountinfo.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 
 /**
  * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs
@@ -87,7 +87,9 @@ export function checkOverlayDirs(
  * with --suid: such a mount honours them itself.
  */
 export function checkUpperClosed(upper: string): void {
-  const mount = mountContaining(upper);
+  // The mount the directory is on, by the id statx gives (not by path: mounts stack).
+  const { mountId } = statPath(upper);
+  const mount = readMountInfo().find((entry) => entry.id === mountId);
   if (mount?.options.split(",").includes("nosuid")) return;
   for (let dir = upper;; dir = dir.slice(0, dir.lastIndexOf("/")) || "/") {
     const { uid, gid, mode } = statPath(dir);

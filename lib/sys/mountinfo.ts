@@ -32,18 +32,6 @@ export function findMount(mountPoint: string): MountEntry | undefined {
   return readMountInfo().findLast((entry) => entry.mountPoint === wanted);
 }
 
-/** The mount `path` (absolute, symlinks resolved) lies on: the topmost on its longest prefix. */
-export function mountContaining(path: string): MountEntry | undefined {
-  const wanted = normalize(path);
-  let best: MountEntry | undefined;
-  for (const entry of readMountInfo()) {
-    const point = entry.mountPoint;
-    const under = point === "/" || wanted === point || wanted.startsWith(`${point}/`);
-    if (under && (!best || point.length >= best.mountPoint.length)) best = entry;
-  }
-  return best;
-}
-
 /** True when something is mounted on `mountPoint`. */
 export function isMountPoint(mountPoint: string): boolean {
   return findMount(mountPoint) !== undefined;
