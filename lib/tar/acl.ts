@@ -62,9 +62,8 @@ export function aclProblem(value: Uint8Array): string | undefined {
         break;
       case ACL_TAG.USER:
       case ACL_TAG.GROUP:
-        if (state !== (tag === ACL_TAG.USER ? ACL_TAG.USER : ACL_TAG.GROUP)) {
-          return bad("is out of order");
-        }
+        // Named users only right after the owner, named groups right after the owning group.
+        if (state !== tag) return bad("is out of order");
         if (id === ACL_UNDEFINED_ID) return bad("names no id");
         needsMask = true;
         break;
