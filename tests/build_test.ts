@@ -324,3 +324,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "build: the copied file's mount sends the manifest GET before mount's own checks run",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const result = await build();
+    assert.equal(result.code, 0);
+    const copy = await copiedAlone();
+    const sandbox = await mountSandbox();
+    // A registry that never answers (connections wait in the backlog): mount is refused by its
+    // target check whatever the registry does.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const timingFile = `${sandbox.target}.timing`;
+    try {
+      const image = `127.0.0.1:${listener.addr.port}/never/answers:v1`;
+      const refused = await copy.run(
+        ["mount", image, `${sandbox.target}/missing`, "--plain-http", "--backend", "fuse"],
+        { ...sandbox.env, EROFS_OCI_TIMING: timingFile },
+      );
+      assert.equal(refused.code, 1, refused.stderr);
+      const marks = Deno.readTextFileSync(timingFile);
+      // In the bundle mount's modules are there at once: without a turn of the event loop
+      // first, the GET's steps (microtasks) waited behind mount's checks.
+      const order = [...marks.matchAll(/ (http: first request sent|cli: mount loaded) /g)]
+        .map((m) => m[1]);
+      assert.deepEqual(order, ["http: first request sent", "cli: mount loaded"], marks);
+    } finally {
+      listener.close();
+      await sandbox.cleanup();
+      await copy.cleanup();
+    }
+  },
+});

@@ -72,6 +72,11 @@ export async function runCli(args: string[]): Promise<number> {
       const aheadModule = await ahead;
       if (aheadModule) mark("cli: mount_ahead loaded");
       aheadModule?.spawnMountServerAhead(rest);
+      // One turn of the event loop: the manifest GET started ahead goes out now, not after
+      // mount's own checks (each of its steps is a microtask queued behind them). Its first
+      // fetch() costs ~20 ms of this thread on the host, ~0.4 s under QEMU TCG (Deno's fetch
+      // code runs for the first time), and the registry's answer then overlaps mount's checks.
+      if (aheadModule) await new Promise((resolve) => setTimeout(resolve, 0));
       const command = await entry.load();
       mark(`cli: ${first} loaded`);
       const options = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;

@@ -9,11 +9,15 @@
 import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
+import { mark } from "../timing.ts";
 import { checkTokenRealm } from "./auth.ts";
 import { describeFailure, isNetworkError } from "./retry.ts";
 import type { RegistryRequest } from "./client.ts";
 
 const MAX_REDIRECTS = 10;
+
+/** Whether this process has sent a request yet (its start-up timeline marks the first). */
+let sentOne = false;
 
 /** Where and how one host is spoken to (RegistryClient's constructor resolves it). */
 export interface TransportSettings {
@@ -97,7 +101,7 @@ export class RegistryTransport {
       if (authorization && home) headers.authorization = authorization;
       let response: Response;
       try {
-        response = await fetch(url, {
+        const sending = fetch(url, {
           method,
           headers,
           body,
@@ -105,6 +109,11 @@ export class RegistryTransport {
           signal: req.signal,
           client: home ? this.#httpClient : undefined,
         });
+        if (!sentOne) {
+          sentOne = true;
+          mark("http: first request sent");
+        }
+        response = await sending;
       } catch (error) {
         if (hop === 0 && home && this.#fallBackToPlainHttp(error)) {
           url = this.#origin + url.slice(url.indexOf("/", "https://".length));
