@@ -190,14 +190,14 @@ Deno.test({
     })());
     const dir = await Deno.makeTempDir({ prefix: "zinfo-file-" });
     try {
-      const writer = await ZinfoFileWriter.create(`${dir}/out.zinfo`);
+      const writer = ZinfoFileWriter.create(`${dir}/out.zinfo`);
       const builder = new ZinfoBuilder({ onCheckpoint: (cp) => writer.add(cp) });
       try {
         for (const _ of builder.feed(gz)) { /* discard */ }
-        await writer.finish(builder.finish());
-      } catch (error) {
-        await writer.abort();
-        throw error;
+        writer.finish(builder.finish());
+        writer.commit();
+      } finally {
+        writer.abort(); // nothing left once committed
       }
       assert.equal(builder.checkpoints.length, 0);
       assert.equal(writer.count, 4);

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cli.ts";
 import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
-import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
+import { isBlobGet, type ProxyRecord, startFaultProxy } from "./_support/fault_proxy.ts";
 import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
 import { waitFor } from "./_support/wait.ts";
 
@@ -20,11 +20,23 @@ function names(dir: string): string[] {
   }
 }
 
-async function interruptedIndex(image: string, dir: string): Promise<CliResult> {
+async function interruptedIndex(
+  image: string,
+  dir: string,
+  proxy: { requests: readonly ProxyRecord[] },
+  layerDigest: string,
+): Promise<CliResult> {
+  const seen = proxy.requests.length;
   const indexing = startCli(["index", image, "-o", dir, "--plain-http"]);
   try {
-    // The zinfo's temporary file is made before the layer's bytes (held by the proxy) come.
-    await waitFor("the index's temporary file", () => names(dir).some((n) => n.endsWith(".tmp")));
+    // Interrupted while the layer's bytes are held by the proxy.
+    await waitFor(
+      "the layer's GET",
+      () =>
+        proxy.requests.slice(seen).some((r) =>
+          r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`)
+        ),
+    );
     indexing.child.kill("SIGINT");
     return await indexing.result;
   } finally {
@@ -65,13 +77,21 @@ Deno.test({
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-interrupt-" });
     try {
       const made = `${work}/new`;
-      assertCliError(await interruptedIndex(image, made), 130, /index interrupted/);
+      assertCliError(
+        await interruptedIndex(image, made, proxy, layer.digest),
+        130,
+        /index interrupted/,
+      );
       assert.deepEqual(names(work), [], "the directory index made is gone");
 
       const existing = `${work}/existing`;
       await Deno.mkdir(existing);
       await Deno.writeTextFile(`${existing}/mine.txt`, "kept");
-      assertCliError(await interruptedIndex(image, existing), 130, /index interrupted/);
+      assertCliError(
+        await interruptedIndex(image, existing, proxy, layer.digest),
+        130,
+        /index interrupted/,
+      );
       assert.deepEqual(names(existing), ["mine.txt"], "only what was there before stays");
     } finally {
       await Deno.remove(work, { recursive: true });

@@ -4,9 +4,9 @@
  * that the run created, while a DIR that was there before stays.
  */
 import assert from "node:assert/strict";
-import { assertCliError, runCli } from "./_support/cli.ts";
+import { assertCliError, describe, runCli } from "./_support/cli.ts";
 import { exists } from "./_support/wait.ts";
-import { requires, root } from "./_support/requires.ts";
+import { FIXTURES, requires, root } from "./_support/requires.ts";
 
 async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-out-" });
@@ -60,4 +60,23 @@ Deno.test({
       }
     });
   },
+});
+
+Deno.test("index -o DIR with symlinks planted at its file names: nothing written through them", async () => {
+  await withWork(async (work) => {
+    // A user who owns DIR links the names index writes (known from the input's name) to a
+    // file of root's: writing by path truncated and overwrote it.
+    await Deno.mkdir(`${work}/out`);
+    await Deno.writeTextFile(`${work}/victim`, "root's own\n");
+    for (const suffix of ["pieces", "zinfo", "meta.erofs", "index.json"]) {
+      await Deno.symlink(`${work}/victim`, `${work}/out/layer.${suffix}`);
+    }
+    const indexed = await runCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", `${work}/out`]);
+    assert.equal(indexed.code, 0, describe(indexed));
+    assert.equal(await Deno.readTextFile(`${work}/victim`), "root's own\n");
+    for (const suffix of ["pieces", "zinfo", "meta.erofs", "index.json"]) {
+      const info = await Deno.lstat(`${work}/out/layer.${suffix}`);
+      assert(info.isFile, `layer.${suffix} is the index's own file, not the link`);
+    }
+  });
 });

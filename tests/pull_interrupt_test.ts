@@ -18,7 +18,12 @@ Deno.test({
     const image = `${registry.host}/pull-interrupt/app:v1`;
     const pushed = await runCli(["push", image, `${FIXTURES}/basic.erofs`, "--plain-http"]);
     assert.equal(pushed.code, 0, describe(pushed));
-    // Every blob GET waits 5 s: pull sits with FILE.partial open, waiting for the layer.
+    const layer = `/blobs/sha256:${
+      new Uint8Array(
+        await crypto.subtle.digest("SHA-256", await Deno.readFile(`${FIXTURES}/basic.erofs`)),
+      ).toHex()
+    }`;
+    // Every blob GET waits 5 s: pull sits with its new file open, waiting for the layer.
     await using proxy = await startFaultProxy(registry.host, [
       { match: isBlobGet, fault: { kind: "delay", ms: 5_000 } },
     ]);
@@ -34,9 +39,10 @@ Deno.test({
       "--plain-http",
     ]);
     try {
+      // The file is made before the GET (unnamed where the file system allows).
       await waitFor(
-        "pull's partial file",
-        () => [...Deno.readDirSync(work)].some((e) => e.name.endsWith(".partial")),
+        "pull's layer GET",
+        () => proxy.requests.some((r) => r.method === "GET" && r.path.endsWith(layer)),
       );
       pulling.child.kill("SIGINT");
       assertCliError(await pulling.result, 130, /pull interrupted: nothing written/);

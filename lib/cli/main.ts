@@ -3,6 +3,7 @@ import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
+import { eventLoopTurn } from "../event_loop.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
@@ -76,7 +77,9 @@ export async function runCli(args: string[]): Promise<number> {
       // mount's own checks (each of its steps is a microtask queued behind them). Its first
       // fetch() costs ~20 ms of this thread on the host, ~0.4 s under QEMU TCG (Deno's fetch
       // code runs for the first time), and the registry's answer then overlaps mount's checks.
-      if (aheadModule) await new Promise((resolve) => setTimeout(resolve, 0));
+      // (eventLoopTurn, not a zero timer: Deno's timers are Node's, whose first use loads
+      // Node's layer.)
+      if (aheadModule) await eventLoopTurn();
       const command = await entry.load();
       mark(`cli: ${first} loaded`);
       const options = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;

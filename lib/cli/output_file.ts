@@ -6,6 +6,7 @@
  * error.
  */
 import { UsageError, UserError } from "../errors.ts";
+import { hiddenTempName, NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
@@ -82,27 +83,25 @@ export function outputFileError(command: string, path: string, error: unknown): 
 
 /** The directory `path` names its file in ("." for a bare name). */
 export function dirOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash < 0 ? "." : path.slice(0, slash) || "/";
+  return splitPath(path).dir;
 }
 
 /**
- * Writes `bytes` as the file `path` (checked with checkOutputFile first): to a new file beside it,
- * renamed over it once complete, so a symlink or device planted at the path is never written
- * through and a failure leaves what was there.
+ * Writes `bytes` as the file `path` (checked with checkOutputFile first): a new file in its
+ * directory, named `path` once complete through one descriptor of that directory
+ * (lib/sys/new_file_in_dir.ts), so a symlink or device planted at the path, or a directory
+ * swapped meanwhile, is never written through, and a failure leaves what was there.
  */
 export function writeOutputFile(command: string, path: string, bytes: Uint8Array): void {
-  const slash = path.lastIndexOf("/");
-  const temp = `${path.slice(0, slash + 1)}.${path.slice(slash + 1)}.${
-    crypto.randomUUID().slice(0, 8)
-  }.tmp`;
   try {
-    Deno.writeFileSync(temp, bytes, { createNew: true });
-    Deno.renameSync(temp, path);
-  } catch (error) {
+    const out = NewFileInDir.create(path, { tempName: hiddenTempName });
     try {
-      Deno.removeSync(temp);
-    } catch { /* not made */ }
+      out.write(bytes);
+      out.commit();
+    } finally {
+      out.discard();
+    }
+  } catch (error) {
     throw outputFileError(command, path, error);
   }
 }

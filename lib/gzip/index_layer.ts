@@ -12,6 +12,9 @@ import { buildImage } from "../erofs/writer/build_image.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
+import { hiddenTempName, NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
+import { openDirPath } from "../../ffi/files.ts";
+import { closeFd, cstr, libc } from "../../ffi/libc.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 
@@ -45,12 +48,40 @@ export interface LayerIndex {
   pieceBytes: number;
 }
 
-/** Where the index files go. */
+/** Where the index files go: one directory. */
 export interface IndexPaths {
   meta: string;
   zinfo: string;
   /** sha256 of every piece of the tar (piece_digests.ts). */
   pieces: string;
+  /**
+   * Their directory, already open: every file is made, named and removed through it
+   * (lib/sys/new_file_in_dir.ts). Without it, it is opened here for the call.
+   */
+  dirFd?: number;
+}
+
+/** The directory of `paths` for one index call: given, or opened here (then closed by `close`). */
+export function indexDir(paths: { meta: string; dirFd?: number }): Disposable & { fd: number } {
+  if (paths.dirFd !== undefined) return { fd: paths.dirFd, [Symbol.dispose]: () => {} };
+  const fd = openDirPath(splitPath(paths.meta).dir);
+  return { fd, [Symbol.dispose]: () => closeFd(fd) };
+}
+
+/** Removes the file `path` names in `dirFd` (a written index file a failure leaves). */
+export function removeIn(dirFd: number, path: string): void {
+  libc().unlinkat(dirFd, cstr(splitPath(path).base), 0);
+}
+
+/** Writes `bytes` as the file `path` in `dirFd`, named once complete. */
+export function writeFileIn(dirFd: number, path: string, bytes: Uint8Array): void {
+  const out = NewFileInDir.create(path, { tempName: hiddenTempName, dirFd });
+  try {
+    out.write(bytes);
+    out.commit();
+  } finally {
+    out.discard();
+  }
 }
 
 /**
@@ -65,8 +96,8 @@ export async function indexGzipLayer(
   const { meta: metaPath, zinfo: zinfoPath, pieces: piecesPath } = paths;
   const spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
   const pieceBytes = DEFAULT_PIECE_BYTES;
-  const zinfoTmp = `${zinfoPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  const writer = await ZinfoFileWriter.create(zinfoTmp);
+  using dir = indexDir(paths);
+  const writer = ZinfoFileWriter.create(zinfoPath, dir.fd);
   const builder = new ZinfoBuilder({
     spanBytes,
     pieceBytes,
@@ -117,7 +148,7 @@ export async function indexGzipLayer(
       onEntries: options.onEntries,
     });
     while (await next()) { /* drain: padding after the end-of-archive marker */ }
-    await writer.finish(builder.finish());
+    writer.finish(builder.finish());
     // After the drain: preparing may read other layers, and this blob's reply must not idle.
     await options.prepareTree?.(scan.root);
     const tarBytes = builder.uncompressedBytes;
@@ -125,14 +156,15 @@ export async function indexGzipLayer(
       throw new FormatError(`tar ends at ${tarBytes} bytes inside its last member`);
     }
     buildImage(scan.root, metaPath, {
+      dirFd: dir.fd,
       buildTimeSec: options.buildTimeSec,
       uuid: options.uuid,
       // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
       tarIndex: { tarBlocks: scan.tarEndOffset / 512 + scan.endMarkerBlocks },
     });
     metaWritten = true;
-    await Deno.writeFile(piecesPath, builder.pieceDigests!);
-    await Deno.rename(zinfoTmp, zinfoPath);
+    writeFileIn(dir.fd, piecesPath, builder.pieceDigests!);
+    writer.commit();
     return {
       layerDigest: `sha256:${layerHash.digest("hex")}`,
       layerBytes,
@@ -145,10 +177,10 @@ export async function indexGzipLayer(
       pieceBytes,
     };
   } catch (error) {
-    await writer.abort();
+    writer.abort();
     if (metaWritten) {
-      await Deno.remove(metaPath).catch(() => {});
-      await Deno.remove(piecesPath).catch(() => {});
+      removeIn(dir.fd, metaPath);
+      removeIn(dir.fd, piecesPath);
     }
     // The tar ran out because the gzip stream did (a truncated header or member): say that,
     // not "empty input" or "truncated archive".

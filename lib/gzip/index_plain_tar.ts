@@ -7,7 +7,13 @@ import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
-import type { IndexLayerOptions, LayerIndex } from "./index_layer.ts";
+import {
+  indexDir,
+  type IndexLayerOptions,
+  type LayerIndex,
+  removeIn,
+  writeFileIn,
+} from "./index_layer.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 import { PieceHasher } from "../source/piece_hasher.ts";
 
@@ -17,7 +23,7 @@ import { PieceHasher } from "../source/piece_hasher.ts";
  */
 export async function indexPlainTarLayer(
   tar: ReadableStream<Uint8Array>,
-  paths: { meta: string; pieces: string },
+  paths: { meta: string; pieces: string; dirFd?: number },
   options: IndexLayerOptions,
 ): Promise<LayerIndex> {
   const pieceBytes = DEFAULT_PIECE_BYTES;
@@ -48,7 +54,7 @@ export async function indexPlainTarLayer(
     },
     cancel() {},
   });
-  const piecesTmp = `${paths.pieces}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  using dir = indexDir(paths);
   let metaWritten = false;
   try {
     const scan = await scanTar(scanned, {
@@ -63,14 +69,15 @@ export async function indexPlainTarLayer(
     }
     // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
     const tarBlocks = scan.tarEndOffset / 512 + scan.endMarkerBlocks;
-    await Deno.writeFile(piecesTmp, hasher.finish());
+    const pieces = hasher.finish();
     buildImage(scan.root, paths.meta, {
+      dirFd: dir.fd,
       buildTimeSec: options.buildTimeSec,
       uuid: options.uuid,
       tarIndex: { tarBlocks },
     });
     metaWritten = true;
-    await Deno.rename(piecesTmp, paths.pieces);
+    writeFileIn(dir.fd, paths.pieces, pieces);
     const digest = `sha256:${hash.digest("hex")}`;
     return {
       layerDigest: digest,
@@ -84,8 +91,7 @@ export async function indexPlainTarLayer(
       pieceBytes,
     };
   } catch (error) {
-    await Deno.remove(piecesTmp).catch(() => {});
-    if (metaWritten) await Deno.remove(paths.meta).catch(() => {});
+    if (metaWritten) removeIn(dir.fd, paths.meta);
     throw error;
   } finally {
     await input.cancel().catch(() => {});

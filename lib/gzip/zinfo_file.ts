@@ -4,27 +4,31 @@
  * offset 0, once the count is known; until then the file is not a valid zinfo.
  */
 import { encodeCheckpoint, ZINFO_HEADER_BYTES, type ZinfoCheckpoint } from "./zinfo.ts";
+import { hiddenTempName, NewFileInDir } from "../sys/new_file_in_dir.ts";
 
 export class ZinfoFileWriter {
   #count = 0;
 
-  private constructor(readonly path: string, readonly file: Deno.FsFile) {}
+  private constructor(readonly out: NewFileInDir) {}
 
-  /** Creates (or truncates) `path` with room for the header. */
-  static async create(path: string): Promise<ZinfoFileWriter> {
-    const file = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o644 });
+  /**
+   * A new file that becomes `path` at commit() (`dirFd`: its directory, already open), with
+   * room for the header.
+   */
+  static create(path: string, dirFd?: number): ZinfoFileWriter {
+    const out = NewFileInDir.create(path, { tempName: hiddenTempName, dirFd });
     try {
-      writeAllSync(file, new Uint8Array(ZINFO_HEADER_BYTES));
+      out.write(new Uint8Array(ZINFO_HEADER_BYTES));
     } catch (error) {
-      file.close();
+      out.discard();
       throw error;
     }
-    return new ZinfoFileWriter(path, file);
+    return new ZinfoFileWriter(out);
   }
 
   /** Appends one checkpoint (synchronous: it is called from inside ZinfoBuilder.feed). */
   add(checkpoint: ZinfoCheckpoint & { window: Uint8Array }): void {
-    writeAllSync(this.file, encodeCheckpoint(checkpoint));
+    this.out.write(encodeCheckpoint(checkpoint));
     this.#count++;
   }
 
@@ -32,26 +36,19 @@ export class ZinfoFileWriter {
     return this.#count;
   }
 
-  /** Writes `header` (ZinfoBuilder.finish() with onCheckpoint) at offset 0, syncs, closes. */
-  async finish(header: Uint8Array): Promise<void> {
-    try {
-      await this.file.seek(0, Deno.SeekMode.Start);
-      writeAllSync(this.file, header);
-      await this.file.sync();
-    } finally {
-      this.file.close();
-    }
+  /** Writes `header` (ZinfoBuilder.finish() with onCheckpoint) at offset 0 and syncs. */
+  finish(header: Uint8Array): void {
+    this.out.writeAt(header, 0);
+    this.out.sync();
   }
 
-  /** Closes and removes the partial file. */
-  async abort(): Promise<void> {
-    try {
-      this.file.close();
-    } catch { /* already closed */ }
-    await Deno.remove(this.path).catch(() => {});
+  /** Gives the finished file its name. */
+  commit(): void {
+    this.out.commit();
   }
-}
 
-function writeAllSync(file: Deno.FsFile, bytes: Uint8Array): void {
-  for (let done = 0; done < bytes.length;) done += file.writeSync(bytes.subarray(done));
+  /** Closes and removes the file (unless committed). */
+  abort(): void {
+    this.out.discard();
+  }
 }

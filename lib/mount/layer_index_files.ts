@@ -3,7 +3,7 @@
  * NAME.index.json binding them to the layer), made in one pass over the compressed layer.
  * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
  */
-import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
+import { indexGzipLayer, type LayerIndex, writeFileIn } from "../gzip/index_layer.ts";
 import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
   checkIndexRecord,
@@ -11,10 +11,15 @@ import {
   MAX_INDEX_FILE_BYTES,
   MAX_INDEX_RECORD_BYTES,
   parseIndexRecord,
-  sha256Digest,
 } from "../gzip/index_record.ts";
-import { FormatError } from "../errors.ts";
-import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/files.ts";
+import { FormatError, UserError } from "../errors.ts";
+import { closeFd } from "../../ffi/libc.ts";
+import {
+  FileRefusedError,
+  openDirPath,
+  openRegularFileFd,
+  readRegularFile,
+} from "../../ffi/files.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";
@@ -57,42 +62,53 @@ export async function writeLayerIndex(
 ): Promise<{ files: TarIndexFiles; result: LayerIndex }> {
   const meta = `${dir}/${name}.meta.erofs`, zinfo = `${dir}/${name}.zinfo`;
   const pieces = `${dir}/${name}.pieces`;
-  const indexOptions = {
-    spanBytes: options.spanBytes,
-    buildTimeSec: options.buildTimeSec,
-    onEntries: options.onEntries,
-    impliedMtimeSec: options.impliedMtimeSec,
-    prepareTree: options.prepareTree,
-  };
-  const result = options.plainTar
-    ? await indexPlainTarLayer(compressed, { meta, pieces }, indexOptions)
-    : await indexGzipLayer(compressed, { meta, zinfo, pieces }, indexOptions);
-  const record: IndexRecord = {
-    layer: { digest: result.layerDigest, size: result.layerBytes },
-    diffId: result.diffId,
-    tarBytes: result.tarBytes,
-    meta: { file: `${name}.meta.erofs`, digest: sha256Digest(await Deno.readFile(meta)) },
-    zinfo: options.plainTar ? undefined : {
-      file: `${name}.zinfo`,
-      digest: await sha256OfFile(zinfo),
-      spanBytes: result.spanBytes,
-      checkpoints: result.checkpoints,
-    },
-    pieces: {
-      file: `${name}.pieces`,
-      digest: sha256Digest(await Deno.readFile(pieces)),
-      pieceBytes: result.pieceBytes,
-    },
-  };
-  const recordPath = `${dir}/${name}.index.json`;
-  const tmp = `${recordPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  await Deno.writeTextFile(tmp, JSON.stringify(record, null, 2) + "\n");
-  await Deno.rename(tmp, recordPath);
-  if (options.plainTar) delete record.zinfo;
-  return {
-    files: { record, meta, zinfo: options.plainTar ? undefined : zinfo, pieces },
-    result,
-  };
+  // Every file is made, named and removed through one descriptor of `dir` (`index -o DIR`
+  // writes as root into a directory a user may own: by path, a planted symlink or a swapped
+  // directory would have root write elsewhere).
+  let dirFd: number;
+  try {
+    dirFd = openDirPath(dir);
+  } catch (error) {
+    throw new UserError(`cannot write the index in ${dir}: ${(error as Error).message}`);
+  }
+  try {
+    const indexOptions = {
+      spanBytes: options.spanBytes,
+      buildTimeSec: options.buildTimeSec,
+      onEntries: options.onEntries,
+      impliedMtimeSec: options.impliedMtimeSec,
+      prepareTree: options.prepareTree,
+    };
+    const result = options.plainTar
+      ? await indexPlainTarLayer(compressed, { meta, pieces, dirFd }, indexOptions)
+      : await indexGzipLayer(compressed, { meta, zinfo, pieces, dirFd }, indexOptions);
+    const record: IndexRecord = {
+      layer: { digest: result.layerDigest, size: result.layerBytes },
+      diffId: result.diffId,
+      tarBytes: result.tarBytes,
+      meta: { file: `${name}.meta.erofs`, digest: await sha256OfFile(meta) },
+      zinfo: options.plainTar ? undefined : {
+        file: `${name}.zinfo`,
+        digest: await sha256OfFile(zinfo),
+        spanBytes: result.spanBytes,
+        checkpoints: result.checkpoints,
+      },
+      pieces: {
+        file: `${name}.pieces`,
+        digest: await sha256OfFile(pieces),
+        pieceBytes: result.pieceBytes,
+      },
+    };
+    const recordBytes = new TextEncoder().encode(JSON.stringify(record, null, 2) + "\n");
+    writeFileIn(dirFd, `${dir}/${name}.index.json`, recordBytes);
+    if (options.plainTar) delete record.zinfo;
+    return {
+      files: { record, meta, zinfo: options.plainTar ? undefined : zinfo, pieces },
+      result,
+    };
+  } finally {
+    closeFd(dirFd);
+  }
 }
 
 /** Each NAME.index.json record in `dir` (FormatError when the directory cannot be read). */

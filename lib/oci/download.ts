@@ -10,6 +10,8 @@ import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
 import { validateDigest } from "./reference.ts";
+import { NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
+import { cstr, libc } from "../../ffi/libc.ts";
 import { backoff, describeFailure, isNetworkError, policyAfterAttempt } from "./retry.ts";
 
 /** Options of RegistryClient.downloadBlob. */
@@ -23,10 +25,11 @@ export interface DownloadOptions {
 
 /**
  * Streams a blob to `path`, hashing as it goes, resuming with a Range request after a broken
- * connection. The data goes to a new `path.RANDOM.partial` (created, never opened through what is
- * there: two pulls to one path, or a symlink planted at the name, cannot mix or redirect the
- * bytes) and is renamed to `path` only when the digest (and expected size) match; on any failure
- * the partial file is removed, so a wrong file never stays.
+ * connection. The data goes to a new file in `path`'s directory (unnamed where the file system
+ * allows, else `path.RANDOM.partial`; never opened through what is there: two pulls to one path,
+ * or a symlink planted at the name, cannot mix or redirect the bytes) and gets the name `path`
+ * only when the digest (and expected size) match, through one descriptor of the directory
+ * (lib/sys/new_file_in_dir.ts); on any failure it is removed, so a wrong file never stays.
  */
 export async function downloadBlob(
   client: RegistryClient,
@@ -36,20 +39,14 @@ export async function downloadBlob(
   options: DownloadOptions = {},
 ): Promise<{ sizeBytes: number }> {
   validateDigest(digest);
-  removeAbandonedPartials(path);
-  const partial = partialPathFor(path);
-  const file = await Deno.open(partial, { write: true, createNew: true });
-  let closed = false;
+  const out = NewFileInDir.create(path, { tempName: partialNameFor });
   try {
-    const sizeBytes = await streamVerified(client, repository, digest, file, options);
-    file.close();
-    closed = true;
-    await Deno.rename(partial, path);
+    removeAbandonedPartials(path, out.dirFd);
+    const sizeBytes = await streamVerified(client, repository, digest, out, options);
+    out.commit();
     return { sizeBytes };
-  } catch (error) {
-    if (!closed) file.close();
-    await Deno.remove(partial).catch(() => {});
-    throw error;
+  } finally {
+    out.discard();
   }
 }
 
@@ -57,7 +54,7 @@ async function streamVerified(
   client: RegistryClient,
   repository: string,
   digest: string,
-  file: Deno.FsFile,
+  out: NewFileInDir,
   options: DownloadOptions,
 ): Promise<number> {
   const hasher = digestHasher(digest);
@@ -115,8 +112,7 @@ async function streamVerified(
           throw new OciError(`blob ${digest} is larger than ${total} bytes`);
         }
         hasher.update(chunk);
-        let written = 0;
-        while (written < chunk.byteLength) written += await file.write(chunk.subarray(written));
+        out.write(chunk);
         received += chunk.byteLength;
         options.onProgress?.(received, total);
       }
@@ -144,9 +140,9 @@ async function streamVerified(
   return received;
 }
 
-/** A name beside `path` for its download in progress, new for each download. */
-export function partialPathFor(path: string): string {
-  return `${path}.${crypto.randomUUID().slice(0, 8)}.partial`;
+/** A name beside `base` for its download in progress, new for each download. */
+export function partialNameFor(base: string): string {
+  return `${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
 }
 
 /** A partial file untouched this long was left by a download that ended without its clean-up. */
@@ -154,13 +150,12 @@ const ABANDONED_PARTIAL_MS = 60 * 60 * 1000;
 
 /**
  * Removes the partial files of earlier downloads to `path` that a crash (SIGKILL, power loss)
- * left: each has a new name, so nothing else would ever replace them. One written to within the
- * hour may belong to a download still running (a stalled one gives up long before that).
+ * left where the file system has no unnamed files: each has a new name, so nothing else would
+ * ever replace them. One written to within the hour may belong to a download still running (a
+ * stalled one gives up long before that). Removed through `dirFd`, the directory written to.
  */
-export function removeAbandonedPartials(path: string): void {
-  const slash = path.lastIndexOf("/");
-  const dir = slash < 0 ? "." : path.slice(0, slash) || "/";
-  const base = path.slice(slash + 1);
+export function removeAbandonedPartials(path: string, dirFd: number): void {
+  const { dir, base } = splitPath(path);
   const ours = new RegExp(
     `^${base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.[0-9a-f]{8}\\.partial$`,
   );
@@ -177,7 +172,7 @@ export function removeAbandonedPartials(path: string): void {
     try {
       const stat = Deno.lstatSync(`${dir}/${name}`);
       if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > ABANDONED_PARTIAL_MS) {
-        Deno.removeSync(`${dir}/${name}`);
+        libc().unlinkat(dirFd, cstr(name), 0);
       }
     } catch { /* gone meanwhile */ }
   }

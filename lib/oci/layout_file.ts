@@ -97,7 +97,7 @@ export class LayoutFile implements Source {
    */
   async verify(
     digest: string,
-    onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void>,
+    onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void> | void,
   ): Promise<void> {
     const actual = await this.contentDigest(digest, onChunk);
     if (actual !== digest) {
@@ -108,7 +108,7 @@ export class LayoutFile implements Source {
   /** The file's digest in the algorithm of `like` (`sha256:…`), read in 1 MiB pieces. */
   async contentDigest(
     like = "sha256:",
-    onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void>,
+    onChunk?: (chunk: Uint8Array, doneBytes: number) => Promise<void> | void,
   ): Promise<string> {
     const hasher = digestHasher(like);
     for (let offset = 0; offset < this.size; offset += HASH_CHUNK_BYTES) {

@@ -6,7 +6,8 @@
 import { OciError } from "../errors.ts";
 import { digestOf } from "./digest.ts";
 import { LayoutFile } from "./layout_file.ts";
-import { type DownloadOptions, partialPathFor, removeAbandonedPartials } from "./download.ts";
+import { type DownloadOptions, partialNameFor, removeAbandonedPartials } from "./download.ts";
+import { NewFileInDir } from "../sys/new_file_in_dir.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,
@@ -175,7 +176,7 @@ export class OciLayout {
   }
 
   /**
-   * Copies a blob to `path` (via a new `path.RANDOM.partial`), verified against its digest: the bytes
+   * Copies a blob to `path` (via a new file in its directory, see downloadBlob), verified against its digest: the bytes
    * written are the bytes hashed, all read from the one descriptor that was checked.
    */
   async downloadBlob(
@@ -185,30 +186,25 @@ export class OciLayout {
     options: DownloadOptions = {},
   ): Promise<{ sizeBytes: number }> {
     const source = this.openBlob(digest);
-    removeAbandonedPartials(path);
-    const partial = partialPathFor(path);
     try {
       if (options.expectedSizeBytes !== undefined && source.size !== options.expectedSizeBytes) {
         throw new OciError(
           `blob ${digest} is ${source.size} bytes but the manifest says ${options.expectedSizeBytes}`,
         );
       }
-      const out = await Deno.open(partial, { write: true, createNew: true });
+      const out = NewFileInDir.create(path, { tempName: partialNameFor });
       try {
-        await source.verify(digest, async (chunk, done) => {
+        removeAbandonedPartials(path, out.dirFd);
+        await source.verify(digest, (chunk, done) => {
           options.signal?.throwIfAborted();
-          let written = 0;
-          while (written < chunk.byteLength) written += await out.write(chunk.subarray(written));
+          out.write(chunk);
           options.onProgress?.(done, source.size);
         });
+        out.commit();
       } finally {
-        out.close();
+        out.discard();
       }
-      await Deno.rename(partial, path);
       return { sizeBytes: source.size };
-    } catch (error) {
-      await Deno.remove(partial).catch(() => {});
-      throw error;
     } finally {
       source.close();
     }

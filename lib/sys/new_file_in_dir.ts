@@ -1,0 +1,231 @@
+/**
+ * A file root writes at a path a user may control (`build -o`, `pull -o`, `trace -o`, and
+ * downloads into root's own directories): made new in the path's directory, written through its
+ * own descriptor, and named only once complete — every step relative to one descriptor of that
+ * directory. By path, a user who owns a parent directory could swap it for a symlink between the
+ * steps and have root link and rename the file into another directory (a helper did with
+ * `build -o`, replacing a file outside the tree); a failure or an interrupt leaves what was there.
+ */
+import {
+  closeFd,
+  cstr,
+  Errno,
+  errno,
+  libc,
+  O_CLOEXEC,
+  O_RDWR,
+  strerror,
+  SysError,
+  unwrap,
+} from "../../ffi/libc.ts";
+import { openDirPath } from "../../ffi/files.ts";
+import { writeAll } from "../../ffi/io.ts";
+import { UserError } from "../errors.ts";
+
+const O_CREAT = 0o100, O_EXCL = 0o200;
+/** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
+const O_TMPFILE = Deno.build.arch === "aarch64" ? 0o20040000 : 0o20200000;
+const AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400;
+const EISDIR = 21, EOPNOTSUPP = 95;
+
+/** The directory `path` names its file in ("." for a bare name) and that name. */
+export function splitPath(path: string): { dir: string; base: string } {
+  const slash = path.lastIndexOf("/");
+  return { dir: slash < 0 ? "." : path.slice(0, slash) || "/", base: path.slice(slash + 1) };
+}
+
+export interface NewFileOptions {
+  /** The name it has while written where the file system has no unnamed files (O_TMPFILE). */
+  tempName: (base: string) => string;
+  /** Only a named temporary file (a download's partial file is looked for by name). */
+  named?: boolean;
+  /**
+   * The directory, already open (several files written in one directory through one
+   * descriptor); the caller closes it. Else `path`'s directory is opened here.
+   */
+  dirFd?: number;
+}
+
+/** `.NAME.RANDOM.tmp`: hidden beside the file it becomes. */
+export function hiddenTempName(base: string): string {
+  return `.${base}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+}
+
+export class NewFileInDir {
+  /** The descriptor to write the file's bytes to. */
+  readonly fd: number;
+  readonly path: string;
+  readonly dirFd: number;
+  readonly #base: string;
+  readonly #tempName: string;
+  #anonymous: boolean;
+  #fdOpen = true;
+  /** Whether #tempName is in the directory (to remove on discard). */
+  #tempNamed: boolean;
+  #done = false;
+  readonly #ownsDirFd: boolean;
+
+  private constructor(
+    path: string,
+    dir: { fd: number; owned: boolean },
+    fd: number,
+    tempName: string,
+    anonymous: boolean,
+  ) {
+    this.path = path;
+    this.dirFd = dir.fd;
+    this.#ownsDirFd = dir.owned;
+    this.fd = fd;
+    this.#base = splitPath(path).base;
+    this.#tempName = tempName;
+    this.#anonymous = anonymous;
+    this.#tempNamed = !anonymous;
+  }
+
+  /** Opens the directory of `path` and a new file in it; UserError naming `path` on refusal. */
+  static create(path: string, options: NewFileOptions): NewFileInDir {
+    const { dir, base } = splitPath(path);
+    let dirFd = options.dirFd;
+    if (dirFd === undefined) {
+      try {
+        dirFd = openDirPath(dir);
+      } catch (error) {
+        throw asUserError(path, error, dir);
+      }
+    }
+    const owned = { fd: dirFd, owned: options.dirFd === undefined };
+    const tempName = options.tempName(base);
+    try {
+      const anonymous = options.named ? undefined : openUnnamed(dirFd, path);
+      if (anonymous !== undefined) return new NewFileInDir(path, owned, anonymous, tempName, true);
+      const flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
+      const fd = unwrap(libc().openat(dirFd, cstr(tempName), flags, 0o644), "open", path);
+      return new NewFileInDir(path, owned, fd, tempName, false);
+    } catch (error) {
+      if (owned.owned) closeFd(dirFd);
+      throw asUserError(path, error);
+    }
+  }
+
+  /** Appends `bytes` at the descriptor's offset. */
+  write(bytes: Uint8Array): void {
+    try {
+      writeAll(this.fd, bytes as Uint8Array<ArrayBuffer>);
+    } catch (error) {
+      throw asUserError(this.path, error);
+    }
+  }
+
+  /** Writes `bytes` at `offset` (the descriptor's own offset stays). */
+  writeAt(bytes: Uint8Array, offset: number): void {
+    for (let done = 0; done < bytes.length;) {
+      const n = Number(
+        libc().pwrite(
+          this.fd,
+          bytes.subarray(done),
+          BigInt(bytes.length - done),
+          BigInt(offset + done),
+        ),
+      );
+      if (n < 0) {
+        const code = errno();
+        if (code === Errno.EINTR) continue;
+        throw asUserError(this.path, new SysError("write", code, this.path));
+      }
+      done += n;
+    }
+  }
+
+  /** fdatasync(2): the bytes are on disk before the file gets its name. */
+  sync(): void {
+    try {
+      unwrap(libc().fdatasync(this.fd), "fdatasync", this.path);
+    } catch (error) {
+      throw asUserError(this.path, error);
+    }
+  }
+
+  /** Gives the complete file its name (replacing what had it), and closes it. */
+  commit(): void {
+    try {
+      if (this.#anonymous) {
+        // Only now does the file get a name (then the final one, atomically).
+        unwrap(
+          libc().linkat(
+            AT_FDCWD,
+            cstr(`/proc/self/fd/${this.fd}`),
+            this.dirFd,
+            cstr(this.#tempName),
+            AT_SYMLINK_FOLLOW,
+          ),
+          "link",
+          this.path,
+        );
+        this.#anonymous = false;
+        this.#tempNamed = true;
+      }
+      this.#closeFile();
+      unwrap(
+        libc().renameat(this.dirFd, cstr(this.#tempName), this.dirFd, cstr(this.#base)),
+        "rename",
+        this.path,
+      );
+      this.#tempNamed = false;
+    } catch (error) {
+      this.discard();
+      throw asUserError(this.path, error);
+    }
+    this.discard();
+  }
+
+  /**
+   * A failure of a write its caller made through `fd` (which knows a descriptor only): a full
+   * disk as one line naming the file; anything else (a source's read error) unchanged.
+   */
+  failure(error: unknown): unknown {
+    const full = error instanceof SysError &&
+      (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT);
+    return full ? asUserError(this.path, error) : error;
+  }
+
+  /** Closes everything and removes the file unless it was committed; safe to call again. */
+  discard(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#closeFile();
+    if (this.#tempNamed) libc().unlinkat(this.dirFd, cstr(this.#tempName), 0);
+    if (this.#ownsDirFd) closeFd(this.dirFd);
+  }
+
+  #closeFile(): void {
+    if (!this.#fdOpen) return;
+    this.#fdOpen = false;
+    closeFd(this.fd);
+  }
+}
+
+/** An unnamed file (O_TMPFILE) in `dirFd`, or undefined where the file system has none. */
+function openUnnamed(dirFd: number, path: string): number | undefined {
+  try {
+    return unwrap(
+      libc().openat(dirFd, cstr("."), O_TMPFILE | O_RDWR | O_CLOEXEC, 0o644),
+      "open",
+      path,
+    );
+  } catch (error) {
+    const code = error instanceof SysError ? error.errno : 0;
+    if (code === EOPNOTSUPP || code === EISDIR || code === Errno.EINVAL) return undefined;
+    throw error;
+  }
+}
+
+/** The system's refusal as one line naming the file (and what helps when the disk is full). */
+function asUserError(path: string, error: unknown, dir?: string): unknown {
+  if (!(error instanceof SysError)) return error;
+  const full = error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT;
+  return new UserError(
+    `cannot write ${path}: ${strerror(error.errno)}${dir ? ` (${dir})` : ""}`,
+    full ? "free space on that file system, or write the file elsewhere" : undefined,
+    { cause: error },
+  );
+}
