@@ -239,6 +239,100 @@ function openByComponents(path: string, dirFd: number, flags: number): number {
 }
 
 /**
+ * A symlink on a path erofs-oci was given that someone other than root and the caller made:
+ * following it would let that user choose where root writes, mounts or reads.
+ */
+export class UntrustedSymlinkError extends UserError {}
+
+/**
+ * An O_PATH descriptor of the directory `path`, resolved one component at a time without
+ * letting the kernel follow symlinks: a symlink is followed only when root or the caller owns
+ * it (fs.protected_symlinks' rule for sticky directories, here on the whole path), else
+ * UntrustedSymlinkError. A user who owns a directory on the path can put a symlink there (or
+ * swap one in) to make root write, mount or delete in a directory of root's; a directory found
+ * this way is one the path's owners really hold, and calls relative to the descriptor stay
+ * there whatever is renamed later.
+ */
+export function openDirTrusted(path: string): number {
+  const pending = path.split("/").filter((part) => part !== "" && part !== ".");
+  const rootFlags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  let at = unwrap(libc().open(cstr(path.startsWith("/") ? "/" : "."), rootFlags, 0), "open", path);
+  let links = 0;
+  const walked: string[] = [];
+  try {
+    while (pending.length > 0) {
+      const part = pending.shift()!;
+      const next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+      if (next < 0) throw new SysError("open", errno(), path);
+      walked.push(part);
+      let kind: { type: number; uid: number };
+      try {
+        kind = typeAndOwner(next, path);
+      } catch (error) {
+        closeFd(next);
+        throw error;
+      }
+      if (kind.type === S_IFLNK) {
+        let target: string;
+        try {
+          target = readLinkOf(next, path);
+        } finally {
+          closeFd(next);
+        }
+        if (kind.uid !== 0 && kind.uid !== Deno.uid()) {
+          const link = `${path.startsWith("/") ? "/" : ""}${walked.join("/")}`;
+          throw new UntrustedSymlinkError(
+            `${link} is a symlink of uid ${kind.uid} (to ${target}): not followed on a path ` +
+              `given to erofs-oci`,
+            "name the directory it leads to, once you have checked it is the one you mean",
+          );
+        }
+        if (++links > 40) throw new SysError("open", Errno.ELOOP, path);
+        pending.unshift(...target.split("/").filter((p) => p !== "" && p !== "."));
+        if (target.startsWith("/")) {
+          closeFd(at);
+          at = unwrap(libc().open(cstr("/"), rootFlags, 0), "open", "/");
+        }
+        continue;
+      }
+      if (kind.type !== S_IFDIR) {
+        closeFd(next);
+        throw new SysError("open", Errno.ENOTDIR, path);
+      }
+      closeFd(at);
+      at = next;
+    }
+    return at;
+  } catch (error) {
+    closeFd(at);
+    throw error;
+  }
+}
+
+const S_IFLNK = 0o120000, S_IFDIR = 0o040000;
+
+/** The file type bits and owner of the descriptor `fd` (an O_PATH one included). */
+function typeAndOwner(fd: number, path: string): { type: number; uid: number } {
+  const STATX_TYPE = 0x1, STATX_UID = 0x8;
+  const buffer = new Uint8Array(256);
+  unwrap(
+    libc().statx(fd, cstr(""), AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_UID, buffer),
+    "statx",
+    path,
+  );
+  const view = new DataView(buffer.buffer);
+  return { type: view.getUint16(28, true) & 0o170000, uid: view.getUint32(20, true) };
+}
+
+/** The target of the symlink the O_PATH descriptor `fd` is. */
+function readLinkOf(fd: number, path: string): string {
+  const buffer = new Uint8Array(4097);
+  const n = Number(libc().readlinkat(fd, cstr(""), buffer, BigInt(buffer.length - 1)));
+  if (n < 0) throw new SysError("readlink", errno(), path);
+  return new TextDecoder().decode(buffer.subarray(0, n));
+}
+
+/**
  * Opens the regular file `path` read-only, resolved by openat2 with RESOLVE_NO_SYMLINKS (no
  * component a symlink: ELOOP) and O_NONBLOCK (a FIFO put there does not block the open): the
  * file a scan saw at a symlink-free path, or a refusal when one of its directories or the file
@@ -297,7 +391,7 @@ export function statPath(path: string): {
   mountId: number;
 } {
   const STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_UID = 0x8, STATX_GID = 0x10, STATX_INO = 0x100;
-  const STATX_MNT_ID = 0x1000, S_IFMT = 0o170000, S_IFDIR = 0o040000;
+  const STATX_MNT_ID = 0x1000;
   const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_MNT_ID;
   const buffer = new Uint8Array(256);
   unwrap(libc().statx(AT_FDCWD, cstr(path), 0, wanted, buffer), "statx", path);

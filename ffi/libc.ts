@@ -119,6 +119,8 @@ export const LIBC_SYMBOLS = {
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   // ssize_t readlink(const char *path, char *buf, size_t bufsiz);
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t bufsiz);
+  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
   // ssize_t copy_file_range(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out,
   //                         size_t len, unsigned int flags);
   copy_file_range: {

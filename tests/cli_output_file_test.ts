@@ -246,3 +246,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "build -o under a symlink another user made: refused, nothing written where it led",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-out-symlink-" });
+    try {
+      // A user's directory holding a symlink of theirs to a directory of root's: root asked
+      // to write into the user's directory must not write into root's.
+      await Deno.mkdir(`${work}/roots`);
+      await Deno.mkdir(`${work}/home`);
+      await Deno.mkdir(`${work}/tree`);
+      await Deno.writeTextFile(`${work}/tree/hello.txt`, "hi\n");
+      await Deno.symlink(`${work}/roots`, `${work}/home/d`);
+      const chowned = await new Deno.Command("chown", {
+        args: ["-h", "65534:65534", `${work}/home/d`],
+      }).output();
+      assert(chowned.success);
+      const built = await runCli(["build", `${work}/tree`, "-o", `${work}/home/d/x.erofs`]);
+      assertCliError(built, 1, /home\/d is a symlink of uid 65534 .*not followed/);
+      assert.deepEqual([...Deno.readDirSync(`${work}/roots`)], [], "written through the link");
+      // Root's own symlinks are followed.
+      await Deno.symlink(`${work}/roots`, `${work}/home/mine`);
+      const mine = await runCli(["build", `${work}/tree`, "-o", `${work}/home/mine/x.erofs`]);
+      assert.equal(mine.code, 0, mine.stderr);
+      assert(Deno.statSync(`${work}/roots/x.erofs`).isFile);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});

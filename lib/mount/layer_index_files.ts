@@ -16,8 +16,9 @@ import { FormatError, UserError } from "../errors.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import {
   FileRefusedError,
-  openDirPath,
+  openDirTrusted,
   openRegularFileFd,
+  UntrustedSymlinkError,
   readRegularFile,
 } from "../../ffi/files.ts";
 import { FdFile } from "../source/fd_file.ts";
@@ -67,8 +68,9 @@ export async function writeLayerIndex(
   // directory would have root write elsewhere).
   let dirFd: number;
   try {
-    dirFd = openDirPath(dir);
+    dirFd = openDirTrusted(dir);
   } catch (error) {
+    if (error instanceof UntrustedSymlinkError) throw error;
     throw new UserError(`cannot write the index in ${dir}: ${(error as Error).message}`);
   }
   try {

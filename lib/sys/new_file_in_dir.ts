@@ -18,7 +18,7 @@ import {
   SysError,
   unwrap,
 } from "../../ffi/libc.ts";
-import { openDirPath } from "../../ffi/files.ts";
+import { openDirTrusted } from "../../ffi/files.ts";
 import { writeAll } from "../../ffi/io.ts";
 import { UserError } from "../errors.ts";
 
@@ -88,7 +88,7 @@ export class NewFileInDir {
     let dirFd = options.dirFd;
     if (dirFd === undefined) {
       try {
-        dirFd = openDirPath(dir);
+        dirFd = openDirTrusted(dir);
       } catch (error) {
         throw asUserError(path, error, dir);
       }
