@@ -309,6 +309,15 @@ export function openDirTrusted(path: string): number {
   }
 }
 
+/** The path the kernel has for the open directory `fd` (symlink-free, as of now). */
+export function pathOfDirFd(fd: number): string {
+  const buffer = new Uint8Array(4097);
+  const link = cstr(`/proc/self/fd/${fd}`);
+  const n = Number(libc().readlink(link, buffer, BigInt(buffer.length - 1)));
+  if (n < 0) throw new SysError("readlink", errno(), `/proc/self/fd/${fd}`);
+  return new TextDecoder().decode(buffer.subarray(0, n));
+}
+
 const S_IFLNK = 0o120000, S_IFDIR = 0o040000;
 
 /** The file type bits and owner of the descriptor `fd` (an O_PATH one included). */

@@ -219,3 +219,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "mount onto, or --upper/--work under, what another user can redirect: refused, " +
+    "nothing mounted where it led",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-user-paths-" });
+    const sh = (...args: string[]) => new Deno.Command(args[0], { args: args.slice(1) }).output();
+    try {
+      // A user's home, holding a symlink of theirs to an empty directory of root's.
+      await Deno.mkdir(`${work}/home`);
+      await Deno.mkdir(`${work}/roots`);
+      await Deno.symlink(`${work}/roots`, `${work}/home/mnt`);
+      assert((await sh("chown", "-h", "65534:65534", `${work}/home/mnt`)).success);
+      const onLink = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, `${work}/home/mnt`, "--backend", "fuse"],
+        { env: sandbox.env },
+      );
+      assertCliError(onLink, 1, /home\/mnt is a symlink of uid 65534 .*not followed/);
+      assert.deepEqual(readMountInfo().filter((m) => m.mountPoint === `${work}/roots`), []);
+
+      // --work in a directory the user owns (they could rename it and put a symlink to one of
+      // root's there before mount(2) looks the path up).
+      await Deno.mkdir(`${work}/up`, { mode: 0o700 });
+      await Deno.mkdir(`${work}/home/wk`);
+      await Deno.chown(`${work}/home`, 65534, 65534);
+      const userWork = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"].concat(
+          ["--upper", `${work}/up`, "--work", `${work}/home/wk`],
+        ),
+        { env: sandbox.env },
+      );
+      assertCliError(userWork, 1, /--work .*home\/wk: .*\/home can be changed by uid 65534/);
+      assert.deepEqual(readMountInfo().filter((m) => m.mountPoint === sandbox.target), []);
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});

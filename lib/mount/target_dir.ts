@@ -10,8 +10,11 @@ import {
   type FileIdentity,
   listDirectory,
   openDirNoSymlinks,
+  openDirTrusted,
+  pathOfDirFd,
   statIdentity,
   statPath,
+  UntrustedSymlinkError,
 } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 
@@ -48,8 +51,9 @@ export function checkOverlayDirs(
       "overlayfs needs both on one file system: make --work a directory next to --upper",
     );
   }
-  // Absolute: the kernel shows them as given (in /proc/mounts).
-  const real = { upper: Deno.realPathSync(upper), work: Deno.realPathSync(work) };
+  // Absolute and symlink-free: the kernel shows them as given (in /proc/mounts), and resolves
+  // them again at mount(2), seconds later: no other user may be able to change what they lead to.
+  const real = { upper: unswappablePath("--upper", upper), work: unswappablePath("--work", work) };
   // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
   // behavior"), and both mounts' changes would corrupt each other. Compared as directories
   // (device and inode): the other may name it through a symlink.
@@ -75,6 +79,59 @@ export function checkOverlayDirs(
     }
   }
   return real;
+}
+
+/**
+ * The symlink-free path of `dir` (`--upper`/`--work`), refused unless only root can change what
+ * it leads to: overlayfs takes them as paths and looks them up at mount(2), seconds after this
+ * check, and a user who could rename a directory on the way (or whose symlink was on it) had
+ * root's overlay write its copy-ups into, or empty as its work directory, a directory of root's
+ * (a helper did both, 8 times in 10). Each directory above it must belong to root and be
+ * writable by no one else — or be sticky (/tmp), where others cannot rename root's entries,
+ * with the next directory root's.
+ */
+function unswappablePath(option: "--upper" | "--work", dir: string): string {
+  const fd = openTrusted(dir, `cannot use ${option} ${dir}`);
+  let path: string;
+  try {
+    path = pathOfDirFd(fd);
+  } finally {
+    closeFd(fd);
+  }
+  let below: { uid: number } = statPath(path);
+  for (let parent = path; parent !== "/";) {
+    parent = parent.slice(0, parent.lastIndexOf("/")) || "/";
+    const { uid, mode } = statPath(parent);
+    const othersWrite = (mode & 0o022) !== 0;
+    const sticky = (mode & 0o1000) !== 0;
+    if (uid !== 0 || (othersWrite && !(sticky && below.uid === 0))) {
+      throw new MountError(
+        `${option} ${dir}: ${parent} can be changed by ${
+          uid !== 0 ? `uid ${uid}` : "other users"
+        }, who could make ${path} lead elsewhere while it is mounted`,
+        `use a directory whose parents only root can change, e.g. mkdir -m 0700 /var/lib/${
+          option === "--upper" ? "upper" : "work"
+        }`,
+      );
+    }
+    below = { uid };
+  }
+  return path;
+}
+
+/**
+ * `dir` opened as openDirTrusted does; its refusals as MountErrors starting with `what`.
+ */
+function openTrusted(dir: string, what: string): number {
+  try {
+    return openDirTrusted(dir);
+  } catch (error) {
+    if (error instanceof UntrustedSymlinkError) {
+      throw new MountError(`${what}: ${error.message}`, error.hint);
+    }
+    if (error instanceof SysError) throw new MountError(`${what}: ${error.message}`);
+    throw error;
+  }
 }
 
 /**
@@ -140,9 +197,10 @@ export function checkMountTarget(dir: string): MountTarget {
   if (!info.isDirectory) {
     throw new MountError(`mount point ${dir} is not a directory`);
   }
-  const path = Deno.realPathSync(dir);
-  const fd = openTarget(path);
+  // Not realpath: a symlink of another user's on the way would choose the directory mounted on.
+  const fd = openTrusted(dir, `cannot mount on ${dir}`);
   try {
+    const path = pathOfDirFd(fd);
     // Listed through the descriptor: the directory that will be mounted on is the one checked.
     if (listDirectory(`/proc/self/fd/${fd}`).length > 0) {
       // Something mounted there shows its files: said as what it is (a mount racing onto this
