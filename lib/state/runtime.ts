@@ -9,7 +9,7 @@ import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
-import { readRegularFileSync, readSmallFile } from "../../ffi/files.ts";
+import { openDirTrusted, pathOfDirFd, readRegularFileSync, readSmallFile } from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
@@ -450,9 +450,16 @@ export function readStates(): MountState[] {
 
 /** The state of the mount at `target` (path compared after resolving symlinks). */
 export function findState(target: string): MountState {
+  // Resolved without another user's symlinks: through one, `umount` of a path in a user's
+  // directory found (and unmounted) a mount of root's the symlink led to.
   let real: string;
   try {
-    real = Deno.realPathSync(target);
+    const fd = openDirTrusted(target);
+    try {
+      real = pathOfDirFd(fd);
+    } finally {
+      closeFd(fd);
+    }
   } catch {
     real = target;
   }
