@@ -251,12 +251,17 @@ export class UntrustedSymlinkError extends UserError {}
  * UntrustedSymlinkError. A user who owns a directory on the path can put a symlink there (or
  * swap one in) to make root write, mount or delete in a directory of root's; a directory found
  * this way is one the path's owners really hold, and calls relative to the descriptor stay
- * there whatever is renamed later.
+ * there whatever is renamed later. A relative `path` starts at the directory `from`.
  */
-export function openDirTrusted(path: string): number {
+export function openDirTrusted(path: string, from = AT_FDCWD): number {
   const pending = path.split("/").filter((part) => part !== "" && part !== ".");
   const rootFlags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-  let at = unwrap(libc().open(cstr(path.startsWith("/") ? "/" : "."), rootFlags, 0), "open", path);
+  // A descriptor of our own to start from (`from` stays the caller's).
+  let at = unwrap(
+    libc().openat(from, cstr(path.startsWith("/") ? "/" : "."), rootFlags, 0),
+    "open",
+    path,
+  );
   let links = 0;
   const walked: string[] = [];
   try {

@@ -137,6 +137,8 @@ export const LIBC_SYMBOLS = {
   linkat: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
   // int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
   renameat: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32" },
+  // int mkdirat(int dirfd, const char *pathname, mode_t mode);
+  mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // int unlinkat(int dirfd, const char *pathname, int flags);
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t llistxattr(const char *path, char *list, size_t size);

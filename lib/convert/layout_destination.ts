@@ -5,7 +5,9 @@
  * renamed, and index.json is rewritten last, so readers see the old image or the new one.
  */
 import { OciError, UserError } from "../errors.ts";
-import { removeTreeSync } from "../sys/remove_tree.ts";
+import { hiddenTempName, NewFileInDir, splitPath, writeFileIn } from "../sys/new_file_in_dir.ts";
+import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
+import { closeFd, cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { OCI_INDEX } from "../oci/media_types.ts";
 import { formatLayoutReference, type LayoutReference, OciLayout } from "../oci/oci_layout.ts";
@@ -22,6 +24,8 @@ import { parseJson } from "../json.ts";
 
 const REF_NAME = "org.opencontainers.image.ref.name";
 const LAYOUT_VERSION = '{"imageLayoutVersion":"1.0.0"}';
+/** unlinkat(2)'s flag: remove a directory (empty). */
+const AT_REMOVEDIR = 0x200;
 
 export class LayoutDestination implements ImageDestination {
   readonly name: string;
@@ -29,6 +33,18 @@ export class LayoutDestination implements ImageDestination {
   readonly #tag: string;
   /** The layout directory did not exist before this conversion. */
   readonly #createdHere: boolean;
+
+  /**
+   * The layout directory and its blobs/sha256, opened once (openDirTrusted): every file is
+   * written, named and removed through them, and the layout is removed (when this run made it)
+   * only through its parent's descriptor — by path, a user who owns a directory on the way
+   * swapped it for a symlink meanwhile and had an interrupted convert delete a tree of root's.
+   */
+  readonly #dirFd: number;
+  readonly #blobsFd: number;
+  readonly #parent?: { fd: number; name: string };
+  /** Blob files this run wrote (removed by abandon in a layout it made). */
+  readonly #written = new Set<string>();
 
   constructor(ref: LayoutReference) {
     if (ref.digest) {
@@ -44,18 +60,31 @@ export class LayoutDestination implements ImageDestination {
     this.#layout = new OciLayout(ref.layoutPath);
     this.name = formatLayoutReference({ layoutPath: ref.layoutPath, tag: this.#tag });
     this.#createdHere = !pathThere(this.#layout.path);
+    const fds: number[] = [];
     try {
-      Deno.mkdirSync(`${this.#layout.path}/blobs/sha256`, { recursive: true });
-      try {
-        Deno.statSync(`${this.#layout.path}/oci-layout`);
-      } catch {
-        this.#writeAtomically(
-          `${this.#layout.path}/oci-layout`,
-          new TextEncoder().encode(LAYOUT_VERSION),
-        );
+      const { dir, base } = splitPath(this.#layout.path.replace(/\/+$/, ""));
+      if (this.#createdHere) {
+        const parentFd = openDirTrusted(dir);
+        fds.push(parentFd);
+        this.#parent = { fd: parentFd, name: base };
+        unwrap(libc().mkdirat(parentFd, cstr(base), 0o755), "mkdir", this.#layout.path);
+      }
+      this.#dirFd = openDirTrusted(this.#layout.path);
+      fds.push(this.#dirFd);
+      for (const sub of ["blobs", "blobs/sha256"]) {
+        const made = libc().mkdirat(this.#dirFd, cstr(sub), 0o755);
+        if (made < 0 && errno() !== Errno.EEXIST) {
+          throw new SysError("mkdir", errno(), `${this.#layout.path}/${sub}`);
+        }
+      }
+      this.#blobsFd = openDirTrusted("blobs/sha256", this.#dirFd);
+      if (!pathThere(`${this.#layout.path}/oci-layout`)) {
+        this.#writeAtomically("oci-layout", new TextEncoder().encode(LAYOUT_VERSION));
       }
     } catch (error) {
-      if (error instanceof UserError) throw error;
+      for (const fd of fds) closeFd(fd);
+      if (error instanceof UntrustedSymlinkError) throw error;
+      if (error instanceof UserError && !(error instanceof SysError)) throw error;
       throw new UserError(
         `cannot write OCI layout ${this.#layout.path}: ${(error as Error).message}`,
       );
@@ -64,8 +93,13 @@ export class LayoutDestination implements ImageDestination {
 
   abandon(): void {
     // Only a layout this run made, and only while no tag (index.json) names anything in it.
-    if (!this.#createdHere || pathThere(`${this.#layout.path}/index.json`)) return;
-    removeTreeSync(this.#layout.path);
+    if (!this.#parent || pathThere(`${this.#layout.path}/index.json`)) return;
+    for (const name of this.#written) libc().unlinkat(this.#blobsFd, cstr(name), 0);
+    libc().unlinkat(this.#dirFd, cstr("oci-layout"), 0);
+    libc().unlinkat(this.#dirFd, cstr("blobs/sha256"), AT_REMOVEDIR);
+    libc().unlinkat(this.#dirFd, cstr("blobs"), AT_REMOVEDIR);
+    // Empty now unless something else wrote there: then it stays.
+    libc().unlinkat(this.#parent.fd, cstr(this.#parent.name), AT_REMOVEDIR);
   }
 
   async previousLayers(): Promise<Descriptor[]> {
@@ -124,15 +158,22 @@ export class LayoutDestination implements ImageDestination {
         existing.close();
       }
     } catch { /* absent */ }
-    const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    const name = blob.digest.slice("sha256:".length);
+    const out = NewFileInDir.create(target, { tempName: hiddenTempName, dirFd: this.#blobsFd });
     try {
-      if (blob.bytes) await Deno.writeFile(tmp, blob.bytes, { createNew: true });
-      else await Deno.copyFile(blob.path!, tmp);
-      await Deno.rename(tmp, target);
+      if (blob.bytes) out.write(blob.bytes);
+      else {
+        using source = await Deno.open(blob.path!);
+        for await (const chunk of source.readable) out.write(chunk);
+      }
+      out.commit();
+      this.#written.add(name);
       onProgress?.(blob.sizeBytes);
     } catch (error) {
-      await Deno.remove(tmp).catch(() => {});
+      if (error instanceof UserError) throw error;
       throw new UserError(`cannot write ${target}: ${(error as Error).message}`);
+    } finally {
+      out.discard();
     }
   }
 
@@ -157,10 +198,7 @@ export class LayoutDestination implements ImageDestination {
       annotations: { [REF_NAME]: this.#tag },
     });
     const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: kept };
-    this.#writeAtomically(
-      `${this.#layout.path}/index.json`,
-      new TextEncoder().encode(JSON.stringify(index)),
-    );
+    this.#writeAtomically("index.json", new TextEncoder().encode(JSON.stringify(index)));
     return `${this.name}@${digest}`;
   }
 
@@ -203,17 +241,9 @@ export class LayoutDestination implements ImageDestination {
     }
   }
 
-  #writeAtomically(path: string, bytes: Uint8Array): void {
-    const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    try {
-      Deno.writeFileSync(tmp, bytes, { createNew: true });
-      Deno.renameSync(tmp, path);
-    } catch (error) {
-      try {
-        Deno.removeSync(tmp);
-      } catch { /* not created */ }
-      throw new UserError(`cannot write ${path}: ${(error as Error).message}`);
-    }
+  /** Writes `name` in the layout directory, named once complete. */
+  #writeAtomically(name: string, bytes: Uint8Array): void {
+    writeFileIn(this.#dirFd, `${this.#layout.path}/${name}`, bytes);
   }
 }
 

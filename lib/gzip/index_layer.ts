@@ -12,9 +12,9 @@ import { buildImage } from "../erofs/writer/build_image.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
-import { hiddenTempName, NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
+import { removeIn, splitPath, writeFileIn } from "../sys/new_file_in_dir.ts";
 import { openDirPath } from "../../ffi/files.ts";
-import { closeFd, cstr, libc } from "../../ffi/libc.ts";
+import { closeFd } from "../../ffi/libc.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 
@@ -66,22 +66,6 @@ export function indexDir(paths: { meta: string; dirFd?: number }): Disposable & 
   if (paths.dirFd !== undefined) return { fd: paths.dirFd, [Symbol.dispose]: () => {} };
   const fd = openDirPath(splitPath(paths.meta).dir);
   return { fd, [Symbol.dispose]: () => closeFd(fd) };
-}
-
-/** Removes the file `path` names in `dirFd` (a written index file a failure leaves). */
-export function removeIn(dirFd: number, path: string): void {
-  libc().unlinkat(dirFd, cstr(splitPath(path).base), 0);
-}
-
-/** Writes `bytes` as the file `path` in `dirFd`, named once complete. */
-export function writeFileIn(dirFd: number, path: string, bytes: Uint8Array): void {
-  const out = NewFileInDir.create(path, { tempName: hiddenTempName, dirFd });
-  try {
-    out.write(bytes);
-    out.commit();
-  } finally {
-    out.discard();
-  }
 }
 
 /**

@@ -3,7 +3,8 @@
  * NAME.index.json binding them to the layer), made in one pass over the compressed layer.
  * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
  */
-import { indexGzipLayer, type LayerIndex, writeFileIn } from "../gzip/index_layer.ts";
+import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
+import { writeFileIn } from "../sys/new_file_in_dir.ts";
 import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
   checkIndexRecord,
@@ -18,8 +19,8 @@ import {
   FileRefusedError,
   openDirTrusted,
   openRegularFileFd,
-  UntrustedSymlinkError,
   readRegularFile,
+  UntrustedSymlinkError,
 } from "../../ffi/files.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";

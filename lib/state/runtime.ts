@@ -9,7 +9,12 @@ import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
-import { openDirTrusted, pathOfDirFd, readRegularFileSync, readSmallFile } from "../../ffi/files.ts";
+import {
+  openDirTrusted,
+  pathOfDirFd,
+  readRegularFileSync,
+  readSmallFile,
+} from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";

@@ -204,6 +204,22 @@ export class NewFileInDir {
   }
 }
 
+/** Removes the file `path` names in `dirFd` (a written index file a failure leaves). */
+export function removeIn(dirFd: number, path: string): void {
+  libc().unlinkat(dirFd, cstr(splitPath(path).base), 0);
+}
+
+/** Writes `bytes` as the file `path` in `dirFd`, named once complete. */
+export function writeFileIn(dirFd: number, path: string, bytes: Uint8Array): void {
+  const out = NewFileInDir.create(path, { tempName: hiddenTempName, dirFd });
+  try {
+    out.write(bytes);
+    out.commit();
+  } finally {
+    out.discard();
+  }
+}
+
 /** An unnamed file (O_TMPFILE) in `dirFd`, or undefined where the file system has none. */
 function openUnnamed(dirFd: number, path: string): number | undefined {
   try {

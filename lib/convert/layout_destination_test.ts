@@ -1,0 +1,27 @@
+import assert from "node:assert/strict";
+import { LayoutDestination } from "./layout_destination.ts";
+import { digestOf } from "../oci/digest.ts";
+
+Deno.test("layout destination: an abandoned new layout is removed where it was made, not by path", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-layout-abandon-" });
+  try {
+    await Deno.mkdir(`${work}/a`);
+    const destination = new LayoutDestination({ layoutPath: `${work}/a/out`, tag: "v1" });
+    const bytes = new TextEncoder().encode("a blob");
+    const digest = digestOf(bytes);
+    await destination.putBlob({ digest, sizeBytes: bytes.length, mediaType: "x", bytes });
+    // The directory holding the layout is moved away and a symlink to another tree (root's,
+    // with an out/ of its own) takes its place before the failed run cleans up.
+    await Deno.rename(`${work}/a`, `${work}/a2`);
+    await Deno.mkdir(`${work}/roots/out/blobs/sha256`, { recursive: true });
+    await Deno.writeTextFile(`${work}/roots/out/keep`, "root's\n");
+    await Deno.writeTextFile(`${work}/roots/out/oci-layout`, "root's\n");
+    await Deno.symlink(`${work}/roots`, `${work}/a`);
+    destination.abandon();
+    assert.equal(await Deno.readTextFile(`${work}/roots/out/keep`), "root's\n");
+    assert.equal(await Deno.readTextFile(`${work}/roots/out/oci-layout`), "root's\n");
+    assert.deepEqual([...Deno.readDirSync(`${work}/a2`)], [], "the layout this run made is gone");
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
