@@ -1,4 +1,7 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
+import { splitPath } from "../sys/new_file_in_dir.ts";
+import { listDirectory, openDirTrusted } from "../../ffi/files.ts";
+import { closeFd, cstr, libc } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { LayerProgress, ProgressLine } from "./progress.ts";
@@ -98,16 +101,23 @@ Examples:
       throw outputFileError("index", tmpdir, error);
     }
     const dir = values.output ?? pushDir;
-    const before = dir && !createsOutput && !pushDir ? new Set(entryNames(dir)) : undefined;
+    // -o DIR, opened once: what an interrupt removes is looked for and removed there, not by
+    // path (a user owning a directory on the way could swap it meanwhile: a helper had an
+    // interrupted index delete the files of a directory of root's).
+    const output = values.output === undefined ? undefined : openOutputDir(values.output);
+    const before = output ? new Set(namesIn(output.fd)) : undefined;
     // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
     // signal, what this run added (files, temporary files, a directory it made) goes, then the
     // process.
     const stopWatching = onInterrupt(() => {
-      if (dir && before) {
-        for (const name of entryNames(dir)) {
-          if (!before.has(name)) removeQuietly(`${dir}/${name}`);
+      if (output && before) {
+        for (const name of namesIn(output.fd)) {
+          if (!before.has(name)) libc().unlinkat(output.fd, cstr(name), 0);
         }
-      } else if (dir && (createsOutput || pushDir)) removeQuietly(dir, true);
+        if (createsOutput && output.parent) {
+          libc().unlinkat(output.parent.fd, cstr(output.parent.name), AT_REMOVEDIR);
+        }
+      } else if (pushDir) removeTreeSync(pushDir);
       exitInterrupted("index interrupted: the files it had written were removed");
     });
     try {
@@ -118,27 +128,36 @@ Examples:
       throw error;
     } finally {
       stopWatching();
-      if (pushDir) removeQuietly(pushDir, true);
+      if (pushDir) removeTreeSync(pushDir);
+      if (output) {
+        closeFd(output.fd);
+        if (output.parent) closeFd(output.parent.fd);
+      }
     }
   },
 };
 
-function entryNames(dir: string): string[] {
+/** unlinkat(2)'s flag: remove a directory (empty). */
+const AT_REMOVEDIR = 0x200;
+
+/** -o DIR and its parent, opened as openDirTrusted does (refusals as one line). */
+function openOutputDir(dir: string): { fd: number; parent?: { fd: number; name: string } } {
   try {
-    return [...Deno.readDirSync(dir)].map((entry) => entry.name);
-  } catch {
-    return [];
+    const { dir: above, base } = splitPath(dir.replace(/\/+$/, "") || "/");
+    const fd = openDirTrusted(dir);
+    const parent = base ? { fd: openDirTrusted(above), name: base } : undefined;
+    return { fd, parent };
+  } catch (error) {
+    throw outputFileError("index", dir, error);
   }
 }
 
-function removeQuietly(path: string, recursive = false): void {
-  if (recursive) {
-    removeTreeSync(path);
-    return;
-  }
+function namesIn(dirFd: number): string[] {
   try {
-    Deno.removeSync(path);
-  } catch { /* gone already */ }
+    return listDirectory(`/proc/self/fd/${dirFd}`);
+  } catch {
+    return [];
+  }
 }
 
 /** True when `dir` is a directory, false when it is absent; a usage error for anything else. */
