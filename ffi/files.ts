@@ -254,6 +254,24 @@ export class UntrustedSymlinkError extends UserError {}
  * there whatever is renamed later. A relative `path` starts at the directory `from`.
  */
 export function openDirTrusted(path: string, from = AT_FDCWD): number {
+  return walkTrusted(path, from, false);
+}
+
+/**
+ * The symlink-free path of the file or directory `path`, resolved as openDirTrusted does (a
+ * symlink followed only when root or the caller owns it): for an input root reads and serves
+ * (a local image), where a user's symlink to a file of root's would publish it.
+ */
+export function realPathTrusted(path: string): string {
+  const fd = walkTrusted(path, AT_FDCWD, true);
+  try {
+    return pathOfDirFd(fd);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+function walkTrusted(path: string, from: number, fileAtEnd: boolean): number {
   const pending = path.split("/").filter((part) => part !== "" && part !== ".");
   const rootFlags = O_PATH | O_DIRECTORY | O_CLOEXEC;
   // A descriptor of our own to start from (`from` stays the caller's).
@@ -300,7 +318,7 @@ export function openDirTrusted(path: string, from = AT_FDCWD): number {
         }
         continue;
       }
-      if (kind.type !== S_IFDIR) {
+      if (kind.type !== S_IFDIR && !(fileAtEnd && pending.length === 0)) {
         closeFd(next);
         throw new SysError("open", Errno.ENOTDIR, path);
       }
@@ -314,7 +332,7 @@ export function openDirTrusted(path: string, from = AT_FDCWD): number {
   }
 }
 
-/** The path the kernel has for the open directory `fd` (symlink-free, as of now). */
+/** The path the kernel has for the open file or directory `fd` (symlink-free, as of now). */
 export function pathOfDirFd(fd: number): string {
   const buffer = new Uint8Array(4097);
   const link = cstr(`/proc/self/fd/${fd}`);

@@ -221,7 +221,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "mount onto, or --upper/--work under, what another user can redirect: refused, " +
+  name: "mount onto, from, or --upper/--work under, what another user can redirect: refused, " +
     "nothing mounted where it led",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
@@ -240,6 +240,15 @@ Deno.test({
       );
       assertCliError(onLink, 1, /home\/mnt is a symlink of uid 65534 .*not followed/);
       assert.deepEqual(readMountInfo().filter((m) => m.mountPoint === `${work}/roots`), []);
+
+      // An image path through a user's symlink (to a file of root's they cannot read).
+      await Deno.symlink(`${FIXTURES}/basic.erofs`, `${work}/home/img.erofs`);
+      assert((await sh("chown", "-h", "65534:65534", `${work}/home/img.erofs`)).success);
+      const viaLink = await runCli(
+        ["mount", `${work}/home/img.erofs`, sandbox.target, "--backend", "fuse"],
+        { env: sandbox.env },
+      );
+      assertCliError(viaLink, 1, /home\/img\.erofs is a symlink of uid 65534 .*not followed/);
 
       // --work in a directory the user owns (they could rename it and put a symlink to one of
       // root's there before mount(2) looks the path up).

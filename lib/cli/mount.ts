@@ -56,6 +56,7 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
+import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
 import { LayerProgress } from "./progress.ts";
 import { catchInterrupts, onInterrupt, takeInterruptsAhead } from "./interrupt.ts";
 import { abortable } from "../source/abortable.ts";
@@ -302,8 +303,9 @@ function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSou
   }
   const absolute = (path: string, what: string) => {
     try {
-      return Deno.realPathSync(path);
+      return realPathTrusted(path); // another user's symlink would pick a file of root's
     } catch (error) {
+      if (error instanceof UntrustedSymlinkError) throw error;
       throw new UsageError(`mount: cannot open ${what} ${path}: ${(error as Error).message}`);
     }
   };

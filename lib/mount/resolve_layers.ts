@@ -6,6 +6,7 @@
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END, hasErofsMagic } from "../erofs/superblock.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
+import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
@@ -43,8 +44,10 @@ export async function resolveLocalImage(
 ): Promise<ResolvedLayers> {
   let real: string;
   try {
-    real = Deno.realPathSync(path);
+    // Not realpath: root would serve whatever another user's symlink led to (a 0600 image).
+    real = realPathTrusted(path);
   } catch (error) {
+    if (error instanceof UntrustedSymlinkError) throw error;
     throw new UserError(`cannot open image file ${path}: ${(error as Error).message}`);
   }
   const file = LayoutFile.open(real, "image file", "as an image");
