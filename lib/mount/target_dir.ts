@@ -17,6 +17,7 @@ import {
   UntrustedSymlinkError,
 } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
+import { changeableBy } from "../sys/trusted_path.ts";
 
 /**
  * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs
@@ -98,23 +99,15 @@ function unswappablePath(option: "--upper" | "--work", dir: string): string {
   } finally {
     closeFd(fd);
   }
-  let below: { uid: number } = statPath(path);
-  for (let parent = path; parent !== "/";) {
-    parent = parent.slice(0, parent.lastIndexOf("/")) || "/";
-    const { uid, mode } = statPath(parent);
-    const othersWrite = (mode & 0o022) !== 0;
-    const sticky = (mode & 0o1000) !== 0;
-    if (uid !== 0 || (othersWrite && !(sticky && below.uid === 0))) {
-      throw new MountError(
-        `${option} ${dir}: ${parent} can be changed by ${
-          uid !== 0 ? `uid ${uid}` : "other users"
-        }, who could make ${path} lead elsewhere while it is mounted`,
-        `use a directory whose parents only root can change, e.g. mkdir -m 0700 /var/lib/${
-          option === "--upper" ? "upper" : "work"
-        }`,
-      );
-    }
-    below = { uid };
+  const changeable = changeableBy(path);
+  if (changeable) {
+    throw new MountError(
+      `${option} ${dir}: ${changeable.dir} can be changed by ${changeable.by}, who could make ` +
+        `${path} lead elsewhere while it is mounted`,
+      `use a directory whose parents only root can change, e.g. mkdir -m 0700 /var/lib/${
+        option === "--upper" ? "upper" : "work"
+      }`,
+    );
   }
   return path;
 }

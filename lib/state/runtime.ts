@@ -9,6 +9,7 @@ import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
+import { changeableBy } from "../sys/trusted_path.ts";
 import {
   openDirTrusted,
   pathOfDirFd,
@@ -338,10 +339,39 @@ export function lockChangesOf(key: string, onWait: () => void = () => {}): Promi
   return lockSaying(openChangesLock(key), onWait);
 }
 
+let runtimeRootTrusted = false;
+
+/**
+ * Refuses (as root) a runtime dir another user can change: root reads its mount records and
+ * acts on them (`umount --all` unmounts what they name), and a user who made
+ * EROFS_OCI_RUNTIME_DIR first (under /tmp) planted one that had root unmount a file system of
+ * its choice (a helper's repro). Not there yet is fine: it is made root's, 0700.
+ */
+function checkRuntimeRoot(): void {
+  if (runtimeRootTrusted || Deno.uid() !== 0) return;
+  let changeable;
+  try {
+    changeable = changeableBy(resolved(RUNTIME_ROOT), true);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ENOENT) return;
+    throw error;
+  }
+  if (changeable) {
+    throw new MountError(
+      `runtime directory ${RUNTIME_ROOT} is not root's alone: ${changeable.dir} can be changed ` +
+        `by ${changeable.by}, so its mount records are not trusted`,
+      "set EROFS_OCI_RUNTIME_DIR to a directory only root can change (default /run/erofs-oci)",
+    );
+  }
+  runtimeRootTrusted = true;
+}
+
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
 export function createMountDir(): string {
+  checkRuntimeRoot();
   Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
   Deno.chmodSync(RUNTIME_ROOT, 0o700);
+  checkRuntimeRoot();
   const id = crypto.randomUUID().slice(0, 8);
   Deno.mkdirSync(mountDir(id), { mode: 0o700 });
   return id;
@@ -430,6 +460,7 @@ export function writeState(state: MountState): void {
 }
 
 export function readStates(): MountState[] {
+  checkRuntimeRoot();
   const states: MountState[] = [];
   let entries: Deno.DirEntry[];
   try {
