@@ -1,5 +1,5 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
-import { splitPath } from "../sys/new_file_in_dir.ts";
+import { splitPath } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory, openDirTrusted } from "../../ffi/files.ts";
 import { closeFd, cstr, libc } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";

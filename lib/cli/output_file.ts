@@ -6,7 +6,7 @@
  * error.
  */
 import { UsageError, UserError } from "../errors.ts";
-import { hiddenTempName, NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
+import { hiddenTempName, NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
@@ -89,7 +89,7 @@ export function dirOf(path: string): string {
 /**
  * Writes `bytes` as the file `path` (checked with checkOutputFile first): a new file in its
  * directory, named `path` once complete through one descriptor of that directory
- * (lib/sys/new_file_in_dir.ts), so a symlink or device planted at the path, or a directory
+ * (ffi/new_file_in_dir.ts), so a symlink or device planted at the path, or a directory
  * swapped meanwhile, is never written through, and a failure leaves what was there.
  */
 export function writeOutputFile(command: string, path: string, bytes: Uint8Array): void {

@@ -5,7 +5,7 @@
  * renamed, and index.json is rewritten last, so readers see the old image or the new one.
  */
 import { OciError, UserError } from "../errors.ts";
-import { hiddenTempName, NewFileInDir, splitPath, writeFileIn } from "../sys/new_file_in_dir.ts";
+import { hiddenTempName, NewFileInDir, splitPath, writeFileIn } from "../../ffi/new_file_in_dir.ts";
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
 import { closeFd, cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";

@@ -12,7 +12,7 @@ import { buildImage } from "../erofs/writer/build_image.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
-import { removeIn, splitPath, writeFileIn } from "../sys/new_file_in_dir.ts";
+import { removeIn, splitPath, writeFileIn } from "../../ffi/new_file_in_dir.ts";
 import { openDirPath } from "../../ffi/files.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
@@ -56,7 +56,7 @@ export interface IndexPaths {
   pieces: string;
   /**
    * Their directory, already open: every file is made, named and removed through it
-   * (lib/sys/new_file_in_dir.ts). Without it, it is opened here for the call.
+   * (ffi/new_file_in_dir.ts). Without it, it is opened here for the call.
    */
   dirFd?: number;
 }

@@ -8,7 +8,7 @@ import { FormatError } from "../errors.ts";
 import { scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { indexDir, type IndexLayerOptions, type LayerIndex } from "./index_layer.ts";
-import { removeIn, writeFileIn } from "../sys/new_file_in_dir.ts";
+import { removeIn, writeFileIn } from "../../ffi/new_file_in_dir.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 import { PieceHasher } from "../source/piece_hasher.ts";
 

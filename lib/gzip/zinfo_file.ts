@@ -4,7 +4,7 @@
  * offset 0, once the count is known; until then the file is not a valid zinfo.
  */
 import { encodeCheckpoint, ZINFO_HEADER_BYTES, type ZinfoCheckpoint } from "./zinfo.ts";
-import { hiddenTempName, NewFileInDir } from "../sys/new_file_in_dir.ts";
+import { hiddenTempName, NewFileInDir } from "../../ffi/new_file_in_dir.ts";
 
 export class ZinfoFileWriter {
   #count = 0;

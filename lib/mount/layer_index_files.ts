@@ -4,7 +4,7 @@
  * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
  */
 import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
-import { writeFileIn } from "../sys/new_file_in_dir.ts";
+import { writeFileIn } from "../../ffi/new_file_in_dir.ts";
 import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
   checkIndexRecord,

@@ -17,7 +17,7 @@ import {
   UntrustedSymlinkError,
 } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
-import { changeableBy } from "../sys/trusted_path.ts";
+import { changeableBy } from "../../ffi/trusted_path.ts";
 
 /**
  * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs

@@ -10,7 +10,7 @@ import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
 import { validateDigest } from "./reference.ts";
-import { NewFileInDir, splitPath } from "../sys/new_file_in_dir.ts";
+import { NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
 import { cstr, libc } from "../../ffi/libc.ts";
 import { backoff, describeFailure, isNetworkError, policyAfterAttempt } from "./retry.ts";
 
@@ -29,7 +29,7 @@ export interface DownloadOptions {
  * allows, else `path.RANDOM.partial`; never opened through what is there: two pulls to one path,
  * or a symlink planted at the name, cannot mix or redirect the bytes) and gets the name `path`
  * only when the digest (and expected size) match, through one descriptor of the directory
- * (lib/sys/new_file_in_dir.ts); on any failure it is removed, so a wrong file never stays.
+ * (ffi/new_file_in_dir.ts); on any failure it is removed, so a wrong file never stays.
  */
 export async function downloadBlob(
   client: RegistryClient,

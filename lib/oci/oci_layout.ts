@@ -7,7 +7,7 @@ import { OciError } from "../errors.ts";
 import { digestOf } from "./digest.ts";
 import { LayoutFile } from "./layout_file.ts";
 import { type DownloadOptions, partialNameFor, removeAbandonedPartials } from "./download.ts";
-import { NewFileInDir } from "../sys/new_file_in_dir.ts";
+import { NewFileInDir } from "../../ffi/new_file_in_dir.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,

@@ -9,7 +9,7 @@ import { MountError } from "../errors.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
-import { changeableBy } from "../sys/trusted_path.ts";
+import { changeableBy } from "../../ffi/trusted_path.ts";
 import {
   openDirTrusted,
   pathOfDirFd,

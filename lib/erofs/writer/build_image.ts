@@ -7,7 +7,7 @@ import { layoutImage, type LayoutOptions } from "./layout.ts";
 import { writeImage, type WriteResult } from "./write.ts";
 import { randomUuid } from "./format.ts";
 import type { BuildNode } from "./tree.ts";
-import { hiddenTempName, NewFileInDir } from "../../sys/new_file_in_dir.ts";
+import { hiddenTempName, NewFileInDir } from "../../../ffi/new_file_in_dir.ts";
 
 export interface BuildImageOptions {
   /** Superblock build time; compact inodes are used for entries with exactly this mtime. */
@@ -20,7 +20,7 @@ export interface BuildImageOptions {
   /** Write a tar-index image (metadata only) for a tar of this many 512-byte blocks. */
   tarIndex?: { tarBlocks: number };
   onProgress?: (doneBytes: number, totalBytes: number) => void;
-  /** `outPath`'s directory, already open (lib/sys/new_file_in_dir.ts); the caller closes it. */
+  /** `outPath`'s directory, already open (ffi/new_file_in_dir.ts); the caller closes it. */
   dirFd?: number;
 }
 

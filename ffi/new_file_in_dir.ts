@@ -17,10 +17,10 @@ import {
   strerror,
   SysError,
   unwrap,
-} from "../../ffi/libc.ts";
-import { openDirTrusted } from "../../ffi/files.ts";
-import { writeAll } from "../../ffi/io.ts";
-import { UserError } from "../errors.ts";
+} from "./libc.ts";
+import { openDirTrusted } from "./files.ts";
+import { writeAll } from "./io.ts";
+import { UserError } from "../lib/errors.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;
 /** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
