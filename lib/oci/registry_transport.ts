@@ -33,6 +33,8 @@ export interface TransportSettings {
   userAgent: string;
   /** Fall back to plain HTTP when HTTPS cannot connect, before any connection succeeded. */
   insecure: boolean;
+  /** Time a token server gets for its reply, redirects and body included (one operation's). */
+  tokenDeadlineMs: number;
 }
 
 export class RegistryTransport {
@@ -43,6 +45,7 @@ export class RegistryTransport {
   readonly #apiPath: string;
   readonly #httpClient: Deno.HttpClient | undefined;
   readonly #extraHeaders: Record<string, string>;
+  readonly #tokenDeadlineMs: number;
   #connectedOnce = false;
 
   constructor(settings: TransportSettings) {
@@ -53,6 +56,7 @@ export class RegistryTransport {
     this.#extraHeaders = settings.extraHeaders;
     this.#userAgent = settings.userAgent;
     this.#insecure = settings.insecure;
+    this.#tokenDeadlineMs = settings.tokenDeadlineMs;
   }
 
   /** `http://host` or `https://host`, as currently used. */
@@ -158,12 +162,16 @@ export class RegistryTransport {
     const authOrigin = url.origin;
     let target = url;
     headers.set("user-agent", this.#userAgent);
+    // A deadline of its own, the body's too: a token server dripping its reply (a MiB allowed)
+    // passes the stall rule, and the request waiting on it is paused meanwhile.
+    const endByMs = Date.now() + this.#tokenDeadlineMs;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       checkTokenRealm(target, this.host, this.plainHttp);
       if (target.origin !== authOrigin) headers.delete("authorization");
       let response: Response;
       // A token server that says nothing is given up after the stall time, as a registry is.
       const watch = new StallWatch(signal);
+      watch.endBy(endByMs);
       watch.progressed();
       try {
         response = await fetch(target, {
@@ -176,7 +184,10 @@ export class RegistryTransport {
         watch.done();
         if (watch.stalled && !signal?.aborted) {
           throw new OciError(
-            `token server ${target.host} sent no reply for ${stallMs() / 1000} s`,
+            `token server ${target.host} sent no reply ` +
+              (watch.overDeadline
+                ? `in time: gave up after ${Math.round(this.#tokenDeadlineMs / 1000)} s`
+                : `for ${stallMs() / 1000} s`),
             undefined,
             { cause: error },
           );
@@ -192,7 +203,10 @@ export class RegistryTransport {
       watch.pause();
       const location = response.headers.get("location");
       if (response.status < 300 || response.status > 399 || !location) {
-        return watchedBody(response, watch, target.host);
+        return watchedBody(response, watch, target.host, {
+          who: `token server ${target.host}`,
+          what: "its reply",
+        });
       }
       watch.done();
       await response.body?.cancel();

@@ -29,7 +29,13 @@ export type Fault =
    * Forward, but flip one byte of the body: byte 100, or the byte at `blobOffset` of the
    * blob when the reply (its Content-Range) covers it.
    */
-  | { kind: "corrupt"; blobOffset?: number };
+  | { kind: "corrupt"; blobOffset?: number }
+  /**
+   * Forward, but send the body slowly: `bytes` every `everyMs` (a peer that passes the stall
+   * rule yet takes far longer than a deadline), after padding it with spaces to `padTo` bytes
+   * (JSON stays valid: a manifest fetched by tag is still accepted).
+   */
+  | { kind: "drip"; bytes: number; everyMs: number; padTo?: number };
 
 export interface FaultRule {
   /** Label used in records. */
@@ -218,6 +224,27 @@ export function startFaultProxy(
           // A short pause by default lets the partial body reach the client before the abort.
           await sleep(fault.stallMs ?? 50, aborts.signal).catch(() => {});
           controller.error(new InjectedReset());
+        },
+      });
+      return new Response(stream, { status: upstream.status, headers: responseHeaders });
+    }
+    if (fault?.kind === "drip") {
+      const padded = new Uint8Array(Math.max(body.length, fault.padTo ?? 0)).fill(0x20);
+      padded.set(body);
+      responseHeaders.set("content-length", String(padded.length));
+      let at = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          if (at > 0) {
+            try {
+              await sleep(fault.everyMs, aborts.signal);
+            } catch (error) {
+              return controller.error(error);
+            }
+          }
+          controller.enqueue(padded.slice(at, at + fault.bytes));
+          at += fault.bytes;
+          if (at >= padded.length) controller.close();
         },
       });
       return new Response(stream, { status: upstream.status, headers: responseHeaders });
