@@ -311,7 +311,7 @@ export class RegistryClient {
 
   /** True when `url` is on this registry or one of its mirrors (not a redirect target). */
   isRegistryUrl(url: string): boolean {
-    return url.startsWith(this.#transport.origin + "/") ||
+    return this.#transport.isHome(url) ||
       this.#mirrors.some((m) => m.client.isRegistryUrl(url));
   }
 

@@ -16,6 +16,20 @@ import type { RegistryRequest } from "./client.ts";
 
 const MAX_REDIRECTS = 10;
 
+/** `origin` as URL.origin spells it (lower-case host, no default port). */
+function normalOrigin(origin: string): string {
+  return new URL(origin).origin;
+}
+
+/** True when `url` parses and has the origin `origin` (normalOrigin's spelling). */
+function sameOrigin(url: string, origin: string): boolean {
+  try {
+    return new URL(url).origin === origin;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether this process has sent a request yet (its start-up timeline marks the first). */
 let sentOne = false;
 
@@ -23,7 +37,7 @@ let sentOne = false;
 export interface TransportSettings {
   /** Host serving the API. */
   host: string;
-  /** `http://host` or `https://host`. */
+  /** `http://host` or `https://host` (normalised here: lower-case host, no default port). */
   origin: string;
   /** Path that replaces `/v2` in API paths (`override_path` mirrors live below a prefix). */
   apiPath: string;
@@ -50,7 +64,7 @@ export class RegistryTransport {
 
   constructor(settings: TransportSettings) {
     this.host = settings.host;
-    this.#origin = settings.origin;
+    this.#origin = normalOrigin(settings.origin);
     this.#apiPath = settings.apiPath;
     this.#httpClient = settings.httpClient;
     this.#extraHeaders = settings.extraHeaders;
@@ -59,9 +73,17 @@ export class RegistryTransport {
     this.#tokenDeadlineMs = settings.tokenDeadlineMs;
   }
 
-  /** `http://host` or `https://host`, as currently used. */
+  /** `http://host` or `https://host`, as currently used (as URL.origin spells it). */
   get origin(): string {
     return this.#origin;
+  }
+
+  /**
+   * True when `url` is on this host: origins compared parsed, as URL.href spells a redirect's
+   * target (`LOCALHOST:5000` as `localhost:5000`: a same-origin 307 lost its Authorization).
+   */
+  isHome(url: string): boolean {
+    return sameOrigin(url, this.#origin);
   }
 
   /** True when the host is spoken to over plain HTTP. */
@@ -96,7 +118,7 @@ export class RegistryTransport {
     let method: string = req.method;
     let body = req.body;
     for (let hop = 0;; hop++) {
-      const home = url.startsWith(this.#origin + "/");
+      const home = this.isHome(url);
       const headers: Record<string, string> = {
         "user-agent": this.#userAgent,
         ...(home ? this.#extraHeaders : {}),
@@ -153,7 +175,7 @@ export class RegistryTransport {
     if (!this.#insecure || this.#connectedOnce || !this.#origin.startsWith("https:")) return false;
     if (!isNetworkError(error)) return false;
     debug(`HTTPS to ${this.host} failed (${describeFailure(error)}); --insecure: trying HTTP`);
-    this.#origin = `http://${this.host}`;
+    this.#origin = normalOrigin(`http://${this.host}`);
     return true;
   }
 

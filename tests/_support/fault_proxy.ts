@@ -21,6 +21,8 @@ export type Fault =
   | { kind: "ignore-range" }
   /** 307 to a second loopback server (another host) that serves the same bytes. */
   | { kind: "redirect" }
+  /** 307 to the same path with `r=1` added to its query: a redirect that stays on this host. */
+  | { kind: "redirect-here" }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
   /** Forward with this Accept header (a registry that answers whatever the tag holds). */
@@ -160,6 +162,11 @@ export function startFaultProxy(
           headers: fault.retryAfter === undefined ? {} : { "retry-after": fault.retryAfter },
         },
       );
+    }
+    if (fault?.kind === "redirect-here") {
+      await request.body?.cancel();
+      const location = info.path + (info.path.includes("?") ? "&" : "?") + "r=1";
+      return new Response(null, { status: 307, headers: { location } });
     }
     if (fault?.kind === "delay") await sleep(fault.ms, aborts.signal);
     const headers = new Headers(request.headers);
