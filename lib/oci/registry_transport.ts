@@ -16,6 +16,12 @@ import type { RegistryRequest } from "./client.ts";
 
 const MAX_REDIRECTS = 10;
 
+/** A header value from a peer, for a message: one line, escapes visible, at most 100 chars. */
+export function quoted(value: string): string {
+  const text = JSON.stringify(value.slice(0, 100));
+  return value.length > 100 ? `${text.slice(0, -1)}…"` : text;
+}
+
 /** `origin` as URL.origin spells it (lower-case host, no default port). */
 function normalOrigin(origin: string): string {
   return new URL(origin).origin;
@@ -115,6 +121,7 @@ export class RegistryTransport {
       : req.path.startsWith("/")
       ? this.#origin + req.path
       : req.path;
+    if (!req.path.startsWith("/")) url = this.#checkedUrl(req.path, undefined, "URL");
     let method: string = req.method;
     let body = req.body;
     for (let hop = 0;; hop++) {
@@ -156,11 +163,7 @@ export class RegistryTransport {
       if (hop >= MAX_REDIRECTS) {
         throw new OciError(`too many redirects for ${req.method} ${req.path} on ${this.host}`);
       }
-      const next = new URL(location, url);
-      if (next.protocol !== "https:" && next.protocol !== "http:") {
-        throw new OciError(`registry ${this.host} redirected to unsupported URL scheme`);
-      }
-      url = next.href;
+      url = this.#checkedUrl(location, url, "Location");
       if (
         response.status === 303 || ((response.status === 301 || response.status === 302) &&
           method === "POST")
@@ -169,6 +172,29 @@ export class RegistryTransport {
         body = undefined;
       }
     }
+  }
+
+  /**
+   * `location` (relative to `base`) as an absolute http(s) URL, or an OciError naming it: a
+   * malformed one (`http://[::1`) failed in `new URL` with a TypeError, taken for a network
+   * error and retried for seconds as "cannot reach registry"; another scheme (file:, data:)
+   * would have fetch read this machine's files.
+   */
+  #checkedUrl(location: string, base: string | undefined, what: string): string {
+    let url: URL;
+    try {
+      url = new URL(location, base);
+    } catch {
+      throw new OciError(`registry ${this.host} sent an invalid ${what}: ${quoted(location)}`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw new OciError(
+        `registry ${this.host} sent a ${what} with the unsupported scheme ${
+          quoted(url.protocol)
+        }: only http(s) is followed`,
+      );
+    }
+    return url.href;
   }
 
   #fallBackToPlainHttp(error: unknown): boolean {
@@ -232,7 +258,13 @@ export class RegistryTransport {
       }
       watch.done();
       await response.body?.cancel();
-      target = new URL(location, target);
+      try {
+        target = new URL(location, target);
+      } catch {
+        throw new OciError(
+          `token server ${target.host} sent an invalid Location: ${quoted(location)}`,
+        );
+      }
     }
     throw new OciError(`too many redirects from token server ${url.host}`);
   }

@@ -23,6 +23,8 @@ export type Fault =
   | { kind: "redirect" }
   /** 307 to the same path with `r=1` added to its query: a redirect that stays on this host. */
   | { kind: "redirect-here" }
+  /** Answer `status` with this Location header as it is (malformed, file:, …), no registry. */
+  | { kind: "location"; status: number; location: string }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
   /** Forward with this Accept header (a registry that answers whatever the tag holds). */
@@ -162,6 +164,10 @@ export function startFaultProxy(
           headers: fault.retryAfter === undefined ? {} : { "retry-after": fault.retryAfter },
         },
       );
+    }
+    if (fault?.kind === "location") {
+      await request.body?.cancel();
+      return new Response(null, { status: fault.status, headers: { location: fault.location } });
     }
     if (fault?.kind === "redirect-here") {
       await request.body?.cancel();
