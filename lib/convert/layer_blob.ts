@@ -165,6 +165,7 @@ async function* registryChunks(
       headers: start > 0 ? { range: `bytes=${start}-` } : {},
       policy,
       route: "pull",
+      streamedBody: true, // resumed after a break, a fresh deadline per MiB
     });
     let skip = 0;
     if (response.status === 206) {

@@ -1,6 +1,7 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
 import type { RegistryClient } from "./client.ts";
+import { quoted } from "./registry_transport.ts";
 import { pushScope } from "./scope.ts";
 
 /** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
@@ -67,7 +68,23 @@ async function uploadLocation(
   await response.body?.cancel();
   const location = response.headers.get("location");
   if (!location) throw new OciError(`registry ${client.host} sent no upload location ${action}`);
-  return new URL(location, client.origin + "/").href;
+  // Where the blob's bytes go next: a registry cannot point them at a file: or data: URL.
+  let url: URL;
+  try {
+    url = new URL(location, client.origin + "/");
+  } catch {
+    throw new OciError(
+      `registry ${client.host} sent an invalid upload location ${action}: ${quoted(location)}`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new OciError(
+      `registry ${client.host} sent an upload location that is not http(s) ${action}: ${
+        quoted(url.protocol)
+      }`,
+    );
+  }
+  return url.href;
 }
 
 async function readChunk(

@@ -89,6 +89,13 @@ export interface RegistryRequest {
    * pace after a 429, backoff, authorization), running from each send.
    */
   stall?: { pause(): void; progressed(): void };
+  /**
+   * The reply's body is a blob the caller streams for as long as it keeps coming (downloads,
+   * converted layers: they resume after a break, with a fresh deadline per MiB brought): the
+   * operation's deadline bounds the wait for the headers only. Otherwise (manifests, tokens,
+   * chunk tables, configs: replies read whole) it bounds the body too, renewed per MiB.
+   */
+  streamedBody?: boolean;
 }
 
 /** Default time budget of one operation. */
@@ -155,6 +162,7 @@ export class RegistryClient {
       extraHeaders = config?.serverSettings?.headers ?? {};
       this.#capabilities = config?.serverSettings?.capabilities;
     }
+    const deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.#transport = new RegistryTransport({
       host: this.host,
       origin,
@@ -163,8 +171,9 @@ export class RegistryClient {
       extraHeaders,
       userAgent: options.userAgent ?? `erofs-oci/${VERSION}`,
       insecure: (options.insecure ?? false) && !endpoint,
+      tokenDeadlineMs: deadlineMs,
     });
-    this.#deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.#deadlineMs = deadlineMs;
     this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
     this.#auth = new RegistryAuth(
       registry,
@@ -302,7 +311,7 @@ export class RegistryClient {
 
   /** True when `url` is on this registry or one of its mirrors (not a redirect target). */
   isRegistryUrl(url: string): boolean {
-    return url.startsWith(this.#transport.origin + "/") ||
+    return this.#transport.isHome(url) ||
       this.#mirrors.some((m) => m.client.isRegistryUrl(url));
   }
 
@@ -337,6 +346,8 @@ export class RegistryClient {
       const watch = outer.stall || outer.body !== undefined
         ? undefined
         : new StallWatch(outer.signal);
+      // And the operation's deadline: a registry dripping a reply passes the stall rule.
+      watch?.endBy(policy.deadlineAtMs, this.#deadlineMs);
       const req = watch ? { ...outer, signal: watch.signal, stall: watch } : outer;
       req.stall?.pause();
       let response: Response;
@@ -345,6 +356,14 @@ export class RegistryClient {
         response = await this.#authorized(req);
       } catch (error) {
         watch?.done();
+        if (watch?.overDeadline && !outer.signal?.aborted) {
+          throw new OciError(
+            `registry ${this.host} sent no reply to ${req.method} ${req.path} in time: gave up ` +
+              `after ${watch.elapsedS} s`,
+            undefined,
+            { cause: error },
+          );
+        }
         if (watch?.stalled && !outer.signal?.aborted) {
           debug(
             `${req.method} ${req.path}: no reply for ${stallMs() / 1000} s (attempt ${attempt})`,
@@ -390,7 +409,7 @@ export class RegistryClient {
           watch?.done();
           continue;
         }
-        return watch ? watchedBody(response, watch, this.host) : response;
+        return watch ? this.#watchedBody(response, watch, outer) : response;
       }
       noteAnswered(this.host);
       if (isTransientStatus(response.status)) {
@@ -401,8 +420,17 @@ export class RegistryClient {
           continue;
         }
       }
-      return watch ? watchedBody(response, watch, this.host) : response;
+      return watch ? this.#watchedBody(response, watch, outer) : response;
     }
+  }
+
+  /** The reply's body under the request's watch; a streamed blob's free of the deadline. */
+  #watchedBody(response: Response, watch: StallWatch, req: RegistryRequest): Response {
+    if (req.streamedBody) watch.endBy(Infinity);
+    return watchedBody(response, watch, this.host, {
+      who: `registry ${this.host}`,
+      what: `its reply to ${req.method} ${req.path}`,
+    });
   }
 
   async #authorized(req: RegistryRequest): Promise<Response> {

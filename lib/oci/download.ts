@@ -74,6 +74,7 @@ async function streamVerified(
       signal: options.signal,
       policy,
       route: "pull",
+      streamedBody: true, // resumed after a break, a fresh deadline per MiB
     });
     let skip = 0;
     let announced: number | undefined;

@@ -206,10 +206,14 @@ export function registryApiHost(registry: string): string {
   return registry === DOCKER_HUB || registry === "index.docker.io" ? DOCKER_HUB_API_HOST : registry;
 }
 
-/** True for `localhost`, `127.x.x.x` and `[::1]` (with or without port): plain HTTP by default. */
+/**
+ * True for `localhost`, `127.x.x.x` and `[::1]` (with or without port, any letter case: host
+ * names are case-insensitive, `LOCALHOST:5000` went to HTTPS): plain HTTP by default.
+ */
 export function isLoopbackRegistry(registry: string): boolean {
-  const host = registry.startsWith("[")
-    ? registry.slice(0, registry.indexOf("]") + 1)
-    : registry.replace(/:[0-9]*$/, "");
+  const lower = registry.toLowerCase();
+  const host = lower.startsWith("[")
+    ? lower.slice(0, lower.indexOf("]") + 1)
+    : lower.replace(/:[0-9]*$/, "");
   return host === "localhost" || host === "[::1]" || /^127\.[0-9]+\.[0-9]+\.[0-9]+$/.test(host);
 }

@@ -16,6 +16,26 @@ import type { RegistryRequest } from "./client.ts";
 
 const MAX_REDIRECTS = 10;
 
+/** A header value from a peer, for a message: one line, escapes visible, at most 100 chars. */
+export function quoted(value: string): string {
+  const text = JSON.stringify(value.slice(0, 100));
+  return value.length > 100 ? `${text.slice(0, -1)}…"` : text;
+}
+
+/** `origin` as URL.origin spells it (lower-case host, no default port). */
+function normalOrigin(origin: string): string {
+  return new URL(origin).origin;
+}
+
+/** True when `url` parses and has the origin `origin` (normalOrigin's spelling). */
+function sameOrigin(url: string, origin: string): boolean {
+  try {
+    return new URL(url).origin === origin;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether this process has sent a request yet (its start-up timeline marks the first). */
 let sentOne = false;
 
@@ -23,7 +43,7 @@ let sentOne = false;
 export interface TransportSettings {
   /** Host serving the API. */
   host: string;
-  /** `http://host` or `https://host`. */
+  /** `http://host` or `https://host` (normalised here: lower-case host, no default port). */
   origin: string;
   /** Path that replaces `/v2` in API paths (`override_path` mirrors live below a prefix). */
   apiPath: string;
@@ -33,6 +53,8 @@ export interface TransportSettings {
   userAgent: string;
   /** Fall back to plain HTTP when HTTPS cannot connect, before any connection succeeded. */
   insecure: boolean;
+  /** Time a token server gets for its reply, redirects and body included (one operation's). */
+  tokenDeadlineMs: number;
 }
 
 export class RegistryTransport {
@@ -43,21 +65,31 @@ export class RegistryTransport {
   readonly #apiPath: string;
   readonly #httpClient: Deno.HttpClient | undefined;
   readonly #extraHeaders: Record<string, string>;
+  readonly #tokenDeadlineMs: number;
   #connectedOnce = false;
 
   constructor(settings: TransportSettings) {
     this.host = settings.host;
-    this.#origin = settings.origin;
+    this.#origin = normalOrigin(settings.origin);
     this.#apiPath = settings.apiPath;
     this.#httpClient = settings.httpClient;
     this.#extraHeaders = settings.extraHeaders;
     this.#userAgent = settings.userAgent;
     this.#insecure = settings.insecure;
+    this.#tokenDeadlineMs = settings.tokenDeadlineMs;
   }
 
-  /** `http://host` or `https://host`, as currently used. */
+  /** `http://host` or `https://host`, as currently used (as URL.origin spells it). */
   get origin(): string {
     return this.#origin;
+  }
+
+  /**
+   * True when `url` is on this host: origins compared parsed, as URL.href spells a redirect's
+   * target (`LOCALHOST:5000` as `localhost:5000`: a same-origin 307 lost its Authorization).
+   */
+  isHome(url: string): boolean {
+    return sameOrigin(url, this.#origin);
   }
 
   /** True when the host is spoken to over plain HTTP. */
@@ -89,10 +121,11 @@ export class RegistryTransport {
       : req.path.startsWith("/")
       ? this.#origin + req.path
       : req.path;
+    if (!req.path.startsWith("/")) url = this.#checkedUrl(req.path, undefined, "URL");
     let method: string = req.method;
     let body = req.body;
     for (let hop = 0;; hop++) {
-      const home = url.startsWith(this.#origin + "/");
+      const home = this.isHome(url);
       const headers: Record<string, string> = {
         "user-agent": this.#userAgent,
         ...(home ? this.#extraHeaders : {}),
@@ -130,11 +163,7 @@ export class RegistryTransport {
       if (hop >= MAX_REDIRECTS) {
         throw new OciError(`too many redirects for ${req.method} ${req.path} on ${this.host}`);
       }
-      const next = new URL(location, url);
-      if (next.protocol !== "https:" && next.protocol !== "http:") {
-        throw new OciError(`registry ${this.host} redirected to unsupported URL scheme`);
-      }
-      url = next.href;
+      url = this.#checkedUrl(location, url, "Location");
       if (
         response.status === 303 || ((response.status === 301 || response.status === 302) &&
           method === "POST")
@@ -145,11 +174,34 @@ export class RegistryTransport {
     }
   }
 
+  /**
+   * `location` (relative to `base`) as an absolute http(s) URL, or an OciError naming it: a
+   * malformed one (`http://[::1`) failed in `new URL` with a TypeError, taken for a network
+   * error and retried for seconds as "cannot reach registry"; another scheme (file:, data:)
+   * would have fetch read this machine's files.
+   */
+  #checkedUrl(location: string, base: string | undefined, what: string): string {
+    let url: URL;
+    try {
+      url = new URL(location, base);
+    } catch {
+      throw new OciError(`registry ${this.host} sent an invalid ${what}: ${quoted(location)}`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw new OciError(
+        `registry ${this.host} sent a ${what} with the unsupported scheme ${
+          quoted(url.protocol)
+        }: only http(s) is followed`,
+      );
+    }
+    return url.href;
+  }
+
   #fallBackToPlainHttp(error: unknown): boolean {
     if (!this.#insecure || this.#connectedOnce || !this.#origin.startsWith("https:")) return false;
     if (!isNetworkError(error)) return false;
     debug(`HTTPS to ${this.host} failed (${describeFailure(error)}); --insecure: trying HTTP`);
-    this.#origin = `http://${this.host}`;
+    this.#origin = normalOrigin(`http://${this.host}`);
     return true;
   }
 
@@ -158,12 +210,16 @@ export class RegistryTransport {
     const authOrigin = url.origin;
     let target = url;
     headers.set("user-agent", this.#userAgent);
+    // A deadline of its own, the body's too: a token server dripping its reply (a MiB allowed)
+    // passes the stall rule, and the request waiting on it is paused meanwhile.
+    const endByMs = Date.now() + this.#tokenDeadlineMs;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       checkTokenRealm(target, this.host, this.plainHttp);
       if (target.origin !== authOrigin) headers.delete("authorization");
       let response: Response;
       // A token server that says nothing is given up after the stall time, as a registry is.
       const watch = new StallWatch(signal);
+      watch.endBy(endByMs);
       watch.progressed();
       try {
         response = await fetch(target, {
@@ -176,7 +232,10 @@ export class RegistryTransport {
         watch.done();
         if (watch.stalled && !signal?.aborted) {
           throw new OciError(
-            `token server ${target.host} sent no reply for ${stallMs() / 1000} s`,
+            `token server ${target.host} sent no reply ` +
+              (watch.overDeadline
+                ? `in time: gave up after ${Math.round(this.#tokenDeadlineMs / 1000)} s`
+                : `for ${stallMs() / 1000} s`),
             undefined,
             { cause: error },
           );
@@ -192,11 +251,20 @@ export class RegistryTransport {
       watch.pause();
       const location = response.headers.get("location");
       if (response.status < 300 || response.status > 399 || !location) {
-        return watchedBody(response, watch, target.host);
+        return watchedBody(response, watch, target.host, {
+          who: `token server ${target.host}`,
+          what: "its reply",
+        });
       }
       watch.done();
       await response.body?.cancel();
-      target = new URL(location, target);
+      try {
+        target = new URL(location, target);
+      } catch {
+        throw new OciError(
+          `token server ${target.host} sent an invalid Location: ${quoted(location)}`,
+        );
+      }
     }
     throw new OciError(`too many redirects from token server ${url.host}`);
   }

@@ -216,7 +216,7 @@ export async function resolveDocument(
     if (!match) {
       throw new OciError(
         `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
-          platforms.length ? platforms.join(", ") : "none"
+          listPlatforms(platforms)
         }`,
         "choose one with --platform os/arch[/variant]",
       );
@@ -234,9 +234,9 @@ export async function resolveDocument(
     platforms = [chosenPlatform];
     if (explicit && configPlatform && !platformMatches(wanted, configPlatform)) {
       throw new OciError(
-        `no manifest for platform ${
-          formatPlatform(wanted)
-        } in ${name}; available: ${chosenPlatform}`,
+        `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
+          listPlatforms([chosenPlatform])
+        }`,
         "choose one with --platform os/arch[/variant]",
       );
     }
@@ -256,6 +256,24 @@ export async function resolveDocument(
   };
   if (indexDigest) resolved.indexDigest = indexDigest;
   return resolved;
+}
+
+/** How many platforms a "no manifest for platform" error lists before "… and N more". */
+const MAX_LISTED_PLATFORMS = 20;
+/** How much of one platform's name it shows (an index's platform fields are the registry's). */
+const MAX_PLATFORM_CHARS = 64;
+
+/**
+ * The platforms an error offers, bounded: an index with 15,000 entries made the one-line error
+ * 229 KB long.
+ */
+export function listPlatforms(platforms: readonly string[]): string {
+  if (platforms.length === 0) return "none";
+  const shown = platforms.slice(0, MAX_LISTED_PLATFORMS).map((p) =>
+    p.length > MAX_PLATFORM_CHARS ? `${p.slice(0, MAX_PLATFORM_CHARS)}…` : p
+  );
+  const more = platforms.length - shown.length;
+  return shown.join(", ") + (more > 0 ? ` … and ${more} more` : "");
 }
 
 /** A platform manifest's layers, bottom first, as the mount and pull code takes them. */

@@ -18,6 +18,9 @@ export function stallMs(): number {
 /** What a registry must send per stall time of waiting (about 1 KiB/s with the default). */
 export const MIN_WINDOW_BYTES = 32 * 1024;
 
+/** What a reply under a renewable deadline (endBy's renewMs) must bring to earn a fresh one. */
+const RENEW_BYTES = 1 << 20;
+
 const active = new Set<StallWatch>();
 let timer: ReturnType<typeof setInterval> | undefined;
 
@@ -40,6 +43,11 @@ export class StallWatch {
   why = "";
   /** Date.now() after which the attempt is given up however it goes (endBy). */
   #endByMs = Infinity;
+  /** endBy's renewal: each RENEW_BYTES received move the end this far ahead of now. */
+  #renewMs: number | undefined;
+  #bytesSinceRenewal = 0;
+  /** True when the attempt was given up at its deadline (endBy), not for silence. */
+  overDeadline = false;
   readonly #startedMs = Date.now();
 
   constructor(outer?: AbortSignal, limitMs = stallMs()) {
@@ -65,6 +73,13 @@ export class StallWatch {
     this.#lastMs = now;
     this.#windowBytes += bytes;
     this.#received += bytes;
+    if (this.#renewMs !== undefined) {
+      this.#bytesSinceRenewal += bytes;
+      if (this.#bytesSinceRenewal >= RENEW_BYTES) {
+        this.#bytesSinceRenewal = 0;
+        this.#endByMs = Math.max(this.#endByMs, Date.now() + this.#renewMs);
+      }
+    }
   }
 
   /**
@@ -82,10 +97,24 @@ export class StallWatch {
    * Gives the attempt up at `deadlineMs` (Date.now() time: its operation's deadline) even while
    * bytes come: a registry sending a few KiB/s passes the stall rule, and a read of a MiB then
    * took minutes with no word. The caller's retry policy decides what follows (a transfer that
-   * brought a MiB gets a fresh deadline and resumes; a trickle is given up).
+   * brought a MiB gets a fresh deadline and resumes; a trickle is given up). `renewMs`: for a
+   * reply read in one attempt (a manifest, a chunk table), each MiB that arrives moves the end to
+   * `renewMs` from then, as a download's attempt that brought a MiB earns a fresh deadline.
    */
-  endBy(deadlineMs: number): void {
+  endBy(deadlineMs: number, renewMs?: number): void {
     this.#endByMs = deadlineMs;
+    this.#renewMs = renewMs;
+    this.#bytesSinceRenewal = 0;
+  }
+
+  /** Seconds since the watch began (what a deadline's message reports). */
+  get elapsedS(): number {
+    return Math.round((Date.now() - this.#startedMs) / 1000);
+  }
+
+  /** Body bytes received since startBody (or since the watch began). */
+  get receivedBytes(): number {
+    return this.#received;
   }
 
   /** A wait on purpose (the registry's pace, backoff): not a stall, until progressed(). */
@@ -107,8 +136,8 @@ export class StallWatch {
   check(nowMs: number): void {
     if (this.#paused) return;
     if (Date.now() >= this.#endByMs) {
-      const took = Math.round((Date.now() - this.#startedMs) / 1000);
-      this.#stall(`sent only ${this.#received} bytes in ${took} s`);
+      this.overDeadline = true;
+      this.#stall(`sent only ${this.#received} bytes in ${this.elapsedS} s`);
       return;
     }
     const seconds = this.#stallMs / 1000;
@@ -156,9 +185,17 @@ export class StalledError extends OciError {}
  * `response` whose body is watched by `watch` while it is read: the time counts only while the
  * reader waits on the registry (not while it works on what it got), and a body that stops for
  * the stall time fails (StalledError) instead of waiting forever. Ends the watch when the body
- * ends, fails or is cancelled, or here for a reply without one.
+ * ends, fails or is cancelled, or here for a reply without one. A body still coming at the
+ * watch's deadline (endBy) fails with one line that is no network error (nothing to retry:
+ * the operation's time is up): `who` sent `what` too slowly (a registry dripping a manifest
+ * padded to MiBs passed the stall rule and kept `inspect` waiting for most of an hour).
  */
-export function watchedBody(response: Response, watch: StallWatch, host: string): Response {
+export function watchedBody(
+  response: Response,
+  watch: StallWatch,
+  host: string,
+  slow: { who: string; what: string } = { who: host, what: "its reply" },
+): Response {
   if (response.status < 200 || response.status > 599) {
     // Outside what a Response can be made with (fetch passes 600-999 on): no registry answer.
     watch.done();
@@ -182,7 +219,14 @@ export function watchedBody(response: Response, watch: StallWatch, host: string)
     watch.done();
   };
   const failure = (cause: unknown) =>
-    watch.stalled ? new StalledError(`${host} ${watch.why}`, undefined, { cause }) : cause;
+    !watch.stalled ? cause : watch.overDeadline
+      ? new OciError(
+        `${slow.who} sent ${slow.what} too slowly: gave up after ${watch.elapsedS} s ` +
+          `(${watch.receivedBytes} bytes in)`,
+        undefined,
+        { cause },
+      )
+      : new StalledError(`${host} ${watch.why}`, undefined, { cause });
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       watch.progressed();

@@ -21,6 +21,10 @@ export type Fault =
   | { kind: "ignore-range" }
   /** 307 to a second loopback server (another host) that serves the same bytes. */
   | { kind: "redirect" }
+  /** 307 to the same path with `r=1` added to its query: a redirect that stays on this host. */
+  | { kind: "redirect-here" }
+  /** Answer `status` with this Location header as it is (malformed, file:, …), no registry. */
+  | { kind: "location"; status: number; location: string }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
   /** Forward with this Accept header (a registry that answers whatever the tag holds). */
@@ -29,7 +33,13 @@ export type Fault =
    * Forward, but flip one byte of the body: byte 100, or the byte at `blobOffset` of the
    * blob when the reply (its Content-Range) covers it.
    */
-  | { kind: "corrupt"; blobOffset?: number };
+  | { kind: "corrupt"; blobOffset?: number }
+  /**
+   * Forward, but send the body slowly: `bytes` every `everyMs` (a peer that passes the stall
+   * rule yet takes far longer than a deadline), after padding it with spaces to `padTo` bytes
+   * (JSON stays valid: a manifest fetched by tag is still accepted).
+   */
+  | { kind: "drip"; bytes: number; everyMs: number; padTo?: number };
 
 export interface FaultRule {
   /** Label used in records. */
@@ -155,6 +165,15 @@ export function startFaultProxy(
         },
       );
     }
+    if (fault?.kind === "location") {
+      await request.body?.cancel();
+      return new Response(null, { status: fault.status, headers: { location: fault.location } });
+    }
+    if (fault?.kind === "redirect-here") {
+      await request.body?.cancel();
+      const location = info.path + (info.path.includes("?") ? "&" : "?") + "r=1";
+      return new Response(null, { status: 307, headers: { location } });
+    }
     if (fault?.kind === "delay") await sleep(fault.ms, aborts.signal);
     const headers = new Headers(request.headers);
     for (const name of HOP_BY_HOP) headers.delete(name);
@@ -218,6 +237,27 @@ export function startFaultProxy(
           // A short pause by default lets the partial body reach the client before the abort.
           await sleep(fault.stallMs ?? 50, aborts.signal).catch(() => {});
           controller.error(new InjectedReset());
+        },
+      });
+      return new Response(stream, { status: upstream.status, headers: responseHeaders });
+    }
+    if (fault?.kind === "drip") {
+      const padded = new Uint8Array(Math.max(body.length, fault.padTo ?? 0)).fill(0x20);
+      padded.set(body);
+      responseHeaders.set("content-length", String(padded.length));
+      let at = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          if (at > 0) {
+            try {
+              await sleep(fault.everyMs, aborts.signal);
+            } catch (error) {
+              return controller.error(error);
+            }
+          }
+          controller.enqueue(padded.slice(at, at + fault.bytes));
+          at += fault.bytes;
+          if (at >= padded.length) controller.close();
         },
       });
       return new Response(stream, { status: upstream.status, headers: responseHeaders });
