@@ -80,3 +80,12 @@ Deno.test("index -o DIR with symlinks planted at its file names: nothing written
     }
   });
 });
+
+Deno.test("index of a FIFO: one usage line (was an internal error, 'Illegal seek')", async () => {
+  await withWork(async (work) => {
+    const made = await new Deno.Command("mkfifo", { args: [`${work}/pipe`] }).output();
+    assert(made.success);
+    const result = await runCli(["index", `${work}/pipe`, "-o", `${work}/out`]);
+    assertCliError(result, 2, /index: .*pipe is not a regular file/);
+  });
+});

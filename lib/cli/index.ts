@@ -226,8 +226,17 @@ async function indexInto(
   const name = indexNameFor(file);
   let input: Deno.FsFile;
   try {
+    // Read twice (its head, then from the start): a FIFO or a device cannot be, and a FIFO's
+    // open waits for a writer.
+    if (!Deno.statSync(file).isFile) {
+      throw new UsageError(
+        `index: ${file} is not a regular file`,
+        "save the layer to a file first",
+      );
+    }
     input = await Deno.open(file, { read: true });
   } catch (error) {
+    if (error instanceof UsageError) throw error;
     throw new UserError(`index: cannot read ${file}: ${(error as Error).message}`);
   }
   try {
