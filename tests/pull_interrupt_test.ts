@@ -4,7 +4,14 @@
  * ended pull at once and FILE.partial stayed.
  */
 import assert from "node:assert/strict";
-import { assertCliError, describe, runCli, startCli, stopCli } from "./_support/cli.ts";
+import {
+  assertCliError,
+  type CliResult,
+  describe,
+  runCli,
+  startCli,
+  stopCli,
+} from "./_support/cli.ts";
 import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
@@ -40,9 +47,21 @@ Deno.test({
     ]);
     try {
       // The file is made before the GET (unnamed where the file system allows).
+      let ended: CliResult | undefined;
+      pulling.result.then((result) => ended = result, () => {});
       await waitFor(
         "pull's layer GET",
-        () => proxy.requests.some((r) => r.method === "GET" && r.path.endsWith(layer)),
+        () =>
+          ended !== undefined ||
+          proxy.requests.some((r) => r.method === "GET" && r.path.endsWith(layer)),
+      ).catch((error) => {
+        const seen = proxy.requests.map((r) => `${r.method} ${r.path} ${r.status}`).join("\n");
+        throw new Error(`${error.message}; the proxy saw:\n${seen}`);
+      });
+      assert.equal(
+        ended,
+        undefined,
+        `pull ended before its layer GET:\n${ended && describe(ended)}`,
       );
       pulling.child.kill("SIGINT");
       assertCliError(await pulling.result, 130, /pull interrupted: nothing written/);
