@@ -20,8 +20,10 @@ import { fetchManifest } from "../lib/oci/resolve.ts";
 import { readLimited } from "../lib/oci/auth.ts";
 import { fetchTable } from "../lib/verify/table_artifact.ts";
 import { OciError } from "../lib/errors.ts";
+import { setStallMs } from "../lib/oci/stall_watch.ts";
 
-Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "2");
+// Not through the environment: CLIs that tests running beside this one start would inherit it.
+setStallMs(2_000);
 
 const ignore = requires(command("docker-registry"));
 const SETTLE_MS = 10_000;

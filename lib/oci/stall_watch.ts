@@ -9,8 +9,20 @@
  */
 import { OciError } from "../errors.ts";
 
+let stallMsOverride: number | undefined;
+
+/**
+ * Sets the stall time of this process's watches, over EROFS_OCI_REGISTRY_STALL_S (undefined: the
+ * environment's again). For in-process tests: setting the variable instead reached the CLIs other
+ * tests running at the same time started (a pull behind a 5 s delay gave up after 2 s).
+ */
+export function setStallMs(ms: number | undefined): void {
+  stallMsOverride = ms;
+}
+
 /** EROFS_OCI_REGISTRY_STALL_S (default 30): seconds without a byte before an attempt is given up. */
 export function stallMs(): number {
+  if (stallMsOverride !== undefined) return stallMsOverride;
   const seconds = Number(Deno.env.get("EROFS_OCI_REGISTRY_STALL_S") || 30);
   return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 30_000;
 }
