@@ -37,8 +37,6 @@ export function splitPath(path: string): { dir: string; base: string } {
 export interface NewFileOptions {
   /** The name it has while written where the file system has no unnamed files (O_TMPFILE). */
   tempName: (base: string) => string;
-  /** Only a named temporary file (a download's partial file is looked for by name). */
-  named?: boolean;
   /**
    * The directory, already open (several files written in one directory through one
    * descriptor); the caller closes it. Else `path`'s directory is opened here.
@@ -96,7 +94,7 @@ export class NewFileInDir {
     const owned = { fd: dirFd, owned: options.dirFd === undefined };
     const tempName = options.tempName(base);
     try {
-      const anonymous = options.named ? undefined : openUnnamed(dirFd, path);
+      const anonymous = openUnnamed(dirFd, path);
       if (anonymous !== undefined) return new NewFileInDir(path, owned, anonymous, tempName, true);
       const flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
       const fd = unwrap(libc().openat(dirFd, cstr(tempName), flags, 0o644), "open", path);
