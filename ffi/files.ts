@@ -169,14 +169,6 @@ function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {
 }
 
 /**
- * An O_PATH descriptor of the directory `path` (symlinks followed, as they are now): calls
- * relative to it stay in that directory whatever is renamed or swapped on the path later.
- */
-export function openDirPath(path: string): number {
-  return openFile(path, O_PATH | O_DIRECTORY);
-}
-
-/**
  * An O_PATH descriptor of the directory `path`, resolved by openat2 with RESOLVE_NO_SYMLINKS:
  * no component may be a symlink (ELOOP otherwise), so the descriptor names the directory that
  * the symlink-free path reached at this moment, whatever is renamed or swapped later.
@@ -265,7 +257,7 @@ export function openDirTrusted(path: string, from = AT_FDCWD): number {
 export function realPathTrusted(path: string): string {
   const fd = walkTrusted(path, AT_FDCWD, true);
   try {
-    return pathOfDirFd(fd);
+    return pathOfFd(fd);
   } finally {
     closeFd(fd);
   }
@@ -298,7 +290,7 @@ function walkTrusted(path: string, from: number, fileAtEnd: boolean): number {
       if (kind.type === S_IFLNK) {
         let target: string;
         try {
-          target = readLinkOf(next, path);
+          target = readLinkAt(next, "", path);
         } finally {
           closeFd(next);
         }
@@ -333,12 +325,8 @@ function walkTrusted(path: string, from: number, fileAtEnd: boolean): number {
 }
 
 /** The path the kernel has for the open file or directory `fd` (symlink-free, as of now). */
-export function pathOfDirFd(fd: number): string {
-  const buffer = new Uint8Array(4097);
-  const link = cstr(`/proc/self/fd/${fd}`);
-  const n = Number(libc().readlink(link, buffer, BigInt(buffer.length - 1)));
-  if (n < 0) throw new SysError("readlink", errno(), `/proc/self/fd/${fd}`);
-  return new TextDecoder().decode(buffer.subarray(0, n));
+export function pathOfFd(fd: number): string {
+  return readLinkAt(AT_FDCWD, `/proc/self/fd/${fd}`, `/proc/self/fd/${fd}`);
 }
 
 const S_IFLNK = 0o120000, S_IFDIR = 0o040000;
@@ -356,11 +344,11 @@ function typeAndOwner(fd: number, path: string): { type: number; uid: number } {
   return { type: view.getUint16(28, true) & 0o170000, uid: view.getUint32(20, true) };
 }
 
-/** The target of the symlink the O_PATH descriptor `fd` is. */
-function readLinkOf(fd: number, path: string): string {
+/** The target of the symlink `path` in `dirFd` (`""`: the O_PATH descriptor of the link). */
+function readLinkAt(dirFd: number, path: string, what: string): string {
   const buffer = new Uint8Array(4097);
-  const n = Number(libc().readlinkat(fd, cstr(""), buffer, BigInt(buffer.length - 1)));
-  if (n < 0) throw new SysError("readlink", errno(), path);
+  const n = Number(libc().readlinkat(dirFd, cstr(path), buffer, BigInt(buffer.length - 1)));
+  if (n < 0) throw new SysError("readlink", errno(), what);
   return new TextDecoder().decode(buffer.subarray(0, n));
 }
 

@@ -191,7 +191,7 @@ export class NewFileInDir {
     if (this.#done) return;
     this.#done = true;
     this.#closeFile();
-    if (this.#tempNamed) libc().unlinkat(this.dirFd, cstr(this.#tempName), 0);
+    if (this.#tempNamed) unlinkIn(this.dirFd, this.#tempName);
     if (this.#ownsDirFd) closeFd(this.dirFd);
   }
 
@@ -202,9 +202,20 @@ export class NewFileInDir {
   }
 }
 
+/** unlinkat(2)'s flag: remove a directory (empty). */
+const AT_REMOVEDIR = 0x200;
+
+/**
+ * Removes `name` (relative to `dirFd`; with `directory`, an empty directory) if it is there:
+ * clean-up that goes through the directory written to, never by path.
+ */
+export function unlinkIn(dirFd: number, name: string, directory = false): void {
+  libc().unlinkat(dirFd, cstr(name), directory ? AT_REMOVEDIR : 0);
+}
+
 /** Removes the file `path` names in `dirFd` (a written index file a failure leaves). */
 export function removeIn(dirFd: number, path: string): void {
-  libc().unlinkat(dirFd, cstr(splitPath(path).base), 0);
+  unlinkIn(dirFd, splitPath(path).base);
 }
 
 /** Writes `bytes` as the file `path` in `dirFd`, named once complete. */

@@ -1,7 +1,7 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
-import { splitPath } from "../../ffi/new_file_in_dir.ts";
+import { splitPath, unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory, openDirTrusted } from "../../ffi/files.ts";
-import { closeFd, cstr, libc } from "../../ffi/libc.ts";
+import { closeFd } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { LayerProgress, ProgressLine } from "./progress.ts";
@@ -112,10 +112,10 @@ Examples:
     const stopWatching = onInterrupt(() => {
       if (output && before) {
         for (const name of namesIn(output.fd)) {
-          if (!before.has(name)) libc().unlinkat(output.fd, cstr(name), 0);
+          if (!before.has(name)) unlinkIn(output.fd, name);
         }
         if (createsOutput && output.parent) {
-          libc().unlinkat(output.parent.fd, cstr(output.parent.name), AT_REMOVEDIR);
+          unlinkIn(output.parent.fd, output.parent.name, true);
         }
       } else if (pushDir) removeTreeSync(pushDir);
       exitInterrupted("index interrupted: the files it had written were removed");
@@ -136,9 +136,6 @@ Examples:
     }
   },
 };
-
-/** unlinkat(2)'s flag: remove a directory (empty). */
-const AT_REMOVEDIR = 0x200;
 
 /** -o DIR and its parent, opened as openDirTrusted does (refusals as one line). */
 function openOutputDir(dir: string): { fd: number; parent?: { fd: number; name: string } } {

@@ -5,7 +5,13 @@
  * renamed, and index.json is rewritten last, so readers see the old image or the new one.
  */
 import { OciError, UserError } from "../errors.ts";
-import { hiddenTempName, NewFileInDir, splitPath, writeFileIn } from "../../ffi/new_file_in_dir.ts";
+import {
+  hiddenTempName,
+  NewFileInDir,
+  splitPath,
+  unlinkIn,
+  writeFileIn,
+} from "../../ffi/new_file_in_dir.ts";
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
 import { closeFd, cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
@@ -24,8 +30,6 @@ import { parseJson } from "../json.ts";
 
 const REF_NAME = "org.opencontainers.image.ref.name";
 const LAYOUT_VERSION = '{"imageLayoutVersion":"1.0.0"}';
-/** unlinkat(2)'s flag: remove a directory (empty). */
-const AT_REMOVEDIR = 0x200;
 
 export class LayoutDestination implements ImageDestination {
   readonly name: string;
@@ -94,12 +98,12 @@ export class LayoutDestination implements ImageDestination {
   abandon(): void {
     // Only a layout this run made, and only while no tag (index.json) names anything in it.
     if (!this.#parent || pathThere(`${this.#layout.path}/index.json`)) return;
-    for (const name of this.#written) libc().unlinkat(this.#blobsFd, cstr(name), 0);
-    libc().unlinkat(this.#dirFd, cstr("oci-layout"), 0);
-    libc().unlinkat(this.#dirFd, cstr("blobs/sha256"), AT_REMOVEDIR);
-    libc().unlinkat(this.#dirFd, cstr("blobs"), AT_REMOVEDIR);
+    for (const name of this.#written) unlinkIn(this.#blobsFd, name);
+    unlinkIn(this.#dirFd, "oci-layout");
+    unlinkIn(this.#dirFd, "blobs/sha256", true);
+    unlinkIn(this.#dirFd, "blobs", true);
     // Empty now unless something else wrote there: then it stays.
-    libc().unlinkat(this.#parent.fd, cstr(this.#parent.name), AT_REMOVEDIR);
+    unlinkIn(this.#parent.fd, this.#parent.name, true);
   }
 
   async previousLayers(): Promise<Descriptor[]> {

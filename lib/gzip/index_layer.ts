@@ -13,7 +13,7 @@ import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
 import { removeIn, splitPath, writeFileIn } from "../../ffi/new_file_in_dir.ts";
-import { openDirPath } from "../../ffi/files.ts";
+import { openDirTrusted } from "../../ffi/files.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
@@ -61,10 +61,10 @@ export interface IndexPaths {
   dirFd?: number;
 }
 
-/** The directory of `paths` for one index call: given, or opened here (then closed by `close`). */
+/** The directory of `paths` for one index call: given, or opened here (closed at disposal). */
 export function indexDir(paths: { meta: string; dirFd?: number }): Disposable & { fd: number } {
   if (paths.dirFd !== undefined) return { fd: paths.dirFd, [Symbol.dispose]: () => {} };
-  const fd = openDirPath(splitPath(paths.meta).dir);
+  const fd = openDirTrusted(splitPath(paths.meta).dir);
   return { fd, [Symbol.dispose]: () => closeFd(fd) };
 }
 

@@ -11,7 +11,7 @@ import {
   listDirectory,
   openDirNoSymlinks,
   openDirTrusted,
-  pathOfDirFd,
+  pathOfFd,
   statIdentity,
   statPath,
   UntrustedSymlinkError,
@@ -95,7 +95,7 @@ function unswappablePath(option: "--upper" | "--work", dir: string): string {
   const fd = openTrusted(dir, `cannot use ${option} ${dir}`);
   let path: string;
   try {
-    path = pathOfDirFd(fd);
+    path = pathOfFd(fd);
   } finally {
     closeFd(fd);
   }
@@ -193,7 +193,7 @@ export function checkMountTarget(dir: string): MountTarget {
   // Not realpath: a symlink of another user's on the way would choose the directory mounted on.
   const fd = openTrusted(dir, `cannot mount on ${dir}`);
   try {
-    const path = pathOfDirFd(fd);
+    const path = pathOfFd(fd);
     // Listed through the descriptor: the directory that will be mounted on is the one checked.
     if (listDirectory(`/proc/self/fd/${fd}`).length > 0) {
       // Something mounted there shows its files: said as what it is (a mount racing onto this

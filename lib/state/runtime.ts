@@ -10,12 +10,7 @@ import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
-import {
-  openDirTrusted,
-  pathOfDirFd,
-  readRegularFileSync,
-  readSmallFile,
-} from "../../ffi/files.ts";
+import { readRegularFileSync, readSmallFile, realPathTrusted } from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
@@ -490,12 +485,7 @@ export function findState(target: string): MountState {
   // directory found (and unmounted) a mount of root's the symlink led to.
   let real: string;
   try {
-    const fd = openDirTrusted(target);
-    try {
-      real = pathOfDirFd(fd);
-    } finally {
-      closeFd(fd);
-    }
+    real = realPathTrusted(target);
   } catch {
     real = target;
   }
