@@ -35,8 +35,14 @@ Deno.test({
       await mountTmpfs(beside);
       const besideId = findMount(beside)!.id;
       assert.equal(findMount(beside)!.parentId, target.identity.mountId, "same parent mount");
-      assert.equal(newMountOn(target, "tmpfs"), findMount(ours)!.id);
-      assert.notEqual(newMountOn(target, "tmpfs"), besideId);
+      assert.equal(
+        newMountOn(target, { fsType: "tmpfs", source: "erofs-oci-test" })?.id,
+        findMount(ours)!.id,
+      );
+      assert.notEqual(
+        newMountOn(target, { fsType: "tmpfs", source: "erofs-oci-test" })?.id,
+        besideId,
+      );
     } finally {
       releaseMountTarget(target);
       for (const dir of [ours, beside]) {
@@ -65,7 +71,7 @@ Deno.test({
       await mountTmpfs(ours);
       const oursId = findMount(ours)!.id;
       console.log(`spare had id ${spareId}, ours got ${oursId}`);
-      assert.equal(newMountOn(target, "tmpfs"), oursId);
+      assert.equal(newMountOn(target, { fsType: "tmpfs", source: "erofs-oci-test" })?.id, oursId);
     } finally {
       releaseMountTarget(target);
       for (const dir of [ours, spare]) {

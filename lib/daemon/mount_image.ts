@@ -21,7 +21,7 @@ import {
   pinnedPath,
   recheckMountTarget,
 } from "../mount/target_dir.ts";
-import { logFormat } from "../log.ts";
+import { logFormat, warn } from "../log.ts";
 import { mark } from "../timing.ts";
 import { testHold, testPause } from "./test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
@@ -107,6 +107,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     const pinned = request.pinnedTarget;
     const layerDirs: string[] = [];
     let targetMountId: number | undefined;
+    /** Where the mount on the target is: elsewhere when a parent was renamed meanwhile. */
+    let landedAt: string | undefined;
     const multi = ready.layers.length > 1 || spec.upper !== undefined;
     for (const [index, layer] of ready.layers.entries()) {
       const dir = multi ? `${mountDir(id)}/${layerDirName(index)}` : spec.target;
@@ -115,6 +117,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       if (atTarget) {
         await lockTarget();
         recheckMountTarget(pinned);
+        await testHold("mount-target-rechecked");
       }
       await mountErofsFile(layer.blockPath, dir, {
         flags: mountFlags(trust),
@@ -125,8 +128,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
           : Uint8Array.from(atob(layer.head), (c) => c.charCodeAt(0)),
       });
       mark(`cli: layer ${index} mounted`);
-      const mountId = atTarget ? newMountOn(pinned, "erofs") : undefined;
+      const made = atTarget
+        ? newMountOn(pinned, { fsType: "erofs", source: layer.blockPath })
+        : undefined;
+      const mountId = made?.id;
       targetMountId ??= mountId;
+      landedAt ??= made?.mountPoint;
       undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
       layerDirs.push(dir);
       signal?.throwIfAborted();
@@ -136,6 +143,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       if (pinned) {
         await lockTarget();
         recheckMountTarget(pinned);
+        await testHold("mount-target-rechecked");
       }
       // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
       const lowers = visibleLowerDirs([...layerDirs].reverse());
@@ -151,15 +159,25 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         flags: mountFlags(trust, writable),
         mountAt: pinned ? pinnedPath(pinned) : undefined,
       });
-      const mountId = pinned ? newMountOn(pinned, "overlay") : undefined;
+      const made = pinned
+        ? newMountOn(pinned, { fsType: "overlay", lowerDirs: lowers })
+        : undefined;
+      const mountId = made?.id;
       targetMountId = mountId;
+      landedAt = made?.mountPoint;
       undo.push(() => unmountErofs(spec.target, { lazy: true, mountId, fsType: "overlay" }));
       signal?.throwIfAborted();
     }
 
+    const target = landedAt ?? spec.target;
+    if (target !== spec.target) {
+      warn(
+        `${spec.target} was moved while it was being mounted: the image is mounted at ${target}`,
+      );
+    }
     const state: MountState = {
       id,
-      target: spec.target,
+      target,
       image: spec.image,
       manifestDigest: spec.manifestDigest,
       backend: spec.backend,

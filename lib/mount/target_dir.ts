@@ -274,25 +274,45 @@ function isOurs(entry: { source: string; fsType: string }): boolean {
   return entry.source === "erofs-oci" || entry.fsType.startsWith("fuse.erofs-oci");
 }
 
+/** What a mount was made of, to know it again in mountinfo wherever its directory went. */
+export interface MadeMount {
+  fsType: string;
+  /** mount(2)'s source: an EROFS layer's block device or file, unique to the layer. */
+  source?: string;
+  /** An overlay's lower dirs, top first: directories of this mount's own runtime dir. */
+  lowerDirs?: string[];
+}
+
 /**
- * The id (mountinfo field 1) of the `fsType` mount just made on `target`: the newest whose
- * parent is the mount holding the pinned directory, at the checked path.
- * Without the path, another mount made meanwhile on the same file system (a second `mount` or
- * `trace` into a sibling directory of /tmp) was just as new and had the same parent: the last
- * one was taken, and `umount` then unmounted that one and left ours mounted (CI:
- * trace_interrupt_test). A parent directory renamed since recheckMountTarget gives undefined,
- * and `umount` goes by path.
+ * The mount just made on `target`: its id (mountinfo field 1) and where it is now. The newest
+ * whose parent is the mount holding the pinned directory, at the checked path; without the
+ * path, another mount made meanwhile on the same file system (a second `mount` or `trace` into
+ * a sibling directory of /tmp) was just as new and had the same parent: the last one was taken,
+ * and `umount` then unmounted that one and left ours mounted (CI: trace_interrupt_test).
+ * When the directory was moved after recheckMountTarget (a user renamed a parent), mount(2)
+ * still went onto the pinned directory, now elsewhere: found by what it was made of (its
+ * source, an overlay's lower dirs), so its id is recorded and `umount` finds it where it went.
  */
-export function newMountOn(target: MountTarget, fsType: string): number | undefined {
-  // The newest (mountinfo lists mounts in the order they were made) at the checked path on the
-  // pinned directory's mount: made under the lock of mount changes, onto a directory checked
-  // empty and unmounted, it is ours. Not "an id absent before": the kernel hands a freed id to
-  // the next mount at once, and with other mounts ending meanwhile ours got one (CI: the id went
-  // unrecorded, and umount by a swapped path was refused instead of done by id).
-  return readMountInfo().findLast((entry) =>
-    entry.parentId === target.identity.mountId && entry.fsType === fsType &&
-    entry.mountPoint === target.path
-  )?.id;
+export function newMountOn(
+  target: MountTarget,
+  made: MadeMount,
+): { id: number; mountPoint: string } | undefined {
+  // The newest (mountinfo lists mounts in the order they were made) on the pinned directory's
+  // mount: made under the lock of mount changes, onto a directory checked empty and unmounted,
+  // it is ours. Not "an id absent before": the kernel hands a freed id to the next mount at
+  // once, and with other mounts ending meanwhile ours got one (CI: the id went unrecorded, and
+  // umount by a swapped path was refused instead of done by id).
+  const candidates = readMountInfo().filter((entry) =>
+    entry.parentId === target.identity.mountId && entry.fsType === made.fsType
+  );
+  const lowerDirs = made.lowerDirs?.join(":");
+  const found = candidates.findLast((entry) => entry.mountPoint === target.path) ??
+    candidates.findLast((entry) =>
+      made.source !== undefined && made.fsType !== "overlay"
+        ? entry.source === made.source
+        : lowerDirs !== undefined && overlayOption(entry.superOptions, "lowerdir") === lowerDirs
+    );
+  return found && { id: found.id, mountPoint: found.mountPoint };
 }
 
 export function releaseMountTarget(target: MountTarget): void {
