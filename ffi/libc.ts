@@ -376,6 +376,19 @@ export function cstr(value: string): Uint8Array<ArrayBuffer> {
 }
 
 export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000;
+/** open(2) flags whose values differ between x86_64 and arm64 (asm/fcntl.h). */
+const ARM64 = Deno.build.arch === "aarch64";
+export const O_PATH = 0o10000000;
+export const O_DIRECTORY = ARM64 ? 0o40000 : 0o200000;
+export const O_NOFOLLOW = ARM64 ? 0o100000 : 0o400000;
+/** The *at(2) calls' "relative to the working directory" and flags (fcntl.h). */
+export const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_SYMLINK_FOLLOW = 0x400;
+export const AT_EMPTY_PATH = 0x1000;
+
+/** The address of `buffer`'s bytes, for system calls that take a pointer as a number. */
+export function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+}
 
 export function closeFd(fd: number): void {
   libc().close(fd);

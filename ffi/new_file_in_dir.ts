@@ -7,6 +7,8 @@
  * `build -o`, replacing a file outside the tree); a failure or an interrupt leaves what was there.
  */
 import {
+  AT_FDCWD,
+  AT_SYMLINK_FOLLOW,
   closeFd,
   cstr,
   Errno,
@@ -18,14 +20,13 @@ import {
   SysError,
   unwrap,
 } from "./libc.ts";
-import { openDirTrusted } from "./files.ts";
+import { openDirTrusted } from "./path_resolve.ts";
 import { writeAll } from "./io.ts";
 import { UserError } from "../lib/errors.ts";
 
 const O_CREAT = 0o100, O_EXCL = 0o200;
 /** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
 const O_TMPFILE = Deno.build.arch === "aarch64" ? 0o20040000 : 0o20200000;
-const AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400;
 const EISDIR = 21, EOPNOTSUPP = 95;
 
 /** The directory `path` names its file in ("." for a bare name) and that name. */

@@ -3,7 +3,7 @@
  * using after it checked them (overlayfs's --upper/--work, looked up again at mount(2); the
  * runtime and state directories whose records root acts on).
  */
-import { statPath } from "./files.ts";
+import { statPath } from "./path_resolve.ts";
 
 /**
  * The first directory on the symlink-free absolute `path` (itself included when `self`) that

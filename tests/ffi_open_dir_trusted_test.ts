@@ -4,7 +4,7 @@
  * or mounts); root's own symlinks (/var/run -> /run) and the caller's are followed.
  */
 import assert from "node:assert/strict";
-import { openDirTrusted, statIdentity, UntrustedSymlinkError } from "../ffi/files.ts";
+import { openDirTrusted, statIdentity, UntrustedSymlinkError } from "../ffi/path_resolve.ts";
 import { closeFd, Errno, SysError } from "../ffi/libc.ts";
 import { requires, root } from "./_support/requires.ts";
 

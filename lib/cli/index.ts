@@ -1,6 +1,7 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
 import { splitPath, unlinkIn } from "../../ffi/new_file_in_dir.ts";
-import { listDirectory, openDirTrusted } from "../../ffi/files.ts";
+import { listDirectory } from "../../ffi/files.ts";
+import { openDirTrusted } from "../../ffi/path_resolve.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";

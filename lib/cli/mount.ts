@@ -56,7 +56,7 @@ import {
   type HandedMetadata,
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
-import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
+import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { LayerProgress } from "./progress.ts";
 import { catchInterrupts, onInterrupt, takeInterruptsAhead } from "./interrupt.ts";
 import { abortable } from "../source/abortable.ts";

@@ -12,7 +12,7 @@ import {
   unlinkIn,
   writeFileIn,
 } from "../../ffi/new_file_in_dir.ts";
-import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
+import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { closeFd, cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { OCI_INDEX } from "../oci/media_types.ts";

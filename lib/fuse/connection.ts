@@ -2,7 +2,7 @@
  * One mounted FUSE connection: the /dev/fuse descriptor, the worker thread that reads it and
  * the request handler on this thread (see blob.ts for the threading rules).
  */
-import { closeFd, Errno, errno, libc, strerror, SysError } from "../../ffi/libc.ts";
+import { addressOf, closeFd, Errno, errno, libc, strerror, SysError } from "../../ffi/libc.ts";
 import { writeSmallFile } from "../../ffi/files.ts";
 import { makePipe } from "../../ffi/io.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
@@ -256,9 +256,9 @@ export class FuseConnection {
       let written: bigint;
       if (data && data.length > 0) {
         const iov = new BigUint64Array([
-          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(head))),
+          addressOf(head),
           BigInt(head.length),
-          BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>))),
+          addressOf(data as Uint8Array<ArrayBuffer>),
           BigInt(data.length),
         ]);
         written = libc().writev(this.#fd, new Uint8Array(iov.buffer), 2);

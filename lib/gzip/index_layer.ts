@@ -13,7 +13,7 @@ import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
 import { ZinfoFileWriter } from "./zinfo_file.ts";
 import { removeIn, splitPath, writeFileIn } from "../../ffi/new_file_in_dir.ts";
-import { openDirTrusted } from "../../ffi/files.ts";
+import { openDirTrusted } from "../../ffi/path_resolve.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import { DEFAULT_SPAN_BYTES } from "./zinfo.ts";
 import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";

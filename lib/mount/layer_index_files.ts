@@ -15,13 +15,8 @@ import {
 } from "../gzip/index_record.ts";
 import { FormatError, UserError } from "../errors.ts";
 import { closeFd } from "../../ffi/libc.ts";
-import {
-  FileRefusedError,
-  openDirTrusted,
-  openRegularFileFd,
-  readRegularFile,
-  UntrustedSymlinkError,
-} from "../../ffi/files.ts";
+import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/files.ts";
+import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";

@@ -6,7 +6,7 @@
 import { FormatError, UsageError, UserError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END, hasErofsMagic } from "../erofs/superblock.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
-import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/files.ts";
+import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { type LayerDescriptor, type LayerSelection, selectLayers } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";

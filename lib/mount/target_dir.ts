@@ -6,16 +6,16 @@
  */
 import { MountError } from "../errors.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
+import { listDirectory } from "../../ffi/files.ts";
 import {
   type FileIdentity,
-  listDirectory,
   openDirNoSymlinks,
   openDirTrusted,
   pathOfFd,
   statIdentity,
   statPath,
   UntrustedSymlinkError,
-} from "../../ffi/files.ts";
+} from "../../ffi/path_resolve.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
 

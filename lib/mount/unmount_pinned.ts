@@ -6,7 +6,8 @@
  * UMOUNT_NOFOLLOW.
  */
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
-import { openDirNoSymlinks, readSmallFile } from "../../ffi/files.ts";
+import { readSmallFile } from "../../ffi/files.ts";
+import { openDirNoSymlinks } from "../../ffi/path_resolve.ts";
 import { MNT_DETACH, UMOUNT_NOFOLLOW } from "../../ffi/mount.ts";
 import { MountError } from "../errors.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";

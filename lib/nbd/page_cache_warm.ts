@@ -19,7 +19,8 @@
  * or drop_caches, after which the next walk is when the pages are wanted.
  */
 import { closeFd, libc } from "../../ffi/libc.ts";
-import { openReadOnlyAsync, willNeedRangesAsync } from "../../ffi/files.ts";
+import { openReadOnlyAsync } from "../../ffi/files.ts";
+import { willNeedRangesAsync } from "../../ffi/read_ahead.ts";
 import { fillTrace } from "../source/fill_trace.ts";
 
 /** The pinned pages of a layer and the reads of them (lib/source/prefetched.ts). */

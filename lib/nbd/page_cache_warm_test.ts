@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { PageCacheWarmer, WALK_READS, WALK_SPAN_MS, type WarmIo } from "./page_cache_warm.ts";
 import { closeFd, O_RDONLY } from "../../ffi/libc.ts";
-import { openFile, willNeedRangesAsync } from "../../ffi/files.ts";
+import { openFile } from "../../ffi/files.ts";
+import { willNeedRangesAsync } from "../../ffi/read_ahead.ts";
 
 /** A WarmIo that records its calls; each advice settles in releaseAll(). */
 function recordingIo(options: { openFd?: number } = {}) {

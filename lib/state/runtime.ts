@@ -10,7 +10,8 @@ import type { IndexRecord } from "../gzip/index_record.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { warn } from "../log.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
-import { readRegularFileSync, readSmallFile, realPathTrusted } from "../../ffi/files.ts";
+import { readRegularFileSync, readSmallFile } from "../../ffi/files.ts";
+import { realPathTrusted } from "../../ffi/path_resolve.ts";
 import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";

@@ -4,8 +4,18 @@
  * become one node. Symlinks are never followed; other file systems mounted inside are read
  * like the rest (as `cp -a` would).
  */
-import { closeFd, cstr, Errno, errno, libc, SysError } from "../../../ffi/libc.ts";
-import { listDirectory, openDirNoSymlinks } from "../../../ffi/files.ts";
+import {
+  AT_FDCWD,
+  AT_SYMLINK_NOFOLLOW,
+  closeFd,
+  cstr,
+  Errno,
+  errno,
+  libc,
+  SysError,
+} from "../../../ffi/libc.ts";
+import { listDirectory } from "../../../ffi/files.ts";
+import { openDirNoSymlinks } from "../../../ffi/path_resolve.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
@@ -13,7 +23,6 @@ import { NOT_STORABLE, type SkippedXattr, xattrNameSupported, xattrProblem } fro
 import { pathBytes } from "./data_copy.ts";
 import { smallInt } from "./layout.ts";
 
-const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
 const STATX_INO = 0x100;

@@ -4,7 +4,8 @@
  * copy_file_range). Memory is the layout, not the metadata area or the data.
  */
 import { closeFd, Errno, libc, SysError, unwrap } from "../../../ffi/libc.ts";
-import { fstatFd, openFileNoSymlinks, S_IFMT, S_IFREG, statIdentity } from "../../../ffi/files.ts";
+import { fstatFd, S_IFMT, S_IFREG } from "../../../ffi/files.ts";
+import { openFileNoSymlinks, statIdentity } from "../../../ffi/path_resolve.ts";
 import { FormatError } from "../../errors.ts";
 import {
   chunkFormat,
