@@ -5,12 +5,18 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { command, path, PEER_BIN, requires } from "./_support/requires.ts";
-import { RawNbdClient } from "./_support/nbd_client.ts";
+import { infoRequest, RawNbdClient } from "./_support/nbd_client.ts";
 import { memoryOf, serve, type Serving, servingPid } from "./_support/serve_process.ts";
-import { NBD_CMD_FLUSH, NBD_CMD_READ } from "../lib/nbd/protocol.ts";
+import {
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_OPT_GO,
+  NBD_REP_ERR_POLICY,
+} from "../lib/nbd/protocol.ts";
 import { runTool } from "./_support/tool.ts";
 
 const MiB = 1024 * 1024;
+const TOO_MANY = "too many connections: all 64 slots are taken, try again later";
 const ignore = requires(
   command("nbdinfo"),
   command("nbdcopy"),
@@ -41,8 +47,13 @@ async function randomImage(dir: string, dataBytes: number): Promise<string> {
   return image;
 }
 
-function run(cmd: string, args: string[], timeoutMs = 30_000): Promise<string> {
-  return runTool(cmd, args, timeoutMs);
+function run(
+  cmd: string,
+  args: string[],
+  timeoutMs = 30_000,
+  env?: Record<string, string>,
+): Promise<string> {
+  return runTool(cmd, args, timeoutMs, env);
 }
 
 /** nbdinfo must get the export (size, and the first sector read for its content). */
@@ -146,7 +157,7 @@ Deno.test({
       for (let i = 0; i < 70; i++) {
         const c = await RawNbdClient.connectUnix(s.socket);
         idle.push(c);
-        if (i % 2) await c.handshake().catch(() => {}); // a refused one may be closed at once
+        if (i % 2) await c.handshake().catch(() => {}); // a refused one is told so, then closed
       }
       await sleep(1500);
       await nbdinfoAnswers(s, Deno.statSync(image).size);
@@ -264,15 +275,25 @@ Deno.test({
         await c.handshake();
       }
       await sleep(1500); // longer than a slot's eviction threshold
-      // Newcomers are refused (closed before the greeting), not given a connected client's slot.
+      // Newcomers are refused, told why in the handshake, not given a connected client's slot.
       for (let i = 0; i < 5; i++) {
         const late = await RawNbdClient.connectUnix(s.socket);
         try {
-          ok(await closedWithin(late, 3000), "a newcomer got a slot of a full server");
+          ok(await late.greet(), "no greeting");
+          await late.sendOption(NBD_OPT_GO, infoRequest("", []));
+          const refusal = await late.readOptionReply();
+          assertEquals(refusal.type, NBD_REP_ERR_POLICY, "a newcomer got a slot of a full server");
+          assertEquals(new TextDecoder().decode(refusal.data), TOO_MANY);
         } finally {
           late.close();
         }
       }
+      // A real client fails with the reason in hand (libnbd shows it under LIBNBD_DEBUG).
+      const nbdinfo = await run("nbdinfo", [s.uri], 20_000, { LIBNBD_DEBUG: "1" }).then(
+        () => "served",
+        (error: Error) => error.message,
+      );
+      ok(nbdinfo.includes(`server error message: ${TOO_MANY}`), nbdinfo.slice(-2000));
       for (const [i, c] of clients.entries()) {
         await c.request(NBD_CMD_READ, 0, 4096);
         assertEquals((await c.reply())?.error, 0, `client ${i} lost its connection`);

@@ -200,8 +200,8 @@ Example:
         maxInflightBytes,
         idleTimeoutMs,
         onConnection: (event) => {
-          // Every slot taken: the operator learns that clients are turned away (they see only
-          // a closed connection), one line per 10 s.
+          // Every slot taken: the operator learns that clients are turned away (they are told
+          // "too many connections" in the handshake), one line per 10 s.
           if (event.kind === "refused") {
             debug("nbd connection", event);
             return fullWarning("a client was refused: all 64 connection slots are taken");

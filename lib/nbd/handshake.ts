@@ -26,6 +26,7 @@ import {
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
   NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
@@ -49,10 +50,27 @@ export type HandshakeResult =
   | { ok: true; exportName: string }
   | { ok: false; reason: string };
 
+/**
+ * Why a client is turned away during option haggling: every option it sends gets this error
+ * reply (an NBD_REP_ERR_* type) with `message`, which clients show the user (nbdinfo with
+ * LIBNBD_DEBUG=1, qemu as "server reported: …"). An EXPORT_NAME cannot be answered with an
+ * error: that client is hung up on.
+ */
+export interface Refusal {
+  reply: number;
+  message: string;
+}
+
 /** Option payloads above this are refused (names are at most 4 KiB by the protocol). */
 const MAX_OPTION_BYTES = 64 * 1024;
-/** A client that keeps haggling past this many options is dropped. */
+/** A client that keeps haggling past this many options is told so and dropped. */
 const MAX_OPTIONS = 256;
+/**
+ * A refused client gets this many error replies, then is dropped: a real client gives up
+ * after a few (libnbd: STRUCTURED_REPLY, INFO, GO, then ABORT).
+ */
+const MAX_REFUSED_OPTIONS = 16;
+const TOO_MANY_OPTIONS: Refusal = { reply: NBD_REP_ERR_POLICY, message: "too many options" };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: false });
@@ -60,11 +78,13 @@ const decoder = new TextDecoder("utf-8", { fatal: false });
 /**
  * Runs the handshake on a fresh connection. On `ok` the connection is in the transmission
  * phase (hand it to serveTransmission); otherwise the client left or was dropped and the caller
- * closes the connection.
+ * closes the connection. With `refusal` the client is only told why it is not served (then it
+ * leaves, or is dropped): the caller bounds how long that may take.
  */
 export async function negotiate(
   conn: NbdConn,
   exp: ExportDescription,
+  refusal?: Refusal,
 ): Promise<HandshakeResult> {
   const greeting = new Uint8Array(18);
   const gv = new DataView(greeting.buffer);
@@ -86,7 +106,8 @@ export async function negotiate(
 
   const header = new Uint8Array(16);
   const hv = new DataView(header.buffer);
-  for (let count = 0; count < MAX_OPTIONS; count++) {
+  const maxOptions = refusal ? MAX_REFUSED_OPTIONS : MAX_OPTIONS;
+  for (let count = 0;; count++) {
     if (!await readExactly(conn, header, "an option header")) {
       return { ok: false, reason: "client left during option haggling" };
     }
@@ -97,12 +118,22 @@ export async function negotiate(
     const length = hv.getUint32(12);
     if (length > MAX_OPTION_BYTES) {
       // Too big to read and discard politely: say why, then hang up.
-      await sendReply(conn, option, NBD_REP_ERR_TOO_BIG, encoder.encode("option too long"));
+      await sendError(conn, option, { reply: NBD_REP_ERR_TOO_BIG, message: "option too long" });
       return { ok: false, reason: `option ${option} with ${length} bytes of data` };
     }
     const data = new Uint8Array(length);
     if (length && !await readExactly(conn, data, "option data")) {
       return { ok: false, reason: "client left during option data" };
+    }
+    if (count >= maxOptions && option !== NBD_OPT_ABORT) {
+      const last = refusal ?? TOO_MANY_OPTIONS;
+      await sendError(conn, option, last);
+      return { ok: false, reason: last.message };
+    }
+    if (refusal && option !== NBD_OPT_ABORT) {
+      await sendError(conn, option, refusal);
+      if (option === NBD_OPT_EXPORT_NAME) return { ok: false, reason: refusal.message };
+      continue;
     }
 
     switch (option) {
@@ -161,7 +192,6 @@ export async function negotiate(
         await sendReply(conn, option, NBD_REP_ERR_UNSUP);
     }
   }
-  return { ok: false, reason: "too many options" };
 }
 
 function matches(exp: ExportDescription, name: string): boolean {
@@ -235,6 +265,15 @@ async function sendReply(
   view.setUint32(16, data.length);
   buf.set(data, 20);
   await writeFully(conn, buf);
+}
+
+/**
+ * An error reply with its message; nothing for EXPORT_NAME, which has no error reply (the
+ * protocol's answer is to hang up).
+ */
+async function sendError(conn: NbdConn, option: number, error: Refusal): Promise<void> {
+  if (option === NBD_OPT_EXPORT_NAME) return;
+  await sendReply(conn, option, error.reply, encoder.encode(error.message));
 }
 
 /**

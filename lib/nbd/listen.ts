@@ -7,8 +7,8 @@ import { type ListenAddress, listenOn, nbdUri, removeOwnSocket } from "./address
 import type { Source } from "../source/source.ts";
 import { ConnActivity, watchConn } from "./activity.ts";
 import { InflightBudget } from "./budget.ts";
-import { type ExportDescription, negotiate } from "./handshake.ts";
-import { BLOCK_SIZE_MAX } from "./protocol.ts";
+import { type ExportDescription, negotiate, type Refusal } from "./handshake.ts";
+import { BLOCK_SIZE_MAX, NBD_REP_ERR_POLICY } from "./protocol.ts";
 import { type RequestEvent, serveTransmission, type TransmissionEnd } from "./transmission.ts";
 
 export { type ListenAddress, nbdUri, parseListenAddress } from "./address.ts";
@@ -22,7 +22,8 @@ export interface NbdServerOptions {
   /**
    * Connections served at once. When full, a new connection replaces the one stalled longest
    * (ConnActivity: waiting on what its client owes, for a second or more); otherwise it is
-   * closed at once. Default 64.
+   * refused: its options are answered NBD_REP_ERR_POLICY "too many connections" for a short
+   * while, without taking a slot (beyond a few refusals at once it is closed at once). Default 64.
    */
   maxConnections?: number;
   /**
@@ -33,7 +34,12 @@ export interface NbdServerOptions {
   /**
    * A connection waiting on what its client owes (the handshake, the rest of a request, replies
    * not collected) with nothing moving for this long is closed; a quiet client owed nothing is
-   * not. 0 = never. Default 5 minutes.
+   * not. 0 = never. Default 5 minutes. A client that collects its replies however slowly is
+   * never idle (every byte the socket takes resets the clock); one that takes none for this
+   * long loses the replies not yet sent: closing cancels the write blocked on it (its buffer,
+   * budget and slot are freed with the connection), and the client sees the connection end,
+   * maybe within a reply, never a wrong byte. What the kernel had already taken is still
+   * delivered, its own memory bounded by the socket's send buffer.
    */
   idleTimeoutMs?: number;
   /** Per-connection events, for logs. */
@@ -65,6 +71,8 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
   const stop = new AbortController();
   const active = new Map<number, Connection>();
+  /** Refused clients being told why, each until it leaves or REFUSAL_TIMEOUT_MS. */
+  const refusing = new Map<Deno.Conn, Promise<void>>();
   const timeoutMs = options.handshakeTimeoutMs ?? 30_000;
   const maxConnections = options.maxConnections ?? 64;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
@@ -86,7 +94,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
   const handle = async (entry: Connection, id: number) => {
     const conn = watchConn(entry.conn, entry.activity);
     options.onConnection?.({ kind: "open", id });
-    if (entry.conn.remoteAddr.transport === "tcp") (entry.conn as Deno.TcpConn).setNoDelay(true);
+    noDelay(entry.conn);
     const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
     let result;
     try {
@@ -151,6 +159,29 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     return true;
   };
 
+  /**
+   * Tells a client turned away at the door why, in the handshake, while it takes no slot: the
+   * time it may spend, and the refusals told at once, are bounded (the replies are a few bytes;
+   * closing the socket at the deadline cancels a write it does not read).
+   */
+  const refuse = (conn: Deno.Conn, id: number, refusal: Refusal) => {
+    options.onConnection?.({ kind: "refused", id, reason: refusal.message });
+    if (refusing.size >= MAX_REFUSALS_AT_ONCE || stop.signal.aborted) {
+      closeQuietly(conn);
+      return;
+    }
+    noDelay(conn);
+    const timer = setTimeout(() => closeQuietly(conn), Math.min(timeoutMs, REFUSAL_TIMEOUT_MS));
+    refusing.set(
+      conn,
+      negotiate(conn, exportDescription, refusal).then(() => {}, () => {}).finally(() => {
+        clearTimeout(timer);
+        closeQuietly(conn);
+        refusing.delete(conn);
+      }),
+    );
+  };
+
   const sweep = idleTimeoutMs > 0
     ? setInterval(() => {
       const now = Date.now();
@@ -181,8 +212,10 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
       }
       const id = nextId++;
       if (active.size >= maxConnections && !evictIdlest(`replaced by connection ${id}`)) {
-        options.onConnection?.({ kind: "refused", id, reason: "too many connections" });
-        closeQuietly(conn);
+        refuse(conn, id, {
+          reply: NBD_REP_ERR_POLICY,
+          message: `too many connections: all ${maxConnections} slots are taken, try again later`,
+        });
         continue;
       }
       const entry = new Connection(conn);
@@ -209,7 +242,9 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
         closeQuietly(listener);
         await accepting.catch(() => {});
         for (const { conn } of active.values()) closeQuietly(conn); // handshakes in progress
+        for (const conn of refusing.keys()) closeQuietly(conn);
         await Promise.allSettled([...active.values()].map((a) => a.done));
+        await Promise.allSettled(refusing.values());
         removeOwnSocket(socket);
       })();
       return closing;
@@ -221,6 +256,12 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** A connection stalled for less than this keeps its slot when the server is full. */
 const EVICT_MIN_IDLE_MS = 1000;
+/**
+ * How long a refused client is given to hear why (a real client needs a few round trips),
+ * and how many are told at once; past those it is just closed.
+ */
+const REFUSAL_TIMEOUT_MS = 2000;
+const MAX_REFUSALS_AT_ONCE = 16;
 
 class Connection {
   readonly activity = new ConnActivity();
@@ -234,6 +275,11 @@ class Connection {
     this.stop.abort(new Error(reason));
     closeQuietly(this.conn);
   }
+}
+
+/** Replies are small and each awaited by the client: Nagle would hold each one back. */
+function noDelay(conn: Deno.Conn): void {
+  if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
 }
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {

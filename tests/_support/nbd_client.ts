@@ -68,6 +68,16 @@ export class RawNbdClient {
     return (await this.readExactly(1)) === null;
   }
 
+  /**
+   * Reads the server's greeting (returned; null if the server closed first) and answers it
+   * with FIXED_NEWSTYLE, leaving the client at option haggling.
+   */
+  async greet(): Promise<Uint8Array | null> {
+    const greeting = await this.readExactly(18);
+    if (greeting) await this.write(u32(NBD_FLAG_C_FIXED_NEWSTYLE));
+    return greeting;
+  }
+
   /** Client side of fixed newstyle, ending with NBD_OPT_GO (or EXPORT_NAME when asked). */
   async handshake(
     exportName = "",
@@ -161,6 +171,18 @@ export class RawNbdClient {
       this.conn.close();
     } catch { /* closed */ }
   }
+}
+
+/** NBD_OPT_INFO/GO data: the export name and the NBD_INFO_* types asked for. */
+export function infoRequest(name: string, infos: number[]): Uint8Array {
+  const n = new TextEncoder().encode(name);
+  const data = new Uint8Array(4 + n.length + 2 + 2 * infos.length);
+  const v = new DataView(data.buffer);
+  v.setUint32(0, n.length);
+  data.set(n, 4);
+  v.setUint16(4 + n.length, infos.length);
+  infos.forEach((t, i) => v.setUint16(6 + n.length + 2 * i, t));
+  return data;
 }
 
 export function encodeRequest(

@@ -6,9 +6,11 @@ export async function runTool(
   program: string,
   args: string[],
   timeoutMs = 20_000,
+  env?: Record<string, string>,
 ): Promise<string> {
   const child = new Deno.Command(program, {
     args,
+    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
