@@ -315,38 +315,8 @@ export function strerror(code: number): string {
   return ptr ? Deno.UnsafePointerView.getCString(ptr) : `errno ${code}`;
 }
 
-/** Well-known errno values (asm-generic/errno-base.h, errno.h). */
-export const Errno = {
-  EPERM: 1,
-  ENOENT: 2,
-  ESRCH: 3,
-  EINTR: 4,
-  EIO: 5,
-  ENXIO: 6,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EFAULT: 14,
-  ENOTBLK: 15,
-  EBUSY: 16,
-  EEXIST: 17,
-  ENODEV: 19,
-  ENOTDIR: 20,
-  EINVAL: 22,
-  ENOSPC: 28,
-  ERANGE: 34,
-  ENOSYS: 38,
-  ENOTEMPTY: 39,
-  ELOOP: 40,
-  ENODATA: 61,
-  EBADMSG: 74,
-  ENOTCONN: 107,
-  ETIMEDOUT: 110,
-  /** EFSCORRUPTED of the kernel's file systems, EROFS included. */
-  EUCLEAN: 117,
-  EDQUOT: 122,
-} as const;
+/** Well-known errno values: defined beside the errors that name them (lib/errors.ts). */
+export { Errno } from "../lib/errors.ts";
 
 /** A failed system call: `call` names it, `errno` says why. */
 export class SysError extends UserError {

@@ -55,6 +55,51 @@ export function refusedSpecialPath(error: unknown): UserError | undefined {
   );
 }
 
+/** Well-known errno values (asm-generic/errno-base.h, errno.h). */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  ESRCH: 3,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  ENOTBLK: 15,
+  EBUSY: 16,
+  EEXIST: 17,
+  EXDEV: 18,
+  ENODEV: 19,
+  ENOTDIR: 20,
+  EISDIR: 21,
+  EINVAL: 22,
+  ENFILE: 23,
+  EMFILE: 24,
+  ETXTBSY: 26,
+  EFBIG: 27,
+  ENOSPC: 28,
+  EROFS: 30,
+  EPIPE: 32,
+  ERANGE: 34,
+  ENAMETOOLONG: 36,
+  ENOSYS: 38,
+  ENOTEMPTY: 39,
+  ELOOP: 40,
+  ENODATA: 61,
+  EBADMSG: 74,
+  EOPNOTSUPP: 95,
+  ECONNRESET: 104,
+  ENOTCONN: 107,
+  ETIMEDOUT: 110,
+  ECONNREFUSED: 111,
+  /** EFSCORRUPTED of the kernel's file systems, EROFS included. */
+  EUCLEAN: 117,
+  EDQUOT: 122,
+} as const;
+
 /**
  * Refusals of the operating system that describe the host, not a bug: a full or read-only file
  * system, a missing or unreadable path, a directory where a file was expected.
@@ -83,8 +128,41 @@ export function hostRefusal(error: unknown): UserError | undefined {
   if (!(error instanceof Error)) return undefined;
   const code = (error as { code?: unknown }).code;
   if (typeof code !== "string" || !(code in HOST_REFUSALS)) return undefined;
-  // Deno's form: "Read-only file system (os error 30): open 'out/x.tmp'".
-  const parts = /^(.*?) \(os error \d+\)(?:: (.*))?$/s.exec(error.message);
-  const message = parts ? (parts[2] ? `${parts[2]}: ${parts[1]}` : parts[1]) : error.message;
-  return new UserError(message, HOST_REFUSALS[code], { cause: error });
+  return new UserError(plainOsErrors(error.message).text, HOST_REFUSALS[code], { cause: error });
+}
+
+/**
+ * Deno's text for an OS error, alone or quoted in one of our messages: the strerror text
+ * (capitalised words: "Input/output error", "Read-only file system"), " (os error N)", and for
+ * file calls the call and its path(s), as in "No such file or directory (os error 2): stat 'x'"
+ * or "...: rename 'a' -> 'b'".
+ */
+const DENO_OS_ERROR =
+  /([A-Z][a-z]*(?:[ /-][A-Za-z]+)*) \(os error (\d+)\)(?:: (\w+ '[^']*'(?: -> '[^']*')?))?/g;
+
+/**
+ * `message` with Deno's OS error texts in our words: the strerror text without the
+ * "(os error N)" tail, after the call and path only when the message does not name that path
+ * already ("build: cannot read x: No such file or directory", "open 'y': Permission denied").
+ * `errnos` are the numbers left out, for --debug.
+ */
+export function plainOsErrors(message: string): { text: string; errnos: number[] } {
+  const errnos: number[] = [];
+  const text = message.replace(
+    DENO_OS_ERROR,
+    (_match, cause: string, errno: string, call: string | undefined, at: number) => {
+      errnos.push(Number(errno));
+      const paths = call ? [...call.matchAll(/'([^']*)'/g)].map((quoted) => quoted[1]) : [];
+      const before = message.slice(0, at);
+      const named = paths.every((path) => path !== "" && before.includes(path));
+      return call && !named ? `${call}: ${cause}` : cause;
+    },
+  );
+  return { text, errnos };
+}
+
+/** "ENOENT (os error 2)" for --debug: the errno's name where Errno knows it. */
+export function describeErrno(errno: number): string {
+  const name = Object.entries(Errno).find(([, value]) => value === errno)?.[0];
+  return name ? `${name} (os error ${errno})` : `os error ${errno}`;
 }

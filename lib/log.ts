@@ -1,5 +1,6 @@
 /** Diagnostics on stderr; stdout stays for data so `--json` output can be piped. */
 import { printable } from "./text.ts";
+import { describeErrno, plainOsErrors } from "./errors.ts";
 let debugEnabled = false;
 
 /**
@@ -59,7 +60,12 @@ export function debug(...parts: unknown[]): void {
   } else console.error("debug:", ...parts);
 }
 
-export function warn(message: string): void {
+/** Deno's OS error texts read as ours there too; --debug keeps the errno's name. */
+export function warn(rawMessage: string): void {
+  const { text, errnos } = plainOsErrors(rawMessage);
+  const message = debugEnabled && errnos.length > 0
+    ? `${text} [${errnos.map(describeErrno).join(", ")}]`
+    : text;
   if (format === "json") logRecord("warning", message);
   else if (textSink) textSink("warn", printable(message));
   else console.error(`erofs-oci: warning: ${printable(message)}`);

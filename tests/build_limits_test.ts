@@ -32,7 +32,7 @@ Deno.test({
       assertCliError(
         await runCli(["build", `${tmpfs}/src`, "-o", out], { timeoutMs: 60_000 }),
         1,
-        /file 'huge' is 1125899906842624 bytes: more than an image of 4096-byte blocks holds/,
+        /file "\/huge" is 1125899906842624 bytes: more than an image of 4096-byte blocks holds/,
       );
       assert.deepEqual([...Deno.readDirSync(tmpfs)].map((e) => e.name), ["src"]);
     } finally {
@@ -293,6 +293,34 @@ Deno.test({
       await Deno.remove(work, { recursive: true });
     }
   },
+});
+
+Deno.test("build: xattrs past what one EROFS inode holds are refused naming the file's path", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-xattr-total-" });
+  try {
+    // Each value is allowed (under 64 KiB); five of them take over 262,148 bytes, the most an
+    // inode's 16-bit xattr count reaches.
+    const value = "v".repeat(60_000);
+    const pax = ["a", "b", "c", "d", "e"].map((n): [string, string] => [
+      `SCHILY.xattr.user.${n}`,
+      value,
+    ]);
+    Deno.writeFileSync(
+      `${work}/layer.tar`,
+      encodeTar([
+        { name: "dir/", type: "5" },
+        { name: "dir/f", data: new Uint8Array(1), pax },
+      ]),
+    );
+    assertCliError(
+      await runCli(["build", `${work}/layer.tar`, "-o", `${work}/out.erofs`]),
+      1,
+      /^erofs-oci: "\/dir\/f" in the image: its xattrs take 300\d{3} bytes, more than EROFS holds for one inode \(262148\)$/,
+    );
+    assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["layer.tar"]);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
 });
 
 Deno.test("build: a tar member's xattr EROFS cannot hold is refused naming the member", async () => {

@@ -66,66 +66,77 @@ export async function loadSource(
     import("../tar/decompress.ts"),
     import("../erofs/writer/from_tar.ts"),
   ]);
-  // The scan copies what it keeps of the tar's bytes, so the file can be read into reused
-  // buffers.
-  const { stream, compression } = await openTar(source, { reuseChunks: true });
-  if (options.tarIndex) {
-    const scanning = new ProgressLine(`indexing ${source === "-" ? "standard input" : source}`);
-    try {
+  const reading = new ProgressLine(
+    `${options.tarIndex ? "indexing" : "reading"} ${source === "-" ? "standard input" : source}`,
+  );
+  let readBytes = 0, readEntries = 0;
+  const showRead = () => reading.updateRead(readBytes, sourceInfo?.size, readEntries);
+  const onEntries = (count: number) => {
+    readEntries = count;
+    showRead();
+  };
+  try {
+    // The scan copies what it keeps of the tar's bytes, so the file can be read into reused
+    // buffers.
+    const { stream, compression } = await openTar(source, {
+      reuseChunks: true,
+      onInputBytes: (doneBytes) => {
+        readBytes = doneBytes;
+        showRead();
+      },
+    });
+    if (options.tarIndex) {
       const { root, entries, tarEndOffset, endMarkerBlocks } = await scanTar(stream, {
         indexOnly: true,
         literalWhiteouts: options.literalWhiteouts,
         impliedMtimeSec: options.impliedMtimeSec,
         onSkippedXattr,
-        onEntries: (count) => scanning.updateEntries(count),
+        onEntries,
       });
       // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
       return { root, entries, tarBlocks: tarEndOffset / 512 + endMarkerBlocks, close() {} };
-    } finally {
-      scanning.finish();
     }
-  }
-  // Data of an uncompressed tar file stays where it is; anything else is spooled next to the
-  // output (unlinked at once, so nothing survives a crash).
-  const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
-  const spoolPath = `${dirOf(output)}/.erofs-oci-build-spool-${crypto.randomUUID().slice(0, 8)}`;
-  let spoolFd: number;
-  try {
-    spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
-  } catch (error) {
-    if (tarFd !== undefined) closeFd(tarFd);
-    await stream.cancel().catch(() => {});
-    if (error instanceof SysError) {
-      throw new UserError(`build: cannot write next to ${output}: ${strerror(error.errno)}`);
+    // Data of an uncompressed tar file stays where it is; anything else is spooled next to
+    // the output (unlinked at once, so nothing survives a crash).
+    const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
+    const spoolPath = `${dirOf(output)}/.erofs-oci-build-spool-${crypto.randomUUID().slice(0, 8)}`;
+    let spoolFd: number;
+    try {
+      spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
+    } catch (error) {
+      if (tarFd !== undefined) closeFd(tarFd);
+      await stream.cancel().catch(() => {});
+      if (error instanceof SysError) {
+        throw new UserError(`build: cannot write next to ${output}: ${strerror(error.errno)}`);
+      }
+      throw error;
     }
-    throw error;
-  }
-  Deno.removeSync(spoolPath);
-  const close = () => {
-    closeFd(spoolFd);
-    if (tarFd !== undefined) closeFd(tarFd);
-  };
-  const scanning = new ProgressLine(`reading ${source === "-" ? "standard input" : source}`);
-  try {
-    const { root, entries } = await scanTar(stream, {
-      literalWhiteouts: options.literalWhiteouts,
-      impliedMtimeSec: options.impliedMtimeSec,
-      tarFd,
-      spoolFd,
-      onSkippedXattr,
-      onEntries: (count) => scanning.updateEntries(count),
-    });
-    return { root, entries, close };
-  } catch (error) {
-    close();
-    throw spoolError(
-      error,
-      dirOf(output),
-      "build keeps a compressed tar's file data beside OUT until the image is written: free " +
-        "space there, or write OUT on a larger file system",
-    );
+    Deno.removeSync(spoolPath);
+    const close = () => {
+      closeFd(spoolFd);
+      if (tarFd !== undefined) closeFd(tarFd);
+    };
+    try {
+      const { root, entries } = await scanTar(stream, {
+        literalWhiteouts: options.literalWhiteouts,
+        impliedMtimeSec: options.impliedMtimeSec,
+        tarFd,
+        spoolFd,
+        onSkippedXattr,
+        onEntries,
+      });
+      return { root, entries, close };
+    } catch (error) {
+      close();
+      throw spoolError(
+        error,
+        dirOf(output),
+        "build keeps a compressed tar's file data beside OUT until the image is written: free " +
+          "space there, or write OUT on a larger file system",
+      );
+    }
   } finally {
-    scanning.finish();
+    reading.finish();
   }
 }
 

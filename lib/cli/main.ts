@@ -1,4 +1,11 @@
-import { hostRefusal, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
+import {
+  describeErrno,
+  hostRefusal,
+  plainOsErrors,
+  refusedSpecialPath,
+  UsageError,
+  UserError,
+} from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
@@ -123,30 +130,40 @@ function takeLogFormat(argv: string[]): string[] {
   return out;
 }
 
-/** Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. */
+/**
+ * Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. Deno's
+ * OS error texts read as ours ("(os error 2)" left out); --debug names the errno.
+ */
 export function reportError(thrown: unknown, debug: boolean): number {
   const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown) ?? thrown;
+  const { text: message, errnos } = plainOsErrors(
+    error instanceof Error ? error.message : String(error),
+  );
   if (logFormat() === "json") {
     if (error instanceof Deno.errors.BrokenPipe) return 1;
     const user = error instanceof UserError;
-    logRecord("error", error instanceof Error ? error.message : String(error), {
+    logRecord("error", message, {
       ...(user && error.hint ? { hint: error.hint } : {}),
       ...(user ? { exitCode: error.exitCode } : { internal: true }),
+      ...(debug && errnos.length > 0 ? { errno: errnos.map(describeErrno) } : {}),
       ...(debug && error instanceof Error ? { stack: error.stack } : {}),
     });
     return user ? error.exitCode : 1;
   }
+  const printDebug = () => {
+    for (const errno of errnos) console.error(`  errno: ${describeErrno(errno)}`);
+    console.error(error instanceof Error ? error.stack : error);
+  };
   if (error instanceof UserError) {
     // Messages quote registry and image data: no raw control characters reach the terminal.
-    console.error(`erofs-oci: ${printable(error.message)}`);
+    console.error(`erofs-oci: ${printable(message)}`);
     if (error.hint) console.error(`  hint: ${printable(error.hint)}`);
-    if (debug) console.error(error.stack);
+    if (debug) printDebug();
     return error.exitCode;
   }
   if (error instanceof Deno.errors.BrokenPipe) return 1;
-  const message = error instanceof Error ? error.message : String(error);
   console.error(`erofs-oci: internal error: ${printable(message)}`);
-  if (debug) console.error(error instanceof Error ? error.stack : error);
+  if (debug) printDebug();
   else console.error("  hint: run again with --debug for details and report it");
   return 1;
 }

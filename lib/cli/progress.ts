@@ -14,33 +14,32 @@ const REDRAW_INTERVAL_MS = 100;
 export class ProgressLine {
   readonly #label: string;
   readonly #enabled: boolean;
-  #lastDrawMs = 0;
+  #lastDrawMs = -Infinity;
   #drawn = false;
 
   readonly #out: (text: string) => void;
+  readonly #nowMs: () => number;
+  readonly #startMs: number;
+  /** The latest amount a redraw skipped (too soon after the last): finish() shows it. */
+  #pending: (() => string) | undefined;
 
   constructor(
     label: string,
     enabled = Deno.stderr.isTerminal(),
     out: (text: string) => void = writeStderr,
+    nowMs: () => number = Date.now,
   ) {
     this.#label = label;
     this.#enabled = enabled;
     this.#out = out;
+    this.#nowMs = nowMs;
+    this.#startMs = nowMs();
   }
 
   /** Redraws at most every 100 ms (and always at completion). */
   update(doneBytes: number, totalBytes?: number): void {
     const complete = totalBytes !== undefined && doneBytes >= totalBytes;
-    this.#draw(
-      complete,
-      () =>
-        totalBytes
-          ? `${formatBytes(doneBytes)} / ${formatBytes(totalBytes)} (${
-            Math.floor((doneBytes / totalBytes) * 100)
-          }%)`
-          : formatBytes(doneBytes),
-    );
+    this.#draw(complete, () => bytesOfTotal(doneBytes, totalBytes));
   }
 
   /** The same for work counted in entries (files, tar members), not bytes. */
@@ -48,17 +47,40 @@ export class ProgressLine {
     this.#draw(false, () => `${entries.toLocaleString("en-US")} entries`);
   }
 
+  /**
+   * Bytes read from a file or a pipe, with the entries found in them: against the total when
+   * known, else with the rate since the line began (a pipe's length is known only at its end).
+   */
+  updateRead(doneBytes: number, totalBytes: number | undefined, entries: number): void {
+    this.#draw(false, () => {
+      const elapsedMs = this.#nowMs() - this.#startMs;
+      const amount = totalBytes !== undefined || elapsedMs <= 0
+        ? bytesOfTotal(doneBytes, totalBytes)
+        : `${formatBytes(doneBytes)} (${formatBytes(Math.round(doneBytes / elapsedMs * 1000))}/s)`;
+      return `${amount}, ${entries.toLocaleString("en-US")} entries`;
+    });
+  }
+
   #draw(complete: boolean, amount: () => string): void {
     if (!this.#enabled) return;
-    const now = Date.now();
-    if (!complete && now - this.#lastDrawMs < REDRAW_INTERVAL_MS) return;
+    const now = this.#nowMs();
+    if (!complete && now - this.#lastDrawMs < REDRAW_INTERVAL_MS) {
+      this.#pending = amount;
+      return;
+    }
     this.#lastDrawMs = now;
+    this.#pending = undefined;
     this.#write(`\r\x1b[K${this.#label} ${amount()}`);
     this.#drawn = true;
   }
 
-  /** Ends the line so later output starts on a fresh one. */
+  /** Shows the last amount a redraw skipped, then ends the line for later output. */
   finish(): void {
+    if (this.#pending) {
+      this.#write(`\r\x1b[K${this.#label} ${this.#pending()}`);
+      this.#pending = undefined;
+      this.#drawn = true;
+    }
     if (this.#enabled && this.#drawn) this.#write("\n");
     this.#drawn = false;
   }
@@ -66,6 +88,15 @@ export class ProgressLine {
   #write(text: string): void {
     this.#out(text);
   }
+}
+
+/** "4.0 KiB / 8.0 KiB (50%)", or the bytes alone without a total. */
+function bytesOfTotal(doneBytes: number, totalBytes: number | undefined): string {
+  return totalBytes
+    ? `${formatBytes(doneBytes)} / ${formatBytes(totalBytes)} (${
+      Math.floor((doneBytes / totalBytes) * 100)
+    }%)`
+    : formatBytes(doneBytes);
 }
 
 function writeStderr(text: string): void {

@@ -21,3 +21,35 @@ Deno.test("ProgressLine: bytes as sizes, entries as counts; nothing when not a t
   off.finish();
   assert.deepEqual(quiet, []);
 });
+
+Deno.test("ProgressLine.updateRead: bytes against the total, or with their rate from a pipe", () => {
+  let clockMs = 1000;
+  const written: string[] = [];
+  const pipe = new ProgressLine(
+    "reading standard input",
+    true,
+    (t) => written.push(t),
+    () => clockMs,
+  );
+  clockMs = 3000;
+  pipe.updateRead(4 << 20, undefined, 3);
+  clockMs = 3050;
+  pipe.updateRead(6 << 20, undefined, 5); // within 100 ms of the last: drawn at the end
+  clockMs = 4000;
+  pipe.finish();
+  const file = new ProgressLine("reading l.tar", true, (t) => written.push(t), () => clockMs);
+  file.updateRead(4096, 8192, 2);
+  file.finish();
+  assert.deepEqual(written, [
+    "\r\x1b[Kreading standard input 4.0 MiB (2.0 MiB/s), 3 entries",
+    "\r\x1b[Kreading standard input 6.0 MiB (2.0 MiB/s), 5 entries",
+    "\n",
+    "\r\x1b[Kreading l.tar 4.0 KiB / 8.0 KiB (50%), 2 entries",
+    "\n",
+  ]);
+  const quiet: string[] = [];
+  const off = new ProgressLine("reading", false, (t) => quiet.push(t), () => clockMs);
+  off.updateRead(1, undefined, 1);
+  off.finish();
+  assert.deepEqual(quiet, []);
+});

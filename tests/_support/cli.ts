@@ -115,7 +115,7 @@ export function assertSuccess(result: CliResult): void {
 
 /**
  * The CLI's error contract: exit `code`, stderr is one `erofs-oci: …` line plus at most one
- * `  hint: …` line, no stack trace. Returns the message line for further checks.
+ * `  hint: …` line, no stack trace, no raw "(os error N)" of Deno's. Returns the message line for further checks.
  */
 export function assertCliError(result: CliResult, code: number, message?: RegExp): string {
   assert.ok(!result.timedOut, `timed out:\n${describe(result)}`);
@@ -132,6 +132,10 @@ export function assertCliError(result: CliResult, code: number, message?: RegExp
     `stack trace printed without --debug:\n${describe(result)}`,
   );
   assert.ok(!/internal error/.test(lines[0]), `internal error is a bug:\n${describe(result)}`);
+  assert.ok(
+    !/\(os error \d+\)/.test(result.stderr),
+    `Deno's "(os error N)" reached the user:\n${describe(result)}`,
+  );
   if (message) assert.match(lines[0], message, `error message:\n${describe(result)}`);
   return lines[0];
 }

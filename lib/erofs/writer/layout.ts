@@ -156,6 +156,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const { inodeOf, nlink, dirs } = tree;
   const count = inodeOf.length;
   const kindCode = (i: number) => table.kindCode(inodeOf[i]);
+  const pathInImage = (inode: number) => table.pathOf(inode, (dir) => tree.indexOf[dir] >= 0);
 
   // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
   const uses = new Map<string, { name: string; value: Uint8Array; count: number }>();
@@ -227,7 +228,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
         if (id !== undefined) ids.push(id);
         else inline.push([name, value]);
       }
-      const body = encodeXattrBody(ids, inline);
+      let body: Uint8Array | undefined;
+      try {
+        body = encodeXattrBody(ids, inline);
+      } catch (error) {
+        if (!(error instanceof FormatError)) throw error;
+        const where = `"${pathInImage(inode)}" in the image`;
+        throw new FormatError(`${where}: ${error.message}`, error.hint, { cause: error });
+      }
       if (body) xattrBodies.set(i, body);
     }
     const size = table.size.get(inode);
@@ -271,10 +279,9 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       (tail > 0 && inlineTailBytes[i] === 0 ? 1 : 0);
     // The count is stored in 32 bits: past it a file wrapped around onto other blocks.
     if (fileBlocks > MAX_BLOCK_ADDRESS) {
-      const name = tree.entryOf.length > 0 ? ` '${table.nameOf(tree.entryOf[i])}'` : "";
       throw new FormatError(
-        `file${name} is ${size} bytes: more than an image of ${blockBytes}-byte blocks holds ` +
-          `(${MAX_BLOCK_ADDRESS} blocks)`,
+        `file "${pathInImage(inode)}" is ${size} bytes: more than an image of ` +
+          `${blockBytes}-byte blocks holds (${MAX_BLOCK_ADDRESS} blocks)`,
       );
     }
     blocks[i] = fileBlocks;

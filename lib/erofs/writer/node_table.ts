@@ -275,6 +275,24 @@ export class NodeTable {
     const start = this.nameStart[e];
     return decoder.decode(this.pool.subarray(start, start + this.nameLength[e]));
   }
+  /**
+   * Where `inode` is in the image ("/etc/passwd"; one of a hard link's names), for refusals:
+   * it goes through every entry. `laidOut` leaves out entries of directories a later tar
+   * member replaced.
+   */
+  pathOf(inode: number, laidOut: (inode: number) => boolean = () => true): string {
+    const namingEntry = new Int32Array(this.inodes).fill(-1);
+    for (let e = this.entries - 1; e >= 0; e--) {
+      if (laidOut(this.entryParent[e])) namingEntry[this.entryInode[e]] = e;
+    }
+    const names: string[] = [];
+    // At most one step per entry: a table a bug made cyclic still ends.
+    for (let at = inode; at !== 0 && namingEntry[at] >= 0 && names.length < this.entries;) {
+      names.push(this.nameOf(namingEntry[at]));
+      at = this.entryParent[namingEntry[at]];
+    }
+    return `/${names.reverse().join("/")}`;
+  }
   nameBytesOf(e: number): Uint8Array {
     const start = this.nameStart[e];
     return this.pool.subarray(start, start + this.nameLength[e]);

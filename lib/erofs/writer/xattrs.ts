@@ -11,6 +11,8 @@ import { aclProblem, isAclXattr } from "../../tar/acl.ts";
 
 export { XATTR_IBODY_HEADER_BYTES };
 const MAX_SHARED_PER_INODE = 255;
+/** i_xattr_icount is 16 bits (erofs_fs.h): the most 4-byte units an inode's xattr body spans. */
+const MAX_XATTR_COUNT = 0xffff;
 const MAX_VALUE_BYTES = 65535;
 
 /** Exact names first, then prefixes (EROFS_XATTR_INDEX_USER=1 … SECURITY=6). */
@@ -122,6 +124,12 @@ export function encodeXattrBody(
   const entries = inline.map(([n, v]) => encodeXattrEntry(n, v));
   const size = XATTR_IBODY_HEADER_BYTES + shared.length * 4 +
     entries.reduce((n, e) => n + e.length, 0);
+  if (xattrCount(size) > MAX_XATTR_COUNT) {
+    throw new FormatError(
+      `its xattrs take ${size} bytes, more than EROFS holds for one inode ` +
+        `(${XATTR_IBODY_HEADER_BYTES + (MAX_XATTR_COUNT - 1) * 4})`,
+    );
+  }
   const body = new Uint8Array(size);
   const view = new DataView(body.buffer);
   view.setUint8(4, shared.length);
@@ -133,9 +141,6 @@ export function encodeXattrBody(
   for (const entry of entries) {
     body.set(entry, at);
     at += entry.length;
-  }
-  if ((size - XATTR_IBODY_HEADER_BYTES) / 4 + 1 > 0xffff) {
-    throw new FormatError("xattrs of one inode exceed what EROFS can index");
   }
   return body;
 }
