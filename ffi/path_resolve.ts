@@ -126,7 +126,22 @@ export function realPathTrusted(path: string): string {
   }
 }
 
-function walkTrusted(path: string, from: number, fileAtEnd: boolean): number {
+/**
+ * `mkdir -p` of `path` resolved as openDirTrusted does: each missing directory is made in the
+ * descriptor of the one above it (mode `mode`, less the umask) and opened there without
+ * following a symlink, so a user who owns a directory on the way cannot make root create
+ * directories elsewhere; returns an O_PATH descriptor of the directory.
+ */
+export function makeDirTrusted(path: string, mode = 0o755): number {
+  return walkTrusted(path, AT_FDCWD, false, mode);
+}
+
+function walkTrusted(
+  path: string,
+  from: number,
+  fileAtEnd: boolean,
+  makeMissingMode?: number,
+): number {
   const pending = path.split("/").filter((part) => part !== "" && part !== ".");
   const rootFlags = O_PATH | O_DIRECTORY | O_CLOEXEC;
   // A descriptor of our own to start from (`from` stays the caller's).
@@ -140,7 +155,14 @@ function walkTrusted(path: string, from: number, fileAtEnd: boolean): number {
   try {
     while (pending.length > 0) {
       const part = pending.shift()!;
-      const next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+      let next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+      if (next < 0 && errno() === Errno.ENOENT && makeMissingMode !== undefined) {
+        // Made meanwhile by another is as good (EEXIST); what is there now is checked below.
+        if (libc().mkdirat(at, cstr(part), makeMissingMode) < 0 && errno() !== Errno.EEXIST) {
+          throw new SysError("mkdir", errno(), path);
+        }
+        next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+      }
       if (next < 0) throw new SysError("open", errno(), path);
       walked.push(part);
       let kind: { type: number; uid: number };

@@ -4,7 +4,12 @@
  * or mounts); root's own symlinks (/var/run -> /run) and the caller's are followed.
  */
 import assert from "node:assert/strict";
-import { openDirTrusted, statIdentity, UntrustedSymlinkError } from "../ffi/path_resolve.ts";
+import {
+  makeDirTrusted,
+  openDirTrusted,
+  statIdentity,
+  UntrustedSymlinkError,
+} from "../ffi/path_resolve.ts";
 import { closeFd, Errno, SysError } from "../ffi/libc.ts";
 import { requires, root } from "./_support/requires.ts";
 
@@ -75,6 +80,49 @@ Deno.test({
       }
     } finally {
       await Deno.remove(`${work}`, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "makeDirTrusted: mkdir -p made in each directory's descriptor, a user's symlink refused",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-trusted-" });
+    try {
+      // Missing levels made, existing ones and root's symlinks gone through.
+      await Deno.mkdir(`${work}/real`);
+      await Deno.symlink("real", `${work}/link`);
+      const fd = makeDirTrusted(`${work}/link/a/b/c`, 0o750);
+      try {
+        assert(sameDir(fd, `${work}/real/a/b/c`));
+      } finally {
+        closeFd(fd);
+      }
+      closeFd(makeDirTrusted(`${work}/real/a/b/c`)); // already there
+
+      // A user's symlink on the way: refused, nothing made where it leads.
+      await Deno.mkdir(`${work}/home/user`, { recursive: true });
+      await Deno.mkdir(`${work}/roots`);
+      await Deno.symlink(`${work}/roots`, `${work}/home/user/out`);
+      const chowned = await new Deno.Command("chown", {
+        args: ["-h", "65534:65534", `${work}/home/user/out`],
+      }).output();
+      assert(chowned.success);
+      assert.throws(
+        () => makeDirTrusted(`${work}/home/user/out/made`),
+        (error: unknown) => error instanceof UntrustedSymlinkError,
+      );
+      assert.deepEqual([...Deno.readDirSync(`${work}/roots`)], [], "nothing made through it");
+
+      // A file on the way: the system's refusal.
+      Deno.writeTextFileSync(`${work}/file`, "");
+      assert.throws(
+        () => makeDirTrusted(`${work}/file/below`),
+        (error: unknown) => error instanceof SysError && error.errno === Errno.ENOTDIR,
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true });
     }
   },
 });

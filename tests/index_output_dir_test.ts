@@ -89,3 +89,29 @@ Deno.test("index of a FIFO: one usage line (was an internal error, 'Illegal seek
     assertCliError(result, 2, /index: .*pipe is not a regular file/);
   });
 });
+
+Deno.test({
+  name: "index -o DIR through a user's symlink: refused, no directory made where it leads",
+  ignore: requires(root()),
+  async fn() {
+    await withWork(async (work) => {
+      // The user's directory holds a symlink to a directory of root's: mkdir -p by path made
+      // root's directories there before the output was refused.
+      await Deno.mkdir(`${work}/home/user`, { recursive: true });
+      await Deno.mkdir(`${work}/roots`);
+      await Deno.symlink(`${work}/roots`, `${work}/home/user/out`);
+      const chowned = await new Deno.Command("chown", {
+        args: ["-h", "65534:65534", `${work}/home/user/out`],
+      }).output();
+      assert(chowned.success);
+      const result = await runCli([
+        "index",
+        `${FIXTURES}/layer.tar.gz`,
+        "-o",
+        `${work}/home/user/out/a/b`,
+      ]);
+      assertCliError(result, 1, /symlink of uid 65534/);
+      assert.deepEqual([...Deno.readDirSync(`${work}/roots`)], [], "nothing made through it");
+    });
+  },
+});

@@ -1,7 +1,7 @@
 import { removeTreeSync } from "../sys/remove_tree.ts";
 import { splitPath, unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory } from "../../ffi/files.ts";
-import { openDirTrusted } from "../../ffi/path_resolve.ts";
+import { makeDirTrusted, openDirTrusted } from "../../ffi/path_resolve.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
@@ -87,7 +87,7 @@ Examples:
     // Made here, synchronously, before the interrupt handler that removes it: made later by
     // the indexing, a signal in between left it behind.
     try {
-      if (createsOutput) Deno.mkdirSync(values.output!, { recursive: true });
+      if (createsOutput) closeFd(makeDirTrusted(values.output!));
     } catch (error) {
       throw outputFileError("index", values.output!, error);
     }
@@ -124,8 +124,13 @@ Examples:
     try {
       return await indexInto(file, values, dir, spanBytes, timestamp);
     } catch (error) {
-      // A directory this run created stays only with the index in it (removed only if empty).
-      if (createsOutput) await Deno.remove(values.output!).catch(() => {});
+      // A directory this run created stays only with the index in it (removed only if empty),
+      // through its parent's descriptor (by path, a swapped parent led elsewhere).
+      if (createsOutput && output?.parent) {
+        try {
+          unlinkIn(output.parent.fd, output.parent.name, true);
+        } catch { /* not empty, or gone */ }
+      }
       throw error;
     } finally {
       stopWatching();

@@ -7,6 +7,7 @@
  */
 import { UsageError, UserError } from "../errors.ts";
 import { hiddenTempName, NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
+import { strerror, SysError } from "../../ffi/libc.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
@@ -73,6 +74,11 @@ function kindOf(info: Deno.FileInfo): string {
 
 /** `error` as a one-line UserError when it is the operating system's refusal (it has an errno code). */
 export function outputFileError(command: string, path: string, error: unknown): unknown {
+  // A system call's refusal on the way (mkdir, open in a directory's descriptor): said of the
+  // output, as Deno's own errors are.
+  if (error instanceof SysError) {
+    return new UserError(`${command}: cannot write ${path}: ${strerror(error.errno)}`);
+  }
   if (error instanceof UserError) return error;
   const code = (error as { code?: unknown } | undefined)?.code;
   if (typeof code === "string" && /^E[A-Z0-9]+$/.test(code)) {
