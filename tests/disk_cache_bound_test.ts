@@ -41,6 +41,7 @@ Deno.test("disk cache --fetch-all: a layer larger than the cache is not complete
   const warnings: string[] = [];
   try {
     const cache = DiskCache.open({
+      checkCompleteBlobs: false,
       dir,
       maxBytes: 8 * MiB,
       keepFreeBytes: 0,
@@ -114,7 +115,12 @@ Deno.test("disk cache: another process's fills count toward the bound", async ()
   try {
     const bound = 8 * MiB;
     // Opened first, so what the other process writes is not in the count taken at open.
-    const cache = DiskCache.open({ dir, maxBytes: bound, keepFreeBytes: 0 })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      maxBytes: bound,
+      keepFreeBytes: 0,
+    })!;
     const inner = new MemorySource(patternBytes(6 * MiB, 4));
     const source = cache.wrap(inner, { digest: "sha256:" + "4".repeat(64), origin: "test" });
     const otherDigest = "sha256:" + "5".repeat(64);
@@ -150,6 +156,7 @@ Deno.test({
       const keepFree = 8 * MiB;
       const warnings: string[] = [];
       const cache = DiskCache.open({
+        checkCompleteBlobs: false,
         dir,
         keepFreeBytes: keepFree,
         onWarning: (message) => warnings.push(message),
@@ -186,6 +193,7 @@ Deno.test("disk cache: its directory removed under an open blob: reads go on, on
   const warnings: string[] = [];
   try {
     const cache = DiskCache.open({
+      checkCompleteBlobs: false,
       dir,
       maxBytes: 8 * MiB,
       keepFreeBytes: 0,
@@ -212,7 +220,12 @@ Deno.test("disk cache: chunks another process filled in a blob open here are evi
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-bound-" });
   try {
     const bound = 4 * MiB;
-    const cache = DiskCache.open({ dir, maxBytes: bound, keepFreeBytes: 0 })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      maxBytes: bound,
+      keepFreeBytes: 0,
+    })!;
     // Layer X is open here (an image mounted, not read yet)...
     const xDigest = "sha256:" + "a1".repeat(32);
     const x = cache.wrap(new MemorySource(patternBytes(3 * MiB, 7)), {

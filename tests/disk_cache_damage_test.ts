@@ -12,7 +12,11 @@ for (const damage of ["map", "data"] as const) {
     const dir = await Deno.makeTempDir();
     const warnings: string[] = [];
     try {
-      const cache = DiskCache.open({ dir, onWarning: (message) => warnings.push(message) })!;
+      const cache = DiskCache.open({
+        checkCompleteBlobs: false,
+        dir,
+        onWarning: (message) => warnings.push(message),
+      })!;
       const bytes = patternBytes(4 * CHUNK, 7);
       const source = cache.wrap(new MemorySource(bytes), {
         digest: `sha256:${"07".repeat(32)}`,

@@ -171,7 +171,7 @@ Deno.test("disk cache: stays under its bound, evicting old blobs then old chunks
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const bound = 8 * MiB;
-    const cache = DiskCache.open({ dir, maxBytes: bound })!;
+    const cache = DiskCache.open({ checkCompleteBlobs: false, dir, maxBytes: bound })!;
     const digests = [1, 2, 3, 4].map((n) => "sha256:" + `${n}`.repeat(64));
     for (const [n, digest] of digests.entries()) {
       const bytes = patternBytes(3 * MiB, n + 1);
@@ -217,7 +217,12 @@ Deno.test({
       Deno.chmodSync(dir, 0o700);
       const warnings: string[] = [];
       // No reserve: the disk filled by others between two looks at it (and the bound alike).
-      const cache = DiskCache.open({ dir, keepFreeBytes: 0, onWarning: (m) => warnings.push(m) })!;
+      const cache = DiskCache.open({
+        checkCompleteBlobs: false,
+        dir,
+        keepFreeBytes: 0,
+        onWarning: (m) => warnings.push(m),
+      })!;
       const bytes = patternBytes(16 * MiB, 5);
       const source = cache.wrap(new MemorySource(bytes), { digest: TEST_DIGEST, origin: "test" });
       for (let offset = 0; offset < bytes.length; offset += MiB / 2) {
@@ -242,7 +247,7 @@ Deno.test("disk cache: a chunk that fails verify is never stored and the read fa
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const bytes = patternBytes(3 * MiB, 2);
-    const cache = DiskCache.open({ dir, chunkBytes: MiB })!;
+    const cache = DiskCache.open({ checkCompleteBlobs: false, dir, chunkBytes: MiB })!;
     const source = cache.wrap(new MemorySource(bytes), {
       digest: TEST_DIGEST,
       origin: "test",
@@ -268,7 +273,10 @@ Deno.test("disk cache: CachedSource in front keeps no chunks and reads ahead in 
   try {
     const bytes = patternBytes(32 * MiB, 4);
     const inner = new MemorySource(bytes);
-    const disk = DiskCache.open({ dir })!.wrap(inner, { digest: TEST_DIGEST, origin: "test" });
+    const disk = DiskCache.open({ checkCompleteBlobs: false, dir })!.wrap(inner, {
+      digest: TEST_DIGEST,
+      origin: "test",
+    });
     const cached = new CachedSource(disk);
     const step = 128 * 1024;
     for (let offset = 0; offset < bytes.length; offset += step) {
@@ -290,7 +298,7 @@ Deno.test("disk cache: readIfPresent finds an origin's own and table-checked fil
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const bytes = patternBytes(CHUNK * 3, 6);
-    const cache = DiskCache.open({ dir })!;
+    const cache = DiskCache.open({ checkCompleteBlobs: false, dir })!;
     const probe = (origin: string) =>
       cache.readIfPresent({ digest: TEST_DIGEST, origin }, bytes.length, 100, 1000);
     assert.equal(probe("http://r"), undefined, "nothing cached yet");
@@ -319,7 +327,7 @@ Deno.test("disk cache: reads do not wait for fdatasync; chunks are WRITTEN at on
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-" });
   try {
     const bytes = patternBytes(10 * MiB, 7);
-    const cache = DiskCache.open({ dir, chunkBytes: MiB })!;
+    const cache = DiskCache.open({ checkCompleteBlobs: false, dir, chunkBytes: MiB })!;
     const inner = new MemorySource(bytes);
     const source = cache.wrap(inner, {
       digest: TEST_DIGEST,
@@ -367,7 +375,7 @@ Deno.test("disk cache: WRITTEN chunks of another boot are dropped at open and fe
     const bytes = patternBytes(4 * MiB, 5);
     const base = blobBase(dir, TEST_DIGEST, "o-test", MiB);
     const open = (inner: MemorySource) =>
-      DiskCache.open({ dir, chunkBytes: MiB })!.wrap(inner, {
+      DiskCache.open({ checkCompleteBlobs: false, dir, chunkBytes: MiB })!.wrap(inner, {
         digest: TEST_DIGEST,
         origin: "test",
       }) as DiskCachedSource;

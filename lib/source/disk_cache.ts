@@ -25,7 +25,7 @@ import {
   tryLock,
 } from "./disk_cache_io.ts";
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
-import { DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
+import { type DigestCheckEnd, DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
 import { blobFilePrefix, blobNameStem, originTag } from "./disk_cache_names.ts";
@@ -84,8 +84,14 @@ export interface DiskCacheOptions {
    * are quiet (DiskCachedSource.completeInBackground), and says so on the log once done.
    */
   completeInBackground?: boolean;
-  /** Told when a blob is complete (--fetch-all); default console.log. */
+  /** Told when a blob is complete (--fetch-all) or its digest checked; default console.log. */
   onNotice?: (message: string) => void;
+  /**
+   * Default true: a blob without a chunk table is hashed against its digest once its data is
+   * complete (DiskCachedSource, disk_cache_whole_check.ts). Off only for tests whose blobs
+   * carry made-up digests.
+   */
+  checkCompleteBlobs?: boolean;
   /** Told once per problem (full disk, unusable directory); default console.warn. */
   onWarning?: (message: string) => void;
   /**
@@ -120,6 +126,7 @@ export class DiskCache {
   #writtenSinceCheck = 0;
   readonly #warn: (message: string) => void;
   readonly #complete: boolean;
+  readonly #checkCompleteBlobs: boolean;
   readonly #notice: (message: string) => void;
   readonly #warned = new Set<string>();
   readonly #open = new Set<DiskCachedSource>();
@@ -140,6 +147,7 @@ export class DiskCache {
     );
     this.#warn = options.onWarning ?? ((message) => console.warn(message));
     this.#complete = options.completeInBackground ?? false;
+    this.#checkCompleteBlobs = options.checkCompleteBlobs ?? true;
     this.#notice = options.onNotice ?? ((message) => console.log(message));
   }
 
@@ -226,9 +234,18 @@ export class DiskCache {
       base = this.#baseOf(key);
       const ahead = this.#sidecarsAhead.get(base);
       this.#sidecarsAhead.delete(base);
-      const source = DiskCachedSource.open(this, inner, base, key.verify, ahead);
+      let completing = false;
+      const source = DiskCachedSource.open(this, inner, base, key.verify, ahead, {
+        digest: key.digest,
+        // A reader that reads it whole hashes it as it passes (refuseBytes on a mismatch).
+        auto: this.#checkCompleteBlobs && !options.readOnce,
+        report: (digest, end, tookMs) =>
+          this.#reportDigestCheck(digest, inner.size, end, tookMs, completing),
+      });
       this.#open.add(source);
-      if (this.#complete && !options.readOnce) this.#completeInBackground(source, key.digest);
+      if (this.#complete && !options.readOnce) {
+        completing = this.#completeInBackground(source, key.digest);
+      }
       return source;
     } catch (error) {
       this.warnOnce(`disk cache ${base}: ${(error as Error).message}; memory cache only`);
@@ -237,11 +254,35 @@ export class DiskCache {
   }
 
   /**
+   * Says how a whole-blob hash ended: a mismatch as a warning (the source has dropped the
+   * blob's chunks and fails its reads), a match as a notice unless `--fetch-all` completes the
+   * blob (its own notice then says so).
+   */
+  #reportDigestCheck(
+    digest: string,
+    sizeBytes: number,
+    end: DigestCheckEnd,
+    tookMs: number,
+    completing: boolean,
+  ): void {
+    if (end === "mismatch") {
+      this.#warn(
+        `${digest}: complete in the disk cache, but the bytes do not match the digest: its ` +
+          "cached chunks are dropped and reads of this layer fail (EIO)",
+      );
+      noteChunkMismatch(digest);
+    } else if (end === "ok" && !completing) {
+      this.#notice(`${digest}: all ${sizeBytes} bytes cached, digest verified (${tookMs} ms)`);
+    }
+  }
+
+  /**
    * `--fetch-all` of one blob, unless it cannot stay whole in the cache: a blob larger than
    * the bound is not started, one whose fetched chunks get evicted (the blobs in use together
    * pass the bound) is stopped; either is said once, and its reads still fetch what they need.
+   * True when started.
    */
-  #completeInBackground(source: DiskCachedSource, digest: string): void {
+  #completeInBackground(source: DiskCachedSource, digest: string): boolean {
     const fits = Math.floor(this.maxBytes * EVICT_TO);
     if (source.size > fits) {
       this.#warn(
@@ -249,7 +290,7 @@ export class DiskCache {
           `(${formatBytes(this.maxBytes)}): only what is read of it is fetched; raise ` +
           "--disk-cache-size to fetch it all",
       );
-      return;
+      return false;
     }
     const startedMs = Date.now();
     source.completeInBackground().then(async (end) => {
@@ -262,7 +303,8 @@ export class DiskCache {
         return;
       }
       if (end !== "complete") return;
-      // The digest is the only check of a blob fetched without a chunk table.
+      // The check a blob without a table starts by itself once complete (joined, not run
+      // twice); a mismatch is said by #reportDigestCheck.
       const checked = await source.checkDigest(digest);
       if (checked === "incomplete") {
         if (!source.closed) {
@@ -274,19 +316,12 @@ export class DiskCache {
         }
         return;
       }
-      if (checked === "mismatch") {
-        this.#warn(
-          `${digest}: fetched whole, but the bytes do not match the digest; ` +
-            "reads of this layer fail (EIO)",
-        );
-        noteChunkMismatch(digest);
-        return;
-      }
+      if (checked === "mismatch") return;
       this.#notice(
-        `${digest}: all ${source.size} bytes local (${Date.now() - startedMs} ms)` +
-          (checked === "ok" ? ", digest verified" : ""),
+        `${digest}: all ${source.size} bytes local (${Date.now() - startedMs} ms), digest verified`,
       );
     }).catch((error) => this.warnOnce(`--fetch-all ${digest}: ${error.message}`));
+    return true;
   }
 
   /**
@@ -539,8 +574,9 @@ export class DiskCache {
     >();
     for (const entry of Deno.readDirSync(this.blobsDir)) {
       // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
-      // unsynced chunks (disk_cache_boot.ts); both counted with it.
-      const match = /^(.*)\.(map|data|meta|boot)$/.exec(entry.name);
+      // unsynced chunks (disk_cache_boot.ts), `.sum`: its digest check (disk_cache_sum.ts);
+      // all counted with it.
+      const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name);
       // A map that is no regular file is damage, listed so that prune removes it (the blob's
       // only file, it was never listed, so never pruned).
       if (!match || (!entry.isFile && match[2] !== "map")) continue;
@@ -597,7 +633,7 @@ function removeIfMapDamaged(base: string): boolean {
     return false;
   }
   if (info.isFile) return false;
-  for (const suffix of [".data", ".meta", ".boot", ".map"]) {
+  for (const suffix of [".sum", ".data", ".meta", ".boot", ".map"]) {
     try {
       Deno.removeSync(`${base}${suffix}`, { recursive: true });
     } catch { /* absent */ }

@@ -1,9 +1,10 @@
 /**
- * The whole-blob check of `--fetch-all`: a layer without a chunk-digest table is verified only
- * by its digest, which needs every byte, so once the disk cache holds them all the data file
- * is hashed. Bounded memory (one 1 MiB buffer) and the event loop is yielded between pieces,
- * so readers keep being served while a large layer is hashed. Also the digest of an index file
- * too large to read whole (a zinfo: lib/mount/layer_index_files.ts).
+ * The whole-blob hash of the disk cache (disk_cache_whole_check.ts): a layer without a
+ * chunk-digest table is verified only by its digest, which needs every byte, so once the disk
+ * cache holds them all the data file is hashed. Bounded memory (one 1 MiB buffer) and the
+ * event loop is yielded between pieces, so readers keep being served while a large layer is
+ * hashed. Also the digest of an index file too large to read whole (a zinfo:
+ * lib/mount/layer_index_files.ts).
  */
 import { createHash } from "../node_builtins.ts";
 

@@ -76,7 +76,7 @@ export function openBlobFiles(
  * its data file, which the next opener clears (openBlobFiles).
  */
 export function removeBlobFiles(base: string): void {
-  for (const extra of [`${base}.data`, `${base}.meta`, `${base}.boot`]) {
+  for (const extra of [`${base}.sum`, `${base}.data`, `${base}.meta`, `${base}.boot`]) {
     try {
       Deno.removeSync(extra);
     } catch (error) {
@@ -84,4 +84,17 @@ export function removeBlobFiles(base: string): void {
     }
   }
   Deno.removeSync(`${base}.map`);
+}
+
+/**
+ * Removes `<base>.sum` (disk_cache_sum.ts), if there is one: a fill calls this under its
+ * chunks' write lock before it writes them, so no record of a digest check survives a change
+ * of the bytes it covered.
+ */
+export function forgetSum(base: string): void {
+  try {
+    Deno.removeSync(`${base}.sum`);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
 }

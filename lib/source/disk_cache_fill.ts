@@ -32,6 +32,7 @@ import {
   unlock,
 } from "./disk_cache_io.ts";
 import { WRITTEN, writtenRuns } from "./disk_cache_boot.ts";
+import { forgetSum } from "./disk_cache_files.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
 export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
@@ -133,6 +134,8 @@ export interface FillBlob {
   corruption(): Error | undefined;
   /** Chunks [first, end) were fetched (through the checks of the source below) and written. */
   stored?(first: number, end: number): void;
+  /** Chunks were marked WRITTEN by a fill here: the blob may be complete now. */
+  marked?(): void;
   /** fdatasync of the data file (default dataSync; tests hold or fail it). */
   syncData?: (fd: number) => Promise<void>;
 }
@@ -367,6 +370,13 @@ export class BlobFiller {
     const id = nextFillId();
     fillTrace("fetch", id, offset, length, this.#filling.size);
     try {
+      // Under the run's write lock, before any byte of it is written: a digest check of the
+      // whole blob no longer holds once these bytes change (disk_cache_sum.ts).
+      try {
+        forgetSum(this.#blob.base);
+      } catch (cause) {
+        throw new DiskWriteError("disk write failed", { cause });
+      }
       if (this.#blob.inner.readTo) {
         await streamInPieces(
           this.#blob.inner,
@@ -410,6 +420,7 @@ export class BlobFiller {
     }
     for (let c = start; c < stop; c++) this.#blob.lru.set(c, true);
     this.#blob.cache.noteWritten(length);
+    this.#blob.marked?.();
     return true;
   }
 

@@ -1,6 +1,6 @@
 /**
  * The disk cache's file names, both ways. A blob's files are `<stem>.c<chunk bytes>.<kind>`
- * (kind: map, data, meta, boot), the stem `<algo>-<hex>.verified` for bytes checked against a
+ * (kind: map, data, meta, boot, sum), the stem `<algo>-<hex>.verified` for bytes checked against a
  * table bound to the digest, else `<algo>-<hex>.o-<origin, escaped byte by byte>`. DiskCache
  * names its files with these; `erofs-oci cache` reads them back (parseBlobName).
  */

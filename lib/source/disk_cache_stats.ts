@@ -22,6 +22,11 @@ export interface DiskCacheStats {
   degraded: boolean;
   /** The whole blob was fetched and did not hash to its digest: every read fails. */
   digestMismatch: boolean;
+  /**
+   * Hashes of the whole blob against its digest (disk_cache_whole_check.ts): one per completion
+   * of a blob without a chunk table; none when a passed check is recorded in its files.
+   */
+  digestHashes: number;
   /** fdatasync calls of the data file (group commits). */
   syncs: number;
   /**

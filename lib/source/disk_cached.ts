@@ -10,7 +10,8 @@
  * This file is the read path and the blob's life (eviction, digest check, close); the fill and
  * sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's direct reads
  * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, how far a demand fetch runs
- * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts.
+ * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts, the hash of the
+ * complete blob against its digest disk_cache_whole_check.ts.
  */
 import { abortable } from "./abortable.ts";
 import { SysError } from "../../ffi/libc.ts";
@@ -18,9 +19,9 @@ import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
-import { openBlobFiles } from "./disk_cache_files.ts";
+import { forgetSum, openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
-import { digestOfPieces } from "./disk_cache_digest.ts";
+import { type DigestCheckEnd, WholeDigestCheck } from "./disk_cache_whole_check.ts";
 import {
   BlobFiller,
   chunkRuns,
@@ -48,6 +49,17 @@ import {
 } from "./disk_cache_io.ts";
 
 export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
+export type { DigestCheckEnd } from "./disk_cache_whole_check.ts";
+
+/** The whole-blob digest check of one source (WholeDigestCheck). */
+export interface DigestCheckOptions {
+  /** The blob's digest: a blob without a chunk table is checked against it once complete. */
+  digest: string;
+  /** Check by itself once complete (false: only when checkDigest is called). */
+  auto: boolean;
+  /** Told the end of every check that hashed the blob. */
+  report: (digest: string, end: DigestCheckEnd, tookMs: number) => void;
+}
 
 const POLL_MS = 10;
 /** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
@@ -88,8 +100,10 @@ export class DiskCachedSource implements Source {
   /** How far a demand fetch runs past its read (disk_cache_demand_ahead.ts). */
   readonly #demandAhead = new DemandAhead();
   #touchedMs = 0;
-  /** A whole-blob digest check under way (checkDigest), for close() to wait for. */
-  #checkingDigest?: Promise<unknown>;
+  /** The whole-blob digest check (disk_cache_whole_check.ts). */
+  readonly #wholeCheck: WholeDigestCheck;
+  /** A refusal of the bytes under way (refuseBytes), for close() to wait for. */
+  #refusing?: Promise<unknown>;
   /** The blob's `.meta` file (disk_cache_sidecar.ts). */
   readonly #sidecar: BlobSidecar;
   lastUsedMs = Date.now();
@@ -111,7 +125,8 @@ export class DiskCachedSource implements Source {
     base: string,
     verify: VerifyChunk | undefined,
     fds: { map: number; data: number },
-    sidecarAhead?: Promise<Uint8Array | undefined>,
+    sidecarAhead: Promise<Uint8Array | undefined> | undefined,
+    check: DigestCheckOptions,
   ) {
     this.#cache = cache;
     this.#inner = inner;
@@ -141,6 +156,7 @@ export class DiskCachedSource implements Source {
       degrade: () => this.#degraded = true,
       corruption: () => this.#corrupt,
       stored: (first, end) => this.#checked?.mark(first, end),
+      marked: () => this.#wholeCheck.soon(),
     }, this.#stats);
     this.#sidecar = new BlobSidecar(cache, base, {
       closed: () => this.#closing.signal.aborted,
@@ -148,6 +164,27 @@ export class DiskCachedSource implements Source {
     }, sidecarAhead);
     const map = this.#readMap(0, this.chunkCount);
     map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
+    // Nothing but its digest checks a blob without a chunk table (neither `verify` nor a
+    // checking source below): it checks itself once complete, and records a passed check.
+    const tableLess = !verify && !this.#checker;
+    this.#wholeCheck = new WholeDigestCheck({
+      base,
+      mapFd: fds.map,
+      dataFd: fds.data,
+      chunkCount: this.chunkCount,
+      size: this.size,
+      closing: this.#closing.signal,
+      stopped: () => this.#degraded || this.#corrupt !== undefined,
+      isComplete: () => this.#readMap(0, this.chunkCount).every(isPresent),
+      readPresentInto: (into, offset) => this.#readPresentInto(into, offset),
+      refuse: (reason) => this.#dropAll(reason),
+      warn: (message) => cache.warnOnce(message),
+    }, {
+      ownDigest: tableLess ? check.digest : undefined,
+      auto: check.auto,
+      prepare: this.#checked ? () => this.#checkAllKept() : undefined,
+      report: check.report,
+    });
   }
 
   /** Opens or creates the blob's files (holding its in-use lock) and the source on them. */
@@ -155,8 +192,9 @@ export class DiskCachedSource implements Source {
     cache: DiskCache,
     inner: Source,
     base: string,
-    verify?: VerifyChunk,
-    sidecarAhead?: Promise<Uint8Array | undefined>,
+    verify: VerifyChunk | undefined,
+    sidecarAhead: Promise<Uint8Array | undefined> | undefined,
+    check: DigestCheckOptions,
   ): DiskCachedSource {
     const chunkCount = Math.ceil(inner.size / cache.chunkBytes);
     const fds = openBlobFiles(base, inner.size, chunkCount);
@@ -167,8 +205,9 @@ export class DiskCachedSource implements Source {
       closeQuietly(fds.map);
       throw error;
     }
-    const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead);
+    const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead, check);
     source.#touch();
+    source.#wholeCheck.soon(); // found complete: checked unless recorded
     return source;
   }
 
@@ -179,6 +218,7 @@ export class DiskCachedSource implements Source {
       damagedChunks: this.#damagedChunks,
       degraded: this.#degraded,
       digestMismatch: this.#corrupt !== undefined,
+      digestHashes: this.#wholeCheck.hashes,
     };
   }
 
@@ -556,31 +596,21 @@ export class DiskCachedSource implements Source {
   }
 
   /**
-   * Hashes the complete blob against `digest` (`--fetch-all` on a layer nothing else checks).
-   * "mismatch": the registry sent other bytes somewhere: every chunk is marked absent (no
-   * other mount reads them) and every read of this source fails from now on (EIO). "incomplete":
-   * a chunk was evicted meanwhile, nothing is known.
+   * Hashes the complete blob against `digest` (disk_cache_whole_check.ts), joining a check of
+   * it under way; "ok" without a hash when a blob without a table holds the record of a passed
+   * check. "mismatch": the registry sent other bytes somewhere: every chunk is marked absent
+   * (no other mount reads them) and every read of this source fails from now on (EIO).
+   * "incomplete": a chunk is absent (evicted meanwhile), nothing is known. A blob with a table
+   * has its kept chunks checked first (damaged ones fetched again): damage on this disk is not
+   * the registry's bytes failing their digest.
    */
-  checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
-    if (this.#closing.signal.aborted) return Promise.resolve("incomplete");
-    const check = this.#checkDigest(digest);
-    // close() waits for it: the check reads and may write through this source's descriptors.
-    this.#checkingDigest = Promise.allSettled([this.#checkingDigest, check]);
-    return check;
+  checkDigest(digest: string): Promise<DigestCheckEnd> {
+    return this.#wholeCheck.check(digest);
   }
 
-  async #checkDigest(digest: string): Promise<"ok" | "mismatch" | "incomplete"> {
-    // With a table, bytes found in the files are checked (damaged ones fetched again) first:
-    // damage on this disk is not the registry's bytes failing their digest.
-    if (this.#checked && !(await this.#checkAllKept())) return "incomplete";
-    const readPiece = (into: Uint8Array, offset: number) => this.#readPresentInto(into, offset);
-    const actual = await digestOfPieces(readPiece, this.size, digest, this.#closing.signal);
-    if (actual === undefined) return "incomplete"; // closed, or a chunk evicted meanwhile
-    if (actual === digest) return "ok";
-    await this.#dropAll(
-      `layer ${digest}: the fetched bytes hash to ${actual}, not to the layer digest; reads fail`,
-    );
-    return "mismatch";
+  /** @internal for tests: resolves once no automatic digest check is pending or running. */
+  digestChecksSettled(): Promise<void> {
+    return this.#wholeCheck.settled();
   }
 
   /** Checks every chunk not checked here yet (#checkKept), a few rounds; true when all are. */
@@ -620,7 +650,7 @@ export class DiskCachedSource implements Source {
   async refuseBytes(reason: string): Promise<void> {
     if (this.#closing.signal.aborted) return;
     const dropping = this.#dropAll(reason);
-    this.#checkingDigest = Promise.allSettled([this.#checkingDigest, dropping]);
+    this.#refusing = Promise.allSettled([this.#refusing, dropping]);
     await dropping;
   }
 
@@ -630,6 +660,7 @@ export class DiskCachedSource implements Source {
     try {
       pwriteAll(this.#mapFd, new Uint8Array(this.chunkCount), 0);
       dataSyncNow(this.#mapFd);
+      forgetSum(this.#base);
       this.#lru.clear();
       this.#checked?.forgetAll();
     } catch (error) {
@@ -676,7 +707,9 @@ export class DiskCachedSource implements Source {
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
     await this.#filler.whenAllDurable();
-    await this.#checkingDigest;
+    // Both read and may write through this source's descriptors.
+    await this.#wholeCheck.close();
+    await this.#refusing;
     await Promise.allSettled(this.#checking.values());
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);

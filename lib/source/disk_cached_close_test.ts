@@ -54,7 +54,12 @@ Deno.test("disk cache closed: BlobFiller.fill and fillReadable refuse up front (
   const fds = openBlobFiles(base, bytes.length, 4);
   const otherMapFd = openBlobFiles(base, bytes.length, 4).map;
   try {
-    const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => assert.fail(m) })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      chunkBytes: CHUNK,
+      onWarning: (m) => assert.fail(m),
+    })!;
     const closing = new AbortController();
     closing.abort(new Error("disk cache closed"));
     const degraded = { count: 0 };
@@ -95,7 +100,12 @@ Deno.test("disk cache closed: a fill split in gaps fetches no gap after close; r
   const dir = await Deno.makeTempDir({ prefix: "erofs-oci-disk-closed-" });
   try {
     const bytes = patternBytes(3 * CHUNK, 9);
-    const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => assert.fail(m) })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      chunkBytes: CHUNK,
+      onWarning: (m) => assert.fail(m),
+    })!;
     const key = { digest: DIGEST, origin: "test" };
     // Another reader of the blob (as another process would be) fills chunk 1 ...
     const otherInner = new GatedSource(bytes);
@@ -138,7 +148,12 @@ Deno.test("disk cache closed: a read waiting for a busy chunk lock goes no furth
   let evictorMapFd = -1;
   try {
     const bytes = patternBytes(2 * CHUNK, 5);
-    const cache = DiskCache.open({ dir, chunkBytes: CHUNK, onWarning: (m) => assert.fail(m) })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      chunkBytes: CHUNK,
+      onWarning: (m) => assert.fail(m),
+    })!;
     const inner = new MemorySource(bytes);
     const source = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
     assert.deepEqual(await source.read(0, 10), bytes.subarray(0, 10));
@@ -165,7 +180,11 @@ Deno.test("disk cache closed: a whole-blob digest check under way ends with clos
   try {
     // 40 pieces of 1 MiB: the check yields after every 16, and close() comes before the first.
     const bytes = patternBytes(40 << 20, 9);
-    const cache = DiskCache.open({ dir, onWarning: (m) => assert.fail(m) })!;
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      onWarning: (m) => assert.fail(m),
+    })!;
     const inner = new MemorySource(bytes);
     const source = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
     assert.deepEqual(await source.read(0, bytes.length), bytes);
