@@ -199,23 +199,30 @@ export function openNoFollow(path: string): number {
   return openFile(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
 }
 
-/** The type and size of an open file, from fstat(2): what the descriptor is, not a path. */
+/** What fstat(2) says of an open file: what the descriptor is, not a path. */
 export interface FdStat {
+  dev: bigint;
+  ino: bigint;
   /** st_mode: type and permission bits. */
   mode: number;
   sizeBytes: number;
+  /** Bytes the file occupies on disk (st_blocks × 512): sparse holes cost nothing. */
+  allocatedBytes: number;
 }
 
 export function fstatFd(fd: number, context?: string): FdStat {
-  // struct stat: st_size i64 at 48 on x86_64 and arm64; st_mode u32 at 24 (x86_64) or 16
-  // (arm64, the generic layout); 144 / 128 bytes.
+  // struct stat: st_dev, st_ino, st_size, st_blocks at 0, 8, 48, 64 on x86_64 and arm64;
+  // st_mode u32 at 24 (x86_64) or 16 (arm64, the generic layout); 144 / 128 bytes.
   const buf = new Uint8Array(144);
   unwrap(libc().fstat(fd, buf), "fstat", context);
   const view = new DataView(buf.buffer);
   const size = view.getBigInt64(48, true);
   return {
+    dev: view.getBigUint64(0, true),
+    ino: view.getBigUint64(8, true),
     mode: view.getUint32(Deno.build.arch === "aarch64" ? 16 : 24, true),
     sizeBytes: size > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(size),
+    allocatedBytes: Number(view.getBigInt64(64, true)) * 512,
   };
 }
 

@@ -351,6 +351,9 @@ const ARM64 = Deno.build.arch === "aarch64";
 export const O_PATH = 0o10000000;
 export const O_DIRECTORY = ARM64 ? 0o40000 : 0o200000;
 export const O_NOFOLLOW = ARM64 ? 0o100000 : 0o400000;
+export const O_CREAT = 0o100, O_EXCL = 0o200;
+/** O_TMPFILE includes O_DIRECTORY. */
+export const O_TMPFILE = ARM64 ? 0o20040000 : 0o20200000;
 /** The *at(2) calls' "relative to the working directory" and flags (fcntl.h). */
 export const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_SYMLINK_FOLLOW = 0x400;
 export const AT_EMPTY_PATH = 0x1000;

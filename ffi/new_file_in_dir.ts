@@ -15,7 +15,10 @@ import {
   errno,
   libc,
   O_CLOEXEC,
+  O_CREAT,
+  O_EXCL,
   O_RDWR,
+  O_TMPFILE,
   strerror,
   SysError,
   unwrap,
@@ -24,9 +27,6 @@ import { openDirTrusted } from "./path_resolve.ts";
 import { writeAll } from "./io.ts";
 import { UserError } from "../lib/errors.ts";
 
-const O_CREAT = 0o100, O_EXCL = 0o200;
-/** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
-const O_TMPFILE = Deno.build.arch === "aarch64" ? 0o20040000 : 0o20200000;
 const EISDIR = 21, EOPNOTSUPP = 95;
 
 /** The directory `path` names its file in ("." for a bare name) and that name. */

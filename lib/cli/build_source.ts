@@ -9,11 +9,9 @@ import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
 import { info } from "../log.ts";
 import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { closeFd, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
 import { parseReference } from "../oci/reference.ts";
-
-const O_CREAT = 0o100, O_EXCL = 0o200;
 
 export interface LoadedSource {
   root: BuildNode;

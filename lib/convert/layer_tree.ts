@@ -11,11 +11,9 @@ import { scanTar, spoolError } from "../erofs/writer/from_tar.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
 import { decompressTar } from "../tar/decompress.ts";
-import { closeFd, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, O_CREAT, O_EXCL, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
 import type { VerifiedBlob } from "./layer_blob.ts";
-
-const O_CREAT = 0o100, O_EXCL = 0o200;
 
 /**
  * The mtime scanTar is told to give implied entries, so they can be told apart afterwards

@@ -3,8 +3,21 @@
  * (they belong to the descriptor, so two sources in one process exclude each other like two
  * processes do, and the kernel drops them when a process dies, even by kill -9), hole punching.
  */
-import { cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
-import { preadFully, pwriteFully } from "../../ffi/files.ts";
+import {
+  cstr,
+  Errno,
+  errno,
+  libc,
+  O_CLOEXEC,
+  O_CREAT,
+  O_NOFOLLOW,
+  O_RDONLY,
+  O_RDWR,
+  O_TMPFILE,
+  SysError,
+  unwrap,
+} from "../../ffi/libc.ts";
+import { type FdStat, fstatFd, preadFully, pwriteFully, S_IFMT, S_IFREG } from "../../ffi/files.ts";
 
 // fcntl.h (asm-generic): OFD lock commands and lock types.
 const F_OFD_GETLK = 36, F_OFD_SETLK = 37;
@@ -14,18 +27,12 @@ const F_UNLCK = 2;
 export const IN_USE_OFFSET = 2 ** 40;
 /** fallocate(2) modes (linux/falloc.h): punching must keep the size. */
 const FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
-/** O_CREAT and O_NOFOLLOW differ between x86_64 and arm64 (asm/fcntl.h). */
-const ARM = Deno.build.arch === "aarch64";
-const O_RDWR = 2, O_CREAT = 0o100, O_CLOEXEC = 0o2000000;
-const O_NOFOLLOW = ARM ? 0o100000 : 0o400000;
-const S_IFMT = 0o170000, S_IFREG = 0o100000;
 
 /**
  * Opens the file behind `fd` again, read-only: a new open file description, whose OFD locks
  * conflict with those taken through `fd` as another process's would.
  */
 export function reopenReadOnly(fd: number): number {
-  const O_RDONLY = 0;
   const copy = libc().open(cstr(`/proc/self/fd/${fd}`), O_RDONLY | O_CLOEXEC, 0);
   if (copy < 0) throw new SysError("open", errno(), `/proc/self/fd/${fd}`);
   return copy;
@@ -47,8 +54,6 @@ export function openCacheFile(path: string, create = true): number {
   return fd;
 }
 
-/** O_TMPFILE includes O_DIRECTORY, whose value differs on arm64 (asm/fcntl.h). */
-const O_TMPFILE = ARM ? 0o20040000 : 0o20200000;
 /** A tmpfs on every systemd and most other Linux systems (the FHS's shared-memory directory). */
 const SHARED_MEMORY_DIR = "/dev/shm";
 
@@ -62,28 +67,8 @@ export function openMemoryFile(): number | undefined {
   return fd < 0 ? undefined : fd;
 }
 
-export interface FileStat {
-  dev: bigint;
-  ino: bigint;
-  mode: number;
-  sizeBytes: number;
-  /** Bytes the file occupies on disk (st_blocks × 512): sparse holes cost nothing. */
-  allocatedBytes: number;
-}
-
-/** fstat(2); st_dev/st_ino/st_size/st_blocks sit at the same offsets on x86_64 and arm64. */
-export function fstatIdentity(fd: number): FileStat {
-  const buf = new Uint8Array(144);
-  unwrap(libc().fstat(fd, buf), "fstat");
-  const view = new DataView(buf.buffer);
-  return {
-    dev: view.getBigUint64(0, true),
-    ino: view.getBigUint64(8, true),
-    mode: view.getUint32(ARM ? 16 : 24, true),
-    sizeBytes: Number(view.getBigInt64(48, true)),
-    allocatedBytes: Number(view.getBigInt64(64, true)) * 512,
-  };
-}
+/** fstat(2) of a cache file: its identity, type, size and the bytes it occupies. */
+export const fstatIdentity = (fd: number): FdStat => fstatFd(fd);
 
 export function truncateTo(fd: number, sizeBytes: number): void {
   unwrap(libc().ftruncate(fd, BigInt(sizeBytes)), "ftruncate");
