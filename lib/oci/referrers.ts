@@ -28,6 +28,24 @@ export interface ReferrerDescriptor {
 /** At most this many referrers are looked at (a hostile list cannot make us walk millions). */
 const MAX_REFERRERS = 4096;
 
+/** When an artifact was made (OCI image-spec's pre-defined annotation, RFC 3339). */
+export const CREATED_ANNOTATION = "org.opencontainers.image.created";
+
+/**
+ * `referrers` newest first: by their created annotation where they have one (a registry's
+ * referrers API lists in an order of its own, e.g. by digest), then those without it, the
+ * last listed first (the fallback tag's index, which pushReferrer appends to).
+ */
+export function newestFirst(referrers: ReferrerDescriptor[]): ReferrerDescriptor[] {
+  const createdOf = (d: ReferrerDescriptor) => {
+    const value = d.annotations?.[CREATED_ANNOTATION];
+    const ms = typeof value === "string" ? Date.parse(value) : NaN;
+    return Number.isFinite(ms) ? ms : -Infinity;
+  };
+  // Array.prototype.sort is stable: equal (or missing) dates keep the reversed list order.
+  return [...referrers].reverse().sort((a, b) => createdOf(b) - createdOf(a));
+}
+
 /** The fallback tag of `digest` (distribution spec: `<alg>-<ref>`). */
 export function referrersTag(digest: string): string {
   return digest.replace(":", "-");
@@ -146,6 +164,7 @@ export async function pushArtifact(
   artifactType: string,
   layers: Record<string, unknown>[],
   signal?: AbortSignal,
+  annotations?: Record<string, string>,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
   // A registry refuses a manifest naming blobs it does not have, the config included.
   await uploadBlobIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA, signal);
@@ -156,6 +175,7 @@ export async function pushArtifact(
     config: { mediaType: EMPTY_MEDIA, digest: digestOf(EMPTY_CONFIG), size: EMPTY_CONFIG.length },
     layers,
     subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+    annotations,
   };
   const bytes = new TextEncoder().encode(JSON.stringify(manifest));
   const digest = digestOf(bytes);
@@ -163,7 +183,7 @@ export async function pushArtifact(
     client,
     repository,
     bytes,
-    { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType },
+    { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType, annotations },
     subject.digest,
     (old) => old.artifactType === artifactType,
     signal,

@@ -13,7 +13,13 @@ import { digestOf, digestOfAsync } from "../oci/digest.ts";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
-import { listReferrers, pushArtifact, uploadBlobIfMissing } from "../oci/referrers.ts";
+import {
+  CREATED_ANNOTATION,
+  listReferrers,
+  newestFirst,
+  pushArtifact,
+  uploadBlobIfMissing,
+} from "../oci/referrers.ts";
 import { MAX_TRACE_BYTES, TRACE_ARTIFACT_TYPE, TRACE_MEDIA_TYPE } from "./format.ts";
 import { parseJson } from "../json.ts";
 
@@ -25,9 +31,16 @@ export async function pushTraceArtifact(
   trace: Uint8Array<ArrayBuffer>,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
   await uploadBlobIfMissing(client, repository, trace, TRACE_MEDIA_TYPE);
-  return await pushArtifact(client, repository, subject, TRACE_ARTIFACT_TYPE, [
-    { mediaType: TRACE_MEDIA_TYPE, digest: digestOf(trace), size: trace.byteLength },
-  ]);
+  // Dated, so a mount takes the newest of several (findTrace).
+  return await pushArtifact(
+    client,
+    repository,
+    subject,
+    TRACE_ARTIFACT_TYPE,
+    [{ mediaType: TRACE_MEDIA_TYPE, digest: digestOf(trace), size: trace.byteLength }],
+    undefined,
+    { [CREATED_ANNOTATION]: new Date().toISOString() },
+  );
 }
 
 async function getChecked(
@@ -76,7 +89,7 @@ export async function findTrace(
   signal?: AbortSignal,
 ): Promise<{ digest: string; bytes: Uint8Array } | undefined> {
   const referrers = await listReferrers(client, repository, subject, TRACE_ARTIFACT_TYPE, signal);
-  for (const referrer of referrers.reverse().slice(0, 4)) {
+  for (const referrer of newestFirst(referrers).slice(0, 4)) {
     if (!DIGEST_PATTERN.test(referrer.digest)) continue;
     const manifest = await getChecked(
       client,
