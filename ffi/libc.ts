@@ -117,8 +117,6 @@ export const LIBC_SYMBOLS = {
   closedir: { parameters: ["pointer"], result: "i32" },
   // int openat(int dirfd, const char *pathname, int flags, mode_t mode);
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
-  // ssize_t readlink(const char *path, char *buf, size_t bufsiz);
-  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   // ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t bufsiz);
   readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
   // ssize_t copy_file_range(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out,
@@ -141,8 +139,10 @@ export const LIBC_SYMBOLS = {
   mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // int unlinkat(int dirfd, const char *pathname, int flags);
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
-  // ssize_t llistxattr(const char *path, char *list, size_t size);
-  llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // ssize_t listxattr(const char *path, char *list, size_t size);
+  listxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // ssize_t getxattr(const char *path, const char *name, void *value, size_t size);
+  getxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size);
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // int access(const char *path, int mode);

@@ -231,10 +231,15 @@ function typeAndOwner(fd: number, path: string): { type: number; uid: number } {
 
 /** The target of the symlink `path` in `dirFd` (`""`: the O_PATH descriptor of the link). */
 function readLinkAt(dirFd: number, path: string, what: string): string {
+  return new TextDecoder().decode(readLinkBytesAt(dirFd, path, what));
+}
+
+/** readLinkAt's bytes, undecoded (PATH_MAX bounds a target: 4,095 bytes and a NUL). */
+export function readLinkBytesAt(dirFd: number, path: string, what: string): Uint8Array {
   const buffer = new Uint8Array(4097);
   const n = Number(libc().readlinkat(dirFd, cstr(path), buffer, BigInt(buffer.length - 1)));
   if (n < 0) throw new SysError("readlink", errno(), what);
-  return new TextDecoder().decode(buffer.subarray(0, n));
+  return buffer.subarray(0, n);
 }
 
 /**
@@ -254,28 +259,34 @@ export interface FileIdentity {
   ino: bigint;
   /** Mount id as in /proc/self/mountinfo (field 1). */
   mountId: number;
+  /** st_mode: type and permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
 }
 
 /**
  * statx of `path` relative to the descriptor `dirFd` (`""`: the descriptor itself), never
  * following a symlink in the last component.
  */
-export function statIdentity(dirFd: number, path = ""): FileIdentity {
-  const STATX_INO = 0x100, STATX_MNT_ID = 0x1000;
+export function statIdentity(dirFd: number, path = "", what = path || `fd ${dirFd}`): FileIdentity {
+  const STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_UID = 0x8, STATX_GID = 0x10, STATX_INO = 0x100;
+  const STATX_MNT_ID = 0x1000;
+  const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_MNT_ID;
   const buffer = new Uint8Array(256);
   const flags = AT_SYMLINK_NOFOLLOW | (path === "" ? AT_EMPTY_PATH : 0);
-  unwrap(
-    libc().statx(dirFd, cstr(path), flags, STATX_INO | STATX_MNT_ID, buffer),
-    "statx",
-    path || `fd ${dirFd}`,
-  );
-  // struct statx: stx_ino at 32, stx_dev_major/minor at 136/140, stx_mnt_id at 144.
+  unwrap(libc().statx(dirFd, cstr(path), flags, wanted, buffer), "statx", what);
+  // struct statx: stx_uid, stx_gid (u32) at 20, 24; stx_mode (u16) at 28, stx_ino at 32,
+  // stx_dev_major/minor at 136/140, stx_mnt_id at 144.
   const view = new DataView(buffer.buffer);
   return {
     ino: view.getBigUint64(32, true),
     devMajor: view.getUint32(136, true),
     devMinor: view.getUint32(140, true),
     mountId: Number(view.getBigUint64(144, true)),
+    mode: view.getUint16(28, true),
+    uid: view.getUint32(20, true),
+    gid: view.getUint32(24, true),
   };
 }
 

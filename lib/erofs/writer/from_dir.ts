@@ -1,10 +1,18 @@
 /**
  * Reads a directory tree into a `NodeTable` (the root as a `BuildNode`): lstat-like metadata with nanosecond mtimes
- * (statx), xattrs (llistxattr/lgetxattr), symlink targets; hard links (same device and inode)
+ * (statx), xattrs (listxattr/getxattr), symlink targets; hard links (same device and inode)
  * become one node. Symlinks are never followed; other file systems mounted inside are read
  * like the rest (as `cp -a` would).
+ *
+ * Each entry is opened once (O_PATH: nothing is opened for reading, a FIFO does not block, a
+ * device is not opened) and everything about it is read through that descriptor, so all of it
+ * is of one inode. Read by name, a user who owns part of the tree could exchange
+ * (RENAME_EXCHANGE) one of root's files in between the stat and the xattr read and back again
+ * (A-B-A): any recheck by name then passes, and the image got the user's file's owner, mode
+ * and bytes with root's file's security.capability.
  */
 import {
+  AT_EMPTY_PATH,
   AT_FDCWD,
   AT_SYMLINK_NOFOLLOW,
   closeFd,
@@ -12,10 +20,13 @@ import {
   Errno,
   errno,
   libc,
+  O_CLOEXEC,
+  O_NOFOLLOW,
+  O_PATH,
   SysError,
 } from "../../../ffi/libc.ts";
 import { listDirectory } from "../../../ffi/files.ts";
-import { openDirNoSymlinks } from "../../../ffi/path_resolve.ts";
+import { openDirNoSymlinks, readLinkBytesAt } from "../../../ffi/path_resolve.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
@@ -25,7 +36,6 @@ import { smallInt } from "./layout.ts";
 
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
-const STATX_INO = 0x100;
 const STATX_BYTES = 256;
 const ENODATA = 61, ENOTSUP = 95, ERANGE = 34;
 
@@ -39,6 +49,11 @@ export interface ScanOptions {
    * lies inside the source (`build . -o app.erofs` packed the last app.erofs into the new one).
    */
   leaveOut?: { identity: string; onLeftOut(path: string): void };
+  /**
+   * Tests only: where a racer's renames go, to check that what the scan reads of an entry is
+   * all of one file: called once the entry was stat'ed, and once its xattrs and target are read.
+   */
+  race?: { afterStat(path: string): void; afterRead(path: string): void };
 }
 
 export interface ScanResult {
@@ -64,8 +79,7 @@ interface Stat {
  * object materializes its children only if someone reads them (the writer does not).
  */
 export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResult {
-  const top = statPath(dir);
-  if (top.kind !== "dir") throw new UserError(`${dir} is not a directory`);
+  if (statPath(dir).kind !== "dir") throw new UserError(`${dir} is not a directory`);
   // Files are opened again when the image is written, by a path without symlinks (write.ts
   // refuses one that has some by then): `dir` resolved once, the walk below it follows none.
   const real = Deno.realPathSync(dir);
@@ -75,7 +89,7 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
   // directory only root may read) is refused, not read.
   const rootFd = openDirNoSymlinks(real);
   try {
-    return scanBelow(dir, top, rootFd, realOf, options);
+    return scanBelow(dir, rootFd, realOf, options);
   } finally {
     closeFd(rootFd);
   }
@@ -83,7 +97,6 @@ export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResul
 
 function scanBelow(
   dir: string,
-  top: Stat,
   rootFd: number,
   realOf: (path: string) => string,
   options: ScanOptions,
@@ -91,8 +104,8 @@ function scanBelow(
   const table = new NodeTable();
   const links = new Map<string, number>();
   let entries = 0;
-  /** `path` names the entry in messages; `at` is where the system calls find it. */
-  const build = (path: string, at: string, st: Stat, inDir: number): number => {
+  /** `path` names the entry in messages; `fd` is its descriptor, `st` its statFd(). */
+  const build = (path: string, fd: number, st: Stat, inDir: number): number => {
     const i = table.addInode(st.kind, st.mode);
     table.uid.set(i, st.uid);
     table.gid.set(i, st.gid);
@@ -101,7 +114,8 @@ function scanBelow(
     table.setRdev(i, st.rdevMajor, st.rdevMinor);
     const kind = st.kind, size = st.size, nlink = st.nlink;
     const ino = inoOfLastStat();
-    const xattrs = readXattrs(at, options, path);
+    options.race?.afterStat(path);
+    const xattrs = readXattrs(fd, options, path);
     if (xattrs.size > 0) table.setXattrs(i, xattrs);
     if (kind === "file") {
       table.size.set(i, size);
@@ -115,26 +129,20 @@ function scanBelow(
         );
       }
     } else if (kind === "symlink") {
-      table.setTarget(i, new TextEncoder().encode(readLinkUtf8(at, path)));
+      table.setTarget(i, readLinkUtf8(fd, path));
     }
-    // The xattrs (and a link's target) were read by the name again: of the file stat saw, not
-    // of one renamed over it meanwhile (its owner and mode with another's capabilities).
-    if (ino !== inoAt(at)) {
-      throw new FormatError(
-        `${path} changed while it was scanned (another file is at its name now)`,
-        "build from a tree nothing else writes to while the build runs",
-      );
-    }
+    options.race?.afterRead(path);
     return i;
   };
-  // "/." names the directory itself: llistxattr does not follow a last component, and the
-  // bare /proc/self/fd/N is a link of its own (no xattrs).
-  build(dir, `/proc/self/fd/${rootFd}/.`, top, 0);
-  /** Directories to read: the path in messages, the inode, the path below the root. */
-  const stack: [string, number, string][] = [[dir, 0, ""]];
+  build(dir, rootFd, statFd(rootFd, dir), 0);
+  /**
+   * Directories to read: the path in messages, the inode, the path below the root, the
+   * identity the scan saw (its owner, mode and xattrs are that directory's).
+   */
+  const stack: [string, number, string, string][] = [[dir, 0, "", ""]];
   while (stack.length > 0) {
-    const [path, inode, below] = stack.pop()!;
-    const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path);
+    const [path, inode, below, scanned] = stack.pop()!;
+    const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path, scanned);
     try {
       scanOne(path, inode, below, dirFd);
     } finally {
@@ -160,66 +168,97 @@ function scanBelow(
     }
     for (const name of listed) {
       const childPath = `${path}/${name}`;
-      const childAt = `${via}/${name}`;
       checkEntryName(name, path);
       if (names.has(name)) {
         // Names that are not UTF-8 reach us decoded lossily and can collide.
         throw new FormatError(`two names in ${path} read as ${JSON.stringify(name)}`);
       }
       names.add(name);
-      if (name.includes("\ufffd") && !pathReachable(dirFd, name)) {
-        throw new FormatError(
-          `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(name)})`,
-          "non-UTF-8 file names are not supported: rename it",
-        );
+      const fd = openEntry(dirFd, name, path);
+      try {
+        const st = statFd(fd, childPath);
+        if (options.leaveOut && st.kind === "file" && identity() === options.leaveOut.identity) {
+          options.leaveOut.onLeftOut(childPath);
+          continue;
+        }
+        entries++;
+        if (entries % 1024 === 0) options.onEntries?.(entries);
+        const isDir = st.kind === "dir";
+        const key = !isDir && st.nlink > 1 ? identity() : "";
+        const linked = key ? links.get(key) : undefined;
+        if (linked !== undefined) {
+          table.addEntry(inode, name, linked);
+          continue;
+        }
+        if (st.kind === "file" && st.size > 0 && inDir === 0) {
+          inDir = table.addRef({ kind: "child", dir: realOf(path) });
+        }
+        const scanned = isDir ? identity() : "";
+        const child = build(childPath, fd, st, inDir);
+        if (key) links.set(key, child);
+        table.addEntry(inode, name, child);
+        if (isDir) stack.push([childPath, child, below ? `${below}/${name}` : name, scanned]);
+      } finally {
+        closeFd(fd);
       }
-      const st = statPath(name, childPath, dirFd);
-      if (options.leaveOut && st.kind === "file" && identity() === options.leaveOut.identity) {
-        options.leaveOut.onLeftOut(childPath);
-        continue;
-      }
-      entries++;
-      if (entries % 1024 === 0) options.onEntries?.(entries);
-      const key = st.kind !== "dir" && st.nlink > 1 ? identity() : "";
-      const linked = key ? links.get(key) : undefined;
-      if (linked !== undefined) {
-        table.addEntry(inode, name, linked);
-        continue;
-      }
-      if (st.kind === "file" && st.size > 0 && inDir === 0) {
-        inDir = table.addRef({ kind: "child", dir: realOf(path) });
-      }
-      const isDir = st.kind === "dir";
-      const child = build(childPath, childAt, st, inDir);
-      if (key) links.set(key, child);
-      table.addEntry(inode, name, child);
-      if (isDir) stack.push([childPath, child, below ? `${below}/${name}` : name]);
     }
   }
 }
 
-/** The directory `below` the root, opened without following a symlink anywhere on the way. */
-function openBelow(below: string, rootFd: number, path: string): number {
+/**
+ * An O_PATH descriptor of the entry `name` of the directory `dirFd` (of `path`), not following
+ * a symlink: the one inode all of the entry's metadata is read from.
+ */
+function openEntry(dirFd: number, name: string, path: string): number {
+  const fd = libc().openat(dirFd, pathBytes(name), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd >= 0) return fd;
+  const code = errno();
+  if (code === Errno.ENOENT && name.includes("\ufffd")) {
+    // Lossily decoded, the name names nothing there.
+    throw new FormatError(
+      `a file name in ${path} is not valid UTF-8 (it reads as ${JSON.stringify(name)})`,
+      "non-UTF-8 file names are not supported: rename it",
+    );
+  }
+  throw new SysError("open", code, `${path}/${name}`);
+}
+
+/**
+ * The directory `below` the root, opened without following a symlink anywhere on the way, and
+ * checked to be the one the scan saw there (`scanned`, its identity()): another one exchanged
+ * in since would have its entries listed under the first one's owner, mode and xattrs.
+ */
+function openBelow(below: string, rootFd: number, path: string, scanned: string): number {
+  let fd: number;
   try {
-    return openDirNoSymlinks(below, rootFd);
+    fd = openDirNoSymlinks(below, rootFd);
   } catch (error) {
     if (!(error instanceof SysError)) throw error;
     const swapped = error.errno === Errno.ELOOP || error.errno === Errno.ENOTDIR ||
       error.errno === Errno.ENOENT;
     if (!swapped) throw new SysError("open", error.errno, path);
-    throw new FormatError(
-      `${path} changed while it was scanned (a symlink or a file is where it was)`,
-      "build from a tree nothing else writes to while the build runs",
-    );
+    throw changedWhileScanned(path, "a symlink or a file is where it was");
   }
+  let same: boolean;
+  try {
+    statFd(fd, path);
+    same = identity() === scanned;
+  } catch (error) {
+    closeFd(fd);
+    throw error;
+  }
+  if (same) return fd;
+  closeFd(fd);
+  throw changedWhileScanned(path, "another directory is at its name now");
 }
 
-/** False when the (lossily decoded) name names nothing in the directory `dirFd`. */
-function pathReachable(dirFd: number, name: string): boolean {
-  return libc().statx(dirFd, cstr(name), AT_SYMLINK_NOFOLLOW, 0, statxBuffer) === 0;
+function changedWhileScanned(path: string, what: string): FormatError {
+  return new FormatError(
+    `${path} changed while it was scanned (${what})`,
+    "build from a tree nothing else writes to while the build runs",
+  );
 }
 
-/** Device and inode of the file the last statPath() looked at (hard links share them). */
 /** The device and inode of the file at `path` (not following a symlink), if there is one. */
 export function fileIdentity(path: string): string | undefined {
   try {
@@ -229,17 +268,12 @@ export function fileIdentity(path: string): string | undefined {
   }
 }
 
-/** The inode number the last statPath() saw (as a Number: compared, never used as an id). */
+/** The inode number the last stat saw (as a Number: compared, never used as an id). */
 function inoOfLastStat(): number {
   return Number(statxView.getBigUint64(32, true));
 }
 
-/** The inode number at `path` now (not following a symlink); 0 when nothing is there. */
-function inoAt(path: string): number {
-  const rc = libc().statx(AT_FDCWD, pathBytes(path), AT_SYMLINK_NOFOLLOW, STATX_INO, statxBuffer);
-  return rc < 0 ? 0 : Number(statxView.getBigUint64(32, true));
-}
-
+/** Device and inode of the file the last stat looked at (hard links share them). */
 function identity(): string {
   const v = statxView;
   return `${v.getUint32(136, true)}:${v.getUint32(140, true)}:${v.getBigUint64(32, true)}`;
@@ -266,15 +300,20 @@ const lastStat: Stat = {
 };
 
 /** lstat-like metadata of `path`, valid until the next call. */
-function statPath(path: string, named = path, dirFd = AT_FDCWD): Stat {
-  const rc = libc().statx(
-    dirFd,
-    pathBytes(path),
-    AT_SYMLINK_NOFOLLOW,
-    STATX_BASIC_STATS,
-    statxBuffer,
-  );
-  if (rc < 0) throw new SysError("stat", errno(), named);
+function statPath(path: string): Stat {
+  return statAt(AT_FDCWD, pathBytes(path), AT_SYMLINK_NOFOLLOW, path);
+}
+
+const EMPTY_PATH = cstr("");
+
+/** statPath() of the file the descriptor `fd` (of `path`) refers to. */
+function statFd(fd: number, path: string): Stat {
+  return statAt(fd, EMPTY_PATH, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, path);
+}
+
+function statAt(dirFd: number, at: Uint8Array, flags: number, path: string): Stat {
+  const rc = libc().statx(dirFd, at, flags, STATX_BASIC_STATS, statxBuffer);
+  if (rc < 0) throw new SysError("stat", errno(), path);
   // struct statx (linux/stat.h): nlink@16 uid@20 gid@24 mode@28 ino@32 size@40
   // mtime {i64 sec, u32 nsec}@112, rdev major/minor@128/132, dev major/minor@136/140.
   const v = statxView;
@@ -300,18 +339,29 @@ function statPath(path: string, named = path, dirFd = AT_FDCWD): Stat {
 
 const strictDecoder = new TextDecoder("utf-8", { fatal: true });
 
-/** Reused for every llistxattr call (most files have no xattrs at all). */
+/** Reused for every listxattr call (most files have no xattrs at all). */
 let listBuffer = new Uint8Array(4096);
 
+/** `/proc/self/fd/N` as a C string, by N: descriptor numbers come back, so these do too. */
+const procFdPaths: Uint8Array[] = [];
+
+/**
+ * The xattrs of the file the O_PATH descriptor `fd` refers to. f*xattr refuse O_PATH
+ * descriptors (EBADF, as getxattrat with AT_EMPTY_PATH does on 6.18), and opening the file
+ * for reading could block (a FIFO) or act (a device). The path /proc/self/fd/N followed
+ * (listxattr, not llistxattr, which reads the proc link's own) resolves to that very inode
+ * without a lookup by name, and to a symlink itself, not to its target, when the descriptor
+ * is of a symlink (O_NOFOLLOW): its trusted. and security. xattrs are read through it as well.
+ */
 function readXattrs(
-  path: string,
+  fd: number,
   options: ScanOptions,
-  named = path,
+  named: string,
 ): ReadonlyMap<string, Uint8Array> {
-  const cpath = pathBytes(path);
+  const cpath = procFdPaths[fd] ??= cstr(`/proc/self/fd/${fd}`);
   let list: Uint8Array;
   for (;;) {
-    const n = Number(libc().llistxattr(cpath, listBuffer, BigInt(listBuffer.length)));
+    const n = Number(libc().listxattr(cpath, listBuffer, BigInt(listBuffer.length)));
     if (n === 0) return NO_XATTRS;
     if (n > 0) {
       list = listBuffer.subarray(0, n);
@@ -345,7 +395,7 @@ function readXattrs(
     }
     let value = new Uint8Array(256);
     for (;;) {
-      const n = Number(libc().lgetxattr(cpath, cstr(name), value, BigInt(value.length)));
+      const n = Number(libc().getxattr(cpath, cstr(name), value, BigInt(value.length)));
       if (n >= 0) {
         const problem = xattrProblem(name, value.subarray(0, n));
         if (problem) throw new FormatError(`${named}: ${problem}`);
@@ -363,13 +413,15 @@ function readXattrs(
   return out;
 }
 
-/** readlink(2) of `path`; a target that is not UTF-8 is refused as such (not an internal error). */
-function readLinkUtf8(path: string, named = path): string {
-  const target = new Uint8Array(4096);
-  const n = Number(libc().readlink(pathBytes(path), target, BigInt(target.length)));
-  if (n < 0) throw new SysError("readlink", errno(), named);
+/**
+ * The target of the symlink the O_PATH descriptor `fd` refers to (copied); one that is not
+ * UTF-8 is refused as such (not an internal error).
+ */
+function readLinkUtf8(fd: number, named: string): Uint8Array {
+  const target = readLinkBytesAt(fd, "", named);
   try {
-    return strictDecoder.decode(target.subarray(0, n));
+    strictDecoder.decode(target);
+    return target.slice();
   } catch {
     throw new FormatError(
       `the symlink ${named} points to a name that is not valid UTF-8`,

@@ -4,7 +4,7 @@
  * copy_file_range). Memory is the layout, not the metadata area or the data.
  */
 import { closeFd, Errno, libc, SysError, unwrap } from "../../../ffi/libc.ts";
-import { fstatFd, S_IFMT, S_IFREG } from "../../../ffi/files.ts";
+import { S_IFMT, S_IFREG } from "../../../ffi/files.ts";
 import { openFileNoSymlinks, statIdentity } from "../../../ffi/path_resolve.ts";
 import { FormatError } from "../../errors.ts";
 import {
@@ -305,14 +305,23 @@ function withSource<T>(
     throw changedDuringBuild(path, "a symlink is on its path now");
   }
   try {
-    if ((fstatFd(fd, path).mode & S_IFMT) !== S_IFREG) {
+    const now = statIdentity(fd, "", path);
+    if ((now.mode & S_IFMT) !== S_IFREG) {
       throw changedDuringBuild(path, "it is no regular file now");
     }
     // The file the scan saw, not one renamed over it since: its bytes would go out under the
     // scanned file's owner, mode and capabilities (or a private file's under a public name).
-    const scannedIno = layout.table.sourceIno.get(layout.inodeOf[i]);
-    if (scannedIno !== 0 && Number(statIdentity(fd).ino) !== scannedIno) {
+    const table = layout.table, inode = layout.inodeOf[i];
+    const scannedIno = table.sourceIno.get(inode);
+    if (scannedIno !== 0 && Number(now.ino) !== scannedIno) {
       throw changedDuringBuild(path, "another file is at its name now");
+    }
+    // Nor a new one that got its inode number: the scanned one deleted from a directory the
+    // user owns, the user's file created with the freed number, root's capabilities over it.
+    const sameOwnerAndMode = now.uid === table.uid.get(inode) &&
+      now.gid === table.gid.get(inode) && (now.mode & 0o7777) === table.modeOf(inode);
+    if (scannedIno !== 0 && !sameOwnerAndMode) {
+      throw changedDuringBuild(path, "its owner or mode is not what the scan saw");
     }
     return use(fd, 0, path);
   } finally {
