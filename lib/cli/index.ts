@@ -7,7 +7,7 @@ import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { LayerProgress, ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
-import { FormatError, UsageError, UserError } from "../errors.ts";
+import { FormatError, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { outputFileError } from "./output_file.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
 import { MAX_SPAN_BYTES } from "../gzip/zinfo.ts";
@@ -168,7 +168,11 @@ function outputDirExists(dir: string): boolean {
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(dir);
-  } catch {
+  } catch (error) {
+    // Under /dev, /proc or /sys: refused as every file erofs-oci is given there (the
+    // directory is made through descriptors, which Deno's own refusal would not stop).
+    const refused = refusedSpecialPath(error);
+    if (refused) throw refused;
     return false;
   }
   if (!info.isDirectory) {
