@@ -21,3 +21,27 @@ Deno.test("index -o under /dev/shm: one line naming the path, no internal error"
     await Deno.remove(output, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("build from or into /dev/shm: one line naming the path, nothing written", async () => {
+  const base = `/dev/shm/erofs-oci-special-path-test-${crypto.randomUUID()}`;
+  try {
+    Deno.mkdirSync(`${base}-src`);
+    Deno.writeTextFileSync(`${base}-src/a`, "a");
+    // The output's directory is named (it is looked at first), or the source itself.
+    const special =
+      /cannot use \/dev\/shm\S*: erofs-oci does not open files under \/dev, \/proc or \/sys/;
+    assertCliError(await runCli(["build", `${base}-src`, "-o", `${base}.erofs`]), 1, special);
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-special-path-" });
+    try {
+      assertCliError(await runCli(["build", `${base}-src`, "-o", `${work}/x.erofs`]), 1, special);
+      assertCliError(await runCli(["build", work, "-o", `${base}.erofs`]), 1, special);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+    assert.throws(() => Deno.statSync(`${base}.erofs`), Deno.errors.NotFound);
+  } finally {
+    for (const path of [`${base}-src`, `${base}.erofs`]) {
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+    }
+  }
+});

@@ -4,7 +4,7 @@
  */
 import { ProgressLine } from "./progress.ts";
 import { dirOf } from "./output_file.ts";
-import { UsageError, UserError } from "../errors.ts";
+import { refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
 import { info } from "../log.ts";
 import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
@@ -32,7 +32,8 @@ export async function loadSource(
     try {
       sourceInfo = await Deno.stat(source);
     } catch (error) {
-      throw new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
+      throw refusedSpecialPath(error) ??
+        new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
     }
   }
   const onSkippedXattr = skippedXattrWarner();

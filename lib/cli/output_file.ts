@@ -5,7 +5,7 @@
  * system refuses (read-only, full, no permission) is one line naming the file, not an internal
  * error.
  */
-import { UsageError, UserError } from "../errors.ts";
+import { refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { hiddenTempName, NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
 import { strerror, SysError } from "../../ffi/libc.ts";
 
@@ -24,6 +24,10 @@ export function checkOutputFile(command: string, path: string, inputs: string[] 
       );
     }
     if (error instanceof UsageError) throw error;
+    // Under /dev, /proc or /sys: refused as every file erofs-oci is given there (the file is
+    // written through descriptors, which Deno's own refusal would not stop).
+    const refused = refusedSpecialPath(error);
+    if (refused) throw refused;
     // Unreachable for another reason (permissions): writing it says why.
   }
   let info: Deno.FileInfo;
