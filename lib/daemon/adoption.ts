@@ -6,7 +6,7 @@
  * the server watches its parent; once that is gone, it undoes the mounts made since it was
  * ready and stops.
  */
-import { mountDir, statePath } from "../state/runtime.ts";
+import { mountDir, readState, statePath } from "../state/runtime.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import { pathExists } from "../../ffi/files.ts";
@@ -41,5 +41,26 @@ export function watchForAdoption(
       }
     }
     await orphaned();
+  }, POLL_MS);
+}
+
+/**
+ * A server `reattach` started serves a mount already recorded: it is the mount's once
+ * `reattach` has written it into the record (serverPid). A `reattach` killed in between left it
+ * serving, unrecorded, for good: the record still named the dead server, so the next reattach
+ * started a second server on the same connection, and umount stopped only the recorded one.
+ * Until the record names this process the server watches the process that started it
+ * (`cliPid`); once that is gone, `orphaned` runs (the server then ends as a crashed one would,
+ * leaving the mount to the next reattach).
+ */
+export function watchForRecord(id: string, cliPid: number, orphaned: () => void): void {
+  const timer = setInterval(() => {
+    if (readState(id)?.serverPid === Deno.pid) {
+      clearInterval(timer);
+      return;
+    }
+    if (Deno.ppid === cliPid) return;
+    clearInterval(timer);
+    orphaned();
   }, POLL_MS);
 }

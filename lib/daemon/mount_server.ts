@@ -13,7 +13,7 @@ import {
   type MountSpec,
   removeMountDir,
 } from "../state/runtime.ts";
-import { watchForAdoption } from "./adoption.ts";
+import { watchForAdoption, watchForRecord } from "./adoption.ts";
 import { testHold } from "./test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
@@ -292,6 +292,16 @@ export async function runMountServer(): Promise<number> {
         keepFailedServerLog(spec.id);
         removeMountDir(spec.id);
         Deno.exit(1);
+      });
+    } else {
+      watchForRecord(spec.id, cliPid, () => {
+        console.error(
+          `the reattach command (pid ${cliPid}) ended before it recorded this server: ending ` +
+            "as a crashed server would, for the next reattach",
+        );
+        // As kill -9 would: nothing undone (no keeper ended, no device disconnected, no record
+        // touched), the state every reattach starts from.
+        Deno.kill(Deno.pid, "SIGKILL");
       });
     }
     // FUSE hashes fetched chunks on the event loop once node:crypto is there (openLayerSource's

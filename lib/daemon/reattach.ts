@@ -8,6 +8,7 @@ import { MountError } from "../errors.ts";
 import { readSmallFile } from "../../ffi/files.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
+import { testHold } from "./test_pause.ts";
 import {
   createMountDir,
   DEFAULT_MOUNT_CACHE_BYTES,
@@ -325,6 +326,7 @@ async function reattachSelected(
     };
     try {
       const ready = await startServer(spec, false);
+      await testHold("reattach-before-state");
       const reattachedAt = new Date().toISOString();
       // The start time makes liveness checks exact (a reused pid is not taken for it).
       const serverStart = ready.startTicks

@@ -13,6 +13,7 @@ import {
 import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
+import { testHold } from "./test_pause.ts";
 import {
   type MountSpec,
   type MountState,
@@ -92,6 +93,7 @@ export async function reattachFuseMount(
   };
   try {
     const ready = await startServer(spec, false);
+    await testHold("reattach-before-state");
     if (options.credentials) rememberFuseCredentials(state.id, options.credentials);
     writeState({
       ...state,

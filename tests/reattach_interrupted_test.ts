@@ -1,0 +1,87 @@
+/**
+ * `reattach` killed after it started the new server, before it recorded it: the server must
+ * not go on serving unrecorded. It did, for good: the record still named the dead server, so
+ * the next reattach started a second server on the same FUSE connection, and `umount` stopped
+ * only the recorded one (a helper's chaos rounds collected 24 such servers). Now the server ends
+ * as a crashed one would, and the next reattach brings the mount back.
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { describe, runCli } from "./_support/cli.ts";
+import {
+  expectedManifest,
+  killMountServersOf,
+  manifestOf,
+  mountSandbox,
+  mountServersOf,
+  pidAlive,
+} from "./_support/mounts.ts";
+import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
+import { exists, waitFor } from "./_support/wait.ts";
+
+Deno.test({
+  name: "reattach killed before recording its server: the server ends, the next reattach works",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const hold = `${sandbox.runtimeDir}-hold`;
+    let reattach: Deno.ChildProcess | undefined;
+    try {
+      const mounted = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        { env: sandbox.env, timeoutMs: 120_000 },
+      );
+      assert.equal(mounted.code, 0, describe(mounted));
+      const [first] = mountServersOf(sandbox.runtimeDir);
+      Deno.kill(first, "SIGKILL");
+      await waitFor("the server to die", () => !pidAlive(first), 10_000);
+
+      Deno.writeTextFileSync(hold, "");
+      reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: ["reattach", sandbox.target],
+        env: { ...sandbox.env, [TEST_HOLD_ENV]: `reattach-before-state:${hold}` },
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await waitFor("reattach to start its server", () => exists(`${hold}.reached`), 60_000);
+      const [unrecorded] = mountServersOf(sandbox.runtimeDir);
+      assert.ok(unrecorded, "reattach's server runs");
+      reattach.kill("SIGKILL");
+      await reattach.status;
+      reattach = undefined;
+
+      await waitFor("the unrecorded server to end", () => !pidAlive(unrecorded), 15_000);
+
+      const again = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      assert.equal(again.code, 0, describe(again));
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 1, "one server, recorded");
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+
+      const unmounted = await runCli(["umount", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assert.equal(unmounted.code, 0, describe(unmounted));
+      await waitFor(
+        "no server left",
+        () => mountServersOf(sandbox.runtimeDir).length === 0,
+        15_000,
+      );
+    } finally {
+      try {
+        reattach?.kill("SIGKILL");
+        await reattach?.status;
+      } catch { /* ended */ }
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+      for (const file of [hold, `${hold}.reached`]) {
+        try {
+          Deno.removeSync(file);
+        } catch { /* gone */ }
+      }
+    }
+  },
+});
