@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { unmountImage } from "../daemon/unmount_image.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { MountError, UsageError, UserError } from "../errors.ts";
-import { readStates } from "../state/runtime.ts";
+import { NotMountedError, readStates } from "../state/runtime.ts";
 import { info, warn } from "../log.ts";
 
 export const umountCommand: Command = {
@@ -61,6 +61,11 @@ async function unmountAll(lazy: boolean): Promise<number> {
       await unmountImage(state.target, lazy);
       info(`unmounted ${state.target} (${state.image})`);
     } catch (error) {
+      // Unmounted meanwhile by another command (umount DIR, a second umount --all): done.
+      if (error instanceof NotMountedError) {
+        info(`${state.target} was unmounted meanwhile by another command`);
+        continue;
+      }
       if (!(error instanceof UserError)) throw error;
       warn(
         error.message.includes(state.target)

@@ -12,6 +12,7 @@ import {
   lockMountChanges,
   mountDir,
   type MountState,
+  notMounted,
   readStates,
   removeMountDir,
   serverAlive,
@@ -83,10 +84,17 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   // Not while a reattach works on this mount (it would see it half gone): its own lock first,
   // then (never the other way round: reattach takes its mounts' locks without waiting, under
   // the lock of all changes) the lock of all changes, for the checks across mounts.
-  const mountLock = await lockChangesOf(
-    findState(target).id,
-    () => info(`umount ${target}: waiting for a reattach in progress to finish`),
-  );
+  let mountLock: Deno.FsFile;
+  try {
+    mountLock = await lockChangesOf(
+      findState(target).id,
+      () => info(`umount ${target}: waiting for a reattach in progress to finish`),
+    );
+  } catch (error) {
+    // Its runtime dir went between the lookup and the lock: another umount finished it.
+    if (error instanceof Deno.errors.NotFound) throw notMounted(target);
+    throw error;
+  }
   let lock: Deno.FsFile | undefined;
   try {
     lock = await lockMountChanges(() =>

@@ -495,13 +495,18 @@ export function findState(target: string): MountState {
   const state = readStates().find((s) =>
     s.target === real || s.target === target || s.target === absolute
   );
-  if (!state) {
-    throw new MountError(
-      `${target} is not mounted by erofs-oci`,
-      "see active mounts with `erofs-oci list`",
-    );
-  }
+  if (!state) throw notMounted(target);
   return state;
+}
+
+/** No mount of erofs-oci is recorded at the path (never was, or another command unmounted it). */
+export class NotMountedError extends MountError {}
+
+export function notMounted(target: string): NotMountedError {
+  return new NotMountedError(
+    `${target} is not mounted by erofs-oci`,
+    "see active mounts with `erofs-oci list`",
+  );
 }
 
 /** `path` made absolute against the working directory without the file system (no symlinks). */
