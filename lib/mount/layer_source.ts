@@ -217,9 +217,13 @@ export async function openLayerSource(
     }
     return file;
   }
+  // The mount (or reattach) command resolved the image from this registry moments ago: a
+  // connection refused now is a blip to ride out, not a typo (a restart right after the mount
+  // failed the first reads at once).
   const client = new RegistryClient(layer.registry, {
     plainHttp: layer.plainHttp,
     credentials,
+    reachedBefore: true,
   });
   const blob = new RegistryBlob(client, layer.repository, {
     index: layer.layerIndex,

@@ -42,6 +42,11 @@ export type { LayerDescriptor } from "./layers.ts";
 export interface RegistryClientOptions {
   /** Force plain HTTP (true) or HTTPS (false); default: HTTP for loopback registries only. */
   plainHttp?: boolean;
+  /**
+   * The registry answered the command that started this process moments ago (a mount's or a
+   * reattach's server): a refused connection is an outage to retry, not a mistyped host.
+   */
+  reachedBefore?: boolean;
   /** Fall back to plain HTTP when HTTPS cannot connect (Deno cannot skip TLS verification). */
   insecure?: boolean;
   /** Explicit credentials; otherwise Docker's config.json is consulted on the first 401. */
@@ -173,6 +178,7 @@ export class RegistryClient {
       insecure: (options.insecure ?? false) && !endpoint,
       tokenDeadlineMs: deadlineMs,
     });
+    if (options.reachedBefore) this.#transport.noteConnected();
     this.#deadlineMs = deadlineMs;
     this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
     this.#auth = new RegistryAuth(
