@@ -109,6 +109,8 @@ export const LIBC_SYMBOLS = {
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int flock(int fd, int operation);  — whole-file locks, on directories too
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   // DIR *opendir(const char *name);
   opendir: { parameters: ["buffer"], result: "pointer" },
   // struct dirent *readdir(DIR *dirp);

@@ -1,4 +1,5 @@
-import { removeTreeSync } from "../sys/remove_tree.ts";
+import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
+import { testHold } from "../daemon/test_pause.ts";
 import type { Command } from "./command.ts";
 import { exitInterrupted } from "./interrupt.ts";
 import { expectPositionals, parseBuildTimestamp, parseCommandArgs } from "./command.ts";
@@ -99,19 +100,20 @@ Examples:
     const workDir = makeWorkDir(values.tmpdir);
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
     const interrupted = () => {
-      removeTreeSync(workDir);
+      workDir.remove();
       destination.abandon?.();
       exitInterrupted("convert interrupted: nothing was tagged, its work files removed");
     };
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     for (const signal of signals) Deno.addSignalListener(signal, interrupted);
     try {
+      await testHold("convert-work-dir");
       const result = await convertImage(sourceOf(opened), destination, {
         platform: values.platform,
         allPlatforms: values["all-platforms"],
         flatten: values.flatten,
         buildTimeSec,
-        workDir,
+        workDir: workDir.path,
         reuse: !values["no-reuse"],
         maxLayerBytes,
         progress: terminalProgress(),
@@ -130,7 +132,7 @@ Examples:
       throw error;
     } finally {
       for (const signal of signals) Deno.removeSignalListener(signal, interrupted);
-      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+      workDir.remove();
       opened.close();
       closeDestination();
     }
@@ -145,12 +147,13 @@ function sourceOf(opened: OpenedImage): SourceImage {
 
 /**
  * Synchronous, so that the caller gives the directory its interrupt clean-up before a signal
- * can be handled (an await between the two could leave it behind).
+ * can be handled (an await between the two could leave it behind). Held for the process's
+ * life: what a killed convert left there (kill -9, the OOM killer) the next one removes.
  */
-function makeWorkDir(parent: string | undefined): string {
+function makeWorkDir(parent: string | undefined): OwnedWorkDir {
   const dir = parent ?? Deno.env.get("TMPDIR") ?? "/tmp";
   try {
-    return Deno.makeTempDirSync({ dir, prefix: "erofs-oci-convert-" });
+    return makeOwnedWorkDir(dir, "erofs-oci-convert-", info);
   } catch (error) {
     throw new UserError(
       `convert: cannot create a work directory in ${dir}: ${(error as Error).message}`,

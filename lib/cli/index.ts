@@ -1,4 +1,5 @@
-import { removeTreeSync } from "../sys/remove_tree.ts";
+import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
+import { testHold } from "../daemon/test_pause.ts";
 import { splitPath, unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory } from "../../ffi/files.ts";
 import { makeDirTrusted, openDirTrusted } from "../../ffi/path_resolve.ts";
@@ -91,17 +92,18 @@ Examples:
     } catch (error) {
       throw outputFileError("index", values.output!, error);
     }
-    // --push alone: the files go to a directory of ours, removed at the end.
+    // --push alone: the files go to a directory of ours, removed at the end (or, when the
+    // process is killed, by the next index --push in the same place).
     const tmpdir = values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp";
-    let pushDir: string | undefined;
+    let pushDir: OwnedWorkDir | undefined;
     try {
       if (values.output === undefined && !isLocalImage(file)) {
-        pushDir = Deno.makeTempDirSync({ dir: tmpdir, prefix: "erofs-oci-index-" });
+        pushDir = makeOwnedWorkDir(tmpdir, "erofs-oci-index-", info);
       }
     } catch (error) {
       throw outputFileError("index", tmpdir, error);
     }
-    const dir = values.output ?? pushDir;
+    const dir = values.output ?? pushDir?.path;
     // -o DIR, opened once: what an interrupt removes is looked for and removed there, not by
     // path (a user owning a directory on the way could swap it meanwhile: a helper had an
     // interrupted index delete the files of a directory of root's).
@@ -118,10 +120,11 @@ Examples:
         if (createsOutput && output.parent) {
           unlinkIn(output.parent.fd, output.parent.name, true);
         }
-      } else if (pushDir) removeTreeSync(pushDir);
+      } else pushDir?.remove();
       exitInterrupted("index interrupted: the files it had written were removed");
     });
     try {
+      if (pushDir) await testHold("index-push-dir");
       return await indexInto(file, values, dir, spanBytes, timestamp);
     } catch (error) {
       // A directory this run created stays only with the index in it (removed only if empty),
@@ -134,7 +137,7 @@ Examples:
       throw error;
     } finally {
       stopWatching();
-      if (pushDir) removeTreeSync(pushDir);
+      pushDir?.remove();
       if (output) {
         closeFd(output.fd);
         if (output.parent) closeFd(output.parent.fd);

@@ -1,3 +1,4 @@
+import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 /**
  * `erofs-oci trace IMAGE [--push | -o FILE] [--seconds N] -- CMD [ARGS…]`: mounts IMAGE on a
  * fresh cache (memory only, no prefetch), runs CMD against it, and keeps the byte ranges of
@@ -103,13 +104,16 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       interrupt.close();
       throw error;
     });
+    let workDir: OwnedWorkDir | undefined;
     let work: string | undefined;
     const saved = new Map(
       [TRACE_RECORD_ENV, "EROFS_OCI_DISK_CACHE_BYTES"].map((k) => [k, Deno.env.get(k)]),
     );
     let mounted = false;
     try {
-      work = Deno.makeTempDirSync({ prefix: "erofs-oci-trace-" });
+      // Held for the process's life: what a killed trace left the next one removes.
+      workDir = makeOwnedWorkDir(Deno.env.get("TMPDIR") ?? "/tmp", "erofs-oci-trace-", info);
+      work = workDir.path;
       const root = `${work}/root`;
       const traceFile = `${work}/trace.json`;
       Deno.mkdirSync(root);
@@ -167,30 +171,13 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         );
       }
       opened.client.close();
-      if (work) removeWorkDir(work);
+      if (workDir && !workDir.remove()) {
+        info(`trace: ${work} left behind: a mount is still on ${work}/root`);
+      }
       interrupt.close();
     }
   },
 };
-
-/**
- * Removes trace's temporary dir, `root` first and alone (rmdir): once its mount is detached it
- * is an empty directory again, even while another process still holds the detached mount. A
- * mount still on it (both umounts failed) makes that rmdir fail instead of a recursive removal
- * walking into the mount (a FUSE mount whose server died while its keeper lives would hang the
- * walk); the dir is then left, and said so.
- */
-function removeWorkDir(work: string): void {
-  for (const [path, recursive] of [[`${work}/root`, false], [work, true]] as const) {
-    try {
-      Deno.removeSync(path, { recursive });
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) continue;
-      info(`trace: ${work} left behind: ${(error as Error).message}`);
-      return;
-    }
-  }
-}
 
 /**
  * Unmounts trace's own temporary mount. What still holds it (a child the command left behind,

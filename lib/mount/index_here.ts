@@ -5,7 +5,7 @@
  * stay in the state directory (INDEXED_HERE_DIR/<layer digest>/), so a later mount of any image
  * with that layer finds them without the flag and without reading the layer again.
  */
-import { removeTreeSync } from "../sys/remove_tree.ts";
+import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";
 import { info } from "../log.ts";
 import { formatBytes } from "../text.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
@@ -105,14 +105,15 @@ export async function indexMissingHere(
       ` no index: indexing here (reads ${formatBytes(bytes)} once; kept in ${hereDir})`,
   );
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
-  removeAbandonedWork(hereDir);
   report.signal?.throwIfAborted();
   // Made and given its clean-up in one synchronous step: an interrupt handled between the two
-  // (the command exits at once) left the directory behind (CI, under load).
-  const work = Deno.makeTempDirSync({ dir: hereDir, prefix: ".indexing-" });
+  // (the command exits at once) left the directory behind (CI, under load). Held for the
+  // process's life: what a killed mount left there the next one removes.
+  const workDir = makeOwnedWorkDir(hereDir, ".indexing-", info);
+  const work = workDir.path;
   const dropWork = () => {
     report.finish?.();
-    removeTreeSync(work);
+    workDir.remove();
   };
   report.signal?.addEventListener("abort", dropWork, { once: true });
   try {
@@ -156,7 +157,7 @@ export async function indexMissingHere(
   } finally {
     report.signal?.removeEventListener("abort", dropWork);
     report.finish?.();
-    await Deno.remove(work, { recursive: true }).catch(() => {});
+    workDir.remove();
   }
   return found;
 }
@@ -183,18 +184,4 @@ export async function settleIndexDir(
     await Deno.rename(fresh, dir);
   }
   return await findLocalLayerIndex(dir, layer);
-}
-
-/** A work directory this old was left by a mount that was killed while it indexed. */
-const ABANDONED_AFTER_MS = 6 * 60 * 60 * 1000;
-
-function removeAbandonedWork(hereDir: string): void {
-  for (const entry of Deno.readDirSync(hereDir)) {
-    if (!entry.isDirectory || !entry.name.startsWith(".indexing-")) continue;
-    const path = `${hereDir}/${entry.name}`;
-    try {
-      const mtimeMs = Deno.statSync(path).mtime?.getTime() ?? 0;
-      if (Date.now() - mtimeMs > ABANDONED_AFTER_MS) Deno.removeSync(path, { recursive: true });
-    } catch { /* gone meanwhile, or the next time */ }
-  }
 }

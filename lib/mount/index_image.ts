@@ -3,6 +3,8 @@
  * registry (or OCI layout), verified against its digest as it passes, into the layer's index
  * files; then writes them to a directory or pushes them as the image's index artifact.
  */
+import { info } from "../log.ts";
+import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { OciError, UserError } from "../errors.ts";
 import { type BlobStore, openVerifiedBlob } from "../convert/layer_blob.ts";
 import { LowerDirs } from "../convert/lower_dirs.ts";
@@ -124,13 +126,14 @@ export async function indexImage(
     throw new UserError("--push needs a registry image", "use -o DIR for an OCI layout");
   }
   let dir = options.dir;
-  let temporary: string | undefined;
+  let temporary: OwnedWorkDir | undefined;
   if (!dir) {
-    temporary = await Deno.makeTempDir({
-      dir: options.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp",
-      prefix: "erofs-oci-index-",
-    });
-    dir = temporary;
+    temporary = makeOwnedWorkDir(
+      options.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp",
+      "erofs-oci-index-",
+      info,
+    );
+    dir = temporary.path;
   }
   try {
     const files: TarIndexFiles[] = [];
@@ -196,6 +199,6 @@ export async function indexImage(
     }, files);
     return { files, artifact };
   } finally {
-    if (temporary) await Deno.remove(temporary, { recursive: true }).catch(() => {});
+    temporary?.remove();
   }
 }

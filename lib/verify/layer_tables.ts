@@ -9,7 +9,8 @@ import type { RegistryClient } from "../oci/client.ts";
 import { digestOfAsync } from "../oci/digest.ts";
 import { keepBlob, keptBlobPath, readKeptBlob } from "../oci/kept_blobs.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
-import { info } from "../log.ts";
+import { debug, info } from "../log.ts";
+import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";
 import { mark } from "../timing.ts";
 import type { Source } from "../source/source.ts";
 import {
@@ -303,7 +304,13 @@ export async function verifyServedLayer(
     sizeBytes: layer.sizeBytes,
     layerIndex: layer.index,
   };
-  const stateDir = await Deno.makeTempDir({ prefix: "erofs-oci-serve-table-" });
+  // Held for the process's life: what a killed server left the next one removes.
+  const workDir = makeOwnedWorkDir(
+    Deno.env.get("TMPDIR") ?? "/tmp",
+    "erofs-oci-serve-table-",
+    debug,
+  );
+  const stateDir = workDir.path;
   try {
     await attachChunkTables(client, ref.repository, manifestDigest, [spec], {
       requireVerified: options.requireVerified,
@@ -318,7 +325,7 @@ export async function verifyServedLayer(
       { refetch: options.refetch },
     );
   } finally {
-    await Deno.remove(stateDir, { recursive: true });
+    workDir.remove();
   }
 }
 

@@ -1,0 +1,186 @@
+/**
+ * A convert or index --push killed by SIGKILL (the OOM killer, kill -9) runs no clean-up: its
+ * work directory in --tmpdir stays, layer images and all. The next run of the same command in
+ * the same place removes it — but never one a live run holds, another user's, or a symlink
+ * with the prefix's name (anyone can make those in /tmp). Before, each killed run's directory
+ * stayed for good.
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
+import {
+  assertSuccess,
+  describe,
+  runCli,
+  startCli,
+  type StartedCli,
+  stopCli,
+} from "./_support/cli.ts";
+import { makeUmociImage } from "./_support/umoci_image.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
+import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
+import { exists, waitFor } from "./_support/wait.ts";
+
+function workDirsIn(dir: string, prefix: string): string[] {
+  return [...Deno.readDirSync(dir)].filter((e) => e.isDirectory && e.name.startsWith(prefix))
+    .map((e) => e.name).sort();
+}
+
+/** Starts `args` held at `point` once its work directory exists; returns it and that dir. */
+async function startHeld(
+  args: string[],
+  point: string,
+  hold: string,
+  tmpdir: string,
+  prefix: string,
+): Promise<{ run: StartedCli; workDir: string }> {
+  const before = new Set(workDirsIn(tmpdir, prefix));
+  Deno.writeTextFileSync(hold, "");
+  const run = startCli(args, { [TEST_HOLD_ENV]: `${point}:${hold}` });
+  try {
+    await waitFor(`${args[0]} to make its work directory`, () => exists(`${hold}.reached`), 60_000);
+  } catch (error) {
+    await stopCli(run);
+    throw error;
+  }
+  const made = workDirsIn(tmpdir, prefix).filter((n) => !before.has(n));
+  assert.equal(made.length, 1, `one new work directory: ${made}`);
+  return { run, workDir: `${tmpdir}/${made[0]}` };
+}
+
+async function killed(run: StartedCli): Promise<void> {
+  run.child.kill("SIGKILL");
+  await run.result;
+}
+
+/**
+ * Kills one run of `args` mid-way (its work directory made, a "layer image" in it) and plants
+ * another user's directory, a symlink and a file with a work directory's name; a second run
+ * (held once its own work directory exists) must have removed the killed one's directory only,
+ * and a third, run meanwhile, must leave the held one's.
+ */
+async function checkSweep(
+  args: string[],
+  point: string,
+  tmpdir: string,
+  prefix: string,
+  scratch: string,
+): Promise<void> {
+  let live: StartedCli | undefined;
+  try {
+    const dead = await startHeld(args, point, `${scratch}/hold-dead`, tmpdir, prefix);
+    Deno.writeFileSync(`${dead.workDir}/layer-0.erofs`, new Uint8Array(1 << 20));
+    await killed(dead.run);
+    assert.ok(exists(`${dead.workDir}/layer-0.erofs`), "SIGKILL runs no clean-up");
+
+    const foreign = `${tmpdir}/${prefix}0123456789ab`;
+    Deno.mkdirSync(foreign);
+    Deno.writeTextFileSync(`${foreign}/theirs`, "");
+    Deno.chownSync(`${foreign}/theirs`, 65534, 65534);
+    Deno.chownSync(foreign, 65534, 65534);
+    const victim = `${scratch}/victim`;
+    Deno.mkdirSync(victim);
+    Deno.writeTextFileSync(`${victim}/precious`, "");
+    const link = `${tmpdir}/${prefix}1123456789ab`;
+    Deno.symlinkSync(victim, link);
+    const file = `${tmpdir}/${prefix}2123456789ab`;
+    Deno.writeTextFileSync(file, "");
+    // A directory of root's that only starts with the prefix is not a work directory.
+    const lookalike = `${tmpdir}/${prefix}layout-0123456789ab`;
+    Deno.mkdirSync(lookalike);
+
+    const held = await startHeld(args, point, `${scratch}/hold-live`, tmpdir, prefix);
+    live = held.run;
+    assert.ok(!exists(dead.workDir), "the killed run's work directory is removed");
+    assert.ok(exists(`${foreign}/theirs`), "another user's directory stays");
+    assert.ok(Deno.lstatSync(link).isSymlink, "the symlink stays");
+    assert.ok(exists(`${victim}/precious`), "nothing is removed through the symlink");
+    assert.ok(exists(file), "a file with a work directory's name stays");
+    assert.ok(exists(lookalike), "a directory that only starts with the prefix stays");
+
+    const beside = await runCli(args, { timeoutMs: 120_000 });
+    assertSuccess(beside);
+    assert.ok(exists(held.workDir), "a live run's work directory stays");
+    assert.doesNotMatch(beside.stderr, /removed .* work director/);
+
+    Deno.removeSync(`${scratch}/hold-live`);
+    const finished = await live.result;
+    live = undefined;
+    assertSuccess(finished);
+    assert.match(
+      finished.stderr,
+      /removed 1 work directory left in .* by killed erofs-oci commands: /,
+      describe(finished),
+    );
+    assert.ok(!exists(held.workDir), "the held run removes its own work directory at the end");
+  } finally {
+    await stopCli(live);
+  }
+}
+
+Deno.test({
+  name: "convert killed by SIGKILL: the next convert in --tmpdir removes its work directory only",
+  ignore: requires(command("umoci")),
+  async fn() {
+    const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-sweep-" });
+    try {
+      const image = await makeUmociImage(await Deno.makeTempDir({ dir: scratch }));
+      const tmpdir = `${scratch}/tmp`;
+      Deno.mkdirSync(tmpdir);
+      const args = [
+        "convert",
+        "--no-reuse",
+        `oci:${image.layout}:${image.tag}`,
+        `oci:${scratch}/dst:v1`,
+        "--tmpdir",
+        tmpdir,
+      ];
+      await checkSweep(args, "convert-work-dir", tmpdir, "erofs-oci-convert-", scratch);
+    } finally {
+      await Deno.remove(scratch, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "index --push killed by SIGKILL: the next index --push removes its work directory only",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const repository = "work-dir-sweep/app";
+    const layer = await uploadBlob(
+      registry,
+      repository,
+      await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    const configBytes = new TextEncoder().encode(JSON.stringify({
+      architecture: "amd64",
+      os: "linux",
+      rootfs: { type: "layers", diff_ids: [] },
+    }));
+    const config = await uploadBlob(registry, repository, configBytes, OCI_CONFIG);
+    await putManifest(registry, repository, "v1", {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config,
+      layers: [layer],
+    }, OCI_MANIFEST);
+    const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-sweep-" });
+    try {
+      const tmpdir = `${scratch}/tmp`;
+      Deno.mkdirSync(tmpdir);
+      const args = [
+        "index",
+        `${registry.host}/${repository}:v1`,
+        "--push",
+        "--plain-http",
+        "--tmpdir",
+        tmpdir,
+      ];
+      await checkSweep(args, "index-push-dir", tmpdir, "erofs-oci-index-", scratch);
+    } finally {
+      await Deno.remove(scratch, { recursive: true });
+    }
+  },
+});
