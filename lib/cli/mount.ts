@@ -30,6 +30,7 @@ import {
 } from "../state/runtime.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
+import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
 import { withLocalPathHint } from "./local_path_hint.ts";
 import { foreignIndexNotices } from "../mount/tar_indexes.ts";
 import { overlayLayerLimit, upperWorkBytes } from "../mount/overlay.ts";
@@ -215,7 +216,9 @@ async function runMount(argv: string[]): Promise<number> {
 /**
  * --metrics-listen checked where the user sees the answer: a bad address is a usage error, and
  * one that cannot be taken (a port in use, a missing directory, a path that is not a socket or
- * is another server's) a refusal; the server only logged that and served no metrics.
+ * is another server's) a refusal before anything starts. Binding and closing leaves the address
+ * free for another process meanwhile (a concurrent mount with the same one): the server's own
+ * bind then fails the mount before it is ready (startServerMetrics); this is the fast case.
  */
 function checkMetricsListen(spec: string): void {
   const addr = parseListenAddress(spec, "--metrics-listen");
@@ -233,10 +236,7 @@ function checkMetricsListen(spec: string): void {
       claimSocketPath(addr.path);
     }
   } catch (error) {
-    throw new MountError(
-      `--metrics-listen ${spec}: cannot listen on ${where}: ${(error as Error).message}`,
-      "choose another address, or leave --metrics-listen out",
-    );
+    throw metricsListenRefusal(spec, `cannot listen on ${where}: ${(error as Error).message}`);
   }
 }
 

@@ -156,6 +156,13 @@ export async function runMountServer(): Promise<number> {
   const layers = new ServedLayers(spec, handedMetadata, traceHooks);
   const { sources, exports } = layers;
   let fuseTakeoverFailed = false;
+  const layerStats = () =>
+    sources.map((s, i) => ({
+      ...s.stats(),
+      directReads: exports[i]?.directReads(),
+      ...layerFetchMetrics(spec.layers[i]),
+      tracePrefetch: traceHooks.progress(i),
+    }));
 
   const stop = () =>
     stopping ??= (async () => {
@@ -224,6 +231,9 @@ export async function runMountServer(): Promise<number> {
         layers.prefetchGroupBytes,
       );
     }
+    await testHold("server-metrics-listen");
+    // Before ready: an address taken since the CLI checked it fails a new mount here.
+    startServerMetrics(spec, layerStats);
   } catch (error) {
     console.error("start failed:", error);
     fuseTakeoverFailed = layers.fuseTakeoverWanted;
@@ -234,13 +244,6 @@ export async function runMountServer(): Promise<number> {
   }
 
   const startedAt = new Date().toISOString();
-  const layerStats = () =>
-    sources.map((s, i) => ({
-      ...s.stats(),
-      directReads: exports[i]?.directReads(),
-      ...layerFetchMetrics(spec.layers[i]),
-      tracePrefetch: traceHooks.progress(i),
-    }));
   const handle = (request: { command: string }): Promise<ControlReply> => {
     if (request.command === "stats") {
       return Promise.resolve({
@@ -259,7 +262,6 @@ export async function runMountServer(): Promise<number> {
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
   };
-  startServerMetrics(spec, layerStats);
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     // In the CLI's session (`mount --foreground`) the terminal's Ctrl-C and hangup reach us
     // too, but they are the CLI's: it unmounts DIR and then stops us. Stopping here first

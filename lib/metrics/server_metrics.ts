@@ -1,8 +1,7 @@
 /**
  * `mount --metrics-listen ADDR`: the mount server itself answers scrapes for its mount while it
  * runs. The address travels in the MountSpec and is recorded in the mount's state, so a server
- * started by `reattach` (or `reattach --watch`) listens at the same address again; a server
- * that cannot bind it warns in its log and keeps serving the mount.
+ * started by `reattach` (or `reattach --watch`) listens at the same address again.
  */
 import type { LayerStats } from "./layer_stats.ts";
 import type { MountSpec } from "../state/runtime.ts";
@@ -14,7 +13,15 @@ import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
 import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";
 import { UsageError } from "../errors.ts";
+import { metricsListenRefusal } from "./listen_refusal.ts";
 
+/**
+ * Starts answering scrapes at `spec.metricsListen`, if set. A new mount's server that cannot
+ * take the address throws (the mount then fails before it is ready: the CLI's early check
+ * leaves the address free for a concurrent mount to take before this bind). A reattached
+ * server warns in its log and serves the mount without metrics: failing the reattach over a
+ * taken port would leave the mount's readers with no server at all.
+ */
 export function startServerMetrics(
   spec: MountSpec,
   layers: () => (LayerStats & { tracePrefetch?: PrefetchProgress })[],
@@ -41,6 +48,7 @@ export function startServerMetrics(
     console.log(`metrics at ${endpoint.address}/metrics`);
     globalThis.addEventListener("unload", () => endpoint.removeSocket());
   } catch (error) {
+    if (!spec.reattach) throw metricsListenRefusal(listen, (error as Error).message);
     warn(`--metrics-listen ${listen}: ${(error as Error).message}; serving no metrics`);
   }
 }
