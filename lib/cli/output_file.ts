@@ -12,6 +12,7 @@ import { strerror, SysError } from "../../ffi/libc.ts";
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
   const parent = dirOf(path.replace(/\/+$/, ""));
+  let special: UserError | undefined;
   try {
     if (!Deno.statSync(parent).isDirectory) {
       throw new UsageError(`${command}: -o ${path}: ${parent} is not a directory`);
@@ -25,15 +26,16 @@ export function checkOutputFile(command: string, path: string, inputs: string[] 
     }
     if (error instanceof UsageError) throw error;
     // Under /dev, /proc or /sys: refused as every file erofs-oci is given there (the file is
-    // written through descriptors, which Deno's own refusal would not stop).
-    const refused = refusedSpecialPath(error);
-    if (refused) throw refused;
+    // written through descriptors, which Deno's own refusal would not stop), after what the
+    // path itself is has been said (-o /dev/null: a character device).
+    special = refusedSpecialPath(error);
     // Unreachable for another reason (permissions): writing it says why.
   }
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
   } catch {
+    if (special) throw special;
     return; // absent (the usual case), or unreachable: writing it says why
   }
   if (info.isDirectory) {
@@ -51,6 +53,7 @@ export function checkOutputFile(command: string, path: string, inputs: string[] 
       "name a regular file (it is replaced once complete) or remove what is there",
     );
   }
+  if (special) throw special;
   for (const input of inputs) {
     let inputInfo: Deno.FileInfo;
     try {
