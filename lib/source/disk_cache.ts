@@ -99,6 +99,11 @@ export interface DiskCacheOptions {
    * Lets tests take the refusal of a network file system without mounting one.
    */
   fileSystemType?: (dir: string) => number;
+  /**
+   * @internal how long a fill waits for chunks another process holds before its reader is
+   * served around them (disk_cache_fill.ts, OTHERS_FILL_WAIT_MS); tests shorten it.
+   */
+  othersFillWaitMs?: number;
 }
 
 export interface BlobKey {
@@ -122,6 +127,8 @@ export class DiskCache {
   readonly maxBytes: number;
   readonly keepFreeBytes: number;
   readonly chunkBytes: number;
+  /** @internal DiskCacheOptions.othersFillWaitMs. */
+  readonly othersFillWaitMs?: number;
   readonly #checkEveryBytes: number;
   #writtenSinceCheck = 0;
   readonly #warn: (message: string) => void;
@@ -141,6 +148,7 @@ export class DiskCache {
     this.maxBytes = options.maxBytes ?? DEFAULT_DISK_CACHE_BYTES;
     this.chunkBytes = options.chunkBytes ?? DEFAULT_DISK_CHUNK_BYTES;
     this.keepFreeBytes = options.keepFreeBytes ?? defaultKeepFreeBytes(dir);
+    this.othersFillWaitMs = options.othersFillWaitMs;
     this.#checkEveryBytes = Math.max(
       this.chunkBytes,
       Math.min(this.maxBytes / 64, CHECK_EVERY_MAX_BYTES, this.keepFreeBytes / 4 || Infinity),
@@ -437,6 +445,11 @@ export class DiskCache {
   /** @internal sources report their close here. */
   released(source: DiskCachedSource): void {
     this.#open.delete(source);
+  }
+
+  /** Says `message` every time (the caller throttles it); warnOnce says a problem once. */
+  warn(message: string): void {
+    this.#warn(message);
   }
 
   warnOnce(message: string): void {

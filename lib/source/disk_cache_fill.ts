@@ -2,8 +2,9 @@
  * The fill protocol of one disk-cached blob (disk_cached.ts has the whole picture and the read
  * path; disk_cache.ts the layout and locking rules): missing chunks are fetched as runs (one
  * underlying read per run, written where they belong, no per-chunk copies) under the map's
- * write lock — a run another process holds is waited for, not repeated — verified, written and
- * marked WRITTEN; the lock is then released and every reader of the host may read them.
+ * write lock — a run another process holds is waited for (OTHERS_FILL_WAIT_MS at most), not
+ * repeated — verified, written and marked WRITTEN; the lock is then released and every reader
+ * of the host may read them.
  *
  * Durability comes later and together: the data file is synced once the fills have stored
  * nothing for SYNC_QUIET_MS (at most SYNC_DEFER_MAX_MS after the first chunk that waits; at
@@ -24,6 +25,7 @@ import {
   dataSync,
   F_RDLCK,
   F_WRLCK,
+  lockedByOthers,
   markWaiting,
   othersWaitFor,
   pwriteAll,
@@ -40,6 +42,12 @@ export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | P
 /** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
 export class ChunkVerifyError extends WrongBytesError {}
 
+/**
+ * Another process's fill held chunks of the run past OTHERS_FILL_WAIT_MS: nothing was fetched
+ * or stored; the reader is served around them (DiskCachedSource).
+ */
+export class HeldByOthersError extends Error {}
+
 /** A write or sync of the cache files failed: the cache goes memory-only. */
 class DiskWriteError extends Error {}
 
@@ -53,6 +61,17 @@ export function isPresent(byte: number): boolean {
 }
 
 const POLL_MS = 10;
+/**
+ * How long a fill waits for chunks another process's fill holds. A healthy filler writes them
+ * within its fetch; a stopped one (SIGSTOP, a frozen cgroup, a debugger) holds their lock for as
+ * long as it stays stopped (the kernel drops OFD locks only when it dies), and readers of every
+ * other mount of the layer waited with it (75 s in a repro; a read gets 60 s in all, README).
+ * Past this the reader fetches its bytes itself without storing them (fetchUnstored), and later
+ * fills of chunks still held by the same lock give up at once.
+ */
+export const OTHERS_FILL_WAIT_MS = 5_000;
+/** The warning that another process holds chunks of a blob: at most this often per blob. */
+const HELD_WARN_EVERY_MS = 60_000;
 /**
  * The data file is synced once no fill stored anything for this long. Cold python start of
  * the host benchmark while ~100 MB of windows are fetched beside it (scripts/bench/python_ab.ts,
@@ -181,6 +200,13 @@ export class BlobFiller {
   #lastStoreMs = -Infinity;
   /** whenAllDurable() calls under way: batches sync at once meanwhile. */
   #flushing = 0;
+  /**
+   * Chunks whose write lock another process held past the wait of a fill here: fills that
+   * find them still locked give up without waiting again, until their lock is seen free.
+   */
+  readonly #heldByOthers = new Set<number>();
+  /** When the warning that another process holds chunks was last given (performance.now()). */
+  #heldWarnedAtMs = -Infinity;
 
   constructor(blob: FillBlob, stats: FillStats) {
     this.#blob = blob;
@@ -323,16 +349,28 @@ export class BlobFiller {
   async #fillRun(start: number, stop: number, pause?: FillPause): Promise<boolean> {
     let waited = false;
     try {
+      let giveUpAtMs = Infinity;
       while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
         if (!waited) {
+          if (this.#stillHeld(start, stop)) {
+            // Filled since (the lock seen may be the sync's that marks them): nothing to do.
+            if (this.#blob.readMap(start, stop).every(isPresent)) return false;
+            throw this.#heldError(start, stop);
+          }
           this.#stats.waitedForOthers++;
           // The filler may be pausing for a walk: it goes on at once for a waiter.
           markWaiting(this.#blob.mapFd, start, stop - start, true);
+          giveUpAtMs = performance.now() +
+            (this.#blob.cache.othersFillWaitMs ?? OTHERS_FILL_WAIT_MS);
         }
         waited = true;
         await sleep(POLL_MS);
         if (this.#blob.closing.aborted) throw new Error("disk cache closed");
         if (this.#blob.readMap(start, stop).every(isPresent)) return false;
+        if (performance.now() >= giveUpAtMs) throw this.#gaveUpWaiting(start, stop);
+      }
+      if (this.#heldByOthers.size) {
+        for (let c = start; c < stop; c++) this.#heldByOthers.delete(c);
       }
     } finally {
       if (waited && !this.#blob.closing.aborted) {
@@ -357,6 +395,63 @@ export class BlobFiller {
       unlock(this.#blob.mapFd, start, stop - start);
     }
     return synced;
+  }
+
+  /**
+   * True when a chunk of [start, stop) is one another process held past a wait here and its
+   * lock is still held (by that fill, most likely still stopped); forgets those seen free.
+   */
+  #stillHeld(start: number, stop: number): boolean {
+    let held = false;
+    for (let c = start; c < stop && this.#heldByOthers.size; c++) {
+      if (!this.#heldByOthers.has(c)) continue;
+      if (lockedByOthers(this.#blob.mapFd, c, 1)) held = true;
+      else this.#heldByOthers.delete(c);
+    }
+    return held;
+  }
+
+  /** The wait for chunks [start, stop) ran out: remembers the ones held, warns (throttled). */
+  #gaveUpWaiting(start: number, stop: number): HeldByOthersError {
+    for (let c = start; c < stop; c++) {
+      if (lockedByOthers(this.#blob.mapFd, c, 1)) this.#heldByOthers.add(c);
+    }
+    const now = performance.now();
+    if (now - this.#heldWarnedAtMs >= HELD_WARN_EVERY_MS) {
+      this.#heldWarnedAtMs = now;
+      const waitedS = (this.#blob.cache.othersFillWaitMs ?? OTHERS_FILL_WAIT_MS) / 1000;
+      this.#blob.cache.warn(
+        `disk cache ${this.#blob.base}: another process has held chunks of this blob for ` +
+          `${waitedS} s without filling them (stopped?); reading them from the registry ` +
+          "without storing them meanwhile",
+      );
+    }
+    return this.#heldError(start, stop);
+  }
+
+  #heldError(start: number, stop: number): HeldByOthersError {
+    return new HeldByOthersError(
+      `chunks ${start}..${stop - 1} of ${this.#blob.base} are held by another process's fill`,
+    );
+  }
+
+  /**
+   * Chunks [start, stop) fetched from the inner source and verified as a fill's are, for the
+   * reader only: nothing is written or marked (another process's fill holds them).
+   */
+  async fetchUnstored(start: number, stop: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (this.#blob.closing.aborted) throw new Error("disk cache closed");
+    const offset = start * this.#blob.chunkBytes;
+    const length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
+    this.#stats.fetches++;
+    this.#stats.fetchedBytes += length;
+    const bytes = await this.#readRun(
+      offset,
+      length,
+      signal ? AbortSignal.any([this.#blob.closing, signal]) : this.#blob.closing,
+    );
+    await this.#verifyRun(offset, bytes);
+    return bytes;
   }
 
   /** Resolves true when the chunks were marked WRITTEN (and wait for the next sync). */
@@ -424,8 +519,12 @@ export class BlobFiller {
     return true;
   }
 
-  async #readRun(offset: number, length: number): Promise<Uint8Array> {
-    const bytes = await this.#blob.inner.read(offset, length, this.#blob.closing);
+  async #readRun(
+    offset: number,
+    length: number,
+    signal = this.#blob.closing,
+  ): Promise<Uint8Array> {
+    const bytes = await this.#blob.inner.read(offset, length, signal);
     if (bytes.length !== length) {
       throw new Error(`source returned ${bytes.length} bytes for a read of ${length}`);
     }
@@ -435,16 +534,7 @@ export class BlobFiller {
   /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
   async #storeRun(offset: number, bytes: Uint8Array, id = 0): Promise<void> {
     fillTrace("piece", id, offset, bytes.length);
-    if (this.#blob.verify) {
-      const first = offset / this.#blob.chunkBytes;
-      for (let from = 0; from < bytes.length; from += this.#blob.chunkBytes) {
-        const chunk = bytes.subarray(from, Math.min(bytes.length, from + this.#blob.chunkBytes));
-        const index = first + from / this.#blob.chunkBytes;
-        if (!(await this.#blob.verify(index, chunk))) {
-          throw new ChunkVerifyError(`chunk ${index} of ${this.#blob.base} failed verification`);
-        }
-      }
-    }
+    await this.#verifyRun(offset, bytes);
     fillTrace("verified", id, offset);
     if (this.#blob.isDegraded()) return;
     try {
@@ -464,6 +554,19 @@ export class BlobFiller {
     for (let c = first; c < stop; c++) {
       this.#written.add(c);
       this.#readable.get(c)?.settle("written");
+    }
+  }
+
+  /** Checks whole chunks at `offset` (chunk-aligned) with `verify`; ChunkVerifyError if one fails. */
+  async #verifyRun(offset: number, bytes: Uint8Array): Promise<void> {
+    if (!this.#blob.verify) return;
+    const first = offset / this.#blob.chunkBytes;
+    for (let from = 0; from < bytes.length; from += this.#blob.chunkBytes) {
+      const chunk = bytes.subarray(from, Math.min(bytes.length, from + this.#blob.chunkBytes));
+      const index = first + from / this.#blob.chunkBytes;
+      if (!(await this.#blob.verify(index, chunk))) {
+        throw new ChunkVerifyError(`chunk ${index} of ${this.#blob.base} failed verification`);
+      }
     }
   }
 

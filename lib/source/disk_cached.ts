@@ -5,8 +5,10 @@
  * copies), verified, written and marked WRITTEN (readable by every process of this boot); a
  * later sync marks them PRESENT (disk_cache_fill.ts). Readers in this process read a chunk as
  * soon as it is written, even before its mark, under its fill's write lock. A fill another
- * process holds is waited for, not repeated. When the disk fails (full, quota, I/O error) the
- * source warns once and serves what is missing from the inner source directly from then on.
+ * process holds is waited for, not repeated; one held past OTHERS_FILL_WAIT_MS (a stopped
+ * process) is read around, from the inner source without storing (disk_cache_fill.ts). When
+ * the disk fails (full, quota, I/O error) the source warns once and serves what is missing from
+ * the inner source directly from then on.
  * This file is the read path and the blob's life (eviction, digest check, close); the fill and
  * sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's direct reads
  * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, how far a demand fetch runs
@@ -26,6 +28,7 @@ import {
   BlobFiller,
   chunkRuns,
   type FillPause,
+  HeldByOthersError,
   isPresent,
   sleep,
   type VerifyChunk,
@@ -278,6 +281,14 @@ export class DiskCachedSource implements Source {
     try {
       if (await this.#readCached(offset, dest, first, end, signal)) return;
     } catch (error) {
+      if (error instanceof HeldByOthersError) {
+        // A fill of another process (stopped?) holds some of these chunks: they stay its to
+        // fill, this reader gets its bytes from the inner source, checked as a fill's are.
+        const from = first * this.chunkBytes;
+        const bytes = await this.#filler.fetchUnstored(first, end, signal);
+        dest.set(bytes.subarray(offset - from, offset - from + length));
+        return;
+      }
       if (!(error instanceof SysError)) throw error;
       // The cache files failed under us (truncated, an I/O error of the disk): this blob goes
       // on from the inner source, as after a failed write; what was cached is not trusted.
