@@ -17,16 +17,7 @@ import {
   mountsBelow,
 } from "./_support/mounts.ts";
 import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
-import { waitFor } from "./_support/wait.ts";
-
-function exists(file: string): boolean {
-  try {
-    Deno.lstatSync(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { exists, waitFor } from "./_support/wait.ts";
 
 async function umountIfMounted(dir: string): Promise<void> {
   if (mountsBelow(dir).length === 0) return;
