@@ -101,7 +101,7 @@ export interface DiskCacheOptions {
   fileSystemType?: (dir: string) => number;
   /**
    * @internal how long a fill waits for chunks another process holds before its reader is
-   * served around them (disk_cache_fill.ts, OTHERS_FILL_WAIT_MS); tests shorten it.
+   * served around them (disk_cache_held.ts, OTHERS_FILL_WAIT_MS); tests shorten it.
    */
   othersFillWaitMs?: number;
 }

@@ -2,8 +2,8 @@
  * The fill protocol of one disk-cached blob (disk_cached.ts has the whole picture and the read
  * path; disk_cache.ts the layout and locking rules): missing chunks are fetched as runs (one
  * underlying read per run, written where they belong, no per-chunk copies) under the map's
- * write lock — a run another process holds is waited for (OTHERS_FILL_WAIT_MS at most), not
- * repeated — verified, written and marked WRITTEN; the lock is then released and every reader
+ * write lock — a run another process holds is waited for (OTHERS_FILL_WAIT_MS at most, see
+ * disk_cache_held.ts), not repeated — verified, written and marked WRITTEN; the lock is then released and every reader
  * of the host may read them.
  *
  * Durability comes later and together: the data file is synced once the fills have stored
@@ -12,7 +12,8 @@
  * then their bytes are in the page cache, which survives a crash of any process but not a
  * reboot: a WRITTEN byte is trusted only in the boot `<base>.boot` names (disk_cache_boot.ts),
  * so neither a kill -9 nor a power loss leaves a chunk marked with other bytes. A sync per
- * fill took the disk from the application being started (see SYNC_QUIET_MS).
+ * fill took the disk from the application being started (see SYNC_QUIET_MS). That batching
+ * and the marking after the sync are disk_cache_sync.ts.
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
 import type { Source } from "./source.ts";
@@ -21,19 +22,17 @@ import { streamInPieces } from "./disk_cache_stream.ts";
 import { fillTrace, nextFillId } from "./fill_trace.ts";
 import {
   byteRuns,
-  closeQuietly,
-  dataSync,
-  F_RDLCK,
   F_WRLCK,
-  lockedByOthers,
   markWaiting,
   othersWaitFor,
   pwriteAll,
-  reopenReadOnly,
+  sleep,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
-import { WRITTEN, writtenRuns } from "./disk_cache_boot.ts";
+import { WRITTEN } from "./disk_cache_boot.ts";
+import { PRESENT, SyncBatch } from "./disk_cache_sync.ts";
+import { HeldChunks, OTHERS_FILL_WAIT_MS } from "./disk_cache_held.ts";
 import { forgetSum } from "./disk_cache_files.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
@@ -42,18 +41,10 @@ export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | P
 /** A chunk failed `verify`: it is not stored and the read fails (never wrong bytes). */
 export class ChunkVerifyError extends WrongBytesError {}
 
-/**
- * Another process's fill held chunks of the run past OTHERS_FILL_WAIT_MS: nothing was fetched
- * or stored; the reader is served around them (DiskCachedSource).
- */
-export class HeldByOthersError extends Error {}
-
 /** A write or sync of the cache files failed: the cache goes memory-only. */
 class DiskWriteError extends Error {}
 
-/** The map byte of a chunk whose bytes are verified, written and synced. */
-export const PRESENT = 1;
-export { WRITTEN };
+export { PRESENT, WRITTEN };
 
 /** A chunk readers may read: PRESENT, or WRITTEN in this boot (the opener cleared older ones). */
 export function isPresent(byte: number): boolean {
@@ -61,36 +52,6 @@ export function isPresent(byte: number): boolean {
 }
 
 const POLL_MS = 10;
-/**
- * How long a fill waits for chunks another process's fill holds. A healthy filler writes them
- * within its fetch; a stopped one (SIGSTOP, a frozen cgroup, a debugger) holds their lock for as
- * long as it stays stopped (the kernel drops OFD locks only when it dies), and readers of every
- * other mount of the layer waited with it (75 s in a repro; a read gets 60 s in all, README).
- * Past this the reader fetches its bytes itself without storing them (fetchUnstored), and later
- * fills of chunks still held by the same lock give up at once.
- */
-export const OTHERS_FILL_WAIT_MS = 5_000;
-/** The warning that another process holds chunks of a blob: at most this often per blob. */
-const HELD_WARN_EVERY_MS = 60_000;
-/**
- * The data file is synced once no fill stored anything for this long. Cold python start of
- * the host benchmark while ~100 MB of windows are fetched beside it (scripts/bench/python_ab.ts,
- * 5 interleaved rounds, load 1.0-1.5): with a sync per fill and the marks after it, python
- * 0.753 s median (0.739 best); WRITTEN marks and the sync after the fills, 0.673 s (0.584 best).
- * The syncs' writes and flushes shared the disk with python's own reads, and chunks waiting for
- * their sync could not be read by the FUSE reader thread.
- */
-export const SYNC_QUIET_MS = 1000;
-/**
- * ...but no longer than this after the first chunk that waits: a power loss then costs at
- * most this much fetching again (never wrong bytes), as the kernel's own dirty_expire does.
- */
-export const SYNC_DEFER_MAX_MS = 30_000;
-/**
- * Rounds of tries to read-lock the WRITTEN chunks a sync will mark PRESENT (an evictor holds
- * a chunk for a moment; a refill after an eviction for a fetch, then its chunks stay WRITTEN).
- */
-const MARK_TRIES = 20;
 
 /**
  * How a reader's wait for a chunk ended: once written (before its mark), at the end of the
@@ -126,7 +87,7 @@ export function chunkRuns(map: Uint8Array, first: number, present: boolean): [nu
     .map(([start, stop]) => [start, stop - start]);
 }
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep };
 
 /** What a filler needs of its blob (DiskCachedSource hands its own state). */
 export interface FillBlob {
@@ -190,27 +151,16 @@ export class BlobFiller {
   readonly #written = new Set<number>();
   /** Chunks per unit the inner source reads whole (1: any range). */
   readonly #innerUnitChunks: number;
-  /** Runs [start, stop) marked WRITTEN and waiting for the next sync, and since when. */
-  #unsynced: [number, number][] = [];
-  #unsyncedSinceMs = 0;
-  #syncTimer?: ReturnType<typeof setTimeout>;
-  /** The syncs in order: one starts after the one before it ended. */
-  #lastSync: Promise<void> = Promise.resolve();
-  /** When a fill last stored bytes (performance.now()). */
-  #lastStoreMs = -Infinity;
-  /** whenAllDurable() calls under way: batches sync at once meanwhile. */
-  #flushing = 0;
-  /**
-   * Chunks whose write lock another process held past the wait of a fill here: fills that
-   * find them still locked give up without waiting again, until their lock is seen free.
-   */
-  readonly #heldByOthers = new Set<number>();
-  /** When the warning that another process holds chunks was last given (performance.now()). */
-  #heldWarnedAtMs = -Infinity;
+  /** The durability of what the fills wrote (disk_cache_sync.ts). */
+  readonly #syncs: SyncBatch;
+  /** Chunks another process held past a wait here (disk_cache_held.ts). */
+  readonly #held: HeldChunks;
 
   constructor(blob: FillBlob, stats: FillStats) {
     this.#blob = blob;
     this.#stats = stats;
+    this.#syncs = new SyncBatch(blob, stats);
+    this.#held = new HeldChunks(blob);
     const unit = (blob.inner as { chunkBytes?: unknown }).chunkBytes;
     this.#innerUnitChunks = typeof unit === "number" && unit > blob.chunkBytes &&
         unit % blob.chunkBytes === 0
@@ -244,14 +194,7 @@ export class BlobFiller {
    * once instead of waiting for a quiet moment.
    */
   async whenAllDurable(): Promise<void> {
-    this.#flushing++;
-    try {
-      await Promise.allSettled(this.fills());
-      this.#scheduleSync();
-      await this.#lastSync;
-    } finally {
-      this.#flushing--;
-    }
+    await this.#syncs.flushAfter(Promise.allSettled(this.fills()));
   }
 
   /**
@@ -352,10 +295,10 @@ export class BlobFiller {
       let giveUpAtMs = Infinity;
       while (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) {
         if (!waited) {
-          if (this.#stillHeld(start, stop)) {
+          if (this.#held.stillHeld(start, stop)) {
             // Filled since (the lock seen may be the sync's that marks them): nothing to do.
             if (this.#blob.readMap(start, stop).every(isPresent)) return false;
-            throw this.#heldError(start, stop);
+            throw this.#held.error(start, stop);
           }
           this.#stats.waitedForOthers++;
           // The filler may be pausing for a walk: it goes on at once for a waiter.
@@ -367,11 +310,9 @@ export class BlobFiller {
         await sleep(POLL_MS);
         if (this.#blob.closing.aborted) throw new Error("disk cache closed");
         if (this.#blob.readMap(start, stop).every(isPresent)) return false;
-        if (performance.now() >= giveUpAtMs) throw this.#gaveUpWaiting(start, stop);
+        if (performance.now() >= giveUpAtMs) throw this.#held.gaveUpWaiting(start, stop);
       }
-      if (this.#heldByOthers.size) {
-        for (let c = start; c < stop; c++) this.#heldByOthers.delete(c);
-      }
+      this.#held.seenFree(start, stop);
     } finally {
       if (waited && !this.#blob.closing.aborted) {
         markWaiting(this.#blob.mapFd, start, stop - start, false);
@@ -395,44 +336,6 @@ export class BlobFiller {
       unlock(this.#blob.mapFd, start, stop - start);
     }
     return synced;
-  }
-
-  /**
-   * True when a chunk of [start, stop) is one another process held past a wait here and its
-   * lock is still held (by that fill, most likely still stopped); forgets those seen free.
-   */
-  #stillHeld(start: number, stop: number): boolean {
-    let held = false;
-    for (let c = start; c < stop && this.#heldByOthers.size; c++) {
-      if (!this.#heldByOthers.has(c)) continue;
-      if (lockedByOthers(this.#blob.mapFd, c, 1)) held = true;
-      else this.#heldByOthers.delete(c);
-    }
-    return held;
-  }
-
-  /** The wait for chunks [start, stop) ran out: remembers the ones held, warns (throttled). */
-  #gaveUpWaiting(start: number, stop: number): HeldByOthersError {
-    for (let c = start; c < stop; c++) {
-      if (lockedByOthers(this.#blob.mapFd, c, 1)) this.#heldByOthers.add(c);
-    }
-    const now = performance.now();
-    if (now - this.#heldWarnedAtMs >= HELD_WARN_EVERY_MS) {
-      this.#heldWarnedAtMs = now;
-      const waitedS = (this.#blob.cache.othersFillWaitMs ?? OTHERS_FILL_WAIT_MS) / 1000;
-      this.#blob.cache.warn(
-        `disk cache ${this.#blob.base}: another process has held chunks of this blob for ` +
-          `${waitedS} s without filling them (stopped?); reading them from the registry ` +
-          "without storing them meanwhile",
-      );
-    }
-    return this.#heldError(start, stop);
-  }
-
-  #heldError(start: number, stop: number): HeldByOthersError {
-    return new HeldByOthersError(
-      `chunks ${start}..${stop - 1} of ${this.#blob.base} are held by another process's fill`,
-    );
   }
 
   /**
@@ -501,7 +404,7 @@ export class BlobFiller {
       } catch (cause) {
         throw new DiskWriteError("disk write failed", { cause });
       }
-      this.#awaitSync(start, stop);
+      this.#syncs.add(start, stop);
     } catch (error) {
       if (!(error instanceof DiskWriteError)) throw error;
       this.#blob.degrade();
@@ -539,7 +442,7 @@ export class BlobFiller {
     if (this.#blob.isDegraded()) return;
     try {
       pwriteAll(this.#blob.dataFd, bytes, offset);
-      this.#lastStoreMs = performance.now();
+      this.#syncs.noteStored();
       fillTrace("written", id, offset);
     } catch (error) {
       throw new DiskWriteError("disk write failed", { cause: error });
@@ -569,143 +472,4 @@ export class BlobFiller {
       }
     }
   }
-
-  /** Chunks [start, stop) were marked WRITTEN: the next sync marks them PRESENT. */
-  #awaitSync(start: number, stop: number): void {
-    if (!this.#unsynced.length) this.#unsyncedSinceMs = performance.now();
-    this.#unsynced.push([start, stop]);
-    this.#scheduleSync();
-  }
-
-  /**
-   * Starts the sync of the runs waiting for one when it is due (quiet, too long waited,
-   * flushing or closing), else looks again when it will be.
-   */
-  #scheduleSync(): void {
-    clearTimeout(this.#syncTimer);
-    this.#syncTimer = undefined;
-    if (!this.#unsynced.length) return;
-    const now = performance.now();
-    const due = this.#flushing > 0 || this.#blob.closing.aborted
-      ? now
-      : Math.min(this.#lastStoreMs + SYNC_QUIET_MS, this.#unsyncedSinceMs + SYNC_DEFER_MAX_MS);
-    if (due > now) {
-      this.#syncTimer = setTimeout(() => this.#scheduleSync(), Math.ceil(due - now));
-      return;
-    }
-    const runs = this.#unsynced;
-    this.#unsynced = [];
-    // Nobody else awaits a sync begun by the timer: a failure (the descriptors closed under
-    // it, say) must not surface as an unhandled rejection, which ends the process.
-    this.#lastSync = this.#lastSync.then(() => this.#syncAndMark(runs)).catch((error) =>
-      this.#blob.cache.warnOnce(
-        `disk cache ${this.#blob.base}: marking synced chunks failed: ${(error as Error).message}`,
-      )
-    );
-  }
-
-  /**
-   * One fdatasync for every run written before it, then their WRITTEN bytes become PRESENT.
-   * The chunks are read-locked before the sync and until they are marked, through a
-   * descriptor of their own (whose locks exclude this process's fillers and evictors as
-   * another process's do): a WRITTEN byte seen under that lock was written, with its bytes,
-   * before the sync began, and nobody can evict and refill the chunk (WRITTEN again, with
-   * bytes after the sync) before it is marked. Readers share the lock. Never rejects: a
-   * failed sync turns the chunks absent (the page cache may drop bytes whose writeback
-   * failed, and read back other bytes from the disk) and the cache memory-only.
-   */
-  async #syncAndMark(runs: [number, number][]): Promise<void> {
-    this.#stats.syncs++;
-    fillTrace("sync", runs.length);
-    let lockFd = -1;
-    try {
-      lockFd = reopenReadOnly(this.#blob.mapFd);
-    } catch { /* no /proc: synced, but they stay WRITTEN (good in this boot) */ }
-    try {
-      const locked = lockFd >= 0 ? await this.#lockWritten(lockFd, runs) : [];
-      // Under the locks: exactly these were WRITTEN, with their bytes, before the sync.
-      const marked = locked.flatMap(([start, stop]) =>
-        writtenRuns(this.#blob.readMap(start, stop), start)
-      );
-      let synced = true;
-      try {
-        await (this.#blob.syncData ?? dataSync)(this.#blob.dataFd);
-      } catch (error) {
-        synced = false;
-        this.#blob.degrade();
-        this.#blob.cache.warnOnce(
-          `disk cache ${this.#blob.cache.dir}: disk sync failed: ${(error as Error).message}; ` +
-            "continuing with the memory cache only",
-        );
-      }
-      if (!synced && lockFd < 0) this.#dropWritten(runs);
-      for (const [at, stop] of marked) {
-        try {
-          pwriteAll(this.#blob.mapFd, new Uint8Array(stop - at).fill(synced ? PRESENT : 0), at);
-          if (!synced) { for (let c = at; c < stop; c++) this.#blob.lru.delete(c); }
-        } catch { /* stays WRITTEN (the disk failed; a sync failure was warned of) */ }
-      }
-    } finally {
-      closeQuietly(lockFd); // drops its locks
-    }
-    fillTrace("synced", runs.length);
-  }
-
-  /**
-   * Read-locks (on `lockFd`) the chunks of `runs` that are WRITTEN, whole stretches at once,
-   * chunk by chunk where a writer holds some; gives up on a chunk after MARK_TRIES rounds.
-   * Returns the locked ranges [start, stop), disjoint.
-   */
-  async #lockWritten(lockFd: number, runs: [number, number][]): Promise<[number, number][]> {
-    const locked: [number, number][] = [];
-    let pending = disjoint(runs);
-    for (let round = 0; pending.length && round < MARK_TRIES; round++) {
-      if (round) await sleep(1);
-      const busy: [number, number][] = [];
-      for (const [start, stop] of pending) {
-        for (const [at, end] of writtenRuns(this.#blob.readMap(start, stop), start)) {
-          if (tryLock(lockFd, F_RDLCK, at, end - at)) {
-            locked.push([at, end]);
-            continue;
-          }
-          for (let c = at; c < end; c++) {
-            if (tryLock(lockFd, F_RDLCK, c, 1)) locked.push([c, c + 1]);
-            else busy.push([c, c + 1]);
-          }
-        }
-      }
-      pending = busy;
-    }
-    return locked;
-  }
-
-  /** After a failed sync without a lock descriptor: their WRITTEN bytes become absent. */
-  #dropWritten(runs: [number, number][]): void {
-    for (const [start, stop] of disjoint(runs)) {
-      try {
-        if (!tryLock(this.#blob.mapFd, F_WRLCK, start, stop - start)) continue;
-      } catch {
-        return; // the descriptor is gone
-      }
-      try {
-        const map = this.#blob.readMap(start, stop);
-        pwriteAll(this.#blob.mapFd, map.map((byte) => byte === WRITTEN ? 0 : byte), start);
-      } catch {
-        /* the disk failed */
-      } finally {
-        unlock(this.#blob.mapFd, start, stop - start);
-      }
-    }
-  }
-}
-
-/** `runs` [start, stop) sorted and merged where they overlap or touch. */
-function disjoint(runs: [number, number][]): [number, number][] {
-  const out: [number, number][] = [];
-  for (const [start, stop] of [...runs].sort((a, b) => a[0] - b[0])) {
-    const last = out[out.length - 1];
-    if (last && start <= last[1]) last[1] = Math.max(last[1], stop);
-    else out.push([start, stop]);
-  }
-  return out;
 }

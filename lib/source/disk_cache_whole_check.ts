@@ -13,6 +13,16 @@ import { digestOfPieces } from "./disk_cache_digest.ts";
 import { beginSumCheck, recordSum, type SumFiles } from "./disk_cache_sum.ts";
 import { sleep } from "./disk_cache_fill.ts";
 
+/** The whole-blob digest check of one DiskCachedSource, as DiskCache asks for it. */
+export interface DigestCheckOptions {
+  /** The blob's digest: a blob without a chunk table is checked against it once complete. */
+  digest: string;
+  /** Check by itself once complete (false: only when checkDigest is called). */
+  auto: boolean;
+  /** Told the end of every check that hashed the blob. */
+  report: (digest: string, end: DigestCheckEnd, tookMs: number) => void;
+}
+
 /**
  * "ok": the blob hashed to the digest (now or, recorded, before); "mismatch": it did not, its
  * chunks are dropped and its reads fail; "incomplete": a chunk is absent (evicted meanwhile) or

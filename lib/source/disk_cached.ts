@@ -6,11 +6,13 @@
  * later sync marks them PRESENT (disk_cache_fill.ts). Readers in this process read a chunk as
  * soon as it is written, even before its mark, under its fill's write lock. A fill another
  * process holds is waited for, not repeated; one held past OTHERS_FILL_WAIT_MS (a stopped
- * process) is read around, from the inner source without storing (disk_cache_fill.ts). When
+ * process) is read around, from the inner source without storing (disk_cache_held.ts). When
  * the disk fails (full, quota, I/O error) the source warns once and serves what is missing from
  * the inner source directly from then on.
- * This file is the read path and the blob's life (eviction, digest check, close); the fill and
- * sync protocol is disk_cache_fill.ts, the descriptors for the FUSE reader thread's direct reads
+ * This file is the read path and the blob's life (open, refusal, digest check, close); the
+ * locked reads and drops of chunks in the files (eviction) are disk_cache_chunks.ts, the check
+ * of kept chunks against a table below disk_cache_kept_check.ts, the fill protocol
+ * disk_cache_fill.ts and its sync batching disk_cache_sync.ts, the descriptors for the FUSE reader thread's direct reads
  * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, how far a demand fetch runs
  * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts, the hash of the
  * complete blob against its digest disk_cache_whole_check.ts.
@@ -21,56 +23,38 @@ import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
-import { forgetSum, openBlobFiles } from "./disk_cache_files.ts";
+import { openBlobFiles } from "./disk_cache_files.ts";
 import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
-import { type DigestCheckEnd, WholeDigestCheck } from "./disk_cache_whole_check.ts";
+import {
+  type DigestCheckEnd,
+  type DigestCheckOptions,
+  WholeDigestCheck,
+} from "./disk_cache_whole_check.ts";
 import {
   BlobFiller,
-  chunkRuns,
   type FillPause,
-  HeldByOthersError,
   isPresent,
   sleep,
   type VerifyChunk,
 } from "./disk_cache_fill.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
+import { BlobChunks } from "./disk_cache_chunks.ts";
+import { KeptChunkCheck } from "./disk_cache_kept_check.ts";
+import { HeldByOthersError } from "./disk_cache_held.ts";
 import { BlobSidecar } from "./disk_cache_sidecar.ts";
 import { DemandAhead } from "./disk_cache_demand_ahead.ts";
 import { CheckedChunks, type StoredBytesChecker, storedBytesChecker } from "./stored_check.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
-import { openDirectReadFiles, servedChunks } from "./disk_cache_direct.ts";
-import {
-  closeQuietly,
-  dataSyncNow,
-  dropChunks,
-  F_RDLCK,
-  F_WRLCK,
-  preadExact,
-  pwriteAll,
-  tryLock,
-  unlock,
-} from "./disk_cache_io.ts";
+import { servedChunks } from "./disk_cache_direct.ts";
+import { closeQuietly } from "./disk_cache_io.ts";
 
 export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
-export type { DigestCheckEnd } from "./disk_cache_whole_check.ts";
+export type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
 
-/** The whole-blob digest check of one source (WholeDigestCheck). */
-export interface DigestCheckOptions {
-  /** The blob's digest: a blob without a chunk table is checked against it once complete. */
-  digest: string;
-  /** Check by itself once complete (false: only when checkDigest is called). */
-  auto: boolean;
-  /** Told the end of every check that hashed the blob. */
-  report: (digest: string, end: DigestCheckEnd, tookMs: number) => void;
-}
-
-const POLL_MS = 10;
 /** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
 const MAX_ATTEMPTS = 5;
 /** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
 const TOUCH_EVERY_MS = 60_000;
-/** Rounds of #checkAllKept: a damaged chunk is dropped, fetched again, then checked. */
-const CHECK_ALL_ROUNDS = 4;
 
 export class DiskCachedSource implements Source {
   readonly size: number;
@@ -86,10 +70,12 @@ export class DiskCachedSource implements Source {
    */
   readonly #checker?: StoredBytesChecker;
   readonly #checked?: CheckedChunks;
-  /** Checks of kept spans under way, by span: reads of one span wait for one check. */
-  readonly #checking = new Map<number, Promise<boolean>>();
+  /** The check of chunks found in the files (disk_cache_kept_check.ts), with #checker. */
+  readonly #keptCheck?: KeptChunkCheck;
   readonly #mapFd: number;
   readonly #dataFd: number;
+  /** The chunks in the files: locked reads, drops (disk_cache_chunks.ts). */
+  readonly #chunks: BlobChunks;
   /** The fill and sync protocol (disk_cache_fill.ts). */
   readonly #filler: BlobFiller;
   /** Chunks known present, least recently read first (chunk eviction order). */
@@ -119,8 +105,6 @@ export class DiskCachedSource implements Source {
     readsBeforeDurable: 0,
     readsWaitedForSync: 0,
   };
-  #evictedChunks = 0;
-  #damagedChunks = 0;
 
   private constructor(
     cache: DiskCache,
@@ -142,11 +126,9 @@ export class DiskCachedSource implements Source {
     if (this.#checker) this.#checked = new CheckedChunks(this.chunkCount);
     this.#mapFd = fds.map;
     this.#dataFd = fds.data;
-    this.#filler = new BlobFiller({
-      cache,
-      inner,
+    // What every part of this source is told of the blob's files.
+    const files = {
       base,
-      verify,
       mapFd: fds.map,
       dataFd: fds.data,
       size: this.size,
@@ -154,38 +136,54 @@ export class DiskCachedSource implements Source {
       chunkCount: this.chunkCount,
       closing: this.#closing.signal,
       lru: this.#lru,
-      readMap: (start, stop) => this.#readMap(start, stop),
+      warn: (message: string) => cache.warnOnce(message),
+    };
+    this.#chunks = new BlobChunks({
+      ...files,
+      checked: this.#checked,
+      isFilling: (index) => this.#filler.isFilling(index),
+      isWritten: (index) => this.#filler.isWritten(index),
+    });
+    this.#filler = new BlobFiller({
+      ...files,
+      cache,
+      inner,
+      verify,
+      readMap: (start, stop) => this.#chunks.readMap(start, stop),
       isDegraded: () => this.#degraded,
       degrade: () => this.#degraded = true,
       corruption: () => this.#corrupt,
       stored: (first, end) => this.#checked?.mark(first, end),
       marked: () => this.#wholeCheck.soon(),
     }, this.#stats);
+    if (this.#checker && this.#checked) {
+      this.#keptCheck = new KeptChunkCheck({
+        ...files,
+        checker: this.#checker,
+        checked: this.#checked,
+        filler: this.#filler,
+        chunks: this.#chunks,
+      });
+    }
     this.#sidecar = new BlobSidecar(cache, base, {
       closed: () => this.#closing.signal.aborted,
       degraded: () => this.#degraded,
     }, sidecarAhead);
-    const map = this.#readMap(0, this.chunkCount);
+    const map = this.#chunks.readMap(0, this.chunkCount);
     map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
     // Nothing but its digest checks a blob without a chunk table (neither `verify` nor a
     // checking source below): it checks itself once complete, and records a passed check.
     const tableLess = !verify && !this.#checker;
     this.#wholeCheck = new WholeDigestCheck({
-      base,
-      mapFd: fds.map,
-      dataFd: fds.data,
-      chunkCount: this.chunkCount,
-      size: this.size,
-      closing: this.#closing.signal,
+      ...files,
       stopped: () => this.#degraded || this.#corrupt !== undefined,
-      isComplete: () => this.#readMap(0, this.chunkCount).every(isPresent),
-      readPresentInto: (into, offset) => this.#readPresentInto(into, offset),
+      isComplete: () => this.#chunks.readMap(0, this.chunkCount).every(isPresent),
+      readPresentInto: (into, offset) => this.#chunks.readPresentInto(into, offset),
       refuse: (reason) => this.#dropAll(reason),
-      warn: (message) => cache.warnOnce(message),
     }, {
       ownDigest: tableLess ? check.digest : undefined,
       auto: check.auto,
-      prepare: this.#checked ? () => this.#checkAllKept() : undefined,
+      prepare: this.#keptCheck ? () => this.#keptCheck!.checkAll() : undefined,
       report: check.report,
     });
   }
@@ -217,8 +215,8 @@ export class DiskCachedSource implements Source {
   diskStats(): DiskCacheStats {
     return {
       ...this.#stats,
-      evictedChunks: this.#evictedChunks,
-      damagedChunks: this.#damagedChunks,
+      evictedChunks: this.#chunks.evictedChunks,
+      damagedChunks: this.#keptCheck?.damagedChunks ?? 0,
       degraded: this.#degraded,
       digestMismatch: this.#corrupt !== undefined,
       digestHashes: this.#wholeCheck.hashes,
@@ -258,7 +256,7 @@ export class DiskCachedSource implements Source {
 
   /** Chunks marked present in the file now (by any process). */
   presentChunks(): number {
-    return this.#readMap(0, this.chunkCount).reduce((n, byte) => n + (isPresent(byte) ? 1 : 0), 0);
+    return this.#chunks.presentCount();
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
@@ -317,7 +315,7 @@ export class DiskCachedSource implements Source {
     for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
       // Closed while this read waited (a fill, a busy lock): its descriptors may be gone.
       this.#assertOpen();
-      const map = this.#readMap(first, end);
+      const map = this.#chunks.readMap(first, end);
       const missing: number[] = [];
       map.forEach((byte, i) =>
         !isPresent(byte) && !this.#filler.isWritten(first + i) && missing.push(first + i)
@@ -335,8 +333,10 @@ export class DiskCachedSource implements Source {
         continue;
       }
       const unchecked = this.#checked?.uncheckedIn(first, end) ?? [];
-      if (unchecked.length && !(await abortable(this.#checkKept(unchecked), signal))) continue;
-      const read = this.#readKept(first, end, dest, offset);
+      if (unchecked.length && !(await abortable(this.#keptCheck!.check(unchecked), signal))) {
+        continue;
+      }
+      const read = this.#chunks.readKept(first, end, dest, offset);
       if (read === "busy") {
         await abortable(sleep(1), signal); // a filler or evictor holds some of these chunks
         continue;
@@ -352,166 +352,6 @@ export class DiskCachedSource implements Source {
       return true;
     }
     return false;
-  }
-
-  /**
-   * Copies the bytes at `offset` (chunks [first, end)) from the data file into `dest` when
-   * every chunk is readable: marked present, or written by this process's fills and not yet
-   * marked ("early"). Chunks written by those fills are held by their write lock: a read lock
-   * here (same descriptor) would replace it, so only the marked runs are locked.
-   */
-  #readKept(
-    first: number,
-    end: number,
-    dest: Uint8Array,
-    offset: number,
-  ): "ok" | "early" | "missing" | "busy" {
-    const readable = (byte: number, i: number) =>
-      isPresent(byte) || this.#filler.isWritten(first + i);
-    const map = this.#readMap(first, end);
-    if (!map.every(readable)) return "missing";
-    const locked = chunkRuns(map, first, true);
-    const taken = locked.filter(([at, n]) => tryLock(this.#mapFd, F_RDLCK, at, n));
-    if (taken.length !== locked.length) {
-      for (const [at, n] of taken) unlock(this.#mapFd, at, n);
-      return "busy";
-    }
-    try {
-      // Re-read under the lock: an evictor may have dropped a chunk since.
-      const now = this.#readMap(first, end);
-      if (!now.every(readable)) return "missing";
-      preadExact(this.#dataFd, dest, offset);
-      return now.every(isPresent) ? "ok" : "early";
-    } finally {
-      for (const [at, n] of locked) unlock(this.#mapFd, at, n);
-    }
-  }
-
-  /**
-   * Checks the chunks of `chunks` found in the files (not fetched here) against the table of
-   * the source below, in spans of whole units of both the table and the chunks; a span's
-   * chunks not in the files are fetched first (the source below checks them). Chunks whose
-   * bytes fail are dropped, to be fetched again. True when every one of `chunks` is checked.
-   */
-  async #checkKept(chunks: number[]): Promise<boolean> {
-    const spanChunks = this.#spanChunks();
-    let all = true;
-    for (const span of new Set(chunks.map((c) => Math.floor(c / spanChunks)))) {
-      let check = this.#checking.get(span);
-      if (!check) {
-        check = this.#checkSpan(
-          span * spanChunks,
-          Math.min(this.chunkCount, (span + 1) * spanChunks),
-        )
-          .finally(() => this.#checking.delete(span));
-        this.#checking.set(span, check);
-      }
-      if (!(await check)) all = false;
-    }
-    return all;
-  }
-
-  /** Chunks per span of #checkKept: the least common multiple of both units, in chunks. */
-  #spanChunks(): number {
-    const unit = this.#checker!.checkUnitBytes;
-    const gcd = (a: number, b: number): number => b === 0 ? a : gcd(b, a % b);
-    return unit / gcd(unit, this.chunkBytes);
-  }
-
-  async #checkSpan(first: number, end: number): Promise<boolean> {
-    const checker = this.#checker!;
-    const offset = first * this.chunkBytes;
-    const bytes = new Uint8Array(Math.min(this.size, end * this.chunkBytes) - offset);
-    const read = this.#readKept(first, end, bytes, offset);
-    if (read === "busy") {
-      await sleep(1);
-      return false;
-    }
-    if (read === "missing") {
-      const absent: number[] = [];
-      this.#readMap(first, end).forEach((byte, i) =>
-        !isPresent(byte) && !this.#filler.isWritten(first + i) && absent.push(first + i)
-      );
-      for (const c of absent) this.#checked!.forget(c);
-      if (absent.length) await this.#filler.fillReadable(absent, []);
-      return false;
-    }
-    const unitBytes = checker.checkUnitBytes;
-    const units: Promise<boolean>[] = [];
-    for (let at = 0; at < bytes.length; at += unitBytes) {
-      const unit = bytes.subarray(at, Math.min(bytes.length, at + unitBytes));
-      units.push(checker.checkStored((offset + at) / unitBytes, unit));
-    }
-    // Hashed side by side (Web Crypto runs them on the blocking pool).
-    let badFrom = -1, badTo = -1;
-    (await Promise.all(units)).forEach((good, k) => {
-      if (good) return;
-      if (badFrom < 0) badFrom = offset + k * unitBytes;
-      badTo = Math.min(offset + bytes.length, offset + (k + 1) * unitBytes);
-    });
-    if (this.#closing.signal.aborted) return false;
-    if (badFrom < 0) {
-      // Chunks evicted while they were hashed are not marked: their next bytes are checked.
-      const now = this.#readMap(first, end);
-      let all = true;
-      now.forEach((byte, i) => {
-        if (isPresent(byte) || this.#filler.isWritten(first + i)) {
-          this.#checked!.mark(first + i, first + i + 1);
-        } else all = false;
-      });
-      return all;
-    }
-    const from = Math.floor(badFrom / this.chunkBytes);
-    const to = Math.ceil(badTo / this.chunkBytes);
-    this.#cache.warnOnce(
-      `disk cache ${this.#base}: the kept bytes at offset ${badFrom} do not match the layer's ` +
-        "chunk table (damaged on disk?); fetching them again",
-    );
-    this.#dropDamaged(from, to);
-    return false;
-  }
-
-  /**
-   * Marks chunks [first, end) absent and punches their bytes out (as eviction does), unless a
-   * reader or filler of some process holds them now: then they stay, still unchecked here.
-   */
-  #dropDamaged(first: number, end: number): void {
-    for (let index = first; index < end; index++) {
-      if (this.#filler.isWritten(index)) continue;
-      try {
-        if (this.#dropChunk(index) > 0) this.#damagedChunks++;
-      } catch (error) {
-        this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
-        return;
-      }
-    }
-  }
-
-  /**
-   * Drops chunk `index` from the files (dropChunks) under its write lock and forgets it here;
-   * 0 when a fill of this process or a reader of any process holds it or it is not present,
-   * else the bytes freed. Errors of the disk are thrown.
-   */
-  #dropChunk(index: number): number {
-    if (this.#filler.isFilling(index)) return 0;
-    if (!tryLock(this.#mapFd, F_WRLCK, index, 1)) return 0;
-    try {
-      this.#lru.delete(index);
-      this.#checked?.forget(index);
-      if (!isPresent(this.#readMap(index, index + 1)[0])) return 0;
-      return dropChunks(
-        {
-          mapFd: this.#mapFd,
-          dataFd: this.#dataFd,
-          chunkBytes: this.chunkBytes,
-          sizeBytes: this.size,
-        },
-        index,
-        index + 1,
-      );
-    } finally {
-      unlock(this.#mapFd, index, 1);
-    }
   }
 
   /**
@@ -531,26 +371,16 @@ export class DiskCachedSource implements Source {
     return this.#demandAhead.chunksFrom(from, {
       chunkBytes: this.chunkBytes,
       chunkCount: this.chunkCount,
-      readMap: (start, stop) => this.#readMap(start, stop),
+      readMap: (start, stop) => this.#chunks.readMap(start, stop),
       isHeld: (byte, c) =>
         isPresent(byte) || this.#filler.isFilling(c) || this.#filler.isWritten(c),
     });
   }
 
-  /**
-   * Descriptors for another thread's direct reads (direct_reads.ts): the map and data file
-   * opened again, so that thread's read locks keep this process's fillers and evictors off
-   * the chunks it reads, exactly as another process's would.
-   */
+  /** Descriptors for another thread's direct reads (BlobChunks.openDirectReads), while open. */
   openDirectReads(): DirectReadFiles | undefined {
     if (this.#closing.signal.aborted || this.#corrupt) return undefined;
-    return openDirectReadFiles({
-      mapFd: this.#mapFd,
-      dataFd: this.#dataFd,
-      chunkBytes: this.chunkBytes,
-      size: this.size,
-      checked: this.#checked?.marks,
-    });
+    return this.#chunks.openDirectReads();
   }
 
   /** Reads served directly from the file: disk hits, most recently used chunks. */
@@ -577,7 +407,7 @@ export class DiskCachedSource implements Source {
     const end = Math.min(this.chunkCount, Math.ceil((offset + length) / this.chunkBytes));
     if (first >= end) return done;
     const missing: number[] = [];
-    this.#readMap(first, end).forEach((byte, i) => {
+    this.#chunks.readMap(first, end).forEach((byte, i) => {
       if (!isPresent(byte) && !this.#filler.isFilling(first + i)) missing.push(first + i);
     });
     // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
@@ -596,7 +426,7 @@ export class DiskCachedSource implements Source {
       {
         chunkBytes: this.chunkBytes,
         stopped: () => this.#closing.signal.aborted || this.#degraded,
-        presence: () => this.#readMap(0, this.chunkCount),
+        presence: () => this.#chunks.readMap(0, this.chunkCount),
         quietMs: () => this.#filler.fillingCount > 0 ? 0 : Date.now() - this.#lastForegroundMs,
         fill: (chunks) => this.#filler.fill(chunks),
         warn: (message) => this.#cache.warnOnce(message),
@@ -624,35 +454,6 @@ export class DiskCachedSource implements Source {
     return this.#wholeCheck.settled();
   }
 
-  /** Checks every chunk not checked here yet (#checkKept), a few rounds; true when all are. */
-  async #checkAllKept(): Promise<boolean> {
-    for (let round = 0; round < CHECK_ALL_ROUNDS; round++) {
-      if (this.#closing.signal.aborted) return false;
-      const unchecked = this.#checked!.uncheckedIn(0, this.chunkCount);
-      if (unchecked.length === 0 || await this.#checkKept(unchecked)) return true;
-    }
-    return false;
-  }
-
-  /**
-   * Copies the bytes at `offset` into `into` when every chunk there is present, under read
-   * locks so that no evictor (of any process) punches a hole under the copy, without fetching
-   * or moving the chunks in the LRU; false when one is not present. The whole-blob hash reads
-   * through this: a hole read as zeros would make a correct layer fail its digest.
-   */
-  async #readPresentInto(into: Uint8Array, offset: number): Promise<boolean> {
-    const first = Math.floor(offset / this.chunkBytes);
-    const end = Math.floor((offset + into.length - 1) / this.chunkBytes) + 1;
-    while (!this.#closing.signal.aborted) {
-      const read = this.#readKept(first, end, into, offset);
-      if (read === "ok") return true;
-      // Absent, or written by a fill here and not yet marked: not present.
-      if (read !== "busy") return false;
-      await sleep(POLL_MS); // a filler or evictor of another process holds some of them
-    }
-    return false;
-  }
-
   /**
    * The blob's bytes failed a check its reader made (a whole-blob stream hashed as it passed,
    * `mount --index-missing`): every chunk is marked absent, so no mount reads them again, and
@@ -665,46 +466,18 @@ export class DiskCachedSource implements Source {
     await dropping;
   }
 
+  /** Every read fails with `reason` from now on, and every chunk is dropped (BlobChunks). */
   async #dropAll(reason: string): Promise<void> {
     this.#corrupt = new Error(reason);
-    while (!tryLock(this.#mapFd, F_WRLCK, 0, this.chunkCount)) await sleep(POLL_MS);
-    try {
-      pwriteAll(this.#mapFd, new Uint8Array(this.chunkCount), 0);
-      dataSyncNow(this.#mapFd);
-      forgetSum(this.#base);
-      this.#lru.clear();
-      this.#checked?.forgetAll();
-    } catch (error) {
-      this.#cache.warnOnce(`disk cache ${this.#base}: ${(error as Error).message}`);
-    } finally {
-      unlock(this.#mapFd, 0, this.chunkCount);
-    }
+    await this.#chunks.dropAll();
   }
 
   /**
    * Drops least recently read chunks of this blob (not being filled, not locked by a reader)
-   * until `bytes` are freed; returns the bytes freed. Chunks another process filled since this
-   * source opened were never read here and go first. The map byte is cleared and synced
-   * before the hole is punched, so no reader or restart sees a hole marked present.
+   * until `bytes` are freed; returns the bytes freed (BlobChunks.evict says which go first).
    */
   evictChunks(bytes: number): number {
-    let freed = 0;
-    const unreadHere: number[] = [];
-    this.#readMap(0, this.chunkCount).forEach((byte, index) =>
-      isPresent(byte) && !this.#lru.has(index) && unreadHere.push(index)
-    );
-    for (const index of [...unreadHere, ...this.#lru.keys()]) {
-      if (freed >= bytes) break;
-      try {
-        const dropped = this.#dropChunk(index);
-        freed += dropped;
-        if (dropped > 0) this.#evictedChunks++;
-      } catch (error) {
-        this.#cache.warnOnce(`disk cache eviction: ${(error as Error).message}`);
-        break;
-      }
-    }
-    return freed;
+    return this.#chunks.evict(bytes);
   }
 
   /** close() was called. */
@@ -721,7 +494,7 @@ export class DiskCachedSource implements Source {
     // Both read and may write through this source's descriptors.
     await this.#wholeCheck.close();
     await this.#refusing;
-    await Promise.allSettled(this.#checking.values());
+    await this.#keptCheck?.settled();
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
@@ -729,12 +502,6 @@ export class DiskCachedSource implements Source {
 
   #assertOpen(): void {
     if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
-  }
-
-  #readMap(start: number, stop: number): Uint8Array {
-    const map = new Uint8Array(stop - start);
-    preadExact(this.#mapFd, map, start);
-    return map;
   }
 
   #touch(): void {
