@@ -3,13 +3,13 @@ import { warn } from "../log.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
 import {
-  availableBytesOf,
   DEFAULT_DISK_CACHE_BYTES,
   DEFAULT_DISK_CACHE_DIR,
   DiskCache,
   diskCacheDir,
 } from "../source/disk_cache.ts";
 import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
+import { availableBytesOf } from "../source/disk_cache_fs.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
 import { INDEXED_HERE_DIR, readStates } from "../state/runtime.ts";
 import { formatBytes, printTable } from "./table.ts";

@@ -11,29 +11,26 @@
  * in the boot `<base>.boot` names, and 1 (PRESENT) once a later fdatasync covered them
  * (disk_cache_fill.ts, disk_cache_boot.ts), so neither a crash, a kill -9 nor a power loss can
  * leave a chunk marked present with other bytes.
+ *
+ * This file is the cache as a whole: opening it, wrapping sources, the bound and eviction,
+ * prune. One blob's source is disk_cached.ts; the blobs as files (scan, removal)
+ * disk_cache_scan.ts; probes before any source exists disk_cache_probe.ts; the file system it
+ * lives on (refused kinds, space left free) disk_cache_fs.ts.
  */
 import type { Source } from "./source.ts";
-import {
-  closeQuietly,
-  dropChunks,
-  F_RDLCK,
-  F_WRLCK,
-  fstatIdentity,
-  IN_USE_OFFSET,
-  openCacheFile,
-  preadExact,
-  tryLock,
-} from "./disk_cache_io.ts";
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
 import { type DigestCheckEnd, DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
-import { removeBlobFiles } from "./disk_cache_files.ts";
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
-import { blobFilePrefix, blobNameStem, originTag } from "./disk_cache_names.ts";
+import { blobFilePrefix, blobNameStem } from "./disk_cache_names.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
-import { isPresent, PRESENT } from "./disk_cache_fill.ts";
-import { writtenIsTrusted } from "./disk_cache_boot.ts";
-import { sharedFileSystemName } from "./disk_cache_fs.ts";
-import { statFs } from "../../ffi/files.ts";
+import {
+  availableBytesOf,
+  defaultKeepFreeBytes,
+  fileSystemTypeOf,
+  sharedFileSystemName,
+} from "./disk_cache_fs.ts";
+import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
+import { removeIfMapDamaged, removeIfUnused, scanBlobs } from "./disk_cache_scan.ts";
 import { refusedSpecialPath } from "../errors.ts";
 import { formatBytes } from "../text.ts";
 
@@ -54,14 +51,6 @@ export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
 export const DEFAULT_DISK_CHUNK_BYTES = 1 << 18;
 /** Eviction frees down to this share of the bound, so it does not run on every fill. */
 const EVICT_TO = 0.9;
-/**
- * What the cache leaves free on its file system unless told otherwise: a tenth of it, at most
- * 4 GiB (journald's default for its logs' file system is alike). The cache runs as root, whose
- * writes also take the blocks kept for root: a bound larger than the free space would
- * otherwise fill the disk under every other program on the host.
- */
-const KEEP_FREE_SHARE = 0.1;
-const KEEP_FREE_MAX_BYTES = 4 * 1024 ** 3;
 /**
  * The most bytes this process writes between two looks at the whole cache and its file
  * system: other processes fill the same cache and other programs the same disk.
@@ -118,8 +107,6 @@ export interface BlobKey {
   /** Given: chunks are checked before they are marked present, and shared by every origin. */
   verify?: VerifyChunk;
 }
-
-const DIGEST = /^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
 
 export class DiskCache {
   readonly dir: string;
@@ -185,7 +172,7 @@ export class DiskCache {
       if ((info.mode ?? 0) & 0o022) throw new Error("writable by others (want mode 0700)");
       Deno.mkdirSync(`${dir}/blobs`, { recursive: true, mode: 0o700 });
       const cache = new DiskCache(dir, options);
-      cache.#usageBytes = cache.#scan().reduce((sum, blob) => sum + blob.bytes, 0);
+      cache.#usageBytes = scanBlobs(cache.blobsDir).reduce((sum, blob) => sum + blob.bytes, 0);
       return cache;
     } catch (error) {
       const why = refusedSpecialPath(error)?.message ?? (error as Error).message;
@@ -223,7 +210,7 @@ export class DiskCache {
    * layer's table is checked and its reader thread starts, not after.
    */
   readSidecarAhead(key: BlobKey, maxBytes: number): void {
-    if (!DIGEST.test(key.digest)) return;
+    if (!CACHEABLE_DIGEST.test(key.digest)) return;
     const base = this.#baseOf(key);
     if (!this.#sidecarsAhead.has(base)) {
       this.#sidecarsAhead.set(base, readSidecarFile(base, maxBytes));
@@ -236,7 +223,7 @@ export class DiskCache {
    * completion even under `--fetch-all`.
    */
   wrap(inner: Source, key: BlobKey, options: { readOnce?: boolean } = {}): Source {
-    if (!DIGEST.test(key.digest) || inner.size <= 0) return inner;
+    if (!CACHEABLE_DIGEST.test(key.digest) || inner.size <= 0) return inner;
     let base = "";
     try {
       base = this.#baseOf(key);
@@ -332,114 +319,14 @@ export class DiskCache {
     return true;
   }
 
-  /**
-   * `length` bytes at `offset` of a blob when every chunk they touch is present, else
-   * undefined; creates nothing. For probes made before a source exists (the superblock check
-   * at mount): bytes there came through a reply whose size matched `sizeBytes`. Besides the
-   * key's own files it looks in those of the same origin qualified by a chunk table
-   * (`origin#t-…`): their chunks were checked, so they serve a probe at least as well.
-   */
+  /** readIfPresent (disk_cache_probe.ts): a blob's bytes probed before any source. */
   readIfPresent(key: BlobKey, sizeBytes: number, offset: number, length: number) {
-    if (length <= 0 || offset + length > sizeBytes) return undefined;
-    for (const base of this.#probeCandidates(key)) {
-      const bytes = this.#readPresent(base, sizeBytes, offset, length);
-      if (bytes) return bytes;
-    }
-    return undefined;
+    return readIfPresent(this, key, sizeBytes, offset, length);
   }
 
-  /**
-   * Drops the chunks under [offset, offset + good.length) from the files readIfPresent reads
-   * for `key` wherever they hold other bytes than `good` (a cached head that failed its check
-   * while the registry's passed: damage on this disk), so that no mount reads them again.
-   */
+  /** dropIfUnlike (disk_cache_probe.ts): kept bytes other than the registry's are dropped. */
   dropIfUnlike(key: BlobKey, sizeBytes: number, offset: number, good: Uint8Array): void {
-    if (good.length === 0 || offset + good.length > sizeBytes) return;
-    for (const base of this.#probeCandidates(key)) {
-      const held = this.#readPresent(base, sizeBytes, offset, good.length);
-      if (!held || held.every((byte, i) => byte === good[i])) continue;
-      const dropped = this.#dropPresent(base, sizeBytes, offset, good.length);
-      this.warnOnce(
-        `disk cache ${base}: the kept bytes at offset ${offset} are not the registry's ` +
-          (dropped
-            ? "(damaged on disk?); dropped, they are fetched again"
-            : "(damaged on disk?) and in use: run `erofs-oci cache prune` once no mount uses them"),
-      );
-    }
-  }
-
-  /** The base paths of the key's own files and of its origin's table-checked ones. */
-  #probeCandidates(key: BlobKey): string[] {
-    if (!DIGEST.test(key.digest)) return [];
-    let prefix: string;
-    try {
-      prefix = blobNameStem(key.digest, key.origin, !!key.verify);
-    } catch {
-      return [];
-    }
-    const suffix = `.c${this.chunkBytes}.map`;
-    const tabled = `${prefix}${originTag("#t-")}`;
-    const names = [`${prefix}${suffix}`];
-    try {
-      for (const entry of Deno.readDirSync(this.blobsDir)) {
-        if (entry.name.startsWith(tabled) && entry.name.endsWith(suffix)) names.push(entry.name);
-      }
-    } catch { /* no directory: nothing cached */ }
-    return names.map((name) => `${this.blobsDir}/${name.slice(0, -".map".length)}`);
-  }
-
-  /** Marks the chunks under the range absent and punches them out, as eviction does. */
-  #dropPresent(base: string, sizeBytes: number, offset: number, length: number): boolean {
-    const first = Math.floor(offset / this.chunkBytes);
-    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
-    let map = -1, data = -1;
-    try {
-      map = openCacheFile(`${base}.map`, false);
-      data = openCacheFile(`${base}.data`, false);
-      if (fstatIdentity(data).sizeBytes !== sizeBytes) return false;
-      // A reader of some process holds them now: left (its own check, if any, decides).
-      if (!tryLock(map, F_WRLCK, first, end - first)) return false;
-      dropChunks({ mapFd: map, dataFd: data, chunkBytes: this.chunkBytes, sizeBytes }, first, end);
-      return true;
-    } catch (error) {
-      this.warnOnce(`disk cache ${base}: ${(error as Error).message}`);
-      return false;
-    } finally {
-      closeQuietly(data);
-      closeQuietly(map);
-    }
-  }
-
-  #readPresent(base: string, sizeBytes: number, offset: number, length: number) {
-    const first = Math.floor(offset / this.chunkBytes);
-    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
-    let map = -1, data = -1;
-    try {
-      map = openCacheFile(`${base}.map`, false);
-      // As an opener does (openBlobFiles): held in use, and still the map at that name, the
-      // data file opened next is its own, not a new one made after a removal in between.
-      if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) return undefined;
-      if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== fstatIdentity(map).ino) {
-        return undefined;
-      }
-      data = openCacheFile(`${base}.data`, false);
-      if (fstatIdentity(data).sizeBytes !== sizeBytes) return undefined;
-      if (!tryLock(map, F_RDLCK, first, end - first)) return undefined;
-      const present = new Uint8Array(end - first);
-      preadExact(map, present, first);
-      // WRITTEN (2) only when `.boot` names this boot: claimBoot cleared older ones first.
-      const trusted = present.every((byte) => byte === PRESENT) ||
-        (present.every(isPresent) && writtenIsTrusted(base));
-      if (!trusted) return undefined;
-      const out = new Uint8Array(length);
-      preadExact(data, out, offset);
-      return out;
-    } catch {
-      return undefined;
-    } finally {
-      closeQuietly(data); // closing drops the OFD lock with the last descriptor
-      closeQuietly(map);
-    }
+    dropIfUnlike(this, key, sizeBytes, offset, good);
   }
 
   /** @internal sources report their close here. */
@@ -488,7 +375,7 @@ export class DiskCache {
     try {
       let blobs;
       try {
-        blobs = this.#scan();
+        blobs = scanBlobs(this.blobsDir);
       } catch (error) {
         // Its directory removed or made unreadable under us: the open blobs go on; said once.
         this.warnOnce(`disk cache ${this.dir}: ${(error as Error).message}; not evicting`);
@@ -504,7 +391,7 @@ export class DiskCache {
       blobs.sort((a, b) => a.usedMs - b.usedMs);
       for (const blob of blobs) {
         if (usage <= target) break;
-        if (this.#removeIfUnused(blob.base)) usage -= blob.bytes;
+        if (removeIfUnused(blob.base)) usage -= blob.bytes;
       }
       const sources = [...this.#open].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
       for (const source of sources) {
@@ -546,7 +433,7 @@ export class DiskCache {
 
   /** Every blob on disk, most recently used first (`erofs-oci cache`). */
   blobs(): CachedBlob[] {
-    return this.#scan().sort((a, b) => b.usedMs - a.usedMs).flatMap((blob) =>
+    return scanBlobs(this.blobsDir).sort((a, b) => b.usedMs - a.usedMs).flatMap((blob) =>
       describeBlob(blob.base, blob.bytes, blob.usedMs, blob.hasMetadata) ?? []
     );
   }
@@ -561,7 +448,7 @@ export class DiskCache {
     let removedBlobs = 0, freedBytes = 0;
     // Damage goes whatever the bounds: a blob with a map that is no regular file is open in
     // no process, and may hold no bytes to count (its map all it has left).
-    const blobs = this.#scan().filter((blob) => {
+    const blobs = scanBlobs(this.blobsDir).filter((blob) => {
       if (!removeIfMapDamaged(blob.base)) return true;
       removedBlobs++;
       freedBytes += blob.bytes;
@@ -570,124 +457,12 @@ export class DiskCache {
     let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     for (const blob of blobs) {
       if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
-      if (!this.#removeIfUnused(blob.base)) continue;
+      if (!removeIfUnused(blob.base)) continue;
       usage -= blob.bytes;
       freedBytes += blob.bytes;
       removedBlobs++;
     }
     this.#usageBytes = usage;
     return { removedBlobs, freedBytes };
-  }
-
-  /** Blobs on disk: base path (without .map/.data), bytes allocated, last use, sidecar. */
-  #scan(): { base: string; bytes: number; usedMs: number; hasMetadata: boolean }[] {
-    const blobs = new Map<
-      string,
-      { base: string; bytes: number; usedMs: number; hasMetadata: boolean }
-    >();
-    for (const entry of Deno.readDirSync(this.blobsDir)) {
-      // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
-      // unsynced chunks (disk_cache_boot.ts), `.sum`: its digest check (disk_cache_sum.ts);
-      // all counted with it.
-      const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name);
-      // A map that is no regular file is damage, listed so that prune removes it (the blob's
-      // only file, it was never listed, so never pruned).
-      if (!match || (!entry.isFile && match[2] !== "map")) continue;
-      const base = `${this.blobsDir}/${match[1]}`;
-      let info: Deno.FileInfo;
-      try {
-        info = Deno.lstatSync(`${this.blobsDir}/${entry.name}`);
-      } catch {
-        continue; // evicted meanwhile by another process
-      }
-      const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0, hasMetadata: false };
-      blob.bytes += (info.blocks ?? 0) * 512;
-      if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
-      if (match[2] === "meta") blob.hasMetadata = true;
-      blobs.set(base, blob);
-    }
-    return [...blobs.values()];
-  }
-
-  /**
-   * Removes a blob's files unless some process has it open, under the write lock of its map's
-   * in-use byte (removeBlobFiles says in which order). Files without a map (left by an older
-   * version's removal cut short) are removed under the lock of a map made for the purpose: an
-   * opener creating the map meanwhile must not lose the data file it opened.
-   */
-  #removeIfUnused(base: string): boolean {
-    if (removeIfMapDamaged(base)) return true;
-    let fd = -1;
-    try {
-      fd = openCacheFile(`${base}.map`);
-      if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
-      const held = fstatIdentity(fd);
-      const now = Deno.lstatSync(`${base}.map`);
-      if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
-      removeBlobFiles(base);
-      return true;
-    } catch {
-      return false;
-    } finally {
-      closeQuietly(fd);
-    }
-  }
-}
-
-/**
- * A blob whose map is not a regular file (a directory, FIFO or symlink: damage) can be open in
- * no process (an opener fails on it and goes memory-only), and was never prunable: its files go.
- */
-function removeIfMapDamaged(base: string): boolean {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.lstatSync(`${base}.map`);
-  } catch {
-    return false;
-  }
-  if (info.isFile) return false;
-  for (const suffix of [".sum", ".data", ".meta", ".boot", ".map"]) {
-    try {
-      Deno.removeSync(`${base}${suffix}`, { recursive: true });
-    } catch { /* absent */ }
-  }
-  return true;
-}
-
-/** A tenth of the file system holding `dir`, at most 4 GiB; 0 when statfs fails. */
-function defaultKeepFreeBytes(dir: string): number {
-  try {
-    const stats = statFs(dir);
-    return Math.min(
-      KEEP_FREE_MAX_BYTES,
-      Math.floor(KEEP_FREE_SHARE * Number(stats.blocks) * stats.blockSizeBytes),
-    );
-  } catch {
-    return 0;
-  }
-}
-
-/**
- * Bytes unprivileged users may still write on `dir`'s file system (what the reserve is kept
- * in: root's own reserve is not counted); undefined when statfs fails.
- */
-export function availableBytesOf(dir: string): number | undefined {
-  try {
-    const stats = statFs(dir);
-    return Number(stats.availableBlocks) * stats.blockSizeBytes;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The statfs magic of `dir`'s file system, or -1 (matches none) when statfs fails: that
- * alone does not make the directory unusable, the cache's own file operations say if it is.
- */
-function fileSystemTypeOf(dir: string, fileSystemType?: (dir: string) => number): number {
-  try {
-    return fileSystemType ? fileSystemType(dir) : statFs(dir).type;
-  } catch {
-    return -1;
   }
 }

@@ -8,7 +8,9 @@
  *
  * FUSE (0x65735546) is left out on purpose: sshfs is remote, but many FUSE file systems are
  * local (ntfs-3g, gocryptfs, mergerfs over local disks), and statfs cannot tell them apart.
+ * Here too: what the cache leaves free on its file system and what that holds (statfs).
  */
+import { statFs } from "../../ffi/files.ts";
 
 /**
  * statfs(2) f_type → name, as `stat -f -c %T` prints it, so a user can check their directory.
@@ -38,4 +40,51 @@ const SHARED_FILE_SYSTEMS: ReadonlyMap<number, string> = new Map([
  */
 export function sharedFileSystemName(magic: number): string | undefined {
   return SHARED_FILE_SYSTEMS.get(magic);
+}
+
+/**
+ * What the cache leaves free on its file system unless told otherwise: a tenth of it, at most
+ * 4 GiB (journald's default for its logs' file system is alike). The cache runs as root, whose
+ * writes also take the blocks kept for root: a bound larger than the free space would
+ * otherwise fill the disk under every other program on the host.
+ */
+const KEEP_FREE_SHARE = 0.1;
+const KEEP_FREE_MAX_BYTES = 4 * 1024 ** 3;
+
+/** A tenth of the file system holding `dir`, at most 4 GiB; 0 when statfs fails. */
+export function defaultKeepFreeBytes(dir: string): number {
+  try {
+    const stats = statFs(dir);
+    return Math.min(
+      KEEP_FREE_MAX_BYTES,
+      Math.floor(KEEP_FREE_SHARE * Number(stats.blocks) * stats.blockSizeBytes),
+    );
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Bytes unprivileged users may still write on `dir`'s file system (what the reserve is kept
+ * in: root's own reserve is not counted); undefined when statfs fails.
+ */
+export function availableBytesOf(dir: string): number | undefined {
+  try {
+    const stats = statFs(dir);
+    return Number(stats.availableBlocks) * stats.blockSizeBytes;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The statfs magic of `dir`'s file system, or -1 (matches none) when statfs fails: that
+ * alone does not make the directory unusable, the cache's own file operations say if it is.
+ */
+export function fileSystemTypeOf(dir: string, fileSystemType?: (dir: string) => number): number {
+  try {
+    return fileSystemType ? fileSystemType(dir) : statFs(dir).type;
+  } catch {
+    return -1;
+  }
 }

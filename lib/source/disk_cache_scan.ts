@@ -1,0 +1,93 @@
+/**
+ * The blobs in the disk cache directory as files: what each holds on disk and when it was last
+ * used (for eviction, prune and `erofs-oci cache`), and the removal of a blob no process has
+ * open, under its map's in-use lock (disk_cache.ts has the locking rules).
+ */
+import {
+  closeQuietly,
+  F_WRLCK,
+  fstatIdentity,
+  IN_USE_OFFSET,
+  openCacheFile,
+  tryLock,
+} from "./disk_cache_io.ts";
+import { removeBlobFiles } from "./disk_cache_files.ts";
+
+/** One blob on disk as scanBlobs finds it. */
+export interface ScannedBlob {
+  base: string;
+  bytes: number;
+  usedMs: number;
+  hasMetadata: boolean;
+}
+
+/** Blobs on disk: base path (without .map/.data), bytes allocated, last use, sidecar. */
+export function scanBlobs(blobsDir: string): ScannedBlob[] {
+  const blobs = new Map<string, ScannedBlob>();
+  for (const entry of Deno.readDirSync(blobsDir)) {
+    // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
+    // unsynced chunks (disk_cache_boot.ts), `.sum`: its digest check (disk_cache_sum.ts);
+    // all counted with it.
+    const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name);
+    // A map that is no regular file is damage, listed so that prune removes it (the blob's
+    // only file, it was never listed, so never pruned).
+    if (!match || (!entry.isFile && match[2] !== "map")) continue;
+    const base = `${blobsDir}/${match[1]}`;
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(`${blobsDir}/${entry.name}`);
+    } catch {
+      continue; // evicted meanwhile by another process
+    }
+    const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0, hasMetadata: false };
+    blob.bytes += (info.blocks ?? 0) * 512;
+    if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
+    if (match[2] === "meta") blob.hasMetadata = true;
+    blobs.set(base, blob);
+  }
+  return [...blobs.values()];
+}
+
+/**
+ * Removes a blob's files unless some process has it open, under the write lock of its map's
+ * in-use byte (removeBlobFiles says in which order). Files without a map (left by an older
+ * version's removal cut short) are removed under the lock of a map made for the purpose: an
+ * opener creating the map meanwhile must not lose the data file it opened.
+ */
+export function removeIfUnused(base: string): boolean {
+  if (removeIfMapDamaged(base)) return true;
+  let fd = -1;
+  try {
+    fd = openCacheFile(`${base}.map`);
+    if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
+    const held = fstatIdentity(fd);
+    const now = Deno.lstatSync(`${base}.map`);
+    if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
+    removeBlobFiles(base);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+/**
+ * A blob whose map is not a regular file (a directory, FIFO or symlink: damage) can be open in
+ * no process (an opener fails on it and goes memory-only), and was never prunable: its files go.
+ */
+export function removeIfMapDamaged(base: string): boolean {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(`${base}.map`);
+  } catch {
+    return false;
+  }
+  if (info.isFile) return false;
+  for (const suffix of [".sum", ".data", ".meta", ".boot", ".map"]) {
+    try {
+      Deno.removeSync(`${base}${suffix}`, { recursive: true });
+    } catch { /* absent */ }
+  }
+  return true;
+}
