@@ -23,8 +23,8 @@ import {
 
 const POLL_MS = 10;
 
-/** What the chunk operations need of their blob (DiskCachedSource hands its own state). */
-export interface ChunkFiles {
+/** A cached blob's files and shape, as its parts (chunks, fills) share them. */
+export interface BlobFiles {
   /** The blob's files without .map/.data (for messages). */
   readonly base: string;
   readonly mapFd: number;
@@ -34,8 +34,12 @@ export interface ChunkFiles {
   readonly chunkCount: number;
   /** Aborted when the source closes. */
   readonly closing: AbortSignal;
-  /** Chunks known present, least recently read first (chunk eviction order). */
+  /** Chunks known present, least recently read first (chunk eviction order; fills add). */
   readonly lru: Map<number, true>;
+}
+
+/** What the chunk operations need of their blob (DiskCachedSource hands its own state). */
+export interface ChunkFiles extends BlobFiles {
   /** The chunks checked in this process, when a source below checks bytes (stored_check.ts). */
   readonly checked?: CheckedChunks;
   /** A fill of this process has chunk `index` under way. */

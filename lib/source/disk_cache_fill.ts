@@ -17,6 +17,7 @@
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
 import type { Source } from "./source.ts";
+import type { BlobFiles } from "./disk_cache_chunks.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
 import { fillTrace, nextFillId } from "./fill_trace.ts";
@@ -90,21 +91,10 @@ export function chunkRuns(map: Uint8Array, first: number, present: boolean): [nu
 export { sleep };
 
 /** What a filler needs of its blob (DiskCachedSource hands its own state). */
-export interface FillBlob {
+export interface FillBlob extends BlobFiles {
   readonly cache: DiskCache;
   readonly inner: Source;
-  /** The blob's files without .map/.data (for messages). */
-  readonly base: string;
   readonly verify?: VerifyChunk;
-  readonly mapFd: number;
-  readonly dataFd: number;
-  readonly size: number;
-  readonly chunkBytes: number;
-  readonly chunkCount: number;
-  /** Aborted when the source closes. */
-  readonly closing: AbortSignal;
-  /** Chunks known present, least recently read first: filled chunks are added. */
-  readonly lru: Map<number, true>;
   readMap(start: number, stop: number): Uint8Array;
   /** The disk failed: nothing more is written. */
   isDegraded(): boolean;
