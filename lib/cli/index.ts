@@ -85,13 +85,20 @@ Examples:
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
     const createsOutput = values.output !== undefined && !outputDirExists(values.output);
-    // Made here, synchronously, before the interrupt handler that removes it: made later by
-    // the indexing, a signal in between left it behind.
-    try {
-      if (createsOutput) closeFd(makeDirTrusted(values.output!));
-    } catch (error) {
-      throw outputFileError("index", values.output!, error);
-    }
+    // -o DIR, made when missing and opened once, here, synchronously, before the interrupt
+    // handler that removes what this run made (made later by the indexing, a signal in between
+    // left it behind). What an interrupt removes is looked for and removed there, not by path
+    // (a user owning a directory on the way could swap it meanwhile: a helper had an
+    // interrupted index delete the files of a directory of root's).
+    const output = values.output === undefined
+      ? undefined
+      : openOutputDir(values.output, createsOutput);
+    const before = output ? new Set(namesIn(output.fd)) : undefined;
+    // A directory this run created goes with its files (an interrupt), or stays only with the
+    // index in it (unlinkat removes it only if empty), through its parent's descriptor.
+    const removeCreatedOutput = () => {
+      if (createsOutput && output?.parent) unlinkIn(output.parent.fd, output.parent.name, true);
+    };
     // --push alone: the files go to a directory of ours, removed at the end (or, when the
     // process is killed, by the next index --push in the same place).
     const tmpdir = values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp";
@@ -104,11 +111,6 @@ Examples:
       throw outputFileError("index", tmpdir, error);
     }
     const dir = values.output ?? pushDir?.path;
-    // -o DIR, opened once: what an interrupt removes is looked for and removed there, not by
-    // path (a user owning a directory on the way could swap it meanwhile: a helper had an
-    // interrupted index delete the files of a directory of root's).
-    const output = values.output === undefined ? undefined : openOutputDir(values.output);
-    const before = output ? new Set(namesIn(output.fd)) : undefined;
     // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
     // signal, what this run added (files, temporary files, a directory it made) goes, then the
     // process.
@@ -117,9 +119,7 @@ Examples:
         for (const name of namesIn(output.fd)) {
           if (!before.has(name)) unlinkIn(output.fd, name);
         }
-        if (createsOutput && output.parent) {
-          unlinkIn(output.parent.fd, output.parent.name, true);
-        }
+        removeCreatedOutput();
       } else pushDir?.remove();
       exitInterrupted("index interrupted: the files it had written were removed");
     });
@@ -127,13 +127,7 @@ Examples:
       if (pushDir) await testHold("index-push-dir");
       return await indexInto(file, values, dir, spanBytes, timestamp);
     } catch (error) {
-      // A directory this run created stays only with the index in it (removed only if empty),
-      // through its parent's descriptor (by path, a swapped parent led elsewhere).
-      if (createsOutput && output?.parent) {
-        try {
-          unlinkIn(output.parent.fd, output.parent.name, true);
-        } catch { /* not empty, or gone */ }
-      }
+      removeCreatedOutput();
       throw error;
     } finally {
       stopWatching();
@@ -146,11 +140,17 @@ Examples:
   },
 };
 
-/** -o DIR and its parent, opened as openDirTrusted does (refusals as one line). */
-function openOutputDir(dir: string): { fd: number; parent?: { fd: number; name: string } } {
+/**
+ * -o DIR (made first with `create`: mkdir -p through descriptors) and its parent, opened as
+ * openDirTrusted does (refusals as one line).
+ */
+function openOutputDir(
+  dir: string,
+  create: boolean,
+): { fd: number; parent?: { fd: number; name: string } } {
   try {
     const { dir: above, base } = splitPath(dir.replace(/\/+$/, "") || "/");
-    const fd = openDirTrusted(dir);
+    const fd = create ? makeDirTrusted(dir) : openDirTrusted(dir);
     const parent = base ? { fd: openDirTrusted(above), name: base } : undefined;
     return { fd, parent };
   } catch (error) {
