@@ -359,6 +359,8 @@ export const O_TMPFILE = ARM64 ? 0o20040000 : 0o20200000;
 /** The *at(2) calls' "relative to the working directory" and flags (fcntl.h). */
 export const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_SYMLINK_FOLLOW = 0x400;
 export const AT_EMPTY_PATH = 0x1000;
+/** unlinkat(2)'s flag: remove a directory (empty). */
+export const AT_REMOVEDIR = 0x200;
 
 /** The address of `buffer`'s bytes, for system calls that take a pointer as a number. */
 export function addressOf(buffer: Uint8Array<ArrayBuffer>): bigint {

@@ -8,6 +8,7 @@
  */
 import {
   AT_FDCWD,
+  AT_REMOVEDIR,
   AT_SYMLINK_FOLLOW,
   closeFd,
   cstr,
@@ -202,9 +203,6 @@ export class NewFileInDir {
     closeFd(this.fd);
   }
 }
-
-/** unlinkat(2)'s flag: remove a directory (empty). */
-const AT_REMOVEDIR = 0x200;
 
 /**
  * Removes `name` (relative to `dirFd`; with `directory`, an empty directory) if it is there:

@@ -265,6 +265,11 @@ export interface FileIdentity {
   gid: number;
 }
 
+/** Whether two identities are of one file (same device and inode). */
+export function sameInode(a: FileIdentity, b: FileIdentity): boolean {
+  return a.ino === b.ino && a.devMajor === b.devMajor && a.devMinor === b.devMinor;
+}
+
 /**
  * statx of `path` relative to the descriptor `dirFd` (`""`: the descriptor itself), never
  * following a symlink in the last component.

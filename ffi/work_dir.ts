@@ -13,6 +13,7 @@
  * mount and never follows a symlink.
  */
 import {
+  AT_REMOVEDIR,
   closeFd,
   cstr,
   Errno,
@@ -26,12 +27,10 @@ import {
   SysError,
 } from "./libc.ts";
 import { listDirectory } from "./files.ts";
-import { openDirTrusted, statIdentity } from "./path_resolve.ts";
+import { openDirTrusted, sameInode, statIdentity } from "./path_resolve.ts";
 
 /** sys/file.h */
 const LOCK_EX = 2, LOCK_NB = 4;
-/** unlinkat(2)'s flag: remove a directory. */
-const AT_REMOVEDIR = 0x200;
 /**
  * The random part of a work directory's name: 12 hex digits. A sweep takes only names of
  * exactly this form, never another directory that merely starts with the prefix (tests and
@@ -165,10 +164,7 @@ function takeLock(fd: number): boolean {
 /** Whether `name` in `parentFd` is still the directory `fd` is open on. */
 function sameEntry(parentFd: number, name: string, fd: number): boolean {
   try {
-    const held = statIdentity(fd, "", name);
-    const named = statIdentity(parentFd, name, name);
-    return held.ino === named.ino && held.devMajor === named.devMajor &&
-      held.devMinor === named.devMinor;
+    return sameInode(statIdentity(fd, "", name), statIdentity(parentFd, name, name));
   } catch {
     return false;
   }

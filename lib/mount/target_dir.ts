@@ -12,6 +12,7 @@ import {
   openDirNoSymlinks,
   openDirTrusted,
   pathOfFd,
+  sameInode,
   statIdentity,
   statPath,
   UntrustedSymlinkError,
@@ -242,10 +243,7 @@ export function recheckMountTarget(target: MountTarget): void {
     throw error;
   }
   const was = target.identity;
-  if (
-    now.ino !== was.ino || now.devMajor !== was.devMajor || now.devMinor !== was.devMinor ||
-    now.mountId !== was.mountId
-  ) {
+  if (!sameInode(now, was) || now.mountId !== was.mountId) {
     throw mountedMeanwhile(target.path, was.mountId) ?? replaced(target.path);
   }
 }
