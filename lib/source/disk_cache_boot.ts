@@ -13,7 +13,6 @@ import {
   byteRuns,
   closeQuietly,
   F_WRLCK,
-  fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
   preadExact,
@@ -22,6 +21,7 @@ import {
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 
 /** The map byte of a chunk verified and written, not yet synced (valid in its boot only). */
 export const WRITTEN = 2;
@@ -56,7 +56,7 @@ function recordedBoot(base: string): string | undefined {
   let fd = -1;
   try {
     fd = openCacheFile(`${base}.boot`, false);
-    const size = fstatIdentity(fd).sizeBytes;
+    const size = fstatFd(fd).sizeBytes;
     if (size <= 0 || size > 128) return undefined;
     const bytes = new Uint8Array(size);
     preadExact(fd, bytes, 0);

@@ -4,12 +4,12 @@
  */
 import {
   closeQuietly,
-  fstatIdentity,
   IN_USE_OFFSET,
   lockedByOthers,
   openCacheFile,
   preadExact,
 } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
 import { parseBlobName } from "./disk_cache_names.ts";
@@ -62,7 +62,7 @@ export function describeBlob(
   try {
     map = openCacheFile(`${base}.map`, false);
     inUse = lockedByOthers(map, IN_USE_OFFSET, 1);
-    const marks = new Uint8Array(Math.min(chunks, fstatIdentity(map).sizeBytes));
+    const marks = new Uint8Array(Math.min(chunks, fstatFd(map).sizeBytes));
     preadExact(map, marks, 0);
     const writtenCounts = writtenIsTrusted(base);
     for (const mark of marks) {

@@ -3,7 +3,6 @@ import {
   closeQuietly,
   F_RDLCK,
   F_WRLCK,
-  fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
   pwriteAll,
@@ -11,6 +10,7 @@ import {
   truncateTo,
   tryLock,
 } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 
 /**
  * Opens or creates `${base}.map` (one byte per chunk) and `${base}.data` (sparse, the blob's
@@ -35,10 +35,10 @@ export function openBlobFiles(
         sleepSync(1);
         continue;
       }
-      const held = fstatIdentity(map);
+      const held = fstatFd(map);
       if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== held.ino) continue;
       data = openCacheFile(`${base}.data`);
-      const dataSize = fstatIdentity(data).sizeBytes;
+      const dataSize = fstatFd(data).sizeBytes;
       const mapOk = held.sizeBytes === 0 || held.sizeBytes === chunkCount;
       const dataOk = dataSize === 0 || dataSize === sizeBytes;
       if (!mapOk || !dataOk) {

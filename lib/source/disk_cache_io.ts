@@ -17,7 +17,7 @@ import {
   SysError,
   unwrap,
 } from "../../ffi/libc.ts";
-import { type FdStat, fstatFd, preadFully, pwriteFully, S_IFMT, S_IFREG } from "../../ffi/files.ts";
+import { fstatFd, preadFully, pwriteFully, S_IFMT, S_IFREG } from "../../ffi/files.ts";
 
 // fcntl.h (asm-generic): OFD lock commands and lock types.
 const F_OFD_GETLK = 36, F_OFD_SETLK = 37;
@@ -46,7 +46,7 @@ export function openCacheFile(path: string, create = true): number {
   const flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0);
   const fd = libc().open(cstr(path), flags, 0o600);
   if (fd < 0) throw new SysError("open", errno(), path);
-  const st = fstatIdentity(fd);
+  const st = fstatFd(fd);
   if ((st.mode & S_IFMT) !== S_IFREG) {
     libc().close(fd);
     throw new SysError("open", Errno.EINVAL, `${path} (not a regular file)`);
@@ -66,9 +66,6 @@ export function openMemoryFile(): number | undefined {
   const fd = libc().open(cstr(SHARED_MEMORY_DIR), O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600);
   return fd < 0 ? undefined : fd;
 }
-
-/** fstat(2) of a cache file: its identity, type, size and the bytes it occupies. */
-export const fstatIdentity = (fd: number): FdStat => fstatFd(fd);
 
 export function truncateTo(fd: number, sizeBytes: number): void {
   unwrap(libc().ftruncate(fd, BigInt(sizeBytes)), "ftruncate");

@@ -11,12 +11,12 @@ import {
   dropChunks,
   F_RDLCK,
   F_WRLCK,
-  fstatIdentity,
   IN_USE_OFFSET,
   openCacheFile,
   preadExact,
   tryLock,
 } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 import { blobNameStem, originTag } from "./disk_cache_names.ts";
 import { isPresent, PRESENT } from "./disk_cache_fill.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
@@ -113,7 +113,7 @@ function dropPresent(
   try {
     map = openCacheFile(`${base}.map`, false);
     data = openCacheFile(`${base}.data`, false);
-    if (fstatIdentity(data).sizeBytes !== sizeBytes) return false;
+    if (fstatFd(data).sizeBytes !== sizeBytes) return false;
     // A reader of some process holds them now: left (its own check, if any, decides).
     if (!tryLock(map, F_WRLCK, first, end - first)) return false;
     dropChunks({ mapFd: map, dataFd: data, chunkBytes: dir.chunkBytes, sizeBytes }, first, end);
@@ -142,11 +142,11 @@ function readPresent(
     // As an opener does (openBlobFiles): held in use, and still the map at that name, the
     // data file opened next is its own, not a new one made after a removal in between.
     if (!tryLock(map, F_RDLCK, IN_USE_OFFSET, 1)) return undefined;
-    if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== fstatIdentity(map).ino) {
+    if (BigInt(Deno.lstatSync(`${base}.map`).ino ?? -1) !== fstatFd(map).ino) {
       return undefined;
     }
     data = openCacheFile(`${base}.data`, false);
-    if (fstatIdentity(data).sizeBytes !== sizeBytes) return undefined;
+    if (fstatFd(data).sizeBytes !== sizeBytes) return undefined;
     if (!tryLock(map, F_RDLCK, first, end - first)) return undefined;
     const present = new Uint8Array(end - first);
     preadExact(map, present, first);

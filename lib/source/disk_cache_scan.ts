@@ -3,14 +3,8 @@
  * used (for eviction, prune and `erofs-oci cache`), and the removal of a blob no process has
  * open, under its map's in-use lock (disk_cache.ts has the locking rules).
  */
-import {
-  closeQuietly,
-  F_WRLCK,
-  fstatIdentity,
-  IN_USE_OFFSET,
-  openCacheFile,
-  tryLock,
-} from "./disk_cache_io.ts";
+import { closeQuietly, F_WRLCK, IN_USE_OFFSET, openCacheFile, tryLock } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 import { removeBlobFiles } from "./disk_cache_files.ts";
 
 /** One blob on disk as scanBlobs finds it. */
@@ -60,7 +54,7 @@ export function removeIfUnused(base: string): boolean {
   try {
     fd = openCacheFile(`${base}.map`);
     if (!tryLock(fd, F_WRLCK, IN_USE_OFFSET, 1)) return false;
-    const held = fstatIdentity(fd);
+    const held = fstatFd(fd);
     const now = Deno.lstatSync(`${base}.map`);
     if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
     removeBlobFiles(base);

@@ -16,7 +16,6 @@
 import {
   closeQuietly,
   F_RDLCK,
-  fstatIdentity,
   openCacheFile,
   preadExact,
   pwriteAll,
@@ -24,6 +23,7 @@ import {
   truncateTo,
   tryLock,
 } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 import { isPresent } from "./disk_cache_fill.ts";
 
 /** One blob's open files, as the check needs them. */
@@ -91,14 +91,14 @@ function isComplete(mapFd: number, chunkCount: number): boolean {
 
 /** The data file's inode ties the record to these files, not to a set made after a removal. */
 function recordText(files: SumFiles, digest: string): string {
-  return `${digest} ${fstatIdentity(files.dataFd).ino}\n`;
+  return `${digest} ${fstatFd(files.dataFd).ino}\n`;
 }
 
 function readSum(base: string): string | undefined {
   let fd = -1;
   try {
     fd = openCacheFile(`${base}.sum`, false);
-    const size = fstatIdentity(fd).sizeBytes;
+    const size = fstatFd(fd).sizeBytes;
     if (size > MAX_SUM_BYTES) return undefined;
     const bytes = new Uint8Array(size);
     preadExact(fd, bytes, 0);

@@ -1,7 +1,8 @@
 import type { Source } from "./source.ts";
 import type { DirectReadable, DirectReadFiles } from "./direct_reads.ts";
 import { PRESENT } from "./disk_cache_fill.ts";
-import { closeQuietly, fstatIdentity, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
+import { closeQuietly, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
+import { fstatFd } from "../../ffi/files.ts";
 import { openDirectReadFiles } from "./disk_cache_direct.ts";
 import { openFile } from "../../ffi/files.ts";
 import { O_NONBLOCK, O_RDONLY } from "../../ffi/libc.ts";
@@ -91,7 +92,7 @@ export class LocalFile implements Source, DirectReadable {
       if (!opened.isFile) return undefined;
       // Nonblocking: a FIFO put there since would not hang this thread (refused below).
       dataFd = openFile(this.path, O_RDONLY | O_NONBLOCK);
-      const now = fstatIdentity(dataFd);
+      const now = fstatFd(dataFd);
       if (
         now.ino !== BigInt(opened.ino ?? -1) || now.dev !== BigInt(opened.dev) ||
         now.sizeBytes !== this.size
