@@ -9,7 +9,7 @@ import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cl
 import { command, FIXTURES, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, type ProxyRecord, startFaultProxy } from "./_support/fault_proxy.ts";
-import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
+import { pushImage } from "./_support/oci_raw.ts";
 import { waitFor } from "./_support/wait.ts";
 
 function names(dir: string): string[] {
@@ -50,25 +50,10 @@ Deno.test({
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "index-interrupt/app";
-    const layerBytes = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
-    const layer = await uploadBlob(
-      registry,
-      repository,
-      layerBytes,
-      "application/vnd.oci.image.layer.v1.tar+gzip",
-    );
-    const configBytes = new TextEncoder().encode(JSON.stringify({
-      architecture: "amd64",
-      os: "linux",
-      rootfs: { type: "layers", diff_ids: [] },
-    }));
-    const config = await uploadBlob(registry, repository, configBytes, OCI_CONFIG);
-    await putManifest(registry, repository, "v1", {
-      schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
-      config,
-      layers: [layer],
-    }, OCI_MANIFEST);
+    const { layers: [layer] } = await pushImage(registry, repository, "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
     // Blob GETs wait 5 s: index sits with its temporary zinfo open, waiting for the layer.
     await using proxy = await startFaultProxy(registry.host, [
       { match: isBlobGet, fault: { kind: "delay", ms: 5_000 } },

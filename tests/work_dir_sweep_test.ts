@@ -17,7 +17,7 @@ import {
 } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
 import { startRegistry } from "./_support/registry.ts";
-import { OCI_CONFIG, OCI_MANIFEST, putManifest, uploadBlob } from "./_support/oci_raw.ts";
+import { pushImage } from "./_support/oci_raw.ts";
 import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
 import { exists, waitFor } from "./_support/wait.ts";
 
@@ -148,24 +148,10 @@ Deno.test({
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "work-dir-sweep/app";
-    const layer = await uploadBlob(
-      registry,
-      repository,
-      await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
-      "application/vnd.oci.image.layer.v1.tar+gzip",
-    );
-    const configBytes = new TextEncoder().encode(JSON.stringify({
-      architecture: "amd64",
-      os: "linux",
-      rootfs: { type: "layers", diff_ids: [] },
-    }));
-    const config = await uploadBlob(registry, repository, configBytes, OCI_CONFIG);
-    await putManifest(registry, repository, "v1", {
-      schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
-      config,
-      layers: [layer],
-    }, OCI_MANIFEST);
+    await pushImage(registry, repository, "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
     const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-sweep-" });
     try {
       const tmpdir = `${scratch}/tmp`;
