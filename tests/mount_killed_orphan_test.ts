@@ -16,20 +16,12 @@ import {
   mountServersOf,
   runningKeepersOf,
 } from "./_support/mounts.ts";
-import { TEST_HOLD_ENV, TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { HoldPoint } from "./_support/hold.ts";
 import { waitFor } from "./_support/wait.ts";
 
-function pathExists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
- * `mount` of a local file (FUSE) held at testHold(`holdAt`) until `body` removes the hold file;
+ * `mount` of a local file (FUSE) held at testHold(`holdAt`) until `body` releases the hold;
  * the mount, its server and the sandbox are cleaned up whatever `body` did.
  */
 async function withHeldMount(
@@ -39,16 +31,15 @@ async function withHeldMount(
       sandbox: MountSandbox;
       mount: Deno.ChildProcess;
       output: Promise<Deno.CommandOutput>;
-      hold: string;
+      hold: HoldPoint;
     },
   ) => Promise<void>,
 ) {
   const sandbox = await mountSandbox();
-  const hold = `${sandbox.runtimeDir}-hold`;
-  Deno.writeTextFileSync(hold, "");
+  using hold = new HoldPoint(holdAt, `${sandbox.runtimeDir}-hold`);
   const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
     args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-    env: { ...sandbox.env, [TEST_HOLD_ENV]: `${holdAt}:${hold}` },
+    env: { ...sandbox.env, ...hold.env },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -62,11 +53,6 @@ async function withHeldMount(
     await output.catch(() => {});
     killMountServersOf(sandbox.runtimeDir);
     await sandbox.cleanup();
-    for (const file of [hold, `${hold}.reached`]) {
-      try {
-        Deno.removeSync(file);
-      } catch { /* gone */ }
-    }
   }
 }
 
@@ -115,10 +101,10 @@ Deno.test({
   fn: () =>
     withHeldMount("mount-layers", async ({ sandbox, output, hold }) => {
       // The server is ready and its keeper holds the FUSE connection; the layer mount is next.
-      await waitFor("mount to reach its layers", () => pathExists(`${hold}.reached`), 60_000);
+      await hold.reached("mount to reach its layers");
       const [server] = mountServersOf(sandbox.runtimeDir);
       Deno.kill(server, "SIGKILL");
-      Deno.removeSync(hold);
+      hold.release();
       // mount(2) waited for the dead server's answer for good (the keeper kept the connection).
       const done = await Promise.race([
         output,
@@ -141,11 +127,11 @@ Deno.test({
   fn: () =>
     withHeldMount("server-main", async ({ sandbox, mount, output, hold }) => {
       // The server's runtime is up, before it has looked at anything; its spec is on the way.
-      await waitFor("the server's start", () => pathExists(`${hold}.reached`), 60_000);
+      await hold.reached("the server's start");
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 1);
       mount.kill("SIGKILL");
       await output.catch(() => {});
-      Deno.removeSync(hold);
+      hold.release();
       await waitFor(
         "the server to stop with nothing mounted",
         () =>

@@ -19,8 +19,8 @@ import {
   runningKeepersOf,
   serverPids,
 } from "./_support/mounts.ts";
-import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
-import { exists, waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
+import { waitFor } from "./_support/wait.ts";
 
 Deno.test({
   name: "mount --metrics-listen on a port in use: refused, nothing mounted",
@@ -57,8 +57,7 @@ Deno.test({
     // Beside the first target, not below its path (mountsBelow matches by prefix).
     const second = sandbox.target.replace(/[^/]+$/, "second");
     Deno.mkdirSync(second);
-    const hold = `${sandbox.runtimeDir}-hold`;
-    Deno.writeTextFileSync(hold, "");
+    using hold = new HoldPoint("server-metrics-listen", `${sandbox.runtimeDir}-hold`);
     const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = (free.addr as Deno.NetAddr).port;
     free.close();
@@ -72,16 +71,13 @@ Deno.test({
       `tcp:127.0.0.1:${port}`,
     ];
     // The first mount's check finds the port free; its server is held before it binds.
-    const first = startCli(mountArgs(sandbox.target), {
-      ...sandbox.env,
-      [TEST_HOLD_ENV]: `server-metrics-listen:${hold}`,
-    });
+    const first = startCli(mountArgs(sandbox.target), { ...sandbox.env, ...hold.env });
     try {
-      await waitFor("the first server to reach its bind", () => exists(`${hold}.reached`), 60_000);
+      await hold.reached("the first server to reach its bind");
       // Meanwhile a second mount with the same address takes the port.
       assertSuccess(await runCli(mountArgs(second), { env: sandbox.env, timeoutMs: 60_000 }));
       const [secondServer] = serverPids(sandbox.runtimeDir);
-      Deno.removeSync(hold);
+      hold.release();
       const result = await first.result;
       assertCliError(
         result,
@@ -111,11 +107,6 @@ Deno.test({
       }
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) {
-        try {
-          Deno.removeSync(file);
-        } catch { /* gone */ }
-      }
     }
   },
 });

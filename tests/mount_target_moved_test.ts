@@ -16,8 +16,7 @@ import {
   mountSandbox,
   mountsBelow,
 } from "./_support/mounts.ts";
-import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
-import { exists, waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
 
 async function umountIfMounted(dir: string): Promise<void> {
   if (mountsBelow(dir).length === 0) return;
@@ -33,7 +32,7 @@ for (const overlay of [false, true]) {
       const sandbox = await mountSandbox();
       const base = sandbox.target.replace(/\/mnt$/, "");
       const owned = `${base}/owned`, moved = `${base}/owned.moved`;
-      const hold = `${sandbox.runtimeDir}-hold`;
+      using hold = new HoldPoint("mount-target-rechecked", `${sandbox.runtimeDir}-hold`);
       Deno.mkdirSync(`${owned}/mnt`, { recursive: true });
       const upperArgs = overlay ? ["--upper", `${base}/rw/upper`, "--work", `${base}/rw/work`] : [];
       if (overlay) {
@@ -41,7 +40,6 @@ for (const overlay of [false, true]) {
         Deno.mkdirSync(`${base}/rw/work`, { recursive: true, mode: 0o700 });
         Deno.chmodSync(`${base}/rw`, 0o700);
       }
-      Deno.writeTextFileSync(hold, "");
       const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
         args: [
           "mount",
@@ -51,15 +49,15 @@ for (const overlay of [false, true]) {
           "fuse",
           ...upperArgs,
         ],
-        env: { ...sandbox.env, [TEST_HOLD_ENV]: `mount-target-rechecked:${hold}` },
+        env: { ...sandbox.env, ...hold.env },
         stdout: "piped",
         stderr: "piped",
       }).spawn();
       const output = mount.output();
       try {
-        await waitFor("mount to recheck its target", () => exists(`${hold}.reached`), 60_000);
+        await hold.reached("mount to recheck its target");
         Deno.renameSync(owned, moved);
-        Deno.removeSync(hold);
+        hold.release();
         const done = await output;
         const stderr = new TextDecoder().decode(done.stderr);
         assert.equal(done.code, 0, stderr);
@@ -93,11 +91,6 @@ for (const overlay of [false, true]) {
         await umountIfMounted(`${owned}/mnt`);
         killMountServersOf(sandbox.runtimeDir);
         await sandbox.cleanup();
-        for (const file of [hold, `${hold}.reached`]) {
-          try {
-            Deno.removeSync(file);
-          } catch { /* gone */ }
-        }
       }
     },
   });

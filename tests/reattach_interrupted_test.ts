@@ -16,15 +16,15 @@ import {
   mountServersOf,
   pidAlive,
 } from "./_support/mounts.ts";
-import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
-import { exists, waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
+import { waitFor } from "./_support/wait.ts";
 
 Deno.test({
   name: "reattach killed before recording its server: the server ends, the next reattach works",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
     const sandbox = await mountSandbox();
-    const hold = `${sandbox.runtimeDir}-hold`;
+    using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
     let reattach: Deno.ChildProcess | undefined;
     try {
       const mounted = await runCli(
@@ -36,14 +36,13 @@ Deno.test({
       Deno.kill(first, "SIGKILL");
       await waitFor("the server to die", () => !pidAlive(first), 10_000);
 
-      Deno.writeTextFileSync(hold, "");
       reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
         args: ["reattach", sandbox.target],
-        env: { ...sandbox.env, [TEST_HOLD_ENV]: `reattach-before-state:${hold}` },
+        env: { ...sandbox.env, ...hold.env },
         stdout: "null",
         stderr: "null",
       }).spawn();
-      await waitFor("reattach to start its server", () => exists(`${hold}.reached`), 60_000);
+      await hold.reached("reattach to start its server");
       const [unrecorded] = mountServersOf(sandbox.runtimeDir);
       assert.ok(unrecorded, "reattach's server runs");
       reattach.kill("SIGKILL");
@@ -77,11 +76,6 @@ Deno.test({
       } catch { /* ended */ }
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) {
-        try {
-          Deno.removeSync(file);
-        } catch { /* gone */ }
-      }
     }
   },
 });

@@ -18,27 +18,25 @@ import {
 import { makeUmociImage } from "./_support/umoci_image.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { pushImage } from "./_support/oci_raw.ts";
-import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
-import { exists, waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
+import { exists } from "./_support/wait.ts";
 
 function workDirsIn(dir: string, prefix: string): string[] {
   return [...Deno.readDirSync(dir)].filter((e) => e.isDirectory && e.name.startsWith(prefix))
     .map((e) => e.name).sort();
 }
 
-/** Starts `args` held at `point` once its work directory exists; returns it and that dir. */
+/** Starts `args` held at `hold` once its work directory exists; returns it and that dir. */
 async function startHeld(
   args: string[],
-  point: string,
-  hold: string,
+  hold: HoldPoint,
   tmpdir: string,
   prefix: string,
 ): Promise<{ run: StartedCli; workDir: string }> {
   const before = new Set(workDirsIn(tmpdir, prefix));
-  Deno.writeTextFileSync(hold, "");
-  const run = startCli(args, { [TEST_HOLD_ENV]: `${point}:${hold}` });
+  const run = startCli(args, hold.env);
   try {
-    await waitFor(`${args[0]} to make its work directory`, () => exists(`${hold}.reached`), 60_000);
+    await hold.reached(`${args[0]} to make its work directory`);
   } catch (error) {
     await stopCli(run);
     throw error;
@@ -68,7 +66,8 @@ async function checkSweep(
 ): Promise<void> {
   let live: StartedCli | undefined;
   try {
-    const dead = await startHeld(args, point, `${scratch}/hold-dead`, tmpdir, prefix);
+    using deadHold = new HoldPoint(point, `${scratch}/hold-dead`);
+    const dead = await startHeld(args, deadHold, tmpdir, prefix);
     Deno.writeFileSync(`${dead.workDir}/layer-0.erofs`, new Uint8Array(1 << 20));
     await killed(dead.run);
     assert.ok(exists(`${dead.workDir}/layer-0.erofs`), "SIGKILL runs no clean-up");
@@ -89,7 +88,8 @@ async function checkSweep(
     const lookalike = `${tmpdir}/${prefix}layout-0123456789ab`;
     Deno.mkdirSync(lookalike);
 
-    const held = await startHeld(args, point, `${scratch}/hold-live`, tmpdir, prefix);
+    using liveHold = new HoldPoint(point, `${scratch}/hold-live`);
+    const held = await startHeld(args, liveHold, tmpdir, prefix);
     live = held.run;
     assert.ok(!exists(dead.workDir), "the killed run's work directory is removed");
     assert.ok(exists(`${foreign}/theirs`), "another user's directory stays");
@@ -103,7 +103,7 @@ async function checkSweep(
     assert.ok(exists(held.workDir), "a live run's work directory stays");
     assert.doesNotMatch(beside.stderr, /removed .* work director/);
 
-    Deno.removeSync(`${scratch}/hold-live`);
+    liveHold.release();
     const finished = await live.result;
     live = undefined;
     assertSuccess(finished);
