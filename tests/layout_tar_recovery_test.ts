@@ -15,7 +15,7 @@ import { layerForRecord, recordForLayer } from "../lib/recovery/layer_record.ts"
 import { formatRecoveryLine, parseRecoveryLine } from "../lib/state/recovery_record.ts";
 import { openLayerSource } from "../lib/mount/layer_source.ts";
 import { openTarIndexSource } from "../lib/mount/tar_index_source.ts";
-import type { LayerSpec } from "../lib/state/runtime.ts";
+import type { LayerSpec } from "../lib/state/mount_spec.ts";
 
 type LocalLayer = Extract<LayerSpec, { kind: "local" }>;
 

@@ -11,7 +11,8 @@ import {
 import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
 import { availableBytesOf } from "../source/disk_cache_fs.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
-import { INDEXED_HERE_DIR, readStates } from "../state/runtime.ts";
+import { INDEXED_HERE_DIR } from "../state/runtime_dirs.ts";
+import { readStates } from "../state/mount_record.ts";
 import { formatBytes, printTable } from "./table.ts";
 
 const DEFAULT_SIZE = formatBytes(DEFAULT_DISK_CACHE_BYTES);

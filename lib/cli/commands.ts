@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { SERVER_COMMAND } from "../state/runtime.ts";
+import { SERVER_COMMAND } from "../state/server_liveness.ts";
 
 /**
  * A command by name; its module is imported only when that command is run (or for `--help`):

@@ -1,6 +1,8 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
-import { controlSocketPath, readStates, serverAlive, serverOf } from "../state/runtime.ts";
+import { controlSocketPath } from "../state/runtime_dirs.ts";
+import { readStates, serverOf } from "../state/mount_record.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import { controlRequest } from "../daemon/control.ts";
 import { fuseRecoveryStatus } from "../daemon/fuse_recovery.ts";
 import type { LayerStats } from "../metrics/layer_stats.ts";

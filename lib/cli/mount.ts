@@ -19,15 +19,9 @@ import {
 import { mountImage } from "../daemon/mount_image.ts";
 import { diskCacheSettings, useDiskCacheSettings } from "../mount/layer_source.ts";
 import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts";
-import {
-  DEFAULT_MOUNT_CACHE_BYTES,
-  INDEX_CACHE_DIR,
-  MIN_LAYER_CACHE_BYTES,
-  type MountState,
-  readStates,
-  serverAlive,
-  serverOf,
-} from "../state/runtime.ts";
+import { DEFAULT_MOUNT_CACHE_BYTES, MIN_LAYER_CACHE_BYTES } from "../state/mount_spec.ts";
+import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
 import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
@@ -43,7 +37,7 @@ import {
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
-import { RUNTIME_ROOT, STATE_ROOT } from "../state/runtime.ts";
+import { INDEX_CACHE_DIR, RUNTIME_ROOT, STATE_ROOT } from "../state/runtime_dirs.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,

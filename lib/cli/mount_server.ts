@@ -1,5 +1,5 @@
 import type { Command } from "./command.ts";
-import { SERVER_COMMAND } from "../state/runtime.ts";
+import { SERVER_COMMAND } from "../state/server_liveness.ts";
 import { runMountServer } from "../daemon/mount_server.ts";
 
 /** The detached per-mount server (`mount` re-executes the program with this command). */

@@ -3,7 +3,7 @@ import { expectPositionals, parseCommandArgs } from "./command.ts";
 import { unmountImage } from "../daemon/unmount_image.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { MountError, UsageError, UserError } from "../errors.ts";
-import { NotMountedError, readStates } from "../state/runtime.ts";
+import { NotMountedError, readStates } from "../state/mount_record.ts";
 import { info, warn } from "../log.ts";
 
 export const umountCommand: Command = {

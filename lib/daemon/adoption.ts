@@ -6,7 +6,8 @@
  * the server watches its parent; once that is gone, it undoes the mounts made since it was
  * ready and stops.
  */
-import { mountDir, readState, statePath } from "../state/runtime.ts";
+import { mountDir } from "../state/runtime_dirs.ts";
+import { readState, statePath } from "../state/mount_record.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import { pathExists } from "../../ffi/files.ts";

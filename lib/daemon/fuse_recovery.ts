@@ -26,7 +26,8 @@ import {
   takeFromKeeper,
 } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
-import { mountDir, type MountSpec, type StoredErofsIdentity } from "../state/runtime.ts";
+import { mountDir } from "../state/runtime_dirs.ts";
+import type { MountSpec, StoredErofsIdentity } from "../state/mount_spec.ts";
 import {
   type ErofsIdentity,
   identityDifferences,

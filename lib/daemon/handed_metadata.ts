@@ -10,7 +10,7 @@
  */
 import type { RegistryClient } from "../oci/client.ts";
 import { RegistryBlob } from "../oci/registry_blob.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import { type EarlyTable, loadTable } from "../verify/layer_tables.ts";
 import type { ChunkTable } from "../verify/chunk_table.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";

@@ -6,14 +6,9 @@
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
 import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
-import {
-  createMountDir,
-  mountDir,
-  type MountSpec,
-  type MountState,
-  removeMountDir,
-  writeState,
-} from "../state/runtime.ts";
+import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
+import type { MountSpec } from "../state/mount_spec.ts";
+import { type MountState, writeState } from "../state/mount_record.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "../mount/mount_options.ts";
 import {
   type MountTarget,
@@ -25,7 +20,8 @@ import { logFormat, warn } from "../log.ts";
 import { mark } from "../timing.ts";
 import { testHold, testPause } from "./test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
-import { killServer, lockMountChanges, serverAlive, type ServerProcess } from "../state/runtime.ts";
+import { killServer, serverAlive, type ServerProcess } from "../state/server_liveness.ts";
+import { lockMountChanges } from "../state/change_locks.ts";
 import { MountError } from "../errors.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
 

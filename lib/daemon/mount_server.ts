@@ -10,9 +10,9 @@ import {
   controlSocketPath,
   keepFailedServerLog,
   logPath,
-  type MountSpec,
   removeMountDir,
-} from "../state/runtime.ts";
+} from "../state/runtime_dirs.ts";
+import type { MountSpec } from "../state/mount_spec.ts";
 import { watchForAdoption, watchForRecord } from "./adoption.ts";
 import { testHold } from "./test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";

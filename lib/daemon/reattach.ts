@@ -9,19 +9,11 @@ import { readSmallFile } from "../../ffi/files.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
 import { testHold } from "./test_pause.ts";
-import {
-  createMountDir,
-  DEFAULT_MOUNT_CACHE_BYTES,
-  type LayerSpec,
-  lockMountChanges,
-  type MountSpec,
-  type MountState,
-  readStates,
-  removeMountDir,
-  serverAlive,
-  tryLockChangesOf,
-  writeState,
-} from "../state/runtime.ts";
+import { createMountDir, removeMountDir } from "../state/runtime_dirs.ts";
+import { DEFAULT_MOUNT_CACHE_BYTES, type LayerSpec, type MountSpec } from "../state/mount_spec.ts";
+import { lockMountChanges, tryLockChangesOf } from "../state/change_locks.ts";
+import { type MountState, readStates, writeState } from "../state/mount_record.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recovery/layer_record.ts";
 import type { Credentials } from "../oci/docker_config.ts";

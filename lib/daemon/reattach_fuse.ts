@@ -14,13 +14,9 @@ import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
 import { testHold } from "./test_pause.ts";
-import {
-  type MountSpec,
-  type MountState,
-  serverAlive,
-  serverOf,
-  writeState,
-} from "../state/runtime.ts";
+import type { MountSpec } from "../state/mount_spec.ts";
+import { type MountState, serverOf, writeState } from "../state/mount_record.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import type { ReattachOptions, ReattachOutcome } from "./reattach.ts";
 import { failureDetail } from "./reattach_detail.ts";
 

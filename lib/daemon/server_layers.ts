@@ -7,7 +7,8 @@ import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata, type PrefetchOptions } from "../source/metadata_prefetch.ts";
 import { QUIET_START } from "../source/background_windows.ts";
 import type { Source } from "../source/source.ts";
-import { MIN_LAYER_CACHE_BYTES, mountDir, type MountSpec } from "../state/runtime.ts";
+import { MIN_LAYER_CACHE_BYTES, type MountSpec } from "../state/mount_spec.ts";
+import { mountDir } from "../state/runtime_dirs.ts";
 import { exportLayer, type LayerExport } from "../mount/exports.ts";
 import {
   type HandedSidecar,

@@ -6,15 +6,14 @@ import type { ReadyMessage } from "./mount_server.ts";
 import { controlRequest } from "./control.ts";
 import { mark } from "../timing.ts";
 import { encodeHandedMetadata, type HandedMetadata } from "./handed_metadata.ts";
+import { controlSocketPath, keepFailedServerLog } from "../state/runtime_dirs.ts";
 import {
-  controlSocketPath,
-  keepFailedServerLog,
   killServer,
-  type MountSpec,
   processStartTicks,
   serverAlive,
   type ServerProcess,
-} from "../state/runtime.ts";
+} from "../state/server_liveness.ts";
+import type { MountSpec } from "../state/mount_spec.ts";
 
 /** How long `mount` waits for the server to attach every layer. */
 const READY_TIMEOUT_MS = 120_000;

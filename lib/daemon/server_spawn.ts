@@ -4,7 +4,7 @@
  * its own modules load (lib/cli/mount_ahead.ts), and every module imported here delays that.
  */
 import { selfCommand } from "./self_exec.ts";
-import { SERVER_COMMAND } from "../state/runtime.ts";
+import { SERVER_COMMAND } from "../state/server_liveness.ts";
 import { mark } from "../timing.ts";
 import { closeInheritedOnExec } from "../../ffi/process.ts";
 import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";

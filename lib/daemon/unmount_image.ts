@@ -8,17 +8,14 @@ import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import {
   findState,
-  lockChangesOf,
-  lockMountChanges,
-  mountDir,
   type MountState,
   notMounted,
   readStates,
-  removeMountDir,
-  serverAlive,
   serverOf,
-  STATE_ROOT,
-} from "../state/runtime.ts";
+} from "../state/mount_record.ts";
+import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
+import { mountDir, removeMountDir, STATE_ROOT } from "../state/runtime_dirs.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";

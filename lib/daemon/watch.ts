@@ -9,7 +9,8 @@ import { closeFd } from "../../ffi/libc.ts";
 import { pollAsync, pollFds, POLLIN } from "../../ffi/io.ts";
 import { pidfdOpen, reapExitedChildren } from "../../ffi/process.ts";
 import { fuseRecoverable } from "./fuse_recovery.ts";
-import { type MountState, readStates, serverAlive, serverOf } from "../state/runtime.ts";
+import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
+import { serverAlive } from "../state/server_liveness.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { reattach, type ReattachOutcome } from "./reattach.ts";
 

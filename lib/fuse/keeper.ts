@@ -17,7 +17,7 @@ import { listDirectory, pathExists, readSmallFile } from "../../ffi/files.ts";
 import { pidfdGetFd, pidfdOpen } from "../../ffi/process.ts";
 import { spawnInNewSession } from "../../ffi/spawn.ts";
 import { MountError } from "../errors.ts";
-import { processStartTicks } from "../state/runtime.ts";
+import { processStartTicks } from "../state/server_liveness.ts";
 
 /** The keeper's argument (68 years): it marks a keeper in its command line, too. */
 export const KEEPER_SLEEP_SECONDS = "2147483647";

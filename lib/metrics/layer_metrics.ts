@@ -2,7 +2,7 @@
  * What a mount server adds to each layer's cache counters in its `stats` reply: the layer's
  * digest, its registry GET latency histogram and what it fetched (fetch_metrics.ts).
  */
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import {
   type BlobFetched,
   blobFetched,

@@ -4,7 +4,7 @@
  * started by `reattach` (or `reattach --watch`) listens at the same address again.
  */
 import type { LayerStats } from "./layer_stats.ts";
-import type { MountSpec } from "../state/runtime.ts";
+import type { MountSpec } from "../state/mount_spec.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { type ListenAddress, parseListenAddress } from "../nbd/address.ts";
 import { info, warn } from "../log.ts";

@@ -6,7 +6,7 @@
  * inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
  * an index rewrites its index.json first, so a mount still starting is not robbed).
  */
-import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "../state/runtime.ts";
+import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { RECOVERY_DIR } from "../state/recovery_store.ts";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;

@@ -8,7 +8,11 @@ import { LocalFile } from "../source/local_file.ts";
 import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { type BlobKey, DiskCache } from "../source/disk_cache.ts";
-import { type DiskCacheSettings, type LayerSpec, readsCheckedByPieces } from "../state/runtime.ts";
+import {
+  type DiskCacheSettings,
+  type LayerSpec,
+  readsCheckedByPieces,
+} from "../state/mount_spec.ts";
 import { tableCacheOrigin, verifiedBlob } from "../verify/layer_tables.ts";
 import {
   loadMetadataRanges,

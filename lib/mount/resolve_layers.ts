@@ -12,7 +12,8 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "../oci/resolve.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
-import { INDEX_CACHE_DIR, type LayerSpec } from "../state/runtime.ts";
+import { INDEX_CACHE_DIR } from "../state/runtime_dirs.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import { OCI_TAR, OCI_TAR_GZIP, tarLayerKind } from "./tar_layers.ts";
 import {
   findTarIndexes,

@@ -21,7 +21,7 @@ import {
   tarDevice,
   type TarDeviceLayout,
 } from "./tar_layout.ts";
-import type { TarIndexSpec } from "../state/runtime.ts";
+import type { TarIndexSpec } from "../state/mount_spec.ts";
 
 /** A layer served through its tar index, with the compressed blob's cache statistics. */
 export interface TarIndexedSource extends Source {

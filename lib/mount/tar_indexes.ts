@@ -10,7 +10,8 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
-import { INDEXED_HERE_DIR, type TarIndexOrigin, type TarIndexSpec } from "../state/runtime.ts";
+import { INDEXED_HERE_DIR } from "../state/runtime_dirs.ts";
+import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";

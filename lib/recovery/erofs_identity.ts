@@ -16,7 +16,7 @@ import {
 } from "../erofs/superblock.ts";
 import { statFs } from "../../ffi/files.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
-import type { StoredErofsIdentity } from "../state/runtime.ts";
+import type { StoredErofsIdentity } from "../state/mount_spec.ts";
 
 /** The superblock facts statfs exposes. */
 export interface ErofsIdentity {

@@ -8,7 +8,7 @@ import { RegistryClient } from "../oci/client.ts";
 import { DIGEST_PATTERN, parseReference } from "../oci/reference.ts";
 import { selectLayers } from "../oci/layers.ts";
 import { REGISTRY_CONFIG_DIR_ENV } from "../oci/hosts_config.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";

@@ -2,7 +2,7 @@
 import { OciError } from "../errors.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { parseReference } from "../oci/reference.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 

@@ -15,7 +15,7 @@ import {
   TAR_INDEX_ORIGINS,
   type TarIndexOrigin,
   type TarIndexSpec,
-} from "../state/runtime.ts";
+} from "../state/mount_spec.ts";
 import { readRegularFile } from "../../ffi/files.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { CachedSource } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
 import type { Source } from "../source/source.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import { encodeTrace } from "./format.ts";
 import { pinningPrefetchTarget } from "./pinned_target.ts";
 import { PREFETCH_FILE_ENV, ServerTraceHooks } from "./server_hooks.ts";

@@ -4,7 +4,7 @@
  * PREFETCH_FILE_ENV). A missing or refused trace never fails the mount: it only warns.
  */
 import type { RegistryClient } from "../oci/client.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import { warn } from "../log.ts";
 import { findTrace } from "./artifact.ts";
 import { parseTrace, rangesForLayers } from "./format.ts";

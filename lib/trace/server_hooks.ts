@@ -6,7 +6,7 @@
  * - PREFETCH_FILE_ENV=PATH: a trace `mount` found; once the metadata is in, its ranges are
  *   read in order through each registry layer's caches ahead of the application.
  */
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import type { Source } from "../source/source.ts";
 import { encodeTrace, parseTrace, rangesForLayers } from "./format.ts";
 import { type PrefetchProgress, type PrefetchTarget, TracePrefetcher } from "./prefetch.ts";

@@ -11,7 +11,7 @@ import { ChunkMismatchError, VerifiedSource } from "./verified_source.ts";
 import { digestOf } from "../oci/digest.ts";
 import type { Source } from "../source/source.ts";
 import { patternBytes } from "../../tests/_support/memory_source.ts";
-import type { LayerSpec } from "../state/runtime.ts";
+import type { LayerSpec } from "../state/mount_spec.ts";
 import { recordForLayer, unverifiedLayer } from "../recovery/layer_record.ts";
 import { type BlobRangeReader, RegistryBlob } from "../oci/registry_blob.ts";
 import { intoOf, type RetryHolder, retryHolderOf } from "../oci/blob_range.ts";

@@ -1,0 +1,129 @@
+/**
+ * Runtime state of active mounts under /run/erofs-oci (created on demand, so the first mount
+ * after boot works like every other). One directory per mount holds `state.json`, the server
+ * log and the control socket.
+ */
+import { MountError } from "../errors.ts";
+import { Errno, SysError } from "../../ffi/libc.ts";
+import { changeableBy } from "../../ffi/trusted_path.ts";
+
+export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
+export const MOUNTS_DIR = `${resolved(RUNTIME_ROOT)}/mounts`;
+
+/**
+ * `path` with the symlinks of its existing part resolved: mounts under the runtime dir are
+ * unmounted without following symlinks (see unmount_pinned.ts), so a root such as
+ * /var/run/erofs-oci (/var/run is a symlink to /run) is resolved once, here.
+ */
+function resolved(path: string): string {
+  const parts = path.split("/");
+  for (let end = parts.length; end > 1; end--) {
+    try {
+      return [Deno.realPathSync(parts.slice(0, end).join("/")), ...parts.slice(end)].join("/");
+    } catch { /* not there yet: try the parent */ }
+  }
+  return path;
+}
+
+/**
+ * Durable state (survives reboots of the runtime dir): index files of tar layers fetched from
+ * registries live in `STATE_ROOT/index/LAYER/`, where reattach finds them again.
+ */
+export const STATE_ROOT = Deno.env.get("EROFS_OCI_STATE_DIR") ?? "/var/lib/erofs-oci";
+export const INDEX_CACHE_DIR = `${STATE_ROOT}/index`;
+/**
+ * Indexes `mount --index-missing` made on this host, `LAYER/` each: the only copy of them, so
+ * not under INDEX_CACHE_DIR, whose unreferenced directories are pruned.
+ */
+export const INDEXED_HERE_DIR = `${STATE_ROOT}/indexed-here`;
+
+export function mountDir(id: string): string {
+  return `${MOUNTS_DIR}/${id}`;
+}
+
+export function controlSocketPath(id: string): string {
+  return `${mountDir(id)}/control.sock`;
+}
+
+export function logPath(id: string): string {
+  return `${mountDir(id)}/server.log`;
+}
+
+/** How many logs of servers that failed to start are kept (the oldest go first). */
+const KEPT_FAILED_LOGS = 10;
+
+/**
+ * Copies the log of a server that failed to start out of its mount's runtime dir, which the
+ * failed mount's undo removes, so an error can point at it. Returns the copy's path, or
+ * undefined when there was no log to keep.
+ */
+export function keepFailedServerLog(id: string): string | undefined {
+  const dir = `${resolved(RUNTIME_ROOT)}/failed`;
+  const kept = `${dir}/${id}.server.log`;
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.copyFileSync(logPath(id), kept);
+    const logs = [...Deno.readDirSync(dir)]
+      .filter((entry) => entry.isFile && entry.name.endsWith(".server.log"))
+      .map((entry) => ({ path: `${dir}/${entry.name}`, mtimeMs: mtimeMs(`${dir}/${entry.name}`) }))
+      .sort((a, b) => b.mtimeMs - a.mtimeMs);
+    for (const old of logs.slice(KEPT_FAILED_LOGS)) Deno.removeSync(old.path);
+    return kept;
+  } catch {
+    return undefined;
+  }
+}
+
+function mtimeMs(path: string): number {
+  try {
+    return Deno.statSync(path).mtime?.getTime() ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+let runtimeRootTrusted = false;
+
+/**
+ * Refuses (as root) a runtime dir another user can change: root reads its mount records and
+ * acts on them (`umount --all` unmounts what they name), and a user who made
+ * EROFS_OCI_RUNTIME_DIR first (under /tmp) planted one that had root unmount a file system of
+ * its choice (a helper's repro). Not there yet is fine: it is made root's, 0700.
+ */
+export function checkRuntimeRoot(): void {
+  if (runtimeRootTrusted || Deno.uid() !== 0) return;
+  let changeable;
+  try {
+    changeable = changeableBy(resolved(RUNTIME_ROOT), true);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ENOENT) return;
+    throw error;
+  }
+  if (changeable) {
+    throw new MountError(
+      `runtime directory ${RUNTIME_ROOT} is not root's alone: ${changeable.dir} can be changed ` +
+        `by ${changeable.by}, so its mount records are not trusted`,
+      "set EROFS_OCI_RUNTIME_DIR to a directory only root can change (default /run/erofs-oci)",
+    );
+  }
+  runtimeRootTrusted = true;
+}
+
+/** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
+export function createMountDir(): string {
+  checkRuntimeRoot();
+  Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(RUNTIME_ROOT, 0o700);
+  checkRuntimeRoot();
+  const id = crypto.randomUUID().slice(0, 8);
+  Deno.mkdirSync(mountDir(id), { mode: 0o700 });
+  return id;
+}
+
+export function removeMountDir(id: string): void {
+  try {
+    Deno.removeSync(mountDir(id), { recursive: true });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+}
