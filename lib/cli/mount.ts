@@ -1,11 +1,7 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
-import { MountError, UsageError } from "../errors.ts";
-import { parseReference } from "../oci/reference.ts";
-import { openRegistry, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
-import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
-import { discardManifestAhead, takeManifestAhead } from "./manifest_ahead.ts";
-import { parseSize } from "./size.ts";
+import { MountError } from "../errors.ts";
+import { REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
+import { discardManifestAhead } from "./manifest_ahead.ts";
 import { info } from "../log.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import {
@@ -20,47 +16,21 @@ import { mountImage } from "../daemon/mount_image.ts";
 import { diskCacheSettings, useDiskCacheSettings } from "../mount/layer_source.ts";
 import { spawnServer, takeServerSpawnedAhead } from "../daemon/server_process.ts";
 import { DEFAULT_MOUNT_CACHE_BYTES, MIN_LAYER_CACHE_BYTES } from "../state/mount_spec.ts";
-import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
-import { serverAlive } from "../state/server_liveness.ts";
-import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
-import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
-import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
-import { withLocalPathHint } from "./local_path_hint.ts";
+import type { MountTrust } from "../mount/mount_options.ts";
 import { foreignIndexNotices } from "../mount/tar_indexes.ts";
 import { overlayLayerLimit, upperWorkBytes } from "../mount/overlay.ts";
-import {
-  isLocalImage,
-  type ResolvedLayers,
-  resolveLayoutImage,
-  resolveLocalImage,
-  resolveRegistryImage,
-  type TarIndexSources,
-} from "../mount/resolve_layers.ts";
-import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
-import { INDEX_CACHE_DIR, RUNTIME_ROOT, STATE_ROOT } from "../state/runtime_dirs.ts";
-import {
-  forgetTracePrefetch,
-  lookUpTrace,
-  prepareTracePrefetch,
-  type TraceLookup,
-} from "../trace/mount_lookup.ts";
-import {
-  type EarlyMetadata,
-  fetchMetadataEarly,
-  fetchMetadataForServer,
-  type HandedMetadata,
-} from "../daemon/handed_metadata.ts";
+import { forgetTracePrefetch } from "../trace/mount_lookup.ts";
 import { mark } from "../timing.ts";
-import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
-import { LayerProgress } from "./progress.ts";
-import { catchInterrupts, onInterrupt, takeInterruptsAhead } from "./interrupt.ts";
+import { catchInterrupts, takeInterruptsAhead } from "./interrupt.ts";
 import { abortable } from "../source/abortable.ts";
-
-function parseMountArgs(argv: string[]) {
-  return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
-}
-
-type MountValues = ReturnType<typeof parseMountArgs>["values"];
+import {
+  type MountValues,
+  readMountArgs,
+  refuseOurMountPoint,
+  refuseSwappedArguments,
+} from "./mount_args.ts";
+import { resolveForMount } from "./mount_resolve.ts";
+import { watchForeground } from "./mount_foreground.ts";
 
 export const mountCommand: Command = {
   name: "mount",
@@ -143,42 +113,7 @@ are not written and are looked up again at reattach. The file is removed by umou
 };
 
 async function runMount(argv: string[]): Promise<number> {
-  const { values, positionals } = parseMountArgs(argv);
-  const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
-  const layer = parseLayerIndex("mount", values.layer);
-  if ((values.upper === undefined) !== (values.work === undefined)) {
-    throw new UsageError("mount: --upper and --work go together");
-  }
-  const cacheBytes = values["cache-size"] === undefined
-    ? DEFAULT_MOUNT_CACHE_BYTES
-    : parseSize(values["cache-size"], "--cache-size");
-  if (cacheBytes < MIN_LAYER_CACHE_BYTES) {
-    // Each layer's cache holds at least that much whatever was asked (server_layers.ts).
-    throw new UsageError(
-      `mount: --cache-size ${values["cache-size"]} is below the least a mount uses (` +
-        `${MIN_LAYER_CACHE_BYTES >> 20}M)`,
-    );
-  }
-  const trust = parseMountTrust(values, values.options);
-  if (values["fetch-all"] && values["no-disk-cache"]) {
-    throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
-  }
-  if (values["metrics-listen"] !== undefined) checkMetricsListen(values["metrics-listen"]);
-  // The options over what the environment says; the detached server inherits the result.
-  const disk = diskCacheSettings();
-  if (values["fetch-all"]) disk.fetchAll = true;
-  if (values["no-disk-cache"]) disk.maxBytes = 0;
-  else if (values["disk-cache-size"] !== undefined) {
-    disk.maxBytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
-    if (disk.maxBytes === 0 && values["fetch-all"]) {
-      throw new UsageError(
-        "mount: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
-      );
-    }
-  }
-  if (values["disk-cache-keep-free"] !== undefined) {
-    disk.keepFreeBytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
-  }
+  const { image, dir, values, layer, cacheBytes, trust, disk } = readMountArgs(argv);
   useDiskCacheSettings(disk);
   checkRoot();
   if (values.upper !== undefined) {
@@ -207,71 +142,6 @@ async function runMount(argv: string[]): Promise<number> {
   }
 }
 
-/**
- * --metrics-listen checked where the user sees the answer: a bad address is a usage error, and
- * one that cannot be taken (a port in use, a missing directory, a path that is not a socket or
- * is another server's) a refusal before anything starts. Binding and closing leaves the address
- * free for another process meanwhile (a concurrent mount with the same one): the server's own
- * bind then fails the mount before it is ready (startServerMetrics); this is the fast case.
- */
-function checkMetricsListen(spec: string): void {
-  const addr = parseListenAddress(spec, "--metrics-listen");
-  const where = addr.transport === "tcp" ? `${addr.hostname}:${addr.port}` : addr.path;
-  try {
-    if (addr.transport === "tcp") {
-      if (addr.port !== 0) Deno.listen({ hostname: addr.hostname, port: addr.port }).close();
-    } else {
-      const slash = addr.path.lastIndexOf("/");
-      const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
-      // The runtime dir and those below it are made by the mount itself.
-      const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
-      if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
-      // A file or directory there, or another server's socket (a leftover one goes).
-      claimSocketPath(addr.path);
-    }
-  } catch (error) {
-    throw metricsListenRefusal(spec, `cannot listen on ${where}: ${(error as Error).message}`);
-  }
-}
-
-/**
- * `mount DIR IMAGE`, the order swapped: said so, instead of "DIR does not exist: mkdir -p" (a
- * directory named like the reference, then "a directory, not an image").
- */
-function refuseSwappedArguments(image: string, dir: string): void {
-  try {
-    Deno.statSync(dir);
-    return; // DIR exists: whatever it is, checkMountTarget judges it
-  } catch { /* missing: maybe a reference */ }
-  try {
-    if (!Deno.statSync(image).isDirectory) return;
-    parseReference(dir);
-  } catch {
-    return;
-  }
-  throw new UsageError(
-    `mount: ${image} is a directory and ${dir} an image reference: IMAGE comes first`,
-    `erofs-oci mount ${dir} ${image}`,
-  );
-}
-
-/** DIR holding one of our mounts: said so (it was "not empty", which hid why). */
-function refuseOurMountPoint(dir: string): void {
-  let real: string;
-  try {
-    real = Deno.realPathSync(dir);
-  } catch {
-    return; // checkMountTarget says what is wrong with it
-  }
-  const ours = readStates().find((state) => state.target === real);
-  if (ours) {
-    throw new MountError(
-      `${dir} is already mounted by erofs-oci (${ours.image})`,
-      `unmount it first: erofs-oci umount ${dir}`,
-    );
-  }
-}
-
 interface MountAtOptions {
   cacheBytes: number;
   layer?: number;
@@ -280,41 +150,6 @@ interface MountAtOptions {
   signal?: AbortSignal;
   /** Called once the mount is complete (an interrupt no longer undoes it). */
   mounted?: () => void;
-}
-
-/** A progress line per layer `--index-missing` reads whole (on a terminal only). */
-function indexProgress(): Pick<TarIndexSources, "onIndexBytes" | "onIndexed"> {
-  const progress = new LayerProgress("indexing");
-  return {
-    onIndexBytes: (layer, doneBytes) => progress.update(layer, doneBytes),
-    onIndexed: () => progress.finish(),
-  };
-}
-
-function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSources {
-  if (values.zinfo !== undefined && values.tarindex === undefined) {
-    throw new UsageError("mount: --zinfo goes with --tarindex");
-  }
-  const absolute = (path: string, what: string) => {
-    try {
-      return realPathTrusted(path); // another user's symlink would pick a file of root's
-    } catch (error) {
-      if (error instanceof UntrustedSymlinkError) throw error;
-      throw new UsageError(`mount: cannot open ${what} ${path}: ${(error as Error).message}`);
-    }
-  };
-  return {
-    cacheDir: INDEX_CACHE_DIR,
-    indexMissing: values["index-missing"] ?? false,
-    requireVerified: values["require-verified"] ?? false,
-    signal,
-    ...indexProgress(),
-    dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
-    files: values.tarindex === undefined ? undefined : {
-      meta: absolute(values.tarindex, "--tarindex"),
-      zinfo: values.zinfo === undefined ? undefined : absolute(values.zinfo, "--zinfo"),
-    },
-  };
 }
 
 async function mountAt(
@@ -401,175 +236,4 @@ async function resolveAndMount(
   for (const notice of foreignIndexNotices(resolved.layers)) info(notice);
   if (foreground) await foreground();
   return 0;
-}
-
-/**
- * `mount --foreground` after the mount: waits while the server runs; Ctrl-C, SIGTERM or a
- * hangup unmount DIR and stop the server (umount), as stopping a foreground mount means. Before,
- * the server stopped on the terminal's Ctrl-C by itself and left DIR mounted on a FUSE file
- * nobody served. Watches from the call; the function it returns waits.
- */
-function watchForeground(state: MountState, caught?: AbortSignal): () => Promise<void> {
-  let unmounting: Promise<void> | undefined;
-  const unmount = () => {
-    unmounting ??= (async () => {
-      const { umountCommand } = await import("./umount.ts");
-      try {
-        await umountCommand.run([state.target]);
-      } catch (error) {
-        // Busy (a reader inside): detached now, gone once the last user leaves.
-        info(`${(error as Error).message}; detaching it (--lazy)`);
-        await umountCommand.run([state.target, "--lazy"]);
-      }
-    })();
-  };
-  const stopWatching = onInterrupt(unmount);
-  return async () => {
-    try {
-      if (caught?.aborted) unmount();
-      while (!unmounting && serverAlive(serverOf(state))) {
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      await unmounting;
-    } finally {
-      stopWatching();
-    }
-  };
-}
-
-/** The image's layers and what the server is handed with them (credentials, metadata, trace). */
-async function resolveForMount(
-  image: string,
-  values: MountValues,
-  layer: number | undefined,
-  signal?: AbortSignal,
-): Promise<{
-  resolved: ResolvedLayers;
-  credentials?: { username: string; password: string };
-  prefetchFile?: string;
-  metadata?: Promise<HandedMetadata>;
-}> {
-  let resolved: ResolvedLayers;
-  let credentials: { username: string; password: string } | undefined;
-  let prefetchFile: string | undefined;
-  let metadata: Promise<HandedMetadata> | undefined;
-  const selection = { layer, blob: values.blob, anyMediaType: values["any-media-type"] };
-  const indexes = tarIndexSources(values, signal);
-  const fromLayout = await resolveLayoutImage(image, values.platform, selection, indexes);
-  if (fromLayout) {
-    resolved = fromLayout;
-  } else if (isLocalImage(image)) {
-    // A file is one image: these pick from a registry image or layout, and were ignored (a
-    // --blob meant as a pin of the content went unchecked).
-    const picked = [
-      layer !== undefined && layer !== 0 ? "--layer" : undefined,
-      values.blob !== undefined ? "--blob" : undefined,
-      values.platform !== undefined ? "--platform" : undefined,
-    ].filter((option) => option !== undefined);
-    if (picked.length > 0) {
-      throw new UsageError(
-        `mount: ${picked.join(", ")} picks from a registry image or an oci: layout; ${image} is ` +
-          "a local file (one image)",
-        "leave it out, or mount the image from its registry or layout",
-      );
-    }
-    resolved = await resolveLocalImage(image, indexes);
-  } else {
-    const opened = await openRegistry("mount", image, values);
-    credentials = opened.credentials;
-    // The manifest GET started before mount's modules loaded (manifest_ahead.ts), when it
-    // was for this image through a client like this one: its client goes on.
-    const ahead = opened.credentials ? undefined : takeManifestAhead({
-      image,
-      plainHttp: opened.plainHttp,
-      insecure: opened.insecure,
-    });
-    if (ahead) opened.client = ahead.client;
-    const client = opened.client;
-    const repository = opened.ref.repository;
-    // The chain to the server's pinned metadata is manifest -> chunk table -> metadata GET;
-    // the table and then the metadata (and the trace lookup the spec waits for) are fetched as
-    // soon as the manifest is there, side by side with its config blob and the layers' heads.
-    // Cancelled when the mount fails first.
-    // The GETs started while resolving (the metadata hand-over's): a Ctrl-C ends them too, or
-    // the undo waited for a stalled one (~50 s).
-    const abortEarly = new AbortController();
-    const abortOnInterrupt = () => abortEarly.abort(signal?.reason);
-    signal?.addEventListener("abort", abortOnInterrupt, { once: true });
-    let earlyTables: Map<string, EarlyTable> | undefined;
-    let earlyMetadata: EarlyMetadata | undefined;
-    let traceLookup: TraceLookup | undefined;
-    try {
-      resolved = await resolveRegistryImage(
-        opened,
-        selection,
-        indexes,
-        (manifest, chosen) => {
-          mark("cli: manifest fetched");
-          if (!values["no-prefetch"]) {
-            traceLookup = lookUpTrace(client, repository, manifest.digest);
-          }
-          earlyTables = fetchBoundTables(client, repository, manifest, chosen, STATE_ROOT);
-          earlyMetadata = fetchMetadataEarly(client, repository, earlyTables, chosen, {
-            signal: abortEarly.signal,
-          });
-        },
-        ahead?.top,
-        STATE_ROOT,
-      ).catch((error) => {
-        throw withLocalPathHint(image, error);
-      });
-      mark("cli: image resolved");
-      // The table and the trace lookups are independent round trips: side by side.
-      const layers = resolved.layers;
-      const tablesAttached = attachChunkTables(
-        client,
-        repository,
-        resolved.manifestDigest,
-        layers,
-        {
-          requireVerified: values["require-verified"],
-          stateDir: STATE_ROOT,
-          early: earlyTables,
-        },
-      );
-      const early = earlyMetadata;
-      metadata = tablesAttached.then(
-        () => fetchMetadataForServer(client, layers, early),
-        () => [], // the table error is reported below
-      );
-      const [tables, trace] = await Promise.allSettled([
-        tablesAttached,
-        values["no-prefetch"] ? Promise.resolve(undefined) : prepareTracePrefetch(
-          client,
-          repository,
-          resolved.manifestDigest,
-          resolved.layers,
-          {
-            subset: layer !== undefined || values.blob !== undefined,
-            // Looked up for this manifest (the hook's is the one resolved), else looked up now.
-            lookup: traceLookup,
-          },
-        ),
-      ]);
-      mark("cli: chunk tables, trace lookup");
-      if (trace.status === "fulfilled") prefetchFile = trace.value;
-      if (tables.status === "rejected" || trace.status === "rejected") {
-        forgetTracePrefetch(prefetchFile);
-        throw tables.status === "rejected"
-          ? tables.reason
-          : (trace as PromiseRejectedResult).reason;
-      }
-    } catch (error) {
-      abortEarly.abort();
-      throw error;
-    } finally {
-      signal?.removeEventListener("abort", abortOnInterrupt);
-      // The client closes once nothing started on it is still running.
-      const running = [...(earlyMetadata?.values() ?? [])].map((m) => m.bytes as Promise<unknown>);
-      if (traceLookup) running.push(traceLookup);
-      Promise.allSettled([metadata, ...running]).finally(() => client.close());
-    }
-  }
-  return { resolved, credentials, prefetchFile, metadata };
 }

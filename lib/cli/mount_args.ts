@@ -1,0 +1,145 @@
+/**
+ * `mount`'s command line read and checked: the options' values, and the refusals of what
+ * cannot work (options that do not go together, a size below the least, a metrics address that
+ * cannot be taken, IMAGE and DIR swapped, DIR holding one of our mounts) before anything is set
+ * up.
+ */
+import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
+import { MountError, UsageError } from "../errors.ts";
+import { parseReference } from "../oci/reference.ts";
+import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
+import { parseSize } from "./size.ts";
+import { diskCacheSettings } from "../mount/layer_source.ts";
+import {
+  DEFAULT_MOUNT_CACHE_BYTES,
+  type DiskCacheSettings,
+  MIN_LAYER_CACHE_BYTES,
+} from "../state/mount_spec.ts";
+import { readStates } from "../state/mount_record.ts";
+import { RUNTIME_ROOT } from "../state/runtime_dirs.ts";
+import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
+import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
+import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
+
+function parseMountArgs(argv: string[]) {
+  return parseCommandArgs("mount", argv, MOUNT_OPTIONS);
+}
+
+export type MountValues = ReturnType<typeof parseMountArgs>["values"];
+
+/** What `mount IMAGE DIR [options]` asks for, its options checked. */
+export interface MountArgs {
+  image: string;
+  dir: string;
+  values: MountValues;
+  layer?: number;
+  cacheBytes: number;
+  trust: MountTrust;
+  /** The disk cache options over what the environment says (for useDiskCacheSettings). */
+  disk: DiskCacheSettings;
+}
+
+export function readMountArgs(argv: string[]): MountArgs {
+  const { values, positionals } = parseMountArgs(argv);
+  const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
+  const layer = parseLayerIndex("mount", values.layer);
+  if ((values.upper === undefined) !== (values.work === undefined)) {
+    throw new UsageError("mount: --upper and --work go together");
+  }
+  const cacheBytes = values["cache-size"] === undefined
+    ? DEFAULT_MOUNT_CACHE_BYTES
+    : parseSize(values["cache-size"], "--cache-size");
+  if (cacheBytes < MIN_LAYER_CACHE_BYTES) {
+    // Each layer's cache holds at least that much whatever was asked (server_layers.ts).
+    throw new UsageError(
+      `mount: --cache-size ${values["cache-size"]} is below the least a mount uses (` +
+        `${MIN_LAYER_CACHE_BYTES >> 20}M)`,
+    );
+  }
+  const trust = parseMountTrust(values, values.options);
+  if (values["fetch-all"] && values["no-disk-cache"]) {
+    throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
+  }
+  if (values["metrics-listen"] !== undefined) checkMetricsListen(values["metrics-listen"]);
+  // The options over what the environment says; the detached server inherits the result.
+  const disk = diskCacheSettings();
+  if (values["fetch-all"]) disk.fetchAll = true;
+  if (values["no-disk-cache"]) disk.maxBytes = 0;
+  else if (values["disk-cache-size"] !== undefined) {
+    disk.maxBytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
+    if (disk.maxBytes === 0 && values["fetch-all"]) {
+      throw new UsageError(
+        "mount: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
+      );
+    }
+  }
+  if (values["disk-cache-keep-free"] !== undefined) {
+    disk.keepFreeBytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
+  }
+  return { image, dir, values, layer, cacheBytes, trust, disk };
+}
+
+/**
+ * --metrics-listen checked where the user sees the answer: a bad address is a usage error, and
+ * one that cannot be taken (a port in use, a missing directory, a path that is not a socket or
+ * is another server's) a refusal before anything starts. Binding and closing leaves the address
+ * free for another process meanwhile (a concurrent mount with the same one): the server's own
+ * bind then fails the mount before it is ready (startServerMetrics); this is the fast case.
+ */
+function checkMetricsListen(spec: string): void {
+  const addr = parseListenAddress(spec, "--metrics-listen");
+  const where = addr.transport === "tcp" ? `${addr.hostname}:${addr.port}` : addr.path;
+  try {
+    if (addr.transport === "tcp") {
+      if (addr.port !== 0) Deno.listen({ hostname: addr.hostname, port: addr.port }).close();
+    } else {
+      const slash = addr.path.lastIndexOf("/");
+      const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
+      // The runtime dir and those below it are made by the mount itself.
+      const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
+      if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
+      // A file or directory there, or another server's socket (a leftover one goes).
+      claimSocketPath(addr.path);
+    }
+  } catch (error) {
+    throw metricsListenRefusal(spec, `cannot listen on ${where}: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * `mount DIR IMAGE`, the order swapped: said so, instead of "DIR does not exist: mkdir -p" (a
+ * directory named like the reference, then "a directory, not an image").
+ */
+export function refuseSwappedArguments(image: string, dir: string): void {
+  try {
+    Deno.statSync(dir);
+    return; // DIR exists: whatever it is, checkMountTarget judges it
+  } catch { /* missing: maybe a reference */ }
+  try {
+    if (!Deno.statSync(image).isDirectory) return;
+    parseReference(dir);
+  } catch {
+    return;
+  }
+  throw new UsageError(
+    `mount: ${image} is a directory and ${dir} an image reference: IMAGE comes first`,
+    `erofs-oci mount ${dir} ${image}`,
+  );
+}
+
+/** DIR holding one of our mounts: said so (it was "not empty", which hid why). */
+export function refuseOurMountPoint(dir: string): void {
+  let real: string;
+  try {
+    real = Deno.realPathSync(dir);
+  } catch {
+    return; // checkMountTarget says what is wrong with it
+  }
+  const ours = readStates().find((state) => state.target === real);
+  if (ours) {
+    throw new MountError(
+      `${dir} is already mounted by erofs-oci (${ours.image})`,
+      `unmount it first: erofs-oci umount ${dir}`,
+    );
+  }
+}
