@@ -130,6 +130,8 @@ Deno.test({
       const started = Date.now();
       assertEquals(await s.stop(), 0, s.stderr());
       ok(Date.now() - started < 5000, `stop took ${Date.now() - started} ms`);
+      // The unix socket is root's only: no TCP exposure warning.
+      ok(!s.stderr().includes("serving over TCP"), s.stderr());
     } finally {
       for (const c of hostile) c.close();
     }
@@ -144,8 +146,9 @@ Deno.test({
     const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
       args: ["serve", BASIC, "--listen", "tcp:127.0.0.1:0"],
       stdout: "piped",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
+    const stderr = new Response(child.stderr).text();
     try {
       const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
       let out = "";
@@ -161,11 +164,18 @@ Deno.test({
       child.kill("SIGINT");
       assertEquals((await child.status).code, 0);
       await reader.cancel();
+      // Whoever can connect reads every block: the operator is told once, at start.
+      assertEquals(
+        (await stderr).match(/serving over TCP: any local user .* can read the whole image/g)
+          ?.length,
+        1,
+      );
     } finally {
       try {
         child.kill("SIGKILL");
       } catch { /* exited */ }
       await child.status;
+      await stderr.catch(() => {});
       await Deno.remove(dir, { recursive: true });
     }
   },

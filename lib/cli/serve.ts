@@ -51,7 +51,10 @@ Every client gets its own connection; all share one read cache. Prints the NBD U
 stdout, then runs until SIGINT or SIGTERM (which remove the unix socket).
 
 Options:
-  --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0)
+  --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0).
+                       A unix socket is root's only (mode 0600); over TCP every local
+                       user, and every host that reaches HOST:PORT, reads the whole
+                       image, files only root may read inside it included
   --cache-size SIZE    read cache bound, e.g. 256M (default ${formatBytes(DEFAULT_CACHE_BYTES)})
   --disk-cache-size SIZE  bound of the host's disk cache of registry blobs, shared with
                        mounts, in $EROFS_OCI_CACHE_DIR (default /var/cache/erofs-oci, ${
@@ -237,6 +240,13 @@ Example:
       });
       uri = server.uri;
       console.log(server.uri);
+      // NBD has no users: a TCP client reads every block, whatever the image's file modes.
+      if (listen.transport === "tcp") {
+        warn(
+          `serving over TCP: any local user (and any host reaching ${server.uri}) can read ` +
+            "the whole image, root-only files in it included; --listen unix:PATH keeps it to root",
+        );
+      }
       info(`serving ${image} (${formatBytes(cache.size)}) at ${server.uri}; Ctrl-C stops`);
       await stopped;
       await server.close();
