@@ -98,8 +98,11 @@ export function listenUnix(path: string): { listener: Deno.Listener; socket: Own
   return { listener: bindPrivately(path), socket: ownSocket(path) };
 }
 
-/** A unix listener at `path` whose socket file is created 0600 (no moment open to others). */
-function bindPrivately(path: string): Deno.Listener {
+/**
+ * A unix listener at `path` whose socket file is created 0600 whatever the umask (no moment
+ * open to others): whoever may connect reads what is served, or controls a mount's server.
+ */
+export function bindPrivately(path: string): Deno.Listener {
   const previous = libc().umask(0o177);
   try {
     return Deno.listen({ transport: "unix", path });
