@@ -15,6 +15,7 @@ import {
   removeOwnSocket,
 } from "../nbd/address.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./prometheus.ts";
+import { hostAllowed, RENDER_REUSE_MS, sharedRender } from "./scrape_guard.ts";
 import { UserError } from "../errors.ts";
 import { throttledWarning } from "../log.ts";
 import { acceptEach } from "../nbd/accept_loop.ts";
@@ -42,10 +43,20 @@ const MAX_HEAD_BYTES = 16 * 1024;
 /** A flood fails accept again and again: one warning per this long. */
 const ACCEPT_WARN_EVERY_MS = 10_000;
 
+/**
+ * Serves the text `render` returns at `addr`, one render shared by the scrapes of `reuseMs`
+ * (sharedRender). A TCP scrape whose Host header names neither an address, localhost, the
+ * listen address nor this machine is refused (hostAllowed).
+ */
 export function serveMetrics(
   addr: ListenAddress,
-  produce: () => Promise<string>,
+  render: () => Promise<string>,
+  reuseMs = RENDER_REUSE_MS,
 ): MetricsEndpoint {
+  const produce = sharedRender(render, reuseMs);
+  const allowedHost = addr.transport === "tcp"
+    ? (host: string | undefined) => hostAllowed(host, addr.hostname)
+    : () => true;
   const where = addr.transport === "unix" ? addr.path : `${bracketed(addr.hostname)}:${addr.port}`;
   let listener: Deno.Listener;
   let socket: OwnSocket | undefined;
@@ -74,11 +85,13 @@ export function serveMetrics(
     const slot = { openedMs: Date.now(), headRead: false };
     open.set(conn, slot);
     const deadline = setTimeout(() => closeQuietly(conn), CONNECTION_DEADLINE_MS);
-    answer(conn, produce, slot).catch(() => {/* the client went away */}).finally(() => {
-      clearTimeout(deadline);
-      open.delete(conn);
-      closeQuietly(conn);
-    });
+    answer(conn, produce, allowedHost, slot).catch(() => {/* the client went away */}).finally(
+      () => {
+        clearTimeout(deadline);
+        open.delete(conn);
+        closeQuietly(conn);
+      },
+    );
   }, {
     stop: stop.signal,
     onFailure: (reason) => acceptWarning(`metrics: cannot accept a scraper (${reason}); retrying`),
@@ -122,6 +135,7 @@ function evictHeadless(open: Map<Deno.Conn, { openedMs: number; headRead: boolea
 async function answer(
   conn: Deno.Conn,
   produce: () => Promise<string>,
+  allowedHost: (host: string | undefined) => boolean,
   slot: { headRead: boolean },
 ): Promise<void> {
   // A connection that sends no request soon gives its slot back (slots are few).
@@ -141,6 +155,9 @@ async function answer(
   // Origin form (/metrics), or absolute form (http://host/metrics: clients sent through a proxy).
   const path = target.replace(/^https?:\/\/[^/]*/i, "").replace(/\?.*$/, "") || "/";
   if (path !== "/metrics" && path !== "/") return respond(conn, 404, "not found: try /metrics\n");
+  if (!allowedHost(/^host:(.*)$/im.exec(head)?.[1])) {
+    return respond(conn, 403, "forbidden: scrape by IP address, localhost or this host's name\n");
+  }
   let text: string;
   try {
     text = await produce();
@@ -174,6 +191,7 @@ async function readHead(conn: Deno.Conn): Promise<string | undefined> {
 const REASONS: Record<number, string> = {
   200: "OK",
   400: "Bad Request",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   500: "Internal Server Error",
