@@ -15,19 +15,39 @@ export function changeableBy(
   path: string,
   self = false,
 ): { dir: string; by: string } | undefined {
-  let below = statPath(path);
-  if (self && (below.uid !== 0 || (below.mode & 0o022) !== 0)) {
-    return { dir: path, by: below.uid !== 0 ? `uid ${below.uid}` : "other users" };
+  const info = statPath(path);
+  if (self && (info.uid !== 0 || (info.mode & 0o022) !== 0)) {
+    return { dir: path, by: info.uid !== 0 ? `uid ${info.uid}` : "other users" };
   }
-  for (let dir = path; dir !== "/";) {
-    dir = dir.slice(0, dir.lastIndexOf("/")) || "/";
+  return path === "/" ? undefined : firstChangeable(parentOf(path), info.uid);
+}
+
+/**
+ * As changeableBy, for an entry root is about to make in the symlink-free absolute directory
+ * `dir` (a socket): `dir` and those above it.
+ */
+export function entryChangeableBy(dir: string): { dir: string; by: string } | undefined {
+  return firstChangeable(dir, 0);
+}
+
+/** `dir` or the first directory above it that others could change (`entryUid` owns the entry). */
+function firstChangeable(
+  dir: string,
+  entryUid: number,
+): { dir: string; by: string } | undefined {
+  for (let below = entryUid;;) {
     const info = statPath(dir);
     const othersWrite = (info.mode & 0o022) !== 0;
     const sticky = (info.mode & 0o1000) !== 0;
-    if (info.uid !== 0 || (othersWrite && !(sticky && below.uid === 0))) {
+    if (info.uid !== 0 || (othersWrite && !(sticky && below === 0))) {
       return { dir, by: info.uid !== 0 ? `uid ${info.uid}` : "other users" };
     }
-    below = info;
+    if (dir === "/") return undefined;
+    below = info.uid;
+    dir = parentOf(dir);
   }
-  return undefined;
+}
+
+function parentOf(path: string): string {
+  return path.slice(0, path.lastIndexOf("/")) || "/";
 }

@@ -29,6 +29,7 @@ import {
 } from "../mount/layer_source.ts";
 import { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { type ControlReply, serveControl } from "./control.ts";
+import { bindPrivately } from "../nbd/address.ts";
 import { redirectConsoleToFile } from "./log_file.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
@@ -183,7 +184,7 @@ export async function runMountServer(): Promise<number> {
     try {
       Deno.removeSync(controlSocketPath(spec.id));
     } catch { /* not there */ }
-    listener = Deno.listen({ transport: "unix", path: controlSocketPath(spec.id) });
+    listener = bindPrivately(controlSocketPath(spec.id));
     if (spec.awaitSource && spec.reattach) {
       // The devices exist already and their readers wait in the kernel: say so now, attach
       // once the registry answers.

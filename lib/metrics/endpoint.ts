@@ -15,8 +15,10 @@ import {
   removeOwnSocket,
 } from "../nbd/address.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./prometheus.ts";
+import { hostAllowed, RENDER_REUSE_MS, sharedRender } from "./scrape_guard.ts";
 import { UserError } from "../errors.ts";
-import { warn } from "../log.ts";
+import { throttledWarning } from "../log.ts";
+import { acceptEach } from "../nbd/accept_loop.ts";
 
 export interface MetricsEndpoint {
   /** `unix:PATH` or `tcp:HOST:PORT` actually bound (port 0 resolved). */
@@ -38,13 +40,23 @@ const HEAD_DEADLINE_MS = 5_000;
 const EVICT_HEADLESS_AFTER_MS = 1_000;
 /** Largest request head (request line and headers) read. */
 const MAX_HEAD_BYTES = 16 * 1024;
-/** Pause before accepting again after accept failed (EMFILE: no descriptor left). */
-const ACCEPT_RETRY_MS = 200;
+/** A flood fails accept again and again: one warning per this long. */
+const ACCEPT_WARN_EVERY_MS = 10_000;
 
+/**
+ * Serves the text `render` returns at `addr`, one render shared by the scrapes of `reuseMs`
+ * (sharedRender). A TCP scrape whose Host header names neither an address, localhost, the
+ * listen address nor this machine is refused (hostAllowed).
+ */
 export function serveMetrics(
   addr: ListenAddress,
-  produce: () => Promise<string>,
+  render: () => Promise<string>,
+  reuseMs = RENDER_REUSE_MS,
 ): MetricsEndpoint {
+  const produce = sharedRender(render, reuseMs);
+  const allowedHost = addr.transport === "tcp"
+    ? (host: string | undefined) => hostAllowed(host, addr.hostname)
+    : () => true;
   const where = addr.transport === "unix" ? addr.path : `${bracketed(addr.hostname)}:${addr.port}`;
   let listener: Deno.Listener;
   let socket: OwnSocket | undefined;
@@ -61,38 +73,29 @@ export function serveMetrics(
   }
   /** Each open connection: when it came, and whether its request head has come yet. */
   const open = new Map<Deno.Conn, { openedMs: number; headRead: boolean }>();
-  let closing = false;
-  const finished = (async () => {
-    let failures = 0;
-    while (!closing) {
-      let conn: Deno.Conn;
-      try {
-        conn = await listener.accept();
-        failures = 0;
-      } catch (error) {
-        if (closing || error instanceof Deno.errors.BadResource) break;
-        if (failures++ === 0) {
-          warn(`metrics: accept failed (${(error as Error).message}); retrying`);
-        }
-        await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
-        continue;
-      }
-      // Full: the newcomer takes the slot of the oldest that has sent no request head for a
-      // second (64 idle connections held every slot: scrapes were closed unanswered).
-      if (open.size >= MAX_CONNECTIONS && !evictHeadless(open)) {
-        closeQuietly(conn);
-        continue;
-      }
-      const slot = { openedMs: Date.now(), headRead: false };
-      open.set(conn, slot);
-      const deadline = setTimeout(() => closeQuietly(conn), CONNECTION_DEADLINE_MS);
-      answer(conn, produce, slot).catch(() => {/* the client went away */}).finally(() => {
+  const stop = new AbortController();
+  const acceptWarning = throttledWarning(ACCEPT_WARN_EVERY_MS, "failed accepts");
+  const finished = acceptEach(listener, (conn) => {
+    // Full: the newcomer takes the slot of the oldest that has sent no request head for a
+    // second (64 idle connections held every slot: scrapes were closed unanswered).
+    if (open.size >= MAX_CONNECTIONS && !evictHeadless(open)) {
+      closeQuietly(conn);
+      return;
+    }
+    const slot = { openedMs: Date.now(), headRead: false };
+    open.set(conn, slot);
+    const deadline = setTimeout(() => closeQuietly(conn), CONNECTION_DEADLINE_MS);
+    answer(conn, produce, allowedHost, slot).catch(() => {/* the client went away */}).finally(
+      () => {
         clearTimeout(deadline);
         open.delete(conn);
         closeQuietly(conn);
-      });
-    }
-  })();
+      },
+    );
+  }, {
+    stop: stop.signal,
+    onFailure: (reason) => acceptWarning(`metrics: cannot accept a scraper (${reason}); retrying`),
+  });
   const port = addr.transport === "tcp" ? (listener.addr as Deno.NetAddr).port : 0;
   return {
     address: addr.transport === "unix"
@@ -100,7 +103,7 @@ export function serveMetrics(
       : `tcp:${where.slice(0, where.lastIndexOf(":"))}:${port}`,
     finished,
     shutdown: async () => {
-      closing = true;
+      stop.abort();
       closeQuietly(listener);
       for (const conn of open.keys()) closeQuietly(conn);
       await finished;
@@ -132,6 +135,7 @@ function evictHeadless(open: Map<Deno.Conn, { openedMs: number; headRead: boolea
 async function answer(
   conn: Deno.Conn,
   produce: () => Promise<string>,
+  allowedHost: (host: string | undefined) => boolean,
   slot: { headRead: boolean },
 ): Promise<void> {
   // A connection that sends no request soon gives its slot back (slots are few).
@@ -151,6 +155,9 @@ async function answer(
   // Origin form (/metrics), or absolute form (http://host/metrics: clients sent through a proxy).
   const path = target.replace(/^https?:\/\/[^/]*/i, "").replace(/\?.*$/, "") || "/";
   if (path !== "/metrics" && path !== "/") return respond(conn, 404, "not found: try /metrics\n");
+  if (!allowedHost(/^host:(.*)$/im.exec(head)?.[1])) {
+    return respond(conn, 403, "forbidden: scrape by IP address, localhost or this host's name\n");
+  }
   let text: string;
   try {
     text = await produce();
@@ -184,6 +191,7 @@ async function readHead(conn: Deno.Conn): Promise<string | undefined> {
 const REASONS: Record<number, string> = {
   200: "OK",
   400: "Bad Request",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   500: "Internal Server Error",

@@ -1,7 +1,9 @@
 /** Where a user-space NBD server listens: parsing `--listen`, the NBD URI, opening the socket. */
 import { NbdError, UsageError, UserError } from "../errors.ts";
 import { probeUnixSocket } from "../../ffi/io.ts";
-import { libc } from "../../ffi/libc.ts";
+import { closeFd, libc, SysError } from "../../ffi/libc.ts";
+import { openDirTrusted, pathOfFd } from "../../ffi/path_resolve.ts";
+import { entryChangeableBy } from "../../ffi/trusted_path.ts";
 
 export type ListenAddress =
   | { transport: "unix"; path: string }
@@ -72,17 +74,20 @@ const MAX_SOCKET_PATH_BYTES = 107;
  * is served). Deno unlinks the path it bound when the listener closes, whatever file is there
  * by then (another server's, after ours was removed): so the socket is bound at a temporary name
  * beside `path`, linked to `path` (which also claims it atomically) and the temporary name
- * removed; `path` itself is removed by removeOwnSocket only while it is still ours.
+ * removed; `path` itself is removed by removeOwnSocket only while it is still ours. Its
+ * directory is resolved and checked as claimSocketPath does, and nothing is done to the file
+ * by its name after the link (a chmod there followed a symlink swapped in for the socket).
  */
 export function listenUnix(path: string): { listener: Deno.Listener; socket: OwnSocket } {
-  claimSocketPath(path);
-  const bound = `${path}.${crypto.randomUUID().slice(0, 8)}.bind`;
+  const trusted = claimSocketPath(path);
+  const bound = `${trusted}.${crypto.randomUUID().slice(0, 8)}.bind`;
   if (new TextEncoder().encode(bound).length <= MAX_SOCKET_PATH_BYTES) {
     const listener = bindPrivately(bound);
     try {
-      Deno.linkSync(bound, path);
+      const socket = ownSocket(trusted, bound);
+      Deno.linkSync(bound, trusted);
       Deno.removeSync(bound);
-      return { listener, socket: ownSocket(path) };
+      return { listener, socket };
     } catch (error) {
       listener.close(); // unlinks the temporary name
       if (error instanceof Deno.errors.AlreadyExists) {
@@ -95,11 +100,15 @@ export function listenUnix(path: string): { listener: Deno.Listener; socket: Own
     }
   }
   // Closing this listener unlinks the path, whatever file is there by then.
-  return { listener: bindPrivately(path), socket: ownSocket(path) };
+  const listener = bindPrivately(trusted);
+  return { listener, socket: ownSocket(trusted) };
 }
 
-/** A unix listener at `path` whose socket file is created 0600 (no moment open to others). */
-function bindPrivately(path: string): Deno.Listener {
+/**
+ * A unix listener at `path` whose socket file is created 0600 whatever the umask (no moment
+ * open to others): whoever may connect reads what is served, or controls a mount's server.
+ */
+export function bindPrivately(path: string): Deno.Listener {
   const previous = libc().umask(0o177);
   try {
     return Deno.listen({ transport: "unix", path });
@@ -107,22 +116,28 @@ function bindPrivately(path: string): Deno.Listener {
     libc().umask(previous);
   }
 }
+
 /**
- * Makes `path` free for a new unix socket: a socket file nobody accepts on is left over from a
- * killed server and is removed; anything else there (a file, a directory, a live server's
- * socket) is refused with one line, never removed.
+ * Makes `path` free for a new unix socket and returns it with its directory resolved (the path
+ * to bind at): a socket file nobody accepts on is left over from a killed server and is
+ * removed; anything else there (a file, a directory, a live server's socket) is refused with
+ * one line, never removed. The directory is resolved as openDirTrusted does (another user's
+ * symlink on the way is refused: through one, a dead socket of root's elsewhere was removed)
+ * and, as root, refused when a user other than root could change it: that user could swap the
+ * socket for a symlink, or for a socket of their own that root's clients would then trust.
  */
-export function claimSocketPath(path: string): void {
+export function claimSocketPath(path: string): string {
+  const trusted = trustedSocketPath(path);
   let info: Deno.FileInfo;
   try {
-    info = Deno.lstatSync(path);
+    info = Deno.lstatSync(trusted);
   } catch {
-    return;
+    return trusted;
   }
   if (!info.isSocket) {
     throw new UserError(`${path} exists and is not a socket`, "choose another socket path");
   }
-  const state = probeUnixSocket(path);
+  const state = probeUnixSocket(trusted);
   if (state === "live") {
     throw new UserError(
       `${path} is in use by another server`,
@@ -131,9 +146,45 @@ export function claimSocketPath(path: string): void {
   }
   if (state === "refused") {
     try {
-      Deno.removeSync(path);
+      Deno.removeSync(trusted);
     } catch { /* gone meanwhile */ }
   }
+  return trusted;
+}
+
+/** `path` with its directory made symlink-free (see claimSocketPath). */
+function trustedSocketPath(path: string): string {
+  const slash = path.lastIndexOf("/");
+  const name = path.slice(slash + 1);
+  if (name === "" || name === "." || name === "..") {
+    throw new UserError(
+      `${path}: not a socket file name`,
+      "name the socket file, e.g. /run/erofs.sock",
+    );
+  }
+  const given = slash < 0 ? "." : path.slice(0, slash) || "/";
+  let fd: number;
+  try {
+    fd = openDirTrusted(given);
+  } catch (error) {
+    if (!(error instanceof SysError)) throw error; // another user's symlink: its own line
+    throw new UserError(`cannot listen on ${path}: ${error.message}`, error.hint);
+  }
+  let dir: string;
+  try {
+    dir = pathOfFd(fd);
+  } finally {
+    closeFd(fd);
+  }
+  const changeable = Deno.uid() === 0 ? entryChangeableBy(dir) : undefined;
+  if (changeable) {
+    throw new UserError(
+      `cannot listen on ${path}: ${changeable.dir} can be changed by ${changeable.by}, who ` +
+        "could replace the socket",
+      "choose a directory only root can change, e.g. /run",
+    );
+  }
+  return `${dir === "/" ? "" : dir}/${name}`;
 }
 
 /** A unix socket file this process made, known by its identity (device and inode). */
@@ -144,12 +195,12 @@ export interface OwnSocket {
 }
 
 /**
- * The socket file just bound at `path`, made the owner's only (0600: whoever may connect reads
- * what is served), and remembered by identity so that only it is ever removed.
+ * The socket file just bound at `path`, remembered by identity (taken at `bound`, the name it
+ * was bound at, when given) so that only it is ever removed. Bound 0600 by bindPrivately:
+ * nothing is changed through its name.
  */
-export function ownSocket(path: string): OwnSocket {
-  Deno.chmodSync(path, 0o600);
-  const info = Deno.lstatSync(path);
+function ownSocket(path: string, bound = path): OwnSocket {
+  const info = Deno.lstatSync(bound);
   return { path, dev: info.dev, ino: info.ino ?? 0 };
 }
 

@@ -4,6 +4,7 @@
  * clients share one cache).
  */
 import { type ListenAddress, listenOn, nbdUri, removeOwnSocket } from "./address.ts";
+import { acceptEach } from "./accept_loop.ts";
 import type { Source } from "../source/source.ts";
 import { ConnActivity, watchConn } from "./activity.ts";
 import { InflightBudget } from "./budget.ts";
@@ -194,41 +195,31 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     }, Math.max(50, Math.min(1000, idleTimeoutMs / 4)))
     : undefined;
 
-  const accepting = (async () => {
-    let pauseMs = 0;
-    while (!stop.signal.aborted) {
-      let conn: Deno.Conn;
-      try {
-        conn = await listener.accept();
-        pauseMs = 0;
-      } catch (error) {
-        if (stop.signal.aborted || error instanceof Deno.errors.BadResource) break;
-        // Out of descriptors or memory: the connection waits in the backlog until some close.
-        pauseMs = Math.min(Math.max(2 * pauseMs, 50), 1000);
-        options.onConnection?.({ kind: "accept-failed", reason: message(error), pauseMs });
-        evictIdlest("the server ran out of descriptors"); // idle clients make room
-        await abortableSleep(pauseMs, stop.signal);
-        continue;
-      }
-      const id = nextId++;
-      if (active.size >= maxConnections && !evictIdlest(`replaced by connection ${id}`)) {
-        refuse(conn, id, {
-          reply: NBD_REP_ERR_POLICY,
-          message: `too many connections: all ${maxConnections} slots are taken, try again later`,
-        });
-        continue;
-      }
-      const entry = new Connection(conn);
-      // handle() does not throw by design; a bug there must not end the server.
-      entry.done = handle(entry, id).catch((error) =>
-        options.onConnection?.({ kind: "handshake-failed", id, reason: message(error) })
-      ).finally(() => {
-        closeQuietly(conn);
-        active.delete(id);
+  const accepting = acceptEach(listener, (conn) => {
+    const id = nextId++;
+    if (active.size >= maxConnections && !evictIdlest(`replaced by connection ${id}`)) {
+      refuse(conn, id, {
+        reply: NBD_REP_ERR_POLICY,
+        message: `too many connections: all ${maxConnections} slots are taken, try again later`,
       });
-      active.set(id, entry);
+      return;
     }
-  })();
+    const entry = new Connection(conn);
+    // handle() does not throw by design; a bug there must not end the server.
+    entry.done = handle(entry, id).catch((error) =>
+      options.onConnection?.({ kind: "handshake-failed", id, reason: message(error) })
+    ).finally(() => {
+      closeQuietly(conn);
+      active.delete(id);
+    });
+    active.set(id, entry);
+  }, {
+    stop: stop.signal,
+    onFailure: (reason, pauseMs) => {
+      options.onConnection?.({ kind: "accept-failed", reason, pauseMs });
+      evictIdlest("the server ran out of descriptors"); // idle clients make room
+    },
+  });
 
   let closing: Promise<void> | undefined;
   return {
@@ -280,18 +271,6 @@ class Connection {
 /** Replies are small and each awaited by the client: Nagle would hold each one back. */
 function noDelay(conn: Deno.Conn): void {
   if (conn.remoteAddr.transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
-}
-
-function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
 }
 
 function closeQuietly(closable: { close(): void }): void {
