@@ -252,3 +252,53 @@ Deno.test({
       assert.ok(!Deno.readTextFileSync("/proc/self/mountinfo").includes(sandbox.target));
     }),
 });
+
+Deno.test({
+  name: "mount --index-missing: a state dir too small for the index leaves no partial copy",
+  ignore,
+  fn: () =>
+    withIndexMountRig("erofs-oci-index-missing-full-", async (rig) => {
+      const { registry, sandbox, env } = rig;
+      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushImage(registry, "gz/full", "v1", [{ bytes: gz, mediaType: GZIP_LAYER }]);
+      // Room for the records, not for the index's copy into the kept indexes.
+      const small = await Deno.makeTempDir({ prefix: "erofs-oci-small-state-" });
+      const mounted = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=130k,mode=0700", "tmpfs", small],
+      }).output();
+      assert.equal(mounted.code, 0, new TextDecoder().decode(mounted.stderr));
+      try {
+        const state = `${small}/state`;
+        const full = await runCli([
+          "mount",
+          "--backend",
+          "fuse",
+          "--index-missing",
+          `${registry.host}/gz/full:v1`,
+          sandbox.target,
+        ], { env: { ...env, EROFS_OCI_STATE_DIR: state }, timeoutMs: 120_000 });
+        assert.equal(full.code, 1, describe(full));
+        assert.match(full.stderr, /\nerofs-oci: .*No space left on device/);
+        const partial = [...walkNames(state)].filter((name) => name.endsWith(".tmp"));
+        assert.deepEqual(partial, [], "no partial file left in the state dir");
+        assert.ok(!Deno.readTextFileSync("/proc/self/mountinfo").includes(sandbox.target));
+      } finally {
+        await new Deno.Command("umount", { args: [small] }).output();
+        await Deno.remove(small, { recursive: true });
+      }
+    }),
+});
+
+/** Every path under `dir` (none when it is missing). */
+function* walkNames(dir: string): Generator<string> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch {
+    return;
+  }
+  for (const entry of entries) {
+    yield `${dir}/${entry.name}`;
+    if (entry.isDirectory) yield* walkNames(`${dir}/${entry.name}`);
+  }
+}

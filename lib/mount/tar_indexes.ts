@@ -269,8 +269,14 @@ async function keepIndexFiles(
     if (!path || !digest) return undefined;
     const target = `${dir}/${digest.replace(":", "-")}`;
     const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    await Deno.copyFile(path, tmp);
-    await Deno.rename(tmp, target);
+    try {
+      await Deno.copyFile(path, tmp);
+      await Deno.rename(tmp, target);
+    } catch (error) {
+      // A partial copy (a full file system) would stay for good: no later run looks for it.
+      await Deno.remove(tmp).catch(() => {});
+      throw error;
+    }
     return target;
   };
   const kept: TarIndexFiles = {
