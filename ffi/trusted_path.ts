@@ -1,9 +1,11 @@
 /**
  * Whether a directory's path can be changed by someone other than root: for paths root keeps
  * using after it checked them (overlayfs's --upper/--work, looked up again at mount(2); the
- * runtime and state directories whose records root acts on).
+ * runtime, state, recovery and disk cache directories whose records root acts on).
  */
+import { Errno, SysError } from "./libc.ts";
 import { statPath } from "./path_resolve.ts";
+import { UserError } from "../lib/errors.ts";
 
 /**
  * The first directory on the symlink-free absolute `path` (itself included when `self`) that
@@ -50,4 +52,79 @@ function firstChangeable(
 
 function parentOf(path: string): string {
   return path.slice(0, path.lastIndexOf("/")) || "/";
+}
+
+/**
+ * `path` with the symlinks of its existing part resolved, so that what is checked is what is
+ * used: a symlink on the way (/var/run → /run, or a user's own in /tmp, which they can point
+ * elsewhere later) is followed once, here.
+ */
+export function resolvedPath(path: string): string {
+  const parts = path.split("/");
+  for (let end = parts.length; end > 1; end--) {
+    try {
+      return [Deno.realPathSync(parts.slice(0, end).join("/")), ...parts.slice(end)].join("/");
+    } catch { /* not there yet: try the parent */ }
+  }
+  return path;
+}
+
+/** A directory root keeps records in, for its refusal: what it is and how it is chosen. */
+export interface RecordsDir {
+  /** e.g. "state directory". */
+  what: string;
+  /** The environment variable that names it, e.g. EROFS_OCI_STATE_DIR. */
+  envVar: string;
+  defaultPath: string;
+}
+
+/** A records directory (or one above it) that a user other than root can change. */
+export class UntrustedDirError extends UserError {}
+
+/**
+ * Why root cannot trust the existing directory `path` (symlink-free): "D is owned by uid N" or
+ * "D is writable by others" for the first directory D — `path` or one above it — that a user
+ * other than root could change (changeableBy); undefined when only root can, or when not
+ * running as root (other users' directories are theirs).
+ */
+export function notRootsAlone(path: string): string | undefined {
+  if (Deno.uid() !== 0) return undefined;
+  const changeable = changeableBy(path, true);
+  if (!changeable) return undefined;
+  const { dir, by } = changeable;
+  return `${dir} is ${by.startsWith("uid") ? `owned by ${by}` : "writable by others"}`;
+}
+
+const rootsAlone = new Set<string>();
+
+/**
+ * `path` resolved (resolvedPath), once shown to be root's alone — itself and every directory
+ * above it (notRootsAlone) — when running as root: what root reads there it acts on (an index
+ * that decides which bytes a verified mount serves, a record naming what to unmount), and a
+ * user who could write there, or rename root's directories away, could plant it. Other users'
+ * processes get `path` back as is. Not there yet: made (0700) first when `create`, else
+ * returned unchecked (nothing there to trust).
+ * Throws UntrustedDirError naming the directory and what to do.
+ */
+export function rootOnlyDir(path: string, role: RecordsDir, options: { create?: boolean } = {}) {
+  if (Deno.uid() !== 0) return path;
+  if (options.create) Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+  const resolved = resolvedPath(path);
+  if (rootsAlone.has(resolved)) return resolved;
+  let why;
+  try {
+    why = notRootsAlone(resolved);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ENOENT) return resolved;
+    throw error;
+  }
+  if (why) {
+    throw new UntrustedDirError(
+      `${role.what} ${path} is not root's alone: ${why}, so what it holds is not trusted`,
+      `make it root-owned and 0700, the directories above it writable by root only, or set ` +
+        `${role.envVar} to such a directory (default ${role.defaultPath})`,
+    );
+  }
+  rootsAlone.add(resolved);
+  return resolved;
 }

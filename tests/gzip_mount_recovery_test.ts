@@ -39,7 +39,7 @@ for (const deviceLayout of ["512", "4k"] as const) {
         const resolved = await resolveRegistryImage(
           { ref: parseReference(name), client, insecure: false },
           {},
-          { cacheDir: `${work}/state/index` },
+          { cacheDir: `${work}/state/index`, hereDir: `${work}/state/indexed-here` },
         );
         const [resolvedLayer] = resolved.layers;
         assert.ok(resolvedLayer.kind === "registry" && resolvedLayer.tarIndex);

@@ -11,7 +11,7 @@ import {
 import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
 import { availableBytesOf } from "../source/disk_cache_fs.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
-import { INDEXED_HERE_DIR } from "../state/runtime_dirs.ts";
+import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import { readStates } from "../state/mount_record.ts";
 import { formatBytes, printTable } from "./table.ts";
 
@@ -73,12 +73,14 @@ Options:
         // A bare number was seconds: `--older-than 30` pruned nearly everything.
         unitRequired: true,
       });
+    // First: a state dir refused is said before a prune removed anything.
+    const hereDir = indexedHereRoot({ create: false });
     const dir = diskCacheDir();
     const cache = openExisting(dir);
     const pruned = cache && action === "prune" ? cache.prune(keepBytes, usedBeforeMs) : undefined;
     const blobs = cache?.blobs() ?? [];
     const { bytesOnDisk, blobsInUse } = blobTotals(blobs);
-    const indexedHere = indexesMadeHere();
+    const indexedHere = indexesMadeHere(hereDir);
     const fileSystemFreeBytes = cache ? availableBytesOf(dir) : undefined;
     if (values.json) {
       console.log(
@@ -128,7 +130,8 @@ function openExisting(dir: string): DiskCache | undefined {
   } catch (error) {
     throw new UserError(
       (error as Error).message,
-      "mounts do not use it either; fix its owner and mode (root, 0700) or remove it",
+      "mounts do not use it either; make it root's and 0700, the directories above it " +
+        "writable by root only, or remove it",
     );
   }
 }
@@ -167,8 +170,7 @@ function plural(count: number, noun: string): string {
  * The indexes `mount --index-missing` made here: the only copy of them (a later mount of any
  * image with such a layer is lazy from the start), so shown, never pruned.
  */
-function indexesMadeHere(): { dir: string; layers: number; bytes: number } {
-  const dir = INDEXED_HERE_DIR;
+function indexesMadeHere(dir: string): { dir: string; layers: number; bytes: number } {
   let layers = 0, bytes = 0;
   try {
     for (const layer of Deno.readDirSync(dir)) {

@@ -15,7 +15,7 @@ import {
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
-import { INDEX_CACHE_DIR, STATE_ROOT } from "../state/runtime_dirs.ts";
+import { indexCacheDir, stateRoot } from "../state/runtime_dirs.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,
@@ -55,7 +55,7 @@ function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSou
     }
   };
   return {
-    cacheDir: INDEX_CACHE_DIR,
+    cacheDir: indexCacheDir(),
     indexMissing: values["index-missing"] ?? false,
     requireVerified: values["require-verified"] ?? false,
     signal,
@@ -140,13 +140,13 @@ export async function resolveForMount(
           if (!values["no-prefetch"]) {
             traceLookup = lookUpTrace(client, repository, manifest.digest);
           }
-          earlyTables = fetchBoundTables(client, repository, manifest, chosen, STATE_ROOT);
+          earlyTables = fetchBoundTables(client, repository, manifest, chosen, stateRoot());
           earlyMetadata = fetchMetadataEarly(client, repository, earlyTables, chosen, {
             signal: abortEarly.signal,
           });
         },
         ahead?.top,
-        STATE_ROOT,
+        stateRoot(),
       ).catch((error) => {
         throw withLocalPathHint(image, error);
       });
@@ -160,7 +160,7 @@ export async function resolveForMount(
         layers,
         {
           requireVerified: values["require-verified"],
-          stateDir: STATE_ROOT,
+          stateDir: stateRoot(),
           early: earlyTables,
         },
       );

@@ -6,6 +6,7 @@ import { reattach, reattachTarget } from "../daemon/reattach.ts";
 import { watchAndReattach } from "../daemon/watch.ts";
 import { printable, printableJson, printTable } from "./table.ts";
 import { credentialsFromOptions } from "./registry_options.ts";
+import { stateRoot } from "../state/runtime_dirs.ts";
 
 export const reattachCommand: Command = {
   name: "reattach",
@@ -75,7 +76,7 @@ Exit code 1 when any selected device could not be reattached.`,
           "reattach: --watch uses the recorded credentials; give new ones to a reattach of a mount",
         );
       }
-      checkRoot("reattaching");
+      mayReattach();
       const stop = new AbortController();
       for (const signal of ["SIGTERM", "SIGINT"] as const) {
         Deno.addSignalListener(signal, () => stop.abort());
@@ -94,7 +95,7 @@ Exit code 1 when any selected device could not be reattached.`,
       );
     }
     const credentials = await credentialsFromOptions("reattach", values);
-    checkRoot("reattaching");
+    mayReattach();
     const outcomes = await reattach(reattachTarget(positionals[0], values.all ?? false), {
       acceptChangedImage: values["accept-changed-image"],
       credentials,
@@ -114,3 +115,12 @@ Exit code 1 when any selected device could not be reattached.`,
     return failed.length ? 1 : 0;
   },
 };
+
+/**
+ * Root, and a state directory only root can change: the index files reattach serves again
+ * are there (recovery files are checked as they are read, recovery_store.ts).
+ */
+function mayReattach(): void {
+  checkRoot("reattaching");
+  stateRoot({ create: false });
+}

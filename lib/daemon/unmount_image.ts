@@ -14,7 +14,8 @@ import {
   serverOf,
 } from "../state/mount_record.ts";
 import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
-import { mountDir, removeMountDir, STATE_ROOT } from "../state/runtime_dirs.ts";
+import { mountDir, removeMountDir, stateRoot } from "../state/runtime_dirs.ts";
+import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
@@ -160,10 +161,24 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<MountSta
     await detachDeadFuseMounts(state.id, state.target);
   }
   removeMountDir(state.id);
-  // Index copies only this mount (or none) still named can go now (lib/mount/index_cache.ts).
-  pruneIndexCache();
-  pruneKeptBlobs(STATE_ROOT, () => referenceText());
+  pruneStateDir();
   return state;
+}
+
+/**
+ * Removes the index copies only this mount (or none) still named (lib/mount/index_cache.ts)
+ * and kept blobs past their bound. Not in a state or recovery directory another user can
+ * change (said once, the unmount done): what root would remove there, or keep, would be that
+ * user's choice.
+ */
+function pruneStateDir(): void {
+  try {
+    pruneIndexCache();
+    pruneKeptBlobs(stateRoot({ create: false }), () => referenceText());
+  } catch (error) {
+    if (!(error instanceof UntrustedDirError)) throw error;
+    warn(`nothing pruned: ${error.message}; ${error.hint}`);
+  }
 }
 
 /**

@@ -1,13 +1,13 @@
 /**
- * Clean-up of the durable index copies (INDEX_CACHE_DIR/<layer>/): a mount keeps each tar
+ * Clean-up of the durable index copies (indexCacheDir()/<layer>/): a mount keeps each tar
  * layer's index there because reattach — ours, or `mount.erofs --reattach` reading a
  * TARINDEX_OCI_BLOB line — must find it after `--index DIR` is gone. A layer's directory is
  * removed once nothing can need it: no recovery file and no mount's runtime files name a path
  * inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
  * an index rewrites its index.json first, so a mount still starting is not robbed).
  */
-import { INDEX_CACHE_DIR, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
-import { RECOVERY_DIR } from "../state/recovery_store.ts";
+import { indexCacheDir, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
+import { recoveryDir } from "../state/recovery_store.ts";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
 /** Recovery and state files are small; a bigger one is not ours and is not read whole. */
@@ -34,11 +34,11 @@ function filesIn(dir: string, depth: number): string[] {
  * are named).
  */
 export function referenceText(
-  recoveryDir: string = RECOVERY_DIR,
+  recoveryFilesDir: string = recoveryDir({ create: false }),
   runtimeRoot: string = RUNTIME_ROOT,
 ): string {
   const texts: string[] = [];
-  for (const file of [...filesIn(recoveryDir, 0), ...filesIn(`${runtimeRoot}/mounts`, 1)]) {
+  for (const file of [...filesIn(recoveryFilesDir, 0), ...filesIn(`${runtimeRoot}/mounts`, 1)]) {
     try {
       if (Deno.statSync(file).size > MAX_REFERENCE_FILE_BYTES) continue;
       texts.push(Deno.readTextFileSync(file));
@@ -67,7 +67,7 @@ export function pruneIndexCache(options: {
   runtimeRoot?: string;
   nowMs?: number;
 } = {}): string[] {
-  const cacheDir = options.cacheDir ?? INDEX_CACHE_DIR;
+  const cacheDir = options.cacheDir ?? indexCacheDir({ create: false });
   const nowMs = options.nowMs ?? Date.now();
   let layers: string[];
   try {
@@ -77,7 +77,7 @@ export function pruneIndexCache(options: {
   }
   if (layers.length === 0) return [];
   const referenced = referenceText(
-    options.recoveryDir ?? RECOVERY_DIR,
+    options.recoveryDir ?? recoveryDir({ create: false }),
     options.runtimeRoot ?? RUNTIME_ROOT,
   );
   const removed: string[] = [];

@@ -2,7 +2,7 @@
  * `mount --index-missing`: a tar or tar+gzip layer that has no index (none pushed, none in
  * --index DIR) is indexed on this host — the layer is read once, as `erofs-oci index` reads
  * it, and checked against its digest — and mounted lazily like any indexed layer. The files
- * stay in the state directory (INDEXED_HERE_DIR/<layer digest>/), so a later mount of any image
+ * stay in the state directory (indexedHereRoot()/<layer digest>/), so a later mount of any image
  * with that layer finds them without the flag and without reading the layer again.
  */
 import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";

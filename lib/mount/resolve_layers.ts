@@ -12,7 +12,7 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import { type FetchedManifest, layerDescriptorsOf, type ResolvedImage } from "../oci/resolve.ts";
 import { formatLayoutReference, OciLayout, parseLayoutReference } from "../oci/oci_layout.ts";
-import { INDEX_CACHE_DIR } from "../state/runtime_dirs.ts";
+import { indexCacheDir } from "../state/runtime_dirs.ts";
 import type { LayerSpec } from "../state/mount_spec.ts";
 import { OCI_TAR, OCI_TAR_GZIP, tarLayerKind } from "./tar_layers.ts";
 import {
@@ -41,7 +41,7 @@ export interface ResolvedLayers {
  */
 export async function resolveLocalImage(
   path: string,
-  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
+  indexes: TarIndexSources = { cacheDir: indexCacheDir() },
 ): Promise<ResolvedLayers> {
   let real: string;
   try {
@@ -117,7 +117,7 @@ export async function resolveLayoutImage(
   image: string,
   platform: string | undefined,
   selection: LayerSelection,
-  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
+  indexes: TarIndexSources = { cacheDir: indexCacheDir() },
 ): Promise<ResolvedLayers | undefined> {
   const ref = parseLayoutReference(image);
   if (!ref) return undefined;
@@ -186,7 +186,7 @@ export type SelectedLayersListener = (manifest: FetchedManifest, layers: LayerDe
 export async function resolveRegistryImage(
   opened: OpenedRegistry,
   selection: LayerSelection,
-  indexes: TarIndexSources = { cacheDir: INDEX_CACHE_DIR },
+  indexes: TarIndexSources = { cacheDir: indexCacheDir() },
   onLayers?: SelectedLayersListener,
   top?: Promise<FetchedManifest>,
   stateDir?: string,

@@ -10,7 +10,7 @@ import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
-import { INDEXED_HERE_DIR } from "../state/runtime_dirs.ts";
+import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
@@ -27,7 +27,7 @@ export interface TarIndexSources {
   cacheDir: string;
   /** `--index-missing`: a layer with no index anywhere is indexed here (index_here.ts). */
   indexMissing?: boolean;
-  /** Where indexes made here live (default INDEXED_HERE_DIR). */
+  /** Where indexes made here live (default indexedHereRoot()). */
   hereDir?: string;
   /** Bytes read so far of a layer indexed here (a progress line). */
   onIndexBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
@@ -99,7 +99,7 @@ export async function findTarIndexes(
   // first: its piece digests came from bytes checked against the layer digest, and finding it
   // asks no registry. Only then the others, which nothing binds to the layer digest.
   const { findIndexedHere, findLocalLayerIndex } = await import("./layer_index_files.ts");
-  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
+  const hereDir = sources.hereDir ?? indexedHereRoot();
   for (const layer of wanted) {
     const indexed = await findIndexedHere(hereDir, layer);
     if (indexed) {
@@ -238,7 +238,7 @@ export async function indexedDigestOfSize(
   // --index-missing must index a file that only has another's size, not fail on it.
   if (sources.files || sources.indexMissing) return undefined;
   const { indexedDigestsOfSize } = await import("./layer_index_files.ts");
-  const hereDir = sources.hereDir ?? INDEXED_HERE_DIR;
+  const hereDir = sources.hereDir ?? indexedHereRoot();
   const dirs = sources.dir ? [sources.dir] : [];
   try {
     for (const entry of Deno.readDirSync(hereDir)) {

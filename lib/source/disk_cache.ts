@@ -32,6 +32,7 @@ import {
 import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
 import { removeIfMapDamaged, removeIfUnused, scanBlobs } from "./disk_cache_scan.ts";
 import { refusedSpecialPath } from "../errors.ts";
+import { notRootsAlone, resolvedPath } from "../../ffi/trusted_path.ts";
 import { formatBytes } from "../text.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
@@ -149,7 +150,8 @@ export class DiskCache {
   /**
    * Opens (creating, mode 0700) the cache directory. Returns undefined after one warning when
    * it cannot be used (read-only, shared between hosts like NFS (disk_cache_fs.ts), owned by
-   * someone else, open to others): the caller then keeps the memory cache only.
+   * someone else, open to others, below a directory another user can change, for root): the
+   * caller then keeps the memory cache only.
    */
   static open(options: DiskCacheOptions = {}): DiskCache | undefined {
     const dir = options.dir ?? diskCacheDir();
@@ -170,8 +172,18 @@ export class DiskCache {
       if (info.uid !== Deno.uid()) throw new Error(`owned by uid ${info.uid}, not by us`);
       // Another user able to write there could plant a map that marks zeros present.
       if ((info.mode ?? 0) & 0o022) throw new Error("writable by others (want mode 0700)");
-      Deno.mkdirSync(`${dir}/blobs`, { recursive: true, mode: 0o700 });
-      const cache = new DiskCache(dir, options);
+      // Root's: nor a directory above it, whose owner could rename it away and put theirs
+      // there. Checked where the symlinks on the way lead, and used there.
+      const resolved = resolvedPath(dir);
+      const above = notRootsAlone(resolved);
+      if (above) {
+        throw new Error(
+          `${above}: make the directories above it writable by root only, or set ` +
+            "EROFS_OCI_CACHE_DIR elsewhere",
+        );
+      }
+      Deno.mkdirSync(`${resolved}/blobs`, { recursive: true, mode: 0o700 });
+      const cache = new DiskCache(resolved, options);
       cache.#usageBytes = scanBlobs(cache.blobsDir).reduce((sum, blob) => sum + blob.bytes, 0);
       return cache;
     } catch (error) {

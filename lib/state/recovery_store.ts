@@ -7,8 +7,30 @@
 import { FormatError } from "../errors.ts";
 import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
 import { parseJson } from "../json.ts";
+import { type RecordsDir, rootOnlyDir } from "../../ffi/trusted_path.ts";
+import { FileRefusedError, readRegularFileSync } from "../../ffi/files.ts";
 
-export const RECOVERY_DIR = Deno.env.get("EROFS_OCI_RECOVERY_DIR") ?? "/var/run/erofsmount/nbd";
+const RECOVERY: RecordsDir = {
+  what: "recovery directory",
+  envVar: "EROFS_OCI_RECOVERY_DIR",
+  defaultPath: "/var/run/erofsmount/nbd",
+};
+
+/**
+ * The recovery files' directory, refused (UntrustedDirError) when a user other than root can
+ * change it or a directory above it: reattach serves what a recovery file names, and one
+ * planted there, or a companion rewritten, would have it serve another image as this device.
+ * `create`: made (0700) if missing.
+ */
+export function recoveryDir(options: { create?: boolean } = {}): string {
+  return rootOnlyDir(Deno.env.get(RECOVERY.envVar) ?? RECOVERY.defaultPath, RECOVERY, options);
+}
+
+/**
+ * Largest recovery file or companion read: a line is a few hundred bytes, a companion with a
+ * tar index's record a few KiB; a bigger one is damage, not read whole.
+ */
+const MAX_RECOVERY_FILE_BYTES = 1 << 20;
 
 /** Facts erofs-oci records beside the erofs-utils line. */
 export interface RecoveryExtra {
@@ -33,15 +55,15 @@ const NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 /** Writes a new recovery file (exclusive create, 0600) and returns its path. */
 export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra = {}): string {
-  Deno.mkdirSync(RECOVERY_DIR, { recursive: true, mode: 0o700 });
-  Deno.chmodSync(RECOVERY_DIR, 0o700);
+  const dir = recoveryDir({ create: true });
+  Deno.chmodSync(dir, 0o700);
   const line = recoveryLineBytes(record);
   for (let attempt = 0; attempt < 100; attempt++) {
     const suffix = Array.from(
       crypto.getRandomValues(new Uint8Array(6)),
       (b) => NAME_CHARS[b % NAME_CHARS.length],
     ).join("");
-    const path = `${RECOVERY_DIR}/mountnbd_${suffix}`;
+    const path = `${dir}/mountnbd_${suffix}`;
     let file: Deno.FsFile;
     try {
       file = Deno.openSync(path, { write: true, createNew: true, mode: 0o600 });
@@ -57,7 +79,7 @@ export function writeRecoveryFile(record: RecoveryRecord, extra: RecoveryExtra =
     Deno.renameSync(tmp, companion);
     return path;
   }
-  throw new FormatError(`could not create a recovery file in ${RECOVERY_DIR}`);
+  throw new FormatError(`could not create a recovery file in ${dir}`);
 }
 
 /**
@@ -85,11 +107,15 @@ function writeSynced(file: Deno.FsFile, bytes: Uint8Array): void {
   }
 }
 
-/** Reads a recovery file and its companion (absent for files written by erofs-utils). */
+/**
+ * Reads a recovery file and its companion (absent for files written by erofs-utils), once the
+ * directory holding it is root's alone (recoveryDir has why).
+ */
 export function readRecoveryFile(path: string): { record: RecoveryRecord; extra: RecoveryExtra } {
+  rootOnlyDir(path.slice(0, path.lastIndexOf("/")) || "/", RECOVERY);
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    text = readRecoveryText(path, "recovery file");
   } catch (error) {
     throw new FormatError(
       `recovery file ${path} cannot be read: ${(error as Error).message}`,
@@ -104,11 +130,22 @@ export function readRecoveryFile(path: string): { record: RecoveryRecord; extra:
   }
   let companion: string;
   try {
-    companion = Deno.readTextFileSync(companionPath(path));
-  } catch {
+    companion = readRecoveryText(companionPath(path), "recovery companion file");
+  } catch (error) {
+    if (error instanceof FileRefusedError) {
+      throw new FormatError(
+        error.message,
+        "the device cannot be served again from it; unmount its mount and mount again",
+      );
+    }
     return { record, extra: {} }; // written by erofs-utils, or lost: defaults apply
   }
   return { record, extra: parseRecoveryExtra(companion, companionPath(path)) };
+}
+
+/** A recovery file's text: a regular file within MAX_RECOVERY_FILE_BYTES, else refused. */
+function readRecoveryText(path: string, what: string): string {
+  return new TextDecoder().decode(readRegularFileSync(path, MAX_RECOVERY_FILE_BYTES, what));
 }
 
 const isString = (v: unknown) => typeof v === "string";

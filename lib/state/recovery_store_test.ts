@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 import { FormatError } from "../errors.ts";
+import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { formatRecoveryLine } from "./recovery_record.ts";
 import {
   parseRecoveryExtra,
@@ -92,4 +93,36 @@ Deno.test("recovery file rewritten with new credentials: same path, companion ke
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("recovery files larger than any of ours are refused, not read whole", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+  try {
+    const path = writeDevice(dir, JSON.stringify({ mountId: "m1", pad: "x".repeat(2 << 20) }));
+    throws(() => readRecoveryFile(path), (error: unknown) =>
+      error instanceof FormatError &&
+      /recovery companion file .* is larger than \d+ bytes/.test(error.message));
+    Deno.writeTextFileSync(path, "LOCAL /srv/blob" + " ".repeat(2 << 20) + "\n");
+    throws(() => readRecoveryFile(path), /recovery file .* cannot be read: .* is larger than/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "a recovery file in a directory another user can change is not read (as root)",
+  ignore: Deno.uid() !== 0,
+  fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+    try {
+      const path = writeDevice(dir, JSON.stringify({ mountId: "m1" }));
+      Deno.chownSync(dir, 65534, 65534);
+      throws(() => readRecoveryFile(path), (error: unknown) =>
+        error instanceof UntrustedDirError &&
+        /recovery directory .* is not root's alone: .* is owned by uid 65534/.test(error.message) &&
+        /EROFS_OCI_RECOVERY_DIR/.test(error.hint ?? ""));
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
 });

@@ -3,39 +3,46 @@
  * after boot works like every other). One directory per mount holds `state.json`, the server
  * log and the control socket.
  */
-import { MountError } from "../errors.ts";
-import { Errno, SysError } from "../../ffi/libc.ts";
-import { changeableBy } from "../../ffi/trusted_path.ts";
+import { type RecordsDir, resolvedPath, rootOnlyDir } from "../../ffi/trusted_path.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
-export const MOUNTS_DIR = `${resolved(RUNTIME_ROOT)}/mounts`;
+/**
+ * Mounts under the runtime dir are unmounted without following symlinks (see
+ * unmount_pinned.ts), so a root such as /var/run/erofs-oci (/var/run is a symlink to /run) is
+ * resolved once, here.
+ */
+export const MOUNTS_DIR = `${resolvedPath(RUNTIME_ROOT)}/mounts`;
+
+const STATE_DIR: RecordsDir = {
+  what: "state directory",
+  envVar: "EROFS_OCI_STATE_DIR",
+  defaultPath: "/var/lib/erofs-oci",
+};
 
 /**
- * `path` with the symlinks of its existing part resolved: mounts under the runtime dir are
- * unmounted without following symlinks (see unmount_pinned.ts), so a root such as
- * /var/run/erofs-oci (/var/run is a symlink to /run) is resolved once, here.
+ * Durable state (survives reboots of the runtime dir), made if missing: index files of tar
+ * layers fetched from registries (indexCacheDir), indexes made here (indexedHereRoot), kept
+ * tables and configs. Refused (UntrustedDirError) when a user other than root can change it or
+ * a directory above it: a user who could write there planted an index made here whose meta
+ * image was another tar's, and `mount --require-verified` served that tar's bytes.
+ * `create: false` for those that only look (nothing is made; a missing one is not checked).
  */
-function resolved(path: string): string {
-  const parts = path.split("/");
-  for (let end = parts.length; end > 1; end--) {
-    try {
-      return [Deno.realPathSync(parts.slice(0, end).join("/")), ...parts.slice(end)].join("/");
-    } catch { /* not there yet: try the parent */ }
-  }
-  return path;
+export function stateRoot(options: { create?: boolean } = { create: true }): string {
+  return rootOnlyDir(Deno.env.get(STATE_DIR.envVar) ?? STATE_DIR.defaultPath, STATE_DIR, options);
+}
+
+/** `stateRoot()/index/LAYER/`: copies of the indexes in use, where reattach finds them again. */
+export function indexCacheDir(options?: { create?: boolean }): string {
+  return `${stateRoot(options)}/index`;
 }
 
 /**
- * Durable state (survives reboots of the runtime dir): index files of tar layers fetched from
- * registries live in `STATE_ROOT/index/LAYER/`, where reattach finds them again.
- */
-export const STATE_ROOT = Deno.env.get("EROFS_OCI_STATE_DIR") ?? "/var/lib/erofs-oci";
-export const INDEX_CACHE_DIR = `${STATE_ROOT}/index`;
-/**
  * Indexes `mount --index-missing` made on this host, `LAYER/` each: the only copy of them, so
- * not under INDEX_CACHE_DIR, whose unreferenced directories are pruned.
+ * not under indexCacheDir, whose unreferenced directories are pruned.
  */
-export const INDEXED_HERE_DIR = `${STATE_ROOT}/indexed-here`;
+export function indexedHereRoot(options?: { create?: boolean }): string {
+  return `${stateRoot(options)}/indexed-here`;
+}
 
 export function mountDir(id: string): string {
   return `${MOUNTS_DIR}/${id}`;
@@ -58,7 +65,7 @@ const KEPT_FAILED_LOGS = 10;
  * undefined when there was no log to keep.
  */
 export function keepFailedServerLog(id: string): string | undefined {
-  const dir = `${resolved(RUNTIME_ROOT)}/failed`;
+  const dir = `${resolvedPath(RUNTIME_ROOT)}/failed`;
   const kept = `${dir}/${id}.server.log`;
   try {
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -82,7 +89,11 @@ function mtimeMs(path: string): number {
   }
 }
 
-let runtimeRootTrusted = false;
+const RUNTIME_DIR: RecordsDir = {
+  what: "runtime directory",
+  envVar: "EROFS_OCI_RUNTIME_DIR",
+  defaultPath: "/run/erofs-oci",
+};
 
 /**
  * Refuses (as root) a runtime dir another user can change: root reads its mount records and
@@ -91,22 +102,7 @@ let runtimeRootTrusted = false;
  * its choice (a helper's repro). Not there yet is fine: it is made root's, 0700.
  */
 export function checkRuntimeRoot(): void {
-  if (runtimeRootTrusted || Deno.uid() !== 0) return;
-  let changeable;
-  try {
-    changeable = changeableBy(resolved(RUNTIME_ROOT), true);
-  } catch (error) {
-    if (error instanceof SysError && error.errno === Errno.ENOENT) return;
-    throw error;
-  }
-  if (changeable) {
-    throw new MountError(
-      `runtime directory ${RUNTIME_ROOT} is not root's alone: ${changeable.dir} can be changed ` +
-        `by ${changeable.by}, so its mount records are not trusted`,
-      "set EROFS_OCI_RUNTIME_DIR to a directory only root can change (default /run/erofs-oci)",
-    );
-  }
-  runtimeRootTrusted = true;
+  rootOnlyDir(RUNTIME_ROOT, RUNTIME_DIR);
 }
 
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
