@@ -35,6 +35,14 @@ export function printableJson(value: unknown): string {
   );
 }
 
+/**
+ * A value from a registry, image or file for one line of a message: printable, and cut after
+ * `maxChars` (a 3 MiB annotation made a 3 MiB error line).
+ */
+export function clipped(text: string, maxChars = 100): string {
+  return printable(text.length > maxChars ? `${text.slice(0, maxChars)}…` : text);
+}
+
 /** 1536 → "1.5 KiB". */
 export function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];

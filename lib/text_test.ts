@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { layerList } from "./text.ts";
+import { clipped, layerList } from "./text.ts";
 
 Deno.test("layerList: runs as ranges, at most 8 parts, then how many more", () => {
   assertEquals(layerList([]), "no layers");
@@ -8,4 +8,10 @@ Deno.test("layerList: runs as ranges, at most 8 parts, then how many more", () =
   assertEquals(layerList(Array.from({ length: 20_000 }, (_, i) => i)), "layers 0–19999");
   const odd = Array.from({ length: 100 }, (_, i) => 2 * i);
   assertEquals(layerList(odd), "layers 0, 2, 4, 6, 8, 10, 12, 14 and 92 more");
+});
+
+Deno.test("clipped: a hostile value is cut after maxChars and made printable", () => {
+  assertEquals(clipped("sha256:abc"), "sha256:abc");
+  assertEquals(clipped("x".repeat(1 << 20)), `${"x".repeat(100)}…`);
+  assertEquals(clipped("ab\x1b[2Jcd", 4), "ab\\x1b[…");
 });

@@ -14,7 +14,13 @@ import {
   startFaultProxy,
 } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { getManifest, OCI_INDEX, OCI_MANIFEST, pushImage } from "./_support/oci_raw.ts";
+import {
+  getManifest,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  pushImage,
+  putManifestDescriptor,
+} from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
@@ -465,6 +471,63 @@ Deno.test({
       );
       const kept = await getManifest(s.registry, "v/tagged", tag);
       assert.equal(kept.mediaType, OCI_MANIFEST, "the other image is still under the tag");
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a 1 MiB chunk-table annotation: mount refuses in one short line, inspect asks no such blob",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+    };
+    try {
+      const pushed = await pushImage(s.registry, "v/annotated", "plain", [
+        { bytes: s.image, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      const manifest = structuredClone(
+        (await getManifest(s.registry, "v/annotated", "plain")).json,
+      ) as { layers: { annotations?: Record<string, string> }[] };
+      manifest.layers[0].annotations = {
+        "io.github.erofs-oci.chunk-digests": "x".repeat(1 << 20),
+      };
+      await putManifestDescriptor(s.registry, "v/annotated", "v1", manifest, OCI_MANIFEST);
+      await using proxy = await startFaultProxy(s.registry.host, []);
+      const ref = `${proxy.host}/v/annotated:v1`;
+      const mounted = await runCli(
+        ["mount", ref, sandbox.target, "--plain-http", "--backend", "fuse"],
+        { env, timeoutMs: 60_000 },
+      );
+      assertCliError(
+        mounted,
+        1,
+        new RegExp(
+          `layer ${pushed.layers[0].digest}: chunk table digest 'x{100}…' is malformed`,
+        ),
+      );
+      assert.ok(mounted.stderr.length < 2000, `stderr of ${mounted.stderr.length} characters`);
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      // inspect still shows the image, says the tables were not looked up, asks for no blob.
+      const inspected = await runCli(["inspect", ref, "--plain-http"], { env, timeoutMs: 60_000 });
+      assertSuccess(inspected);
+      assert.match(inspected.stderr, /chunk-digest tables not looked up: .*not a digest/);
+      assert.ok(inspected.stderr.length < 2000, `stderr of ${inspected.stderr.length} characters`);
+      assert.ok(
+        inspected.stdout.length < 10_000,
+        `stdout of ${inspected.stdout.length} characters`,
+      );
+      assert.ok(
+        proxy.requests.every((r) => !r.path.includes("xxxxxxxx")),
+        "no request for the annotation's value",
+      );
     } finally {
       await sandbox.cleanup();
     }

@@ -10,6 +10,7 @@ import { digestOfAsync } from "../oci/digest.ts";
 import { keepBlob, keptBlobPath, readKeptBlob } from "../oci/kept_blobs.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
 import { debug, info } from "../log.ts";
+import { DIGEST_PATTERN } from "../oci/reference.ts";
 import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";
 import { mark } from "../timing.ts";
 import type { Source } from "../source/source.ts";
@@ -22,7 +23,7 @@ import {
 import { readRegularFile } from "../../ffi/files.ts";
 import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
 import { VerifiedSource, type VerifiedSourceOptions } from "./verified_source.ts";
-import { layerList } from "../text.ts";
+import { clipped, layerList } from "../text.ts";
 
 /** A layer's table as the mount spec carries it to the server. */
 export interface ChunkTableSpec {
@@ -174,7 +175,17 @@ export async function findLayerTableDigests(
   const found = new Map<string, { digest: string; bound: boolean }>();
   for (const d of descriptors) {
     const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
-    if (table) found.set(d.digest, { digest: table, bound: true });
+    if (table === undefined) continue;
+    // Bound to the layer by the pinned manifest: a malformed one is the image's fault, not a
+    // table to go without (nor a blob path to ask the registry for).
+    if (!DIGEST_PATTERN.test(table)) {
+      throw new OciError(
+        `layer ${d.digest}: its ${CHUNK_TABLE_ANNOTATION} annotation is not a digest: ` +
+          `'${clipped(table)}'`,
+        "the image is damaged: push it again, or ask its publisher",
+      );
+    }
+    found.set(d.digest, { digest: table, bound: true });
   }
   if (descriptors.every((d) => found.has(d.digest))) return found;
   const byReferrer = await findTablesByReferrer(client, repository, manifestDigest);

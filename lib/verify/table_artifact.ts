@@ -28,6 +28,7 @@ import {
 } from "./chunk_table.ts";
 import { MAX_METADATA_BYTES, METADATA_PACK_MEDIA_TYPE } from "./metadata_ranges.ts";
 import { parseJson } from "../json.ts";
+import { clipped } from "../text.ts";
 
 /** Uploads table blobs the registry does not have yet (before a manifest names them). */
 export async function uploadTables(
@@ -160,7 +161,9 @@ export async function fetchTable(
   signal?: AbortSignal,
 ): Promise<{ table: ChunkTable; bytes: Uint8Array }> {
   if (!DIGEST_PATTERN.test(digest)) {
-    throw new OciError(`layer ${layer.digest}: chunk table digest '${digest}' is malformed`);
+    throw new OciError(
+      `layer ${layer.digest}: chunk table digest '${clipped(digest)}' is malformed`,
+    );
   }
   const response = await client.request({
     method: "GET",
