@@ -96,6 +96,30 @@ Deno.test("build: the file copied alone into an empty directory runs --version, 
   }
 });
 
+Deno.test("build: launcher refuses an address-space limit V8 cannot start under, in one line", async () => {
+  const result = await build();
+  assert.equal(result.code, 0);
+  if (!isLauncher(result)) return; // the check is the launcher's
+  const copy = await copiedAlone();
+  try {
+    const limited = (kib: number) =>
+      run("sh", ["-c", `ulimit -v ${kib} && exec "$0" --version`, copy.program], copy.env);
+    const refused = await limited(4 * 1024 * 1024);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.equal(
+      refused.stderr,
+      "erofs-oci: the address-space limit (ulimit -v) is 4096 MiB, below the 64 GiB the Deno " +
+        "runtime reserves (not uses): lift it (ulimit -v unlimited) and bound memory with a " +
+        "cgroup instead (systemd MemoryMax=)\n",
+    );
+    const enough = await limited(64 * 1024 * 1024);
+    assert.equal(enough.code, 0, enough.stderr);
+    assert.equal(enough.stdout.trim(), `erofs-oci ${VERSION}`);
+  } finally {
+    await copy.cleanup();
+  }
+});
+
 Deno.test("build: launcher unpacks once into a private cache, checked by sha256", async (t) => {
   const result = await build();
   assert.equal(result.code, 0);
