@@ -32,7 +32,7 @@ import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } 
 import { NodeTable } from "./node_table.ts";
 import { NOT_STORABLE, type SkippedXattr, xattrNameSupported, xattrProblem } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
-import { smallInt } from "./layout.ts";
+import { smallInt } from "./small_int.ts";
 
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
