@@ -23,6 +23,7 @@ import { pwriteAll } from "./data_copy.ts";
 import { Errno, libc, strerror, SysError, unwrap } from "../../../ffi/libc.ts";
 import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { KIND_DIR, NodeTable } from "./node_table.ts";
+import { rootNodeOf } from "./node_table_objects.ts";
 import {
   isOverlayXattr,
   NOT_STORABLE,
@@ -347,7 +348,7 @@ export async function scanTar(
   table.dropIndex();
   table.trim();
   return {
-    root: table.rootNode(),
+    root: rootNodeOf(table),
     entries,
     spooledBytes: spoolEnd,
     tarEndOffset: tarEnd,

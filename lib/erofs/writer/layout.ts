@@ -33,7 +33,8 @@ import { orderFiles } from "./layout_order.ts";
 import { collectTree, type DirectoryPlan } from "./layout_tree.ts";
 import { planSharedXattrs, xattrBodyOf } from "./layout_xattrs.ts";
 import { alignUp } from "./small_int.ts";
-import { KIND_DIR, KIND_FILE, KIND_SYMLINK, type NodeTable, tableOf } from "./node_table.ts";
+import { KIND_DIR, KIND_FILE, KIND_SYMLINK, type NodeTable } from "./node_table.ts";
+import { tableOf } from "./node_table_objects.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;

@@ -8,15 +8,8 @@
  */
 import { FormatError } from "../../errors.ts";
 import { packDirectory } from "./dirs.ts";
-import {
-  DOT,
-  DOTDOT,
-  KIND_DIR,
-  KIND_SYMLINK,
-  type NodeTable,
-  releaseArray,
-  scratchArray,
-} from "./node_table.ts";
+import { DOT, DOTDOT, KIND_DIR, KIND_SYMLINK, type NodeTable } from "./node_table.ts";
+import { releaseArray, scratchArray } from "./resizable_arrays.ts";
 
 /**
  * A directory's entries sorted by their bytes ("." and ".." included): table entry ids (or
