@@ -61,9 +61,10 @@ export async function loadSource(
     throw new UserError(`build: ${source} is neither a directory nor a tar file`);
   }
   // The tar reader and decompressors (node:zlib, zstd) are loaded only for a tar SOURCE.
-  const [{ openTar }, { scanTar, spoolError }] = await Promise.all([
+  const [{ openTar }, { scanTar }, { spoolError }] = await Promise.all([
     import("../tar/decompress.ts"),
     import("../erofs/writer/from_tar.ts"),
+    import("../erofs/writer/from_tar_spool.ts"),
   ]);
   const reading = new ProgressLine(
     `${options.tarIndex ? "indexing" : "reading"} ${source === "-" ? "standard input" : source}`,

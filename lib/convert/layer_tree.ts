@@ -7,7 +7,8 @@
  * layers below have there: otherwise a 0700 directory would show up 0755 once stacked.
  */
 import { OciError, UserError } from "../errors.ts";
-import { scanTar, spoolError } from "../erofs/writer/from_tar.ts";
+import { scanTar } from "../erofs/writer/from_tar.ts";
+import { spoolError } from "../erofs/writer/from_tar_spool.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
 import { decompressTar } from "../tar/decompress.ts";

@@ -2,7 +2,7 @@
  * A blob's chunks in its cache files under the locking rules of disk_cache.ts: present chunks
  * copied out under read locks (so no evictor of any process punches a hole under the copy),
  * chunks dropped under their write lock (eviction, damage found by a check), and every chunk
- * dropped at once when the blob's bytes are refused. DiskCachedSource (disk_cached.ts) reads
+ * dropped at once when the blob's bytes are refused. The read path (disk_cache_read.ts) reads
  * and fills through it; what is being filled is BlobFiller's (disk_cache_fill.ts).
  */
 import { forgetSum } from "./disk_cache_files.ts";

@@ -2,8 +2,9 @@
  * How far a demand fetch of the disk cache runs past the read that needed it
  * (DiskCachedSource.setDemandAheadBytes): to the end of the read's aligned block of `bytes` and
  * the `blocks - 1` blocks after it, stopping at the first chunk that is not absent. Apart from
- * disk_cached.ts because it is a policy of its own (set by metadata_prefetch.ts from an image's
- * layout); the blob gives it its chunk map and what its fills hold.
+ * disk_cache_ahead.ts, which runs it, because it is a policy of its own (set by
+ * metadata_prefetch.ts from an image's layout); the blob gives it its chunk map and what its
+ * fills hold.
  */
 
 /** What the window needs of the blob: its geometry, its map, and the chunks its fills hold. */

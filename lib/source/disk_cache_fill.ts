@@ -1,6 +1,6 @@
 /**
- * The fill protocol of one disk-cached blob (disk_cached.ts has the whole picture and the read
- * path; disk_cache.ts the layout and locking rules): missing chunks are fetched as runs (one
+ * The fill protocol of one disk-cached blob (disk_cached.ts has the whole picture,
+ * disk_cache_read.ts the read path; disk_cache.ts the layout and locking rules): missing chunks are fetched as runs (one
  * underlying read per run, written where they belong, no per-chunk copies) under the map's
  * write lock — a run another process holds is waited for (OTHERS_FILL_WAIT_MS at most, see
  * disk_cache_held.ts), not repeated — verified, written and marked WRITTEN; the lock is then released and every reader

@@ -9,52 +9,39 @@
  * process) is read around, from the inner source without storing (disk_cache_held.ts). When
  * the disk fails (full, quota, I/O error) the source warns once and serves what is missing from
  * the inner source directly from then on.
- * This file is the read path and the blob's life (open, refusal, digest check, close); the
- * locked reads and drops of chunks in the files (eviction) are disk_cache_chunks.ts, the check
- * of kept chunks against a table below disk_cache_kept_check.ts, the fill protocol
- * disk_cache_fill.ts and its sync batching disk_cache_sync.ts, the descriptors for the FUSE reader thread's direct reads
- * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, how far a demand fetch runs
- * ahead disk_cache_demand_ahead.ts, the counters' shape disk_cache_stats.ts, the hash of the
- * complete blob against its digest disk_cache_whole_check.ts.
+ * This file is the blob's life (open, refusal, digest check, close) and the wiring of its parts:
+ * the read path is disk_cache_read.ts, what is fetched beyond a read (demand run-ahead,
+ * readahead, `--fetch-all`) disk_cache_ahead.ts, the locked reads and drops of chunks in the
+ * files (eviction) disk_cache_chunks.ts, the check of kept chunks against a table below
+ * disk_cache_kept_check.ts, the fill protocol disk_cache_fill.ts and its sync batching
+ * disk_cache_sync.ts, the descriptors for the FUSE reader thread's direct reads
+ * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, the counters' shape
+ * disk_cache_stats.ts, the hash of the complete blob against its digest
+ * disk_cache_whole_check.ts.
  */
-import { abortable } from "./abortable.ts";
-import { SysError } from "../../ffi/libc.ts";
-import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
-import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
+import type { CompletionEnd } from "./disk_cache_complete.ts";
 import {
   type DigestCheckEnd,
   type DigestCheckOptions,
   WholeDigestCheck,
 } from "./disk_cache_whole_check.ts";
-import {
-  BlobFiller,
-  type FillPause,
-  isPresent,
-  sleep,
-  type VerifyChunk,
-} from "./disk_cache_fill.ts";
+import { BlobFiller, type FillPause, isPresent, type VerifyChunk } from "./disk_cache_fill.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
 import { BlobChunks } from "./disk_cache_chunks.ts";
 import { KeptChunkCheck } from "./disk_cache_kept_check.ts";
-import { HeldByOthersError } from "./disk_cache_held.ts";
 import { BlobSidecar } from "./disk_cache_sidecar.ts";
-import { DemandAhead } from "./disk_cache_demand_ahead.ts";
+import { BlobFetchAhead } from "./disk_cache_ahead.ts";
+import { BlobReader } from "./disk_cache_read.ts";
 import { CheckedChunks, type StoredBytesChecker, storedBytesChecker } from "./stored_check.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
-import { servedChunks } from "./disk_cache_direct.ts";
 import { closeQuietly } from "./disk_cache_io.ts";
 
 export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
 export type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
-
-/** Reads that lost their chunks to eviction this often in a row are served from the inner source. */
-const MAX_ATTEMPTS = 5;
-/** The map's mtime is the blob's last use for eviction; refreshed at most this often. */
-const TOUCH_EVERY_MS = 60_000;
 
 export class DiskCachedSource implements Source {
   readonly size: number;
@@ -62,8 +49,6 @@ export class DiskCachedSource implements Source {
   readonly chunkCount: number;
   readonly #cache: DiskCache;
   readonly #inner: Source;
-  readonly #base: string;
-  readonly #verify?: VerifyChunk;
   /**
    * The source below checks bytes against a table (stored_check.ts): chunks found in the files
    * are checked once in this process before any reader gets them, as its own fills were.
@@ -84,18 +69,16 @@ export class DiskCachedSource implements Source {
   #degraded = false;
   /** Set when the complete blob failed its digest: the error every read rejects with. */
   #corrupt?: Error;
-  /** When a reader last needed a fetch: background completion waits for quiet. */
-  #lastForegroundMs = 0;
-  /** How far a demand fetch runs past its read (disk_cache_demand_ahead.ts). */
-  readonly #demandAhead = new DemandAhead();
-  #touchedMs = 0;
+  /** What is fetched beyond a read (disk_cache_ahead.ts). */
+  readonly #ahead: BlobFetchAhead;
+  /** The read path and the blob's recency (disk_cache_read.ts). */
+  readonly #reader: BlobReader;
   /** The whole-blob digest check (disk_cache_whole_check.ts). */
   readonly #wholeCheck: WholeDigestCheck;
   /** A refusal of the bytes under way (refuseBytes), for close() to wait for. */
   #refusing?: Promise<unknown>;
   /** The blob's `.meta` file (disk_cache_sidecar.ts). */
   readonly #sidecar: BlobSidecar;
-  lastUsedMs = Date.now();
   readonly #stats = {
     diskHitBytes: 0,
     fetchedBytes: 0,
@@ -117,8 +100,6 @@ export class DiskCachedSource implements Source {
   ) {
     this.#cache = cache;
     this.#inner = inner;
-    this.#base = base;
-    this.#verify = verify;
     this.size = inner.size;
     this.chunkBytes = cache.chunkBytes;
     this.chunkCount = Math.ceil(this.size / this.chunkBytes);
@@ -138,6 +119,12 @@ export class DiskCachedSource implements Source {
       lru: this.#lru,
       warn: (message: string) => cache.warnOnce(message),
     };
+    // What the parts are told of the blob's state: the disk failed, its bytes were refused.
+    const state = {
+      isDegraded: () => this.#degraded,
+      degrade: () => this.#degraded = true,
+      corruption: () => this.#corrupt,
+    };
     this.#chunks = new BlobChunks({
       ...files,
       checked: this.#checked,
@@ -149,10 +136,8 @@ export class DiskCachedSource implements Source {
       cache,
       inner,
       verify,
+      ...state,
       readMap: (start, stop) => this.#chunks.readMap(start, stop),
-      isDegraded: () => this.#degraded,
-      degrade: () => this.#degraded = true,
-      corruption: () => this.#corrupt,
       stored: (first, end) => this.#checked?.mark(first, end),
       marked: () => this.#wholeCheck.soon(),
     }, this.#stats);
@@ -165,6 +150,22 @@ export class DiskCachedSource implements Source {
         chunks: this.#chunks,
       });
     }
+    this.#ahead = new BlobFetchAhead({
+      ...files,
+      ...state,
+      chunks: this.#chunks,
+      filler: this.#filler,
+    });
+    this.#reader = new BlobReader({
+      ...files,
+      ...state,
+      inner,
+      chunks: this.#chunks,
+      filler: this.#filler,
+      ahead: this.#ahead,
+      checked: this.#checked,
+      keptCheck: this.#keptCheck,
+    }, this.#stats);
     this.#sidecar = new BlobSidecar(cache, base, {
       closed: () => this.#closing.signal.aborted,
       degraded: () => this.#degraded,
@@ -207,9 +208,14 @@ export class DiskCachedSource implements Source {
       throw error;
     }
     const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead, check);
-    source.#touch();
+    source.#reader.touch();
     source.#wholeCheck.soon(); // found complete: checked unless recorded
     return source;
+  }
+
+  /** When a reader last used the blob (the disk cache's bound evicts the least recent first). */
+  get lastUsedMs(): number {
+    return this.#reader.lastUsedMs;
   }
 
   diskStats(): DiskCacheStats {
@@ -265,93 +271,8 @@ export class DiskCachedSource implements Source {
     return out;
   }
 
-  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
-    const length = dest.length;
-    this.#assertOpen();
-    if (this.#corrupt) throw this.#corrupt;
-    if (
-      !Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size
-    ) throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
-    if (length === 0) return;
-    this.lastUsedMs = Date.now();
-    const first = Math.floor(offset / this.chunkBytes);
-    const end = Math.floor((offset + length - 1) / this.chunkBytes) + 1;
-    try {
-      if (await this.#readCached(offset, dest, first, end, signal)) return;
-    } catch (error) {
-      if (error instanceof HeldByOthersError) {
-        // A fill of another process (stopped?) holds some of these chunks: they stay its to
-        // fill, this reader gets its bytes from the inner source, checked as a fill's are.
-        const from = first * this.chunkBytes;
-        const bytes = await this.#filler.fetchUnstored(first, end, signal);
-        dest.set(bytes.subarray(offset - from, offset - from + length));
-        return;
-      }
-      if (!(error instanceof SysError)) throw error;
-      // The cache files failed under us (truncated, an I/O error of the disk): this blob goes
-      // on from the inner source, as after a failed write; what was cached is not trusted.
-      this.#degraded = true;
-      this.#cache.warnOnce(
-        `disk cache ${this.#base}: ${error.message}; continuing with the memory cache only`,
-      );
-    }
-    // Degraded (or starved by eviction under a tiny bound): the inner source, nothing stored.
-    this.#assertOpen();
-    this.#stats.fetches++;
-    this.#stats.fetchedBytes += length;
-    dest.set(await this.#inner.read(offset, length, signal));
-  }
-
-  /** The cached read of readInto: true when `dest` was filled from the cache files. */
-  async #readCached(
-    offset: number,
-    dest: Uint8Array,
-    first: number,
-    end: number,
-    signal?: AbortSignal,
-  ): Promise<boolean> {
-    const length = dest.length;
-    let fetched = false;
-    for (let attempt = 0; attempt < MAX_ATTEMPTS && !this.#degraded; attempt++) {
-      // Closed while this read waited (a fill, a busy lock): its descriptors may be gone.
-      this.#assertOpen();
-      const map = this.#chunks.readMap(first, end);
-      const missing: number[] = [];
-      map.forEach((byte, i) =>
-        !isPresent(byte) && !this.#filler.isWritten(first + i) && missing.push(first + i)
-      );
-      if (missing.length) {
-        // Gone (evicted by some process): whatever is there later is checked again.
-        for (const c of missing) this.#checked?.forget(c);
-        fetched = true;
-        this.#lastForegroundMs = Date.now();
-        const ahead = this.#aheadOf(missing[missing.length - 1] + 1);
-        fillTrace("miss", offset, length, missing.join(","), ahead.length);
-        const ends = await abortable(this.#filler.fillReadable(missing, ahead), signal);
-        fillTrace("miss-ready", offset, length, ends.join(","));
-        if (ends.includes("synced")) this.#stats.readsWaitedForSync++;
-        continue;
-      }
-      const unchecked = this.#checked?.uncheckedIn(first, end) ?? [];
-      if (unchecked.length && !(await abortable(this.#keptCheck!.check(unchecked), signal))) {
-        continue;
-      }
-      const read = this.#chunks.readKept(first, end, dest, offset);
-      if (read === "busy") {
-        await abortable(sleep(1), signal); // a filler or evictor holds some of these chunks
-        continue;
-      }
-      if (read === "missing") continue; // an evictor dropped a chunk since
-      if (read === "early") this.#stats.readsBeforeDurable++;
-      if (!fetched) this.#stats.diskHitBytes += length;
-      for (let i = first; i < end; i++) {
-        this.#lru.delete(i);
-        this.#lru.set(i, true);
-      }
-      this.#touch();
-      return true;
-    }
-    return false;
+  readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    return this.#reader.readInto(offset, dest, signal);
   }
 
   /**
@@ -363,18 +284,7 @@ export class DiskCachedSource implements Source {
    * (metadata_prefetch.ts sets it with its background windows, which fetch those blocks next anyway).
    */
   setDemandAheadBytes(bytes: number, blocks = 1): void {
-    this.#demandAhead.set(bytes, blocks);
-  }
-
-  /** The chunks a demand fetch of a read ending before chunk `from` runs on to. */
-  #aheadOf(from: number): number[] {
-    return this.#demandAhead.chunksFrom(from, {
-      chunkBytes: this.chunkBytes,
-      chunkCount: this.chunkCount,
-      readMap: (start, stop) => this.#chunks.readMap(start, stop),
-      isHeld: (byte, c) =>
-        isPresent(byte) || this.#filler.isFilling(c) || this.#filler.isWritten(c),
-    });
+    this.#ahead.setDemandAheadBytes(bytes, blocks);
   }
 
   /** Descriptors for another thread's direct reads (BlobChunks.openDirectReads), while open. */
@@ -385,13 +295,7 @@ export class DiskCachedSource implements Source {
 
   /** Reads served directly from the file: disk hits, most recently used chunks. */
   noteDirectReads(ranges: readonly number[]): void {
-    if (this.#closing.signal.aborted) return;
-    this.#stats.diskHitBytes += servedChunks(ranges, this.size, this.chunkBytes, (c) => {
-      this.#lru.delete(c);
-      this.#lru.set(c, true);
-    });
-    this.lastUsedMs = Date.now();
-    this.#touch();
+    this.#reader.noteDirectReads(ranges);
   }
 
   /**
@@ -401,20 +305,7 @@ export class DiskCachedSource implements Source {
    * awaited between the pieces of the body (a background fill yielding to a walk).
    */
   fillAhead(offset: number, length: number, pause?: FillPause): Promise<void> {
-    const done = Promise.resolve();
-    if (this.#degraded || this.#corrupt || this.#closing.signal.aborted || length <= 0) return done;
-    const first = Math.floor(offset / this.chunkBytes);
-    const end = Math.min(this.chunkCount, Math.ceil((offset + length) / this.chunkBytes));
-    if (first >= end) return done;
-    const missing: number[] = [];
-    this.#chunks.readMap(first, end).forEach((byte, i) => {
-      if (!isPresent(byte) && !this.#filler.isFilling(first + i)) missing.push(first + i);
-    });
-    // Nobody waits for readahead: its failure surfaces (if at all) on the read that needs it.
-    if (!missing.length) return done;
-    fillTrace("ahead", offset, length, missing.length);
-    this.#lastForegroundMs = Date.now();
-    return this.#filler.fillReadable(missing, [], pause).then(() => {}, () => {});
+    return this.#ahead.fillAhead(offset, length, pause);
   }
 
   /**
@@ -422,18 +313,7 @@ export class DiskCachedSource implements Source {
    * Resolves "complete" once the whole blob is present (CompletionEnd says the others).
    */
   completeInBackground(idleMs?: number, runBytes?: number): Promise<CompletionEnd> {
-    return completeInBackground(
-      {
-        chunkBytes: this.chunkBytes,
-        stopped: () => this.#closing.signal.aborted || this.#degraded,
-        presence: () => this.#chunks.readMap(0, this.chunkCount),
-        quietMs: () => this.#filler.fillingCount > 0 ? 0 : Date.now() - this.#lastForegroundMs,
-        fill: (chunks) => this.#filler.fill(chunks),
-        warn: (message) => this.#cache.warnOnce(message),
-      },
-      idleMs,
-      runBytes,
-    );
+    return this.#ahead.completeInBackground(idleMs, runBytes);
   }
 
   /**
@@ -498,18 +378,5 @@ export class DiskCachedSource implements Source {
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
-  }
-
-  #assertOpen(): void {
-    if (this.#closing.signal.aborted) throw new Error("read from a closed DiskCachedSource");
-  }
-
-  #touch(): void {
-    const now = Date.now();
-    if (now - this.#touchedMs < TOUCH_EVERY_MS) return;
-    this.#touchedMs = now;
-    try {
-      Deno.utimeSync(`${this.#base}.map`, new Date(now), new Date(now));
-    } catch { /* evicted or replaced: the next open recreates it */ }
   }
 }

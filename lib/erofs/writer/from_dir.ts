@@ -30,9 +30,10 @@ import { openDirNoSymlinks, readLinkBytesAt } from "../../../ffi/path_resolve.ts
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
+import { rootNodeOf } from "./node_table_objects.ts";
 import { NOT_STORABLE, type SkippedXattr, xattrNameSupported, xattrProblem } from "./xattrs.ts";
 import { pathBytes } from "./data_copy.ts";
-import { smallInt } from "./layout.ts";
+import { smallInt } from "./small_int.ts";
 
 /** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
@@ -151,7 +152,7 @@ function scanBelow(
   }
   options.onEntries?.(entries);
   table.trim();
-  return { root: table.rootNode(), entries };
+  return { root: rootNodeOf(table), entries };
 
   function scanOne(path: string, inode: number, below: string, dirFd: number): void {
     const via = `/proc/self/fd/${dirFd}`;

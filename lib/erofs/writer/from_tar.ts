@@ -8,10 +8,10 @@
  * OCI whiteouts become their overlayfs form (the default, so a per-layer image works in an
  * overlay stack): `.wh.NAME` → character device 0/0 at NAME, `.wh..wh..opq` →
  * `trusted.overlay.opaque=y` on its directory (lib/tar/whiteout.ts resolves same-layer cases).
+ *
+ * The spool is from_tar_spool.ts; a member's checks and attributes from_tar_member.ts.
  */
-import { ACL_ACCESS, ACL_DEFAULT, aclWithMode } from "../../tar/acl.ts";
-import { FormatError, UserError } from "../../errors.ts";
-import type { TarEntry } from "../../tar/entry.ts";
+import { FormatError } from "../../errors.ts";
 import { readTar } from "../../tar/reader.ts";
 import {
   LayerOverlayMapper,
@@ -19,18 +19,12 @@ import {
   OVERLAY_OPAQUE_XATTR,
   parseWhiteout,
 } from "../../tar/whiteout.ts";
-import { pwriteAll } from "./data_copy.ts";
-import { Errno, libc, strerror, SysError, unwrap } from "../../../ffi/libc.ts";
-import { type BuildNode, checkEntryName, type FileData, NO_XATTRS, type NodeKind } from "./tree.ts";
+import { type BuildNode, checkEntryName, type FileData, type NodeKind } from "./tree.ts";
 import { KIND_DIR, NodeTable } from "./node_table.ts";
-import {
-  isOverlayXattr,
-  NOT_STORABLE,
-  type SkippedXattr,
-  skippedXattrWarner,
-  xattrNameSupported,
-  xattrProblem,
-} from "./xattrs.ts";
+import { rootNodeOf } from "./node_table_objects.ts";
+import { type SkippedXattr, skippedXattrWarner } from "./xattrs.ts";
+import { checkMemberFields, setMemberAttributes } from "./from_tar_member.ts";
+import { TarSpool } from "./from_tar_spool.ts";
 
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
@@ -73,8 +67,6 @@ const TAR_KIND: Record<string, NodeKind> = {
   block: "blockdev",
   fifo: "fifo",
 };
-const SPOOL_ALIGN = 4096;
-const SPOOL_GATHER_BYTES = 1 << 20;
 const encoder = new TextEncoder();
 
 export async function scanTar(
@@ -133,7 +125,6 @@ export async function scanTar(
   /** When each whiteout was made: a directory it replaces by one it implies gets that time. */
   const whiteoutMtimes = new Map<string, number>();
   let entries = 0;
-  let spoolEnd = 0;
   let tarEnd = 0;
   const onSkippedXattr = options.onSkippedXattr ?? skippedXattrWarner();
   let endMarkerBlocks: 0 | 1 | 2 = 0;
@@ -176,58 +167,7 @@ export async function scanTar(
     return ref;
   };
 
-  // One gathering buffer per scan (scans may run concurrently; members of one scan do not).
-  let pending: Uint8Array<ArrayBuffer> | undefined;
-  const spool = async (entry: TarEntry): Promise<number> => {
-    pending ??= new Uint8Array(SPOOL_GATHER_BYTES);
-    const buffer = pending;
-    if (options.spoolFd === undefined) throw new FormatError("no spool file for tar data");
-    const base = Math.ceil(spoolEnd / SPOOL_ALIGN) * SPOOL_ALIGN;
-    const runs = entry.sparse ?? [{ offset: 0, length: entry.storedSize }];
-    let run = 0, inRun = 0;
-    // Chunks from a decompressor are small and unaligned: gathering them keeps zero blocks
-    // that straddle two chunks recognisable.
-    const spoolFd = options.spoolFd;
-    let pendingAt = 0, pendingLength = 0;
-    const flush = () => {
-      if (pendingLength > 0) {
-        writeSkippingZeroBlocks(spoolFd, buffer.subarray(0, pendingLength), pendingAt);
-      }
-      pendingLength = 0;
-    };
-    const put = (bytes: Uint8Array, offset: number) => {
-      if (pendingLength > 0 && pendingAt + pendingLength !== offset) flush();
-      if (pendingLength === 0) pendingAt = offset;
-      let at = 0;
-      while (at < bytes.length) {
-        const n = Math.min(bytes.length - at, buffer.length - pendingLength);
-        buffer.set(bytes.subarray(at, at + n), pendingLength);
-        pendingLength += n;
-        at += n;
-        if (pendingLength === buffer.length) {
-          flush();
-          pendingAt = offset + at;
-        }
-      }
-    };
-    for await (const chunk of entry.body) {
-      let at = 0;
-      while (at < chunk.length) {
-        while (run < runs.length && inRun >= runs[run].length) {
-          run++;
-          inRun = 0;
-        }
-        if (run >= runs.length) throw new FormatError(`tar member "${entry.path}": data overrun`);
-        const n = Math.min(chunk.length - at, runs[run].length - inRun);
-        put(chunk.subarray(at, at + n), base + runs[run].offset + inRun);
-        at += n;
-        inRun += n;
-      }
-    }
-    flush();
-    spoolEnd = base + entry.size;
-    return base;
-  };
+  const spool = new TarSpool(options.spoolFd);
 
   // Hard-link targets are looked up in the tree below (the reader's own check would keep a
   // path string per member: ~200 MB of a million-member layer).
@@ -248,7 +188,7 @@ export async function scanTar(
     if (entry.path === "") {
       if (entry.kind === "dir") {
         checkMemberFields(entry);
-        setAttributes(table, 0, entry, options, onSkippedXattr);
+        setMemberAttributes(table, 0, entry, options, onSkippedXattr);
       }
       continue;
     }
@@ -273,13 +213,13 @@ export async function scanTar(
       const old = e < 0 ? -1 : table.entryInode[e];
       if (old >= 0 && isDir(old)) {
         // A directory over a directory keeps its entries: the same inode, new attributes.
-        setAttributes(table, old, entry, options, onSkippedXattr);
+        setMemberAttributes(table, old, entry, options, onSkippedXattr);
         impliedDirs.delete(old);
         continue;
       }
     }
     const node = table.addInode(kind, 0);
-    setAttributes(table, node, entry, options, onSkippedXattr);
+    setMemberAttributes(table, node, entry, options, onSkippedXattr);
     if (kind === "symlink") table.setTarget(node, encoder.encode(entry.linkname));
     if (kind === "chardev" || kind === "blockdev") {
       table.setRdev(node, entry.devMajor, entry.devMinor);
@@ -301,7 +241,7 @@ export async function scanTar(
           table.setData(node, refOf(fd, { kind: "fd", fd, offset: 0 }), entry.dataOffset);
         } else {
           const fd = options.spoolFd ?? -1;
-          const offset = await spool(entry);
+          const offset = await spool.add(entry);
           table.setData(node, refOf(fd, { kind: "fd", fd, offset: 0 }), offset);
         }
       }
@@ -309,10 +249,7 @@ export async function scanTar(
     setChild(dir, name, node);
   }
   options.onEntries?.(entries);
-  // A sparse member may end in a hole: the spool must still reach its end.
-  if (options.spoolFd !== undefined && spoolEnd > 0) {
-    unwrap(libc().ftruncate(options.spoolFd, BigInt(spoolEnd)), "ftruncate", "(spool)");
-  }
+  spool.finish();
 
   if (overlay) {
     const { devices, opaqueDirs, replacedDirs } = overlay.result();
@@ -347,61 +284,12 @@ export async function scanTar(
   table.dropIndex();
   table.trim();
   return {
-    root: table.rootNode(),
+    root: rootNodeOf(table),
     entries,
-    spooledBytes: spoolEnd,
+    spooledBytes: spool.end,
     tarEndOffset: tarEnd,
     endMarkerBlocks,
   };
-}
-
-/**
- * A scan's failure as the user should read it: the spool file (unlinked, in `dir`) is the only
- * file a scan writes, so a full disk is its — not "write (image)", which named no file.
- */
-export function spoolError(error: unknown, dir: string, hint: string): unknown {
-  if (error instanceof SysError && (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT)) {
-    return new UserError(
-      `cannot hold the tar's file data in ${dir} while building: ${strerror(error.errno)}`,
-      hint,
-      { cause: error },
-    );
-  }
-  return error;
-}
-
-/** The member's mode, owner, mtime and storable xattrs on inode `i`. */
-function setAttributes(
-  table: NodeTable,
-  i: number,
-  entry: TarEntry,
-  options: TarScanOptions,
-  onSkippedXattr: SkippedXattr,
-) {
-  let xattrs = NO_XATTRS;
-  for (const [name, value] of entry.xattrs) {
-    if (!xattrNameSupported(name)) onSkippedXattr(entry.path, name, NOT_STORABLE);
-    else if (!options.literalWhiteouts && isOverlayXattr(name)) {
-      onSkippedXattr(
-        entry.path,
-        name,
-        "is overlayfs's own (a layer deletes files by .wh. members)",
-      );
-    } else if (name === ACL_DEFAULT && entry.kind !== "dir") {
-      onSkippedXattr(entry.path, name, "is a default ACL on a non-directory");
-    } else {
-      // As an extraction leaves it: the ACL set, then the member's mode (chmod).
-      const stored = name === ACL_ACCESS ? aclWithMode(value, entry.mode) : value;
-      if (xattrs === NO_XATTRS) xattrs = new Map([[name, stored]]);
-      else (xattrs as Map<string, Uint8Array>).set(name, stored);
-    }
-  }
-  table.setMode(i, entry.mode & 0o7777);
-  table.uid.set(i, entry.uid);
-  table.gid.set(i, entry.gid);
-  table.mtimeSec.set(i, entry.mtimeSec);
-  table.mtimeNsec.set(i, entry.mtimeNsec);
-  table.setXattrs(i, xattrs);
 }
 
 /**
@@ -422,64 +310,4 @@ function drainOnCancel(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8
       while (!(await reader.read()).done) { /* discard trailing bytes */ }
     },
   }, { highWaterMark: 0 });
-}
-
-/** Linux limits (PATH_MAX, new_encode_dev, 32-bit ids) a member must fit, else EROFS lies. */
-const MAX_SYMLINK_BYTES = 4095;
-
-function checkMemberFields(entry: TarEntry): void {
-  const where = `tar member "${entry.path}"`;
-  if (entry.uid > 0xffffffff || entry.gid > 0xffffffff || entry.uid < 0 || entry.gid < 0) {
-    throw new FormatError(`${where}: owner ${entry.uid}:${entry.gid} beyond 32 bits`);
-  }
-  if (entry.kind === "char" || entry.kind === "block") {
-    if (entry.devMajor > 0xfff || entry.devMinor > 0xfffff) {
-      throw new FormatError(`${where}: device ${entry.devMajor}:${entry.devMinor} too large`);
-    }
-  }
-  for (const [name, value] of entry.xattrs) {
-    if (!xattrNameSupported(name)) continue; // left out with a warning where it is applied
-    const problem = xattrProblem(name, value);
-    if (problem) throw new FormatError(`${where}: ${problem}`);
-  }
-  if (entry.kind === "symlink") {
-    const length = encoder.encode(entry.linkname).length;
-    if (length === 0 || length > MAX_SYMLINK_BYTES || entry.linkname.includes("\0")) {
-      throw new FormatError(`${where}: symlink target of ${length} bytes is not a usable path`);
-    }
-  }
-}
-
-const ZERO_BLOCK_BYTES = 4096;
-
-/**
- * Writes `data` at `offset` but leaves whole zero 4 KiB blocks unwritten: the spool is sized
- * with ftruncate at the end, so they read as zeros and stay holes, which the image copy skips
- * (a layer's zero-filled files then take no disk space in the spool or the image).
- */
-export function writeSkippingZeroBlocks(
-  fd: number,
-  data: Uint8Array<ArrayBuffer>,
-  offset: number,
-): void {
-  let runStart = 0; // start (in data) of the pending non-zero run
-  let at = 0;
-  while (at < data.length) {
-    const blockEnd = Math.min(
-      data.length,
-      at + ZERO_BLOCK_BYTES - ((offset + at) % ZERO_BLOCK_BYTES),
-    );
-    const whole = blockEnd - at === ZERO_BLOCK_BYTES;
-    if (whole && isZero(data, at, blockEnd)) {
-      if (runStart < at) pwriteAll(fd, data.subarray(runStart, at), offset + runStart);
-      runStart = blockEnd;
-    }
-    at = blockEnd;
-  }
-  if (runStart < data.length) pwriteAll(fd, data.subarray(runStart), offset + runStart);
-}
-
-function isZero(data: Uint8Array, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) if (data[i] !== 0) return false;
-  return true;
 }

@@ -14,6 +14,9 @@
  * The plan is columns (typed arrays indexed by inode, ino = index + 1), not an object per
  * inode: 300,000 entries held ~250 bytes each of plan objects, maps and sets; now ~45, and the
  * tree itself is columns too (`NodeTable`).
+ * The walk of the tree (inode order, links, directory entries) is layout_tree.ts, the shared
+ * xattr area and each inode's xattr body layout_xattrs.ts, the order of file data
+ * layout_order.ts; this file places inodes and blocks.
  */
 import { FormatError } from "../../errors.ts";
 import {
@@ -25,21 +28,13 @@ import {
   INODE_SLOT_BYTES,
   SUPERBLOCK_BYTES,
 } from "./format.ts";
-import { packDirectory } from "./dirs.ts";
-import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
 import type { BuildNode, FileData, NodeKind } from "./tree.ts";
 import { orderFiles } from "./layout_order.ts";
-import {
-  DOT,
-  DOTDOT,
-  KIND_DIR,
-  KIND_FILE,
-  KIND_SYMLINK,
-  type NodeTable,
-  releaseArray,
-  scratchArray,
-  tableOf,
-} from "./node_table.ts";
+import { collectTree, type DirectoryPlan } from "./layout_tree.ts";
+import { planSharedXattrs, xattrBodyOf } from "./layout_xattrs.ts";
+import { alignUp } from "./small_int.ts";
+import { KIND_DIR, KIND_FILE, KIND_SYMLINK, type NodeTable } from "./node_table.ts";
+import { tableOf } from "./node_table_objects.ts";
 
 export interface LayoutOptions {
   blockSizeBits?: number;
@@ -78,18 +73,6 @@ export const DEFAULT_INLINE_TAIL_MAX_BYTES = 2048;
 
 /** The device table follows the superblock: slot 9 (byte 1152), one 128-byte slot. */
 export const TAR_INDEX_DEVICE_SLOT = 9;
-
-/**
- * A directory's entries sorted by their bytes ("." and ".." included): table entry ids (or
- * DOT / DOTDOT), and the entries per block.
- */
-export interface DirectoryPlan {
-  /** Inode indexes of the directory and its parent. */
-  self: number;
-  parent: number;
-  entries: Int32Array;
-  perBlock: number[];
-}
 
 export interface ImageLayout {
   blockSizeBits: number;
@@ -158,40 +141,16 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   const kindCode = (i: number) => table.kindCode(inodeOf[i]);
   const pathInImage = (inode: number) => table.pathOf(inode, (dir) => tree.indexOf[dir] >= 0);
 
-  // Xattr pairs on two inodes or more are stored once, in the shared area after the superblock.
-  const uses = new Map<string, { name: string; value: Uint8Array; count: number }>();
-  // In inode order, as the shared area's order follows the first use.
-  const withXattrs: number[] = [];
-  for (const inode of table.extras.keys()) {
-    const i = tree.indexOf[inode];
-    if (i >= 0 && table.xattrsOf(inode).size > 0) withXattrs.push(i);
-  }
-  withXattrs.sort((a, b) => a - b);
-  for (const i of withXattrs) {
-    for (const [name, value] of table.xattrsOf(inodeOf[i])) {
-      const key = xattrKey(name, value);
-      const use = uses.get(key);
-      if (use) use.count++;
-      else uses.set(key, { name, value, count: 1 });
-    }
-  }
-  const sharedIds = new Map<string, number>();
-  const shared: { offset: number; bytes: Uint8Array }[] = [];
-  let cursor = options.tarIndex
-    ? (TAR_INDEX_DEVICE_SLOT + 1) * DEVICE_SLOT_BYTES
-    : EROFS_SUPER_OFFSET + SUPERBLOCK_BYTES;
-  const maxShared = options.maxSharedXattrBytes ?? 1 << 20;
-  for (const [key, use] of uses) {
-    if (use.count < 2) continue;
-    const bytes = encodeXattrEntry(use.name, use.value);
-    if (cursor + bytes.length > maxShared) break;
-    if ((cursor % blockBytes) + bytes.length > blockBytes) cursor = alignUp(cursor, blockBytes);
-    shared.push({ offset: cursor, bytes });
-    sharedIds.set(key, cursor / 4);
-    cursor += bytes.length;
-  }
-  uses.clear();
-  cursor = alignUp(cursor, INODE_SLOT_BYTES);
+  const sharedXattrs = planSharedXattrs(
+    table,
+    tree,
+    options.tarIndex
+      ? (TAR_INDEX_DEVICE_SLOT + 1) * DEVICE_SLOT_BYTES
+      : EROFS_SUPER_OFFSET + SUPERBLOCK_BYTES,
+    blockBytes,
+    options.maxSharedXattrBytes ?? 1 << 20,
+  );
+  let cursor = alignUp(sharedXattrs.end, INODE_SLOT_BYTES);
 
   const nid = new Uint32Array(count);
   const extended = new Uint8Array(count);
@@ -218,26 +177,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   };
   const place = (i: number) => {
     const inode = inodeOf[i];
-    const xattrs = table.xattrsOf(inode);
-    if (xattrs.size > 0) {
-      const ids: number[] = [];
-      const inline: [string, Uint8Array][] = [];
-      const sorted = [...xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-      for (const [name, value] of sorted) {
-        const id = sharedIds.get(xattrKey(name, value));
-        if (id !== undefined) ids.push(id);
-        else inline.push([name, value]);
-      }
-      let body: Uint8Array | undefined;
-      try {
-        body = encodeXattrBody(ids, inline);
-      } catch (error) {
-        if (!(error instanceof FormatError)) throw error;
-        const where = `"${pathInImage(inode)}" in the image`;
-        throw new FormatError(`${where}: ${error.message}`, error.hint, { cause: error });
-      }
-      if (body) xattrBodies.set(i, body);
-    }
+    const body = xattrBodyOf(table, inode, sharedXattrs.ids, pathInImage);
+    if (body) xattrBodies.set(i, body);
     const size = table.size.get(inode);
     const isExtended = table.uid.get(inode) > 0xffff || table.gid.get(inode) > 0xffff ||
       nlink[i] > 0xffff || size > 0xffffffff ||
@@ -335,7 +276,7 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
     dirs,
     chunkBits,
     chunkIndexOffset,
-    shared,
+    shared: sharedXattrs.entries,
     metadataBytes,
     dataOrder,
     orderUnmatched,
@@ -364,162 +305,7 @@ function byTarOffset(table: NodeTable, inodeOf: Int32Array, blocks: Uint32Array)
   return Int32Array.from(files.sort((a, b) => offsets[a] - offsets[b]));
 }
 
-interface Tree {
-  inodeOf: Int32Array;
-  indexOf: Int32Array;
-  entryOf: Int32Array;
-  nlink: Uint32Array;
-  dirs: Map<number, DirectoryPlan>;
-}
-
-const DOT_BYTES = new Uint8Array([0x2e]), DOTDOT_BYTES = new Uint8Array([0x2e, 0x2e]);
-
-/**
- * Every reachable inode once, breadth-first in each directory's entry order (hard links are
- * one inode reached twice), with link counts, sizes and each directory's sorted entries.
- */
-function collectTree(table: NodeTable, blockBytes: number): Tree {
-  const inodes = table.inodes, entries = table.entries;
-  // Each directory's entries in entry order: a counting sort by parent.
-  // One array for counts, fill positions and starts (no second one of `inodes`): counted at
-  // p + 2, summed, then filled from p + 1, which leaves [childStart[p], childStart[p + 1]).
-  const childStart = scratchArray(Uint32Array, inodes + 2);
-  for (let e = 0; e < entries; e++) childStart[table.entryParent[e] + 2]++;
-  for (let i = 0; i <= inodes; i++) childStart[i + 1] += childStart[i];
-  const childList = scratchArray(Int32Array, entries);
-  for (let e = 0; e < entries; e++) childList[childStart[table.entryParent[e] + 1]++] = e;
-  const indexOf = new Int32Array(inodes).fill(-1);
-  const inodeOf = new Int32Array(inodes);
-  // Names of files are needed only for data a directory scan shares per directory.
-  const entryOf = new Int32Array(table.refs.some((ref) => ref?.kind === "child") ? inodes : 0);
-  const nlink = new Uint32Array(inodes);
-  let count = 0;
-  const add = (inode: number, entry: number): number => {
-    indexOf[inode] = count;
-    inodeOf[count] = inode;
-    if (entryOf.length > 0) entryOf[count] = entry;
-    return count++;
-  };
-  add(0, -1);
-  nlink[0] = 2;
-  const dirs = new Map<number, DirectoryPlan>();
-  const pool = table.pool, nameStart = table.nameStart, nameLength = table.nameLength;
-  const compareEntries = (a: number, b: number): number => {
-    const la = nameLength[a], lb = nameLength[b];
-    const sa = nameStart[a], sb = nameStart[b];
-    const n = la < lb ? la : lb;
-    for (let k = 0; k < n; k++) {
-      const d = pool[sa + k] - pool[sb + k];
-      if (d !== 0) return d;
-    }
-    return la - lb;
-  };
-  const compareToBytes = (e: number, bytes: Uint8Array): number => {
-    const le = nameLength[e], se = nameStart[e];
-    const n = le < bytes.length ? le : bytes.length;
-    for (let k = 0; k < n; k++) {
-      const d = pool[se + k] - bytes[k];
-      if (d !== 0) return d;
-    }
-    return le - bytes.length;
-  };
-  // Directory indexes (and their parents) in breadth-first order.
-  const queue: number[] = [0, 0];
-  for (let head = 0; head < queue.length; head += 2) {
-    const dir = queue[head], parent = queue[head + 1];
-    const from = childStart[inodeOf[dir]], to = childStart[inodeOf[dir] + 1];
-    for (let k = from; k < to; k++) {
-      const e = childList[k];
-      const child = table.entryInode[e];
-      const isDir = table.kindCode(child) === KIND_DIR;
-      let target = indexOf[child];
-      if (target >= 0 && isDir) {
-        throw new FormatError(`directory reachable twice (at ${table.nameOf(e)}): not a tree`);
-      }
-      if (target < 0) target = add(child, e);
-      if (isDir) {
-        nlink[target] = 2;
-        nlink[dir]++;
-        queue.push(target, dir);
-      } else {
-        nlink[target]++;
-      }
-    }
-    const sorted = childList.subarray(from, to).sort(compareEntries);
-    for (let k = 1; k < sorted.length; k++) {
-      if (compareEntries(sorted[k - 1], sorted[k]) === 0) {
-        throw new FormatError("duplicate name in a directory");
-      }
-    }
-    // "." and ".." among the names, where their bytes put them.
-    const merged = new Int32Array(sorted.length + 2);
-    let at = 0, k = 0, dotDone = false, dotdotDone = false;
-    while (at < merged.length) {
-      if (!dotDone && (k >= sorted.length || compareToBytes(sorted[k], DOT_BYTES) > 0)) {
-        merged[at++] = DOT;
-        dotDone = true;
-      } else if (
-        dotDone && !dotdotDone &&
-        (k >= sorted.length || compareToBytes(sorted[k], DOTDOT_BYTES) > 0)
-      ) {
-        merged[at++] = DOTDOT;
-        dotdotDone = true;
-      } else {
-        merged[at++] = sorted[k++];
-      }
-    }
-    const lengths = Array.from(merged, (e) => e === DOT ? 1 : e === DOTDOT ? 2 : nameLength[e]);
-    const packed = packDirectory(lengths, blockBytes);
-    dirs.set(dir, { self: dir, parent, entries: merged, perBlock: packed.perBlock });
-    table.size.set(inodeOf[dir], packed.sizeBytes);
-  }
-  releaseArray(childList);
-  releaseArray(childStart);
-  // Symlinks' sizes join the table's (files' are there, directories' set above; others 0).
-  for (const inode of table.extras.keys()) {
-    if (table.kindCode(inode) === KIND_SYMLINK) {
-      table.size.set(inode, table.targetOf(inode)?.length ?? 0);
-    }
-  }
-  // Every inode is reachable unless a tar member replaced some: copy only then.
-  const fit = (a: Int32Array) => count === inodes ? a : a.slice(0, count);
-  return {
-    inodeOf: fit(inodeOf),
-    indexOf,
-    entryOf: entryOf.length > 0 ? fit(entryOf) : entryOf,
-    nlink: count === inodes ? nlink : nlink.slice(0, count),
-    dirs,
-  };
-}
-
-/** The inode index entry `k` of directory `plan` points at. */
-export function direntTarget(
-  layout: { table: NodeTable; indexOf: Int32Array },
-  plan: DirectoryPlan,
-  k: number,
-): number {
-  const e = plan.entries[k];
-  return e === DOT
-    ? plan.self
-    : e === DOTDOT
-    ? plan.parent
-    : layout.indexOf[layout.table.entryInode[e]];
-}
-
 /** erofs_dirent.file_type of a node kind. */
 export function fileTypeOf(kind: NodeKind): number {
   return FILE_TYPE[kind];
-}
-
-function alignUp(n: number, to: number): number {
-  return smallInt(Math.ceil(n / to) * to);
-}
-
-/**
- * `n` (an integer) as a small integer when it is one: a division or Math.ceil yields a double
- * even when integral, and a field that once held a double keeps every object's value boxed
- * (100,000 entries: ~10 MB of heap numbers across offset, nid, sizes, mtimes).
- */
-export function smallInt(n: number): number {
-  return n >= -0x80000000 && n <= 0x7fffffff ? n | 0 : n;
 }

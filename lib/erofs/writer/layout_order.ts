@@ -2,7 +2,7 @@
  * The order file data is written in: the `--order` paths first (contiguous, in their order),
  * then every other regular file with data blocks, depth-first in name order.
  */
-import type { DirectoryPlan } from "./layout.ts";
+import type { DirectoryPlan } from "./layout_tree.ts";
 import { DOT, DOTDOT, KIND_FILE, type NodeTable } from "./node_table.ts";
 
 /** What of the layout the ordering needs: inodes, their data blocks, directory entries. */

@@ -9,21 +9,13 @@
  * member replacing an earlier one), so a directory's entries in id order are in the order they
  * were first added, as a `Map`'s would be. Inodes no entry reaches any more are simply not laid
  * out. The `BuildNode` objects (tree.ts) stay the interface for code that edits trees (convert,
- * tar-index readers): `tableOf` turns such a tree into a table, and a scan's root materializes
- * objects only when someone reads its children.
+ * tar-index readers): node_table_objects.ts turns them into tables and back. The columns'
+ * memory (grown in place, trimmed) is resizable_arrays.ts's.
  */
 import { FormatError } from "../../errors.ts";
-import {
-  type BuildNode,
-  type FileData,
-  KIND_CODES,
-  lazyTableOf,
-  newLazyDir,
-  newNode,
-  NO_XATTRS,
-  type NodeKind,
-} from "./tree.ts";
+import { type FileData, KIND_CODES, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NumberColumn } from "./number_column.ts";
+import { column, grown, releaseArray, scratchArray, trimmed } from "./resizable_arrays.ts";
 
 export const KIND_FILE = 0, KIND_DIR = 1, KIND_SYMLINK = 2, KIND_CHARDEV = 3, KIND_BLOCKDEV = 4;
 /** `DirectoryPlan.entries` values standing for "." and "..". */
@@ -42,68 +34,15 @@ interface Extra {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-type Column = Uint8Array | Uint16Array | Uint32Array | Int32Array | Float64Array;
-type ColumnType<T extends Column> = {
-  new (buffer: ArrayBuffer): T;
-  readonly BYTES_PER_ELEMENT: number;
-};
-
 /** Most entries a table holds (a column's reserved address space, not memory). */
 const MAX_ELEMENTS = 2 ** 26;
 const MAX_POOL_BYTES = 2 ** 32;
-/** Columns grow in place by this many elements: no copy, no garbage, little unused room. */
-const GROW_ELEMENTS = 8192;
-
-/**
- * A column on a resizable buffer: it grows in place (the address space is reserved, pages are
- * committed as they are used), where doubling a plain typed array left the old copies as
- * garbage until V8 collected them (~50 MB of RSS at 600,000 entries) plus up to half unused.
- */
-function column<T extends Column>(type: ColumnType<T>, maxElements = MAX_ELEMENTS): T {
-  return new type(new ArrayBuffer(0, { maxByteLength: maxElements * type.BYTES_PER_ELEMENT }));
-}
-
-/**
- * `array` with room for `needed` elements. Columns of one table grow to the same element
- * count (a multiple of GROW_ELEMENTS), so checking one column's length covers them all.
- */
-function grown<T extends Column>(array: T, needed: number): T {
-  if (needed <= array.length) return array;
-  const buffer = array.buffer as ArrayBuffer;
-  const capacity = Math.ceil(needed / GROW_ELEMENTS) * GROW_ELEMENTS;
-  const bytes = Math.min(buffer.maxByteLength, capacity * array.BYTES_PER_ELEMENT);
-  if (needed * array.BYTES_PER_ELEMENT > bytes) {
-    throw new FormatError(`more than ${buffer.maxByteLength / array.BYTES_PER_ELEMENT} entries`);
-  }
-  buffer.resize(bytes);
-  return array;
-}
-
-/**
- * A zeroed array of `length` on its own resizable buffer, which `releaseArray` gives back at
- * once: big scratch arrays (a name index, a layout's child lists) then leave no garbage that
- * waits for V8 to collect it while the next big array is allocated.
- */
-export function scratchArray<T extends Column>(type: ColumnType<T>, length: number): T {
-  const bytes = length * type.BYTES_PER_ELEMENT;
-  return new type(new ArrayBuffer(bytes, { maxByteLength: bytes }));
-}
-
-/** Frees `array`'s memory now (it must come from `scratchArray` or `column`; length 0 after). */
-export function releaseArray(array: Column): void {
-  (array.buffer as ArrayBuffer).resize(0);
-}
-
-function trimmed<T extends Column>(array: T, length: number): T {
-  (array.buffer as ArrayBuffer).resize(length * array.BYTES_PER_ELEMENT);
-  return array;
-}
 
 export class NodeTable {
   inodes = 0;
   entries = 0;
   /** kind code << 12 | permission bits. */
-  kindMode = column(Uint16Array);
+  kindMode = column(Uint16Array, MAX_ELEMENTS);
   /** Owner, mtime, a file's size: as narrow as their values allow (`NumberColumn`). */
   readonly uid = new NumberColumn(MAX_ELEMENTS);
   readonly gid = new NumberColumn(MAX_ELEMENTS);
@@ -111,7 +50,7 @@ export class NodeTable {
   readonly mtimeNsec = new NumberColumn(MAX_ELEMENTS);
   readonly size = new NumberColumn(MAX_ELEMENTS);
   /** Index into `refs` (0: no data). */
-  dataRef = column(Uint32Array);
+  dataRef = column(Uint32Array, MAX_ELEMENTS);
   /** Byte offset into the data's source. */
   readonly dataOffset = new NumberColumn(MAX_ELEMENTS);
   /**
@@ -125,10 +64,10 @@ export class NodeTable {
   refs: (FileData | undefined)[] = [undefined];
   extras = new Map<number, Extra>();
 
-  entryParent = column(Uint32Array);
-  entryInode = column(Uint32Array);
-  nameStart = column(Uint32Array);
-  nameLength = column(Uint8Array);
+  entryParent = column(Uint32Array, MAX_ELEMENTS);
+  entryInode = column(Uint32Array, MAX_ELEMENTS);
+  nameStart = column(Uint32Array, MAX_ELEMENTS);
+  nameLength = column(Uint8Array, MAX_ELEMENTS);
   pool = column(Uint8Array, MAX_POOL_BYTES);
   poolBytes = 0;
 
@@ -355,70 +294,6 @@ export class NodeTable {
     this.nameLength = trimmed(this.nameLength, m);
     this.pool = trimmed(this.pool, this.poolBytes);
   }
-
-  /** Copies what `stat` shows of `node` (not its children) into inode `i`. */
-  setAttributes(i: number, node: BuildNode): void {
-    this.setMode(i, node.mode);
-    this.uid.set(i, node.uid);
-    this.gid.set(i, node.gid);
-    this.mtimeSec.set(i, node.mtimeSec);
-    this.mtimeNsec.set(i, node.mtimeNsec);
-    this.setXattrs(i, node.xattrs);
-  }
-
-  /** A new node object with inode `i`'s fields (children not included). */
-  nodeOf(i: number): BuildNode {
-    const kind = this.kindOf(i);
-    const node = newNode(kind, {
-      mode: this.modeOf(i),
-      uid: this.uid.get(i),
-      gid: this.gid.get(i),
-      mtimeSec: this.mtimeSec.get(i),
-      mtimeNsec: this.mtimeNsec.get(i),
-    });
-    node.xattrs = this.xattrsOf(i);
-    if (kind === "file") {
-      node.sizeBytes = this.size.get(i);
-      node.data = this.dataOf(i);
-    } else if (kind === "symlink") {
-      node.target = this.targetOf(i);
-    } else if (kind === "chardev" || kind === "blockdev") {
-      [node.rdevMajor, node.rdevMinor] = this.rdevOf(i);
-    }
-    return node;
-  }
-
-  /**
-   * The root object of this table: a directory node with inode 0's fields whose children
-   * become objects only when read. The writer uses the table itself (`tableOf`).
-   */
-  rootNode(): BuildNode {
-    const root = newLazyDir({
-      mode: this.modeOf(0),
-      uid: this.uid.get(0),
-      gid: this.gid.get(0),
-      mtimeSec: this.mtimeSec.get(0),
-      mtimeNsec: this.mtimeNsec.get(0),
-    }, { table: this, materialize: () => this.#materialize(root) });
-    root.xattrs = this.xattrsOf(0);
-    return root;
-  }
-
-  /** Every entry as objects, in entry order (each directory's `Map` in insertion order). */
-  #materialize(root: BuildNode): Map<string, BuildNode> {
-    const objects: (BuildNode | undefined)[] = new Array(this.inodes);
-    const rootChildren = new Map<string, BuildNode>();
-    const childrenOf = (inode: number): Map<string, BuildNode> => {
-      if (inode === 0) return rootChildren;
-      return objectOf(inode).children!;
-    };
-    const objectOf = (inode: number): BuildNode => (objects[inode] ??= this.nodeOf(inode));
-    objects[0] = root;
-    for (let e = 0; e < this.entries; e++) {
-      childrenOf(this.entryParent[e]).set(this.nameOf(e), objectOf(this.entryInode[e]));
-    }
-    return rootChildren;
-  }
 }
 
 function hashName(parent: number, bytes: Uint8Array, start: number, end: number): number {
@@ -426,67 +301,4 @@ function hashName(parent: number, bytes: Uint8Array, start: number, end: number)
   for (let k = start; k < end; k++) h = Math.imul(h ^ bytes[k], 0x01000193);
   h ^= h >>> 15;
   return Math.imul(h, 0x2c1b3c6d) >>> 0;
-}
-
-/**
- * The table to lay out for `root`: a scan's own table (with the root object's fields, which the
- * caller may have changed), or a new one built from an object tree. FormatError when a
- * directory is reachable twice.
- */
-export function tableOf(root: BuildNode): NodeTable {
-  const own = lazyTableOf(root);
-  if (own instanceof NodeTable) {
-    own.setAttributes(0, root);
-    return own;
-  }
-  return tableFromTree(root);
-}
-
-function tableFromTree(root: BuildNode): NodeTable {
-  const table = new NodeTable();
-  const refs = new Map<unknown, number>();
-  const seen = new Map<BuildNode, number>();
-  const add = (node: BuildNode): number => {
-    const i = table.addInode(node.kind, node.mode);
-    table.setAttributes(i, node);
-    if (node.kind === "file") {
-      table.size.set(i, node.sizeBytes);
-      const data = node.data;
-      if (data) {
-        const shared: FileData = data.kind === "fd"
-          ? { kind: "fd", fd: data.fd, offset: 0 }
-          : data.kind === "tar"
-          ? { kind: "tar", offset: 0 }
-          : data;
-        const key = data.kind === "fd" ? `fd:${data.fd}` : data.kind === "tar" ? "tar" : data;
-        let ref = refs.get(key);
-        if (ref === undefined) refs.set(key, ref = table.addRef(shared));
-        table.setData(i, ref, data.kind === "fd" || data.kind === "tar" ? data.offset : 0);
-      }
-    } else if (node.kind === "symlink") {
-      table.setTarget(i, node.target);
-    } else if (node.kind === "chardev" || node.kind === "blockdev") {
-      table.setRdev(i, node.rdevMajor, node.rdevMinor);
-    }
-    seen.set(node, i);
-    return i;
-  };
-  add(root);
-  const pending: [BuildNode, number][] = [[root, 0]];
-  while (pending.length > 0) {
-    const [dir, inode] = pending.pop()!;
-    for (const [name, child] of dir.children ?? []) {
-      let i = seen.get(child);
-      if (i !== undefined && child.kind === "dir") {
-        throw new FormatError(`directory reachable twice (at ${name}): not a tree`);
-      }
-      if (i === undefined) {
-        i = add(child);
-        if (child.kind === "dir") pending.push([child, i]);
-      }
-      table.addEntry(inode, name, i);
-    }
-  }
-  table.trim();
-  return table;
 }

@@ -23,7 +23,8 @@ import {
   MODE_TYPE,
 } from "./format.ts";
 import { encodeDirectory } from "./dirs.ts";
-import { direntTarget, fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
+import { fileTypeOf, type ImageLayout, TAR_INDEX_DEVICE_SLOT } from "./layout.ts";
+import { direntTarget } from "./layout_tree.ts";
 import { xattrCount } from "./xattrs.ts";
 import { copyRange, preadInto, pwriteAll } from "./data_copy.ts";
 import { BlockBatch, SMALL_FILE_BYTES } from "./data_batch.ts";
