@@ -127,6 +127,49 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "umount --all of a record whose mount went, its target now holding something else",
+  ignore,
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      Deno.mkdirSync(sandbox.target, { recursive: true });
+      assertSuccess(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      // Unmounted by another tool, and a tmpfs of someone else's mounted there since.
+      assert.ok(
+        (await new Deno.Command("umount", { args: ["-l", sandbox.target] }).output()).success,
+      );
+      const tmpfs = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=1m", "other", sandbox.target],
+      }).output();
+      assert.ok(tmpfs.success);
+      const result = await runCli(["umount", "--all"], { env: sandbox.env });
+      assertSuccess(result);
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `${sandbox.target} \\(.*basic\\.erofs\\) was no longer mounted: its record is cleared`,
+        ),
+      );
+      assert.doesNotMatch(result.stderr, /unmounted /, describe(result));
+      const left = mountsBelow(sandbox.target);
+      assert.equal(left.length, 1, `the tmpfs stays: ${JSON.stringify(left)}`);
+      assert.deepEqual(
+        (await runCli(["list", "--json"], { env: sandbox.env })).stdout.trim(),
+        "[]",
+      );
+    } finally {
+      await new Deno.Command("umount", { args: ["-l", sandbox.target], stderr: "null" }).output();
+      await sandbox.cleanup();
+    }
+  },
+});
+
 /** basic.erofs at the sandbox's target, layer1.erofs on `inner` (a directory inside it). */
 async function mountNested(sandbox: MountSandbox, inner: string): Promise<void> {
   Deno.mkdirSync(sandbox.target, { recursive: true });

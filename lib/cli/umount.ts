@@ -1,6 +1,6 @@
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs } from "./command.ts";
-import { unmountImage } from "../daemon/unmount_image.ts";
+import { type Unmounted, unmountImage } from "../daemon/unmount_image.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { MountError, UsageError, UserError } from "../errors.ts";
 import { NotMountedError, readStates } from "../state/mount_record.ts";
@@ -39,11 +39,20 @@ Options:
     }
     const [dir] = expectPositionals("umount", positionals, ["DIR"]);
     checkRoot("unmounting");
-    const state = await unmountImage(dir, lazy);
-    info(`unmounted ${state.target} (${state.image})`);
+    reportUnmounted(await unmountImage(dir, lazy));
     return 0;
   },
 };
+
+function reportUnmounted({ state, wasMounted }: Unmounted): void {
+  info(
+    wasMounted
+      ? `unmounted ${state.target} (${state.image})`
+      // An umount killed half-way, or the mount unmounted by another tool: what else is there
+      // now (a mount of something else) is left alone.
+      : `${state.target} (${state.image}) was no longer mounted: its record is cleared`,
+  );
+}
 
 /**
  * Every recorded mount, deepest target first (a mount inside another's writable overlay goes
@@ -58,8 +67,7 @@ async function unmountAll(lazy: boolean): Promise<number> {
   const left: string[] = [];
   for (const state of states) {
     try {
-      await unmountImage(state.target, lazy);
-      info(`unmounted ${state.target} (${state.image})`);
+      reportUnmounted(await unmountImage(state.target, lazy));
     } catch (error) {
       // Unmounted meanwhile by another command (umount DIR, a second umount --all): done.
       if (error instanceof NotMountedError) {

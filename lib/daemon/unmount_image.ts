@@ -31,9 +31,11 @@ const EBUSY = 16;
 const EINVAL = 22;
 const ENOENT = 2;
 
-async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): Promise<void> {
+/** Unmounts `dir`; false when it was not mounted (any more): the goal is reached all the same. */
+async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): Promise<boolean> {
   try {
     await unmountErofs(dir, opts);
+    return true;
   } catch (caught) {
     const error = caught instanceof MountError && caught.cause instanceof SysError
       ? caught.cause
@@ -45,7 +47,9 @@ async function unmountOne(dir: string, opts: UnmountOptions, shownAs: string): P
       );
     }
     // Not mounted any more (EINVAL) or gone: the goal is reached.
-    if (error instanceof SysError && (error.errno === EINVAL || error.errno === ENOENT)) return;
+    if (error instanceof SysError && (error.errno === EINVAL || error.errno === ENOENT)) {
+      return false;
+    }
     throw caught;
   }
 }
@@ -78,7 +82,13 @@ export async function detachDeadFuseMounts(id: string, shownAs: string): Promise
   }
 }
 
-export async function unmountImage(target: string, lazy: boolean): Promise<MountState> {
+/** What `umount` did: `wasMounted` false when only the record (and server) of a mount gone. */
+export interface Unmounted {
+  state: MountState;
+  wasMounted: boolean;
+}
+
+export async function unmountImage(target: string, lazy: boolean): Promise<Unmounted> {
   // Not while a reattach works on this mount (it would see it half gone): its own lock first,
   // then (never the other way round: reattach takes its mounts' locks without waiting, under
   // the lock of all changes) the lock of all changes, for the checks across mounts.
@@ -116,19 +126,20 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Mount
   }
 }
 
-async function unmountLocked(state: MountState, lazy: boolean): Promise<MountState> {
+async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounted> {
   const top = {
     lazy,
     mountId: state.mountId,
     fsType: state.overlay ? "overlay" as const : "erofs" as const,
   };
+  let wasMounted = false;
   if (state.backend === "fuse" && !serverAlive(serverOf(state))) {
     // A dead FUSE server's keeper holds the connection open, and readers whose requests the
     // dead server had taken cannot even be killed: they keep the mount busy until the keeper
     // ends (they then fail), which ends crash recovery too. So a refused umount changes
     // nothing: it says what frees them (--lazy detaches first, and the keeper ends after).
     try {
-      await unmountOne(state.target, top, state.target);
+      wasMounted = await unmountOne(state.target, top, state.target);
     } catch (error) {
       if (!(error instanceof MountError)) throw error;
       throw new MountError(
@@ -139,7 +150,7 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<MountSta
       );
     }
   } else {
-    await unmountOne(state.target, top, state.target);
+    wasMounted = await unmountOne(state.target, top, state.target);
   }
   if (state.overlay) {
     for (const layer of [...state.layers].reverse()) {
@@ -162,7 +173,7 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<MountSta
   }
   removeMountDir(state.id);
   pruneStateDir();
-  return state;
+  return { state, wasMounted };
 }
 
 /**
