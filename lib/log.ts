@@ -1,5 +1,5 @@
 /** Diagnostics on stderr; stdout stays for data so `--json` output can be piped. */
-import { printable } from "./text.ts";
+import { capped, printable } from "./text.ts";
 import { describeErrno, plainOsErrors } from "./errors.ts";
 let debugEnabled = false;
 
@@ -63,7 +63,9 @@ export function debug(...parts: unknown[]): void {
 /** Deno's OS error texts read as ours there too; --debug keeps the errno's name. */
 export function warn(rawMessage: string): void {
   const { text, errnos } = plainOsErrors(rawMessage);
-  const message = debugEnabled && errnos.length > 0
+  const message = !debugEnabled
+    ? capped(text)
+    : errnos.length > 0
     ? `${text} [${errnos.map(describeErrno).join(", ")}]`
     : text;
   if (format === "json") logRecord("warning", message);

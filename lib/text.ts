@@ -43,6 +43,18 @@ export function clipped(text: string, maxChars = 100): string {
   return printable(text.length > maxChars ? `${text.slice(0, maxChars)}…` : text);
 }
 
+/** The longest message line printed whole without --debug (hostile values make longer ones). */
+export const MAX_MESSAGE_CHARS = 4000;
+
+/** `text` cut after MAX_MESSAGE_CHARS, saying how much was left out. */
+export function capped(text: string): string {
+  return text.length > MAX_MESSAGE_CHARS
+    ? `${text.slice(0, MAX_MESSAGE_CHARS)}… (${
+      text.length - MAX_MESSAGE_CHARS
+    } more characters; --debug shows all)`
+    : text;
+}
+
 /** 1536 → "1.5 KiB". */
 export function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { clipped, layerList } from "./text.ts";
+import { capped, clipped, layerList, MAX_MESSAGE_CHARS } from "./text.ts";
 
 Deno.test("layerList: runs as ranges, at most 8 parts, then how many more", () => {
   assertEquals(layerList([]), "no layers");
@@ -14,4 +14,13 @@ Deno.test("clipped: a hostile value is cut after maxChars and made printable", (
   assertEquals(clipped("sha256:abc"), "sha256:abc");
   assertEquals(clipped("x".repeat(1 << 20)), `${"x".repeat(100)}…`);
   assertEquals(clipped("ab\x1b[2Jcd", 4), "ab\\x1b[…");
+});
+
+Deno.test("capped: a message past MAX_MESSAGE_CHARS is cut, saying how much was left out", () => {
+  assertEquals(capped("short"), "short");
+  const long = "y".repeat(MAX_MESSAGE_CHARS + 1234);
+  assertEquals(
+    capped(long),
+    `${"y".repeat(MAX_MESSAGE_CHARS)}… (1234 more characters; --debug shows all)`,
+  );
 });

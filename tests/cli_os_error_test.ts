@@ -62,3 +62,17 @@ Deno.test("--debug names the errno; --log-format json gives the same words", asy
     assert.deepEqual(record.errno, ["ENOENT (os error 2)"]);
   });
 });
+
+Deno.test("an error line longer than 4000 characters is cut, saying so; --debug prints it whole", async () => {
+  await withTempDir("erofs-oci-long-error-", async (work) => {
+    const env = isolated(work);
+    const name = `/nonexistent/${"b".repeat(4050)}`;
+    const cut = await runCli(["inspect", name], { env });
+    assert.equal(cut.code, 2, cut.stderr);
+    const [first] = cut.stderr.split("\n");
+    assert.match(first, /^erofs-oci: .*b… \(\d+ more characters; --debug shows all\)$/);
+    assert.ok(first.length < 4100, `a line of ${first.length} characters`);
+    const whole = await runCli(["--debug", "inspect", name], { env });
+    assert.ok(whole.stderr.includes(name), "--debug prints the whole message");
+  });
+});

@@ -10,6 +10,7 @@ import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
+import { capped } from "../text.ts";
 import { eventLoopTurn } from "../event_loop.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 
@@ -136,9 +137,11 @@ function takeLogFormat(argv: string[]): string[] {
  */
 export function reportError(thrown: unknown, debug: boolean): number {
   const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown) ?? thrown;
-  const { text: message, errnos } = plainOsErrors(
+  const { text: plain, errnos } = plainOsErrors(
     error instanceof Error ? error.message : String(error),
   );
+  // One line, whatever a registry or image put into it (a 3 MiB annotation made a 3 MiB line).
+  const message = debug ? plain : capped(plain);
   if (logFormat() === "json") {
     if (error instanceof Deno.errors.BrokenPipe) return 1;
     const user = error instanceof UserError;
