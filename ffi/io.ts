@@ -2,7 +2,9 @@
  * Pipes, unix sockets and poll(2) through libc: descriptors shared with child processes and the
  * kernel (NBD sockets, /dev/fuse, pidfds), which Deno's own APIs do not hand out.
  */
-import { closeFd, Errno, errno, libc, O_CLOEXEC, SysError, unwrap } from "./libc.ts";
+import { closeFd, Errno, errno, libc, O_CLOEXEC, O_NONBLOCK, SysError, unwrap } from "./libc.ts";
+
+const F_GETFL = 3, F_SETFL = 4;
 
 const encoder = new TextEncoder();
 
@@ -11,6 +13,12 @@ export function makePipe(): { read: number; write: number } {
   const ends = new Int32Array(2);
   unwrap(libc().pipe2(ends, O_CLOEXEC), "pipe2");
   return { read: ends[0], write: ends[1] };
+}
+
+/** Sets O_NONBLOCK on `fd` (on its open file description: every copy of it shares the flag). */
+export function setNonBlocking(fd: number): void {
+  const flags = unwrap(libc().fcntl(fd, F_GETFL, 0), "fcntl", "F_GETFL");
+  unwrap(libc().fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl", "F_SETFL");
 }
 
 /** Writes all of `data` to a blocking fd. */

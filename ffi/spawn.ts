@@ -7,9 +7,9 @@
  * on are dup2'd in the child only: no inheritable copy ever exists in this process, where
  * another spawn could take it along.
  */
-import { closeFd, cstr, Errno, errno, libc, O_RDWR, SysError, unwrap } from "./libc.ts";
+import { closeFd, cstr, Errno, errno, libc, O_RDWR, SysError } from "./libc.ts";
 import { pathExists } from "./files.ts";
-import { makePipe, pollAsync, pollFds, POLLIN, POLLOUT } from "./io.ts";
+import { makePipe, pollAsync, pollFds, POLLIN, POLLOUT, setNonBlocking } from "./io.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -22,7 +22,6 @@ const ATTR_BYTES = 336, ATTR_SIGDEFAULT_AT = 8;
 const ACTIONS_BYTES = 80;
 const POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08, POSIX_SPAWN_SETSID = 0x80;
 const SIGPIPE = 13;
-const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
 
 /** How a spawned program is started. */
 export interface SpawnOptions {
@@ -159,12 +158,6 @@ async function waitFor(pid: number): Promise<number> {
   }
   const value = status[0];
   return (value & 0x7f) === 0 ? (value >> 8) & 0xff : 128 + (value & 0x7f);
-}
-
-/** Sets O_NONBLOCK on `fd`: it is then waited on with poll on a pool thread. */
-function setNonBlocking(fd: number): void {
-  const flags = unwrap(libc().fcntl(fd, F_GETFL, 0), "fcntl", "F_GETFL");
-  unwrap(libc().fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl", "F_SETFL");
 }
 
 /** Waits (pool thread) until `fd` is ready for `events`. */

@@ -2,8 +2,9 @@
  * A `Source` shown as one read-only file on a private FUSE mount, spoken over /dev/fuse by
  * this process (no libfuse). EROFS is then mounted on that file (lib/mount/erofs_file.ts).
  *
- * Threads: a worker blocks in read() on /dev/fuse and posts each request here; this thread
- * answers metadata at once and READs when `source.read` resolves, with one write() per reply.
+ * Threads: the process's reader thread (reader_worker.ts, one for every connection) polls
+ * /dev/fuse and posts each request here; this thread answers metadata at once and READs when
+ * `source.read` resolves, with one write() per reply.
  * So this thread must never make a blocking call that needs a FUSE reply (mount(2) of EROFS on
  * the file, stat of the mount): those go to worker threads too (lib/sys/mount_task.ts).
  */
@@ -37,8 +38,9 @@ export interface FuseBlob {
   /** The file's mtime as told to the kernel (a server taking over tells the same). */
   readonly fileMtimeSec: number;
   /**
-   * Unmounts the FUSE file system and stops the reader thread. Rejects with MountError (and
-   * keeps serving) while something — the EROFS mount — still uses the file: unmount that first.
+   * Unmounts the FUSE file system and takes it off the reader thread (which ends with its last
+   * connection). Rejects with MountError (and keeps serving) while something — the EROFS
+   * mount — still uses the file: unmount that first.
    */
   close(): Promise<void>;
 }

@@ -1,12 +1,11 @@
 /**
- * One mounted FUSE connection: the /dev/fuse descriptor, the worker thread that reads it and
- * the request handler on this thread (see blob.ts for the threading rules).
+ * One mounted FUSE connection: the /dev/fuse descriptor, the reader thread it shares with every
+ * other connection of the process (reader_thread.ts) and the request handler on this thread (see
+ * blob.ts for the threading rules).
  */
 import { addressOf, closeFd, Errno, errno, libc, strerror, SysError } from "../../ffi/libc.ts";
 import { writeSmallFile } from "../../ffi/files.ts";
-import { makePipe } from "../../ffi/io.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
-import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
 import { waitAtMost } from "../source/abortable.ts";
 import { MountError } from "../errors.ts";
 import * as log from "../log.ts";
@@ -14,17 +13,9 @@ import { findMount } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import type { Source } from "../source/source.ts";
 import { type DirectReadFiles, isDirectReadable } from "../source/direct_reads.ts";
-import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
-import { servedBatchBody } from "../source/served_batch_body.ts";
-import { activityRecorderBody } from "../source/read_activity_cell.ts";
-import { walkClockBody } from "../source/walk_clock_body.ts";
+import { directReadArg } from "../source/direct_read_body.ts";
 import { encodeResendNotify, FUSE_MAX_MAX_PAGES } from "./protocol.ts";
-import {
-  type FuseReaderArg,
-  fuseReaderBody,
-  type FuseReaderMessage,
-  waitingReaderBody,
-} from "./reader_worker.ts";
+import { discardIdleFuseReader, type FuseReaderThread, fuseReaderThread } from "./reader_thread.ts";
 import { FILE_NODE_ID, SingleFileFuseServer } from "./server.ts";
 
 /** Largest request payload accepted (the kernel sizes WRITEs by it; we get none). */
@@ -52,46 +43,38 @@ const DISK_CACHE_READ_AHEAD_KB = 1024;
 const INIT_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 2_000;
 
-/** Reader threads, each waiting for its connection's FuseReaderArg (waitingReaderBody). */
-const spareReaders = new SpareWorkers(() =>
-  startLibcWorker("fuse-reader", waitingReaderBody, null, {
-    body: fuseReaderBody,
-    directReader: directReaderBody,
-    servedBatch: servedBatchBody,
-    walkClock: walkClockBody,
-    activityRecorder: activityRecorderBody,
-  })
-);
+const READER_LIMITS = {
+  bufferBytes: READ_BUFFER_BYTES,
+  maxReadBytes: FUSE_MAX_MAX_PAGES * 4096,
+};
 
 /**
- * Starts reader threads for `count` connections to come: a thread's start-up (runtime, libc:
+ * Starts the reader thread ahead of the connections to come: its start-up (runtime, libc:
  * 30-100 ms) then overlaps the server's other work instead of delaying the kernel's INIT.
  */
-export function prestartFuseReaders(count: number): void {
-  spareReaders.prestart(count);
+export function prestartFuseReaders(connections: number): void {
+  if (connections > 0) fuseReaderThread(READER_LIMITS);
 }
 
-/** Ends the reader threads no connection took (they would keep the process alive). */
+/** Ends the reader thread if no connection took it (it would keep the process alive). */
 export function discardSpareFuseReaders(): void {
-  spareReaders.discard();
+  discardIdleFuseReader();
 }
 
-/** One mounted FUSE connection: the fd, the reader worker and the request handler. */
+/** One mounted FUSE connection: the fd, its place on the reader thread, the request handler. */
 export class FuseConnection {
   readonly server: SingleFileFuseServer;
   readonly #fd: number;
   readonly #dir: string;
   readonly #removeDir: boolean;
-  readonly #reader: Worker;
+  readonly #reader: FuseReaderThread;
+  readonly #readerId: number;
   readonly #readerEnded = Promise.withResolvers<void>();
-  /** The reader has left its loop (said so, or threw): nothing of it uses a descriptor now. */
+  /** The reader thread no longer reads this connection nor uses its descriptors. */
   #readerDone = false;
   /** Disk cache files the reader answers READs from by itself (see reader_worker.ts). */
   readonly #direct?: DirectReadFiles;
   #fdOpen = true;
-  /** The reader polls `read`; closing `write` stops it (FuseReaderArg.stopFd). */
-  readonly #stopPipe = makePipe();
-  #stopPipeWriteOpen = true;
   #readerStarted = Promise.withResolvers<void>();
   readerThreadId = 0;
   #closing?: Promise<void>;
@@ -122,43 +105,24 @@ export class FuseConnection {
       : this.#direct
       ? DISK_CACHE_READ_AHEAD_KB
       : PAGE_CACHE_READ_AHEAD_KB;
-    const arg: FuseReaderArg = {
-      fd,
-      bufferBytes: READ_BUFFER_BYTES,
-      stopFd: this.#stopPipe.read,
-      maxReadBytes: FUSE_MAX_MAX_PAGES * 4096,
-      direct: this.#direct && {
-        ...directReadArg(this.#direct),
-        nodeId: Number(FILE_NODE_ID),
-      },
+    this.#reader = fuseReaderThread(READER_LIMITS);
+    const direct = this.#direct && {
+      ...directReadArg(this.#direct),
+      nodeId: Number(FILE_NODE_ID),
     };
-    this.#reader = spareReaders.take();
-    this.#reader.postMessage(arg);
-    this.#reader.onmessage = (event: MessageEvent<FuseReaderMessage>) => {
-      const message = event.data;
-      if ("request" in message) {
-        this.server.handle(new Uint8Array(message.request));
-        return;
-      }
-      if ("served" in message) {
-        this.server.noteServed(message.served);
-        return;
-      }
-      if ("started" in message) {
-        this.readerThreadId = message.started;
+    this.#readerId = this.#reader.attach(fd, direct, {
+      request: (bytes) => this.server.handle(bytes),
+      served: (ranges) => this.server.noteServed(ranges),
+      started: (threadId) => {
+        this.readerThreadId = threadId;
         this.#readerStarted.resolve();
-        return;
-      }
-      this.#readerDone = true;
-      this.#readerEnded.resolve();
-      if (message.end === "error") this.#readerFailed(strerror(message.errno));
-    };
-    this.#reader.onerror = (event: ErrorEvent) => {
-      event.preventDefault();
-      this.#readerDone = true;
-      this.#readerEnded.resolve();
-      this.#readerFailed(event.message);
-    };
+      },
+      ended: (why, reason) => {
+        this.#readerDone = true;
+        this.#readerEnded.resolve();
+        if (why === "error") this.#readerFailed(reason);
+      },
+    });
   }
 
   /**
@@ -168,7 +132,6 @@ export class FuseConnection {
    */
   #readerFailed(reason: string): void {
     log.warn(`FUSE server on ${this.#dir} stopped: ${reason}`);
-    this.#stopReader();
     this.server.abortAll();
     this.#closeFd();
   }
@@ -194,25 +157,20 @@ export class FuseConnection {
     return false;
   }
 
-  /** Closes the stop pipe's write end (the reader wakes and returns), then terminates it. */
-  #stopReader(): void {
-    if (this.#stopPipeWriteOpen) {
-      this.#stopPipeWriteOpen = false;
-      closeFd(this.#stopPipe.write);
-    }
-    this.#reader.terminate();
-  }
-
+  /**
+   * Closes the descriptor once the reader thread has let go of it: before, its number could
+   * come back as another layer's /dev/fuse descriptor, which the thread would still read for
+   * this connection. A thread that did not let go keeps the descriptors (the lesser harm).
+   */
   #closeFd(): void {
     if (!this.#fdOpen) return;
     this.#fdOpen = false;
+    if (!this.#readerDone) {
+      log.debug(`FUSE on ${this.#dir}: the reader did not let go; its descriptors left open`);
+      return;
+    }
     closeFd(this.#fd);
-    // A reader that did not say it stopped may still be inside a pread or a poll: a closed
-    // number could name another file by then. Descriptors left open are the lesser harm.
-    if (this.#readerDone) {
-      this.#direct?.close();
-      closeFd(this.#stopPipe.read);
-    } else log.debug(`FUSE on ${this.#dir}: the reader's descriptors left open`);
+    this.#direct?.close();
   }
 
   async ready(): Promise<void> {
@@ -306,10 +264,9 @@ export class FuseConnection {
   }
 
   async #stop(): Promise<void> {
-    // After the unmount the reader sees ENODEV/POLLERR and ends by itself; the stop pipe wakes
-    // one the kernel did not (a connection a keeper holds open).
+    // Unmounted: the thread has nothing more to read here (it may have seen ENODEV already).
+    this.#reader.detach(this.#readerId);
     await waitAtMost(this.#readerEnded.promise, STOP_TIMEOUT_MS);
-    this.#stopReader();
     this.server.abortAll();
     this.#closeFd();
     if (this.#removeDir) {
