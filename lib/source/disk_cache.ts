@@ -23,13 +23,9 @@ import { type DigestCheckEnd, DiskCachedSource, type VerifyChunk } from "./disk_
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
 import { blobFilePrefix, blobNameStem } from "./disk_cache_names.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
-import {
-  availableBytesOf,
-  defaultKeepFreeBytes,
-  fileSystemTypeOf,
-  sharedFileSystemName,
-} from "./disk_cache_fs.ts";
+import { defaultKeepFreeBytes, fileSystemTypeOf, sharedFileSystemName } from "./disk_cache_fs.ts";
 import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
+import { CacheRoom, type Reservation } from "./disk_cache_room.ts";
 import { removeIfMapDamaged, removeIfUnused, scanBlobs } from "./disk_cache_scan.ts";
 import { refusedSpecialPath } from "../errors.ts";
 import { notRootsAlone, resolvedPath } from "../../ffi/trusted_path.ts";
@@ -53,8 +49,9 @@ export const DEFAULT_DISK_CHUNK_BYTES = 1 << 18;
 /** Eviction frees down to this share of the bound, so it does not run on every fill. */
 const EVICT_TO = 0.9;
 /**
- * The most bytes this process writes between two looks at the whole cache and its file
- * system: other processes fill the same cache and other programs the same disk.
+ * The most bytes this process writes between two scans of the whole cache: other processes
+ * fill it too (their fills count toward the bound). The file system's free space is looked at
+ * more often, before writes (disk_cache_room.ts).
  */
 const CHECK_EVERY_MAX_BYTES = 64 << 20;
 
@@ -127,7 +124,8 @@ export class DiskCache {
   readonly #open = new Set<DiskCachedSource>();
   /** Sidecar reads started ahead of wrap(), by blob base path (readSidecarAhead). */
   readonly #sidecarsAhead = new Map<string, Promise<Uint8Array | undefined>>();
-  #usageBytes = 0;
+  /** What the cache holds and may still take (its bound, keep-free): disk_cache_room.ts. */
+  readonly #room: CacheRoom;
   #evicting = false;
 
   private constructor(dir: string, options: DiskCacheOptions) {
@@ -139,7 +137,12 @@ export class DiskCache {
     this.othersFillWaitMs = options.othersFillWaitMs;
     this.#checkEveryBytes = Math.max(
       this.chunkBytes,
-      Math.min(this.maxBytes / 64, CHECK_EVERY_MAX_BYTES, this.keepFreeBytes / 4 || Infinity),
+      Math.min(this.maxBytes / 64, CHECK_EVERY_MAX_BYTES),
+    );
+    this.#room = new CacheRoom(
+      this.dir,
+      { maxBytes: this.maxBytes, keepFreeBytes: this.keepFreeBytes },
+      (bytes) => this.#noteWritten(bytes),
     );
     this.#warn = options.onWarning ?? ((message) => console.warn(message));
     this.#complete = options.completeInBackground ?? false;
@@ -184,7 +187,7 @@ export class DiskCache {
       }
       Deno.mkdirSync(`${resolved}/blobs`, { recursive: true, mode: 0o700 });
       const cache = new DiskCache(resolved, options);
-      cache.#usageBytes = scanBlobs(cache.blobsDir).reduce((sum, blob) => sum + blob.bytes, 0);
+      cache.#room.counted(scanBlobs(cache.blobsDir).reduce((sum, blob) => sum + blob.bytes, 0));
       return cache;
     } catch (error) {
       const why = refusedSpecialPath(error)?.message ?? (error as Error).message;
@@ -359,29 +362,55 @@ export class DiskCache {
   }
 
   /**
-   * @internal a fill wrote `bytes`; evicts when the bound is passed, and looks again at what
-   * the whole cache holds and the file system has free every #checkEveryBytes.
+   * @internal room for `wantBytes` about to be written (a fill's run, a sidecar), before they
+   * are fetched: undefined when even eviction (for which this makes room first) leaves less
+   * than `unitBytes` under the bound or above keep-free; else a reservation of `wantBytes`, or
+   * of fewer whole units when only those fit. `allocate(bytes)` takes the blocks in the file
+   * (fallocate) and says whether it could (false: the file system cannot allocate ahead, the
+   * reservation is then counted here only); its errors are thrown to the caller.
    */
-  noteWritten(bytes: number): void {
-    this.#usageBytes += bytes;
-    this.#writtenSinceCheck += bytes;
-    if (this.#usageBytes > this.maxBytes || this.#writtenSinceCheck >= this.#checkEveryBytes) {
-      this.evict();
+  reserve(
+    wantBytes: number,
+    unitBytes: number,
+    allocate: (bytes: number) => boolean,
+  ): Reservation | undefined {
+    let fitting = this.#room.fitting(wantBytes);
+    if (fitting < wantBytes) {
+      // Not scanned (the directory is gone; said once): no room is known, nothing is stored.
+      if (!this.evict(wantBytes)) return undefined;
+      fitting = this.#room.fitting(wantBytes, true);
     }
+    const bytes = fitting >= wantBytes ? wantBytes : Math.floor(fitting / unitBytes) * unitBytes;
+    if (wantBytes > 0 && bytes <= 0) {
+      this.warnOnce(
+        `disk cache ${this.dir}: no room left under its bound and --disk-cache-keep-free ` +
+          "(the blobs open in other processes hold it): reads are served without being stored",
+      );
+      return undefined;
+    }
+    return this.#room.reserve(bytes, allocate(bytes));
+  }
+
+  /** Written `bytes`: every #checkEveryBytes the whole cache is scanned again (evict). */
+  #noteWritten(bytes: number): void {
+    this.#writtenSinceCheck += bytes;
+    if (this.#writtenSinceCheck >= this.#checkEveryBytes) this.evict();
   }
 
   get usageBytes(): number {
-    return this.#usageBytes;
+    return this.#room.usageBytes;
   }
 
   /**
-   * When the cache holds more than it may (its bound, or less to leave keepFreeBytes free),
-   * frees down to 90% of that: first whole blobs nobody has open (least recently used first,
-   * by the map's mtime), then chunks of the open ones, least recently read first. What it
-   * holds is counted from the files, so other processes' fills count too.
+   * When the cache holds more than it may (its bound, or less to leave keepFreeBytes free) —
+   * with `needBytes` more, about to be reserved — frees down to 90% of that (at most, less by
+   * `needBytes`): first whole blobs nobody has open (least recently used first, by the map's
+   * mtime), then chunks of the open ones, least recently read first. What it holds is counted
+   * from the files, so other processes' fills (and their reservations) count too. False when
+   * the cache's directory could not be read (said once).
    */
-  evict(): void {
-    if (this.#evicting) return;
+  evict(needBytes = 0): boolean {
+    if (this.#evicting) return true;
     this.#evicting = true;
     this.#writtenSinceCheck = 0;
     try {
@@ -391,15 +420,13 @@ export class DiskCache {
       } catch (error) {
         // Its directory removed or made unreadable under us: the open blobs go on; said once.
         this.warnOnce(`disk cache ${this.dir}: ${(error as Error).message}; not evicting`);
-        return;
+        return false;
       }
-      let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
+      this.#room.counted(blobs.reduce((sum, blob) => sum + blob.bytes, 0));
+      let usage = this.#room.usageBytes;
       const limit = this.#limitBytes(usage);
-      if (usage <= limit) {
-        this.#usageBytes = usage;
-        return;
-      }
-      const target = Math.floor(limit * EVICT_TO);
+      if (usage + needBytes <= limit) return true;
+      const target = Math.max(0, Math.min(Math.floor(limit * EVICT_TO), limit - needBytes));
       blobs.sort((a, b) => a.usedMs - b.usedMs);
       for (const blob of blobs) {
         if (usage <= target) break;
@@ -410,7 +437,8 @@ export class DiskCache {
         if (usage <= target) break;
         usage -= source.evictChunks(usage - target);
       }
-      this.#usageBytes = usage;
+      this.#room.counted(usage - this.#room.unallocatedBytes);
+      return true;
     } finally {
       this.#evicting = false;
     }
@@ -418,8 +446,7 @@ export class DiskCache {
 
   /** What the cache may hold now that it holds `usageBytes`: its bound, or less for keepFreeBytes. */
   #limitBytes(usageBytes: number): number {
-    if (this.keepFreeBytes <= 0) return this.maxBytes;
-    const room = usageBytes + (availableBytesOf(this.dir) ?? Infinity) - this.keepFreeBytes;
+    const room = usageBytes + this.#room.freeBytes(0, true);
     if (room >= this.maxBytes) return this.maxBytes;
     this.warnOnce(
       `disk cache ${this.dir}: leaving ${formatBytes(this.keepFreeBytes)} free on its file ` +
@@ -474,7 +501,7 @@ export class DiskCache {
       freedBytes += blob.bytes;
       removedBlobs++;
     }
-    this.#usageBytes = usage;
+    this.#room.counted(usage);
     return { removedBlobs, freedBytes };
   }
 }

@@ -4,6 +4,7 @@
  * ends up fully local without slowing the reads it serves.
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
+import { NoRoomError } from "./disk_cache_fill.ts";
 
 export interface Completable {
   chunkBytes: number;
@@ -23,8 +24,9 @@ const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 5 * 60_000;
 
 /**
  * How a completion ended: "complete", every chunk present; "stopped", the blob was closed or
- * its disk failed; "evicted", chunks it had fetched were evicted before it was done (the cache
- * cannot hold the blob beside what else is in use: going on would fetch it again and again);
+ * its disk failed; "evicted", chunks it had fetched were evicted before it was done, or the
+ * cache had no room for a run at all (NoRoomError): it cannot hold the blob beside what else is
+ * in use, and going on would fetch it again and again;
  * "refused", bytes it fetched failed their check twice (WrongBytesError: a registry serving
  * other bytes does not mend by being asked every second; said once, through `warn`).
  */
@@ -64,6 +66,7 @@ export async function completeInBackground(
       retryMs = RETRY_FIRST_MS;
     } catch (error) {
       if (blob.stopped()) break;
+      if (error instanceof NoRoomError) return "evicted";
       if (error instanceof WrongBytesError) {
         blob.warn(`background fetch: ${error.message}; stopped, reads of those bytes fail`);
         return "refused";

@@ -21,11 +21,14 @@ import type { BlobFiles } from "./disk_cache_chunks.ts";
 import type { DiskCache } from "./disk_cache.ts";
 import { streamInPieces } from "./disk_cache_stream.ts";
 import { fillTrace, nextFillId } from "./fill_trace.ts";
+import type { Reservation } from "./disk_cache_room.ts";
 import {
+  allocateAhead,
   byteRuns,
   F_WRLCK,
   markWaiting,
   othersWaitFor,
+  punchHole,
   pwriteAll,
   sleep,
   tryLock,
@@ -44,6 +47,12 @@ export class ChunkVerifyError extends WrongBytesError {}
 
 /** A write or sync of the cache files failed: the cache goes memory-only. */
 class DiskWriteError extends Error {}
+
+/**
+ * The cache has no room for a run (its bound, --disk-cache-keep-free; DiskCache.reserve):
+ * nothing was fetched or stored, the reader gets its bytes without them being kept.
+ */
+export class NoRoomError extends Error {}
 
 export { PRESENT, WRITTEN };
 
@@ -347,44 +356,46 @@ export class BlobFiller {
     return bytes;
   }
 
-  /** Resolves true when the chunks were marked WRITTEN (and wait for the next sync). */
+  /**
+   * Resolves true when the chunks were marked WRITTEN (and wait for the next sync). Room for
+   * them is reserved in the cache first (allocated in the data file): when only part of the
+   * run fits, that part is filled from its start (the chunks a reader waits for come first)
+   * and the rest is left absent; when none does, NoRoomError.
+   */
   async #fetchAndStore(start: number, stop: number, pause?: FillPause): Promise<boolean> {
     // A run split in gaps fetches its later ones after awaits: none starts after close.
     if (this.#blob.closing.aborted) throw new Error("disk cache closed");
     const offset = start * this.#blob.chunkBytes;
-    const length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
-    this.#stats.fetches++;
-    this.#stats.fetchedBytes += length;
+    let length = Math.min(this.#blob.size, stop * this.#blob.chunkBytes) - offset;
+    let room: Reservation | undefined;
+    let marked = false;
     const id = nextFillId();
-    fillTrace("fetch", id, offset, length, this.#filling.size);
     try {
-      // Under the run's write lock, before any byte of it is written: a digest check of the
-      // whole blob no longer holds once these bytes change (disk_cache_sum.ts).
       try {
+        // Under the run's write lock, before any byte of it is written: a digest check of the
+        // whole blob no longer holds once these bytes change (disk_cache_sum.ts).
         forgetSum(this.#blob.base);
+        room = this.#blob.cache.reserve(
+          length,
+          this.#blob.chunkBytes,
+          (bytes) => allocateAhead(this.#blob.dataFd, offset, bytes),
+        );
       } catch (cause) {
         throw new DiskWriteError("disk write failed", { cause });
       }
-      if (this.#blob.inner.readTo) {
-        await streamInPieces(
-          this.#blob.inner,
-          offset,
-          length,
-          this.#blob.chunkBytes,
-          async (at, bytes) => {
-            await this.#storeRun(at, bytes, id);
-            // Between pieces only: the last one's run is marked and unlocked without a wait.
-            if (pause && at + bytes.length < offset + length) {
-              await pause(
-                this.#blob.closing,
-                () => othersWaitFor(this.#blob.mapFd, start, stop - start),
-              );
-            }
-          },
-          this.#blob.closing,
-          id,
+      if (!room) {
+        throw new NoRoomError(
+          `no room in the disk cache for chunks ${start}..${stop - 1} of ${this.#blob.base}`,
         );
-      } else await this.#storeRun(offset, await this.#readRun(offset, length), id);
+      }
+      if (room.bytes < length) {
+        length = room.bytes;
+        stop = start + length / this.#blob.chunkBytes;
+      }
+      this.#stats.fetches++;
+      this.#stats.fetchedBytes += length;
+      fillTrace("fetch", id, offset, length, this.#filling.size);
+      await this.#fetchInto(room, offset, length, id, pause);
       fillTrace("stored", id);
       if (this.#blob.isDegraded()) return false;
       // Verified and in the page cache: WRITTEN (this boot's, see disk_cache_boot.ts), PRESENT
@@ -394,6 +405,7 @@ export class BlobFiller {
       } catch (cause) {
         throw new DiskWriteError("disk write failed", { cause });
       }
+      marked = true;
       this.#syncs.add(start, stop);
     } catch (error) {
       if (!(error instanceof DiskWriteError)) throw error;
@@ -405,11 +417,57 @@ export class BlobFiller {
       return false;
     } finally {
       for (let c = start; c < stop; c++) this.#written.delete(c);
+      if (room && !marked) this.#giveBack(offset, room);
+      room?.end(marked);
     }
     for (let c = start; c < stop; c++) this.#blob.lru.set(c, true);
-    this.#blob.cache.noteWritten(length);
     this.#blob.marked?.();
     return true;
+  }
+
+  /** The run's body from the inner source, verified and written piece by piece into `room`. */
+  async #fetchInto(
+    room: Reservation,
+    offset: number,
+    length: number,
+    id: number,
+    pause?: FillPause,
+  ): Promise<void> {
+    if (!this.#blob.inner.readTo) {
+      await this.#storeRun(room, offset, await this.#readRun(offset, length), id);
+      return;
+    }
+    const start = offset / this.#blob.chunkBytes;
+    const stop = start + Math.ceil(length / this.#blob.chunkBytes);
+    await streamInPieces(
+      this.#blob.inner,
+      offset,
+      length,
+      this.#blob.chunkBytes,
+      async (at, bytes) => {
+        await this.#storeRun(room, at, bytes, id);
+        // Between pieces only: the last one's run is marked and unlocked without a wait.
+        if (pause && at + bytes.length < offset + length) {
+          await pause(
+            this.#blob.closing,
+            () => othersWaitFor(this.#blob.mapFd, start, stop - start),
+          );
+        }
+      },
+      this.#blob.closing,
+      id,
+    );
+  }
+
+  /**
+   * A run that reserved `room` at `offset` ended unmarked (failed, closed, the disk broke):
+   * its blocks, allocated or partly written, are punched out again, still under its write
+   * lock, so no space is held by chunks nobody can read (best effort on a failing disk).
+   */
+  #giveBack(offset: number, room: Reservation): void {
+    try {
+      punchHole(this.#blob.dataFd, offset, room.bytes);
+    } catch { /* the disk failed (degraded), or the file is gone: a scan counts what is left */ }
   }
 
   async #readRun(
@@ -424,14 +482,18 @@ export class BlobFiller {
     return bytes;
   }
 
-  /** Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file. */
-  async #storeRun(offset: number, bytes: Uint8Array, id = 0): Promise<void> {
+  /**
+   * Verifies whole chunks at `offset` (chunk-aligned) and writes them to the data file, into
+   * the room reserved for them.
+   */
+  async #storeRun(room: Reservation, offset: number, bytes: Uint8Array, id = 0): Promise<void> {
     fillTrace("piece", id, offset, bytes.length);
     await this.#verifyRun(offset, bytes);
     fillTrace("verified", id, offset);
     if (this.#blob.isDegraded()) return;
     try {
       pwriteAll(this.#blob.dataFd, bytes, offset);
+      room.wrote(bytes.length);
       this.#syncs.noteStored();
       fillTrace("written", id, offset);
     } catch (error) {

@@ -126,6 +126,19 @@ export function punchHole(fd: number, offset: number, length: number): void {
 }
 
 /**
+ * Allocates the blocks of a byte range before it is written (fallocate, size kept), so the file
+ * system's free space counts them at once, for every process. False where the file system
+ * cannot (EOPNOTSUPP); a full one throws (ENOSPC), as the write would have.
+ */
+export function allocateAhead(fd: number, offset: number, length: number): boolean {
+  const code = libc().fallocate(fd, FALLOC_FL_KEEP_SIZE, BigInt(offset), BigInt(length));
+  if (code === 0) return true;
+  const cause = errno();
+  if (cause === Errno.EOPNOTSUPP) return false;
+  throw new SysError("fallocate", cause);
+}
+
+/**
  * Marks chunks [first, end) absent (map bytes 0, synced) and only then punches their bytes out
  * of the data file, so no reader or restart sees a hole marked present; the caller holds their
  * write lock. Returns the bytes freed.

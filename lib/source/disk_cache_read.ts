@@ -3,8 +3,9 @@
  * written by a fill of this process, are copied out of the data file under their read locks
  * (disk_cache_chunks.ts); missing ones are fetched first (disk_cache_ahead.ts), kept ones not
  * checked in this process are checked first (disk_cache_kept_check.ts). A read that keeps losing
- * its chunks to eviction, or whose chunks another process's stopped fill holds, or whose files
- * fail under it, gets its bytes from the inner source. Also the blob's recency, which eviction
+ * its chunks to eviction, or whose chunks another process's stopped fill holds, or that finds no
+ * room in the cache (DiskCache.reserve), or whose files fail under it, gets its bytes from the
+ * inner source. Also the blob's recency, which eviction
  * goes by: its chunks' order (lru), the map's mtime, lastUsedMs.
  */
 import { abortable } from "./abortable.ts";
@@ -12,7 +13,7 @@ import { SysError } from "../../ffi/libc.ts";
 import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
 import type { BlobChunks, BlobFiles } from "./disk_cache_chunks.ts";
-import { type BlobFiller, isPresent, sleep } from "./disk_cache_fill.ts";
+import { type BlobFiller, isPresent, NoRoomError, sleep } from "./disk_cache_fill.ts";
 import type { BlobFetchAhead } from "./disk_cache_ahead.ts";
 import type { KeptChunkCheck } from "./disk_cache_kept_check.ts";
 import { HeldByOthersError } from "./disk_cache_held.ts";
@@ -81,9 +82,10 @@ export class BlobReader {
     try {
       if (await this.#readCached(offset, dest, first, end, signal)) return;
     } catch (error) {
-      if (error instanceof HeldByOthersError) {
-        // A fill of another process (stopped?) holds some of these chunks: they stay its to
-        // fill, this reader gets its bytes from the inner source, checked as a fill's are.
+      if (error instanceof HeldByOthersError || error instanceof NoRoomError) {
+        // A fill of another process (stopped?) holds some of these chunks, or the cache has no
+        // room for them: they stay absent, this reader gets its bytes from the inner source,
+        // checked as a fill's are.
         const from = first * blob.chunkBytes;
         const bytes = await blob.filler.fetchUnstored(first, end, signal);
         dest.set(bytes.subarray(offset - from, offset - from + length));

@@ -61,17 +61,24 @@ export class BlobSidecar {
   /** Replaces the sidecar (written whole, then renamed into place; counted in the bound). */
   write(bytes: Uint8Array): void {
     if (this.#closed() || this.#degraded()) return;
+    // Whole or not at all; without room the next mount fetches those pages again.
+    const room = this.#cache.reserve(bytes.length, bytes.length, () => false);
+    if (!room) return;
     const path = `${this.#base}.meta`;
     const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    let kept = false;
     try {
       Deno.writeFileSync(tmp, bytes, { mode: 0o600 });
       Deno.renameSync(tmp, path);
-      this.#cache.noteWritten(bytes.length);
+      room.wrote(bytes.length);
+      kept = true;
     } catch (error) {
       try {
         Deno.removeSync(tmp);
       } catch { /* not there */ }
       this.#cache.warnOnce(`disk cache ${this.#base}.meta: ${(error as Error).message}`);
+    } finally {
+      room.end(kept);
     }
   }
 }
