@@ -105,6 +105,8 @@ export const LIBC_SYMBOLS = {
   setpriority: { parameters: ["i32", "u32", "i32"], result: "i32" },
   // int getpriority(int which, id_t who);
   getpriority: { parameters: ["i32", "u32"], result: "i32" },
+  // int getrlimit(int resource, struct rlimit *rlim);
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   // int setsid(void);
   setsid: { parameters: [], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);

@@ -33,6 +33,22 @@ export function closeInheritedOnExec(): void {
   for (let fd = 3; fd < FALLBACK_MAX_FD; fd++) libc().fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
+/** RLIMIT_NOFILE (the same number on x86_64 and arm64). */
+const RLIMIT_NOFILE = 7;
+
+/**
+ * The open-file limits of this process (struct rlimit: two 64-bit rlim_t). Deno raises the soft
+ * limit to the hard one as it starts, so the hard limit is what a process of ours gets.
+ */
+export function openFileLimits(): { soft: number; hard: number } {
+  const limits = new BigUint64Array(2);
+  unwrap(libc().getrlimit(RLIMIT_NOFILE, new Uint8Array(limits.buffer)), "getrlimit");
+  // RLIM_INFINITY (all ones) and anything past 2^53 are as good as no limit.
+  const asNumber = (value: bigint) =>
+    value > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(value);
+  return { soft: asNumber(limits[0]), hard: asNumber(limits[1]) };
+}
+
 /** A pidfd for `pid` (pidfd_open, 5.3+): signals sent through it cannot reach a reused pid. */
 export function pidfdOpen(pid: number): number {
   return Number(

@@ -100,6 +100,9 @@ export const Errno = {
   EDQUOT: 122,
 } as const;
 
+/** What helps a process that ran out of file descriptors (EMFILE). */
+export const OUT_OF_DESCRIPTORS_HINT = "raise the open file limit (ulimit -n)";
+
 /**
  * Refusals of the operating system that describe the host, not a bug: a full or read-only file
  * system, a missing or unreadable path, a directory where a file was expected.
@@ -116,7 +119,7 @@ const HOST_REFUSALS: Record<string, string | undefined> = {
   ENAMETOOLONG: undefined,
   ELOOP: undefined,
   EFBIG: undefined,
-  EMFILE: "raise the open file limit (ulimit -n)",
+  EMFILE: OUT_OF_DESCRIPTORS_HINT,
   EIO: "the disk or file system reported an I/O error",
 };
 

@@ -112,6 +112,31 @@ Deno.test({
 });
 
 Deno.test({
+  name: "SIGHUP while the server starts: undone like Ctrl-C, but the exit is a hangup's (129)",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    let mounting: StartedCli | undefined;
+    try {
+      mounting = startCli(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
+      );
+      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
+      mounting.child.kill("SIGHUP");
+      const result = await mounting.result;
+      mounting = undefined;
+      assertCliError(result, 129, /mount interrupted: nothing is left mounted/);
+      assertNothingLeft(sandbox);
+    } finally {
+      await stopCli(mounting);
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "SIGINT while the image is resolved: exit 130 at once, no server left",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {

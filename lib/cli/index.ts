@@ -114,14 +114,14 @@ Examples:
     // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
     // signal, what this run added (files, temporary files, a directory it made) goes, then the
     // process.
-    const stopWatching = onInterrupt(() => {
+    const stopWatching = onInterrupt((signal) => {
       if (output && before) {
         for (const name of namesIn(output.fd)) {
           if (!before.has(name)) unlinkIn(output.fd, name);
         }
         removeCreatedOutput();
       } else pushDir?.remove();
-      exitInterrupted("index interrupted: the files it had written were removed");
+      exitInterrupted("index interrupted: the files it had written were removed", signal);
     });
     try {
       if (pushDir) await testHold("index-push-dir");

@@ -8,13 +8,20 @@
 import { UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
 
-/** The shell's code for a process ended by SIGINT (128 + 2). */
+/** The shell's code for a process ended by SIGINT (128 + 2); SIGTERM's too, by choice. */
 export const INTERRUPTED_EXIT_CODE = 130;
+/** The shell's code for a process ended by SIGHUP (128 + 1): a hangup is not a Ctrl-C. */
+export const HANGUP_EXIT_CODE = 129;
+
+/** The exit code of a command that undid its work at `signal`. */
+export function interruptedExitCode(signal: Deno.Signal): number {
+  return signal === "SIGHUP" ? HANGUP_EXIT_CODE : INTERRUPTED_EXIT_CODE;
+}
 
 /** The command was interrupted and undid what it had done. */
 export class Interrupted extends UserError {
-  constructor(message: string) {
-    super(message, undefined, { exitCode: INTERRUPTED_EXIT_CODE });
+  constructor(message: string, signal: Deno.Signal = "SIGINT") {
+    super(message, undefined, { exitCode: interruptedExitCode(signal) });
   }
 }
 
@@ -33,8 +40,8 @@ export interface InterruptScope {
 export function catchInterrupts(message: string): InterruptScope {
   const controller = new AbortController();
   let text = message;
-  const onSignal = () => {
-    if (!controller.signal.aborted) controller.abort(new Interrupted(text));
+  const onSignal = (signal: Deno.Signal) => {
+    if (!controller.signal.aborted) controller.abort(new Interrupted(text, signal));
   };
   const stop = onInterrupt(onSignal);
   let closed = false;
@@ -71,18 +78,20 @@ export function takeInterruptsAhead(): InterruptScope | undefined {
 /**
  * For work that cannot be stopped half-way in order (a stream pipeline writing files): the
  * caller has removed what it wrote, synchronously, in its signal handler; this says so as
- * main.ts reports an Interrupted error and ends the process with INTERRUPTED_EXIT_CODE.
+ * main.ts reports an Interrupted error and ends the process with interruptedExitCode(signal).
  */
-export function exitInterrupted(message: string): never {
-  if (logFormat() === "json") logRecord("error", message, { exitCode: INTERRUPTED_EXIT_CODE });
+export function exitInterrupted(message: string, signal: Deno.Signal = "SIGINT"): never {
+  const exitCode = interruptedExitCode(signal);
+  if (logFormat() === "json") logRecord("error", message, { exitCode });
   else console.error(`erofs-oci: ${message}`);
-  Deno.exit(INTERRUPTED_EXIT_CODE);
+  Deno.exit(exitCode);
 }
 
 /** Calls `onSignal` at SIGINT, SIGTERM or SIGHUP until the returned function is called. */
-export function onInterrupt(onSignal: () => void): () => void {
-  for (const signal of SIGNALS) Deno.addSignalListener(signal, onSignal);
+export function onInterrupt(onSignal: (signal: Deno.Signal) => void): () => void {
+  const listeners = SIGNALS.map((signal) => ({ signal, listener: () => onSignal(signal) }));
+  for (const { signal, listener } of listeners) Deno.addSignalListener(signal, listener);
   return () => {
-    for (const signal of SIGNALS) Deno.removeSignalListener(signal, onSignal);
+    for (const { signal, listener } of listeners) Deno.removeSignalListener(signal, listener);
   };
 }

@@ -19,6 +19,7 @@ const EXIT_CODES = `Exit codes:
        reattach --watch, mount --foreground: it stops cleanly)
     1  runtime failure (registry, kernel, file system)
     2  usage error (bad command line)
+  129  hung up (SIGHUP): what it had to undo was undone, as for 130
   130  interrupted by Ctrl-C, or by SIGTERM while it had something to undo (a mount
        starting, a download, a conversion): that was undone
   143  ended by SIGTERM with nothing to undo (build, push: no partial output)`;

@@ -22,6 +22,7 @@ import { overlayLayerLimit, upperWorkBytes } from "../mount/overlay.ts";
 import { forgetTracePrefetch } from "../trace/mount_lookup.ts";
 import { mark } from "../timing.ts";
 import { catchInterrupts, takeInterruptsAhead } from "./interrupt.ts";
+import { checkOpenFileLimit } from "../daemon/open_file_budget.ts";
 import { abortable } from "../source/abortable.ts";
 import {
   type MountValues,
@@ -200,6 +201,7 @@ async function resolveAndMount(
       "flatten the image (`erofs-oci convert IMAGE DEST --flatten`) or mount one layer (--layer N)",
     );
   }
+  checkOpenFileLimit(backend, resolved.layers.length, "this image");
   if (values.backend === "auto") info(`backend: ${backend} (${reason})`);
 
   const state = await mountImage({

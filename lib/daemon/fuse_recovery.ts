@@ -210,14 +210,16 @@ function removeIfThere(path: string): void {
  */
 export async function stopFuseKeeper(id: string): Promise<void> {
   // A record that is gone or damaged names no keeper: one may still run (found by its mark).
-  let unnamed = true;
+  let record: FuseRecoveryRecord | undefined;
   try {
-    const record = readFuseRecovery(id);
-    if (record) {
-      await endKeeper(record.keeper, () => keeperAlive(record.keeper));
-      unnamed = false;
-    }
+    record = readFuseRecovery(id);
   } catch { /* malformed: nothing we can trust to signal */ }
+  let unnamed = true;
+  if (record) {
+    const named = record.keeper;
+    await endKeeper(named, () => keeperAlive(named));
+    unnamed = false;
+  }
   try {
     Deno.statSync(keeperPendingPath(id));
     unnamed = true;
@@ -229,13 +231,21 @@ export async function stopFuseKeeper(id: string): Promise<void> {
   }
 }
 
-/** SIGKILL through a pidfd, if `isKeeper()` still holds once it is open; waits up to 5 s. */
-async function endKeeper(keeper: { pid: number }, isKeeper: () => boolean): Promise<void> {
+/**
+ * SIGKILL through a pidfd, if `isKeeper()` still holds once it is open; waits up to 5 s.
+ * Throws when no pidfd can be had for a process that is there (out of descriptors): taking
+ * that for a keeper gone would leave it holding the mount's FUSE connections.
+ */
+export async function endKeeper(
+  keeper: { pid: number },
+  isKeeper: () => boolean,
+): Promise<void> {
   let pidfd: number;
   try {
     pidfd = pidfdOpen(keeper.pid);
-  } catch {
-    return; // gone
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ESRCH) return; // gone
+    throw error;
   }
   try {
     if (!isKeeper()) return;

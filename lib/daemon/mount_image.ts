@@ -69,12 +69,13 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   // A FUSE server killed before it was ready (no ready line in time) may have started its
   // keeper already (recorded or not: fuse_recovery.ts), and left its FUSE mounts in the runtime
   // dir; nothing else would end them.
+  // Two steps (undone last first: the keeper, then the mounts), each tried whatever the other did.
   if (spec.backend === "fuse") {
-    undo.push(async () => {
-      await stopFuseKeeper(id);
-      // Loaded on this failure only: mount's start-up does not need unmount's modules.
-      await (await import("./unmount_image.ts")).detachDeadFuseMounts(id, spec.target);
-    });
+    // Loaded on this failure only: mount's start-up does not need unmount's modules.
+    undo.push(async () =>
+      (await import("./unmount_image.ts")).detachDeadFuseMounts(id, spec.target)
+    );
+    undo.push(() => stopFuseKeeper(id));
   }
   // From the last check of the target to the state written: two mounts racing onto one
   // directory both passed the check and both mounted, stacked (the second now sees the first).

@@ -34,6 +34,7 @@ import { redirectConsoleToFile } from "./log_file.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
+import { Errno, hostRefusal, OUT_OF_DESCRIPTORS_HINT, plainOsErrors } from "../errors.ts";
 import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { readableNow, setPipeCapacity } from "../../ffi/io.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
@@ -165,18 +166,23 @@ export async function runMountServer(): Promise<number> {
       tracePrefetch: traceHooks.progress(i),
     }));
 
+  // Each step is tried whatever the others did: a step that fails (out of descriptors, the
+  // keeper step could not even list /proc) must not leave the layers exported. The layers go
+  // first, which also gives back most of the descriptors the keeper step needs.
   const stop = () =>
     stopping ??= (async () => {
       console.log("stopping");
+      await stopStep("control socket", () => listener?.close());
+      await stopStep("layers", () => layers.close());
+      await stopStep("spare readers", discardSpareReaders);
       // A takeover that failed leaves the keeper and its record to the next attempt.
       if (spec.backend === "fuse" && !fuseTakeoverFailed) {
-        await stopFuseKeeper(spec.id);
-        forgetFuseRecovery(spec.id);
+        await stopStep("FUSE keeper", async () => {
+          await stopFuseKeeper(spec.id);
+          forgetFuseRecovery(spec.id);
+        });
       }
-      listener?.close();
-      await layers.close();
-      discardSpareReaders();
-      traceHooks.finish();
+      await stopStep("trace", () => traceHooks.finish());
       console.log("stopped");
     })();
 
@@ -238,9 +244,11 @@ export async function runMountServer(): Promise<number> {
   } catch (error) {
     console.error("start failed:", error);
     fuseTakeoverFailed = layers.fuseTakeoverWanted;
+    // Said before the clean-up: a clean-up that fails as well (out of descriptors, as the
+    // start was) must not hide why the start failed. The CLI waits for this process to exit
+    // before it undoes its own side.
+    writeReady({ ok: false, ...startFailure(error) });
     await stop();
-    const hint = (error as { hint?: string }).hint;
-    writeReady({ ok: false, error: error instanceof Error ? error.message : String(error), hint });
     return 1;
   }
 
@@ -316,6 +324,30 @@ export async function runMountServer(): Promise<number> {
   await serveControl(listener, handle);
   await stop();
   return 0;
+}
+
+/** One step of a server's stop; its failure is logged, and the stop goes on. */
+async function stopStep(what: string, step: () => unknown): Promise<void> {
+  try {
+    await step();
+  } catch (error) {
+    console.error(`stopping: ${what} failed:`, error);
+  }
+}
+
+/**
+ * A failed start as the CLI shows it: one line, with the hint of our errors or, for a refusal
+ * of the host's (a full disk), what to change there. Out of descriptors, whatever call said so
+ * (a socket of --metrics-listen: its own hint is about the address), the limit is the hint.
+ */
+function startFailure(error: unknown): { error: string; hint?: string } {
+  const host = hostRefusal(error);
+  if (host) return { error: host.message, hint: host.hint };
+  const message = plainOsErrors(error instanceof Error ? error.message : String(error)).text;
+  const outOfDescriptors = (error as { errno?: unknown }).errno === Errno.EMFILE ||
+    message.includes(strerror(Errno.EMFILE));
+  const hint = outOfDescriptors ? OUT_OF_DESCRIPTORS_HINT : (error as { hint?: string }).hint;
+  return { error: message, hint };
 }
 
 /**

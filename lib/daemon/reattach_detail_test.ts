@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { OciError } from "../errors.ts";
+import { MountError, OciError } from "../errors.ts";
 import { failureDetail } from "./reattach_detail.ts";
 
 Deno.test("reattach's failure detail: rejected credentials say what helps, others as they are", () => {
@@ -8,6 +8,23 @@ Deno.test("reattach's failure detail: rejected credentials say what helps, other
     failureDetail(rejected),
     /^registry r\.test rejected the given credentials \(401\): give the current ones, e\.g\. `echo "\$TOKEN" \| erofs-oci reattach DIR --username USER --password-stdin`$/,
   );
+  const unreadable = new OciError(
+    "layer 0 cannot be read (registry r.test rejected the given credentials (401))",
+    "reattach again once the registry answers",
+  );
+  assert.match(failureDetail(unreadable), /\(401\)\): give the current ones/);
   assert.equal(failureDetail(new Error("blob not found")), "blob not found");
   assert.equal(failureDetail("plain"), "plain");
+});
+
+Deno.test("reattach's failure detail: an error's hint (where the server's log was kept) is kept", () => {
+  const failed = new MountError(
+    "the mount server exited (code 1) before it was ready",
+    "see its log (kept at /run/erofs-oci/failed/x.server.log)",
+  );
+  assert.equal(
+    failureDetail(failed),
+    "the mount server exited (code 1) before it was ready: see its log (kept at " +
+      "/run/erofs-oci/failed/x.server.log)",
+  );
 });

@@ -13,6 +13,7 @@ import {
 import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
+import { checkOpenFileLimit } from "./open_file_budget.ts";
 import { testHold } from "./test_pause.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
 import { type MountState, serverOf, writeState } from "../state/mount_record.ts";
@@ -88,6 +89,7 @@ export async function reattachFuseMount(
     diskCache: state.diskCache ?? record.spec.diskCache,
   };
   try {
+    checkOpenFileLimit("fuse", spec.layers.length, "this mount");
     const ready = await startServer(spec, false);
     await testHold("reattach-before-state");
     if (options.credentials) rememberFuseCredentials(state.id, options.credentials);

@@ -95,7 +95,8 @@ function spawnedServer(spawned: Promise<ServerChild>): SpawnedServer {
     start: async (spec, metadata, signal) => {
       if (started) throw new Error("the mount server was started already");
       started = true;
-      return handOver((await spawned).child, spec, metadata, signal);
+      const { child, foreground } = await spawned;
+      return handOver(child, foreground, spec, metadata, signal);
     },
     discard: async () => {
       if (started) return;
@@ -146,6 +147,7 @@ const HANDED_METADATA_AFTER_READY_MS = 1_000;
 
 async function handOver(
   child: SpawnedProcess,
+  foreground: boolean,
   spec: MountSpec,
   metadata?: Promise<HandedMetadata>,
   signal?: AbortSignal,
@@ -182,7 +184,7 @@ async function handOver(
         reject(
           new MountError(
             `the mount server did not get ready in ${READY_TIMEOUT_MS / 1000} s`,
-            seeServerLog(spec.id),
+            seeServerLog(spec.id, foreground),
           ),
         ),
       READY_TIMEOUT_MS,
@@ -243,7 +245,7 @@ async function handOver(
     if (signal?.aborted) throw signal.reason;
     throw new MountError(
       `the mount server exited (code ${code}) before it was ready`,
-      seeServerLog(spec.id),
+      seeServerLog(spec.id, foreground),
     );
   }
   if (!ready.ok) {
@@ -256,13 +258,15 @@ async function handOver(
 
 /**
  * Where the log of a server that failed to start can be read: a copy kept out of its runtime
- * dir (the failed mount's undo removes that dir, log and all).
+ * dir (the failed mount's undo removes that dir, log and all). A --foreground server printed
+ * its output above already: that run is not suggested again.
  */
-function seeServerLog(id: string): string {
+function seeServerLog(id: string, foreground: boolean): string {
   const kept = keepFailedServerLog(id);
-  return kept
-    ? `see its log (kept at ${kept}) or run with --foreground`
-    : "run with --foreground to see its output";
+  if (kept) {
+    return `see its log (kept at ${kept})${foreground ? "" : " or mount with --foreground"}`;
+  }
+  return foreground ? "see its output above" : "mount with --foreground to see its output";
 }
 
 /**

@@ -26,6 +26,8 @@ export interface CliOptions {
    */
   timeoutMs?: number;
   cwd?: string;
+  /** Run under this open-file limit (soft and hard, through prlimit(1)). */
+  openFileLimit?: number;
 }
 
 const CLI = `${REPO_ROOT}/scripts/erofs-oci-dev`;
@@ -37,8 +39,12 @@ const CLI = `${REPO_ROOT}/scripts/erofs-oci-dev`;
 export const DEFAULT_CLI_TIMEOUT_MS = Deno.env.get("EROFS_OCI_IN_VM") === "1" ? 120_000 : 20_000;
 
 export async function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
-  const child = new Deno.Command(CLI, {
-    args,
+  const limited = options.openFileLimit;
+  const command = limited === undefined
+    ? { program: CLI, args }
+    : { program: "prlimit", args: [`--nofile=${limited}:${limited}`, "--", CLI, ...args] };
+  const child = new Deno.Command(command.program, {
+    args: command.args,
     cwd: options.cwd,
     env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...options.env },
     stdin: options.stdin === undefined ? "null" : "piped",
