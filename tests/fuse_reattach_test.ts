@@ -446,6 +446,19 @@ Deno.test({
       const [id] = [...Deno.readDirSync(recordDir)].map((e) => e.name);
       const recordPath = `${recordDir}/${id}/fuse-recovery.json`;
       const record = JSON.parse(Deno.readTextFileSync(recordPath));
+      // A damaged record, whatever JSON value is left there, is said to be malformed.
+      for (
+        const damaged of [
+          null,
+          7,
+          { ...record, localFiles: "x" },
+          { ...record, localFiles: [1] },
+          { ...record, fileMtimesSec: ["a"] },
+        ]
+      ) {
+        Deno.writeTextFileSync(recordPath, JSON.stringify(damaged), { mode: 0o600 });
+        assertCliError(await reattach(), 1, /fuse-recovery\.json is malformed/);
+      }
       delete record.localFiles;
       Deno.writeTextFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
       assertCliError(await reattach(), 1, /layer 0 is not the image mounted from it \(UUID/);

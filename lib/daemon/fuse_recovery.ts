@@ -139,16 +139,31 @@ export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {
     if (error instanceof SysError && error.errno === Errno.ENOENT) return undefined;
     throw new MountError(`${fuseRecoveryPath(id)} is malformed: ${(error as Error).message}`);
   }
+  // Damage can leave any JSON value here (null, a number): nothing is read from it unchecked.
+  if (typeof record !== "object" || record === null || Array.isArray(record)) {
+    throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
+  }
   const { keeper } = record;
   const valid = Number.isSafeInteger(keeper?.pid) && typeof keeper.startTicks === "string" &&
     Array.isArray(keeper.fds) && keeper.fds.every((fd) => Number.isSafeInteger(fd)) &&
     Array.isArray(record.spec?.layers) && record.spec.layers.length === keeper.fds.length &&
     Array.isArray(record.fileMtimesSec) && record.fileMtimesSec.length === keeper.fds.length &&
+    record.fileMtimesSec.every(Number.isFinite) &&
+    (record.localFiles === undefined ||
+      (Array.isArray(record.localFiles) && record.localFiles.every(isLocalFileShape))) &&
     record.spec.layers.every(isLayerSpecShape) &&
     (record.spec.cacheBytes === undefined ||
       (Number.isSafeInteger(record.spec.cacheBytes) && record.spec.cacheBytes >= 0));
   if (!valid) throw new MountError(`${fuseRecoveryPath(id)} is malformed`);
   return record;
+}
+
+/** A recorded local file's identity (or null: a layer not from a local file). */
+function isLocalFileShape(value: unknown): boolean {
+  const f = value as Record<string, unknown> | null;
+  return f === null ||
+    (typeof f === "object" && Number.isSafeInteger(f.dev) && Number.isSafeInteger(f.ino) &&
+      Number.isSafeInteger(f.sizeBytes) && Number.isFinite(f.mtimeMs));
 }
 
 /** The fields a server opening a recorded layer relies on, of the right types. */
