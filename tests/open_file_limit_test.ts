@@ -33,7 +33,7 @@ import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
 import { fuseServerDescriptors } from "../lib/daemon/open_file_budget.ts";
 
 const LAYERS = 6;
-/** Enough for the CLI, short of what a server of LAYERS FUSE layers holds (~130). */
+/** Enough for the CLI, short of what a server of LAYERS FUSE layers is counted to need (100). */
 const LOW_LIMIT = 96;
 
 /** `LAYERS` distinct one-file EROFS layers pushed as REPO:v1. */

@@ -8,12 +8,13 @@ import { MountError } from "../errors.ts";
 
 /**
  * Per FUSE layer at ready: its /dev/fuse descriptor and the one handed to the keeper, the
- * reader thread's runtime (epoll, eventfds, pipes), the source's cache files and registry
- * connection. Measured 17-18 (a 20-layer image: 368 descriptors at ready, 376 needed to start).
+ * source's cache files and registry connection (the process's one reader thread is in the
+ * base). Measured 9 (1, 10, 20, 40 layers: 42, 122, 212, 392 descriptors at ready); 18 when
+ * each layer had its own reader thread.
  */
-const FUSE_DESCRIPTORS_PER_LAYER = 18;
-/** The server's own runtime, stdio, control socket and log (measured 25 for one layer). */
-const SERVER_BASE_DESCRIPTORS = 32;
+const FUSE_DESCRIPTORS_PER_LAYER = 10;
+/** The server's own runtime, stdio, control socket, log and reader thread (measured 33). */
+const SERVER_BASE_DESCRIPTORS = 40;
 
 /** About how many descriptors a FUSE server of `layers` layers holds once ready. */
 export function fuseServerDescriptors(layers: number): number {
