@@ -3,7 +3,6 @@
  * per-platform resolution, the verified config blob and a store for its layer blobs.
  */
 import { OciError } from "../errors.ts";
-import { readLimited } from "../oci/auth.ts";
 import { blobStatusError } from "../oci/blob_range.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
@@ -51,16 +50,16 @@ export function registrySource(
     async readConfig(image) {
       const { digest, sizeBytes } = image.config;
       checkConfigSize(digest, sizeBytes);
-      const response = await client.request({
+      const { response, bytes } = await client.getDocument({
         method: "GET",
         path: `/v2/${repository}/blobs/${digest}`,
         scope: pullScope(repository),
         route: "pull",
-      });
-      if (response.status !== 200) {
+      }, MAX_MANIFEST_BYTES);
+      if (bytes === undefined) {
         return await blobStatusError(client, response, repository, digest);
       }
-      return checkConfig(await readLimited(response, MAX_MANIFEST_BYTES), digest);
+      return checkConfig(bytes, digest);
     },
   };
 }

@@ -6,7 +6,6 @@
  * the record against the layer: an index of another layer is refused, never served.
  */
 import { OciError } from "../errors.ts";
-import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
@@ -189,17 +188,16 @@ async function fetchArtifactBlobs(
   repository: string,
   referrer: ReferrerDescriptor,
 ): Promise<ArtifactBlob[]> {
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/manifests/${referrer.digest}`,
     scope: pullScope(repository),
     headers: { accept: OCI_MANIFEST },
-  });
-  if (response.status !== 200) {
+  }, MAX_MANIFEST_BYTES);
+  if (bytes === undefined) {
     await response.body?.cancel();
     throw statusError(client, response, `for the index artifact ${referrer.digest}`);
   }
-  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
   if (digestOf(bytes) !== referrer.digest) {
     throw new OciError(`index artifact ${referrer.digest} does not match its digest`);
   }
@@ -236,16 +234,15 @@ async function fetchSmallBlob(
   repository: string,
   blob: ArtifactBlob,
 ): Promise<Uint8Array> {
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/blobs/${blob.digest}`,
     scope: pullScope(repository),
-  });
-  if (response.status !== 200) {
+  }, MAX_INDEX_RECORD_BYTES);
+  if (bytes === undefined) {
     await response.body?.cancel();
     throw statusError(client, response, `for blob ${blob.digest}`);
   }
-  const bytes = await readLimited(response, MAX_INDEX_RECORD_BYTES);
   if (digestOf(bytes) !== blob.digest) {
     throw new OciError(`blob ${blob.digest} does not match its digest`);
   }

@@ -8,6 +8,8 @@ import {
 import { type Credentials, dockerConfigCredentials } from "./docker_config.ts";
 import { isLoopbackRegistry } from "./reference.ts";
 import { parseJson } from "../json.ts";
+import { parseRetryAfter } from "./host_pacing.ts";
+import { describeFailure, isNetworkError, isTransientStatus } from "./retry.ts";
 
 /** Token lifetime when the token server does not say (distribution token spec: 60 s). */
 export const DEFAULT_TOKEN_LIFETIME_S = 60;
@@ -18,7 +20,19 @@ const TOKEN_CHARACTERS = /^[\x20-\x7e]+$/;
 
 interface CachedToken {
   header: string;
+  /** When it is renewed: a little before it expires, so none leaves to expire in flight. */
+  renewAtMs: number;
+  /** When the token server said it expires. */
   expiresAtMs: number;
+}
+
+/**
+ * The token server cannot give a token for now: it answered 429 or 5xx, could not be reached or
+ * broke off its reply. Worth asking again under the request's retry policy, after `retryAfterMs` when
+ * the server said (Retry-After); one blip failed the read it came in (EIO in a mount).
+ */
+export class TokenServerUnavailable extends OciError {
+  retryAfterMs?: number;
 }
 
 /** Fetch used for token requests; the client passes its redirect-safe fetch. */
@@ -63,12 +77,22 @@ export class RegistryAuth {
   async authorize(scope: string, signal?: AbortSignal): Promise<string | undefined> {
     const token = this.#tokens.get(scope);
     if (token) {
-      if (token.expiresAtMs > Date.now()) return token.header;
-      this.#tokens.delete(scope);
+      if (token.renewAtMs > Date.now()) return token.header;
       if (this.#lastBearer) {
-        await this.#bearer(this.#lastBearer, scope, signal);
+        try {
+          await this.#bearer(this.#lastBearer, scope, signal);
+        } catch (error) {
+          // Renewal is early on purpose: a token still valid carries on while the server is down.
+          if (!(error instanceof TokenServerUnavailable) || token.expiresAtMs <= Date.now()) {
+            this.#tokens.delete(scope);
+            throw error;
+          }
+          debug(`token renewal failed (${error.message}); the current token is valid still`);
+          return token.header;
+        }
         return this.#tokens.get(scope)?.header;
       }
+      this.#tokens.delete(scope);
     }
     return this.#basic;
   }
@@ -131,11 +155,23 @@ export class RegistryAuth {
     }
     if (!response.ok) {
       await response.body?.cancel();
-      throw new OciError(
-        `token server ${url.host} for ${this.#registry} answered ${response.status}`,
+      const message = `token server ${url.host} for ${this.#registry} answered ${response.status}`;
+      if (!isTransientStatus(response.status)) throw new OciError(message);
+      const error = new TokenServerUnavailable(message);
+      error.retryAfterMs = parseRetryAfter(response.headers.get("retry-after"));
+      throw error;
+    }
+    let body: Uint8Array;
+    try {
+      body = await readLimited(response, MAX_TOKEN_REPLY_BYTES);
+    } catch (error) {
+      if (!isNetworkError(error)) throw error;
+      throw new TokenServerUnavailable(
+        `token server ${url.host} broke off its reply: ${describeFailure(error)}`,
+        undefined,
+        { cause: error },
       );
     }
-    const body = await readLimited(response, MAX_TOKEN_REPLY_BYTES);
     let reply: Record<string, unknown>;
     try {
       reply = parseJson(new TextDecoder().decode(body));
@@ -160,9 +196,11 @@ export class RegistryAuth {
       : DEFAULT_TOKEN_LIFETIME_S;
     // Refresh a little early so a request never leaves with a token that expires in flight.
     const marginMs = Math.min(10_000, lifetimeS * 1000 / 4);
+    const expiresAtMs = requestedAtMs + lifetimeS * 1000;
     this.#tokens.set(scope, {
       header: `Bearer ${token}`,
-      expiresAtMs: requestedAtMs + lifetimeS * 1000 - marginMs,
+      renewAtMs: expiresAtMs - marginMs,
+      expiresAtMs,
     });
   }
 

@@ -3,6 +3,7 @@ import { debug, warn } from "../log.ts";
 import { stallMs, StallWatch } from "./stall_watch.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
+import { redirectTargetOf } from "./document.ts";
 import {
   backoff,
   describeFailure,
@@ -221,11 +222,25 @@ export async function blobStatusError(
 ): Promise<never> {
   await response.body?.cancel();
   const where = `${client.registry}/${repository}@${digest}`;
+  // A reply from where the registry redirected the GET (object storage) names that host.
+  const redirectHost = redirectTargetOf(client, response);
+  const by = redirectHost === undefined
+    ? ""
+    : ` by ${redirectHost}, where registry ${client.host} redirected the GET`;
   const error = response.status === 404
-    ? new OciError(`blob not found: ${where} (404)`, "check the digest with `erofs-oci inspect`")
+    ? new OciError(
+      `blob not found: ${where} (404)${by}`,
+      "check the digest with `erofs-oci inspect`",
+    )
     : response.status === 403
-    ? new OciError(`access to blob ${where} denied (403)`)
-    : new OciError(`registry ${client.host} answered ${response.status} for blob ${where}`);
+    ? new OciError(`access to blob ${where} denied (403)${by}`)
+    : new OciError(
+      `${
+        redirectHost === undefined
+          ? `registry ${client.host}`
+          : `${redirectHost}, where registry ${client.host} redirected the GET,`
+      } answered ${response.status} for blob ${where}`,
+    );
   error.status = response.status;
   throw error;
 }

@@ -2,7 +2,7 @@ import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { VERSION } from "../version.ts";
-import { RegistryAuth } from "./auth.ts";
+import { RegistryAuth, TokenServerUnavailable } from "./auth.ts";
 import { RegistryTransport } from "./registry_transport.ts";
 import type { Credentials } from "./docker_config.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
@@ -10,6 +10,7 @@ import type { ImageReference } from "./reference.ts";
 import {
   backoff,
   describeFailure,
+  FailedAtRedirectTarget,
   isNetworkError,
   isTransientStatus,
   type RetryPolicy,
@@ -34,6 +35,7 @@ import {
   resolveImage,
 } from "./resolve.ts";
 import { downloadBlob, type DownloadOptions } from "./download.ts";
+import { type FetchedDocument, getDocument } from "./document.ts";
 
 export type { ResolvedImage } from "./resolve.ts";
 export type { LayerDescriptor } from "./layers.ts";
@@ -326,6 +328,18 @@ export class RegistryClient {
     return this.#mirrors.map((m) => m.client.origin);
   }
 
+  /**
+   * Sends `req` and reads its whole body (at most `maxBytes`) under one retry policy; see
+   * document.ts. `bytes` is undefined when `wanted` (default: a 200) refused the reply.
+   */
+  getDocument(
+    req: RegistryRequest,
+    maxBytes: number,
+    wanted?: (response: Response) => boolean,
+  ): Promise<FetchedDocument> {
+    return getDocument(this, req, maxBytes, wanted);
+  }
+
   /** Nothing to release: fetch keeps its own connection pool. Kept for symmetry with sources. */
   close(): void {}
 
@@ -357,8 +371,10 @@ export class RegistryClient {
       const req = watch ? { ...outer, signal: watch.signal, stall: watch } : outer;
       req.stall?.pause();
       let response: Response;
+      let sentAtMs = 0;
       try {
         await waitForHost(this.host, policy, req.signal);
+        sentAtMs = Date.now();
         response = await this.#authorized(req);
       } catch (error) {
         watch?.done();
@@ -382,6 +398,11 @@ export class RegistryClient {
             { cause: error },
           );
         }
+        if (error instanceof TokenServerUnavailable) {
+          debug(`${req.method} ${req.path}: ${error.message} (attempt ${attempt})`);
+          if (await backoff(attempt, policy, outer.signal, error.retryAfterMs)) continue;
+          throw error;
+        }
         if (!isNetworkError(error)) throw error;
         const limit = this.#transport.connected ? policy : {
           ...policy,
@@ -390,6 +411,14 @@ export class RegistryClient {
         debug(`${req.method} ${req.path}: ${describeFailure(error)} (attempt ${attempt})`);
         if (await backoff(attempt, limit, req.signal)) continue;
         const failure = describeFailure(error);
+        if (error instanceof FailedAtRedirectTarget) {
+          throw new OciError(
+            `cannot reach ${error.host}, where registry ${this.host} redirected ` +
+              `${req.method} ${req.path}: ${failure}`,
+            "the registry's storage is unreachable from here; try again later",
+            { cause: error },
+          );
+        }
         if (UNREADABLE_REPLY.test(failure)) {
           // Reached, but its reply is not HTTP we read (or a proxy's in front of it).
           throw new OciError(
@@ -417,7 +446,7 @@ export class RegistryClient {
         }
         return watch ? this.#watchedBody(response, watch, outer) : response;
       }
-      noteAnswered(this.host);
+      noteAnswered(this.host, sentAtMs);
       if (isTransientStatus(response.status)) {
         debug(`${req.method} ${req.path}: ${response.status} (attempt ${attempt})`);
         if (await backoff(attempt, policy, req.signal)) {

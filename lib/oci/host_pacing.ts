@@ -5,18 +5,32 @@
  * asked all of them to wait, so the wait is kept per host and every request to it honours it.
  */
 import { OciError } from "../errors.ts";
-import type { RetryPolicy } from "./retry.ts";
+import { backoffDelayMs, type RetryPolicy } from "./retry.ts";
 
 /** Waits without Retry-After grow from this, doubling per consecutive 429, up to the cap. */
 const BASE_RATE_LIMIT_DELAY_MS = 500;
 const MAX_RATE_LIMIT_DELAY_MS = 30_000;
 /** A Retry-After past this is treated as this (a day-long ban is an outage, not pacing). */
 const MAX_RETRY_AFTER_MS = 10 * 60_000;
+/**
+ * However long the pause a reply asked for, one request goes through after this long to see
+ * whether it still holds (a registry whose 429 said "a day" answered normally seconds later, and
+ * a mount failed every read for 10 minutes): if it is answered, the pause ends.
+ */
+const PROBE_AFTER_MS = MAX_RATE_LIMIT_DELAY_MS;
 /** How long a failed mirror is skipped before it is tried again. */
 export const MIRROR_DOWN_MS = 10_000;
 
 interface HostState {
   blockedUntilMs: number;
+  /** When the last 429 came in: only a request sent after it ends the pause by its answer. */
+  limitedAtMs: number;
+  /** When the next request may go through the pause to test it. */
+  probeAtMs: number;
+  /** A probe was sent and its answer is awaited (waiters wait for it instead of giving up). */
+  probing: boolean;
+  /** Resolved (and replaced) when the pause ends early: waiters look again. */
+  changed: PromiseWithResolvers<void>;
   strikes: number;
   downUntilMs: number;
 }
@@ -26,7 +40,15 @@ const states = new Map<string, HostState>();
 function stateOf(host: string): HostState {
   let state = states.get(host);
   if (!state) {
-    state = { blockedUntilMs: 0, strikes: 0, downUntilMs: 0 };
+    state = {
+      blockedUntilMs: 0,
+      limitedAtMs: 0,
+      probeAtMs: 0,
+      probing: false,
+      changed: Promise.withResolvers(),
+      strikes: 0,
+      downUntilMs: 0,
+    };
     states.set(host, state);
   }
   return state;
@@ -47,27 +69,45 @@ export function parseRetryAfter(header: string | null, nowMs = Date.now()): numb
 
 /**
  * Records a 429 (or a 503 with Retry-After) from `host`: no request to it starts before the
- * server's Retry-After, or an exponentially growing pause without one. Returns the pause in ms.
+ * server's Retry-After, or an exponentially growing pause without one, except one probe after
+ * PROBE_AFTER_MS. A Retry-After of 0 (or a date past) still waits the usual retry backoff: it
+ * made 8 retries in 17 ms. Returns the pause in ms.
  */
 export function noteRateLimited(host: string, retryAfterMs: number | undefined): number {
   const state = stateOf(host);
   state.strikes++;
-  const delayMs = retryAfterMs ??
-    Math.min(MAX_RATE_LIMIT_DELAY_MS, BASE_RATE_LIMIT_DELAY_MS * 2 ** (state.strikes - 1)) *
-      (0.75 + Math.random() * 0.5);
-  state.blockedUntilMs = Math.max(state.blockedUntilMs, Date.now() + delayMs);
+  const delayMs = retryAfterMs === undefined
+    ? Math.min(MAX_RATE_LIMIT_DELAY_MS, BASE_RATE_LIMIT_DELAY_MS * 2 ** (state.strikes - 1)) *
+      (0.75 + Math.random() * 0.5)
+    : Math.max(retryAfterMs, backoffDelayMs(state.strikes));
+  const nowMs = Date.now();
+  state.limitedAtMs = nowMs;
+  state.blockedUntilMs = Math.max(state.blockedUntilMs, nowMs + delayMs);
+  state.probeAtMs = nowMs + Math.min(delayMs, PROBE_AFTER_MS);
+  state.probing = false;
   return delayMs;
 }
 
-/** A reply other than a rate limit: the next 429 starts the backoff from the beginning. */
-export function noteAnswered(host: string): void {
+/**
+ * A reply other than a rate limit to a request sent at `sentAtMs`: the next 429 starts the
+ * backoff from the beginning, and a request sent after the last 429 (the probe) ends its pause.
+ */
+export function noteAnswered(host: string, sentAtMs = 0): void {
   const state = states.get(host);
-  if (state) state.strikes = 0;
+  if (!state) return;
+  state.strikes = 0;
+  if (state.blockedUntilMs === 0 || sentAtMs < state.limitedAtMs) return;
+  state.blockedUntilMs = 0;
+  state.probing = false;
+  state.changed.resolve();
+  state.changed = Promise.withResolvers();
 }
 
 /**
- * Waits until `host` accepts requests again. When its pause ends after the policy's deadline,
- * throws at once (an OciError with status 429) rather than sleeping into a certain failure.
+ * Waits until `host` accepts requests again, or until this request may go as the pause's probe.
+ * When neither happens before the policy's deadline (and no probe is out whose answer could end
+ * the pause), throws at once (an OciError with status 429) rather than sleeping into a certain
+ * failure.
  */
 export async function waitForHost(
   host: string,
@@ -76,27 +116,48 @@ export async function waitForHost(
 ): Promise<void> {
   const state = states.get(host);
   if (!state) return;
-  const waitMs = state.blockedUntilMs - Date.now();
-  if (waitMs <= 0) return;
-  if (Date.now() + waitMs > policy.deadlineAtMs) {
-    const error = new OciError(
-      `registry ${host} is rate limiting requests (429): retry after ${Math.ceil(waitMs / 1000)} s`,
-      "a registry mirror (hosts.toml) spreads the load; or try again later",
-    );
-    error.status = 429;
-    throw error;
+  for (;;) {
+    const nowMs = Date.now();
+    if (state.blockedUntilMs <= nowMs) return;
+    if (state.probeAtMs <= nowMs) {
+      // This request tests the pause; the next may only after another PROBE_AFTER_MS.
+      state.probeAtMs = nowMs + PROBE_AFTER_MS;
+      state.probing = true;
+      return;
+    }
+    const wakeAtMs = Math.min(state.blockedUntilMs, state.probeAtMs);
+    if (wakeAtMs > policy.deadlineAtMs && (!state.probing || nowMs >= policy.deadlineAtMs)) {
+      throw rateLimitedError(host, state.blockedUntilMs - nowMs);
+    }
+    signal?.throwIfAborted();
+    await sleepUntil(Math.min(wakeAtMs, policy.deadlineAtMs), state.changed.promise, signal);
   }
-  signal?.throwIfAborted();
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => {
+}
+
+function rateLimitedError(host: string, waitMs: number): OciError {
+  const error = new OciError(
+    `registry ${host} is rate limiting requests (429): retry after ${Math.ceil(waitMs / 1000)} s`,
+    "a registry mirror (hosts.toml) spreads the load; or try again later",
+  );
+  error.status = 429;
+  return error;
+}
+
+/** Sleeps until `atMs` (Date.now() time) or until `early` settles; rejects when `signal` aborts. */
+function sleepUntil(atMs: number, early: Promise<void>, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const finish = () => {
+      clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       resolve();
-    }, waitMs);
+    };
+    const timer = setTimeout(finish, Math.max(0, atMs - Date.now()));
     const onAbort = () => {
       clearTimeout(timer);
       reject(signal!.reason);
     };
     signal?.addEventListener("abort", onAbort, { once: true });
+    early.then(finish);
   });
 }
 

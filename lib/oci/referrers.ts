@@ -5,7 +5,6 @@
  * referring manifests, which whoever pushes a referrer keeps up to date.
  */
 import { OciError } from "../errors.ts";
-import { readLimited } from "./auth.ts";
 import { blobExists, statusError, uploadBlob } from "./blob_upload.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope, pushScope } from "./scope.ts";
@@ -63,17 +62,23 @@ export async function listReferrers(
   artifactType: string,
   signal?: AbortSignal,
 ): Promise<ReferrerDescriptor[]> {
-  const api = await client.request({
-    method: "GET",
-    path: `/v2/${repository}/referrers/${subject}?artifactType=${encodeURIComponent(artifactType)}`,
-    scope: pullScope(repository),
-    headers: { accept: OCI_INDEX },
-    signal,
-  });
   // A registry with the API answers 200 with an index (possibly empty); 404 (docker-registry
   // 2.8 has no such route) or 405/400 mean "ask the tag".
-  if (api.status === 200 && isIndexType(api.headers.get("content-type"))) {
-    const list = parseReferrerIndex(await readLimited(api, MAX_MANIFEST_BYTES), "referrers list");
+  const { response: api, bytes } = await client.getDocument(
+    {
+      method: "GET",
+      path: `/v2/${repository}/referrers/${subject}?artifactType=${
+        encodeURIComponent(artifactType)
+      }`,
+      scope: pullScope(repository),
+      headers: { accept: OCI_INDEX },
+      signal,
+    },
+    MAX_MANIFEST_BYTES,
+    (reply) => reply.status === 200 && isIndexType(reply.headers.get("content-type")),
+  );
+  if (bytes !== undefined) {
+    const list = parseReferrerIndex(bytes, "referrers list");
     return list.filter((d) => d.artifactType === artifactType);
   }
   await api.body?.cancel();
@@ -205,22 +210,21 @@ async function fetchTagIndex(
   use: "lookup" | "update" = "lookup",
 ): Promise<ReferrerDescriptor[] | undefined> {
   const tag = referrersTag(subject);
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/manifests/${tag}`,
     scope: pullScope(repository),
     headers: { accept: use === "update" ? MANIFEST_ACCEPT : OCI_INDEX },
     signal,
-  });
+  }, MAX_MANIFEST_BYTES);
   if (response.status === 404) {
     await response.body?.cancel();
     return undefined;
   }
-  if (response.status !== 200) {
+  if (bytes === undefined) {
     await response.body?.cancel();
     throw statusError(client, response, `for the referrers tag ${tag}`);
   }
-  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
   try {
     return parseReferrerIndex(bytes, `tag ${tag}`);
   } catch (error) {

@@ -10,8 +10,8 @@ import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import { mark } from "../timing.ts";
-import { checkTokenRealm } from "./auth.ts";
-import { describeFailure, isNetworkError } from "./retry.ts";
+import { checkTokenRealm, TokenServerUnavailable } from "./auth.ts";
+import { describeFailure, FailedAtRedirectTarget, isNetworkError } from "./retry.ts";
 import type { RegistryRequest } from "./client.ts";
 
 const MAX_REDIRECTS = 10;
@@ -153,6 +153,9 @@ export class RegistryTransport {
           hop = -1;
           continue;
         }
+        if (!home && !req.signal?.aborted) {
+          throw new FailedAtRedirectTarget(new URL(url).host, this.host, error);
+        }
         throw error;
       }
       const location = response.headers.get("location");
@@ -230,6 +233,7 @@ export class RegistryTransport {
         });
       } catch (error) {
         watch.done();
+        // Silence is given up (each try would wait the stall time again); a refusal is retried.
         if (watch.stalled && !signal?.aborted) {
           throw new OciError(
             `token server ${target.host} sent no reply ` +
@@ -240,12 +244,11 @@ export class RegistryTransport {
             { cause: error },
           );
         }
-        throw new OciError(
+        if (signal?.aborted) throw error;
+        throw new TokenServerUnavailable(
           `cannot reach token server ${target.host}: ${describeFailure(error)}`,
           undefined,
-          {
-            cause: error,
-          },
+          { cause: error },
         );
       }
       watch.pause();

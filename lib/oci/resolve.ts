@@ -1,5 +1,4 @@
 import { OciError } from "../errors.ts";
-import { readLimited } from "./auth.ts";
 import { blobStatusError } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
@@ -61,7 +60,7 @@ export async function fetchManifest(
   const where = `${client.registry}/${repository}${
     reference.includes(":") ? "@" : ":"
   }${reference}`;
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/manifests/${reference}`,
     scope: pullScope(repository),
@@ -69,8 +68,8 @@ export async function fetchManifest(
     signal,
     // A tag is a claim only hosts trusted to `resolve` may answer; a digest checks itself.
     route: reference.includes(":") ? "pull" : "resolve",
-  });
-  if (response.status !== 200) {
+  }, MAX_MANIFEST_BYTES);
+  if (bytes === undefined) {
     await response.body?.cancel();
     const error = response.status === 404
       ? new OciError(`manifest not found: ${where} (404)`, "check the repository name and tag")
@@ -78,7 +77,6 @@ export async function fetchManifest(
     error.status = response.status;
     throw error;
   }
-  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
   const isDigest = reference.includes(":");
   const digest = await digestOfAsync(bytes, isDigest ? reference : "sha256:");
   if (isDigest && digest !== reference) {
@@ -111,17 +109,16 @@ async function fetchConfigPlatform(
   if (config.size > MAX_MANIFEST_BYTES) return undefined;
   const keptBytes = await kept?.read(config.digest);
   if (keptBytes) return parseConfigPlatform(keptBytes);
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/blobs/${config.digest}`,
     scope: pullScope(repository),
     signal,
     route: "pull",
-  });
-  if (response.status !== 200) {
+  }, MAX_MANIFEST_BYTES);
+  if (bytes === undefined) {
     return await blobStatusError(client, response, repository, config.digest);
   }
-  const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
   if (await digestOfAsync(bytes, config.digest) !== config.digest) {
     throw new OciError(`config blob ${config.digest} does not match its digest`);
   }

@@ -23,6 +23,7 @@ export function isTransientStatus(status: number): boolean {
  * them as TypeError, body stream errors as Deno.errors.* or TypeError.
  */
 export function isNetworkError(error: unknown): boolean {
+  if (error instanceof FailedAtRedirectTarget) return isNetworkError(error.cause);
   if (error instanceof DOMException) return false; // AbortError/TimeoutError: the caller's choice
   if (error instanceof StalledError) return true;
   return error instanceof TypeError || error instanceof Deno.errors.ConnectionReset ||
@@ -33,17 +34,35 @@ export function isNetworkError(error: unknown): boolean {
 }
 
 /**
- * Sleeps before attempt `attempt` (1-based retry count) with exponential backoff and jitter;
- * returns false when the policy says to stop instead.
+ * A request that failed at the host a registry redirected it to (object storage), not at the
+ * registry: its messages name that host ("cannot reach registry" named the registry, which had
+ * answered). `cause` is what failed there.
+ */
+export class FailedAtRedirectTarget extends Error {
+  constructor(readonly host: string, readonly registry: string, cause: unknown) {
+    super(`request to ${host} failed`, { cause });
+  }
+}
+
+/** The pause before retry `attempt` (1-based): exponential, with jitter. */
+export function backoffDelayMs(attempt: number): number {
+  return Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** (attempt - 1)) *
+    (0.75 + Math.random() * 0.5);
+}
+
+/**
+ * Sleeps before attempt `attempt` (1-based retry count) with exponential backoff and jitter, or
+ * `atLeastMs` when longer (a server's Retry-After); returns false when the policy says to stop
+ * instead.
  */
 export async function backoff(
   attempt: number,
   policy: RetryPolicy,
   signal?: AbortSignal,
+  atLeastMs = 0,
 ): Promise<boolean> {
   if (attempt >= policy.maxAttempts) return false;
-  const delayMs = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** (attempt - 1)) *
-    (0.75 + Math.random() * 0.5);
+  const delayMs = Math.max(atLeastMs, backoffDelayMs(attempt));
   if (Date.now() + delayMs >= policy.deadlineAtMs) return false;
   signal?.throwIfAborted();
   await new Promise<void>((resolve, reject) => {
@@ -78,6 +97,7 @@ const FRESH_DEADLINE_PROGRESS_BYTES = 1 << 20;
 
 /** One line for an error that ended a retried operation. */
 export function describeFailure(error: unknown): string {
+  if (error instanceof FailedAtRedirectTarget) return describeFailure(error.cause);
   if (error instanceof OciError) return error.message;
   // fetch's own message is only "fetch failed"; what failed (refused, DNS, TLS) is its cause.
   const cause = error instanceof TypeError && error.message === "fetch failed" &&

@@ -43,7 +43,8 @@ export function sizeFitsDevice(sizeBytes: number, deviceSizeBytes: number): bool
 export function registryUnreachable(error: unknown): boolean {
   if (!(error instanceof OciError)) return false;
   if (error.status !== undefined) return error.status >= 500;
-  return error.message.startsWith("cannot reach registry");
+  // The registry, where it redirected a GET (its storage), or its token server.
+  return error.message.startsWith("cannot reach ");
 }
 
 /**

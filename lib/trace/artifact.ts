@@ -5,7 +5,6 @@
  * same image replaces the older one in the fallback tag's list.
  */
 import { OciError } from "../errors.ts";
-import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
@@ -51,27 +50,30 @@ async function getChecked(
   limit: number,
   signal?: AbortSignal,
 ): Promise<Uint8Array | undefined> {
-  const response = await client.request({
-    method: "GET",
-    path: `/v2/${repository}/${kind}/${digest}`,
-    scope: pullScope(repository),
-    headers: kind === "manifests" ? { accept: OCI_MANIFEST } : undefined,
-    signal,
-  });
+  const declaredOf = (response: Response) => Number(response.headers.get("content-length") ?? "0");
+  const { response, bytes } = await client.getDocument(
+    {
+      method: "GET",
+      path: `/v2/${repository}/${kind}/${digest}`,
+      scope: pullScope(repository),
+      headers: kind === "manifests" ? { accept: OCI_MANIFEST } : undefined,
+      signal,
+    },
+    limit,
+    (reply) => reply.status === 200 && declaredOf(reply) <= limit,
+  );
   if (response.status !== 200) {
     await response.body?.cancel();
     if (response.status === 404) return undefined;
     throw statusError(client, response, `for the trace ${digest}`);
   }
-  const declared = Number(response.headers.get("content-length") ?? "0");
-  if (declared > limit) {
+  if (bytes === undefined) {
     await response.body?.cancel();
     throw new OciError(
-      `the trace ${digest} is ${declared} bytes, more than the ${limit} allowed`,
+      `the trace ${digest} is ${declaredOf(response)} bytes, more than the ${limit} allowed`,
       "mount with --no-prefetch, or record a new trace",
     );
   }
-  const bytes = await readLimited(response, limit);
   if (await digestOfAsync(bytes) !== digest) {
     throw new OciError(
       `the trace ${digest} does not match its digest`,

@@ -7,7 +7,6 @@
  * because the digest-pinned manifest then pins the table too.
  */
 import { OciError } from "../errors.ts";
-import { readLimited } from "../oci/auth.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
@@ -165,13 +164,13 @@ export async function fetchTable(
       `layer ${layer.digest}: chunk table digest '${clipped(digest)}' is malformed`,
     );
   }
-  const response = await client.request({
+  const { response, bytes } = await client.getDocument({
     method: "GET",
     path: `/v2/${repository}/blobs/${digest}`,
     scope: pullScope(repository),
     signal,
-  });
-  if (response.status !== 200) {
+  }, MAX_TABLE_BYTES);
+  if (bytes === undefined) {
     await response.body?.cancel();
     const error = statusError(client, response, `for the chunk table ${digest}`);
     if (response.status !== 404) throw error;
@@ -179,7 +178,6 @@ export async function fetchTable(
     // verification off by withholding it.
     throw Object.assign(new OciError(error.message, TABLES_NOT_COPIED), { status: 404 });
   }
-  const bytes = await readLimited(response, MAX_TABLE_BYTES);
   if (await digestOfAsync(bytes, digest) !== digest) {
     throw new OciError(
       `the chunk table of layer ${layer.digest} does not match its digest ${digest}`,
@@ -214,18 +212,17 @@ export async function findTablesByReferrer(
     signal,
   );
   for (const referrer of referrers.reverse().slice(0, 8)) {
-    const response = await client.request({
+    const { response, bytes } = await client.getDocument({
       method: "GET",
       path: `/v2/${repository}/manifests/${referrer.digest}`,
       scope: pullScope(repository),
       headers: { accept: OCI_MANIFEST },
       signal,
-    });
-    if (response.status !== 200) {
+    }, MAX_MANIFEST_BYTES);
+    if (bytes === undefined) {
       await response.body?.cancel();
       continue;
     }
-    const bytes = await readLimited(response, MAX_MANIFEST_BYTES);
     if (await digestOfAsync(bytes) !== referrer.digest) continue;
     let layers: unknown;
     try {

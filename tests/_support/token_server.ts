@@ -51,6 +51,11 @@ export interface TokenServer {
   issue(scopes: string[], account?: string): Promise<string>;
   /** From now on only `password` gets tokens (a rotated password). */
   setPassword(password: string): void;
+  /**
+   * The next `count` token requests are answered `status` (with this Retry-After, if given)
+   * instead of a token: a token server's blip.
+   */
+  failNext(count: number, status: number, retryAfter?: string): void;
   stop(): Promise<void>;
 }
 
@@ -70,6 +75,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
   const ttlSeconds = options.ttlSeconds ?? 300;
   const requests: TokenRequestRecord[] = [];
   let serial = 0;
+  let failure: { count: number; status: number; retryAfter?: string } | undefined;
 
   const issue = async (scopes: string[], account?: string): Promise<string> => {
     const nowSeconds = Math.floor(Date.now() / 1000);
@@ -109,6 +115,13 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
         granted: false,
       };
       requests.push(record);
+      if (failure && failure.count > 0) {
+        failure.count--;
+        return new Response("token server unavailable\n", {
+          status: failure.status,
+          headers: failure.retryAfter === undefined ? {} : { "retry-after": failure.retryAfter },
+        });
+      }
       if (
         url.pathname !== "/token" || credentials?.username !== options.username ||
         credentials.password !== password
@@ -138,6 +151,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
     grantedCount: () => requests.filter((r) => r.granted).length,
     issue,
     setPassword: (changed) => password = changed,
+    failNext: (count, status, retryAfter) => failure = { count, status, retryAfter },
     stop: () => server.shutdown(),
   };
 }

@@ -1,0 +1,76 @@
+/**
+ * Small documents a registry sends whole (manifests, configs, chunk tables, referrers lists,
+ * artifacts): the request and the reading of its body under one retry policy. The body was read
+ * after `request` had returned, outside its retries, so one connection reset in the middle of a
+ * manifest ended `inspect`, `pull` or `mount` with "internal error: error reading a body from
+ * connection"; now a reply that breaks off (or ends before its Content-Length) is asked again,
+ * and what is still broken at the end is one line naming who broke off.
+ */
+import { OciError } from "../errors.ts";
+import { debug } from "../log.ts";
+import { readLimited } from "./auth.ts";
+import type { RegistryClient, RegistryRequest } from "./client.ts";
+import { backoff, describeFailure, isNetworkError } from "./retry.ts";
+
+/** A document's reply: `bytes` read when `wanted` took the reply, else the body is unread. */
+export interface FetchedDocument {
+  response: Response;
+  /** The whole body; undefined when the reply was not wanted (the caller consumes the body). */
+  bytes: Uint8Array | undefined;
+}
+
+/**
+ * Sends `req` and reads its body (at most `maxBytes`) when `wanted` (default: a 200) takes the
+ * reply, retrying both under the request's policy. A reply not wanted is returned unread: the
+ * caller reports its status and cancels its body.
+ */
+export async function getDocument(
+  client: RegistryClient,
+  req: RegistryRequest,
+  maxBytes: number,
+  wanted: (response: Response) => boolean = (response) => response.status === 200,
+): Promise<FetchedDocument> {
+  const policy = req.policy ?? client.newPolicy();
+  for (let attempt = 1;; attempt++) {
+    const response = await client.request({ ...req, policy });
+    if (!wanted(response)) return { response, bytes: undefined };
+    let failure: unknown;
+    try {
+      const bytes = await readLimited(response, maxBytes);
+      const declared = declaredLength(response);
+      if (declared === undefined || bytes.byteLength === declared) return { response, bytes };
+      failure = `the body ended after ${bytes.byteLength} of ${declared} bytes`;
+    } catch (error) {
+      if (!isNetworkError(error)) throw error;
+      failure = error;
+    }
+    const why = typeof failure === "string" ? failure : describeFailure(failure);
+    debug(`${req.method} ${req.path}: ${why} (attempt ${attempt}); asking again`);
+    if (await backoff(attempt, policy, req.signal)) continue;
+    const redirectHost = redirectTargetOf(client, response);
+    throw new OciError(
+      redirectHost === undefined
+        ? `registry ${client.host} broke off its reply to ${req.method} ${req.path}: ${why}`
+        : `${redirectHost}, where registry ${client.host} redirected ${req.method} ${req.path}, ` +
+          `broke off its reply: ${why}`,
+      undefined,
+      { cause: failure },
+    );
+  }
+}
+
+/**
+ * The host that sent `response` when a redirect led away from the registry and its mirrors
+ * (object storage); undefined for the registry's own replies.
+ */
+export function redirectTargetOf(client: RegistryClient, response: Response): string | undefined {
+  if (!response.url || client.isRegistryUrl(response.url)) return undefined;
+  return new URL(response.url).host;
+}
+
+/** The body's length as sent, when the headers say it (fetch decodes a Content-Encoding). */
+function declaredLength(response: Response): number | undefined {
+  if (response.headers.has("content-encoding")) return undefined;
+  const length = Number(response.headers.get("content-length") ?? NaN);
+  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+}
