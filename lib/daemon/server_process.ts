@@ -184,7 +184,7 @@ async function handOver(
         reject(
           new MountError(
             `the mount server did not get ready in ${READY_TIMEOUT_MS / 1000} s`,
-            seeServerLog(spec.id, foreground),
+            seeServerLog(spec, foreground),
           ),
         ),
       READY_TIMEOUT_MS,
@@ -245,7 +245,7 @@ async function handOver(
     if (signal?.aborted) throw signal.reason;
     throw new MountError(
       `the mount server exited (code ${code}) before it was ready`,
-      seeServerLog(spec.id, foreground),
+      seeServerLog(spec, foreground),
     );
   }
   if (!ready.ok) {
@@ -259,14 +259,22 @@ async function handOver(
 /**
  * Where the log of a server that failed to start can be read: a copy kept out of its runtime
  * dir (the failed mount's undo removes that dir, log and all). A --foreground server printed
- * its output above already: that run is not suggested again.
+ * its output above already, and `reattach` has no --foreground: neither is told to use it.
  */
-function seeServerLog(id: string, foreground: boolean): string {
-  const kept = keepFailedServerLog(id);
-  if (kept) {
-    return `see its log (kept at ${kept})${foreground ? "" : " or mount with --foreground"}`;
-  }
-  return foreground ? "see its output above" : "mount with --foreground to see its output";
+function seeServerLog(spec: MountSpec, foreground: boolean): string {
+  return serverLogHint(keepFailedServerLog(spec.id), foreground, spec.reattach !== undefined);
+}
+
+/** seeServerLog's hint, given where the log was kept (if it was) and who started the server. */
+export function serverLogHint(
+  kept: string | undefined,
+  foreground: boolean,
+  reattach: boolean,
+): string {
+  const rerun = foreground || reattach ? "" : "mount with --foreground";
+  if (kept) return `see its log (kept at ${kept})${rerun ? ` or ${rerun}` : ""}`;
+  if (foreground) return "see its output above";
+  return rerun ? `${rerun} to see its output` : "its log was not kept: run the reattach again";
 }
 
 /**
