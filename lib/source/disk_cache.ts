@@ -414,6 +414,9 @@ export class DiskCache {
     this.#evicting = true;
     this.#writtenSinceCheck = 0;
     try {
+      // Space a killed process's fills left allocated in blobs open here goes before any
+      // chunk anybody can read (disk_cache_reclaim.ts).
+      for (const source of this.#open) source.reclaimUnfilled();
       let blobs;
       try {
         blobs = scanBlobs(this.blobsDir);

@@ -141,6 +141,12 @@ export class BlobFiller {
   readonly #blob: FillBlob;
   readonly #stats: FillStats;
   readonly #filling = new Map<number, Promise<void>>();
+  /**
+   * The run a fill is starting, before its promise is in #filling: its first steps (lock,
+   * reservation, which may evict and reclaim) run before fill() can record it, and they must
+   * count it as filling, or a drop here would take and release its lock (same descriptor).
+   */
+  #starting?: [number, number];
   /** Per chunk being filled here: settles once its bytes are verified and in the file. */
   readonly #readable = new Map<number, Readable>();
   /**
@@ -169,7 +175,8 @@ export class BlobFiller {
 
   /** A fill of this process has chunk `index` under way. */
   isFilling(index: number): boolean {
-    return this.#filling.has(index);
+    return this.#filling.has(index) ||
+      (this.#starting !== undefined && index >= this.#starting[0] && index < this.#starting[1]);
   }
 
   /** Chunk `index` is verified and written by a fill of ours, not marked yet (see above). */
@@ -219,7 +226,14 @@ export class BlobFiller {
       ) j++;
       const start = missing[i], stop = missing[j - 1] + 1;
       for (let c = start; c < stop; c++) this.#readable.set(c, newReadable());
-      const run = this.#fillRun(start, stop, pause).then(
+      this.#starting = [start, stop];
+      let started: Promise<boolean>;
+      try {
+        started = this.#fillRun(start, stop, pause);
+      } finally {
+        this.#starting = undefined;
+      }
+      const run = started.then(
         (synced) => {
           for (let c = start; c < stop; c++) this.#readable.get(c)?.settle(synced);
         },

@@ -39,6 +39,7 @@ import { BlobReader } from "./disk_cache_read.ts";
 import { CheckedChunks, type StoredBytesChecker, storedBytesChecker } from "./stored_check.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { closeQuietly } from "./disk_cache_io.ts";
+import { reclaimUnfilled } from "./disk_cache_reclaim.ts";
 
 export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
 export type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
@@ -208,6 +209,7 @@ export class DiskCachedSource implements Source {
       throw error;
     }
     const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead, check);
+    source.reclaimUnfilled();
     source.#reader.touch();
     source.#wholeCheck.soon(); // found complete: checked unless recorded
     return source;
@@ -358,6 +360,29 @@ export class DiskCachedSource implements Source {
    */
   evictChunks(bytes: number): number {
     return this.#chunks.evict(bytes);
+  }
+
+  /**
+   * Punches out what absent chunks that no fill holds still have allocated (a fill of a process
+   * killed before it gave its reservation back, disk_cache_reclaim.ts); the bytes freed. A
+   * failing disk is left to the next scan, which counts what stays.
+   */
+  reclaimUnfilled(): number {
+    if (this.#closing.signal.aborted || this.#degraded) return 0;
+    try {
+      return reclaimUnfilled(
+        {
+          mapFd: this.#mapFd,
+          dataFd: this.#dataFd,
+          chunkBytes: this.chunkBytes,
+          chunkCount: this.chunkCount,
+          size: this.size,
+        },
+        (index) => this.#filler.isFilling(index),
+      );
+    } catch {
+      return 0;
+    }
   }
 
   /** close() was called. */
