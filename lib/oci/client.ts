@@ -18,7 +18,13 @@ import {
 import { type BlobReadFrom, type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
 import { type ByteRange, readBlobRanges } from "./blob_ranges.ts";
 import { registryConfigDir } from "./hosts_config.ts";
-import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
+import {
+  noteAnswered,
+  noteProbeFailed,
+  noteRateLimited,
+  parseRetryAfter,
+  waitForHost,
+} from "./host_pacing.ts";
 import {
   type HostCapability,
   loadHostRoutes,
@@ -372,12 +378,14 @@ export class RegistryClient {
       req.stall?.pause();
       let response: Response;
       let sentAtMs = 0;
+      let probe: number | undefined;
       try {
-        await waitForHost(this.host, policy, req.signal);
+        probe = await waitForHost(this.host, policy, req.signal);
         sentAtMs = Date.now();
         response = await this.#authorized(req);
       } catch (error) {
         watch?.done();
+        if (probe !== undefined) noteProbeFailed(this.host, probe);
         if (watch?.overDeadline && !outer.signal?.aborted) {
           throw new OciError(
             `registry ${this.host} sent no reply to ${req.method} ${req.path} in time: gave up ` +
