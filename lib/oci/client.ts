@@ -365,7 +365,9 @@ export class RegistryClient {
 
   async #requestHere(outer: RegistryRequest): Promise<Response> {
     const policy = outer.policy ?? this.newPolicy();
-    for (let attempt = 1;; attempt++) {
+    const attempts = policy.attempts ?? { made: 0 };
+    for (;;) {
+      const attempt = ++attempts.made;
       // Requests without a watch of their own get one per attempt (GET/HEAD: an upload's body
       // may take longer than the stall time to send): a registry that accepts and then says
       // nothing, or stops in the middle of a body, is asked again, then given up.
