@@ -18,7 +18,7 @@ export function changeableBy(
   self = false,
 ): { dir: string; by: string } | undefined {
   const info = statPath(path);
-  if (self && (info.uid !== 0 || (info.mode & 0o022) !== 0)) {
+  if (self && (info.uid !== 0 || writableByOthers(info))) {
     return { dir: path, by: info.uid !== 0 ? `uid ${info.uid}` : "other users" };
   }
   return path === "/" ? undefined : firstChangeable(parentOf(path), info.uid);
@@ -39,15 +39,23 @@ function firstChangeable(
 ): { dir: string; by: string } | undefined {
   for (let below = entryUid;;) {
     const info = statPath(dir);
-    const othersWrite = (info.mode & 0o022) !== 0;
     const sticky = (info.mode & 0o1000) !== 0;
-    if (info.uid !== 0 || (othersWrite && !(sticky && below === 0))) {
+    if (info.uid !== 0 || (writableByOthers(info) && !(sticky && below === 0))) {
       return { dir, by: info.uid !== 0 ? `uid ${info.uid}` : "other users" };
     }
     if (dir === "/") return undefined;
     below = info.uid;
     dir = parentOf(dir);
   }
+}
+
+/**
+ * Whether users other than root may write the directory: anyone, or its group when that is not
+ * root's (gid 0 holds only root on a sane system, as uid 0 is only root: a root:root 0775
+ * directory was refused as "writable by others").
+ */
+function writableByOthers(info: { mode: number; gid: number }): boolean {
+  return (info.mode & 0o002) !== 0 || ((info.mode & 0o020) !== 0 && info.gid !== 0);
 }
 
 function parentOf(path: string): string {

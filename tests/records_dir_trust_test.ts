@@ -49,8 +49,21 @@ Deno.test({
         Deno.removeSync(open, { recursive: true });
       }
 
-      // Given back to root alone, it is used.
+      // Group-writable: refused when the group is another user's, used when it is root's
+      // (only root is in group 0).
+      Deno.chownSync(state, 0, NOBODY);
+      Deno.chmodSync(state, 0o775);
+      assertCliError(
+        await runCli(["cache"], { env: sandbox.env }),
+        1,
+        /state directory .*\/state is not root's alone: .*\/state is writable by others/,
+      );
       Deno.chownSync(state, 0, 0);
+      const groupRoot = await runCli(["cache"], { env: sandbox.env });
+      assertSuccess(groupRoot);
+      assert.doesNotMatch(groupRoot.stderr, /not root's alone/);
+
+      // Given back to root alone, it is used.
       Deno.chmodSync(state, 0o700);
       const listed = await runCli(["cache"], { env: sandbox.env });
       assertSuccess(listed);

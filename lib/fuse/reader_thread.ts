@@ -58,13 +58,8 @@ class FuseReaderThread {
     this.#worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
       log.warn(`FUSE reader thread failed: ${event.message}`);
-      const clients = [...this.#clients.values()];
-      this.#clients.clear();
-      for (const client of clients) client.ended("error", event.message);
       // Its stack has unwound: nothing of it polls the pipe any more.
-      this.#close();
-      this.#worker.terminate();
-      closeFd(this.#control.read);
+      this.#abandon(event.message);
     };
     this.#send({
       start: {
@@ -121,9 +116,9 @@ class FuseReaderThread {
       return;
     }
     if ("closed" in message) {
-      // The thread has left its loop: the pipe's read end is unused now.
-      closeFd(this.#control.read);
-      this.#worker.terminate();
+      // The thread has left its loop (the pipe's EOF, or poll() failing even on the pipe): the
+      // read end is unused now, and connections attached meanwhile are read by no one.
+      this.#abandon("the FUSE reader thread stopped");
       return;
     }
     const client = this.#clients.get(message.conn);
@@ -135,6 +130,16 @@ class FuseReaderThread {
       client.ended(message.end, message.end === "error" ? strerror(message.errno) : "");
       if (this.#clients.size === 0) this.#close();
     }
+  }
+
+  /** Ends the worker, which no longer runs its loop; connections it held end with `reason`. */
+  #abandon(reason: string): void {
+    const clients = [...this.#clients.values()];
+    this.#clients.clear();
+    for (const client of clients) client.ended("error", reason);
+    this.#close();
+    this.#worker.terminate();
+    closeFd(this.#control.read);
   }
 
   /** The pipe's EOF wakes the thread, which leaves its loop and says so (`closed`). */

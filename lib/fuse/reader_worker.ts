@@ -193,8 +193,16 @@ export function fuseReaderBody(
       if (ready < 0) {
         const code = errno();
         if (code === EINTR) continue;
-        // Nothing here can be polled: every connection ends; the next command polls again.
-        for (const conn of [...connections]) end(conn.id, "error", code);
+        if (connections.length > 0) {
+          // Something here cannot be polled: every connection ends, and the control pipe alone
+          // is polled on (its EOF must still end the thread, or the worker keeps the process
+          // alive and the pipe's read end leaks).
+          for (const conn of [...connections]) end(conn.id, "error", code);
+          continue;
+        }
+        // Not even the control pipe: the thread ends (the main thread terminates the worker).
+        served.flush();
+        post({ closed: true });
         return;
       }
       if (ready === 0) continue;

@@ -18,7 +18,13 @@ import {
 import { type BlobReadFrom, type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
 import { type ByteRange, readBlobRanges } from "./blob_ranges.ts";
 import { registryConfigDir } from "./hosts_config.ts";
-import { noteAnswered, noteRateLimited, parseRetryAfter, waitForHost } from "./host_pacing.ts";
+import {
+  noteAnswered,
+  noteProbeFailed,
+  noteRateLimited,
+  parseRetryAfter,
+  waitForHost,
+} from "./host_pacing.ts";
 import {
   type HostCapability,
   loadHostRoutes,
@@ -359,7 +365,9 @@ export class RegistryClient {
 
   async #requestHere(outer: RegistryRequest): Promise<Response> {
     const policy = outer.policy ?? this.newPolicy();
-    for (let attempt = 1;; attempt++) {
+    const attempts = policy.attempts ?? { made: 0 };
+    for (;;) {
+      const attempt = ++attempts.made;
       // Requests without a watch of their own get one per attempt (GET/HEAD: an upload's body
       // may take longer than the stall time to send): a registry that accepts and then says
       // nothing, or stops in the middle of a body, is asked again, then given up.
@@ -372,12 +380,14 @@ export class RegistryClient {
       req.stall?.pause();
       let response: Response;
       let sentAtMs = 0;
+      let probe: number | undefined;
       try {
-        await waitForHost(this.host, policy, req.signal);
+        probe = await waitForHost(this.host, policy, req.signal);
         sentAtMs = Date.now();
         response = await this.#authorized(req);
       } catch (error) {
         watch?.done();
+        if (probe !== undefined) noteProbeFailed(this.host, probe);
         if (watch?.overDeadline && !outer.signal?.aborted) {
           throw new OciError(
             `registry ${this.host} sent no reply to ${req.method} ${req.path} in time: gave up ` +

@@ -518,3 +518,21 @@ Deno.test("downloadBlob: partial files a crash left (over an hour old) are remov
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("getDocument: broken bodies and 5xx share one attempt budget", async () => {
+  // Every other reply is a 500 (retried inside request), the rest a body that breaks off
+  // (retried by getDocument): each of getDocument's tries used to get maxAttempts of its own.
+  await using server = serve((_request, seen) =>
+    seen.length % 2 === 1
+      ? new Response("no", { status: 500 })
+      : new Response(cutStream(BLOB, 100), { headers: { "content-length": String(BLOB.length) } })
+  );
+  await assert.rejects(
+    client(server.host, { maxAttempts: 4 }).getDocument(
+      { method: "GET", path: "/v2/app/manifests/latest", scope: "repository:app:pull" },
+      1 << 20,
+    ),
+    /broke off its reply to GET \/v2\/app\/manifests\/latest/,
+  );
+  assert.equal(server.seen.length, 4);
+});

@@ -30,8 +30,10 @@ export async function getDocument(
   maxBytes: number,
   wanted: (response: Response) => boolean = (response) => response.status === 200,
 ): Promise<FetchedDocument> {
-  const policy = req.policy ?? client.newPolicy();
-  for (let attempt = 1;; attempt++) {
+  // The request's retries and ours spend one budget: a registry that alternates 5xx and broken
+  // bodies got maxAttempts² requests.
+  const policy = { ...(req.policy ?? client.newPolicy()), attempts: { made: 0 } };
+  for (;;) {
     const response = await client.request({ ...req, policy });
     if (!wanted(response)) return { response, bytes: undefined };
     let failure: unknown;
@@ -45,6 +47,7 @@ export async function getDocument(
       failure = error;
     }
     const why = typeof failure === "string" ? failure : describeFailure(failure);
+    const attempt = policy.attempts.made;
     debug(`${req.method} ${req.path}: ${why} (attempt ${attempt}); asking again`);
     if (await backoff(attempt, policy, req.signal)) continue;
     const redirectHost = redirectTargetOf(client, response);

@@ -29,6 +29,8 @@ interface HostState {
   probeAtMs: number;
   /** A probe was sent and its answer is awaited (waiters wait for it instead of giving up). */
   probing: boolean;
+  /** Which probe is out, so that only its own failure ends the wait for it. */
+  probeSerial: number;
   /** Resolved (and replaced) when the pause ends early: waiters look again. */
   changed: PromiseWithResolvers<void>;
   strikes: number;
@@ -45,6 +47,7 @@ function stateOf(host: string): HostState {
       limitedAtMs: 0,
       probeAtMs: 0,
       probing: false,
+      probeSerial: 0,
       changed: Promise.withResolvers(),
       strikes: 0,
       downUntilMs: 0,
@@ -99,6 +102,22 @@ export function noteAnswered(host: string, sentAtMs = 0): void {
   if (state.blockedUntilMs === 0 || sentAtMs < state.limitedAtMs) return;
   state.blockedUntilMs = 0;
   state.probing = false;
+  wakeWaiters(state);
+}
+
+/**
+ * The probe `probe` (from waitForHost) ended without an HTTP answer (network error, stall,
+ * abort): nothing will end the pause early, so waiters whose deadline falls before the next
+ * chance fail now instead of sleeping to their deadline (a mount's every read took 60 s).
+ */
+export function noteProbeFailed(host: string, probe: number): void {
+  const state = states.get(host);
+  if (!state?.probing || state.probeSerial !== probe) return;
+  state.probing = false;
+  wakeWaiters(state);
+}
+
+function wakeWaiters(state: HostState): void {
   state.changed.resolve();
   state.changed = Promise.withResolvers();
 }
@@ -107,23 +126,24 @@ export function noteAnswered(host: string, sentAtMs = 0): void {
  * Waits until `host` accepts requests again, or until this request may go as the pause's probe.
  * When neither happens before the policy's deadline (and no probe is out whose answer could end
  * the pause), throws at once (an OciError with status 429) rather than sleeping into a certain
- * failure.
+ * failure. Returns the probe's number when this request is the probe (its sender reports a
+ * failure without an HTTP answer to noteProbeFailed), else undefined.
  */
 export async function waitForHost(
   host: string,
   policy: RetryPolicy,
   signal?: AbortSignal,
-): Promise<void> {
+): Promise<number | undefined> {
   const state = states.get(host);
-  if (!state) return;
+  if (!state) return undefined;
   for (;;) {
     const nowMs = Date.now();
-    if (state.blockedUntilMs <= nowMs) return;
+    if (state.blockedUntilMs <= nowMs) return undefined;
     if (state.probeAtMs <= nowMs) {
       // This request tests the pause; the next may only after another PROBE_AFTER_MS.
       state.probeAtMs = nowMs + PROBE_AFTER_MS;
       state.probing = true;
-      return;
+      return ++state.probeSerial;
     }
     const wakeAtMs = Math.min(state.blockedUntilMs, state.probeAtMs);
     if (wakeAtMs > policy.deadlineAtMs && (!state.probing || nowMs >= policy.deadlineAtMs)) {

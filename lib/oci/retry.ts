@@ -7,6 +7,12 @@ export interface RetryPolicy {
   deadlineAtMs: number;
   /** Attempts without progress before giving up even within the deadline. */
   maxAttempts: number;
+  /**
+   * When set, the attempts made so far by every request under this policy: an operation that
+   * retries on its own around requests (a document whose body broke off) spends one budget with
+   * their retries instead of maxAttempts of them per try of its own.
+   */
+  attempts?: { made: number };
 }
 
 const BASE_DELAY_MS = 100;
