@@ -1,5 +1,5 @@
 /**
- * Blob eviction racing an opener (disk_cache.ts #removeIfUnused, disk_cache_files.ts): the
+ * Blob eviction racing an opener (disk_cache_scan.ts removeIfUnused, disk_cache_files.ts): the
  * removal's steps are interleaved with another opener's by hooking Deno.removeSync, as another
  * process could interleave them.
  */

@@ -6,7 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { DiskCache } from "../lib/source/disk_cache.ts";
-import { BlobFiller, PRESENT, WRITTEN } from "../lib/source/disk_cache_fill.ts";
+import { BlobFiller } from "../lib/source/disk_cache_fill.ts";
+import { PRESENT } from "../lib/source/disk_cache_sync.ts";
+import { WRITTEN } from "../lib/source/disk_cache_boot.ts";
 import { openBlobFiles } from "../lib/source/disk_cache_files.ts";
 import {
   closeQuietly,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "../lib/source/disk_cache.ts";
 import type { DiskCachedSource } from "../lib/source/disk_cached.ts";
-import { isPresent } from "../lib/source/disk_cache_fill.ts";
+import { isPresent } from "../lib/source/disk_cache_present.ts";
 import { SYNC_QUIET_MS } from "../lib/source/disk_cache_sync.ts";
 import { currentBootId } from "../lib/source/disk_cache_boot.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";

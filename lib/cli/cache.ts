@@ -2,12 +2,8 @@ import type { Command } from "./command.ts";
 import { warn } from "../log.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
-import {
-  DEFAULT_DISK_CACHE_BYTES,
-  DEFAULT_DISK_CACHE_DIR,
-  DiskCache,
-  diskCacheDir,
-} from "../source/disk_cache.ts";
+import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
+import { DEFAULT_DISK_CACHE_DIR, diskCacheDir } from "../source/disk_cache_dir.ts";
 import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
 import { availableBytesOf } from "../source/disk_cache_fs.ts";
 import { parseDurationMs, parseSize } from "./size.ts";

@@ -21,7 +21,8 @@
  *   working in that directory's files, and the rest of them are the likeliest next reads. Once
  *   file data was read, the other windows go nearest to the latest such read first.
  */
-import { type FillPause, sleep } from "./disk_cache_fill.ts";
+import type { FillPause } from "./disk_cache_fill.ts";
+import { sleep } from "./disk_cache_io.ts";
 import { fillTrace } from "./fill_trace.ts";
 import { type WalkClock, walkClockBody, type WalkRules } from "./walk_clock_body.ts";
 

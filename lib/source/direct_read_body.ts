@@ -15,7 +15,7 @@ export interface DirectReadArg {
   dataFd: number;
   chunkBytes: number;
   sizeBytes: number;
-  /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
+  /** The map bytes of chunks readers may read (disk_cache_present.ts isPresent). */
   presentBytes: readonly number[];
   /** DirectReadFiles.checked: shared memory, one byte per chunk, 1 once checked. */
   checked?: Uint8Array;

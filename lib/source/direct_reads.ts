@@ -17,7 +17,7 @@ export interface DirectReadFiles {
   readonly dataFd: number;
   readonly chunkBytes: number;
   readonly sizeBytes: number;
-  /** The map bytes of chunks readers may read (disk_cache_fill.ts isPresent). */
+  /** The map bytes of chunks readers may read (disk_cache_present.ts isPresent). */
   readonly presentBytes: readonly number[];
   /**
    * When given (over shared memory), a chunk is read only once its byte here is 1: checked by

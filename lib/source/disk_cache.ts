@@ -12,31 +12,27 @@
  * (disk_cache_fill.ts, disk_cache_boot.ts), so neither a crash, a kill -9 nor a power loss can
  * leave a chunk marked present with other bytes.
  *
- * This file is the cache as a whole: opening it, wrapping sources, the bound and eviction,
- * prune. One blob's source is disk_cached.ts; the blobs as files (scan, removal)
- * disk_cache_scan.ts; probes before any source exists disk_cache_probe.ts; the file system it
- * lives on (refused kinds, space left free) disk_cache_fs.ts.
+ * This file is the cache as a whole: opening it, wrapping sources. Its directory and whether
+ * it may be trusted is disk_cache_dir.ts; the bound, eviction and prune disk_cache_bound.ts. One
+ * blob's source is disk_cached.ts; the blobs as files (scan, removal) disk_cache_scan.ts; probes
+ * before any source exists disk_cache_probe.ts; the file system it lives on (refused kinds,
+ * space left free) disk_cache_fs.ts.
  */
 import type { Source } from "./source.ts";
 import { readSidecarFile } from "./disk_cache_sidecar.ts";
-import { type DigestCheckEnd, DiskCachedSource, type VerifyChunk } from "./disk_cached.ts";
+import { type DigestCheckEnd, DiskCachedSource } from "./disk_cached.ts";
+import type { VerifyChunk } from "./disk_cache_fetch.ts";
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
 import { blobFilePrefix, blobNameStem } from "./disk_cache_names.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
-import { defaultKeepFreeBytes, fileSystemTypeOf, sharedFileSystemName } from "./disk_cache_fs.ts";
+import { defaultKeepFreeBytes } from "./disk_cache_fs.ts";
 import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
-import { CacheRoom, type Reservation } from "./disk_cache_room.ts";
-import { removeIfMapDamaged, removeIfUnused, scanBlobs } from "./disk_cache_scan.ts";
+import type { Reservation } from "./disk_cache_room.ts";
+import { scanBlobs } from "./disk_cache_scan.ts";
+import { CacheBound, EVICT_TO } from "./disk_cache_bound.ts";
+import { diskCacheDir, usableCacheDir } from "./disk_cache_dir.ts";
 import { refusedSpecialPath } from "../errors.ts";
-import { notRootsAlone, resolvedPath } from "../../ffi/trusted_path.ts";
 import { formatBytes } from "../text.ts";
-
-export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
-
-/** The host's disk cache directory: $EROFS_OCI_CACHE_DIR, else DEFAULT_DISK_CACHE_DIR. */
-export function diskCacheDir(): string {
-  return Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
-}
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
 export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
 /**
@@ -46,15 +42,6 @@ export const DEFAULT_DISK_CACHE_BYTES = 4 * 1024 ** 3;
  * and a peak of 141 MB; sequential reads are fetched as runs of chunks either way.
  */
 export const DEFAULT_DISK_CHUNK_BYTES = 1 << 18;
-/** Eviction frees down to this share of the bound, so it does not run on every fill. */
-const EVICT_TO = 0.9;
-/**
- * The most bytes this process writes between two scans of the whole cache: other processes
- * fill it too (their fills count toward the bound). The file system's free space is looked at
- * more often, before writes (disk_cache_room.ts).
- */
-const CHECK_EVERY_MAX_BYTES = 64 << 20;
-
 export interface DiskCacheOptions {
   /** Default: $EROFS_OCI_CACHE_DIR or /var/cache/erofs-oci. */
   dir?: string;
@@ -114,8 +101,6 @@ export class DiskCache {
   readonly chunkBytes: number;
   /** @internal DiskCacheOptions.othersFillWaitMs. */
   readonly othersFillWaitMs?: number;
-  readonly #checkEveryBytes: number;
-  #writtenSinceCheck = 0;
   readonly #warn: (message: string) => void;
   readonly #complete: boolean;
   readonly #checkCompleteBlobs: boolean;
@@ -124,9 +109,8 @@ export class DiskCache {
   readonly #open = new Set<DiskCachedSource>();
   /** Sidecar reads started ahead of wrap(), by blob base path (readSidecarAhead). */
   readonly #sidecarsAhead = new Map<string, Promise<Uint8Array | undefined>>();
-  /** What the cache holds and may still take (its bound, keep-free): disk_cache_room.ts. */
-  readonly #room: CacheRoom;
-  #evicting = false;
+  /** The bound and keep-free kept: reservations, eviction, prune (disk_cache_bound.ts). */
+  readonly #bound: CacheBound;
 
   private constructor(dir: string, options: DiskCacheOptions) {
     this.dir = dir;
@@ -135,15 +119,7 @@ export class DiskCache {
     this.chunkBytes = options.chunkBytes ?? DEFAULT_DISK_CHUNK_BYTES;
     this.keepFreeBytes = options.keepFreeBytes ?? defaultKeepFreeBytes(dir);
     this.othersFillWaitMs = options.othersFillWaitMs;
-    this.#checkEveryBytes = Math.max(
-      this.chunkBytes,
-      Math.min(this.maxBytes / 64, CHECK_EVERY_MAX_BYTES),
-    );
-    this.#room = new CacheRoom(
-      this.dir,
-      { maxBytes: this.maxBytes, keepFreeBytes: this.keepFreeBytes },
-      (bytes) => this.#noteWritten(bytes),
-    );
+    this.#bound = new CacheBound(this, this.#open, (message) => this.warnOnce(message));
     this.#warn = options.onWarning ?? ((message) => console.warn(message));
     this.#complete = options.completeInBackground ?? false;
     this.#checkCompleteBlobs = options.checkCompleteBlobs ?? true;
@@ -160,34 +136,9 @@ export class DiskCache {
     const dir = options.dir ?? diskCacheDir();
     const warn = options.onWarning ?? ((message: string) => console.warn(message));
     try {
-      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      const info = Deno.lstatSync(dir);
-      if (!info.isDirectory) throw new Error("not a directory");
-      // Before the owner checks: on NFS a squashed root fails those too, and the file system
-      // is what has to change.
-      const shared = sharedFileSystemName(fileSystemTypeOf(dir, options.fileSystemType));
-      if (shared) {
-        throw new Error(
-          `on ${shared}: chunks are marked before they reach shared storage, and its locks may ` +
-            "not hold between hosts; set EROFS_OCI_CACHE_DIR to a local directory",
-        );
-      }
-      if (info.uid !== Deno.uid()) throw new Error(`owned by uid ${info.uid}, not by us`);
-      // Another user able to write there could plant a map that marks zeros present.
-      if ((info.mode ?? 0) & 0o022) throw new Error("writable by others (want mode 0700)");
-      // Root's: nor a directory above it, whose owner could rename it away and put theirs
-      // there. Checked where the symlinks on the way lead, and used there.
-      const resolved = resolvedPath(dir);
-      const above = notRootsAlone(resolved);
-      if (above) {
-        throw new Error(
-          `${above}: make the directories above it writable by root only, or set ` +
-            "EROFS_OCI_CACHE_DIR elsewhere",
-        );
-      }
-      Deno.mkdirSync(`${resolved}/blobs`, { recursive: true, mode: 0o700 });
+      const resolved = usableCacheDir(dir, options.fileSystemType);
       const cache = new DiskCache(resolved, options);
-      cache.#room.counted(scanBlobs(cache.blobsDir).reduce((sum, blob) => sum + blob.bytes, 0));
+      cache.#bound.countFromDisk();
       return cache;
     } catch (error) {
       const why = refusedSpecialPath(error)?.message ?? (error as Error).message;
@@ -361,102 +312,22 @@ export class DiskCache {
     this.#warn(message);
   }
 
-  /**
-   * @internal room for `wantBytes` about to be written (a fill's run, a sidecar), before they
-   * are fetched: undefined when even eviction (for which this makes room first) leaves less
-   * than `unitBytes` under the bound or above keep-free; else a reservation of `wantBytes`, or
-   * of fewer whole units when only those fit. `allocate(bytes)` takes the blocks in the file
-   * (fallocate) and says whether it could (false: the file system cannot allocate ahead, the
-   * reservation is then counted here only); its errors are thrown to the caller.
-   */
+  /** @internal CacheBound.reserve (disk_cache_bound.ts): room for bytes about to be written. */
   reserve(
     wantBytes: number,
     unitBytes: number,
     allocate: (bytes: number) => boolean,
   ): Reservation | undefined {
-    let fitting = this.#room.fitting(wantBytes);
-    if (fitting < wantBytes) {
-      // Not scanned (the directory is gone; said once): no room is known, nothing is stored.
-      if (!this.evict(wantBytes)) return undefined;
-      fitting = this.#room.fitting(wantBytes, true);
-    }
-    const bytes = fitting >= wantBytes ? wantBytes : Math.floor(fitting / unitBytes) * unitBytes;
-    if (wantBytes > 0 && bytes <= 0) {
-      this.warnOnce(
-        `disk cache ${this.dir}: no room left under its bound and --disk-cache-keep-free ` +
-          "(the blobs open in other processes hold it): reads are served without being stored",
-      );
-      return undefined;
-    }
-    return this.#room.reserve(bytes, allocate(bytes));
-  }
-
-  /** Written `bytes`: every #checkEveryBytes the whole cache is scanned again (evict). */
-  #noteWritten(bytes: number): void {
-    this.#writtenSinceCheck += bytes;
-    if (this.#writtenSinceCheck >= this.#checkEveryBytes) this.evict();
+    return this.#bound.reserve(wantBytes, unitBytes, allocate);
   }
 
   get usageBytes(): number {
-    return this.#room.usageBytes;
+    return this.#bound.usageBytes;
   }
 
-  /**
-   * When the cache holds more than it may (its bound, or less to leave keepFreeBytes free) —
-   * with `needBytes` more, about to be reserved — frees down to 90% of that (at most, less by
-   * `needBytes`): first whole blobs nobody has open (least recently used first, by the map's
-   * mtime), then chunks of the open ones, least recently read first. What it holds is counted
-   * from the files, so other processes' fills (and their reservations) count too. False when
-   * the cache's directory could not be read (said once).
-   */
+  /** CacheBound.evict (disk_cache_bound.ts): frees down to 90% of what the cache may hold. */
   evict(needBytes = 0): boolean {
-    if (this.#evicting) return true;
-    this.#evicting = true;
-    this.#writtenSinceCheck = 0;
-    try {
-      // Space a killed process's fills left allocated in blobs open here goes before any
-      // chunk anybody can read (disk_cache_reclaim.ts).
-      for (const source of this.#open) source.reclaimUnfilled();
-      let blobs;
-      try {
-        blobs = scanBlobs(this.blobsDir);
-      } catch (error) {
-        // Its directory removed or made unreadable under us: the open blobs go on; said once.
-        this.warnOnce(`disk cache ${this.dir}: ${(error as Error).message}; not evicting`);
-        return false;
-      }
-      this.#room.counted(blobs.reduce((sum, blob) => sum + blob.bytes, 0));
-      let usage = this.#room.usageBytes;
-      const limit = this.#limitBytes(usage);
-      if (usage + needBytes <= limit) return true;
-      const target = Math.max(0, Math.min(Math.floor(limit * EVICT_TO), limit - needBytes));
-      blobs.sort((a, b) => a.usedMs - b.usedMs);
-      for (const blob of blobs) {
-        if (usage <= target) break;
-        if (removeIfUnused(blob.base)) usage -= blob.bytes;
-      }
-      const sources = [...this.#open].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
-      for (const source of sources) {
-        if (usage <= target) break;
-        usage -= source.evictChunks(usage - target);
-      }
-      this.#room.counted(usage - this.#room.unallocatedBytes);
-      return true;
-    } finally {
-      this.#evicting = false;
-    }
-  }
-
-  /** What the cache may hold now that it holds `usageBytes`: its bound, or less for keepFreeBytes. */
-  #limitBytes(usageBytes: number): number {
-    const room = usageBytes + this.#room.freeBytes(0, true);
-    if (room >= this.maxBytes) return this.maxBytes;
-    this.warnOnce(
-      `disk cache ${this.dir}: leaving ${formatBytes(this.keepFreeBytes)} free on its file ` +
-        `system (--disk-cache-keep-free), it holds at most ${formatBytes(Math.max(0, room))} ` +
-        `now instead of ${formatBytes(this.maxBytes)}`,
-    );
-    return Math.max(0, room);
+    return this.#bound.evict(needBytes);
   }
 
   /**
@@ -480,31 +351,8 @@ export class DiskCache {
     );
   }
 
-  /**
-   * Removes the blobs no process has open, least recently used first, until the cache holds at
-   * most `keepBytes` (0: every unused blob), of those last used before `usedBeforeMs` (epoch ms)
-   * only; blobs in use keep all they hold. The same removal as eviction's, under each blob's
-   * in-use lock: a mount opening one meanwhile gets new files.
-   */
+  /** CacheBound.prune (disk_cache_bound.ts): removes unused blobs, least recently used first. */
   prune(keepBytes = 0, usedBeforeMs = Infinity): { removedBlobs: number; freedBytes: number } {
-    let removedBlobs = 0, freedBytes = 0;
-    // Damage goes whatever the bounds: a blob with a map that is no regular file is open in
-    // no process, and may hold no bytes to count (its map all it has left).
-    const blobs = scanBlobs(this.blobsDir).filter((blob) => {
-      if (!removeIfMapDamaged(blob.base)) return true;
-      removedBlobs++;
-      freedBytes += blob.bytes;
-      return false;
-    }).sort((a, b) => a.usedMs - b.usedMs);
-    let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
-    for (const blob of blobs) {
-      if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
-      if (!removeIfUnused(blob.base)) continue;
-      usage -= blob.bytes;
-      freedBytes += blob.bytes;
-      removedBlobs++;
-    }
-    this.#room.counted(usage);
-    return { removedBlobs, freedBytes };
+    return this.#bound.prune(keepBytes, usedBeforeMs);
   }
 }

@@ -8,7 +8,8 @@
  */
 import { fillTrace } from "./fill_trace.ts";
 import type { BlobChunks } from "./disk_cache_chunks.ts";
-import { type BlobFiller, type FillPause, isPresent, type ReadableEnd } from "./disk_cache_fill.ts";
+import type { BlobFiller, FillPause, ReadableEnd } from "./disk_cache_fill.ts";
+import { isPresent } from "./disk_cache_present.ts";
 import { completeInBackground, type CompletionEnd } from "./disk_cache_complete.ts";
 import { DemandAhead } from "./disk_cache_demand_ahead.ts";
 

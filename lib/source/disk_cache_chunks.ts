@@ -6,7 +6,7 @@
  * and fills through it; what is being filled is BlobFiller's (disk_cache_fill.ts).
  */
 import { forgetSum } from "./disk_cache_files.ts";
-import { chunkRuns, isPresent, sleep } from "./disk_cache_fill.ts";
+import { chunkRuns, isPresent } from "./disk_cache_present.ts";
 import type { CheckedChunks } from "./stored_check.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { openDirectReadFiles } from "./disk_cache_direct.ts";
@@ -17,6 +17,7 @@ import {
   F_WRLCK,
   preadExact,
   pwriteAll,
+  sleep,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";

@@ -4,7 +4,7 @@
  * ends up fully local without slowing the reads it serves.
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
-import { NoRoomError } from "./disk_cache_fill.ts";
+import { NoRoomError } from "./disk_cache_fetch.ts";
 
 export interface Completable {
   chunkBytes: number;

@@ -10,8 +10,8 @@ import {
   preadExact,
 } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
-import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
-import { writtenIsTrusted } from "./disk_cache_boot.ts";
+import { PRESENT } from "./disk_cache_sync.ts";
+import { WRITTEN, writtenIsTrusted } from "./disk_cache_boot.ts";
 import { parseBlobName } from "./disk_cache_names.ts";
 
 /** One blob's file set: a digest, the origin its bytes are shared under and a chunk size. */

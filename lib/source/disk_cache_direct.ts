@@ -5,7 +5,8 @@
  */
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { closeQuietly, reopenReadOnly } from "./disk_cache_io.ts";
-import { PRESENT, WRITTEN } from "./disk_cache_fill.ts";
+import { PRESENT } from "./disk_cache_sync.ts";
+import { WRITTEN } from "./disk_cache_boot.ts";
 
 /** Fresh read-only descriptors of the blob's files, or undefined when they cannot be had. */
 export function openDirectReadFiles(

@@ -18,7 +18,8 @@ import {
 } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
 import { blobNameStem, originTag } from "./disk_cache_names.ts";
-import { isPresent, PRESENT } from "./disk_cache_fill.ts";
+import { isPresent } from "./disk_cache_present.ts";
+import { PRESENT } from "./disk_cache_sync.ts";
 import { writtenIsTrusted } from "./disk_cache_boot.ts";
 
 /** What a probe needs of the cache. */

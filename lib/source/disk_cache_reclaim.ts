@@ -6,11 +6,11 @@
  * stayed (19 MiB of a 40 MiB file system in a review's repro). WRITTEN chunks cleared after a
  * reboot or a failed sync left their blocks the same way. An opener, and this process's
  * eviction scan, punch out absent chunks no fill holds: a fill of any process write-locks its
- * chunks' map bytes before it allocates and until it marks or punches them (disk_cache_fill.ts),
+ * chunks' map bytes before it allocates and until it marks or punches them (disk_cache_fetch.ts),
  * so an absent chunk whose lock is free here holds nothing anybody will read.
  */
 import { fstatFd } from "../../ffi/files.ts";
-import { chunkRuns, isPresent } from "./disk_cache_fill.ts";
+import { chunkRuns, isPresent } from "./disk_cache_present.ts";
 import { byteRuns, F_WRLCK, preadExact, punchHole, tryLock, unlock } from "./disk_cache_io.ts";
 
 /**

@@ -24,7 +24,7 @@ import {
   tryLock,
 } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
-import { isPresent } from "./disk_cache_fill.ts";
+import { isPresent } from "./disk_cache_present.ts";
 
 /** One blob's open files, as the check needs them. */
 export interface SumFiles {

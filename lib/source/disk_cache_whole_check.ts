@@ -11,7 +11,7 @@
  */
 import { digestOfPieces } from "./disk_cache_digest.ts";
 import { beginSumCheck, recordSum, type SumFiles } from "./disk_cache_sum.ts";
-import { sleep } from "./disk_cache_fill.ts";
+import { sleep } from "./disk_cache_io.ts";
 
 /** The whole-blob digest check of one DiskCachedSource, as DiskCache asks for it. */
 export interface DigestCheckOptions {

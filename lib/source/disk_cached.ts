@@ -29,7 +29,9 @@ import {
   type DigestCheckOptions,
   WholeDigestCheck,
 } from "./disk_cache_whole_check.ts";
-import { BlobFiller, type FillPause, isPresent, type VerifyChunk } from "./disk_cache_fill.ts";
+import { BlobFiller, type FillPause } from "./disk_cache_fill.ts";
+import { isPresent } from "./disk_cache_present.ts";
+import type { VerifyChunk } from "./disk_cache_fetch.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
 import { BlobChunks } from "./disk_cache_chunks.ts";
 import { KeptChunkCheck } from "./disk_cache_kept_check.ts";
@@ -41,7 +43,6 @@ import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { closeQuietly } from "./disk_cache_io.ts";
 import { reclaimUnfilled } from "./disk_cache_reclaim.ts";
 
-export { ChunkVerifyError, type VerifyChunk } from "./disk_cache_fill.ts";
 export type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
 
 export class DiskCachedSource implements Source {

@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { DiskCache } from "./disk_cache.ts";
-import { ChunkVerifyError, type DiskCachedSource } from "./disk_cached.ts";
+import type { DiskCachedSource } from "./disk_cached.ts";
+import { ChunkVerifyError } from "./disk_cache_fetch.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { closeQuietly, F_WRLCK, tryLock } from "./disk_cache_io.ts";
 import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";

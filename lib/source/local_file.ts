@@ -1,6 +1,6 @@
 import type { Source } from "./source.ts";
 import type { DirectReadable, DirectReadFiles } from "./direct_reads.ts";
-import { PRESENT } from "./disk_cache_fill.ts";
+import { PRESENT } from "./disk_cache_sync.ts";
 import { closeQuietly, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
 import { openDirectReadFiles } from "./disk_cache_direct.ts";

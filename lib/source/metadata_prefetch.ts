@@ -8,7 +8,8 @@ import type { Source } from "./source.ts";
 import { mark } from "../timing.ts";
 import { BackgroundWindows, pauseDuringWalks } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
-import { type FillPause, sleep } from "./disk_cache_fill.ts";
+import type { FillPause } from "./disk_cache_fill.ts";
+import { sleep } from "./disk_cache_io.ts";
 import { PIN_PAGE_BYTES, type PrefetchedSource } from "./prefetched.ts";
 
 /**
