@@ -533,3 +533,62 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "verified mount with a full state dir: the table is kept in the runtime dir, reads verified",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    // A state dir with room for nothing: the table cannot be kept there.
+    const full = await Deno.makeTempDir({ prefix: "erofs-oci-full-state-" });
+    const mounted = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", full],
+    }).output();
+    assert.ok(mounted.success, new TextDecoder().decode(mounted.stderr));
+    const env = {
+      ...sandbox.env,
+      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+      EROFS_OCI_STATE_DIR: full,
+    };
+    try {
+      Deno.mkdirSync(`${full}/tables`, { mode: 0o700 });
+      const filler = new Uint8Array(4096).fill(1);
+      try {
+        for (let i = 0; i < 8; i++) Deno.writeFileSync(`${full}/filler${i}`, filler);
+      } catch { /* full */ }
+      const table = (await pushWithTables(s, "v/full", 60_000))
+        .annotations!["io.github.erofs-oci.chunk-digests"];
+      const result = await runCli(
+        [
+          "mount",
+          `${s.registry.host}/v/full:v1`,
+          sandbox.target,
+          "--plain-http",
+          "--backend",
+          "fuse",
+          "--require-verified",
+        ],
+        { env, timeoutMs: 60_000 },
+      );
+      assertSuccess(result);
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `cannot keep the chunk table ${table} \\(ENOSPC\\): kept in ${sandbox.runtimeDir}`,
+        ),
+      );
+      const kept = `${sandbox.runtimeDir}/tables/${table.replace(":", "-")}.json`;
+      assert.ok(Deno.statSync(kept).isFile, kept);
+      assert.equal(Deno.readTextFileSync(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      await runCli(["umount", sandbox.target], { env }).catch(() => {});
+      await new Deno.Command("umount", { args: [full] }).output();
+      await Deno.remove(full, { recursive: true });
+      await sandbox.cleanup();
+    }
+  },
+});

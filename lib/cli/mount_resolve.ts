@@ -15,7 +15,7 @@ import {
   type TarIndexSources,
 } from "../mount/resolve_layers.ts";
 import { attachChunkTables, type EarlyTable, fetchBoundTables } from "../verify/layer_tables.ts";
-import { indexCacheDir, stateRoot } from "../state/runtime_dirs.ts";
+import { indexCacheDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
 import {
   forgetTracePrefetch,
   lookUpTrace,
@@ -140,7 +140,14 @@ export async function resolveForMount(
           if (!values["no-prefetch"]) {
             traceLookup = lookUpTrace(client, repository, manifest.digest);
           }
-          earlyTables = fetchBoundTables(client, repository, manifest, chosen, stateRoot());
+          earlyTables = fetchBoundTables(
+            client,
+            repository,
+            manifest,
+            chosen,
+            stateRoot(),
+            RUNTIME_ROOT,
+          );
           earlyMetadata = fetchMetadataEarly(client, repository, earlyTables, chosen, {
             signal: abortEarly.signal,
           });
@@ -161,6 +168,7 @@ export async function resolveForMount(
         {
           requireVerified: values["require-verified"],
           stateDir: stateRoot(),
+          spareDir: RUNTIME_ROOT,
           early: earlyTables,
         },
       );

@@ -14,7 +14,7 @@ import {
   serverOf,
 } from "../state/mount_record.ts";
 import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
-import { mountDir, removeMountDir, stateRoot } from "../state/runtime_dirs.ts";
+import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
 import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
@@ -185,6 +185,8 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounte
 function pruneStateDir(): void {
   try {
     pruneIndexCache();
+    // Tables a full state dir could not take are in the runtime dir (mount_resolve.ts).
+    pruneKeptBlobs(RUNTIME_ROOT, () => referenceText());
     pruneKeptBlobs(stateRoot({ create: false }), () => referenceText());
   } catch (error) {
     if (!(error instanceof UntrustedDirError)) throw error;

@@ -9,7 +9,7 @@ import type { RegistryClient } from "../oci/client.ts";
 import { digestOfAsync } from "../oci/digest.ts";
 import { keepBlob, keptBlobPath, readKeptBlob } from "../oci/kept_blobs.ts";
 import { type FetchedManifest, fetchManifest } from "../oci/resolve.ts";
-import { debug, info } from "../log.ts";
+import { debug, info, warn } from "../log.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
 import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";
 import { mark } from "../timing.ts";
@@ -72,6 +72,7 @@ export function fetchBoundTables(
   manifest: FetchedManifest,
   layers: { digest: string; sizeBytes: number }[],
   stateDir: string,
+  spareDir?: string,
 ): Map<string, EarlyTable> {
   const early = new Map<string, EarlyTable>();
   if (manifest.document.kind !== "manifest") return early;
@@ -79,7 +80,7 @@ export function fetchBoundTables(
     const table = d.annotations?.[CHUNK_TABLE_ANNOTATION];
     const layer = layers.find((l) => l.digest === d.digest && l.sizeBytes === d.size);
     if (!table || !layer || early.has(d.digest)) continue;
-    const fetched = keptOrFetchedTable(client, repository, table, layer, stateDir).then(
+    const fetched = keptOrFetchedTable(client, repository, table, layer, stateDir, spareDir).then(
       (got) => {
         mark("cli: table fetched");
         return got;
@@ -102,7 +103,13 @@ export async function attachChunkTables(
   repository: string,
   manifestDigest: string | undefined,
   layers: TableLayer[],
-  options: { requireVerified?: boolean; stateDir: string; early?: Map<string, EarlyTable> },
+  options: {
+    requireVerified?: boolean;
+    stateDir: string;
+    /** Where a table goes when the state dir cannot take it (full, read-only). */
+    spareDir?: string;
+    early?: Map<string, EarlyTable>;
+  },
 ): Promise<void> {
   const registryLayers = layers.filter((l) => l.kind === "registry" && l.digest);
   if (registryLayers.length === 0 || !manifestDigest) return;
@@ -127,10 +134,17 @@ export async function attachChunkTables(
     let path: string;
     if (started?.digest === table.digest && table.bound) path = (await started.fetched).path;
     else {
-      ({ path } = await keptOrFetchedTable(client, repository, table.digest, {
-        digest,
-        sizeBytes: layer.sizeBytes,
-      }, options.stateDir));
+      ({ path } = await keptOrFetchedTable(
+        client,
+        repository,
+        table.digest,
+        {
+          digest,
+          sizeBytes: layer.sizeBytes,
+        },
+        options.stateDir,
+        options.spareDir,
+      ));
     }
     layer.chunkTable = { digest: table.digest, path, bound: table.bound };
     if (!table.bound) unbound.push(layer.layerIndex ?? 0);
@@ -207,6 +221,7 @@ async function keptOrFetchedTable(
   digest: string,
   layer: { digest: string; sizeBytes: number },
   stateDir: string,
+  spareDir?: string,
 ): Promise<{ table: ChunkTable; bytes: Uint8Array; path: string }> {
   const kept = await readKeptBlob(stateDir, "tables", digest);
   if (kept) {
@@ -216,7 +231,35 @@ async function keptOrFetchedTable(
     } catch { /* another layer's: fetched below */ }
   }
   const got = await fetchTable(client, repository, digest, layer);
-  return { ...got, path: await keepBlob(stateDir, "tables", digest, got.bytes) };
+  return { ...got, path: await keepTable(stateDir, spareDir, digest, got.bytes) };
+}
+
+/** What a full or read-only file system answers a write with. */
+const NO_ROOM_CODES = new Set(["ENOSPC", "EDQUOT", "EROFS"]);
+
+/**
+ * Keeps a fetched table in the state dir, or, when that cannot take it (full, read-only), in
+ * `spareDir` (the runtime dir: a tmpfs, gone at reboot with the mounts): the server is handed
+ * the table as a file, and a full /var/lib failed every verified mount.
+ */
+async function keepTable(
+  stateDir: string,
+  spareDir: string | undefined,
+  digest: string,
+  bytes: Uint8Array,
+): Promise<string> {
+  try {
+    return await keepBlob(stateDir, "tables", digest, bytes);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (spareDir === undefined || !NO_ROOM_CODES.has(code ?? "")) throw error;
+    const path = await keepBlob(spareDir, "tables", digest, bytes);
+    warn(
+      `${stateDir} cannot keep the chunk table ${digest} (${code}): kept in ${spareDir} ` +
+        "until reboot; free space there for remounts to reuse it",
+    );
+    return path;
+  }
 }
 
 /** Reads a kept table again, re-checking its digest and that it describes `layer`. */
