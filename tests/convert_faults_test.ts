@@ -61,55 +61,58 @@ Deno.test({
     }),
 });
 
-Deno.test({
-  name: "convert: SIGINT while a layer downloads removes the work directory and tags nothing",
-  ignore,
-  fn: () =>
-    withUmociRegistry("erofs-oci-convert-faults-", async (image, registry, work) => {
-      await copyToRegistry(image, registry, "src/app:v1");
-      const manifest = (await getManifest(registry, "src/app", "v1")).json as {
-        layers: { digest: string }[];
-      };
-      // Layer 1 converts and uploads; layer 2's download hangs until the signal.
-      await using proxy = await startFaultProxy(registry.host, [
-        { match: isBlobGetOf(manifest.layers[1].digest), fault: { kind: "delay", ms: 60_000 } },
-      ]);
-      const tmp = `${work}/tmp`;
-      Deno.mkdirSync(tmp);
-      const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-        args: [
-          "convert",
-          `${proxy.host}/src/app:v1`,
-          `${registry.host}/dst/app:v1`,
-          "--tmpdir",
-          tmp,
-        ],
-        env: { DOCKER_CONFIG: "/nonexistent" },
-        stdout: "null",
-        stderr: "piped",
-      }).spawn();
-      try {
-        const deadline = Date.now() + 60_000;
-        while (!proxy.requests.some((r) => r.path.endsWith(manifest.layers[1].digest))) {
-          assert.ok(Date.now() < deadline, "layer 2 was never requested");
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-        assert.equal([...Deno.readDirSync(tmp)].length, 1, "the work directory exists meanwhile");
-        child.kill("SIGINT");
-        const [status, stderr] = await Promise.all([
-          child.status,
-          new Response(child.stderr).text(),
+// A hangup (a closed terminal or ssh session) too: it used to leave the work files.
+for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129]] as const) {
+  Deno.test({
+    name: `convert: ${signal} while a layer downloads removes the work directory and tags nothing`,
+    ignore,
+    fn: () =>
+      withUmociRegistry("erofs-oci-convert-faults-", async (image, registry, work) => {
+        await copyToRegistry(image, registry, "src/app:v1");
+        const manifest = (await getManifest(registry, "src/app", "v1")).json as {
+          layers: { digest: string }[];
+        };
+        // Layer 1 converts and uploads; layer 2's download hangs until the signal.
+        await using proxy = await startFaultProxy(registry.host, [
+          { match: isBlobGetOf(manifest.layers[1].digest), fault: { kind: "delay", ms: 60_000 } },
         ]);
-        assert.equal(status.code, 130);
-        // One line says what happened (the exit alone said nothing).
-        assert.match(stderr, /^erofs-oci: convert interrupted: nothing was tagged/m, stderr);
-      } finally {
+        const tmp = `${work}/tmp`;
+        Deno.mkdirSync(tmp);
+        const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+          args: [
+            "convert",
+            `${proxy.host}/src/app:v1`,
+            `${registry.host}/dst/app:v1`,
+            "--tmpdir",
+            tmp,
+          ],
+          env: { DOCKER_CONFIG: "/nonexistent" },
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
         try {
-          child.kill("SIGKILL");
-        } catch { /* exited */ }
-        await child.stderr.cancel().catch(() => {});
-      }
-      assert.deepEqual([...Deno.readDirSync(tmp)], []);
-      assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
-    }),
-});
+          const deadline = Date.now() + 60_000;
+          while (!proxy.requests.some((r) => r.path.endsWith(manifest.layers[1].digest))) {
+            assert.ok(Date.now() < deadline, "layer 2 was never requested");
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          assert.equal([...Deno.readDirSync(tmp)].length, 1, "the work directory exists meanwhile");
+          child.kill(signal);
+          const [status, stderr] = await Promise.all([
+            child.status,
+            new Response(child.stderr).text(),
+          ]);
+          assert.equal(status.code, code);
+          // One line says what happened (the exit alone said nothing).
+          assert.match(stderr, /^erofs-oci: convert interrupted: nothing was tagged/m, stderr);
+        } finally {
+          try {
+            child.kill("SIGKILL");
+          } catch { /* exited */ }
+          await child.stderr.cancel().catch(() => {});
+        }
+        assert.deepEqual([...Deno.readDirSync(tmp)], []);
+        assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
+      }),
+  });
+}

@@ -181,6 +181,23 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "serve: a hangup (SIGHUP) stops it cleanly, as SIGTERM does: exit 0, socket removed",
+  ignore: ignoreNbd,
+  async fn() {
+    await using s = await serve(BASIC);
+    s.child.kill("SIGHUP");
+    assertEquals((await s.child.status).code, 0, s.stderr());
+    let left = true;
+    try {
+      Deno.lstatSync(s.socket);
+    } catch {
+      left = false;
+    }
+    ok(!left, `${s.socket} left behind`);
+  },
+});
+
 Deno.test("serve: refuses a file that is not EROFS, and bad options", async () => {
   const dir = await Deno.makeTempDir();
   try {

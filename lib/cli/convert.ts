@@ -1,7 +1,7 @@
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import type { Command } from "./command.ts";
-import { exitInterrupted } from "./interrupt.ts";
+import { exitInterrupted, onInterrupt } from "./interrupt.ts";
 import { expectPositionals, parseBuildTimestamp, parseCommandArgs } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
@@ -99,13 +99,12 @@ Examples:
     }
     const workDir = makeWorkDir(values.tmpdir);
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
-    const interrupted = () => {
+    // A hangup too: a closed terminal or ssh session left the work files behind.
+    const stopWatching = onInterrupt((signal) => {
       workDir.remove();
       destination.abandon?.();
-      exitInterrupted("convert interrupted: nothing was tagged, its work files removed");
-    };
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    for (const signal of signals) Deno.addSignalListener(signal, interrupted);
+      exitInterrupted("convert interrupted: nothing was tagged, its work files removed", signal);
+    });
     try {
       await testHold("convert-work-dir");
       const result = await convertImage(sourceOf(opened), destination, {
@@ -131,7 +130,7 @@ Examples:
       destination.abandon?.();
       throw error;
     } finally {
-      for (const signal of signals) Deno.removeSignalListener(signal, interrupted);
+      stopWatching();
       workDir.remove();
       opened.close();
       closeDestination();

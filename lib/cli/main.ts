@@ -15,11 +15,12 @@ import { eventLoopTurn } from "../event_loop.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
 
 const EXIT_CODES = `Exit codes:
-    0  success; also a service stopped by Ctrl-C or SIGTERM (serve, metrics --listen,
-       reattach --watch, mount --foreground: it stops cleanly)
+    0  success; also a service stopped by Ctrl-C, SIGTERM or SIGHUP (serve, metrics
+       --listen, reattach --watch, mount --foreground: it stops cleanly)
     1  runtime failure (registry, kernel, file system)
     2  usage error (bad command line)
-  129  hung up (SIGHUP): what it had to undo was undone, as for 130
+  129  hung up (SIGHUP): what it had to undo was undone, as for 130 (build, push:
+       ended at once, no partial output)
   130  interrupted by Ctrl-C, or by SIGTERM while it had something to undo (a mount
        starting, a download, a conversion): that was undone
   143  ended by SIGTERM with nothing to undo (build, push: no partial output)`;

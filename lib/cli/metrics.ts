@@ -22,7 +22,7 @@ and blobs (in use), as \`erofs-oci cache\` shows them.
 
 Options:
   --listen ADDR   serve them instead, at GET /metrics: unix:PATH or tcp:HOST:PORT
-                  (e.g. tcp:127.0.0.1:9464); runs until SIGTERM/SIGINT
+                  (e.g. tcp:127.0.0.1:9464); runs until SIGTERM, SIGINT or SIGHUP
   -h, --help`,
   async run(argv) {
     const { values } = parseCommandArgs("metrics", argv, { listen: { type: "string" } }, false);
@@ -43,7 +43,9 @@ Options:
         : `serving metrics at http://${address.slice("tcp:".length)}/metrics`,
     );
     const stop = () => endpoint.shutdown();
-    for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, stop);
+    for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+      Deno.addSignalListener(signal, stop);
+    }
     await endpoint.finished;
     endpoint.removeSocket(); // shutdown does too, after this resolves
     return 0;

@@ -27,7 +27,7 @@ Devices whose server is alive are left alone. Devices attached by erofs-utils
 FUSE mounts: a small keeper process holds each FUSE mount's /dev/fuse connection, so
 readers wait when the server dies; reattach starts a server that takes the connection
 over and answers the requests the dead one left (kernel 6.9+; before, those readers
-stay blocked until \`umount\` aborts the connection and they get an error). While the
+stay blocked until \`erofs-oci umount --lazy DIR\` aborts the connection and they get an error). While the
 registry does not answer, a FUSE takeover fails and readers keep waiting: try again.
 
   DEVICE   /dev/nbdN or nbdN
@@ -78,7 +78,7 @@ Exit code 1 when any selected device could not be reattached.`,
       }
       mayReattach();
       const stop = new AbortController();
-      for (const signal of ["SIGTERM", "SIGINT"] as const) {
+      for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
         Deno.addSignalListener(signal, () => stop.abort());
       }
       console.log("watching the servers of all mounts");

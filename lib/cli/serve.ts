@@ -48,7 +48,7 @@ or nbd-client, without downloading it: every client read becomes a cached ranged
 IMAGE is a local EROFS file, a registry reference ([registry[:port]/]name[:tag][@digest])
 or oci:PATH[:TAG]; for an image with several EROFS layers pick one with --layer or --blob.
 Every client gets its own connection; all share one read cache. Prints the NBD URI on
-stdout, then runs until SIGINT or SIGTERM (which remove the unix socket).
+stdout, then runs until SIGINT, SIGTERM or SIGHUP (which remove the unix socket).
 
 Options:
   --listen ADDR        unix:PATH or tcp:HOST:PORT (tcp:127.0.0.1:10809, tcp:[::1]:0).
@@ -169,7 +169,8 @@ Example:
 
     let stopRequested!: () => void;
     const stopped = new Promise<void>((resolve) => stopRequested = resolve);
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    // A hangup (the terminal or ssh session gone) stops it as cleanly: the socket goes too.
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
     for (const signal of signals) Deno.addSignalListener(signal, stopRequested);
 
     // Directory metadata pinned in the background, as for mounts: a client's cold tree walk
