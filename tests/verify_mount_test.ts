@@ -22,7 +22,7 @@ import {
   putManifestDescriptor,
 } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
-import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import { type MountSandbox, mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { serve } from "./_support/serve_process.ts";
 import { waitFor } from "./_support/wait.ts";
 import {
@@ -36,6 +36,15 @@ import {
 } from "./_support/verify_image.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), path(MKFS, "mkfs.erofs 1.9.3"));
+
+/** The sandbox's environment with its own disk cache and state dir beside its runtime dir. */
+function isolatedEnv(sandbox: MountSandbox): Record<string, string> {
+  return {
+    ...sandbox.env,
+    EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
+    EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
+  };
+}
 
 Deno.test({
   name:
@@ -54,11 +63,7 @@ Deno.test({
     ) => {
       await using proxy = await startFaultProxy(s.registry.host, rules);
       const sandbox = await mountSandbox();
-      const env = {
-        ...sandbox.env,
-        EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-        EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-      };
+      const env = isolatedEnv(sandbox);
       try {
         const mounted = await cli([
           "mount",
@@ -186,11 +191,7 @@ Deno.test({
   async fn() {
     await using s = await setup();
     const sandbox = await mountSandbox();
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-    };
+    const env = isolatedEnv(sandbox);
     const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
     const mount = (host: string, repo: string, extra: string[] = []) =>
       cli([
@@ -353,11 +354,7 @@ Deno.test({
   async fn() {
     await using s = await setup();
     const sandbox = await mountSandbox();
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-    };
+    const env = isolatedEnv(sandbox);
     const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
     const copy = `${s.registry.host}/v/copied:v1`;
     const mount = () => cli(["mount", copy, sandbox.target, "--plain-http", "--backend", "fuse"]);
@@ -408,11 +405,7 @@ Deno.test({
   async fn() {
     await using s = await setup();
     const sandbox = await mountSandbox();
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-    };
+    const env = isolatedEnv(sandbox);
     const cli = (args: string[]) => runCli(args, { env, timeoutMs: 60_000 });
     try {
       // Pushed by another client: no tables, so the referrers tag is looked up.
@@ -484,11 +477,7 @@ Deno.test({
   async fn() {
     await using s = await setup();
     const sandbox = await mountSandbox();
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: `${sandbox.runtimeDir}-state`,
-    };
+    const env = isolatedEnv(sandbox);
     try {
       const pushed = await pushImage(s.registry, "v/annotated", "plain", [
         { bytes: s.image, mediaType: EROFS_MEDIA_TYPE },
@@ -547,11 +536,7 @@ Deno.test({
       args: ["-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", full],
     }).output();
     assert.ok(mounted.success, new TextDecoder().decode(mounted.stderr));
-    const env = {
-      ...sandbox.env,
-      EROFS_OCI_CACHE_DIR: `${sandbox.runtimeDir}-cache`,
-      EROFS_OCI_STATE_DIR: full,
-    };
+    const env = { ...isolatedEnv(sandbox), EROFS_OCI_STATE_DIR: full };
     try {
       Deno.mkdirSync(`${full}/tables`, { mode: 0o700 });
       const filler = new Uint8Array(4096).fill(1);
