@@ -23,6 +23,34 @@ import { HoldPoint } from "./_support/hold.ts";
 import { waitFor } from "./_support/wait.ts";
 
 Deno.test({
+  name: "mount --metrics-listen on a unix socket in a runtime dir not made yet: mounts, serves",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      // The first mount of this runtime dir makes it: the socket's directory is not there yet.
+      assert.throws(() => Deno.statSync(sandbox.runtimeDir), Deno.errors.NotFound);
+      const socket = `${sandbox.runtimeDir}/metrics.sock`;
+      assertSuccess(
+        await runCli([
+          "mount",
+          `${FIXTURES}/basic.erofs`,
+          sandbox.target,
+          "--backend",
+          "fuse",
+          "--metrics-listen",
+          `unix:${socket}`,
+        ], { env: sandbox.env, timeoutMs: 60_000 }),
+      );
+      assert.ok(Deno.lstatSync(socket).isSocket, `${socket} is a socket`);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount --metrics-listen on a port in use: refused, nothing mounted",
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {

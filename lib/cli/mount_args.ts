@@ -19,6 +19,7 @@ import { readStates } from "../state/mount_record.ts";
 import { RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
+import { pathExists } from "../../ffi/files.ts";
 import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
 
 function parseMountArgs(argv: string[]) {
@@ -98,11 +99,15 @@ function checkMetricsListen(spec: string): void {
       // The runtime dir and those below it are made by the mount itself.
       const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
       if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
-      // A file or directory there, or another server's socket (a leftover one goes).
-      claimSocketPath(addr.path);
+      // A file or directory there, or another server's socket (a leftover one goes); in a
+      // runtime dir the mount has yet to make, nothing is there to claim.
+      if (!made || pathExists(dir)) claimSocketPath(addr.path);
     }
   } catch (error) {
-    throw metricsListenRefusal(spec, `cannot listen on ${where}: ${(error as Error).message}`);
+    // claimSocketPath's refusals say "cannot listen on PATH" themselves: not twice.
+    const said = `cannot listen on ${where}: `;
+    const message = (error as Error).message;
+    throw metricsListenRefusal(spec, message.startsWith(said) ? message : said + message);
   }
 }
 
