@@ -5,6 +5,7 @@
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
 import { NoRoomError } from "./disk_cache_fetch.ts";
+import { sleep } from "./disk_cache_io.ts";
 
 export interface Completable {
   chunkBytes: number;
@@ -18,7 +19,6 @@ export interface Completable {
   warn(message: string): void;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** After a failed run: the first wait before trying again, doubled up to the last. */
 const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 5 * 60_000;
 
