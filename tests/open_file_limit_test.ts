@@ -29,7 +29,7 @@ import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { waitFor } from "./_support/wait.ts";
-import { TEST_HOLD_ENV } from "../lib/daemon/test_pause.ts";
+import { HoldPoint } from "./_support/hold.ts";
 import { fuseServerDescriptors } from "../lib/daemon/open_file_budget.ts";
 
 const LAYERS = 6;
@@ -144,16 +144,6 @@ Deno.test({
   },
 });
 
-/** True once a process held by testHold at `hold` is there. */
-function holdReached(hold: string): boolean {
-  try {
-    Deno.statSync(`${hold}.reached`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Open descriptors of `pid`. */
 function openDescriptors(pid: number): number {
   return [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
@@ -165,8 +155,7 @@ Deno.test({
   ignore: requires(root(), path("/dev/fuse"), command("prlimit")),
   async fn() {
     const sandbox = await mountSandbox();
-    const hold = `${sandbox.runtimeDir}.hold`;
-    Deno.writeTextFileSync(hold, "");
+    using hold = new HoldPoint("server-metrics-listen", `${sandbox.runtimeDir}.hold`);
     let mounting: ReturnType<typeof startCli> | undefined;
     try {
       // Held once its layer is exported and its keeper runs, before the metrics socket.
@@ -180,9 +169,9 @@ Deno.test({
           "--metrics-listen",
           `unix:${sandbox.runtimeDir}.metrics.sock`,
         ],
-        { ...sandbox.env, [TEST_HOLD_ENV]: `server-metrics-listen:${hold}` },
+        { ...sandbox.env, ...hold.env },
       );
-      await waitFor("the held server", () => holdReached(hold), 60_000);
+      await hold.reached("the held server");
       const [server] = mountServersOf(sandbox.runtimeDir);
       // Not one descriptor more: the metrics socket fails, then the clean-up's first look at
       // /proc would have (the keeper's record is read through a descriptor too).
@@ -190,7 +179,7 @@ Deno.test({
         args: ["--pid", String(server), `--nofile=${openDescriptors(server)}:`],
       }).output();
       assert(limited.success, "prlimit");
-      Deno.removeSync(hold);
+      hold.release();
       const result = await mounting.result;
       mounting = undefined;
       assertCliError(result, 1, /Too many open files/);
@@ -200,7 +189,6 @@ Deno.test({
       await stopCli(mounting);
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) await Deno.remove(file).catch(() => {});
     }
   },
 });
@@ -210,15 +198,14 @@ Deno.test({
   ignore: requires(root(), path("/dev/fuse")),
   async fn() {
     const sandbox = await mountSandbox();
-    const hold = `${sandbox.runtimeDir}.hold`;
-    Deno.writeTextFileSync(hold, "");
+    using hold = new HoldPoint("server-main", `${sandbox.runtimeDir}.hold`);
     let mounting: ReturnType<typeof startCli> | undefined;
     try {
       mounting = startCli(
         ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse", "--foreground"],
-        { ...sandbox.env, [TEST_HOLD_ENV]: `server-main:${hold}` },
+        { ...sandbox.env, ...hold.env },
       );
-      await waitFor("the held server", () => holdReached(hold));
+      await hold.reached("the held server");
       Deno.kill(mountServersOf(sandbox.runtimeDir)[0], "SIGKILL");
       const result = await mounting.result;
       mounting = undefined;
@@ -229,7 +216,6 @@ Deno.test({
       await stopCli(mounting);
       killMountServersOf(sandbox.runtimeDir);
       await sandbox.cleanup();
-      for (const file of [hold, `${hold}.reached`]) await Deno.remove(file).catch(() => {});
     }
   },
 });
