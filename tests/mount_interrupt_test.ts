@@ -77,64 +77,38 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "SIGINT while the server hangs before ready: it is killed after the grace, nothing left",
-  ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    let mounting: StartedCli | undefined;
-    try {
-      mounting = startCli(
-        [
-          "mount",
-          `${FIXTURES}/basic.erofs`,
-          sandbox.target,
-          "--backend",
-          "fuse",
-        ],
-        // The server stops for good once its keeper runs (lib/daemon/test_pause.ts).
-        { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
-      );
-      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
-      const startedMs = Date.now();
-      mounting.child.kill("SIGINT");
-      const result = await mounting.result;
-      mounting = undefined;
-      assertCliError(result, 130, /mount interrupted: nothing is left mounted/);
-      assert(Date.now() - startedMs < 15_000, "the hung server is not waited for long");
-      assertNothingLeft(sandbox);
-    } finally {
-      await stopCli(mounting);
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
-  },
-});
-
-Deno.test({
-  name: "SIGHUP while the server starts: undone like Ctrl-C, but the exit is a hangup's (129)",
-  ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    let mounting: StartedCli | undefined;
-    try {
-      mounting = startCli(
-        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-        { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
-      );
-      await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
-      mounting.child.kill("SIGHUP");
-      const result = await mounting.result;
-      mounting = undefined;
-      assertCliError(result, 129, /mount interrupted: nothing is left mounted/);
-      assertNothingLeft(sandbox);
-    } finally {
-      await stopCli(mounting);
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
-  },
-});
+// A hangup is undone as Ctrl-C is, but exits as a hangup does (129).
+for (
+  const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129]] as const
+) {
+  Deno.test({
+    name: `${signal} while the server hangs before ready: killed after the grace, nothing left`,
+    ignore: requires(root(), path("/dev/fuse")),
+    async fn() {
+      const sandbox = await mountSandbox();
+      let mounting: StartedCli | undefined;
+      try {
+        mounting = startCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+          // The server stops for good once its keeper runs (lib/daemon/test_pause.ts).
+          { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
+        );
+        await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);
+        const startedMs = Date.now();
+        mounting.child.kill(signal);
+        const result = await mounting.result;
+        mounting = undefined;
+        assertCliError(result, code, /mount interrupted: nothing is left mounted/);
+        assert(Date.now() - startedMs < 15_000, "the hung server is not waited for long");
+        assertNothingLeft(sandbox);
+      } finally {
+        await stopCli(mounting);
+        killMountServersOf(sandbox.runtimeDir);
+        await sandbox.cleanup();
+      }
+    },
+  });
+}
 
 Deno.test({
   name: "SIGINT while the image is resolved: exit 130 at once, no server left",
