@@ -1,4 +1,5 @@
 import type { Command } from "./command.ts";
+import { onInterrupt } from "./interrupt.ts";
 import { parseCommandArgs } from "./command.ts";
 import { describeMounts } from "./list.ts";
 import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts";
@@ -43,9 +44,7 @@ Options:
         : `serving metrics at http://${address.slice("tcp:".length)}/metrics`,
     );
     const stop = () => endpoint.shutdown();
-    for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-      Deno.addSignalListener(signal, stop);
-    }
+    onInterrupt(stop);
     await endpoint.finished;
     endpoint.removeSocket(); // shutdown does too, after this resolves
     return 0;

@@ -1,4 +1,5 @@
 import type { Command } from "./command.ts";
+import { onInterrupt } from "./interrupt.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { checkRoot } from "../mount/target_dir.ts";
@@ -78,9 +79,7 @@ Exit code 1 when any selected device could not be reattached.`,
       }
       mayReattach();
       const stop = new AbortController();
-      for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-        Deno.addSignalListener(signal, () => stop.abort());
-      }
+      onInterrupt(() => stop.abort());
       console.log("watching the servers of all mounts");
       await watchAndReattach({ signal: stop.signal });
       return 0;

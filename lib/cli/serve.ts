@@ -1,4 +1,5 @@
 import type { Command } from "./command.ts";
+import { onInterrupt } from "./interrupt.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
@@ -169,9 +170,8 @@ Example:
 
     let stopRequested!: () => void;
     const stopped = new Promise<void>((resolve) => stopRequested = resolve);
-    // A hangup (the terminal or ssh session gone) stops it as cleanly: the socket goes too.
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-    for (const signal of signals) Deno.addSignalListener(signal, stopRequested);
+    // Ctrl-C, SIGTERM or a hangup (the terminal or ssh session gone): the socket goes too.
+    const stopWatching = onInterrupt(stopRequested);
 
     // Directory metadata pinned in the background, as for mounts: a client's cold tree walk
     // then reads no scattered metadata blocks through the chunk cache.
@@ -253,7 +253,7 @@ Example:
       await server.close();
       debug("cache stats", served.stats());
     } finally {
-      for (const signal of signals) Deno.removeSignalListener(signal, stopRequested);
+      stopWatching();
       await stopMetrics?.();
       prefetchAbort.abort();
       await prefetched;
