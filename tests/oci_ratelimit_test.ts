@@ -11,6 +11,7 @@ import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { OciError } from "../lib/errors.ts";
+import { setTextLogSink } from "../lib/log.ts";
 
 const ignore = requires(command("docker-registry"));
 
@@ -56,6 +57,38 @@ Deno.test({
     for (const r of after) {
       assert(r.timeMs - limitedAt >= 1_900, `a GET ${r.timeMs - limitedAt} ms after the 429`);
     }
+  },
+});
+
+Deno.test({
+  name: "429: a pause of seconds is told once (a silent wait looks hung), a short one is not",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const { bytes, digest } = await pushBasic(registry);
+    await using proxy = await startFaultProxy(registry.host, [
+      {
+        match: isBlobGetOf(digest),
+        fault: { kind: "status", status: 429, retryAfter: "1" },
+        times: 1,
+      },
+      {
+        match: isBlobGetOf(digest),
+        fault: { kind: "status", status: 429, retryAfter: "4" },
+        times: 1,
+      },
+    ]);
+    const warnings: string[] = [];
+    setTextLogSink((level, text) => level === "warn" && warnings.push(text));
+    try {
+      const client = new RegistryClient(proxy.host, { hostsConfigDir: false });
+      assert.deepEqual(await client.readBlobRange("rl", digest, 0, 4096), bytes.subarray(0, 4096));
+    } finally {
+      setTextLogSink(undefined);
+    }
+    assert.deepEqual(warnings, [
+      `registry ${proxy.host} is rate limiting requests (429): waiting 4 s before trying again`,
+    ]);
   },
 });
 

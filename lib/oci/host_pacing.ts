@@ -5,6 +5,7 @@
  * asked all of them to wait, so the wait is kept per host and every request to it honours it.
  */
 import { OciError } from "../errors.ts";
+import { warn } from "../log.ts";
 import { backoffDelayMs, type RetryPolicy } from "./retry.ts";
 
 /** Waits without Retry-After grow from this, doubling per consecutive 429, up to the cap. */
@@ -18,6 +19,13 @@ const MAX_RETRY_AFTER_MS = 10 * 60_000;
  * a mount failed every read for 10 minutes): if it is answered, the pause ends.
  */
 const PROBE_AFTER_MS = MAX_RATE_LIMIT_DELAY_MS;
+/**
+ * A pause at least this long is told on stderr (or the server's log): a command that waits 30 s
+ * in silence looks hung. Shorter ones are ordinary pacing and stay in --debug.
+ */
+const NOTICE_PAUSE_MS = 3_000;
+/** At most one such notice per host in this long (every layer's client meets the same pause). */
+const NOTICE_EVERY_MS = 60_000;
 /** How long a failed mirror is skipped before it is tried again. */
 export const MIRROR_DOWN_MS = 10_000;
 
@@ -35,6 +43,7 @@ interface HostState {
   changed: PromiseWithResolvers<void>;
   strikes: number;
   downUntilMs: number;
+  noticedAtMs: number;
 }
 
 const states = new Map<string, HostState>();
@@ -51,6 +60,7 @@ function stateOf(host: string): HostState {
       changed: Promise.withResolvers(),
       strikes: 0,
       downUntilMs: 0,
+      noticedAtMs: -Infinity,
     };
     states.set(host, state);
   }
@@ -150,8 +160,20 @@ export async function waitForHost(
       throw rateLimitedError(host, state.blockedUntilMs - nowMs);
     }
     signal?.throwIfAborted();
+    noticeWait(host, state, Math.min(wakeAtMs, policy.deadlineAtMs) - nowMs, nowMs);
     await sleepUntil(Math.min(wakeAtMs, policy.deadlineAtMs), state.changed.promise, signal);
   }
+}
+
+function noticeWait(host: string, state: HostState, waitMs: number, nowMs: number): void {
+  if (waitMs < NOTICE_PAUSE_MS || nowMs - state.noticedAtMs < NOTICE_EVERY_MS) return;
+  state.noticedAtMs = nowMs;
+  const askedMs = state.blockedUntilMs - nowMs;
+  const asked = askedMs > waitMs + 1_000 ? ` (it asked for ${Math.ceil(askedMs / 1000)} s)` : "";
+  warn(
+    `registry ${host} is rate limiting requests (429): waiting ${Math.ceil(waitMs / 1000)} s ` +
+      `before trying again${asked}`,
+  );
 }
 
 function rateLimitedError(host: string, waitMs: number): OciError {
