@@ -6,6 +6,7 @@
  * runtime's time origin>`: epoch times put two processes on one axis, the offset says how far
  * into its own start-up each process was. Off, a mark costs one comparison.
  */
+import { every } from "./timers.ts";
 const setting = Deno.env.get("EROFS_OCI_TIMING");
 const enabled = setting !== undefined && setting !== "" && setting !== "0";
 const toFile = enabled && setting!.startsWith("/");
@@ -49,12 +50,13 @@ export function markHeldEventLoop(who: string, forMs = 5000, thresholdMs = 20): 
   const watch = heldWatch = { who, endMs };
   const tickMs = 5;
   let lastMs = performance.now();
-  const timer = setInterval(() => {
+  // On lib/timers.ts, not setInterval: the marks must not add Node's timers to the start-up
+  // they time. It holds the process for `forMs` at most (Deno's own timers cannot be unref'd).
+  const timer = every(tickMs, () => {
     const nowMs = performance.now();
     const heldMs = nowMs - lastMs - tickMs;
     if (heldMs > thresholdMs) mark(`${watch.who}: event loop held ${heldMs.toFixed(0)} ms`);
     lastMs = nowMs;
-    if (nowMs > watch.endMs) clearInterval(timer);
-  }, tickMs);
-  Deno.unrefTimer(timer);
+    if (nowMs > watch.endMs) timer.cancel();
+  });
 }

@@ -31,6 +31,7 @@ const LAYERS: Layer[] = [
       "lib/text.ts",
       "lib/json.ts",
       "lib/timing.ts",
+      "lib/timers.ts",
       "lib/node_builtins.ts",
       "lib/event_loop.ts",
     ],

@@ -74,7 +74,7 @@ Deno.test({
       },
       {
         match: isBlobGetOf(digest),
-        fault: { kind: "status", status: 429, retryAfter: "4" },
+        fault: { kind: "status", status: 429, retryAfter: "7" },
         times: 1,
       },
     ]);
@@ -87,7 +87,7 @@ Deno.test({
       setTextLogSink(undefined);
     }
     assert.deepEqual(warnings, [
-      `registry ${proxy.host} is rate limiting requests (429): waiting 4 s before trying again`,
+      `registry ${proxy.host} is rate limiting requests (429): waiting 7 s before trying again`,
     ]);
   },
 });

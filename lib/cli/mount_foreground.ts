@@ -2,6 +2,7 @@ import { info } from "../log.ts";
 import { type MountState, serverOf } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { onInterrupt } from "./interrupt.ts";
+import { sleep } from "../timers.ts";
 
 /**
  * `mount --foreground` after the mount: waits while the server runs; Ctrl-C, SIGTERM or a
@@ -28,7 +29,7 @@ export function watchForeground(state: MountState, caught?: AbortSignal): () => 
     try {
       if (caught?.aborted) unmount();
       while (!unmounting && serverAlive(serverOf(state))) {
-        await new Promise((r) => setTimeout(r, 200));
+        await sleep(200);
       }
       await unmounting;
     } finally {

@@ -21,6 +21,7 @@ import { fetchManifest } from "../oci/resolve.ts";
 import { parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
 import { TRACE_RECORD_ENV } from "../trace/server_hooks.ts";
+import { after, type Timer } from "../timers.ts";
 
 class TraceError extends UserError {}
 
@@ -226,24 +227,24 @@ async function runTraced(
   } catch (error) {
     throw new TraceError(`trace: cannot run ${program}: ${(error as Error).message}`);
   }
-  const timers: ReturnType<typeof setTimeout>[] = [];
+  const timers: Timer[] = [];
   const stop = () => {
     try {
       child.kill("SIGTERM");
     } catch { /* exited */ }
-    timers.push(setTimeout(() => {
+    timers.push(after(KILL_GRACE_MS, () => {
       try {
         child.kill("SIGKILL");
       } catch { /* exited */ }
-    }, KILL_GRACE_MS));
+    }));
   };
   let stoppedAfterSeconds = false;
   if (seconds !== undefined) {
-    timers.push(setTimeout(() => {
+    timers.push(after(seconds * 1000, () => {
       info(`trace: ${seconds} s passed, stopping ${program}`);
       stoppedAfterSeconds = true;
       stop();
-    }, seconds * 1000));
+    }));
   }
   if (signal?.aborted) stop();
   else signal?.addEventListener("abort", stop, { once: true });
@@ -253,6 +254,6 @@ async function runTraced(
     return stoppedAfterSeconds ? 0 : status.code;
   } finally {
     signal?.removeEventListener("abort", stop);
-    for (const timer of timers) clearTimeout(timer);
+    for (const timer of timers) timer.cancel();
   }
 }

@@ -12,6 +12,7 @@ import { readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
 import { pathExists } from "../../ffi/files.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
+import { every } from "../timers.ts";
 
 const POLL_MS = 100;
 
@@ -28,13 +29,13 @@ export function watchForAdoption(
 ): void {
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
   const runDir = `${mountDir(id)}/`;
-  const timer = setInterval(async () => {
+  const timer = every(POLL_MS, async () => {
     if (pathExists(statePath(id))) {
-      clearInterval(timer);
+      timer.cancel();
       return;
     }
     if (Deno.ppid === cliPid) return;
-    clearInterval(timer);
+    timer.cancel();
     for (const entry of readMountInfo().reverse()) {
       if (mountsAtReady.has(entry.id)) continue;
       if (entry.mountPoint === target || entry.mountPoint.startsWith(runDir)) {
@@ -42,7 +43,7 @@ export function watchForAdoption(
       }
     }
     await orphaned();
-  }, POLL_MS);
+  });
 }
 
 /**
@@ -55,13 +56,13 @@ export function watchForAdoption(
  * leaving the mount to the next reattach).
  */
 export function watchForRecord(id: string, cliPid: number, orphaned: () => void): void {
-  const timer = setInterval(() => {
+  const timer = every(POLL_MS, () => {
     if (readState(id)?.serverPid === Deno.pid) {
-      clearInterval(timer);
+      timer.cancel();
       return;
     }
     if (Deno.ppid === cliPid) return;
-    clearInterval(timer);
+    timer.cancel();
     orphaned();
-  }, POLL_MS);
+  });
 }

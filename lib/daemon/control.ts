@@ -5,6 +5,7 @@
 import type { ServerStats } from "../metrics/layer_stats.ts";
 import { acceptEach } from "../nbd/accept_loop.ts";
 import { throttledWarning } from "../log.ts";
+import { after } from "../timers.ts";
 
 export type ControlRequest = { command: "stats" } | { command: "stop" };
 
@@ -35,7 +36,7 @@ async function readLine(conn: Deno.Conn, timeoutMs: number, maxBytes: number): P
   const chunk = new Uint8Array(READ_CHUNK_BYTES);
   let line = new Uint8Array(READ_CHUNK_BYTES);
   let length = 0;
-  const timer = setTimeout(() => conn.close(), timeoutMs);
+  const timer = after(timeoutMs, () => conn.close());
   try {
     for (;;) {
       const n = await conn.read(chunk);
@@ -53,7 +54,7 @@ async function readLine(conn: Deno.Conn, timeoutMs: number, maxBytes: number): P
       if (newline >= 0) break;
     }
   } finally {
-    clearTimeout(timer);
+    timer.cancel();
   }
   return new TextDecoder().decode(line.subarray(0, length));
 }

@@ -37,6 +37,7 @@ import {
 import { testPause } from "./test_pause.ts";
 import { parseJson } from "../json.ts";
 import type { Credentials } from "../oci/docker_config.ts";
+import { sleep } from "../timers.ts";
 
 /** What a new server needs to take over a FUSE mount (mode 0600: it may hold a password). */
 export interface FuseRecoveryRecord {
@@ -267,7 +268,7 @@ export async function endKeeper(
     pidfdSendSignal(pidfd, SIGKILL);
     const deadline = Date.now() + 5_000;
     while (isKeeper() && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
     }
   } catch {
     /* exited meanwhile */

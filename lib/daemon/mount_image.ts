@@ -24,6 +24,7 @@ import { killServer, serverAlive, type ServerProcess } from "../state/server_liv
 import { lockMountChanges } from "../state/change_locks.ts";
 import { MountError } from "../errors.ts";
 import type { HandedMetadata } from "./handed_metadata.ts";
+import { every } from "../timers.ts";
 
 export interface MountRequest extends Omit<MountSpec, "id"> {
   /** Keep the server in this process's foreground (debugging, systemd). */
@@ -235,20 +236,20 @@ function guardFuseMounts(
   const end = () => {
     if (ended) return;
     ended = true;
-    clearInterval(timer);
+    timer.cancel();
     killServer(server);
     stopFuseKeeper(id).catch(() => {});
   };
-  const timer = setInterval(() => {
+  const timer = every(200, () => {
     if (serverAlive(server)) return;
     diedWhileMounting.set(id, server.pid);
     end();
-  }, 200);
+  });
   const onAbort = () => end();
   signal?.addEventListener("abort", onAbort, { once: true });
   return {
     [Symbol.dispose]() {
-      clearInterval(timer);
+      timer.cancel();
       signal?.removeEventListener("abort", onAbort);
     },
   };

@@ -4,7 +4,7 @@
  * serves until told to stop. Started as `erofs-oci __mount-server` with the MountSpec on stdin.
  */
 import { QUIET_START } from "../source/background_windows.ts";
-import { waitAtMost } from "../source/abortable.ts";
+import { after, waitAtMost } from "../timers.ts";
 import type { Source } from "../source/source.ts";
 import {
   controlSocketPath,
@@ -266,7 +266,7 @@ export async function runMountServer(): Promise<number> {
     }
     if (request.command === "stop") {
       // Reply first, then tear down: the caller waits for the process to exit.
-      setTimeout(() => stop().then(() => Deno.exit(0)), 10);
+      after(10, () => stop().then(() => Deno.exit(0)));
       return Promise.resolve({ ok: true });
     }
     return Promise.resolve({ ok: false, error: `unknown command ${request.command}` });
@@ -319,7 +319,7 @@ export async function runMountServer(): Promise<number> {
     // hashOnEventLoop). Loaded when the windows may start in the quiet after ready (they are
     // its first users), not at ready: it holds the event loop ~22 ms, which delayed the CLI's
     // mount(2) right after ready by 10-15 ms.
-    if (spec.backend === "fuse") setTimeout(loadNodeCrypto, QUIET_START.quietMs);
+    if (spec.backend === "fuse") after(QUIET_START.quietMs, loadNodeCrypto);
   }
   await serveControl(listener, handle);
   await stop();

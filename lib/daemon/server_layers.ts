@@ -29,6 +29,7 @@ import { warn } from "../log.ts";
 import { lowerThreadPriority } from "../../ffi/process.ts";
 import { mark } from "../timing.ts";
 import { checkServable, FUSE_TAKEOVER_ID, takeFuseDescriptors } from "./fuse_recovery.ts";
+import { sleep } from "../timers.ts";
 
 const WAIT_FIRST_DELAY_MS = 1000;
 const WAIT_MAX_DELAY_MS = 30_000;
@@ -88,7 +89,7 @@ async function waitUntilServable(source: Source, layerIndex: number): Promise<vo
         `layer ${layerIndex}: source not reachable (${(error as Error).message}); ` +
           `retrying in ${delayMs / 1000} s`,
       );
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      await sleep(delayMs);
     }
   }
 }

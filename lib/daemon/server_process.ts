@@ -14,6 +14,7 @@ import {
   type ServerProcess,
 } from "../state/server_liveness.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
+import { after, sleep, type Timer } from "../timers.ts";
 
 /** How long `mount` waits for the server to attach every layer. */
 const READY_TIMEOUT_MS = 120_000;
@@ -177,9 +178,10 @@ async function handOver(
   })().catch(() => {}); // a server that is gone is reported by the ready line below
 
   let text = "";
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let timer: Timer | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
+    timer = after(
+      READY_TIMEOUT_MS,
       () =>
         reject(
           new MountError(
@@ -187,13 +189,12 @@ async function handOver(
             seeServerLog(spec, foreground),
           ),
         ),
-      READY_TIMEOUT_MS,
     );
   });
-  let graceTimer: ReturnType<typeof setTimeout> | undefined;
+  let graceTimer: Timer | undefined;
   let onAbort: (() => void) | undefined;
   const interrupted = new Promise<never>((_, reject) => {
-    onAbort = () => graceTimer = setTimeout(() => reject(signal!.reason), INTERRUPT_GRACE_MS);
+    onAbort = () => graceTimer = after(INTERRUPT_GRACE_MS, () => reject(signal!.reason));
     if (signal?.aborted) onAbort();
     else signal?.addEventListener("abort", onAbort, { once: true });
   });
@@ -211,8 +212,8 @@ async function handOver(
     await child.status();
     throw error;
   } finally {
-    clearTimeout(timer);
-    clearTimeout(graceTimer);
+    timer?.cancel();
+    graceTimer?.cancel();
     if (onAbort) signal?.removeEventListener("abort", onAbort);
     // Nothing more comes from a ready server; a read still waiting ends with the process.
     stdout.close();
@@ -226,11 +227,11 @@ async function handOver(
       closeStdin();
       resolve();
     };
-    const timer = setTimeout(giveUp, HANDED_METADATA_AFTER_READY_MS);
+    const timer = after(HANDED_METADATA_AFTER_READY_MS, giveUp);
     signal?.addEventListener("abort", giveUp, { once: true });
     if (signal?.aborted) giveUp();
     sent.finally(() => {
-      clearTimeout(timer);
+      timer.cancel();
       signal?.removeEventListener("abort", giveUp);
       resolve();
     });
@@ -289,7 +290,7 @@ export async function stopServer(
   await controlRequest(controlSocketPath(id), { command: "stop" });
   const deadline = Date.now() + timeoutMs;
   while (serverAlive(server) && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
   }
   killServer(server);
 }

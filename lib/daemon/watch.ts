@@ -13,6 +13,7 @@ import { type MountState, readStates, serverOf } from "../state/mount_record.ts"
 import { serverAlive } from "../state/server_liveness.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { reattach, type ReattachOutcome } from "./reattach.ts";
+import { sleep } from "../timers.ts";
 
 /** How often new and removed mounts are noticed (deaths wake the watcher at once). */
 const SCAN_MS = 1_000;
@@ -167,7 +168,7 @@ async function reattachOne(state: MountState): Promise<ReattachOutcome[]> {
 /** Waits until one of the servers exits or `timeoutMs` passes (POLLIN on a pidfd: exited). */
 async function waitForExit(servers: Watched[], timeoutMs: number): Promise<void> {
   if (servers.length === 0) {
-    await new Promise((resolve) => setTimeout(resolve, timeoutMs));
+    await sleep(timeoutMs);
     return;
   }
   await pollAsync(pollFds(servers.map((s) => s.pidfd), POLLIN), timeoutMs);

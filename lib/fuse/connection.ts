@@ -6,7 +6,7 @@
 import { addressOf, closeFd, Errno, errno, libc, strerror, SysError } from "../../ffi/libc.ts";
 import { writeSmallFile } from "../../ffi/files.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
-import { waitAtMost } from "../source/abortable.ts";
+import { after, type Timer, waitAtMost } from "../timers.ts";
 import { MountError } from "../errors.ts";
 import * as log from "../log.ts";
 import { findMount } from "../sys/mountinfo.ts";
@@ -174,11 +174,11 @@ export class FuseConnection {
   }
 
   async ready(): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: Timer | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new MountError(`FUSE on ${this.#dir}: the kernel sent no INIT`)),
+      timer = after(
         INIT_TIMEOUT_MS,
+        () => reject(new MountError(`FUSE on ${this.#dir}: the kernel sent no INIT`)),
       );
     });
     try {
@@ -190,7 +190,7 @@ export class FuseConnection {
       if (error instanceof MountError) throw error;
       throw new MountError(`FUSE on ${this.#dir}: ${(error as Error).message}`);
     } finally {
-      clearTimeout(timer);
+      timer?.cancel();
     }
     this.#tuneReadAhead();
   }

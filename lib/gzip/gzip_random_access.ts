@@ -15,6 +15,7 @@ import { InflateCursor, type InflaterKind } from "./inflate_cursor.ts";
 import { MAX_CHECKPOINT_GAP_BYTES, Zinfo } from "./zinfo.ts";
 import { piecesMoved, ReadRuns } from "./read_runs.ts";
 import { PieceDigests, sha256 } from "./piece_digests.ts";
+import { after } from "../timers.ts";
 
 export interface GzipRandomAccessOptions {
   /** Budget of the decompressed-piece cache (default 32 MiB). */
@@ -219,7 +220,7 @@ export class GzipRandomAccess {
           );
         // In a later task: an inflate with its input at hand runs without a pause, and the
         // answer to the read that got here must not wait for it.
-        setTimeout(make, 0);
+        after(0, make);
       }
     }
     const following = index + 1;

@@ -5,6 +5,7 @@
  * server, its mount left "dead, awaiting reattach", when a burst of connections took its last
  * descriptors. Only the listener's close (or `stop`) ends the loop.
  */
+import { after } from "../timers.ts";
 
 /** First pause after accept failed; it doubles while accept keeps failing. */
 const FIRST_PAUSE_MS = 50;
@@ -50,10 +51,10 @@ function closedListener(error: unknown): boolean {
 
 function pause(ms: number, stop?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
+    const timer = after(ms, done);
     stop?.addEventListener("abort", done, { once: true });
     function done() {
-      clearTimeout(timer);
+      timer.cancel();
       stop?.removeEventListener("abort", done);
       resolve();
     }

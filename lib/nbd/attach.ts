@@ -3,7 +3,7 @@
  * warning) when the module has no netlink family, then tune its queue.
  */
 import { warn } from "../log.ts";
-import { waitAtMost } from "../source/abortable.ts";
+import { waitAtMost } from "../timers.ts";
 import { attachNbdIoctl } from "./ioctl.ts";
 import { connectNbd, type ConnectOptions, disconnectNbd, NbdFamilyMissingError } from "./kernel.ts";
 import { DEFAULT_QUEUE_TUNING, nbdDevicePath, type QueueTuning, tuneNbdQueue } from "./sysfs.ts";

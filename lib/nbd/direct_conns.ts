@@ -8,7 +8,7 @@
 import { closeFd, libc, strerror } from "../../ffi/libc.ts";
 import { socketPair } from "../../ffi/io.ts";
 import { SpareWorkers, startLibcWorker } from "../../ffi/libc_worker.ts";
-import { waitAtMost } from "../source/abortable.ts";
+import { waitAtMost } from "../timers.ts";
 import { directReadArg, directReaderBody } from "../source/direct_read_body.ts";
 import { servedBatchBody } from "../source/served_batch_body.ts";
 import { activityRecorderBody } from "../source/read_activity_cell.ts";

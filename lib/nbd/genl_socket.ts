@@ -22,6 +22,7 @@ import {
   NetlinkFormatError,
   type ReplyState,
 } from "./netlink.ts";
+import { sleep } from "../timers.ts";
 
 // linux/netlink.h, linux/socket.h, asm-generic/poll.h
 const SOL_NETLINK = 270;
@@ -94,7 +95,7 @@ export class GenlSocket {
     let pauseMs = 1;
     while (!this.#receive(req.family, seq, state, what)) {
       if (Date.now() >= deadline) throw this.#timeout(what, timeoutMs);
-      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+      await sleep(pauseMs);
       pauseMs = Math.min(pauseMs * 2, 20);
     }
     return state.replies;

@@ -14,6 +14,7 @@ import {
   serverFlags,
 } from "./kernel.ts";
 import { findFreeNbdDevice, nbdDevicePath, nbdModuleLoaded, nbdPid, nbdsMax } from "./sysfs.ts";
+import { after, sleep } from "../timers.ts";
 
 // linux/nbd.h: _IO(0xab, n)
 export const NBD_SET_SOCK = 0xab00;
@@ -78,8 +79,6 @@ function openDevice(index: number): number {
     throw e;
   }
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Attaches a device with ioctls: SET_BLKSIZE, SET_SIZE_BLOCKS, SET_TIMEOUT, SET_FLAGS, SET_SOCK
@@ -157,13 +156,13 @@ export async function attachNbdIoctl(opts: IoctlAttachOptions): Promise<IoctlAtt
       if (settled) return;
       libc().ioctl(fd, BigInt(NBD_DISCONNECT), 0n);
       // The kernel waits for the server to close after NBD_CMD_DISC; force it if it does not.
-      const timer = setTimeout(() => {
+      const timer = after(graceMs, () => {
         if (!settled) libc().ioctl(fd, BigInt(NBD_CLEAR_SOCK), 0n);
-      }, graceMs);
+      });
       try {
         await running;
       } finally {
-        clearTimeout(timer);
+        timer.cancel();
       }
     },
   };

@@ -7,6 +7,7 @@
 import { OciError } from "../errors.ts";
 import { warn } from "../log.ts";
 import { backoffDelayMs, type RetryPolicy } from "./retry.ts";
+import { after } from "../timers.ts";
 
 /** Waits without Retry-After grow from this, doubling per consecutive 429, up to the cap. */
 const BASE_RATE_LIMIT_DELAY_MS = 500;
@@ -20,10 +21,10 @@ const MAX_RETRY_AFTER_MS = 10 * 60_000;
  */
 const PROBE_AFTER_MS = MAX_RATE_LIMIT_DELAY_MS;
 /**
- * A pause at least this long is told on stderr (or the server's log): a command that waits 30 s
+ * A pause longer than this is told on stderr (or the server's log): a command that waits 30 s
  * in silence looks hung. Shorter ones are ordinary pacing and stay in --debug.
  */
-const NOTICE_PAUSE_MS = 3_000;
+const NOTICE_PAUSE_MS = 5_000;
 /** At most one such notice per host in this long (every layer's client meets the same pause). */
 const NOTICE_EVERY_MS = 60_000;
 /** How long a failed mirror is skipped before it is tried again. */
@@ -166,7 +167,7 @@ export async function waitForHost(
 }
 
 function noticeWait(host: string, state: HostState, waitMs: number, nowMs: number): void {
-  if (waitMs < NOTICE_PAUSE_MS || nowMs - state.noticedAtMs < NOTICE_EVERY_MS) return;
+  if (waitMs <= NOTICE_PAUSE_MS || nowMs - state.noticedAtMs < NOTICE_EVERY_MS) return;
   state.noticedAtMs = nowMs;
   const askedMs = state.blockedUntilMs - nowMs;
   const asked = askedMs > waitMs + 1_000 ? ` (it asked for ${Math.ceil(askedMs / 1000)} s)` : "";
@@ -189,13 +190,13 @@ function rateLimitedError(host: string, waitMs: number): OciError {
 function sleepUntil(atMs: number, early: Promise<void>, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const finish = () => {
-      clearTimeout(timer);
+      timer.cancel();
       signal?.removeEventListener("abort", onAbort);
       resolve();
     };
-    const timer = setTimeout(finish, Math.max(0, atMs - Date.now()));
+    const timer = after(atMs - Date.now(), finish);
     const onAbort = () => {
-      clearTimeout(timer);
+      timer.cancel();
       reject(signal!.reason);
     };
     signal?.addEventListener("abort", onAbort, { once: true });

@@ -1,5 +1,6 @@
 import { OciError } from "../errors.ts";
 import { StalledError } from "./stall_watch.ts";
+import { sleep } from "../timers.ts";
 
 /** Retry policy for one logical registry operation. */
 export interface RetryPolicy {
@@ -71,17 +72,7 @@ export async function backoff(
   const delayMs = Math.max(atLeastMs, backoffDelayMs(attempt));
   if (Date.now() + delayMs >= policy.deadlineAtMs) return false;
   signal?.throwIfAborted();
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, delayMs);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
+  await sleep(delayMs, signal);
   return true;
 }
 

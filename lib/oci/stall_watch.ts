@@ -8,6 +8,7 @@
  * and says so.
  */
 import { OciError } from "../errors.ts";
+import { every, type Timer } from "../timers.ts";
 
 let stallMsOverride: number | undefined;
 
@@ -34,7 +35,7 @@ export const MIN_WINDOW_BYTES = 32 * 1024;
 const RENEW_BYTES = 1 << 20;
 
 const active = new Set<StallWatch>();
-let timer: ReturnType<typeof setInterval> | undefined;
+let timer: Timer | undefined;
 
 export class StallWatch {
   /** Aborts with a Deno.errors.TimedOut (a network error: retried) once stalled. */
@@ -68,11 +69,9 @@ export class StallWatch {
       ? AbortSignal.any([outer, this.#controller.signal])
       : this.#controller.signal;
     active.add(this);
-    if (timer === undefined) {
-      const interval = setInterval(checkAll, Math.max(50, Math.min(5_000, limitMs / 4)));
-      Deno.unrefTimer(interval); // never what keeps a process alive
-      timer = interval;
-    }
+    // Runs only while an attempt is watched, and a watched attempt keeps the process busy
+    // anyway (Deno's own timers, lib/timers.ts, cannot be unref'd).
+    timer ??= every(Math.max(50, Math.min(5_000, limitMs / 4)), checkAll);
   }
 
   /** `bytes` (or headers) arrived, or a send begins: the stall time counts from now. */
@@ -139,7 +138,7 @@ export class StallWatch {
   done(): void {
     active.delete(this);
     if (active.size === 0 && timer !== undefined) {
-      clearInterval(timer);
+      timer.cancel();
       timer = undefined;
     }
   }

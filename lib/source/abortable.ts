@@ -29,16 +29,3 @@ export function abortable<T>(
     );
   });
 }
-
-/**
- * Waits until `promise` settles or `ms` have passed, whichever comes first (a rejection of
- * `promise` within them rejects); the timer is cleared either way.
- */
-export async function waitAtMost(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([promise, new Promise((resolve) => timer = setTimeout(resolve, ms))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -22,7 +22,7 @@
  *   file data was read, the other windows go nearest to the latest such read first.
  */
 import type { FillPause } from "./disk_cache_fill.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { after, sleep, type Timer } from "../timers.ts";
 import { fillTrace } from "./fill_trace.ts";
 import { type WalkClock, walkClockBody, type WalkRules } from "./walk_clock_body.ts";
 
@@ -284,10 +284,10 @@ export class BackgroundWindows {
   #startWhenQuiet(quietMs: number): Promise<boolean> {
     const { promise, resolve } = Promise.withResolvers<boolean>();
     const calledMs = performance.now();
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: Timer | undefined;
     const signal = this.#options.signal;
     const abort = () => {
-      clearTimeout(timer);
+      timer?.cancel();
       resolve(false);
     };
     const check = () => {
@@ -298,7 +298,7 @@ export class BackgroundWindows {
       const { walkMs, dataMs } = this.#options.activity();
       const waitMs = Math.max(calledMs, walkMs, dataMs) + quietMs - performance.now();
       if (waitMs > 0) {
-        timer = setTimeout(check, waitMs);
+        timer = after(waitMs, check);
         return;
       }
       signal?.removeEventListener("abort", abort);
@@ -306,7 +306,7 @@ export class BackgroundWindows {
       resolve(true);
     };
     signal?.addEventListener("abort", abort, { once: true });
-    timer = setTimeout(check, quietMs);
+    timer = after(quietMs, check);
     return promise;
   }
 

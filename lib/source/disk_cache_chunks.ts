@@ -17,10 +17,10 @@ import {
   F_WRLCK,
   preadExact,
   pwriteAll,
-  sleep,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 
 const POLL_MS = 10;
 

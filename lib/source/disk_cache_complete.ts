@@ -5,7 +5,7 @@
  */
 import { WrongBytesError } from "./wrong_bytes.ts";
 import { NoRoomError } from "./disk_cache_fetch.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 
 export interface Completable {
   chunkBytes: number;

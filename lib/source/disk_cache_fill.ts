@@ -19,7 +19,8 @@
 import type { Source } from "./source.ts";
 import type { BlobFiles } from "./disk_cache_chunks.ts";
 import type { DiskCache } from "./disk_cache.ts";
-import { F_WRLCK, markWaiting, sleep, tryLock, unlock } from "./disk_cache_io.ts";
+import { F_WRLCK, markWaiting, tryLock, unlock } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 import { SyncBatch } from "./disk_cache_sync.ts";
 import { HeldChunks, OTHERS_FILL_WAIT_MS } from "./disk_cache_held.ts";
 import { chunkRuns, isPresent } from "./disk_cache_present.ts";

@@ -230,5 +230,3 @@ function setLock(fd: number, type: number, start: number, length: number): numbe
 export function closeQuietly(fd: number): void {
   if (fd >= 0) libc().close(fd);
 }
-
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

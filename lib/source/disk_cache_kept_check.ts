@@ -9,7 +9,7 @@
 import type { BlobChunks } from "./disk_cache_chunks.ts";
 import type { BlobFiller } from "./disk_cache_fill.ts";
 import { isPresent } from "./disk_cache_present.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 import type { CheckedChunks, StoredBytesChecker } from "./stored_check.ts";
 
 /** What the check needs of its blob (DiskCachedSource hands its own state). */

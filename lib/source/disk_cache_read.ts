@@ -16,7 +16,7 @@ import type { BlobChunks, BlobFiles } from "./disk_cache_chunks.ts";
 import type { BlobFiller } from "./disk_cache_fill.ts";
 import { isPresent } from "./disk_cache_present.ts";
 import { NoRoomError } from "./disk_cache_fetch.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 import type { BlobFetchAhead } from "./disk_cache_ahead.ts";
 import type { KeptChunkCheck } from "./disk_cache_kept_check.ts";
 import { HeldByOthersError } from "./disk_cache_held.ts";

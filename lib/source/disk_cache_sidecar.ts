@@ -6,6 +6,7 @@
  * closed or degraded, and writes a pending one at whenDurable() and close().
  */
 import type { DiskCache } from "./disk_cache.ts";
+import { after, type Timer } from "../timers.ts";
 
 export class BlobSidecar {
   readonly #cache: DiskCache;
@@ -14,7 +15,7 @@ export class BlobSidecar {
   readonly #degraded: () => boolean;
   #pendingSidecar?: Uint8Array;
   #ahead?: Promise<Uint8Array | undefined>;
-  #sidecarTimer?: ReturnType<typeof setTimeout>;
+  #sidecarTimer?: Timer;
 
   constructor(
     cache: DiskCache,
@@ -47,12 +48,12 @@ export class BlobSidecar {
    */
   writeSoon(bytes: Uint8Array, delayMs: number): void {
     this.#pendingSidecar = bytes;
-    clearTimeout(this.#sidecarTimer);
-    this.#sidecarTimer = setTimeout(() => this.writePending(), delayMs);
+    this.#sidecarTimer?.cancel();
+    this.#sidecarTimer = after(delayMs, () => this.writePending());
   }
 
   writePending(): void {
-    clearTimeout(this.#sidecarTimer);
+    this.#sidecarTimer?.cancel();
     const bytes = this.#pendingSidecar;
     this.#pendingSidecar = undefined;
     if (bytes) this.write(bytes);

@@ -14,11 +14,11 @@ import {
   F_WRLCK,
   pwriteAll,
   reopenReadOnly,
-  sleep,
   tryLock,
   unlock,
 } from "./disk_cache_io.ts";
 import { WRITTEN, writtenRuns } from "./disk_cache_boot.ts";
+import { after, sleep, type Timer } from "../timers.ts";
 
 /** The map byte of a chunk whose bytes are verified, written and synced. */
 export const PRESENT = 1;
@@ -55,7 +55,7 @@ export class SyncBatch {
   /** Runs [start, stop) marked WRITTEN and waiting for the next sync, and since when. */
   #unsynced: [number, number][] = [];
   #unsyncedSinceMs = 0;
-  #syncTimer?: ReturnType<typeof setTimeout>;
+  #syncTimer?: Timer;
   /** The syncs in order: one starts after the one before it ended. */
   #lastSync: Promise<void> = Promise.resolve();
   /** When a fill last stored bytes (performance.now()). */
@@ -100,7 +100,7 @@ export class SyncBatch {
    * flushing or closing), else looks again when it will be.
    */
   #scheduleSync(): void {
-    clearTimeout(this.#syncTimer);
+    this.#syncTimer?.cancel();
     this.#syncTimer = undefined;
     if (!this.#unsynced.length) return;
     const now = performance.now();
@@ -108,7 +108,7 @@ export class SyncBatch {
       ? now
       : Math.min(this.#lastStoreMs + SYNC_QUIET_MS, this.#unsyncedSinceMs + SYNC_DEFER_MAX_MS);
     if (due > now) {
-      this.#syncTimer = setTimeout(() => this.#scheduleSync(), Math.ceil(due - now));
+      this.#syncTimer = after(due - now, () => this.#scheduleSync());
       return;
     }
     const runs = this.#unsynced;

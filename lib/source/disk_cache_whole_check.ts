@@ -11,7 +11,7 @@
  */
 import { digestOfPieces } from "./disk_cache_digest.ts";
 import { beginSumCheck, recordSum, type SumFiles } from "./disk_cache_sum.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { after, sleep, type Timer } from "../timers.ts";
 
 /** The whole-blob digest check of one DiskCachedSource, as DiskCache asks for it. */
 export interface DigestCheckOptions {
@@ -70,7 +70,7 @@ export class WholeDigestCheck {
   #running?: { digest: string; end: Promise<DigestCheckEnd> };
   /** Every check started, for close() to wait for. */
   #all: Promise<unknown> = Promise.resolve();
-  #timer?: ReturnType<typeof setTimeout>;
+  #timer?: Timer;
   /** Settles when the pending automatic check's timer has run (or was cleared). */
   #timerRan?: Promise<void>;
   #timerRanResolve?: () => void;
@@ -126,7 +126,7 @@ export class WholeDigestCheck {
     }
     if (this.#timer !== undefined) return;
     this.#timerRan = new Promise((resolve) => this.#timerRanResolve = resolve);
-    this.#timer = setTimeout(() => {
+    this.#timer = after(AUTO_DELAY_MS, () => {
       this.#timer = undefined;
       this.#timerRanResolve!();
       if (this.#blob.closing.aborted || this.#blob.stopped()) return;
@@ -138,7 +138,7 @@ export class WholeDigestCheck {
       this.check(this.#options.ownDigest!).catch((error) =>
         this.#blob.warn(`digest check of ${this.#blob.base}: ${(error as Error).message}`)
       );
-    }, AUTO_DELAY_MS);
+    });
   }
 
   /**
@@ -154,7 +154,7 @@ export class WholeDigestCheck {
 
   /** Stops a pending automatic check and waits for the checks under way (they see `closing`). */
   async close(): Promise<void> {
-    clearTimeout(this.#timer);
+    this.#timer?.cancel();
     this.#timer = undefined;
     this.#timerRanResolve?.();
     await this.#all;

@@ -9,7 +9,7 @@ import { mark } from "../timing.ts";
 import { BackgroundWindows, pauseDuringWalks } from "./background_windows.ts";
 import { fillTrace } from "./fill_trace.ts";
 import type { FillPause } from "./disk_cache_fill.ts";
-import { sleep } from "./disk_cache_io.ts";
+import { sleep } from "../timers.ts";
 import { PIN_PAGE_BYTES, type PrefetchedSource } from "./prefetched.ts";
 
 /**

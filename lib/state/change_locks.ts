@@ -2,7 +2,7 @@
  * Locks of the runtime dir (lock files in it): mount, reattach and umount take turns on what
  * they change, across all mounts or on one.
  */
-import { waitAtMost } from "../source/abortable.ts";
+import { waitAtMost } from "../timers.ts";
 import { mountDir, RUNTIME_ROOT } from "./runtime_dirs.ts";
 
 /**
