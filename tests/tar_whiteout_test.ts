@@ -8,6 +8,7 @@ import { deepEqual } from "node:assert/strict";
 import type { TarEntryKind } from "../lib/tar/entry.ts";
 import { readTar } from "../lib/tar/reader.ts";
 import { LayerFlattener, LayerOverlayMapper, OVERLAY_OPAQUE_XATTR } from "../lib/tar/whiteout.ts";
+import { OVERLAY_HARDENING } from "../lib/mount/overlay.ts";
 import { command, path, requires, root } from "./_support/requires.ts";
 import { describeTree } from "./_support/tar_tree.ts";
 import { runTool } from "./_support/tool.ts";
@@ -104,7 +105,7 @@ Deno.test({
         "overlay",
         "overlay",
         "-o",
-        `lowerdir=${work}/u1:${work}/u0`,
+        `lowerdir=${work}/u1:${work}/u0${OVERLAY_HARDENING}`,
         `${work}/merged`,
       ]);
       mounted = true;

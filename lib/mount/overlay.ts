@@ -18,6 +18,21 @@ export interface OverlayOptions {
   mountAt?: string;
 }
 
+/**
+ * What every overlay here is mounted with, after its dirs. Layers are hostile, and without
+ * these the kernel's module defaults decide: with `redirect_always_follow=Y` (this host, and
+ * CONFIG_OVERLAY_FS_REDIRECT_ALWAYS_FOLLOW's default) a lower directory carrying
+ * `trusted.overlay.redirect` showed, in its place, what another path of the layers below holds
+ * (even one an OCI whiteout deleted), and a host with `metacopy=Y` would honour
+ * `trusted.overlay.metacopy` (one file's metadata over another's data). `nofollow` neither
+ * follows nor creates redirects (a writable mount's rename of a lower directory fails with
+ * EXDEV, as with the usual defaults); `metacopy=off` refuses a metacopy file (EPERM).
+ * Whiteouts and opaque directories are untouched. Both exist since Linux 4.19 (the guest runs
+ * 6.1). They change only what overlayfs reads, so mounts made before them are still found by
+ * their lowerdir (newMountOn) and unmounted by their id.
+ */
+export const OVERLAY_HARDENING = ",redirect_dir=nofollow,metacopy=off";
+
 /** The most of mount(2)'s option string the kernel copies: one page, its NUL included. */
 const MOUNT_DATA_MAX_BYTES = 4095;
 /** overlayfs's most lower layers (OVL_MAX_STACK). */
@@ -31,10 +46,10 @@ export function layerDirName(index: number): string {
 /**
  * The layers an image may have for one overlay here: overlayfs's limit, and what fits in
  * mount(2)'s option string with the lower dirs named relative to their directory
- * (layerDirName), beside `upperWorkBytes` of upperdir and workdir.
+ * (layerDirName), beside `upperWorkBytes` of upperdir and workdir and OVERLAY_HARDENING.
  */
 export function overlayLayerLimit(upperWorkBytes = 0): number {
-  let bytes = "lowerdir=".length + upperWorkBytes;
+  let bytes = "lowerdir=".length + upperWorkBytes + OVERLAY_HARDENING.length;
   for (let count = 0; count < OVERLAY_MAX_LAYERS; count++) {
     bytes += layerDirName(count).length + (count ? 1 : 0);
     if (bytes > MOUNT_DATA_MAX_BYTES) return count;
@@ -57,7 +72,7 @@ function mountWithRelativeLowers(
 ): void {
   const parent = lowerDirsTopFirst[0].slice(0, lowerDirsTopFirst[0].lastIndexOf("/"));
   const names = lowerDirsTopFirst.map((dir) => dir.slice(parent.length + 1));
-  const data = `lowerdir=${names.join(":")}${upperWork}`;
+  const data = `lowerdir=${names.join(":")}${upperWork}${OVERLAY_HARDENING}`;
   if (
     !parent.startsWith("/") || names.some((name) => name.includes("/")) ||
     byteLength(data) > MOUNT_DATA_MAX_BYTES
@@ -120,7 +135,7 @@ export async function mountOverlay(
     throw new MountError("a read-only overlay needs at least two layers");
   }
   const upperWork = writable ? `,upperdir=${options.upper},workdir=${options.work}` : "";
-  const data = `lowerdir=${lowerDirsTopFirst.join(":")}${upperWork}`;
+  const data = `lowerdir=${lowerDirsTopFirst.join(":")}${upperWork}${OVERLAY_HARDENING}`;
   const flags = (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY);
   if (byteLength(data) > MOUNT_DATA_MAX_BYTES) {
     mountWithRelativeLowers(target, lowerDirsTopFirst, upperWork, flags, options.mountAt);

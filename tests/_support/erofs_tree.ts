@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { PEER_BIN } from "./requires.ts";
+import { OVERLAY_HARDENING } from "../../lib/mount/overlay.ts";
 
 /** `path type mode uid:gid nlink mtime_ns size data xattrs`, one line per entry, sorted. */
 const LISTING_PY = String.raw`
@@ -112,7 +113,7 @@ export async function withMountedImage<T>(
 
 /**
  * Mounts a read-only overlay of `lowerTopFirst` (top layer first) on `merged`, which it creates,
- * runs `use`, always unmounts (lazily when busy).
+ * with the options `mount` uses, runs `use`, always unmounts (lazily when busy).
  */
 export async function withOverlayMount<T>(
   lowerTopFirst: string[],
@@ -125,7 +126,7 @@ export async function withOverlayMount<T>(
     "overlay",
     "overlay",
     "-o",
-    `ro,lowerdir=${lowerTopFirst.join(":")}`,
+    `ro,lowerdir=${lowerTopFirst.join(":")}${OVERLAY_HARDENING}`,
     merged,
   ]);
   try {
