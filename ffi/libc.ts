@@ -93,6 +93,13 @@ export const LIBC_SYMBOLS = {
   },
   // int umount2(const char *target, int flags);
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  // int umount2(...);  — on a pool thread, for mounts whose backing server runs on this thread
+  umount2_nonblocking: {
+    name: "umount2",
+    parameters: ["buffer", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   // mode_t umask(mode_t mask);
   umask: { parameters: ["u32"], result: "u32" },
   // int chdir(const char *path);

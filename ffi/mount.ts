@@ -40,6 +40,14 @@ export async function mountAsync(
   );
 }
 
+/**
+ * umount2(2) on a pool thread; 0 or -1 (errno is not readable after a nonblocking call, see
+ * mountAsync).
+ */
+export async function umountAsync(target: string, flags: number): Promise<number> {
+  return await libc().umount2_nonblocking(cstr(target), flags);
+}
+
 export function umount(target: string, flags = 0): void {
   unwrap(libc().umount2(cstr(target), flags), "umount", target);
 }

@@ -6,7 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, serverPids } from "./_support/mounts.ts";
+import {
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+  runningKeepersOf,
+  serverPids,
+} from "./_support/mounts.ts";
 import { pushImage, sha256Digest } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { startRegistry } from "./_support/registry.ts";
@@ -60,10 +66,16 @@ Deno.test({
       assert.ok(rssMb < 4 * LAYERS, cost);
       assert.ok(fds < 12 * LAYERS + 100, cost);
 
+      // umount took ~120 ms a layer (a worker thread per umount2, lib/sys/mount_task.ts); it
+      // must still take every layer, FUSE mount, server, keeper and record with it.
       assertSuccess(
         await runCli(["umount", sandbox.target], { env: sandbox.env, timeoutMs: 240_000 }),
       );
       assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no layer or FUSE mount left");
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "no server left");
+      assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), [], "no FUSE keeper left");
+      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], [], "no record");
     } finally {
       await sandbox.cleanup();
       await registry.stop();
