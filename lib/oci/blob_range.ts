@@ -1,17 +1,11 @@
+/**
+ * The parts of a blob read (blob_range_read.ts has the reads): Content-Range, the body sinks,
+ * copying a body into one, and the checks of a reply.
+ */
 import { FormatError, OciError } from "../errors.ts";
-import { debug, warn } from "../log.ts";
-import { stallMs, StallWatch } from "./stall_watch.ts";
 import type { RegistryClient } from "./client.ts";
-import { pullScope } from "./scope.ts";
 import { redirectTargetOf } from "./document.ts";
-import {
-  backoff,
-  describeFailure,
-  isNetworkError,
-  policyAfterAttempt,
-  type RetryPolicy,
-} from "./retry.ts";
-import { observeBlobGet } from "../source/fetch_metrics.ts";
+import type { RetryPolicy } from "./retry.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
 export interface ContentRange {
@@ -86,17 +80,22 @@ const SCRATCH_BYTES = 256 << 10;
 const MAX_POOLED_SCRATCH = 8;
 const scratchBuffers: Uint8Array[] = [];
 
-/** Reads the next body bytes into `scratch` when the stream takes a buffer, else its own. */
+/**
+ * Reads the next body bytes into `scratch` when the stream takes a buffer (at most `limit` of
+ * them: a body kept open for the next read must not have given bytes nobody took), else its own.
+ */
 async function readBody(
   reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
   scratch: { buffer?: Uint8Array },
+  limit: number,
 ): Promise<Uint8Array | undefined> {
   if (!(reader instanceof ReadableStreamBYOBReader)) {
     const { done, value } = await reader.read();
     return done ? undefined : value;
   }
+  const buffer = scratch.buffer ?? scratchBuffers.pop() ?? new Uint8Array(SCRATCH_BYTES);
   const { done, value } = await reader.read(
-    scratch.buffer ?? scratchBuffers.pop() ?? new Uint8Array(SCRATCH_BYTES),
+    limit < buffer.length ? buffer.subarray(0, Math.max(1, limit)) : buffer,
   );
   // The stream transferred the buffer: the same memory comes back under a new object.
   scratch.buffer = value ? new Uint8Array(value.buffer) : undefined;
@@ -140,13 +139,52 @@ export async function copyBody(
   want: number,
   progress?: { progressed(bytes?: number): void },
 ): Promise<{ copied: number; error?: unknown }> {
+  const reader = bodyReader(body);
+  try {
+    const { copied, error } = await copyFrom(reader, sink, at, skip, want, progress);
+    return { copied, error };
+  } finally {
+    // Stops the transfer of anything beyond what we need (a 200 that ignored the range).
+    reader.cancel().catch(() => {});
+  }
+}
+
+/** What copyFrom did with a body. */
+export interface Copied {
+  copied: number;
+  /** The stream's error, when the body broke off. */
+  error?: unknown;
+  /** Body bytes read: dropped before the range, passed on, and dropped after it. */
+  consumed: number;
+  /** The body ended (done) before `want` bytes were in. */
+  ended: boolean;
+  /** The last read brought bytes past the range (dropped): the body is not where it seems. */
+  overran: boolean;
+}
+
+/**
+ * copyBody on a reader it leaves open: the caller cancels it, or keeps it for a later read
+ * (open_bodies.ts) when it neither ended nor overran.
+ */
+export async function copyFrom(
+  reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
+  sink: BodySink | Uint8Array,
+  at: number,
+  skip: number,
+  want: number,
+  progress?: { progressed(bytes?: number): void },
+): Promise<Copied> {
   const write: BodySink = sink instanceof Uint8Array
     ? (bytes, where) => sink.set(bytes, where)
     : sink;
-  const reader = bodyReader(body);
   const scratch: { buffer?: Uint8Array } = {};
   const into = reader instanceof ReadableStreamBYOBReader ? intoOf(sink) : undefined;
   let copied = 0;
+  let consumed = 0;
+  const result = (ended: boolean, error?: unknown, overran = false): Copied =>
+    error === undefined
+      ? { copied, consumed, ended, overran }
+      : { copied, error, consumed, ended, overran };
   try {
     // A sink whose buffer an earlier body took (it broke off mid-read) says so now (into()
     // throws), before bytes come through the scratch: their scratch memory, at the offset the
@@ -157,27 +195,28 @@ export async function copyBody(
       if (into && skip <= 0) {
         // Straight into the sink's buffer (PlacedBodySink).
         const target = into();
-        let result: ReadableStreamReadResult<Uint8Array>;
+        let read: ReadableStreamReadResult<Uint8Array>;
         try {
-          result = await (reader as ReadableStreamBYOBReader).read(
+          read = await (reader as ReadableStreamBYOBReader).read(
             target.length > want - copied ? target.subarray(0, want - copied) : target,
           );
         } catch (error) {
-          return { copied, error };
+          return result(false, error);
         }
-        if (result.done) {
-          if (result.value) await write(result.value.subarray(0, 0), at + copied);
-          return { copied };
+        if (read.done) {
+          if (read.value) await write(read.value.subarray(0, 0), at + copied);
+          return result(true);
         }
-        chunk = result.value;
+        chunk = read.value;
       } else {
         try {
-          chunk = await readBody(reader, scratch);
+          chunk = await readBody(reader, scratch, Math.max(0, skip) + want - copied);
         } catch (error) {
-          return { copied, error };
+          return result(false, error);
         }
       }
-      if (!chunk) return { copied };
+      if (!chunk) return result(true);
+      consumed += chunk.byteLength;
       progress?.progressed(chunk.byteLength);
       const kept = skipLeading(chunk, skip);
       skip = kept.skip;
@@ -187,11 +226,10 @@ export async function copyBody(
       await write(n === chunk.byteLength ? chunk : chunk.subarray(0, n), at + copied);
       progress?.progressed(); // a slow sink (a disk) is not the registry's stall
       copied += n;
+      if (n < chunk.byteLength) return result(false, undefined, true);
     }
-    return { copied };
+    return result(false);
   } finally {
-    // Stops the transfer of anything beyond what we need (a 200 that ignored the range).
-    reader.cancel().catch(() => {});
     // Back for the next body: the stream gave it back whole (no read is pending now).
     if (
       scratch.buffer?.byteLength === SCRATCH_BYTES && scratchBuffers.length < MAX_POOLED_SCRATCH
@@ -199,7 +237,7 @@ export async function copyBody(
   }
 }
 
-async function checkDeclaredSize(
+export async function checkDeclaredSize(
   response: Response,
   digest: string,
   realBytes: number,
@@ -243,212 +281,6 @@ export async function blobStatusError(
     );
   error.status = response.status;
   throw error;
-}
-
-/**
- * Reads exactly `length` bytes at `offset` of a blob (see RegistryClient.readBlobRange). One
- * ranged GET normally; a 206 is checked against its Content-Range, a 200 that ignored the range
- * is skipped forward and cancelled once enough arrived, and a body that breaks off is resumed
- * from the bytes already received. With `expectedSizeBytes` (the descriptor's size) the real size
- * the registry reports (Content-Range total, or the length of a 200) must equal it: a blob that
- * is not the size its manifest declares is a FormatError before any of its bytes are used.
- */
-export async function readBlobRange(
-  client: RegistryClient,
-  repository: string,
-  digest: string,
-  offset: number,
-  length: number,
-  signal?: AbortSignal,
-  expectedSizeBytes?: number,
-  from: BlobReadFrom = "any host",
-): Promise<Uint8Array> {
-  if (!Number.isSafeInteger(length) || length < 0) {
-    throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
-  }
-  const out = new Uint8Array(length);
-  await readBlobRangeTo(
-    client,
-    repository,
-    digest,
-    offset,
-    length,
-    out,
-    signal,
-    expectedSizeBytes,
-    from,
-  );
-  return out;
-}
-
-/**
- * Who may answer a blob read: any host configured for pulls (mirrors first, a redirect target
- * remembered), or the registry itself only — for bytes a mirror or an object store sent that
- * did not match their digest.
- */
-export type BlobReadFrom = "any host" | "registry";
-
-/**
- * readBlobRange handing the bytes to `sink` as they arrive (in order, each byte once, even
- * across resumes) instead of returning one buffer: callers that store the bytes elsewhere
- * (the disk cache) keep no copy of the whole range.
- */
-export async function readBlobRangeTo(
-  client: RegistryClient,
-  repository: string,
-  digest: string,
-  offset: number,
-  length: number,
-  sink: BodySink | Uint8Array,
-  signal?: AbortSignal,
-  expectedSizeBytes?: number,
-  from: BlobReadFrom = "any host",
-): Promise<void> {
-  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
-    throw new RangeError(`invalid blob range offset=${offset} length=${length}`);
-  }
-  if (length === 0) return;
-  const path = `/v2/${repository}/blobs/${digest}`;
-  const scope = pullScope(repository);
-  const holder = retryHolderOf(sink);
-  let policy = holder?.policy ?? client.newPolicy();
-  if (holder) holder.policy = policy;
-  const end = offset + length - 1;
-  const startedMs = performance.now();
-  let filled = 0;
-  let attempt = 0;
-  let watch: StallWatch | undefined;
-  try {
-    while (filled < length) {
-      const start = offset + filled;
-      const location = from === "registry" ? undefined : client.blobLocation(digest);
-      // Per attempt: one that gets no byte for the stall time is given up and asked again.
-      watch?.done();
-      watch = new StallWatch(signal);
-      watch.endBy(policy.deadlineAtMs);
-      let response: Response | undefined;
-      try {
-        response = await client.request({
-          method: "GET",
-          path: location ?? path,
-          scope,
-          headers: { range: `bytes=${start}-${end}` },
-          signal: watch.signal,
-          stall: watch,
-          policy,
-          ...(from === "registry" ? {} : { route: "pull" as const }),
-        }).catch((error) => {
-          if (location === undefined || watch!.stalled) throw error;
-          return undefined; // the cached location is unreachable: ask the registry again
-        });
-      } catch (error) {
-        // A stalled watch is done already; anything else ends here (the finally below).
-        if (!watch.stalled || signal?.aborted) throw error;
-        attempt++;
-        warn(
-          `registry ${client.host} sent no reply to a GET of ${digest} for ${
-            stallMs() / 1000
-          } s; asking again`,
-        );
-        if (!(await backoff(attempt, policy, signal))) {
-          throw new OciError(`registry ${client.host} stopped answering GETs of ${digest}`);
-        }
-        continue;
-      }
-      // The body's stall windows need at most what this attempt still asks for.
-      watch.startBody(length - filled);
-      if (
-        location !== undefined && (response === undefined || (response.status !== 206 &&
-          response.status !== 200))
-      ) {
-        await response?.body?.cancel();
-        client.setBlobLocation(digest, undefined);
-        continue;
-      }
-      if (response === undefined) continue;
-      if (
-        location === undefined && response.url && !client.isRegistryUrl(response.url) &&
-        (response.status === 206 || response.status === 200)
-      ) {
-        client.setBlobLocation(digest, response.url);
-      }
-      let skip: number;
-      let available: number;
-      if (response.status === 200 || response.status === 206) {
-        await refuseContentEncoding(response, client.host, digest);
-      }
-      if (response.status === 206) {
-        const range = parseContentRange(response.headers.get("content-range"));
-        if (!range || range.first > start || range.last < start) {
-          await response.body?.cancel();
-          throw new OciError(
-            `registry ${client.host} sent Content-Range '${
-              response.headers.get("content-range") ?? ""
-            }' for bytes ${start}-${end} of ${digest}`,
-          );
-        }
-        if (expectedSizeBytes !== undefined && range.total !== undefined) {
-          await checkDeclaredSize(response, digest, range.total, expectedSizeBytes);
-        }
-        skip = start - range.first;
-        available = Math.min(range.last, end) - start + 1;
-      } else if (response.status === 200) {
-        skip = start;
-        available = length - filled;
-        const total = Number(response.headers.get("content-length") ?? NaN);
-        if (expectedSizeBytes !== undefined && Number.isSafeInteger(total)) {
-          await checkDeclaredSize(response, digest, total, expectedSizeBytes);
-        }
-        if (total <= end) {
-          await response.body?.cancel();
-          throw new OciError(
-            `bytes ${start}-${end} are beyond the end of blob ${digest} (${total} bytes)`,
-          );
-        }
-      } else if (response.status === 416) {
-        await response.body?.cancel();
-        throw new OciError(`bytes ${start}-${end} are beyond the end of blob ${digest} (416)`);
-      } else {
-        return await blobStatusError(client, response, repository, digest);
-      }
-      if (!response.body) throw new OciError(`registry ${client.host} sent no body for ${digest}`);
-      const { copied, error } = await copyBody(response.body, sink, filled, skip, available, watch);
-      watch.done();
-      if (watch.stalled && !signal?.aborted) {
-        warn(
-          `registry ${client.host} ${watch.why} (GET of ${digest}, ` +
-            `${filled + copied} of ${length} bytes in); asking again`,
-        );
-      }
-      filled += copied;
-      if (filled === length) {
-        observeBlobGet(digest, (performance.now() - startedMs) / 1000);
-        break;
-      }
-      if (error === undefined && copied === available) continue; // a short 206: ask for the rest
-      if (error !== undefined && !isNetworkError(error)) throw error;
-      // A sink whose buffer the broken read took (PlacedBodySink) has lost the bytes it held
-      // before the break, so it cannot take the bytes after it: its into() throws now, before a
-      // resume GET whose body would only be refused (the caller starts again where it began).
-      if (error !== undefined) intoOf(sink)?.();
-      // Truncated body or a short 206: resume from what we have.
-      policy = policyAfterAttempt(policy, copied, () => client.newPolicy());
-      if (holder) holder.policy = policy;
-      attempt = copied > 0 ? 1 : attempt + 1;
-      debug(
-        `blob ${digest}: got ${filled}/${length} bytes (${
-          error === undefined ? "body ended early" : describeFailure(error)
-        }); resuming`,
-      );
-      if (!(await backoff(attempt, policy, signal))) {
-        throw new OciError(
-          `reading blob ${digest} from ${client.host} failed after retries: only ${filled} of ${length} bytes at offset ${offset} arrived`,
-        );
-      }
-    }
-  } finally {
-    watch?.done();
-  }
 }
 
 /** The Content-Encoding of a reply when it is one (not absent, not identity). */

@@ -15,8 +15,10 @@ import {
   isTransientStatus,
   type RetryPolicy,
 } from "./retry.ts";
-import { type BlobReadFrom, type BodySink, readBlobRange, readBlobRangeTo } from "./blob_range.ts";
+import type { BodySink } from "./blob_range.ts";
+import { type BlobReadFrom, readBlobRange, readBlobRangeTo } from "./blob_range_read.ts";
 import { type ByteRange, readBlobRanges } from "./blob_ranges.ts";
+import { OpenBodies } from "./open_bodies.ts";
 import { registryConfigDir } from "./hosts_config.ts";
 import {
   noteAnswered,
@@ -346,8 +348,16 @@ export class RegistryClient {
     return getDocument(this, req, maxBytes, wanted);
   }
 
-  /** Nothing to release: fetch keeps its own connection pool. Kept for symmetry with sources. */
-  close(): void {}
+  /**
+   * Blob bodies a host sent whole (it ignored Range) kept open for the next read of the blob
+   * (open_bodies.ts); close() cancels them.
+   */
+  readonly openBodies = new OpenBodies();
+
+  /** Cancels the kept blob bodies; fetch keeps its own connection pool. */
+  close(): void {
+    this.openBodies.close();
+  }
 
   /**
    * Sends one API request: authorization for `scope` (one re-authentication on 401), redirects

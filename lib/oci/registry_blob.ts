@@ -1,6 +1,7 @@
 import type { Source } from "../source/source.ts";
 import type { LayerDescriptor } from "./layers.ts";
-import { type BlobReadFrom, type BodySink, intoOf, retryHolderOf } from "./blob_range.ts";
+import { type BodySink, intoOf, retryHolderOf } from "./blob_range.ts";
+import type { BlobReadFrom } from "./blob_range_read.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 import { noteBlobFetched } from "../source/fetch_metrics.ts";
 import { warn } from "../log.ts";

@@ -1,7 +1,7 @@
 /**
  * Registry GET latency per blob, kept for the life of the process (a mount server serves a
  * handful of layers, so a map by digest stays small). Recorded where ranged reads complete
- * (blob_range.ts) and reported by the server's `stats` reply, so `list --json` and
+ * (blob_range_read.ts) and reported by the server's `stats` reply, so `list --json` and
  * `erofs-oci metrics` show how the registry (or mirror) is answering each layer.
  */
 

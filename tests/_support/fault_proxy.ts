@@ -60,6 +60,11 @@ export interface ProxyRecord {
   status: number;
   /** Name (or fault kind) of the rule applied, if any. */
   fault?: string;
+  /**
+   * Body bytes handed to the connection so far (replies passed through without a fault): what
+   * the client was sent, short of the socket buffers when it stopped reading.
+   */
+  bytesSent: number;
 }
 
 export interface RedirectRecord {
@@ -131,6 +136,7 @@ export function startFaultProxy(
         range: request.headers.get("range"),
         hasAuthorization: request.headers.has("authorization"),
         status: 0,
+        bytesSent: 0,
       };
       requests.push(record);
       const index = plan.findIndex((rule, i) =>
@@ -143,7 +149,7 @@ export function startFaultProxy(
       }
       const fault = rule?.fault;
       const proxyHost = `127.0.0.1:${server.addr.port}`;
-      const response = await answer(fault, request, info, proxyHost);
+      const response = await answer(fault, request, info, proxyHost, record);
       record.status = response.status;
       return response;
     },
@@ -154,6 +160,7 @@ export function startFaultProxy(
     request: Request,
     info: ProxiedRequestInfo,
     proxyHost: string,
+    record: ProxyRecord,
   ): Promise<Response> {
     if (fault?.kind === "status") {
       await request.body?.cancel();
@@ -262,8 +269,11 @@ export function startFaultProxy(
       });
       return new Response(stream, { status: upstream.status, headers: responseHeaders });
     }
-    responseHeaders.delete("content-length");
-    return new Response(body, { status: upstream.status, headers: responseHeaders });
+    responseHeaders.set("content-length", String(body.length));
+    return new Response(countedBody(body, record), {
+      status: upstream.status,
+      headers: responseHeaders,
+    });
   }
 
   const stop = async () => {
@@ -281,6 +291,24 @@ export function startFaultProxy(
     stop,
     [Symbol.asyncDispose]: stop,
   });
+}
+
+/** Piece by piece as the connection takes them (nothing read ahead), counted in `record`. */
+function countedBody(
+  body: Uint8Array<ArrayBuffer>,
+  record: ProxyRecord,
+): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (at >= body.length) return controller.close();
+      const piece = body.slice(at, at + 64 * 1024);
+      at += piece.length;
+      record.bytesSent += piece.length;
+      controller.enqueue(piece);
+      if (at >= body.length) controller.close();
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** The error used to abort a response body (also what Deno logs for it). */
