@@ -9,6 +9,7 @@
  * host's send stops on the full socket); it is cancelled after KEEP_MS unused, when more than
  * MAX_KEPT wait for one blob, and when its client closes.
  */
+import { after, sleep, type Timer } from "../timers.ts";
 
 /** One kept body: its reader and where in the blob its next byte belongs. */
 export interface OpenBody {
@@ -30,7 +31,7 @@ const GRACE_MS = 10;
 
 interface Kept {
   body: OpenBody;
-  timer: ReturnType<typeof setTimeout>;
+  timer: Timer;
 }
 
 /** Cancels `body`'s GET: nothing more comes over its connection. */
@@ -154,7 +155,7 @@ export class OpenBodies {
   }
 
   #unkeep(digest: string, kept: Kept): void {
-    clearTimeout(kept.timer);
+    kept.timer.cancel();
     const list = this.#kept.get(digest)!;
     list.splice(list.indexOf(kept), 1);
     if (!list.length) this.#kept.delete(digest);
@@ -166,9 +167,8 @@ export class OpenBodies {
     this.#kept.set(digest, list);
     const kept: Kept = {
       body,
-      timer: setTimeout(() => this.#drop(digest, kept), KEEP_MS),
+      timer: after(KEEP_MS, () => this.#drop(digest, kept)),
     };
-    Deno.unrefTimer(kept.timer as unknown as number); // never what keeps a process alive
     list.push(kept);
     if (list.length > MAX_KEPT) this.#drop(digest, list[0]);
   }
@@ -199,8 +199,4 @@ function unlessAborted(promise: Promise<unknown>, signal?: AbortSignal): Promise
       resolve();
     });
   });
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return unlessAborted(new Promise((resolve) => setTimeout(resolve, ms)), signal);
 }
