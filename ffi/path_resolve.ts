@@ -44,9 +44,62 @@ export function openDirNoSymlinks(path: string, dirFd = AT_FDCWD): number {
 /**
  * openat2(dirFd, path, flags, RESOLVE_NO_SYMLINKS); where openat2 is missing (Linux before 5.6,
  * a seccomp filter that denies it) the same by openat one component at a time, each with
- * O_NOFOLLOW.
+ * O_NOFOLLOW. A path past PATH_MAX (a source tree nested deeper than 4,095 bytes: EROFS has
+ * no such limit) is opened a part at a time, each part relative to the directory the one
+ * before reached, each resolved the same way: no symlink is followed anywhere on it either.
  */
 function openNoSymlinks(path: string, dirFd: number, flags: number): number {
+  const parts = partsWithinPathMax(path);
+  if (parts.length === 1) return openPart(path, dirFd, flags, path);
+  const dirFlags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  let at = dirFd;
+  try {
+    for (let k = 0; k < parts.length; k++) {
+      const next = openPart(parts[k], at, k === parts.length - 1 ? flags : dirFlags, path);
+      if (at !== dirFd) closeFd(at);
+      at = next;
+    }
+    return at;
+  } catch (error) {
+    if (at !== dirFd) closeFd(at);
+    throw error;
+  }
+}
+
+/** The longest path the kernel takes in one call, in bytes (PATH_MAX, 4,096, less the NUL). */
+const PATH_MAX_BYTES = 4095;
+const pathLengthEncoder = new TextEncoder();
+
+/**
+ * `path` cut between names into parts of at most PATH_MAX_BYTES each (one part when it fits;
+ * only the first keeps a leading slash); a name is at most 255 bytes (NAME_MAX), so a cut is
+ * always found.
+ */
+function partsWithinPathMax(path: string): string[] {
+  if (path.length <= PATH_MAX_BYTES / 3) return [path]; // at most 3 UTF-8 bytes a UTF-16 unit
+  if (pathLengthEncoder.encode(path).length <= PATH_MAX_BYTES) return [path];
+  const parts: string[] = [];
+  let part = path.startsWith("/") ? "/" : "", partBytes = part.length;
+  for (const name of path.split("/").filter((name) => name !== "")) {
+    const bytes = pathLengthEncoder.encode(name).length;
+    // A name no part can hold (far past NAME_MAX): the kernel refuses it, by its own errno.
+    if (bytes >= PATH_MAX_BYTES) return [path];
+    const slash = part === "" || part === "/" ? 0 : 1;
+    if (slash && partBytes + slash + bytes > PATH_MAX_BYTES) {
+      parts.push(part);
+      part = name;
+      partBytes = bytes;
+    } else {
+      part += (slash ? "/" : "") + name;
+      partBytes += slash + bytes;
+    }
+  }
+  parts.push(part);
+  return parts;
+}
+
+/** openNoSymlinks() of a path within PATH_MAX; errors name `whole`, the path asked for. */
+function openPart(path: string, dirFd: number, flags: number, whole: string): number {
   // struct open_how { u64 flags; u64 mode; u64 resolve; }
   const how = new Uint8Array(24);
   const view = new DataView(how.buffer);
@@ -64,11 +117,11 @@ function openNoSymlinks(path: string, dirFd: number, flags: number): number {
   );
   if (fd >= 0) return fd;
   const code = errno();
-  if (code !== Errno.ENOSYS && code !== Errno.EPERM) throw new SysError("open", code, path);
-  return openByComponents(path, dirFd, flags);
+  if (code !== Errno.ENOSYS && code !== Errno.EPERM) throw new SysError("open", code, whole);
+  return openByComponents(path, dirFd, flags, whole);
 }
 
-function openByComponents(path: string, dirFd: number, flags: number): number {
+function openByComponents(path: string, dirFd: number, flags: number, whole: string): number {
   const parts = path.split("/").filter((part) => part !== "" && part !== ".");
   const stepFlags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
   let at = path.startsWith("/") ? unwrap(libc().open(cstr("/"), stepFlags, 0), "open", "/") : dirFd;
@@ -76,13 +129,13 @@ function openByComponents(path: string, dirFd: number, flags: number): number {
     for (let k = 0; k < parts.length; k++) {
       const last = k === parts.length - 1;
       const next = libc().openat(at, cstr(parts[k]), last ? flags : stepFlags, 0);
-      if (next < 0) throw new SysError("open", errno(), path);
+      if (next < 0) throw new SysError("open", errno(), whole);
       if (at !== dirFd) closeFd(at);
       at = next;
     }
     if (parts.length === 0) {
       const again = libc().openat(at, cstr("."), flags, 0);
-      if (again < 0) throw new SysError("open", errno(), path);
+      if (again < 0) throw new SysError("open", errno(), whole);
       if (at !== dirFd) closeFd(at);
       at = again;
     }
