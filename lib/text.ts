@@ -46,13 +46,20 @@ export function clipped(text: string, maxChars = 100): string {
 /** The longest message line printed whole without --debug (hostile values make longer ones). */
 export const MAX_MESSAGE_CHARS = 4000;
 
-/** `text` cut after MAX_MESSAGE_CHARS, saying how much was left out. */
+/** How much of a cut message's end is kept: where a system error puts its reason. */
+const KEPT_END_CHARS = 200;
+
+/**
+ * `text` cut to MAX_MESSAGE_CHARS, saying how much was left out: its beginning and its end are
+ * kept, the middle goes. The end says why ("open <a 4,200-character path>: File name too long"
+ * lost its reason when the tail was cut).
+ */
 export function capped(text: string): string {
-  return text.length > MAX_MESSAGE_CHARS
-    ? `${text.slice(0, MAX_MESSAGE_CHARS)}… (${
-      text.length - MAX_MESSAGE_CHARS
-    } more characters; --debug shows all)`
-    : text;
+  if (text.length <= MAX_MESSAGE_CHARS) return text;
+  const head = MAX_MESSAGE_CHARS - KEPT_END_CHARS;
+  return `${text.slice(0, head)}… (${
+    text.length - MAX_MESSAGE_CHARS
+  } characters left out; --debug shows all) …${text.slice(-KEPT_END_CHARS)}`;
 }
 
 /** 1536 → "1.5 KiB". */

@@ -16,11 +16,14 @@ Deno.test("clipped: a hostile value is cut after maxChars and made printable", (
   assertEquals(clipped("ab\x1b[2Jcd", 4), "ab\\x1b[…");
 });
 
-Deno.test("capped: a message past MAX_MESSAGE_CHARS is cut, saying how much was left out", () => {
+Deno.test("capped: a message past MAX_MESSAGE_CHARS loses its middle, saying how much", () => {
   assertEquals(capped("short"), "short");
-  const long = "y".repeat(MAX_MESSAGE_CHARS + 1234);
+  const long = `${"y".repeat(MAX_MESSAGE_CHARS + 1234)}: File name too long`;
+  const cut = capped(long);
   assertEquals(
-    capped(long),
-    `${"y".repeat(MAX_MESSAGE_CHARS)}… (1234 more characters; --debug shows all)`,
+    cut,
+    `${"y".repeat(MAX_MESSAGE_CHARS - 200)}… (1254 characters left out; --debug shows all) …${
+      "y".repeat(180)
+    }: File name too long`,
   );
 });
