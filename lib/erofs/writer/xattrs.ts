@@ -73,7 +73,10 @@ export function xattrProblem(name: string, value: Uint8Array): string | undefine
   if (!match) return `xattr ${name} has a prefix EROFS cannot store`;
   const suffix = encoder.encode(match.exact ? "" : name.slice(match.prefix.length));
   if (suffix.length > 255) return `xattr name ${name.slice(0, 40)}… longer than 255 bytes`;
-  if (value.length > MAX_VALUE_BYTES) return `xattr ${name} value over 64 KiB`;
+  if (value.length > MAX_VALUE_BYTES) {
+    // value_size is 16 bits (erofs_xattr_entry): 64 KiB itself is one byte too many.
+    return `xattr ${name} value of ${value.length} bytes; EROFS holds at most ${MAX_VALUE_BYTES}`;
+  }
   if (isAclXattr(name)) {
     const problem = aclProblem(value);
     if (problem) return `xattr ${name}: ${problem}`;
