@@ -61,8 +61,14 @@ Deno.test({
     try {
       assertSuccess(await mount());
       try {
-        // A cold read of every file: what the registry sent reaches this first reader.
-        for (const name of FILES) await Deno.readFile(`${sandbox.target}/${name}`);
+        // A cold read of every file: what the registry sent reaches this first reader, or EIO
+        // once the whole-blob check (which may finish first on a loaded machine: the mount's
+        // background windows read ahead) has found the mismatch.
+        for (const name of FILES) {
+          await Deno.readFile(`${sandbox.target}/${name}`).catch((error) => {
+            if ((error as { code?: string }).code !== "EIO") throw error;
+          });
+        }
         await sandbox.serverLogMatch(/do not match the digest/, 30_000);
         assert.equal(presentChunks(cacheDir, digest), 0, "no chunk kept for a later mount");
         const listed = JSON.parse((await runCli(["list", "--json"], { env: sandbox.env })).stdout);
