@@ -179,21 +179,29 @@ export function realPathTrusted(path: string): string {
   }
 }
 
+/** A directory makeDirTrusted made: its name in the directory `parentFd` (O_PATH, the caller's). */
+export interface MadeDir {
+  parentFd: number;
+  name: string;
+}
+
 /**
  * `mkdir -p` of `path` resolved as openDirTrusted does: each missing directory is made in the
  * descriptor of the one above it (mode `mode`, less the umask) and opened there without
  * following a symlink, so a user who owns a directory on the way cannot make root create
- * directories elsewhere; returns an O_PATH descriptor of the directory.
+ * directories elsewhere; returns an O_PATH descriptor of the directory. Each directory this
+ * call made (not one another made meanwhile) is pushed to `made`, top first, with a descriptor
+ * of the one above it: undoing the call removes them there, not by path.
  */
-export function makeDirTrusted(path: string, mode = 0o755): number {
-  return walkTrusted(path, AT_FDCWD, false, mode);
+export function makeDirTrusted(path: string, mode = 0o755, made?: MadeDir[]): number {
+  return walkTrusted(path, AT_FDCWD, false, { mode, made });
 }
 
 function walkTrusted(
   path: string,
   from: number,
   fileAtEnd: boolean,
-  makeMissingMode?: number,
+  makeMissing?: { mode: number; made?: MadeDir[] },
 ): number {
   const pending = path.split("/").filter((part) => part !== "" && part !== ".");
   const rootFlags = O_PATH | O_DIRECTORY | O_CLOEXEC;
@@ -209,9 +217,11 @@ function walkTrusted(
     while (pending.length > 0) {
       const part = pending.shift()!;
       let next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
-      if (next < 0 && errno() === Errno.ENOENT && makeMissingMode !== undefined) {
+      if (next < 0 && errno() === Errno.ENOENT && makeMissing !== undefined) {
         // Made meanwhile by another is as good (EEXIST); what is there now is checked below.
-        if (libc().mkdirat(at, cstr(part), makeMissingMode) < 0 && errno() !== Errno.EEXIST) {
+        if (libc().mkdirat(at, cstr(part), makeMissing.mode) === 0) {
+          makeMissing.made?.push({ parentFd: unwrap(reopen(at), "open", path), name: part });
+        } else if (errno() !== Errno.EEXIST) {
           throw new SysError("mkdir", errno(), path);
         }
         next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
@@ -260,6 +270,11 @@ function walkTrusted(
     closeFd(at);
     throw error;
   }
+}
+
+/** Another O_PATH descriptor of the directory `dirFd` (or -1, errno set). */
+function reopen(dirFd: number): number {
+  return libc().openat(dirFd, cstr("."), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
 }
 
 /** The path the kernel has for the open file or directory `fd` (symlink-free, as of now). */

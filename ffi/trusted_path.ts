@@ -11,13 +11,14 @@ import { UserError } from "../lib/errors.ts";
  * The first directory on the symlink-free absolute `path` (itself included when `self`) that
  * a user other than root could change, and who; undefined when only root can. A directory
  * must belong to root and be writable by no one else — or be sticky (/tmp), where others
- * cannot rename or remove root's entries, with the entry below it root's.
+ * cannot rename or remove root's entries, with the entry below it root's. `info`: statPath(path),
+ * when the caller has it.
  */
 export function changeableBy(
   path: string,
   self = false,
+  info: { uid: number; mode: number; gid: number } = statPath(path),
 ): { dir: string; by: string } | undefined {
-  const info = statPath(path);
   if (self && (info.uid !== 0 || writableByOthers(info))) {
     return { dir: path, by: info.uid !== 0 ? `uid ${info.uid}` : "other users" };
   }
@@ -93,17 +94,42 @@ export class UntrustedDirError extends UserError {}
  * Why root cannot trust the existing directory `path` (symlink-free): "D is owned by uid N" or
  * "D is writable by others" for the first directory D — `path` or one above it — that a user
  * other than root could change (changeableBy); undefined when only root can, or when not
- * running as root (other users' directories are theirs).
+ * running as root (other users' directories are theirs). `info`: statPath(path), when taken.
  */
-export function notRootsAlone(path: string): string | undefined {
+export function notRootsAlone(
+  path: string,
+  info?: ReturnType<typeof statPath>,
+): string | undefined {
   if (Deno.uid() !== 0) return undefined;
-  const changeable = changeableBy(path, true);
+  const changeable = changeableBy(path, true, info);
   if (!changeable) return undefined;
   const { dir, by } = changeable;
   return `${dir} is ${by.startsWith("uid") ? `owned by ${by}` : "writable by others"}`;
 }
 
-const rootsAlone = new Set<string>();
+/**
+ * What rootOnlyDir found root's alone in this process, by the path it was given (the
+ * environment's value or the default) and whether it made it: the directory it resolved to and
+ * what statx said of it then. A later call checks only that the directory there is still that
+ * one, root's, with the same mode: one statx instead of mkdir -p and a realpath (a readlink
+ * per component) again; the state dir is asked for 4 times by one registry mount.
+ */
+const checkedDirs = new Map<string, { resolved: string; seen: DirSeen }>();
+
+type DirSeen = Pick<ReturnType<typeof statPath>, "devMajor" | "devMinor" | "ino" | "uid" | "mode">;
+
+/** Whether `resolved` is still the directory `seen` describes (removed and made again is not). */
+function stillSeen(resolved: string, seen: DirSeen): boolean {
+  let now;
+  try {
+    now = statPath(resolved);
+  } catch {
+    return false; // gone (or unreachable): checked again from the start
+  }
+  // The owner and mode too: an inode number is reused once the directory is removed.
+  return now.isDirectory && now.ino === seen.ino && now.devMajor === seen.devMajor &&
+    now.devMinor === seen.devMinor && now.uid === seen.uid && now.mode === seen.mode;
+}
 
 /**
  * `path` resolved (resolvedPath), once shown to be root's alone — itself and every directory
@@ -111,17 +137,24 @@ const rootsAlone = new Set<string>();
  * that decides which bytes a verified mount serves, a record naming what to unmount), and a
  * user who could write there, or rename root's directories away, could plant it. Other users'
  * processes get `path` back as is. Not there yet: made (0700) first when `create`, else
- * returned unchecked (nothing there to trust).
+ * returned unchecked (nothing there to trust). Checked once per process while the directory
+ * stays the one checked (checkedDirs): the directories above it are root's alone, so only
+ * root can change what it resolves to.
  * Throws UntrustedDirError naming the directory and what to do.
  */
 export function rootOnlyDir(path: string, role: RecordsDir, options: { create?: boolean } = {}) {
   if (Deno.uid() !== 0) return path;
+  const key = `${options.create ? "made" : "looked"} ${path}`;
+  const known = checkedDirs.get(key);
+  if (known && stillSeen(known.resolved, known.seen)) return known.resolved;
+  checkedDirs.delete(key);
   if (options.create) Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
   const resolved = resolvedPath(path);
-  if (rootsAlone.has(resolved)) return resolved;
-  let why;
+  let seen, why;
   try {
-    why = notRootsAlone(resolved);
+    // What is checked is what is remembered: a directory swapped in later is not that one.
+    seen = statPath(resolved);
+    why = notRootsAlone(resolved, seen);
   } catch (error) {
     if (error instanceof SysError && error.errno === Errno.ENOENT) return resolved;
     throw error;
@@ -133,6 +166,6 @@ export function rootOnlyDir(path: string, role: RecordsDir, options: { create?: 
         `${role.envVar} to such a directory (default ${role.defaultPath})`,
     );
   }
-  rootsAlone.add(resolved);
+  checkedDirs.set(key, { resolved, seen });
   return resolved;
 }

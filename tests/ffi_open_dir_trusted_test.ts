@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  type MadeDir,
   makeDirTrusted,
   openDirTrusted,
   statIdentity,
@@ -93,13 +94,21 @@ Deno.test({
       // Missing levels made, existing ones and root's symlinks gone through.
       await Deno.mkdir(`${work}/real`);
       await Deno.symlink("real", `${work}/link`);
-      const fd = makeDirTrusted(`${work}/link/a/b/c`, 0o750);
+      const made: MadeDir[] = [];
+      const fd = makeDirTrusted(`${work}/link/a/b/c`, 0o750, made);
       try {
         assert(sameDir(fd, `${work}/real/a/b/c`));
+        // What it made, top first, each with a descriptor of the directory it is in.
+        assert.deepEqual(made.map((m) => m.name), ["a", "b", "c"]);
+        assert(sameDir(made[0].parentFd, `${work}/real`));
+        assert(sameDir(made[2].parentFd, `${work}/real/a/b`));
       } finally {
         closeFd(fd);
+        for (const m of made) closeFd(m.parentFd);
       }
-      closeFd(makeDirTrusted(`${work}/real/a/b/c`)); // already there
+      const none: MadeDir[] = [];
+      closeFd(makeDirTrusted(`${work}/real/a/b/c`, undefined, none)); // already there
+      assert.deepEqual(none, []);
 
       // A user's symlink on the way: refused, nothing made where it leads.
       await Deno.mkdir(`${work}/home/user`, { recursive: true });

@@ -2,7 +2,8 @@
  * Ctrl-C (SIGINT) while `index IMAGE -o DIR` writes a layer's index: what this run added goes
  * (its temporary files, and DIR itself when the run made it; what DIR held before stays),
  * exit 130 with one line. Before, the signal ended index at once and left NAME.zinfo.XXXX.tmp
- * (and the directory it had made) behind.
+ * (and the directory it had made) behind. SIGTERM and SIGHUP alike, and every directory of
+ * `-o a/b/c` the run made (mkdir -p), not only the last one.
  */
 import assert from "node:assert/strict";
 import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cli.ts";
@@ -11,6 +12,7 @@ import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, type ProxyRecord, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
 
 function names(dir: string): string[] {
   try {
@@ -82,4 +84,32 @@ Deno.test({
       await Deno.remove(work, { recursive: true });
     }
   },
+});
+
+Deno.test("SIGTERM, SIGINT, SIGHUP during index -o a/b/c: every directory the run made is gone, one there before stays", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-interrupt-" });
+  try {
+    await Deno.mkdir(`${work}/old`);
+    await Deno.writeTextFile(`${work}/old/mine.txt`, "kept");
+    const signals = [["SIGTERM", 130], ["SIGINT", 130], ["SIGHUP", 129]] as const;
+    for (const [signal, code] of signals) {
+      for (const out of [`${work}/new/a/b`, `${work}/old/a/b`]) {
+        // Held once -o DIR is made (with the directories above it) and the interrupt is caught.
+        using hold = new HoldPoint("index-output-dir", `${work}.hold`);
+        const indexing = startCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", out], hold.env);
+        try {
+          await hold.reached("index at its hold");
+          assert.deepEqual(names(`${out}/..`), ["b"], "index made -o DIR");
+          indexing.child.kill(signal);
+          assertCliError(await indexing.result, code, /index interrupted/);
+        } finally {
+          await stopCli(indexing);
+        }
+        assert.deepEqual(names(work), ["old"], `${signal}: the directories index made are gone`);
+        assert.deepEqual(names(`${work}/old`), ["mine.txt"], "what was there before stays");
+      }
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
 });

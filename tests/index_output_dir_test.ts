@@ -34,9 +34,18 @@ Deno.test("index of a bad input: the -o directory it created is gone, one there 
     const result = await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/new`]);
     assertCliError(result, 1, /tar/);
     assert(!exists(`${work}/new`), "index left the empty directory it created");
+    // mkdir -p: the directories made above -o DIR go too.
+    assertCliError(await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/p/q/r`]), 1, /tar/);
+    assert(!exists(`${work}/p`), "index left the directories it made above -o DIR");
     await Deno.mkdir(`${work}/old`);
     assertCliError(await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/old`]), 1, /tar/);
     assert(exists(`${work}/old`), "a directory that was there before stays");
+    assertCliError(
+      await runCli(["index", `${work}/garbage.tar`, "-o", `${work}/old/s/t`]),
+      1,
+      /tar/,
+    );
+    assert(exists(`${work}/old`) && !exists(`${work}/old/s`), "only what the run made goes");
   });
 });
 

@@ -6,6 +6,7 @@ import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
 import { DEFAULT_DISK_CACHE_DIR, diskCacheDir } from "../source/disk_cache_dir.ts";
 import { blobTotals, type CachedBlob } from "../source/disk_cache_contents.ts";
 import { availableBytesOf } from "../source/disk_cache_fs.ts";
+import { shownOrigin } from "../source/disk_cache_names.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
 import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import { readStates } from "../state/mount_record.ts";
@@ -133,14 +134,16 @@ function openExisting(dir: string): DiskCache | undefined {
 }
 
 function printBlobs(blobs: CachedBlob[]): void {
-  const mountedAt = new Map<string, string[]>();
-  for (const state of mountStates()) {
-    for (const layer of state.layers) {
-      if (layer.digest) {
-        mountedAt.set(layer.digest, [...mountedAt.get(layer.digest) ?? [], state.target]);
-      }
-    }
-  }
+  const layers = mountStates().flatMap((state) =>
+    state.layers.map((layer) => ({ ...layer, target: state.target }))
+  );
+  /** The targets of the mounts reading `blob`: the file set of its digest and origin. */
+  const mountedAt = (blob: CachedBlob) => {
+    const targets = layers.filter((layer) =>
+      layer.digest === blob.digest && keptUnder(blob, layer.cacheOrigin)
+    ).map((layer) => layer.target);
+    return targets.length ? [...new Set(targets)].join(",") : undefined;
+  };
   printTable(
     ["DIGEST", "FROM", "CACHED", "ON DISK", "IN USE", "LAST USED"],
     blobs.map((blob) => [
@@ -152,10 +155,21 @@ function printBlobs(blobs: CachedBlob[]): void {
         : "-",
       formatBytes(blob.bytesOnDisk),
       // A blob open with no mount of it is a `serve` (or a mount of another runtime dir).
-      blob.inUse ? (mountedAt.get(blob.digest)?.join(",") ?? "yes") : "no",
+      blob.inUse ? (mountedAt(blob) ?? "yes") : "no",
       new Date(blob.lastUsedMs).toISOString().slice(0, 19) + "Z",
     ]),
   );
+}
+
+/**
+ * Whether a mount layer's bytes are kept in `blob`'s file set. A blob fetched from two
+ * registries has a file set per origin; a record without the origin (written before it was
+ * recorded) matches each, and "verified" bytes are shared by every origin.
+ */
+function keptUnder(blob: CachedBlob, cacheOrigin: string | undefined): boolean {
+  if (cacheOrigin === undefined || blob.origin === "verified") return true;
+  const kept = shownOrigin(cacheOrigin);
+  return kept.origin === blob.origin && kept.tableChecked === blob.tableChecked;
 }
 
 function plural(count: number, noun: string): string {

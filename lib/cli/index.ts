@@ -1,8 +1,8 @@
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
-import { splitPath, unlinkIn } from "../../ffi/new_file_in_dir.ts";
+import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory } from "../../ffi/files.ts";
-import { makeDirTrusted, openDirTrusted } from "../../ffi/path_resolve.ts";
+import { type MadeDir, makeDirTrusted, openDirTrusted } from "../../ffi/path_resolve.ts";
 import { closeFd } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
@@ -52,7 +52,9 @@ refused (\`erofs-oci convert\` makes EROFS layers).
 --push stores the indexes in the registry as one OCI artifact whose subject is the
 image manifest (referrers API, or the fallback tag sha256-HEX of the manifest for
 registries without it); \`erofs-oci mount IMAGE\` then finds them by itself.
-Every gzip member's CRC is checked. Files appear only when complete.
+Every gzip member's CRC is checked. Files appear only when complete. An interrupted run
+removes the files it wrote; a failed or interrupted one removes -o DIR and the directories
+it made above it when it created them and nothing else is left in them.
 
 Options:
   -o, --output DIR      directory for the index files (created if missing)
@@ -84,7 +86,6 @@ Examples:
     const timestamp =
       parseWhole("--timestamp", values.timestamp ?? Deno.env.get("SOURCE_DATE_EPOCH")) ??
         Math.floor(Date.now() / 1000);
-    const createsOutput = values.output !== undefined && !outputDirExists(values.output);
     // -o DIR, made when missing and opened once, here, synchronously, before the interrupt
     // handler that removes what this run made (made later by the indexing, a signal in between
     // left it behind). What an interrupt removes is looked for and removed there, not by path
@@ -92,12 +93,12 @@ Examples:
     // interrupted index delete the files of a directory of root's).
     const output = values.output === undefined
       ? undefined
-      : openOutputDir(values.output, createsOutput);
+      : openOutputDir(values.output, !outputDirExists(values.output));
     const before = output ? new Set(namesIn(output.fd)) : undefined;
-    // A directory this run created goes with its files (an interrupt), or stays only with the
-    // index in it (unlinkat removes it only if empty), through its parent's descriptor.
+    // The directories this run made go with its files (an interrupt), or stay only with an
+    // index in them (removeMadeDirs removes empty ones only), through descriptors.
     const removeCreatedOutput = () => {
-      if (createsOutput && output?.parent) unlinkIn(output.parent.fd, output.parent.name, true);
+      if (output) removeMadeDirs(output.made);
     };
     // --push alone: the files go to a directory of ours, removed at the end (or, when the
     // process is killed, by the next index --push in the same place).
@@ -125,6 +126,7 @@ Examples:
     });
     try {
       if (pushDir) await testHold("index-push-dir");
+      if (output) await testHold("index-output-dir");
       return await indexInto(file, values, dir, spanBytes, timestamp);
     } catch (error) {
       removeCreatedOutput();
@@ -134,28 +136,35 @@ Examples:
       pushDir?.remove();
       if (output) {
         closeFd(output.fd);
-        if (output.parent) closeFd(output.parent.fd);
+        for (const made of output.made) closeFd(made.parentFd);
       }
     }
   },
 };
 
 /**
- * -o DIR (made first with `create`: mkdir -p through descriptors) and its parent, opened as
- * openDirTrusted does (refusals as one line).
+ * -o DIR (made first with `create`: mkdir -p through descriptors), opened as openDirTrusted
+ * does (refusals as one line), and the directories this run made on the way, top first. A
+ * failure half-way removes those it had made.
  */
-function openOutputDir(
-  dir: string,
-  create: boolean,
-): { fd: number; parent?: { fd: number; name: string } } {
+function openOutputDir(dir: string, create: boolean): { fd: number; made: MadeDir[] } {
+  const made: MadeDir[] = [];
   try {
-    const { dir: above, base } = splitPath(dir.replace(/\/+$/, "") || "/");
-    const fd = create ? makeDirTrusted(dir) : openDirTrusted(dir);
-    const parent = base ? { fd: openDirTrusted(above), name: base } : undefined;
-    return { fd, parent };
+    return { fd: create ? makeDirTrusted(dir, undefined, made) : openDirTrusted(dir), made };
   } catch (error) {
+    removeMadeDirs(made);
+    for (const { parentFd } of made) closeFd(parentFd);
     throw outputFileError("index", dir, error);
   }
+}
+
+/**
+ * Removes the directories this run made for -o DIR (`mkdir -p`: DIR and any missing above it),
+ * deepest first, each through the descriptor of the one above it; unlinkat removes one only
+ * when empty, so a DIR left holding a complete index stays, and so do those above it.
+ */
+function removeMadeDirs(made: readonly MadeDir[]): void {
+  for (const { parentFd, name } of made.toReversed()) unlinkIn(parentFd, name, true);
 }
 
 function namesIn(dirFd: number): string[] {

@@ -15,7 +15,7 @@ import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
 import { LocalFile } from "../source/local_file.ts";
 import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
-import { registryOrigin } from "../mount/layer_source.ts";
+import { registryOrigin } from "../source/disk_cache_names.ts";
 import type { Source } from "../source/source.ts";
 import { verifyServedLayer } from "../verify/layer_tables.ts";
 import { startServeMetrics } from "../metrics/server_metrics.ts";

@@ -7,7 +7,7 @@ import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
 import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
-import type { MountSpec } from "../state/mount_spec.ts";
+import { diskCacheOrigin, type MountSpec } from "../state/mount_spec.ts";
 import { type MountState, writeState } from "../state/mount_record.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "../mount/mount_options.ts";
 import {
@@ -192,6 +192,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         digest: spec.layers[index].kind === "registry"
           ? (spec.layers[index] as { digest: string }).digest
           : undefined,
+        cacheOrigin: diskCacheOrigin(spec.layers[index]),
         blockPath: layer.blockPath,
         device: layer.device,
         recoveryFile: layer.recoveryFile,

@@ -10,7 +10,12 @@ import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
 import { testHold } from "./test_pause.ts";
 import { createMountDir, removeMountDir } from "../state/runtime_dirs.ts";
-import { DEFAULT_MOUNT_CACHE_BYTES, type LayerSpec, type MountSpec } from "../state/mount_spec.ts";
+import {
+  DEFAULT_MOUNT_CACHE_BYTES,
+  diskCacheOrigin,
+  type LayerSpec,
+  type MountSpec,
+} from "../state/mount_spec.ts";
 import { lockMountChanges, tryLockChangesOf } from "../state/change_locks.ts";
 import { type MountState, readStates, writeState } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
@@ -124,6 +129,7 @@ function adoptedState(
     const blockPath = `/dev/nbd${p.info.index}`;
     return {
       digest: p.layer.kind === "registry" ? p.layer.digest : undefined,
+      cacheOrigin: diskCacheOrigin(p.layer),
       blockPath,
       device: `nbd${p.info.index}`,
       layerDir: mounts.find((m) => m.source === blockPath)?.mountPoint ?? "",

@@ -9,11 +9,13 @@ import { openLayoutBlob } from "../oci/layout_file.ts";
 import type { Source } from "../source/source.ts";
 import { type BlobKey, DiskCache } from "../source/disk_cache.ts";
 import {
+  diskCacheOrigin,
   type DiskCacheSettings,
   type LayerSpec,
   readsCheckedByPieces,
 } from "../state/mount_spec.ts";
-import { tableCacheOrigin, verifiedBlob } from "../verify/layer_tables.ts";
+import { verifiedBlob } from "../verify/layer_tables.ts";
+import { registryOrigin } from "../source/disk_cache_names.ts";
 import {
   loadMetadataRanges,
   type MetadataPiece,
@@ -163,11 +165,6 @@ export function diskCacheTurnedOff(): boolean {
   return diskCacheSettings().maxBytes === 0;
 }
 
-/** Names a registry blob's origin for the disk cache (unverified bytes stay per origin). */
-export function registryOrigin(registry: string, plainHttp: boolean): string {
-  return `${plainHttp ? "http" : "https"}://${registry}`;
-}
-
 /**
  * Starts reading, from the disk cache, the listed metadata an earlier mount kept for each
  * layer of `layers` that has a chunk table (a remount's 2.3 MB for the benchmark image): a
@@ -187,11 +184,7 @@ export function readListedMetadataAhead(layers: readonly LayerSpec[]): void {
  * table's (verifiedBlob: its chunks were all checked against it).
  */
 function diskCacheKey(layer: Extract<LayerSpec, { kind: "registry" }>): BlobKey {
-  const origin = registryOrigin(layer.registry, layer.plainHttp);
-  return {
-    digest: layer.digest,
-    origin: layer.chunkTable ? tableCacheOrigin(origin, layer.chunkTable.digest) : origin,
-  };
+  return { digest: layer.digest, origin: diskCacheOrigin(layer)! };
 }
 
 /**

@@ -26,7 +26,8 @@ import { isLocalImage } from "./local_image.ts";
 export type { TarIndexSources };
 export { isLocalImage };
 import { keepBlob, readKeptBlob } from "../oci/kept_blobs.ts";
-import { registryOrigin, sharedDiskCache } from "./layer_source.ts";
+import { sharedDiskCache } from "./layer_source.ts";
+import { registryOrigin } from "../source/disk_cache_names.ts";
 
 export interface ResolvedLayers {
   /** What `list` shows as the image. */

@@ -14,7 +14,8 @@ import type { Credentials } from "../oci/docker_config.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 import type { RecoveryExtra } from "../state/recovery_store.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
-import { registryOrigin, sharedDiskCache } from "../mount/layer_source.ts";
+import { sharedDiskCache } from "../mount/layer_source.ts";
+import { registryOrigin } from "../source/disk_cache_names.ts";
 import {
   localTarIndexLayerForRecord,
   tarIndexLayerForRecord,

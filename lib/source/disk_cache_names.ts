@@ -5,6 +5,32 @@
  * names its files with these; `erofs-oci cache` reads them back (parseBlobName).
  */
 
+/** Names a registry blob's origin for the disk cache (unverified bytes stay per origin). */
+export function registryOrigin(registry: string, plainHttp: boolean): string {
+  return `${plainHttp ? "http" : "https"}://${registry}`;
+}
+
+/**
+ * The disk-cache origin of a layer read from `origin` behind the table `tableDigest`: chunks
+ * cached under it were all checked against that table.
+ */
+export function tableCacheOrigin(origin: string, tableDigest: string): string {
+  return `${origin}${TABLE_MARK}${tableDigest.slice(7, 23)}`;
+}
+
+const TABLE_MARK = "#t-";
+
+/**
+ * A disk-cache origin as `erofs-oci cache` shows it: where the bytes came from, and whether they
+ * were read behind a chunk table (tableCacheOrigin).
+ */
+export function shownOrigin(origin: string): { origin: string; tableChecked: boolean } {
+  const table = origin.indexOf(TABLE_MARK);
+  return table < 0
+    ? { origin, tableChecked: false }
+    : { origin: origin.slice(0, table), tableChecked: true };
+}
+
 /** The origin in a file name, injectively: every other byte than [A-Za-z0-9.-] as _XX. */
 export function originTag(origin: string): string {
   let out = "";
@@ -46,11 +72,8 @@ export function parseBlobName(
   }
   const origin = decodeOriginTag(match[2].slice(2));
   if (origin === undefined) return undefined;
-  // `#t-…`: bytes read behind a chunk table (layer_tables.ts tableCacheOrigin), kept apart.
-  const table = origin.indexOf("#t-");
-  return table < 0
-    ? { digest, origin, tableChecked: false, chunkBytes }
-    : { digest, origin: origin.slice(0, table), tableChecked: true, chunkBytes };
+  // Bytes read behind a chunk table (tableCacheOrigin) are kept apart.
+  return { digest, ...shownOrigin(origin), chunkBytes };
 }
 
 /** originTag backwards; undefined for a tag it cannot have made. */

@@ -33,6 +33,12 @@ export interface MountState {
   /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
   layers: {
     digest?: string;
+    /**
+     * The disk-cache origin the layer's bytes are kept under (mount_spec.ts diskCacheOrigin):
+     * `cache` names the mount on that origin's row of the digest only. Missing in records
+     * written before it, and for local layers.
+     */
+    cacheOrigin?: string;
     blockPath: string;
     layerDir: string;
     device?: string;
@@ -113,6 +119,7 @@ function isMountState(value: unknown): value is MountState {
     s.layers.every((l) =>
       typeof l === "object" && l !== null && typeof l.blockPath === "string" &&
       typeof l.layerDir === "string" && optional(l.digest, "string") &&
+      optional(l.cacheOrigin, "string") &&
       optional(l.device, "string") && optional(l.recoveryFile, "string")
     );
 }

@@ -4,6 +4,7 @@
  */
 import type { ChunkTableSpec } from "../verify/layer_tables.ts";
 import type { IndexRecord } from "../gzip/index_record.ts";
+import { registryOrigin, tableCacheOrigin } from "../source/disk_cache_names.ts";
 
 /** Memory cache of one mount's server unless `--cache-size` says otherwise: 32 MiB keeps the
  * server under 150 MB RSS (Deno itself is ~70 MB; see docs/benchmarks.md). */
@@ -69,6 +70,16 @@ export type LayerSpec =
      */
     erofsBlockBytes?: number;
   };
+
+/**
+ * The origin a registry layer's bytes are kept under in the disk cache (its registry's, and
+ * behind a chunk table that table's); undefined for a local layer, which is not cached there.
+ */
+export function diskCacheOrigin(layer: LayerSpec): string | undefined {
+  if (layer.kind !== "registry") return undefined;
+  const origin = registryOrigin(layer.registry, layer.plainHttp);
+  return layer.chunkTable ? tableCacheOrigin(origin, layer.chunkTable.digest) : origin;
+}
 
 /**
  * Whether every byte read through `index` is checked against its piece digests (an index made

@@ -24,6 +24,7 @@ import { readRegularFile } from "../../ffi/files.ts";
 import { annotatedPack, fetchTable, findTablesByReferrer } from "./table_artifact.ts";
 import { VerifiedSource, type VerifiedSourceOptions } from "./verified_source.ts";
 import { clipped, layerList } from "../text.ts";
+import { registryOrigin, tableCacheOrigin } from "../source/disk_cache_names.ts";
 
 /** A layer's table as the mount spec carries it to the server. */
 export interface ChunkTableSpec {
@@ -282,14 +283,6 @@ export async function loadTable(
   return parseChunkTable(bytes, layer);
 }
 
-/**
- * The disk-cache origin of a layer read from `origin` behind the table `tableDigest`: chunks
- * cached under it were all checked against that table.
- */
-export function tableCacheOrigin(origin: string, tableDigest: string): string {
-  return `${origin}#t-${tableDigest.slice(7, 23)}`;
-}
-
 /** The layer's blob behind its table; also the disk-cache origin that keeps verified bytes apart. */
 export async function verifiedBlob(
   blob: Source,
@@ -375,14 +368,10 @@ export async function verifyServedLayer(
       blob,
       spec.chunkTable,
       { digest: layer.digest, sizeBytes: layer.sizeBytes },
-      registryOriginName(ref.registry, client.plainHttp),
+      registryOrigin(ref.registry, client.plainHttp),
       { refetch: options.refetch },
     );
   } finally {
     workDir.remove();
   }
-}
-
-function registryOriginName(registry: string, plainHttp: boolean): string {
-  return `${plainHttp ? "http" : "https"}://${registry}`;
 }
