@@ -68,3 +68,55 @@ Deno.test("open bodies: reads in order of a host that ignores Range take one GET
     assert.equal(sent().gets, 2);
   }, blob);
 });
+
+/**
+ * Run in a process of its own with V8's gc() (the hang needed the Response collected: Deno's
+ * fetch ends a pending body read at its signal's abort only while the Response lives).
+ */
+const STALLED_KEPT_BODY = `
+import assert from "node:assert/strict";
+import { RegistryClient } from "${new URL("../lib/oci/client.ts", import.meta.url)}";
+import { setStallMs } from "${new URL("../lib/oci/stall_watch.ts", import.meta.url)}";
+const MiB = 1 << 20, SIZE = 32 * MiB, DIGEST = "sha256:" + "ab".repeat(32);
+const blob = new Uint8Array(SIZE);
+for (let at = 0; at < SIZE; at += 65536) crypto.getRandomValues(blob.subarray(at, at + 65536));
+let gets = 0;
+// A host that ignores Range and whose first two bodies stop at 12 MiB without closing.
+const host = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
+  const stopAt = ++gets <= 2 ? 12 * MiB : SIZE;
+  let at = 0;
+  const body = new ReadableStream({
+    async pull(controller) {
+      if (at >= stopAt) return await new Promise(() => {});
+      const end = Math.min(SIZE, at + 65536, stopAt);
+      controller.enqueue(blob.slice(at, end));
+      at = end;
+      if (at >= SIZE) controller.close();
+    },
+  }, { highWaterMark: 0 });
+  return new Response(body, { headers: { "content-length": String(SIZE) } });
+});
+setStallMs(1000);
+const client = new RegistryClient("127.0.0.1:" + host.addr.port, { plainHttp: true });
+const read = (at, length) => client.readBlobRange("app", DIGEST, at, length, undefined, SIZE);
+assert.deepEqual(await read(0, MiB), blob.subarray(0, MiB));
+assert.deepEqual(await read(MiB, 7 * MiB), blob.subarray(MiB, 8 * MiB));
+globalThis.gc();
+// Goes on in the kept body, which stops at 12 MiB: the read's stall watch must end it.
+assert.deepEqual(await read(9 * MiB, 8 * MiB), blob.subarray(9 * MiB, 17 * MiB));
+console.log("read after", gets, "GETs");
+Deno.exit(0);
+`;
+
+Deno.test("open bodies: a kept body that stops sending is given up at the stall time, not waited on", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=js", "--v8-flags=--expose-gc", STALLED_KEPT_BODY],
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(60_000),
+  });
+  const output = await child.output();
+  const stderr = new TextDecoder().decode(output.stderr);
+  assert.equal(output.code, 0, output.signal ? `hung: killed at 60 s\n${stderr}` : stderr);
+  assert.match(new TextDecoder().decode(output.stdout), /^read after 3 GETs$/m);
+});

@@ -122,7 +122,7 @@ export async function readBlobRangeTo(
         skip = start - kept.position;
         available = length - filled;
         whole = kept;
-        unfollow = follow(kept.abort, watch.signal);
+        unfollow = follow(kept.abort, watch.signal, kept.reader);
         watch.startBody(length - filled);
       } else {
         const location = from === "registry" ? undefined : client.blobLocation(digest);
@@ -218,6 +218,8 @@ export async function readBlobRangeTo(
           throw new OciError(`registry ${client.host} sent no body for ${digest}`);
         }
         reader = bodyReader(response.body);
+        unfollow();
+        unfollow = follow(abort, watch.signal, reader);
         if (wholeBytes !== undefined) {
           whole = { reader, position: 0, size: wholeBytes, abort };
           client.openBodies.lend(digest, whole, end + 1);

@@ -43,13 +43,23 @@ export function dropBody(body: OpenBody): void {
 /**
  * Makes `controller` follow `signal` (aborted with it) until the returned function is called:
  * a body's fetch signal follows the stall watch of the read using the body, and only that one.
+ * `reader`, when given, is cancelled too: Deno's fetch ends a pending body read at its signal's
+ * abort only while the Response lives, and a kept body holds just its reader (a kept body that
+ * stopped sending held its read, and every later read of the blob, for good).
  */
-export function follow(controller: AbortController, signal: AbortSignal): () => void {
-  if (signal.aborted) {
+export function follow(
+  controller: AbortController,
+  signal: AbortSignal,
+  reader?: OpenBody["reader"],
+): () => void {
+  const onAbort = () => {
     controller.abort(signal.reason);
+    reader?.cancel(signal.reason).catch(() => {});
+  };
+  if (signal.aborted) {
+    onAbort();
     return () => {};
   }
-  const onAbort = () => controller.abort(signal.reason);
   signal.addEventListener("abort", onAbort, { once: true });
   return () => signal.removeEventListener("abort", onAbort);
 }
