@@ -55,7 +55,7 @@ export function killServer(server: ServerProcess): boolean {
   try {
     pidfd = pidfdOpen(server.pid);
   } catch (error) {
-    if (error instanceof SysError && error.errno === Errno.ESRCH) return false;
+    if (error instanceof SysError && NO_PROCESS_ERRNOS.has(error.errno)) return false;
     throw error;
   }
   try {
@@ -71,6 +71,14 @@ export function killServer(server: ServerProcess): boolean {
 }
 
 const SIGKILL = 9;
+
+/**
+ * pidfd_open's answers for a pid that names no process now (a server is a process, never a
+ * thread): ESRCH when nothing has it, ENOENT (Linux 6.18 here) when a thread has it, EINVAL on
+ * Linux 6.1 for a thread and for a pid no thread-group leader holds. `umount` in the 6.1 VM met
+ * EINVAL for a server it had just stopped, and said the mount stayed mounted.
+ */
+const NO_PROCESS_ERRNOS = new Set<number>([Errno.ESRCH, Errno.EINVAL, Errno.ENOENT]);
 
 /**
  * /proc/PID/NAME, or undefined when the process is gone (a process exiting while it is read
