@@ -25,6 +25,7 @@ import type { Credentials } from "../oci/docker_config.ts";
 import { readRecoveryFile, rewriteRecoveryFile } from "../state/recovery_store.ts";
 import type { RecoveryRecord } from "../state/recovery_record.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
+import { checkOpenFileLimit } from "./open_file_budget.ts";
 import { failureDetail } from "./reattach_detail.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };
@@ -323,6 +324,7 @@ async function reattachSelected(
       logFormat: state?.logFormat,
     };
     try {
+      checkOpenFileLimit("nbd", spec.layers.length, "this mount");
       const ready = await startServer(spec, false);
       await testHold("reattach-before-state");
       const reattachedAt = new Date().toISOString();

@@ -28,6 +28,17 @@ export interface CliOptions {
   cwd?: string;
   /** Run under this open-file limit (soft and hard, through prlimit(1)). */
   openFileLimit?: number;
+  /**
+   * Run in a mount namespace of its own whose /sys/module (a tmpfs) shows an nbd module, on a
+   * host without one: `--backend nbd` then gets past its module check up to the first device.
+   */
+  seeNbdModule?: boolean;
+}
+
+/** `unshare(1)` arguments that run `command` with an nbd module in sight (seeNbdModule). */
+function withNbdModuleInSight(command: string[]): string[] {
+  const script = 'mount -t tmpfs none /sys/module && mkdir /sys/module/nbd && exec "$@"';
+  return ["-m", "--propagation", "private", "sh", "-c", script, "sh", ...command];
 }
 
 const CLI = `${REPO_ROOT}/scripts/erofs-oci-dev`;
@@ -40,11 +51,12 @@ export const DEFAULT_CLI_TIMEOUT_MS = Deno.env.get("EROFS_OCI_IN_VM") === "1" ? 
 
 export async function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   const limited = options.openFileLimit;
-  const command = limited === undefined
-    ? { program: CLI, args }
-    : { program: "prlimit", args: [`--nofile=${limited}:${limited}`, "--", CLI, ...args] };
-  const child = new Deno.Command(command.program, {
-    args: command.args,
+  let command = limited === undefined
+    ? [CLI, ...args]
+    : ["prlimit", `--nofile=${limited}:${limited}`, "--", CLI, ...args];
+  if (options.seeNbdModule) command = ["unshare", ...withNbdModuleInSight(command)];
+  const child = new Deno.Command(command[0], {
+    args: command.slice(1),
     cwd: options.cwd,
     env: { DOCKER_CONFIG: "/nonexistent/erofs-oci-test-docker-config", ...options.env },
     stdin: options.stdin === undefined ? "null" : "piped",
