@@ -47,7 +47,8 @@ dir=$base/$runtime_id
 # first COUNT must exist, the others are checked when they do (Deno's cache files, which come and
 # go). One stat for all of them: this runs on every start, where each fork costs the command ~1-3
 # ms. stat prints the paths it could read in the order given, so the first COUNT lines must be the
-# first COUNT paths.
+# first COUNT paths. Returns 1 with `missing` set when one of those is missing (a prune may have
+# just removed the runtime: the caller looks again).
 check_trusted() {
   required=$1
   shift
@@ -55,8 +56,7 @@ check_trusted() {
   while read -r owner mode path; do
     [ -n "$owner" ] || continue
     if [ "$required" -gt 0 ]; then
-      [ "$path" = "$1" ] ||
-        fail "refusing to run the unpacked runtime: $1 cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
+      [ "$path" = "$1" ] || { missing=$1 && return 1; }
       shift
       required=$((required - 1))
     fi
@@ -70,21 +70,86 @@ check_trusted() {
   done <<EOF
 $listing
 EOF
-  [ "$required" -eq 0 ] ||
-    fail "refusing to run the unpacked runtime: $1 cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
+  [ "$required" -eq 0 ] || { missing=$1 && return 1; }
+}
+cannot_read() {
+  fail "refusing to run the unpacked runtime: $missing cannot be read (remove it, or set EROFS_OCI_RUNTIME_CACHE)"
 }
 
-# Removes runtimes of other versions that no process runs (each is about 92 MB). A running mount
-# server or CLI of an older version keeps its runtime.
+# Pruning is safe against a launcher of the other version that is starting: its exe is still the
+# shell, so /proc/*/exe alone cannot tell. A launcher marks its runtime as started (the mtime of
+# $base/.started-ID, written by a redirection of `true`: no fork on every start; a failed one of
+# the special builtin `:` would end the shell) and only then looks whether
+# a prune holds .pruning-ID and whether the runtime is still whole; a prune takes .pruning-ID
+# first and only then reads the mark. Either the prune sees the mark, or the launcher sees the
+# prune (and waits for it, then unpacks again if the runtime is gone). A mark protects for a
+# minute: a launcher runs a few builtins from its mark to its exec (then /proc/PID/exe covers
+# it), so a minute is a wide margin even on a loaded TCG guest; a longer one keeps an old runtime
+# used just before an upgrade's first run for longer (.prune-pending-ID: later starts try again).
+# Launchers older than the mark leave none: the mtime of their deno-dir's SQLite -shm files
+# (each start of Deno writes them) stands for it, which covers a version used in a loop.
+recently_started() {
+  for t in $(stat -c %Y -- "$base/.started-$1" "$base/$1"/deno-dir/*-shm 2>/dev/null); do
+    [ "$t" -lt "$2" ] || return 0
+  done
+  return 1
+}
+
+# Removes runtimes of other versions that no process runs or started in the last minute (each is
+# about 92 MB). A running mount server or CLI of an older version keeps its runtime.
 prune_other_versions() {
+  pending=
+  since=$(($(date +%s) - 60))
   for old in "$base"/*; do
     name=${old##*/}
     [ "$name" != "$runtime_id" ] && [ ${#name} -eq 32 ] && [ -d "$old" ] || continue
     case $name in *[!0-9a-f]*) continue ;; esac
+    pruning=$base/.pruning-$name
+    # A prune that died left its claim: its pid is gone.
+    holder=
+    [ -e "$pruning" ] && { read -r holder <"$pruning"; } 2>/dev/null
+    [ -n "$holder" ] && [ ! -d "/proc/$holder" ] && rm -f -- "$pruning"
+    (set -C && echo $$ >"$pruning") 2>/dev/null || continue
+    trash=$base/.pruned-$name.$$
+    if recently_started "$name" "$since"; then
+      pending=1
     # shellcheck disable=SC2012 # the link targets are what is wanted here
-    if ! ls -l /proc/[0-9]*/exe 2>/dev/null | grep -qF -- "-> $old/deno"; then
-      { chmod -R u+w -- "$old" && rm -rf -- "$old"; } 2>/dev/null
+    elif ! ls -l /proc/[0-9]*/exe 2>/dev/null | grep -qF -- "-> $old/deno"; then
+      # Out of sight at once (launchers unpack it again); removed once the claim is let go.
+      mv -T -- "$old" "$trash" 2>/dev/null && rm -f -- "$base/.started-$name" "$base/.prune-pending-$name"
     fi
+    rm -f -- "$pruning"
+    [ ! -d "$trash" ] || { chmod -R u+w -- "$trash" && rm -rf -- "$trash"; } 2>/dev/null
+  done
+  # What versions before the mark and dead prunes left: marks of runtimes that are gone, trash.
+  for left in "$base"/.started-* "$base"/.prune-pending-* "$base"/.pruned-*; do
+    case $left in
+    */.pruned-*) [ ! -d "$left" ] || { chmod -R u+w -- "$left" && rm -rf -- "$left"; } 2>/dev/null ;;
+    *) [ ! -e "$left" ] || [ -d "$base/${left##*-}" ] || rm -f -- "$left" ;;
+    esac
+  done
+  if [ -n "$pending" ]; then
+    { true >"$base/.prune-pending-$runtime_id"; } 2>/dev/null
+  else
+    rm -f -- "$base/.prune-pending-$runtime_id"
+  fi
+}
+
+# Whether a prune holds this runtime: .pruning-ID names its pid for a few file operations. A
+# claim whose pid is gone is dead (the prune died before deleting) and the next prune clears it.
+pruning() {
+  [ -e "$base/.pruning-$runtime_id" ] || return 1
+  holder=
+  { read -r holder <"$base/.pruning-$runtime_id"; } 2>/dev/null
+  [ -z "$holder" ] || [ -d "/proc/$holder" ]
+}
+wait_for_prune() {
+  waited=0
+  while pruning; do
+    [ "$waited" -lt 600 ] ||
+      fail "a prune (pid $holder) holds $base/.pruning-$runtime_id for over a minute: remove it if that process is not erofs-oci"
+    sleep 0.1
+    waited=$((waited + 1))
   done
 }
 
@@ -95,7 +160,7 @@ unpack() {
   old_umask=$(umask)
   umask 077
   mkdir -p -- "$base" || fail "cannot create $base"
-  check_trusted 2 "$base/.." "$base"
+  check_trusted 2 "$base/.." "$base" || cannot_read
   tmp=$(mktemp -d -- "$base/.unpack.XXXXXX") || fail "cannot create a directory in $base"
   if ! { tail -c +$((payload_offset + 1)) -- "$self" | head -c "$bundle_bytes" >"$tmp/erofs-oci.js" &&
     tail -c +$((payload_offset + bundle_bytes + 1)) -- "$self" >"$tmp/deno"; } 2>/dev/null; then
@@ -138,11 +203,25 @@ if [ -r /proc/self/limits ]; then
   done </proc/self/limits
 fi
 
-[ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] && [ -f "$dir/erofs-oci-jit.js" ] || unpack
-# Deno's cache files are SQLite databases (*_v2, with -wal and -shm beside them); a pattern that
-# matches none stays as it is and is skipped as missing.
-check_trusted 7 "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js" "$dir/erofs-oci-jit.js" \
-  "$dir/deno-dir" "$dir/deno-dir"/*_v2*
+whole() { [ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] && [ -f "$dir/erofs-oci-jit.js" ]; }
+# The mark is written once the cache is known to be the caller's alone (a symlink planted there
+# would have it truncate any file); the note above recently_started says why in this order.
+attempt=0
+while :; do
+  whole || unpack
+  # Deno's cache files are SQLite databases (*_v2, with -wal and -shm beside them); a pattern
+  # that matches none stays as it is and is skipped as missing.
+  if check_trusted 7 "$base/.." "$base" "$dir" "$dir/deno" "$dir/erofs-oci.js" \
+    "$dir/erofs-oci-jit.js" "$dir/deno-dir" "$dir/deno-dir"/*_v2*; then
+    { true >"$base/.started-$runtime_id"; } 2>/dev/null
+    whole && ! pruning && break
+    missing=$dir/deno
+  fi
+  attempt=$((attempt + 1))
+  [ "$attempt" -lt 3 ] || cannot_read
+  wait_for_prune
+done
+[ ! -e "$base/.prune-pending-$runtime_id" ] || prune_other_versions
 export DENO_NO_UPDATE_CHECK=1
 # V8's code cache of the bundle is written after the first event-loop turn of a run (main.ts
 # makes sure there is one), then every start reads it instead of compiling. The mount server

@@ -7,60 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { build, copiedAlone, isLauncher, run } from "./_support/launcher_build.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { VERSION } from "../lib/version.ts";
 import { V8_FLAGS } from "../lib/daemon/self_exec.ts";
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(cmd: string, args: string[], env: Record<string, string> = {}, cwd?: string) {
-  const out = await new Deno.Command(cmd, {
-    args,
-    cwd: cwd ?? REPO_ROOT,
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) } as Run;
-}
-
-let built: Promise<Run> | undefined;
-/** One build per test file run. */
-function build(): Promise<Run> {
-  return built ??= run(`${REPO_ROOT}/scripts/build.sh`, []);
-}
-
-/** An empty directory holding only a copy of dist/erofs-oci, and a runtime cache beside it. */
-async function copiedAlone() {
-  const base = await Deno.makeTempDir({ prefix: "erofs-oci-copied-" });
-  await Deno.mkdir(`${base}/bin`);
-  await Deno.mkdir(`${base}/empty`);
-  await Deno.copyFile(`${REPO_ROOT}/dist/erofs-oci`, `${base}/bin/erofs-oci`);
-  const program = `${base}/bin/erofs-oci`;
-  const env = { EROFS_OCI_RUNTIME_CACHE: `${base}/cache/runtime` };
-  return {
-    base,
-    program,
-    env,
-    run: (args: string[], extraEnv: Record<string, string> = {}) =>
-      run(program, args, { ...env, ...extraEnv }, `${base}/empty`),
-    async cleanup() {
-      // The unpacked runtime is read-only on purpose.
-      await run("chmod", ["-R", "u+w", base]);
-      await Deno.remove(base, { recursive: true });
-    },
-  };
-}
-
-function isLauncher(buildOutput: Run): boolean {
-  return /one file: launcher/.test(buildOutput.stdout);
-}
 
 Deno.test("build: dist/erofs-oci is one file that says what it is, its size and start-up", async () => {
   const result = await build();
@@ -147,8 +97,9 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
         await oldServer.status;
       }
       assert.equal(Deno.statSync(runtime).mode! & 0o777, 0o700);
+      // Besides the new runtime: its mark of the last start (tests/launcher_prune_test.ts).
       const ids = [...Deno.readDirSync(runtime)].map((e) => e.name).filter((n) =>
-        n !== inUse.slice(-32)
+        n !== inUse.slice(-32) && !n.startsWith(".started-")
       );
       assert.ok(Deno.statSync(inUse).isDirectory, "a runtime in use is kept");
       assert.equal(ids.length, 1, `one new runtime, the unused old one and no leftovers: ${ids}`);
@@ -218,7 +169,7 @@ Deno.test("build: launcher keeps V8's code cache private; the second start reads
     const written = first.stdout.match(/^\[Serializing to (\d+) bytes/m);
     assert.ok(written, `the first run compiles the bundle and caches it:\n${first.stdout}`);
     const runtime = `${copy.base}/cache/runtime`;
-    const [id] = [...Deno.readDirSync(runtime)].map((e) => e.name);
+    const [id] = [...Deno.readDirSync(runtime)].map((e) => e.name).filter((n) => n[0] !== ".");
     const denoDir = `${runtime}/${id}/deno-dir`;
 
     await t.step("the cache is written at once, even by --version, into a 0700 directory", () => {

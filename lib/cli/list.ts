@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath } from "../state/runtime_dirs.ts";
-import { readStates, serverOf } from "../state/mount_record.ts";
+import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { controlRequest } from "../daemon/control.ts";
 import { fuseRecoveryStatus } from "../daemon/fuse_recovery.ts";
@@ -9,10 +9,12 @@ import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { listedLayers, type ListedMount } from "../metrics/listed_layer.ts";
+import { type MountEntry, readMountInfo } from "../sys/mountinfo.ts";
 
 /** Every mount with its server's counters (asked over the control socket). */
 export async function describeMounts(): Promise<ListedMount[]> {
   const listed: ListedMount[] = [];
+  const mounts = readMountInfo();
   for (const state of readStates()) {
     const entry: ListedMount = {
       target: state.target,
@@ -21,6 +23,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
       backend: state.backend,
       devices: state.layers.map((l) => l.device ?? l.blockPath),
       options: state.options,
+      mounted: stillMounted(state, mounts),
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
@@ -81,7 +84,9 @@ Shows every mount made by erofs-oci: directory, image reference (with --json als
 manifest digest), devices, mount options (nosuid,nodev unless mounted with --suid/--dev),
 server pid and state (serving; dead = server gone and readers waiting for
 \`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is
-gone, so the mount cannot be reattached after a server crash), bytes fetched from the
+gone, so the mount cannot be reattached after a server crash; "not mounted": DIR was
+unmounted by another tool, \`erofs-oci umount DIR\` stops its server and clears it;
+--json: "mounted": false), bytes fetched from the
 source, bytes the host's disk cache answered without fetching (DISK HITS; "-" without a
 disk cache), the memory cache's hit rate (HIT RATE: of the lookups that reached it; reads
 the reader thread answered from the disk cache or pinned pages never do), and how far the
@@ -122,7 +127,9 @@ Options:
         m.devices.join(","),
         m.options?.join(",") ?? "-",
         String(m.serverPid),
-        m.crashRecovery === false
+        m.mounted === false
+          ? "not mounted: umount DIR clears it"
+          : m.crashRecovery === false
           ? (m.crashRecoveryProblem === "record damaged"
             ? `${m.state}, recovery record damaged: see reattach`
             : m.state === "dead"
@@ -155,4 +162,15 @@ function fuseRecoveryOf(id: string): Pick<ListedMount, "crashRecovery" | "crashR
   return status === "ok"
     ? { crashRecovery: true }
     : { crashRecovery: false, crashRecoveryProblem: status };
+}
+
+/**
+ * Whether the record's mount is still there: the mount of its id and type (found wherever it is,
+ * as `umount` finds it), or, in records older than the id, anything mounted on its target. A
+ * plain `umount DIR` leaves the record and the server behind.
+ */
+function stillMounted(state: MountState, mounts: MountEntry[]): boolean {
+  if (state.mountId === undefined) return mounts.some((m) => m.mountPoint === state.target);
+  const fsType = state.overlay ? "overlay" : "erofs";
+  return mounts.some((m) => m.id === state.mountId && m.fsType === fsType);
 }

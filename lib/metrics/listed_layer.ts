@@ -41,6 +41,11 @@ export interface ListedMount {
   devices: string[];
   /** Mount options at DIR (ro/rw, nosuid/suid, nodev/dev); absent for older mounts. */
   options?: string[];
+  /**
+   * `list`: false when the mount is gone (unmounted by another tool; `umount DIR` clears the
+   * record and stops the server). Absent where nobody looked (a server's own /metrics).
+   */
+  mounted?: boolean;
   serverPid: number;
   /** serving; dead = server gone, readers wait for `reattach`; unresponsive = no answer. */
   state: "serving" | "dead" | "unresponsive";

@@ -1,0 +1,53 @@
+/**
+ * `list` with a mount that another tool unmounted (a plain `umount DIR`): the record and the
+ * server stay, and list says the mount is gone and what clears it instead of "serving".
+ */
+import assert from "node:assert/strict";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { mountSandbox, pidAlive, serverPids } from "./_support/mounts.ts";
+import type { ListedMount } from "../lib/metrics/listed_layer.ts";
+
+Deno.test({
+  name: "list: a mount unmounted by another tool is `not mounted`, and umount DIR clears it",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      Deno.mkdirSync(sandbox.target, { recursive: true });
+      assertSuccess(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      const listJson = async () => {
+        const listed = await runCli(["list", "--json"], { env: sandbox.env });
+        assertSuccess(listed);
+        return JSON.parse(listed.stdout) as ListedMount[];
+      };
+      assert.deepEqual((await listJson()).map((m) => [m.mounted, m.state]), [[true, "serving"]]);
+
+      const umounted = await new Deno.Command("umount", { args: [sandbox.target] }).output();
+      assert.ok(umounted.success, new TextDecoder().decode(umounted.stderr));
+      const [server] = serverPids(sandbox.runtimeDir);
+      assert.ok(server !== undefined && pidAlive(server), "the server still runs");
+
+      const [gone] = await listJson();
+      assert.equal(gone.mounted, false);
+      assert.equal(gone.state, "serving", "the server's own state is still reported");
+      const table = await runCli(["list"], { env: sandbox.env });
+      assertSuccess(table);
+      const row = table.stdout.split("\n").find((line) => line.startsWith(sandbox.target));
+      assert.match(row ?? "", /not mounted: umount DIR clears it/, table.stdout);
+
+      const cleared = await runCli(["umount", sandbox.target], { env: sandbox.env });
+      assertSuccess(cleared);
+      assert.match(cleared.stderr, /was no longer mounted: its record is cleared/);
+      assert.deepEqual(await listJson(), []);
+      assert.ok(!pidAlive(server), "umount stopped the server");
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
