@@ -66,7 +66,8 @@ const NODE_TIMERS_ALLOWED = new Set([
 ]);
 
 Deno.test("timers: setTimeout and setInterval are called only where lib/timers.ts allows", () => {
-  const root = new URL("../", import.meta.url).pathname;
+  // Decoded: a checkout under a path with spaces (CI's) has them as %20 in the URL.
+  const root = decodeURIComponent(new URL("../", import.meta.url).pathname);
   const offenders: string[] = [];
   const visit = (dir: string) => {
     for (const entry of Deno.readDirSync(`${root}${dir}`)) {
