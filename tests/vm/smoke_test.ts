@@ -9,15 +9,17 @@ import { startRegistry } from "../_support/registry.ts";
 import { NOT_IN_VM, runChecked, runCommand } from "../_support/vm.ts";
 
 Deno.test({
-  name: "vm: nbd module is loaded with 16 devices",
+  name: "vm: nbd module is loaded with 16 devices (more once a test asks for them)",
   ignore: NOT_IN_VM,
   fn: async () => {
     assert.ok(Deno.statSync("/dev/nbd0").isBlockDevice, "/dev/nbd0 is a block device");
     assert.ok(Deno.statSync("/sys/module/nbd").isDirectory);
     const nbdsMax = await Deno.readTextFile("/sys/module/nbd/parameters/nbds_max");
     assert.equal(nbdsMax.trim(), "16");
+    // The kernel adds devices past nbds_max when a mount asks netlink for a free one and none is
+    // left: tests that ran before this one in the same boot (nbd_open_files_test: 51) leave them.
     const devices = [...Deno.readDirSync("/dev")].filter((e) => /^nbd\d+$/.test(e.name));
-    assert.equal(devices.length, 16);
+    assert.ok(devices.length >= 16, `${devices.length} nbd devices`);
   },
 });
 
