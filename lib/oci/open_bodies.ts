@@ -10,6 +10,7 @@
  * MAX_KEPT wait for one blob, and when its client closes.
  */
 import { after, sleep, type Timer } from "../timers.ts";
+import { abortable } from "../source/abortable.ts";
 
 /** One kept body: its reader and where in the blob its next byte belongs. */
 export interface OpenBody {
@@ -125,7 +126,7 @@ export class OpenBodies {
           return kept.body;
         }
         if (!lent) return undefined;
-        await unlessAborted(lent.back, signal);
+        await abortable(lent.back, signal);
       }
     } finally {
       asking.delete(me);
@@ -195,18 +196,4 @@ export class OpenBodies {
     if (this.#kept.get(digest)?.includes(kept)) this.#unkeep(digest, kept);
     dropBody(kept.body);
   }
-}
-
-/** `promise`, or a rejection when `signal` aborts first (its listener removed either way). */
-function unlessAborted(promise: Promise<unknown>, signal?: AbortSignal): Promise<void> {
-  if (!signal) return promise.then(() => {});
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    });
-  });
 }
