@@ -93,6 +93,13 @@ Deno.test({
         const layer = listed[0].layers[0];
         assert.equal(layer.digestMismatch, true, JSON.stringify(layer));
         assert(layer.verifyFailures >= 1, JSON.stringify(layer));
+        const metrics = await runCli(["metrics"], { env });
+        assertSuccess(metrics);
+        assert.match(
+          metrics.stdout,
+          /^erofs_oci_layer_digest_mismatch\{[^}]*layer="0"[^}]*\} 1$/m,
+          metrics.stdout,
+        );
 
         // The bytes that failed are not left marked present for the next mount.
         const mapName = [...Deno.readDirSync(`${work}/cache/blobs`)].map((e) => e.name)

@@ -27,6 +27,12 @@ Deno.test({
         return JSON.parse(listed.stdout) as ListedMount[];
       };
       assert.deepEqual((await listJson()).map((m) => [m.mounted, m.state]), [[true, "serving"]]);
+      const mountedGauge = async () => {
+        const metrics = await runCli(["metrics"], { env: sandbox.env });
+        assertSuccess(metrics);
+        return metrics.stdout.match(/^erofs_oci_mount_mounted\{[^}]*\} (\d)$/m)?.[1];
+      };
+      assert.equal(await mountedGauge(), "1");
 
       const umounted = await new Deno.Command("umount", { args: [sandbox.target] }).output();
       assert.ok(umounted.success, new TextDecoder().decode(umounted.stderr));
@@ -36,6 +42,7 @@ Deno.test({
       const [gone] = await listJson();
       assert.equal(gone.mounted, false);
       assert.equal(gone.state, "serving", "the server's own state is still reported");
+      assert.equal(await mountedGauge(), "0", "metrics tell a scraper the mount is gone");
       const table = await runCli(["list"], { env: sandbox.env });
       assertSuccess(table);
       const row = table.stdout.split("\n").find((line) => line.startsWith(sandbox.target));

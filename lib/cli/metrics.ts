@@ -18,8 +18,10 @@ export const metricsCommand: Command = {
 Prints the counters of every mount made by erofs-oci (as \`list --json\` has them) in the
 Prometheus text exposition format: per layer bytes requested and fetched, fetches, memory
 cache hits and misses, disk cache hit bytes, prefetch bytes and a histogram of registry GET
-times (erofs_oci_layer_registry_get_seconds); for the host, the disk cache's bytes on disk
-and blobs (in use), as \`erofs-oci cache\` shows them.
+times (erofs_oci_layer_registry_get_seconds), whether the layer failed its digest check
+(erofs_oci_layer_digest_mismatch) and whether the mount is still in place
+(erofs_oci_mount_mounted); for the host, the disk cache's bytes on disk and blobs (in use),
+as \`erofs-oci cache\` shows them.
 
 Options:
   --listen ADDR   serve them instead, at GET /metrics: unix:PATH or tcp:HOST:PORT

@@ -125,12 +125,29 @@ export function renderPrometheus(mounts: ListedMount[], diskCache?: DiskCacheGau
       { ...base, image: mount.image, backend: mount.backend, state: mount.state },
       1,
     );
+    // A gauge, not a label of mount_info: a label that flips would start a new series.
+    if (mount.mounted !== undefined) {
+      out.sample(
+        "erofs_oci_mount_mounted",
+        "1 while the mount is in place; 0 when another tool unmounted it (umount DIR clears it)",
+        "gauge",
+        base,
+        mount.mounted ? 1 : 0,
+      );
+    }
     for (const layer of mount.layers ?? []) {
       const labels = { ...base, layer: String(layer.index), digest: layer.digest ?? "" };
       for (const [key, name, help] of LAYER_COUNTERS) {
         const value = layer[key];
         if (typeof value === "number") out.sample(name, help, "counter", labels, value);
       }
+      out.sample(
+        "erofs_oci_layer_digest_mismatch",
+        "1 when --fetch-all fetched the whole layer and it did not hash to its digest (reads fail)",
+        "gauge",
+        labels,
+        layer.digestMismatch ? 1 : 0,
+      );
       if (layer.getLatency) {
         out.histogram(
           "erofs_oci_layer_registry_get_seconds",
