@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { command, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
-import { isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
+import { type FaultProxy, isBlobGetOf, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
@@ -22,19 +22,54 @@ async function pushBasic(registry: TestRegistry): Promise<{ bytes: Uint8Array; d
   return { bytes, digest: pushed.layers[0].digest };
 }
 
+/** rl:v1 in a registry behind a fault proxy that answers its layer's GETs 429 (see below). */
+interface RateLimited extends AsyncDisposable {
+  readonly proxy: FaultProxy;
+  readonly bytes: Uint8Array;
+  readonly digest: string;
+}
+
+/**
+ * A registry holding pushBasic's image behind a fault proxy whose GETs of the layer are answered
+ * 429 with each of `retryAfters` in turn, once each. Disposing it stops the proxy, then the
+ * registry.
+ */
+async function startRateLimited(...retryAfters: string[]): Promise<RateLimited> {
+  const registry = await startRegistry({ auth: "none" });
+  try {
+    const { bytes, digest } = await pushBasic(registry);
+    const proxy = await startFaultProxy(
+      registry.host,
+      retryAfters.map((retryAfter) => ({
+        match: isBlobGetOf(digest),
+        fault: { kind: "status", status: 429, retryAfter },
+        times: 1,
+      })),
+    );
+    return {
+      proxy,
+      bytes,
+      digest,
+      async [Symbol.asyncDispose]() {
+        try {
+          await proxy[Symbol.asyncDispose]();
+        } finally {
+          await registry[Symbol.asyncDispose]();
+        }
+      },
+    };
+  } catch (error) {
+    await registry[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 Deno.test({
   name: "429: Retry-After pauses every client of the host, then the reads succeed",
   ignore,
   async fn() {
-    await using registry = await startRegistry({ auth: "none" });
-    const { bytes, digest } = await pushBasic(registry);
-    await using proxy = await startFaultProxy(registry.host, [
-      {
-        match: isBlobGetOf(digest),
-        fault: { kind: "status", status: 429, retryAfter: "2" },
-        times: 1,
-      },
-    ]);
+    await using limited = await startRateLimited("2");
+    const { proxy, bytes, digest } = limited;
     const options = { hostsConfigDir: false } as const;
     const first = new RegistryClient(proxy.host, options);
     const second = new RegistryClient(proxy.host, options);
@@ -64,20 +99,8 @@ Deno.test({
   name: "429: a pause of seconds is told once (a silent wait looks hung), a short one is not",
   ignore,
   async fn() {
-    await using registry = await startRegistry({ auth: "none" });
-    const { bytes, digest } = await pushBasic(registry);
-    await using proxy = await startFaultProxy(registry.host, [
-      {
-        match: isBlobGetOf(digest),
-        fault: { kind: "status", status: 429, retryAfter: "1" },
-        times: 1,
-      },
-      {
-        match: isBlobGetOf(digest),
-        fault: { kind: "status", status: 429, retryAfter: "7" },
-        times: 1,
-      },
-    ]);
+    await using limited = await startRateLimited("1", "7");
+    const { proxy, bytes, digest } = limited;
     const warnings: string[] = [];
     setTextLogSink((level, text) => level === "warn" && warnings.push(text));
     try {

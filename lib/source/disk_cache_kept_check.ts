@@ -3,8 +3,8 @@
  * chunks found in the cache files (filled by another process, or before a restart) are checked
  * once in this process before any reader gets them, as its own fills were, in spans of whole
  * units of both the table and the chunks; chunks that fail are dropped (as eviction drops them)
- * and fetched again. Its read path (disk_cache_read.ts) runs it, and DiskCachedSource
- * (disk_cached.ts) before the whole-blob digest check.
+ * and fetched again. Its read path (disk_cache_read.ts) runs it, and the whole-blob digest check
+ * before its hash (disk_cache_parts.ts wires both).
  */
 import type { BlobChunks } from "./disk_cache_chunks.ts";
 import type { BlobFiller } from "./disk_cache_fill.ts";

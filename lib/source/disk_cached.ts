@@ -9,14 +9,14 @@
  * process) is read around, from the inner source without storing (disk_cache_held.ts). When
  * the disk fails (full, quota, I/O error) the source warns once and serves what is missing from
  * the inner source directly from then on.
- * This file is the blob's life (open, refusal, digest check, close) and the wiring of its parts:
- * the read path is disk_cache_read.ts, what is fetched beyond a read (demand run-ahead,
- * readahead, `--fetch-all`) disk_cache_ahead.ts, the locked reads and drops of chunks in the
- * files (eviction) disk_cache_chunks.ts, the check of kept chunks against a table below
- * disk_cache_kept_check.ts, the fill protocol disk_cache_fill.ts and its sync batching
- * disk_cache_sync.ts, the descriptors for the FUSE reader thread's direct reads
- * disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts, the counters' shape
- * disk_cache_stats.ts, the hash of the complete blob against its digest
+ * This file is the blob's life (open, refusal, digest check, close) and its state; its parts are
+ * made and wired to each other in disk_cache_parts.ts: the read path is disk_cache_read.ts, what
+ * is fetched beyond a read (demand run-ahead, readahead, `--fetch-all`) disk_cache_ahead.ts, the
+ * locked reads and drops of chunks in the files (eviction) disk_cache_chunks.ts, the check of
+ * kept chunks against a table below disk_cache_kept_check.ts, the fill protocol
+ * disk_cache_fill.ts and its sync batching disk_cache_sync.ts, the descriptors for the FUSE
+ * reader thread's direct reads disk_cache_direct.ts, the `.meta` sidecar disk_cache_sidecar.ts,
+ * the counters' shape disk_cache_stats.ts, the hash of the complete blob against its digest
  * disk_cache_whole_check.ts.
  */
 import type { Source } from "./source.ts";
@@ -24,21 +24,11 @@ import type { DiskCache } from "./disk_cache.ts";
 import type { DirectReadFiles } from "./direct_reads.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import type { CompletionEnd } from "./disk_cache_complete.ts";
-import {
-  type DigestCheckEnd,
-  type DigestCheckOptions,
-  WholeDigestCheck,
-} from "./disk_cache_whole_check.ts";
-import { BlobFiller, type FillPause } from "./disk_cache_fill.ts";
-import { isPresent } from "./disk_cache_present.ts";
+import type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
+import type { FillPause } from "./disk_cache_fill.ts";
 import type { VerifyChunk } from "./disk_cache_fetch.ts";
 import { claimBoot } from "./disk_cache_boot.ts";
-import { BlobChunks } from "./disk_cache_chunks.ts";
-import { KeptChunkCheck } from "./disk_cache_kept_check.ts";
-import { BlobSidecar } from "./disk_cache_sidecar.ts";
-import { BlobFetchAhead } from "./disk_cache_ahead.ts";
-import { BlobReader } from "./disk_cache_read.ts";
-import { CheckedChunks, type StoredBytesChecker, storedBytesChecker } from "./stored_check.ts";
+import { type BlobParts, makeBlobParts } from "./disk_cache_parts.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { closeQuietly } from "./disk_cache_io.ts";
 import { reclaimUnfilled } from "./disk_cache_reclaim.ts";
@@ -51,45 +41,16 @@ export class DiskCachedSource implements Source {
   readonly chunkCount: number;
   readonly #cache: DiskCache;
   readonly #inner: Source;
-  /**
-   * The source below checks bytes against a table (stored_check.ts): chunks found in the files
-   * are checked once in this process before any reader gets them, as its own fills were.
-   */
-  readonly #checker?: StoredBytesChecker;
-  readonly #checked?: CheckedChunks;
-  /** The check of chunks found in the files (disk_cache_kept_check.ts), with #checker. */
-  readonly #keptCheck?: KeptChunkCheck;
   readonly #mapFd: number;
   readonly #dataFd: number;
-  /** The chunks in the files: locked reads, drops (disk_cache_chunks.ts). */
-  readonly #chunks: BlobChunks;
-  /** The fill and sync protocol (disk_cache_fill.ts). */
-  readonly #filler: BlobFiller;
-  /** Chunks known present, least recently read first (chunk eviction order). */
-  readonly #lru = new Map<number, true>();
   readonly #closing = new AbortController();
   #degraded = false;
   /** Set when the complete blob failed its digest: the error every read rejects with. */
   #corrupt?: Error;
-  /** What is fetched beyond a read (disk_cache_ahead.ts). */
-  readonly #ahead: BlobFetchAhead;
-  /** The read path and the blob's recency (disk_cache_read.ts). */
-  readonly #reader: BlobReader;
-  /** The whole-blob digest check (disk_cache_whole_check.ts). */
-  readonly #wholeCheck: WholeDigestCheck;
   /** A refusal of the bytes under way (refuseBytes), for close() to wait for. */
   #refusing?: Promise<unknown>;
-  /** The blob's `.meta` file (disk_cache_sidecar.ts). */
-  readonly #sidecar: BlobSidecar;
-  readonly #stats = {
-    diskHitBytes: 0,
-    fetchedBytes: 0,
-    fetches: 0,
-    waitedForOthers: 0,
-    syncs: 0,
-    readsBeforeDurable: 0,
-    readsWaitedForSync: 0,
-  };
+  /** The chunks, fills, reads, checks and sidecar of the blob (disk_cache_parts.ts). */
+  readonly #parts: BlobParts;
 
   private constructor(
     cache: DiskCache,
@@ -102,93 +63,25 @@ export class DiskCachedSource implements Source {
   ) {
     this.#cache = cache;
     this.#inner = inner;
-    this.size = inner.size;
-    this.chunkBytes = cache.chunkBytes;
-    this.chunkCount = Math.ceil(this.size / this.chunkBytes);
-    this.#checker = storedBytesChecker(inner);
-    if (this.#checker) this.#checked = new CheckedChunks(this.chunkCount);
     this.#mapFd = fds.map;
     this.#dataFd = fds.data;
-    // What every part of this source is told of the blob's files.
-    const files = {
+    this.#parts = makeBlobParts({
+      cache,
+      inner,
       base,
-      mapFd: fds.map,
-      dataFd: fds.data,
-      size: this.size,
-      chunkBytes: this.chunkBytes,
-      chunkCount: this.chunkCount,
+      verify,
+      fds,
+      sidecarAhead,
+      check,
       closing: this.#closing.signal,
-      lru: this.#lru,
-      warn: (message: string) => cache.warnOnce(message),
-    };
-    // What the parts are told of the blob's state: the disk failed, its bytes were refused.
-    const state = {
       isDegraded: () => this.#degraded,
       degrade: () => this.#degraded = true,
       corruption: () => this.#corrupt,
-    };
-    this.#chunks = new BlobChunks({
-      ...files,
-      checked: this.#checked,
-      isFilling: (index) => this.#filler.isFilling(index),
-      isWritten: (index) => this.#filler.isWritten(index),
-    });
-    this.#filler = new BlobFiller({
-      ...files,
-      cache,
-      inner,
-      verify,
-      ...state,
-      readMap: (start, stop) => this.#chunks.readMap(start, stop),
-      stored: (first, end) => this.#checked?.mark(first, end),
-      marked: () => this.#wholeCheck.soon(),
-    }, this.#stats);
-    if (this.#checker && this.#checked) {
-      this.#keptCheck = new KeptChunkCheck({
-        ...files,
-        checker: this.#checker,
-        checked: this.#checked,
-        filler: this.#filler,
-        chunks: this.#chunks,
-      });
-    }
-    this.#ahead = new BlobFetchAhead({
-      ...files,
-      ...state,
-      chunks: this.#chunks,
-      filler: this.#filler,
-    });
-    this.#reader = new BlobReader({
-      ...files,
-      ...state,
-      inner,
-      chunks: this.#chunks,
-      filler: this.#filler,
-      ahead: this.#ahead,
-      checked: this.#checked,
-      keptCheck: this.#keptCheck,
-    }, this.#stats);
-    this.#sidecar = new BlobSidecar(cache, base, {
-      closed: () => this.#closing.signal.aborted,
-      degraded: () => this.#degraded,
-    }, sidecarAhead);
-    const map = this.#chunks.readMap(0, this.chunkCount);
-    map.forEach((byte, index) => isPresent(byte) && this.#lru.set(index, true));
-    // Nothing but its digest checks a blob without a chunk table (neither `verify` nor a
-    // checking source below): it checks itself once complete, and records a passed check.
-    const tableLess = !verify && !this.#checker;
-    this.#wholeCheck = new WholeDigestCheck({
-      ...files,
-      stopped: () => this.#degraded || this.#corrupt !== undefined,
-      isComplete: () => this.#chunks.readMap(0, this.chunkCount).every(isPresent),
-      readPresentInto: (into, offset) => this.#chunks.readPresentInto(into, offset),
       refuse: (reason) => this.#dropAll(reason),
-    }, {
-      ownDigest: tableLess ? check.digest : undefined,
-      auto: check.auto,
-      prepare: this.#keptCheck ? () => this.#keptCheck!.checkAll() : undefined,
-      report: check.report,
     });
+    this.size = this.#parts.size;
+    this.chunkBytes = this.#parts.chunkBytes;
+    this.chunkCount = this.#parts.chunkCount;
   }
 
   /** Opens or creates the blob's files (holding its in-use lock) and the source on them. */
@@ -211,24 +104,24 @@ export class DiskCachedSource implements Source {
     }
     const source = new DiskCachedSource(cache, inner, base, verify, fds, sidecarAhead, check);
     source.reclaimUnfilled();
-    source.#reader.touch();
-    source.#wholeCheck.soon(); // found complete: checked unless recorded
+    source.#parts.reader.touch();
+    source.#parts.wholeCheck.soon(); // found complete: checked unless recorded
     return source;
   }
 
   /** When a reader last used the blob (the disk cache's bound evicts the least recent first). */
   get lastUsedMs(): number {
-    return this.#reader.lastUsedMs;
+    return this.#parts.reader.lastUsedMs;
   }
 
   diskStats(): DiskCacheStats {
     return {
-      ...this.#stats,
-      evictedChunks: this.#chunks.evictedChunks,
-      damagedChunks: this.#keptCheck?.damagedChunks ?? 0,
+      ...this.#parts.counters,
+      evictedChunks: this.#parts.chunks.evictedChunks,
+      damagedChunks: this.#parts.keptCheck?.damagedChunks ?? 0,
       degraded: this.#degraded,
       digestMismatch: this.#corrupt !== undefined,
-      digestHashes: this.#wholeCheck.hashes,
+      digestHashes: this.#parts.wholeCheck.hashes,
     };
   }
 
@@ -237,8 +130,8 @@ export class DiskCachedSource implements Source {
    * (or failed). Reads do not wait for this; a remount, another process and the bound do.
    */
   async whenDurable(): Promise<void> {
-    this.#sidecar.writePending();
-    await this.#filler.whenAllDurable();
+    this.#parts.sidecar.writePending();
+    await this.#parts.filler.whenAllDurable();
   }
 
   /**
@@ -247,7 +140,7 @@ export class DiskCachedSource implements Source {
    * reads them back). At most `maxBytes`; undefined when absent, larger or unreadable.
    */
   readSidecar(maxBytes: number): Promise<Uint8Array | undefined> {
-    return this.#sidecar.read(maxBytes);
+    return this.#parts.sidecar.read(maxBytes);
   }
 
   /**
@@ -255,17 +148,17 @@ export class DiskCachedSource implements Source {
    * pending one, and whenDurable() and close() write a pending one at once.
    */
   writeSidecarSoon(bytes: Uint8Array, delayMs: number): void {
-    this.#sidecar.writeSoon(bytes, delayMs);
+    this.#parts.sidecar.writeSoon(bytes, delayMs);
   }
 
   /** Replaces the sidecar (written whole, then renamed into place; counted in the bound). */
   writeSidecar(bytes: Uint8Array): void {
-    this.#sidecar.write(bytes);
+    this.#parts.sidecar.write(bytes);
   }
 
   /** Chunks marked present in the file now (by any process). */
   presentChunks(): number {
-    return this.#chunks.presentCount();
+    return this.#parts.chunks.presentCount();
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
@@ -275,7 +168,7 @@ export class DiskCachedSource implements Source {
   }
 
   readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
-    return this.#reader.readInto(offset, dest, signal);
+    return this.#parts.reader.readInto(offset, dest, signal);
   }
 
   /**
@@ -287,18 +180,18 @@ export class DiskCachedSource implements Source {
    * (metadata_prefetch.ts sets it with its background windows, which fetch those blocks next anyway).
    */
   setDemandAheadBytes(bytes: number, blocks = 1): void {
-    this.#ahead.setDemandAheadBytes(bytes, blocks);
+    this.#parts.ahead.setDemandAheadBytes(bytes, blocks);
   }
 
   /** Descriptors for another thread's direct reads (BlobChunks.openDirectReads), while open. */
   openDirectReads(): DirectReadFiles | undefined {
     if (this.#closing.signal.aborted || this.#corrupt) return undefined;
-    return this.#chunks.openDirectReads();
+    return this.#parts.chunks.openDirectReads();
   }
 
   /** Reads served directly from the file: disk hits, most recently used chunks. */
   noteDirectReads(ranges: readonly number[]): void {
-    this.#reader.noteDirectReads(ranges);
+    this.#parts.reader.noteDirectReads(ranges);
   }
 
   /**
@@ -308,7 +201,7 @@ export class DiskCachedSource implements Source {
    * awaited between the pieces of the body (a background fill yielding to a walk).
    */
   fillAhead(offset: number, length: number, pause?: FillPause): Promise<void> {
-    return this.#ahead.fillAhead(offset, length, pause);
+    return this.#parts.ahead.fillAhead(offset, length, pause);
   }
 
   /**
@@ -316,7 +209,7 @@ export class DiskCachedSource implements Source {
    * Resolves "complete" once the whole blob is present (CompletionEnd says the others).
    */
   completeInBackground(idleMs?: number, runBytes?: number): Promise<CompletionEnd> {
-    return this.#ahead.completeInBackground(idleMs, runBytes);
+    return this.#parts.ahead.completeInBackground(idleMs, runBytes);
   }
 
   /**
@@ -329,12 +222,12 @@ export class DiskCachedSource implements Source {
    * the registry's bytes failing their digest.
    */
   checkDigest(digest: string): Promise<DigestCheckEnd> {
-    return this.#wholeCheck.check(digest);
+    return this.#parts.wholeCheck.check(digest);
   }
 
   /** @internal for tests: resolves once no automatic digest check is pending or running. */
   digestChecksSettled(): Promise<void> {
-    return this.#wholeCheck.settled();
+    return this.#parts.wholeCheck.settled();
   }
 
   /**
@@ -352,7 +245,7 @@ export class DiskCachedSource implements Source {
   /** Every read fails with `reason` from now on, and every chunk is dropped (BlobChunks). */
   async #dropAll(reason: string): Promise<void> {
     this.#corrupt = new Error(reason);
-    await this.#chunks.dropAll();
+    await this.#parts.chunks.dropAll();
   }
 
   /**
@@ -360,7 +253,7 @@ export class DiskCachedSource implements Source {
    * until `bytes` are freed; returns the bytes freed (BlobChunks.evict says which go first).
    */
   evictChunks(bytes: number): number {
-    return this.#chunks.evict(bytes);
+    return this.#parts.chunks.evict(bytes);
   }
 
   /**
@@ -379,7 +272,7 @@ export class DiskCachedSource implements Source {
           chunkCount: this.chunkCount,
           size: this.size,
         },
-        (index) => this.#filler.isFilling(index),
+        (index) => this.#parts.filler.isFilling(index),
       );
     } catch {
       return 0;
@@ -393,14 +286,14 @@ export class DiskCachedSource implements Source {
 
   async close(): Promise<void> {
     if (this.#closing.signal.aborted) return;
-    this.#sidecar.writePending();
+    this.#parts.sidecar.writePending();
     this.#closing.abort(new Error("disk cache closed"));
     this.#cache.released(this);
-    await this.#filler.whenAllDurable();
+    await this.#parts.filler.whenAllDurable();
     // Both read and may write through this source's descriptors.
-    await this.#wholeCheck.close();
+    await this.#parts.wholeCheck.close();
     await this.#refusing;
-    await this.#keptCheck?.settled();
+    await this.#parts.keptCheck?.settled();
     closeQuietly(this.#dataFd);
     closeQuietly(this.#mapFd);
     await this.#inner.close?.();
