@@ -4,6 +4,7 @@ import { stallMs, StallWatch, watchedBody } from "./stall_watch.ts";
 import { VERSION } from "../version.ts";
 import { RegistryAuth, TokenServerUnavailable } from "./auth.ts";
 import { RegistryTransport } from "./registry_transport.ts";
+import { throughProxy } from "./proxy_env.ts";
 import type { Credentials } from "./docker_config.ts";
 import { isLoopbackRegistry, registryApiHost } from "./reference.ts";
 import type { ImageReference } from "./reference.ts";
@@ -433,8 +434,8 @@ export class RegistryClient {
         const failure = describeFailure(error);
         if (error instanceof FailedAtRedirectTarget) {
           throw new OciError(
-            `cannot reach ${error.host}, where registry ${this.host} redirected ` +
-              `${req.method} ${req.path}: ${failure}`,
+            `cannot reach ${error.host}${throughProxy(error.url)}, where registry ${this.host} ` +
+              `redirected ${req.method} ${req.path}: ${failure}`,
             "the registry's storage is unreachable from here; try again later",
             { cause: error },
           );
@@ -447,9 +448,12 @@ export class RegistryClient {
             { cause: error },
           );
         }
+        const via = throughProxy(this.#transport.origin);
         throw new OciError(
-          `cannot reach registry ${this.host}: ${failure}`,
-          unreachableHint(failure, this.#transport.origin.startsWith("https:")),
+          `cannot reach registry ${this.host}${via}: ${failure}`,
+          via
+            ? "check the proxy, or list the registry in NO_PROXY to reach it directly"
+            : unreachableHint(failure, this.#transport.origin.startsWith("https:")),
           { cause: error },
         );
       }

@@ -14,6 +14,7 @@ import {
 } from "./hosts_config.ts";
 import { isHostDown, markHostDown, MIRROR_DOWN_MS } from "./host_pacing.ts";
 import { describeFailure, type RetryPolicy } from "./retry.ts";
+import { bypassProxyForLoopback } from "./proxy_env.ts";
 
 export type { HostCapability } from "./hosts_config.ts";
 
@@ -74,6 +75,7 @@ function httpClientFor(entry: RegistryHostEntry): Deno.HttpClient | undefined {
   const key = JSON.stringify([entry.caCertPaths, entry.clientCerts]);
   let client = httpClients.get(key);
   if (client) return client;
+  bypassProxyForLoopback(); // Deno reads the proxy variables as it makes the client
   const caCerts = entry.caCertPaths.map((p) => readPem(p, "CA certificate"));
   const pair = entry.clientCerts[0];
   if (entry.clientCerts.length > 1) {

@@ -13,6 +13,7 @@ import { mark } from "../timing.ts";
 import { checkTokenRealm, TokenServerUnavailable } from "./auth.ts";
 import { describeFailure, FailedAtRedirectTarget, isNetworkError } from "./retry.ts";
 import type { RegistryRequest } from "./client.ts";
+import { bypassProxyForLoopback, throughProxy } from "./proxy_env.ts";
 
 const MAX_REDIRECTS = 10;
 
@@ -69,6 +70,7 @@ export class RegistryTransport {
   #connectedOnce = false;
 
   constructor(settings: TransportSettings) {
+    bypassProxyForLoopback(); // before this process's first fetch
     this.host = settings.host;
     this.#origin = normalOrigin(settings.origin);
     this.#apiPath = settings.apiPath;
@@ -154,7 +156,7 @@ export class RegistryTransport {
           continue;
         }
         if (!home && !req.signal?.aborted) {
-          throw new FailedAtRedirectTarget(new URL(url).host, this.host, error);
+          throw new FailedAtRedirectTarget(new URL(url).host, this.host, error, url);
         }
         throw error;
       }
@@ -246,7 +248,9 @@ export class RegistryTransport {
         }
         if (signal?.aborted) throw error;
         throw new TokenServerUnavailable(
-          `cannot reach token server ${target.host}: ${describeFailure(error)}`,
+          `cannot reach token server ${target.host}${throughProxy(target.href)}: ${
+            describeFailure(error)
+          }`,
           undefined,
           { cause: error },
         );

@@ -46,7 +46,13 @@ export function isNetworkError(error: unknown): boolean {
  * answered). `cause` is what failed there.
  */
 export class FailedAtRedirectTarget extends Error {
-  constructor(readonly host: string, readonly registry: string, cause: unknown) {
+  constructor(
+    readonly host: string,
+    readonly registry: string,
+    cause: unknown,
+    /** The URL that failed (for the proxy that carried it, if any). */
+    readonly url: string,
+  ) {
     super(`request to ${host} failed`, { cause });
   }
 }

@@ -111,7 +111,11 @@ export function isManifestGet(request: ProxiedRequestInfo): boolean {
 export function startFaultProxy(
   upstreamHost: string,
   plan: FaultRule[],
+  /** Where it listens (default 127.0.0.1; "::1" for a registry named `[::1]:PORT`). */
+  options: { hostname?: string } = {},
 ): Promise<FaultProxy> {
+  const hostname = options.hostname ?? "127.0.0.1";
+  const hostPart = hostname.includes(":") ? `[${hostname}]` : hostname;
   const requests: ProxyRecord[] = [];
   const redirected: RedirectRecord[] = [];
   const hitCounts = plan.map(() => 0);
@@ -121,7 +125,7 @@ export function startFaultProxy(
   const aborts = new AbortController();
 
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {}, onError: () => new Response(null) },
+    { hostname, port: 0, onListen: () => {}, onError: () => new Response(null) },
     async (request) => {
       const url = new URL(request.url);
       const info: ProxiedRequestInfo = {
@@ -148,7 +152,7 @@ export function startFaultProxy(
         record.fault = rule.name ?? rule.fault.kind;
       }
       const fault = rule?.fault;
-      const proxyHost = `127.0.0.1:${server.addr.port}`;
+      const proxyHost = `${hostPart}:${server.addr.port}`;
       const response = await answer(fault, request, info, proxyHost, record);
       record.status = response.status;
       return response;
@@ -281,7 +285,7 @@ export function startFaultProxy(
     await Promise.all([server.shutdown(), target.server.shutdown()]);
   };
   return Promise.resolve({
-    host: `127.0.0.1:${server.addr.port}`,
+    host: `${hostPart}:${server.addr.port}`,
     redirectHost,
     requests,
     redirected,
