@@ -4,7 +4,7 @@
  */
 import { FormatError, OciError } from "../errors.ts";
 import type { RegistryClient } from "./client.ts";
-import { redirectTargetOf } from "./document.ts";
+import { contentEncodingOf, redirectTargetOf } from "./document.ts";
 import type { RetryPolicy } from "./retry.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
@@ -251,6 +251,28 @@ export async function checkDeclaredSize(
   );
 }
 
+/**
+ * A 200 whose Content-Length is short of the blob's declared size: the reply was cut (a proxy on
+ * the way), far likelier than a manifest declaring the wrong size (checkDeclaredSize's hint,
+ * "push the image again", sent users after the wrong cause).
+ */
+export async function checkReplyLength(
+  response: Response,
+  host: string,
+  digest: string,
+  replyBytes: number,
+  declaredBytes: number,
+): Promise<void> {
+  if (replyBytes >= declaredBytes) return;
+  await response.body?.cancel();
+  throw new OciError(
+    `registry ${host} sent blob ${digest} whole (200), but its reply ended at ${replyBytes} of ` +
+      `the blob's ${declaredBytes} bytes (Content-Length: ${replyBytes})`,
+    "a proxy on the way cuts replies short (let the registry's replies through whole), or the " +
+      "manifest declares the wrong size for this blob",
+  );
+}
+
 /** Throws the OciError for a blob GET that failed with `response`'s status. */
 export async function blobStatusError(
   client: RegistryClient,
@@ -283,11 +305,7 @@ export async function blobStatusError(
   throw error;
 }
 
-/** The Content-Encoding of a reply when it is one (not absent, not identity). */
-export function contentEncodingOf(response: Response): string | undefined {
-  const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
-  return !encoding || encoding === "identity" ? undefined : encoding;
-}
+export { contentEncodingOf } from "./document.ts";
 
 /**
  * A blob's bytes come as they are: a ranged GET makes fetch ask for `identity` (and a download

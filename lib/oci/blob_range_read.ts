@@ -17,6 +17,7 @@ import {
   bodyReader,
   type BodySink,
   checkDeclaredSize,
+  checkReplyLength,
   copyFrom,
   intoOf,
   parseContentRange,
@@ -179,6 +180,16 @@ export async function readBlobRangeTo(
           await refuseContentEncoding(response, client.host, digest);
         }
         if (response.status === 206) {
+          const type = response.headers.get("content-type") ?? "";
+          if (/^\s*multipart\/byteranges/i.test(type)) {
+            await response.body?.cancel();
+            throw new OciError(
+              `registry ${client.host} answered bytes ${start}-${end} of ${digest} with ` +
+                `multipart/byteranges, which is not supported for one range`,
+              "the registry, or a proxy on the way, rewrites range replies: turn that off for " +
+                "the registry",
+            );
+          }
           const range = parseContentRange(response.headers.get("content-range"));
           if (!range || range.first > start || range.last < start) {
             await response.body?.cancel();
@@ -198,6 +209,7 @@ export async function readBlobRangeTo(
           available = length - filled;
           const total = Number(response.headers.get("content-length") ?? NaN);
           if (expectedSizeBytes !== undefined && Number.isSafeInteger(total)) {
+            await checkReplyLength(response, client.host, digest, total, expectedSizeBytes);
             await checkDeclaredSize(response, digest, total, expectedSizeBytes);
           }
           if (total <= end) {

@@ -44,6 +44,7 @@ export async function getDocument(
       failure = `the body ended after ${bytes.byteLength} of ${declared} bytes`;
     } catch (error) {
       if (!isNetworkError(error)) throw error;
+      refuseUndecodable(client, req, response, error);
       failure = error;
     }
     const why = typeof failure === "string" ? failure : describeFailure(failure);
@@ -60,6 +61,39 @@ export async function getDocument(
       { cause: failure },
     );
   }
+}
+
+/** The Content-Encoding of a reply when it is one (not absent, not identity). */
+export function contentEncodingOf(response: Response): string | undefined {
+  const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+  return !encoding || encoding === "identity" ? undefined : encoding;
+}
+
+/** Words of fetch's decoders (gzip, deflate, brotli, zstd) for a body they cannot decode. */
+const UNDECODABLE = /gzip|deflate|brotli|zstd|decod|corrupt|invalid/i;
+
+/**
+ * Throws at once when a reply with a Content-Encoding failed to decode: its bytes are what they
+ * are, and asking again brings the same (a mislabelled config was asked for ten times and ended
+ * in "broke off its reply … Invalid gzip header").
+ */
+function refuseUndecodable(
+  client: RegistryClient,
+  req: RegistryRequest,
+  response: Response,
+  error: unknown,
+): void {
+  const encoding = contentEncodingOf(response);
+  const why = describeFailure(error);
+  if (encoding === undefined || !(error instanceof TypeError) || !UNDECODABLE.test(why)) return;
+  const redirectHost = redirectTargetOf(client, response);
+  throw new OciError(
+    `${redirectHost ?? `registry ${client.host}`} sent its reply to ${req.method} ${req.path} ` +
+      `with Content-Encoding: ${encoding}, and it does not decode (${why})`,
+    "the registry, or a proxy on the way, compresses replies (or labels them so wrongly): " +
+      "turn that off for the registry",
+    { cause: error },
+  );
 }
 
 /**

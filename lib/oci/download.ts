@@ -2,6 +2,7 @@ import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
 import {
   blobStatusError,
+  checkReplyLength,
   parseContentRange,
   refuseContentEncoding,
   skipLeading,
@@ -93,6 +94,9 @@ async function streamVerified(
       skip = received; // the server ignored our Range (or this is the first request)
       const length = Number(response.headers.get("content-length") ?? NaN);
       if (Number.isSafeInteger(length)) announced = length;
+      if (announced !== undefined && total !== undefined) {
+        await checkReplyLength(response, client.host, digest, announced, total);
+      }
     } else {
       await blobStatusError(client, response, repository, digest);
     }

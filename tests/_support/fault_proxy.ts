@@ -39,7 +39,13 @@ export type Fault =
    * rule yet takes far longer than a deadline), after padding it with spaces to `padTo` bytes
    * (JSON stays valid: a manifest fetched by tag is still accepted).
    */
-  | { kind: "drip"; bytes: number; everyMs: number; padTo?: number };
+  | { kind: "drip"; bytes: number; everyMs: number; padTo?: number }
+  /** Forward, adding `Content-Encoding: gzip` to the reply (its body as it is: not gzip). */
+  | { kind: "say-gzip" }
+  /** Forward a 206 as a multipart/byteranges body of its one part (no Content-Range header). */
+  | { kind: "multipart" }
+  /** Drop the Range header upstream, then send the first half of the 200 (Content-Length too). */
+  | { kind: "half-200" };
 
 export interface FaultRule {
   /** Label used in records. */
@@ -188,7 +194,11 @@ export function startFaultProxy(
     if (fault?.kind === "delay") await sleep(fault.ms, aborts.signal);
     const headers = new Headers(request.headers);
     for (const name of HOP_BY_HOP) headers.delete(name);
-    if (fault?.kind === "ignore-range" || fault?.kind === "redirect") headers.delete("range");
+    if (
+      fault?.kind === "ignore-range" || fault?.kind === "redirect" || fault?.kind === "half-200"
+    ) {
+      headers.delete("range");
+    }
     if (fault?.kind === "accept") headers.set("accept", fault.value);
     const hasBody = request.method !== "GET" && request.method !== "HEAD";
     const upstream = await fetch(`http://${upstreamHost}${info.path}`, {
@@ -272,6 +282,27 @@ export function startFaultProxy(
         },
       });
       return new Response(stream, { status: upstream.status, headers: responseHeaders });
+    }
+    if (fault?.kind === "say-gzip") responseHeaders.set("content-encoding", "gzip");
+    if (fault?.kind === "half-200" && upstream.status === 200) {
+      const half = body.slice(0, Math.floor(body.length / 2));
+      responseHeaders.set("content-length", String(half.length));
+      return new Response(half, { status: 200, headers: responseHeaders });
+    }
+    if (fault?.kind === "multipart" && upstream.status === 206) {
+      const range = responseHeaders.get("content-range") ?? "";
+      responseHeaders.delete("content-range");
+      responseHeaders.set("content-type", "multipart/byteranges; boundary=PART");
+      const head = new TextEncoder().encode(
+        `--PART\r\nContent-Type: application/octet-stream\r\nContent-Range: ${range}\r\n\r\n`,
+      );
+      const tail = new TextEncoder().encode("\r\n--PART--\r\n");
+      const parts = new Uint8Array(head.length + body.length + tail.length);
+      parts.set(head);
+      parts.set(body, head.length);
+      parts.set(tail, head.length + body.length);
+      responseHeaders.set("content-length", String(parts.length));
+      return new Response(parts, { status: 206, headers: responseHeaders });
     }
     responseHeaders.set("content-length", String(body.length));
     return new Response(countedBody(body, record), {
