@@ -9,7 +9,16 @@
  */
 import { closeFd, cstr, Errno, errno, libc, O_RDWR, SysError } from "./libc.ts";
 import { pathExists } from "./files.ts";
-import { makePipe, pollAsync, pollFds, POLLIN, POLLOUT, setNonBlocking } from "./io.ts";
+import {
+  makePipe,
+  pollAsync,
+  pollFds,
+  POLLIN,
+  POLLOUT,
+  readableNow,
+  setNonBlocking,
+} from "./io.ts";
+import { pidfdOpen } from "./process.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -20,19 +29,27 @@ import { makePipe, pollAsync, pollFds, POLLIN, POLLOUT, setNonBlocking } from ".
 const ATTR_BYTES = 336, ATTR_SIGDEFAULT_AT = 8;
 /** glibc's posix_spawn_file_actions_t: zeroed is initialised (posix_spawn_file_actions_init). */
 const ACTIONS_BYTES = 80;
-const POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08, POSIX_SPAWN_SETSID = 0x80;
+const POSIX_SPAWN_SETPGROUP = 0x02,
+  POSIX_SPAWN_SETSIGDEF = 0x04,
+  POSIX_SPAWN_SETSIGMASK = 0x08,
+  POSIX_SPAWN_SETSID = 0x80;
 const SIGPIPE = 13;
 
 /** How a spawned program is started. */
 export interface SpawnOptions {
   /** In a session of its own (setsid). */
   newSession?: boolean;
+  /**
+   * In a process group of its own (setpgid(0, 0); its id is the child's pid), in this session:
+   * the child and whatever it starts can be signalled together (kill(-pid)).
+   */
+  processGroup?: boolean;
   /** Its stdin: /dev/null, or a pipe this process writes (SpawnedProcess.stdin). */
   stdin?: "null" | "pipe";
   /** Its stdout: /dev/null, or a pipe this process reads (SpawnedProcess.stdout). */
   stdout?: "null" | "pipe";
-  /** Its stderr: /dev/null, or this process's own. */
-  stderr?: "null" | "inherit";
+  /** Its stderr: /dev/null, this process's own, or a pipe this process reads. */
+  stderr?: "null" | "inherit" | "pipe";
   /**
    * Descriptors of this process the child gets, as SpawnedProcess.fds (numbered up from above
    * the highest of them); nothing else is inherited (a Deno process opens every descriptor
@@ -48,6 +65,7 @@ export interface SpawnedProcess {
   fds: number[];
   stdin?: PipeWriter;
   stdout?: PipeReader;
+  stderr?: PipeReader;
   /** Waits until it has ended (on a pool thread) and reaps it: its exit code, or 128 + signal. */
   status(): Promise<number>;
 }
@@ -66,7 +84,8 @@ export async function spawnProcess(
   const attr = new Uint8Array(new ArrayBuffer(ATTR_BYTES));
   new DataView(attr.buffer).setInt16(
     0,
-    (options.newSession ? POSIX_SPAWN_SETSID : 0) | POSIX_SPAWN_SETSIGMASK |
+    (options.newSession ? POSIX_SPAWN_SETSID : 0) |
+      (options.processGroup ? POSIX_SPAWN_SETPGROUP : 0) | POSIX_SPAWN_SETSIGMASK |
       POSIX_SPAWN_SETSIGDEF,
     true,
   );
@@ -78,6 +97,7 @@ export async function spawnProcess(
   try {
     const stdinPipe = options.stdin === "pipe" ? pipe(opened) : undefined;
     const stdoutPipe = options.stdout === "pipe" ? pipe(opened) : undefined;
+    const stderrPipe = options.stderr === "pipe" ? pipe(opened) : undefined;
     // Above every descriptor the actions copy: none is overwritten before it is copied.
     const first = Math.max(3, ...[...inherit, ...opened].map((fd) => fd + 1));
     const fds = inherit.map((_, i) => first + i);
@@ -96,7 +116,8 @@ export async function spawnProcess(
     else addOpen(0);
     if (stdoutPipe) addDup(stdoutPipe.write, 1);
     else addOpen(1);
-    if (options.stderr !== "inherit") addOpen(2);
+    if (stderrPipe) addDup(stderrPipe.write, 2);
+    else if (options.stderr !== "inherit") addOpen(2);
     inherit.forEach((fd, i) => addDup(fd, fds[i]));
     const call = new SpawnArena(path, args, env);
     check(
@@ -115,11 +136,13 @@ export async function spawnProcess(
     const pid = call.pid[0];
     if (stdinPipe) ours.push(stdinPipe.write);
     if (stdoutPipe) ours.push(stdoutPipe.read);
+    if (stderrPipe) ours.push(stderrPipe.read);
     return {
       pid,
       fds,
       stdin: stdinPipe && new PipeWriter(stdinPipe.write),
       stdout: stdoutPipe && new PipeReader(stdoutPipe.read),
+      stderr: stderrPipe && new PipeReader(stderrPipe.read),
       status: () => waitFor(pid),
     };
   } finally {
@@ -138,6 +161,103 @@ export async function spawnInNewSession(
 ): Promise<{ pid: number; fds: number[] }> {
   const { pid, fds } = await spawnProcess(path, args, env, { newSession: true, inherit });
   return { pid, fds };
+}
+
+/** How runCaptured's program ended. */
+export type CapturedRun =
+  | { outcome: "exited"; code: number; stdout: Uint8Array; stderr: Uint8Array }
+  /** Still running at the time limit: killed, with its process group. */
+  | { outcome: "timeout" }
+  /** Printed more than the limit (on stdout or stderr): killed, with its process group. */
+  | { outcome: "too-much-output" };
+
+/**
+ * Runs `path` with `input` on its stdin and collects its stdout and stderr, within `timeoutMs`
+ * and `maxOutputBytes` (each stream). The program runs in a process group of its own (same
+ * session, so a terminal stays its controlling one): past either limit that whole group is
+ * SIGKILLed, whatever the program started included, and nothing is waited for any longer (a
+ * process that left the group and holds the pipes is no reason to wait). Once the program has
+ * exited, what is in its pipes is its output: a child of it that keeps them open is not waited
+ * for either. `input` must fit in a pipe (64 KiB), written at once.
+ */
+export async function runCaptured(
+  path: string,
+  args: readonly string[],
+  env: Record<string, string>,
+  options: { input: Uint8Array; timeoutMs: number; maxOutputBytes: number },
+): Promise<CapturedRun> {
+  const deadline = performance.now() + options.timeoutMs;
+  const child = await spawnProcess(path, args, env, {
+    processGroup: true,
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const streams = [child.stdout!, child.stderr!].map((reader) => ({
+    reader,
+    chunks: [] as Uint8Array[],
+    bytes: 0,
+    open: true,
+  }));
+  let pidfd = -1;
+  let exited = false;
+  let cut: CapturedRun | undefined;
+  let code: number;
+  try {
+    // Not reaped before the end (status() below): the group's id stays this child's meanwhile.
+    pidfd = pidfdOpen(child.pid);
+    // The program may exit without reading it (EPIPE: SIGPIPE is ignored in this process).
+    await child.stdin!.write(options.input as Uint8Array<ArrayBuffer>).catch(() => {});
+    child.stdin!.close();
+    const buffer = new Uint8Array(65536);
+    for (;;) {
+      for (const stream of streams) {
+        while (stream.open) {
+          const n = stream.reader.readNow(buffer);
+          if (n === undefined) break;
+          if (n === null) {
+            stream.open = false;
+            break;
+          }
+          stream.bytes += n;
+          if (stream.bytes > options.maxOutputBytes) cut = { outcome: "too-much-output" };
+          if (cut) break;
+          stream.chunks.push(buffer.slice(0, n));
+        }
+      }
+      // Gone: everything it wrote is in the pipes, read above.
+      if (exited || cut) break;
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        cut = { outcome: "timeout" };
+        break;
+      }
+      const fds = [pidfd, ...streams.filter((s) => s.open).map((s) => s.reader.descriptor)];
+      await pollAsync(pollFds(fds, POLLIN), Math.ceil(left));
+      exited = readableNow(pidfd);
+    }
+  } finally {
+    if (!exited) {
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch { /* the group is gone (only the unreaped child left) */ }
+    }
+    if (pidfd >= 0) closeFd(pidfd);
+    child.stdin!.close();
+    for (const { reader } of streams) reader.close();
+    code = await child.status();
+  }
+  if (cut) return cut;
+  const joined = (i: number) => {
+    const out = new Uint8Array(streams[i].bytes);
+    let at = 0;
+    for (const chunk of streams[i].chunks) {
+      out.set(chunk, at);
+      at += chunk.length;
+    }
+    return out;
+  };
+  return { outcome: "exited", code, stdout: joined(0), stderr: joined(1) };
 }
 
 /** A close-on-exec pipe; both ends are added to `opened`. */
@@ -203,6 +323,24 @@ export class PipeWriter extends PipeEnd {
 
 /** This process's end of a child's stdout: reads without blocking the event loop. */
 export class PipeReader extends PipeEnd {
+  /** The descriptor, to poll it with others (-1 once closed). */
+  get descriptor(): number {
+    return this.fd;
+  }
+
+  /** Some bytes into `buffer` if there are any now: how many, null at the end, else undefined. */
+  readNow(buffer: Uint8Array<ArrayBuffer>): number | null | undefined {
+    for (;;) {
+      if (this.fd < 0) return null;
+      const n = Number(libc().read(this.fd, buffer, BigInt(buffer.length)));
+      if (n > 0) return n;
+      if (n === 0) return null;
+      const code = errno();
+      if (code === Errno.EAGAIN) return undefined;
+      if (code !== Errno.EINTR) throw new SysError("read", code, "pipe");
+    }
+  }
+
   /** Some bytes into `buffer`: how many, or null at the end (the child closed its end). */
   async read(buffer: Uint8Array<ArrayBuffer>): Promise<number | null> {
     for (;;) {

@@ -9,6 +9,7 @@ import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
+import { sleep } from "../lib/timers.ts";
 
 const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
 const HELPER_NAME = "erofsocitest";
@@ -110,5 +111,97 @@ Deno.test({
       { env: config.env, stdin: registry.password },
     );
     assertSuccess(explicit);
+  },
+});
+
+/** Whether `pid` still runs (not gone, not a zombie) after up to 2 s. */
+async function stillRuns(pid: number): Promise<boolean> {
+  for (let i = 0; i < 40; i++) {
+    try {
+      if (/^\d+ \(.*\) Z/.test(await Deno.readTextFile(`/proc/${pid}/stat`))) return false;
+    } catch {
+      return false;
+    }
+    await sleep(50);
+  }
+  return true;
+}
+
+/** Adds `docker-credential-NAME` running `script` to the config's bin dir. */
+async function addHelper(dir: string, name: string, script: string): Promise<void> {
+  await Deno.writeTextFile(`${dir}/bin/docker-credential-${name}`, `#!/bin/sh\n${script}\n`, {
+    mode: 0o755,
+  });
+}
+
+Deno.test({
+  name: "oci credentials: identity tokens, huge helper output, a FIFO config.json: one clear line",
+  ignore,
+  fn: async () => {
+    await using registry = await registryWithImage("token");
+    const image = `${registry.host}/creds/app:v1`;
+    {
+      await using config = await dockerConfig({
+        auths: {
+          [registry.host]: {
+            auth: base64("00000000-0000-0000-0000-000000000000:"),
+            identitytoken: "abc",
+          },
+        },
+      });
+      assertCliError(
+        await runCli(["inspect", image, "--plain-http"], { env: config.env }),
+        1,
+        /auths\[".*"\] holds an identity token \(OAuth refresh token from docker login\), which erofs-oci does not support$/,
+      );
+    }
+    {
+      await using config = await dockerConfig({ credHelpers: { [registry.host]: "huge" } });
+      await addHelper(config.env.DOCKER_CONFIG, "huge", "head -c 300000000 /dev/zero");
+      assertCliError(
+        await runCli(["inspect", image, "--plain-http"], { env: config.env }),
+        1,
+        /credential helper 'docker-credential-huge' printed more than 1\.0 MiB \(killed\)$/,
+      );
+    }
+    {
+      await using config = await dockerConfig({});
+      const path = `${config.env.DOCKER_CONFIG}/config.json`;
+      await Deno.remove(path);
+      assert.ok((await new Deno.Command("mkfifo", { args: [path] }).output()).success);
+      assertCliError(
+        await runCli(["inspect", image, "--plain-http"], { env: config.env, timeoutMs: 30_000 }),
+        1,
+        /config\.json is not a regular file$/,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: "oci credentials: a helper that hangs with a child is killed with it at 20 s",
+  ignore,
+  fn: async () => {
+    await using registry = await registryWithImage("basic");
+    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
+    const dir = config.env.DOCKER_CONFIG;
+    // Its child holds stdout open: waiting for the pipe's end would wait 100 s.
+    await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
+    const started = performance.now();
+    const result = await runCli(["inspect", `${registry.host}/creds/app:v1`, "--plain-http"], {
+      env: config.env,
+      timeoutMs: 60_000,
+    });
+    const seconds = (performance.now() - started) / 1000;
+    const child = Number(await Deno.readTextFile(`${dir}/child.pid`));
+    const childRan = await stillRuns(child);
+    if (childRan) Deno.kill(child, "SIGKILL");
+    assertCliError(
+      result,
+      1,
+      /credential helper 'docker-credential-hang' did not answer within 20 s \(killed\)$/,
+    );
+    assert.ok(seconds < 30, `took ${seconds} s`);
+    assert.ok(!childRan, "the helper's child was killed with it");
   },
 });

@@ -1,4 +1,8 @@
-import { OciError } from "../errors.ts";
+import { Errno, OciError } from "../errors.ts";
+import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
+import { SysError } from "../../ffi/libc.ts";
+import { runCaptured } from "../../ffi/spawn.ts";
+import { formatBytes, printable } from "../text.ts";
 import { DOCKER_HUB, DOCKER_HUB_API_HOST } from "./reference.ts";
 
 /** A username and password (or token) for one registry. */
@@ -9,7 +13,18 @@ export interface Credentials {
 
 /** Docker's key for Docker Hub in config.json and for credential helpers. */
 const DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/";
-const HELPER_TIMEOUT_MS = 20_000;
+/** How long a credential helper may run, and the most it may print (stdout, stderr each). */
+export interface HelperLimits {
+  timeoutMs: number;
+  outputBytes: number;
+}
+
+/** Real helpers answer in well under a second, with well under 1 KiB. */
+const HELPER_LIMITS: HelperLimits = { timeoutMs: 20_000, outputBytes: 1024 * 1024 };
+/** Most config.json may hold; real ones are a few KiB. */
+const CONFIG_LIMIT_BYTES = 4 * 1024 * 1024;
+/** The Username with which Docker stores an identity token as a helper's Secret. */
+const IDENTITY_TOKEN_USERNAME = "<token>";
 
 /** The config.json path Docker uses: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. */
 export function dockerConfigPath(env: (name: string) => string | undefined = Deno.env.get): string {
@@ -45,46 +60,75 @@ function decodeAuthField(auth: string, where: string): Credentials {
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
 }
 
+/** `program` in an absolute directory of $PATH, as an executable regular file. */
+function findInPath(program: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    // A relative entry (or an empty one: the current directory) would run whatever the
+    // directory the command happens to run in holds, as root.
+    if (!dir.startsWith("/")) continue;
+    const path = `${dir}/${program}`;
+    try {
+      const stat = Deno.statSync(path);
+      if (stat.isFile && ((stat.mode ?? 0) & 0o111) !== 0) return path;
+    } catch { /* not there */ }
+  }
+  return undefined;
+}
+
 /**
  * Runs `docker-credential-NAME get` with the server name on stdin; returns undefined when the
  * helper knows no credentials for it. Helper output is JSON `{ServerURL, Username, Secret}`.
+ * A helper past its time or output limit is killed with whatever it started (it runs in a
+ * process group of its own), and nothing of it is waited for after that.
  */
 export async function runCredentialHelper(
   helper: string,
   serverName: string,
+  limits: HelperLimits = HELPER_LIMITS,
 ): Promise<Credentials | undefined> {
   if (!/^[A-Za-z0-9._-]+$/.test(helper)) {
     throw new OciError(`docker config: invalid credential helper name '${helper}'`);
   }
   const program = `docker-credential-${helper}`;
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(program, {
-      args: ["get"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(HELPER_TIMEOUT_MS),
-    }).spawn();
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new OciError(
-        `credential helper '${program}' not found`,
-        "install it or remove it from docker config.json (credsStore / credHelpers)",
-      );
-    }
-    throw error;
+  const fix = "fix or remove it in docker config.json (credsStore / credHelpers)";
+  const path = findInPath(program);
+  if (!path) {
+    throw new OciError(
+      `credential helper '${program}' not found`,
+      "install it or remove it from docker config.json (credsStore / credHelpers)",
+    );
   }
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(serverName)).catch(() => {});
-  await writer.close().catch(() => {});
-  const { code, stdout, stderr } = await child.output();
+  const run = await runCaptured(path, ["get"], Deno.env.toObject(), {
+    input: new TextEncoder().encode(serverName),
+    timeoutMs: limits.timeoutMs,
+    maxOutputBytes: limits.outputBytes,
+  });
+  if (run.outcome === "timeout") {
+    throw new OciError(
+      `credential helper '${program}' did not answer within ${limits.timeoutMs / 1000} s (killed)`,
+      `check it by hand (echo ${serverName} | ${program} get), or ${fix}`,
+    );
+  }
+  if (run.outcome === "too-much-output") {
+    throw new OciError(
+      `credential helper '${program}' printed more than ${
+        formatBytes(limits.outputBytes)
+      } (killed)`,
+      fix,
+    );
+  }
+  const { code, stdout, stderr } = run;
   const out = new TextDecoder().decode(stdout).trim();
   if (code !== 0) {
     const message = (out || new TextDecoder().decode(stderr)).trim().split("\n")[0];
     // The helper protocol reports a missing entry as this exact text on stdout.
     if (/credentials not found/i.test(message)) return undefined;
-    throw new OciError(`credential helper '${program}' failed: ${message.slice(0, 200)}`);
+    const why = message
+      ? printable(message.slice(0, 200))
+      : code > 128
+      ? `killed by signal ${code - 128}`
+      : `exit code ${code}`;
+    throw new OciError(`credential helper '${program}' failed: ${why}`);
   }
   let reply: unknown;
   try {
@@ -97,7 +141,21 @@ export async function runCredentialHelper(
     throw new OciError(`credential helper '${program}' reply lacks Username/Secret`);
   }
   if (Secret === "") return undefined;
+  // Docker's convention for an identity token (OAuth refresh token) kept by a helper.
+  if (Username === IDENTITY_TOKEN_USERNAME) {
+    throw identityTokenError(`credential helper '${program}'`);
+  }
   return { username: Username, password: Secret };
+}
+
+/** An identity token where credentials were expected: not supported, and what to use instead. */
+function identityTokenError(where: string): OciError {
+  return new OciError(
+    `${where} holds an identity token (OAuth refresh token from docker login), which erofs-oci ` +
+      "does not support",
+    "pass --username and --password-stdin (a password or access token), or log in with " +
+      "`docker login -u USER` with a password or access token",
+  );
 }
 
 /**
@@ -108,13 +166,25 @@ export async function runCredentialHelper(
 export async function dockerConfigCredentials(
   registry: string,
   configPath = dockerConfigPath(),
+  limits: HelperLimits = HELPER_LIMITS,
 ): Promise<Credentials | undefined> {
   let text: string;
   try {
-    text = await Deno.readTextFile(configPath);
+    text = new TextDecoder().decode(
+      await readRegularFile(configPath, CONFIG_LIMIT_BYTES, "docker config"),
+    );
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied) {
+    if (
+      error instanceof SysError &&
+      ([Errno.ENOENT, Errno.EACCES, Errno.ENOTDIR] as number[]).includes(error.errno)
+    ) {
       return undefined;
+    }
+    if (error instanceof FileRefusedError || error instanceof SysError) {
+      throw new OciError(
+        error instanceof SysError ? `docker config: ${error.message}` : error.message,
+        "make it a regular JSON file, or point DOCKER_CONFIG at another directory",
+      );
     }
     throw error;
   }
@@ -133,12 +203,12 @@ export async function dockerConfigCredentials(
     for (const key of keys) {
       const helper = (helpers as Record<string, unknown>)[key];
       if (typeof helper === "string" && helper) {
-        return await runCredentialHelper(helper, serverName);
+        return await runCredentialHelper(helper, serverName, limits);
       }
     }
   }
   if (typeof config.credsStore === "string" && config.credsStore) {
-    const found = await runCredentialHelper(config.credsStore, serverName);
+    const found = await runCredentialHelper(config.credsStore, serverName, limits);
     if (found) return found;
   }
   const auths = config.auths;
@@ -147,7 +217,12 @@ export async function dockerConfigCredentials(
   for (const key of keys) {
     const entry = entries.find(([k]) => k === key) ?? entries.find(([k]) => keyHost(k) === key);
     if (!entry || typeof entry[1] !== "object" || entry[1] === null) continue;
-    const { auth, username, password } = entry[1] as Record<string, unknown>;
+    const { auth, username, password, identitytoken } = entry[1] as Record<string, unknown>;
+    // `docker login` to an OAuth registry (ACR...) keeps a refresh token, next to an `auth` of
+    // a placeholder user with no password: that pair would only be rejected.
+    if (typeof identitytoken === "string" && identitytoken !== "") {
+      throw identityTokenError(`${configPath} auths["${entry[0]}"]`);
+    }
     if (typeof auth === "string" && auth !== "") {
       return decodeAuthField(auth, `${configPath} auths["${entry[0]}"]`);
     }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { OciError } from "../errors.ts";
 import { dockerConfigCredentials, dockerConfigPath } from "./docker_config.ts";
+import { sleep } from "../timers.ts";
 
 const b64 = (text: string) => btoa(text);
 
@@ -140,4 +141,133 @@ Deno.test("dockerConfigCredentials: broken configs and helpers are one-line OciE
     });
   }
   assert.equal(await dockerConfigCredentials("r.example", "/nonexistent/config.json"), undefined);
+});
+
+/** Whether `pid` has ended (gone, or a zombie nobody reaped yet), waited for up to 2 s. */
+async function ended(pid: number): Promise<boolean> {
+  for (let i = 0; i < 40; i++) {
+    try {
+      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+      if (/^\d+ \(.*\) Z/.test(stat)) return true;
+    } catch {
+      return true;
+    }
+    await sleep(50);
+  }
+  return false;
+}
+
+/** Kills `pid` if it still runs (a process a test's helper started and left behind). */
+function killLeftOver(pid: number): void {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
+}
+
+const LIMITS = { timeoutMs: 1000, outputBytes: 64 * 1024 };
+
+Deno.test("dockerConfigCredentials: a helper past the time limit is killed with its children", async () => {
+  // Its child keeps stdout open: the kill must not wait for that pipe's end.
+  await withConfig({ credsStore: "hang" }, {
+    hang: `sleep 100 & echo $! > "$(dirname "$0")/child.pid"; wait`,
+  }, async (path, dir) => {
+    const started = performance.now();
+    await assert.rejects(dockerConfigCredentials("r.example", path, LIMITS), (e: unknown) => {
+      assert.ok(e instanceof OciError, String(e));
+      assert.match(e.message, /'docker-credential-hang' did not answer within 1 s \(killed\)$/);
+      assert.match(e.hint ?? "", /docker-credential-hang get/);
+      return true;
+    });
+    assert.ok(performance.now() - started < 5000, `took ${performance.now() - started} ms`);
+    const child = Number(await Deno.readTextFile(`${dir}/child.pid`));
+    const childEnded = await ended(child);
+    killLeftOver(child);
+    assert.ok(childEnded, "the helper's child was killed with it");
+  });
+  await withConfig({ credsStore: "hang" }, { hang: "exec sleep 100" }, async (path) => {
+    await assert.rejects(dockerConfigCredentials("r.example", path, LIMITS), /within 1 s/);
+  });
+});
+
+Deno.test("dockerConfigCredentials: neither a helper's escaped child nor its leftovers are waited for", async () => {
+  // Left its process group (setsid) with the pipes: not killed, and not waited for past the limit.
+  await withConfig({ credsStore: "escape" }, {
+    escape: `setsid sleep 100 & echo $! > "$(dirname "$0")/child.pid"; sleep 100`,
+  }, async (path, dir) => {
+    const started = performance.now();
+    await assert.rejects(dockerConfigCredentials("r.example", path, LIMITS), /within 1 s/);
+    killLeftOver(Number(await Deno.readTextFile(`${dir}/child.pid`)));
+    assert.ok(performance.now() - started < 5000, `took ${performance.now() - started} ms`);
+  });
+  // Answered and exited, a child still holding stdout: the answer is taken at once.
+  await withConfig({ credsStore: "daemon" }, {
+    daemon: `sleep 100 & echo $! > "$(dirname "$0")/child.pid"\n` +
+      `echo '{"Username":"u","Secret":"s"}'`,
+  }, async (path, dir) => {
+    const started = performance.now();
+    const found = await dockerConfigCredentials("r.example", path, LIMITS);
+    killLeftOver(Number(await Deno.readTextFile(`${dir}/child.pid`)));
+    assert.deepEqual(found, { username: "u", password: "s" });
+    assert.ok(performance.now() - started < 900, `took ${performance.now() - started} ms`);
+  });
+});
+
+Deno.test("dockerConfigCredentials: helper output and config.json are bounded", async () => {
+  await withConfig(
+    { credsStore: "huge" },
+    { huge: "head -c 300000000 /dev/zero" },
+    async (path) => {
+      await assert.rejects(
+        dockerConfigCredentials("r.example", path, LIMITS),
+        /'docker-credential-huge' printed more than 64\.0 KiB \(killed\)$/,
+      );
+    },
+  );
+  await withConfig({ credsStore: "loud" }, {
+    loud: "head -c 300000000 /dev/zero >&2; exit 1",
+  }, async (path) => {
+    await assert.rejects(dockerConfigCredentials("r.example", path, LIMITS), /more than 64\.0 KiB/);
+  });
+  await withConfig({ credsStore: "killed" }, { killed: "kill -9 $$" }, async (path) => {
+    await assert.rejects(
+      dockerConfigCredentials("r.example", path, LIMITS),
+      /'docker-credential-killed' failed: killed by signal 9$/,
+    );
+  });
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-docker-config-" });
+  try {
+    const fifo = `${dir}/config.json`;
+    const mkfifo = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.ok(mkfifo.success);
+    await assert.rejects(dockerConfigCredentials("r.example", fifo), (e: unknown) => {
+      assert.ok(e instanceof OciError, String(e));
+      assert.match(e.message, /config\.json is not a regular file$/);
+      return true;
+    });
+    await Deno.remove(fifo);
+    await Deno.writeTextFile(fifo, `{"auths":{}, "pad":"${"x".repeat(5 * 1024 * 1024)}"}`);
+    await assert.rejects(dockerConfigCredentials("r.example", fifo), /larger than/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("dockerConfigCredentials: identity tokens (OAuth refresh tokens) are refused, saying so", async () => {
+  await withConfig({
+    auths: {
+      "acr.example": { auth: b64("00000000-0000-0000-0000-000000000000:"), identitytoken: "abc" },
+    },
+    credHelpers: { "helped.example": "oauth" },
+  }, {
+    oauth: `echo '{"Username":"<token>","Secret":"refresh"}'`,
+  }, async (path) => {
+    for (const registry of ["acr.example", "helped.example"]) {
+      await assert.rejects(dockerConfigCredentials(registry, path), (e: unknown) => {
+        assert.ok(e instanceof OciError, String(e));
+        assert.match(e.message, /identity token \(OAuth refresh token .*not support/);
+        assert.match(e.hint ?? "", /--password-stdin/);
+        return true;
+      });
+    }
+  });
 });
