@@ -169,7 +169,17 @@ export type CapturedRun =
   /** Still running at the time limit: killed, with its process group. */
   | { outcome: "timeout" }
   /** Printed more than the limit (on stdout or stderr): killed, with its process group. */
-  | { outcome: "too-much-output" };
+  | { outcome: "too-much-output" }
+  /** This process got `signal` while the program ran: sent on to its group, then it ended. */
+  | { outcome: "interrupted"; signal: Deno.Signal };
+
+/**
+ * Signals a terminal or a service manager sends to end a command. A program in a process group
+ * of its own does not get the terminal's Ctrl-C, so runCaptured sends these on to its group.
+ */
+const FORWARDED_SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+/** How long a program that got a forwarded signal has to end before its group is killed. */
+const SIGNAL_GRACE_MS = 250;
 
 /**
  * Runs `path` with `input` on its stdin and collects its stdout and stderr, within `timeoutMs`
@@ -178,7 +188,9 @@ export type CapturedRun =
  * SIGKILLed, whatever the program started included, and nothing is waited for any longer (a
  * process that left the group and holds the pipes is no reason to wait). Once the program has
  * exited, what is in its pipes is its output: a child of it that keeps them open is not waited
- * for either. `input` must fit in a pipe (64 KiB), written at once.
+ * for either. `input` must fit in a pipe (64 KiB), written at once. SIGINT, SIGTERM or SIGHUP to
+ * this process meanwhile is sent on to the program's group, and the run ends as "interrupted"
+ * (the caller reports it): the program would otherwise outlive a Ctrl-C of this process.
  */
 export async function runCaptured(
   path: string,
@@ -203,6 +215,16 @@ export async function runCaptured(
   let exited = false;
   let cut: CapturedRun | undefined;
   let code: number;
+  const forwarders = FORWARDED_SIGNALS.map((signal) => ({
+    signal,
+    listener: () => {
+      cut ??= { outcome: "interrupted", signal };
+      try {
+        Deno.kill(-child.pid, signal);
+      } catch { /* the group is gone */ }
+    },
+  }));
+  for (const { signal, listener } of forwarders) Deno.addSignalListener(signal, listener);
   try {
     // Not reaped before the end (status() below): the group's id stays this child's meanwhile.
     pidfd = pidfdOpen(child.pid);
@@ -233,11 +255,14 @@ export async function runCaptured(
         break;
       }
       const fds = [pidfd, ...streams.filter((s) => s.open).map((s) => s.reader.descriptor)];
-      await pollAsync(pollFds(fds, POLLIN), Math.ceil(left));
+      // In slices: a signal forwarded to a program that ignores it ends the wait soon after.
+      await pollAsync(pollFds(fds, POLLIN), Math.min(Math.ceil(left), SIGNAL_GRACE_MS));
       exited = readableNow(pidfd);
     }
   } finally {
-    if (!exited) {
+    for (const { signal, listener } of forwarders) Deno.removeSignalListener(signal, listener);
+    // After a signal also when the program ended: a shell's `cmd &` ignores SIGINT.
+    if (!exited || cut?.outcome === "interrupted") {
       try {
         Deno.kill(-child.pid, "SIGKILL");
       } catch { /* the group is gone (only the unreaped child left) */ }

@@ -17,6 +17,16 @@ export class UserError extends Error {
   }
 }
 
+/** The shell's code for a process ended by SIGINT (128 + 2); SIGTERM's too, by choice. */
+export const INTERRUPTED_EXIT_CODE = 130;
+/** The shell's code for a process ended by SIGHUP (128 + 1): a hangup is not a Ctrl-C. */
+export const HANGUP_EXIT_CODE = 129;
+
+/** The exit code of a command that undid its work at `signal`. */
+export function interruptedExitCode(signal: Deno.Signal): number {
+  return signal === "SIGHUP" ? HANGUP_EXIT_CODE : INTERRUPTED_EXIT_CODE;
+}
+
 /** Bad command line: exit code 2. */
 export class UsageError extends UserError {
   constructor(message: string, hint?: string) {

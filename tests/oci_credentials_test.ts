@@ -6,7 +6,14 @@
 import assert from "node:assert/strict";
 import { command, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
-import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import {
+  assertCliError,
+  assertSuccess,
+  describe,
+  runCli,
+  startCli,
+  stopCli,
+} from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { sleep } from "../lib/timers.ts";
@@ -203,5 +210,41 @@ Deno.test({
     );
     assert.ok(seconds < 30, `took ${seconds} s`);
     assert.ok(!childRan, "the helper's child was killed with it");
+  },
+});
+
+Deno.test({
+  name: "oci credentials: Ctrl-C while a helper hangs stops the helper and its child too",
+  ignore,
+  fn: async () => {
+    await using registry = await registryWithImage("basic");
+    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
+    const dir = config.env.DOCKER_CONFIG;
+    await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
+    const started = startCli(["inspect", `${registry.host}/creds/app:v1`, "--plain-http"], {
+      ...config.env,
+    });
+    try {
+      for (let waited = 0; waited < 15_000; waited += 50) {
+        if ((await Deno.readTextFile(`${dir}/child.pid`).catch(() => "")).trim()) break;
+        await sleep(50);
+      }
+      const child = Number(await Deno.readTextFile(`${dir}/child.pid`));
+      const interruptedAt = performance.now();
+      started.child.kill("SIGINT");
+      const result = await started.result;
+      const seconds = (performance.now() - interruptedAt) / 1000;
+      const childRan = await stillRuns(child);
+      if (childRan) Deno.kill(child, "SIGKILL");
+      assertCliError(
+        result,
+        130,
+        /interrupted \(SIGINT\) while credential helper 'docker-credential-hang' ran/,
+      );
+      assert.ok(seconds < 5, `took ${seconds} s after the SIGINT`);
+      assert.ok(!childRan, "the helper's child was stopped with the command");
+    } finally {
+      await stopCli(started);
+    }
   },
 });

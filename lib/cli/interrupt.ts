@@ -5,18 +5,10 @@
  * open the signal aborts its `signal` instead, and the command stops at its next step and
  * undoes what it did.
  */
-import { UserError } from "../errors.ts";
+import { interruptedExitCode, UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
 
-/** The shell's code for a process ended by SIGINT (128 + 2); SIGTERM's too, by choice. */
-export const INTERRUPTED_EXIT_CODE = 130;
-/** The shell's code for a process ended by SIGHUP (128 + 1): a hangup is not a Ctrl-C. */
-export const HANGUP_EXIT_CODE = 129;
-
-/** The exit code of a command that undid its work at `signal`. */
-export function interruptedExitCode(signal: Deno.Signal): number {
-  return signal === "SIGHUP" ? HANGUP_EXIT_CODE : INTERRUPTED_EXIT_CODE;
-}
+export { HANGUP_EXIT_CODE, INTERRUPTED_EXIT_CODE, interruptedExitCode } from "../errors.ts";
 
 /** The command was interrupted and undid what it had done. */
 export class Interrupted extends UserError {

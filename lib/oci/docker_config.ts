@@ -1,4 +1,4 @@
-import { Errno, OciError } from "../errors.ts";
+import { Errno, interruptedExitCode, OciError } from "../errors.ts";
 import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
 import { SysError } from "../../ffi/libc.ts";
 import { runCaptured } from "../../ffi/spawn.ts";
@@ -107,6 +107,13 @@ export async function runCredentialHelper(
     throw new OciError(
       `credential helper '${program}' did not answer within ${limits.timeoutMs / 1000} s (killed)`,
       `check it by hand (echo ${serverName} | ${program} get), or ${fix}`,
+    );
+  }
+  if (run.outcome === "interrupted") {
+    throw new OciError(
+      `interrupted (${run.signal}) while credential helper '${program}' ran; it was stopped too`,
+      undefined,
+      { exitCode: interruptedExitCode(run.signal) },
     );
   }
   if (run.outcome === "too-much-output") {
