@@ -25,7 +25,7 @@ import type { VerifyChunk } from "./disk_cache_fetch.ts";
 import { type CachedBlob, describeBlob } from "./disk_cache_contents.ts";
 import { blobFilePrefix, blobNameStem } from "./disk_cache_names.ts";
 import { noteChunkMismatch } from "./fetch_metrics.ts";
-import { defaultKeepFreeBytes } from "./disk_cache_fs.ts";
+import { availableBytesOf, defaultKeepFreeBytes } from "./disk_cache_fs.ts";
 import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
 import type { Reservation } from "./disk_cache_room.ts";
 import { scanBlobs } from "./disk_cache_scan.ts";
@@ -238,6 +238,23 @@ export class DiskCache {
   }
 
   /**
+   * Why a blob of `size` bytes could not stay whole in the cache, and what gives it room: the
+   * bound, or (on a small or full file system) the free space the cache leaves there.
+   */
+  #whyNoRoomFor(size: number): string {
+    const stopped = "stopped, only what is read of it is fetched from now on";
+    const available = availableBytesOf(this.dir);
+    if (available !== undefined && available - this.keepFreeBytes < size) {
+      return `the file system of the disk cache ${this.dir} has too little free space for it ` +
+        `beside the ${formatBytes(this.keepFreeBytes)} the cache leaves free ` +
+        `(--disk-cache-keep-free): ${stopped}; free space there, or lower ` +
+        "--disk-cache-keep-free";
+    }
+    return `the disk cache (${formatBytes(this.maxBytes)}) cannot hold it beside the other ` +
+      `layers in use: ${stopped}; raise --disk-cache-size`;
+  }
+
+  /**
    * `--fetch-all` of one blob, unless it cannot stay whole in the cache: a blob larger than
    * the bound is not started, one whose fetched chunks get evicted (the blobs in use together
    * pass the bound) is stopped; either is said once, and its reads still fetch what they need.
@@ -256,11 +273,7 @@ export class DiskCache {
     const startedMs = Date.now();
     source.completeInBackground().then(async (end) => {
       if (end === "evicted") {
-        this.#warn(
-          `--fetch-all: ${digest}: the disk cache (${formatBytes(this.maxBytes)}) cannot hold ` +
-            "it beside the other layers in use: stopped, only what is read of it is fetched " +
-            "from now on; raise --disk-cache-size",
-        );
+        this.#warn(`--fetch-all: ${digest}: ${this.#whyNoRoomFor(source.size)}`);
         return;
       }
       if (end !== "complete") return;
