@@ -117,10 +117,11 @@ export const OUT_OF_DESCRIPTORS_HINT = "raise the open file limit (ulimit -n)";
  * Refusals of the operating system that describe the host, not a bug: a full or read-only file
  * system, a missing or unreadable path, a directory where a file was expected.
  */
-const HOST_REFUSALS: Record<string, string | undefined> = {
-  ENOSPC: "free space there, or write elsewhere (-o, --tmpdir)",
-  EDQUOT: "free space there, or write elsewhere (-o, --tmpdir)",
-  EROFS: "write somewhere writable (-o, --tmpdir)",
+const HOST_REFUSALS: Record<string, string | ((elsewhere?: string) => string) | undefined> = {
+  ENOSPC: fullHint,
+  EDQUOT: fullHint,
+  EROFS: (elsewhere) =>
+    elsewhere ? `write somewhere writable (${elsewhere})` : "make that file system writable",
   EACCES: undefined,
   EPERM: undefined,
   EISDIR: undefined,
@@ -133,15 +134,26 @@ const HOST_REFUSALS: Record<string, string | undefined> = {
   EIO: "the disk or file system reported an I/O error",
 };
 
+function fullHint(elsewhere?: string): string {
+  return elsewhere ? `free space there, or write elsewhere (${elsewhere})` : "free space there";
+}
+
 /**
  * A Deno file error the host caused (HOST_REFUSALS) as one line naming the path, such as
- * "open 'out/x.tmp': Read-only file system"; undefined for anything else.
+ * "open 'out/x.tmp': Read-only file system"; undefined for anything else. `elsewhere` names the
+ * options of the command that choose where it writes ("-o, --tmpdir"), for the hint; a command
+ * without any (mount: its state and runtime dirs) gets a hint without them.
  */
-export function hostRefusal(error: unknown): UserError | undefined {
+export function hostRefusal(error: unknown, elsewhere?: string): UserError | undefined {
   if (!(error instanceof Error)) return undefined;
   const code = (error as { code?: unknown }).code;
   if (typeof code !== "string" || !(code in HOST_REFUSALS)) return undefined;
-  return new UserError(plainOsErrors(error.message).text, HOST_REFUSALS[code], { cause: error });
+  const hint = HOST_REFUSALS[code];
+  return new UserError(
+    plainOsErrors(error.message).text,
+    typeof hint === "function" ? hint(elsewhere) : hint,
+    { cause: error },
+  );
 }
 
 /**

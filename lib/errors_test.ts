@@ -45,3 +45,18 @@ Deno.test("hostRefusal: a raw Deno file error as one line naming its path", () =
     "readfile '/nonexistent-erofs-oci-test/x': No such file or directory",
   );
 });
+
+Deno.test("hostRefusal: a full disk's hint names the command's output options, or none", () => {
+  const full = Object.assign(new Error("No space left on device (os error 28): write 'x'"), {
+    code: "ENOSPC",
+  });
+  assert.equal(
+    hostRefusal(full, "-o, --tmpdir")?.hint,
+    "free space there, or write elsewhere (-o, --tmpdir)",
+  );
+  assert.equal(hostRefusal(full)?.hint, "free space there");
+  const readOnly = Object.assign(new Error("Read-only file system (os error 30)"), {
+    code: "EROFS",
+  });
+  assert.equal(hostRefusal(readOnly)?.hint, "make that file system writable");
+});

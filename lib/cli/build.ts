@@ -25,6 +25,7 @@ const MAX_ORDER_FILE_BYTES = 64 << 20;
 
 export const buildCommand: Command = {
   name: "build",
+  writesWhere: "-o",
   summary: "make an EROFS image from a directory, laid out for lazy mounting",
   help: `Usage: erofs-oci build SOURCE -o OUT.erofs [options]
 

@@ -10,6 +10,8 @@ export interface Command {
   help: string;
   /** Runs the command; returns the exit code. Throws UserError for failures the user can fix. */
   run(argv: string[]): Promise<number>;
+  /** Its options that choose where it writes ("-o, --tmpdir"), for a full disk's hint. */
+  writesWhere?: string;
 }
 
 const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const;

@@ -25,6 +25,7 @@ import { parseSize } from "./size.ts";
 
 export const convertCommand: Command = {
   name: "convert",
+  writesWhere: "--tmpdir",
   summary: "convert an ordinary image (tar layers) to EROFS layers and push it",
   help: `Usage: erofs-oci convert SRC DST [options]
 

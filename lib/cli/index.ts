@@ -30,6 +30,7 @@ const MIN_SPAN_BYTES = 256 * 1024;
 
 export const indexCommand: Command = {
   name: "index",
+  writesWhere: "-o, --tmpdir",
   summary: "index tar/tar.gz layers for lazy mounting (tar-index meta image + gzip zinfo)",
   help: `Usage: erofs-oci index FILE.tar.gz|FILE.tar -o DIR [options]
        erofs-oci index IMAGE [--layer N] (-o DIR | --push) [options]

@@ -57,6 +57,7 @@ export async function runCli(args: string[]): Promise<number> {
   const debug = ours.includes("--debug");
   setDebug(debug);
   let argv = [...ours.filter((a) => a !== "--debug"), ...(dashes === -1 ? [] : args.slice(dashes))];
+  let writesWhere: string | undefined;
   try {
     argv = takeLogFormat(argv);
     const [first, ...rest] = argv;
@@ -97,6 +98,7 @@ export async function runCli(args: string[]): Promise<number> {
         console.log(command.help);
         return 0;
       }
+      writesWhere = command.writesWhere;
       return await command.run(rest);
     } finally {
       if (ahead) {
@@ -105,7 +107,7 @@ export async function runCli(args: string[]): Promise<number> {
       }
     }
   } catch (error) {
-    return reportError(error, debug);
+    return reportError(error, debug, writesWhere);
   }
 }
 
@@ -137,8 +139,8 @@ function takeLogFormat(argv: string[]): string[] {
  * Prints one line (plus hint) for user errors; a stack only with --debug or for bugs. Deno's
  * OS error texts read as ours ("(os error 2)" left out); --debug names the errno.
  */
-export function reportError(thrown: unknown, debug: boolean): number {
-  const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown) ?? thrown;
+export function reportError(thrown: unknown, debug: boolean, writesWhere?: string): number {
+  const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown, writesWhere) ?? thrown;
   const { text: plain, errnos } = plainOsErrors(
     error instanceof Error ? error.message : String(error),
   );

@@ -10,6 +10,7 @@ import { selectLayers } from "../oci/layers.ts";
 /** Parses `--layer N` (a non-negative integer); usage error otherwise. */
 export const pullCommand: Command = {
   name: "pull",
+  writesWhere: "-o",
   summary: "download one layer blob to a file, verified against its digest",
   help: `Usage: erofs-oci pull IMAGE (--layer N | --blob DIGEST) -o FILE [options]
 

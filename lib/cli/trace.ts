@@ -41,6 +41,7 @@ const KILL_GRACE_MS = 5000;
 
 export const traceCommand: Command = {
   name: "trace",
+  writesWhere: "-o",
   summary: "record which bytes a command reads from an image, for mount to prefetch",
   help: `Usage: erofs-oci trace IMAGE (--push | -o FILE) [--seconds N] [options] -- CMD [ARGS…]
 
