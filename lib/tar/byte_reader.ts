@@ -61,9 +61,31 @@ export class ByteReader {
     return out;
   }
 
+  /**
+   * Exactly `n` bytes when the current chunk holds them (a view, as readUpTo's), else undefined
+   * and nothing consumed: a member's header and skipped data mostly lie within one chunk, and
+   * reading them without an await each saves several promises per member.
+   */
+  readBuffered(n: number): Uint8Array | undefined {
+    if (n <= 0 || this.#chunk.length - this.#chunkPos < n) return undefined;
+    const view = this.#chunk.subarray(this.#chunkPos, this.#chunkPos + n);
+    this.#chunkPos += n;
+    this.position += n;
+    return view;
+  }
+
+  /** Skips what it can of `n` bytes within the current chunk; returns how many are left. */
+  skipBuffered(n: number): number {
+    const k = Math.min(n, this.#chunk.length - this.#chunkPos);
+    if (k <= 0) return n;
+    this.#chunkPos += k;
+    this.position += k;
+    return n - k;
+  }
+
   /** Skips `n` bytes; a FormatError when the stream ends first. */
   async skip(n: number, what: string): Promise<void> {
-    let left = n;
+    let left = this.skipBuffered(n);
     while (left > 0) {
       const view = await this.readUpTo(left);
       if (view === null) throw truncated(what, this.position);

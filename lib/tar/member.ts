@@ -9,7 +9,7 @@ import type { TarEntry, TarEntryKind } from "./entry.ts";
 import { EntryData } from "./entry_data.ts";
 import type { HeaderBlock, SparseSegment } from "./header.ts";
 import { normalizeTarPath, utf8Length } from "./path.ts";
-import { paxInteger, type PaxRecord, paxTime } from "./pax.ts";
+import { asciiString, paxInteger, type PaxRecord, paxTime } from "./pax.ts";
 import { checkSparseMap, paxSparse, readGnuSparseExtensions, readSparse1Map } from "./sparse.ts";
 import { applyXattrRecord } from "./xattrs.ts";
 
@@ -57,6 +57,12 @@ function checkPathLimits(path: string, what: string, offset: number): void {
   }
 }
 
+/**
+ * The xattrs of a member without any (most): one shared empty map, never written (TarEntry's
+ * xattrs is a ReadonlyMap).
+ */
+const NO_XATTRS: ReadonlyMap<string, Uint8Array> = new Map();
+
 /** Typeflags with no data records (Go's isHeaderOnlyType): hard link to FIFO. */
 const HEADER_ONLY_TYPES = new Set(["1", "2", "3", "4", "5", "6"]);
 
@@ -85,7 +91,7 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   let mtimeNsec = 0;
   let devMajor = header.devMajor;
   let devMinor = header.devMinor;
-  const xattrs = new Map<string, Uint8Array>();
+  let xattrs: Map<string, Uint8Array> | undefined;
   for (const r of records) {
     switch (r.key) {
       case "path":
@@ -122,7 +128,7 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
         devMinor = paxInteger(r, headerOffset);
         break;
       default:
-        applyXattrRecord(xattrs, r, headerOffset);
+        applyXattrRecord(xattrs ??= new Map(), r, headerOffset);
     }
   }
 
@@ -146,26 +152,27 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   const maxSegments = Math.floor(input.maxMetaBytes / 24);
   // Header fields are views of the source's chunk, which a reader reusing its buffers
   // (openTar's reuseChunks) overwrites once it reads on: copy them before reading more.
-  const keepHeaderBytes = () => {
-    pathBytes = pathBytes.slice();
-    linkBytes = linkBytes.slice();
-    uname = uname.slice();
-    gname = gname.slice();
-  };
+  // (Inline, not a closure: one would put this function's variables in a context object.)
   if (header.gnuSparse) {
     sparse = [...header.gnuSparse.segments];
     if (header.gnuSparse.isExtended) {
-      keepHeaderBytes();
+      pathBytes = pathBytes.slice();
+      linkBytes = linkBytes.slice();
+      uname = uname.slice();
+      gname = gname.slice();
       await readGnuSparseExtensions(src, sparse, maxSegments);
     }
     size = header.gnuSparse.realSize;
   }
-  const pax = kind === "file" ? paxSparse(records, headerOffset) : undefined;
+  const pax = kind === "file" && records.length > 0 ? paxSparse(records, headerOffset) : undefined;
   if (pax) {
     if (pax.name) pathBytes = pax.name;
     size = pax.realSize;
     if (pax.version === "1.0") {
-      keepHeaderBytes();
+      pathBytes = pathBytes.slice();
+      linkBytes = linkBytes.slice();
+      uname = uname.slice();
+      gname = gname.slice();
       const map = await readSparse1Map(src, input.maxMetaBytes, headerOffset);
       if (map.mapBytes > storedArea) {
         throw new FormatError(`tar member at byte ${headerOffset}: sparse map larger than member`);
@@ -206,33 +213,87 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   }
   const dataOffset = src.position;
   const data = new EntryData(src, storedArea, kind === "file" ? storedSize : 0);
-  const entry: TarEntry = {
+  const entry = new Member({
     path,
     rawPath,
     kind,
     mode: header.mode & 0o7777,
     uid,
     gid,
-    uname: decodeName(uname, "uname", headerOffset, true),
-    gname: decodeName(gname, "gname", headerOffset, true),
+    uname: unames.decode(uname, headerOffset),
+    gname: gnames.decode(gname, headerOffset),
     mtimeSec,
     mtimeNsec,
     size,
     linkname,
     devMajor: kind === "char" || kind === "block" ? devMajor : 0,
     devMinor: kind === "char" || kind === "block" ? devMinor : 0,
-    xattrs,
+    xattrs: xattrs ?? NO_XATTRS,
     metaOffset: input.metaOffset,
     headerOffset,
     dataOffset,
     storedSize: kind === "file" ? storedSize : 0,
     sparse,
-    body: data.stream,
-  };
+  }, data);
   return { entry, data };
 }
 
+/** A TarEntry whose `body` stream is made only when asked for (EntryData.stream). */
+class Member implements TarEntry {
+  readonly path: string;
+  readonly rawPath: string;
+  readonly kind: TarEntryKind;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly uname: string;
+  readonly gname: string;
+  readonly mtimeSec: number;
+  readonly mtimeNsec: number;
+  readonly size: number;
+  readonly linkname: string;
+  readonly devMajor: number;
+  readonly devMinor: number;
+  readonly xattrs: ReadonlyMap<string, Uint8Array>;
+  readonly metaOffset: number;
+  readonly headerOffset: number;
+  readonly dataOffset: number;
+  readonly storedSize: number;
+  readonly sparse?: readonly SparseSegment[];
+  #data: EntryData;
+
+  constructor(fields: Omit<TarEntry, "body">, data: EntryData) {
+    this.path = fields.path;
+    this.rawPath = fields.rawPath;
+    this.kind = fields.kind;
+    this.mode = fields.mode;
+    this.uid = fields.uid;
+    this.gid = fields.gid;
+    this.uname = fields.uname;
+    this.gname = fields.gname;
+    this.mtimeSec = fields.mtimeSec;
+    this.mtimeNsec = fields.mtimeNsec;
+    this.size = fields.size;
+    this.linkname = fields.linkname;
+    this.devMajor = fields.devMajor;
+    this.devMinor = fields.devMinor;
+    this.xattrs = fields.xattrs;
+    this.metaOffset = fields.metaOffset;
+    this.headerOffset = fields.headerOffset;
+    this.dataOffset = fields.dataOffset;
+    this.storedSize = fields.storedSize;
+    this.sparse = fields.sparse;
+    this.#data = data;
+  }
+
+  get body(): ReadableStream<Uint8Array> {
+    return this.#data.stream;
+  }
+}
+
 function decodeName(bytes: Uint8Array, what: string, offset: number, lenient = false): string {
+  const ascii = asciiString(bytes);
+  if (ascii !== undefined) return ascii;
   if (!lenient && bytes.includes(0)) {
     throw new FormatError(`tar member at byte ${offset}: NUL byte in ${what}`);
   }
@@ -247,3 +308,32 @@ function decodeName(bytes: Uint8Array, what: string, offset: number, lenient = f
     );
   }
 }
+
+/**
+ * The last user or group name decoded, kept with its bytes: a layer's members mostly share an
+ * owner, and comparing up to 32 bytes is cheaper than decoding them again.
+ */
+class LastName {
+  #bytes = new Uint8Array(64);
+  #length = -1;
+  #value = "";
+  constructor(readonly what: string) {}
+
+  decode(bytes: Uint8Array, offset: number): string {
+    const n = bytes.length;
+    if (n === this.#length) {
+      let i = 0;
+      while (i < n && bytes[i] === this.#bytes[i]) i++;
+      if (i === n) return this.#value;
+    }
+    const value = decodeName(bytes, this.what, offset, true);
+    if (n <= this.#bytes.length) {
+      this.#bytes.set(bytes);
+      this.#length = n;
+      this.#value = value;
+    }
+    return value;
+  }
+}
+const unames = new LastName("uname");
+const gnames = new LastName("gname");

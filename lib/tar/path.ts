@@ -9,6 +9,7 @@
  * from these paths must not follow symlinks when it creates parents.
  */
 export function normalizeTarPath(raw: string): string {
+  if (isNormal(raw)) return raw;
   const parts: string[] = [];
   for (const part of raw.split("/")) {
     if (part === "" || part === ".") continue;
@@ -16,6 +17,26 @@ export function normalizeTarPath(raw: string): string {
     else parts.push(part);
   }
   return parts.join("/");
+}
+
+/**
+ * True when `raw` is its own normal form: no leading or trailing "/", and no "", "." or ".."
+ * component (most members' paths, which then need no split and join).
+ */
+function isNormal(raw: string): boolean {
+  const n = raw.length;
+  if (n === 0) return true;
+  let start = 0; // where the current component starts
+  for (let i = 0; i <= n; i++) {
+    if (i < n && raw.charCodeAt(i) !== 0x2f) continue;
+    const length = i - start;
+    if (length === 0) return false;
+    if (length <= 2 && raw.charCodeAt(start) === 0x2e) {
+      if (length === 1 || raw.charCodeAt(start + 1) === 0x2e) return false;
+    }
+    start = i + 1;
+  }
+  return true;
 }
 
 /**

@@ -11,6 +11,27 @@ export interface PaxRecord {
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+const lenientUtf8 = new TextDecoder();
+
+/** Longest text decoded by asciiString (Function.apply passes each byte as an argument). */
+const ASCII_MAX_BYTES = 1024;
+
+/**
+ * `bytes` as a string when they are all ASCII without NUL (their UTF-8 decoding, made in
+ * JavaScript: ~2.5x faster than a TextDecoder call for a member's path or a pax key), else
+ * undefined.
+ */
+export function asciiString(bytes: Uint8Array): string | undefined {
+  if (bytes.length > ASCII_MAX_BYTES) return undefined;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    if (b === 0 || b >= 0x80) return undefined;
+  }
+  return String.fromCharCode.apply(null, bytes as unknown as number[]);
+}
+
+/** A record's value as text, invalid UTF-8 replaced (for numbers: then refused as such). */
+const valueText = (value: Uint8Array) => asciiString(value) ?? lenientUtf8.decode(value);
 
 /** Parses a pax header body in order (order matters for GNU sparse 0.0 offset/numbytes pairs). */
 export function parsePaxRecords(data: Uint8Array, offset: number): PaxRecord[] {
@@ -32,11 +53,14 @@ export function parsePaxRecords(data: Uint8Array, offset: number): PaxRecord[] {
     }
     const eq = record.indexOf(0x3d);
     if (eq <= 0) throw new FormatError(`tar pax header at byte ${offset}: record without key`);
-    let key: string;
-    try {
-      key = utf8.decode(record.subarray(0, eq));
-    } catch {
-      throw new FormatError(`tar pax header at byte ${offset}: key is not UTF-8`);
+    const keyBytes = record.subarray(0, eq);
+    let key = asciiString(keyBytes);
+    if (key === undefined) {
+      try {
+        key = utf8.decode(keyBytes);
+      } catch {
+        throw new FormatError(`tar pax header at byte ${offset}: key is not UTF-8`);
+      }
     }
     records.push({ key, value: record.subarray(eq + 1, record.length - 1) });
     pos += length;
@@ -46,7 +70,7 @@ export function parsePaxRecords(data: Uint8Array, offset: number): PaxRecord[] {
 
 /** Decimal integer value (pax `size`, `uid`, …). */
 export function paxInteger(record: PaxRecord, offset: number): number {
-  const text = new TextDecoder().decode(record.value);
+  const text = valueText(record.value);
   if (!/^[0-9]{1,16}$/.test(text) || !Number.isSafeInteger(Number(text))) {
     throw new FormatError(`tar pax header at byte ${offset}: bad ${record.key} "${text}"`);
   }
@@ -58,7 +82,7 @@ export function paxInteger(record: PaxRecord, offset: number): number {
  * below zero, so it is returned as floor seconds plus a positive nanosecond part.
  */
 export function paxTime(record: PaxRecord, offset: number): { sec: number; nsec: number } {
-  const text = new TextDecoder().decode(record.value);
+  const text = valueText(record.value);
   const m = /^(-?)([0-9]{1,16})(?:\.([0-9]*))?$/.exec(text);
   if (!m || !Number.isSafeInteger(Number(m[2]))) {
     throw new FormatError(`tar pax header at byte ${offset}: bad ${record.key} "${text}"`);

@@ -39,6 +39,9 @@ export interface TarReaderOptions {
 
 export const DEFAULT_MAX_META_BYTES = 1 << 20;
 
+/** A member's pax records when it has none; never written (`local` is replaced by concat). */
+const NO_RECORDS: PaxRecord[] = [];
+
 // Pax keys that describe one member only; a global ('g') header setting them is ignored, as a
 // global path or size would make every following member the same file.
 const MEMBER_ONLY_KEYS = new Set(["path", "linkpath", "size"]);
@@ -58,10 +61,10 @@ export async function* readTar(
   let data: EntryData | undefined;
   try {
     for (;;) {
-      if (data) await data.finish();
+      if (data && !data.finishBuffered()) await data.finish();
       data = undefined;
       const metaOffset = src.position;
-      let local: PaxRecord[] = [];
+      let local: PaxRecord[] = NO_RECORDS;
       let localBytes = 0;
       let longName: Uint8Array | undefined;
       let longLink: Uint8Array | undefined;
@@ -69,7 +72,7 @@ export async function* readTar(
       let headerOffset: number;
       for (;;) {
         headerOffset = src.position;
-        const block = await src.readExact(BLOCK_BYTES, "header");
+        const block = src.readBuffered(BLOCK_BYTES) ?? await src.readExact(BLOCK_BYTES, "header");
         if (block === null) {
           if (headerOffset === 0) {
             throw new FormatError("empty input: not a tar archive");
@@ -148,7 +151,7 @@ export async function* readTar(
       const built = await buildEntry({
         src,
         header,
-        records: [...global.values(), ...local],
+        records: global.size === 0 ? local : [...global.values(), ...local],
         longName,
         longLink,
         metaOffset,

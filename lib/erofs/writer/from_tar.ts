@@ -88,15 +88,24 @@ export async function scanTar(
   impliedDirs.delete(0);
   const nameBuffer = new Uint8Array(1024);
   /** UTF-8 bytes of a checked name (at most 255 bytes), valid until the next call. */
-  const bytesOf = (name: string): Uint8Array =>
-    nameBuffer.subarray(0, encoder.encodeInto(name, nameBuffer).written);
+  const bytesOf = (name: string): Uint8Array => {
+    // ASCII (most names) copied in JavaScript: a TextEncoder call costs more than the copy.
+    const n = name.length;
+    for (let i = 0; i < n; i++) {
+      const c = name.charCodeAt(i);
+      if (c >= 0x80) return nameBuffer.subarray(0, encoder.encodeInto(name, nameBuffer).written);
+      nameBuffer[i] = c;
+    }
+    return nameBuffer.subarray(0, n);
+  };
   const find = (dir: number, name: string): number => table.findEntry(dir, bytesOf(name));
   const isDir = (inode: number) => table.kindCode(inode) === KIND_DIR;
   /** Names `inode` as `name` in `dir`, in place of what had that name (keeping its position). */
   const setChild = (dir: number, name: string, inode: number): void => {
-    const e = find(dir, name);
+    const bytes = bytesOf(name);
+    const e = table.findEntry(dir, bytes);
     if (e < 0) {
-      table.addEntryBytes(dir, bytesOf(name), inode);
+      table.addEntryBytes(dir, bytes, inode);
       return;
     }
     if (isDir(table.entryInode[e]) && !isDir(inode)) lastDirPath = undefined;

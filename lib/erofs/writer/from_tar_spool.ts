@@ -59,7 +59,12 @@ export class TarSpool {
         }
       }
     };
-    for await (const chunk of entry.body) {
+    // A reader read to the end, not `for await`: the async iterator releases its lock at the
+    // end, and Deno's release makes a TypeError (with a stack) per member, most of a small
+    // member's cost (tar.gz of 42,000 files: ~0.6 s of ~3.3 s CPU).
+    const reader = entry.body.getReader();
+    for (let r; !(r = await reader.read()).done;) {
+      const chunk = r.value;
       let at = 0;
       while (at < chunk.length) {
         while (run < runs.length && inRun >= runs[run].length) {
