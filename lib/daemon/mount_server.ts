@@ -42,7 +42,13 @@ import { mark, markHeldEventLoop } from "../timing.ts";
 import { loadNodeCrypto } from "../node_builtins.ts";
 import { readSpecAndMetadata } from "./handed_metadata.ts";
 import { sidecarPackDigest } from "../verify/load_metadata_ranges.ts";
-import { forgetFuseRecovery, protectFuseMount, stopFuseKeeper } from "./fuse_recovery.ts";
+import {
+  forgetFuseRecovery,
+  fuseRecoveryStatus,
+  protectFuseMount,
+  readFuseRecovery,
+  stopFuseKeeper,
+} from "./fuse_recovery.ts";
 
 /** First line the server writes on stdout: success with the exported paths, or the error. */
 export type ReadyMessage =
@@ -169,14 +175,24 @@ export async function runMountServer(): Promise<number> {
   // Each step is tried whatever the others did: a step that fails (out of descriptors, the
   // keeper step could not even list /proc) must not leave the layers exported. The layers go
   // first, which also gives back most of the descriptors the keeper step needs.
-  const stop = () =>
+  // A signal (not `umount`, which unmounts DIR first and asks over the control socket) may
+  // come while DIR's mounts still use the FUSE files: those stay with the keeper, recorded, as
+  // after a crash, so `reattach` (and `reattach --watch`) serve DIR again; a server does not
+  // own DIR's mounts, and releasing FUSE under them would leave DIR dead for good.
+  const stop = (by?: "signal") =>
     stopping ??= (async () => {
       console.log("stopping");
       await stopStep("control socket", () => listener?.close());
-      await stopStep("layers", () => layers.close());
+      let kept = false;
+      await stopStep("layers", async () => {
+        const keepBusyFuse = by === "signal" && spec.backend === "fuse";
+        kept = await layers.close({ keepBusyFuse }) === "kept";
+      });
       await stopStep("spare readers", discardSpareReaders);
-      // A takeover that failed leaves the keeper and its record to the next attempt.
-      if (spec.backend === "fuse" && !fuseTakeoverFailed) {
+      if (kept) {
+        console.error(leftForReattach(spec));
+      } else if (spec.backend === "fuse" && !fuseTakeoverFailed) {
+        // A takeover that failed leaves the keeper and its record to the next attempt.
         await stopStep("FUSE keeper", async () => {
           await stopFuseKeeper(spec.id);
           forgetFuseRecovery(spec.id);
@@ -276,7 +292,7 @@ export async function runMountServer(): Promise<number> {
     // too, but they are the CLI's: it unmounts DIR and then stops us. Stopping here first
     // would leave DIR mounted on a FUSE file nobody serves.
     if (inCliSession && signal !== "SIGTERM") Deno.addSignalListener(signal, () => {});
-    else Deno.addSignalListener(signal, () => stop().then(() => Deno.exit(0)));
+    else Deno.addSignalListener(signal, () => stop("signal").then(() => Deno.exit(0)));
   }
 
   if (!spec.awaitSource) {
@@ -324,6 +340,26 @@ export async function runMountServer(): Promise<number> {
   await serveControl(listener, handle);
   await stop();
   return 0;
+}
+
+/**
+ * The log line of a stop that left DIR's FUSE connections to the keeper: what now holds them
+ * and what to run (a keeper gone since means no reattach: only umount is left).
+ */
+function leftForReattach(spec: MountSpec): string {
+  let keeper: number | undefined;
+  try {
+    keeper = fuseRecoveryStatus(spec.id) === "ok"
+      ? readFuseRecovery(spec.id)?.keeper.pid
+      : undefined;
+  } catch { /* damaged since: said as no keeper */ }
+  return keeper !== undefined
+    ? `${spec.target} is still mounted and in use: its FUSE connections stay with the keeper ` +
+      `(pid ${keeper}) and its record, as after a crash; \`erofs-oci reattach ${spec.target}\` ` +
+      `serves it again (\`reattach --watch\` does it by itself), \`erofs-oci umount ` +
+      `${spec.target}\` removes it`
+    : `${spec.target} is still mounted and in use, and its FUSE keeper is gone: nothing can ` +
+      `serve it again; \`erofs-oci umount --lazy ${spec.target}\` removes it`;
 }
 
 /** One step of a server's stop; its failure is logged, and the stop goes on. */

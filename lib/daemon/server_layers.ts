@@ -30,6 +30,7 @@ import { lowerThreadPriority } from "../../ffi/process.ts";
 import { mark } from "../timing.ts";
 import { checkServable, FUSE_TAKEOVER_ID, takeFuseDescriptors } from "./fuse_recovery.ts";
 import { sleep } from "../timers.ts";
+import { Errno, SysError } from "../../ffi/libc.ts";
 
 const WAIT_FIRST_DELAY_MS = 1000;
 const WAIT_MAX_DELAY_MS = 30_000;
@@ -169,17 +170,26 @@ export class ServedLayers {
     for (const [index, layer] of this.#spec.layers.entries()) await this.#attach(index, layer);
   }
 
-  /** Stops the prefetch, releases the exports (last first) and closes the sources. */
-  async close(): Promise<void> {
+  /**
+   * Stops the prefetch, releases the exports (last first) and closes the sources. With
+   * `keepBusyFuse`, a FUSE file still in use (an EROFS mount on it) stops the release there:
+   * that export and the ones before it keep serving, the sources stay open, and "kept" says
+   * so (the caller leaves the connections to the keeper, as a crash would).
+   */
+  async close(opts: { keepBusyFuse?: boolean } = {}): Promise<"released" | "kept"> {
     this.prefetchAbort.abort();
-    for (const exported of this.exports.reverse()) {
+    while (this.exports.length > 0) {
+      const exported = this.exports[this.exports.length - 1];
       try {
         await exported.close();
       } catch (error) {
+        if (opts.keepBusyFuse && exported.fuse && fuseBusy(error)) return "kept";
         console.error("release of", exported.blockPath, "failed:", error);
       }
+      this.exports.pop();
     }
     for (const source of this.sources) await source.close?.();
+    return "released";
   }
 
   async #attach(index: number, layer: MountSpec["layers"][number]): Promise<void> {
@@ -327,4 +337,10 @@ export class ServedLayers {
       }).then(report);
     });
   }
+}
+
+/** A FUSE release refused because the file is still in use (FuseBlob.close's EBUSY). */
+function fuseBusy(error: unknown): boolean {
+  const cause = (error as { cause?: unknown })?.cause;
+  return cause instanceof SysError && cause.errno === Errno.EBUSY;
 }
