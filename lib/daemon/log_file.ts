@@ -6,13 +6,31 @@
  */
 import { isDebug, logFormat, setLogSink, setTextLogSink } from "../log.ts";
 
-export function redirectConsoleToFile(path: string): void {
-  const file = Deno.openSync(path, { append: true, create: true, mode: 0o600 });
+/**
+ * Where a server log turns over: the log lives in the runtime dir, a tmpfs (memory) on most
+ * hosts, and a reader retrying a failing read for days adds a line per try. At this size the
+ * log becomes `server.log.1` (replacing the one before) and a new one starts: at most twice this.
+ */
+export const SERVER_LOG_MAX_BYTES = 4 * 1024 * 1024;
+
+export function redirectConsoleToFile(path: string, maxBytes = SERVER_LOG_MAX_BYTES): void {
+  const open = () => Deno.openSync(path, { append: true, create: true, mode: 0o600 });
+  let file = open();
+  let bytes = file.statSync().size;
   const encoder = new TextEncoder();
   const json = logFormat() === "json";
+  const turnOver = () => {
+    file.close();
+    Deno.renameSync(path, `${path}.1`);
+    file = open();
+    bytes = 0;
+  };
   const writeLine = (line: string) => {
     try {
-      file.writeSync(encoder.encode(line + "\n"));
+      const encoded = encoder.encode(line + "\n");
+      if (bytes > 0 && bytes + encoded.length > maxBytes) turnOver();
+      file.writeSync(encoded);
+      bytes += encoded.length;
     } catch { /* the log is best effort; serving matters more */ }
   };
   const write = (level: string, parts: unknown[]) => {
