@@ -116,3 +116,69 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129]] as const) {
       }),
   });
 }
+
+Deno.test({
+  name: "convert: SIGINT while a layer uploads cancels its upload session on the registry",
+  ignore,
+  fn: () =>
+    withUmociRegistry("erofs-oci-convert-faults-", async (image, registry, work) => {
+      await copyToRegistry(image, registry, "src/app:v1");
+      // The destination's first closing PUT of an upload hangs at the proxy until the signal.
+      await using proxy = await startFaultProxy(registry.host, [{
+        match: (r) => r.method === "PUT" && r.path.includes("/blobs/uploads/"),
+        fault: { kind: "delay", ms: 60_000 },
+        times: 1,
+      }]);
+      const tmp = `${work}/tmp`;
+      Deno.mkdirSync(tmp);
+      const uploads = `${registry.storageDir}/docker/registry/v2/repositories/dst/app/_uploads`;
+      // Sessions holding bytes or open (a cancelled one keeps only its hashstates/).
+      const openSessions = () => {
+        try {
+          return [...Deno.readDirSync(uploads)].filter((e) =>
+            [...Deno.readDirSync(`${uploads}/${e.name}`)].some((f) =>
+              f.name === "data" || f.name === "startedat"
+            )
+          ).length;
+        } catch {
+          return 0;
+        }
+      };
+      const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: [
+          "convert",
+          `${registry.host}/src/app:v1`,
+          `${proxy.host}/dst/app:v1`,
+          "--tmpdir",
+          tmp,
+        ],
+        env: { DOCKER_CONFIG: "/nonexistent" },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      try {
+        const deadline = Date.now() + 60_000;
+        while (proxy.hits(0) === 0) {
+          assert.ok(Date.now() < deadline, "no upload was completed");
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        assert.equal(openSessions(), 1, "an upload session is open meanwhile");
+        child.kill("SIGINT");
+        const [status, stderr] = await Promise.all([
+          child.status,
+          new Response(child.stderr).text(),
+        ]);
+        assert.equal(openSessions(), 0, `no upload session left\n${stderr}`);
+        assert.equal(status.code, 130, stderr);
+        assert.match(stderr, /^erofs-oci: convert interrupted: nothing was tagged/m, stderr);
+        assert.ok(proxy.requests.some((r) => r.method === "DELETE"), "the session was cancelled");
+      } finally {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* exited */ }
+        await child.stderr.cancel().catch(() => {});
+      }
+      assert.deepEqual([...Deno.readDirSync(tmp)], []);
+      assert.equal((await getManifest(registry, "dst/app", "v1")).status, 404);
+    }),
+});

@@ -6,6 +6,7 @@ import {
   parseLayerIndex,
 } from "./command.ts";
 import { ProgressLine } from "./progress.ts";
+import { catchInterrupts } from "./interrupt.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
@@ -206,17 +207,25 @@ async function buildFrom(
 /** Pushes the image as the one layer of `registry.ref` and prints reference@digest. */
 async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void> {
   const progress = new ProgressLine(`uploading ${image}`);
+  // A signal stops the upload under way and cancels its session on the registry (else its
+  // bytes stay in the registry's upload area); the command then says so and exits 130/129.
+  const interrupt = catchInterrupts(
+    `build interrupted: ${image} was built, its push not completed`,
+  );
   try {
     const { pushImage } = await import("../convert/push_image.ts");
     const result = await pushImage(registry.client, registry.ref, [{ path: image }], {
       platform: registry.platform,
+      signal: interrupt.signal,
       onProgress: (event) => {
+        interrupt.signal.throwIfAborted(); // hashing a large file: no request to abort
         if (event.phase !== "hash") progress.update(event.doneBytes, event.totalBytes);
       },
     });
     progress.finish();
     console.log(`${result.reference}@${result.manifestDigest}`);
   } finally {
+    interrupt.close();
     progress.finish();
   }
 }

@@ -18,6 +18,7 @@ import { parseReference } from "../oci/reference.ts";
 import { convertImage, type ConvertProgress } from "../convert/convert.ts";
 import type { ImageDestination } from "../convert/destination.ts";
 import { RegistryDestination } from "../convert/destination.ts";
+import { cancelOpenUploads } from "../oci/blob_upload.ts";
 import { LayoutDestination } from "../convert/layout_destination.ts";
 import { layoutSource, registrySource, type SourceImage } from "../convert/source_image.ts";
 import { formatBytes } from "./table.ts";
@@ -101,10 +102,15 @@ Examples:
     const workDir = makeWorkDir(values.tmpdir);
     // Interrupted: the layer images and spool files in the work dir go, nothing was tagged.
     // A hangup too: a closed terminal or ssh session left the work files behind.
+    // The upload under way is cancelled on the registry first (else its bytes stay in the
+    // registry's upload area), within a few seconds; a second signal ends it at once.
+    const said = "convert interrupted: nothing was tagged, its work files removed";
+    let interrupted: Promise<never> | undefined;
     const stopWatching = onInterrupt((signal) => {
+      if (interrupted) exitInterrupted(said, signal);
       workDir.remove();
       destination.abandon?.();
-      exitInterrupted("convert interrupted: nothing was tagged, its work files removed", signal);
+      interrupted = cancelOpenUploads().then(() => exitInterrupted(said, signal));
     });
     try {
       await testHold("convert-work-dir");
@@ -129,8 +135,12 @@ Examples:
       console.log(result.reference);
     } catch (error) {
       destination.abandon?.();
+      // What the interrupt's clean-up (the work files gone, the session cancelled) made fail:
+      // the process ends with the interrupt's line and code instead.
+      if (interrupted) await interrupted;
       throw error;
     } finally {
+      if (interrupted) await interrupted;
       stopWatching();
       workDir.remove();
       opened.close();

@@ -1,7 +1,7 @@
 import type { Command } from "./command.ts";
 import { parseCommandArgs } from "./command.ts";
 import { controlSocketPath } from "../state/runtime_dirs.ts";
-import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
+import { readStates, serverOf } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { controlRequest } from "../daemon/control.ts";
 import { fuseRecoveryStatus } from "../daemon/fuse_recovery.ts";
@@ -9,7 +9,7 @@ import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { listedLayers, type ListedMount } from "../metrics/listed_layer.ts";
-import { type MountEntry, readMountInfo } from "../sys/mountinfo.ts";
+import { readMountInfo, recordedMountPresent } from "../sys/mountinfo.ts";
 
 /** Every mount with its server's counters (asked over the control socket). */
 export async function describeMounts(): Promise<ListedMount[]> {
@@ -23,7 +23,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
       backend: state.backend,
       devices: state.layers.map((l) => l.device ?? l.blockPath),
       options: state.options,
-      mounted: stillMounted(state, mounts),
+      mounted: recordedMountPresent(state, mounts),
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
@@ -162,15 +162,4 @@ function fuseRecoveryOf(id: string): Pick<ListedMount, "crashRecovery" | "crashR
   return status === "ok"
     ? { crashRecovery: true }
     : { crashRecovery: false, crashRecoveryProblem: status };
-}
-
-/**
- * Whether the record's mount is still there: the mount of its id and type (found wherever it is,
- * as `umount` finds it), or, in records older than the id, anything mounted on its target. A
- * plain `umount DIR` leaves the record and the server behind.
- */
-function stillMounted(state: MountState, mounts: MountEntry[]): boolean {
-  if (state.mountId === undefined) return mounts.some((m) => m.mountPoint === state.target);
-  const fsType = state.overlay ? "overlay" : "erofs";
-  return mounts.some((m) => m.id === state.mountId && m.fsType === fsType);
 }

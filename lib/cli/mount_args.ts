@@ -16,6 +16,7 @@ import {
   MIN_LAYER_CACHE_BYTES,
 } from "../state/mount_spec.ts";
 import { readStates } from "../state/mount_record.ts";
+import { recordedMountPresent } from "../sys/mountinfo.ts";
 import { RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
@@ -141,6 +142,14 @@ export function refuseOurMountPoint(dir: string): void {
     return; // checkMountTarget says what is wrong with it
   }
   const ours = readStates().find((state) => state.target === real);
+  if (ours && !recordedMountPresent(ours)) {
+    // Its mount gone (an umount killed half-way, another tool's umount): only the record
+    // stays, which `umount DIR` clears (with the server and runtime files, if any are left).
+    throw new MountError(
+      `a record of an earlier mount at ${dir} remains (not mounted; ${ours.image})`,
+      `run \`erofs-oci umount ${dir}\` to clear it`,
+    );
+  }
   if (ours) {
     throw new MountError(
       `${dir} is already mounted by erofs-oci (${ours.image})`,

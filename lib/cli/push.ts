@@ -5,6 +5,7 @@ import { ProgressLine } from "./progress.ts";
 import { info } from "../log.ts";
 import { UsageError } from "../errors.ts";
 import { pushImage, type PushProgress } from "../convert/push_image.ts";
+import { catchInterrupts } from "./interrupt.ts";
 
 export const pushCommand: Command = {
   name: "push",
@@ -38,9 +39,13 @@ Example:
     }
     const [image, ...files] = positionals;
     const { ref, client, platform } = await openRegistry("push", image, values);
+    // A signal stops the upload under way and cancels its session on the registry (else its
+    // bytes stay in the registry's upload area); the command then says so and exits 130/129.
+    const interrupt = catchInterrupts(`push interrupted: ${image} was not pushed completely`);
     let progress: ProgressLine | undefined;
     let current = "";
     const onProgress = (event: PushProgress) => {
+      interrupt.signal.throwIfAborted(); // hashing a large file: no request to abort
       const label = `${event.phase === "hash" ? "hashing" : "uploading"} ${event.path}`;
       if (label !== current) {
         progress?.finish();
@@ -53,6 +58,7 @@ Example:
       const result = await pushImage(client, ref, files.map((path) => ({ path })), {
         platform,
         onProgress,
+        signal: interrupt.signal,
       });
       progress?.finish();
       for (const layer of result.layers) {
@@ -61,6 +67,7 @@ Example:
       console.log(`${result.reference}@${result.manifestDigest}`);
       return 0;
     } finally {
+      interrupt.close();
       progress?.finish();
       client.close();
     }

@@ -5,6 +5,7 @@ import { checkRoot } from "../mount/target_dir.ts";
 import { MountError, UsageError, UserError } from "../errors.ts";
 import { NotMountedError, readStates } from "../state/mount_record.ts";
 import { info, warn } from "../log.ts";
+import { exitInterrupted, Interrupted, onInterrupt } from "./interrupt.ts";
 
 export const umountCommand: Command = {
   name: "umount",
@@ -39,10 +40,55 @@ Options:
     }
     const [dir] = expectPositionals("umount", positionals, ["DIR"]);
     checkRoot("unmounting");
-    reportUnmounted(await unmountImage(dir, lazy));
+    using interrupts = new UmountInterrupts(`umount interrupted: ${dir} was left as it was`);
+    reportUnmounted(await unmountImage(dir, lazy, interrupts.changing));
+    interrupts.settled(`umount interrupted: it finished first, ${dir} is unmounted`);
     return 0;
   },
 };
+
+/**
+ * SIGINT, SIGTERM or SIGHUP during `umount`. Before an unmount starts changing things (waiting
+ * for a lock, say) the command ends at once with one line. Once it has (the mounts going, the
+ * server stopping), it finishes first: dying half-way left the record of a mount that was
+ * gone, which `mount DIR` then took for a mount. It then ends with the signal's exit code.
+ */
+class UmountInterrupts implements Disposable {
+  #changing = false;
+  #caught: Deno.Signal | undefined;
+  #said: string;
+  readonly #stop: () => void;
+
+  /** `said`: the line of a signal before any change. */
+  constructor(said: string) {
+    this.#said = said;
+    this.#stop = onInterrupt((signal) => {
+      if (!this.#changing) exitInterrupted(this.#said, signal);
+      if (this.#caught) return;
+      this.#caught = signal;
+      info(`umount: ${signal}: finishing the unmount under way first`);
+    });
+  }
+
+  /** For unmountImage: the changes start. */
+  readonly changing = (): void => {
+    this.#changing = true;
+  };
+
+  /**
+   * One unmount is done: throws Interrupted(`message`) if a signal came meanwhile; else a
+   * signal ends the command at once again, with the line `next` (default: as before).
+   */
+  settled(message: string, next?: string): void {
+    if (this.#caught) throw new Interrupted(message, this.#caught);
+    this.#changing = false;
+    if (next !== undefined) this.#said = next;
+  }
+
+  [Symbol.dispose](): void {
+    this.#stop();
+  }
+}
 
 function reportUnmounted({ state, wasMounted }: Unmounted): void {
   info(
@@ -65,23 +111,30 @@ async function unmountAll(lazy: boolean): Promise<number> {
     return 0;
   }
   const left: string[] = [];
+  let done = 0;
+  const stopped = () =>
+    `umount --all interrupted: ${done} of ${states.length} mounts unmounted, the others left`;
+  using interrupts = new UmountInterrupts(stopped());
   for (const state of states) {
     try {
-      reportUnmounted(await unmountImage(state.target, lazy));
+      reportUnmounted(await unmountImage(state.target, lazy, interrupts.changing));
+      done++;
     } catch (error) {
       // Unmounted meanwhile by another command (umount DIR, a second umount --all): done.
       if (error instanceof NotMountedError) {
         info(`${state.target} was unmounted meanwhile by another command`);
-        continue;
+      } else {
+        if (!(error instanceof UserError)) throw error;
+        warn(
+          error.message.includes(state.target)
+            ? error.message
+            : `${state.target} stays mounted: ${error.message}`,
+        );
+        left.push(state.target);
       }
-      if (!(error instanceof UserError)) throw error;
-      warn(
-        error.message.includes(state.target)
-          ? error.message
-          : `${state.target} stays mounted: ${error.message}`,
-      );
-      left.push(state.target);
     }
+    // A signal during that one: the rest stay.
+    interrupts.settled(stopped(), stopped());
   }
   if (left.length) {
     throw new MountError(

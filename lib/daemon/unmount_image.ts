@@ -26,6 +26,7 @@ import { stopServer } from "./server_process.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
 import { pruneKeptBlobs } from "../oci/kept_blobs.ts";
+import { testHold } from "./test_pause.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;
@@ -88,7 +89,15 @@ export interface Unmounted {
   wasMounted: boolean;
 }
 
-export async function unmountImage(target: string, lazy: boolean): Promise<Unmounted> {
+/**
+ * `changing`: called once the locks are held and the checks passed, right before the first
+ * change (the caller stops letting a signal end the process half-way from then on).
+ */
+export async function unmountImage(
+  target: string,
+  lazy: boolean,
+  changing?: () => void,
+): Promise<Unmounted> {
   // Not while a reattach works on this mount (it would see it half gone): its own lock first,
   // then (never the other way round: reattach takes its mounts' locks without waiting, under
   // the lock of all changes) the lock of all changes, for the checks across mounts.
@@ -119,6 +128,7 @@ export async function unmountImage(target: string, lazy: boolean): Promise<Unmou
         "unmount those first (`erofs-oci umount DIR`), or all at once with `erofs-oci umount --all`",
       );
     }
+    changing?.();
     return await unmountLocked(state, lazy);
   } finally {
     lock?.close();
@@ -171,6 +181,8 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounte
     await stopFuseKeeper(state.id);
     await detachDeadFuseMounts(state.id, state.target);
   }
+  // Tests: the mounts and the server are gone, the record not yet.
+  await testHold("umount-record");
   removeMountDir(state.id);
   pruneStateDir();
   return { state, wasMounted };

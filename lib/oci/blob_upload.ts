@@ -1,8 +1,59 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
+import { debug } from "../log.ts";
+import { after } from "../timers.ts";
 import type { RegistryClient } from "./client.ts";
 import { quoted } from "./registry_transport.ts";
 import { pushScope } from "./scope.ts";
+
+/** How long the DELETE of an abandoned upload session may take (one try, best effort). */
+export const CANCEL_UPLOAD_MS = 2_000;
+
+/** An upload session under way: where its next bytes go. */
+interface UploadSession {
+  client: RegistryClient;
+  location: string;
+  scope: string;
+}
+
+/** The sessions of uploadBlob calls under way, for cancelOpenUploads. */
+const openSessions = new Set<UploadSession>();
+
+/**
+ * DELETE of an upload session (distribution spec: cancels it; the registry drops what it
+ * stored of it): otherwise a failed or interrupted upload leaves its bytes in the registry's
+ * upload area until the registry's own purge, days later. One try within CANCEL_UPLOAD_MS;
+ * a failure is only logged (--debug): it never hides the error that ended the upload.
+ */
+async function cancelSession(session: UploadSession): Promise<void> {
+  const controller = new AbortController();
+  const timer = after(CANCEL_UPLOAD_MS, () => controller.abort(new Error("timed out")));
+  try {
+    const response = await session.client.request({
+      method: "DELETE",
+      path: session.location,
+      scope: session.scope,
+      signal: controller.signal,
+      policy: { deadlineAtMs: Date.now() + CANCEL_UPLOAD_MS, maxAttempts: 1 },
+    });
+    await response.body?.cancel();
+    debug(`upload session ${session.location} cancelled: ${response.status}`);
+  } catch (error) {
+    debug(`could not cancel upload session ${session.location}: ${(error as Error).message}`);
+  } finally {
+    timer.cancel();
+  }
+}
+
+/**
+ * Cancels every upload session under way (for a signal handler that ends the process next);
+ * settles within about CANCEL_UPLOAD_MS and never rejects.
+ */
+export async function cancelOpenUploads(): Promise<void> {
+  const sessions = [...openSessions];
+  openSessions.clear();
+  await Promise.all(sessions.map(cancelSession));
+}
 
 /** Default upload split: up to 8 MiB in one PUT, above that 8 MiB PATCH chunks. */
 export const DEFAULT_UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024;
@@ -120,7 +171,31 @@ export async function uploadBlob(
     await start.body?.cancel();
     throw statusError(client, start, `starting the upload of ${label}`);
   }
-  let location = await uploadLocation(client, start, `for ${label}`);
+  const session: UploadSession = {
+    client,
+    location: await uploadLocation(client, start, `for ${label}`),
+    scope,
+  };
+  openSessions.add(session);
+  try {
+    await sendBlob(session, blob, label, options);
+  } catch (error) {
+    // Not twice: cancelOpenUploads may have taken it already.
+    if (openSessions.delete(session)) await cancelSession(session);
+    throw error;
+  }
+  openSessions.delete(session);
+}
+
+/** The bytes of an upload session: one PUT, or PATCH chunks and a closing PUT. */
+async function sendBlob(
+  session: UploadSession,
+  blob: LocalBlob,
+  label: string,
+  options: BlobUploadOptions,
+): Promise<void> {
+  const { client, scope } = session;
+  const signal = options.signal;
   const monolithicMax = options.monolithicMaxBytes ?? DEFAULT_UPLOAD_CHUNK_BYTES;
   const chunkSize = options.chunkSizeBytes ?? DEFAULT_UPLOAD_CHUNK_BYTES;
   const progress = (doneBytes: number) =>
@@ -140,7 +215,7 @@ export async function uploadBlob(
         if (chunk.byteLength === 0) throw new OciError(`${label} shrank while uploading`);
         const response = await client.request({
           method: "PATCH",
-          path: location,
+          path: session.location,
           scope,
           signal,
           body: chunk,
@@ -154,7 +229,7 @@ export async function uploadBlob(
           await response.body?.cancel();
           throw statusError(client, response, `uploading bytes at ${offset} of ${label}`);
         }
-        location = await uploadLocation(client, response, `after a chunk of ${label}`);
+        session.location = await uploadLocation(client, response, `after a chunk of ${label}`);
         offset += chunk.byteLength;
         progress(offset);
       }
@@ -162,7 +237,7 @@ export async function uploadBlob(
       file.close();
     }
   }
-  const url = new URL(location);
+  const url = new URL(session.location);
   url.searchParams.set("digest", blob.digest);
   const put = await client.request({
     method: "PUT",

@@ -37,6 +37,21 @@ export function isMountPoint(mountPoint: string): boolean {
   return findMount(mountPoint) !== undefined;
 }
 
+/**
+ * Whether a recorded mount (lib/state/mount_record.ts) is still there: the mount of its id and
+ * type (found wherever it is, as `umount` finds it), or, in records older than the id, anything
+ * mounted on its target. A plain `umount DIR`, or an erofs-oci umount killed half-way, leaves
+ * the record without its mount.
+ */
+export function recordedMountPresent(
+  record: { target: string; mountId?: number; overlay: boolean },
+  mounts: MountEntry[] = readMountInfo(),
+): boolean {
+  if (record.mountId === undefined) return mounts.some((m) => m.mountPoint === record.target);
+  const fsType = record.overlay ? "overlay" : "erofs";
+  return mounts.some((m) => m.id === record.mountId && m.fsType === fsType);
+}
+
 function parseLine(line: string): MountEntry {
   const fields = line.split(" ");
   const dash = fields.indexOf("-", 6);
