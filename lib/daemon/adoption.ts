@@ -30,12 +30,10 @@ export function watchForAdoption(
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
   const runDir = `${mountDir(id)}/`;
   const timer = every(POLL_MS, async () => {
-    if (pathExists(statePath(id))) {
-      timer.cancel();
-      return;
-    }
-    if (Deno.ppid === cliPid) return;
+    const now = recordOrParent(() => Deno.ppid === cliPid, () => pathExists(statePath(id)));
+    if (now === "waiting") return;
     timer.cancel();
+    if (now === "recorded") return;
     for (const entry of readMountInfo().reverse()) {
       if (mountsAtReady.has(entry.id)) continue;
       if (entry.mountPoint === target || entry.mountPoint.startsWith(runDir)) {
@@ -57,12 +55,31 @@ export function watchForAdoption(
  */
 export function watchForRecord(id: string, cliPid: number, orphaned: () => void): void {
   const timer = every(POLL_MS, () => {
-    if (readState(id)?.serverPid === Deno.pid) {
-      timer.cancel();
-      return;
-    }
-    if (Deno.ppid === cliPid) return;
+    const now = recordOrParent(
+      () => Deno.ppid === cliPid,
+      () => readState(id)?.serverPid === Deno.pid,
+    );
+    if (now === "waiting") return;
     timer.cancel();
-    orphaned();
+    if (now === "orphaned") orphaned();
   });
+}
+
+/**
+ * One look of a server at the command that started it: its record is written ("recorded"),
+ * the command still runs ("waiting"), or it ended without writing it ("orphaned"). The parent
+ * is read first: the command writes its record before it exits, so a record looked for once
+ * the parent was seen gone is there if it was ever written. Read the other way round, a
+ * command that recorded its mount and exited between the two reads (the server preempted, or
+ * in a garbage collection, on a loaded host) was taken for one killed before it recorded: the
+ * server detached the mount `mount` had just reported made (CI: oci_broken_reply_test read an
+ * empty DIR right after a successful mount).
+ */
+export function recordOrParent(
+  parentAlive: () => boolean,
+  recorded: () => boolean,
+): "recorded" | "waiting" | "orphaned" {
+  const alive = parentAlive();
+  if (recorded()) return "recorded";
+  return alive ? "waiting" : "orphaned";
 }
