@@ -8,7 +8,7 @@
  * another spawn could take it along.
  */
 import { closeFd, cstr, Errno, errno, libc, O_RDWR, SysError } from "./libc.ts";
-import { pathExists } from "./files.ts";
+import { listDirectory, pathExists, readSmallFile } from "./files.ts";
 import {
   makePipe,
   pollAsync,
@@ -29,21 +29,13 @@ import { pidfdOpen } from "./process.ts";
 const ATTR_BYTES = 336, ATTR_SIGDEFAULT_AT = 8;
 /** glibc's posix_spawn_file_actions_t: zeroed is initialised (posix_spawn_file_actions_init). */
 const ACTIONS_BYTES = 80;
-const POSIX_SPAWN_SETPGROUP = 0x02,
-  POSIX_SPAWN_SETSIGDEF = 0x04,
-  POSIX_SPAWN_SETSIGMASK = 0x08,
-  POSIX_SPAWN_SETSID = 0x80;
+const POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08, POSIX_SPAWN_SETSID = 0x80;
 const SIGPIPE = 13;
 
 /** How a spawned program is started. */
 export interface SpawnOptions {
   /** In a session of its own (setsid). */
   newSession?: boolean;
-  /**
-   * In a process group of its own (setpgid(0, 0); its id is the child's pid), in this session:
-   * the child and whatever it starts can be signalled together (kill(-pid)).
-   */
-  processGroup?: boolean;
   /** Its stdin: /dev/null, or a pipe this process writes (SpawnedProcess.stdin). */
   stdin?: "null" | "pipe";
   /** Its stdout: /dev/null, or a pipe this process reads (SpawnedProcess.stdout). */
@@ -84,8 +76,7 @@ export async function spawnProcess(
   const attr = new Uint8Array(new ArrayBuffer(ATTR_BYTES));
   new DataView(attr.buffer).setInt16(
     0,
-    (options.newSession ? POSIX_SPAWN_SETSID : 0) |
-      (options.processGroup ? POSIX_SPAWN_SETPGROUP : 0) | POSIX_SPAWN_SETSIGMASK |
+    (options.newSession ? POSIX_SPAWN_SETSID : 0) | POSIX_SPAWN_SETSIGMASK |
       POSIX_SPAWN_SETSIGDEF,
     true,
   );
@@ -166,31 +157,27 @@ export async function spawnInNewSession(
 /** How runCaptured's program ended. */
 export type CapturedRun =
   | { outcome: "exited"; code: number; stdout: Uint8Array; stderr: Uint8Array }
-  /** Still running at the time limit: killed, with its process group. */
+  /** Still running at the time limit: killed, with what it started. */
   | { outcome: "timeout" }
-  /** Printed more than the limit (on stdout or stderr): killed, with its process group. */
+  /** Printed more than the limit (on stdout or stderr): killed, with what it started. */
   | { outcome: "too-much-output" }
-  /** This process got `signal` while the program ran: sent on to its group, then it ended. */
+  /** This process got `signal` while the program ran: the program was killed, with its children. */
   | { outcome: "interrupted"; signal: Deno.Signal };
 
-/**
- * Signals a terminal or a service manager sends to end a command. A program in a process group
- * of its own does not get the terminal's Ctrl-C, so runCaptured sends these on to its group.
- */
-const FORWARDED_SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-/** How long a program that got a forwarded signal has to end before its group is killed. */
-const SIGNAL_GRACE_MS = 250;
+/** Signals a terminal or a service manager sends to end a command. */
+const ENDING_SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
 /**
  * Runs `path` with `input` on its stdin and collects its stdout and stderr, within `timeoutMs`
- * and `maxOutputBytes` (each stream). The program runs in a process group of its own (same
- * session, so a terminal stays its controlling one): past either limit that whole group is
- * SIGKILLed, whatever the program started included, and nothing is waited for any longer (a
- * process that left the group and holds the pipes is no reason to wait). Once the program has
- * exited, what is in its pipes is its output: a child of it that keeps them open is not waited
- * for either. `input` must fit in a pipe (64 KiB), written at once. SIGINT, SIGTERM or SIGHUP to
- * this process meanwhile is sent on to the program's group, and the run ends as "interrupted"
- * (the caller reports it): the program would otherwise outlive a Ctrl-C of this process.
+ * and `maxOutputBytes` (each stream). The program stays in this process's group, so a terminal
+ * it prompts on is its own as much as this command's (in a group of its own, a read of the
+ * terminal stopped it: SIGTTIN) and the terminal's Ctrl-C reaches it. Past either limit, or at
+ * SIGINT, SIGTERM or SIGHUP to this process ("interrupted": a signal sent to this process alone
+ * would leave it running), it is SIGKILLed with every process it started that is still its
+ * descendant (/proc), and nothing is waited for any longer: a process that holds the pipes
+ * after leaving its tree is no reason to wait. Once the program has exited, what is in its
+ * pipes is its output: a child of it that keeps them open is not waited for either. `input`
+ * must fit in a pipe (64 KiB), written at once.
  */
 export async function runCaptured(
   path: string,
@@ -200,7 +187,6 @@ export async function runCaptured(
 ): Promise<CapturedRun> {
   const deadline = performance.now() + options.timeoutMs;
   const child = await spawnProcess(path, args, env, {
-    processGroup: true,
     stdin: "pipe",
     stdout: "pipe",
     stderr: "pipe",
@@ -215,18 +201,17 @@ export async function runCaptured(
   let exited = false;
   let cut: CapturedRun | undefined;
   let code: number;
-  const forwarders = FORWARDED_SIGNALS.map((signal) => ({
+  const listeners = ENDING_SIGNALS.map((signal) => ({
     signal,
     listener: () => {
       cut ??= { outcome: "interrupted", signal };
-      try {
-        Deno.kill(-child.pid, signal);
-      } catch { /* the group is gone */ }
+      // Now, while its children are still its own: once it has ended they are init's.
+      if (!exited) killTree(child.pid);
     },
   }));
-  for (const { signal, listener } of forwarders) Deno.addSignalListener(signal, listener);
+  for (const { signal, listener } of listeners) Deno.addSignalListener(signal, listener);
   try {
-    // Not reaped before the end (status() below): the group's id stays this child's meanwhile.
+    // Not reaped before the end (status() below): its pid stays this child's meanwhile.
     pidfd = pidfdOpen(child.pid);
     // The program may exit without reading it (EPIPE: SIGPIPE is ignored in this process).
     await child.stdin!.write(options.input as Uint8Array<ArrayBuffer>).catch(() => {});
@@ -255,18 +240,12 @@ export async function runCaptured(
         break;
       }
       const fds = [pidfd, ...streams.filter((s) => s.open).map((s) => s.reader.descriptor)];
-      // In slices: a signal forwarded to a program that ignores it ends the wait soon after.
-      await pollAsync(pollFds(fds, POLLIN), Math.min(Math.ceil(left), SIGNAL_GRACE_MS));
+      await pollAsync(pollFds(fds, POLLIN), Math.ceil(left));
       exited = readableNow(pidfd);
     }
   } finally {
-    for (const { signal, listener } of forwarders) Deno.removeSignalListener(signal, listener);
-    // After a signal also when the program ended: a shell's `cmd &` ignores SIGINT.
-    if (!exited || cut?.outcome === "interrupted") {
-      try {
-        Deno.kill(-child.pid, "SIGKILL");
-      } catch { /* the group is gone (only the unreaped child left) */ }
-    }
+    for (const { signal, listener } of listeners) Deno.removeSignalListener(signal, listener);
+    if (!exited) killTree(child.pid);
     if (pidfd >= 0) closeFd(pidfd);
     child.stdin!.close();
     for (const { reader } of streams) reader.close();
@@ -283,6 +262,32 @@ export async function runCaptured(
     return out;
   };
   return { outcome: "exited", code, stdout: joined(0), stderr: joined(1) };
+}
+
+/**
+ * SIGKILLs `pid` (a child of this process, not reaped yet, so its pid is still its own) and
+ * every descendant of it, found through /proc/PID/task/TID/children before any is killed (a
+ * process killed first would hand its children to init, out of sight).
+ */
+function killTree(pid: number): void {
+  const found = [pid];
+  for (let i = 0; i < found.length && found.length < 4096; i++) {
+    let tasks: string[];
+    try {
+      tasks = listDirectory(`/proc/${found[i]}/task`);
+    } catch {
+      continue; // ended meanwhile
+    }
+    for (const task of tasks) {
+      const children = readSmallFile(`/proc/${found[i]}/task/${task}/children`) ?? "";
+      for (const child of children.split(" ")) if (/^\d+$/.test(child)) found.push(Number(child));
+    }
+  }
+  for (const each of found) {
+    try {
+      Deno.kill(each, "SIGKILL");
+    } catch { /* ended meanwhile */ }
+  }
 }
 
 /** A close-on-exec pipe; both ends are added to `opened`. */

@@ -248,3 +248,42 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "oci credentials: a helper that prompts on the terminal gets its answer",
+  ignore: ignore || requires(command("script")),
+  fn: async () => {
+    await using registry = await registryWithImage("basic");
+    await using config = await dockerConfig({ credHelpers: { [registry.host]: "prompt" } });
+    const dir = config.env.DOCKER_CONFIG;
+    // Asks on /dev/tty, as helpers asking for a passphrase or a one-time code do.
+    await addHelper(
+      dir,
+      "prompt",
+      `echo "password for ${registry.host}:" >/dev/tty; read answer </dev/tty\n` +
+        `printf '{"Username":"%s","Secret":"%s"}' ${registry.username} "$answer"`,
+    );
+    const cli = new URL("../scripts/erofs-oci-dev", import.meta.url).pathname;
+    const line = [cli, "inspect", `${registry.host}/creds/app:v1`, "--plain-http"]
+      .map((arg) => `'${arg}'`).join(" ");
+    // script(1) gives the command a terminal; its stdin is what is typed there.
+    const child = new Deno.Command("script", {
+      args: ["-qec", line, "/dev/null"],
+      env: config.env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(`${registry.password}\n`));
+    const timer = AbortSignal.timeout(30_000);
+    timer.addEventListener("abort", () => child.kill("SIGKILL"));
+    const out = await child.output();
+    await writer.close().catch(() => {});
+    const text = new TextDecoder().decode(out.stdout);
+    assert.ok(!timer.aborted, `timed out:\n${text}`);
+    assert.equal(out.code, 0, text);
+    assert.match(text, /password for /);
+    assert.match(text, /sha256:[0-9a-f]{64}/, text);
+  },
+});

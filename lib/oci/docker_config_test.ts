@@ -190,7 +190,7 @@ Deno.test("dockerConfigCredentials: a helper past the time limit is killed with 
 });
 
 Deno.test("dockerConfigCredentials: neither a helper's escaped child nor its leftovers are waited for", async () => {
-  // Left its process group (setsid) with the pipes: not killed, and not waited for past the limit.
+  // A child in a session of its own (setsid) holding the pipes: not waited for past the limit.
   await withConfig({ credsStore: "escape" }, {
     escape: `setsid sleep 100 & echo $! > "$(dirname "$0")/child.pid"; sleep 100`,
   }, async (path, dir) => {
