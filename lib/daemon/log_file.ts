@@ -19,16 +19,24 @@ export function redirectConsoleToFile(path: string, maxBytes = SERVER_LOG_MAX_BY
   let bytes = file.statSync().size;
   const encoder = new TextEncoder();
   const json = logFormat() === "json";
-  const turnOver = () => {
-    file.close();
-    Deno.renameSync(path, `${path}.1`);
-    file = open();
-    bytes = 0;
+  /** False when it could not: the log stays as it was (its file still open). */
+  const turnOver = (): boolean => {
+    try {
+      Deno.renameSync(path, `${path}.1`);
+      const next = open();
+      file.close();
+      file = next;
+      bytes = 0;
+      return true;
+    } catch {
+      return false;
+    }
   };
   const writeLine = (line: string) => {
     try {
       const encoded = encoder.encode(line + "\n");
-      if (bytes > 0 && bytes + encoded.length > maxBytes) turnOver();
+      // Past its bound and not turned over: the line is dropped, the log is not grown.
+      if (bytes > 0 && bytes + encoded.length > maxBytes && !turnOver()) return;
       file.writeSync(encoded);
       bytes += encoded.length;
     } catch { /* the log is best effort; serving matters more */ }

@@ -11,7 +11,11 @@
  * processes this one starts (the mount server) inherit it.
  */
 
-/** What Go's httpproxy never proxies: `localhost` and loopback addresses (IPv4-mapped too). */
+/**
+ * Loopback, which Go's httpproxy never proxies (`localhost` and loopback addresses; IPv4-mapped
+ * ones too here). NO_PROXY's domain rule makes `localhost` cover names under it as well, which
+ * RFC 6761 reserves for loopback.
+ */
 const LOOPBACK_NO_PROXY = ["localhost", "127.0.0.0/8", "::1", "::ffff:127.0.0.0/104"];
 
 /** In the order Deno's fetch tries them; the first set (and usable) of each pair counts. */

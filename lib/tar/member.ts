@@ -311,7 +311,8 @@ function decodeName(bytes: Uint8Array, what: string, offset: number, lenient = f
 
 /**
  * The last user or group name decoded, kept with its bytes: a layer's members mostly share an
- * owner, and comparing up to 32 bytes is cheaper than decoding them again.
+ * owner, and comparing the name's bytes (32 in a ustar header, up to 64 kept) is cheaper than
+ * decoding them again.
  */
 class LastName {
   #bytes = new Uint8Array(64);
