@@ -176,21 +176,25 @@ export async function runMountServer(): Promise<number> {
   // keeper step could not even list /proc) must not leave the layers exported. The layers go
   // first, which also gives back most of the descriptors the keeper step needs.
   // A signal (not `umount`, which unmounts DIR first and asks over the control socket) may
-  // come while DIR's mounts still use the FUSE files: those stay with the keeper, recorded, as
-  // after a crash, so `reattach` (and `reattach --watch`) serve DIR again; a server does not
-  // own DIR's mounts, and releasing FUSE under them would leave DIR dead for good.
+  // come while DIR's mounts still use the exports: FUSE files stay with the keeper, NBD devices
+  // stay connected, each with its record, as after a crash, so `reattach` (and `reattach
+  // --watch`) serve DIR again; a server does not own DIR's mounts, and releasing the exports
+  // under them would leave DIR failing (ENOTCONN, EIO) for good.
   const stop = (by?: "signal") =>
     stopping ??= (async () => {
       console.log("stopping");
       await stopStep("control socket", () => listener?.close());
       let kept = false;
       await stopStep("layers", async () => {
-        const keepBusyFuse = by === "signal" && spec.backend === "fuse";
-        kept = await layers.close({ keepBusyFuse }) === "kept";
+        kept = await layers.close({ keepInUse: by === "signal" }) === "kept";
       });
       await stopStep("spare readers", discardSpareReaders);
       if (kept) {
-        console.error(leftForReattach(spec));
+        console.error(
+          spec.backend === "nbd"
+            ? nbdLeftForReattach(spec, exports.map((e) => e.device))
+            : leftForReattach(spec),
+        );
       } else if (spec.backend === "fuse" && !fuseTakeoverFailed) {
         // A takeover that failed leaves the keeper and its record to the next attempt.
         await stopStep("FUSE keeper", async () => {
@@ -360,6 +364,17 @@ function leftForReattach(spec: MountSpec): string {
       `${spec.target}\` removes it`
     : `${spec.target} is still mounted and in use, and its FUSE keeper is gone: nothing can ` +
       `serve it again; \`erofs-oci umount --lazy ${spec.target}\` removes it`;
+}
+
+/**
+ * The log line of a stop that left DIR's NBD devices connected (no server: their readers
+ * wait, as after a crash) and what to run.
+ */
+function nbdLeftForReattach(spec: MountSpec, devices: string[]): string {
+  return `${spec.target} is still mounted: its NBD device(s) ${devices.join(", ")} stay ` +
+    `connected with their recovery files and its record, readers waiting, as after a crash; ` +
+    `\`erofs-oci reattach ${spec.target}\` serves it again (\`reattach --watch\` does it by ` +
+    `itself), \`erofs-oci umount ${spec.target}\` removes it`;
 }
 
 /** One step of a server's stop; its failure is logged, and the stop goes on. */

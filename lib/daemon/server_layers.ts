@@ -172,18 +172,32 @@ export class ServedLayers {
 
   /**
    * Stops the prefetch, releases the exports (last first) and closes the sources. With
-   * `keepBusyFuse`, a FUSE file still in use (an EROFS mount on it) stops the release there:
-   * that export and the ones before it keep serving, the sources stay open, and "kept" says
-   * so (the caller leaves the connections to the keeper, as a crash would).
+   * `keepInUse`, what a mount still uses is left as a crash leaves it, and "kept" says so:
+   * - FUSE: a file still in use (an EROFS mount on it) stops the release there: that export
+   *   and the ones before it keep serving, the sources stay open (the caller leaves the
+   *   connections to the keeper).
+   * - NBD: with any device still mounted from, no device is disconnected: each is abandoned
+   *   (our sockets closed, recovery file kept), its readers wait for `reattach`.
    */
-  async close(opts: { keepBusyFuse?: boolean } = {}): Promise<"released" | "kept"> {
+  async close(opts: { keepInUse?: boolean } = {}): Promise<"released" | "kept"> {
     this.prefetchAbort.abort();
+    if (opts.keepInUse && this.exports.some((e) => e.mounted?.())) {
+      for (const exported of this.exports) {
+        try {
+          await exported.abandon?.();
+        } catch (error) {
+          console.error("closing the connections of", exported.blockPath, "failed:", error);
+        }
+      }
+      for (const source of this.sources) await source.close?.();
+      return "kept";
+    }
     while (this.exports.length > 0) {
       const exported = this.exports[this.exports.length - 1];
       try {
         await exported.close();
       } catch (error) {
-        if (opts.keepBusyFuse && exported.fuse && fuseBusy(error)) return "kept";
+        if (opts.keepInUse && exported.fuse && fuseBusy(error)) return "kept";
         console.error("release of", exported.blockPath, "failed:", error);
       }
       this.exports.pop();

@@ -22,7 +22,13 @@ import {
   openDirectKernelConnections,
 } from "../nbd/direct_conns.ts";
 import { isDirectReadable } from "../source/direct_reads.ts";
-import { DEFAULT_QUEUE_TUNING, nbdDevicePath } from "../nbd/sysfs.ts";
+import {
+  DEFAULT_QUEUE_TUNING,
+  NBD_MAJOR,
+  nbdDevicePath,
+  nbdIndexOfBlockDevice,
+} from "../nbd/sysfs.ts";
+import { readMountInfo } from "../sys/mountinfo.ts";
 
 /**
  * The NBD block size for an image: EROFS refuses a filesystem block smaller than the device's
@@ -56,6 +62,14 @@ export interface LayerExport {
   /** READs a reader thread answered by itself from the disk cache or the pinned pages. */
   directReads(): number;
   close(): Promise<void>;
+  /** NBD: true while a file system is mounted from the device (in this mount namespace). */
+  mounted?(): boolean;
+  /**
+   * NBD: stops serving as a crash would: our sockets closed, the device left connected (its
+   * readers wait for a new server up to the dead-connection timeout) and its recovery file
+   * kept, so `reattach` serves it again.
+   */
+  abandon?(): Promise<void>;
 }
 
 export interface ExportContext {
@@ -291,13 +305,33 @@ export async function exportLayer(
       warmer?.stop();
       await detach();
       removeRecoveryFile(deviceBackendId);
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* closed by the kernel */ }
-      }
-      await Promise.allSettled([...serving]);
-      await direct?.close();
+      await closeConns();
+    },
+    mounted: () => nbdDeviceMounted(deviceIndex),
+    abandon: async () => {
+      closing = true; // no heal: a dropped connection is what we want here
+      warmer?.stop();
+      await closeConns();
     },
   };
+
+  async function closeConns(): Promise<void> {
+    for (const conn of conns) {
+      try {
+        conn.close();
+      } catch { /* closed by the kernel */ }
+    }
+    await Promise.allSettled([...serving]);
+    await direct?.close();
+  }
+}
+
+/**
+ * True when mountinfo lists a file system on nbdN (an EROFS layer): found by device number,
+ * not by the source path mount(2) was given. Reading mountinfo never touches the device.
+ */
+function nbdDeviceMounted(index: number): boolean {
+  return readMountInfo().some((entry) =>
+    entry.major === NBD_MAJOR && nbdIndexOfBlockDevice(entry.major, entry.minor) === index
+  );
 }
