@@ -14,28 +14,7 @@ import {
   serverPids,
 } from "./_support/mounts.ts";
 import { waitFor } from "./_support/wait.ts";
-
-/**
- * Text the process writes, as it comes; `wait` resolves at the first output matching `pattern`
- * and fails when the output ends without it, or after waitFor's 30 s.
- */
-function collect(stream: ReadableStream<Uint8Array>) {
-  let text = "";
-  let ended = false;
-  const done = (async () => {
-    const decoder = new TextDecoder();
-    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
-    ended = true;
-    return text;
-  })();
-  return {
-    done,
-    wait: async (pattern: RegExp) => {
-      await waitFor(`output matching ${pattern}`, () => pattern.test(text) || ended);
-      if (!pattern.test(text)) throw new Error(`the output ended without ${pattern}:\n${text}`);
-    },
-  };
-}
+import { collect } from "./_support/output_stream.ts";
 
 const cases = [
   { how: "SIGINT to the process group", when: "once mounted" },

@@ -83,3 +83,15 @@ export function recordOrParent(
   if (recorded()) return "recorded";
   return alive ? "waiting" : "orphaned";
 }
+
+/**
+ * Whether the mount's record names this process as its server: only then is a mount left in
+ * place for `reattach` when the server is signalled (nothing else would find one unrecorded).
+ */
+export function recordedAsServer(id: string): boolean {
+  try {
+    return readState(id)?.serverPid === Deno.pid;
+  } catch {
+    return false; // a record that cannot be read is no record to reattach from
+  }
+}

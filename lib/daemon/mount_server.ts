@@ -13,7 +13,7 @@ import {
   removeMountDir,
 } from "../state/runtime_dirs.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
-import { watchForAdoption, watchForRecord } from "./adoption.ts";
+import { recordedAsServer, watchForAdoption, watchForRecord } from "./adoption.ts";
 import { testHold } from "./test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
@@ -186,7 +186,12 @@ export async function runMountServer(): Promise<number> {
       await stopStep("control socket", () => listener?.close());
       let kept = false;
       await stopStep("layers", async () => {
-        kept = await layers.close({ keepInUse: by === "signal" }) === "kept";
+        // Left in place only for a recorded mount whose CLI is not there to unmount it: in
+        // the CLI's session (`mount --foreground`) a signal for the whole group (a service's
+        // stop) reaches both, and the CLI unmounts DIR and then stops us; before the record, a
+        // mount left in place would be known to nobody.
+        const keepInUse = by === "signal" && !inCliSession && recordedAsServer(spec.id);
+        kept = await layers.close({ keepInUse }) === "kept";
       });
       await stopStep("spare readers", discardSpareReaders);
       if (kept) {
