@@ -320,6 +320,18 @@ export function openFileNoSymlinks(path: string): number {
   return openNoSymlinks(path, AT_FDCWD, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 }
 
+/**
+ * Opens the regular file named `name` (one name, no slash; a C string) in the directory `dirFd`
+ * read-only as openFileNoSymlinks does a whole path: O_NOFOLLOW (a symlink there now: ELOOP),
+ * O_NONBLOCK (a FIFO does not block the open). With `dirFd` from openDirNoSymlinks, the file is
+ * one a symlink-free path reached. The caller checks the type and closes; errors name `what`.
+ */
+export function openFileAt(dirFd: number, name: Uint8Array<ArrayBuffer>, what: string): number {
+  const fd = libc().openat(dirFd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd < 0) throw new SysError("open", errno(), what);
+  return fd;
+}
+
 /** The parts of struct statx erofs-oci compares (identity of a file and of its mount). */
 export interface FileIdentity {
   devMajor: number;
@@ -338,6 +350,10 @@ export function sameInode(a: FileIdentity, b: FileIdentity): boolean {
   return a.ino === b.ino && a.devMajor === b.devMajor && a.devMinor === b.devMinor;
 }
 
+/** statIdentity's: it reads the fields out before it returns (a build calls it per file). */
+const statxBuffer = new Uint8Array(256);
+const EMPTY_PATH = new Uint8Array(1);
+
 /**
  * statx of `path` relative to the descriptor `dirFd` (`""`: the descriptor itself), never
  * following a symlink in the last component.
@@ -346,9 +362,10 @@ export function statIdentity(dirFd: number, path = "", what = path || `fd ${dirF
   const STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_UID = 0x8, STATX_GID = 0x10, STATX_INO = 0x100;
   const STATX_MNT_ID = 0x1000;
   const wanted = STATX_TYPE | STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_MNT_ID;
-  const buffer = new Uint8Array(256);
+  const buffer = statxBuffer;
   const flags = AT_SYMLINK_NOFOLLOW | (path === "" ? AT_EMPTY_PATH : 0);
-  unwrap(libc().statx(dirFd, cstr(path), flags, wanted, buffer), "statx", what);
+  const at = path === "" ? EMPTY_PATH : cstr(path);
+  unwrap(libc().statx(dirFd, at, flags, wanted, buffer), "statx", what);
   // struct statx: stx_uid, stx_gid (u32) at 20, 24; stx_mode (u16) at 28, stx_ino at 32,
   // stx_dev_major/minor at 136/140, stx_mnt_id at 144.
   const view = new DataView(buffer.buffer);

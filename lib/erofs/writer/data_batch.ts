@@ -28,18 +28,28 @@ export class BlockBatch {
   /**
    * Room for `length` bytes (at most SMALL_FILE_BYTES) at image offset `at` (block aligned):
    * the caller fills it; the rest of its last block is zeroed here. Earlier bytes are written
-   * first when `at` does not continue them or the buffer is full.
+   * first when `at` does not continue them or the buffer is full. `spare` (less than a block)
+   * more bytes follow the room in the returned array, not part of the batch: read there with
+   * the room's bytes in one call (a file's inline tail), and valid until the next call. A room
+   * with spare bytes ends on a block boundary (`length` whole blocks).
    */
-  take(at: number, length: number): Uint8Array {
-    const padded = Math.ceil(length / this.#blockBytes) * this.#blockBytes;
-    if (this.#used > 0 && (at !== this.#start + this.#used || this.#used + padded > BATCH_BYTES)) {
+  take(at: number, length: number, spare = 0): Uint8Array<ArrayBuffer> {
+    const bs = this.#blockBytes;
+    const padded = Math.ceil(length / bs) * bs;
+    if (spare > 0 && (padded !== length || spare >= bs)) {
+      throw new Error(`spare bytes after a room of ${length} bytes`);
+    }
+    if (
+      this.#used > 0 &&
+      (at !== this.#start + this.#used || this.#used + padded + spare > BATCH_BYTES)
+    ) {
       this.flush();
     }
     if (this.#used === 0) this.#start = at;
-    const room = this.#buffer.subarray(this.#used, this.#used + padded);
-    room.fill(0, length);
+    const room = this.#buffer.subarray(this.#used, this.#used + padded + spare);
+    room.fill(0, length, padded);
     this.#used += padded;
-    return room.subarray(0, length);
+    return room.subarray(0, length + spare);
   }
 
   /** Writes what is gathered, skipping all-zero blocks. */

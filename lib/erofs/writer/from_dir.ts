@@ -25,7 +25,7 @@ import {
   O_PATH,
   SysError,
 } from "../../../ffi/libc.ts";
-import { listDirectory } from "../../../ffi/files.ts";
+import { DeferredCloses, listDirectory } from "../../../ffi/files.ts";
 import { openDirNoSymlinks, readLinkBytesAt } from "../../../ffi/path_resolve.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
@@ -141,14 +141,20 @@ function scanBelow(
    * identity the scan saw (its owner, mode and xattrs are that directory's).
    */
   const stack: [string, number, string, string][] = [[dir, 0, "", ""]];
-  while (stack.length > 0) {
-    const [path, inode, below, scanned] = stack.pop()!;
-    const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path, scanned);
-    try {
-      scanOne(path, inode, below, dirFd);
-    } finally {
-      if (dirFd !== rootFd) closeFd(dirFd);
+  /** The entries' descriptors, closed in batches (the directory's own before its entries'). */
+  const closes = new DeferredCloses();
+  try {
+    while (stack.length > 0) {
+      const [path, inode, below, scanned] = stack.pop()!;
+      const dirFd = below === "" ? rootFd : openBelow(below, rootFd, path, scanned);
+      try {
+        scanOne(path, inode, below, dirFd);
+      } finally {
+        if (dirFd !== rootFd) closeFd(dirFd);
+      }
     }
+  } finally {
+    closes.flush();
   }
   options.onEntries?.(entries);
   table.trim();
@@ -200,7 +206,7 @@ function scanBelow(
         table.addEntry(inode, name, child);
         if (isDir) stack.push([childPath, child, below ? `${below}/${name}` : name, scanned]);
       } finally {
-        closeFd(fd);
+        closes.add(fd);
       }
     }
   }
