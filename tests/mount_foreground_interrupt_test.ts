@@ -5,7 +5,7 @@
  * returned, leaving DIR mounted on a FUSE file nobody served (`list`: dead).
  */
 import assert from "node:assert/strict";
-import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { command, path, requires, root } from "./_support/requires.ts";
 import {
   mountSandbox,
   mountsBelow,
@@ -14,7 +14,7 @@ import {
   serverPids,
 } from "./_support/mounts.ts";
 import { waitFor } from "./_support/wait.ts";
-import { collect } from "./_support/output_stream.ts";
+import { startForegroundMount } from "./_support/output_stream.ts";
 
 const cases = [
   { how: "SIGINT to the process group", when: "once mounted" },
@@ -33,25 +33,7 @@ for (const { how, when } of cases) {
     ignore: requires(root(), path("/dev/fuse"), command("setsid")),
     async fn() {
       const sandbox = await mountSandbox();
-      // Its own session and process group, as a terminal gives a foreground job.
-      const child = new Deno.Command("setsid", {
-        args: [
-          `${REPO_ROOT}/scripts/erofs-oci-dev`,
-          "mount",
-          `${FIXTURES}/basic.erofs`,
-          sandbox.target,
-          "--backend",
-          "fuse",
-          "--foreground",
-        ],
-        env: sandbox.env,
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const stdout = collect(child.stdout);
-      const stderr = collect(child.stderr);
-      const running = Promise.all([child.status, stdout.done, stderr.done]);
+      const { child, stdout, running, cleanUp } = startForegroundMount(sandbox, "fuse");
       try {
         if (when === "once mounted") {
           await stdout.wait(/^mounted /m);
@@ -83,12 +65,7 @@ for (const { how, when } of cases) {
         assert.deepEqual(runningKeepersOf(sandbox.runtimeDir), []);
         assert.deepEqual(serverPids(sandbox.runtimeDir), [], "no state left");
       } finally {
-        for (const pid of [-child.pid, ...mountServersOf(sandbox.runtimeDir)]) {
-          try {
-            Deno.kill(pid, "SIGKILL");
-          } catch { /* exited */ }
-        }
-        await running.catch(() => {});
+        await cleanUp();
         await sandbox.cleanup();
       }
     },

@@ -8,7 +8,7 @@
  * another tool first, a signal still stops on purpose: device disconnected, recovery file gone.
  */
 import assert from "node:assert/strict";
-import { FIXTURES, REPO_ROOT } from "../_support/requires.ts";
+import { FIXTURES } from "../_support/requires.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import {
   expectedManifest,
@@ -21,7 +21,7 @@ import {
 } from "../_support/mounts.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
 import { exists, waitFor } from "../_support/wait.ts";
-import { collect } from "../_support/output_stream.ts";
+import { startForegroundMount } from "../_support/output_stream.ts";
 
 /** big-1m3.bin of basic.erofs (fixtures/expected/basic.txt). */
 const BIG = { name: "big-1m3.bin", size: 1048579 };
@@ -196,24 +196,7 @@ Deno.test({
     // get it. The server must not leave its device for a reattach: the CLI unmounts DIR and
     // stops it, and nothing may stay connected.
     const sandbox = await mountSandbox();
-    const child = new Deno.Command("setsid", {
-      args: [
-        `${REPO_ROOT}/scripts/erofs-oci-dev`,
-        "mount",
-        `${FIXTURES}/basic.erofs`,
-        sandbox.target,
-        "--backend",
-        "nbd",
-        "--foreground",
-      ],
-      env: sandbox.env,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const stdout = collect(child.stdout);
-    const stderr = collect(child.stderr);
-    const running = Promise.all([child.status, stdout.done, stderr.done]);
+    const { child, stdout, running, cleanUp } = startForegroundMount(sandbox, "nbd");
     try {
       await stdout.wait(/^mounted /m, 180_000);
       const { mount } = await listed(sandbox);
@@ -228,12 +211,7 @@ Deno.test({
       await waitFor(`nbd${index} to be disconnected`, () => backendOf(index) === undefined, 30_000);
       assert.ok(!exists(recoveryFile), `${recoveryFile} removed`);
     } finally {
-      for (const pid of [-child.pid, ...mountServersOf(sandbox.runtimeDir)]) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* exited */ }
-      }
-      await running.catch(() => {});
+      await cleanUp();
       await sandbox.cleanup();
     }
   },
