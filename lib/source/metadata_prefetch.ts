@@ -334,9 +334,11 @@ export async function prefetchErofsMetadata(
       fileInodes: false,
       knownPages: listed?.pages,
     });
-    options.onDirectoriesDone?.(describe("directories", dirs));
+    // One text for both (its time in it): the server logs each different summary once.
+    const dirsSummary = describe("directories", dirs);
+    options.onDirectoriesDone?.(dirsSummary);
     if (listed?.pages.size && !readyBeforeWalk) await afterReady(listed.pages);
-    if (dirs.incomplete || !options.fileInodes) return describe("directories", dirs);
+    if (dirs.incomplete || !options.fileInodes) return dirsSummary;
     const all = await walkErofsMetadata(read, raw.size, {
       ...common,
       fileInodes: true,
