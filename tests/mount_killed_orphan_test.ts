@@ -96,6 +96,41 @@ Deno.test({
 });
 
 Deno.test({
+  name: "server signalled before mount recorded the mount: it undoes the mount, nothing left",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    // The server must not leave DIR for a reattach (nothing would find it unrecorded), nor end
+    // its keeper under a busy DIR (ENOTCONN for good): it detaches what `mount` made, and `mount`,
+    // killed afterwards, has nothing left to undo.
+    const sandbox = await mountSandbox();
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      env: { ...sandbox.env, [TEST_PAUSE_ENV]: "mount-before-state" },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 60_000);
+      const [server] = mountServersOf(sandbox.runtimeDir);
+      Deno.kill(server, "SIGTERM");
+      await waitFor("the server to stop", () => mountServersOf(sandbox.runtimeDir).length === 0);
+      mount.kill("SIGKILL");
+      await mount.status;
+      assert.deepEqual(mountsBelow(sandbox.target), [], "DIR is not left mounted");
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "its FUSE mounts went too");
+      await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await mount.status;
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount whose server dies while it mounts the layers fails in one line, leaving nothing",
   ignore: requires(root(), path("/dev/fuse")),
   fn: () =>

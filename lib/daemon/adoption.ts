@@ -16,6 +16,16 @@ import { every } from "../timers.ts";
 
 const POLL_MS = 100;
 
+/** A server's watch for its mount's record (watchForAdoption). */
+export interface Adoption {
+  /**
+   * For a server stopped before `mount` recorded the mount (a signal): stops watching and
+   * detaches what was mounted since ready, as the watch does when `mount` dies first. A mount
+   * left behind unrecorded would be known to nobody. False when the record is there.
+   */
+  undoUnrecorded(): Promise<boolean>;
+}
+
 /**
  * From ready on: polls until mount `id`'s state is recorded (then stops watching) or the
  * process that started this server (`cliPid`, our parent) is gone; then detaches what was
@@ -26,22 +36,33 @@ export function watchForAdoption(
   target: string,
   cliPid: number,
   orphaned: () => Promise<void>,
-): void {
+): Adoption {
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
   const runDir = `${mountDir(id)}/`;
-  const timer = every(POLL_MS, async () => {
-    const now = recordOrParent(() => Deno.ppid === cliPid, () => pathExists(statePath(id)));
-    if (now === "waiting") return;
-    timer.cancel();
-    if (now === "recorded") return;
+  const detachNewMounts = async () => {
     for (const entry of readMountInfo().reverse()) {
       if (mountsAtReady.has(entry.id)) continue;
       if (entry.mountPoint === target || entry.mountPoint.startsWith(runDir)) {
         await umountOffThread(entry.mountPoint, MNT_DETACH);
       }
     }
+  };
+  const timer = every(POLL_MS, async () => {
+    const now = recordOrParent(() => Deno.ppid === cliPid, () => pathExists(statePath(id)));
+    if (now === "waiting") return;
+    timer.cancel();
+    if (now === "recorded") return;
+    await detachNewMounts();
     await orphaned();
   });
+  return {
+    async undoUnrecorded() {
+      timer.cancel();
+      if (pathExists(statePath(id))) return false;
+      await detachNewMounts();
+      return true;
+    },
+  };
 }
 
 /**

@@ -13,7 +13,7 @@ import {
   removeMountDir,
 } from "../state/runtime_dirs.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
-import { recordedAsServer, watchForAdoption, watchForRecord } from "./adoption.ts";
+import { type Adoption, recordedAsServer, watchForAdoption, watchForRecord } from "./adoption.ts";
 import { testHold } from "./test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
@@ -180,6 +180,8 @@ export async function runMountServer(): Promise<number> {
   // stay connected, each with its record, as after a crash, so `reattach` (and `reattach
   // --watch`) serve DIR again; a server does not own DIR's mounts, and releasing the exports
   // under them would leave DIR failing (ENOTCONN, EIO) for good.
+  /** The watch for `mount`'s record (a server `mount` started, once ready). */
+  let adoption: Adoption | undefined;
   const stop = (by?: "signal") =>
     stopping ??= (async () => {
       console.log("stopping");
@@ -191,6 +193,9 @@ export async function runMountServer(): Promise<number> {
         // stop) reaches both, and the CLI unmounts DIR and then stops us; before the record, a
         // mount left in place would be known to nobody.
         const keepInUse = by === "signal" && !inCliSession && recordedAsServer(spec.id);
+        if (by === "signal" && !inCliSession && !keepInUse && await adoption?.undoUnrecorded()) {
+          console.error("stopped before the mount command recorded the mount: it is undone");
+        }
         kept = await layers.close({ keepInUse }) === "kept";
       });
       await stopStep("spare readers", discardSpareReaders);
@@ -320,7 +325,7 @@ export async function runMountServer(): Promise<number> {
     layers.attached.resolve();
     console.log("ready:", exports.map((e) => e.blockPath).join(", "));
     if (!spec.reattach) {
-      watchForAdoption(spec.id, spec.target, cliPid, async () => {
+      adoption = watchForAdoption(spec.id, spec.target, cliPid, async () => {
         console.error(
           `the mount command (pid ${cliPid}) ended before it recorded this mount: undoing it`,
         );
