@@ -91,9 +91,27 @@ export async function mountSandbox(): Promise<MountSandbox> {
       if (mountPointsUnder(target).length) {
         await runCli(["umount", "--lazy", target], { env, timeoutMs: 30_000 });
       }
+      // A server whose `mount` was killed before it recorded the mount (a test's deadline)
+      // undoes its mounts and stops by itself once ready: killed now, it would leave its NBD
+      // devices connected and their recovery files for the next test (a 40-layer mount under
+      // TCG took minutes to get there, and reattach_test after it found 12 recovery files).
+      const recorded = serverPids(runtimeDir);
+      if (mountServersOf(runtimeDir).some((pid) => !recorded.includes(pid))) {
+        await waitFor(
+          "unrecorded servers to undo their mounts",
+          () => mountServersOf(runtimeDir).every((pid) => recorded.includes(pid)),
+          Deno.env.get("EROFS_OCI_IN_VM") === "1" ? 300_000 : 30_000,
+        ).catch(() => {});
+      }
       // Last resort after a failed test: stop servers we started (and the FUSE keepers they
       // left: a killed server cannot end its keeper) and detach what is left.
-      for (const pid of [...serverPids(runtimeDir), ...runningKeepersOf(runtimeDir)]) {
+      for (
+        const pid of [
+          ...serverPids(runtimeDir),
+          ...mountServersOf(runtimeDir),
+          ...runningKeepersOf(runtimeDir),
+        ]
+      ) {
         try {
           Deno.kill(pid, "SIGKILL");
         } catch { /* gone */ }
