@@ -4,7 +4,7 @@
  * command-line credentials over the file.
  */
 import assert from "node:assert/strict";
-import { command, requires } from "./_support/requires.ts";
+import { command, REPO_ROOT, requires } from "./_support/requires.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import {
   assertCliError,
@@ -263,7 +263,7 @@ Deno.test({
       `echo "password for ${registry.host}:" >/dev/tty; read answer </dev/tty\n` +
         `printf '{"Username":"%s","Secret":"%s"}' ${registry.username} "$answer"`,
     );
-    const cli = new URL("../scripts/erofs-oci-dev", import.meta.url).pathname;
+    const cli = `${REPO_ROOT}/scripts/erofs-oci-dev`;
     const line = [cli, "inspect", `${registry.host}/creds/app:v1`, "--plain-http"]
       .map((arg) => `'${arg}'`).join(" ");
     // script(1) gives the command a terminal; its stdin is what is typed there.
