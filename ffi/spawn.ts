@@ -374,13 +374,9 @@ export class PipeReader extends PipeEnd {
   /** Some bytes into `buffer`: how many, or null at the end (the child closed its end). */
   async read(buffer: Uint8Array<ArrayBuffer>): Promise<number | null> {
     for (;;) {
-      if (this.fd < 0) return null;
-      const n = Number(libc().read(this.fd, buffer, BigInt(buffer.length)));
-      if (n > 0) return n;
-      if (n === 0) return null;
-      const code = errno();
-      if (code === Errno.EAGAIN) await pollFor(this.fd, POLLIN);
-      else if (code !== Errno.EINTR) throw new SysError("read", code, "pipe");
+      const n = this.readNow(buffer);
+      if (n !== undefined) return n;
+      await pollFor(this.fd, POLLIN);
     }
   }
 }

@@ -22,12 +22,7 @@ import {
   openDirectKernelConnections,
 } from "../nbd/direct_conns.ts";
 import { isDirectReadable } from "../source/direct_reads.ts";
-import {
-  DEFAULT_QUEUE_TUNING,
-  NBD_MAJOR,
-  nbdDevicePath,
-  nbdIndexOfBlockDevice,
-} from "../nbd/sysfs.ts";
+import { DEFAULT_QUEUE_TUNING, nbdDevicePath, nbdIndexOfBlockDevice } from "../nbd/sysfs.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 
 /**
@@ -331,7 +326,5 @@ export async function exportLayer(
  * not by the source path mount(2) was given. Reading mountinfo never touches the device.
  */
 function nbdDeviceMounted(index: number): boolean {
-  return readMountInfo().some((entry) =>
-    entry.major === NBD_MAJOR && nbdIndexOfBlockDevice(entry.major, entry.minor) === index
-  );
+  return readMountInfo().some((entry) => nbdIndexOfBlockDevice(entry.major, entry.minor) === index);
 }

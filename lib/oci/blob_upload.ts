@@ -1,7 +1,6 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
 import { debug } from "../log.ts";
-import { after } from "../timers.ts";
 import type { RegistryClient } from "./client.ts";
 import { quoted } from "./registry_transport.ts";
 import { pushScope } from "./scope.ts";
@@ -26,22 +25,18 @@ const openSessions = new Set<UploadSession>();
  * a failure is only logged (--debug): it never hides the error that ended the upload.
  */
 async function cancelSession(session: UploadSession): Promise<void> {
-  const controller = new AbortController();
-  const timer = after(CANCEL_UPLOAD_MS, () => controller.abort(new Error("timed out")));
   try {
     const response = await session.client.request({
       method: "DELETE",
       path: session.location,
       scope: session.scope,
-      signal: controller.signal,
+      signal: AbortSignal.timeout(CANCEL_UPLOAD_MS),
       policy: { deadlineAtMs: Date.now() + CANCEL_UPLOAD_MS, maxAttempts: 1 },
     });
     await response.body?.cancel();
     debug(`upload session ${session.location} cancelled: ${response.status}`);
   } catch (error) {
     debug(`could not cancel upload session ${session.location}: ${(error as Error).message}`);
-  } finally {
-    timer.cancel();
   }
 }
 

@@ -78,8 +78,8 @@ function findInPath(program: string): string | undefined {
 /**
  * Runs `docker-credential-NAME get` with the server name on stdin; returns undefined when the
  * helper knows no credentials for it. Helper output is JSON `{ServerURL, Username, Secret}`.
- * A helper past its time or output limit is killed with whatever it started (it runs in a
- * process group of its own), and nothing of it is waited for after that.
+ * A helper past its time or output limit is killed with the processes it started (ffi/spawn.ts
+ * runCaptured), and nothing of it is waited for after that.
  */
 export async function runCredentialHelper(
   helper: string,
