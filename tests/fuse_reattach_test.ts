@@ -132,6 +132,9 @@ Deno.test({
         await killServer(sandbox.runtimeDir);
         const refused = await runCli(["reattach", sandbox.target], { env: sandbox.env });
         assertCliError(refused, 1, /no keeper/);
+        // Said once: on stderr, not in the table too.
+        assert.match(refused.stdout, /^\/\S+\s+failed\s+see below$/m, describe(refused));
+        assert.doesNotMatch(refused.stdout, /no keeper/, describe(refused));
         assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
         assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
       } finally {

@@ -3,8 +3,9 @@ import { onInterrupt } from "./interrupt.ts";
 import { parseCommandArgs } from "./command.ts";
 import { UsageError } from "../errors.ts";
 import { checkRoot } from "../mount/target_dir.ts";
-import { reattach, reattachTarget } from "../daemon/reattach.ts";
+import { reattach, type ReattachOutcome, reattachTarget } from "../daemon/reattach.ts";
 import { watchAndReattach } from "../daemon/watch.ts";
+import { groupOutcomes, groupSubject } from "../daemon/reattach_detail.ts";
 import { printable, printableJson, printTable } from "./table.ts";
 import { credentialsFromOptions } from "./registry_options.ts";
 import { stateRoot } from "../state/runtime_dirs.ts";
@@ -99,21 +100,33 @@ Exit code 1 when any selected device could not be reattached.`,
       acceptChangedImage: values["accept-changed-image"],
       credentials,
     });
-    if (values.json) {
-      console.log(printableJson(outcomes));
-    } else if (outcomes.length === 0) {
-      console.log("no connected NBD devices to reattach");
-    } else {
-      printTable(
-        ["DEVICE", "RESULT", "DETAIL"],
-        outcomes.map((o) => [o.device, o.result, o.detail]),
-      );
-    }
-    const failed = outcomes.filter((o) => o.result === "failed");
-    for (const f of failed) console.error(`erofs-oci: ${f.device}: ${printable(f.detail)}`);
-    return failed.length ? 1 : 0;
+    return reportOutcomes(outcomes, values.json ?? false);
   },
 };
+
+/**
+ * Prints the outcomes (a table, or JSON) on stdout and each refusal once on stderr: the devices
+ * of a mount refused for one reason are one line naming them (a 10-layer mount over the
+ * open-file limit said it 10 times, and the table said it again). Returns the exit code.
+ */
+export function reportOutcomes(outcomes: ReattachOutcome[], json: boolean): number {
+  if (json) {
+    console.log(printableJson(outcomes));
+  } else if (outcomes.length === 0) {
+    console.log("no connected NBD devices to reattach");
+  } else {
+    // Why a device failed is said once, on stderr below, not in the table as well.
+    printTable(
+      ["DEVICE", "RESULT", "DETAIL"],
+      outcomes.map((o) => [o.device, o.result, o.result === "failed" ? "see below" : o.detail]),
+    );
+  }
+  const refusals = groupOutcomes(outcomes).filter((g) => g.result === "failed");
+  for (const group of refusals) {
+    console.error(`erofs-oci: ${printable(groupSubject(group))}: ${printable(group.detail)}`);
+  }
+  return refusals.length ? 1 : 0;
+}
 
 /**
  * Root, and a state directory only root can change: the index files reattach serves again

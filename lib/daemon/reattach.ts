@@ -34,6 +34,8 @@ export interface ReattachOutcome {
   device: string;
   result: "reattached" | "waiting" | "alive" | "busy" | "failed";
   detail: string;
+  /** The directory of the mount an NBD device is a layer of (a FUSE mount's device is it). */
+  mount?: string;
 }
 
 /** The mount state (if any) that lists nbdN, and the layer position in it. */
@@ -191,6 +193,11 @@ export async function reattach(
 
 type OwnedDevice = NonNullable<ReturnType<typeof stateOfDevice>>;
 
+/** The `mount` of an NBD device's outcome: the directory of the mount it is a layer of. */
+function mountOf(state: MountState | undefined): { mount: string } | undefined {
+  return state?.target ? { mount: state.target } : undefined;
+}
+
 /** The FUSE mounts and NBD devices a reattach revives, each claimed by its lock. */
 interface ReattachWork {
   fuse: MountState[];
@@ -209,7 +216,7 @@ function selectWork(
 ): ReattachWork {
   const states = readStates();
   const claimed = new Set<string>();
-  const claim = (key: string, device: string): boolean => {
+  const claim = (key: string, device: string, mount?: string): boolean => {
     if (claimed.has(key)) return true;
     const lock = tryLockChangesOf(key);
     if (!lock) {
@@ -217,6 +224,7 @@ function selectWork(
         device,
         result: "busy",
         detail: "another reattach or an umount is working on it: left to that one",
+        ...(mount === undefined ? {} : { mount }),
       });
       return false;
     }
@@ -235,13 +243,21 @@ function selectWork(
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
     const owner = stateOfDevice(states, info.index);
+    const mount = mountOf(owner?.state);
     const alive = owner ? serverAlive(owner.state.serverPid) : taskAlive(info.pid);
     if (alive) {
       const pid = owner ? owner.state.serverPid : info.pid;
-      outcomes.push({ device: name, result: "alive", detail: `served by pid ${pid}, left alone` });
+      outcomes.push({
+        device: name,
+        result: "alive",
+        detail: `served by pid ${pid}, left alone`,
+        ...mount,
+      });
       continue;
     }
-    if (claim(owner?.state.id ?? `device-${info.index}`, name)) nbd.push({ info, owner });
+    if (claim(owner?.state.id ?? `device-${info.index}`, name, mount?.mount)) {
+      nbd.push({ info, owner });
+    }
   }
   return { fuse, nbd };
 }
@@ -298,7 +314,8 @@ async function reattachSelected(
       outcomes.push({
         device: name,
         result: "failed",
-        detail: `${failureDetail(error)} (device untouched)`,
+        detail: `${failureDetail(error)} (left untouched)`,
+        ...mountOf(owner?.state),
       });
     }
   }
@@ -349,11 +366,13 @@ async function reattachSelected(
               result: "waiting",
               detail: `registry unreachable: server pid ${ready.pid} retries with backoff ` +
                 "and reattaches when it is back; readers keep waiting",
+              ...mountOf(state),
             }
             : {
               device: `nbd${p.info.index}`,
               result: "reattached",
               detail: `new server pid ${ready.pid}`,
+              ...mountOf(state),
             },
         );
       }
@@ -364,6 +383,7 @@ async function reattachSelected(
           device: `nbd${p.info.index}`,
           result: "failed",
           detail: failureDetail(error),
+          ...mountOf(state),
         });
       }
     }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { MountError, OciError } from "../errors.ts";
-import { failureDetail } from "./reattach_detail.ts";
+import { failureDetail, groupOutcomes, groupSubject } from "./reattach_detail.ts";
+import type { ReattachOutcome } from "./reattach.ts";
 import { serverLogHint } from "./server_process.ts";
 
 Deno.test("reattach's failure detail: rejected credentials say what helps, others as they are", () => {
@@ -41,4 +42,34 @@ Deno.test("a failed server start's hint: --foreground suggested to a mount only"
   assert.equal(serverLogHint(undefined, false, false), "mount with --foreground to see its output");
   assert.equal(serverLogHint(undefined, true, false), "see its output above");
   assert.doesNotMatch(serverLogHint(undefined, false, true), /foreground/);
+});
+
+Deno.test("reattach outcomes: a mount's layers refused for one reason are said once, naming them", () => {
+  const limit = "this mount's 3 layers need about 40 open files; the limit is 39: raise it";
+  const outcomes: ReattachOutcome[] = [
+    { device: "nbd0", result: "failed", detail: limit, mount: "/mnt/app" },
+    { device: "nbd1", result: "failed", detail: limit, mount: "/mnt/app" },
+    { device: "nbd2", result: "failed", detail: limit, mount: "/mnt/app" },
+    { device: "nbd3", result: "reattached", detail: "new server pid 7", mount: "/mnt/db" },
+    { device: "nbd4", result: "reattached", detail: "new server pid 7", mount: "/mnt/db" },
+    // Another mount refused for the same reason: its own line.
+    { device: "nbd5", result: "failed", detail: limit, mount: "/mnt/other" },
+    // Devices of no mount of ours (erofs-utils), and a FUSE mount (named by its directory).
+    { device: "nbd6", result: "failed", detail: "corrupt (left untouched)" },
+    { device: "/mnt/fuse", result: "failed", detail: "its FUSE connection is gone" },
+  ];
+  const lines = groupOutcomes(outcomes).map((g) => `${g.result} ${groupSubject(g)}: ${g.detail}`);
+  assert.deepEqual(lines, [
+    `failed /mnt/app (nbd0, nbd1, nbd2): ${limit}`,
+    "reattached /mnt/db (nbd3, nbd4): new server pid 7",
+    `failed /mnt/other (nbd5): ${limit}`,
+    "failed nbd6: corrupt (left untouched)",
+    "failed /mnt/fuse: its FUSE connection is gone",
+  ]);
+  // Different reasons within one mount stay apart.
+  const mixed = groupOutcomes([
+    { device: "nbd0", result: "failed", detail: "a", mount: "/m" },
+    { device: "nbd1", result: "failed", detail: "b", mount: "/m" },
+  ]);
+  assert.deepEqual(mixed.map(groupSubject), ["/m (nbd0)", "/m (nbd1)"]);
 });

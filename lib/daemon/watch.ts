@@ -13,6 +13,7 @@ import { type MountState, readStates, serverOf } from "../state/mount_record.ts"
 import { serverAlive } from "../state/server_liveness.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { reattach, type ReattachOutcome } from "./reattach.ts";
+import { groupOutcomes } from "./reattach_detail.ts";
 import { sleep } from "../timers.ts";
 
 /** How often new and removed mounts are noticed (deaths wake the watcher at once). */
@@ -107,10 +108,12 @@ export async function watchAndReattach(options: WatchOptions = {}): Promise<void
         }
         report(`${state.target}: server ${server.pid} is gone, reattaching`);
         const job = reattachOne(state).then((outcomes) => {
-          for (const o of outcomes) {
-            // A FUSE mount's outcome is named by its directory already.
-            const device = o.device === state.target ? "" : `${o.device} `;
-            report(`${state.target}: ${device}${o.result}: ${o.detail}`);
+          // One line for the devices of the mount with one result and detail (a refusal of
+          // all its layers for one reason); a FUSE mount's outcome is named by its directory.
+          for (const group of groupOutcomes(outcomes)) {
+            const devices = group.devices.filter((d) => d !== state.target);
+            const named = devices.length ? `${devices.join(", ")} ` : "";
+            report(`${state.target}: ${named}${group.result}: ${group.detail}`);
           }
           if (outcomes.length > 0 && outcomes.every((o) => o.result !== "failed")) {
             backoff.delete(state.id); // the new server is picked up by the next pass

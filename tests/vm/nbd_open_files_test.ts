@@ -127,14 +127,19 @@ Deno.test({
         timeoutMs: 240_000,
       });
       assert.equal(refused.code, 1, describe(refused));
+      // Said once for the mount, naming its 10 devices (it was said once per device).
       assert.match(
         refused.stderr,
         new RegExp(
-          `^erofs-oci: nbd\\d+: this mount's 10 layers need about ${needed} open files; ` +
-            `the limit is ${needed - 1}: raise it \\(ulimit -n ${needed}\\)$`,
+          `^erofs-oci: \\S+-10 \\((nbd\\d+, ){9}nbd\\d+\\): this mount's 10 layers need ` +
+            `about ${needed} open files; the limit is ${needed - 1}: raise it ` +
+            `\\(ulimit -n ${needed}\\)$`,
           "m",
         ),
+        describe(refused),
       );
+      assert.equal(refused.stderr.match(/open files/g)?.length, 1, describe(refused));
+      assert.doesNotMatch(refused.stdout, /open files/, "the table says it no more");
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 2, "no server started");
       console.log(`reattach refused: ${elapsed()}`);
 
