@@ -4,7 +4,15 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import {
+  assertCliError,
+  assertSuccess,
+  describe,
+  runCli,
+  startCli,
+  stopCli,
+} from "./_support/cli.ts";
+import { HoldPoint } from "./_support/hold.ts";
 import {
   type MountSandbox,
   mountSandbox,
@@ -220,6 +228,52 @@ Deno.test({
         assert.deepEqual(serverPids(sandbox.runtimeDir), [], sandbox.serverLogs());
       }
     } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "umount --all: a mount another command unmounted after the listing is counted as such",
+  ignore,
+  async fn() {
+    const sandbox = await mountSandbox();
+    const dirs = [0, 1, 2].map((i) => `${sandbox.target}-${i}`);
+    let all: ReturnType<typeof startCli> | undefined;
+    try {
+      for (const dir of dirs) {
+        Deno.mkdirSync(dir, { recursive: true });
+        assertSuccess(
+          await runCli(["mount", `${FIXTURES}/basic.erofs`, dir], {
+            env: sandbox.env,
+            timeoutMs: 60_000,
+          }),
+        );
+      }
+      using hold = new HoldPoint("umount-all-listed", `${sandbox.target}.hold`);
+      all = startCli(["umount", "--all"], { ...sandbox.env, ...hold.env });
+      await hold.reached("umount --all to list the mounts", 30_000);
+      assertSuccess(await runCli(["umount", dirs[1]], { env: sandbox.env, timeoutMs: 60_000 }));
+      hold.release();
+      const result = await all.result;
+      assert.equal(result.code, 0, describe(result));
+      assert.match(
+        result.stderr,
+        new RegExp(`^${dirs[1]} was unmounted meanwhile by another `, "m"),
+      );
+      // The summary counts it (it said nothing of it; interrupted, it called it "left").
+      assert.match(
+        result.stderr,
+        /^umount --all: 2 of 3 mounts unmounted, 1 already unmounted by another command$/m,
+        describe(result),
+      );
+      for (const dir of dirs) assert.deepEqual(mountsBelow(dir), [], dir);
+      assert.deepEqual(serverPids(sandbox.runtimeDir), [], sandbox.serverLogs());
+    } finally {
+      await stopCli(all);
+      for (const dir of dirs) {
+        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
+      }
       await sandbox.cleanup();
     }
   },

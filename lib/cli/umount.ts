@@ -6,6 +6,7 @@ import { MountError, UsageError, UserError } from "../errors.ts";
 import { NotMountedError, readStates } from "../state/mount_record.ts";
 import { info, warn } from "../log.ts";
 import { exitInterrupted, Interrupted, onInterrupt } from "./interrupt.ts";
+import { testHold } from "../daemon/test_pause.ts";
 
 export const umountCommand: Command = {
   name: "umount",
@@ -103,6 +104,8 @@ function reportUnmounted({ state, wasMounted }: Unmounted): void {
 /**
  * Every recorded mount, deepest target first (a mount inside another's writable overlay goes
  * before it). A failure is reported as a warning and the rest go on; then one error sums up.
+ * Mounts another command unmounted between the listing and their turn are counted apart: the
+ * summary said nothing of them (and an interrupted one called them "left").
  */
 async function unmountAll(lazy: boolean): Promise<number> {
   const states = readStates().sort((a, b) => b.target.length - a.target.length);
@@ -110,10 +113,17 @@ async function unmountAll(lazy: boolean): Promise<number> {
     info("no erofs-oci mounts");
     return 0;
   }
+  // Tests: listed, none unmounted yet (another command may unmount some meanwhile).
+  await testHold("umount-all-listed");
   const left: string[] = [];
   let done = 0;
-  const stopped = () =>
-    `umount --all interrupted: ${done} of ${states.length} mounts unmounted, the others left`;
+  let gone = 0;
+  const tally = () =>
+    [
+      `${done} of ${states.length} mounts unmounted`,
+      ...(gone ? [`${gone} already unmounted by another command`] : []),
+    ].join(", ");
+  const stopped = () => `umount --all interrupted: ${tally()}, the others left`;
   using interrupts = new UmountInterrupts(stopped());
   for (const state of states) {
     try {
@@ -123,6 +133,7 @@ async function unmountAll(lazy: boolean): Promise<number> {
       // Unmounted meanwhile by another command (umount DIR, a second umount --all): done.
       if (error instanceof NotMountedError) {
         info(`${state.target} was unmounted meanwhile by another command`);
+        gone++;
       } else {
         if (!(error instanceof UserError)) throw error;
         warn(
@@ -142,5 +153,6 @@ async function unmountAll(lazy: boolean): Promise<number> {
       "see the warnings above; close what uses them, or `erofs-oci umount --all --lazy`",
     );
   }
+  if (gone) info(`umount --all: ${tally()}`);
   return 0;
 }
