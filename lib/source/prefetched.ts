@@ -272,10 +272,15 @@ export class PrefetchedSource implements InnerSource {
       closeQuietly(readerFd);
       return withoutPins;
     }
+    let open = true;
     return {
       ...withoutPins,
       pins: { fd: readerFd, mapFd: readerMapFd, pageBytes: PIN_PAGE_BYTES },
+      // Once, as the disk cache's own close (disk_cache_direct.ts): a second close would close
+      // numbers other files may hold by then.
       close: () => {
+        if (!open) return;
+        open = false;
         files.close();
         closeQuietly(readerFd);
         closeQuietly(readerMapFd);

@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { CachedSource } from "./cached.ts";
 import { DiskCache } from "./disk_cache.ts";
-import { preadExact } from "./disk_cache_io.ts";
+import { closeQuietly, preadExact } from "./disk_cache_io.ts";
+import { cstr, libc, O_CLOEXEC, O_PATH } from "../../ffi/libc.ts";
+import { fstatFd } from "../../ffi/files.ts";
+import { sleep } from "../timers.ts";
 import { PIN_PAGE_BYTES, PrefetchedSource } from "./prefetched.ts";
 import {
   firstDataReadPast,
@@ -141,6 +144,55 @@ Deno.test("PrefetchedSource.pin: runs of pages reach the reader thread's pin fil
     assert.equal(served.pinnedBytes, 8 * PIN_PAGE_BYTES);
     files.close();
   } finally {
+    await served.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Whether descriptor `fd` is (still) of the file with inode `ino`. */
+function holds(fd: number, ino: bigint): boolean {
+  try {
+    return fstatFd(fd).ino === ino;
+  } catch {
+    return false; // closed
+  }
+}
+
+Deno.test("PrefetchedSource.openDirectReads: a second close() closes no descriptor opened since", async () => {
+  const bytes = patternBytes(4 * PIN_PAGE_BYTES, 7);
+  const dir = await Deno.makeTempDir({ prefix: "pins-" });
+  const cache = DiskCache.open({ checkCompleteBlobs: false, dir, onWarning: () => {} })!;
+  const disk = cache.wrap(new MemorySource(bytes), {
+    digest: `sha256:${"cd".repeat(32)}`,
+    origin: "t",
+  });
+  const served = new PrefetchedSource(new CachedSource(disk));
+  /** Files opened after the first close, by number, with their inode. */
+  const mine = new Map<number, bigint>();
+  try {
+    const files = served.openDirectReads()!;
+    assert.ok(files.pins, "no pin file");
+    const freed = [files.mapFd, files.dataFd, files.pins.fd, files.pins.mapFd];
+    files.close();
+    // The freed numbers go to the next opens (lowest first; another test file running in this
+    // process may take one for a moment): files of this test's own are opened until they hold
+    // all of them.
+    Deno.writeTextFileSync(`${dir}/mine`, "");
+    for (let tries = 0; !freed.every((fd) => mine.has(fd)) && tries < 200; tries++) {
+      const fd = libc().open(cstr(`${dir}/mine`), O_PATH | O_CLOEXEC, 0);
+      assert.ok(fd >= 0);
+      mine.set(fd, fstatFd(fd).ino);
+      if (tries % 16 === 15) await sleep(1);
+    }
+    assert.ok(freed.every((fd) => mine.has(fd)), "the freed numbers never came back");
+    files.close();
+    const lost = freed.filter((fd) => !holds(fd, mine.get(fd)!));
+    assert.deepEqual(lost, [], "the second close() closed descriptors opened since");
+  } finally {
+    for (const [fd, ino] of mine) {
+      // Only those still ours: a number closed under us may be another file's by now.
+      if (holds(fd, ino)) closeQuietly(fd);
+    }
     await served.close();
     await Deno.remove(dir, { recursive: true });
   }
