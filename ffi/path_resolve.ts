@@ -253,8 +253,11 @@ function walkTrusted(
         if (++links > 40) throw new SysError("open", Errno.ELOOP, path);
         pending.unshift(...target.split("/").filter((p) => p !== "" && p !== "."));
         if (target.startsWith("/")) {
+          // Opened before `at` is closed: a failed open must not leave the catch below to
+          // close `at` a second time (its number may be another thread's file by then).
+          const root = unwrap(libc().open(cstr("/"), rootFlags, 0), "open", "/");
           closeFd(at);
-          at = unwrap(libc().open(cstr("/"), rootFlags, 0), "open", "/");
+          at = root;
         }
         continue;
       }
