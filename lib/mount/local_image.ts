@@ -11,18 +11,23 @@ const FILE_NAME_ENDING = /\.(erofs|img|tar|tgz|gz|zst)$/i;
  * reads as a file name but is no file is refused here (UserError): looked up on Docker Hub, it
  * failed with a network or "manifest unknown" error that said nothing of the missing file. A
  * directory is refused too, with what it could be meant as (an OCI layout, a tree to build).
+ * Relative names are looked up in `cwd` (tests name a directory: chdir would move every test
+ * file's working directory, as `deno test --parallel` runs them all in one process).
  */
-export function isLocalImage(image: string): boolean {
+export function isLocalImage(image: string, cwd = "."): boolean {
+  const here = image.startsWith("/") ? image : `${cwd}/${image}`;
   let info: Deno.FileInfo | undefined;
   try {
-    info = Deno.statSync(image);
+    info = Deno.statSync(here);
   } catch {
     // not here: a path to a missing file, or a reference (below)
   }
   const path = image.startsWith("/") || image.startsWith("./") || image.startsWith("../");
   // A bare name that is also a directory here stays a reference (`ubuntu` beside an ubuntu/
   // build context), unless that directory is an OCI layout: then the layout was meant.
-  if (info?.isDirectory && (path || isLayout(image))) throw directoryAsImage(image, !path);
+  if (info?.isDirectory && (path || isLayout(here))) {
+    throw directoryAsImage(image, isLayout(here), !path);
+  }
   if (path || info?.isFile) return true;
   if (!image.includes("/") && FILE_NAME_ENDING.test(image)) {
     throw new UserError(
@@ -41,8 +46,7 @@ function isLayout(dir: string): boolean {
   }
 }
 
-function directoryAsImage(image: string, bare: boolean): UserError {
-  const layout = isLayout(image);
+function directoryAsImage(image: string, layout: boolean, bare: boolean): UserError {
   return new UserError(
     `${image} is a directory, not an image`,
     (layout

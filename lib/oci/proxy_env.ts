@@ -27,6 +27,36 @@ const PROXY_VARIABLES: { names: [string, string]; scheme?: "http:" | "https:" }[
 
 let bypassed = false;
 
+/** Where the variables are read and NO_PROXY written: the process's environment. */
+export interface ProxyEnvironment {
+  get(name: string): string | undefined;
+  set(name: string, value: string): void;
+}
+
+const processEnvironment: ProxyEnvironment = {
+  get(name) {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      return undefined; // no --allow-env: Deno's fetch still reads them, we cannot tell
+    }
+  },
+  set: (name, value) => Deno.env.set(name, value),
+};
+
+let environment = processEnvironment;
+
+/**
+ * Reads (and writes) `replacement` instead of the process's environment, and forgets the
+ * bypass made (undefined: the process's again). For in-process tests: the environment is the
+ * whole process's, and `deno test --parallel` runs every test file in it: a proxy set there
+ * reached the HTTP clients and child processes other test files made meanwhile.
+ */
+export function useProxyEnvironment(replacement: ProxyEnvironment | undefined): void {
+  environment = replacement ?? processEnvironment;
+  bypassed = false;
+}
+
 /** Adds loopback to NO_PROXY when a proxy variable is set (once per process). */
 export function bypassProxyForLoopback(): void {
   if (bypassed) return;
@@ -34,7 +64,7 @@ export function bypassProxyForLoopback(): void {
   if (!PROXY_VARIABLES.some(({ names }) => names.some((name) => env(name)))) return;
   const entries = noProxyList();
   const missing = LOOPBACK_NO_PROXY.filter((entry) => !entries.includes(entry));
-  if (missing.length > 0) Deno.env.set("NO_PROXY", [...entries, ...missing].join(","));
+  if (missing.length > 0) environment.set("NO_PROXY", [...entries, ...missing].join(","));
 }
 
 /** The proxy fetch uses for `url` (credentials left out) and the variable naming it. */
@@ -71,11 +101,7 @@ export function throughProxy(url: string): string {
 }
 
 function env(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined; // no --allow-env: Deno's fetch still reads them, we cannot tell
-  }
+  return environment.get(name);
 }
 
 /** NO_PROXY's entries; no_proxy's when NO_PROXY is unset or empty. */

@@ -1,30 +1,20 @@
 import assert from "node:assert/strict";
-import { bypassProxyForLoopback, proxyFor } from "./proxy_env.ts";
+import { bypassProxyForLoopback, proxyFor, useProxyEnvironment } from "./proxy_env.ts";
 
-const NAMES = [
-  "ALL_PROXY",
-  "all_proxy",
-  "HTTPS_PROXY",
-  "https_proxy",
-  "HTTP_PROXY",
-  "http_proxy",
-  "NO_PROXY",
-  "no_proxy",
-  "REQUEST_METHOD",
-];
-
-/** Runs `fn` with exactly `env` of the proxy variables set, then puts the old values back. */
-function withEnv(env: Record<string, string>, fn: () => void): void {
-  const saved = NAMES.map((name) => [name, Deno.env.get(name)] as const);
+/**
+ * Runs `fn` with exactly `env` as the environment proxy_env.ts reads and writes (not the
+ * process's: that is every test file's under --parallel), then the process's again.
+ */
+function withEnv(env: Record<string, string>, fn: (variables: Map<string, string>) => void): void {
+  const variables = new Map(Object.entries(env));
+  useProxyEnvironment({
+    get: (name) => variables.get(name),
+    set: (name, value) => variables.set(name, value),
+  });
   try {
-    for (const name of NAMES) Deno.env.delete(name);
-    for (const [name, value] of Object.entries(env)) Deno.env.set(name, value);
-    fn();
+    fn(variables);
   } finally {
-    for (const [name, value] of saved) {
-      if (value === undefined) Deno.env.delete(name);
-      else Deno.env.set(name, value);
-    }
+    useProxyEnvironment(undefined);
   }
 }
 
@@ -67,11 +57,11 @@ Deno.test("proxyFor: Deno's order, NO_PROXY's IPs, networks and domains, no cred
 });
 
 Deno.test("bypassProxyForLoopback: loopback joins NO_PROXY (else no_proxy's list)", () => {
-  withEnv({ http_proxy: "http://p:1", no_proxy: "corp.example" }, () => {
+  withEnv({ http_proxy: "http://p:1", no_proxy: "corp.example" }, (variables) => {
     assert.ok(proxyFor("http://127.0.0.1:5000/"), "proxied before");
     bypassProxyForLoopback();
     assert.equal(
-      Deno.env.get("NO_PROXY"),
+      variables.get("NO_PROXY"),
       "corp.example,localhost,127.0.0.0/8,::1,::ffff:127.0.0.0/104",
     );
     for (

@@ -8,6 +8,7 @@ import { RegistryClient } from "./client.ts";
 import { digestOf } from "./digest.ts";
 import { setTextLogSink } from "../log.ts";
 import { OciError } from "../errors.ts";
+import { setStallMs } from "./stall_watch.ts";
 
 const BLOB = new Uint8Array(200_000).map((_, i) => (i * 13 + (i >> 9)) & 0xff);
 const DIGEST = digestOf(BLOB);
@@ -52,7 +53,7 @@ for (const first of ["no-reply", "stop-mid-body"] as const) {
   Deno.test(`registry stall (${first}): the attempt is given up after the stall time, asked again, said once`, async () => {
     const warnings: string[] = [];
     setTextLogSink((level, text) => level === "warn" && warnings.push(text));
-    Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+    setStallMs(1000);
     try {
       await using server = registry(first);
       const client = new RegistryClient(server.host, { deadlineMs: 20_000, plainHttp: true });
@@ -76,7 +77,7 @@ for (const first of ["no-reply", "stop-mid-body"] as const) {
       );
       client.close?.();
     } finally {
-      Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+      setStallMs(undefined);
       setTextLogSink(undefined);
     }
   });
@@ -85,7 +86,7 @@ for (const first of ["no-reply", "stop-mid-body"] as const) {
 Deno.test("registry stall: a wait the registry asked for (429, Retry-After) is no stall", async () => {
   const warnings: string[] = [];
   setTextLogSink((level, text) => level === "warn" && warnings.push(text));
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   let requests = 0;
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     requests++;
@@ -108,13 +109,13 @@ Deno.test("registry stall: a wait the registry asked for (429, Retry-After) is n
     assert.deepEqual(warnings, []);
   } finally {
     await server.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
     setTextLogSink(undefined);
   }
 });
 
 Deno.test("registry stall: any GET (a manifest) that gets no reply is asked again", async () => {
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   let requests = 0;
   let release!: () => void;
   const released = new Promise<void>((resolve) => release = resolve);
@@ -139,12 +140,12 @@ Deno.test("registry stall: any GET (a manifest) that gets no reply is asked agai
   } finally {
     release();
     await server.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
   }
 });
 
 Deno.test("registry stall: a download whose body stops is resumed with a Range request", async () => {
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   let release!: () => void;
   const released = new Promise<void>((resolve) => release = resolve);
   const ranges: string[] = [];
@@ -184,7 +185,7 @@ Deno.test("registry stall: a download whose body stops is resumed with a Range r
     release();
     await server.shutdown();
     await Deno.remove(dir, { recursive: true });
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
   }
 });
 
@@ -214,7 +215,7 @@ Deno.test("registry stall: a status no Response can carry (600) is one line, not
 });
 
 Deno.test("registry stall: a token server that never answers is given up with one line", async () => {
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   let release!: () => void;
   const released = new Promise<void>((resolve) => release = resolve);
   const tokens = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async () => {
@@ -246,7 +247,7 @@ Deno.test("registry stall: a token server that never answers is given up with on
     release();
     await tokens.shutdown();
     await registry.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
   }
 });
 
@@ -281,7 +282,7 @@ for (const mode of ["stall", "interrupt"] as const) {
 }
 
 Deno.test("registry stall: a body dripping a few bytes a second counts as stalled", async () => {
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   const controllers = new Set<ReadableStreamDefaultController<Uint8Array>>();
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
     let timer: ReturnType<typeof setInterval>;
@@ -332,12 +333,12 @@ Deno.test("registry stall: a body dripping a few bytes a second counts as stalle
       } catch { /* already ended */ }
     }
     await server.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
   }
 });
 
 Deno.test("registry stall: slow but never silent small replies are no stall", async () => {
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   const body = new TextEncoder().encode(JSON.stringify({ schemaVersion: 2, pad: "x".repeat(560) }));
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
   // Headers after 0.9 s, the body 0.6 s later: no gap of a stall time, and far fewer bytes
@@ -368,14 +369,14 @@ Deno.test("registry stall: slow but never silent small replies are no stall", as
     assert.deepEqual(new Uint8Array(await response.arrayBuffer()), body);
   } finally {
     await server.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
   }
 });
 
 Deno.test("registry stall: a body that keeps coming too slowly to finish is given up at the deadline", async () => {
   const warnings: string[] = [];
   setTextLogSink((level, text) => level === "warn" && warnings.push(text));
-  Deno.env.set("EROFS_OCI_REGISTRY_STALL_S", "1");
+  setStallMs(1000);
   const big = new Uint8Array(1 << 20);
   const stop = new AbortController();
   // 40 KiB/s: enough for the stall rule's 32 KiB per second, 25 s for the MiB asked for.
@@ -422,7 +423,7 @@ Deno.test("registry stall: a body that keeps coming too slowly to finish is give
   } finally {
     stop.abort();
     await server.shutdown();
-    Deno.env.delete("EROFS_OCI_REGISTRY_STALL_S");
+    setStallMs(undefined);
     setTextLogSink(undefined);
   }
 });
