@@ -293,6 +293,44 @@ export async function preadAsync(
   }
 }
 
+/**
+ * A descriptor read by preadAsync from any number of callers and closed once: a close while
+ * reads are in flight on pool threads waits for the last of them. Closed at once, its number
+ * could name another file (opened meanwhile by this process) by the time a queued pread runs,
+ * which would then return that file's bytes.
+ */
+export class PooledReadFd {
+  readonly #fd: number;
+  #reading = 0;
+  #closed = false;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** preadAsync on the descriptor; EBADF once closed (callers check `closed` for their own words). */
+  async pread(buf: Uint8Array<ArrayBuffer>, offset: number, context?: string): Promise<number> {
+    if (this.#closed) throw new SysError("pread", Errno.EBADF, context);
+    this.#reading++;
+    try {
+      return await preadAsync(this.#fd, buf, offset, context);
+    } finally {
+      if (--this.#reading === 0 && this.#closed) closeFd(this.#fd);
+    }
+  }
+
+  /** Closes the descriptor now, or when the reads in flight have ended; once. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#reading === 0) closeFd(this.#fd);
+  }
+}
+
 /** readRegularFile's refusal: not a regular file, or larger than allowed. */
 export class FileRefusedError extends UserError {}
 

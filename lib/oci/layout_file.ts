@@ -8,7 +8,7 @@
  */
 import { OciError } from "../errors.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
-import { fstatFd, openNoFollow, preadAsync, S_IFMT, S_IFREG } from "../../ffi/files.ts";
+import { fstatFd, openNoFollow, PooledReadFd, S_IFMT, S_IFREG } from "../../ffi/files.ts";
 import type { Source } from "../source/source.ts";
 import { digestHasher } from "./digest.ts";
 
@@ -21,11 +21,11 @@ export class LayoutFile implements Source {
   readonly path: string;
   /** Size from fstat at open; reads never go past it. */
   readonly size: number;
-  #fd: number;
+  readonly #fd: PooledReadFd;
 
   private constructor(path: string, fd: number, size: number) {
     this.path = path;
-    this.#fd = fd;
+    this.#fd = new PooledReadFd(fd);
     this.size = size;
   }
 
@@ -80,8 +80,8 @@ export class LayoutFile implements Source {
     const out = new Uint8Array(length);
     let done = 0;
     while (done < length) {
-      if (this.#fd < 0) throw new OciError(`${this.path}: read after close`);
-      const n = await preadAsync(this.#fd, out.subarray(done), offset + done, this.path);
+      if (this.#fd.closed) throw new OciError(`${this.path}: read after close`);
+      const n = await this.#fd.pread(out.subarray(done), offset + done, this.path);
       if (n === 0) {
         throw new OciError(`${this.path} shrank: it ends at byte ${offset + done}`);
       }
@@ -119,10 +119,9 @@ export class LayoutFile implements Source {
     return `${like.slice(0, like.indexOf(":"))}:${hasher.digest("hex")}`;
   }
 
+  /** The descriptor closes once the reads in flight have ended (PooledReadFd). */
   close(): void {
-    if (this.#fd < 0) return;
-    closeFd(this.#fd);
-    this.#fd = -1;
+    this.#fd.close();
   }
 }
 
