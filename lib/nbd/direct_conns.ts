@@ -53,6 +53,9 @@ export class DirectNbdConn implements NbdConn {
   /** null while open; then why the reader stopped reading this socket. */
   #ended: null | { error?: string } = null;
   #shut = false;
+  /** Writes on pool threads not yet returned, and who waits for them to end. */
+  #writing = 0;
+  #writesEnded?: PromiseWithResolvers<void>;
   /** READs the reader answered on this socket. */
   servedDirectly = 0;
 
@@ -97,13 +100,19 @@ export class DirectNbdConn implements NbdConn {
         let done = 0;
         while (done < part.length) {
           // On a pool thread: the socket's buffer may be full until the kernel reads it.
-          const n = Number(
-            await libc().write_nonblocking(
-              this.fd,
-              part.subarray(done),
-              BigInt(part.length - done),
-            ),
-          );
+          this.#writing++;
+          let n: number;
+          try {
+            n = Number(
+              await libc().write_nonblocking(
+                this.fd,
+                part.subarray(done),
+                BigInt(part.length - done),
+              ),
+            );
+          } finally {
+            if (--this.#writing === 0) this.#writesEnded?.resolve();
+          }
           if (n <= 0) throw new Error("NBD socket write failed");
           done += n;
         }
@@ -112,6 +121,20 @@ export class DirectNbdConn implements NbdConn {
       Atomics.store(locks, index, 0);
       Atomics.notify(locks, index);
     }
+  }
+
+  /**
+   * Resolves when no write is on a pool thread: one queued there still runs after close()
+   * shut the socket down, and must not find its number closed and taken by another file.
+   */
+  writesEnded(): Promise<void> {
+    if (this.#writing === 0) return Promise.resolve();
+    this.#writesEnded ??= Promise.withResolvers<void>();
+    return this.#writesEnded.promise;
+  }
+
+  get writing(): boolean {
+    return this.#writing > 0;
   }
 
   /** Shuts the socket down: the reader sees its end, a pending read returns null. */
@@ -203,21 +226,28 @@ export class DirectNbdConns {
   }
 
   /**
-   * Shuts every socket down, waits for the reader to leave its loop, then closes the sockets
-   * and the disk cache files. A reader that did not stop in time may still be inside a read:
-   * its descriptors are then left open (a closed number could name another file by then).
+   * Shuts every socket down, waits for the reader to leave its loop and for replies being
+   * written on pool threads, then closes the sockets and the disk cache files. A reader that
+   * did not stop in time may still be inside a read, a write may still be queued: those
+   * descriptors are then left open (a closed number could name another file by then).
    */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const conn of this.conns) conn.close();
-    await waitAtMost(this.#done.promise, STOP_TIMEOUT_MS);
+    await waitAtMost(
+      Promise.all([this.#done.promise, ...this.conns.map((conn) => conn.writesEnded())]),
+      STOP_TIMEOUT_MS,
+    );
     this.#reader.terminate();
     if (!this.#readerDone) {
       log.debug(`NBD reader did not stop: its sockets and disk cache descriptors stay open`);
       return;
     }
-    for (const conn of this.conns) closeFd(conn.fd);
+    for (const conn of this.conns) {
+      if (conn.writing) log.debug(`NBD reply write did not end: its socket stays open`);
+      else closeFd(conn.fd);
+    }
     this.files.close();
   }
 }
