@@ -3,6 +3,7 @@
  * from another process), close-on-exec of inherited descriptors, thread priority, reaping.
  */
 import { libc, unwrap } from "./libc.ts";
+import { readSmallFile } from "./files.ts";
 
 /** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
 const SYS_PIDFD_SEND_SIGNAL = 424,
@@ -68,6 +69,17 @@ export function pidfdOpen(pid: number): number {
 export function lowerThreadPriority(nice: number): boolean {
   if (libc().getpriority(0, 0) >= nice) return true;
   return libc().setpriority(0, 0, nice) === 0;
+}
+
+/**
+ * The parent of process `pid` (`/proc/PID/stat` field 4; the command name before it may hold
+ * spaces and parentheses), or undefined when there is no such process.
+ */
+export function parentPid(pid: number): number | undefined {
+  const stat = readSmallFile(`/proc/${pid}/stat`);
+  if (stat === undefined) return undefined;
+  const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  return Number.isSafeInteger(ppid) ? ppid : undefined;
 }
 
 /** pidfd_send_signal: signals exactly the process the pidfd was opened for. */

@@ -18,7 +18,7 @@ import {
   readableNow,
   setNonBlocking,
 } from "./io.ts";
-import { pidfdOpen } from "./process.ts";
+import { parentPid, pidfdOpen, pidfdSendSignal } from "./process.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -267,28 +267,48 @@ export async function runCaptured(
 /**
  * SIGKILLs `pid` (a child of this process, not reaped yet, so its pid is still its own) and
  * every descendant of it, found through /proc/PID/task/TID/children before any is killed (a
- * process killed first would hand its children to init, out of sight).
+ * process killed first would hand its children to init, out of sight). Each descendant is held
+ * by a pidfd as soon as it is found and kept only while its parent is still the one that listed
+ * it: a pid that ended meanwhile may be another process's by then, which must not be killed.
  */
 function killTree(pid: number): void {
-  const found = [pid];
-  for (let i = 0; i < found.length && found.length < 4096; i++) {
-    let tasks: string[];
-    try {
-      tasks = listDirectory(`/proc/${found[i]}/task`);
-    } catch {
-      continue; // ended meanwhile
+  const found: { pid: number; pidfd: number }[] = [{ pid, pidfd: -1 }];
+  try {
+    for (let i = 0; i < found.length && found.length < 4096; i++) {
+      const parent = found[i].pid;
+      let tasks: string[];
+      try {
+        tasks = listDirectory(`/proc/${parent}/task`);
+      } catch {
+        continue; // ended meanwhile
+      }
+      for (const task of tasks) {
+        const children = readSmallFile(`/proc/${parent}/task/${task}/children`) ?? "";
+        for (const child of children.split(" ")) {
+          if (!/^\d+$/.test(child)) continue;
+          let pidfd: number;
+          try {
+            pidfd = pidfdOpen(Number(child));
+          } catch {
+            continue; // ended meanwhile
+          }
+          if (parentPid(Number(child)) === parent) found.push({ pid: Number(child), pidfd });
+          else closeFd(pidfd); // not the child listed: ended, and its pid taken since
+        }
+      }
     }
-    for (const task of tasks) {
-      const children = readSmallFile(`/proc/${found[i]}/task/${task}/children`) ?? "";
-      for (const child of children.split(" ")) if (/^\d+$/.test(child)) found.push(Number(child));
+    for (const each of found) {
+      try {
+        if (each.pidfd >= 0) pidfdSendSignal(each.pidfd, SIGKILL);
+        else Deno.kill(each.pid, "SIGKILL");
+      } catch { /* ended meanwhile */ }
     }
-  }
-  for (const each of found) {
-    try {
-      Deno.kill(each, "SIGKILL");
-    } catch { /* ended meanwhile */ }
+  } finally {
+    for (const each of found) if (each.pidfd >= 0) closeFd(each.pidfd);
   }
 }
+
+const SIGKILL = 9;
 
 /** A close-on-exec pipe; both ends are added to `opened`. */
 function pipe(opened: number[]): { read: number; write: number } {

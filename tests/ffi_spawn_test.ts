@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnInNewSession, spawnProcess } from "../ffi/spawn.ts";
 import { closeFd, O_CLOEXEC, O_RDONLY } from "../ffi/libc.ts";
+import { parentPid } from "../ffi/process.ts";
 import { openFile } from "../ffi/files.ts";
 
 /** What a shell started by spawnInNewSession sees of itself: session, descriptors, env, mask. */
@@ -94,4 +95,25 @@ Deno.test("spawnProcess: pipes to stdin and from stdout, exit status and signal"
   assert.equal(await sleeper.stdout!.read(buffer), null, "stdout ends with the process");
   sleeper.stdout!.close();
   assert.equal(await sleeper.status(), 128 + 9);
+});
+
+Deno.test("parentPid: a process's parent, past a command name with spaces and parentheses", async () => {
+  assert.equal(parentPid(Deno.pid), Deno.ppid);
+  const dir = await Deno.makeTempDir({ prefix: "parent-pid-" });
+  try {
+    // /proc/PID/stat shows the name as "(x) 1 2 (y)": fields must be counted after the last ")".
+    const program = `${dir}/x) 1 2 (y`;
+    Deno.copyFileSync("/bin/sleep", program);
+    Deno.chmodSync(program, 0o755);
+    const child = new Deno.Command(program, { args: ["30"] }).spawn();
+    try {
+      assert.equal(parentPid(child.pid), Deno.pid);
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+    }
+    assert.equal(parentPid(child.pid), undefined, "reaped: no such process");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
