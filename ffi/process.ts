@@ -2,7 +2,7 @@
  * Processes through libc: pidfds (signals that cannot reach a reused pid, descriptors taken
  * from another process), close-on-exec of inherited descriptors, thread priority, reaping.
  */
-import { libc, unwrap } from "./libc.ts";
+import { Errno, libc, SysError, unwrap } from "./libc.ts";
 import { readSmallFile } from "./files.ts";
 
 /** System call numbers shared by x86_64 and arm64 (the unified table from 5.1 on). */
@@ -72,15 +72,37 @@ export function lowerThreadPriority(nice: number): boolean {
 }
 
 /**
- * The parent of process `pid` (`/proc/PID/stat` field 4; the command name before it may hold
- * spaces and parentheses), or undefined when there is no such process.
+ * `/proc/PID/NAME` of process `pid`, or undefined when there is no such process (ENOENT, or
+ * ESRCH: it ended between the open and the read). Through libc: Deno's file APIs refuse /proc
+ * without --allow-all.
  */
+export function readProcFile(pid: number, name: string): string | undefined {
+  try {
+    return readSmallFile(`/proc/${pid}/${name}`);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ESRCH) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * The fields of `/proc/PID/stat` from the third (state) on, or undefined when there is no such
+ * process. The command name (field 2) may hold spaces and parentheses, so fields are counted
+ * after its closing parenthesis.
+ */
+export function procStatFields(pid: number): string[] | undefined {
+  const stat = readProcFile(pid, "stat");
+  return stat ? stat.slice(stat.lastIndexOf(")") + 2).split(" ") : undefined;
+}
+
+/** The parent of process `pid` (`/proc/PID/stat` field 4), or undefined when there is none. */
 export function parentPid(pid: number): number | undefined {
-  const stat = readSmallFile(`/proc/${pid}/stat`);
-  if (stat === undefined) return undefined;
-  const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  const ppid = Number(procStatFields(pid)?.[1]);
   return Number.isSafeInteger(ppid) ? ppid : undefined;
 }
+
+/** The signal number pidfdSendSignal takes for SIGKILL (asm-generic/signal.h). */
+export const SIGKILL = 9;
 
 /** pidfd_send_signal: signals exactly the process the pidfd was opened for. */
 export function pidfdSendSignal(pidfd: number, signal: number): void {

@@ -18,7 +18,7 @@ import {
   readableNow,
   setNonBlocking,
 } from "./io.ts";
-import { parentPid, pidfdOpen, pidfdSendSignal } from "./process.ts";
+import { parentPid, pidfdOpen, pidfdSendSignal, SIGKILL } from "./process.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -307,8 +307,6 @@ function killTree(pid: number): void {
     for (const each of found) if (each.pidfd >= 0) closeFd(each.pidfd);
   }
 }
-
-const SIGKILL = 9;
 
 /** A close-on-exec pipe; both ends are added to `opened`. */
 function pipe(opened: number[]): { read: number; write: number } {

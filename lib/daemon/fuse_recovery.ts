@@ -13,7 +13,7 @@
  */
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { readRegularFileSync } from "../../ffi/files.ts";
-import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
+import { pidfdOpen, pidfdSendSignal, SIGKILL } from "../../ffi/process.ts";
 import { FormatError, MountError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import type { Source } from "../source/source.ts";
@@ -276,8 +276,6 @@ export async function endKeeper(
     closeFd(pidfd);
   }
 }
-
-const SIGKILL = 9;
 
 /**
  * One try at the first and last bytes of a layer (and its superblock) before a takeover: a

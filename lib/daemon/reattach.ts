@@ -5,7 +5,7 @@
  * devices with fresh sockets; blocked readers then finish. Live devices are left alone.
  */
 import { MountError } from "../errors.ts";
-import { readSmallFile } from "../../ffi/files.ts";
+import { procStatFields } from "../../ffi/process.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
 import { testHold } from "./test_pause.ts";
@@ -50,8 +50,8 @@ function stateOfDevice(states: MountState[], index: number) {
 /** Live check for devices we have no state for (e.g. attached by erofs-utils). */
 function taskAlive(tid: number | undefined): boolean {
   if (tid === undefined) return false;
-  const stat = readSmallFile(`/proc/${tid}/stat`);
-  return stat !== undefined && !/^\d+ \(.*\) Z/.test(stat);
+  const state = procStatFields(tid)?.[0];
+  return state !== undefined && state !== "Z";
 }
 
 function realPath(path: string): string {

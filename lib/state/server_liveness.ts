@@ -5,8 +5,13 @@
  * module they load delays each start.
  */
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
-import { readSmallFile } from "../../ffi/files.ts";
-import { pidfdOpen, pidfdSendSignal } from "../../ffi/process.ts";
+import {
+  pidfdOpen,
+  pidfdSendSignal,
+  procStatFields,
+  readProcFile,
+  SIGKILL,
+} from "../../ffi/process.ts";
 
 /** Argument that marks the detached mount server in its command line. */
 export const SERVER_COMMAND = "__mount-server";
@@ -19,16 +24,13 @@ export interface ServerProcess {
 
 /**
  * Start time of process `pid` in clock ticks after boot (`/proc/PID/stat` field 22), or
- * undefined when there is no such process. The command name (field 2) may hold spaces and
- * parentheses, so fields are counted after its closing parenthesis.
+ * undefined when there is no such process (or only its zombie).
  */
 export function processStartTicks(pid: number): string | undefined {
-  const stat = readProcFile(pid, "stat");
-  if (!stat) return undefined;
-  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // rest[0] is field 3 (state), so field 22 is rest[19].
-  if (rest[0] === "Z") return undefined;
-  return rest[19];
+  const fields = procStatFields(pid);
+  // fields[0] is field 3 (state), so field 22 is fields[19].
+  if (!fields || fields[0] === "Z") return undefined;
+  return fields[19];
 }
 
 /**
@@ -70,8 +72,6 @@ export function killServer(server: ServerProcess): boolean {
   }
 }
 
-const SIGKILL = 9;
-
 /**
  * pidfd_open's answers for a pid that names no process now (a server is a process, never a
  * thread): ESRCH when nothing has it, ENOENT (Linux 6.18 here) when a thread has it, EINVAL on
@@ -79,16 +79,3 @@ const SIGKILL = 9;
  * EINVAL for a server it had just stopped, and said the mount stayed mounted.
  */
 const NO_PROCESS_ERRNOS = new Set<number>([Errno.ESRCH, Errno.EINVAL, Errno.ENOENT]);
-
-/**
- * /proc/PID/NAME, or undefined when the process is gone (a process exiting while it is read
- * answers ESRCH). Through libc: Deno's file APIs refuse /proc without --allow-all.
- */
-function readProcFile(pid: number, name: string): string | undefined {
-  try {
-    return readSmallFile(`/proc/${pid}/${name}`);
-  } catch (error) {
-    if (error instanceof SysError && error.errno === Errno.ESRCH) return undefined;
-    throw error;
-  }
-}
