@@ -33,8 +33,8 @@ const TIMES_FILE = ".cache/host-test-times.json";
 const files = dirs.flatMap((dir) => testFiles(dir)).filter((f) => !f.startsWith("tests/vm/"));
 const lastTimes = readTimes();
 // Longest first, so that no long file starts last; unknown ones (never timed) by size.
-const weight = (file: string) => lastTimes[file] ?? Deno.statSync(file).size / 1000;
-files.sort((a, b) => weight(b) - weight(a) || a.localeCompare(b));
+const weight = new Map(files.map((f) => [f, lastTimes[f] ?? Deno.statSync(f).size / 1000]));
+files.sort((a, b) => weight.get(b)! - weight.get(a)! || a.localeCompare(b));
 
 const jobs = Math.max(1, Number(Deno.env.get("HOST_TEST_JOBS")) || navigator.hardwareConcurrency);
 const times: Record<string, number> = { ...lastTimes };

@@ -141,13 +141,7 @@ Deno.test({
   async fn() {
     const sandbox = await mountSandbox();
     try {
-      Deno.mkdirSync(sandbox.target, { recursive: true });
-      assertSuccess(
-        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target], {
-          env: sandbox.env,
-          timeoutMs: 60_000,
-        }),
-      );
+      await mountBasicOn(sandbox, [sandbox.target]);
       // Unmounted by another tool, and a tmpfs of someone else's mounted there since.
       assert.ok(
         (await new Deno.Command("umount", { args: ["-l", sandbox.target] }).output()).success,
@@ -178,6 +172,19 @@ Deno.test({
   },
 });
 
+/** basic.erofs mounted on each of `dirs` (made first). */
+async function mountBasicOn(sandbox: MountSandbox, dirs: string[]): Promise<void> {
+  for (const dir of dirs) {
+    Deno.mkdirSync(dir, { recursive: true });
+    assertSuccess(
+      await runCli(["mount", `${FIXTURES}/basic.erofs`, dir], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      }),
+    );
+  }
+}
+
 /** basic.erofs at the sandbox's target, layer1.erofs on `inner` (a directory inside it). */
 async function mountNested(sandbox: MountSandbox, inner: string): Promise<void> {
   Deno.mkdirSync(sandbox.target, { recursive: true });
@@ -207,15 +214,7 @@ Deno.test({
     const dirs = [0, 1, 2, 3].map((i) => `${sandbox.target}-${i}`);
     try {
       for (let round = 0; round < 2; round++) {
-        for (const dir of dirs) {
-          Deno.mkdirSync(dir, { recursive: true });
-          assertSuccess(
-            await runCli(["mount", `${FIXTURES}/basic.erofs`, dir], {
-              env: sandbox.env,
-              timeoutMs: 60_000,
-            }),
-          );
-        }
+        await mountBasicOn(sandbox, dirs);
         // Each lists the four, then finds some gone once it has waited for their locks: it said
         // "N of 4 mounts stay mounted" and exited 1 with nothing mounted.
         const [first, second] = await Promise.all([
@@ -241,15 +240,7 @@ Deno.test({
     const dirs = [0, 1, 2].map((i) => `${sandbox.target}-${i}`);
     let all: ReturnType<typeof startCli> | undefined;
     try {
-      for (const dir of dirs) {
-        Deno.mkdirSync(dir, { recursive: true });
-        assertSuccess(
-          await runCli(["mount", `${FIXTURES}/basic.erofs`, dir], {
-            env: sandbox.env,
-            timeoutMs: 60_000,
-          }),
-        );
-      }
+      await mountBasicOn(sandbox, dirs);
       using hold = new HoldPoint("umount-all-listed", `${sandbox.target}.hold`);
       all = startCli(["umount", "--all"], { ...sandbox.env, ...hold.env });
       await hold.reached("umount --all to list the mounts", 30_000);

@@ -11,8 +11,8 @@ const FILE_NAME_ENDING = /\.(erofs|img|tar|tgz|gz|zst)$/i;
  * reads as a file name but is no file is refused here (UserError): looked up on Docker Hub, it
  * failed with a network or "manifest unknown" error that said nothing of the missing file. A
  * directory is refused too, with what it could be meant as (an OCI layout, a tree to build).
- * Relative names are looked up in `cwd` (tests name a directory: chdir would move every test
- * file's working directory, as `deno test --parallel` runs them all in one process).
+ * Relative names are looked up in `cwd` (tests name a directory rather than chdir, which moves
+ * the working directory of everything else in the process too).
  */
 export function isLocalImage(image: string, cwd = "."): boolean {
   const here = image.startsWith("/") ? image : `${cwd}/${image}`;
@@ -25,8 +25,9 @@ export function isLocalImage(image: string, cwd = "."): boolean {
   const path = image.startsWith("/") || image.startsWith("./") || image.startsWith("../");
   // A bare name that is also a directory here stays a reference (`ubuntu` beside an ubuntu/
   // build context), unless that directory is an OCI layout: then the layout was meant.
-  if (info?.isDirectory && (path || isLayout(here))) {
-    throw directoryAsImage(image, isLayout(here), !path);
+  if (info?.isDirectory) {
+    const layout = isLayout(here);
+    if (path || layout) throw directoryAsImage(image, layout, !path);
   }
   if (path || info?.isFile) return true;
   if (!image.includes("/") && FILE_NAME_ENDING.test(image)) {

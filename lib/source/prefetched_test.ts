@@ -113,16 +113,21 @@ Deno.test("firstDataReadPast: the kernel's probes of the image head do not count
   assert.deepEqual(seen, { offset: IMAGE_HEAD_PROBE_BYTES - 10, length: 20 });
 });
 
-Deno.test("PrefetchedSource.pin: runs of pages reach the reader thread's pin file and map", async () => {
-  const size = 9 * PIN_PAGE_BYTES + 100; // a short last page
-  const bytes = patternBytes(size, 5);
+/** `bytes` behind a disk cache in a new directory, a CachedSource and a PrefetchedSource. */
+async function diskBackedPrefetched(bytes: Uint8Array) {
   const dir = await Deno.makeTempDir({ prefix: "pins-" });
   const cache = DiskCache.open({ checkCompleteBlobs: false, dir, onWarning: () => {} })!;
   const disk = cache.wrap(new MemorySource(bytes), {
     digest: `sha256:${"ab".repeat(32)}`,
     origin: "t",
   });
-  const served = new PrefetchedSource(new CachedSource(disk));
+  return { dir, served: new PrefetchedSource(new CachedSource(disk)) };
+}
+
+Deno.test("PrefetchedSource.pin: runs of pages reach the reader thread's pin file and map", async () => {
+  const size = 9 * PIN_PAGE_BYTES + 100; // a short last page
+  const bytes = patternBytes(size, 5);
+  const { dir, served } = await diskBackedPrefetched(bytes);
   const page = (index: number, count = 1) =>
     bytes.subarray(index * PIN_PAGE_BYTES, Math.min(size, (index + count) * PIN_PAGE_BYTES));
   try {
@@ -160,13 +165,7 @@ function holds(fd: number, ino: bigint): boolean {
 
 Deno.test("PrefetchedSource.openDirectReads: a second close() closes no descriptor opened since", async () => {
   const bytes = patternBytes(4 * PIN_PAGE_BYTES, 7);
-  const dir = await Deno.makeTempDir({ prefix: "pins-" });
-  const cache = DiskCache.open({ checkCompleteBlobs: false, dir, onWarning: () => {} })!;
-  const disk = cache.wrap(new MemorySource(bytes), {
-    digest: `sha256:${"cd".repeat(32)}`,
-    origin: "t",
-  });
-  const served = new PrefetchedSource(new CachedSource(disk));
+  const { dir, served } = await diskBackedPrefetched(bytes);
   /** Files opened after the first close, by number, with their inode. */
   const mine = new Map<number, bigint>();
   try {
