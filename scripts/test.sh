@@ -31,12 +31,11 @@ export EROFS_OCI_CACHE_DIR=$test_cache/disk-cache
 deno run -A scripts/host_tests.ts "$results" ${TEST_FILTER:+--filter "$TEST_FILTER"} tests lib
 
 if [ "${SKIP_VM:-}" != 1 ]; then
-  echo "== VM tests (QEMU, kernel NBD; Debian 6.1 kernel)"
-  scripts/vm/run-tests.sh "$results/vm.xml" || true
-  # tests/vm/*_kernel64_test.ts need Linux >= 6.4 (512-byte EROFS blocks): one more boot, of
-  # bookworm-backports' kernel (built into .cache/vm-bpo/ on first use), runs only those.
-  echo "== VM tests needing Linux >= 6.4 (bookworm-backports kernel)"
-  VM_KERNEL=backports scripts/vm/run-tests.sh "$results/vm-bpo.xml" || true
+  # Two VMs at once (VM_LANES): tests/vm/*_test.ts on Debian 6.1's kernel, and
+  # tests/vm/*_kernel64_test.ts (Linux >= 6.4: 512-byte EROFS blocks) on bookworm-backports'
+  # (built into .cache/vm-bpo/ on first use); scripts/vm/run-lanes.sh says how.
+  echo "== VM tests (QEMU, kernel NBD; Debian 6.1 kernel, and backports' for *_kernel64_test.ts)"
+  scripts/vm/run-lanes.sh "$results" || true
 fi
 
 shopt -s nullglob

@@ -11,7 +11,12 @@
 # 1200: a hung file fails alone and the files after it still run; a full run took ~35 min on a
 # loaded 2-core host, reattach_test alone ~15), TEST_FILTER (passed to deno test --filter), VM_ENV
 # (more variable names to pass into the guest; CI, EROFS_OCI_FIXTURES/_PEER_BIN always are),
-# VM_HOST_PATHS (see run.sh). Works from any checkout path (spaces, under /tmp or /run).
+# VM_HOST_PATHS (see run.sh), VM_QUEUE_DIR (below). Works from any checkout path (spaces, under
+# /tmp or /run).
+# VM_QUEUE_DIR: VMs running at once share the files of one kernel (scripts/vm/run-lanes.sh):
+# its todo/ holds one entry per file (the file's path; taken in name order), and each guest
+# takes the next by renaming it into taken/ (a rename on the host: one guest wins) until none
+# is left. A boot's reports then cover the files it took.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -56,7 +61,9 @@ command -v qemu-system-x86_64 >/dev/null || harness_result missing "qemu-system-
 [ -x "$deno" ] || harness_result missing "$deno missing (scripts/setup.sh)"
 shopt -s nullglob
 tests=()
-if [ -n "${VM_TEST_FILES:-}" ]; then
+if [ -n "${VM_QUEUE_DIR:-}" ]; then
+  for entry in "$VM_QUEUE_DIR"/todo/*; do tests+=("$(cat "$entry")"); done
+elif [ -n "${VM_TEST_FILES:-}" ]; then
   read -r -a tests <<<"$VM_TEST_FILES"
   for file in "${tests[@]}"; do
     [ -f "$file" ] || harness_result broken "VM_TEST_FILES: $file does not exist"
@@ -86,25 +93,49 @@ trap 'rm -rf "$out"' EXIT
   printf 'export PATH=%q:"$PATH" HOME=/root DENO_DIR=%q NO_COLOR=1\n' "$repo/tools/bin" "$deno_dir"
   printf 'file_timeout_s=%q\n' "$file_timeout_s"
   printf 'tests=(%s)\n' "$(printf '%q ' "${tests[@]}")"
+  printf 'queue=%q\n' "${VM_QUEUE_DIR:+/run/vm-queue}"
 } >"$out/tests.sh"
-cat >>"$out/tests.sh" <<GUEST
-t0=\$(date +%s.%N)
+cat >>"$out/tests.sh" <<'GUEST'
+t0=$(date +%s.%N)
 deno eval 0
-echo "vm-tests: deno startup in guest (deno eval 0): \$(awk -v s=\$t0 -v e=\$(date +%s.%N) 'BEGIN{printf "%.1f", e-s}') s"
+echo "vm-tests: deno startup in guest (deno eval 0): $(awk -v s=$t0 -v e=$(date +%s.%N) 'BEGIN{printf "%.1f", e-s}') s"
+if [ -n "$queue" ]; then
+  mkdir -p "$queue" && mount -t 9p -o trans=virtio,version=9p2000.L queue "$queue" || exit 1
+fi
+# The next queued file: the first entry this guest renames into taken/ (another guest may
+# take an entry between the listing and the rename: its rename fails, the next is tried).
+take_next() {
+  local entry
+  for entry in "$queue"/todo/*; do
+    [ -e "$entry" ] || return 1
+    if mv "$entry" "$queue/taken/" 2>/dev/null; then
+      cat "$queue/taken/${entry##*/}"
+      return 0
+    fi
+  done
+  return 1
+}
 # One deno test per file, each with its own report: a run cut short by the timeout still
 # reports every file that finished.
 rc=0
-for file in "\${tests[@]}"; do
-  name=\$(basename "\$file" .ts)
-  timeout -k 10 "\$file_timeout_s" deno test -A --no-check --junit-path=/run/vm/vm.\$name.xml "\$file" \${TEST_FILTER:+--filter "\$TEST_FILTER"}
-  file_rc=\$?
-  if [ "\$file_rc" = 124 ]; then
-    echo "vm-tests: \$file did not finish within \$file_timeout_s s (VM_FILE_TIMEOUT_S)"
-    : >/run/vm/timeout.\$name
+run_file() {
+  local file=$1 name file_rc
+  name=$(basename "$file" .ts)
+  printf '%s\n' "$file" >"/run/vm/ran.$name"
+  timeout -k 10 "$file_timeout_s" deno test -A --no-check --junit-path=/run/vm/vm.$name.xml "$file" ${TEST_FILTER:+--filter "$TEST_FILTER"}
+  file_rc=$?
+  if [ "$file_rc" = 124 ]; then
+    echo "vm-tests: $file did not finish within $file_timeout_s s (VM_FILE_TIMEOUT_S)"
+    : >/run/vm/timeout.$name
   fi
-  [ "\$file_rc" = 0 ] || rc=1
-done
-exit \$rc
+  [ "$file_rc" = 0 ] || rc=1
+}
+if [ -n "$queue" ]; then
+  while file=$(take_next); do run_file "$file"; done
+else
+  for file in "${tests[@]}"; do run_file "$file"; done
+fi
+exit $rc
 GUEST
 
 # The tests find ../shared beside the checkout; in the guest a checkout under /tmp is bound
@@ -131,6 +162,11 @@ done
 # A file without a report was cut short (its own timeout, or the VM stopped): say so instead of
 # leaving it out of the counts. One that wrote its report but then hung (a leaked process or
 # handle) fails as well.
+if [ -n "${VM_QUEUE_DIR:-}" ]; then
+  # This boot answers for the files it took; run-lanes.sh for those no boot took.
+  tests=()
+  for ran in "$out"/ran.*; do tests+=("$(cat "$ran")"); done
+fi
 for file in "${tests[@]}"; do
   name=$(basename "$file" .ts)
   if [ -s "$out/vm.$name.xml" ] && [ -e "$out/timeout.$name" ]; then

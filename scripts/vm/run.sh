@@ -11,11 +11,17 @@
 #                  the checkout always is. Those under /tmp or /run, which the guest covers
 #                  with fresh tmpfs, are bound back at the same path.
 #      VM_MEM_MB / VM_CPUS  guest size (default 3072 / 2).
+#      VM_CPU_MODEL  qemu's -cpu (default: qemu64 with x86-64-v2's SSSE3, SSE4.1/4.2, POPCNT,
+#                  CX16). Not `max`: its AVX/AVX2 (glibc's string functions take them) and PCID
+#                  are emulated slowly; `deno eval 1` ran 10-25 % faster in the guest without
+#                  them, in 6 of 6 interleaved pairs (docs/benchmarks.md, session 56).
 #      VM_KERNEL_ARGS  more kernel command-line arguments (experiments).
 #      VM_TB_SIZE_MB  TCG's translated-code buffer, MiB (default 256; empty: qemu's own, 1024).
 #                  With 1024 a guest that runs a large JIT runtime (the Deno server) emulated
 #                  2-3x slower after a while than with 256, while a loop device's find and tar
 #                  ran alike (docs/benchmarks.md, session 41).
+#      VM_QUEUE_DIR  a host directory shared writable with the guest as 9p tag "queue" (VMs
+#                  running at once take test files from it: see run-tests.sh).
 #      VM_QEMU_ARGS  more qemu arguments, split at spaces (experiments: e.g. a monitor socket
 #                  `-monitor unix:PATH,server=on,wait=off` for `info jit`).
 #      VM_NET=user  a virtio NIC on QEMU's user-mode network (the host's loopback is 10.0.2.2
@@ -88,6 +94,11 @@ show_console() {
 }
 elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
 
+shares=()
+if [ -n "${VM_QUEUE_DIR:-}" ]; then
+  shares+=(-virtfs "local,path=${VM_QUEUE_DIR//,/,,},mount_tag=queue,security_model=passthrough,multidevs=remap")
+fi
+
 tb_size_mb=${VM_TB_SIZE_MB-256}
 tb_label=${tb_size_mb:+$tb_size_mb MiB}
 start=$(date +%s.%N)
@@ -96,13 +107,14 @@ log "booting $(head -1 "$cache/stamp" | cut -d' ' -f1) (TCG, translation buffer 
 # ticks and panic ("IO-APIC + timer doesn't work", seen with the 6.12 kernel).
 # stdin from /dev/null: qemu must not put a terminal into raw mode. The serial console uses
 # CRLF line ends; strip the CR.
-timeout -k 5 "$timeout_s" "$qemu" -accel "tcg${tb_size_mb:+,tb-size=$tb_size_mb}" -cpu max -m "${VM_MEM_MB:-3072}" -smp "${VM_CPUS:-2}" \
+timeout -k 5 "$timeout_s" "$qemu" -accel "tcg${tb_size_mb:+,tb-size=$tb_size_mb}" -cpu "${VM_CPU_MODEL:-qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16}" -m "${VM_MEM_MB:-3072}" -smp "${VM_CPUS:-2}" \
   -nographic -no-reboot -nic "${VM_NET:-none}${VM_NET:+,model=virtio-net-pci}" \
   -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${VM_KERNEL_ARGS:-}" \
   -device virtio-rng-pci \
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=${out//,/,,},mount_tag=out,security_model=passthrough,multidevs=remap" \
+  "${shares[@]}" \
   ${VM_QEMU_ARGS:-} </dev/null 2>&1 | show_console
 qemu_rc=${PIPESTATUS[0]}
 elapsed=$(elapsed)
