@@ -7,7 +7,15 @@
 import assert from "node:assert/strict";
 import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 
-const SCRIPTS = ["run.sh", "run-tests.sh", "run-lanes.sh", "build.sh", "init.sh", "kernel.sh"];
+const SCRIPTS = [
+  "run.sh",
+  "run-tests.sh",
+  "run-lanes.sh",
+  "junit.sh",
+  "build.sh",
+  "init.sh",
+  "kernel.sh",
+];
 
 const TEST_FILES: Record<string, string> = {
   "a_test.ts": `Deno.test("a runs on 6.1", () => {

@@ -15,6 +15,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 results=${1:?usage: $0 RESULTS_DIR}
+# shellcheck source=junit.sh
+. "$here/junit.sh"
 lanes=${VM_LANES:-2}
 # One vCPU a guest when guests run side by side: two 2-vCPU guests on 2 host cores each ran
 # their files 2.1x as long as one alone (no gain at all), two 1-vCPU guests 1.2-1.5x
@@ -85,14 +87,7 @@ for entry in "$queue"/todo/*; do
   msg="$file did not run: every VM stopped before taking it (see the console lines above)"
   echo "vm-lanes: FAILED: $msg"
   rc=1
-  cat >"$results/vm-lanes.$name.xml" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="vm">
-  <testsuite name="$file" tests="1">
-    <testcase name="$file did not run" classname="$file"><failure message="$msg">$msg</failure></testcase>
-  </testsuite>
-</testsuites>
-XML
+  junit_case "$results/vm-lanes.$name.xml" "$file" "$file did not run" failure "$msg"
 done
 
 # This run's time of each file (a report's first `time="…"`), the next run's order.

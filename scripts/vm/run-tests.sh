@@ -32,29 +32,21 @@ junit_out=$(cd "$(dirname "$junit_out")" && pwd)/$(basename "$junit_out")
 start=$(date +%s.%N)
 
 log() { printf 'vm-tests: %s\n' "$*" >&2; }
-xml_escape() { sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g' -e 's/"/\&quot;/g' <<<"$1"; }
+# shellcheck source=junit.sh
+. "$here/junit.sh"
 
 # One testcase standing for the whole VM suite. harness_result missing|broken REASON
 harness_result() {
-  local kind=$1 reason=$2 msg outcome fail=1
-  msg=$(xml_escape "$reason")
-  [ "$kind" = missing ] && [ "${CI:-}" != true ] && fail=0
-  if ((fail)); then
-    outcome="<failure message=\"$msg\">$msg</failure>"
+  local kind=$1 reason=$2 outcome=failure
+  [ "$kind" = missing ] && [ "${CI:-}" != true ] && outcome=skipped
+  if [ "$outcome" = failure ]; then
     log "FAILED: $reason"
   else
-    outcome="<skipped message=\"$msg\"/>"
     log "skipped (local run, CI unset): $reason"
   fi
-  cat >"$junit_out" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="vm">
-  <testsuite name="tests/vm" tests="1">
-    <testcase name="VM test harness" classname="tests/vm">$outcome</testcase>
-  </testsuite>
-</testsuites>
-XML
-  exit $((fail))
+  junit_case "$junit_out" tests/vm "VM test harness" "$outcome" "$reason"
+  [ "$outcome" = failure ] && exit 1
+  exit 0
 }
 
 command -v qemu-system-x86_64 >/dev/null || harness_result missing "qemu-system-x86_64 not installed (scripts/setup.sh)"
@@ -179,15 +171,7 @@ for file in "${tests[@]}"; do
     msg="$file wrote no report: it did not finish (VM_FILE_TIMEOUT_S=$file_timeout_s s, or the VM stopped); see the console log"
   fi
   log "FAILED: $msg"
-  msg=$(xml_escape "$msg")
-  cat >"$report" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="vm">
-  <testsuite name="$file" tests="1">
-    <testcase name="$file did not finish" classname="$file"><failure message="$msg">$msg</failure></testcase>
-  </testsuite>
-</testsuites>
-XML
+  junit_case "$report" "$file" "$file did not finish" failure "$msg"
 done
 case $rc in
 124) harness_result broken "VM test run timed out after $timeout_s s (see the console log above)" ;;
@@ -196,17 +180,10 @@ esac
 if [ -n "${VM_QUEUE_DIR:-}" ] && [ "$rc" = 0 ] && ! compgen -G "$out/ran.*" >/dev/null; then
   # Other guests had taken every file by the time this one came to the queue.
   log "this boot took no file (other guests took them all)"
-  cat >"$junit_out" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="vm"></testsuites>
-XML
-  exit 0
+elif ((${#reports[@]} == 0)); then
+  harness_result broken "deno test in the VM exited with $rc and wrote no JUnit report"
 fi
-((${#reports[@]})) || harness_result broken "deno test in the VM exited with $rc and wrote no JUnit report"
 # JUNIT_OUT itself only carries a harness failure; on a complete run it holds no testcase.
-cat >"$junit_out" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuites name="vm"></testsuites>
-XML
+junit_empty "$junit_out"
 log "deno test in the VM exited with $rc; total $elapsed s; reports ${junit_out%.xml}.*.xml"
 exit "$rc"
