@@ -167,6 +167,18 @@ export type CapturedRun =
 /** Signals a terminal or a service manager sends to end a command. */
 const ENDING_SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
+/** runCaptured's programs not yet reaped (their pids are still theirs). */
+const capturedRunning = new Set<number>();
+
+/**
+ * SIGKILLs every program runCaptured is running, with what each started: for a command that
+ * ends its process in its own signal handler (Deno.exit), which runs before runCaptured's own
+ * listener could (a credential helper asked during `index` outlived an interrupted index).
+ */
+export function killCapturedPrograms(): void {
+  for (const pid of capturedRunning) killTree(pid);
+}
+
 /**
  * Runs `path` with `input` on its stdin and collects its stdout and stderr, within `timeoutMs`
  * and `maxOutputBytes` (each stream). The program stays in this process's group, so a terminal
@@ -210,6 +222,7 @@ export async function runCaptured(
     },
   }));
   for (const { signal, listener } of listeners) Deno.addSignalListener(signal, listener);
+  capturedRunning.add(child.pid);
   try {
     // Not reaped before the end (status() below): its pid stays this child's meanwhile.
     pidfd = pidfdOpen(child.pid);
@@ -249,6 +262,7 @@ export async function runCaptured(
     if (pidfd >= 0) closeFd(pidfd);
     child.stdin!.close();
     for (const { reader } of streams) reader.close();
+    capturedRunning.delete(child.pid); // killed or ended by now; reaped next
     code = await child.status();
   }
   if (cut) return cut;

@@ -250,6 +250,38 @@ Deno.test({
 });
 
 Deno.test({
+  name: "oci credentials: index ended by SIGTERM while a helper hangs stops the helper too",
+  ignore,
+  fn: async () => {
+    await using registry = await registryWithImage("basic");
+    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
+    const dir = config.env.DOCKER_CONFIG;
+    await addHelper(dir, "hang", `echo $$ > "${dir}/helper.pid"; sleep 100 & wait`);
+    // index exits from its own signal handler (it removes what it wrote, then Deno.exit), and a
+    // signal sent to the command alone does not reach the helper in its process group.
+    const started = startCli(
+      ["index", `${registry.host}/creds/app:v1`, "--plain-http", "-o", `${dir}/out`],
+      { ...config.env },
+    );
+    try {
+      for (let waited = 0; waited < 15_000; waited += 50) {
+        if ((await Deno.readTextFile(`${dir}/helper.pid`).catch(() => "")).trim()) break;
+        await sleep(50);
+      }
+      const helper = Number(await Deno.readTextFile(`${dir}/helper.pid`));
+      started.child.kill("SIGTERM");
+      const result = await started.result;
+      const helperRan = await stillRuns(helper);
+      if (helperRan) Deno.kill(helper, "SIGKILL");
+      assertCliError(result, 130, /index interrupted: the files it had written were removed/);
+      assert.ok(!helperRan, "the credential helper outlived the interrupted index");
+    } finally {
+      await stopCli(started);
+    }
+  },
+});
+
+Deno.test({
   name: "oci credentials: a helper that prompts on the terminal gets its answer",
   ignore: ignore || requires(command("script")),
   fn: async () => {

@@ -7,6 +7,7 @@
  */
 import { interruptedExitCode, UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
+import { killCapturedPrograms } from "../../ffi/spawn.ts";
 
 export { HANGUP_EXIT_CODE, INTERRUPTED_EXIT_CODE, interruptedExitCode } from "../errors.ts";
 
@@ -73,6 +74,7 @@ export function takeInterruptsAhead(): InterruptScope | undefined {
  * main.ts reports an Interrupted error and ends the process with interruptedExitCode(signal).
  */
 export function exitInterrupted(message: string, signal: Deno.Signal = "SIGINT"): never {
+  killCapturedPrograms();
   const exitCode = interruptedExitCode(signal);
   if (logFormat() === "json") logRecord("error", message, { exitCode });
   else console.error(`erofs-oci: ${message}`);

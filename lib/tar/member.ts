@@ -239,50 +239,13 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
 }
 
 /** A TarEntry whose `body` stream is made only when asked for (EntryData.stream). */
+// The merged interface declares the fields Object.assign sets, so they are listed once (TarEntry).
+interface Member extends Omit<TarEntry, "body"> {}
 class Member implements TarEntry {
-  readonly path: string;
-  readonly rawPath: string;
-  readonly kind: TarEntryKind;
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly uname: string;
-  readonly gname: string;
-  readonly mtimeSec: number;
-  readonly mtimeNsec: number;
-  readonly size: number;
-  readonly linkname: string;
-  readonly devMajor: number;
-  readonly devMinor: number;
-  readonly xattrs: ReadonlyMap<string, Uint8Array>;
-  readonly metaOffset: number;
-  readonly headerOffset: number;
-  readonly dataOffset: number;
-  readonly storedSize: number;
-  readonly sparse?: readonly SparseSegment[];
   #data: EntryData;
 
   constructor(fields: Omit<TarEntry, "body">, data: EntryData) {
-    this.path = fields.path;
-    this.rawPath = fields.rawPath;
-    this.kind = fields.kind;
-    this.mode = fields.mode;
-    this.uid = fields.uid;
-    this.gid = fields.gid;
-    this.uname = fields.uname;
-    this.gname = fields.gname;
-    this.mtimeSec = fields.mtimeSec;
-    this.mtimeNsec = fields.mtimeNsec;
-    this.size = fields.size;
-    this.linkname = fields.linkname;
-    this.devMajor = fields.devMajor;
-    this.devMinor = fields.devMinor;
-    this.xattrs = fields.xattrs;
-    this.metaOffset = fields.metaOffset;
-    this.headerOffset = fields.headerOffset;
-    this.dataOffset = fields.dataOffset;
-    this.storedSize = fields.storedSize;
-    this.sparse = fields.sparse;
+    Object.assign(this, fields);
     this.#data = data;
   }
 
