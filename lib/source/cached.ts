@@ -39,6 +39,21 @@ export interface CacheStats {
   disk?: DiskCacheStats;
 }
 
+/** The stats of a cache that has done nothing yet. */
+export function noCacheStats(): CacheStats {
+  return {
+    bytesRequested: 0,
+    bytesFetched: 0,
+    fetches: 0,
+    readaheadFetches: 0,
+    hits: 0,
+    misses: 0,
+    joined: 0,
+    cachedBytes: 0,
+    cachedChunks: 0,
+  };
+}
+
 /**
  * 2 MiB: EROFS metadata is spread over the whole image, so a cold `find` touches most chunks
  * wherever they are and its synchronous reads pay one round trip per chunk. Replaying the
@@ -109,15 +124,7 @@ export class CachedSource implements Source {
    */
   readonly #streams: Stream[] = [newStream(0, 0, Infinity)];
 
-  readonly #stats = {
-    bytesRequested: 0,
-    bytesFetched: 0,
-    fetches: 0,
-    readaheadFetches: 0,
-    hits: 0,
-    misses: 0,
-    joined: 0,
-  };
+  readonly #stats = noCacheStats();
 
   constructor(inner: Source, options: CacheOptions = {}) {
     const chunkBytes = options.chunkBytes ?? DEFAULT_CACHE_CHUNK_BYTES;

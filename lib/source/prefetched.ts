@@ -5,7 +5,7 @@
  * They count against the cache's own bound (`--cache-size`): the cache shrinks by what is
  * pinned, and pins stop at `pinBudgetBytes` (half the cache) whatever an image claims.
  */
-import type { CacheStats } from "./cached.ts";
+import { type CacheStats, noCacheStats } from "./cached.ts";
 import type { Source } from "./source.ts";
 import { type DirectReadFiles, isDirectReadable } from "./direct_reads.ts";
 import {
@@ -346,17 +346,7 @@ export class PrefetchedSource implements InnerSource {
   }
 
   stats(): PrefetchStats {
-    const inner: CacheStats = this.#inner.stats?.() ?? {
-      bytesRequested: 0,
-      bytesFetched: 0,
-      fetches: 0,
-      readaheadFetches: 0,
-      hits: 0,
-      misses: 0,
-      joined: 0,
-      cachedBytes: 0,
-      cachedChunks: 0,
-    };
+    const inner: CacheStats = this.#inner.stats?.() ?? noCacheStats();
     return {
       ...inner,
       bytesRequested: inner.bytesRequested + this.#pinnedRequested,
