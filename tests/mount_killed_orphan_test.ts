@@ -20,59 +20,71 @@ import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { HoldPoint } from "./_support/hold.ts";
 import { waitFor } from "./_support/wait.ts";
 
+interface RunningMount {
+  sandbox: MountSandbox;
+  mount: Deno.ChildProcess;
+  output: Promise<Deno.CommandOutput>;
+}
+
 /**
- * `mount` of a local file (FUSE) held at testHold(`holdAt`) until `body` releases the hold;
- * the mount, its server and the sandbox are cleaned up whatever `body` did.
+ * `mount` of a local file (FUSE) with `env(sandbox)` added to its environment; the mount, its
+ * server and the sandbox are cleaned up whatever `body` did.
  */
-async function withHeldMount(
-  holdAt: string,
-  body: (
-    held: {
-      sandbox: MountSandbox;
-      mount: Deno.ChildProcess;
-      output: Promise<Deno.CommandOutput>;
-      hold: HoldPoint;
-    },
-  ) => Promise<void>,
+async function withMount(
+  env: (sandbox: MountSandbox) => Record<string, string>,
+  body: (running: RunningMount) => Promise<void>,
 ) {
   const sandbox = await mountSandbox();
-  using hold = new HoldPoint(holdAt, `${sandbox.runtimeDir}-hold`);
-  const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-    env: { ...sandbox.env, ...hold.env },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const output = mount.output();
   try {
-    await body({ sandbox, mount, output, hold });
-  } finally {
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      env: { ...sandbox.env, ...env(sandbox) },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = mount.output();
     try {
-      mount.kill("SIGKILL");
-    } catch { /* ended */ }
-    await output.catch(() => {});
+      await body({ sandbox, mount, output });
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await output.catch(() => {});
+    }
+  } finally {
     killMountServersOf(sandbox.runtimeDir);
     await sandbox.cleanup();
   }
 }
 
+/** withMount held at testHold(`holdAt`) until `body` releases the hold. */
+async function withHeldMount(
+  holdAt: string,
+  body: (held: RunningMount & { hold: HoldPoint }) => Promise<void>,
+) {
+  let hold: HoldPoint | undefined;
+  try {
+    await withMount(
+      (sandbox) => (hold = new HoldPoint(holdAt, `${sandbox.runtimeDir}-hold`)).env,
+      (running) => body({ ...running, hold: hold! }),
+    );
+  } finally {
+    hold?.[Symbol.dispose]();
+  }
+}
+
+/** Held with DIR mounted and nothing recorded (TEST_PAUSE_ENV). */
+const PAUSED_BEFORE_STATE = () => ({ [TEST_PAUSE_ENV]: "mount-before-state" });
+
 Deno.test({
   name: "mount killed after its layer mount, before recording it: the server undoes it all",
   ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-      env: { ...sandbox.env, [TEST_PAUSE_ENV]: "mount-before-state" },
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    try {
-      // Held with DIR mounted and nothing recorded.
+  fn: () =>
+    withMount(PAUSED_BEFORE_STATE, async ({ sandbox, mount, output }) => {
       await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 60_000);
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 1);
       mount.kill("SIGKILL");
-      await mount.status;
+      await output.catch(() => {});
       await waitFor(
         "the server to undo the mount",
         () =>
@@ -84,15 +96,7 @@ Deno.test({
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
       const left = [...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)].map((e) => e.name);
       assert.deepEqual(left, [], "its runtime dir was removed");
-    } finally {
-      try {
-        mount.kill("SIGKILL");
-      } catch { /* ended */ }
-      await mount.status;
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -102,31 +106,17 @@ Deno.test({
     // The server must not leave DIR for a reattach (nothing would find it unrecorded), nor end
     // its keeper under a busy DIR (ENOTCONN for good): it detaches what `mount` made, and `mount`,
     // killed afterwards, has nothing left to undo.
-    const sandbox = await mountSandbox();
-    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-      env: { ...sandbox.env, [TEST_PAUSE_ENV]: "mount-before-state" },
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    try {
+    await withMount(PAUSED_BEFORE_STATE, async ({ sandbox, mount, output }) => {
       await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 60_000);
       const [server] = mountServersOf(sandbox.runtimeDir);
       Deno.kill(server, "SIGTERM");
       await waitFor("the server to stop", () => mountServersOf(sandbox.runtimeDir).length === 0);
       mount.kill("SIGKILL");
-      await mount.status;
+      await output.catch(() => {});
       assert.deepEqual(mountsBelow(sandbox.target), [], "DIR is not left mounted");
       assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "its FUSE mounts went too");
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
-    } finally {
-      try {
-        mount.kill("SIGKILL");
-      } catch { /* ended */ }
-      await mount.status;
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
+    });
   },
 });
 
