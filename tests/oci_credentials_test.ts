@@ -134,6 +134,15 @@ async function stillRuns(pid: number): Promise<boolean> {
   return true;
 }
 
+/** The pid a helper script writes to `file`, once it has (15 s at most). */
+async function pidWrittenTo(file: string): Promise<number> {
+  for (let waited = 0; waited < 15_000; waited += 50) {
+    if ((await Deno.readTextFile(file).catch(() => "")).trim()) break;
+    await sleep(50);
+  }
+  return Number(await Deno.readTextFile(file));
+}
+
 /** Adds `docker-credential-NAME` running `script` to the config's bin dir. */
 async function addHelper(dir: string, name: string, script: string): Promise<void> {
   await Deno.writeTextFile(`${dir}/bin/docker-credential-${name}`, `#!/bin/sh\n${script}\n`, {
@@ -225,11 +234,7 @@ Deno.test({
       ...config.env,
     });
     try {
-      for (let waited = 0; waited < 15_000; waited += 50) {
-        if ((await Deno.readTextFile(`${dir}/child.pid`).catch(() => "")).trim()) break;
-        await sleep(50);
-      }
-      const child = Number(await Deno.readTextFile(`${dir}/child.pid`));
+      const child = await pidWrittenTo(`${dir}/child.pid`);
       const interruptedAt = performance.now();
       started.child.kill("SIGINT");
       const result = await started.result;
@@ -264,11 +269,7 @@ Deno.test({
       { ...config.env },
     );
     try {
-      for (let waited = 0; waited < 15_000; waited += 50) {
-        if ((await Deno.readTextFile(`${dir}/helper.pid`).catch(() => "")).trim()) break;
-        await sleep(50);
-      }
-      const helper = Number(await Deno.readTextFile(`${dir}/helper.pid`));
+      const helper = await pidWrittenTo(`${dir}/helper.pid`);
       started.child.kill("SIGTERM");
       const result = await started.result;
       const helperRan = await stillRuns(helper);
