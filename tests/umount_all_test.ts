@@ -76,10 +76,7 @@ Deno.test({
       );
     } finally {
       open?.close();
-      for (const dir of [second, third]) {
-        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
-      }
-      await sandbox.cleanup();
+      await detachThenCleanup(sandbox, [second, third]);
     }
   },
 });
@@ -111,7 +108,7 @@ Deno.test({
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
       assert.deepEqual(mountsBelow(sandbox.target), []);
     } finally {
-      await unmountNested(sandbox, inner);
+      await detachThenCleanup(sandbox, [inner, sandbox.target]);
     }
   },
 });
@@ -130,7 +127,7 @@ Deno.test({
       assertSuccess(await runCli(["umount", inner], { env: sandbox.env }));
       assert.deepEqual(mountsBelow(sandbox.target), []);
     } finally {
-      await unmountNested(sandbox, inner);
+      await detachThenCleanup(sandbox, [inner, sandbox.target]);
     }
   },
 });
@@ -166,8 +163,7 @@ Deno.test({
         "[]",
       );
     } finally {
-      await new Deno.Command("umount", { args: ["-l", sandbox.target], stderr: "null" }).output();
-      await sandbox.cleanup();
+      await detachThenCleanup(sandbox, [sandbox.target]);
     }
   },
 });
@@ -198,9 +194,12 @@ async function mountNested(sandbox: MountSandbox, inner: string): Promise<void> 
   }
 }
 
-/** For a finally block: both mounts gone, whatever the test left, then the sandbox. */
-async function unmountNested(sandbox: MountSandbox, inner: string): Promise<void> {
-  for (const dir of [inner, sandbox.target]) {
+/**
+ * For a finally block: `dirs` lazily unmounted, in order (whatever the test left mounted there),
+ * then the sandbox cleaned up.
+ */
+async function detachThenCleanup(sandbox: MountSandbox, dirs: string[]): Promise<void> {
+  for (const dir of dirs) {
     await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
   }
   await sandbox.cleanup();
@@ -262,10 +261,7 @@ Deno.test({
       assert.deepEqual(serverPids(sandbox.runtimeDir), [], sandbox.serverLogs());
     } finally {
       await stopCli(all);
-      for (const dir of dirs) {
-        await new Deno.Command("umount", { args: ["-l", dir], stderr: "null" }).output();
-      }
-      await sandbox.cleanup();
+      await detachThenCleanup(sandbox, dirs);
     }
   },
 });
