@@ -238,9 +238,9 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   return { entry, data };
 }
 
-/** A TarEntry whose `body` stream is made only when asked for (EntryData.stream). */
 // The merged interface declares the fields Object.assign sets, so they are listed once (TarEntry).
 interface Member extends Omit<TarEntry, "body"> {}
+/** A TarEntry whose `body` stream is made only when asked for (EntryData.stream). */
 class Member implements TarEntry {
   #data: EntryData;
 
