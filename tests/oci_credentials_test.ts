@@ -143,6 +143,29 @@ async function pidWrittenTo(file: string): Promise<number> {
   return Number(await Deno.readTextFile(file));
 }
 
+/**
+ * A registry holding the image (Basic auth) and a docker config naming `helper` as the credential
+ * helper for it (added with addHelper); both gone at the end.
+ */
+async function registryWithHelper(helper: string) {
+  const registry = await registryWithImage("basic");
+  try {
+    const config = await dockerConfig({ credHelpers: { [registry.host]: helper } });
+    return {
+      registry,
+      config,
+      dir: config.env.DOCKER_CONFIG,
+      async [Symbol.asyncDispose]() {
+        await config[Symbol.asyncDispose]();
+        await registry.stop();
+      },
+    };
+  } catch (error) {
+    await registry.stop();
+    throw error;
+  }
+}
+
 /** Adds `docker-credential-NAME` running `script` to the config's bin dir. */
 async function addHelper(dir: string, name: string, script: string): Promise<void> {
   await Deno.writeTextFile(`${dir}/bin/docker-credential-${name}`, `#!/bin/sh\n${script}\n`, {
@@ -198,9 +221,8 @@ Deno.test({
   name: "oci credentials: a helper that hangs with a child is killed with it at 20 s",
   ignore,
   fn: async () => {
-    await using registry = await registryWithImage("basic");
-    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
-    const dir = config.env.DOCKER_CONFIG;
+    await using scene = await registryWithHelper("hang");
+    const { registry, config, dir } = scene;
     // Its child holds stdout open: waiting for the pipe's end would wait 100 s.
     await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
     const started = performance.now();
@@ -226,9 +248,8 @@ Deno.test({
   name: "oci credentials: Ctrl-C while a helper hangs stops the helper and its child too",
   ignore,
   fn: async () => {
-    await using registry = await registryWithImage("basic");
-    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
-    const dir = config.env.DOCKER_CONFIG;
+    await using scene = await registryWithHelper("hang");
+    const { registry, config, dir } = scene;
     await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
     const started = startCli(["inspect", `${registry.host}/creds/app:v1`, "--plain-http"], {
       ...config.env,
@@ -258,9 +279,8 @@ Deno.test({
   name: "oci credentials: index ended by SIGTERM while a helper hangs stops the helper too",
   ignore,
   fn: async () => {
-    await using registry = await registryWithImage("basic");
-    await using config = await dockerConfig({ credHelpers: { [registry.host]: "hang" } });
-    const dir = config.env.DOCKER_CONFIG;
+    await using scene = await registryWithHelper("hang");
+    const { registry, config, dir } = scene;
     await addHelper(dir, "hang", `echo $$ > "${dir}/helper.pid"; sleep 100 & wait`);
     // index exits from its own signal handler (it removes what it wrote, then Deno.exit), and a
     // signal sent to the command alone does not reach the helper in its process group.
@@ -286,9 +306,8 @@ Deno.test({
   name: "oci credentials: a helper that prompts on the terminal gets its answer",
   ignore: ignore || requires(command("script")),
   fn: async () => {
-    await using registry = await registryWithImage("basic");
-    await using config = await dockerConfig({ credHelpers: { [registry.host]: "prompt" } });
-    const dir = config.env.DOCKER_CONFIG;
+    await using scene = await registryWithHelper("prompt");
+    const { registry, config, dir } = scene;
     // Asks on /dev/tty, as helpers asking for a passphrase or a one-time code do.
     await addHelper(
       dir,
