@@ -64,6 +64,12 @@ async function floodScene(dataBytes: number) {
     dir,
     image,
     clients,
+    /** A new connection to `s`, closed at the end with the others. */
+    async connect(s: Serving): Promise<RawNbdClient> {
+      const c = await RawNbdClient.connectUnix(s.socket);
+      clients.push(c);
+      return c;
+    },
     async [Symbol.asyncDispose]() {
       for (const c of clients) c.close();
       await remove();
@@ -128,8 +134,7 @@ Deno.test({
     const baseline = memoryOf(pid).rssBytes;
 
     for (let i = 0; i < 16; i++) {
-      const hog = await RawNbdClient.connectUnix(s.socket);
-      clients.push(hog);
+      const hog = await scene.connect(s);
       await hog.handshake();
       // Sixteen 8 MiB READs of real data each (the most one READ may ask: a client holds at
       // most an eighth of the budget): 2 GiB asked for, none of it ever read.
@@ -171,8 +176,7 @@ Deno.test({
     await using s = await serve(image);
     // Half never start the handshake, half finish it and then say nothing.
     for (let i = 0; i < 70; i++) {
-      const c = await RawNbdClient.connectUnix(s.socket);
-      clients.push(c);
+      const c = await scene.connect(s);
       if (i % 2) await c.handshake().catch(() => {}); // a refused one is told so, then closed
     }
     await sleep(1500);
@@ -189,26 +193,21 @@ Deno.test({
   ignore,
   async fn() {
     await using scene = await floodScene(40 * MiB);
-    const { image, clients } = scene;
+    const { image } = scene;
     await using s = await serve(image, ["--idle-timeout", "2s"]);
-    const open = async () => {
-      const c = await RawNbdClient.connectUnix(s.socket);
-      clients.push(c);
-      return c;
-    };
-    const silent = await open(); // never starts the handshake
+    const silent = await scene.connect(s); // never starts the handshake
     // Owed nothing: nbd-client and qemu hold such a connection for as long as a device is
     // attached, and NBD has no keepalive.
-    const quiet = await open();
+    const quiet = await scene.connect(s);
     await quiet.handshake();
-    const halfSent = await open(); // starts a request and never finishes it
+    const halfSent = await scene.connect(s); // starts a request and never finishes it
     await halfSent.handshake();
     await halfSent.write(new Uint8Array(10).fill(0x25));
-    const stalled = await open(); // asks for 64 MiB and never reads it
+    const stalled = await scene.connect(s); // asks for 64 MiB and never reads it
     await stalled.handshake();
     await stalled.request(NBD_CMD_READ, 0, 8 * MiB);
     await stalled.request(NBD_CMD_READ, 8 * MiB, 8 * MiB);
-    const busy = await open(); // one small read every 400 ms
+    const busy = await scene.connect(s); // one small read every 400 ms
     await busy.handshake();
 
     const started = Date.now();
@@ -247,7 +246,7 @@ Deno.test({
     // deno itself uses about 20 descriptors: 40 leaves room for ~15 clients, not 64.
     await using s = await serve(image, [], ["prlimit", "--nofile=40:40"]);
     for (let i = 0; i < 40; i++) {
-      clients.push(await RawNbdClient.connectUnix(s.socket));
+      await scene.connect(s);
     }
     // The server (another process) accepts, runs out and says so in its own time.
     const emfile = () => /cannot accept a client \(.*open files/i.test(s.stderr());
@@ -271,8 +270,7 @@ Deno.test({
     const { image, clients } = scene;
     await using s = await serve(image);
     for (let i = 0; i < 64; i++) {
-      const c = await RawNbdClient.connectUnix(s.socket);
-      clients.push(c);
+      const c = await scene.connect(s);
       await c.handshake();
     }
     await sleep(1500); // longer than a slot's eviction threshold
@@ -316,8 +314,7 @@ Deno.test({
     const { image, clients } = scene;
     await using s = await serve(image, ["--idle-timeout", "2s"]);
     for (let i = 0; i < 64; i++) {
-      const c = await RawNbdClient.connectUnix(s.socket);
-      clients.push(c);
+      const c = await scene.connect(s);
       await c.handshake();
     }
     await sleep(2500);
@@ -351,8 +348,7 @@ Deno.test({
       // that they are never idle.
       const hostages: RawNbdClient[] = [];
       for (let i = 0; i < 4; i++) {
-        const hostage = await RawNbdClient.connectUnix(s.socket);
-        clients.push(hostage);
+        const hostage = await scene.connect(s);
         hostages.push(hostage);
         await hostage.handshake();
         await hostage.request(NBD_CMD_READ, i * 8 * MiB, 8 * MiB);
@@ -363,8 +359,7 @@ Deno.test({
       await sleep(500);
       // 60 clients each ask for more than what is left of the pool and leave at once.
       for (let i = 0; i < 60; i++) {
-        const c = await RawNbdClient.connectUnix(s.socket);
-        clients.push(c);
+        const c = await scene.connect(s);
         await c.handshake();
         await c.request(NBD_CMD_READ, 0, 4 * MiB);
         c.close();
@@ -389,14 +384,12 @@ Deno.test({
     await using scene = await floodScene(40 * MiB);
     const { image, clients } = scene;
     await using s = await serve(image);
-    const slow = await RawNbdClient.connectUnix(s.socket);
-    clients.push(slow);
+    const slow = await scene.connect(s);
     await slow.handshake();
     // 64 MiB asked for and not read: before, it took the whole shared pool.
     for (let r = 0; r < 8; r++) await slow.request(NBD_CMD_READ, (r % 4) * 8 * MiB, 8 * MiB);
     await sleep(500);
-    const other = await RawNbdClient.connectUnix(s.socket);
-    clients.push(other);
+    const other = await scene.connect(s);
     await other.handshake();
     const started = Date.now();
     await other.request(NBD_CMD_READ, MiB, 2 * MiB);
