@@ -144,23 +144,32 @@ async function pidWrittenTo(file: string): Promise<number> {
 }
 
 /**
- * A registry holding the image (Basic auth) and a docker config naming `helper` as the credential
- * helper for it (added with addHelper); both gone at the end.
+ * A registry holding the image (Basic auth) and a docker config whose credential helper for it,
+ * `docker-credential-NAME`, runs `script(dir, registry)` (dir: the config's directory); both gone
+ * at the end.
  */
-async function registryWithHelper(helper: string) {
+async function registryWithHelper(
+  name: string,
+  script: (dir: string, registry: TestRegistry) => string,
+) {
   const registry = await registryWithImage("basic");
+  let config: Awaited<ReturnType<typeof dockerConfig>> | undefined;
   try {
-    const config = await dockerConfig({ credHelpers: { [registry.host]: helper } });
+    config = await dockerConfig({ credHelpers: { [registry.host]: name } });
+    const dir = config.env.DOCKER_CONFIG;
+    await addHelper(dir, name, script(dir, registry));
+    const made = config;
     return {
       registry,
-      config,
-      dir: config.env.DOCKER_CONFIG,
+      config: made,
+      dir,
       async [Symbol.asyncDispose]() {
-        await config[Symbol.asyncDispose]();
+        await made[Symbol.asyncDispose]();
         await registry.stop();
       },
     };
   } catch (error) {
+    await config?.[Symbol.asyncDispose]();
     await registry.stop();
     throw error;
   }
@@ -221,10 +230,12 @@ Deno.test({
   name: "oci credentials: a helper that hangs with a child is killed with it at 20 s",
   ignore,
   fn: async () => {
-    await using scene = await registryWithHelper("hang");
-    const { registry, config, dir } = scene;
     // Its child holds stdout open: waiting for the pipe's end would wait 100 s.
-    await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
+    await using scene = await registryWithHelper(
+      "hang",
+      (dir) => `sleep 100 & echo $! > "${dir}/child.pid"; wait`,
+    );
+    const { registry, config, dir } = scene;
     const started = performance.now();
     const result = await runCli(["inspect", `${registry.host}/creds/app:v1`, "--plain-http"], {
       env: config.env,
@@ -248,9 +259,11 @@ Deno.test({
   name: "oci credentials: Ctrl-C while a helper hangs stops the helper and its child too",
   ignore,
   fn: async () => {
-    await using scene = await registryWithHelper("hang");
+    await using scene = await registryWithHelper(
+      "hang",
+      (dir) => `sleep 100 & echo $! > "${dir}/child.pid"; wait`,
+    );
     const { registry, config, dir } = scene;
-    await addHelper(dir, "hang", `sleep 100 & echo $! > "${dir}/child.pid"; wait`);
     const started = startCli(["inspect", `${registry.host}/creds/app:v1`, "--plain-http"], {
       ...config.env,
     });
@@ -279,9 +292,11 @@ Deno.test({
   name: "oci credentials: index ended by SIGTERM while a helper hangs stops the helper too",
   ignore,
   fn: async () => {
-    await using scene = await registryWithHelper("hang");
+    await using scene = await registryWithHelper(
+      "hang",
+      (dir) => `echo $$ > "${dir}/helper.pid"; sleep 100 & wait`,
+    );
     const { registry, config, dir } = scene;
-    await addHelper(dir, "hang", `echo $$ > "${dir}/helper.pid"; sleep 100 & wait`);
     // index exits from its own signal handler (it removes what it wrote, then Deno.exit), and a
     // signal sent to the command alone does not reach the helper in its process group.
     const started = startCli(
@@ -306,15 +321,14 @@ Deno.test({
   name: "oci credentials: a helper that prompts on the terminal gets its answer",
   ignore: ignore || requires(command("script")),
   fn: async () => {
-    await using scene = await registryWithHelper("prompt");
-    const { registry, config, dir } = scene;
     // Asks on /dev/tty, as helpers asking for a passphrase or a one-time code do.
-    await addHelper(
-      dir,
+    await using scene = await registryWithHelper(
       "prompt",
-      `echo "password for ${registry.host}:" >/dev/tty; read answer </dev/tty\n` +
+      (_, registry) =>
+        `echo "password for ${registry.host}:" >/dev/tty; read answer </dev/tty\n` +
         `printf '{"Username":"%s","Secret":"%s"}' ${registry.username} "$answer"`,
     );
+    const { registry, config } = scene;
     const cli = `${REPO_ROOT}/scripts/erofs-oci-dev`;
     const line = [cli, "inspect", `${registry.host}/creds/app:v1`, "--plain-http"]
       .map((arg) => `'${arg}'`).join(" ");
