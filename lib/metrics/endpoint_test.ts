@@ -92,7 +92,16 @@ Deno.test("metrics endpoint: a TCP scrape for a host name other than this host's
   const port = portOf(endpoint);
   try {
     // A page whose name was made to resolve to 127.0.0.1 (DNS rebinding).
-    for (const host of ["rebind.example", `rebind.example:${port}`, `127.0.0.1.evil.example`]) {
+    for (
+      const host of [
+        "rebind.example",
+        `rebind.example:${port}`,
+        `127.0.0.1.evil.example`,
+        // Anyone may point a name under their own domain that starts with this host's name.
+        `${Deno.hostname()}.rebind.example`,
+        `${Deno.hostname()}.rebind.example:${port}`,
+      ]
+    ) {
       assert.match(await scrape(port, host), /^HTTP\/1\.1 403 /, host);
     }
     for (
