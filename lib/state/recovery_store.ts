@@ -4,11 +4,12 @@
  * each 0600, named `mountnbd_XXXXXX`. What the line format cannot carry (plain HTTP, the mount
  * it belongs to) goes into a companion JSON file next to it, which erofs-utils ignores.
  */
-import { FormatError } from "../errors.ts";
+import { Errno, FormatError } from "../errors.ts";
 import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
 import { parseJson } from "../json.ts";
 import { type RecordsDir, rootOnlyDir } from "../../ffi/trusted_path.ts";
 import { FileRefusedError, readRegularFileSync } from "../../ffi/files.ts";
+import { SysError } from "../../ffi/libc.ts";
 
 const RECOVERY: RecordsDir = {
   what: "recovery directory",
@@ -132,13 +133,20 @@ export function readRecoveryFile(path: string): { record: RecoveryRecord; extra:
   try {
     companion = readRecoveryText(companionPath(path), "recovery companion file");
   } catch (error) {
+    // Written by erofs-utils, or lost in a crash before it was renamed into place: defaults.
+    if (error instanceof SysError && error.errno === Errno.ENOENT) return { record, extra: {} };
     if (error instanceof FileRefusedError) {
       throw new FormatError(
         error.message,
         "the device cannot be served again from it; unmount its mount and mount again",
       );
     }
-    return { record, extra: {} }; // written by erofs-utils, or lost: defaults apply
+    // Any other failure (EIO, out of descriptors) is no sign the facts are absent: defaults
+    // could serve the layer without its checks.
+    throw new FormatError(
+      `recovery companion file ${companionPath(path)} cannot be read: ${(error as Error).message}`,
+      "the device is not served again until it can be read; try again",
+    );
   }
   return { record, extra: parseRecoveryExtra(companion, companionPath(path)) };
 }

@@ -72,6 +72,23 @@ Deno.test("recovery companion: a damaged one is refused with what is wrong, not 
   }
 });
 
+Deno.test("recovery companion: one that cannot be read (not absent) is refused, not read as defaults", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
+  try {
+    const path = writeDevice(dir);
+    // A link to itself: open fails with ELOOP, which says nothing of the facts being absent.
+    Deno.symlinkSync(`${path}.erofs-oci.json`, `${path}.erofs-oci.json`);
+    throws(
+      () => readRecoveryFile(path),
+      (error: Error) =>
+        error instanceof FormatError &&
+        /recovery companion file .* cannot be read: .*symbolic links/i.test(error.message),
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("recovery file rewritten with new credentials: same path, companion kept, mode 0600", () => {
   const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
   try {
