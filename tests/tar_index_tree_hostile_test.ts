@@ -160,6 +160,43 @@ Deno.test("tar index tree: a shared xattr named by many inodes is held once, not
   assert.equal([...values][0]?.length, valueBytes);
 });
 
+Deno.test("tar index tree: distinct shared xattr ids whose entries overlap are refused, not each copied", () => {
+  // Every 4-byte word of the shared area reads as user.\x01 with a 65,520-byte value, and each
+  // inode names 255 ids of its own: 16 inodes would copy ~255 MiB out of a ~110 KB image.
+  const count = 16;
+  const ids = count * 255;
+  const slots = 34; // a 32-byte inode and a 1,032-byte xattr body
+  const inodesEnd = (1 + count * slots + 1) * 32;
+  const xattrBlock = META_BLOCK + Math.ceil(inodesEnd / BLOCK_BYTES);
+  const area = new Uint8Array(ids * 4 + 65_536);
+  for (let p = 0; p < area.length; p += 4) area.set([1, 1, 0xf0, 0xff], p);
+  const inodes: CraftedInode[] = [];
+  for (let k = 0; k < count; k++) {
+    const bytes = new Uint8Array(32 + 12 + 255 * 4);
+    const view = new DataView(bytes.buffer);
+    view.setUint16(2, 256, true); // h_xattr_icount 256: the header and 255 shared ids
+    view.setUint16(4, 0o100644, true);
+    view.setUint8(32 + 4, 255); // h_shared_count
+    for (let i = 0; i < 255; i++) view.setUint32(32 + 12 + i * 4, k * 255 + i, true);
+    inodes.push({ nid: 1 + k * slots, bytes });
+  }
+  const files = Array.from({ length: count }, (_, k) => ({ nid: 1 + k * slots, name: `f${k}` }));
+  const meta = craftMeta(
+    files,
+    inodes,
+    [{ offset: xattrBlock * BLOCK_BYTES, bytes: area }],
+    (xattrBlock - META_BLOCK) * BLOCK_BYTES + area.length,
+    xattrBlock,
+  );
+  assert.ok(meta.length < 200_000, `${meta.length}-byte image`);
+  assert.throws(
+    () => readTarIndexTree(meta),
+    (error: Error) =>
+      error instanceof FormatError &&
+      /shared xattrs .* exceed the \d+-byte image/.test(error.message),
+  );
+});
+
 Deno.test("property: random corruptions of the fixtures' meta images give a tree or a FormatError", () => {
   const seeds = ["layer", "big", "big-multi"].map((name) =>
     Deno.readFileSync(`${FIXTURES}/${name}.meta.erofs`)

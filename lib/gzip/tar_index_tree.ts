@@ -293,7 +293,13 @@ class MetaReader {
       let shared = this.#sharedXattrs.get(id);
       if (!shared) {
         const entry = new Map<string, Uint8Array>();
-        this.#xattrEntry(this.#f.xattrBase + id * 4, path, entry);
+        // Counted like every other part of the image: ids whose entries overlap (each a
+        // value of up to 64 KiB, 4 bytes apart) would otherwise copy far more than the image.
+        this.#claim(
+          this.#xattrEntry(this.#f.xattrBase + id * 4, path, entry),
+          path,
+          "shared xattrs",
+        );
         shared = [...entry][0];
         this.#sharedXattrs.set(id, shared);
       }
