@@ -16,11 +16,13 @@ import { type EntryData, readPadded, skipPadded } from "./entry_data.ts";
 import { BLOCK_BYTES, cString, type HeaderBlock, isZeroBlock, parseHeaderBlock } from "./header.ts";
 import { buildEntry, KINDS } from "./member.ts";
 import { parsePaxRecords, type PaxRecord } from "./pax.ts";
+import { isXattrKey } from "./xattrs.ts";
 
 export interface TarReaderOptions {
   /**
-   * Cap on metadata held in memory for one member (pax headers, GNU long names, sparse maps)
-   * and on accumulated global pax records. Default 1 MiB.
+   * Cap on metadata held in memory for one member (pax headers, GNU long names, sparse maps;
+   * each such header counts a block besides its body) and on the global pax records kept for
+   * every member (keys and values). Default 1 MiB.
    */
   maxMetaBytes?: number;
   /**
@@ -39,12 +41,29 @@ export interface TarReaderOptions {
 
 export const DEFAULT_MAX_META_BYTES = 1 << 20;
 
-/** A member's pax records when it has none; never written (`local` is replaced by concat). */
+/** A member's pax records when it has none; never written (a member's own list replaces it). */
 const NO_RECORDS: PaxRecord[] = [];
 
-// Pax keys that describe one member only; a global ('g') header setting them is ignored, as a
-// global path or size would make every following member the same file.
-const MEMBER_ONLY_KEYS = new Set(["path", "linkpath", "size"]);
+// The pax keys a global ('g') header sets for every following member: its owner, time, device
+// numbers and xattrs. Others describe one member only (a global path, size or sparse map would
+// make every member the same file) or nothing buildEntry reads (comment, charset): not kept, so
+// a member's work does not grow with them.
+const GLOBAL_KEYS = new Set([
+  "uid",
+  "gid",
+  "uname",
+  "gname",
+  "mtime",
+  "SCHILY.devmajor",
+  "SCHILY.devminor",
+]);
+/** Global records kept at once: real archives set a few (GNU tar, git archive: one comment). */
+const MAX_GLOBAL_RECORDS = 256;
+/**
+ * Bytes a metadata header (pax, GNU long name) counts against maxMetaBytes besides its body:
+ * a chain of empty headers costs a block each to read, and must not be free.
+ */
+const META_HEADER_COST = BLOCK_BYTES;
 
 /** Reads members from an uncompressed tar stream; see TarEntry for each field. */
 export async function* readTar(
@@ -56,6 +75,8 @@ export async function* readTar(
   const src = new ByteReader(stream);
   const global = new Map<string, PaxRecord>();
   let globalBytes = 0;
+  /** `global`'s records, made again when a global header changes them. */
+  let globalRecords: PaxRecord[] = [];
   /** Kind of each member seen so far, for hard-link checks (later members replace earlier). */
   const seen = new Map<string, TarEntryKind>();
   let data: EntryData | undefined;
@@ -119,20 +140,32 @@ export async function* readTar(
         header = parseHeaderBlock(block, headerOffset);
         const t = header.typeflag;
         if (t === "x" || t === "g" || t === "L" || t === "K") {
-          localBytes += header.size;
+          localBytes += META_HEADER_COST + header.size;
           if (localBytes > maxMetaBytes) throw metaTooLarge(headerOffset, maxMetaBytes);
           const body = await readPadded(src, header.size, "pax/GNU long-name header");
-          if (t === "x") local = local.concat(parsePaxRecords(body, headerOffset));
-          else if (t === "L") longName = cString(body);
+          if (t === "x") {
+            const records = parsePaxRecords(body, headerOffset);
+            if (records.length > 0 && local === NO_RECORDS) local = [];
+            for (const record of records) local.push(record);
+          } else if (t === "L") longName = cString(body);
           else if (t === "K") longLink = cString(body);
           else {
             for (const r of parsePaxRecords(body, headerOffset)) {
-              if (MEMBER_ONLY_KEYS.has(r.key)) continue;
+              if (!GLOBAL_KEYS.has(r.key) && !isXattrKey(r.key)) continue;
               const old = global.get(r.key);
-              globalBytes += r.value.length - (old?.value.length ?? 0);
+              globalBytes += r.key.length + r.value.length -
+                (old ? old.key.length + old.value.length : 0);
               global.set(r.key, { key: r.key, value: r.value.slice() });
             }
             if (globalBytes > maxMetaBytes) throw metaTooLarge(headerOffset, maxMetaBytes);
+            if (global.size > MAX_GLOBAL_RECORDS) {
+              throw new FormatError(
+                `tar global pax header at byte ${headerOffset}: more than ${MAX_GLOBAL_RECORDS} ` +
+                  "records for every member",
+                "real archives set a few (owner, time); this one is refused as hostile or broken",
+              );
+            }
+            globalRecords = [...global.values()];
           }
           continue;
         }
@@ -151,7 +184,7 @@ export async function* readTar(
       const built = await buildEntry({
         src,
         header,
-        records: global.size === 0 ? local : [...global.values(), ...local],
+        records: globalRecords.length === 0 ? local : globalRecords.concat(local),
         longName,
         longLink,
         metaOffset,

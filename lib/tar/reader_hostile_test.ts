@@ -217,6 +217,57 @@ Deno.test("metadata caps: huge pax header, chained pax headers, huge GNU long na
   equal(long[0].xattrs.get("user.big")!.length, 5000);
 });
 
+/** A pax header of `type` ("x" or "g") holding `records`, padded to whole blocks. */
+function paxHeader(type: "x" | "g", records: [string, string][]): Uint8Array {
+  const body = paxBody(records);
+  return concat([
+    headerBlock({ name: "P", type, data: body }),
+    body,
+    new Uint8Array((512 - body.length % 512) % 512),
+  ]);
+}
+
+Deno.test("metadata caps: global records count their keys, at most 256 of them, and empty headers are not free", async () => {
+  // Keys of 6,000 bytes with empty values: 1.2 MB kept for every member over two headers.
+  const longKeys = (from: number) =>
+    Array.from(
+      { length: 100 },
+      (_, i) =>
+        [`SCHILY.xattr.user.${String(from + i).padStart(6000, "k")}`, ""] as [string, string],
+    );
+  await formatError(
+    concat([
+      paxHeader("g", longKeys(0)),
+      encodeTar([{ name: "a" }]).subarray(0, 512),
+      paxHeader("g", longKeys(100)),
+      encodeTar([{ name: "b" }]),
+    ]),
+    /pax\/GNU metadata exceeds 1048576 bytes/,
+  );
+  const xattrs = (count: number) =>
+    Array.from({ length: count }, (_, i) => [`SCHILY.xattr.user.${i}`, "v"] as [string, string]);
+  await formatError(
+    concat([paxHeader("g", xattrs(257)), encodeTar([{ name: "a" }])]),
+    /global pax header at byte 0: more than 256 records for every member/,
+  );
+  // Keys no member reads (a comment, git archive's) are not kept: any number of them.
+  const comments = Array.from({ length: 5000 }, (_, i) => [`comment${i}`, ""] as [string, string]);
+  const kept = await readAll(
+    concat([
+      paxHeader("g", [...comments, ...xattrs(3), ["size", "7"]]),
+      encodeTar([{ name: "a" }]),
+    ]),
+  );
+  deepEqual([...kept[0].xattrs.keys()].sort(), ["user.0", "user.1", "user.2"]);
+  equal(kept[0].size, 0);
+  // 3,000 empty pax headers before one member: a block each, 1.5 MB of metadata headers.
+  const empty = paxHeader("x", []);
+  await formatError(
+    concat([...Array.from({ length: 3000 }, () => empty), encodeTar([{ name: "a" }])]),
+    /pax\/GNU metadata exceeds 1048576 bytes/,
+  );
+});
+
 Deno.test("corrupt headers: checksum, non-UTF-8 name, unknown type, negative size, junk", async () => {
   await formatError(encodeTar([{ name: "f", badChecksum: true }]), /checksum mismatch/);
   await formatError(encodeTar([{ name: new Uint8Array([0x66, 0xff, 0xfe]) }]), /not valid UTF-8/);

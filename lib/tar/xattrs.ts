@@ -16,6 +16,11 @@ const TEXT_ACLS: Record<string, string> = {
 const SCHILY = "SCHILY.xattr.";
 const LIBARCHIVE = "LIBARCHIVE.xattr.";
 
+/** Whether a record with this key carries an xattr (or a text ACL) applyXattrRecord adds. */
+export function isXattrKey(key: string): boolean {
+  return key in TEXT_ACLS || key.startsWith(SCHILY) || key.startsWith(LIBARCHIVE);
+}
+
 /** Adds the xattr a record carries (later records replace earlier ones); ignores other keys. */
 export function applyXattrRecord(
   xattrs: Map<string, Uint8Array>,
