@@ -64,6 +64,18 @@ export function overlayFormOf(path: string): OverlayForm | undefined {
 }
 
 /**
+ * The kind of the member at each prefix of `parts` (a path's components: index i is the path of
+ * parts 0..i), undefined where there is none; may stop early once one is missing.
+ */
+export type KindsAlong = (parts: readonly string[]) => (TarEntryKind | undefined)[];
+
+/** A set of paths by component: `inSet` where the path down to this node is one of them. */
+interface PathTree {
+  inSet: boolean;
+  children: Map<string, PathTree>;
+}
+
+/**
  * Collects one layer's members in overlayfs form. Feed every normalized member path with its
  * kind; `result()` then says which paths get a 0/0 device and which directories get the opaque
  * xattr, resolving same-layer conflicts: a whiteout of X next to a real X in the same layer
@@ -73,23 +85,23 @@ export class LayerOverlayMapper {
   #members = new Map<string, TarEntryKind>();
   #whiteouts = new Set<string>();
   #opaque = new Set<string>();
-  readonly #kindOf: ((path: string) => TarEntryKind | undefined) | undefined;
+  readonly #kindsAlong: KindsAlong | undefined;
 
   /**
-   * `kindOf`: where the caller keeps the layer's members itself (a tree of them), the kind of
-   * the last member at a path ("dir" also for a directory only implied by deeper members,
-   * undefined when none); the mapper then keeps no path per member (a string per entry of a
-   * big layer).
+   * `kindsAlong`: where the caller keeps the layer's members itself (a tree of them), the kind
+   * of the last member at each prefix of a path's components, found in one walk down ("dir" also
+   * for a directory only implied by deeper members, undefined where there is none); the mapper
+   * then keeps no path per member (a string per entry of a big layer).
    */
-  constructor(options: { kindOf?: (path: string) => TarEntryKind | undefined } = {}) {
-    this.#kindOf = options.kindOf;
+  constructor(options: { kindsAlong?: KindsAlong } = {}) {
+    this.#kindsAlong = options.kindsAlong;
   }
 
   /** Returns true when the member is a whiteout marker (its own data is not part of the image). */
   add(path: string, kind: TarEntryKind): boolean {
     const form = overlayFormOf(path);
     if (!form) {
-      if (!this.#kindOf) {
+      if (!this.#kindsAlong) {
         this.#members.set(path, kind);
         // Its parents, unless named themselves: implied directories of this layer.
         for (let at = path.lastIndexOf("/"); at > 0; at = path.lastIndexOf("/", at - 1)) {
@@ -111,14 +123,34 @@ export class LayerOverlayMapper {
    * not only its contents: one this layer only implies is a fresh directory, not the lower's).
    */
   result(): { devices: string[]; opaqueDirs: string[]; replacedDirs: string[] } {
-    const kindAt = (path: string) => this.#kindOf ? this.#kindOf(path) : this.#members.get(path);
+    const kindsAlong: KindsAlong = this.#kindsAlong ??
+      ((parts) => parts.map((_, i) => this.#members.get(parts.slice(0, i + 1).join("/"))));
+    const kindAt = (path: string) => {
+      const parts = path.split("/");
+      return kindsAlong(parts)[parts.length - 1];
+    };
+    // The whiteouts by component, so that a path's ancestors are looked up in one walk down (a
+    // lookup by each ancestor's path made a deep path's check quadratic in its depth).
+    const whiteoutTree: PathTree = { inSet: false, children: new Map() };
+    for (const path of this.#whiteouts) {
+      let node = whiteoutTree;
+      for (const part of path.split("/")) {
+        let child = node.children.get(part);
+        if (!child) node.children.set(part, child = { inSet: false, children: new Map() });
+        node = child;
+      }
+      node.inSet = true;
+    }
     // Under a path this layer makes a non-directory, or deletes itself, a whiteout or opaque
     // marker hides nothing more (umoci writes `dirA` as a file, then `dirA/.wh.f1`): moot.
     const moot = (path: string) => {
-      for (let at = path.lastIndexOf("/"); at > 0; at = path.lastIndexOf("/", at - 1)) {
-        const above = path.slice(0, at);
-        const kind = kindAt(above);
-        if (kind !== undefined ? kind !== "dir" : this.#whiteouts.has(above)) return true;
+      const parts = path.split("/");
+      const kinds = kindsAlong(parts.slice(0, -1));
+      let whiteouts: PathTree | undefined = whiteoutTree;
+      for (let i = 0; i < parts.length - 1; i++) {
+        whiteouts = whiteouts?.children.get(parts[i]);
+        const kind = kinds[i];
+        if (kind !== undefined ? kind !== "dir" : whiteouts?.inSet) return true;
       }
       return false;
     };

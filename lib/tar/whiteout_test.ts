@@ -125,3 +125,30 @@ Deno.test("LayerOverlayMapper: whiteouts under what this layer replaces or delet
   m.add(".wh.gone", "file");
   assertEq(m.result(), { devices: ["gone"], opaqueDirs: [], replacedDirs: [] });
 });
+
+Deno.test("LayerOverlayMapper: a deep whiteout's ancestors are looked up in one walk, not one each", () => {
+  const dir = Array.from({ length: 1900 }, () => "a").join("/");
+  const members = new Set(["f"].map((name) => `${dir}/${name}`));
+  let walks = 0;
+  let steps = 0;
+  const m = new LayerOverlayMapper({
+    kindsAlong: (parts) => {
+      walks++;
+      const kinds: ("dir" | "file" | undefined)[] = [];
+      for (let i = 0; i < parts.length; i++) {
+        steps++;
+        const path = parts.slice(0, i + 1).join("/");
+        kinds.push(members.has(path) ? "file" : dir.startsWith(path) ? "dir" : undefined);
+      }
+      return kinds;
+    },
+  });
+  const whiteouts = 20;
+  for (let i = 0; i < whiteouts; i++) m.add(`${dir}/.wh.w${i}`, "file");
+  m.add(`${dir}/.wh.f`, "file");
+  const { devices } = m.result();
+  assertEq(devices.length, whiteouts, "the w's are whited out; f is this layer's own");
+  // Per whiteout: its ancestors in one walk, itself in another (1,901 steps each at most).
+  assertEq(walks <= 2 * (whiteouts + 1), true, `${walks} walks`);
+  assertEq(steps <= 2 * (whiteouts + 1) * 1901, true, `${steps} steps`);
+});

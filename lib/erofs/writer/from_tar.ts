@@ -125,10 +125,20 @@ export async function scanTar(
   const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper({
     // A directory only implied by deeper members of this layer counts as one: `.wh.w` beside
     // `w/new` hides the lower w, not this layer's w/new (w becomes opaque, not a whiteout).
-    kindOf: (path) => {
-      const inode = lookupPath(path);
-      if (inode < 0) return undefined;
-      return isDir(inode) ? "dir" : "file";
+    kindsAlong: (parts) => {
+      const kinds: ("dir" | "file")[] = [];
+      let inode = 0;
+      for (const part of parts) {
+        // "a//b" is "a/b", as lookupPath has it.
+        if (part !== "") {
+          if (!isDir(inode)) break;
+          const e = find(inode, part);
+          if (e < 0) break;
+          inode = table.entryInode[e];
+        }
+        kinds.push(isDir(inode) ? "dir" : "file");
+      }
+      return kinds;
     },
   });
   /** When each whiteout was made: a directory it replaces by one it implies gets that time. */
