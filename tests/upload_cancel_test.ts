@@ -122,3 +122,52 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "upload: a registry silent after a PUT's body is asked again, then given up with one line (it hung for good)",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    // Small: a body gets time to be sent at 8 KiB/s on top of the stall time (1 s + 0.5 s here).
+    const layer = await loadFixture("layer2.erofs");
+    const env = { EROFS_OCI_REGISTRY_STALL_S: "1" };
+    {
+      // Silent once: the closing PUT is sent again and the push completes.
+      await using proxy = await startFaultProxy(registry.host, [
+        { match: isUploadPut, fault: { kind: "delay", ms: 600_000 }, times: 1 },
+      ]);
+      const pushed = await runCli(
+        ["push", `${proxy.host}/silent/once:v1`, layer.path, "--plain-http"],
+        { env, timeoutMs: 120_000 },
+      );
+      assert.equal(pushed.code, 0, describe(pushed));
+      // One closing PUT per upload session, and one more: the one sent again.
+      const sessions = proxy.requests.filter((r) =>
+        r.method === "POST" && r.path.includes("/blobs/uploads/")
+      );
+      assert.equal(
+        proxy.requests.filter(isUploadPut).length,
+        sessions.length + 1,
+        describe(pushed),
+      );
+    }
+    // Silent for good: given up, and the session cancelled.
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isUploadPut, fault: { kind: "delay", ms: 600_000 } },
+    ]);
+    const pushed = await runCli(
+      ["push", `${proxy.host}/silent/always:v1`, layer.path, "--plain-http"],
+      { env, timeoutMs: 120_000 },
+    );
+    assertCliError(
+      pushed,
+      1,
+      /stopped answering \(PUT .*\/blobs\/uploads\/.*, no reply for \d+ s\)/,
+    );
+    assert.ok(
+      proxy.requests.some((r) => r.method === "DELETE" && r.path.includes("/blobs/uploads/")),
+      describe(pushed),
+    );
+  },
+});

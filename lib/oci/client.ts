@@ -123,6 +123,19 @@ const MAX_ATTEMPTS_NEVER_CONNECTED = 2;
 const BLOB_LOCATION_TTL_MS = 60_000;
 
 /**
+ * The slowest send a request's body is given time for (8 KiB/s: an 8 MiB upload chunk, 17
+ * minutes) before the registry's silence after it counts as a stall.
+ */
+const MIN_SEND_BYTES_PER_S = 8 * 1024;
+
+/** Time to send `body` at MIN_SEND_BYTES_PER_S (0 without one). */
+function sendAllowanceMs(body: RegistryRequest["body"]): number {
+  if (body === undefined) return 0;
+  const bytes = typeof body === "string" ? body.length * 3 : body.byteLength;
+  return Math.ceil(bytes / MIN_SEND_BYTES_PER_S * 1000);
+}
+
+/**
  * A client for one registry (OCI distribution API): manifests with platform selection, ranged
  * blob reads with retries and resume, verified downloads and pushes. Authentication (anonymous,
  * Basic, Bearer tokens per scope) and redirects (Authorization never leaves the registry host)
@@ -379,14 +392,15 @@ export class RegistryClient {
     const attempts = policy.attempts ?? { made: 0 };
     for (;;) {
       const attempt = ++attempts.made;
-      // Requests without a watch of their own get one per attempt (GET/HEAD: an upload's body
-      // may take longer than the stall time to send): a registry that accepts and then says
-      // nothing, or stops in the middle of a body, is asked again, then given up.
-      const watch = outer.stall || outer.body !== undefined
-        ? undefined
-        : new StallWatch(outer.signal);
+      // Requests without a watch of their own get one per attempt: a registry that accepts and
+      // then says nothing, or stops in the middle of a body, is asked again, then given up. A
+      // request with a body (an upload's chunk, a manifest) gets the time to send it at the
+      // slowest rate allowed on top: no reply can come before it is sent.
+      const sendMs = sendAllowanceMs(outer.body);
+      const silenceMs = stallMs() + sendMs;
+      const watch = outer.stall ? undefined : new StallWatch(outer.signal, silenceMs);
       // And the operation's deadline: a registry dripping a reply passes the stall rule.
-      watch?.endBy(policy.deadlineAtMs, this.#deadlineMs);
+      watch?.endBy(policy.deadlineAtMs + sendMs, this.#deadlineMs);
       const req = watch ? { ...outer, signal: watch.signal, stall: watch } : outer;
       req.stall?.pause();
       let response: Response;
@@ -408,13 +422,12 @@ export class RegistryClient {
           );
         }
         if (watch?.stalled && !outer.signal?.aborted) {
-          debug(
-            `${req.method} ${req.path}: no reply for ${stallMs() / 1000} s (attempt ${attempt})`,
-          );
+          const silentS = Math.round(silenceMs / 1000);
+          debug(`${req.method} ${req.path}: no reply for ${silentS} s (attempt ${attempt})`);
           if (await backoff(attempt, policy, outer.signal)) continue;
           throw new OciError(
             `registry ${this.host} stopped answering (${req.method} ${req.path}, no reply for ` +
-              `${stallMs() / 1000} s)`,
+              `${silentS} s)`,
             undefined,
             { cause: error },
           );
