@@ -26,6 +26,8 @@ export interface ReferrerDescriptor {
 
 /** At most this many referrers are looked at (a hostile list cannot make us walk millions). */
 const MAX_REFERRERS = 4096;
+/** Pages of the referrers API followed at most (each up to MAX_MANIFEST_BYTES). */
+const MAX_REFERRER_PAGES = 16;
 
 /** When an artifact was made (OCI image-spec's pre-defined annotation, RFC 3339). */
 export const CREATED_ANNOTATION = "org.opencontainers.image.created";
@@ -63,24 +65,50 @@ export async function listReferrers(
   signal?: AbortSignal,
 ): Promise<ReferrerDescriptor[]> {
   // A registry with the API answers 200 with an index (possibly empty); 404 (docker-registry
-  // 2.8 has no such route) or 405/400 mean "ask the tag".
-  const { response: api, bytes } = await client.getDocument(
-    {
-      method: "GET",
-      path: `/v2/${repository}/referrers/${subject}?artifactType=${
-        encodeURIComponent(artifactType)
-      }`,
-      scope: pullScope(repository),
-      headers: { accept: OCI_INDEX },
-      signal,
-    },
-    MAX_MANIFEST_BYTES,
-    (reply) => reply.status === 200 && isIndexType(reply.headers.get("content-type")),
-  );
-  if (bytes !== undefined) {
-    const list = parseReferrerIndex(bytes, "referrers list");
-    return list.filter((d) => d.artifactType === artifactType);
+  // 2.8 has no such route) or 405/400 mean "ask the tag". A long list comes in pages, each
+  // naming the next in a Link header (distribution spec 1.1): a table behind a page of
+  // signatures is still found.
+  const first = `/v2/${repository}/referrers/${subject}?artifactType=${
+    encodeURIComponent(artifactType)
+  }`;
+  const found: ReferrerDescriptor[] = [];
+  const seen = new Set<string>();
+  let api: Response | undefined;
+  for (let path: string | undefined = first; path !== undefined;) {
+    if (seen.size === MAX_REFERRER_PAGES) {
+      throw new OciError(
+        `registry ${client.host}: the referrers list of ${subject} goes on past ` +
+          `${MAX_REFERRER_PAGES} pages`,
+      );
+    }
+    seen.add(path);
+    const page: { response: Response; bytes?: Uint8Array } = await client.getDocument(
+      {
+        method: "GET",
+        path,
+        scope: pullScope(repository),
+        headers: { accept: OCI_INDEX },
+        signal,
+      },
+      MAX_MANIFEST_BYTES,
+      (reply) => reply.status === 200 && isIndexType(reply.headers.get("content-type")),
+    );
+    if (page.bytes === undefined) {
+      // A page after the first that is not one fails the list: half a list could miss a table.
+      if (path !== first) {
+        await page.response.body?.cancel();
+        throw statusError(client, page.response, `listing the referrers of ${subject}`);
+      }
+      api = page.response;
+      break;
+    }
+    const list = parseReferrerIndex(page.bytes, "referrers list");
+    for (const d of list) if (d.artifactType === artifactType) found.push(d);
+    if (found.length > MAX_REFERRERS) found.length = MAX_REFERRERS;
+    path = nextPage(page.response.headers.get("link"), path, client.host, subject);
+    if (path !== undefined && seen.has(path)) break; // a loop: what came is the whole list
   }
+  if (api === undefined) return found;
   await api.body?.cancel();
   if (api.status >= 500 || api.status === 401 || api.status === 403) {
     throw statusError(client, api, `listing the referrers of ${subject}`);
@@ -241,6 +269,40 @@ async function fetchTagIndex(
     warn(`the referrers tag ${tag} of ${repository}: ${error.message}; taken as no referrers`);
     return undefined;
   }
+}
+
+/**
+ * The path of the page a referrers reply's Link header names as `rel="next"` (RFC 8288; the
+ * distribution spec's pagination), resolved against `path`; undefined without one. A link to
+ * another host or scheme is refused: the list is the registry's own.
+ */
+export function nextPage(
+  link: string | null,
+  path: string,
+  host: string,
+  subject: string,
+): string | undefined {
+  if (!link) return undefined;
+  for (const part of link.split(",")) {
+    const match = /^\s*<([^>]*)>(.*)$/.exec(part);
+    if (!match || !/;\s*rel\s*=\s*"?next"?\s*(;|$)/i.test(match[2])) continue;
+    const base = new URL(path, `http://${host}`);
+    let next: URL;
+    try {
+      next = new URL(match[1], base);
+    } catch {
+      throw new OciError(`registry ${host}: a malformed next page of the referrers of ${subject}`);
+    }
+    // Only its path and query are used: the next page is asked of this registry whatever the
+    // link says, so a link elsewhere (another host, file:) is no page of this list.
+    if (next.host !== base.host) {
+      throw new OciError(
+        `registry ${host}: the next page of the referrers of ${subject} is on another host`,
+      );
+    }
+    return next.pathname + next.search;
+  }
+  return undefined;
 }
 
 function isIndexType(contentType: string | null): boolean {
