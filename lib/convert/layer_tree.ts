@@ -7,7 +7,7 @@
  * layers below have there: otherwise a 0700 directory would show up 0755 once stacked.
  */
 import { OciError, UserError } from "../errors.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
+import { MARK_IMPLIED, scanTar, takeImplied } from "../erofs/writer/from_tar.ts";
 import { spoolError } from "../erofs/writer/from_tar_spool.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
@@ -15,12 +15,6 @@ import { decompressTar } from "../tar/decompress.ts";
 import { closeFd, O_CREAT, O_EXCL, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
 import type { VerifiedBlob } from "./layer_blob.ts";
-
-/**
- * The mtime scanTar is told to give implied entries, so they can be told apart afterwards
- * (then they get the real build time). No tar header field of a real archive holds it.
- */
-const IMPLIED_MARK_SEC = -(2 ** 52) + 7;
 
 export interface LayerTree {
   root: BuildNode;
@@ -73,7 +67,7 @@ export async function readLayerTree(
     const { stream } = await decompressTar(blob.stream, { maxOutputBytes: options.maxTarBytes });
     const { root, entries } = await scanTar(stream, {
       spoolFd,
-      impliedMtimeSec: IMPLIED_MARK_SEC,
+      impliedMtimeSec: MARK_IMPLIED,
       onSkippedXattr: options.onSkippedXattr,
       onEntries: options.onEntries,
     });
@@ -82,17 +76,7 @@ export async function readLayerTree(
     if (!blob.verified()) {
       throw new OciError(`${what}: the blob was not read to its end, so it is not verified`);
     }
-    const implied = new Set<BuildNode>();
-    // Iterative: a hostile layer can nest directories deeper than the call stack.
-    const pending = [root];
-    while (pending.length > 0) {
-      const node = pending.pop()!;
-      if (node.mtimeSec === IMPLIED_MARK_SEC) {
-        node.mtimeSec = options.impliedMtimeSec;
-        if (node.kind === "dir") implied.add(node);
-      }
-      for (const child of node.children?.values() ?? []) pending.push(child);
-    }
+    const implied = takeImplied(root, options.impliedMtimeSec);
     return { root, entries, implied, close };
   } catch (error) {
     close();

@@ -7,7 +7,7 @@
  */
 import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
+import { type ImpliedMtime, scanTar } from "../erofs/writer/from_tar.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import { ZinfoBuilder } from "./zinfo_builder.ts";
@@ -25,7 +25,7 @@ export interface IndexLayerOptions {
   uuid?: Uint8Array;
   onEntries?: (count: number) => void;
   /** mtime of directories the tar implies without listing them (default buildTimeSec). */
-  impliedMtimeSec?: number;
+  impliedMtimeSec?: ImpliedMtime;
   /**
    * Called with the scanned tree before the meta image is written (e.g. to give implied
    * directories the metadata of the layers below, as a stacked mount shows them).

@@ -9,9 +9,8 @@ import { OciError, UserError } from "../errors.ts";
 import { type BlobStore, openVerifiedBlob } from "../convert/layer_blob.ts";
 import { LowerDirs } from "../convert/lower_dirs.ts";
 import type { StackedLayer } from "../convert/flatten.ts";
-import { scanTar } from "../erofs/writer/from_tar.ts";
+import { MARK_IMPLIED, scanTar, takeImplied } from "../erofs/writer/from_tar.ts";
 import { decompressTar } from "../tar/decompress.ts";
-import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { OpenedImage } from "../oci/opened.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
@@ -71,24 +70,6 @@ function notIndexable(layer: LayerDescriptor): UserError {
   );
 }
 
-/** An mtime no tar header of a real archive holds: marks directories the tar only implies. */
-const IMPLIED_MARK_SEC = -(2 ** 52) + 7;
-
-/** The directories carrying the mark (they get `mtimeSec`); iterative, trees can be deep. */
-function impliedDirs(root: BuildNode, mtimeSec: number): Set<BuildNode> {
-  const implied = new Set<BuildNode>();
-  const pending = [root];
-  while (pending.length > 0) {
-    const node = pending.pop()!;
-    if (node.mtimeSec === IMPLIED_MARK_SEC) {
-      node.mtimeSec = mtimeSec;
-      if (node.kind === "dir") implied.add(node);
-    }
-    for (const child of node.children?.values() ?? []) pending.push(child);
-  }
-  return implied;
-}
-
 /** A layer below `--layer N`, streamed and verified, its tree kept for directories only. */
 async function readLowerDirs(
   store: BlobStore,
@@ -104,11 +85,11 @@ async function readLowerDirs(
   const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
   try {
     const { stream } = await decompressTar(blob.stream);
-    const { root } = await scanTar(stream, { indexOnly: true, impliedMtimeSec: IMPLIED_MARK_SEC });
+    const { root } = await scanTar(stream, { indexOnly: true, impliedMtimeSec: MARK_IMPLIED });
     if (!blob.verified()) {
       throw new OciError(`layer ${layer.digest} failed verification while reading it`);
     }
-    return { root, implied: impliedDirs(root, buildTimeSec), close() {} };
+    return { root, implied: takeImplied(root, buildTimeSec), close() {} };
   } catch (error) {
     await blob.stream.cancel().catch(() => {});
     throw error;
@@ -164,10 +145,10 @@ export async function indexImage(
         {
           spanBytes: options.spanBytes,
           buildTimeSec: options.buildTimeSec,
-          impliedMtimeSec: IMPLIED_MARK_SEC,
+          impliedMtimeSec: MARK_IMPLIED,
           plainTar: tarLayerKind(layer.mediaType) === "tar",
           prepareTree: async (root) => {
-            const stacked = { root, implied: impliedDirs(root, options.buildTimeSec) };
+            const stacked = { root, implied: takeImplied(root, options.buildTimeSec) };
             if (alone !== undefined && tarBelow(alone)) {
               await lower.completeFromBelow(
                 stacked,

@@ -4,6 +4,7 @@
  * Shared by `index FILE` and `index IMAGE`; `mount --index DIR` finds them by layer digest.
  */
 import { indexGzipLayer, type LayerIndex } from "../gzip/index_layer.ts";
+import type { ImpliedMtime } from "../erofs/writer/from_tar.ts";
 import { writeFileIn } from "../../ffi/new_file_in_dir.ts";
 import { indexPlainTarLayer } from "../gzip/index_plain_tar.ts";
 import {
@@ -26,7 +27,7 @@ export interface LayerIndexOptions {
   spanBytes: number;
   buildTimeSec: number;
   onEntries?: (count: number) => void;
-  impliedMtimeSec?: number;
+  impliedMtimeSec?: ImpliedMtime;
   prepareTree?: (root: BuildNode) => void | Promise<void>;
   /** The layer is an uncompressed tar: meta + pieces, no zinfo (the blob is the tar). */
   plainTar?: boolean;

@@ -26,11 +26,43 @@ import { type SkippedXattr, skippedXattrWarner } from "./xattrs.ts";
 import { checkMemberFields, setMemberAttributes } from "./from_tar_member.ts";
 import { TarSpool } from "./from_tar_spool.ts";
 
+/**
+ * impliedMtimeSec's value that marks what a tar only implies (parent directories it does not
+ * list, whiteout devices) for takeImplied to find in the tree: the caller learns which
+ * directories of a layer are its own and which stand for the layers below.
+ */
+export const MARK_IMPLIED = "mark";
+export type ImpliedMtime = number | typeof MARK_IMPLIED;
+/** The mark: a nanoseconds value no member can have (a tar's fraction has nine digits). */
+const IMPLIED_NSEC_MARK = 1_000_000_000;
+
+/**
+ * The nodes of `root`'s tree scanTar marked (MARK_IMPLIED) get `mtimeSec`; returns the
+ * directories among them. Iterative: a hostile layer can nest deeper than the call stack.
+ */
+export function takeImplied(root: BuildNode, mtimeSec: number): Set<BuildNode> {
+  const implied = new Set<BuildNode>();
+  const pending = [root];
+  while (pending.length > 0) {
+    const node = pending.pop()!;
+    if (node.mtimeNsec === IMPLIED_NSEC_MARK) {
+      node.mtimeSec = mtimeSec;
+      node.mtimeNsec = 0;
+      if (node.kind === "dir") implied.add(node);
+    }
+    for (const child of node.children?.values() ?? []) pending.push(child);
+  }
+  return implied;
+}
+
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
   literalWhiteouts?: boolean;
-  /** mtime of directories the tar implies but does not list (default 0). */
-  impliedMtimeSec?: number;
+  /**
+   * mtime of directories the tar implies but does not list, and of whiteout devices (default
+   * 0); MARK_IMPLIED: marked for takeImplied, which gives them their time afterwards.
+   */
+  impliedMtimeSec?: ImpliedMtime;
   /**
    * An fd of the same uncompressed tar on disk: file data is referenced there, not copied.
    * Sparse members are still spooled.
@@ -73,14 +105,20 @@ export async function scanTar(
   stream: ReadableStream<Uint8Array>,
   options: TarScanOptions = {},
 ): Promise<TarScanResult> {
-  const impliedMtimeSec = options.impliedMtimeSec ?? 0;
+  const marking = options.impliedMtimeSec === MARK_IMPLIED;
+  const impliedMtimeSec = marking ? 0 : options.impliedMtimeSec as number | undefined ?? 0;
   const table = new NodeTable();
   table.indexNames();
+  /** Gives an inode the time of what the tar implies (or the mark). */
+  const impliedTime = (inode: number) => {
+    table.mtimeSec.set(inode, impliedMtimeSec);
+    if (marking) table.mtimeNsec.set(inode, IMPLIED_NSEC_MARK);
+  };
   /** Directories made for a path's parents, until a member of their own lands on them. */
   const impliedDirs = new Set<number>();
   const newImpliedDir = (): number => {
     const d = table.addInode(KIND_DIR, 0o755);
-    table.mtimeSec.set(d, impliedMtimeSec);
+    impliedTime(d);
     impliedDirs.add(d);
     return d;
   };
@@ -278,11 +316,12 @@ export async function scanTar(
       const node = lookupPath(path);
       if (!impliedDirs.delete(node)) continue;
       table.mtimeSec.set(node, whiteoutMtimes.get(path) ?? 0);
+      table.mtimeNsec.set(node, 0);
     }
     for (const path of devices) {
       const [dir, name] = parentOf(path);
       const device = table.addInode("chardev", 0);
-      table.mtimeSec.set(device, impliedMtimeSec);
+      impliedTime(device);
       setChild(dir, name, device);
     }
     for (const path of opaqueDirs) {
