@@ -126,6 +126,22 @@ Deno.test("tar index tree: inline xattr bodies overlapping one another are refus
   );
 });
 
+/** craftMeta with `area` as the shared xattr area, at block `xattrBlock` after the inodes. */
+function craftWithSharedXattrs(
+  files: { nid: number; name: string }[],
+  inodes: CraftedInode[],
+  area: Uint8Array,
+  xattrBlock: number,
+): Uint8Array {
+  return craftMeta(
+    files,
+    inodes,
+    [{ offset: xattrBlock * BLOCK_BYTES, bytes: area }],
+    (xattrBlock - META_BLOCK) * BLOCK_BYTES + area.length,
+    xattrBlock,
+  );
+}
+
 Deno.test("tar index tree: a shared xattr named by many inodes is held once, not copied per inode", () => {
   const count = 2048;
   const valueBytes = 60_000;
@@ -144,13 +160,7 @@ Deno.test("tar index tree: a shared xattr named by many inodes is held once, not
     inodes.push({ nid: 1 + 2 * k, bytes }); // 48 bytes: two slots each
   }
   const files = Array.from({ length: count }, (_, k) => ({ nid: 1 + 2 * k, name: `f${k}` }));
-  const meta = craftMeta(
-    files,
-    inodes,
-    [{ offset: xattrBlock * BLOCK_BYTES, bytes: shared }],
-    (xattrBlock - META_BLOCK) * BLOCK_BYTES + shared.length,
-    xattrBlock,
-  );
+  const meta = craftWithSharedXattrs(files, inodes, shared, xattrBlock);
   const tree = readTarIndexTree(meta);
   const values = new Set(
     [...tree.root.children!.values()].map((node) => node.xattrs?.get("user.a")),
@@ -181,13 +191,7 @@ Deno.test("tar index tree: distinct shared xattr ids whose entries overlap are r
     inodes.push({ nid: 1 + k * slots, bytes });
   }
   const files = Array.from({ length: count }, (_, k) => ({ nid: 1 + k * slots, name: `f${k}` }));
-  const meta = craftMeta(
-    files,
-    inodes,
-    [{ offset: xattrBlock * BLOCK_BYTES, bytes: area }],
-    (xattrBlock - META_BLOCK) * BLOCK_BYTES + area.length,
-    xattrBlock,
-  );
+  const meta = craftWithSharedXattrs(files, inodes, area, xattrBlock);
   assert.ok(meta.length < 200_000, `${meta.length}-byte image`);
   assert.throws(
     () => readTarIndexTree(meta),
