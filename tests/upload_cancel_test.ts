@@ -171,3 +171,25 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "upload: a closing PUT whose reply was lost, sent again, finds the blob committed: pushed",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    // The registry commits the blob at the first PUT; its reply never comes back, and the PUT
+    // sent again finds the session gone (404).
+    await using proxy = await startFaultProxy(registry.host, [
+      { match: isUploadPut, fault: { kind: "lose-reply" }, times: 1 },
+    ]);
+    const layer = await loadFixture("layer2.erofs");
+    const pushed = await runCli(
+      ["push", `${proxy.host}/lost/reply:v1`, layer.path, "--plain-http"],
+      { env: { EROFS_OCI_REGISTRY_STALL_S: "1" }, timeoutMs: 120_000 },
+    );
+    assert.equal(pushed.code, 0, describe(pushed));
+    const puts = proxy.requests.filter(isUploadPut);
+    assert.deepEqual(puts.slice(0, 2).map((r) => r.status), [0, 404], describe(pushed));
+    assert.deepEqual(openUploads(registry, "lost/reply"), [], "no upload session left");
+  },
+});

@@ -11,6 +11,7 @@ export const CANCEL_UPLOAD_MS = 2_000;
 /** An upload session under way: where its next bytes go. */
 interface UploadSession {
   client: RegistryClient;
+  repository: string;
   location: string;
   scope: string;
 }
@@ -99,6 +100,22 @@ export async function blobExists(
   throw statusError(client, response, `checking blob ${digest}`);
 }
 
+/**
+ * Whether the blob a closing PUT failed for is in the repository after all (an earlier send of
+ * that PUT committed it); false when even that cannot be asked (the PUT's own error stands).
+ */
+async function committedMeanwhile(
+  session: UploadSession,
+  digest: string,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  try {
+    return await blobExists(session.client, session.repository, digest, signal);
+  } catch {
+    return false;
+  }
+}
+
 /** The OciError for an unexpected status during `action`. */
 export function statusError(client: RegistryClient, response: Response, action: string): OciError {
   const error = new OciError(`registry ${client.host} answered ${response.status} ${action}`);
@@ -168,6 +185,7 @@ export async function uploadBlob(
   }
   const session: UploadSession = {
     client,
+    repository,
     location: await uploadLocation(client, start, `for ${label}`),
     scope,
   };
@@ -234,15 +252,30 @@ async function sendBlob(
   }
   const url = new URL(session.location);
   url.searchParams.set("digest", blob.digest);
-  const put = await client.request({
-    method: "PUT",
-    path: url.href,
-    scope,
-    signal,
-    body: finalBody,
-    headers: { "content-type": "application/octet-stream" },
-  });
+  let put: Response;
+  try {
+    put = await client.request({
+      method: "PUT",
+      path: url.href,
+      scope,
+      signal,
+      body: finalBody,
+      headers: { "content-type": "application/octet-stream" },
+      commitBytes: blob.sizeBytes,
+    });
+  } catch (error) {
+    // A PUT sent again after its reply was lost finds the session gone; so may this one.
+    if (!signal?.aborted && await committedMeanwhile(session, blob.digest, signal)) {
+      return progress(blob.sizeBytes);
+    }
+    throw error;
+  }
   await put.body?.cancel();
+  if (put.status === 404 && await committedMeanwhile(session, blob.digest, signal)) {
+    // The PUT was sent again (a reply that did not come in time, a broken connection) after the
+    // registry had committed the blob at the first: the session is gone, the blob is there.
+    return progress(blob.sizeBytes);
+  }
   if (put.status !== 201) {
     if (put.status === 400) {
       throw new OciError(`registry ${client.host} refused ${label}: digest or size mismatch (400)`);

@@ -112,6 +112,11 @@ export interface RegistryRequest {
    * chunk tables, configs: replies read whole) it bounds the body too, renewed per MiB.
    */
   streamedBody?: boolean;
+  /**
+   * Bytes the registry works through before it can answer (an upload's closing PUT commits the
+   * whole blob: on object storage a copy of it): time for them is added to the stall rule's.
+   */
+  commitBytes?: number;
 }
 
 /** Default time budget of one operation. */
@@ -127,12 +132,23 @@ const BLOB_LOCATION_TTL_MS = 60_000;
  * minutes) before the registry's silence after it counts as a stall.
  */
 const MIN_SEND_BYTES_PER_S = 8 * 1024;
+/** The slowest commit of an uploaded blob allowed for (1 MiB/s: a GiB, 17 minutes). */
+const MIN_COMMIT_BYTES_PER_S = 1 << 20;
 
-/** Time to send `body` at MIN_SEND_BYTES_PER_S (0 without one). */
-function sendAllowanceMs(body: RegistryRequest["body"]): number {
-  if (body === undefined) return 0;
-  const bytes = typeof body === "string" ? body.length * 3 : body.byteLength;
-  return Math.ceil(bytes / MIN_SEND_BYTES_PER_S * 1000);
+/**
+ * Time to send `req`'s body at MIN_SEND_BYTES_PER_S and for the registry to commit its
+ * `commitBytes` at MIN_COMMIT_BYTES_PER_S (0 for neither): no reply can come before.
+ */
+function sendAllowanceMs(req: RegistryRequest): number {
+  const body = req.body;
+  const bytes = body === undefined
+    ? 0
+    : typeof body === "string"
+    ? body.length * 3
+    : body.byteLength;
+  return Math.ceil(
+    (bytes / MIN_SEND_BYTES_PER_S + (req.commitBytes ?? 0) / MIN_COMMIT_BYTES_PER_S) * 1000,
+  );
 }
 
 /**
@@ -396,7 +412,7 @@ export class RegistryClient {
       // then says nothing, or stops in the middle of a body, is asked again, then given up. A
       // request with a body (an upload's chunk, a manifest) gets the time to send it at the
       // slowest rate allowed on top: no reply can come before it is sent.
-      const sendMs = sendAllowanceMs(outer.body);
+      const sendMs = sendAllowanceMs(outer);
       const silenceMs = stallMs() + sendMs;
       const watch = outer.stall ? undefined : new StallWatch(outer.signal, silenceMs);
       // And the operation's deadline: a registry dripping a reply passes the stall rule.

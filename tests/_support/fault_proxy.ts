@@ -27,6 +27,8 @@ export type Fault =
   | { kind: "location"; status: number; location: string }
   /** Wait this long before forwarding. */
   | { kind: "delay"; ms: number }
+  /** Forward, then never answer: the registry did the request, the client hears nothing. */
+  | { kind: "lose-reply" }
   /** Forward with this Accept header (a registry that answers whatever the tag holds). */
   | { kind: "accept"; value: string }
   /**
@@ -209,6 +211,10 @@ export function startFaultProxy(
       redirect: "manual",
       signal: aborts.signal,
     });
+    if (fault?.kind === "lose-reply") {
+      await upstream.body?.cancel();
+      await sleep(10 * 60_000, aborts.signal);
+    }
     const responseHeaders = new Headers(upstream.headers);
     for (const name of HOP_BY_HOP) responseHeaders.delete(name);
     const location = responseHeaders.get("location");
