@@ -45,6 +45,8 @@ export class LayoutDestination implements ImageDestination {
    * swapped it for a symlink meanwhile and had an interrupted convert delete a tree of root's.
    */
   readonly #dirFd: number;
+  /** blobs/, and blobs/sha256 in it: each made and opened in the one above, never by a path. */
+  readonly #blobsParentFd: number;
   readonly #blobsFd: number;
   readonly #parent?: { fd: number; name: string };
   /** Blob files this run wrote (removed by abandon in a layout it made). */
@@ -75,13 +77,17 @@ export class LayoutDestination implements ImageDestination {
       }
       this.#dirFd = openDirTrusted(this.#layout.path);
       fds.push(this.#dirFd);
-      for (const sub of ["blobs", "blobs/sha256"]) {
-        const made = libc().mkdirat(this.#dirFd, cstr(sub), 0o755);
-        if (made < 0 && errno() !== Errno.EEXIST) {
-          throw new SysError("mkdir", errno(), `${this.#layout.path}/${sub}`);
-        }
-      }
-      this.#blobsFd = openDirTrusted("blobs/sha256", this.#dirFd);
+      // One level at a time: mkdirat of "blobs/sha256" follows a `blobs` symlink (a user's, in
+      // a layout they own) and makes root's directory wherever it points, before any check.
+      const subdir = (parentFd: number, name: string, path: string): number => {
+        const made = libc().mkdirat(parentFd, cstr(name), 0o755);
+        if (made < 0 && errno() !== Errno.EEXIST) throw new SysError("mkdir", errno(), path);
+        const fd = openDirTrusted(name, parentFd);
+        fds.push(fd);
+        return fd;
+      };
+      this.#blobsParentFd = subdir(this.#dirFd, "blobs", `${this.#layout.path}/blobs`);
+      this.#blobsFd = subdir(this.#blobsParentFd, "sha256", `${this.#layout.path}/blobs/sha256`);
       if (!pathThere(`${this.#layout.path}/oci-layout`)) {
         this.#writeAtomically("oci-layout", new TextEncoder().encode(LAYOUT_VERSION));
       }
@@ -100,7 +106,7 @@ export class LayoutDestination implements ImageDestination {
     if (!this.#parent || pathThere(`${this.#layout.path}/index.json`)) return;
     for (const name of this.#written) unlinkIn(this.#blobsFd, name);
     unlinkIn(this.#dirFd, "oci-layout");
-    unlinkIn(this.#dirFd, "blobs/sha256", true);
+    unlinkIn(this.#blobsParentFd, "sha256", true);
     unlinkIn(this.#dirFd, "blobs", true);
     // Empty now unless something else wrote there: then it stays.
     unlinkIn(this.#parent.fd, this.#parent.name, true);

@@ -25,3 +25,29 @@ Deno.test("layout destination: an abandoned new layout is removed where it was m
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "layout destination: a user's `blobs` symlink is refused before anything is made where it points",
+  ignore: Deno.uid() !== 0,
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-layout-blobs-link-" });
+    try {
+      // A layout directory of nobody's, whose blobs is a symlink to another directory.
+      await Deno.mkdir(`${work}/layout`);
+      await Deno.mkdir(`${work}/victim`);
+      await Deno.symlink(`${work}/victim`, `${work}/layout/blobs`);
+      const chowned = new Deno.Command("chown", {
+        args: ["-h", "65534:65534", `${work}/layout`, `${work}/layout/blobs`],
+      }).outputSync();
+      assert.equal(chowned.code, 0, new TextDecoder().decode(chowned.stderr));
+      assert.throws(
+        () => new LayoutDestination({ layoutPath: `${work}/layout`, tag: "v1" }),
+        /blobs is a symlink of uid 65534/,
+      );
+      assert.deepEqual([...Deno.readDirSync(`${work}/victim`)], [], "nothing made through it");
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
