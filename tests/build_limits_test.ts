@@ -305,6 +305,43 @@ Deno.test("build: xattrs past what one EROFS inode holds are refused naming the 
 });
 
 Deno.test({
+  name:
+    "build: more than 255 xattrs shared by files: the rest are stored with each file (refused before)",
+  ignore: requires(root(), command("python3")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-xattr-shared-" });
+    try {
+      // The same 300 pairs on two files: every pair is worth sharing, and an inode's header
+      // counts its shared ids in one byte.
+      const pax = Array.from({ length: 300 }, (_, i): [string, string] => [
+        `SCHILY.xattr.user.x${i}`,
+        `value ${i}`,
+      ]);
+      Deno.writeFileSync(
+        `${work}/layer.tar`,
+        encodeTar([
+          { name: "f", data: new Uint8Array(1), pax },
+          { name: "g", data: new Uint8Array(1), pax },
+        ]),
+      );
+      const out = `${work}/out.erofs`;
+      assertSuccess(await runCli(["build", `${work}/layer.tar`, "-o", out]));
+      const dump = "import os,sys; print(sorted((n, os.getxattr(sys.argv[1], n)) for n in " +
+        "os.listxattr(sys.argv[1])) == sorted(('user.x%d' % i, b'value %d' % i) for i in range(300)))";
+      await withMountedImage(out, async (dir) => {
+        for (const name of ["f", "g"]) {
+          const got = await new Deno.Command("python3", { args: ["-c", dump, `${dir}/${name}`] })
+            .output();
+          assert.equal(new TextDecoder().decode(got.stdout).trim(), "True", name);
+        }
+      });
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "build: a tar member's xattr EROFS cannot hold is refused naming the member",
   ignore: requires(root(), command("python3")),
   async fn() {

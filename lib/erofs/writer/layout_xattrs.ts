@@ -4,7 +4,7 @@
  * stored in the body itself (xattrs.ts encodes both).
  */
 import { FormatError } from "../../errors.ts";
-import { encodeXattrBody, encodeXattrEntry, xattrKey } from "./xattrs.ts";
+import { encodeXattrBody, encodeXattrEntry, MAX_SHARED_PER_INODE, xattrKey } from "./xattrs.ts";
 import type { NodeTable } from "./node_table.ts";
 import { alignUp } from "./small_int.ts";
 
@@ -76,7 +76,8 @@ export function xattrBodyOf(
   const inline: [string, Uint8Array][] = [];
   const sorted = [...xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   for (const [name, value] of sorted) {
-    const id = sharedIds.get(xattrKey(name, value));
+    // The header counts shared ids in one byte: past 255 the pairs are the inode's own.
+    const id = ids.length < MAX_SHARED_PER_INODE ? sharedIds.get(xattrKey(name, value)) : undefined;
     if (id !== undefined) ids.push(id);
     else inline.push([name, value]);
   }

@@ -10,7 +10,7 @@ import { XATTR_IBODY_HEADER_BYTES } from "../inode_layout.ts";
 import { aclProblem, isAclXattr } from "../../tar/acl.ts";
 
 export { XATTR_IBODY_HEADER_BYTES };
-const MAX_SHARED_PER_INODE = 255;
+export const MAX_SHARED_PER_INODE = 255;
 /** i_xattr_icount is 16 bits (erofs_fs.h): the most 4-byte units an inode's xattr body spans. */
 const MAX_XATTR_COUNT = 0xffff;
 const MAX_VALUE_BYTES = 65535;
