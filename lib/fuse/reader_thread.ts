@@ -92,8 +92,10 @@ class FuseReaderThread {
   }
 
   #send(command: FuseReaderCommand): void {
-    this.#worker.postMessage(command);
+    // Counted before it is posted: a thread that applied it before the count would take it
+    // for a command still to come and wait in its event loop instead of polling.
     Atomics.add(this.#posted, 0, 1);
+    this.#worker.postMessage(command);
     this.#wake();
   }
 

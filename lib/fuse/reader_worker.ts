@@ -14,7 +14,7 @@
  * 16 KiB layer 419 times took a mount server to 2.7 GB and 7,000 descriptors).
  *
  * Connections come and go while the thread sits in poll(), which no message interrupts: the
- * main thread posts its command, counts it in shared memory (`posted`) and writes a byte to the
+ * main thread counts its command in shared memory (`posted`), posts it and writes a byte to the
  * control pipe. The thread, woken, returns to its event loop while commands it has not applied
  * are counted, applies them as they arrive, and polls again once it has applied all counted.
  */
@@ -43,7 +43,7 @@ export interface FuseDirectReadArg extends DirectReadArg {
 export interface FuseReaderStart {
   /** Read end of the control pipe (non-blocking); its EOF ends the thread. */
   controlFd: number;
-  /** One Int32: commands posted so far (the main thread adds 1 after each postMessage). */
+  /** One Int32: commands posted so far (the main thread adds 1 before each postMessage). */
   posted: SharedArrayBuffer;
   /** read() buffer: the kernel refuses buffers smaller than max_write + headers. */
   bufferBytes: number;
