@@ -8,6 +8,8 @@ import { createHash } from "node:crypto";
 import { command, requires } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
+import { writeOciLayout } from "./_support/oci_layout_writer.ts";
+import { encodeTar } from "./_support/tar_encode.ts";
 
 const ignore = requires(command("umoci"));
 
@@ -117,4 +119,54 @@ Deno.test("convert and build: a negative --timestamp or SOURCE_DATE_EPOCH is ref
     2,
     /SOURCE_DATE_EPOCH wants whole seconds since 1970/,
   );
+});
+
+Deno.test("convert: a layer is reused only over the same layers below (its implied directories and whiteouts depend on them)", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-lower-" });
+  try {
+    const tar = "application/vnd.oci.image.layer.v1.tar";
+    // One upper layer (etc/ only implied, a whiteout of x/foo) over two different bases.
+    const upper = encodeTar([
+      { name: "etc/new", data: new TextEncoder().encode("new\n") },
+      { name: "x/.wh.foo", data: new Uint8Array(0) },
+    ]);
+    const baseA = encodeTar([{ name: "etc/", type: "5", mode: 0o700 }]);
+    const baseB = encodeTar([
+      { name: "etc/", type: "5", mode: 0o755 },
+      { name: "x/", type: "5" },
+      { name: "x/foo", data: new TextEncoder().encode("foo\n") },
+    ]);
+    await writeOciLayout(`${work}/a`, [{ bytes: baseA, mediaType: tar }, {
+      bytes: upper,
+      mediaType: tar,
+    }]);
+    await writeOciLayout(`${work}/b`, [{ bytes: baseB, mediaType: tar }, {
+      bytes: upper,
+      mediaType: tar,
+    }]);
+    const dst = `oci:${work}/dst:t`;
+    assertSuccess(await runCli(["convert", `oci:${work}/a:v1`, dst, "--timestamp", "0"]));
+    const layersOf = async (): Promise<string[]> => {
+      const inspected = await runCli(["inspect", dst, "--json"]);
+      assertSuccess(inspected);
+      return JSON.parse(inspected.stdout).layers.map((l: { digest: string }) => l.digest);
+    };
+    const [, upperOverA] = await layersOf();
+    const b = await runCli(["convert", `oci:${work}/b:v1`, dst, "--timestamp", "0"]);
+    assertSuccess(b);
+    assert.match(b.stderr, /2 EROFS layer\(s\), 2 converted/, b.stderr);
+    const [, upperOverB] = await layersOf();
+    assert.notEqual(upperOverB, upperOverA, "the upper layer made again over B's base");
+    // In one image: the same layer again higher up is not the lower one's conversion either.
+    await writeOciLayout(`${work}/c`, [
+      { bytes: baseB, mediaType: tar },
+      { bytes: upper, mediaType: tar },
+      { bytes: baseB, mediaType: tar },
+    ]);
+    const c = await runCli(["convert", "--no-reuse", `oci:${work}/c:v1`, `oci:${work}/dst-c:t`]);
+    assertSuccess(c);
+    assert.match(c.stderr, /3 EROFS layer\(s\), 3 converted/, c.stderr);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
 });

@@ -31,6 +31,13 @@ import { reusedTable } from "./reused_table.ts";
 
 /** Annotation on each EROFS layer: the source layer digest(s) it was made from, comma-separated. */
 export const SOURCE_LAYERS_ANNOTATION = "io.github.erofs-oci.source.layers";
+/**
+ * Annotation on each EROFS layer converted over layers below it: the digest of their source
+ * digests (comma-separated, bottom first). A layer's conversion depends on them (directories it
+ * only implies take theirs, a whiteout with nothing below is dropped): a layer is reused only
+ * over the same layers below.
+ */
+export const SOURCE_LOWER_ANNOTATION = "io.github.erofs-oci.source.lower";
 /** Annotation on each manifest: the source manifest it was converted from. */
 export const SOURCE_MANIFEST_ANNOTATION = "io.github.erofs-oci.source.manifest";
 
@@ -64,6 +71,8 @@ export interface ConvertOptions {
 export interface ConvertedLayer {
   /** Source layer digests (one unless flattened). */
   sources: string[];
+  /** The digest of the source digests below (SOURCE_LOWER_ANNOTATION); none for the first. */
+  lower?: string;
   digest: string;
   sizeBytes: number;
   reused: boolean;
@@ -92,7 +101,9 @@ export async function convertImage(
   if (options.reuse ?? true) {
     for (const layer of await destination.previousLayers()) {
       const from = layer.annotations?.[SOURCE_LAYERS_ANNOTATION];
-      if (from && layer.mediaType === EROFS_LAYER) known.set(from, layer);
+      if (from && layer.mediaType === EROFS_LAYER) {
+        known.set(reuseKey(from.split(","), layer.annotations?.[SOURCE_LOWER_ANNOTATION]), layer);
+      }
     }
   }
   const images: ResolvedImage[] = [];
@@ -138,6 +149,7 @@ export async function convertImage(
         size: l.sizeBytes,
         annotations: {
           [SOURCE_LAYERS_ANNOTATION]: l.sources.join(","),
+          ...(l.lower ? { [SOURCE_LOWER_ANNOTATION]: l.lower } : {}),
           ...(l.table ? tableAnnotations(l.table) : {}),
         },
       })),
@@ -172,12 +184,17 @@ export async function convertImage(
   return result;
 }
 
+/** What a converted layer is reused by: its source digests, and those below (their digest). */
+function reuseKey(sources: string[], lower: string | undefined): string {
+  return lower ? `${sources.join(",")}@${lower}` : sources.join(",");
+}
+
 class LayerConverter {
   readonly #source: SourceImage;
   readonly #destination: ImageDestination;
   readonly #options: ConvertOptions;
   readonly #progress: ConvertProgress;
-  /** Source digest(s) → EROFS layer, from the destination's tag and from this run. */
+  /** Source digest(s) and those below (reuseKey) → EROFS layer, from the tag and this run. */
   readonly #known: Map<string, Descriptor>;
   /**
    * Table digest → the table built or read back and checked in this run: a layer reused later
@@ -204,7 +221,11 @@ class LayerConverter {
     const lower = new LowerDirs();
     const labelOf = (index: number) => `layer ${index + 1}/${image.layers.length}`;
     for (const [i, layer] of image.layers.entries()) {
-      const reused = await this.#reuse([layer.digest], labelOf(i));
+      const below = image.layers.slice(0, i).map((l) => l.digest);
+      const belowDigest = below.length > 0
+        ? digestOf(new TextEncoder().encode(below.join(",")))
+        : undefined;
+      const reused = await this.#reuse([layer.digest], belowDigest, labelOf(i));
       if (reused) {
         out.push(reused);
         continue;
@@ -217,7 +238,9 @@ class LayerConverter {
           i,
           (n) => this.#read(image.layers[n], `${labelOf(n)} (directories)`, buildTimeSec),
         );
-        out.push(await this.#build(tree.root, [layer.digest], labelOf(i), buildTimeSec));
+        out.push(
+          await this.#build(tree.root, [layer.digest], belowDigest, labelOf(i), buildTimeSec),
+        );
         if (lower.layers === i) lower.apply(tree);
       } finally {
         tree.close();
@@ -229,7 +252,7 @@ class LayerConverter {
   async flattened(image: ResolvedImage, buildTimeSec: number): Promise<ConvertedLayer> {
     const sources = image.layers.map((l) => l.digest);
     const label = `${image.layers.length} layers flattened`;
-    const reused = await this.#reuse(sources, label);
+    const reused = await this.#reuse(sources, undefined, label);
     if (reused) return reused;
     const trees: LayerTree[] = [];
     try {
@@ -239,18 +262,29 @@ class LayerConverter {
         );
       }
       const root = flattenTrees(trees);
-      return await this.#build(root, sources, label, buildTimeSec);
+      return await this.#build(root, sources, undefined, label, buildTimeSec);
     } finally {
       for (const tree of trees) tree.close();
     }
   }
 
-  async #reuse(sources: string[], label: string): Promise<ConvertedLayer | undefined> {
-    const known = this.#known.get(sources.join(","));
+  async #reuse(
+    sources: string[],
+    lower: string | undefined,
+    label: string,
+  ): Promise<ConvertedLayer | undefined> {
+    const known = this.#known.get(reuseKey(sources, lower));
     if (!known || !(await this.#destination.hasBlob(known.digest))) return undefined;
     this.#progress.note(`${label}: already converted as ${known.digest.slice(0, 19)}…, reused`);
     const table = await this.#reusedTable(known, label);
-    return { sources, digest: known.digest, sizeBytes: known.size, reused: true, table };
+    return {
+      sources,
+      ...(lower ? { lower } : {}),
+      digest: known.digest,
+      sizeBytes: known.size,
+      reused: true,
+      table,
+    };
   }
 
   async #reusedTable(layer: Descriptor, label: string): Promise<TableRef | undefined> {
@@ -293,6 +327,7 @@ class LayerConverter {
   async #build(
     root: Parameters<typeof writeLayerImage>[0],
     sources: string[],
+    lower: string | undefined,
     label: string,
     buildTimeSec: number,
   ): Promise<ConvertedLayer> {
@@ -300,6 +335,8 @@ class LayerConverter {
     try {
       const built = await writeLayerImage(root, path, {
         buildTimeSec,
+        // The same for one source over other layers below: a layer converted over each of two
+        // bases is one image when the bases give it the same directories.
         uuid: uuidFromSeed(sources.join(",")),
         onProgress: (done, total) => this.#progress.update(`${label}: writing`, done, total),
       });
@@ -327,7 +364,7 @@ class LayerConverter {
         });
       }
       this.#progress.finish();
-      this.#known.set(sources.join(","), {
+      this.#known.set(reuseKey(sources, lower), {
         mediaType: EROFS_LAYER,
         digest: built.digest,
         size: built.sizeBytes,
@@ -337,6 +374,7 @@ class LayerConverter {
       this.#tables.set(ref.digest, ref);
       return {
         sources,
+        ...(lower ? { lower } : {}),
         digest: built.digest,
         sizeBytes: built.sizeBytes,
         reused: false,
