@@ -133,6 +133,20 @@ Deno.test({
         /--upper .*\/up is in use by the overlay mounted at .*\/mnt$/m,
       );
       assertCliError(await mount("mnt2", "up2", `${base}/wk`), 1, /--work .*\/wk is in use/);
+      // The other's work dir as our upper, its upper as our work, or one inside either: the
+      // kernel only warns, and a work dir's clean-up empties what the other keeps there.
+      await Deno.mkdir(`${base}/up/inner`);
+      assertCliError(await mount("mnt2", "wk", "wk2"), 1, /--upper .*\/wk is in use .*\/mnt$/m);
+      assertCliError(await mount("mnt2", "up2", "up"), 1, /--work .*\/up is in use .*\/mnt$/m);
+      assertCliError(await mount("mnt2", "up/inner", "wk2"), 1, /--upper .*\/inner is in use/);
+      assertCliError(await mount("mnt2", "up2", base), 1, /--work .* is in use .*\/mnt$/m);
+      // A '\' is overlayfs's escape: the kernel would use another directory than the one checked.
+      await Deno.mkdir(`${base}/wk\\`);
+      assertCliError(
+        await mount("mnt2", "up2", "wk\\"),
+        1,
+        /--work .*\/wk\\: overlayfs cannot be given a path containing ',', ':' or '\\'/,
+      );
       assert.deepEqual(
         readMountInfo().filter((m) => m.mountPoint === second),
         [],

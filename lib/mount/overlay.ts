@@ -121,14 +121,20 @@ function hasOpaqueRoot(dir: string): boolean {
   return n === 1 && value[0] === 0x79; // "y"
 }
 
+/** What overlayfs's option parser treats specially in a path: ',' ':' and the escape '\\'. */
+export const OVERLAY_SPECIAL = /[,:\\]/;
+
 export async function mountOverlay(
   target: string,
   lowerDirsTopFirst: string[],
   options: OverlayOptions = {},
 ): Promise<void> {
   for (const dir of [...lowerDirsTopFirst, options.upper ?? "", options.work ?? ""]) {
-    // overlayfs options are separated by "," and lowerdir entries by ":"; no escaping exists.
-    if (/[,:]/.test(dir)) throw new MountError(`cannot use a path containing ',' or ':': ${dir}`);
+    // overlayfs options are separated by "," and lowerdir entries by ":", and '\' escapes the
+    // next character: a path with any of them names another directory than the one given.
+    if (OVERLAY_SPECIAL.test(dir)) {
+      throw new MountError(`cannot use a path containing ',', ':' or '\\': ${dir}`);
+    }
   }
   const writable = options.upper !== undefined && options.work !== undefined;
   if (lowerDirsTopFirst.length < (writable ? 1 : 2)) {

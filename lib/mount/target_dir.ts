@@ -19,6 +19,7 @@ import {
 } from "../../ffi/path_resolve.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
+import { OVERLAY_SPECIAL } from "./overlay.ts";
 
 /**
  * `--upper`/`--work` of a writable mount: existing directories on one file system (overlayfs
@@ -56,6 +57,17 @@ export function checkOverlayDirs(
   // Absolute and symlink-free: the kernel shows them as given (in /proc/mounts), and resolves
   // them again at mount(2), seconds later: no other user may be able to change what they lead to.
   const real = { upper: unswappablePath("--upper", upper), work: unswappablePath("--work", work) };
+  for (const [option, dir] of [["--upper", real.upper], ["--work", real.work]]) {
+    // The kernel splits its options at ',' (and lowerdir at ':') and takes '\' as an escape:
+    // such a path would name another directory than the one checked here (and could swallow
+    // the options after it, redirect_dir=nofollow among them).
+    if (OVERLAY_SPECIAL.test(dir)) {
+      throw new MountError(
+        `${option} ${dir}: overlayfs cannot be given a path containing ',', ':' or '\\'`,
+        "choose a directory whose path has none of them",
+      );
+    }
+  }
   // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
   // behavior"), and both mounts' changes would corrupt each other. Compared as directories
   // (device and inode): the other may name it through a symlink.
@@ -67,16 +79,34 @@ export function checkOverlayDirs(
       return undefined; // gone, or not reachable from here
     }
   };
+  // Either of ours as either of theirs, or one inside the other: a work directory's clean-up at
+  // mount(2) empties its work/ and index/, whatever another mount keeps there.
+  const ancestry = (path: string) => {
+    const inodes: string[] = [];
+    for (let at = path; at !== ""; at = at.slice(0, at.lastIndexOf("/"))) {
+      const inode = inodeOf(at);
+      if (inode !== undefined) inodes.push(inode);
+    }
+    return inodes;
+  };
+  const oursWithin = ours.map((dir) => ({
+    ...dir,
+    path: dir.option === "--upper" ? real.upper : real.work,
+  })).map((dir) => ({ ...dir, above: new Set(ancestry(dir.path)) }));
   for (const mount of readMountInfo()) {
     if (mount.fsType !== "overlay") continue;
-    for (const { option, key, inode } of ours) {
+    for (const key of ["upperdir", "workdir"]) {
       const theirs = overlayOption(mount.superOptions, key);
-      if (theirs !== undefined && inodeOf(theirs) === inode) {
-        const dir = option === "--upper" ? real.upper : real.work;
-        throw new MountError(
-          `${option} ${dir} is in use by the overlay mounted at ${mount.mountPoint}`,
-          "give each mount an --upper and --work of its own",
-        );
+      if (theirs === undefined) continue;
+      const theirInode = inodeOf(theirs);
+      const theirAbove = new Set(ancestry(theirs));
+      for (const { option, inode, path, above } of oursWithin) {
+        if ((theirInode !== undefined && above.has(theirInode)) || theirAbove.has(inode)) {
+          throw new MountError(
+            `${option} ${path} is in use by the overlay mounted at ${mount.mountPoint}`,
+            "give each mount an --upper and --work of its own, apart from the others'",
+          );
+        }
       }
     }
   }
