@@ -77,8 +77,9 @@ export async function mountErofsFile(
       "an image built with --tar=i or blob devices needs its blobs as extra devices",
     );
   }
-  for (const path of [file, target, ...extraDevices]) {
-    // mount options are comma-separated; the kernel has no escaping for them.
+  for (const path of extraDevices) {
+    // Named in the options (device=…), which are comma-separated with no escaping; the image
+    // and the target are mount(2)'s own arguments, where a ',' is just a character.
     if (path.includes(",")) throw new MountError(`cannot mount a path containing ",": ${path}`);
   }
   const devices = extraDevices.map((device) => `device=${device}`).join(",");
