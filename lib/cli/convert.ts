@@ -51,8 +51,9 @@ Options:
       --no-reuse        convert every layer even if DST has it already
       --tmpdir DIR      where layer images are written meanwhile (default: $TMPDIR
                         or /tmp); one layer at a time, plus its file data
-      --max-layer-size SIZE  refuse a layer whose uncompressed tar is larger (e.g.
-                        20G; default: no limit but the disk)
+      --max-layer-size SIZE  refuse a layer whose uncompressed tar, or the files in
+                        it (sparse ones at full size), is larger (e.g. 20G;
+                        default: no limit but the disk)
 ${
     REGISTRY_OPTIONS_HELP.replace(
       "Registry options:",

@@ -30,7 +30,10 @@ export interface LayerTreeOptions {
   spoolDir: string;
   /** mtime of directories the tar implies without listing. */
   impliedMtimeSec: number;
-  /** Refuse a layer whose uncompressed tar grows past this (decompression bombs fill disks). */
+  /**
+   * Refuse a layer whose uncompressed tar grows past this, or whose files hold more (sparse
+   * ones at their full size): decompression bombs fill disks.
+   */
   maxTarBytes?: number;
   onSkippedXattr?: SkippedXattr;
   onEntries?: (count: number) => void;
@@ -68,6 +71,7 @@ export async function readLayerTree(
     const { root, entries } = await scanTar(stream, {
       spoolFd,
       impliedMtimeSec: MARK_IMPLIED,
+      maxFileBytes: options.maxTarBytes,
       onSkippedXattr: options.onSkippedXattr,
       onEntries: options.onEntries,
     });

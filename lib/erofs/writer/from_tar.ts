@@ -75,6 +75,11 @@ export interface TarScanOptions {
    * is copied or spooled. Sparse members cannot be indexed as one chunk and are refused.
    */
   indexOnly?: boolean;
+  /**
+   * Refuse a layer whose files hold more bytes than this in all, each at its full size: a
+   * sparse member of a few blocks in the tar can stand for terabytes of zeros in the image.
+   */
+  maxFileBytes?: number;
   /** Default: a warning for each of the first five. */
   onSkippedXattr?: SkippedXattr;
   onEntries?: (count: number) => void;
@@ -105,6 +110,8 @@ export async function scanTar(
   stream: ReadableStream<Uint8Array>,
   options: TarScanOptions = {},
 ): Promise<TarScanResult> {
+  const maxFileBytes = options.maxFileBytes ?? Infinity;
+  let fileBytes = 0;
   const marking = options.impliedMtimeSec === MARK_IMPLIED;
   const impliedMtimeSec = marking ? 0 : options.impliedMtimeSec as number | undefined ?? 0;
   const table = new NodeTable();
@@ -282,6 +289,14 @@ export async function scanTar(
       table.setRdev(node, entry.devMajor, entry.devMinor);
     }
     if (kind === "file") {
+      fileBytes += entry.size;
+      if (fileBytes > maxFileBytes) {
+        throw new FormatError(
+          `the layer's files hold more than ${maxFileBytes} bytes (at "${entry.path}"; a sparse ` +
+            "file counts at its full size)",
+          "the layer is larger than allowed (or a sparse-file bomb)",
+        );
+      }
       table.size.set(node, entry.size);
       if (entry.size > 0 && options.indexOnly) {
         if (entry.sparse) {
