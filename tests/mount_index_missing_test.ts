@@ -105,7 +105,12 @@ Deno.test({
       const here = [...Deno.readDirSync(`${stateEnv.EROFS_OCI_STATE_DIR}/indexed-here`)]
         .map((e) => e.name).sort();
       assert.equal(here.length, 3, `one directory per layer: ${here}`);
-      assert.ok(here.every((name) => /^sha256-[0-9a-f]{64}$/.test(name)), `${here}`);
+      // Each named by its layer, and (above the bottom one) by the layers below it.
+      assert.ok(
+        here.every((name) => /^sha256-[0-9a-f]{64}(\.over-[0-9a-f]{64})?$/.test(name)),
+        `${here}`,
+      );
+      assert.equal(here.filter((name) => !name.includes(".over-")).length, 1, `${here}`);
 
       // Without the flag: the index is found here, every byte on disk: no layer GET at all.
       const again = await mountFuseOk(rig, [ref]);

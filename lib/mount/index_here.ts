@@ -138,7 +138,9 @@ export async function indexMissingHere(
       });
       for (const made of files) {
         const digest = made.record.layer.digest;
-        const dir = indexedHereDir(hereDir, digest);
+        const position = missing.find((l) => l.digest === digest)?.index ?? 0;
+        const below = image.layers.slice(0, position).map((l) => l.digest);
+        const dir = indexedHereDir(hereDir, digest, below);
         // A complete set replaces an older one whole: files first into a fresh directory,
         // inside the work directory, so that whatever fails leaves nothing outside it.
         const stem = layerFileStem(digest);

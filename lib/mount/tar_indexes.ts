@@ -94,14 +94,18 @@ export async function findTarIndexes(
       );
     }
   }
-  const wanted = layers.map((l) => ({ digest: l.digest, size: l.sizeBytes }));
+  const wanted = layers.map((l) => ({
+    digest: l.digest,
+    size: l.sizeBytes,
+    below: image.layers.slice(0, l.index).map((lower) => lower.digest),
+  }));
   // An index made here earlier (by --index-missing, of this image or another with the layer)
   // first: its piece digests came from bytes checked against the layer digest, and finding it
   // asks no registry. Only then the others, which nothing binds to the layer digest.
   const { findIndexedHere, findLocalLayerIndex } = await import("./layer_index_files.ts");
   const hereDir = sources.hereDir ?? indexedHereRoot();
   for (const layer of wanted) {
-    const indexed = await findIndexedHere(hereDir, layer);
+    const indexed = await findIndexedHere(hereDir, layer, layer.below);
     if (indexed) {
       const kept = await keepIndexFiles(indexed, sources.cacheDir, layer.digest);
       found.set(layer.digest, { ...kept, origin: "here" });
