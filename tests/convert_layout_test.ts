@@ -9,7 +9,7 @@ import { command, requires } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
-import { encodeTar } from "./_support/tar_encode.ts";
+import { BASE_B, TAR_LAYER, UPPER, writeOneUpperTwoBases } from "./_support/one_upper_two_bases.ts";
 
 const ignore = requires(command("umoci"));
 
@@ -124,26 +124,7 @@ Deno.test("convert and build: a negative --timestamp or SOURCE_DATE_EPOCH is ref
 Deno.test("convert: a layer is reused only over the same layers below (its implied directories and whiteouts depend on them)", async () => {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-lower-" });
   try {
-    const tar = "application/vnd.oci.image.layer.v1.tar";
-    // One upper layer (etc/ only implied, a whiteout of x/foo) over two different bases.
-    const upper = encodeTar([
-      { name: "etc/new", data: new TextEncoder().encode("new\n") },
-      { name: "x/.wh.foo", data: new Uint8Array(0) },
-    ]);
-    const baseA = encodeTar([{ name: "etc/", type: "5", mode: 0o700 }]);
-    const baseB = encodeTar([
-      { name: "etc/", type: "5", mode: 0o755 },
-      { name: "x/", type: "5" },
-      { name: "x/foo", data: new TextEncoder().encode("foo\n") },
-    ]);
-    await writeOciLayout(`${work}/a`, [{ bytes: baseA, mediaType: tar }, {
-      bytes: upper,
-      mediaType: tar,
-    }]);
-    await writeOciLayout(`${work}/b`, [{ bytes: baseB, mediaType: tar }, {
-      bytes: upper,
-      mediaType: tar,
-    }]);
+    await writeOneUpperTwoBases(work);
     const dst = `oci:${work}/dst:t`;
     assertSuccess(await runCli(["convert", `oci:${work}/a:v1`, dst, "--timestamp", "0"]));
     const layersOf = async (): Promise<string[]> => {
@@ -159,9 +140,9 @@ Deno.test("convert: a layer is reused only over the same layers below (its impli
     assert.notEqual(upperOverB, upperOverA, "the upper layer made again over B's base");
     // In one image: the same layer again higher up is not the lower one's conversion either.
     await writeOciLayout(`${work}/c`, [
-      { bytes: baseB, mediaType: tar },
-      { bytes: upper, mediaType: tar },
-      { bytes: baseB, mediaType: tar },
+      { bytes: BASE_B, mediaType: TAR_LAYER },
+      { bytes: UPPER, mediaType: TAR_LAYER },
+      { bytes: BASE_B, mediaType: TAR_LAYER },
     ]);
     const c = await runCli(["convert", "--no-reuse", `oci:${work}/c:v1`, `oci:${work}/dst-c:t`]);
     assertSuccess(c);

@@ -9,10 +9,7 @@ import assert from "node:assert/strict";
 import { assertSuccess, runCli } from "./_support/cli.ts";
 import { mountSandbox } from "./_support/mounts.ts";
 import { path, requires, root } from "./_support/requires.ts";
-import { writeOciLayout } from "./_support/oci_layout_writer.ts";
-import { encodeTar } from "./_support/tar_encode.ts";
-
-const TAR = "application/vnd.oci.image.layer.v1.tar";
+import { writeOneUpperTwoBases } from "./_support/one_upper_two_bases.ts";
 
 Deno.test({
   name:
@@ -22,25 +19,7 @@ Deno.test({
     const sandbox = await mountSandbox();
     const base = sandbox.target.replace(/\/mnt$/, "");
     try {
-      const upper = encodeTar([
-        { name: "etc/new", data: new TextEncoder().encode("new\n") },
-        { name: "x/.wh.foo", data: new Uint8Array(0) },
-      ]);
-      const baseA = encodeTar([{ name: "etc/", type: "5", mode: 0o700 }]);
-      const baseB = encodeTar([
-        { name: "etc/", type: "5", mode: 0o755 },
-        { name: "x/", type: "5" },
-        { name: "x/foo", data: new TextEncoder().encode("foo\n") },
-        { name: "x/bar", data: new TextEncoder().encode("bar\n") },
-      ]);
-      await writeOciLayout(`${base}/a`, [{ bytes: baseA, mediaType: TAR }, {
-        bytes: upper,
-        mediaType: TAR,
-      }]);
-      await writeOciLayout(`${base}/b`, [{ bytes: baseB, mediaType: TAR }, {
-        bytes: upper,
-        mediaType: TAR,
-      }]);
+      await writeOneUpperTwoBases(base);
       const mounted = async (image: string) => {
         assertSuccess(
           await runCli(
