@@ -25,3 +25,15 @@ export function parseJson(text: string, maxDepth = MAX_JSON_DEPTH): any {
   }
   return JSON.parse(text);
 }
+
+/**
+ * "not JSON" and where, for an error parseJson threw: V8's message quotes the text it stopped
+ * at, and what is not yet checked may be bytes no one should see (a layout's index.json that is
+ * another user's link to a file of root's).
+ */
+export function notJsonBecause(error: unknown): string {
+  const message = error instanceof Error ? error.message : "";
+  if (message.startsWith("JSON nested deeper")) return `not JSON (${message})`;
+  const at = /position (\d+)/.exec(message)?.[1];
+  return at === undefined ? "not JSON" : `not JSON (at character ${at})`;
+}

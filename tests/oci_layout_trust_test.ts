@@ -111,3 +111,76 @@ Deno.test({
     });
   },
 });
+
+/** chown -h of `paths` to nobody (65534). */
+async function toNobody(...paths: string[]): Promise<void> {
+  const out = await new Deno.Command("chown", { args: ["-h", "65534:65534", ...paths] }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+}
+
+Deno.test({
+  name:
+    "oci layout trust: another user's symlink to a layout (or its blobs) of root's is not followed",
+  ignore: requires(root()),
+  async fn() {
+    await withLayout(async (rootsLayout, { layerPath }) => {
+      const work = rootsLayout.replace(/\/layout$/, "");
+      await Deno.chmod(rootsLayout, 0o700);
+      // The layout itself: a user's link to root's.
+      await Deno.mkdir(`${work}/home`);
+      await Deno.symlink(rootsLayout, `${work}/home/layout`);
+      await toNobody(`${work}/home`, `${work}/home/layout`);
+      const out = `${work}/pulled.erofs`;
+      for (
+        const args of [["inspect", `oci:${work}/home/layout:v1`], [
+          "pull",
+          `oci:${work}/home/layout:v1`,
+          "--layer",
+          "0",
+          "-o",
+          out,
+        ]]
+      ) {
+        assertCliError(await runCli(args), 1, /home\/layout is a symlink of uid 65534/);
+      }
+      // The user's own layout whose blobs/sha256 leads to root's blobs.
+      const own = `${work}/home/own`;
+      await writeLayout(own);
+      await Deno.remove(`${own}/blobs/sha256`, { recursive: true });
+      await Deno.symlink(layerPath.replace(/\/[^/]*$/, ""), `${own}/blobs/sha256`);
+      await toNobody(own, `${own}/blobs`, `${own}/blobs/sha256`, `${own}/index.json`);
+      assertCliError(
+        await runCli(["pull", `oci:${own}:v1`, "--layer", "0", "-o", out]),
+        1,
+        /blobs\/sha256 is a symlink of uid 65534/,
+      );
+      assert.throws(() => Deno.statSync(out), Deno.errors.NotFound);
+    });
+  },
+});
+
+Deno.test("oci layout trust: a config that is not the one the manifest names is refused; unread JSON is not quoted", async () => {
+  await withLayout(async (dir) => {
+    const manifest = JSON.parse(
+      await Deno.readTextFile(
+        `${dir}/blobs/sha256/${
+          JSON.parse(await Deno.readTextFile(`${dir}/index.json`)).manifests[0].digest.slice(7)
+        }`,
+      ),
+    );
+    // Another platform in the config's place: the manifest still names the old digest.
+    await Deno.writeTextFile(
+      `${dir}/blobs/sha256/${manifest.config.digest.slice(7)}`,
+      '{"os":"plan9","architecture":"mips64"}',
+    );
+    assertCliError(
+      await runCli(["inspect", `oci:${dir}:v1`]),
+      1,
+      /config sha256:[0-9a-f]{64} in .* does not match its digest/,
+    );
+    await Deno.writeTextFile(`${dir}/index.json`, "TOPSECRET-token-12345");
+    const garbled = await runCli(["inspect", `oci:${dir}:v1`]);
+    assertCliError(garbled, 1, /index\.json: not JSON/);
+    assert.doesNotMatch(garbled.stderr, /TOPSECRET/, describe(garbled));
+  });
+});

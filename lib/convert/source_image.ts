@@ -70,26 +70,28 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
     store: { kind: "layout", layout },
     resolve: (platform) => layout.resolveImage(ref, platform),
     async indexPlatforms() {
-      const readJson = async (path: string, what: string) => {
+      const read = async (path: string, what: string) => {
         const file = LayoutFile.open(path, what);
         try {
-          const bytes = await file.readAll(MAX_MANIFEST_BYTES, what);
-          return { bytes, document: parseManifestDocument(bytes, undefined, what) };
+          return await file.readAll(MAX_MANIFEST_BYTES, what);
         } finally {
           file.close();
         }
       };
+      // A blob is parsed only once it is the one its digest names.
       const readBlob = async (digest: string) => {
-        const { bytes, document } = await readJson(layout.blobPath(digest), `blob ${digest}`);
+        const what = `blob ${digest}`;
+        const bytes = await read(layout.blobPath(digest), what);
         if (digestOf(bytes, digest) !== digest) {
           throw new OciError(`blob ${digest} in ${layout.path} does not match its digest`);
         }
-        return document;
+        return parseManifestDocument(bytes, undefined, what);
       };
       let top;
       if (ref.digest) top = await readBlob(ref.digest);
       else {
-        top = (await readJson(`${layout.path}/index.json`, "index.json")).document;
+        const bytes = await read(layout.indexPath(), "index.json");
+        top = parseManifestDocument(bytes, undefined, "index.json");
         if (top.kind !== "index") return undefined;
         if (ref.tag !== undefined) {
           const tagged = top.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);

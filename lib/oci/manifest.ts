@@ -8,7 +8,7 @@ import {
 } from "./media_types.ts";
 import type { Platform } from "./platform.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
-import { parseJson } from "../json.ts";
+import { notJsonBecause, parseJson } from "../json.ts";
 
 /** A content descriptor (OCI image spec, descriptor.md), as much of it as we use. */
 export interface Descriptor {
@@ -67,7 +67,7 @@ function parseJsonObject(body: Uint8Array | string): Json {
   try {
     value = parseJson(text);
   } catch (error) {
-    fail(`not JSON (${(error as Error).message.split("\n")[0].slice(0, 100)})`);
+    fail(notJsonBecause(error));
   }
   if (!isObject(value)) fail("not a JSON object");
   return value;

@@ -4,6 +4,8 @@
  * so `inspect`, `pull` and `mount` can take `oci:PATH[:TAG]` as well as a registry reference.
  */
 import { OciError } from "../errors.ts";
+import { Errno, SysError } from "../../ffi/libc.ts";
+import { realPathTrusted } from "../../ffi/path_resolve.ts";
 import { digestOf } from "./digest.ts";
 import { LayoutFile } from "./layout_file.ts";
 import { type DownloadOptions, partialNameFor, removeAbandonedPartials } from "./download.ts";
@@ -92,16 +94,52 @@ export function formatLayoutReference(ref: LayoutReference): string {
  */
 export class OciLayout {
   readonly path: string;
+  /** Directories of the layout as realPathTrusted gave them, by their path inside it. */
+  readonly #trustedDirs = new Map<string, string>();
 
   constructor(path: string) {
     this.path = path.replace(/\/+$/, "") || "/";
   }
 
-  /** Path of a blob file inside the layout. */
+  /**
+   * Path of a blob file inside the layout, by directories resolved without others' symlinks: a
+   * layout (or its `blobs/sha256`) that is another user's link to a directory of root's would
+   * have root read, serve or copy out files only root may read.
+   */
   blobPath(digest: string): string {
     if (!DIGEST_PATTERN.test(digest)) throw new OciError(`invalid digest '${digest}'`);
     const colon = digest.indexOf(":");
-    return `${this.path}/blobs/${digest.slice(0, colon)}/${digest.slice(colon + 1)}`;
+    const dir = this.#trustedDir(`blobs/${digest.slice(0, colon)}`, () => {
+      const missing = new OciError(`blob not found: ${digest} in OCI layout ${this.path}`);
+      missing.status = 404;
+      return missing;
+    });
+    return `${dir}/${digest.slice(colon + 1)}`;
+  }
+
+  /** Path of index.json, by the layout's directory resolved as blobPath's are. */
+  indexPath(): string {
+    const notLayout = () => {
+      const missing = new OciError(`${this.path}: no such directory`);
+      missing.status = 404;
+      return missing;
+    };
+    return `${this.#trustedDir("", notLayout)}/index.json`;
+  }
+
+  /** `sub` ("" for the layout itself) resolved by realPathTrusted once; `missing` for ENOENT. */
+  #trustedDir(sub: string, missing: () => OciError): string {
+    let real = this.#trustedDirs.get(sub);
+    if (real === undefined) {
+      try {
+        real = realPathTrusted(sub ? `${this.path}/${sub}` : this.path);
+      } catch (error) {
+        if (error instanceof SysError && error.errno === Errno.ENOENT) throw missing();
+        throw error;
+      }
+      this.#trustedDirs.set(sub, real);
+    }
+    return real;
   }
 
   /** Resolves a tag, digest or (neither) the whole index.json to one platform's manifest. */
@@ -145,8 +183,15 @@ export class OciLayout {
       top,
       {
         manifest: (digest) => this.#document(digest),
-        configPlatform: async (config) =>
-          parseConfigPlatform(await this.#readSmallBlob(config.digest)),
+        configPlatform: async (config) => {
+          // Checked as a registry's is: a config that is not the one the manifest names must
+          // not choose the platform.
+          const bytes = await this.#readSmallBlob(config.digest);
+          if (digestOf(bytes, config.digest) !== config.digest) {
+            throw new OciError(`config ${config.digest} in ${this.path} does not match its digest`);
+          }
+          return parseConfigPlatform(bytes);
+        },
       },
       wanted,
       platform !== undefined,
@@ -252,7 +297,7 @@ export class OciLayout {
   async #readIndex(): Promise<{ fetched: FetchedManifest; manifests: Descriptor[] }> {
     let file: LayoutFile;
     try {
-      file = LayoutFile.open(`${this.path}/index.json`, "index.json");
+      file = LayoutFile.open(this.indexPath(), "index.json");
     } catch (error) {
       if (error instanceof OciError && error.status === 404) {
         throw new OciError(

@@ -6,7 +6,7 @@
  */
 import { Errno, FormatError } from "../errors.ts";
 import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
-import { parseJson } from "../json.ts";
+import { notJsonBecause, parseJson } from "../json.ts";
 import { type RecordsDir, rootOnlyDir } from "../../ffi/trusted_path.ts";
 import { FileRefusedError, readRegularFileSync } from "../../ffi/files.ts";
 import { SysError } from "../../ffi/libc.ts";
@@ -189,7 +189,7 @@ export function parseRecoveryExtra(text: string, path: string): RecoveryExtra {
   try {
     value = parseJson(text);
   } catch (error) {
-    throw damaged(`not JSON (${(error as Error).message})`);
+    throw damaged(notJsonBecause(error));
   }
   if (!isObject(value)) throw damaged("not a JSON object");
   for (const [field, valid] of Object.entries(EXTRA_FIELDS)) {

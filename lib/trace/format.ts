@@ -10,7 +10,7 @@
  */
 import { FormatError } from "../errors.ts";
 import { DIGEST_PATTERN } from "../oci/reference.ts";
-import { parseJson } from "../json.ts";
+import { notJsonBecause, parseJson } from "../json.ts";
 
 export const TRACE_MEDIA_TYPE = "application/vnd.erofs-oci.trace.v1+json";
 export const TRACE_ARTIFACT_TYPE = "application/vnd.erofs-oci.trace.v1";
@@ -105,7 +105,7 @@ export function parseTrace(bytes: Uint8Array): Trace {
     doc = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (error) {
     // V8's message quotes the input around the fault: hostile bytes, newlines included.
-    refuse(`not JSON (${(error as Error).message.split("\n")[0].slice(0, 100)})`);
+    refuse(notJsonBecause(error));
   }
   if (!doc || typeof doc !== "object" || doc.version !== 1) refuse("not a version 1 trace");
   const { layers, ranges } = doc;
