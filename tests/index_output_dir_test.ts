@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { assertCliError, describe, runCli } from "./_support/cli.ts";
 import { exists } from "./_support/wait.ts";
-import { FIXTURES, requires, root } from "./_support/requires.ts";
+import { FIXTURES, path, requires, root } from "./_support/requires.ts";
 
 async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-out-" });
@@ -122,5 +122,29 @@ Deno.test({
       assertCliError(result, 1, /symlink of uid 65534/);
       assert.deepEqual([...Deno.readDirSync(`${work}/roots`)], [], "nothing made through it");
     });
+  },
+});
+
+Deno.test({
+  name:
+    "index FILE: another user's symlink to a tar of root's is not followed (its bytes went into the zinfo)",
+  ignore: requires(root(), path(`${FIXTURES}/layer.tar.gz`, "shared fixtures")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-link-" });
+    try {
+      await Deno.mkdir(`${work}/roots`, { mode: 0o700 });
+      await Deno.copyFile(`${FIXTURES}/layer.tar.gz`, `${work}/roots/secret.tar.gz`);
+      await Deno.mkdir(`${work}/home`);
+      await Deno.symlink(`${work}/roots/secret.tar.gz`, `${work}/home/layer.tar.gz`);
+      const chowned = await new Deno.Command("chown", {
+        args: ["-h", "65534:65534", `${work}/home`, `${work}/home/layer.tar.gz`],
+      }).output();
+      assert.ok(chowned.success);
+      const result = await runCli(["index", `${work}/home/layer.tar.gz`, "-o", `${work}/out`]);
+      assertCliError(result, 1, /home\/layer\.tar\.gz is a symlink of uid 65534/);
+      assert.throws(() => Deno.statSync(`${work}/out`), Deno.errors.NotFound);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
   },
 });

@@ -2,8 +2,15 @@ import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory } from "../../ffi/files.ts";
-import { type MadeDir, makeDirTrusted, openDirTrusted } from "../../ffi/path_resolve.ts";
-import { closeFd } from "../../ffi/libc.ts";
+import {
+  type MadeDir,
+  makeDirTrusted,
+  openDirTrusted,
+  realPathTrusted,
+  UntrustedSymlinkError,
+} from "../../ffi/path_resolve.ts";
+import { LayoutFile } from "../oci/layout_file.ts";
+import { closeFd, strerror, SysError } from "../../ffi/libc.ts";
 import type { Command } from "./command.ts";
 import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
 import { LayerProgress, ProgressLine } from "./progress.ts";
@@ -244,24 +251,27 @@ async function indexInto(
   }
   if (dir === undefined) throw new Error("index: no output directory"); // run() gives one
   const name = indexNameFor(file);
-  let input: Deno.FsFile;
+  let input: LayoutFile;
   try {
-    // Read twice (its head, then from the start): a FIFO or a device cannot be, and a FIFO's
-    // open waits for a writer.
-    if (!Deno.statSync(file).isFile) {
+    // A path resolved without other users' symlinks (a user's link to a tar of root's would have
+    // its file names and bytes written into world-readable index files), then opened without
+    // waiting (a FIFO) and only as a regular file: it is read twice, its head and then whole.
+    const real = realPathTrusted(file);
+    if (!Deno.lstatSync(real).isFile) {
       throw new UsageError(
         `index: ${file} is not a regular file`,
         "save the layer to a file first",
       );
     }
-    input = await Deno.open(file, { read: true });
+    input = LayoutFile.open(real, `index: ${file}`, "(save the layer to a file)");
   } catch (error) {
-    if (error instanceof UsageError) throw error;
-    throw new UserError(`index: cannot read ${file}: ${(error as Error).message}`);
+    if (error instanceof UsageError || error instanceof UntrustedSymlinkError) throw error;
+    const why = error instanceof SysError ? strerror(error.errno) : (error as Error).message;
+    throw new UserError(`index: cannot read ${file}: ${why}`);
   }
   try {
-    const head = new Uint8Array(4);
-    const n = await input.read(head) ?? 0;
+    const head = await input.read(0, Math.min(4, input.size));
+    const n = head.length;
     const plainTar = !isGzipMagic(head.subarray(0, n));
     if (plainTar && isZstdMagic(head.subarray(0, n))) {
       throw new FormatError(
@@ -269,11 +279,10 @@ async function indexInto(
         "only tar and tar+gzip can be indexed; `erofs-oci convert` makes EROFS layers",
       );
     }
-    await input.seek(0, Deno.SeekMode.Start);
     const progress = new ProgressLine(`indexing ${file}`);
     let result;
     try {
-      ({ result } = await writeLayerIndex(input.readable, dir, name, {
+      ({ result } = await writeLayerIndex(chunksOf(input), dir, name, {
         spanBytes,
         buildTimeSec: timestamp,
         onEntries: (count) => progress.updateEntries(count),
@@ -291,9 +300,7 @@ async function indexInto(
     );
     return 0;
   } finally {
-    try {
-      input.close();
-    } catch { /* closed by the stream */ }
+    input.close();
   }
 }
 
@@ -317,4 +324,17 @@ function parseWhole(option: string, text: string | undefined): number | undefine
     throw new UsageError(`index: ${option} wants a whole number, not '${text}'`);
   }
   return Number(text);
+}
+
+/** `file` read from start to end in runs of a MiB (its size as fstat gave it at open). */
+function chunksOf(file: LayoutFile): ReadableStream<Uint8Array> {
+  let offset = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const length = Math.min(1 << 20, file.size - offset);
+      if (length <= 0) return controller.close();
+      controller.enqueue(await file.read(offset, length));
+      offset += length;
+    },
+  });
 }
