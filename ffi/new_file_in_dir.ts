@@ -228,11 +228,34 @@ export function writeFileIn(dirFd: number, path: string, bytes: Uint8Array): voi
   }
 }
 
+/**
+ * A scratch file in the directory `dir` (resolved as openDirTrusted does: never through another
+ * user's symlink), mode 0600 and unnamed from the start where the file system allows, else made
+ * and unlinked at once through the directory's descriptor: for data spooled next to an output.
+ */
+export function scratchFileIn(dir: string): number {
+  const dirFd = openDirTrusted(dir);
+  try {
+    const unnamed = openUnnamed(dirFd, dir, 0o600);
+    if (unnamed !== undefined) return unnamed;
+    const name = hiddenTempName("erofs-oci-spool");
+    const fd = unwrap(
+      libc().openat(dirFd, cstr(name), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600),
+      "open",
+      `${dir}/${name}`,
+    );
+    unlinkIn(dirFd, name);
+    return fd;
+  } finally {
+    closeFd(dirFd);
+  }
+}
+
 /** An unnamed file (O_TMPFILE) in `dirFd`, or undefined where the file system has none. */
-function openUnnamed(dirFd: number, path: string): number | undefined {
+function openUnnamed(dirFd: number, path: string, mode = 0o644): number | undefined {
   try {
     return unwrap(
-      libc().openat(dirFd, cstr("."), O_TMPFILE | O_RDWR | O_CLOEXEC, 0o644),
+      libc().openat(dirFd, cstr("."), O_TMPFILE | O_RDWR | O_CLOEXEC, mode),
       "open",
       path,
     );

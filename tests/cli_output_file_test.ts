@@ -267,6 +267,22 @@ Deno.test({
       const built = await runCli(["build", `${work}/tree`, "-o", `${work}/home/d/x.erofs`]);
       assertCliError(built, 1, /home\/d is a symlink of uid 65534 .*not followed/);
       assert.deepEqual([...Deno.readDirSync(`${work}/roots`)], [], "written through the link");
+      // A tar.gz is spooled next to the output: not through the link either, not even a file
+      // made and removed at once (the directory's mtime would move).
+      const tarGz = `${work}/layer.tar.gz`;
+      const tar = encodeTar([{ name: "hello.txt", data: new TextEncoder().encode("hi\n") }]);
+      await Deno.writeFile(
+        tarGz,
+        new Uint8Array(
+          await new Response(
+            new Blob([new Uint8Array(tar)]).stream().pipeThrough(new CompressionStream("gzip")),
+          ).arrayBuffer(),
+        ),
+      );
+      await Deno.utime(`${work}/roots`, 1_000_000, 1_000_000);
+      const spooled = await runCli(["build", tarGz, "-o", `${work}/home/d/x.erofs`]);
+      assertCliError(spooled, 1, /home\/d is a symlink of uid 65534 .*not followed/);
+      assert.equal(Deno.statSync(`${work}/roots`).mtime?.getTime(), 1_000_000_000, "spooled there");
       // Root's own symlinks are followed.
       await Deno.symlink(`${work}/roots`, `${work}/home/mine`);
       const mine = await runCli(["build", `${work}/tree`, "-o", `${work}/home/mine/x.erofs`]);

@@ -9,7 +9,8 @@ import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
 import { info } from "../log.ts";
 import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { closeFd, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, O_RDONLY, strerror, SysError } from "../../ffi/libc.ts";
+import { scratchFileIn } from "../../ffi/new_file_in_dir.ts";
 import { openFile } from "../../ffi/files.ts";
 import { parseReference } from "../oci/reference.ts";
 
@@ -99,10 +100,9 @@ export async function loadSource(
     // Data of an uncompressed tar file stays where it is; anything else is spooled next to
     // the output (unlinked at once, so nothing survives a crash).
     const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
-    const spoolPath = `${dirOf(output)}/.erofs-oci-build-spool-${crypto.randomUUID().slice(0, 8)}`;
     let spoolFd: number;
     try {
-      spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
+      spoolFd = scratchFileIn(dirOf(output));
     } catch (error) {
       if (tarFd !== undefined) closeFd(tarFd);
       await stream.cancel().catch(() => {});
@@ -111,7 +111,6 @@ export async function loadSource(
       }
       throw error;
     }
-    Deno.removeSync(spoolPath);
     const close = () => {
       closeFd(spoolFd);
       if (tarFd !== undefined) closeFd(tarFd);

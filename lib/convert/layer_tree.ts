@@ -12,8 +12,8 @@ import { spoolError } from "../erofs/writer/from_tar_spool.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 import type { SkippedXattr } from "../erofs/writer/xattrs.ts";
 import { decompressTar } from "../tar/decompress.ts";
-import { closeFd, O_CREAT, O_EXCL, O_RDWR, strerror, SysError } from "../../ffi/libc.ts";
-import { openFile } from "../../ffi/files.ts";
+import { closeFd, strerror, SysError } from "../../ffi/libc.ts";
+import { scratchFileIn } from "../../ffi/new_file_in_dir.ts";
 import type { VerifiedBlob } from "./layer_blob.ts";
 
 export interface LayerTree {
@@ -51,9 +51,8 @@ export async function readLayerTree(
   options: LayerTreeOptions,
 ): Promise<LayerTree> {
   let spoolFd: number;
-  const spoolPath = `${options.spoolDir}/.erofs-oci-spool-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    spoolFd = openFile(spoolPath, O_RDWR | O_CREAT | O_EXCL, 0o600);
+    spoolFd = scratchFileIn(options.spoolDir);
   } catch (error) {
     await blob.stream.cancel().catch(() => {});
     if (error instanceof SysError) {
@@ -61,7 +60,6 @@ export async function readLayerTree(
     }
     throw error;
   }
-  Deno.removeSync(spoolPath);
   const close = () => {
     if (spoolFd >= 0) closeFd(spoolFd);
     spoolFd = -1;
