@@ -23,7 +23,7 @@ import {
   SysError,
   unwrap,
 } from "./libc.ts";
-import { S_IFMT } from "./files.ts";
+import { S_IFDIR, S_IFMT } from "./files.ts";
 import { UserError } from "../lib/errors.ts";
 
 /** The system call number, shared by x86_64 and arm64 (the unified table from 5.1 on). */
@@ -285,7 +285,7 @@ export function pathOfFd(fd: number): string {
   return readLinkAt(AT_FDCWD, `/proc/self/fd/${fd}`, `/proc/self/fd/${fd}`);
 }
 
-const S_IFLNK = 0o120000, S_IFDIR = 0o040000;
+const S_IFLNK = 0o120000;
 
 /** The file type bits and owner of the descriptor `fd` (an O_PATH one included). */
 function typeAndOwner(fd: number, path: string): { type: number; uid: number } {

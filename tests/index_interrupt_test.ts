@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cli.ts";
-import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { command, FIXTURES, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, type ProxyRecord, startFaultProxy } from "./_support/fault_proxy.ts";
 import { pushImage } from "./_support/oci_raw.ts";
@@ -27,6 +27,7 @@ async function interruptedIndex(
   dir: string,
   proxy: { requests: readonly ProxyRecord[] },
   layerDigest: string,
+  meanwhile?: () => Promise<void>,
 ): Promise<CliResult> {
   const seen = proxy.requests.length;
   const indexing = startCli(["index", image, "-o", dir, "--plain-http"]);
@@ -39,6 +40,7 @@ async function interruptedIndex(
           r.method === "GET" && r.path.endsWith(`/blobs/${layerDigest}`)
         ),
     );
+    await meanwhile?.();
     indexing.child.kill("SIGINT");
     return await indexing.result;
   } finally {
@@ -48,7 +50,7 @@ async function interruptedIndex(
 
 Deno.test({
   name: "SIGINT during index -o DIR: this run's files (and a DIR it made) removed, exit 130",
-  ignore: requires(command("docker-registry")),
+  ignore: requires(command("docker-registry"), root()),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "index-interrupt/app";
@@ -80,6 +82,21 @@ Deno.test({
         /index interrupted/,
       );
       assert.deepEqual(names(existing), ["mine.txt"], "only what was there before stays");
+
+      // A shared directory: a file another user adds while index runs is theirs, and stays.
+      const shared = `${work}/shared`;
+      await Deno.mkdir(shared);
+      await Deno.chmod(shared, 0o1777);
+      const theirs = async () => {
+        await Deno.writeTextFile(`${shared}/theirs.txt`, "not index's");
+        await Deno.chown(`${shared}/theirs.txt`, 65534, 65534);
+      };
+      assertCliError(
+        await interruptedIndex(image, shared, proxy, layer.digest, theirs),
+        130,
+        /index interrupted/,
+      );
+      assert.deepEqual(names(shared), ["theirs.txt"], "another user's file stays");
     } finally {
       await Deno.remove(work, { recursive: true });
     }

@@ -1,12 +1,13 @@
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
-import { listDirectory } from "../../ffi/files.ts";
+import { listDirectory, S_IFDIR, S_IFMT } from "../../ffi/files.ts";
 import {
   type MadeDir,
   makeDirTrusted,
   openDirTrusted,
   realPathTrusted,
+  statIdentity,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
@@ -125,8 +126,10 @@ Examples:
     // process.
     const stopWatching = onInterrupt((signal) => {
       if (output && before) {
+        // Only files this process could have made: new since the start and its own (in a
+        // shared directory others may add files meanwhile, and those are theirs).
         for (const name of namesIn(output.fd)) {
-          if (!before.has(name)) unlinkIn(output.fd, name);
+          if (!before.has(name) && madeByUs(output.fd, name)) unlinkIn(output.fd, name);
         }
         removeCreatedOutput();
       } else pushDir?.remove();
@@ -173,6 +176,16 @@ function openOutputDir(dir: string, create: boolean): { fd: number; made: MadeDi
  */
 function removeMadeDirs(made: readonly MadeDir[]): void {
   for (const { parentFd, name } of made.toReversed()) unlinkIn(parentFd, name, true);
+}
+
+/** Whether `name` in `dirFd` is a file (not a directory) of this process's user. */
+function madeByUs(dirFd: number, name: string): boolean {
+  try {
+    const identity = statIdentity(dirFd, name);
+    return identity.uid === Deno.uid() && (identity.mode & S_IFMT) !== S_IFDIR;
+  } catch {
+    return false;
+  }
 }
 
 function namesIn(dirFd: number): string[] {
