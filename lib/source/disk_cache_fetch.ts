@@ -122,7 +122,9 @@ export class RunFetcher {
       fillTrace("fetch", id, offset, length, this.#hooks.fillingCount());
       await this.#fetchInto(room, offset, length, id, pause);
       fillTrace("stored", id);
-      if (this.#blob.isDegraded()) return false;
+      // Refused meanwhile (refuseBytes, the whole digest): its chunks stay unmarked, whatever
+      // this fill brought (dropAll marked them absent and cannot wait for fills of this process).
+      if (this.#blob.isDegraded() || this.#blob.corruption()) return false;
       // Verified and in the page cache: WRITTEN (this boot's, see disk_cache_boot.ts), PRESENT
       // after the next sync. The write lock is still ours, so no evictor is in between.
       try {

@@ -157,10 +157,12 @@ export class SyncBatch {
         );
       }
       if (!synced && lockFd < 0) this.#dropWritten(runs);
+      // A blob refused since its chunks were written gets none marked present.
+      const keep = synced && !this.#blob.corruption();
       for (const [at, stop] of marked) {
         try {
-          pwriteAll(this.#blob.mapFd, new Uint8Array(stop - at).fill(synced ? PRESENT : 0), at);
-          if (!synced) { for (let c = at; c < stop; c++) this.#blob.lru.delete(c); }
+          pwriteAll(this.#blob.mapFd, new Uint8Array(stop - at).fill(keep ? PRESENT : 0), at);
+          if (!keep) { for (let c = at; c < stop; c++) this.#blob.lru.delete(c); }
         } catch { /* stays WRITTEN (the disk failed; a sync failure was warned of) */ }
       }
     } finally {
