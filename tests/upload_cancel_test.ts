@@ -18,6 +18,9 @@ import {
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { loadFixture } from "./_support/oci_fixtures.ts";
 import { waitFor } from "./_support/wait.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { blobExists, uploadBlob } from "../lib/oci/blob_upload.ts";
+import { setStallMs } from "../lib/oci/stall_watch.ts";
 
 const ignore = requires(command("docker-registry"));
 
@@ -191,5 +194,44 @@ Deno.test({
     const puts = proxy.requests.filter(isUploadPut);
     assert.deepEqual(puts.slice(0, 2).map((r) => r.status), [0, 404], describe(pushed));
     assert.deepEqual(openUploads(registry, "lost/reply"), [], "no upload session left");
+  },
+});
+
+Deno.test({
+  name:
+    "upload: a chunk whose reply was lost is not resent into a session the registry moved on: the upload starts again",
+  ignore,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    // The first chunk's PATCH reaches the registry; its reply (with the session's next
+    // location) never comes back. Sent again to the old location, docker-registry answers 404.
+    await using proxy = await startFaultProxy(registry.host, [
+      {
+        match: (r) => r.method === "PATCH" && r.path.includes("/blobs/uploads/"),
+        fault: { kind: "lose-reply" },
+        times: 1,
+      },
+    ]);
+    const layer = await loadFixture("basic.erofs");
+    const client = new RegistryClient(proxy.host, { plainHttp: true });
+    setStallMs(1_000);
+    try {
+      await uploadBlob(client, "resume/chunks", {
+        path: layer.path,
+        digest: layer.digest,
+        sizeBytes: layer.bytes.length,
+        mediaType: "application/octet-stream",
+      }, { chunkSizeBytes: 16 * 1024, monolithicMaxBytes: 0 });
+    } finally {
+      setStallMs(undefined);
+      client.close();
+    }
+    const sessions = proxy.requests.filter((r) => r.method === "POST");
+    assert.equal(sessions.length, 2, "one session, then one more from the first byte");
+    const direct = new RegistryClient(registry.host, { plainHttp: true });
+    assert.equal(await blobExists(direct, "resume/chunks", layer.digest), true);
+    direct.close();
+    // (The first session stays open on the registry: its DELETE needs the location the lost
+    // reply carried. docker-registry purges such sessions itself.)
   },
 });

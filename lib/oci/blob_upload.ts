@@ -163,16 +163,41 @@ async function readChunk(
   return buffer.subarray(0, got);
 }
 
-/** Uploads one blob: POST a session, then one PUT, or PATCH chunks and a closing PUT. */
+/**
+ * Uploads one blob: POST a session, then one PUT, or PATCH chunks and a closing PUT. A session
+ * the registry no longer knows (404), or whose offset it no longer agrees on (416), is started
+ * again once, from the first byte: a chunk sent again after its reply was lost (the registry
+ * had taken it, and the location it answered with is gone with the reply), a session the
+ * registry purged meanwhile.
+ */
 export async function uploadBlob(
   client: RegistryClient,
   repository: string,
   blob: LocalBlob,
   options: BlobUploadOptions,
 ): Promise<void> {
+  const label = blob.path ?? blob.digest;
+  for (let again = false;; again = true) {
+    try {
+      return await uploadInSession(client, repository, blob, label, options);
+    } catch (error) {
+      const lost = error instanceof OciError && (error.status === 404 || error.status === 416);
+      if (again || !lost || options.signal?.aborted) throw error;
+      debug(`${label}: ${error.message}; starting its upload again`);
+    }
+  }
+}
+
+/** One upload session of `blob`, cancelled (DELETE) when anything in it fails. */
+async function uploadInSession(
+  client: RegistryClient,
+  repository: string,
+  blob: LocalBlob,
+  label: string,
+  options: BlobUploadOptions,
+): Promise<void> {
   const scope = pushScope(repository);
   const signal = options.signal;
-  const label = blob.path ?? blob.digest;
   const start = await client.request({
     method: "POST",
     path: `/v2/${repository}/blobs/uploads/`,
