@@ -79,3 +79,61 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a SIGTERM to reattach's server before reattach recorded it keeps the mount's crash recovery",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
+    let reattach: Deno.ChildProcess | undefined;
+    try {
+      const mounted = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        { env: sandbox.env, timeoutMs: 120_000 },
+      );
+      assert.equal(mounted.code, 0, describe(mounted));
+      const [first] = mountServersOf(sandbox.runtimeDir);
+      Deno.kill(first, "SIGKILL");
+      await waitFor("the server to die", () => !pidAlive(first), 10_000);
+
+      reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: ["reattach", sandbox.target],
+        env: { ...sandbox.env, ...hold.env },
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await hold.reached("reattach to start its server");
+      const [started] = mountServersOf(sandbox.runtimeDir);
+      assert.ok(started, "reattach's server runs");
+      // Stopped on purpose (a service manager, an admin) in the moment before the record: it
+      // ends leaving the FUSE keeper and its record, as a crash would. Before, it stopped the
+      // keeper: the mount was dead for good ("no keeper: umount it").
+      Deno.kill(started, "SIGTERM");
+      await waitFor("reattach's server to end", () => !pidAlive(started), 15_000);
+      hold.release();
+      await reattach.status;
+      reattach = undefined;
+
+      const again = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      assert.equal(again.code, 0, describe(again));
+      assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+      const unmounted = await runCli(["umount", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assert.equal(unmounted.code, 0, describe(unmounted));
+    } finally {
+      try {
+        reattach?.kill("SIGKILL");
+        await reattach?.status;
+      } catch { /* ended */ }
+      killMountServersOf(sandbox.runtimeDir);
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -192,7 +192,10 @@ export async function runMountServer(): Promise<number> {
         // the CLI's session (`mount --foreground`) a signal for the whole group (a service's
         // stop) reaches both, and the CLI unmounts DIR and then stops us; before the record, a
         // mount left in place would be known to nobody.
-        const keepInUse = by === "signal" && !inCliSession && recordedAsServer(spec.id);
+        // A server reattach started serves a recorded mount even before reattach has written
+        // its pid there: a signal in between must not undo the mount's crash recovery.
+        const keepInUse = by === "signal" && !inCliSession &&
+          (spec.reattach !== undefined || recordedAsServer(spec.id));
         if (by === "signal" && !inCliSession && !keepInUse && await adoption?.undoUnrecorded()) {
           console.error("stopped before the mount command recorded the mount: it is undone");
         }

@@ -17,7 +17,7 @@ import {
   type MountSpec,
 } from "../state/mount_spec.ts";
 import { lockMountChanges, tryLockChangesOf } from "../state/change_locks.ts";
-import { type MountState, readStates, writeState } from "../state/mount_record.ts";
+import { type MountState, readStates, serverOf, writeState } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recovery/layer_record.ts";
@@ -244,7 +244,9 @@ function selectWork(
     const name = `nbd${info.index}`;
     const owner = stateOfDevice(states, info.index);
     const mount = mountOf(owner?.state);
-    const alive = owner ? serverAlive(owner.state.serverPid) : taskAlive(info.pid);
+    // By pid and recorded start time, as everywhere else: a dead server's pid reused by another
+    // process (another mount's server) is not this mount's server.
+    const alive = owner ? serverAlive(serverOf(owner.state)) : taskAlive(info.pid);
     if (alive) {
       const pid = owner ? owner.state.serverPid : info.pid;
       outcomes.push({
