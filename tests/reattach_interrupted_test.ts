@@ -19,6 +19,32 @@ import {
 import { HoldPoint } from "./_support/hold.ts";
 import { waitFor } from "./_support/wait.ts";
 
+/**
+ * basic.erofs mounted (FUSE) in `sandbox`, its server killed, and a `reattach` started that
+ * holds at `hold` (reattach-before-state) once its new server runs.
+ */
+async function reattachHeld(
+  sandbox: Awaited<ReturnType<typeof mountSandbox>>,
+  hold: HoldPoint,
+): Promise<Deno.ChildProcess> {
+  const mounted = await runCli(
+    ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+    { env: sandbox.env, timeoutMs: 120_000 },
+  );
+  assert.equal(mounted.code, 0, describe(mounted));
+  const [first] = mountServersOf(sandbox.runtimeDir);
+  Deno.kill(first, "SIGKILL");
+  await waitFor("the server to die", () => !pidAlive(first), 10_000);
+  const reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["reattach", sandbox.target],
+    env: { ...sandbox.env, ...hold.env },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await hold.reached("reattach to start its server");
+  return reattach;
+}
+
 Deno.test({
   name: "reattach killed before recording its server: the server ends, the next reattach works",
   ignore: requires(root(), path("/dev/fuse")),
@@ -27,22 +53,7 @@ Deno.test({
     using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
     let reattach: Deno.ChildProcess | undefined;
     try {
-      const mounted = await runCli(
-        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-        { env: sandbox.env, timeoutMs: 120_000 },
-      );
-      assert.equal(mounted.code, 0, describe(mounted));
-      const [first] = mountServersOf(sandbox.runtimeDir);
-      Deno.kill(first, "SIGKILL");
-      await waitFor("the server to die", () => !pidAlive(first), 10_000);
-
-      reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-        args: ["reattach", sandbox.target],
-        env: { ...sandbox.env, ...hold.env },
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      await hold.reached("reattach to start its server");
+      reattach = await reattachHeld(sandbox, hold);
       const [unrecorded] = mountServersOf(sandbox.runtimeDir);
       assert.ok(unrecorded, "reattach's server runs");
       reattach.kill("SIGKILL");
@@ -89,22 +100,7 @@ Deno.test({
     using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
     let reattach: Deno.ChildProcess | undefined;
     try {
-      const mounted = await runCli(
-        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-        { env: sandbox.env, timeoutMs: 120_000 },
-      );
-      assert.equal(mounted.code, 0, describe(mounted));
-      const [first] = mountServersOf(sandbox.runtimeDir);
-      Deno.kill(first, "SIGKILL");
-      await waitFor("the server to die", () => !pidAlive(first), 10_000);
-
-      reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-        args: ["reattach", sandbox.target],
-        env: { ...sandbox.env, ...hold.env },
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      await hold.reached("reattach to start its server");
+      reattach = await reattachHeld(sandbox, hold);
       const [started] = mountServersOf(sandbox.runtimeDir);
       assert.ok(started, "reattach's server runs");
       // Stopped on purpose (a service manager, an admin) in the moment before the record: it
