@@ -7,8 +7,7 @@ import { blobStatusError } from "../oci/blob_range.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
-import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
-import { LayoutFile } from "../oci/layout_file.ts";
+import { type Descriptor, MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { DOCKER_MANIFEST, isErofsMediaType, OCI_MANIFEST } from "../oci/media_types.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
 import { formatPlatform } from "../oci/platform.ts";
@@ -70,35 +69,15 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
     store: { kind: "layout", layout },
     resolve: (platform) => layout.resolveImage(ref, platform),
     async indexPlatforms() {
-      const read = async (path: string, what: string) => {
-        const file = LayoutFile.open(path, what);
-        try {
-          return await file.readAll(MAX_MANIFEST_BYTES, what);
-        } finally {
-          file.close();
-        }
-      };
-      // A blob is parsed only once it is the one its digest names.
-      const readBlob = async (digest: string) => {
-        const what = `blob ${digest}`;
-        const bytes = await read(layout.blobPath(digest), what);
-        if (digestOf(bytes, digest) !== digest) {
-          throw new OciError(`blob ${digest} in ${layout.path} does not match its digest`);
-        }
-        return parseManifestDocument(bytes, undefined, what);
-      };
-      let top;
-      if (ref.digest) top = await readBlob(ref.digest);
-      else {
-        const bytes = await read(layout.indexPath(), "index.json");
-        top = parseManifestDocument(bytes, undefined, "index.json");
-        if (top.kind !== "index") return undefined;
-        if (ref.tag !== undefined) {
-          const tagged = top.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
-          // One entry per platform under the tag, or one entry naming an index.
-          if (tagged.length !== 1) return tagged.length ? platformsOf(tagged) : undefined;
-          top = await readBlob(tagged[0].digest);
-        }
+      // Read as resolve reads them: index.json bounded, a blob parsed only once it matches.
+      let top = ref.digest
+        ? (await layout.document(ref.digest)).document
+        : (await layout.readIndex()).fetched.document;
+      if (!ref.digest && ref.tag !== undefined && top.kind === "index") {
+        const tagged = top.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
+        // One entry per platform under the tag, or one entry naming an index.
+        if (tagged.length !== 1) return tagged.length ? platformsOf(tagged) : undefined;
+        top = (await layout.document(tagged[0].digest)).document;
       }
       return top.kind === "index" ? platformsOf(top.manifests) : undefined;
     },

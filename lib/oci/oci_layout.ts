@@ -109,33 +109,32 @@ export class OciLayout {
   blobPath(digest: string): string {
     if (!DIGEST_PATTERN.test(digest)) throw new OciError(`invalid digest '${digest}'`);
     const colon = digest.indexOf(":");
-    const dir = this.#trustedDir(`blobs/${digest.slice(0, colon)}`, () => {
-      const missing = new OciError(`blob not found: ${digest} in OCI layout ${this.path}`);
-      missing.status = 404;
-      return missing;
-    });
+    const dir = this.#trustedDir(
+      `blobs/${digest.slice(0, colon)}`,
+      `blob not found: ${digest} in OCI layout ${this.path}`,
+    );
     return `${dir}/${digest.slice(colon + 1)}`;
   }
 
   /** Path of index.json, by the layout's directory resolved as blobPath's are. */
-  indexPath(): string {
-    const notLayout = () => {
-      const missing = new OciError(`${this.path}: no such directory`);
-      missing.status = 404;
-      return missing;
-    };
-    return `${this.#trustedDir("", notLayout)}/index.json`;
+  #indexPath(): string {
+    return `${this.#trustedDir("", `${this.path}: no such directory`)}/index.json`;
   }
 
-  /** `sub` ("" for the layout itself) resolved by realPathTrusted once; `missing` for ENOENT. */
-  #trustedDir(sub: string, missing: () => OciError): string {
+  /**
+   * `sub` ("" for the layout itself) resolved by realPathTrusted once; when it does not exist,
+   * an OciError with status 404 and `missing` as its message.
+   */
+  #trustedDir(sub: string, missing: string): string {
     let real = this.#trustedDirs.get(sub);
     if (real === undefined) {
       try {
         real = realPathTrusted(sub ? `${this.path}/${sub}` : this.path);
       } catch (error) {
-        if (error instanceof SysError && error.errno === Errno.ENOENT) throw missing();
-        throw error;
+        if (!(error instanceof SysError) || error.errno !== Errno.ENOENT) throw error;
+        const notFound = new OciError(missing);
+        notFound.status = 404;
+        throw notFound;
       }
       this.#trustedDirs.set(sub, real);
     }
@@ -146,7 +145,7 @@ export class OciLayout {
   async resolveImage(ref: LayoutReference, platform?: string): Promise<ResolvedImage> {
     const wanted = parsePlatform(platform ?? hostPlatform());
     const name = formatLayoutReference(ref);
-    const index = await this.#readIndex();
+    const index = await this.readIndex();
     // The tags index.json names, each once, in its order.
     const tags = [
       ...new Set(index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean)),
@@ -154,7 +153,7 @@ export class OciLayout {
     let top: FetchedManifest;
     let topIsBlob = true;
     if (ref.digest) {
-      top = await this.#document(ref.digest);
+      top = await this.document(ref.digest);
     } else if (ref.tag !== undefined) {
       const entries = index.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
       if (entries.length === 0) {
@@ -165,7 +164,7 @@ export class OciLayout {
         );
       }
       topIsBlob = entries.length === 1;
-      top = topIsBlob ? await this.#document(entries[0].digest) : syntheticIndex(entries);
+      top = topIsBlob ? await this.document(entries[0].digest) : syntheticIndex(entries);
     } else {
       // Several tagged images: which one is meant only a tag says (by platform, the choice
       // would fail on their lack of one as "no manifest for platform …", or pick at random).
@@ -182,7 +181,7 @@ export class OciLayout {
     const resolved = await resolveDocument(
       top,
       {
-        manifest: (digest) => this.#document(digest),
+        manifest: (digest) => this.document(digest),
         configPlatform: async (config) => {
           // Checked as a registry's is: a config that is not the one the manifest names must
           // not choose the platform.
@@ -282,7 +281,8 @@ export class OciLayout {
     }
   }
 
-  async #document(digest: string): Promise<FetchedManifest> {
+  /** The manifest or index blob `digest`, parsed once it matches its digest. */
+  async document(digest: string): Promise<FetchedManifest> {
     const bytes = await this.#readSmallBlob(digest);
     if (digestOf(bytes, digest) !== digest) {
       throw new OciError(`manifest ${digest} in ${this.path} does not match its digest`);
@@ -294,10 +294,11 @@ export class OciLayout {
     };
   }
 
-  async #readIndex(): Promise<{ fetched: FetchedManifest; manifests: Descriptor[] }> {
+  /** The layout's index.json (an image index, within MAX_MANIFEST_BYTES). */
+  async readIndex(): Promise<{ fetched: FetchedManifest; manifests: Descriptor[] }> {
     let file: LayoutFile;
     try {
-      file = LayoutFile.open(this.indexPath(), "index.json");
+      file = LayoutFile.open(this.#indexPath(), "index.json");
     } catch (error) {
       if (error instanceof OciError && error.status === 404) {
         throw new OciError(
