@@ -156,35 +156,30 @@ export async function scanTar(
     if (isDir(table.entryInode[e]) && !isDir(inode)) lastDirPath = undefined;
     table.entryInode[e] = inode;
   };
-  const lookupPath = (path: string): number => {
+  /** The inode at each prefix of `parts` ("a//b" is "a/b"), as far down as the tree has them. */
+  const inodesAlong = (parts: readonly string[]): number[] => {
+    const inodes: number[] = [];
     let inode = 0;
-    for (const part of path.split("/")) {
-      if (part === "") continue;
-      if (!isDir(inode)) return -1;
-      const e = find(inode, part);
-      if (e < 0) return -1;
-      inode = table.entryInode[e];
+    for (const part of parts) {
+      if (part !== "") {
+        if (!isDir(inode)) break;
+        const e = find(inode, part);
+        if (e < 0) break;
+        inode = table.entryInode[e];
+      }
+      inodes.push(inode);
     }
-    return inode;
+    return inodes;
+  };
+  const lookupPath = (path: string): number => {
+    const parts = path.split("/");
+    const inodes = inodesAlong(parts);
+    return inodes.length === parts.length ? inodes[inodes.length - 1] : -1;
   };
   const overlay = options.literalWhiteouts ? undefined : new LayerOverlayMapper({
     // A directory only implied by deeper members of this layer counts as one: `.wh.w` beside
     // `w/new` hides the lower w, not this layer's w/new (w becomes opaque, not a whiteout).
-    kindsAlong: (parts) => {
-      const kinds: ("dir" | "file")[] = [];
-      let inode = 0;
-      for (const part of parts) {
-        // "a//b" is "a/b", as lookupPath has it.
-        if (part !== "") {
-          if (!isDir(inode)) break;
-          const e = find(inode, part);
-          if (e < 0) break;
-          inode = table.entryInode[e];
-        }
-        kinds.push(isDir(inode) ? "dir" : "file");
-      }
-      return kinds;
-    },
+    kindsAlong: (parts) => inodesAlong(parts).map((inode) => isDir(inode) ? "dir" : "file"),
   });
   /** When each whiteout was made: a directory it replaces by one it implies gets that time. */
   const whiteoutMtimes = new Map<string, number>();
