@@ -9,7 +9,7 @@ import type { Descriptor } from "../oci/manifest.ts";
 import { EROFS_LAYER, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
 import { parsePlatform } from "../oci/platform.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
-import { digestOf } from "../oci/digest.ts";
+import { belowDigest, digestOf } from "../oci/digest.ts";
 import type { ImageDestination } from "./destination.ts";
 import { flattenTrees } from "./flatten.ts";
 import { LowerDirs } from "./lower_dirs.ts";
@@ -221,11 +221,8 @@ class LayerConverter {
     const lower = new LowerDirs();
     const labelOf = (index: number) => `layer ${index + 1}/${image.layers.length}`;
     for (const [i, layer] of image.layers.entries()) {
-      const below = image.layers.slice(0, i).map((l) => l.digest);
-      const belowDigest = below.length > 0
-        ? digestOf(new TextEncoder().encode(below.join(",")))
-        : undefined;
-      const reused = await this.#reuse([layer.digest], belowDigest, labelOf(i));
+      const below = belowDigest(image.layers, i);
+      const reused = await this.#reuse([layer.digest], below, labelOf(i));
       if (reused) {
         out.push(reused);
         continue;
@@ -239,7 +236,7 @@ class LayerConverter {
           (n) => this.#read(image.layers[n], `${labelOf(n)} (directories)`, buildTimeSec),
         );
         out.push(
-          await this.#build(tree.root, [layer.digest], belowDigest, labelOf(i), buildTimeSec),
+          await this.#build(tree.root, [layer.digest], below, labelOf(i), buildTimeSec),
         );
         if (lower.layers === i) lower.apply(tree);
       } finally {

@@ -5,6 +5,7 @@
  * stay in the state directory (indexedHereRoot()/<layer digest>/), so a later mount of any image
  * with that layer finds them without the flag and without reading the layer again.
  */
+import { belowDigest } from "../oci/digest.ts";
 import { makeOwnedWorkDir } from "../../ffi/work_dir.ts";
 import { info } from "../log.ts";
 import { formatBytes } from "../text.ts";
@@ -139,8 +140,7 @@ export async function indexMissingHere(
       for (const made of files) {
         const digest = made.record.layer.digest;
         const position = missing.find((l) => l.digest === digest)?.index ?? 0;
-        const below = image.layers.slice(0, position).map((l) => l.digest);
-        const dir = indexedHereDir(hereDir, digest, below);
+        const dir = indexedHereDir(hereDir, digest, belowDigest(image.layers, position));
         // A complete set replaces an older one whole: files first into a fresh directory,
         // inside the work directory, so that whatever fails leaves nothing outside it.
         const stem = layerFileStem(digest);

@@ -21,7 +21,6 @@ import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";
-import { digestOf } from "../oci/digest.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -149,22 +148,21 @@ export async function findLocalLayerIndex(
 }
 
 /**
- * Where the index of the layer `digest` made on this host over the layers `below` (their
- * digests, bottom first) lives: an index depends on them (the directories a layer only implies
+ * Where the index of the layer `digest` made on this host over the layers below it (`below`,
+ * their belowDigest) lives: an index depends on them (the directories a layer only implies
  * take theirs, a whiteout with nothing below is dropped), so the same layer over another base
  * has an index of its own. A bottom layer's keeps the plain name.
  */
-export function indexedHereDir(hereDir: string, digest: string, below: string[]): string {
+export function indexedHereDir(hereDir: string, digest: string, below?: string): string {
   const stem = layerFileStem(digest);
-  if (below.length === 0) return `${hereDir}/${stem}`;
-  return `${hereDir}/${stem}.over-${digestOf(new TextEncoder().encode(below.join(","))).slice(7)}`;
+  return below === undefined ? `${hereDir}/${stem}` : `${hereDir}/${stem}.over-${below.slice(7)}`;
 }
 
 /** The index an earlier `--index-missing` made here for `layer` over `below`, if any (checked). */
 export async function findIndexedHere(
   hereDir: string,
   layer: { digest: string; size: number },
-  below: string[],
+  below: string | undefined,
 ): Promise<TarIndexFiles | undefined> {
   const dir = indexedHereDir(hereDir, layer.digest, below);
   try {

@@ -4,6 +4,7 @@
  * registry's index artifact, or `--index-missing` (index_here.ts), in that order; each kept in
  * the durable cache.
  */
+import { belowDigest } from "../oci/digest.ts";
 import { UserError } from "../errors.ts";
 import type { LayerDescriptor, LayerSelection } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
@@ -97,7 +98,7 @@ export async function findTarIndexes(
   const wanted = layers.map((l) => ({
     digest: l.digest,
     size: l.sizeBytes,
-    below: image.layers.slice(0, l.index).map((lower) => lower.digest),
+    below: belowDigest(image.layers, l.index),
   }));
   // An index made here earlier (by --index-missing, of this image or another with the layer)
   // first: its piece digests came from bytes checked against the layer digest, and finding it

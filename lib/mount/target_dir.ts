@@ -30,7 +30,7 @@ export function checkOverlayDirs(
   upper: string,
   work: string,
 ): { upper: string; work: string } {
-  const checked = (option: "--upper" | "--work", key: string, dir: string) => {
+  const checked = (option: "--upper" | "--work", dir: string) => {
     let info: ReturnType<typeof statPath>;
     try {
       info = statPath(dir);
@@ -45,9 +45,9 @@ export function checkOverlayDirs(
     }
     if (!info.isDirectory) throw new MountError(`${option} ${dir} is not a directory`);
     const dev = `${info.devMajor}:${info.devMinor}`;
-    return { option, key, dev, inode: `${dev}:${info.ino}` };
+    return { option, dev, inode: `${dev}:${info.ino}` };
   };
-  const ours = [checked("--upper", "upperdir", upper), checked("--work", "workdir", work)];
+  const ours = [checked("--upper", upper), checked("--work", work)];
   if (ours[0].dev !== ours[1].dev) {
     throw new MountError(
       `--upper ${upper} and --work ${work} are on different file systems`,
@@ -89,10 +89,10 @@ export function checkOverlayDirs(
     }
     return inodes;
   };
-  const oursWithin = ours.map((dir) => ({
-    ...dir,
-    path: dir.option === "--upper" ? real.upper : real.work,
-  })).map((dir) => ({ ...dir, above: new Set(ancestry(dir.path)) }));
+  const oursWithin = ours.map((dir) => {
+    const path = dir.option === "--upper" ? real.upper : real.work;
+    return { ...dir, path, above: new Set(ancestry(path)) };
+  });
   for (const mount of readMountInfo()) {
     if (mount.fsType !== "overlay") continue;
     for (const key of ["upperdir", "workdir"]) {

@@ -22,3 +22,16 @@ export async function digestOfAsync(bytes: Uint8Array, like = "sha256:"): Promis
   const hash = new Uint8Array(await crypto.subtle.digest(name, bytes as Uint8Array<ArrayBuffer>));
   return `${algorithm}:${Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
+
+/**
+ * One digest for the layers below layer `index` of an image (of their digests, comma-separated,
+ * bottom first); undefined for the bottom layer. What a layer is converted or indexed into
+ * depends on them: the directories it only implies, the whiteouts that delete something.
+ */
+export function belowDigest(
+  layers: readonly { digest: string }[],
+  index: number,
+): string | undefined {
+  if (index <= 0) return undefined;
+  return digestOf(new TextEncoder().encode(layers.slice(0, index).map((l) => l.digest).join(",")));
+}
