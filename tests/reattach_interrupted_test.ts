@@ -20,45 +20,56 @@ import { HoldPoint } from "./_support/hold.ts";
 import { waitFor } from "./_support/wait.ts";
 
 /**
- * basic.erofs mounted (FUSE) in `sandbox`, its server killed, and a `reattach` started that
- * holds at `hold` (reattach-before-state) once its new server runs.
+ * basic.erofs mounted (FUSE) in a sandbox, its server killed, and a `reattach` started that holds
+ * at `hold` (reattach-before-state) once its new server runs; `fn` goes on from there. Whatever
+ * it leaves (the reattach, servers, the sandbox) is ended after it.
  */
-async function reattachHeld(
-  sandbox: Awaited<ReturnType<typeof mountSandbox>>,
-  hold: HoldPoint,
-): Promise<Deno.ChildProcess> {
-  const mounted = await runCli(
-    ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-    { env: sandbox.env, timeoutMs: 120_000 },
-  );
-  assert.equal(mounted.code, 0, describe(mounted));
-  const [first] = mountServersOf(sandbox.runtimeDir);
-  Deno.kill(first, "SIGKILL");
-  await waitFor("the server to die", () => !pidAlive(first), 10_000);
-  const reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
-    args: ["reattach", sandbox.target],
-    env: { ...sandbox.env, ...hold.env },
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await hold.reached("reattach to start its server");
-  return reattach;
+async function withHeldReattach(
+  fn: (
+    sandbox: Awaited<ReturnType<typeof mountSandbox>>,
+    reattach: Deno.ChildProcess,
+    hold: HoldPoint,
+  ) => Promise<void>,
+): Promise<void> {
+  const sandbox = await mountSandbox();
+  using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
+  let reattach: Deno.ChildProcess | undefined;
+  try {
+    const mounted = await runCli(
+      ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+      { env: sandbox.env, timeoutMs: 120_000 },
+    );
+    assert.equal(mounted.code, 0, describe(mounted));
+    const [first] = mountServersOf(sandbox.runtimeDir);
+    Deno.kill(first, "SIGKILL");
+    await waitFor("the server to die", () => !pidAlive(first), 10_000);
+    reattach = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["reattach", sandbox.target],
+      env: { ...sandbox.env, ...hold.env },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await hold.reached("reattach to start its server");
+    await fn(sandbox, reattach, hold);
+  } finally {
+    try {
+      reattach?.kill("SIGKILL");
+      await reattach?.status;
+    } catch { /* ended */ }
+    killMountServersOf(sandbox.runtimeDir);
+    await sandbox.cleanup();
+  }
 }
 
 Deno.test({
   name: "reattach killed before recording its server: the server ends, the next reattach works",
   ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
-    let reattach: Deno.ChildProcess | undefined;
-    try {
-      reattach = await reattachHeld(sandbox, hold);
+  fn: () =>
+    withHeldReattach(async (sandbox, reattach) => {
       const [unrecorded] = mountServersOf(sandbox.runtimeDir);
       assert.ok(unrecorded, "reattach's server runs");
       reattach.kill("SIGKILL");
       await reattach.status;
-      reattach = undefined;
 
       await waitFor("the unrecorded server to end", () => !pidAlive(unrecorded), 15_000);
 
@@ -80,27 +91,15 @@ Deno.test({
         () => mountServersOf(sandbox.runtimeDir).length === 0,
         15_000,
       );
-    } finally {
-      try {
-        reattach?.kill("SIGKILL");
-        await reattach?.status;
-      } catch { /* ended */ }
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
-  },
+    }),
 });
 
 Deno.test({
   name:
     "a SIGTERM to reattach's server before reattach recorded it keeps the mount's crash recovery",
   ignore: requires(root(), path("/dev/fuse")),
-  async fn() {
-    const sandbox = await mountSandbox();
-    using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
-    let reattach: Deno.ChildProcess | undefined;
-    try {
-      reattach = await reattachHeld(sandbox, hold);
+  fn: () =>
+    withHeldReattach(async (sandbox, reattach, hold) => {
       const [started] = mountServersOf(sandbox.runtimeDir);
       assert.ok(started, "reattach's server runs");
       // Stopped on purpose (a service manager, an admin) in the moment before the record: it
@@ -110,7 +109,6 @@ Deno.test({
       await waitFor("reattach's server to end", () => !pidAlive(started), 15_000);
       hold.release();
       await reattach.status;
-      reattach = undefined;
 
       const again = await runCli(["reattach", sandbox.target], {
         env: sandbox.env,
@@ -123,13 +121,5 @@ Deno.test({
         timeoutMs: 60_000,
       });
       assert.equal(unmounted.code, 0, describe(unmounted));
-    } finally {
-      try {
-        reattach?.kill("SIGKILL");
-        await reattach?.status;
-      } catch { /* ended */ }
-      killMountServersOf(sandbox.runtimeDir);
-      await sandbox.cleanup();
-    }
-  },
+    }),
 });
