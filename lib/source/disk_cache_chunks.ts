@@ -200,12 +200,17 @@ export class BlobChunks {
 
   /**
    * Marks every chunk absent (synced) and forgets them here, under the write lock of the whole
-   * map (waiting for readers and fillers of every process): a refusal of the blob's bytes.
+   * map (waiting for readers and fillers of other processes): a refusal of the blob's bytes.
+   * A fill of this process holds its run's lock on the same descriptor, so it cannot be waited
+   * for: the lock taken here covers it too, and releasing the whole map released the fill's run
+   * while it still wrote there (another process could fill and mark those chunks, and then
+   * have them overwritten). The runs filling here stay locked, for their fills to release.
    */
   async dropAll(): Promise<void> {
-    while (!tryLock(this.#blob.mapFd, F_WRLCK, 0, this.#blob.chunkCount)) await sleep(POLL_MS);
+    const count = this.#blob.chunkCount;
+    while (!tryLock(this.#blob.mapFd, F_WRLCK, 0, count)) await sleep(POLL_MS);
     try {
-      pwriteAll(this.#blob.mapFd, new Uint8Array(this.#blob.chunkCount), 0);
+      pwriteAll(this.#blob.mapFd, new Uint8Array(count), 0);
       dataSyncNow(this.#blob.mapFd);
       forgetSum(this.#blob.base);
       this.#blob.lru.clear();
@@ -213,7 +218,16 @@ export class BlobChunks {
     } catch (error) {
       this.#blob.warn(`disk cache ${this.#blob.base}: ${(error as Error).message}`);
     } finally {
-      unlock(this.#blob.mapFd, 0, this.#blob.chunkCount);
+      for (let start = 0; start < count;) {
+        if (this.#blob.isFilling(start)) {
+          start++;
+          continue;
+        }
+        let stop = start + 1;
+        while (stop < count && !this.#blob.isFilling(stop)) stop++;
+        unlock(this.#blob.mapFd, start, stop - start);
+        start = stop;
+      }
     }
   }
 }

@@ -9,6 +9,8 @@ import { DiskCache } from "./disk_cache.ts";
 import type { DiskCachedSource } from "./disk_cached.ts";
 import type { Source } from "./source.ts";
 import { patternBytes } from "../../tests/_support/memory_source.ts";
+import { openBlobFiles } from "./disk_cache_files.ts";
+import { closeQuietly, F_WRLCK, tryLock, unlock } from "./disk_cache_io.ts";
 
 const CHUNK = 64 << 10;
 const DIGEST = "sha256:" + "5c".repeat(32);
@@ -60,6 +62,46 @@ Deno.test("disk cache: a fill in flight when the blob is refused marks nothing p
     assert.equal(again.presentChunks(), 0, "a refused blob's chunks are all absent");
     await again.close();
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("disk cache: refusing a blob keeps the lock of a fill in flight until that fill ends", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-refuse-lock-" });
+  let otherMapFd: number | undefined;
+  try {
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir: `${dir}/cache`,
+      chunkBytes: CHUNK,
+      onWarning: () => {},
+    })!;
+    const bytes = patternBytes(4 * CHUNK, 5);
+    const inner = new HeldSource(bytes);
+    const source = cache.wrap(inner, { digest: DIGEST, origin: "test" }) as DiskCachedSource;
+    await source.read(0, 10);
+    await source.whenDurable();
+    inner.held = true;
+    const ahead = source.fillAhead(3 * CHUNK, CHUNK);
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    await source.refuseBytes("layer does not match its digest");
+    // Another process's descriptor of the map (OFD locks are per open file).
+    const maps = [...Deno.readDirSync(`${dir}/cache/blobs`)].filter((e) => e.name.endsWith(".map"));
+    assert.equal(maps.length, 1);
+    const base = `${dir}/cache/blobs/${maps[0].name.slice(0, -".map".length)}`;
+    otherMapFd = openBlobFiles(base, bytes.length, 4).map;
+    // Before, the refusal released the fill's lock with its own: another process could fill
+    // chunk 3 and mark it while this fill still wrote there.
+    assert.ok(!tryLock(otherMapFd, F_WRLCK, 3, 1), "chunk 3 stays locked by its fill");
+    assert.ok(tryLock(otherMapFd, F_WRLCK, 1, 1), "chunks no fill holds are free");
+    unlock(otherMapFd, 1, 1);
+    inner.release();
+    await ahead;
+    await source.whenDurable().catch(() => {});
+    assert.ok(tryLock(otherMapFd, F_WRLCK, 3, 1), "free once the fill ended");
+    await source.close();
+  } finally {
+    if (otherMapFd !== undefined) closeQuietly(otherMapFd);
     await Deno.remove(dir, { recursive: true });
   }
 });
