@@ -174,6 +174,10 @@ Deno.test({
       [["push", image]],
       [["inspect"]],
       [["inspect", image, "--platform", "not-a-platform"], /platform/],
+      // Before any request (127.0.0.1:1 answers nothing: "cannot reach" hid it, exit 1).
+      [["pull", image, "--blob", "md5:abc", "-o", "/tmp/never-written.erofs"], /--blob digest/],
+      [["mount", image, "/tmp", "--blob", "sha256:12"], /--blob digest/],
+      [["serve", image, "--listen", "unix:/tmp/never.sock", "--blob", "sha256"], /--blob digest/],
     ];
     for (const [args, message] of cases) {
       const line = assertCliError(await runCli(args, { timeoutMs: 20_000 }), 2, message);

@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.ts";
+import { validateDigest } from "../oci/reference.ts";
 import { ArgvError, type OptionSpecs, parseArgv, type ParsedArgv } from "./argv.ts";
 
 /** One `erofs-oci <name>` subcommand. */
@@ -116,6 +117,19 @@ export function parseLayerIndex(command: string, text: string | undefined): numb
     throw new UsageError(`${command}: --layer takes a layer index (0, 1, ...), not '${text}'`);
   }
   return Number(text);
+}
+
+/**
+ * `--blob DIGEST` of any command, checked before anything is fetched (it was checked once the
+ * registry had answered: a login or an unreachable registry hid the usage error).
+ */
+export function parseBlobDigest(command: string, text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return validateDigest(text, "--blob digest");
+  } catch (error) {
+    throw new UsageError(`${command}: ${(error as Error).message}`);
+  }
 }
 
 /**

@@ -4,7 +4,12 @@
  * cannot be taken, IMAGE and DIR swapped, DIR holding one of our mounts) before anything is set
  * up.
  */
-import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
+import {
+  expectPositionals,
+  parseBlobDigest,
+  parseCommandArgs,
+  parseLayerIndex,
+} from "./command.ts";
 import { MountError, UsageError } from "../errors.ts";
 import { parseReference } from "../oci/reference.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
@@ -45,6 +50,7 @@ export function readMountArgs(argv: string[]): MountArgs {
   const { values, positionals } = parseMountArgs(argv);
   const [image, dir] = expectPositionals("mount", positionals, ["IMAGE", "DIR"]);
   const layer = parseLayerIndex("mount", values.layer);
+  parseBlobDigest("mount", values.blob);
   if ((values.upper === undefined) !== (values.work === undefined)) {
     throw new UsageError("mount: --upper and --work go together");
   }

@@ -1,5 +1,10 @@
 import type { Command } from "./command.ts";
-import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
+import {
+  expectPositionals,
+  parseBlobDigest,
+  parseCommandArgs,
+  parseLayerIndex,
+} from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { ProgressLine } from "./progress.ts";
 import { UsageError } from "../errors.ts";
@@ -45,6 +50,7 @@ Example:
         "list the layers with `erofs-oci inspect IMAGE`",
       );
     }
+    parseBlobDigest("pull", values.blob);
     const output = values.output;
     checkOutputFile("pull", output);
     const opened = await openImage("pull", image, values);

@@ -1,6 +1,11 @@
 import type { Command } from "./command.ts";
 import { onInterrupt } from "./interrupt.ts";
-import { expectPositionals, parseCommandArgs, parseLayerIndex } from "./command.ts";
+import {
+  expectPositionals,
+  parseBlobDigest,
+  parseCommandArgs,
+  parseLayerIndex,
+} from "./command.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
@@ -151,6 +156,7 @@ Example:
       })
       : DEFAULT_IDLE_TIMEOUT_MS;
     const layer = parseLayerIndex("serve", values.layer);
+    parseBlobDigest("serve", values.blob);
 
     const { source: raw, name } = await openSource(image, values, layer, diskCacheSizes);
     const exportName = values["export-name"] ?? name;
