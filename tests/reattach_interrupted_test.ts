@@ -123,3 +123,45 @@ Deno.test({
       assert.equal(unmounted.code, 0, describe(unmounted));
     }),
 });
+
+Deno.test({
+  name: "a reattach that read the records before another one recorded its server leaves it alone",
+  ignore: requires(root(), path("/dev/fuse")),
+  fn: () =>
+    withHeldReattach(async (sandbox, first, firstHold) => {
+      // The second reattach has read the records (the server dead) when the first one, already
+      // holding the mount's lock, records its new server and ends; then the second claims the
+      // lock. It started a second server on the same FUSE connection, unrecorded.
+      using secondHold = new HoldPoint("reattach-before-claim", `${sandbox.runtimeDir}-hold2`);
+      const second = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: ["reattach", sandbox.target],
+        env: { ...sandbox.env, ...secondHold.env },
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      try {
+        await secondHold.reached("the second reattach to read the records");
+        firstHold.release();
+        assert.equal((await first.status).code, 0, "the first reattach succeeds");
+        const [recorded] = mountServersOf(sandbox.runtimeDir);
+        secondHold.release();
+        const output = await second.output();
+        const text = new TextDecoder().decode(output.stdout) +
+          new TextDecoder().decode(output.stderr);
+        assert.equal(output.code, 0, text);
+        assert.match(text, /left alone/);
+        assert.deepEqual(mountServersOf(sandbox.runtimeDir), [recorded], "one server: the first's");
+        assert.equal(await manifestOf(sandbox.target), expectedManifest("basic.txt"));
+        const unmounted = await runCli(["umount", sandbox.target], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        });
+        assert.equal(unmounted.code, 0, describe(unmounted));
+      } finally {
+        try {
+          second.kill("SIGKILL");
+        } catch { /* ended */ }
+        await second.status;
+      }
+    }),
+});

@@ -312,6 +312,19 @@ export async function runMountServer(): Promise<number> {
     else Deno.addSignalListener(signal, () => stop("signal").then(() => Deno.exit(0)));
   }
 
+  // Also while it waits for the registry (ready said already): unrecorded, it went on for good
+  // and attached once the registry was back, next to the server the next reattach started.
+  if (spec.reattach) {
+    watchForRecord(spec.id, cliPid, () => {
+      console.error(
+        `the reattach command (pid ${cliPid}) ended before it recorded this server: ending ` +
+          "as a crashed server would, for the next reattach",
+      );
+      // As kill -9 would: nothing undone (no keeper ended, no device disconnected, no record
+      // touched), the state every reattach starts from.
+      Deno.kill(Deno.pid, "SIGKILL");
+    });
+  }
   if (!spec.awaitSource) {
     const heads = await Promise.all(sources.map(headOf));
     writeReady({
@@ -336,16 +349,6 @@ export async function runMountServer(): Promise<number> {
         keepFailedServerLog(spec.id);
         removeMountDir(spec.id);
         Deno.exit(1);
-      });
-    } else {
-      watchForRecord(spec.id, cliPid, () => {
-        console.error(
-          `the reattach command (pid ${cliPid}) ended before it recorded this server: ending ` +
-            "as a crashed server would, for the next reattach",
-        );
-        // As kill -9 would: nothing undone (no keeper ended, no device disconnected, no record
-        // touched), the state every reattach starts from.
-        Deno.kill(Deno.pid, "SIGKILL");
       });
     }
     // FUSE hashes fetched chunks on the event loop once node:crypto is there (openLayerSource's

@@ -17,7 +17,13 @@ import {
   type MountSpec,
 } from "../state/mount_spec.ts";
 import { lockMountChanges, tryLockChangesOf } from "../state/change_locks.ts";
-import { type MountState, readStates, serverOf, writeState } from "../state/mount_record.ts";
+import {
+  type MountState,
+  readState,
+  readStates,
+  serverOf,
+  writeState,
+} from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { readMountInfo } from "../sys/mountinfo.ts";
 import { layerForRecord, registryUnreachable, unverifiedLayer } from "../recovery/layer_record.ts";
@@ -142,7 +148,10 @@ function adoptedState(
   const first = planned[0].layer;
   return {
     id,
-    target: layers[0].layerDir,
+    // Not mounted in this mount namespace (a container's): known by its device, which `list`
+    // shows and `umount /dev/nbdN` takes. An empty target is a damaged record to every reader:
+    // the server was invisible and each later `reattach --all` started another one.
+    target: layers[0].layerDir || layers[0].blockPath,
     image: first.kind === "registry" ? first.reference : first.path,
     backend: "nbd",
     serverPid,
@@ -177,7 +186,7 @@ export async function reattach(
   // revives, so one mount's trouble keeps neither the others nor new mounts waiting.
   const lock = await lockMountChanges();
   try {
-    work = selectWork(target, outcomes, held);
+    work = await selectWork(target, outcomes, held);
   } catch (error) {
     for (const file of held) file.close();
     throw error;
@@ -209,12 +218,14 @@ interface ReattachWork {
  * mount's lock (or, for a device no mount of ours owns, the device's): one another reattach
  * or an umount is working on is left to it, with an outcome saying so.
  */
-function selectWork(
+async function selectWork(
   target: ReattachTarget,
   outcomes: ReattachOutcome[],
   held: Deno.FsFile[],
-): ReattachWork {
+): Promise<ReattachWork> {
   const states = readStates();
+  // Tests: another reattach finishes here, between this read and the claims.
+  await testHold("reattach-before-claim");
   const claimed = new Set<string>();
   const claim = (key: string, device: string, mount?: string): boolean => {
     if (claimed.has(key)) return true;
@@ -238,30 +249,56 @@ function selectWork(
     : "dir" in target
     ? fuseStates.filter((s) => s.target === realPath(target.dir) || s.target === target.dir)
     : [];
-  const fuse = fuseSelected.filter((state) => claim(state.id, state.target));
+  // Each record is read again once its lock is held: a reattach writes its new server into the
+  // record holding only that lock, so one that finished between readStates and the claim has
+  // recorded a live server the first read did not show (both started a server).
+  const fuse: MountState[] = [];
+  for (const state of fuseSelected) {
+    if (!claim(state.id, state.target)) continue;
+    const fresh = readState(state.id);
+    if (fresh) fuse.push(fresh);
+  }
   const nbd: ReattachWork["nbd"] = [];
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
-    const owner = stateOfDevice(states, info.index);
-    const mount = mountOf(owner?.state);
-    // By pid and recorded start time, as everywhere else: a dead server's pid reused by another
-    // process (another mount's server) is not this mount's server.
-    const alive = owner ? serverAlive(serverOf(owner.state)) : taskAlive(info.pid);
-    if (alive) {
-      const pid = owner ? owner.state.serverPid : info.pid;
-      outcomes.push({
-        device: name,
-        result: "alive",
-        detail: `served by pid ${pid}, left alone`,
-        ...mount,
-      });
+    let owner = stateOfDevice(states, info.index);
+    if (leftAlive(name, owner, info, outcomes)) continue;
+    if (!claim(owner?.state.id ?? `device-${info.index}`, name, mountOf(owner?.state)?.mount)) {
       continue;
     }
-    if (claim(owner?.state.id ?? `device-${info.index}`, name, mount?.mount)) {
-      nbd.push({ info, owner });
-    }
+    const fresh = readStates();
+    owner = stateOfDevice(fresh, info.index);
+    // A device adopted meanwhile is recorded under a mount id of its own: its lock too.
+    if (owner && !claim(owner.state.id, name, mountOf(owner.state)?.mount)) continue;
+    if (leftAlive(name, owner, freshDeviceInfo(info), outcomes)) continue;
+    nbd.push({ info, owner });
   }
   return { fuse, nbd };
+}
+
+/** True (with its outcome) when the device's server runs: left alone. */
+function leftAlive(
+  name: string,
+  owner: OwnedDevice | undefined,
+  info: NbdDeviceInfo,
+  outcomes: ReattachOutcome[],
+): boolean {
+  // By pid and recorded start time, as everywhere else: a dead server's pid reused by another
+  // process (another mount's server) is not this mount's server.
+  const alive = owner ? serverAlive(serverOf(owner.state)) : taskAlive(info.pid);
+  if (!alive) return false;
+  outcomes.push({
+    device: name,
+    result: "alive",
+    detail: `served by pid ${owner ? owner.state.serverPid : info.pid}, left alone`,
+    ...mountOf(owner?.state),
+  });
+  return true;
+}
+
+/** The device as sysfs shows it now (its server's pid changes with a reattach). */
+function freshDeviceInfo(info: NbdDeviceInfo): NbdDeviceInfo {
+  return listNbdDevices().find((d) => d.index === info.index) ?? info;
 }
 
 async function reattachSelected(

@@ -98,13 +98,32 @@ export async function unmountImage(
   lazy: boolean,
   changing?: () => void,
 ): Promise<Unmounted> {
+  for (let attempt = 1;; attempt++) {
+    const result = await unmountRecorded(target, lazy, changing);
+    if (!("again" in result)) return result;
+    if (attempt === 3) {
+      throw new MountError(
+        `${target} was unmounted and mounted again by other commands while umount waited`,
+        "run `erofs-oci umount` again",
+      );
+    }
+  }
+}
+
+/** umount of what the record at `target` names, or `again` when it changed while waiting. */
+async function unmountRecorded(
+  target: string,
+  lazy: boolean,
+  changing?: () => void,
+): Promise<Unmounted | { again: true }> {
   // Not while a reattach works on this mount (it would see it half gone): its own lock first,
   // then (never the other way round: reattach takes its mounts' locks without waiting, under
   // the lock of all changes) the lock of all changes, for the checks across mounts.
+  const lockedId = findState(target).id;
   let mountLock: Deno.FsFile;
   try {
     mountLock = await lockChangesOf(
-      findState(target).id,
+      lockedId,
       () => info(`umount ${target}: waiting for a reattach in progress to finish`),
     );
   } catch (error) {
@@ -118,6 +137,10 @@ export async function unmountImage(
       info(`umount ${target}: waiting for a mount or reattach in progress`)
     );
     const state = findState(target);
+    // Unmounted by another command while this one waited, and mounted again: not the mount
+    // whose lock is held (a reattach of the new one could work on it meanwhile). Again with
+    // the new one's lock.
+    if (state.id !== lockedId) return { again: true };
     // Unmounting (even lazily detaching) the outer one would leave the inner ones serving,
     // recorded, out of every path's reach.
     const inside = mountsInside(state);

@@ -41,6 +41,7 @@ import {
   serverPids,
 } from "../_support/mounts.ts";
 import { dropCaches, NOT_IN_VM, runChecked } from "../_support/vm.ts";
+import { waitFor } from "../_support/wait.ts";
 
 const IMAGE = `${FIXTURES}/basic.erofs`;
 /** The largest file of basic.erofs (1 MiB + 3): read cold while no server runs. */
@@ -116,6 +117,7 @@ Deno.test({
     const peerLog = `${base}/peer.log`;
     const registries: TestRegistry[] = [];
     const devices: PeerDevice[] = [];
+    let holder: Deno.ChildProcess | undefined;
     const step = stepTimer();
     try {
       // Plain HTTP on 127.0.0.1: the peer needs oci.insecure, erofs-oci assumes HTTP there.
@@ -132,6 +134,35 @@ Deno.test({
       const digest = `sha256:${await fileSha256(IMAGE)}`;
       step("registries + push");
 
+      // A device mounted in another mount namespace (a container's), not in ours: reattach
+      // adopts it by its device path. Its record had an empty target, which every reader took
+      // for damage: list and umount never saw the server, each `reattach --all` started another.
+      const elsewhere = await peerMount(
+        `${base}/elsewhere`,
+        openRef,
+        // By digest: a device recorded by tag has no mount here to check the image against.
+        `oci.blob=${digest},oci.insecure`,
+        peerLog,
+      );
+      devices.push(elsewhere);
+      // Its mount stays in a mount namespace of its own, held by a process there (made before
+      // the other mounts: it would hold copies of them too, and keep their devices busy).
+      holder = new Deno.Command("unshare", {
+        args: ["-m", "--propagation", "private", "sleep", "600"],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const holderPid = holder.pid;
+      await waitFor("the holder's own mount namespace with the mount", () => {
+        try {
+          return Deno.readLinkSync(`/proc/${holderPid}/ns/mnt`) !==
+              Deno.readLinkSync("/proc/self/ns/mnt") &&
+            Deno.readTextFileSync(`/proc/${holderPid}/mountinfo`).includes(` ${elsewhere.dir} `);
+        } catch {
+          return false;
+        }
+      }, 30_000);
       const byLayer = await peerMount(
         `${base}/by-layer`,
         openRef,
@@ -156,8 +187,12 @@ Deno.test({
         `OCI_NATIVE_BLOB ${lockedRef} linux/amd64 ${digest} ${credentials}\n`,
       );
 
-      step("two peer mounts");
+      const targetOf = (device: PeerDevice) =>
+        device === elsewhere ? `/dev/nbd${device.index}` : device.dir;
+
+      step("three peer mounts");
       for (const device of devices) await killAndWait(device.serverPid);
+      await runChecked("umount", ["-l", elsewhere.dir]);
       const finishRead = await blockedReader(`${byLayer.dir}/${BIG_FILE}`);
 
       for (const device of devices) {
@@ -170,7 +205,8 @@ Deno.test({
       }
       assert.equal(await finishRead(), expectedSha256(BIG_FILE), "bytes read across the kill");
       step("kill, reattach, blocked reader");
-      for (const device of devices) {
+      await runChecked("cmp", ["-n", "65536", `/dev/nbd${elsewhere.index}`, IMAGE]);
+      for (const device of devices.filter((d) => d !== elsewhere)) {
         await dropCaches();
         assert.equal(await manifestOf(device.dir), expectedManifest("basic.txt"), device.dir);
       }
@@ -182,20 +218,38 @@ Deno.test({
       const mounts = JSON.parse(listed.stdout) as { target: string; state: string }[];
       assert.deepEqual(
         mounts.map((m) => [m.target, m.state]).sort(),
-        devices.map((d) => [d.dir, "serving"]).sort(),
+        devices.map((d) => [targetOf(d), "serving"]).sort(),
         describe(listed),
       );
+      const servers = devices.map((d) => nbdSysfs(d.index, "pid"));
+      const again = await runCli(["reattach", "--all"], { env: sandbox.env, timeoutMs: 120_000 });
+      assertSuccess(again);
+      for (const device of devices) {
+        assert.match(again.stdout, new RegExp(`nbd${device.index}\\s+alive`), describe(again));
+      }
+      assert.deepEqual(devices.map((d) => nbdSysfs(d.index, "pid")), servers, "no new server");
+      // The container ends: the device is used by no mount any more.
+      holder.kill("SIGKILL");
+      await holder.status;
       for (const device of devices) {
         assertSuccess(
-          await runCli(["umount", device.dir], { env: sandbox.env, timeoutMs: 60_000 }),
+          await runCli(["umount", targetOf(device)], { env: sandbox.env, timeoutMs: 60_000 }),
         );
         assert.deepEqual(mountsBelow(device.dir), []);
-        assert.equal(nbdSysfs(device.index, "pid"), undefined, `nbd${device.index} disconnected`);
+        await waitFor(
+          `nbd${device.index} disconnected`,
+          () => nbdSysfs(device.index, "pid") === undefined,
+          10_000,
+        );
         assert.ok(!pidAlive(device.serverPid));
         assert.throws(() => Deno.statSync(device.recoveryFile), "recovery file removed");
       }
       step("list + umount");
     } finally {
+      try {
+        holder?.kill("SIGKILL");
+        await holder?.status;
+      } catch { /* ended */ }
       for (const device of devices) {
         for (const point of mountsBelow(device.dir).reverse()) {
           await new Deno.Command("umount", { args: ["-l", point], stderr: "null" }).output();

@@ -6,8 +6,23 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES } from "../_support/requires.ts";
-import { assertCliError, assertSuccess, describe, runCli } from "../_support/cli.ts";
-import { type MountSandbox, mountSandbox, mountsBelow } from "../_support/mounts.ts";
+import {
+  assertCliError,
+  assertSuccess,
+  describe,
+  runCli,
+  startCli,
+  stopCli,
+} from "../_support/cli.ts";
+import {
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  mountServersOf,
+  pidAlive,
+} from "../_support/mounts.ts";
+import { HoldPoint } from "../_support/hold.ts";
+import { waitFor } from "../_support/wait.ts";
 import { NOT_IN_VM } from "../_support/vm.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { startFaultProxy } from "../_support/fault_proxy.ts";
@@ -205,6 +220,23 @@ Deno.test({
       await new Deno.Command("sh", { args: ["-c", "echo 3 > /proc/sys/vm/drop_caches"] })
         .output();
       const reader = sha256Reader(`${sandbox.target}/big-1m3.bin`);
+
+      // A reattach killed before it recorded its waiting server: that server ends as a crashed
+      // one would. It went on unrecorded and attached once the registry was back, next to the
+      // server of the reattach after it.
+      {
+        using hold = new HoldPoint("reattach-before-state", `${sandbox.runtimeDir}-hold`);
+        const held = startCli(["reattach", sandbox.target], { ...env, ...hold.env });
+        try {
+          await hold.reached("reattach to start its waiting server", 120_000);
+          const [unrecorded] = mountServersOf(sandbox.runtimeDir);
+          assert.ok(unrecorded, "reattach's waiting server runs");
+          held.child.kill("SIGKILL");
+          await waitFor("the unrecorded server to end", () => !pidAlive(unrecorded), 30_000);
+        } finally {
+          await stopCli(held);
+        }
+      }
 
       const waiting = await runCli(["reattach", sandbox.target], { env, timeoutMs: 120_000 });
       assertSuccess(waiting);
