@@ -118,6 +118,25 @@ export class InflightBudget {
     });
   }
 
+  /**
+   * @internal BudgetAccount.keepUntil: moves `bytes` of `account` into the pool until `settled`
+   * settles, when the pool has room for them; false (nothing moved) when it has not.
+   */
+  keepUntil(account: BudgetAccount, bytes: number, settled: Promise<unknown>): boolean {
+    const moved = Math.min(bytes, account.heldBytes);
+    const g = this.guaranteedBytes;
+    // What of them the account held in the pool already is freed there by the move.
+    const inPool = Math.max(0, account.heldBytes - g) - Math.max(0, account.heldBytes - moved - g);
+    if (this.#sharedUsed + moved - inPool > this.sharedBytes) return false;
+    this.#sharedUsed += moved;
+    this.release(account, moved);
+    settled.then(() => {}, () => {}).then(() => {
+      this.#sharedUsed -= moved;
+      this.#grantWaiters();
+    });
+    return true;
+  }
+
   /** @internal BudgetAccount.release */
   release(account: BudgetAccount, bytes: number): void {
     const g = this.guaranteedBytes;
@@ -194,6 +213,17 @@ export class BudgetAccount {
 
   release(bytes: number): void {
     this.budget.release(this, Math.min(bytes, this.heldBytes));
+  }
+
+  /**
+   * A READ whose connection ends while the source still writes its buffer (a fetch shared with
+   * other reads goes on): its bytes stay counted, in the shared pool, until `settled`. False
+   * when the pool has no room: the caller then holds them (and its connection) until then.
+   * Released with the account, clients that each left with a READ in flight while the registry
+   * was slow had the server hold ~1.7 GB of buffers under a 64 MiB budget.
+   */
+  keepUntil(bytes: number, settled: Promise<unknown>): boolean {
+    return this.budget.keepUntil(this, bytes, settled);
   }
 
   /** Returns whatever is still held (the connection is gone). */

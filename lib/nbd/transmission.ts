@@ -94,6 +94,9 @@ export interface TransmissionEnd {
 
 const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 
+/** serveRead's outcome when its READ's bytes went to the budget's pool (BudgetAccount.keepUntil). */
+const KEPT_IN_POOL = Symbol("kept in pool");
+
 /**
  * Serves NBD requests on `conn` from `source` until the client disconnects, the socket fails or
  * `signal` aborts; then closes `conn`. Never rejects: how it ended is in the result.
@@ -165,17 +168,26 @@ export async function serveTransmission(
     buf.set(header);
     const receivedMs = fillTraceEnabled ? performance.now() : 0;
     const inRange = Math.max(0, Math.min(length, source.size - offset));
+    let reading: Promise<void> | undefined;
     sourceReads++;
     try {
       if (inRange > 0) {
         const dest = buf.subarray(NBD_REPLY_BYTES, NBD_REPLY_BYTES + inRange);
+        reading = source.readInto
+          ? source.readInto(offset, dest, stop.signal)
+          : source.read(offset, inRange, stop.signal).then((bytes) => dest.set(bytes));
         // Sources that ignore the signal must not hold a closing connection open.
-        if (source.readInto) {
-          await abortable(source.readInto(offset, dest, stop.signal), stop.signal);
-        } else dest.set(await abortable(source.read(offset, inRange, stop.signal), stop.signal));
+        await abortable(reading, stop.signal);
       }
     } catch (cause) {
-      if (stop.signal.aborted) return;
+      if (stop.signal.aborted) {
+        // The source may go on writing `buf` (a fetch other reads share): its bytes stay in
+        // the budget until it is done; when the pool has no room, this connection keeps them.
+        if (!reading) return;
+        if (account.keepUntil(length, reading)) return KEPT_IN_POOL;
+        await reading.catch(() => {});
+        return;
+      }
       event.error = NBD_EIO;
       event.cause = cause;
       setError(header, NBD_EIO);
@@ -334,15 +346,18 @@ export async function serveTransmission(
     }
   }
 
-  function track(work: Promise<void>, bytes: number): void {
+  function track(work: Promise<unknown>, bytes: number): void {
     inFlight++;
-    const done: Promise<void> = work.catch((error) => {
+    let held = bytes;
+    const done: Promise<void> = work.then((outcome) => {
+      if (outcome === KEPT_IN_POOL) held = 0; // the budget's now, until the source is done
+    }, (error) => {
       // A bug, not the client's: drop the connection rather than leave a request unanswered.
       stop.abort(error);
       closeQuietly(conn);
     }).finally(() => {
       inFlight--;
-      account.release(bytes);
+      account.release(held);
       running.delete(done);
       const wake = slotFreed;
       slotFreed = undefined;

@@ -329,3 +329,70 @@ Deno.test("transmission: a READ waiting for budget costs the same however much i
   // One reaction per read kept ~300 B each: 80 MB for these reads.
   ok(heapGrowthBytes < 16 * MiB, `heap grew ${(heapGrowthBytes / MiB).toFixed(1)} MiB`);
 });
+
+/** A source whose reads all wait until release(): a registry fetch that is slow to land. */
+class SlowSource implements Source {
+  readonly size: number;
+  #waiting: (() => void)[] = [];
+  constructor(readonly bytes: Uint8Array) {
+    this.size = bytes.length;
+  }
+  async readInto(offset: number, dest: Uint8Array): Promise<void> {
+    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    dest.set(this.bytes.subarray(offset, offset + dest.length));
+  }
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+  release(): void {
+    for (const resolve of this.#waiting.splice(0)) resolve();
+  }
+}
+
+Deno.test("transmission: a READ whose client left stays in the budget until the source is done", async (t) => {
+  const data = patternBytes(4 * MiB);
+  // Per connection 1 MiB guaranteed (2 connections), 2 MiB shared.
+  const budget = new InflightBudget(4 * MiB, 2);
+  /** A READ of `length` bytes, then a request with a bad magic: the server ends the connection. */
+  const readAndLeave = async (h: Harness, length: number) => {
+    await h.client.request(NBD_CMD_READ, 0, length);
+    await h.client.write(new Uint8Array(28));
+  };
+  await t.step("with room in the pool: moved there, the connection ends at once", async () => {
+    const source = new SlowSource(data);
+    const account = budget.account();
+    await using h = await connect(source, { budget: account });
+    await readAndLeave(h, MiB);
+    assertEquals((await h.served).reason, "protocol");
+    account.close();
+    // Released with the connection before, while the source went on filling the buffer: each
+    // client in turn could leave one more such buffer behind.
+    assertEquals(budget.sharedUsedBytes, MiB, "its MiB still counted");
+    source.release();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    assertEquals(budget.sharedUsedBytes, 0, "released once the source is done");
+  });
+  await t.step(
+    "with the pool full: the connection keeps them until the source is done",
+    async () => {
+      const source = new SlowSource(data);
+      const holder = budget.account();
+      ok(holder.tryAcquire(3 * MiB), "a client holds its MiB and the whole pool");
+      const account = budget.account();
+      await using h = await connect(source, { budget: account });
+      await readAndLeave(h, MiB);
+      let ended = false;
+      h.served.then(() => ended = true);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      ok(!ended, "the connection waits for its READ's source");
+      assertEquals(account.heldBytes, MiB);
+      source.release();
+      assertEquals((await h.served).reason, "protocol");
+      account.close();
+      holder.close();
+      assertEquals(budget.sharedUsedBytes, 0);
+    },
+  );
+});
