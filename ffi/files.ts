@@ -102,6 +102,14 @@ export function pathExists(path: string): boolean {
   return libc().access(cstr(path), 0) === 0;
 }
 
+/**
+ * 0 when this process may create files in the directory `path` (access(W_OK | X_OK): for root
+ * too, a read-only mount answers EROFS), else the errno.
+ */
+export function dirWriteErrno(path: string): number {
+  return libc().access(cstr(path), 2 | 1) === 0 ? 0 : errno();
+}
+
 /** What readdir(3) (getdents64) fails with: EBADF, ENOENT, ENOMEM, ENOTDIR, EINVAL, EIO, EFAULT. */
 const READDIR_ERRORS = new Set<number>([
   Errno.EBADF,

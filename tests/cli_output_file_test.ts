@@ -71,6 +71,12 @@ Deno.test("build -o DIR: refused before building, one line", async () => {
       2,
       /build: -o .*: .*tree\/file is not a directory/,
     );
+    // Said after the whole scan before ("cannot write nodir/: No such file or directory").
+    assertCliError(
+      await runCli(["build", `${work}/tree`, "-o", `${work}/nodir/`]),
+      2,
+      /build: -o .*nodir\/ names a directory/,
+    );
   } finally {
     await Deno.remove(work, { recursive: true });
   }
@@ -199,6 +205,33 @@ Deno.test({
           /^erofs-oci: cannot write .*layer\.zinfo: Read-only file system$/,
         );
         assert.doesNotMatch(result.stderr, /internal error/);
+        // Before the traced command runs, not after (its trace was lost).
+        const traced = await runCli([
+          "trace",
+          `${FIXTURES}/basic.erofs`,
+          "-o",
+          `${dir}/t.json`,
+          "--",
+          "touch",
+          `${work}/ran`,
+        ], { timeoutMs: 60_000 });
+        assertCliError(
+          traced,
+          1,
+          /^erofs-oci: trace: cannot write .*t\.json: Read-only file system/,
+        );
+        await assert.rejects(Deno.stat(`${work}/ran`), "the traced command was not run");
+        const unnamed = [
+          "trace",
+          `${FIXTURES}/basic.erofs`,
+          "-o",
+          "",
+          "--",
+          "touch",
+          `${work}/ran`,
+        ];
+        assertCliError(await runCli(unnamed), 2, /trace: -o needs a file name/);
+        await assert.rejects(Deno.stat(`${work}/ran`), "the traced command was not run");
       });
       await withTmpfs("size=1m", async (dir) => {
         const result = await runCli(["build", `${work}/tree`, "-o", `${dir}/x.erofs`]);

@@ -5,26 +5,43 @@
  * system refuses (read-only, full, no permission) is one line naming the file, not an internal
  * error.
  */
-import { refusedSpecialPath, UsageError, UserError } from "../errors.ts";
+import { Errno, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { hiddenTempName, NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
 import { strerror, SysError } from "../../ffi/libc.ts";
+import { dirWriteErrno } from "../../ffi/files.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
-  const parent = dirOf(path.replace(/\/+$/, ""));
+  if (path === "") throw new UsageError(`${command}: -o needs a file name`);
+  if (path.endsWith("/")) {
+    const example = command === "trace" ? "trace.json" : "image.erofs";
+    throw new UsageError(
+      `${command}: -o ${path} names a directory`,
+      `name the file to write, e.g. -o ${path}${example}`,
+    );
+  }
+  const parent = dirOf(path);
   let special: UserError | undefined;
   try {
     if (!Deno.statSync(parent).isDirectory) {
       throw new UsageError(`${command}: -o ${path}: ${parent} is not a directory`);
     }
+    // A read-only mount or a directory of another user's: said now, not after the build.
+    const denied = dirWriteErrno(parent);
+    if (denied === Errno.EROFS || denied === Errno.EACCES || denied === Errno.EPERM) {
+      throw new UserError(
+        `${command}: cannot write ${path}: ${strerror(denied)} (${parent})`,
+        "write the file elsewhere",
+      );
+    }
   } catch (error) {
+    if (error instanceof UserError) throw error;
     if (error instanceof Deno.errors.NotFound) {
       throw new UsageError(
         `${command}: -o ${path}: directory ${parent} does not exist`,
         "create it first, or write the file elsewhere",
       );
     }
-    if (error instanceof UsageError) throw error;
     // Under /dev, /proc or /sys: refused as every file erofs-oci is given there (the file is
     // written through descriptors, which Deno's own refusal would not stop), after what the
     // path itself is has been said (-o /dev/null: a character device).
