@@ -8,6 +8,7 @@
 import { interruptedExitCode, UserError } from "../errors.ts";
 import { logFormat, logRecord } from "../log.ts";
 import { killCapturedPrograms } from "../../ffi/spawn.ts";
+import { endOpenProgressLine } from "./progress.ts";
 
 export { HANGUP_EXIT_CODE, INTERRUPTED_EXIT_CODE, interruptedExitCode } from "../errors.ts";
 
@@ -76,6 +77,7 @@ export function takeInterruptsAhead(): InterruptScope | undefined {
 export function exitInterrupted(message: string, signal: Deno.Signal = "SIGINT"): never {
   killCapturedPrograms();
   const exitCode = interruptedExitCode(signal);
+  endOpenProgressLine(); // else the message went on the progress line's end
   if (logFormat() === "json") logRecord("error", message, { exitCode });
   else console.error(`erofs-oci: ${message}`);
   Deno.exit(exitCode);

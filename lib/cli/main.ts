@@ -10,6 +10,7 @@ import { VERSION } from "../version.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
+import { endOpenProgressLine } from "./progress.ts";
 import { capped } from "../text.ts";
 import { eventLoopTurn } from "../event_loop.ts";
 import { mark, markHeldEventLoop } from "../timing.ts";
@@ -157,6 +158,7 @@ export function reportError(thrown: unknown, debug: boolean, writesWhere?: strin
     });
     return user ? error.exitCode : 1;
   }
+  endOpenProgressLine(); // a failure in the middle of the work: its message on a line of its own
   const printDebug = () => {
     for (const errno of errnos) console.error(`  errno: ${describeErrno(errno)}`);
     console.error(error instanceof Error ? error.stack : error);

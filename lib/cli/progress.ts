@@ -72,6 +72,7 @@ export class ProgressLine {
     this.#pending = undefined;
     this.#write(`\r\x1b[K${this.#label} ${amount()}`);
     this.#drawn = true;
+    openLine = this;
   }
 
   /** Shows the last amount a redraw skipped, then ends the line for later output. */
@@ -83,11 +84,28 @@ export class ProgressLine {
     }
     if (this.#enabled && this.#drawn) this.#write("\n");
     this.#drawn = false;
+    if (openLine === this) openLine = undefined;
+  }
+
+  /** Ends the line drawn so far (nothing more drawn), for a message after it. */
+  end(): void {
+    if (this.#enabled && this.#drawn) this.#write("\n");
+    this.#drawn = false;
+    this.#pending = undefined;
+    if (openLine === this) openLine = undefined;
   }
 
   #write(text: string): void {
     this.#out(text);
   }
+}
+
+/** The progress line drawn last and not finished: a message would be glued to its end. */
+let openLine: ProgressLine | undefined;
+
+/** Ends a progress line left open (Ctrl-C in the middle of the work) before a message. */
+export function endOpenProgressLine(): void {
+  openLine?.end();
 }
 
 /** "4.0 KiB / 8.0 KiB (50%)", or the bytes alone without a total. */

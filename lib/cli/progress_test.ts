@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ProgressLine } from "./progress.ts";
+import { endOpenProgressLine, ProgressLine } from "./progress.ts";
 
 Deno.test("ProgressLine: bytes as sizes, entries as counts; nothing when not a terminal", () => {
   const written: string[] = [];
@@ -52,4 +52,19 @@ Deno.test("ProgressLine.updateRead: bytes against the total, or with their rate 
   off.updateRead(1, undefined, 1);
   off.finish();
   assert.deepEqual(quiet, []);
+});
+
+Deno.test("ProgressLine: a line left open is ended before a message (endOpenProgressLine)", () => {
+  const written: string[] = [];
+  let now = 0;
+  const line = new ProgressLine("reading", true, (text) => written.push(text), () => now);
+  line.update(1, 4);
+  now += 1000;
+  line.update(2, 4);
+  endOpenProgressLine();
+  assert.equal(written.at(-1), "\n", "the message that follows starts a line of its own");
+  const count = written.length;
+  endOpenProgressLine();
+  line.finish();
+  assert.equal(written.length, count, "ended once: nothing more written");
 });
