@@ -10,7 +10,15 @@
  * need it for a read-only lower layer).
  */
 import assert from "node:assert/strict";
-import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import {
+  command,
+  FIXTURES,
+  path,
+  PEER_BIN,
+  REPO_ROOT,
+  requires,
+  root,
+} from "./_support/requires.ts";
 import { runCli } from "./_support/cli.ts";
 import {
   assertOneLineError,
@@ -261,4 +269,24 @@ t.close()`,
       assert.ok(!(await Deno.stat(`${work}/x.erofs`).catch(() => undefined)));
     });
   },
+});
+
+Deno.test({
+  name: "build - with a terminal as standard input: refused at once (it waited, silent)",
+  ignore: requires(command("script")),
+  fn: () =>
+    withTempDir("erofs-oci-build-tty-", async (dir) => {
+      // script(1) gives the command a pseudo-terminal as its standard input.
+      const cli = `${REPO_ROOT}/scripts/erofs-oci-dev build - -o ${dir}/x.erofs; echo "rc=$?"`;
+      const run = await new Deno.Command("timeout", {
+        args: ["60", "script", "-qec", cli, "/dev/null"],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(run.stdout);
+      assert.match(text, /build: SOURCE - reads a tar from standard input, which is a terminal/);
+      assert.match(text, /rc=2/);
+      await assert.rejects(Deno.stat(`${dir}/x.erofs`));
+    }),
 });

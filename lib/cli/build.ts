@@ -83,6 +83,13 @@ Example:
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
     checkOutputFile("build", values.output, source === "-" ? [] : [source]);
+    // It waited, silent, for a tar typed in.
+    if (source === "-" && Deno.stdin.isTerminal()) {
+      throw new UsageError(
+        "build: SOURCE - reads a tar from standard input, which is a terminal",
+        "pipe one in, e.g. tar -C DIR -c . | erofs-oci build - -o image.erofs",
+      );
+    }
     const timestamp = parseBuildTimestamp("build", values.timestamp) ??
       Math.floor(Date.now() / 1000);
     let uuid: Uint8Array | undefined;
