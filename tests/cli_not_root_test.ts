@@ -3,11 +3,12 @@
  * error. `list` and `metrics` read the runtime dir, which is root's (0700); umount and
  * reattach say what needs root (they said "mounting").
  */
+import assert from "node:assert/strict";
 import { assertCliError, type CliResult } from "./_support/cli.ts";
 import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
 
 /** erofs-oci as uid 65534, with a runtime dir of root's that exists (as after any mount). */
-async function asNobody(args: string[]): Promise<CliResult> {
+async function asNobody(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   const runtimeDir = await Deno.makeTempDir({ prefix: "erofs-oci-notroot-" });
   try {
     await Deno.mkdir(`${runtimeDir}/mounts`, { mode: 0o700 });
@@ -20,7 +21,7 @@ async function asNobody(args: string[]): Promise<CliResult> {
         `${REPO_ROOT}/scripts/erofs-oci-dev`,
         ...args,
       ],
-      env: { EROFS_OCI_RUNTIME_DIR: runtimeDir, DOCKER_CONFIG: "/nonexistent" },
+      env: { EROFS_OCI_RUNTIME_DIR: runtimeDir, DOCKER_CONFIG: "/nonexistent", ...env },
       stdin: "null",
       signal: AbortSignal.timeout(20_000),
     }).output();
@@ -61,3 +62,22 @@ for (
     },
   });
 }
+
+Deno.test({
+  name: "not root: erofs-oci cache says the disk cache is root's (not that it is damaged)",
+  ignore: requires(root(), command("setpriv")),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-notroot-cache-" });
+    try {
+      await Deno.mkdir(`${dir}/cache/blobs`, { recursive: true, mode: 0o700 });
+      await Deno.chmod(`${dir}/cache`, 0o700);
+      await Deno.chmod(dir, 0o755);
+      const result = await asNobody(["cache"], { EROFS_OCI_CACHE_DIR: `${dir}/cache` });
+      assertCliError(result, 1, /permission denied/i);
+      // It said to make the cache root's and 0700 (it is) or to remove it.
+      assert.match(result.stderr, /hint: the disk cache is root's: run erofs-oci cache as root/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

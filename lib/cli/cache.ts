@@ -125,8 +125,13 @@ function openExisting(dir: string): DiskCache | undefined {
   try {
     return DiskCache.openExisting(dir);
   } catch (error) {
+    const message = (error as Error).message;
+    // Not damage: a user's look at root's cache (mounts, run as root, read it fine).
+    if (Deno.uid() !== 0 && /permission denied/i.test(message)) {
+      throw new UserError(message, "the disk cache is root's: run erofs-oci cache as root (sudo)");
+    }
     throw new UserError(
-      (error as Error).message,
+      message,
       "mounts do not use it either; make it root's and 0700, the directories above it " +
         "writable by root only, or remove it",
     );
