@@ -205,7 +205,16 @@ Deno.test({
       }
       assert.equal(await finishRead(), expectedSha256(BIG_FILE), "bytes read across the kill");
       step("kill, reattach, blocked reader");
-      await runChecked("cmp", ["-n", "65536", `/dev/nbd${elsewhere.index}`, IMAGE]);
+      // Before, its server ended right after the reattach (no readable record named it): the
+      // read waited for good.
+      await runChecked("timeout", [
+        "60",
+        "cmp",
+        "-n",
+        "65536",
+        `/dev/nbd${elsewhere.index}`,
+        IMAGE,
+      ]);
       for (const device of devices.filter((d) => d !== elsewhere)) {
         await dropCaches();
         assert.equal(await manifestOf(device.dir), expectedManifest("basic.txt"), device.dir);
