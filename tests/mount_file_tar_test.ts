@@ -164,6 +164,16 @@ Deno.test({
           /--require-verified: layer 0: tar index from --tarindex\/--zinfo/,
         );
 
+        // Said as an index of another layer before ("refers to 1703936 bytes of tar, the tar
+        // has 1129602": the gzip stream's size).
+        assertCliError(
+          await runCli(["mount", "--tarindex", `${FIXTURES}/layer.meta.erofs`, gz, target], {
+            env,
+          }),
+          2,
+          /the layer is a tar\.gz: --tarindex over it needs its --zinfo too/,
+        );
+
         const erofsWithIndex = await runCli([
           "mount",
           "--backend",

@@ -5,7 +5,7 @@
  * the durable cache.
  */
 import { belowDigest } from "../oci/digest.ts";
-import { UserError } from "../errors.ts";
+import { UsageError, UserError } from "../errors.ts";
 import type { LayerDescriptor, LayerSelection } from "../oci/layers.ts";
 import { formatReference } from "../oci/reference.ts";
 import type { OpenedRegistry } from "../oci/opened.ts";
@@ -83,6 +83,13 @@ export async function findTarIndexes(
       origin: "files" as const,
     };
     refuseGivenIndexes(layers, sources);
+    // Else refused later as an index of another layer (its tar bigger than the gzip stream).
+    if (files.zinfo === undefined && tarLayerKind(layers[0].mediaType) === "gzip") {
+      throw new UsageError(
+        "mount: the layer is a tar.gz: --tarindex over it needs its --zinfo too",
+        "`erofs-oci index` writes both (NAME.meta.erofs, NAME.zinfo); or mount with --index DIR",
+      );
+    }
     found.set(layers[0].digest, files);
     return found;
   }
