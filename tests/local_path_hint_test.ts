@@ -27,6 +27,20 @@ Deno.test("an image name that is also a local directory: the failure says to wri
     const plain = await runCli(["inspect", "127.0.0.1:1/nothing-here"], { cwd: work });
     assertCliError(plain, 1);
     if (/is also a/.test(plain.stderr)) throw new Error(plain.stderr);
+    // No registry host and no such path: a mistyped path went to Docker Hub, said as Docker
+    // Hub's failure only. (A proxy that refuses keeps the request on this machine.)
+    const mistyped = await runCli(["inspect", "nodir/x.erofs"], {
+      cwd: work,
+      env: { HTTPS_PROXY: "http://127.0.0.1:1", NO_PROXY: "", no_proxy: "" },
+    });
+    assertCliError(mistyped, 1);
+    if (
+      !/hint: nodir\/x\.erofs names a Docker Hub image .* no file or directory/.test(
+        mistyped.stderr,
+      )
+    ) {
+      throw new Error(`no hint about the missing path:\n${mistyped.stderr}`);
+    }
   } finally {
     await Deno.remove(work, { recursive: true });
   }

@@ -54,7 +54,8 @@ export function validateDigest(digest: string, what = "digest"): string {
   throw new OciError(`invalid ${what} ${shown}: ${why}`, undefined, { exitCode: 2 });
 }
 
-function isRegistryHost(component: string): boolean {
+/** Whether a reference's first component names a registry host (else it is Docker Hub's). */
+export function isRegistryHost(component: string): boolean {
   // Same rule as Docker: a first component with '.' or ':' or exactly "localhost" is a host.
   return component.includes(".") || component.includes(":") || component === "localhost" ||
     component.startsWith("[");
