@@ -132,3 +132,28 @@ Deno.test("OciLayout: per-platform entries sharing a tag, and no tag at all", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("OciLayout: an entry without a platform (as skopeo writes) takes its config's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-layout-" });
+  try {
+    const { entries } = await writeLayout(dir, ["linux/arm64"], "entries");
+    const index = JSON.parse(await Deno.readTextFile(`${dir}/index.json`));
+    delete index.manifests[0].platform;
+    await Deno.writeTextFile(`${dir}/index.json`, JSON.stringify(index));
+    const layout = new OciLayout(dir);
+    // It was "unknown", and --platform linux/arm64 refused ("available: unknown").
+    for (const ref of [{ layoutPath: dir }, { layoutPath: dir, tag: "v1" }]) {
+      const any = await layout.resolveImage(ref);
+      assert.equal(any.platform, "linux/arm64");
+      assert.equal(any.manifestDigest, entries[0].digest);
+      const asked = await layout.resolveImage(ref, "linux/arm64");
+      assert.equal(asked.manifestDigest, entries[0].digest);
+      await assert.rejects(
+        layout.resolveImage(ref, "linux/amd64"),
+        /no manifest for platform linux\/amd64 in .*; available: linux\/arm64$/,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -208,8 +208,22 @@ export async function resolveDocument(
     platforms = [
       ...new Set(candidates.map((d) => (d.platform ? formatPlatform(d.platform) : "unknown"))),
     ];
+    // One entry without a platform (an OCI layout skopeo wrote): its config says which. It was
+    // "unknown", and --platform for it refused with only "unknown" to choose from.
+    const sole = candidates.length === 1 && !candidates[0].platform ? candidates[0] : undefined;
+    let solePlatform: Platform | undefined;
+    let soleManifest: FetchedManifest | undefined;
+    if (sole) {
+      soleManifest = await fetcher.manifest(sole.digest);
+      if (soleManifest.document.kind === "manifest") {
+        solePlatform = await fetcher.configPlatform(soleManifest.document.config);
+      }
+      if (solePlatform) platforms = [formatPlatform(solePlatform)];
+    }
     const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ??
-      (!explicit && candidates.length === 1 && !candidates[0].platform ? candidates[0] : undefined);
+      (sole && (!explicit || (solePlatform && platformMatches(wanted, solePlatform)))
+        ? sole
+        : undefined);
     if (!match) {
       throw new OciError(
         `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
@@ -218,8 +232,9 @@ export async function resolveDocument(
         "choose one with --platform os/arch[/variant]",
       );
     }
-    chosenPlatform = match.platform ? formatPlatform(match.platform) : "unknown";
-    manifest = await fetcher.manifest(match.digest);
+    const platform = match.platform ?? solePlatform;
+    chosenPlatform = platform ? formatPlatform(platform) : "unknown";
+    manifest = match === sole && soleManifest ? soleManifest : await fetcher.manifest(match.digest);
     if (manifest.document.kind !== "manifest") {
       throw new OciError(`index entry ${match.digest} of ${name} is not a manifest`);
     }
