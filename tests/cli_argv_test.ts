@@ -210,6 +210,14 @@ Deno.test("parseCommandArgs: usage errors are one-line UsageErrors with exit cod
     usage(["a"], false).message,
     "demo: Unexpected argument 'a'. This command does not take positional arguments",
   );
+  // An empty value (an unset shell variable) was taken as no option at all.
+  assert.equal(usage(["--name="]).message, "demo: --name was given an empty value");
+  assert.equal(usage(["-n", ""]).message, "demo: --name was given an empty value");
+  assert.equal(
+    parseCommandArgs("demo", ["--password", ""], { password: { type: "string" } }).values.password,
+    "",
+    "an empty password is a value",
+  );
   const { values, positionals } = parseCommandArgs("demo", ["-h", "--name=-x", "--", "-n"], {
     name: { type: "string", short: "n" },
   });

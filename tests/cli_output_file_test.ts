@@ -230,7 +230,7 @@ Deno.test({
           "touch",
           `${work}/ran`,
         ];
-        assertCliError(await runCli(unnamed), 2, /trace: -o needs a file name/);
+        assertCliError(await runCli(unnamed), 2, /trace: --output was given an empty value/);
         await assert.rejects(Deno.stat(`${work}/ran`), "the traced command was not run");
       });
       await withTmpfs("size=1m", async (dir) => {

@@ -29,7 +29,9 @@ export function parseCommandArgs<O extends OptionSpecs>(
   allowPositionals = true,
 ): ParsedArgv<O & typeof HELP_OPTION> {
   try {
-    return parseArgv(argv, { ...options, ...HELP_OPTION }, allowPositionals);
+    const parsed = parseArgv(argv, { ...options, ...HELP_OPTION }, allowPositionals);
+    refuseEmptyValues(command, parsed.values as Record<string, unknown>);
+    return parsed;
   } catch (error) {
     if (!(error instanceof ArgvError)) throw error;
     const message = error.message.split("\n")[0];
@@ -59,6 +61,25 @@ export function parseCommandArgs<O extends OptionSpecs>(
         }=-VALUE (or give the missing value); ${help}`
         : help,
     );
+  }
+}
+
+/** Options whose empty value means something (the default export's name, an empty password). */
+const EMPTY_ALLOWED = new Set(["export-name", "password", "options"]);
+
+/**
+ * `--push ''`, `--index ''`, `-u ''`: a value left empty (an unset shell variable) was taken as
+ * no option at all (build did not push, mount ignored --index) or failed far from its cause.
+ */
+function refuseEmptyValues(command: string, values: Record<string, unknown>): void {
+  for (const [name, value] of Object.entries(values)) {
+    if (EMPTY_ALLOWED.has(name)) continue;
+    if (value === "" || (Array.isArray(value) && value.includes(""))) {
+      throw new UsageError(
+        `${command}: --${name} was given an empty value`,
+        `give it one, or leave --${name} out; see \`erofs-oci ${command} --help\``,
+      );
+    }
   }
 }
 
