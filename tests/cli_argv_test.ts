@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { parseArgs } from "node:util";
 import fc from "fast-check";
 import { ArgvError, type OptionSpecs, parseArgv } from "../lib/cli/argv.ts";
-import { parseCommandArgs } from "../lib/cli/command.ts";
+import { expectPositionals, parseCommandArgs } from "../lib/cli/command.ts";
 import { UsageError } from "../lib/errors.ts";
 import { MOUNT_OPTIONS } from "../lib/cli/mount_option_specs.ts";
 
@@ -209,6 +209,11 @@ Deno.test("parseCommandArgs: usage errors are one-line UsageErrors with exit cod
   assert.equal(
     usage(["a"], false).message,
     "demo: Unexpected argument 'a'. This command does not take positional arguments",
+  );
+  // An empty argument: it failed later as a path ("cannot use mount point : Empty path").
+  assert.throws(
+    () => expectPositionals("mount", ["img", ""], ["IMAGE", "DIR"]),
+    (e: unknown) => e instanceof UsageError && e.message === "mount: DIR is empty",
   );
   // An empty value (an unset shell variable) was taken as no option at all.
   assert.equal(usage(["--name="]).message, "demo: --name was given an empty value");

@@ -128,6 +128,14 @@ export function expectPositionals(
       `usage: erofs-oci ${command} ${names.join(" ")} [options]`,
     );
   }
+  // An unset shell variable: it failed later as a path ("cannot use mount point : …").
+  const empty = positionals.indexOf("");
+  if (empty >= 0) {
+    throw new UsageError(
+      `${command}: ${names[empty]} is empty`,
+      `usage: erofs-oci ${command} ${names.join(" ")} [options]`,
+    );
+  }
   return positionals;
 }
 

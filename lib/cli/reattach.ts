@@ -69,6 +69,7 @@ Exit code 1 when any selected device could not be reattached.`,
     if (positionals.length > 1) {
       throw new UsageError(`reattach: unexpected argument '${positionals[1]}'`);
     }
+    if (positionals[0] === "") throw new UsageError("reattach: DEVICE or DIR is empty");
     if (values.watch) {
       if (values.all || positionals.length) {
         throw new UsageError("reattach: --watch watches every mount; give no DEVICE, DIR or --all");
