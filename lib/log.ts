@@ -92,8 +92,9 @@ export function throttledWarning(everyMs: number, what: string): (message: strin
   };
 }
 
+/** Info lines quote paths and image data too: no raw control characters (as warn's, errors'). */
 export function info(message: string): void {
   if (format === "json") logRecord("info", message);
-  else if (textSink) textSink("info", message);
-  else console.error(message);
+  else if (textSink) textSink("info", printable(message));
+  else console.error(printable(message));
 }

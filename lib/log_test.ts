@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { setDebug, setTextLogSink, warn } from "./log.ts";
+import { info, setDebug, setTextLogSink, warn } from "./log.ts";
 
 Deno.test("warn: Deno's OS error texts in our words; --debug adds the errno's name", () => {
   const lines: string[] = [];
@@ -17,4 +17,18 @@ Deno.test("warn: Deno's OS error texts in our words; --debug adds the errno's na
     "cache: cannot evict /c/x: Permission denied",
     "cache: cannot evict /c/x: Permission denied [EACCES (os error 13)]",
   ]);
+});
+
+Deno.test("info: control characters of quoted paths and image data are escaped", () => {
+  const lines: string[] = [];
+  setTextLogSink((_level, text) => lines.push(text));
+  try {
+    // `build -o $'dir/a\nb.erofs'` split its summary line; an escape sequence reached the terminal.
+    info("wrote dir/a\nb\u001b[31m.erofs");
+  } finally {
+    setTextLogSink(undefined);
+  }
+  assert.equal(lines.length, 1);
+  assert.doesNotMatch(lines[0], /[\n\u001b]/);
+  assert.match(lines[0], /^wrote dir\/a.*b.*\.erofs$/);
 });
