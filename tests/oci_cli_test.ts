@@ -178,6 +178,9 @@ Deno.test({
       [["pull", image, "--blob", "md5:abc", "-o", "/tmp/never-written.erofs"], /--blob digest/],
       [["mount", image, "/tmp", "--blob", "sha256:12"], /--blob digest/],
       [["serve", image, "--listen", "unix:/tmp/never.sock", "--blob", "sha256"], /--blob digest/],
+      // It refused every layer, after the download began.
+      [["convert", image, "oci:/tmp/never-written", "--max-layer-size", "0"], /would refuse every/],
+      [["cache", "--older-than", "1d"], /--older-than goes with prune/],
     ];
     for (const [args, message] of cases) {
       const line = assertCliError(await runCli(args, { timeoutMs: 20_000 }), 2, message);

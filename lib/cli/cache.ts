@@ -58,7 +58,9 @@ Options:
     if (action === "list" && (values.keep ?? values["older-than"]) !== undefined) {
       throw new UsageError(
         `cache: ${values.keep !== undefined ? "--keep" : "--older-than"} goes with prune`,
-        "e.g. erofs-oci cache prune --keep 1G",
+        values.keep !== undefined
+          ? "e.g. erofs-oci cache prune --keep 1G"
+          : "e.g. erofs-oci cache prune --older-than 30d",
       );
     }
     const keepBytes = values.keep === undefined ? 0 : parseSize(values.keep, "--keep");

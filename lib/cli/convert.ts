@@ -81,6 +81,13 @@ Examples:
     const maxLayerBytes = values["max-layer-size"] === undefined
       ? undefined
       : parseSize(values["max-layer-size"], "convert: --max-layer-size");
+    // 0 refused every layer (elsewhere, as --disk-cache-size 0, it means none).
+    if (maxLayerBytes === 0) {
+      throw new UsageError(
+        "convert: --max-layer-size 0 would refuse every layer",
+        "give a size (e.g. 20G), or leave it out for no limit",
+      );
+    }
     if (values["all-platforms"] && values.platform !== undefined) {
       throw new UsageError("convert: --platform and --all-platforms exclude each other");
     }

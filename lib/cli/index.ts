@@ -71,7 +71,7 @@ Options:
       --layer N         index only layer N (IMAGE only; 0 = bottom)
       --tmpdir DIR      work directory for --push without -o (default: $TMPDIR or /tmp)
       --span BYTES      uncompressed bytes between checkpoints (default 4194304, as
-                        erofs-utils, at most 16777216; smaller = cheaper random
+                        erofs-utils; 262144 to 16777216; smaller = cheaper random
                         reads, bigger zinfo)
       --timestamp SECS  build time in the meta image (default: SOURCE_DATE_EPOCH or now)
 ${REGISTRY_OPTIONS_HELP}
