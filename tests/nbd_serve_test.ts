@@ -42,6 +42,8 @@ Deno.test({
     assertEquals(exp.can_trim, false);
     assertEquals(exp.block_size_preferred, 4096);
     ok(/EROFS/.test(exp.content ?? ""), `content: ${exp.content}`);
+    // Every client reads the description: the file's name, not where it lies on this host.
+    assertEquals(exp.description, "erofs-oci basic.erofs");
     // The default export "" works too.
     const byDefault = JSON.parse(
       await run("nbdinfo", ["--json", `nbd+unix:///?socket=${s.socket}`]),

@@ -205,7 +205,8 @@ Example:
           name: exportName,
           sizeBytes: cache.size,
           flags: READ_ONLY_EXPORT_FLAGS,
-          description: `erofs-oci ${image}`,
+          // Every client reads it: a local image by its file name, not where it lies here.
+          description: `erofs-oci ${isLocalImage(image) ? image.replace(/^.*\//, "") : image}`,
         },
         maxInflightBytes,
         idleTimeoutMs,
