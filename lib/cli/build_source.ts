@@ -9,9 +9,14 @@ import { fileIdentity, scanDirectory } from "../erofs/writer/from_dir.ts";
 import { info } from "../log.ts";
 import { skippedXattrWarner } from "../erofs/writer/xattrs.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
-import { closeFd, O_RDONLY, strerror, SysError } from "../../ffi/libc.ts";
+import { closeFd, strerror, SysError } from "../../ffi/libc.ts";
 import { scratchFileIn } from "../../ffi/new_file_in_dir.ts";
-import { openFile } from "../../ffi/files.ts";
+import { fstatFd, S_IFMT, S_IFREG } from "../../ffi/files.ts";
+import {
+  openFileNoSymlinks,
+  realPathTrusted,
+  UntrustedSymlinkError,
+} from "../../ffi/path_resolve.ts";
 import { parseReference } from "../oci/reference.ts";
 
 export interface LoadedSource {
@@ -61,8 +66,50 @@ export async function loadSource(
   if (sourceInfo && !sourceInfo.isFile) {
     throw new UserError(`build: ${source} is neither a directory nor a tar file`);
   }
+  const tar = source === "-" ? undefined : openTarSource(source);
+  return await loadTar(source, tar, output, options, onSkippedXattr);
+}
+
+/**
+ * The tar SOURCE opened once, as root reads it: no symlink of another user's on its path is
+ * followed (a user's link to a tar of root's put that tar into a world-readable image), and
+ * what a symlink-free path reaches now must be a regular file (a FIFO swapped in is refused).
+ * Read through this descriptor only: its stream and, for a plain tar, the image's file data.
+ */
+function openTarSource(source: string): { fd: number; sizeBytes: number } {
+  let fd: number;
+  try {
+    fd = openFileNoSymlinks(realPathTrusted(source));
+  } catch (error) {
+    if (error instanceof UntrustedSymlinkError) throw error;
+    throw refusedSpecialPath(error) ??
+      new UserError(`build: cannot read ${source}: ${(error as Error).message}`);
+  }
+  try {
+    const { mode, sizeBytes } = fstatFd(fd, source);
+    if ((mode & S_IFMT) !== S_IFREG) {
+      throw new UserError(`build: ${source} is neither a directory nor a tar file`);
+    }
+    return { fd, sizeBytes };
+  } catch (error) {
+    closeFd(fd);
+    throw error;
+  }
+}
+
+/**
+ * loadSource of a tar: `tar` (openTarSource's: closed here, or by the result's close() when the
+ * image's data is read from it) or stdin.
+ */
+async function loadTar(
+  source: string,
+  tar: { fd: number; sizeBytes: number } | undefined,
+  output: string,
+  options: { literalWhiteouts?: boolean; impliedMtimeSec?: number; tarIndex?: boolean },
+  onSkippedXattr: ReturnType<typeof skippedXattrWarner>,
+): Promise<LoadedSource> {
   // The tar reader and decompressors (node:zlib, zstd) are loaded only for a tar SOURCE.
-  const [{ openTar }, { scanTar }, { spoolError }] = await Promise.all([
+  const [{ fdTarFile, openTar }, { scanTar }, { spoolError }] = await Promise.all([
     import("../tar/decompress.ts"),
     import("../erofs/writer/from_tar.ts"),
     import("../erofs/writer/from_tar_spool.ts"),
@@ -71,15 +118,17 @@ export async function loadSource(
     `${options.tarIndex ? "indexing" : "reading"} ${source === "-" ? "standard input" : source}`,
   );
   let readBytes = 0, readEntries = 0;
-  const showRead = () => reading.updateRead(readBytes, sourceInfo?.size, readEntries);
+  const showRead = () => reading.updateRead(readBytes, tar?.sizeBytes, readEntries);
   const onEntries = (count: number) => {
     readEntries = count;
     showRead();
   };
+  /** Whether tar's descriptor is the result's to close now. */
+  let handedOver = false;
   try {
     // The scan copies what it keeps of the tar's bytes, so the file can be read into reused
     // buffers.
-    const { stream, compression } = await openTar(source, {
+    const { stream, compression } = await openTar(tar ? fdTarFile(tar.fd, source) : "-", {
       reuseChunks: true,
       onInputBytes: (doneBytes) => {
         readBytes = doneBytes;
@@ -97,23 +146,24 @@ export async function loadSource(
       // mkfs.erofs counts the end-of-archive marker's zero blocks in the device too.
       return { root, entries, tarBlocks: tarEndOffset / 512 + endMarkerBlocks, close() {} };
     }
-    // Data of an uncompressed tar file stays where it is; anything else is spooled next to
-    // the output (unlinked at once, so nothing survives a crash).
-    const tarFd = compression === "none" && source !== "-" ? openFile(source, O_RDONLY) : undefined;
+    // Data of an uncompressed tar file stays where it is, read through the descriptor the stream
+    // read (it was opened again by path: another file by then); anything else is spooled next
+    // to the output (unlinked at once, so nothing survives a crash).
+    const tarFd = compression === "none" ? tar?.fd : undefined;
     let spoolFd: number;
     try {
       spoolFd = scratchFileIn(dirOf(output));
     } catch (error) {
-      if (tarFd !== undefined) closeFd(tarFd);
       await stream.cancel().catch(() => {});
       if (error instanceof SysError) {
         throw new UserError(`build: cannot write next to ${output}: ${strerror(error.errno)}`);
       }
       throw error;
     }
+    handedOver = true;
     const close = () => {
       closeFd(spoolFd);
-      if (tarFd !== undefined) closeFd(tarFd);
+      if (tar) closeFd(tar.fd);
     };
     try {
       const { root, entries } = await scanTar(stream, {
@@ -136,6 +186,7 @@ export async function loadSource(
     }
   } finally {
     reading.finish();
+    if (tar && !handedOver) closeFd(tar.fd);
   }
 }
 

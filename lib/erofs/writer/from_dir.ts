@@ -26,7 +26,12 @@ import {
   SysError,
 } from "../../../ffi/libc.ts";
 import { DeferredCloses, listDirectory } from "../../../ffi/files.ts";
-import { openDirNoSymlinks, readLinkBytesAt } from "../../../ffi/path_resolve.ts";
+import {
+  openDirNoSymlinks,
+  openDirTrusted,
+  pathOfFd,
+  readLinkBytesAt,
+} from "../../../ffi/path_resolve.ts";
 import { FormatError, UserError } from "../../errors.ts";
 import { type BuildNode, checkEntryName, kindOfMode, NO_XATTRS, type NodeKind } from "./tree.ts";
 import { NodeTable } from "./node_table.ts";
@@ -80,16 +85,27 @@ interface Stat {
  * object materializes its children only if someone reads them (the writer does not).
  */
 export function scanDirectory(dir: string, options: ScanOptions = {}): ScanResult {
-  if (statPath(dir).kind !== "dir") throw new UserError(`${dir} is not a directory`);
-  // Files are opened again when the image is written, by a path without symlinks (write.ts
-  // refuses one that has some by then): `dir` resolved once, the walk below it follows none.
-  const real = Deno.realPathSync(dir);
-  const realOf = (path: string) => real + path.slice(dir.length);
-  // Each directory is read through a descriptor opened below the root without following any
-  // symlink, by /proc/self/fd: a directory swapped for a symlink while the scan runs (to a
-  // directory only root may read) is refused, not read.
-  const rootFd = openDirNoSymlinks(real);
+  // `dir` opened once, following only root's and the caller's symlinks, and its path taken from
+  // that descriptor. It was checked (lstat) and then resolved again by path (realpath): a user
+  // who swapped a symlink to a directory of root's in between (or a `dir/` given with a trailing
+  // slash, through theirs) had root's files put into the image.
+  let rootFd: number;
   try {
+    rootFd = openDirTrusted(dir);
+  } catch (error) {
+    if (error instanceof SysError && error.errno === Errno.ENOTDIR) {
+      throw new UserError(`${dir} is not a directory`);
+    }
+    throw error;
+  }
+  try {
+    // Files are opened again when the image is written, by a path without symlinks (write.ts
+    // refuses one that has some by then): `dir` resolved once, the walk below it follows none.
+    const real = pathOfFd(rootFd);
+    const realOf = (path: string) => real + path.slice(dir.length);
+    // Each directory is read through a descriptor opened below the root without following any
+    // symlink, by /proc/self/fd: a directory swapped for a symlink while the scan runs (to a
+    // directory only root may read) is refused, not read.
     return scanBelow(dir, rootFd, realOf, options);
   } finally {
     closeFd(rootFd);
