@@ -7,10 +7,10 @@
  * ready and stops.
  */
 import { mountDir } from "../state/runtime_dirs.ts";
-import { readState, statePath } from "../state/mount_record.ts";
-import { readMountInfo } from "../sys/mountinfo.ts";
+import { readState, readStates, statePath } from "../state/mount_record.ts";
+import { type MountEntry, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
-import { pathExists } from "../../ffi/files.ts";
+import { pathExists, readSmallFile } from "../../ffi/files.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
 import { every } from "../timers.ts";
 
@@ -29,12 +29,14 @@ export interface Adoption {
 /**
  * From ready on: polls until mount `id`'s state is recorded (then stops watching) or the
  * process that started this server (`cliPid`, our parent) is gone; then detaches what was
- * mounted at `target` or under the mount's runtime dir since this call, and runs `orphaned`.
+ * mounted under the mount's runtime dir since this call, and at `target` what was mounted there
+ * from this server's `exports` (the files or devices it serves), and runs `orphaned`.
  */
 export function watchForAdoption(
   id: string,
   target: string,
   cliPid: number,
+  exports: string[],
   orphaned: () => Promise<void>,
 ): Adoption {
   const mountsAtReady = new Set(readMountInfo().map((entry) => entry.id));
@@ -42,7 +44,10 @@ export function watchForAdoption(
   const detachNewMounts = async () => {
     for (const entry of readMountInfo().reverse()) {
       if (mountsAtReady.has(entry.id)) continue;
-      if (entry.mountPoint === target || entry.mountPoint.startsWith(runDir)) {
+      if (
+        entry.mountPoint.startsWith(runDir) ||
+        (entry.mountPoint === target && madeFrom(entry, runDir, exports))
+      ) {
         await umountOffThread(entry.mountPoint, MNT_DETACH);
       }
     }
@@ -63,6 +68,28 @@ export function watchForAdoption(
       return true;
     },
   };
+}
+
+/**
+ * Whether the mount `entry` stacks this mount's layers: EROFS from one of its `exports` (or a
+ * loop device over one), or an overlay of its layer dirs (under `runDir`). Anything else at the
+ * target is another's: another `mount` to the same directory that recorded its mount meanwhile
+ * was detached by this one's undo (its record and server left, "not mounted").
+ */
+export function madeFrom(entry: MountEntry, runDir: string, exports: string[]): boolean {
+  if (entry.fsType === "overlay") {
+    const lower = overlayOption(entry.superOptions, "lowerdir") ?? "";
+    if (lower.split(":").some((dir) => dir.startsWith(runDir))) return true;
+    // Lower dirs named relative to the runtime dir (an image of 100+ layers, overlay.ts): ours
+    // unless another mount has recorded it as its own.
+    return lower !== "" && !lower.startsWith("/") &&
+      !readStates().some((state) => state.mountId === entry.id);
+  }
+  if (exports.includes(entry.source) || entry.source.startsWith(runDir)) return true;
+  const loop = /^\/dev\/(loop\d+)$/.exec(entry.source)?.[1];
+  if (loop === undefined) return false;
+  const backing = readSmallFile(`/sys/block/${loop}/loop/backing_file`)?.trim();
+  return backing !== undefined && (exports.includes(backing) || backing.startsWith(runDir));
 }
 
 /**

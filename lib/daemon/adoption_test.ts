@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { recordOrParent } from "./adoption.ts";
+import { madeFrom, recordOrParent } from "./adoption.ts";
+import type { MountEntry } from "../sys/mountinfo.ts";
 
 /**
  * A command that writes its record and exits right after the first of the server's two reads
@@ -28,4 +29,34 @@ Deno.test("recordOrParent: recorded, still waiting, or orphaned", () => {
   assert.equal(recordOrParent(() => false, () => true), "recorded");
   assert.equal(recordOrParent(() => true, () => false), "waiting");
   assert.equal(recordOrParent(() => false, () => false), "orphaned");
+});
+
+const RUN = "/run/erofs-oci/mounts/aaaa/";
+const OTHER = "/run/erofs-oci/mounts/bbbb/";
+
+function entry(fsType: string, source: string, superOptions = "ro"): MountEntry {
+  return {
+    id: 900,
+    parentId: 1,
+    major: 0,
+    minor: 99,
+    mountPoint: "/mnt/app",
+    options: "ro,nosuid,nodev",
+    fsType,
+    source,
+    superOptions,
+  };
+}
+
+Deno.test("madeFrom: only mounts of this mount's exports or layer dirs are its own", () => {
+  const exports = [`${RUN}fuse-0/blob`, "/dev/nbd3"];
+  assert.ok(madeFrom(entry("erofs", `${RUN}fuse-0/blob`), RUN, exports));
+  assert.ok(madeFrom(entry("erofs", "/dev/nbd3"), RUN, exports));
+  assert.ok(!madeFrom(entry("erofs", `${OTHER}fuse-0/blob`), RUN, exports), "another mount's");
+  assert.ok(!madeFrom(entry("erofs", "/dev/nbd4"), RUN, exports));
+  assert.ok(!madeFrom(entry("tmpfs", "tmpfs"), RUN, exports));
+  const overlay = (lower: string) =>
+    entry("overlay", "erofs-oci", `ro,lowerdir=${lower},redirect_dir=nofollow,metacopy=off`);
+  assert.ok(madeFrom(overlay(`${RUN}layer-1:${RUN}layer-0`), RUN, exports));
+  assert.ok(!madeFrom(overlay(`${OTHER}layer-1:${OTHER}layer-0`), RUN, exports));
 });

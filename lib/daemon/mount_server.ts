@@ -341,7 +341,8 @@ export async function runMountServer(): Promise<number> {
     layers.attached.resolve();
     console.log("ready:", exports.map((e) => e.blockPath).join(", "));
     if (!spec.reattach) {
-      adoption = watchForAdoption(spec.id, spec.target, cliPid, async () => {
+      const exported = exports.map((e) => e.blockPath);
+      adoption = watchForAdoption(spec.id, spec.target, cliPid, exported, async () => {
         console.error(
           `the mount command (pid ${cliPid}) ended before it recorded this mount: undoing it`,
         );

@@ -17,7 +17,7 @@ import {
   statPath,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
-import { readMountInfo } from "../sys/mountinfo.ts";
+import { overlayOption, readMountInfo } from "../sys/mountinfo.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
 import { OVERLAY_SPECIAL } from "./overlay.ts";
 
@@ -185,13 +185,6 @@ export function checkUpperClosed(upper: string): void {
     `chmod 0700 ${upper} (or a directory above it, owned by root), or use a directory on a ` +
       "file system mounted nosuid",
   );
-}
-
-/** An option of an overlay mount's super options (mountinfo escapes \, space, tab, newline). */
-function overlayOption(superOptions: string, key: string): string | undefined {
-  const match = new RegExp(`(?:^|,)${key}=((?:\\\\,|[^,])*)`).exec(superOptions);
-  return match?.[1].replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
-    .replace(/\\,/g, ",");
 }
 
 /** A checked mount target, held open until the mount is made. */

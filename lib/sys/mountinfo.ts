@@ -81,3 +81,10 @@ function normalize(path: string): string {
   const trimmed = path.replace(/\/+$/, "");
   return trimmed === "" ? "/" : trimmed.replace(/\/{2,}/g, "/");
 }
+
+/** An option of an overlay mount's super options (mountinfo escapes \, space, tab, newline). */
+export function overlayOption(superOptions: string, key: string): string | undefined {
+  const match = new RegExp(`(?:^|,)${key}=((?:\\\\,|[^,])*)`).exec(superOptions);
+  return match?.[1].replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
+    .replace(/\\,/g, ",");
+}
