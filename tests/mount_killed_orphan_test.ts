@@ -18,6 +18,7 @@ import {
 } from "./_support/mounts.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { HoldPoint } from "./_support/hold.ts";
+import { runCli } from "./_support/cli.ts";
 import { waitFor } from "./_support/wait.ts";
 
 interface RunningMount {
@@ -143,6 +144,80 @@ Deno.test({
       assert.deepEqual(mountsBelow(sandbox.target), []);
       assert.deepEqual(mountsBelow(sandbox.runtimeDir), [], "no FUSE mount left");
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+    }),
+});
+
+Deno.test({
+  name: "mount whose server is stopped while it mounts the layers ends it, freeing the lock",
+  ignore: requires(root(), path("/dev/fuse")),
+  fn: () =>
+    withHeldMount("mount-target-rechecked", async ({ sandbox, output, hold }) => {
+      // Holding the lock of all mount changes, right before the layer's mount(2).
+      await hold.reached("mount to hold the lock of mount changes");
+      const [server] = mountServersOf(sandbox.runtimeDir);
+      Deno.kill(server, "SIGSTOP");
+      try {
+        hold.release();
+        // mount(2) waited on the stopped server for good, and with it every umount, reattach
+        // and mount of the host (the lock).
+        const done = await Promise.race([
+          output,
+          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 60_000)),
+        ]);
+        assert(done, "mount still waits 60 s after its server was stopped");
+        assert.equal(done.code, 1);
+        const stderr = new TextDecoder().decode(done.stderr);
+        assert.match(stderr, /the mount server \(pid \d+\) was stopped for \d+ s .*ended/);
+        assert.deepEqual(mountsBelow(sandbox.target), []);
+        const other = await runCli(["list"], { env: sandbox.env, timeoutMs: 30_000 });
+        assert.equal(other.code, 0, "the lock is free again");
+      } finally {
+        try {
+          Deno.kill(server, "SIGCONT");
+        } catch { /* killed */ }
+      }
+    }),
+});
+
+Deno.test({
+  name: "mount interrupted while another command holds the lock of mount changes ends at once",
+  ignore: requires(root(), path("/dev/fuse")),
+  fn: () =>
+    withHeldMount("mount-target-rechecked", async ({ sandbox, hold }) => {
+      await hold.reached("the first mount to hold the lock of mount changes");
+      const secondDir = `${sandbox.target}-second`;
+      Deno.mkdirSync(secondDir);
+      const second = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+        args: ["mount", `${FIXTURES}/basic.erofs`, secondDir, "--backend", "fuse"],
+        env: sandbox.env,
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const output = second.output();
+      try {
+        // Its server up: it then waits for the lock.
+        await waitFor("the second mount's server", () =>
+          mountServersOf(sandbox.runtimeDir).length === 2, 60_000);
+        await new Promise((resolve) =>
+          setTimeout(resolve, 1000)
+        );
+        second.kill("SIGINT");
+        // It waited until the first mount let go of the lock.
+        const done = await Promise.race([
+          output,
+          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 15_000)),
+        ]);
+        assert(done, "the interrupted mount still waits for the lock 15 s later");
+        assert.equal(done.code, 130, new TextDecoder().decode(done.stderr));
+        assert.match(new TextDecoder().decode(done.stderr), /mount interrupted/);
+        assert.deepEqual(mountsBelow(secondDir), []);
+      } finally {
+        try {
+          second.kill("SIGKILL");
+        } catch { /* ended */ }
+        await output.catch(() => {});
+        hold.release();
+      }
     }),
 });
 

@@ -4,6 +4,7 @@
  * mounts for several), record the state; on any failure undo every step taken.
  */
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
+import { procStatFields } from "../../ffi/process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
 import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
@@ -82,7 +83,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
   // directory both passed the check and both mounted, stacked (the second now sees the first).
   let targetLock: Deno.FsFile | undefined;
   const lockTarget = async () => {
-    targetLock ??= await lockMountChanges();
+    // An interrupt ends the wait (another command may hold the lock for long).
+    targetLock ??= await lockMountChanges(undefined, signal);
   };
   try {
     const ready = await (spawned ?? spawnServer(request.foreground ?? false)).start(
@@ -222,7 +224,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
 }
 
 /** Mounts whose server died while their layers were being mounted (see guardFuseMounts). */
-const diedWhileMounting = new Map<string, number>();
+const diedWhileMounting = new Map<string, { pid: number; stopped: boolean }>();
 
 /**
  * Watches the server while the FUSE layers are mounted: on its death, or an interrupt, the
@@ -241,9 +243,19 @@ function guardFuseMounts(
     killServer(server);
     stopFuseKeeper(id).catch(() => {});
   };
+  let stoppedSinceMs: number | undefined;
   const timer = every(200, () => {
-    if (serverAlive(server)) return;
-    diedWhileMounting.set(id, server.pid);
+    if (serverAlive(server)) {
+      // Stopped (SIGSTOP, a debugger): mount(2) waits on it, holding the lock of all mount
+      // changes, so every umount, reattach (--watch's too) and mount waited for good.
+      if (!serverStopped(server.pid)) {
+        stoppedSinceMs = undefined;
+        return;
+      }
+      stoppedSinceMs ??= Date.now();
+      if (Date.now() - stoppedSinceMs < STOPPED_SERVER_LIMIT_MS) return;
+    }
+    diedWhileMounting.set(id, { pid: server.pid, stopped: stoppedSinceMs !== undefined });
     end();
   });
   const onAbort = () => end();
@@ -256,13 +268,26 @@ function guardFuseMounts(
   };
 }
 
+/** How long a server may stay stopped while its layers are mounted before it counts as dead. */
+const STOPPED_SERVER_LIMIT_MS = 10_000;
+
+/** True when the process is stopped (`T`) or stopped by a tracer (`t`). */
+function serverStopped(pid: number): boolean {
+  const state = procStatFields(pid)?.[0];
+  return state === "T" || state === "t";
+}
+
 /** The error to report when the server died during guardFuseMounts (else undefined). */
 function diedError(id: string, cause: unknown): MountError | undefined {
-  const pid = diedWhileMounting.get(id);
-  if (pid === undefined) return undefined;
+  const died = diedWhileMounting.get(id);
+  if (died === undefined) return undefined;
   diedWhileMounting.delete(id);
+  const what = died.stopped
+    ? `was stopped for ${STOPPED_SERVER_LIMIT_MS / 1000} s (SIGSTOP, a debugger) and ended`
+    : "died";
   return new MountError(
-    `the mount server (pid ${pid}) died while the layers were being mounted; nothing was left mounted`,
+    `the mount server (pid ${died.pid}) ${what} while the layers were being mounted; nothing ` +
+      "was left mounted",
     "see the server's log above or with --debug, then mount again",
     { cause },
   );

@@ -2,7 +2,7 @@
  * Locks of the runtime dir (lock files in it): mount, reattach and umount take turns on what
  * they change, across all mounts or on one.
  */
-import { waitAtMost } from "../timers.ts";
+import { sleep, waitAtMost } from "../timers.ts";
 import { mountDir, RUNTIME_ROOT } from "./runtime_dirs.ts";
 
 /**
@@ -12,9 +12,44 @@ import { mountDir, RUNTIME_ROOT } from "./runtime_dirs.ts";
  * connection over; the loser ran on, unrecorded, after umount), and a reattach during an
  * umount saw a mount half gone. The work on one mount holds its own lock (lockChangesOf).
  */
-export function lockMountChanges(onWait: () => void = () => {}): Promise<Deno.FsFile> {
+export function lockMountChanges(
+  onWait: () => void = () => {},
+  signal?: AbortSignal,
+): Promise<Deno.FsFile> {
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
-  return lockSaying(openLockFile(`${RUNTIME_ROOT}/changes.lock`), onWait);
+  const file = openLockFile(`${RUNTIME_ROOT}/changes.lock`);
+  return signal ? lockPolling(file, onWait, signal) : lockSaying(file, onWait);
+}
+
+/** How often a wait that a signal may end tries the lock again. */
+const LOCK_POLL_MS = 50;
+
+/**
+ * lockSaying, ended by `signal` (its reason thrown): a blocked lock() on a pool thread cannot be
+ * cancelled, so `mount`, interrupted while another command held the lock, went on waiting.
+ */
+async function lockPolling(
+  file: Deno.FsFile,
+  onWait: () => void,
+  signal: AbortSignal,
+): Promise<Deno.FsFile> {
+  const saidAt = Date.now() + 1000;
+  let said = false;
+  try {
+    while (!file.tryLockSync(true)) {
+      signal.throwIfAborted();
+      if (!said && Date.now() >= saidAt) {
+        said = true;
+        onWait();
+      }
+      await sleep(LOCK_POLL_MS);
+    }
+    signal.throwIfAborted();
+  } catch (error) {
+    file.close();
+    throw error;
+  }
+  return file;
 }
 
 function openLockFile(path: string): Deno.FsFile {
