@@ -182,6 +182,12 @@ Deno.test({
       [["convert", image, "oci:/tmp/never-written", "--max-layer-size", "0"], /would refuse every/],
       [["cache", "--older-than", "1d"], /--older-than goes with prune/],
     ];
+    // Read whole before: `cat /dev/zero |` filled memory.
+    const flood = await runCli(["inspect", image, "-u", "a", "--password-stdin"], {
+      stdin: "x".repeat(100_000),
+      timeoutMs: 20_000,
+    });
+    assertCliError(flood, 2, /--password-stdin: more than 64 KiB on stdin/);
     for (const [args, message] of cases) {
       const line = assertCliError(await runCli(args, { timeoutMs: 20_000 }), 2, message);
       // "unknown command" also exits 2: it must not pass for a command that is missing.

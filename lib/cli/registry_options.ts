@@ -19,8 +19,31 @@ import { withLocalPathHint } from "./local_path_hint.ts";
 // The option specs live apart so that commands can list them without loading the client.
 export { REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP, type RegistryOptionValues };
 
-async function readStdinText(): Promise<string> {
-  const text = await new Response(Deno.stdin.readable).text();
+/** A password or token is at most a few KiB (a JWT: ~2); more on stdin is not one. */
+const MAX_STDIN_PASSWORD_BYTES = 64 << 10;
+
+/** Standard input as one line of text, bounded (`cat /dev/zero |` filled memory). */
+async function readStdinText(command: string): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of Deno.stdin.readable) {
+    total += chunk.length;
+    if (total > MAX_STDIN_PASSWORD_BYTES) {
+      throw new UsageError(
+        `${command}: --password-stdin: more than ${MAX_STDIN_PASSWORD_BYTES >> 10} KiB on stdin ` +
+          "is no password or token",
+        'pipe the password alone, e.g. echo "$TOKEN" | erofs-oci …',
+      );
+    }
+    chunks.push(chunk);
+  }
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  const text = new TextDecoder().decode(bytes);
   return text.replace(/\r?\n$/, "");
 }
 
@@ -48,7 +71,7 @@ export async function credentialsFromOptions(
     warn("--password on the command line is visible to other users; prefer --password-stdin");
     return { username, password };
   }
-  const fromInput = await readStdinText();
+  const fromInput = await readStdinText(command);
   if (fromInput === "") throw new UsageError(`${command}: --password-stdin: stdin was empty`);
   return { username, password: fromInput };
 }
