@@ -277,7 +277,10 @@ Deno.test({
   fn: () =>
     withTempDir("erofs-oci-build-tty-", async (dir) => {
       // script(1) gives the command a pseudo-terminal as its standard input.
-      const cli = `${REPO_ROOT}/scripts/erofs-oci-dev build - -o ${dir}/x.erofs; echo "rc=$?"`;
+      const quoted = (text: string) => `'${text.replaceAll("'", "'\\''")}'`;
+      const cli = `${quoted(`${REPO_ROOT}/scripts/erofs-oci-dev`)} build - -o ${
+        quoted(`${dir}/x.erofs`)
+      }; echo "rc=$?"`;
       const run = await new Deno.Command("timeout", {
         args: ["60", "script", "-qec", cli, "/dev/null"],
         stdin: "null",

@@ -48,8 +48,9 @@ Deno.test({
           1,
           /index file .*zero\/layer\.zinfo is not a regular file/,
         );
+        const zinfo = ["--zinfo", `${work}/good/layer.zinfo`];
         assertCliError(
-          await mount(["--tarindex", "/dev/zero"]),
+          await mount(["--tarindex", "/dev/zero", ...zinfo]),
           1,
           /index file \/dev\/zero is not a regular file/,
         );
@@ -59,7 +60,7 @@ Deno.test({
           /index file .*fifo is not a regular file/,
         );
         assertCliError(
-          await mount(["--tarindex", sparse]),
+          await mount(["--tarindex", sparse, ...zinfo]),
           1,
           /index file .*huge\.meta\.erofs is larger than 1073741824 bytes/,
         );
