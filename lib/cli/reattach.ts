@@ -24,7 +24,9 @@ image has the UUID, block and inode counts of the EROFS mounted from the device,
 with statfs so a dead device is never touched), starts a new server and hands the
 kernel fresh connections; blocked reads then complete.
 Devices whose server is alive are left alone. Devices attached by erofs-utils
-(mount.erofs -t erofs.nbd) can be reattached too.
+(mount.erofs -t erofs.nbd) can be reattached too; from then on \`list\` and \`umount\`
+know them by their mount point, or as /dev/nbdN when they are mounted in no mount of
+this namespace (a container's).
 
 FUSE mounts: a small keeper process holds each FUSE mount's /dev/fuse connection, so
 readers wait when the server dies; reattach starts a server that takes the connection
