@@ -4,6 +4,7 @@
  * without --allow-all). Paths resolved without others' symlinks: path_resolve.ts.
  */
 import {
+  AT_FDCWD,
   clearErrno,
   closeFd,
   cstr,
@@ -102,12 +103,15 @@ export function pathExists(path: string): boolean {
   return libc().access(cstr(path), 0) === 0;
 }
 
+/** faccessat(2)'s flag: check with the effective ids (and capabilities), not the real ones. */
+const AT_EACCESS = 0x200;
+
 /**
- * 0 when this process may create files in the directory `path` (access(W_OK | X_OK): for root
- * too, a read-only mount answers EROFS), else the errno.
+ * 0 when this process may create files in the directory `path` (faccessat(W_OK | X_OK) with its
+ * effective ids: for root too, a read-only mount answers EROFS), else the errno.
  */
 export function dirWriteErrno(path: string): number {
-  return libc().access(cstr(path), 2 | 1) === 0 ? 0 : errno();
+  return libc().faccessat(AT_FDCWD, cstr(path), 2 | 1, AT_EACCESS) === 0 ? 0 : errno();
 }
 
 /** What readdir(3) (getdents64) fails with: EBADF, ENOENT, ENOMEM, ENOTDIR, EINVAL, EIO, EFAULT. */

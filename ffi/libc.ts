@@ -158,6 +158,8 @@ export const LIBC_SYMBOLS = {
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
   // int access(const char *path, int mode);
   access: { parameters: ["buffer", "i32"], result: "i32" },
+  // int faccessat(int dirfd, const char *path, int mode, int flags);
+  faccessat: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
   // int statfs(const char *path, struct statfs *buf);
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
   // int fstat(int fd, struct stat *buf);  (glibc 2.33+ exports it)

@@ -216,7 +216,7 @@ function walkTrusted(
   try {
     while (pending.length > 0) {
       const part = pending.shift()!;
-      let next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+      let next = openComponent(at, part);
       if (next < 0 && errno() === Errno.ENOENT && makeMissing !== undefined) {
         // Made meanwhile by another is as good (EEXIST); what is there now is checked below.
         if (libc().mkdirat(at, cstr(part), makeMissing.mode) === 0) {
@@ -224,7 +224,7 @@ function walkTrusted(
         } else if (errno() !== Errno.EEXIST) {
           throw new SysError("mkdir", errno(), path);
         }
-        next = libc().openat(at, cstr(part), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+        next = openComponent(at, part);
       }
       if (next < 0) throw new SysError("open", errno(), path);
       walked.push(part);
@@ -247,7 +247,7 @@ function walkTrusted(
           throw new UntrustedSymlinkError(
             `${link} is a symlink of uid ${kind.uid} (to ${target}): not followed on a path ` +
               `given to erofs-oci`,
-            "name the directory it leads to, once you have checked it is the one you mean",
+            "name what it leads to, once you have checked it is the one you mean",
           );
         }
         if (++links > 40) throw new SysError("open", Errno.ELOOP, path);
@@ -273,6 +273,19 @@ function walkTrusted(
     closeFd(at);
     throw error;
   }
+}
+
+/**
+ * An O_PATH descriptor of `part` in `at`, not following a symlink (or -1, errno set). Asked as a
+ * directory first: only a lookup for a directory (or an open) mounts an automount point (autofs,
+ * systemd's x-systemd.automount) on the way; a plain O_PATH one saw its empty directory. ENOTDIR:
+ * a symlink or a file, opened as what it is.
+ */
+function openComponent(at: number, part: string): number {
+  const name = cstr(part);
+  const dir = libc().openat(at, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (dir >= 0 || errno() !== Errno.ENOTDIR) return dir;
+  return libc().openat(at, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
 }
 
 /** Another O_PATH descriptor of the directory `dirFd` (or -1, errno set). */

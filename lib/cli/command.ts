@@ -64,8 +64,12 @@ export function parseCommandArgs<O extends OptionSpecs>(
   }
 }
 
-/** Options whose empty value means something (the default export's name, an empty password). */
-const EMPTY_ALLOWED = new Set(["export-name", "password", "options"]);
+/**
+ * Options whose empty value means something: the default export's name, an empty password, and
+ * `--timestamp "$SOURCE_DATE_EPOCH"` with the variable unset (no timestamp, as the variable's
+ * own convention has it).
+ */
+const EMPTY_ALLOWED = new Set(["export-name", "password", "options", "timestamp"]);
 
 /**
  * `--push ''`, `--index ''`, `-u ''`: a value left empty (an unset shell variable) was taken as

@@ -211,34 +211,32 @@ export async function resolveDocument(
     // One entry without a platform (an OCI layout skopeo wrote): its config says which. It was
     // "unknown", and --platform for it refused with only "unknown" to choose from.
     const sole = candidates.length === 1 && !candidates[0].platform ? candidates[0] : undefined;
-    let solePlatform: Platform | undefined;
-    let soleManifest: FetchedManifest | undefined;
-    if (sole) {
-      soleManifest = await fetcher.manifest(sole.digest);
-      if (soleManifest.document.kind === "manifest") {
-        solePlatform = await fetcher.configPlatform(soleManifest.document.config);
-      }
-      if (solePlatform) platforms = [formatPlatform(solePlatform)];
-    }
-    const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ??
-      (sole && (!explicit || (solePlatform && platformMatches(wanted, solePlatform)))
-        ? sole
-        : undefined);
-    if (!match) {
-      throw new OciError(
+    const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ?? sole;
+    const noMatch = () =>
+      new OciError(
         `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
           listPlatforms(platforms)
         }`,
         "choose one with --platform os/arch[/variant]",
       );
-    }
-    const platform = match.platform ?? solePlatform;
-    chosenPlatform = platform ? formatPlatform(platform) : "unknown";
-    manifest = match === sole && soleManifest ? soleManifest : await fetcher.manifest(match.digest);
+    if (!match) throw noMatch();
+    manifest = await fetcher.manifest(match.digest);
     if (manifest.document.kind !== "manifest") {
       throw new OciError(`index entry ${match.digest} of ${name} is not a manifest`);
     }
-    onManifest?.(manifest);
+    let platform = match.platform;
+    if (match === sole) {
+      // Asked for a platform: the config decides before anyone is told of the manifest. Else
+      // the listener goes first, as for any manifest (before its config blob).
+      if (!explicit) onManifest?.(manifest);
+      platform = await fetcher.configPlatform(manifest.document.config);
+      if (platform) platforms = [formatPlatform(platform)];
+      if (explicit && !(platform && platformMatches(wanted, platform))) throw noMatch();
+      if (explicit) onManifest?.(manifest);
+    } else {
+      onManifest?.(manifest);
+    }
+    chosenPlatform = platform ? formatPlatform(platform) : "unknown";
   } else {
     onManifest?.(top);
     const configPlatform = await fetcher.configPlatform(top.document.config);

@@ -261,7 +261,8 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
   // fsck.erofs 1.5 (Debian 12's) reads 12 bytes of xattr header after every inode, whatever its
   // count: an image whose last inode ended at its very end was "corrupted" to it (mkfs.erofs
   // never ends one so; the kernel and fsck 1.9 read it). One zero block more.
-  if (!options.tarIndex && nextBlock * blockBytes === cursor) nextBlock++;
+  // Not for images laid out over a tar (tar index, aligned): their devices are sized by the tar.
+  if (!options.tarIndex && !options.virtualData && nextBlock * blockBytes === cursor) nextBlock++;
   return {
     blockSizeBits,
     blockBytes,
