@@ -94,3 +94,8 @@ export function layerList(indexes: number[], maxParts = 8): string {
     more > 0 ? ` and ${more} more` : ""
   }`;
 }
+
+/** "1 blob", "2 blobs": a count with its noun (plural by an "s"). */
+export function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}

@@ -1,3 +1,4 @@
+import { plural } from "../text.ts";
 import type { Command } from "./command.ts";
 import { warn } from "../log.ts";
 import { parseCommandArgs } from "./command.ts";
@@ -177,10 +178,6 @@ function keptUnder(blob: CachedBlob, cacheOrigin: string | undefined): boolean {
   if (cacheOrigin === undefined || blob.origin === "verified") return true;
   const kept = shownOrigin(cacheOrigin);
   return kept.origin === blob.origin && kept.tableChecked === blob.tableChecked;
-}
-
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 /**

@@ -1,3 +1,4 @@
+import { plural } from "../text.ts";
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
@@ -243,7 +244,7 @@ async function indexInto(
           info(
             `layer ${l.index} ${l.digest}: indexed (${
               done.record.zinfo
-                ? `${done.record.zinfo.checkpoints} checkpoints`
+                ? plural(done.record.zinfo.checkpoints, "checkpoint")
                 : "plain tar, no zinfo"
             })`,
           );

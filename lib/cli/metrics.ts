@@ -6,7 +6,7 @@ import { type DiskCacheGauges, renderPrometheus } from "../metrics/prometheus.ts
 import { DiskCache } from "../source/disk_cache.ts";
 import { diskCacheDir } from "../source/disk_cache_dir.ts";
 import { blobTotals } from "../source/disk_cache_contents.ts";
-import { serveMetrics } from "../metrics/endpoint.ts";
+import { metricsWhere, serveMetrics } from "../metrics/endpoint.ts";
 import { parseListenAddress } from "../nbd/address.ts";
 import { info } from "../log.ts";
 
@@ -40,11 +40,7 @@ Options:
       async () => renderPrometheus(await describeMounts(), diskCacheGauges()),
     );
     const { address } = endpoint;
-    info(
-      address.startsWith("unix:")
-        ? `serving metrics on ${address} (GET /metrics)`
-        : `serving metrics at http://${address.slice("tcp:".length)}/metrics`,
-    );
+    info(`serving metrics at ${metricsWhere(address)}`);
     const stop = () => endpoint.shutdown();
     onInterrupt(stop);
     await endpoint.finished;

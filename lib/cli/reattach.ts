@@ -116,7 +116,7 @@ export function reportOutcomes(outcomes: ReattachOutcome[], json: boolean): numb
   if (json) {
     console.log(printableJson(outcomes));
   } else if (outcomes.length === 0) {
-    console.log("no connected NBD devices to reattach");
+    console.log("nothing to reattach: no FUSE mount and no connected NBD device");
   } else {
     // Why a device failed is said once, on stderr below, not in the table as well.
     printTable(

@@ -48,6 +48,17 @@ const ACCEPT_WARN_EVERY_MS = 10_000;
  * (sharedRender). A TCP scrape whose Host header names neither an address, localhost, the
  * listen address nor this machine is refused (hostAllowed).
  */
+/**
+ * Where a client finds the metrics of an endpoint at `address`: `http://HOST:PORT/metrics`, or
+ * the socket and path of a unix one (`unix:/run/x.sock/metrics` read as a path inside it).
+ */
+export function metricsWhere(address: string): string {
+  return address.startsWith("unix:")
+    ? `${address} (GET /metrics; curl --unix-socket ${address.slice("unix:".length)} ` +
+      "http://localhost/metrics)"
+    : `http://${address.replace(/^tcp:/, "")}/metrics`;
+}
+
 export function serveMetrics(
   addr: ListenAddress,
   render: () => Promise<string>,

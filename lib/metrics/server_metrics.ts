@@ -11,7 +11,7 @@ import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
-import { type MetricsEndpoint, serveMetrics } from "./endpoint.ts";
+import { type MetricsEndpoint, metricsWhere, serveMetrics } from "./endpoint.ts";
 import { UsageError } from "../errors.ts";
 import { metricsListenRefusal } from "./listen_refusal.ts";
 
@@ -45,7 +45,7 @@ export function startServerMetrics(
         ),
       }]));
     });
-    console.log(`metrics at ${endpoint.address}/metrics`);
+    console.log(`metrics at ${metricsWhere(endpoint.address)}`);
     globalThis.addEventListener("unload", () => endpoint.removeSocket());
   } catch (error) {
     if (!spec.reattach) throw metricsListenRefusal(listen, (error as Error).message);
@@ -82,6 +82,6 @@ export function startServeMetrics(
   } catch (error) {
     throw new UsageError(`--metrics-listen: cannot listen: ${(error as Error).message}`);
   }
-  info(`metrics at ${endpoint.address}/metrics`);
+  info(`metrics at ${metricsWhere(endpoint.address)}`);
   return () => endpoint.shutdown();
 }

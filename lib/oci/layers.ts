@@ -69,7 +69,7 @@ export function selectLayers(
   if (!selection.anyMediaType && !isErofsMediaType(chosen[0].mediaType)) {
     throw new OciError(
       `layer ${chosen[0].index} has media type ${chosen[0].mediaType}, not application/vnd.erofs`,
-      "pass --any-media-type if it is an EROFS image anyway",
+      "pass --any-media-type to take it anyway",
     );
   }
   return chosen;
@@ -80,6 +80,6 @@ function notErofs(layers: LayerDescriptor[]): OciError {
   const types = [...new Set(layers.map((l) => l.mediaType))].join(", ");
   return new OciError(
     `no EROFS layer in the image (media types found: ${types})`,
-    "select one with --layer N or --blob DIGEST and pass --any-media-type if it is EROFS anyway",
+    "select one with --layer N or --blob DIGEST and pass --any-media-type to take it anyway",
   );
 }
