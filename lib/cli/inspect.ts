@@ -6,7 +6,7 @@ import { isErofsMediaType } from "../oci/media_types.ts";
 import { findLayerTableDigests } from "../verify/layer_tables.ts";
 import { warn } from "../log.ts";
 import { pullScope } from "../oci/scope.ts";
-import { TABLES_NOT_COPIED } from "../verify/table_artifact.ts";
+import { tablesNotCopied } from "../verify/table_artifact.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",
@@ -154,7 +154,7 @@ async function tablesOf(
     for (const table of tables.values()) table.missing = missing.has(table.digest);
     warn(
       `the registry does not have ${missing.size} chunk-digest table(s) the image names: ` +
-        `mounts refuse those layers; ${TABLES_NOT_COPIED}`,
+        `mounts refuse those layers; ${tablesNotCopied(opened.name)}`,
     );
   }
   return tables;

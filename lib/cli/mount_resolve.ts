@@ -6,6 +6,7 @@ import { UsageError } from "../errors.ts";
 import { openRegistry } from "./registry_options.ts";
 import { takeManifestAhead } from "./manifest_ahead.ts";
 import { withLocalPathHint } from "./local_path_hint.ts";
+import { TablesNotCopiedError } from "../verify/table_artifact.ts";
 import {
   isLocalImage,
   type ResolvedLayers,
@@ -201,6 +202,7 @@ export async function resolveForMount(
       }
     } catch (error) {
       abortEarly.abort();
+      if (error instanceof TablesNotCopiedError) throw error.forImage(image);
       throw error;
     } finally {
       signal?.removeEventListener("abort", abortOnInterrupt);

@@ -146,10 +146,25 @@ export async function pushTablesArtifact(
   );
 }
 
-/** Why a registry may lack tables a manifest names, and the way back (a hint). */
-export const TABLES_NOT_COPIED =
-  "the image was probably copied without its chunk-digest tables (skopeo and crane copy " +
-  "manifest, config and layers only): `erofs-oci checksums IMAGE --push` makes them again";
+/**
+ * A table the manifest names that the registry does not have (404); its hint names the image
+ * once a caller that knows the reference (mount) gives it (forImage).
+ */
+export class TablesNotCopiedError extends OciError {
+  forImage(image: string): TablesNotCopiedError {
+    return Object.assign(
+      new TablesNotCopiedError(this.message, tablesNotCopied(image), { cause: this }),
+      { status: 404 },
+    );
+  }
+}
+
+/** Why a registry may lack tables the manifest of `image` names, and the way back (a hint). */
+export function tablesNotCopied(image: string): string {
+  return "the image was probably copied without its chunk-digest tables (skopeo and crane " +
+    `copy manifest, config and layers only): \`erofs-oci checksums ${image} --push\` makes ` +
+    "them again";
+}
 
 /** Fetches the table blob `digest` (checked against it) and checks it describes `layer`. */
 export async function fetchTable(
@@ -176,7 +191,13 @@ export async function fetchTable(
     if (response.status !== 404) throw error;
     // The layer's annotation names it, so going on without it would let a registry turn
     // verification off by withholding it.
-    throw Object.assign(new OciError(error.message, TABLES_NOT_COPIED), { status: 404 });
+    throw Object.assign(
+      new TablesNotCopiedError(
+        error.message,
+        tablesNotCopied(`${client.registry}/${repository}:TAG`),
+      ),
+      { status: 404 },
+    );
   }
   if (await digestOfAsync(bytes, digest) !== digest) {
     throw new OciError(
