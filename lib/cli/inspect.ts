@@ -7,6 +7,8 @@ import { findLayerTableDigests } from "../verify/layer_tables.ts";
 import { warn } from "../log.ts";
 import { pullScope } from "../oci/scope.ts";
 import { tablesNotCopied } from "../verify/table_artifact.ts";
+import { layersWithPushedIndex } from "../mount/tar_index_artifact.ts";
+import { tarLayerKind } from "../mount/tar_layers.ts";
 
 export const inspectCommand: Command = {
   name: "inspect",
@@ -19,8 +21,11 @@ TABLE is "bound" when the manifest names the layer's table (push, build --push, 
 "referrer" when only a tables artifact does (\`erofs-oci checksums IMAGE --push\`), "-" when
 the layer has none (mounts cannot verify its bytes), "missing" when the manifest names a
 table the registry does not have (an image copied without it: mounts refuse the layer),
-"whole" in an OCI layout (a mount hashes each blob whole before serving it). Layer
-indexes are what \`pull --layer\` and \`mount --layer\` take.
+"whole" in an OCI layout (a mount hashes each blob whole before serving it). For a
+registry image with tar layers, TAR INDEX is "pushed" when an index of the layer was
+pushed (\`erofs-oci index IMAGE --push\`: a plain mount finds it), "none" when not (mount
+it with --index-missing, or push one). Layer indexes are what \`pull --layer\` and
+\`mount --layer\` take.
 
 IMAGE is [registry[:port]/]name[:tag][@sha256:DIGEST] (no registry means Docker Hub), or
 oci:PATH[:TAG] for a local OCI image layout directory.
@@ -44,6 +49,12 @@ Examples:
     try {
       const resolved = await opened.resolve();
       const tables = await tablesOf(opened, resolved.manifestDigest);
+      const indexed = await pushedIndexesOf(opened, resolved);
+      /** A tar layer's pushed index (`index --push`): what `mount` needs of a tar layer. */
+      const indexOf = (layer: { digest: string; mediaType: string }) =>
+        tarLayerKind(layer.mediaType) === undefined || !indexed
+          ? undefined
+          : indexed.has(layer.digest);
       const tableOf = (digest: string) => {
         const t = tables.get(digest);
         return t
@@ -73,6 +84,7 @@ Examples:
             mediaType: l.mediaType,
             erofs: isErofsMediaType(l.mediaType),
             ...(tableOf(l.digest) ? { chunkTable: tableOf(l.digest) } : {}),
+            ...(indexOf(l) === undefined ? {} : { tarIndexPushed: indexOf(l) }),
           })),
         };
         console.log(printableJson(doc));
@@ -88,14 +100,26 @@ Examples:
       }
       lines.push(`Layers:     ${resolved.layers.length}`, "");
       console.log(lines.join("\n"));
+      const tarIndexColumn = indexed !== undefined &&
+        resolved.layers.some((l) => indexOf(l) !== undefined);
       printTable(
-        ["INDEX", "DIGEST", "SIZE", "MEDIA TYPE", "TABLE"],
+        [
+          "INDEX",
+          "DIGEST",
+          "SIZE",
+          "MEDIA TYPE",
+          "TABLE",
+          ...(tarIndexColumn ? ["TAR INDEX"] : []),
+        ],
         resolved.layers.map((l) => [
           String(l.index),
           l.digest,
           String(l.sizeBytes),
           l.mediaType,
           opened.layout ? "whole" : tableColumn(tables.get(l.digest)),
+          ...(tarIndexColumn
+            ? [indexOf(l) === undefined ? "-" : indexOf(l) ? "pushed" : "none"]
+            : []),
         ]),
       );
       return 0;
@@ -104,6 +128,25 @@ Examples:
     }
   },
 };
+
+/**
+ * Registry images with tar layers: the layers an index was pushed for (a tar layer without one
+ * mounts only with --index-missing or an index of one's own). Undefined when not looked up.
+ */
+async function pushedIndexesOf(
+  opened: Awaited<ReturnType<typeof openImage>>,
+  resolved: { manifestDigest: string; layers: { mediaType: string }[] },
+): Promise<Set<string> | undefined> {
+  if (!opened.registry) return undefined;
+  if (!resolved.layers.some((l) => tarLayerKind(l.mediaType) !== undefined)) return undefined;
+  const { client, ref } = opened.registry;
+  try {
+    return await layersWithPushedIndex(client, ref.repository, resolved.manifestDigest);
+  } catch (error) {
+    warn(`tar indexes not looked up: ${(error as Error).message}`);
+    return undefined;
+  }
+}
 
 interface LayerTable {
   digest: string;

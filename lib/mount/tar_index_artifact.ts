@@ -90,6 +90,28 @@ interface ArtifactBlob {
   layer?: string;
 }
 
+/** At most this many index artifacts are read to tell which layers have one (inspect). */
+const MAX_ARTIFACTS_LOOKED_AT = 16;
+
+/**
+ * The digests of the layers of image `subject` an index was pushed for (`index --push`), read
+ * from its newest index artifacts (their manifests only, no index file is downloaded).
+ */
+export async function layersWithPushedIndex(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+): Promise<Set<string>> {
+  const layers = new Set<string>();
+  const referrers = await listReferrers(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE);
+  for (const referrer of referrers.reverse().slice(0, MAX_ARTIFACTS_LOOKED_AT)) {
+    for (const blob of await fetchArtifactBlobs(client, repository, referrer)) {
+      if (blob.mediaType === MEDIA.record && blob.layer) layers.add(blob.layer);
+    }
+  }
+  return layers;
+}
+
 /**
  * Finds, for each of `layers`, an index pushed for the image `subject` (newest artifact
  * first), downloads its files into `cacheDir/<layer>/` (kept across mounts and for

@@ -1,0 +1,40 @@
+/**
+ * `inspect` of an image with tar layers says which have an index pushed (`index --push`): a
+ * tar layer mounts lazily only through one, and nothing showed whether it was there.
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, path, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+
+Deno.test({
+  name: "inspect: a TAR INDEX column says which tar layers have an index pushed",
+  ignore: requires(command("docker-registry"), path(FIXTURES)),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    await pushImage(registry, "gz/inspect", "v1", [
+      {
+        bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+      },
+      { bytes: await Deno.readFile(`${FIXTURES}/basic.erofs`), mediaType: "application/vnd.erofs" },
+    ]);
+    const ref = `${registry.host}/gz/inspect:v1`;
+    const column = async () => {
+      const shown = await runCli(["inspect", ref], { timeoutMs: 60_000 });
+      assertSuccess(shown);
+      const lines = shown.stdout.split("\n");
+      assert.match(lines.find((l) => l.startsWith("INDEX")) ?? "", /TAR INDEX\s*$/);
+      return lines.filter((l) => /^\d+\s/.test(l)).map((l) => l.trim().split(/\s+/).at(-1));
+    };
+    assert.deepEqual(await column(), ["none", "-"]);
+    assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+    assert.deepEqual(await column(), ["pushed", "-"]);
+    const json = await runCli(["inspect", ref, "--json"], { timeoutMs: 60_000 });
+    assertSuccess(json);
+    const layers = JSON.parse(json.stdout).layers;
+    assert.equal(layers[0].tarIndexPushed, true);
+    assert.equal(layers[1].tarIndexPushed, undefined, "an EROFS layer needs none");
+  },
+});
