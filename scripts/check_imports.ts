@@ -29,6 +29,7 @@ const LAYERS: Layer[] = [
       "lib/errors.ts",
       "lib/version.ts",
       "lib/text.ts",
+      "lib/bytes.ts",
       "lib/json.ts",
       "lib/timing.ts",
       "lib/timers.ts",

@@ -1,5 +1,6 @@
 /** The option set shared by commands that talk to a registry (inspect, pull, push, mount). */
 import { UsageError } from "../errors.ts";
+import { readAtMost } from "../bytes.ts";
 import { RegistryClient } from "../oci/client.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { parsePlatform } from "../oci/platform.ts";
@@ -24,27 +25,15 @@ const MAX_STDIN_PASSWORD_BYTES = 64 << 10;
 
 /** Standard input as one line of text, bounded (`cat /dev/zero |` filled memory). */
 async function readStdinText(command: string): Promise<string> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of Deno.stdin.readable) {
-    total += chunk.length;
-    if (total > MAX_STDIN_PASSWORD_BYTES) {
-      throw new UsageError(
-        `${command}: --password-stdin: more than ${MAX_STDIN_PASSWORD_BYTES >> 10} KiB on stdin ` +
-          "is no password or token",
-        'pipe the password alone, e.g. echo "$TOKEN" | erofs-oci …',
-      );
-    }
-    chunks.push(chunk);
+  const bytes = await readAtMost(Deno.stdin.readable, MAX_STDIN_PASSWORD_BYTES);
+  if (bytes === undefined) {
+    throw new UsageError(
+      `${command}: --password-stdin: more than ${MAX_STDIN_PASSWORD_BYTES >> 10} KiB on stdin ` +
+        "is no password or token",
+      'pipe the password alone, e.g. echo "$TOKEN" | erofs-oci …',
+    );
   }
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.length;
-  }
-  const text = new TextDecoder().decode(bytes);
-  return text.replace(/\r?\n$/, "");
+  return new TextDecoder().decode(bytes).replace(/\r?\n$/, "");
 }
 
 /** Validates the credential options and returns credentials (reading stdin if asked). */

@@ -1,4 +1,5 @@
 import { OciError } from "../errors.ts";
+import { readAtMost } from "../bytes.ts";
 import { debug } from "../log.ts";
 import {
   type BearerChallenge,
@@ -294,18 +295,7 @@ export async function readLimited(response: Response, maxBytes: number): Promise
     throw tooLarge();
   }
   if (!response.body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of response.body) {
-    total += chunk.byteLength;
-    if (total > maxBytes) throw tooLarge(); // leaving the loop cancels the body
-    chunks.push(chunk);
-  }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  const bytes = await readAtMost(response.body, maxBytes);
+  if (bytes === undefined) throw tooLarge();
+  return bytes;
 }

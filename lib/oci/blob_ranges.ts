@@ -8,6 +8,7 @@
  * input: the body is bounded by what was asked for plus a small allowance per part, every part's
  * Content-Range must be one asked for, and the caller still checks each range's digest.
  */
+import { readAtMost } from "../bytes.ts";
 import { contentEncodingOf, parseContentRange } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
@@ -80,29 +81,11 @@ async function readBounded(
   body: ReadableStream<Uint8Array>,
   limit: number,
 ): Promise<Uint8Array | undefined> {
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  const reader = body.getReader();
   try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > limit) return undefined;
-      parts.push(value);
-    }
+    return await readAtMost(body, limit);
   } catch {
     return undefined;
-  } finally {
-    reader.cancel().catch(() => {});
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return out;
 }
 
 const CRLF_CRLF = [13, 10, 13, 10];
