@@ -152,6 +152,13 @@ Deno.test({
       const elsewhere = await mountFuseOk({ ...rig, env: noneEnv }, [ref]);
       assert.match(elsewhere.stderr, /from the registry \(a referrer\), not bound/);
       assertSuccess(await runCli(["umount", sandbox.target], { env: noneEnv }));
+
+      // Chunk tables by referrer only (checksums --push): reads through the index made here are
+      // checked piece by piece, so --require-verified mounts without saying they are not.
+      assertSuccess(await runCli(["checksums", ref, "--push"], { env, timeoutMs: 120_000 }));
+      const verified = await mountFuseOk(rig, ["--require-verified", ref]);
+      assert.doesNotMatch(verified.stderr, /chunk-digest table not bound by the manifest/);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });
 

@@ -148,7 +148,9 @@ export async function attachChunkTables(
       ));
     }
     layer.chunkTable = { digest: table.digest, path, bound: table.bound };
-    if (!table.bound) unbound.push(layer.layerIndex ?? 0);
+    // Not said of a tar layer whose index checks it piece by piece (as for one without a table):
+    // a --require-verified mount through an index made here said its reads were unverifiable.
+    if (!table.bound && !layer.tarIndex?.pieces) unbound.push(layer.layerIndex ?? 0);
   }
   if (missing.length && options.requireVerified) {
     throw new UserError(
