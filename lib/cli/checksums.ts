@@ -71,7 +71,7 @@ Example:
         console.log(
           `layer ${i} ${t.table.layerDigest} table ${t.digest}${
             t.pack ? ` metadata pack ${t.pack.digest} (${t.pack.bytes.length} bytes)` : ""
-          }${had?.bound ? " (bound one exists)" : ""}`,
+          }${boundNote(had, t.digest)}`,
         );
       }
       if (values.push) {
@@ -100,4 +100,15 @@ async function manifestSize(
   digest: string,
 ): Promise<number> {
   return (await fetchManifest(client, repository, digest)).bytes.byteLength;
+}
+
+/**
+ * What the manifest already says of the layer's table: the same one (pushed again here where
+ * the registry lost it), or another one. "(bound one exists)" read as if the registry had it.
+ */
+function boundNote(had: { digest: string; bound: boolean } | undefined, made: string): string {
+  if (!had?.bound) return "";
+  return had.digest === made
+    ? " (the one the manifest names)"
+    : ` (the manifest names another: ${had.digest}; mounts use that one)`;
 }
