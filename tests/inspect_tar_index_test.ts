@@ -38,3 +38,28 @@ Deno.test({
     assert.equal(layers[1].tarIndexPushed, undefined, "an EROFS layer needs none");
   },
 });
+
+Deno.test({
+  name:
+    "index --push of an image whose tar layers have an index pushed does nothing (--force does)",
+  ignore: requires(command("docker-registry"), path(FIXTURES)),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    await pushImage(registry, "gz/again", "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
+    const ref = `${registry.host}/gz/again:v1`;
+    const first = await runCli(["index", ref, "--push"], { timeoutMs: 60_000 });
+    assertSuccess(first);
+    assert.match(first.stdout, /pushed index sha256:/);
+    // It read every layer again and pushed a second artifact.
+    const again = await runCli(["index", ref, "--push"], { timeoutMs: 60_000 });
+    assertSuccess(again);
+    assert.match(again.stdout, /has an index pushed already: nothing done/);
+    assert.doesNotMatch(again.stdout + again.stderr, /pushed index|indexed/);
+    const forced = await runCli(["index", ref, "--push", "--force"], { timeoutMs: 60_000 });
+    assertSuccess(forced);
+    assert.match(forced.stdout, /pushed index sha256:/);
+  },
+});

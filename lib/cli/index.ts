@@ -68,7 +68,9 @@ it made above it when it created them and nothing else is left in them.
 
 Options:
   -o, --output DIR      directory for the index files (created if missing)
-      --push            store the indexes in IMAGE's registry (IMAGE only)
+      --push            store the indexes in IMAGE's registry (IMAGE only); layers that
+                        have one pushed already are not indexed again
+      --force           with --push: index and push them again all the same
       --layer N         index only layer N (IMAGE only; 0 = bottom)
       --tmpdir DIR      work directory for --push without -o (default: $TMPDIR or /tmp)
       --span BYTES      uncompressed bytes between checkpoints (default 4194304, as
@@ -87,6 +89,7 @@ Examples:
     if (!values.output && !values.push) {
       throw new UsageError("index: -o DIR (--output) or --push is required");
     }
+    if (values.force && !values.push) throw new UsageError("index: --force goes with --push");
     const spanBytes = parseWhole("--span", values.span) ?? 4 * 1024 * 1024;
     if (spanBytes < MIN_SPAN_BYTES || spanBytes > MAX_SPAN_BYTES) {
       throw new UsageError(
@@ -231,10 +234,12 @@ async function indexInto(
     const image = await openImage("index", file, values);
     const progress = new LayerProgress("indexing");
     try {
-      const { files, artifact } = await indexImage(image, {
+      const { files, artifact, alreadyPushed } = await indexImage(image, {
         layer,
         dir,
         push: values.push ?? false,
+        // With -o the files are wanted here whatever the registry has.
+        skipPushed: !values.force && values.output === undefined,
         tmpdir: values.tmpdir,
         spanBytes,
         buildTimeSec: timestamp,
@@ -250,6 +255,13 @@ async function indexInto(
           );
         },
       });
+      if (alreadyPushed) {
+        console.log(
+          `${image.name}: every layer to index has an index pushed already: nothing done ` +
+            "(--force makes and pushes them again)",
+        );
+        return 0;
+      }
       if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
       if (artifact) {
         console.log(`pushed index ${artifact.digest} for ${image.name} (${artifact.via})`);
@@ -323,6 +335,7 @@ function parseIndexArgs(argv: string[]) {
     ...REGISTRY_OPTIONS,
     output: { type: "string", short: "o" },
     push: { type: "boolean" },
+    force: { type: "boolean" },
     layer: { type: "string" },
     tmpdir: { type: "string" },
     span: { type: "string" },

@@ -15,7 +15,7 @@ import type { OpenedImage } from "../oci/opened.ts";
 import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { layerFileStem, type TarIndexFiles, writeLayerIndex } from "./layer_index_files.ts";
-import { pushTarIndexArtifact } from "./tar_index_artifact.ts";
+import { layersWithPushedIndex, pushTarIndexArtifact } from "./tar_index_artifact.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 
 export interface IndexImageOptions {
@@ -31,6 +31,12 @@ export interface IndexImageOptions {
   store?: BlobStore;
   /** Bytes of `layer` read so far (for a progress line). */
   onBytes?: (layer: LayerDescriptor, doneBytes: number) => void;
+  /**
+   * With `push` (and no files wanted here): when every layer to index has an index pushed
+   * already, nothing is read or pushed (`alreadyPushed`). A second `index IMAGE --push` read
+   * every layer again and pushed a second artifact.
+   */
+  skipPushed?: boolean;
 }
 
 /** The layers `index IMAGE` works on: `--layer N`, else every tar and tar+gzip layer. */
@@ -100,11 +106,21 @@ async function readLowerDirs(
 export async function indexImage(
   image: Pick<OpenedImage, "resolve" | "registry" | "layout" | "repository">,
   options: IndexImageOptions,
-): Promise<{ files: TarIndexFiles[]; artifact?: { digest: string; via: string } }> {
+): Promise<
+  { files: TarIndexFiles[]; artifact?: { digest: string; via: string }; alreadyPushed?: boolean }
+> {
   const resolved = await image.resolve();
   const layers = layersToIndex(resolved.layers, options.layer);
   if (options.push && !image.registry) {
     throw new UserError("--push needs a registry image", "use -o DIR for an OCI layout");
+  }
+  if (options.push && options.skipPushed && image.registry) {
+    const pushed = await layersWithPushedIndex(
+      image.registry.client,
+      image.repository,
+      resolved.manifestDigest,
+    ).catch(() => new Set<string>()); // not known: indexed as if none were
+    if (layers.every((l) => pushed.has(l.digest))) return { files: [], alreadyPushed: true };
   }
   let dir = options.dir;
   let temporary: OwnedWorkDir | undefined;
