@@ -12,7 +12,6 @@ import { dirWriteErrno } from "../../ffi/files.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
-  if (path === "") throw new UsageError(`${command}: -o needs a file name`);
   if (path.endsWith("/")) {
     const example = command === "trace" ? "trace.json" : "image.erofs";
     throw new UsageError(

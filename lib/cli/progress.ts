@@ -79,12 +79,9 @@ export class ProgressLine {
   finish(): void {
     if (this.#pending) {
       this.#write(`\r\x1b[K${this.#label} ${this.#pending()}`);
-      this.#pending = undefined;
       this.#drawn = true;
     }
-    if (this.#enabled && this.#drawn) this.#write("\n");
-    this.#drawn = false;
-    if (openLine === this) openLine = undefined;
+    this.end();
   }
 
   /** Ends the line drawn so far (nothing more drawn), for a message after it. */

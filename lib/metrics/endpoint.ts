@@ -44,11 +44,6 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const ACCEPT_WARN_EVERY_MS = 10_000;
 
 /**
- * Serves the text `render` returns at `addr`, one render shared by the scrapes of `reuseMs`
- * (sharedRender). A TCP scrape whose Host header names neither an address, localhost, the
- * listen address nor this machine is refused (hostAllowed).
- */
-/**
  * Where a client finds the metrics of an endpoint at `address`: `http://HOST:PORT/metrics`, or
  * the socket and path of a unix one (`unix:/run/x.sock/metrics` read as a path inside it).
  */
@@ -59,6 +54,11 @@ export function metricsWhere(address: string): string {
     : `http://${address.replace(/^tcp:/, "")}/metrics`;
 }
 
+/**
+ * Serves the text `render` returns at `addr`, one render shared by the scrapes of `reuseMs`
+ * (sharedRender). A TCP scrape whose Host header names neither an address, localhost, the
+ * listen address nor this machine is refused (hostAllowed).
+ */
 export function serveMetrics(
   addr: ListenAddress,
   render: () => Promise<string>,

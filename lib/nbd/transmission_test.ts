@@ -19,7 +19,7 @@ import { CachedSource } from "../source/cached.ts";
 import { InflightBudget } from "./budget.ts";
 import type { Source } from "../source/source.ts";
 import { encodeRequest, RawNbdClient } from "../../tests/_support/nbd_client.ts";
-import { MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
+import { HeldSource, MemorySource, patternBytes } from "../../tests/_support/memory_source.ts";
 
 const MiB = 1024 * 1024;
 
@@ -330,27 +330,6 @@ Deno.test("transmission: a READ waiting for budget costs the same however much i
   ok(heapGrowthBytes < 16 * MiB, `heap grew ${(heapGrowthBytes / MiB).toFixed(1)} MiB`);
 });
 
-/** A source whose reads all wait until release(): a registry fetch that is slow to land. */
-class SlowSource implements Source {
-  readonly size: number;
-  #waiting: (() => void)[] = [];
-  constructor(readonly bytes: Uint8Array) {
-    this.size = bytes.length;
-  }
-  async readInto(offset: number, dest: Uint8Array): Promise<void> {
-    await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    dest.set(this.bytes.subarray(offset, offset + dest.length));
-  }
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
-  }
-  release(): void {
-    for (const resolve of this.#waiting.splice(0)) resolve();
-  }
-}
-
 Deno.test("transmission: a READ whose client left stays in the budget until the source is done", async (t) => {
   const data = patternBytes(4 * MiB);
   // Per connection 1 MiB guaranteed (2 connections), 2 MiB shared.
@@ -361,7 +340,7 @@ Deno.test("transmission: a READ whose client left stays in the budget until the 
     await h.client.write(new Uint8Array(28));
   };
   await t.step("with room in the pool: moved there, the connection ends at once", async () => {
-    const source = new SlowSource(data);
+    const source = new HeldSource(data, true);
     const account = budget.account();
     await using h = await connect(source, { budget: account });
     await readAndLeave(h, MiB);
@@ -377,7 +356,7 @@ Deno.test("transmission: a READ whose client left stays in the budget until the 
   await t.step(
     "with the pool full: the connection keeps them until the source is done",
     async () => {
-      const source = new SlowSource(data);
+      const source = new HeldSource(data, true);
       const holder = budget.account();
       ok(holder.tryAcquire(3 * MiB), "a client holds its MiB and the whole pool");
       const account = budget.account();

@@ -7,30 +7,12 @@
 import assert from "node:assert/strict";
 import { DiskCache } from "./disk_cache.ts";
 import type { DiskCachedSource } from "./disk_cached.ts";
-import type { Source } from "./source.ts";
-import { patternBytes } from "../../tests/_support/memory_source.ts";
+import { HeldSource, patternBytes } from "../../tests/_support/memory_source.ts";
 import { openBlobFiles } from "./disk_cache_files.ts";
 import { closeQuietly, F_WRLCK, tryLock, unlock } from "./disk_cache_io.ts";
 
 const CHUNK = 64 << 10;
 const DIGEST = "sha256:" + "5c".repeat(32);
-
-/** The blob's bytes, each read held until `release` once `held` is set. */
-class HeldSource implements Source {
-  readonly size: number;
-  held = false;
-  #waiting: (() => void)[] = [];
-  constructor(readonly bytes: Uint8Array) {
-    this.size = bytes.length;
-  }
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    if (this.held) await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    return this.bytes.slice(offset, offset + length);
-  }
-  release(): void {
-    for (const resolve of this.#waiting.splice(0)) resolve();
-  }
-}
 
 /**
  * A blob with chunk 0 cached, a fill of chunk 3 held in flight and the blob refused meanwhile;

@@ -151,11 +151,10 @@ export async function pushTablesArtifact(
  * once a caller that knows the reference (mount) gives it (forImage).
  */
 export class TablesNotCopiedError extends OciError {
+  override status = 404;
+
   forImage(image: string): TablesNotCopiedError {
-    return Object.assign(
-      new TablesNotCopiedError(this.message, tablesNotCopied(image), { cause: this }),
-      { status: 404 },
-    );
+    return new TablesNotCopiedError(this.message, tablesNotCopied(image), { cause: this });
   }
 }
 
@@ -191,12 +190,9 @@ export async function fetchTable(
     if (response.status !== 404) throw error;
     // The layer's annotation names it, so going on without it would let a registry turn
     // verification off by withholding it.
-    throw Object.assign(
-      new TablesNotCopiedError(
-        error.message,
-        tablesNotCopied(`${client.registry}/${repository}:TAG`),
-      ),
-      { status: 404 },
+    throw new TablesNotCopiedError(
+      error.message,
+      tablesNotCopied(`${client.registry}/${repository}:TAG`),
     );
   }
   if (await digestOfAsync(bytes, digest) !== digest) {

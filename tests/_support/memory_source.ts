@@ -69,3 +69,23 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
+
+/** `bytes` as a Source whose reads, while `held` is set, wait until release() (a slow fetch). */
+export class HeldSource implements Source {
+  readonly size: number;
+  #waiting: (() => void)[] = [];
+
+  constructor(readonly bytes: Uint8Array, public held = false) {
+    this.size = bytes.length;
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    if (this.held) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    return this.bytes.slice(offset, offset + length);
+  }
+
+  /** Lets every read waiting now go on. */
+  release(): void {
+    for (const resolve of this.#waiting.splice(0)) resolve();
+  }
+}
