@@ -19,7 +19,7 @@ import {
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { HoldPoint } from "./_support/hold.ts";
 import { runCli } from "./_support/cli.ts";
-import { waitFor } from "./_support/wait.ts";
+import { settledWithin, waitFor } from "./_support/wait.ts";
 
 interface RunningMount {
   sandbox: MountSandbox;
@@ -132,10 +132,7 @@ Deno.test({
       Deno.kill(server, "SIGKILL");
       hold.release();
       // mount(2) waited for the dead server's answer for good (the keeper kept the connection).
-      const done = await Promise.race([
-        output,
-        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 30_000)),
-      ]);
+      const done = await settledWithin(output, 30_000);
       assert(done, "mount still hangs 30 s after its server died");
       assert.equal(done.code, 1);
       const stderr = new TextDecoder().decode(done.stderr);
@@ -160,10 +157,7 @@ Deno.test({
         hold.release();
         // mount(2) waited on the stopped server for good, and with it every umount, reattach
         // and mount of the host (the lock).
-        const done = await Promise.race([
-          output,
-          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 60_000)),
-        ]);
+        const done = await settledWithin(output, 60_000);
         assert(done, "mount still waits 60 s after its server was stopped");
         assert.equal(done.code, 1);
         const stderr = new TextDecoder().decode(done.stderr);
@@ -203,10 +197,7 @@ Deno.test({
         );
         second.kill("SIGINT");
         // It waited until the first mount let go of the lock.
-        const done = await Promise.race([
-          output,
-          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 15_000)),
-        ]);
+        const done = await settledWithin(output, 15_000);
         assert(done, "the interrupted mount still waits for the lock 15 s later");
         assert.equal(done.code, 130, new TextDecoder().decode(done.stderr));
         assert.match(new TextDecoder().decode(done.stderr), /mount interrupted/);

@@ -15,6 +15,7 @@ import { isBlobGetOf, isManifestGet, startFaultProxy } from "./_support/fault_pr
 import { pushImage, uploadBlob } from "./_support/oci_raw.ts";
 import { patternBytes } from "./_support/memory_source.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
+import { settledWithin } from "./_support/wait.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { fetchManifest } from "../lib/oci/resolve.ts";
 import { readLimited } from "../lib/oci/auth.ts";
@@ -35,16 +36,11 @@ async function settled<T>(run: (signal: AbortSignal) => Promise<T>): Promise<
 > {
   const aborts = new AbortController();
   const startedMs = performance.now();
-  let timer: ReturnType<typeof setTimeout> | undefined;
   const outcome = run(aborts.signal).then(
     (value) => ({ value, ms: performance.now() - startedMs }),
     (error) => ({ error, ms: performance.now() - startedMs }),
   );
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), SETTLE_MS);
-  });
-  const first = await Promise.race([outcome, late]);
-  clearTimeout(timer);
+  const first = await settledWithin(outcome, SETTLE_MS);
   if (first === undefined) {
     aborts.abort();
     await outcome;

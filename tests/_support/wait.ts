@@ -18,6 +18,19 @@ export async function waitFor(
   }
 }
 
+/** `promise`'s value if it settles within `ms` milliseconds, else undefined (no timer left). */
+export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((resolve) =>
+    timer = setTimeout(() => resolve(undefined), ms)
+  );
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Whether anything (file, directory, link target) exists at `path`. */
 export function exists(path: string): boolean {
   try {
