@@ -212,24 +212,33 @@ function refuseGivenIndexes(layers: LayerDescriptor[], sources: TarIndexSources)
 }
 
 /**
- * What to say once about the layers served through an index not made here: their reads are
- * checked against the index's own piece digests, which whoever made the index chose, so a
- * forged index can show other bytes of the layer under a file's name.
+ * What to say once about the layers served through an index not made here: whoever made the
+ * index chose its offsets and piece digests, so a forged index can show other bytes of the
+ * layer under a file's name. Reads are checked against its piece digests when it has them
+ * (--tarindex files never do); without, only the layer's chunk table or digest checks them.
  */
 export function foreignIndexNotices(
   layers: { tarIndex?: TarIndexSpec; layerIndex?: number }[],
 ): string[] {
-  const byOrigin = new Map<Exclude<TarIndexOrigin, "here">, number[]>();
+  const groups = new Map<
+    string,
+    { origin: Exclude<TarIndexOrigin, "here">; pieces: boolean; indexes: number[] }
+  >();
   layers.forEach((layer, position) => {
     const origin = layer.tarIndex?.origin;
     if (!origin || origin === "here") return;
-    byOrigin.set(origin, [...byOrigin.get(origin) ?? [], layer.layerIndex ?? position]);
+    const pieces = layer.tarIndex?.pieces !== undefined;
+    const key = `${origin} ${pieces}`;
+    const group = groups.get(key) ?? { origin, pieces, indexes: [] };
+    group.indexes.push(layer.layerIndex ?? position);
+    groups.set(key, group);
   });
-  return [...byOrigin].map(([origin, indexes]) =>
-    `${layerList(indexes)}: tar index ${
-      ORIGIN_NAMES[origin]
-    }, not bound by the layer digest: reads are checked only against the index's own piece ` +
-    "digests (to index on this host instead: --index-missing --require-verified)"
+  return [...groups.values()].map(({ origin, pieces, indexes }) =>
+    `${layerList(indexes)}: tar index ${ORIGIN_NAMES[origin]}, not bound by the layer digest: ${
+      pieces
+        ? "reads are checked only against the index's own piece digests"
+        : "it has no piece digests, file names and offsets are the index's own"
+    } (to index on this host instead: --index-missing --require-verified)`
   );
 }
 
