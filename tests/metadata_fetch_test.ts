@@ -389,6 +389,42 @@ Deno.test({
 });
 
 Deno.test({
+  name: "list: the listed metadata counts, as fetched when mount fetched it for its server, as " +
+    "disk hits when a remount read it back",
+  ignore: ignoreMount,
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    await pushFixture(registry.host, "mf/counted");
+    const sandbox = await mountSandbox();
+    const listed = async () => {
+      const list = await runCli(["list", "--json"], { env: sandbox.env });
+      assertSuccess(list);
+      return JSON.parse(list.stdout)[0] as { bytesFetched: number; diskHitBytes?: number };
+    };
+    try {
+      await mountWithMarks(`${registry.host}/mf/counted:v1`, sandbox);
+      const log = sandbox.serverLogs();
+      // The sidecar format: the list's 32-byte key, then the ranges' bytes.
+      const handed = Number(/layer 0: (\d+) bytes of listed metadata from mount/.exec(log)?.[1]) -
+        32;
+      assert(handed > 0, log);
+      // The directory tree only: every page it needs is pinned (read from nothing else).
+      [...Deno.readDirSync(sandbox.target)];
+      const cold = await listed();
+      assert(cold.bytesFetched >= handed, `${JSON.stringify(cold)}, ${handed} handed`);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+      await mountWithMarks(`${registry.host}/mf/counted:v1`, sandbox);
+      [...Deno.readDirSync(sandbox.target)];
+      const again = await listed();
+      assert.equal(again.bytesFetched, 0, JSON.stringify(again));
+      assert((again.diskHitBytes ?? 0) >= handed, `${JSON.stringify(again)}, ${handed} handed`);
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount: a cold mount with a metadata list loads no Node module on its way to ready",
   ignore: ignoreMount,
   async fn() {

@@ -87,8 +87,8 @@ server pid and state (serving; dead = server gone and readers waiting for
 gone, so the mount cannot be reattached after a server crash; "not mounted": DIR was
 unmounted by another tool, \`erofs-oci umount DIR\` stops its server and clears it;
 --json: "mounted": false), bytes fetched from the
-source, bytes the host's disk cache answered without fetching (DISK HITS; "-" without a
-disk cache), the memory cache's hit rate (HIT RATE: of the lookups that reached it; reads
+source (FETCHED; with the metadata \`mount\` fetched for its server), bytes the host's disk
+cache answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit rate (HIT RATE: of the lookups that reached it; reads
 the reader thread answered from the disk cache or pinned pages never do), and how far the
 prefetch of the image's trace got (PREFETCH; "-" without a trace).
 

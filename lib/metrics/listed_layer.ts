@@ -79,10 +79,11 @@ export function listedLayers(
     index,
     digest: layer.digest,
     bytesRequested: layer.bytesRequested,
-    // Under a disk cache the memory cache's "fetches" are mostly disk reads. Without one, a
-    // registry layer's own reads: the caches' counts miss what a check widens a read to.
-    bytesFetched: layer.disk ? layer.disk.fetchedBytes : layer.wire?.bytes ?? layer.bytesFetched,
-    fetches: layer.disk?.fetches ?? layer.wire?.requests ?? layer.fetches,
+    // A registry layer's own reads (the metadata list's too, which pass the caches, and what
+    // `mount` fetched for its server): the caches' counts miss those and what a check widens a
+    // read to. Else, under a disk cache, its fetches (the memory cache's are disk reads).
+    bytesFetched: layer.wire?.bytes ?? layer.disk?.fetchedBytes ?? layer.bytesFetched,
+    fetches: layer.wire?.requests ?? layer.disk?.fetches ?? layer.fetches,
     memoryHits: layer.hits,
     memoryMisses: layer.misses,
     diskHitBytes: layer.disk?.diskHitBytes,

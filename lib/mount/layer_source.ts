@@ -1,5 +1,6 @@
 /** Opens the byte source a LayerSpec describes (the same spec mount and reattach build). */
 import { mark } from "../timing.ts";
+import { noteBlobFetched } from "../source/fetch_metrics.ts";
 import { warn } from "../log.ts";
 import { FormatError } from "../errors.ts";
 import { RegistryClient } from "../oci/client.ts";
@@ -66,18 +67,23 @@ export function metadataLoaderOf(source: Source): MetadataLoader | undefined {
   return metadataLoaders.get(source);
 }
 
-function sidecarOf(source: Source): MetadataSidecar | undefined {
+function sidecarOf(source: Source): (MetadataSidecar & { hit(bytes: number): void }) | undefined {
   const s = source as Partial<{
     readSidecar(maxBytes: number): Promise<Uint8Array | undefined>;
     writeSidecarSoon(bytes: Uint8Array, delayMs: number): void;
+    countSidecarHit(bytes: number): void;
   }>;
-  if (typeof s.readSidecar !== "function" || typeof s.writeSidecarSoon !== "function") {
+  if (
+    typeof s.readSidecar !== "function" || typeof s.writeSidecarSoon !== "function" ||
+    typeof s.countSidecarHit !== "function"
+  ) {
     return undefined;
   }
   return {
     read: (maxBytes) => s.readSidecar!(maxBytes),
     // Kept for the next mount, but not on this mount's way to ready.
     write: (bytes) => s.writeSidecarSoon!(bytes, SIDECAR_WRITE_DELAY_MS),
+    hit: (bytes) => s.countSidecarHit!(bytes),
   };
 }
 
@@ -87,13 +93,18 @@ const SIDECAR_WRITE_DELAY_MS = 100;
 function registerMetadata(source: Source, ranges: MetadataRanges, blob: RegistryBlob): void {
   if (rangesCoverStart(ranges, Math.min(LISTED_HEAD_BYTES, source.size))) headsListed.add(source);
   metadataLoaders.set(source, async (signal, handed, onHead) => {
+    const sidecar = sidecarOf(source);
     const loaded = await loadMetadataRanges(ranges, blob, {
-      sidecar: sidecarOf(source),
+      sidecar,
       signal,
       handed: handed?.bytes,
       handedPackDigest: handed?.packDigest,
       onHead: onHead && { bytes: LISTED_HEAD_BYTES, take: onHead },
     });
+    // What `list` counts: bytes `mount` fetched for this server as fetched (its GETs are not
+    // this process's requests), bytes read back from the disk cache as its hits.
+    if (handed) noteBlobFetched(blob.digest, 0, loaded.keptBytes);
+    else sidecar?.hit(loaded.keptBytes);
     mark("server: listed metadata checked");
     return {
       pieces: loaded.pieces,

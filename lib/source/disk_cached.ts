@@ -143,6 +143,11 @@ export class DiskCachedSource implements Source {
     return this.#parts.sidecar.read(maxBytes);
   }
 
+  /** Counts sidecar bytes a caller read back and used instead of fetching them (DISK HITS). */
+  countSidecarHit(bytes: number): void {
+    this.#parts.counters.diskHitBytes += bytes;
+  }
+
   /**
    * writeSidecar `delayMs` from now (off a mount's way to ready); a later call replaces a
    * pending one, and whenDurable() and close() write a pending one at once.

@@ -147,7 +147,15 @@ export async function loadMetadataRanges(
     onHead?: { bytes: number; take(pieces: MetadataPiece[]): void };
   } = {},
 ): Promise<
-  { pieces: MetadataPiece[]; fromSidecar: number; fromHanded: number; fetched: number; bad: number }
+  {
+    pieces: MetadataPiece[];
+    fromSidecar: number;
+    fromHanded: number;
+    /** Bytes of the ranges taken from the sidecar or the handed bytes (not fetched here). */
+    keptBytes: number;
+    fetched: number;
+    bad: number;
+  }
 > {
   const count = ranges.offsets.length;
   const got: (Uint8Array | undefined)[] = new Array(count).fill(undefined);
@@ -241,6 +249,7 @@ export async function loadMetadataRanges(
       options.handed ? options.handedPackDigest : undefined,
     );
   }
+  const keptBytes = got.reduce((total, bytes) => total + (bytes?.length ?? 0), 0);
   let missing = got.flatMap((bytes, i) => bytes ? [] : [i]);
   let fetched = 0;
   if (missing.length && ranges.pack && blob.readPack) {
@@ -314,5 +323,5 @@ export async function loadMetadataRanges(
   }
   const pieces = got.flatMap((bytes, i) => bytes ? [{ offset: ranges.offsets[i], bytes }] : []);
   const fromSidecar = options.handed ? 0 : fromKept;
-  return { pieces, fromSidecar, fromHanded: fromKept - fromSidecar, fetched, bad };
+  return { pieces, fromSidecar, fromHanded: fromKept - fromSidecar, keptBytes, fetched, bad };
 }
