@@ -81,7 +81,8 @@ export const listCommand: Command = {
   help: `Usage: erofs-oci list [--json]
 
 Shows every mount made by erofs-oci: directory, image reference (with --json also its
-manifest digest), devices, mount options (nosuid,nodev unless mounted with --suid/--dev),
+manifest digest), devices (nbdN; fuse:N, N the FUSE connection in
+/sys/fs/fuse/connections), mount options (nosuid,nodev unless mounted with --suid/--dev),
 server pid and state (serving; dead = server gone and readers waiting for
 \`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is
 gone, so the mount cannot be reattached after a server crash; "not mounted": DIR was

@@ -37,6 +37,8 @@ export interface FuseBlob {
   readonly fd: number;
   /** The file's mtime as told to the kernel (a server taking over tells the same). */
   readonly fileMtimeSec: number;
+  /** N of /sys/fs/fuse/connections/N (undefined when its mount was not found). */
+  readonly connectionNumber?: number;
   /**
    * Unmounts the FUSE file system and takes it off the reader thread (which ends with its last
    * connection). Rejects with MountError (and keeps serving) while something — the EROFS
@@ -145,6 +147,7 @@ function blobOf(connection: FuseConnection, dir: string, name: string): FuseBlob
     readerThreadId: connection.readerThreadId,
     fd: connection.fd,
     fileMtimeSec: connection.server.fileMtimeSec,
+    connectionNumber: connection.connectionNumber,
     stats: () => connection.server.stats(),
     close: () => connection.close(),
   };

@@ -204,10 +204,17 @@ export class FuseConnection {
     this.#tuneReadAhead();
   }
 
+  /**
+   * The connection's number (/sys/fs/fuse/connections/N: the minor of the mount's st_dev),
+   * once ready; undefined when its mount was not found.
+   */
+  connectionNumber: number | undefined;
+
   /** Best effort: the bdi of a FUSE mount is `0:<minor>` of its st_dev. */
   #tuneReadAhead(): void {
     const entry = findMount(this.#dir);
     if (!entry) return;
+    this.connectionNumber = entry.minor;
     const file = `/sys/class/bdi/${entry.major}:${entry.minor}/read_ahead_kb`;
     try {
       writeSmallFile(file, `${this.#readAheadKb}`);

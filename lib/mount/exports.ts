@@ -48,7 +48,7 @@ function nbdBlockSizeOf(erofsBlockBytes: number): number | undefined {
 export interface LayerExport {
   /** Path EROFS is mounted from (/dev/nbdN or the FUSE file). */
   blockPath: string;
-  /** Kernel device name for `list` (nbdN, fuse-N). */
+  /** Kernel device name for `list` (nbdN; fuse:N, its FUSE connection). */
   device: string;
   /** Recovery file of an NBD device (its backend identifier). */
   recoveryFile?: string;
@@ -142,7 +142,10 @@ export async function exportLayer(
     });
     return {
       blockPath: blob.filePath,
-      device: `fuse-${context.layerIndex}`,
+      // The connection an administrator can abort (/sys/fs/fuse/connections/N/abort).
+      device: blob.connectionNumber === undefined
+        ? `fuse-${context.layerIndex}`
+        : `fuse:${blob.connectionNumber}`,
       fuse: { fd: blob.fd, mtimeSec: blob.fileMtimeSec },
       directReads: () => blob.stats().directReads,
       close: async () => {

@@ -136,6 +136,20 @@ export function registerMountScenarios(backend: "fuse" | "nbd", prefix: string, 
         assert.equal(entry.backend, backend);
         assert.ok(entry.bytesFetched > 0, "bytes were fetched from the registry");
         assert.match(entry.manifestDigest, /^sha256:[0-9a-f]{64}$/);
+        // The kernel's name of each device: nbdN, or a FUSE mount's connection.
+        assert.equal(entry.devices.length, 1, describe(listed));
+        if (backend === "nbd") assert.match(entry.devices[0], /^nbd\d+$/);
+        else {
+          const connection = /^fuse:(\d+)$/.exec(entry.devices[0])?.[1];
+          assert.ok(connection, describe(listed));
+          const [major, minor] = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+            .map((line) => line.split(" "))
+            .find((fields) =>
+              fields[4]?.startsWith(`${sandbox.runtimeDir}/`) &&
+              fields.includes("fuse.erofs-oci")
+            )![2].split(":");
+          assert.deepEqual([major, minor], ["0", connection]);
+        }
         const table = await runCli(["list"], { env: sandbox.env });
         assert.match(table.stdout, /serving/);
 
