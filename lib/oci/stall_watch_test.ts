@@ -9,6 +9,7 @@ import { digestOf } from "./digest.ts";
 import { setTextLogSink } from "../log.ts";
 import { OciError } from "../errors.ts";
 import { setStallMs } from "./stall_watch.ts";
+import { serveStallingBlob } from "../../tests/_support/stalling_blob_server.ts";
 
 const BLOB = new Uint8Array(200_000).map((_, i) => (i * 13 + (i >> 9)) & 0xff);
 const DIGEST = digestOf(BLOB);
@@ -147,36 +148,10 @@ Deno.test("registry stall: any GET (a manifest) that gets no reply is asked agai
 
 Deno.test("registry stall: a download whose body stops is resumed with a Range request", async () => {
   setStallMs(1000);
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => release = resolve);
-  const ranges: string[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
-    const range = req.headers.get("range");
-    ranges.push(range ?? "");
-    if (range) {
-      const from = Number(/^bytes=(\d+)-$/.exec(range)![1]);
-      return new Response(BLOB.slice(from), {
-        status: 206,
-        headers: { "content-range": `bytes ${from}-${BLOB.length - 1}/${BLOB.length}` },
-      });
-    }
-    return new Response(
-      new ReadableStream({
-        async start(controller) {
-          controller.enqueue(BLOB.slice(0, 1000));
-          await released; // then nothing more, connection open
-          controller.close();
-        },
-      }),
-      { headers: { "content-length": String(BLOB.length) } },
-    );
-  });
+  const { host, ranges, release, server } = serveStallingBlob(BLOB);
   const dir = await Deno.makeTempDir({ prefix: "erofs-oci-stall-pull-" });
   try {
-    const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
-      deadlineMs: 20_000,
-      plainHttp: true,
-    });
+    const client = new RegistryClient(host, { deadlineMs: 20_000, plainHttp: true });
     const startedMs = Date.now();
     await client.downloadBlob("app", DIGEST, `${dir}/out`);
     assert.deepEqual(await Deno.readFile(`${dir}/out`), BLOB);

@@ -7,36 +7,14 @@
  */
 import { RegistryClient } from "../../lib/oci/client.ts";
 import { digestOf } from "../../lib/oci/digest.ts";
+import { serveStallingBlob } from "./stalling_blob_server.ts";
 
 const mode = Deno.args[0];
 const BLOB = new Uint8Array(200_000).map((_, i) => (i * 7 + (i >> 8)) & 0xff);
 const DIGEST = digestOf(BLOB);
 const gc = (globalThis as unknown as { gc: () => void }).gc;
 
-let release!: () => void;
-const released = new Promise<void>((resolve) => release = resolve);
-const ranges: string[] = [];
-const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
-  const range = req.headers.get("range");
-  ranges.push(range ?? "");
-  if (range) {
-    const from = Number(/^bytes=(\d+)-$/.exec(range)![1]);
-    return new Response(BLOB.slice(from), {
-      status: 206,
-      headers: { "content-range": `bytes ${from}-${BLOB.length - 1}/${BLOB.length}` },
-    });
-  }
-  return new Response(
-    new ReadableStream({
-      async start(controller) {
-        controller.enqueue(BLOB.slice(0, 1000));
-        await released;
-        controller.close();
-      },
-    }),
-    { headers: { "content-length": String(BLOB.length) } },
-  );
-});
+const { host, ranges, release, server } = serveStallingBlob(BLOB);
 const startedMs = Date.now();
 const collections = setInterval(gc, 50);
 // What the bug did: wait for the peer to hang up, which this one never does.
@@ -49,10 +27,7 @@ if (mode === "interrupt") setTimeout(() => interrupt.abort(new Error("interrupte
 const dir = await Deno.makeTempDir({ prefix: "erofs-oci-stall-gc-" });
 let outcome: string;
 try {
-  const client = new RegistryClient(`127.0.0.1:${server.addr.port}`, {
-    deadlineMs: 20_000,
-    plainHttp: true,
-  });
+  const client = new RegistryClient(host, { deadlineMs: 20_000, plainHttp: true });
   await client.downloadBlob("app", DIGEST, `${dir}/out`, { signal: interrupt.signal });
   const same = (await Deno.readFile(`${dir}/out`)).every((b, i) => b === BLOB[i]);
   outcome = same ? "complete" : "wrong bytes";
