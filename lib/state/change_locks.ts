@@ -2,7 +2,7 @@
  * Locks of the runtime dir (lock files in it): mount, reattach and umount take turns on what
  * they change, across all mounts or on one.
  */
-import { sleep, waitAtMost } from "../timers.ts";
+import { sleep } from "../timers.ts";
 import { mountDir, RUNTIME_ROOT } from "./runtime_dirs.ts";
 
 /**
@@ -18,33 +18,35 @@ export function lockMountChanges(
 ): Promise<Deno.FsFile> {
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
   const file = openLockFile(`${RUNTIME_ROOT}/changes.lock`);
-  return signal ? lockPolling(file, onWait, signal) : lockSaying(file, onWait);
+  return lockPolling(file, onWait, signal);
 }
 
 /** How often a wait that a signal may end tries the lock again. */
 const LOCK_POLL_MS = 50;
 
 /**
- * lockSaying, ended by `signal` (its reason thrown): a blocked lock() on a pool thread cannot be
- * cancelled, so `mount`, interrupted while another command held the lock, went on waiting.
+ * Waits for an exclusive lock on `file`, calling `onWait` once it has waited a second; ended by
+ * `signal` (its reason thrown). Tried again every LOCK_POLL_MS rather than blocked in lock(): a
+ * blocked lock() holds a thread of the runtime's small pool and cannot be cancelled, so
+ * `mount`, interrupted while another command held the lock, went on waiting.
  */
 async function lockPolling(
   file: Deno.FsFile,
   onWait: () => void,
-  signal: AbortSignal,
+  signal?: AbortSignal,
 ): Promise<Deno.FsFile> {
   const saidAt = Date.now() + 1000;
   let said = false;
   try {
     while (!file.tryLockSync(true)) {
-      signal.throwIfAborted();
+      signal?.throwIfAborted();
       if (!said && Date.now() >= saidAt) {
         said = true;
         onWait();
       }
       await sleep(LOCK_POLL_MS);
     }
-    signal.throwIfAborted();
+    signal?.throwIfAborted();
   } catch (error) {
     file.close();
     throw error;
@@ -54,22 +56,6 @@ async function lockPolling(
 
 function openLockFile(path: string): Deno.FsFile {
   return Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
-}
-
-/** Waits for an exclusive lock on `file`, calling `onWait` once it has waited a second. */
-async function lockSaying(file: Deno.FsFile, onWait: () => void): Promise<Deno.FsFile> {
-  try {
-    let got = false;
-    const locked = file.lock(true).then(() => got = true);
-    // A reattach starting servers can hold it for a while: say why nothing happens.
-    await waitAtMost(locked, 1000);
-    if (!got) onWait();
-    await locked;
-  } catch (error) {
-    file.close();
-    throw error;
-  }
-  return file;
 }
 
 /**
@@ -102,5 +88,5 @@ export function tryLockChangesOf(key: string): Deno.FsFile | undefined {
 
 /** Waits for the lock of `key`'s changes (`onWait` once it has waited a second). */
 export function lockChangesOf(key: string, onWait: () => void = () => {}): Promise<Deno.FsFile> {
-  return lockSaying(openChangesLock(key), onWait);
+  return lockPolling(openChangesLock(key), onWait);
 }
