@@ -52,12 +52,12 @@ Deno.test({
         assertCliError(
           await mount(["--tarindex", "/dev/zero", ...zinfo]),
           1,
-          /index file \/dev\/zero is not a regular file/,
+          /--tarindex \/dev\/zero is not a regular file/,
         );
         assertCliError(
           await mount(["--tarindex", `${FIXTURES}/layer.meta.erofs`, "--zinfo", fifo]),
           1,
-          /index file .*fifo is not a regular file/,
+          /--zinfo .*fifo is not a regular file/,
         );
         assertCliError(
           await mount(["--tarindex", sparse, ...zinfo]),

@@ -63,6 +63,39 @@ Deno.test({
 });
 
 Deno.test({
+  name: "mount --index/--tarindex/--zinfo missing or of the wrong kind: named in one line, as " +
+    "--upper is, nothing started",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const base = sandbox.target.replace(/\/mnt$/, "");
+      await Deno.writeTextFile(`${base}/afile`, "x");
+      const mount = (...options: string[]) =>
+        runCli(["mount", `${FIXTURES}/layer.tar.gz`, sandbox.target, ...options], {
+          env: sandbox.env,
+        });
+      // Each was exit 2 with Deno's "open X: …" text, or (a file as --index) exit 1 later.
+      assertCliError(await mount("--index", `${base}/none`), 1, /--index .*\/none does not exist/);
+      assertCliError(
+        await mount("--index", `${base}/afile`),
+        1,
+        /--index .*afile is not a directory/,
+      );
+      assertCliError(await mount("--tarindex", base), 1, /--tarindex .* is not a regular file/);
+      assertCliError(
+        await mount("--tarindex", `${base}/afile`, "--zinfo", `${base}/none`),
+        1,
+        /--zinfo .*\/none does not exist/,
+      );
+      assert.deepEqual(readMountInfo().filter((m) => m.mountPoint.startsWith(base)), []);
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "mount and serve: bad disk cache options are usage errors before any registry is asked",
   ignore: requires(root()),
   async fn() {

@@ -2,7 +2,7 @@
  * `mount`'s image resolved to the layers it mounts, with what the server is handed along: the
  * registry's credentials, the pinned metadata fetched early, and the trace to prefetch.
  */
-import { UsageError } from "../errors.ts";
+import { Errno, UsageError, UserError } from "../errors.ts";
 import { openRegistry } from "./registry_options.ts";
 import { takeManifestAhead } from "./manifest_ahead.ts";
 import { withLocalPathHint } from "./local_path_hint.ts";
@@ -31,6 +31,7 @@ import {
 } from "../daemon/handed_metadata.ts";
 import { mark } from "../timing.ts";
 import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
+import { strerror, SysError } from "../../ffi/libc.ts";
 import { LayerProgress } from "./progress.ts";
 import type { MountValues } from "./mount_args.ts";
 
@@ -47,13 +48,31 @@ function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSou
   if (values.zinfo !== undefined && values.tarindex === undefined) {
     throw new UsageError("mount: --zinfo goes with --tarindex");
   }
-  const absolute = (path: string, what: string) => {
+  // Named as --upper/--work are (target_dir.ts checkOverlayDirs): missing or of the wrong
+  // kind, before anything starts.
+  const absolute = (path: string, what: string, kind: "directory" | "file") => {
+    let real: string;
     try {
-      return realPathTrusted(path); // another user's symlink would pick a file of root's
+      real = realPathTrusted(path); // another user's symlink would pick a file of root's
     } catch (error) {
       if (error instanceof UntrustedSymlinkError) throw error;
-      throw new UsageError(`mount: cannot open ${what} ${path}: ${(error as Error).message}`);
+      if (error instanceof SysError && error.errno === Errno.ENOENT) {
+        throw new UserError(`${what} ${path} does not exist`);
+      }
+      const why = error instanceof SysError ? strerror(error.errno) : (error as Error).message;
+      throw new UserError(`cannot use ${what} ${path}: ${why}`);
     }
+    const info = Deno.statSync(real);
+    if (kind === "directory" && !info.isDirectory) {
+      throw new UserError(
+        `${what} ${path} is not a directory`,
+        "give the directory `erofs-oci index IMAGE -o DIR` wrote",
+      );
+    }
+    if (kind === "file" && !info.isFile) {
+      throw new UserError(`${what} ${path} is not a regular file`);
+    }
+    return real;
   };
   return {
     cacheDir: indexCacheDir(),
@@ -61,10 +80,10 @@ function tarIndexSources(values: MountValues, signal?: AbortSignal): TarIndexSou
     requireVerified: values["require-verified"] ?? false,
     signal,
     ...indexProgress(),
-    dir: values.index === undefined ? undefined : absolute(values.index, "--index"),
+    dir: values.index === undefined ? undefined : absolute(values.index, "--index", "directory"),
     files: values.tarindex === undefined ? undefined : {
-      meta: absolute(values.tarindex, "--tarindex"),
-      zinfo: values.zinfo === undefined ? undefined : absolute(values.zinfo, "--zinfo"),
+      meta: absolute(values.tarindex, "--tarindex", "file"),
+      zinfo: values.zinfo === undefined ? undefined : absolute(values.zinfo, "--zinfo", "file"),
     },
   };
 }
