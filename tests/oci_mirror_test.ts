@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { assertSuccess, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import { selfSignedP256 } from "./_support/certs.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { layerForRecord, recordForLayer } from "../lib/recovery/layer_record.ts";
 import { startRegistry, type TestRegistry } from "./_support/registry.ts";
@@ -302,6 +303,48 @@ Deno.test({
     } finally {
       if (previous === undefined) Deno.env.delete("EROFS_OCI_REGISTRY_CONFIG_DIR");
       else Deno.env.set("EROFS_OCI_REGISTRY_CONFIG_DIR", previous);
+    }
+  },
+});
+
+Deno.test({
+  name: "hosts.toml: a client certificate or key the TLS library cannot use is one line naming " +
+    "the files, not an internal error",
+  ignore: requires(command("openssl")),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-client-pem-" });
+    try {
+      await selfSignedP256({
+        subject: "/CN=client",
+        keyPath: `${dir}/key.pem`,
+        certPath: `${dir}/cert.pem`,
+      });
+      Deno.writeTextFileSync(
+        `${dir}/bad.key`,
+        "-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZ\n-----END PRIVATE KEY-----\n",
+      );
+      // Port 1: nothing there; the client is made before any connection.
+      for (const [cert, key] of [["cert.pem", "bad.key"], ["key.pem", "cert.pem"]]) {
+        writeHosts(
+          dir,
+          "127.0.0.1:1",
+          `[host."https://127.0.0.1:1"]\n  capabilities = ["pull", "resolve"]\n` +
+            `  client = [["${dir}/${cert}", "${dir}/${key}"]]\n`,
+        );
+        const result = await runCli(["inspect", "127.0.0.1:1/x/y:v1"], {
+          env: { EROFS_OCI_REGISTRY_CONFIG_DIR: dir },
+        });
+        assertCliError(
+          result,
+          1,
+          new RegExp(
+            `hosts\\.toml of .*: cannot use client certificate .*${cert}, client key .*${key}: `,
+          ),
+        );
+        assert.doesNotMatch(result.stderr, /internal error|U0VDUkVUS0VZ/, result.stderr);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

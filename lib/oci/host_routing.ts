@@ -81,13 +81,26 @@ function httpClientFor(entry: RegistryHostEntry): Deno.HttpClient | undefined {
   if (entry.clientCerts.length > 1) {
     warnOnce(key, `${entry.origin}: only the first client certificate of hosts.toml is used`);
   }
-  client = pair
-    ? Deno.createHttpClient({
-      caCerts,
-      cert: readPem(pair.certPath, "client certificate"),
-      key: readPem(pair.keyPath, "client key"),
-    })
-    : Deno.createHttpClient({ caCerts });
+  const clientPem = pair && {
+    cert: readPem(pair.certPath, "client certificate"),
+    key: readPem(pair.keyPath, "client key"),
+  };
+  try {
+    client = Deno.createHttpClient({ caCerts, ...clientPem });
+  } catch (error) {
+    // The TLS library's words about PEM it cannot use, which file was which added.
+    const files = [
+      ...entry.caCertPaths.map((path) => `CA certificate ${path}`),
+      ...pair ? [`client certificate ${pair.certPath}`, `client key ${pair.keyPath}`] : [],
+    ];
+    throw new FormatError(
+      `hosts.toml of ${entry.origin || "the registry"}: cannot use ${files.join(", ")}: ${
+        (error as Error).message
+      }`,
+      "fix the files or their paths in hosts.toml (PEM: a certificate, and a private key that " +
+        "belongs to it)",
+    );
+  }
   httpClients.set(key, client);
   return client;
 }

@@ -116,8 +116,16 @@ function usableProxy(value: string): boolean {
   return scheme === undefined || ["http", "https", "socks5", "socks5h"].includes(scheme);
 }
 
+/**
+ * `value` without what comes before its last `@`, scheme kept: URL parsers end the credentials
+ * at the last `@` (a password may hold more), and one with a raw `/` in it is not split where
+ * a parser would be sure to: nothing of it is said.
+ */
 function withoutCredentials(value: string): string {
-  return value.replace(/^((?:[a-z][a-z0-9+.-]*:\/\/)?)[^/@]*@/i, "$1");
+  const at = value.lastIndexOf("@");
+  if (at < 0) return value;
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(value)?.[0] ?? "";
+  return scheme + value.slice(at + 1);
 }
 
 /** NO_PROXY's rules as Deno applies them: `*`, IP addresses and networks, domains and subdomains. */

@@ -29,6 +29,18 @@ Deno.test("proxyFor: Deno's order, NO_PROXY's IPs, networks and domains, no cred
       variable: "HTTPS_PROXY",
     });
   });
+  // Credentials end at the last `@`: all of them left out, as a URL parser reads them.
+  for (
+    const [value, shown] of [
+      ["http://alice:top@secret@proxy:3128", "http://proxy:3128"],
+      ["alice:top@secret@proxy:3128", "proxy:3128"],
+      ["http://alice:a/b@secret@proxy:3128", "http://proxy:3128"],
+    ]
+  ) {
+    withEnv({ HTTPS_PROXY: value }, () => {
+      assert.equal(proxyFor("https://r.example/")?.proxy, shown, value);
+    });
+  }
   withEnv({ ALL_PROXY: "socks5://s:1080", http_proxy: "http://p:1" }, () => {
     assert.equal(proxyFor("http://r.example/")?.variable, "ALL_PROXY");
   });
