@@ -200,9 +200,12 @@ Deno.test({
     await withWork(async (work) => {
       const src = `${work}/src`;
       Deno.mkdirSync(`${src}/a`, { recursive: true });
-      Deno.writeFileSync(`${src}/a/first`, new Uint8Array(9000).fill(0x41));
-      Deno.writeFileSync(`${src}/z-last`, new Uint8Array(9000).fill(0x5a));
-      Deno.writeTextFileSync(`${work}/order`, "z-last\n# comment\n/missing\n");
+      Deno.writeFileSync(`${src}/a/first`, new Uint8Array(8192).fill(0x41));
+      Deno.writeFileSync(`${src}/z-last`, new Uint8Array(8192).fill(0x5a));
+      // Whole blocks (no tail stored with the inode, in the metadata). A name with a leading
+      // blank, its line ending in CRLF: taken as written (it was trimmed).
+      Deno.writeFileSync(`${src}/ lead`, new Uint8Array(8192).fill(0x4c));
+      Deno.writeTextFileSync(`${work}/order`, "z-last\n lead\r\n# comment\n/missing\n");
       const image = await buildAndCompare(src, work, ["--order", `${work}/order`]);
       const again = await runCli([
         "build",
@@ -219,8 +222,11 @@ Deno.test({
       const bytes = Deno.readFileSync(image);
       const find = (byte: number) =>
         Buffer.from(bytes).indexOf(Buffer.from(new Uint8Array(64).fill(byte)));
-      const z = find(0x5a), a = find(0x41);
-      assert.ok(z > 0 && a > z, `z-last at ${z}, a/first at ${a}`);
+      const z = find(0x5a), lead = find(0x4c), a = find(0x41);
+      assert.ok(
+        z > 0 && lead > z && a > lead,
+        `z-last at ${z}, " lead" at ${lead}, a/first at ${a}`,
+      );
 
       const bad = await runCli(["build", `${work}/nope`, "-o", `${work}/x.erofs`]);
       assert.equal(bad.code, 1);

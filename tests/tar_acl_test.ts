@@ -91,6 +91,17 @@ Deno.test({
           ]],
         },
         {
+          // As `tar --acls` writes a directory with a default ACL only: its access ACL is the
+          // mode again, which an extraction does not keep (the kernel stores only the mode).
+          name: "ddir/",
+          type: "5",
+          mode: 0o755,
+          pax: [
+            ["SCHILY.acl.access", "user::rwx,group::r-x,other::r-x"],
+            ["SCHILY.acl.default", "user::rwx,group::r-x,other::r-x"],
+          ],
+        },
+        {
           name: "dflt",
           mode: 0o644,
           data: text("d\n"),
@@ -110,6 +121,10 @@ Deno.test({
         namedByOther: await readableBy(555, `${dir}/named`),
         namedAcl: (await run("getfattr", ["-n", "system.posix_acl_access", `${dir}/named`])).code,
         mode: (Deno.statSync(`${dir}/wide`).mode! & 0o777).toString(8),
+        ddirAcls: (await run("getfattr", ["-d", "-m", "system.posix_acl", `${dir}/ddir`])).stdout
+          .split("\n").filter((line) => line.startsWith("system.")).map((line) =>
+            line.split("=")[0]
+          ),
       }));
       assert.deepEqual(seen, {
         wideByOther: false, // the mode, not the ACL's other::rwx
@@ -117,6 +132,7 @@ Deno.test({
         namedByOther: false,
         namedAcl: 0,
         mode: "670",
+        ddirAcls: ["system.posix_acl_default"],
       });
     }),
 });

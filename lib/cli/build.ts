@@ -45,9 +45,10 @@ an index); --layer N takes that one layer as it is instead.
 
 Options:
   -o, --output FILE     the image to write (required)
-      --order FILE      access list, one path per line (relative to SOURCE): those
-                        files' data comes first and contiguous, the rest follows in
-                        directory order
+      --order FILE      access list, one path per line (relative to SOURCE, taken as
+                        written; lines starting with # are comments): those files'
+                        data comes first and contiguous, the rest follows in directory
+                        order
       --timestamp SECS  build time in the superblock (default: SOURCE_DATE_EPOCH or now);
                         with --uuid the output is the same for the same input
       --uuid UUID       file system UUID (default: random)
@@ -237,7 +238,11 @@ async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void>
   }
 }
 
-/** Directories a tar implies without listing them get this mtime too. */
+/**
+ * The --order file's paths: each line as it is (names may start or end with blanks), a CR
+ * before the newline dropped; empty lines and lines starting with `#` are left out (`./#x`
+ * names a file `#x`).
+ */
 async function readOrderFile(path: string): Promise<string[]> {
   let text: string;
   try {
@@ -248,7 +253,7 @@ async function readOrderFile(path: string): Promise<string[]> {
     if (error instanceof FileRefusedError) throw error;
     throw new UserError(`build: cannot read --order file ${path}: ${(error as Error).message}`);
   }
-  return text.split("\n").map((line) => line.trim()).filter((line) =>
+  return text.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) =>
     line && !line.startsWith("#")
   );
 }

@@ -123,6 +123,15 @@ export function encodeAcl(entries: readonly AclEntry[]): Uint8Array {
  * runtime's extraction gives (the xattr set, then the member's mode), so that an ACL cannot
  * grant what the member's mode, the one every scanner reads, denies.
  */
+/**
+ * Whether the access ACL `value` says no more than a mode does (owner, group and other only):
+ * the kernel keeps no such ACL (posix_acl_equiv_mode), only the mode, and so does a build.
+ */
+export function aclIsMode(value: Uint8Array): boolean {
+  const base: number[] = [ACL_TAG.USER_OBJ, ACL_TAG.GROUP_OBJ, ACL_TAG.OTHER];
+  return decodeAcl(value).every((entry) => base.includes(entry.tag));
+}
+
 export function aclWithMode(value: Uint8Array, mode: number): Uint8Array {
   const entries = decodeAcl(value);
   const hasMask = entries.some((e) => e.tag === ACL_TAG.MASK);

@@ -4,7 +4,7 @@
  * xattrs EROFS refuses), and the mode, owner, mtime and storable xattrs set as an extraction
  * would leave them. Apart from from_tar.ts, which builds the tree from the members' paths.
  */
-import { ACL_ACCESS, ACL_DEFAULT, aclWithMode } from "../../tar/acl.ts";
+import { ACL_ACCESS, ACL_DEFAULT, aclIsMode, aclWithMode } from "../../tar/acl.ts";
 import { FormatError } from "../../errors.ts";
 import type { TarEntry } from "../../tar/entry.ts";
 import { NO_XATTRS } from "./tree.ts";
@@ -41,6 +41,9 @@ export function setMemberAttributes(
       );
     } else if (name === ACL_DEFAULT && entry.kind !== "dir") {
       onSkippedXattr(entry.path, name, "is a default ACL on a non-directory");
+    } else if (name === ACL_ACCESS && aclIsMode(value)) {
+      // `tar --acls` writes one for every file; extracted, only the mode is left of it.
+      continue;
     } else {
       // As an extraction leaves it: the ACL set, then the member's mode (chmod).
       const stored = name === ACL_ACCESS ? aclWithMode(value, entry.mode) : value;
