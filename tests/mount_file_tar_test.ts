@@ -222,3 +222,49 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name: "index FILE: its whiteouts and opaque markers delete nothing (a file is an image of its " +
+    "own), so mount --index DIR shows the tree --index-missing shows",
+  ignore,
+  fn: () =>
+    withTempDir("erofs-oci-file-tar-wh-", async (work) => {
+      Deno.mkdirSync(`${work}/src/d/opq`, { recursive: true });
+      Deno.writeTextFileSync(`${work}/src/d/.wh.gone`, "");
+      Deno.writeTextFileSync(`${work}/src/d/opq/.wh..wh..opq`, "");
+      Deno.writeTextFileSync(`${work}/src/d/opq/kept`, "k\n");
+      const gz = `${work}/wh.tar.gz`;
+      const tarred = await new Deno.Command("tar", { args: ["-C", `${work}/src`, "-czf", gz, "."] })
+        .output();
+      assert.ok(tarred.success, new TextDecoder().decode(tarred.stderr));
+      assertSuccess(await runCli(["index", gz, "-o", `${work}/idx`], LONG));
+      const sandbox = await mountSandbox();
+      try {
+        const { env, target } = sandbox;
+        const seen: Record<string, string[]> = {};
+        for (const how of [["--index", `${work}/idx`], ["--index-missing"]]) {
+          const mounted = await runCli(["mount", "--backend", "fuse", ...how, gz, target], {
+            env,
+            ...LONG,
+          });
+          assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+          try {
+            const opaque = await new Deno.Command("getfattr", {
+              args: ["--absolute-names", "-d", "-m", "trusted.overlay", `${target}/d/opq`],
+            }).output();
+            seen[how[0]] = [
+              ...[...Deno.readDirSync(`${target}/d`)].map((e) => e.name).sort(),
+              ...[...Deno.readDirSync(`${target}/d/opq`)].map((e) => `opq/${e.name}`),
+              new TextDecoder().decode(opaque.stdout).trim(),
+            ];
+          } finally {
+            assertSuccess(await runCli(["umount", target], { env }));
+          }
+        }
+        assert.deepEqual(seen["--index"], ["opq", "opq/kept", ""], JSON.stringify(seen));
+        assert.deepEqual(seen["--index"], seen["--index-missing"]);
+      } finally {
+        await sandbox.cleanup();
+      }
+    }),
+});

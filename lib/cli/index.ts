@@ -29,6 +29,8 @@ function isZstdMagic(head: Uint8Array): boolean {
     head[3] === 0xfd;
 }
 import { writeLayerIndex } from "../mount/layer_index_files.ts";
+import { LowerDirs } from "../convert/lower_dirs.ts";
+import { MARK_IMPLIED, takeImplied } from "../erofs/writer/from_tar.ts";
 import { indexImage } from "../mount/index_image.ts";
 import { isLocalImage } from "../mount/local_image.ts";
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
@@ -55,7 +57,9 @@ Reads a tar+gzip layer once (no temporary copy of the tar) and writes to DIR:
                     index belongs to
 A plain (uncompressed) tar needs no zinfo: it gets NAME.meta.erofs, NAME.pieces
 (sha256 per 1 MiB of the tar) and NAME.index.json, and mounts straight from the blob.
-For FILE, NAME is its name without .tar.gz/.tgz/.gz/.tar. For IMAGE (a registry reference
+For FILE, NAME is its name without .tar.gz/.tgz/.gz/.tar; FILE is indexed as an image of
+its own (a bottom layer: its whiteouts delete nothing and are left out; a layer of an
+image is indexed over the layers below it with IMAGE). For IMAGE (a registry reference
 or oci:PATH[:TAG]) every tar and tar+gzip layer (or layer N) is streamed from the registry,
 verified against its digest, and NAME is the layer digest (sha256-HEX). zstd layers are
 refused (\`erofs-oci convert\` makes EROFS layers).
@@ -313,6 +317,13 @@ async function indexInto(
         buildTimeSec: timestamp,
         onEntries: (count) => progress.updateEntries(count),
         plainTar,
+        // FILE is indexed as an image of its own, as `mount FILE` shows it (and indexes it with
+        // --index-missing): a bottom layer, whose whiteouts and opaque markers delete nothing
+        // and are left out (they showed as 0:0 devices and an overlay xattr). A layer of an
+        // image is indexed over its layers below: `index IMAGE [--layer N]`.
+        impliedMtimeSec: MARK_IMPLIED,
+        prepareTree: (root) =>
+          new LowerDirs().dropMarkersWithoutLower({ root, implied: takeImplied(root, timestamp) }),
       }));
     } finally {
       progress.finish();
