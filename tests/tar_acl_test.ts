@@ -17,7 +17,7 @@ import { ACL_TAG, ACL_UNDEFINED_ID, encodeAcl } from "../lib/tar/acl.ts";
 const ignore = requires(root(), command("setpriv"), command("getfattr"));
 const text = (s: string) => new TextEncoder().encode(s);
 const obj = (tag: number, perm: number) => ({ tag, perm, id: ACL_UNDEFINED_ID });
-const { USER_OBJ, GROUP_OBJ, OTHER } = ACL_TAG;
+const { USER_OBJ, GROUP_OBJ, GROUP, MASK, OTHER } = ACL_TAG;
 
 /** Whether uid `uid` (no groups) can read `file`. */
 async function readableBy(uid: number, file: string): Promise<boolean> {
@@ -72,6 +72,13 @@ Deno.test({
   ignore,
   fn: () =>
     withTempDir("erofs-oci-tar-acl-", async (work) => {
+      const namedGroup = encodeAcl([
+        obj(USER_OBJ, 6),
+        obj(GROUP_OBJ, 0),
+        { tag: GROUP, perm: 4, id: 4321 },
+        obj(MASK, 4),
+        obj(OTHER, 0),
+      ]);
       // The ACL grants others rwx, the member's mode 0670 denies them.
       const wide = encodeAcl([obj(USER_OBJ, 6), obj(GROUP_OBJ, 7), obj(OTHER, 7)]);
       const tar = encodeTar([
@@ -89,6 +96,17 @@ Deno.test({
             "SCHILY.acl.access",
             "user::rw-\nuser:1234:r--\ngroup::r--\nmask::r--\nother::---",
           ]],
+        },
+        {
+          // GNU tar --acls --xattrs: the text ACL (a group by name only) before the binary one
+          // (its id): the binary one is taken, the text one not parsed (it was refused).
+          name: "both",
+          mode: 0o640,
+          data: text("b\n"),
+          pax: [
+            ["SCHILY.acl.access", "user::rw-,group::---,group:staff:r--,mask::r--,other::---"],
+            ["SCHILY.xattr.system.posix_acl_access", namedGroup],
+          ],
         },
         {
           // As `tar --acls` writes a directory with a default ACL only: its access ACL is the
@@ -120,6 +138,8 @@ Deno.test({
         namedByUser: await readableBy(1234, `${dir}/named`),
         namedByOther: await readableBy(555, `${dir}/named`),
         namedAcl: (await run("getfattr", ["-n", "system.posix_acl_access", `${dir}/named`])).code,
+        bothByGroup: await readableBy(4321, `${dir}/both`),
+        bothByOther: await readableBy(555, `${dir}/both`),
         mode: (Deno.statSync(`${dir}/wide`).mode! & 0o777).toString(8),
         ddirAcls: (await run("getfattr", ["-d", "-m", "system.posix_acl", `${dir}/ddir`])).stdout
           .split("\n").filter((line) => line.startsWith("system.")).map((line) =>
@@ -131,6 +151,8 @@ Deno.test({
         namedByUser: true, // the text ACL is there
         namedByOther: false,
         namedAcl: 0,
+        bothByGroup: true, // the binary ACL's group 4321
+        bothByOther: false,
         mode: "670",
         ddirAcls: ["system.posix_acl_default"],
       });

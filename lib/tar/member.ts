@@ -11,7 +11,7 @@ import type { HeaderBlock, SparseSegment } from "./header.ts";
 import { normalizeTarPath, utf8Length } from "./path.ts";
 import { asciiString, paxInteger, type PaxRecord, paxTime } from "./pax.ts";
 import { checkSparseMap, paxSparse, readGnuSparseExtensions, readSparse1Map } from "./sparse.ts";
-import { applyXattrRecord } from "./xattrs.ts";
+import { applyXattrRecord, isTextAclKey } from "./xattrs.ts";
 
 export const KINDS: Record<string, TarEntryKind> = {
   "0": "file",
@@ -92,6 +92,7 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
   let devMajor = header.devMajor;
   let devMinor = header.devMinor;
   let xattrs: Map<string, Uint8Array> | undefined;
+  let textAcls: PaxRecord[] | undefined;
   for (const r of records) {
     switch (r.key) {
       case "path":
@@ -128,9 +129,12 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
         devMinor = paxInteger(r, headerOffset);
         break;
       default:
-        applyXattrRecord(xattrs ??= new Map(), r, headerOffset);
+        // A text ACL only where no binary one is given, which GNU tar writes after it.
+        if (isTextAclKey(r.key)) (textAcls ??= []).push(r);
+        else applyXattrRecord(xattrs ??= new Map(), r, headerOffset);
     }
   }
+  for (const r of textAcls ?? []) applyXattrRecord(xattrs ??= new Map(), r, headerOffset);
 
   // No data follows a link, symlink, device, directory or FIFO header whatever its size field
   // (or pax `size`) says, as POSIX has it and Go's archive/tar (Docker, containerd, umoci,

@@ -18,10 +18,18 @@ const LIBARCHIVE = "LIBARCHIVE.xattr.";
 
 /** Whether a record with this key carries an xattr (or a text ACL) applyXattrRecord adds. */
 export function isXattrKey(key: string): boolean {
-  return key in TEXT_ACLS || key.startsWith(SCHILY) || key.startsWith(LIBARCHIVE);
+  return isTextAclKey(key) || key.startsWith(SCHILY) || key.startsWith(LIBARCHIVE);
 }
 
-/** Adds the xattr a record carries (later records replace earlier ones); ignores other keys. */
+/** Whether a record with this key is a text ACL (`--acls`), to apply after the binary xattrs. */
+export function isTextAclKey(key: string): boolean {
+  return key in TEXT_ACLS;
+}
+
+/**
+ * Adds the xattr a record carries (later records replace earlier ones); ignores other keys. A
+ * text ACL is left out when its binary xattr is there already: apply those records last.
+ */
 export function applyXattrRecord(
   xattrs: Map<string, Uint8Array>,
   record: PaxRecord,
