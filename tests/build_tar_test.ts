@@ -30,6 +30,7 @@ import {
   withOverlayMount,
 } from "./_support/erofs_tree.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
+import { encodeTar } from "./_support/tar_encode.ts";
 
 const ignore = requires(
   root(),
@@ -291,5 +292,27 @@ Deno.test({
       assert.match(text, /build: SOURCE - reads a tar from standard input, which is a terminal/);
       assert.match(text, /rc=2/);
       await assert.rejects(Deno.stat(`${dir}/x.erofs`));
+    }),
+});
+
+Deno.test({
+  name: "build tar: a symlink's mode is 0777 whatever its member says, as an extraction leaves it",
+  ignore: requires(root()),
+  fn: () =>
+    withTempDir("erofs-oci-tar-symlink-mode-", async (work) => {
+      Deno.writeFileSync(
+        `${work}/links.tar`,
+        encodeTar([
+          { name: "target", mode: 0o600, data: new TextEncoder().encode("t\n") },
+          { name: "link", type: "2", linkname: "target", mode: 0o644 },
+        ]),
+      );
+      const built = await runCli(["build", `${work}/links.tar`, "-o", `${work}/links.erofs`]);
+      assert.equal(built.code, 0, built.stderr);
+      const modes = await withMountedImage(`${work}/links.erofs`, async (dir) => ({
+        link: (Deno.lstatSync(`${dir}/link`).mode! & 0o7777).toString(8),
+        target: (Deno.statSync(`${dir}/target`).mode! & 0o7777).toString(8),
+      }));
+      assert.deepEqual(modes, { link: "777", target: "600" });
     }),
 });

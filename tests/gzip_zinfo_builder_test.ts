@@ -222,5 +222,15 @@ Deno.test("gzip headers: reserved flags and endless names are refused", async ()
   await assert.rejects(() => once(endless), /longer than 68 KiB/);
   const notGzip = member(data, 6, 0);
   notGzip[2] = 7;
-  await assert.rejects(() => once(notGzip), /not a gzip member/);
+  await assert.rejects(() => once(notGzip), /not a gzip member at compressed offset 0$/);
+  // Bytes after the stream that are neither gzip nor zero padding: said to be that.
+  const trailing = concat([member(data, 6, 0), new TextEncoder().encode("GARBAGE".repeat(10))]);
+  await assert.rejects(
+    () => once(trailing),
+    (error: Error & { hint?: string }) => {
+      assert.match(error.message, /bytes that are not gzip follow the gzip stream/);
+      assert.match(error.hint ?? "", /only zero bytes may pad/);
+      return true;
+    },
+  );
 });

@@ -5,7 +5,8 @@
  * (`--tarindex/--zinfo`) — it mounts the fixture's tree; an index not made here is said to be
  * unbound, and refused by --require-verified. Without an index the error says what
  * the file is and how to mount it; a file that is neither EROFS nor tar still gets the EROFS
- * error, and a FIFO is refused without waiting.
+ * error (with --index-missing: that it is neither), a v7 tar mounts, and a FIFO is refused
+ * without waiting.
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
@@ -208,6 +209,30 @@ Deno.test({
         Deno.writeFileSync(junk, new Uint8Array(8192).fill(7));
         const notErofs = await runCli(["mount", "--backend", "fuse", junk, target], { env });
         assertCliError(notErofs, 1, /not an EROFS image: .*junk\.bin has magic/);
+        // Asked to mount a tar, it says it is none (it said what EROFS magic it lacked).
+        assertCliError(
+          await runCli(["mount", "--backend", "fuse", "--index-missing", junk, target], { env }),
+          1,
+          /junk\.bin is neither an EROFS image nor a tar or tar\.gz file/,
+        );
+        // A v7 tar (no ustar magic: its header checksum says it is one).
+        Deno.mkdirSync(`${work}/v7/d`, { recursive: true });
+        Deno.writeTextFileSync(`${work}/v7/d/f`, "v7 file\n");
+        const v7 = `${work}/v7.tar`;
+        const tarred = await new Deno.Command("tar", {
+          args: ["-C", `${work}/v7`, "--format=v7", "-cf", v7, "."],
+        }).output();
+        assert.ok(tarred.success, new TextDecoder().decode(tarred.stderr));
+        const v7Mount = await runCli(
+          ["mount", "--backend", "fuse", "--index-missing", v7, target],
+          { env, ...LONG },
+        );
+        assert.equal(v7Mount.code, 0, describe(v7Mount));
+        try {
+          assert.equal(Deno.readTextFileSync(`${target}/d/f`), "v7 file\n");
+        } finally {
+          assertSuccess(await runCli(["umount", target], { env }));
+        }
         // A FIFO is refused at once (its open used to wait for a writer forever).
         const fifo = `${work}/fifo`;
         const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();

@@ -24,10 +24,17 @@ export function isGzipMagic(bytes: Uint8Array): boolean {
 export function gzipHeaderLength(bytes: Uint8Array, where: number): number | undefined {
   if (bytes.length < 10) return need(bytes, where);
   if (!isGzipMagic(bytes) || bytes[2] !== CM_DEFLATE) {
-    throw new FormatError(
-      `not a gzip member at compressed offset ${where}`,
-      "the layer must be gzip (application/vnd.oci.image.layer.v1.tar+gzip)",
-    );
+    // After a member: bytes appended to the stream (only zeros may pad it), not a wrong format.
+    throw where === 0
+      ? new FormatError(
+        "not a gzip member at compressed offset 0",
+        "the layer must be gzip (application/vnd.oci.image.layer.v1.tar+gzip)",
+      )
+      : new FormatError(
+        `not a gzip member at compressed offset ${where}: bytes that are not gzip follow the ` +
+          "gzip stream",
+        "only zero bytes may pad a gzip stream: cut the file where the stream ends",
+      );
   }
   const flags = bytes[3];
   if (flags & FRESERVED) {

@@ -60,6 +60,12 @@ export async function resolveLocalImage(
       if (indexes.files) {
         throw new UsageError(`mount: --tarindex goes with a tar or tar.gz file, not ${real}`);
       }
+      if (!hasErofsMagic(head) && (indexes.dir || indexes.indexMissing)) {
+        throw new FormatError(
+          `${real} is neither an EROFS image nor a tar or tar.gz file`,
+          "--index and --index-missing mount tar files (POSIX, GNU or v7 tar, gzipped or not)",
+        );
+      }
       checkErofsSuperblock(head, real);
       return { image: real, layers: [{ kind: "local", path: real, sizeBytes: file.size }] };
     }
@@ -98,16 +104,21 @@ export async function resolveLocalImage(
 }
 
 /**
- * "gzip" for a gzip stream, "tar" for a POSIX/GNU tar (its `ustar` magic), else undefined.
- * Their readers are loaded here only: a mount of an EROFS file needs neither.
+ * "gzip" for a gzip stream, "tar" for a POSIX/GNU tar (its `ustar` magic) or a v7 tar (a first
+ * header with a name and a checksum that matches: an EROFS image's first block is zeros), else
+ * undefined. Their readers are loaded here only: a mount of an EROFS file needs neither.
  */
 async function sniffTarKind(head: Uint8Array): Promise<"gzip" | "tar" | undefined> {
-  const [{ isGzipMagic }, { hasUstarMagic }] = await Promise.all([
+  const [{ isGzipMagic }, { BLOCK_BYTES, checksumMatches, hasUstarMagic }] = await Promise.all([
     import("../gzip/gzip_header.ts"),
     import("../tar/header.ts"),
   ]);
   if (isGzipMagic(head)) return "gzip";
-  return hasUstarMagic(head) ? "tar" : undefined;
+  if (hasUstarMagic(head)) return "tar";
+  const first = head.subarray(0, BLOCK_BYTES);
+  return first.length === BLOCK_BYTES && first[0] !== 0 && checksumMatches(first)
+    ? "tar"
+    : undefined;
 }
 
 /**

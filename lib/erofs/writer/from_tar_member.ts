@@ -51,7 +51,9 @@ export function setMemberAttributes(
       else (xattrs as Map<string, Uint8Array>).set(name, stored);
     }
   }
-  table.setMode(i, entry.mode & 0o7777);
+  // A symlink's own mode is 0777 on Linux whatever the tar says (no lchmod: extractions and
+  // container runtimes leave it so).
+  table.setMode(i, entry.kind === "symlink" ? 0o777 : entry.mode & 0o7777);
   table.uid.set(i, entry.uid);
   table.gid.set(i, entry.gid);
   table.mtimeSec.set(i, entry.mtimeSec);
