@@ -196,7 +196,10 @@ Deno.test("cache prune: removes unused blobs, least recently used first (--keep,
       env: { EROFS_OCI_CACHE_DIR: dir },
     });
     assertSuccess(text);
-    assert.match(text.stderr, /remain, above --keep 1\.0 KiB \(1 blob in use by mounts\)/);
+    assert.match(
+      text.stderr,
+      /remain, above --keep 1\.0 KiB \(1 blob in use by mounts\): blobs in use are kept$/m,
+    );
   } finally {
     await closeAll(open);
     await Deno.remove(dir, { recursive: true });
@@ -231,6 +234,30 @@ Deno.test("cache prune: a blob whose map is damaged (a directory, FIFO or symlin
   }
 });
 
+Deno.test("cache prune: temporary sidecar and boot files a killed process left are counted with their blob and removed with it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cache = DiskCache.open({ checkCompleteBlobs: false, dir })!;
+    const base = (n: number) =>
+      `${dir}/blobs/${digestOf(n).replace(":", "-")}.o-https_3a_2f_2fr.test.c${CHUNK}`;
+    for (const n of [1, 2]) await (await fill(cache, n, 1)).source.close?.();
+    const before = await listed(dir);
+    // As a process killed between the write and the rename leaves them (64 KiB each).
+    Deno.writeFileSync(`${base(1)}.meta.0a1b2c3d.tmp`, new Uint8Array(65536).fill(1));
+    Deno.writeFileSync(`${base(1)}.boot.4e5f6a7b.tmp`, new Uint8Array(65536).fill(2));
+    const after = await listed(dir);
+    assert.equal(after.blobs.length, 2, "no blob of their own");
+    const one = (list: typeof before) => list.blobs.find((b) => b.digest === digestOf(1))!;
+    assert.ok(one(after).bytesOnDisk >= one(before).bytesOnDisk + 2 * 65536, JSON.stringify(after));
+    assert.equal(one(after).hasMetadata, false, "a temporary sidecar is no sidecar");
+    const pruned = await listed(dir, "prune");
+    assert.equal(pruned.removedBlobs, 2, JSON.stringify(pruned));
+    assert.deepEqual([...Deno.readDirSync(`${dir}/blobs`)].map((e) => e.name), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("cache: no cache yet → an empty listing, nothing created; indexes made here shown, kept; a directory others can write → refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -258,10 +285,23 @@ Deno.test("cache: no cache yet → an empty listing, nothing created; indexes ma
       1,
       /disk cache .*\/open unusable \(writable by others/,
     );
+    // Refused before a mount ever made blobs/ there: said so too (it listed an empty cache).
+    Deno.mkdirSync(`${dir}/open-empty`);
+    Deno.chmodSync(`${dir}/open-empty`, 0o777);
+    assertCliError(
+      await runCli(["cache"], { env: { EROFS_OCI_CACHE_DIR: `${dir}/open-empty` } }),
+      1,
+      /disk cache .*\/open-empty unusable \(writable by others/,
+    );
     assertCliError(
       await runCli(["cache", "drop"], { env: { EROFS_OCI_CACHE_DIR: dir } }),
       2,
       /cache: unknown action 'drop'/,
+    );
+    assertCliError(
+      await runCli(["cache", "prune", "extra"], { env: { EROFS_OCI_CACHE_DIR: dir } }),
+      2,
+      /cache: unexpected argument 'extra'/,
     );
     for (const bad of ["soon", "30", "1M"]) {
       // A bare number was seconds (30 pruned what was used more than 30 s ago), M minutes.

@@ -50,9 +50,15 @@ Options:
       json: { type: "boolean" },
     });
     const action = positionals[0] ?? "list";
-    if (positionals.length > 1 || (action !== "list" && action !== "prune")) {
+    if (action !== "list" && action !== "prune") {
       throw new UsageError(
-        `cache: unknown action '${positionals.at(-1)}'`,
+        `cache: unknown action '${action}'`,
+        "usage: erofs-oci cache [prune] [options]",
+      );
+    }
+    if (positionals.length > 1) {
+      throw new UsageError(
+        `cache: unexpected argument '${positionals[1]}'`,
         "usage: erofs-oci cache [prune] [options]",
       );
     }
@@ -101,7 +107,9 @@ Options:
         warn(
           `${formatBytes(bytesOnDisk)} remain, above --keep ${formatBytes(keepBytes)}` +
             (blobsInUse ? ` (${plural(blobsInUse, "blob")} in use by mounts)` : "") +
-            ": blobs in use, or used within --older-than, are kept",
+            (olderThan === undefined
+              ? ": blobs in use are kept"
+              : ": blobs in use, or used within --older-than, are kept"),
         );
       }
     }

@@ -30,7 +30,7 @@ import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_prob
 import type { Reservation } from "./disk_cache_room.ts";
 import { scanBlobs } from "./disk_cache_scan.ts";
 import { CacheBound, EVICT_TO } from "./disk_cache_bound.ts";
-import { diskCacheDir, usableCacheDir } from "./disk_cache_dir.ts";
+import { diskCacheDir, trustedCacheDir, usableCacheDir } from "./disk_cache_dir.ts";
 import { refusedSpecialPath } from "../errors.ts";
 import { formatBytes } from "../text.ts";
 /** A few GiB: a handful of images' worth of layers, small beside any disk that runs them. */
@@ -155,8 +155,23 @@ export class DiskCache {
     try {
       Deno.lstatSync(`${dir}/blobs`);
     } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return undefined;
-      throw new Error(`cannot read the disk cache ${dir}: ${(error as Error).message}`);
+      if (!(error instanceof Deno.errors.NotFound)) {
+        throw new Error(`cannot read the disk cache ${dir}: ${(error as Error).message}`);
+      }
+      // Nothing cached, or a directory a mount refuses (said as open() says it: why nothing
+      // gets cached is what `erofs-oci cache` is run to find out).
+      try {
+        Deno.lstatSync(dir);
+      } catch (error) {
+        if (error instanceof Deno.errors.NotFound) return undefined;
+      }
+      try {
+        trustedCacheDir(dir);
+      } catch (error) {
+        const why = refusedSpecialPath(error)?.message ?? (error as Error).message;
+        throw new Error(`disk cache ${dir} unusable (${why})`);
+      }
+      return undefined;
     }
     let refused = "";
     const cache = DiskCache.open({ dir, onWarning: (message) => refused = message });

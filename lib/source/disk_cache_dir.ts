@@ -21,6 +21,13 @@ export function diskCacheDir(): string {
  */
 export function usableCacheDir(dir: string, fileSystemType?: (dir: string) => number): string {
   Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const resolved = trustedCacheDir(dir, fileSystemType);
+  Deno.mkdirSync(`${resolved}/blobs`, { recursive: true, mode: 0o700 });
+  return resolved;
+}
+
+/** usableCacheDir's checks of an existing `dir`, creating nothing: where it resolves to. */
+export function trustedCacheDir(dir: string, fileSystemType?: (dir: string) => number): string {
   const info = Deno.lstatSync(dir);
   if (!info.isDirectory) throw new Error("not a directory");
   // Before the owner checks: on NFS a squashed root fails those too, and the file system
@@ -45,6 +52,5 @@ export function usableCacheDir(dir: string, fileSystemType?: (dir: string) => nu
         "EROFS_OCI_CACHE_DIR elsewhere",
     );
   }
-  Deno.mkdirSync(`${resolved}/blobs`, { recursive: true, mode: 0o700 });
   return resolved;
 }

@@ -76,7 +76,15 @@ export function openBlobFiles(
  * its data file, which the next opener clears (openBlobFiles).
  */
 export function removeBlobFiles(base: string): void {
-  for (const extra of [`${base}.sum`, `${base}.data`, `${base}.meta`, `${base}.boot`]) {
+  for (
+    const extra of [
+      `${base}.sum`,
+      `${base}.data`,
+      `${base}.meta`,
+      `${base}.boot`,
+      ...tempFilesOf(base),
+    ]
+  ) {
     try {
       Deno.removeSync(extra);
     } catch (error) {
@@ -84,6 +92,25 @@ export function removeBlobFiles(base: string): void {
     }
   }
   Deno.removeSync(`${base}.map`);
+}
+
+/** `<base>.meta.XXXXXXXX.tmp`, `<base>.boot.XXXXXXXX.tmp`: written, then renamed into place. */
+export const BLOB_TEMP_FILE = /^(.*)\.(meta|boot)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * The temporary sidecar and boot files of the blob at `base` a process killed between their
+ * write and rename left: nobody else removes them.
+ */
+function tempFilesOf(base: string): string[] {
+  const slash = base.lastIndexOf("/");
+  const dir = base.slice(0, slash), name = base.slice(slash + 1);
+  const found: string[] = [];
+  try {
+    for (const entry of Deno.readDirSync(dir)) {
+      if (BLOB_TEMP_FILE.exec(entry.name)?.[1] === name) found.push(`${dir}/${entry.name}`);
+    }
+  } catch { /* the directory is gone: nothing to remove */ }
+  return found;
 }
 
 /**

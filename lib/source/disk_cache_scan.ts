@@ -5,7 +5,7 @@
  */
 import { closeQuietly, F_WRLCK, IN_USE_OFFSET, openCacheFile, tryLock } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
-import { removeBlobFiles } from "./disk_cache_files.ts";
+import { BLOB_TEMP_FILE, removeBlobFiles } from "./disk_cache_files.ts";
 
 /** One blob on disk as scanBlobs finds it. */
 export interface ScannedBlob {
@@ -21,8 +21,10 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
   for (const entry of Deno.readDirSync(blobsDir)) {
     // `.meta`: the blob's sidecar (DiskCachedSource.writeSidecar), `.boot`: the boot of its
     // unsynced chunks (disk_cache_boot.ts), `.sum`: its digest check (disk_cache_sum.ts);
-    // all counted with it.
-    const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name);
+    // all counted with it, and so are the temporary copies of the first two a process killed
+    // between write and rename left (removed with the blob: a live writer may own one).
+    const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name) ??
+      BLOB_TEMP_FILE.exec(entry.name);
     // A map that is no regular file is damage, listed so that prune removes it (the blob's
     // only file, it was never listed, so never pruned).
     if (!match || (!entry.isFile && match[2] !== "map")) continue;
@@ -36,7 +38,7 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
     const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0, hasMetadata: false };
     blob.bytes += (info.blocks ?? 0) * 512;
     if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
-    if (match[2] === "meta") blob.hasMetadata = true;
+    if (match[2] === "meta" && match[0].endsWith(".meta")) blob.hasMetadata = true;
     blobs.set(base, blob);
   }
   return [...blobs.values()];
