@@ -159,3 +159,100 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "convert --all-platforms: entries sharing os/arch (Windows os.version) each kept, with " +
+    "their platform fields and the index's, entries' and manifests' annotations",
+  ignore: requires(command("umoci"), command("python3")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-versions-" });
+    try {
+      const image = await makeUmociImage(work);
+      const layoutIndex = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
+      const tagged = layoutIndex.manifests.find((m: { annotations?: Record<string, string> }) =>
+        m.annotations?.["org.opencontainers.image.ref.name"] === image.tag
+      );
+      const read = (digest: string) =>
+        JSON.parse(Deno.readTextFileSync(`${image.layout}/blobs/sha256/${digest.slice(7)}`));
+      const manifest = read(tagged.digest);
+      const config = read(manifest.config.digest);
+      const versions = ["10.0.17763.1", "10.0.20348.1"];
+      const manifests = versions.map((version) => {
+        const configBlob = writeBlob(
+          image.layout,
+          JSON.stringify({
+            ...config,
+            os: "windows",
+            architecture: "amd64",
+            "os.version": version,
+          }),
+        );
+        const manifestBlob = writeBlob(
+          image.layout,
+          JSON.stringify({
+            ...manifest,
+            config: { ...manifest.config, ...configBlob },
+            annotations: {
+              "org.example.manifest": version,
+              "org.opencontainers.image.base.digest": `sha256:${"1".repeat(64)}`,
+            },
+          }),
+        );
+        return {
+          mediaType: "application/vnd.oci.image.manifest.v1+json",
+          ...manifestBlob,
+          platform: { os: "windows", architecture: "amd64", "os.version": version },
+          annotations: { "org.example.entry": version },
+        };
+      });
+      const index = writeBlob(
+        image.layout,
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: "application/vnd.oci.image.index.v1+json",
+          manifests,
+          annotations: { "org.example.index": "yes" },
+        }),
+      );
+      layoutIndex.manifests.push({
+        mediaType: "application/vnd.oci.image.index.v1+json",
+        ...index,
+        annotations: { "org.opencontainers.image.ref.name": "win" },
+      });
+      Deno.writeTextFileSync(`${image.layout}/index.json`, JSON.stringify(layoutIndex));
+
+      const converted = await runCli(
+        ["convert", "--all-platforms", `oci:${image.layout}:win`, `oci:${work}/out:win`],
+        LONG,
+      );
+      assertSuccess(converted);
+      for (const version of versions) {
+        assert.match(converted.stderr, new RegExp(`windows/amd64 \\(${version}\\): 3 EROFS`));
+      }
+      const out = JSON.parse(Deno.readTextFileSync(`${work}/out/index.json`));
+      const blob = (digest: string) =>
+        JSON.parse(Deno.readTextFileSync(`${work}/out/blobs/sha256/${digest.slice(7)}`));
+      const top = blob(out.manifests[0].digest);
+      assert.equal(top.mediaType, "application/vnd.oci.image.index.v1+json", "an index, not one");
+      assert.deepEqual(top.annotations, { "org.example.index": "yes" });
+      assert.deepEqual(
+        top.manifests.map((m: { platform: unknown; annotations: unknown }) => [
+          m.platform,
+          m.annotations,
+        ]),
+        versions.map((version) => [
+          { os: "windows", architecture: "amd64", "os.version": version },
+          { "org.example.entry": version },
+        ]),
+      );
+      for (const [i, version] of versions.entries()) {
+        const child = blob(top.manifests[i].digest);
+        assert.equal(child.annotations["org.example.manifest"], version);
+        assert.equal(child.annotations["org.opencontainers.image.base.digest"], undefined);
+        assert.equal(child.annotations["io.github.erofs-oci.source.manifest"], manifests[i].digest);
+      }
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});

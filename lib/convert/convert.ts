@@ -7,7 +7,7 @@
  */
 import type { Descriptor } from "../oci/manifest.ts";
 import { EROFS_LAYER, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
-import { parsePlatform } from "../oci/platform.ts";
+import { formatPlatform, parsePlatform, type Platform } from "../oci/platform.ts";
 import type { ResolvedImage } from "../oci/resolve.ts";
 import { belowDigest, digestOf } from "../oci/digest.ts";
 import type { ImageDestination } from "./destination.ts";
@@ -106,23 +106,32 @@ export async function convertImage(
       }
     }
   }
-  const images: ResolvedImage[] = [];
-  if (options.allPlatforms) {
-    const platforms = await source.indexPlatforms();
-    if (platforms === undefined) images.push(await source.resolve(options.platform));
-    for (const platform of platforms ?? []) {
-      images.push(await source.resolve(platform === "unknown" ? undefined : platform));
+  // Each image with the index entry it came from (--all-platforms): its platform object and
+  // annotations go into the new index as they were (two entries may share os/arch).
+  const images: { image: ResolvedImage; entry?: Descriptor; label: string }[] = [];
+  let indexAnnotations: Record<string, string> | undefined;
+  const index = options.allPlatforms ? await source.indexEntries() : undefined;
+  if (index) {
+    indexAnnotations = index.annotations;
+    for (const entry of index.entries) {
+      const image = await source.resolveEntry(entry);
+      images.push({
+        image,
+        entry,
+        label: entry.platform ? platformLabel(entry.platform) : image.platform,
+      });
     }
   } else {
-    images.push(await source.resolve(options.platform));
+    const image = await source.resolve(options.platform);
+    images.push({ image, label: image.platform });
   }
-  for (const image of images) checkTarLayers(image, source.name);
+  for (const { image } of images) checkTarLayers(image, source.name);
 
   const converter = new LayerConverter(source, destination, options, progress, known);
   const result: ConvertResult = { reference: "", platforms: [] };
   const entries: Descriptor[] = [];
-  for (const image of images) {
-    if (images.length > 1) progress.note(`platform ${image.platform}`);
+  for (const { image, entry, label } of images) {
+    if (images.length > 1) progress.note(`platform ${label}`);
     const configBytes = await source.readConfig(image);
     const buildTimeSec = options.buildTimeSec ?? configCreatedSec(configBytes) ?? 0;
     const layers = options.flatten
@@ -153,10 +162,13 @@ export async function convertImage(
           ...(l.table ? tableAnnotations(l.table) : {}),
         },
       })),
-      annotations: { [SOURCE_MANIFEST_ANNOTATION]: image.manifestDigest },
+      annotations: {
+        ...carriedAnnotations(image.annotations),
+        [SOURCE_MANIFEST_ANNOTATION]: image.manifestDigest,
+      },
     }));
     const manifestDigest = digestOf(manifest);
-    result.platforms.push({ platform: image.platform, manifestDigest, layers });
+    result.platforms.push({ platform: label, manifestDigest, layers });
     // Reused tables too: the artifact of the image they came with goes (and its listing with
     // it) once that image is overwritten and the registry collects garbage.
     const tables = layers.flatMap((l) => l.table ? [l.table] : []);
@@ -166,22 +178,50 @@ export async function convertImage(
     } else {
       await destination.putManifest(manifest, OCI_MANIFEST);
       await destination.referTables?.(manifestDigest, manifest.byteLength, tables);
-      const entry: Descriptor = {
+      const indexEntry: Descriptor = {
         mediaType: OCI_MANIFEST,
         digest: manifestDigest,
         size: manifest.byteLength,
       };
-      if (image.platform !== "unknown") entry.platform = parsePlatform(image.platform);
-      entries.push(entry);
+      if (entry?.platform) indexEntry.platform = structuredClone(entry.platform);
+      else if (image.platform !== "unknown") indexEntry.platform = parsePlatform(image.platform);
+      const entryAnnotations = carriedAnnotations(entry?.annotations);
+      if (Object.keys(entryAnnotations).length) indexEntry.annotations = entryAnnotations;
+      entries.push(indexEntry);
     }
   }
   if (images.length > 1) {
-    const index = new TextEncoder().encode(
-      JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: entries }),
+    const annotations = carriedAnnotations(indexAnnotations);
+    const newIndex = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: entries,
+        ...(Object.keys(annotations).length ? { annotations } : {}),
+      }),
     );
-    result.reference = await destination.tag(index, OCI_INDEX);
+    result.reference = await destination.tag(newIndex, OCI_INDEX);
   }
   return result;
+}
+
+/**
+ * The source's annotations that still hold for the converted image: not the layout's tag (the
+ * destination names it), nor the base image's digest (its layers are not the base's any more).
+ */
+function carriedAnnotations(
+  annotations: Record<string, string> | undefined,
+): Record<string, string> {
+  const carried = { ...annotations };
+  delete carried["org.opencontainers.image.ref.name"];
+  delete carried["org.opencontainers.image.base.digest"];
+  return carried;
+}
+
+/** os/arch[/variant], and the OS version when the entry names one (Windows images). */
+function platformLabel(platform: Platform): string {
+  const version = platform["os.version"];
+  return version ? `${formatPlatform(platform)} (${version})` : formatPlatform(platform);
 }
 
 /** What a converted layer is reused by: its source digests, and those below (their digest). */

@@ -10,7 +10,6 @@ import { digestOf } from "../oci/digest.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
 import { DOCKER_MANIFEST, isErofsMediaType, OCI_MANIFEST } from "../oci/media_types.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
-import { formatPlatform } from "../oci/platform.ts";
 import type { ImageReference } from "../oci/reference.ts";
 import { fetchManifest, type ResolvedImage } from "../oci/resolve.ts";
 import { manifestReference } from "../oci/reference.ts";
@@ -25,10 +24,21 @@ export interface SourceImage {
   store: BlobStore;
   /** One platform's manifest (undefined: the host's, or the only one). */
   resolve(platform?: string): Promise<ResolvedImage>;
-  /** Every platform an index offers (attestations left out); undefined for a single manifest. */
-  indexPlatforms(): Promise<string[] | undefined>;
+  /**
+   * Every image an index offers (attestations left out), each entry as the index has it (two
+   * may share os/arch and differ in os.version), with the index's annotations; undefined for a
+   * single manifest.
+   */
+  indexEntries(): Promise<IndexEntries | undefined>;
+  /** The manifest one of indexEntries' entries names. */
+  resolveEntry(entry: Descriptor): Promise<ResolvedImage>;
   /** The config blob of a resolved image, digest-checked, at most 4 MiB. */
   readConfig(image: ResolvedImage): Promise<Uint8Array>;
+}
+
+export interface IndexEntries {
+  entries: Descriptor[];
+  annotations?: Record<string, string>;
 }
 
 export function registrySource(
@@ -41,11 +51,15 @@ export function registrySource(
     name,
     store: { kind: "registry", client, repository },
     resolve: (platform) => client.resolveImage(ref, platform),
-    async indexPlatforms() {
+    async indexEntries() {
       const top = await fetchManifest(client, repository, manifestReference(ref));
       if (top.document.kind !== "index") return undefined;
-      return platformsOf(top.document.manifests);
+      return {
+        entries: imageEntries(top.document.manifests),
+        annotations: top.document.annotations,
+      };
     },
+    resolveEntry: (entry) => client.resolveImage({ ...ref, tag: undefined, digest: entry.digest }),
     async readConfig(image) {
       const { digest, sizeBytes } = image.config;
       checkConfigSize(digest, sizeBytes);
@@ -68,19 +82,25 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
     name,
     store: { kind: "layout", layout },
     resolve: (platform) => layout.resolveImage(ref, platform),
-    async indexPlatforms() {
+    async indexEntries() {
       // Read as resolve reads them: index.json bounded, a blob parsed only once it matches.
       let top = ref.digest
         ? (await layout.document(ref.digest)).document
         : (await layout.readIndex()).fetched.document;
       if (!ref.digest && ref.tag !== undefined && top.kind === "index") {
         const tagged = top.manifests.filter((d) => d.annotations?.[REF_NAME] === ref.tag);
-        // One entry per platform under the tag, or one entry naming an index.
-        if (tagged.length !== 1) return tagged.length ? platformsOf(tagged) : undefined;
+        // One entry per platform under the tag (index.json's annotations are the layout's, not
+        // the image's), or one entry naming an index.
+        if (tagged.length !== 1) {
+          return tagged.length ? { entries: imageEntries(tagged) } : undefined;
+        }
         top = (await layout.document(tagged[0].digest)).document;
       }
-      return top.kind === "index" ? platformsOf(top.manifests) : undefined;
+      return top.kind === "index"
+        ? { entries: imageEntries(top.manifests), annotations: top.annotations }
+        : undefined;
     },
+    resolveEntry: (entry) => layout.resolveImage({ ...ref, tag: undefined, digest: entry.digest }),
     async readConfig(image) {
       const { digest, sizeBytes } = image.config;
       checkConfigSize(digest, sizeBytes);
@@ -94,14 +114,14 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
   };
 }
 
-function platformsOf(manifests: Descriptor[]): string[] {
-  const out: string[] = [];
+/** An index's image manifests, each once (by digest), attestations left out. */
+function imageEntries(manifests: Descriptor[]): Descriptor[] {
+  const out: Descriptor[] = [];
   for (const d of manifests) {
     if (d.mediaType !== OCI_MANIFEST && d.mediaType !== DOCKER_MANIFEST) continue;
     if (d.platform?.os === "unknown") continue;
     if (d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest") continue;
-    const text = d.platform ? formatPlatform(d.platform) : "unknown";
-    if (!out.includes(text)) out.push(text);
+    if (!out.some((seen) => seen.digest === d.digest)) out.push(d);
   }
   return out;
 }

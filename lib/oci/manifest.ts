@@ -24,6 +24,7 @@ export interface ImageIndex {
   kind: "index";
   mediaType: string;
   manifests: Descriptor[];
+  annotations?: Record<string, string>;
 }
 
 /** A parsed image manifest (OCI or Docker schema 2). */
@@ -33,6 +34,7 @@ export interface ImageManifest {
   config: Descriptor;
   /** Bottom layer first. */
   layers: Descriptor[];
+  annotations?: Record<string, string>;
 }
 
 /** What a manifest GET can return. */
@@ -82,7 +84,20 @@ function parsePlatformObject(value: unknown, where: string): Platform | undefine
   }
   const platform: Platform = { os, architecture };
   if (typeof variant === "string" && variant !== "") platform.variant = variant;
+  const version = value["os.version"], features = value["os.features"];
+  if (typeof version === "string" && version !== "") platform["os.version"] = version;
+  if (Array.isArray(features) && features.every((f) => typeof f === "string")) {
+    platform["os.features"] = features;
+  }
   return platform;
+}
+
+/** A document's or descriptor's string annotations (others left out); undefined without. */
+function stringAnnotations(value: unknown): Record<string, string> | undefined {
+  if (!isObject(value)) return undefined;
+  const strings: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value)) if (typeof v === "string") strings[k] = v;
+  return strings;
 }
 
 function parseDescriptor(value: unknown, where: string): Descriptor {
@@ -98,11 +113,8 @@ function parseDescriptor(value: unknown, where: string): Descriptor {
   const descriptor: Descriptor = { mediaType, digest, size };
   const platform = parsePlatformObject(value.platform, where);
   if (platform) descriptor.platform = platform;
-  if (isObject(annotations)) {
-    const strings: Record<string, string> = {};
-    for (const [k, v] of Object.entries(annotations)) if (typeof v === "string") strings[k] = v;
-    descriptor.annotations = strings;
-  }
+  const strings = stringAnnotations(annotations);
+  if (strings) descriptor.annotations = strings;
   return descriptor;
 }
 
@@ -151,14 +163,21 @@ export function parseManifestDocument(
       : kind === "index"
       ? OCI_INDEX
       : OCI_MANIFEST;
+    const annotations = stringAnnotations(doc.annotations);
     if (kind === "index") {
-      return { kind, mediaType, manifests: parseDescriptorList(doc.manifests, "manifests") };
+      return {
+        kind,
+        mediaType,
+        manifests: parseDescriptorList(doc.manifests, "manifests"),
+        ...(annotations ? { annotations } : {}),
+      };
     }
     return {
       kind,
       mediaType,
       config: parseDescriptor(doc.config, "config"),
       layers: parseDescriptorList(doc.layers, "layers"),
+      ...(annotations ? { annotations } : {}),
     };
   } catch (error) {
     if (error instanceof ManifestFormatError) {

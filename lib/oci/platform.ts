@@ -5,6 +5,9 @@ export interface Platform {
   os: string;
   architecture: string;
   variant?: string;
+  /** An index entry's OS version (Windows hosts choose by it); kept when an index is copied. */
+  "os.version"?: string;
+  "os.features"?: string[];
 }
 
 // Deno.build.arch values → GOARCH names used in image indexes (OCI image spec, config.md).

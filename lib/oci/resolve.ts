@@ -41,6 +41,8 @@ export interface ResolvedImage {
   /** Config blob descriptor of the chosen manifest. */
   config: { digest: string; sizeBytes: number; mediaType: string };
   layers: LayerDescriptor[];
+  /** The chosen manifest's own annotations (convert carries them over). */
+  annotations?: Record<string, string>;
 }
 
 /** A fetched, digest-checked and parsed manifest document. */
@@ -265,6 +267,7 @@ export async function resolveDocument(
     layers: layerDescriptorsOf(document),
   };
   if (indexDigest) resolved.indexDigest = indexDigest;
+  if (document.annotations) resolved.annotations = document.annotations;
   return resolved;
 }
 
