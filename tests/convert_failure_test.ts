@@ -92,6 +92,24 @@ Deno.test({
       // The layout this run created holds no tag: it goes (it was left as an empty skeleton).
       assert.ok(!listDir(work).includes("out"), "the new layout removed");
       assert.ok(!listDir(work).some((name) => name.startsWith("erofs-oci-convert-")));
+
+      // A byte of the deflate data changed: the inflater fails before the digest is known,
+      // and says which layer (it named none: "gzip: corrupt or truncated data …").
+      const blob = `${image.layout}/blobs/sha256/${digest.slice(7)}`;
+      retimeGzip(blob); // back to the bytes the digest names
+      const bytes = Deno.readFileSync(blob);
+      bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+      Deno.writeFileSync(blob, bytes);
+      for (
+        const args of [
+          ["convert", `oci:${image.layout}:${image.tag}`, `oci:${work}/out:v1`, "--tmpdir", work],
+          ["build", `oci:${image.layout}:${image.tag}`, "-o", `${work}/out.erofs`],
+        ]
+      ) {
+        const corrupt = await runCli(args, LONG);
+        assertCliError(corrupt, 1, new RegExp(`layer 3/3 \\(${digest}\\): `));
+        assert.ok(!listDir(work).some((name) => name === "out" || name.includes("out.erofs")));
+      }
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }

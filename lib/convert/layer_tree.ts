@@ -6,7 +6,7 @@
  * `etc/`). Such implied directories are reported, so the caller can give them the metadata the
  * layers below have there: otherwise a 0700 directory would show up 0755 once stacked.
  */
-import { OciError, UserError } from "../errors.ts";
+import { FormatError, OciError, UserError } from "../errors.ts";
 import { MARK_IMPLIED, scanTar, takeImplied } from "../erofs/writer/from_tar.ts";
 import { spoolError } from "../erofs/writer/from_tar_spool.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
@@ -83,6 +83,11 @@ export async function readLayerTree(
   } catch (error) {
     close();
     await blob.stream.cancel().catch(() => {});
+    // What was wrong in the layer's bytes ("gzip: corrupt …", a bad tar header) says which
+    // layer: with several, the message alone named none.
+    if (error instanceof FormatError && !error.message.startsWith(what)) {
+      throw new FormatError(`${what}: ${error.message}`, error.hint, { cause: error });
+    }
     throw spoolError(error, options.spoolDir, options.spoolHint ?? "free space there");
   }
 }
