@@ -19,6 +19,7 @@ import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
 import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
 import { waitFor } from "./_support/wait.ts";
+import { HoldPoint } from "./_support/hold.ts";
 
 function mountDirs(runtimeDir: string): string[] {
   try {
@@ -148,6 +149,39 @@ Deno.test({
       silent.close();
       for (const conn of held) conn.close();
       await accepting;
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "SIGINT once DIR is mounted and recorded: undoes nothing, says so, exits as mounted",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    using hold = new HoldPoint("mount-mounted", `${sandbox.target}.hold`);
+    let mounting: StartedCli | undefined;
+    try {
+      mounting = startCli(
+        ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
+        { ...sandbox.env, ...hold.env },
+      );
+      await hold.reached("the mount done and recorded");
+      // Its default action (as once the CLI stopped catching it here) killed the CLI with
+      // DIR mounted: exit 130, the "mounted" line not printed.
+      mounting.child.kill("SIGINT");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      hold.release();
+      const result = await mounting.result;
+      mounting = undefined;
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, /^mounted .*basic\.erofs at /);
+      assert.match(result.stderr, /the interrupt came after .* was mounted: it stays mounted/);
+      assert.ok(Deno.statSync(`${sandbox.target}`).isDirectory);
+      assert.notDeepEqual(mountsBelow(sandbox.target), [], "still mounted");
+      assert.equal(mountDirs(sandbox.runtimeDir).length, 1, "still recorded");
+    } finally {
+      await stopCli(mounting);
       await sandbox.cleanup();
     }
   },

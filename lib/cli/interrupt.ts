@@ -14,7 +14,7 @@ export { HANGUP_EXIT_CODE, INTERRUPTED_EXIT_CODE, interruptedExitCode } from "..
 
 /** The command was interrupted and undid what it had done. */
 export class Interrupted extends UserError {
-  constructor(message: string, signal: Deno.Signal = "SIGINT") {
+  constructor(message: string, readonly signal: Deno.Signal = "SIGINT") {
     super(message, undefined, { exitCode: interruptedExitCode(signal) });
   }
 }
@@ -26,6 +26,12 @@ export interface InterruptScope {
   readonly signal: AbortSignal;
   /** Gives the signals their default action back. */
   close(): void;
+  /**
+   * The work is done and must not be undone: from now on a signal aborts nothing, `late` is
+   * told of the first one (also of one that aborted already), and the signals stay caught until
+   * close() (their default action would end the process half-way through saying it is done).
+   */
+  settle(late: (signal: Deno.Signal) => void): void;
   /** What the Interrupted error says for a signal from now on. */
   say(message: string): void;
 }
@@ -34,8 +40,15 @@ export interface InterruptScope {
 export function catchInterrupts(message: string): InterruptScope {
   const controller = new AbortController();
   let text = message;
+  let late: ((signal: Deno.Signal) => void) | undefined;
+  const tellLate = (signal: Deno.Signal) => {
+    const told = late;
+    late = () => {};
+    told?.(signal);
+  };
   const onSignal = (signal: Deno.Signal) => {
-    if (!controller.signal.aborted) controller.abort(new Interrupted(text, signal));
+    if (late) tellLate(signal);
+    else if (!controller.signal.aborted) controller.abort(new Interrupted(text, signal));
   };
   const stop = onInterrupt(onSignal);
   let closed = false;
@@ -47,6 +60,11 @@ export function catchInterrupts(message: string): InterruptScope {
       stop();
     },
     say: (next) => void (text = next),
+    settle: (told) => {
+      late = told;
+      const reason = controller.signal.reason;
+      if (reason instanceof Interrupted) tellLate(reason.signal);
+    },
   };
 }
 

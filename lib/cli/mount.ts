@@ -3,6 +3,7 @@ import { MountError } from "../errors.ts";
 import { REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { discardManifestAhead } from "./manifest_ahead.ts";
 import { info } from "../log.ts";
+import { testHold } from "../daemon/test_pause.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import {
   checkMountTarget,
@@ -135,7 +136,16 @@ async function runMount(argv: string[]): Promise<number> {
       layer,
       trust,
       signal: interrupt.signal,
-      mounted: () => interrupt.close(),
+      // --foreground's watch takes the signals over; otherwise one that comes once DIR is
+      // mounted and recorded undoes nothing: the mount stays, it is said so, and the command
+      // ends as a mount that succeeded (it was killed half-way through saying so, exit 130).
+      mounted: () =>
+        values.foreground ? interrupt.close() : interrupt.settle(() =>
+          info(
+            `the interrupt came after ${dir} was mounted: it stays mounted ` +
+              `(\`erofs-oci umount ${dir}\` removes it)`,
+          )
+        ),
     });
   } finally {
     interrupt.close();
@@ -228,6 +238,7 @@ async function resolveAndMount(
   // it, and the CLI then waited forever with DIR still mounted.
   const foreground = values.foreground ? watchForeground(state, opts.signal) : undefined;
   opts.mounted?.();
+  await testHold("mount-mounted");
   mark("cli: mounted");
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
   console.log(
