@@ -48,6 +48,23 @@ const MIRROR_DEADLINE_MS = 5_000;
 const MAX_PEM_BYTES = 1024 * 1024;
 
 const httpClients = new Map<string, Deno.HttpClient>();
+
+/**
+ * The connection pool of every HTTP client here: at most a few idle connections per host, closed
+ * after a while. Deno's default kept every connection a burst opened (a GET finishing lets the
+ * next one open another before its own goes back to the pool), for minutes: 31 for 16 GETs
+ * in flight (request_slots.ts), 322 before that bound.
+ */
+const POOL = { poolMaxIdlePerHost: 8, poolIdleTimeout: 30_000 } as const;
+let plainClient: Deno.HttpClient | undefined;
+
+/** The HTTP client of requests no hosts.toml setting applies to (redirect targets too). */
+export function defaultHttpClient(): Deno.HttpClient {
+  if (plainClient) return plainClient;
+  bypassProxyForLoopback(); // Deno reads the proxy variables as it makes the client
+  plainClient = Deno.createHttpClient({ ...POOL });
+  return plainClient;
+}
 const warned = new Set<string>();
 
 function warnOnce(key: string, message: string): void {
@@ -86,7 +103,7 @@ function httpClientFor(entry: RegistryHostEntry): Deno.HttpClient | undefined {
     key: readPem(pair.keyPath, "client key"),
   };
   try {
-    client = Deno.createHttpClient({ caCerts, ...clientPem });
+    client = Deno.createHttpClient({ ...POOL, caCerts, ...clientPem });
   } catch (error) {
     // The TLS library's words about PEM it cannot use, which file was which added.
     const files = [

@@ -4,6 +4,7 @@ import { type BodySink, intoOf, retryHolderOf } from "./blob_range.ts";
 import type { BlobReadFrom } from "./blob_range_read.ts";
 import { type ByteRange, MAX_RANGES_PER_REQUEST } from "./blob_ranges.ts";
 import { noteBlobFetched } from "../source/fetch_metrics.ts";
+import { blobRequestSlots } from "./request_slots.ts";
 import { warn } from "../log.ts";
 import { OciError } from "../errors.ts";
 import { isNetworkError } from "./retry.ts";
@@ -110,14 +111,18 @@ export class RegistryBlob implements Source {
     if (length === 0) return new Uint8Array(0);
     this.#refuseRecentlyFailed(offset, length);
     this.#counted(1, 0);
-    const bytes = await this.#client.readBlobRange(
-      this.repository,
-      this.digest,
-      offset,
-      length,
+    const bytes = await blobRequestSlots.run(
+      () =>
+        this.#client.readBlobRange(
+          this.repository,
+          this.digest,
+          offset,
+          length,
+          signal,
+          this.size,
+          from,
+        ),
       signal,
-      this.size,
-      from,
     ).catch((error) => this.#noteFailed(offset, length, error, signal));
     this.#counted(0, bytes.byteLength);
     return bytes;
@@ -184,14 +189,20 @@ export class RegistryBlob implements Source {
     // and one that carries a retry holder keeps it.
     const into = intoOf(sink);
     const retry = retryHolderOf(sink);
-    await this.#client.readBlobRangeTo(
-      this.repository,
-      this.digest,
-      offset,
-      length,
-      Object.assign(counted, into ? { into } : {}, retry ? { retry } : {}),
+    const readTo = this.#client.readBlobRangeTo;
+    await blobRequestSlots.run(
+      () =>
+        readTo.call(
+          this.#client,
+          this.repository,
+          this.digest,
+          offset,
+          length,
+          Object.assign(counted, into ? { into } : {}, retry ? { retry } : {}),
+          signal,
+          this.size,
+        ),
       signal,
-      this.size,
     ).catch((error) => this.#noteFailed(offset, length, error, signal));
     this.#counted(0, arrived);
   }
@@ -205,13 +216,9 @@ export class RegistryBlob implements Source {
       throw new RangeError(`pack ${digest}: bad size ${sizeBytes}`);
     }
     this.#counted(1, 0);
-    const bytes = await this.#client.readBlobRange(
-      this.repository,
-      digest,
-      0,
-      sizeBytes,
+    const bytes = await blobRequestSlots.run(
+      () => this.#client.readBlobRange(this.repository, digest, 0, sizeBytes, signal, sizeBytes),
       signal,
-      sizeBytes,
     );
     this.#counted(0, bytes.byteLength);
     return bytes;
@@ -238,8 +245,12 @@ export class RegistryBlob implements Source {
     for (let from = 0; from < ranges.length; from += MAX_RANGES_PER_REQUEST) {
       const batch = ranges.slice(from, from + MAX_RANGES_PER_REQUEST);
       this.#counted(1, 0);
+      const readRanges = client.readBlobRanges;
       batches.push(
-        client.readBlobRanges(this.repository, this.digest, batch, this.size, signal).then(
+        blobRequestSlots.run(
+          () => readRanges.call(client, this.repository, this.digest, batch, this.size, signal),
+          signal,
+        ).then(
           (got) =>
             got?.forEach((bytes, i) => {
               out[from + i] = bytes;

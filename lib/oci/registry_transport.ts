@@ -14,6 +14,7 @@ import { checkTokenRealm, TokenServerUnavailable } from "./auth.ts";
 import { describeFailure, FailedAtRedirectTarget, isNetworkError } from "./retry.ts";
 import type { RegistryRequest } from "./client.ts";
 import { bypassProxyForLoopback, throughProxy } from "./proxy_env.ts";
+import { defaultHttpClient } from "./host_routing.ts";
 
 const MAX_REDIRECTS = 10;
 
@@ -142,7 +143,7 @@ export class RegistryTransport {
           body,
           redirect: "manual",
           signal: req.signal,
-          client: home ? this.#httpClient : undefined,
+          client: (home ? this.#httpClient : undefined) ?? defaultHttpClient(),
         });
         if (!sentOne) {
           sentOne = true;
@@ -231,7 +232,7 @@ export class RegistryTransport {
           headers,
           redirect: "manual",
           signal: watch.signal,
-          client: this.#httpClient,
+          client: this.#httpClient ?? defaultHttpClient(),
         });
       } catch (error) {
         watch.done();
