@@ -228,3 +228,48 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "fuse+erofs: a signal to a reader whose read waits on a slow source (SIGALRM, a " +
+    "handler) does not fail its read (was EIO/EINTR: the READ was given up)",
+  ignore,
+  async fn() {
+    await withFuseStack(async (stack) => {
+      const bytes = Deno.readFileSync(`${FIXTURES}/basic.erofs`);
+      let slowMs = 0;
+      const source: Source = {
+        size: bytes.length,
+        read: (offset, length, signal) =>
+          new Promise((resolve, reject) => {
+            const timer = setTimeout(() => resolve(bytes.slice(offset, offset + length)), slowMs);
+            signal?.addEventListener("abort", () => {
+              clearTimeout(timer);
+              reject(new Error("aborted"));
+            }, { once: true });
+          }),
+      };
+      // Direct I/O (no page cache of the FUSE file): EROFS's reads wait in the reader.
+      const blob = await stack.blob(source, "fuse", { pageCache: false });
+      await stack.erofs(blob.filePath, "mnt");
+      slowMs = 1500;
+      const reader = `
+import hashlib, os, signal, sys
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+try:
+    print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())
+except OSError as e:
+    print("ERR", e.errno, e.strerror)
+`;
+      const out = await new Deno.Command("python3", {
+        args: ["-c", reader, `${stack.root}/mnt/big-1m3.bin`],
+      }).output();
+      slowMs = 0;
+      assert.equal(
+        new TextDecoder().decode(out.stdout).trim(),
+        "c5c1ae9ba8a184cdeb822b182ee2054a404340ade9d67f91858b60197e9131f3",
+        new TextDecoder().decode(out.stderr),
+      );
+    });
+  },
+});

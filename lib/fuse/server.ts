@@ -219,9 +219,12 @@ export class SingleFileFuseServer {
       case Op.BATCH_FORGET:
         return; // no reply by protocol; node ids here are fixed
       case Op.INTERRUPT:
-        // fuse_interrupt_in.unique names the request to give up; it still gets its reply.
-        this.#inflight.get(view.getBigUint64(IN_HEADER_SIZE, true))?.abort();
-        return;
+        // The kernel sends one for any signal with a handler (SIGALRM, SIGCHLD, SIGWINCH) to a
+        // process whose read waits here, EROFS's own reads of this file included: giving the
+        // READ up failed that read with EINTR or EIO. A READ ends by itself (its source's
+        // stall watch and deadline); ENOSYS tells the kernel to send no more (as libfuse
+        // does without -o intr).
+        return error(ENOSYS);
       default:
         // STATX, GETXATTR, LISTXATTR and everything else: the kernel falls back or remembers.
         return error(ENOSYS);
