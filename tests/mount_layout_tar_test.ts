@@ -13,6 +13,8 @@ import { mountSandbox } from "./_support/mounts.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
 import { comparableListing, makeUmociImage } from "./_support/umoci_image.ts";
 import { OciLayout } from "../lib/oci/oci_layout.ts";
+import { encodeTar } from "./_support/tar_encode.ts";
+import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 
 const ignore = requires(root(), path("/dev/fuse"), command("umoci"));
 const LONG = { timeoutMs: 120_000 };
@@ -108,5 +110,70 @@ Deno.test({
       } finally {
         await sandbox.cleanup();
       }
+    }),
+});
+
+Deno.test({
+  name: "a 0-byte tar layer (legal: Go's archive/tar reads an empty archive) adds nothing: " +
+    "mount --index-missing, convert and build IMAGE take it",
+  ignore: requires(root(), path("/dev/fuse")),
+  fn: () =>
+    withTempDir("erofs-oci-empty-layer-", async (work) => {
+      const tar = encodeTar([{ name: "a.txt", data: new TextEncoder().encode("a\n") }]);
+      const layout = `${work}/layout`;
+      await writeOciLayout(layout, [
+        { bytes: tar, mediaType: "application/vnd.oci.image.layer.v1.tar" },
+        { bytes: new Uint8Array(0), mediaType: "application/vnd.oci.image.layer.v1.tar" },
+      ]);
+      const sandbox = await mountSandbox();
+      try {
+        const mounted = await runCli(
+          ["mount", "--backend", "fuse", "--index-missing", `oci:${layout}:v1`, sandbox.target],
+          { env: sandbox.env, ...LONG },
+        );
+        assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+        try {
+          assert.deepEqual([...Deno.readDirSync(sandbox.target)].map((e) => e.name), ["a.txt"]);
+          assert.equal(Deno.readTextFileSync(`${sandbox.target}/a.txt`), "a\n");
+        } finally {
+          assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+        }
+      } finally {
+        await sandbox.cleanup();
+      }
+      // A layer that is no tar at all: the error names it (it named none).
+      const bad = `${work}/bad`;
+      await writeOciLayout(bad, [
+        { bytes: tar, mediaType: "application/vnd.oci.image.layer.v1.tar" },
+        {
+          bytes: new Uint8Array(1024).fill(0x41),
+          mediaType: "application/vnd.oci.image.layer.v1.tar",
+        },
+      ]);
+      const badSandbox = await mountSandbox();
+      try {
+        const refused = await runCli(
+          ["mount", "--backend", "fuse", "--index-missing", `oci:${bad}:v1`, badSandbox.target],
+          { env: badSandbox.env, ...LONG },
+        );
+        assert.equal(refused.code, 1, describe(refused));
+        assert.match(
+          refused.stderr,
+          /^erofs-oci: layer 1 \(sha256:[0-9a-f]{12}…\): tar header at byte 0/m,
+        );
+      } finally {
+        await badSandbox.cleanup();
+      }
+      const converted = await runCli(["convert", `oci:${layout}:v1`, `oci:${work}/out:v1`], LONG);
+      assert.equal(converted.code, 0, describe(converted));
+      const built = await runCli(["build", `oci:${layout}:v1`, "-o", `${work}/image.erofs`], LONG);
+      assert.equal(built.code, 0, describe(built));
+      // A file given as a tar stays refused when it is empty: probably the wrong file.
+      Deno.writeFileSync(`${work}/empty.tar`, new Uint8Array(0));
+      assertCliError(
+        await runCli(["build", `${work}/empty.tar`, "-o", `${work}/e.erofs`]),
+        1,
+        /empty input: not a tar archive/,
+      );
     }),
 });

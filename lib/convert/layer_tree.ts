@@ -67,6 +67,7 @@ export async function readLayerTree(
   try {
     const { stream } = await decompressTar(blob.stream, { maxOutputBytes: options.maxTarBytes });
     const { root, entries } = await scanTar(stream, {
+      emptyInput: "archive", // a 0-byte tar layer: legal (Go's archive/tar), it adds nothing
       spoolFd,
       impliedMtimeSec: MARK_IMPLIED,
       maxFileBytes: options.maxTarBytes,

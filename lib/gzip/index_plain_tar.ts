@@ -56,6 +56,7 @@ export async function indexPlainTarLayer(
       indexOnly: true,
       impliedMtimeSec: options.impliedMtimeSec ?? options.buildTimeSec,
       onEntries: options.onEntries,
+      emptyInput: "archive", // a 0-byte tar layer: legal, it adds nothing
     });
     while (await next()) { /* drain: padding after the end-of-archive marker */ }
     await options.prepareTree?.(scan.root);

@@ -5,7 +5,7 @@
  */
 import { info } from "../log.ts";
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
-import { OciError, UserError } from "../errors.ts";
+import { FormatError, OciError, UserError } from "../errors.ts";
 import { type BlobStore, openVerifiedBlob } from "../convert/layer_blob.ts";
 import { LowerDirs } from "../convert/lower_dirs.ts";
 import type { StackedLayer } from "../convert/flatten.ts";
@@ -76,6 +76,23 @@ function notIndexable(layer: LayerDescriptor): UserError {
   );
 }
 
+/**
+ * `work`, its FormatError (the layer's bytes: not a tar, a bad header, corrupt gzip) naming the
+ * layer: an image's layers are indexed one after the other and the message named none.
+ */
+async function layerNamed<T>(layer: LayerDescriptor, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (!(error instanceof FormatError) || error.message.startsWith("layer ")) throw error;
+    throw new FormatError(
+      `layer ${layer.index} (${layer.digest.slice(0, 19)}…): ${error.message}`,
+      error.hint,
+      { cause: error },
+    );
+  }
+}
+
 /** A layer below `--layer N`, streamed and verified, its tree kept for directories only. */
 async function readLowerDirs(
   store: BlobStore,
@@ -91,7 +108,11 @@ async function readLowerDirs(
   const blob = openVerifiedBlob(store, layer.digest, layer.sizeBytes);
   try {
     const { stream } = await decompressTar(blob.stream);
-    const { root } = await scanTar(stream, { indexOnly: true, impliedMtimeSec: MARK_IMPLIED });
+    const { root } = await scanTar(stream, {
+      indexOnly: true,
+      impliedMtimeSec: MARK_IMPLIED,
+      emptyInput: "archive",
+    });
     if (!blob.verified()) {
       throw new OciError(`layer ${layer.digest} failed verification while reading it`);
     }
@@ -154,32 +175,33 @@ export async function indexImage(
         layer.sizeBytes,
         onBytes && ((done) => onBytes(layer, done)),
       );
-      const { files: done, result } = await writeLayerIndex(
-        blob.stream,
-        dir,
-        layerFileStem(layer.digest),
-        {
-          spanBytes: options.spanBytes,
-          buildTimeSec: options.buildTimeSec,
-          impliedMtimeSec: MARK_IMPLIED,
-          plainTar: tarLayerKind(layer.mediaType) === "tar",
-          prepareTree: async (root) => {
-            const stacked = { root, implied: takeImplied(root, options.buildTimeSec) };
-            if (alone !== undefined && tarBelow(alone)) {
-              await lower.completeFromBelow(
-                stacked,
-                alone,
-                (n) => readLowerDirs(store, resolved.layers[n], options.buildTimeSec),
-              );
-              return;
-            }
-            if (!stackAll) return;
-            lower.fillImplied(stacked);
-            lower.dropMarkersWithoutLower(stacked);
-            lower.apply(stacked);
+      const { files: done, result } = await layerNamed(layer, () =>
+        writeLayerIndex(
+          blob.stream,
+          dir,
+          layerFileStem(layer.digest),
+          {
+            spanBytes: options.spanBytes,
+            buildTimeSec: options.buildTimeSec,
+            impliedMtimeSec: MARK_IMPLIED,
+            plainTar: tarLayerKind(layer.mediaType) === "tar",
+            prepareTree: async (root) => {
+              const stacked = { root, implied: takeImplied(root, options.buildTimeSec) };
+              if (alone !== undefined && tarBelow(alone)) {
+                await lower.completeFromBelow(
+                  stacked,
+                  alone,
+                  (n) => readLowerDirs(store, resolved.layers[n], options.buildTimeSec),
+                );
+                return;
+              }
+              if (!stackAll) return;
+              lower.fillImplied(stacked);
+              lower.dropMarkersWithoutLower(stacked);
+              lower.apply(stacked);
+            },
           },
-        },
-      );
+        ));
       if (!blob.verified() || result.layerDigest !== layer.digest) {
         throw new OciError(`layer ${layer.digest} failed verification while indexing`);
       }

@@ -37,6 +37,12 @@ export interface TarReaderOptions {
    * ends after a member): an image indexing the tar in place must not reach past its end.
    */
   onEnd?: (markerBlocks: 0 | 1 | 2) => void;
+  /**
+   * An input of no bytes at all: "refuse" (default: FormatError, a file given as a tar is
+   * probably the wrong one), or "archive" — an empty archive, as Go's archive/tar reads it (what
+   * container runtimes unpack an image's layers with: a 0-byte tar layer adds nothing).
+   */
+  emptyInput?: "refuse" | "archive";
 }
 
 export const DEFAULT_MAX_META_BYTES = 1 << 20;
@@ -96,6 +102,10 @@ export async function* readTar(
         const block = src.readBuffered(BLOCK_BYTES) ?? await src.readExact(BLOCK_BYTES, "header");
         if (block === null) {
           if (headerOffset === 0) {
+            if (options.emptyInput === "archive") {
+              options.onEnd?.(0);
+              return;
+            }
             throw new FormatError("empty input: not a tar archive");
           }
           if (headerOffset !== metaOffset) {

@@ -58,6 +58,8 @@ export function takeImplied(root: BuildNode, mtimeSec: number): Set<BuildNode> {
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
   literalWhiteouts?: boolean;
+  /** An input of no bytes: refused (default), or an empty archive (an image's layer). */
+  emptyInput?: "refuse" | "archive";
   /**
    * mtime of directories the tar implies but does not list, and of whiteout devices (default
    * 0); MARK_IMPLIED: marked for takeImplied, which gives them their time afterwards.
@@ -234,6 +236,7 @@ export async function scanTar(
     const entry of readTar(drainOnCancel(stream), {
       hardlinkTargets: "any",
       onEnd: (blocks) => endMarkerBlocks = blocks,
+      emptyInput: options.emptyInput,
     })
   ) {
     entries++;
