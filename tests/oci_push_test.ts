@@ -9,6 +9,7 @@ import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { getManifest } from "./_support/oci_raw.ts";
 import { hostPlatform, loadFixture } from "./_support/oci_fixtures.ts";
+import { startFaultProxy } from "./_support/fault_proxy.ts";
 
 const ignore = requires(command("docker-registry"), command("htpasswd"), command("openssl"));
 
@@ -116,6 +117,40 @@ Deno.test({
       assert.ok(pulled.every((b, i) => b === big[i]), "pulled bytes differ");
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "oci push: a write the registry refuses says the registry's reason and what to check",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const layer = await loadFixture("layer1.erofs");
+    const refusing = (method: string, part: string) =>
+      startFaultProxy(registry.host, [{
+        match: (r) => r.method === method && r.path.includes(part),
+        fault: { kind: "status", status: 403 },
+        times: 100,
+      }]);
+    {
+      await using proxy = await refusing("POST", "/blobs/uploads/");
+      const refused = await runCli(["push", `${proxy.host}/ro/app:v1`, layer.path, "--plain-http"]);
+      assertCliError(
+        refused,
+        1,
+        /answered 403 starting the upload of .*layer1\.erofs: UNKNOWN: injected HTTP 403/,
+      );
+      assert.match(refused.stderr, /hint: no rights to write there: check the credentials/);
+    }
+    {
+      // The blobs there already: the manifest PUT is what is refused.
+      assertSuccess(
+        await runCli(["push", `${registry.host}/ro/app:v0`, layer.path, "--plain-http"]),
+      );
+      await using proxy = await refusing("PUT", "/manifests/");
+      const refused = await runCli(["push", `${proxy.host}/ro/app:v1`, layer.path, "--plain-http"]);
+      assertCliError(refused, 1, /answered 403 storing the manifest of v1: UNKNOWN: injected/);
     }
   },
 });

@@ -4,7 +4,7 @@
  * at most untagged blobs, never a tag naming a half-pushed image.
  */
 import { OciError } from "../errors.ts";
-import { blobExists, statusError, uploadBlob } from "../oci/blob_upload.ts";
+import { blobExists, refusedWrite, uploadBlob } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pushScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
@@ -147,8 +147,10 @@ export class RegistryDestination implements ImageDestination {
       body: bytes,
       headers: { "content-type": mediaType },
     });
+    if (put.status !== 201) {
+      throw await refusedWrite(this.#client, put, `storing manifest ${reference}`);
+    }
     await put.body?.cancel();
-    if (put.status !== 201) throw statusError(this.#client, put, `storing manifest ${reference}`);
     const stored = put.headers.get("docker-content-digest");
     const digest = digestOf(bytes);
     if (stored && stored !== digest) {

@@ -6,7 +6,7 @@ import {
   blobExists,
   type BlobUploadOptions,
   type LocalBlob,
-  statusError,
+  refusedWrite,
   uploadBlob,
 } from "../oci/blob_upload.ts";
 import { digestHasher, digestOf } from "../oci/digest.ts";
@@ -208,8 +208,8 @@ export async function pushImage(
     headers: { "content-type": OCI_MANIFEST },
     signal: options.signal,
   });
+  if (put.status !== 201) throw await refusedWrite(client, put, `storing the manifest of ${tag}`);
   await put.body?.cancel();
-  if (put.status !== 201) throw statusError(client, put, `storing the manifest of ${tag}`);
   const stored = put.headers.get("docker-content-digest");
   if (stored && stored !== manifestDigest) {
     throw new OciError(`registry stored the manifest as ${stored}, expected ${manifestDigest}`);

@@ -1,5 +1,8 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
+import { readLimited } from "./auth.ts";
+import { parseJson } from "../json.ts";
+import { printable } from "../text.ts";
 import { debug } from "../log.ts";
 import type { RegistryClient } from "./client.ts";
 import { quoted } from "./registry_transport.ts";
@@ -123,6 +126,49 @@ export function statusError(client: RegistryClient, response: Response, action: 
   return error;
 }
 
+/** How much of a refusal's body is read for its reason, and for how long. */
+const REASON_MAX_BYTES = 8192;
+const REASON_WAIT_MS = 2000;
+
+/**
+ * statusError for a write the registry refused (an upload, a manifest PUT), with the reason its
+ * body gives (`errors[0]`: "DENIED: requested access to the resource is denied"), and for 401
+ * and 403 what to check. The body is read (at most REASON_MAX_BYTES, REASON_WAIT_MS) and ends.
+ */
+export async function refusedWrite(
+  client: RegistryClient,
+  response: Response,
+  action: string,
+): Promise<OciError> {
+  const reason = await registryReason(response);
+  const error = new OciError(
+    `registry ${client.host} answered ${response.status} ${action}${reason ? `: ${reason}` : ""}`,
+    response.status === 401 || response.status === 403
+      ? "no rights to write there: check the credentials (--username/--password-stdin, docker " +
+        "login) and the repository name"
+      : undefined,
+  );
+  error.status = response.status;
+  return error;
+}
+
+async function registryReason(response: Response): Promise<string | undefined> {
+  const timer = setTimeout(() => response.body?.cancel().catch(() => {}), REASON_WAIT_MS);
+  try {
+    const bytes = await readLimited(response, REASON_MAX_BYTES);
+    const first = (parseJson(new TextDecoder().decode(bytes)) as {
+      errors?: { code?: unknown; message?: unknown }[];
+    })?.errors?.[0];
+    const words = [first?.code, first?.message].filter((w) => typeof w === "string" && w);
+    return words.length ? printable(words.join(": ")).slice(0, 300) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+    await response.body?.cancel().catch(() => {});
+  }
+}
+
 async function uploadLocation(
   client: RegistryClient,
   response: Response,
@@ -205,8 +251,7 @@ async function uploadInSession(
     signal,
   });
   if (start.status !== 202) {
-    await start.body?.cancel();
-    throw statusError(client, start, `starting the upload of ${label}`);
+    throw await refusedWrite(client, start, `starting the upload of ${label}`);
   }
   const session: UploadSession = {
     client,
@@ -295,7 +340,8 @@ async function sendBlob(
     }
     throw error;
   }
-  await put.body?.cancel();
+  // A refusal's body says why (refusedWrite reads it).
+  if ([201, 400, 404].includes(put.status)) await put.body?.cancel();
   if (put.status === 404 && await committedMeanwhile(session, blob.digest, signal)) {
     // The PUT was sent again (a reply that did not come in time, a broken connection) after the
     // registry had committed the blob at the first: the session is gone, the blob is there.
@@ -305,7 +351,7 @@ async function sendBlob(
     if (put.status === 400) {
       throw new OciError(`registry ${client.host} refused ${label}: digest or size mismatch (400)`);
     }
-    throw statusError(client, put, `completing the upload of ${label}`);
+    throw await refusedWrite(client, put, `completing the upload of ${label}`);
   }
   if (finalBody.byteLength > 0) progress(blob.sizeBytes);
 }

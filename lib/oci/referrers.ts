@@ -5,7 +5,7 @@
  * referring manifests, which whoever pushes a referrer keeps up to date.
  */
 import { OciError } from "../errors.ts";
-import { blobExists, statusError, uploadBlob } from "./blob_upload.ts";
+import { blobExists, refusedWrite, statusError, uploadBlob } from "./blob_upload.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope, pushScope } from "./scope.ts";
 import { digestOf } from "./digest.ts";
@@ -140,10 +140,10 @@ export async function pushReferrer(
     headers: { "content-type": OCI_MANIFEST },
     signal,
   });
-  await put.body?.cancel();
   if (put.status !== 201) {
-    throw statusError(client, put, `storing the referrer manifest ${descriptor.digest}`);
+    throw await refusedWrite(client, put, `storing the referrer manifest ${descriptor.digest}`);
   }
+  await put.body?.cancel();
   if (put.headers.get("oci-subject") === subject) return "referrers-api";
   const existing = await fetchTagIndex(client, repository, subject, signal, "update") ?? [];
   const kept = existing.filter((d) => d.digest !== descriptor.digest && !(replace?.(d) ?? false));
@@ -158,8 +158,8 @@ export async function pushReferrer(
     headers: { "content-type": OCI_INDEX },
     signal,
   });
+  if (putIndex.status !== 201) throw await refusedWrite(client, putIndex, `storing the tag ${tag}`);
   await putIndex.body?.cancel();
-  if (putIndex.status !== 201) throw statusError(client, putIndex, `storing the tag ${tag}`);
   return "fallback-tag";
 }
 
