@@ -71,3 +71,57 @@ Deno.test("platform list: a few platforms are all listed; a long name is cut", a
   assert.ok(message.length < 300, `${message.length} characters`);
   assert.match(message, /available: linux\/amd64, linux\/x{58}…$/);
 });
+
+Deno.test("platform list: an index without one image manifest says what it holds, not 'available: none'", async () => {
+  const fetcher = {
+    manifest: () => Promise.reject(new Error("nothing to fetch")),
+    configPlatform: () => Promise.resolve(undefined),
+  };
+  const entry = (mediaType: string, i: number, extra: Record<string, unknown> = {}) => ({
+    mediaType,
+    digest: `sha256:${i.toString(16).padStart(64, "0")}`,
+    size: 100,
+    ...extra,
+  });
+  const resolveOf = async (manifests: unknown[]) => {
+    const bytes = new TextEncoder().encode(
+      JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests }),
+    );
+    const top = {
+      digest: `sha256:${"f".repeat(64)}`,
+      bytes,
+      document: parseManifestDocument(bytes),
+    };
+    try {
+      await resolveDocument(
+        top,
+        fetcher,
+        parsePlatform("linux/amd64"),
+        false,
+        "reg.example/app:v1",
+      );
+    } catch (error) {
+      assert.ok(error instanceof OciError, String(error));
+      return error;
+    }
+    assert.fail("resolved");
+  };
+  const nested = await resolveOf([entry(OCI_INDEX, 1)]);
+  assert.equal(
+    nested.message,
+    "reg.example/app:v1 is an index with no image manifest (1 nested index)",
+  );
+  assert.equal(
+    nested.hint,
+    `name a nested index by its digest: reg.example/app@sha256:${"0".repeat(63)}1`,
+  );
+  assert.equal(
+    (await resolveOf([])).message,
+    "reg.example/app:v1 is an index with no image manifest (empty)",
+  );
+  const attested = await resolveOf([
+    entry(OCI_MANIFEST, 2, { platform: { os: "unknown", architecture: "unknown" } }),
+  ]);
+  assert.match(attested.message, /no image manifest \(1 attestation\)$/);
+  assert.equal(attested.hint, undefined);
+});

@@ -111,7 +111,8 @@ export async function convertImage(
   const images: { image: ResolvedImage; entry?: Descriptor; label: string }[] = [];
   let indexAnnotations: Record<string, string> | undefined;
   const index = options.allPlatforms ? await source.indexEntries() : undefined;
-  if (index) {
+  // An index with no image in it: resolve() says what it holds instead.
+  if (index?.entries.length) {
     indexAnnotations = index.annotations;
     for (const entry of index.entries) {
       const image = await source.resolveEntry(entry);

@@ -11,7 +11,13 @@ import {
   parseConfigPlatform,
   parseManifestDocument,
 } from "./manifest.ts";
-import { DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_MANIFEST } from "./media_types.ts";
+import {
+  DOCKER_MANIFEST,
+  DOCKER_MANIFEST_LIST,
+  MANIFEST_ACCEPT,
+  OCI_INDEX,
+  OCI_MANIFEST,
+} from "./media_types.ts";
 import {
   formatPlatform,
   hostPlatform,
@@ -207,6 +213,7 @@ export async function resolveDocument(
     const candidates = top.document.manifests.filter((d) =>
       (d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST) && !isAttestation(d)
     );
+    if (candidates.length === 0) throw noImageInIndex(top.document, name);
     platforms = [
       ...new Set(candidates.map((d) => (d.platform ? formatPlatform(d.platform) : "unknown"))),
     ];
@@ -269,6 +276,36 @@ export async function resolveDocument(
   if (indexDigest) resolved.indexDigest = indexDigest;
   if (document.annotations) resolved.annotations = document.annotations;
   return resolved;
+}
+
+/**
+ * An index without one image manifest to choose from: what it holds instead (no --platform can
+ * help; the error said "available: none" and hinted at one).
+ */
+function noImageInIndex(index: Extract<ManifestDocument, { kind: "index" }>, name: string) {
+  const nested = index.manifests.filter((d) =>
+    d.mediaType === OCI_INDEX || d.mediaType === DOCKER_MANIFEST_LIST
+  );
+  const attestations =
+    index.manifests.filter((d) =>
+      (d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST) && isAttestation(d)
+    ).length;
+  const other = index.manifests.length - nested.length - attestations;
+  const held = [
+    nested.length ? `${nested.length} nested index${nested.length === 1 ? "" : "es"}` : "",
+    attestations ? `${attestations} attestation${attestations === 1 ? "" : "s"}` : "",
+    other ? `${other} entr${other === 1 ? "y" : "ies"} of other media types` : "",
+  ].filter(Boolean);
+  return new OciError(
+    `${name} is an index with no image manifest${
+      held.length ? ` (${held.join(", ")})` : " (empty)"
+    }`,
+    nested.length
+      ? `name a nested index by its digest: ${name.replace(/@.*$/, "").replace(/:[^/:]*$/, "")}@${
+        nested[0].digest
+      }`
+      : undefined,
+  );
 }
 
 /** How many platforms a "no manifest for platform" error lists before "… and N more". */
