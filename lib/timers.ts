@@ -22,9 +22,15 @@ export interface Timer {
   cancel(): void;
 }
 
-/** A delay AbortSignal.timeout accepts (a non-negative integer). */
+/**
+ * The longest delay a timer keeps: Deno fires AbortSignal.timeout (and setTimeout) at once for
+ * more than 2^31 - 1 ms (24.8 days), and refuses more than 2^53.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A delay AbortSignal.timeout accepts (a non-negative integer, at most MAX_TIMER_MS). */
 function delayOf(ms: number): number {
-  return Number.isFinite(ms) && ms > 0 ? Math.ceil(ms) : 0;
+  return Number.isFinite(ms) && ms > 0 ? Math.min(Math.ceil(ms), MAX_TIMER_MS) : 0;
 }
 
 /** Calls `fn` once, `ms` from now, unless cancelled first. */

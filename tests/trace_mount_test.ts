@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
-import { assertSuccess, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { layerAfterTracePrefetch } from "./_support/trace_wait.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
@@ -349,5 +349,81 @@ Deno.test({
       await sandbox.cleanup();
       await Deno.remove(work, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "trace --seconds past 24 days is refused before anything runs (its timer fired at once: " +
+    "the command stopped, a truncated trace kept)",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-trace-long-" });
+    try {
+      for (const seconds of ["2147484", "99999999999999999999999"]) {
+        const result = await runCli([
+          "trace",
+          "127.0.0.1:1/none/app:v1",
+          "--seconds",
+          seconds,
+          "-o",
+          `${work}/t.json`,
+          "--",
+          "sh",
+          "-c",
+          `touch ${work}/ran`,
+        ]);
+        assertCliError(result, 2, /--seconds .* is more than 2147483 \(24 days\)/);
+      }
+      assert.deepEqual([...Deno.readDirSync(work)], [], "nothing ran, nothing written");
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "trace: the command gets none of trace's own settings (its recording file, no disk " +
+    "cache); a mount that cannot get its trace in time goes on without it",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-env-");
+    const envFile = `${t.work}/env.txt`;
+    assertSuccess(
+      await t.trace(["-o", `${t.work}/t.json`], `env > ${envFile}; cat {}/file1 > /dev/null`),
+    );
+    const names = Deno.readTextFileSync(envFile).split("\n").map((line) => line.split("=")[0]);
+    assert.ok(names.includes("EROFS_OCI_ROOT"));
+    for (const name of ["EROFS_OCI_TRACE_FILE", "EROFS_OCI_DISK_CACHE_BYTES"]) {
+      assert.ok(!names.includes(name), `${name} leaked into the command`);
+    }
+    // The trace's lookup answered never: the mount waited 61 s for it (two 30 s stalls). An
+    // image pushed here: its chunk tables are bound by the manifest, so that lookup is the
+    // trace's alone.
+    Deno.writeFileSync(`${t.work}/image.erofs`, t.image);
+    assertSuccess(
+      await runCli(["push", `${t.registry.host}/trace/bound:v1`, `${t.work}/image.erofs`]),
+    );
+    await using silent = await startFaultProxy(t.registry.host, [{
+      match: (r) => r.path.includes("/referrers/") || /\/manifests\/sha256-/.test(r.path),
+      fault: { kind: "lose-reply" },
+      times: 100,
+    }]);
+    const started = performance.now();
+    const mounted = await runCli(
+      [
+        "mount",
+        `${silent.host}/trace/bound:v1`,
+        t.sandbox.target,
+        "--plain-http",
+        "--backend",
+        "fuse",
+      ],
+      { env: t.sandbox.env, timeoutMs: 60_000 },
+    );
+    assertSuccess(mounted);
+    const tookMs = performance.now() - started;
+    assertSuccess(await runCli(["umount", t.sandbox.target], { env: t.sandbox.env }));
+    assert.match(mounted.stderr, /did not answer the trace lookup in 10 s/);
+    assert.ok(tookMs < 25_000, `mount took ${Math.round(tookMs)} ms`);
   },
 });

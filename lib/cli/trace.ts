@@ -21,7 +21,7 @@ import { fetchManifest } from "../oci/resolve.ts";
 import { parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
 import { TRACE_RECORD_ENV } from "../trace/server_hooks.ts";
-import { after, type Timer } from "../timers.ts";
+import { after, MAX_TIMER_MS, type Timer } from "../timers.ts";
 
 class TraceError extends UserError {}
 
@@ -96,6 +96,14 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       if (!/^\d+(\.\d+)?$/.test(values.seconds) || seconds <= 0) {
         throw new UsageError(`trace: --seconds wants a positive number, got '${values.seconds}'`);
       }
+      // A longer one made the timer fire at once (the command stopped, a truncated trace kept).
+      if (seconds > MAX_TIMER_MS / 1000) {
+        throw new UsageError(
+          `trace: --seconds ${values.seconds} is more than ${Math.floor(MAX_TIMER_MS / 1000)} ` +
+            "(24 days)",
+          "leave --seconds out to trace until the command exits",
+        );
+      }
     }
     checkRoot("tracing (it mounts the image)");
     // Ctrl-C stops CMD and removes the temporary mount (it was left mounted, server running).
@@ -112,6 +120,12 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       [TRACE_RECORD_ENV, "EROFS_OCI_DISK_CACHE_BYTES"].map((k) => [k, Deno.env.get(k)]),
     );
     let mounted = false;
+    const restoreEnv = () => {
+      for (const [key, value] of saved) {
+        if (value === undefined) Deno.env.delete(key);
+        else Deno.env.set(key, value);
+      }
+    };
     try {
       // Held for the process's life: what a killed trace left the next one removes.
       workDir = makeOwnedWorkDir(Deno.env.get("TMPDIR") ?? "/tmp", "erofs-oci-trace-", info);
@@ -133,6 +147,8 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         throw authRequiredError(opened.ref.registry, false, error);
       }).finally(() => console.log = log);
       mounted = true;
+      // The server took them as it started: CMD (an `erofs-oci mount` of its own) must not.
+      restoreEnv();
       const status = await runTraced(command, root, seconds, interrupt.signal);
       interrupt.signal.throwIfAborted();
       if (status !== 0) warn(`trace: ${command[0]} exited with ${status}; keeping what it read`);
@@ -163,10 +179,7 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       // As `time CMD` does: a script learns that CMD failed (its trace is kept all the same).
       return status;
     } finally {
-      for (const [key, value] of saved) {
-        if (value === undefined) Deno.env.delete(key);
-        else Deno.env.set(key, value);
-      }
+      restoreEnv();
       if (mounted && work) {
         await unmountTraced(`${work}/root`).catch((error) =>
           warn(`trace: umount ${work}/root failed: ${(error as Error).message}`)

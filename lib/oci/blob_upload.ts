@@ -3,6 +3,7 @@ import { OciError } from "../errors.ts";
 import { readLimited } from "./auth.ts";
 import { parseJson } from "../json.ts";
 import { printable } from "../text.ts";
+import { after } from "../timers.ts";
 import { debug } from "../log.ts";
 import type { RegistryClient } from "./client.ts";
 import { quoted } from "./registry_transport.ts";
@@ -153,7 +154,7 @@ export async function refusedWrite(
 }
 
 async function registryReason(response: Response): Promise<string | undefined> {
-  const timer = setTimeout(() => response.body?.cancel().catch(() => {}), REASON_WAIT_MS);
+  const timer = after(REASON_WAIT_MS, () => response.body?.cancel().catch(() => {}));
   try {
     const bytes = await readLimited(response, REASON_MAX_BYTES);
     const first = (parseJson(new TextDecoder().decode(bytes)) as {
@@ -164,7 +165,7 @@ async function registryReason(response: Response): Promise<string | undefined> {
   } catch {
     return undefined;
   } finally {
-    clearTimeout(timer);
+    timer.cancel();
     await response.body?.cancel().catch(() => {});
   }
 }

@@ -7,6 +7,8 @@ import type { RegistryClient } from "../oci/client.ts";
 import type { LayerSpec } from "../state/mount_spec.ts";
 import { warn } from "../log.ts";
 import { findTrace } from "./artifact.ts";
+import { after } from "../timers.ts";
+import { OciError } from "../errors.ts";
 import { parseTrace, rangesForLayers } from "./format.ts";
 import { PREFETCH_FILE_ENV, PREFETCH_SUBSET_ENV, TRACE_RECORD_ENV } from "./server_hooks.ts";
 
@@ -24,9 +26,35 @@ export function lookUpTrace(
   manifestDigest: string,
 ): TraceLookup | undefined {
   if (Deno.env.get(TRACE_RECORD_ENV)) return undefined;
-  const lookup = findTrace(client, repository, manifestDigest);
+  const lookup = findTraceInTime(client, repository, manifestDigest);
   lookup.catch(() => {}); // awaited (and warned about) by prepareTracePrefetch, or dropped
   return lookup;
+}
+
+/**
+ * How long a mount waits for its image's trace: an optional speed-up, it must not hold the
+ * mount up (a registry that never answered the trace's GET held it for 61 s, two 30 s stalls).
+ */
+export const TRACE_LOOKUP_MS = 10_000;
+
+/** findTrace, given up after TRACE_LOOKUP_MS (its requests aborted, the error says so). */
+async function findTraceInTime(
+  client: RegistryClient,
+  repository: string,
+  manifestDigest: string,
+): ReturnType<typeof findTrace> {
+  const controller = new AbortController();
+  const timer = after(TRACE_LOOKUP_MS, () => controller.abort());
+  try {
+    return await findTrace(client, repository, manifestDigest, controller.signal);
+  } catch (error) {
+    if (!controller.signal.aborted) throw error;
+    throw new OciError(
+      `the registry did not answer the trace lookup in ${TRACE_LOOKUP_MS / 1000} s`,
+    );
+  } finally {
+    timer.cancel();
+  }
 }
 
 /**
@@ -44,7 +72,7 @@ export async function prepareTracePrefetch(
   if (!manifestDigest || Deno.env.get(TRACE_RECORD_ENV)) return undefined;
   let bytes: Uint8Array;
   try {
-    const found = await (options.lookup ?? findTrace(client, repository, manifestDigest));
+    const found = await (options.lookup ?? findTraceInTime(client, repository, manifestDigest));
     if (!found) return undefined;
     bytes = found.bytes;
     const ranges = rangesForLayers(parseTrace(bytes), layers, options);

@@ -332,7 +332,8 @@ export class TracePrefetcher {
     const total = this.#progress.reduce((sum, p) => sum + p.bytesTotal, 0);
     const first = this.#progress.reduce((sum, p) => sum + p.bytesReadFirst, 0);
     return state === "failed"
-      ? `trace prefetch stopped after ${failures} failed reads: ${lastError}`
+      ? `trace prefetch stopped: ${failures} reads failed (it stops at ${MAX_FAILURES}; those ` +
+        `under way when it did end too): ${lastError}`
       : `trace prefetch ${state}: ${total} bytes in ${this.#pieces.length} pieces, ` +
         `${this.#requests} reads (${first} read by the application first)`;
   }

@@ -122,7 +122,10 @@ export class ServerTraceHooks {
       return;
     }
     console.log(`trace prefetch: ${this.#prefetcher.pieceCount} pieces queued`);
-    this.#prefetcher.run(signal).then((summary) => console.log(summary));
+    this.#prefetcher.run(signal).then((summary) =>
+      // A prefetch the registry's failures stopped is a warning, not news.
+      summary.startsWith("trace prefetch stopped:") ? console.warn(summary) : console.log(summary)
+    );
   }
 
   /** The prefetch has read (or is reading) these bytes of layer `index`: see covers(). */
