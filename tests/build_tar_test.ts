@@ -309,10 +309,11 @@ Deno.test({
       );
       const built = await runCli(["build", `${work}/links.tar`, "-o", `${work}/links.erofs`]);
       assert.equal(built.code, 0, built.stderr);
-      const modes = await withMountedImage(`${work}/links.erofs`, async (dir) => ({
-        link: (Deno.lstatSync(`${dir}/link`).mode! & 0o7777).toString(8),
-        target: (Deno.statSync(`${dir}/target`).mode! & 0o7777).toString(8),
-      }));
+      const modes = await withMountedImage(`${work}/links.erofs`, (dir) =>
+        Promise.resolve({
+          link: (Deno.lstatSync(`${dir}/link`).mode! & 0o7777).toString(8),
+          target: (Deno.statSync(`${dir}/target`).mode! & 0o7777).toString(8),
+        }));
       assert.deepEqual(modes, { link: "777", target: "600" });
     }),
 });

@@ -58,7 +58,8 @@ Deno.test("convert of an OCI layout with a corrupt tar+zstd layer exits 1 in one
       ["convert", `oci:${work}/layout:v1`, `oci:${work}/out:v1`, "--tmpdir", `${work}/tmp`],
       isolated(work),
     );
-    assertCliError(result, 1, CORRUPT);
+    // Which layer it was is said first (its bytes failed before their digest was known).
+    assertCliError(result, 1, /^erofs-oci: layer 1\/1 \(sha256:[0-9a-f]{64}\): zstd: corrupt data/);
     assert.deepEqual(leftovers(work), [], "the new layout is removed");
     assert.deepEqual([...Deno.readDirSync(`${work}/tmp`)], [], "no work files left");
   }));
