@@ -246,6 +246,18 @@ Deno.test({
     ]);
     assertCliError(result, 2, /layer 2 out of range: the image has 2 layers \(0\.\.1\)/);
     await assert.rejects(Deno.stat(out));
+    // So is a --blob that is none of its layers (it was exit 1).
+    const notLayer = await runCli([
+      "pull",
+      `${registry.host}/faults/two:v1`,
+      "--blob",
+      `sha256:${"0".repeat(64)}`,
+      "-o",
+      out,
+      "--plain-http",
+    ]);
+    assertCliError(notLayer, 2, /blob sha256:0{64} is not a layer of this image/);
+    await assert.rejects(Deno.stat(out));
   },
 });
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { command, requires } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { getManifest } from "./_support/oci_raw.ts";
+import { getManifest, pushImage as pushRaw } from "./_support/oci_raw.ts";
 import { hostPlatform, loadFixture } from "./_support/oci_fixtures.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 
@@ -152,5 +152,36 @@ Deno.test({
       const refused = await runCli(["push", `${proxy.host}/ro/app:v1`, layer.path, "--plain-http"]);
       assertCliError(refused, 1, /answered 403 storing the manifest of v1: UNKNOWN: injected/);
     }
+  },
+});
+
+Deno.test({
+  name: "oci push: a file given twice is said once uploaded, then 'same as above'; checksums of " +
+    "an image without layers pushes nothing",
+  ignore,
+  fn: async () => {
+    await using registry = await startRegistry({ auth: "none" });
+    const layer = await loadFixture("layer1.erofs");
+    const twice = await runCli([
+      "push",
+      `${registry.host}/push/twice:v1`,
+      layer.path,
+      layer.path,
+      "--plain-http",
+    ]);
+    assertSuccess(twice);
+    assert.equal(twice.stderr.match(/^uploaded /gm)?.length, 1, twice.stderr);
+    assert.equal(twice.stderr.match(/^same as above /gm)?.length, 1, twice.stderr);
+
+    await pushRaw(registry, "push/empty", "v1", []);
+    const sums = await runCli([
+      "checksums",
+      `${registry.host}/push/empty:v1`,
+      "--push",
+      "--plain-http",
+    ]);
+    assertSuccess(sums);
+    assert.match(sums.stderr, /has no layers: no chunk-digest table to push/);
+    assert.doesNotMatch(sums.stderr, /pushed 0/);
   },
 });

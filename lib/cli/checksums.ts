@@ -74,7 +74,9 @@ Example:
           }${boundNote(had, t.digest)}`,
         );
       }
-      if (values.push) {
+      if (values.push && tables.length === 0) {
+        info(`${opened.name} has no layers: no chunk-digest table to push`);
+      } else if (values.push) {
         await uploadTables(client, ref.repository, tables);
         const { via } = await pushTablesArtifact(client, ref.repository, {
           digest: resolved.manifestDigest,

@@ -61,8 +61,16 @@ Example:
         signal: interrupt.signal,
       });
       progress?.finish();
+      const said = new Set<string>();
       for (const layer of result.layers) {
-        info(`${layer.uploaded ? "uploaded" : "exists  "} ${layer.digest} ${layer.path}`);
+        // A file given twice is one blob: uploaded (or found) once, said so once.
+        const how = said.has(layer.digest)
+          ? "same as above"
+          : layer.uploaded
+          ? "uploaded"
+          : "exists  ";
+        said.add(layer.digest);
+        info(`${how} ${layer.digest} ${layer.path}`);
       }
       console.log(`${result.reference}@${result.manifestDigest}`);
       return 0;

@@ -58,6 +58,7 @@ export function selectLayers(
       throw new OciError(
         `blob ${digest} is not a layer of this image`,
         "list the layers with `erofs-oci inspect IMAGE`",
+        { exitCode: 2 }, // the command line's mistake, as --layer out of range is
       );
     }
     chosen = [found];
