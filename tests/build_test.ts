@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
-import { build, copiedAlone, isLauncher, run } from "./_support/launcher_build.ts";
+import { build, copiedAlone, isLauncher, launcherBuilt, run } from "./_support/launcher_build.ts";
 import { expectedManifest, manifestOf, mountSandbox } from "./_support/mounts.ts";
 import { VERSION } from "../lib/version.ts";
 import { V8_FLAGS } from "../lib/daemon/self_exec.ts";
@@ -49,7 +49,7 @@ Deno.test("build: the file copied alone into an empty directory runs --version, 
 Deno.test("build: launcher refuses an address-space limit V8 cannot start under, in one line", async () => {
   const result = await build();
   assert.equal(result.code, 0);
-  if (!isLauncher(result)) return; // the check is the launcher's
+  if (!launcherBuilt(result, "launcher address-space limit")) return; // the check is the launcher's
   const copy = await copiedAlone();
   try {
     const limited = (kib: number) =>
@@ -73,7 +73,7 @@ Deno.test("build: launcher refuses an address-space limit V8 cannot start under,
 Deno.test("build: launcher unpacks once into a private cache, checked by sha256", async (t) => {
   const result = await build();
   assert.equal(result.code, 0);
-  if (!isLauncher(result)) return; // a compiled binary has nothing to unpack
+  if (!launcherBuilt(result, "launcher unpacks once")) return; // a compiled binary has nothing to unpack
   const copy = await copiedAlone();
   try {
     await t.step("first run unpacks into a 0700 directory named by content hash", async () => {
@@ -133,7 +133,7 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
 
     await t.step({
       name: "a full disk is one line and leaves nothing unpacked",
-      ignore: Deno.uid() !== 0,
+      ignore: requires(root()),
       fn: async () => {
         const small = `${copy.base}/small`;
         await Deno.mkdir(small);
@@ -159,7 +159,7 @@ Deno.test("build: launcher unpacks once into a private cache, checked by sha256"
 Deno.test("build: launcher keeps V8's code cache private; the second start reads it", async (t) => {
   const result = await build();
   assert.equal(result.code, 0);
-  if (!isLauncher(result)) return; // a compiled binary keeps no cache beside a runtime
+  if (!launcherBuilt(result, "launcher code cache")) return; // a compiled binary keeps no cache beside a runtime
   const copy = await copiedAlone();
   // V8 reports each code cache it writes ("Serializing") and reads ("Deserializing from").
   const profiled = { DENO_V8_FLAGS: "--profile-deserialization" };
@@ -258,7 +258,7 @@ Deno.test({
   async fn() {
     const result = await build();
     assert.equal(result.code, 0);
-    if (!isLauncher(result)) return; // a compiled binary has one set of V8 flags
+    if (!launcherBuilt(result, "launcher V8 flags")) return; // a compiled binary has one set of V8 flags
     const copy = await copiedAlone();
     const sandbox = await mountSandbox();
     // V8 reports each code cache it writes ("Serializing") and reads ("Deserializing from"); a

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { findInPath } from "./_support/requires.ts";
-import { build, copiedAlone, isLauncher, run } from "./_support/launcher_build.ts";
+import { build, copiedAlone, launcherBuilt, run } from "./_support/launcher_build.ts";
 import { exists, sleep, waitFor } from "./_support/wait.ts";
 import { VERSION } from "../lib/version.ts";
 
@@ -43,7 +43,7 @@ async function removeRuntime(runtime: string, id: string) {
 Deno.test("launcher: a prune never removes the runtime of a launcher that is starting", async () => {
   const result = await build();
   assert.equal(result.code, 0, result.stderr);
-  if (!isLauncher(result)) return; // a compiled binary has no runtime cache
+  if (!launcherBuilt(result, "launcher prune while starting")) return; // a compiled binary has no runtime cache
   const copy = await copiedAlone();
   const runtime = copy.env.EROFS_OCI_RUNTIME_CACHE;
   try {
@@ -102,7 +102,7 @@ Deno.test("launcher: a prune never removes the runtime of a launcher that is sta
 Deno.test("launcher: a start waits while a prune holds its runtime, not for a dead one", async () => {
   const result = await build();
   assert.equal(result.code, 0, result.stderr);
-  if (!isLauncher(result)) return;
+  if (!launcherBuilt(result, "launcher start during a prune")) return;
   const copy = await copiedAlone();
   const runtime = copy.env.EROFS_OCI_RUNTIME_CACHE;
   try {

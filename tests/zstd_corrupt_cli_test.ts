@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
-import { command, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { command, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { withTempDir } from "./_support/temp_dir.ts";
 
 const INPUTS = ["zstd-hang-3213.tar.zst", "zstd-hang-4573.tar.zst"].map((name) =>
@@ -78,7 +78,13 @@ const LIBZSTD = systemLibzstd();
 
 Deno.test({
   name: "build of a tar.zst without a usable libzstd exits 1 naming the package, no file",
-  ignore: requires(root(), command("unshare"), command("timeout")) || LIBZSTD === undefined,
+  ignore: requires(
+    root(),
+    command("unshare"),
+    command("timeout"),
+    // Missing, it is skipped saying so (failed under CI), not passed over without a word.
+    path(LIBZSTD ?? "/usr/lib/x86_64-linux-gnu/libzstd.so.1", "libzstd.so.1 (Debian libzstd1)"),
+  ),
   fn: () =>
     withTempDir("erofs-oci-zstd-nolib-", async (work) => {
       // /dev/null over the library, in a mount namespace of this command only: dlopen fails.

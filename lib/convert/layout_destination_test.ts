@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { LayoutDestination } from "./layout_destination.ts";
 import { digestOf } from "../oci/digest.ts";
+import { requires, root } from "../../tests/_support/requires.ts";
 
 Deno.test("layout destination: an abandoned new layout is removed where it was made, not by path", async () => {
   const work = await Deno.makeTempDir({ prefix: "erofs-oci-layout-abandon-" });
@@ -29,7 +30,7 @@ Deno.test("layout destination: an abandoned new layout is removed where it was m
 Deno.test({
   name:
     "layout destination: a user's `blobs` symlink is refused before anything is made where it points",
-  ignore: Deno.uid() !== 0,
+  ignore: requires(root()),
   async fn() {
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-layout-blobs-link-" });
     try {

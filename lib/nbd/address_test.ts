@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import { claimSocketPath, listenUnix } from "./address.ts";
 import { UserError } from "../errors.ts";
+import { requires, root } from "../../tests/_support/requires.ts";
 
-const asRoot = Deno.uid() !== 0;
 const NOBODY = 65534;
 
 async function withDir(fn: (dir: string) => Promise<void> | void): Promise<void> {
@@ -55,7 +55,7 @@ Deno.test("listenUnix: a symlink swapped in for the socket after it is linked is
 
 Deno.test({
   name: "listenUnix as root: a directory another user can change is refused, a sticky one not",
-  ignore: asRoot,
+  ignore: requires(root()),
   async fn() {
     await withDir((dir) => {
       Deno.mkdirSync(`${dir}/theirs`, { mode: 0o755 });
@@ -80,7 +80,7 @@ Deno.test({
 
 Deno.test({
   name: "claimSocketPath as root: a dead socket is not removed through another user's symlink",
-  ignore: asRoot,
+  ignore: requires(root()),
   async fn() {
     await withDir(async (dir) => {
       Deno.mkdirSync(`${dir}/real`, { mode: 0o700 });

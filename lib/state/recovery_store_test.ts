@@ -8,6 +8,7 @@ import {
   removeRecoveryFile,
   rewriteRecoveryFile,
 } from "./recovery_store.ts";
+import { requires, root } from "../../tests/_support/requires.ts";
 
 /** A recovery line for a layout blob and, unless undefined, the companion text next to it. */
 function writeDevice(dir: string, companion?: string): string {
@@ -128,7 +129,7 @@ Deno.test("recovery files larger than any of ours are refused, not read whole", 
 
 Deno.test({
   name: "a recovery file in a directory another user can change is not read (as root)",
-  ignore: Deno.uid() !== 0,
+  ignore: requires(root()),
   fn() {
     const dir = Deno.makeTempDirSync({ prefix: "recovery-store-" });
     try {
