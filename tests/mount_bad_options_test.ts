@@ -7,10 +7,11 @@
  * record was then refused by reattach, leaving the mount's readers blocked after a crash).
  */
 import assert from "node:assert/strict";
-import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli, startCli, stopCli } from "./_support/cli.ts";
 import { readMountInfo } from "../lib/sys/mountinfo.ts";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { mountSandbox } from "./_support/mounts.ts";
+import { mountSandbox, mountsBelow, mountServersOf } from "./_support/mounts.ts";
+import { HoldPoint } from "./_support/hold.ts";
 
 Deno.test({
   name: "mount --backend xyz: usage error, exit 2",
@@ -172,7 +173,8 @@ Deno.test({
       assertCliError(await mount("mnt2", "wk", "wk2"), 1, /--upper .*\/wk is in use .*\/mnt$/m);
       assertCliError(await mount("mnt2", "up2", "up"), 1, /--work .*\/up is in use .*\/mnt$/m);
       assertCliError(await mount("mnt2", "up/inner", "wk2"), 1, /--upper .*\/inner is in use/);
-      assertCliError(await mount("mnt2", "up2", base), 1, /--work .* is in use .*\/mnt$/m);
+      // Our --work holding our --upper: that overlap is said first.
+      assertCliError(await mount("mnt2", "up2", base), 1, /--upper .*\/up2 and --work .* overlap/);
       // A '\' is overlayfs's escape: the kernel would use another directory than the one checked.
       await Deno.mkdir(`${base}/wk\\`);
       assertCliError(
@@ -313,6 +315,120 @@ Deno.test({
     } finally {
       await sandbox.cleanup();
       await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "mount --upper/--work overlapping, or holding the mount point: refused before anything " +
+    "starts; two mounts started together with one --upper: one is refused (both mounted)",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    try {
+      for (const dir of ["up", "up/wk", "wk", "u5", "u4", "u4/mnt", "mnt2", "wk2"]) {
+        await Deno.mkdir(`${base}/${dir}`);
+      }
+      const mount = (target: string, upper: string, work: string, env = {}) =>
+        runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, target, "--backend", "fuse"].concat(
+            ["--upper", upper, "--work", work],
+          ),
+          { env: { ...sandbox.env, ...env }, cwd: base },
+        );
+      // Each was a bare "Invalid argument" from mount(2), after a server had started.
+      assertCliError(
+        await mount("mnt", "up", "up/wk"),
+        1,
+        /--upper .*\/up and --work .*\/up\/wk overlap/,
+      );
+      assertCliError(await mount("mnt", "up", "up"), 1, /overlap/);
+      // Each was mounted: the merged view held its own mount point, writes went under it.
+      assertCliError(await mount("u5", "u5", "wk"), 1, /--upper .*\/u5 holds the mount point/);
+      assertCliError(await mount("u4/mnt", "u4", "wk"), 1, /--upper .*\/u4 holds the mount point/);
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), [], "no server was started");
+
+      // Two mounts with one --upper, the first held before its overlay is mounted: both passed
+      // the check made before a server starts; the one mounted second is refused under the lock.
+      using hold = new HoldPoint("mount-layers", `${base}/hold`);
+      const held = startCli(
+        ["mount", `${FIXTURES}/basic.erofs`, `${base}/mnt`, "--backend", "fuse"].concat(
+          ["--upper", `${base}/up`, "--work", `${base}/wk`],
+        ),
+        { ...sandbox.env, ...hold.env },
+      );
+      try {
+        await hold.reached("the first mount's layers");
+        const second = await mount("mnt2", "up", "wk2");
+        assert.equal(second.code, 0, second.stderr);
+        hold.release();
+        const first = await held.result;
+        assert.equal(first.code, 1, first.stdout + first.stderr);
+        assert.match(first.stderr, /--upper .*\/up is in use by the overlay mounted at .*\/mnt2/);
+        assert.deepEqual(
+          readMountInfo().filter((m) => m.mountPoint === sandbox.target),
+          [],
+          "the refused one left nothing at its target",
+        );
+      } finally {
+        await stopCli(held);
+      }
+      assertSuccess(await runCli(["umount", `${base}/mnt2`], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "umount --lazy of a writable mount with a file still open says its --upper stays in use",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    let writer: Deno.ChildProcess | undefined;
+    try {
+      for (const dir of ["up", "wk"]) await Deno.mkdir(`${base}/${dir}`);
+      assertSuccess(
+        await runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"].concat(
+            ["--upper", `${base}/up`, "--work", `${base}/wk`],
+          ),
+          { env: sandbox.env },
+        ),
+      );
+      // A plain umount of an idle writable mount: nothing to say.
+      assertSuccess(await runCli(["umount", "--lazy", sandbox.target], { env: sandbox.env }));
+      assertSuccess(
+        await runCli(
+          ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"].concat(
+            ["--upper", `${base}/up`, "--work", `${base}/wk`],
+          ),
+          { env: sandbox.env },
+        ),
+      );
+      writer = new Deno.Command("sh", {
+        args: ["-c", `exec 3>${sandbox.target}/held; echo ready; sleep 30`],
+        stdout: "piped",
+      }).spawn();
+      const reader = writer.stdout.getReader();
+      await reader.read(); // "ready": the file is open
+      reader.releaseLock();
+      const lazy = await runCli(["umount", "--lazy", sandbox.target], { env: sandbox.env });
+      assertSuccess(lazy);
+      assert.match(
+        lazy.stderr,
+        /was detached with files still open: its --upper .*\/up stays in use/,
+        lazy.stderr,
+      );
+    } finally {
+      try {
+        writer?.kill("SIGKILL");
+        await writer?.status;
+        await writer?.stdout.cancel().catch(() => {});
+      } catch { /* ended */ }
+      await sandbox.cleanup();
     }
   },
 });

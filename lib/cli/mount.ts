@@ -11,6 +11,7 @@ import {
   checkRoot,
   checkUpperClosed,
   type MountTarget,
+  refuseTargetInOverlayDirs,
   releaseMountTarget,
 } from "../mount/target_dir.ts";
 import { mountImage } from "../daemon/mount_image.ts";
@@ -125,6 +126,9 @@ async function runMount(argv: string[]): Promise<number> {
   refuseSwappedArguments(image, dir);
   refuseOurMountPoint(dir);
   const target = checkMountTarget(dir);
+  if (values.upper !== undefined) {
+    refuseTargetInOverlayDirs(target.path, { upper: values.upper, work: values.work! });
+  }
   // Ctrl-C from here on undoes what was done (server, FUSE mounts, keeper, layer mounts)
   // instead of leaving it running, unrecorded, where neither list nor umount finds it.
   const said = `mount interrupted: nothing is left mounted at ${dir}`;

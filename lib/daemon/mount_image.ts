@@ -16,6 +16,7 @@ import {
   newMountOn,
   pinnedPath,
   recheckMountTarget,
+  refuseOverlayDirsInUse,
 } from "../mount/target_dir.ts";
 import { logFormat, warn } from "../log.ts";
 import { mark } from "../timing.ts";
@@ -144,6 +145,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         await lockTarget();
         recheckMountTarget(pinned);
         await testHold("mount-target-rechecked");
+      }
+      if (spec.upper !== undefined && spec.work !== undefined) {
+        // Again, under the lock of all mount changes: another mount started meanwhile with the
+        // same --upper passed the first check too, and both overlays were mounted.
+        await lockTarget();
+        refuseOverlayDirsInUse({ upper: spec.upper, work: spec.work });
       }
       // overlayfs wants the top layer first; OCI manifests list the bottom layer first.
       const lowers = visibleLowerDirs([...layerDirs].reverse());

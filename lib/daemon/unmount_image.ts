@@ -17,7 +17,7 @@ import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
 import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
-import { readMountInfo } from "../sys/mountinfo.ts";
+import { overlayOption, readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
@@ -159,6 +159,12 @@ async function unmountRecorded(
   }
 }
 
+/** The upper dir of the writable overlay mounted at `target`, if it is one. */
+function writableUpperOf(target: string): string | undefined {
+  const entry = readMountInfo().findLast((m) => m.mountPoint === target);
+  return entry?.fsType === "overlay" ? overlayOption(entry.superOptions, "upperdir") : undefined;
+}
+
 async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounted> {
   const top = {
     lazy,
@@ -180,6 +186,21 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounte
           "wait on its dead server",
         "`erofs-oci reattach DIR` lets waiting readers finish (close the others: `fuser -vm " +
           "DIR`), or `erofs-oci umount --lazy DIR` ends them with an error",
+      );
+    }
+  } else if (lazy && writableUpperOf(state.target)) {
+    // Busy, a writable overlay detached lazily goes on writing to its --upper until its files
+    // are closed, unseen: a mount given that --upper meanwhile (nothing can see it in use) would
+    // share it with it. A plain umount first; said when only the lazy one could.
+    const upper = writableUpperOf(state.target)!;
+    try {
+      wasMounted = await unmountOne(state.target, { ...top, lazy: false }, state.target);
+    } catch (error) {
+      if (!(error instanceof MountError)) throw error;
+      wasMounted = await unmountOne(state.target, top, state.target);
+      warn(
+        `${state.target} was detached with files still open: its --upper ${upper} stays in ` +
+          "use (written to) until they are closed; do not give it to another mount before",
       );
     }
   } else {

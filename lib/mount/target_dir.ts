@@ -68,40 +68,62 @@ export function checkOverlayDirs(
       );
     }
   }
-  // Another overlay writing there: the kernel only warns ("upperdir is in-use … undefined
-  // behavior"), and both mounts' changes would corrupt each other. Compared as directories
-  // (device and inode): the other may name it through a symlink.
-  const inodeOf = (dir: string) => {
-    try {
-      const info = statPath(dir);
-      return `${info.devMajor}:${info.devMinor}:${info.ino}`;
-    } catch {
-      return undefined; // gone, or not reachable from here
-    }
-  };
-  // Either of ours as either of theirs, or one inside the other: a work directory's clean-up at
-  // mount(2) empties its work/ and index/, whatever another mount keeps there.
-  const ancestry = (path: string) => {
-    const inodes: string[] = [];
-    for (let at = path; at !== ""; at = at.slice(0, at.lastIndexOf("/"))) {
-      const inode = inodeOf(at);
-      if (inode !== undefined) inodes.push(inode);
-    }
-    return inodes;
-  };
-  const oursWithin = ours.map((dir) => {
-    const path = dir.option === "--upper" ? real.upper : real.work;
-    return { ...dir, path, above: new Set(ancestry(path)) };
-  });
+  refuseOverlayDirsInUse(real);
+  return real;
+}
+
+/** `device:inode` of the directory at `path`; undefined when it is gone or unreachable. */
+function inodeOf(path: string): string | undefined {
+  try {
+    const info = statPath(path);
+    return `${info.devMajor}:${info.devMinor}:${info.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The inodes of `path` and of every directory above it. */
+function ancestry(path: string): Set<string> {
+  const inodes = new Set<string>();
+  for (let at = path; at !== ""; at = at.slice(0, at.lastIndexOf("/"))) {
+    const inode = inodeOf(at);
+    if (inode !== undefined) inodes.add(inode);
+  }
+  return inodes;
+}
+
+/**
+ * Refuses `--upper`/`--work` (their real paths, checkOverlayDirs) that overlap each other, or
+ * that another overlay uses. The kernel only warns of the latter ("upperdir is in-use …
+ * undefined behavior") and both mounts' changes corrupt each other; the former it refuses at
+ * mount(2) with a bare EINVAL, after a server was started. Compared as directories (device and
+ * inode, each with those above it: one inside the other counts): another mount may name them
+ * through a symlink. Called again under the lock of all mount changes just before the overlay
+ * is mounted (mount_image.ts): two mounts started together both passed the first check.
+ */
+export function refuseOverlayDirsInUse(real: { upper: string; work: string }): void {
+  const upper = { option: "--upper", path: real.upper, inode: inodeOf(real.upper) };
+  const work = { option: "--work", path: real.work, inode: inodeOf(real.work) };
+  const ours = [upper, work].map((dir) => ({ ...dir, above: ancestry(dir.path) }));
+  const [u, w] = ours;
+  if ((u.inode && w.above.has(u.inode)) || (w.inode && u.above.has(w.inode))) {
+    throw new MountError(
+      `--upper ${real.upper} and --work ${real.work} overlap (one is, or is inside, the other)`,
+      "overlayfs needs them apart: e.g. two sibling directories, upper/ and work/",
+    );
+  }
   for (const mount of readMountInfo()) {
     if (mount.fsType !== "overlay") continue;
     for (const key of ["upperdir", "workdir"]) {
       const theirs = overlayOption(mount.superOptions, key);
       if (theirs === undefined) continue;
       const theirInode = inodeOf(theirs);
-      const theirAbove = new Set(ancestry(theirs));
-      for (const { option, inode, path, above } of oursWithin) {
-        if ((theirInode !== undefined && above.has(theirInode)) || theirAbove.has(inode)) {
+      const theirAbove = ancestry(theirs);
+      for (const { option, inode, path, above } of ours) {
+        if (
+          (theirInode !== undefined && above.has(theirInode)) ||
+          (inode !== undefined && theirAbove.has(inode))
+        ) {
           throw new MountError(
             `${option} ${path} is in use by the overlay mounted at ${mount.mountPoint}`,
             "give each mount an --upper and --work of its own, apart from the others'",
@@ -110,7 +132,24 @@ export function checkOverlayDirs(
       }
     }
   }
-  return real;
+}
+
+/**
+ * Refuses a mount target that is, or is inside, `--upper`/`--work`: the merged view would hold
+ * its own mount point, writes there went under the mount (hidden), and DIR, no longer empty,
+ * could not be mounted again.
+ */
+export function refuseTargetInOverlayDirs(target: string, real: { upper: string; work: string }) {
+  const above = ancestry(target);
+  for (const [option, dir] of [["--upper", real.upper], ["--work", real.work]]) {
+    const inode = inodeOf(dir);
+    if (inode !== undefined && above.has(inode)) {
+      throw new MountError(
+        `${option} ${dir} holds the mount point ${target}`,
+        "keep the mount point apart from --upper and --work",
+      );
+    }
+  }
 }
 
 /**
