@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { assertCliError, assertSuccess, runCli, startCli, stopCli } from "./_support/cli.ts";
 import { readMountInfo } from "../lib/sys/mountinfo.ts";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { mountSandbox, mountsBelow, mountServersOf } from "./_support/mounts.ts";
+import { mountSandbox, mountServersOf } from "./_support/mounts.ts";
 import { HoldPoint } from "./_support/hold.ts";
 
 Deno.test({

@@ -110,7 +110,8 @@ Deno.test({
       `${registry.dir}/never.erofs`,
       "--plain-http",
     ]);
-    assertCliError(missingBlob, 1, /sha256:0{12}/);
+    // Not a layer of the image: the command line's mistake, as --layer out of range (exit 2).
+    assertCliError(missingBlob, 2, /sha256:0{12}/);
   },
 });
 
