@@ -31,8 +31,23 @@ function writeBlob(layout: string, text: string): { digest: string; size: number
   return { digest: `sha256:${hex}`, size: bytes.byteLength };
 }
 
-/** Adds tag `multi`: an index of the image's manifest under one config per platform. */
-function addIndex(image: UmociImage): void {
+/** One entry of an index addIndex makes: what its config, manifest and descriptor get. */
+interface IndexEntry {
+  platform: Record<string, string>;
+  manifestAnnotations?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+
+/**
+ * Adds tag `tag` to the image's layout: an index of the image's manifest, once per entry, each
+ * under a config naming the entry's platform (`annotations`: the index's own).
+ */
+function addIndex(
+  image: UmociImage,
+  tag: string,
+  entries: IndexEntry[],
+  annotations?: Record<string, string>,
+): string[] {
   const layoutIndex = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
   const entry = layoutIndex.manifests.find((m: { annotations?: Record<string, string> }) =>
     m.annotations?.["org.opencontainers.image.ref.name"] === image.tag
@@ -41,16 +56,21 @@ function addIndex(image: UmociImage): void {
     JSON.parse(Deno.readTextFileSync(`${image.layout}/blobs/sha256/${digest.slice(7)}`));
   const manifest = read(entry.digest);
   const config = read(manifest.config.digest);
-  const manifests = PLATFORMS.map(([os, architecture]) => {
-    const configBlob = writeBlob(image.layout, JSON.stringify({ ...config, os, architecture }));
+  const manifests = entries.map(({ platform, manifestAnnotations, annotations }) => {
+    const configBlob = writeBlob(image.layout, JSON.stringify({ ...config, ...platform }));
     const manifestBlob = writeBlob(
       image.layout,
-      JSON.stringify({ ...manifest, config: { ...manifest.config, ...configBlob } }),
+      JSON.stringify({
+        ...manifest,
+        config: { ...manifest.config, ...configBlob },
+        ...(manifestAnnotations ? { annotations: manifestAnnotations } : {}),
+      }),
     );
     return {
       mediaType: "application/vnd.oci.image.manifest.v1+json",
       ...manifestBlob,
-      platform: { os, architecture },
+      platform,
+      ...(annotations ? { annotations } : {}),
     };
   });
   const index = writeBlob(
@@ -59,14 +79,16 @@ function addIndex(image: UmociImage): void {
       schemaVersion: 2,
       mediaType: "application/vnd.oci.image.index.v1+json",
       manifests,
+      ...(annotations ? { annotations } : {}),
     }),
   );
   layoutIndex.manifests.push({
     mediaType: "application/vnd.oci.image.index.v1+json",
     ...index,
-    annotations: { "org.opencontainers.image.ref.name": "multi" },
+    annotations: { "org.opencontainers.image.ref.name": tag },
   });
   Deno.writeTextFileSync(`${image.layout}/index.json`, JSON.stringify(layoutIndex));
+  return manifests.map((m) => m.digest);
 }
 
 interface Doc {
@@ -85,7 +107,11 @@ Deno.test({
     const sandbox = await mountSandbox();
     try {
       const image = await makeUmociImage(work);
-      addIndex(image);
+      addIndex(
+        image,
+        "multi",
+        PLATFORMS.map(([os, architecture]) => ({ platform: { os, architecture } })),
+      );
       await runOk("skopeo", [
         "copy",
         "--quiet",
@@ -168,58 +194,20 @@ Deno.test({
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-versions-" });
     try {
       const image = await makeUmociImage(work);
-      const layoutIndex = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
-      const tagged = layoutIndex.manifests.find((m: { annotations?: Record<string, string> }) =>
-        m.annotations?.["org.opencontainers.image.ref.name"] === image.tag
-      );
-      const read = (digest: string) =>
-        JSON.parse(Deno.readTextFileSync(`${image.layout}/blobs/sha256/${digest.slice(7)}`));
-      const manifest = read(tagged.digest);
-      const config = read(manifest.config.digest);
       const versions = ["10.0.17763.1", "10.0.20348.1"];
-      const manifests = versions.map((version) => {
-        const configBlob = writeBlob(
-          image.layout,
-          JSON.stringify({
-            ...config,
-            os: "windows",
-            architecture: "amd64",
-            "os.version": version,
-          }),
-        );
-        const manifestBlob = writeBlob(
-          image.layout,
-          JSON.stringify({
-            ...manifest,
-            config: { ...manifest.config, ...configBlob },
-            annotations: {
-              "org.example.manifest": version,
-              "org.opencontainers.image.base.digest": `sha256:${"1".repeat(64)}`,
-            },
-          }),
-        );
-        return {
-          mediaType: "application/vnd.oci.image.manifest.v1+json",
-          ...manifestBlob,
+      const sources = addIndex(
+        image,
+        "win",
+        versions.map((version) => ({
           platform: { os: "windows", architecture: "amd64", "os.version": version },
+          manifestAnnotations: {
+            "org.example.manifest": version,
+            "org.opencontainers.image.base.digest": `sha256:${"1".repeat(64)}`,
+          },
           annotations: { "org.example.entry": version },
-        };
-      });
-      const index = writeBlob(
-        image.layout,
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType: "application/vnd.oci.image.index.v1+json",
-          manifests,
-          annotations: { "org.example.index": "yes" },
-        }),
+        })),
+        { "org.example.index": "yes" },
       );
-      layoutIndex.manifests.push({
-        mediaType: "application/vnd.oci.image.index.v1+json",
-        ...index,
-        annotations: { "org.opencontainers.image.ref.name": "win" },
-      });
-      Deno.writeTextFileSync(`${image.layout}/index.json`, JSON.stringify(layoutIndex));
 
       const converted = await runCli(
         ["convert", "--all-platforms", `oci:${image.layout}:win`, `oci:${work}/out:win`],
@@ -249,7 +237,7 @@ Deno.test({
         const child = blob(top.manifests[i].digest);
         assert.equal(child.annotations["org.example.manifest"], version);
         assert.equal(child.annotations["org.opencontainers.image.base.digest"], undefined);
-        assert.equal(child.annotations["io.github.erofs-oci.source.manifest"], manifests[i].digest);
+        assert.equal(child.annotations["io.github.erofs-oci.source.manifest"], sources[i]);
       }
     } finally {
       await Deno.remove(work, { recursive: true }).catch(() => {});
