@@ -139,7 +139,7 @@ export class CacheBound {
       blobs.sort((a, b) => a.usedMs - b.usedMs);
       for (const blob of blobs) {
         if (usage <= target) break;
-        if (removeIfUnused(blob.base)) usage -= blob.bytes;
+        if (removeIfUnused(blob.base, blob.tempFiles)) usage -= blob.bytes;
       }
       const sources = [...this.#open].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
       for (const source of sources) {
@@ -177,7 +177,7 @@ export class CacheBound {
     // Damage goes whatever the bounds: a blob with a map that is no regular file is open in
     // no process, and may hold no bytes to count (its map all it has left).
     const blobs = scanBlobs(this.#settings.blobsDir).filter((blob) => {
-      if (!removeIfMapDamaged(blob.base)) return true;
+      if (!removeIfMapDamaged(blob.base, blob.tempFiles)) return true;
       removedBlobs++;
       freedBytes += blob.bytes;
       return false;
@@ -185,7 +185,7 @@ export class CacheBound {
     let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     for (const blob of blobs) {
       if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
-      if (!removeIfUnused(blob.base)) continue;
+      if (!removeIfUnused(blob.base, blob.tempFiles)) continue;
       usage -= blob.bytes;
       freedBytes += blob.bytes;
       removedBlobs++;

@@ -73,18 +73,11 @@ export function openBlobFiles(
  * lock), after it one creates both files afresh; a map removed first would let an opener
  * create a new map and open the old data file just before it is unlinked, and later openers
  * pair that map with a new, empty data file. A crash in between leaves a sized map without
- * its data file, which the next opener clears (openBlobFiles).
+ * its data file, which the next opener clears (openBlobFiles). `tempFiles`: the blob's temporary
+ * files scanBlobs found.
  */
-export function removeBlobFiles(base: string): void {
-  for (
-    const extra of [
-      `${base}.sum`,
-      `${base}.data`,
-      `${base}.meta`,
-      `${base}.boot`,
-      ...tempFilesOf(base),
-    ]
-  ) {
+export function removeBlobFiles(base: string, tempFiles: readonly string[] = []): void {
+  for (const extra of [...BLOB_FILE_SUFFIXES.map((suffix) => base + suffix), ...tempFiles]) {
     try {
       Deno.removeSync(extra);
     } catch (error) {
@@ -94,24 +87,14 @@ export function removeBlobFiles(base: string): void {
   Deno.removeSync(`${base}.map`);
 }
 
-/** `<base>.meta.XXXXXXXX.tmp`, `<base>.boot.XXXXXXXX.tmp`: written, then renamed into place. */
-export const BLOB_TEMP_FILE = /^(.*)\.(meta|boot)\.[0-9a-f]{8}\.tmp$/;
+/** A blob's files besides its map (`<base>.map`), each `<base><suffix>`. */
+export const BLOB_FILE_SUFFIXES = [".sum", ".data", ".meta", ".boot"] as const;
 
 /**
- * The temporary sidecar and boot files of the blob at `base` a process killed between their
- * write and rename left: nobody else removes them.
+ * `<base>.meta.XXXXXXXX.tmp`, `<base>.boot.XXXXXXXX.tmp`: written, then renamed into place; one
+ * a process killed in between left is found by scanBlobs and removed with its blob.
  */
-function tempFilesOf(base: string): string[] {
-  const slash = base.lastIndexOf("/");
-  const dir = base.slice(0, slash), name = base.slice(slash + 1);
-  const found: string[] = [];
-  try {
-    for (const entry of Deno.readDirSync(dir)) {
-      if (BLOB_TEMP_FILE.exec(entry.name)?.[1] === name) found.push(`${dir}/${entry.name}`);
-    }
-  } catch { /* the directory is gone: nothing to remove */ }
-  return found;
-}
+export const BLOB_TEMP_FILE = /^(.*)\.(meta|boot)\.[0-9a-f]{8}\.tmp$/;
 
 /**
  * Removes `<base>.sum` (disk_cache_sum.ts), if there is one: a fill calls this under its

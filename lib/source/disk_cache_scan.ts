@@ -5,7 +5,7 @@
  */
 import { closeQuietly, F_WRLCK, IN_USE_OFFSET, openCacheFile, tryLock } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
-import { BLOB_TEMP_FILE, removeBlobFiles } from "./disk_cache_files.ts";
+import { BLOB_FILE_SUFFIXES, BLOB_TEMP_FILE, removeBlobFiles } from "./disk_cache_files.ts";
 
 /** One blob on disk as scanBlobs finds it. */
 export interface ScannedBlob {
@@ -13,6 +13,8 @@ export interface ScannedBlob {
   bytes: number;
   usedMs: number;
   hasMetadata: boolean;
+  /** Its temporary sidecar and boot files (BLOB_TEMP_FILE), removed with it. */
+  tempFiles: string[];
 }
 
 /** Blobs on disk: base path (without .map/.data), bytes allocated, last use, sidecar. */
@@ -23,8 +25,9 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
     // unsynced chunks (disk_cache_boot.ts), `.sum`: its digest check (disk_cache_sum.ts);
     // all counted with it, and so are the temporary copies of the first two a process killed
     // between write and rename left (removed with the blob: a live writer may own one).
-    const match = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name) ??
-      BLOB_TEMP_FILE.exec(entry.name);
+    const file = /^(.*)\.(map|data|meta|boot|sum)$/.exec(entry.name);
+    const temp = file ? null : BLOB_TEMP_FILE.exec(entry.name);
+    const match = file ?? temp;
     // A map that is no regular file is damage, listed so that prune removes it (the blob's
     // only file, it was never listed, so never pruned).
     if (!match || (!entry.isFile && match[2] !== "map")) continue;
@@ -35,10 +38,12 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
     } catch {
       continue; // evicted meanwhile by another process
     }
-    const blob = blobs.get(base) ?? { base, bytes: 0, usedMs: 0, hasMetadata: false };
+    const blob = blobs.get(base) ??
+      { base, bytes: 0, usedMs: 0, hasMetadata: false, tempFiles: [] };
     blob.bytes += (info.blocks ?? 0) * 512;
-    if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
-    if (match[2] === "meta" && match[0].endsWith(".meta")) blob.hasMetadata = true;
+    if (temp) blob.tempFiles.push(`${blobsDir}/${entry.name}`);
+    else if (match[2] === "map") blob.usedMs = info.mtime?.getTime() ?? 0;
+    else if (match[2] === "meta") blob.hasMetadata = true;
     blobs.set(base, blob);
   }
   return [...blobs.values()];
@@ -50,8 +55,8 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
  * version's removal cut short) are removed under the lock of a map made for the purpose: an
  * opener creating the map meanwhile must not lose the data file it opened.
  */
-export function removeIfUnused(base: string): boolean {
-  if (removeIfMapDamaged(base)) return true;
+export function removeIfUnused(base: string, tempFiles: readonly string[] = []): boolean {
+  if (removeIfMapDamaged(base, tempFiles)) return true;
   let fd = -1;
   try {
     fd = openCacheFile(`${base}.map`);
@@ -59,7 +64,7 @@ export function removeIfUnused(base: string): boolean {
     const held = fstatFd(fd);
     const now = Deno.lstatSync(`${base}.map`);
     if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
-    removeBlobFiles(base);
+    removeBlobFiles(base, tempFiles);
     return true;
   } catch {
     return false;
@@ -72,7 +77,7 @@ export function removeIfUnused(base: string): boolean {
  * A blob whose map is not a regular file (a directory, FIFO or symlink: damage) can be open in
  * no process (an opener fails on it and goes memory-only), and was never prunable: its files go.
  */
-export function removeIfMapDamaged(base: string): boolean {
+export function removeIfMapDamaged(base: string, tempFiles: readonly string[] = []): boolean {
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(`${base}.map`);
@@ -80,9 +85,9 @@ export function removeIfMapDamaged(base: string): boolean {
     return false;
   }
   if (info.isFile) return false;
-  for (const suffix of [".sum", ".data", ".meta", ".boot", ".map"]) {
+  for (const path of [...[...BLOB_FILE_SUFFIXES, ".map"].map((s) => base + s), ...tempFiles]) {
     try {
-      Deno.removeSync(`${base}${suffix}`, { recursive: true });
+      Deno.removeSync(path, { recursive: true });
     } catch { /* absent */ }
   }
   return true;
