@@ -8,10 +8,10 @@ import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
 import { digestOf } from "../oci/digest.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES } from "../oci/manifest.ts";
-import { DOCKER_MANIFEST, isErofsMediaType, OCI_MANIFEST } from "../oci/media_types.ts";
+import { isErofsMediaType } from "../oci/media_types.ts";
 import type { LayoutReference, OciLayout } from "../oci/oci_layout.ts";
 import type { ImageReference } from "../oci/reference.ts";
-import { fetchManifest, type ResolvedImage } from "../oci/resolve.ts";
+import { fetchManifest, imageManifestEntries, type ResolvedImage } from "../oci/resolve.ts";
 import { manifestReference } from "../oci/reference.ts";
 import type { BlobStore } from "./layer_blob.ts";
 
@@ -117,10 +117,7 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
 /** An index's image manifests, each once (by digest), attestations left out. */
 function imageEntries(manifests: Descriptor[]): Descriptor[] {
   const out: Descriptor[] = [];
-  for (const d of manifests) {
-    if (d.mediaType !== OCI_MANIFEST && d.mediaType !== DOCKER_MANIFEST) continue;
-    if (d.platform?.os === "unknown") continue;
-    if (d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest") continue;
+  for (const d of imageManifestEntries(manifests)) {
     if (!out.some((seen) => seen.digest === d.digest)) out.push(d);
   }
   return out;

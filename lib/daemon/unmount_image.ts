@@ -172,6 +172,7 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounte
     fsType: state.overlay ? "overlay" as const : "erofs" as const,
   };
   let wasMounted = false;
+  const upper = lazy ? writableUpperOf(state.target) : undefined;
   if (state.backend === "fuse" && !serverAlive(serverOf(state))) {
     // A dead FUSE server's keeper holds the connection open, and readers whose requests the
     // dead server had taken cannot even be killed: they keep the mount busy until the keeper
@@ -188,11 +189,10 @@ async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounte
           "DIR`), or `erofs-oci umount --lazy DIR` ends them with an error",
       );
     }
-  } else if (lazy && writableUpperOf(state.target)) {
+  } else if (upper !== undefined) {
     // Busy, a writable overlay detached lazily goes on writing to its --upper until its files
     // are closed, unseen: a mount given that --upper meanwhile (nothing can see it in use) would
     // share it with it. A plain umount first; said when only the lazy one could.
-    const upper = writableUpperOf(state.target)!;
     try {
       wasMounted = await unmountOne(state.target, { ...top, lazy: false }, state.target);
     } catch (error) {

@@ -140,6 +140,15 @@ function isAttestation(d: Descriptor): boolean {
     d.annotations?.["vnd.docker.reference.type"] === "attestation-manifest";
 }
 
+function isManifestEntry(d: Descriptor): boolean {
+  return d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST;
+}
+
+/** An index's entries that are images to choose from: manifests, attestations left out. */
+export function imageManifestEntries(manifests: readonly Descriptor[]): Descriptor[] {
+  return manifests.filter((d) => isManifestEntry(d) && !isAttestation(d));
+}
+
 /** Where resolveDocument gets the documents an index or manifest points to. */
 export interface DocumentFetcher {
   /** A manifest or index by digest, verified. */
@@ -210,9 +219,7 @@ export async function resolveDocument(
   let platforms: string[];
   if (top.document.kind === "index") {
     indexDigest = top.digest;
-    const candidates = top.document.manifests.filter((d) =>
-      (d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST) && !isAttestation(d)
-    );
+    const candidates = imageManifestEntries(top.document.manifests);
     if (candidates.length === 0) throw noImageInIndex(top.document, name);
     platforms = [
       ...new Set(candidates.map((d) => (d.platform ? formatPlatform(d.platform) : "unknown"))),
@@ -286,10 +293,8 @@ function noImageInIndex(index: Extract<ManifestDocument, { kind: "index" }>, nam
   const nested = index.manifests.filter((d) =>
     d.mediaType === OCI_INDEX || d.mediaType === DOCKER_MANIFEST_LIST
   );
-  const attestations =
-    index.manifests.filter((d) =>
-      (d.mediaType === OCI_MANIFEST || d.mediaType === DOCKER_MANIFEST) && isAttestation(d)
-    ).length;
+  // No image among them: every manifest entry is an attestation.
+  const attestations = index.manifests.filter(isManifestEntry).length;
   const other = index.manifests.length - nested.length - attestations;
   const held = [
     nested.length ? `${nested.length} nested index${nested.length === 1 ? "" : "es"}` : "",
