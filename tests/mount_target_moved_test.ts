@@ -74,6 +74,15 @@ for (const overlay of [false, true]) {
         assert.equal(list.code, 0, describe(list));
         const [state] = JSON.parse(list.stdout);
         assert.equal(state.target, `${moved}/mnt`, list.stdout);
+        // A writable mount's --upper and --work are shown (they are not under DIR).
+        assert.deepEqual(
+          [state.upper, state.work],
+          overlay ? [`${base}/rw/upper`, `${base}/rw/work`] : [undefined, undefined],
+          list.stdout,
+        );
+        const table = await runCli(["list"], { env: sandbox.env, timeoutMs: 60_000 });
+        assert.equal(table.code, 0, describe(table));
+        assert.equal(table.stdout.includes(`upper=${base}/rw/upper`), overlay, table.stdout);
 
         const umount = await runCli(["umount", `${moved}/mnt`], {
           env: sandbox.env,

@@ -9,13 +9,14 @@ import type { LayerStats } from "../metrics/layer_stats.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { listedLayers, type ListedMount } from "../metrics/listed_layer.ts";
-import { readMountInfo, recordedMountPresent } from "../sys/mountinfo.ts";
+import { overlayWritableDirs, readMountInfo, recordedMount } from "../sys/mountinfo.ts";
 
 /** Every mount with its server's counters (asked over the control socket). */
 export async function describeMounts(): Promise<ListedMount[]> {
   const listed: ListedMount[] = [];
   const mounts = readMountInfo();
   for (const state of readStates()) {
+    const mounted = recordedMount(state, mounts);
     const entry: ListedMount = {
       target: state.target,
       image: state.image,
@@ -23,7 +24,8 @@ export async function describeMounts(): Promise<ListedMount[]> {
       backend: state.backend,
       devices: state.layers.map((l) => l.device ?? l.blockPath),
       options: state.options,
-      mounted: recordedMountPresent(state, mounts),
+      mounted: mounted !== undefined,
+      ...overlayWritableDirs(mounted),
       serverPid: state.serverPid,
       state: "dead",
       reattachedAt: state.reattachedAt,
@@ -82,7 +84,8 @@ export const listCommand: Command = {
 
 Shows every mount made by erofs-oci: directory, image reference (with --json also its
 manifest digest), devices (nbdN; fuse:N, N the FUSE connection in
-/sys/fs/fuse/connections), mount options (nosuid,nodev unless mounted with --suid/--dev),
+/sys/fs/fuse/connections), mount options (nosuid,nodev unless mounted with --suid/--dev;
+a writable mount's upper=DIR, with --json "upper" and "work"),
 server pid and state (serving; dead = server gone and readers waiting for
 \`erofs-oci reattach\`; "no keeper": the process holding a FUSE mount's connection is
 gone, so the mount cannot be reattached after a server crash; "not mounted": DIR was
@@ -126,7 +129,7 @@ Options:
         m.image,
         m.backend,
         m.devices.join(","),
-        m.options?.join(",") ?? "-",
+        [...m.options ?? ["-"], ...m.upper === undefined ? [] : [`upper=${m.upper}`]].join(","),
         String(m.serverPid),
         m.mounted === false
           ? "not mounted: umount DIR clears it"

@@ -17,7 +17,7 @@ import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
 import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
-import { overlayOption, readMountInfo } from "../sys/mountinfo.ts";
+import { overlayWritableDirs, readMountInfo } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
@@ -161,8 +161,7 @@ async function unmountRecorded(
 
 /** The upper dir of the writable overlay mounted at `target`, if it is one. */
 function writableUpperOf(target: string): string | undefined {
-  const entry = readMountInfo().findLast((m) => m.mountPoint === target);
-  return entry?.fsType === "overlay" ? overlayOption(entry.superOptions, "upperdir") : undefined;
+  return overlayWritableDirs(readMountInfo().findLast((m) => m.mountPoint === target))?.upper;
 }
 
 async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounted> {

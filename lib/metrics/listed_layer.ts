@@ -41,6 +41,9 @@ export interface ListedMount {
   devices: string[];
   /** Mount options at DIR (ro/rw, nosuid/suid, nodev/dev); absent for older mounts. */
   options?: string[];
+  /** A writable mount's `--upper` and `--work` (`list`; as mountinfo shows them). */
+  upper?: string;
+  work?: string;
   /**
    * `list`: false when the mount is gone (unmounted by another tool; `umount DIR` clears the
    * record and stops the server). Absent where nobody looked (a server's own /metrics).

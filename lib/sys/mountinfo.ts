@@ -47,9 +47,17 @@ export function recordedMountPresent(
   record: { target: string; mountId?: number; overlay: boolean },
   mounts: MountEntry[] = readMountInfo(),
 ): boolean {
-  if (record.mountId === undefined) return mounts.some((m) => m.mountPoint === record.target);
+  return recordedMount(record, mounts) !== undefined;
+}
+
+/** The mount a record names (see recordedMountPresent), if it is still there. */
+export function recordedMount(
+  record: { target: string; mountId?: number; overlay: boolean },
+  mounts: MountEntry[] = readMountInfo(),
+): MountEntry | undefined {
+  if (record.mountId === undefined) return mounts.findLast((m) => m.mountPoint === record.target);
   const fsType = record.overlay ? "overlay" : "erofs";
-  return mounts.some((m) => m.id === record.mountId && m.fsType === fsType);
+  return mounts.find((m) => m.id === record.mountId && m.fsType === fsType);
 }
 
 function parseLine(line: string): MountEntry {
@@ -87,4 +95,14 @@ export function overlayOption(superOptions: string, key: string): string | undef
   const match = new RegExp(`(?:^|,)${key}=((?:\\\\,|[^,])*)`).exec(superOptions);
   return match?.[1].replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
     .replace(/\\,/g, ",");
+}
+
+/** A writable overlay's `--upper` and `--work` (upperdir, workdir), if `entry` is one. */
+export function overlayWritableDirs(
+  entry: MountEntry | undefined,
+): { upper: string; work: string } | undefined {
+  if (entry?.fsType !== "overlay") return undefined;
+  const upper = overlayOption(entry.superOptions, "upperdir");
+  const work = overlayOption(entry.superOptions, "workdir");
+  return upper === undefined || work === undefined ? undefined : { upper, work };
 }
