@@ -190,6 +190,8 @@ export async function exportLayer(
   }
   phase("sockets", startedMs);
   const serving = new Set<Promise<void>>();
+  /** Sockets that replaced dropped ones (`heal`). */
+  const healed: NbdConn[] = [];
   let closing = false;
   // Set once the device exists; a connection the kernel drops before that is a failed attach.
   // Assigned once the device exists, but read by connections started before that.
@@ -198,6 +200,8 @@ export async function exportLayer(
   const serve = (conn: NbdConn) => {
     const done = serveTransmission(conn, source, { readOnly: true }).then(async (end) => {
       serving.delete(done);
+      const replacement = healed.indexOf(conn);
+      if (replacement >= 0) healed.splice(replacement, 1);
       if (closing || end.reason === "disconnect") return;
       // Closed before any request: the kernel did not take this socket. RECONFIGURE uses only
       // the device's dead slots and drops the other sockets (a device of mount.erofs has one
@@ -278,6 +282,9 @@ export async function exportLayer(
   heal = async (reason) => {
     try {
       const fresh = await openKernelConnections(1, context.runDir);
+      // Closed with the others: `abandon` (a signal while DIR is mounted) sends no DISCONNECT,
+      // so a replacement left open kept its server waiting for requests for good.
+      healed.push(...fresh.conns);
       fresh.conns.forEach(serve);
       try {
         await reconfigureNbd(deviceIndex, fresh.kernelFds, deviceBackendId, NBD_TIMEOUT_S);
@@ -314,7 +321,7 @@ export async function exportLayer(
   };
 
   async function closeConns(): Promise<void> {
-    for (const conn of conns) {
+    for (const conn of [...conns, ...healed]) {
       try {
         conn.close();
       } catch { /* closed by the kernel */ }

@@ -13,7 +13,8 @@ import { PEER_BIN } from "../_support/requires.ts";
 import { startRegistry } from "../_support/registry.ts";
 import { isBlobGet, type ProxiedRequestInfo, startFaultProxy } from "../_support/fault_proxy.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
-import { mountSandbox } from "../_support/mounts.ts";
+import { mountSandbox, pidAlive } from "../_support/mounts.ts";
+import { waitFor } from "../_support/wait.ts";
 import { dropCaches, NOT_IN_VM, runChecked } from "../_support/vm.ts";
 
 const MIB = 1024 * 1024;
@@ -110,6 +111,18 @@ Deno.test({
         log = sandbox.serverLogs();
       }
       assert.match(log, /replaced a connection/, `no socket was dropped and replaced:\n${log}`);
+
+      // A signal while DIR is mounted leaves the device for reattach: the server closes every
+      // socket, the replacement too (left open, it kept the server from ever ending).
+      const listed = await runCli(["list", "--json"], { env });
+      assertSuccess(listed);
+      const pid: number = JSON.parse(listed.stdout)[0].serverPid;
+      Deno.kill(pid, "SIGTERM");
+      await waitFor(
+        `server ${pid} to end on SIGTERM after a replaced connection`,
+        () => !pidAlive(pid),
+        60_000,
+      );
       assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
     } finally {
       await sandbox.cleanup();
