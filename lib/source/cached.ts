@@ -291,18 +291,27 @@ export class CachedSource implements Source {
     signal?: AbortSignal,
   ): Promise<void> {
     const end = offset + out.length;
+    // Only `target` is held by the pieces' callbacks: a read that gave up (its signal) drops it,
+    // so a shared fetch landing later neither writes nor keeps the caller's buffer, which the
+    // caller's memory budget (serve's reply buffers) stopped counting when the read rejected.
+    let target: Uint8Array | undefined = out;
     const place = (index: number, chunk: Uint8Array) => {
+      if (!target) return;
       const chunkStart = index * this.chunkBytes;
       const from = Math.max(offset, chunkStart);
       const to = Math.min(end, chunkStart + chunk.length);
-      out.set(chunk.subarray(from - chunkStart, to - chunkStart), from - offset);
+      target.set(chunk.subarray(from - chunkStart, to - chunkStart), from - offset);
     };
     const waits: Promise<void>[] = [];
     pieces.forEach((piece, i) => {
       if (piece instanceof Uint8Array) place(first + i, piece);
       else waits.push(piece.then((chunk) => place(first + i, chunk)));
     });
-    if (waits.length) await abortable(Promise.all(waits), signal);
+    try {
+      if (waits.length) await abortable(Promise.all(waits), signal);
+    } finally {
+      target = undefined;
+    }
   }
 
   /**

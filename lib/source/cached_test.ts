@@ -237,6 +237,31 @@ Deno.test("CachedSource: abort signal rejects the waiter, not the shared fetch",
   deepStrictEqual(await other, inner.bytes.subarray(20, 30));
 });
 
+Deno.test("CachedSource: an aborted readInto never writes its buffer once the fetch lands", async () => {
+  // The caller frees (or reuses) its buffer when the read rejects: `serve` counts a reply
+  // buffer in its memory budget only until then, so a late write kept every abandoned READ's
+  // buffer alive past the budget until the shared fetch ended.
+  let land!: () => void;
+  const landed = new Promise<void>((resolve) => land = resolve);
+  const inner = new MemorySource(patternBytes(2 * MiB));
+  const gated: Source = {
+    size: inner.size,
+    read: async (offset, length) => {
+      await landed;
+      return await inner.read(offset, length);
+    },
+  };
+  const cache = new CachedSource(gated, { chunkBytes: MiB, cacheBytes: 2 * MiB });
+  const controller = new AbortController();
+  const out = new Uint8Array(3000).fill(0xaa);
+  const aborted = cache.readInto(10, out, controller.signal);
+  controller.abort(new Error("client left"));
+  await rejects(aborted, /client left/);
+  land();
+  deepStrictEqual(await cache.read(10, 3000), inner.bytes.subarray(10, 3010));
+  ok(out.every((b) => b === 0xaa), "the aborted read's buffer was written after it rejected");
+});
+
 Deno.test("CachedSource: bad options are refused", () => {
   const inner = new MemorySource(new Uint8Array(10));
   let threw = 0;
