@@ -63,3 +63,36 @@ Deno.test({
     assert.match(forced.stdout, /pushed index sha256:/);
   },
 });
+
+Deno.test({
+  name: "index --push --layer N keeps the indexes pushed for the image's other layers",
+  ignore: requires(command("docker-registry"), path(FIXTURES)),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const tar = "application/vnd.oci.image.layer.v1.tar";
+    await pushImage(registry, "tar/three", "v1", [
+      { bytes: await Deno.readFile(`${FIXTURES}/layer1.tar`), mediaType: tar },
+      { bytes: await Deno.readFile(`${FIXTURES}/layer2.tar`), mediaType: tar },
+      { bytes: await Deno.readFile(`${FIXTURES}/layer3.tar`), mediaType: tar },
+    ]);
+    const ref = `${registry.host}/tar/three:v1`;
+    const pushed = async () => {
+      const json = await runCli(["inspect", ref, "--json"], { timeoutMs: 60_000 });
+      assertSuccess(json);
+      return JSON.parse(json.stdout).layers.map((l: { tarIndexPushed?: boolean }) =>
+        l.tarIndexPushed
+      );
+    };
+    // A layer indexed alone first, then the others: the second artifact replaced the first.
+    assertSuccess(await runCli(["index", ref, "--push", "--layer", "2"], { timeoutMs: 60_000 }));
+    assert.deepEqual(await pushed(), [false, false, true]);
+    assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+    assert.deepEqual(await pushed(), [true, true, true]);
+    // Forced again for one layer: the two others stay pushed.
+    const forced = await runCli(["index", ref, "--push", "--force", "--layer", "1"], {
+      timeoutMs: 60_000,
+    });
+    assertSuccess(forced);
+    assert.deepEqual(await pushed(), [true, true, true], forced.stdout + forced.stderr);
+  },
+});

@@ -211,11 +211,17 @@ export async function indexImage(
     if (!options.push) return { files };
     const client = image.registry!.client;
     const manifest = await fetchManifest(client, image.repository, resolved.manifestDigest);
-    const artifact = await pushTarIndexArtifact(client, image.repository, {
-      digest: resolved.manifestDigest,
-      size: manifest.bytes.byteLength,
-      mediaType: resolved.mediaType,
-    }, files);
+    const artifact = await pushTarIndexArtifact(
+      client,
+      image.repository,
+      {
+        digest: resolved.manifestDigest,
+        size: manifest.bytes.byteLength,
+        mediaType: resolved.mediaType,
+      },
+      files,
+      resolved.layers.map((l) => l.digest),
+    );
     return { files, artifact };
   } finally {
     temporary?.remove();

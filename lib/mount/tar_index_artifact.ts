@@ -48,14 +48,23 @@ const TITLE = "org.opencontainers.image.title";
 /**
  * Uploads the blobs of `indexes` and the artifact manifest referring to `subject`; the
  * referrers list (API or fallback tag) then names it, replacing an earlier index artifact.
+ * The new artifact also names the pushed blobs of `imageLayers` it does not index again (from
+ * the newest artifact holding each): `index IMAGE --push --layer N` replaced an artifact of
+ * every layer by one of layer N, and the other layers' indexes were gone from the fallback tag.
  */
 export async function pushTarIndexArtifact(
   client: RegistryClient,
   repository: string,
   subject: { digest: string; size: number; mediaType: string },
   indexes: TarIndexFiles[],
+  imageLayers: readonly string[] = [],
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
   const layers: Record<string, unknown>[] = [];
+  const indexed = new Set(indexes.map((index) => index.record.layer.digest));
+  const others = imageLayers.filter((layer) => !indexed.has(layer));
+  if (others.length) {
+    layers.push(...await pushedBlobsOf(client, repository, subject.digest, new Set(others)));
+  }
   const upload = async (mediaType: string, path: string, layer: string, bytes?: Uint8Array) => {
     const data = bytes ?? await Deno.readFile(path);
     const digest = sha256Digest(data);
@@ -88,6 +97,33 @@ interface ArtifactBlob {
   digest: string;
   size: number;
   layer?: string;
+  /** The artifact's descriptor of the blob, with only this tool's annotations. */
+  descriptor: Record<string, unknown>;
+}
+
+/**
+ * The descriptors of the index blobs pushed for `wanted` layers of image `subject`, each layer's
+ * from the newest artifact with its record (as a mount looks them up).
+ */
+async function pushedBlobsOf(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  wanted: Set<string>,
+): Promise<Record<string, unknown>[]> {
+  const kept: Record<string, unknown>[] = [];
+  const referrers = await listReferrers(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE);
+  for (const referrer of referrers.reverse().slice(0, MAX_ARTIFACTS_LOOKED_AT)) {
+    if (wanted.size === 0) break;
+    const blobs = await fetchArtifactBlobs(client, repository, referrer);
+    for (const layer of [...wanted]) {
+      const mine = blobs.filter((b) => b.layer === layer);
+      if (!mine.some((b) => b.mediaType === MEDIA.record)) continue;
+      kept.push(...mine.map((b) => b.descriptor));
+      wanted.delete(layer);
+    }
+  }
+  return kept;
 }
 
 /** At most this many index artifacts are read to tell which layers have one (inspect). */
@@ -241,11 +277,22 @@ async function fetchArtifactBlobs(
     ) continue;
     const annotations = d.annotations as Record<string, unknown> | undefined;
     const layer = annotations?.[LAYER_ANNOTATION];
+    const title = annotations?.[TITLE];
+    const descriptor = { mediaType: d.mediaType, digest: d.digest, size: d.size };
     out.push({
       mediaType: d.mediaType,
       digest: d.digest,
       size: d.size,
       layer: typeof layer === "string" ? layer : undefined,
+      descriptor: typeof layer === "string"
+        ? {
+          ...descriptor,
+          annotations: {
+            [LAYER_ANNOTATION]: layer,
+            ...(typeof title === "string" ? { [TITLE]: title } : {}),
+          },
+        }
+        : descriptor,
     });
   }
   return out;
