@@ -53,6 +53,12 @@ export interface OwnedWorkDir {
    * False when something stayed (a mount still on a directory inside).
    */
   remove(): boolean;
+  /**
+   * Renames `names` (files directly inside it, in this order) to the same names in the
+   * directory `targetFd`, replacing what is there: a set of files made here and published
+   * together. Throws SysError (naming the file) at the first that fails.
+   */
+  moveInto(targetFd: number, names: readonly string[], targetPath: string): void;
 }
 
 /**
@@ -86,6 +92,13 @@ export function makeOwnedWorkDir(
         closeFd(made.fd);
         closeFd(parentFd);
         return removed;
+      },
+      moveInto(targetFd, names, targetPath) {
+        for (const name of names) {
+          if (libc().renameat(made.fd, cstr(name), targetFd, cstr(name)) < 0) {
+            throw new SysError("rename", errno(), `${targetPath}/${name}`);
+          }
+        }
       },
     };
   } catch (error) {

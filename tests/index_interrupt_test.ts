@@ -6,7 +6,14 @@
  * `-o a/b/c` the run made (mkdir -p), not only the last one.
  */
 import assert from "node:assert/strict";
-import { assertCliError, type CliResult, startCli, stopCli } from "./_support/cli.ts";
+import {
+  assertCliError,
+  assertSuccess,
+  type CliResult,
+  runCli,
+  startCli,
+  stopCli,
+} from "./_support/cli.ts";
 import { command, FIXTURES, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, type ProxyRecord, startFaultProxy } from "./_support/fault_proxy.ts";
@@ -90,13 +97,19 @@ Deno.test({
       const theirs = async () => {
         await Deno.writeTextFile(`${shared}/theirs.txt`, "not index's");
         await Deno.chown(`${shared}/theirs.txt`, 65534, 65534);
+        // Root's too: every new file of index's own user went, another run's index with it.
+        await Deno.writeTextFile(`${shared}/other-run.index.json`, "another process's");
       };
       assertCliError(
         await interruptedIndex(image, shared, proxy, layer.digest, theirs),
         130,
         /index interrupted/,
       );
-      assert.deepEqual(names(shared), ["theirs.txt"], "another user's file stays");
+      assert.deepEqual(
+        names(shared),
+        ["other-run.index.json", "theirs.txt"],
+        "files others added stay",
+      );
     } finally {
       await Deno.remove(work, { recursive: true });
     }
@@ -130,3 +143,54 @@ Deno.test("SIGTERM, SIGINT, SIGHUP during index -o a/b/c: every directory the ru
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("an interrupted re-index into -o DIR leaves the index there whole (the old one)", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-interrupt-" });
+  try {
+    const out = `${work}/out`;
+    assertSuccess(await runCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", out]));
+    const before = await digestsIn(out);
+    assert.deepEqual(Object.keys(before), [
+      "layer.index.json",
+      "layer.meta.erofs",
+      "layer.pieces",
+      "layer.zinfo",
+    ]);
+    // Another layer under the same name: its files are all written when the signal comes.
+    await Deno.mkdir(`${work}/in`);
+    await Deno.copyFile(`${FIXTURES}/big.tar.gz`, `${work}/in/layer.tar.gz`);
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      using hold = new HoldPoint("index-written", `${work}.hold`);
+      const indexing = startCli(["index", `${work}/in/layer.tar.gz`, "-o", out], hold.env);
+      try {
+        await hold.reached("index with every file written");
+        assert.deepEqual(await digestsIn(out), before, "nothing in DIR replaced before the end");
+        indexing.child.kill(signal);
+        assertCliError(await indexing.result, 130, /index interrupted/);
+      } finally {
+        await stopCli(indexing);
+      }
+      assert.deepEqual(await digestsIn(out), before, `${signal}: the old index stays whole`);
+      assert.deepEqual(names(out), Object.keys(before), "its work directory is gone");
+    }
+    // Not interrupted: the new files replace the old ones, all four.
+    assertSuccess(await runCli(["index", `${work}/in/layer.tar.gz`, "-o", out]));
+    const after = await digestsIn(out);
+    assert.deepEqual(Object.keys(after), Object.keys(before));
+    for (const name of Object.keys(after)) assert.notEqual(after[name], before[name], name);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+/** sha256 of every file in `dir`, by name (sorted; the work directory of a run left out). */
+async function digestsIn(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const name of names(dir)) {
+    if (Deno.statSync(`${dir}/${name}`).isDirectory) continue;
+    const bytes = await Deno.readFile(`${dir}/${name}`);
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    out[name] = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return out;
+}

@@ -2,13 +2,12 @@ import { plural } from "../text.ts";
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
-import { listDirectory, S_IFDIR, S_IFMT } from "../../ffi/files.ts";
+import { listDirectory } from "../../ffi/files.ts";
 import {
   type MadeDir,
   makeDirTrusted,
   openDirTrusted,
   realPathTrusted,
-  statIdentity,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
@@ -111,48 +110,53 @@ Examples:
     const output = values.output === undefined
       ? undefined
       : openOutputDir(values.output, !outputDirExists(values.output));
-    const before = output ? new Set(namesIn(output.fd)) : undefined;
     // The directories this run made go with its files (an interrupt), or stay only with an
     // index in them (removeMadeDirs removes empty ones only), through descriptors.
     const removeCreatedOutput = () => {
       if (output) removeMadeDirs(output.made);
     };
     // --push alone: the files go to a directory of ours, removed at the end (or, when the
-    // process is killed, by the next index --push in the same place).
+    // process is killed, by the next index --push in the same place). With -o DIR they are
+    // written in a directory of ours inside DIR and moved out together once all are complete:
+    // an interrupt removed every new file in DIR (another run's index too) and left a re-index
+    // half-replaced (new meta, old record: the old index was lost and the new one refused).
     const tmpdir = values.tmpdir ?? Deno.env.get("TMPDIR") ?? "/tmp";
-    let pushDir: OwnedWorkDir | undefined;
+    let workDir: OwnedWorkDir | undefined;
     try {
-      if (values.output === undefined && !isLocalImage(file)) {
-        pushDir = makeOwnedWorkDir(tmpdir, "erofs-oci-index-", info);
+      if (values.output !== undefined) {
+        workDir = makeOwnedWorkDir(values.output, STAGING_PREFIX, info);
+      } else if (!isLocalImage(file)) {
+        workDir = makeOwnedWorkDir(tmpdir, "erofs-oci-index-", info);
       }
     } catch (error) {
-      throw outputFileError("index", tmpdir, error);
+      removeCreatedOutput();
+      throw outputFileError("index", values.output ?? tmpdir, error);
     }
-    const dir = values.output ?? pushDir?.path;
+    const publish = output && workDir
+      ? async () => {
+        await testHold("index-written");
+        publishIndexFiles(workDir!, output.fd, values.output!);
+      }
+      : undefined;
     // The index is written by a stream pipeline that cannot be stopped half-way in order: at a
-    // signal, what this run added (files, temporary files, a directory it made) goes, then the
-    // process.
+    // signal, what this run added (its work directory, a directory it made) goes, then the
+    // process. The files are moved to DIR in one synchronous step, which no signal splits.
     const stopWatching = onInterrupt((signal) => {
-      if (output && before) {
-        // Only files this process could have made: new since the start and its own (in a
-        // shared directory others may add files meanwhile, and those are theirs).
-        for (const name of namesIn(output.fd)) {
-          if (!before.has(name) && madeByUs(output.fd, name)) unlinkIn(output.fd, name);
-        }
-        removeCreatedOutput();
-      } else pushDir?.remove();
+      workDir?.remove();
+      removeCreatedOutput();
       exitInterrupted("index interrupted: the files it had written were removed", signal);
     });
     try {
-      if (pushDir) await testHold("index-push-dir");
+      if (!output && workDir) await testHold("index-push-dir");
       if (output) await testHold("index-output-dir");
-      return await indexInto(file, values, dir, spanBytes, timestamp);
+      return await indexInto(file, values, workDir?.path, spanBytes, timestamp, publish);
     } catch (error) {
+      workDir?.remove();
       removeCreatedOutput();
       throw error;
     } finally {
       stopWatching();
-      pushDir?.remove();
+      workDir?.remove();
       if (output) {
         closeFd(output.fd);
         for (const made of output.made) closeFd(made.parentFd);
@@ -160,6 +164,26 @@ Examples:
     }
   },
 };
+
+/** The work directory `index -o DIR` writes in, inside DIR (hidden; swept when left). */
+const STAGING_PREFIX = ".erofs-oci-index-";
+
+/**
+ * Moves the index files made in `workDir` to -o DIR, each record (NAME.index.json) after the
+ * files it names: a reader of DIR never finds a record whose files are not there yet.
+ */
+function publishIndexFiles(workDir: OwnedWorkDir, outputFd: number, output: string): void {
+  const names = listDirectory(workDir.path);
+  const isRecord = (name: string) => name.endsWith(".index.json");
+  try {
+    workDir.moveInto(outputFd, [
+      ...names.filter((n) => !isRecord(n)),
+      ...names.filter(isRecord),
+    ], output);
+  } catch (error) {
+    throw outputFileError("index", output, error);
+  }
+}
 
 /**
  * -o DIR (made first with `create`: mkdir -p through descriptors), opened as openDirTrusted
@@ -184,24 +208,6 @@ function openOutputDir(dir: string, create: boolean): { fd: number; made: MadeDi
  */
 function removeMadeDirs(made: readonly MadeDir[]): void {
   for (const { parentFd, name } of made.toReversed()) unlinkIn(parentFd, name, true);
-}
-
-/** Whether `name` in `dirFd` is a file (not a directory) of this process's user. */
-function madeByUs(dirFd: number, name: string): boolean {
-  try {
-    const identity = statIdentity(dirFd, name);
-    return identity.uid === Deno.uid() && (identity.mode & S_IFMT) !== S_IFDIR;
-  } catch {
-    return false;
-  }
-}
-
-function namesIn(dirFd: number): string[] {
-  try {
-    return listDirectory(`/proc/self/fd/${dirFd}`);
-  } catch {
-    return [];
-  }
 }
 
 /** True when `dir` is a directory, false when it is absent; a usage error for anything else. */
@@ -232,6 +238,7 @@ async function indexInto(
   dir: string | undefined,
   spanBytes: number,
   timestamp: number,
+  publish?: () => Promise<void>,
 ): Promise<number> {
   if (!isLocalImage(file)) {
     const layer = parseLayerIndex("index", values.layer);
@@ -266,6 +273,7 @@ async function indexInto(
         );
         return 0;
       }
+      await publish?.();
       if (values.output) info(`${files.length} layer index(es) in ${values.output}`);
       if (artifact) {
         console.log(`pushed index ${artifact.digest} for ${image.name} (${artifact.via})`);
@@ -328,11 +336,13 @@ async function indexInto(
     } finally {
       progress.finish();
     }
+    await publish?.();
+    const shown = values.output ?? dir;
     info(
       plainTar
-        ? `${dir}/${name}.{meta.erofs,pieces,index.json}: ${result.entries} entries, ` +
+        ? `${shown}/${name}.{meta.erofs,pieces,index.json}: ${result.entries} entries, ` +
           `plain tar (no zinfo), layer ${result.layerDigest}`
-        : `${dir}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
+        : `${shown}/${name}.{meta.erofs,zinfo,pieces,index.json}: ${result.entries} entries, ` +
           `${result.checkpoints} checkpoints, ${result.members} gzip member(s), layer ${result.layerDigest}`,
     );
     return 0;
