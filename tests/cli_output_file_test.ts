@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { encodeTar } from "./_support/tar_encode.ts";
-import { command, FIXTURES, requires, root } from "./_support/requires.ts";
+import { command, FIXTURES, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 
 async function withTmpfs(options: string, fn: (dir: string) => Promise<void>): Promise<void> {
@@ -141,6 +141,16 @@ Deno.test("build -o the input tar: refused, the tar left as it was", async () =>
     // Also through another name for the same file.
     await Deno.link(tar, `${work}/same.tar`);
     assertCliError(await runCli(["build", `${work}/same.tar`, "-o", tar]), 2, /is the input/);
+    assert.deepEqual(await Deno.readFile(tar), before);
+    // And as standard input (`build - -o X < X` replaced X with its image).
+    const piped = await new Deno.Command("sh", {
+      args: ["-c", 'exec "$0" build - -o "$1" < "$1"', `${REPO_ROOT}/scripts/erofs-oci-dev`, tar],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(piped.stderr);
+    assert.equal(piped.code, 2, stderr);
+    assert.match(stderr, /build: -o .*layer\.tar is the input \(standard input\)/);
     assert.deepEqual(await Deno.readFile(tar), before);
   } finally {
     await Deno.remove(work, { recursive: true });

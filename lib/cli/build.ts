@@ -83,7 +83,7 @@ Example:
     });
     const [source] = expectPositionals("build", positionals, ["SOURCE"]);
     if (!values.output) throw new UsageError("build: -o FILE (--output) is required");
-    checkOutputFile("build", values.output, source === "-" ? [] : [source]);
+    checkOutputFile("build", values.output, [source]);
     // It waited, silent, for a tar typed in.
     if (source === "-" && Deno.stdin.isTerminal()) {
       throw new UsageError(

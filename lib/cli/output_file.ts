@@ -8,7 +8,7 @@
 import { Errno, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { hiddenTempName, NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
 import { strerror, SysError } from "../../ffi/libc.ts";
-import { dirWriteErrno } from "../../ffi/files.ts";
+import { dirWriteErrno, fstatFd } from "../../ffi/files.ts";
 
 export function checkOutputFile(command: string, path: string, inputs: string[] = []): void {
   // Before the work, not after it (trace ran the whole traced command, then could not write).
@@ -71,15 +71,21 @@ export function checkOutputFile(command: string, path: string, inputs: string[] 
   }
   if (special) throw special;
   for (const input of inputs) {
-    let inputInfo: Deno.FileInfo;
+    let inputInfo: { dev: number | bigint; ino: number | bigint | null };
     try {
-      inputInfo = Deno.statSync(input);
+      // "-": standard input, which `build - -o X < X` redirected from the output itself.
+      inputInfo = input === "-" ? fstatFd(0) : Deno.statSync(input);
     } catch {
       continue; // not a file here (an image reference): reading it says what is wrong
     }
-    if (inputInfo.dev === info.dev && inputInfo.ino === info.ino) {
+    if (
+      BigInt(inputInfo.dev) === BigInt(info.dev) && inputInfo.ino !== null && info.ino !== null &&
+      BigInt(inputInfo.ino) === BigInt(info.ino)
+    ) {
       throw new UsageError(
-        `${command}: -o ${path} is the input ${input}: writing it would replace what is read`,
+        `${command}: -o ${path} is the input ${
+          input === "-" ? "(standard input)" : input
+        }: writing it would replace what is read`,
         "name another output file",
       );
     }
