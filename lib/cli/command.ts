@@ -40,6 +40,21 @@ export function parseCommandArgs<O extends OptionSpecs>(
     const dashed = /^Option '([^']+)' argument is ambiguous/.exec(message)?.[1];
     const long = dashed?.startsWith("--") ? dashed : Object.entries(options)
       .find(([, spec]) => dashed !== undefined && spec.short === dashed.slice(1))?.[0];
+    // A negative number ("--layer -1", "--disk-cache-size -5G"): taken as the option's value,
+    // so its own check says what it wants (the hint to write --layer=-1 led to that anyway).
+    const valueAt = dashed === undefined
+      ? -1
+      : argv.findIndex((arg, i) => arg === dashed && /^-[0-9.]/.test(argv[i + 1] ?? ""));
+    if (valueAt >= 0) {
+      const joined = [
+        ...argv.slice(0, valueAt),
+        `${long === undefined || long.startsWith("--") ? long ?? dashed : `--${long}`}=${
+          argv[valueAt + 1]
+        }`,
+        ...argv.slice(valueAt + 2),
+      ];
+      return parseCommandArgs(command, joined, options, allowPositionals);
+    }
     const unknown = /^Unknown option '([^']+)'/.exec(message)?.[1];
     if (unknown) {
       const near = nearestOption(unknown.replace(/^-+/, ""), Object.keys(options));
