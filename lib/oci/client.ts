@@ -544,6 +544,13 @@ const UNREADABLE_REPLY =
 
 function unreachableHint(failure: string, https: boolean): string | undefined {
   if (/dns error/i.test(failure)) return "check the registry's host name";
+  const blocked = /requests to port (\d+) are blocked/i.exec(failure)?.[1];
+  if (blocked) {
+    // Deno's fetch refuses the Fetch standard's "bad ports" (6000, 6666, 10080, …) before
+    // connecting; no option lifts it.
+    return `port ${blocked} is one web clients refuse (as browsers do), and erofs-oci's HTTP ` +
+      "client with them: serve the registry on another port";
+  }
   if (/connection refused/i.test(failure)) {
     return "check the registry's address and port: nothing is listening there";
   }
