@@ -75,6 +75,7 @@ fill() {
     -e "s|@PERMISSIONS@|$perms|" \
     -e "s|@JIT_COMMANDS@|$jit_commands|" \
     -e "/^@JIT_FOR_COMMAND@\$/{r scripts/jit_for_command.sh" -e "d}" \
+    -e "/^@ADDRESS_SPACE_CHECK@\$/{r scripts/address_space_check.sh" -e "d}" \
     -e "s|@V8_FLAGS@|$v8_flags|" \
     scripts/launcher.sh
 }

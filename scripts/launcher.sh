@@ -186,22 +186,7 @@ unpack() {
   umask "$old_umask"
 }
 
-# V8 reserves (not uses) tens of GiB of address space at start and aborts with a C stack trace
-# when it cannot: below ~64 GiB of `ulimit -v` the runtime died at random (--version below ~40
-# GiB, a mount server at 48). Read with builtins: no fork on every start.
-if [ -r /proc/self/limits ]; then
-  while read -r max address space soft _; do
-    [ "$max $address $space" = "Max address space" ] || continue
-    case $soft in
-    unlimited | *[!0-9]*) ;;
-    *)
-      [ "$soft" -ge 68719476736 ] ||
-        fail "the address-space limit (ulimit -v) is $((soft / 1048576)) MiB, below the 64 GiB the Deno runtime reserves (not uses): lift it (ulimit -v unlimited) and bound memory with a cgroup instead (systemd MemoryMax=)"
-      ;;
-    esac
-    break
-  done </proc/self/limits
-fi
+@ADDRESS_SPACE_CHECK@
 
 whole() { [ -x "$dir/deno" ] && [ -f "$dir/erofs-oci.js" ] && [ -f "$dir/erofs-oci-jit.js" ]; }
 # The mark is written once the cache is known to be the caller's alone (a symlink planted there

@@ -70,6 +70,17 @@ Deno.test("build: launcher refuses an address-space limit V8 cannot start under,
   }
 });
 
+Deno.test("scripts/erofs-oci-dev refuses that limit as the launcher does (one check for both)", async () => {
+  const limited = await run("sh", [
+    "-c",
+    `ulimit -v ${4 * 1024 * 1024} && exec "$0" --version`,
+    `${REPO_ROOT}/scripts/erofs-oci-dev`,
+  ]);
+  assert.equal(limited.code, 1, limited.stderr);
+  assert.match(limited.stderr, /^erofs-oci: the address-space limit \(ulimit -v\) is 4096 MiB, /);
+  assert.equal(limited.stderr.split("\n").length, 2, limited.stderr);
+});
+
 Deno.test("build: launcher unpacks once into a private cache, checked by sha256", async (t) => {
   const result = await build();
   assert.equal(result.code, 0);
