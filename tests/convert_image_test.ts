@@ -198,6 +198,16 @@ Deno.test({
         comparableListing(await treeListing(`${work}/merged`)),
         comparableListing(await treeListing(image.rootfs)),
       );
+      // Its summary counts the merged tree's entries (the root too, as for a directory): it
+      // counted every layer's members, whiteouts and replaced files included.
+      const found = await new Deno.Command("find", { args: [`${work}/merged`], stdout: "piped" })
+        .output();
+      const entries = new TextDecoder().decode(found.stdout).trim().split("\n").length;
+      assert.match(
+        built.stderr,
+        new RegExp(`: [0-9.]+ [KM]iB, ${entries} entries, `),
+        built.stderr,
+      );
 
       const top = `${work}/top.erofs`;
       assertSuccess(
