@@ -322,3 +322,33 @@ function exists(p: string): boolean {
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+Deno.test({
+  name: "serve: a tar layer is refused with what serves it instead (not --any-media-type)",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    await pushImage(registry, "serve/tar", "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
+    const image = `${registry.host}/serve/tar:v1`;
+    for (const extra of [[], ["--layer", "0"]]) {
+      const refused = await runCli([
+        "serve",
+        image,
+        "--plain-http",
+        ...extra,
+        "--listen",
+        "unix:/nonexistent/erofs-oci-serve.sock",
+      ]);
+      assertCliError(refused, 1, /not application\/vnd\.erofs|no EROFS layer/);
+      // The old hint led to --any-media-type, and then to "not an EROFS image".
+      ok(
+        /hint: serve exports EROFS layers; .*--index-missing/.test(refused.stderr),
+        refused.stderr,
+      );
+      ok(!/any-media-type/.test(refused.stderr), refused.stderr);
+    }
+  },
+});

@@ -14,6 +14,7 @@ import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { isLocalImage } from "../mount/local_image.ts";
 import { selectLayers } from "../oci/layers.ts";
+import { tarLayerKind } from "../mount/tar_layers.ts";
 import { refetchFromRegistry, RegistryBlob } from "../oci/registry_blob.ts";
 import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
@@ -307,6 +308,12 @@ async function openSource(
       layer,
       blob: values.blob,
       anyMediaType: values["any-media-type"],
+      // A tar layer's bytes are no file system: --any-media-type only failed later on its magic.
+      notErofsHint: (types) =>
+        types.every((type) => tarLayerKind(type) !== undefined)
+          ? "serve exports EROFS layers; a tar layer mounts lazily with `erofs-oci mount " +
+            "--index-missing IMAGE DIR`, or becomes EROFS with `erofs-oci convert IMAGE NEWREF`"
+          : undefined,
     });
     if (layers.length !== 1) {
       throw new UsageError(

@@ -17,6 +17,11 @@ export interface LayerSelection {
   blob?: string;
   /** Accept layers whose media type is not EROFS (erofs-utils does; then the user vouches). */
   anyMediaType?: boolean;
+  /**
+   * The hint when no layer chosen is EROFS, given their media types; undefined: take one with
+   * --any-media-type (a dead end where the bytes cannot be EROFS: `serve` of a tar layer).
+   */
+  notErofsHint?: (mediaTypes: string[]) => string | undefined;
 }
 
 /**
@@ -64,23 +69,27 @@ export function selectLayers(
     chosen = [found];
   } else {
     chosen = selection.anyMediaType ? layers : layers.filter((l) => isErofsMediaType(l.mediaType));
-    if (chosen.length === 0) throw notErofs(layers);
+    if (chosen.length === 0) throw notErofs(layers, selection.notErofsHint);
     return chosen;
   }
   if (!selection.anyMediaType && !isErofsMediaType(chosen[0].mediaType)) {
     throw new OciError(
       `layer ${chosen[0].index} has media type ${chosen[0].mediaType}, not application/vnd.erofs`,
-      "pass --any-media-type to take it anyway",
+      selection.notErofsHint?.([chosen[0].mediaType]) ?? "pass --any-media-type to take it anyway",
     );
   }
   return chosen;
 }
 
-function notErofs(layers: LayerDescriptor[]): OciError {
+function notErofs(
+  layers: LayerDescriptor[],
+  hint?: (mediaTypes: string[]) => string | undefined,
+): OciError {
   if (layers.length === 0) return new OciError("the image has no layers");
-  const types = [...new Set(layers.map((l) => l.mediaType))].join(", ");
+  const types = [...new Set(layers.map((l) => l.mediaType))];
   return new OciError(
-    `no EROFS layer in the image (media types found: ${types})`,
-    "select one with --layer N or --blob DIGEST and pass --any-media-type to take it anyway",
+    `no EROFS layer in the image (media types found: ${types.join(", ")})`,
+    hint?.(types) ??
+      "select one with --layer N or --blob DIGEST and pass --any-media-type to take it anyway",
   );
 }
