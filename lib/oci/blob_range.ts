@@ -4,7 +4,7 @@
  */
 import { FormatError, OciError } from "../errors.ts";
 import type { RegistryClient } from "./client.ts";
-import { contentEncodingOf, redirectTargetOf } from "./document.ts";
+import { redirectTargetOf, replyCodingOf } from "./document.ts";
 import type { RetryPolicy } from "./retry.ts";
 
 /** `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4); TOTAL may be `*`. */
@@ -305,7 +305,7 @@ export async function blobStatusError(
   throw error;
 }
 
-export { contentEncodingOf } from "./document.ts";
+export { replyCodingOf } from "./document.ts";
 
 /**
  * A blob's bytes come as they are: a ranged GET makes fetch ask for `identity` (and a download
@@ -317,11 +317,11 @@ export async function refuseContentEncoding(
   host: string,
   digest: string,
 ): Promise<void> {
-  const encoding = contentEncodingOf(response);
-  if (encoding === undefined) return;
+  const coding = replyCodingOf(response);
+  if (coding === undefined) return;
   await response.body?.cancel();
   throw new OciError(
-    `registry ${host} sent ${digest} with Content-Encoding: ${encoding}: a blob's bytes must come as they are`,
+    `registry ${host} sent ${digest} with ${coding}: a blob's bytes must come as they are`,
     "a proxy on the way compresses replies: turn that off for the registry",
   );
 }

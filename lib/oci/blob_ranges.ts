@@ -9,7 +9,7 @@
  * Content-Range must be one asked for, and the caller still checks each range's digest.
  */
 import { readAtMost } from "../bytes.ts";
-import { contentEncodingOf, parseContentRange } from "./blob_range.ts";
+import { parseContentRange, replyCodingOf } from "./blob_range.ts";
 import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 
@@ -51,7 +51,7 @@ export async function readBlobRanges(
   const type = response.headers.get("content-type") ?? "";
   const boundary = /^multipart\/byteranges;\s*boundary="?([^";]{1,70})"?/i.exec(type)?.[1];
   // Not a usable answer (the single-range reads then say what is wrong with it).
-  if (response.status !== 206 || !response.body || contentEncodingOf(response) !== undefined) {
+  if (response.status !== 206 || !response.body || replyCodingOf(response) !== undefined) {
     await response.body?.cancel();
     return undefined;
   }

@@ -36,6 +36,16 @@ export async function getDocument(
   for (;;) {
     const response = await client.request({ ...req, policy });
     if (!wanted(response)) return { response, bytes: undefined };
+    const transfer = undecodedTransfer(response);
+    if (transfer !== undefined) {
+      await response.body?.cancel();
+      const redirectHost = redirectTargetOf(client, response);
+      throw new OciError(
+        `${redirectHost ?? `registry ${client.host}`} sent its reply to ${req.method} ` +
+          `${req.path} with ${transfer}, which is not decoded here`,
+        "a proxy on the way compresses replies: turn that off for the registry",
+      );
+    }
     let failure: unknown;
     try {
       const bytes = await readLimited(response, maxBytes);
@@ -67,6 +77,28 @@ export async function getDocument(
 export function contentEncodingOf(response: Response): string | undefined {
   const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
   return !encoding || encoding === "identity" ? undefined : encoding;
+}
+
+/**
+ * A reply's coding its bytes come in, as its header says ("Content-Encoding: gzip",
+ * "Transfer-Encoding: gzip, chunked"); undefined when they come as they are. fetch takes a
+ * chunked transfer apart but leaves any other transfer coding in the body: a proxy's
+ * `Transfer-Encoding: gzip, chunked` reached readers of an unverified layer as gzip bytes.
+ */
+export function replyCodingOf(response: Response): string | undefined {
+  const content = contentEncodingOf(response);
+  if (content !== undefined) return `Content-Encoding: ${content}`;
+  const transfer = response.headers.get("transfer-encoding")?.toLowerCase() ?? "";
+  const codings = transfer.split(",").map((c) => c.trim()).filter((c) => c !== "");
+  return codings.some((c) => c !== "chunked" && c !== "identity")
+    ? `Transfer-Encoding: ${codings.join(", ")}`
+    : undefined;
+}
+
+/** A reply whose body fetch does not decode (replyCodingOf): refused, never read as bytes. */
+function undecodedTransfer(response: Response): string | undefined {
+  const coding = replyCodingOf(response);
+  return coding?.startsWith("Transfer-Encoding") ? coding : undefined;
 }
 
 /** Words of fetch's decoders (gzip, deflate, brotli, zstd) for a body they cannot decode. */
