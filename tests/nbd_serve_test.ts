@@ -235,6 +235,25 @@ Deno.test("serve: refuses a file that is not EROFS, and bad options", async () =
       /--idle-timeout: invalid duration 'soon'/,
     );
     assertCliError(
+      await runCli(["serve", BASIC, "--listen", `unix:${dir}/s`, "--idle-timeout", "999h"]),
+      2,
+      /--idle-timeout: '999h' is longer than the most allowed \(24d\)/,
+    );
+    // Longer than the NBD protocol's strings: every libnbd client refused the export.
+    assertCliError(
+      await runCli([
+        "serve",
+        BASIC,
+        "--listen",
+        `unix:${dir}/s`,
+        "--export-name",
+        "n".repeat(4097),
+      ]),
+      2,
+      /--export-name must be at most 4096 bytes/,
+    );
+    ok(!exists(`${dir}/s`), "nothing listened");
+    assertCliError(
       await runCli(["serve", `${dir}/missing.erofs`, "--listen", `unix:${dir}/s`]),
       1,
       /no such file/,
@@ -351,4 +370,32 @@ Deno.test({
       ok(!/any-media-type/.test(refused.stderr), refused.stderr);
     }
   },
+});
+
+Deno.test("serve --listen unix:RELATIVE prints a URI with the socket's absolute path", async () => {
+  const dir = await Deno.realPath(await Deno.makeTempDir());
+  const child = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+    args: ["serve", BASIC, "--listen", "unix:rel.sock"],
+    cwd: dir,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  try {
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let printed = "";
+    while (!printed.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      printed += value;
+    }
+    reader.releaseLock();
+    // It said socket=rel.sock, which worked only from serve's working directory.
+    assertEquals(printed.split("\n")[0], `nbd+unix:///basic.erofs?socket=${dir}/rel.sock`);
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await child.stdout.cancel().catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
 });

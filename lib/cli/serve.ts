@@ -45,6 +45,9 @@ const NBD_ERROR_NAMES: Record<number, string> = {
   22: "EINVAL",
 };
 
+/** The longest string the NBD protocol lets a server send (an export name, a description). */
+const MAX_NBD_STRING = 4096;
+
 export const serveCommand: Command = {
   name: "serve",
   summary: "export an EROFS image read-only over NBD (unix socket or TCP)",
@@ -158,6 +161,17 @@ Example:
       : DEFAULT_IDLE_TIMEOUT_MS;
     const layer = parseLayerIndex("serve", values.layer);
     parseBlobDigest("serve", values.blob);
+    const givenName = values["export-name"];
+    if (
+      givenName !== undefined &&
+      (givenName.includes("\0") || new TextEncoder().encode(givenName).length > MAX_NBD_STRING)
+    ) {
+      // Clients refuse the export list or the export itself (libnbd: "invalid export length").
+      throw new UsageError(
+        `serve: --export-name must be at most ${MAX_NBD_STRING} bytes of UTF-8 without NUL`,
+        "NBD clients accept no longer names; choose a shorter one",
+      );
+    }
 
     const { source: raw, name } = await openSource(image, values, layer, diskCacheSizes);
     const exportName = values["export-name"] ?? name;

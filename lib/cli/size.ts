@@ -42,8 +42,21 @@ export function parseDurationMs(
   const unit = match?.[2];
   const usable = match && unit !== "M" && unit !== "Ms" && !(unitRequired && unit === undefined);
   const ms = usable ? Number(match[1]) * DURATION_UNITS_MS[(unit ?? "s").toLowerCase()] : NaN;
-  if (!Number.isFinite(ms) || ms > maxMs) {
-    throw new UsageError(`${option}: invalid duration '${text}'`, hint);
+  if (!Number.isFinite(ms)) throw new UsageError(`${option}: invalid duration '${text}'`, hint);
+  if (ms > maxMs) {
+    throw new UsageError(
+      `${option}: '${text}' is longer than the most allowed (${formatDurationMs(maxMs)})`,
+      hint,
+    );
   }
   return Math.round(ms);
+}
+
+/** `ms` in the largest whole unit it holds at least once, rounded down: "24d", "90m", "500ms". */
+function formatDurationMs(ms: number): string {
+  for (const unit of ["d", "h", "m", "s"]) {
+    const size = DURATION_UNITS_MS[unit];
+    if (ms >= size) return `${Math.floor(ms / size)}${unit}`;
+  }
+  return `${ms}ms`;
 }

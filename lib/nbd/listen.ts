@@ -67,8 +67,10 @@ export interface NbdServer {
 
 export function startNbdServer(options: NbdServerOptions): NbdServer {
   const { listener, socket } = listenOn(options.listen);
+  // A unix socket by its absolute path: the URI printed for clients named `rel.sock` as given,
+  // which worked only from serve's working directory.
   const address: ListenAddress = options.listen.transport === "unix"
-    ? options.listen
+    ? { ...options.listen, path: socket?.path ?? options.listen.path }
     : { ...options.listen, port: (listener.addr as Deno.NetAddr).port };
   const stop = new AbortController();
   const active = new Map<number, Connection>();
