@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
-import { runCli } from "./_support/cli.ts";
+import { assertCliError, runCli } from "./_support/cli.ts";
 import {
   assertOneLineError,
   fsckImage,
@@ -307,4 +307,27 @@ Deno.test({
       assert(Deno.statSync(`${work}/x3/sub/app.erofs`).isFile);
     });
   },
+});
+
+Deno.test("build DIR: registry options without --push are usage errors (they did nothing)", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-build-options-" });
+  try {
+    await Deno.mkdir(`${work}/src`);
+    await Deno.writeTextFile(`${work}/src/a.txt`, "a\n");
+    for (
+      const [option, ...value] of [["--platform", "linux/arm64"], ["-u", "x"], ["--plain-http"]]
+    ) {
+      const name = option === "-u" ? "--username" : option;
+      assertCliError(
+        await runCli(["build", `${work}/src`, "-o", `${work}/x.erofs`, option, ...value]),
+        2,
+        new RegExp(
+          `build: ${name} applies to an image SOURCE \\(REF or oci:PATH\\) or with --push`,
+        ),
+      );
+    }
+    await assert.rejects(Deno.stat(`${work}/x.erofs`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
 });

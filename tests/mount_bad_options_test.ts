@@ -131,6 +131,14 @@ Deno.test({
             `${command}: --fetch-all fetches into the disk cache: drop --disk-cache-size 0`,
           ),
         );
+        // Sizes of a disk cache turned off: taken without a word before, and unused.
+        for (const sized of ["--disk-cache-size", "--disk-cache-keep-free"]) {
+          assertCliError(
+            await runCli([command, image, ...where, "--no-disk-cache", sized, "1G"], { env }),
+            2,
+            new RegExp(`${command}: ${sized} sizes the disk cache --no-disk-cache turns off`),
+          );
+        }
       }
     } finally {
       await Deno.remove(target, { recursive: true });

@@ -63,7 +63,12 @@ Options:
                         the uncompressed tar as a second device, laid out as
                         \`mkfs.erofs --tar=i\` does: mount with the tar appended to
                         the image, or the tar as extra device (-o device=)
-${REGISTRY_OPTIONS_HELP.replace("to pick from a multi-platform image", "recorded with --push")}
+${
+    REGISTRY_OPTIONS_HELP.replace(
+      "to pick from a multi-platform image\n                        (default: this host)",
+      "to pick from a multi-platform image SOURCE\n                        (default: this host); recorded with --push",
+    )
+  }
   -h, --help
 
 Example:
@@ -126,6 +131,15 @@ Example:
     const layer = parseLayerIndex("build", values.layer);
     if (layer !== undefined && !fromImage) {
       throw new UsageError("build: --layer N applies to an image SOURCE (REF or oci:PATH)");
+    }
+    // Taken without a word, and nothing done with them (a user's --platform was not recorded).
+    const registryOption = Object.keys(REGISTRY_OPTIONS).find((name) =>
+      (values as Record<string, unknown>)[name] !== undefined
+    );
+    if (registryOption && !fromImage && !values.push) {
+      throw new UsageError(
+        `build: --${registryOption} applies to an image SOURCE (REF or oci:PATH) or with --push`,
+      );
     }
     if (fromImage && values["tar-index"]) {
       throw new UsageError("build: --tar-index needs a tar SOURCE, not an image");

@@ -14,6 +14,7 @@ import { MountError, UsageError } from "../errors.ts";
 import { parseReference } from "../oci/reference.ts";
 import { MOUNT_OPTIONS } from "./mount_option_specs.ts";
 import { parseSize } from "./size.ts";
+import { checkDiskCacheOptions } from "./disk_cache_options.ts";
 import { diskCacheSettings } from "../mount/layer_source.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,
@@ -65,25 +66,13 @@ export function readMountArgs(argv: string[]): MountArgs {
     );
   }
   const trust = parseMountTrust(values, values.options);
-  if (values["fetch-all"] && values["no-disk-cache"]) {
-    throw new UsageError("mount: --fetch-all fetches into the disk cache: drop --no-disk-cache");
-  }
+  const sizes = checkDiskCacheOptions("mount", values);
   if (values["metrics-listen"] !== undefined) checkMetricsListen(values["metrics-listen"]);
   // The options over what the environment says; the detached server inherits the result.
   const disk = diskCacheSettings();
   if (values["fetch-all"]) disk.fetchAll = true;
-  if (values["no-disk-cache"]) disk.maxBytes = 0;
-  else if (values["disk-cache-size"] !== undefined) {
-    disk.maxBytes = parseSize(values["disk-cache-size"], "--disk-cache-size");
-    if (disk.maxBytes === 0 && values["fetch-all"]) {
-      throw new UsageError(
-        "mount: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
-      );
-    }
-  }
-  if (values["disk-cache-keep-free"] !== undefined) {
-    disk.keepFreeBytes = parseSize(values["disk-cache-keep-free"], "--disk-cache-keep-free");
-  }
+  if (sizes.maxBytes !== undefined) disk.maxBytes = sizes.maxBytes;
+  if (sizes.keepFreeBytes !== undefined) disk.keepFreeBytes = sizes.keepFreeBytes;
   return { image, dir, values, layer, cacheBytes, trust, disk };
 }
 

@@ -9,6 +9,7 @@ import {
 import { openImage, REGISTRY_OPTIONS, REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import type { RegistryOptionValues } from "./registry_options.ts";
 import { parseDurationMs, parseSize } from "./size.ts";
+import { checkDiskCacheOptions } from "./disk_cache_options.ts";
 import { debug, info, isDebug, throttledWarning, warn } from "../log.ts";
 import { formatBytes } from "./table.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
@@ -132,15 +133,7 @@ Example:
     const metricsListen = values["metrics-listen"] === undefined
       ? undefined
       : parseListenAddress(values["metrics-listen"], "--metrics-listen");
-    if (values["fetch-all"] && values["no-disk-cache"]) {
-      throw new UsageError("serve: --fetch-all fetches into the disk cache: drop --no-disk-cache");
-    }
-    const diskCacheSizes = parseDiskCacheSizes(values);
-    if (values["fetch-all"] && diskCacheSizes.maxBytes === 0) {
-      throw new UsageError(
-        "serve: --fetch-all fetches into the disk cache: drop --disk-cache-size 0",
-      );
-    }
+    const diskCacheSizes = checkDiskCacheOptions("serve", values);
     const cacheBytes = values["cache-size"] !== undefined
       ? parseSize(values["cache-size"], "--cache-size")
       : DEFAULT_CACHE_BYTES;
@@ -364,13 +357,6 @@ async function openSource(
 interface DiskCacheSizes {
   maxBytes?: number;
   keepFreeBytes?: number;
-}
-
-/** --disk-cache-size and --disk-cache-keep-free, checked before any registry is asked. */
-function parseDiskCacheSizes(values: ServeValues): DiskCacheSizes {
-  const size = (option: "disk-cache-size" | "disk-cache-keep-free") =>
-    values[option] === undefined ? undefined : parseSize(values[option], `--${option}`);
-  return { maxBytes: size("disk-cache-size"), keepFreeBytes: size("disk-cache-keep-free") };
 }
 
 /** A registry blob behind the host's disk cache unless --no-disk-cache (layouts are local). */
