@@ -155,6 +155,9 @@ Deno.test({
       assert.equal(usage.code, 2);
       const span = await runCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", dir, "--span", "1k"]);
       assert.equal(span.code, 2);
+      // A size as every other size option takes it (it wanted a whole number of bytes).
+      const sized = await runCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", dir, "--span", "1M"]);
+      assert.equal(sized.code, 0, sized.stderr);
     });
   },
 });

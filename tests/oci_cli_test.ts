@@ -181,6 +181,8 @@ Deno.test({
       // It refused every layer, after the download began.
       [["convert", image, "oci:/tmp/never-written", "--max-layer-size", "0"], /would refuse every/],
       [["cache", "--older-than", "1d"], /--older-than goes with prune/],
+      [["cache", "prne"], /cache: unknown action 'prne' \(did you mean prune\?\)/],
+      [["--version", "extra"], /--version takes no argument \(got 'extra'\)/],
     ];
     // Read whole before: `cat /dev/zero |` filled memory.
     const flood = await runCli(["inspect", image, "-u", "a", "--password-stdin"], {
@@ -194,6 +196,11 @@ Deno.test({
       assert.doesNotMatch(line, /unknown command/);
     }
     await assert.rejects(Deno.stat("/tmp/never-written.erofs"));
+    // No command at all: the help, as a usage error, on stderr (it went to stdout).
+    const bare = await runCli([]);
+    assert.equal(bare.code, 2);
+    assert.equal(bare.stdout, "");
+    assert.match(bare.stderr, /^erofs-oci .*\n\nUsage: erofs-oci <command>/);
   },
 });
 

@@ -1,7 +1,7 @@
 import { plural } from "../text.ts";
 import type { Command } from "./command.ts";
 import { warn } from "../log.ts";
-import { parseCommandArgs } from "./command.ts";
+import { nearestOption, parseCommandArgs } from "./command.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
 import { DEFAULT_DISK_CACHE_DIR, diskCacheDir } from "../source/disk_cache_dir.ts";
@@ -51,8 +51,10 @@ Options:
     });
     const action = positionals[0] ?? "list";
     if (action !== "list" && action !== "prune") {
+      // A typo of an action (`prne`): said as such, as a typo of an option is.
+      const near = nearestOption(action, ["list", "prune"]);
       throw new UsageError(
-        `cache: unknown action '${action}'`,
+        `cache: unknown action '${action}'${near ? ` (did you mean ${near}?)` : ""}`,
         "usage: erofs-oci cache [prune] [options]",
       );
     }

@@ -102,8 +102,11 @@ function refuseEmptyValues(command: string, values: Record<string, unknown>): vo
   }
 }
 
-/** The option `name` was probably meant as: one edit away, or a prefix of it (or it of `name`). */
-function nearestOption(name: string, known: string[]): string | undefined {
+/**
+ * The option (or action) `name` was probably meant as: one edit away, or a prefix of it (or it
+ * of `name`).
+ */
+export function nearestOption(name: string, known: string[]): string | undefined {
   if (name.length < 2) return undefined;
   return known.find((option) => editDistance(name, option) <= 1) ??
     known.find((option) => option.startsWith(name) || name.startsWith(option));

@@ -19,6 +19,7 @@ import { info } from "../log.ts";
 import { FormatError, refusedSpecialPath, UsageError, UserError } from "../errors.ts";
 import { outputFileError } from "./output_file.ts";
 import { isGzipMagic } from "../gzip/gzip_header.ts";
+import { parseSize } from "./size.ts";
 import { MAX_SPAN_BYTES } from "../gzip/zinfo.ts";
 import { indexNameFor } from "../gzip/index_record.ts";
 
@@ -76,9 +77,9 @@ Options:
       --force           with --push: index and push them again all the same
       --layer N         index only layer N (IMAGE only; 0 = bottom)
       --tmpdir DIR      work directory for --push without -o (default: $TMPDIR or /tmp)
-      --span BYTES      uncompressed bytes between checkpoints (default 4194304, as
-                        erofs-utils; 262144 to 16777216; smaller = cheaper random
-                        reads, bigger zinfo)
+      --span SIZE       uncompressed bytes between checkpoints (default 4M, as
+                        erofs-utils; 256K to 16M; smaller = cheaper random reads,
+                        bigger zinfo)
       --timestamp SECS  build time in the meta image (default: SOURCE_DATE_EPOCH or now)
 ${REGISTRY_OPTIONS_HELP}
   -h, --help
@@ -93,7 +94,9 @@ Examples:
       throw new UsageError("index: -o DIR (--output) or --push is required");
     }
     if (values.force && !values.push) throw new UsageError("index: --force goes with --push");
-    const spanBytes = parseWhole("--span", values.span) ?? 4 * 1024 * 1024;
+    const spanBytes = values.span === undefined
+      ? 4 * 1024 * 1024
+      : parseSize(values.span, "--span");
     if (spanBytes < MIN_SPAN_BYTES || spanBytes > MAX_SPAN_BYTES) {
       throw new UsageError(
         `index: --span must be ${MIN_SPAN_BYTES} to ${MAX_SPAN_BYTES} bytes`,

@@ -67,10 +67,18 @@ export async function runCli(args: string[]): Promise<number> {
       if (first !== undefined && rest[0] && !rest[0].startsWith("-")) {
         return await runCli([rest[0], "--help"]);
       }
-      console.log(await mainHelp());
+      // No command at all is a usage error: the help goes where errors go.
+      if (first === undefined) console.error(await mainHelp());
+      else console.log(await mainHelp());
       return first === undefined ? 2 : 0;
     }
     if (first === "-V" || first === "--version") {
+      if (rest.length > 0) {
+        throw new UsageError(
+          `${first} takes no argument (got '${rest[0]}')`,
+          "see `erofs-oci --help`",
+        );
+      }
       console.log(`erofs-oci ${VERSION}`);
       return 0;
     }
