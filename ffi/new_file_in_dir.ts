@@ -51,6 +51,42 @@ export function hiddenTempName(base: string): string {
   return `.${base}.${crypto.randomUUID().slice(0, 8)}.tmp`;
 }
 
+/** A temporary file untouched this long was left by a writer that ended without its clean-up. */
+const ABANDONED_TEMP_MS = 60 * 60 * 1000;
+
+/**
+ * Removes the files in `dir` (open as `dirFd`) named `prefix` + 8 hex digits + `suffix` that no
+ * one wrote to within the hour: what a crash (SIGKILL, power loss) left where the file system
+ * has no unnamed files. Each has a name of its own, so nothing else would ever replace them; one
+ * written to within the hour may belong to a writer still running. Removed through `dirFd`.
+ */
+export function removeAbandonedTemps(
+  dir: string,
+  dirFd: number,
+  prefix: string,
+  suffix: string,
+): void {
+  const quote = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const ours = new RegExp(`^${quote(prefix)}[0-9a-f]{8}${quote(suffix)}$`);
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && ours.test(e.name)).map((e) =>
+      e.name
+    );
+  } catch {
+    return; // the writer's own open says what is wrong with the directory
+  }
+  const now = Date.now();
+  for (const name of names) {
+    try {
+      const stat = Deno.lstatSync(`${dir}/${name}`);
+      if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > ABANDONED_TEMP_MS) {
+        libc().unlinkat(dirFd, cstr(name), 0);
+      }
+    } catch { /* gone meanwhile */ }
+  }
+}
+
 export class NewFileInDir {
   /** The descriptor to write the file's bytes to. */
   readonly fd: number;
@@ -100,6 +136,10 @@ export class NewFileInDir {
       if (anonymous !== undefined) return new NewFileInDir(path, owned, anonymous, tempName, true);
       const flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
       const fd = unwrap(libc().openat(dirFd, cstr(tempName), flags, 0o644), "open", path);
+      // Named: those of earlier writers killed here go (a build's image, a layout's blob).
+      if (options.tempName === hiddenTempName) {
+        removeAbandonedTemps(dir, dirFd, `.${base}.`, ".tmp");
+      }
       return new NewFileInDir(path, owned, fd, tempName, false);
     } catch (error) {
       if (owned.owned) closeFd(dirFd);

@@ -11,8 +11,7 @@ import type { RegistryClient } from "./client.ts";
 import { pullScope } from "./scope.ts";
 import { digestHasher } from "./digest.ts";
 import { validateDigest } from "./reference.ts";
-import { NewFileInDir, splitPath } from "../../ffi/new_file_in_dir.ts";
-import { cstr, libc } from "../../ffi/libc.ts";
+import { NewFileInDir, removeAbandonedTemps, splitPath } from "../../ffi/new_file_in_dir.ts";
 import { backoff, describeFailure, isNetworkError, policyAfterAttempt } from "./retry.ts";
 
 /** Options of RegistryClient.downloadBlob. */
@@ -150,35 +149,11 @@ export function partialNameFor(base: string): string {
   return `${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
 }
 
-/** A partial file untouched this long was left by a download that ended without its clean-up. */
-const ABANDONED_PARTIAL_MS = 60 * 60 * 1000;
-
 /**
- * Removes the partial files of earlier downloads to `path` that a crash (SIGKILL, power loss)
- * left where the file system has no unnamed files: each has a new name, so nothing else would
- * ever replace them. One written to within the hour may belong to a download still running (a
- * stalled one gives up long before that). Removed through `dirFd`, the directory written to.
+ * Removes the partial files of earlier downloads to `path` that a crash left where the file
+ * system has no unnamed files (removeAbandonedTemps: those untouched for an hour).
  */
 export function removeAbandonedPartials(path: string, dirFd: number): void {
   const { dir, base } = splitPath(path);
-  const ours = new RegExp(
-    `^${base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.[0-9a-f]{8}\\.partial$`,
-  );
-  let names: string[];
-  try {
-    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && ours.test(e.name)).map((e) =>
-      e.name
-    );
-  } catch {
-    return; // the download's own open says what is wrong with the directory
-  }
-  const now = Date.now();
-  for (const name of names) {
-    try {
-      const stat = Deno.lstatSync(`${dir}/${name}`);
-      if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > ABANDONED_PARTIAL_MS) {
-        libc().unlinkat(dirFd, cstr(name), 0);
-      }
-    } catch { /* gone meanwhile */ }
-  }
+  removeAbandonedTemps(dir, dirFd, `${base}.`, ".partial");
 }

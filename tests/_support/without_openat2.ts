@@ -1,5 +1,5 @@
 /**
- * `build` of a directory with openat2(2) failing ENOSYS (without_openat2.py: Linux before 5.6,
+ * `build` of a directory with openat2(2) failing ENOSYS (refuse_syscall.py: Linux before 5.6,
  * or a container profile that denies it) must write the same image as with it: both builds are
  * made reproducible (fixed timestamp and UUID) and compared byte for byte.
  */
@@ -40,7 +40,8 @@ export async function assertSameImageWithoutOpenat2(
   assertSuccess(await runCli(reproducibleBuildArgs(src, withImage), { timeoutMs }));
   const without = await new Deno.Command("python3", {
     args: [
-      `${REPO_ROOT}/tests/_support/without_openat2.py`,
+      `${REPO_ROOT}/tests/_support/refuse_syscall.py`,
+      "openat2",
       `${REPO_ROOT}/scripts/erofs-oci-dev`,
       ...reproducibleBuildArgs(src, withoutImage),
     ],
