@@ -540,3 +540,68 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "fuse reattach: a record whose registry layer was edited into a local file of another image is refused",
+  ignore: requires(
+    root(),
+    path("/dev/fuse"),
+    command("docker-registry"),
+    path(MKFS, "mkfs.erofs 1.9.3"),
+  ),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    await using registry = await startRegistry({ auth: "none" });
+    let keepers: number[] = [];
+    try {
+      // The same tree shape, UUID and build time, other bytes: one superblock for both.
+      const make = async (name: string, text: string) => {
+        Deno.mkdirSync(`${base}/${name}`);
+        Deno.writeTextFileSync(`${base}/${name}/file.txt`, text);
+        const out = await new Deno.Command(MKFS, {
+          args: [
+            "--quiet",
+            "-T0",
+            "-U",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            `${base}/${name}.erofs`,
+            `${base}/${name}`,
+          ],
+        }).output();
+        assert(out.success, new TextDecoder().decode(out.stderr));
+      };
+      await make("real", "the pushed image\n");
+      await make("fake", "a forged image!!\n");
+      const image = `${registry.host}/edited/app:v1`;
+      assertSuccess(await runCli(["push", image, `${base}/real.erofs`], { timeoutMs: 60_000 }));
+      assertSuccess(
+        await runCli(["mount", image, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      keepers = keeperPids(sandbox.runtimeDir);
+      await killServer(sandbox.runtimeDir);
+      const recordDir = `${sandbox.runtimeDir}/mounts`;
+      const [id] = [...Deno.readDirSync(recordDir)].map((e) => e.name);
+      const recordPath = `${recordDir}/${id}/fuse-recovery.json`;
+      const record = JSON.parse(Deno.readTextFileSync(recordPath));
+      const sizeBytes = Deno.statSync(`${base}/fake.erofs`).size;
+      record.spec.layers[0] = { kind: "local", path: `${base}/fake.erofs`, sizeBytes };
+      Deno.writeTextFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+      // It passed (the digest was compared for registry layers only) and served the fake bytes.
+      assertCliError(
+        await runCli(["reattach", sandbox.target], { env: sandbox.env, timeoutMs: 60_000 }),
+        1,
+        /names another layer 0 than the mount's/,
+      );
+      assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
+  },
+});

@@ -109,13 +109,21 @@ export async function reattachFuseMount(
   }
 }
 
-/** Index of a registry layer whose digest the record and the mount's state disagree on. */
+/**
+ * Index of a layer the record and the mount's state disagree on: one the state knows by digest
+ * that the record does not name by that digest, whatever kind the record says it is (a record
+ * edited from a registry layer to a local file of another image, with a forged superblock,
+ * passed and served its bytes), or one only one of them has.
+ */
 function differingLayer(record: FuseRecoveryRecord, state: MountState): number | undefined {
-  const index = record.spec.layers.findIndex((layer, i) =>
-    layer.kind === "registry" && state.layers[i]?.digest !== undefined &&
-    layer.digest !== state.layers[i].digest
+  const layers = record.spec.layers;
+  const index = layers.findIndex((layer, i) =>
+    state.layers[i]?.digest !== undefined && layer.digest !== state.layers[i].digest
   );
-  return index < 0 ? undefined : index;
+  if (index >= 0) return index;
+  return layers.length === state.layers.length
+    ? undefined
+    : Math.min(layers.length, state.layers.length);
 }
 
 /** The path of a local layer file that is no longer the one the record says was served. */
