@@ -19,6 +19,8 @@ import {
 import { EROFS_MEDIA_TYPE, loadFixture } from "./_support/oci_fixtures.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 import { startRegistry } from "./_support/registry.ts";
+import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
+import { pushImage } from "./_support/oci_raw.ts";
 import { startWatcher } from "./_support/watcher.ts";
 import {
   keeperPids,
@@ -598,6 +600,48 @@ Deno.test({
         /names another layer 0 than the mount's/,
       );
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+    }
+  },
+});
+
+Deno.test({
+  name: "fuse reattach: a layer the registry no longer has (404) says so, not 'once it answers'",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    await using registry = await startRegistry({ auth: "none" });
+    let gone = false;
+    await using proxy = await startFaultProxy(registry.host, [{
+      match: (request) => gone && isBlobGet(request),
+      fault: { kind: "status", status: 404 },
+    }]);
+    let keepers: number[] = [];
+    try {
+      const { bytes } = await loadFixture("basic.erofs");
+      await pushImage(registry, "gone/app", "v1", [{ bytes, mediaType: EROFS_MEDIA_TYPE }]);
+      const image = `${proxy.host}/gone/app:v1`;
+      assertSuccess(
+        await runCli(["mount", image, sandbox.target, "--backend", "fuse", "--no-disk-cache"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      keepers = keeperPids(sandbox.runtimeDir);
+      await killServer(sandbox.runtimeDir);
+      gone = true;
+      const failed = await runCli(["reattach", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 60_000,
+      });
+      assert.equal(failed.code, 1, describe(failed));
+      const said = failed.stdout + failed.stderr;
+      assert.match(said, /blob not found: .* \(404\)/, describe(failed));
+      assert.match(said, /the registry no longer has the layer: push the image again/);
+      assert.doesNotMatch(said, /once the registry answers/);
       assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
     } finally {
       await sandbox.cleanup();

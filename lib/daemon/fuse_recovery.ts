@@ -14,7 +14,7 @@
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { readRegularFileSync } from "../../ffi/files.ts";
 import { pidfdOpen, pidfdSendSignal, SIGKILL } from "../../ffi/process.ts";
-import { FormatError, MountError } from "../errors.ts";
+import { FormatError, MountError, OciError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import type { Source } from "../source/source.ts";
 import {
@@ -299,9 +299,15 @@ export async function checkServable(
     }
   } catch (error) {
     if (error instanceof FormatError) throw error;
+    // The registry answered: the blob is not there (deleted, garbage-collected). Waiting for
+    // it to "answer" again helps only if someone pushes the image again.
+    const gone = error instanceof OciError && error.status === 404;
     throw new MountError(
       `layer ${layerIndex} cannot be read (${(error as Error).message}): readers keep waiting`,
-      "reattach again once the registry answers (`reattach --watch` retries by itself)",
+      gone
+        ? "the registry no longer has the layer: push the image again and reattach, or " +
+          "unmount it (`erofs-oci umount DIR`)"
+        : "reattach again once the registry answers (`reattach --watch` retries by itself)",
       { cause: error },
     );
   }
