@@ -417,16 +417,18 @@ Deno.test({
     let keepers: number[] = [];
     try {
       // Two images of one size: the same tree shape, other bytes and UUIDs.
-      const make = async (name: string, text: string, uuid: string) => {
-        Deno.mkdirSync(`${base}/${name}`);
-        Deno.writeTextFileSync(`${base}/${name}/file.txt`, text);
-        const out = await new Deno.Command(MKFS, {
-          args: ["--quiet", "-T0", "-U", uuid, `${base}/${name}.erofs`, `${base}/${name}`],
-        }).output();
-        assert(out.success, new TextDecoder().decode(out.stderr));
-      };
-      await make("one", "the mounted image\n", "3f2504e0-4f89-11d3-9a0c-0305e82c3301");
-      await make("two", "another image, same\n", "6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+      await oneFileImage(
+        base,
+        "one",
+        "the mounted image\n",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+      );
+      await oneFileImage(
+        base,
+        "two",
+        "another image, same\n",
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+      );
       assert.equal(
         Deno.statSync(`${base}/one.erofs`).size,
         Deno.statSync(`${base}/two.erofs`).size,
@@ -559,23 +561,9 @@ Deno.test({
     let keepers: number[] = [];
     try {
       // The same tree shape, UUID and build time, other bytes: one superblock for both.
-      const make = async (name: string, text: string) => {
-        Deno.mkdirSync(`${base}/${name}`);
-        Deno.writeTextFileSync(`${base}/${name}/file.txt`, text);
-        const out = await new Deno.Command(MKFS, {
-          args: [
-            "--quiet",
-            "-T0",
-            "-U",
-            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-            `${base}/${name}.erofs`,
-            `${base}/${name}`,
-          ],
-        }).output();
-        assert(out.success, new TextDecoder().decode(out.stderr));
-      };
-      await make("real", "the pushed image\n");
-      await make("fake", "a forged image!!\n");
+      const uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+      await oneFileImage(base, "real", "the pushed image\n", uuid);
+      await oneFileImage(base, "fake", "a forged image!!\n", uuid);
       const image = `${registry.host}/edited/app:v1`;
       assertSuccess(await runCli(["push", image, `${base}/real.erofs`], { timeoutMs: 60_000 }));
       assertSuccess(
@@ -649,3 +637,13 @@ Deno.test({
     }
   },
 });
+
+/** `base`/NAME.erofs made by mkfs.erofs 1.9.3 (build time 0, `uuid`) of one file holding `text`. */
+async function oneFileImage(base: string, name: string, text: string, uuid: string) {
+  Deno.mkdirSync(`${base}/${name}`);
+  Deno.writeTextFileSync(`${base}/${name}/file.txt`, text);
+  const out = await new Deno.Command(MKFS, {
+    args: ["--quiet", "-T0", "-U", uuid, `${base}/${name}.erofs`, `${base}/${name}`],
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+}

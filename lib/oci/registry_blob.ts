@@ -97,11 +97,23 @@ export class RegistryBlob implements Source {
     return this.#read(offset, length, signal, "registry");
   }
 
+  /**
+   * A read again of bytes that a read under way got wrong (they failed the chunk table), made
+   * without waiting for one of blobRequestSlots: its caller may be holding one (a fill streaming
+   * into a verifier refetches from inside its GET), and 16 of them, each waiting for a 17th slot
+   * only another could free, stopped every GET of the process for good. One per mismatch, so
+   * the bound on GETs stays: 16 plus the refetches of their bad chunks.
+   */
+  reread(offset: number, length: number, from: BlobReadFrom, signal?: AbortSignal) {
+    return this.#read(offset, length, signal, from, false);
+  }
+
   async #read(
     offset: number,
     length: number,
     signal: AbortSignal | undefined,
     from: BlobReadFrom,
+    slotted = true,
   ): Promise<Uint8Array> {
     if (offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(
@@ -111,19 +123,18 @@ export class RegistryBlob implements Source {
     if (length === 0) return new Uint8Array(0);
     this.#refuseRecentlyFailed(offset, length);
     this.#counted(1, 0);
-    const bytes = await blobRequestSlots.run(
-      () =>
-        this.#client.readBlobRange(
-          this.repository,
-          this.digest,
-          offset,
-          length,
-          signal,
-          this.size,
-          from,
-        ),
-      signal,
-    ).catch((error) => this.#noteFailed(offset, length, error, signal));
+    const request = () =>
+      this.#client.readBlobRange(
+        this.repository,
+        this.digest,
+        offset,
+        length,
+        signal,
+        this.size,
+        from,
+      );
+    const bytes = await (slotted ? blobRequestSlots.run(request, signal) : request())
+      .catch((error) => this.#noteFailed(offset, length, error, signal));
     this.#counted(0, bytes.byteLength);
     return bytes;
   }
@@ -281,7 +292,7 @@ export function refetchFromRegistry(
 ): (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array> {
   return async (offset, length, signal) => {
     try {
-      return await blob.readFromRegistry(offset, length, signal);
+      return await blob.reread(offset, length, "registry", signal);
     } catch (error) {
       signal?.throwIfAborted();
       warn(
@@ -289,7 +300,7 @@ export function refetchFromRegistry(
           (error as Error).message
         }); asking the configured hosts again`,
       );
-      return await blob.read(offset, length, signal);
+      return await blob.reread(offset, length, "any host", signal);
     }
   };
 }

@@ -15,6 +15,7 @@ import { readSubchunkChecked } from "./subchunk_reads.ts";
 import { WrongBytesError } from "../source/wrong_bytes.ts";
 import type { StoredBytesChecker } from "../source/stored_check.ts";
 import type { RetryHolder } from "../oci/blob_range.ts";
+import type { RegistryBlob } from "../oci/registry_blob.ts";
 
 /** A chunk did not match its table entry, twice: the read fails. */
 export class ChunkMismatchError extends WrongBytesError {
@@ -348,9 +349,17 @@ export class VerifiedSource implements Source, StoredBytesChecker {
     }
   }
 
-  /** Where bytes that did not match are fetched again (the hook for another mirror). */
+  /**
+   * Where bytes that did not match are fetched again (the hook for another mirror). By default
+   * the source's own reread (RegistryBlob: no wait for a request slot, which the refetching fill
+   * may hold itself), else a read.
+   */
   get #refetch(): (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array> {
-    return this.#options.refetch ?? this.#inner.read.bind(this.#inner);
+    if (this.#options.refetch) return this.#options.refetch;
+    const inner = this.#inner as Partial<Pick<RegistryBlob, "reread">>;
+    return inner.reread
+      ? (offset, length, signal) => inner.reread!(offset, length, "any host", signal)
+      : this.#inner.read.bind(this.#inner);
   }
 
   /**

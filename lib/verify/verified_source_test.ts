@@ -13,7 +13,8 @@ import type { Source } from "../source/source.ts";
 import { patternBytes } from "../../tests/_support/memory_source.ts";
 import type { LayerSpec } from "../state/mount_spec.ts";
 import { recordForLayer, unverifiedLayer } from "../recovery/layer_record.ts";
-import { type BlobRangeReader, RegistryBlob } from "../oci/registry_blob.ts";
+import { type BlobRangeReader, refetchFromRegistry, RegistryBlob } from "../oci/registry_blob.ts";
+import { MAX_BLOB_REQUESTS } from "../oci/request_slots.ts";
 import { intoOf, type RetryHolder, retryHolderOf } from "../oci/blob_range.ts";
 
 const CHUNK = 64 * 1024;
@@ -321,4 +322,58 @@ Deno.test("readTo restarted after a broken body took its buffer: same retry poli
   assert.equal(holders.length, 2, "one restart");
   assert.ok(holders[0] && holders[0] === holders[1], "the restart carries the first read's holder");
   assert.equal(policiesMade, 1, "one policy for both");
+});
+
+Deno.test("VerifiedSource over a RegistryBlob: as many fills as request slots, each refetching a bad chunk, all finish", async () => {
+  // Each fill streams its GET into the verifier while holding one of the process's request
+  // slots; the refetch of a chunk that failed its digest asked for another slot, so with every
+  // slot held by such a fill none ever finished (and every other GET waited behind them).
+  const fills = MAX_BLOB_REQUESTS + 2;
+  const bytes = patternBytes(fills * CHUNK);
+  const table = tableOf(bytes);
+  for (const withRefetchHook of [false, true]) {
+    let refetches = 0;
+    const client: BlobRangeReader = {
+      readBlobRange(_repository, _digest, offset, length) {
+        refetches++;
+        return Promise.resolve(bytes.slice(offset, offset + length));
+      },
+      async readBlobRangeTo(_repository, _digest, offset, length, sink) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        const wrong = bytes.slice(offset, offset + length);
+        wrong[0] ^= 1; // a mirror's flipped byte
+        await sink(wrong, 0);
+      },
+    };
+    const blob = new RegistryBlob(client, "r/app", {
+      index: 0,
+      digest: digestOf(bytes),
+      sizeBytes: bytes.length,
+      mediaType: "application/vnd.erofs",
+    });
+    const verified = new VerifiedSource(blob, table, {
+      origin: "test",
+      ...(withRefetchHook ? { refetch: refetchFromRegistry(blob) } : {}),
+    });
+    const got = new Uint8Array(bytes.length);
+    const reads = Array.from(
+      { length: fills },
+      (_, i) =>
+        verified.readTo(i * CHUNK, CHUNK, (piece, at) => {
+          got.set(piece, i * CHUNK + at);
+          return Promise.resolve();
+        }),
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`stuck: ${refetches} refetches`)), 10_000);
+    });
+    try {
+      await Promise.race([Promise.all(reads), stuck]);
+    } finally {
+      clearTimeout(timer);
+    }
+    assert.equal(refetches, fills);
+    assert.deepEqual(got, bytes);
+  }
 });
