@@ -1,9 +1,8 @@
 /** Blob upload protocol (OCI distribution spec, "Pushing blobs"): HEAD, POST, PATCH, PUT. */
 import { OciError } from "../errors.ts";
-import { readLimited } from "./auth.ts";
 import { parseJson } from "../json.ts";
+import { readAtMost } from "../bytes.ts";
 import { printable } from "../text.ts";
-import { after } from "../timers.ts";
 import { debug } from "../log.ts";
 import type { RegistryClient } from "./client.ts";
 import { quoted } from "./registry_transport.ts";
@@ -154,9 +153,15 @@ export async function refusedWrite(
 }
 
 async function registryReason(response: Response): Promise<string | undefined> {
-  const timer = after(REASON_WAIT_MS, () => response.body?.cancel().catch(() => {}));
+  if (!response.body) return undefined;
   try {
-    const bytes = await readLimited(response, REASON_MAX_BYTES);
+    // Bounded in time too: a refusal whose body stalls held the command until the stall watch.
+    const bytes = await readAtMost(
+      response.body,
+      REASON_MAX_BYTES,
+      AbortSignal.timeout(REASON_WAIT_MS),
+    );
+    if (bytes === undefined) return undefined;
     const first = (parseJson(new TextDecoder().decode(bytes)) as {
       errors?: { code?: unknown; message?: unknown }[];
     })?.errors?.[0];
@@ -164,9 +169,6 @@ async function registryReason(response: Response): Promise<string | undefined> {
     return words.length ? printable(words.join(": ")).slice(0, 300) : undefined;
   } catch {
     return undefined;
-  } finally {
-    timer.cancel();
-    await response.body?.cancel().catch(() => {});
   }
 }
 
