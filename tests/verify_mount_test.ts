@@ -15,11 +15,13 @@ import {
 } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import {
+  getBlob,
   getManifest,
   OCI_INDEX,
   OCI_MANIFEST,
   pushImage,
   putManifestDescriptor,
+  uploadBlob,
 } from "./_support/oci_raw.ts";
 import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
 import { type MountSandbox, mountSandbox, mountsBelow } from "./_support/mounts.ts";
@@ -578,6 +580,115 @@ Deno.test({
       await new Deno.Command("umount", { args: [full] }).output();
       await Deno.remove(full, { recursive: true });
       await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "verified mount: a referrer table's metadata pack swapped for other bytes is not served (the layer's are)",
+  ignore,
+  async fn() {
+    await using s = await setup();
+    const sandbox = await mountSandbox();
+    const env = isolatedEnv(sandbox);
+    const repository = "v/pack";
+    try {
+      const pushed = await pushImage(s.registry, repository, "v1", [{
+        bytes: s.image,
+        mediaType: EROFS_MEDIA_TYPE,
+      }]);
+      assertSuccess(
+        await runCli(
+          ["checksums", `${s.registry.host}/${repository}:v1`, "--plain-http", "--push"],
+          { env, timeoutMs: 60_000 },
+        ),
+      );
+      // Whoever may push one artifact to the repository: a table naming a pack of its own making
+      // (small.txt renamed, its text replaced), the ranges' digests made to fit it, everything
+      // else as the genuine table has it; the image and its layer untouched.
+      const fallbackTag = `sha256-${pushed.manifestDigest.slice("sha256:".length)}`;
+      const referrers = (await getManifest(s.registry, repository, fallbackTag)).json as {
+        manifests: { digest: string; artifactType?: string }[];
+      };
+      const artifactEntry = referrers.manifests[0];
+      const artifact = (await getManifest(s.registry, repository, artifactEntry.digest)).json as {
+        layers: { mediaType: string; digest: string; size: number }[];
+      };
+      const tableAt = artifact.layers.findIndex((l) => l.mediaType.includes("chunk"));
+      const table = JSON.parse(new TextDecoder().decode(
+        await getBlob(s.registry, repository, artifact.layers[tableAt].digest),
+      ));
+      const flat: number[] = table.metadata.ranges;
+      const ranges = flat.flatMap((offset, i) =>
+        i % 2 === 0 ? [{ offset, length: flat[i + 1] }] : []
+      );
+      const pack = new Uint8Array(ranges.reduce((n, r) => n + r.length, 0));
+      let at = 0;
+      for (const r of ranges) {
+        pack.set(s.image.subarray(r.offset, r.offset + r.length), at);
+        at += r.length;
+      }
+      const replace = (from: string, to: string) => {
+        const needle = new TextEncoder().encode(from);
+        const found = pack.findIndex((_, i) => needle.every((b, j) => pack[i + j] === b));
+        assert.ok(found >= 0, `${JSON.stringify(from)} in the listed metadata`);
+        pack.set(new TextEncoder().encode(to), found);
+      };
+      replace("small.txt", "zmall.txt");
+      replace(SMALL_TEXT, "forged small file!!\n");
+      pack[ranges[0].offset === 0 ? 1024 + 8 : 0] &= ~1; // no superblock checksum to fail
+      const hex = (bytes: ArrayBuffer) =>
+        Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+      let digests = "";
+      at = 0;
+      for (const r of ranges) {
+        digests += hex(await crypto.subtle.digest("SHA-256", pack.subarray(at, at + r.length)));
+        at += r.length;
+      }
+      const packBlob = await uploadBlob(s.registry, repository, pack, "application/octet-stream");
+      table.metadata = { ...table.metadata, digests, pack: packBlob.digest };
+      const tableBytes = new TextEncoder().encode(JSON.stringify(table));
+      const tableBlob = await uploadBlob(
+        s.registry,
+        repository,
+        tableBytes,
+        artifact.layers[tableAt].mediaType,
+      );
+      artifact.layers[tableAt] = { ...artifact.layers[tableAt], ...tableBlob };
+      const forged = await putManifestDescriptor(
+        s.registry,
+        repository,
+        "forged",
+        artifact,
+        OCI_MANIFEST,
+      );
+      await putManifestDescriptor(s.registry, repository, fallbackTag, {
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ ...artifactEntry, digest: forged.digest, size: forged.size }],
+      }, OCI_INDEX);
+
+      const mounted = await runCli([
+        "mount",
+        `${s.registry.host}/${repository}@${pushed.manifestDigest}`,
+        sandbox.target,
+        "--plain-http",
+        "--backend",
+        "fuse",
+        "--require-verified",
+      ], { env, timeoutMs: 60_000 });
+      assertSuccess(mounted);
+      // It showed zmall.txt with the forged text: the pack was taken on its own digest, which
+      // only the (unbound) table vouched for.
+      const names = [...Deno.readDirSync(sandbox.target)].map((e) => e.name).sort();
+      assert.ok(names.includes("small.txt") && !names.includes("zmall.txt"), names.join(" "));
+      assert.equal(await Deno.readTextFile(`${sandbox.target}/small.txt`), SMALL_TEXT);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+    } finally {
+      await sandbox.cleanup();
+      await Deno.remove(env.EROFS_OCI_CACHE_DIR, { recursive: true }).catch(() => {});
+      await Deno.remove(env.EROFS_OCI_STATE_DIR, { recursive: true }).catch(() => {});
     }
   },
 });

@@ -85,6 +85,27 @@ export class ChunkTable {
     this.chunkCount = digests.length / DIGEST_BYTES;
   }
 
+  /**
+   * This table without its metadata list's pack: the pack is a blob of its own that only the
+   * table vouches for, so a table nothing else vouches for (one found by referrer, not named by
+   * the digest-pinned manifest) would certify bytes that are not the layer's — anyone who could
+   * push one artifact changed the tree a digest-pinned mount showed. Without it the listed
+   * ranges are read from the layer itself.
+   */
+  withoutMetadataPack(): ChunkTable {
+    if (this.metadata?.pack === undefined) return this;
+    const { pack: _pack, ...metadata } = this.metadata;
+    return new ChunkTable(
+      this.layerDigest,
+      this.sizeBytes,
+      this.chunkBytes,
+      this.digests,
+      metadata,
+      undefined,
+      this.subchunks,
+    );
+  }
+
   static of(
     layerDigest: string,
     sizeBytes: number,

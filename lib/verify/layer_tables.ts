@@ -282,7 +282,8 @@ export async function loadTable(
   if (await digestOfAsync(bytes, spec.digest) !== spec.digest) {
     throw new OciError(`the kept chunk table ${spec.path} no longer matches ${spec.digest}`);
   }
-  return parseChunkTable(bytes, layer);
+  const table = parseChunkTable(bytes, layer);
+  return spec.bound ? table : table.withoutMetadataPack();
 }
 
 /** The layer's blob behind its table; also the disk-cache origin that keeps verified bytes apart. */
@@ -332,7 +333,7 @@ async function tableAgain(
     await keepBlob(stateDir, "tables", spec.digest, got.bytes).catch(() => {});
   }
   console.warn(`${cause.message}; fetched it again from the registry`);
-  return got.table;
+  return spec.bound ? got.table : got.table.withoutMetadataPack();
 }
 
 /**
