@@ -14,6 +14,8 @@ import {
 } from "../lib/gzip/zinfo.ts";
 import { FormatError } from "../lib/errors.ts";
 import { gzipSync } from "node:zlib";
+import { encodeTar } from "./_support/tar_encode.ts";
+import { runCli } from "./_support/cli.ts";
 
 /** An empty gzip member: 10-byte header, an empty final fixed-Huffman block, CRC 0, size 0. */
 const EMPTY_MEMBER = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -105,5 +107,68 @@ Deno.test("zinfo builder: an eStargz-like layer (a gzip member per small file) i
     assert.equal(builder.checkpointCount, 3000);
   } finally {
     builder.close();
+  }
+});
+
+Deno.test("zinfo builder: many small members first, then one big one, fit the whole blob's bound", () => {
+  // eStargz-like: 2,600 small members (the prioritized files) ahead of one of 3 MiB. Bounded by
+  // the bytes read so far, the 2,402nd member (in ~50 KB) was refused; the blob's 3.1 MB earn
+  // 2,048 + 6,000 checkpoints, as a reader of the zinfo allows.
+  const small = members(2600);
+  const big = gzipSync(crypto.getRandomValues(new Uint8Array(65536)).slice(), { level: 0 });
+  const tail = new Uint8Array(big.length * 48);
+  for (let i = 0; i < 48; i++) tail.set(big, i * big.length);
+  const blob = new Uint8Array(small.length + tail.length);
+  blob.set(small);
+  blob.set(tail, small.length);
+  const builder = new ZinfoBuilder({ onCheckpoint: () => {}, blobBytes: blob.length });
+  try {
+    feedAll(builder, blob);
+    builder.finish();
+    assert.equal(builder.members, 2600 + 48);
+  } finally {
+    builder.close();
+  }
+  // Without the size, the same bytes are refused where the small members end.
+  const unsized = new ZinfoBuilder({ onCheckpoint: () => {} });
+  try {
+    assert.throws(() => feedAll(unsized, blob), /need more than 2\d\d\d checkpoints/);
+  } finally {
+    unsized.close();
+  }
+});
+
+Deno.test("index FILE of such a layer: indexed (the file's size bounds its checkpoints)", async () => {
+  const work = await Deno.makeTempDir({ prefix: "erofs-oci-front-members-" });
+  try {
+    const text = new TextEncoder().encode("x\n");
+    const smallFiles = Array.from(
+      { length: 2600 },
+      (_, i) => ({ name: `s/${i}.txt`, type: "0" as const, data: text }),
+    );
+    const big = crypto.getRandomValues(new Uint8Array(65536));
+    const bigData = new Uint8Array(3 << 20);
+    for (let at = 0; at < bigData.length; at += big.length) bigData.set(big, at);
+    // Each small file (header and data block) a gzip member of its own, then the rest as one.
+    const tar = encodeTar([...smallFiles, { name: "big.bin", type: "0", data: bigData }]);
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < smallFiles.length; i++) {
+      parts.push(gzipSync(tar.subarray(i * 1024, (i + 1) * 1024)));
+    }
+    parts.push(gzipSync(tar.subarray(smallFiles.length * 1024), { level: 1 }));
+    const layer = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const part of parts) {
+      layer.set(part, at);
+      at += part.length;
+    }
+    await Deno.writeFile(`${work}/front.tar.gz`, layer);
+    const indexed = await runCli(["index", `${work}/front.tar.gz`, "-o", `${work}/out`], {
+      timeoutMs: 120_000,
+    });
+    assert.equal(indexed.code, 0, indexed.stderr);
+    assert.match(indexed.stderr, /2601 gzip member\(s\)/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
   }
 });

@@ -325,6 +325,7 @@ async function indexInto(
     try {
       ({ result } = await writeLayerIndex(chunksOf(input), dir, name, {
         spanBytes,
+        layerBytes: input.size,
         buildTimeSec: timestamp,
         onEntries: (count) => progress.updateEntries(count),
         plainTar,

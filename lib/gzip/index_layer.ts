@@ -20,6 +20,11 @@ import { DEFAULT_PIECE_BYTES } from "./piece_digests.ts";
 
 export interface IndexLayerOptions {
   spanBytes?: number;
+  /**
+   * The compressed layer's size, when known: its checkpoints are bounded by that (as a reader
+   * of the zinfo bounds them), not by the bytes read so far.
+   */
+  layerBytes?: number;
   /** Superblock build time and mtime of implied directories (reproducible output). */
   buildTimeSec: number;
   uuid?: Uint8Array;
@@ -85,6 +90,7 @@ export async function indexGzipLayer(
   const builder = new ZinfoBuilder({
     spanBytes,
     pieceBytes,
+    blobBytes: options.layerBytes,
     onCheckpoint: (cp) => writer.add(cp),
   });
   const layerHash = createHash("sha256"), tarHash = createHash("sha256");

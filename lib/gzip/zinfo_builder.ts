@@ -62,6 +62,7 @@ export class ZinfoBuilder {
   #pieceDigests?: Uint8Array<ArrayBuffer>;
   #lastCheckpointOut = 0;
   readonly #maxCheckpoints: number;
+  readonly #blobBytes: number;
 
   /**
    * `onCheckpoint` takes each checkpoint as it is made (e.g. ZinfoFileWriter.add), so a huge
@@ -75,10 +76,17 @@ export class ZinfoBuilder {
       pieceBytes?: number;
       /** More checkpoints than this are a FormatError. Default MAX_ZINFO_CHECKPOINTS (1 GiB). */
       maxCheckpoints?: number;
+      /**
+       * The whole compressed size, when known: checkpoints are bounded as for a blob of that
+       * size (maxCheckpointsFor), as the zinfo's readers bound them. Bounded by the bytes read
+       * so far, a layer whose many small members come first (as eStargz puts them) was refused.
+       */
+      blobBytes?: number;
     } = {},
   ) {
     this.spanBytes = options.spanBytes ?? DEFAULT_SPAN_BYTES;
     this.#maxCheckpoints = options.maxCheckpoints ?? MAX_ZINFO_CHECKPOINTS;
+    this.#blobBytes = options.blobBytes ?? 0;
     this.#onCheckpoint = options.onCheckpoint;
     if (options.pieceBytes) this.#pieces = new PieceHasher(options.pieceBytes);
   }
@@ -182,10 +190,13 @@ export class ZinfoBuilder {
   }
 
   #add(checkpoint: BuiltCheckpoint): void {
-    const allowed = Math.min(this.#maxCheckpoints, maxCheckpointsFor(this.compressedBytes));
+    const size = Math.max(this.#blobBytes, this.compressedBytes);
+    const allowed = Math.min(this.#maxCheckpoints, maxCheckpointsFor(size));
     if (this.checkpointCount >= allowed) {
       throw new FormatError(
-        `gzip: ${this.members} members in ${this.compressedBytes} compressed bytes need more ` +
+        `gzip: ${this.members} members in ${
+          this.#blobBytes ? `the first ${this.compressedBytes} of ${size}` : this.compressedBytes
+        } compressed bytes need more ` +
           `than ${allowed} checkpoints: the zinfo would exceed ` +
           `${allowed * ZINFO_CHECKPOINT_BYTES} bytes`,
         TOO_MANY_MEMBERS_HINT,

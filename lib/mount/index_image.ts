@@ -182,6 +182,7 @@ export async function indexImage(
           layerFileStem(layer.digest),
           {
             spanBytes: options.spanBytes,
+            layerBytes: layer.sizeBytes,
             buildTimeSec: options.buildTimeSec,
             impliedMtimeSec: MARK_IMPLIED,
             plainTar: tarLayerKind(layer.mediaType) === "tar",

@@ -25,6 +25,8 @@ import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
   spanBytes: number;
+  /** The compressed layer's size, when known (IndexLayerOptions.layerBytes). */
+  layerBytes?: number;
   buildTimeSec: number;
   onEntries?: (count: number) => void;
   impliedMtimeSec?: ImpliedMtime;
@@ -73,6 +75,7 @@ export async function writeLayerIndex(
   try {
     const indexOptions = {
       spanBytes: options.spanBytes,
+      layerBytes: options.layerBytes,
       buildTimeSec: options.buildTimeSec,
       onEntries: options.onEntries,
       impliedMtimeSec: options.impliedMtimeSec,
