@@ -244,3 +244,59 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "convert --all-platforms: one manifest listed under two platforms is converted once, " +
+    "listed under both",
+  ignore: requires(command("umoci"), command("python3")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-shared-" });
+    try {
+      const image = await makeUmociImage(work);
+      const layoutIndex = JSON.parse(Deno.readTextFileSync(`${image.layout}/index.json`));
+      const source = layoutIndex.manifests.find((m: { annotations?: Record<string, string> }) =>
+        m.annotations?.["org.opencontainers.image.ref.name"] === image.tag
+      );
+      const platforms = PLATFORMS.map(([os, architecture]) => ({ os, architecture }));
+      const index = writeBlob(
+        image.layout,
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: "application/vnd.oci.image.index.v1+json",
+          manifests: platforms.map((platform) => ({
+            mediaType: "application/vnd.oci.image.manifest.v1+json",
+            digest: source.digest,
+            size: source.size,
+            platform,
+          })),
+        }),
+      );
+      layoutIndex.manifests.push({
+        mediaType: "application/vnd.oci.image.index.v1+json",
+        ...index,
+        annotations: { "org.opencontainers.image.ref.name": "both" },
+      });
+      Deno.writeTextFileSync(`${image.layout}/index.json`, JSON.stringify(layoutIndex));
+
+      const converted = await runCli(
+        ["convert", "--all-platforms", `oci:${image.layout}:both`, `oci:${work}/out:both`],
+        LONG,
+      );
+      assertSuccess(converted);
+      const out = JSON.parse(Deno.readTextFileSync(`${work}/out/index.json`));
+      const top = JSON.parse(
+        Deno.readTextFileSync(`${work}/out/blobs/sha256/${out.manifests[0].digest.slice(7)}`),
+      );
+      // It kept the first platform's entry only: arm64 was gone without a word.
+      assert.deepEqual(top.manifests.map((m: { platform: unknown }) => m.platform), platforms);
+      assert.equal(top.manifests[0].digest, top.manifests[1].digest, "one converted manifest");
+      assert.equal(
+        converted.stderr.match(/platform linux\//g)?.length,
+        1,
+        `converted once: ${converted.stderr}`,
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -131,7 +131,16 @@ export async function convertImage(
   const converter = new LayerConverter(source, destination, options, progress, known);
   const result: ConvertResult = { reference: "", platforms: [] };
   const entries: Descriptor[] = [];
+  /** Source manifest digest → its converted manifest, for one listed under several platforms. */
+  const converted = new Map<string, { digest: string; size: number }>();
   for (const { image, entry, label } of images) {
+    const done = converted.get(image.manifestDigest);
+    if (done) {
+      const same = result.platforms.find((p) => p.manifestDigest === done.digest)!;
+      result.platforms.push({ ...same, platform: label });
+      entries.push(indexEntryOf(done, entry, image));
+      continue;
+    }
     if (images.length > 1) progress.note(`platform ${label}`);
     const configBytes = await source.readConfig(image);
     const buildTimeSec = options.buildTimeSec ?? configCreatedSec(configBytes) ?? 0;
@@ -179,16 +188,9 @@ export async function convertImage(
     } else {
       await destination.putManifest(manifest, OCI_MANIFEST);
       await destination.referTables?.(manifestDigest, manifest.byteLength, tables);
-      const indexEntry: Descriptor = {
-        mediaType: OCI_MANIFEST,
-        digest: manifestDigest,
-        size: manifest.byteLength,
-      };
-      if (entry?.platform) indexEntry.platform = structuredClone(entry.platform);
-      else if (image.platform !== "unknown") indexEntry.platform = parsePlatform(image.platform);
-      const entryAnnotations = carriedAnnotations(entry?.annotations);
-      if (Object.keys(entryAnnotations).length) indexEntry.annotations = entryAnnotations;
-      entries.push(indexEntry);
+      const made = { digest: manifestDigest, size: manifest.byteLength };
+      converted.set(image.manifestDigest, made);
+      entries.push(indexEntryOf(made, entry, image));
     }
   }
   if (images.length > 1) {
@@ -423,4 +425,18 @@ class LayerConverter {
       await Deno.remove(path).catch(() => {});
     }
   }
+}
+
+/** The new index's entry of a converted manifest: the source entry's platform and annotations. */
+function indexEntryOf(
+  made: { digest: string; size: number },
+  entry: Descriptor | undefined,
+  image: ResolvedImage,
+): Descriptor {
+  const indexEntry: Descriptor = { mediaType: OCI_MANIFEST, digest: made.digest, size: made.size };
+  if (entry?.platform) indexEntry.platform = structuredClone(entry.platform);
+  else if (image.platform !== "unknown") indexEntry.platform = parsePlatform(image.platform);
+  const entryAnnotations = carriedAnnotations(entry?.annotations);
+  if (Object.keys(entryAnnotations).length) indexEntry.annotations = entryAnnotations;
+  return indexEntry;
 }

@@ -114,11 +114,16 @@ export function layoutSource(name: string, layout: OciLayout, ref: LayoutReferen
   };
 }
 
-/** An index's image manifests, each once (by digest), attestations left out. */
+/**
+ * An index's image manifests, attestations left out; an entry repeated with the same digest and
+ * platform once. One manifest listed for two platforms stays listed for both (it was kept for the
+ * first only); convert converts it once.
+ */
 function imageEntries(manifests: Descriptor[]): Descriptor[] {
   const out: Descriptor[] = [];
+  const key = (d: Descriptor) => `${d.digest} ${JSON.stringify(d.platform ?? null)}`;
   for (const d of imageManifestEntries(manifests)) {
-    if (!out.some((seen) => seen.digest === d.digest)) out.push(d);
+    if (!out.some((seen) => key(seen) === key(d))) out.push(d);
   }
   return out;
 }
