@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { assertCliError, describe, runCli } from "./_support/cli.ts";
+import { startRawHttpServer } from "./_support/raw_http_server.ts";
 
 /** Answers every request with `status` and `body` gzipped, sent `Transfer-Encoding: gzip, chunked`. */
 function startGzipTransferServer(
@@ -16,45 +17,20 @@ function startGzipTransferServer(
   headers: Record<string, string>,
   body: Uint8Array,
 ) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const gzipped = gzipSync(body);
-  const serveConn = async (conn: Deno.Conn) => {
-    try {
-      const buffer = new Uint8Array(65536);
-      let seen = "";
-      while (!seen.includes("\r\n\r\n")) {
-        const n = await conn.read(buffer);
-        if (n === null) return;
-        seen += new TextDecoder().decode(buffer.subarray(0, n));
-      }
-      const head = [
-        `HTTP/1.1 ${status} X`,
-        ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-        "Transfer-Encoding: gzip, chunked",
-        "Connection: close",
-        "",
-        `${gzipped.length.toString(16)}`,
-        "",
-      ].join("\r\n");
-      await conn.write(new TextEncoder().encode(head));
-      await conn.write(gzipped);
-      await conn.write(new TextEncoder().encode("\r\n0\r\n\r\n"));
-    } catch {
-      /* the client went away */
-    } finally {
-      conn.close();
-    }
-  };
-  const accepting = (async () => {
-    for await (const conn of listener) serveConn(conn);
-  })().catch(() => {});
-  return {
-    host: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      await accepting;
-    },
-  };
+  const encode = (text: string) => new TextEncoder().encode(text);
+  const head = [
+    `HTTP/1.1 ${status} X`,
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+    "Transfer-Encoding: gzip, chunked",
+    "Connection: close",
+    "",
+    `${gzipped.length.toString(16)}`,
+    "",
+  ].join("\r\n");
+  return startRawHttpServer(() => [encode(head), gzipped, encode("\r\n0\r\n\r\n")], {
+    closeAfter: true,
+  });
 }
 
 Deno.test("a blob range in Transfer-Encoding: gzip is refused, never read as its bytes", async () => {

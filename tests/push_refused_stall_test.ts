@@ -7,41 +7,18 @@
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
 import { FIXTURES } from "./_support/requires.ts";
+import { startRawHttpServer } from "./_support/raw_http_server.ts";
 
 /** Answers HEAD with 404 and anything else with a 403 whose body never comes. */
 function startStallingRefuser() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const open = new Set<Deno.Conn>();
-  const serveConn = async (conn: Deno.Conn) => {
-    open.add(conn);
-    const buffer = new Uint8Array(65536);
-    try {
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) return;
-        const request = new TextDecoder().decode(buffer.subarray(0, n));
-        const reply = request.startsWith("HEAD ")
-          ? "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-          : 'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"errors":';
-        await conn.write(new TextEncoder().encode(reply));
-      }
-    } catch {
-      /* closed */
-    } finally {
-      open.delete(conn);
-    }
-  };
-  const accepting = (async () => {
-    for await (const conn of listener) serveConn(conn);
-  })().catch(() => {});
-  return {
-    host: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    async [Symbol.asyncDispose]() {
-      listener.close();
-      for (const conn of open) conn.close();
-      await accepting;
-    },
-  };
+  const encode = (text: string) => new TextEncoder().encode(text);
+  return startRawHttpServer((head) => [
+    encode(
+      head.startsWith("HEAD ")
+        ? "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        : 'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"errors":',
+    ),
+  ]);
 }
 
 Deno.test("push refused with a stalled body: the refusal is said within seconds, not after the stall watch", async () => {
