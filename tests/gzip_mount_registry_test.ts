@@ -8,7 +8,16 @@
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
-import { getManifest, pushImage, pushIndex } from "./_support/oci_raw.ts";
+import {
+  getManifest,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  pushImage,
+  pushIndex,
+  putManifestDescriptor,
+  uploadBlob,
+} from "./_support/oci_raw.ts";
+import { LAYER_ANNOTATION, TAR_INDEX_ARTIFACT_TYPE } from "../lib/mount/tar_index_artifact.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
 import { manifestOf } from "./_support/mounts.ts";
 import {
@@ -165,5 +174,83 @@ Deno.test({
         withoutRoot(expectedTarListing("big.meta.txt")),
       );
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
+    }),
+});
+
+Deno.test({
+  name:
+    "mount --index-missing: a broken index artifact by referrer is passed over, the layer indexed here",
+  ignore,
+  fn: () =>
+    withRig(async (rig) => {
+      const { registry, sandbox, env } = rig;
+      const repository = "gz/broken";
+      const pushed = await pushImage(registry, repository, "v1", [
+        { bytes: await Deno.readFile(`${FIXTURES}/big.tar.gz`), mediaType: GZIP_LAYER },
+      ]);
+      // Anyone who may push can add one: an index artifact whose record is no record.
+      const empty = await uploadBlob(
+        registry,
+        repository,
+        new TextEncoder().encode("{}"),
+        "application/vnd.oci.empty.v1+json",
+      );
+      const record = await uploadBlob(
+        registry,
+        repository,
+        new TextEncoder().encode("not a record"),
+        "application/vnd.io.github.erofs-oci.tar-index.record.v1+json",
+      );
+      const artifact = await putManifestDescriptor(registry, repository, "broken-index", {
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: TAR_INDEX_ARTIFACT_TYPE,
+        config: empty,
+        layers: [{
+          ...record,
+          annotations: { [LAYER_ANNOTATION]: pushed.layers[0].digest },
+        }],
+        subject: {
+          mediaType: OCI_MANIFEST,
+          digest: pushed.manifestDigest,
+          size: pushed.manifestSize,
+        },
+      }, OCI_MANIFEST);
+      await putManifestDescriptor(registry, repository, pushed.manifestDigest.replace(":", "-"), {
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ ...artifact, artifactType: TAR_INDEX_ARTIFACT_TYPE }],
+      }, OCI_INDEX);
+
+      // It failed the mount ("index record … is not JSON") though --index-missing asked for
+      // an index made here.
+      const mounted = await mountFuseOk(rig, [
+        `${registry.host}/${repository}:v1`,
+        "--index-missing",
+      ]);
+      assert.match(
+        mounted.stderr,
+        /the registry's tar index cannot be used .*: indexing here instead/,
+      );
+      // Below the root (whose implied mtime is the time it was indexed here).
+      const belowRoot = (listing: string) => listing.split("\n").slice(1).join("\n");
+      assert.equal(
+        belowRoot(await manifestOf(sandbox.target)),
+        belowRoot(expectedTarListing("big.meta.txt")),
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+      // Without --index-missing the broken index is still an error, not a silent fallback.
+      assertCliError(
+        await runCli([
+          "mount",
+          "--backend",
+          "fuse",
+          `${registry.host}/${repository}:v1`,
+          sandbox.target,
+        ], {
+          env: { ...env, EROFS_OCI_STATE_DIR: `${rig.stateEnv.EROFS_OCI_STATE_DIR}-2` },
+        }),
+        1,
+      );
     }),
 });

@@ -17,6 +17,7 @@ import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 import type { TarIndexFiles } from "./layer_index_files.ts";
 import { tarLayerKind } from "./tar_layers.ts";
 import { layerList } from "../text.ts";
+import { warn } from "../log.ts";
 
 /** Where tar layers' indexes come from besides the registry's index artifact. */
 export interface TarIndexSources {
@@ -139,7 +140,13 @@ export async function findTarIndexes(
       image.manifestDigest,
       unfound,
       sources.cacheDir,
-    );
+    ).catch((error) => {
+      // With --index-missing the layers are indexed here instead: an index artifact anyone
+      // with push rights can add (broken, or of another layer) must not stop that.
+      if (!sources.indexMissing || !(error instanceof UserError)) throw error;
+      warn(`the registry's tar index cannot be used (${error.message}): indexing here instead`);
+      return new Map<string, TarIndexFiles>();
+    });
     for (const [digest, files] of fetched) found.set(digest, { ...files, origin: "registry" });
   }
   const missing = layers.filter((l) => !found.has(l.digest));
