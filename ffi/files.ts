@@ -40,6 +40,12 @@ export async function openReadOnlyAsync(path: string): Promise<number> {
  * /sys, /proc and /dev. Returns undefined when the file does not exist (ENOENT/ENODEV).
  */
 export function readSmallFile(path: string, maxBytes = 65536): string | undefined {
+  const bytes = readSmallFileBytes(path, maxBytes);
+  return bytes && new TextDecoder().decode(bytes);
+}
+
+/** readSmallFile's bytes as they are (a command line, whose arguments may be any bytes). */
+export function readSmallFileBytes(path: string, maxBytes = 65536): Uint8Array | undefined {
   const fd = libc().open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
   if (fd < 0) {
     const code = errno();
@@ -59,7 +65,7 @@ export function readSmallFile(path: string, maxBytes = 65536): string | undefine
       if (n === 0) break;
       done += n;
     }
-    return new TextDecoder().decode(buf.subarray(0, done));
+    return buf.subarray(0, done);
   } finally {
     closeFd(fd);
   }

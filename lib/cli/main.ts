@@ -7,6 +7,7 @@ import {
   UserError,
 } from "../errors.ts";
 import { VERSION } from "../version.ts";
+import { refuseNonUtf8Arguments } from "./command_line.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
@@ -60,6 +61,7 @@ export async function runCli(args: string[]): Promise<number> {
   let argv = [...ours.filter((a) => a !== "--debug"), ...(dashes === -1 ? [] : args.slice(dashes))];
   let writesWhere: string | undefined;
   try {
+    refuseNonUtf8Arguments(args);
     argv = takeLogFormat(argv);
     const [first, ...rest] = argv;
     if (first === undefined || first === "-h" || first === "--help" || first === "help") {
