@@ -59,3 +59,22 @@ Deno.test("refuseNonUtf8Arguments: only the program's own arguments, read only w
     (e: unknown) => e instanceof UsageError && /^argument 2 is not valid UTF-8/.test(e.message),
   );
 });
+
+Deno.test("an EROFS_OCI_* variable that is not UTF-8: one line naming it (was an internal error)", async () => {
+  const run = await new Deno.Command("sh", {
+    args: [
+      "-c",
+      'EROFS_OCI_RUNTIME_DIR="$(printf "/tmp/erofs-oci-run\\377")" exec "$0" list',
+      `${REPO_ROOT}/scripts/erofs-oci-dev`,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(run.stderr);
+  assert.equal(run.code, 1, stderr);
+  assert.match(
+    stderr,
+    /^erofs-oci: environment variable EROFS_OCI_RUNTIME_DIR is not valid UTF-8\n/,
+  );
+  assert.doesNotMatch(stderr, /internal error/);
+});

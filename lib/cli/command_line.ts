@@ -4,7 +4,7 @@
  * `mount` mounted another image onto another directory, `build -o` wrote elsewhere.
  */
 import { readSmallFileBytes } from "../../ffi/files.ts";
-import { UsageError } from "../errors.ts";
+import { UsageError, UserError } from "../errors.ts";
 import { printable } from "../text.ts";
 
 /**
@@ -39,4 +39,37 @@ export function refuseNonUtf8Arguments(
       );
     }
   });
+}
+
+/**
+ * Deno's refusal to read an environment variable that is not UTF-8 (an EROFS_OCI_* directory
+ * with such a byte was an "internal error" naming no variable), as one line naming it.
+ */
+export function nonUtf8Environment(
+  error: unknown,
+  rawEnvironment: () => Uint8Array | undefined = () =>
+    readSmallFileBytes("/proc/self/environ", 1 << 21),
+): UserError | undefined {
+  if (
+    !(error instanceof Deno.errors.InvalidData) ||
+    !/environment variable was not valid unicode/.test(error.message)
+  ) return undefined;
+  const strict = new TextDecoder("utf-8", { fatal: true });
+  const names: string[] = [];
+  const raw = rawEnvironment() ?? new Uint8Array(0);
+  for (let start = 0; start < raw.length;) {
+    const end = raw.indexOf(0, start) < 0 ? raw.length : raw.indexOf(0, start);
+    const entry = raw.subarray(start, end);
+    try {
+      strict.decode(entry);
+    } catch {
+      const equals = entry.indexOf(0x3d);
+      names.push(printable(new TextDecoder().decode(entry.subarray(0, equals < 0 ? 0 : equals))));
+    }
+    start = end + 1;
+  }
+  return new UserError(
+    `environment variable ${names.length ? names.join(", ") : "(one of them)"} is not valid UTF-8`,
+    "give it a value that is UTF-8 (a path: rename it, or use a symlink named in UTF-8), or unset it",
+  );
 }

@@ -7,7 +7,7 @@ import {
   UserError,
 } from "../errors.ts";
 import { VERSION } from "../version.ts";
-import { refuseNonUtf8Arguments } from "./command_line.ts";
+import { nonUtf8Environment, refuseNonUtf8Arguments } from "./command_line.ts";
 import { COMMANDS, HIDDEN_COMMANDS } from "./commands.ts";
 import { logFormat, logRecord, setDebug, setLogFormat } from "../log.ts";
 import { printable } from "./table.ts";
@@ -151,7 +151,8 @@ function takeLogFormat(argv: string[]): string[] {
  * OS error texts read as ours ("(os error 2)" left out); --debug names the errno.
  */
 export function reportError(thrown: unknown, debug: boolean, writesWhere?: string): number {
-  const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown, writesWhere) ?? thrown;
+  const error = refusedSpecialPath(thrown) ?? hostRefusal(thrown, writesWhere) ??
+    nonUtf8Environment(thrown) ?? thrown;
   const { text: plain, errnos } = plainOsErrors(
     error instanceof Error ? error.message : String(error),
   );
