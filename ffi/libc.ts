@@ -359,6 +359,8 @@ export function cstr(value: string): Uint8Array<ArrayBuffer> {
 }
 
 export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000;
+/** Longest unix socket path (sockaddr_un's sun_path holds 108 bytes, the NUL included). */
+export const MAX_UNIX_SOCKET_PATH_BYTES = 107;
 /** open(2) flags whose values differ between x86_64 and arm64 (asm/fcntl.h). */
 const ARM64 = Deno.build.arch === "aarch64";
 export const O_PATH = 0o10000000;

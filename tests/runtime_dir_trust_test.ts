@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { assertCliError, runCli } from "./_support/cli.ts";
-import { requires, root } from "./_support/requires.ts";
+import { FIXTURES, requires, root } from "./_support/requires.ts";
 
 Deno.test({
   name: "a runtime dir another user can change: list and umount --all refuse it, one line",
@@ -30,6 +30,32 @@ Deno.test({
       await Deno.chmod(`${work}/run`, 0o700);
       const listed = await runCli(["list"], { env });
       assert.doesNotMatch(listed.stderr, /not root's alone/);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a runtime dir too long for a mount's control socket: refused before anything starts",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-runtime-long-" });
+    try {
+      await Deno.mkdir(`${work}/mnt`);
+      // mounts/ID/control.sock adds 29 bytes: past 107 in all, bind(2) cannot take the path.
+      const runtime = `${work}/${"r".repeat(Math.max(1, 79 - work.length - 1))}`;
+      const result = await runCli(
+        ["mount", `${FIXTURES}/basic.erofs`, `${work}/mnt`, "--backend", "fuse"],
+        { env: { EROFS_OCI_RUNTIME_DIR: runtime } },
+      );
+      // It was the server's "path must be shorter than SUN_LEN", naming nothing.
+      assertCliError(
+        result,
+        1,
+        /EROFS_OCI_RUNTIME_DIR .* is too long: a mount's control socket under it would be 108 bytes/,
+      );
+      assert.deepEqual([...Deno.readDirSync(work)].map((e) => e.name), ["mnt"], "nothing made");
     } finally {
       await Deno.remove(work, { recursive: true });
     }

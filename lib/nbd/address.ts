@@ -1,7 +1,7 @@
 /** Where a user-space NBD server listens: parsing `--listen`, the NBD URI, opening the socket. */
 import { NbdError, UsageError, UserError } from "../errors.ts";
 import { probeUnixSocket } from "../../ffi/io.ts";
-import { closeFd, libc, SysError } from "../../ffi/libc.ts";
+import { closeFd, libc, MAX_UNIX_SOCKET_PATH_BYTES, SysError } from "../../ffi/libc.ts";
 import { openDirTrusted, pathOfFd } from "../../ffi/path_resolve.ts";
 import { entryChangeableBy } from "../../ffi/trusted_path.ts";
 
@@ -66,9 +66,6 @@ export function listenOn(addr: ListenAddress): { listener: Deno.Listener; socket
   }
 }
 
-/** Longest unix socket path (sun_path holds 108 bytes, the NUL included). */
-const MAX_SOCKET_PATH_BYTES = 107;
-
 /**
  * A unix stream listener at `path`, the socket file mode 0600 (whoever may connect reads what
  * is served). Deno unlinks the path it bound when the listener closes, whatever file is there
@@ -81,7 +78,7 @@ const MAX_SOCKET_PATH_BYTES = 107;
 export function listenUnix(path: string): { listener: Deno.Listener; socket: OwnSocket } {
   const trusted = claimSocketPath(path);
   const bound = `${trusted}.${crypto.randomUUID().slice(0, 8)}.bind`;
-  if (new TextEncoder().encode(bound).length <= MAX_SOCKET_PATH_BYTES) {
+  if (new TextEncoder().encode(bound).length <= MAX_UNIX_SOCKET_PATH_BYTES) {
     const listener = bindPrivately(bound);
     try {
       const socket = ownSocket(trusted, bound);

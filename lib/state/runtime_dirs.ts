@@ -4,6 +4,9 @@
  * log and the control socket.
  */
 import { type RecordsDir, resolvedPath, rootOnlyDir } from "../../ffi/trusted_path.ts";
+import { MAX_UNIX_SOCKET_PATH_BYTES } from "../../ffi/libc.ts";
+import { UserError } from "../errors.ts";
+import { plural } from "../text.ts";
 
 export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
 /**
@@ -107,6 +110,17 @@ export function checkRuntimeRoot(): void {
 
 /** Creates the runtime dir of a new mount (0700: it holds sockets and logs). */
 export function createMountDir(): string {
+  const socketBytes = new TextEncoder().encode(controlSocketPath("00000000")).length;
+  if (socketBytes > MAX_UNIX_SOCKET_PATH_BYTES) {
+    // Found by the server's bind, after it started: "path must be shorter than SUN_LEN".
+    const over = socketBytes - MAX_UNIX_SOCKET_PATH_BYTES;
+    throw new UserError(
+      `EROFS_OCI_RUNTIME_DIR ${RUNTIME_ROOT} is too long: a mount's control socket under it ` +
+        `would be ${socketBytes} bytes, ${over} more than a unix socket path may have`,
+      `choose a runtime directory ${plural(over, "byte")} shorter at least (the default is ` +
+        "/run/erofs-oci)",
+    );
+  }
   checkRuntimeRoot();
   Deno.mkdirSync(MOUNTS_DIR, { recursive: true, mode: 0o700 });
   Deno.chmodSync(RUNTIME_ROOT, 0o700);
