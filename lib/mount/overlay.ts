@@ -73,6 +73,10 @@ function mountWithRelativeLowers(
   const parent = lowerDirsTopFirst[0].slice(0, lowerDirsTopFirst[0].lastIndexOf("/"));
   const names = lowerDirsTopFirst.map((dir) => dir.slice(parent.length + 1));
   const data = `lowerdir=${names.join(":")}${upperWork}${OVERLAY_HARDENING}`;
+  const special = names.find((name) => OVERLAY_SPECIAL.test(name));
+  if (special !== undefined) {
+    throw new MountError(`cannot use a path containing ',', ':' or '\\': ${parent}/${special}`);
+  }
   if (
     !parent.startsWith("/") || names.some((name) => name.includes("/")) ||
     byteLength(data) > MOUNT_DATA_MAX_BYTES
@@ -129,7 +133,7 @@ export async function mountOverlay(
   lowerDirsTopFirst: string[],
   options: OverlayOptions = {},
 ): Promise<void> {
-  for (const dir of [...lowerDirsTopFirst, options.upper ?? "", options.work ?? ""]) {
+  for (const dir of [options.upper ?? "", options.work ?? ""]) {
     // overlayfs options are separated by "," and lowerdir entries by ":", and '\' escapes the
     // next character: a path with any of them names another directory than the one given.
     if (OVERLAY_SPECIAL.test(dir)) {
@@ -143,7 +147,13 @@ export async function mountOverlay(
   const upperWork = writable ? `,upperdir=${options.upper},workdir=${options.work}` : "";
   const data = `lowerdir=${lowerDirsTopFirst.join(":")}${upperWork}${OVERLAY_HARDENING}`;
   const flags = (options.flags ?? MS_NOSUID | MS_NODEV) | (writable ? 0 : MS_RDONLY);
-  if (byteLength(data) > MOUNT_DATA_MAX_BYTES) {
+  // The lower dirs are ours (the mount's runtime dir): one whose path holds a character
+  // overlayfs reads specially (an EROFS_OCI_RUNTIME_DIR with a comma) goes by its name only,
+  // as a long list does.
+  if (
+    byteLength(data) > MOUNT_DATA_MAX_BYTES ||
+    lowerDirsTopFirst.some((d) => OVERLAY_SPECIAL.test(d))
+  ) {
     mountWithRelativeLowers(target, lowerDirsTopFirst, upperWork, flags, options.mountAt);
     return;
   }
