@@ -440,3 +440,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "mount --upper/--work too long for mount(2)'s options: said so, not 'stacks at most 0'",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    try {
+      // Two paths of ~2,000 bytes each: with the hardening options, past one page.
+      const deep = (name: string) => `${base}/${name}/${Array(9).fill("d".repeat(220)).join("/")}`;
+      for (const name of ["up", "wk"]) {
+        Deno.mkdirSync(deep(name), { recursive: true, mode: 0o700 });
+        Deno.chmodSync(`${base}/${name}`, 0o700);
+      }
+      const result = await runCli([
+        "mount",
+        `${FIXTURES}/basic.erofs`,
+        sandbox.target,
+        "--backend",
+        "fuse",
+        "--upper",
+        deep("up"),
+        "--work",
+        deep("wk"),
+      ], { env: sandbox.env });
+      assertCliError(result, 1, /--upper and --work are too long for this image's 1 layers/);
+      assert.doesNotMatch(result.stderr, /stacks at most|flatten/);
+      assert.deepEqual(mountServersOf(sandbox.runtimeDir), []);
+    } finally {
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -208,6 +208,14 @@ async function resolveAndMount(
   const absolute = (dir?: string) =>
     dir === undefined || dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
   const limit = overlayLayerLimit(upperWorkBytes(absolute(values.upper), absolute(values.work)));
+  if (resolved.layers.length > limit && resolved.layers.length <= overlayLayerLimit()) {
+    // The --upper/--work paths take the room (it said "stacks at most 0" and to flatten).
+    throw new MountError(
+      `--upper and --work are too long for this image's ${resolved.layers.length} layers: ` +
+        "mount(2) takes one page of overlay options",
+      "use directories with shorter paths (their real paths count: symlinks are resolved)",
+    );
+  }
   if (resolved.layers.length > limit) {
     // Before any layer is exported and mounted (a 1000-layer image took 80 s to fail).
     throw new MountError(
