@@ -465,7 +465,7 @@ Deno.test({
         "--work",
         deep("wk"),
       ], { env: sandbox.env });
-      assertCliError(result, 1, /--upper and --work are too long for this image's 1 layers/);
+      assertCliError(result, 1, /--upper and --work are too long for an overlay of 1 layer/);
       assert.doesNotMatch(result.stderr, /stacks at most|flatten/);
       assert.deepEqual(mountServersOf(sandbox.runtimeDir), []);
     } finally {

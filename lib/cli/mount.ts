@@ -1,3 +1,4 @@
+import { plural } from "../text.ts";
 import type { Command } from "./command.ts";
 import { MountError } from "../errors.ts";
 import { REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
@@ -211,7 +212,9 @@ async function resolveAndMount(
   if (resolved.layers.length > limit && resolved.layers.length <= overlayLayerLimit()) {
     // The --upper/--work paths take the room (it said "stacks at most 0" and to flatten).
     throw new MountError(
-      `--upper and --work are too long for this image's ${resolved.layers.length} layers: ` +
+      `--upper and --work are too long for an overlay of ${
+        plural(resolved.layers.length, "layer")
+      }: ` +
         "mount(2) takes one page of overlay options",
       "use directories with shorter paths (their real paths count: symlinks are resolved)",
     );
