@@ -1,4 +1,4 @@
-import { plural } from "../text.ts";
+import { plural, printable } from "../text.ts";
 import type { Command } from "./command.ts";
 import { warn } from "../log.ts";
 import { nearestOption, parseCommandArgs } from "./command.ts";
@@ -116,7 +116,7 @@ Options:
       }
     }
     console.log(
-      `${dir}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
+      `${printable(dir)}: ${plural(blobs.length, "blob")}, ${formatBytes(bytesOnDisk)} on disk` +
         (blobsInUse ? `, ${blobsInUse} in use` : "") +
         (fileSystemFreeBytes === undefined
           ? ""
@@ -125,7 +125,9 @@ Options:
     if (blobs.length && action === "list") printBlobs(blobs);
     if (indexedHere.layers) {
       console.log(
-        `${indexedHere.dir}: indexes of ${plural(indexedHere.layers, "tar layer")} made by ` +
+        `${printable(indexedHere.dir)}: indexes of ${
+          plural(indexedHere.layers, "tar layer")
+        } made by ` +
           `mount --index-missing, ${formatBytes(indexedHere.bytes)} (kept; not pruned)`,
       );
     }

@@ -1,4 +1,4 @@
-import { plural } from "../text.ts";
+import { plural, printable } from "../text.ts";
 import type { Command } from "./command.ts";
 import { MountError } from "../errors.ts";
 import { REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
@@ -257,7 +257,7 @@ async function resolveAndMount(
   mark("cli: mounted");
   const devices = state.layers.map((l) => l.device ?? l.blockPath).join(", ");
   console.log(
-    `mounted ${state.image} at ${state.target} (${state.layers.length} layer${
+    `mounted ${printable(state.image)} at ${printable(state.target)} (${state.layers.length} layer${
       state.layers.length === 1 ? "" : "s"
     }, ${backend}: ${devices}; ${state.options?.join(",")}; server pid ${state.serverPid})`,
   );

@@ -1,3 +1,4 @@
+import { printable } from "../text.ts";
 import type { Command } from "./command.ts";
 import {
   expectPositionals,
@@ -77,7 +78,9 @@ Example:
         interrupt.close();
         progress.finish();
       }
-      console.log(`${output}: layer ${chosen.index} ${chosen.digest} (${chosen.sizeBytes} bytes)`);
+      console.log(
+        `${printable(output)}: layer ${chosen.index} ${chosen.digest} (${chosen.sizeBytes} bytes)`,
+      );
       return 0;
     } finally {
       opened.close();
