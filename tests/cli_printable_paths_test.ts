@@ -40,6 +40,8 @@ Deno.test({
       assertSuccess(listed);
       assert.ok(listed.stdout.startsWith(`${base}/cache\\x09dir: `), listed.stdout);
     } finally {
+      // The sandbox's clean-up looks under its own mount point only.
+      await runCli(["umount", "--all"], { env: sandbox.env }).catch(() => {});
       await sandbox.cleanup();
     }
   },
