@@ -362,8 +362,9 @@ export async function readRegularFile(
   path: string,
   maxBytes: number,
   what: string,
+  options: OpenOptions = {},
 ): Promise<Uint8Array<ArrayBuffer>> {
-  const { fd, out } = openRegularFile(path, maxBytes, what);
+  const { fd, out } = openRegularFile(path, maxBytes, what, options);
   try {
     let done = 0;
     while (done < out.length) {
@@ -394,13 +395,23 @@ export function readRegularFileSync(
   }
 }
 
+/** How readRegularFile opens its file. */
+export interface OpenOptions {
+  /**
+   * Opens `path` read-only and non-blocking (default: following symlinks), e.g.
+   * openFileNoSymlinks for a path realPathTrusted resolved (a file another user named).
+   */
+  open?: (path: string) => number;
+}
+
 /** The open regular file at `path` within `maxBytes`, and a buffer of its size (else refused). */
 function openRegularFile(
   path: string,
   maxBytes: number,
   what: string,
+  options: OpenOptions = {},
 ): { fd: number; out: Uint8Array<ArrayBuffer> } {
-  const { fd, sizeBytes } = openRegularFileFd(path, maxBytes, what);
+  const { fd, sizeBytes } = openRegularFileFd(path, maxBytes, what, options);
   return { fd, out: new Uint8Array(sizeBytes) };
 }
 
@@ -413,8 +424,9 @@ export function openRegularFileFd(
   path: string,
   maxBytes: number,
   what: string,
+  options: OpenOptions = {},
 ): { fd: number; sizeBytes: number } {
-  const fd = openFile(path, O_RDONLY | O_NONBLOCK);
+  const fd = options.open ? options.open(path) : openFile(path, O_RDONLY | O_NONBLOCK);
   try {
     const { mode, sizeBytes } = fstatFd(fd, path);
     if ((mode & S_IFMT) !== S_IFREG) {

@@ -52,3 +52,33 @@ Deno.test({
       assertCliError(direct, 1, /proj is a symlink of uid 65534/);
     }),
 });
+
+Deno.test({
+  name: "build --order through a user's symlink to root's file: refused, nothing of it shown",
+  ignore: requires(root(), command("chown")),
+  fn: () =>
+    withTempDir("erofs-oci-build-order-trust-", async (work) => {
+      Deno.mkdirSync(`${work}/secret`, { mode: 0o700 });
+      Deno.chmodSync(`${work}/secret`, 0o700);
+      Deno.writeTextFileSync(`${work}/secret/lines`, "ROOT-ONLY-LINE\n", { mode: 0o600 });
+      Deno.mkdirSync(`${work}/user/tree`, { recursive: true });
+      Deno.writeTextFileSync(`${work}/user/tree/a.txt`, "a\n");
+      await new Deno.Command("chown", { args: ["-R", `${NOBODY}:${NOBODY}`, `${work}/user`] })
+        .output();
+      await usersSymlink(`${work}/secret/lines`, `${work}/user/order.txt`);
+      const output = `${work}/out.erofs`;
+      const result = await runCli([
+        "build",
+        `${work}/user/tree`,
+        "-o",
+        output,
+        "--order",
+        `${work}/user/order.txt`,
+      ]);
+      // It followed the link: the line was quoted in the "names no regular file" warning (and
+      // a line naming a file of the tree would have ordered the image by it).
+      assertCliError(result, 1, /order\.txt is a symlink of uid 65534 .*not followed/);
+      assert.doesNotMatch(result.stderr, /ROOT-ONLY-LINE/);
+      await assert.rejects(Deno.stat(output));
+    }),
+});

@@ -10,6 +10,11 @@ import { catchInterrupts } from "./interrupt.ts";
 import { info, warn } from "../log.ts";
 import { UsageError, UserError } from "../errors.ts";
 import { FileRefusedError, readRegularFile } from "../../ffi/files.ts";
+import {
+  openFileNoSymlinks,
+  realPathTrusted,
+  UntrustedSymlinkError,
+} from "../../ffi/path_resolve.ts";
 import { buildImage } from "../erofs/writer/build_image.ts";
 import { parseUuid } from "../erofs/writer/format.ts";
 import { formatBytes } from "./table.ts";
@@ -260,11 +265,15 @@ async function pushBuilt(registry: OpenedRegistry, image: string): Promise<void>
 async function readOrderFile(path: string): Promise<string[]> {
   let text: string;
   try {
+    // Resolved as root reads every file it is given: another user's symlink is not followed
+    // (a user's link to /etc/shadow had its first line printed in the "names no file" warning).
     text = new TextDecoder().decode(
-      await readRegularFile(path, MAX_ORDER_FILE_BYTES, "build: --order file"),
+      await readRegularFile(realPathTrusted(path), MAX_ORDER_FILE_BYTES, "build: --order file", {
+        open: openFileNoSymlinks,
+      }),
     );
   } catch (error) {
-    if (error instanceof FileRefusedError) throw error;
+    if (error instanceof FileRefusedError || error instanceof UntrustedSymlinkError) throw error;
     throw new UserError(`build: cannot read --order file ${path}: ${(error as Error).message}`);
   }
   return text.split("\n").map((line) => line.replace(/\r$/, "")).filter((line) =>
