@@ -234,3 +234,67 @@ Deno.test({
       await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
     }),
 });
+
+for (const [layers, how] of [[1, "umount DIR"], [3, "umount --all"]] as const) {
+  Deno.test({
+    name: `mount and its server killed together before recording (${layers} layer(s)): ` +
+      `${how} clears what they left`,
+    ignore: requires(root(), path("/dev/fuse")),
+    async fn() {
+      const sandbox = await mountSandbox();
+      const base = sandbox.target.replace(/\/mnt$/, "");
+      let mount: Deno.ChildProcess | undefined;
+      try {
+        let image = `${FIXTURES}/basic.erofs`;
+        if (layers === 3) {
+          const { writeOciLayout } = await import("./_support/oci_layout_writer.ts");
+          const blobs = [];
+          for (const name of ["layer1", "layer2", "layer3"]) {
+            blobs.push({
+              bytes: await Deno.readFile(`${FIXTURES}/${name}.erofs`),
+              mediaType: "application/vnd.erofs",
+            });
+          }
+          await writeOciLayout(`${base}/layout`, blobs);
+          image = `oci:${base}/layout:v1`;
+        }
+        mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+          args: ["mount", image, sandbox.target, "--backend", "fuse"],
+          env: { ...sandbox.env, ...PAUSED_BEFORE_STATE() },
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 60_000);
+        // Both at once, as a service's stop kills its whole cgroup: nobody undoes anything.
+        const [server] = mountServersOf(sandbox.runtimeDir);
+        mount.kill("SIGKILL");
+        Deno.kill(server, "SIGKILL");
+        await mount.status;
+        await waitFor("the server to end", () => mountServersOf(sandbox.runtimeDir).length === 0);
+        assert.ok(mountsBelow(sandbox.target).length > 0, "DIR stays mounted");
+        assert.equal(runningKeepersOf(sandbox.runtimeDir).length, 1, "the keeper stays");
+
+        // `list` says what is left and how to clear it; before, it showed nothing.
+        const listed = await runCli(["list"], { env: sandbox.env });
+        assert.match(listed.stderr, /killed with its server before it recorded.*umount/);
+        const cleared = await runCli(
+          how === "umount DIR" ? ["umount", sandbox.target] : ["umount", "--all"],
+          { env: sandbox.env },
+        );
+        assert.equal(cleared.code, 0, cleared.stderr);
+        assert.match(cleared.stderr, /cleared .*mnt: what a mount left there/);
+        assert.deepEqual(mountsBelow(base), [], "nothing left mounted");
+        await waitFor("the keeper to end", () => runningKeepersOf(sandbox.runtimeDir).length === 0);
+        assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+      } finally {
+        try {
+          mount?.kill("SIGKILL");
+        } catch { /* ended */ }
+        await mount?.status;
+        await runCli(["umount", "--all", "--lazy"], { env: sandbox.env }).catch(() => {});
+        killMountServersOf(sandbox.runtimeDir);
+        await sandbox.cleanup();
+      }
+    },
+  });
+}

@@ -10,6 +10,9 @@ import type { PrefetchProgress } from "../trace/prefetch.ts";
 import { formatBytes, printTable } from "./table.ts";
 import { listedLayers, type ListedMount } from "../metrics/listed_layer.ts";
 import { overlayWritableDirs, readMountInfo, recordedMount } from "../sys/mountinfo.ts";
+import { orphanedMounts } from "../state/pending_mount.ts";
+import { warn } from "../log.ts";
+import { printable } from "../text.ts";
 
 /** Every mount with its server's counters (asked over the control socket). */
 export async function describeMounts(): Promise<ListedMount[]> {
@@ -102,6 +105,12 @@ Options:
   async run(argv) {
     const { values } = parseCommandArgs("list", argv, { json: { type: "boolean" } }, false);
     const mounts = await describeMounts();
+    for (const orphan of orphanedMounts()) {
+      warn(
+        `${printable(orphan.target)}: left by a mount killed with its server before it recorded ` +
+          "the mount (layers may be mounted there): `erofs-oci umount DIR` clears it",
+      );
+    }
     if (values.json) {
       console.log(JSON.stringify(mounts, null, 2));
       return 0;

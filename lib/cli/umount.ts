@@ -7,6 +7,9 @@ import { NotMountedError, readStates } from "../state/mount_record.ts";
 import { info, warn } from "../log.ts";
 import { exitInterrupted, Interrupted, onInterrupt } from "./interrupt.ts";
 import { testHold } from "../daemon/test_pause.ts";
+import type { OrphanedMount } from "../state/pending_mount.ts";
+import { realPathTrusted } from "../../ffi/path_resolve.ts";
+import { printable } from "../text.ts";
 
 export const umountCommand: Command = {
   name: "umount",
@@ -42,7 +45,19 @@ Options:
     const [dir] = expectPositionals("umount", positionals, ["DIR"]);
     checkRoot("unmounting");
     using interrupts = new UmountInterrupts(`umount interrupted: ${dir} was left as it was`);
-    reportUnmounted(await unmountImage(dir, lazy, interrupts.changing));
+    let unmounted: Unmounted;
+    try {
+      unmounted = await unmountImage(dir, lazy, interrupts.changing);
+    } catch (error) {
+      if (!(error instanceof NotMountedError)) throw error;
+      // Not recorded: the leftovers of a mount killed with its server before it recorded.
+      interrupts.changing();
+      const cleared = await clearOrphans((orphan) => sameDir(orphan.target, dir));
+      if (!cleared.length) throw error;
+      interrupts.settled(`umount interrupted: it finished first, ${dir} is cleared`);
+      return 0;
+    }
+    reportUnmounted(unmounted);
     interrupts.settled(`umount interrupted: it finished first, ${dir} is unmounted`);
     return 0;
   },
@@ -110,7 +125,7 @@ function reportUnmounted({ state, wasMounted }: Unmounted): void {
 async function unmountAll(lazy: boolean): Promise<number> {
   const states = readStates().sort((a, b) => b.target.length - a.target.length);
   if (states.length === 0) {
-    info("no erofs-oci mounts");
+    if ((await clearOrphans()).length === 0) info("no erofs-oci mounts");
     return 0;
   }
   // Tests: listed, none unmounted yet (another command may unmount some meanwhile).
@@ -147,6 +162,7 @@ async function unmountAll(lazy: boolean): Promise<number> {
     // A signal during that one: the rest stay.
     interrupts.settled(stopped(), stopped());
   }
+  await clearOrphans();
   if (left.length) {
     throw new MountError(
       `${left.length} of ${states.length} mounts stay mounted: ${left.join(", ")}`,
@@ -155,4 +171,29 @@ async function unmountAll(lazy: boolean): Promise<number> {
   }
   if (gone) info(`umount --all: ${tally()}`);
   return 0;
+}
+
+/** Clears the leftovers of mounts killed with their server before they recorded, saying so. */
+async function clearOrphans(
+  wanted?: (orphan: OrphanedMount) => boolean,
+): Promise<OrphanedMount[]> {
+  const { clearOrphanedMounts } = await import("../daemon/orphaned_mounts.ts");
+  const cleared = await clearOrphanedMounts(wanted);
+  for (const orphan of cleared) {
+    info(
+      `cleared ${printable(orphan.target)}: what a mount left there when it was killed with ` +
+        "its server before it recorded the mount",
+    );
+  }
+  return cleared;
+}
+
+/** Whether `recorded` (a mount's target as given to it) is the directory `given` names. */
+function sameDir(recorded: string, given: string): boolean {
+  if (recorded === given) return true;
+  try {
+    return realPathTrusted(given) === recorded;
+  } catch {
+    return false;
+  }
 }

@@ -8,6 +8,7 @@ import { procStatFields } from "../../ffi/process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
 import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
+import { notePendingMount } from "../state/pending_mount.ts";
 import { diskCacheOrigin, type MountSpec } from "../state/mount_spec.ts";
 import { type MountState, writeState } from "../state/mount_record.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "../mount/mount_options.ts";
@@ -52,6 +53,8 @@ export interface MountRequest extends Omit<MountSpec, "id"> {
 /** Mounts the layers at `request.target`; returns the recorded state. */
 export async function mountImage(request: MountRequest): Promise<MountState> {
   const id = createMountDir();
+  // Found by umount if this process and its server both die before the record is written.
+  notePendingMount(id, request.target);
   // Only the MountSpec goes to the server (as JSON): not the descriptor, not the options.
   const {
     foreground: _foreground,

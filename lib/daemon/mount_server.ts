@@ -12,6 +12,7 @@ import {
   logPath,
   removeMountDir,
 } from "../state/runtime_dirs.ts";
+import { notePendingServer } from "../state/pending_mount.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
 import { type Adoption, recordedAsServer, watchForAdoption, watchForRecord } from "./adoption.ts";
 import { testHold } from "./test_pause.ts";
@@ -147,6 +148,7 @@ export async function runMountServer(): Promise<number> {
     throw error;
   }
   mark("server: spec");
+  if (!spec.reattach) notePendingServer(spec.id);
   readListedMetadataAhead(spec.layers);
   if (spec.backend === "fuse") prestartFuseReaders(spec.layers.length);
   // NBD reader threads serve direct reads only: registry EROFS layers on the disk cache.

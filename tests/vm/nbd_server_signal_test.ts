@@ -8,7 +8,9 @@
  * another tool first, a signal still stops on purpose: device disconnected, recovery file gone.
  */
 import assert from "node:assert/strict";
-import { FIXTURES } from "../_support/requires.ts";
+import { FIXTURES, REPO_ROOT } from "../_support/requires.ts";
+import { TEST_PAUSE_ENV } from "../../lib/daemon/test_pause.ts";
+import { readMountInfo } from "../../lib/sys/mountinfo.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import {
   expectedManifest,
@@ -212,6 +214,53 @@ Deno.test({
       assert.ok(!exists(recoveryFile), `${recoveryFile} removed`);
     } finally {
       await cleanUp();
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "vm nbd: mount and its server killed together before recording: umount DIR clears it",
+  ignore: NOT_IN_VM,
+  async fn() {
+    // What SIGKILL of a service's whole cgroup does mid-mount: DIR mounted on a connected
+    // device, its recovery file written, and no record. Nothing cleared it before.
+    const sandbox = await mountSandbox();
+    const mount = new Deno.Command(`${REPO_ROOT}/scripts/erofs-oci-dev`, {
+      args: ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "nbd"],
+      env: { ...sandbox.env, [TEST_PAUSE_ENV]: "mount-before-state" },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await waitFor("DIR mounted", () => mountsBelow(sandbox.target).length > 0, 120_000);
+      const [server] = mountServersOf(sandbox.runtimeDir);
+      mount.kill("SIGKILL");
+      Deno.kill(server, "SIGKILL");
+      await mount.status;
+      await waitFor("the server to end", () => !pidAlive(server), 30_000);
+      const device = readMountInfo().findLast((m) => m.mountPoint === sandbox.target)!.source;
+      const index = Number(/^\/dev\/nbd(\d+)$/.exec(device)?.[1]);
+      const recoveryFile = backendOf(index);
+      assert.ok(recoveryFile && exists(recoveryFile), `${device} backend: ${recoveryFile}`);
+
+      const cleared = await runCli(["umount", sandbox.target], {
+        env: sandbox.env,
+        timeoutMs: 120_000,
+      });
+      assertSuccess(cleared);
+      assert.match(cleared.stderr, /cleared .*: what a mount left there/);
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual(mountsBelow(sandbox.runtimeDir), []);
+      await waitFor(`nbd${index} to be disconnected`, () => backendOf(index) === undefined, 30_000);
+      assert.ok(!exists(recoveryFile), "the recovery file is removed");
+      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+    } finally {
+      try {
+        mount.kill("SIGKILL");
+      } catch { /* ended */ }
+      await mount.status;
+      await runCli(["umount", "--all", "--lazy"], { env: sandbox.env }).catch(() => {});
       await sandbox.cleanup();
     }
   },
