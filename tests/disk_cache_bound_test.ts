@@ -259,3 +259,43 @@ Deno.test("disk cache: chunks another process filled in a blob open here are evi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("disk cache: eviction takes the least recently read chunks of all open blobs, not a whole blob first", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-bound-" });
+  try {
+    const cache = DiskCache.open({
+      checkCompleteBlobs: false,
+      dir,
+      maxBytes: 16 * MiB,
+      keepFreeBytes: 0,
+      chunkBytes: MiB,
+    })!;
+    const small = new MemorySource(patternBytes(4 * MiB, 7));
+    const big = new MemorySource(patternBytes(24 * MiB, 8));
+    const hot = cache.wrap(small, { digest: "sha256:" + "a".repeat(64), origin: "test" });
+    const bulk = cache.wrap(big, { digest: "sha256:" + "b".repeat(64), origin: "test" });
+    const readAll = async (source: typeof hot, inner: MemorySource, from: number, to: number) => {
+      for (let offset = from; offset < to; offset += MiB) {
+        assert.deepEqual(
+          await source.read(offset, MiB),
+          inner.bytes.subarray(offset, offset + MiB),
+        );
+      }
+      await (source as DiskCachedSource).whenDurable();
+    };
+    // The big blob's first 10 MiB, then the small one's 4 MiB (read last: the hot set).
+    await readAll(bulk, big, 0, 10 * MiB);
+    await readAll(hot, small, 0, 4 * MiB);
+    const hotFetched = fetchedBytes(small);
+    // More of the big blob: room is made from its own older chunks, not from the hot set,
+    // though the big blob is the one read now (it emptied the small one, read a moment ago).
+    await readAll(bulk, big, 10 * MiB, 16 * MiB);
+    assert(allocatedBytes(dir) <= 16 * MiB, `${allocatedBytes(dir)}`);
+    await readAll(hot, small, 0, 4 * MiB);
+    assert.equal(fetchedBytes(small), hotFetched, "the hot set was fetched again");
+    await hot.close!();
+    await bulk.close!();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -141,10 +141,20 @@ export class CacheBound {
         if (usage <= target) break;
         if (removeIfUnused(blob.base, blob.tempFiles)) usage -= blob.bytes;
       }
-      const sources = [...this.#open].sort((a, b) => a.lastUsedMs - b.lastUsedMs);
-      for (const source of sources) {
-        if (usage <= target) break;
-        usage -= source.evictChunks(usage - target);
+      // Then the least recently used chunks of all open blobs together: by blob, the one
+      // read a moment before the blob being read now lost all its chunks first.
+      if (usage > target) {
+        const chunks = [...this.#open].flatMap((source) =>
+          source.evictionOrder().map((chunk) => ({ source, ...chunk }))
+        ).sort((a, b) => a.stamp - b.stamp);
+        const failed = new Set<DiskCachedSource>();
+        for (const { source, index } of chunks) {
+          if (usage <= target) break;
+          if (failed.has(source)) continue;
+          const dropped = source.evictChunk(index);
+          if (dropped === undefined) failed.add(source);
+          else usage -= dropped;
+        }
       }
       this.#room.counted(usage - this.#room.unallocatedBytes);
       return true;

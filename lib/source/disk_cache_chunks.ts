@@ -35,8 +35,11 @@ export interface BlobFiles {
   readonly chunkCount: number;
   /** Aborted when the source closes. */
   readonly closing: AbortSignal;
-  /** Chunks known present, least recently read first (chunk eviction order; fills add). */
-  readonly lru: Map<number, true>;
+  /**
+   * Chunks known present, least recently read first, each with the useStamp() of its last read
+   * or fill (fills add): the order eviction takes across every open blob.
+   */
+  readonly lru: Map<number, number>;
 }
 
 /** What the chunk operations need of their blob (DiskCachedSource hands its own state). */
@@ -48,6 +51,24 @@ export interface ChunkFiles extends BlobFiles {
   /** Chunk `index` is written by a fill of this process and not marked yet. */
   isWritten(index: number): boolean;
   warn(message: string): void;
+}
+
+let lastUseStamp = 0;
+
+/**
+ * A number larger than every one handed out before in this process: when a chunk was last read
+ * (or filled), comparable across blobs, so eviction takes the least recently read chunks of
+ * all open blobs first — by blob, a layer read a moment ago lost all its chunks before older
+ * ones of the layer being read now (and was fetched again and again).
+ */
+export function useStamp(): number {
+  return ++lastUseStamp;
+}
+
+/** A chunk eviction may drop, and when it was last used (0: never read here). */
+export interface EvictableChunk {
+  index: number;
+  stamp: number;
 }
 
 /** The chunk operations of one blob (see above). */
@@ -180,22 +201,41 @@ export class BlobChunks {
    */
   evict(bytes: number): number {
     let freed = 0;
-    const unreadHere: number[] = [];
-    this.readMap(0, this.#blob.chunkCount).forEach((byte, index) =>
-      isPresent(byte) && !this.#blob.lru.has(index) && unreadHere.push(index)
-    );
-    for (const index of [...unreadHere, ...this.#blob.lru.keys()]) {
+    for (const { index } of this.evictionOrder()) {
       if (freed >= bytes) break;
-      try {
-        const dropped = this.dropChunk(index);
-        freed += dropped;
-        if (dropped > 0) this.#evicted++;
-      } catch (error) {
-        this.#blob.warn(`disk cache eviction: ${(error as Error).message}`);
-        break;
-      }
+      const dropped = this.evictChunk(index);
+      if (dropped === undefined) break;
+      freed += dropped;
     }
     return freed;
+  }
+
+  /**
+   * This blob's present chunks in the order eviction takes them: those another process filled
+   * since this source opened (never read here: stamp 0) first, then least recently read.
+   */
+  evictionOrder(): EvictableChunk[] {
+    const order: EvictableChunk[] = [];
+    this.readMap(0, this.#blob.chunkCount).forEach((byte, index) =>
+      isPresent(byte) && !this.#blob.lru.has(index) && order.push({ index, stamp: 0 })
+    );
+    for (const [index, stamp] of this.#blob.lru) order.push({ index, stamp });
+    return order;
+  }
+
+  /**
+   * Drops chunk `index` for eviction (dropChunk); the bytes freed, undefined when the disk
+   * failed (said; eviction stops there).
+   */
+  evictChunk(index: number): number | undefined {
+    try {
+      const dropped = this.dropChunk(index);
+      if (dropped > 0) this.#evicted++;
+      return dropped;
+    } catch (error) {
+      this.#blob.warn(`disk cache eviction: ${(error as Error).message}`);
+      return undefined;
+    }
   }
 
   /**

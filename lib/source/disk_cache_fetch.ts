@@ -14,6 +14,7 @@ import { allocateAhead, othersWaitFor, punchHole, pwriteAll } from "./disk_cache
 import { WRITTEN } from "./disk_cache_boot.ts";
 import type { SyncBatch } from "./disk_cache_sync.ts";
 import { forgetSum } from "./disk_cache_files.ts";
+import { useStamp } from "./disk_cache_chunks.ts";
 
 /** Checks a fetched chunk before it is stored (chunk-digest tables plug in here). */
 export type VerifyChunk = (chunkIndex: number, bytes: Uint8Array) => boolean | Promise<boolean>;
@@ -147,7 +148,7 @@ export class RunFetcher {
       if (room && !marked) this.#giveBack(offset, room);
       room?.end(marked);
     }
-    for (let c = start; c < stop; c++) this.#blob.lru.set(c, true);
+    for (let c = start; c < stop; c++) this.#blob.lru.set(c, useStamp());
     this.#blob.marked?.();
     return true;
   }

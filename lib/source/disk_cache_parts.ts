@@ -10,7 +10,7 @@ import { type DigestCheckOptions, WholeDigestCheck } from "./disk_cache_whole_ch
 import { BlobFiller, type FillStats } from "./disk_cache_fill.ts";
 import { isPresent } from "./disk_cache_present.ts";
 import type { VerifyChunk } from "./disk_cache_fetch.ts";
-import { BlobChunks } from "./disk_cache_chunks.ts";
+import { BlobChunks, useStamp } from "./disk_cache_chunks.ts";
 import { KeptChunkCheck } from "./disk_cache_kept_check.ts";
 import { BlobSidecar } from "./disk_cache_sidecar.ts";
 import { BlobFetchAhead } from "./disk_cache_ahead.ts";
@@ -77,7 +77,7 @@ export function makeBlobParts(input: BlobPartsInput): BlobParts {
   const checker = storedBytesChecker(inner);
   const checked = checker ? new CheckedChunks(chunkCount) : undefined;
   /** Chunks known present, least recently read first (chunk eviction order). */
-  const lru = new Map<number, true>();
+  const lru = new Map<number, number>();
   const counters: BlobCounters = {
     diskHitBytes: 0,
     fetchedBytes: 0,
@@ -140,7 +140,9 @@ export function makeBlobParts(input: BlobPartsInput): BlobParts {
     degraded: () => input.isDegraded(),
   }, sidecarAhead);
   const map = chunks.readMap(0, chunkCount);
-  map.forEach((byte, index) => isPresent(byte) && lru.set(index, true));
+  // Kept from before: as recently used as this open, in the order of the blob.
+  const opened = useStamp();
+  map.forEach((byte, index) => isPresent(byte) && lru.set(index, opened));
   // Nothing but its digest checks a blob without a chunk table (neither `verify` nor a
   // checking source below): it checks itself once complete, and records a passed check.
   const tableLess = !verify && !checker;

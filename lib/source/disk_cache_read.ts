@@ -12,7 +12,7 @@ import { abortable } from "./abortable.ts";
 import { SysError } from "../../ffi/libc.ts";
 import { fillTrace } from "./fill_trace.ts";
 import type { Source } from "./source.ts";
-import type { BlobChunks, BlobFiles } from "./disk_cache_chunks.ts";
+import { type BlobChunks, type BlobFiles, useStamp } from "./disk_cache_chunks.ts";
 import type { BlobFiller } from "./disk_cache_fill.ts";
 import { isPresent } from "./disk_cache_present.ts";
 import { NoRoomError } from "./disk_cache_fetch.ts";
@@ -171,7 +171,7 @@ export class BlobReader {
   /** Chunk `index` was read: the last to be evicted now. */
   #used(index: number): void {
     this.#blob.lru.delete(index);
-    this.#blob.lru.set(index, true);
+    this.#blob.lru.set(index, useStamp());
   }
 
   /** Refreshes the map's mtime (the blob's last use for eviction), at most every TOUCH_EVERY_MS. */

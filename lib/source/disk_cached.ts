@@ -32,6 +32,7 @@ import { type BlobParts, makeBlobParts } from "./disk_cache_parts.ts";
 import type { DiskCacheStats } from "./disk_cache_stats.ts";
 import { closeQuietly } from "./disk_cache_io.ts";
 import { reclaimUnfilled } from "./disk_cache_reclaim.ts";
+import type { EvictableChunk } from "./disk_cache_chunks.ts";
 
 export type { DigestCheckEnd, DigestCheckOptions } from "./disk_cache_whole_check.ts";
 
@@ -259,6 +260,16 @@ export class DiskCachedSource implements Source {
    */
   evictChunks(bytes: number): number {
     return this.#parts.chunks.evict(bytes);
+  }
+
+  /** This blob's chunks in eviction order, with when each was last used (BlobChunks). */
+  evictionOrder(): EvictableChunk[] {
+    return this.#parts.chunks.evictionOrder();
+  }
+
+  /** Drops chunk `index` for eviction: the bytes freed, undefined when the disk failed. */
+  evictChunk(index: number): number | undefined {
+    return this.#parts.chunks.evictChunk(index);
   }
 
   /**
