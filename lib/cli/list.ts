@@ -69,8 +69,15 @@ export async function describeMounts(): Promise<ListedMount[]> {
           (total, layer) => total + (layer.readErrors ?? 0),
           0,
         );
-        const lookups = sum("hits") + sum("misses");
-        entry.cacheHitRate = lookups ? sum("hits") / lookups : 0;
+        // The memory cache's, of layers it serves: over a disk cache it only passes reads on
+        // (its "hits" were pinned pages alone: 100% whatever was fetched); DISK HITS says that.
+        const memoryOnly = layers.filter((layer) => !layer.disk);
+        if (memoryOnly.length) {
+          const count = (key: "hits" | "misses") =>
+            memoryOnly.reduce((total, layer) => total + layer[key], 0);
+          const lookups = count("hits") + count("misses");
+          entry.cacheHitRate = lookups ? count("hits") / lookups : 0;
+        }
       } else {
         entry.state = "unresponsive";
       }
@@ -95,8 +102,9 @@ gone, so the mount cannot be reattached after a server crash; "not mounted": DIR
 unmounted by another tool, \`erofs-oci umount DIR\` stops its server and clears it;
 --json: "mounted": false), bytes fetched from the
 source (FETCHED; with the metadata \`mount\` fetched for its server), bytes the host's disk
-cache answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit rate (HIT RATE: of the lookups that reached it; reads
-the reader thread answered from the disk cache or pinned pages never do), and how far the
+cache answered without fetching (DISK HITS; "-" without a disk cache), the memory cache's hit rate
+for layers without a disk cache (HIT RATE: of the lookups that reached it; "-" when every layer has
+one, whose reads it only passes on), and how far the
 prefetch of the image's trace got (PREFETCH; "-" without a trace).
 
 Options:
