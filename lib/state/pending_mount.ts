@@ -11,6 +11,7 @@ import { processStartTicks } from "./server_liveness.ts";
 import { mountDir, MOUNTS_DIR } from "./runtime_dirs.ts";
 import { statePath } from "./mount_record.ts";
 import { parseJson } from "../json.ts";
+import { pathExists } from "../../ffi/files.ts";
 
 /** A process as noted: pid and start time (a pid alone may be reused). */
 interface NotedProcess {
@@ -53,13 +54,13 @@ export function orphanedMounts(): OrphanedMount[] {
   }
   const orphans: OrphanedMount[] = [];
   for (const id of names) {
-    if (exists(statePath(id))) continue;
+    if (pathExists(statePath(id))) continue;
     const pending = readNote(id, PENDING);
     if (!pending || typeof pending.target !== "string" || alive(pending)) continue;
     const server = readNote(id, SERVER);
     if (server && alive(server)) continue; // it undoes the mount itself (watchForRecord)
     // Written meanwhile (the command finished between the looks): not an orphan.
-    if (exists(statePath(id))) continue;
+    if (pathExists(statePath(id))) continue;
     orphans.push({ id, target: pending.target });
   }
   return orphans;
@@ -87,14 +88,5 @@ function readNote(id: string, name: string): Record<string, unknown> | undefined
     return value && typeof value === "object" ? value as Record<string, unknown> : undefined;
   } catch {
     return undefined;
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
   }
 }
