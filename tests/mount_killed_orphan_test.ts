@@ -7,7 +7,7 @@
  * before its server's runtime had started (the server then took init for its `mount`).
  */
 import assert from "node:assert/strict";
-import { FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
+import { command, FIXTURES, path, REPO_ROOT, requires, root } from "./_support/requires.ts";
 import {
   killMountServersOf,
   type MountSandbox,
@@ -298,3 +298,78 @@ for (const [layers, how] of [[1, "umount DIR"], [3, "umount --all"]] as const) {
     },
   });
 }
+
+/** A runtime dir left as `mount` and its server leave it killed before recording (both gone). */
+function plantOrphan(runtimeDir: string, id: string, target: string): string {
+  const dir = `${runtimeDir}/mounts/${id}`;
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // A pid no process has now, with a start time no process had.
+  Deno.writeTextFileSync(
+    `${dir}/pending.json`,
+    JSON.stringify({ pid: 2 ** 22 - 3, startTicks: "1", target }),
+  );
+  return dir;
+}
+
+Deno.test({
+  name: "an orphan's layer on a loop device (kernels before file-backed EROFS) is unmounted too",
+  ignore: requires(root(), command("losetup")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    try {
+      const dir = plantOrphan(sandbox.runtimeDir, "0a0b0c0d", sandbox.target);
+      Deno.copyFileSync(`${FIXTURES}/basic.erofs`, `${dir}/layer.erofs`);
+      const mounted = await new Deno.Command("mount", {
+        args: ["-t", "erofs", "-o", "ro,loop", `${dir}/layer.erofs`, sandbox.target],
+      }).output();
+      assert.equal(mounted.code, 0, new TextDecoder().decode(mounted.stderr));
+      const cleared = await runCli(["umount", sandbox.target], { env: sandbox.env });
+      // It was left mounted, said "cleared", and its notes were gone: nothing found it again.
+      assert.equal(cleared.code, 0, cleared.stderr);
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      assert.deepEqual([...Deno.readDirSync(`${sandbox.runtimeDir}/mounts`)], []);
+    } finally {
+      await new Deno.Command("umount", { args: ["-l", sandbox.target], stderr: "null" }).output();
+      await sandbox.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name: "clearing an orphan leaves another instance's overlay at the same DIR alone",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    // The other instance's runtime dir has a ',' in it: its overlay names its lower dirs relative.
+    const otherEnv = { ...sandbox.env, EROFS_OCI_RUNTIME_DIR: `${base}/run,b` };
+    try {
+      plantOrphan(sandbox.runtimeDir, "0e0f0a0b", sandbox.target);
+      const { writeOciLayout } = await import("./_support/oci_layout_writer.ts");
+      const blobs = [];
+      for (const name of ["layer1", "layer2"]) {
+        blobs.push({
+          bytes: await Deno.readFile(`${FIXTURES}/${name}.erofs`),
+          mediaType: "application/vnd.erofs",
+        });
+      }
+      await writeOciLayout(`${base}/layout`, blobs);
+      const mounted = await runCli(
+        ["mount", `oci:${base}/layout:v1`, sandbox.target, "--backend", "fuse"],
+        { env: otherEnv, timeoutMs: 60_000 },
+      );
+      assert.equal(mounted.code, 0, mounted.stderr);
+      const cleared = await runCli(["umount", sandbox.target], { env: sandbox.env });
+      assert.equal(cleared.code, 0, cleared.stderr);
+      // The other instance's mount serves on (it was detached as the orphan's).
+      assert.ok(mountsBelow(sandbox.target).length > 0, "the other mount stays");
+      const listed = await runCli(["list", "--json"], { env: otherEnv });
+      assert.equal(JSON.parse(listed.stdout)[0].mounted, true, listed.stdout);
+      assert.equal((await runCli(["umount", sandbox.target], { env: otherEnv })).code, 0);
+    } finally {
+      await runCli(["umount", "--all", "--lazy"], { env: otherEnv }).catch(() => {});
+      killMountServersOf(`${base}/run,b`);
+      await sandbox.cleanup();
+    }
+  },
+});

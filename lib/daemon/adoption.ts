@@ -8,9 +8,15 @@
  */
 import { mountDir } from "../state/runtime_dirs.ts";
 import { readState, readStates, statePath } from "../state/mount_record.ts";
-import { type MountEntry, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
+import {
+  loopBackingFile,
+  type MountEntry,
+  overlayOption,
+  readMountInfo,
+} from "../sys/mountinfo.ts";
+import { overlaySourceOf } from "../mount/overlay.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
-import { pathExists, readSmallFile } from "../../ffi/files.ts";
+import { pathExists } from "../../ffi/files.ts";
 import { MNT_DETACH } from "../../ffi/mount.ts";
 import { every } from "../timers.ts";
 
@@ -46,7 +52,7 @@ export function watchForAdoption(
       if (mountsAtReady.has(entry.id)) continue;
       if (
         entry.mountPoint.startsWith(runDir) ||
-        (entry.mountPoint === target && madeFrom(entry, runDir, exports))
+        (entry.mountPoint === target && madeFrom(entry, runDir, exports, id))
       ) {
         await umountOffThread(entry.mountPoint, MNT_DETACH);
       }
@@ -76,8 +82,15 @@ export function watchForAdoption(
  * target is another's: another `mount` to the same directory that recorded its mount meanwhile
  * was detached by this one's undo (its record and server left, "not mounted").
  */
-export function madeFrom(entry: MountEntry, runDir: string, exports: string[]): boolean {
+export function madeFrom(
+  entry: MountEntry,
+  runDir: string,
+  exports: string[],
+  id?: string,
+): boolean {
   if (entry.fsType === "overlay") {
+    // Its source names the mount it belongs to (overlaySourceOf), whatever its lower dirs.
+    if (entry.source.startsWith("erofs-oci:")) return entry.source === overlaySourceOf(id ?? "");
     const lower = overlayOption(entry.superOptions, "lowerdir") ?? "";
     if (lower.split(":").some((dir) => dir.startsWith(runDir))) return true;
     // Lower dirs named relative to the runtime dir (an image of 100+ layers, overlay.ts): ours
@@ -86,9 +99,7 @@ export function madeFrom(entry: MountEntry, runDir: string, exports: string[]): 
       !readStates().some((state) => state.mountId === entry.id);
   }
   if (exports.includes(entry.source) || entry.source.startsWith(runDir)) return true;
-  const loop = /^\/dev\/(loop\d+)$/.exec(entry.source)?.[1];
-  if (loop === undefined) return false;
-  const backing = readSmallFile(`/sys/block/${loop}/loop/backing_file`)?.trim();
+  const backing = loopBackingFile(entry.source);
   return backing !== undefined && (exports.includes(backing) || backing.startsWith(runDir));
 }
 

@@ -59,4 +59,10 @@ Deno.test("madeFrom: only mounts of this mount's exports or layer dirs are its o
     entry("overlay", "erofs-oci", `ro,lowerdir=${lower},redirect_dir=nofollow,metacopy=off`);
   assert.ok(madeFrom(overlay(`${RUN}layer-1:${RUN}layer-0`), RUN, exports));
   assert.ok(!madeFrom(overlay(`${OTHER}layer-1:${OTHER}layer-0`), RUN, exports));
+  // An overlay's source names its mount: relative lower dirs (100+ layers, or a runtime dir
+  // with ',' in it) of another mount's overlay are not this one's.
+  const named = (source: string) =>
+    entry("overlay", source, "ro,lowerdir=layer-1:layer-0,redirect_dir=nofollow");
+  assert.ok(madeFrom(named("erofs-oci:0123abcd"), RUN, exports, "0123abcd"));
+  assert.ok(!madeFrom(named("erofs-oci:99999999"), RUN, exports, "0123abcd"));
 });

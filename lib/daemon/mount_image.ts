@@ -6,9 +6,9 @@
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { procStatFields } from "../../ffi/process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
-import { layerDirName, mountOverlay, visibleLowerDirs } from "../mount/overlay.ts";
+import { layerDirName, mountOverlay, overlaySourceOf, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
-import { notePendingMount } from "../state/pending_mount.ts";
+import { forgetPendingMount, notePendingMount } from "../state/pending_mount.ts";
 import { diskCacheOrigin, type MountSpec } from "../state/mount_spec.ts";
 import { type MountState, writeState } from "../state/mount_record.ts";
 import { describeMountFlags, mountFlags, type MountTrust } from "../mount/mount_options.ts";
@@ -168,6 +168,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         work: spec.work,
         flags: mountFlags(trust, writable),
         mountAt: pinned ? pinnedPath(pinned) : undefined,
+        source: overlaySourceOf(id),
       });
       const made = pinned
         ? newMountOn(pinned, { fsType: "overlay", lowerDirs: lowers })
@@ -217,6 +218,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     // could not be reattached; undone like the others.
     if (diedWhileMounting.has(id)) throw new Error("the mount server died");
     writeState(state);
+    // Recorded: no longer a mount in progress (a look during its umount took it for an orphan).
+    forgetPendingMount(id);
     mark("cli: state written");
     return state;
   } catch (caught) {

@@ -2,14 +2,15 @@
  * Clearing what a mount left when its command and its server were both killed before its record
  * was written (lib/state/pending_mount.ts finds those): its mount at DIR when it is this
  * mount's, its layers' mounts, NBD devices, FUSE keeper and mounts, and its runtime dir. What
- * is at DIR is unmounted only when it is this mount's (its FUSE file or NBD device, or an
- * overlay erofs-oci made that no record names), never a mount another tool made there since.
+ * is at DIR is unmounted only when it is this mount's (its FUSE file, its NBD device or a loop
+ * device over either, or the overlay whose source names it), never a mount another made there.
  */
 import { type OrphanedMount, orphanedMounts } from "../state/pending_mount.ts";
 import { lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir } from "../state/runtime_dirs.ts";
-import { readStates } from "../state/mount_record.ts";
-import { type MountEntry, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
+import { loopBackingFile, type MountEntry, readMountInfo } from "../sys/mountinfo.ts";
+import { overlaySourceOf } from "../mount/overlay.ts";
+import { printable } from "../text.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
@@ -21,7 +22,7 @@ import { warn } from "../log.ts";
 /**
  * Clears the orphaned mounts `wanted` picks (all by default), under the lock of all mount
  * changes (a mount in progress holds it from its target's last check to its record); returns
- * those cleared.
+ * those cleared (one whose mounts could not all go is said and kept).
  */
 export async function clearOrphanedMounts(
   wanted: (orphan: OrphanedMount) => boolean = () => true,
@@ -29,37 +30,43 @@ export async function clearOrphanedMounts(
   if (!orphanedMounts().some(wanted)) return [];
   const lock = await lockMountChanges();
   try {
-    const orphans = orphanedMounts().filter(wanted);
-    for (const orphan of orphans) await clearOrphanedMount(orphan);
-    return orphans;
+    const cleared: OrphanedMount[] = [];
+    for (const orphan of orphanedMounts().filter(wanted)) {
+      if (await clearOrphanedMount(orphan)) cleared.push(orphan);
+    }
+    return cleared;
   } finally {
     lock.close();
   }
 }
 
-/** Unmounts and releases what `orphan` left, then removes its runtime dir; never throws. */
-async function clearOrphanedMount(orphan: OrphanedMount): Promise<void> {
+/**
+ * Unmounts and releases what `orphan` left, then removes its runtime dir; never throws. False
+ * (its runtime dir and notes kept, for a later try) when a mount of it stays.
+ */
+async function clearOrphanedMount(orphan: OrphanedMount): Promise<boolean> {
   const dir = `${mountDir(orphan.id)}/`;
   const devices = nbdDevicesOf(orphan.id);
-  const recorded = new Set(readStates().flatMap((s) => s.mountId === undefined ? [] : [s.mountId]));
-  const mounts = readMountInfo();
-  const onDevice = (entry: MountEntry) => {
-    const index = /^\/dev\/nbd(\d+)$/.exec(entry.source)?.[1];
-    return index !== undefined && devices.has(Number(index));
+  const devicePaths = [...devices.keys()].map((index) => `/dev/nbd${index}`);
+  // Its EROFS mounts are on its FUSE files, its NBD devices or loop devices over either; its
+  // overlay names it in its source (overlaySourceOf). Nothing else at DIR is touched.
+  const isOurs = (entry: MountEntry) => {
+    if (entry.fsType === "overlay") return entry.source === overlaySourceOf(orphan.id);
+    if (entry.fsType !== "erofs") return false;
+    const from = loopBackingFile(entry.source) ?? entry.source;
+    return from.startsWith(dir) || devicePaths.includes(from);
   };
-  const isOurs = (entry: MountEntry) =>
-    (entry.fsType === "erofs" && (entry.source.startsWith(dir) || onDevice(entry))) ||
-    (entry.fsType === "overlay" && entry.source === "erofs-oci" && !recorded.has(entry.id) &&
-      lowerDirsOf(entry).every((lower) => lower.startsWith(dir) || !lower.startsWith("/")));
-  const top = mounts.findLast((entry) => entry.mountPoint === orphan.target);
+  const ours = () => {
+    const mounts = readMountInfo();
+    const top = mounts.findLast((entry) => entry.mountPoint === orphan.target);
+    return [
+      ...(top && isOurs(top) ? [top] : []),
+      ...mounts.filter((m) => m.mountPoint.startsWith(dir) && !m.fsType.startsWith("fuse"))
+        .reverse(),
+    ];
+  };
   const steps: [string, () => Promise<void> | void][] = [];
-  if (top && isOurs(top)) {
-    steps.push([
-      orphan.target,
-      () => unmountErofs(orphan.target, { lazy: true, mountId: top.id, fsType: top.fsType }),
-    ]);
-  }
-  for (const entry of mounts.filter((m) => m.mountPoint.startsWith(dir) && isOurs(m)).reverse()) {
+  for (const entry of ours()) {
     steps.push([
       entry.mountPoint,
       () => unmountErofs(entry.mountPoint, { lazy: true, mountId: entry.id, fsType: entry.fsType }),
@@ -73,15 +80,24 @@ async function clearOrphanedMount(orphan: OrphanedMount): Promise<void> {
   }
   steps.push(["its FUSE keeper", () => stopFuseKeeper(orphan.id)]);
   steps.push(["its FUSE mounts", () => detachDeadFuseMounts(orphan.id, orphan.target)]);
-  steps.push(["its runtime dir", () => removeMountDir(orphan.id)]);
   // Each tried whatever the others did.
   for (const [what, step] of steps) {
     try {
       await step();
     } catch (error) {
-      warn(`clearing ${orphan.target}: ${what}: ${(error as Error).message}`);
+      warn(`clearing ${printable(orphan.target)}: ${printable(what)}: ${(error as Error).message}`);
     }
   }
+  const left = [...ours(), ...readMountInfo().filter((m) => m.mountPoint.startsWith(dir))];
+  if (left.length) {
+    warn(
+      `${printable(orphan.target)}: ${left.length} mount(s) of the killed mount stay ` +
+        `(${left.map((m) => printable(m.mountPoint)).join(", ")}); its notes are kept`,
+    );
+    return false;
+  }
+  removeMountDir(orphan.id);
+  return true;
 }
 
 /** The connected NBD devices whose recovery file names mount `id`, with that file. */
@@ -102,8 +118,4 @@ function nbdDevicesOf(id: string): Map<number, string> {
     } catch { /* another tool's device, or a record that cannot be read: not ours to touch */ }
   }
   return devices;
-}
-
-function lowerDirsOf(entry: MountEntry): string[] {
-  return (overlayOption(entry.superOptions, "lowerdir") ?? "").split(":").filter(Boolean);
 }

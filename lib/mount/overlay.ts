@@ -16,6 +16,11 @@ export interface OverlayOptions {
   flags?: number;
   /** What mount(2) is given instead of `target` (a pinned /proc/self/fd path). */
   mountAt?: string;
+  /**
+   * The mount's source as mountinfo shows it (default "erofs-oci"): `erofs-oci:ID` names the
+   * mount it belongs to, whatever its lower dirs look like (relative ones name no directory).
+   */
+  source?: string;
 }
 
 /**
@@ -69,6 +74,7 @@ function mountWithRelativeLowers(
   upperWork: string,
   flags: number,
   mountAt: string | undefined,
+  source: string,
 ): void {
   const parent = lowerDirsTopFirst[0].slice(0, lowerDirsTopFirst[0].lastIndexOf("/"));
   const names = lowerDirsTopFirst.map((dir) => dir.slice(parent.length + 1));
@@ -91,7 +97,7 @@ function mountWithRelativeLowers(
   try {
     unwrap(libc().chdir(cstr(parent)), "chdir", parent);
     try {
-      mount("erofs-oci", mountAt ?? target, "overlay", flags, data);
+      mount(source, mountAt ?? target, "overlay", flags, data);
     } catch (error) {
       throw new MountError(
         `cannot mount the overlay on ${target}: ${(error as Error).message}`,
@@ -125,6 +131,11 @@ function hasOpaqueRoot(dir: string): boolean {
   return n === 1 && value[0] === 0x79; // "y"
 }
 
+/** The source an overlay of mount `id` is mounted with (mountinfo's source field). */
+export function overlaySourceOf(id: string): string {
+  return `erofs-oci:${id}`;
+}
+
 /** What overlayfs's option parser treats specially in a path: ',' ':' and the escape '\\'. */
 export const OVERLAY_SPECIAL = /[,:\\]/;
 
@@ -154,11 +165,18 @@ export async function mountOverlay(
     byteLength(data) > MOUNT_DATA_MAX_BYTES ||
     lowerDirsTopFirst.some((d) => OVERLAY_SPECIAL.test(d))
   ) {
-    mountWithRelativeLowers(target, lowerDirsTopFirst, upperWork, flags, options.mountAt);
+    mountWithRelativeLowers(
+      target,
+      lowerDirsTopFirst,
+      upperWork,
+      flags,
+      options.mountAt,
+      options.source ?? "erofs-oci",
+    );
     return;
   }
   const result = await mountOffThread({
-    source: "erofs-oci",
+    source: options.source ?? "erofs-oci",
     target: options.mountAt ?? target,
     fsType: "overlay",
     flags,

@@ -331,7 +331,8 @@ function mountedMeanwhile(path: string, pinnedMountId: number): MountError | und
 }
 
 function isOurs(entry: { source: string; fsType: string }): boolean {
-  return entry.source === "erofs-oci" || entry.fsType.startsWith("fuse.erofs-oci");
+  return entry.source === "erofs-oci" || entry.source.startsWith("erofs-oci:") ||
+    entry.fsType.startsWith("fuse.erofs-oci");
 }
 
 /** What a mount was made of, to know it again in mountinfo wherever its directory went. */

@@ -33,6 +33,15 @@ export function notePendingMount(id: string, target: string): void {
   writeNote(id, PENDING, { ...thisProcess(), target });
 }
 
+/** The mount's record is written: its notes go (they describe a mount in progress). */
+export function forgetPendingMount(id: string): void {
+  for (const name of [PENDING, SERVER]) {
+    try {
+      Deno.removeSync(`${mountDir(id)}/${name}`);
+    } catch { /* not there */ }
+  }
+}
+
 /** The mount server: notes itself in its mount's runtime dir (when there is one). */
 export function notePendingServer(id: string): void {
   try {

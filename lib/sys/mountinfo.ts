@@ -106,3 +106,10 @@ export function overlayWritableDirs(
   const work = overlayOption(entry.superOptions, "workdir");
   return upper === undefined || work === undefined ? undefined : { upper, work };
 }
+
+/** The file a loop device source (`/dev/loopN`) is backed by, or undefined for other sources. */
+export function loopBackingFile(source: string): string | undefined {
+  const loop = /^\/dev\/(loop\d+)$/.exec(source)?.[1];
+  if (loop === undefined) return undefined;
+  return readSmallFile(`/sys/block/${loop}/loop/backing_file`)?.trim() || undefined;
+}
