@@ -19,7 +19,7 @@ import {
 } from "./_support/oci_raw.ts";
 import { LAYER_ANNOTATION, TAR_INDEX_ARTIFACT_TYPE } from "../lib/mount/tar_index_artifact.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
-import { manifestOf } from "./_support/mounts.ts";
+import { manifestOf, mountsBelow } from "./_support/mounts.ts";
 import {
   expectedTarListing,
   type IndexMountRig,
@@ -237,6 +237,9 @@ Deno.test({
       assert.equal(
         belowRoot(await manifestOf(sandbox.target)),
         belowRoot(expectedTarListing("big.meta.txt")),
+        // Seen once in CI (an empty DIR): what was mounted there, and what the mount said.
+        `mounts: ${mountsBelow(sandbox.target).join(", ")}\n${mounted.stderr}\n` +
+          sandbox.serverLogs(),
       );
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
       // Without --index-missing the broken index is still an error, not a silent fallback.
