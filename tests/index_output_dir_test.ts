@@ -148,3 +148,16 @@ Deno.test({
     }
   },
 });
+
+Deno.test("index -o DIR holding a directory where an index file goes: refused, no file moved", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "erofs-oci-index-dirclash-" });
+  try {
+    await Deno.mkdir(`${dir}/layer.zinfo`);
+    const result = await runCli(["index", `${FIXTURES}/layer.tar.gz`, "-o", dir]);
+    assertCliError(result, 1, /cannot write .*layer\.zinfo: a directory is there/);
+    // None of the others: a meta without its zinfo and record would be half an index.
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["layer.zinfo"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -2,12 +2,13 @@ import { plural } from "../text.ts";
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
 import { testHold } from "../daemon/test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
-import { listDirectory } from "../../ffi/files.ts";
+import { listDirectory, S_IFDIR, S_IFMT } from "../../ffi/files.ts";
 import {
   type MadeDir,
   makeDirTrusted,
   openDirTrusted,
   realPathTrusted,
+  statIdentity,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
 import { LayoutFile } from "../oci/layout_file.ts";
@@ -178,6 +179,22 @@ const STAGING_PREFIX = ".erofs-oci-index-";
 function publishIndexFiles(workDir: OwnedWorkDir, outputFd: number, output: string): void {
   const names = listDirectory(workDir.path);
   const isRecord = (name: string) => name.endsWith(".index.json");
+  // A directory where a file goes would fail its rename after others were made: refused first,
+  // so the files move all or none (a new meta beside the old record was a refused index).
+  for (const name of names) {
+    let mode: number;
+    try {
+      mode = statIdentity(outputFd, name).mode;
+    } catch {
+      continue; // not there yet: the usual case
+    }
+    if ((mode & S_IFMT) === S_IFDIR) {
+      throw new UserError(
+        `index: cannot write ${output}/${name}: a directory is there`,
+        "remove it or write the index elsewhere",
+      );
+    }
+  }
   try {
     workDir.moveInto(outputFd, [
       ...names.filter((n) => !isRecord(n)),
