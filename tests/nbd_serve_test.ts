@@ -253,6 +253,13 @@ Deno.test("serve: refuses a file that is not EROFS, and bad options", async () =
       /--export-name must be at most 4096 bytes/,
     );
     ok(!exists(`${dir}/s`), "nothing listened");
+    // Under /dev (a tmpfs at /dev/shm, say): Deno's refusal asked for --allow-all and named a
+    // temporary name of ours.
+    for (const args of [["serve", BASIC], ["metrics"]]) {
+      const refused = await runCli([...args, "--listen", "unix:/dev/shm/erofs-oci-test.sock"]);
+      assertCliError(refused, 1, /makes no socket under \/dev, \/proc or \/sys/);
+      ok(!/allow-all|\.bind/.test(refused.stderr), refused.stderr);
+    }
     assertCliError(
       await runCli(["serve", `${dir}/missing.erofs`, "--listen", `unix:${dir}/s`]),
       1,

@@ -25,7 +25,7 @@ import { readStates } from "../state/mount_record.ts";
 import { recordedMountPresent } from "../sys/mountinfo.ts";
 import { RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
-import { claimSocketPath, parseListenAddress } from "../nbd/address.ts";
+import { claimSocketPath, parseListenAddress, refuseSpecialSocketPath } from "../nbd/address.ts";
 import { pathExists } from "../../ffi/files.ts";
 import { metricsListenRefusal } from "../metrics/listen_refusal.ts";
 
@@ -90,6 +90,7 @@ function checkMetricsListen(spec: string): void {
     if (addr.transport === "tcp") {
       if (addr.port !== 0) Deno.listen({ hostname: addr.hostname, port: addr.port }).close();
     } else {
+      refuseSpecialSocketPath(addr.path);
       const slash = addr.path.lastIndexOf("/");
       const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
       // The runtime dir and those below it are made by the mount itself.

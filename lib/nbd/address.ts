@@ -76,6 +76,7 @@ export function listenOn(addr: ListenAddress): { listener: Deno.Listener; socket
  * by its name after the link (a chmod there followed a symlink swapped in for the socket).
  */
 export function listenUnix(path: string): { listener: Deno.Listener; socket: OwnSocket } {
+  refuseSpecialSocketPath(path);
   const trusted = claimSocketPath(path);
   const bound = `${trusted}.${crypto.randomUUID().slice(0, 8)}.bind`;
   if (new TextEncoder().encode(bound).length <= MAX_UNIX_SOCKET_PATH_BYTES) {
@@ -230,4 +231,19 @@ export function removeOwnSocket(socket: OwnSocket | undefined, probe = true): vo
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A socket path under /dev, /proc or /sys (/dev/shm, say) refused in one line: Deno's file
+ * APIs refuse them (asking for --allow-all, which the program does not take), and the refusal
+ * named a temporary name of ours.
+ */
+export function refuseSpecialSocketPath(path: string): void {
+  const absolute = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  if (/^\/+(dev|proc|sys)(\/|$)/.test(absolute)) {
+    throw new UserError(
+      `cannot listen on ${path}: erofs-oci makes no socket under /dev, /proc or /sys`,
+      "give a path outside them (e.g. under /run)",
+    );
+  }
 }
