@@ -151,7 +151,11 @@ Deno.test({
     try {
       const result = await t.trace(
         ["-o", out],
-        `cat {}/file3 > /dev/null; (cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 & echo $! > ${pidFile}`,
+        // The command waits until the child is inside the mount: under load its `cd` came after
+        // the command had ended and trace had unmounted (not busy: no --lazy to say).
+        `cat {}/file3 > /dev/null; (cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 & ` +
+          `echo $! > ${pidFile}; n=0; until [ "$(readlink /proc/$!/cwd)" = "$(cd {} && pwd -P)" ]` +
+          ` || [ $n -ge 200 ]; do sleep 0.05; n=$((n+1)); done`,
         { TMPDIR: tmp },
       );
       assertSuccess(result);
