@@ -26,7 +26,7 @@ import {
   takeFromKeeper,
 } from "../fuse/keeper.ts";
 import type { LayerExport } from "../mount/exports.ts";
-import { mountDir } from "../state/runtime_dirs.ts";
+import { mountDir, writeRuntimeFile } from "../state/runtime_dirs.ts";
 import type { MountSpec, StoredErofsIdentity } from "../state/mount_spec.ts";
 import {
   type ErofsIdentity,
@@ -125,9 +125,7 @@ export function rememberFuseCredentials(id: string, credentials: Credentials): v
 
 /** Whole or not at all (0600: it may hold credentials). */
 function writeFuseRecovery(id: string, record: FuseRecoveryRecord): void {
-  const file = fuseRecoveryPath(id);
-  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
-  Deno.renameSync(`${file}.tmp`, file);
+  writeRuntimeFile(fuseRecoveryPath(id), JSON.stringify(record));
 }
 
 export function readFuseRecovery(id: string): FuseRecoveryRecord | undefined {

@@ -8,7 +8,7 @@ import { warn } from "../log.ts";
 import { readRegularFileSync } from "../../ffi/files.ts";
 import { realPathTrusted } from "../../ffi/path_resolve.ts";
 import type { DiskCacheSettings } from "./mount_spec.ts";
-import { checkRuntimeRoot, mountDir, MOUNTS_DIR } from "./runtime_dirs.ts";
+import { checkRuntimeRoot, mountDir, MOUNTS_DIR, writeRuntimeFile } from "./runtime_dirs.ts";
 import type { ServerProcess } from "./server_liveness.ts";
 
 /** What `list` and `umount` read back. */
@@ -125,9 +125,7 @@ function isMountState(value: unknown): value is MountState {
 }
 
 export function writeState(state: MountState): void {
-  const file = statePath(state.id);
-  Deno.writeTextFileSync(`${file}.tmp`, JSON.stringify(state, null, 2), { mode: 0o600 });
-  Deno.renameSync(`${file}.tmp`, file);
+  writeRuntimeFile(statePath(state.id), JSON.stringify(state, null, 2));
 }
 
 export function readStates(): MountState[] {

@@ -8,10 +8,10 @@
  * find such leftovers (lib/daemon/orphaned_mounts.ts).
  */
 import { processStartTicks } from "./server_liveness.ts";
-import { mountDir, MOUNTS_DIR } from "./runtime_dirs.ts";
+import { mountDir, MOUNTS_DIR, writeRuntimeFile } from "./runtime_dirs.ts";
 import { statePath } from "./mount_record.ts";
 import { parseJson } from "../json.ts";
-import { pathExists } from "../../ffi/files.ts";
+import { pathExists, readRegularFileSync } from "../../ffi/files.ts";
 
 /** A process as noted: pid and start time (a pid alone may be reused). */
 interface NotedProcess {
@@ -86,14 +86,16 @@ function alive(noted: Record<string, unknown>): boolean {
 }
 
 function writeNote(id: string, name: string, value: unknown): void {
-  const path = `${mountDir(id)}/${name}`;
-  Deno.writeTextFileSync(`${path}.tmp`, JSON.stringify(value), { mode: 0o600 });
-  Deno.renameSync(`${path}.tmp`, path);
+  writeRuntimeFile(`${mountDir(id)}/${name}`, JSON.stringify(value));
 }
+
+/** A note is a pid, a start time and a path: a few KiB at most. */
+const MAX_NOTE_BYTES = 64 << 10;
 
 function readNote(id: string, name: string): Record<string, unknown> | undefined {
   try {
-    const value = parseJson(Deno.readTextFileSync(`${mountDir(id)}/${name}`));
+    const bytes = readRegularFileSync(`${mountDir(id)}/${name}`, MAX_NOTE_BYTES, "mount note");
+    const value = parseJson(new TextDecoder().decode(bytes));
     return value && typeof value === "object" ? value as Record<string, unknown> : undefined;
   } catch {
     return undefined;

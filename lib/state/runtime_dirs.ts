@@ -137,3 +137,12 @@ export function removeMountDir(id: string): void {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
 }
+
+/**
+ * Writes `text` as the file `path` of a mount's runtime dir whole or not at all (a temporary
+ * name, then renamed), 0600: records there may hold credentials.
+ */
+export function writeRuntimeFile(path: string, text: string): void {
+  Deno.writeTextFileSync(`${path}.tmp`, text, { mode: 0o600 });
+  Deno.renameSync(`${path}.tmp`, path);
+}
