@@ -20,18 +20,10 @@ export function refuseNonUtf8Arguments(
   if (!args.some((arg) => arg.includes("\uFFFD"))) return;
   const raw = rawCommandLine();
   if (!raw) return;
-  const parts: Uint8Array[] = [];
-  for (let start = 0; start < raw.length;) {
-    const end = raw.indexOf(0, start);
-    parts.push(raw.subarray(start, end < 0 ? raw.length : end));
-    start = end < 0 ? raw.length : end + 1;
-  }
+  const parts = nulSeparated(raw);
   const ours = parts.slice(Math.max(0, parts.length - args.length));
-  const strict = new TextDecoder("utf-8", { fatal: true });
   ours.forEach((bytes, i) => {
-    try {
-      strict.decode(bytes);
-    } catch {
+    if (!isUtf8(bytes)) {
       throw new UsageError(
         `argument ${i + 1} is not valid UTF-8: ${printable(args[i])} (each \uFFFD stands for ` +
           "a byte that is not)",
@@ -54,22 +46,34 @@ export function nonUtf8Environment(
     !(error instanceof Deno.errors.InvalidData) ||
     !/environment variable was not valid unicode/.test(error.message)
   ) return undefined;
-  const strict = new TextDecoder("utf-8", { fatal: true });
-  const names: string[] = [];
-  const raw = rawEnvironment() ?? new Uint8Array(0);
-  for (let start = 0; start < raw.length;) {
-    const end = raw.indexOf(0, start) < 0 ? raw.length : raw.indexOf(0, start);
-    const entry = raw.subarray(start, end);
-    try {
-      strict.decode(entry);
-    } catch {
+  const names = nulSeparated(rawEnvironment() ?? new Uint8Array(0))
+    .filter((entry) => !isUtf8(entry))
+    .map((entry) => {
       const equals = entry.indexOf(0x3d);
-      names.push(printable(new TextDecoder().decode(entry.subarray(0, equals < 0 ? 0 : equals))));
-    }
-    start = end + 1;
-  }
+      return printable(new TextDecoder().decode(entry.subarray(0, equals < 0 ? 0 : equals)));
+    });
   return new UserError(
     `environment variable ${names.length ? names.join(", ") : "(one of them)"} is not valid UTF-8`,
     "give it a value that is UTF-8 (a path: rename it, or use a symlink named in UTF-8), or unset it",
   );
+}
+
+/** The NUL-terminated strings of /proc/self/cmdline or /proc/self/environ. */
+function nulSeparated(raw: Uint8Array): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (let start = 0; start < raw.length;) {
+    const end = raw.indexOf(0, start);
+    parts.push(raw.subarray(start, end < 0 ? raw.length : end));
+    start = end < 0 ? raw.length : end + 1;
+  }
+  return parts;
+}
+
+function isUtf8(bytes: Uint8Array): boolean {
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
 }
