@@ -9,10 +9,12 @@
 import { mountDir } from "../state/runtime_dirs.ts";
 import { readState, readStates, statePath } from "../state/mount_record.ts";
 import {
+  isMount,
   loopBackingFile,
   type MountEntry,
   overlayOption,
   readMountInfo,
+  recordedIdentity,
 } from "../sys/mountinfo.ts";
 import { overlaySourceOf } from "../mount/overlay.ts";
 import { umountOffThread } from "../sys/mount_task.ts";
@@ -96,7 +98,10 @@ export function madeFrom(
     // Lower dirs named relative to the runtime dir (an image of 100+ layers, overlay.ts): ours
     // unless another mount has recorded it as its own.
     return lower !== "" && !lower.startsWith("/") &&
-      !readStates().some((state) => state.mountId === entry.id);
+      !readStates().some((state) => {
+        const identity = recordedIdentity(state);
+        return identity !== undefined && isMount(entry, identity);
+      });
   }
   if (exports.includes(entry.source) || entry.source.startsWith(runDir)) return true;
   const backing = loopBackingFile(entry.source);

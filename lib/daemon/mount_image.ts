@@ -6,6 +6,7 @@
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { procStatFields } from "../../ffi/process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
+import { unmountOptionsFor } from "../mount/unmount_pinned.ts";
 import { layerDirName, mountOverlay, overlaySourceOf, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
 import { forgetPendingMount, notePendingMount } from "../state/pending_mount.ts";
@@ -110,9 +111,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
     const trust = request.trust ?? {};
     const pinned = request.pinnedTarget;
     const layerDirs: string[] = [];
-    let targetMountId: number | undefined;
-    /** Where the mount on the target is: elsewhere when a parent was renamed meanwhile. */
-    let landedAt: string | undefined;
+    /** The mount on the target; its mountPoint is elsewhere when a parent was renamed. */
+    let targetMount: ReturnType<typeof newMountOn>;
     const multi = ready.layers.length > 1 || spec.upper !== undefined;
     for (const [index, layer] of ready.layers.entries()) {
       const dir = multi ? `${mountDir(id)}/${layerDirName(index)}` : spec.target;
@@ -135,10 +135,8 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       const made = atTarget
         ? newMountOn(pinned, { fsType: "erofs", source: layer.blockPath })
         : undefined;
-      const mountId = made?.id;
-      targetMountId ??= mountId;
-      landedAt ??= made?.mountPoint;
-      undo.push(() => unmountErofs(dir, { lazy: true, mountId, fsType: "erofs" }));
+      targetMount ??= made;
+      undo.push(() => unmountErofs(dir, { lazy: true, ...unmountOptionsFor(made) }));
       layerDirs.push(dir);
       signal?.throwIfAborted();
     }
@@ -173,14 +171,12 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       const made = pinned
         ? newMountOn(pinned, { fsType: "overlay", lowerDirs: lowers })
         : undefined;
-      const mountId = made?.id;
-      targetMountId = mountId;
-      landedAt = made?.mountPoint;
-      undo.push(() => unmountErofs(spec.target, { lazy: true, mountId, fsType: "overlay" }));
+      targetMount = made;
+      undo.push(() => unmountErofs(spec.target, { lazy: true, ...unmountOptionsFor(made) }));
       signal?.throwIfAborted();
     }
 
-    const target = landedAt ?? spec.target;
+    const target = targetMount?.mountPoint ?? spec.target;
     if (target !== spec.target) {
       warn(
         `${spec.target} was moved while it was being mounted: the image is mounted at ${target}`,
@@ -196,7 +192,9 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       serverStart: ready.startTicks ? { pid: ready.pid, ticks: ready.startTicks } : undefined,
       createdAt: new Date().toISOString(),
       options: describeMountFlags(trust, writable),
-      mountId: targetMountId,
+      mountId: targetMount?.id,
+      mountSource: targetMount?.source,
+      mountDevice: targetMount?.device,
       cacheBytes: spec.cacheBytes,
       metricsListen: spec.metricsListen,
       diskCache: spec.diskCache,

@@ -8,10 +8,11 @@
 import { type OrphanedMount, orphanedMounts } from "../state/pending_mount.ts";
 import { lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir } from "../state/runtime_dirs.ts";
-import { loopBackingFile, type MountEntry, readMountInfo } from "../sys/mountinfo.ts";
+import { identityOf, loopBackingFile, type MountEntry, readMountInfo } from "../sys/mountinfo.ts";
 import { overlaySourceOf } from "../mount/overlay.ts";
 import { printable } from "../text.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
+import { unmountOptionsFor } from "../mount/unmount_pinned.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { readRecoveryFile, removeRecoveryFile } from "../state/recovery_store.ts";
@@ -69,7 +70,7 @@ async function clearOrphanedMount(orphan: OrphanedMount): Promise<boolean> {
   for (const entry of ours()) {
     steps.push([
       entry.mountPoint,
-      () => unmountErofs(entry.mountPoint, { lazy: true, mountId: entry.id, fsType: entry.fsType }),
+      () => unmountErofs(entry.mountPoint, { lazy: true, ...unmountOptionsFor(identityOf(entry)) }),
     ]);
   }
   for (const [index, recoveryFile] of devices) {

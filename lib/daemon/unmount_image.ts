@@ -17,8 +17,8 @@ import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
 import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
-import { overlayWritableDirs, readMountInfo } from "../sys/mountinfo.ts";
-import type { UnmountOptions } from "../mount/unmount_pinned.ts";
+import { isMount, overlayWritableDirs, readMountInfo, recordedIdentity } from "../sys/mountinfo.ts";
+import { type UnmountOptions, unmountOptionsFor } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { info, warn } from "../log.ts";
@@ -165,11 +165,7 @@ function writableUpperOf(target: string): string | undefined {
 }
 
 async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounted> {
-  const top = {
-    lazy,
-    mountId: state.mountId,
-    fsType: state.overlay ? "overlay" as const : "erofs" as const,
-  };
+  const top = { lazy, ...unmountOptionsFor(recordedIdentity(state)) };
   let wasMounted = false;
   const upper = lazy ? writableUpperOf(state.target) : undefined;
   if (state.backend === "fuse" && !serverAlive(serverOf(state))) {
@@ -257,20 +253,23 @@ function pruneStateDir(): void {
 function mountsInside(state: MountState, mounts = readMountInfo()): MountState[] {
   const prefix = `${state.target.replace(/\/+$/, "")}/`;
   const byId = new Map(mounts.map((entry) => [entry.id, entry]));
-  const stackedOnState = (id: number | undefined, target: string) => {
-    let entry = id === undefined ? undefined : byId.get(id);
-    if (state.mountId === undefined || entry === undefined) {
+  const own = recordedIdentity(state);
+  const ownId = own && mounts.find((m) => isMount(m, own))?.id;
+  const stackedOnState = (inner: MountState) => {
+    const identity = recordedIdentity(inner);
+    let entry = identity && mounts.find((m) => isMount(m, identity));
+    if (own === undefined || entry === undefined) {
       // Older records without mount ids: still mounted where they say.
-      return mounts.some((m) => m.mountPoint === target);
+      return mounts.some((m) => m.mountPoint === inner.target);
     }
     for (let hops = 0; entry && hops < mounts.length; hops++) {
-      if (entry.parentId === state.mountId) return true;
+      if (entry.parentId === ownId) return true;
       entry = byId.get(entry.parentId);
     }
     return false;
   };
   return readStates()
     .filter((s) => s.id !== state.id && s.target.startsWith(prefix))
-    .filter((s) => stackedOnState(s.mountId, s.target))
+    .filter(stackedOnState)
     .sort((a, b) => b.target.length - a.target.length);
 }

@@ -17,7 +17,7 @@ import {
   statPath,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
-import { overlayOption, readMountInfo } from "../sys/mountinfo.ts";
+import { identityOf, type MountIdentity, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
 import { OVERLAY_SPECIAL } from "./overlay.ts";
 
@@ -357,7 +357,7 @@ export interface MadeMount {
 export function newMountOn(
   target: MountTarget,
   made: MadeMount,
-): { id: number; mountPoint: string } | undefined {
+): (Required<MountIdentity> & { mountPoint: string }) | undefined {
   // The newest (mountinfo lists mounts in the order they were made) on the pinned directory's
   // mount: made under the lock of mount changes, onto a directory checked empty and unmounted,
   // it is ours. Not "an id absent before": the kernel hands a freed id to the next mount at
@@ -373,7 +373,7 @@ export function newMountOn(
         ? entry.source === made.source
         : lowerDirs !== undefined && overlayOption(entry.superOptions, "lowerdir") === lowerDirs
     );
-  return found && { id: found.id, mountPoint: found.mountPoint };
+  return found && { ...identityOf(found), mountPoint: found.mountPoint };
 }
 
 export function releaseMountTarget(target: MountTarget): void {

@@ -10,7 +10,7 @@ import { readSmallFile } from "../../ffi/files.ts";
 import { openDirNoSymlinks } from "../../ffi/path_resolve.ts";
 import { MNT_DETACH, UMOUNT_NOFOLLOW } from "../../ffi/mount.ts";
 import { MountError } from "../errors.ts";
-import { readMountInfo } from "../sys/mountinfo.ts";
+import { isMount, type MountIdentity, readMountInfo } from "../sys/mountinfo.ts";
 import { type SyscallResult, umountOffThread } from "../sys/mount_task.ts";
 
 export interface UnmountOptions {
@@ -21,8 +21,20 @@ export interface UnmountOptions {
    * where it is now even if a parent directory was renamed since.
    */
   mountId?: number;
-  /** File system type the mount with `mountId` must have (guards against a reused id). */
+  /**
+   * What else the mount with `mountId` must have: a freed id goes to the next mount made
+   * (sys/mountinfo.ts MountIdentity).
+   */
   fsType?: string;
+  source?: string;
+  device?: string;
+}
+
+/** Unmount options naming exactly the mount `identity` (none: whatever is at the path). */
+export function unmountOptionsFor(identity: MountIdentity | undefined): UnmountOptions {
+  if (identity === undefined) return {};
+  const { id: mountId, fsType, source, device } = identity;
+  return { mountId, fsType, source, device };
 }
 
 /**
@@ -36,9 +48,8 @@ export async function unmountNoFollow(
 ): Promise<SyscallResult> {
   let path = normalize(target);
   if (opts.mountId !== undefined) {
-    const entry = readMountInfo().find((e) =>
-      e.id === opts.mountId && (opts.fsType === undefined || e.fsType === opts.fsType)
-    );
+    const { mountId: id, fsType, source, device } = opts;
+    const entry = readMountInfo().find((e) => isMount(e, { id, fsType, source, device }));
     if (!entry) return { errno: Errno.EINVAL, call: "umount" };
     path = entry.mountPoint;
   }

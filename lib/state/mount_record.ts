@@ -30,6 +30,13 @@ export interface MountState {
   options?: string[];
   /** Mount id (mountinfo field 1) of the mount at `target`, to unmount exactly that one. */
   mountId?: number;
+  /**
+   * That mount's source and `major:minor` when it was made: a freed id goes to the next mount,
+   * so the id alone may name another's (sys/mountinfo.ts MountIdentity). Missing in older
+   * records.
+   */
+  mountSource?: string;
+  mountDevice?: string;
   /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
   layers: {
     digest?: string;
@@ -109,6 +116,7 @@ function isMountState(value: unknown): value is MountState {
     optional(s.overlay, "boolean") && optional(s.manifestDigest, "string") &&
     (s.options === undefined || isStringList(s.options)) &&
     (s.mountId === undefined || Number.isSafeInteger(s.mountId)) &&
+    optional(s.mountSource, "string") && optional(s.mountDevice, "string") &&
     optional(s.cacheBytes, "number") && optional(s.reattachedAt, "string") &&
     optional(s.metricsListen, "string") && (s.logFormat === undefined || s.logFormat === "json") &&
     (s.serverStart === undefined ||

@@ -38,13 +38,70 @@ export function isMountPoint(mountPoint: string): boolean {
 }
 
 /**
- * Whether a recorded mount (lib/state/mount_record.ts) is still there: the mount of its id and
- * type (found wherever it is, as `umount` finds it), or, in records older than the id, anything
- * mounted on its target. A plain `umount DIR`, or an erofs-oci umount killed half-way, leaves
- * the record without its mount.
+ * What tells one mount from another over time. The kernel hands a freed mount id to the next
+ * mount at once (the lowest free one), so an id alone names whatever was mounted last after
+ * ours went (a plain `umount DIR`): `erofs-oci umount DIR` then unmounted another program's
+ * EROFS mount elsewhere. Its source and device, seen when it was made, must agree too.
+ */
+export interface MountIdentity {
+  id: number;
+  fsType?: string;
+  /** mount(2)'s source as mountinfo shows it (a layer's file or device, an overlay's name). */
+  source?: string;
+  /** `major:minor` of the mounted file system. */
+  device?: string;
+}
+
+/** The identity of a mount seen in mountinfo, to be recorded and found again by isMount. */
+export function identityOf(entry: MountEntry): Required<MountIdentity> {
+  return {
+    id: entry.id,
+    fsType: entry.fsType,
+    source: entry.source,
+    device: deviceOf(entry),
+  };
+}
+
+/** True when `entry` is the mount `identity` names (the parts it has). */
+export function isMount(entry: MountEntry, identity: MountIdentity): boolean {
+  return entry.id === identity.id &&
+    (identity.fsType === undefined || entry.fsType === identity.fsType) &&
+    (identity.source === undefined || entry.source === identity.source) &&
+    (identity.device === undefined || deviceOf(entry) === identity.device);
+}
+
+function deviceOf(entry: MountEntry): string {
+  return `${entry.major}:${entry.minor}`;
+}
+
+/** The recorded parts of a mount record (lib/state/mount_record.ts) that name its mount. */
+export interface RecordedMount {
+  target: string;
+  mountId?: number;
+  mountSource?: string;
+  mountDevice?: string;
+  overlay: boolean;
+}
+
+/** The identity a record's mount is found by, or undefined in records older than the id. */
+export function recordedIdentity(record: RecordedMount): MountIdentity | undefined {
+  if (record.mountId === undefined) return undefined;
+  return {
+    id: record.mountId,
+    fsType: record.overlay ? "overlay" : "erofs",
+    source: record.mountSource,
+    device: record.mountDevice,
+  };
+}
+
+/**
+ * Whether a recorded mount (lib/state/mount_record.ts) is still there: the mount of its
+ * identity (found wherever it is, as `umount` finds it), or, in records older than the id,
+ * anything mounted on its target. A plain `umount DIR`, or an erofs-oci umount killed
+ * half-way, leaves the record without its mount.
  */
 export function recordedMountPresent(
-  record: { target: string; mountId?: number; overlay: boolean },
+  record: RecordedMount,
   mounts: MountEntry[] = readMountInfo(),
 ): boolean {
   return recordedMount(record, mounts) !== undefined;
@@ -52,12 +109,12 @@ export function recordedMountPresent(
 
 /** The mount a record names (see recordedMountPresent), if it is still there. */
 export function recordedMount(
-  record: { target: string; mountId?: number; overlay: boolean },
+  record: RecordedMount,
   mounts: MountEntry[] = readMountInfo(),
 ): MountEntry | undefined {
-  if (record.mountId === undefined) return mounts.findLast((m) => m.mountPoint === record.target);
-  const fsType = record.overlay ? "overlay" : "erofs";
-  return mounts.find((m) => m.id === record.mountId && m.fsType === fsType);
+  const identity = recordedIdentity(record);
+  if (identity === undefined) return mounts.findLast((m) => m.mountPoint === record.target);
+  return mounts.find((m) => isMount(m, identity));
 }
 
 function parseLine(line: string): MountEntry {
