@@ -104,14 +104,10 @@ export async function mountSandbox(): Promise<MountSandbox> {
         ).catch(() => {});
       }
       // Last resort after a failed test: stop servers we started (and the FUSE keepers they
-      // left: a killed server cannot end its keeper) and detach what is left.
-      for (
-        const pid of [
-          ...serverPids(runtimeDir),
-          ...mountServersOf(runtimeDir),
-          ...runningKeepersOf(runtimeDir),
-        ]
-      ) {
+      // left: a killed server cannot end its keeper) and detach what is left. Found by their
+      // environment, not by the pids recorded: a dead server's pid may be another test's
+      // process by now (pid_max is 32768 on the CI machines, and a run starts more).
+      for (const pid of [...mountServersOf(runtimeDir), ...runningKeepersOf(runtimeDir)]) {
         try {
           Deno.kill(pid, "SIGKILL");
         } catch { /* gone */ }
