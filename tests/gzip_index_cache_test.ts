@@ -93,3 +93,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "an umount in another runtime dir sharing the state dir keeps the index copy a mount there needs",
+  ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), path(FIXTURES)),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-cache-" });
+    try {
+      await using registry = await startRegistry({ auth: "none" });
+      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+      await pushImage(registry, "gz/shared", "v1", [
+        { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+      ]);
+      const ref = `${registry.host}/gz/shared:v1`;
+      assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+      // Two instances with runtime dirs of their own and the one (default-like) state dir.
+      const holder = await mountSandbox();
+      const other = await mountSandbox();
+      const holderEnv = { ...holder.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+      const otherEnv = { ...other.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+      try {
+        const mounted = await runCli(["mount", "--backend", "fuse", ref, holder.target], {
+          env: holderEnv,
+          timeoutMs: 60_000,
+        });
+        assert.equal(mounted.code, 0, `${describe(mounted)}\n${holder.serverLogs()}`);
+        const cache = `${work}/state/index`;
+        const copies = () => [...Deno.readDirSync(cache)].map((e) => e.name);
+        const [layer] = copies();
+        const hourAgo = new Date(Date.now() - 3600_000);
+        for (const entry of Deno.readDirSync(`${cache}/${layer}`)) {
+          Deno.utimeSync(`${cache}/${layer}/${entry.name}`, hourAgo, hourAgo);
+        }
+        assertSuccess(
+          await runCli(["mount", "--backend", "fuse", `${FIXTURES}/basic.erofs`, other.target], {
+            env: otherEnv,
+            timeoutMs: 60_000,
+          }),
+        );
+        assertSuccess(await runCli(["umount", other.target], { env: otherEnv }));
+        assert.deepEqual(copies(), [layer], "the other instance's umount kept the copy");
+
+        assertSuccess(await runCli(["umount", holder.target], { env: holderEnv }));
+        assert.deepEqual(copies(), [], "gone once its own mount is unmounted");
+      } finally {
+        await other.cleanup();
+        await holder.cleanup();
+      }
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -2,11 +2,11 @@
  * Clean-up of the durable index copies (indexCacheDir()/<layer>/): a mount keeps each tar
  * layer's index there because reattach — ours, or `mount.erofs --reattach` reading a
  * TARINDEX_OCI_BLOB line — must find it after `--index DIR` is gone. A layer's directory is
- * removed once nothing can need it: no recovery file and no mount's runtime files name a path
- * inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
+ * removed once nothing can need it: no recovery file and no mount's runtime files (of every
+ * runtime dir that uses this state dir) name a path inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
  * an index rewrites its index.json first, so a mount still starting is not robbed).
  */
-import { indexCacheDir, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
+import { indexCacheDir, runtimeDirsUsingState } from "../state/runtime_dirs.ts";
 import { recoveryDir } from "../state/recovery_store.ts";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
@@ -35,10 +35,14 @@ function filesIn(dir: string, depth: number): string[] {
  */
 export function referenceText(
   recoveryFilesDir: string = recoveryDir({ create: false }),
-  runtimeRoot: string = RUNTIME_ROOT,
+  runtimeRoots: string[] = runtimeDirsUsingState(),
 ): string {
   const texts: string[] = [];
-  for (const file of [...filesIn(recoveryFilesDir, 0), ...filesIn(`${runtimeRoot}/mounts`, 1)]) {
+  const files = [
+    ...filesIn(recoveryFilesDir, 0),
+    ...runtimeRoots.flatMap((root) => filesIn(`${root}/mounts`, 1)),
+  ];
+  for (const file of files) {
     try {
       if (Deno.statSync(file).size > MAX_REFERENCE_FILE_BYTES) continue;
       texts.push(Deno.readTextFileSync(file));
@@ -78,7 +82,7 @@ export function pruneIndexCache(options: {
   if (layers.length === 0) return [];
   const referenced = referenceText(
     options.recoveryDir ?? recoveryDir({ create: false }),
-    options.runtimeRoot ?? RUNTIME_ROOT,
+    options.runtimeRoot === undefined ? undefined : [options.runtimeRoot],
   );
   const removed: string[] = [];
   for (const name of layers) {

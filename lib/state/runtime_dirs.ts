@@ -31,7 +31,75 @@ const STATE_DIR: RecordsDir = {
  * `create: false` for those that only look (nothing is made; a missing one is not checked).
  */
 export function stateRoot(options: { create?: boolean } = { create: true }): string {
-  return rootOnlyDir(Deno.env.get(STATE_DIR.envVar) ?? STATE_DIR.defaultPath, STATE_DIR, options);
+  const root = rootOnlyDir(
+    Deno.env.get(STATE_DIR.envVar) ?? STATE_DIR.defaultPath,
+    STATE_DIR,
+    options,
+  );
+  if (options.create) noteRuntimeDirUsing(root);
+  return root;
+}
+
+/**
+ * `stateRoot()/runtime-dirs/`: one empty file per runtime dir whose mounts may name files of
+ * this state dir (index copies, kept tables), named by the dir's path in hex (a runtime dir is
+ * shorter than a socket path, so the name fits). Instances with runtime dirs of their own share
+ * the default state dir: a prune by one must see what the others' mounts name, or an umount
+ * in one removed the index copies another's mounts need for reattach.
+ */
+const RUNTIME_DIRS = "runtime-dirs";
+const noted = new Set<string>();
+
+function noteRuntimeDirUsing(root: string): void {
+  if (noted.has(root)) return;
+  noted.add(root);
+  try {
+    Deno.mkdirSync(`${root}/${RUNTIME_DIRS}`, { mode: 0o700, recursive: true });
+    Deno.writeFileSync(
+      `${root}/${RUNTIME_DIRS}/${hexOf(resolvedPath(RUNTIME_ROOT))}`,
+      new Uint8Array(),
+    );
+  } catch { /* a state dir that cannot take it: prunes then see only their own runtime dir */ }
+}
+
+/**
+ * The runtime dirs whose mounts may name files of the state dir: this one and those noted by
+ * others. One that is gone (a reboot emptied /run) has no mounts left, and is forgotten.
+ */
+export function runtimeDirsUsingState(): string[] {
+  const dirs = new Set([resolvedPath(RUNTIME_ROOT)]);
+  const listed = `${stateRoot({ create: false })}/${RUNTIME_DIRS}`;
+  let names: string[] = [];
+  try {
+    names = [...Deno.readDirSync(listed)].map((entry) => entry.name);
+  } catch { /* none noted */ }
+  for (const name of names.slice(0, 1024)) {
+    const dir = pathOfHex(name);
+    if (dir === undefined) continue;
+    try {
+      if (Deno.statSync(dir).isDirectory) {
+        dirs.add(dir);
+        continue;
+      }
+    } catch { /* gone */ }
+    try {
+      Deno.removeSync(`${listed}/${name}`);
+    } catch { /* another prune took it */ }
+  }
+  return [...dirs];
+}
+
+function hexOf(text: string): string {
+  return Array.from(new TextEncoder().encode(text), (b) => b.toString(16).padStart(2, "0")).join(
+    "",
+  );
+}
+
+function pathOfHex(name: string): string | undefined {
+  if (!/^(?:[0-9a-f]{2})+$/.test(name)) return undefined;
+  const bytes = Uint8Array.from(name.match(/../g)!, (pair) => parseInt(pair, 16));
+  const path = new TextDecoder().decode(bytes);
+  return path.startsWith("/") ? path : undefined;
 }
 
 /** `stateRoot()/index/LAYER/`: copies of the indexes in use, where reattach finds them again. */
