@@ -195,6 +195,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
       mountId: targetMount?.id,
       mountSource: targetMount?.source,
       mountDevice: targetMount?.device,
+      mountBackingFile: targetMount?.backingFile,
       cacheBytes: spec.cacheBytes,
       metricsListen: spec.metricsListen,
       diskCache: spec.diskCache,

@@ -17,7 +17,7 @@ import {
   statPath,
   UntrustedSymlinkError,
 } from "../../ffi/path_resolve.ts";
-import { identityOf, type MountIdentity, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
+import { identityOf, overlayOption, readMountInfo } from "../sys/mountinfo.ts";
 import { changeableBy } from "../../ffi/trusted_path.ts";
 import { OVERLAY_SPECIAL } from "./overlay.ts";
 
@@ -357,7 +357,7 @@ export interface MadeMount {
 export function newMountOn(
   target: MountTarget,
   made: MadeMount,
-): (Required<MountIdentity> & { mountPoint: string }) | undefined {
+): (ReturnType<typeof identityOf> & { mountPoint: string }) | undefined {
   // The newest (mountinfo lists mounts in the order they were made) on the pinned directory's
   // mount: made under the lock of mount changes, onto a directory checked empty and unmounted,
   // it is ours. Not "an id absent before": the kernel hands a freed id to the next mount at

@@ -28,13 +28,14 @@ export interface UnmountOptions {
   fsType?: string;
   source?: string;
   device?: string;
+  backingFile?: string;
 }
 
 /** Unmount options naming exactly the mount `identity` (none: whatever is at the path). */
 export function unmountOptionsFor(identity: MountIdentity | undefined): UnmountOptions {
   if (identity === undefined) return {};
-  const { id: mountId, fsType, source, device } = identity;
-  return { mountId, fsType, source, device };
+  const { id: mountId, fsType, source, device, backingFile } = identity;
+  return { mountId, fsType, source, device, backingFile };
 }
 
 /**
@@ -48,8 +49,10 @@ export async function unmountNoFollow(
 ): Promise<SyscallResult> {
   let path = normalize(target);
   if (opts.mountId !== undefined) {
-    const { mountId: id, fsType, source, device } = opts;
-    const entry = readMountInfo().find((e) => isMount(e, { id, fsType, source, device }));
+    const { mountId: id, fsType, source, device, backingFile } = opts;
+    const entry = readMountInfo().find((e) =>
+      isMount(e, { id, fsType, source, device, backingFile })
+    );
     if (!entry) return { errno: Errno.EINVAL, call: "umount" };
     path = entry.mountPoint;
   }

@@ -37,6 +37,8 @@ export interface MountState {
    */
   mountSource?: string;
   mountDevice?: string;
+  /** A loop device's backing file, when the mount is on one (kernels before file-backed EROFS). */
+  mountBackingFile?: string;
   /** Per layer: the block device or file EROFS is mounted from and where it is mounted. */
   layers: {
     digest?: string;
@@ -117,6 +119,7 @@ function isMountState(value: unknown): value is MountState {
     (s.options === undefined || isStringList(s.options)) &&
     (s.mountId === undefined || Number.isSafeInteger(s.mountId)) &&
     optional(s.mountSource, "string") && optional(s.mountDevice, "string") &&
+    optional(s.mountBackingFile, "string") &&
     optional(s.cacheBytes, "number") && optional(s.reattachedAt, "string") &&
     optional(s.metricsListen, "string") && (s.logFormat === undefined || s.logFormat === "json") &&
     (s.serverStart === undefined ||

@@ -50,15 +50,24 @@ export interface MountIdentity {
   source?: string;
   /** `major:minor` of the mounted file system. */
   device?: string;
+  /**
+   * A loop device's backing file: loop devices are handed out lowest free first too, so a
+   * plain `mount -o loop` after ours went got our id, `/dev/loopN` and `7:N` (kernels before
+   * file-backed EROFS mount a FUSE layer through one).
+   */
+  backingFile?: string;
 }
 
 /** The identity of a mount seen in mountinfo, to be recorded and found again by isMount. */
-export function identityOf(entry: MountEntry): Required<MountIdentity> {
+export function identityOf(
+  entry: MountEntry,
+): Required<Omit<MountIdentity, "backingFile">> & MountIdentity {
   return {
     id: entry.id,
     fsType: entry.fsType,
     source: entry.source,
     device: deviceOf(entry),
+    backingFile: loopBackingFile(entry.source),
   };
 }
 
@@ -67,7 +76,8 @@ export function isMount(entry: MountEntry, identity: MountIdentity): boolean {
   return entry.id === identity.id &&
     (identity.fsType === undefined || entry.fsType === identity.fsType) &&
     (identity.source === undefined || entry.source === identity.source) &&
-    (identity.device === undefined || deviceOf(entry) === identity.device);
+    (identity.device === undefined || deviceOf(entry) === identity.device) &&
+    (identity.backingFile === undefined || loopBackingFile(entry.source) === identity.backingFile);
 }
 
 function deviceOf(entry: MountEntry): string {
@@ -80,6 +90,7 @@ export interface RecordedMount {
   mountId?: number;
   mountSource?: string;
   mountDevice?: string;
+  mountBackingFile?: string;
   overlay: boolean;
 }
 
@@ -91,6 +102,7 @@ export function recordedIdentity(record: RecordedMount): MountIdentity | undefin
     fsType: record.overlay ? "overlay" : "erofs",
     source: record.mountSource,
     device: record.mountDevice,
+    backingFile: record.mountBackingFile,
   };
 }
 
