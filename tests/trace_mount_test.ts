@@ -5,7 +5,15 @@
  * zero layer GETs; `--no-prefetch` does not; a hostile trace is refused with one warning.
  */
 import assert from "node:assert/strict";
-import { command, FIXTURES, path, PEER_BIN, requires, root } from "./_support/requires.ts";
+import {
+  command,
+  FIXTURES,
+  path,
+  PEER_BIN,
+  REPO_ROOT,
+  requires,
+  root,
+} from "./_support/requires.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { startFaultProxy } from "./_support/fault_proxy.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
@@ -17,6 +25,8 @@ import { parseTrace } from "../lib/trace/format.ts";
 import { pushTraceArtifact } from "../lib/trace/artifact.ts";
 import { RegistryClient } from "../lib/oci/client.ts";
 import { fetchManifest } from "../lib/oci/resolve.ts";
+import { listReferrers } from "../lib/oci/referrers.ts";
+import { TRACE_ARTIFACT_TYPE } from "../lib/trace/format.ts";
 import { randomFilesImage } from "./_support/erofs_tree.ts";
 
 const ignore = requires(
@@ -429,5 +439,34 @@ Deno.test({
     assertSuccess(await runCli(["umount", t.sandbox.target], { env: t.sandbox.env }));
     assert.match(mounted.stderr, /did not answer the trace lookup in 10 s/);
     assert.ok(tookMs < 25_000, `mount took ${Math.round(tookMs)} ms`);
+  },
+});
+
+Deno.test({
+  name: "trace --push: the trace goes to the manifest traced, though the tag moved while CMD ran",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-moved-");
+    const traced = (await fetchManifest(
+      new RegistryClient(t.registry.host, { plainHttp: true }),
+      "trace/app",
+      "v1",
+    )).digest;
+    // CMD reads, then pushes another image under the same tag (a CI job, meanwhile).
+    const cli = `${REPO_ROOT}/scripts/erofs-oci-dev`;
+    const repush = `${cli} push ${t.registry.host}/trace/app:v1 ${FIXTURES}/basic.erofs ` +
+      "--plain-http > /dev/null";
+    assertSuccess(await t.trace(["--push"], `cat {}/file2 > /dev/null && ${repush}`));
+    const client = new RegistryClient(t.registry.host, { plainHttp: true });
+    try {
+      const moved = (await fetchManifest(client, "trace/app", "v1")).digest;
+      assert.notEqual(moved, traced, "the tag names the new image");
+      const of = (digest: string) =>
+        listReferrers(client, "trace/app", digest, TRACE_ARTIFACT_TYPE).then((r) => r.length);
+      assert.equal(await of(traced), 1, "the traced manifest has the trace");
+      assert.equal(await of(moved), 0, "the new image, which was not traced, has none");
+    } finally {
+      client.close();
+    }
   },
 });

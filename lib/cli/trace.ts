@@ -18,6 +18,7 @@ import { checkRoot } from "../mount/target_dir.ts";
 import { catchInterrupts } from "./interrupt.ts";
 import { checkOutputFile, writeOutputFile } from "./output_file.ts";
 import { fetchManifest } from "../oci/resolve.ts";
+import { formatReference } from "../oci/reference.ts";
 import { parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
 import { TRACE_RECORD_ENV } from "../trace/server_hooks.ts";
@@ -134,7 +135,11 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       const traceFile = `${work}/trace.json`;
       Deno.mkdirSync(root);
       Deno.env.set(TRACE_RECORD_ENV, traceFile);
-      const mountArgv = [image, root, "--no-disk-cache", "--no-prefetch"];
+      // The trace goes to the manifest mounted, pinned now: the tag may name another by the
+      // time CMD ends (a CI job pushing meanwhile), and the trace then went to that one.
+      const resolved = await opened.client.resolveImage(opened.ref, opened.platform);
+      const pinned = formatReference({ ...opened.ref, digest: resolved.manifestDigest });
+      const mountArgv = [pinned, root, "--no-disk-cache", "--no-prefetch"];
       if (values.backend !== undefined) mountArgv.push("--backend", values.backend);
       if (values.platform !== undefined) mountArgv.push("--platform", values.platform);
       for (const flag of FORWARDED_FLAGS) if (values[flag]) mountArgv.push(`--${flag}`);
@@ -163,7 +168,6 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
         writeOutputFile("trace", values.output, bytes);
         info(`trace of ${image}: ${summary}, written to ${values.output}`);
       } else {
-        const resolved = await opened.client.resolveImage(opened.ref, opened.platform);
         const manifest = await fetchManifest(
           opened.client,
           opened.ref.repository,
