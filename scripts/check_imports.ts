@@ -33,6 +33,7 @@ const LAYERS: Layer[] = [
       "lib/json.ts",
       "lib/timing.ts",
       "lib/timers.ts",
+      "lib/test_pause.ts",
       "lib/node_builtins.ts",
       "lib/event_loop.ts",
     ],

@@ -17,7 +17,7 @@ import {
 } from "./_support/mounts.ts";
 import { startRegistry } from "./_support/registry.ts";
 import { isBlobGet, startFaultProxy } from "./_support/fault_proxy.ts";
-import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { TEST_PAUSE_ENV } from "../lib/test_pause.ts";
 import { waitFor } from "./_support/wait.ts";
 import { HoldPoint } from "./_support/hold.ts";
 
@@ -91,7 +91,7 @@ for (
       try {
         mounting = startCli(
           ["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"],
-          // The server stops for good once its keeper runs (lib/daemon/test_pause.ts).
+          // The server stops for good once its keeper runs (lib/test_pause.ts).
           { ...sandbox.env, [TEST_PAUSE_ENV]: "fuse-keeper-started" },
         );
         await waitFor("the keeper", () => runningKeepersOf(sandbox.runtimeDir).length > 0);

@@ -16,7 +16,7 @@ import {
   mountServersOf,
   runningKeepersOf,
 } from "./_support/mounts.ts";
-import { TEST_PAUSE_ENV } from "../lib/daemon/test_pause.ts";
+import { TEST_PAUSE_ENV } from "../lib/test_pause.ts";
 import { HoldPoint } from "./_support/hold.ts";
 import { runCli } from "./_support/cli.ts";
 import { settledWithin, waitFor } from "./_support/wait.ts";

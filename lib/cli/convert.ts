@@ -1,5 +1,5 @@
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
-import { testHold } from "../daemon/test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import type { Command } from "./command.ts";
 import { exitInterrupted, onInterrupt } from "./interrupt.ts";
 import { expectPositionals, parseBuildTimestamp, parseCommandArgs } from "./command.ts";

@@ -1,6 +1,6 @@
 import { plural } from "../text.ts";
 import { makeOwnedWorkDir, type OwnedWorkDir } from "../../ffi/work_dir.ts";
-import { testHold } from "../daemon/test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import { unlinkIn } from "../../ffi/new_file_in_dir.ts";
 import { listDirectory, S_IFDIR, S_IFMT } from "../../ffi/files.ts";
 import {

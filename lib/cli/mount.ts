@@ -4,7 +4,7 @@ import { MountError } from "../errors.ts";
 import { REGISTRY_OPTIONS_HELP } from "./registry_options.ts";
 import { discardManifestAhead } from "./manifest_ahead.ts";
 import { info } from "../log.ts";
-import { testHold } from "../daemon/test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import { chooseBackend } from "../mount/backend_choice.ts";
 import {
   checkMountTarget,

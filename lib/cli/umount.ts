@@ -6,7 +6,7 @@ import { MountError, UsageError, UserError } from "../errors.ts";
 import { NotMountedError, readStates } from "../state/mount_record.ts";
 import { info, warn } from "../log.ts";
 import { exitInterrupted, Interrupted, onInterrupt } from "./interrupt.ts";
-import { testHold } from "../daemon/test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import type { OrphanedMount } from "../state/pending_mount.ts";
 import { realPathTrusted } from "../../ffi/path_resolve.ts";
 import { printable } from "../text.ts";

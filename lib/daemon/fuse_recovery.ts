@@ -34,7 +34,7 @@ import {
   parseStoredIdentity,
   readImageIdentity,
 } from "../recovery/erofs_identity.ts";
-import { testPause } from "./test_pause.ts";
+import { testPause } from "../test_pause.ts";
 import { parseJson } from "../json.ts";
 import type { Credentials } from "../oci/docker_config.ts";
 import { sleep } from "../timers.ts";

@@ -22,7 +22,7 @@ import {
 } from "../mount/target_dir.ts";
 import { logFormat, warn } from "../log.ts";
 import { mark } from "../timing.ts";
-import { testHold, testPause } from "./test_pause.ts";
+import { testHold, testPause } from "../test_pause.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { killServer, serverAlive, type ServerProcess } from "../state/server_liveness.ts";
 import { lockMountChanges } from "../state/change_locks.ts";

@@ -15,7 +15,7 @@ import {
 import { notePendingServer } from "../state/pending_mount.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
 import { type Adoption, recordedAsServer, watchForAdoption, watchForRecord } from "./adoption.ts";
-import { testHold } from "./test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import { ServedLayers } from "./server_layers.ts";
 import { discardSpareFuseReaders, prestartFuseReaders } from "../fuse/blob.ts";
 import { type HandedSpec, takeHandedSettings } from "./server_process.ts";

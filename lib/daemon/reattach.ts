@@ -8,7 +8,7 @@ import { MountError } from "../errors.ts";
 import { procStatFields } from "../../ffi/process.ts";
 import { listNbdDevices, type NbdDeviceInfo } from "../nbd/sysfs.ts";
 import { startServer } from "./server_process.ts";
-import { testHold } from "./test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import { createMountDir, removeMountDir } from "../state/runtime_dirs.ts";
 import {
   DEFAULT_MOUNT_CACHE_BYTES,

@@ -14,7 +14,7 @@ import { keeperAlive } from "../fuse/keeper.ts";
 import { mountedIdentity, storedIdentity } from "../recovery/erofs_identity.ts";
 import { startServer } from "./server_process.ts";
 import { checkOpenFileLimit } from "./open_file_budget.ts";
-import { testHold } from "./test_pause.ts";
+import { testHold } from "../test_pause.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
 import { type MountState, serverOf, writeState } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";

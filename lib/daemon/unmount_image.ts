@@ -26,7 +26,7 @@ import { stopServer } from "./server_process.ts";
 import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
 import { pruneKeptBlobs } from "../oci/kept_blobs.ts";
-import { testHold } from "./test_pause.ts";
+import { testHold } from "../test_pause.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;

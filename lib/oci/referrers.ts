@@ -14,6 +14,8 @@ import { MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST } from "./media_types.ts";
 import { DIGEST_PATTERN } from "./reference.ts";
 import { parseJson } from "../json.ts";
 import { warn } from "../log.ts";
+import { testHold } from "../test_pause.ts";
+import { sleep } from "../timers.ts";
 
 /** A descriptor as a referrers list holds it. */
 export interface ReferrerDescriptor {
@@ -145,23 +147,58 @@ export async function pushReferrer(
   }
   await put.body?.cancel();
   if (put.headers.get("oci-subject") === subject) return "referrers-api";
-  const existing = await fetchTagIndex(client, repository, subject, signal, "update") ?? [];
-  const kept = existing.filter((d) => d.digest !== descriptor.digest && !(replace?.(d) ?? false));
-  const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [...kept, descriptor] };
   const tag = referrersTag(subject);
-  const body = new TextEncoder().encode(JSON.stringify(index));
-  const putIndex = await client.request({
-    method: "PUT",
-    path: `/v2/${repository}/manifests/${tag}`,
-    scope: pushScope(repository),
-    body,
-    headers: { "content-type": OCI_INDEX },
-    signal,
-  });
-  if (putIndex.status !== 201) throw await refusedWrite(client, putIndex, `storing the tag ${tag}`);
-  await putIndex.body?.cancel();
-  return "fallback-tag";
+  const read = () => readTagIndex(client, repository, subject, signal, "update");
+  // The tag's index is read, changed and written back: another pusher doing the same at once
+  // (a trace and a table for one image) wrote its list over ours, and one entry was lost with
+  // both saying "pushed". If-Match is honoured by registries that support it (docker-registry
+  // ignores it), so the tag is also looked at again just before the write, and afterwards.
+  for (let attempt = 1;; attempt++) {
+    const before = await read();
+    const kept = (before?.descriptors ?? []).filter((d) =>
+      d.digest !== descriptor.digest && !(replace?.(d) ?? false)
+    );
+    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [...kept, descriptor] };
+    const body = new TextEncoder().encode(JSON.stringify(index));
+    await testHold("referrers-tag-write");
+    const last = attempt === MAX_TAG_WRITES;
+    if (!last && (await read())?.digest !== before?.digest) continue;
+    const putIndex = await client.request({
+      method: "PUT",
+      path: `/v2/${repository}/manifests/${tag}`,
+      scope: pushScope(repository),
+      body,
+      headers: {
+        "content-type": OCI_INDEX,
+        ...(before?.etag ? { "if-match": before.etag } : {}),
+      },
+      signal,
+    });
+    if (putIndex.status === 412 && !last) {
+      await putIndex.body?.cancel();
+      continue;
+    }
+    if (putIndex.status !== 201) {
+      throw await refusedWrite(client, putIndex, `storing the tag ${tag}`);
+    }
+    await putIndex.body?.cancel();
+    await sleep(TAG_RECHECK_MS, signal);
+    const after = await read();
+    if (after?.descriptors.some((d) => d.digest === descriptor.digest)) return "fallback-tag";
+    if (last) {
+      throw new OciError(
+        `the referrers tag ${tag} of ${repository} kept being rewritten by other pushes: ` +
+          `${descriptor.digest} is not listed there after ${MAX_TAG_WRITES} tries`,
+        "push again once the others are done",
+      );
+    }
+  }
 }
+
+/** Writes of a referrers tag that others keep changing before one is given up. */
+const MAX_TAG_WRITES = 5;
+/** How long after writing a referrers tag it is read again (another writer's round trip). */
+const TAG_RECHECK_MS = 200;
 
 /** OCI 1.1 empty descriptor (`{}`), the config of an artifact without one. */
 const EMPTY_CONFIG = new TextEncoder().encode("{}");
@@ -235,8 +272,18 @@ async function fetchTagIndex(
   repository: string,
   subject: string,
   signal?: AbortSignal,
-  use: "lookup" | "update" = "lookup",
 ): Promise<ReferrerDescriptor[] | undefined> {
+  return (await readTagIndex(client, repository, subject, signal, "lookup"))?.descriptors;
+}
+
+/** The fallback tag's list, with its digest and ETag (to tell whether it changed). */
+async function readTagIndex(
+  client: RegistryClient,
+  repository: string,
+  subject: string,
+  signal: AbortSignal | undefined,
+  use: "lookup" | "update",
+): Promise<{ descriptors: ReferrerDescriptor[]; digest: string; etag?: string } | undefined> {
   const tag = referrersTag(subject);
   const { response, bytes } = await client.getDocument({
     method: "GET",
@@ -254,7 +301,11 @@ async function fetchTagIndex(
     throw statusError(client, response, `for the referrers tag ${tag}`);
   }
   try {
-    return parseReferrerIndex(bytes, `tag ${tag}`);
+    return {
+      descriptors: parseReferrerIndex(bytes, `tag ${tag}`),
+      digest: digestOf(bytes),
+      etag: response.headers.get("etag") ?? undefined,
+    };
   } catch (error) {
     if (!(error instanceof OciError)) throw error;
     if (use === "update") {

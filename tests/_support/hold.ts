@@ -1,9 +1,9 @@
 /**
- * A testHold point (lib/daemon/test_pause.ts) for a command a test starts: the environment
+ * A testHold point (lib/test_pause.ts) for a command a test starts: the environment
  * entry that holds the command there, the wait until it has arrived, its release, and the
  * removal of the hold's files (dispose, also after a failure).
  */
-import { TEST_HOLD_ENV } from "../../lib/daemon/test_pause.ts";
+import { TEST_HOLD_ENV } from "../../lib/test_pause.ts";
 import { exists, waitFor } from "./wait.ts";
 
 export class HoldPoint implements Disposable {

@@ -1,9 +1,9 @@
 /**
- * A FUSE mount whose server is held (lib/daemon/test_pause.ts) once its keeper runs: the window
+ * A FUSE mount whose server is held (lib/test_pause.ts) once its keeper runs: the window
  * between the keeper starting and the mount being ready, for tests that kill the server there.
  */
 import assert from "node:assert/strict";
-import { TEST_PAUSE_ENV } from "../../lib/daemon/test_pause.ts";
+import { TEST_PAUSE_ENV } from "../../lib/test_pause.ts";
 import { type CliResult, runCli } from "./cli.ts";
 import { mountServersOf, runningKeepersOf } from "./mounts.ts";
 import { FIXTURES } from "./requires.ts";

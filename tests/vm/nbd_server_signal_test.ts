@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES, REPO_ROOT } from "../_support/requires.ts";
-import { TEST_PAUSE_ENV } from "../../lib/daemon/test_pause.ts";
+import { TEST_PAUSE_ENV } from "../../lib/test_pause.ts";
 import { readMountInfo } from "../../lib/sys/mountinfo.ts";
 import { assertSuccess, describe, runCli } from "../_support/cli.ts";
 import {

@@ -4,7 +4,7 @@
  * there by pid, as the OOM killer or `kill -9` would, and show that a death at that exact point
  * leaves nothing that no cleanup finds. Unset, it does nothing.
  */
-import { sleep } from "../timers.ts";
+import { sleep } from "./timers.ts";
 export const TEST_PAUSE_ENV = "EROFS_OCI_TEST_PAUSE_AT";
 
 export function testPause(name: string): void {

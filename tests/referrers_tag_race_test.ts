@@ -1,0 +1,72 @@
+/**
+ * Two artifacts pushed for one image at once by the fallback tag (docker-registry 2.8 has no
+ * referrers API): each pusher reads the tag's list, adds its entry and writes it back, so one
+ * wrote its list over the other's and an entry was lost while both said "pushed". The pusher
+ * looks at the tag again before writing and after (lib/oci/referrers.ts pushReferrer).
+ */
+import assert from "node:assert/strict";
+import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { startRegistry } from "./_support/registry.ts";
+import { assertSuccess, runCli, startCli, stopCli } from "./_support/cli.ts";
+import { HoldPoint } from "./_support/hold.ts";
+import { pushImage } from "./_support/oci_raw.ts";
+import { EROFS_MEDIA_TYPE } from "./_support/oci_fixtures.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { fetchManifest } from "../lib/oci/resolve.ts";
+import { listReferrers } from "../lib/oci/referrers.ts";
+import { pushTraceArtifact } from "../lib/trace/artifact.ts";
+import { buildTrace, encodeTrace, TRACE_ARTIFACT_TYPE } from "../lib/trace/format.ts";
+import { CHUNK_TABLES_ARTIFACT_TYPE } from "../lib/verify/chunk_table.ts";
+import { OCI_MANIFEST } from "../lib/oci/media_types.ts";
+
+Deno.test({
+  name: "referrers tag: a table and a trace pushed at once for one image are both listed",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-referrers-race-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    using hold = new HoldPoint("referrers-tag-write", `${work}/hold`);
+    let tables: ReturnType<typeof startCli> | undefined;
+    try {
+      const image = await Deno.readFile(`${FIXTURES}/basic.erofs`);
+      const pushed = await pushImage(registry, "race/app", "v1", [
+        { bytes: image, mediaType: EROFS_MEDIA_TYPE },
+      ]);
+      // The table's pusher has read the tag's (empty) list and is about to write it…
+      tables = startCli(
+        ["checksums", `${registry.host}/race/app:v1`, "--push", "--plain-http"],
+        hold.env,
+      );
+      await hold.reached("checksums at the tag write");
+      // …when a trace is pushed for the same image.
+      const manifest = await fetchManifest(client, "race/app", pushed.manifestDigest);
+      const trace = encodeTrace(buildTrace([{
+        layer: { digest: pushed.layers[0].digest, size: image.byteLength },
+        accesses: [{ offset: 0, length: 4096, seq: 0 }],
+      }]));
+      const subject = {
+        digest: pushed.manifestDigest,
+        size: manifest.bytes.byteLength,
+        mediaType: OCI_MANIFEST,
+      };
+      assert.equal(
+        (await pushTraceArtifact(client, "race/app", subject, trace)).via,
+        "fallback-tag",
+      );
+      hold.release();
+      assertSuccess(await tables.result);
+      tables = undefined;
+
+      const listed = async (type: string) =>
+        (await listReferrers(client, "race/app", pushed.manifestDigest, type)).length;
+      assert.equal(await listed(CHUNK_TABLES_ARTIFACT_TYPE), 1, "the table is listed");
+      assert.equal(await listed(TRACE_ARTIFACT_TYPE), 1, "the trace is still listed");
+      assertSuccess(await runCli(["inspect", `${registry.host}/race/app:v1`, "--plain-http"]));
+    } finally {
+      await stopCli(tables);
+      client.close();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
