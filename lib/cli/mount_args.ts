@@ -23,7 +23,7 @@ import {
 } from "../state/mount_spec.ts";
 import { readStates } from "../state/mount_record.ts";
 import { recordedMountPresent } from "../sys/mountinfo.ts";
-import { RUNTIME_ROOT } from "../state/runtime_dirs.ts";
+import { RUNTIME_ROOT, RUNTIME_SETTING } from "../state/runtime_dirs.ts";
 import { type MountTrust, parseMountTrust } from "../mount/mount_options.ts";
 import { claimSocketPath, parseListenAddress, refuseSpecialSocketPath } from "../nbd/address.ts";
 import { pathExists } from "../../ffi/files.ts";
@@ -94,7 +94,9 @@ function checkMetricsListen(spec: string): void {
       const slash = addr.path.lastIndexOf("/");
       const dir = slash < 0 ? "." : slash === 0 ? "/" : addr.path.slice(0, slash);
       // The runtime dir and those below it are made by the mount itself.
-      const made = dir === RUNTIME_ROOT || dir.startsWith(`${RUNTIME_ROOT}/`);
+      const made = [RUNTIME_ROOT, RUNTIME_SETTING].some((root) =>
+        dir === root || dir.startsWith(`${root}/`)
+      );
       if (!made && !Deno.statSync(dir).isDirectory) throw new Error(`${dir} is not a directory`);
       // A file or directory there, or another server's socket (a leftover one goes); in a
       // runtime dir the mount has yet to make, nothing is there to claim.

@@ -5,6 +5,7 @@
  */
 import { selfCommand } from "./self_exec.ts";
 import { SERVER_COMMAND } from "../state/server_liveness.ts";
+import { RUNTIME_ENV, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { mark } from "../timing.ts";
 import { closeInheritedOnExec } from "../../ffi/process.ts";
 import { type SpawnedProcess, spawnProcess } from "../../ffi/spawn.ts";
@@ -104,6 +105,9 @@ export async function spawnServerChild(
   mark("cli: server spawn asked");
   const child = await spawnProcess(program, args, {
     ...Deno.env.toObject(),
+    // The runtime dir this command resolved and checked: a symlink on the way to it may point
+    // elsewhere by now.
+    ...(Deno.env.get(RUNTIME_ENV) !== undefined ? { [RUNTIME_ENV]: RUNTIME_ROOT } : {}),
     ...serverV8Env(),
     ...SERVER_MALLOC_ENV,
     [SPAWNED_BY_ENV]: String(Deno.pid),

@@ -8,13 +8,18 @@ import { MAX_UNIX_SOCKET_PATH_BYTES } from "../../ffi/libc.ts";
 import { UserError } from "../errors.ts";
 import { plural } from "../text.ts";
 
-export const RUNTIME_ROOT = Deno.env.get("EROFS_OCI_RUNTIME_DIR") ?? "/run/erofs-oci";
+export const RUNTIME_ENV = "EROFS_OCI_RUNTIME_DIR";
+/** The runtime dir as set (EROFS_OCI_RUNTIME_DIR or the default), for messages. */
+export const RUNTIME_SETTING = Deno.env.get(RUNTIME_ENV) ?? "/run/erofs-oci";
 /**
- * Mounts under the runtime dir are unmounted without following symlinks (see
- * unmount_pinned.ts), so a root such as /var/run/erofs-oci (/var/run is a symlink to /run) is
- * resolved once, here.
+ * The runtime dir with the symlinks on its way resolved once, here, and used for everything:
+ * mounts under it are unmounted without following symlinks (unmount_pinned.ts; /var/run is a
+ * symlink to /run), and a symlink a user owns on the way (in /tmp) could point elsewhere after
+ * the check (checkRuntimeRoot checks this path): records were read and logs kept and pruned
+ * where that user chose (a helper's repro).
  */
-export const MOUNTS_DIR = `${resolvedPath(RUNTIME_ROOT)}/mounts`;
+export const RUNTIME_ROOT = resolvedPath(RUNTIME_SETTING);
+export const MOUNTS_DIR = `${RUNTIME_ROOT}/mounts`;
 
 const STATE_DIR: RecordsDir = {
   what: "state directory",
@@ -56,7 +61,7 @@ function noteRuntimeDirUsing(root: string): void {
   try {
     Deno.mkdirSync(`${root}/${RUNTIME_DIRS}`, { mode: 0o700, recursive: true });
     Deno.writeFileSync(
-      `${root}/${RUNTIME_DIRS}/${hexOf(resolvedPath(RUNTIME_ROOT))}`,
+      `${root}/${RUNTIME_DIRS}/${hexOf(RUNTIME_ROOT)}`,
       new Uint8Array(),
     );
   } catch { /* a state dir that cannot take it: prunes then see only their own runtime dir */ }
@@ -67,7 +72,7 @@ function noteRuntimeDirUsing(root: string): void {
  * others. One that is gone (a reboot emptied /run) has no mounts left, and is forgotten.
  */
 export function runtimeDirsUsingState(): string[] {
-  const dirs = new Set([resolvedPath(RUNTIME_ROOT)]);
+  const dirs = new Set([RUNTIME_ROOT]);
   const listed = `${stateRoot({ create: false })}/${RUNTIME_DIRS}`;
   let names: string[] = [];
   try {
@@ -136,7 +141,7 @@ const KEPT_FAILED_LOGS = 10;
  * undefined when there was no log to keep.
  */
 export function keepFailedServerLog(id: string): string | undefined {
-  const dir = `${resolvedPath(RUNTIME_ROOT)}/failed`;
+  const dir = `${RUNTIME_ROOT}/failed`;
   const kept = `${dir}/${id}.server.log`;
   try {
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -183,7 +188,7 @@ export function createMountDir(): string {
     // Found by the server's bind, after it started: "path must be shorter than SUN_LEN".
     const over = socketBytes - MAX_UNIX_SOCKET_PATH_BYTES;
     throw new UserError(
-      `EROFS_OCI_RUNTIME_DIR ${RUNTIME_ROOT} is too long: a mount's control socket under it ` +
+      `EROFS_OCI_RUNTIME_DIR ${RUNTIME_SETTING} is too long: a mount's control socket under it ` +
         `would be ${socketBytes} bytes, ${over} more than a unix socket path may have`,
       `choose a runtime directory ${plural(over, "byte")} shorter at least (the default is ` +
         "/run/erofs-oci)",

@@ -1,0 +1,43 @@
+import assert from "node:assert/strict";
+
+const root = Deno.uid() === 0;
+
+Deno.test({
+  name:
+    "runtime dir through a symlink: the directory checked is the one used, though the link moves between",
+  ignore: !root,
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-runtime-link-" });
+    try {
+      Deno.mkdirSync(`${work}/roots`, { mode: 0o700 });
+      Deno.mkdirSync(`${work}/theirs`, { mode: 0o700 });
+      Deno.chownSync(`${work}/theirs`, 65534, 65534);
+      Deno.symlinkSync(`${work}/theirs`, `${work}/link`);
+      // Resolved when the module loads (through the link to another user's dir); the link then
+      // goes to root's dir before the check, as a user flipping it at the right time would.
+      const script = `
+        const dirs = await import(${
+        JSON.stringify(new URL("./runtime_dirs.ts", import.meta.url).href)
+      });
+        Deno.symlinkSync(${JSON.stringify(`${work}/roots`)}, ${JSON.stringify(`${work}/link.new`)});
+        Deno.renameSync(${JSON.stringify(`${work}/link.new`)}, ${JSON.stringify(`${work}/link`)});
+        try {
+          dirs.checkRuntimeRoot();
+          console.log("checked, uses " + dirs.MOUNTS_DIR);
+        } catch (error) {
+          console.log("refused: " + error.message);
+        }`;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--no-check", script],
+        env: { EROFS_OCI_RUNTIME_DIR: `${work}/link` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const said = new TextDecoder().decode(out.stdout).trim();
+      assert.ok(out.success, new TextDecoder().decode(out.stderr));
+      assert.match(said, /^refused: .*theirs.* owned by uid 65534/, said);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
