@@ -27,7 +27,9 @@ import {
   SysError,
 } from "./libc.ts";
 import { listDirectory } from "./files.ts";
-import { openDirTrusted, sameInode, statIdentity } from "./path_resolve.ts";
+import { openDirTrusted, pathOfFd, sameInode, statIdentity } from "./path_resolve.ts";
+import { entryChangeableBy } from "./trusted_path.ts";
+import { UserError } from "../lib/errors.ts";
 
 /** sys/file.h */
 const LOCK_EX = 2, LOCK_NB = 4;
@@ -66,14 +68,17 @@ export interface OwnedWorkDir {
  * life, after removing up to a few stale ones of the same prefix that killed processes left
  * there. `noteSwept` gets one line when any were removed. Throws (SysError, a refused path) when
  * `parent` cannot be opened or the directory cannot be made.
+ * As root, a `parent` others can change is refused (UserError) unless `othersMayChangeParent`.
  */
 export function makeOwnedWorkDir(
   parent: string,
   prefix: string,
   noteSwept: (line: string) => void,
+  options: { othersMayChangeParent?: boolean } = {},
 ): OwnedWorkDir {
   const parentFd = openDirTrusted(parent);
   try {
+    if (!options.othersMayChangeParent) refuseChangeableParent(parentFd, parent);
     const swept = sweepStaleWorkDirs(parentFd, prefix);
     if (swept.length > 0) {
       noteSwept(
@@ -105,6 +110,24 @@ export function makeOwnedWorkDir(
     closeFd(parentFd);
     throw error;
   }
+}
+
+/**
+ * As root, a parent another user can change (a 0777 --tmpdir, not sticky) is refused: they
+ * could rename the work dir away and put their own in its place, and root then read back and
+ * pushed their files (`index --push` uploaded another user's meta image under root's
+ * credentials, a helper's repro). In a sticky dir (/tmp) they cannot touch root's entries.
+ */
+function refuseChangeableParent(parentFd: number, parent: string): void {
+  if (Deno.uid() !== 0) return;
+  const changeable = entryChangeableBy(pathOfFd(parentFd));
+  if (changeable === undefined) return;
+  const { dir, by } = changeable;
+  throw new UserError(
+    `the temporary directory ${parent} can be changed by ${by} (${dir}): work files there ` +
+      "could be replaced under erofs-oci",
+    "use one only root can change, or a sticky one such as /tmp (--tmpdir, or TMPDIR)",
+  );
 }
 
 /** mkdir, open and lock, until one holds (a sweeper may remove a new one before it is locked). */

@@ -6,7 +6,7 @@
  * stayed for good.
  */
 import assert from "node:assert/strict";
-import { command, FIXTURES, requires } from "./_support/requires.ts";
+import { command, FIXTURES, requires, root } from "./_support/requires.ts";
 import {
   assertSuccess,
   describe,
@@ -20,6 +20,9 @@ import { startRegistry } from "./_support/registry.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { HoldPoint } from "./_support/hold.ts";
 import { exists } from "./_support/wait.ts";
+import { RegistryClient } from "../lib/oci/client.ts";
+import { listReferrers } from "../lib/oci/referrers.ts";
+import { TAR_INDEX_ARTIFACT_TYPE } from "../lib/mount/tar_index_artifact.ts";
 
 function workDirsIn(dir: string, prefix: string): string[] {
   return [...Deno.readDirSync(dir)].filter((e) => e.isDirectory && e.name.startsWith(prefix))
@@ -166,6 +169,109 @@ Deno.test({
       ];
       await checkSweep(args, "index-push-dir", tmpdir, "erofs-oci-index-", scratch);
     } finally {
+      await Deno.remove(scratch, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "index --push as root: a --tmpdir others can change is refused in one line; a sticky one is not",
+  ignore: requires(command("docker-registry"), root()),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const repository = "work-dir-trust/app";
+    await pushImage(registry, repository, "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
+    const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-trust-" });
+    try {
+      const index = (tmpdir: string) =>
+        runCli(
+          [
+            "index",
+            `${registry.host}/${repository}:v1`,
+            "--push",
+            "--plain-http",
+            "--tmpdir",
+            tmpdir,
+          ],
+          { timeoutMs: 60_000 },
+        );
+      // Anyone may rename root's work dir away in it and put their own files there.
+      const open = `${scratch}/open`;
+      Deno.mkdirSync(open);
+      Deno.chmodSync(open, 0o777);
+      const refused = await index(open);
+      assert.equal(refused.code, 1, describe(refused));
+      assert.match(
+        refused.stderr,
+        /^erofs-oci: the temporary directory .*open can be changed by other users/,
+      );
+      assert.doesNotMatch(refused.stderr, /\n\s+at /, "no stack trace");
+      assert.deepEqual([...Deno.readDirSync(open)], [], "nothing made there");
+
+      const sticky = `${scratch}/sticky`;
+      Deno.mkdirSync(sticky);
+      Deno.chmodSync(sticky, 0o1777);
+      assertSuccess(await index(sticky));
+    } finally {
+      await Deno.remove(scratch, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "index --push: an index file changed after it was made is not pushed (one line, no artifact)",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    await using registry = await startRegistry({ auth: "none" });
+    const repository = "work-dir-trust/changed";
+    const pushed = await pushImage(registry, repository, "v1", [{
+      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }]);
+    const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-index-changed-" });
+    using hold = new HoldPoint("index-upload", `${scratch}/hold`);
+    let run: StartedCli | undefined;
+    try {
+      run = startCli(
+        [
+          "index",
+          `${registry.host}/${repository}:v1`,
+          "--push",
+          "--plain-http",
+          "--tmpdir",
+          scratch,
+        ],
+        hold.env,
+      );
+      await hold.reached("index --push at its upload");
+      const [work] = workDirsIn(scratch, "erofs-oci-index-");
+      const [meta] = [...Deno.readDirSync(`${scratch}/${work}`)]
+        .filter((e) => e.name.endsWith(".meta.erofs"));
+      Deno.writeFileSync(`${scratch}/${work}/${meta.name}`, new Uint8Array([1]), { append: true });
+      hold.release();
+      const result = await run.result;
+      run = undefined;
+      assert.equal(result.code, 1, describe(result));
+      assert.match(result.stderr, /\.meta\.erofs changed after it was made .*: not pushed/);
+      const client = new RegistryClient(registry.host, { plainHttp: true });
+      try {
+        const listed = await listReferrers(
+          client,
+          repository,
+          pushed.manifestDigest,
+          TAR_INDEX_ARTIFACT_TYPE,
+        );
+        assert.deepEqual(listed, [], "no index artifact");
+      } finally {
+        client.close();
+      }
+    } finally {
+      await stopCli(run);
       await Deno.remove(scratch, { recursive: true });
     }
   },

@@ -128,7 +128,10 @@ Examples:
     let workDir: OwnedWorkDir | undefined;
     try {
       if (values.output !== undefined) {
-        workDir = makeOwnedWorkDir(values.output, STAGING_PREFIX, info);
+        // The files end up in DIR, where whoever may change DIR can change them anyway.
+        workDir = makeOwnedWorkDir(values.output, STAGING_PREFIX, info, {
+          othersMayChangeParent: true,
+        });
       } else if (!isLocalImage(file)) {
         workDir = makeOwnedWorkDir(tmpdir, "erofs-oci-index-", info);
       }

@@ -5,7 +5,7 @@
  * three by digest, so a blob found through the artifact is verified against the record, and
  * the record against the layer: an index of another layer is refused, never served.
  */
-import { OciError } from "../errors.ts";
+import { OciError, UserError } from "../errors.ts";
 import { statusError } from "../oci/blob_upload.ts";
 import type { RegistryClient } from "../oci/client.ts";
 import { pullScope } from "../oci/scope.ts";
@@ -33,6 +33,7 @@ import {
 } from "./layer_index_files.ts";
 import { maxCheckpointsFor, ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../gzip/zinfo.ts";
 import { parseJson } from "../json.ts";
+import { testHold } from "../test_pause.ts";
 
 export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
 const MEDIA = {
@@ -65,9 +66,21 @@ export async function pushTarIndexArtifact(
   if (others.length) {
     layers.push(...await pushedBlobsOf(client, repository, subject.digest, new Set(others)));
   }
-  const upload = async (mediaType: string, path: string, layer: string, bytes?: Uint8Array) => {
-    const data = bytes ?? await Deno.readFile(path);
+  const upload = async (
+    mediaType: string,
+    path: string,
+    layer: string,
+    content: Uint8Array | { digest: string },
+  ) => {
+    const data = content instanceof Uint8Array ? content : await Deno.readFile(path);
     const digest = sha256Digest(data);
+    // Read back by path: what the record names is what goes up, or nothing does.
+    if (!(content instanceof Uint8Array) && digest !== content.digest) {
+      throw new UserError(
+        `${path} changed after it was made (${digest}, recorded ${content.digest}): not pushed`,
+        "make the index again",
+      );
+    }
     await uploadBlobIfMissing(client, repository, new Uint8Array(data), mediaType);
     layers.push({
       mediaType,
@@ -76,6 +89,7 @@ export async function pushTarIndexArtifact(
       annotations: { [LAYER_ANNOTATION]: layer, [TITLE]: path.replace(/^.*\//, "") },
     });
   };
+  await testHold("index-upload");
   for (const index of indexes) {
     const layer = index.record.layer.digest;
     const stem = layerFileStem(layer);
@@ -85,9 +99,12 @@ export async function pushTarIndexArtifact(
       layer,
       new TextEncoder().encode(JSON.stringify(index.record)),
     );
-    await upload(MEDIA.meta, index.meta, layer);
-    if (index.zinfo) await upload(MEDIA.zinfo, index.zinfo, layer);
-    if (index.pieces) await upload(MEDIA.pieces, index.pieces, layer);
+    const { record } = index;
+    await upload(MEDIA.meta, index.meta, layer, record.meta);
+    // A file the record does not name has nothing to match: "(not recorded)" is refused.
+    const unrecorded = { digest: "(not recorded)" };
+    if (index.zinfo) await upload(MEDIA.zinfo, index.zinfo, layer, record.zinfo ?? unrecorded);
+    if (index.pieces) await upload(MEDIA.pieces, index.pieces, layer, record.pieces ?? unrecorded);
   }
   return await pushArtifact(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE, layers);
 }
