@@ -33,6 +33,7 @@ import type { RecoveryRecord } from "../state/recovery_record.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
 import { checkOpenFileLimit } from "./open_file_budget.ts";
 import { failureDetail } from "./reattach_detail.ts";
+import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };
 
@@ -44,10 +45,15 @@ export interface ReattachOutcome {
   mount?: string;
 }
 
-/** The mount state (if any) that lists nbdN, and the layer position in it. */
-function stateOfDevice(states: MountState[], index: number) {
+/**
+ * The mount state (if any) whose layer nbdN is, and the layer position in it: a record naming
+ * nbdN whose device has since gone to another mount is not its owner (nbd_ownership.ts).
+ */
+function stateOfDevice(states: MountState[], info: NbdDeviceInfo) {
   for (const state of states) {
-    const layerIndex = state.layers.findIndex((l) => l.device === `nbd${index}`);
+    const layerIndex = state.layers.findIndex((l) =>
+      l.device === `nbd${info.index}` && nbdDeviceIsLayers(info.index, l, state.id, info.backend)
+    );
     if (layerIndex >= 0) return { state, layerIndex };
   }
   return undefined;
@@ -109,8 +115,11 @@ function selectDevices(target: ReattachTarget, states: MountState[]): NbdDeviceI
   }
   // FUSE mounts are reattached by reattachFuseMount.
   if (state.backend !== "nbd") return [];
-  const wanted = new Set(state.layers.map((l) => l.device));
-  return devices.filter((d) => wanted.has(`nbd${d.index}`));
+  return devices.filter((d) =>
+    state.layers.some((l) =>
+      l.device === `nbd${d.index}` && nbdDeviceIsLayers(d.index, l, state.id, d.backend)
+    )
+  );
 }
 
 interface PlannedDevice {
@@ -261,13 +270,13 @@ async function selectWork(
   const nbd: ReattachWork["nbd"] = [];
   for (const info of selectDevices(target, states)) {
     const name = `nbd${info.index}`;
-    let owner = stateOfDevice(states, info.index);
+    let owner = stateOfDevice(states, info);
     if (leftAlive(name, owner, info, outcomes)) continue;
     if (!claim(owner?.state.id ?? `device-${info.index}`, name, mountOf(owner?.state)?.mount)) {
       continue;
     }
     const fresh = readStates();
-    owner = stateOfDevice(fresh, info.index);
+    owner = stateOfDevice(fresh, freshDeviceInfo(info));
     // A device adopted meanwhile is recorded under a mount id of its own: its lock too.
     if (owner && !claim(owner.state.id, name, mountOf(owner.state)?.mount)) continue;
     if (leftAlive(name, owner, freshDeviceInfo(info), outcomes)) continue;

@@ -27,6 +27,7 @@ import { stopFuseKeeper } from "./fuse_recovery.ts";
 import { pruneIndexCache, referenceText } from "../mount/index_cache.ts";
 import { pruneKeptBlobs } from "../oci/kept_blobs.ts";
 import { testHold } from "../test_pause.ts";
+import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
 
 const EBUSY = 16;
 const EINVAL = 22;
@@ -59,10 +60,12 @@ async function releaseOrphanedDevices(state: MountState): Promise<void> {
   for (const layer of state.layers) {
     const index = /^nbd(\d+)$/.exec(layer.device ?? "")?.[1];
     if (index === undefined) continue;
-    try {
-      await disconnectNbd(Number(index));
-    } catch (error) {
-      warn(`could not disconnect ${layer.device}: ${(error as Error).message}`);
+    if (nbdDeviceIsLayers(Number(index), layer, state.id)) {
+      try {
+        await disconnectNbd(Number(index));
+      } catch (error) {
+        warn(`could not disconnect ${layer.device}: ${(error as Error).message}`);
+      }
     }
     if (layer.recoveryFile) removeRecoveryFile(layer.recoveryFile);
   }

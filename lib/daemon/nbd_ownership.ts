@@ -1,0 +1,28 @@
+/**
+ * Whether an NBD device a mount's record names is still that mount's layer. Device indexes are
+ * handed out lowest free first: once a dead server's device was freed (the kernel's
+ * dead-connection timeout, `nbd-client -d`) the next mount — ours or another tool's — may hold
+ * the same nbdN, and a stale record's umount disconnected it, or its reattach started a second
+ * server on it. The device's backend names the recovery file it was connected with.
+ */
+import { nbdBackend } from "../nbd/sysfs.ts";
+import { readRecoveryFile } from "../state/recovery_store.ts";
+
+export function nbdDeviceIsLayers(
+  index: number,
+  layer: { recoveryFile?: string },
+  mountId: string,
+  backend: string | undefined = nbdBackend(index),
+): boolean {
+  if (backend === undefined) return false; // not connected: nobody's
+  // Records older than the recovery file name nothing to compare.
+  if (layer.recoveryFile === undefined) return true;
+  if (backend !== layer.recoveryFile) return false;
+  try {
+    const named = readRecoveryFile(backend).extra.mountId;
+    // mount.erofs's records (adopted mounts) name no mount.
+    return named === undefined || named === mountId;
+  } catch {
+    return true; // the file this mount was connected with, unreadable now: still its device
+  }
+}

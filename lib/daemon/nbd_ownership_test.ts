@@ -1,0 +1,35 @@
+import assert from "node:assert/strict";
+import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
+import { formatRecoveryLine } from "../state/recovery_record.ts";
+
+/** A recovery file naming mount `mountId` (or, unless given, none: mount.erofs's). */
+function recoveryFile(dir: string, name: string, mountId?: string): string {
+  const path = `${dir}/${name}`;
+  Deno.writeTextFileSync(path, formatRecoveryLine({ kind: "LOCAL", path: "/srv/blob" }) + "\n");
+  if (mountId !== undefined) {
+    Deno.writeTextFileSync(`${path}.erofs-oci.json`, JSON.stringify({ mountId }));
+  }
+  return path;
+}
+
+Deno.test("nbd ownership: a device is a record's layer only while connected with its recovery file for its mount", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "nbd-ownership-" });
+  try {
+    const ours = recoveryFile(dir, "mountnbd_ours", "m1");
+    const layer = { recoveryFile: ours };
+    assert.equal(nbdDeviceIsLayers(3, layer, "m1", ours), true);
+    // Freed (dead-connection timeout, nbd-client -d), then taken by another mount.
+    assert.equal(nbdDeviceIsLayers(3, layer, "m1", undefined), false, "not connected");
+    const theirs = recoveryFile(dir, "mountnbd_theirs", "m2");
+    assert.equal(nbdDeviceIsLayers(3, layer, "m1", theirs), false, "another mount's device");
+    assert.equal(nbdDeviceIsLayers(3, layer, "m1", "/other/tool/backend"), false);
+    // The same file naming another mount: a record copied from another mount's.
+    assert.equal(nbdDeviceIsLayers(3, { recoveryFile: theirs }, "m1", theirs), false);
+    // mount.erofs's own records (adopted mounts) name no mount; older records no file.
+    const peers = recoveryFile(dir, "mountnbd_peer");
+    assert.equal(nbdDeviceIsLayers(3, { recoveryFile: peers }, "adopted", peers), true);
+    assert.equal(nbdDeviceIsLayers(3, {}, "m1", "/anything"), true);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
