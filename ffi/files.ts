@@ -226,6 +226,8 @@ export interface FdStat {
   sizeBytes: number;
   /** Bytes the file occupies on disk (st_blocks × 512): sparse holes cost nothing. */
   allocatedBytes: number;
+  /** st_ctim as `seconds.nanoseconds`: changed by every write, hole punched or chmod. */
+  changeTime: string;
 }
 
 export function fstatFd(fd: number, context?: string): FdStat {
@@ -241,6 +243,8 @@ export function fstatFd(fd: number, context?: string): FdStat {
     mode: view.getUint32(Deno.build.arch === "aarch64" ? 16 : 24, true),
     sizeBytes: size > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(size),
     allocatedBytes: Number(view.getBigInt64(64, true)) * 512,
+    // st_ctim at 104 (seconds) and 112 (nanoseconds) in both layouts.
+    changeTime: `${view.getBigInt64(104, true)}.${view.getBigInt64(112, true)}`,
   };
 }
 

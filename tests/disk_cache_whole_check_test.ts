@@ -146,6 +146,35 @@ Deno.test("disk cache whole check: a chunk evicted and refetched from a registry
   }
 });
 
+Deno.test("disk cache whole check: bytes written under the record by a writer that leaves it (an older erofs-oci) are hashed again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "disk-cache-whole-" });
+  try {
+    const good = patternBytes(SIZE, 6);
+    const digest = await sha256(good);
+    const first = open(dir, new MemorySource(good), digest);
+    await readWhole(first.source);
+    await first.source.digestChecksSettled();
+    assert(exists(sumFile(dir)), "recorded");
+    await first.source.close();
+
+    // Versions before the record refilled evicted chunks without removing it: here, one byte
+    // of what a registry serving other bytes sent, written in place.
+    const data = await Deno.open(sumFile(dir).replace(/\.sum$/, ".data"), { write: true });
+    await data.seek(3 * MiB + 5, Deno.SeekMode.Start);
+    await data.write(new Uint8Array([good[3 * MiB + 5] ^ 0x01]));
+    data.close();
+
+    const again = open(dir, new MemorySource(good), digest);
+    await again.source.digestChecksSettled(); // the check a complete blob's open starts
+    assert.equal(again.source.diskStats().digestHashes, 1, "hashed, not taken from the record");
+    assert.equal(again.source.diskStats().digestMismatch, true);
+    await assert.rejects(again.source.read(3 * MiB, 16), /not to the layer digest/);
+    await again.source.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("disk cache whole check: --fetch-all hashes a table-less blob once, and says it once", async () => {
   const dir = await Deno.makeTempDir({ prefix: "disk-cache-whole-" });
   try {

@@ -1,8 +1,8 @@
 /**
  * `<base>.sum`: the record that the complete data of a blob without a chunk-digest table hashed
  * to its digest, so that a later open of the same complete blob does not hash it again
- * (disk_cache_whole_check.ts). It holds `<digest> <data file inode>`, and counts only while
- * every chunk is present.
+ * (disk_cache_whole_check.ts). It holds `<digest> <data file inode> <its change time>`, and
+ * counts only while every chunk is present.
  *
  * It must not outlive a change of the bytes it covers. Bytes change only by a fill (eviction
  * and the other drops make chunks absent, and an incomplete blob's record counts for nothing),
@@ -89,9 +89,15 @@ function isComplete(mapFd: number, chunkCount: number): boolean {
   return map.every(isPresent);
 }
 
-/** The data file's inode ties the record to these files, not to a set made after a removal. */
+/**
+ * The data file's inode ties the record to these files, not to a set made after a removal;
+ * its change time to these bytes: an erofs-oci from before this record, sharing the cache,
+ * refilled evicted chunks without removing it (from a registry serving other bytes, they were
+ * then served as checked).
+ */
 function recordText(files: SumFiles, digest: string): string {
-  return `${digest} ${fstatFd(files.dataFd).ino}\n`;
+  const data = fstatFd(files.dataFd);
+  return `${digest} ${data.ino} ${data.changeTime}\n`;
 }
 
 function readSum(base: string): string | undefined {
