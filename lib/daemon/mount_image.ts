@@ -6,7 +6,6 @@
 import { type SpawnedServer, spawnServer, stopServer } from "./server_process.ts";
 import { procStatFields } from "../../ffi/process.ts";
 import { mountErofsFile, unmountErofs } from "../mount/erofs_file.ts";
-import { unmountOptionsFor } from "../mount/unmount_pinned.ts";
 import { layerDirName, mountOverlay, overlaySourceOf, visibleLowerDirs } from "../mount/overlay.ts";
 import { createMountDir, mountDir, removeMountDir } from "../state/runtime_dirs.ts";
 import { forgetPendingMount, notePendingMount } from "../state/pending_mount.ts";
@@ -136,7 +135,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         ? newMountOn(pinned, { fsType: "erofs", source: layer.blockPath })
         : undefined;
       targetMount ??= made;
-      undo.push(() => unmountErofs(dir, { lazy: true, ...unmountOptionsFor(made) }));
+      undo.push(() => unmountErofs(dir, { lazy: true, mount: made }));
       layerDirs.push(dir);
       signal?.throwIfAborted();
     }
@@ -172,7 +171,7 @@ export async function mountImage(request: MountRequest): Promise<MountState> {
         ? newMountOn(pinned, { fsType: "overlay", lowerDirs: lowers })
         : undefined;
       targetMount = made;
-      undo.push(() => unmountErofs(spec.target, { lazy: true, ...unmountOptionsFor(made) }));
+      undo.push(() => unmountErofs(spec.target, { lazy: true, mount: made }));
       signal?.throwIfAborted();
     }
 

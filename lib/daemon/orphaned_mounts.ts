@@ -12,7 +12,6 @@ import { identityOf, loopBackingFile, type MountEntry, readMountInfo } from "../
 import { overlaySourceOf } from "../mount/overlay.ts";
 import { printable } from "../text.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
-import { unmountOptionsFor } from "../mount/unmount_pinned.ts";
 import { listNbdDevices } from "../nbd/sysfs.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { readRecoveryFile, removeRecoveryFile } from "../state/recovery_store.ts";
@@ -70,7 +69,7 @@ async function clearOrphanedMount(orphan: OrphanedMount): Promise<boolean> {
   for (const entry of ours()) {
     steps.push([
       entry.mountPoint,
-      () => unmountErofs(entry.mountPoint, { lazy: true, ...unmountOptionsFor(identityOf(entry)) }),
+      () => unmountErofs(entry.mountPoint, { lazy: true, mount: identityOf(entry) }),
     ]);
   }
   for (const [index, recoveryFile] of devices) {

@@ -18,7 +18,7 @@ import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runt
 import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { isMount, overlayWritableDirs, readMountInfo, recordedIdentity } from "../sys/mountinfo.ts";
-import { type UnmountOptions, unmountOptionsFor } from "../mount/unmount_pinned.ts";
+import type { UnmountOptions } from "../mount/unmount_pinned.ts";
 import { disconnectNbd } from "../nbd/kernel.ts";
 import { removeRecoveryFile } from "../state/recovery_store.ts";
 import { info, warn } from "../log.ts";
@@ -168,7 +168,7 @@ function writableUpperOf(target: string): string | undefined {
 }
 
 async function unmountLocked(state: MountState, lazy: boolean): Promise<Unmounted> {
-  const top = { lazy, ...unmountOptionsFor(recordedIdentity(state)) };
+  const top = { lazy, mount: recordedIdentity(state) };
   let wasMounted = false;
   const upper = lazy ? writableUpperOf(state.target) : undefined;
   if (state.backend === "fuse" && !serverAlive(serverOf(state))) {

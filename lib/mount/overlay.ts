@@ -131,10 +131,7 @@ function hasOpaqueRoot(dir: string): boolean {
   return n === 1 && value[0] === 0x79; // "y"
 }
 
-/** The source an overlay of mount `id` is mounted with (mountinfo's source field). */
-export function overlaySourceOf(id: string): string {
-  return `erofs-oci:${id}`;
-}
+export { overlaySourceOf } from "../sys/mountinfo.ts";
 
 /** What overlayfs's option parser treats specially in a path: ',' ':' and the escape '\\'. */
 export const OVERLAY_SPECIAL = /[,:\\]/;

@@ -17,29 +17,15 @@ export interface UnmountOptions {
   /** MNT_DETACH: detach even while files are open. */
   lazy?: boolean;
   /**
-   * The mount's id when it was made (mountinfo field 1): only that mount is unmounted, found
-   * where it is now even if a parent directory was renamed since.
+   * The mount as it was made (its id, mountinfo field 1, and what else tells it from a later
+   * one with the id: sys/mountinfo.ts MountIdentity): only that mount is unmounted, found where
+   * it is now even if a parent directory was renamed since.
    */
-  mountId?: number;
-  /**
-   * What else the mount with `mountId` must have: a freed id goes to the next mount made
-   * (sys/mountinfo.ts MountIdentity).
-   */
-  fsType?: string;
-  source?: string;
-  device?: string;
-  backingFile?: string;
-}
-
-/** Unmount options naming exactly the mount `identity` (none: whatever is at the path). */
-export function unmountOptionsFor(identity: MountIdentity | undefined): UnmountOptions {
-  if (identity === undefined) return {};
-  const { id: mountId, fsType, source, device, backingFile } = identity;
-  return { mountId, fsType, source, device, backingFile };
+  mount?: MountIdentity;
 }
 
 /**
- * Unmounts the mount at `target` (or the one with `opts.mountId`) without following a symlink.
+ * Unmounts the mount at `target` (or the one `opts.mount` names) without following a symlink.
  * Resolves with the errno (EINVAL: nothing of ours mounted there); throws MountError when the
  * path now leads through a symlink or to another mount.
  */
@@ -48,11 +34,9 @@ export async function unmountNoFollow(
   opts: UnmountOptions = {},
 ): Promise<SyscallResult> {
   let path = normalize(target);
-  if (opts.mountId !== undefined) {
-    const { mountId: id, fsType, source, device, backingFile } = opts;
-    const entry = readMountInfo().find((e) =>
-      isMount(e, { id, fsType, source, device, backingFile })
-    );
+  const wanted = opts.mount;
+  if (wanted !== undefined) {
+    const entry = readMountInfo().find((e) => isMount(e, wanted));
     if (!entry) return { errno: Errno.EINVAL, call: "umount" };
     path = entry.mountPoint;
   }
@@ -81,7 +65,7 @@ export async function unmountNoFollow(
       throw refusal(error, target);
     }
     if (mountId === fdMountId(parentFd)) return { errno: Errno.EINVAL, call: "umount" };
-    if (opts.mountId !== undefined && mountId !== opts.mountId) {
+    if (wanted !== undefined && mountId !== wanted.id) {
       throw new MountError(
         `another file system is mounted over ${path}; not unmounting it`,
         "unmount that one first",

@@ -56,12 +56,19 @@ export interface MountIdentity {
    * file-backed EROFS mount a FUSE layer through one).
    */
   backingFile?: string;
+  /** Where it must be mounted (records older than the source: `umount` found it by id alone). */
+  mountPoint?: string;
+  /**
+   * What it must be made of, for records older than the source: a layer's file or device (or a
+   * loop device's backing file), or an overlay's source or one of its lower dirs.
+   */
+  madeFrom?: string[];
 }
 
 /** The identity of a mount seen in mountinfo, to be recorded and found again by isMount. */
 export function identityOf(
   entry: MountEntry,
-): Required<Omit<MountIdentity, "backingFile">> & MountIdentity {
+): Required<Pick<MountIdentity, "fsType" | "source" | "device">> & MountIdentity {
   return {
     id: entry.id,
     fsType: entry.fsType,
@@ -77,7 +84,22 @@ export function isMount(entry: MountEntry, identity: MountIdentity): boolean {
     (identity.fsType === undefined || entry.fsType === identity.fsType) &&
     (identity.source === undefined || entry.source === identity.source) &&
     (identity.device === undefined || deviceOf(entry) === identity.device) &&
-    (identity.backingFile === undefined || loopBackingFile(entry.source) === identity.backingFile);
+    (identity.backingFile === undefined ||
+      loopBackingFile(entry.source) === identity.backingFile) &&
+    (identity.mountPoint === undefined || entry.mountPoint === identity.mountPoint) &&
+    (identity.madeFrom === undefined || madeOfAny(entry, identity.madeFrom));
+}
+
+function madeOfAny(entry: MountEntry, paths: string[]): boolean {
+  const lower = entry.fsType === "overlay"
+    ? (overlayOption(entry.superOptions, "lowerdir") ?? "").split(":")
+    : [loopBackingFile(entry.source)];
+  return [entry.source, ...lower].some((path) => path !== undefined && paths.includes(path));
+}
+
+/** The source an overlay of mount `id` is mounted with (mountinfo's source field). */
+export function overlaySourceOf(id: string): string {
+  return `erofs-oci:${id}`;
 }
 
 function deviceOf(entry: MountEntry): string {
@@ -86,7 +108,9 @@ function deviceOf(entry: MountEntry): string {
 
 /** The recorded parts of a mount record (lib/state/mount_record.ts) that name its mount. */
 export interface RecordedMount {
+  id: string;
   target: string;
+  layers: { blockPath: string; layerDir: string }[];
   mountId?: number;
   mountSource?: string;
   mountDevice?: string;
@@ -97,12 +121,21 @@ export interface RecordedMount {
 /** The identity a record's mount is found by, or undefined in records older than the id. */
 export function recordedIdentity(record: RecordedMount): MountIdentity | undefined {
   if (record.mountId === undefined) return undefined;
-  return {
+  const identity = {
     id: record.mountId,
     fsType: record.overlay ? "overlay" : "erofs",
     source: record.mountSource,
     device: record.mountDevice,
     backingFile: record.mountBackingFile,
+  };
+  if (record.mountSource !== undefined) return identity;
+  // Written by an erofs-oci before the source was recorded: at its target, made of its layers.
+  return {
+    ...identity,
+    mountPoint: record.target,
+    madeFrom: record.overlay
+      ? [overlaySourceOf(record.id), ...record.layers.map((layer) => layer.layerDir)]
+      : record.layers.slice(0, 1).map((layer) => layer.blockPath),
   };
 }
 
