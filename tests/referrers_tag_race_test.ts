@@ -18,6 +18,7 @@ import { pushTraceArtifact } from "../lib/trace/artifact.ts";
 import { buildTrace, encodeTrace, TRACE_ARTIFACT_TYPE } from "../lib/trace/format.ts";
 import { CHUNK_TABLES_ARTIFACT_TYPE } from "../lib/verify/chunk_table.ts";
 import { OCI_MANIFEST } from "../lib/oci/media_types.ts";
+import { layersWithPushedIndex } from "../lib/mount/tar_index_artifact.ts";
 
 Deno.test({
   name: "referrers tag: a table and a trace pushed at once for one image are both listed",
@@ -65,6 +66,49 @@ Deno.test({
       assertSuccess(await runCli(["inspect", `${registry.host}/race/app:v1`, "--plain-http"]));
     } finally {
       await stopCli(tables);
+      client.close();
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "referrers tag: index --push of two layers of one image at once keeps both layers' indexes",
+  ignore: requires(command("docker-registry")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-referrers-race-" });
+    await using registry = await startRegistry({ auth: "none" });
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    using hold = new HoldPoint("referrers-tag-write", `${work}/hold`);
+    let first: ReturnType<typeof startCli> | undefined;
+    try {
+      const gzip = async (bytes: Uint8Array<ArrayBuffer>) =>
+        new Uint8Array(
+          await new Response(new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip")))
+            .arrayBuffer(),
+        );
+      const GZ = "application/vnd.oci.image.layer.v1.tar+gzip";
+      const pushed = await pushImage(registry, "race/tars", "v1", [
+        { bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`), mediaType: GZ },
+        { bytes: await gzip(await Deno.readFile(`${FIXTURES}/layer1.tar`)), mediaType: GZ },
+      ]);
+      const ref = `${registry.host}/race/tars:v1`;
+      const index = (
+        layer: number,
+      ) => ["index", ref, "--layer", String(layer), "--push", "--plain-http"];
+      // Layer 0's index: its list read (no index yet), about to be written…
+      first = startCli(index(0), hold.env);
+      await hold.reached("index --layer 0 at the tag write");
+      // …when layer 1's is pushed, from the same empty list.
+      assertSuccess(await runCli(index(1), { timeoutMs: 60_000 }));
+      hold.release();
+      assertSuccess(await first.result);
+      first = undefined;
+
+      const indexed = await layersWithPushedIndex(client, "race/tars", pushed.manifestDigest);
+      assert.deepEqual([...indexed].sort(), pushed.layers.map((l) => l.digest).sort());
+    } finally {
+      await stopCli(first);
       client.close();
       await Deno.remove(work, { recursive: true });
     }

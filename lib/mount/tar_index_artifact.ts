@@ -106,8 +106,30 @@ export async function pushTarIndexArtifact(
     if (index.zinfo) await upload(MEDIA.zinfo, index.zinfo, layer, record.zinfo ?? unrecorded);
     if (index.pieces) await upload(MEDIA.pieces, index.pieces, layer, record.pieces ?? unrecorded);
   }
-  return await pushArtifact(client, repository, subject, TAR_INDEX_ARTIFACT_TYPE, layers);
+  // The layers it holds an index of, so that it replaces only artifacts holding no other: two
+  // `index --push --layer N` of different layers at once each started from a list without the
+  // other's, and the second replaced the first (its layer's index gone, both said "pushed").
+  const layerOf = (blob: Record<string, unknown>) =>
+    (blob.annotations as Record<string, string> | undefined)?.[LAYER_ANNOTATION];
+  const held = [...new Set(layers.map(layerOf))]
+    .filter((layer): layer is string => layer !== undefined).sort();
+  return await pushArtifact(
+    client,
+    repository,
+    subject,
+    TAR_INDEX_ARTIFACT_TYPE,
+    layers,
+    undefined,
+    { [LAYERS_ANNOTATION]: held.join(",") },
+    (old) =>
+      old.artifactType === TAR_INDEX_ARTIFACT_TYPE &&
+      // Older artifacts do not say: replaced, as they were.
+      (old.annotations?.[LAYERS_ANNOTATION]?.split(",") ?? []).every((l) => held.includes(l)),
+  );
 }
+
+/** On the artifact: the layers it holds an index of, comma-separated. */
+const LAYERS_ANNOTATION = "io.github.erofs-oci.tar-index.layers";
 
 interface ArtifactBlob {
   mediaType: string;

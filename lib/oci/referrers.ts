@@ -185,6 +185,13 @@ export async function pushReferrer(
     await sleep(TAG_RECHECK_MS, signal);
     const after = await read();
     if (after?.descriptors.some((d) => d.digest === descriptor.digest)) return "fallback-tag";
+    // Gone, and an entry of the kind it replaces is there: another push of the same kind
+    // replaced it since (a newer trace): theirs stands, as ours would have.
+    const newer = after?.descriptors.find((d) => replace?.(d) ?? false);
+    if (newer !== undefined) {
+      warn(`another push for ${subject} replaced this one (${newer.digest}) in the tag ${tag}`);
+      return "fallback-tag";
+    }
     if (last) {
       throw new OciError(
         `the referrers tag ${tag} of ${repository} kept being rewritten by other pushes: ` +
@@ -224,8 +231,8 @@ export async function uploadBlobIfMissing(
 
 /**
  * Pushes an artifact manifest of `artifactType` listing `layers` (already uploaded) whose
- * `subject` is the image manifest, replacing an earlier artifact of the same type in the
- * fallback tag's list. Returns its digest and how it was recorded.
+ * `subject` is the image manifest, replacing in the fallback tag's list the earlier artifacts
+ * `replace` picks (by default every one of the same type). Returns its digest and how it was recorded.
  */
 export async function pushArtifact(
   client: RegistryClient,
@@ -235,6 +242,7 @@ export async function pushArtifact(
   layers: Record<string, unknown>[],
   signal?: AbortSignal,
   annotations?: Record<string, string>,
+  replace: (old: ReferrerDescriptor) => boolean = (old) => old.artifactType === artifactType,
 ): Promise<{ digest: string; via: "referrers-api" | "fallback-tag" }> {
   // A registry refuses a manifest naming blobs it does not have, the config included.
   await uploadBlobIfMissing(client, repository, new Uint8Array(EMPTY_CONFIG), EMPTY_MEDIA, signal);
@@ -255,7 +263,7 @@ export async function pushArtifact(
     bytes,
     { mediaType: OCI_MANIFEST, digest, size: bytes.byteLength, artifactType, annotations },
     subject.digest,
-    (old) => old.artifactType === artifactType,
+    replace,
     signal,
   );
   return { digest, via };
