@@ -22,11 +22,15 @@ step "import layers" deno run --allow-read scripts/check_imports.ts
 step "deno check" deno task -q check
 
 echo "== host tests (tests/vm/ runs in the VM below)"
-# The host's own disk cache (/var/cache/erofs-oci) is left alone: whatever a test does not
-# give a cache directory of its own uses this one, made for the run and removed after it.
+# The host's own disk cache, state and runtime dirs (/var/cache, /var/lib, /run/erofs-oci) are
+# left alone: whatever a test does not give a directory of its own uses these, made for the
+# run and removed after it (an umount prunes the state dir of what no mount of the runtime
+# dirs it knows names).
 test_cache=$(mktemp -d "${TMPDIR:-/tmp}/erofs-oci-test-cache.XXXXXX") || exit 1
 trap 'rm -rf "$test_cache"' EXIT
 export EROFS_OCI_CACHE_DIR=$test_cache/disk-cache
+export EROFS_OCI_STATE_DIR=$test_cache/state
+export EROFS_OCI_RUNTIME_DIR=$test_cache/run
 # Each file in a process of its own (scripts/host_tests.ts says why), one per CPU at a time.
 deno run -A scripts/host_tests.ts "$results" ${TEST_FILTER:+--filter "$TEST_FILTER"} tests lib
 
