@@ -153,6 +153,8 @@ export async function pushReferrer(
   // (a trace and a table for one image) wrote its list over ours, and one entry was lost with
   // both saying "pushed". If-Match is honoured by registries that support it (docker-registry
   // ignores it), so the tag is also looked at again just before the write, and afterwards.
+  /** A registry answered 412 to a tag that had not changed (a weak ETag from a front end). */
+  let ifMatchRefused = false;
   for (let attempt = 1;; attempt++) {
     const before = await read();
     const kept = (before?.descriptors ?? []).filter((d) =>
@@ -170,12 +172,17 @@ export async function pushReferrer(
       body,
       headers: {
         "content-type": OCI_INDEX,
-        ...(before?.etag ? { "if-match": before.etag } : {}),
+        // A weak ETag (`W/"…"`) never matches If-Match (RFC 9110 strong comparison).
+        ...(before?.etag && !before.etag.startsWith("W/") && !ifMatchRefused
+          ? { "if-match": before.etag }
+          : {}),
       },
       signal,
     });
     if (putIndex.status === 412 && !last) {
       await putIndex.body?.cancel();
+      // Changed meanwhile: merged again. Unchanged: the registry's If-Match is not to be had.
+      if ((await read())?.digest === before?.digest) ifMatchRefused = true;
       continue;
     }
     if (putIndex.status !== 201) {
@@ -186,8 +193,11 @@ export async function pushReferrer(
     const after = await read();
     if (after?.descriptors.some((d) => d.digest === descriptor.digest)) return "fallback-tag";
     // Gone, and an entry of the kind it replaces is there: another push of the same kind
-    // replaced it since (a newer trace): theirs stands, as ours would have.
-    const newer = after?.descriptors.find((d) => replace?.(d) ?? false);
+    // replaced it since (a newer trace, not one this push read and replaced, which a write
+    // from a list read before ours brings back): theirs stands, as ours would have.
+    const newer = after?.descriptors.find((d) =>
+      (replace?.(d) ?? false) && !before?.descriptors.some((b) => b.digest === d.digest)
+    );
     if (newer !== undefined) {
       warn(`another push for ${subject} replaced this one (${newer.digest}) in the tag ${tag}`);
       return "fallback-tag";
