@@ -3,7 +3,7 @@
  * disconnects its devices) and remove the runtime files. A mount whose server died is still
  * cleaned up completely.
  */
-import { MountError } from "../errors.ts";
+import { MountError, UserError } from "../errors.ts";
 import { SysError } from "../../ffi/libc.ts";
 import { unmountErofs } from "../mount/erofs_file.ts";
 import {
@@ -15,7 +15,6 @@ import {
 } from "../state/mount_record.ts";
 import { lockChangesOf, lockMountChanges } from "../state/change_locks.ts";
 import { mountDir, removeMountDir, RUNTIME_ROOT, stateRoot } from "../state/runtime_dirs.ts";
-import { UntrustedDirError } from "../../ffi/trusted_path.ts";
 import { serverAlive } from "../state/server_liveness.ts";
 import { isMount, overlayWritableDirs, readMountInfo, recordedIdentity } from "../sys/mountinfo.ts";
 import type { UnmountOptions } from "../mount/unmount_pinned.ts";
@@ -243,8 +242,9 @@ function pruneStateDir(): void {
     pruneKeptBlobs(RUNTIME_ROOT, () => referenceText());
     pruneKeptBlobs(stateRoot({ create: false }), () => referenceText());
   } catch (error) {
-    if (!(error instanceof UntrustedDirError)) throw error;
-    warn(`nothing pruned: ${error.message}; ${error.hint}`);
+    // A dir not root's alone, records past their bound: the unmount is done all the same.
+    if (!(error instanceof UserError)) throw error;
+    warn(`nothing pruned: ${error.message}${error.hint ? `; ${error.hint}` : ""}`);
   }
 }
 

@@ -8,10 +8,13 @@
  */
 import { indexCacheDir, runtimeDirsUsingState } from "../state/runtime_dirs.ts";
 import { recoveryDir } from "../state/recovery_store.ts";
+import { UserError } from "../errors.ts";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
 /** Recovery and state files are small; a bigger one is not ours and is not read whole. */
 const MAX_REFERENCE_FILE_BYTES = 1 << 20;
+/** All of them together: more is not what mounts write (nothing is pruned then). */
+const MAX_REFERENCE_BYTES = 64 << 20;
 
 function filesIn(dir: string, depth: number): string[] {
   const out: string[] = [];
@@ -42,11 +45,23 @@ export function referenceText(
     ...filesIn(recoveryFilesDir, 0),
     ...runtimeRoots.flatMap((root) => filesIn(`${root}/mounts`, 1)),
   ];
+  let total = 0;
   for (const file of files) {
     try {
-      if (Deno.statSync(file).size > MAX_REFERENCE_FILE_BYTES) continue;
+      const info = Deno.lstatSync(file);
+      if (!info.isFile || info.size > MAX_REFERENCE_FILE_BYTES) continue;
+      total += info.size;
+      if (total > MAX_REFERENCE_BYTES) {
+        throw new UserError(
+          `the mount records name more than ${MAX_REFERENCE_BYTES >> 20} MiB of text`,
+          "look at the runtime dirs listed in the state dir's runtime-dirs/",
+        );
+      }
       texts.push(Deno.readTextFileSync(file));
-    } catch { /* gone meanwhile */ }
+    } catch (error) {
+      if (error instanceof UserError) throw error;
+      /* gone meanwhile */
+    }
   }
   return texts.join("\n");
 }

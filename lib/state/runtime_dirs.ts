@@ -3,7 +3,12 @@
  * after boot works like every other). One directory per mount holds `state.json`, the server
  * log and the control socket.
  */
-import { type RecordsDir, resolvedPath, rootOnlyDir } from "../../ffi/trusted_path.ts";
+import {
+  notRootsAlone,
+  type RecordsDir,
+  resolvedPath,
+  rootOnlyDir,
+} from "../../ffi/trusted_path.ts";
 import { MAX_UNIX_SOCKET_PATH_BYTES } from "../../ffi/libc.ts";
 import { UserError } from "../errors.ts";
 import { plural } from "../text.ts";
@@ -82,8 +87,10 @@ export function runtimeDirsUsingState(): string[] {
     const dir = pathOfHex(name);
     if (dir === undefined) continue;
     try {
-      if (Deno.statSync(dir).isDirectory) {
-        dirs.add(dir);
+      if (Deno.lstatSync(dir).isDirectory) {
+        // Root's alone, as its own runtime dir must be: a user who made a listed dir again
+        // (under /tmp) filled it with files for root to read.
+        if (resolvedPath(dir) === dir && notRootsAlone(dir) === undefined) dirs.add(dir);
         continue;
       }
     } catch { /* gone */ }
@@ -188,7 +195,9 @@ export function createMountDir(): string {
     // Found by the server's bind, after it started: "path must be shorter than SUN_LEN".
     const over = socketBytes - MAX_UNIX_SOCKET_PATH_BYTES;
     throw new UserError(
-      `EROFS_OCI_RUNTIME_DIR ${RUNTIME_SETTING} is too long: a mount's control socket under it ` +
+      `EROFS_OCI_RUNTIME_DIR ${RUNTIME_SETTING}${
+        RUNTIME_ROOT === RUNTIME_SETTING ? "" : ` (${RUNTIME_ROOT})`
+      } is too long: a mount's control socket under it ` +
         `would be ${socketBytes} bytes, ${over} more than a unix socket path may have`,
       `choose a runtime directory ${plural(over, "byte")} shorter at least (the default is ` +
         "/run/erofs-oci)",

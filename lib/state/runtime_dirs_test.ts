@@ -41,3 +41,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "state dir: only listed runtime dirs that are root's alone are read by a prune",
+  ignore: !root,
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-runtime-dirs-" });
+    try {
+      const hex = (path: string) =>
+        Array.from(new TextEncoder().encode(path), (b) => b.toString(16).padStart(2, "0")).join("");
+      Deno.mkdirSync(`${work}/state/runtime-dirs`, { recursive: true, mode: 0o700 });
+      Deno.chmodSync(`${work}/state`, 0o700);
+      Deno.mkdirSync(`${work}/roots`, { mode: 0o700 });
+      // Made again by another user after root's was removed (it was under a sticky dir).
+      Deno.mkdirSync(`${work}/theirs`, { mode: 0o700 });
+      Deno.chownSync(`${work}/theirs`, 65534, 65534);
+      Deno.symlinkSync(`${work}/roots`, `${work}/link`);
+      for (const dir of ["roots", "theirs", "link", "gone"]) {
+        Deno.writeFileSync(`${work}/state/runtime-dirs/${hex(`${work}/${dir}`)}`, new Uint8Array());
+      }
+      const script = `
+        const dirs = await import(${
+        JSON.stringify(new URL("./runtime_dirs.ts", import.meta.url).href)
+      });
+        console.log(JSON.stringify(dirs.runtimeDirsUsingState()));`;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--no-check", script],
+        env: { EROFS_OCI_RUNTIME_DIR: `${work}/own`, EROFS_OCI_STATE_DIR: `${work}/state` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(out.success, new TextDecoder().decode(out.stderr));
+      const listed = JSON.parse(new TextDecoder().decode(out.stdout));
+      assert.deepEqual(listed.sort(), [`${work}/own`, `${work}/roots`]);
+      assert.deepEqual(
+        [...Deno.readDirSync(`${work}/state/runtime-dirs`)].map((e) => e.name).sort(),
+        ["roots", "theirs"].map((dir) => hex(`${work}/${dir}`)).sort(),
+        "a gone one (or a symlink: those listed are resolved paths) is forgotten",
+      );
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
