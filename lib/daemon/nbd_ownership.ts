@@ -7,12 +7,14 @@
  */
 import { nbdBackend } from "../nbd/sysfs.ts";
 import { readRecoveryFile } from "../state/recovery_store.ts";
+import { readState } from "../state/mount_record.ts";
 
 export function nbdDeviceIsLayers(
   index: number,
   layer: { recoveryFile?: string },
   mountId: string,
   backend: string | undefined = nbdBackend(index),
+  recorded: (id: string) => boolean = (id) => readState(id) !== undefined,
 ): boolean {
   if (backend === undefined) return false; // not connected: nobody's
   // Records older than the recovery file name nothing to compare.
@@ -20,8 +22,9 @@ export function nbdDeviceIsLayers(
   if (backend !== layer.recoveryFile) return false;
   try {
     const named = readRecoveryFile(backend).extra.mountId;
-    // mount.erofs's records (adopted mounts) name no mount.
-    return named === undefined || named === mountId;
+    // mount.erofs's records name no mount; a device `reattach` adopted under a new record
+    // (the mount's own record gone) still names the mount it was made for.
+    return named === undefined || named === mountId || !recorded(named);
   } catch {
     return true; // the file this mount was connected with, unreadable now: still its device
   }

@@ -21,10 +21,13 @@ Deno.test("nbd ownership: a device is a record's layer only while connected with
     // Freed (dead-connection timeout, nbd-client -d), then taken by another mount.
     assert.equal(nbdDeviceIsLayers(3, layer, "m1", undefined), false, "not connected");
     const theirs = recoveryFile(dir, "mountnbd_theirs", "m2");
-    assert.equal(nbdDeviceIsLayers(3, layer, "m1", theirs), false, "another mount's device");
+    const live = (id: string) => id === "m2";
+    assert.equal(nbdDeviceIsLayers(3, layer, "m1", theirs, live), false, "another mount's device");
     assert.equal(nbdDeviceIsLayers(3, layer, "m1", "/other/tool/backend"), false);
-    // The same file naming another mount: a record copied from another mount's.
-    assert.equal(nbdDeviceIsLayers(3, { recoveryFile: theirs }, "m1", theirs), false);
+    // The same file naming another mount that is recorded: a record copied from its.
+    assert.equal(nbdDeviceIsLayers(3, { recoveryFile: theirs }, "m1", theirs, live), false);
+    // Naming a mount no longer recorded: adopted by `reattach` under a record of its own.
+    assert.equal(nbdDeviceIsLayers(3, { recoveryFile: theirs }, "a1", theirs, () => false), true);
     // mount.erofs's own records (adopted mounts) name no mount; older records no file.
     const peers = recoveryFile(dir, "mountnbd_peer");
     assert.equal(nbdDeviceIsLayers(3, { recoveryFile: peers }, "adopted", peers), true);
