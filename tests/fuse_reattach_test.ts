@@ -466,7 +466,13 @@ Deno.test({
         Deno.writeTextFileSync(recordPath, JSON.stringify(damaged), { mode: 0o600 });
         assertCliError(await reattach(), 1, /fuse-recovery\.json is malformed/);
       }
+      // Without the file's identity in the record, the server's own open refuses it (it is not
+      // the file mount checked); without that too, the new server's check of what the kernel
+      // has mounted does.
       delete record.localFiles;
+      Deno.writeTextFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+      assertCliError(await reattach(), 1, /one\.erofs is not the file the mount checked/);
+      delete record.spec.layers[0].fileId;
       Deno.writeTextFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
       assertCliError(await reattach(), 1, /layer 0 is not the image mounted from it \(UUID/);
       assert.equal(mountServersOf(sandbox.runtimeDir).length, 0, "no server serves it");

@@ -21,6 +21,8 @@ import { CachedSource, DEFAULT_CACHE_BYTES } from "../source/cached.ts";
 import { PrefetchedSource } from "../source/prefetched.ts";
 import { prefetchErofsMetadata } from "../source/metadata_prefetch.ts";
 import { LocalFile } from "../source/local_file.ts";
+import { realPathTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
+import { Errno, SysError } from "../../ffi/libc.ts";
 import { DEFAULT_DISK_CACHE_BYTES, DiskCache } from "../source/disk_cache.ts";
 import { registryOrigin } from "../source/disk_cache_names.ts";
 import type { Source } from "../source/source.ts";
@@ -383,12 +385,21 @@ function withDiskCache(
   });
 }
 
+/**
+ * Opens the image as `mount` does: a symlink followed only when root or the caller owns it
+ * (another user's link to a 0600 image of root's was served to anyone), then only the file a
+ * path with no symlink on the way reaches.
+ */
 async function openLocalFile(image: string): Promise<Source> {
   try {
-    return await LocalFile.open(image);
+    return await LocalFile.open(realPathTrusted(image), { noSymlinks: true });
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
+    if (error instanceof UntrustedSymlinkError) throw error;
+    if (error instanceof SysError && error.errno === Errno.ENOENT) {
       throw new UserError(`serve: ${image}: no such file`);
+    }
+    if (error instanceof SysError && error.errno === Errno.EACCES) {
+      throw new UserError(`serve: ${image}: permission denied`);
     }
     if (error instanceof Deno.errors.PermissionDenied) {
       throw new UserError(`serve: ${image}: permission denied`);

@@ -65,6 +65,10 @@ export async function reattachFuseMount(
   }
   const spec: MountSpec = {
     ...record.spec,
+    // The operator's choice: the file at the path now, not the one the mount checked.
+    layers: options.acceptChangedImage
+      ? record.spec.layers.map((layer) => ({ ...layer, fileId: undefined }))
+      : record.spec.layers,
     id: state.id,
     backend: "fuse",
     reattach: record.spec.layers.map((layer, index) => {

@@ -215,7 +215,20 @@ export async function openLayerSource(
     return await openLayoutBlob(layer, { hashWhole: !readsCheckedByPieces(layer.tarIndex) });
   }
   if (layer.kind === "local") {
-    const file = await LocalFile.open(layer.path);
+    // Not followed through a symlink anywhere on the way: `mount` checked the file at this
+    // path, and another user who owns a directory on it could have put a link to a file of
+    // root's there since (it was served to them, a helper's repro).
+    let file: LocalFile;
+    try {
+      file = await LocalFile.open(layer.path, { noSymlinks: true, fileId: layer.fileId });
+    } catch (error) {
+      const message = (error as Error).message;
+      throw new FormatError(
+        message.includes(layer.path) ? message : `${layer.path}: ${message}`,
+        "the file changed since the mount started; mount it again",
+        { cause: error },
+      );
+    }
     if (file.size !== layer.sizeBytes) {
       await file.close();
       throw new FormatError(

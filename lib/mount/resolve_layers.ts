@@ -67,7 +67,10 @@ export async function resolveLocalImage(
         );
       }
       checkErofsSuperblock(head, real);
-      return { image: real, layers: [{ kind: "local", path: real, sizeBytes: file.size }] };
+      return {
+        image: real,
+        layers: [{ kind: "local", path: real, sizeBytes: file.size, fileId: file.fileId }],
+      };
     }
     // Indexes are found by the layer's digest, as an image's are: the one an index of the
     // file's size names (the server checks it), else the file's, hashed here.

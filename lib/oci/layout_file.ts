@@ -10,6 +10,7 @@ import { OciError } from "../errors.ts";
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { fstatFd, openNoFollow, PooledReadFd, S_IFMT, S_IFREG } from "../../ffi/files.ts";
 import type { Source } from "../source/source.ts";
+import { openFileNoSymlinks } from "../../ffi/path_resolve.ts";
 import { digestHasher } from "./digest.ts";
 
 /** errno of open(O_NOFOLLOW) on a symlink (asm-generic/errno.h ELOOP). */
@@ -21,12 +22,15 @@ export class LayoutFile implements Source {
   readonly path: string;
   /** Size from fstat at open; reads never go past it. */
   readonly size: number;
+  /** `dev:ino` from fstat at open: the file this is, whatever its path leads to later. */
+  readonly fileId: string;
   readonly #fd: PooledReadFd;
 
-  private constructor(path: string, fd: number, size: number) {
+  private constructor(path: string, fd: number, size: number, fileId: string) {
     this.path = path;
     this.#fd = new PooledReadFd(fd);
     this.size = size;
+    this.fileId = fileId;
   }
 
   /**
@@ -34,10 +38,17 @@ export class LayoutFile implements Source {
    * what refuses other than regular files. Missing files give an OciError with `notFound`
    * set, so callers can phrase their own message.
    */
-  static open(path: string, what: string, where = "in an OCI layout"): LayoutFile {
+  static open(
+    path: string,
+    what: string,
+    where = "in an OCI layout",
+    options: { noSymlinks?: boolean } = {},
+  ): LayoutFile {
     let fd: number;
     try {
-      fd = openNoFollow(path);
+      // noSymlinks: no component of the path a symlink either (a directory of another user's
+      // on the way could be swapped for one after the path was resolved).
+      fd = options.noSymlinks ? openFileNoSymlinks(path) : openNoFollow(path);
     } catch (error) {
       if (error instanceof SysError && error.errno === Errno.ENOENT) {
         const missing = new OciError(`${what} not found: ${path}`);
@@ -54,7 +65,7 @@ export class LayoutFile implements Source {
       if ((stat.mode & S_IFMT) !== S_IFREG) {
         throw new OciError(`${what} is not a regular file (${path}): refused ${where}`);
       }
-      return new LayoutFile(path, fd, stat.sizeBytes);
+      return new LayoutFile(path, fd, stat.sizeBytes, `${stat.dev}:${stat.ino}`);
     } catch (error) {
       closeFd(fd);
       throw error;

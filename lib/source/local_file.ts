@@ -3,6 +3,7 @@ import type { DirectReadable, DirectReadFiles } from "./direct_reads.ts";
 import { PRESENT } from "./disk_cache_sync.ts";
 import { closeQuietly, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
+import { openFileNoSymlinks } from "../../ffi/path_resolve.ts";
 import { openDirectReadFiles } from "./disk_cache_direct.ts";
 import { openFile } from "../../ffi/files.ts";
 import { O_NONBLOCK, O_RDONLY } from "../../ffi/libc.ts";
@@ -31,11 +32,37 @@ export class LocalFile implements Source, DirectReadable {
     this.size = size;
   }
 
-  /** Opens `path` read-only; the size is taken once (the file must not change while served). */
-  static async open(path: string): Promise<LocalFile> {
+  /**
+   * Opens `path` read-only; the size is taken once (the file must not change while served).
+   * `noSymlinks`: only the file reached with no symlink anywhere on the path (as root, for an
+   * image another user could have linked elsewhere since it was checked), and, with `fileId`
+   * (`dev:ino`), only that file: a ELOOP SysError or an Error saying it was replaced otherwise.
+   */
+  static async open(
+    path: string,
+    options: { noSymlinks?: boolean; fileId?: string } = {},
+  ): Promise<LocalFile> {
+    // Deno opens by path, following links: the file it opened must be the one a descriptor
+    // opened without any (compared by dev and inode), which must be the expected one.
+    let reached: string | undefined;
+    if (options.noSymlinks) {
+      const fd = openFileNoSymlinks(path);
+      try {
+        const info = fstatFd(fd, path);
+        reached = `${info.dev}:${info.ino}`;
+      } finally {
+        closeQuietly(fd);
+      }
+      if (options.fileId !== undefined && reached !== options.fileId) {
+        throw new Error(`${path} is not the file the mount checked (replaced since)`);
+      }
+    }
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
+      if (reached !== undefined && `${info.dev}:${info.ino}` !== reached) {
+        throw new Error(`${path} was replaced while it was opened`);
+      }
       if (!info.isFile && !info.isBlockDevice) {
         throw new Error(`${path}: not a regular file or block device`);
       }

@@ -32,6 +32,11 @@ export type LayerSpec =
     path: string;
     sizeBytes: number;
     /**
+     * `dev:ino` of the file `mount` checked (an EROFS image): the server serves that file only,
+     * not whatever the path leads to when it opens it (another user's directory on the way).
+     */
+    fileId?: string;
+    /**
      * An OCI layout blob or a local tar file: opened without following symlinks and verified
      * before serving — hashed whole, or, served through a tar index with piece digests, each
      * piece as it is read (as a registry layer's) after the first one is checked at open.
