@@ -78,6 +78,20 @@ export function resolvedPath(path: string): string {
   return path;
 }
 
+/** The first component of the absolute `path` that is a symlink now, if any. */
+export function symlinkOn(path: string): string | undefined {
+  let at = "";
+  for (const part of path.split("/").filter((p) => p !== "")) {
+    at += `/${part}`;
+    try {
+      if (Deno.lstatSync(at).isSymlink) return at;
+    } catch {
+      return undefined; // the rest does not exist
+    }
+  }
+  return undefined;
+}
+
 /** A directory root keeps records in, for its refusal: what it is and how it is chosen. */
 export interface RecordsDir {
   /** e.g. "state directory". */
@@ -150,6 +164,17 @@ export function rootOnlyDir(path: string, role: RecordsDir, options: { create?: 
   checkedDirs.delete(key);
   if (options.create) Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
   const resolved = resolvedPath(path);
+  // realpath fails on a symlink that leads nowhere (now): the path then still holds it, and
+  // where it leads later — another user's link in /tmp, flipped at will — is not what was
+  // checked (an umount pruned root's index copies through one, a helper's repro).
+  const link = symlinkOn(resolved);
+  if (link !== undefined) {
+    throw new UntrustedDirError(
+      `${role.what} ${path} leads through the symlink ${link}, which does not lead to a ` +
+        "directory now, so where it leads is not trusted",
+      `make ${link} a directory, or set ${role.envVar} to a path without it`,
+    );
+  }
   let seen, why;
   try {
     // What is checked is what is remembered: a directory swapped in later is not that one.

@@ -149,3 +149,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a state dir through a symlink that leads nowhere now: cache refuses it in one line, umount unmounts and prunes nothing",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const link = `${sandbox.runtimeDir}-state-link`;
+    try {
+      assertSuccess(
+        await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+        }),
+      );
+      // Another user's link (in /tmp) flipped between nowhere and root's state dir: where it
+      // led at the check was not where the prune then removed things.
+      Deno.symlinkSync(`${link}-nowhere`, link);
+      const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: link };
+      const refusal =
+        /state directory .*-state-link leads through the symlink .*-state-link, which does not lead to a directory now/;
+      assertCliError(await runCli(["cache"], { env }), 1, refusal);
+      const result = await runCli(["umount", sandbox.target], { env });
+      assertSuccess(result);
+      assert.match(result.stderr, /warning: nothing pruned: state directory/, describe(result));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      await Deno.remove(link).catch(() => {});
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -7,6 +7,7 @@
  */
 import { closeFd, Errno, SysError } from "../../ffi/libc.ts";
 import { readSmallFile } from "../../ffi/files.ts";
+import { symlinkOn } from "../../ffi/trusted_path.ts";
 import { openDirNoSymlinks } from "../../ffi/path_resolve.ts";
 import { MNT_DETACH, UMOUNT_NOFOLLOW } from "../../ffi/mount.ts";
 import { MountError } from "../errors.ts";
@@ -94,7 +95,10 @@ function refusal(error: unknown, target: string): unknown {
   if (!(error instanceof SysError)) return error;
   // A symlink as the last directory of the walk gives ENOTDIR (O_DIRECTORY with O_NOFOLLOW),
   // not ELOOP: taken for "nothing mounted there", umount said it unmounted what it left.
-  if (error.errno === Errno.ELOOP || (error.errno === Errno.ENOTDIR && symlinkOnPath(target))) {
+  if (
+    error.errno === Errno.ELOOP ||
+    (error.errno === Errno.ENOTDIR && symlinkOn(target) !== undefined)
+  ) {
     return new MountError(
       `${target} now leads through a symlink; not unmounting what it points to`,
       "a directory on the way was replaced after mounting; check it",
@@ -113,18 +117,4 @@ function refusal(error: unknown, target: string): unknown {
 function normalize(path: string): string {
   const trimmed = path.replace(/\/{2,}/g, "/").replace(/\/+$/, "");
   return trimmed === "" ? "/" : trimmed;
-}
-
-/** True when some component of the absolute path `target` is a symlink now. */
-function symlinkOnPath(target: string): boolean {
-  let at = "";
-  for (const part of target.split("/").filter((p) => p !== "")) {
-    at += `/${part}`;
-    try {
-      if (Deno.lstatSync(at).isSymlink) return true;
-    } catch {
-      return false;
-    }
-  }
-  return false;
 }
