@@ -22,6 +22,7 @@ import { FormatError } from "../errors.ts";
 import { layoutImage } from "../erofs/writer/layout.ts";
 import { writeImage } from "../erofs/writer/write.ts";
 import type { Source } from "../source/source.ts";
+import { openMemoryFile, preadExact } from "../source/disk_cache_io.ts";
 import type { TarBytes } from "./hybrid_tar.ts";
 import { readTarIndexTree } from "./tar_index_tree.ts";
 
@@ -143,8 +144,23 @@ function checkTarRanges(extents: TarExtents, limit: number, what: string): void 
   }
 }
 
-/** Runs the fd-based writer into a temporary file and returns its `metadataBytes`. */
+/**
+ * Runs the fd-based writer into an anonymous file and returns its `metadataBytes`: in memory
+ * (/dev/shm, no name), read back through the same descriptor, so nobody can swap it between
+ * (a named one in a TMPDIR others can write could be). A temporary file where that fails.
+ */
 function writeMetadata(write: (fd: number) => void, metadataBytes: number): Uint8Array {
+  const anonymous = openMemoryFile();
+  if (anonymous !== undefined) {
+    try {
+      write(anonymous);
+      const image = new Uint8Array(metadataBytes);
+      preadExact(anonymous, image, 0);
+      return image;
+    } finally {
+      closeFd(anonymous);
+    }
+  }
   const path = Deno.makeTempFileSync({ prefix: "erofs-oci-aligned-" });
   try {
     const fd = openFile(path, O_WRONLY | O_CLOEXEC);
