@@ -207,7 +207,7 @@ export function statFs(path: string): FsStats {
 }
 
 /** File type bits of st_mode (sys/stat.h). */
-export const S_IFMT = 0o170000, S_IFREG = 0o100000, S_IFDIR = 0o040000;
+export const S_IFMT = 0o170000, S_IFREG = 0o100000, S_IFDIR = 0o040000, S_IFBLK = 0o060000;
 
 /**
  * open(2) read-only that refuses a symlink as the last component (ELOOP) and does not block on

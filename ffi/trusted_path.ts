@@ -162,19 +162,24 @@ export function rootOnlyDir(path: string, role: RecordsDir, options: { create?: 
   const known = checkedDirs.get(key);
   if (known && stillSeen(known.resolved, known.seen)) return known.resolved;
   checkedDirs.delete(key);
-  if (options.create) Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
-  const resolved = resolvedPath(path);
   // realpath fails on a symlink that leads nowhere (now): the path then still holds it, and
   // where it leads later — another user's link in /tmp, flipped at will — is not what was
-  // checked (an umount pruned root's index copies through one, a helper's repro).
-  const link = symlinkOn(resolved);
-  if (link !== undefined) {
+  // checked (an umount pruned root's index copies through one, a helper's repro). Looked at
+  // before mkdir -p too, which fails on such a link ("File exists").
+  const absolute = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  const refuseLink = (at: string) => {
+    const link = symlinkOn(at);
+    if (link === undefined) return;
     throw new UntrustedDirError(
       `${role.what} ${path} leads through the symlink ${link}, which does not lead to a ` +
         "directory now, so where it leads is not trusted",
       `make ${link} a directory, or set ${role.envVar} to a path without it`,
     );
-  }
+  };
+  refuseLink(resolvedPath(absolute));
+  if (options.create) Deno.mkdirSync(absolute, { recursive: true, mode: 0o700 });
+  const resolved = resolvedPath(absolute);
+  refuseLink(resolved);
   let seen, why;
   try {
     // What is checked is what is remembered: a directory swapped in later is not that one.

@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { runCli } from "./_support/cli.ts";
+import { assertSuccess, runCli } from "./_support/cli.ts";
+import { mountSandbox } from "./_support/mounts.ts";
 import { openLayerSource } from "../lib/mount/layer_source.ts";
 import { LayoutFile } from "../lib/oci/layout_file.ts";
 
@@ -74,6 +75,70 @@ Deno.test({
       await assert.rejects(openLayerSource({ ...spec, fileId: undefined }));
     } finally {
       await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "serve of a FIFO is refused in one line (it hung in the open)",
+  ignore: requires(root()),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-local-trust-" });
+    try {
+      const made = await new Deno.Command("mkfifo", { args: [`${work}/fifo`] }).output();
+      assert.ok(made.success);
+      const served = await runCli(["serve", `${work}/fifo`, "--listen", `unix:${work}/s.sock`], {
+        timeoutMs: 20_000,
+      });
+      assert.equal(served.timedOut, false, "not hung");
+      assert.equal(served.code, 1, served.stderr);
+      assert.match(served.stderr, /^erofs-oci: .*fifo: not a regular file or block device\n$/);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "mount FILE whose inode number is past 2^53 (overlayfs xino) is mounted",
+  ignore: requires(root(), path("/dev/fuse"), path(FIXTURES)),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const base = sandbox.target.replace(/\/mnt$/, "");
+    const run = (cmd: string, args: string[]) => new Deno.Command(cmd, { args }).output();
+    const mounted: string[] = [];
+    try {
+      for (const dir of ["lower", "upper", "merged"]) Deno.mkdirSync(`${base}/${dir}`);
+      for (const dir of ["lower", "upper"]) {
+        assert.ok(
+          (await run("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", `${base}/${dir}`]))
+            .success,
+        );
+        mounted.unshift(`${base}/${dir}`);
+      }
+      Deno.mkdirSync(`${base}/upper/u`);
+      Deno.mkdirSync(`${base}/upper/w`);
+      Deno.copyFileSync(`${FIXTURES}/basic.erofs`, `${base}/lower/basic.erofs`);
+      const options =
+        `lowerdir=${base}/lower,upperdir=${base}/upper/u,workdir=${base}/upper/w,xino=on`;
+      assert.ok(
+        (await run("mount", ["-t", "overlay", "overlay", "-o", options, `${base}/merged`])).success,
+      );
+      mounted.unshift(`${base}/merged`);
+      const image = `${base}/merged/basic.erofs`;
+      const ino = (await Deno.stat(image)).ino!;
+      assert.ok(ino > Number.MAX_SAFE_INTEGER, `inode ${ino}: xino gives one past 2^53`);
+      assertSuccess(
+        await runCli(["mount", image, sandbox.target, "--backend", "fuse"], {
+          env: sandbox.env,
+          timeoutMs: 60_000,
+        }),
+      );
+      assert.ok([...Deno.readDirSync(sandbox.target)].length > 0);
+      assertSuccess(await runCli(["umount", sandbox.target], { env: sandbox.env }));
+    } finally {
+      await sandbox.cleanup();
+      for (const point of mounted) await run("umount", ["-l", point]);
     }
   },
 });

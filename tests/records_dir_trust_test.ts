@@ -180,3 +180,32 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "records dirs: a dangling link refused before mkdir (was an internal error); a relative one not made yet is not checked against /",
+  ignore: requires(root(), path("/dev/fuse")),
+  async fn() {
+    const sandbox = await mountSandbox();
+    const work = `${sandbox.runtimeDir}-rel`;
+    try {
+      Deno.mkdirSync(`${work}/real`, { recursive: true, mode: 0o700 });
+      Deno.symlinkSync(`${work}/nowhere`, `${work}/dangling`);
+      const mounted = await runCli(["mount", `${FIXTURES}/basic.erofs`, sandbox.target], {
+        env: { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/dangling` },
+      });
+      assertCliError(mounted, 1, /state directory .*dangling leads through the symlink/);
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+      // `bin` a symlink to a directory, as /bin is: the relative path is taken from the cwd.
+      Deno.symlinkSync(`${work}/real`, `${work}/bin`);
+      const listed = await runCli(["cache"], {
+        env: { ...sandbox.env, EROFS_OCI_STATE_DIR: "bin/state" },
+        cwd: work,
+      });
+      assertSuccess(listed);
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+      await sandbox.cleanup();
+    }
+  },
+});

@@ -16,7 +16,7 @@
  * the layout depends only on the tree), so `reattach` serves again exactly what is mounted.
  * Memory: the image's metadata plus 24 bytes per file.
  */
-import { closeFd, O_CLOEXEC, O_WRONLY } from "../../ffi/libc.ts";
+import { closeFd, Errno, O_CLOEXEC, O_WRONLY, SysError } from "../../ffi/libc.ts";
 import { openFile } from "../../ffi/files.ts";
 import { FormatError } from "../errors.ts";
 import { layoutImage } from "../erofs/writer/layout.ts";
@@ -157,6 +157,11 @@ function writeMetadata(write: (fd: number) => void, metadataBytes: number): Uint
       const image = new Uint8Array(metadataBytes);
       preadExact(anonymous, image, 0);
       return image;
+    } catch (error) {
+      // A small /dev/shm (a container's 64 MiB, shared): the temporary file below.
+      const full = error instanceof SysError &&
+        (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT);
+      if (!full) throw error;
     } finally {
       closeFd(anonymous);
     }

@@ -225,7 +225,8 @@ export async function openLayerSource(
       const message = (error as Error).message;
       throw new FormatError(
         message.includes(layer.path) ? message : `${layer.path}: ${message}`,
-        "the file changed since the mount started; mount it again",
+        "it was replaced, or a directory on its path is a symlink now, since mount checked " +
+          "it: mount it again",
         { cause: error },
       );
     }

@@ -2,10 +2,10 @@ import type { Source } from "./source.ts";
 import type { DirectReadable, DirectReadFiles } from "./direct_reads.ts";
 import { PRESENT } from "./disk_cache_sync.ts";
 import { closeQuietly, openMemoryFile, pwriteAll } from "./disk_cache_io.ts";
-import { fstatFd } from "../../ffi/files.ts";
+import { fstatFd, openFile, S_IFBLK, S_IFMT, S_IFREG } from "../../ffi/files.ts";
+import { FormatError } from "../errors.ts";
 import { openFileNoSymlinks } from "../../ffi/path_resolve.ts";
 import { openDirectReadFiles } from "./disk_cache_direct.ts";
-import { openFile } from "../../ffi/files.ts";
 import { O_NONBLOCK, O_RDONLY } from "../../ffi/libc.ts";
 
 /** The chunk of a local file's direct reads: only the size of the map (one byte each). */
@@ -44,24 +44,33 @@ export class LocalFile implements Source, DirectReadable {
   ): Promise<LocalFile> {
     // Deno opens by path, following links: the file it opened must be the one a descriptor
     // opened without any (compared by dev and inode), which must be the expected one.
-    let reached: string | undefined;
+    let reached: { dev: bigint; ino: bigint } | undefined;
     if (options.noSymlinks) {
       const fd = openFileNoSymlinks(path);
       try {
         const info = fstatFd(fd, path);
-        reached = `${info.dev}:${info.ino}`;
+        const type = info.mode & S_IFMT;
+        // Before Deno's open, which a FIFO would hold for good.
+        if (type !== S_IFREG && type !== S_IFBLK) {
+          throw new FormatError(`${path}: not a regular file or block device`);
+        }
+        reached = { dev: info.dev, ino: info.ino };
       } finally {
         closeQuietly(fd);
       }
-      if (options.fileId !== undefined && reached !== options.fileId) {
-        throw new Error(`${path} is not the file the mount checked (replaced since)`);
+      if (options.fileId !== undefined && `${reached.dev}:${reached.ino}` !== options.fileId) {
+        throw new FormatError(`${path} is not the file the mount checked (replaced since)`);
       }
     }
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
-      if (reached !== undefined && `${info.dev}:${info.ino}` !== reached) {
-        throw new Error(`${path} was replaced while it was opened`);
+      // Deno's numbers: an inode past 2^53 (overlayfs xino, NFS) is rounded as Number() does.
+      if (
+        reached !== undefined &&
+        (info.dev !== Number(reached.dev) || info.ino !== Number(reached.ino))
+      ) {
+        throw new FormatError(`${path} was replaced while it was opened`);
       }
       if (!info.isFile && !info.isBlockDevice) {
         throw new Error(`${path}: not a regular file or block device`);
@@ -120,8 +129,9 @@ export class LocalFile implements Source, DirectReadable {
       // Nonblocking: a FIFO put there since would not hang this thread (refused below).
       dataFd = openFile(this.path, O_RDONLY | O_NONBLOCK);
       const now = fstatFd(dataFd);
+      // Deno's numbers: an inode past 2^53 is compared as Number() rounds it.
       if (
-        now.ino !== BigInt(opened.ino ?? -1) || now.dev !== BigInt(opened.dev) ||
+        Number(now.ino) !== opened.ino || Number(now.dev) !== opened.dev ||
         now.sizeBytes !== this.size
       ) return undefined; // replaced since it was opened: the reader would read another file
       mapFd = openMemoryFile() ?? -1;
