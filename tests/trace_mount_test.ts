@@ -454,7 +454,8 @@ Deno.test({
     )).digest;
     // CMD reads, then pushes another image under the same tag (a CI job, meanwhile).
     const cli = `${REPO_ROOT}/scripts/erofs-oci-dev`;
-    const repush = `${cli} push ${t.registry.host}/trace/app:v1 ${FIXTURES}/basic.erofs ` +
+    // Quoted: the checkout's path may hold spaces (CI's does).
+    const repush = `'${cli}' push ${t.registry.host}/trace/app:v1 '${FIXTURES}/basic.erofs' ` +
       "--plain-http > /dev/null";
     assertSuccess(await t.trace(["--push"], `cat {}/file2 > /dev/null && ${repush}`));
     const client = new RegistryClient(t.registry.host, { plainHttp: true });

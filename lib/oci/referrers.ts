@@ -301,7 +301,7 @@ async function readTagIndex(
   subject: string,
   signal: AbortSignal | undefined,
   use: "lookup" | "update",
-): Promise<{ descriptors: ReferrerDescriptor[]; digest: string; etag?: string } | undefined> {
+): Promise<{ descriptors: ReferrerDescriptor[]; digest?: string; etag?: string } | undefined> {
   const tag = referrersTag(subject);
   const { response, bytes } = await client.getDocument({
     method: "GET",
@@ -321,7 +321,9 @@ async function readTagIndex(
   try {
     return {
       descriptors: parseReferrerIndex(bytes, `tag ${tag}`),
-      digest: digestOf(bytes),
+      // Only to tell a change before a write: hashing loads node:crypto, which a mount's
+      // lookups do not otherwise need (its start-up).
+      digest: use === "update" ? digestOf(bytes) : undefined,
       etag: response.headers.get("etag") ?? undefined,
     };
   } catch (error) {
