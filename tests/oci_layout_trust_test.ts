@@ -9,6 +9,8 @@ import { assertCliError, describe, runCli } from "./_support/cli.ts";
 import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
 import { EROFS_LAYER } from "../lib/oci/media_types.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
+import { OciLayout } from "../lib/oci/oci_layout.ts";
+import { openLayoutBlob } from "../lib/oci/layout_file.ts";
 
 /** A layout tagged `v1` with basic.erofs as its one layer; returns the layer blob's path. */
 async function writeLayout(dir: string): Promise<{ layerPath: string; layer: Uint8Array }> {
@@ -182,5 +184,24 @@ Deno.test("oci layout trust: a config that is not the one the manifest names is 
     const garbled = await runCli(["inspect", `oci:${dir}:v1`]);
     assertCliError(garbled, 1, /index\.json: not JSON/);
     assert.doesNotMatch(garbled.stderr, /TOPSECRET/, describe(garbled));
+  });
+});
+
+Deno.test("oci layout trust: blobs/sha256 swapped for a link after the layout was resolved is refused, not followed", async () => {
+  await withLayout(async (dir, { layerPath }) => {
+    const layout = new OciLayout(dir);
+    const digest = `sha256:${layerPath.slice(layerPath.lastIndexOf("/") + 1)}`;
+    const path = layout.blobPath(digest); // resolved now, as a mount resolves it
+    layout.openBlob(digest).close();
+    // Another user's layout copy: its blobs dir renamed away, a link to the same blobs in a
+    // directory of root's put there (a helper's repro: the server then held root's 0600 blob).
+    const blobs = `${dir}/blobs/sha256`;
+    Deno.renameSync(blobs, `${dir}/../roots-blobs`);
+    Deno.symlinkSync(`${dir}/../roots-blobs`, blobs);
+    assert.throws(() => layout.openBlob(digest), /reached through a symbolic link now/);
+    await assert.rejects(
+      openLayoutBlob({ path, sizeBytes: Deno.statSync(path).size, digest }),
+      /reached through a symbolic link now/,
+    );
   });
 });

@@ -56,7 +56,11 @@ export class LayoutFile implements Source {
         throw missing;
       }
       if (error instanceof SysError && error.errno === ELOOP) {
-        throw new OciError(`${what} is a symbolic link (${path}): refused ${where}`);
+        throw new OciError(
+          !options.noSymlinks || isSymlink(path)
+            ? `${what} is a symbolic link (${path}): refused ${where}`
+            : `${what} (${path}) is reached through a symbolic link now: refused ${where}`,
+        );
       }
       throw error;
     }
@@ -148,7 +152,11 @@ export async function openLayoutBlob(
   options: { hashWhole?: boolean } = {},
 ): Promise<LayoutFile> {
   const hashWhole = options.hashWhole ?? true;
-  const file = LayoutFile.open(layer.path, `blob ${layer.digest ?? ""}`.trim());
+  // The path was resolved symlink-free when the mount checked it: a directory on it swapped
+  // for a link since (another user's layout copy) would lead to a blob of root's.
+  const file = LayoutFile.open(layer.path, `blob ${layer.digest ?? ""}`.trim(), undefined, {
+    noSymlinks: true,
+  });
   try {
     if (file.size !== layer.sizeBytes) {
       throw new OciError(
@@ -171,5 +179,13 @@ export async function openLayoutBlob(
   } catch (error) {
     file.close();
     throw error;
+  }
+}
+
+function isSymlink(path: string): boolean {
+  try {
+    return Deno.lstatSync(path).isSymlink;
+  } catch {
+    return false;
   }
 }

@@ -263,7 +263,11 @@ export class OciLayout {
    */
   openBlob(digest: string): LayoutFile {
     try {
-      return LayoutFile.open(this.blobPath(digest), `blob ${digest}`);
+      // blobPath is symlink-free (realPathTrusted): a directory swapped for a link since (the
+      // layout is another user's) is refused, not followed to a blob of root's.
+      return LayoutFile.open(this.blobPath(digest), `blob ${digest}`, undefined, {
+        noSymlinks: true,
+      });
     } catch (error) {
       if (error instanceof OciError && error.status === 404) {
         throw new OciError(`blob not found: ${digest} in OCI layout ${this.path}`);

@@ -6,6 +6,7 @@
 import type { RegistryClient } from "../oci/client.ts";
 import type { LayerSpec } from "../state/mount_spec.ts";
 import { warn } from "../log.ts";
+import { checkRuntimeRoot, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
 import { findTrace } from "./artifact.ts";
 import { after } from "../timers.ts";
 import { OciError } from "../errors.ts";
@@ -81,8 +82,13 @@ export async function prepareTracePrefetch(
     warn(`trace refused, mounting without prefetch: ${(error as Error).message}`);
     return undefined;
   }
-  const path = Deno.makeTempFileSync({ prefix: "erofs-oci-prefetch-", suffix: ".json" });
-  Deno.writeFileSync(path, bytes, { mode: 0o600 });
+  // In the runtime dir, root's alone (checked), made new: in TMPDIR another user who could
+  // write there swapped a symlink in between, and root's write followed it (any file cut and
+  // overwritten; a helper's repro), or a FIFO the server then hung on.
+  checkRuntimeRoot();
+  Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
+  const path = `${RUNTIME_ROOT}/prefetch-${crypto.randomUUID()}.json`;
+  Deno.writeFileSync(path, bytes, { mode: 0o600, createNew: true });
   Deno.env.set(PREFETCH_FILE_ENV, path);
   if (options.subset) Deno.env.set(PREFETCH_SUBSET_ENV, "1");
   return path;

@@ -8,7 +8,8 @@
  */
 import type { LayerSpec } from "../state/mount_spec.ts";
 import type { Source } from "../source/source.ts";
-import { encodeTrace, parseTrace, rangesForLayers } from "./format.ts";
+import { encodeTrace, MAX_TRACE_BYTES, parseTrace, rangesForLayers } from "./format.ts";
+import { readRegularFileSync } from "../../ffi/files.ts";
 import { type PrefetchProgress, type PrefetchTarget, TracePrefetcher } from "./prefetch.ts";
 import { observedSource, TraceRecorder } from "./recorder.ts";
 import { abortable } from "../source/abortable.ts";
@@ -42,7 +43,8 @@ export class ServerTraceHooks {
     const prefetchPath = Deno.env.get(PREFETCH_FILE_ENV);
     if (prefetchPath && !this.#recorder) {
       try {
-        this.#prefetchTrace = Deno.readFileSync(prefetchPath);
+        // Regular files only, bounded: nothing else is what `mount` wrote.
+        this.#prefetchTrace = readRegularFileSync(prefetchPath, MAX_TRACE_BYTES, "trace file");
       } catch (error) {
         console.warn(`trace prefetch: cannot read ${prefetchPath}: ${(error as Error).message}`);
       }
