@@ -92,6 +92,15 @@ export function symlinkOn(path: string): string | undefined {
   return undefined;
 }
 
+/**
+ * The directory a setting names, or `fallback` when the variable is unset or empty: an empty
+ * one made the current directory the state dir (index copies reattach needs, left where the
+ * next command run elsewhere does not look) and `/` the runtime dir's parent.
+ */
+export function dirSetting(envVar: string, fallback: string): string {
+  return Deno.env.get(envVar) || fallback;
+}
+
 /** A directory root keeps records in, for its refusal: what it is and how it is chosen. */
 export interface RecordsDir {
   /** e.g. "state directory". */

@@ -107,7 +107,7 @@ export async function spawnServerChild(
     ...Deno.env.toObject(),
     // The runtime dir this command resolved and checked: a symlink on the way to it may point
     // elsewhere by now.
-    ...(Deno.env.get(RUNTIME_ENV) !== undefined ? { [RUNTIME_ENV]: RUNTIME_ROOT } : {}),
+    ...(Deno.env.get(RUNTIME_ENV) ? { [RUNTIME_ENV]: RUNTIME_ROOT } : {}),
     ...serverV8Env(),
     ...SERVER_MALLOC_ENV,
     [SPAWNED_BY_ENV]: String(Deno.pid),

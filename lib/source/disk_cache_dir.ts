@@ -4,13 +4,13 @@
  * or another host's bytes for a chunk (docs/disk-cache.md, Layout).
  */
 import { fileSystemTypeOf, sharedFileSystemName } from "./disk_cache_fs.ts";
-import { notRootsAlone, resolvedPath } from "../../ffi/trusted_path.ts";
+import { dirSetting, notRootsAlone, resolvedPath } from "../../ffi/trusted_path.ts";
 
 export const DEFAULT_DISK_CACHE_DIR = "/var/cache/erofs-oci";
 
 /** The host's disk cache directory: $EROFS_OCI_CACHE_DIR, else DEFAULT_DISK_CACHE_DIR. */
 export function diskCacheDir(): string {
-  return Deno.env.get("EROFS_OCI_CACHE_DIR") ?? DEFAULT_DISK_CACHE_DIR;
+  return dirSetting("EROFS_OCI_CACHE_DIR", DEFAULT_DISK_CACHE_DIR);
 }
 
 /**

@@ -7,7 +7,7 @@
 import { Errno, FormatError } from "../errors.ts";
 import { formatRecoveryLine, parseRecoveryLine, type RecoveryRecord } from "./recovery_record.ts";
 import { notJsonBecause, parseJson } from "../json.ts";
-import { type RecordsDir, rootOnlyDir } from "../../ffi/trusted_path.ts";
+import { dirSetting, type RecordsDir, rootOnlyDir } from "../../ffi/trusted_path.ts";
 import { FileRefusedError, readRegularFileSync } from "../../ffi/files.ts";
 import { SysError } from "../../ffi/libc.ts";
 
@@ -24,7 +24,7 @@ const RECOVERY: RecordsDir = {
  * `create`: made (0700) if missing.
  */
 export function recoveryDir(options: { create?: boolean } = {}): string {
-  return rootOnlyDir(Deno.env.get(RECOVERY.envVar) ?? RECOVERY.defaultPath, RECOVERY, options);
+  return rootOnlyDir(dirSetting(RECOVERY.envVar, RECOVERY.defaultPath), RECOVERY, options);
 }
 
 /**

@@ -4,6 +4,7 @@
  * log and the control socket.
  */
 import {
+  dirSetting,
   notRootsAlone,
   type RecordsDir,
   resolvedPath,
@@ -15,7 +16,7 @@ import { plural } from "../text.ts";
 
 export const RUNTIME_ENV = "EROFS_OCI_RUNTIME_DIR";
 /** The runtime dir as set (EROFS_OCI_RUNTIME_DIR or the default), for messages. */
-export const RUNTIME_SETTING = Deno.env.get(RUNTIME_ENV) ?? "/run/erofs-oci";
+export const RUNTIME_SETTING = dirSetting(RUNTIME_ENV, "/run/erofs-oci");
 /**
  * The runtime dir with the symlinks on its way resolved once, here, and used for everything:
  * mounts under it are unmounted without following symlinks (unmount_pinned.ts; /var/run is a
@@ -42,7 +43,7 @@ const STATE_DIR: RecordsDir = {
  */
 export function stateRoot(options: { create?: boolean } = { create: true }): string {
   const root = rootOnlyDir(
-    Deno.env.get(STATE_DIR.envVar) ?? STATE_DIR.defaultPath,
+    dirSetting(STATE_DIR.envVar, STATE_DIR.defaultPath),
     STATE_DIR,
     options,
   );

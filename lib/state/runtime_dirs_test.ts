@@ -84,3 +84,19 @@ Deno.test({
     }
   },
 });
+
+Deno.test("records dirs: a variable set but empty is taken as unset, not as the current directory", async () => {
+  const script = `
+    const dirs = await import(${
+    JSON.stringify(new URL("./runtime_dirs.ts", import.meta.url).href)
+  });
+    console.log(dirs.RUNTIME_SETTING);`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-check", script],
+    env: { EROFS_OCI_RUNTIME_DIR: "" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  assert.equal(new TextDecoder().decode(out.stdout).trim(), "/run/erofs-oci");
+});

@@ -87,11 +87,38 @@ export async function prepareTracePrefetch(
   // overwritten; a helper's repro), or a FIFO the server then hung on.
   checkRuntimeRoot();
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
-  const path = `${RUNTIME_ROOT}/prefetch-${crypto.randomUUID()}.json`;
-  Deno.writeFileSync(path, bytes, { mode: 0o600, createNew: true });
+  removeAbandonedPrefetchFiles();
+  const path = `${RUNTIME_ROOT}/${PREFETCH_PREFIX}${crypto.randomUUID()}.json`;
+  try {
+    Deno.writeFileSync(path, bytes, { mode: 0o600, createNew: true });
+  } catch (error) {
+    // A small /run (up to 8 MiB a trace): the mount goes on without it, as for any trace
+    // trouble, and leaves no part of it behind.
+    try {
+      Deno.removeSync(path);
+    } catch { /* not made */ }
+    warn(`trace not handed to the server, mounting without prefetch: ${(error as Error).message}`);
+    return undefined;
+  }
   Deno.env.set(PREFETCH_FILE_ENV, path);
   if (options.subset) Deno.env.set(PREFETCH_SUBSET_ENV, "1");
   return path;
+}
+
+const PREFETCH_PREFIX = "prefetch-";
+/** A handed-over file older than this was left by a mount killed before its server read it. */
+const ABANDONED_AFTER_MS = 10 * 60 * 1000;
+
+/** Removes what killed mounts left (nothing else removes them before a reboot empties /run). */
+function removeAbandonedPrefetchFiles(): void {
+  try {
+    for (const entry of Deno.readDirSync(RUNTIME_ROOT)) {
+      if (!entry.isFile || !entry.name.startsWith(PREFETCH_PREFIX)) continue;
+      const path = `${RUNTIME_ROOT}/${entry.name}`;
+      const mtime = Deno.lstatSync(path).mtime?.getTime() ?? Date.now();
+      if (Date.now() - mtime > ABANDONED_AFTER_MS) Deno.removeSync(path);
+    }
+  } catch { /* another mount took it, or the dir cannot be listed: next time */ }
 }
 
 /** Removes the handed-over file (the server has read it, or failed to start). */
