@@ -26,14 +26,10 @@ Deno.test({
   async fn() {
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-referrers-race-" });
     await using registry = await startRegistry({ auth: "none" });
-    const client = new RegistryClient(registry.host, { plainHttp: true });
+    const { client, pushed, subject, trace } = await tracedImage(registry, registry.host);
     using hold = new HoldPoint("referrers-tag-write", `${work}/hold`);
     let tables: ReturnType<typeof startCli> | undefined;
     try {
-      const image = await Deno.readFile(`${FIXTURES}/basic.erofs`);
-      const pushed = await pushImage(registry, "race/app", "v1", [
-        { bytes: image, mediaType: EROFS_MEDIA_TYPE },
-      ]);
       // The table's pusher has read the tag's (empty) list and is about to write it…
       tables = startCli(
         ["checksums", `${registry.host}/race/app:v1`, "--push", "--plain-http"],
@@ -41,18 +37,8 @@ Deno.test({
       );
       await hold.reached("checksums at the tag write");
       // …when a trace is pushed for the same image.
-      const manifest = await fetchManifest(client, "race/app", pushed.manifestDigest);
-      const trace = encodeTrace(buildTrace([{
-        layer: { digest: pushed.layers[0].digest, size: image.byteLength },
-        accesses: [{ offset: 0, length: 4096, seq: 0 }],
-      }]));
-      const subject = {
-        digest: pushed.manifestDigest,
-        size: manifest.bytes.byteLength,
-        mediaType: OCI_MANIFEST,
-      };
       assert.equal(
-        (await pushTraceArtifact(client, "race/app", subject, trace)).via,
+        (await pushTraceArtifact(client, "race/app", subject, trace(0))).via,
         "fallback-tag",
       );
       hold.release();
