@@ -1,5 +1,10 @@
 /** Making text from registries, images and files safe to print on a terminal; human sizes. */
 
+/** Lower-case hex of `bytes`, two characters per byte (digests, UUIDs, names). */
+export function hexOf(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /**
  * Characters a terminal may act on instead of showing: C0 controls (ESC starts escape sequences,
  * CR and BS overwrite what was printed), DEL, C1 controls (U+009B is an 8-bit CSI) and the bidi

@@ -4,6 +4,7 @@
  * Layout: `struct erofs_super_block` in linux/fs/erofs/erofs_fs.h (all fields little-endian).
  */
 import { FormatError } from "../errors.ts";
+import { hexOf } from "../text.ts";
 
 /** Byte offset of the superblock in the image (EROFS_SUPER_OFFSET). */
 export const EROFS_SUPER_OFFSET = 1024;
@@ -132,7 +133,7 @@ function hex(value: number): string {
 }
 
 function formatUuid(bytes: Uint8Array): string {
-  const h = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const h = hexOf(bytes);
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 

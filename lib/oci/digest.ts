@@ -1,4 +1,5 @@
 import { createHash, type Hash } from "../node_builtins.ts";
+import { hexOf } from "../text.ts";
 
 /** A streaming hasher for an `algorithm:hex` digest (crypto.subtle cannot stream). */
 export function digestHasher(digest: string): Hash {
@@ -20,7 +21,7 @@ export async function digestOfAsync(bytes: Uint8Array, like = "sha256:"): Promis
   const algorithm = like.startsWith("sha512:") ? "sha512" : "sha256";
   const name = algorithm === "sha512" ? "SHA-512" : "SHA-256";
   const hash = new Uint8Array(await crypto.subtle.digest(name, bytes as Uint8Array<ArrayBuffer>));
-  return `${algorithm}:${Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  return `${algorithm}:${hexOf(hash)}`;
 }
 
 /**

@@ -12,7 +12,7 @@ import {
 } from "../../ffi/trusted_path.ts";
 import { MAX_UNIX_SOCKET_PATH_BYTES } from "../../ffi/libc.ts";
 import { UserError } from "../errors.ts";
-import { plural } from "../text.ts";
+import { hexOf, plural } from "../text.ts";
 
 export const RUNTIME_ENV = "EROFS_OCI_RUNTIME_DIR";
 /** The runtime dir as set (EROFS_OCI_RUNTIME_DIR or the default), for messages. */
@@ -67,7 +67,7 @@ function noteRuntimeDirUsing(root: string): void {
   try {
     Deno.mkdirSync(`${root}/${RUNTIME_DIRS}`, { mode: 0o700, recursive: true });
     Deno.writeFileSync(
-      `${root}/${RUNTIME_DIRS}/${hexOf(RUNTIME_ROOT)}`,
+      `${root}/${RUNTIME_DIRS}/${hexOf(new TextEncoder().encode(RUNTIME_ROOT))}`,
       new Uint8Array(),
     );
   } catch { /* a state dir that cannot take it: prunes then see only their own runtime dir */ }
@@ -100,12 +100,6 @@ export function runtimeDirsUsingState(): string[] {
     } catch { /* another prune took it */ }
   }
   return [...dirs];
-}
-
-function hexOf(text: string): string {
-  return Array.from(new TextEncoder().encode(text), (b) => b.toString(16).padStart(2, "0")).join(
-    "",
-  );
 }
 
 function pathOfHex(name: string): string | undefined {

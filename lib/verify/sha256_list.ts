@@ -3,6 +3,7 @@
  * metadata range list keep them, and their hex form in the table's JSON.
  */
 import { createHash } from "../node_builtins.ts";
+import { hexOf } from "../text.ts";
 
 export const SHA256_BYTES = 32;
 
@@ -40,7 +41,7 @@ export async function matchesDigestAtAsync(
 
 /** Lower-case hex of the digests, two characters per byte. */
 export function hexOfDigests(digests: Uint8Array): string {
-  return Array.from(digests, (b) => b.toString(16).padStart(2, "0")).join("");
+  return hexOf(digests);
 }
 
 /** The bytes of `hex`, which the caller has checked: /^[0-9a-f]*$/ and of even length. */
