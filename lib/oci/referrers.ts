@@ -155,8 +155,8 @@ export async function pushReferrer(
   // ignores it), so the tag is also looked at again just before the write, and afterwards.
   /** A registry answered 412 to a tag that had not changed (a weak ETag from a front end). */
   let ifMatchRefused = false;
+  let before = await read();
   for (let attempt = 1;; attempt++) {
-    const before = await read();
     const kept = (before?.descriptors ?? []).filter((d) =>
       d.digest !== descriptor.digest && !(replace?.(d) ?? false)
     );
@@ -164,7 +164,13 @@ export async function pushReferrer(
     const body = new TextEncoder().encode(JSON.stringify(index));
     await testHold("referrers-tag-write");
     const last = attempt === MAX_TAG_WRITES;
-    if (!last && (await read())?.digest !== before?.digest) continue;
+    if (!last) {
+      const now = await read();
+      if (now?.text !== before?.text) {
+        before = now; // changed meanwhile: merged again
+        continue;
+      }
+    }
     const putIndex = await client.request({
       method: "PUT",
       path: `/v2/${repository}/manifests/${tag}`,
@@ -182,7 +188,9 @@ export async function pushReferrer(
     if (putIndex.status === 412 && !last) {
       await putIndex.body?.cancel();
       // Changed meanwhile: merged again. Unchanged: the registry's If-Match is not to be had.
-      if ((await read())?.digest === before?.digest) ifMatchRefused = true;
+      const now = await read();
+      if (now?.text === before?.text) ifMatchRefused = true;
+      before = now;
       continue;
     }
     if (putIndex.status !== 201) {
@@ -209,6 +217,7 @@ export async function pushReferrer(
         "push again once the others are done",
       );
     }
+    before = after;
   }
 }
 
@@ -294,14 +303,14 @@ async function fetchTagIndex(
   return (await readTagIndex(client, repository, subject, signal, "lookup"))?.descriptors;
 }
 
-/** The fallback tag's list, with its digest and ETag (to tell whether it changed). */
+/** The fallback tag's list, with its text and ETag (to tell whether it changed). */
 async function readTagIndex(
   client: RegistryClient,
   repository: string,
   subject: string,
   signal: AbortSignal | undefined,
   use: "lookup" | "update",
-): Promise<{ descriptors: ReferrerDescriptor[]; digest?: string; etag?: string } | undefined> {
+): Promise<{ descriptors: ReferrerDescriptor[]; text: string; etag?: string } | undefined> {
   const tag = referrersTag(subject);
   const { response, bytes } = await client.getDocument({
     method: "GET",
@@ -321,9 +330,8 @@ async function readTagIndex(
   try {
     return {
       descriptors: parseReferrerIndex(bytes, `tag ${tag}`),
-      // Only to tell a change before a write: hashing loads node:crypto, which a mount's
-      // lookups do not otherwise need (its start-up).
-      digest: use === "update" ? digestOf(bytes) : undefined,
+      // As read (bounded by MAX_MANIFEST_BYTES): to tell whether it changed before a write.
+      text: new TextDecoder().decode(bytes),
       etag: response.headers.get("etag") ?? undefined,
     };
   } catch (error) {
