@@ -56,15 +56,17 @@ const ABANDONED_TEMP_MS = 60 * 60 * 1000;
 
 /**
  * Removes the files in `dir` (open as `dirFd`) named `prefix` + 8 hex digits + `suffix` that no
- * one wrote to within the hour: what a crash (SIGKILL, power loss) left where the file system
- * has no unnamed files. Each has a name of its own, so nothing else would ever replace them; one
- * written to within the hour may belong to a writer still running. Removed through `dirFd`.
+ * one wrote to within `maxAgeMs` (an hour): what a crash (SIGKILL, power loss) left where the
+ * file system has no unnamed files, or a file handed to a process that never started. Each has
+ * a name of its own, so nothing else would ever replace them; one written to lately may belong
+ * to a writer still running. Removed through `dirFd`.
  */
 export function removeAbandonedTemps(
   dir: string,
   dirFd: number,
   prefix: string,
   suffix: string,
+  maxAgeMs = ABANDONED_TEMP_MS,
 ): void {
   const quote = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const ours = new RegExp(`^${quote(prefix)}[0-9a-f]{8}${quote(suffix)}$`);
@@ -80,7 +82,7 @@ export function removeAbandonedTemps(
   for (const name of names) {
     try {
       const stat = Deno.lstatSync(`${dir}/${name}`);
-      if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > ABANDONED_TEMP_MS) {
+      if (stat.isFile && now - (stat.mtime?.getTime() ?? now) > maxAgeMs) {
         libc().unlinkat(dirFd, cstr(name), 0);
       }
     } catch { /* gone meanwhile */ }

@@ -398,10 +398,10 @@ async function openLocalFile(image: string): Promise<Source> {
     if (error instanceof SysError && error.errno === Errno.ENOENT) {
       throw new UserError(`serve: ${image}: no such file`);
     }
-    if (error instanceof SysError && error.errno === Errno.EACCES) {
-      throw new UserError(`serve: ${image}: permission denied`);
-    }
-    if (error instanceof Deno.errors.PermissionDenied) {
+    if (
+      error instanceof Deno.errors.PermissionDenied ||
+      (error instanceof SysError && error.errno === Errno.EACCES)
+    ) {
       throw new UserError(`serve: ${image}: permission denied`);
     }
     throw error;

@@ -7,6 +7,9 @@ import type { RegistryClient } from "../oci/client.ts";
 import type { LayerSpec } from "../state/mount_spec.ts";
 import { warn } from "../log.ts";
 import { checkRuntimeRoot, RUNTIME_ROOT } from "../state/runtime_dirs.ts";
+import { removeAbandonedTemps } from "../../ffi/new_file_in_dir.ts";
+import { openDirNoSymlinks } from "../../ffi/path_resolve.ts";
+import { closeFd } from "../../ffi/libc.ts";
 import { findTrace } from "./artifact.ts";
 import { after } from "../timers.ts";
 import { OciError } from "../errors.ts";
@@ -88,7 +91,7 @@ export async function prepareTracePrefetch(
   checkRuntimeRoot();
   Deno.mkdirSync(RUNTIME_ROOT, { recursive: true, mode: 0o700 });
   removeAbandonedPrefetchFiles();
-  const path = `${RUNTIME_ROOT}/${PREFETCH_PREFIX}${crypto.randomUUID()}.json`;
+  const path = `${RUNTIME_ROOT}/${PREFETCH_PREFIX}${crypto.randomUUID().slice(0, 8)}.json`;
   try {
     Deno.writeFileSync(path, bytes, { mode: 0o600, createNew: true });
   } catch (error) {
@@ -111,14 +114,17 @@ const ABANDONED_AFTER_MS = 10 * 60 * 1000;
 
 /** Removes what killed mounts left (nothing else removes them before a reboot empties /run). */
 function removeAbandonedPrefetchFiles(): void {
+  let dirFd: number;
   try {
-    for (const entry of Deno.readDirSync(RUNTIME_ROOT)) {
-      if (!entry.isFile || !entry.name.startsWith(PREFETCH_PREFIX)) continue;
-      const path = `${RUNTIME_ROOT}/${entry.name}`;
-      const mtime = Deno.lstatSync(path).mtime?.getTime() ?? Date.now();
-      if (Date.now() - mtime > ABANDONED_AFTER_MS) Deno.removeSync(path);
-    }
-  } catch { /* another mount took it, or the dir cannot be listed: next time */ }
+    dirFd = openDirNoSymlinks(RUNTIME_ROOT);
+  } catch {
+    return; // the write below says what is wrong with the directory
+  }
+  try {
+    removeAbandonedTemps(RUNTIME_ROOT, dirFd, PREFETCH_PREFIX, ".json", ABANDONED_AFTER_MS);
+  } finally {
+    closeFd(dirFd);
+  }
 }
 
 /** Removes the handed-over file (the server has read it, or failed to start). */
