@@ -29,3 +29,17 @@ export function nbdDeviceIsLayers(
     return true; // the file this mount was connected with, unreadable now: still its device
   }
 }
+
+/**
+ * The position of the layer of `state` that the connected device `device` is (nbdDeviceIsLayers),
+ * or -1 when it is none of its layers.
+ */
+export function layerOnDevice(
+  state: { id: string; layers: { device?: string; recoveryFile?: string }[] },
+  device: { index: number; backend?: string },
+): number {
+  return state.layers.findIndex((layer) =>
+    layer.device === `nbd${device.index}` &&
+    nbdDeviceIsLayers(device.index, layer, state.id, device.backend)
+  );
+}

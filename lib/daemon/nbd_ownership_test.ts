@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
+import { layerOnDevice, nbdDeviceIsLayers } from "./nbd_ownership.ts";
 import { formatRecoveryLine } from "../state/recovery_record.ts";
 
 /** A recovery file naming mount `mountId` (or, unless given, none: mount.erofs's). */
@@ -32,6 +32,28 @@ Deno.test("nbd ownership: a device is a record's layer only while connected with
     const peers = recoveryFile(dir, "mountnbd_peer");
     assert.equal(nbdDeviceIsLayers(3, { recoveryFile: peers }, "adopted", peers), true);
     assert.equal(nbdDeviceIsLayers(3, {}, "m1", "/anything"), true);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("nbd ownership: layerOnDevice is the layer the device is, by name and recovery file", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "nbd-ownership-" });
+  try {
+    const first = recoveryFile(dir, "mountnbd_first", "m1");
+    const second = recoveryFile(dir, "mountnbd_second", "m1");
+    const state = {
+      id: "m1",
+      layers: [
+        { device: "nbd0", recoveryFile: first },
+        { device: "nbd1", recoveryFile: second },
+      ],
+    };
+    assert.equal(layerOnDevice(state, { index: 1, backend: second }), 1);
+    assert.equal(layerOnDevice(state, { index: 0, backend: first }), 0);
+    // nbd1 connected by another mount since; nbd2 is none of its layers.
+    assert.equal(layerOnDevice(state, { index: 1, backend: "/other/backend" }), -1);
+    assert.equal(layerOnDevice(state, { index: 2, backend: second }), -1);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

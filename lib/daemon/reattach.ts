@@ -33,7 +33,7 @@ import type { RecoveryRecord } from "../state/recovery_record.ts";
 import { reattachFuseMount } from "./reattach_fuse.ts";
 import { checkOpenFileLimit } from "./open_file_budget.ts";
 import { failureDetail } from "./reattach_detail.ts";
-import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
+import { layerOnDevice } from "./nbd_ownership.ts";
 
 export type ReattachTarget = { device: number } | { dir: string } | { all: true };
 
@@ -51,9 +51,7 @@ export interface ReattachOutcome {
  */
 function stateOfDevice(states: MountState[], info: NbdDeviceInfo) {
   for (const state of states) {
-    const layerIndex = state.layers.findIndex((l) =>
-      l.device === `nbd${info.index}` && nbdDeviceIsLayers(info.index, l, state.id, info.backend)
-    );
+    const layerIndex = layerOnDevice(state, info);
     if (layerIndex >= 0) return { state, layerIndex };
   }
   return undefined;
@@ -115,11 +113,7 @@ function selectDevices(target: ReattachTarget, states: MountState[]): NbdDeviceI
   }
   // FUSE mounts are reattached by reattachFuseMount.
   if (state.backend !== "nbd") return [];
-  return devices.filter((d) =>
-    state.layers.some((l) =>
-      l.device === `nbd${d.index}` && nbdDeviceIsLayers(d.index, l, state.id, d.backend)
-    )
-  );
+  return devices.filter((device) => layerOnDevice(state, device) >= 0);
 }
 
 interface PlannedDevice {
@@ -275,11 +269,11 @@ async function selectWork(
     if (!claim(owner?.state.id ?? `device-${info.index}`, name, mountOf(owner?.state)?.mount)) {
       continue;
     }
-    const fresh = readStates();
-    owner = stateOfDevice(fresh, freshDeviceInfo(info));
+    const now = freshDeviceInfo(info);
+    owner = stateOfDevice(readStates(), now);
     // A device adopted meanwhile is recorded under a mount id of its own: its lock too.
     if (owner && !claim(owner.state.id, name, mountOf(owner.state)?.mount)) continue;
-    if (leftAlive(name, owner, freshDeviceInfo(info), outcomes)) continue;
+    if (leftAlive(name, owner, now, outcomes)) continue;
     nbd.push({ info, owner });
   }
   return { fuse, nbd };

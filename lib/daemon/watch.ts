@@ -8,7 +8,7 @@
 import { closeFd } from "../../ffi/libc.ts";
 import { pollAsync, pollFds, POLLIN } from "../../ffi/io.ts";
 import { pidfdOpen, reapExitedChildren } from "../../ffi/process.ts";
-import { nbdDeviceIsLayers } from "./nbd_ownership.ts";
+import { layerOnDevice } from "./nbd_ownership.ts";
 import { fuseRecoverable } from "./fuse_recovery.ts";
 import { type MountState, readStates, serverOf } from "../state/mount_record.ts";
 import { serverAlive } from "../state/server_liveness.ts";
@@ -44,11 +44,7 @@ interface Backoff {
 
 function recoverable(state: MountState): boolean {
   if (state.backend === "fuse") return fuseRecoverable(state.id);
-  return listNbdDevices().some((d) =>
-    state.layers.some((l) =>
-      l.device === `nbd${d.index}` && nbdDeviceIsLayers(d.index, l, state.id, d.backend)
-    )
-  );
+  return listNbdDevices().some((device) => layerOnDevice(state, device) >= 0);
 }
 
 /** Watches until `signal` aborts; never throws for one mount's trouble. */
