@@ -3,8 +3,9 @@
  * layer's index there because reattach — ours, or `mount.erofs --reattach` reading a
  * TARINDEX_OCI_BLOB line — must find it after `--index DIR` is gone. A layer's directory is
  * removed once nothing can need it: no recovery file and no mount's runtime files (of every
- * runtime dir that uses this state dir) name a path inside it, and none of its files was written for PRUNE_AFTER_MS (a mount fetching or reusing
- * an index rewrites its index.json first, so a mount still starting is not robbed).
+ * runtime dir that uses this state dir) name a path inside it, and none of its files was
+ * written for PRUNE_AFTER_MS (a mount fetching or reusing an index rewrites its index.json
+ * first, so a mount still starting is not robbed).
  */
 import { indexCacheDir, runtimeDirsUsingState } from "../state/runtime_dirs.ts";
 import { recoveryDir } from "../state/recovery_store.ts";

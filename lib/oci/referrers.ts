@@ -251,7 +251,8 @@ export async function uploadBlobIfMissing(
 /**
  * Pushes an artifact manifest of `artifactType` listing `layers` (already uploaded) whose
  * `subject` is the image manifest, replacing in the fallback tag's list the earlier artifacts
- * `replace` picks (by default every one of the same type). Returns its digest and how it was recorded.
+ * `replace` picks (by default every one of the same type). Returns its digest and how it was
+ * recorded.
  */
 export async function pushArtifact(
   client: RegistryClient,
