@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
-import { startRegistry } from "./_support/registry.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { mountSandbox } from "./_support/mounts.ts";
@@ -55,6 +55,25 @@ Deno.test("index cache: only unreferenced, long-unwritten layer dirs are pruned"
   }
 });
 
+/** layer.tar.gz pushed as `repository:v1` with its index (`index --push`); the reference. */
+async function pushIndexedTarGz(registry: TestRegistry, repository: string): Promise<string> {
+  const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
+  await pushImage(registry, repository, "v1", [
+    { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+  ]);
+  const ref = `${registry.host}/${repository}:v1`;
+  assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+  return ref;
+}
+
+/** An index copy's files as if its mount had been up for an hour (past PRUNE_AFTER_MS). */
+function writtenAnHourAgo(copy: string): void {
+  const hourAgo = new Date(Date.now() - 3600_000);
+  for (const entry of Deno.readDirSync(copy)) {
+    Deno.utimeSync(`${copy}/${entry.name}`, hourAgo, hourAgo);
+  }
+}
+
 Deno.test({
   name: "umount of a tar.gz mount removes its index copy once nothing names it",
   ignore: requires(root(), path("/dev/fuse"), command("docker-registry"), path(FIXTURES)),
@@ -62,12 +81,7 @@ Deno.test({
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-cache-" });
     try {
       await using registry = await startRegistry({ auth: "none" });
-      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
-      await pushImage(registry, "gz/prune", "v1", [
-        { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
-      ]);
-      const ref = `${registry.host}/gz/prune:v1`;
-      assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+      const ref = await pushIndexedTarGz(registry, "gz/prune");
       const sandbox = await mountSandbox();
       const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
       try {
@@ -78,11 +92,7 @@ Deno.test({
         assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
         const cache = `${work}/state/index`;
         const [layer] = [...Deno.readDirSync(cache)].map((e) => e.name);
-        // As if the mount had been up for an hour.
-        const hourAgo = new Date(Date.now() - 3600_000);
-        for (const entry of Deno.readDirSync(`${cache}/${layer}`)) {
-          Deno.utimeSync(`${cache}/${layer}/${entry.name}`, hourAgo, hourAgo);
-        }
+        writtenAnHourAgo(`${cache}/${layer}`);
         assertSuccess(await runCli(["umount", sandbox.target], { env }));
         assert.deepEqual([...Deno.readDirSync(cache)], [], "the index copy is gone");
       } finally {
@@ -102,12 +112,7 @@ Deno.test({
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-index-cache-" });
     try {
       await using registry = await startRegistry({ auth: "none" });
-      const gz = await Deno.readFile(`${FIXTURES}/layer.tar.gz`);
-      await pushImage(registry, "gz/shared", "v1", [
-        { bytes: gz, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
-      ]);
-      const ref = `${registry.host}/gz/shared:v1`;
-      assertSuccess(await runCli(["index", ref, "--push"], { timeoutMs: 60_000 }));
+      const ref = await pushIndexedTarGz(registry, "gz/shared");
       // Two instances with runtime dirs of their own and the one (default-like) state dir.
       const holder = await mountSandbox();
       const other = await mountSandbox();
@@ -122,10 +127,7 @@ Deno.test({
         const cache = `${work}/state/index`;
         const copies = () => [...Deno.readDirSync(cache)].map((e) => e.name);
         const [layer] = copies();
-        const hourAgo = new Date(Date.now() - 3600_000);
-        for (const entry of Deno.readDirSync(`${cache}/${layer}`)) {
-          Deno.utimeSync(`${cache}/${layer}/${entry.name}`, hourAgo, hourAgo);
-        }
+        writtenAnHourAgo(`${cache}/${layer}`);
         assertSuccess(
           await runCli(["mount", "--backend", "fuse", `${FIXTURES}/basic.erofs`, other.target], {
             env: otherEnv,

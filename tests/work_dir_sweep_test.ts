@@ -16,7 +16,7 @@ import {
   stopCli,
 } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
-import { startRegistry } from "./_support/registry.ts";
+import { startRegistry, type TestRegistry } from "./_support/registry.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { HoldPoint } from "./_support/hold.ts";
 import { exists } from "./_support/wait.ts";
@@ -145,16 +145,22 @@ Deno.test({
   },
 });
 
+/** layer.tar.gz pushed as the one tar+gzip layer of `repository:v1`. */
+function pushTarGzImage(registry: TestRegistry, repository: string) {
+  return Deno.readFile(`${FIXTURES}/layer.tar.gz`).then((bytes) =>
+    pushImage(registry, repository, "v1", [
+      { bytes, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip" },
+    ])
+  );
+}
+
 Deno.test({
   name: "index --push killed by SIGKILL: the next index --push removes its work directory only",
   ignore: requires(command("docker-registry")),
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "work-dir-sweep/app";
-    await pushImage(registry, repository, "v1", [{
-      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
-      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
-    }]);
+    await pushTarGzImage(registry, repository);
     const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-sweep-" });
     try {
       const tmpdir = `${scratch}/tmp`;
@@ -181,10 +187,7 @@ Deno.test({
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "work-dir-trust/app";
-    await pushImage(registry, repository, "v1", [{
-      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
-      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
-    }]);
+    await pushTarGzImage(registry, repository);
     const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-work-dir-trust-" });
     try {
       const index = (tmpdir: string) =>
@@ -229,10 +232,7 @@ Deno.test({
   async fn() {
     await using registry = await startRegistry({ auth: "none" });
     const repository = "work-dir-trust/changed";
-    const pushed = await pushImage(registry, repository, "v1", [{
-      bytes: await Deno.readFile(`${FIXTURES}/layer.tar.gz`),
-      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
-    }]);
+    const pushed = await pushTarGzImage(registry, repository);
     const scratch = await Deno.makeTempDir({ prefix: "erofs-oci-index-changed-" });
     using hold = new HoldPoint("index-upload", `${scratch}/hold`);
     let run: StartedCli | undefined;
