@@ -317,3 +317,40 @@ Deno.test({
       assert.deepEqual(modes, { link: "777", target: "600" });
     }),
 });
+
+Deno.test({
+  name:
+    "build tar: a layer's own character device 0:0 is kept but said to be a whiteout to overlayfs",
+  ignore: requires(root()),
+  fn: () =>
+    withTempDir("erofs-oci-tar-chardev-00-", async (work) => {
+      Deno.writeFileSync(
+        `${work}/devices.tar`,
+        encodeTar([
+          { name: "dev/", type: "5", mode: 0o755 },
+          { name: "dev/zero-zero", type: "3", mode: 0o644, devMajor: 0, devMinor: 0 },
+          { name: "dev/null", type: "3", mode: 0o666, devMajor: 1, devMinor: 3 },
+          // An OCI whiteout becomes a 0:0 device too: it is what the layer means, no warning.
+          { name: "dev/.wh.gone", mode: 0o644 },
+        ]),
+      );
+      const built = await runCli(["build", `${work}/devices.tar`, "-o", `${work}/layer.erofs`]);
+      assert.equal(built.code, 0, built.stderr);
+      const warnings = built.stderr.split("\n").filter((line) => line.includes("0:0"));
+      assert.equal(warnings.length, 1, built.stderr);
+      assert.match(warnings[0], /"dev\/zero-zero" is a character device 0:0.*whiteout/);
+      const rdev = await withMountedImage(`${work}/layer.erofs`, (dir) =>
+        Promise.resolve(Deno.lstatSync(`${dir}/dev/zero-zero`).rdev));
+      assert.equal(rdev, 0);
+      // Kept as the tar says with --literal-whiteouts (not a layer): nothing to say.
+      const literal = await runCli([
+        "build",
+        `${work}/devices.tar`,
+        "--literal-whiteouts",
+        "-o",
+        `${work}/literal.erofs`,
+      ]);
+      assert.equal(literal.code, 0, literal.stderr);
+      assert.doesNotMatch(literal.stderr, /0:0/);
+    }),
+});

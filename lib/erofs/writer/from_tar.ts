@@ -12,6 +12,7 @@
  * The spool is from_tar_spool.ts; a member's checks and attributes from_tar_member.ts.
  */
 import { FormatError } from "../../errors.ts";
+import { warn } from "../../log.ts";
 import { readTar } from "../../tar/reader.ts";
 import {
   LayerOverlayMapper,
@@ -188,6 +189,7 @@ export async function scanTar(
   let entries = 0;
   let tarEnd = 0;
   const onSkippedXattr = options.onSkippedXattr ?? skippedXattrWarner();
+  const onWhiteoutLookalike = whiteoutLookalikeWarner();
   let endMarkerBlocks: 0 | 1 | 2 = 0;
 
   // Members come grouped by directory: the last parent found is most often the next one.
@@ -285,6 +287,9 @@ export async function scanTar(
     if (kind === "symlink") table.setTarget(node, encoder.encode(entry.linkname));
     if (kind === "chardev" || kind === "blockdev") {
       table.setRdev(node, entry.devMajor, entry.devMinor);
+      if (overlay && kind === "chardev" && entry.devMajor === 0 && entry.devMinor === 0) {
+        onWhiteoutLookalike(entry.path);
+      }
     }
     if (kind === "file") {
       fileBytes += entry.size;
@@ -381,4 +386,23 @@ function drainOnCancel(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8
       while (!(await reader.read()).done) { /* discard trailing bytes */ }
     },
   }, { highWaterMark: 0 });
+}
+
+/**
+ * A layer's own character device 0:0 is what overlayfs takes for a whiteout: kept in this
+ * image, it hides (not shows) in a mount or a merge of several layers, as with docker and
+ * containerd. Said for the first five, so a user does not lose the file unknowingly.
+ */
+function whiteoutLookalikeWarner(): (path: string) => void {
+  let seen = 0;
+  return (path) => {
+    seen++;
+    if (seen <= 5) {
+      warn(
+        `tar member "${path}" is a character device 0:0, which overlayfs takes for a ` +
+          "whiteout: it will not show in a mount or merge of several layers",
+      );
+    }
+    if (seen === 6) warn("more character devices 0:0 in this layer");
+  };
 }
