@@ -25,7 +25,7 @@ import {
   layerFileStem,
   type TarIndexFiles,
 } from "./layer_index_files.ts";
-import { tarLayerKind } from "./tar_layers.ts";
+import { tarLayerKind, topmostPosition } from "./tar_layers.ts";
 
 /** The image whose layers are indexed here, and where their bytes are read from. */
 export interface LayersToIndex {
@@ -100,7 +100,10 @@ export async function indexMissingHere(
   const found = new Map<string, TarIndexFiles>();
   const stackAll = missing.length === image.layers.length &&
     image.layers.every((l) => tarLayerKind(l.mediaType) !== undefined);
-  const passes = stackAll ? [undefined] : missing.map((l) => l.index);
+  // A blob listed more than once is indexed where it sits topmost (tar_layers.ts).
+  const passes = stackAll
+    ? [undefined]
+    : [...new Set(missing.map((l) => topmostPosition(image.layers, l.index)))];
   const bytes = missing.reduce((sum, l) => sum + l.sizeBytes, 0);
   info(
     `${missing.length === 1 ? `layer ${missing[0].index} has` : `${missing.length} layers have`}` +
@@ -139,7 +142,7 @@ export async function indexMissingHere(
       });
       for (const made of files) {
         const digest = made.record.layer.digest;
-        const position = missing.find((l) => l.digest === digest)?.index ?? 0;
+        const position = image.layers.findLastIndex((l) => l.digest === digest);
         const dir = indexedHereDir(hereDir, digest, belowDigest(image.layers, position));
         // A complete set replaces an older one whole: files first into a fresh directory,
         // inside the work directory, so that whatever fails leaves nothing outside it.

@@ -16,7 +16,7 @@ import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { layerFileStem, type TarIndexFiles, writeLayerIndex } from "./layer_index_files.ts";
 import { layersWithPushedIndex, pushTarIndexArtifact } from "./tar_index_artifact.ts";
-import { tarLayerKind } from "./tar_layers.ts";
+import { tarLayerKind, topmostPosition } from "./tar_layers.ts";
 
 export interface IndexImageOptions {
   layer?: number;
@@ -131,7 +131,16 @@ export async function indexImage(
   { files: TarIndexFiles[]; artifact?: { digest: string; via: string }; alreadyPushed?: boolean }
 > {
   const resolved = await image.resolve();
-  const layers = layersToIndex(resolved.layers, options.layer);
+  const alone = options.layer === undefined
+    ? undefined
+    : topmostPosition(resolved.layers, options.layer);
+  if (alone !== options.layer) {
+    info(
+      `layer ${options.layer} is also layer ${alone} of the image: indexed there, where it ` +
+        "sits topmost (one index serves both)",
+    );
+  }
+  const layers = layersToIndex(resolved.layers, alone);
   if (options.push && !image.registry) {
     throw new UserError("--push needs a registry image", "use -o DIR for an OCI layout");
   }
@@ -163,12 +172,15 @@ export async function indexImage(
     // leaves unchanged parents out of a layer). With --layer N the layers below are read for
     // their directories only when layer N implies any.
     const lower = new LowerDirs();
-    const alone = options.layer;
     const tarBelow = (n: number) =>
       resolved.layers.slice(0, n).every((l) => tarLayerKind(l.mediaType) !== undefined);
     const stackAll = alone === undefined && layers.length === resolved.layers.length;
     const onBytes = options.onBytes;
     for (const layer of layers) {
+      // A lower copy of a blob listed again higher up is read for the stack only: its index
+      // would be replaced by the top copy's (tar_layers.ts topmostPosition).
+      const topmost = topmostPosition(resolved.layers, layer.index) === layer.index;
+      const stem = topmost ? layerFileStem(layer.digest) : `lower-copy-${layer.index}`;
       const blob = openVerifiedBlob(
         store,
         layer.digest,
@@ -179,7 +191,7 @@ export async function indexImage(
         writeLayerIndex(
           blob.stream,
           dir,
-          layerFileStem(layer.digest),
+          stem,
           {
             spanBytes: options.spanBytes,
             layerBytes: layer.sizeBytes,
@@ -206,7 +218,13 @@ export async function indexImage(
       if (!blob.verified() || result.layerDigest !== layer.digest) {
         throw new OciError(`layer ${layer.digest} failed verification while indexing`);
       }
-      files.push(done);
+      if (topmost) {
+        files.push(done);
+      } else {
+        for (const entry of Deno.readDirSync(dir)) {
+          if (entry.name.startsWith(`${stem}.`)) Deno.removeSync(`${dir}/${entry.name}`);
+        }
+      }
       options.onLayer?.(layer, done);
     }
     if (!options.push) return { files };

@@ -22,3 +22,18 @@ const KINDS: Record<string, TarLayerKind> = {
 export function tarLayerKind(mediaType: string): TarLayerKind | undefined {
   return KINDS[mediaType.split(";")[0].trim().toLowerCase()];
 }
+
+/**
+ * Where the blob at `position` sits topmost in `layers` (`position` itself unless the image
+ * lists that blob again higher up). An image can list one tar layer more than once (docker's
+ * empty layer, a layer added twice), and an index is kept per layer digest: it is made where
+ * the blob sits topmost, and every copy mounts through it. That gives the merged view right:
+ * whatever a lower copy would show or hide differently, the top copy decides (the same entries,
+ * its whiteouts and opaque directories covering all the lower copy's would). A lower copy's
+ * own index, used at the top, showed deleted files and lost directory modes.
+ */
+export function topmostPosition(layers: readonly { digest: string }[], position: number): number {
+  const digest = layers[position]?.digest;
+  if (digest === undefined) return position;
+  return layers.findLastIndex((l) => l.digest === digest);
+}
