@@ -27,7 +27,7 @@ import { RegistryClient } from "../lib/oci/client.ts";
 import { fetchManifest } from "../lib/oci/resolve.ts";
 import { listReferrers } from "../lib/oci/referrers.ts";
 import { TRACE_ARTIFACT_TYPE } from "../lib/trace/format.ts";
-import { randomFilesImage } from "./_support/erofs_tree.ts";
+import { randomFilesImage, runOk } from "./_support/erofs_tree.ts";
 
 const ignore = requires(
   root(),
@@ -468,6 +468,48 @@ Deno.test({
       assert.equal(await of(moved), 0, "the new image, which was not traced, has none");
     } finally {
       client.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "trace: no room for the trace → refused before CMD runs; -o filled while CMD ran → trace kept",
+  ignore,
+  async fn() {
+    await using t = await setup("erofs-oci-trace-full-");
+    const small = `${t.work}/small`;
+    const tmp = `${t.work}/tmp`;
+    const ran = `${t.work}/ran`;
+    Deno.mkdirSync(small);
+    Deno.mkdirSync(tmp);
+    await runOk("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]);
+    try {
+      // TMPDIR, where the server records the trace, with less room than a trace can take.
+      const noTmp = await t.trace(["-o", `${t.work}/t.json`], `touch ${ran}`, { TMPDIR: small });
+      assertCliError(noTmp, 1, /trace: \S+\/small\/erofs-oci-trace-\S+ has .* free.*CMD not run/);
+      assert.match(noTmp.stderr, /set TMPDIR elsewhere/);
+      // -o on a full file system.
+      const fill = `head -c 2M /dev/zero > ${small}/fill; true`;
+      await runOk("sh", ["-c", fill]);
+      const full = await t.trace(["-o", `${small}/t.json`], `touch ${ran}`, { TMPDIR: tmp });
+      assertCliError(full, 1, /trace: \S+\/small has 0 B free.*CMD not run/);
+      assert.throws(() => Deno.statSync(ran), Deno.errors.NotFound, "CMD ran");
+      // Room at the start, none when the trace is written (CMD fills it): the trace is kept.
+      Deno.removeSync(`${small}/fill`);
+      const filled = await t.trace(
+        ["-o", `${small}/t.json`],
+        `cat {}/file4 > /dev/null; ${fill}`,
+        { TMPDIR: tmp },
+      );
+      assert.equal(filled.code, 1, filled.stderr);
+      const kept = filled.stderr.match(/the trace \(.*\) is kept in (\S+)/)?.[1];
+      assert.ok(kept?.startsWith(`${tmp}/erofs-oci-unsaved-trace-`), filled.stderr);
+      const trace = parseTrace(Deno.readFileSync(kept!));
+      assert(covers(trace.ranges, t.offsets[4], FILE_BYTES) >= 0, JSON.stringify(trace.ranges));
+      assert.throws(() => Deno.statSync(`${small}/t.json`), Deno.errors.NotFound);
+    } finally {
+      await runOk("umount", [small]);
     }
   },
 });

@@ -16,10 +16,12 @@ import { mountCommand } from "./mount.ts";
 import { umountCommand } from "./umount.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { catchInterrupts } from "./interrupt.ts";
-import { checkOutputFile, writeOutputFile } from "./output_file.ts";
+import { checkOutputFile, dirOf, writeOutputFile } from "./output_file.ts";
+import { statFs } from "../../ffi/files.ts";
+import { formatBytes, hexOf } from "../text.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { formatReference } from "../oci/reference.ts";
-import { parseTrace, type Trace } from "../trace/format.ts";
+import { MAX_TRACE_BYTES, parseTrace, type Trace } from "../trace/format.ts";
 import { pushTraceArtifact } from "../trace/artifact.ts";
 import { TRACE_RECORD_ENV } from "../trace/server_hooks.ts";
 import { after, MAX_TIMER_MS, type Timer } from "../timers.ts";
@@ -133,6 +135,9 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       work = workDir.path;
       const root = `${work}/root`;
       const traceFile = `${work}/trace.json`;
+      // Said before CMD runs: a server that cannot write the trace loses what CMD read.
+      checkRoomForTrace(work, "TMPDIR elsewhere");
+      if (values.output !== undefined) checkRoomForTrace(dirOf(values.output), "-o elsewhere", 1);
       Deno.mkdirSync(root);
       Deno.env.set(TRACE_RECORD_ENV, traceFile);
       // The trace goes to the manifest mounted, pinned now: the tag may name another by the
@@ -164,21 +169,28 @@ Credentials: from Docker's config (--username/--password are not taken here).`,
       const total = trace.ranges.reduce((sum, r) => sum + r[2], 0);
       const summary =
         `${trace.ranges.length} ranges, ${total} bytes over ${trace.layers.length} layer(s)`;
-      if (values.output !== undefined) {
-        writeOutputFile("trace", values.output, bytes);
-        info(`trace of ${image}: ${summary}, written to ${values.output}`);
-      } else {
-        const manifest = await fetchManifest(
-          opened.client,
-          opened.ref.repository,
-          resolved.manifestDigest,
-        );
-        const pushed = await pushTraceArtifact(opened.client, opened.ref.repository, {
-          digest: resolved.manifestDigest,
-          size: manifest.bytes.byteLength,
-          mediaType: resolved.mediaType,
-        }, bytes);
-        info(`trace of ${image}: ${summary}, pushed as ${pushed.digest} (${pushed.via})`);
+      try {
+        if (values.output !== undefined) {
+          writeOutputFile("trace", values.output, bytes);
+          info(`trace of ${image}: ${summary}, written to ${values.output}`);
+        } else {
+          const manifest = await fetchManifest(
+            opened.client,
+            opened.ref.repository,
+            resolved.manifestDigest,
+          );
+          const pushed = await pushTraceArtifact(opened.client, opened.ref.repository, {
+            digest: resolved.manifestDigest,
+            size: manifest.bytes.byteLength,
+            mediaType: resolved.mediaType,
+          }, bytes);
+          info(`trace of ${image}: ${summary}, pushed as ${pushed.digest} (${pushed.via})`);
+        }
+      } catch (error) {
+        // CMD has run: what it read is not thrown away with the work directory.
+        const kept = keepUnsavedTrace(traceFile);
+        if (kept) warn(`trace: not saved; the trace (${summary}) is kept in ${kept}`);
+        throw error;
       }
       // As `time CMD` does: a script learns that CMD failed (its trace is kept all the same).
       return status;
@@ -215,10 +227,52 @@ function readTrace(path: string): Trace {
   try {
     return parseTrace(Deno.readFileSync(path));
   } catch (error) {
+    const dir = dirOf(path);
     throw new TraceError(
       `trace: no trace from the mount server (${(error as Error).message})`,
-      "see the server log under /run/erofs-oci/mounts",
+      freeBytesIn(dir) < MAX_TRACE_BYTES
+        ? `it had no room to write it in ${dir}: free space there, or set TMPDIR elsewhere`
+        : "run it again with --debug to see the mount server's own output",
     );
+  }
+}
+
+/** Bytes a user may still write in `dir`'s file system; Infinity when statfs cannot tell. */
+function freeBytesIn(dir: string): number {
+  try {
+    const stats = statFs(dir);
+    return Number(stats.availableBlocks) * stats.blockSizeBytes;
+  } catch {
+    return Infinity;
+  }
+}
+
+/** Refuses (before CMD runs) a `dir` with less than `needBytes` free: a full trace's bound. */
+function checkRoomForTrace(dir: string, elsewhere: string, needBytes = MAX_TRACE_BYTES): void {
+  const free = freeBytesIn(dir);
+  if (free >= needBytes) return;
+  throw new TraceError(
+    `trace: ${dir} has ${formatBytes(free)} free, and a trace can take ` +
+      `${formatBytes(MAX_TRACE_BYTES)}: CMD not run`,
+    `free space there, or set ${elsewhere}`,
+  );
+}
+
+/**
+ * Moves a recorded trace out of the work directory (removed as trace ends) beside it, under
+ * a name of its own: a rename in one file system, which needs no room. The kept path, or
+ * undefined when there is nothing to keep.
+ */
+function keepUnsavedTrace(traceFile: string): string | undefined {
+  const tmp = dirOf(dirOf(traceFile));
+  const kept = `${tmp}/erofs-oci-unsaved-trace-${
+    hexOf(crypto.getRandomValues(new Uint8Array(4)))
+  }.json`;
+  try {
+    Deno.renameSync(traceFile, kept);
+    return kept;
+  } catch {
+    return undefined;
   }
 }
 
