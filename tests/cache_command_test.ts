@@ -8,6 +8,7 @@ import { DEFAULT_DISK_CHUNK_BYTES as CHUNK, DiskCache } from "../lib/source/disk
 import type { Source } from "../lib/source/source.ts";
 import { MemorySource, patternBytes } from "./_support/memory_source.ts";
 import { assertCliError, assertSuccess, describe, runCli } from "./_support/cli.ts";
+import { requires, root } from "./_support/requires.ts";
 
 interface ListedBlob {
   digest: string;
@@ -318,4 +319,38 @@ Deno.test("cache: no cache yet → an empty listing, nothing created; indexes ma
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "cache on a read-only file system: complete blobs listed as complete; prune fails in one line, exit 1",
+  ignore: requires(root()),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const mount = (...args: string[]) =>
+      new Deno.Command("mount", { args, stderr: "piped" }).output().then((out) => {
+        assert.ok(out.success, new TextDecoder().decode(out.stderr));
+      });
+    try {
+      const cache = DiskCache.open({ checkCompleteBlobs: false, dir })!;
+      const { source } = await fill(cache, 1, 3);
+      await source.close?.();
+      await mount("--bind", dir, dir);
+      try {
+        await mount("-o", "remount,bind,ro", dir);
+        // Listed as complete: the look opened each map read-write and saw none (0%).
+        const blobs = (await listed(dir)).blobs;
+        assert.deepEqual(blobs.map((b) => [b.chunks, b.chunksPresent]), [[3, 3]]);
+        // The prune said "removed 0 blobs" and exited 0.
+        const pruned = await runCli(["cache", "prune"], { env: { EROFS_OCI_CACHE_DIR: dir } });
+        assertCliError(pruned, 1, /cache prune: cannot remove 1 blob of .*Read-only file system/);
+      } finally {
+        await mount("--make-private", dir).catch(() => {});
+        await new Deno.Command("umount", { args: [dir] }).output();
+      }
+      assert.deepEqual((await listed(dir, "prune")).removedBlobs, 1);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

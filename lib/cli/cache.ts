@@ -86,6 +86,17 @@ Options:
     const dir = diskCacheDir();
     const cache = openExisting(dir);
     const pruned = cache && action === "prune" ? cache.prune(keepBytes, usedBeforeMs) : undefined;
+    if (pruned?.failed) {
+      const { blobs: count, first } = pruned.failed;
+      throw new UserError(
+        `cache prune: cannot remove ${plural(count, "blob")} of ${
+          printable(dir)
+        } (${first.message})` +
+          (pruned.removedBlobs ? `; removed ${plural(pruned.removedBlobs, "blob")}` : ""),
+        "the cache's directory must be writable: remount its file system read-write, and " +
+          "prune as root",
+      );
+    }
     const blobs = cache?.blobs() ?? [];
     const { bytesOnDisk, blobsInUse } = blobTotals(blobs);
     const indexedHere = indexesMadeHere(hereDir);

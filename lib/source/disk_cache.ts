@@ -29,7 +29,7 @@ import { availableBytesOf, defaultKeepFreeBytes } from "./disk_cache_fs.ts";
 import { CACHEABLE_DIGEST, dropIfUnlike, readIfPresent } from "./disk_cache_probe.ts";
 import type { Reservation } from "./disk_cache_room.ts";
 import { scanBlobs } from "./disk_cache_scan.ts";
-import { CacheBound, EVICT_TO } from "./disk_cache_bound.ts";
+import { CacheBound, EVICT_TO, type PruneResult } from "./disk_cache_bound.ts";
 import { diskCacheDir, trustedCacheDir, usableCacheDir } from "./disk_cache_dir.ts";
 import { refusedSpecialPath } from "../errors.ts";
 import { formatBytes } from "../text.ts";
@@ -380,7 +380,7 @@ export class DiskCache {
   }
 
   /** CacheBound.prune (disk_cache_bound.ts): removes unused blobs, least recently used first. */
-  prune(keepBytes = 0, usedBeforeMs = Infinity): { removedBlobs: number; freedBytes: number } {
+  prune(keepBytes = 0, usedBeforeMs = Infinity): PruneResult {
     return this.#bound.prune(keepBytes, usedBeforeMs);
   }
 }

@@ -182,8 +182,13 @@ export class CacheBound {
    * only; blobs in use keep all they hold. The same removal as eviction's, under each blob's
    * in-use lock: a mount opening one meanwhile gets new files.
    */
-  prune(keepBytes = 0, usedBeforeMs = Infinity): { removedBlobs: number; freedBytes: number } {
+  prune(keepBytes = 0, usedBeforeMs = Infinity): PruneResult {
     let removedBlobs = 0, freedBytes = 0;
+    let failed: { blobs: number; first: Error } | undefined;
+    const onError = (error: Error) => {
+      if (failed) failed.blobs++;
+      else failed = { blobs: 1, first: error };
+    };
     // Damage goes whatever the bounds: a blob with a map that is no regular file is open in
     // no process, and may hold no bytes to count (its map all it has left).
     const blobs = scanBlobs(this.#settings.blobsDir).filter((blob) => {
@@ -195,12 +200,19 @@ export class CacheBound {
     let usage = blobs.reduce((sum, blob) => sum + blob.bytes, 0);
     for (const blob of blobs) {
       if (usage <= keepBytes || blob.usedMs >= usedBeforeMs) break;
-      if (!removeIfUnused(blob.base, blob.tempFiles)) continue;
+      if (!removeIfUnused(blob.base, blob.tempFiles, onError)) continue;
       usage -= blob.bytes;
       freedBytes += blob.bytes;
       removedBlobs++;
     }
     this.#room.counted(usage);
-    return { removedBlobs, freedBytes };
+    return { removedBlobs, freedBytes, ...failed && { failed } };
   }
+}
+
+/** What a prune removed, and what it could not (a read-only or unwritable cache). */
+export interface PruneResult {
+  removedBlobs: number;
+  freedBytes: number;
+  failed?: { blobs: number; first: Error };
 }

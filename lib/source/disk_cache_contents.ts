@@ -6,7 +6,7 @@ import {
   closeQuietly,
   IN_USE_OFFSET,
   lockedByOthers,
-  openCacheFile,
+  openCacheFileForReading,
   preadExact,
 } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
@@ -60,7 +60,7 @@ export function describeBlob(
   let chunksPresent = 0, inUse = false;
   let map = -1;
   try {
-    map = openCacheFile(`${base}.map`, false);
+    map = openCacheFileForReading(`${base}.map`);
     inUse = lockedByOthers(map, IN_USE_OFFSET, 1);
     const marks = new Uint8Array(Math.min(chunks, fstatFd(map).sizeBytes));
     preadExact(map, marks, 0);

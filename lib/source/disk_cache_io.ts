@@ -43,7 +43,19 @@ export function reopenReadOnly(fd: number): number {
  * `create` is false.
  */
 export function openCacheFile(path: string, create = true): number {
-  const flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0);
+  return openRegularCacheFile(path, O_RDWR | (create ? O_CREAT : 0));
+}
+
+/**
+ * An existing cache file, read-only without following a symlink: for a look (`erofs-oci cache`),
+ * which on a read-only cache saw no map and listed complete blobs as empty.
+ */
+export function openCacheFileForReading(path: string): number {
+  return openRegularCacheFile(path, O_RDONLY);
+}
+
+function openRegularCacheFile(path: string, mode: number): number {
+  const flags = mode | O_NOFOLLOW | O_CLOEXEC;
   const fd = libc().open(cstr(path), flags, 0o600);
   if (fd < 0) throw new SysError("open", errno(), path);
   const st = fstatFd(fd);

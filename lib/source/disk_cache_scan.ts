@@ -5,6 +5,7 @@
  */
 import { closeQuietly, F_WRLCK, IN_USE_OFFSET, openCacheFile, tryLock } from "./disk_cache_io.ts";
 import { fstatFd } from "../../ffi/files.ts";
+import { Errno, SysError } from "../../ffi/libc.ts";
 import { BLOB_FILE_SUFFIXES, BLOB_TEMP_FILE, removeBlobFiles } from "./disk_cache_files.ts";
 
 /** One blob on disk as scanBlobs finds it. */
@@ -55,7 +56,11 @@ export function scanBlobs(blobsDir: string): ScannedBlob[] {
  * version's removal cut short) are removed under the lock of a map made for the purpose: an
  * opener creating the map meanwhile must not lose the data file it opened.
  */
-export function removeIfUnused(base: string, tempFiles: readonly string[] = []): boolean {
+export function removeIfUnused(
+  base: string,
+  tempFiles: readonly string[] = [],
+  onError?: (error: Error) => void,
+): boolean {
   if (removeIfMapDamaged(base, tempFiles)) return true;
   let fd = -1;
   try {
@@ -66,7 +71,12 @@ export function removeIfUnused(base: string, tempFiles: readonly string[] = []):
     if (BigInt(now.ino ?? -1) !== held.ino) return false; // replaced meanwhile
     removeBlobFiles(base, tempFiles);
     return true;
-  } catch {
+  } catch (error) {
+    // Gone meanwhile is another remover's doing; anything else (a read-only or unwritable
+    // cache) is the caller's to say: a prune said it removed nothing, and exited 0.
+    const gone = error instanceof Deno.errors.NotFound ||
+      (error instanceof SysError && error.errno === Errno.ENOENT);
+    if (!gone) onError?.(error as Error);
     return false;
   } finally {
     closeQuietly(fd);
