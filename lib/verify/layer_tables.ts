@@ -237,8 +237,15 @@ async function keptOrFetchedTable(
   return { ...got, path: await keepTable(stateDir, spareDir, digest, got.bytes) };
 }
 
-/** What a full or read-only file system answers a write with. */
-const NO_ROOM_CODES = new Set(["ENOSPC", "EDQUOT", "EROFS"]);
+/** What a full or read-only file system answers a write with, in words. */
+const NO_ROOM: Record<string, string> = {
+  ENOSPC: "no space left",
+  EDQUOT: "disk quota exceeded",
+  EROFS: "read-only file system",
+};
+
+/** State dirs already said to be unable to keep tables (once per process, not per layer). */
+const unableToKeep = new Set<string>();
 
 /**
  * Keeps a fetched table in the state dir, or, when that cannot take it (full, read-only), in
@@ -254,13 +261,17 @@ async function keepTable(
   try {
     return await keepBlob(stateDir, "tables", digest, bytes);
   } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (spareDir === undefined || !NO_ROOM_CODES.has(code ?? "")) throw error;
+    const code = (error as { code?: string }).code ?? "";
+    if (spareDir === undefined || !Object.hasOwn(NO_ROOM, code)) throw error;
     const path = await keepBlob(spareDir, "tables", digest, bytes);
-    warn(
-      `${stateDir} cannot keep the chunk table ${digest} (${code}): kept in ${spareDir} ` +
-        "until reboot; free space there for remounts to reuse it",
-    );
+    if (!unableToKeep.has(stateDir)) {
+      unableToKeep.add(stateDir);
+      warn(
+        `${stateDir} cannot keep chunk tables (${NO_ROOM[code]}): kept in ${spareDir} until ` +
+          `reboot; ${code === "EROFS" ? "make it writable" : "free space there"} for ` +
+          "remounts to reuse them",
+      );
+    }
     return path;
   }
 }
