@@ -134,8 +134,10 @@ const HOST_REFUSALS: Record<string, string | ((elsewhere?: string) => string) | 
   EIO: "the disk or file system reported an I/O error",
 };
 
+/** ENOSPC is out of blocks or out of inodes (a tmpfs's nr_inodes, small files by the million). */
 function fullHint(elsewhere?: string): string {
-  return elsewhere ? `free space there, or write elsewhere (${elsewhere})` : "free space there";
+  const free = "free space there (or inodes: `df -i`)";
+  return elsewhere ? `${free}, or write elsewhere (${elsewhere})` : free;
 }
 
 /**

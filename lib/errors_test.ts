@@ -52,9 +52,9 @@ Deno.test("hostRefusal: a full disk's hint names the command's output options, o
   });
   assert.equal(
     hostRefusal(full, "-o, --tmpdir")?.hint,
-    "free space there, or write elsewhere (-o, --tmpdir)",
+    "free space there (or inodes: `df -i`), or write elsewhere (-o, --tmpdir)",
   );
-  assert.equal(hostRefusal(full)?.hint, "free space there");
+  assert.equal(hostRefusal(full)?.hint, "free space there (or inodes: `df -i`)");
   const readOnly = Object.assign(new Error("Read-only file system (os error 30)"), {
     code: "EROFS",
   });

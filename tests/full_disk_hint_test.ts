@@ -45,7 +45,7 @@ Deno.test({
         { env: { ...sandbox.env, EROFS_OCI_RUNTIME_DIR: full.dir }, timeoutMs: 60_000 },
       );
       assertCliError(result, 1, /No space left on device/);
-      assert.match(result.stderr, /hint: free space there$/m, result.stderr);
+      assert.match(result.stderr, /hint: free space there \(or inodes: `df -i`\)$/m, result.stderr);
       assert.deepEqual(mountsBelow(sandbox.target), [], "nothing left mounted");
     } finally {
       await sandbox.cleanup();

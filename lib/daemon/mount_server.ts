@@ -11,6 +11,7 @@ import {
   keepFailedServerLog,
   logPath,
   removeMountDir,
+  RUNTIME_ROOT,
 } from "../state/runtime_dirs.ts";
 import { notePendingServer } from "../state/pending_mount.ts";
 import type { MountSpec } from "../state/mount_spec.ts";
@@ -35,7 +36,14 @@ import { redirectConsoleToFile } from "./log_file.ts";
 import { EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { startServerMetrics } from "../metrics/server_metrics.ts";
 import { setLogFormat, warn } from "../log.ts";
-import { Errno, hostRefusal, OUT_OF_DESCRIPTORS_HINT, plainOsErrors } from "../errors.ts";
+import {
+  Errno,
+  hostRefusal,
+  OUT_OF_DESCRIPTORS_HINT,
+  plainOsErrors,
+  UserError,
+} from "../errors.ts";
+import { statFs } from "../../ffi/files.ts";
 import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { readableNow, setPipeCapacity } from "../../ffi/io.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
@@ -157,7 +165,20 @@ export async function runMountServer(): Promise<number> {
   }
   // The mount's own format, also when `reattach` (run with any format) starts this server.
   if (spec.logFormat) setLogFormat(spec.logFormat);
-  redirectConsoleToFile(logPath(spec.id));
+  try {
+    redirectConsoleToFile(logPath(spec.id));
+  } catch (error) {
+    // Its start said nothing before: "exited (code 1) before it was ready", the cause unseen.
+    writeReady({
+      ok: false,
+      ...startFailure(
+        new Error(`cannot open the server log ${logPath(spec.id)}: ${(error as Error).message}`),
+      ),
+      hint: noRoomHint(error, RUNTIME_ROOT),
+    });
+    discardSpareReaders();
+    return 1;
+  }
   console.log(`server ${Deno.pid} starting for ${spec.image} at ${spec.target}`);
 
   let listener: Deno.Listener | undefined;
@@ -225,7 +246,16 @@ export async function runMountServer(): Promise<number> {
     try {
       Deno.removeSync(controlSocketPath(spec.id));
     } catch { /* not there */ }
-    listener = bindPrivately(controlSocketPath(spec.id));
+    try {
+      listener = bindPrivately(controlSocketPath(spec.id));
+    } catch (error) {
+      throw new UserError(
+        `cannot create the control socket ${controlSocketPath(spec.id)}: ${
+          (error as Error).message
+        }`,
+        noRoomHint(error, RUNTIME_ROOT),
+      );
+    }
     if (spec.awaitSource && spec.reattach) {
       // The devices exist already and their readers wait in the kernel: say so now, attach
       // once the registry answers.
@@ -444,4 +474,16 @@ function leaveCliSession(): boolean {
   // Fails only for a process group leader, which a spawned child is not.
   if (libc().setsid() < 0) warn(`setsid failed: ${strerror(errno())}`);
   return true;
+}
+
+/** What to do when the runtime dir refused a file: room, inodes, or a read-only mount. */
+function noRoomHint(error: unknown, dir: string): string | undefined {
+  if (/read-only/i.test(String(error))) {
+    return `${dir} is read-only: give EROFS_OCI_RUNTIME_DIR a writable tmpfs`;
+  }
+  if (!/no space left/i.test(String(error))) return undefined;
+  try {
+    if (statFs(dir).freeFiles === 0n) return `${dir} has no free inodes: free some there`;
+  } catch { /* cannot tell */ }
+  return `free space in ${dir}`;
 }
