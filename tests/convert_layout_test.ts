@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import { command, requires } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
+import { sparseTar } from "./_support/erofs_tree.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 import { BASE_B, TAR_LAYER, UPPER, writeOneUpperTwoBases } from "./_support/one_upper_two_bases.ts";
 
@@ -150,4 +151,32 @@ Deno.test("convert: a layer is reused only over the same layers below (its impli
   } finally {
     await Deno.remove(work, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "convert into an OCI layout: a sparse member's holes stay holes in the written blob",
+  ignore: requires(command("tar")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-sparse-" });
+    try {
+      // 1 GiB of holes around 4 bytes: a tar of a few KiB.
+      await sparseTar(work, 1 << 30, 512 << 20, new TextEncoder().encode("data"));
+      const tar = await Deno.readFile(`${work}/sparse.tar`);
+      await writeOciLayout(`${work}/src`, [{ bytes: tar, mediaType: TAR_LAYER }]);
+      assertSuccess(
+        await runCli(["convert", `oci:${work}/src:v1`, `oci:${work}/dst:v1`], {
+          timeoutMs: 120_000,
+        }),
+      );
+      const blobs = [...Deno.readDirSync(`${work}/dst/blobs/sha256`)].map((e) =>
+        Deno.statSync(`${work}/dst/blobs/sha256/${e.name}`)
+      );
+      const image = blobs.reduce((a, b) => a.size > b.size ? a : b);
+      assert.ok(image.size > 1 << 30, `the layer image holds the file: ${image.size}`);
+      // It was written out whole (1 GiB on disk).
+      assert.ok(image.blocks! * 512 < 1 << 20, `${image.blocks! * 512} bytes on disk`);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
 });

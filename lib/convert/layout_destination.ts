@@ -13,7 +13,9 @@ import {
   writeFileIn,
 } from "../../ffi/new_file_in_dir.ts";
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
-import { closeFd, cstr, Errno, errno, libc, SysError, unwrap } from "../../ffi/libc.ts";
+import { closeFd, cstr, Errno, errno, libc, O_RDONLY, SysError, unwrap } from "../../ffi/libc.ts";
+import { openFile } from "../../ffi/files.ts";
+import { copyRange } from "../erofs/writer/data_copy.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { OCI_INDEX } from "../oci/media_types.ts";
 import { formatLayoutReference, type LayoutReference, OciLayout } from "../oci/oci_layout.ts";
@@ -172,10 +174,7 @@ export class LayoutDestination implements ImageDestination {
     const out = NewFileInDir.create(target, { tempName: hiddenTempName, dirFd: this.#blobsFd });
     try {
       if (blob.bytes) out.write(blob.bytes);
-      else {
-        using source = await Deno.open(blob.path!);
-        for await (const chunk of source.readable) out.write(chunk);
-      }
+      else copySparse(blob.path!, out.fd, blob.sizeBytes, target);
       out.commit();
       this.#written.add(name);
       onProgress?.(blob.sizeBytes);
@@ -263,5 +262,21 @@ function pathThere(path: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Copies the converted image at `path` (`sizeBytes` long) into `fd` with its holes left holes:
+ * a layer of a few KiB whose tar has a sparse member of terabytes converts to an image of the
+ * same few KiB on disk, which a byte-by-byte copy wrote out whole until the layout's disk was
+ * full.
+ */
+function copySparse(path: string, fd: number, sizeBytes: number, target: string): void {
+  const source = openFile(path, O_RDONLY);
+  try {
+    copyRange(source, 0, fd, 0, sizeBytes, target);
+    unwrap(libc().ftruncate(fd, BigInt(sizeBytes)), "ftruncate", target);
+  } finally {
+    closeFd(source);
   }
 }
