@@ -131,7 +131,36 @@ export function pidfdGetFd(pidfd: number, targetFd: number): number {
 export function reapExitedChildren(): number {
   const status = new Int32Array(new ArrayBuffer(4));
   let reaped = 0;
-  while (libc().waitpid(-1, status, WNOHANG) > 0) reaped++;
+  for (;;) {
+    const pid = libc().waitpid(-1, status, WNOHANG);
+    if (pid <= 0) break;
+    reaped++;
+    // A child whose status() is awaited (a server that failed to start, its code wanted) finds
+    // it here: its own waitpid comes too late and failed ("exited (code -1)").
+    reapedElsewhere.set(pid, exitCodeOf(status[0]));
+    if (reapedElsewhere.size > REAPED_KEPT) {
+      reapedElsewhere.delete(reapedElsewhere.keys().next().value!);
+    }
+  }
   return reaped;
+}
+
+/** Exit codes of children reapExitedChildren reaped, by pid, the latest REAPED_KEPT. */
+const reapedElsewhere = new Map<number, number>();
+const REAPED_KEPT = 256;
+
+/**
+ * The exit code of child `pid` if reapExitedChildren reaped it (and took it from there), else
+ * undefined.
+ */
+export function takeReapedExitCode(pid: number): number | undefined {
+  const code = reapedElsewhere.get(pid);
+  reapedElsewhere.delete(pid);
+  return code;
+}
+
+/** A wait status as an exit code: the code, or 128 + the signal that ended it (as shells do). */
+export function exitCodeOf(status: number): number {
+  return (status & 0x7f) === 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
 }
 const WNOHANG = 1;

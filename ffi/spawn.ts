@@ -18,7 +18,14 @@ import {
   readableNow,
   setNonBlocking,
 } from "./io.ts";
-import { parentPid, pidfdOpen, pidfdSendSignal, SIGKILL } from "./process.ts";
+import {
+  exitCodeOf,
+  parentPid,
+  pidfdOpen,
+  pidfdSendSignal,
+  SIGKILL,
+  takeReapedExitCode,
+} from "./process.ts";
 
 /**
  * glibc's posix_spawnattr_t (<spawn.h>): short __flags; pid_t __pgrp; sigset_t __sd (signals
@@ -334,12 +341,14 @@ async function waitFor(pid: number): Promise<number> {
   for (let attempt = 0;; attempt++) {
     const got = await libc().waitpid_nonblocking(pid, status, 0);
     if (got === pid) break;
-    // Failed on its pool thread (errno is not ours to read there): interrupted, so asked
-    // again, unless the child is gone (reaped by someone else) or it keeps failing.
+    // Failed on its pool thread (errno is not ours to read there): reaped by this process's
+    // reaper (reattach --watch), or interrupted, so asked again unless the child is gone or it
+    // keeps failing.
+    const reaped = takeReapedExitCode(pid);
+    if (reaped !== undefined) return reaped;
     if (!pathExists(`/proc/${pid}`) || attempt >= 100) return -1;
   }
-  const value = status[0];
-  return (value & 0x7f) === 0 ? (value >> 8) & 0xff : 128 + (value & 0x7f);
+  return exitCodeOf(status[0]);
 }
 
 /** Waits (pool thread) until `fd` is ready for `events`. */

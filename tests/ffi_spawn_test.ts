@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnInNewSession, spawnProcess } from "../ffi/spawn.ts";
 import { closeFd, O_CLOEXEC, O_RDONLY } from "../ffi/libc.ts";
-import { parentPid } from "../ffi/process.ts";
+import { parentPid, reapExitedChildren } from "../ffi/process.ts";
 import { openFile } from "../ffi/files.ts";
 
 /** What a shell started by spawnInNewSession sees of itself: session, descriptors, env, mask. */
@@ -116,4 +116,23 @@ Deno.test("parentPid: a process's parent, past a command name with spaces and pa
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("spawnProcess: status() of a child reapExitedChildren reaped first is its exit code (reattach --watch reaps while its jobs wait)", async () => {
+  const exited = await spawnProcess("/bin/sh", ["-c", "exit 3"], {});
+  const killed = await spawnProcess("/bin/sh", ["-c", "kill -TERM $$"], {});
+  // Both ended before a watch pass reaps them (until then zombies: /proc/PID says so).
+  for (const pid of [exited.pid, killed.pid]) {
+    for (
+      let i = 0;
+      i < 200 && !/^State:\s+Z/m.test(Deno.readTextFileSync(`/proc/${pid}/status`));
+      i++
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+  assert.ok(reapExitedChildren() >= 2);
+  // Before: -1 ("the mount server exited (code -1)"), the real code lost.
+  assert.equal(await exited.status(), 3);
+  assert.equal(await killed.status(), 128 + 15);
 });
