@@ -10,6 +10,7 @@ import {
   cstr,
   Errno,
   errno,
+  holdingBuffers,
   libc,
   O_CLOEXEC,
   O_NOFOLLOW,
@@ -32,7 +33,10 @@ export function openFile(path: string, flags: number, mode = 0): number {
  * this process serves): the descriptor, or a negative number (errno is not readable after it).
  */
 export async function openReadOnlyAsync(path: string): Promise<number> {
-  return Number(await libc().open_nonblocking(cstr(path), O_RDONLY | O_CLOEXEC, 0));
+  const name = cstr(path);
+  return Number(
+    await holdingBuffers(libc().open_nonblocking(name, O_RDONLY | O_CLOEXEC, 0), name),
+  );
 }
 
 /**

@@ -2,7 +2,17 @@
  * Pipes, unix sockets and poll(2) through libc: descriptors shared with child processes and the
  * kernel (NBD sockets, /dev/fuse, pidfds), which Deno's own APIs do not hand out.
  */
-import { closeFd, Errno, errno, libc, O_CLOEXEC, O_NONBLOCK, SysError, unwrap } from "./libc.ts";
+import {
+  closeFd,
+  Errno,
+  errno,
+  holdingBuffers,
+  libc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  SysError,
+  unwrap,
+} from "./libc.ts";
 
 const F_GETFL = 3, F_SETFL = 4;
 
@@ -134,5 +144,8 @@ export function readableNow(fd: number): boolean {
 
 /** poll(2) on a pool thread: waits without blocking the event loop (pidfds, /dev/fuse). */
 export function pollAsync(pollfds: Uint8Array<ArrayBuffer>, timeoutMs: number): Promise<number> {
-  return libc().poll_nonblocking(pollfds, BigInt(pollfds.length / 8), timeoutMs);
+  return holdingBuffers(
+    libc().poll_nonblocking(pollfds, BigInt(pollfds.length / 8), timeoutMs),
+    pollfds,
+  );
 }

@@ -351,6 +351,20 @@ export function unwrap<T extends number | bigint>(result: T, call: string, conte
 const encoder = new TextEncoder();
 
 /** NUL-terminated C string for `buffer` parameters. */
+/**
+ * Awaits a `nonblocking` FFI call with `buffers` (its pointer arguments) referenced until it
+ * returns. Deno's FFI documentation promises no such thing for a call on a pool thread (a
+ * pointer keeps nothing alive); Deno 2.9 happens to keep them, and this holds whatever it does:
+ * a temporary such as `cstr(path)` freed mid-call would be read after being reused.
+ */
+export async function holdingBuffers<T>(call: Promise<T>, ...buffers: Uint8Array[]): Promise<T> {
+  try {
+    return await call;
+  } finally {
+    for (const buffer of buffers) void buffer.byteLength;
+  }
+}
+
 export function cstr(value: string): Uint8Array<ArrayBuffer> {
   const bytes = encoder.encode(value);
   const out = new Uint8Array(bytes.length + 1);

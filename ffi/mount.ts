@@ -1,5 +1,5 @@
 /** mount(2) and umount2(2) through libc. */
-import { cstr, libc, unwrap } from "./libc.ts";
+import { cstr, holdingBuffers, libc, unwrap } from "./libc.ts";
 
 /** Mount flags (linux/mount.h). */
 export const MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8;
@@ -31,12 +31,10 @@ export async function mountAsync(
 ): Promise<number> {
   // errno is not readable after a nonblocking call; callers that need the reason retry
   // synchronously or inspect the result of a follow-up call.
-  return await libc().mount_nonblocking(
-    cstr(source),
-    cstr(target),
-    cstr(fstype),
-    BigInt(flags),
-    cstr(data),
+  const args = [cstr(source), cstr(target), cstr(fstype), cstr(data)] as const;
+  return await holdingBuffers(
+    libc().mount_nonblocking(args[0], args[1], args[2], BigInt(flags), args[3]),
+    ...args,
   );
 }
 
@@ -45,7 +43,8 @@ export async function mountAsync(
  * mountAsync).
  */
 export async function umountAsync(target: string, flags: number): Promise<number> {
-  return await libc().umount2_nonblocking(cstr(target), flags);
+  const path = cstr(target);
+  return await holdingBuffers(libc().umount2_nonblocking(path, flags), path);
 }
 
 export function umount(target: string, flags = 0): void {
