@@ -19,6 +19,7 @@ import {
   OCI_MANIFEST,
 } from "./media_types.ts";
 import {
+  bestPlatformMatch,
   formatPlatform,
   hostPlatform,
   parsePlatform,
@@ -227,7 +228,16 @@ export async function resolveDocument(
     // One entry without a platform (an OCI layout skopeo wrote): its config says which. It was
     // "unknown", and --platform for it refused with only "unknown" to choose from.
     const sole = candidates.length === 1 && !candidates[0].platform ? candidates[0] : undefined;
-    const match = candidates.find((d) => d.platform && platformMatches(wanted, d.platform)) ?? sole;
+    let match = bestPlatformMatch(wanted, candidates) ?? sole;
+    let matchPlatform: Platform | undefined;
+    if (!match) {
+      // Several without one (the field is optional): their configs say, as containerd reads them.
+      const { best, seen } = await platformFromConfigs(candidates, fetcher, wanted);
+      if (best) [match, matchPlatform, manifest] = [best.entry, best.platform, best.manifest];
+      // What they said, for the refusal: "available: unknown" asked for a --platform none met.
+      const named = candidates.flatMap((d) => d.platform ? [formatPlatform(d.platform)] : []);
+      if (seen.length) platforms = [...new Set([...named, ...seen.map(formatPlatform)])];
+    }
     const noMatch = () =>
       new OciError(
         `no manifest for platform ${formatPlatform(wanted)} in ${name}; available: ${
@@ -236,11 +246,12 @@ export async function resolveDocument(
         "choose one with --platform os/arch[/variant]",
       );
     if (!match) throw noMatch();
-    manifest = await fetcher.manifest(match.digest);
+    if (!matchPlatform) manifest = await fetcher.manifest(match.digest);
     if (manifest.document.kind !== "manifest") {
       throw new OciError(`index entry ${match.digest} of ${name} is not a manifest`);
     }
-    let platform = match.platform;
+    let platform = match.platform ?? matchPlatform;
+    if (matchPlatform) onManifest?.(manifest);
     if (match === sole) {
       // Asked for a platform: the config decides before anyone is told of the manifest. Else
       // the listener goes first, as for any manifest (before its config blob).
@@ -249,7 +260,7 @@ export async function resolveDocument(
       if (platform) platforms = [formatPlatform(platform)];
       if (explicit && !(platform && platformMatches(wanted, platform))) throw noMatch();
       if (explicit) onManifest?.(manifest);
-    } else {
+    } else if (!matchPlatform) {
       onManifest?.(manifest);
     }
     chosenPlatform = platform ? formatPlatform(platform) : "unknown";
@@ -341,4 +352,29 @@ export function layerDescriptorsOf(
     sizeBytes: l.size,
     mediaType: l.mediaType,
   }));
+}
+
+/** How many index entries without a platform have their configs read to find one. */
+const MAX_CONFIGS_READ = 16;
+
+/**
+ * Of the index entries without a platform, the first (of MAX_CONFIGS_READ) whose config says a
+ * platform that serves `wanted` best, with its manifest; undefined when none does.
+ */
+async function platformFromConfigs(
+  candidates: readonly Descriptor[],
+  fetcher: DocumentFetcher,
+  wanted: Platform,
+): Promise<{
+  best?: { entry: Descriptor; platform: Platform; manifest: FetchedManifest };
+  seen: Platform[];
+}> {
+  const read = [];
+  for (const entry of candidates.filter((d) => !d.platform).slice(0, MAX_CONFIGS_READ)) {
+    const manifest = await fetcher.manifest(entry.digest);
+    if (manifest.document.kind !== "manifest") continue;
+    const platform = await fetcher.configPlatform(manifest.document.config);
+    if (platform) read.push({ entry, platform, manifest });
+  }
+  return { best: bestPlatformMatch(wanted, read), seen: read.map((r) => r.platform) };
 }
