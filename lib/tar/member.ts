@@ -38,11 +38,17 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 export const PATH_MAX_BYTES = 4095;
 export const NAME_MAX_BYTES = 255;
 
-function checkPathLimits(path: string, what: string, offset: number): void {
+/** A member's path for a message: whole when short, its two ends when past a line's worth. */
+function memberNamed(path: string, offset: number): string {
+  const shown = path.length <= 120 ? path : `${path.slice(0, 60)}…${path.slice(-50)}`;
+  return `tar member "${shown}" (at byte ${offset})`;
+}
+
+function checkPathLimits(path: string, what: string, offset: number, member = path): void {
   const pathBytes = utf8Length(path);
   if (pathBytes > PATH_MAX_BYTES) {
     throw new FormatError(
-      `tar member at byte ${offset}: ${what} longer than ${PATH_MAX_BYTES} bytes`,
+      `${memberNamed(member, offset)}: ${what} longer than ${PATH_MAX_BYTES} bytes`,
       "Linux cannot create such a path (PATH_MAX)",
     );
   }
@@ -50,7 +56,7 @@ function checkPathLimits(path: string, what: string, offset: number): void {
   for (const name of path.split("/")) {
     if (utf8Length(name) > NAME_MAX_BYTES) {
       throw new FormatError(
-        `tar member at byte ${offset}: ${what} has a name longer than ${NAME_MAX_BYTES} bytes`,
+        `${memberNamed(member, offset)}: ${what} has a name longer than ${NAME_MAX_BYTES} bytes`,
         "Linux cannot create such a name (NAME_MAX)",
       );
     }
@@ -205,12 +211,12 @@ export async function buildEntry(input: BuildInput): Promise<{ entry: TarEntry; 
     if (linkname === "") throw new FormatError(`tar symlink "${rawPath}" has an empty target`);
     if (utf8Length(linkname) > PATH_MAX_BYTES) {
       throw new FormatError(
-        `tar member at byte ${headerOffset}: symlink target longer than PATH_MAX`,
+        `${memberNamed(rawPath, headerOffset)}: symlink target longer than PATH_MAX`,
       );
     }
   } else if (kind === "hardlink") {
     linkname = normalizeTarPath(decodeName(linkBytes, "hard link target", headerOffset));
-    checkPathLimits(linkname, "hard link target", headerOffset);
+    checkPathLimits(linkname, "hard link target", headerOffset, rawPath);
     if (linkname === "" || linkname === path) {
       throw new FormatError(`tar hard link "${rawPath}" has no usable target`);
     }

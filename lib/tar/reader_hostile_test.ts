@@ -77,14 +77,22 @@ Deno.test("paths: a non-directory resolving to the root is a FormatError", async
 
 Deno.test("paths past PATH_MAX or names past NAME_MAX are refused (no runtime can create them)", async () => {
   const deep = Array.from({ length: 100_000 }, () => "a").join("/");
-  await formatError(encodeTar([{ name: "f", pax: [["path", deep]] }]), /longer than 4095 bytes/);
+  // Named (its ends when long), not only "at byte N".
+  await formatError(
+    encodeTar([{ name: "f", pax: [["path", deep]] }]),
+    /^tar member "a\/a\/.*…[/a]+" \(at byte \d+\): path longer than 4095 bytes/,
+  );
   await formatError(
     encodeTar([{ name: "f", pax: [["path", `d/${"n".repeat(256)}`]] }]),
-    /name longer than 255 bytes/,
+    /tar member "d\/n+…n+" \(at byte \d+\): path has a name longer than 255 bytes/,
   );
   await formatError(
     encodeTar([{ name: "s", type: "2", pax: [["linkpath", "t/".repeat(2048)]] }]),
-    /symlink target longer than PATH_MAX/,
+    /tar member "s" \(at byte \d+\): symlink target longer than PATH_MAX/,
+  );
+  await formatError(
+    encodeTar([{ name: "h", type: "1", linkname: "x", pax: [["linkpath", `${"l".repeat(256)}`]] }]),
+    /tar member "h" \(at byte \d+\): hard link target has a name longer than 255 bytes/,
   );
   // The limits themselves are fine: 255-byte names, paths up to 4095 bytes.
   const longest = Array.from({ length: 16 }, () => "n".repeat(255)).join("/");
