@@ -40,6 +40,15 @@ Deno.test({
         /file "\/huge" is 1125899906842624 bytes: more than an image of 4096-byte blocks holds/,
       );
       assert.deepEqual([...Deno.readDirSync(tmpfs)].map((e) => e.name), ["src"]);
+      // 2^32 - 1 blocks passes that check but fits beside no metadata: named too (it was only
+      // "image over 16 TiB").
+      huge.truncateSync((2 ** 32 - 1) * 4096);
+      assertCliError(
+        await runCli(["build", `${tmpfs}/src`, "-o", out], { timeoutMs: 60_000 }),
+        1,
+        /the image would be over 4294967295 blocks of 4096 bytes with file "\/huge"/,
+      );
+      assert.deepEqual([...Deno.readDirSync(tmpfs)].map((e) => e.name), ["src"]);
     } finally {
       await new Deno.Command("umount", { args: [tmpfs] }).output();
       await Deno.remove(work, { recursive: true });

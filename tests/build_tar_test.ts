@@ -354,3 +354,29 @@ Deno.test({
       assert.doesNotMatch(literal.stderr, /0:0/);
     }),
 });
+
+Deno.test({
+  name:
+    "build tar: a sparse member past what an EROFS file holds is refused by name, before its data",
+  ignore: requires(root(), command("tar")),
+  fn: async () => {
+    // tmpfs takes a 17 TiB sparse file where ext4 (16 TiB at most) would not.
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-tar-huge-" });
+    await runOk("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", work]);
+    try {
+      await sparseTar(work, 17 * 2 ** 40, 2 ** 40, new TextEncoder().encode("x"));
+      const built = await runCli(["build", `${work}/sparse.tar`, "-o", `${work}/out.erofs`]);
+      // Before: "ftruncate (spool): File too large" with the spool on ext4.
+      assert.equal(built.code, 1, built.stderr);
+      assert.match(
+        built.stderr,
+        /tar member "sparse" is 18691697672192 bytes: more than an EROFS file of 4096-byte blocks/,
+      );
+      assertOneLineError(built.stderr);
+      assert.throws(() => Deno.statSync(`${work}/out.erofs`), Deno.errors.NotFound);
+    } finally {
+      await runOk("umount", [work]);
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});

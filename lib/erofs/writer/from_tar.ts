@@ -56,6 +56,9 @@ export function takeImplied(root: BuildNode, mtimeSec: number): Set<BuildNode> {
   return implied;
 }
 
+/** EROFS stores a file's block count in 32 bits. */
+const MAX_FILE_BLOCKS = 0xffffffff;
+
 export interface TarScanOptions {
   /** Keep `.wh.*` members as plain files instead of their overlayfs form. */
   literalWhiteouts?: boolean;
@@ -292,6 +295,14 @@ export async function scanTar(
       }
     }
     if (kind === "file") {
+      // Said before its data is spooled: past this the spool's file system refused it first
+      // ("ftruncate (spool): File too large") on ext4, or the image was found too big after.
+      if (!options.indexOnly && entry.size > MAX_FILE_BLOCKS * 4096) {
+        throw new FormatError(
+          `tar member "${entry.path}" is ${entry.size} bytes: more than an EROFS file of ` +
+            `4096-byte blocks holds (${MAX_FILE_BLOCKS} blocks)`,
+        );
+      }
       fileBytes += entry.size;
       if (fileBytes > maxFileBytes) {
         throw new FormatError(

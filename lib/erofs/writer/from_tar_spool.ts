@@ -96,7 +96,10 @@ export class TarSpool {
  * file a scan writes, so a full disk is its — not "write (image)", which named no file.
  */
 export function spoolError(error: unknown, dir: string, hint: string): unknown {
-  if (error instanceof SysError && (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT)) {
+  if (
+    error instanceof SysError &&
+    (error.errno === Errno.ENOSPC || error.errno === Errno.EDQUOT || error.errno === EFBIG)
+  ) {
     return new UserError(
       `cannot hold the tar's file data in ${dir} while building: ${strerror(error.errno)}`,
       hint,
@@ -105,6 +108,9 @@ export function spoolError(error: unknown, dir: string, hint: string): unknown {
   }
   return error;
 }
+
+/** A file past the file system's largest (ext4: 16 TiB with 4 KiB blocks). */
+const EFBIG = 27;
 
 const ZERO_BLOCK_BYTES = 4096;
 

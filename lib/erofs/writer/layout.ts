@@ -254,7 +254,14 @@ export function layoutImage(root: BuildNode, options: LayoutOptions): ImageLayou
       orderUnmatched,
     );
   for (const i of dataOrder) {
-    if (nextBlock + blocks[i] > MAX_BLOCK_ADDRESS) throw new FormatError("image over 16 TiB");
+    if (nextBlock + blocks[i] > MAX_BLOCK_ADDRESS) {
+      // Named: a file of 2^32 - 1 blocks passes its own check yet fits beside no metadata.
+      throw new FormatError(
+        `the image would be over ${MAX_BLOCK_ADDRESS} blocks of ${blockBytes} bytes with file ` +
+          `"${pathInImage(inodeOf[i])}" (${table.size.get(inodeOf[i])} bytes)`,
+        "EROFS addresses at most that many blocks: leave the file out, or split the tree",
+      );
+    }
     blockAddress[i] = nextBlock;
     nextBlock += blocks[i];
   }
