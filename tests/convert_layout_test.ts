@@ -5,10 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { command, requires } from "./_support/requires.ts";
+import { command, requires, root } from "./_support/requires.ts";
 import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { makeUmociImage } from "./_support/umoci_image.ts";
-import { sparseTar } from "./_support/erofs_tree.ts";
+import { runOk, sparseTar } from "./_support/erofs_tree.ts";
 import { writeOciLayout } from "./_support/oci_layout_writer.ts";
 import { BASE_B, TAR_LAYER, UPPER, writeOneUpperTwoBases } from "./_support/one_upper_two_bases.ts";
 
@@ -175,6 +175,35 @@ Deno.test({
       assert.ok(image.size > 1 << 30, `the layer image holds the file: ${image.size}`);
       // It was written out whole (1 GiB on disk).
       assert.ok(image.blocks! * 512 < 1 << 20, `${image.blocks! * 512} bytes on disk`);
+    } finally {
+      await Deno.remove(work, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "convert into a read-only OCI layout: refused before the conversion, the layout unchanged",
+  ignore: requires(root(), command("tar")),
+  fn: async () => {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-convert-ro-" });
+    const mount = (...args: string[]) => runOk("mount", args);
+    try {
+      await sparseTar(work, 1 << 20, 0, new TextEncoder().encode("data"));
+      const tar = await Deno.readFile(`${work}/sparse.tar`);
+      await writeOciLayout(`${work}/src`, [{ bytes: tar, mediaType: TAR_LAYER }]);
+      await writeOciLayout(`${work}/dst`, [{ bytes: tar, mediaType: TAR_LAYER }], "old");
+      const before = Deno.readTextFileSync(`${work}/dst/index.json`);
+      await mount("--bind", `${work}/dst`, `${work}/dst`);
+      try {
+        await mount("-o", "remount,bind,ro", `${work}/dst`);
+        const result = await runCli(["convert", `oci:${work}/src:v1`, `oci:${work}/dst:v1`]);
+        assertCliError(result, 1, /cannot write OCI layout .*\/dst: .*Read-only file system/);
+        // Before: converted the layer first, then failed at its first blob.
+        assert.doesNotMatch(result.stderr, /layer 0|converted/i);
+      } finally {
+        await runOk("umount", [`${work}/dst`]);
+      }
+      assert.equal(Deno.readTextFileSync(`${work}/dst/index.json`), before);
     } finally {
       await Deno.remove(work, { recursive: true });
     }

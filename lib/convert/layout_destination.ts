@@ -14,7 +14,7 @@ import {
 } from "../../ffi/new_file_in_dir.ts";
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { closeFd, cstr, Errno, errno, libc, O_RDONLY, SysError, unwrap } from "../../ffi/libc.ts";
-import { openFile } from "../../ffi/files.ts";
+import { dirWriteErrno, openFile } from "../../ffi/files.ts";
 import { copyRange } from "../erofs/writer/data_copy.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
 import { OCI_INDEX } from "../oci/media_types.ts";
@@ -90,6 +90,11 @@ export class LayoutDestination implements ImageDestination {
       };
       this.#blobsParentFd = subdir(this.#dirFd, "blobs", `${this.#layout.path}/blobs`);
       this.#blobsFd = subdir(this.#blobsParentFd, "sha256", `${this.#layout.path}/blobs/sha256`);
+      // Said before the conversion, not after it (a read-only layout failed at its first blob).
+      for (const dir of [this.#layout.path, `${this.#layout.path}/blobs/sha256`]) {
+        const refused = dirWriteErrno(dir);
+        if (refused) throw new SysError("write", refused, dir);
+      }
       if (!pathThere(`${this.#layout.path}/oci-layout`)) {
         this.#writeAtomically("oci-layout", new TextEncoder().encode(LAYOUT_VERSION));
       }
