@@ -11,7 +11,7 @@ import {
   rootOnlyDir,
 } from "../../ffi/trusted_path.ts";
 import { MAX_UNIX_SOCKET_PATH_BYTES } from "../../ffi/libc.ts";
-import { UserError } from "../errors.ts";
+import { hostRefusal, UserError } from "../errors.ts";
 import { hexOf, plural } from "../text.ts";
 
 export const RUNTIME_ENV = "EROFS_OCI_RUNTIME_DIR";
@@ -220,6 +220,14 @@ export function removeMountDir(id: string): void {
  * name, then renamed), 0600: records there may hold credentials.
  */
 export function writeRuntimeFile(path: string, text: string): void {
-  Deno.writeTextFileSync(`${path}.tmp`, text, { mode: 0o600 });
-  Deno.renameSync(`${path}.tmp`, path);
+  try {
+    Deno.writeTextFileSync(`${path}.tmp`, text, { mode: 0o600 });
+    Deno.renameSync(`${path}.tmp`, path);
+  } catch (error) {
+    try {
+      Deno.removeSync(`${path}.tmp`); // a part written to a full file system
+    } catch { /* none */ }
+    // In words, with the hint: "No space left on device (os error 28): writefile '…'" before.
+    throw hostRefusal(error) ?? error;
+  }
 }

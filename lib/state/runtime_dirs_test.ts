@@ -100,3 +100,37 @@ Deno.test("records dirs: a variable set but empty is taken as unset, not as the 
   assert.ok(out.success, new TextDecoder().decode(out.stderr));
   assert.equal(new TextDecoder().decode(out.stdout).trim(), "/run/erofs-oci");
 });
+
+Deno.test({
+  name: "writeRuntimeFile on a full file system: one line in words with a hint, no part left",
+  ignore: !root,
+  async fn() {
+    const { writeRuntimeFile } = await import("./runtime_dirs.ts");
+    const { UserError } = await import("../errors.ts");
+    const dir = await Deno.makeTempDir({ prefix: "erofs-oci-runtime-full-" });
+    const mounted = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=4k", "tmpfs", dir],
+    }).output();
+    assert.ok(mounted.success);
+    try {
+      try {
+        Deno.writeFileSync(`${dir}/fill`, new Uint8Array(64 << 10));
+      } catch { /* full */ }
+      let error: unknown;
+      try {
+        writeRuntimeFile(`${dir}/state.json`, "x".repeat(8192));
+      } catch (thrown) {
+        error = thrown;
+      }
+      assert.ok(error instanceof UserError, String(error));
+      // Was "No space left on device (os error 28): writefile '…/state.json.tmp'".
+      assert.match(error.message, /state\.json\.tmp'?: No space left on device$/);
+      assert.doesNotMatch(error.message, /os error/);
+      assert.match(error.hint ?? "", /free space there/);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["fill"]);
+    } finally {
+      await new Deno.Command("umount", { args: [dir] }).output();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
