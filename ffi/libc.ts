@@ -350,7 +350,6 @@ export function unwrap<T extends number | bigint>(result: T, call: string, conte
 
 const encoder = new TextEncoder();
 
-/** NUL-terminated C string for `buffer` parameters. */
 /**
  * Awaits a `nonblocking` FFI call with `buffers` (its pointer arguments) referenced until it
  * returns. Deno's FFI documentation promises no such thing for a call on a pool thread (a
@@ -365,6 +364,7 @@ export async function holdingBuffers<T>(call: Promise<T>, ...buffers: Uint8Array
   }
 }
 
+/** NUL-terminated C string for `buffer` parameters. */
 export function cstr(value: string): Uint8Array<ArrayBuffer> {
   const bytes = encoder.encode(value);
   const out = new Uint8Array(bytes.length + 1);

@@ -111,6 +111,21 @@ Deno.test({
       } finally {
         assertSuccess(await runCli(["umount", rig.sandbox.target], { env: rig.env }));
       }
+      // The lower copy mounted alone is that layer as it is: nothing from the layers above it
+      // (T1's mode on d, the whiteout of T1's keep).
+      await mountFuseOk(rig, [
+        "--index-missing",
+        "--require-verified",
+        "--layer",
+        "0",
+        ref,
+        ...plain,
+      ]);
+      try {
+        assert.deepEqual(listing(rig.sandbox.target), ["d 755 d", "d/y 644 f"]);
+      } finally {
+        assertSuccess(await runCli(["umount", rig.sandbox.target], { env: rig.env }));
+      }
       assert.equal(pushed.layers[0].digest, pushed.layers[2].digest);
     }),
 });

@@ -270,6 +270,7 @@ async function indexInto(
     try {
       const { files, artifact, alreadyPushed } = await indexImage(image, {
         layer,
+        atTopmostCopy: true,
         dir,
         push: values.push ?? false,
         // With -o the files are wanted here whatever the registry has.

@@ -13,7 +13,17 @@ import {
   writeFileIn,
 } from "../../ffi/new_file_in_dir.ts";
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
-import { closeFd, cstr, Errno, errno, libc, O_RDONLY, SysError, unwrap } from "../../ffi/libc.ts";
+import {
+  closeFd,
+  cstr,
+  Errno,
+  errno,
+  libc,
+  O_RDONLY,
+  strerror,
+  SysError,
+  unwrap,
+} from "../../ffi/libc.ts";
 import { dirWriteErrno, openFile } from "../../ffi/files.ts";
 import { copyRange } from "../erofs/writer/data_copy.ts";
 import { type Descriptor, MAX_MANIFEST_BYTES, parseManifestDocument } from "../oci/manifest.ts";
@@ -93,7 +103,13 @@ export class LayoutDestination implements ImageDestination {
       // Said before the conversion, not after it (a read-only layout failed at its first blob).
       for (const dir of [this.#layout.path, `${this.#layout.path}/blobs/sha256`]) {
         const refused = dirWriteErrno(dir);
-        if (refused) throw new SysError("write", refused, dir);
+        if (refused) {
+          throw new UserError(
+            `cannot write OCI layout ${this.#layout.path}: ${strerror(refused)}` +
+              (dir === this.#layout.path ? "" : ` (${dir})`),
+            "make it writable, or convert to another destination",
+          );
+        }
       }
       if (!pathThere(`${this.#layout.path}/oci-layout`)) {
         this.#writeAtomically("oci-layout", new TextEncoder().encode(LAYOUT_VERSION));

@@ -25,7 +25,7 @@ import {
   layerFileStem,
   type TarIndexFiles,
 } from "./layer_index_files.ts";
-import { tarLayerKind, topmostPosition } from "./tar_layers.ts";
+import { tarLayerKind, topmostChosen } from "./tar_layers.ts";
 
 /** The image whose layers are indexed here, and where their bytes are read from. */
 export interface LayersToIndex {
@@ -100,13 +100,14 @@ export async function indexMissingHere(
   const found = new Map<string, TarIndexFiles>();
   const stackAll = missing.length === image.layers.length &&
     image.layers.every((l) => tarLayerKind(l.mediaType) !== undefined);
-  // A blob listed more than once is indexed where it sits topmost (tar_layers.ts).
-  const passes = stackAll
-    ? [undefined]
-    : [...new Set(missing.map((l) => topmostPosition(image.layers, l.index)))];
-  const bytes = missing.reduce((sum, l) => sum + l.sizeBytes, 0);
+  // A blob the mount takes more than once is indexed where it sits topmost (tar_layers.ts):
+  // the copies of a digest are all missing or all found (indexes go by digest).
+  const topmost = (l: LayerDescriptor) => topmostChosen(missing, l.index);
+  const passes = stackAll ? [undefined] : [...new Set(missing.map(topmost))];
+  const blobs = [...new Map(missing.map((l) => [l.digest, l])).values()];
+  const bytes = blobs.reduce((sum, l) => sum + l.sizeBytes, 0);
   info(
-    `${missing.length === 1 ? `layer ${missing[0].index} has` : `${missing.length} layers have`}` +
+    `${blobs.length === 1 ? `layer ${missing[0].index} has` : `${blobs.length} layers have`}` +
       ` no index: indexing here (reads ${formatBytes(bytes)} once; kept in ${hereDir})`,
   );
   await Deno.mkdir(hereDir, { recursive: true, mode: 0o700 });
@@ -142,7 +143,10 @@ export async function indexMissingHere(
       });
       for (const made of files) {
         const digest = made.record.layer.digest;
-        const position = image.layers.findLastIndex((l) => l.digest === digest);
+        const position = topmostChosen(
+          missing,
+          missing.find((l) => l.digest === digest)?.index ?? 0,
+        );
         const dir = indexedHereDir(hereDir, digest, belowDigest(image.layers, position));
         // A complete set replaces an older one whole: files first into a fresh directory,
         // inside the work directory, so that whatever fails leaves nothing outside it.

@@ -37,6 +37,12 @@ export interface IndexImageOptions {
    * every layer again and pushed a second artifact.
    */
   skipPushed?: boolean;
+  /**
+   * `layer` of a blob the image lists again higher up is indexed there, where it sits topmost
+   * (`index --layer N`: the index is the blob's for every mount of the image). Off, it is
+   * indexed at `layer` itself (a mount of that layer alone, or with those below it).
+   */
+  atTopmostCopy?: boolean;
 }
 
 /** The layers `index IMAGE` works on: `--layer N`, else every tar and tar+gzip layer. */
@@ -131,8 +137,8 @@ export async function indexImage(
   { files: TarIndexFiles[]; artifact?: { digest: string; via: string }; alreadyPushed?: boolean }
 > {
   const resolved = await image.resolve();
-  const alone = options.layer === undefined
-    ? undefined
+  const alone = options.layer === undefined || !options.atTopmostCopy
+    ? options.layer
     : topmostPosition(resolved.layers, options.layer);
   if (alone !== options.layer) {
     info(
@@ -179,7 +185,8 @@ export async function indexImage(
     for (const layer of layers) {
       // A lower copy of a blob listed again higher up is read for the stack only: its index
       // would be replaced by the top copy's (tar_layers.ts topmostPosition).
-      const topmost = topmostPosition(resolved.layers, layer.index) === layer.index;
+      const topmost = alone !== undefined ||
+        topmostPosition(resolved.layers, layer.index) === layer.index;
       const stem = topmost ? layerFileStem(layer.digest) : `lower-copy-${layer.index}`;
       const blob = openVerifiedBlob(
         store,

@@ -15,7 +15,7 @@ import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
-import { tarLayerKind, topmostPosition } from "./tar_layers.ts";
+import { tarLayerKind, topmostChosen } from "./tar_layers.ts";
 import { layerList } from "../text.ts";
 import { warn } from "../log.ts";
 
@@ -103,11 +103,11 @@ export async function findTarIndexes(
       );
     }
   }
-  // One index per layer blob, the one made where the image lists it topmost (tar_layers.ts).
+  // One index per layer blob, the one made where the mount takes it topmost (tar_layers.ts).
   const wanted = [...new Map(layers.map((l) => [l.digest, l])).values()].map((l) => ({
     digest: l.digest,
     size: l.sizeBytes,
-    below: belowDigest(image.layers, topmostPosition(image.layers, l.index)),
+    below: belowDigest(image.layers, topmostChosen(layers, l.index)),
   }));
   // An index made here earlier (by --index-missing, of this image or another with the layer)
   // first: its piece digests came from bytes checked against the layer digest, and finding it

@@ -37,3 +37,17 @@ export function topmostPosition(layers: readonly { digest: string }[], position:
   if (digest === undefined) return position;
   return layers.findLastIndex((l) => l.digest === digest);
 }
+
+/**
+ * topmostPosition among the layers a mount takes (`chosen`, each with its position in the
+ * image): a mount of a lower copy without the top one (`--layer N`) sees that copy as it is,
+ * not what the layers above it would make of it.
+ */
+export function topmostChosen(
+  chosen: readonly { digest: string; index: number }[],
+  position: number,
+): number {
+  const digest = chosen.find((l) => l.index === position)?.digest;
+  if (digest === undefined) return position;
+  return Math.max(...chosen.filter((l) => l.digest === digest).map((l) => l.index));
+}

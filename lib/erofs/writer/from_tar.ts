@@ -411,7 +411,8 @@ function whiteoutLookalikeWarner(): (path: string) => void {
     if (seen <= 5) {
       warn(
         `tar member "${path}" is a character device 0:0, which overlayfs takes for a ` +
-          "whiteout: it will not show in a mount or merge of several layers",
+          "whiteout: hidden, not shown, where this layer is stacked on others (a mount of " +
+          "several layers, convert, build IMAGE)",
       );
     }
     if (seen === 6) warn("more character devices 0:0 in this layer");
