@@ -234,6 +234,13 @@ Example:
                 "make room for a new one",
             );
           }
+          if (event.kind === "pool-hostage") {
+            debug("nbd connection", event);
+            return fullWarning(
+              `a client that took none of its replies for ${Math.round(event.idleMs / 1000)} ` +
+                "s was closed: it held the shared byte budget another client waited for",
+            );
+          }
           if (event.kind !== "accept-failed") return debug("nbd connection", event);
           // A flood fails accept again and again: one line per 10 s, with the count since.
           acceptWarning(

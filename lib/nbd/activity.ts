@@ -11,15 +11,36 @@ import type { NbdConn } from "./conn_io.ts";
 export class ConnActivity {
   #lastMs = Date.now();
   #lastByteMs = Date.now();
+  #lastReplyMs = Date.now();
   /**
    * Set by the phase running the connection: true while it waits for something the client
    * owes (the handshake phase owes its every byte until it ends).
    */
   clientOwes: () => boolean = () => true;
+  /** Set by the transmission phase: true while replies wait to be written. */
+  repliesPending: () => boolean = () => false;
 
   /** Bytes moved in either direction. */
   touch(): void {
     this.#lastMs = this.#lastByteMs = Date.now();
+  }
+
+  /** Reply bytes written (the client takes what it asked for). */
+  replied(): void {
+    this.#lastReplyMs = Date.now();
+    this.touch();
+  }
+
+  /**
+   * How long replies have waited without a byte of them taken: a client that sends requests
+   * (a FLUSH now and then) but never reads is not idle, yet holds what its replies hold.
+   */
+  replyStallMs(now = Date.now()): number {
+    if (!this.repliesPending()) {
+      this.#lastReplyMs = now;
+      return 0;
+    }
+    return Math.max(0, now - this.#lastReplyMs);
   }
 
   /** How long no byte has moved on the connection, owed or not. */
@@ -47,7 +68,7 @@ export function watchConn(conn: NbdConn, activity: ConnActivity): NbdConn {
     },
     async write(p) {
       const n = await conn.write(p);
-      if (n > 0) activity.touch();
+      if (n > 0) activity.replied();
       return n;
     },
     close: () => conn.close(),

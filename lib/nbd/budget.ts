@@ -179,6 +179,11 @@ export class InflightBudget {
     }
   }
 
+  /** True when a connection waits for bytes of the shared pool (others hold them). */
+  poolWanted(): boolean {
+    return this.#poolWaiters();
+  }
+
   /** True when someone waits for the pool (not only for its own replies, over its cap). */
   #poolWaiters(): boolean {
     return this.#waiters.some((w) => !this.#overCap(w.account, this.#extra(w.account, w.bytes)));
@@ -213,6 +218,11 @@ export class BudgetAccount {
 
   release(bytes: number): void {
     this.budget.release(this, Math.min(bytes, this.heldBytes));
+  }
+
+  /** What this connection holds of the shared pool (beyond its guaranteed share). */
+  get poolBytes(): number {
+    return Math.max(0, this.heldBytes - this.budget.guaranteedBytes);
   }
 
   /**

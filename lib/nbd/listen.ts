@@ -7,7 +7,7 @@ import { type ListenAddress, listenOn, nbdUri, removeOwnSocket } from "./address
 import { acceptEach } from "./accept_loop.ts";
 import type { Source } from "../source/source.ts";
 import { ConnActivity, watchConn } from "./activity.ts";
-import { InflightBudget } from "./budget.ts";
+import { type BudgetAccount, InflightBudget } from "./budget.ts";
 import { type ExportDescription, negotiate, type Refusal } from "./handshake.ts";
 import { BLOCK_SIZE_MAX, NBD_REP_ERR_POLICY } from "./protocol.ts";
 import { type RequestEvent, serveTransmission, type TransmissionEnd } from "./transmission.ts";
@@ -43,6 +43,14 @@ export interface NbdServerOptions {
    * delivered, its own memory bounded by the socket's send buffer.
    */
   idleTimeoutMs?: number;
+  /**
+   * A connection that holds bytes of the shared budget's pool while another waits for them,
+   * and has taken no byte of its replies for this long, is closed (its replies dropped with
+   * it). Default 10 s. Such a client could otherwise keep its pool bytes until the idle
+   * timeout by sending a request now and then: four of them held the whole pool, and every
+   * other client's READ longer than its guaranteed share waited minutes.
+   */
+  poolHostageMs?: number;
   /** Per-connection events, for logs. */
   onConnection?(event: ConnectionEvent): void;
   onRequest?(event: RequestEvent): void;
@@ -51,7 +59,7 @@ export interface NbdServerOptions {
 export type ConnectionEvent =
   | { kind: "open"; id: number }
   | { kind: "handshake-failed" | "refused"; id: number; reason: string }
-  | { kind: "idle" | "evicted"; id: number; idleMs: number }
+  | { kind: "idle" | "evicted" | "pool-hostage"; id: number; idleMs: number }
   | { kind: "accept-failed"; reason: string; pauseMs: number }
   | { kind: "closed"; id: number; end: TransmissionEnd };
 
@@ -116,6 +124,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
       return;
     }
     const account = budget.account();
+    entry.account = account;
     try {
       const end = await serveTransmission(conn, options.source, {
         readOnly: true,
@@ -185,17 +194,31 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
     );
   };
 
-  const sweep = idleTimeoutMs > 0
-    ? setInterval(() => {
-      const now = Date.now();
-      for (const [id, entry] of active) {
-        const idleMs = entry.activity.idleMs(now);
-        if (idleMs < idleTimeoutMs) continue;
-        options.onConnection?.({ kind: "idle", id, idleMs });
-        entry.close(`idle for ${Math.round(idleMs / 1000)} s`);
+  const poolHostageMs = options.poolHostageMs ?? DEFAULT_POOL_HOSTAGE_MS;
+  const sweepEveryMs = Math.max(
+    50,
+    Math.min(1000, ...[idleTimeoutMs, poolHostageMs].filter((ms) => ms > 0).map((ms) => ms / 4)),
+  );
+  const sweep = setInterval(() => {
+    const now = Date.now();
+    const poolWanted = poolHostageMs > 0 && budget.poolWanted();
+    for (const [id, entry] of active) {
+      const stallMs = entry.activity.replyStallMs(now);
+      if (poolWanted && (entry.account?.poolBytes ?? 0) > 0 && stallMs >= poolHostageMs) {
+        options.onConnection?.({ kind: "pool-hostage", id, idleMs: stallMs });
+        entry.close(
+          `held ${entry.account!.poolBytes} bytes of the shared budget others wait for, ` +
+            `its replies untaken for ${Math.round(stallMs / 1000)} s`,
+        );
+        continue;
       }
-    }, Math.max(50, Math.min(1000, idleTimeoutMs / 4)))
-    : undefined;
+      if (idleTimeoutMs <= 0) continue;
+      const idleMs = entry.activity.idleMs(now);
+      if (idleMs < idleTimeoutMs) continue;
+      options.onConnection?.({ kind: "idle", id, idleMs });
+      entry.close(`idle for ${Math.round(idleMs / 1000)} s`);
+    }
+  }, sweepEveryMs);
 
   const accepting = acceptEach(listener, (conn) => {
     const id = nextId++;
@@ -246,6 +269,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
+export const DEFAULT_POOL_HOSTAGE_MS = 10_000;
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** A connection stalled for less than this keeps its slot when the server is full. */
 const EVICT_MIN_IDLE_MS = 1000;
@@ -259,6 +283,8 @@ const MAX_REFUSALS_AT_ONCE = 16;
 class Connection {
   readonly activity = new ConnActivity();
   readonly stop = new AbortController();
+  /** Its share of the byte budget, once in the transmission phase. */
+  account?: BudgetAccount;
   done: Promise<void> = Promise.resolve();
 
   constructor(readonly conn: Deno.Conn) {}

@@ -5,6 +5,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { type ConnectionEvent, type NbdServer, startNbdServer } from "./listen.ts";
 import {
+  NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_EINVAL,
   NBD_INFO_BLOCK_SIZE,
@@ -226,5 +227,54 @@ Deno.test("listen: an idle TCP client's unsent replies are dropped with it; its 
   } finally {
     c.close();
     await server.close();
+  }
+});
+
+Deno.test("listen: clients holding the shared pool without taking their replies are closed when another waits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nbd-hostage-" });
+  const path = `${dir}/s.sock`;
+  const events: ConnectionEvent[] = [];
+  // 16 MiB for 8 connections: 1 MiB each guaranteed, a pool of 8 MiB, at most 2 MiB of it each.
+  const server = startNbdServer({
+    listen: { transport: "unix", path },
+    source: new MemorySource(DATA),
+    export: { name: "x", sizeBytes: SIZE, flags: READ_ONLY_EXPORT_FLAGS },
+    maxConnections: 8,
+    maxInflightBytes: 16 * MiB,
+    poolHostageMs: 500,
+    onConnection: (event) => events.push(event),
+  });
+  const clients: RawNbdClient[] = [];
+  let keepAlive: ReturnType<typeof setInterval> | undefined;
+  try {
+    // Four hostages take the whole pool and never read, but send a FLUSH every 100 ms: never
+    // idle, so the idle timeout (5 minutes) would not close them.
+    const hostages: RawNbdClient[] = [];
+    for (let i = 0; i < 4; i++) {
+      const hostage = await connect(path, clients);
+      await hostage.handshake();
+      await hostage.request(NBD_CMD_READ, 0, 3 * MiB);
+      hostages.push(hostage);
+    }
+    keepAlive = setInterval(() => {
+      for (const hostage of hostages) hostage.request(NBD_CMD_FLUSH, 0, 0).catch(() => {});
+    }, 100);
+    await new Promise((r) => setTimeout(r, 300));
+    // A READ past the newcomer's guaranteed share needs the pool: it waited for the hostages.
+    const reader = await connect(path, clients);
+    await reader.handshake();
+    await reader.request(NBD_CMD_READ, 0, 2 * MiB);
+    const reply = await Promise.race([
+      reader.reply(),
+      new Promise((r) => setTimeout(() => r("waited"), 5000)),
+    ]);
+    ok(reply !== "waited", `the READ waited behind the hostages: ${JSON.stringify(events)}`);
+    assertEquals((reply as { error: number }).error, 0);
+    ok(events.filter((e) => e.kind === "pool-hostage").length >= 1, JSON.stringify(events));
+  } finally {
+    clearInterval(keepAlive);
+    for (const c of clients) c.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });

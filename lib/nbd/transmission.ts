@@ -138,6 +138,7 @@ export async function serveTransmission(
     options.activity.clientOwes = () =>
       !(sourceReads > 0 || (waitingForBudget && pendingWrites === 0)) &&
       (pendingWrites > 0 || skippingPayload || (readingRequest && reader.available > 0));
+    options.activity.repliesPending = () => pendingWrites > 0;
   }
 
   const reply = (header: Uint8Array, event: RequestEvent, data?: Uint8Array) => {
