@@ -73,6 +73,15 @@ Deno.test({
       assert(layer.memoryHits + layer.memoryMisses > 0);
       // Every completed ranged read was timed, and each took at least one GET.
       assert(layer.getLatency!.count > 0 && layer.getLatency!.count <= layerGets, list.stdout);
+      // The server's memory, as /proc says it (an operator's view of the bound).
+      const rss = (field: string) =>
+        Number(
+          new RegExp(`^${field}:\\s+(\\d+) kB$`, "m")
+            .exec(Deno.readTextFileSync(`/proc/${mount.serverPid}/status`))![1],
+        ) * 1024;
+      const memory = mount.serverMemory!;
+      assert(memory && memory.peakResidentBytes >= memory.residentBytes, list.stdout);
+      assert(memory.residentBytes > 20 << 20 && memory.peakResidentBytes <= rss("VmHWM"));
 
       const printed = await runCli(["metrics"], { env });
       assertSuccess(printed);
@@ -87,6 +96,12 @@ Deno.test({
         sampleOf(families, "erofs_oci_layer_fetched_bytes_total", labels) >= layer.bytesFetched,
       );
       assert(sampleOf(families, "erofs_oci_layer_memory_cache_hits_total", labels) >= 0);
+      const mountLabels = { mount: sandbox.target };
+      assert(sampleOf(families, "erofs_oci_server_resident_bytes", mountLabels) > 20 << 20);
+      assert(
+        sampleOf(families, "erofs_oci_server_peak_resident_bytes", mountLabels) >=
+          memory.peakResidentBytes,
+      );
       // Every counter of list --json is in the exposition (the reader thread's direct reads
       // and the prefetch's reads were left out).
       assert(typeof layer.directReads === "number", list.stdout);
@@ -114,6 +129,7 @@ Deno.test({
       const fromServer = await parsePrometheus(await scrape(serverSocket));
       assert(sampleOf(fromServer, "erofs_oci_layer_fetched_bytes_total", labels) > 0);
       assert(sampleOf(fromServer, "erofs_oci_layer_registry_get_seconds_count", labels) > 0);
+      assert(sampleOf(fromServer, "erofs_oci_server_resident_bytes", mountLabels) > 20 << 20);
 
       // The same text served for a scraper on a unix socket.
       const socket = `${socketDir}/metrics.sock`;

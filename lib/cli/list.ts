@@ -38,6 +38,7 @@ export async function describeMounts(): Promise<ListedMount[]> {
       const reply = await controlRequest(controlSocketPath(state.id), { command: "stats" });
       if (reply?.ok && reply.stats) {
         entry.state = "serving";
+        if (reply.stats.memory) entry.serverMemory = reply.stats.memory;
         const sum = (key: "bytesRequested" | "bytesFetched" | "fetches" | "hits" | "misses") =>
           reply.stats!.layers.reduce((total, layer) => total + layer[key], 0);
         const layers = reply.stats.layers as (LayerStats & {

@@ -44,6 +44,7 @@ import {
   UserError,
 } from "../errors.ts";
 import { statFs } from "../../ffi/files.ts";
+import { ownMemory } from "../metrics/server_memory.ts";
 import { errno, libc, strerror } from "../../ffi/libc.ts";
 import { readableNow, setPipeCapacity } from "../../ffi/io.ts";
 import { layerFetchMetrics } from "../metrics/layer_metrics.ts";
@@ -326,6 +327,7 @@ export async function runMountServer(): Promise<number> {
           pid: Deno.pid,
           startedAt,
           layers: layerStats(),
+          memory: ownMemory(),
         },
       });
     }

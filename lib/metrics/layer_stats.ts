@@ -34,4 +34,11 @@ export interface ServerStats {
   pid: number;
   startedAt: string;
   layers: LayerStats[];
+  /** The server's memory now and at its peak (VmRSS, VmHWM), when /proc says. */
+  memory?: ServerMemory;
+}
+
+export interface ServerMemory {
+  residentBytes: number;
+  peakResidentBytes: number;
 }

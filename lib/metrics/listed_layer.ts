@@ -1,5 +1,5 @@
 /** A server's per-layer stats as `list --json` and the metrics show them. */
-import type { LayerStats } from "./layer_stats.ts";
+import type { LayerStats, ServerMemory } from "./layer_stats.ts";
 import type { LatencyHistogram } from "../source/fetch_metrics.ts";
 import type { PrefetchProgress } from "../trace/prefetch.ts";
 
@@ -69,6 +69,8 @@ export interface ListedMount {
   readErrors?: number;
   cacheHitRate?: number;
   httpFetches?: number;
+  /** The server's resident memory now and at its peak (serving mounts only). */
+  serverMemory?: ServerMemory;
   /** Per-layer counters (serving mounts only). */
   layers?: (ListedLayer & { tracePrefetch?: PrefetchProgress })[];
   /** Prefetch of the image's trace, all layers together (absent: no trace prefetched). */

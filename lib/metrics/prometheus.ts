@@ -135,6 +135,22 @@ export function renderPrometheus(mounts: ListedMount[], diskCache?: DiskCacheGau
         mount.mounted ? 1 : 0,
       );
     }
+    if (mount.serverMemory) {
+      out.sample(
+        "erofs_oci_server_resident_bytes",
+        "Resident memory of the mount's server (VmRSS)",
+        "gauge",
+        base,
+        mount.serverMemory.residentBytes,
+      );
+      out.sample(
+        "erofs_oci_server_peak_resident_bytes",
+        "Peak resident memory of the mount's server since it started (VmHWM)",
+        "gauge",
+        base,
+        mount.serverMemory.peakResidentBytes,
+      );
+    }
     for (const layer of mount.layers ?? []) {
       const labels = { ...base, layer: String(layer.index), digest: layer.digest ?? "" };
       for (const [key, name, help] of LAYER_COUNTERS) {

@@ -11,6 +11,7 @@ import { info, warn } from "../log.ts";
 import { allBlobGetLatency, allChunkMismatches } from "../source/fetch_metrics.ts";
 import { listedLayers } from "./listed_layer.ts";
 import { renderPrometheus } from "./prometheus.ts";
+import { ownMemory } from "./server_memory.ts";
 import { type MetricsEndpoint, metricsWhere, serveMetrics } from "./endpoint.ts";
 import { UsageError } from "../errors.ts";
 import { metricsListenRefusal } from "./listen_refusal.ts";
@@ -40,6 +41,7 @@ export function startServerMetrics(
         devices: [],
         serverPid: Deno.pid,
         state: "serving",
+        serverMemory: ownMemory(),
         layers: listedLayers(stats).map((layer, i) =>
           stats[i].tracePrefetch ? { ...layer, tracePrefetch: stats[i].tracePrefetch } : layer
         ),
@@ -73,6 +75,7 @@ export function startServeMetrics(
         devices: [],
         serverPid: Deno.pid,
         state: "serving",
+        serverMemory: ownMemory(),
         layers: listedLayers([{
           ...stats(),
           getLatency: allBlobGetLatency(),
