@@ -42,6 +42,7 @@ for (
       try {
         const random = prng(name.length);
         const cps = reader.zinfo.checkpoints.map((cp) => cp.uncompressedOffset);
+        const kept: { offset: number; got: Uint8Array }[] = [];
         for (let i = 0; i < reads; i++) {
           // Every 4th read straddles a checkpoint (member boundaries in big-multi).
           const around = cps[i % cps.length];
@@ -55,6 +56,13 @@ for (
           const got = await reader.read(offset, length);
           const diff = firstDifference(got, tar.subarray(offset, offset + length));
           assert.equal(diff, -1, `${name}: read ${offset}+${length} differs at +${diff}`);
+          if (i % 50 === 0) kept.push({ offset, got });
+        }
+        // A read inside one piece is a view of the cached piece: what a reader was handed stays
+        // as it was while later reads make, evict and make pieces again.
+        for (const { offset, got } of kept) {
+          const diff = firstDifference(got, tar.subarray(offset, offset + got.length));
+          assert.equal(diff, -1, `${name}: kept read ${offset}+${got.length} changed at +${diff}`);
         }
         assert.equal(firstDifference(await reader.read(0, tar.length), tar), -1);
         const last = await reader.read(tar.length - 1, 1);

@@ -23,7 +23,7 @@ const FETCH_SLACK_BYTES = 8 * 1024;
 /** Smallest fetch: below this a round trip costs more than the bytes. */
 const MIN_FETCH_BYTES = 16 * 1024;
 /** Largest fetch, also when reading ahead to the end of the interval (bounds memory). */
-const MAX_FETCH_BYTES = 4 * 1024 * 1024;
+const MAX_FETCH_BYTES = 1024 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
 
@@ -236,10 +236,16 @@ export class InflateCursor {
     }
     this.fetches++;
     this.fetchedBytes += length + back;
-    const joined = nativeBytes(this.#pending.length + length);
-    joined.set(this.#pending);
-    joined.set(chunk, this.#pending.length);
-    this.#pending = joined;
+    if (this.#pending.length === 0) {
+      // Taken as it came (the sources answer with fresh buffers or views of chunks they never
+      // write again): a copy per fetch was the mount's most allocated memory.
+      this.#pending = chunk as Uint8Array<ArrayBuffer>;
+    } else {
+      const joined = nativeBytes(this.#pending.length + length);
+      joined.set(this.#pending);
+      joined.set(chunk, this.#pending.length);
+      this.#pending = joined;
+    }
     this.#next += length;
     return true;
   }
