@@ -237,8 +237,8 @@ Example:
           if (event.kind === "pool-hostage") {
             debug("nbd connection", event);
             return fullWarning(
-              `a client that took none of its replies for ${Math.round(event.idleMs / 1000)} ` +
-                "s was closed: it held the shared byte budget another client waited for",
+              `a client whose replies did not move for ${Math.round(event.idleMs / 1000)} s ` +
+                "was closed: it held the shared byte budget another client waited for",
             );
           }
           if (event.kind !== "accept-failed") return debug("nbd connection", event);

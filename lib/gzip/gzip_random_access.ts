@@ -65,9 +65,10 @@ export interface GzipRandomAccessStats {
  */
 const SPANS_BEFORE_INTERVAL_PREFETCH = 2;
 /**
- * Compressed input the paused cursors may hold together (or a quarter of the piece cache): 2 MiB,
- * with each fetch at most 1 MiB (inflate_cursor.ts), took a lazy tar.gz mount's peak from 211
- * to 186 MB under random readers, and its CPU per byte read down by 40 % (session 63).
+ * Compressed input the paused cursors may hold together, or a quarter of the piece cache if
+ * more (4 MiB for one layer with the default cache). Was 8 MiB: lowered with the random
+ * readers' 1 MiB fetches and the views of cached pieces (session 63), which together took a lazy
+ * tar.gz mount's peak from 211 to 186 MB under random readers.
  */
 const MAX_IDLE_HELD_BYTES = 2 * 1024 * 1024;
 

@@ -46,7 +46,7 @@ export interface NbdServerOptions {
   /**
    * A connection that holds bytes of the shared budget's pool while another waits for them,
    * and has taken no byte of its replies for this long, is closed (its replies dropped with
-   * it). Default 10 s. Such a client could otherwise keep its pool bytes until the idle
+   * it). Default 1 minute (DEFAULT_POOL_HOSTAGE_MS). Such a client could otherwise keep its pool bytes until the idle
    * timeout by sending a request now and then: four of them held the whole pool, and every
    * other client's READ longer than its guaranteed share waited minutes.
    */
@@ -208,7 +208,7 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
         options.onConnection?.({ kind: "pool-hostage", id, idleMs: stallMs });
         entry.close(
           `held ${entry.account!.poolBytes} bytes of the shared budget others wait for, ` +
-            `its replies untaken for ${Math.round(stallMs / 1000)} s`,
+            `no reply write completed for ${Math.round(stallMs / 1000)} s`,
         );
         continue;
       }
@@ -269,7 +269,13 @@ export function startNbdServer(options: NbdServerOptions): NbdServer {
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000;
-export const DEFAULT_POOL_HOSTAGE_MS = 10_000;
+/**
+ * A write returns only once the kernel has room again (a unix socket: a quarter of its buffer
+ * queued; TCP: half), so a client taking its replies steadily but slowly shows no progress for
+ * (its buffer) / (its rate): a minute lets clients of ~40 KB/s (TCP's 4 MB buffers) or ~3 KB/s
+ * (unix) through, where 10 s closed a unix client reading 8 KiB/s.
+ */
+export const DEFAULT_POOL_HOSTAGE_MS = 60_000;
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** A connection stalled for less than this keeps its slot when the server is full. */
 const EVICT_MIN_IDLE_MS = 1000;
