@@ -35,6 +35,7 @@ const MAX_FETCH_BYTES = 1024 * 1024;
 const MAX_INTERVAL_FETCH_BYTES = 4 * 1024 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
+type ReadInto = (offset: number, dest: Uint8Array, signal?: AbortSignal) => Promise<void>;
 
 /** Which raw inflater a cursor uses: the system zlib (default) or the TypeScript one. */
 export type InflaterKind = "zlib" | "ts";
@@ -81,6 +82,8 @@ export class InflateCursor {
 
   #next: number;
   #pending: Uint8Array<ArrayBuffer> = nativeBytes(0);
+  /** Where fetches land while the pending input is empty (reused: see #refill). */
+  #input?: Uint8Array<ArrayBuffer>;
   #state: CursorState = "deflate";
   /** Bits at the top of byte `#next - 1` still to prime (0 once the first fetch did). */
   #primeBits: number;
@@ -232,7 +235,19 @@ export class InflateCursor {
     const length = Math.min(this.#fetchLength(wantedOutput), this.blob.size - this.#next);
     if (length <= 0) return false;
     const back = this.#primeBits > 0 ? 1 : 0;
-    let chunk = await this.blob.read(this.#next - back, length + back, signal);
+    const into = (this.blob as { readInto?: ReadInto }).readInto;
+    let chunk: Uint8Array;
+    if (this.#pending.length === 0 && into) {
+      // The cursor's own input buffer, refilled once consumed: a fresh one per fetch made
+      // most of a lazy tar.gz mount's short-lived memory.
+      if (!this.#input || this.#input.length < length + back) {
+        this.#input = nativeBytes(Math.max(length + back, this.#input?.length ?? 0));
+      }
+      chunk = this.#input.subarray(0, length + back);
+      await into.call(this.blob, this.#next - back, chunk, signal);
+    } else {
+      chunk = await this.blob.read(this.#next - back, length + back, signal);
+    }
     if (chunk.length !== length + back) {
       throw new Error(
         `blob read at ${this.#next - back} returned ${chunk.length} of ${length + back} bytes`,
