@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { command, path, requires, root } from "./_support/requires.ts";
-import { assertSuccess, runCli } from "./_support/cli.ts";
+import { assertCliError, assertSuccess, runCli } from "./_support/cli.ts";
 import { pushImage } from "./_support/oci_raw.ts";
 import { type IndexMountRig, mountFuseOk, withIndexMountRig } from "./_support/index_mounts.ts";
 import { encodeTar } from "./_support/tar_encode.ts";
@@ -103,6 +103,15 @@ Deno.test({
       assert.match(lower.stderr, /layer 0 is also layer 2 of the image: indexed there/);
       assert.deepEqual(await mountedListing(rig, [ref, ...plain]), MERGED);
 
+      // The lower copy alone through the registry's index (made for layer 2) would show layer
+      // 2's view: refused, pointing at --index-missing.
+      const alone = await runCli(
+        ["mount", "--backend", "fuse", "--layer", "0", ref, ...plain, rig.sandbox.target],
+        { env: rig.env, timeoutMs: 60_000 },
+      );
+      assertCliError(alone, 1, /layer 0 repeats layer 2's blob: an index from the registry/);
+      assert.match(alone.stderr, /hint: mount it with --index-missing/);
+
       // Indexed on this host: the same view, and T1's file reads right.
       await mountFuseOk(rig, ["--index-missing", "--require-verified", ref, ...plain]);
       try {
@@ -113,14 +122,8 @@ Deno.test({
       }
       // The lower copy mounted alone is that layer as it is: nothing from the layers above it
       // (T1's mode on d, the whiteout of T1's keep).
-      await mountFuseOk(rig, [
-        "--index-missing",
-        "--require-verified",
-        "--layer",
-        "0",
-        ref,
-        ...plain,
-      ]);
+      // Without --require-verified too: the registry's index (made for layer 2) is passed over.
+      await mountFuseOk(rig, ["--index-missing", "--layer", "0", ref, ...plain]);
       try {
         assert.deepEqual(listing(rig.sandbox.target), ["d 755 d", "d/y 644 f"]);
       } finally {

@@ -15,7 +15,7 @@ import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
-import { tarLayerKind, topmostChosen } from "./tar_layers.ts";
+import { tarLayerKind, topmostChosen, topmostPosition } from "./tar_layers.ts";
 import { layerList } from "../text.ts";
 import { warn } from "../log.ts";
 
@@ -108,6 +108,9 @@ export async function findTarIndexes(
     digest: l.digest,
     size: l.sizeBytes,
     below: belowDigest(image.layers, topmostChosen(layers, l.index)),
+    // `index` makes a blob's index where the image lists it topmost: one from the registry or
+    // --index DIR shows a lower copy mounted without the top one (--layer N) as the top sees it.
+    madeForImage: topmostChosen(layers, l.index) === topmostPosition(image.layers, l.index),
   }));
   // An index made here earlier (by --index-missing, of this image or another with the layer)
   // first: its piece digests came from bytes checked against the layer digest, and finding it
@@ -123,6 +126,7 @@ export async function findTarIndexes(
   }
   for (const layer of wanted) {
     if (found.has(layer.digest) || !sources.dir || sources.requireVerified) continue;
+    if (!layer.madeForImage) continue;
     const local = await findLocalLayerIndex(sources.dir, layer);
     if (local) {
       const kept = await keepIndexFiles(local, sources.cacheDir, layer.digest);
@@ -131,7 +135,7 @@ export async function findTarIndexes(
   }
   // Under --require-verified only an index made here is taken: the others are not even fetched
   // (a broken or hostile index artifact must not stop a layer being indexed here).
-  const unfound = wanted.filter((l) => !found.has(l.digest));
+  const unfound = wanted.filter((l) => !found.has(l.digest) && l.madeForImage);
   if (unfound.length && from.kind === "registry" && !sources.requireVerified) {
     const { ref, client } = from.opened;
     const { fetchTarIndexes } = await import("./tar_index_artifact.ts");
@@ -181,6 +185,15 @@ export async function findTarIndexes(
     );
   }
   if (unindexed) {
+    const top = topmostPosition(image.layers, unindexed.index);
+    if (top !== unindexed.index && !layers.some((l) => l.index === top)) {
+      throw new UserError(
+        `layer ${unindexed.index} repeats layer ${top}'s blob: an index from the registry or ` +
+          `--index DIR is made for layer ${top}, where the image lists it topmost, and would ` +
+          `show layer ${unindexed.index} alone as layer ${top} sees it`,
+        "mount it with --index-missing (indexes this copy on this host, reading it once)",
+      );
+    }
     if (from.kind === "file") {
       const what = tarLayerKind(unindexed.mediaType) === "tar" ? "a tar file" : "a tar.gz file";
       throw new UserError(
