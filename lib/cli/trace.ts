@@ -17,7 +17,7 @@ import { umountCommand } from "./umount.ts";
 import { checkRoot } from "../mount/target_dir.ts";
 import { catchInterrupts } from "./interrupt.ts";
 import { checkOutputFile, dirOf, writeOutputFile } from "./output_file.ts";
-import { statFs } from "../../ffi/files.ts";
+import { availableBytesOf } from "../source/disk_cache_fs.ts";
 import { formatBytes, hexOf } from "../text.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { formatReference } from "../oci/reference.ts";
@@ -239,12 +239,7 @@ function readTrace(path: string): Trace {
 
 /** Bytes a user may still write in `dir`'s file system; Infinity when statfs cannot tell. */
 function freeBytesIn(dir: string): number {
-  try {
-    const stats = statFs(dir);
-    return Number(stats.availableBlocks) * stats.blockSizeBytes;
-  } catch {
-    return Infinity;
-  }
+  return availableBytesOf(dir) ?? Infinity;
 }
 
 /** Refuses (before CMD runs) a `dir` with less than `needBytes` free: a full trace's bound. */

@@ -25,7 +25,7 @@ import {
   layerFileStem,
   type TarIndexFiles,
 } from "./layer_index_files.ts";
-import { tarLayerKind, topmostChosen } from "./tar_layers.ts";
+import { tarLayerKind, topmostCopy } from "./tar_layers.ts";
 
 /** The image whose layers are indexed here, and where their bytes are read from. */
 export interface LayersToIndex {
@@ -102,7 +102,7 @@ export async function indexMissingHere(
     image.layers.every((l) => tarLayerKind(l.mediaType) !== undefined);
   // A blob the mount takes more than once is indexed where it sits topmost (tar_layers.ts):
   // the copies of a digest are all missing or all found (indexes go by digest).
-  const topmost = (l: LayerDescriptor) => topmostChosen(missing, l.index);
+  const topmost = (l: LayerDescriptor) => topmostCopy(missing, l.index);
   const passes = stackAll ? [undefined] : [...new Set(missing.map(topmost))];
   const blobs = [...new Map(missing.map((l) => [l.digest, l])).values()];
   const bytes = blobs.reduce((sum, l) => sum + l.sizeBytes, 0);
@@ -143,7 +143,7 @@ export async function indexMissingHere(
       });
       for (const made of files) {
         const digest = made.record.layer.digest;
-        const position = topmostChosen(
+        const position = topmostCopy(
           missing,
           missing.find((l) => l.digest === digest)?.index ?? 0,
         );

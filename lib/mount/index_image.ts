@@ -16,7 +16,7 @@ import type { LayerDescriptor } from "../oci/layers.ts";
 import { fetchManifest } from "../oci/resolve.ts";
 import { layerFileStem, type TarIndexFiles, writeLayerIndex } from "./layer_index_files.ts";
 import { layersWithPushedIndex, pushTarIndexArtifact } from "./tar_index_artifact.ts";
-import { tarLayerKind, topmostPosition } from "./tar_layers.ts";
+import { tarLayerKind, topmostCopy } from "./tar_layers.ts";
 
 export interface IndexImageOptions {
   layer?: number;
@@ -139,7 +139,7 @@ export async function indexImage(
   const resolved = await image.resolve();
   const alone = options.layer === undefined || !options.atTopmostCopy
     ? options.layer
-    : topmostPosition(resolved.layers, options.layer);
+    : topmostCopy(resolved.layers, options.layer);
   if (alone !== options.layer) {
     info(
       `layer ${options.layer} is also layer ${alone} of the image: indexed there, where it ` +
@@ -184,9 +184,9 @@ export async function indexImage(
     const onBytes = options.onBytes;
     for (const layer of layers) {
       // A lower copy of a blob listed again higher up is read for the stack only: its index
-      // would be replaced by the top copy's (tar_layers.ts topmostPosition).
+      // would be replaced by the top copy's (tar_layers.ts topmostCopy).
       const topmost = alone !== undefined ||
-        topmostPosition(resolved.layers, layer.index) === layer.index;
+        topmostCopy(resolved.layers, layer.index) === layer.index;
       const stem = topmost ? layerFileStem(layer.digest) : `lower-copy-${layer.index}`;
       const blob = openVerifiedBlob(
         store,

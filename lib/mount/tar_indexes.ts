@@ -15,7 +15,7 @@ import { indexedHereRoot } from "../state/runtime_dirs.ts";
 import type { TarIndexOrigin, TarIndexSpec } from "../state/mount_spec.ts";
 // The tar index modules (gzip, tar, the EROFS writer: ~40 modules) load only for tar layers.
 import type { TarIndexFiles } from "./layer_index_files.ts";
-import { tarLayerKind, topmostChosen, topmostPosition } from "./tar_layers.ts";
+import { tarLayerKind, topmostCopy } from "./tar_layers.ts";
 import { layerList } from "../text.ts";
 import { warn } from "../log.ts";
 
@@ -104,14 +104,18 @@ export async function findTarIndexes(
     }
   }
   // One index per layer blob, the one made where the mount takes it topmost (tar_layers.ts).
-  const wanted = [...new Map(layers.map((l) => [l.digest, l])).values()].map((l) => ({
-    digest: l.digest,
-    size: l.sizeBytes,
-    below: belowDigest(image.layers, topmostChosen(layers, l.index)),
-    // `index` makes a blob's index where the image lists it topmost: one from the registry or
-    // --index DIR shows a lower copy mounted without the top one (--layer N) as the top sees it.
-    madeForImage: topmostChosen(layers, l.index) === topmostPosition(image.layers, l.index),
-  }));
+  const wanted = [...new Map(layers.map((l) => [l.digest, l])).values()].map((l) => {
+    const topmost = topmostCopy(layers, l.index);
+    return {
+      digest: l.digest,
+      size: l.sizeBytes,
+      below: belowDigest(image.layers, topmost),
+      // `index` makes a blob's index where the image lists it topmost: one from the registry or
+      // --index DIR shows a lower copy mounted without the top one (--layer N) as the top sees
+      // it.
+      madeForImage: topmost === topmostCopy(image.layers, l.index),
+    };
+  });
   // An index made here earlier (by --index-missing, of this image or another with the layer)
   // first: its piece digests came from bytes checked against the layer digest, and finding it
   // asks no registry. Only then the others, which nothing binds to the layer digest.
@@ -185,7 +189,7 @@ export async function findTarIndexes(
     );
   }
   if (unindexed) {
-    const top = topmostPosition(image.layers, unindexed.index);
+    const top = topmostCopy(image.layers, unindexed.index);
     if (top !== unindexed.index && !layers.some((l) => l.index === top)) {
       throw new UserError(
         `layer ${unindexed.index} repeats layer ${top}'s blob: an index from the registry or ` +

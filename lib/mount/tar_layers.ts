@@ -24,30 +24,21 @@ export function tarLayerKind(mediaType: string): TarLayerKind | undefined {
 }
 
 /**
- * Where the blob at `position` sits topmost in `layers` (`position` itself unless the image
- * lists that blob again higher up). An image can list one tar layer more than once (docker's
- * empty layer, a layer added twice), and an index is kept per layer digest: it is made where
- * the blob sits topmost, and every copy mounts through it. That gives the merged view right:
- * whatever a lower copy would show or hide differently, the top copy decides (the same entries,
- * its whiteouts and opaque directories covering all the lower copy's would). A lower copy's
- * own index, used at the top, showed deleted files and lost directory modes.
+ * Where the blob at `position` sits topmost among `layers` (each with its position in the
+ * image: the image's whole list, or the layers a mount takes). An image can list one tar layer
+ * more than once (docker's empty layer, a layer added twice), and an index is kept per layer
+ * digest: it is made where the blob sits topmost, and every copy mounts through it. That gives
+ * the merged view right: whatever a lower copy would show or hide differently, the top copy
+ * decides (the same entries, its whiteouts and opaque directories covering all the lower copy's
+ * would). A lower copy's own index, used at the top, showed deleted files and lost directory
+ * modes; taken among the layers a mount takes, a lower copy mounted without the top one
+ * (`--layer N`) sees that copy as it is. `position` itself when no layer there is listed.
  */
-export function topmostPosition(layers: readonly { digest: string }[], position: number): number {
-  const digest = layers[position]?.digest;
-  if (digest === undefined) return position;
-  return layers.findLastIndex((l) => l.digest === digest);
-}
-
-/**
- * topmostPosition among the layers a mount takes (`chosen`, each with its position in the
- * image): a mount of a lower copy without the top one (`--layer N`) sees that copy as it is,
- * not what the layers above it would make of it.
- */
-export function topmostChosen(
-  chosen: readonly { digest: string; index: number }[],
+export function topmostCopy(
+  layers: readonly { digest: string; index: number }[],
   position: number,
 ): number {
-  const digest = chosen.find((l) => l.index === position)?.digest;
+  const digest = layers.find((l) => l.index === position)?.digest;
   if (digest === undefined) return position;
-  return Math.max(...chosen.filter((l) => l.digest === digest).map((l) => l.index));
+  return Math.max(...layers.filter((l) => l.digest === digest).map((l) => l.index));
 }
