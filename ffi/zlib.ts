@@ -22,6 +22,8 @@ export const ZLIB_SYMBOLS = {
   },
   // int inflateEnd(z_streamp strm);
   inflateEnd: { parameters: ["buffer"], result: "i32" },
+  // int inflateCopy(z_streamp dest, z_streamp source);
+  inflateCopy: { parameters: ["buffer", "buffer"], result: "i32" },
   // int inflateReset(z_streamp strm);
   inflateReset: { parameters: ["buffer"], result: "i32" },
   // int inflatePrime(z_streamp strm, int bits, int value);
@@ -92,10 +94,16 @@ export class RawInflater {
   #busy = false;
   #endAfterBusy = false;
 
-  constructor() {
+  /** A fresh raw inflate stream, or a copy of `source`'s state (zlib's inflateCopy). */
+  constructor(source?: RawInflater) {
     const z = zlib();
-    const status = z.inflateInit2_(this.#stream, -15, z.zlibVersion(), Z_STREAM_SIZE);
-    if (status !== Z_OK) throw new Error(`zlib inflateInit2 failed (${status})`);
+    if (source) {
+      if (!source.#open || source.#busy) throw new Error("inflateCopy of a stream in use");
+      this.#check(z.inflateCopy(this.#stream, source.#stream), "inflateCopy");
+    } else {
+      const status = z.inflateInit2_(this.#stream, -15, z.zlibVersion(), Z_STREAM_SIZE);
+      if (status !== Z_OK) throw new Error(`zlib inflateInit2 failed (${status})`);
+    }
     this.#open = true;
   }
 

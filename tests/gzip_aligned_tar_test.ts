@@ -33,6 +33,22 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * read(), or readInto() a buffer holding other bytes (the FUSE and NBD servers reuse their
+ * reply buffers): the padding between files must be written as zeros, not left as it was.
+ */
+async function readSomeWay(
+  source: AlignedTarSource,
+  offset: number,
+  length: number,
+  i: number,
+): Promise<Uint8Array> {
+  if (i % 2 === 0) return await source.read(offset, length);
+  const dest = new Uint8Array(length).fill(0xee);
+  await source.readInto(offset, dest);
+  return dest;
+}
+
 /** The device as it must be: the image, then each extent's tar bytes, zeros elsewhere. */
 function referenceDevice(source: AlignedTarSource, tar: Uint8Array): Uint8Array {
   const device = new Uint8Array(source.size);
@@ -85,7 +101,7 @@ Deno.test({
         source.size - offset,
         Math.floor(random() * (i % 10 ? 9000 : 300_000)),
       );
-      const got = await source.read(offset, length);
+      const got = await readSomeWay(source, offset, length, i);
       assert.ok(equalBytes(got, device.subarray(offset, offset + length)), `${offset}+${length}`);
     }
     await assert.rejects(source.read(source.size - 1, 2), RangeError);
@@ -120,7 +136,7 @@ for (const name of ["big", "big-multi"]) {
         for (let i = 0; i < 500; i++) {
           const offset = Math.floor(random() * source.size);
           const length = Math.min(source.size - offset, Math.floor(random() * 200_000));
-          const got = await source.read(offset, length);
+          const got = await readSomeWay(source, offset, length, i);
           assert.ok(
             equalBytes(got, device.subarray(offset, offset + length)),
             `${offset}+${length}`,

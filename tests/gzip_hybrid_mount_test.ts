@@ -135,5 +135,13 @@ Deno.test("tar index layout: fixture facts, and refusals", async () => {
   const plain = HybridTarSource.plainTar(meta, new MemorySource(tar));
   const across = await plain.read(31232 - 10, 20);
   assert.deepEqual(across, new Uint8Array([...meta.subarray(31222), ...tar.subarray(0, 10)]));
+  // readInto fills the caller's buffer (a reused reply buffer): meta, tar and both at once.
+  const device = new Uint8Array([...meta, ...tar.subarray(0, plain.size - meta.length)]);
+  for (const [offset, length] of [[100, 4000], [31232 - 10, 20], [40000, 65536], [0, plain.size]]) {
+    const dest = new Uint8Array(length).fill(0xee);
+    await plain.readInto(offset, dest);
+    assert.deepEqual(dest, device.subarray(offset, offset + length), `${offset}+${length}`);
+  }
   await assert.rejects(() => plain.read(plain.size - 1, 2), RangeError);
+  await assert.rejects(() => plain.readInto(plain.size - 1, new Uint8Array(2)), RangeError);
 });

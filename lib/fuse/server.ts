@@ -316,20 +316,17 @@ function message(err: unknown): string {
  * full read of the benchmark image) is freed only when V8 gets to it, and showed as RSS.
  * The reply is written synchronously, so a buffer is free again once it was sent.
  */
-const SMALL_REPLY_BYTES = 64 << 10;
-const LARGE_REPLY_BYTES = FUSE_MAX_MAX_PAGES * 4096;
+const REPLY_CLASS_BYTES = [64 << 10, 256 << 10, FUSE_MAX_MAX_PAGES * 4096];
 const MAX_POOLED_REPLIES = 8;
-const smallReplies: Uint8Array[] = [];
-const largeReplies: Uint8Array[] = [];
+const pooledReplies: Uint8Array[][] = REPLY_CLASS_BYTES.map(() => []);
 
 function takeReplyBuffer(length: number): Uint8Array | undefined {
-  if (length > LARGE_REPLY_BYTES) return undefined;
-  const pool = length <= SMALL_REPLY_BYTES ? smallReplies : largeReplies;
-  return pool.pop() ??
-    new Uint8Array(length <= SMALL_REPLY_BYTES ? SMALL_REPLY_BYTES : LARGE_REPLY_BYTES);
+  const at = REPLY_CLASS_BYTES.findIndex((size) => length <= size);
+  if (at < 0) return undefined;
+  return pooledReplies[at].pop() ?? new Uint8Array(REPLY_CLASS_BYTES[at]);
 }
 
 function giveReplyBuffer(buffer: Uint8Array): void {
-  const pool = buffer.length === SMALL_REPLY_BYTES ? smallReplies : largeReplies;
-  if (pool.length < MAX_POOLED_REPLIES) pool.push(buffer);
+  const pool = pooledReplies[REPLY_CLASS_BYTES.indexOf(buffer.length)];
+  if (pool && pool.length < MAX_POOLED_REPLIES) pool.push(buffer);
 }

@@ -21,9 +21,9 @@ import { openFile } from "../../ffi/files.ts";
 import { FormatError } from "../errors.ts";
 import { layoutImage } from "../erofs/writer/layout.ts";
 import { writeImage } from "../erofs/writer/write.ts";
-import type { Source } from "../source/source.ts";
+import { checkReadRange, type Source } from "../source/source.ts";
 import { openMemoryFile, preadExact } from "../source/disk_cache_io.ts";
-import type { TarBytes } from "./hybrid_tar.ts";
+import { readTarInto, type TarBytes } from "./hybrid_tar.ts";
 import { readTarIndexTree } from "./tar_index_tree.ts";
 
 /** Block size of the re-laid-out image: the page size every kernel with EROFS can mount. */
@@ -212,17 +212,26 @@ export class AlignedTarSource implements Source {
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    if (
-      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
-      offset + length > this.size
-    ) {
-      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
-    }
+    checkReadRange(offset, length, this.size);
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out, signal);
+    return out;
+  }
+
+  /** As read(), into `dest` (the padding after each file written as zeros too). */
+  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    const length = dest.length;
+    checkReadRange(offset, length, this.size);
     const image = this.index.image;
     const end = offset + length;
-    if (end <= image.length) return image.slice(offset, end);
-    const out = new Uint8Array(length);
+    if (end <= image.length) {
+      dest.set(image.subarray(offset, end));
+      return;
+    }
+    const out = dest;
     if (offset < image.length) out.set(image.subarray(offset), 0);
+    // A reused buffer: what no file covers (padding, holes) reads as zeros.
+    out.fill(0, Math.max(0, image.length - offset));
     const ext = this.index.extents;
     // Pieces of files in this read, in tar order; neighbours a few tar headers apart are read
     // as one range (small files: one tar read per device read, not one per file).
@@ -235,6 +244,18 @@ export class AlignedTarSource implements Source {
       const tarStart = pieces[0].tarAt;
       const last = pieces[pieces.length - 1];
       const tarLength = last.tarAt + (last.to - last.from) - tarStart;
+      if (pieces.length === 1) {
+        const only = pieces[0];
+        reads.push(
+          readTarInto(
+            this.#tar,
+            tarStart,
+            out.subarray(only.from - offset, only.to - offset),
+            signal,
+          ),
+        );
+        return;
+      }
       reads.push(
         this.#tar.read(tarStart, tarLength, signal).then((bytes) => {
           if (bytes.length !== tarLength) {
@@ -263,7 +284,6 @@ export class AlignedTarSource implements Source {
     }
     flush();
     await Promise.all(reads);
-    return out;
   }
 
   async close(): Promise<void> {

@@ -11,7 +11,7 @@
 import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import { GzipRandomAccess, type GzipRandomAccessOptions } from "./gzip_random_access.ts";
-import type { Source } from "../source/source.ts";
+import { checkReadRange, type Source } from "../source/source.ts";
 
 /** Size of one device-table slot (struct erofs_deviceslot). */
 const DEVICE_SLOT_BYTES = 128;
@@ -55,10 +55,30 @@ export function tarIndexLayout(meta: Uint8Array, what = "tar index"): TarIndexLa
   return { blockSizeBytes: sb.blockSizeBytes, metaBytes, tarBytes: blocks * sb.blockSizeBytes };
 }
 
-/** Random access to an uncompressed tar: a gzip layer through its zinfo, or a plain tar. */
+/**
+ * Random access to an uncompressed tar: a gzip layer through its zinfo, or a plain tar.
+ * `readInto` (when there is one) fills the caller's buffer, so the reply buffers of the FUSE
+ * and NBD servers are reused instead of a fresh buffer per read.
+ */
 export interface TarBytes {
   read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
+  readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
   close?(): void | Promise<void>;
+}
+
+/** `length` bytes of `tar` at `offset` into `dest`, through its readInto when it has one. */
+export async function readTarInto(
+  tar: TarBytes,
+  offset: number,
+  dest: Uint8Array,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (tar.readInto) return await tar.readInto(offset, dest, signal);
+  const bytes = await tar.read(offset, dest.length, signal);
+  if (bytes.length !== dest.length) {
+    throw new FormatError(`tar read at ${offset} returned ${bytes.length} of ${dest.length}`);
+  }
+  dest.set(bytes);
 }
 
 export class HybridTarSource implements Source {
@@ -109,19 +129,21 @@ export class HybridTarSource implements Source {
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    if (
-      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
-      offset + length > this.size
-    ) {
-      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
-    }
-    const metaBytes = this.layout.metaBytes;
-    if (offset >= metaBytes) return await this.#tar.read(offset - metaBytes, length, signal);
-    if (offset + length <= metaBytes) return this.#meta.slice(offset, offset + length);
+    checkReadRange(offset, length, this.size);
     const out = new Uint8Array(length);
-    out.set(this.#meta.subarray(offset));
-    out.set(await this.#tar.read(0, offset + length - metaBytes, signal), metaBytes - offset);
+    await this.readInto(offset, out, signal);
     return out;
+  }
+
+  async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    checkReadRange(offset, dest.length, this.size);
+    const metaBytes = this.layout.metaBytes;
+    const end = offset + dest.length;
+    if (offset < metaBytes) dest.set(this.#meta.subarray(offset, Math.min(end, metaBytes)));
+    if (end > metaBytes) {
+      const from = Math.max(offset, metaBytes);
+      await readTarInto(this.#tar, from - metaBytes, dest.subarray(from - offset), signal);
+    }
   }
 
   async close(): Promise<void> {

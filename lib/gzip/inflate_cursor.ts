@@ -8,6 +8,7 @@ import { FormatError } from "../errors.ts";
 import type { Source } from "../source/source.ts";
 import { nativeBytes, RawInflater, Z_STREAM_END } from "../../ffi/zlib.ts";
 import { TsInflater } from "./ts_inflate.ts";
+import type { BufferPool } from "./buffer_pool.ts";
 import { GZIP_TRAILER_BYTES, gzipHeaderLength, isGzipMagic } from "./gzip_header.ts";
 import type { Zinfo } from "./zinfo.ts";
 
@@ -36,6 +37,18 @@ const MAX_INTERVAL_FETCH_BYTES = 4 * 1024 * 1024;
 
 type CursorState = "deflate" | "member-end" | "end";
 type ReadInto = (offset: number, dest: Uint8Array, signal?: AbortSignal) => Promise<void>;
+
+/**
+ * A paused cursor's state kept to start others from (zlib's inflateCopy: its ~7 KB of state
+ * and 32 KiB window), at `position` in the output with its input at `next`: a checkpoint in
+ * memory, anywhere in a deflate block. The owner ends `inflater` when it drops the snapshot.
+ */
+export interface CursorSnapshot {
+  readonly checkpoint: number;
+  readonly position: number;
+  readonly next: number;
+  readonly inflater: RawInflater;
+}
 
 /** Which raw inflater a cursor uses: the system zlib (default) or the TypeScript one. */
 export type InflaterKind = "zlib" | "ts";
@@ -84,6 +97,13 @@ export class InflateCursor {
   #pending: Uint8Array<ArrayBuffer> = nativeBytes(0);
   /** Where fetches land while the pending input is empty (reused: see #refill). */
   #input?: Uint8Array<ArrayBuffer>;
+  /** Where `#input` comes from and goes back to on close (see BufferPool's rule). */
+  readonly #pool?: BufferPool;
+  /**
+   * A fetch into `#input` is under way, or one failed (an aborted read may still be writing
+   * into it): then it is not given back.
+   */
+  #inputBusy = false;
   #state: CursorState = "deflate";
   /** Bits at the top of byte `#next - 1` still to prime (0 once the first fetch did). */
   #primeBits: number;
@@ -99,7 +119,9 @@ export class InflateCursor {
     readonly blob: Source,
     inflater: Inflater,
     zinfo: Zinfo,
+    pool?: BufferPool,
   ) {
+    this.#pool = pool;
     const cps = zinfo.checkpoints;
     const cp = cps[checkpoint];
     const next = cps[checkpoint + 1];
@@ -125,15 +147,52 @@ export class InflateCursor {
     index: number,
     signal?: AbortSignal,
     kind: InflaterKind = "zlib",
+    pool?: BufferPool,
   ): Promise<InflateCursor> {
     const inflater = kind === "ts" ? new TsInflater() : new RawInflater();
     try {
       inflater.setDictionary(copyNative(await zinfo.window(index, signal)));
-      return new InflateCursor(index, blob, inflater, zinfo);
+      return new InflateCursor(index, blob, inflater, zinfo, pool);
     } catch (error) {
       inflater.end();
       throw error;
     }
+  }
+
+  /** A cursor where `snapshot` was taken, as a cursor opened at its checkpoint would be there. */
+  static fromSnapshot(
+    blob: Source,
+    zinfo: Zinfo,
+    snapshot: CursorSnapshot,
+    pool?: BufferPool,
+  ): InflateCursor {
+    const cursor = new InflateCursor(
+      snapshot.checkpoint,
+      blob,
+      new RawInflater(snapshot.inflater),
+      zinfo,
+      pool,
+    );
+    cursor.#next = snapshot.next;
+    cursor.#primeBits = 0;
+    cursor.position = snapshot.position;
+    return cursor;
+  }
+
+  /**
+   * This cursor's state, to start others from later, or undefined where that cannot be done:
+   * between gzip members, before its first fetch, with the TypeScript inflater.
+   */
+  snapshot(): CursorSnapshot | undefined {
+    if (
+      this.#state !== "deflate" || this.#primeBits > 0 || !(this.#inflater instanceof RawInflater)
+    ) return undefined;
+    return {
+      checkpoint: this.checkpoint,
+      position: this.position,
+      next: this.#pendingOffset(),
+      inflater: new RawInflater(this.#inflater),
+    };
   }
 
   /**
@@ -195,6 +254,9 @@ export class InflateCursor {
   close(): void {
     this.#state = "end";
     this.#inflater.end();
+    this.#pending = nativeBytes(0);
+    if (this.#input && !this.#inputBusy) this.#pool?.give(this.#input);
+    this.#input = undefined;
   }
 
   /** Skips the trailer of the member that just ended and the header of the next, if any. */
@@ -232,19 +294,31 @@ export class InflateCursor {
    * `wantedOutput`: output bytes the caller still waits for (sizes the fetch).
    */
   async #refill(signal?: AbortSignal, wantedOutput = 0): Promise<boolean> {
-    const length = Math.min(this.#fetchLength(wantedOutput), this.blob.size - this.#next);
-    if (length <= 0) return false;
     const back = this.#primeBits > 0 ? 1 : 0;
+    // The byte before the checkpoint rides within the caps, so inputs come in the sizes of
+    // the pool's other buffers (1 MiB pieces).
+    const length = Math.min(this.#fetchLength(wantedOutput, back), this.blob.size - this.#next);
+    if (length <= 0) return false;
     const into = (this.blob as { readInto?: ReadInto }).readInto;
     let chunk: Uint8Array;
     if (this.#pending.length === 0 && into) {
       // The cursor's own input buffer, refilled once consumed: a fresh one per fetch made
       // most of a lazy tar.gz mount's short-lived memory.
       if (!this.#input || this.#input.length < length + back) {
-        this.#input = nativeBytes(Math.max(length + back, this.#input?.length ?? 0));
+        // Two sizes (a random reader's largest fetch, a sequential one's), so the pool has
+        // them: a fresh size per fetch was a fresh buffer.
+        const size = Math.max(
+          length + back <= MAX_FETCH_BYTES ? MAX_FETCH_BYTES : MAX_INTERVAL_FETCH_BYTES,
+          length + back,
+          this.#input?.length ?? 0,
+        );
+        if (this.#input) this.#pool?.give(this.#input);
+        this.#input = this.#pool?.take(size) ?? nativeBytes(size);
       }
       chunk = this.#input.subarray(0, length + back);
+      this.#inputBusy = true;
       await into.call(this.blob, this.#next - back, chunk, signal);
+      this.#inputBusy = false;
     } else {
       chunk = await this.blob.read(this.#next - back, length + back, signal);
     }
@@ -274,11 +348,14 @@ export class InflateCursor {
     return true;
   }
 
-  /** How much to fetch next (see FETCH_MARGIN): an estimate, capped at the interval's end. */
-  #fetchLength(wantedOutput: number): number {
+  /**
+   * How much to fetch next (see FETCH_MARGIN): an estimate, capped at the interval's end and
+   * at the largest fetch less the `back` byte fetched with it.
+   */
+  #fetchLength(wantedOutput: number, back: number): number {
     const toEnd = this.#endCompressed - this.#next;
     if (toEnd <= 0) return MIN_FETCH_BYTES; // past the next checkpoint: the data says so
-    if (this.toIntervalEnd) return Math.min(toEnd, MAX_INTERVAL_FETCH_BYTES);
+    if (this.toIntervalEnd) return Math.min(toEnd, MAX_INTERVAL_FETCH_BYTES - back);
     wantedOutput = Math.max(wantedOutput, this.fetchUntil - this.position);
     const outLeft = this.#endUncompressed - this.position;
     const ratio = outLeft > 0 && Number.isFinite(outLeft)
@@ -286,7 +363,7 @@ export class InflateCursor {
       : this.#fallbackRatio;
     const estimate = Math.ceil(wantedOutput * ratio * (1 + FETCH_MARGIN)) + FETCH_SLACK_BYTES -
       this.#pending.length;
-    return Math.min(toEnd, MAX_FETCH_BYTES, Math.max(MIN_FETCH_BYTES, estimate));
+    return Math.min(toEnd, MAX_FETCH_BYTES - back, Math.max(MIN_FETCH_BYTES, estimate));
   }
 
   #pendingOffset(): number {

@@ -5,7 +5,7 @@
  * again are fetched and checked again (a registry may answer differently the second time).
  */
 import { FormatError } from "../errors.ts";
-import type { Source } from "../source/source.ts";
+import { checkReadRange, type Source } from "../source/source.ts";
 import { checkPieceBytes, PIECE_DIGEST_BYTES, sha256 } from "./piece_digests.ts";
 
 export interface VerifiedTarOptions {
@@ -38,14 +38,16 @@ export class VerifiedPlainTar implements Source {
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
-    if (
-      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 ||
-      length < 0 || offset + length > this.size
-    ) {
-      throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
-    }
+    checkReadRange(offset, length, this.size);
     const out = new Uint8Array(length);
-    if (length === 0) return out;
+    await this.readInto(offset, out, signal);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array, signal?: AbortSignal): Promise<void> {
+    const length = out.length;
+    checkReadRange(offset, length, this.size);
+    if (length === 0) return;
     const first = Math.floor(offset / this.pieceBytes);
     const last = Math.floor((offset + length - 1) / this.pieceBytes);
     const pieces = [];
@@ -56,7 +58,6 @@ export class VerifiedPlainTar implements Source {
       const from = Math.max(offset, start), to = Math.min(offset + length, start + this.pieceBytes);
       out.set(bytes[k - first].subarray(from - start, to - start), from - offset);
     }
-    return out;
   }
 
   #piece(k: number, signal?: AbortSignal): Promise<Uint8Array> {

@@ -60,7 +60,10 @@ export function chooseTarDeviceLayout(
 }
 
 /** A tar layer's device, closing `tar` with it. */
-export type TarDevice = Source & { close(): Promise<void> };
+export type TarDevice = Source & {
+  readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+};
 
 /**
  * The device of tar-index image `meta` over `tar` in `layout`. FormatError when the meta is

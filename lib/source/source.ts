@@ -23,3 +23,13 @@ export interface Source {
   /** Releases connections and files. */
   close?(): void | Promise<void>;
 }
+
+/** RangeError unless `offset`..`offset + length` lies within a source of `size` bytes. */
+export function checkReadRange(offset: number, length: number, size: number): void {
+  if (
+    !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+    offset + length > size
+  ) {
+    throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${size}`);
+  }
+}
