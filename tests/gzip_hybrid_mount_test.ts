@@ -4,13 +4,15 @@
  * expected manifests; only part of the compressed blob is read for part of the files.
  */
 import assert from "node:assert/strict";
-import { HybridTarSource, tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
+import { HybridTarSource, openTarMetaFile, tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
+import { openIndexFile } from "../lib/mount/layer_index_files.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import type { Source } from "../lib/source/source.ts";
 import { FormatError } from "../lib/errors.ts";
 import { deadline, expected, FuseStack, manifest } from "./_support/fuse_stack.ts";
 import { MemorySource } from "./_support/memory_source.ts";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
+import { prng } from "./_support/gzip_data.ts";
 
 const ignore = requires(
   root(),
@@ -144,4 +146,31 @@ Deno.test("tar index layout: fixture facts, and refusals", async () => {
   }
   await assert.rejects(() => plain.read(plain.size - 1, 2), RangeError);
   await assert.rejects(() => plain.readInto(plain.size - 1, new Uint8Array(2)), RangeError);
+});
+
+Deno.test("tar index meta read from its file: the same device bytes, the file closed with the source", async () => {
+  const metaPath = `${FIXTURES}/layer.meta.erofs`;
+  const meta = await Deno.readFile(metaPath);
+  const tar = await Deno.readFile(`${FIXTURES}/layer.tar`);
+  const inMemory = HybridTarSource.plainTar(meta, new MemorySource(tar));
+  const file = openIndexFile(metaPath);
+  const metaFile = await openTarMetaFile(file, metaPath);
+  // Only the head is held: the superblock and the device table.
+  assert.equal(metaFile.head.length < meta.length, true);
+  assert.deepEqual(tarIndexLayout(metaFile), tarIndexLayout(meta));
+  const fromFile = new HybridTarSource(metaFile, new MemorySource(tar));
+  const random = prng(11);
+  for (let i = 0; i < 300; i++) {
+    const offset = Math.floor(random() * inMemory.size);
+    const length = Math.min(inMemory.size - offset, Math.floor(random() * 70_000));
+    const dest = new Uint8Array(length).fill(0xee);
+    await fromFile.readInto(offset, dest);
+    assert.deepEqual(dest, await inMemory.read(offset, length), `${offset}+${length}`);
+  }
+  await fromFile.close();
+  await assert.rejects(() => file.read(0, 10), /read after close/);
+  // Not an EROFS image: refused at open, and its file closed.
+  const tarFile = openIndexFile(`${FIXTURES}/layer.tar`);
+  await assert.rejects(() => openTarMetaFile(tarFile, "layer.tar"), FormatError);
+  await assert.rejects(() => tarFile.read(0, 10), /read after close/);
 });

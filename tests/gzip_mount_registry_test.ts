@@ -19,7 +19,7 @@ import {
 } from "./_support/oci_raw.ts";
 import { LAYER_ANNOTATION, TAR_INDEX_ARTIFACT_TYPE } from "../lib/mount/tar_index_artifact.ts";
 import { treeListing } from "./_support/erofs_tree.ts";
-import { manifestOf, mountsBelow } from "./_support/mounts.ts";
+import { manifestOf, mountsBelow, serverPids } from "./_support/mounts.ts";
 import {
   expectedTarListing,
   type IndexMountRig,
@@ -77,6 +77,20 @@ Deno.test({
       // The index files stay in the durable state dir for reattach.
       const kept = [...Deno.readDirSync(`${rig.stateEnv.EROFS_OCI_STATE_DIR}/index`)];
       assert.equal(kept.length, 1);
+      // The server reads the meta image from its file there as the kernel asks, not from a
+      // copy of it in memory (~170 bytes per file of the layer).
+      const dir = `${rig.stateEnv.EROFS_OCI_STATE_DIR}/index/${kept[0].name}`;
+      const metaDigest = JSON.parse(Deno.readTextFileSync(`${dir}/index.json`)).meta.digest;
+      const metaFile = Deno.realPathSync(`${dir}/${metaDigest.replace(":", "-")}`);
+      const [server] = serverPids(sandbox.env.EROFS_OCI_RUNTIME_DIR);
+      const open = [...Deno.readDirSync(`/proc/${server}/fd`)].map((fd) => {
+        try {
+          return Deno.readLinkSync(`/proc/${server}/fd/${fd.name}`);
+        } catch {
+          return "";
+        }
+      });
+      assert(open.includes(metaFile), `server ${server} has ${metaFile} open: ${open.join(" ")}`);
       assertSuccess(await runCli(["umount", sandbox.target], { env }));
     }),
 });

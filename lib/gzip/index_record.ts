@@ -6,7 +6,7 @@
  */
 import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
-import { tarIndexLayout } from "./hybrid_tar.ts";
+import { tarIndexLayout, type TarMetaFile } from "./hybrid_tar.ts";
 import { checkZinfoBytes } from "./zinfo.ts";
 import { parseJson } from "../json.ts";
 
@@ -115,7 +115,8 @@ export function sha256Digest(bytes: Uint8Array): string {
 export function checkIndexRecord(
   record: IndexRecord,
   layer: { digest: string; size: number },
-  meta: Uint8Array,
+  /** The meta's bytes, or its file with the digest of its bytes. */
+  meta: Uint8Array | { digest: string; file: TarMetaFile },
   /** The zinfo's bytes, or its digest (the caller then checks its structure: Zinfo.open). */
   zinfo?: Uint8Array | { digest: string },
   pieces?: Uint8Array,
@@ -128,7 +129,8 @@ export function checkIndexRecord(
       hint,
     );
   }
-  if (sha256Digest(meta) !== record.meta.digest) {
+  const metaDigest = meta instanceof Uint8Array ? sha256Digest(meta) : meta.digest;
+  if (metaDigest !== record.meta.digest) {
     throw new FormatError(`${record.meta.file} is not the meta image its index recorded`, hint);
   }
   const zinfoDigest = zinfo instanceof Uint8Array ? sha256Digest(zinfo) : zinfo?.digest;
@@ -148,7 +150,10 @@ export function checkIndexRecord(
       hint,
     );
   }
-  const { tarBytes } = tarIndexLayout(meta, record.meta.file);
+  const { tarBytes } = tarIndexLayout(
+    meta instanceof Uint8Array ? meta : meta.file,
+    record.meta.file,
+  );
   if (tarBytes > record.tarBytes) {
     throw new FormatError(
       `${record.meta.file} refers to ${tarBytes} bytes of tar, the layer has ${record.tarBytes}`,

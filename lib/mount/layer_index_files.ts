@@ -20,6 +20,7 @@ import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
+import { openTarMetaFile, type TarMetaFile } from "../gzip/hybrid_tar.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
@@ -144,7 +145,7 @@ export async function findLocalLayerIndex(
       zinfo: record.zinfo ? `${dir}/${record.zinfo.file}` : undefined,
       pieces: record.pieces ? `${dir}/${record.pieces.file}` : undefined,
     };
-    (await checkTarIndexFiles(files, layer)).zinfo?.close();
+    await verifyTarIndexFiles(files, layer);
     return files;
   }
   return undefined;
@@ -186,23 +187,29 @@ export async function indexedDigestsOfSize(dir: string, sizeBytes: number): Prom
 }
 
 /**
- * Reads the files and checks them against their record and the layer (FormatError). The zinfo
- * (32 KiB per checkpoint: a layer of many gzip members makes a large one) is not read into
- * memory: it is hashed as it streams by and handed back open, its windows read when used.
- * The caller closes it.
+ * Reads the files and checks them against their record and the layer (FormatError). The meta
+ * image and the zinfo (32 KiB per checkpoint: a layer of many gzip members makes a large one)
+ * are not read into memory: they are hashed as they stream by and handed back open, read when
+ * used. The caller closes them (closeTarIndexFiles).
  */
 export async function checkTarIndexFiles(
   files: TarIndexFiles,
   layer: { digest: string; size: number },
-): Promise<{ meta: Uint8Array; zinfo?: FdFile; pieces?: Uint8Array }> {
-  const read = (path: string | undefined) =>
-    path === undefined ? undefined : readIndexFile(path, MAX_INDEX_FILE_BYTES);
-  const meta = (await read(files.meta))!;
-  const pieces = await read(files.pieces);
-  const zinfo = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
+): Promise<{ meta: TarMetaFile; zinfo?: FdFile; pieces?: Uint8Array }> {
+  const pieces = files.pieces === undefined
+    ? undefined
+    : await readIndexFile(files.pieces, MAX_INDEX_FILE_BYTES);
+  const metaFile = openIndexFile(files.meta);
+  const metaDigest = await sha256OfSource(metaFile).catch((error) => {
+    metaFile.close();
+    throw error;
+  });
+  const meta = await openTarMetaFile(metaFile, files.record.meta.file);
+  let zinfo: FdFile | undefined;
   try {
+    zinfo = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
     const zinfoDigest = zinfo ? { digest: await sha256OfSource(zinfo) } : undefined;
-    checkIndexRecord(files.record, layer, meta, zinfoDigest, pieces);
+    checkIndexRecord(files.record, layer, { digest: metaDigest, file: meta }, zinfoDigest, pieces);
     if (zinfo && files.record.zinfo) {
       // Refused here, before a mount, rather than by each read: checkpoints too far apart.
       await Zinfo.open(zinfo, layer.size, undefined, {
@@ -211,10 +218,24 @@ export async function checkTarIndexFiles(
       });
     }
   } catch (error) {
-    zinfo?.close();
+    closeTarIndexFiles({ meta, zinfo });
     throw error;
   }
   return { meta, zinfo, pieces };
+}
+
+/** Closes what checkTarIndexFiles left open. */
+export function closeTarIndexFiles(files: { meta: TarMetaFile; zinfo?: FdFile }): void {
+  files.meta.close?.();
+  files.zinfo?.close();
+}
+
+/** checkTarIndexFiles, closing the files again: the index is as recorded (FormatError). */
+export async function verifyTarIndexFiles(
+  files: TarIndexFiles,
+  layer: { digest: string; size: number },
+): Promise<void> {
+  closeTarIndexFiles(await checkTarIndexFiles(files, layer));
 }
 
 /** An index file opened as readIndexFile would read it (same refusals), left to be read. */

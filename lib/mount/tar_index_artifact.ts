@@ -26,10 +26,10 @@ import {
   sha256Digest,
 } from "../gzip/index_record.ts";
 import {
-  checkTarIndexFiles,
   layerFileStem,
   sha256OfFile,
   type TarIndexFiles,
+  verifyTarIndexFiles,
 } from "./layer_index_files.ts";
 import { maxCheckpointsFor, ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../gzip/zinfo.ts";
 import { parseJson } from "../json.ts";
@@ -248,7 +248,7 @@ export async function fetchTarIndexes(
         pieces: await get(record.pieces),
       };
       try {
-        (await checkTarIndexFiles(files, layer)).zinfo?.close();
+        await verifyTarIndexFiles(files, layer);
       } catch (error) {
         // Not kept: the next mount would read (and refuse) them again.
         await Deno.remove(dir, { recursive: true }).catch(() => {});

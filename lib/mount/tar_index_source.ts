@@ -7,12 +7,11 @@
 import { FormatError, MountError } from "../errors.ts";
 import { CachedSource, type CacheStats } from "../source/cached.ts";
 import { GzipRandomAccess } from "../gzip/gzip_random_access.ts";
-import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
+import { openTarMetaFile, tarIndexLayout, type TarMeta } from "../gzip/hybrid_tar.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
-import { checkTarIndexFiles, openIndexFile, readIndexFile } from "./layer_index_files.ts";
+import { checkTarIndexFiles, openIndexFile } from "./layer_index_files.ts";
 import type { FdFile } from "../source/fd_file.ts";
-import { MAX_INDEX_FILE_BYTES } from "../gzip/index_record.ts";
 import {
   chooseTarDeviceLayout,
   kernelHasSubpageBlocks,
@@ -69,20 +68,22 @@ export async function openTarIndexSource(
   cacheBytes: number,
   options: { checkStartOf?: string } = {},
 ): Promise<TarIndexedSource> {
-  let meta: Uint8Array, zinfo: FdFile | undefined, pieces: Uint8Array | undefined;
+  let meta: TarMeta, zinfo: FdFile | undefined, pieces: Uint8Array | undefined;
   if (index.record) {
     ({ meta, zinfo, pieces } = await checkTarIndexFiles(
       { record: index.record, meta: index.meta, zinfo: index.zinfo, pieces: index.pieces },
       layer,
     ));
   } else {
-    meta = await readIndexFile(index.meta, MAX_INDEX_FILE_BYTES);
+    meta = await openTarMetaFile(openIndexFile(index.meta), index.meta);
     zinfo = index.zinfo ? openIndexFile(index.zinfo) : undefined;
   }
   try {
     return await openIndexed(blob, index, layer, cacheBytes, options, { meta, zinfo, pieces });
   } catch (error) {
-    zinfo?.close(); // once open, the device's close closes it (GzipRandomAccess owns it)
+    // Once open, the device's close closes them (GzipRandomAccess owns the zinfo).
+    zinfo?.close();
+    if (!(meta instanceof Uint8Array)) meta.close?.();
     throw error;
   }
 }
@@ -93,7 +94,7 @@ async function openIndexed(
   layer: { digest: string; size: number },
   cacheBytes: number,
   options: { checkStartOf?: string },
-  files: { meta: Uint8Array; zinfo?: FdFile; pieces?: Uint8Array },
+  files: { meta: TarMeta; zinfo?: FdFile; pieces?: Uint8Array },
 ): Promise<TarIndexedSource> {
   const { meta, zinfo, pieces } = files;
   // A reattach gets the layout the device was served in; a new mount, this kernel's.
@@ -124,7 +125,7 @@ async function openIndexed(
         : undefined,
     });
     try {
-      device = tarDevice(deviceLayout, meta, gzip, record?.tarBytes);
+      device = await tarDevice(deviceLayout, meta, gzip, record?.tarBytes);
     } catch (error) {
       gzip.close();
       throw error;
@@ -136,7 +137,7 @@ async function openIndexed(
         cacheBytes: tarCacheBytes,
       })
       : cached;
-    device = tarDevice(deviceLayout, meta, tar, tar.size);
+    device = await tarDevice(deviceLayout, meta, tar, tar.size);
     if (tar !== cached) verifiedTar = tar;
   }
   if (options.checkStartOf !== undefined && verifiedTar && record?.pieces && record.tarBytes > 0) {

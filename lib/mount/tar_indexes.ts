@@ -308,7 +308,7 @@ async function keepIndexFiles(
   cacheDir: string,
   layerDigest: string,
 ): Promise<TarIndexFiles> {
-  const { checkTarIndexFiles, layerFileStem } = await import("./layer_index_files.ts");
+  const { verifyTarIndexFiles, layerFileStem } = await import("./layer_index_files.ts");
   const dir = `${cacheDir}/${layerFileStem(layerDigest)}`;
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   const keep = async (path: string | undefined, digest: string | undefined) => {
@@ -331,6 +331,6 @@ async function keepIndexFiles(
     zinfo: await keep(files.zinfo, files.record.zinfo?.digest),
     pieces: await keep(files.pieces, files.record.pieces?.digest),
   };
-  (await checkTarIndexFiles(kept, files.record.layer)).zinfo?.close();
+  await verifyTarIndexFiles(kept, files.record.layer);
   return kept;
 }

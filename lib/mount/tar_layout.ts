@@ -7,7 +7,13 @@
  * `mount.erofs --reattach` can take over; EROFS_OCI_TAR_LAYOUT=4k forces the other (tests).
  */
 import { FormatError, MountError, UsageError } from "../errors.ts";
-import { HybridTarSource, type TarBytes, tarIndexLayout } from "../gzip/hybrid_tar.ts";
+import {
+  HybridTarSource,
+  type TarBytes,
+  tarIndexLayout,
+  type TarMeta,
+  tarMetaBytes,
+} from "../gzip/hybrid_tar.ts";
 import { AlignedTarSource, alignTarIndex } from "../gzip/aligned_tar.ts";
 import type { Source } from "../source/source.ts";
 
@@ -69,23 +75,26 @@ export type TarDevice = Source & {
  * The device of tar-index image `meta` over `tar` in `layout`. FormatError when the meta is
  * malformed or refers past `tarLimitBytes` (a plain tar's size, an index record's tar size).
  */
-export function tarDevice(
+export async function tarDevice(
   layout: TarDeviceLayout,
-  meta: Uint8Array,
+  meta: TarMeta,
   tar: TarBytes,
   tarLimitBytes?: number,
-): TarDevice {
+): Promise<TarDevice> {
   if (layout === "4k") {
-    return new AlignedTarSource(alignTarIndex(meta, { tarLimitBytes }), tar);
+    // Laid out again whole; the file is not needed after that.
+    const bytes = await tarMetaBytes(meta);
+    if (!(meta instanceof Uint8Array)) meta.close?.();
+    return new AlignedTarSource(alignTarIndex(bytes, { tarLimitBytes }), tar);
   }
-  const hybrid = new HybridTarSource(meta, tar);
-  if (tarLimitBytes !== undefined && tarLimitBytes < hybrid.layout.tarBytes) {
+  const layoutOfMeta = tarIndexLayout(meta);
+  if (tarLimitBytes !== undefined && tarLimitBytes < layoutOfMeta.tarBytes) {
     throw new FormatError(
-      `tar index refers to ${hybrid.layout.tarBytes} bytes of tar, the tar has ${tarLimitBytes}`,
+      `tar index refers to ${layoutOfMeta.tarBytes} bytes of tar, the tar has ${tarLimitBytes}`,
       "the tar index does not belong to this layer",
     );
   }
-  return hybrid;
+  return new HybridTarSource(meta, tar);
 }
 
 /** Bytes of the device `meta` makes in `layout` (what a recorded device's size must fit). */

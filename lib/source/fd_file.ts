@@ -4,7 +4,7 @@
  * reads need no queue. The file must not change while served; close() closes the descriptor.
  */
 import { PooledReadFd } from "../../ffi/files.ts";
-import type { Source } from "./source.ts";
+import { checkReadRange, type Source } from "./source.ts";
 
 export class FdFile implements Source {
   readonly #fd: PooledReadFd;
@@ -14,19 +14,22 @@ export class FdFile implements Source {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    if (
-      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
-      offset + length > this.size
-    ) throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${this.size}`);
-    if (this.#fd.closed) throw new Error(`${this.path}: read after close`);
     const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, dest: Uint8Array): Promise<void> {
+    const length = dest.length;
+    checkReadRange(offset, length, this.size);
+    if (this.#fd.closed) throw new Error(`${this.path}: read after close`);
     let done = 0;
     while (done < length) {
-      const n = await this.#fd.pread(out.subarray(done), offset + done, this.path);
+      const part = dest.subarray(done) as Uint8Array<ArrayBuffer>;
+      const n = await this.#fd.pread(part, offset + done, this.path);
       if (n === 0) throw new Error(`${this.path}: ends before ${offset + length} (it changed)`);
       done += n;
     }
-    return out;
   }
 
   /** The descriptor closes once the reads in flight have ended (PooledReadFd). */
