@@ -58,7 +58,8 @@ function dropCaches(): void {
 /** Paths of regular files in tar order (`tar tf` order = the layer's byte order). */
 async function tarOrder(): Promise<string[]> {
   const out = await new Deno.Command("sh", {
-    args: ["-c", `gzip -dc '${layerPath}' | tar tvf - | awk '$1 ~ /^-/ {print $NF}'`],
+    // Regular files; the name is what follows the first five fields (it may hold spaces).
+    args: ["-c", `gzip -dc '${layerPath}' | tar tvf - | sed -nE 's/^-[^ ]* +([^ ]+ +){4}//p'`],
     stdout: "piped",
   }).output();
   return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean);
