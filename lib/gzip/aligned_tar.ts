@@ -21,9 +21,9 @@ import { openFile } from "../../ffi/files.ts";
 import { FormatError } from "../errors.ts";
 import { layoutImage } from "../erofs/writer/layout.ts";
 import { writeImage } from "../erofs/writer/write.ts";
-import { checkReadRange, type Source } from "../source/source.ts";
+import { checkReadRange, readSourceInto, type Source } from "../source/source.ts";
 import { openMemoryFile, preadExact } from "../source/disk_cache_io.ts";
-import { readTarInto, type TarBytes } from "./hybrid_tar.ts";
+import type { TarBytes } from "./hybrid_tar.ts";
 import { readTarIndexTree } from "./tar_index_tree.ts";
 
 /** Block size of the re-laid-out image: the page size every kernel with EROFS can mount. */
@@ -247,7 +247,7 @@ export class AlignedTarSource implements Source {
       if (pieces.length === 1) {
         const only = pieces[0];
         reads.push(
-          readTarInto(
+          readSourceInto(
             this.#tar,
             tarStart,
             out.subarray(only.from - offset, only.to - offset),

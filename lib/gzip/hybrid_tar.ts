@@ -11,7 +11,7 @@
 import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import { GzipRandomAccess, type GzipRandomAccessOptions } from "./gzip_random_access.ts";
-import { checkReadRange, type Source } from "../source/source.ts";
+import { checkReadRange, readSourceInto, type Source } from "../source/source.ts";
 
 /** Size of one device-table slot (struct erofs_deviceslot). */
 const DEVICE_SLOT_BYTES = 128;
@@ -128,21 +128,6 @@ export interface TarBytes {
   close?(): void | Promise<void>;
 }
 
-/** `length` bytes of `tar` at `offset` into `dest`, through its readInto when it has one. */
-export async function readTarInto(
-  tar: TarBytes,
-  offset: number,
-  dest: Uint8Array,
-  signal?: AbortSignal,
-): Promise<void> {
-  if (tar.readInto) return await tar.readInto(offset, dest, signal);
-  const bytes = await tar.read(offset, dest.length, signal);
-  if (bytes.length !== dest.length) {
-    throw new FormatError(`tar read at ${offset} returned ${bytes.length} of ${dest.length}`);
-  }
-  dest.set(bytes);
-}
-
 export class HybridTarSource implements Source {
   readonly size: number;
   readonly layout: TarIndexLayout;
@@ -212,7 +197,7 @@ export class HybridTarSource implements Source {
     }
     if (end > metaBytes) {
       const from = Math.max(offset, metaBytes);
-      await readTarInto(this.#tar, from - metaBytes, dest.subarray(from - offset), signal);
+      await readSourceInto(this.#tar, from - metaBytes, dest.subarray(from - offset), signal);
     }
   }
 

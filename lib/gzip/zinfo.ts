@@ -7,7 +7,7 @@
  * when a checkpoint is used, so a zinfo of a 100 GB layer costs ~0.5 MB, not 800 MB.
  */
 import { FormatError } from "../errors.ts";
-import type { Source } from "../source/source.ts";
+import { readSourceInto, type Source } from "../source/source.ts";
 
 export const ZINFO_HEADER_BYTES = 12;
 export const ZINFO_WINDOW_BYTES = 32768;
@@ -115,12 +115,15 @@ export class Zinfo {
     const span = header.getBigUint64(4, true);
     checkZinfoSize(count, source.size, name);
     const checkpoints: ZinfoCheckpoint[] = [];
-    // Stream the file in bounded pieces and keep only each checkpoint's 17-byte head.
+    // Stream the file in bounded pieces through one buffer and keep only each checkpoint's
+    // 17-byte head.
     const perRead = 32;
+    const buffer = new Uint8Array(Math.min(count, perRead) * ZINFO_CHECKPOINT_BYTES);
     for (let first = 0; first < count; first += perRead) {
       const n = Math.min(perRead, count - first);
       const start = ZINFO_HEADER_BYTES + first * ZINFO_CHECKPOINT_BYTES;
-      const bytes = await source.read(start, n * ZINFO_CHECKPOINT_BYTES, signal);
+      const bytes = buffer.subarray(0, n * ZINFO_CHECKPOINT_BYTES);
+      await readSourceInto(source, start, bytes, signal);
       for (let j = 0; j < n; j++) {
         checkpoints.push(readCheckpoint(bytes, j * ZINFO_CHECKPOINT_BYTES, first + j, name));
       }

@@ -96,3 +96,36 @@ for (const [name, mutate, message, blobBytes] of hostile) {
     });
   });
 }
+
+Deno.test("zinfo: opening reads the windows through one buffer (readInto), none made per batch", async () => {
+  // 70 checkpoints: three batches of windows.
+  const window = new Uint8Array(32768);
+  const checkpoints = Array.from({ length: 70 }, (_, i) => ({
+    compressedOffset: 10 + i * 1000,
+    uncompressedOffset: i * 4000,
+    bits: 0,
+    window,
+  }));
+  const inner = new MemorySource(encodeZinfo(4000, checkpoints));
+  let reads = 0;
+  const targets = new Set<ArrayBufferLike>();
+  let batches = 0;
+  const source = {
+    size: inner.size,
+    read(offset: number, length: number) {
+      reads++;
+      return inner.read(offset, length);
+    },
+    async readInto(offset: number, dest: Uint8Array) {
+      batches++;
+      targets.add(dest.buffer);
+      dest.set(await inner.read(offset, dest.length));
+    },
+  };
+  const zinfo = await Zinfo.open(source, 100_000);
+  assert.equal(zinfo.checkpoints.length, 70);
+  assert.equal(zinfo.checkpoints[69].uncompressedOffset, 69 * 4000);
+  assert.equal(reads, 1, "only the header through read()");
+  assert.equal(batches, 3);
+  assert.equal(targets.size, 1, "one buffer for every batch");
+});

@@ -22,6 +22,7 @@ import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
 import { openTarMetaFile, type TarMetaFile } from "../gzip/hybrid_tar.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";
+import { readSourceInto, type Source } from "../source/source.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
 
 export interface LayerIndexOptions {
@@ -249,12 +250,10 @@ export function openIndexFile(path: string): FdFile {
   }
 }
 
-/** `sha256:…` of a source, read in 1 MiB pieces (never whole). */
-async function sha256OfSource(
-  source: { size: number; read(o: number, l: number): Promise<Uint8Array> },
-): Promise<string> {
+/** `sha256:…` of a source, read in 1 MiB pieces (never whole) through one buffer. */
+async function sha256OfSource(source: Source): Promise<string> {
   const readPiece = async (into: Uint8Array, offset: number) => {
-    into.set(await source.read(offset, into.length));
+    await readSourceInto(source, offset, into);
     return true;
   };
   return (await digestOfPieces(readPiece, source.size, "sha256:"))!;

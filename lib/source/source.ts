@@ -33,3 +33,23 @@ export function checkReadRange(offset: number, length: number, size: number): vo
     throw new RangeError(`read of ${length} bytes at ${offset} outside 0..${size}`);
   }
 }
+
+/**
+ * `dest.length` bytes of `source` at `offset` into `dest`: through its readInto when it has
+ * one (no buffer of its own per read), else copied from read() (whose length is checked).
+ */
+export async function readSourceInto(
+  source: Pick<Source, "read"> & {
+    readInto?(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
+  },
+  offset: number,
+  dest: Uint8Array,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (source.readInto) return await source.readInto(offset, dest, signal);
+  const bytes = await source.read(offset, dest.length, signal);
+  if (bytes.length !== dest.length) {
+    throw new Error(`read at ${offset} returned ${bytes.length} of ${dest.length} bytes`);
+  }
+  dest.set(bytes);
+}
