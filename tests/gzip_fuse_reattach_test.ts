@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { command, path, requires, root } from "./_support/requires.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow } from "./_support/mounts.ts";
+import { mountSandbox, mountsBelow, serverPids } from "./_support/mounts.ts";
 import {
   bigTarGz,
   keeperPids,
@@ -77,3 +77,54 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "gzip fuse reattach serves the layout the mount chose (4 KiB at mount, nothing said at reattach)",
+  ignore: requires(root(), path("/dev/fuse"), command("gzip")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-layout-" });
+    const sandbox = await mountSandbox();
+    const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+    let keepers: number[] = [];
+    try {
+      const big = await bigTarGz(work, 4 << 20);
+      const mounted = await runCli(
+        ["mount", "--backend", "fuse", "--index-missing", `${work}/big.tar.gz`, sandbox.target],
+        { env: { ...env, EROFS_OCI_TAR_LAYOUT: "4k" }, ...LONG },
+      );
+      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+      keepers = keeperPids(sandbox.runtimeDir);
+      const [server] = serverPids(sandbox.runtimeDir);
+      Deno.kill(server, "SIGKILL");
+      while (isAlive(server)) await new Promise((resolve) => setTimeout(resolve, 20));
+      // As `reattach --watch` or a later shell would run it: without the variable.
+      const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
+      assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
+      // Not read before the kill: every byte comes from the new server.
+      const got = await sha256File(`${sandbox.target}/big.bin`);
+      assert.equal(got, big.sha, "big.bin read through the reattached server");
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+function isAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return !Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]?.startsWith("Z");
+  } catch {
+    return false;
+  }
+}
+
+async function sha256File(file: string): Promise<string> {
+  const out = await new Deno.Command("sha256sum", { args: [file], stdout: "piped" }).output();
+  assert.equal(out.code, 0, `sha256sum ${file}`);
+  return new TextDecoder().decode(out.stdout).split(" ")[0];
+}

@@ -287,7 +287,7 @@ export async function runMountServer(): Promise<number> {
       mark("server: exported");
       // The keeper starts while the listed metadata is still being checked and pinned.
       const keeper = spec.backend === "fuse" && !layers.fuseTakeoverWanted
-        ? protectFuseMount(spec, exports).then((pid) => {
+        ? protectFuseMount(layers.specAsServed(), exports).then((pid) => {
           console.log(`FUSE keeper pid ${pid}`);
           mark("server: keeper");
         })

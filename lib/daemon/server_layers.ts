@@ -21,6 +21,7 @@ import {
 import type { ServerTraceHooks } from "../trace/server_hooks.ts";
 import { fetchUnitBytes, pinningPrefetchTarget } from "../trace/pinned_target.ts";
 import type { TarIndexedSource } from "../mount/tar_index_source.ts";
+import type { TarDeviceLayout } from "../mount/tar_layout.ts";
 import { checkErofsSuperblock, EROFS_SUPER_END } from "../erofs/superblock.ts";
 import { FormatError } from "../errors.ts";
 import { recordForLayer } from "../recovery/layer_record.ts";
@@ -144,6 +145,8 @@ export class ServedLayers {
   /** A FUSE server started by reattach serves the existing mounts through the keeper's fds. */
   readonly fuseTakeoverWanted: boolean;
   readonly cachePerLayer: number;
+  /** The device layout each tar layer is served in (chosen at its first mount). */
+  readonly #tarLayouts: (TarDeviceLayout | undefined)[] = [];
   #fuseTakeover: { fd: number; mtimeSec: number }[] | undefined;
   readonly #spec: MountSpec;
   readonly #handedMetadata: Promise<(HandedSidecar | undefined)[]>;
@@ -163,6 +166,22 @@ export class ServedLayers {
     );
     this.fuseTakeoverWanted = spec.backend === "fuse" &&
       spec.reattach?.[0]?.backendId === FUSE_TAKEOVER_ID;
+  }
+
+  /**
+   * The spec as served: each tar layer with the device layout chosen for it, so a takeover of
+   * its FUSE file serves that layout again (not whatever this kernel or environment picks).
+   */
+  specAsServed(): MountSpec {
+    return {
+      ...this.#spec,
+      layers: this.#spec.layers.map((layer, index) => {
+        const layout = this.#tarLayouts[index];
+        return layer.tarIndex && layout
+          ? { ...layer, tarIndex: { ...layer.tarIndex, layout } }
+          : layer;
+      }),
+    };
   }
 
   /** Opens and exports every layer in order. */
@@ -232,6 +251,7 @@ export class ServedLayers {
         throw error;
       })
       : opened;
+    if (tarIndex) this.#tarLayouts[index] = (raw as TarIndexedSource).layout;
     if (this.#spec.awaitSource) await waitUntilServable(raw, index);
     if (this.fuseTakeoverWanted) {
       // Take the connection only from a server that can answer: until the source does, the
