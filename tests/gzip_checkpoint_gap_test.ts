@@ -17,7 +17,11 @@ import {
   ZINFO_CHECKPOINT_BYTES,
   ZINFO_HEADER_BYTES,
 } from "../lib/gzip/zinfo.ts";
-import { checkTarIndexFiles, type TarIndexFiles } from "../lib/mount/layer_index_files.ts";
+import {
+  checkTarIndexFiles,
+  type TarIndexFiles,
+  verifyTarIndexFiles,
+} from "../lib/mount/layer_index_files.ts";
 import { openTarIndexSource } from "../lib/mount/tar_index_source.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import { crc32 } from "../ffi/zlib.ts";
@@ -161,7 +165,7 @@ Deno.test({
     assert.deepEqual(outputs(ourZinfo), outputs(peerZinfo));
     assert.ok(maxGap(peerZinfo, tar.length) < 4.5 * 2 ** 20, `${maxGap(peerZinfo, tar.length)}`);
     await Zinfo.open(new MemorySource(peerZinfo), gzBytes, undefined, { streamBytes: tar.length });
-    await checkTarIndexFiles(ours, ours.record.layer);
+    await verifyTarIndexFiles(ours, ours.record.layer);
     const source = await openTarIndexSource(
       await LocalFile.open(gz),
       { ...ours, meta: ours.meta, layout: "512" },
@@ -252,11 +256,34 @@ Deno.test({
         ),
         refusedFor(/^bad zinfo .*thin\.zinfo of layer .*: its last checkpoint \(0\)/),
       );
+      // A zinfo that cannot be opened at all: refused, and the meta's file closed again.
+      await assert.rejects(
+        openTarIndexSource(
+          blob,
+          { meta: ours.meta, zinfo: `${dir}/missing.zinfo`, layout: "512" },
+          record.layer,
+          16 << 20,
+        ),
+        /missing\.zinfo/,
+      );
+      assert.deepEqual(descriptorsOn(ours.meta), [], "the meta's file is closed");
     } finally {
       await blob.close?.();
     }
   },
 });
+
+/** This process's descriptors open on `file`. */
+function descriptorsOn(file: string): string[] {
+  const real = Deno.realPathSync(file);
+  return [...Deno.readDirSync("/proc/self/fd")].map((fd) => fd.name).filter((fd) => {
+    try {
+      return Deno.readLinkSync(`/proc/self/fd/${fd}`) === real;
+    } catch {
+      return false;
+    }
+  });
+}
 
 Deno.test({
   name: "checkpoint gap: without the tar size, a read far past the last checkpoint fails at once",

@@ -4,7 +4,8 @@
  * expected manifests; only part of the compressed blob is read for part of the files.
  */
 import assert from "node:assert/strict";
-import { HybridTarSource, openTarMetaFile, tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
+import { HybridTarSource, tarIndexLayout } from "../lib/gzip/hybrid_tar.ts";
+import { openTarMetaFile } from "../lib/gzip/tar_meta_file.ts";
 import { openIndexFile } from "../lib/mount/layer_index_files.ts";
 import { LocalFile } from "../lib/source/local_file.ts";
 import type { Source } from "../lib/source/source.ts";
@@ -169,6 +170,31 @@ Deno.test("tar index meta read from its file: the same device bytes, the file cl
   }
   await fromFile.close();
   await assert.rejects(() => file.read(0, 10), /read after close/);
+  // Changed in place after it was opened (a `cp` over a --tarindex file): the changed block
+  // fails its reads, the others read as they were.
+  const copy = await Deno.makeTempFile({ suffix: ".meta.erofs" });
+  try {
+    await Deno.writeFile(copy, meta);
+    const changed = await openTarMetaFile(openIndexFile(copy), copy);
+    const original = await openTarMetaFile(openIndexFile(metaPath));
+    assert.equal(changed.digest, original.digest);
+    original.close();
+    const handle = await Deno.open(copy, { write: true });
+    await handle.seek(20_000, Deno.SeekMode.Start);
+    await handle.write(new Uint8Array([meta[20_000] ^ 0xff]));
+    handle.close();
+    await assert.rejects(
+      () => changed.readInto(20_000 - 5, new Uint8Array(10)),
+      /bytes 16384\.\.20480 of the meta image .* changed since the mount checked it/,
+    );
+    await assert.rejects(() => changed.readInto(16384, new Uint8Array(4096)), FormatError);
+    const before = new Uint8Array(4096);
+    await changed.readInto(8192, before);
+    assert.deepEqual(before, meta.subarray(8192, 12288));
+    changed.close();
+  } finally {
+    await Deno.remove(copy);
+  }
   // Not an EROFS image: refused at open, and its file closed.
   const tarFile = openIndexFile(`${FIXTURES}/layer.tar`);
   await assert.rejects(() => openTarMetaFile(tarFile, "layer.tar"), FormatError);

@@ -12,9 +12,7 @@ import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import { GzipRandomAccess, type GzipRandomAccessOptions } from "./gzip_random_access.ts";
 import { checkReadRange, readSourceInto, type Source } from "../source/source.ts";
-
-/** Size of one device-table slot (struct erofs_deviceslot). */
-const DEVICE_SLOT_BYTES = 128;
+import { DEVICE_SLOT_BYTES, type TarMeta } from "./tar_meta_file.ts";
 
 /** Where the tar sits in a tar-index meta image's address space. */
 export interface TarIndexLayout {
@@ -23,64 +21,6 @@ export interface TarIndexLayout {
   metaBytes: number;
   /** Bytes of the tar the image refers to (device blocks × block size). */
   tarBytes: number;
-}
-
-/**
- * A tar-index meta image whose bytes stay in its file: the head (superblock and device table)
- * in memory, the rest read when the kernel asks. Held whole it was ~170 bytes per file of the
- * layer in the server's memory (8 MB for 47,000 files), for bytes the kernel mostly reads once
- * and keeps in its page cache.
- */
-export interface TarMetaFile {
-  readonly size: number;
-  /** The image's first bytes, through its device table at least. */
-  readonly head: Uint8Array;
-  readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
-  close?(): void;
-}
-
-/** The whole meta image, or its head in memory and the rest in its file. */
-export type TarMeta = Uint8Array | TarMetaFile;
-
-/** Bytes in the head of a meta image to cover its superblock and a device table right after. */
-const META_HEAD_BYTES = 4096;
-
-/**
- * A TarMetaFile over `file` (FormatError when it is no EROFS image or its device table lies
- * outside it); `file` is closed with it.
- */
-export async function openTarMetaFile(
-  file: Source & {
-    readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
-    close?(): void;
-  },
-  what = "tar index",
-): Promise<TarMetaFile> {
-  let head: Uint8Array;
-  try {
-    head = await file.read(0, Math.min(file.size, META_HEAD_BYTES));
-    checkErofsSuperblock(head, what);
-    const slotEnd = new DataView(head.buffer, head.byteOffset, head.byteLength)
-          .getUint16(EROFS_SUPER_OFFSET + 88, true) * DEVICE_SLOT_BYTES + DEVICE_SLOT_BYTES;
-    if (slotEnd > head.length && slotEnd <= file.size) head = await file.read(0, slotEnd);
-  } catch (error) {
-    file.close?.();
-    throw error;
-  }
-  return {
-    size: file.size,
-    head,
-    readInto: (offset, dest, signal) => file.readInto(offset, dest, signal),
-    close: () => file.close?.(),
-  };
-}
-
-/** The whole of `meta` in memory (the 4 KiB layout re-lays it out whole). */
-export async function tarMetaBytes(meta: TarMeta): Promise<Uint8Array> {
-  if (meta instanceof Uint8Array) return meta;
-  const bytes = new Uint8Array(meta.size);
-  await meta.readInto(0, bytes);
-  return bytes;
 }
 
 /**

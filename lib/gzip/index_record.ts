@@ -6,7 +6,8 @@
  */
 import { createHash } from "../node_builtins.ts";
 import { FormatError } from "../errors.ts";
-import { tarIndexLayout, type TarMetaFile } from "./hybrid_tar.ts";
+import { tarIndexLayout } from "./hybrid_tar.ts";
+import type { TarMetaFile } from "./tar_meta_file.ts";
 import { checkZinfoBytes } from "./zinfo.ts";
 import { parseJson } from "../json.ts";
 
@@ -115,8 +116,8 @@ export function sha256Digest(bytes: Uint8Array): string {
 export function checkIndexRecord(
   record: IndexRecord,
   layer: { digest: string; size: number },
-  /** The meta's bytes, or its file with the digest of its bytes. */
-  meta: Uint8Array | { digest: string; file: TarMetaFile },
+  /** The meta's bytes, or its file (hashed when opened). */
+  meta: Uint8Array | TarMetaFile,
   /** The zinfo's bytes, or its digest (the caller then checks its structure: Zinfo.open). */
   zinfo?: Uint8Array | { digest: string },
   pieces?: Uint8Array,
@@ -150,10 +151,7 @@ export function checkIndexRecord(
       hint,
     );
   }
-  const { tarBytes } = tarIndexLayout(
-    meta instanceof Uint8Array ? meta : meta.file,
-    record.meta.file,
-  );
+  const { tarBytes } = tarIndexLayout(meta, record.meta.file);
   if (tarBytes > record.tarBytes) {
     throw new FormatError(
       `${record.meta.file} refers to ${tarBytes} bytes of tar, the layer has ${record.tarBytes}`,

@@ -20,7 +20,7 @@ import { FileRefusedError, openRegularFileFd, readRegularFile } from "../../ffi/
 import { openDirTrusted, UntrustedSymlinkError } from "../../ffi/path_resolve.ts";
 import { FdFile } from "../source/fd_file.ts";
 import { Zinfo } from "../gzip/zinfo.ts";
-import { openTarMetaFile, type TarMetaFile } from "../gzip/hybrid_tar.ts";
+import { openTarMetaFile, type TarMetaFile } from "../gzip/tar_meta_file.ts";
 import { digestOfPieces } from "../source/disk_cache_digest.ts";
 import { readSourceInto, type Source } from "../source/source.ts";
 import type { BuildNode } from "../erofs/writer/tree.ts";
@@ -200,17 +200,12 @@ export async function checkTarIndexFiles(
   const pieces = files.pieces === undefined
     ? undefined
     : await readIndexFile(files.pieces, MAX_INDEX_FILE_BYTES);
-  const metaFile = openIndexFile(files.meta);
-  const metaDigest = await sha256OfSource(metaFile).catch((error) => {
-    metaFile.close();
-    throw error;
-  });
-  const meta = await openTarMetaFile(metaFile, files.record.meta.file);
+  const meta = await openTarMetaFile(openIndexFile(files.meta), files.record.meta.file);
   let zinfo: FdFile | undefined;
   try {
     zinfo = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
     const zinfoDigest = zinfo ? { digest: await sha256OfSource(zinfo) } : undefined;
-    checkIndexRecord(files.record, layer, { digest: metaDigest, file: meta }, zinfoDigest, pieces);
+    checkIndexRecord(files.record, layer, meta, zinfoDigest, pieces);
     if (zinfo && files.record.zinfo) {
       // Refused here, before a mount, rather than by each read: checkpoints too far apart.
       await Zinfo.open(zinfo, layer.size, undefined, {

@@ -7,7 +7,8 @@
 import { FormatError, MountError } from "../errors.ts";
 import { CachedSource, type CacheStats } from "../source/cached.ts";
 import { GzipRandomAccess } from "../gzip/gzip_random_access.ts";
-import { openTarMetaFile, tarIndexLayout, type TarMeta } from "../gzip/hybrid_tar.ts";
+import { tarIndexLayout } from "../gzip/hybrid_tar.ts";
+import { openTarMetaFile, type TarMeta } from "../gzip/tar_meta_file.ts";
 import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles, openIndexFile } from "./layer_index_files.ts";
@@ -76,7 +77,12 @@ export async function openTarIndexSource(
     ));
   } else {
     meta = await openTarMetaFile(openIndexFile(index.meta), index.meta);
-    zinfo = index.zinfo ? openIndexFile(index.zinfo) : undefined;
+    try {
+      zinfo = index.zinfo ? openIndexFile(index.zinfo) : undefined;
+    } catch (error) {
+      meta.close();
+      throw error;
+    }
   }
   try {
     return await openIndexed(blob, index, layer, cacheBytes, options, { meta, zinfo, pieces });

@@ -7,13 +7,8 @@
  * `mount.erofs --reattach` can take over; EROFS_OCI_TAR_LAYOUT=4k forces the other (tests).
  */
 import { FormatError, MountError, UsageError } from "../errors.ts";
-import {
-  HybridTarSource,
-  type TarBytes,
-  tarIndexLayout,
-  type TarMeta,
-  tarMetaBytes,
-} from "../gzip/hybrid_tar.ts";
+import { HybridTarSource, type TarBytes, tarIndexLayout } from "../gzip/hybrid_tar.ts";
+import { type TarMeta, tarMetaBytes } from "../gzip/tar_meta_file.ts";
 import { AlignedTarSource, alignTarIndex } from "../gzip/aligned_tar.ts";
 import type { Source } from "../source/source.ts";
 
