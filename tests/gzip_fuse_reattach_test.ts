@@ -5,9 +5,9 @@
  * kept index files and the reader finishes with the exact sha256; umount leaves nothing.
  */
 import assert from "node:assert/strict";
-import { command, path, requires, root } from "./_support/requires.ts";
+import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { mountSandbox, mountsBelow, serverPids } from "./_support/mounts.ts";
+import { manifestOf, mountSandbox, mountsBelow, serverPids } from "./_support/mounts.ts";
 import {
   bigTarGz,
   keeperPids,
@@ -128,3 +128,60 @@ async function sha256File(file: string): Promise<string> {
   assert.equal(out.code, 0, `sha256sum ${file}`);
   return new TextDecoder().decode(out.stdout).split(" ")[0];
 }
+
+Deno.test({
+  name:
+    "gzip fuse reattach of a --tarindex mount refuses a meta file changed since the mount, serves it put back",
+  ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/layer.meta.erofs`, "fixtures")),
+  async fn() {
+    const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-tarindex-" });
+    const sandbox = await mountSandbox();
+    const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+    let keepers: number[] = [];
+    try {
+      const meta = `${work}/layer.meta.erofs`;
+      await Deno.copyFile(`${FIXTURES}/layer.meta.erofs`, meta);
+      await Deno.copyFile(`${FIXTURES}/layer.zinfo`, `${work}/layer.zinfo`);
+      const original = await Deno.readFile(meta);
+      const mounted = await runCli([
+        "mount",
+        "--backend",
+        "fuse",
+        "--tarindex",
+        meta,
+        "--zinfo",
+        `${work}/layer.zinfo`,
+        `${FIXTURES}/layer.tar.gz`,
+        sandbox.target,
+      ], { env, ...LONG });
+      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+      keepers = keeperPids(sandbox.runtimeDir);
+      const [server] = serverPids(sandbox.runtimeDir);
+      Deno.kill(server, "SIGKILL");
+      while (isAlive(server)) await new Promise((resolve) => setTimeout(resolve, 20));
+      // Changed in place (what `cp` over it does) while no server runs.
+      const changed = original.slice();
+      changed[20_000] ^= 0xff;
+      await Deno.writeFile(meta, changed);
+      const refused = await runCli(["reattach", sandbox.target], { env, ...LONG });
+      assert.notEqual(refused.code, 0, describe(refused));
+      assert.match(
+        `${refused.stderr}\n${sandbox.serverLogs()}`,
+        /layer\.meta\.erofs changed since the mount/,
+      );
+      await Deno.writeFile(meta, original);
+      const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
+      assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
+      assert.equal(
+        await manifestOf(sandbox.target),
+        Deno.readTextFileSync(`${FIXTURES}/expected/layer.meta.txt`),
+      );
+      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+      assert.deepEqual(mountsBelow(sandbox.target), []);
+    } finally {
+      await sandbox.cleanup();
+      killKeepers(keepers);
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});

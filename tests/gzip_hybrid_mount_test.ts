@@ -178,6 +178,10 @@ Deno.test("tar index meta read from its file: the same device bytes, the file cl
     const changed = await openTarMetaFile(openIndexFile(copy), copy);
     const original = await openTarMetaFile(openIndexFile(metaPath));
     assert.equal(changed.digest, original.digest);
+    await assert.rejects(
+      () => original.readInto(original.size - 10, new Uint8Array(20)),
+      RangeError,
+    );
     original.close();
     const handle = await Deno.open(copy, { write: true });
     await handle.seek(20_000, Deno.SeekMode.Start);

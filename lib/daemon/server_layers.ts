@@ -145,8 +145,8 @@ export class ServedLayers {
   /** A FUSE server started by reattach serves the existing mounts through the keeper's fds. */
   readonly fuseTakeoverWanted: boolean;
   readonly cachePerLayer: number;
-  /** The device layout each tar layer is served in (chosen at its first mount). */
-  readonly #tarLayouts: (TarDeviceLayout | undefined)[] = [];
+  /** How each tar layer is served: its device layout and meta (chosen at its first mount). */
+  readonly #tarServed: ({ layout: TarDeviceLayout; metaDigest?: string } | undefined)[] = [];
   #fuseTakeover: { fd: number; mtimeSec: number }[] | undefined;
   readonly #spec: MountSpec;
   readonly #handedMetadata: Promise<(HandedSidecar | undefined)[]>;
@@ -169,19 +169,19 @@ export class ServedLayers {
   }
 
   /**
-   * The spec as served: each tar layer with the device layout chosen for it, so a takeover of
-   * its FUSE file serves that layout again (not whatever this kernel or environment picks).
+   * The spec as served: each tar layer with the device layout chosen for it and its meta's
+   * digest, so a takeover of its FUSE file serves that layout from those bytes again (not
+   * whatever this kernel or environment picks, nor a meta file changed since).
    */
   specAsServed(): MountSpec {
-    return {
-      ...this.#spec,
-      layers: this.#spec.layers.map((layer, index) => {
-        const layout = this.#tarLayouts[index];
-        return layer.tarIndex && layout
-          ? { ...layer, tarIndex: { ...layer.tarIndex, layout } }
-          : layer;
-      }),
-    };
+    return { ...this.#spec, layers: this.#spec.layers.map((l, i) => this.#layerAsServed(l, i)) };
+  }
+
+  #layerAsServed(layer: MountSpec["layers"][number], index: number): MountSpec["layers"][number] {
+    const served = this.#tarServed[index];
+    return layer.tarIndex && served
+      ? { ...layer, tarIndex: { ...layer.tarIndex, ...served } }
+      : layer;
   }
 
   /** Opens and exports every layer in order. */
@@ -251,7 +251,10 @@ export class ServedLayers {
         throw error;
       })
       : opened;
-    if (tarIndex) this.#tarLayouts[index] = (raw as TarIndexedSource).layout;
+    if (tarIndex) {
+      const { layout, metaDigest } = raw as TarIndexedSource;
+      this.#tarServed[index] = { layout, ...(metaDigest ? { metaDigest } : {}) };
+    }
     if (this.#spec.awaitSource) await waitUntilServable(raw, index);
     if (this.fuseTakeoverWanted) {
       // Take the connection only from a server that can answer: until the source does, the
@@ -312,11 +315,8 @@ export class ServedLayers {
             (Boolean(sharedDiskCache()) && !this.#traceHooks.wantsExactReads),
           writeRecovery: () => {
             // The layout the source chose goes with it: reattach must serve the same one.
-            const recorded = tarIndex
-              ? { ...layer, tarIndex: { ...tarIndex, layout: (raw as TarIndexedSource).layout } }
-              : layer;
             const { record, extra } = recordForLayer(
-              recorded,
+              this.#layerAsServed(layer, index),
               this.#spec.credentials,
               this.#spec.id,
               index,

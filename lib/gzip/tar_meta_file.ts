@@ -13,7 +13,7 @@ import { FormatError } from "../errors.ts";
 import { checkErofsSuperblock, EROFS_SUPER_OFFSET } from "../erofs/superblock.ts";
 import { createHash } from "../node_builtins.ts";
 import { crc32 } from "../../ffi/zlib.ts";
-import type { Source } from "../source/source.ts";
+import { checkReadRange, type Source } from "../source/source.ts";
 
 /** Size of one device-table slot (struct erofs_deviceslot). */
 export const DEVICE_SLOT_BYTES = 128;
@@ -116,6 +116,7 @@ class CheckedMetaFile implements TarMetaFile {
   }
 
   async readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void> {
+    checkReadRange(offset, dest.length, this.size);
     if (dest.length === 0) return;
     const first = Math.floor(offset / BLOCK_BYTES);
     const start = first * BLOCK_BYTES;

@@ -28,6 +28,8 @@ export interface TarIndexedSource extends Source {
   readonly cacheBytes: number;
   /** How the layer sits on the device (./tar_layout.ts). */
   readonly layout: TarDeviceLayout;
+  /** sha256 of the meta image as opened (served from its file). */
+  readonly metaDigest?: string;
   readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
   stats(): CacheStats;
   close(): Promise<void>;
@@ -85,6 +87,13 @@ export async function openTarIndexSource(
     }
   }
   try {
+    if (index.metaDigest && !(meta instanceof Uint8Array) && meta.digest !== index.metaDigest) {
+      throw new FormatError(
+        `tar index ${index.meta} changed since the mount: its sha256 is ${meta.digest}, the ` +
+          `mount was made from ${index.metaDigest}`,
+        "put the file back as it was, or unmount (`erofs-oci umount DIR`) and mount again",
+      );
+    }
     return await openIndexed(blob, index, layer, cacheBytes, options, { meta, zinfo, pieces });
   } catch (error) {
     // Once open, the device's close closes them (GzipRandomAccess owns the zinfo).
@@ -166,6 +175,7 @@ async function openIndexed(
     size: device.size,
     cacheBytes: blobCacheBytes,
     layout: deviceLayout,
+    ...(meta instanceof Uint8Array ? {} : { metaDigest: meta.digest }),
     read: (offset, length, signal) => device.read(offset, length, signal),
     readInto: (offset, dest, signal) => device.readInto(offset, dest, signal),
     stats: () => cached.stats(),

@@ -42,6 +42,8 @@ export interface TarIndexExtra {
   layout?: "4k";
   /** Where the index came from (TarIndexSpec.origin), kept for what the mount says of it. */
   origin?: TarIndexOrigin;
+  /** TarIndexSpec.metaDigest: the meta's sha256 when the mount opened it. */
+  metaDigest?: string;
 }
 
 /** The recovery line (+ companion facts) of a layer served through its tar index. */
@@ -55,6 +57,7 @@ export function tarIndexRecordForLayer(
     record: layer.tarIndex.record,
     ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
     ...(layer.tarIndex.origin ? { origin: layer.tarIndex.origin } : {}),
+    ...(layer.tarIndex.metaDigest ? { metaDigest: layer.tarIndex.metaDigest } : {}),
   };
   if (layer.kind === "local") {
     return {
@@ -200,6 +203,7 @@ async function recordedTarIndex(
   );
   const pieces = extra.tarIndex?.pieces;
   const origin = extra.tarIndex?.origin;
+  const metaDigest = extra.tarIndex?.metaDigest;
   return {
     meta: metaPath,
     zinfo: zinfoPath,
@@ -207,5 +211,6 @@ async function recordedTarIndex(
     record: indexRecord,
     ...(origin && TAR_INDEX_ORIGINS.includes(origin) ? { origin } : {}),
     layout: deviceLayout,
+    ...(typeof metaDigest === "string" ? { metaDigest } : {}),
   };
 }

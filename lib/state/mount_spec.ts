@@ -117,6 +117,11 @@ export interface TarIndexSpec {
    * erofs-utils, "4k" = re-laid out for kernels before 6.4. Unset: chosen for this kernel.
    */
   layout?: "512" | "4k";
+  /**
+   * sha256 of the meta image when the mount first opened it (`sha256:…`): a reattach serves
+   * the device only from the same bytes (a `--tarindex` file has no index record to pin it).
+   */
+  metaDigest?: string;
 }
 
 /** Everything the server needs to serve one mount (sent over its stdin, never to disk). */
