@@ -131,7 +131,7 @@ async function sha256File(file: string): Promise<string> {
 
 Deno.test({
   name:
-    "gzip fuse reattach of a --tarindex mount refuses a meta file changed since the mount, serves it put back",
+    "gzip fuse reattach of a --tarindex mount refuses a meta or zinfo file changed since the mount, serves them put back",
   ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/layer.meta.erofs`, "fixtures")),
   async fn() {
     const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-tarindex-" });
@@ -170,6 +170,18 @@ Deno.test({
         /layer\.meta\.erofs changed since the mount/,
       );
       await Deno.writeFile(meta, original);
+      // The zinfo likewise (one byte of a checkpoint's window).
+      const zinfo = await Deno.readFile(`${work}/layer.zinfo`);
+      const changedZinfo = zinfo.slice();
+      changedZinfo[12 + 17 + 1000] ^= 0xff;
+      await Deno.writeFile(`${work}/layer.zinfo`, changedZinfo);
+      const refusedZinfo = await runCli(["reattach", sandbox.target], { env, ...LONG });
+      assert.notEqual(refusedZinfo.code, 0, describe(refusedZinfo));
+      assert.match(
+        `${refusedZinfo.stderr}\n${sandbox.serverLogs()}`,
+        /layer\.zinfo changed since the mount/,
+      );
+      await Deno.writeFile(`${work}/layer.zinfo`, zinfo);
       const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
       assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
       assert.equal(

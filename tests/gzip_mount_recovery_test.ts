@@ -120,6 +120,29 @@ for (const deviceLayout of ["512", "4k"] as const) {
         } finally {
           await blob.close?.();
         }
+        const zinfoPinned = {
+          ...layer,
+          tarIndex: { ...layer.tarIndex, zinfoDigest: `sha256:${"1".repeat(64)}` },
+        };
+        const zinfoAgain = recordForLayer(zinfoPinned, undefined, "m1", 0);
+        const rebuiltZinfo = (await layerForRecord(
+          parseRecoveryLine(formatRecoveryLine(zinfoAgain.record)),
+          JSON.parse(JSON.stringify(zinfoAgain.extra)),
+          deviceBytes,
+        )).layer as typeof layer;
+        assert.equal(rebuiltZinfo.tarIndex.zinfoDigest, zinfoPinned.tarIndex.zinfoDigest);
+        const blob2 = await openLayerSource(rebuiltZinfo);
+        try {
+          await assert.rejects(
+            openTarIndexSource(blob2, rebuiltZinfo.tarIndex, {
+              digest: layer.digest,
+              size: layer.sizeBytes,
+            }, 8 << 20),
+            /zinfo .* changed since the mount: its sha256 is sha256:[0-9a-f]{64}, the mount was made from sha256:1{64}/,
+          );
+        } finally {
+          await blob2.close?.();
+        }
 
         await assert.rejects(
           layerForRecord(parsed, companion, deviceBytes + 65536),

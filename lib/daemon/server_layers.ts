@@ -146,7 +146,9 @@ export class ServedLayers {
   readonly fuseTakeoverWanted: boolean;
   readonly cachePerLayer: number;
   /** How each tar layer is served: its device layout and meta (chosen at its first mount). */
-  readonly #tarServed: ({ layout: TarDeviceLayout; metaDigest?: string } | undefined)[] = [];
+  readonly #tarServed: (
+    { layout: TarDeviceLayout; metaDigest?: string; zinfoDigest?: string } | undefined
+  )[] = [];
   #fuseTakeover: { fd: number; mtimeSec: number }[] | undefined;
   readonly #spec: MountSpec;
   readonly #handedMetadata: Promise<(HandedSidecar | undefined)[]>;
@@ -252,8 +254,12 @@ export class ServedLayers {
       })
       : opened;
     if (tarIndex) {
-      const { layout, metaDigest } = raw as TarIndexedSource;
-      this.#tarServed[index] = { layout, ...(metaDigest ? { metaDigest } : {}) };
+      const { layout, metaDigest, zinfoDigest } = raw as TarIndexedSource;
+      this.#tarServed[index] = {
+        layout,
+        ...(metaDigest ? { metaDigest } : {}),
+        ...(zinfoDigest ? { zinfoDigest } : {}),
+      };
     }
     if (this.#spec.awaitSource) await waitUntilServable(raw, index);
     if (this.fuseTakeoverWanted) {

@@ -8,6 +8,8 @@
  */
 import { FormatError } from "../errors.ts";
 import { readSourceInto, type Source } from "../source/source.ts";
+import { createHash } from "../node_builtins.ts";
+import { crc32 } from "../../ffi/zlib.ts";
 
 export const ZINFO_HEADER_BYTES = 12;
 export const ZINFO_WINDOW_BYTES = 32768;
@@ -84,12 +86,21 @@ export interface ZinfoCheckpoint {
   bits: number;
 }
 
-/** A parsed, validated zinfo whose windows are read on demand from `source`. */
+/**
+ * A parsed, validated zinfo whose windows are read on demand from `source`, each checked
+ * against the CRC-32 it had when the zinfo was opened: a file changed in place since (a `cp`
+ * over a `--zinfo` file of a mount) fails the reads that need it instead of inflating other
+ * bytes than were mounted.
+ */
 export class Zinfo {
   private constructor(
     readonly spanBytes: number,
     readonly checkpoints: readonly ZinfoCheckpoint[],
     readonly source: Source,
+    /** sha256 of the whole file as opened (`sha256:…`). */
+    readonly digest: string,
+    readonly name: string | undefined,
+    readonly windowCrcs: Uint32Array,
   ) {}
 
   /**
@@ -110,11 +121,14 @@ export class Zinfo {
         name,
       );
     }
-    const header = new DataView((await source.read(0, ZINFO_HEADER_BYTES, signal)).slice().buffer);
+    const headerBytes = (await source.read(0, ZINFO_HEADER_BYTES, signal)).slice();
+    const whole = createHash("sha256").update(headerBytes);
+    const header = new DataView(headerBytes.buffer);
     const count = header.getUint32(0, true);
     const span = header.getBigUint64(4, true);
     checkZinfoSize(count, source.size, name);
     const checkpoints: ZinfoCheckpoint[] = [];
+    const windowCrcs = new Uint32Array(count);
     // Stream the file in bounded pieces through one buffer and keep only each checkpoint's
     // 17-byte head.
     const perRead = 32;
@@ -124,8 +138,11 @@ export class Zinfo {
       const start = ZINFO_HEADER_BYTES + first * ZINFO_CHECKPOINT_BYTES;
       const bytes = buffer.subarray(0, n * ZINFO_CHECKPOINT_BYTES);
       await readSourceInto(source, start, bytes, signal);
+      whole.update(bytes);
       for (let j = 0; j < n; j++) {
         checkpoints.push(readCheckpoint(bytes, j * ZINFO_CHECKPOINT_BYTES, first + j, name));
+        const window = j * ZINFO_CHECKPOINT_BYTES + 17;
+        windowCrcs[first + j] = crc32(0, bytes.subarray(window, window + ZINFO_WINDOW_BYTES));
       }
     }
     validateCheckpoints(checkpoints, blobBytes, check);
@@ -133,6 +150,9 @@ export class Zinfo {
       span > BigInt(Number.MAX_SAFE_INTEGER) ? 0 : Number(span),
       checkpoints,
       source,
+      `sha256:${whole.digest("hex")}`,
+      name,
+      windowCrcs,
     );
   }
 
@@ -151,7 +171,15 @@ export class Zinfo {
   /** The 32 KiB of output before checkpoint `index` (the dictionary to inflate from it). */
   async window(index: number, signal?: AbortSignal): Promise<Uint8Array> {
     const start = ZINFO_HEADER_BYTES + index * ZINFO_CHECKPOINT_BYTES + 17;
-    return await this.source.read(start, ZINFO_WINDOW_BYTES, signal);
+    const window = await this.source.read(start, ZINFO_WINDOW_BYTES, signal);
+    if (crc32(0, window as Uint8Array<ArrayBuffer>) !== this.windowCrcs[index]) {
+      throw new FormatError(
+        `zinfo${this.name ? ` ${this.name}` : ""}: the window of checkpoint ${index} changed ` +
+          "since it was opened",
+        "a mounted index's files must not be changed: unmount it and mount again",
+      );
+    }
+    return window;
   }
 }
 

@@ -129,3 +129,26 @@ Deno.test("zinfo: opening reads the windows through one buffer (readInto), none 
   assert.equal(batches, 3);
   assert.equal(targets.size, 1, "one buffer for every batch");
 });
+
+Deno.test("zinfo: a window changed in the file after opening fails its read; the digest is the file's", async () => {
+  const bytes = await big();
+  const source = {
+    size: bytes.length,
+    read: (offset: number, length: number) => Promise.resolve(bytes.slice(offset, offset + length)),
+  };
+  const zinfo = await Zinfo.open(source, BIG_GZ_BYTES, undefined, { name: "big.zinfo" });
+  const sha = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  assert.equal(
+    zinfo.digest,
+    `sha256:${Array.from(sha, (b) => b.toString(16).padStart(2, "0")).join("")}`,
+  );
+  const before = await zinfo.window(1);
+  bytes[ZINFO_HEADER_BYTES + ZINFO_CHECKPOINT_BYTES + 17 + 100] ^= 0xff;
+  await assert.rejects(
+    () => zinfo.window(1),
+    /zinfo big\.zinfo: the window of checkpoint 1 changed since it was opened/,
+  );
+  assert.equal((await zinfo.window(2)).length, 32768);
+  bytes[ZINFO_HEADER_BYTES + ZINFO_CHECKPOINT_BYTES + 17 + 100] ^= 0xff;
+  assert.deepEqual(await zinfo.window(1), before);
+});

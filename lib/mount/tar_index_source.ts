@@ -28,8 +28,9 @@ export interface TarIndexedSource extends Source {
   readonly cacheBytes: number;
   /** How the layer sits on the device (./tar_layout.ts). */
   readonly layout: TarDeviceLayout;
-  /** sha256 of the meta image as opened (served from its file). */
+  /** sha256 of the meta image and of the zinfo as opened (both served from their files). */
   readonly metaDigest?: string;
+  readonly zinfoDigest?: string;
   readInto(offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<void>;
   stats(): CacheStats;
   close(): Promise<void>;
@@ -126,6 +127,7 @@ async function openIndexed(
   let device: TarDevice;
   /** The tar as read through the piece digests, when there are some. */
   let verifiedTar: Pick<Source, "read"> | undefined;
+  let zinfoDigest: string | undefined;
   if (zinfo) {
     const gzip = await GzipRandomAccess.open(cached, zinfo, {
       // Half the tar's share (8 MiB of the default 32 MiB a layer gets): with snapshots at
@@ -139,7 +141,15 @@ async function openIndexed(
         ? { bytes: pieces, pieceBytes: record.pieces.pieceBytes, totalBytes: record.tarBytes }
         : undefined,
     });
+    zinfoDigest = gzip.zinfo.digest;
     try {
+      if (index.zinfoDigest && zinfoDigest !== index.zinfoDigest) {
+        throw new FormatError(
+          `zinfo ${index.zinfo} changed since the mount: its sha256 is ${zinfoDigest}, the ` +
+            `mount was made from ${index.zinfoDigest}`,
+          "put the file back as it was, or unmount (`erofs-oci umount DIR`) and mount again",
+        );
+      }
       device = await tarDevice(deviceLayout, meta, gzip, record?.tarBytes);
     } catch (error) {
       gzip.close();
@@ -176,6 +186,7 @@ async function openIndexed(
     cacheBytes: blobCacheBytes,
     layout: deviceLayout,
     ...(meta instanceof Uint8Array ? {} : { metaDigest: meta.digest }),
+    ...(zinfoDigest ? { zinfoDigest } : {}),
     read: (offset, length, signal) => device.read(offset, length, signal),
     readInto: (offset, dest, signal) => device.readInto(offset, dest, signal),
     stats: () => cached.stats(),

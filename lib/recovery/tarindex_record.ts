@@ -42,8 +42,9 @@ export interface TarIndexExtra {
   layout?: "4k";
   /** Where the index came from (TarIndexSpec.origin), kept for what the mount says of it. */
   origin?: TarIndexOrigin;
-  /** TarIndexSpec.metaDigest: the meta's sha256 when the mount opened it. */
+  /** TarIndexSpec.metaDigest / zinfoDigest: sha256 of the files when the mount opened them. */
   metaDigest?: string;
+  zinfoDigest?: string;
 }
 
 /** The recovery line (+ companion facts) of a layer served through its tar index. */
@@ -58,6 +59,7 @@ export function tarIndexRecordForLayer(
     ...(layer.tarIndex.layout === "4k" ? { layout: "4k" as const } : {}),
     ...(layer.tarIndex.origin ? { origin: layer.tarIndex.origin } : {}),
     ...(layer.tarIndex.metaDigest ? { metaDigest: layer.tarIndex.metaDigest } : {}),
+    ...(layer.tarIndex.zinfoDigest ? { zinfoDigest: layer.tarIndex.zinfoDigest } : {}),
   };
   if (layer.kind === "local") {
     return {
@@ -204,6 +206,7 @@ async function recordedTarIndex(
   const pieces = extra.tarIndex?.pieces;
   const origin = extra.tarIndex?.origin;
   const metaDigest = extra.tarIndex?.metaDigest;
+  const zinfoDigest = extra.tarIndex?.zinfoDigest;
   return {
     meta: metaPath,
     zinfo: zinfoPath,
@@ -212,5 +215,6 @@ async function recordedTarIndex(
     ...(origin && TAR_INDEX_ORIGINS.includes(origin) ? { origin } : {}),
     layout: deviceLayout,
     ...(typeof metaDigest === "string" ? { metaDigest } : {}),
+    ...(typeof zinfoDigest === "string" && zinfoPath ? { zinfoDigest } : {}),
   };
 }

@@ -122,6 +122,8 @@ export interface TarIndexSpec {
    * the device only from the same bytes (a `--tarindex` file has no index record to pin it).
    */
   metaDigest?: string;
+  /** The same for the zinfo (its sha256 when the mount first opened it). */
+  zinfoDigest?: string;
 }
 
 /** Everything the server needs to serve one mount (sent over its stdin, never to disk). */
