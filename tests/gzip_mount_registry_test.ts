@@ -271,3 +271,83 @@ Deno.test({
       );
     }),
 });
+
+Deno.test({
+  name:
+    "a refused index artifact of another image of the same layer leaves the index files other mounts keep",
+  ignore,
+  fn: () =>
+    withRig(async (rig) => {
+      const { registry, sandbox, env } = rig;
+      const repository = "gz/shared";
+      const gz = await Deno.readFile(`${FIXTURES}/big.tar.gz`);
+      await pushImage(registry, repository, "v1", [{ bytes: gz, mediaType: GZIP_LAYER }]);
+      assertSuccess(await runCli(["index", `${registry.host}/${repository}:v1`, "--push"], LONG));
+      await mountFuseOk(rig, [`${registry.host}/${repository}:v1`]);
+      const indexDir = `${rig.stateEnv.EROFS_OCI_STATE_DIR}/index`;
+      const [kept] = [...Deno.readDirSync(indexDir)].map((e) => `${indexDir}/${e.name}`);
+      const keptFiles = [...Deno.readDirSync(kept)].map((e) => e.name).sort();
+      const good = JSON.parse(Deno.readTextFileSync(`${kept}/index.json`));
+
+      // The same layer in another image (another platform: another manifest), whose index
+      // artifact names the same files with a record that does not fit the layer.
+      const other = await pushImage(registry, repository, "arm", [
+        { bytes: gz, mediaType: GZIP_LAYER },
+      ], { os: "linux", architecture: "arm64" });
+      const layer = other.layers[0].digest;
+      const annotated = (d: { mediaType: string; digest: string; size: number }) => ({
+        ...d,
+        annotations: { [LAYER_ANNOTATION]: layer },
+      });
+      const files = [good.meta, good.zinfo, good.pieces].map((f) => {
+        const name = f.digest.replace(":", "-");
+        return annotated({
+          mediaType: "application/octet-stream",
+          digest: f.digest,
+          size: Deno.statSync(`${kept}/${name}`).size,
+        });
+      });
+      const record = await uploadBlob(
+        registry,
+        repository,
+        new TextEncoder().encode(JSON.stringify({ ...good, tarBytes: 100 })),
+        "application/vnd.io.github.erofs-oci.tar-index.record.v1+json",
+      );
+      const empty = await uploadBlob(
+        registry,
+        repository,
+        new TextEncoder().encode("{}"),
+        "application/vnd.oci.empty.v1+json",
+      );
+      const artifact = await putManifestDescriptor(registry, repository, "bad-index", {
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: TAR_INDEX_ARTIFACT_TYPE,
+        config: empty,
+        layers: [annotated(record), ...files],
+        subject: {
+          mediaType: OCI_MANIFEST,
+          digest: other.manifestDigest,
+          size: other.manifestSize,
+        },
+      }, OCI_MANIFEST);
+      await putManifestDescriptor(registry, repository, other.manifestDigest.replace(":", "-"), {
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ ...artifact, artifactType: TAR_INDEX_ARTIFACT_TYPE }],
+      }, OCI_INDEX);
+
+      await Deno.mkdir(`${sandbox.target}-2`);
+      const refused = await runCli([
+        "mount",
+        "--backend",
+        "fuse",
+        `${registry.host}/${repository}:arm`,
+        `${sandbox.target}-2`,
+      ], { env, ...LONG });
+      assertCliError(refused, 1, /refers to \d+ bytes of tar, the layer has 100/);
+      // It was the whole layer directory: the first mount's reattach found nothing to serve.
+      assert.deepEqual([...Deno.readDirSync(kept)].map((e) => e.name).sort(), keptFiles);
+      assertSuccess(await runCli(["umount", sandbox.target], { env }));
+    }),
+});

@@ -34,6 +34,7 @@ import {
 import { maxCheckpointsFor, ZINFO_CHECKPOINT_BYTES, ZINFO_HEADER_BYTES } from "../gzip/zinfo.ts";
 import { parseJson } from "../json.ts";
 import { testHold } from "../test_pause.ts";
+import { referenceText } from "./index_cache.ts";
 
 export const TAR_INDEX_ARTIFACT_TYPE = "application/vnd.io.github.erofs-oci.tar-index.v1";
 const MEDIA = {
@@ -217,6 +218,8 @@ export async function fetchTarIndexes(
       const record = parseIndexRecord(recordBytes, `index record of layer ${layer.digest}`);
       const dir = `${cacheDir}/${layerFileStem(layer.digest)}`;
       await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+      /** What this call downloaded: all it may take back (the rest other mounts may name). */
+      const downloaded: string[] = [];
       const get = async (want: { file: string; digest: string } | undefined) => {
         if (!want) return undefined;
         const blob = mine.find((b) => b.digest === want.digest);
@@ -238,6 +241,7 @@ export async function fetchTarIndexes(
           await client.downloadBlob(repository, blob.digest, path, {
             expectedSizeBytes: blob.size,
           });
+          downloaded.push(path);
         }
         return path;
       };
@@ -250,8 +254,13 @@ export async function fetchTarIndexes(
       try {
         await verifyTarIndexFiles(files, layer);
       } catch (error) {
-        // Not kept: the next mount would read (and refuse) them again.
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        // Not kept: the next mount would read (and refuse) them again. Only what this call
+        // brought: the directory is the layer's, and other mounts' records name files in it
+        // (the same files, when only the record was bad), so it goes only if left empty.
+        for (const path of downloaded) {
+          if (!namedByAMount(path)) await Deno.remove(path).catch(() => {});
+        }
+        await Deno.remove(dir).catch(() => {});
         throw error;
       }
       await Deno.writeFile(`${dir}/index.json`, recordBytes);
@@ -270,6 +279,15 @@ export function indexFileLimit(kind: "zinfo" | "other", layerBytes: number): num
   return kind === "zinfo"
     ? ZINFO_HEADER_BYTES + maxCheckpointsFor(layerBytes) * ZINFO_CHECKPOINT_BYTES
     : MAX_INDEX_FILE_BYTES;
+}
+
+/** Whether a recovery record or mount runtime file names `path` (kept when unsure). */
+function namedByAMount(path: string): boolean {
+  try {
+    return referenceText().includes(path);
+  } catch {
+    return true;
+  }
 }
 
 async function fileHasDigest(path: string, digest: string): Promise<boolean> {
