@@ -7,7 +7,13 @@
 import assert from "node:assert/strict";
 import { command, FIXTURES, path, requires, root } from "./_support/requires.ts";
 import { assertSuccess, describe, runCli } from "./_support/cli.ts";
-import { manifestOf, mountSandbox, mountsBelow, serverPids } from "./_support/mounts.ts";
+import {
+  manifestOf,
+  type MountSandbox,
+  mountSandbox,
+  mountsBelow,
+  serverPids,
+} from "./_support/mounts.ts";
 import {
   bigTarGz,
   keeperPids,
@@ -82,37 +88,103 @@ Deno.test({
   name:
     "gzip fuse reattach serves the layout the mount chose (4 KiB at mount, nothing said at reattach)",
   ignore: requires(root(), path("/dev/fuse"), command("gzip")),
-  async fn() {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-layout-" });
-    const sandbox = await mountSandbox();
-    const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
-    let keepers: number[] = [];
-    try {
+  fn: () =>
+    afterServerKilled("erofs-oci-gzip-layout-", async (work) => {
       const big = await bigTarGz(work, 4 << 20);
-      const mounted = await runCli(
-        ["mount", "--backend", "fuse", "--index-missing", `${work}/big.tar.gz`, sandbox.target],
-        { env: { ...env, EROFS_OCI_TAR_LAYOUT: "4k" }, ...LONG },
-      );
-      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-      keepers = keeperPids(sandbox.runtimeDir);
-      const [server] = serverPids(sandbox.runtimeDir);
-      Deno.kill(server, "SIGKILL");
-      while (isAlive(server)) await new Promise((resolve) => setTimeout(resolve, 20));
+      return {
+        args: ["--index-missing", `${work}/big.tar.gz`],
+        mountEnv: { EROFS_OCI_TAR_LAYOUT: "4k" },
+        big,
+      };
+    }, async ({ sandbox, env, prepared }) => {
       // As `reattach --watch` or a later shell would run it: without the variable.
       const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
       assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
       // Not read before the kill: every byte comes from the new server.
       const got = await sha256File(`${sandbox.target}/big.bin`);
-      assert.equal(got, big.sha, "big.bin read through the reattached server");
-      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
-      assert.deepEqual(mountsBelow(sandbox.target), []);
-    } finally {
-      await sandbox.cleanup();
-      killKeepers(keepers);
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
+      assert.equal(got, prepared.big?.sha, "big.bin read through the reattached server");
+    }),
 });
+
+Deno.test({
+  name:
+    "gzip fuse reattach of a --tarindex mount refuses a meta or zinfo file changed since the mount, serves them put back",
+  ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/layer.meta.erofs`, "fixtures")),
+  fn: () =>
+    afterServerKilled("erofs-oci-gzip-tarindex-", async (work) => {
+      await Deno.copyFile(`${FIXTURES}/layer.meta.erofs`, `${work}/layer.meta.erofs`);
+      await Deno.copyFile(`${FIXTURES}/layer.zinfo`, `${work}/layer.zinfo`);
+      return {
+        args: [
+          "--tarindex",
+          `${work}/layer.meta.erofs`,
+          "--zinfo",
+          `${work}/layer.zinfo`,
+          `${FIXTURES}/layer.tar.gz`,
+        ],
+      };
+    }, async ({ work, sandbox, env }) => {
+      // Each file changed in place (what `cp` over it does) while no server runs: refused;
+      // put back: served.
+      for (
+        const [file, at] of [["layer.meta.erofs", 20_000], ["layer.zinfo", 12 + 17 + 1000]] as const
+      ) {
+        const original = await Deno.readFile(`${work}/${file}`);
+        const changed = original.slice();
+        changed[at] ^= 0xff;
+        await Deno.writeFile(`${work}/${file}`, changed);
+        const refused = await runCli(["reattach", sandbox.target], { env, ...LONG });
+        assert.notEqual(refused.code, 0, describe(refused));
+        assert.match(
+          `${refused.stderr}\n${sandbox.serverLogs()}`,
+          new RegExp(`${file.replaceAll(".", "\\.")} changed since the mount`),
+        );
+        await Deno.writeFile(`${work}/${file}`, original);
+      }
+      const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
+      assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
+      assert.equal(
+        await manifestOf(sandbox.target),
+        Deno.readTextFileSync(`${FIXTURES}/expected/layer.meta.txt`),
+      );
+    }),
+});
+
+/**
+ * A FUSE mount of what `prepare` gives (in a sandbox of its own, the state dir under `work`),
+ * its server killed with SIGKILL; `fn` reattaches it; then it is unmounted and all removed.
+ */
+async function afterServerKilled<P extends { args: string[]; mountEnv?: Record<string, string> }>(
+  prefix: string,
+  prepare: (work: string) => Promise<P>,
+  fn: (
+    rig: { work: string; sandbox: MountSandbox; env: Record<string, string>; prepared: P },
+  ) => Promise<void>,
+): Promise<void> {
+  const work = await Deno.makeTempDir({ prefix });
+  const sandbox = await mountSandbox();
+  const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
+  let keepers: number[] = [];
+  try {
+    const prepared = await prepare(work);
+    const mounted = await runCli(
+      ["mount", "--backend", "fuse", ...prepared.args, sandbox.target],
+      { env: { ...env, ...prepared.mountEnv }, ...LONG },
+    );
+    assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
+    keepers = keeperPids(sandbox.runtimeDir);
+    const [server] = serverPids(sandbox.runtimeDir);
+    Deno.kill(server, "SIGKILL");
+    while (isAlive(server)) await new Promise((resolve) => setTimeout(resolve, 20));
+    await fn({ work, sandbox, env, prepared });
+    assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
+    assert.deepEqual(mountsBelow(sandbox.target), []);
+  } finally {
+    await sandbox.cleanup();
+    killKeepers(keepers);
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
 
 function isAlive(pid: number): boolean {
   try {
@@ -128,72 +200,3 @@ async function sha256File(file: string): Promise<string> {
   assert.equal(out.code, 0, `sha256sum ${file}`);
   return new TextDecoder().decode(out.stdout).split(" ")[0];
 }
-
-Deno.test({
-  name:
-    "gzip fuse reattach of a --tarindex mount refuses a meta or zinfo file changed since the mount, serves them put back",
-  ignore: requires(root(), path("/dev/fuse"), path(`${FIXTURES}/layer.meta.erofs`, "fixtures")),
-  async fn() {
-    const work = await Deno.makeTempDir({ prefix: "erofs-oci-gzip-tarindex-" });
-    const sandbox = await mountSandbox();
-    const env = { ...sandbox.env, EROFS_OCI_STATE_DIR: `${work}/state` };
-    let keepers: number[] = [];
-    try {
-      const meta = `${work}/layer.meta.erofs`;
-      await Deno.copyFile(`${FIXTURES}/layer.meta.erofs`, meta);
-      await Deno.copyFile(`${FIXTURES}/layer.zinfo`, `${work}/layer.zinfo`);
-      const original = await Deno.readFile(meta);
-      const mounted = await runCli([
-        "mount",
-        "--backend",
-        "fuse",
-        "--tarindex",
-        meta,
-        "--zinfo",
-        `${work}/layer.zinfo`,
-        `${FIXTURES}/layer.tar.gz`,
-        sandbox.target,
-      ], { env, ...LONG });
-      assert.equal(mounted.code, 0, `${describe(mounted)}\n${sandbox.serverLogs()}`);
-      keepers = keeperPids(sandbox.runtimeDir);
-      const [server] = serverPids(sandbox.runtimeDir);
-      Deno.kill(server, "SIGKILL");
-      while (isAlive(server)) await new Promise((resolve) => setTimeout(resolve, 20));
-      // Changed in place (what `cp` over it does) while no server runs.
-      const changed = original.slice();
-      changed[20_000] ^= 0xff;
-      await Deno.writeFile(meta, changed);
-      const refused = await runCli(["reattach", sandbox.target], { env, ...LONG });
-      assert.notEqual(refused.code, 0, describe(refused));
-      assert.match(
-        `${refused.stderr}\n${sandbox.serverLogs()}`,
-        /layer\.meta\.erofs changed since the mount/,
-      );
-      await Deno.writeFile(meta, original);
-      // The zinfo likewise (one byte of a checkpoint's window).
-      const zinfo = await Deno.readFile(`${work}/layer.zinfo`);
-      const changedZinfo = zinfo.slice();
-      changedZinfo[12 + 17 + 1000] ^= 0xff;
-      await Deno.writeFile(`${work}/layer.zinfo`, changedZinfo);
-      const refusedZinfo = await runCli(["reattach", sandbox.target], { env, ...LONG });
-      assert.notEqual(refusedZinfo.code, 0, describe(refusedZinfo));
-      assert.match(
-        `${refusedZinfo.stderr}\n${sandbox.serverLogs()}`,
-        /layer\.zinfo changed since the mount/,
-      );
-      await Deno.writeFile(`${work}/layer.zinfo`, zinfo);
-      const reattached = await runCli(["reattach", sandbox.target], { env, ...LONG });
-      assert.equal(reattached.code, 0, `${describe(reattached)}\n${sandbox.serverLogs()}`);
-      assert.equal(
-        await manifestOf(sandbox.target),
-        Deno.readTextFileSync(`${FIXTURES}/expected/layer.meta.txt`),
-      );
-      assertSuccess(await runCli(["umount", sandbox.target], { env, timeoutMs: 60_000 }));
-      assert.deepEqual(mountsBelow(sandbox.target), []);
-    } finally {
-      await sandbox.cleanup();
-      killKeepers(keepers);
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
-  },
-});
