@@ -140,18 +140,23 @@ export class GzipRandomAccess {
     this.#dataEnd = options.verify?.totalBytes ?? Infinity;
   }
 
-  /** Opens and validates the zinfo against `blob` (FormatError when it does not fit). */
+  /**
+   * Opens and validates the zinfo against `blob` (FormatError when it does not fit), or takes
+   * one opened against it already (read once at a mount: hashed and checked there).
+   */
   static async open(
     blob: Source,
-    zinfoSource: Source,
+    zinfoSource: Source | Zinfo,
     options?: GzipRandomAccessOptions,
     signal?: AbortSignal,
   ): Promise<GzipRandomAccess> {
     const digests = options?.pieceDigests;
-    const zinfo = await Zinfo.open(zinfoSource, blob.size, signal, {
-      name: options?.zinfoName,
-      streamBytes: options?.streamBytes ?? digests?.totalBytes ?? options?.verify?.totalBytes,
-    });
+    const zinfo = zinfoSource instanceof Zinfo
+      ? zinfoSource
+      : await Zinfo.open(zinfoSource, blob.size, signal, {
+        name: options?.zinfoName,
+        streamBytes: options?.streamBytes ?? digests?.totalBytes ?? options?.verify?.totalBytes,
+      });
     const verify = digests
       ? PieceDigests.from(digests.bytes, digests.pieceBytes, zinfo.checkpoints, digests.totalBytes)
       : options?.verify;
@@ -326,7 +331,7 @@ export class GzipRandomAccess {
   close(): void {
     this.#closed = true;
     // The zinfo's windows are read from its source until here (an open file: closed with us).
-    (this.zinfo.source as { close?(): void }).close?.();
+    this.zinfo.close();
     for (const cursor of this.#idle) cursor.close();
     this.#idle = [];
     this.#pieces.clear();

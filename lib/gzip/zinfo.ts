@@ -168,6 +168,11 @@ export class Zinfo {
     return low;
   }
 
+  /** Closes its source (an open file) when it has a close(). */
+  close(): void {
+    (this.source as { close?(): void }).close?.();
+  }
+
   /** The 32 KiB of output before checkpoint `index` (the dictionary to inflate from it). */
   async window(index: number, signal?: AbortSignal): Promise<Uint8Array> {
     const start = ZINFO_HEADER_BYTES + index * ZINFO_CHECKPOINT_BYTES + 17;

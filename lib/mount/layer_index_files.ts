@@ -190,38 +190,38 @@ export async function indexedDigestsOfSize(dir: string, sizeBytes: number): Prom
 /**
  * Reads the files and checks them against their record and the layer (FormatError). The meta
  * image and the zinfo (32 KiB per checkpoint: a layer of many gzip members makes a large one)
- * are not read into memory: they are hashed as they stream by and handed back open, read when
- * used. The caller closes them (closeTarIndexFiles).
+ * are not read into memory: they are hashed as they stream by and handed back open (the zinfo
+ * opened as a Zinfo, checked against the layer), read when used. The caller closes them
+ * (closeTarIndexFiles).
  */
 export async function checkTarIndexFiles(
   files: TarIndexFiles,
   layer: { digest: string; size: number },
-): Promise<{ meta: TarMetaFile; zinfo?: FdFile; pieces?: Uint8Array }> {
+): Promise<{ meta: TarMetaFile; zinfo?: Zinfo; pieces?: Uint8Array }> {
   const pieces = files.pieces === undefined
     ? undefined
     : await readIndexFile(files.pieces, MAX_INDEX_FILE_BYTES);
   const meta = await openTarMetaFile(openIndexFile(files.meta), files.record.meta.file);
-  let zinfo: FdFile | undefined;
+  let zinfoFile: FdFile | undefined;
   try {
-    zinfo = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
-    const zinfoDigest = zinfo ? { digest: await sha256OfSource(zinfo) } : undefined;
+    zinfoFile = files.zinfo === undefined ? undefined : openIndexFile(files.zinfo);
+    const zinfoDigest = zinfoFile ? { digest: await sha256OfSource(zinfoFile) } : undefined;
     checkIndexRecord(files.record, layer, meta, zinfoDigest, pieces);
-    if (zinfo && files.record.zinfo) {
-      // Refused here, before a mount, rather than by each read: checkpoints too far apart.
-      await Zinfo.open(zinfo, layer.size, undefined, {
-        name: `${files.record.zinfo.file} of layer ${layer.digest}`,
-        streamBytes: files.record.tarBytes,
-      });
-    }
+    // Refused here, before a mount, rather than by each read: checkpoints too far apart. The
+    // server serves through this Zinfo, not another reading of the file.
+    const zinfo = zinfoFile && await Zinfo.open(zinfoFile, layer.size, undefined, {
+      name: `${files.record.zinfo?.file ?? files.zinfo} of layer ${layer.digest}`,
+      streamBytes: files.record.tarBytes,
+    });
+    return { meta, zinfo, pieces };
   } catch (error) {
-    closeTarIndexFiles({ meta, zinfo });
+    closeTarIndexFiles({ meta, zinfo: zinfoFile });
     throw error;
   }
-  return { meta, zinfo, pieces };
 }
 
 /** Closes what checkTarIndexFiles left open. */
-export function closeTarIndexFiles(files: { meta: TarMetaFile; zinfo?: FdFile }): void {
+export function closeTarIndexFiles(files: { meta: TarMetaFile; zinfo?: { close(): void } }): void {
   files.meta.close?.();
   files.zinfo?.close();
 }

@@ -13,6 +13,7 @@ import { VerifiedPlainTar } from "../gzip/verified_tar.ts";
 import type { Source } from "../source/source.ts";
 import { checkTarIndexFiles, openIndexFile } from "./layer_index_files.ts";
 import type { FdFile } from "../source/fd_file.ts";
+import type { Zinfo } from "../gzip/zinfo.ts";
 import {
   chooseTarDeviceLayout,
   kernelHasSubpageBlocks,
@@ -72,7 +73,8 @@ export async function openTarIndexSource(
   cacheBytes: number,
   options: { checkStartOf?: string } = {},
 ): Promise<TarIndexedSource> {
-  let meta: TarMeta, zinfo: FdFile | undefined, pieces: Uint8Array | undefined;
+  // With a record the zinfo comes opened and checked (a Zinfo); without, its file.
+  let meta: TarMeta, zinfo: Zinfo | FdFile | undefined, pieces: Uint8Array | undefined;
   if (index.record) {
     ({ meta, zinfo, pieces } = await checkTarIndexFiles(
       { record: index.record, meta: index.meta, zinfo: index.zinfo, pieces: index.pieces },
@@ -110,7 +112,7 @@ async function openIndexed(
   layer: { digest: string; size: number },
   cacheBytes: number,
   options: { checkStartOf?: string },
-  files: { meta: TarMeta; zinfo?: FdFile; pieces?: Uint8Array },
+  files: { meta: TarMeta; zinfo?: Zinfo | FdFile; pieces?: Uint8Array },
 ): Promise<TarIndexedSource> {
   const { meta, zinfo, pieces } = files;
   // A reattach gets the layout the device was served in; a new mount, this kernel's.

@@ -82,14 +82,15 @@ export async function tarDevice(
     if (!(meta instanceof Uint8Array)) meta.close?.();
     return new AlignedTarSource(alignTarIndex(bytes, { tarLimitBytes }), tar);
   }
-  const layoutOfMeta = tarIndexLayout(meta);
-  if (tarLimitBytes !== undefined && tarLimitBytes < layoutOfMeta.tarBytes) {
+  // Not closed on a refusal: the caller closes `meta` then (it is not the device's yet).
+  const hybrid = new HybridTarSource(meta, tar);
+  if (tarLimitBytes !== undefined && tarLimitBytes < hybrid.layout.tarBytes) {
     throw new FormatError(
-      `tar index refers to ${layoutOfMeta.tarBytes} bytes of tar, the tar has ${tarLimitBytes}`,
+      `tar index refers to ${hybrid.layout.tarBytes} bytes of tar, the tar has ${tarLimitBytes}`,
       "the tar index does not belong to this layer",
     );
   }
-  return new HybridTarSource(meta, tar);
+  return hybrid;
 }
 
 /** Bytes of the device `meta` makes in `layout` (what a recorded device's size must fit). */
